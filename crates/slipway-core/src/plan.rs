@@ -1,0 +1,344 @@
+//! Desired state + recorded state + observations → a [`Plan`]: what apply will do, per
+//! resource, with field-level diffs, in dependency order.
+//!
+//! Pure: the same inputs give the same plan, so plans are snapshot-tested. Observations and
+//! the hashes of resolved inputs are gathered by the engine before it calls [`plan`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::render::DesiredState;
+use crate::types;
+
+/// What apply does to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// It does not exist yet.
+    Create,
+    /// Changed in place.
+    Update,
+    /// Deleted and created again (a process restarts, a job re-runs).
+    Replace,
+    /// No longer in the stack.
+    Delete,
+    /// Nothing to do.
+    Noop,
+}
+
+impl Action {
+    /// `create`, `update`, `replace`, `delete` or `noop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::Noop => "noop",
+        }
+    }
+}
+
+/// The state of a recorded resource, as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordedStatus {
+    /// Applied and its result recorded.
+    Ready,
+    /// A create began; its result was never recorded (interrupted).
+    Creating,
+    /// An update or replace began and was not finished.
+    Updating,
+    /// A delete began and was not finished.
+    Deleting,
+    /// The last operation failed.
+    Failed,
+}
+
+/// What the store remembers of one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// Its type at the time.
+    pub type_name: String,
+    /// Its status.
+    pub status: RecordedStatus,
+    /// The desired config it was last applied with (templates unresolved).
+    pub config: Json,
+    /// What it depended on then (deletes run dependents first).
+    pub depends_on: BTreeSet<String>,
+    /// Hash of its config with every reference resolved, when it was last applied.
+    pub resolved_hash: Option<String>,
+}
+
+/// What looking at a live object found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// As applied.
+    InSync,
+    /// Different from what was applied.
+    Drifted(String),
+    /// Gone.
+    Missing(String),
+}
+
+/// Everything besides the desired state that a plan depends on.
+#[derive(Debug, Clone, Default)]
+pub struct PlanInput {
+    /// Recorded resources, by name.
+    pub recorded: BTreeMap<String, Recorded>,
+    /// Observations of recorded resources; absent means not observed (assumed in sync).
+    pub observed: BTreeMap<String, Observed>,
+    /// For desired resources whose references can all be resolved now (from recorded
+    /// outputs and allocated ports), the hash of the resolved config.
+    pub resolved_now: BTreeMap<String, String>,
+}
+
+/// One field that changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// Dotted path of the field (`env.WORKERS`, `command`).
+    pub path: String,
+    /// Its old value; absent when added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Json>,
+    /// Its new value; absent when removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Json>,
+    /// Whether this change alone forces a replacement.
+    pub forces_replace: bool,
+}
+
+/// What apply will do to one resource, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The resource's name.
+    pub resource: String,
+    /// Its type (the recorded type for deletes).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// What happens.
+    pub action: Action,
+    /// Fields that change.
+    pub diff: Vec<FieldChange>,
+    /// Why, when the diff does not say it (drift, an interrupted apply, an input).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The plan for one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The environment.
+    pub environment: String,
+    /// The commit planned.
+    pub commit: String,
+    /// Every resource, deletes first (dependents before dependencies), then the rest in
+    /// dependency order.
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    /// Whether anything would change.
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::Noop)
+    }
+
+    /// How many changes of each action (noops excluded).
+    pub fn counts(&self) -> BTreeMap<Action, usize> {
+        let mut counts = BTreeMap::new();
+        for c in self.changes.iter().filter(|c| c.action != Action::Noop) {
+            *counts.entry(c.action).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Computes the plan that takes the recorded state to `desired`.
+pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
+    let mut changes = Vec::with_capacity(desired.resources.len());
+
+    // Deletes: recorded resources no longer desired, dependents first.
+    let gone: BTreeMap<&str, Vec<&str>> = input
+        .recorded
+        .iter()
+        .filter(|(n, _)| !desired.resources.contains_key(*n))
+        .map(|(n, r)| {
+            (
+                n.as_str(),
+                r.depends_on.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let delete_order = crate::graph::topological(&gone)
+        .unwrap_or_else(|_| gone.keys().map(|s| s.to_string()).collect());
+    for name in delete_order.iter().rev() {
+        let rec = &input.recorded[name];
+        changes.push(Change {
+            resource: name.clone(),
+            type_name: rec.type_name.clone(),
+            action: Action::Delete,
+            diff: Vec::new(),
+            reason: None,
+        });
+    }
+
+    let deps: BTreeMap<&str, Vec<&str>> = desired
+        .resources
+        .iter()
+        .map(|(n, r)| {
+            (
+                n.as_str(),
+                r.depends_on.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let order = crate::graph::topological(&deps)
+        .unwrap_or_else(|_| desired.resources.keys().cloned().collect());
+    let mut acted: BTreeSet<String> = BTreeSet::new();
+    for name in order {
+        let res = &desired.resources[&name];
+        let rtype = types::lookup(&res.type_name);
+        let always_replaces = rtype.map(|t| t.always_replaces()).unwrap_or(true);
+        let change = match input.recorded.get(&name) {
+            None => Change {
+                resource: name.clone(),
+                type_name: res.type_name.clone(),
+                action: Action::Create,
+                diff: diff(&Json::Null, &res.config, &res.type_name),
+                reason: None,
+            },
+            Some(rec) => {
+                let field_diff = diff(&rec.config, &res.config, &res.type_name);
+                let forced = field_diff.iter().any(|f| f.forces_replace);
+                let (action, reason) = if rec.type_name != res.type_name {
+                    (
+                        Action::Replace,
+                        Some(format!(
+                            "type changes from {} to {}",
+                            rec.type_name, res.type_name
+                        )),
+                    )
+                } else if rec.status != RecordedStatus::Ready {
+                    let why = match rec.status {
+                        RecordedStatus::Creating => "a previous create was interrupted",
+                        RecordedStatus::Updating => "a previous update was interrupted",
+                        RecordedStatus::Deleting => "a previous delete was interrupted",
+                        _ => "the previous apply failed",
+                    };
+                    (Action::Replace, Some(why.to_string()))
+                } else if !field_diff.is_empty() {
+                    (
+                        if forced || always_replaces {
+                            Action::Replace
+                        } else {
+                            Action::Update
+                        },
+                        None,
+                    )
+                } else if let Some(Observed::Missing(why)) = input.observed.get(&name) {
+                    (Action::Replace, Some(format!("drift: {why}")))
+                } else if let Some(Observed::Drifted(why)) = input.observed.get(&name) {
+                    (
+                        if always_replaces {
+                            Action::Replace
+                        } else {
+                            Action::Update
+                        },
+                        Some(format!("drift: {why}")),
+                    )
+                } else if let Some(changed) = res.references.iter().find(|r| acted.contains(*r)) {
+                    (
+                        if always_replaces {
+                            Action::Replace
+                        } else {
+                            Action::Update
+                        },
+                        Some(format!(
+                            "an input from `{changed}` changes (known after apply)"
+                        )),
+                    )
+                } else if matches!((input.resolved_now.get(&name), &rec.resolved_hash), (Some(now), Some(then)) if now != then)
+                {
+                    (
+                        if always_replaces {
+                            Action::Replace
+                        } else {
+                            Action::Update
+                        },
+                        Some("a referenced output or port changed".into()),
+                    )
+                } else {
+                    (Action::Noop, None)
+                };
+                Change {
+                    resource: name.clone(),
+                    type_name: res.type_name.clone(),
+                    action,
+                    diff: field_diff,
+                    reason,
+                }
+            }
+        };
+        if change.action != Action::Noop {
+            acted.insert(name.clone());
+        }
+        changes.push(change);
+    }
+    Plan {
+        environment: desired.environment.name.clone(),
+        commit: desired.commit.clone(),
+        changes,
+    }
+}
+
+/// Field-level differences between two configs of a resource of `type_name`.
+pub fn diff(before: &Json, after: &Json, type_name: &str) -> Vec<FieldChange> {
+    let rtype = types::lookup(type_name);
+    let mut out = Vec::new();
+    let empty = serde_json::Map::new();
+    let b = before.as_object().unwrap_or(&empty);
+    let a = after.as_object().unwrap_or(&empty);
+    let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    for key in keys {
+        let forces = rtype
+            .and_then(|t| t.field(key))
+            .map(|f| f.replaces)
+            .unwrap_or(true)
+            && !before.is_null();
+        walk(key, b.get(key), a.get(key), forces, &mut out);
+    }
+    out
+}
+
+fn walk(
+    path: &str,
+    before: Option<&Json>,
+    after: Option<&Json>,
+    forces: bool,
+    out: &mut Vec<FieldChange>,
+) {
+    if before == after {
+        return;
+    }
+    if let (Some(Json::Object(b)), Some(Json::Object(a))) = (before, after) {
+        let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+        for key in keys {
+            walk(
+                &format!("{path}.{key}"),
+                b.get(key),
+                a.get(key),
+                forces,
+                out,
+            );
+        }
+        return;
+    }
+    out.push(FieldChange {
+        path: path.to_string(),
+        before: before.cloned(),
+        after: after.cloned(),
+        forces_replace: forces,
+    });
+}

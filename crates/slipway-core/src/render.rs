@@ -1,0 +1,335 @@
+//! Commit + environment → desired state: canonical JSON with a content hash.
+//!
+//! Rendering substitutes variables and environment attributes and leaves references to other
+//! resources' outputs, to ports and to secrets as templates, because those are only known at
+//! apply time. The same stack and target give the same bytes, always: maps are sorted, and
+//! nothing here reads a clock or the machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::stack::{Scalar, Stack};
+use crate::template::{self, Reference};
+use crate::types::{self, FieldKind};
+use crate::yaml::{Node, Value};
+
+/// How an environment came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvKind {
+    /// Declared with `track:`.
+    Static,
+    /// Made by a family for a pull request or branch.
+    Generated,
+    /// Made by a person.
+    Adhoc,
+}
+
+impl EnvKind {
+    /// `static`, `generated` or `adhoc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvKind::Static => "static",
+            EnvKind::Generated => "generated",
+            EnvKind::Adhoc => "adhoc",
+        }
+    }
+}
+
+/// Which environment to render: its name, and the `environments:` entry that gives its
+/// variables (the same for static environments; the family for generated ones).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The environment's name.
+    pub name: &'a str,
+    /// The `environments:` entry it follows.
+    pub definition: &'a str,
+    /// How it came to be.
+    pub kind: EnvKind,
+}
+
+/// The environment part of a desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredEnvironment {
+    /// Its name.
+    pub name: String,
+    /// Its `environments:` entry.
+    pub definition: String,
+    /// How it came to be.
+    pub kind: EnvKind,
+    /// Protected environments need confirmation to destroy resources.
+    pub protected: bool,
+    /// Whether drift is repaired.
+    pub self_heal: bool,
+}
+
+/// One resource of a desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredResource {
+    /// Its `type:`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Its fields, variables substituted; may hold `${resources..}`, `${ports..}` templates.
+    pub config: Json,
+    /// What it waits for: explicit `depends_on` plus references.
+    pub depends_on: BTreeSet<String>,
+    /// The resources whose outputs its config references (a subset of `depends_on`).
+    pub references: BTreeSet<String>,
+}
+
+/// What one environment should run at one commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The stack's name.
+    pub stack: String,
+    /// The environment.
+    pub environment: DesiredEnvironment,
+    /// The commit rendered.
+    pub commit: String,
+    /// Variables after the environment's overrides.
+    pub variables: BTreeMap<String, Json>,
+    /// Resources by name.
+    pub resources: BTreeMap<String, DesiredResource>,
+    /// sha256 of the canonical JSON of `stack`, `environment`, `variables` and `resources`
+    /// (everything but the commit): two commits that render the same state have the same hash.
+    pub hash: String,
+}
+
+impl DesiredState {
+    /// The canonical JSON bytes: sorted keys, no insignificant whitespace.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("a desired state is always serializable")
+    }
+}
+
+/// Why a stack could not be rendered for a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// The target names no entry of `environments:`.
+    UnknownEnvironment {
+        /// The name asked for.
+        name: String,
+        /// The entries there are.
+        known: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RenderError::UnknownEnvironment { name, known } => {
+                write!(
+                    f,
+                    "no environment `{name}` in slipway.yaml; it defines: {}",
+                    known.join(", ")
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for RenderError {}
+
+#[derive(Serialize)]
+struct Hashed<'a> {
+    stack: &'a str,
+    environment: &'a DesiredEnvironment,
+    variables: &'a BTreeMap<String, Json>,
+    resources: &'a BTreeMap<String, DesiredResource>,
+}
+
+/// Renders `stack` for `target` at `commit`. The stack must have loaded without errors.
+pub fn render(
+    stack: &Stack,
+    target: Target<'_>,
+    commit: &str,
+) -> Result<DesiredState, RenderError> {
+    let Some(def) = stack.environments.get(target.definition) else {
+        return Err(RenderError::UnknownEnvironment {
+            name: target.definition.to_string(),
+            known: stack.environments.keys().cloned().collect(),
+        });
+    };
+    let mut vars: BTreeMap<String, Scalar> = stack
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    for (k, v) in &def.variables {
+        vars.insert(k.clone(), v.value.clone());
+    }
+    let environment = DesiredEnvironment {
+        name: target.name.to_string(),
+        definition: target.definition.to_string(),
+        kind: target.kind,
+        protected: def.protected,
+        self_heal: def.self_heal,
+    };
+    let resolve = |r: &Reference| -> Option<String> {
+        match r {
+            Reference::Var(v) => vars.get(v).map(Scalar::to_text),
+            Reference::Env(a) => match a.as_str() {
+                "name" => Some(target.name.to_string()),
+                "stack" => Some(stack.name.clone()),
+                "kind" => Some(target.kind.as_str().to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let mut resources = BTreeMap::new();
+    for (name, res) in &stack.resources {
+        let Some(rtype) = types::lookup(&res.type_name) else {
+            continue;
+        };
+        let mut config = serde_json::Map::new();
+        let mut references = BTreeSet::new();
+        for (field, node) in &res.fields {
+            let Some(spec) = rtype.field(field) else {
+                continue;
+            };
+            let value = to_json(node, spec.kind, &mut |s| {
+                let segments = template::parse(s)
+                    .unwrap_or_else(|_| vec![template::Segment::Text(s.to_string())]);
+                for seg in &segments {
+                    if let template::Segment::Ref(Reference::Resource { name, .. }, _) = seg {
+                        references.insert(name.clone());
+                    }
+                }
+                template::substitute(&segments, resolve)
+            });
+            config.insert(field.clone(), value);
+        }
+        resources.insert(
+            name.clone(),
+            DesiredResource {
+                type_name: res.type_name.clone(),
+                config: Json::Object(config),
+                depends_on: res.dependencies.clone(),
+                references,
+            },
+        );
+    }
+    let variables: BTreeMap<String, Json> = vars
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                serde_json::to_value(v).expect("a scalar is always serializable"),
+            )
+        })
+        .collect();
+    let hashed = Hashed {
+        stack: &stack.name,
+        environment: &environment,
+        variables: &variables,
+        resources: &resources,
+    };
+    let bytes = serde_json::to_vec(&hashed).expect("a desired state is always serializable");
+    let hash = hex(&Sha256::digest(&bytes));
+    Ok(DesiredState {
+        stack: stack.name.clone(),
+        environment,
+        commit: commit.to_string(),
+        variables,
+        resources,
+        hash,
+    })
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        write!(s, "{b:02x}").expect("writing to a String cannot fail");
+    }
+    s
+}
+
+fn scalar_string(value: &Value) -> Option<String> {
+    match value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Converts a field's node to JSON by its kind; `sub` rewrites strings that may hold templates.
+fn to_json(node: &Node, kind: FieldKind, sub: &mut dyn FnMut(&str) -> String) -> Json {
+    match (kind, &node.value) {
+        (FieldKind::Str | FieldKind::RelPath, Value::Str(s)) => Json::String(sub(s)),
+        (FieldKind::StrList, Value::Seq(items)) => Json::Array(
+            items
+                .iter()
+                .filter_map(|i| match &i.value {
+                    Value::Str(s) => Some(Json::String(sub(s))),
+                    other => scalar_string(other).map(|s| Json::String(template::escape(&s))),
+                })
+                .collect(),
+        ),
+        (FieldKind::NameList | FieldKind::PortNames, Value::Seq(items)) => Json::Array(
+            items
+                .iter()
+                .filter_map(|i| scalar_string(&i.value))
+                .map(|s| Json::String(template::escape(&s)))
+                .collect(),
+        ),
+        (FieldKind::StrMap, Value::Map(entries)) => Json::Object(
+            entries
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = scalar_string(&k.value)?;
+                    let value = match &v.value {
+                        Value::Str(s) => sub(s),
+                        other => template::escape(&scalar_string(other)?),
+                    };
+                    Some((key, Json::String(value)))
+                })
+                .collect(),
+        ),
+        (FieldKind::Health, Value::Map(entries)) => Json::Object(
+            entries
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = scalar_string(&k.value)?;
+                    let kind = match key.as_str() {
+                        "command" => FieldKind::StrList,
+                        "http" => FieldKind::Str,
+                        _ => FieldKind::Any,
+                    };
+                    Some((key, to_json(v, kind, sub)))
+                })
+                .collect(),
+        ),
+        (FieldKind::Any, Value::Str(s)) => Json::String(sub(s)),
+        (FieldKind::Any, Value::Seq(items)) => {
+            Json::Array(items.iter().map(|i| to_json(i, kind, sub)).collect())
+        }
+        (FieldKind::Any, Value::Map(entries)) => Json::Object(
+            entries
+                .iter()
+                .filter_map(|(k, v)| Some((scalar_string(&k.value)?, to_json(v, kind, sub))))
+                .collect(),
+        ),
+        (_, Value::Null) => Json::Null,
+        (_, Value::Bool(b)) => Json::Bool(*b),
+        (_, Value::Int(i)) => Json::from(*i),
+        (_, Value::Float(f)) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .unwrap_or(Json::Null),
+        (_, Value::Str(s)) => Json::String(template::escape(s)),
+        (_, Value::Seq(items)) => Json::Array(
+            items
+                .iter()
+                .map(|i| to_json(i, FieldKind::Any, sub))
+                .collect(),
+        ),
+        (_, Value::Map(_)) => to_json(node, FieldKind::Any, sub),
+    }
+}

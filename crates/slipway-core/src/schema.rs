@@ -1,0 +1,121 @@
+//! The JSON Schema of `slipway.yaml`, generated from the same type catalogue the loader checks
+//! against, so editors and `slipway validate` agree.
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::types::{FieldKind, TYPES};
+
+fn kind_schema(kind: FieldKind) -> Json {
+    let string_like = json!({"type": ["string", "number", "boolean"]});
+    match kind {
+        FieldKind::Str | FieldKind::PortName => json!({"type": "string"}),
+        FieldKind::Bool => json!({"type": "boolean"}),
+        FieldKind::Duration => json!({"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d))+$"}),
+        FieldKind::Mode => json!({"type": "string", "pattern": "^[0-7]{1,4}$"}),
+        FieldKind::RelPath => {
+            json!({"type": "string", "minLength": 1, "not": {"pattern": "(^/)|(^|/)\\.\\.(/|$)"}})
+        }
+        FieldKind::StrList => json!({"type": "array", "minItems": 1, "items": string_like}),
+        FieldKind::NameList => json!({"type": "array", "items": string_like}),
+        FieldKind::PortNames => {
+            json!({"type": "array", "uniqueItems": true, "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}})
+        }
+        FieldKind::StrMap => json!({"type": "object", "additionalProperties": string_like}),
+        FieldKind::Health => json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "http": {"type": "string", "pattern": "^/"},
+                "tcp": {"type": "string"},
+                "command": {"type": "array", "minItems": 1, "items": string_like},
+                "port": {"type": "string"},
+                "interval": kind_schema(FieldKind::Duration),
+                "timeout": kind_schema(FieldKind::Duration)
+            },
+            "oneOf": [{"required": ["http"]}, {"required": ["tcp"]}, {"required": ["command"]}]
+        }),
+        FieldKind::Any => json!({}),
+    }
+}
+
+/// The schema (JSON Schema draft 2020-12).
+pub fn schema() -> Json {
+    let scalar = json!({"type": ["string", "number", "boolean"]});
+    let label = json!({"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"});
+    let variables = json!({"type": ["object", "null"], "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}, "additionalProperties": scalar});
+    let resource_types: Vec<Json> = TYPES
+        .iter()
+        .map(|t| {
+            let mut props = Map::new();
+            props.insert("type".into(), json!({"const": t.name}));
+            props.insert(
+                "depends_on".into(),
+                json!({"type": ["array", "string"], "items": {"type": "string"}}),
+            );
+            props.insert("description".into(), json!({"type": "string"}));
+            for f in t.fields {
+                let mut s = kind_schema(f.kind);
+                if let Some(o) = s.as_object_mut() {
+                    o.insert("description".into(), json!(f.doc));
+                }
+                props.insert(f.name.into(), s);
+            }
+            let required: Vec<&str> = std::iter::once("type")
+                .chain(t.fields.iter().filter(|f| f.required).map(|f| f.name))
+                .collect();
+            json!({
+                "description": t.doc,
+                "type": "object",
+                "properties": props,
+                "required": required,
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://slipway.dev/schema/slipway.yaml.json",
+        "title": "slipway.yaml",
+        "description": "A Slipway stack: the whole desired state of every environment.",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "version": {"const": 1},
+            "stack": label,
+            "include": {"type": ["array", "string"], "items": {"type": "string"}},
+            "variables": variables,
+            "environments": {
+                "type": ["object", "null"],
+                "propertyNames": label,
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "track": {"type": "string"},
+                        "protected": {"type": "boolean"},
+                        "self_heal": {"type": "boolean"},
+                        "require_pr": {"type": "boolean"},
+                        "description": {"type": "string"},
+                        "ttl": kind_schema(FieldKind::Duration),
+                        "variables": variables,
+                        "generate": {
+                            "type": "object",
+                            "additionalProperties": false,
+                            "properties": {
+                                "pull_requests": {"type": "boolean"},
+                                "branches": {"type": ["array", "string"], "items": {"type": "string"}}
+                            }
+                        }
+                    },
+                    "not": {"required": ["track", "generate"]}
+                }
+            },
+            "resources": {
+                "type": ["object", "null"],
+                "propertyNames": {"pattern": "^[A-Za-z0-9_-]{1,63}$"},
+                "additionalProperties": {"oneOf": resource_types}
+            }
+        },
+        "required": ["version", "stack"]
+    })
+}

@@ -1,0 +1,264 @@
+//! `${...}` references inside string values: parsing, and substituting what is known.
+//!
+//! `$${` writes a literal `${`. A `$` not followed by `{` is literal. Rendering substitutes
+//! the references it can resolve (variables, the environment) and leaves the others
+//! (resource outputs, ports, secrets) in place, re-escaped, for the engine to resolve at apply
+//! time; so a rendered string is still a template, and resolution is the same code twice.
+
+use std::fmt;
+
+/// One reference, by what it points at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reference {
+    /// `${vars.NAME}`
+    Var(String),
+    /// `${env.ATTR}`: `name`, `stack` or `kind` of the environment.
+    Env(String),
+    /// `${resources.NAME.OUTPUT...}`: an output of another resource (`url`, `ports.http`).
+    Resource {
+        /// The resource.
+        name: String,
+        /// The output's path, at least one part.
+        output: Vec<String>,
+    },
+    /// `${ports.NAME}`: one of the resource's own allocated ports.
+    Port(String),
+    /// `${secrets.NAME}`
+    Secret(String),
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Var(n) => write!(f, "${{vars.{n}}}"),
+            Reference::Env(n) => write!(f, "${{env.{n}}}"),
+            Reference::Resource { name, output } => {
+                write!(f, "${{resources.{name}.{}}}", output.join("."))
+            }
+            Reference::Port(n) => write!(f, "${{ports.{n}}}"),
+            Reference::Secret(n) => write!(f, "${{secrets.{n}}}"),
+        }
+    }
+}
+
+/// A piece of a template string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    /// Literal text (escapes already undone).
+    Text(String),
+    /// A reference, with its byte offset in the string.
+    Ref(Reference, usize),
+}
+
+/// A malformed reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// Byte offset of the `${` in the string.
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+/// Splits a string into literal text and references.
+pub fn parse(s: &str) -> Result<Vec<Segment>, TemplateError> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut rest = s;
+    let mut offset = 0;
+    while let Some(i) = rest.find('$') {
+        text.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if after.starts_with("$${") {
+            text.push_str("${");
+            rest = &after[3..];
+            offset += i + 3;
+        } else if after.starts_with("${") {
+            let start = offset + i;
+            let Some(end) = after.find('}') else {
+                return Err(TemplateError {
+                    offset: start,
+                    message: "unterminated `${`".into(),
+                    hint: Some(
+                        "close the reference with `}`, or write `$${` for a literal `${`".into(),
+                    ),
+                });
+            };
+            let reference = parse_reference(&after[2..end], start)?;
+            if !text.is_empty() {
+                out.push(Segment::Text(std::mem::take(&mut text)));
+            }
+            out.push(Segment::Ref(reference, start));
+            rest = &after[end + 1..];
+            offset = start + end + 1;
+        } else {
+            text.push('$');
+            rest = &after[1..];
+            offset += i + 1;
+        }
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        out.push(Segment::Text(text));
+    }
+    Ok(out)
+}
+
+fn parse_reference(inner: &str, offset: usize) -> Result<Reference, TemplateError> {
+    let err = |message: String, hint: Option<&str>| TemplateError {
+        offset,
+        message,
+        hint: hint.map(str::to_string),
+    };
+    let parts: Vec<&str> = inner.trim().split('.').collect();
+    if parts.iter().any(|p| {
+        p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }) {
+        return Err(err(
+            format!("malformed reference `${{{inner}}}`"),
+            Some("references look like `${vars.name}`, `${resources.db.url}` or `${ports.http}`"),
+        ));
+    }
+    let one = |kind: fn(String) -> Reference| {
+        if parts.len() == 2 {
+            Ok(kind(parts[1].to_string()))
+        } else {
+            Err(err(
+                format!(
+                    "`${{{inner}}}` should have exactly two parts, like `${{{}.name}}`",
+                    parts[0]
+                ),
+                None,
+            ))
+        }
+    };
+    match parts[0] {
+        "vars" => one(Reference::Var),
+        "env" => one(Reference::Env),
+        "ports" => one(Reference::Port),
+        "secrets" => one(Reference::Secret),
+        "resources" => {
+            if parts.len() < 3 {
+                return Err(err(
+                    format!("`${{{inner}}}` does not name an output"),
+                    Some("write `${resources.NAME.OUTPUT}`, e.g. `${resources.db.url}`"),
+                ));
+            }
+            Ok(Reference::Resource {
+                name: parts[1].to_string(),
+                output: parts[2..].iter().map(|s| s.to_string()).collect(),
+            })
+        }
+        other => {
+            let hint =
+                crate::diag::did_you_mean(other, ["vars", "env", "resources", "ports", "secrets"])
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| {
+                        "references start with vars, env, resources, ports or secrets".into()
+                    });
+            Err(TemplateError {
+                offset,
+                message: format!("unknown reference `${{{inner}}}`"),
+                hint: Some(hint),
+            })
+        }
+    }
+}
+
+/// Escapes literal text so that [`parse`] reads it back unchanged.
+pub fn escape(text: &str) -> String {
+    text.replace("${", "$${")
+}
+
+/// Substitutes the references that `resolve` knows, keeping the others as references.
+/// The result is again a template.
+pub fn substitute(
+    segments: &[Segment],
+    mut resolve: impl FnMut(&Reference) -> Option<String>,
+) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Text(t) => out.push_str(&escape(t)),
+            Segment::Ref(r, _) => match resolve(r) {
+                Some(value) => out.push_str(&escape(&value)),
+                None => out.push_str(&r.to_string()),
+            },
+        }
+    }
+    out
+}
+
+/// Resolves every reference; the first one `resolve` does not know is returned as the error.
+pub fn resolve(
+    segments: &[Segment],
+    mut resolve: impl FnMut(&Reference) -> Option<String>,
+) -> Result<String, Reference> {
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Text(t) => out.push_str(t),
+            Segment::Ref(r, _) => out.push_str(&resolve(r).ok_or_else(|| r.clone())?),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_and_escapes() {
+        let segs = parse("a ${vars.x} $${lit} $5 ${resources.db.ports.http}").expect("parses");
+        assert_eq!(
+            segs,
+            vec![
+                Segment::Text("a ".into()),
+                Segment::Ref(Reference::Var("x".into()), 2),
+                Segment::Text(" ${lit} $5 ".into()),
+                Segment::Ref(
+                    Reference::Resource {
+                        name: "db".into(),
+                        output: vec!["ports".into(), "http".into()]
+                    },
+                    23
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn substitution_keeps_unknown_references_and_escapes() {
+        let segs = parse("$${x} ${vars.a} ${ports.http}").expect("parses");
+        let out = substitute(&segs, |r| {
+            matches!(r, Reference::Var(_)).then(|| "${y}".to_string())
+        });
+        assert_eq!(
+            out, "$${x} $${y} ${ports.http}",
+            "the result is still a template"
+        );
+        let again = parse(&out).expect("parses again");
+        let done = resolve(&again, |_| Some("8080".into())).expect("resolves");
+        assert_eq!(done, "${x} ${y} 8080");
+    }
+
+    #[test]
+    fn malformed_references_are_errors() {
+        assert!(parse("${vars.x").is_err());
+        assert!(parse("${vars}").is_err());
+        assert!(
+            parse("${var.x}")
+                .unwrap_err()
+                .hint
+                .unwrap()
+                .contains("vars")
+        );
+        assert!(parse("${resources.db}").is_err());
+        assert!(parse("${vars.a b}").is_err());
+    }
+}

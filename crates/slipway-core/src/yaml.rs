@@ -1,0 +1,538 @@
+//! YAML text → a located tree, with the limits that make it safe on hostile input.
+//!
+//! The tree keeps every node's position so that later passes can say `file:line:col`. It
+//! resolves plain scalars by the YAML 1.2 core schema, refuses duplicate keys, bounds nesting
+//! depth and alias expansion (a "billion laughs" file is an error, not an out-of-memory), and
+//! accepts exactly one document.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use crate::diag::Pos;
+
+/// A YAML value with the position where it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Where the value starts.
+    pub pos: Pos,
+    /// The value.
+    pub value: Value,
+}
+
+/// A YAML value. Mapping keys keep their nodes so that errors about a key point at the key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `null`, `~` or nothing.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer that fits in 64 bits.
+    Int(i64),
+    /// A floating point number.
+    Float(f64),
+    /// Any other scalar, or a quoted one.
+    Str(String),
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, in document order.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Value {
+    /// A short name of the value's kind, for error messages ("a string", "a list").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// Bounds on what one file may contain.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest nesting of lists and mappings.
+    pub max_depth: usize,
+    /// Most nodes in the tree, counting every node an alias copies.
+    pub max_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 64,
+            max_nodes: 1_000_000,
+        }
+    }
+}
+
+/// A problem in the YAML text itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    /// Where.
+    pub pos: Pos,
+    /// What.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+enum Frame {
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
+}
+
+fn pos_of(span: &Span) -> Pos {
+    // saphyr: lines are 1-based, columns 0-based.
+    Pos::new(
+        u32::try_from(span.start.line()).unwrap_or(u32::MAX),
+        u32::try_from(span.start.col() + 1).unwrap_or(u32::MAX),
+    )
+}
+
+/// Parses one YAML document. Returns the tree when the text is well-formed, and every error
+/// found (parsing stops at the first syntax error; duplicate keys are all reported).
+pub fn parse(text: &str, limits: Limits) -> (Option<Node>, Vec<YamlError>) {
+    let mut builder = Builder {
+        limits,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        nodes: 0,
+        root: None,
+        errors: Vec::new(),
+        documents: 0,
+    };
+    for event in Parser::new_from_str(text) {
+        match event {
+            Ok((event, span)) => {
+                if let Err(fatal) = builder.on_event(event, &span) {
+                    builder.errors.push(fatal);
+                    return (None, builder.errors);
+                }
+            }
+            Err(e) => {
+                let m = e.marker();
+                builder.errors.push(YamlError {
+                    pos: Pos::new(
+                        u32::try_from(m.line()).unwrap_or(u32::MAX),
+                        u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
+                    ),
+                    message: format!("invalid YAML: {}", e.info()),
+                    hint: Some("check the indentation and quoting around this position".into()),
+                });
+                return (None, builder.errors);
+            }
+        }
+    }
+    let root = if builder.errors.is_empty() {
+        builder.root
+    } else {
+        None
+    };
+    (root, builder.errors)
+}
+
+struct Builder {
+    limits: Limits,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    nodes: usize,
+    root: Option<Node>,
+    errors: Vec<YamlError>,
+    documents: usize,
+}
+
+impl Builder {
+    fn on_event(&mut self, event: Event<'_>, span: &Span) -> Result<(), YamlError> {
+        let pos = pos_of(span);
+        match event {
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(YamlError {
+                        pos,
+                        message: "more than one YAML document in one file".into(),
+                        hint: Some("remove the `---` separator, or move the second document to its own file and `include:` it".into()),
+                    });
+                }
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                if let Some(tag) = tag {
+                    if !tag.is_yaml_core_schema() {
+                        return Err(YamlError {
+                            pos,
+                            message: format!("unsupported YAML tag `{}{}`", tag.handle, tag.suffix),
+                            hint: Some(
+                                "remove the tag; slipway.yaml uses plain YAML values".into(),
+                            ),
+                        });
+                    }
+                }
+                let value = if style == ScalarStyle::Plain {
+                    resolve_plain(&text, pos)?
+                } else {
+                    Value::Str(text.into_owned())
+                };
+                self.push(Node { pos, value }, anchor)?;
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.enter(pos)?;
+                self.stack.push(Frame::Seq {
+                    pos,
+                    anchor,
+                    items: Vec::new(),
+                });
+            }
+            Event::MappingStart(anchor, _) => {
+                self.enter(pos)?;
+                self.stack.push(Frame::Map {
+                    pos,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                });
+            }
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq { pos, anchor, items }) = self.stack.pop() {
+                    self.push(
+                        Node {
+                            pos,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    )?;
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map {
+                    pos,
+                    anchor,
+                    entries,
+                    ..
+                }) = self.stack.pop()
+                {
+                    self.check_duplicates(&entries);
+                    self.push(
+                        Node {
+                            pos,
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    )?;
+                }
+            }
+            Event::Alias(id) => {
+                let Some(node) = self.anchors.get(&id).cloned() else {
+                    return Err(YamlError {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                        hint: None,
+                    });
+                };
+                let size = count_nodes(&node);
+                self.nodes = self.nodes.saturating_add(size);
+                if self.nodes > self.limits.max_nodes {
+                    return Err(self.too_many(pos));
+                }
+                self.attach(node)?;
+            }
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self, pos: Pos) -> Result<(), YamlError> {
+        if self.stack.len() >= self.limits.max_depth {
+            return Err(YamlError {
+                pos,
+                message: format!("nesting deeper than {} levels", self.limits.max_depth),
+                hint: Some("flatten the structure".into()),
+            });
+        }
+        Ok(())
+    }
+
+    fn too_many(&self, pos: Pos) -> YamlError {
+        YamlError {
+            pos,
+            message: format!(
+                "the document expands to more than {} values (aliases included)",
+                self.limits.max_nodes
+            ),
+            hint: Some(
+                "this looks like an alias bomb; write the values out or split the file".into(),
+            ),
+        }
+    }
+
+    fn push(&mut self, node: Node, anchor: usize) -> Result<(), YamlError> {
+        self.nodes += 1;
+        if self.nodes > self.limits.max_nodes {
+            return Err(self.too_many(node.pos));
+        }
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        self.attach(node)
+    }
+
+    fn attach(&mut self, node: Node) -> Result<(), YamlError> {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                None => {
+                    if let Value::Str(k) = &node.value {
+                        if k == "<<" {
+                            return Err(YamlError {
+                                pos: node.pos,
+                                message: "YAML merge keys (`<<`) are not supported".into(),
+                                hint: Some(
+                                    "write the fields out, or share them with `include:`".into(),
+                                ),
+                            });
+                        }
+                    }
+                    *key = Some(node);
+                }
+                Some(k) => entries.push((k, node)),
+            },
+        }
+        Ok(())
+    }
+
+    fn check_duplicates(&mut self, entries: &[(Node, Node)]) {
+        let mut seen: HashMap<String, Pos> = HashMap::new();
+        for (key, _) in entries {
+            let name = scalar_text(&key.value);
+            if let Some(first) = seen.get(&name) {
+                self.errors.push(YamlError {
+                    pos: key.pos,
+                    message: format!(
+                        "duplicate key `{name}` (first defined at line {})",
+                        first.line
+                    ),
+                    hint: Some("remove one of them; YAML keeps only one value per key".into()),
+                });
+            } else {
+                seen.insert(name, key.pos);
+            }
+        }
+    }
+}
+
+fn count_nodes(node: &Node) -> usize {
+    match &node.value {
+        Value::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count_nodes(k) + count_nodes(v))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
+/// The text of a scalar as a mapping key would be compared.
+pub fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Str(s) => s.clone(),
+        Value::Seq(_) => "[list]".into(),
+        Value::Map(_) => "{mapping}".into(),
+    }
+}
+
+/// Resolves a plain scalar by the YAML 1.2 core schema.
+fn resolve_plain(text: &str, pos: Pos) -> Result<Value, YamlError> {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Ok(Value::Null),
+        "true" | "True" | "TRUE" => return Ok(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return Ok(Value::Bool(false)),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Ok(Value::Float(f64::INFINITY));
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Ok(Value::Float(f64::NEG_INFINITY)),
+        ".nan" | ".NaN" | ".NAN" => return Ok(Value::Float(f64::NAN)),
+        _ => {}
+    }
+    let out_of_range = || YamlError {
+        pos,
+        message: format!("integer `{text}` does not fit in 64 bits"),
+        hint: Some("quote it if it is meant as a string".into()),
+    };
+    let bytes = text.as_bytes();
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| out_of_range());
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return i64::from_str_radix(hex, 16)
+                .map(Value::Int)
+                .map_err(|_| out_of_range());
+        }
+    }
+    if let Some(oct) = text.strip_prefix("0o") {
+        if !oct.is_empty() && oct.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return i64::from_str_radix(oct, 8)
+                .map(Value::Int)
+                .map_err(|_| out_of_range());
+        }
+    }
+    if looks_like_float(bytes) {
+        if let Ok(f) = text.parse::<f64>() {
+            return Ok(Value::Float(f));
+        }
+    }
+    Ok(Value::Str(text.to_string()))
+}
+
+/// `[-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?`
+fn looks_like_float(b: &[u8]) -> bool {
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
+        i += 1;
+    }
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut digits = i - int_start;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        let frac_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        digits += i - frac_start;
+    }
+    if digits == 0 {
+        return false;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
+            i += 1;
+        }
+        let exp_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == exp_start {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Node {
+        let (node, errors) = parse(text, Limits::default());
+        assert!(errors.is_empty(), "unexpected errors: {errors:?}");
+        node.expect("a document")
+    }
+
+    #[test]
+    fn plain_scalars_follow_the_core_schema() {
+        let node = ok("a: 1\nb: true\nc: ~\nd: 1.5\ne: '1'\nf: 0x1f\ng: hello\nh: 1e3\n");
+        let Value::Map(entries) = node.value else {
+            panic!("a mapping")
+        };
+        let values: Vec<&Value> = entries.iter().map(|(_, v)| &v.value).collect();
+        assert_eq!(values[0], &Value::Int(1));
+        assert_eq!(values[1], &Value::Bool(true));
+        assert_eq!(values[2], &Value::Null);
+        assert_eq!(values[3], &Value::Float(1.5));
+        assert_eq!(
+            values[4],
+            &Value::Str("1".into()),
+            "quoted scalars stay strings"
+        );
+        assert_eq!(values[5], &Value::Int(31));
+        assert_eq!(values[6], &Value::Str("hello".into()));
+        assert_eq!(values[7], &Value::Float(1000.0));
+    }
+
+    #[test]
+    fn positions_are_one_based() {
+        let node = ok("a:\n  b: c\n");
+        let Value::Map(entries) = node.value else {
+            panic!("a mapping")
+        };
+        let Value::Map(inner) = &entries[0].1.value else {
+            panic!("a mapping")
+        };
+        assert_eq!(
+            inner[0].0.pos,
+            Pos::new(2, 3),
+            "the key `b` is at line 2 column 3"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let (_, errors) = parse("a: 1\nb: 2\na: 3\n", Limits::default());
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].pos, Pos::new(3, 1));
+        assert!(errors[0].message.contains("duplicate key `a`"));
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..9 {
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
+            text.push_str(&format!("l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        let (node, errors) = parse(&text, Limits::default());
+        assert!(node.is_none());
+        assert!(
+            errors[0].message.contains("expands to more than"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let text = "[".repeat(200) + &"]".repeat(200);
+        let (_, errors) = parse(&text, Limits::default());
+        assert!(errors[0].message.contains("nesting deeper"), "{errors:?}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let (_, errors) = parse("a: [1, 2\nb: 3\n", Limits::default());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.starts_with("invalid YAML"));
+    }
+}

@@ -1,0 +1,314 @@
+//! Resource providers: the code that makes one kind of live object exist, observes it, and
+//! removes it.
+//!
+//! Start with [`Provider`]: one implementation per resource type (`process`, `job`, `file`,
+//! `exec`), registered in [`Registry::local`]. A provider receives its resource's *resolved*
+//! configuration (every `${...}` reference already substituted by the engine) as JSON, and a
+//! [`ResourceContext`] naming the environment's directories and the ports the engine allocated.
+//! It knows nothing of git, plans, the state store or other providers: what it returns
+//! ([`Applied`]) is recorded by the engine, and handed back to it on the next call.
+//!
+//! # Guarantees every provider gives
+//! - `create` leaves something at a location derived only from the context (environment,
+//!   resource name, directories), so that [`Provider::delete`] with `live: None` can find and
+//!   remove what an interrupted `create` left behind. This is what makes `kill -9` of the CLI
+//!   mid-apply safe: the engine records ownership before acting, and a resource whose result
+//!   was never recorded is deleted that way and created again.
+//! - `delete` is idempotent: deleting what is already gone succeeds.
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The directories of one environment. The engine creates them before any provider runs.
+#[derive(Debug, Clone)]
+pub struct EnvDirs {
+    /// `<home>/envs/<env>`.
+    pub root: PathBuf,
+    /// Read-only export of the repository at the commit being applied; processes and jobs run
+    /// here (in the folder holding `slipway.yaml`).
+    pub src: PathBuf,
+    /// Kept across deployments; `file` resources live under it.
+    pub data: PathBuf,
+    /// Log files, one or more per resource.
+    pub logs: PathBuf,
+    /// Runtime files: supervisor state, pid files.
+    pub run: PathBuf,
+}
+
+/// Engine-wide settings that providers need. Every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// The program and leading arguments that run a process supervisor, e.g.
+    /// `["/usr/bin/slipway", "__supervise"]`; the supervisor's spec file path is appended.
+    pub supervisor: Vec<std::ffi::OsString>,
+    /// Time between SIGTERM and SIGKILL when stopping a process.
+    pub stop_grace: Duration,
+    /// How long a process may take to become healthy, and a job to finish, unless the resource
+    /// says otherwise.
+    pub ready_timeout: Duration,
+    /// A log file is rotated (one old generation kept) when it grows past this size.
+    pub log_max_bytes: u64,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            supervisor: Vec::new(),
+            stop_grace: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(60),
+            log_max_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything a provider is told about the resource it acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceContext<'a> {
+    /// Environment name (a DNS label).
+    pub environment: &'a str,
+    /// Resource name, unique in the environment.
+    pub resource: &'a str,
+    /// The environment's directories.
+    pub dirs: &'a EnvDirs,
+    /// Ports allocated to this resource by the engine, by the names it declared.
+    pub ports: &'a BTreeMap<String, u16>,
+    /// Engine-wide settings.
+    pub settings: &'a ProviderSettings,
+}
+
+/// What a successful create or update leaves: outputs other resources may reference, and the
+/// provider's own handle on the live object (pids, paths), given back on later calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Outputs by name, e.g. `url`, `exit_code`, `path`.
+    pub outputs: BTreeMap<String, Value>,
+    /// Names of outputs whose values are secret (redacted wherever they are shown).
+    pub secret_outputs: Vec<String>,
+    /// Provider-private handle on the live object.
+    pub live: Value,
+}
+
+/// What observing a recorded live object found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// It exists and matches what was applied.
+    InSync,
+    /// It exists but differs from what was applied (an edited file, a restarting process).
+    Drifted {
+        /// Human-readable description of the difference.
+        reason: String,
+    },
+    /// It is gone (a killed supervisor, a deleted file).
+    Missing {
+        /// Human-readable description.
+        reason: String,
+    },
+}
+
+/// Whether an error may go away by itself if the operation is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Retrying later may succeed (a port in use, a timeout).
+    Retryable,
+    /// Retrying will not help until the configuration changes (bad command, exit code 1).
+    Terminal,
+}
+
+/// A provider failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The resolved configuration does not fit the provider (a bug in validation, or an exec
+    /// provider rejecting it).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The operation failed; `log_tail` holds the last lines of the resource's log, if any.
+    #[error("{message}")]
+    Failed {
+        /// What went wrong, lowercase, naming the resource's command or path.
+        message: String,
+        /// Last lines of the resource's output, to show the user.
+        log_tail: Option<String>,
+        /// Whether retrying may help.
+        retry: Retry,
+    },
+    /// An IO error on the environment's files.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ProviderError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn retry(&self) -> Retry {
+        match self {
+            ProviderError::Config(_) => Retry::Terminal,
+            ProviderError::Failed { retry, .. } => *retry,
+            ProviderError::Io { .. } => Retry::Retryable,
+        }
+    }
+}
+
+/// One resource type's behaviour. Implementations are registered in [`Registry`].
+pub trait Provider: Send + Sync + 'static {
+    /// The resource's resolved configuration: the fields of its `slipway.yaml` entry other
+    /// than `type` and `depends_on`, with every reference substituted.
+    type Config: DeserializeOwned;
+
+    /// The `type:` this provider implements.
+    const TYPE: &'static str;
+
+    /// Makes the live object exist.
+    fn create(&self, ctx: ResourceContext<'_>, config: &Self::Config)
+    -> Result<Applied, ProviderError>;
+
+    /// Changes the live object in place. Only called for changes to fields that the core's
+    /// type catalogue does not mark as forcing a replacement; the default replaces.
+    fn update(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Self::Config,
+        live: &Value,
+    ) -> Result<Applied, ProviderError> {
+        self.delete(ctx, Some(live))?;
+        self.create(ctx, config)
+    }
+
+    /// Removes the live object. `live` is `None` when a `create` was interrupted before its
+    /// result was recorded: the provider then removes whatever a create may have left at its
+    /// deterministic location. Idempotent.
+    fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError>;
+
+    /// Looks at the live object recorded as `live`, without changing it.
+    fn observe(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Self::Config,
+        live: &Value,
+    ) -> Result<Observation, ProviderError>;
+
+    /// Blocks until the object just created or updated is ready (a process passes its health
+    /// check) or `deadline` passes. The default is ready at once.
+    fn wait_ready(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Self::Config,
+        applied: &Applied,
+        deadline: Instant,
+    ) -> Result<(), ProviderError> {
+        let _ = (ctx, config, applied, deadline);
+        Ok(())
+    }
+}
+
+/// A [`Provider`] with its configuration type erased, so that providers of every type fit in one
+/// [`Registry`]. Implemented for every `Provider`.
+pub trait DynProvider: Send + Sync {
+    /// See [`Provider::TYPE`].
+    fn type_name(&self) -> &'static str;
+    /// See [`Provider::create`].
+    fn create(&self, ctx: ResourceContext<'_>, config: &Value) -> Result<Applied, ProviderError>;
+    /// See [`Provider::update`].
+    fn update(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Applied, ProviderError>;
+    /// See [`Provider::delete`].
+    fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError>;
+    /// See [`Provider::observe`].
+    fn observe(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Observation, ProviderError>;
+    /// See [`Provider::wait_ready`].
+    fn wait_ready(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        applied: &Applied,
+        deadline: Instant,
+    ) -> Result<(), ProviderError>;
+}
+
+fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
+    serde_json::from_value(config.clone())
+        .map_err(|e| ProviderError::Config(format!("{type_name}: {e}")))
+}
+
+impl<P: Provider> DynProvider for P {
+    fn type_name(&self) -> &'static str {
+        P::TYPE
+    }
+    fn create(&self, ctx: ResourceContext<'_>, config: &Value) -> Result<Applied, ProviderError> {
+        Provider::create(self, ctx, &decode(P::TYPE, config)?)
+    }
+    fn update(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Applied, ProviderError> {
+        Provider::update(self, ctx, &decode(P::TYPE, config)?, live)
+    }
+    fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
+        Provider::delete(self, ctx, live)
+    }
+    fn observe(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Observation, ProviderError> {
+        Provider::observe(self, ctx, &decode(P::TYPE, config)?, live)
+    }
+    fn wait_ready(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        applied: &Applied,
+        deadline: Instant,
+    ) -> Result<(), ProviderError> {
+        Provider::wait_ready(self, ctx, &decode(P::TYPE, config)?, applied, deadline)
+    }
+}
+
+/// The providers an engine can use, by type name.
+#[derive(Default)]
+pub struct Registry {
+    providers: BTreeMap<&'static str, Box<dyn DynProvider>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a provider; a later one for the same type replaces the earlier.
+    pub fn register<P: Provider>(&mut self, provider: P) {
+        self.providers.insert(P::TYPE, Box::new(provider));
+    }
+
+    /// The provider for `type_name`, if one is registered.
+    pub fn get(&self, type_name: &str) -> Option<&dyn DynProvider> {
+        self.providers.get(type_name).map(|p| p.as_ref())
+    }
+
+    /// The registered type names, sorted.
+    pub fn types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.providers.keys().copied()
+    }
+}
