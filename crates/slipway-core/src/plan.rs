@@ -70,6 +70,8 @@ pub struct Recorded {
     pub depends_on: BTreeSet<String>,
     /// Hash of its config with every reference resolved, when it was last applied.
     pub resolved_hash: Option<String>,
+    /// The source hash it was last applied with.
+    pub source: Option<String>,
 }
 
 /// What looking at a live object found.
@@ -210,7 +212,19 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                 reason: None,
             },
             Some(rec) => {
-                let field_diff = diff(&rec.config, &res.config, &res.type_name);
+                let mut field_diff = diff(&rec.config, &res.config, &res.type_name);
+                if res.source.is_some() && rec.source.is_some() && res.source != rec.source {
+                    let short = |s: &Option<String>| {
+                        s.as_deref()
+                            .map(|h| Json::String(h.chars().take(12).collect()))
+                    };
+                    field_diff.push(FieldChange {
+                        path: "(source files)".into(),
+                        before: short(&rec.source),
+                        after: short(&res.source),
+                        forces_replace: true,
+                    });
+                }
                 let forced = field_diff.iter().any(|f| f.forces_replace);
                 let (action, reason) = if rec.type_name != res.type_name {
                     (

@@ -78,6 +78,10 @@ pub struct DesiredResource {
     pub depends_on: BTreeSet<String>,
     /// The resources whose outputs its config references (a subset of `depends_on`).
     pub references: BTreeSet<String>,
+    /// For resources that run code from the repository (processes, jobs, exec programs): a
+    /// hash of the files in their working directory, so that new code means a new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What one environment should run at one commit.
@@ -142,10 +146,13 @@ struct Hashed<'a> {
 }
 
 /// Renders `stack` for `target` at `commit`. The stack must have loaded without errors.
+/// `sources` gives, by resource name, the hash of the repository files each resource runs
+/// (see [`DesiredResource::source`]); resources not in it get none.
 pub fn render(
     stack: &Stack,
     target: Target<'_>,
     commit: &str,
+    sources: &BTreeMap<String, String>,
 ) -> Result<DesiredState, RenderError> {
     let Some(def) = stack.environments.get(target.definition) else {
         return Err(RenderError::UnknownEnvironment {
@@ -210,6 +217,7 @@ pub fn render(
                 config: Json::Object(config),
                 depends_on: res.dependencies.clone(),
                 references,
+                source: sources.get(name).cloned(),
             },
         );
     }

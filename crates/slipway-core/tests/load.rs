@@ -57,6 +57,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
             kind: EnvKind::Static,
         },
         "c0ffee",
+        &Default::default(),
     )
     .expect("renders");
     assert_eq!(
@@ -75,6 +76,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
             kind: EnvKind::Static,
         },
         "c0ffee",
+        &Default::default(),
     )
     .expect("renders");
     assert_eq!(prod.canonical_json(), again.canonical_json());
@@ -86,6 +88,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
             kind: EnvKind::Static,
         },
         "c0ffee",
+        &Default::default(),
     )
     .expect("renders");
     assert_ne!(
