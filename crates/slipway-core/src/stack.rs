@@ -695,14 +695,14 @@ impl Cx {
                     continue;
                 }
             };
-            if let Value::Str(s) = &v.value {
-                if s.contains("${") {
-                    self.err(
-                        v.pos,
-                        format!("variable `{name}` contains a reference"),
-                        Some("variables are plain values; write `$${` for a literal `${`"),
-                    );
-                }
+            if let Value::Str(s) = &v.value
+                && s.contains("${")
+            {
+                self.err(
+                    v.pos,
+                    format!("variable `{name}` contains a reference"),
+                    Some("variables are plain values; write `$${` for a literal `${`"),
+                );
             }
             out.push((
                 name.to_string(),
@@ -915,24 +915,29 @@ impl Cx {
                 self.duration(node, what);
             }
             FieldKind::Mode => {
-                if let Some(s) = self.string(node, what) {
-                    if u32::from_str_radix(s, 8)
+                if let Some(s) = self.string(node, what)
+                    && u32::from_str_radix(s, 8)
                         .map(|m| m > 0o7777)
                         .unwrap_or(true)
-                    {
-                        self.err(
-                            node.pos,
-                            format!("{what}: `{s}` is not an octal file mode"),
-                            Some("write it quoted, e.g. `mode: \"0644\"`"),
-                        );
-                    }
+                {
+                    self.err(
+                        node.pos,
+                        format!("{what}: `{s}` is not an octal file mode"),
+                        Some("write it quoted, e.g. `mode: \"0644\"`"),
+                    );
                 }
             }
             FieldKind::RelPath => {
-                if let Some(s) = self.string(node, what) {
-                    if let Err(why) = check_relative_path(s) {
-                        self.err(node.pos, format!("{what}: `{s}` is refused: {why}"), Some("use a relative path inside the environment's directory, without `..`"));
-                    }
+                if let Some(s) = self.string(node, what)
+                    && let Err(why) = check_relative_path(s)
+                {
+                    self.err(
+                        node.pos,
+                        format!("{what}: `{s}` is refused: {why}"),
+                        Some(
+                            "use a relative path inside the environment's directory, without `..`",
+                        ),
+                    );
                 }
             }
             FieldKind::StrList | FieldKind::NameList => match &node.value {
@@ -988,14 +993,14 @@ impl Cx {
             FieldKind::StrMap => match &node.value {
                 Value::Map(entries) => {
                     for (k, v) in entries {
-                        if let Some(name) = self.key(k) {
-                            if name.is_empty() || name.contains('=') || name.contains('\0') {
-                                self.err(
-                                    k.pos,
-                                    format!("`{name}` is not a valid variable name"),
-                                    None,
-                                );
-                            }
+                        if let Some(name) = self.key(k)
+                            && (name.is_empty() || name.contains('=') || name.contains('\0'))
+                        {
+                            self.err(
+                                k.pos,
+                                format!("`{name}` is not a valid variable name"),
+                                None,
+                            );
                         }
                         if !scalar(&v.value) {
                             self.type_err(v, &format!("each value of {what}"), "a string", None);
@@ -1020,10 +1025,10 @@ impl Cx {
                     match field {
                         "http" => {
                             checks += 1;
-                            if let Some(p) = self.string(v, "`health.http`") {
-                                if !p.starts_with('/') {
-                                    self.err(v.pos, format!("`health.http` must be a path starting with `/`, found `{p}`"), Some("e.g. `health: { http: /healthz }`"));
-                                }
+                            if let Some(p) = self.string(v, "`health.http`")
+                                && !p.starts_with('/')
+                            {
+                                self.err(v.pos, format!("`health.http` must be a path starting with `/`, found `{p}`"), Some("e.g. `health: { http: /healthz }`"));
                             }
                         }
                         "tcp" => {
@@ -1190,19 +1195,18 @@ fn check_references(cx: &mut Cx, stack: &mut Stack) {
             let Some(spec) = rtype.field(field) else {
                 continue;
             };
-            if spec.kind == FieldKind::PortName {
-                if let Value::Str(p) = &node.value {
-                    if !own.contains(p) {
-                        cx.err(
-                            node.pos,
-                            format!(
-                                "`{field}` names port `{p}`, which resource `{}` does not declare",
-                                res.name
-                            ),
-                            Some(&format!("add it to `ports:`, e.g. `ports: [{p}]`")),
-                        );
-                    }
-                }
+            if spec.kind == FieldKind::PortName
+                && let Value::Str(p) = &node.value
+                && !own.contains(p)
+            {
+                cx.err(
+                    node.pos,
+                    format!(
+                        "`{field}` names port `{p}`, which resource `{}` does not declare",
+                        res.name
+                    ),
+                    Some(&format!("add it to `ports:`, e.g. `ports: [{p}]`")),
+                );
             }
             if spec.kind == FieldKind::Health {
                 check_health_ports(cx, node, own, &res.name);
@@ -1259,10 +1263,14 @@ fn check_health_ports(cx: &mut Cx, node: &Node, own: &BTreeSet<String>, name: &s
     let mut has_http = false;
     for (k, v) in entries {
         match (&k.value, &v.value) {
-            (Value::Str(f), Value::Str(p)) if f == "tcp" || f == "port" => {
-                if !own.contains(p) {
-                    cx.err(v.pos, format!("`health.{f}` names port `{p}`, which resource `{name}` does not declare"), Some("health checks use the resource's own ports"));
-                }
+            (Value::Str(f), Value::Str(p)) if (f == "tcp" || f == "port") && !own.contains(p) => {
+                cx.err(
+                    v.pos,
+                    format!(
+                        "`health.{f}` names port `{p}`, which resource `{name}` does not declare"
+                    ),
+                    Some("health checks use the resource's own ports"),
+                );
             }
             (Value::Str(f), _) if f == "http" => has_http = true,
             _ => {}

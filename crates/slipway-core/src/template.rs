@@ -70,9 +70,9 @@ pub fn parse(s: &str) -> Result<Vec<Segment>, TemplateError> {
     while let Some(i) = rest.find('$') {
         text.push_str(&rest[..i]);
         let after = &rest[i..];
-        if after.starts_with("$${") {
+        if let Some(tail) = after.strip_prefix("$${") {
             text.push_str("${");
-            rest = &after[3..];
+            rest = tail;
             offset += i + 3;
         } else if after.starts_with("${") {
             let start = offset + i;

@@ -172,16 +172,14 @@ impl Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                if let Some(tag) = tag {
-                    if !tag.is_yaml_core_schema() {
-                        return Err(YamlError {
-                            pos,
-                            message: format!("unsupported YAML tag `{}{}`", tag.handle, tag.suffix),
-                            hint: Some(
-                                "remove the tag; slipway.yaml uses plain YAML values".into(),
-                            ),
-                        });
-                    }
+                if let Some(tag) = tag
+                    && !tag.is_yaml_core_schema()
+                {
+                    return Err(YamlError {
+                        pos,
+                        message: format!("unsupported YAML tag `{}{}`", tag.handle, tag.suffix),
+                        hint: Some("remove the tag; slipway.yaml uses plain YAML values".into()),
+                    });
                 }
                 let value = if style == ScalarStyle::Plain {
                     resolve_plain(&text, pos)?
@@ -297,16 +295,16 @@ impl Builder {
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => {
-                    if let Value::Str(k) = &node.value {
-                        if k == "<<" {
-                            return Err(YamlError {
-                                pos: node.pos,
-                                message: "YAML merge keys (`<<`) are not supported".into(),
-                                hint: Some(
-                                    "write the fields out, or share them with `include:`".into(),
-                                ),
-                            });
-                        }
+                    if let Value::Str(k) = &node.value
+                        && k == "<<"
+                    {
+                        return Err(YamlError {
+                            pos: node.pos,
+                            message: "YAML merge keys (`<<`) are not supported".into(),
+                            hint: Some(
+                                "write the fields out, or share them with `include:`".into(),
+                            ),
+                        });
                     }
                     *key = Some(node);
                 }
@@ -388,24 +386,26 @@ fn resolve_plain(text: &str, pos: Pos) -> Result<Value, YamlError> {
             .map(Value::Int)
             .map_err(|_| out_of_range());
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return i64::from_str_radix(hex, 16)
-                .map(Value::Int)
-                .map_err(|_| out_of_range());
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return i64::from_str_radix(hex, 16)
+            .map(Value::Int)
+            .map_err(|_| out_of_range());
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if !oct.is_empty() && oct.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            return i64::from_str_radix(oct, 8)
-                .map(Value::Int)
-                .map_err(|_| out_of_range());
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && !oct.is_empty()
+        && oct.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return i64::from_str_radix(oct, 8)
+            .map(Value::Int)
+            .map_err(|_| out_of_range());
     }
-    if looks_like_float(bytes) {
-        if let Ok(f) = text.parse::<f64>() {
-            return Ok(Value::Float(f));
-        }
+    if looks_like_float(bytes)
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Ok(Value::Float(f));
     }
     Ok(Value::Str(text.to_string()))
 }

@@ -1,0 +1,224 @@
+//! Plans as snapshots, and the properties every plan keeps: render is deterministic, and the
+//! plan after an apply is empty.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use slipway_core::plan::{Observed, Plan, PlanInput, Recorded, RecordedStatus, plan};
+use slipway_core::render::{DesiredState, EnvKind, Target, render};
+use slipway_core::stack::{FileError, Files, LoadLimits, load};
+
+struct One(String);
+
+impl Files for One {
+    fn read(&self, path: &str) -> Result<String, FileError> {
+        if path == "slipway.yaml" {
+            Ok(self.0.clone())
+        } else {
+            Err(FileError::NotFound)
+        }
+    }
+}
+
+fn desired(text: &str, env: &str, sources: &[(&str, &str)]) -> DesiredState {
+    let loaded = load(
+        &One(text.to_string()),
+        "slipway.yaml",
+        &LoadLimits::default(),
+    );
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let sources = sources
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    render(
+        &loaded.stack.expect("a stack"),
+        Target {
+            name: env,
+            definition: env,
+            kind: EnvKind::Static,
+        },
+        "c1",
+        &sources,
+    )
+    .expect("renders")
+}
+
+/// What the store would hold after applying `d` successfully.
+fn applied(d: &DesiredState) -> BTreeMap<String, Recorded> {
+    d.resources
+        .iter()
+        .map(|(n, r)| {
+            (
+                n.clone(),
+                Recorded {
+                    type_name: r.type_name.clone(),
+                    status: RecordedStatus::Ready,
+                    config: r.config.clone(),
+                    depends_on: r.depends_on.clone(),
+                    resolved_hash: None,
+                    source: r.source.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn show(p: &Plan) -> String {
+    let mut out = String::new();
+    for c in &p.changes {
+        out.push_str(&format!(
+            "{} {} ({})",
+            c.action.as_str(),
+            c.resource,
+            c.type_name
+        ));
+        if let Some(r) = &c.reason {
+            out.push_str(&format!(" # {r}"));
+        }
+        out.push('\n');
+        for f in &c.diff {
+            out.push_str(&format!(
+                "    {}: {:?} -> {:?}{}\n",
+                f.path,
+                f.before,
+                f.after,
+                if f.forces_replace {
+                    " (forces replacement)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    out
+}
+
+const STACK: &str = r#"
+version: 1
+stack: shop
+variables: { greeting: hello, workers: 2 }
+environments:
+  dev: { track: main }
+  prod: { track: main, variables: { workers: 4 } }
+resources:
+  config: { type: file, path: etc/app.toml, content: "greeting = ${vars.greeting}\n" }
+  seed: { type: job, command: [python3, seed.py], env: { CONFIG: "${resources.config.path}" } }
+  web:
+    type: process
+    command: [python3, app.py, --port, "${ports.http}"]
+    ports: [http]
+    env: { WORKERS: "${vars.workers}" }
+    depends_on: [seed]
+  docs: { type: file, path: README, content: docs }
+"#;
+
+#[test]
+fn first_plan_creates_everything_in_dependency_order() {
+    let d = desired(STACK, "dev", &[]);
+    insta::assert_snapshot!(show(&plan(&d, &PlanInput::default())));
+}
+
+#[test]
+fn a_variable_change_updates_the_file_and_replaces_what_reads_it() {
+    let before = desired(STACK, "dev", &[]);
+    let after = desired(
+        &STACK.replace("greeting: hello", "greeting: bonjour"),
+        "dev",
+        &[],
+    );
+    let p = plan(
+        &after,
+        &PlanInput {
+            recorded: applied(&before),
+            ..Default::default()
+        },
+    );
+    insta::assert_snapshot!(show(&p));
+}
+
+#[test]
+fn removed_resources_are_deleted_and_interrupted_ones_replaced() {
+    let before = desired(STACK, "dev", &[]);
+    let after = desired(
+        &STACK.replace("  docs: { type: file, path: README, content: docs }\n", ""),
+        "dev",
+        &[],
+    );
+    let mut recorded = applied(&before);
+    recorded.get_mut("web").expect("web").status = RecordedStatus::Creating;
+    let p = plan(
+        &after,
+        &PlanInput {
+            recorded,
+            ..Default::default()
+        },
+    );
+    insta::assert_snapshot!(show(&p));
+}
+
+#[test]
+fn drift_and_new_source_files_are_planned() {
+    let before = desired(STACK, "dev", &[("web", "aaaa"), ("seed", "aaaa")]);
+    let after = desired(STACK, "dev", &[("web", "bbbb"), ("seed", "aaaa")]);
+    let observed = [
+        (
+            "docs".to_string(),
+            Observed::Drifted("content changed on disk".into()),
+        ),
+        (
+            "config".to_string(),
+            Observed::Missing("file deleted".into()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let p = plan(
+        &after,
+        &PlanInput {
+            recorded: applied(&before),
+            observed,
+            ..Default::default()
+        },
+    );
+    insta::assert_snapshot!(show(&p));
+}
+
+fn arbitrary_stack() -> impl Strategy<Value = String> {
+    let resource = (
+        0..3u8,
+        any::<u16>(),
+        proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+    );
+    (proptest::collection::vec(resource, 1..25), "[a-z]{1,8}", 0..100i64).prop_map(|(resources, greeting, workers)| {
+        let mut text = format!("version: 1\nstack: prop\nvariables: {{ greeting: {greeting}, workers: {workers} }}\nenvironments:\n  dev: {{ track: main }}\nresources:\n");
+        for (i, (kind, seed, deps)) in resources.iter().enumerate() {
+            // Dependencies only on earlier resources: acyclic by construction.
+            let deps: Vec<String> = if i == 0 { vec![] } else { deps.iter().map(|d| format!("r{}", d.index(i))).collect() };
+            let refs: String = deps.iter().filter(|d| d.as_str() != "r0" || kind != &2).map(|d| format!("${{resources.{d}.exit_code}}")).collect::<Vec<_>>().join(" ");
+            match kind {
+                0 => text.push_str(&format!("  r{i}: {{ type: file, path: f{i}, content: \"{seed} ${{vars.greeting}}\", depends_on: [{}] }}\n", deps.join(", "))),
+                1 => text.push_str(&format!("  r{i}: {{ type: job, command: [run, \"{seed}\", \"${{vars.workers}}\"], depends_on: [{}] }}\n", deps.join(", "))),
+                _ => text.push_str(&format!("  r{i}: {{ type: process, command: [serve, \"${{ports.p}}\"], ports: [p], env: {{ SEED: \"{seed}\" }}, depends_on: [{}] }}\n", deps.join(", "))),
+            }
+            let _ = refs;
+        }
+        text
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn render_is_deterministic_and_plan_after_apply_is_empty(text in arbitrary_stack()) {
+        let a = desired(&text, "dev", &[]);
+        let b = desired(&text, "dev", &[]);
+        prop_assert_eq!(a.canonical_json(), b.canonical_json(), "same inputs, same bytes");
+        prop_assert_eq!(&a.hash, &b.hash);
+        let first = plan(&a, &PlanInput::default());
+        prop_assert!(first.changes.iter().all(|c| c.action == slipway_core::plan::Action::Create));
+        let after = plan(&a, &PlanInput { recorded: applied(&a), ..Default::default() });
+        prop_assert!(!after.has_changes(), "after an apply, the plan is empty:\n{}", show(&after));
+    }
+}
