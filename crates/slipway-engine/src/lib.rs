@@ -1,1 +1,454 @@
-//! placeholder
+//! Slipway's engine: the impure half of the pipeline. It reads a commit through the git layer,
+//! renders and plans with the core, applies plans through providers, and records every step
+//! in the state store.
+//!
+//! Start with [`Engine`]: [`Engine::lock`] an environment, [`Engine::prepare`] a plan for it
+//! at a commit, then [`Engine::apply`] the plan. Everything a CLI or a controller does to an
+//! environment goes through these three calls, so they share one set of guarantees.
+//!
+//! # Guarantees
+//! - One operation at a time per environment: [`Engine::lock`] takes an OS file lock that
+//!   the kernel releases when the process dies, so a `kill -9` never leaves a stale lock.
+//! - Ownership is recorded before acting: a resource's row is written with status
+//!   `creating`/`updating`/`deleting` before its provider is called and updated after, so an
+//!   interrupted apply leaves a record of everything that may exist, and the next plan
+//!   replaces what was left half-done.
+//! - A deployment row is written before the first change and finished after the last; one
+//!   left `running` by a killed process is marked `interrupted` by the next operation.
+#![deny(missing_docs)]
+
+pub mod apply;
+pub mod config;
+pub mod resolve;
+pub mod source;
+mod status;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStatus};
+use slipway_core::render::{self, DesiredState, EnvKind, Target};
+use slipway_git::{Commit, Source};
+use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
+use slipway_state::{EnvironmentRecord, ResourceRecord, Store};
+
+pub use apply::{ApplyEvent, ApplyOptions, ApplyReport, Outcome, Progress};
+pub use config::EngineConfig;
+pub use status::{EnvironmentStatus, ResourceStatus};
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] slipway_state::StateError),
+    /// Reading the repository failed.
+    #[error(transparent)]
+    Git(#[from] slipway_git::GitError),
+    /// The stack has errors; they are in the list.
+    #[error("slipway.yaml at {commit} has {} error(s)", .diagnostics.iter().filter(|d| d.is_error()).count())]
+    Invalid {
+        /// The commit.
+        commit: String,
+        /// Every diagnostic.
+        diagnostics: Vec<slipway_core::diag::Diagnostic>,
+    },
+    /// The environment is not defined, or is a family.
+    #[error("{0}")]
+    Environment(String),
+    /// Another process holds the environment's lock and `wait` was not asked for.
+    #[error("environment `{0}` is locked by another slipway operation")]
+    Locked(String),
+    /// A file-system operation on the engine's home failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad input given to the engine.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl EngineError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let context = context.into();
+        move |source| EngineError::Io { context, source }
+    }
+}
+
+/// What the engine keeps per resource in the store's `live` column, around the provider's
+/// own handle.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    /// The provider's handle.
+    #[serde(default)]
+    pub handle: Json,
+    /// The commit whose export the resource runs from.
+    #[serde(default)]
+    pub src_commit: String,
+    /// The config it was applied with, references resolved.
+    #[serde(default)]
+    pub resolved: Json,
+    /// Its source hash.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl Envelope {
+    pub(crate) fn of(record: &ResourceRecord) -> Envelope {
+        serde_json::from_value(record.live.clone()).unwrap_or_default()
+    }
+}
+
+/// A held environment lock; released on drop (or by the kernel if the process dies).
+pub struct EnvLock {
+    _file: File,
+    environment: String,
+}
+
+impl EnvLock {
+    /// The environment it locks.
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+}
+
+/// Where the stack comes from for one operation.
+pub struct Origin<'a> {
+    /// The repository.
+    pub source: &'a dyn Source,
+    /// How the user named it (path or URL), recorded with the environment.
+    pub repo: &'a str,
+    /// Branch, tag or commit.
+    pub reference: &'a str,
+    /// Folder of `slipway.yaml` inside the repository: `""` or `deploy/`.
+    pub folder: &'a str,
+}
+
+/// A plan, with everything needed to apply it.
+pub struct Prepared {
+    /// The commit.
+    pub commit: Commit,
+    /// What was asked for (`main`, a tag, a sha).
+    pub reference: String,
+    /// The rendered desired state.
+    pub desired: DesiredState,
+    /// The plan.
+    pub plan: Plan,
+    /// The repository, as named by the user.
+    pub repo: String,
+    /// Folder of `slipway.yaml`.
+    pub folder: String,
+    /// Whether the environment is protected.
+    pub protected: bool,
+}
+
+/// The engine, over one home directory.
+pub struct Engine {
+    home: PathBuf,
+    store: Store,
+    registry: Registry,
+    settings: ProviderSettings,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the engine's home. `supervisor` is the program and leading
+    /// arguments that run a process supervisor (the `slipway` binary's `__supervise`).
+    pub fn open(
+        home: &Path,
+        config: EngineConfig,
+        supervisor: Vec<OsString>,
+    ) -> Result<Engine, EngineError> {
+        std::fs::create_dir_all(home).map_err(EngineError::io(format!(
+            "cannot create the home {}",
+            home.display()
+        )))?;
+        let store = Store::open(home)?;
+        let parse = |s: &str| slipway_core::stack::parse_duration(s).unwrap_or_default();
+        let settings = ProviderSettings {
+            supervisor,
+            stop_grace: parse(&config.local.stop_grace),
+            ready_timeout: parse(&config.local.ready_timeout),
+            log_max_bytes: config.local.log_max_bytes,
+        };
+        let registry = Registry::local();
+        Ok(Engine {
+            home: home.to_path_buf(),
+            store,
+            registry,
+            settings,
+            config,
+        })
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The engine's home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The engine configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Takes the environment's lock. With `wait`, blocks until the holder finishes
+    /// (`on_wait` is called once first); without, fails with [`EngineError::Locked`].
+    pub fn lock(
+        &self,
+        environment: &str,
+        wait: bool,
+        on_wait: &dyn Fn(),
+    ) -> Result<EnvLock, EngineError> {
+        if !slipway_core::stack::is_dns_label(environment) {
+            return Err(EngineError::Environment(format!(
+                "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
+            )));
+        }
+        let dir = self.home.join("locks");
+        std::fs::create_dir_all(&dir)
+            .map_err(EngineError::io("cannot create the locks directory"))?;
+        let path = dir.join(format!("{environment}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(EngineError::io(format!("cannot open {}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) if wait => {
+                on_wait();
+                file.lock()
+                    .map_err(EngineError::io(format!("cannot lock {}", path.display())))?;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(EngineError::Locked(environment.to_string()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(EngineError::io(format!("cannot lock {}", path.display()))(
+                    e,
+                ));
+            }
+        }
+        Ok(EnvLock {
+            _file: file,
+            environment: environment.to_string(),
+        })
+    }
+
+    /// The directories of an environment for resources running from `commit`.
+    pub fn env_dirs(&self, environment: &str, commit: &str, folder: &str) -> EnvDirs {
+        let root = self.home.join("envs").join(environment);
+        let export = root.join("src").join(commit);
+        let src = if folder.is_empty() {
+            export
+        } else {
+            export.join(folder.trim_end_matches('/'))
+        };
+        EnvDirs {
+            src,
+            data: root.join("data"),
+            logs: root.join("logs"),
+            run: root.join("run"),
+            root,
+        }
+    }
+
+    /// Loads, renders and plans `environment` at `origin`. Read-only: safe without the lock,
+    /// but [`Engine::apply`] wants a plan made under it.
+    pub fn prepare(&self, origin: &Origin<'_>, environment: &str) -> Result<Prepared, EngineError> {
+        let loaded = source::load_commit(origin.source, origin.reference, origin.folder)?;
+        if loaded.loaded.has_errors() {
+            return Err(EngineError::Invalid {
+                commit: loaded.commit.sha,
+                diagnostics: loaded.loaded.diagnostics,
+            });
+        }
+        let stack = loaded
+            .loaded
+            .stack
+            .as_ref()
+            .expect("a stack without errors is present");
+        let def = stack.environments.get(environment).ok_or_else(|| {
+            let known: Vec<&str> = stack.environments.keys().map(String::as_str).collect();
+            EngineError::Environment(format!(
+                "no environment `{environment}` in {}; it defines: {}",
+                loaded.entry,
+                known.join(", ")
+            ))
+        })?;
+        if def.generate.is_some() {
+            return Err(EngineError::Environment(format!(
+                "`{environment}` is a family that generates environments; `slipway serve` creates its members (one per pull request or branch)"
+            )));
+        }
+        let files = origin.source.list_files(&loaded.commit.sha)?;
+        let sources = source::source_hashes(&files, &loaded.folder, &stack.files, &stack.resources);
+        let desired = render::render(
+            stack,
+            Target {
+                name: environment,
+                definition: environment,
+                kind: EnvKind::Static,
+            },
+            &loaded.commit.sha,
+            &sources,
+        )
+        .map_err(|e| EngineError::Environment(e.to_string()))?;
+        let input = self.plan_input(&desired)?;
+        let plan = plan::plan(&desired, &input);
+        Ok(Prepared {
+            commit: loaded.commit,
+            reference: origin.reference.to_string(),
+            desired,
+            plan,
+            repo: origin.repo.to_string(),
+            folder: loaded.folder,
+            protected: def.protected,
+        })
+    }
+
+    /// Gathers recorded state and observations for planning `desired`.
+    fn plan_input(&self, desired: &DesiredState) -> Result<PlanInput, EngineError> {
+        let env = &desired.environment.name;
+        let records = self.store.resources(env)?;
+        let mut input = PlanInput::default();
+        let outputs: BTreeMap<String, Json> = records
+            .iter()
+            .map(|r| (r.name.clone(), r.outputs.clone()))
+            .collect();
+        for record in &records {
+            let envelope = Envelope::of(record);
+            let status = parse_status(&record.status);
+            if status == RecordedStatus::Ready {
+                input
+                    .observed
+                    .insert(record.name.clone(), self.observe(env, record, &envelope));
+            }
+            input.recorded.insert(
+                record.name.clone(),
+                Recorded {
+                    type_name: record.type_name.clone(),
+                    status,
+                    config: record.config.clone(),
+                    depends_on: record.depends_on.iter().cloned().collect(),
+                    resolved_hash: record.resolved_hash.clone(),
+                    source: envelope.source.clone(),
+                },
+            );
+        }
+        for (name, res) in &desired.resources {
+            if !input.recorded.contains_key(name) {
+                continue;
+            }
+            let ports = self.store.ports(env, name)?;
+            let scope = resolve::Scope {
+                ports: &ports,
+                outputs: &outputs,
+            };
+            if let Ok(resolved) = resolve::resolve(&res.config, &scope) {
+                input.resolved_now.insert(
+                    name.clone(),
+                    resolve::resolved_hash(&resolved, res.source.as_deref()),
+                );
+            }
+        }
+        Ok(input)
+    }
+
+    /// Observes one recorded resource through its provider.
+    pub(crate) fn observe(
+        &self,
+        env: &str,
+        record: &ResourceRecord,
+        envelope: &Envelope,
+    ) -> Observed {
+        let Some(provider) = self.registry.get(&record.type_name) else {
+            return Observed::InSync;
+        };
+        let dirs = self.env_dirs(env, &envelope.src_commit, "");
+        let ports = self.store.ports(env, &record.name).unwrap_or_default();
+        let ctx = ResourceContext {
+            environment: env,
+            resource: &record.name,
+            dirs: &dirs,
+            ports: &ports,
+            settings: &self.settings,
+        };
+        match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
+            Ok(slipway_providers::Observation::InSync) => Observed::InSync,
+            Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),
+            Ok(slipway_providers::Observation::Missing { reason }) => Observed::Missing(reason),
+            Err(e) => Observed::Drifted(format!("cannot observe: {e}")),
+        }
+    }
+
+    /// Records the environment (creating it on first use) before anything is applied to it.
+    fn record_environment(
+        &self,
+        prepared: &Prepared,
+        sync: &str,
+    ) -> Result<EnvironmentRecord, EngineError> {
+        let now = slipway_state::now_ms();
+        let env = &prepared.desired.environment.name;
+        let mut record = self
+            .store
+            .environment(env)?
+            .unwrap_or_else(|| EnvironmentRecord {
+                name: env.clone(),
+                kind: prepared.desired.environment.kind.as_str().to_string(),
+                stack: prepared.desired.stack.clone(),
+                repo: prepared.repo.clone(),
+                tracked_ref: None,
+                desired_commit: None,
+                commit: None,
+                hash: None,
+                sync: "out_of_sync".into(),
+                health: "missing".into(),
+                message: None,
+                owner: None,
+                ttl_ms: None,
+                expires_at: None,
+                pinned: false,
+                created_at: now,
+                updated_at: now,
+            });
+        record.repo = prepared.repo.clone();
+        record.stack = prepared.desired.stack.clone();
+        record.tracked_ref = Some(prepared.reference.clone());
+        record.desired_commit = Some(prepared.commit.sha.clone());
+        record.sync = sync.to_string();
+        record.updated_at = now;
+        self.store.upsert_environment(&record)?;
+        Ok(record)
+    }
+
+    /// Provider settings in force.
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+}
+
+pub(crate) fn parse_status(s: &str) -> RecordedStatus {
+    match s {
+        "ready" => RecordedStatus::Ready,
+        "creating" => RecordedStatus::Creating,
+        "updating" => RecordedStatus::Updating,
+        "deleting" => RecordedStatus::Deleting,
+        _ => RecordedStatus::Failed,
+    }
+}

@@ -1,1 +1,57 @@
-//! placeholder
+//! Slipway's state store: what the engine knows about environments, deployments, resources,
+//! allocated ports and events, kept in one embedded SQLite database (`<home>/state.db`).
+//!
+//! Start with [`Store::open`]; every other operation is a method on [`Store`], grouped by the
+//! record it reads or writes ([`EnvironmentRecord`], [`DeploymentRecord`], [`ResourceRecord`],
+//! ports, [`EventRecord`]).
+//!
+//! # Guarantees
+//! - Every write that touches more than one row runs in one SQLite transaction, so a process
+//!   killed at any instant leaves the database as it was before or after that write, never
+//!   between (WAL journal, `synchronous=NORMAL`: a power loss may lose the last commits, never
+//!   consistency).
+//! - Deleting an environment removes its resources and ports with it (foreign keys with
+//!   `ON DELETE CASCADE`); its deployments and events stay, as history.
+//! - A port allocated to `(environment, resource, name)` is returned again on every later
+//!   allocation until it is released: previews keep their URLs across deployments.
+//! - The schema is versioned by `PRAGMA user_version`; a database written by a newer Slipway is
+//!   refused rather than misread.
+//!
+//! # Assumptions
+//! - Times are unix milliseconds chosen by the caller (`at: i64`), so the clock can be injected;
+//!   [`now_ms`] is the real clock.
+//! - Status strings are the vocabulary of the specification (for example [`SYNC_STATES`]); a
+//!   value outside it is refused with [`StateError::InvalidValue`] before anything is written.
+//!
+//! SQL stays inside this crate: callers see plain records (serde-serializable) and
+//! [`StateError`].
+#![deny(missing_docs)]
+
+mod deployments;
+mod environments;
+mod error;
+mod events;
+mod ports;
+mod resources;
+mod schema;
+mod store;
+
+pub use deployments::{DEPLOYMENT_STATUSES, DeploymentRecord, NewDeployment};
+pub use environments::{ENVIRONMENT_KINDS, EnvironmentRecord, HEALTH_STATES, SYNC_STATES};
+pub use error::StateError;
+pub use events::{EventQuery, EventRecord};
+pub use resources::{RESOURCE_STATUSES, ResourceRecord};
+pub use schema::SCHEMA_VERSION;
+pub use store::Store;
+
+/// The current time in unix milliseconds, the unit of every timestamp in the store.
+///
+/// A clock set before 1970 gives a negative number rather than an error: the store only
+/// compares and records times, it never rejects them.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}

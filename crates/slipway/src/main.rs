@@ -1,16 +1,180 @@
 //! The `slipway` binary: the CLI interface and glue code. Everything it does is in the library
-//! crates; this crate only parses arguments, wires them together and prints.
-fn main() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).map(|a| a == "__supervise").unwrap_or(false) {
-        // The process supervisor: runs detached from any CLI invocation (see
+//! crates; this crate parses arguments, wires the crates together, and prints. Results go to
+//! stdout, progress and errors to stderr; `--output json` shapes are documented in
+//! `docs/cli.md` and are a stable contract.
+//!
+//! Exit codes: 0 success; 1 an error (invalid stack, failed apply, bad arguments: clap's own
+//! usage errors exit 2, as every clap program does); 2 from `plan --detailed-exitcode` when
+//! there are changes.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Slipway keeps every environment of a stack converged to its commit in Git.
+#[derive(Parser, Debug)]
+#[command(name = "slipway", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Where the engine keeps its state.
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_HOME",
+        default_value = ".slipway",
+        value_name = "DIR"
+    )]
+    home: PathBuf,
+    /// The engine configuration file (TOML; every key has a default).
+    #[arg(long, global = true, env = "SLIPWAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Where the stack is read from.
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// A local path or a git URL (file://, https://, ssh://); default: the repository around the
+    /// current directory.
+    #[arg(long, value_name = "R")]
+    repo: Option<String>,
+    /// A branch, tag or commit; default: HEAD.
+    #[arg(long = "ref", value_name = "REF")]
+    reference: Option<String>,
+    /// The folder inside the repository that holds slipway.yaml.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    path: String,
+}
+
+/// Text for people, or JSON for scripts.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// Stable JSON (see docs/cli.md).
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Scaffold a small working stack (an HTTP service, a job and a config file).
+    Init {
+        /// Where to write it.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Check slipway.yaml at a commit and report every problem as file:line:col.
+    Validate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print an environment's desired state as canonical JSON, with its hash.
+    Render {
+        #[arg(long, value_name = "E")]
+        env: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Show what apply would change.
+    Plan {
+        #[arg(long, value_name = "E")]
+        env: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Make an environment match a commit.
+    Apply {
+        #[arg(long, value_name = "E")]
+        env: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// How many resources change at once (default: [local] parallelism, 8).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete every resource of an environment, and the environment.
+    Destroy {
+        #[arg(long, value_name = "E")]
+        env: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show environments and their resources, observed now.
+    Status {
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show an environment's deployments, newest first.
+    History {
+        #[arg(long, value_name = "E")]
+        env: String,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print the logs of an environment's processes and jobs.
+    Logs {
+        #[arg(long, value_name = "E")]
+        env: String,
+        /// One resource; default: all of them.
+        resource: Option<String>,
+        /// Keep printing as the logs grow.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each log.
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+    },
+    /// Print the JSON Schema of slipway.yaml (for editors).
+    Schema,
+    #[command(hide = true, name = "__supervise")]
+    Supervise { spec: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Supervise { spec } = &cli.command {
+        // The process supervisor, detached from any CLI invocation (see
         // slipway_providers::process).
-        let Some(spec) = args.get(2) else {
-            eprintln!("error: __supervise needs the path of a supervisor spec");
-            std::process::exit(2);
-        };
-        std::process::exit(slipway_providers::process::supervise(std::path::Path::new(spec)));
+        let code = slipway_providers::process::supervise(spec);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    eprintln!("slipway: the CLI is being assembled");
-    std::process::exit(1);
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            render::error(&e);
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,807 @@
+//! Running a plan: deletes first, then every other change in dependency order, independent
+//! resources in parallel up to a limit; dependents of a failed resource are skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+use slipway_core::plan::{Action, Change};
+use slipway_providers::{Applied, ResourceContext};
+use slipway_state::{NewDeployment, ResourceRecord};
+
+use crate::{Engine, EngineError, EnvLock, Envelope, Prepared, resolve};
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Most resources changing at once.
+    pub parallelism: usize,
+    /// Who asked, recorded with the deployment.
+    pub who: String,
+}
+
+/// Progress of an apply, for a progress bar or log lines.
+#[derive(Debug, Clone)]
+pub enum ApplyEvent<'a> {
+    /// A change begins.
+    Started {
+        /// The resource.
+        resource: &'a str,
+        /// What is done to it.
+        action: Action,
+    },
+    /// A change ended.
+    Finished {
+        /// The resource.
+        resource: &'a str,
+        /// What was done.
+        action: Action,
+        /// How long it took.
+        elapsed: Duration,
+        /// The error, if it failed.
+        error: Option<&'a str>,
+    },
+    /// A change was not attempted because a dependency failed.
+    Skipped {
+        /// The resource.
+        resource: &'a str,
+        /// The failed dependency.
+        because: &'a str,
+    },
+}
+
+/// Receives [`ApplyEvent`]s, from several threads.
+pub trait Progress: Sync {
+    /// Called for each event.
+    fn event(&self, event: &ApplyEvent<'_>);
+}
+
+impl Progress for () {
+    fn event(&self, _: &ApplyEvent<'_>) {}
+}
+
+/// How one change ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Done (noops included).
+    Succeeded,
+    /// Its provider failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Not attempted.
+    Skipped {
+        /// The dependency that failed.
+        because: String,
+    },
+}
+
+/// The result of an apply or destroy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    /// The deployment recorded.
+    pub deployment: i64,
+    /// The environment.
+    pub environment: String,
+    /// The commit.
+    pub commit: String,
+    /// Per resource, in plan order.
+    pub results: Vec<(String, Action, Outcome)>,
+}
+
+impl ApplyReport {
+    /// Whether every change succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.results
+            .iter()
+            .all(|(_, _, o)| *o == Outcome::Succeeded)
+    }
+}
+
+struct Job<'a> {
+    change: &'a Change,
+    deps: Vec<String>,
+}
+
+impl Engine {
+    /// Applies a plan made under `lock`. Records a deployment, then each change as it goes.
+    pub fn apply(
+        &self,
+        lock: &EnvLock,
+        prepared: &Prepared,
+        source: &dyn slipway_git::Source,
+        options: &ApplyOptions,
+        progress: &dyn Progress,
+    ) -> Result<ApplyReport, EngineError> {
+        let env = prepared.desired.environment.name.as_str();
+        if lock.environment() != env {
+            return Err(EngineError::Usage(format!(
+                "the lock held is for `{}`, not `{env}`",
+                lock.environment()
+            )));
+        }
+        let now = slipway_state::now_ms();
+        self.store.mark_interrupted(env, now)?;
+        self.record_environment(prepared, "syncing")?;
+        let plan_json =
+            serde_json::to_value(&prepared.plan).expect("a plan is always serializable");
+        let deployment = self.store.begin_deployment(&NewDeployment {
+            environment: env.to_string(),
+            commit: prepared.commit.sha.clone(),
+            hash: prepared.desired.hash.clone(),
+            reference: Some(prepared.reference.clone()),
+            plan: plan_json,
+            who: options.who.clone(),
+            at: now,
+        })?;
+        self.store.record_event(
+            Some(env),
+            "apply.started",
+            &format!(
+                "applying {} at {}",
+                prepared.reference,
+                short(&prepared.commit.sha)
+            ),
+            &json!({"deployment": deployment}),
+            now,
+        )?;
+
+        let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
+        let result = (|| -> Result<Vec<(String, Action, Outcome)>, EngineError> {
+            for dir in [&dirs.data, &dirs.logs, &dirs.run] {
+                std::fs::create_dir_all(dir)
+                    .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
+            }
+            let export = dirs.root.join("src").join(&prepared.commit.sha);
+            if prepared.plan.has_changes() || !export.exists() {
+                source.export(&prepared.commit.sha, &prepared.folder, &export)?;
+            }
+            Ok(self.run_changes(prepared, options, progress))
+        })();
+        let finished = slipway_state::now_ms();
+        let results = match result {
+            Ok(results) => results,
+            Err(e) => {
+                self.store.finish_deployment(
+                    deployment,
+                    "failed",
+                    Some(&e.to_string()),
+                    &json!({}),
+                    finished,
+                )?;
+                self.store.set_environment_status(
+                    env,
+                    "failed",
+                    "degraded",
+                    Some(&e.to_string()),
+                    finished,
+                )?;
+                return Err(e);
+            }
+        };
+        let report = ApplyReport {
+            deployment,
+            environment: env.to_string(),
+            commit: prepared.commit.sha.clone(),
+            results,
+        };
+        let summary = summary(&report);
+        if report.succeeded() {
+            self.store
+                .finish_deployment(deployment, "succeeded", None, &summary, finished)?;
+            if let Some(mut record) = self.store.environment(env)? {
+                record.commit = Some(prepared.commit.sha.clone());
+                record.hash = Some(prepared.desired.hash.clone());
+                record.sync = "synced".into();
+                record.health = "healthy".into();
+                record.message = None;
+                record.updated_at = finished;
+                self.store.upsert_environment(&record)?;
+            }
+            self.collect_exports(env)?;
+            self.store.record_event(
+                Some(env),
+                "apply.succeeded",
+                &format!("{} is at {}", env, short(&prepared.commit.sha)),
+                &json!({"deployment": deployment}),
+                finished,
+            )?;
+        } else {
+            let failed: Vec<String> = report
+                .results
+                .iter()
+                .filter_map(|(name, _, o)| match o {
+                    Outcome::Failed { error } => Some(format!("{name}: {error}")),
+                    _ => None,
+                })
+                .collect();
+            let message = failed.join("; ");
+            self.store.finish_deployment(
+                deployment,
+                "failed",
+                Some(&message),
+                &summary,
+                finished,
+            )?;
+            self.store.set_environment_status(
+                env,
+                "failed",
+                "degraded",
+                Some(&message),
+                finished,
+            )?;
+            self.store.record_event(
+                Some(env),
+                "apply.failed",
+                &message,
+                &json!({"deployment": deployment}),
+                finished,
+            )?;
+        }
+        Ok(report)
+    }
+
+    fn run_changes(
+        &self,
+        prepared: &Prepared,
+        options: &ApplyOptions,
+        progress: &dyn Progress,
+    ) -> Vec<(String, Action, Outcome)> {
+        let env = prepared.desired.environment.name.as_str();
+        let mut results: BTreeMap<String, Outcome> = BTreeMap::new();
+        // Deletes, in plan order (dependents first), one at a time.
+        for change in prepared
+            .plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Delete)
+        {
+            progress.event(&ApplyEvent::Started {
+                resource: &change.resource,
+                action: change.action,
+            });
+            let started = Instant::now();
+            let outcome = match self.delete_resource(env, &change.resource) {
+                Ok(()) => Outcome::Succeeded,
+                Err(e) => Outcome::Failed { error: e },
+            };
+            let error = match &outcome {
+                Outcome::Failed { error } => Some(error.as_str()),
+                _ => None,
+            };
+            progress.event(&ApplyEvent::Finished {
+                resource: &change.resource,
+                action: change.action,
+                elapsed: started.elapsed(),
+                error,
+            });
+            results.insert(change.resource.clone(), outcome);
+        }
+
+        let jobs: BTreeMap<&str, Job<'_>> = prepared
+            .plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Delete)
+            .map(|c| {
+                let deps = prepared
+                    .desired
+                    .resources
+                    .get(&c.resource)
+                    .map(|r| r.depends_on.iter().cloned().collect())
+                    .unwrap_or_default();
+                (c.resource.as_str(), Job { change: c, deps })
+            })
+            .collect();
+        let mut outputs: BTreeMap<String, Json> = self
+            .store
+            .resources(env)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.name, r.outputs))
+            .collect();
+        let mut pending: BTreeSet<&str> = jobs.keys().copied().collect();
+        let mut running = 0usize;
+        let limit = options.parallelism.max(1);
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(String, Result<Json, String>)>();
+            loop {
+                // Start or skip everything whose dependencies are settled.
+                let mut progressed = true;
+                while progressed {
+                    progressed = false;
+                    let ready: Vec<&str> = pending
+                        .iter()
+                        .copied()
+                        .filter(|name| {
+                            jobs[name].deps.iter().all(|d| {
+                                !pending.contains(d.as_str()) && results.contains_key(d)
+                                    || !jobs.contains_key(d.as_str())
+                            })
+                        })
+                        .collect();
+                    for name in ready {
+                        let job = &jobs[name];
+                        if let Some(bad) = job.deps.iter().find(|d| {
+                            matches!(
+                                results.get(*d),
+                                Some(Outcome::Failed { .. } | Outcome::Skipped { .. })
+                            )
+                        }) {
+                            progress.event(&ApplyEvent::Skipped {
+                                resource: name,
+                                because: bad,
+                            });
+                            results.insert(
+                                name.to_string(),
+                                Outcome::Skipped {
+                                    because: bad.clone(),
+                                },
+                            );
+                            pending.remove(name);
+                            progressed = true;
+                            continue;
+                        }
+                        if job.change.action == Action::Noop {
+                            results.insert(name.to_string(), Outcome::Succeeded);
+                            pending.remove(name);
+                            progressed = true;
+                            continue;
+                        }
+                        if running >= limit {
+                            continue;
+                        }
+                        pending.remove(name);
+                        running += 1;
+                        progressed = true;
+                        let tx = tx.clone();
+                        let snapshot = outputs.clone();
+                        let change = job.change;
+                        scope.spawn(move || {
+                            progress.event(&ApplyEvent::Started {
+                                resource: &change.resource,
+                                action: change.action,
+                            });
+                            let started = Instant::now();
+                            let result = self.apply_change(prepared, change, &snapshot);
+                            progress.event(&ApplyEvent::Finished {
+                                resource: &change.resource,
+                                action: change.action,
+                                elapsed: started.elapsed(),
+                                error: result.as_ref().err().map(String::as_str),
+                            });
+                            let _ = tx.send((change.resource.clone(), result));
+                        });
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((name, result)) = rx.recv() else { break };
+                running -= 1;
+                match result {
+                    Ok(out) => {
+                        outputs.insert(name.clone(), out);
+                        results.insert(name, Outcome::Succeeded);
+                    }
+                    Err(error) => {
+                        results.insert(name, Outcome::Failed { error });
+                    }
+                }
+            }
+        });
+        prepared
+            .plan
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.resource.clone(),
+                    c.action,
+                    results.remove(&c.resource).unwrap_or(Outcome::Skipped {
+                        because: "not reached".into(),
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Creates, updates or replaces one resource; returns its outputs.
+    fn apply_change(
+        &self,
+        prepared: &Prepared,
+        change: &Change,
+        outputs: &BTreeMap<String, Json>,
+    ) -> Result<Json, String> {
+        let env = prepared.desired.environment.name.as_str();
+        let desired = &prepared.desired.resources[&change.resource];
+        let provider = self
+            .registry
+            .get(&desired.type_name)
+            .ok_or_else(|| format!("resource type `{}` is not available on this engine (it needs a provider that is not configured)", desired.type_name))?;
+        let port_names: Vec<String> = desired
+            .config
+            .get("ports")
+            .and_then(Json::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let range = self.config.port_range().map_err(|e| e.to_string())?;
+        let ports = self
+            .store
+            .allocate_ports(env, &change.resource, &port_names, range, &|p| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            })
+            .map_err(|e| e.to_string())?;
+        self.store
+            .retain_ports(env, &change.resource, &port_names)
+            .map_err(|e| e.to_string())?;
+        let scope = resolve::Scope {
+            ports: &ports,
+            outputs,
+        };
+        let resolved = resolve::resolve(&desired.config, &scope).map_err(|r| {
+            format!("`{r}` has no value: the resource it names produced no such output")
+        })?;
+        let resolved_hash = resolve::resolved_hash(&resolved, desired.source.as_deref());
+        let previous = self
+            .store
+            .resource(env, &change.resource)
+            .map_err(|e| e.to_string())?;
+        let previous_envelope = previous.as_ref().map(Envelope::of);
+        let mut record = ResourceRecord {
+            environment: env.to_string(),
+            name: change.resource.clone(),
+            type_name: desired.type_name.clone(),
+            status: if previous.is_some() {
+                "updating".into()
+            } else {
+                "creating".into()
+            },
+            config: desired.config.clone(),
+            resolved_hash: None,
+            outputs: previous
+                .as_ref()
+                .map(|p| p.outputs.clone())
+                .unwrap_or(Json::Null),
+            secret_outputs: Vec::new(),
+            live: previous
+                .as_ref()
+                .map(|p| p.live.clone())
+                .unwrap_or(Json::Null),
+            depends_on: desired.depends_on.iter().cloned().collect(),
+            error: None,
+            updated_at: slipway_state::now_ms(),
+        };
+        // Ownership first: from here on, the store knows this resource may exist.
+        self.store
+            .put_resource(&record)
+            .map_err(|e| e.to_string())?;
+
+        let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
+        let ctx = ResourceContext {
+            environment: env,
+            resource: &change.resource,
+            dirs: &dirs,
+            ports: &ports,
+            settings: &self.settings,
+        };
+        let result: Result<Applied, String> = (|| {
+            match (change.action, &previous_envelope) {
+                (Action::Update, Some(prev)) if !prev.handle.is_null() => provider
+                    .update(ctx, &resolved, &prev.handle)
+                    .map_err(|e| describe(&e)),
+                (Action::Create, None) => provider.create(ctx, &resolved).map_err(|e| describe(&e)),
+                _ => {
+                    // Replace, or anything left half-done: remove what may exist, then create.
+                    if let Some(prev) = &previous_envelope {
+                        let old_dirs = self.env_dirs(env, &prev.src_commit, "");
+                        let old_ctx = ResourceContext {
+                            dirs: &old_dirs,
+                            ..ctx
+                        };
+                        let handle = (!prev.handle.is_null()).then_some(&prev.handle);
+                        provider.delete(old_ctx, handle).map_err(|e| describe(&e))?;
+                    } else {
+                        provider.delete(ctx, None).map_err(|e| describe(&e))?;
+                    }
+                    record.live = Json::Null;
+                    provider.create(ctx, &resolved).map_err(|e| describe(&e))
+                }
+            }
+        })();
+        let envelope_of = |handle: Json| {
+            serde_json::to_value(Envelope {
+                handle,
+                src_commit: prepared.commit.sha.clone(),
+                resolved: resolved.clone(),
+                source: desired.source.clone(),
+            })
+            .expect("an envelope is always serializable")
+        };
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(error) => {
+                record.status = "failed".into();
+                record.error = Some(error.clone());
+                record.updated_at = slipway_state::now_ms();
+                let _ = self.store.put_resource(&record);
+                return Err(error);
+            }
+        };
+        // Record the handle before waiting, so a process that never gets healthy is still
+        // known (and stopped by the next apply or destroy).
+        record.live = envelope_of(applied.live.clone());
+        record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
+        record.secret_outputs = applied.secret_outputs.clone();
+        record.updated_at = slipway_state::now_ms();
+        self.store
+            .put_resource(&record)
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
+        if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
+            let error = describe(&e);
+            record.status = "failed".into();
+            record.error = Some(error.clone());
+            record.updated_at = slipway_state::now_ms();
+            let _ = self.store.put_resource(&record);
+            return Err(error);
+        }
+        record.status = "ready".into();
+        record.resolved_hash = Some(resolved_hash);
+        record.updated_at = slipway_state::now_ms();
+        self.store
+            .put_resource(&record)
+            .map_err(|e| e.to_string())?;
+        Ok(record.outputs)
+    }
+
+    /// Deletes one recorded resource: marks it `deleting`, asks its provider, forgets it.
+    pub(crate) fn delete_resource(&self, env: &str, name: &str) -> Result<(), String> {
+        let Some(mut record) = self.store.resource(env, name).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let envelope = Envelope::of(&record);
+        record.status = "deleting".into();
+        record.updated_at = slipway_state::now_ms();
+        self.store
+            .put_resource(&record)
+            .map_err(|e| e.to_string())?;
+        if let Some(provider) = self.registry.get(&record.type_name) {
+            let dirs = self.env_dirs(env, &envelope.src_commit, "");
+            let ports = self.store.ports(env, name).map_err(|e| e.to_string())?;
+            let ctx = ResourceContext {
+                environment: env,
+                resource: name,
+                dirs: &dirs,
+                ports: &ports,
+                settings: &self.settings,
+            };
+            let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
+            if let Err(e) = provider.delete(ctx, handle) {
+                let error = describe(&e);
+                record.status = "failed".into();
+                record.error = Some(error.clone());
+                let _ = self.store.put_resource(&record);
+                return Err(error);
+            }
+        }
+        self.store
+            .release_ports(env, name)
+            .map_err(|e| e.to_string())?;
+        self.store
+            .delete_resource(env, name)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Removes exports of commits no resource runs from any more.
+    fn collect_exports(&self, env: &str) -> Result<(), EngineError> {
+        let keep: BTreeSet<String> = self
+            .store
+            .resources(env)?
+            .iter()
+            .map(|r| Envelope::of(r).src_commit)
+            .collect();
+        let dir = self.home.join("envs").join(env).join("src");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !keep.contains(&name) {
+                let _ = slipway_git::remove_export(&entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every resource of `environment`, dependents first, then its directory and its
+    /// record (its deployments and events stay, as history).
+    pub fn destroy(
+        &self,
+        lock: &EnvLock,
+        who: &str,
+        progress: &dyn Progress,
+    ) -> Result<ApplyReport, EngineError> {
+        let env = lock.environment().to_string();
+        let now = slipway_state::now_ms();
+        self.store.mark_interrupted(&env, now)?;
+        let Some(record) = self.store.environment(&env)? else {
+            return Err(EngineError::Environment(format!(
+                "environment `{env}` does not exist here; `slipway status` lists them"
+            )));
+        };
+        let resources = self.store.resources(&env)?;
+        let graph: BTreeMap<&str, Vec<&str>> = resources
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.depends_on.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let order = slipway_core::graph::topological(&graph)
+            .unwrap_or_else(|_| graph.keys().map(|s| s.to_string()).collect());
+        let changes: Vec<Change> = order
+            .iter()
+            .rev()
+            .map(|n| Change {
+                resource: n.clone(),
+                type_name: resources
+                    .iter()
+                    .find(|r| &r.name == n)
+                    .map(|r| r.type_name.clone())
+                    .unwrap_or_default(),
+                action: Action::Delete,
+                diff: Vec::new(),
+                reason: Some("destroy".into()),
+            })
+            .collect();
+        let commit = record.commit.clone().unwrap_or_default();
+        let plan = slipway_core::plan::Plan {
+            environment: env.clone(),
+            commit: commit.clone(),
+            changes,
+        };
+        let deployment = self.store.begin_deployment(&NewDeployment {
+            environment: env.clone(),
+            commit: commit.clone(),
+            hash: String::new(),
+            reference: Some("destroy".into()),
+            plan: serde_json::to_value(&plan).expect("a plan is always serializable"),
+            who: who.to_string(),
+            at: now,
+        })?;
+        self.store.set_environment_status(
+            &env,
+            "syncing",
+            "progressing",
+            Some("destroying"),
+            now,
+        )?;
+        let mut results = Vec::new();
+        for change in &plan.changes {
+            progress.event(&ApplyEvent::Started {
+                resource: &change.resource,
+                action: Action::Delete,
+            });
+            let started = Instant::now();
+            let outcome = match self.delete_resource(&env, &change.resource) {
+                Ok(()) => Outcome::Succeeded,
+                Err(error) => Outcome::Failed { error },
+            };
+            let error = match &outcome {
+                Outcome::Failed { error } => Some(error.as_str()),
+                _ => None,
+            };
+            progress.event(&ApplyEvent::Finished {
+                resource: &change.resource,
+                action: Action::Delete,
+                elapsed: started.elapsed(),
+                error,
+            });
+            results.push((change.resource.clone(), Action::Delete, outcome));
+        }
+        let report = ApplyReport {
+            deployment,
+            environment: env.clone(),
+            commit,
+            results,
+        };
+        let finished = slipway_state::now_ms();
+        if report.succeeded() {
+            let root = self.home.join("envs").join(&env);
+            if let Ok(entries) = std::fs::read_dir(root.join("src")) {
+                for entry in entries.flatten() {
+                    let _ = slipway_git::remove_export(&entry.path());
+                }
+            }
+            std::fs::remove_dir_all(&root)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
+            self.store.finish_deployment(
+                deployment,
+                "succeeded",
+                None,
+                &summary(&report),
+                finished,
+            )?;
+            self.store.delete_environment(&env)?;
+            self.store.record_event(
+                Some(&env),
+                "destroyed",
+                &format!("{env} was destroyed"),
+                &json!({"deployment": deployment, "who": who}),
+                finished,
+            )?;
+        } else {
+            self.store.finish_deployment(
+                deployment,
+                "failed",
+                Some("some resources could not be deleted"),
+                &summary(&report),
+                finished,
+            )?;
+            self.store.set_environment_status(
+                &env,
+                "failed",
+                "degraded",
+                Some("destroy failed; run it again"),
+                finished,
+            )?;
+        }
+        Ok(report)
+    }
+}
+
+fn describe(e: &slipway_providers::ProviderError) -> String {
+    match e {
+        slipway_providers::ProviderError::Failed {
+            message,
+            log_tail: Some(tail),
+            ..
+        } if !tail.trim().is_empty() => {
+            format!(
+                "{message}\n--- last lines of its log ---\n{}",
+                tail.trim_end()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn summary(report: &ApplyReport) -> Json {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, action, outcome) in &report.results {
+        if *action == Action::Noop {
+            continue;
+        }
+        let key = match outcome {
+            Outcome::Succeeded => action.as_str().to_string(),
+            Outcome::Failed { .. } => "failed".into(),
+            Outcome::Skipped { .. } => "skipped".into(),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    serde_json::to_value(counts).expect("counts are always serializable")
+}
+
+/// The first 12 characters of a sha.
+pub fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}

@@ -1,0 +1,143 @@
+//! What `slipway status` shows: recorded environments with their resources, observed live.
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use slipway_core::plan::Observed;
+
+use crate::{Engine, EngineError, Envelope, parse_status};
+
+/// One resource as `status --output json` shows it (SPEC §6).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceStatus {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// `ready`, `failed`, `creating`, `updating`, `deleting`, `missing` or `drifted`.
+    pub status: String,
+    /// Its outputs, secret ones replaced by `"<redacted>"`.
+    pub outputs: Json,
+    /// What is wrong, when something is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One environment as `status --output json` shows it (SPEC §6).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentStatus {
+    /// Its name.
+    pub name: String,
+    /// `static`, `generated` or `adhoc`.
+    pub kind: String,
+    /// The commit it runs.
+    pub commit: Option<String>,
+    /// The commit it should run.
+    pub desired_commit: Option<String>,
+    /// `synced`, `out_of_sync`, `syncing` or `failed`.
+    pub sync: String,
+    /// `healthy`, `progressing`, `degraded` or `missing`.
+    pub health: String,
+    /// Where its exposed port is served.
+    pub url: Option<String>,
+    /// When it expires, RFC 3339.
+    pub expires_at: Option<String>,
+    /// The ref it follows.
+    pub tracked_ref: Option<String>,
+    /// The last problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Its resources.
+    pub resources: Vec<ResourceStatus>,
+}
+
+impl Engine {
+    /// Recorded environments (or one), each resource observed now.
+    pub fn status(&self, only: Option<&str>) -> Result<Vec<EnvironmentStatus>, EngineError> {
+        let records = match only {
+            Some(name) => match self.store.environment(name)? {
+                Some(r) => vec![r],
+                None => {
+                    return Err(EngineError::Environment(format!(
+                        "environment `{name}` does not exist here; `slipway status` lists them, `slipway apply --env {name}` creates it"
+                    )));
+                }
+            },
+            None => self.store.environments()?,
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for env in records {
+            let mut resources = Vec::new();
+            let mut url = None;
+            let mut degraded = false;
+            for record in self.store.resources(&env.name)? {
+                let envelope = Envelope::of(&record);
+                let mut status = record.status.clone();
+                let mut message = record.error.clone();
+                if parse_status(&record.status) == slipway_core::plan::RecordedStatus::Ready {
+                    match self.observe(&env.name, &record, &envelope) {
+                        Observed::InSync => {}
+                        Observed::Drifted(why) => {
+                            status = "drifted".into();
+                            message = Some(why);
+                        }
+                        Observed::Missing(why) => {
+                            status = "missing".into();
+                            message = Some(why);
+                        }
+                    }
+                }
+                degraded |= status != "ready";
+                let mut outputs = record.outputs.clone();
+                if let Some(map) = outputs.as_object_mut() {
+                    for secret in &record.secret_outputs {
+                        if let Some(v) = map.get_mut(secret) {
+                            *v = Json::String("<redacted>".into());
+                        }
+                    }
+                }
+                if record.type_name == "process" && record.config.get("expose").is_some() {
+                    url = outputs
+                        .get("url")
+                        .and_then(Json::as_str)
+                        .map(str::to_string);
+                }
+                resources.push(ResourceStatus {
+                    name: record.name,
+                    type_name: record.type_name,
+                    status,
+                    outputs,
+                    message,
+                });
+            }
+            let health = if env.sync == "syncing" {
+                "progressing".to_string()
+            } else if degraded {
+                "degraded".to_string()
+            } else if env.commit.is_none() {
+                "missing".to_string()
+            } else {
+                "healthy".to_string()
+            };
+            out.push(EnvironmentStatus {
+                name: env.name,
+                kind: env.kind,
+                commit: env.commit,
+                desired_commit: env.desired_commit,
+                sync: env.sync,
+                health,
+                url,
+                expires_at: env.expires_at.map(|ms| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+                    )
+                    .to_string()
+                }),
+                tracked_ref: env.tracked_ref,
+                message: env.message,
+                resources,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,88 @@
+//! The [`Source`] trait and the values it returns.
+
+use std::path::Path;
+
+use crate::GitError;
+
+/// A repository read at a commit, without a checkout.
+///
+/// The engine depends on this trait, not on [`crate::GitRepository`], so that another backend
+/// (gitoxide, a test double) can replace the git CLI.
+///
+/// # Guarantees
+/// Every method that takes a `commit` wants a full commit id as returned by
+/// [`Source::resolve`] and reads exactly that commit: its answer never changes, so callers may
+/// cache by commit id.
+pub trait Source: Send + Sync {
+    /// The commit a reference names: a branch, a tag (peeled to its commit), a full or
+    /// abbreviated commit id, or `HEAD`.
+    ///
+    /// # Errors
+    /// [`GitError::InvalidReference`] for a reference starting with `-` or containing control
+    /// characters; [`GitError::ReferenceNotFound`] when nothing matches.
+    fn resolve(&self, reference: &str) -> Result<Commit, GitError>;
+
+    /// The content of the file at `path` (repository-relative, `/`-separated) at `commit`, or
+    /// `None` when there is no such file. Symlinks are followed inside the tree.
+    ///
+    /// # Errors
+    /// [`GitError::UnsafePath`] for an absolute path or one with `..`, `.` or empty components;
+    /// [`GitError::SymlinkEscapes`] when a symlink on the way leaves the repository;
+    /// [`GitError::TooLarge`] when the file is over `limit` bytes (it is not read).
+    fn read_file(&self, commit: &str, path: &str, limit: u64) -> Result<Option<Vec<u8>>, GitError>;
+
+    /// Every file of the tree at `commit`, recursively, in git's tree order.
+    fn list_files(&self, commit: &str) -> Result<Vec<TreeEntry>, GitError>;
+
+    /// Writes the whole tree at `commit` into `dest`, read-only, after checking that `subdir`
+    /// (the folder holding `slipway.yaml`; `""` for the root) exists in it.
+    ///
+    /// # Guarantees
+    /// `dest` appears complete or not at all (the tree is written beside it, then renamed). An
+    /// existing `dest` is left untouched: exports are immutable, one per commit.
+    fn export(&self, commit: &str, subdir: &str, dest: &Path) -> Result<(), GitError>;
+
+    /// Brings a mirrored remote up to date; does nothing for a local repository, which is read
+    /// live.
+    fn fetch(&self) -> Result<(), GitError>;
+}
+
+/// A commit, as [`Source::resolve`] found it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Commit {
+    /// The full commit id in lowercase hex (40 digits; 64 in a SHA-256 repository).
+    pub sha: String,
+    /// The first line of its message.
+    pub summary: String,
+    /// Its author, as `Name <email>`.
+    pub author: String,
+    /// Its committer time, unix seconds.
+    pub time: i64,
+}
+
+/// What a tree entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file.
+    Blob,
+    /// A regular file with the executable bit.
+    Executable,
+    /// A symbolic link; its content is the target.
+    Symlink,
+    /// A submodule (a commit of another repository); never read or exported.
+    Submodule,
+}
+
+/// One file of a tree, as listed by [`Source::list_files`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TreeEntry {
+    /// Repository-relative, `/`-separated.
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Its size in bytes (the target's length for a symlink, 0 for a submodule).
+    pub size: u64,
+    /// Its object id: equal ids mean equal content, so a tree's files can be hashed
+    /// without reading them.
+    pub oid: String,
+}

@@ -1,0 +1,226 @@
+//! Deployments: the history of every attempt to bring an environment to a commit.
+
+use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::StateError;
+use crate::store::{Store, from_json, one_of, sql, sql_limit, to_json};
+
+/// Deployment statuses. `running` is the only one that changes; the others are final.
+pub const DEPLOYMENT_STATUSES: &[&str] = &["running", "succeeded", "failed", "interrupted"];
+
+/// The statuses a running deployment may finish with.
+const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "interrupted"];
+
+/// One deployment of an environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// Increasing with time; never reused.
+    pub id: i64,
+    /// The environment deployed. Not a foreign key: history outlives the environment.
+    pub environment: String,
+    /// The commit deployed.
+    pub commit: String,
+    /// The rendered desired-state hash deployed.
+    pub hash: String,
+    /// The ref the commit was resolved from, if any.
+    pub reference: Option<String>,
+    /// The plan applied.
+    pub plan: serde_json::Value,
+    /// One of [`DEPLOYMENT_STATUSES`].
+    pub status: String,
+    /// Why it failed or was interrupted.
+    pub error: Option<String>,
+    /// Who or what started it: a user, `controller`, `webhook:github`.
+    pub who: String,
+    /// When it started, unix milliseconds.
+    pub started_at: i64,
+    /// When it finished, unix milliseconds.
+    pub finished_at: Option<i64>,
+    /// What it did, recorded when it finishes (`null` until then).
+    pub summary: serde_json::Value,
+}
+
+/// A deployment about to start; see [`Store::begin_deployment`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewDeployment {
+    /// The environment deployed.
+    pub environment: String,
+    /// The commit deployed.
+    pub commit: String,
+    /// The rendered desired-state hash deployed.
+    pub hash: String,
+    /// The ref the commit was resolved from, if any.
+    pub reference: Option<String>,
+    /// The plan about to be applied.
+    pub plan: serde_json::Value,
+    /// Who or what started it.
+    pub who: String,
+    /// When it starts, unix milliseconds.
+    pub at: i64,
+}
+
+const COLUMNS: &str = "id, environment, commit_sha, hash, reference, plan, status, error, who, \
+                       started_at, finished_at, summary";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String)> {
+    Ok((
+        DeploymentRecord {
+            id: row.get(0)?,
+            environment: row.get(1)?,
+            commit: row.get(2)?,
+            hash: row.get(3)?,
+            reference: row.get(4)?,
+            plan: serde_json::Value::Null,
+            status: row.get(6)?,
+            error: row.get(7)?,
+            who: row.get(8)?,
+            started_at: row.get(9)?,
+            finished_at: row.get(10)?,
+            summary: serde_json::Value::Null,
+        },
+        row.get(5)?,
+        row.get(11)?,
+    ))
+}
+
+/// Decodes the JSON columns outside the rusqlite row callback, so that a damaged value is
+/// reported as such rather than as a query failure.
+fn decode(
+    (mut record, plan, summary): (DeploymentRecord, String, String),
+) -> Result<DeploymentRecord, StateError> {
+    let id = record.id;
+    record.plan = from_json(&plan, || format!("deployment {id}"), "plan")?;
+    record.summary = from_json(&summary, || format!("deployment {id}"), "summary")?;
+    Ok(record)
+}
+
+impl Store {
+    /// Records a deployment as `running` and returns its id.
+    ///
+    /// Record before acting: the engine calls this before it changes anything, so that a crash
+    /// mid-deployment leaves a `running` row for [`Store::mark_interrupted`] to find.
+    pub fn begin_deployment(&self, new: &NewDeployment) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deployments (environment, commit_sha, hash, reference, plan, status, \
+                                      who, started_at, summary) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null')",
+            params![
+                new.environment,
+                new.commit,
+                new.hash,
+                new.reference,
+                to_json(&new.plan),
+                new.who,
+                new.at,
+            ],
+        )
+        .map_err(sql(format!("record a deployment of {}", new.environment)))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Finishes a running deployment with a final status (`succeeded`, `failed` or
+    /// `interrupted`).
+    ///
+    /// # Errors
+    /// [`StateError::DeploymentNotRunning`] when it already finished (for example, it was
+    /// marked interrupted after a restart: that record stands); [`StateError::NotFound`] for
+    /// an unknown id.
+    pub fn finish_deployment(
+        &self,
+        id: i64,
+        status: &str,
+        error: Option<&str>,
+        summary: &serde_json::Value,
+        at: i64,
+    ) -> Result<(), StateError> {
+        one_of("final deployment status", status, FINAL_STATUSES)?;
+        let operation = || format!("record the end of deployment {id}");
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(operation()))?;
+        let updated = tx
+            .execute(
+                "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, finished_at = ?5 \
+                 WHERE id = ?1 AND status = 'running'",
+                params![id, status, error, to_json(summary), at],
+            )
+            .map_err(sql(operation()))?;
+        if updated == 0 {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM deployments WHERE id = ?1",
+                    [id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql(operation()))?;
+            return Err(match current {
+                Some(status) => StateError::DeploymentNotRunning { id, status },
+                None => StateError::NotFound {
+                    what: "deployment",
+                    key: id.to_string(),
+                },
+            });
+        }
+        tx.commit().map_err(sql(operation()))
+    }
+
+    /// The deployment with this id, if any.
+    pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>, StateError> {
+        let raw = self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"),
+                [id],
+                from_row,
+            )
+            .optional()
+            .map_err(sql(format!("read deployment {id}")))?;
+        raw.map(decode).transpose()
+    }
+
+    /// The latest `limit` deployments of an environment, newest first.
+    pub fn deployments(
+        &self,
+        environment: &str,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>, StateError> {
+        let operation = || format!("list the deployments of {environment}");
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deployments WHERE environment = ?1 \
+                 ORDER BY id DESC LIMIT ?2"
+            ))
+            .map_err(sql(operation()))?;
+        let raw = statement
+            .query_map(params![environment, sql_limit(limit)], from_row)
+            .map_err(sql(operation()))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql(operation()))?;
+        raw.into_iter().map(decode).collect()
+    }
+
+    /// Marks every `running` deployment of the environment `interrupted`, finished at `at`, and
+    /// returns how many there were.
+    ///
+    /// # Assumptions
+    /// The caller holds the environment's lock, so no deployment of it is really running: a
+    /// `running` row is one whose process died.
+    pub fn mark_interrupted(&self, environment: &str, at: i64) -> Result<usize, StateError> {
+        self.conn()
+            .execute(
+                "UPDATE deployments SET status = 'interrupted', finished_at = ?2, \
+                   error = coalesce(error, 'the process running this deployment stopped \
+                                           before it finished') \
+                 WHERE environment = ?1 AND status = 'running'",
+                params![environment, at],
+            )
+            .map_err(sql(format!(
+                "mark the running deployments of {environment} interrupted"
+            )))
+    }
+}

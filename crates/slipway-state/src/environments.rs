@@ -1,0 +1,200 @@
+//! Environments: what each should run, what it runs, and how that is going.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::StateError;
+use crate::store::{Store, one_of, sql};
+
+/// The kinds of environment: tracking a ref, generated from a pull request or branch, or
+/// created by a person.
+pub const ENVIRONMENT_KINDS: &[&str] = &["static", "generated", "adhoc"];
+/// Sync states: whether the environment runs the commit it should.
+pub const SYNC_STATES: &[&str] = &["synced", "out_of_sync", "syncing", "failed"];
+/// Health states, as the providers observe them.
+pub const HEALTH_STATES: &[&str] = &["healthy", "progressing", "degraded", "missing"];
+
+/// One environment as the store knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    /// A DNS label, unique: `prod`, `pr-42`.
+    pub name: String,
+    /// One of [`ENVIRONMENT_KINDS`].
+    pub kind: String,
+    /// The stack it belongs to (`stack:` in `slipway.yaml`).
+    pub stack: String,
+    /// The repository it deploys from, as given to the engine.
+    pub repo: String,
+    /// The ref it tracks, for static and generated environments.
+    pub tracked_ref: Option<String>,
+    /// The commit it should run.
+    pub desired_commit: Option<String>,
+    /// The commit it runs (last successful deployment).
+    pub commit: Option<String>,
+    /// The rendered desired-state hash it runs.
+    pub hash: Option<String>,
+    /// One of [`SYNC_STATES`].
+    pub sync: String,
+    /// One of [`HEALTH_STATES`].
+    pub health: String,
+    /// A short explanation of the current state, for people.
+    pub message: Option<String>,
+    /// Who created it, for ad-hoc environments.
+    pub owner: Option<String>,
+    /// Its time to live, in milliseconds.
+    pub ttl_ms: Option<i64>,
+    /// When it expires, unix milliseconds.
+    pub expires_at: Option<i64>,
+    /// Pinned environments do not follow their tracked ref.
+    pub pinned: bool,
+    /// When it was first recorded, unix milliseconds.
+    pub created_at: i64,
+    /// When it was last written, unix milliseconds.
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
+                       hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
+                       created_at, updated_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
+    Ok(EnvironmentRecord {
+        name: row.get(0)?,
+        kind: row.get(1)?,
+        stack: row.get(2)?,
+        repo: row.get(3)?,
+        tracked_ref: row.get(4)?,
+        desired_commit: row.get(5)?,
+        commit: row.get(6)?,
+        hash: row.get(7)?,
+        sync: row.get(8)?,
+        health: row.get(9)?,
+        message: row.get(10)?,
+        owner: row.get(11)?,
+        ttl_ms: row.get(12)?,
+        expires_at: row.get(13)?,
+        pinned: row.get(14)?,
+        created_at: row.get(15)?,
+        updated_at: row.get(16)?,
+    })
+}
+
+impl Store {
+    /// Inserts the environment, or updates every field of an existing one except `created_at`,
+    /// which keeps the time it was first recorded.
+    ///
+    /// # Guarantees
+    /// Updating never touches the environment's resources or ports. (An `INSERT OR REPLACE`
+    /// would: SQLite implements it as delete-then-insert, and the delete cascades.)
+    pub fn upsert_environment(&self, record: &EnvironmentRecord) -> Result<(), StateError> {
+        one_of("environment kind", &record.kind, ENVIRONMENT_KINDS)?;
+        one_of("environment sync", &record.sync, SYNC_STATES)?;
+        one_of("environment health", &record.health, HEALTH_STATES)?;
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO environments ({COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+                             ?16, ?17) \
+                     ON CONFLICT (name) DO UPDATE SET \
+                       kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
+                       tracked_ref = excluded.tracked_ref, \
+                       desired_commit = excluded.desired_commit, \
+                       current_commit = excluded.current_commit, hash = excluded.hash, \
+                       sync = excluded.sync, health = excluded.health, \
+                       message = excluded.message, owner = excluded.owner, \
+                       ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
+                       pinned = excluded.pinned, updated_at = excluded.updated_at"
+                ),
+                params![
+                    record.name,
+                    record.kind,
+                    record.stack,
+                    record.repo,
+                    record.tracked_ref,
+                    record.desired_commit,
+                    record.commit,
+                    record.hash,
+                    record.sync,
+                    record.health,
+                    record.message,
+                    record.owner,
+                    record.ttl_ms,
+                    record.expires_at,
+                    record.pinned,
+                    record.created_at,
+                    record.updated_at,
+                ],
+            )
+            .map_err(sql(format!("record environment {}", record.name)))?;
+        Ok(())
+    }
+
+    /// The environment called `name`, if it exists.
+    pub fn environment(&self, name: &str) -> Result<Option<EnvironmentRecord>, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
+                [name],
+                from_row,
+            )
+            .optional()
+            .map_err(sql(format!("read environment {name}")))
+    }
+
+    /// Every environment, ordered by name.
+    pub fn environments(&self) -> Result<Vec<EnvironmentRecord>, StateError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM environments ORDER BY name"))
+            .map_err(sql("list environments"))?;
+        let rows = statement
+            .query_map([], from_row)
+            .map_err(sql("list environments"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql("list environments"))
+    }
+
+    /// Deletes the environment with its resources and ports; its deployments and events stay as
+    /// history. Returns whether it existed.
+    pub fn delete_environment(&self, name: &str) -> Result<bool, StateError> {
+        // One statement: SQLite applies the cascade inside it, so it is atomic on its own.
+        let deleted = self
+            .conn()
+            .execute("DELETE FROM environments WHERE name = ?1", [name])
+            .map_err(sql(format!("delete environment {name}")))?;
+        Ok(deleted > 0)
+    }
+
+    /// Records the environment's sync state, health and message at time `at`.
+    ///
+    /// # Errors
+    /// [`StateError::NotFound`] when no such environment exists;
+    /// [`StateError::InvalidValue`] for a state outside the vocabulary.
+    pub fn set_environment_status(
+        &self,
+        name: &str,
+        sync: &str,
+        health: &str,
+        message: Option<&str>,
+        at: i64,
+    ) -> Result<(), StateError> {
+        one_of("environment sync", sync, SYNC_STATES)?;
+        one_of("environment health", health, HEALTH_STATES)?;
+        let updated = self
+            .conn()
+            .execute(
+                "UPDATE environments SET sync = ?2, health = ?3, message = ?4, updated_at = ?5 \
+                 WHERE name = ?1",
+                params![name, sync, health, message, at],
+            )
+            .map_err(sql(format!("record the status of environment {name}")))?;
+        if updated == 0 {
+            return Err(StateError::NotFound {
+                what: "environment",
+                key: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

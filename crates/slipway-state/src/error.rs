@@ -1,0 +1,204 @@
+//! The one error type of the state store.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading or writing the state store.
+///
+/// [`StateError::retryable`] says whether the same call may succeed later without anyone
+/// changing anything (another process held the database lock, the port range was full).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The home directory could not be created.
+    #[error("failed to create the state directory {path}")]
+    CreateHome {
+        /// The directory that was to hold `state.db`.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The database file could not be opened or configured.
+    #[error("failed to open the state database {path}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The database refused write-ahead logging, which the store relies on for concurrent
+    /// readers and crash safety.
+    #[error(
+        "the state database {path} refused WAL mode (journal mode is `{mode}`); put the slipway \
+         home on a local filesystem"
+    )]
+    WalUnavailable {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+
+    /// The database was written by a newer Slipway whose schema this binary does not know.
+    #[error(
+        "the state database {path} has schema version {found}, newer than the {supported} this \
+         slipway understands; upgrade slipway, or point --home at another directory"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The schema version recorded in the database.
+        found: i64,
+        /// The newest schema version this binary knows.
+        supported: i64,
+    },
+
+    /// A schema migration failed; the database stays at the previous version.
+    #[error("failed to migrate the state database {path} to schema version {version}")]
+    Migrate {
+        /// The database file.
+        path: PathBuf,
+        /// The version the failed migration would have produced.
+        version: i64,
+        /// Why it failed.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A query failed.
+    #[error("failed to {operation}")]
+    Sqlite {
+        /// What the store was doing, e.g. "record deployment of prod".
+        operation: String,
+        /// Why it failed.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A JSON column did not hold valid JSON (the database was edited by hand or is damaged).
+    #[error("failed to decode {column} of {record}: the stored value is not the JSON expected")]
+    CorruptJson {
+        /// The record, e.g. "resource prod/api".
+        record: String,
+        /// The column.
+        column: &'static str,
+        /// Why it failed.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A status or kind outside the specification's vocabulary was given.
+    #[error("invalid {field} `{value}`: expected one of {}", allowed.join(", "))]
+    InvalidValue {
+        /// The field, e.g. "environment sync".
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The values accepted.
+        allowed: &'static [&'static str],
+    },
+
+    /// The record to update does not exist.
+    #[error("{what} `{key}` does not exist")]
+    NotFound {
+        /// The kind of record, e.g. "environment".
+        what: &'static str,
+        /// Its key.
+        key: String,
+    },
+
+    /// A deployment that is no longer running cannot be finished again.
+    #[error(
+        "deployment {id} is already {status}; only a running deployment can be finished \
+         (was it marked interrupted by a restart?)"
+    )]
+    DeploymentNotRunning {
+        /// The deployment.
+        id: i64,
+        /// Its current status.
+        status: String,
+    },
+
+    /// No free port is left in the configured range.
+    #[error(
+        "no free port left in {start}-{end} for {environment}/{resource} (needed {needed} more); \
+         widen [local] ports in the engine configuration or destroy unused environments"
+    )]
+    PortsExhausted {
+        /// The environment asking.
+        environment: String,
+        /// The resource asking.
+        resource: String,
+        /// The first port of the range.
+        start: u16,
+        /// The last port of the range.
+        end: u16,
+        /// How many new ports were needed.
+        needed: usize,
+    },
+}
+
+impl StateError {
+    /// Whether the same call may succeed later with nothing changed by a person: the database
+    /// was locked by another process past the busy timeout, or the port range was full (ports
+    /// come back when environments expire). Everything else needs a fix first.
+    pub fn retryable(&self) -> bool {
+        match self {
+            StateError::Open { source, .. }
+            | StateError::Migrate { source, .. }
+            | StateError::Sqlite { source, .. } => is_busy(source),
+            StateError::PortsExhausted { .. } => true,
+            StateError::CreateHome { .. }
+            | StateError::WalUnavailable { .. }
+            | StateError::NewerSchema { .. }
+            | StateError::CorruptJson { .. }
+            | StateError::InvalidValue { .. }
+            | StateError::NotFound { .. }
+            | StateError::DeploymentNotRunning { .. } => false,
+        }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_locked_database_is_retryable_and_a_constraint_failure_is_not() {
+        let busy = StateError::Sqlite {
+            operation: "record".to_owned(),
+            source: sqlite(rusqlite::ffi::SQLITE_BUSY),
+        };
+        assert!(busy.retryable(), "a busy database is worth retrying");
+        let constraint = StateError::Sqlite {
+            operation: "record".to_owned(),
+            source: sqlite(rusqlite::ffi::SQLITE_CONSTRAINT),
+        };
+        assert!(
+            !constraint.retryable(),
+            "a constraint failure fails the same way every time"
+        );
+        let newer = StateError::NewerSchema {
+            path: PathBuf::from("state.db"),
+            found: 9,
+            supported: 1,
+        };
+        assert!(
+            !newer.retryable(),
+            "a newer schema needs an upgrade, not a retry"
+        );
+    }
+}

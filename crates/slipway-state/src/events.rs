@@ -1,0 +1,101 @@
+//! Events: an append-only log of what happened, for the API's event stream and for people.
+
+use rusqlite::{Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::StateError;
+use crate::store::{Store, from_json, sql, sql_limit, to_json};
+
+/// One event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Increasing with time and never reused, so it works as a resume cursor.
+    pub id: i64,
+    /// The environment it concerns; `None` for engine-wide events.
+    pub environment: Option<String>,
+    /// What kind of event, e.g. `deployment.started`.
+    pub kind: String,
+    /// A sentence for people.
+    pub message: String,
+    /// Details for programs.
+    pub data: serde_json::Value,
+    /// When it happened, unix milliseconds.
+    pub at: i64,
+}
+
+/// Which events to read; see [`Store::events`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only the events of this environment (engine-wide events excluded).
+    pub environment: Option<String>,
+    /// Only events with a greater id: the last id a reader has seen.
+    pub after_id: Option<i64>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(EventRecord, String)> {
+    Ok((
+        EventRecord {
+            id: row.get(0)?,
+            environment: row.get(1)?,
+            kind: row.get(2)?,
+            message: row.get(3)?,
+            data: serde_json::Value::Null,
+            at: row.get(5)?,
+        },
+        row.get(4)?,
+    ))
+}
+
+impl Store {
+    /// Appends an event and returns its id.
+    pub fn record_event(
+        &self,
+        environment: Option<&str>,
+        kind: &str,
+        message: &str,
+        data: &serde_json::Value,
+        at: i64,
+    ) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO events (environment, kind, message, data, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![environment, kind, message, to_json(data), at],
+        )
+        .map_err(sql(format!("record a {kind} event")))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Events matching `query`, oldest first (ascending id).
+    pub fn events(&self, query: &EventQuery) -> Result<Vec<EventRecord>, StateError> {
+        let operation = "read events";
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, environment, kind, message, data, at FROM events \
+                 WHERE (?1 IS NULL OR environment = ?1) AND id > ?2 \
+                 ORDER BY id LIMIT ?3",
+            )
+            .map_err(sql(operation))?;
+        let raw = statement
+            .query_map(
+                params![
+                    query.environment,
+                    query.after_id.unwrap_or(0),
+                    sql_limit(query.limit)
+                ],
+                from_row,
+            )
+            .map_err(sql(operation))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql(operation))?;
+        raw.into_iter()
+            .map(|(mut event, data)| {
+                event.data = from_json(&data, || format!("event {}", event.id), "data")?;
+                Ok(event)
+            })
+            .collect()
+    }
+}

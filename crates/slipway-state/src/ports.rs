@@ -1,0 +1,152 @@
+//! Ports: TCP ports allocated to a resource's named ports, stable across deployments.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
+
+use rusqlite::{TransactionBehavior, params};
+
+use crate::StateError;
+use crate::store::{Store, sql};
+
+impl Store {
+    /// The ports for `names` of a resource: those already allocated to it are returned as they
+    /// are, and each missing name gets the lowest port of `range` that no one holds in the
+    /// store and `is_free` accepts.
+    ///
+    /// # Guarantees
+    /// - All or nothing: the allocation is one transaction, so a failure (or a crash) allocates
+    ///   none of the new names.
+    /// - A port belongs to at most one `(environment, resource, name)` across all environments
+    ///   (a `UNIQUE` constraint, so two processes cannot both take it).
+    /// - A port already allocated is returned even if `range` no longer contains it: stability
+    ///   wins over a changed configuration. Release it to move it.
+    ///
+    /// # Caveats
+    /// `is_free` runs while the database write lock is held: make it quick (a bind probe).
+    /// Port 0 is never allocated.
+    ///
+    /// # Errors
+    /// [`StateError::PortsExhausted`] when the range has too few free ports;
+    /// [`StateError::Sqlite`] (a foreign-key failure) when the environment is not recorded.
+    pub fn allocate_ports(
+        &self,
+        environment: &str,
+        resource: &str,
+        names: &[String],
+        range: RangeInclusive<u16>,
+        is_free: &dyn Fn(u16) -> bool,
+    ) -> Result<BTreeMap<String, u16>, StateError> {
+        let operation = || format!("allocate ports for {environment}/{resource}");
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(operation()))?;
+        let mut allocated = read_ports(&tx, environment, resource).map_err(sql(operation()))?;
+        let missing: BTreeSet<&String> = names
+            .iter()
+            .filter(|name| !allocated.contains_key(name.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            let taken: BTreeSet<u16> = {
+                let mut statement = tx
+                    .prepare_cached("SELECT port FROM ports WHERE port BETWEEN ?1 AND ?2")
+                    .map_err(sql(operation()))?;
+                statement
+                    .query_map(params![range.start(), range.end()], |row| row.get(0))
+                    .map_err(sql(operation()))?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(sql(operation()))?
+            };
+            // One pass over the range: a port rejected for one name is not offered to the next.
+            let mut candidates = range
+                .clone()
+                .filter(|port| *port != 0 && !taken.contains(port));
+            for (index, name) in missing.iter().enumerate() {
+                let Some(port) = candidates.find(|port| is_free(*port)) else {
+                    return Err(StateError::PortsExhausted {
+                        environment: environment.to_owned(),
+                        resource: resource.to_owned(),
+                        start: *range.start(),
+                        end: *range.end(),
+                        needed: missing.len() - index,
+                    });
+                };
+                tx.execute(
+                    "INSERT INTO ports (environment, resource, name, port) VALUES (?1, ?2, ?3, ?4)",
+                    params![environment, resource, name, port],
+                )
+                .map_err(sql(operation()))?;
+                allocated.insert((*name).clone(), port);
+            }
+            tx.commit().map_err(sql(operation()))?;
+        }
+        Ok(names
+            .iter()
+            .filter_map(|name| allocated.get_key_value(name))
+            .map(|(name, port)| (name.clone(), *port))
+            .collect())
+    }
+
+    /// Every port allocated to a resource, by name.
+    pub fn ports(
+        &self,
+        environment: &str,
+        resource: &str,
+    ) -> Result<BTreeMap<String, u16>, StateError> {
+        read_ports(&self.conn(), environment, resource)
+            .map_err(sql(format!("read the ports of {environment}/{resource}")))
+    }
+
+    /// Releases every port of a resource; returns how many were released.
+    pub fn release_ports(&self, environment: &str, resource: &str) -> Result<usize, StateError> {
+        self.conn()
+            .execute(
+                "DELETE FROM ports WHERE environment = ?1 AND resource = ?2",
+                [environment, resource],
+            )
+            .map_err(sql(format!(
+                "release the ports of {environment}/{resource}"
+            )))
+    }
+
+    /// Releases the ports of a resource whose names are not in `keep` (ports no longer
+    /// declared); returns how many were released.
+    pub fn retain_ports(
+        &self,
+        environment: &str,
+        resource: &str,
+        keep: &[String],
+    ) -> Result<usize, StateError> {
+        let operation = || format!("release undeclared ports of {environment}/{resource}");
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(operation()))?;
+        let current = read_ports(&tx, environment, resource).map_err(sql(operation()))?;
+        let mut released = 0;
+        for name in current.keys().filter(|name| !keep.contains(name)) {
+            released += tx
+                .execute(
+                    "DELETE FROM ports WHERE environment = ?1 AND resource = ?2 AND name = ?3",
+                    [environment, resource, name],
+                )
+                .map_err(sql(operation()))?;
+        }
+        tx.commit().map_err(sql(operation()))?;
+        Ok(released)
+    }
+}
+
+fn read_ports(
+    conn: &rusqlite::Connection,
+    environment: &str,
+    resource: &str,
+) -> rusqlite::Result<BTreeMap<String, u16>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT name, port FROM ports WHERE environment = ?1 AND resource = ?2 ORDER BY name",
+    )?;
+    let rows = statement.query_map([environment, resource], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, u16>(1)?))
+    })?;
+    rows.collect()
+}

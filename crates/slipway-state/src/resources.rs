@@ -1,0 +1,216 @@
+//! Resources: the inventory of what the engine created in each environment.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::StateError;
+use crate::store::{Store, from_json, one_of, sql, to_json};
+
+/// Resource statuses: an operation in flight, or its outcome.
+pub const RESOURCE_STATUSES: &[&str] = &["creating", "updating", "deleting", "ready", "failed"];
+
+/// One resource of an environment, as last recorded.
+///
+/// `Debug` prints the outputs named in `secret_outputs` as `<redacted>`, so that a record in a
+/// log line or a failed assertion never shows a secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRecord {
+    /// The environment it belongs to (which must exist).
+    pub environment: String,
+    /// Its name in `slipway.yaml`.
+    pub name: String,
+    /// Its type, e.g. `process`.
+    pub type_name: String,
+    /// One of [`RESOURCE_STATUSES`].
+    pub status: String,
+    /// The desired configuration, symbolic (references not yet resolved).
+    pub config: serde_json::Value,
+    /// The hash of the configuration with references resolved, as last applied.
+    pub resolved_hash: Option<String>,
+    /// Its outputs, readable by other resources.
+    pub outputs: serde_json::Value,
+    /// The names of the outputs that are secret.
+    pub secret_outputs: Vec<String>,
+    /// What the provider observed of the live object (pid, ids, ...).
+    pub live: serde_json::Value,
+    /// The resources it depends on.
+    pub depends_on: Vec<String>,
+    /// The last error, when `status` is `failed`.
+    pub error: Option<String>,
+    /// When it was last written, unix milliseconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for ResourceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut outputs = self.outputs.clone();
+        if let Some(map) = outputs.as_object_mut() {
+            for name in &self.secret_outputs {
+                if let Some(value) = map.get_mut(name) {
+                    *value = serde_json::Value::String("<redacted>".to_owned());
+                }
+            }
+        }
+        f.debug_struct("ResourceRecord")
+            .field("environment", &self.environment)
+            .field("name", &self.name)
+            .field("type_name", &self.type_name)
+            .field("status", &self.status)
+            .field("config", &self.config)
+            .field("resolved_hash", &self.resolved_hash)
+            .field("outputs", &outputs)
+            .field("secret_outputs", &self.secret_outputs)
+            .field("live", &self.live)
+            .field("depends_on", &self.depends_on)
+            .field("error", &self.error)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+const COLUMNS: &str = "environment, name, type_name, status, config, resolved_hash, outputs, \
+                       secret_outputs, live, depends_on, error, updated_at";
+
+/// A row with its JSON columns still encoded.
+struct RawResource {
+    environment: String,
+    name: String,
+    type_name: String,
+    status: String,
+    config: String,
+    resolved_hash: Option<String>,
+    outputs: String,
+    secret_outputs: String,
+    live: String,
+    depends_on: String,
+    error: Option<String>,
+    updated_at: i64,
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<RawResource> {
+    Ok(RawResource {
+        environment: row.get(0)?,
+        name: row.get(1)?,
+        type_name: row.get(2)?,
+        status: row.get(3)?,
+        config: row.get(4)?,
+        resolved_hash: row.get(5)?,
+        outputs: row.get(6)?,
+        secret_outputs: row.get(7)?,
+        live: row.get(8)?,
+        depends_on: row.get(9)?,
+        error: row.get(10)?,
+        updated_at: row.get(11)?,
+    })
+}
+
+impl RawResource {
+    fn decode(self) -> Result<ResourceRecord, StateError> {
+        let record = || format!("resource {}/{}", self.environment, self.name);
+        Ok(ResourceRecord {
+            config: from_json(&self.config, record, "config")?,
+            outputs: from_json(&self.outputs, record, "outputs")?,
+            secret_outputs: from_json(&self.secret_outputs, record, "secret_outputs")?,
+            live: from_json(&self.live, record, "live")?,
+            depends_on: from_json(&self.depends_on, record, "depends_on")?,
+            environment: self.environment,
+            name: self.name,
+            type_name: self.type_name,
+            status: self.status,
+            resolved_hash: self.resolved_hash,
+            error: self.error,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl Store {
+    /// The resources of an environment, ordered by name.
+    pub fn resources(&self, environment: &str) -> Result<Vec<ResourceRecord>, StateError> {
+        let operation = || format!("list the resources of {environment}");
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM resources WHERE environment = ?1 ORDER BY name"
+            ))
+            .map_err(sql(operation()))?;
+        let raw = statement
+            .query_map([environment], from_row)
+            .map_err(sql(operation()))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql(operation()))?;
+        raw.into_iter().map(RawResource::decode).collect()
+    }
+
+    /// One resource of an environment, if recorded.
+    pub fn resource(
+        &self,
+        environment: &str,
+        name: &str,
+    ) -> Result<Option<ResourceRecord>, StateError> {
+        let raw = self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM resources WHERE environment = ?1 AND name = ?2"),
+                [environment, name],
+                from_row,
+            )
+            .optional()
+            .map_err(sql(format!("read resource {environment}/{name}")))?;
+        raw.map(RawResource::decode).transpose()
+    }
+
+    /// Records a resource, replacing what was recorded under its name.
+    ///
+    /// # Errors
+    /// [`StateError::Sqlite`] (a foreign-key failure) when its environment is not recorded:
+    /// record the environment first.
+    pub fn put_resource(&self, record: &ResourceRecord) -> Result<(), StateError> {
+        one_of("resource status", &record.status, RESOURCE_STATUSES)?;
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO resources ({COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                     ON CONFLICT (environment, name) DO UPDATE SET \
+                       type_name = excluded.type_name, status = excluded.status, \
+                       config = excluded.config, resolved_hash = excluded.resolved_hash, \
+                       outputs = excluded.outputs, secret_outputs = excluded.secret_outputs, \
+                       live = excluded.live, depends_on = excluded.depends_on, \
+                       error = excluded.error, updated_at = excluded.updated_at"
+                ),
+                params![
+                    record.environment,
+                    record.name,
+                    record.type_name,
+                    record.status,
+                    to_json(&record.config),
+                    record.resolved_hash,
+                    to_json(&record.outputs),
+                    to_json(&record.secret_outputs),
+                    to_json(&record.live),
+                    to_json(&record.depends_on),
+                    record.error,
+                    record.updated_at,
+                ],
+            )
+            .map_err(sql(format!(
+                "record resource {}/{}",
+                record.environment, record.name
+            )))?;
+        Ok(())
+    }
+
+    /// Forgets a resource (its ports stay allocated until [`Store::release_ports`]). Returns
+    /// whether it was recorded.
+    pub fn delete_resource(&self, environment: &str, name: &str) -> Result<bool, StateError> {
+        let deleted = self
+            .conn()
+            .execute(
+                "DELETE FROM resources WHERE environment = ?1 AND name = ?2",
+                [environment, name],
+            )
+            .map_err(sql(format!("delete resource {environment}/{name}")))?;
+        Ok(deleted > 0)
+    }
+}

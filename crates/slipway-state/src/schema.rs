@@ -1,0 +1,144 @@
+//! The schema, as an append-only list of migrations numbered by `PRAGMA user_version`.
+//!
+//! Migration `i` (0-based) takes the database from version `i` to `i + 1`. Never edit a
+//! migration that has shipped: add a new one. SQLite cannot alter a foreign key or a column
+//! constraint in place; a migration that rebuilds a table must do so with
+//! `PRAGMA foreign_keys` off, which is why status vocabularies are checked in Rust and not by
+//! `CHECK` constraints.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::StateError;
+
+/// Foreign keys only where deleting the parent must delete the child: an environment owns its
+/// resources and ports. Deployments and events name their environment without a foreign key so
+/// that they outlive it as history (a recreated environment of the same name continues it).
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE environments (
+    name           TEXT PRIMARY KEY NOT NULL,
+    kind           TEXT NOT NULL,
+    stack          TEXT NOT NULL,
+    repo           TEXT NOT NULL,
+    tracked_ref    TEXT,
+    desired_commit TEXT,
+    current_commit TEXT,
+    hash           TEXT,
+    sync           TEXT NOT NULL,
+    health         TEXT NOT NULL,
+    message        TEXT,
+    owner          TEXT,
+    ttl_ms         INTEGER,
+    expires_at     INTEGER,
+    pinned         INTEGER NOT NULL DEFAULT 0,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE deployments (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    environment    TEXT NOT NULL,
+    commit_sha     TEXT NOT NULL,
+    hash           TEXT NOT NULL,
+    reference      TEXT,
+    plan           TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    error          TEXT,
+    who            TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    finished_at    INTEGER,
+    summary        TEXT NOT NULL
+) STRICT;
+CREATE INDEX deployments_by_environment ON deployments (environment, id);
+
+CREATE TABLE resources (
+    environment    TEXT NOT NULL
+                   REFERENCES environments (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    name           TEXT NOT NULL,
+    type_name      TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    config         TEXT NOT NULL,
+    resolved_hash  TEXT,
+    outputs        TEXT NOT NULL,
+    secret_outputs TEXT NOT NULL,
+    live           TEXT NOT NULL,
+    depends_on     TEXT NOT NULL,
+    error          TEXT,
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (environment, name)
+) STRICT;
+
+CREATE TABLE ports (
+    environment    TEXT NOT NULL
+                   REFERENCES environments (name) ON DELETE CASCADE ON UPDATE CASCADE,
+    resource       TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    port           INTEGER NOT NULL UNIQUE CHECK (port BETWEEN 1 AND 65535),
+    PRIMARY KEY (environment, resource, name)
+) STRICT;
+
+CREATE TABLE events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    environment    TEXT,
+    kind           TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    data           TEXT NOT NULL,
+    at             INTEGER NOT NULL
+) STRICT;
+CREATE INDEX events_by_environment ON events (environment, id);
+"#];
+
+/// The schema version this binary writes: the number of migrations it knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`SCHEMA_VERSION`], one transaction per migration.
+///
+/// The version is read inside each write transaction, so two processes opening a fresh
+/// database at once apply each migration exactly once: the second waits for the lock, then
+/// sees the version moved and skips it.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let open_error = |source| StateError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let found = user_version(conn).map_err(open_error)?;
+    refuse_newer(path, found)?;
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i64::try_from(index + 1).expect("the migration list is short");
+        let migrate_error = |source| StateError::Migrate {
+            path: path.to_path_buf(),
+            version: target,
+            source,
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(migrate_error)?;
+        let current = user_version(&tx).map_err(migrate_error)?;
+        refuse_newer(path, current)?;
+        if current >= target {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(migrate_error)?;
+        tx.pragma_update(None, "user_version", target)
+            .map_err(migrate_error)?;
+        tx.commit().map_err(migrate_error)?;
+    }
+    Ok(())
+}
+
+/// The schema version recorded in the database.
+pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+fn refuse_newer(path: &Path, found: i64) -> Result<(), StateError> {
+    if found > SCHEMA_VERSION {
+        return Err(StateError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}

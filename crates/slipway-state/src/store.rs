@@ -1,0 +1,146 @@
+//! The [`Store`] handle: opening the database and the helpers the record modules share.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::StateError;
+use crate::schema;
+
+/// How long a write waits for another process holding the database lock before giving up with
+/// a retryable error.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The state store: one SQLite connection to `<home>/state.db`, shared by the threads of a
+/// process.
+///
+/// `Store` is `Send + Sync`; calls are serialized on an internal mutex, which is cheap next to
+/// SQLite's own write lock. Several processes may open the same home at once (WAL mode): their
+/// writes serialize on SQLite's lock, waiting up to five seconds.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `home` and `home/state.db`, and migrates the schema to
+    /// [`crate::SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    /// [`StateError::NewerSchema`] when the database was written by a newer Slipway;
+    /// [`StateError::CreateHome`], [`StateError::Open`] or [`StateError::Migrate`] otherwise.
+    pub fn open(home: &Path) -> Result<Store, StateError> {
+        std::fs::create_dir_all(home).map_err(|source| StateError::CreateHome {
+            path: home.to_path_buf(),
+            source,
+        })?;
+        let path = home.join("state.db");
+        let open_error = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        // The busy timeout first: switching to WAL takes a lock another process may hold.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // WAL is refused on some network filesystems; running in another journal mode would
+            // silently change the concurrency and durability the rest of the crate relies on.
+            return Err(StateError::WalUnavailable { path, mode });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_error)?;
+        schema::migrate(&mut conn, &path)?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the database (equal to [`crate::SCHEMA_VERSION`] once
+    /// opened).
+    pub fn schema_version(&self) -> Result<i64, StateError> {
+        schema::user_version(&self.conn()).map_err(sql("read the schema version"))
+    }
+
+    /// The connection. A panic in another thread while it held the lock cannot have left a
+    /// transaction open (rusqlite rolls back on drop, also while unwinding), so a poisoned
+    /// mutex is safe to reuse.
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Wraps a rusqlite error with what the store was doing.
+pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StateError {
+    let operation = operation.into();
+    move |source| StateError::Sqlite { operation, source }
+}
+
+/// Encodes a value for a JSON column.
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value)
+        .expect("JSON values and string lists always serialize: their keys are strings")
+}
+
+/// Decodes a JSON column, naming the record and column when the stored text is not valid.
+pub(crate) fn from_json<T: DeserializeOwned>(
+    text: &str,
+    record: impl FnOnce() -> String,
+    column: &'static str,
+) -> Result<T, StateError> {
+    serde_json::from_str(text).map_err(|source| StateError::CorruptJson {
+        record: record(),
+        column,
+        source,
+    })
+}
+
+/// Refuses a value outside the specification's vocabulary before it reaches the database.
+pub(crate) fn one_of(
+    field: &'static str,
+    value: &str,
+    allowed: &'static [&'static str],
+) -> Result<(), StateError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(StateError::InvalidValue {
+            field,
+            value: value.to_owned(),
+            allowed,
+        })
+    }
+}
+
+/// A `usize` limit as SQLite's signed integer; anything past `i64::MAX` means "all".
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

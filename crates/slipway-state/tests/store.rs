@@ -1,0 +1,1101 @@
+//! The state store against real SQLite files in temporary directories.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use slipway_state::{
+    EnvironmentRecord, EventQuery, NewDeployment, ResourceRecord, SCHEMA_VERSION, StateError, Store,
+};
+use tempfile::TempDir;
+
+fn open_store() -> (TempDir, Store) {
+    let home = tempfile::tempdir().expect("create a temporary home");
+    let store = Store::open(home.path()).expect("open a fresh store");
+    (home, store)
+}
+
+fn environment(name: &str) -> EnvironmentRecord {
+    EnvironmentRecord {
+        name: name.to_owned(),
+        kind: "static".to_owned(),
+        stack: "shop".to_owned(),
+        repo: "file:///srv/git/shop.git".to_owned(),
+        tracked_ref: Some("main".to_owned()),
+        desired_commit: None,
+        commit: None,
+        hash: None,
+        sync: "out_of_sync".to_owned(),
+        health: "missing".to_owned(),
+        message: None,
+        owner: None,
+        ttl_ms: None,
+        expires_at: None,
+        pinned: false,
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+fn resource(environment: &str, name: &str) -> ResourceRecord {
+    ResourceRecord {
+        environment: environment.to_owned(),
+        name: name.to_owned(),
+        type_name: "process".to_owned(),
+        status: "ready".to_owned(),
+        config: json!({"command": ["python3", "-m", "app"]}),
+        resolved_hash: Some("abc".to_owned()),
+        outputs: json!({"url": "http://127.0.0.1:20000"}),
+        secret_outputs: vec![],
+        live: json!({"pid": 42}),
+        depends_on: vec!["db".to_owned()],
+        error: None,
+        updated_at: 2_000,
+    }
+}
+
+fn deployment(environment: &str, at: i64) -> NewDeployment {
+    NewDeployment {
+        environment: environment.to_owned(),
+        commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+        hash: "h1".to_owned(),
+        reference: Some("main".to_owned()),
+        plan: json!({"changes": []}),
+        who: "controller".to_owned(),
+        at,
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| (*name).to_owned()).collect()
+}
+
+fn always_free(_: u16) -> bool {
+    true
+}
+
+#[test]
+fn the_store_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+}
+
+#[test]
+fn open_creates_missing_home_directories() {
+    let root = tempfile::tempdir().expect("create a temporary directory");
+    let home = root.path().join("a").join("b");
+    let store = Store::open(&home).expect("open a store under missing directories");
+    assert_eq!(
+        store.path(),
+        home.join("state.db"),
+        "the database lives at <home>/state.db"
+    );
+    assert!(home.join("state.db").is_file(), "opening creates the file");
+}
+
+#[test]
+fn reopening_keeps_data_and_applies_no_migration_twice() {
+    let (home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    drop(store);
+    for _ in 0..3 {
+        let store = Store::open(home.path()).expect("reopen the store");
+        assert_eq!(
+            store.schema_version().expect("read the schema version"),
+            SCHEMA_VERSION,
+            "a reopened store is at the binary's schema version"
+        );
+        assert_eq!(
+            store.environment("prod").expect("read prod"),
+            Some(environment("prod")),
+            "data survives reopening"
+        );
+    }
+}
+
+#[test]
+fn the_database_is_in_wal_mode() {
+    let (home, store) = open_store();
+    drop(store);
+    let conn = rusqlite::Connection::open(home.path().join("state.db")).expect("open raw");
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
+        .expect("read journal mode");
+    assert_eq!(mode, "wal", "WAL mode persists in the database file");
+}
+
+#[test]
+fn a_database_from_a_newer_slipway_is_refused() {
+    let (home, store) = open_store();
+    drop(store);
+    let conn = rusqlite::Connection::open(home.path().join("state.db")).expect("open raw");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("pretend a newer slipway wrote the database");
+    drop(conn);
+    let error = Store::open(home.path()).expect_err("a newer schema must be refused");
+    assert!(
+        matches!(error, StateError::NewerSchema { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "the error names both versions, got {error:?}"
+    );
+    assert!(
+        error.to_string().contains("upgrade slipway"),
+        "the message says how to fix it: {error}"
+    );
+}
+
+#[test]
+fn environments_are_listed_by_name_and_updates_keep_created_at() {
+    let (_home, store) = open_store();
+    for name in ["qa", "prod", "main"] {
+        store
+            .upsert_environment(&environment(name))
+            .expect("record an environment");
+    }
+    let listed: Vec<String> = store
+        .environments()
+        .expect("list environments")
+        .into_iter()
+        .map(|env| env.name)
+        .collect();
+    assert_eq!(listed, names(&["main", "prod", "qa"]), "listed by name");
+
+    let mut update = environment("prod");
+    update.commit = Some("c2".to_owned());
+    update.pinned = true;
+    update.created_at = 9_999;
+    update.updated_at = 5_000;
+    store.upsert_environment(&update).expect("update prod");
+    let stored = store
+        .environment("prod")
+        .expect("read prod")
+        .expect("prod exists");
+    assert_eq!(stored.commit.as_deref(), Some("c2"), "fields are updated");
+    assert!(stored.pinned, "booleans round-trip");
+    assert_eq!(
+        stored.created_at, 1_000,
+        "created_at keeps the first record's time"
+    );
+    assert_eq!(stored.updated_at, 5_000, "updated_at is the caller's");
+    assert_eq!(
+        store
+            .environment("nope")
+            .expect("read a missing environment"),
+        None,
+        "a missing environment is None"
+    );
+}
+
+#[test]
+fn environment_status_is_recorded_and_checked() {
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    store
+        .set_environment_status("prod", "synced", "healthy", Some("all good"), 7_000)
+        .expect("set status");
+    let stored = store
+        .environment("prod")
+        .expect("read prod")
+        .expect("prod exists");
+    assert_eq!(
+        (stored.sync.as_str(), stored.health.as_str()),
+        ("synced", "healthy"),
+        "status is recorded"
+    );
+    assert_eq!(
+        stored.message.as_deref(),
+        Some("all good"),
+        "message is recorded"
+    );
+    assert_eq!(stored.updated_at, 7_000, "the injected time is recorded");
+
+    let error = store
+        .set_environment_status("prod", "in_sync", "healthy", None, 8_000)
+        .expect_err("a sync state outside the vocabulary is refused");
+    assert!(
+        matches!(
+            error,
+            StateError::InvalidValue {
+                field: "environment sync",
+                ..
+            }
+        ),
+        "the error names the field, got {error:?}"
+    );
+    let error = store
+        .set_environment_status("ghost", "synced", "healthy", None, 8_000)
+        .expect_err("an unknown environment is reported");
+    assert!(
+        matches!(
+            error,
+            StateError::NotFound {
+                what: "environment",
+                ..
+            }
+        ),
+        "not found names the record kind, got {error:?}"
+    );
+    let mut bad = environment("bad");
+    bad.kind = "permanent".to_owned();
+    assert!(
+        matches!(
+            store.upsert_environment(&bad),
+            Err(StateError::InvalidValue {
+                field: "environment kind",
+                ..
+            })
+        ),
+        "an unknown kind is refused before writing"
+    );
+    assert_eq!(
+        store.environment("bad").expect("read bad"),
+        None,
+        "nothing was written"
+    );
+}
+
+#[test]
+fn updating_an_environment_keeps_its_resources_and_ports() {
+    // Regression guard: an INSERT OR REPLACE upsert deletes the row first, and the delete
+    // cascades to resources and ports.
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    store
+        .put_resource(&resource("prod", "api"))
+        .expect("record api");
+    store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["http"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("allocate");
+    let mut update = environment("prod");
+    update.sync = "synced".to_owned();
+    store.upsert_environment(&update).expect("update prod");
+    assert_eq!(
+        store.resources("prod").expect("list").len(),
+        1,
+        "resources survive an update"
+    );
+    assert_eq!(
+        store.ports("prod", "api").expect("ports").len(),
+        1,
+        "ports survive an update"
+    );
+}
+
+#[test]
+fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    store
+        .upsert_environment(&environment("qa"))
+        .expect("record qa");
+    store
+        .put_resource(&resource("prod", "api"))
+        .expect("record api");
+    store
+        .put_resource(&resource("qa", "api"))
+        .expect("record qa api");
+    store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["http"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("allocate");
+    let id = store
+        .begin_deployment(&deployment("prod", 1))
+        .expect("begin a deployment");
+    store
+        .record_event(Some("prod"), "deployment.started", "started", &json!({}), 1)
+        .expect("record an event");
+
+    assert!(
+        store.delete_environment("prod").expect("delete prod"),
+        "prod existed"
+    );
+    assert!(
+        !store.delete_environment("prod").expect("delete again"),
+        "already gone"
+    );
+    assert_eq!(
+        store.environment("prod").expect("read"),
+        None,
+        "prod is gone"
+    );
+    assert!(
+        store.resources("prod").expect("list").is_empty(),
+        "its resources are gone"
+    );
+    assert!(
+        store.ports("prod", "api").expect("ports").is_empty(),
+        "its ports are released"
+    );
+    assert_eq!(
+        store.resources("qa").expect("list qa").len(),
+        1,
+        "other environments stay"
+    );
+    assert!(
+        store.deployment(id).expect("read").is_some(),
+        "its deployments stay as history"
+    );
+    let events = store
+        .events(&EventQuery {
+            environment: Some("prod".to_owned()),
+            after_id: None,
+            limit: 10,
+        })
+        .expect("read events");
+    assert_eq!(events.len(), 1, "its events stay as history");
+    // The released port is free for the next environment.
+    let ports = store
+        .allocate_ports(
+            "qa",
+            "api",
+            &names(&["http"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("allocate for qa");
+    assert_eq!(
+        ports["http"], 20_000,
+        "a port released by deletion is reused"
+    );
+}
+
+#[test]
+fn a_resource_needs_its_environment() {
+    let (_home, store) = open_store();
+    let error = store
+        .put_resource(&resource("ghost", "api"))
+        .expect_err("a resource of an unknown environment is refused");
+    assert!(
+        matches!(error, StateError::Sqlite { .. }),
+        "the foreign key refuses it, got {error:?}"
+    );
+}
+
+#[test]
+fn resources_round_trip_and_are_listed_by_name() {
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    for name in ["web", "api", "db"] {
+        store
+            .put_resource(&resource("prod", name))
+            .expect("record a resource");
+    }
+    let mut api = resource("prod", "api");
+    api.status = "failed".to_owned();
+    api.error = Some("exit 1".to_owned());
+    api.secret_outputs = vec!["password".to_owned()];
+    api.outputs = json!({"password": "hunter2", "port": 5432});
+    store.put_resource(&api).expect("update api");
+    assert_eq!(
+        store.resource("prod", "api").expect("read api"),
+        Some(api.clone()),
+        "every field round-trips"
+    );
+    let listed: Vec<String> = store
+        .resources("prod")
+        .expect("list")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(listed, names(&["api", "db", "web"]), "listed by name");
+    assert!(
+        store.delete_resource("prod", "web").expect("delete web"),
+        "web existed"
+    );
+    assert_eq!(
+        store.resource("prod", "web").expect("read web"),
+        None,
+        "web is gone"
+    );
+
+    let mut bad = resource("prod", "x");
+    bad.status = "running".to_owned();
+    assert!(
+        matches!(
+            store.put_resource(&bad),
+            Err(StateError::InvalidValue { .. })
+        ),
+        "a resource status outside the vocabulary is refused"
+    );
+}
+
+#[test]
+fn debug_output_of_a_resource_redacts_secret_outputs() {
+    let mut db = resource("prod", "db");
+    db.outputs = json!({"password": "hunter2", "port": 5432});
+    db.secret_outputs = vec!["password".to_owned()];
+    let printed = format!("{db:?}");
+    assert!(
+        !printed.contains("hunter2"),
+        "a secret never appears in Debug: {printed}"
+    );
+    assert!(
+        printed.contains("5432"),
+        "other outputs still appear: {printed}"
+    );
+}
+
+#[test]
+fn a_damaged_json_column_is_reported_with_its_record() {
+    let (home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    store
+        .put_resource(&resource("prod", "api"))
+        .expect("record api");
+    let conn = rusqlite::Connection::open(home.path().join("state.db")).expect("open raw");
+    conn.execute("UPDATE resources SET outputs = '{not json'", [])
+        .expect("damage the column");
+    let error = store
+        .resource("prod", "api")
+        .expect_err("damaged JSON is an error, not a panic");
+    assert!(
+        matches!(&error, StateError::CorruptJson { record, column: "outputs", .. }
+            if record == "resource prod/api"),
+        "the error names the record and column, got {error:?}"
+    );
+}
+
+#[test]
+fn deployments_are_listed_newest_first_and_finish_once() {
+    let (_home, store) = open_store();
+    let first = store
+        .begin_deployment(&deployment("prod", 10))
+        .expect("begin");
+    let second = store
+        .begin_deployment(&deployment("prod", 20))
+        .expect("begin");
+    let other = store
+        .begin_deployment(&deployment("qa", 30))
+        .expect("begin");
+    store
+        .finish_deployment(first, "succeeded", None, &json!({"created": 3}), 15)
+        .expect("finish the first");
+
+    let listed = store.deployments("prod", 10).expect("list");
+    let ids: Vec<i64> = listed.iter().map(|d| d.id).collect();
+    assert_eq!(
+        ids,
+        vec![second, first],
+        "newest first, only this environment"
+    );
+    assert_eq!(
+        store.deployments("prod", 1).expect("list one").len(),
+        1,
+        "the limit is honoured"
+    );
+    let finished = store
+        .deployment(first)
+        .expect("read")
+        .expect("the first exists");
+    assert_eq!(finished.status, "succeeded", "status is recorded");
+    assert_eq!(finished.finished_at, Some(15), "finish time is recorded");
+    assert_eq!(
+        finished.summary,
+        json!({"created": 3}),
+        "summary is recorded"
+    );
+    assert_eq!(finished.plan, json!({"changes": []}), "plan round-trips");
+    let running = store.deployment(second).expect("read").expect("exists");
+    assert_eq!(
+        (running.status.as_str(), running.summary.clone()),
+        ("running", serde_json::Value::Null),
+        "a new deployment is running with no summary"
+    );
+
+    let error = store
+        .finish_deployment(first, "failed", Some("boom"), &json!({}), 16)
+        .expect_err("a finished deployment cannot finish again");
+    assert!(
+        matches!(&error, StateError::DeploymentNotRunning { status, .. } if status == "succeeded"),
+        "the error says what it already is, got {error:?}"
+    );
+    assert!(
+        matches!(
+            store.finish_deployment(other, "running", None, &json!({}), 1),
+            Err(StateError::InvalidValue { .. })
+        ),
+        "running is not a final status"
+    );
+    assert!(
+        matches!(
+            store.finish_deployment(999, "failed", None, &json!({}), 1),
+            Err(StateError::NotFound {
+                what: "deployment",
+                ..
+            })
+        ),
+        "an unknown deployment is reported"
+    );
+}
+
+#[test]
+fn mark_interrupted_closes_only_running_deployments_of_that_environment() {
+    let (_home, store) = open_store();
+    let done = store
+        .begin_deployment(&deployment("prod", 1))
+        .expect("begin");
+    store
+        .finish_deployment(done, "succeeded", None, &json!({}), 2)
+        .expect("finish");
+    let crashed_a = store
+        .begin_deployment(&deployment("prod", 3))
+        .expect("begin");
+    let crashed_b = store
+        .begin_deployment(&deployment("prod", 4))
+        .expect("begin");
+    let other = store.begin_deployment(&deployment("qa", 5)).expect("begin");
+
+    assert_eq!(
+        store
+            .mark_interrupted("prod", 100)
+            .expect("mark interrupted"),
+        2,
+        "both running deployments of prod are marked"
+    );
+    for id in [crashed_a, crashed_b] {
+        let record = store.deployment(id).expect("read").expect("exists");
+        assert_eq!(
+            record.status, "interrupted",
+            "a running deployment becomes interrupted"
+        );
+        assert_eq!(
+            record.finished_at,
+            Some(100),
+            "it finishes at the given time"
+        );
+        assert!(record.error.is_some(), "it says why");
+    }
+    let kept = store.deployment(done).expect("read").expect("exists");
+    assert_eq!(
+        kept.status, "succeeded",
+        "a finished deployment is untouched"
+    );
+    let qa = store.deployment(other).expect("read").expect("exists");
+    assert_eq!(qa.status, "running", "other environments are untouched");
+    assert_eq!(
+        store.mark_interrupted("prod", 101).expect("mark again"),
+        0,
+        "marking is idempotent"
+    );
+    assert!(
+        matches!(
+            store.finish_deployment(crashed_a, "succeeded", None, &json!({}), 102),
+            Err(StateError::DeploymentNotRunning { .. })
+        ),
+        "an interrupted deployment stays interrupted"
+    );
+}
+
+#[test]
+fn ports_are_stable_across_allocations() {
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    let first = store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["http", "admin"]),
+            20_000..=20_100,
+            &always_free,
+        )
+        .expect("allocate");
+    assert_eq!(
+        first,
+        BTreeMap::from([("admin".to_owned(), 20_000), ("http".to_owned(), 20_001)]),
+        "new names take the lowest ports, in name order"
+    );
+    // Even if the port now looks busy (our own process holds it), it is returned again.
+    let again = store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["http", "admin", "grpc"]),
+            20_000..=20_100,
+            &|_| true,
+        )
+        .expect("allocate again");
+    assert_eq!(again["http"], 20_001, "an allocated port is returned again");
+    assert_eq!(
+        again["admin"], 20_000,
+        "an allocated port is returned again"
+    );
+    assert_eq!(again["grpc"], 20_002, "a new name takes the next free port");
+    let busy_again = store
+        .allocate_ports("prod", "api", &names(&["http"]), 20_000..=20_100, &|_| {
+            false
+        })
+        .expect("allocate with every port busy");
+    assert_eq!(
+        busy_again,
+        BTreeMap::from([("http".to_owned(), 20_001)]),
+        "stable ports do not consult is_free, and only the names asked are returned"
+    );
+    assert_eq!(
+        store.ports("prod", "api").expect("ports").len(),
+        3,
+        "ports() lists every allocated name"
+    );
+}
+
+#[test]
+fn ports_skip_those_taken_in_the_store_or_busy_on_the_machine() {
+    let (_home, store) = open_store();
+    for name in ["prod", "qa"] {
+        store
+            .upsert_environment(&environment(name))
+            .expect("record an environment");
+    }
+    store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["http"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("allocate for prod");
+    let qa = store
+        .allocate_ports("qa", "api", &names(&["http"]), 20_000..=20_010, &|port| {
+            port != 20_001
+        })
+        .expect("allocate for qa");
+    assert_eq!(
+        qa["http"], 20_002,
+        "a port held by another environment or busy on the machine is skipped"
+    );
+}
+
+#[test]
+fn a_port_is_never_allocated_twice() {
+    let (home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["http"]),
+            20_000..=20_000,
+            &always_free,
+        )
+        .expect("allocate");
+    let conn = rusqlite::Connection::open(home.path().join("state.db")).expect("open raw");
+    let duplicate = conn.execute(
+        "INSERT INTO ports (environment, resource, name, port) VALUES ('prod', 'web', 'http', 20000)",
+        [],
+    );
+    assert!(
+        duplicate.is_err(),
+        "the database itself refuses a second holder of a port"
+    );
+}
+
+#[test]
+fn an_exhausted_range_is_reported_and_allocates_nothing() {
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    let error = store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["a", "b", "c"]),
+            20_000..=20_001,
+            &always_free,
+        )
+        .expect_err("three names do not fit in two ports");
+    assert!(
+        matches!(
+            error,
+            StateError::PortsExhausted {
+                start: 20_000,
+                end: 20_001,
+                needed: 1,
+                ..
+            }
+        ),
+        "the error names the range and the shortfall, got {error:?}"
+    );
+    assert!(error.retryable(), "ports come back when environments go");
+    assert!(
+        store.ports("prod", "api").expect("ports").is_empty(),
+        "a failed allocation allocates nothing"
+    );
+    let error = store
+        .allocate_ports("prod", "api", &names(&["a"]), 0..=0, &always_free)
+        .expect_err("port 0 is never allocated");
+    assert!(
+        matches!(error, StateError::PortsExhausted { .. }),
+        "got {error:?}"
+    );
+}
+
+#[test]
+fn retain_and_release_free_ports_for_reuse() {
+    let (_home, store) = open_store();
+    store
+        .upsert_environment(&environment("prod"))
+        .expect("record prod");
+    store
+        .allocate_ports(
+            "prod",
+            "api",
+            &names(&["a", "b", "c"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("allocate");
+    store
+        .allocate_ports(
+            "prod",
+            "web",
+            &names(&["http"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("allocate web");
+    assert_eq!(
+        store
+            .retain_ports("prod", "api", &names(&["b"]))
+            .expect("retain b"),
+        2,
+        "names no longer declared are released"
+    );
+    assert_eq!(
+        store.ports("prod", "api").expect("ports"),
+        BTreeMap::from([("b".to_owned(), 20_001)]),
+        "the declared name keeps its port"
+    );
+    assert_eq!(
+        store.release_ports("prod", "api").expect("release"),
+        1,
+        "one left to release"
+    );
+    assert!(
+        store.ports("prod", "api").expect("ports").is_empty(),
+        "all released"
+    );
+    assert_eq!(
+        store.ports("prod", "web").expect("ports").len(),
+        1,
+        "other resources keep their ports"
+    );
+    let reused = store
+        .allocate_ports("prod", "api", &names(&["z"]), 20_000..=20_010, &always_free)
+        .expect("allocate again");
+    assert_eq!(
+        reused["z"], 20_000,
+        "released ports are reused lowest first"
+    );
+}
+
+#[test]
+fn events_are_read_in_order_by_environment_and_cursor() {
+    let (_home, store) = open_store();
+    let mut ids = Vec::new();
+    for (env, kind) in [
+        (Some("prod"), "a"),
+        (None, "engine"),
+        (Some("qa"), "b"),
+        (Some("prod"), "c"),
+        (Some("prod"), "d"),
+    ] {
+        ids.push(
+            store
+                .record_event(env, kind, "something happened", &json!({"kind": kind}), 5)
+                .expect("record an event"),
+        );
+    }
+    let all = store
+        .events(&EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .expect("read all");
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids,
+        "ascending ids"
+    );
+    assert_eq!(
+        all[1].environment, None,
+        "engine-wide events have no environment"
+    );
+    assert_eq!(all[0].data, json!({"kind": "a"}), "data round-trips");
+
+    let prod: Vec<String> = store
+        .events(&EventQuery {
+            environment: Some("prod".to_owned()),
+            after_id: Some(ids[0]),
+            limit: 1,
+        })
+        .expect("read prod")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        prod,
+        names(&["c"]),
+        "filtered by environment, after the cursor, within the limit"
+    );
+}
+
+#[test]
+fn hostile_strings_round_trip() {
+    let (_home, store) = open_store();
+    let long = "x'\"\\;--".repeat(1_500);
+    assert!(
+        long.len() > 10_000,
+        "the long string is over 10k characters"
+    );
+    let hostile = [
+        "robert'); DROP TABLE environments;--",
+        "\"double\" and 'single' quotes",
+        "ünïcödé ☃ 🚀 \u{202e}rtl",
+        "nul\0inside",
+        "line\nbreak\ttab",
+        long.as_str(),
+    ];
+    for (index, text) in hostile.iter().enumerate() {
+        let name = format!("{text}-{index}");
+        let mut env = environment(&name);
+        env.message = Some((*text).to_owned());
+        env.owner = Some((*text).to_owned());
+        store
+            .upsert_environment(&env)
+            .expect("record a hostile environment");
+        assert_eq!(
+            store.environment(&name).expect("read it back"),
+            Some(env),
+            "a hostile environment name and message round-trip exactly"
+        );
+        let mut res = resource(&name, text);
+        res.outputs = json!({ *text: *text });
+        res.depends_on = vec![(*text).to_owned()];
+        store.put_resource(&res).expect("record a hostile resource");
+        assert_eq!(
+            store.resource(&name, text).expect("read it back"),
+            Some(res),
+            "hostile resource fields round-trip exactly"
+        );
+        let ports = store
+            .allocate_ports(&name, text, &names(&[text]), 20_000..=29_999, &always_free)
+            .expect("allocate a hostile port name");
+        assert_eq!(
+            store.ports(&name, text).expect("read ports"),
+            ports,
+            "hostile port names round-trip"
+        );
+        let id = store
+            .record_event(Some(&name), text, text, &json!([text]), 1)
+            .expect("record a hostile event");
+        let event = store
+            .events(&EventQuery {
+                environment: Some(name.clone()),
+                after_id: Some(id - 1),
+                limit: 1,
+            })
+            .expect("read it back");
+        assert_eq!(
+            event[0].message, *text,
+            "a hostile event message round-trips"
+        );
+    }
+    assert_eq!(
+        store.environments().expect("list").len(),
+        hostile.len(),
+        "no statement was broken by its input"
+    );
+}
+
+// ---- several processes ---------------------------------------------------------------------
+
+/// Set in a child process started by a test below; names what the child does and where.
+const CHILD_ENV: &str = "SLIPWAY_STATE_TEST_CHILD";
+
+/// Starts this test binary again, running only `test`, as a child with `CHILD_ENV` set.
+fn spawn_child(test: &str, mode: &str, home: &Path) -> std::process::Child {
+    let exe = std::env::current_exe().expect("find the test binary");
+    Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{mode}:{}", home.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child test process")
+}
+
+/// `Some((mode, home))` when this process is a child started by `spawn_child`.
+fn child_role() -> Option<(String, std::path::PathBuf)> {
+    let value = std::env::var(CHILD_ENV).ok()?;
+    let (mode, home) = value.split_once(':')?;
+    Some((mode.to_owned(), home.into()))
+}
+
+#[test]
+fn two_processes_share_one_database() {
+    if let Some((mode, home)) = child_role() {
+        assert_eq!(mode, "writer", "the child of this test is a writer");
+        let store = Store::open(&home).expect("child opens the store");
+        store
+            .upsert_environment(&environment("from-child"))
+            .expect("child records an environment");
+        store
+            .allocate_ports(
+                "from-child",
+                "api",
+                &names(&["http"]),
+                20_000..=20_010,
+                &always_free,
+            )
+            .expect("child allocates a port");
+        return;
+    }
+    let (home, store) = open_store();
+    store
+        .upsert_environment(&environment("from-parent"))
+        .expect("parent records an environment");
+    store
+        .allocate_ports(
+            "from-parent",
+            "api",
+            &names(&["http"]),
+            20_000..=20_010,
+            &always_free,
+        )
+        .expect("parent allocates a port");
+    let status = spawn_child("two_processes_share_one_database", "writer", home.path())
+        .wait()
+        .expect("wait for the child");
+    assert!(status.success(), "the child process wrote successfully");
+    assert_eq!(
+        store
+            .environments()
+            .expect("list")
+            .into_iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>(),
+        names(&["from-child", "from-parent"]),
+        "the parent sees the child's write while holding the store open"
+    );
+    assert_eq!(
+        store.ports("from-child", "api").expect("ports")["http"],
+        20_001,
+        "the child did not take the parent's port"
+    );
+}
+
+#[test]
+fn a_writer_killed_at_any_point_leaves_a_consistent_database() {
+    if let Some((mode, home)) = child_role() {
+        assert_eq!(
+            mode, "looping-writer",
+            "the child of this test loops writing"
+        );
+        let store = Store::open(&home).expect("child opens the store");
+        store
+            .upsert_environment(&environment("prod"))
+            .expect("record prod");
+        for i in 0..1_000_000 {
+            let resource_name = format!("r{i}");
+            let id = store
+                .begin_deployment(&deployment("prod", i))
+                .expect("begin");
+            store
+                .put_resource(&resource("prod", &resource_name))
+                .expect("record a resource");
+            store
+                .allocate_ports(
+                    "prod",
+                    &resource_name,
+                    &names(&["a", "b", "c"]),
+                    1..=65_535,
+                    &always_free,
+                )
+                .expect("allocate three ports");
+            store
+                .retain_ports("prod", &format!("r{}", i.saturating_sub(5)), &[])
+                .expect("release old ports");
+            store
+                .finish_deployment(id, "succeeded", None, &json!({ "i": i }), i)
+                .expect("finish");
+            println!("progress {i}");
+        }
+        return;
+    }
+    let (home, store) = open_store();
+    drop(store);
+    let mut child = spawn_child(
+        "a_writer_killed_at_any_point_leaves_a_consistent_database",
+        "looping-writer",
+        home.path(),
+    );
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    // Wait on the condition (the child made progress), not on time.
+    let progressed = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line == "progress 30");
+    assert!(progressed, "the child made progress before being killed");
+    child.kill().expect("kill -9 the child mid-write");
+    child.wait().expect("reap the child");
+
+    let store = Store::open(home.path()).expect("reopen after the kill");
+    let conn = rusqlite::Connection::open(home.path().join("state.db")).expect("open raw");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("run integrity_check");
+    assert_eq!(integrity, "ok", "the database file is intact after a kill");
+    let dangling: i64 = conn
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+            row.get(0)
+        })
+        .expect("run foreign_key_check");
+    assert_eq!(dangling, 0, "no row points at a missing environment");
+    let partial: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT resource FROM ports GROUP BY resource \
+             HAVING count(*) <> 3)",
+            [],
+            |row| row.get(0),
+        )
+        .expect("count partial allocations");
+    assert_eq!(
+        partial, 0,
+        "a multi-port allocation is all or nothing, even when killed"
+    );
+    assert!(
+        store.deployments("prod", 1_000).expect("list").len() >= 31,
+        "committed history survives the kill"
+    );
+}

@@ -1,0 +1,478 @@
+//! How results look: Terraform-like plans, tables, progress. Colour only on a terminal
+//! (anstream strips it otherwise, and honours NO_COLOR).
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use anstream::{eprintln, println};
+use anstyle::{AnsiColor, Style};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value as Json, json};
+use slipway_core::diag::{Diagnostic, Severity};
+use slipway_core::plan::{Action, FieldChange};
+use slipway_engine::{ApplyEvent, ApplyReport, EnvironmentStatus, Outcome, Prepared, Progress};
+use slipway_state::DeploymentRecord;
+
+const GREEN: Style = AnsiColor::Green.on_default();
+const YELLOW: Style = AnsiColor::Yellow.on_default();
+const RED: Style = AnsiColor::Red.on_default();
+const CYAN: Style = AnsiColor::Cyan.on_default();
+const BOLD: Style = Style::new().bold();
+const DIM: Style = Style::new().dimmed();
+
+fn action_style(action: Action) -> (Style, &'static str) {
+    match action {
+        Action::Create => (GREEN, "+"),
+        Action::Update => (YELLOW, "~"),
+        Action::Replace => (CYAN, "-/+"),
+        Action::Delete => (RED, "-"),
+        Action::Noop => (DIM, " "),
+    }
+}
+
+pub fn error(e: &anyhow::Error) {
+    eprintln!("{RED}error{RED:#}: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+pub fn diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        let (style, word) = match d.severity {
+            Severity::Error => (RED, "error"),
+            Severity::Warning => (YELLOW, "warning"),
+        };
+        eprintln!(
+            "{BOLD}{}:{}:{}{BOLD:#}: {style}{word}{style:#}: {}",
+            d.location.file, d.location.pos.line, d.location.pos.col, d.message
+        );
+        if let Some(hint) = &d.hint {
+            eprintln!("  {CYAN}hint{CYAN:#}: {hint}");
+        }
+    }
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    if errors > 0 {
+        eprintln!("{RED}{errors} error(s){RED:#}");
+    }
+}
+
+pub fn diagnostic_json(d: &Diagnostic) -> Json {
+    json!({
+        "file": d.location.file,
+        "line": d.location.pos.line,
+        "column": d.location.pos.col,
+        "severity": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
+        "message": d.message,
+        "hint": d.hint,
+    })
+}
+
+fn value(v: &Option<Json>) -> String {
+    match v {
+        None => "(none)".into(),
+        Some(Json::String(s)) => format!("{s:?}"),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn field_line(f: &FieldChange) {
+    let replace = if f.forces_replace {
+        format!(" {RED}# forces replacement{RED:#}")
+    } else {
+        String::new()
+    };
+    match (&f.before, &f.after) {
+        (None, Some(_)) => println!(
+            "      {GREEN}+{GREEN:#} {} = {}{replace}",
+            f.path,
+            value(&f.after)
+        ),
+        (Some(_), None) => println!(
+            "      {RED}-{RED:#} {} = {}{replace}",
+            f.path,
+            value(&f.before)
+        ),
+        _ => println!(
+            "      {YELLOW}~{YELLOW:#} {} = {} → {}{replace}",
+            f.path,
+            value(&f.before),
+            value(&f.after)
+        ),
+    }
+}
+
+pub fn plan_text(p: &Prepared) {
+    let plan = &p.plan;
+    println!(
+        "Plan for {BOLD}{}{BOLD:#} at {} ({}), desired state {}:",
+        plan.environment,
+        slipway_engine::apply::short(&p.commit.sha),
+        p.commit.summary,
+        &p.desired.hash[..12]
+    );
+    if !plan.has_changes() {
+        println!(
+            "\n{GREEN}No changes.{GREEN:#} `{}` matches this commit.",
+            plan.environment
+        );
+        return;
+    }
+    println!();
+    for c in plan.changes.iter().filter(|c| c.action != Action::Noop) {
+        let (style, sign) = action_style(c.action);
+        let verb = match c.action {
+            Action::Create => "will be created",
+            Action::Update => "will be updated in place",
+            Action::Replace => "will be replaced",
+            Action::Delete => "will be deleted",
+            Action::Noop => "",
+        };
+        println!(
+            "  {style}{sign}{style:#} {BOLD}{}{BOLD:#} ({}) {verb}",
+            c.resource, c.type_name
+        );
+        if let Some(reason) = &c.reason {
+            println!("      {DIM}# {reason}{DIM:#}");
+        }
+        // Creates show every field; long plans fold after 20 fields per resource.
+        for f in c.diff.iter().take(20) {
+            field_line(f);
+        }
+        if c.diff.len() > 20 {
+            println!(
+                "      {DIM}... and {} more fields{DIM:#}",
+                c.diff.len() - 20
+            );
+        }
+    }
+    let counts = plan.counts();
+    let n = |a| counts.get(&a).copied().unwrap_or(0);
+    println!(
+        "\nPlan: {} to create, {} to update, {} to replace, {} to delete.",
+        n(Action::Create),
+        n(Action::Update),
+        n(Action::Replace),
+        n(Action::Delete)
+    );
+}
+
+pub fn plan_json(p: &Prepared) -> Json {
+    json!({
+        "environment": p.plan.environment,
+        "commit": p.plan.commit,
+        "hash": p.desired.hash,
+        "has_changes": p.plan.has_changes(),
+        "changes": p.plan.changes,
+    })
+}
+
+pub fn report_json(r: &ApplyReport) -> Json {
+    let results: Vec<Json> = r
+        .results
+        .iter()
+        .map(|(name, action, outcome)| {
+            let mut v = json!({"resource": name, "action": action});
+            if let (Some(map), Ok(Json::Object(o))) =
+                (v.as_object_mut(), serde_json::to_value(outcome))
+            {
+                map.extend(o);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "environment": r.environment,
+        "commit": r.commit,
+        "deployment": r.deployment,
+        "succeeded": r.succeeded(),
+        "results": results,
+    })
+}
+
+pub fn report_text(r: &ApplyReport, what: &str) {
+    let mut done = 0;
+    let mut failed = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, action, outcome) in &r.results {
+        match outcome {
+            Outcome::Succeeded if *action != Action::Noop => done += 1,
+            Outcome::Succeeded => {}
+            Outcome::Failed { error } => failed.push((name, error)),
+            Outcome::Skipped { because } => skipped.push((name, because)),
+        }
+    }
+    for (name, error) in &failed {
+        eprintln!("{RED}✗ {name}{RED:#}: {error}");
+    }
+    for (name, because) in &skipped {
+        eprintln!("{YELLOW}- {name}{YELLOW:#}: skipped because `{because}` failed");
+    }
+    if failed.is_empty() && skipped.is_empty() {
+        println!(
+            "{GREEN}{what} complete!{GREEN:#} {done} change(s) made to `{}` (deployment #{}).",
+            r.environment, r.deployment
+        );
+    } else {
+        println!(
+            "{RED}{what} failed{RED:#}: {done} done, {} failed, {} skipped (deployment #{}). Fix the cause and run it again: what succeeded is kept.",
+            failed.len(),
+            skipped.len(),
+            r.deployment
+        );
+    }
+}
+
+fn ago(ms: i64) -> String {
+    let now = slipway_state::now_ms();
+    let secs = (now - ms).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+pub fn status_text(envs: &[EnvironmentStatus]) {
+    if envs.is_empty() {
+        println!("No environments yet. Create one with `slipway apply --env NAME`.");
+        return;
+    }
+    for env in envs {
+        let sync_style = match env.sync.as_str() {
+            "synced" => GREEN,
+            "failed" => RED,
+            _ => YELLOW,
+        };
+        let health_style = match env.health.as_str() {
+            "healthy" => GREEN,
+            "degraded" => RED,
+            _ => YELLOW,
+        };
+        println!(
+            "{BOLD}{}{BOLD:#} ({})  {sync_style}{}{sync_style:#}  {health_style}{}{health_style:#}  commit {}{}",
+            env.name,
+            env.kind,
+            env.sync,
+            env.health,
+            env.commit
+                .as_deref()
+                .map(slipway_engine::apply::short)
+                .unwrap_or("-"),
+            match (&env.desired_commit, &env.commit) {
+                (Some(d), Some(c)) if d != c =>
+                    format!(" (desired {})", slipway_engine::apply::short(d)),
+                _ => String::new(),
+            }
+        );
+        if let Some(url) = &env.url {
+            println!("  url: {url}");
+        }
+        if let Some(m) = &env.message {
+            println!("  {RED}{m}{RED:#}");
+        }
+        for r in &env.resources {
+            let style = if r.status == "ready" { GREEN } else { RED };
+            let outputs = match &r.outputs {
+                Json::Object(m) if !m.is_empty() => m
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            if let Json::String(s) = v {
+                                s.clone()
+                            } else {
+                                v.to_string()
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            println!(
+                "  {:<20} {:<10} {style}{:<9}{style:#} {DIM}{outputs}{DIM:#}",
+                r.name, r.type_name, r.status
+            );
+            if let Some(m) = &r.message {
+                println!(
+                    "  {:<20} {RED}{}{RED:#}",
+                    "",
+                    m.lines().next().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
+pub fn deployment_json(d: &DeploymentRecord) -> Json {
+    json!({
+        "id": d.id,
+        "commit": d.commit,
+        "reference": d.reference,
+        "hash": d.hash,
+        "status": d.status,
+        "who": d.who,
+        "started_at": d.started_at,
+        "finished_at": d.finished_at,
+        "duration_ms": d.finished_at.map(|f| f - d.started_at),
+        "summary": d.summary,
+        "error": d.error,
+    })
+}
+
+pub fn history_text(env: &str, deployments: &[DeploymentRecord]) {
+    if deployments.is_empty() {
+        println!("`{env}` has no deployments.");
+        return;
+    }
+    println!(
+        "{BOLD}{:>5}  {:<12} {:<12} {:<10} {:<12} {:<10} {}{BOLD:#}",
+        "#", "commit", "ref", "status", "who", "when", "changes"
+    );
+    for d in deployments {
+        let style = match d.status.as_str() {
+            "succeeded" => GREEN,
+            "running" => YELLOW,
+            _ => RED,
+        };
+        let changes = match &d.summary {
+            Json::Object(m) if !m.is_empty() => m
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>5}  {:<12} {:<12} {style}{:<10}{style:#} {:<12} {:<10} {}",
+            d.id,
+            slipway_engine::apply::short(&d.commit),
+            d.reference.as_deref().unwrap_or("-"),
+            d.status,
+            d.who,
+            ago(d.started_at),
+            changes
+        );
+    }
+}
+
+pub fn log_line(name: &str, line: &str, prefix: bool) {
+    if prefix {
+        println!("{CYAN}{name:>12}{CYAN:#} | {line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// Progress on stderr: a spinner on a terminal, plain lines otherwise.
+pub struct Reporter {
+    bar: Option<ProgressBar>,
+    running: Mutex<Vec<String>>,
+}
+
+impl Reporter {
+    pub fn new(total: usize) -> Reporter {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed} {wide_msg}")
+                    .expect("the template is valid"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Reporter {
+            bar,
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let mut err = anstream::stderr();
+                let _ = writeln!(err, "{text}");
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Reporter {
+    fn event(&self, event: &ApplyEvent<'_>) {
+        match event {
+            ApplyEvent::Started { resource, action } => {
+                let mut running = self.running.lock().expect("the lock is never poisoned");
+                running.push(resource.to_string());
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("working on: {}", running.join(", ")));
+                } else {
+                    drop(running);
+                    self.line(format!("{resource}: {}...", ing(*action)));
+                }
+            }
+            ApplyEvent::Finished {
+                resource,
+                action,
+                elapsed,
+                error,
+            } => {
+                {
+                    let mut running = self.running.lock().expect("the lock is never poisoned");
+                    running.retain(|r| r != resource);
+                    if let Some(bar) = &self.bar {
+                        bar.inc(1);
+                        bar.set_message(format!("working on: {}", running.join(", ")));
+                    }
+                }
+                let secs = elapsed.as_secs_f64();
+                match error {
+                    None => self.line(format!(
+                        "{GREEN}{resource}{GREEN:#}: {} ({secs:.1}s)",
+                        ed(*action)
+                    )),
+                    Some(e) => self.line(format!(
+                        "{RED}{resource}{RED:#}: failed after {secs:.1}s: {}",
+                        e.lines().next().unwrap_or("")
+                    )),
+                }
+            }
+            ApplyEvent::Skipped { resource, because } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+                self.line(format!(
+                    "{YELLOW}{resource}{YELLOW:#}: skipped, because `{because}` failed"
+                ));
+            }
+        }
+    }
+}
+
+fn ing(a: Action) -> &'static str {
+    match a {
+        Action::Create => "creating",
+        Action::Update => "updating",
+        Action::Replace => "replacing",
+        Action::Delete => "deleting",
+        Action::Noop => "checking",
+    }
+}
+
+fn ed(a: Action) -> &'static str {
+    match a {
+        Action::Create => "created",
+        Action::Update => "updated",
+        Action::Replace => "replaced",
+        Action::Delete => "deleted",
+        Action::Noop => "unchanged",
+    }
+}
