@@ -103,9 +103,9 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// The canonical JSON bytes: sorted keys, no insignificant whitespace.
+    /// The canonical JSON bytes: keys sorted at every level, no insignificant whitespace.
     pub fn canonical_json(&self) -> String {
-        serde_json::to_string(self).expect("a desired state is always serializable")
+        canonical(self)
     }
 }
 
@@ -236,8 +236,7 @@ pub fn render(
         variables: &variables,
         resources: &resources,
     };
-    let bytes = serde_json::to_vec(&hashed).expect("a desired state is always serializable");
-    let hash = hex(&Sha256::digest(&bytes));
+    let hash = hex(&Sha256::digest(canonical(&hashed).as_bytes()));
     Ok(DesiredState {
         stack: stack.name.clone(),
         environment,
@@ -246,6 +245,13 @@ pub fn render(
         resources,
         hash,
     })
+}
+
+/// Canonical JSON of any value: going through `serde_json::Value`, whose maps are sorted,
+/// puts struct fields in key order too.
+fn canonical<T: Serialize>(value: &T) -> String {
+    let value = serde_json::to_value(value).expect("a desired state is always serializable");
+    serde_json::to_string(&value).expect("a JSON value is always serializable")
 }
 
 /// Lowercase hex of bytes.

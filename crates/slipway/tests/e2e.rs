@@ -1,0 +1,499 @@
+//! End to end, as a user would: real git repositories, the real binary, real processes.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
+
+fn quickstart() -> Sandbox {
+    let s = Sandbox::new();
+    for name in ["slipway.yaml", "app.py", "seed.py"] {
+        let text =
+            std::fs::read_to_string(format!("{EXAMPLE}/{name}")).expect("the example exists");
+        s.write(name, &text);
+    }
+    // An unrelated resource, to see that it is left alone by changes to others.
+    let yaml = std::fs::read_to_string(s.repo.join("slipway.yaml")).expect("read")
+        + "  notes: { type: file, path: NOTES, content: \"unrelated\" }\n";
+    s.write("slipway.yaml", &yaml);
+    s.commit("quickstart");
+    s
+}
+
+fn web_port(s: &Sandbox) -> u16 {
+    let status = s.json(&["status", "--env", "dev", "--output", "json"]);
+    let web = status["environments"][0]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "web")
+        .expect("a web resource")
+        .clone();
+    u16::try_from(
+        web["outputs"]["ports"]["http"]
+            .as_u64()
+            .expect("a port in status --output json"),
+    )
+    .expect("a port")
+}
+
+fn actions(report: &Value) -> Vec<(String, String)> {
+    report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap_or("").to_string(),
+                r["action"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn apply_serves_restarts_changes_and_destroys() {
+    let s = quickstart();
+    let report = s.json(&["apply", "--env", "dev", "--yes", "--output", "json"]);
+    assert_eq!(
+        report["succeeded"], true,
+        "the first apply succeeds: {report}"
+    );
+    let port = web_port(&s);
+    let body = wait_for("the service answers", Duration::from_secs(10), || {
+        http_get(port, "/")
+    });
+    assert!(
+        body.contains("Hello from Slipway (dev"),
+        "the service reads its rendered config: {body}"
+    );
+
+    // Kill the service: its supervisor restarts it with no slipway command running.
+    let before = supervisor_state(&s.home, "dev", "web").expect("a supervisor state file");
+    let child = before["child"]["pid"].as_i64().expect("a child pid");
+    std::process::Command::new("kill")
+        .args(["-9", &child.to_string()])
+        .status()
+        .expect("kill");
+    let restarted = wait_for(
+        "the killed service is restarted by its supervisor",
+        Duration::from_secs(15),
+        || {
+            let state = supervisor_state(&s.home, "dev", "web")?;
+            let pid = state["child"]["pid"].as_i64()?;
+            (pid != child && http_get(port, "/healthz").is_some()).then_some(pid)
+        },
+    );
+    assert_ne!(restarted, child);
+
+    // A new commit changes the greeting: the file is updated and what reads it is replaced;
+    // the unrelated file is not touched.
+    let yaml = std::fs::read_to_string(s.repo.join("slipway.yaml"))
+        .expect("read")
+        .replace("Hello from Slipway", "Bonjour");
+    s.write("slipway.yaml", &yaml);
+    s.commit("bonjour");
+    let report = s.json(&["apply", "--env", "dev", "--yes", "--output", "json"]);
+    let acts = actions(&report);
+    assert!(
+        acts.contains(&("config".into(), "update".into())),
+        "the config file is updated in place: {acts:?}"
+    );
+    assert!(
+        acts.contains(&("notes".into(), "noop".into())),
+        "an unrelated resource is left alone: {acts:?}"
+    );
+    assert_eq!(
+        web_port(&s),
+        port,
+        "ports are stable across deployments of an environment"
+    );
+    let body = wait_for("the new version answers", Duration::from_secs(10), || {
+        http_get(port, "/").filter(|b| b.contains("Bonjour"))
+    });
+    assert!(body.contains("Bonjour"));
+
+    // After an apply, the plan for the same commit is empty.
+    s.expect_code(&["plan", "--env", "dev", "--detailed-exitcode"], 0);
+    let history = s.json(&["history", "--env", "dev", "--output", "json"]);
+    assert_eq!(
+        history["deployments"].as_array().map(Vec::len),
+        Some(2),
+        "two deployments recorded: {history}"
+    );
+
+    // Destroy: nothing left running, the port is free.
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    let left = s.processes();
+    assert!(left.is_empty(), "no process outlives destroy: {left:?}");
+    assert!(port_is_free(port), "the port is free after destroy");
+    let status = s.json(&["status", "--output", "json"]);
+    assert_eq!(
+        status["environments"],
+        serde_json::json!([]),
+        "the environment is gone"
+    );
+}
+
+#[test]
+fn killing_the_cli_mid_apply_then_applying_again_converges_without_duplicates() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r#"version: 1
+stack: crash
+environments: { dev: { track: main } }
+resources:
+  a: { type: process, command: ["sleep", "100000"] }
+  b: { type: process, command: ["sleep", "100001"] }
+  slow: { type: job, command: ["sleep", "3"], depends_on: [a, b] }
+  c: { type: process, command: ["sleep", "100002"], depends_on: [slow] }
+"#,
+    );
+    s.commit("crash test");
+    let mut child = s
+        .cmd(&["apply", "--env", "dev", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn apply");
+    wait_for(
+        "the first processes are started",
+        Duration::from_secs(20),
+        || supervisor_state(&s.home, "dev", "b").and(supervisor_state(&s.home, "dev", "a")),
+    );
+    child.kill().expect("SIGKILL the CLI mid-apply");
+    let _ = child.wait();
+
+    let report = s.json(&["apply", "--env", "dev", "--yes", "--output", "json"]);
+    assert_eq!(
+        report["succeeded"], true,
+        "the second apply converges: {report}"
+    );
+    for (name, arg) in [("a", "100000"), ("b", "100001"), ("c", "100002")] {
+        let running: Vec<_> = s
+            .processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(&format!("/run/{name}.spec.json")))
+            .collect();
+        assert_eq!(
+            running.len(),
+            1,
+            "exactly one supervisor for `{name}`: {running:?}"
+        );
+        let sleeps = processes_mentioning(&format!("sleep {arg}"));
+        assert_eq!(
+            sleeps.len(),
+            1,
+            "exactly one `{name}` process, no duplicate and no orphan: {sleeps:?}"
+        );
+    }
+    let history = s.json(&["history", "--env", "dev", "--output", "json"]);
+    let statuses: Vec<&str> = history["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .map(|d| d["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec!["succeeded", "interrupted"],
+        "the killed apply is recorded as interrupted"
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(s.processes().is_empty(), "destroy leaves nothing running");
+}
+
+#[test]
+fn a_failed_job_stops_its_dependents_and_is_recorded() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r#"version: 1
+stack: fail
+environments: { dev: { track: main } }
+resources:
+  migrate: { type: job, command: ["sh", "-c", "echo migrating; echo boom >&2; exit 3"] }
+  api: { type: process, command: ["sleep", "100003"], depends_on: [migrate] }
+  other: { type: file, path: ok.txt, content: fine }
+"#,
+    );
+    s.commit("failing job");
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes", "--output", "json"], 1);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let results = report["results"].as_array().expect("results");
+    let find = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["resource"] == n)
+            .expect("a result")
+            .clone()
+    };
+    assert_eq!(find("migrate")["outcome"], "failed");
+    assert!(
+        find("migrate")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("boom"),
+        "the failure shows the job's output: {report}"
+    );
+    assert_eq!(
+        find("api")["outcome"],
+        "skipped",
+        "a dependent of a failed job is skipped"
+    );
+    assert_eq!(
+        find("other")["outcome"],
+        "succeeded",
+        "independent resources still apply"
+    );
+    assert!(
+        processes_mentioning("sleep 100003").is_empty(),
+        "the skipped process was never started"
+    );
+    let history = s.json(&["history", "--env", "dev", "--output", "json"]);
+    assert_eq!(history["deployments"][0]["status"], "failed");
+    let status = s.json(&["status", "--env", "dev", "--output", "json"]);
+    assert_eq!(status["environments"][0]["sync"], "failed");
+}
+
+#[test]
+fn plan_json_is_the_documented_shape_and_detailed_exitcode_says_changes() {
+    let s = quickstart();
+    let out = s.expect_code(
+        &[
+            "plan",
+            "--env",
+            "dev",
+            "--output",
+            "json",
+            "--detailed-exitcode",
+        ],
+        2,
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["environment"], "dev");
+    assert_eq!(plan["commit"].as_str().map(str::len), Some(40));
+    for change in plan["changes"].as_array().expect("changes") {
+        for key in ["resource", "type", "action", "diff"] {
+            assert!(
+                change.get(key).is_some(),
+                "every change has `{key}`: {change}"
+            );
+        }
+        assert_eq!(change["action"], "create");
+    }
+    let out = s.expect_code(&["plan", "--env", "nope"], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no environment `nope`") && err.contains("dev"),
+        "an unknown environment names the known ones: {err}"
+    );
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_location() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", "version: 1\nstack: shop\nresources:\n  api: { type: process, comand: [x] }\n  b: { type: job, command: [\"${vars.nope}\"] }\n");
+    s.commit("broken");
+    let out = s.expect_code(&["validate"], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("slipway.yaml:4:25: error: unknown field `comand`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `command`?"), "{err}");
+    assert!(
+        err.contains("slipway.yaml:5:29: error: unknown variable `nope`"),
+        "{err}"
+    );
+    let out = s.expect_code(&["validate", "--output", "json"], 1);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["diagnostics"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["diagnostics"][0]["line"], 4);
+}
+
+#[test]
+fn unsafe_repository_content_is_refused_with_a_clear_error() {
+    let s = Sandbox::new();
+    std::os::unix::fs::symlink("/etc/passwd", s.repo.join("slipway.yaml")).expect("symlink");
+    s.commit("escaping symlink");
+    let out = s.expect_code(&["validate"], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("slipway.yaml") && err.contains("refused"),
+        "a symlink leaving the repository is refused: {err}"
+    );
+
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: big\ninclude: [big.yaml]\n",
+    );
+    let big = "# padding\n".repeat(5 * 1024 * 1024);
+    s.write("big.yaml", &big);
+    s.commit("a 50 MB include");
+    let out = s.expect_code(&["validate"], 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("slipway.yaml:3:11") && err.contains("larger than the limit"),
+        "a 50 MB file is refused, located at its include: {err}"
+    );
+}
+
+#[test]
+fn repo_urls_and_older_refs_render_what_that_commit_says() {
+    let s = Sandbox::new();
+    s.write("deploy/slipway.yaml", "version: 1\nstack: t\nvariables: { v: one }\nenvironments: { dev: { track: main } }\nresources:\n  f: { type: file, path: f, content: \"${vars.v}\" }\n");
+    let first = s.commit("one");
+    git(&s.repo, &["tag", "v1"]);
+    s.write("deploy/slipway.yaml", "version: 1\nstack: t\nvariables: { v: two }\nenvironments: { dev: { track: main } }\nresources:\n  f: { type: file, path: f, content: \"${vars.v}\" }\n");
+    s.commit("two");
+    let url = format!("file://{}", s.repo.display());
+    let render = |reference: &str| -> Value {
+        let out = s.ok(&[
+            "render", "--env", "dev", "--repo", &url, "--ref", reference, "--path", "deploy",
+        ]);
+        serde_json::from_slice(&out.stdout).expect("render prints JSON")
+    };
+    let old = render("v1");
+    assert_eq!(
+        old["resources"]["f"]["config"]["content"], "one",
+        "the tag renders its own commit"
+    );
+    assert_eq!(old["commit"], first.as_str());
+    let new = render("main");
+    assert_eq!(new["resources"]["f"]["config"]["content"], "two");
+    let again = s.ok(&[
+        "render", "--env", "dev", "--repo", &url, "--ref", "main", "--path", "deploy",
+    ]);
+    assert_eq!(
+        serde_json::to_string(&new).expect("json"),
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "render is byte-for-byte stable"
+    );
+    let out = s.expect_code(
+        &[
+            "render",
+            "--env",
+            "dev",
+            "--ref",
+            "no-such-branch",
+            "--path",
+            "deploy",
+        ],
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-branch"),
+        "an unknown ref is named"
+    );
+}
+
+#[test]
+fn the_schema_agrees_with_the_parser() {
+    let s = Sandbox::new();
+    let out = s.ok(&["schema"]);
+    let schema: Value = serde_json::from_slice(&out.stdout).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let valid = [
+        format!("{root}/crates/slipway-core/tests/fixtures/valid/spec-example.yaml"),
+        format!("{root}/examples/quickstart/slipway.yaml"),
+    ];
+    for path in &valid {
+        let doc = yaml_to_json(&std::fs::read_to_string(path).expect("read"));
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{path} validates against `slipway schema`: {errors:?}"
+        );
+    }
+    for (name, text) in [
+        (
+            "unknown field",
+            "version: 1\nstack: s\nresources:\n  a: { type: job, comand: [x] }\n",
+        ),
+        (
+            "unknown type",
+            "version: 1\nstack: s\nresources:\n  a: { type: proces, command: [x] }\n",
+        ),
+        ("bad stack name", "version: 1\nstack: Bad_Name\n"),
+        (
+            "missing command",
+            "version: 1\nstack: s\nresources:\n  a: { type: job }\n",
+        ),
+    ] {
+        assert!(
+            !validator.is_valid(&yaml_to_json(text)),
+            "the schema rejects a stack with an {name}, as the parser does"
+        );
+    }
+}
+
+/// YAML → JSON through `slipway render`-free means: the test's own tiny conversion via python3,
+/// which the machine has, so the schema is checked by an independent YAML reader.
+fn yaml_to_json(text: &str) -> Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", "import sys, json\ntry:\n import yaml\nexcept ImportError:\n sys.exit(3)\nprint(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python3 finishes");
+    assert!(
+        out.status.success(),
+        "python3 with PyYAML converts YAML (pip install pyyaml); exit {:?}",
+        out.status.code()
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn init_scaffolds_a_stack_that_validates_and_applies() {
+    let s = Sandbox::new();
+    s.ok(&["init", "."]);
+    s.commit("init");
+    s.ok(&["validate"]);
+    let out = s.expect_code(&["init", "."], 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "init never overwrites"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let port = web_port(&s);
+    wait_for(
+        "the scaffolded service answers",
+        Duration::from_secs(10),
+        || http_get(port, "/"),
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn apply_without_yes_off_a_terminal_changes_nothing() {
+    let s = quickstart();
+    let out = s.expect_code(&["apply", "--env", "dev"], 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "the error says how to proceed"
+    );
+    let status = s.json(&["status", "--output", "json"]);
+    assert_eq!(
+        status["environments"],
+        serde_json::json!([]),
+        "nothing was applied"
+    );
+}

@@ -1,0 +1,230 @@
+//! Test harness: a real git repository and a real slipway home in a temp directory, and the
+//! real `slipway` binary run against them. On failure everything is printed: the command,
+//! its directory, stdout, stderr and the files of the home (ripgrep's `TestCommand` idea).
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_slipway");
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub home: PathBuf,
+}
+
+pub fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Slipway Test",
+            "-c",
+            "user.email=test@slipway.invalid",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let repo = dir.path().join("repo");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&repo).expect("mkdir repo");
+        git(&repo, &["init", "-q", "-b", "main"]);
+        Sandbox { dir, repo, home }
+    }
+
+    pub fn write(&self, path: &str, content: &str) -> &Sandbox {
+        let p = self.repo.join(path);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+        self
+    }
+
+    pub fn commit(&self, message: &str) -> String {
+        git(&self.repo, &["add", "-A"]);
+        git(
+            &self.repo,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        git(&self.repo, &["rev-parse", "HEAD"])
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(&self.repo)
+            .env("SLIPWAY_HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env("SLIPWAY_USER", "tester")
+            .env_remove("SLIPWAY_CONFIG");
+        c
+    }
+
+    /// Runs slipway and returns its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("slipway runs")
+    }
+
+    /// Runs slipway, which must exit with `code`.
+    pub fn expect_code(&self, args: &[&str], code: i32) -> Output {
+        let out = self.run(args);
+        if out.status.code() != Some(code) {
+            panic!(
+                "{}",
+                self.report(args, &out, &format!("expected exit code {code}"))
+            );
+        }
+        out
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Output {
+        self.expect_code(args, 0)
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                self.report(args, &out, &format!("stdout is not JSON: {e}"))
+            )
+        })
+    }
+
+    pub fn report(&self, args: &[&str], out: &Output, why: &str) -> String {
+        let mut listing = String::new();
+        for entry in walk(&self.home) {
+            listing.push_str(&format!("  {}\n", entry.display()));
+        }
+        format!(
+            "{why}\ncommand: slipway {}\ncwd: {}\nexit: {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- home\n{listing}",
+            args.join(" "),
+            self.repo.display(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Pids of every process whose command line mentions this sandbox.
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        processes_mentioning(&self.dir.path().to_string_lossy())
+    }
+}
+
+impl Drop for Sandbox {
+    /// Nothing a test starts outlives it: supervisors and their children are killed by group.
+    fn drop(&mut self) {
+        for (pid, _) in self.processes() {
+            // SAFETY-free: plain syscalls through the kill command keep this harness simple.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .output();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .output();
+        }
+    }
+}
+
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) && pid != std::process::id() as i32 {
+            out.push((pid, cmdline.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.ends_with("src") {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP GET to 127.0.0.1, returning the body when the status is 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The JSON of a process's supervisor state file.
+pub fn supervisor_state(home: &Path, env: &str, resource: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(
+        home.join("envs")
+            .join(env)
+            .join("run")
+            .join(format!("{resource}.json")),
+    )
+    .ok()?;
+    serde_json::from_str(&text).ok()
+}
