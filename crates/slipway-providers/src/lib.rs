@@ -17,8 +17,18 @@
 //! - `delete` is idempotent: deleting what is already gone succeeds.
 #![deny(missing_docs)]
 
+pub mod exec;
+pub mod file;
+pub mod job;
+pub mod process;
+
+mod command;
+mod duration;
+mod logfile;
+mod procinfo;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -168,8 +178,11 @@ pub trait Provider: Send + Sync + 'static {
     const TYPE: &'static str;
 
     /// Makes the live object exist.
-    fn create(&self, ctx: ResourceContext<'_>, config: &Self::Config)
-    -> Result<Applied, ProviderError>;
+    fn create(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Self::Config,
+    ) -> Result<Applied, ProviderError>;
 
     /// Changes the live object in place. Only called for changes to fields that the core's
     /// type catalogue does not mark as forcing a replacement; the default replaces.
@@ -297,6 +310,17 @@ impl Registry {
         Self::default()
     }
 
+    /// The providers that run on the local machine: `process`, `job`, `file` and `exec`.
+    /// They take their settings from each call's [`ResourceContext`].
+    pub fn local() -> Self {
+        let mut registry = Self::new();
+        registry.register(process::ProcessProvider);
+        registry.register(job::JobProvider);
+        registry.register(file::FileProvider);
+        registry.register(exec::ExecProvider);
+        registry
+    }
+
     /// Adds a provider; a later one for the same type replaces the earlier.
     pub fn register<P: Provider>(&mut self, provider: P) {
         self.providers.insert(P::TYPE, Box::new(provider));
@@ -311,4 +335,35 @@ impl Registry {
     pub fn types(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.providers.keys().copied()
     }
+}
+
+/// Replaces the file at `path` with `bytes` atomically: readers see the old content or the new,
+/// never a mix, and a crash mid-write leaves the old file. Creates the parent directory.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".tmp.{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// `value` as JSON. Fails only for a path that is not UTF-8, which JSON cannot carry.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Value, ProviderError> {
+    serde_json::to_value(value).map_err(|e| {
+        ProviderError::Config(format!(
+            "cannot record {what} as JSON ({e}); the environment's directories must have UTF-8 \
+             paths"
+        ))
+    })
 }

@@ -1,0 +1,404 @@
+//! How Slipway starts the user's commands: the environment they see, where they run, and
+//! running one to completion under a deadline with its output going to the resource log.
+//!
+//! Every command runs in its own process group, so that stopping it (a timeout, a delete)
+//! stops what it started too; and with a clean environment, so that two environments built
+//! from the same commit behave the same whatever shell started the engine.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::logfile::{SharedLog, TailBuffer, copy_to_log};
+use crate::procinfo::ProcessIdentity;
+use crate::{EnvDirs, ProviderError, ResourceContext};
+
+/// How many lines of output an error message carries.
+pub(crate) const TAIL_LINES: usize = 20;
+
+/// Checks that `command` (the configuration field `field` of a `type_name` resource) names a
+/// program.
+pub(crate) fn check_command(
+    type_name: &str,
+    field: &str,
+    command: &[String],
+) -> Result<(), ProviderError> {
+    match command.first() {
+        None => Err(ProviderError::Config(format!(
+            "{type_name}: `{field}` is empty; give the program and its arguments, \
+             e.g. [\"python3\", \"app.py\"]"
+        ))),
+        Some(program) if program.is_empty() => Err(ProviderError::Config(format!(
+            "{type_name}: the program in `{field}` is an empty string"
+        ))),
+        Some(_) if command.iter().any(|arg| arg.contains('\0')) => Err(ProviderError::Config(
+            format!("{type_name}: `{field}` contains a NUL character"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// `command` as a person would type it, for messages.
+pub(crate) fn show_command(command: &[String]) -> String {
+    command
+        .iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The directory a command runs in: the environment's source export, or `cwd` inside it.
+pub(crate) fn working_dir(
+    type_name: &str,
+    dirs: &EnvDirs,
+    cwd: Option<&str>,
+) -> Result<PathBuf, ProviderError> {
+    let Some(cwd) = cwd else {
+        return Ok(dirs.src.clone());
+    };
+    let relative = Path::new(cwd);
+    let inside = relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside || cwd.contains('\0') {
+        return Err(ProviderError::Config(format!(
+            "{type_name}: `cwd` {cwd:?} must be a relative path inside the repository, \
+             without `..`"
+        )));
+    }
+    Ok(dirs.src.join(relative))
+}
+
+/// The environment of a command of the resource in `ctx`: `PATH`, `HOME` and `LANG` from the
+/// engine's own environment, then the resource's `env`, then the variables Slipway defines
+/// (`PORT_<NAME>` for each allocated port, `SLIPWAY_ENV`, `SLIPWAY_RESOURCE`,
+/// `SLIPWAY_DATA_DIR`), which the resource cannot override.
+pub(crate) fn child_env(
+    ctx: ResourceContext<'_>,
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for name in ["PATH", "HOME", "LANG"] {
+        if let Ok(value) = std::env::var(name) {
+            vars.insert(name.to_owned(), value);
+        }
+    }
+    vars.entry("PATH".to_owned())
+        .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".to_owned());
+    vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (name, port) in ctx.ports {
+        vars.insert(port_var(name), port.to_string());
+    }
+    vars.insert("SLIPWAY_ENV".to_owned(), ctx.environment.to_owned());
+    vars.insert("SLIPWAY_RESOURCE".to_owned(), ctx.resource.to_owned());
+    vars.insert(
+        "SLIPWAY_DATA_DIR".to_owned(),
+        ctx.dirs.data.display().to_string(),
+    );
+    vars
+}
+
+/// `PORT_HTTP` for the port named `http` (`-` and `.` become `_`).
+pub(crate) fn port_var(name: &str) -> String {
+    let upper: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("PORT_{upper}")
+}
+
+/// Checks that an environment variable map can be passed to a program.
+pub(crate) fn check_env(
+    type_name: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ProviderError> {
+    for (name, value) in env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ProviderError::Config(format!(
+                "{type_name}: environment variable {name:?} is invalid (names must be \
+                 non-empty without `=`; neither may contain NUL)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where a run's standard output goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stdout {
+    /// Into the resource log, like standard error.
+    Log,
+    /// Kept in memory, up to this many bytes; more stops the program.
+    Capture(usize),
+}
+
+/// One run of a program to completion.
+pub(crate) struct Run<'a> {
+    /// Program and arguments.
+    pub command: &'a [String],
+    /// Working directory.
+    pub cwd: &'a Path,
+    /// The complete environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Bytes written to standard input, which is then closed; `None` gives it `/dev/null`.
+    pub stdin: Option<Vec<u8>>,
+    /// Where standard output goes (standard error always goes to the log).
+    pub stdout: Stdout,
+    /// The resource log.
+    pub log: &'a SharedLog,
+    /// When the program is stopped if it has not finished.
+    pub deadline: Instant,
+    /// Time between SIGTERM and SIGKILL when stopping it.
+    pub grace: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// The program exited by itself.
+    Exited(ExitStatus),
+    /// The deadline passed; its process group was stopped.
+    TimedOut,
+    /// It printed more than the capture limit on standard output; its process group was stopped.
+    StdoutTooLarge,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// How it ended.
+    pub ending: Ending,
+    /// Captured standard output (empty unless [`Stdout::Capture`]).
+    pub stdout: Vec<u8>,
+    /// The end of what this run wrote to the log.
+    pub log_tail: Option<String>,
+    /// Wall time from start to end.
+    pub duration: Duration,
+}
+
+/// `"exit code 3"` or `"signal 9 (SIGKILL)"`.
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(name) => format!("signal {signal} ({name})"),
+            Err(_) => format!("signal {signal}"),
+        },
+        (None, None) => "an unknown status".to_owned(),
+    }
+}
+
+impl Run<'_> {
+    /// Runs the program, in its own process group, until it exits or the deadline passes.
+    /// When it exits, whatever it left running in its process group is killed: a run to
+    /// completion leaves nothing behind.
+    ///
+    /// # Errors
+    /// Only when the program cannot be started at all (not found, not executable).
+    pub fn run(self) -> io::Result<Finished> {
+        let started = Instant::now();
+        let (log_reader, log_writer) = io::pipe()?;
+        let mut command = Command::new(&self.command[0]);
+        command
+            .args(&self.command[1..])
+            .env_clear()
+            .envs(self.env)
+            .current_dir(self.cwd)
+            .process_group(0)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        match self.stdout {
+            Stdout::Log => command.stdout(log_writer.try_clone()?),
+            Stdout::Capture(_) => command.stdout(Stdio::piped()),
+        };
+        command.stderr(log_writer);
+        let spawned = command.spawn();
+        // The command holds our copies of the pipe's write end; the reader sees end of file
+        // only once they are closed.
+        drop(command);
+        let mut child = spawned?;
+        let pid = child.id();
+        let group = ProcessIdentity::of_child(pid);
+
+        if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), self.stdin) {
+            std::thread::spawn(move || {
+                // A program that exits without reading its input is judged by its reply, not
+                // by a broken pipe here.
+                let _ = stdin.write_all(&bytes);
+            });
+        }
+
+        let tail = Arc::new(Mutex::new(TailBuffer::new(16 * 1024)));
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let log_copier = {
+            let log = Arc::clone(self.log);
+            let tail = Arc::clone(&tail);
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                copy_to_log(log_reader, &log, |chunk| {
+                    tail.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .push(chunk)
+                });
+                let _ = done.send(());
+            })
+        };
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut readers = 1;
+        if let (Some(stdout), Stdout::Capture(limit)) = (child.stdout.take(), self.stdout) {
+            readers += 1;
+            let captured = Arc::clone(&captured);
+            let overflow = Arc::clone(&overflow);
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                capture(stdout, limit, &captured, &overflow);
+                let _ = done.send(());
+            });
+        }
+        drop(done_tx);
+
+        // Poll rather than block in `wait`: until we reap the child its pid cannot be reused,
+        // so signalling its group by pid is safe exactly as long as we have not reaped it.
+        let ending = loop {
+            if let Some(status) = child.try_wait()? {
+                break Ending::Exited(status);
+            }
+            if overflow.load(Ordering::SeqCst) {
+                break Ending::StdoutTooLarge;
+            }
+            if Instant::now() >= self.deadline {
+                break Ending::TimedOut;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        match (&ending, group) {
+            (Ending::Exited(_), Some(group)) => {
+                group.signal_group(Signal::SIGKILL);
+            }
+            (_, Some(group)) => group.stop_group(self.grace),
+            (_, None) => {}
+        }
+        let _ = child.wait();
+
+        // Readers finish once every holder of the pipes has exited. A process that escaped
+        // the group (setsid) may hold them forever; its output is then cut off here.
+        let readers_deadline = Instant::now() + Duration::from_secs(2);
+        for _ in 0..readers {
+            let left = readers_deadline.saturating_duration_since(Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        drop(log_copier);
+        let stdout = std::mem::take(&mut *captured.lock().unwrap_or_else(|p| p.into_inner()));
+        let log_tail = tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_lines(TAIL_LINES);
+        Ok(Finished {
+            ending,
+            stdout,
+            log_tail,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+/// Reads `reader` into `into` until end of file, or until more than `limit` bytes came (then
+/// sets `overflow` and stops reading).
+fn capture(mut reader: impl Read, limit: usize, into: &Mutex<Vec<u8>>, overflow: &AtomicBool) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let mut into = into.lock().unwrap_or_else(|p| p.into_inner());
+                if into.len() + n > limit {
+                    overflow.store(true, Ordering::SeqCst);
+                    return;
+                }
+                into.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_command_quotes_what_a_shell_would_split() {
+        let command = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "echo 'hi' there".to_owned(),
+        ];
+        assert_eq!(
+            show_command(&command),
+            r"sh -c 'echo '\''hi'\'' there'",
+            "arguments with spaces or quotes are single-quoted"
+        );
+    }
+
+    #[test]
+    fn port_variables_are_upper_case_identifiers() {
+        assert_eq!(port_var("http"), "PORT_HTTP", "a plain name is upper-cased");
+        assert_eq!(
+            port_var("admin-ui"),
+            "PORT_ADMIN_UI",
+            "a dash becomes an underscore"
+        );
+    }
+
+    #[test]
+    fn working_dir_stays_inside_the_source() {
+        let dirs = EnvDirs {
+            root: "/e".into(),
+            src: "/e/src".into(),
+            data: "/e/data".into(),
+            logs: "/e/logs".into(),
+            run: "/e/run".into(),
+        };
+        assert_eq!(
+            working_dir("job", &dirs, Some("app/./web")).expect("a relative cwd"),
+            PathBuf::from("/e/src/app/./web"),
+            "cwd is joined to the source directory"
+        );
+        for bad in ["/etc", "../other", "a/../../b"] {
+            assert!(
+                working_dir("job", &dirs, Some(bad)).is_err(),
+                "cwd {bad:?} leaving the source directory is refused"
+            );
+        }
+    }
+}

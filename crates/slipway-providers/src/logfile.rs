@@ -1,0 +1,264 @@
+//! Resource log files with a size cap: `<logs>/<resource>.log`, rotated to `.log.1` (one old
+//! generation kept) before a write would take it past the cap, so a chatty or crash-looping
+//! process uses at most twice the cap on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::{EnvDirs, ProviderError};
+
+/// The log path of `resource`.
+pub(crate) fn log_path(dirs: &EnvDirs, resource: &str) -> PathBuf {
+    dirs.logs.join(format!("{resource}.log"))
+}
+
+/// The path of the rotated generation of `path`.
+fn rotated_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// An append-only log file that never grows past `max_bytes`.
+#[derive(Debug)]
+pub(crate) struct CappedLog {
+    path: PathBuf,
+    max_bytes: u64,
+    file: File,
+    len: u64,
+}
+
+/// A log shared by the threads copying a child's output.
+pub(crate) type SharedLog = Arc<Mutex<CappedLog>>;
+
+impl CappedLog {
+    /// Opens (creating it and its directory) the log at `path` for appending.
+    pub fn open(path: &Path, max_bytes: u64) -> io::Result<CappedLog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(CappedLog {
+            path: path.to_owned(),
+            // A cap of zero would rotate forever without writing anything.
+            max_bytes: max_bytes.max(1),
+            file,
+            len,
+        })
+    }
+
+    /// Opens the log of `resource`, mapping failure to a provider error.
+    pub fn open_shared(
+        dirs: &EnvDirs,
+        resource: &str,
+        max_bytes: u64,
+    ) -> Result<SharedLog, ProviderError> {
+        let path = log_path(dirs, resource);
+        CappedLog::open(&path, max_bytes)
+            .map(|log| Arc::new(Mutex::new(log)))
+            .map_err(|source| ProviderError::Io {
+                context: format!("failed to open log {}", path.display()),
+                source,
+            })
+    }
+
+    /// Appends `buf`, rotating as often as needed so that no generation exceeds the cap.
+    pub fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            if self.len >= self.max_bytes {
+                self.rotate()?;
+            }
+            let room = usize::try_from(self.max_bytes - self.len).unwrap_or(usize::MAX);
+            let (now, later) = buf.split_at(room.min(buf.len()));
+            self.file.write_all(now)?;
+            self.len += now.len() as u64;
+            buf = later;
+        }
+        Ok(())
+    }
+
+    /// Appends one line of Slipway's own (`==> ...`), so that a reader of the log can tell
+    /// the supervisor's notes from the program's output.
+    pub fn note(&mut self, message: &str) {
+        // Losing a note because the disk is full must not stop a supervisor.
+        let _ = self.write_all(format!("==> slipway: {message}\n").as_bytes());
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        std::fs::rename(&self.path, rotated_path(&self.path))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Copies everything `reader` produces into `log` until end of file; meant to run on its own
+/// thread. `also` receives a copy of each chunk (e.g. to keep this run's tail in memory).
+pub(crate) fn copy_to_log(mut reader: impl Read, log: &SharedLog, mut also: impl FnMut(&[u8])) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                also(&buf[..n]);
+                let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A full disk loses output but must not block the child on a full pipe, so
+                // keep reading.
+                let _ = log.write_all(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub(crate) fn last_lines(text: &str, lines: usize) -> String {
+    let trimmed = text.trim_end_matches('\n');
+    let start = trimmed
+        .rmatch_indices('\n')
+        .nth(lines.saturating_sub(1))
+        .map(|(i, _)| i + 1)
+        .unwrap_or(0);
+    trimmed[start..].to_owned()
+}
+
+/// The last `lines` lines of the log at `path` (looking into the rotated generation when the
+/// current one is short), or `None` if there is no log or it is empty.
+pub(crate) fn tail(path: &Path, lines: usize) -> Option<String> {
+    const WINDOW: u64 = 64 * 1024;
+    let mut bytes = read_end(path, WINDOW).unwrap_or_default();
+    let newlines = bytes.iter().filter(|&&b| b == b'\n').count();
+    if newlines < lines && (bytes.len() as u64) < WINDOW {
+        let mut older =
+            read_end(&rotated_path(path), WINDOW - bytes.len() as u64).unwrap_or_default();
+        older.extend_from_slice(&bytes);
+        bytes = older;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let tail = last_lines(&text, lines);
+    (!tail.trim().is_empty()).then_some(tail)
+}
+
+/// The last `max` bytes of the file at `path`.
+fn read_end(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Keeps the last `max` bytes written to it: this run's output, for error messages.
+#[derive(Debug, Default)]
+pub(crate) struct TailBuffer {
+    bytes: std::collections::VecDeque<u8>,
+    max: usize,
+    /// Whether bytes were dropped, so that the first line kept may be a partial one.
+    truncated: bool,
+}
+
+impl TailBuffer {
+    /// A buffer keeping the last `max` bytes.
+    pub fn new(max: usize) -> TailBuffer {
+        TailBuffer {
+            bytes: Default::default(),
+            max,
+            truncated: false,
+        }
+    }
+
+    /// Appends `chunk`, dropping the oldest bytes beyond the cap.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend(chunk);
+        let excess = self.bytes.len().saturating_sub(self.max);
+        self.bytes.drain(..excess);
+        self.truncated |= excess > 0;
+    }
+
+    /// The last `lines` lines kept, or `None` if nothing was written.
+    pub fn last_lines(&self, lines: usize) -> Option<String> {
+        let bytes: Vec<u8> = self.bytes.iter().copied().collect();
+        let mut text = &bytes[..];
+        if self.truncated
+            && let Some(newline) = text.iter().position(|&b| b == b'\n')
+        {
+            // The first line lost its beginning; a cut line misleads more than it helps.
+            text = &text[newline + 1..];
+        }
+        let tail = last_lines(&String::from_utf8_lossy(text), lines);
+        (!tail.trim().is_empty()).then_some(tail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_never_take_a_generation_past_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        let mut log = CappedLog::open(&path, 100).expect("open log");
+        for i in 0..50 {
+            log.write_all(format!("line {i:03} of output\n").as_bytes())
+                .expect("write");
+        }
+        log.write_all(&[b'x'; 250])
+            .expect("a write larger than the cap");
+        let current = std::fs::metadata(&path).expect("current log").len();
+        let old = std::fs::metadata(rotated_path(&path))
+            .expect("rotated log")
+            .len();
+        assert!(
+            current <= 100,
+            "the current log stays under the cap: {current}"
+        );
+        assert!(old <= 100, "the rotated log stays under the cap: {old}");
+    }
+
+    #[test]
+    fn tail_reads_into_the_rotated_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        let mut log = CappedLog::open(&path, 40).expect("open log");
+        for i in 0..6 {
+            log.write_all(format!("line {i}\n").as_bytes())
+                .expect("write");
+        }
+        assert_eq!(
+            tail(&path, 3).as_deref(),
+            Some("line 3\nline 4\nline 5"),
+            "the tail is the last lines across both generations"
+        );
+        assert_eq!(
+            tail(&dir.path().join("none.log"), 3),
+            None,
+            "no log, no tail"
+        );
+    }
+
+    #[test]
+    fn last_lines_of_short_text_is_all_of_it() {
+        assert_eq!(last_lines("a\nb\n", 20), "a\nb", "fewer lines than asked");
+        assert_eq!(last_lines("a\nb\nc", 2), "b\nc", "the last two lines");
+    }
+
+    #[test]
+    fn tail_buffer_keeps_only_the_end() {
+        let mut buf = TailBuffer::new(8);
+        buf.push(b"0123456789\nab\ncd\n");
+        assert_eq!(
+            buf.last_lines(5).as_deref(),
+            Some("ab\ncd"),
+            "the oldest bytes and the line they cut are dropped"
+        );
+    }
+}

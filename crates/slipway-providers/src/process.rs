@@ -1,0 +1,647 @@
+//! The `process` resource type: a long-running command, kept running by a supervisor that does
+//! not depend on any Slipway command staying alive.
+//!
+//! `create` writes a [`supervisor::SupervisorSpec`] to `<run>/<resource>.spec.json` and starts
+//! the configured supervisor program (`slipway __supervise <spec>`, which calls [`supervise`])
+//! fully detached: its own session, standard streams on `/dev/null`, and double-forked so it is
+//! nobody's child. The supervisor records itself in `<run>/<resource>.json` and restarts the
+//! command with backoff whenever it exits; see [`supervisor`] for its loop.
+//!
+//! # Guarantees
+//! - Processes are recognised by pid *and* start time, never by pid alone: a recorded pid now
+//!   held by a process with another start time is treated as gone, and never signalled.
+//! - `delete` stops the supervisor and the child's whole process group, even if the supervisor
+//!   was SIGKILLed and only the state file remains; with `live: None` it finds them through
+//!   the state file at the resource's deterministic path. Afterwards no process of the
+//!   resource runs, so its ports are free.
+//! - `create` first stops whatever an earlier create of the same resource left running.
+//!
+//! # Caveats
+//! - A program that escapes its process group (by calling `setsid` itself) escapes the
+//!   supervisor's stop too.
+
+pub(crate) mod health;
+pub(crate) mod supervisor;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::health::HealthCheck;
+use self::supervisor::{Phase, SupervisorSpec, SupervisorState, read_state};
+use crate::command::{self, TAIL_LINES};
+use crate::logfile::{self, log_path};
+use crate::procinfo::{ProcessIdentity, wait_until};
+use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
+
+pub use self::supervisor::supervise;
+
+/// Configuration of a `process` resource.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Program and arguments, e.g. `["python3", "-m", "app", "--port", "20001"]`.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of the ports the engine allocates; their numbers are in the context, and in the
+    /// child's environment as `PORT_<NAME>`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// How to tell that the process is ready; without one it is ready once running.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// The port the preview-URL router sends traffic to (used by the router, not here).
+    #[serde(default)]
+    pub expose: Option<String>,
+    /// Working directory relative to the environment's source directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Time between SIGTERM and SIGKILL when stopping; the engine's default if absent.
+    #[serde(default, deserialize_with = "crate::duration::optional")]
+    pub stop_grace: Option<Duration>,
+    /// When the supervisor starts the command again after it exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// How long it may take to become healthy; the engine's default if absent.
+    #[serde(default, deserialize_with = "crate::duration::optional")]
+    pub ready_timeout: Option<Duration>,
+}
+
+/// A health check: exactly one of `http`, `tcp` and `command`, with optional timing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path for `GET http://127.0.0.1:<port><path>`, which must answer 2xx.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Name of a port that must accept TCP connections.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// A command that must exit 0 (run in the process's working directory and environment).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// For `http`: the port name; the first port if absent.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Time between checks; 1 s if absent.
+    #[serde(default, deserialize_with = "crate::duration::optional")]
+    pub interval: Option<Duration>,
+    /// Time one check may take; 2 s if absent.
+    #[serde(default, deserialize_with = "crate::duration::optional")]
+    pub timeout: Option<Duration>,
+}
+
+/// When the supervisor starts the command again after it exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whatever the exit status.
+    #[default]
+    Always,
+    /// Only after a non-zero exit or a signal.
+    OnFailure,
+    /// Never: an exit leaves the resource drifted.
+    Never,
+}
+
+/// The `process` provider.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessProvider;
+
+/// The live object recorded by the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LiveProcess {
+    supervisor_pid: u32,
+    supervisor_start: u64,
+    child_pid: Option<u32>,
+    child_start: Option<u64>,
+    state_file: PathBuf,
+}
+
+impl LiveProcess {
+    fn supervisor(&self) -> ProcessIdentity {
+        ProcessIdentity {
+            pid: self.supervisor_pid,
+            start: self.supervisor_start,
+        }
+    }
+
+    fn child(&self) -> Option<ProcessIdentity> {
+        Some(ProcessIdentity {
+            pid: self.child_pid?,
+            start: self.child_start?,
+        })
+    }
+
+    fn parse(live: &Value) -> Result<LiveProcess, ProviderError> {
+        serde_json::from_value(live.clone())
+            .map_err(|e| ProviderError::Config(format!("process: unreadable live record: {e}")))
+    }
+}
+
+/// How long `create` waits for the supervisor to record itself and its first child.
+const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exits before becoming ready after which `wait_ready` gives up early.
+const CRASHES_BEFORE_READY: u32 = 3;
+
+fn spec_path(ctx: ResourceContext<'_>) -> PathBuf {
+    ctx.dirs.run.join(format!("{}.spec.json", ctx.resource))
+}
+
+fn state_path(ctx: ResourceContext<'_>) -> PathBuf {
+    ctx.dirs.run.join(format!("{}.json", ctx.resource))
+}
+
+/// A checked configuration.
+struct Resolved {
+    cwd: PathBuf,
+    env: BTreeMap<String, String>,
+    health: Option<Health>,
+    stop_grace: Duration,
+}
+
+struct Health {
+    check: HealthCheck,
+    interval: Duration,
+    timeout: Duration,
+}
+
+fn resolve(ctx: ResourceContext<'_>, config: &ProcessConfig) -> Result<Resolved, ProviderError> {
+    const T: &str = ProcessProvider::TYPE;
+    command::check_command(T, "command", &config.command)?;
+    command::check_env(T, &config.env)?;
+    let port_of = |name: &str, field: &str| -> Result<u16, ProviderError> {
+        if !config.ports.iter().any(|p| p == name) {
+            return Err(ProviderError::Config(format!(
+                "process: `{field}` names port {name:?}, which is not in `ports` ({:?})",
+                config.ports
+            )));
+        }
+        ctx.ports.get(name).copied().ok_or_else(|| {
+            ProviderError::Config(format!(
+                "process: port {name:?} was not allocated by the engine"
+            ))
+        })
+    };
+    for name in &config.ports {
+        port_of(name, "ports")?;
+    }
+    let health = match &config.health {
+        None => None,
+        Some(h) => {
+            let check = match (&h.http, &h.tcp, &h.command) {
+                (Some(path), None, None) => {
+                    if !health::valid_http_path(path) {
+                        return Err(ProviderError::Config(format!(
+                            "process: `health.http` {path:?} must be a path starting with `/`, \
+                             without spaces"
+                        )));
+                    }
+                    let port = match (&h.port, config.ports.first()) {
+                        (Some(name), _) => port_of(name, "health.port")?,
+                        (None, Some(first)) => port_of(first, "ports")?,
+                        (None, None) => {
+                            return Err(ProviderError::Config(
+                                "process: `health.http` needs a port; declare one in `ports`"
+                                    .to_owned(),
+                            ));
+                        }
+                    };
+                    HealthCheck::Http {
+                        port,
+                        path: path.clone(),
+                    }
+                }
+                (None, Some(name), None) => HealthCheck::Tcp {
+                    port: port_of(name, "health.tcp")?,
+                },
+                (None, None, Some(command)) => {
+                    command::check_command(T, "health.command", command)?;
+                    HealthCheck::Command(command.clone())
+                }
+                _ => {
+                    return Err(ProviderError::Config(
+                        "process: `health` needs exactly one of `http`, `tcp` and `command`"
+                            .to_owned(),
+                    ));
+                }
+            };
+            if h.port.is_some() && !matches!(check, HealthCheck::Http { .. }) {
+                return Err(ProviderError::Config(
+                    "process: `health.port` only applies to `health.http`".to_owned(),
+                ));
+            }
+            Some(Health {
+                check,
+                interval: h.interval.unwrap_or(Duration::from_secs(1)),
+                timeout: h.timeout.unwrap_or(Duration::from_secs(2)),
+            })
+        }
+    };
+    Ok(Resolved {
+        cwd: command::working_dir(T, ctx.dirs, config.cwd.as_deref())?,
+        env: command::child_env(ctx, &config.env),
+        health,
+        stop_grace: config.stop_grace.unwrap_or(ctx.settings.stop_grace),
+    })
+}
+
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> ProviderError {
+    move |source| ProviderError::Io { context, source }
+}
+
+impl Provider for ProcessProvider {
+    type Config = ProcessConfig;
+    const TYPE: &'static str = "process";
+
+    fn create(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &ProcessConfig,
+    ) -> Result<Applied, ProviderError> {
+        let resolved = resolve(ctx, config)?;
+        let Some((program, args)) = ctx.settings.supervisor.split_first() else {
+            return Err(ProviderError::Config(
+                "process: no supervisor program is configured (settings.supervisor)".to_owned(),
+            ));
+        };
+        // A create that was interrupted, or one repeated without a delete, may have left a
+        // supervisor at this resource's location: it is ours to replace.
+        stop(ctx, None)?;
+        for dir in [&ctx.dirs.run, &ctx.dirs.logs] {
+            std::fs::create_dir_all(dir)
+                .map_err(io_error(format!("failed to create {}", dir.display())))?;
+        }
+        let spec = SupervisorSpec {
+            resource: ctx.resource.to_owned(),
+            command: config.command.clone(),
+            env: resolved.env,
+            cwd: resolved.cwd,
+            log: log_path(ctx.dirs, ctx.resource),
+            log_max_bytes: ctx.settings.log_max_bytes,
+            state: state_path(ctx),
+            restart: config.restart,
+            stop_grace_ms: resolved.stop_grace.as_millis() as u64,
+        };
+        let spec_file = spec_path(ctx);
+        let bytes = crate::to_json(&spec, "the supervisor spec")?
+            .to_string()
+            .into_bytes();
+        crate::atomic_write(&spec_file, &bytes)
+            .map_err(io_error(format!("failed to write {}", spec_file.display())))?;
+
+        spawn_detached(program, args, &spec_file).map_err(|e| {
+            let _ = std::fs::remove_file(&spec_file);
+            ProviderError::Failed {
+                message: format!(
+                    "failed to start the supervisor {} for process `{}`: {e}",
+                    Path::new(program).display(),
+                    command::show_command(&config.command)
+                ),
+                log_tail: None,
+                retry: Retry::Terminal,
+            }
+        })?;
+
+        let state = wait_for_first_child(ctx, &spec)?;
+        let live = LiveProcess {
+            supervisor_pid: state.supervisor.pid,
+            supervisor_start: state.supervisor.start,
+            child_pid: state.child.map(|c| c.pid),
+            child_start: state.child.map(|c| c.start),
+            state_file: spec.state,
+        };
+        let mut outputs = BTreeMap::new();
+        let ports: BTreeMap<&String, u16> = config
+            .ports
+            .iter()
+            .filter_map(|name| Some((name, *ctx.ports.get(name)?)))
+            .collect();
+        if let Some(first) = config.ports.first().and_then(|name| ctx.ports.get(name)) {
+            outputs.insert("url".to_owned(), json!(format!("http://127.0.0.1:{first}")));
+        }
+        outputs.insert("ports".to_owned(), json!(ports));
+        Ok(Applied {
+            outputs,
+            secret_outputs: Vec::new(),
+            live: crate::to_json(&live, "the process record")?,
+        })
+    }
+
+    fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
+        let live = live.map(LiveProcess::parse).transpose()?;
+        stop(ctx, live.as_ref())
+    }
+
+    fn observe(
+        &self,
+        ctx: ResourceContext<'_>,
+        _config: &ProcessConfig,
+        live: &Value,
+    ) -> Result<Observation, ProviderError> {
+        let live = LiveProcess::parse(live)?;
+        let supervisor = live.supervisor();
+        if !supervisor.is_alive() {
+            return Ok(Observation::Missing {
+                reason: format!("its supervisor (pid {}) is gone", supervisor.pid),
+            });
+        }
+        let state = read_state(&state_path(ctx)).filter(|s| s.supervisor == supervisor);
+        let Some(state) = state else {
+            return Ok(Observation::Drifted {
+                reason: format!(
+                    "its supervisor (pid {}) runs but its state file {} is missing",
+                    supervisor.pid,
+                    state_path(ctx).display()
+                ),
+            });
+        };
+        match describe_down(&state) {
+            None => Ok(Observation::InSync),
+            Some(reason) => Ok(Observation::Drifted { reason }),
+        }
+    }
+
+    fn wait_ready(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &ProcessConfig,
+        applied: &Applied,
+        deadline: Instant,
+    ) -> Result<(), ProviderError> {
+        let resolved = resolve(ctx, config)?;
+        let live = LiveProcess::parse(&applied.live)?;
+        let started = Instant::now();
+        let deadline = match config.ready_timeout {
+            Some(timeout) => deadline.min(started + timeout),
+            None => deadline,
+        };
+        let shown = command::show_command(&config.command);
+        let log_file = log_path(ctx.dirs, ctx.resource);
+        let fail = |message: String, retry: Retry| ProviderError::Failed {
+            message,
+            log_tail: logfile::tail(&log_file, TAIL_LINES),
+            retry,
+        };
+        loop {
+            let state = read_state(&state_path(ctx)).filter(|s| s.supervisor == live.supervisor());
+            let Some(state) = state.filter(|_| live.supervisor().is_alive()) else {
+                return Err(fail(
+                    format!("the supervisor of process `{shown}` exited before it became ready"),
+                    Retry::Retryable,
+                ));
+            };
+            let last_exit = state.last_exit.as_deref().unwrap_or("unknown");
+            if state.phase == Phase::Exited {
+                return Err(fail(
+                    format!(
+                        "process `{shown}` exited with {last_exit} before it became ready, and \
+                         its restart policy does not start it again"
+                    ),
+                    Retry::Terminal,
+                ));
+            }
+            if state.exits >= CRASHES_BEFORE_READY {
+                return Err(fail(
+                    format!(
+                        "process `{shown}` crashed {} times before it became ready (last: \
+                         {last_exit})",
+                        state.exits
+                    ),
+                    Retry::Terminal,
+                ));
+            }
+            let last_problem = match describe_down(&state) {
+                Some(down) => down,
+                None => match &resolved.health {
+                    None => return Ok(()),
+                    Some(health) => {
+                        match health
+                            .check
+                            .check(health.timeout, &resolved.cwd, &resolved.env)
+                        {
+                            Ok(()) => return Ok(()),
+                            Err(problem) => problem,
+                        }
+                    }
+                },
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(fail(
+                    format!(
+                        "process `{shown}` did not become ready within {}: {last_problem}",
+                        crate::duration::show(now - started)
+                    ),
+                    Retry::Retryable,
+                ));
+            }
+            let interval = resolved
+                .health
+                .as_ref()
+                .map_or(Duration::from_millis(100), |h| h.interval);
+            std::thread::sleep(interval.min(deadline - now));
+        }
+    }
+}
+
+/// Why the child of a live supervisor is not running, or `None` if it is.
+fn describe_down(state: &SupervisorState) -> Option<String> {
+    let restarts = match state.restarts {
+        1 => "1 restart".to_owned(),
+        n => format!("{n} restarts"),
+    };
+    let history = match &state.last_exit {
+        Some(last_exit) => format!(" (last exit: {last_exit}; {restarts} so far)"),
+        None => String::new(),
+    };
+    match state.phase {
+        Phase::Running if state.child.is_some_and(|c| c.is_alive()) => None,
+        Phase::Running => Some(format!(
+            "the process has just exited and its supervisor is restarting it{history}"
+        )),
+        Phase::Backoff => Some(format!(
+            "the process is not running: restarting after {} ({restarts} so far)",
+            state.last_exit.as_deref().unwrap_or("an unknown status")
+        )),
+        Phase::Starting => Some("the process is starting".to_owned()),
+        Phase::Exited => Some(format!(
+            "the process exited with {} and its restart policy does not restart it",
+            state.last_exit.as_deref().unwrap_or("an unknown status")
+        )),
+    }
+}
+
+/// Starts the supervisor program so that it is no process's child: in a new session, with its
+/// standard streams on `/dev/null` (a CLI whose output is captured must not wait for it), and
+/// double-forked, so that its exit leaves no zombie in the engine and it is re-parented to init
+/// at once.
+fn spawn_detached(
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    spec: &Path,
+) -> std::io::Result<()> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .arg(spec)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (close_range, setsid, fork, _exit); it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // Descriptors the engine inherited without close-on-exec (a CI harness's pipes, a
+            // jobserver) must not be held open for the supervisor's whole life: whoever waits
+            // for them to close would wait for the process. Marking them close-on-exec rather
+            // than closing them keeps std's own exec-error pipe working. Failure (a kernel
+            // before 5.11) only loses this hygiene.
+            nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3,
+                u32::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            );
+            nix::unistd::setsid()?;
+            // SAFETY: the parent side only calls `_exit`; the child side goes on to exec.
+            match nix::unistd::fork()? {
+                nix::unistd::ForkResult::Parent { .. } => nix::libc::_exit(0),
+                nix::unistd::ForkResult::Child => Ok(()),
+            }
+        });
+    }
+    // `spawn` returns once the grandchild has exec'd (or failed to: its error comes back the
+    // same way); the intermediate process has exited by then.
+    let mut intermediate = command.spawn()?;
+    intermediate.wait()?;
+    Ok(())
+}
+
+/// Waits until the supervisor has recorded itself and its first attempt to start the child.
+fn wait_for_first_child(
+    ctx: ResourceContext<'_>,
+    spec: &SupervisorSpec,
+) -> Result<SupervisorState, ProviderError> {
+    let mut seen = None;
+    let started = wait_until(Instant::now() + SUPERVISOR_START_TIMEOUT, || {
+        seen = read_state(&spec.state);
+        match &seen {
+            Some(state) => state.phase != Phase::Starting || !state.supervisor.is_alive(),
+            None => false,
+        }
+    });
+    let shown = command::show_command(&spec.command);
+    let tail = || logfile::tail(&spec.log, TAIL_LINES);
+    match seen {
+        Some(state) if state.supervisor.is_alive() && started => Ok(state),
+        Some(state) => {
+            let why = state
+                .last_exit
+                .clone()
+                .unwrap_or_else(|| "no reason recorded".into());
+            let _ = stop(ctx, None);
+            Err(ProviderError::Failed {
+                message: format!(
+                    "the supervisor of process `{shown}` stopped while starting it: {why}"
+                ),
+                log_tail: tail(),
+                retry: Retry::Retryable,
+            })
+        }
+        None => {
+            let _ = stop(ctx, None);
+            Err(ProviderError::Failed {
+                message: format!(
+                    "the supervisor of process `{shown}` did not record itself in {} within {}; \
+                     check the supervisor program (settings.supervisor) runs `{}`",
+                    spec.state.display(),
+                    crate::duration::show(SUPERVISOR_START_TIMEOUT),
+                    ctx.settings
+                        .supervisor
+                        .iter()
+                        .map(|a| a.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                log_tail: tail(),
+                retry: Retry::Retryable,
+            })
+        }
+    }
+}
+
+/// Stops everything of the resource: the supervisors named by `live` and the state file, then
+/// whatever survives of the children's process groups; removes the spec and state files.
+fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), ProviderError> {
+    let state_file = state_path(ctx);
+    let spec_file = spec_path(ctx);
+    let mut before = read_state(&state_file);
+    if before.is_none() && live.is_none() && spec_file.exists() {
+        // A create interrupted right after starting the supervisor: give it a moment to
+        // record itself, so that it is not left running.
+        wait_until(Instant::now() + Duration::from_secs(2), || {
+            before = read_state(&state_file);
+            before.is_some()
+        });
+    }
+    let grace = before
+        .as_ref()
+        .map(|s| Duration::from_millis(s.stop_grace_ms))
+        .unwrap_or(ctx.settings.stop_grace);
+
+    let mut supervisors: Vec<ProcessIdentity> =
+        live.map(LiveProcess::supervisor).into_iter().collect();
+    supervisors.extend(before.as_ref().map(|s| s.supervisor));
+    supervisors.dedup();
+    for supervisor in &supervisors {
+        if supervisor.signal(Signal::SIGTERM)
+            && !wait_until(Instant::now() + grace + Duration::from_secs(5), || {
+                !supervisor.is_alive()
+            })
+        {
+            supervisor.signal(Signal::SIGKILL);
+            wait_until(Instant::now() + Duration::from_secs(5), || {
+                !supervisor.is_alive()
+            });
+        }
+    }
+
+    // A supervisor that stopped cleanly removed the state file; one that was SIGKILLed (now or
+    // earlier) left it, naming the child it last started.
+    let after = read_state(&state_file);
+    let mut children: Vec<ProcessIdentity> = [
+        before.as_ref().and_then(|s| s.child),
+        after.as_ref().and_then(|s| s.child),
+        live.and_then(LiveProcess::child),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    children.sort_by_key(|c| (c.pid, c.start));
+    children.dedup();
+    for child in &children {
+        child.stop_group(grace);
+    }
+    for file in [&state_file, &spec_file] {
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ProviderError::Io {
+                    context: format!("failed to remove {}", file.display()),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

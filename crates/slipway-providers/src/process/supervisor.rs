@@ -1,0 +1,340 @@
+//! The supervisor of one `process` resource: a small program (`slipway __supervise <spec>`) that
+//! keeps one command running, detached from whichever Slipway command started it, the way
+//! s6-supervise or conmon do.
+//!
+//! It reads a [`SupervisorSpec`], records itself in the state file, then loops: start the
+//! child in its own process group with its output copied into the resource log; when the
+//! child exits, record how, and start it again after a backoff (per the restart policy). On
+//! SIGTERM it stops the child's process group (SIGTERM, then SIGKILL after the grace period),
+//! removes the state file and exits 0.
+//!
+//! # Guarantees
+//! - The state file is replaced atomically on every change, and always names the current child
+//!   by pid *and* start time, so that if the supervisor itself is SIGKILLed, `delete` can still
+//!   find and stop the child's group without risking a reused pid.
+//! - Before a restart, whatever the previous child left in its process group is killed, so a
+//!   stale grandchild cannot hold the port the new child needs.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::RestartPolicy;
+use crate::command::describe_exit;
+use crate::logfile::{CappedLog, SharedLog, copy_to_log};
+use crate::procinfo::ProcessIdentity;
+
+/// Everything a supervisor needs to know, written by `create` to `<run>/<resource>.spec.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SupervisorSpec {
+    /// Resource name, for log notes.
+    pub resource: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// The child's complete environment.
+    pub env: BTreeMap<String, String>,
+    /// The child's working directory.
+    pub cwd: PathBuf,
+    /// The resource log.
+    pub log: PathBuf,
+    /// Rotation size of the log.
+    pub log_max_bytes: u64,
+    /// Where the supervisor keeps its [`SupervisorState`].
+    pub state: PathBuf,
+    /// When to restart the child.
+    pub restart: RestartPolicy,
+    /// Time between SIGTERM and SIGKILL when stopping the child.
+    pub stop_grace_ms: u64,
+}
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// Recorded itself; the first child is not started yet.
+    Starting,
+    /// The child is running.
+    Running,
+    /// The child exited (or failed to start) and will be started again.
+    Backoff,
+    /// The child exited and the restart policy says not to start it again.
+    Exited,
+}
+
+/// The supervisor's state file, `<run>/<resource>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SupervisorState {
+    /// The supervisor itself.
+    pub supervisor: ProcessIdentity,
+    /// The current (or last) child, which leads its own process group.
+    pub child: Option<ProcessIdentity>,
+    /// What it is doing.
+    pub phase: Phase,
+    /// How many times the child was started again after exiting.
+    pub restarts: u32,
+    /// How many times the child exited or failed to start.
+    pub exits: u32,
+    /// How the last child ended: `"exit code 1"`, `"signal 9 (SIGKILL)"`, or why it could
+    /// not start.
+    pub last_exit: Option<String>,
+    /// Copied from the spec, for `delete`.
+    pub stop_grace_ms: u64,
+}
+
+/// Reads a state file; `None` if it does not exist or is unreadable (a supervisor that died
+/// mid-write leaves the previous complete file, thanks to the atomic rename).
+pub(crate) fn read_state(path: &Path) -> Option<SupervisorState> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).expect("a supervisor state serializes");
+    crate::atomic_write(path, &bytes)
+}
+
+/// The first backoff; doubled after each quick exit, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between two starts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A child that ran at least this long is considered to have been healthy: its next backoff
+/// starts over from [`FIRST_BACKOFF`].
+const STABLE_UPTIME: Duration = Duration::from_secs(10);
+/// How often the supervisor looks at its child and at the SIGTERM flag.
+const TICK: Duration = Duration::from_millis(25);
+
+/// Runs a supervisor for the spec at `spec_path`; returns the process exit code (0 after a
+/// clean stop). Meant to be the whole of a process's life: `slipway __supervise <spec>`.
+pub fn supervise(spec_path: &Path) -> i32 {
+    // Leave the session and process group of whoever started us, so that a Ctrl-C or a
+    // group kill aimed at the CLI does not reach the supervisor.
+    if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {
+        let _ = nix::unistd::setsid();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // SIGHUP gets a handler that does nothing: a supervisor has no terminal to lose, and a
+    // handler (unlike SIG_IGN) is not inherited by the child across exec.
+    let hangup = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGHUP, &hangup),
+    ] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+            eprintln!("slipway supervisor: failed to handle signal {signal}: {e}");
+            return 2;
+        }
+    }
+    let spec: SupervisorSpec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!(
+                "slipway supervisor: cannot read spec {}: {e}",
+                spec_path.display()
+            );
+            return 2;
+        }
+    };
+    let mut supervisor = Supervisor {
+        state: SupervisorState {
+            supervisor: ProcessIdentity::current(),
+            child: None,
+            phase: Phase::Starting,
+            restarts: 0,
+            exits: 0,
+            last_exit: None,
+            stop_grace_ms: spec.stop_grace_ms,
+        },
+        log: None,
+        stop,
+        spec,
+    };
+    // First thing: the state file is how `create` learns that we are up, and how `delete`
+    // finds us.
+    if let Err(e) = supervisor.save() {
+        eprintln!("slipway supervisor: cannot write state: {e}");
+        return 2;
+    }
+    match CappedLog::open(&supervisor.spec.log, supervisor.spec.log_max_bytes) {
+        Ok(log) => supervisor.log = Some(Arc::new(std::sync::Mutex::new(log))),
+        Err(e) => {
+            // The state file is left behind on purpose: it tells `create` why we stopped.
+            supervisor.state.phase = Phase::Exited;
+            supervisor.state.last_exit = Some(format!(
+                "the supervisor cannot open log {}: {e}",
+                supervisor.spec.log.display()
+            ));
+            let _ = supervisor.save();
+            return 2;
+        }
+    }
+    supervisor.run();
+    let _ = std::fs::remove_file(&supervisor.spec.state);
+    0
+}
+
+struct Supervisor {
+    spec: SupervisorSpec,
+    state: SupervisorState,
+    log: Option<SharedLog>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Supervisor {
+    fn save(&self) -> io::Result<()> {
+        write_state(&self.spec.state, &self.state)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn note(&self, message: &str) {
+        if let Some(log) = &self.log {
+            log.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .note(message);
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_millis(self.spec.stop_grace_ms)
+    }
+
+    /// The supervision loop; returns once asked to stop, with the child's group stopped.
+    fn run(&mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        while !self.stopping() {
+            let started = Instant::now();
+            let clean_exit = match self.start_child() {
+                Ok((mut child, identity)) => {
+                    self.state.child = identity;
+                    self.state.phase = Phase::Running;
+                    let _ = self.save();
+                    let Some(status) = self.watch(&mut child, identity) else {
+                        // Asked to stop; the child's group is stopped.
+                        return;
+                    };
+                    let how = describe_exit(status);
+                    self.note(&format!("process exited with {how}"));
+                    self.state.last_exit = Some(how);
+                    status.success()
+                }
+                Err(e) => {
+                    let why = format!("failed to start `{}`: {e}", self.spec.command[0]);
+                    self.note(&why);
+                    self.state.child = None;
+                    self.state.last_exit = Some(why);
+                    false
+                }
+            };
+            self.state.exits += 1;
+            let restart = match self.spec.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !clean_exit,
+                RestartPolicy::Never => false,
+            };
+            if !restart {
+                self.state.phase = Phase::Exited;
+                let _ = self.save();
+                self.note("not restarting it (restart policy)");
+                while !self.stopping() {
+                    std::thread::sleep(TICK);
+                }
+                return;
+            }
+            backoff = if started.elapsed() >= STABLE_UPTIME {
+                FIRST_BACKOFF
+            } else {
+                backoff
+            };
+            self.state.phase = Phase::Backoff;
+            let _ = self.save();
+            self.note(&format!("restarting in {}", crate::duration::show(backoff)));
+            let until = Instant::now() + backoff;
+            while !self.stopping() && Instant::now() < until {
+                std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
+            }
+            if self.stopping() {
+                return;
+            }
+            self.state.restarts += 1;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn start_child(&self) -> io::Result<(Child, Option<ProcessIdentity>)> {
+        let (reader, writer) = io::pipe()?;
+        let mut command = Command::new(&self.spec.command[0]);
+        command
+            .args(&self.spec.command[1..])
+            .env_clear()
+            .envs(&self.spec.env)
+            .current_dir(&self.spec.cwd)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer);
+        let spawned = command.spawn();
+        // Close our copies of the pipe's write end, or the copier never sees end of file.
+        drop(command);
+        let child = spawned?;
+        let identity = ProcessIdentity::of_child(child.id());
+        self.note(&format!("process started (pid {})", child.id()));
+        if let Some(log) = &self.log {
+            let log = Arc::clone(log);
+            std::thread::spawn(move || copy_to_log(reader, &log, |_| {}));
+        }
+        Ok((child, identity))
+    }
+
+    /// Waits for the child to exit (then kills what it left in its group and returns how it
+    /// exited), or for a stop request (then stops its group and returns `None`).
+    fn watch(
+        &mut self,
+        child: &mut Child,
+        identity: Option<ProcessIdentity>,
+    ) -> Option<std::process::ExitStatus> {
+        loop {
+            if self.stopping() {
+                self.note("stopping");
+                if let Some(identity) = identity {
+                    identity.stop_group(self.grace());
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if let Some(identity) = identity {
+                        identity.signal_group(Signal::SIGKILL);
+                    }
+                    return Some(status);
+                }
+                Ok(None) => std::thread::sleep(TICK),
+                Err(_) => {
+                    // Cannot happen for a child of ours; treat it as a failed exit.
+                    let _ = child.kill();
+                    return Some(
+                        child
+                            .wait()
+                            .unwrap_or_else(|_| std::process::ExitStatus::from_raw(1 << 8)),
+                    );
+                }
+            }
+        }
+    }
+}

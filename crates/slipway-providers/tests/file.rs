@@ -1,0 +1,314 @@
+//! The `file` provider against a real data directory.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::TestEnv;
+use serde_json::{Value, json};
+use slipway_providers::{DynProvider, Observation, ProviderError, Registry};
+
+fn provider(registry: &Registry) -> &dyn DynProvider {
+    registry.get("file").expect("file is a local provider")
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn create_writes_the_file_with_its_mode_and_reports_its_absolute_path() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "etc/app.toml", "content": "level = \"info\"\n", "mode": "0600"});
+    let applied = file
+        .create(env.ctx("config"), &config)
+        .expect("create a file");
+    let path = env.dirs.data.join("etc/app.toml");
+    assert_eq!(
+        applied.outputs["path"],
+        json!(path.display().to_string()),
+        "the path output is absolute"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("the file exists"),
+        "level = \"info\"\n",
+        "the content is written"
+    );
+    assert_eq!(
+        mode_of(&path),
+        0o600,
+        "the mode is applied whatever the umask"
+    );
+    let expected: String = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        "level = \"info\"\n",
+    ))
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect();
+    assert_eq!(
+        applied.live["sha256"],
+        json!(expected),
+        "live records the content's SHA-256"
+    );
+    assert_eq!(
+        file.observe(env.ctx("config"), &config, &applied.live)
+            .expect("observe"),
+        Observation::InSync,
+        "a file just written is in sync"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.dirs.data.join("etc"))
+        .expect("list etc")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary file is left next to it: {leftovers:?}"
+    );
+}
+
+#[test]
+fn observe_reports_edits_mode_changes_and_removal() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "app.toml", "content": "a = 1\n"});
+    let applied = file.create(env.ctx("config"), &config).expect("create");
+    let path = env.dirs.data.join("app.toml");
+    assert_eq!(mode_of(&path), 0o644, "the default mode is 0644");
+
+    std::fs::write(&path, "a = 2\n").expect("edit the file");
+    assert_eq!(
+        file.observe(env.ctx("config"), &config, &applied.live)
+            .expect("observe"),
+        Observation::Drifted {
+            reason: "content changed on disk".to_owned()
+        },
+        "an edited file has drifted"
+    );
+    std::fs::write(&path, "a = 1\n").expect("restore the content");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    assert!(
+        matches!(
+            file.observe(env.ctx("config"), &config, &applied.live).expect("observe"),
+            Observation::Drifted { reason } if reason.contains("mode")
+        ),
+        "a chmod-ed file has drifted"
+    );
+    std::fs::remove_file(&path).expect("remove the file");
+    assert!(
+        matches!(
+            file.observe(env.ctx("config"), &config, &applied.live)
+                .expect("observe"),
+            Observation::Missing { .. }
+        ),
+        "a removed file is missing"
+    );
+}
+
+#[test]
+fn update_rewrites_in_place_and_moves_a_renamed_file() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let first = file
+        .create(
+            env.ctx("config"),
+            &json!({"path": "a/one.txt", "content": "1"}),
+        )
+        .expect("create");
+    let second = file
+        .update(
+            env.ctx("config"),
+            &json!({"path": "a/one.txt", "content": "2"}),
+            &first.live,
+        )
+        .expect("update the content");
+    assert_eq!(
+        std::fs::read_to_string(env.dirs.data.join("a/one.txt")).expect("read"),
+        "2",
+        "update rewrites the content"
+    );
+    assert_ne!(
+        first.live["sha256"], second.live["sha256"],
+        "the recorded hash follows the content"
+    );
+    let third = file
+        .update(
+            env.ctx("config"),
+            &json!({"path": "b/two.txt", "content": "2"}),
+            &second.live,
+        )
+        .expect("update the path");
+    assert!(
+        env.dirs.data.join("b/two.txt").is_file(),
+        "the file is written at its new path"
+    );
+    assert!(
+        !env.dirs.data.join("a").exists(),
+        "the old file and its emptied directory are removed"
+    );
+    assert_eq!(
+        third.outputs["path"],
+        json!(env.dirs.data.join("b/two.txt").display().to_string()),
+        "the path output follows the new path"
+    );
+}
+
+#[test]
+fn delete_removes_the_file_and_emptied_directories_and_is_idempotent() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let applied = file
+        .create(
+            env.ctx("config"),
+            &json!({"path": "x/y/z.txt", "content": "z"}),
+        )
+        .expect("create");
+    std::fs::write(env.dirs.data.join("x/keep.txt"), "someone else's").expect("write a neighbour");
+    file.delete(env.ctx("config"), Some(&applied.live))
+        .expect("delete");
+    assert!(
+        !env.dirs.data.join("x/y").exists(),
+        "the emptied directory y is removed"
+    );
+    assert!(
+        env.dirs.data.join("x/keep.txt").is_file(),
+        "a directory that still holds other files is kept, with them"
+    );
+    assert!(env.dirs.data.is_dir(), "the data directory itself is kept");
+    file.delete(env.ctx("config"), Some(&applied.live))
+        .expect("delete again");
+    file.delete(env.ctx("config"), None)
+        .expect("delete with no record");
+}
+
+#[test]
+fn delete_without_a_record_removes_what_an_interrupted_create_wrote() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    file.create(
+        env.ctx("config"),
+        &json!({"path": "etc/app.toml", "content": "x"}),
+    )
+    .expect("create");
+    file.delete(env.ctx("config"), None).expect("delete(None)");
+    assert!(
+        !env.dirs.data.join("etc/app.toml").exists(),
+        "delete(None) finds the file through the create's marker:\n{}",
+        env.report()
+    );
+    assert!(
+        std::fs::read_dir(&env.dirs.run)
+            .expect("list run")
+            .next()
+            .is_none(),
+        "the marker is removed too:\n{}",
+        env.report()
+    );
+}
+
+#[test]
+fn paths_leaving_the_data_directory_are_configuration_errors() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    for path in [
+        "",
+        "/etc/passwd",
+        "../outside",
+        "a/../../outside",
+        "a\u{0}b",
+        "dir/",
+    ] {
+        let err = file
+            .create(env.ctx("config"), &json!({"path": path, "content": "x"}))
+            .expect_err("a bad path is refused");
+        assert!(
+            matches!(err, ProviderError::Config(_)),
+            "path {path:?} is a configuration error, got {err:?}"
+        );
+    }
+    for (config, why) in [
+        (
+            json!({"path": "a", "content": "x", "mode": "rw"}),
+            "a non-octal mode",
+        ),
+        (
+            json!({"path": "a", "content": "x", "owner": "root"}),
+            "an unknown field",
+        ),
+        (json!({"path": "a"}), "a missing content"),
+    ] {
+        let err = file.create(env.ctx("config"), &config).expect_err(why);
+        assert!(
+            matches!(err, ProviderError::Config(_)),
+            "{why} is a configuration error, got {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_symlink_on_the_path_is_never_followed() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let outside = env.dirs.root.join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir outside");
+    let victim = outside.join("victim.txt");
+    std::fs::write(&victim, "precious").expect("write victim");
+    std::os::unix::fs::symlink(&outside, env.dirs.data.join("link")).expect("dir symlink");
+    std::os::unix::fs::symlink(&victim, env.dirs.data.join("evil.txt")).expect("file symlink");
+
+    for path in ["link/victim.txt", "link/new.txt", "evil.txt"] {
+        let err = file
+            .create(
+                env.ctx("config"),
+                &json!({"path": path, "content": "pwned"}),
+            )
+            .expect_err("writing through a symlink is refused");
+        assert!(
+            err.to_string().contains("symlink"),
+            "the error says a symlink is in the way: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read victim"),
+        "precious",
+        "nothing outside the data directory was written"
+    );
+    assert!(
+        !outside.join("new.txt").exists(),
+        "nothing was created outside the data directory"
+    );
+    assert!(
+        env.dirs.data.join("evil.txt").is_symlink(),
+        "the refused symlink is left as it was"
+    );
+}
+
+#[test]
+fn a_recorded_path_outside_the_data_directory_is_not_deleted() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let victim = env.dirs.root.join("victim.txt");
+    std::fs::write(&victim, "precious").expect("write victim");
+    let forged: Value = json!({"path": victim.display().to_string(), "sha256": "00"});
+    file.delete(env.ctx("config"), Some(&forged))
+        .expect_err("a forged record is refused");
+    assert!(
+        victim.exists(),
+        "a file outside the data directory is never removed"
+    );
+}

@@ -1,0 +1,248 @@
+//! The `job` provider against real commands.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Reaper, TestEnv, eventually, pid_running};
+use serde_json::{Value, json};
+use slipway_providers::{ProviderError, Registry, Retry};
+
+fn create(env: &TestEnv, config: Value) -> Result<slipway_providers::Applied, ProviderError> {
+    let registry = Registry::local();
+    let job = registry.get("job").expect("job is a local provider");
+    job.create(env.ctx("migrate"), &config)
+}
+
+#[test]
+fn a_successful_job_reports_exit_code_zero_and_logs_its_output() {
+    let env = TestEnv::new();
+    let applied = create(
+        &env,
+        json!({"command": ["sh", "-c", "echo to-stdout; echo to-stderr >&2"]}),
+    )
+    .unwrap_or_else(|e| panic!("the job succeeds: {e}\n{}", env.report()));
+    assert_eq!(
+        applied.outputs["exit_code"],
+        json!(0),
+        "exit_code output is 0"
+    );
+    assert_eq!(
+        applied.live["exit_code"],
+        json!(0),
+        "live records the exit code"
+    );
+    assert!(
+        applied.live["finished_at"].as_u64().is_some_and(|t| t > 0),
+        "live records when it finished: {}",
+        applied.live
+    );
+    assert!(
+        applied.live["duration_ms"].is_u64(),
+        "live records how long it took: {}",
+        applied.live
+    );
+    let log = env.log("migrate");
+    assert!(
+        log.contains("to-stdout\n") && log.contains("to-stderr\n"),
+        "stdout and stderr are appended to the resource log:\n{log}"
+    );
+    create(&env, json!({"command": ["sh", "-c", "echo second-run"]})).expect("second run");
+    let log = env.log("migrate");
+    assert!(
+        log.contains("to-stdout") && log.contains("second-run"),
+        "a second run appends to the log instead of replacing it:\n{log}"
+    );
+}
+
+#[test]
+fn a_job_runs_in_the_source_directory_with_a_clean_environment() {
+    let mut env = TestEnv::new();
+    env.ports.insert("http".to_owned(), 20123);
+    std::fs::create_dir_all(env.dirs.src.join("tools")).expect("mkdir");
+    create(
+        &env,
+        json!({
+            "command": ["sh", "-c", "echo cwd=$(pwd); env | sort"],
+            "env": {"GREETING": "hello world"},
+            "cwd": "tools",
+        }),
+    )
+    .unwrap_or_else(|e| panic!("the job succeeds: {e}\n{}", env.report()));
+    let log = env.log("migrate");
+    let src = env
+        .dirs
+        .src
+        .join("tools")
+        .canonicalize()
+        .expect("canonical src");
+    assert!(
+        log.contains(&format!("cwd={}\n", src.display())),
+        "the job runs in src/<cwd>:\n{log}"
+    );
+    for expected in [
+        "GREETING=hello world\n".to_owned(),
+        "PORT_HTTP=20123\n".to_owned(),
+        "SLIPWAY_ENV=qa\n".to_owned(),
+        "SLIPWAY_RESOURCE=migrate\n".to_owned(),
+        format!("SLIPWAY_DATA_DIR={}\n", env.dirs.data.display()),
+    ] {
+        assert!(
+            log.contains(&expected),
+            "the job's environment has {expected:?}:\n{log}"
+        );
+    }
+    assert!(log.contains("\nPATH="), "PATH is passed through:\n{log}");
+    assert!(
+        !log.contains("CARGO_MANIFEST_DIR="),
+        "the engine's own environment does not leak into the job:\n{log}"
+    );
+}
+
+#[test]
+fn a_failing_job_is_a_terminal_error_naming_the_exit_code_with_the_log_tail() {
+    let env = TestEnv::new();
+    let err = create(
+        &env,
+        json!({"command": ["sh", "-c", "echo it-broke >&2; exit 3"]}),
+    )
+    .expect_err("a job exiting 3 fails");
+    let ProviderError::Failed {
+        message,
+        log_tail,
+        retry,
+    } = &err
+    else {
+        panic!("a failed job is ProviderError::Failed, got {err:?}");
+    };
+    assert!(
+        message.contains("exit code 3"),
+        "the message names the exit code: {message}"
+    );
+    assert!(
+        message.contains("exit 3"),
+        "the message names the command: {message}"
+    );
+    assert_eq!(
+        *retry,
+        Retry::Terminal,
+        "a failed job is not retried by itself"
+    );
+    assert_eq!(
+        log_tail.as_deref(),
+        Some("it-broke"),
+        "the log tail is this run's output"
+    );
+}
+
+#[test]
+fn a_job_past_its_timeout_is_stopped_with_everything_it_started() {
+    let env = TestEnv::new();
+    let pids = env.dirs.data.join("pids");
+    let script = format!(
+        "sleep 300 & echo $! > {p}; echo $$ >> {p}; sleep 300",
+        p = pids.display()
+    );
+    let started = Instant::now();
+    let err = create(
+        &env,
+        json!({"command": ["sh", "-c", script], "timeout": "500ms"}),
+    )
+    .expect_err("a job past its timeout fails");
+    let took = started.elapsed();
+    let text = std::fs::read_to_string(&pids).expect("the job wrote its pids");
+    let pids: Vec<u32> = text.lines().map(|l| l.parse().expect("a pid")).collect();
+    let _reaper = Reaper(pids.clone());
+    assert!(
+        err.to_string().contains("did not finish within 500ms"),
+        "the error names the timeout: {err}"
+    );
+    assert_eq!(
+        err.retry(),
+        Retry::Terminal,
+        "a timed-out job is a terminal failure"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the job is stopped soon after its timeout ({took:?})"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || pids
+            .iter()
+            .all(|&p| !pid_running(p))),
+        "the job and its background child are killed with its process group: {pids:?}"
+    );
+}
+
+#[test]
+fn a_job_whose_program_does_not_exist_fails_naming_it() {
+    let env = TestEnv::new();
+    let err = create(&env, json!({"command": ["no-such-program-slipway"]}))
+        .expect_err("a missing program fails");
+    assert!(
+        err.to_string().contains("no-such-program-slipway"),
+        "the error names the program: {err}"
+    );
+    assert_eq!(
+        err.retry(),
+        Retry::Terminal,
+        "a missing program is a terminal failure"
+    );
+}
+
+#[test]
+fn job_configuration_is_checked() {
+    let env = TestEnv::new();
+    for (config, why) in [
+        (json!({"command": []}), "an empty command"),
+        (
+            json!({"command": ["true"], "colour": "red"}),
+            "an unknown field",
+        ),
+        (
+            json!({"command": ["true"], "timeout": "soon"}),
+            "a malformed duration",
+        ),
+        (
+            json!({"command": ["true"], "cwd": "../elsewhere"}),
+            "a cwd outside src",
+        ),
+    ] {
+        let err = create(&env, config).expect_err(why);
+        assert!(
+            matches!(err, ProviderError::Config(_)),
+            "{why} is a configuration error, got {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_job_has_nothing_to_delete_and_is_always_in_sync() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let job = registry.get("job").expect("job is registered");
+    let config = json!({"command": ["true"]});
+    let applied = job
+        .create(env.ctx("migrate"), &config)
+        .expect("true succeeds");
+    assert_eq!(
+        job.observe(env.ctx("migrate"), &config, &applied.live)
+            .expect("observe"),
+        slipway_providers::Observation::InSync,
+        "a finished job is in sync"
+    );
+    job.delete(env.ctx("migrate"), Some(&applied.live))
+        .expect("delete");
+    job.delete(env.ctx("migrate"), None)
+        .expect("delete is idempotent");
+}
+
+#[test]
+fn the_local_registry_has_the_four_local_types() {
+    let types: Vec<&str> = Registry::local().types().collect();
+    assert_eq!(
+        types,
+        ["exec", "file", "job", "process"],
+        "the local providers are registered"
+    );
+}

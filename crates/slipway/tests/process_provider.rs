@@ -1,0 +1,844 @@
+//! The `process` provider with its real supervisor (`slipway __supervise`): real processes,
+//! real ports, real signals. Every test cleans up after itself through [`Cleanup`], which kills
+//! whatever the resource's state file names even when the test fails half-way.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use slipway_providers::{
+    Applied, DynProvider, EnvDirs, Observation, ProviderError, ProviderSettings, Registry,
+    ResourceContext, Retry,
+};
+
+/// An HTTP server with a `/healthz`, answering `ok <SLIPWAY_RESOURCE> <GREETING>` on `/`.
+const SERVER: &str = r#"
+import http.server, os, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path in ("/", "/healthz"):
+            body = f"ok {os.environ['SLIPWAY_RESOURCE']} {os.environ.get('GREETING', '')}"
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+        else:
+            self.send_response(404)
+            self.end_headers()
+    def log_message(self, format, *args):
+        print("request", self.path, flush=True)
+print("listening on", os.environ["PORT_HTTP"], flush=True)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT_HTTP"])), Handler).serve_forever()
+"#;
+
+struct TestEnv {
+    _tmp: tempfile::TempDir,
+    dirs: EnvDirs,
+    ports: BTreeMap<String, u16>,
+    settings: ProviderSettings,
+    registry: Registry,
+}
+
+impl TestEnv {
+    fn new() -> TestEnv {
+        let tmp = tempfile::tempdir().expect("create a temporary directory");
+        let root = tmp.path().join("envs").join("qa");
+        let dirs = EnvDirs {
+            src: root.join("src"),
+            data: root.join("data"),
+            logs: root.join("logs"),
+            run: root.join("run"),
+            root,
+        };
+        for dir in [&dirs.src, &dirs.data, &dirs.logs, &dirs.run] {
+            std::fs::create_dir_all(dir).expect("create an environment directory");
+        }
+        std::fs::write(dirs.src.join("server.py"), SERVER).expect("write the server");
+        TestEnv {
+            _tmp: tmp,
+            dirs,
+            ports: BTreeMap::from([("http".to_owned(), free_port())]),
+            settings: ProviderSettings {
+                supervisor: vec![env!("CARGO_BIN_EXE_slipway").into(), "__supervise".into()],
+                stop_grace: Duration::from_secs(2),
+                ready_timeout: Duration::from_secs(30),
+                ..ProviderSettings::default()
+            },
+            registry: Registry::local(),
+        }
+    }
+
+    fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
+        ResourceContext {
+            environment: "qa",
+            resource,
+            dirs: &self.dirs,
+            ports: &self.ports,
+            settings: &self.settings,
+        }
+    }
+
+    fn process(&self) -> &dyn DynProvider {
+        self.registry
+            .get("process")
+            .expect("process is a local provider")
+    }
+
+    fn port(&self) -> u16 {
+        self.ports["http"]
+    }
+
+    /// Creates `resource`, registering it for cleanup first.
+    fn create(&self, cleanup: &mut Cleanup, resource: &str, config: &Value) -> Applied {
+        cleanup
+            .resources
+            .push(self.dirs.run.join(format!("{resource}.json")));
+        self.process()
+            .create(self.ctx(resource), config)
+            .unwrap_or_else(|e| panic!("create {resource} succeeds: {e}\n{}", self.report()))
+    }
+
+    fn wait_ready(&self, resource: &str, config: &Value, applied: &Applied) {
+        self.process()
+            .wait_ready(
+                self.ctx(resource),
+                config,
+                applied,
+                Instant::now() + Duration::from_secs(30),
+            )
+            .unwrap_or_else(|e| panic!("{resource} becomes ready: {e:?}\n{}", self.report()));
+    }
+
+    fn state(&self, resource: &str) -> Option<Value> {
+        let bytes = std::fs::read(self.dirs.run.join(format!("{resource}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Everything in the environment and every log, for failure messages.
+    fn report(&self) -> String {
+        let mut out = String::new();
+        for dir in [&self.dirs.run, &self.dirs.logs] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let shown: String = text
+                    .chars()
+                    .rev()
+                    .take(3000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                out.push_str(&format!("--- {} ---\n{shown}\n", entry.path().display()));
+            }
+        }
+        out
+    }
+}
+
+/// Kills, when dropped, what the named state files record (supervisor and child group), and
+/// any extra process groups: no test leaves a process behind, even when it fails.
+#[derive(Default)]
+struct Cleanup {
+    resources: Vec<PathBuf>,
+    groups: Vec<Proc>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut procs = self.groups.clone();
+        for state_file in &self.resources {
+            if let Some(state) = std::fs::read(state_file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            {
+                procs.extend(Proc::from_json(&state["supervisor"]));
+                procs.extend(Proc::from_json(&state["child"]));
+            }
+        }
+        for proc in procs {
+            if proc.alive() {
+                kill("-KILL", &format!("-{}", proc.pid));
+                kill("-KILL", &proc.pid.to_string());
+            }
+        }
+    }
+}
+
+/// A process named by pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: u32,
+    start: u64,
+}
+
+impl Proc {
+    fn from_json(v: &Value) -> Option<Proc> {
+        Some(Proc {
+            pid: v["pid"].as_u64()? as u32,
+            start: v["start"].as_u64()?,
+        })
+    }
+
+    fn of(pid: u32) -> Option<Proc> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if matches!(fields[0], "Z" | "X") {
+            return None;
+        }
+        Some(Proc {
+            pid,
+            start: fields[22 - 3].parse().ok()?,
+        })
+    }
+
+    fn alive(&self) -> bool {
+        Proc::of(self.pid) == Some(*self)
+    }
+}
+
+fn kill(signal: &str, target: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, "--", target])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// `GET path` on 127.0.0.1:port: `(status, body)`.
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn server_config() -> Value {
+    json!({
+        "command": ["python3", "server.py"],
+        "ports": ["http"],
+        "env": {"GREETING": "hello"},
+        "health": {"http": "/healthz", "interval": "100ms"},
+        "expose": "http",
+    })
+}
+
+fn supervisor_of(applied: &Applied) -> Proc {
+    Proc {
+        pid: applied.live["supervisor_pid"]
+            .as_u64()
+            .expect("supervisor_pid") as u32,
+        start: applied.live["supervisor_start"]
+            .as_u64()
+            .expect("supervisor_start"),
+    }
+}
+
+fn child_in(state: &Value) -> Option<Proc> {
+    Proc::from_json(&state["child"])
+}
+
+#[test]
+fn a_process_becomes_ready_serves_http_and_reports_its_url() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = server_config();
+    let applied = env.create(&mut cleanup, "api", &config);
+    env.wait_ready("api", &config, &applied);
+
+    let port = env.port();
+    assert_eq!(
+        applied.outputs["url"],
+        json!(format!("http://127.0.0.1:{port}")),
+        "the url output points at the first port"
+    );
+    assert_eq!(
+        applied.outputs["ports"],
+        json!({"http": port}),
+        "the ports output maps names to numbers"
+    );
+    let (status, body) = http_get(port, "/").expect("GET / after wait_ready");
+    assert_eq!(status, 200, "the process serves HTTP once ready");
+    assert_eq!(
+        body, "ok api hello",
+        "the child sees SLIPWAY_RESOURCE and its configured env"
+    );
+    assert_eq!(
+        env.process()
+            .observe(env.ctx("api"), &config, &applied.live)
+            .expect("observe"),
+        Observation::InSync,
+        "a running process is in sync"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(
+            env.dirs.logs.join("api.log")
+        )
+        .is_ok_and(|log| log.contains("request /"))),
+        "the child's output goes to the resource log:\n{}",
+        env.report()
+    );
+
+    let child = child_in(&env.state("api").expect("state file")).expect("a child is recorded");
+    env.process()
+        .delete(env.ctx("api"), Some(&applied.live))
+        .expect("delete");
+    assert!(
+        !supervisor_of(&applied).alive(),
+        "delete stops the supervisor"
+    );
+    assert!(!child.alive(), "delete stops the child");
+    assert!(
+        port_is_free(port),
+        "after delete the resource's port is free"
+    );
+    assert!(
+        std::fs::read_dir(&env.dirs.run)
+            .expect("list run")
+            .next()
+            .is_none(),
+        "delete removes the spec and state files:\n{}",
+        env.report()
+    );
+    env.process()
+        .delete(env.ctx("api"), Some(&applied.live))
+        .expect("delete is idempotent");
+}
+
+#[test]
+fn a_killed_child_is_restarted_by_the_supervisor_alone() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = server_config();
+    let applied = env.create(&mut cleanup, "api", &config);
+    env.wait_ready("api", &config, &applied);
+    let first = child_in(&env.state("api").expect("state")).expect("a first child");
+
+    kill("-KILL", &first.pid.to_string());
+    // No provider call from here on: only the supervisor can bring it back.
+    let mut second = None;
+    let restarted = eventually(Duration::from_secs(15), || {
+        second = env
+            .state("api")
+            .and_then(|s| child_in(&s))
+            .filter(|c| *c != first && c.alive());
+        second.is_some()
+    });
+    assert!(
+        restarted,
+        "a killed child is restarted by its supervisor:\n{}",
+        env.report()
+    );
+    let state = env.state("api").expect("state");
+    assert!(
+        state["restarts"].as_u64() >= Some(1),
+        "the restart is counted: {state}"
+    );
+    assert!(
+        state["last_exit"]
+            .as_str()
+            .is_some_and(|s| s.contains("signal 9")),
+        "the state records how the child died: {state}"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || http_get(env.port(), "/")
+            .is_ok_and(|(s, _)| s == 200)),
+        "the restarted child serves again:\n{}",
+        env.report()
+    );
+    env.process()
+        .delete(env.ctx("api"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn observe_reports_a_restarting_child_as_drifted_and_a_dead_supervisor_as_missing() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    // Exits after a moment, then waits out a backoff: observable as "restarting".
+    let config = json!({"command": ["sh", "-c", "echo up; sleep 0.3; exit 4"]});
+    let applied = env.create(&mut cleanup, "flaky", &config);
+    let mut seen = None;
+    let drifted = eventually(Duration::from_secs(10), || {
+        seen = env
+            .process()
+            .observe(env.ctx("flaky"), &config, &applied.live)
+            .ok();
+        matches!(&seen, Some(Observation::Drifted { reason }) if reason.contains("exit code 4"))
+    });
+    assert!(
+        drifted,
+        "a child that exited is drifted while restarting: {seen:?}"
+    );
+    let Some(Observation::Drifted { reason }) = seen else {
+        unreachable!("checked above")
+    };
+    assert!(
+        reason.contains("exit code 4"),
+        "the reason says how it exited: {reason}"
+    );
+    assert!(
+        reason.contains("restart"),
+        "the reason says it is restarting: {reason}"
+    );
+
+    kill("-KILL", &supervisor_of(&applied).pid.to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || matches!(
+            env.process()
+                .observe(env.ctx("flaky"), &config, &applied.live),
+            Ok(Observation::Missing { .. })
+        )),
+        "a process whose supervisor is gone is missing"
+    );
+    env.process()
+        .delete(env.ctx("flaky"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn delete_after_the_supervisor_was_killed_stops_the_child_group_and_frees_the_port() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    // A shell whose own child holds the port: the whole group must go, not just the leader.
+    let config = json!({
+        "command": ["sh", "-c", "python3 server.py & wait"],
+        "ports": ["http"],
+        "health": {"tcp": "http", "interval": "100ms"},
+    });
+    let applied = env.create(&mut cleanup, "api", &config);
+    env.wait_ready("api", &config, &applied);
+    let child = child_in(&env.state("api").expect("state")).expect("a child");
+    cleanup.groups.push(child);
+
+    kill("-KILL", &supervisor_of(&applied).pid.to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || !supervisor_of(&applied).alive()),
+        "the supervisor is dead"
+    );
+    assert!(
+        child.alive(),
+        "the child outlives a SIGKILLed supervisor (nothing stopped it yet)"
+    );
+    assert!(
+        !port_is_free(env.port()),
+        "the orphaned server still holds the port"
+    );
+
+    env.process()
+        .delete(env.ctx("api"), Some(&applied.live))
+        .expect("delete");
+    assert!(
+        !child.alive(),
+        "delete stops the orphaned child by its recorded pid and start time"
+    );
+    assert!(
+        port_is_free(env.port()),
+        "delete stops the child's whole group, so the port is free:\n{}",
+        env.report()
+    );
+}
+
+#[test]
+fn delete_without_a_record_finds_and_stops_what_create_started() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = server_config();
+    let applied = env.create(&mut cleanup, "api", &config);
+    env.wait_ready("api", &config, &applied);
+    let child = child_in(&env.state("api").expect("state")).expect("a child");
+
+    // As if the CLI was killed after create returned but before the engine recorded it.
+    env.process()
+        .delete(env.ctx("api"), None)
+        .expect("delete(None)");
+    assert!(
+        !supervisor_of(&applied).alive(),
+        "delete(None) stops the supervisor it finds in the state file"
+    );
+    assert!(!child.alive(), "delete(None) stops the child");
+    assert!(
+        port_is_free(env.port()),
+        "the port is free after delete(None)"
+    );
+    assert!(env.state("api").is_none(), "the state file is removed");
+    env.process()
+        .delete(env.ctx("api"), None)
+        .expect("delete(None) is idempotent");
+}
+
+#[test]
+fn a_pid_with_another_start_time_is_never_adopted_or_signalled() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    // An unrelated process: its pid will be "recorded" with a wrong start time.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .expect("start a bystander");
+    let real = Proc::of(bystander.id()).expect("the bystander runs");
+    cleanup.groups.push(real);
+    let forged = json!({
+        "supervisor_pid": real.pid,
+        "supervisor_start": real.start + 1,
+        "child_pid": real.pid,
+        "child_start": real.start + 1,
+        "state_file": env.dirs.run.join("api.json"),
+    });
+    assert!(
+        matches!(
+            env.process()
+                .observe(env.ctx("api"), &server_config(), &forged),
+            Ok(Observation::Missing { .. })
+        ),
+        "a recorded pid with another start time is not our supervisor"
+    );
+    let forged_state = json!({
+        "supervisor": {"pid": real.pid, "start": real.start + 1},
+        "child": {"pid": real.pid, "start": real.start + 1},
+        "phase": "running", "restarts": 0, "exits": 0, "last_exit": null, "stop_grace_ms": 100,
+    });
+    let state_file = env.dirs.run.join("api.json");
+    std::fs::write(&state_file, forged_state.to_string()).expect("forge a state file");
+    env.process()
+        .delete(env.ctx("api"), None)
+        .expect("delete with a forged state file");
+    assert!(
+        real.alive(),
+        "delete(None) never signals a pid whose start time differs"
+    );
+    std::fs::write(&state_file, forged_state.to_string()).expect("forge a state file");
+    env.process()
+        .delete(env.ctx("api"), Some(&forged))
+        .expect("delete with a forged record");
+    assert!(
+        real.alive(),
+        "a process whose start time differs is never signalled"
+    );
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the bystander still runs"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+#[test]
+fn a_crash_looping_process_fails_wait_ready_with_its_log_tail() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({
+        "command": ["sh", "-c", "echo booting; echo 'fatal: DATABASE_URL is not set' >&2; exit 1"],
+        "health": {"command": ["true"]},
+    });
+    let applied = env.create(&mut cleanup, "api", &config);
+    let started = Instant::now();
+    let err = env
+        .process()
+        .wait_ready(
+            env.ctx("api"),
+            &config,
+            &applied,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .expect_err("a crash-looping process never becomes ready");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "wait_ready gives up early on a crash loop instead of waiting for the deadline"
+    );
+    let ProviderError::Failed {
+        message,
+        log_tail,
+        retry,
+    } = &err
+    else {
+        panic!("a crash loop is ProviderError::Failed, got {err:?}");
+    };
+    assert!(
+        message.contains("crashed 3 times"),
+        "the message counts the crashes: {message}"
+    );
+    assert!(
+        message.contains("exit code 1"),
+        "the message says how it exited: {message}"
+    );
+    assert_eq!(
+        *retry,
+        Retry::Terminal,
+        "a crash loop needs a change, not a retry"
+    );
+    assert!(
+        log_tail
+            .as_deref()
+            .is_some_and(|t| t.contains("fatal: DATABASE_URL is not set")),
+        "the error carries the log tail: {log_tail:?}"
+    );
+    env.process()
+        .delete(env.ctx("api"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn a_process_that_never_passes_its_health_check_times_out_with_the_reason() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({
+        "command": ["python3", "server.py"],
+        "ports": ["http"],
+        "health": {"http": "/missing", "interval": "100ms"},
+        "ready_timeout": "1500ms",
+    });
+    let applied = env.create(&mut cleanup, "api", &config);
+    let err = env
+        .process()
+        .wait_ready(
+            env.ctx("api"),
+            &config,
+            &applied,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .expect_err("a 404 health check never passes");
+    let text = err.to_string();
+    assert!(
+        text.contains("did not become ready within"),
+        "the error says it timed out: {text}"
+    );
+    assert!(
+        text.contains("404"),
+        "the error carries the last health check's answer: {text}"
+    );
+    assert_eq!(
+        err.retry(),
+        Retry::Retryable,
+        "a health timeout may pass on a retry"
+    );
+    env.process()
+        .delete(env.ctx("api"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_after_the_stop_grace() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({
+        "command": ["sh", "-c", "trap '' TERM; echo stubborn; while true; do sleep 1; done"],
+        "stop_grace": "300ms",
+    });
+    let applied = env.create(&mut cleanup, "stubborn", &config);
+    env.wait_ready("stubborn", &config, &applied);
+    let child = child_in(&env.state("stubborn").expect("state")).expect("a child");
+    let started = Instant::now();
+    env.process()
+        .delete(env.ctx("stubborn"), Some(&applied.live))
+        .expect("delete");
+    assert!(!child.alive(), "a child ignoring SIGTERM is SIGKILLed");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "delete waits about the stop grace, not forever ({:?})",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn restart_never_leaves_an_exited_process_drifted() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sh", "-c", "exit 0"], "restart": "never"});
+    let applied = env.create(&mut cleanup, "once", &config);
+    let err = env
+        .process()
+        .wait_ready(
+            env.ctx("once"),
+            &config,
+            &applied,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .expect_err("an exited process that is not restarted is not ready");
+    assert!(
+        err.to_string().contains("restart policy"),
+        "the error names the restart policy: {err}"
+    );
+    assert!(
+        matches!(
+            env.process().observe(env.ctx("once"), &config, &applied.live),
+            Ok(Observation::Drifted { reason }) if reason.contains("exit code 0")
+        ),
+        "an exited process is drifted, with how it exited"
+    );
+    env.process()
+        .delete(env.ctx("once"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn the_process_log_is_rotated_at_its_size_cap() {
+    let mut env = TestEnv::new();
+    env.settings.log_max_bytes = 4096;
+    let mut cleanup = Cleanup::default();
+    let config = json!({
+        "command": ["python3", "-c",
+            "import time\nfor i in range(2000): print(f'line {i:05} of chatter', flush=True)\ntime.sleep(300)"],
+    });
+    let applied = env.create(&mut cleanup, "chatty", &config);
+    let log = env.dirs.logs.join("chatty.log");
+    let rotated = env.dirs.logs.join("chatty.log.1");
+    assert!(
+        eventually(Duration::from_secs(15), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("line 01999"))),
+        "the last line reaches the log:\n{}",
+        env.report()
+    );
+    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    assert!(rotated.exists(), "the log was rotated to .log.1");
+    assert!(
+        size(&log) <= 4096,
+        "the current log is within the cap: {}",
+        size(&log)
+    );
+    assert!(
+        size(&rotated) <= 4096,
+        "the rotated log is within the cap: {}",
+        size(&rotated)
+    );
+    env.process()
+        .delete(env.ctx("chatty"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn process_configuration_is_checked_before_anything_starts() {
+    let env = TestEnv::new();
+    for (config, why) in [
+        (json!({"command": []}), "an empty command"),
+        (
+            json!({"command": ["x"], "ports": ["admin"]}),
+            "a port the engine did not allocate",
+        ),
+        (
+            json!({"command": ["x"], "health": {"http": "/"}}),
+            "an http check without a port",
+        ),
+        (
+            json!({"command": ["x"], "ports": ["http"], "health": {"http": "/", "tcp": "http"}}),
+            "two checks",
+        ),
+        (
+            json!({"command": ["x"], "restart": "sometimes"}),
+            "an unknown restart policy",
+        ),
+        (json!({"command": ["x"], "replicas": 2}), "an unknown field"),
+    ] {
+        let err = env
+            .process()
+            .create(env.ctx("bad"), &config)
+            .expect_err(why);
+        assert!(
+            matches!(err, ProviderError::Config(_)),
+            "{why} is a configuration error: {err:?}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(&env.dirs.run)
+            .expect("list run")
+            .next()
+            .is_none(),
+        "a rejected configuration starts no supervisor"
+    );
+}
+
+#[test]
+fn a_supervisor_program_that_cannot_start_fails_create_naming_it() {
+    let mut env = TestEnv::new();
+    env.settings.supervisor = vec!["/nonexistent/slipway".into(), "__supervise".into()];
+    let err = env
+        .process()
+        .create(env.ctx("api"), &server_config())
+        .expect_err("create fails without a supervisor");
+    let text = err.to_string();
+    assert!(
+        text.contains("/nonexistent/slipway"),
+        "the error names the supervisor program: {text}"
+    );
+    assert!(
+        std::fs::read_dir(&env.dirs.run)
+            .expect("list run")
+            .next()
+            .is_none(),
+        "a failed start leaves no spec behind:\n{}",
+        env.report()
+    );
+}
+
+#[test]
+fn a_process_whose_program_does_not_exist_fails_wait_ready_saying_so() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["no-such-program-slipway"]});
+    let applied = env.create(&mut cleanup, "ghost", &config);
+    let err = env
+        .process()
+        .wait_ready(
+            env.ctx("ghost"),
+            &config,
+            &applied,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .expect_err("a program that cannot start never becomes ready");
+    let ProviderError::Failed {
+        message, log_tail, ..
+    } = &err
+    else {
+        panic!("a failed start is ProviderError::Failed, got {err:?}");
+    };
+    assert!(
+        message.contains("failed to start `no-such-program-slipway`"),
+        "the message says the program could not start: {message}"
+    );
+    assert!(
+        log_tail
+            .as_deref()
+            .is_some_and(|t| t.contains("no-such-program-slipway")),
+        "the log tail has the supervisor's notes: {log_tail:?}"
+    );
+    env.process()
+        .delete(env.ctx("ghost"), Some(&applied.live))
+        .expect("delete");
+}
