@@ -436,29 +436,10 @@ fn the_schema_agrees_with_the_parser() {
     }
 }
 
-/// YAML → JSON through `slipway render`-free means: the test's own tiny conversion via python3,
-/// which the machine has, so the schema is checked by an independent YAML reader.
+/// YAML → JSON with serde-saphyr, a reader independent of slipway's own located tree, so
+/// the schema is checked against what another YAML library makes of the file.
 fn yaml_to_json(text: &str) -> Value {
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", "import sys, json\ntry:\n import yaml\nexcept ImportError:\n sys.exit(3)\nprint(json.dumps(yaml.safe_load(sys.stdin)))"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python3 finishes");
-    assert!(
-        out.status.success(),
-        "python3 with PyYAML converts YAML (pip install pyyaml); exit {:?}",
-        out.status.code()
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    serde_saphyr::from_str(text).expect("the YAML parses")
 }
 
 #[test]
