@@ -253,6 +253,13 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         stack.files.push(path.clone());
         cx.file = path.clone();
         let (root, errors) = yaml::parse(&text, limits.yaml);
+        if root.is_none() && errors.is_empty() {
+            cx.err(
+                Pos::new(1, 1),
+                format!("`{path}` is empty"),
+                Some(if included_from.is_none() { "start with `version: 1` and `stack: NAME`; `slipway init` writes an example" } else { "remove the include, or give the file `resources:`, `variables:` or `environments:`" }),
+            );
+        }
         for e in errors {
             let mut d = Diagnostic::error(&path, e.pos, e.message);
             d.hint = e.hint;
