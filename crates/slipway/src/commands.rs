@@ -126,6 +126,12 @@ fn init(dir: &Path) -> Result<ExitCode> {
         std::fs::write(dir.join(name), content)
             .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
     }
+    // The engine's default home is `.slipway/` in the current directory: keep it out of Git.
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, ".slipway/\n")
+            .with_context(|| format!("cannot write {}", ignore.display()))?;
+    }
     let shown = dir.display();
     eprintln!(
         "Wrote a stack to {shown}: slipway.yaml, app.py (an HTTP service) and seed.py (a job)."
@@ -272,11 +278,31 @@ fn plan(
     })
 }
 
+/// Who is acting, recorded with each deployment: `SLIPWAY_USER`, else the login name, else
+/// the name of the user id in /etc/passwd (CI jobs often have no `USER`).
 fn who() -> String {
-    std::env::var("SLIPWAY_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    let from_env = ["SLIPWAY_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    if let Some(name) = from_env {
+        return name;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        });
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    uid.and_then(|uid| {
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == uid)
+            .map(|f| f[0].to_string())
+    })
+    .unwrap_or_else(|| "unknown".into())
 }
 
 fn confirm(question: &str, yes: bool) -> Result<()> {
