@@ -139,70 +139,97 @@ fn apply_serves_restarts_changes_and_destroys() {
     );
 }
 
-#[test]
-fn killing_the_cli_mid_apply_then_applying_again_converges_without_duplicates() {
-    let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
+/// Every round changes every resource, so there is work to interrupt at any moment.
+fn crash_stack(round: usize) -> String {
+    format!(
         r#"version: 1
 stack: crash
-environments: { dev: { track: main } }
+environments: {{ dev: {{ track: main }} }}
 resources:
-  a: { type: process, command: ["sleep", "100000"] }
-  b: { type: process, command: ["sleep", "100001"] }
-  slow: { type: job, command: ["sleep", "3"], depends_on: [a, b] }
-  c: { type: process, command: ["sleep", "100002"], depends_on: [slow] }
-"#,
-    );
-    s.commit("crash test");
-    let mut child = s
-        .cmd(&["apply", "--env", "dev", "--yes"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn apply");
-    wait_for(
-        "the first processes are started",
-        Duration::from_secs(20),
-        || supervisor_state(&s.home, "dev", "b").and(supervisor_state(&s.home, "dev", "a")),
-    );
-    child.kill().expect("SIGKILL the CLI mid-apply");
-    let _ = child.wait();
+  a: {{ type: process, command: ["sleep", "4242000"], env: {{ ROUND: "{round}" }} }}
+  b: {{ type: process, command: ["sleep", "4242001"], env: {{ ROUND: "{round}" }} }}
+  slow: {{ type: job, command: ["sh", "-c", "sleep 0.5 # round {round}"], depends_on: [a, b] }}
+  conf: {{ type: file, path: conf.txt, content: "round {round}" }}
+  c: {{ type: process, command: ["sleep", "4242002"], env: {{ CONF: "${{resources.conf.path}}", ROUND: "{round}" }}, depends_on: [slow] }}
+"#
+    )
+}
 
-    let report = s.json(&["apply", "--env", "dev", "--yes", "--output", "json"]);
-    assert_eq!(
-        report["succeeded"], true,
-        "the second apply converges: {report}"
-    );
-    for (name, arg) in [("a", "100000"), ("b", "100001"), ("c", "100002")] {
-        let running: Vec<_> = s
+/// Exactly one supervisor and one process per process resource: nothing duplicated, nothing
+/// orphaned.
+fn assert_one_of_each(s: &Sandbox, when: &str) {
+    for (name, arg) in [("a", "4242000"), ("b", "4242001"), ("c", "4242002")] {
+        let supervisors: Vec<_> = s
             .processes()
             .into_iter()
             .filter(|(_, cmd)| cmd.contains(&format!("/run/{name}.spec.json")))
             .collect();
         assert_eq!(
-            running.len(),
+            supervisors.len(),
             1,
-            "exactly one supervisor for `{name}`: {running:?}"
+            "{when}: exactly one supervisor for `{name}`: {supervisors:?}"
         );
-        let sleeps = processes_mentioning(&format!("sleep {arg}"));
+        let children: Vec<_> = processes_mentioning(&format!("sleep {arg}"))
+            .into_iter()
+            .filter(|(_, c)| !c.contains("slipway"))
+            .collect();
         assert_eq!(
-            sleeps.len(),
+            children.len(),
             1,
-            "exactly one `{name}` process, no duplicate and no orphan: {sleeps:?}"
+            "{when}: exactly one `{name}` process, no duplicate and no orphan: {children:?}"
         );
     }
+}
+
+#[test]
+fn killing_the_cli_mid_apply_then_applying_again_converges_without_duplicates() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", &crash_stack(0));
+    s.commit("crash test");
+    // SIGKILL the CLI at several points: before anything, while processes start, while the job
+    // runs, near the end. Each time, a second apply converges.
+    for (round, delay_ms) in [0u64, 60, 250, 500, 900, 1200].into_iter().enumerate() {
+        let mut child = s
+            .cmd(&["apply", "--env", "dev", "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn apply");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL the CLI mid-apply");
+        let _ = child.wait();
+        let report = s.json(&["apply", "--env", "dev", "--yes", "--output", "json"]);
+        assert_eq!(
+            report["succeeded"], true,
+            "round {round}: the apply after a kill at {delay_ms} ms converges: {report}"
+        );
+        assert_one_of_each(&s, &format!("after a kill at {delay_ms} ms"));
+        s.expect_code(&["plan", "--env", "dev", "--detailed-exitcode"], 0);
+        let history = s.json(&["history", "--env", "dev", "--output", "json"]);
+        let statuses: Vec<&str> = history["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .map(|d| d["status"].as_str().unwrap_or(""))
+            .collect();
+        assert!(
+            !statuses.contains(&"running"),
+            "no deployment is left running after a kill: {statuses:?}"
+        );
+        // Start the next round from a different commit, so that there is work to interrupt.
+        s.write("slipway.yaml", &crash_stack(round + 1));
+        s.commit(&format!("round {round}"));
+    }
     let history = s.json(&["history", "--env", "dev", "--output", "json"]);
-    let statuses: Vec<&str> = history["deployments"]
+    let interrupted = history["deployments"]
         .as_array()
         .expect("deployments")
         .iter()
-        .map(|d| d["status"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(
-        statuses,
-        vec!["succeeded", "interrupted"],
-        "the killed apply is recorded as interrupted"
+        .filter(|d| d["status"] == "interrupted")
+        .count();
+    assert!(
+        interrupted >= 1,
+        "killed applies that had begun are recorded as interrupted: {history}"
     );
     s.ok(&["destroy", "--env", "dev", "--yes"]);
     assert!(s.processes().is_empty(), "destroy leaves nothing running");
@@ -218,7 +245,7 @@ stack: fail
 environments: { dev: { track: main } }
 resources:
   migrate: { type: job, command: ["sh", "-c", "echo migrating; echo boom >&2; exit 3"] }
-  api: { type: process, command: ["sleep", "100003"], depends_on: [migrate] }
+  api: { type: process, command: ["sleep", "4242003"], depends_on: [migrate] }
   other: { type: file, path: ok.txt, content: fine }
 "#,
     );
@@ -252,7 +279,7 @@ resources:
         "independent resources still apply"
     );
     assert!(
-        processes_mentioning("sleep 100003").is_empty(),
+        processes_mentioning("sleep 4242003").is_empty(),
         "the skipped process was never started"
     );
     let history = s.json(&["history", "--env", "dev", "--output", "json"]);

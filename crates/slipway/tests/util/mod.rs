@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,6 +19,7 @@ pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
     pub home: PathBuf,
+    pub config: PathBuf,
 }
 
 pub fn git(cwd: &Path, args: &[&str]) -> String {
@@ -53,7 +55,23 @@ impl Sandbox {
         let home = dir.path().join("home");
         std::fs::create_dir_all(&repo).expect("mkdir repo");
         git(&repo, &["init", "-q", "-b", "main"]);
-        Sandbox { dir, repo, home }
+        // Tests run in parallel: each sandbox allocates from its own port range, so that two
+        // engines never both find a port free and race to bind it.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let slot = (std::process::id() % 40) * 200 + NEXT.fetch_add(1, Ordering::Relaxed) % 10 * 20;
+        let low = 21000 + slot;
+        let config = dir.path().join("engine.toml");
+        std::fs::write(
+            &config,
+            format!("[local]\nports = \"{low}-{}\"\n", low + 19),
+        )
+        .expect("write the engine config");
+        Sandbox {
+            dir,
+            repo,
+            home,
+            config,
+        }
     }
 
     pub fn write(&self, path: &str, content: &str) -> &Sandbox {
@@ -79,7 +97,7 @@ impl Sandbox {
             .env("SLIPWAY_HOME", &self.home)
             .env("NO_COLOR", "1")
             .env("SLIPWAY_USER", "tester")
-            .env_remove("SLIPWAY_CONFIG");
+            .env("SLIPWAY_CONFIG", &self.config);
         c
     }
 
@@ -138,6 +156,24 @@ impl Sandbox {
 impl Drop for Sandbox {
     /// Nothing a test starts outlives it: supervisors and their children are killed by group.
     fn drop(&mut self) {
+        // Children run in their own process groups: kill those named in supervisor state
+        // files first, then everything that mentions the sandbox (supervisors, jobs).
+        for state in walk(&self.home.join("envs")).into_iter().filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.parent().is_some_and(|d| d.ends_with("run"))
+        }) {
+            let Ok(text) = std::fs::read_to_string(&state) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if let Some(pid) = v["child"]["pid"].as_i64() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .output();
+            }
+        }
         for (pid, _) in self.processes() {
             // SAFETY-free: plain syscalls through the kill command keep this harness simple.
             let _ = Command::new("kill")
