@@ -1096,7 +1096,7 @@ pub(crate) fn visit_templates(node: &Node, kind: FieldKind, f: &mut dyn FnMut(&s
         (
             Value::Str(s),
             FieldKind::Str | FieldKind::RelPath | FieldKind::StrList | FieldKind::Any,
-        ) => f(s, node.pos),
+        ) => f(s, node.content_pos()),
         (Value::Seq(items), FieldKind::StrList | FieldKind::Any) => {
             for item in items {
                 visit_templates(item, kind, f);
@@ -1105,7 +1105,7 @@ pub(crate) fn visit_templates(node: &Node, kind: FieldKind, f: &mut dyn FnMut(&s
         (Value::Map(entries), FieldKind::StrMap) => {
             for (_, v) in entries {
                 if let Value::Str(s) = &v.value {
-                    f(s, v.pos);
+                    f(s, v.content_pos());
                 }
             }
         }

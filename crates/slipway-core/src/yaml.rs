@@ -18,6 +18,19 @@ pub struct Node {
     pub pos: Pos,
     /// The value.
     pub value: Value,
+    /// Whether it was written as a quoted scalar (its text starts one column after `pos`).
+    pub quoted: bool,
+}
+
+impl Node {
+    /// Where the scalar's text starts: after the opening quote of a quoted scalar.
+    pub fn content_pos(&self) -> Pos {
+        if self.quoted {
+            Pos::new(self.pos.line, self.pos.col + 1)
+        } else {
+            self.pos
+        }
+    }
 }
 
 /// A YAML value. Mapping keys keep their nodes so that errors about a key point at the key.
@@ -186,7 +199,8 @@ impl Builder {
                 } else {
                     Value::Str(text.into_owned())
                 };
-                self.push(Node { pos, value }, anchor)?;
+                let quoted = matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted);
+                self.push(Node { pos, value, quoted }, anchor)?;
             }
             Event::SequenceStart(anchor, _) => {
                 self.enter(pos)?;
@@ -211,6 +225,7 @@ impl Builder {
                         Node {
                             pos,
                             value: Value::Seq(items),
+                            quoted: false,
                         },
                         anchor,
                     )?;
@@ -229,6 +244,7 @@ impl Builder {
                         Node {
                             pos,
                             value: Value::Map(entries),
+                            quoted: false,
                         },
                         anchor,
                     )?;

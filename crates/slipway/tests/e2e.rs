@@ -335,7 +335,7 @@ fn validate_reports_every_problem_with_its_location() {
     );
     assert!(err.contains("did you mean `command`?"), "{err}");
     assert!(
-        err.contains("slipway.yaml:5:29: error: unknown variable `nope`"),
+        err.contains("slipway.yaml:5:30: error: unknown variable `nope`"),
         "{err}"
     );
     let out = s.expect_code(&["validate", "--output", "json"], 1);
