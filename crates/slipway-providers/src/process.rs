@@ -391,6 +391,7 @@ impl Provider for ProcessProvider {
             log_tail: logfile::tail(&log_file, TAIL_LINES),
             retry,
         };
+        let mut attempt: u32 = 0;
         loop {
             let state = read_state(&state_path(ctx)).filter(|s| s.supervisor == live.supervisor());
             let Some(state) = state.filter(|_| live.supervisor().is_alive()) else {
@@ -448,7 +449,11 @@ impl Provider for ProcessProvider {
                 .health
                 .as_ref()
                 .map_or(Duration::from_millis(100), |h| h.interval);
-            std::thread::sleep(interval.min(deadline - now));
+            // Most services are up within a few hundred milliseconds: check quickly at first,
+            // then back off to the configured interval.
+            let ramp = Duration::from_millis(25) * 2u32.saturating_pow(attempt.min(10));
+            attempt += 1;
+            std::thread::sleep(interval.min(ramp).min(deadline - now));
         }
     }
 }
