@@ -33,4 +33,4 @@ mod spec;
 pub use error::GitError;
 pub use export::remove_export;
 pub use repository::GitRepository;
-pub use source::{Commit, EntryKind, Source, TreeEntry};
+pub use source::{Branch, Commit, EntryKind, Source, TreeEntry};

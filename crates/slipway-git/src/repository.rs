@@ -11,7 +11,7 @@ use crate::export::{export, partial_sibling};
 use crate::listing::list_tree;
 use crate::objects::{ObjectReader, ObjectTree};
 use crate::path::{Resolved, Target, check_path, resolve};
-use crate::source::{Commit, Source, TreeEntry};
+use crate::source::{Branch, Commit, Source, TreeEntry};
 use crate::spec::{self, Location, RemoteUrl};
 
 /// A repository read through the `git` CLI: a local work tree or bare repository, read live,
@@ -316,6 +316,28 @@ impl Source for GitRepository {
     fn export(&self, commit: &str, subdir: &str, dest: &Path) -> Result<(), GitError> {
         check_commit(commit)?;
         export(&self.git, commit, &self.location, subdir, dest)
+    }
+
+    fn branches(&self) -> Result<Vec<Branch>, GitError> {
+        let stdout = self.git.run([
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/heads/",
+        ])?;
+        let text = String::from_utf8_lossy(&stdout);
+        let mut branches: Vec<Branch> = text
+            .lines()
+            .filter_map(|line| {
+                let (sha, refname) = line.split_once(' ')?;
+                let name = refname.strip_prefix("refs/heads/")?;
+                (sha.len() == 40 && !name.is_empty()).then(|| Branch {
+                    name: name.to_owned(),
+                    sha: sha.to_owned(),
+                })
+            })
+            .collect();
+        branches.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(branches)
     }
 
     fn fetch(&self) -> Result<(), GitError> {

@@ -45,6 +45,19 @@ pub trait Source: Send + Sync {
     /// Brings a mirrored remote up to date; does nothing for a local repository, which is read
     /// live.
     fn fetch(&self) -> Result<(), GitError>;
+
+    /// Every branch with the commit it points at, sorted by name. Branch names are attacker
+    /// input (anyone who can push names them): callers must not trust them as identifiers.
+    fn branches(&self) -> Result<Vec<Branch>, GitError>;
+}
+
+/// A branch and the commit at its tip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// Its name without `refs/heads/`, e.g. `feature/login`.
+    pub name: String,
+    /// The full commit id at its tip.
+    pub sha: String,
 }
 
 /// A commit, as [`Source::resolve`] found it.

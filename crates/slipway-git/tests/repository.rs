@@ -917,3 +917,23 @@ fn local_paths_open_work_trees_subdirectories_and_bare_repositories() {
         "a missing directory is not a repository"
     );
 }
+
+#[test]
+fn branches_are_listed_with_their_tips_even_with_hostile_names() {
+    let fixture = Fixture::new();
+    let first = fixture.write("a", "1").commit("one");
+    git(&fixture.repo, &["branch", "feature/login"]);
+    git(&fixture.repo, &["branch", "$(touch_x)"]);
+    let repo = fixture.open();
+    let branches = repo.branches().expect("list branches");
+    let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["$(touch_x)", "feature/login", "main"],
+        "every branch, sorted, names as they are"
+    );
+    assert!(
+        branches.iter().all(|b| b.sha == first),
+        "each branch points at its tip"
+    );
+}
