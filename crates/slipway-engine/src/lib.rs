@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -149,6 +150,41 @@ pub struct Prepared {
     pub folder: String,
     /// Whether the environment is protected.
     pub protected: bool,
+    /// Whether drift is repaired.
+    pub self_heal: bool,
+    /// How long it lives, for a generated or ad-hoc environment.
+    pub ttl: Option<Duration>,
+    /// Who made it.
+    pub owner: Option<String>,
+}
+
+/// Which environment an operation is for, and how it came to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvTarget {
+    /// Its name, a DNS label.
+    pub name: String,
+    /// The `environments:` entry that gives its variables: itself for a static environment,
+    /// a family (or another environment, `--like prod`) otherwise.
+    pub definition: String,
+    /// How it came to be.
+    pub kind: EnvKind,
+    /// Who made it (ad-hoc environments).
+    pub owner: Option<String>,
+    /// How long it lives; `None` takes the definition's `ttl`, if any.
+    pub ttl: Option<Duration>,
+}
+
+impl EnvTarget {
+    /// A static environment: its own definition.
+    pub fn static_env(name: &str) -> EnvTarget {
+        EnvTarget {
+            name: name.to_string(),
+            definition: name.to_string(),
+            kind: EnvKind::Static,
+            owner: None,
+            ttl: None,
+        }
+    }
 }
 
 /// The engine, over one home directory.
@@ -268,9 +304,44 @@ impl Engine {
         }
     }
 
-    /// Loads, renders and plans `environment` at `origin`. Read-only: safe without the lock,
-    /// but [`Engine::apply`] wants a plan made under it.
-    pub fn prepare(&self, origin: &Origin<'_>, environment: &str) -> Result<Prepared, EngineError> {
+    /// The target for an environment named on the command line: what the store recorded of
+    /// it (a generated or ad-hoc environment keeps its family), or a static environment of
+    /// that name.
+    pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
+        Ok(match self.store.environment(name)? {
+            Some(record) => EnvTarget {
+                name: record.name.clone(),
+                definition: record
+                    .definition
+                    .clone()
+                    .unwrap_or_else(|| record.name.clone()),
+                kind: match record.kind.as_str() {
+                    "generated" => EnvKind::Generated,
+                    "adhoc" => EnvKind::Adhoc,
+                    _ => EnvKind::Static,
+                },
+                owner: record.owner.clone(),
+                ttl: record
+                    .ttl_ms
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            },
+            None => EnvTarget::static_env(name),
+        })
+    }
+
+    /// Loads, renders and plans the `target` environment at `origin`. Read-only: safe without
+    /// the lock, but [`Engine::apply`] wants a plan made under it.
+    pub fn prepare(
+        &self,
+        origin: &Origin<'_>,
+        target: &EnvTarget,
+    ) -> Result<Prepared, EngineError> {
+        let environment = target.name.as_str();
+        if !slipway_core::stack::is_dns_label(environment) {
+            return Err(EngineError::Environment(format!(
+                "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
+            )));
+        }
         let loaded = source::load_commit(origin.source, origin.reference, origin.folder)?;
         if loaded.loaded.has_errors() {
             return Err(EngineError::Invalid {
@@ -283,32 +354,30 @@ impl Engine {
             .stack
             .as_ref()
             .expect("a stack without errors is present");
-        let def = stack.environments.get(environment).ok_or_else(|| {
+        let def = stack.environments.get(&target.definition).ok_or_else(|| {
             let known: Vec<&str> = stack.environments.keys().map(String::as_str).collect();
             EngineError::Environment(format!(
-                "no environment `{environment}` in {}; it defines: {}",
+                "no environment `{}` in {}; it defines: {}",
+                target.definition,
                 loaded.entry,
                 known.join(", ")
             ))
         })?;
-        if def.generate.is_some() {
+        if def.generate.is_some() && target.kind == EnvKind::Static {
             return Err(EngineError::Environment(format!(
-                "`{environment}` is a family that generates environments; `slipway serve` creates its members (one per pull request or branch)"
+                "`{}` is a family that generates environments: `slipway serve` creates its members (one per pull request or branch), and `slipway env create NAME --like {}` makes one by hand",
+                target.definition, target.definition
             )));
         }
         let files = origin.source.list_files(&loaded.commit.sha)?;
         let sources = source::source_hashes(&files, &loaded.folder, &stack.files, &stack.resources);
-        let desired = render::render(
-            stack,
-            Target {
-                name: environment,
-                definition: environment,
-                kind: EnvKind::Static,
-            },
-            &loaded.commit.sha,
-            &sources,
-        )
-        .map_err(|e| EngineError::Environment(e.to_string()))?;
+        let render_target = Target {
+            name: environment,
+            definition: &target.definition,
+            kind: target.kind,
+        };
+        let desired = render::render(stack, render_target, &loaded.commit.sha, &sources)
+            .map_err(|e| EngineError::Environment(e.to_string()))?;
         let input = self.plan_input(&desired)?;
         let plan = plan::plan(&desired, &input);
         Ok(Prepared {
@@ -319,6 +388,9 @@ impl Engine {
             repo: origin.repo.to_string(),
             folder: loaded.folder,
             protected: def.protected,
+            self_heal: def.self_heal,
+            ttl: target.ttl.or(def.ttl),
+            owner: target.owner.clone(),
         })
     }
 
@@ -426,9 +498,23 @@ impl Engine {
                 pinned: false,
                 created_at: now,
                 updated_at: now,
+                definition: None,
             });
         record.repo = prepared.repo.clone();
         record.stack = prepared.desired.stack.clone();
+        record.kind = prepared.desired.environment.kind.as_str().to_string();
+        record.definition = Some(prepared.desired.environment.definition.clone());
+        if record.owner.is_none() {
+            record.owner = prepared.owner.clone();
+        }
+        if record.expires_at.is_none()
+            && prepared.desired.environment.kind != EnvKind::Static
+            && let Some(ttl) = prepared.ttl
+        {
+            let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            record.ttl_ms = Some(ms);
+            record.expires_at = Some(now.saturating_add(ms));
+        }
         record.tracked_ref = Some(prepared.reference.clone());
         record.desired_commit = Some(prepared.commit.sha.clone());
         record.sync = sync.to_string();

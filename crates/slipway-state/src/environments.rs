@@ -51,11 +51,15 @@ pub struct EnvironmentRecord {
     pub created_at: i64,
     /// When it was last written, unix milliseconds.
     pub updated_at: i64,
+    /// The `environments:` entry it follows: itself for a static environment, its family for
+    /// a generated or ad-hoc one (`None` in records written before this was kept).
+    #[serde(default)]
+    pub definition: Option<String>,
 }
 
 const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
                        hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
-                       created_at, updated_at";
+                       created_at, updated_at, definition";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
     Ok(EnvironmentRecord {
@@ -76,6 +80,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
         pinned: row.get(14)?,
         created_at: row.get(15)?,
         updated_at: row.get(16)?,
+        definition: row.get(17)?,
     })
 }
 
@@ -95,7 +100,7 @@ impl Store {
                 &format!(
                     "INSERT INTO environments ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-                             ?16, ?17) \
+                             ?16, ?17, ?18) \
                      ON CONFLICT (name) DO UPDATE SET \
                        kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
                        tracked_ref = excluded.tracked_ref, \
@@ -104,7 +109,8 @@ impl Store {
                        sync = excluded.sync, health = excluded.health, \
                        message = excluded.message, owner = excluded.owner, \
                        ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
-                       pinned = excluded.pinned, updated_at = excluded.updated_at"
+                       pinned = excluded.pinned, updated_at = excluded.updated_at, \
+                       definition = excluded.definition"
                 ),
                 params![
                     record.name,
@@ -124,6 +130,7 @@ impl Store {
                     record.pinned,
                     record.created_at,
                     record.updated_at,
+                    record.definition,
                 ],
             )
             .map_err(sql(format!("record environment {}", record.name)))?;

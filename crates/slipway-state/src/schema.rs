@@ -87,6 +87,29 @@ CREATE TABLE events (
     at             INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX events_by_environment ON events (environment, id);
+"#, r#"
+ALTER TABLE environments ADD COLUMN definition TEXT;
+
+CREATE TABLE tokens (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash           TEXT NOT NULL UNIQUE,
+    role           TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    last_used_at   INTEGER,
+    revoked_at     INTEGER
+) STRICT;
+
+CREATE TABLE audit (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             INTEGER NOT NULL,
+    who            TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    target         TEXT,
+    outcome        TEXT NOT NULL,
+    detail         TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_by_time ON audit (at);
 "#];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -36,6 +36,7 @@ fn environment(name: &str) -> EnvironmentRecord {
         pinned: false,
         created_at: 1_000,
         updated_at: 1_000,
+        definition: Some("prod".to_owned()),
     }
 }
 

@@ -214,7 +214,8 @@ fn prepare(
         reference,
         folder,
     };
-    match engine.prepare(&origin, env) {
+    let target = engine.target_for(env)?;
+    match engine.prepare(&origin, &target) {
         Err(EngineError::Invalid {
             diagnostics,
             commit,
