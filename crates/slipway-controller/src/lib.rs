@@ -1,0 +1,443 @@
+//! Slipway's controller: keeps every environment converged to Git, continuously.
+//!
+//! Start with [`Controller`]: build it over an [`Engine`](slipway_engine::Engine) and a
+//! repository, then `run` it. It is the kube-runtime / Flux shape: every reason to look at an
+//! environment is one closed [`Trigger`]; triggers land in a [`queue::Queue`] with one slot per
+//! environment; workers take due environments, at most `concurrency` at once and one
+//! operation per environment, and run the idempotent [`reconcile`](Controller) on a blocking
+//! thread; the result is a requeue (the periodic safety net) or, on error, a retry with
+//! exponential backoff and jitter. A failing environment never blocks another.
+//!
+//! # Guarantees
+//! - Reconcile is safe to re-run after a crash at any line: it only ever plans from the
+//!   recorded state and what it observes, and the engine records ownership before acting.
+//!   On start every recorded environment is reconciled, which finishes or redoes whatever a
+//!   killed controller left half-done.
+//! - A commit that does not validate, or whose apply fails, marks the environment `failed`
+//!   with the reason and leaves the running version up.
+#![deny(missing_docs)]
+
+pub mod discover;
+pub mod metrics;
+pub mod queue;
+mod reconcile;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use slipway_core::render::EnvKind;
+use slipway_engine::{Engine, EngineError, EnvTarget};
+use slipway_git::Source;
+use slipway_state::EnvironmentRecord;
+use tokio::sync::Notify;
+
+pub use metrics::Metrics;
+
+/// Why an environment is being looked at. Closed: every source of work is one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The repository was polled and the environment's ref moved (or it is new).
+    Poll,
+    /// A webhook said something was pushed.
+    Push,
+    /// The periodic requeue, the safety net for missed events.
+    Timer,
+    /// The drift interval: observe and repair.
+    Drift,
+    /// A person asked (sync, create, rollback, pin).
+    Manual,
+    /// Its time to live has passed.
+    Ttl,
+}
+
+/// How the controller paces itself. Every field has a default.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often the repository is fetched and environments discovered.
+    pub poll_interval: Duration,
+    /// How often every environment is observed for drift.
+    pub drift_interval: Duration,
+    /// The safety-net requeue after a successful reconcile.
+    pub requeue_interval: Duration,
+    /// Most environments reconciled at once.
+    pub concurrency: usize,
+    /// The longest retry backoff.
+    pub max_backoff: Duration,
+    /// The ref whose `slipway.yaml` says which environments exist.
+    pub default_ref: String,
+    /// Resources changing at once inside one apply.
+    pub parallelism: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            poll_interval: Duration::from_secs(15),
+            drift_interval: Duration::from_secs(30),
+            requeue_interval: Duration::from_secs(300),
+            concurrency: 4,
+            max_backoff: Duration::from_secs(300),
+            default_ref: "HEAD".into(),
+            parallelism: 8,
+        }
+    }
+}
+
+/// A request to make an ad-hoc environment.
+#[derive(Debug, Clone, Default)]
+pub struct CreateEnvironment {
+    /// Its name, a DNS label.
+    pub name: String,
+    /// The branch, tag or commit it runs.
+    pub reference: String,
+    /// The `environments:` entry whose variables it takes; default: the only family.
+    pub like: Option<String>,
+    /// How long it lives; default: the family's `ttl`.
+    pub ttl: Option<Duration>,
+    /// Who asked.
+    pub owner: Option<String>,
+}
+
+/// What a controller operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store failed.
+    #[error(transparent)]
+    State(#[from] slipway_state::StateError),
+    /// Git failed.
+    #[error(transparent)]
+    Git(#[from] slipway_git::GitError),
+    /// The environment does not exist.
+    #[error("environment `{0}` does not exist")]
+    NotFound(String),
+    /// The request cannot be done as asked; the message says why and what to do.
+    #[error("{0}")]
+    Invalid(String),
+    /// A blocking task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub(crate) struct Inner {
+    pub engine: Arc<Engine>,
+    pub source: Arc<dyn Source>,
+    pub repo_label: String,
+    pub folder: String,
+    pub options: Options,
+    pub queue: Mutex<queue::Queue>,
+    pub wake: Notify,
+    pub metrics: Metrics,
+}
+
+/// The controller. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+impl Controller {
+    /// A controller over `engine`, reading `source` (named `repo_label` in records), with the
+    /// stack in `folder` (`""` or `deploy/`).
+    pub fn new(
+        engine: Arc<Engine>,
+        source: Arc<dyn Source>,
+        repo_label: &str,
+        folder: &str,
+        options: Options,
+    ) -> Controller {
+        Controller {
+            inner: Arc::new(Inner {
+                engine,
+                source,
+                repo_label: repo_label.to_string(),
+                folder: folder.to_string(),
+                options,
+                queue: Mutex::new(queue::Queue::default()),
+                wake: Notify::new(),
+                metrics: Metrics::default(),
+            }),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.inner.engine
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Queued and running reconciles.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let q = self
+            .inner
+            .queue
+            .lock()
+            .expect("the queue lock is never poisoned");
+        (q.depth(), q.running())
+    }
+
+    /// Asks for `env` to be reconciled now.
+    pub fn enqueue(&self, env: &str, trigger: Trigger) {
+        self.enqueue_at(env, trigger, Instant::now());
+    }
+
+    fn enqueue_at(&self, env: &str, trigger: Trigger, due: Instant) {
+        self.inner
+            .queue
+            .lock()
+            .expect("the queue lock is never poisoned")
+            .push(env, trigger, due);
+        self.inner.wake.notify_one();
+    }
+
+    /// Fetches the repository and brings the set of environments in line with it now (what
+    /// the poll does; webhooks and the API call it for an immediate refresh).
+    pub async fn refresh(&self) -> Result<(), ControllerError> {
+        let inner = self.inner.clone();
+        let changed = tokio::task::spawn_blocking(move || reconcile::discover(&inner))
+            .await
+            .map_err(|e| ControllerError::Internal(e.to_string()))??;
+        for (env, trigger) in changed {
+            self.enqueue(&env, trigger);
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown` completes: polling, drift and TTL ticks, and the workers.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        // Crash safety: look at every recorded environment once on start.
+        if let Ok(envs) = self.inner.engine.store().environments() {
+            for env in envs {
+                self.enqueue(&env.name, Trigger::Timer);
+            }
+        }
+        let _ = self.refresh().await;
+        let mut poll = tokio::time::interval(self.inner.options.poll_interval);
+        let mut drift = tokio::time::interval(self.inner.options.drift_interval);
+        let mut ttl = tokio::time::interval(Duration::from_secs(1));
+        for timer in [&mut poll, &mut drift, &mut ttl] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.tick().await;
+        }
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(
+            self.inner.options.concurrency.max(1),
+        ));
+        loop {
+            self.start_due(&semaphore);
+            let next = self
+                .inner
+                .queue
+                .lock()
+                .expect("the queue lock is never poisoned")
+                .next_due();
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            ));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.inner.wake.notified() => {}
+                _ = sleep => {}
+                _ = poll.tick() => {
+                    let this = self.clone();
+                    tokio::spawn(async move { let _ = this.refresh().await; });
+                }
+                _ = drift.tick() => {
+                    if let Ok(envs) = self.inner.engine.store().environments() {
+                        for env in envs {
+                            self.enqueue(&env.name, Trigger::Drift);
+                        }
+                    }
+                }
+                _ = ttl.tick() => {
+                    let now = slipway_state::now_ms();
+                    if let Ok(envs) = self.inner.engine.store().environments() {
+                        for env in envs.into_iter().filter(|e| e.expires_at.is_some_and(|at| at <= now)) {
+                            self.enqueue(&env.name, Trigger::Ttl);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts every due environment there is a worker for.
+    fn start_due(&self, semaphore: &Arc<tokio::sync::Semaphore>) {
+        loop {
+            let Ok(permit) = semaphore.clone().try_acquire_owned() else {
+                return;
+            };
+            let next = self
+                .inner
+                .queue
+                .lock()
+                .expect("the queue lock is never poisoned")
+                .pop_due(Instant::now());
+            let Some((env, trigger)) = next else { return };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let inner = this.inner.clone();
+                let name = env.clone();
+                let started = Instant::now();
+                let result = tokio::task::spawn_blocking(move || {
+                    reconcile::reconcile(&inner, &name, trigger)
+                })
+                .await;
+                let elapsed = started.elapsed();
+                let outcome = match result {
+                    Ok(Ok(action)) => Ok(action),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("reconcile of `{env}` panicked: {e}")),
+                };
+                this.inner
+                    .metrics
+                    .observe_reconcile(elapsed, outcome.is_ok());
+                let retry = this
+                    .inner
+                    .queue
+                    .lock()
+                    .expect("the queue lock is never poisoned")
+                    .done(&env, outcome.is_err(), this.inner.options.max_backoff);
+                match (outcome, retry) {
+                    (Ok(reconcile::Action::Requeue(after)), _) => {
+                        this.enqueue_at(&env, Trigger::Timer, Instant::now() + after)
+                    }
+                    (Ok(reconcile::Action::Done), _) => this
+                        .inner
+                        .queue
+                        .lock()
+                        .expect("the queue lock is never poisoned")
+                        .forget(&env),
+                    (Err(_), Some(backoff)) => {
+                        this.enqueue_at(&env, Trigger::Timer, Instant::now() + backoff)
+                    }
+                    (Err(_), None) => {}
+                }
+                drop(permit);
+                this.inner.wake.notify_one();
+            });
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, ControllerError> + Send + 'static,
+    ) -> Result<T, ControllerError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| ControllerError::Internal(e.to_string()))?
+    }
+
+    /// Creates an ad-hoc environment and queues its first deployment.
+    pub async fn create_environment(
+        &self,
+        request: CreateEnvironment,
+    ) -> Result<EnvironmentRecord, ControllerError> {
+        let record = self
+            .blocking(move |inner| reconcile::create_adhoc(inner, &request))
+            .await?;
+        self.enqueue(&record.name, Trigger::Manual);
+        Ok(record)
+    }
+
+    /// Destroys an environment now (waiting for any operation on it to finish).
+    pub async fn destroy_environment(&self, name: &str, who: &str) -> Result<(), ControllerError> {
+        let (name, who) = (name.to_string(), who.to_string());
+        let forget = name.clone();
+        self.blocking(move |inner| reconcile::destroy(inner, &name, &who, "destroyed on request"))
+            .await?;
+        self.inner
+            .queue
+            .lock()
+            .expect("the queue lock is never poisoned")
+            .forget(&forget);
+        Ok(())
+    }
+
+    /// Pushes an environment's expiry `by` later (from now if it had none).
+    pub async fn extend(
+        &self,
+        name: &str,
+        by: Duration,
+    ) -> Result<EnvironmentRecord, ControllerError> {
+        let name = name.to_string();
+        self.blocking(move |inner| reconcile::extend(inner, &name, by))
+            .await
+    }
+
+    /// Pins an environment to `commit` (default: the one it runs): it stops following its ref.
+    pub async fn pin(
+        &self,
+        name: &str,
+        commit: Option<String>,
+    ) -> Result<EnvironmentRecord, ControllerError> {
+        let n = name.to_string();
+        let record = self
+            .blocking(move |inner| reconcile::pin(inner, &n, commit))
+            .await?;
+        self.enqueue(name, Trigger::Manual);
+        Ok(record)
+    }
+
+    /// Lets a pinned environment follow its ref again.
+    pub async fn unpin(&self, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+        let n = name.to_string();
+        let record = self
+            .blocking(move |inner| reconcile::unpin(inner, &n))
+            .await?;
+        self.enqueue(name, Trigger::Manual);
+        Ok(record)
+    }
+
+    /// Rolls an environment back to the commit of an earlier deployment (and pins it there).
+    pub async fn rollback(
+        &self,
+        name: &str,
+        deployment: i64,
+    ) -> Result<EnvironmentRecord, ControllerError> {
+        let n = name.to_string();
+        let record = self
+            .blocking(move |inner| {
+                let d = inner.engine.store().deployment(deployment)?.filter(|d| d.environment == n && !d.commit.is_empty());
+                let Some(d) = d else {
+                    return Err(ControllerError::Invalid(format!("deployment #{deployment} is not a deployment of `{n}`; `slipway history --env {n}` lists them")));
+                };
+                reconcile::pin(inner, &n, Some(d.commit))
+            })
+            .await?;
+        self.enqueue(name, Trigger::Manual);
+        Ok(record)
+    }
+}
+
+pub(crate) fn kind_of(record: &EnvironmentRecord) -> EnvKind {
+    match record.kind.as_str() {
+        "generated" => EnvKind::Generated,
+        "adhoc" => EnvKind::Adhoc,
+        _ => EnvKind::Static,
+    }
+}
+
+pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
+    EnvTarget {
+        name: record.name.clone(),
+        definition: record
+            .definition
+            .clone()
+            .unwrap_or_else(|| record.name.clone()),
+        kind: kind_of(record),
+        owner: record.owner.clone(),
+        ttl: record
+            .ttl_ms
+            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+    }
+}

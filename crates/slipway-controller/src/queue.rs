@@ -1,0 +1,162 @@
+//! The work queue: one slot per environment (kube-runtime's scheduler shape). Pure: time is
+//! passed in, so it is tested without a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::Trigger;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    due: Instant,
+    trigger: Trigger,
+}
+
+/// Pending reconciles, at most one per environment, plus which are running.
+#[derive(Debug, Default)]
+pub struct Queue {
+    slots: BTreeMap<String, Slot>,
+    running: BTreeSet<String>,
+    failures: BTreeMap<String, u32>,
+}
+
+impl Queue {
+    /// Asks for `env` to be reconciled at `due`. An environment already queued keeps one slot,
+    /// due at the earlier time; the trigger of the earlier request wins.
+    pub fn push(&mut self, env: &str, trigger: Trigger, due: Instant) {
+        match self.slots.get_mut(env) {
+            Some(slot) if slot.due <= due => {}
+            Some(slot) => *slot = Slot { due, trigger },
+            None => {
+                self.slots.insert(env.to_string(), Slot { due, trigger });
+            }
+        }
+    }
+
+    /// Removes `env` from the queue (it was destroyed).
+    pub fn forget(&mut self, env: &str) {
+        self.slots.remove(env);
+        self.failures.remove(env);
+    }
+
+    /// The earliest due environment that is not running, if it is due by `now`; it is marked
+    /// running until [`Queue::done`].
+    pub fn pop_due(&mut self, now: Instant) -> Option<(String, Trigger)> {
+        let (env, slot) = self
+            .slots
+            .iter()
+            .filter(|(env, slot)| slot.due <= now && !self.running.contains(*env))
+            .min_by_key(|(_, slot)| slot.due)
+            .map(|(env, slot)| (env.clone(), *slot))?;
+        self.slots.remove(&env);
+        self.running.insert(env.clone());
+        Some((env, slot.trigger))
+    }
+
+    /// When the next queued environment that is not running is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter(|(env, _)| !self.running.contains(*env))
+            .map(|(_, s)| s.due)
+            .min()
+    }
+
+    /// Marks `env` finished. On failure, returns the backoff before the retry (exponential,
+    /// from 1 s to `max`, with ±20% jitter so that many failing environments spread out); on
+    /// success resets it.
+    pub fn done(&mut self, env: &str, failed: bool, max: Duration) -> Option<Duration> {
+        self.running.remove(env);
+        if !failed {
+            self.failures.remove(env);
+            return None;
+        }
+        let count = self.failures.entry(env.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        let base = Duration::from_secs(1)
+            .saturating_mul(2u32.saturating_pow((*count - 1).min(16)))
+            .min(max);
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        Some(base.mul_f64(jitter))
+    }
+
+    /// Queued environments (not counting running ones).
+    pub fn depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Environments being reconciled now.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Consecutive failures of `env`.
+    pub fn failures(&self, env: &str) -> u32 {
+        self.failures.get(env).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_slot_per_environment_due_at_the_earliest_request() {
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        q.push("a", Trigger::Timer, t0 + Duration::from_secs(10));
+        q.push("a", Trigger::Push, t0 + Duration::from_secs(1));
+        q.push("a", Trigger::Drift, t0 + Duration::from_secs(5));
+        assert_eq!(q.depth(), 1, "requests for one environment share a slot");
+        assert_eq!(q.pop_due(t0), None, "nothing is due yet");
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(1)),
+            Some(("a".into(), Trigger::Push))
+        );
+    }
+
+    #[test]
+    fn a_running_environment_is_not_started_twice() {
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        q.push("a", Trigger::Poll, t0);
+        assert!(q.pop_due(t0).is_some());
+        q.push("a", Trigger::Manual, t0);
+        assert_eq!(
+            q.pop_due(t0),
+            None,
+            "one operation at a time per environment"
+        );
+        q.done("a", false, Duration::from_secs(60));
+        assert_eq!(
+            q.pop_due(t0),
+            Some(("a".into(), Trigger::Manual)),
+            "the request made meanwhile runs next"
+        );
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap() {
+        let mut q = Queue::default();
+        let max = Duration::from_secs(30);
+        let delays: Vec<Duration> = (0..8)
+            .map(|_| {
+                q.running.insert("a".into());
+                q.done("a", true, max).expect("a backoff")
+            })
+            .collect();
+        assert!(
+            delays[0] >= Duration::from_millis(800) && delays[0] <= Duration::from_millis(1200)
+        );
+        assert!(
+            delays[3] >= Duration::from_millis(6400) && delays[3] <= Duration::from_millis(9600)
+        );
+        assert!(
+            delays.iter().all(|d| *d <= max.mul_f64(1.2)),
+            "capped: {delays:?}"
+        );
+        q.running.insert("a".into());
+        assert_eq!(q.done("a", false, max), None);
+        assert_eq!(q.failures("a"), 0, "a success resets the backoff");
+    }
+}

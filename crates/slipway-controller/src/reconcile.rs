@@ -1,0 +1,531 @@
+//! The blocking half of the controller: discovery and the reconcile of one environment. Every
+//! function here runs on a blocking thread and talks to the engine directly.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+use slipway_core::plan::Action as Change;
+use slipway_core::render::EnvKind;
+use slipway_engine::{ApplyOptions, EngineError, Origin, source};
+use slipway_state::{EnvironmentRecord, now_ms};
+
+use crate::{ControllerError, CreateEnvironment, Inner, Trigger, discover, kind_of, target_of};
+
+/// What to do after a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Look again after this long.
+    Requeue(Duration),
+    /// The environment is gone; forget it.
+    Done,
+}
+
+const WHO: &str = "slipway-controller";
+
+fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+    let _ = inner
+        .engine
+        .store()
+        .record_event(Some(env), kind, message, &json!({}), now_ms());
+}
+
+/// Fetches, reads the stack at the default ref, and makes the recorded environments match
+/// what it asks for: new static and generated environments are recorded, generated ones whose
+/// branch is gone are destroyed. Returns the environments to reconcile, with why.
+pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, ControllerError> {
+    inner.source.fetch()?;
+    let loaded = source::load_commit(
+        inner.source.as_ref(),
+        &inner.options.default_ref,
+        &inner.folder,
+    )?;
+    let store = inner.engine.store();
+    let mut out = Vec::new();
+    let Some(stack) = loaded
+        .loaded
+        .stack
+        .as_ref()
+        .filter(|_| !loaded.loaded.has_errors())
+    else {
+        let first = loaded
+            .loaded
+            .diagnostics
+            .first()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let _ = store.record_event(
+            None,
+            "commit.invalid",
+            &format!(
+                "{} at {} is not valid; environments are left as they are: {first}",
+                loaded.entry,
+                &loaded.commit.sha[..12]
+            ),
+            &json!({}),
+            now_ms(),
+        );
+        return Ok(out);
+    };
+    let branches = inner.source.branches()?;
+    let holder = |name: &str| {
+        store
+            .environment(name)
+            .ok()
+            .flatten()
+            .filter(|r| r.kind == "generated")
+            .and_then(|r| r.tracked_ref)
+    };
+    let wanted = discover::wanted(stack, &branches, &holder);
+    let now = now_ms();
+    for w in &wanted {
+        let existing = store.environment(&w.name)?;
+        let record = match existing {
+            Some(r) => r,
+            None => {
+                let record = EnvironmentRecord {
+                    name: w.name.clone(),
+                    kind: w.kind.as_str().to_string(),
+                    stack: stack.name.clone(),
+                    repo: inner.repo_label.clone(),
+                    tracked_ref: Some(w.tracked_ref.clone()),
+                    desired_commit: None,
+                    commit: None,
+                    hash: None,
+                    sync: "out_of_sync".into(),
+                    health: "missing".into(),
+                    message: None,
+                    owner: None,
+                    ttl_ms: w
+                        .ttl
+                        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+                    expires_at: w.ttl.map(|t| {
+                        now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                    }),
+                    pinned: false,
+                    created_at: now,
+                    updated_at: now,
+                    definition: Some(w.definition.clone()),
+                };
+                store.upsert_environment(&record)?;
+                let what = if w.kind == EnvKind::Generated {
+                    format!("for branch `{}`", w.tracked_ref)
+                } else {
+                    format!("tracking `{}`", w.tracked_ref)
+                };
+                event(
+                    inner,
+                    &w.name,
+                    "environment.created",
+                    &format!("{} created {what}", w.name),
+                );
+                record
+            }
+        };
+        if record.pinned {
+            continue;
+        }
+        let tip = branches
+            .iter()
+            .find(|b| b.name == w.tracked_ref)
+            .map(|b| b.sha.clone());
+        if tip.is_none() || tip != record.desired_commit || record.commit != record.desired_commit {
+            out.push((w.name.clone(), Trigger::Poll));
+        }
+    }
+    // Generated environments whose branch no longer matches: destroy them.
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    for record in store.environments()? {
+        if record.kind == "generated" && !wanted_names.contains(record.name.as_str()) {
+            let why = format!(
+                "branch `{}` is gone",
+                record.tracked_ref.as_deref().unwrap_or("?")
+            );
+            if let Err(e) = destroy(inner, &record.name, WHO, &why) {
+                event(inner, &record.name, "destroy.failed", &e.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Destroys `name` under its lock, recording why.
+pub(crate) fn destroy(
+    inner: &Inner,
+    name: &str,
+    who: &str,
+    why: &str,
+) -> Result<(), ControllerError> {
+    let engine = &inner.engine;
+    if engine.store().environment(name)?.is_none() {
+        return Err(ControllerError::NotFound(name.to_string()));
+    }
+    let lock = engine.lock(name, true, &|| {})?;
+    let report = engine.destroy(&lock, who, &())?;
+    if !report.succeeded() {
+        return Err(ControllerError::Invalid(format!(
+            "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
+        )));
+    }
+    event(
+        inner,
+        name,
+        "environment.destroyed",
+        &format!("{name} destroyed: {why}"),
+    );
+    Ok(())
+}
+
+/// The reconcile of one environment: idempotent, safe to re-run after a crash at any line.
+pub(crate) fn reconcile(
+    inner: &Inner,
+    name: &str,
+    trigger: Trigger,
+) -> Result<Action, ControllerError> {
+    let engine = &inner.engine;
+    let store = engine.store();
+    let Some(record) = store.environment(name)? else {
+        return Ok(Action::Done);
+    };
+    let requeue = Action::Requeue(inner.options.requeue_interval);
+    if record.expires_at.is_some_and(|at| at <= now_ms()) {
+        destroy(inner, name, WHO, "its time to live has passed")?;
+        event(
+            inner,
+            name,
+            "environment.expired",
+            &format!("{name} expired and was destroyed"),
+        );
+        return Ok(Action::Done);
+    }
+    let reference = if record.pinned {
+        record.desired_commit.clone()
+    } else {
+        record.tracked_ref.clone()
+    };
+    let Some(reference) = reference else {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` has no ref to follow"
+        )));
+    };
+    let lock = match engine.lock(name, false, &|| {}) {
+        Ok(lock) => lock,
+        // Someone (a CLI apply) is working on it: look again shortly.
+        Err(EngineError::Locked(_)) => return Ok(Action::Requeue(Duration::from_secs(2))),
+        Err(e) => return Err(e.into()),
+    };
+    let origin = Origin {
+        source: inner.source.as_ref(),
+        repo: &inner.repo_label,
+        reference: &reference,
+        folder: &inner.folder,
+    };
+    let prepared = match engine.prepare(&origin, &target_of(&record)) {
+        Ok(p) => p,
+        Err(EngineError::Invalid {
+            commit,
+            diagnostics,
+        }) => {
+            // A poisoned commit: say why, keep the running version.
+            let first = diagnostics
+                .iter()
+                .find(|d| d.is_error())
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            let message = format!(
+                "commit {} is not valid, so the running version stays: {first}",
+                &commit[..12.min(commit.len())]
+            );
+            store.set_environment_status(
+                name,
+                "failed",
+                &record.health,
+                Some(&message),
+                now_ms(),
+            )?;
+            event(inner, name, "commit.invalid", &message);
+            return Ok(requeue);
+        }
+        Err(e) => {
+            store.set_environment_status(
+                name,
+                "failed",
+                &record.health,
+                Some(&e.to_string()),
+                now_ms(),
+            )?;
+            return Err(e.into());
+        }
+    };
+    if !prepared.plan.has_changes() {
+        if record.sync != "synced" || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
+        {
+            // Nothing to change, but the record is behind (first sight after a restart).
+            let report = engine.apply(
+                &lock,
+                &prepared,
+                inner.source.as_ref(),
+                &ApplyOptions {
+                    parallelism: 1,
+                    who: WHO.into(),
+                },
+                &(),
+            )?;
+            let _ = report;
+        }
+        return Ok(requeue);
+    }
+    let same_commit = record.commit.as_deref() == Some(prepared.commit.sha.as_str());
+    let drifted: Vec<String> = prepared
+        .plan
+        .changes
+        .iter()
+        .filter(|c| {
+            c.action != Change::Noop && c.reason.as_deref().is_some_and(|r| r.starts_with("drift:"))
+        })
+        .map(|c| format!("{}: {}", c.resource, c.reason.as_deref().unwrap_or("")))
+        .collect();
+    if same_commit && !drifted.is_empty() {
+        let message = format!("drift: {}", drifted.join("; "));
+        inner.metrics.drift_detected(drifted.len());
+        if !prepared.self_heal {
+            store.set_environment_status(
+                name,
+                "out_of_sync",
+                "degraded",
+                Some(&message),
+                now_ms(),
+            )?;
+            event(
+                inner,
+                name,
+                "drift.detected",
+                &format!("{message} (self_heal is off: not repaired)"),
+            );
+            return Ok(requeue);
+        }
+        event(
+            inner,
+            name,
+            "drift.detected",
+            &format!("{message}; repairing"),
+        );
+    }
+    let parallelism = inner.options.parallelism;
+    let report = engine.apply(
+        &lock,
+        &prepared,
+        inner.source.as_ref(),
+        &ApplyOptions {
+            parallelism,
+            who: WHO.into(),
+        },
+        &(),
+    )?;
+    if !report.succeeded() {
+        return Err(ControllerError::Invalid(format!(
+            "apply of `{name}` at {} failed (deployment #{})",
+            &prepared.commit.sha[..12],
+            report.deployment
+        )));
+    }
+    if same_commit && !drifted.is_empty() {
+        inner.metrics.drift_repaired(drifted.len());
+        event(
+            inner,
+            name,
+            "drift.repaired",
+            &format!("repaired {} resource(s)", drifted.len()),
+        );
+    }
+    // A generated environment lives `ttl` past its last new commit.
+    if !same_commit
+        && kind_of(&record) == EnvKind::Generated
+        && let (Some(ttl), Some(mut fresh)) = (record.ttl_ms, store.environment(name)?)
+    {
+        fresh.expires_at = Some(now_ms().saturating_add(ttl));
+        store.upsert_environment(&fresh)?;
+    }
+    let _ = trigger;
+    Ok(requeue)
+}
+
+/// Records a new ad-hoc environment (its first deployment is queued by the caller).
+pub(crate) fn create_adhoc(
+    inner: &Inner,
+    request: &CreateEnvironment,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let name = request.name.as_str();
+    if !slipway_core::stack::is_dns_label(name) {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` is not a valid environment name: use lowercase letters, digits and `-`, at most 63 characters"
+        )));
+    }
+    let store = inner.engine.store();
+    if store.environment(name)?.is_some() {
+        return Err(ControllerError::Invalid(format!(
+            "environment `{name}` already exists; pick another name or destroy it first"
+        )));
+    }
+    inner.source.fetch()?;
+    let loaded = source::load_commit(inner.source.as_ref(), &request.reference, &inner.folder)?;
+    let Some(stack) = loaded
+        .loaded
+        .stack
+        .as_ref()
+        .filter(|_| !loaded.loaded.has_errors())
+    else {
+        let first = loaded
+            .loaded
+            .diagnostics
+            .first()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        return Err(ControllerError::Invalid(format!(
+            "{} at {} is not valid: {first}",
+            loaded.entry, request.reference
+        )));
+    };
+    if stack.environments.contains_key(name) {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` is an environment of the stack itself; ad-hoc environments need their own name"
+        )));
+    }
+    let definition = match &request.like {
+        Some(like) => {
+            if !stack.environments.contains_key(like) {
+                let known: Vec<&str> = stack.environments.keys().map(String::as_str).collect();
+                return Err(ControllerError::Invalid(format!(
+                    "--like `{like}`: no such environment in the stack; it defines: {}",
+                    known.join(", ")
+                )));
+            }
+            like.clone()
+        }
+        None => {
+            let families: Vec<&String> = stack
+                .environments
+                .iter()
+                .filter(|(_, d)| d.generate.is_some())
+                .map(|(n, _)| n)
+                .collect();
+            match families.as_slice() {
+                [only] => (*only).clone(),
+                _ => return Err(ControllerError::Invalid("say which environment this one is like with --like (e.g. --like previews or --like prod)".into())),
+            }
+        }
+    };
+    let ttl = request.ttl.or(stack.environments[&definition].ttl);
+    let now = now_ms();
+    let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+    let record = EnvironmentRecord {
+        name: name.to_string(),
+        kind: "adhoc".into(),
+        stack: stack.name.clone(),
+        repo: inner.repo_label.clone(),
+        tracked_ref: Some(request.reference.clone()),
+        desired_commit: Some(loaded.commit.sha.clone()),
+        commit: None,
+        hash: None,
+        sync: "out_of_sync".into(),
+        health: "missing".into(),
+        message: None,
+        owner: request.owner.clone(),
+        ttl_ms,
+        expires_at: ttl_ms.map(|ms| now.saturating_add(ms)),
+        pinned: false,
+        created_at: now,
+        updated_at: now,
+        definition: Some(definition),
+    };
+    store.upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.created",
+        &format!(
+            "{name} created from `{}` by {}",
+            request.reference,
+            request.owner.as_deref().unwrap_or("someone")
+        ),
+    );
+    Ok(record)
+}
+
+fn existing(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+    inner
+        .engine
+        .store()
+        .environment(name)?
+        .ok_or_else(|| ControllerError::NotFound(name.to_string()))
+}
+
+pub(crate) fn extend(
+    inner: &Inner,
+    name: &str,
+    by: Duration,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let mut record = existing(inner, name)?;
+    let now = now_ms();
+    let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+    record.expires_at = Some(
+        record
+            .expires_at
+            .unwrap_or(now)
+            .max(now)
+            .saturating_add(by_ms),
+    );
+    record.updated_at = now;
+    inner.engine.store().upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.extended",
+        &format!("{name} now expires {} ms later", by_ms),
+    );
+    Ok(record)
+}
+
+pub(crate) fn pin(
+    inner: &Inner,
+    name: &str,
+    commit: Option<String>,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let mut record = existing(inner, name)?;
+    let sha = match commit {
+        Some(reference) => inner.source.resolve(&reference)?.sha,
+        None => record.commit.clone().ok_or_else(|| {
+            ControllerError::Invalid(format!(
+                "`{name}` runs no commit yet; pin it to one with a ref"
+            ))
+        })?,
+    };
+    record.pinned = true;
+    record.desired_commit = Some(sha.clone());
+    record.updated_at = now_ms();
+    inner.engine.store().upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.pinned",
+        &format!("{name} pinned to {}", &sha[..12]),
+    );
+    Ok(record)
+}
+
+pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+    let mut record = existing(inner, name)?;
+    record.pinned = false;
+    record.updated_at = now_ms();
+    inner.engine.store().upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.unpinned",
+        &format!(
+            "{name} follows `{}` again",
+            record.tracked_ref.as_deref().unwrap_or("?")
+        ),
+    );
+    Ok(record)
+}
