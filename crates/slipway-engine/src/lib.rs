@@ -515,7 +515,11 @@ impl Engine {
             record.ttl_ms = Some(ms);
             record.expires_at = Some(now.saturating_add(ms));
         }
-        record.tracked_ref = Some(prepared.reference.clone());
+        // A pinned environment is applied at its pinned commit: the ref it follows (which
+        // unpinning returns it to) stays as it was.
+        if !record.pinned || record.tracked_ref.is_none() {
+            record.tracked_ref = Some(prepared.reference.clone());
+        }
         record.desired_commit = Some(prepared.commit.sha.clone());
         record.sync = sync.to_string();
         record.updated_at = now;

@@ -1,0 +1,378 @@
+//! The controller against a real bare repository that tests push to with the `git` CLI, a
+//! real state store and real files. (Processes are covered by the binary's tests, which have
+//! the supervisor.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slipway_controller::{Controller, CreateEnvironment, Options};
+use slipway_engine::{Engine, EngineConfig};
+use slipway_git::GitRepository;
+
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@t.invalid",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    home: PathBuf,
+    controller: Controller,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+const STACK: &str = r#"version: 1
+stack: ctl
+variables: { greeting: hello }
+environments:
+  dev: { track: main }
+  watch: { track: main, self_heal: false }
+  previews: { generate: { branches: ["feature/*"] }, ttl: 1h }
+resources:
+  page: { type: file, path: page.txt, content: "${vars.greeting} from ${env.name}" }
+"#;
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("origin.git");
+        let work = dir.path().join("work");
+        let home = dir.path().join("home");
+        git(
+            dir.path(),
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                bare.to_str().expect("utf-8"),
+            ],
+        );
+        git(
+            dir.path(),
+            &["clone", "-q", bare.to_str().expect("utf-8"), "work"],
+        );
+        std::fs::write(work.join("slipway.yaml"), STACK).expect("write");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "first"]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        let engine =
+            Arc::new(Engine::open(&home, EngineConfig::default(), vec![]).expect("engine"));
+        let url = format!("file://{}", bare.display());
+        let source = Arc::new(GitRepository::open(&url, &home.join("repos")).expect("mirror"));
+        let options = Options {
+            poll_interval: Duration::from_millis(200),
+            drift_interval: Duration::from_millis(300),
+            concurrency: 2,
+            ..Options::default()
+        };
+        let controller = Controller::new(engine, source, &url, "", options);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = controller.clone();
+        runtime.spawn(async move {
+            c.run(async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        World {
+            _dir: dir,
+            work,
+            home,
+            controller,
+            stop: Some(tx),
+            runtime,
+        }
+    }
+
+    fn push(&self, branch: &str, stack: &str, message: &str) -> String {
+        git(&self.work, &["checkout", "-q", "-B", branch]);
+        std::fs::write(self.work.join("slipway.yaml"), stack).expect("write");
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-qm", message, "--allow-empty"]);
+        git(&self.work, &["push", "-q", "-f", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn page(&self, env: &str) -> Option<String> {
+        std::fs::read_to_string(self.home.join("envs").join(env).join("data/page.txt")).ok()
+    }
+
+    fn record(&self, env: &str) -> Option<slipway_state::EnvironmentRecord> {
+        self.controller
+            .engine()
+            .store()
+            .environment(env)
+            .expect("store")
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn tracked_environments_follow_pushes_and_branches_come_and_go() {
+    let w = World::new();
+    wait_for("dev runs the first commit", T, || {
+        w.page("dev").filter(|p| p == "hello from dev")
+    });
+
+    let second = w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: bonjour"),
+        "bonjour",
+    );
+    wait_for("dev runs the pushed commit", T, || {
+        w.page("dev").filter(|p| p == "bonjour from dev")
+    });
+    let record = w.record("dev").expect("dev is recorded");
+    assert_eq!(record.commit.as_deref(), Some(second.as_str()));
+    assert_eq!(record.sync, "synced");
+
+    w.push(
+        "feature/login",
+        &STACK.replace("greeting: hello", "greeting: hi"),
+        "a feature",
+    );
+    wait_for("the branch's environment serves its own version", T, || {
+        w.page("br-feature-login")
+            .filter(|p| p == "hi from br-feature-login")
+    });
+    let generated = w.record("br-feature-login").expect("recorded");
+    assert_eq!(
+        (generated.kind.as_str(), generated.definition.as_deref()),
+        ("generated", Some("previews"))
+    );
+    assert!(
+        generated.expires_at.is_some(),
+        "a generated environment has an expiry from its family's ttl"
+    );
+
+    git(
+        &w.work,
+        &["push", "-q", "origin", "--delete", "feature/login"],
+    );
+    wait_for(
+        "the branch's environment is destroyed with the branch",
+        T,
+        || w.record("br-feature-login").is_none().then_some(()),
+    );
+    assert!(
+        !w.home.join("envs/br-feature-login").exists(),
+        "its directory is gone"
+    );
+}
+
+#[test]
+fn drift_is_repaired_where_self_heal_is_on_and_only_reported_where_it_is_off() {
+    let w = World::new();
+    wait_for("dev and watch are deployed", T, || {
+        (w.page("dev").is_some() && w.page("watch").is_some()).then_some(())
+    });
+    let dev_page = w.home.join("envs/dev/data/page.txt");
+    let watch_page = w.home.join("envs/watch/data/page.txt");
+    std::fs::write(&dev_page, "tampered").expect("tamper");
+    std::fs::write(&watch_page, "tampered").expect("tamper");
+    wait_for(
+        "the edited file of dev is repaired within a drift interval",
+        T,
+        || w.page("dev").filter(|p| p == "hello from dev"),
+    );
+    wait_for("watch reports the drift", T, || {
+        w.record("watch").filter(|r| {
+            r.sync == "out_of_sync" && r.message.as_deref().is_some_and(|m| m.contains("drift"))
+        })
+    });
+    assert_eq!(
+        w.page("watch").as_deref(),
+        Some("tampered"),
+        "self_heal: false only reports"
+    );
+    assert!(
+        w.controller.metrics().drift_repairs() >= 1,
+        "repairs are counted"
+    );
+}
+
+#[test]
+fn a_poisoned_commit_marks_the_environment_failed_and_keeps_the_running_version() {
+    let w = World::new();
+    wait_for("dev is deployed", T, || {
+        w.page("dev").filter(|p| p == "hello from dev")
+    });
+    w.push(
+        "main",
+        "version: 1\nstack: ctl\nresources: { broken: { type: nope } }\n",
+        "poison",
+    );
+    let record = wait_for("dev is marked failed", T, || {
+        w.record("dev").filter(|r| r.sync == "failed")
+    });
+    assert!(
+        record
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("not valid"),
+        "the reason is recorded: {:?}",
+        record.message
+    );
+    assert_eq!(
+        w.page("dev").as_deref(),
+        Some("hello from dev"),
+        "the running version stays up"
+    );
+    w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: fixed"),
+        "fix",
+    );
+    wait_for("a fixed commit deploys", T, || {
+        w.page("dev").filter(|p| p == "fixed from dev")
+    });
+}
+
+#[test]
+fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
+    let w = World::new();
+    let first = git(&w.work, &["rev-parse", "HEAD"]);
+    w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: later"),
+        "later",
+    );
+    let request = CreateEnvironment {
+        name: "demo".into(),
+        reference: first.clone(),
+        like: Some("previews".into()),
+        ttl: Some(Duration::from_secs(3)),
+        owner: Some("alice".into()),
+    };
+    let record = w
+        .runtime
+        .block_on(w.controller.create_environment(request))
+        .expect("created");
+    assert_eq!(record.owner.as_deref(), Some("alice"));
+    wait_for("the ad-hoc environment runs the old commit", T, || {
+        w.page("demo").filter(|p| p == "hello from demo")
+    });
+    let bad = CreateEnvironment {
+        name: "Bad Name".into(),
+        reference: "main".into(),
+        ..Default::default()
+    };
+    let err = w
+        .runtime
+        .block_on(w.controller.create_environment(bad))
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("not a valid environment name"),
+        "{err}"
+    );
+    wait_for("the ad-hoc environment expires and is destroyed", T, || {
+        w.record("demo").is_none().then_some(())
+    });
+    let events = w
+        .controller
+        .engine()
+        .store()
+        .events(&slipway_state::EventQuery {
+            environment: Some("demo".into()),
+            after_id: None,
+            limit: 100,
+        })
+        .expect("events");
+    assert!(
+        events.iter().any(|e| e.kind == "environment.expired"),
+        "the expiry is recorded: {events:?}"
+    );
+}
+
+#[test]
+fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
+    let w = World::new();
+    wait_for("dev runs the first commit", T, || {
+        w.page("dev").filter(|p| p == "hello from dev")
+    });
+    w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: two"),
+        "two",
+    );
+    wait_for("dev runs the second", T, || {
+        w.page("dev").filter(|p| p == "two from dev")
+    });
+    let deployments = w
+        .controller
+        .engine()
+        .store()
+        .deployments("dev", 10)
+        .expect("deployments");
+    let first = deployments
+        .iter()
+        .rev()
+        .find(|d| d.status == "succeeded")
+        .expect("the first deployment")
+        .id;
+    w.runtime
+        .block_on(w.controller.rollback("dev", first))
+        .expect("rollback");
+    wait_for("dev is rolled back", T, || {
+        w.page("dev").filter(|p| p == "hello from dev")
+    });
+    assert!(w.record("dev").expect("dev").pinned, "a rollback pins");
+    w.runtime
+        .block_on(w.controller.unpin("dev"))
+        .expect("unpin");
+    wait_for("unpinned, dev follows main again", T, || {
+        w.page("dev").filter(|p| p == "two from dev")
+    });
+}
