@@ -174,6 +174,21 @@ impl Controller {
         &self.inner.metrics
     }
 
+    /// The repository it reads (for planning an environment outside the loop, e.g. the API).
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.inner.source
+    }
+
+    /// The folder of `slipway.yaml` inside the repository: `""` or `deploy/`.
+    pub fn folder(&self) -> &str {
+        &self.inner.folder
+    }
+
+    /// The repository as named in records.
+    pub fn repo_label(&self) -> &str {
+        &self.inner.repo_label
+    }
+
     /// Queued and running reconciles.
     pub fn queue_depth(&self) -> (usize, usize) {
         let q = self
@@ -335,6 +350,14 @@ impl Controller {
         tokio::task::spawn_blocking(move || f(&inner))
             .await
             .map_err(|e| ControllerError::Internal(e.to_string()))?
+    }
+
+    /// Reconciles `env` now, on this task, instead of through the queue: for the CLI, which
+    /// acts on a home without a running controller.
+    pub async fn reconcile_now(&self, env: &str) -> Result<(), ControllerError> {
+        let name = env.to_string();
+        self.blocking(move |inner| reconcile::reconcile(inner, &name, Trigger::Manual).map(|_| ()))
+            .await
     }
 
     /// Creates an ad-hoc environment and queues its first deployment.

@@ -26,6 +26,44 @@ pub struct EngineConfig {
     /// `[local]`
     #[serde(default)]
     pub local: LocalConfig,
+    /// `[controller]`: how `slipway serve` paces itself.
+    #[serde(default)]
+    pub controller: ControllerConfig,
+}
+
+/// `[controller]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// How often every environment is observed for drift.
+    #[serde(default = "default_drift")]
+    pub drift_interval: String,
+    /// The safety-net requeue of every environment.
+    #[serde(default = "default_requeue")]
+    pub requeue_interval: String,
+    /// Most environments reconciled at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            drift_interval: default_drift(),
+            requeue_interval: default_requeue(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_drift() -> String {
+    "30s".into()
+}
+fn default_requeue() -> String {
+    "5m".into()
+}
+fn default_concurrency() -> usize {
+    4
 }
 
 /// `[server]`
@@ -173,6 +211,14 @@ impl EngineConfig {
             ("local.stop_grace", &config.local.stop_grace),
             ("local.ready_timeout", &config.local.ready_timeout),
             ("repo.poll_interval", &config.repo.poll_interval),
+            (
+                "controller.drift_interval",
+                &config.controller.drift_interval,
+            ),
+            (
+                "controller.requeue_interval",
+                &config.controller.requeue_interval,
+            ),
         ] {
             if slipway_core::stack::parse_duration(value).is_none() {
                 return Err(format!(

@@ -1,13 +1,13 @@
 //! What `slipway status` shows: recorded environments with their resources, observed live.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::plan::Observed;
 
 use crate::{Engine, EngineError, Envelope, parse_status};
 
 /// One resource as `status --output json` shows it (SPEC §6).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceStatus {
     /// Its name.
     pub name: String,
@@ -19,12 +19,12 @@ pub struct ResourceStatus {
     /// Its outputs, secret ones replaced by `"<redacted>"`.
     pub outputs: Json,
     /// What is wrong, when something is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 /// One environment as `status --output json` shows it (SPEC §6).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvironmentStatus {
     /// Its name.
     pub name: String,
@@ -45,7 +45,7 @@ pub struct EnvironmentStatus {
     /// The ref it follows.
     pub tracked_ref: Option<String>,
     /// The last problem.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Its resources.
     pub resources: Vec<ResourceStatus>,

@@ -27,6 +27,7 @@
 //! [`StateError`].
 #![deny(missing_docs)]
 
+mod audit;
 mod deployments;
 mod environments;
 mod error;
@@ -35,7 +36,9 @@ mod ports;
 mod resources;
 mod schema;
 mod store;
+mod tokens;
 
+pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};
 pub use deployments::{DEPLOYMENT_STATUSES, DeploymentRecord, NewDeployment};
 pub use environments::{ENVIRONMENT_KINDS, EnvironmentRecord, HEALTH_STATES, SYNC_STATES};
 pub use error::StateError;
@@ -43,6 +46,7 @@ pub use events::{EventQuery, EventRecord};
 pub use resources::{RESOURCE_STATUSES, ResourceRecord};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;
+pub use tokens::{ROLES, TOKEN_PREFIX, TokenRecord, hash_token, new_token};
 
 /// The current time in unix milliseconds, the unit of every timestamp in the store.
 ///

@@ -15,7 +15,8 @@ use crate::StateError;
 /// Foreign keys only where deleting the parent must delete the child: an environment owns its
 /// resources and ports. Deployments and events name their environment without a foreign key so
 /// that they outlive it as history (a recreated environment of the same name continues it).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE environments (
     name           TEXT PRIMARY KEY NOT NULL,
     kind           TEXT NOT NULL,
@@ -87,7 +88,8 @@ CREATE TABLE events (
     at             INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX events_by_environment ON events (environment, id);
-"#, r#"
+"#,
+    r#"
 ALTER TABLE environments ADD COLUMN definition TEXT;
 
 CREATE TABLE tokens (
@@ -110,7 +112,8 @@ CREATE TABLE audit (
     detail         TEXT NOT NULL
 ) STRICT;
 CREATE INDEX audit_by_time ON audit (at);
-"#];
+"#,
+];
 
 /// The schema version this binary writes: the number of migrations it knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -48,18 +48,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Supervise { .. } => unreachable!("handled in main before any command runs"),
+        Command::Supervise { .. }
+        | Command::Serve { .. }
+        | Command::Env(_)
+        | Command::Token(_)
+        | Command::Compare { .. } => {
+            unreachable!("dispatched in main")
+        }
     }
 }
 
-fn engine_config(g: &Global) -> Result<EngineConfig> {
+pub fn engine_config(g: &Global) -> Result<EngineConfig> {
     match &g.config {
         Some(path) => Ok(EngineConfig::load(path)?),
         None => Ok(EngineConfig::default()),
     }
 }
 
-fn open_engine(g: &Global) -> Result<Engine> {
+pub fn open_engine(g: &Global) -> Result<Engine> {
     let config = engine_config(g)?;
     let exe = std::env::current_exe()
         .context("cannot find the slipway binary to run process supervisors")?;
@@ -79,7 +85,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// The repository named by `--repo` (or the engine config's `[repo] url`, or the current
 /// directory), mirrored into the home when it is a URL.
-fn open_repo(g: &Global, repo: &RepoArgs) -> Result<(GitRepository, String, String, String)> {
+pub fn open_repo(g: &Global, repo: &RepoArgs) -> Result<(GitRepository, String, String, String)> {
     let config = engine_config(g)?;
     let spec = repo
         .repo
@@ -281,7 +287,7 @@ fn plan(
 
 /// Who is acting, recorded with each deployment: `SLIPWAY_USER`, else the login name, else
 /// the name of the user id in /etc/passwd (CI jobs often have no `USER`).
-fn who() -> String {
+pub fn who() -> String {
     let from_env = ["SLIPWAY_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
@@ -306,7 +312,7 @@ fn who() -> String {
     .unwrap_or_else(|| "unknown".into())
 }
 
-fn confirm(question: &str, yes: bool) -> Result<()> {
+pub fn confirm(question: &str, yes: bool) -> Result<()> {
     if yes {
         return Ok(());
     }
@@ -444,6 +450,9 @@ fn destroy(g: &Global, env: &str, yes: bool, output: Output) -> Result<ExitCode>
 }
 
 fn status(g: &Global, env: Option<&str>, output: Output) -> Result<ExitCode> {
+    if let Some(server) = &g.server {
+        return crate::remote::status(server, g.token.as_deref(), env, output);
+    }
     let engine = open_engine(g)?;
     let environments = engine.status(env)?;
     match output {

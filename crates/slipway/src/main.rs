@@ -8,6 +8,8 @@
 //! there are changes.
 
 mod commands;
+mod control;
+mod remote;
 mod render;
 
 use std::path::PathBuf;
@@ -40,6 +42,19 @@ pub struct Global {
     /// The engine configuration file (TOML; every key has a default).
     #[arg(long, global = true, env = "SLIPWAY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// A running controller (`slipway serve`) to act through, e.g. http://127.0.0.1:7300;
+    /// `env` commands and `status` then use its API instead of the local home.
+    #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The API token for --server.
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// Where the stack is read from.
@@ -158,8 +173,113 @@ enum Command {
     },
     /// Print the JSON Schema of slipway.yaml (for editors).
     Schema,
+    /// Run the controller: keep every environment converged to Git, serve the API.
+    Serve {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Where the API, webhooks and preview router listen (default: [server] listen,
+        /// 127.0.0.1:7300).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Self-service environments: list, create, destroy, extend, pin, unpin, rollback.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show how two environments differ: commit, variables and rendered resources.
+    Compare {
+        /// The first environment.
+        a: String,
+        /// The second environment.
+        b: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     #[command(hide = true, name = "__supervise")]
     Supervise { spec: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvCommand {
+    /// Every environment with its state.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Make an environment from any ref (`--ref`, required).
+    Create {
+        /// Its name, a DNS label.
+        name: String,
+        /// The environment whose variables it takes (a family such as `previews`, or `prod`).
+        #[arg(long, value_name = "ENV")]
+        like: Option<String>,
+        /// How long it lives, e.g. 8h (default: the family's ttl).
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<String>,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Destroy an environment.
+    Destroy {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Push an environment's expiry later.
+    Extend {
+        name: String,
+        /// How much later, e.g. 4h.
+        #[arg(long, value_name = "DUR")]
+        by: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Stop following the ref: stay on a commit (default: the one running).
+    Pin {
+        name: String,
+        /// The ref or commit to pin to.
+        #[arg(long, value_name = "REF")]
+        commit: Option<String>,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Follow the ref again.
+    Unpin {
+        name: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Go back to the commit of an earlier deployment (and pin it there).
+    Rollback {
+        name: String,
+        /// The deployment number, from `slipway history`.
+        #[arg(long, value_name = "ID")]
+        to: i64,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make an API token on the home; prints only the token, on stdout.
+    Create {
+        /// viewer, developer, deployer or admin.
+        #[arg(long)]
+        role: String,
+        /// Who it is for (shown in the audit log).
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -170,11 +290,27 @@ fn main() -> ExitCode {
         let code = slipway_providers::process::supervise(spec);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    match commands::run(cli) {
+    let result = match cli.command {
+        Command::Serve { .. } | Command::Env(_) | Command::Token(_) | Command::Compare { .. } => {
+            control::run(cli)
+        }
+        _ => commands::run(cli),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             render::error(&e);
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,276 @@
+//! Bearer tokens, roles and the audit log: the guard every route but the public ones runs
+//! behind.
+//!
+//! The guard authenticates (401), authorizes (403), hands the handler the [`Principal`], and
+//! afterwards writes the audit entry of a mutating call from the response: one place, so no
+//! handler can forget it. Refusals are audited whatever the method.
+
+use std::sync::Arc;
+
+use axum::RequestPartsExt;
+use axum::extract::RawPathParams;
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use slipway_state::{NewAudit, now_ms};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorNote};
+use crate::routes::Access;
+
+/// A role, weakest first: each may do all the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Role {
+    Viewer,
+    Developer,
+    Deployer,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(role: &str) -> Option<Role> {
+        match role {
+            "viewer" => Some(Role::Viewer),
+            "developer" => Some(Role::Developer),
+            "deployer" => Some(Role::Deployer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Developer => "developer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling: the holder of a valid token.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    /// The token's name, recorded as the author of what it does.
+    pub name: String,
+    pub role: Role,
+}
+
+/// What a handler may add to its response for the audit log: the target, when the path does
+/// not name it (a created environment).
+#[derive(Debug, Clone)]
+pub(crate) struct AuditTarget(pub String);
+
+/// The state of one route's guard.
+#[derive(Clone)]
+pub(crate) struct Guard {
+    pub app: AppState,
+    pub route: Arc<Guarded>,
+}
+
+/// What the guard knows of its route.
+#[derive(Debug)]
+pub(crate) struct Guarded {
+    pub action: &'static str,
+    pub summary: &'static str,
+    pub access: Access,
+    /// Whether a successful call is audited too (mutating calls).
+    pub audited: bool,
+}
+
+/// The name recorded for calls without a valid token.
+const ANONYMOUS: &str = "anonymous";
+
+/// How long a token's `last_used_at` may lag: one write a minute per token, not one per call.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let route = &guard.route;
+    if route.access == Access::Public {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let target = match parts.extract::<RawPathParams>().await {
+        Ok(params) => params.iter().next().map(|(_, value)| value.to_string()),
+        Err(_) => None,
+    };
+    let principal = match authenticate(&guard.app, &parts.headers).await {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            audit(&guard, ANONYMOUS, target.as_deref(), "refused", &refusal).await;
+            return refusal.into_response();
+        }
+    };
+    let needed = match needed_role(&guard, target.as_deref()).await {
+        Ok(role) => role,
+        Err(e) => return e.into_response(),
+    };
+    if principal.role < needed {
+        let refusal = ApiError::client(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the {} token `{}` may not {}",
+                principal.role.as_str(),
+                principal.name,
+                lowercase_first(route.summary)
+            ),
+        )
+        .hint(format!(
+            "this needs the {} role; ask an admin for a token with it",
+            needed.as_str()
+        ));
+        audit(
+            &guard,
+            &principal.name,
+            target.as_deref(),
+            "refused",
+            &refusal,
+        )
+        .await;
+        return refusal.into_response();
+    }
+    parts.extensions.insert(principal.clone());
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if route.audited {
+        let status = response.status();
+        let outcome = if status.is_success() { "ok" } else { "failed" };
+        let detail = match response.extensions().get::<ErrorNote>() {
+            Some(ErrorNote(note)) => format!("{}: {note}", status.as_u16()),
+            None => status.as_u16().to_string(),
+        };
+        let target = target.or_else(|| {
+            response
+                .extensions()
+                .get::<AuditTarget>()
+                .map(|t| t.0.clone())
+        });
+        record(&guard, &principal.name, target, outcome, detail).await;
+    }
+    response
+}
+
+/// The token of `Authorization: Bearer <token>`, checked against the store.
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let unauthorized = |message: &str| {
+        ApiError::client(StatusCode::UNAUTHORIZED, message).hint(
+            "send `Authorization: Bearer <token>`; `slipway token create --role viewer` makes one",
+        )
+    };
+    let Some(header) = headers.get(AUTHORIZATION) else {
+        return Err(unauthorized("this route needs a bearer token"));
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
+    let hash = slipway_state::hash_token(token);
+    let controller = app.controller.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let store = controller.engine().store();
+        let found = store.token_by_hash(&hash)?;
+        if let Some(record) = &found {
+            let now = now_ms();
+            if record.is_active()
+                && record
+                    .last_used_at
+                    .is_none_or(|at| now.saturating_sub(at) >= TOUCH_EVERY_MS)
+            {
+                // Best effort: a busy database must not refuse a valid token.
+                let _ = store.touch_token(record.id, now);
+            }
+        }
+        Ok::<_, slipway_state::StateError>(found)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("token lookup task failed: {e}")))??;
+    let Some(record) = found else {
+        return Err(unauthorized("unknown token"));
+    };
+    if !record.is_active() {
+        return Err(unauthorized("this token was revoked"));
+    }
+    let role = Role::parse(&record.role).ok_or_else(|| {
+        ApiError::internal(format!(
+            "token {} has the unknown role `{}`",
+            record.id, record.role
+        ))
+    })?;
+    Ok(Principal {
+        name: record.name,
+        role,
+    })
+}
+
+/// The role the route needs; for [`Access::Environment`], it depends on the environment.
+async fn needed_role(guard: &Guard, target: Option<&str>) -> Result<Role, ApiError> {
+    Ok(match guard.route.access {
+        Access::Public | Access::Viewer => Role::Viewer,
+        Access::Developer => Role::Developer,
+        Access::Admin => Role::Admin,
+        Access::Environment => {
+            let Some(name) = target.filter(|n| slipway_core::stack::is_dns_label(n)) else {
+                // Not a name at all: the handler refuses it with a 400.
+                return Ok(Role::Developer);
+            };
+            let name = name.to_string();
+            let controller = guard.app.controller.clone();
+            let record =
+                tokio::task::spawn_blocking(move || controller.engine().store().environment(&name))
+                    .await
+                    .map_err(|e| {
+                        ApiError::internal(format!("environment lookup task failed: {e}"))
+                    })??;
+            match record.as_ref().map(|r| r.kind.as_str()) {
+                // Unknown: the handler answers 404, which tells nothing a viewer cannot list.
+                None | Some("adhoc" | "generated") => Role::Developer,
+                Some(_) => Role::Deployer,
+            }
+        }
+    })
+}
+
+async fn audit(guard: &Guard, who: &str, target: Option<&str>, outcome: &str, error: &ApiError) {
+    let detail = format!("{}: {error}", error.status().as_u16());
+    record(guard, who, target.map(str::to_string), outcome, detail).await;
+}
+
+/// Writes one audit entry. A failure is logged, not returned: the call itself is done.
+async fn record(guard: &Guard, who: &str, target: Option<String>, outcome: &str, detail: String) {
+    let entry = NewAudit {
+        at: now_ms(),
+        who: who.to_string(),
+        action: guard.route.action.to_string(),
+        target,
+        outcome: outcome.to_string(),
+        detail,
+    };
+    let controller = guard.app.controller.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        controller
+            .engine()
+            .store()
+            .record_audit(&entry)
+            .map_err(|e| format!("{e} ({entry:?})"))
+    })
+    .await;
+    match written {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("slipway-server: cannot write the audit log: {e}"),
+        Err(e) => eprintln!("slipway-server: the audit task failed: {e}"),
+    }
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,171 @@
+//! Extractors that turn every malformed request into an [`ApiError`] (JSON, naming the problem)
+//! rather than axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A JSON request body. An empty body reads as `{}`, so that calls whose fields are all
+/// optional need none. Unknown fields are refused by the request types themselves
+/// (`deny_unknown_fields`), so a misspelt field is an error rather than silently ignored.
+pub(crate) struct JsonBody<T>(pub T);
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+    .hint("request bodies of this API are small JSON objects")
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.options.body_limit;
+        // Refuse a declared length at once: the body is never read.
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large(limit));
+        }
+        // The router's `DefaultBodyLimit` bounds what this reads (a chunked body has no length).
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large(limit)
+            } else {
+                ApiError::bad_request(format!(
+                    "the request body could not be read: {}",
+                    rejection.body_text()
+                ))
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        let parsed = match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(value) => deserializer
+                .end()
+                .map(|()| value)
+                .map_err(|e| format!("invalid JSON body: {e}")),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                Err(if path == "." || path.is_empty() {
+                    format!("invalid JSON body: {inner}")
+                } else {
+                    format!("invalid JSON body at `{path}`: {inner}")
+                })
+            }
+        };
+        let value = parsed.map_err(|message| {
+            ApiError::bad_request(message)
+                .hint("send a JSON object; /api/v1/openapi.json lists the fields of each request")
+        })?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// The body of calls that take none: empty or `{}`; anything else is refused.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoFields {}
+
+/// Query parameters; a malformed one is a `400` naming it.
+pub(crate) struct QueryArgs<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| QueryArgs(value))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+                    .hint("/api/v1/openapi.json lists the query parameters of each request")
+            })
+    }
+}
+
+/// The `{name}` of a path, checked to be an environment name before any lookup.
+pub(crate) struct EnvName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for EnvName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::bad_request(format!(
+                    "the environment name in the path cannot be read: {}",
+                    rejection.body_text()
+                ))
+                .hint(NAME_HINT)
+            })?;
+        check_name(&name)?;
+        Ok(EnvName(name))
+    }
+}
+
+/// The `{id}` of a path, a deployment id.
+pub(crate) struct DeploymentId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeploymentId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::bad_request(format!(
+                    "the deployment id in the path cannot be read: {}",
+                    rejection.body_text()
+                ))
+            })?;
+        raw.parse::<i64>().map(DeploymentId).map_err(|_| {
+            ApiError::bad_request(format!(
+                "`{}` is not a deployment id",
+                printable(&raw)
+            ))
+            .hint("deployment ids are integers; GET /api/v1/environments/{name}/deployments lists them")
+        })
+    }
+}
+
+const NAME_HINT: &str = "environment names are DNS labels: lowercase letters, digits and `-`, at most 63 characters, not starting or ending with `-`";
+
+/// Refuses anything but a DNS label, the only shape an environment name has.
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
+    if slipway_core::stack::is_dns_label(name) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "`{}` is not a valid environment name",
+        printable(name)
+    ))
+    .hint(NAME_HINT))
+}
+
+/// Untrusted text made safe to echo in a message: control characters escaped, and cut at 80
+/// characters.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out: String = text.chars().take(80).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 80 {
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,224 @@
+//! The API's one error type and its JSON shape: `{"error": "...", "hint": "..."}`, plus an
+//! `id` for internal errors, whose text goes to stderr and never to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use slipway_controller::ControllerError;
+use slipway_engine::EngineError;
+use slipway_state::StateError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// The client can fix it: the status says how it is wrong, the message what, the hint how
+    /// to do it right.
+    #[error("{message}")]
+    Client {
+        status: StatusCode,
+        message: String,
+        hint: Option<String>,
+    },
+    /// The server failed. The text is logged under an id and not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Attached to every response an [`ApiError`] makes, for the audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorNote(pub String);
+
+/// The body of every error response (the `Error` schema of the OpenAPI document).
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+/// The `Error` schema.
+pub(crate) fn schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "description": "Every error response. `id` is set on internal errors only: the server's log has the details under it.",
+        "required": ["error"],
+        "additionalProperties": false,
+        "properties": {
+            "error": {"type": "string", "description": "What went wrong."},
+            "hint": {"type": "string", "description": "How to do it right."},
+            "id": {"type": "string", "description": "Where to look in the server's log."}
+        }
+    })
+}
+
+impl ApiError {
+    pub fn client(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError::Client {
+            status,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::client(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::client(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::client(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    pub fn internal(text: impl Into<String>) -> ApiError {
+        ApiError::Internal(text.into())
+    }
+
+    /// The unknown environment `name`.
+    pub fn no_environment(name: &str) -> ApiError {
+        ApiError::not_found(format!("environment `{name}` does not exist"))
+            .hint("GET /api/v1/environments lists them")
+    }
+
+    /// Adds (or replaces) the hint of a client error.
+    pub fn hint(self, hint: impl Into<String>) -> ApiError {
+        match self {
+            ApiError::Client {
+                status, message, ..
+            } => ApiError::Client {
+                status,
+                message,
+                hint: Some(hint.into()),
+            },
+            internal => internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Client { status, .. } => *status,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Client {
+                status,
+                message,
+                hint,
+            } => {
+                let body = ErrorBody {
+                    error: &message,
+                    hint: hint.as_deref(),
+                    id: None,
+                };
+                let mut response = (status, axum::Json(body)).into_response();
+                response.extensions_mut().insert(ErrorNote(message));
+                response
+            }
+            ApiError::Internal(text) => {
+                let id = format!("{:016x}", fastrand::u64(..));
+                eprintln!("slipway-server: internal error {id}: {text}");
+                let body = ErrorBody {
+                    error: "internal error",
+                    hint: Some("the server's log has the details under this id"),
+                    id: Some(&id),
+                };
+                let mut response =
+                    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
+                response
+                    .extensions_mut()
+                    .insert(ErrorNote(format!("internal error {id}")));
+                response
+            }
+        }
+    }
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> ApiError {
+        match e {
+            ControllerError::NotFound(name) => ApiError::no_environment(&name),
+            ControllerError::Invalid(message) => ApiError::unprocessable(message),
+            ControllerError::Engine(e) => e.into(),
+            ControllerError::State(e) => e.into(),
+            ControllerError::Git(e) => e.into(),
+            ControllerError::Internal(text) => ApiError::internal(text),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::State(e) => e.into(),
+            EngineError::Git(e) => e.into(),
+            EngineError::Invalid {
+                commit,
+                diagnostics,
+            } => {
+                let errors: Vec<_> = diagnostics.iter().filter(|d| d.is_error()).collect();
+                let first = errors.first().map(|d| d.to_string()).unwrap_or_default();
+                ApiError::unprocessable(format!(
+                    "slipway.yaml at {} has {} error(s); the first: {first}",
+                    &commit[..12.min(commit.len())],
+                    errors.len()
+                ))
+                .hint("`slipway validate --ref <commit>` lists them all")
+            }
+            EngineError::Environment(message) => ApiError::unprocessable(message),
+            EngineError::Locked(name) => ApiError::client(
+                StatusCode::CONFLICT,
+                format!("environment `{name}` is busy with another operation"),
+            )
+            .hint("retry when it finishes"),
+            EngineError::Usage(message) => ApiError::bad_request(message),
+            e @ EngineError::Io { .. } => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> ApiError {
+        match e {
+            StateError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            StateError::InvalidValue { .. } => ApiError::bad_request(e.to_string()),
+            other => ApiError::internal(chain(&other)),
+        }
+    }
+}
+
+impl From<slipway_git::GitError> for ApiError {
+    fn from(e: slipway_git::GitError) -> ApiError {
+        use slipway_git::GitError as G;
+        match e {
+            G::InvalidReference { .. }
+            | G::ReferenceNotFound { .. }
+            | G::AmbiguousReference { .. }
+            | G::CommitNotFound { .. }
+            | G::PathNotFound { .. }
+            | G::UnsafePath { .. } => ApiError::unprocessable(e.to_string()),
+            other => ApiError::internal(chain(&other)),
+        }
+    }
+}
+
+/// An error with its sources, for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

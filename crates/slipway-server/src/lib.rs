@@ -1,0 +1,178 @@
+//! Slipway's HTTP API: the controller's environments, deployments and events as JSON under
+//! `/api/v1`, behind bearer tokens with roles, plus `/healthz`, `/metrics` (Prometheus) and an
+//! OpenAPI 3.1 document at `/api/v1/openapi.json`.
+//!
+//! Start with [`serve`]: give it a bound listener, a [`Controller`] and a future that completes
+//! when the server should stop. [`router`] is the same API as an [`axum::Router`] for a caller
+//! that serves more than the API on one listener (webhooks, the web UI); [`serve_app`] serves
+//! such a composition and still ends open event streams on shutdown.
+//!
+//! The whole API is one route table (`routes.rs`): each entry names its method, path, the
+//! role it needs, its request and response schemas and its handler. The router and the OpenAPI
+//! document are both built from that table, so the document cannot list a route the server does
+//! not serve, or miss one it does. The schemas are written once, next to the handlers whose
+//! types they describe, and the API tests validate real responses against them.
+//!
+//! # Guarantees
+//! - Every route but `/healthz`, `/metrics` and the OpenAPI document needs a token; a missing,
+//!   unknown or revoked one gets `401`, a role too weak `403`, before the handler runs.
+//! - Every mutating call, and every refused call, is written to the audit log (`audit` table)
+//!   with the token's name, the action, its target and the outcome.
+//! - Every error is JSON `{"error", "hint"?}`; an internal error is a `500` with an `id` whose
+//!   details go to stderr, never to the client. A panicking handler is a `500` too.
+//! - Request bodies over [`ServerOptions::body_limit`] (1 MiB) are refused with `413` without
+//!   being read.
+//! - Event streams end when the server stops, so a graceful shutdown does not wait on them.
+//!
+//! # Assumptions
+//! Tokens are made with [`slipway_state::new_token`] and stored by their
+//! [`slipway_state::hash_token`] (the CLI's `slipway token create` does this on the home).
+#![deny(missing_docs)]
+
+mod auth;
+mod body;
+mod deployments;
+mod environments;
+mod error;
+mod events;
+mod openapi;
+mod ops;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use slipway_controller::Controller;
+use tokio::sync::watch;
+
+/// How the API behaves. Every field has a default.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The largest request body accepted; larger ones get `413`.
+    pub body_limit: usize,
+    /// How often an open event stream looks for new events in the store.
+    pub event_poll_interval: Duration,
+    /// How often an idle event stream sends a comment, so that proxies keep it open.
+    pub event_keep_alive: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            body_limit: 1024 * 1024,
+            event_poll_interval: Duration::from_millis(300),
+            event_keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Tells long-lived responses (event streams) that the server is stopping, so that they end
+/// and a graceful shutdown can finish.
+#[derive(Debug, Clone)]
+pub struct StopSignal(watch::Receiver<bool>);
+
+impl StopSignal {
+    /// A signal that never fires: streams end only when their client leaves.
+    pub fn never() -> StopSignal {
+        // The sender is dropped at once; `stopped` treats a dropped sender that never said
+        // `true` as "never".
+        StopSignal(watch::channel(false).1)
+    }
+
+    /// Whether the server is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes when the server starts stopping (never, for [`StopSignal::never`]).
+    pub async fn stopped(&mut self) {
+        loop {
+            if *self.0.borrow_and_update() {
+                return;
+            }
+            if self.0.changed().await.is_err() {
+                // No one can fire it any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub controller: Controller,
+    pub options: Arc<ServerOptions>,
+    pub stop: StopSignal,
+    pub openapi: Arc<serde_json::Value>,
+}
+
+impl AppState {
+    /// Runs `f` on a blocking thread: the store and the engine do file and database IO.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Controller) -> Result<T, error::ApiError> + Send + 'static,
+    ) -> Result<T, error::ApiError> {
+        let controller = self.controller.clone();
+        tokio::task::spawn_blocking(move || f(&controller))
+            .await
+            .map_err(|e| error::ApiError::internal(format!("a blocking task failed: {e}")))?
+    }
+}
+
+/// A time of the store (unix milliseconds) as the API shows times: RFC 3339, UTC.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The API with default [`ServerOptions`], whose event streams end only when their clients
+/// leave (use [`router_with`] under [`serve_app`] to end them on shutdown).
+pub fn router(controller: Controller) -> Router {
+    router_with(controller, ServerOptions::default(), StopSignal::never())
+}
+
+/// The API with `options`; open event streams end when `stop` fires.
+pub fn router_with(controller: Controller, options: ServerOptions, stop: StopSignal) -> Router {
+    routes::build(controller, options, stop)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
+/// flight (event streams end at once) and returns.
+///
+/// # Errors
+/// Only what accepting connections on `listener` fails with.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    controller: Controller,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_app(
+        listener,
+        move |stop| router_with(controller, ServerOptions::default(), stop),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves the router `app` builds on `listener` until `shutdown` completes. `app` receives the
+/// [`StopSignal`] that fires when `shutdown` completes: pass it to [`router_with`] (and to any
+/// other long-lived responses) so that graceful shutdown does not wait on open streams.
+///
+/// # Errors
+/// Only what accepting connections on `listener` fails with.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: impl FnOnce(StopSignal) -> Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (fire, signal) = watch::channel(false);
+    let router = app(StopSignal(signal));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = fire.send(true);
+        })
+        .await
+}

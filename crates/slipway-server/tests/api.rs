@@ -1,0 +1,1394 @@
+//! The API over real HTTP: `serve` on 127.0.0.1:0, a real controller running its loop over a
+//! real git repository made with the `git` CLI, and tokens of every role in its store.
+//!
+//! Every response of a happy path is validated against the schema the OpenAPI document gives
+//! for it, so the document is checked against what the server really sends.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use slipway_controller::{Controller, Options};
+use slipway_engine::{Engine, EngineConfig};
+use slipway_git::GitRepository;
+use tempfile::TempDir;
+use tokio::sync::watch;
+
+const ROLES: [&str; 4] = ["viewer", "developer", "deployer", "admin"];
+
+fn stack(version: u32) -> String {
+    format!(
+        r#"version: 1
+stack: demo
+environments:
+  main: {{ track: main }}
+  previews:
+    generate: {{ branches: ["feature/*"] }}
+    ttl: 72h
+resources:
+  config: {{ type: file, path: etc/app.toml, content: "version = {version}\n" }}
+"#
+    )
+}
+
+/// Runs git in `dir`, failing with everything it printed.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed:\nstdout: {}\nstderr: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A response: status, headers we look at, and the body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the body of a {} response is JSON ({e}): {}",
+                self.status, self.body
+            )
+        })
+    }
+
+    /// Asserts the status, and for an error the JSON error shape.
+    fn expect(self, status: u16, what: &str) -> Reply {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        if status >= 400 {
+            let body = self.json();
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{what}: an error response says what went wrong in `error`: {body}"
+            );
+        }
+        self
+    }
+}
+
+/// A server and a controller over a fresh repository and home.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    controller: Controller,
+    stop: watch::Sender<bool>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    looping: Option<tokio::task::JoinHandle<()>>,
+    repo: PathBuf,
+    /// Token by role; its holder's name is `<role>-token`.
+    tokens: BTreeMap<&'static str, String>,
+    revoked: String,
+    agent: ureq::Agent,
+    _dir: TempDir,
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("create the repository directory");
+        git(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("slipway.yaml"), stack(1)).expect("write slipway.yaml");
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "version 1"]);
+
+        let engine = Engine::open(&dir.path().join("home"), EngineConfig::default(), vec![])
+            .expect("open the engine");
+        let source = GitRepository::open(
+            repo.to_str().expect("a UTF-8 temporary path"),
+            &dir.path().join("cache"),
+        )
+        .expect("open the repository");
+        let options = Options {
+            poll_interval: Duration::from_secs(3600),
+            drift_interval: Duration::from_secs(3600),
+            requeue_interval: Duration::from_secs(3600),
+            concurrency: 2,
+            ..Options::default()
+        };
+        let controller = Controller::new(
+            Arc::new(engine),
+            Arc::new(source),
+            repo.to_str().expect("a UTF-8 temporary path"),
+            "",
+            options,
+        );
+        let store = controller.engine().store();
+        let mut tokens = BTreeMap::new();
+        for role in ROLES {
+            let token = slipway_state::new_token();
+            store
+                .create_token(
+                    &slipway_state::hash_token(&token),
+                    role,
+                    &format!("{role}-token"),
+                    slipway_state::now_ms(),
+                )
+                .expect("record a token");
+            tokens.insert(role, token);
+        }
+        let revoked = slipway_state::new_token();
+        let id = store
+            .create_token(
+                &slipway_state::hash_token(&revoked),
+                "admin",
+                "revoked-token",
+                slipway_state::now_ms(),
+            )
+            .expect("record a token");
+        store
+            .revoke_token(id, slipway_state::now_ms())
+            .expect("revoke it");
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("the bound address");
+        let (stop, stop_rx) = watch::channel(false);
+        let server = runtime.spawn(slipway_server::serve(
+            listener,
+            controller.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        let looping = runtime.spawn({
+            let controller = controller.clone();
+            async move { controller.run(stopped(stop_rx)).await }
+        });
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build(),
+        );
+        let fixture = Fixture {
+            runtime,
+            addr,
+            controller,
+            stop,
+            server: Some(server),
+            looping: Some(looping),
+            repo,
+            tokens,
+            revoked,
+            agent,
+            _dir: dir,
+        };
+        // The controller's first refresh records the static environment `main`.
+        fixture.wait_for("the controller records `main` from the repository", || {
+            fixture
+                .controller
+                .engine()
+                .store()
+                .environment("main")
+                .ok()
+                .flatten()
+        });
+        fixture
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn token(&self, role: &str) -> &str {
+        &self.tokens[role]
+    }
+
+    /// One call; `token` `None` sends no Authorization header.
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+        let url = self.url(path);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut request = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
+            "POST" | "PUT" => {
+                let mut request = if method == "POST" {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.put(&url)
+                };
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                match body {
+                    Some(body) => request
+                        .header("Content-Type", "application/json")
+                        .send(body),
+                    None => request.send_empty(),
+                }
+            }
+            other => panic!("the tests use GET, POST, PUT and DELETE, not {other}"),
+        };
+        let mut response =
+            result.unwrap_or_else(|e| panic!("{method} {path} gets an HTTP response: {e}"));
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("{method} {path}: the body is readable: {e}"));
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    fn as_role(&self, role: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.call(method, path, Some(self.token(role)), body)
+    }
+
+    /// Polls `probe` until it returns something, or fails after 30 s.
+    fn wait_for<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(found) = probe() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the controller has deployed `env` and recorded it synced.
+    fn wait_synced(&self, env: &str) {
+        self.wait_for(&format!("{env} is deployed and synced"), || {
+            let store = self.controller.engine().store();
+            let record = store.environment(env).ok().flatten()?;
+            let deployed = !store.deployments(env, 1).ok()?.is_empty();
+            (record.sync == "synced" && deployed).then_some(())
+        });
+    }
+
+    fn commit(&self, version: u32) -> String {
+        std::fs::write(self.repo.join("slipway.yaml"), stack(version)).expect("write slipway.yaml");
+        git(
+            &self.repo,
+            &["commit", "-q", "-am", &format!("version {version}")],
+        );
+        git(&self.repo, &["rev-parse", "HEAD"])
+    }
+
+    fn openapi(&self) -> Value {
+        self.call("GET", "/api/v1/openapi.json", None, None)
+            .expect(200, "the OpenAPI document is served without a token")
+            .json()
+    }
+
+    /// Stops the server and the controller; returns whether both ended within 10 s.
+    fn shut_down(&mut self) -> bool {
+        let _ = self.stop.send(true);
+        let server = self.server.take();
+        let looping = self.looping.take();
+        self.runtime.block_on(async move {
+            let ended = async {
+                if let Some(server) = server {
+                    let _ = server.await;
+                }
+                if let Some(looping) = looping {
+                    let _ = looping.await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), ended)
+                .await
+                .is_ok()
+        })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            self.shut_down();
+        }
+    }
+}
+
+/// Validates `body` against the schema the document gives for `method path` answering
+/// `status`.
+fn assert_matches_schema(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let schema = &doc["paths"][path][method.to_ascii_lowercase()]["responses"][status.to_string()]
+        ["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "the document describes the {status} JSON response of {method} {path}"
+    );
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema]
+    });
+    let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the {status} response of {method} {path} matches its schema in the OpenAPI document: {errors:#?}\n{body:#}"
+    );
+}
+
+/// Every route, with a path and body that are valid but harmless, for the authorization
+/// tests: `(method, path, body, public)`.
+fn every_route() -> Vec<(&'static str, &'static str, Option<&'static str>, bool)> {
+    vec![
+        ("GET", "/healthz", None, true),
+        ("GET", "/metrics", None, true),
+        ("GET", "/api/v1/openapi.json", None, true),
+        ("GET", "/api/v1/environments", None, false),
+        (
+            "POST",
+            "/api/v1/environments",
+            Some(r#"{"name":"refused","ref":"main","like":"previews"}"#),
+            false,
+        ),
+        ("GET", "/api/v1/environments/main", None, false),
+        ("DELETE", "/api/v1/environments/main", None, false),
+        ("POST", "/api/v1/environments/main/sync", None, false),
+        ("GET", "/api/v1/environments/main/plan", None, false),
+        (
+            "POST",
+            "/api/v1/environments/main/rollback",
+            Some(r#"{"deployment":1}"#),
+            false,
+        ),
+        (
+            "POST",
+            "/api/v1/environments/main/extend",
+            Some(r#"{"by":"2h"}"#),
+            false,
+        ),
+        ("POST", "/api/v1/environments/main/pin", Some("{}"), false),
+        ("POST", "/api/v1/environments/main/unpin", None, false),
+        ("GET", "/api/v1/environments/main/deployments", None, false),
+        ("GET", "/api/v1/deployments/1", None, false),
+        ("GET", "/api/v1/events", None, false),
+        ("POST", "/api/v1/refresh", None, false),
+        ("GET", "/api/v1/audit", None, false),
+    ]
+}
+
+/// The routes the document must list, written out here rather than read from the server.
+const DOCUMENTED: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/environments"),
+    ("post", "/api/v1/environments"),
+    ("get", "/api/v1/environments/{name}"),
+    ("delete", "/api/v1/environments/{name}"),
+    ("post", "/api/v1/environments/{name}/sync"),
+    ("get", "/api/v1/environments/{name}/plan"),
+    ("post", "/api/v1/environments/{name}/rollback"),
+    ("post", "/api/v1/environments/{name}/extend"),
+    ("post", "/api/v1/environments/{name}/pin"),
+    ("post", "/api/v1/environments/{name}/unpin"),
+    ("get", "/api/v1/environments/{name}/deployments"),
+    ("get", "/api/v1/deployments/{id}"),
+    ("get", "/api/v1/events"),
+    ("post", "/api/v1/refresh"),
+    ("get", "/api/v1/audit"),
+];
+
+#[test]
+fn every_endpoint_but_the_public_ones_refuses_a_call_without_a_valid_token() {
+    let f = Fixture::new();
+    for (method, path, body, public) in every_route() {
+        if public {
+            f.call(method, path, None, body)
+                .expect(200, &format!("{method} {path} needs no token"));
+            continue;
+        }
+        let reply = f
+            .call(method, path, None, body)
+            .expect(401, &format!("{method} {path} without a token is refused"));
+        assert!(
+            reply.json()["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("Bearer")),
+            "a 401 says how to authenticate: {}",
+            reply.body
+        );
+        f.call(method, path, Some("slw_not-a-token"), body).expect(
+            401,
+            &format!("{method} {path} with an unknown token is refused"),
+        );
+        f.call(method, path, Some(&f.revoked), body).expect(
+            401,
+            &format!("{method} {path} with a revoked token is refused"),
+        );
+    }
+    // A token in another scheme is no bearer token.
+    let reply = f
+        .agent
+        .get(f.url("/api/v1/environments"))
+        .header("Authorization", format!("Basic {}", f.token("admin")))
+        .call()
+        .expect("a response");
+    assert_eq!(reply.status().as_u16(), 401, "only `Bearer` is accepted");
+    assert_eq!(
+        f.controller
+            .engine()
+            .store()
+            .environment("main")
+            .expect("read main")
+            .map(|e| e.pinned),
+        Some(false),
+        "no refused call changed anything"
+    );
+}
+
+#[test]
+fn every_endpoint_refuses_a_role_too_weak_for_it() {
+    let f = Fixture::new();
+    // The GETs below read `main`'s first deployment.
+    f.wait_synced("main");
+    let mutating: Vec<_> = every_route()
+        .into_iter()
+        .filter(|(method, _, _, public)| *method != "GET" && !public)
+        .collect();
+    for (method, path, body, _) in &mutating {
+        let reply = f
+            .as_role("viewer", method, path, *body)
+            .expect(403, &format!("a viewer may not {method} {path}"));
+        assert!(
+            reply.json()["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("role")),
+            "a 403 names the role needed: {}",
+            reply.body
+        );
+    }
+    // `main` is a static environment: changing it needs a deployer.
+    for (method, path, body, _) in mutating
+        .iter()
+        .filter(|(_, path, _, _)| path.starts_with("/api/v1/environments/main"))
+    {
+        f.as_role("developer", method, path, *body).expect(
+            403,
+            &format!("a developer may not {method} {path} of a static environment"),
+        );
+    }
+    for role in ["viewer", "developer", "deployer"] {
+        f.as_role(role, "GET", "/api/v1/audit", None)
+            .expect(403, &format!("a {role} may not read the audit log"));
+    }
+    // Every GET but the audit log is open to a viewer.
+    for (method, path, _, _) in every_route().into_iter().filter(|(m, p, _, public)| {
+        *m == "GET" && !public && *p != "/api/v1/audit" && *p != "/api/v1/events"
+    }) {
+        f.as_role("viewer", method, path, None)
+            .expect(200, &format!("a viewer may {method} {path}"));
+    }
+    // Refusals are audited, with who was refused.
+    let audit = f
+        .as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
+        .expect(200, "an admin reads the audit log")
+        .json();
+    let entries = audit["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["who"] == "viewer-token"
+            && e["action"] == "environment.destroy"
+            && e["target"] == "main"
+            && e["outcome"] == "refused"),
+        "a refused destroy is in the audit log with who, what and its target: {audit:#}"
+    );
+    assert!(
+        entries.iter().any(|e| e["who"] == "developer-token"
+            && e["action"] == "environment.sync"
+            && e["outcome"] == "refused"),
+        "a developer refused on a static environment is audited: {audit:#}"
+    );
+}
+
+#[test]
+fn an_environment_lives_its_whole_life_through_the_api() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    let first = git(&f.repo, &["rev-parse", "HEAD"]);
+
+    // Create, as a developer: the token's name owns it.
+    let created = f
+        .as_role(
+            "developer",
+            "POST",
+            "/api/v1/environments",
+            Some(r#"{"name":"demo","ref":"main","like":"previews","ttl":"8h"}"#),
+        )
+        .expect(201, "a developer creates an ad-hoc environment")
+        .json();
+    assert_matches_schema(&doc, "POST", "/api/v1/environments", 201, &created);
+    assert_eq!(
+        created["owner"], "developer-token",
+        "the creator's token owns it"
+    );
+    assert_eq!(created["kind"], "adhoc");
+    assert_eq!(
+        created["ttl_seconds"],
+        8 * 3600,
+        "it lives as long as asked"
+    );
+
+    let list = f
+        .as_role("viewer", "GET", "/api/v1/environments", None)
+        .expect(200, "a viewer lists environments")
+        .json();
+    assert_matches_schema(&doc, "GET", "/api/v1/environments", 200, &list);
+    let names: Vec<&str> = list["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"demo"),
+        "a created environment is listed: {names:?}"
+    );
+
+    let synced_at = |commit: &str| {
+        let commit = commit.to_string();
+        f.wait_for(&format!("demo runs {commit}"), || {
+            let env = f
+                .as_role("viewer", "GET", "/api/v1/environments/demo", None)
+                .json();
+            (env["commit"] == commit.as_str() && env["sync"] == "synced").then_some(env)
+        })
+    };
+    let env = synced_at(&first);
+    assert_matches_schema(&doc, "GET", "/api/v1/environments/{name}", 200, &env);
+    assert_eq!(
+        env["resources"][0]["name"], "config",
+        "its resources are shown"
+    );
+
+    // A new commit on its ref, then a sync: it moves.
+    let second = f.commit(2);
+    let queued = f
+        .as_role("developer", "POST", "/api/v1/environments/demo/sync", None)
+        .expect(202, "a developer syncs an ad-hoc environment")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "POST",
+        "/api/v1/environments/{name}/sync",
+        202,
+        &queued,
+    );
+    synced_at(&second);
+
+    let history = f
+        .as_role(
+            "viewer",
+            "GET",
+            "/api/v1/environments/demo/deployments",
+            None,
+        )
+        .expect(200, "a viewer reads the history")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "GET",
+        "/api/v1/environments/{name}/deployments",
+        200,
+        &history,
+    );
+    let deployments = history["deployments"].as_array().expect("deployments");
+    assert_eq!(
+        deployments.first().map(|d| &d["commit"]),
+        Some(&json!(second)),
+        "the newest deployment comes first"
+    );
+    let earlier = deployments
+        .iter()
+        .find(|d| d["commit"] == first.as_str() && d["status"] == "succeeded")
+        .unwrap_or_else(|| panic!("the first commit's deployment is in the history: {history:#}"));
+    let earlier_id = earlier["id"].as_i64().expect("an id");
+    let deployment = f
+        .as_role(
+            "viewer",
+            "GET",
+            &format!("/api/v1/deployments/{earlier_id}"),
+            None,
+        )
+        .expect(200, "a viewer reads one deployment")
+        .json();
+    assert_matches_schema(&doc, "GET", "/api/v1/deployments/{id}", 200, &deployment);
+    assert!(
+        deployment["plan"].is_object(),
+        "one deployment comes with its plan"
+    );
+
+    let plan = f
+        .as_role("viewer", "GET", "/api/v1/environments/demo/plan", None)
+        .expect(200, "a viewer reads the plan")
+        .json();
+    assert_matches_schema(&doc, "GET", "/api/v1/environments/{name}/plan", 200, &plan);
+    assert_eq!(
+        plan["has_changes"], false,
+        "a synced environment plans no changes: {plan:#}"
+    );
+    assert_eq!(plan["commit"], second.as_str());
+
+    let before = env["expires_at"].as_str().expect("an expiry").to_string();
+    let extended = f
+        .as_role(
+            "developer",
+            "POST",
+            "/api/v1/environments/demo/extend",
+            Some(r#"{"by":"2h"}"#),
+        )
+        .expect(200, "a developer extends an ad-hoc environment")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "POST",
+        "/api/v1/environments/{name}/extend",
+        200,
+        &extended,
+    );
+    assert!(
+        extended["expires_at"].as_str().expect("an expiry") > before.as_str(),
+        "extend pushes the expiry later: {before} -> {}",
+        extended["expires_at"]
+    );
+
+    let pinned = f
+        .as_role(
+            "developer",
+            "POST",
+            "/api/v1/environments/demo/pin",
+            Some("{}"),
+        )
+        .expect(200, "a developer pins an ad-hoc environment")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "POST",
+        "/api/v1/environments/{name}/pin",
+        200,
+        &pinned,
+    );
+    assert_eq!(pinned["pinned"], true);
+    assert_eq!(
+        pinned["desired_commit"],
+        second.as_str(),
+        "pinning keeps the commit it runs"
+    );
+    let unpinned = f
+        .as_role("developer", "POST", "/api/v1/environments/demo/unpin", None)
+        .expect(200, "a developer unpins an ad-hoc environment")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "POST",
+        "/api/v1/environments/{name}/unpin",
+        200,
+        &unpinned,
+    );
+    assert_eq!(unpinned["pinned"], false);
+
+    let rolled = f
+        .as_role(
+            "developer",
+            "POST",
+            "/api/v1/environments/demo/rollback",
+            Some(&format!(r#"{{"deployment":{earlier_id}}}"#)),
+        )
+        .expect(200, "a developer rolls an ad-hoc environment back")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "POST",
+        "/api/v1/environments/{name}/rollback",
+        200,
+        &rolled,
+    );
+    assert_eq!(rolled["pinned"], true, "a rollback pins the environment");
+    let back = synced_at(&first);
+    assert_eq!(
+        back["desired_commit"],
+        first.as_str(),
+        "it runs the earlier commit again"
+    );
+
+    let destroyed = f
+        .as_role("developer", "DELETE", "/api/v1/environments/demo", None)
+        .expect(200, "a developer destroys an ad-hoc environment")
+        .json();
+    assert_matches_schema(
+        &doc,
+        "DELETE",
+        "/api/v1/environments/{name}",
+        200,
+        &destroyed,
+    );
+    f.as_role("viewer", "GET", "/api/v1/environments/demo", None)
+        .expect(404, "a destroyed environment is gone");
+    let history = f
+        .as_role(
+            "viewer",
+            "GET",
+            "/api/v1/environments/demo/deployments",
+            None,
+        )
+        .expect(200, "the history of a destroyed environment stays readable")
+        .json();
+    assert!(
+        !history["deployments"]
+            .as_array()
+            .expect("deployments")
+            .is_empty(),
+        "history outlives the environment"
+    );
+
+    let refreshed = f
+        .as_role("developer", "POST", "/api/v1/refresh", None)
+        .expect(200, "a developer asks for a refresh")
+        .json();
+    assert_matches_schema(&doc, "POST", "/api/v1/refresh", 200, &refreshed);
+
+    // Every change is in the audit log with who asked.
+    let audit = f
+        .as_role("admin", "GET", "/api/v1/audit", None)
+        .expect(200, "an admin reads the audit log")
+        .json();
+    assert_matches_schema(&doc, "GET", "/api/v1/audit", 200, &audit);
+    let done: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["who"] == "developer-token" && e["outcome"] == "ok")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["target"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for action in [
+        "environment.create",
+        "environment.sync",
+        "environment.extend",
+        "environment.pin",
+        "environment.unpin",
+        "environment.rollback",
+        "environment.destroy",
+    ] {
+        assert!(
+            done.contains(&(action.to_string(), "demo".to_string())),
+            "{action} of demo by the developer is audited: {done:?}"
+        );
+    }
+    assert!(
+        done.contains(&("refresh".to_string(), String::new())),
+        "a refresh is audited: {done:?}"
+    );
+}
+
+#[test]
+fn a_deployer_changes_static_environments() {
+    let f = Fixture::new();
+    let reply = f
+        .as_role("deployer", "POST", "/api/v1/environments/main/sync", None)
+        .expect(202, "a deployer syncs a static environment");
+    assert_eq!(reply.json()["environment"], "main");
+    f.as_role(
+        "deployer",
+        "POST",
+        "/api/v1/environments/main/extend",
+        Some(r#"{"by":"1h"}"#),
+    )
+    .expect(200, "a deployer extends a static environment");
+}
+
+#[test]
+fn malformed_bodies_are_refused_with_what_is_wrong() {
+    let f = Fixture::new();
+    let create = |body: &str| f.as_role("developer", "POST", "/api/v1/environments", Some(body));
+
+    let reply = create("{not json").expect(400, "malformed JSON is a 400");
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid JSON"),
+        "the error says the JSON is invalid: {}",
+        reply.body
+    );
+    let reply =
+        create(r#"{"name": 5, "ref": "main"}"#).expect(400, "a wrongly typed field is a 400");
+    assert!(
+        reply.body.contains("`name`"),
+        "the error names the field: {}",
+        reply.body
+    );
+    let reply =
+        create(r#"{"name":"x","ref":"main","tll":"8h"}"#).expect(400, "an unknown field is a 400");
+    assert!(
+        reply.body.contains("tll"),
+        "the error names the unknown field: {}",
+        reply.body
+    );
+    let reply = create(r#"{"name":"x"}"#).expect(400, "a missing field is a 400");
+    assert!(
+        reply.body.contains("ref"),
+        "the error names the missing field: {}",
+        reply.body
+    );
+    create(r#"{"name":"x","ref":"main"} trailing"#)
+        .expect(400, "trailing bytes after the JSON are a 400");
+    create(r#"[1, 2]"#).expect(400, "a JSON array where an object is wanted is a 400");
+    let reply = create(r#"{"name":"x","ref":"main","like":"previews","ttl":"8 parsecs"}"#)
+        .expect(400, "a ttl that is no duration is a 400");
+    assert!(
+        reply.body.contains("ttl"),
+        "the error names the field: {}",
+        reply.body
+    );
+    create(r#"{"name":"x","ref":"main","like":"previews","ttl":"0s"}"#)
+        .expect(400, "a zero ttl is a 400");
+    create(r#"{"name":"x","ref":"main","like":"previews","ttl":"99999d"}"#)
+        .expect(400, "a ttl of centuries is a 400");
+    create(r#"{"name":"x","ref":"--upload-pack=touch /tmp/pwned","like":"previews"}"#).expect(
+        422,
+        "a ref that looks like an option is refused by the git layer",
+    );
+    create(r#"{"name":"x","ref":"no-such-branch","like":"previews"}"#)
+        .expect(422, "an unknown ref is a 422");
+    create(r#"{"name":"x","ref":"main","like":"nope"}"#).expect(422, "an unknown `like` is a 422");
+    create(r#"{"name":"main","ref":"main","like":"previews"}"#)
+        .expect(409, "creating an environment that exists is a conflict");
+
+    f.as_role(
+        "deployer",
+        "POST",
+        "/api/v1/environments/main/extend",
+        Some(r#"{"by":"soon"}"#),
+    )
+    .expect(400, "an extension that is no duration is a 400");
+    f.as_role(
+        "deployer",
+        "POST",
+        "/api/v1/environments/main/rollback",
+        Some(r#"{"deployment":"one"}"#),
+    )
+    .expect(400, "a deployment id that is no integer is a 400");
+    f.as_role(
+        "deployer",
+        "POST",
+        "/api/v1/environments/main/sync",
+        Some(r#"{"force":true}"#),
+    )
+    .expect(400, "a field a call does not take is a 400");
+    f.as_role(
+        "deployer",
+        "POST",
+        "/api/v1/environments/main/rollback",
+        Some(r#"{"deployment":987654}"#),
+    )
+    .expect(
+        422,
+        "rolling back to another environment's or no deployment is a 422",
+    );
+}
+
+/// Sends a request head and `size` bytes of body over a raw socket (the body from another
+/// thread, as a client that does not wait for the answer would) and returns the status line
+/// and the rest of what came back.
+fn raw_upload(addr: SocketAddr, token: &str, size: usize, chunked: bool) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {size}")
+    };
+    let head = format!(
+        "POST /api/v1/environments HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\n{framing}\r\n\r\n"
+    );
+    let mut writer = stream.try_clone().expect("clone the socket");
+    let sender = std::thread::spawn(move || {
+        if writer.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            let framed = if chunked {
+                let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                framed.extend_from_slice(&chunk);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            } else {
+                chunk.clone()
+            };
+            // The server may answer and close before all of it is sent.
+            if writer.write_all(&framed).is_err() {
+                return;
+            }
+            sent += chunk.len();
+        }
+        if chunked {
+            let _ = writer.write_all(b"0\r\n\r\n");
+        }
+    });
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            // A signal (a child of another test exiting) interrupts the read: not an answer.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The server may reset the connection after answering: what came is the answer.
+            Err(_) => break,
+        }
+    }
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&received).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP status line came back: {text:?}"));
+    (status, text)
+}
+
+#[test]
+fn a_body_over_one_mebibyte_is_refused_with_413() {
+    let f = Fixture::new();
+    let token = f.token("developer").to_string();
+    let (status, text) = raw_upload(f.addr, &token, 2 * 1024 * 1024, false);
+    assert_eq!(status, 413, "a declared 2 MiB body is refused: {text}");
+    assert!(
+        text.contains("\"error\""),
+        "the 413 is a JSON error: {text}"
+    );
+    let (status, text) = raw_upload(f.addr, &token, 2 * 1024 * 1024, true);
+    assert_eq!(
+        status, 413,
+        "a chunked 2 MiB body is refused once over the limit: {text}"
+    );
+    f.call("GET", "/healthz", None, None)
+        .expect(200, "the server still answers after refusing large bodies");
+}
+
+#[test]
+fn unknown_environments_deployments_and_routes_are_404() {
+    let f = Fixture::new();
+    for (method, path, body) in [
+        ("GET", "/api/v1/environments/nope", None),
+        ("GET", "/api/v1/environments/nope/plan", None),
+        ("GET", "/api/v1/environments/nope/deployments", None),
+        ("DELETE", "/api/v1/environments/nope", None),
+        ("POST", "/api/v1/environments/nope/sync", None),
+        (
+            "POST",
+            "/api/v1/environments/nope/extend",
+            Some(r#"{"by":"1h"}"#),
+        ),
+        ("POST", "/api/v1/environments/nope/pin", None),
+        ("POST", "/api/v1/environments/nope/unpin", None),
+        (
+            "POST",
+            "/api/v1/environments/nope/rollback",
+            Some(r#"{"deployment":1}"#),
+        ),
+        ("GET", "/api/v1/deployments/987654", None),
+    ] {
+        let reply = f.as_role("deployer", method, path, body).expect(
+            404,
+            &format!("{method} {path} of something unknown is a 404"),
+        );
+        assert!(
+            reply.json()["hint"].is_string(),
+            "a 404 says where to look: {}",
+            reply.body
+        );
+    }
+    f.as_role("viewer", "GET", "/api/v1/deployments/abc", None)
+        .expect(400, "a deployment id that is no integer is a 400");
+    let reply = f
+        .as_role("viewer", "GET", "/api/v1/nothing-here", None)
+        .expect(404, "an unknown route is a 404");
+    assert!(
+        reply.content_type.starts_with("application/json"),
+        "even a 404 route is JSON"
+    );
+    f.as_role("admin", "PUT", "/api/v1/environments", Some("{}"))
+        .expect(405, "a method a route does not take is a 405");
+}
+
+#[test]
+fn hostile_environment_names_are_refused_before_any_lookup() {
+    let f = Fixture::new();
+    let long = "a".repeat(200);
+    for (name, encoded) in [
+        ("../x", "..%2Fx".to_string()),
+        ("200 characters", long.clone()),
+        ("unicode", "%C3%A9t%C3%A9".to_string()),
+        ("upper case", "Main".to_string()),
+        ("shell", "%24(reboot)".to_string()),
+        ("a NUL byte", "a%00b".to_string()),
+        ("invalid UTF-8", "%FF%FE".to_string()),
+    ] {
+        for (method, suffix) in [
+            ("GET", ""),
+            ("GET", "/plan"),
+            ("POST", "/sync"),
+            ("DELETE", ""),
+        ] {
+            let path = format!("/api/v1/environments/{encoded}{suffix}");
+            let reply = f.as_role("admin", method, &path, None).expect(
+                400,
+                &format!("{method} of an environment named with {name} is a 400"),
+            );
+            assert!(
+                reply.json()["hint"]
+                    .as_str()
+                    .is_some_and(|h| h.contains("DNS label")),
+                "the 400 says what a name may be: {}",
+                reply.body
+            );
+        }
+    }
+    for name in ["../x", long.as_str(), "été", "-x", "x y", ""] {
+        let body = json!({"name": name, "ref": "main", "like": "previews"}).to_string();
+        f.as_role("developer", "POST", "/api/v1/environments", Some(&body))
+            .expect(
+                400,
+                &format!("creating an environment named {name:?} is a 400"),
+            );
+    }
+    f.as_role("viewer", "GET", "/api/v1/events?environment=..%2Fx", None)
+        .expect(400, "an event filter that is no environment name is a 400");
+    assert_eq!(
+        f.controller
+            .engine()
+            .store()
+            .environments()
+            .expect("list")
+            .len(),
+        1,
+        "no hostile name created anything"
+    );
+}
+
+/// Reads server-sent events until one satisfies `wanted`, returning `(id, data)` of each
+/// event read on the way.
+fn read_events(
+    reader: &mut impl BufRead,
+    mut wanted: impl FnMut(&Value) -> bool,
+) -> Vec<(i64, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut id = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading events: {seen:?}"
+        );
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .expect("the event stream is readable");
+        assert!(n > 0, "the event stream stays open: {seen:?}");
+        let line = line.trim_end();
+        if let Some(value) = line.strip_prefix("id:") {
+            id = value.trim().parse::<i64>().ok();
+        } else if let Some(data) = line.strip_prefix("data:") {
+            let data: Value = serde_json::from_str(data.trim()).expect("event data is JSON");
+            let event_id = id.take().expect("every event has an id");
+            assert_eq!(data["id"], event_id, "the SSE id is the event's id");
+            let done = wanted(&data);
+            seen.push((event_id, data));
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_a_cursor() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    let response = f
+        .agent
+        .get(f.url("/api/v1/events?environment=main"))
+        .header("Authorization", format!("Bearer {}", f.token("viewer")))
+        .call()
+        .expect("the event stream opens");
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "a viewer may stream events"
+    );
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream")),
+        "events are server-sent events"
+    );
+    let store = f.controller.engine().store();
+    let other = store
+        .record_event(
+            Some("other"),
+            "test.other",
+            "not for main",
+            &json!({}),
+            slipway_state::now_ms(),
+        )
+        .expect("record an event");
+    let mine = store
+        .record_event(
+            Some("main"),
+            "test.ping",
+            "hello main",
+            &json!({"n": 1}),
+            slipway_state::now_ms(),
+        )
+        .expect("record an event");
+    let mut reader = BufReader::new(response.into_body().into_reader());
+    let seen = read_events(&mut reader, |data| data["kind"] == "test.ping");
+    let (id, data) = seen.last().expect("an event");
+    assert_eq!(
+        *id, mine,
+        "the event recorded after connecting is delivered with its id"
+    );
+    assert_eq!(data["data"]["n"], 1, "with its data");
+    assert!(
+        seen.iter().all(|(_, d)| d["environment"] == "main"),
+        "the environment filter holds: {seen:?}"
+    );
+    let event_schema = json!({
+        "components": doc["components"],
+        "$ref": "#/components/schemas/Event"
+    });
+    let validator = jsonschema::validator_for(&event_schema).expect("the Event schema compiles");
+    assert!(
+        validator.is_valid(data),
+        "an event matches the Event schema: {data}"
+    );
+
+    // Reconnecting with the last id seen before `mine` replays it.
+    let response = f
+        .agent
+        .get(f.url("/api/v1/events"))
+        .header("Authorization", format!("Bearer {}", f.token("viewer")))
+        .header("Last-Event-ID", other.to_string())
+        .call()
+        .expect("the event stream opens");
+    let mut reader = BufReader::new(response.into_body().into_reader());
+    let seen = read_events(&mut reader, |_| true);
+    assert_eq!(
+        seen[0].0, mine,
+        "the stream replays from after `Last-Event-ID`"
+    );
+    let response = f
+        .agent
+        .get(f.url(&format!("/api/v1/events?after={}", other - 1)))
+        .header("Authorization", format!("Bearer {}", f.token("viewer")))
+        .call()
+        .expect("the event stream opens");
+    let mut reader = BufReader::new(response.into_body().into_reader());
+    let seen = read_events(&mut reader, |_| true);
+    assert_eq!(seen[0].0, other, "the stream replays from after `?after=`");
+}
+
+#[test]
+fn stopping_the_server_ends_open_event_streams() {
+    let mut f = Fixture::new();
+    let response = f
+        .agent
+        .get(f.url("/api/v1/events"))
+        .header("Authorization", format!("Bearer {}", f.token("viewer")))
+        .call()
+        .expect("the event stream opens");
+    let mut reader = BufReader::new(response.into_body().into_reader());
+    assert!(
+        f.shut_down(),
+        "the server and controller stop within 10 s with a stream open"
+    );
+    let mut rest = String::new();
+    let ended = reader.read_to_string(&mut rest);
+    assert!(ended.is_ok(), "the stream ends cleanly: {ended:?}");
+}
+
+#[test]
+fn metrics_and_health_need_no_token() {
+    let f = Fixture::new();
+    f.wait_synced("main");
+    let metrics = f
+        .call("GET", "/metrics", None, None)
+        .expect(200, "metrics need no token");
+    assert!(
+        metrics.content_type.starts_with("text/plain"),
+        "metrics are Prometheus text: {}",
+        metrics.content_type
+    );
+    for name in [
+        "slipway_reconcile_duration_seconds_bucket",
+        "slipway_reconcile_duration_seconds_count",
+        "slipway_queue_depth",
+        "slipway_drift_repairs_total",
+        "slipway_reconcile_failures_total",
+    ] {
+        assert!(
+            metrics.body.contains(name),
+            "/metrics has {name}:\n{}",
+            metrics.body
+        );
+    }
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l.starts_with("slipway_environments{sync=\"synced\"") && l.ends_with(" 1")),
+        "the synced environment is counted by state:\n{}",
+        metrics.body
+    );
+    let doc = f.openapi();
+    let health = f
+        .call("GET", "/healthz", None, None)
+        .expect(200, "health needs no token")
+        .json();
+    assert_matches_schema(&doc, "GET", "/healthz", 200, &health);
+}
+
+#[test]
+fn the_openapi_document_lists_every_route_the_server_serves() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    assert_eq!(doc["openapi"], "3.1.0", "an OpenAPI 3.1 document");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (method, path) in DOCUMENTED {
+        let op = &paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("the document lists {path}"))[*method];
+        assert!(op.is_object(), "the document lists {method} {path}");
+        assert!(
+            op["operationId"].is_string(),
+            "{method} {path} has an operationId"
+        );
+        assert!(
+            op["x-slipway-role"].is_string(),
+            "{method} {path} says which role it needs"
+        );
+        assert!(
+            op["responses"]["500"].is_object(),
+            "{method} {path} documents its errors"
+        );
+    }
+    // And nothing it lists is missing from the server: an unauthenticated call reaches the
+    // route's guard (401), or the route itself when it is public.
+    let mut listed = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("a path item") {
+            listed += 1;
+            let concrete = path.replace("{name}", "main").replace("{id}", "1");
+            let public = op["security"] == json!([]);
+            let reply = f.call(&method.to_ascii_uppercase(), &concrete, None, None);
+            let expected = if public { 200 } else { 401 };
+            assert_eq!(
+                reply.status, expected,
+                "{method} {path}, listed in the document, is served: {}",
+                reply.body
+            );
+        }
+    }
+    assert_eq!(
+        listed,
+        DOCUMENTED.len(),
+        "the document lists no route that is not expected"
+    );
+}
+
+/// Regression: a resource recorded as `creating` has `null` outputs until its provider
+/// answers, and a list taken mid-apply once failed the schema that wanted an object.
+#[test]
+fn an_environment_listed_while_a_resource_is_being_created_matches_the_schema() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    f.controller
+        .engine()
+        .store()
+        .put_resource(&slipway_state::ResourceRecord {
+            environment: "main".into(),
+            name: "half-made".into(),
+            type_name: "file".into(),
+            status: "creating".into(),
+            config: json!({}),
+            resolved_hash: None,
+            outputs: Value::Null,
+            secret_outputs: Vec::new(),
+            live: Value::Null,
+            depends_on: Vec::new(),
+            error: None,
+            updated_at: slipway_state::now_ms(),
+        })
+        .expect("record a resource being created");
+    let list = f
+        .as_role("viewer", "GET", "/api/v1/environments", None)
+        .expect(200, "a viewer lists environments mid-apply")
+        .json();
+    assert!(
+        list.to_string().contains("half-made"),
+        "the resource being created is listed: {list}"
+    );
+    assert_matches_schema(&doc, "GET", "/api/v1/environments", 200, &list);
+}

@@ -1,0 +1,390 @@
+//! The controller's commands: `serve`, `env ...`, `token create`, `compare`. The `env`
+//! commands act through a running controller's API with `--server`, or directly on the home
+//! without one (then they deploy at once, since no controller is there to do it).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use slipway_controller::{Controller, CreateEnvironment, Options};
+use slipway_core::stack::parse_duration;
+
+use crate::commands::{confirm, engine_config, open_engine, open_repo, who};
+use crate::{Cli, Command, EnvCommand, Global, Output, RepoArgs, TokenCommand, remote, render};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Serve { repo, listen } => serve(&g, &repo, listen),
+        Command::Env(cmd) => env(&g, cmd),
+        Command::Token(TokenCommand::Create { role, name }) => token_create(&g, &role, &name),
+        Command::Compare { a, b, repo, output } => compare(&g, &repo, &a, &b, output),
+        _ => unreachable!("dispatched in main"),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn duration(text: &str, what: &str) -> Result<Duration> {
+    parse_duration(text)
+        .with_context(|| format!("{what} `{text}` is not a duration such as 30m, 8h or 2d"))
+}
+
+fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
+    let config = engine_config(g)?;
+    let engine = Arc::new(open_engine(g)?);
+    let (repository, spec, reference, folder) = open_repo(g, repo)?;
+    let options = Options {
+        poll_interval: duration(&config.repo.poll_interval, "[repo] poll_interval")?,
+        drift_interval: duration(
+            &config.controller.drift_interval,
+            "[controller] drift_interval",
+        )?,
+        requeue_interval: duration(
+            &config.controller.requeue_interval,
+            "[controller] requeue_interval",
+        )?,
+        concurrency: config.controller.concurrency.max(1),
+        parallelism: config.local.parallelism,
+        default_ref: reference,
+        ..Options::default()
+    };
+    Ok(Controller::new(
+        engine,
+        Arc::new(repository),
+        &spec,
+        &folder,
+        options,
+    ))
+}
+
+fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode> {
+    let config = engine_config(g)?;
+    let listen = listen.unwrap_or(config.server.listen.clone());
+    let controller = controller(g, repo)?;
+    let store = controller.engine().store();
+    if store.tokens()?.is_empty() {
+        let token = slipway_state::new_token();
+        store.create_token(
+            &slipway_state::hash_token(&token),
+            "admin",
+            "first-admin",
+            slipway_state::now_ms(),
+        )?;
+        eprintln!(
+            "No API token existed, so an admin token was made (shown once; keep it):\n  {token}"
+        );
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen"))?;
+        let addr = listener.local_addr()?;
+        eprintln!("slipway serve: API http://{addr}/api/v1  health http://{addr}/healthz  metrics http://{addr}/metrics");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let signals = async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM can be handled");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = stop_tx.send(true);
+        };
+        tokio::spawn(signals);
+        let mut rx1 = stop_rx.clone();
+        let mut rx2 = stop_rx;
+        let server = slipway_server::serve(listener, controller.clone(), async move {
+            let _ = rx2.wait_for(|s| *s).await;
+        });
+        let run = controller.run(async move {
+            let _ = rx1.wait_for(|s| *s).await;
+        });
+        let (served, ()) = tokio::join!(server, run);
+        served.context("the API server failed")?;
+        eprintln!("slipway serve: stopped; environments keep running");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
+    if let Some(server) = g.server.as_deref() {
+        return env_remote(g, server, cmd);
+    }
+    if let EnvCommand::List { output } = cmd {
+        let engine = open_engine(g)?;
+        let envs = engine.status(None)?;
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "environments": envs }))?
+            ),
+            Output::Text => render::status_text(&envs),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        match cmd {
+            EnvCommand::List { .. } => unreachable!("handled above"),
+            EnvCommand::Create { name, like, ttl, repo, output } => {
+                let reference = required_ref(&repo)?;
+                let c = controller(g, &repo)?;
+                let ttl = ttl.map(|t| duration(&t, "--ttl")).transpose()?;
+                let record = c.create_environment(CreateEnvironment { name: name.clone(), reference, like, ttl, owner: Some(who()) }).await?;
+                eprintln!("created `{name}`; deploying...");
+                c.reconcile_now(&name).await?;
+                let status = c.engine().status(Some(&name))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
+                    Output::Text => render::status_text(&status),
+                }
+                let _ = record;
+            }
+            EnvCommand::Destroy { name, yes, repo } => {
+                confirm(&format!("destroy `{name}`"), yes)?;
+                controller(g, &repo)?.destroy_environment(&name, &who()).await?;
+                println!("destroyed `{name}`");
+            }
+            EnvCommand::Extend { name, by, repo } => {
+                let record = controller(g, &repo)?.extend(&name, duration(&by, "--by")?).await?;
+                println!("`{name}` now expires at {}", expiry(record.expires_at));
+            }
+            EnvCommand::Pin { name, commit, repo } => {
+                let c = controller(g, &repo)?;
+                let record = c.pin(&name, commit).await?;
+                c.reconcile_now(&name).await?;
+                println!("`{name}` is pinned to {}", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));
+            }
+            EnvCommand::Unpin { name, repo } => {
+                let c = controller(g, &repo)?;
+                let record = c.unpin(&name).await?;
+                c.reconcile_now(&name).await?;
+                println!("`{name}` follows `{}` again", record.tracked_ref.as_deref().unwrap_or("?"));
+            }
+            EnvCommand::Rollback { name, to, repo } => {
+                let c = controller(g, &repo)?;
+                let record = c.rollback(&name, to).await?;
+                c.reconcile_now(&name).await?;
+                println!("`{name}` is back at {} (deployment #{to}) and pinned there; `slipway env unpin {name}` follows its ref again", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn required_ref(repo: &RepoArgs) -> Result<String> {
+    repo.reference
+        .clone()
+        .context("say which commit the environment runs with --ref (a branch, tag or commit)")
+}
+
+fn expiry(at: Option<i64>) -> String {
+    match at {
+        Some(ms) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+        )
+        .to_string(),
+        None => "never".into(),
+    }
+}
+
+fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
+    let token = g.token.as_deref();
+    let print = |v: &serde_json::Value| -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    };
+    match cmd {
+        EnvCommand::List { output } => return remote::status(server, token, None, output),
+        EnvCommand::Create {
+            name,
+            like,
+            ttl,
+            repo,
+            ..
+        } => {
+            let reference = required_ref(&repo)?;
+            print(&remote::call(
+                server,
+                token,
+                "POST",
+                "/environments",
+                Some(&json!({"name": name, "ref": reference, "like": like, "ttl": ttl})),
+            )?)?;
+        }
+        EnvCommand::Destroy { name, yes, .. } => {
+            confirm(&format!("destroy `{name}`"), yes)?;
+            remote::call(
+                server,
+                token,
+                "DELETE",
+                &format!("/environments/{name}"),
+                None,
+            )?;
+            println!("destroyed `{name}`");
+        }
+        EnvCommand::Extend { name, by, .. } => print(&remote::call(
+            server,
+            token,
+            "POST",
+            &format!("/environments/{name}/extend"),
+            Some(&json!({"by": by})),
+        )?)?,
+        EnvCommand::Pin { name, commit, .. } => print(&remote::call(
+            server,
+            token,
+            "POST",
+            &format!("/environments/{name}/pin"),
+            Some(&json!({"commit": commit})),
+        )?)?,
+        EnvCommand::Unpin { name, .. } => print(&remote::call(
+            server,
+            token,
+            "POST",
+            &format!("/environments/{name}/unpin"),
+            None,
+        )?)?,
+        EnvCommand::Rollback { name, to, .. } => print(&remote::call(
+            server,
+            token,
+            "POST",
+            &format!("/environments/{name}/rollback"),
+            Some(&json!({"deployment": to})),
+        )?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_create(g: &Global, role: &str, name: &str) -> Result<ExitCode> {
+    if !["viewer", "developer", "deployer", "admin"].contains(&role) {
+        bail!("unknown role `{role}`; the roles are viewer, developer, deployer and admin");
+    }
+    let engine = open_engine(g)?;
+    let token = slipway_state::new_token();
+    engine.store().create_token(
+        &slipway_state::hash_token(&token),
+        role,
+        name,
+        slipway_state::now_ms(),
+    )?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders both environments at the commits they run and shows what differs.
+fn compare(g: &Global, repo: &RepoArgs, a: &str, b: &str, output: Output) -> Result<ExitCode> {
+    let engine = open_engine(g)?;
+    let (repository, _, _, folder) = open_repo(g, repo)?;
+    let mut rendered = Vec::new();
+    for name in [a, b] {
+        let record = engine.store().environment(name)?.with_context(|| {
+            format!("environment `{name}` does not exist here; `slipway env list` shows them")
+        })?;
+        let commit = record
+            .commit
+            .clone()
+            .with_context(|| format!("`{name}` runs no commit yet"))?;
+        let target = engine.target_for(name)?;
+        let loaded = slipway_engine::source::load_commit(&repository, &commit, &folder)?;
+        let stack = loaded
+            .loaded
+            .stack
+            .as_ref()
+            .filter(|_| !loaded.loaded.has_errors())
+            .with_context(|| format!("the stack at {commit} does not validate"))?;
+        let files = slipway_git::Source::list_files(&repository, &commit)?;
+        let sources = slipway_engine::source::source_hashes(
+            &files,
+            &loaded.folder,
+            &stack.files,
+            &stack.resources,
+        );
+        let desired = slipway_core::render::render(
+            stack,
+            slipway_core::render::Target {
+                name,
+                definition: &target.definition,
+                kind: target.kind,
+            },
+            &commit,
+            &sources,
+        )?;
+        rendered.push(desired);
+    }
+    let (da, db) = (&rendered[0], &rendered[1]);
+    let mut variables = Vec::new();
+    for key in da
+        .variables
+        .keys()
+        .chain(db.variables.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (va, vb) = (da.variables.get(key), db.variables.get(key));
+        if va != vb {
+            variables.push(json!({"name": key, a: va, b: vb}));
+        }
+    }
+    let mut resources = Vec::new();
+    for key in da
+        .resources
+        .keys()
+        .chain(db.resources.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (da.resources.get(key), db.resources.get(key)) {
+            (Some(ra), Some(rb)) => {
+                let diff = slipway_core::plan::diff(&ra.config, &rb.config, &rb.type_name);
+                if !diff.is_empty() || ra.source != rb.source {
+                    resources.push(json!({"resource": key, "diff": diff, "source_differs": ra.source != rb.source}));
+                }
+            }
+            (ra, rb) => resources.push(json!({"resource": key, "only_in": if ra.is_some() { a } else { b }, "present_in_both": rb.is_some() && ra.is_some()})),
+        }
+    }
+    let same_commit = da.commit == db.commit;
+    let result = json!({"a": a, "b": b, "commits": {a: da.commit, b: db.commit}, "same_commit": same_commit, "variables": variables, "resources": resources});
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Output::Text => {
+            if same_commit {
+                println!(
+                    "`{a}` and `{b}` run the same commit {}",
+                    slipway_engine::apply::short(&da.commit)
+                );
+            } else {
+                println!(
+                    "`{a}` runs {}, `{b}` runs {}",
+                    slipway_engine::apply::short(&da.commit),
+                    slipway_engine::apply::short(&db.commit)
+                );
+            }
+            if variables.is_empty() && resources.is_empty() {
+                println!("Their rendered states are the same but for the environment's name.");
+            }
+            for v in &variables {
+                println!(
+                    "  variable {}: {} → {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v[a],
+                    v[b]
+                );
+            }
+            for r in &resources {
+                println!(
+                    "  resource {}: {}",
+                    r["resource"].as_str().unwrap_or(""),
+                    r["diff"]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,263 @@
+//! `slipway serve` end to end: a real controller process following a real repository, real
+//! services answering HTTP, and the controller killed with SIGKILL and restarted.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
+const T: Duration = Duration::from_secs(30);
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(s: &Sandbox) -> Server {
+    let url = format!("file://{}", s.repo.display());
+    let mut child = s
+        .cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("API http://").nth(1) {
+                let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(T)
+        .expect("serve prints where its API listens");
+    Server { child, addr }
+}
+
+fn status(s: &Sandbox, server: &Server, token: &str) -> Value {
+    let url = format!("http://{}", server.addr);
+    s.json(&[
+        "--server", &url, "--token", token, "status", "--output", "json",
+    ])
+}
+
+fn env_port(v: &Value, env: &str) -> Option<u16> {
+    let e = v["environments"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == env)?;
+    if e["sync"] != "synced" {
+        return None;
+    }
+    let web = e["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == "web")?;
+    u16::try_from(web["outputs"]["ports"]["http"].as_u64()?).ok()
+}
+
+fn answer(s: &Sandbox, server: &Server, token: &str, env: &str, needle: &str) -> Option<u16> {
+    let port = env_port(&status(s, server, token), env)?;
+    http_get(port, "/")
+        .filter(|b| b.contains(needle))
+        .map(|_| port)
+}
+
+fn setup() -> (Sandbox, String) {
+    let s = Sandbox::new();
+    for name in ["app.py", "seed.py"] {
+        s.write(
+            name,
+            &std::fs::read_to_string(format!("{EXAMPLE}/{name}")).expect("example"),
+        );
+    }
+    let yaml = std::fs::read_to_string(format!("{EXAMPLE}/slipway.yaml")).expect("example").replace("  prod: { track: main, protected: true, variables: { greeting: \"Hello from prod\", workers: 2 } }\n", "");
+    s.write("slipway.yaml", &yaml);
+    s.commit("stack");
+    let config = std::fs::read_to_string(&s.config).expect("config")
+        + "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n";
+    std::fs::write(&s.config, config).expect("config");
+    let token = String::from_utf8(
+        s.ok(&["token", "create", "--role", "admin", "--name", "test"])
+            .stdout,
+    )
+    .expect("utf-8")
+    .trim()
+    .to_string();
+    assert!(
+        token.starts_with("slw_"),
+        "token create prints only the token: {token:?}"
+    );
+    (s, token)
+}
+
+#[test]
+fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
+    let (s, token) = setup();
+    let server = start(&s);
+    let port = wait_for("dev serves the first commit", T, || {
+        answer(&s, &server, &token, "dev", "Hello from Slipway (dev")
+    });
+
+    // A push to main reaches dev with no command run.
+    let yaml = std::fs::read_to_string(s.repo.join("slipway.yaml"))
+        .expect("read")
+        .replace("Hello from Slipway", "Pushed");
+    s.write("slipway.yaml", &yaml);
+    s.commit("push to main");
+    wait_for("dev runs the pushed commit", T, || {
+        http_get(port, "/").filter(|b| b.contains("Pushed (dev"))
+    });
+
+    // A feature branch gets its own environment serving its own version; deleting it destroys it.
+    git(&s.repo, &["checkout", "-q", "-b", "feature/login"]);
+    s.write("slipway.yaml", &yaml.replace("Pushed", "Feature"));
+    s.commit("feature");
+    git(&s.repo, &["checkout", "-q", "main"]);
+    let branch_port = wait_for("the branch environment answers", T, || {
+        answer(
+            &s,
+            &server,
+            &token,
+            "br-feature-login",
+            "Feature (br-feature-login",
+        )
+    });
+    assert_ne!(branch_port, port);
+    git(&s.repo, &["branch", "-q", "-D", "feature/login"]);
+    wait_for(
+        "the branch environment is destroyed with its branch",
+        T,
+        || {
+            let v = status(&s, &server, &token);
+            let gone = !v["environments"]
+                .as_array()?
+                .iter()
+                .any(|e| e["name"] == "br-feature-login");
+            (gone && port_is_free(branch_port)).then_some(())
+        },
+    );
+
+    // Drift: kill the supervisor and its service; the controller brings them back.
+    let state = supervisor_state(&s.home, "dev", "web").expect("a supervisor");
+    for pid in [
+        state["supervisor"]["pid"].as_i64(),
+        state["child"]["pid"].as_i64(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    wait_for(
+        "the killed service is repaired within a drift interval",
+        T,
+        || {
+            let fresh = supervisor_state(&s.home, "dev", "web")?;
+            (fresh["supervisor"]["pid"] != state["supervisor"]["pid"]
+                && http_get(port, "/healthz").is_some())
+            .then_some(())
+        },
+    );
+
+    // SIGKILL the controller: services keep running; a new controller converges without
+    // duplicating anything.
+    drop(server);
+    assert!(
+        http_get(port, "/").is_some(),
+        "services keep running while the controller is down"
+    );
+    let yaml2 = yaml.replace("Pushed", "After restart");
+    s.write("slipway.yaml", &yaml2);
+    s.commit("while the controller was down");
+    let server = start(&s);
+    wait_for("the restarted controller catches up", T, || {
+        answer(&s, &server, &token, "dev", "After restart (dev")
+    });
+    let supervisors: Vec<_> = s
+        .processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("__supervise") && c.contains("/envs/dev/run/web.spec.json"))
+        .collect();
+    assert_eq!(
+        supervisors.len(),
+        1,
+        "one supervisor for dev's web, nothing duplicated: {supervisors:?}"
+    );
+    drop(server);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn env_commands_work_through_the_api_with_roles() {
+    let (s, admin) = setup();
+    let server = start(&s);
+    let url = format!("http://{}", server.addr);
+    let viewer = String::from_utf8(s.ok(&["token", "create", "--role", "viewer"]).stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    let out = s.expect_code(
+        &[
+            "--server", &url, "--token", &viewer, "env", "create", "demo", "--ref", "main",
+            "--like", "previews",
+        ],
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "a viewer cannot create environments"
+    );
+    s.ok(&[
+        "--server", &url, "--token", &admin, "env", "create", "demo", "--ref", "main", "--like",
+        "previews", "--ttl", "1h",
+    ]);
+    wait_for("the ad-hoc environment answers", T, || {
+        answer(&s, &server, &admin, "demo", "(demo")
+    });
+    let listed = s.json(&[
+        "--server", &url, "--token", &viewer, "env", "list", "--output", "json",
+    ]);
+    let demo = listed["environments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["name"] == "demo")
+        .expect("demo is listed")
+        .clone();
+    assert_eq!(demo["kind"], "adhoc");
+    assert!(
+        demo["expires_at"].is_string(),
+        "an ad-hoc environment shows its expiry: {demo}"
+    );
+    s.ok(&[
+        "--server", &url, "--token", &admin, "env", "extend", "demo", "--by", "2h",
+    ]);
+    s.ok(&[
+        "--server", &url, "--token", &admin, "env", "destroy", "demo", "--yes",
+    ]);
+    let out = s.expect_code(&["--server", &url, "env", "list"], 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token"),
+        "without a token the CLI says how to get one"
+    );
+    drop(server);
+    let _ = s.run(&["destroy", "--env", "dev", "--yes"]);
+}
