@@ -37,6 +37,7 @@ mod error;
 mod events;
 mod openapi;
 mod ops;
+pub mod preview;
 mod routes;
 
 use std::sync::Arc;
@@ -148,9 +149,15 @@ pub async fn serve(
     controller: Controller,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let previews = preview::Previews::new(controller.clone());
     serve_app(
         listener,
-        move |stop| router_with(controller, ServerOptions::default(), stop),
+        move |stop| {
+            // Preview hosts (`<env>.<stack>.localhost`) are proxied before the API sees them.
+            router_with(controller, ServerOptions::default(), stop).layer(
+                axum::middleware::from_fn_with_state(previews, preview::route),
+            )
+        },
         shutdown,
     )
     .await
