@@ -268,6 +268,7 @@ pub(crate) fn reconcile(
                 &ApplyOptions {
                     parallelism: 1,
                     who: WHO.into(),
+                    swap_exposed: true,
                 },
                 &(),
             )?;
@@ -319,6 +320,9 @@ pub(crate) fn reconcile(
         &ApplyOptions {
             parallelism,
             who: WHO.into(),
+            // The preview router hides the port change: deploy exposed processes with no
+            // downtime.
+            swap_exposed: true,
         },
         &(),
     )?;

@@ -20,6 +20,11 @@ pub struct ApplyOptions {
     pub parallelism: usize,
     /// Who asked, recorded with the deployment.
     pub who: String,
+    /// Replace exposed processes blue/green: the new version starts beside the old one on
+    /// the other of its two ports and takes over once healthy. Worth it only where a preview
+    /// router hides the port change (`slipway serve`); without, an exposed process keeps one
+    /// port and is stopped before its replacement starts.
+    pub swap_exposed: bool,
 }
 
 /// Progress of an apply, for a progress bar or log lines.
@@ -101,6 +106,9 @@ impl ApplyReport {
             .all(|(_, _, o)| *o == Outcome::Succeeded)
     }
 }
+
+/// How long the old instance of an exposed process keeps running after traffic switched.
+const DRAIN: Duration = Duration::from_millis(300);
 
 struct Job<'a> {
     change: &'a Change,
@@ -367,7 +375,12 @@ impl Engine {
                                 action: change.action,
                             });
                             let started = Instant::now();
-                            let result = self.apply_change(prepared, change, &snapshot);
+                            let result = self.apply_change(
+                                prepared,
+                                change,
+                                &snapshot,
+                                options.swap_exposed,
+                            );
                             progress.event(&ApplyEvent::Finished {
                                 resource: &change.resource,
                                 action: change.action,
@@ -416,6 +429,7 @@ impl Engine {
         prepared: &Prepared,
         change: &Change,
         outputs: &BTreeMap<String, Json>,
+        swap_exposed: bool,
     ) -> Result<Json, String> {
         let env = prepared.desired.environment.name.as_str();
         let desired = &prepared.desired.resources[&change.resource];
@@ -433,15 +447,45 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        let range = self.config.port_range().map_err(|e| e.to_string())?;
-        let ports = self
+        let previous = self
             .store
-            .allocate_ports(env, &change.resource, &port_names, range, &|p| {
+            .resource(env, &change.resource)
+            .map_err(|e| e.to_string())?;
+        let previous_envelope = previous.as_ref().map(Envelope::of);
+        // An exposed process is replaced blue/green: the new version starts beside the old
+        // one (in the other instance slot, on its own ports), is health-checked, takes the
+        // preview URL over, and only then is the old one stopped.
+        let exposed = desired.type_name == "process" && desired.config.get("expose").is_some();
+        let previous_slot = previous_envelope.as_ref().map_or(0, |e| {
+            u8::from(e.instance(&change.resource) != change.resource)
+        });
+        let blue_green = exposed
+            && swap_exposed
+            && matches!(change.action, Action::Replace | Action::Update)
+            && previous.as_ref().is_some_and(|p| p.status == "ready")
+            && previous_envelope
+                .as_ref()
+                .is_some_and(|e| !e.handle.is_null());
+        let slot = if blue_green { 1 - previous_slot } else { 0 };
+        let instance = crate::instance_name(&change.resource, slot);
+        let slot_names: Vec<String> = port_names
+            .iter()
+            .map(|p| crate::slot_port(p, slot))
+            .collect();
+        let range = self.config.port_range().map_err(|e| e.to_string())?;
+        let allocated = self
+            .store
+            .allocate_ports(env, &change.resource, &slot_names, range, &|p| {
                 std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
             })
             .map_err(|e| e.to_string())?;
+        let ports = crate::slot_ports(&allocated, slot);
+        let mut keep = port_names.clone();
+        if exposed {
+            keep.extend(port_names.iter().map(|p| crate::slot_port(p, 1)));
+        }
         self.store
-            .retain_ports(env, &change.resource, &port_names)
+            .retain_ports(env, &change.resource, &keep)
             .map_err(|e| e.to_string())?;
         let scope = resolve::Scope {
             ports: &ports,
@@ -451,11 +495,6 @@ impl Engine {
             format!("`{r}` has no value: the resource it names produced no such output")
         })?;
         let resolved_hash = resolve::resolved_hash(&resolved, desired.source.as_deref());
-        let previous = self
-            .store
-            .resource(env, &change.resource)
-            .map_err(|e| e.to_string())?;
-        let previous_envelope = previous.as_ref().map(Envelope::of);
         let mut record = ResourceRecord {
             environment: env.to_string(),
             name: change.resource.clone(),
@@ -488,11 +527,37 @@ impl Engine {
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
         let ctx = ResourceContext {
             environment: env,
-            resource: &change.resource,
+            resource: &instance,
             dirs: &dirs,
             ports: &ports,
             settings: &self.settings,
         };
+        let envelope_of = |handle: Json| {
+            serde_json::to_value(Envelope {
+                handle,
+                src_commit: prepared.commit.sha.clone(),
+                resolved: resolved.clone(),
+                source: desired.source.clone(),
+                instance: (slot != 0).then(|| instance.clone()),
+            })
+            .expect("an envelope is always serializable")
+        };
+        if blue_green {
+            let prev = previous_envelope
+                .as_ref()
+                .expect("blue/green needs a previous instance");
+            return self.swap(
+                prepared,
+                change,
+                provider,
+                ctx,
+                &resolved,
+                resolved_hash,
+                prev,
+                record,
+                envelope_of,
+            );
+        }
         let result: Result<Applied, String> = (|| {
             match (change.action, &previous_envelope) {
                 (Action::Update, Some(prev)) if !prev.handle.is_null() => provider
@@ -505,27 +570,32 @@ impl Engine {
                         let old_dirs = self.env_dirs(env, &prev.src_commit, "");
                         let old_ctx = ResourceContext {
                             dirs: &old_dirs,
+                            resource: prev.instance(&change.resource),
                             ..ctx
                         };
                         let handle = (!prev.handle.is_null()).then_some(&prev.handle);
                         provider.delete(old_ctx, handle).map_err(|e| describe(&e))?;
-                    } else {
-                        provider.delete(ctx, None).map_err(|e| describe(&e))?;
+                    }
+                    // Whatever an interrupted create (or blue/green swap) left in either
+                    // instance slot goes too.
+                    provider.delete(ctx, None).map_err(|e| describe(&e))?;
+                    if exposed {
+                        let other = crate::instance_name(&change.resource, 1);
+                        provider
+                            .delete(
+                                ResourceContext {
+                                    resource: &other,
+                                    ..ctx
+                                },
+                                None,
+                            )
+                            .map_err(|e| describe(&e))?;
                     }
                     record.live = Json::Null;
                     provider.create(ctx, &resolved).map_err(|e| describe(&e))
                 }
             }
         })();
-        let envelope_of = |handle: Json| {
-            serde_json::to_value(Envelope {
-                handle,
-                src_commit: prepared.commit.sha.clone(),
-                resolved: resolved.clone(),
-                source: desired.source.clone(),
-            })
-            .expect("an envelope is always serializable")
-        };
         let applied = match result {
             Ok(applied) => applied,
             Err(error) => {
@@ -563,6 +633,83 @@ impl Engine {
         Ok(record.outputs)
     }
 
+    /// The blue/green replacement of an exposed process: start the new instance in the other
+    /// slot, wait until it is ready, record it (the preview router switches on the record),
+    /// give in-flight requests a moment, then stop the old instance.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private step of apply_change, called once"
+    )]
+    fn swap(
+        &self,
+        prepared: &Prepared,
+        change: &Change,
+        provider: &dyn slipway_providers::DynProvider,
+        ctx: ResourceContext<'_>,
+        resolved: &Json,
+        resolved_hash: String,
+        previous: &Envelope,
+        mut record: ResourceRecord,
+        envelope_of: impl Fn(Json) -> Json,
+    ) -> Result<Json, String> {
+        let env = prepared.desired.environment.name.as_str();
+        let fail = |record: &mut ResourceRecord, error: String| {
+            // The old instance is still recorded as live and still serving.
+            record.status = "failed".into();
+            record.error = Some(format!(
+                "the new version did not replace the running one: {error}"
+            ));
+            record.updated_at = slipway_state::now_ms();
+            let _ = self.store.put_resource(record);
+            Err(error)
+        };
+        if let Err(e) = provider.delete(ctx, None) {
+            return fail(&mut record, describe(&e));
+        }
+        let applied = match provider.create(ctx, resolved) {
+            Ok(applied) => applied,
+            Err(e) => return fail(&mut record, describe(&e)),
+        };
+        let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
+        if let Err(e) = provider.wait_ready(ctx, resolved, &applied, deadline) {
+            let _ = provider.delete(ctx, Some(&applied.live));
+            return fail(&mut record, describe(&e));
+        }
+        record.live = envelope_of(applied.live.clone());
+        record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
+        record.secret_outputs = applied.secret_outputs.clone();
+        record.status = "ready".into();
+        record.resolved_hash = Some(resolved_hash);
+        record.updated_at = slipway_state::now_ms();
+        self.store
+            .put_resource(&record)
+            .map_err(|e| e.to_string())?;
+        // Requests routed to the old instance just before the switch finish on it.
+        std::thread::sleep(DRAIN);
+        let old_dirs = self.env_dirs(env, &previous.src_commit, "");
+        let old_ctx = ResourceContext {
+            dirs: &old_dirs,
+            resource: previous.instance(&change.resource),
+            ..ctx
+        };
+        if let Err(e) = provider.delete(old_ctx, Some(&previous.handle)) {
+            // The new version serves; the old one is left in its slot, where the next swap
+            // or destroy removes it.
+            let _ = self.store.record_event(
+                Some(env),
+                "swap.cleanup_failed",
+                &format!(
+                    "{}: the previous instance could not be stopped: {}",
+                    change.resource,
+                    describe(&e)
+                ),
+                &json!({}),
+                slipway_state::now_ms(),
+            );
+        }
+        Ok(record.outputs)
+    }
+
     /// Deletes one recorded resource: marks it `deleting`, asks its provider, forgets it.
     pub(crate) fn delete_resource(&self, env: &str, name: &str) -> Result<(), String> {
         let Some(mut record) = self.store.resource(env, name).map_err(|e| e.to_string())? else {
@@ -577,15 +724,33 @@ impl Engine {
         if let Some(provider) = self.registry.get(&record.type_name) {
             let dirs = self.env_dirs(env, &envelope.src_commit, "");
             let ports = self.store.ports(env, name).map_err(|e| e.to_string())?;
+            let instance = envelope.instance(name);
             let ctx = ResourceContext {
                 environment: env,
-                resource: name,
+                resource: instance,
                 dirs: &dirs,
                 ports: &ports,
                 settings: &self.settings,
             };
             let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
-            if let Err(e) = provider.delete(ctx, handle) {
+            let mut result = provider.delete(ctx, handle);
+            if result.is_ok() && record.type_name == "process" {
+                // The other instance slot of an exposed process may hold what an interrupted
+                // swap left.
+                let other = if instance == name {
+                    crate::instance_name(name, 1)
+                } else {
+                    name.to_string()
+                };
+                result = provider.delete(
+                    ResourceContext {
+                        resource: &other,
+                        ..ctx
+                    },
+                    None,
+                );
+            }
+            if let Err(e) = result {
                 let error = describe(&e);
                 record.status = "failed".into();
                 record.error = Some(error.clone());

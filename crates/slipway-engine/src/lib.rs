@@ -101,6 +101,47 @@ pub(crate) struct Envelope {
     /// Its source hash.
     #[serde(default)]
     pub source: Option<String>,
+    /// The instance the provider knows it by, when it is not the resource's name: an exposed
+    /// process alternates between two instances (`web`, `web@b`) so that the new version
+    /// runs beside the old one until it is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+impl Envelope {
+    /// The name the provider knows the live object by.
+    pub(crate) fn instance<'a>(&'a self, name: &'a str) -> &'a str {
+        self.instance.as_deref().unwrap_or(name)
+    }
+}
+
+/// The provider-facing name of `resource`'s instance in `slot` (0 or 1).
+pub(crate) fn instance_name(resource: &str, slot: u8) -> String {
+    if slot == 0 {
+        resource.to_string()
+    } else {
+        format!("{resource}@b")
+    }
+}
+
+/// The store's name for port `port` of the instance in `slot`.
+pub(crate) fn slot_port(port: &str, slot: u8) -> String {
+    if slot == 0 {
+        port.to_string()
+    } else {
+        format!("{port}@b")
+    }
+}
+
+/// Ports of the instance in `slot`, by their declared names.
+pub(crate) fn slot_ports(all: &BTreeMap<String, u16>, slot: u8) -> BTreeMap<String, u16> {
+    all.iter()
+        .filter_map(|(name, port)| match (slot, name.strip_suffix("@b")) {
+            (0, None) => Some((name.clone(), *port)),
+            (1, Some(plain)) => Some((plain.to_string(), *port)),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Envelope {
@@ -427,7 +468,12 @@ impl Engine {
             if !input.recorded.contains_key(name) {
                 continue;
             }
-            let ports = self.store.ports(env, name)?;
+            // Resolve with the ports of the instance that is live (an exposed process may run
+            // in its second slot), as apply did.
+            let slot = records.iter().find(|r| &r.name == name).map_or(0, |r| {
+                u8::from(Envelope::of(r).instance(name) != name.as_str())
+            });
+            let ports = slot_ports(&self.store.ports(env, name)?, slot);
             let scope = resolve::Scope {
                 ports: &ports,
                 outputs: &outputs,
@@ -453,10 +499,15 @@ impl Engine {
             return Observed::InSync;
         };
         let dirs = self.env_dirs(env, &envelope.src_commit, "");
-        let ports = self.store.ports(env, &record.name).unwrap_or_default();
+        let instance = envelope.instance(&record.name);
+        let slot = u8::from(instance != record.name);
+        let ports = slot_ports(
+            &self.store.ports(env, &record.name).unwrap_or_default(),
+            slot,
+        );
         let ctx = ResourceContext {
             environment: env,
-            resource: &record.name,
+            resource: instance,
             dirs: &dirs,
             ports: &ports,
             settings: &self.settings,

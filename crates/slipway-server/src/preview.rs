@@ -53,8 +53,10 @@ fn target(controller: &Controller, env: &str, stack: &str) -> Option<String> {
         return None;
     }
     let resources = store.resources(env).ok()?;
+    // Any status but `deleting`: during an update the record still holds the running
+    // instance's address, and after a failed swap the old instance still serves.
     let exposed = resources.iter().find(|r| {
-        r.type_name == "process" && r.config.get("expose").is_some() && r.status == "ready"
+        r.type_name == "process" && r.config.get("expose").is_some() && r.status != "deleting"
     })?;
     exposed.outputs.get("url")?.as_str().map(str::to_string)
 }

@@ -358,6 +358,7 @@ fn apply(
             &ApplyOptions {
                 parallelism: 1,
                 who: who(),
+                swap_exposed: false,
             },
             &(),
         )?;
@@ -395,6 +396,7 @@ fn apply(
         &ApplyOptions {
             parallelism,
             who: who(),
+            swap_exposed: false,
         },
         &reporter,
     )?;
@@ -490,15 +492,28 @@ fn logs(
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let dir = engine.home().join("envs").join(env).join("logs");
+    let records = engine.store().resources(env)?;
     let mut names: Vec<String> = match resource {
         Some(r) => vec![r.to_string()],
-        None => engine
-            .store()
-            .resources(env)?
-            .into_iter()
+        None => records
+            .iter()
             .filter(|r| matches!(r.type_name.as_str(), "process" | "job" | "exec"))
-            .map(|r| r.name)
+            .map(|r| r.name.clone())
             .collect(),
+    };
+    // An exposed process may run as its second instance (`web@b`) after a blue/green swap:
+    // read the log of the instance that is live.
+    let instance_of = |name: &str| -> String {
+        records
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| {
+                r.live
+                    .get("instance")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| name.to_string())
     };
     names.sort();
     if names.is_empty() {
@@ -509,7 +524,7 @@ fn logs(
     let prefix = names.len() > 1;
     let mut offsets = Vec::new();
     for name in &names {
-        let path = dir.join(format!("{name}.log"));
+        let path = dir.join(format!("{}.log", instance_of(name)));
         let text = std::fs::read(&path).unwrap_or_default();
         if text.is_empty() && resource.is_some() && !path.exists() {
             bail!(

@@ -166,14 +166,15 @@ fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
             .args(["-9", &pid.to_string()])
             .status();
     }
-    wait_for(
+    let port = wait_for(
         "the killed service is repaired within a drift interval",
         T,
         || {
+            // The repaired service may run in its other instance slot, on its other port:
+            // ask the controller where it is.
             let fresh = supervisor_state(&s.home, "dev", "web")?;
-            (fresh["supervisor"]["pid"] != state["supervisor"]["pid"]
-                && http_get(port, "/healthz").is_some())
-            .then_some(())
+            (fresh["supervisor"]["pid"] != state["supervisor"]["pid"]).then_some(())?;
+            answer(&s, &server, &token, "dev", "(dev")
         },
     );
 
@@ -194,7 +195,7 @@ fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
     let supervisors: Vec<_> = s
         .processes()
         .into_iter()
-        .filter(|(_, c)| c.contains("__supervise") && c.contains("/envs/dev/run/web.spec.json"))
+        .filter(|(_, c)| c.contains("__supervise") && c.contains("/envs/dev/run/web"))
         .collect();
     assert_eq!(
         supervisors.len(),
@@ -260,4 +261,63 @@ fn env_commands_work_through_the_api_with_roles() {
     );
     drop(server);
     let _ = s.run(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn a_deploy_of_an_exposed_process_fails_no_request_at_its_preview_url() {
+    let (s, token) = setup();
+    let server = start(&s);
+    wait_for("dev is up", T, || {
+        answer(&s, &server, &token, "dev", "(dev")
+    });
+    let port: u16 = server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the server's port");
+    let host = format!("dev.quickstart.localhost:{port}");
+    assert!(
+        http_get_host(port, &host, "/").is_some_and(|b| b.contains("(dev")),
+        "the preview URL serves dev"
+    );
+
+    // Keep requesting the preview URL while three deploys replace the process.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, h) = (stop.clone(), host.clone());
+    let hammer = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match http_get_host(port, &h, "/") {
+                Some(_) => ok += 1,
+                None => failed.push(ok),
+            }
+        }
+        (ok, failed)
+    });
+    let yaml = std::fs::read_to_string(s.repo.join("slipway.yaml")).expect("read");
+    for round in 1..=3 {
+        s.write(
+            "slipway.yaml",
+            &yaml.replace("Hello from Slipway", &format!("Version {round}")),
+        );
+        s.commit(&format!("version {round}"));
+        let want = format!("Version {round} (dev");
+        wait_for("the new version serves at the preview URL", T, || {
+            http_get_host(port, &host, "/").filter(|b| b.contains(&want))
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.join().expect("the request loop ends");
+    assert!(ok > 20, "requests kept flowing during the deploys: {ok}");
+    assert!(
+        failed.is_empty(),
+        "no request failed during three deploys ({ok} succeeded; failures after {failed:?})"
+    );
+    drop(server);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(
+        s.processes().is_empty(),
+        "both instances are gone after destroy"
+    );
 }

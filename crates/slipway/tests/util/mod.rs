@@ -239,28 +239,32 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 
 /// A plain HTTP GET to 127.0.0.1, returning the body when the status is 200.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_host(port, "localhost", path)
+}
+
+/// A plain HTTP GET to 127.0.0.1 with a `Host` header (for preview URLs), returning the body
+/// when the status is 200.
+pub fn http_get_host(port: u16, host: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_string())
 }
 
 pub fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// The JSON of a process's supervisor state file.
+/// The JSON of a process's supervisor state file (of whichever instance runs: an exposed
+/// process alternates between `NAME` and `NAME@b`).
 pub fn supervisor_state(home: &Path, env: &str, resource: &str) -> Option<Value> {
-    let text = std::fs::read_to_string(
-        home.join("envs")
-            .join(env)
-            .join("run")
-            .join(format!("{resource}.json")),
-    )
-    .ok()?;
-    serde_json::from_str(&text).ok()
+    let run = home.join("envs").join(env).join("run");
+    [format!("{resource}.json"), format!("{resource}@b.json")]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(run.join(f)).ok())
+        .find_map(|text| serde_json::from_str(&text).ok())
 }
