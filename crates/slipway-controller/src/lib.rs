@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     pub queue: Mutex<queue::Queue>,
     pub wake: Notify,
     pub metrics: Metrics,
+    /// Branch tips as of the last fetch: reconciles resolve their ref from here.
+    pub tips: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// The controller. Cheap to clone; clones share everything.
@@ -160,6 +162,7 @@ impl Controller {
                 queue: Mutex::new(queue::Queue::default()),
                 wake: Notify::new(),
                 metrics: Metrics::default(),
+                tips: Mutex::new(std::collections::BTreeMap::new()),
             }),
         }
     }

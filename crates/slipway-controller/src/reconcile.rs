@@ -35,13 +35,34 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
 /// branch is gone are destroyed. Returns the environments to reconcile, with why.
 pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, ControllerError> {
     inner.source.fetch()?;
+    let branches = inner.source.branches()?;
+    *inner
+        .tips
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = branches
+        .iter()
+        .map(|b| (b.name.clone(), b.sha.clone()))
+        .collect();
+    let store = inner.engine.store();
+    let mut out = Vec::new();
+    // Environments whose branch moved are reconciled whatever the default ref says, so a
+    // poisoned commit on their branch is reported on them.
+    for record in store.environments()? {
+        let tip = record
+            .tracked_ref
+            .as_ref()
+            .and_then(|r| branches.iter().find(|b| &b.name == r));
+        if !record.pinned
+            && tip.is_some_and(|t| record.desired_commit.as_deref() != Some(t.sha.as_str()))
+        {
+            out.push((record.name.clone(), Trigger::Poll));
+        }
+    }
     let loaded = source::load_commit(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
     )?;
-    let store = inner.engine.store();
-    let mut out = Vec::new();
     let Some(stack) = loaded
         .loaded
         .stack
@@ -58,7 +79,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             None,
             "commit.invalid",
             &format!(
-                "{} at {} is not valid; environments are left as they are: {first}",
+                "{} at {} is not valid; the set of environments is left as it is: {first}",
                 loaded.entry,
                 &loaded.commit.sha[..12]
             ),
@@ -67,7 +88,6 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
         );
         return Ok(out);
     };
-    let branches = inner.source.branches()?;
     let holder = |name: &str| {
         store
             .environment(name)
@@ -214,11 +234,22 @@ pub(crate) fn reconcile(
         Err(EngineError::Locked(_)) => return Ok(Action::Requeue(Duration::from_secs(2))),
         Err(e) => return Err(e.into()),
     };
+    let tip = if record.pinned {
+        None
+    } else {
+        inner
+            .tips
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&reference)
+            .cloned()
+    };
     let origin = Origin {
         source: inner.source.as_ref(),
         repo: &inner.repo_label,
         reference: &reference,
         folder: &inner.folder,
+        tip: tip.as_deref(),
     };
     let prepared = match engine.prepare(&origin, &target_of(&record)) {
         Ok(p) => p,

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+mod cache;
 pub mod config;
 pub mod resolve;
 pub mod source;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -173,6 +175,9 @@ pub struct Origin<'a> {
     pub reference: &'a str,
     /// Folder of `slipway.yaml` inside the repository: `""` or `deploy/`.
     pub folder: &'a str,
+    /// The full commit id `reference` is known to point at now (the controller learns
+    /// branch tips when it fetches): spares a `git` call, and lets the commit cache answer.
+    pub tip: Option<&'a str>,
 }
 
 /// A plan, with everything needed to apply it.
@@ -235,6 +240,7 @@ pub struct Engine {
     registry: Registry,
     settings: ProviderSettings,
     config: EngineConfig,
+    cache: cache::CommitCache,
 }
 
 impl Engine {
@@ -259,6 +265,7 @@ impl Engine {
         };
         let registry = Registry::local();
         Ok(Engine {
+            cache: cache::CommitCache::default(),
             home: home.to_path_buf(),
             store,
             registry,
@@ -383,11 +390,12 @@ impl Engine {
                 "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
             )));
         }
-        let loaded = source::load_commit(origin.source, origin.reference, origin.folder)?;
+        let cached = self.load_cached(origin)?;
+        let loaded = &cached.loaded;
         if loaded.loaded.has_errors() {
             return Err(EngineError::Invalid {
-                commit: loaded.commit.sha,
-                diagnostics: loaded.loaded.diagnostics,
+                commit: loaded.commit.sha.clone(),
+                diagnostics: loaded.loaded.diagnostics.clone(),
             });
         }
         let stack = loaded
@@ -410,29 +418,65 @@ impl Engine {
                 target.definition, target.definition
             )));
         }
-        let files = origin.source.list_files(&loaded.commit.sha)?;
-        let sources = source::source_hashes(&files, &loaded.folder, &stack.files, &stack.resources);
+        let sources = &cached.sources;
         let render_target = Target {
             name: environment,
             definition: &target.definition,
             kind: target.kind,
         };
-        let desired = render::render(stack, render_target, &loaded.commit.sha, &sources)
+        let desired = render::render(stack, render_target, &loaded.commit.sha, sources)
             .map_err(|e| EngineError::Environment(e.to_string()))?;
         let input = self.plan_input(&desired)?;
         let plan = plan::plan(&desired, &input);
         Ok(Prepared {
-            commit: loaded.commit,
+            commit: loaded.commit.clone(),
             reference: origin.reference.to_string(),
             desired,
             plan,
             repo: origin.repo.to_string(),
-            folder: loaded.folder,
+            folder: loaded.folder.clone(),
             protected: def.protected,
             self_heal: def.self_heal,
             ttl: target.ttl.or(def.ttl),
             owner: target.owner.clone(),
         })
+    }
+
+    /// The stack at `origin`'s commit, loaded and with its source hashes: from the cache when
+    /// the commit was seen before (a commit never changes, so neither does what it loads to).
+    fn load_cached(&self, origin: &Origin<'_>) -> Result<Arc<cache::Cached>, EngineError> {
+        let known = origin
+            .tip
+            .or_else(|| is_full_sha(origin.reference).then_some(origin.reference));
+        if let Some(sha) = known
+            && let Some(hit) = self.cache.get(sha, origin.folder)
+        {
+            return Ok(hit);
+        }
+        let commit = match known {
+            Some(sha) => origin.source.resolve(sha)?,
+            None => origin.source.resolve(origin.reference)?,
+        };
+        if let Some(hit) = self.cache.get(&commit.sha, origin.folder) {
+            return Ok(hit);
+        }
+        let loaded = source::load_at(origin.source, commit, origin.folder);
+        let sources = match loaded
+            .loaded
+            .stack
+            .as_ref()
+            .filter(|_| !loaded.loaded.has_errors())
+        {
+            Some(stack) => {
+                let files = origin.source.list_files(&loaded.commit.sha)?;
+                source::source_hashes(&files, &loaded.folder, &stack.files, &stack.resources)
+            }
+            None => BTreeMap::new(),
+        };
+        let cached = Arc::new(cache::Cached { loaded, sources });
+        self.cache
+            .put(&cached.loaded.commit.sha, origin.folder, cached.clone());
+        Ok(cached)
     }
 
     /// Gathers recorded state and observations for planning `desired`.
@@ -582,6 +626,12 @@ impl Engine {
     pub fn settings(&self) -> &ProviderSettings {
         &self.settings
     }
+}
+
+fn is_full_sha(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 pub(crate) fn parse_status(s: &str) -> RecordedStatus {

@@ -65,6 +65,11 @@ pub fn load_commit(
     folder: &str,
 ) -> Result<LoadedCommit, GitError> {
     let commit = source.resolve(reference)?;
+    Ok(load_at(source, commit, folder))
+}
+
+/// Loads the stack at an already resolved commit.
+pub fn load_at(source: &dyn Source, commit: Commit, folder: &str) -> LoadedCommit {
     let entry = format!("{folder}slipway.yaml");
     let loaded = slipway_core::stack::load(
         &CommitFiles {
@@ -74,12 +79,12 @@ pub fn load_commit(
         &entry,
         &LoadLimits::default(),
     );
-    Ok(LoadedCommit {
+    LoadedCommit {
         commit,
         loaded,
         entry,
         folder: folder.to_string(),
-    })
+    }
 }
 
 /// The source hash of each resource that runs code from the repository: a hash of every file

@@ -605,6 +605,7 @@ async fn plan(
             repo: c.repo_label(),
             reference: &reference,
             folder: c.folder(),
+            tip: None,
         };
         let prepared = engine.prepare(&origin, &target)?;
         Ok(Json(PlanView {

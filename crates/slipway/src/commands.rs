@@ -219,6 +219,7 @@ fn prepare(
         repo: spec,
         reference,
         folder,
+        tip: None,
     };
     let target = engine.target_for(env)?;
     match engine.prepare(&origin, &target) {
