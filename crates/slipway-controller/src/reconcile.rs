@@ -234,7 +234,8 @@ pub(crate) fn reconcile(
         Err(EngineError::Locked(_)) => return Ok(Action::Requeue(Duration::from_secs(2))),
         Err(e) => return Err(e.into()),
     };
-    let tip = if record.pinned {
+    // A person asking for a sync wants the branch as it is now, not as of the last poll.
+    let tip = if record.pinned || trigger == Trigger::Manual {
         None
     } else {
         inner
@@ -381,7 +382,6 @@ pub(crate) fn reconcile(
         fresh.expires_at = Some(now_ms().saturating_add(ttl));
         store.upsert_environment(&fresh)?;
     }
-    let _ = trigger;
     Ok(requeue)
 }
 
