@@ -505,3 +505,46 @@ fn apply_without_yes_off_a_terminal_changes_nothing() {
         "nothing was applied"
     );
 }
+
+#[test]
+fn compare_shows_that_two_environments_of_one_commit_differ_only_by_their_variables() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: cmp\nvariables: { level: info, replicas: 1 }\nenvironments:\n  dev: { track: main }\n  prod: { track: main, variables: { level: warn } }\nresources:\n  conf: { type: file, path: app.toml, content: \"level = ${vars.level}\\n\" }\n  notes: { type: file, path: NOTES, content: \"same everywhere\" }\n",
+    );
+    s.commit("two environments");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    s.ok(&["apply", "--env", "prod", "--yes"]);
+    let diff = s.json(&["compare", "dev", "prod", "--output", "json"]);
+    assert_eq!(diff["same_commit"], true, "{diff}");
+    let vars: Vec<&str> = diff["variables"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(
+        vars,
+        vec!["level"],
+        "only the declared variable that prod overrides differs: {diff}"
+    );
+    let resources: Vec<&str> = diff["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["resource"].as_str())
+        .collect();
+    assert_eq!(
+        resources,
+        vec!["conf"],
+        "only the resource that reads it differs: {diff}"
+    );
+    let text = String::from_utf8(s.ok(&["compare", "dev", "prod"]).stdout).expect("utf-8");
+    assert!(
+        text.contains("same commit") && text.contains("level"),
+        "{text}"
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    s.ok(&["destroy", "--env", "prod", "--yes"]);
+}
