@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     pub queue: Mutex<queue::Queue>,
     pub wake: Notify,
     pub metrics: Metrics,
+    /// The port the preview router listens on, once a server runs.
+    pub preview_port: std::sync::OnceLock<u16>,
     /// Branch tips as of the last fetch: reconciles resolve their ref from here.
     pub tips: Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -163,6 +165,7 @@ impl Controller {
                 wake: Notify::new(),
                 metrics: Metrics::default(),
                 tips: Mutex::new(std::collections::BTreeMap::new()),
+                preview_port: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -190,6 +193,19 @@ impl Controller {
     /// The repository as named in records.
     pub fn repo_label(&self) -> &str {
         &self.inner.repo_label
+    }
+
+    /// Tells the controller where its preview router listens (the server's port).
+    pub fn set_preview_port(&self, port: u16) {
+        let _ = self.inner.preview_port.set(port);
+    }
+
+    /// The preview URL of environment `env` of stack `stack`, when a router serves.
+    pub fn preview_url(&self, env: &str, stack: &str) -> Option<String> {
+        self.inner
+            .preview_port
+            .get()
+            .map(|port| format!("http://{env}.{stack}.localhost:{port}/"))
     }
 
     /// Queued and running reconciles.

@@ -142,7 +142,18 @@ pub(crate) struct EnvironmentView {
 }
 
 impl EnvironmentView {
-    fn new(status: EnvironmentStatus, record: Option<&EnvironmentRecord>) -> EnvironmentView {
+    fn new(
+        controller: &Controller,
+        mut status: EnvironmentStatus,
+        record: Option<&EnvironmentRecord>,
+    ) -> EnvironmentView {
+        // An exposed process is reached through the preview router, by a URL that stays the
+        // same across deploys; its own address is in the resource's outputs.
+        if status.url.is_some()
+            && let Some(url) = record.and_then(|r| controller.preview_url(&status.name, &r.stack))
+        {
+            status.url = Some(url);
+        }
         EnvironmentView {
             status,
             owner: record.and_then(|r| r.owner.clone()),
@@ -414,7 +425,7 @@ fn load(controller: &Controller, name: &str) -> Result<EnvironmentView, ApiError
         Err(EngineError::Environment(_)) => return Err(ApiError::no_environment(name)),
         Err(e) => return Err(e.into()),
     };
-    Ok(EnvironmentView::new(status, Some(&record)))
+    Ok(EnvironmentView::new(controller, status, Some(&record)))
 }
 
 /// The record of `name`, or a 404.
@@ -460,7 +471,7 @@ async fn list(State(app): State<AppState>) -> Result<Json<EnvironmentList>, ApiE
             .into_iter()
             .map(|status| {
                 let record = records.get(&status.name);
-                EnvironmentView::new(status, record)
+                EnvironmentView::new(controller, status, record)
             })
             .collect();
         Ok(Json(EnvironmentList { environments }))

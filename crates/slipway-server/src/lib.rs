@@ -149,6 +149,9 @@ pub async fn serve(
     controller: Controller,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        controller.set_preview_port(addr.port());
+    }
     let previews = preview::Previews::new(controller.clone());
     serve_app(
         listener,

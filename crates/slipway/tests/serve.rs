@@ -277,6 +277,19 @@ fn a_deploy_of_an_exposed_process_fails_no_request_at_its_preview_url() {
         .and_then(|p| p.parse().ok())
         .expect("the server's port");
     let host = format!("dev.quickstart.localhost:{port}");
+    let listed = status(&s, &server, &token);
+    let dev = listed["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .find(|e| e["name"] == "dev")
+        .expect("dev")
+        .clone();
+    assert_eq!(
+        dev["url"],
+        format!("http://{host}/"),
+        "the API shows the preview URL of an environment with an exposed process"
+    );
     assert!(
         http_get_host(port, &host, "/").is_some_and(|b| b.contains("(dev")),
         "the preview URL serves dev"
