@@ -261,33 +261,16 @@ impl Engine {
     ) -> Vec<(String, Action, Outcome)> {
         let env = prepared.desired.environment.name.as_str();
         let mut results: BTreeMap<String, Outcome> = BTreeMap::new();
-        // Deletes, in plan order (dependents first), one at a time.
-        for change in prepared
+        // Deletes first, dependents before what they depend on, several at once.
+        let deletes: Vec<String> = prepared
             .plan
             .changes
             .iter()
             .filter(|c| c.action == Action::Delete)
-        {
-            progress.event(&ApplyEvent::Started {
-                resource: &change.resource,
-                action: change.action,
-            });
-            let started = Instant::now();
-            let outcome = match self.delete_resource(env, &change.resource) {
-                Ok(()) => Outcome::Succeeded,
-                Err(e) => Outcome::Failed { error: e },
-            };
-            let error = match &outcome {
-                Outcome::Failed { error } => Some(error.as_str()),
-                _ => None,
-            };
-            progress.event(&ApplyEvent::Finished {
-                resource: &change.resource,
-                action: change.action,
-                elapsed: started.elapsed(),
-                error,
-            });
-            results.insert(change.resource.clone(), outcome);
+            .map(|c| c.resource.clone())
+            .collect();
+        for (name, outcome) in self.delete_all(env, &deletes, options.parallelism, progress) {
+            results.insert(name, outcome);
         }
 
         let jobs: BTreeMap<&str, Job<'_>> = prepared
@@ -312,84 +295,84 @@ impl Engine {
             .into_iter()
             .map(|r| (r.name, r.outputs))
             .collect();
-        let mut pending: BTreeSet<&str> = jobs.keys().copied().collect();
+        // Kahn's algorithm, run as the work finishes: each job counts its unsettled
+        // dependencies; a job whose count reaches zero is ready. Linear in the plan's size.
+        let mut waiting_on: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, job) in &jobs {
+            let known: BTreeSet<&str> = job
+                .deps
+                .iter()
+                .map(String::as_str)
+                .filter(|d| jobs.contains_key(d))
+                .collect();
+            waiting_on.insert(name, known.len());
+            for d in known {
+                dependents.entry(d).or_default().push(name);
+            }
+        }
+        let mut ready: std::collections::VecDeque<&str> = waiting_on
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
         let mut running = 0usize;
         let limit = options.parallelism.max(1);
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<(String, Result<Json, String>)>();
             loop {
-                // Start or skip everything whose dependencies are settled.
-                let mut progressed = true;
-                while progressed {
-                    progressed = false;
-                    let ready: Vec<&str> = pending
-                        .iter()
-                        .copied()
-                        .filter(|name| {
-                            jobs[name].deps.iter().all(|d| {
-                                !pending.contains(d.as_str()) && results.contains_key(d)
-                                    || !jobs.contains_key(d.as_str())
-                            })
-                        })
-                        .collect();
-                    for name in ready {
-                        let job = &jobs[name];
-                        if let Some(bad) = job.deps.iter().find(|d| {
-                            matches!(
-                                results.get(*d),
-                                Some(Outcome::Failed { .. } | Outcome::Skipped { .. })
-                            )
-                        }) {
-                            progress.event(&ApplyEvent::Skipped {
-                                resource: name,
-                                because: bad,
-                            });
-                            results.insert(
-                                name.to_string(),
-                                Outcome::Skipped {
-                                    because: bad.clone(),
-                                },
-                            );
-                            pending.remove(name);
-                            progressed = true;
-                            continue;
-                        }
-                        if job.change.action == Action::Noop {
-                            results.insert(name.to_string(), Outcome::Succeeded);
-                            pending.remove(name);
-                            progressed = true;
-                            continue;
-                        }
-                        if running >= limit {
-                            continue;
-                        }
-                        pending.remove(name);
-                        running += 1;
-                        progressed = true;
-                        let tx = tx.clone();
-                        let snapshot = outputs.clone();
-                        let change = job.change;
-                        scope.spawn(move || {
-                            progress.event(&ApplyEvent::Started {
-                                resource: &change.resource,
-                                action: change.action,
-                            });
-                            let started = Instant::now();
-                            let result = self.apply_change(
-                                prepared,
-                                change,
-                                &snapshot,
-                                options.swap_exposed,
-                            );
-                            progress.event(&ApplyEvent::Finished {
-                                resource: &change.resource,
-                                action: change.action,
-                                elapsed: started.elapsed(),
-                                error: result.as_ref().err().map(String::as_str),
-                            });
-                            let _ = tx.send((change.resource.clone(), result));
+                while running < limit {
+                    let Some(name) = ready.pop_front() else { break };
+                    let job = &jobs[name];
+                    if let Some(bad) = job.deps.iter().find(|d| {
+                        matches!(
+                            results.get(*d),
+                            Some(Outcome::Failed { .. } | Outcome::Skipped { .. })
+                        )
+                    }) {
+                        progress.event(&ApplyEvent::Skipped {
+                            resource: name,
+                            because: bad,
                         });
+                        results.insert(
+                            name.to_string(),
+                            Outcome::Skipped {
+                                because: bad.clone(),
+                            },
+                        );
+                        settle(name, &dependents, &mut ready, &mut waiting_on);
+                        continue;
                     }
+                    if job.change.action == Action::Noop {
+                        results.insert(name.to_string(), Outcome::Succeeded);
+                        settle(name, &dependents, &mut ready, &mut waiting_on);
+                        continue;
+                    }
+                    running += 1;
+                    let tx = tx.clone();
+                    // Only what this resource may reference: its dependencies' outputs.
+                    let snapshot: BTreeMap<String, Json> = job
+                        .deps
+                        .iter()
+                        .filter_map(|d| outputs.get(d).map(|o| (d.clone(), o.clone())))
+                        .collect();
+                    let change = job.change;
+                    scope.spawn(move || {
+                        progress.event(&ApplyEvent::Started {
+                            resource: &change.resource,
+                            action: change.action,
+                        });
+                        let started = Instant::now();
+                        let result =
+                            self.apply_change(prepared, change, &snapshot, options.swap_exposed);
+                        progress.event(&ApplyEvent::Finished {
+                            resource: &change.resource,
+                            action: change.action,
+                            elapsed: started.elapsed(),
+                            error: result.as_ref().err().map(String::as_str),
+                        });
+                        let _ = tx.send((change.resource.clone(), result));
+                    });
                 }
                 if running == 0 {
                     break;
@@ -399,12 +382,17 @@ impl Engine {
                 match result {
                     Ok(out) => {
                         outputs.insert(name.clone(), out);
-                        results.insert(name, Outcome::Succeeded);
+                        results.insert(name.clone(), Outcome::Succeeded);
                     }
                     Err(error) => {
-                        results.insert(name, Outcome::Failed { error });
+                        results.insert(name.clone(), Outcome::Failed { error });
                     }
                 }
+                let key = jobs
+                    .get_key_value(name.as_str())
+                    .map(|(k, _)| *k)
+                    .expect("a finished job is a job");
+                settle(key, &dependents, &mut ready, &mut waiting_on);
             }
         });
         prepared
@@ -710,6 +698,115 @@ impl Engine {
         Ok(record.outputs)
     }
 
+    /// Deletes the recorded resources `names`, each only after every recorded resource that
+    /// depends on it is gone, up to `parallelism` at once. A resource whose dependent failed
+    /// to delete is kept (and reported skipped): deleting it would break what still runs.
+    pub(crate) fn delete_all(
+        &self,
+        env: &str,
+        names: &[String],
+        parallelism: usize,
+        progress: &dyn Progress,
+    ) -> Vec<(String, Outcome)> {
+        let records = self.store.resources(env).unwrap_or_default();
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        // Reverse edges: a resource waits for its dependents among those being deleted.
+        let mut waiting_on: BTreeMap<&str, usize> = wanted.iter().map(|n| (*n, 0)).collect();
+        let mut unblocks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for record in records.iter().filter(|r| wanted.contains(r.name.as_str())) {
+            for dep in record
+                .depends_on
+                .iter()
+                .filter(|d| wanted.contains(d.as_str()))
+            {
+                let dep = *wanted.get(dep.as_str()).expect("filtered to wanted names");
+                *waiting_on
+                    .get_mut(dep)
+                    .expect("every wanted name is counted") += 1;
+                unblocks.entry(record.name.as_str()).or_default().push(dep);
+            }
+        }
+        let mut ready: std::collections::VecDeque<&str> = waiting_on
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut outcomes: BTreeMap<&str, Outcome> = BTreeMap::new();
+        let mut blocked_by: BTreeMap<&str, String> = BTreeMap::new();
+        let mut running = 0;
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(&str, Outcome)>();
+            loop {
+                while running < parallelism.max(1) {
+                    let Some(name) = ready.pop_front() else { break };
+                    if let Some(because) = blocked_by.get(name) {
+                        progress.event(&ApplyEvent::Skipped {
+                            resource: name,
+                            because,
+                        });
+                        outcomes.insert(
+                            name,
+                            Outcome::Skipped {
+                                because: because.clone(),
+                            },
+                        );
+                        settle(name, &unblocks, &mut ready, &mut waiting_on);
+                        continue;
+                    }
+                    running += 1;
+                    let tx = tx.clone();
+                    scope.spawn(move || {
+                        progress.event(&ApplyEvent::Started {
+                            resource: name,
+                            action: Action::Delete,
+                        });
+                        let started = Instant::now();
+                        let outcome = match self.delete_resource(env, name) {
+                            Ok(()) => Outcome::Succeeded,
+                            Err(error) => Outcome::Failed { error },
+                        };
+                        let error = match &outcome {
+                            Outcome::Failed { error } => Some(error.as_str()),
+                            _ => None,
+                        };
+                        progress.event(&ApplyEvent::Finished {
+                            resource: name,
+                            action: Action::Delete,
+                            elapsed: started.elapsed(),
+                            error,
+                        });
+                        let _ = tx.send((name, outcome));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((name, outcome)) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                if outcome != Outcome::Succeeded {
+                    for dep in unblocks.get(name).map(Vec::as_slice).unwrap_or(&[]) {
+                        blocked_by.entry(dep).or_insert_with(|| name.to_string());
+                    }
+                }
+                outcomes.insert(name, outcome);
+                settle(name, &unblocks, &mut ready, &mut waiting_on);
+            }
+        });
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    outcomes.remove(n.as_str()).unwrap_or(Outcome::Skipped {
+                        because: "a dependency cycle".into(),
+                    }),
+                )
+            })
+            .collect()
+    }
+
     /// Deletes one recorded resource: marks it `deleting`, asks its provider, forgets it.
     pub(crate) fn delete_resource(&self, env: &str, name: &str) -> Result<(), String> {
         let Some(mut record) = self.store.resource(env, name).map_err(|e| e.to_string())? else {
@@ -853,29 +950,12 @@ impl Engine {
             Some("destroying"),
             now,
         )?;
-        let mut results = Vec::new();
-        for change in &plan.changes {
-            progress.event(&ApplyEvent::Started {
-                resource: &change.resource,
-                action: Action::Delete,
-            });
-            let started = Instant::now();
-            let outcome = match self.delete_resource(&env, &change.resource) {
-                Ok(()) => Outcome::Succeeded,
-                Err(error) => Outcome::Failed { error },
-            };
-            let error = match &outcome {
-                Outcome::Failed { error } => Some(error.as_str()),
-                _ => None,
-            };
-            progress.event(&ApplyEvent::Finished {
-                resource: &change.resource,
-                action: Action::Delete,
-                elapsed: started.elapsed(),
-                error,
-            });
-            results.push((change.resource.clone(), Action::Delete, outcome));
-        }
+        let names: Vec<String> = plan.changes.iter().map(|c| c.resource.clone()).collect();
+        let results: Vec<(String, Action, Outcome)> = self
+            .delete_all(&env, &names, 8, progress)
+            .into_iter()
+            .map(|(name, outcome)| (name, Action::Delete, outcome))
+            .collect();
         let report = ApplyReport {
             deployment,
             environment: env.clone(),
@@ -931,6 +1011,24 @@ impl Engine {
             )?;
         }
         Ok(report)
+    }
+}
+
+/// Marks `name` settled and queues its dependents whose last unsettled dependency it was.
+fn settle<'a>(
+    name: &str,
+    dependents: &BTreeMap<&'a str, Vec<&'a str>>,
+    ready: &mut std::collections::VecDeque<&'a str>,
+    waiting_on: &mut BTreeMap<&'a str, usize>,
+) {
+    for dependent in dependents.get(name).map(Vec::as_slice).unwrap_or(&[]) {
+        let count = waiting_on
+            .get_mut(dependent)
+            .expect("every dependent is a job");
+        *count -= 1;
+        if *count == 0 {
+            ready.push_back(dependent);
+        }
     }
 }
 

@@ -488,13 +488,22 @@ impl Engine {
             .iter()
             .map(|r| (r.name.clone(), r.outputs.clone()))
             .collect();
+        let all_ports = self.store.environment_ports(env)?;
+        let none = BTreeMap::new();
+        let mut slots: BTreeMap<&str, u8> = BTreeMap::new();
         for record in &records {
             let envelope = Envelope::of(record);
+            slots.insert(
+                record.name.as_str(),
+                u8::from(envelope.instance(&record.name) != record.name),
+            );
             let status = parse_status(&record.status);
             if status == RecordedStatus::Ready {
-                input
-                    .observed
-                    .insert(record.name.clone(), self.observe(env, record, &envelope));
+                let ports = all_ports.get(&record.name).unwrap_or(&none);
+                input.observed.insert(
+                    record.name.clone(),
+                    self.observe_with(env, record, &envelope, ports),
+                );
             }
             input.recorded.insert(
                 record.name.clone(),
@@ -514,10 +523,8 @@ impl Engine {
             }
             // Resolve with the ports of the instance that is live (an exposed process may run
             // in its second slot), as apply did.
-            let slot = records.iter().find(|r| &r.name == name).map_or(0, |r| {
-                u8::from(Envelope::of(r).instance(name) != name.as_str())
-            });
-            let ports = slot_ports(&self.store.ports(env, name)?, slot);
+            let slot = slots.get(name.as_str()).copied().unwrap_or(0);
+            let ports = slot_ports(all_ports.get(name).unwrap_or(&none), slot);
             let scope = resolve::Scope {
                 ports: &ports,
                 outputs: &outputs,
@@ -539,16 +546,25 @@ impl Engine {
         record: &ResourceRecord,
         envelope: &Envelope,
     ) -> Observed {
+        let ports = self.store.ports(env, &record.name).unwrap_or_default();
+        self.observe_with(env, record, envelope, &ports)
+    }
+
+    /// [`Engine::observe`] with the resource's ports (of both instance slots) already read.
+    fn observe_with(
+        &self,
+        env: &str,
+        record: &ResourceRecord,
+        envelope: &Envelope,
+        all_ports: &BTreeMap<String, u16>,
+    ) -> Observed {
         let Some(provider) = self.registry.get(&record.type_name) else {
             return Observed::InSync;
         };
         let dirs = self.env_dirs(env, &envelope.src_commit, "");
         let instance = envelope.instance(&record.name);
         let slot = u8::from(instance != record.name);
-        let ports = slot_ports(
-            &self.store.ports(env, &record.name).unwrap_or_default(),
-            slot,
-        );
+        let ports = slot_ports(all_ports, slot);
         let ctx = ResourceContext {
             environment: env,
             resource: instance,

@@ -151,9 +151,12 @@ impl ProcessIdentity {
     }
 }
 
-/// Polls `done` every 20 ms until it returns true (then `true`) or `deadline` passes (then
-/// `false`, after one last check).
+/// Polls `done` until it returns true (then `true`) or `deadline` passes (then `false`, after
+/// one last check). The first checks come quickly (from 1 ms, doubling to 20 ms): most of what
+/// is waited for here (a supervisor writing its state, a process exiting) takes a few
+/// milliseconds, and a fixed 20 ms tick made starting 100 processes take half a second.
 pub(crate) fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    let mut tick = Duration::from_millis(1);
     loop {
         if done() {
             return true;
@@ -162,7 +165,8 @@ pub(crate) fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> b
         if now >= deadline {
             return false;
         }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+        std::thread::sleep((deadline - now).min(tick));
+        tick = (tick * 2).min(Duration::from_millis(20));
     }
 }
 
