@@ -63,30 +63,22 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
         &inner.options.default_ref,
         &inner.folder,
     )?;
-    let Some(stack) = loaded
-        .loaded
-        .stack
-        .as_ref()
-        .filter(|_| !loaded.loaded.has_errors())
-    else {
-        let first = loaded
-            .loaded
-            .diagnostics
-            .first()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
-        let _ = store.record_event(
-            None,
-            "commit.invalid",
-            &format!(
-                "{} at {} is not valid; the set of environments is left as it is: {first}",
-                loaded.entry,
-                &loaded.commit.sha[..12]
-            ),
-            &json!({}),
-            now_ms(),
-        );
-        return Ok(out);
+    let stack = match loaded.valid_stack() {
+        Ok(stack) => stack,
+        Err(first) => {
+            let _ = store.record_event(
+                None,
+                "commit.invalid",
+                &format!(
+                    "{} at {} is not valid; the set of environments is left as it is: {first}",
+                    loaded.entry,
+                    &loaded.commit.sha[..12]
+                ),
+                &json!({}),
+                now_ms(),
+            );
+            return Ok(out);
+        }
     };
     let holder = |name: &str| {
         store
@@ -404,23 +396,12 @@ pub(crate) fn create_adhoc(
     }
     inner.source.fetch()?;
     let loaded = source::load_commit(inner.source.as_ref(), &request.reference, &inner.folder)?;
-    let Some(stack) = loaded
-        .loaded
-        .stack
-        .as_ref()
-        .filter(|_| !loaded.loaded.has_errors())
-    else {
-        let first = loaded
-            .loaded
-            .diagnostics
-            .first()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
-        return Err(ControllerError::Invalid(format!(
+    let stack = loaded.valid_stack().map_err(|first| {
+        ControllerError::Invalid(format!(
             "{} at {} is not valid: {first}",
             loaded.entry, request.reference
-        )));
-    };
+        ))
+    })?;
     if stack.environments.contains_key(name) {
         return Err(ControllerError::Invalid(format!(
             "`{name}` is an environment of the stack itself; ad-hoc environments need their own name"

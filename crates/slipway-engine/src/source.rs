@@ -43,6 +43,28 @@ pub struct LoadedCommit {
     pub folder: String,
 }
 
+impl LoadedCommit {
+    /// The stack when it loaded without errors; otherwise the first error, rendered
+    /// `file:line:col: message`, for a one-line report.
+    pub fn valid_stack(&self) -> Result<&slipway_core::stack::Stack, String> {
+        match self
+            .loaded
+            .stack
+            .as_ref()
+            .filter(|_| !self.loaded.has_errors())
+        {
+            Some(stack) => Ok(stack),
+            None => Err(self
+                .loaded
+                .diagnostics
+                .iter()
+                .find(|d| d.is_error())
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| format!("{} could not be read", self.entry))),
+        }
+    }
+}
+
 /// Normalizes `--path` into a folder prefix (`""` or `deploy/`).
 pub fn folder_of(path: &str) -> Result<String, String> {
     let trimmed = path.trim_matches('/');

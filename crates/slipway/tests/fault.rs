@@ -3,9 +3,6 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,27 +23,6 @@ resources:
   c: {{ type: process, command: ["sleep", "5151002"], env: {{ ROUND: "{round}" }}, depends_on: [migrate, b] }}
 "#
     )
-}
-
-fn start(s: &Sandbox) -> (Child, String) {
-    let url = format!("file://{}", s.repo.display());
-    let mut child = s
-        .cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("API http://").nth(1) {
-                let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(T).expect("serve prints its address");
-    (child, addr)
 }
 
 fn status(s: &Sandbox, addr: &str, token: &str) -> Value {
@@ -81,12 +57,13 @@ fn the_controller_killed_at_twenty_points_converges_every_time() {
         };
         // Kill points spread over the apply: from before the first fetch to after the job.
         let delay = Duration::from_millis(((round * 37) % 700) as u64);
-        let (mut doomed, _) = start(&s);
+        let mut doomed = start_serve(&s);
         std::thread::sleep(delay);
-        doomed.kill().expect("SIGKILL the controller");
-        let _ = doomed.wait();
+        doomed.child.kill().expect("SIGKILL the controller");
+        let _ = doomed.child.wait();
 
-        let (mut server, addr) = start(&s);
+        let server = start_serve(&s);
+        let addr = server.addr.clone();
         let converged = wait_for(
             &format!("round {round} (killed after {delay:?}) converges"),
             T,
@@ -142,8 +119,7 @@ fn the_controller_killed_at_twenty_points_converges_every_time() {
                 .any(|d| d["commit"] == head.as_str() && d["status"] == "succeeded"),
             "round {round}: the history records the converged deployment"
         );
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
     }
     s.ok(&["destroy", "--env", "dev", "--yes"]);
     assert!(s.processes().is_empty(), "destroy leaves nothing running");

@@ -3,9 +3,6 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,41 +10,6 @@ use util::*;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart");
 const T: Duration = Duration::from_secs(30);
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(s: &Sandbox) -> Server {
-    let url = format!("file://{}", s.repo.display());
-    let mut child = s
-        .cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("API http://").nth(1) {
-                let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(T)
-        .expect("serve prints where its API listens");
-    Server { child, addr }
-}
 
 fn status(s: &Sandbox, server: &Server, token: &str) -> Value {
     let url = format!("http://{}", server.addr);
@@ -109,7 +71,7 @@ fn setup() -> (Sandbox, String) {
 #[test]
 fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
     let (s, token) = setup();
-    let server = start(&s);
+    let server = start_serve(&s);
     let port = wait_for("dev serves the first commit", T, || {
         answer(&s, &server, &token, "dev", "Hello from Slipway (dev")
     });
@@ -188,7 +150,7 @@ fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
     let yaml2 = yaml.replace("Pushed", "After restart");
     s.write("slipway.yaml", &yaml2);
     s.commit("while the controller was down");
-    let server = start(&s);
+    let server = start_serve(&s);
     wait_for("the restarted controller catches up", T, || {
         answer(&s, &server, &token, "dev", "After restart (dev")
     });
@@ -209,7 +171,7 @@ fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
 #[test]
 fn env_commands_work_through_the_api_with_roles() {
     let (s, admin) = setup();
-    let server = start(&s);
+    let server = start_serve(&s);
     let url = format!("http://{}", server.addr);
     let viewer = String::from_utf8(s.ok(&["token", "create", "--role", "viewer"]).stdout)
         .expect("utf-8")
@@ -266,7 +228,7 @@ fn env_commands_work_through_the_api_with_roles() {
 #[test]
 fn a_deploy_of_an_exposed_process_fails_no_request_at_its_preview_url() {
     let (s, token) = setup();
-    let server = start(&s);
+    let server = start_serve(&s);
     wait_for("dev is up", T, || {
         answer(&s, &server, &token, "dev", "(dev")
     });

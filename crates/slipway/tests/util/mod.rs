@@ -268,3 +268,46 @@ pub fn supervisor_state(home: &Path, env: &str, resource: &str) -> Option<Value>
         .filter_map(|f| std::fs::read_to_string(run.join(f)).ok())
         .find_map(|text| serde_json::from_str(&text).ok())
 }
+
+/// A running `slipway serve` of a sandbox; SIGKILLed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    /// `127.0.0.1:PORT` of its API and preview router.
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `slipway serve` on the sandbox's repository (as a `file://` URL, so it is mirrored
+/// and fetched like a remote) on a free port, and waits until it says where it listens.
+pub fn start_serve(s: &Sandbox) -> Server {
+    use std::io::BufRead;
+    let url = format!("file://{}", s.repo.display());
+    let mut child = s
+        .cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("API http://").nth(1) {
+                let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(40))
+        .expect("serve prints where its API listens");
+    Server { child, addr }
+}
