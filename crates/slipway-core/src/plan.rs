@@ -239,6 +239,11 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         RecordedStatus::Creating => "a previous create was interrupted",
                         RecordedStatus::Updating => "a previous update was interrupted",
                         RecordedStatus::Deleting => "a previous delete was interrupted",
+                        // A job whose last run failed left stale output (a half-run
+                        // migration): that is drift, repaired by running it again.
+                        _ if rec.type_name == "job" => {
+                            "drift: the job's last run failed, so its output is stale"
+                        }
                         _ => "the previous apply failed",
                     };
                     (Action::Replace, Some(why.to_string()))

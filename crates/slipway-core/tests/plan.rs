@@ -222,3 +222,31 @@ proptest! {
         prop_assert!(!after.has_changes(), "after an apply, the plan is empty:\n{}", show(&after));
     }
 }
+
+#[test]
+fn a_failed_job_is_drift_to_repair_and_other_failures_are_retried() {
+    let d = desired(STACK, "dev", &[]);
+    let mut recorded = applied(&d);
+    recorded.get_mut("seed").expect("seed").status = RecordedStatus::Failed;
+    recorded.get_mut("docs").expect("docs").status = RecordedStatus::Failed;
+    let p = plan(
+        &d,
+        &PlanInput {
+            recorded,
+            ..Default::default()
+        },
+    );
+    let reason = |name: &str| {
+        p.changes
+            .iter()
+            .find(|c| c.resource == name)
+            .and_then(|c| c.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason("seed").starts_with("drift:"),
+        "a failed job's stale output is drift: {}",
+        reason("seed")
+    );
+    assert_eq!(reason("docs"), "the previous apply failed");
+}
