@@ -13,9 +13,15 @@ struct Slot {
 }
 
 /// Pending reconciles, at most one per environment, plus which are running.
+///
+/// Every operation is O(log n): with a thousand environments the scheduler asks for the next
+/// due one after every event, and a scan per question was most of a reconcile pass's CPU.
 #[derive(Debug, Default)]
 pub struct Queue {
+    /// Every queued environment, running or not.
     slots: BTreeMap<String, Slot>,
+    /// The queued environments that are not running, by due time: what can start.
+    index: BTreeSet<(Instant, String)>,
     running: BTreeSet<String>,
     failures: BTreeMap<String, u32>,
 }
@@ -24,42 +30,52 @@ impl Queue {
     /// Asks for `env` to be reconciled at `due`. An environment already queued keeps one slot,
     /// due at the earlier time; the trigger of the earlier request wins.
     pub fn push(&mut self, env: &str, trigger: Trigger, due: Instant) {
+        let startable = !self.running.contains(env);
         match self.slots.get_mut(env) {
             Some(slot) if slot.due <= due => {}
-            Some(slot) => *slot = Slot { due, trigger },
+            Some(slot) => {
+                if startable {
+                    self.index.remove(&(slot.due, env.to_string()));
+                    self.index.insert((due, env.to_string()));
+                }
+                *slot = Slot { due, trigger };
+            }
             None => {
                 self.slots.insert(env.to_string(), Slot { due, trigger });
+                if startable {
+                    self.index.insert((due, env.to_string()));
+                }
             }
         }
     }
 
     /// Removes `env` from the queue (it was destroyed).
     pub fn forget(&mut self, env: &str) {
-        self.slots.remove(env);
+        if let Some(slot) = self.slots.remove(env) {
+            self.index.remove(&(slot.due, env.to_string()));
+        }
         self.failures.remove(env);
     }
 
     /// The earliest due environment that is not running, if it is due by `now`; it is marked
     /// running until [`Queue::done`].
     pub fn pop_due(&mut self, now: Instant) -> Option<(String, Trigger)> {
-        let (env, slot) = self
+        let (due, _) = self.index.first()?;
+        if *due > now {
+            return None;
+        }
+        let (_, env) = self.index.pop_first().expect("the first entry exists");
+        let slot = self
             .slots
-            .iter()
-            .filter(|(env, slot)| slot.due <= now && !self.running.contains(*env))
-            .min_by_key(|(_, slot)| slot.due)
-            .map(|(env, slot)| (env.clone(), *slot))?;
-        self.slots.remove(&env);
+            .remove(&env)
+            .expect("every indexed environment has a slot");
         self.running.insert(env.clone());
         Some((env, slot.trigger))
     }
 
     /// When the next queued environment that is not running is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter(|(env, _)| !self.running.contains(*env))
-            .map(|(_, s)| s.due)
-            .min()
+        self.index.first().map(|(due, _)| *due)
     }
 
     /// Marks `env` finished. On failure, returns the backoff before the retry (exponential,
@@ -67,6 +83,10 @@ impl Queue {
     /// success resets it.
     pub fn done(&mut self, env: &str, failed: bool, max: Duration) -> Option<Duration> {
         self.running.remove(env);
+        // A request made while it ran can start now.
+        if let Some(slot) = self.slots.get(env) {
+            self.index.insert((slot.due, env.to_string()));
+        }
         if !failed {
             self.failures.remove(env);
             return None;
