@@ -267,12 +267,17 @@ impl Controller {
         ));
         loop {
             self.start_due(&semaphore);
-            let next = self
-                .inner
-                .queue
-                .lock()
-                .expect("the queue lock is never poisoned")
-                .next_due();
+            // With every worker busy, a due environment cannot start before one finishes (and
+            // wakes this loop): sleeping until its due time, already past, would spin.
+            let next = if semaphore.available_permits() == 0 {
+                None
+            } else {
+                self.inner
+                    .queue
+                    .lock()
+                    .expect("the queue lock is never poisoned")
+                    .next_due()
+            };
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
