@@ -24,16 +24,37 @@ and summarised at the end (bench/report.py).
   measure.py check-slipway HOME N SLIPWAY
       Fail unless `slipway status --output json` shows N ready resources in `dev` and N
       `sleep 100000` processes run under supervisors of HOME.
+  measure.py serve-pass --slipway S --home H --config C --repo URL --n N --runs R [--poll-ms 20]
+      `slipway serve` over a repository that yields N environments: once untimed-ish (the
+      first sync, recorded for the record), then R restarts, each timed from launch to the
+      first /healthz and to the end of the start-up reconcile pass (N reconciles counted by
+      /metrics, none running); the serve process's CPU time, VmRSS and VmHWM once settled,
+      and the time of a POST /api/v1/refresh (fetch + discover) afterwards.
+  measure.py push --slipway S --home H --config C --repo-dir D --runs R [--poll-ms 20]
+      `slipway serve` over D (static `dev` tracking main, an exposed process): R times, commit
+      a new VERSION to main, POST /api/v1/refresh at once and time until the preview URL
+      answers the new version; interleaved with the app's own start-up (python3 app.py by
+      hand, time to its first answer).
+  measure.py previews --slipway S --home H --config C --repo-dir D --runs R --work DIR
+                      --script FILE --supervisord FILE [--poll-ms 20]
+      R rounds of: a new commit pushed as branch feature/bench-N, POST /api/v1/refresh, time
+      until its preview URL answers (slipway); the same commit brought up by FILE, a shell
+      script with git + nohup; and by supervisord from a git export. Each is checked (3
+      processes live) and torn down (no process left) untimed.
   measure.py reap MARKER
-      SIGKILL every process whose command line contains MARKER (a unique temp dir: only
-      processes this benchmark started), and the `sleep 100000` children of those.
+      SIGKILL every process whose command line contains MARKER or whose working directory
+      is under it (a unique temp dir: only processes this benchmark started), and the
+      `sleep 100000` children of those.
 """
 
+import datetime
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -342,10 +363,25 @@ def spawn_floor(label, argv):
     record(label, [elapsed])
 
 
+def cwd_of(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def under(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def reap(marker):
     m = marker.encode()
     procs = processes()
-    ours = {pid for pid, _, cmdline in procs if m in cmdline and pid != os.getpid()}
+    ours = {
+        pid
+        for pid, _, cmdline in procs
+        if (m in cmdline or under(cwd_of(pid), marker)) and pid != os.getpid()
+    }
     # The children first noted, so that none is reparented out of sight.
     children = [pid for pid, ppid, cmdline in procs if ppid in ours and cmdline == SLEEP_CMDLINE]
     for pid in sorted(ours) + children:
@@ -355,6 +391,733 @@ def reap(marker):
             pass
     if ours or children:
         print(f"  reaped {len(ours)} process(es) and {len(children)} child(ren)", file=sys.stderr)
+
+
+# --- the controller: slipway serve ----------------------------------------------------------------
+
+SERVE_LINE = re.compile(r"slipway serve: API http://([0-9.]+:[0-9]+)/api/v1")
+
+
+def request(addr, method, path, host=None, token=None, timeout=10):
+    """(status, body) of one request on a fresh connection; (0, why) if it failed."""
+    hostname, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=timeout)
+    headers = {}
+    if host:
+        headers["Host"] = host
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException) as e:
+        return 0, str(e)
+    finally:
+        conn.close()
+
+
+def api(addr, token, method, path):
+    status, body = request(addr, method, path, token=token, timeout=60)
+    if status != 200:
+        sys.exit(f"measure.py: {method} {path} answered {status}: {body[:500]}")
+    return json.loads(body)
+
+
+def parse_metrics(text):
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def synced(metrics):
+    return sum(
+        v
+        for k, v in metrics.items()
+        if k.startswith("slipway_environments{") and 'sync="synced"' in k
+    )
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of pid (all its threads) so far."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kib(pid):
+    """VmRSS and VmHWM (peak RSS) of pid, in KiB, from /proc/PID/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_token(slipway, home):
+    return subprocess.run(
+        [slipway, "--home", home, "token", "create", "--role", "admin", "--name", "bench"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+class Serve:
+    """`slipway serve --listen 127.0.0.1:0`, its stderr appended to HOME/serve.log."""
+
+    def __init__(self, slipway, home, config, repo, prefix=()):
+        """prefix: a command the server runs under (`perf record ... --`)."""
+        self.log_path = os.path.join(home, "serve.log")
+        self.log = open(self.log_path, "ab")
+        self.offset = self.log.tell()
+        self.addr = None
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [*prefix, slipway, "--home", home, "--config", config, "serve", "--repo", repo,
+             "--listen", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        self.pid = self.proc.pid
+        if prefix:
+            # The server is the wrapper's child: found once it is exec'd.
+            self.pid = None
+            while self.pid is None:
+                kids = [pid for pid, ppid, cmd in processes()
+                        if ppid == self.proc.pid and b"\0serve\0" in cmd]
+                self.pid = kids[0] if kids else None
+                self.check_alive()
+                time.sleep(0.001)
+
+    def log_text(self):
+        with open(self.log_path, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            sys.exit(f"measure.py: slipway serve exited with {self.proc.returncode}:\n"
+                     f"{self.log_text()[-3000:]}")
+
+    def wait_healthy(self, timeout=120):
+        """Seconds from launch to the first /healthz answered 200."""
+        deadline = self.t0 + timeout
+        while self.addr is None:
+            m = SERVE_LINE.search(self.log_text())
+            if m:
+                self.addr = m.group(1)
+                break
+            self.check_alive()
+            if time.perf_counter() > deadline:
+                sys.exit("measure.py: slipway serve printed no address")
+            time.sleep(0.002)
+        while request(self.addr, "GET", "/healthz", timeout=5)[0] != 200:
+            self.check_alive()
+            if time.perf_counter() > deadline:
+                sys.exit("measure.py: slipway serve's /healthz never answered")
+            time.sleep(0.005)
+        return time.perf_counter() - self.t0
+
+    @property
+    def port(self):
+        return int(self.addr.rsplit(":", 1)[1])
+
+    def metrics(self):
+        status, body = request(self.addr, "GET", "/metrics")
+        return parse_metrics(body) if status == 200 else None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            # The server itself (under a wrapper, the wrapper then ends with it).
+            try:
+                os.kill(self.pid or self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.pid and self.pid != self.proc.pid and not zombie(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def wait_pass(serve, n, poll, timeout, want_synced=None):
+    """Polls /metrics until N reconciles are counted and none runs (and, if asked, that many
+    environments are recorded synced). Returns (seconds since launch, the metrics, seconds
+    since launch when the first reconcile was seen counted, scrapes made).
+
+    A scrape is not free for the server (it reads every environment's record to count them
+    by state), so the polling adapts: it sleeps half the time the pass looks likely to need
+    still, at the rate seen so far, between `poll` and 0.25 s; 0.05 s until a first reconcile
+    is counted."""
+    deadline = time.perf_counter() + timeout
+    first, scrapes = None, 0
+    while True:
+        m = serve.metrics()
+        scrapes += 1
+        now = time.perf_counter() - serve.t0
+        count = (m or {}).get("slipway_reconcile_duration_seconds_count", 0)
+        if first is None and count > 0:
+            first = now
+        if (
+            m
+            and count >= n
+            and m.get("slipway_reconciles_running", 1) == 0
+            and (want_synced is None or synced(m) >= want_synced)
+        ):
+            return now, m, first, scrapes
+        serve.check_alive()
+        if time.perf_counter() > deadline:
+            sys.exit(f"measure.py: no full pass within {timeout} s; last metrics: {m}")
+        if first is None:
+            pause = 0.05
+        elif count >= n:
+            pause = poll
+        else:
+            rate = count / max(now - first, 1e-3)
+            pause = min(max((n - count) / rate / 2, poll), 0.25)
+        time.sleep(pause)
+
+
+def perf_profile(data, out, limit=16):
+    """The functions of slipway's crates (and lock waits, memcmp, sqlite) with the largest
+    shares of the samples in `perf record` DATA, inclusive of callees, written to OUT."""
+    text = subprocess.run(
+        ["perf", "report", "-i", data, "--children", "--sort", "symbol", "--stdio",
+         "-g", "none", "--percent-limit", "0.5"],
+        capture_output=True, text=True,
+    ).stdout
+    samples = re.search(r"# Samples: (\S+)", text)
+    rows = []
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+\[\.\]\s+(.*?)\s*$", line)
+        if not m or m.group(3).endswith("(inlined)"):
+            continue
+        name = re.sub(r"\s+-\s+-$", "", m.group(3))
+        if re.match(r"<?slipway_|<std::sys::sync::mutex::futex::Mutex>::lock_contended|__memcmp|"
+                    r"sqlite3_step$", name):
+            rows.append({"function": name, "children": float(m.group(1)),
+                         "self": float(m.group(2))})
+    # The same name twice (copies of one function in several crates): one row, summed.
+    merged = {}
+    for r in rows:
+        if r["function"] in merged:
+            merged[r["function"]]["children"] += r["children"]
+            merged[r["function"]]["self"] += r["self"]
+        else:
+            merged[r["function"]] = r
+    rows = sorted(merged.values(), key=lambda r: -r["children"])[:limit]
+    # Leaf functions (comparisons, lock waits, sqlite) say little alone: name their callers in
+    # Slipway's crates, from the call graph.
+    for r in rows:
+        if r["function"].startswith("slipway_") or r["function"].startswith("<slipway_"):
+            continue
+        graph = subprocess.run(
+            ["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
+             "-g", "caller,0.5,callee,function,percent", "--symbols", r["function"]],
+            capture_output=True, text=True,
+        ).stdout
+        callers = {}
+        for m in re.finditer(r"--([\d.]+)%--(.+)", graph):
+            name = m.group(2).strip()
+            if re.match(r"<?slipway_", name) and not name.endswith("(inlined)"):
+                callers[name] = callers.get(name, 0.0) + float(m.group(1))
+        r["callers"] = sorted(callers.items(), key=lambda c: -c[1])[:2]
+    with open(out, "w") as f:
+        json.dump({"samples": samples.group(1) if samples else "?", "functions": rows}, f)
+
+
+def file_offsets(binary, names):
+    """File offsets of functions (by demangled name) in an ELF executable, for uprobes."""
+    segments = []
+    for line in subprocess.run(["readelf", "-lW", binary], capture_output=True,
+                               text=True).stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["LOAD"] and "E" in parts[6:-1]:
+            segments.append((int(parts[1], 16), int(parts[2], 16), int(parts[4], 16)))
+    out = {}
+    for line in subprocess.run(["nm", "-C", binary], capture_output=True,
+                               text=True).stdout.splitlines():
+        addr, _, rest = line.partition(" ")
+        kind, _, name = rest.partition(" ")
+        if name in names and kind in ("t", "T"):
+            a = int(addr, 16)
+            for offset, vaddr, size in segments:
+                if vaddr <= a < vaddr + size:
+                    out[name] = a - vaddr + offset
+    return out
+
+
+PROBED = {
+    "next_due": "slipway_controller::queue::Queue::next_due",
+    "pop_due": "slipway_controller::queue::Queue::pop_due",
+}
+
+
+def probe_counts(slipway, home, config, repo, n, poll):
+    """Calls of the PROBED functions during one restart pass, counted with uprobes (`perf
+    probe` + `perf stat`); {} when that is not possible here. The probes are removed after."""
+    group = "slipway_bench"
+    offsets = file_offsets(slipway, set(PROBED.values()))
+    counts = {}
+    try:
+        events = []
+        for short, name in PROBED.items():
+            if name not in offsets:
+                return {}
+            subprocess.run(["perf", "probe", "-q", "-x", slipway, "-a",
+                            f"{group}:{short}=0x{offsets[name]:x}"],
+                           check=True, capture_output=True)
+            events.append(f"{group}:{short}")
+        out = os.path.join(home, "perf-stat.txt")
+        serve = Serve(slipway, home, config, repo, prefix=(
+            "perf", "stat", "-x", ",", "-o", out, "-e", ",".join(events), "--"))
+        try:
+            serve.wait_healthy()
+            wait_pass(serve, n, poll, timeout=300)
+        finally:
+            serve.stop()
+        with open(out) as f:
+            for line in f:
+                fields = line.strip().split(",")
+                if len(fields) > 2 and fields[2].startswith(group + ":"):
+                    counts[fields[2].split(":", 1)[1]] = int(fields[0])
+    except (subprocess.CalledProcessError, OSError, ValueError):
+        return {}
+    finally:
+        subprocess.run(["perf", "probe", "-q", "-d", f"{group}:*"], capture_output=True)
+    return counts
+
+
+def serve_pass(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    slipway, home, config = opts["--slipway"], opts["--home"], opts["--config"]
+    repo = opts["--repo"]
+    n, runs = int(opts["--n"]), int(opts["--runs"])
+    poll = int(opts.get("--poll-ms", 20)) / 1000
+    token = make_token(slipway, home)
+    meta = {"n": n}
+    # The first start records the N environments and creates their files: setup, timed once.
+    serve = Serve(slipway, home, config, repo)
+    try:
+        serve.wait_healthy()
+        first, m, _, _ = wait_pass(serve, n, 0.2, timeout=900, want_synced=n)
+        record("envs/first-sync", [first], cpu=[cpu_seconds(serve.pid)], **meta)
+        record("envs/first-sync-hwm", [memory_kib(serve.pid)["VmHWM"]], unit="KiB", **meta)
+    finally:
+        serve.stop()
+    # One warm-up restart, then the timed ones.
+    for run in range(runs + 1):
+        serve = Serve(slipway, home, config, repo)
+        try:
+            startup = serve.wait_healthy()
+            done, m, first, scrapes = wait_pass(serve, n, poll, timeout=300)
+            cpu = cpu_seconds(serve.pid)
+            count = m["slipway_reconcile_duration_seconds_count"]
+            if synced(m) != n or m.get("slipway_reconcile_failures_total", 0) or count != n:
+                sys.exit(f"measure.py: after the pass {synced(m):.0f}/{n} synced, "
+                         f"{count:.0f} reconciles, "
+                         f"{m.get('slipway_reconcile_failures_total'):.0f} failed")
+            time.sleep(0.5)  # settled: nothing runs until the requeue (5 min) or a drift tick
+            mem = memory_kib(serve.pid)
+            # What one scrape costs the server, to tell how much the polling disturbed.
+            c0 = cpu_seconds(serve.pid)
+            for _ in range(20):
+                serve.metrics()
+            scrape_cpu = (cpu_seconds(serve.pid) - c0) / 20
+            t = time.perf_counter()
+            api(serve.addr, token, "POST", "/api/v1/refresh")
+            refresh = time.perf_counter() - t
+            after = serve.metrics() or {}
+        finally:
+            serve.stop()
+        if run == 0:
+            print(f"  warm-up restart: {done:.3f} s", file=sys.stderr)
+            continue
+        record("envs/pass", [done], cpu=[cpu], **meta)
+        record("envs/startup", [startup], **meta)
+        record("envs/first-reconcile", [first], **meta)
+        record("envs/scrapes", [scrapes], unit="scrapes", **meta)
+        record("envs/scrape-cpu", [scrape_cpu], **meta)
+        record("envs/pass-after-startup", [done - startup], **meta)
+        record("envs/reconcile-sum", [m["slipway_reconcile_duration_seconds_sum"]], **meta)
+        record("envs/rss", [mem["VmRSS"]], unit="KiB", how="/proc/PID/status VmRSS", **meta)
+        record("envs/hwm", [mem["VmHWM"]], unit="KiB", how="/proc/PID/status VmHWM", **meta)
+        record("envs/refresh", [refresh], **meta,
+               requeued=after.get("slipway_reconcile_duration_seconds_count", count) - count)
+    if "--perf" in opts:
+        # One more restart under `perf record` (untimed: perf slows it): where the CPU goes.
+        data = opts["--perf"] + ".data"
+        serve = Serve(slipway, home, config, repo, prefix=(
+            "perf", "record", "-q", "-F", "499", "--call-graph", "dwarf,16384", "-o", data, "--"))
+        try:
+            serve.wait_healthy()
+            done, _, _, _ = wait_pass(serve, n, poll, timeout=300)
+        finally:
+            serve.stop()
+        perf_profile(data, opts["--perf"])
+        os.unlink(data)
+        print(f"  profiled a pass under perf ({done:.3f} s with perf's overhead)", file=sys.stderr)
+        # And one more, counting calls of the queue's scans with uprobes (untimed too).
+        for short, calls in probe_counts(slipway, home, config, repo, n, poll).items():
+            record(f"envs/calls-{short}", [calls], unit="calls", function=PROBED[short], **meta)
+
+
+# --- push to running, and a new branch to its preview --------------------------------------------
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@localhost",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@localhost",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo, *args, stdin=None, **env):
+    return subprocess.run(
+        ["git", "-C", repo, *args], check=True, capture_output=True, text=True, input=stdin,
+        env=dict(os.environ, **GIT_ENV, **env),
+    ).stdout.strip()
+
+
+def new_commit(repo, version, index):
+    """A commit on top of main whose VERSION file says `version`, on no branch yet (what a
+    push brings). Made with a private index so the work tree is left alone."""
+    git(repo, "read-tree", "main", GIT_INDEX_FILE=index)
+    blob = git(repo, "hash-object", "-w", "--stdin", stdin=version + "\n")
+    git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},VERSION",
+        GIT_INDEX_FILE=index)
+    tree = git(repo, "write-tree", GIT_INDEX_FILE=index)
+    return git(repo, "commit-tree", tree, "-p", "main", "-m", f"version {version}")
+
+
+def wait_answer(addr, host, want, poll, timeout=60, alive=None):
+    """Polls GET / until it answers 200 with body `want`. Returns (seconds, how many answers
+    before were not 200: refused connections, 404s, 502s; the old version answering 200 is
+    not counted)."""
+    t0 = time.perf_counter()
+    errors = 0
+    while True:
+        status, body = request(addr, "GET", "/", host=host, timeout=5)
+        if status == 200 and body.strip() == want:
+            return time.perf_counter() - t0, errors
+        errors += status != 200
+        if alive:
+            alive()
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"measure.py: {host or addr} did not answer {want!r} within {timeout} s "
+                     f"(last: {status} {body[:300]})")
+        time.sleep(poll)
+
+
+def wall_s(rfc3339):
+    return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def finished_deployment(serve, token, env, commit, timeout=60):
+    """The latest deployment of env, once finished; it must be of `commit` and succeeded."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        deps = api(serve.addr, token, "GET", f"/api/v1/environments/{env}/deployments?limit=1")
+        d = (deps.get("deployments") or [None])[0]
+        if d and d["commit"] == commit and d["status"] != "running":
+            if d["status"] != "succeeded":
+                sys.exit(f"measure.py: deployment of {env} at {commit[:12]}: {d}")
+            return d
+        if time.perf_counter() > deadline:
+            sys.exit(f"measure.py: no finished deployment of {env} at {commit[:12]}: {d}")
+        time.sleep(0.05)
+
+
+def export(repo, ref, dest):
+    """`git archive REF | tar -x -C DEST`."""
+    os.makedirs(dest, exist_ok=True)
+    archive = subprocess.Popen(["git", "-C", repo, "archive", ref], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", dest], stdin=archive.stdout, check=True)
+    archive.stdout.close()
+    if archive.wait() != 0:
+        sys.exit(f"measure.py: git archive {ref} failed")
+
+
+def python_under(root):
+    """Live python processes whose working directory is under root."""
+    out = []
+    for pid, _, cmdline in processes():
+        if cmdline.split(b"\0")[0].rsplit(b"/", 1)[-1].startswith(b"python") and under(
+            cwd_of(pid), root
+        ):
+            out.append(pid)
+    return out
+
+
+def app_start(src, version, poll):
+    """Seconds from launching `python3 app.py` by hand to its first answer."""
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        ["python3", os.path.join(src, "app.py"), "--port", str(port)],
+        cwd=src, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_answer(f"127.0.0.1:{port}", None, f"bench app {version}", poll, timeout=30)
+        return time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def push(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    slipway, home, config = opts["--slipway"], opts["--home"], opts["--config"]
+    repo = opts["--repo-dir"]
+    runs = int(opts["--runs"])
+    poll = int(opts.get("--poll-ms", 20)) / 1000
+    token = make_token(slipway, home)
+    by_hand = os.path.join(home, "by-hand")
+    export(repo, "main", by_hand)
+    serve = Serve(slipway, home, config, f"file://{repo}")
+    try:
+        serve.wait_healthy()
+        host = f"dev.bench-push.localhost:{serve.port}"
+        # The first deployment (creates the environment): untimed.
+        wait_answer(serve.addr, host, "bench app v0", 0.1, timeout=120, alive=serve.check_alive)
+        for i in range(1, runs + 1):
+            record("push/app-start", [app_start(by_hand, "v0", poll)])
+            version = f"v{i}"
+            with open(os.path.join(repo, "VERSION"), "w") as f:
+                f.write(version + "\n")
+            git(repo, "commit", "-q", "--no-gpg-sign", "-am", f"version {version}")
+            commit = git(repo, "rev-parse", "HEAD")
+            t0, w0 = time.perf_counter(), time.time()
+            api(serve.addr, token, "POST", "/api/v1/refresh")
+            refreshed = time.perf_counter() - t0
+            # Until then the old version answers: a failed request would be downtime.
+            _, errors = wait_answer(serve.addr, host, f"bench app {version}", poll,
+                                    alive=serve.check_alive)
+            total = time.perf_counter() - t0
+            d = finished_deployment(serve, token, "dev", commit)
+            started, finished = wall_s(d["started_at"]) - w0, wall_s(d["finished_at"]) - w0
+            record("push/slipway", [total])
+            record("push/failed-requests", [errors], unit="requests")
+            record("push/refresh", [refreshed])
+            record("push/deploy-started", [started])
+            record("push/deploy-duration", [finished - started])
+            time.sleep(0.3)
+    finally:
+        reap(by_hand)  # an app started by hand that a signal caught mid-Popen
+        serve.stop()
+        subprocess.run([slipway, "--home", home, "destroy", "--env", "dev", "--yes"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    left = settle(lambda: len(python_under(os.path.join(home, "envs"))), 0)
+    if left:
+        sys.exit(f"measure.py: {left} process(es) of dev left after destroy")
+
+
+def preview_supervisord_conf(d, src, port):
+    lines = [
+        "[unix_http_server]", f"file={d}/supervisor.sock", "",
+        "[supervisord]", f"logfile={d}/supervisord.log", f"pidfile={d}/supervisord.pid",
+        f"childlogdir={d}", "loglevel=info", "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{d}/supervisor.sock", "",
+        "[program:web]", f"command=python3 {src}/app.py --port {port}", f"directory={src}", "",
+    ]
+    for w in ("a", "b"):
+        lines += [f"[program:worker-{w}]", f"command=python3 {src}/worker.py {w}",
+                  f"directory={src}", ""]
+    path = os.path.join(d, "supervisord.conf")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def spawn_gap(log):
+    """Seconds between `supervisord started` and its first `spawned:` in its log, if both."""
+    stamps = {}
+    with open(log, errors="replace") as f:
+        for line in f:
+            for key, marker in (("started", "supervisord started"), ("spawned", "spawned: ")):
+                if marker in line and key not in stamps:
+                    at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                    stamps[key] = at.timestamp()
+    if len(stamps) == 2:
+        return stamps["spawned"] - stamps["started"]
+    return None
+
+
+def stop_pids(pids, what):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    def alive():
+        return sum(1 for p in pids if os.path.exists(f"/proc/{p}") and not zombie(p))
+
+    if settle(alive, 0, timeout=10):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sys.exit(f"measure.py: {what} did not stop on SIGTERM")
+
+
+def zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def previews(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    slipway, home, config = opts["--slipway"], opts["--home"], opts["--config"]
+    repo = opts["--repo-dir"]
+    runs, work, script = int(opts["--runs"]), opts["--work"], opts["--script"]
+    supervisord_bin = opts["--supervisord"]
+    poll = int(opts.get("--poll-ms", 20)) / 1000
+    os.makedirs(work, exist_ok=True)
+    index = os.path.join(work, "index")
+    token = make_token(slipway, home)
+    serve = Serve(slipway, home, config, f"file://{repo}")
+    try:
+        serve.wait_healthy()
+        for i in range(1, runs + 1):
+            # -- slipway: push the branch, refresh, wait for the preview URL
+            version = f"slipway-{i}"
+            sha = new_commit(repo, version, index)
+            branch, env = f"feature/bench-{i}", f"br-feature-bench-{i}"
+            host = f"{env}.bench-preview.localhost:{serve.port}"
+            t0, w0 = time.perf_counter(), time.time()
+            git(repo, "branch", branch, sha)
+            branched = time.perf_counter() - t0
+            api(serve.addr, token, "POST", "/api/v1/refresh")
+            refreshed = time.perf_counter() - t0
+            wait_answer(serve.addr, host, f"bench app {version}", poll, alive=serve.check_alive)
+            total = time.perf_counter() - t0
+            d = finished_deployment(serve, token, env, sha)
+            started, finished = wall_s(d["started_at"]) - w0, wall_s(d["finished_at"]) - w0
+            env_dir = os.path.join(home, "envs", env)
+            live = settle(lambda: len(python_under(env_dir)), 3)
+            if live != 3:
+                sys.exit(f"measure.py: {live} live processes in {env}, expected 3")
+            record("previews/slipway", [total])
+            record("previews/slipway-branch", [branched])
+            record("previews/slipway-refresh", [refreshed])
+            record("previews/slipway-deploy-started", [started])
+            record("previews/slipway-deploy-duration", [finished - started])
+            # The branch goes: the refresh destroys the environment.
+            git(repo, "branch", "-D", branch)
+            api(serve.addr, token, "POST", "/api/v1/refresh")
+            status, _ = request(serve.addr, "GET", f"/api/v1/environments/{env}", token=token)
+            left = settle(lambda: len(python_under(env_dir)), 0)
+            if status != 404 or left:
+                sys.exit(f"measure.py: {env} still there after its branch went "
+                         f"(GET: {status}, {left} processes)")
+            print("  verified: 3 processes, then destroyed with its branch", file=sys.stderr)
+
+            # -- by hand: a shell script with git + nohup + curl
+            version = f"hand-{i}"
+            sha = new_commit(repo, version, index)
+            d_hand = os.path.join(work, f"hand-{i}")
+            port = free_port()
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                ["bash", script, repo, f"hand/bench-{i}", sha, d_hand, str(port)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                _, err = proc.communicate(timeout=60)
+                total = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    sys.exit(f"measure.py: {script} exited {proc.returncode}: {err[-2000:]}")
+                pids = []
+                for name in ("web", "worker-a", "worker-b"):
+                    with open(os.path.join(d_hand, f"{name}.pid")) as f:
+                        pids.append(int(f.read()))
+                status, body = request(f"127.0.0.1:{port}", "GET", "/")
+                if status != 200 or body.strip() != f"bench app {version}" or any(
+                    zombie(p) for p in pids
+                ):
+                    sys.exit(f"measure.py: the script's preview is wrong: {status} {body!r}")
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            stop_pids(pids, "the script's processes")
+            record("previews/script", [total])
+            git(repo, "branch", "-D", f"hand/bench-{i}")
+            shutil.rmtree(d_hand)
+
+            # -- supervisord from a git export
+            version = f"sv-{i}"
+            sha = new_commit(repo, version, index)
+            d_sv = os.path.join(work, f"sv-{i}")
+            port = free_port()
+            t0 = time.perf_counter()
+            git(repo, "branch", f"sv/bench-{i}", sha)
+            export(repo, f"sv/bench-{i}", os.path.join(d_sv, "src"))
+            conf = preview_supervisord_conf(d_sv, os.path.join(d_sv, "src"), port)
+            sv = subprocess.Popen([supervisord_bin, "-n", "-c", conf], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                def sv_alive():
+                    if sv.poll() is not None:
+                        sys.exit(f"measure.py: supervisord exited with {sv.returncode}")
+                wait_answer(f"127.0.0.1:{port}", None, f"bench app {version}", poll,
+                            alive=sv_alive)
+                total = time.perf_counter() - t0
+                kids = settle(lambda: len(python_under(d_sv)), 3)
+                if kids != 3:
+                    sys.exit(f"measure.py: supervisord runs {kids} programs, expected 3")
+            finally:
+                if sv.poll() is None:
+                    sv.send_signal(signal.SIGTERM)
+                    try:
+                        sv.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        sv.kill()
+                        sv.wait()
+            if settle(lambda: len(python_under(d_sv)), 0):
+                sys.exit("measure.py: programs of supervisord left after its shutdown")
+            record("previews/supervisord", [total])
+            gap = spawn_gap(os.path.join(d_sv, "supervisord.log"))
+            if gap is not None:
+                record("previews/supervisord-spawn-gap", [gap])
+            git(repo, "branch", "-D", f"sv/bench-{i}")
+            shutil.rmtree(d_sv)
+    finally:
+        # A signal that lands inside Popen can leave its child unknown to us: by directory.
+        reap(work)
+        serve.stop()
+        # Whatever preview a failure left behind, the polite way.
+        for env in sorted(os.listdir(os.path.join(home, "envs")) if os.path.isdir(
+                os.path.join(home, "envs")) else []):
+            subprocess.run([slipway, "--home", home, "destroy", "--env", env, "--yes"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
 
 def main(argv):
@@ -380,6 +1143,12 @@ def main(argv):
         check_slipway(argv[2], int(argv[3]), argv[4])
     elif what == "reap":
         reap(argv[2])
+    elif what == "serve-pass":
+        serve_pass(argv[2:])
+    elif what == "push":
+        push(argv[2:])
+    elif what == "previews":
+        previews(argv[2:])
     else:
         sys.exit(f"measure.py: unknown command {what!r}\n{__doc__}")
 
