@@ -397,11 +397,19 @@ impl Controller {
     }
 
     /// Destroys an environment now (waiting for any operation on it to finish).
-    pub async fn destroy_environment(&self, name: &str, who: &str) -> Result<(), ControllerError> {
+    /// A protected environment is destroyed only with `confirm`.
+    pub async fn destroy_environment(
+        &self,
+        name: &str,
+        who: &str,
+        confirm: bool,
+    ) -> Result<(), ControllerError> {
         let (name, who) = (name.to_string(), who.to_string());
         let forget = name.clone();
-        self.blocking(move |inner| reconcile::destroy(inner, &name, &who, "destroyed on request"))
-            .await?;
+        self.blocking(move |inner| {
+            reconcile::destroy(inner, &name, &who, "destroyed on request", confirm)
+        })
+        .await?;
         self.inner
             .queue
             .lock()

@@ -118,6 +118,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                     created_at: now,
                     updated_at: now,
                     definition: Some(w.definition.clone()),
+                    protected: false,
                 };
                 store.upsert_environment(&record)?;
                 let what = if w.kind == EnvKind::Generated {
@@ -153,7 +154,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 "branch `{}` is gone",
                 record.tracked_ref.as_deref().unwrap_or("?")
             );
-            if let Err(e) = destroy(inner, &record.name, WHO, &why) {
+            if let Err(e) = destroy(inner, &record.name, WHO, &why, true) {
                 event(inner, &record.name, "destroy.failed", &e.to_string());
             }
         }
@@ -167,13 +168,14 @@ pub(crate) fn destroy(
     name: &str,
     who: &str,
     why: &str,
+    confirm: bool,
 ) -> Result<(), ControllerError> {
     let engine = &inner.engine;
     if engine.store().environment(name)?.is_none() {
         return Err(ControllerError::NotFound(name.to_string()));
     }
     let lock = engine.lock(name, true, &|| {})?;
-    let report = engine.destroy(&lock, who, &())?;
+    let report = engine.destroy(&lock, who, confirm, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
@@ -201,7 +203,7 @@ pub(crate) fn reconcile(
     };
     let requeue = Action::Requeue(inner.options.requeue_interval);
     if record.expires_at.is_some_and(|at| at <= now_ms()) {
-        destroy(inner, name, WHO, "its time to live has passed")?;
+        destroy(inner, name, WHO, "its time to live has passed", true)?;
         event(
             inner,
             name,
@@ -293,6 +295,7 @@ pub(crate) fn reconcile(
                     parallelism: 1,
                     who: WHO.into(),
                     swap_exposed: true,
+                    confirm_destroy: false,
                 },
                 &(),
             )?;
@@ -347,6 +350,7 @@ pub(crate) fn reconcile(
             // The preview router hides the port change: deploy exposed processes with no
             // downtime.
             swap_exposed: true,
+            confirm_destroy: false,
         },
         &(),
     )?;
@@ -453,6 +457,7 @@ pub(crate) fn create_adhoc(
         created_at: now,
         updated_at: now,
         definition: Some(definition),
+        protected: false,
     };
     store.upsert_environment(&record)?;
     event(

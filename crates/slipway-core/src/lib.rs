@@ -18,6 +18,7 @@ pub mod names;
 pub mod plan;
 pub mod render;
 pub mod schema;
+pub mod secrets;
 pub mod stack;
 pub mod template;
 pub mod types;

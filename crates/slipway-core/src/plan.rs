@@ -234,6 +234,23 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                             rec.type_name, res.type_name
                         )),
                     )
+                } else if rec.status != RecordedStatus::Ready
+                    && matches!(
+                        rec.status,
+                        RecordedStatus::Updating | RecordedStatus::Failed
+                    )
+                    && rtype.is_some_and(|t| t.holds_data())
+                    && !forced
+                {
+                    // Replacing would drop the data with the failure: try the update again.
+                    (
+                        Action::Update,
+                        Some(
+                            "the previous apply did not finish; retried in place, because \
+                             replacing it would lose its data"
+                                .to_string(),
+                        ),
+                    )
                 } else if rec.status != RecordedStatus::Ready {
                     let why = match rec.status {
                         RecordedStatus::Creating => "a previous create was interrupted",

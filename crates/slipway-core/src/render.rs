@@ -97,6 +97,10 @@ pub struct DesiredState {
     pub variables: BTreeMap<String, Json>,
     /// Resources by name.
     pub resources: BTreeMap<String, DesiredResource>,
+    /// The age ciphertext of every secret a resource references, as this environment sees
+    /// it (its override, its family's, or the default): the engine decrypts them at apply.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// sha256 of the canonical JSON of `stack`, `environment`, `variables` and `resources`
     /// (everything but the commit): two commits that render the same state have the same hash.
     pub hash: String,
@@ -119,6 +123,14 @@ pub enum RenderError {
         /// The entries there are.
         known: Vec<String>,
     },
+    /// A referenced secret has no value for this environment (only other environments'
+    /// overrides).
+    SecretNotSet {
+        /// The secret.
+        name: String,
+        /// The environment rendered.
+        environment: String,
+    },
 }
 
 impl std::fmt::Display for RenderError {
@@ -131,6 +143,11 @@ impl std::fmt::Display for RenderError {
                     known.join(", ")
                 )
             }
+            RenderError::SecretNotSet { name, environment } => write!(
+                f,
+                "secret `{name}` has no value for environment `{environment}`; set one with \
+                 `slipway secret set {name}` (for every environment) or `--env {environment}`"
+            ),
         }
     }
 }
@@ -143,6 +160,8 @@ struct Hashed<'a> {
     environment: &'a DesiredEnvironment,
     variables: &'a BTreeMap<String, Json>,
     resources: &'a BTreeMap<String, DesiredResource>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    secrets: &'a BTreeMap<String, String>,
 }
 
 /// Renders `stack` for `target` at `commit`. The stack must have loaded without errors.
@@ -188,6 +207,7 @@ pub fn render(
         }
     };
     let mut resources = BTreeMap::new();
+    let mut secret_names = BTreeSet::new();
     for (name, res) in &stack.resources {
         let Some(rtype) = types::lookup(&res.type_name) else {
             continue;
@@ -202,8 +222,14 @@ pub fn render(
                 let segments = template::parse(s)
                     .unwrap_or_else(|_| vec![template::Segment::Text(s.to_string())]);
                 for seg in &segments {
-                    if let template::Segment::Ref(Reference::Resource { name, .. }, _) = seg {
-                        references.insert(name.clone());
+                    match seg {
+                        template::Segment::Ref(Reference::Resource { name, .. }, _) => {
+                            references.insert(name.clone());
+                        }
+                        template::Segment::Ref(Reference::Secret(name), _) => {
+                            secret_names.insert(name.clone());
+                        }
+                        _ => {}
                     }
                 }
                 template::substitute(&segments, resolve)
@@ -230,11 +256,25 @@ pub fn render(
             )
         })
         .collect();
+    let mut secrets = BTreeMap::new();
+    for name in secret_names {
+        let Some(ciphertext) = stack
+            .secrets
+            .ciphertext_for(&name, target.name, target.definition)
+        else {
+            return Err(RenderError::SecretNotSet {
+                name,
+                environment: target.name.to_string(),
+            });
+        };
+        secrets.insert(name, ciphertext.to_string());
+    }
     let hashed = Hashed {
         stack: &stack.name,
         environment: &environment,
         variables: &variables,
         resources: &resources,
+        secrets: &secrets,
     };
     let hash = hex(&Sha256::digest(canonical(&hashed).as_bytes()));
     Ok(DesiredState {
@@ -243,6 +283,7 @@ pub fn render(
         commit: commit.to_string(),
         variables,
         resources,
+        secrets,
         hash,
     })
 }

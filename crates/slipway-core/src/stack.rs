@@ -161,6 +161,8 @@ pub struct Stack {
     pub resources: BTreeMap<String, ResourceDef>,
     /// Every file read, the entry file first.
     pub files: Vec<String>,
+    /// Recipients and encrypted values of `${secrets.NAME}`.
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// What loading produced: the stack when the files could be read at all, and every problem.
@@ -186,6 +188,7 @@ const TOP_FIELDS: &[&str] = &[
     "environments",
     "resources",
     "include",
+    "secrets",
 ];
 const INCLUDED_FIELDS: &[&str] = &["variables", "environments", "resources", "include"];
 const ENV_FIELDS: &[&str] = &[
@@ -219,6 +222,10 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         environments: BTreeMap::new(),
         resources: BTreeMap::new(),
         files: Vec::new(),
+        secrets: crate::secrets::Secrets {
+            file: format!("{base}{}", crate::secrets::DEFAULT_FILE),
+            ..Default::default()
+        },
     };
     let mut raw_resources: Vec<(String, Node, Node)> = Vec::new();
     let mut queue: Vec<(String, Option<Location>)> = vec![(entry.to_string(), None)];
@@ -349,6 +356,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
                         raw_resources.push((path.clone(), k.clone(), v.clone()));
                     }
                 }
+                "secrets" if is_entry => cx.secrets_entry(base, value, &mut stack.secrets),
                 "include" => {
                     for (inc, pos) in cx.string_list(value, "`include`") {
                         match normalize_include(base, &inc) {
@@ -358,7 +366,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
                     }
                 }
                 other => {
-                    if !is_entry && (other == "version" || other == "stack") {
+                    if !is_entry && matches!(other, "version" | "stack" | "secrets") {
                         cx.err(
                             key.pos,
                             format!("`{other}` may only be set in the entry file"),
@@ -440,6 +448,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
             stack.resources.insert(name.to_string(), r);
         }
     }
+    load_secrets(&mut cx, files, &mut stack.secrets, limits);
     check_environments(&mut cx, &stack);
     check_references(&mut cx, &mut stack);
     check_cycles(&mut cx, &stack);
@@ -449,6 +458,28 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
     Loaded {
         stack: Some(stack),
         diagnostics,
+    }
+}
+
+/// Reads the secrets file, if there is one; its absence is only an error for the references
+/// that need it.
+fn load_secrets(
+    cx: &mut Cx,
+    files: &dyn Files,
+    secrets: &mut crate::secrets::Secrets,
+    limits: &LoadLimits,
+) {
+    match files.read(&secrets.file) {
+        Ok(text) => {
+            secrets.file_found = true;
+            let (entries, diags) = crate::secrets::parse_file(&secrets.file, &text, limits.yaml);
+            secrets.entries = entries;
+            cx.diags.extend(diags);
+        }
+        Err(FileError::NotFound) => {}
+        Err(e) => cx
+            .diags
+            .push(file_error(&secrets.file, Pos::new(1, 1), &secrets.file, &e)),
     }
 }
 
@@ -647,6 +678,36 @@ impl Cx {
             _ => {
                 self.type_err(node, what, "a list of strings", None);
                 Vec::new()
+            }
+        }
+    }
+
+    /// The `secrets:` entry of slipway.yaml: `recipients` and an optional `file`.
+    fn secrets_entry(&mut self, base: &str, node: &Node, secrets: &mut crate::secrets::Secrets) {
+        let Some(entries) = self.map(node, "`secrets`") else {
+            return;
+        };
+        for (key, value) in entries {
+            let Some(name) = self.key(key) else { continue };
+            match name {
+                "recipients" => {
+                    for (r, pos) in self.string_list(value, "`secrets.recipients`") {
+                        if crate::secrets::is_recipient(&r) {
+                            secrets.recipients.push(r);
+                        } else {
+                            self.err(pos, format!("`{r}` is not an age recipient"), Some("recipients are age public keys such as `age1ql3z7hjy54pw3...`; `slipway secret keygen` makes one for an engine"));
+                        }
+                    }
+                }
+                "file" => {
+                    if let Some(f) = self.string(value, "`secrets.file`") {
+                        match normalize_include(base, f) {
+                            Ok(p) => secrets.file = p,
+                            Err(why) => self.err(value.pos, format!("cannot use `{f}` as the secrets file: {why}"), Some("name a file relative to slipway.yaml's folder, inside the repository")),
+                        }
+                    }
+                }
+                other => self.unknown_field(key.pos, other, "`secrets`", &["recipients", "file"]),
             }
         }
     }
@@ -1167,6 +1228,7 @@ fn check_references(cx: &mut Cx, stack: &mut Stack) {
         .map(|(n, r)| (n.clone(), r.type_name.clone()))
         .collect();
     let vars: BTreeSet<String> = stack.variables.keys().cloned().collect();
+    let secrets = &stack.secrets;
     for res in stack.resources.values_mut() {
         cx.file = res.location.file.clone();
         let Some(rtype) = types::lookup(&res.type_name) else {
@@ -1236,20 +1298,61 @@ fn check_references(cx: &mut Cx, stack: &mut Stack) {
                     };
                     let at = Pos::new(pos.line, pos.col + offset_col(s, offset));
                     match &r {
-                        Reference::Var(v) if !vars.contains(v) => cx.err(at, format!("unknown variable `{v}` in `{r}`"), Some(&suggest(v, &vars, "variable"))),
-                        Reference::Env(a) if !ENV_ATTRS.contains(&a.as_str()) => cx.err(at, format!("unknown environment attribute `{a}` in `{r}`"), Some("`${env.name}`, `${env.stack}` and `${env.kind}` are available")),
-                        Reference::Port(p) if !own.contains(p) => cx.err(at, format!("`{r}` names a port that resource `{}` does not declare", res.name), Some(&format!("add `{p}` to its `ports:`"))),
-                        Reference::Secret(_) => cx.err(at, format!("`{r}`: secrets are not supported by this version of slipway"), Some("pass the value through the engine's environment, outside the repository, for now")),
+                        Reference::Var(v) if !vars.contains(v) => cx.err(
+                            at,
+                            format!("unknown variable `{v}` in `{r}`"),
+                            Some(&suggest(v, &vars, "variable")),
+                        ),
+                        Reference::Env(a) if !ENV_ATTRS.contains(&a.as_str()) => cx.err(
+                            at,
+                            format!("unknown environment attribute `{a}` in `{r}`"),
+                            Some("`${env.name}`, `${env.stack}` and `${env.kind}` are available"),
+                        ),
+                        Reference::Port(p) if !own.contains(p) => cx.err(
+                            at,
+                            format!(
+                                "`{r}` names a port that resource `{}` does not declare",
+                                res.name
+                            ),
+                            Some(&format!("add `{p}` to its `ports:`")),
+                        ),
+                        Reference::Secret(s) if !secrets.entries.contains_key(s) => {
+                            let hint = match did_you_mean(
+                                s,
+                                secrets.entries.keys().map(String::as_str),
+                            ) {
+                                Some(m) => format!("did you mean `{m}`?"),
+                                None => format!(
+                                    "set it with `slipway secret set {s}` (it encrypts standard input into {}) and commit that file",
+                                    secrets.file
+                                ),
+                            };
+                            cx.err(
+                                at,
+                                format!("secret `{s}` is not set in `{}`", secrets.file),
+                                Some(&hint),
+                            );
+                        }
                         Reference::Resource { name, output } => {
                             if name == &res.name {
-                                cx.err(at, format!("resource `{name}` references itself in `{r}`"), Some("use `${ports.NAME}` for the resource's own ports"));
+                                cx.err(
+                                    at,
+                                    format!("resource `{name}` references itself in `{r}`"),
+                                    Some("use `${ports.NAME}` for the resource's own ports"),
+                                );
                             } else if let Some(target_type) = types_of.get(name) {
                                 implicit.insert(name.clone());
-                                if let Some(why) = output_error(target_type, &ports_of[name], output) {
+                                if let Some(why) =
+                                    output_error(target_type, &ports_of[name], output)
+                                {
                                     cx.err(at, format!("`{r}`: {why}"), None);
                                 }
                             } else {
-                                cx.err(at, format!("unknown resource `{name}` in `{r}`"), Some(&suggest(name, &names, "resource")));
+                                cx.err(
+                                    at,
+                                    format!("unknown resource `{name}` in `{r}`"),
+                                    Some(&suggest(name, &names, "resource")),
+                                );
                             }
                         }
                         _ => {}

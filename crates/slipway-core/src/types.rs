@@ -85,6 +85,13 @@ impl ResourceType {
     pub fn always_replaces(&self) -> bool {
         self.fields.iter().all(|f| f.replaces)
     }
+
+    /// Whether the live object holds data that a replacement destroys (a database): such
+    /// objects are retried in place after a failure, and replacing or deleting them in a
+    /// protected environment needs a person's confirmation.
+    pub fn holds_data(&self) -> bool {
+        self.name.starts_with("postgres.")
+    }
 }
 
 /// Keys every resource may have, whatever its type.
@@ -251,6 +258,13 @@ const PG_DATABASE: &[Field] = &[
         "the [postgres.NAME] server of the engine configuration",
     ),
     f("template", Str, false, true, "a database to clone"),
+    f(
+        "strategy",
+        Str,
+        false,
+        true,
+        "how a template is cloned: `file_copy` (default; fastest for large templates) or `wal_log`",
+    ),
     f("extensions", NameList, false, false, "extensions to create"),
 ];
 

@@ -96,3 +96,101 @@ fn render_applies_environment_overrides_and_is_deterministic() {
         "different variables give different hashes"
     );
 }
+
+const ARMOR: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
+const ARMOR_END: &str = "-----END AGE ENCRYPTED FILE-----";
+
+fn secret_files(stack: &str, secrets: &str) -> MapFiles {
+    MapFiles(
+        [
+            ("deploy/slipway.yaml".to_string(), stack.to_string()),
+            (
+                "deploy/slipway.secrets.yaml".to_string(),
+                secrets.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    )
+}
+
+#[test]
+fn secrets_are_referenced_by_name_and_rendered_as_ciphertext_per_environment() {
+    let stack = "version: 1\nstack: s\nsecrets: { recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p] }\nenvironments:\n  prod: { track: main }\n  previews: { generate: { branches: ['f/*'] } }\nresources:\n  api: { type: process, command: [app], env: { TOKEN: \"${secrets.token}\" } }\n";
+    let secrets = format!(
+        "version: 1\nsecrets:\n  token:\n    value: |\n      {ARMOR}\n      ZGVmYXVsdA==\n      {ARMOR_END}\n    environments:\n      prod: |\n        {ARMOR}\n        cHJvZA==\n        {ARMOR_END}\n"
+    );
+    let loaded = load(
+        &secret_files(stack, &secrets),
+        "deploy/slipway.yaml",
+        &LoadLimits::default(),
+    );
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let stack = loaded.stack.expect("a stack");
+    assert_eq!(stack.secrets.file, "deploy/slipway.secrets.yaml");
+    assert_eq!(stack.secrets.recipients.len(), 1);
+    let target = |name, definition, kind| Target {
+        name,
+        definition,
+        kind,
+    };
+    let prod = render(
+        &stack,
+        target("prod", "prod", EnvKind::Static),
+        "c1",
+        &BTreeMap::new(),
+    )
+    .expect("renders");
+    let pr = render(
+        &stack,
+        target("br-f-x", "previews", EnvKind::Generated),
+        "c1",
+        &BTreeMap::new(),
+    )
+    .expect("renders");
+    assert!(prod.secrets["token"].contains("cHJvZA=="));
+    assert!(pr.secrets["token"].contains("ZGVmYXVsdA=="));
+    assert_ne!(prod.hash, pr.hash);
+    // The config keeps the reference: the value is only known to the engine.
+    assert_eq!(
+        prod.resources["api"].config["env"]["TOKEN"],
+        "${secrets.token}"
+    );
+}
+
+#[test]
+fn secret_problems_are_located() {
+    let stack = "version: 1\nstack: s\nsecrets: { recipients: [not-a-key], file: ../x.yaml }\nenvironments:\n  prod: { track: main }\nresources:\n  api: { type: process, command: [app, \"${secrets.tokn}\"] }\n";
+    let secrets =
+        format!("version: 1\nsecrets:\n  token: {{ value: \"{ARMOR}\\nAA==\\n{ARMOR_END}\" }}\n");
+    let loaded = load(
+        &secret_files(stack, &secrets),
+        "deploy/slipway.yaml",
+        &LoadLimits::default(),
+    );
+    let text: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{}: {} ({:?})",
+                d.location.file, d.location.pos.line, d.message, d.hint
+            )
+        })
+        .collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("`not-a-key` is not an age recipient")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("`..` is not allowed")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.starts_with("deploy/slipway.yaml:7")
+            && t.contains("secret `tokn` is not set")
+            && t.contains("did you mean `token`")),
+        "{text:#?}"
+    );
+}

@@ -25,6 +25,31 @@ pub struct ApplyOptions {
     /// router hides the port change (`slipway serve`); without, an exposed process keeps one
     /// port and is stopped before its replacement starts.
     pub swap_exposed: bool,
+    /// A person confirmed that resources of a protected environment may be destroyed (deleted,
+    /// or replaced when that loses data). Without it such a plan is refused, and nothing is
+    /// applied.
+    pub confirm_destroy: bool,
+}
+
+/// The changes of `prepared` that destroy something in a protected environment: deletes, and
+/// replacements of resources that hold data (a database is dropped and created empty).
+pub fn protected_destroys(prepared: &Prepared) -> Vec<&Change> {
+    if !prepared.protected {
+        return Vec::new();
+    }
+    prepared
+        .plan
+        .changes
+        .iter()
+        .filter(|c| {
+            c.action == Action::Delete || (c.action == Action::Replace && holds_data(&c.type_name))
+        })
+        .collect()
+}
+
+/// Whether replacing a resource of this type loses data.
+pub fn holds_data(type_name: &str) -> bool {
+    slipway_core::types::lookup(type_name).is_some_and(|t| t.holds_data())
 }
 
 /// Progress of an apply, for a progress bar or log lines.
@@ -130,6 +155,18 @@ impl Engine {
             return Err(EngineError::Usage(format!(
                 "the lock held is for `{}`, not `{env}`",
                 lock.environment()
+            )));
+        }
+        let destroys = protected_destroys(prepared);
+        if !destroys.is_empty() && !options.confirm_destroy {
+            let names: Vec<String> = destroys
+                .iter()
+                .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
+                .collect();
+            return Err(EngineError::NeedsConfirmation(format!(
+                "`{env}` is protected and this plan destroys {}: held until a person confirms \
+                 (`slipway apply --env {env} --confirm-destroy {env}`)",
+                names.join(", ")
             )));
         }
         let now = slipway_state::now_ms();
@@ -288,13 +325,10 @@ impl Engine {
                 (c.resource.as_str(), Job { change: c, deps })
             })
             .collect();
-        let mut outputs: BTreeMap<String, Json> = self
-            .store
-            .resources(env)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| (r.name, r.outputs))
-            .collect();
+        let records = self.store.resources(env).unwrap_or_default();
+        let mut secret_names = crate::secret_outputs(&records);
+        let mut outputs: BTreeMap<String, Json> =
+            records.into_iter().map(|r| (r.name, r.outputs)).collect();
         // Kahn's algorithm, run as the work finishes: each job counts its unsettled
         // dependencies; a job whose count reaches zero is ready. Linear in the plan's size.
         let mut waiting_on: BTreeMap<&str, usize> = BTreeMap::new();
@@ -319,7 +353,8 @@ impl Engine {
         let mut running = 0usize;
         let limit = options.parallelism.max(1);
         std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::channel::<(String, Result<Json, String>)>();
+            type Done = (String, Result<(Json, Vec<String>), String>);
+            let (tx, rx) = mpsc::channel::<Done>();
             loop {
                 while running < limit {
                     let Some(name) = ready.pop_front() else { break };
@@ -356,6 +391,11 @@ impl Engine {
                         .iter()
                         .filter_map(|d| outputs.get(d).map(|o| (d.clone(), o.clone())))
                         .collect();
+                    let secret_snapshot: BTreeMap<String, Vec<String>> = job
+                        .deps
+                        .iter()
+                        .filter_map(|d| secret_names.get(d).map(|o| (d.clone(), o.clone())))
+                        .collect();
                     let change = job.change;
                     scope.spawn(move || {
                         progress.event(&ApplyEvent::Started {
@@ -363,8 +403,13 @@ impl Engine {
                             action: change.action,
                         });
                         let started = Instant::now();
-                        let result =
-                            self.apply_change(prepared, change, &snapshot, options.swap_exposed);
+                        let result = self.apply_change(
+                            prepared,
+                            change,
+                            &snapshot,
+                            &secret_snapshot,
+                            options.swap_exposed,
+                        );
                         progress.event(&ApplyEvent::Finished {
                             resource: &change.resource,
                             action: change.action,
@@ -380,8 +425,9 @@ impl Engine {
                 let Ok((name, result)) = rx.recv() else { break };
                 running -= 1;
                 match result {
-                    Ok(out) => {
+                    Ok((out, secret)) => {
                         outputs.insert(name.clone(), out);
+                        secret_names.insert(name.clone(), secret);
                         results.insert(name.clone(), Outcome::Succeeded);
                     }
                     Err(error) => {
@@ -411,14 +457,16 @@ impl Engine {
             .collect()
     }
 
-    /// Creates, updates or replaces one resource; returns its outputs.
+    /// Creates, updates or replaces one resource; returns its outputs and the names of the
+    /// secret ones. Errors are redacted of every secret value the resource was given.
     fn apply_change(
         &self,
         prepared: &Prepared,
         change: &Change,
         outputs: &BTreeMap<String, Json>,
+        secret_outputs: &BTreeMap<String, Vec<String>>,
         swap_exposed: bool,
-    ) -> Result<Json, String> {
+    ) -> Result<(Json, Vec<String>), String> {
         let env = prepared.desired.environment.name.as_str();
         let desired = &prepared.desired.resources[&change.resource];
         let provider = self
@@ -478,11 +526,23 @@ impl Engine {
         let scope = resolve::Scope {
             ports: &ports,
             outputs,
+            secret_outputs,
+            secrets: &prepared.secrets,
         };
-        let resolved = resolve::resolve(&desired.config, &scope).map_err(|r| {
+        let resolved_all = resolve::resolve(&desired.config, &scope).map_err(|r| {
             format!("`{r}` has no value: the resource it names produced no such output")
         })?;
-        let resolved_hash = resolve::resolved_hash(&resolved, desired.source.as_deref());
+        let resolved_hash = resolve::resolved_hash(
+            &resolved_all,
+            desired.source.as_deref(),
+            self.store.sealer(),
+        );
+        let redactor = crate::secrets::Redactor::default();
+        for value in &resolved_all.secrets {
+            redactor.add(value);
+        }
+        let sensitive = !resolved_all.secrets.is_empty();
+        let resolved = resolved_all.config;
         let mut record = ResourceRecord {
             environment: env.to_string(),
             name: change.resource.clone(),
@@ -498,7 +558,10 @@ impl Engine {
                 .as_ref()
                 .map(|p| p.outputs.clone())
                 .unwrap_or(Json::Null),
-            secret_outputs: Vec::new(),
+            secret_outputs: previous
+                .as_ref()
+                .map(|p| p.secret_outputs.clone())
+                .unwrap_or_default(),
             live: previous
                 .as_ref()
                 .map(|p| p.live.clone())
@@ -506,6 +569,7 @@ impl Engine {
             depends_on: desired.depends_on.iter().cloned().collect(),
             error: None,
             updated_at: slipway_state::now_ms(),
+            sensitive: sensitive || previous.as_ref().is_some_and(|p| p.sensitive),
         };
         // Ownership first: from here on, the store knows this resource may exist.
         self.store
@@ -527,6 +591,7 @@ impl Engine {
                 resolved: resolved.clone(),
                 source: desired.source.clone(),
                 instance: (slot != 0).then(|| instance.clone()),
+                redact: resolved_all.secrets.clone(),
             })
             .expect("an envelope is always serializable")
         };
@@ -544,6 +609,7 @@ impl Engine {
                 prev,
                 record,
                 envelope_of,
+                &redactor,
             );
         }
         let result: Result<Applied, String> = (|| {
@@ -587,6 +653,7 @@ impl Engine {
         let applied = match result {
             Ok(applied) => applied,
             Err(error) => {
+                let error = redactor.redact(&error);
                 record.status = "failed".into();
                 record.error = Some(error.clone());
                 record.updated_at = slipway_state::now_ms();
@@ -599,13 +666,14 @@ impl Engine {
         record.live = envelope_of(applied.live.clone());
         record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
         record.secret_outputs = applied.secret_outputs.clone();
+        redactor.add_outputs(&record.outputs, &record.secret_outputs);
         record.updated_at = slipway_state::now_ms();
         self.store
             .put_resource(&record)
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
         if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
-            let error = describe(&e);
+            let error = redactor.redact(&describe(&e));
             record.status = "failed".into();
             record.error = Some(error.clone());
             record.updated_at = slipway_state::now_ms();
@@ -618,7 +686,7 @@ impl Engine {
         self.store
             .put_resource(&record)
             .map_err(|e| e.to_string())?;
-        Ok(record.outputs)
+        Ok((record.outputs, record.secret_outputs))
     }
 
     /// The blue/green replacement of an exposed process: start the new instance in the other
@@ -639,9 +707,11 @@ impl Engine {
         previous: &Envelope,
         mut record: ResourceRecord,
         envelope_of: impl Fn(Json) -> Json,
-    ) -> Result<Json, String> {
+        redactor: &crate::secrets::Redactor,
+    ) -> Result<(Json, Vec<String>), String> {
         let env = prepared.desired.environment.name.as_str();
         let fail = |record: &mut ResourceRecord, error: String| {
+            let error = redactor.redact(&error);
             // The old instance is still recorded as live and still serving.
             record.status = "failed".into();
             record.error = Some(format!(
@@ -689,13 +759,13 @@ impl Engine {
                 &format!(
                     "{}: the previous instance could not be stopped: {}",
                     change.resource,
-                    describe(&e)
+                    redactor.redact(&describe(&e))
                 ),
                 &json!({}),
                 slipway_state::now_ms(),
             );
         }
-        Ok(record.outputs)
+        Ok((record.outputs, record.secret_outputs))
     }
 
     /// Deletes the recorded resources `names`, each only after every recorded resource that
@@ -887,20 +957,29 @@ impl Engine {
 
     /// Deletes every resource of `environment`, dependents first, then its directory and its
     /// record (its deployments and events stay, as history).
+    ///
+    /// A protected environment is destroyed only with `confirm` (a person said so).
     pub fn destroy(
         &self,
         lock: &EnvLock,
         who: &str,
+        confirm: bool,
         progress: &dyn Progress,
     ) -> Result<ApplyReport, EngineError> {
         let env = lock.environment().to_string();
-        let now = slipway_state::now_ms();
-        self.store.mark_interrupted(&env, now)?;
         let Some(record) = self.store.environment(&env)? else {
             return Err(EngineError::Environment(format!(
                 "environment `{env}` does not exist here; `slipway status` lists them"
             )));
         };
+        if record.protected && !confirm {
+            return Err(EngineError::NeedsConfirmation(format!(
+                "`{env}` is protected: destroying it needs an explicit confirmation \
+                 (`slipway destroy --env {env} --confirm-destroy {env}`)"
+            )));
+        }
+        let now = slipway_state::now_ms();
+        self.store.mark_interrupted(&env, now)?;
         let resources = self.store.resources(&env)?;
         let graph: BTreeMap<&str, Vec<&str>> = resources
             .iter()

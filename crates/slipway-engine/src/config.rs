@@ -20,15 +20,106 @@ pub struct EngineConfig {
     /// `[forge.NAME]`, kept for the controller.
     #[serde(default)]
     pub forge: BTreeMap<String, toml::Table>,
-    /// `[postgres.NAME]`, kept for the postgres provider.
+    /// `[postgres.NAME]`: servers that `postgres.*` resources may use.
     #[serde(default)]
-    pub postgres: BTreeMap<String, toml::Table>,
+    pub postgres: BTreeMap<String, PostgresServer>,
+    /// `[secrets]`: how the engine decrypts the repository's secrets.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
     /// `[local]`
     #[serde(default)]
     pub local: LocalConfig,
     /// `[controller]`: how `slipway serve` paces itself.
     #[serde(default)]
     pub controller: ControllerConfig,
+}
+
+/// `[postgres.NAME]`: one PostgreSQL server, by a connection URL with the right to create
+/// databases and roles. The URL comes from an environment variable or a file, so that no
+/// password sits in the configuration; `url` is accepted only without a password.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresServer {
+    /// The environment variable holding the URL.
+    pub url_env: Option<String>,
+    /// A file holding the URL (first line).
+    pub url_file: Option<String>,
+    /// The URL itself, when it holds no password (trust or peer authentication, a
+    /// `~/.pgpass`).
+    pub url: Option<String>,
+}
+
+impl PostgresServer {
+    /// The server's URL, read from where the configuration says.
+    pub fn resolve_url(&self, name: &str) -> Result<String, String> {
+        let set = [&self.url_env, &self.url_file, &self.url]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set != 1 {
+            return Err(format!(
+                "[postgres.{name}] needs exactly one of `url_env`, `url_file` or `url`"
+            ));
+        }
+        if let Some(var) = &self.url_env {
+            return std::env::var(var).map_err(|_| {
+                format!("[postgres.{name}] reads its URL from ${var}, which is not set")
+            });
+        }
+        if let Some(file) = &self.url_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("[postgres.{name}] cannot read url_file {file}: {e}"))?;
+            return text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| format!("[postgres.{name}] url_file {file} is empty"));
+        }
+        Ok(self.url.clone().unwrap_or_default())
+    }
+
+    fn check(&self, name: &str) -> Result<(), String> {
+        let set = [&self.url_env, &self.url_file, &self.url]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set != 1 {
+            return Err(format!(
+                "[postgres.{name}] needs exactly one of `url_env`, `url_file` or `url`"
+            ));
+        }
+        if let Some(url) = &self.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(format!(
+                    "[postgres.{name}] url must start with postgres:// or postgresql://"
+                ));
+            }
+            let authority = url.split_once("://").map_or("", |(_, r)| r);
+            let userinfo = authority.split(['/', '?']).next().unwrap_or("");
+            if userinfo
+                .rsplit_once('@')
+                .is_some_and(|(user, _)| user.contains(':'))
+            {
+                return Err(format!(
+                    "[postgres.{name}] url holds a password; credentials never go in the \
+                     configuration: use url_env = \"VAR\" or url_file = \"/path\" instead"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// An age identity file (`AGE-SECRET-KEY-1...` lines, as `age-keygen` or
+    /// `slipway secret keygen` write). Default: `<home>/age.key`, when it exists.
+    pub identity_file: Option<String>,
+    /// An environment variable holding the identity itself (for containers).
+    pub identity_env: Option<String>,
 }
 
 /// `[controller]`
@@ -226,6 +317,9 @@ impl EngineConfig {
                 ));
             }
         }
+        for (name, server) in &config.postgres {
+            server.check(name)?;
+        }
         if config.local.parallelism == 0 {
             return Err("`local.parallelism` must be at least 1".into());
         }
@@ -275,6 +369,26 @@ ports = "20000-29999"
 "#;
         let config = EngineConfig::parse(text).expect("the SPEC §6 example parses");
         assert_eq!(config.port_range().expect("a range"), 20000..=29999);
+    }
+
+    #[test]
+    fn postgres_servers_never_take_a_password_inline() {
+        let e = EngineConfig::parse("[postgres.main]\nurl = \"postgres://u:pw@db/x\"").unwrap_err();
+        assert!(e.contains("holds a password") && !e.contains("pw@"), "{e}");
+        assert!(
+            EngineConfig::parse(
+                "[postgres.main]\nurl = \"postgres://postgres@127.0.0.1/postgres\""
+            )
+            .is_ok()
+        );
+        let e = EngineConfig::parse("[postgres.main]\nurl = \"postgres://a@b/c\"\nurl_env = \"X\"")
+            .unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+        let server = PostgresServer {
+            url_env: Some("SLIPWAY_TEST_SURELY_UNSET_VAR".into()),
+            ..Default::default()
+        };
+        assert!(server.resolve_url("main").unwrap_err().contains("not set"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod apply;
 mod cache;
 pub mod config;
 pub mod resolve;
+pub mod secrets;
 pub mod source;
 mod status;
 
@@ -36,6 +37,7 @@ use serde_json::Value as Json;
 use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStatus};
 use slipway_core::render::{self, DesiredState, EnvKind, Target};
 use slipway_git::{Commit, Source};
+use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
 use slipway_state::{EnvironmentRecord, ResourceRecord, Store};
 
@@ -78,6 +80,12 @@ pub enum EngineError {
     /// Bad input given to the engine.
     #[error("{0}")]
     Usage(String),
+    /// A secret could not be decrypted (the message names it, never its value).
+    #[error("{0}")]
+    Secret(String),
+    /// The operation destroys something in a protected environment and nobody confirmed it.
+    #[error("{0}")]
+    NeedsConfirmation(String),
 }
 
 impl EngineError {
@@ -108,6 +116,10 @@ pub(crate) struct Envelope {
     /// runs beside the old one until it is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The secret values that went into `resolved`, to redact from the resource's logs. The
+    /// store seals the whole envelope when there are any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
 }
 
 impl Envelope {
@@ -115,6 +127,15 @@ impl Envelope {
     pub(crate) fn instance<'a>(&'a self, name: &'a str) -> &'a str {
         self.instance.as_deref().unwrap_or(name)
     }
+}
+
+/// The names of each recorded resource's secret outputs.
+pub(crate) fn secret_outputs(records: &[ResourceRecord]) -> BTreeMap<String, Vec<String>> {
+    records
+        .iter()
+        .filter(|r| !r.secret_outputs.is_empty())
+        .map(|r| (r.name.clone(), r.secret_outputs.clone()))
+        .collect()
 }
 
 /// The provider-facing name of `resource`'s instance in `slot` (0 or 1).
@@ -202,6 +223,8 @@ pub struct Prepared {
     pub ttl: Option<Duration>,
     /// Who made it.
     pub owner: Option<String>,
+    /// The secrets the desired state references, decrypted.
+    pub secrets: BTreeMap<String, secrets::SecretValue>,
 }
 
 /// Which environment an operation is for, and how it came to be.
@@ -263,7 +286,24 @@ impl Engine {
             ready_timeout: parse(&config.local.ready_timeout),
             log_max_bytes: config.local.log_max_bytes,
         };
-        let registry = Registry::local();
+        let mut registry = Registry::local();
+        let mut urls = BTreeMap::new();
+        let mut unusable = Vec::new();
+        for (name, server) in &config.postgres {
+            match server.resolve_url(name) {
+                Ok(url) => {
+                    urls.insert(name.clone(), url);
+                }
+                Err(why) => unusable.push((name.clone(), why)),
+            }
+        }
+        let mut servers = PgServers::new(urls, store.sealer().instance_id());
+        for (name, why) in unusable {
+            servers = servers.with_unavailable(&name, &why);
+        }
+        let servers = Arc::new(servers);
+        registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));
+        registry.register(postgres::RoleProvider::new(servers));
         Ok(Engine {
             cache: cache::CommitCache::default(),
             home: home.to_path_buf(),
@@ -282,6 +322,19 @@ impl Engine {
     /// The engine's home directory.
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// Everything secret that went into `env`'s resources, for redacting what is shown of
+    /// them (logs, errors): decrypted secrets and secret outputs as last applied.
+    pub fn redactor(&self, env: &str) -> Result<secrets::Redactor, EngineError> {
+        let redactor = secrets::Redactor::default();
+        for record in self.store.resources(env)? {
+            redactor.add_outputs(&record.outputs, &record.secret_outputs);
+            for value in Envelope::of(&record).redact {
+                redactor.add(&value);
+            }
+        }
+        Ok(redactor)
     }
 
     /// The engine configuration.
@@ -426,7 +479,9 @@ impl Engine {
         };
         let desired = render::render(stack, render_target, &loaded.commit.sha, sources)
             .map_err(|e| EngineError::Environment(e.to_string()))?;
-        let input = self.plan_input(&desired)?;
+        let secrets = secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home)
+            .map_err(EngineError::Secret)?;
+        let input = self.plan_input(&desired, &secrets)?;
         let plan = plan::plan(&desired, &input);
         Ok(Prepared {
             commit: loaded.commit.clone(),
@@ -435,10 +490,13 @@ impl Engine {
             plan,
             repo: origin.repo.to_string(),
             folder: loaded.folder.clone(),
-            protected: def.protected,
+            // Protection is a property of the static environment itself: an ad-hoc copy made
+            // `--like prod` is a scratch environment.
+            protected: def.protected && target.kind == EnvKind::Static,
             self_heal: def.self_heal,
             ttl: target.ttl.or(def.ttl),
             owner: target.owner.clone(),
+            secrets,
         })
     }
 
@@ -480,7 +538,11 @@ impl Engine {
     }
 
     /// Gathers recorded state and observations for planning `desired`.
-    fn plan_input(&self, desired: &DesiredState) -> Result<PlanInput, EngineError> {
+    fn plan_input(
+        &self,
+        desired: &DesiredState,
+        secrets: &BTreeMap<String, secrets::SecretValue>,
+    ) -> Result<PlanInput, EngineError> {
         let env = &desired.environment.name;
         let records = self.store.resources(env)?;
         let mut input = PlanInput::default();
@@ -488,6 +550,7 @@ impl Engine {
             .iter()
             .map(|r| (r.name.clone(), r.outputs.clone()))
             .collect();
+        let secret_outputs = secret_outputs(&records);
         let all_ports = self.store.environment_ports(env)?;
         let none = BTreeMap::new();
         let mut slots: BTreeMap<&str, u8> = BTreeMap::new();
@@ -528,11 +591,13 @@ impl Engine {
             let scope = resolve::Scope {
                 ports: &ports,
                 outputs: &outputs,
+                secret_outputs: &secret_outputs,
+                secrets,
             };
             if let Ok(resolved) = resolve::resolve(&res.config, &scope) {
                 input.resolved_now.insert(
                     name.clone(),
-                    resolve::resolved_hash(&resolved, res.source.as_deref()),
+                    resolve::resolved_hash(&resolved, res.source.as_deref(), self.store.sealer()),
                 );
             }
         }
@@ -610,11 +675,13 @@ impl Engine {
                 created_at: now,
                 updated_at: now,
                 definition: None,
+                protected: false,
             });
         record.repo = prepared.repo.clone();
         record.stack = prepared.desired.stack.clone();
         record.kind = prepared.desired.environment.kind.as_str().to_string();
         record.definition = Some(prepared.desired.environment.definition.clone());
+        record.protected = prepared.protected;
         if record.owner.is_none() {
             record.owner = prepared.owner.clone();
         }

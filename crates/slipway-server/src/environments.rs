@@ -63,8 +63,13 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Deletes every resource of the environment, then its record (its deployments and events stay as history). Waits for an operation in progress on it to finish.",
             )
             .access(Access::Environment)
+            .query(
+                "confirm",
+                "The environment's name again: required to destroy a protected environment.",
+                json!({"type": "string"}),
+            )
             .json(StatusCode::OK, "Destroyed", "It is gone.")
-            .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "Some resources could not be deleted; it is marked failed and retried.")]),
+            .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "Some resources could not be deleted (it is marked failed and retried), or it is protected and `confirm` does not name it.")]),
         Route::post("/api/v1/environments/{name}/sync", sync)
             .id("syncEnvironment", "environment.sync")
             .summary(
@@ -218,6 +223,11 @@ struct PlanView {
     commit: String,
     has_changes: bool,
     changes: Vec<Change>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DestroyQuery {
+    confirm: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -561,13 +571,15 @@ async fn destroy(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     EnvName(name): EnvName,
+    QueryArgs(query): QueryArgs<DestroyQuery>,
 ) -> Result<Json<Destroyed>, ApiError> {
     {
         let name = name.clone();
         app.blocking(move |c| require(c, &name)).await?;
     }
+    let confirm = query.confirm.as_deref() == Some(name.as_str());
     app.controller
-        .destroy_environment(&name, &caller.name)
+        .destroy_environment(&name, &caller.name, confirm)
         .await?;
     Ok(Json(Destroyed {
         environment: name,

@@ -1380,6 +1380,7 @@ fn an_environment_listed_while_a_resource_is_being_created_matches_the_schema() 
             depends_on: Vec::new(),
             error: None,
             updated_at: slipway_state::now_ms(),
+            sensitive: false,
         })
         .expect("record a resource being created");
     let list = f

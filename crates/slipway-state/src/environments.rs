@@ -55,11 +55,15 @@ pub struct EnvironmentRecord {
     /// a generated or ad-hoc one (`None` in records written before this was kept).
     #[serde(default)]
     pub definition: Option<String>,
+    /// Whether its `environments:` entry is `protected: true` (as of its last apply):
+    /// destroying it, or a resource in it, needs an explicit confirmation.
+    #[serde(default)]
+    pub protected: bool,
 }
 
 const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
                        hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
-                       created_at, updated_at, definition";
+                       created_at, updated_at, definition, protected";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
     Ok(EnvironmentRecord {
@@ -81,6 +85,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
         created_at: row.get(15)?,
         updated_at: row.get(16)?,
         definition: row.get(17)?,
+        protected: row.get(18)?,
     })
 }
 
@@ -100,7 +105,7 @@ impl Store {
                 &format!(
                     "INSERT INTO environments ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-                             ?16, ?17, ?18) \
+                             ?16, ?17, ?18, ?19) \
                      ON CONFLICT (name) DO UPDATE SET \
                        kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
                        tracked_ref = excluded.tracked_ref, \
@@ -110,7 +115,7 @@ impl Store {
                        message = excluded.message, owner = excluded.owner, \
                        ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
                        pinned = excluded.pinned, updated_at = excluded.updated_at, \
-                       definition = excluded.definition"
+                       definition = excluded.definition, protected = excluded.protected"
                 ),
                 params![
                     record.name,
@@ -131,6 +136,7 @@ impl Store {
                     record.created_at,
                     record.updated_at,
                     record.definition,
+                    record.protected,
                 ],
             )
             .map_err(sql(format!("record environment {}", record.name)))?;

@@ -18,6 +18,26 @@ pub enum StateError {
         source: std::io::Error,
     },
 
+    /// The home's state key (which seals secrets in the database) could not be made or read.
+    #[error("the state key {path} is unusable: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
+    /// A sealed value could not be opened.
+    #[error("{record}: the sealed {column} {reason}")]
+    Sealed {
+        /// Which record.
+        record: String,
+        /// Which column.
+        column: &'static str,
+        /// Why.
+        reason: String,
+    },
+
     /// The database file could not be opened or configured.
     #[error("failed to open the state database {path}")]
     Open {
@@ -156,7 +176,9 @@ impl StateError {
             | StateError::CorruptJson { .. }
             | StateError::InvalidValue { .. }
             | StateError::NotFound { .. }
-            | StateError::DeploymentNotRunning { .. } => false,
+            | StateError::DeploymentNotRunning { .. }
+            | StateError::Key { .. }
+            | StateError::Sealed { .. } => false,
         }
     }
 }

@@ -35,8 +35,11 @@ mod events;
 mod ports;
 mod resources;
 mod schema;
+mod seal;
 mod store;
 mod tokens;
+
+pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};
 pub use deployments::{DEPLOYMENT_STATUSES, DeploymentRecord, NewDeployment};

@@ -4,6 +4,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::StateError;
+use crate::seal::Sealer;
 use crate::store::{Store, from_json, one_of, sql, to_json};
 
 /// Resource statuses: an operation in flight, or its outcome.
@@ -39,6 +40,10 @@ pub struct ResourceRecord {
     pub error: Option<String>,
     /// When it was last written, unix milliseconds.
     pub updated_at: i64,
+    /// Whether `outputs` or `live` may hold a secret (a secret output, or a resolved
+    /// configuration that a secret went into): such records are stored sealed.
+    #[serde(default)]
+    pub sensitive: bool,
 }
 
 impl std::fmt::Debug for ResourceRecord {
@@ -64,6 +69,7 @@ impl std::fmt::Debug for ResourceRecord {
             .field("depends_on", &self.depends_on)
             .field("error", &self.error)
             .field("updated_at", &self.updated_at)
+            .field("sensitive", &self.sensitive)
             .finish()
     }
 }
@@ -105,13 +111,30 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawResource> {
 }
 
 impl RawResource {
-    fn decode(self) -> Result<ResourceRecord, StateError> {
+    fn decode(self, sealer: &Sealer) -> Result<ResourceRecord, StateError> {
         let record = || format!("resource {}/{}", self.environment, self.name);
+        let sensitive = self.outputs.starts_with(crate::seal::PREFIX);
+        let unseal = |text: &str, column: &'static str| -> Result<String, StateError> {
+            if !text.starts_with(crate::seal::PREFIX) {
+                return Ok(text.to_string());
+            }
+            let bytes = sealer.open(text).map_err(|reason| StateError::Sealed {
+                record: record(),
+                column,
+                reason,
+            })?;
+            String::from_utf8(bytes).map_err(|_| StateError::Sealed {
+                record: record(),
+                column,
+                reason: "is not UTF-8".into(),
+            })
+        };
         Ok(ResourceRecord {
             config: from_json(&self.config, record, "config")?,
-            outputs: from_json(&self.outputs, record, "outputs")?,
+            outputs: from_json(&unseal(&self.outputs, "outputs")?, record, "outputs")?,
             secret_outputs: from_json(&self.secret_outputs, record, "secret_outputs")?,
-            live: from_json(&self.live, record, "live")?,
+            live: from_json(&unseal(&self.live, "live")?, record, "live")?,
+            sensitive,
             depends_on: from_json(&self.depends_on, record, "depends_on")?,
             environment: self.environment,
             name: self.name,
@@ -139,7 +162,7 @@ impl Store {
             .map_err(sql(operation()))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql(operation()))?;
-        raw.into_iter().map(RawResource::decode).collect()
+        raw.into_iter().map(|r| r.decode(self.sealer())).collect()
     }
 
     /// One resource of an environment, if recorded.
@@ -157,7 +180,7 @@ impl Store {
             )
             .optional()
             .map_err(sql(format!("read resource {environment}/{name}")))?;
-        raw.map(RawResource::decode).transpose()
+        raw.map(|r| r.decode(self.sealer())).transpose()
     }
 
     /// Records a resource, replacing what was recorded under its name.
@@ -167,6 +190,15 @@ impl Store {
     /// record the environment first.
     pub fn put_resource(&self, record: &ResourceRecord) -> Result<(), StateError> {
         one_of("resource status", &record.status, RESOURCE_STATUSES)?;
+        let seal = record.sensitive || !record.secret_outputs.is_empty();
+        let column = |value: &serde_json::Value| {
+            let text = to_json(value);
+            if seal {
+                self.sealer().seal(text.as_bytes())
+            } else {
+                text
+            }
+        };
         self.conn()
             .execute(
                 &format!(
@@ -186,9 +218,9 @@ impl Store {
                     record.status,
                     to_json(&record.config),
                     record.resolved_hash,
-                    to_json(&record.outputs),
+                    column(&record.outputs),
                     to_json(&record.secret_outputs),
-                    to_json(&record.live),
+                    column(&record.live),
                     to_json(&record.depends_on),
                     record.error,
                     record.updated_at,

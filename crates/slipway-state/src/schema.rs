@@ -113,6 +113,9 @@ CREATE TABLE audit (
 ) STRICT;
 CREATE INDEX audit_by_time ON audit (at);
 "#,
+    r#"
+ALTER TABLE environments ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -24,6 +24,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    sealer: crate::seal::Sealer,
 }
 
 impl std::fmt::Debug for Store {
@@ -71,10 +72,17 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_error)?;
         schema::migrate(&mut conn, &path)?;
+        let sealer = crate::seal::Sealer::load_or_create(&home.join("state.key"))?;
         Ok(Store {
             path,
             conn: Mutex::new(conn),
+            sealer,
         })
+    }
+
+    /// Seals values with this home's key (see [`crate::Sealer`]).
+    pub fn sealer(&self) -> &crate::seal::Sealer {
+        &self.sealer
     }
 
     /// The database file.
@@ -105,6 +113,17 @@ pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(rusqlite::Error) 
 }
 
 /// Encodes a value for a JSON column.
+/// Lowercase hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value)
         .expect("JSON values and string lists always serialize: their keys are strings")

@@ -37,6 +37,7 @@ fn environment(name: &str) -> EnvironmentRecord {
         created_at: 1_000,
         updated_at: 1_000,
         definition: Some("prod".to_owned()),
+        protected: false,
     }
 }
 
@@ -54,6 +55,7 @@ fn resource(environment: &str, name: &str) -> ResourceRecord {
         depends_on: vec!["db".to_owned()],
         error: None,
         updated_at: 2_000,
+        sensitive: false,
     }
 }
 
@@ -395,7 +397,7 @@ fn a_resource_needs_its_environment() {
 
 #[test]
 fn resources_round_trip_and_are_listed_by_name() {
-    let (_home, store) = open_store();
+    let (dir, store) = open_store();
     store
         .upsert_environment(&environment("prod"))
         .expect("record prod");
@@ -409,11 +411,23 @@ fn resources_round_trip_and_are_listed_by_name() {
     api.error = Some("exit 1".to_owned());
     api.secret_outputs = vec!["password".to_owned()];
     api.outputs = json!({"password": "hunter2", "port": 5432});
+    api.live = json!({"resolved": {"env": {"DB": "postgres://u:hunter2@h/db"}}});
+    // A record with secret outputs is stored sealed, and reads back marked sensitive.
+    api.sensitive = true;
     store.put_resource(&api).expect("update api");
     assert_eq!(
         store.resource("prod", "api").expect("read api"),
         Some(api.clone()),
         "every field round-trips"
+    );
+    let mut on_disk = Vec::new();
+    for file in ["state.db", "state.db-wal"] {
+        on_disk.extend(std::fs::read(dir.path().join(file)).unwrap_or_default());
+    }
+    assert!(!on_disk.is_empty());
+    assert!(
+        !on_disk.windows(7).any(|w| w == b"hunter2"),
+        "a secret output is never in the database file in the clear"
     );
     let listed: Vec<String> = store
         .resources("prod")

@@ -30,9 +30,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             yes,
             parallelism,
+            confirm_destroy,
             output,
-        } => apply(&g, &repo, &env, yes, parallelism, output),
-        Command::Destroy { env, yes, output } => destroy(&g, &env, yes, output),
+        } => apply(
+            &g,
+            &repo,
+            &env,
+            yes,
+            parallelism,
+            confirmed(&env, confirm_destroy.as_deref())?,
+            output,
+        ),
+        Command::Destroy {
+            env,
+            yes,
+            confirm_destroy,
+            output,
+        } => destroy(
+            &g,
+            &env,
+            yes,
+            confirmed(&env, confirm_destroy.as_deref())?,
+            output,
+        ),
         Command::Status { env, output } => status(&g, env.as_deref(), output),
         Command::History { env, limit, output } => history(&g, &env, limit, output),
         Command::Logs {
@@ -52,9 +72,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Serve { .. }
         | Command::Env(_)
         | Command::Token(_)
+        | Command::Secret(_)
         | Command::Compare { .. } => {
             unreachable!("dispatched in main")
         }
+    }
+}
+
+/// Whether `--confirm-destroy` names the environment (a typed confirmation, as a person
+/// would give it, not a flag a script sets by habit).
+fn confirmed(env: &str, given: Option<&str>) -> Result<bool> {
+    match given {
+        None => Ok(false),
+        Some(name) if name == env => Ok(true),
+        Some(name) => bail!(
+            "--confirm-destroy {name} does not name the environment `{env}`; repeat its name exactly"
+        ),
     }
 }
 
@@ -73,7 +106,7 @@ pub fn open_engine(g: &Global) -> Result<Engine> {
     Ok(Engine::open(&absolute(&g.home)?, config, supervisor)?)
 }
 
-fn absolute(path: &Path) -> Result<PathBuf> {
+pub fn absolute(path: &Path) -> Result<PathBuf> {
     if path.is_absolute() {
         Ok(path.to_path_buf())
     } else {
@@ -340,6 +373,7 @@ fn apply(
     env: &str,
     yes: bool,
     parallelism: Option<usize>,
+    confirm_destroy: bool,
     output: Output,
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
@@ -360,6 +394,7 @@ fn apply(
                 parallelism: 1,
                 who: who(),
                 swap_exposed: false,
+                confirm_destroy: false,
             },
             &(),
         )?;
@@ -377,7 +412,16 @@ fn apply(
         .iter()
         .filter(|c| c.action == slipway_core::plan::Action::Delete)
         .count();
-    if prepared.protected && deletes > 0 && !yes {
+    let destroys = slipway_engine::apply::protected_destroys(&prepared);
+    if !destroys.is_empty() && !confirm_destroy {
+        let names: Vec<&str> = destroys.iter().map(|c| c.resource.as_str()).collect();
+        bail!(
+            "`{env}` is protected and this plan destroys {}; nothing was applied. If that is \
+             intended, run again with `--confirm-destroy {env}`",
+            names.join(", ")
+        );
+    }
+    if prepared.protected && deletes > 0 {
         eprintln!("`{env}` is protected and this plan deletes {deletes} resource(s).");
     }
     confirm(&format!("apply these changes to `{env}`"), yes)?;
@@ -398,6 +442,7 @@ fn apply(
             parallelism,
             who: who(),
             swap_exposed: false,
+            confirm_destroy,
         },
         &reporter,
     )?;
@@ -416,7 +461,13 @@ fn apply(
     })
 }
 
-fn destroy(g: &Global, env: &str, yes: bool, output: Output) -> Result<ExitCode> {
+fn destroy(
+    g: &Global,
+    env: &str,
+    yes: bool,
+    confirm_destroy: bool,
+    output: Output,
+) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let lock = engine.lock(env, true, &|| {
         eprintln!("waiting for another slipway operation on `{env}` to finish...")
@@ -436,7 +487,7 @@ fn destroy(g: &Global, env: &str, yes: bool, output: Output) -> Result<ExitCode>
     );
     confirm(&format!("destroy `{env}`"), yes)?;
     let reporter = Reporter::new(resources.len());
-    let report = engine.destroy(&lock, &who(), &reporter)?;
+    let report = engine.destroy(&lock, &who(), confirm_destroy, &reporter)?;
     reporter.finish();
     match output {
         Output::Json => println!(
@@ -494,6 +545,8 @@ fn logs(
     let engine = open_engine(g)?;
     let dir = engine.home().join("envs").join(env).join("logs");
     let records = engine.store().resources(env)?;
+    // A program may print what it was given; secrets it was given never reach the terminal.
+    let redactor = engine.redactor(env)?;
     let mut names: Vec<String> = match resource {
         Some(r) => vec![r.to_string()],
         None => records
@@ -535,7 +588,7 @@ fn logs(
         let text = String::from_utf8_lossy(&text);
         let lines: Vec<&str> = text.lines().collect();
         for line in &lines[lines.len().saturating_sub(tail)..] {
-            render::log_line(name, line, prefix);
+            render::log_line(name, &redactor.redact(line), prefix);
         }
         offsets.push((name.clone(), path, text.len() as u64));
     }
@@ -553,7 +606,7 @@ fn logs(
                 let start = usize::try_from(*offset).unwrap_or(0).min(bytes.len());
                 let chunk = String::from_utf8_lossy(&bytes[start..]);
                 for line in chunk.lines() {
-                    render::log_line(name, line, prefix);
+                    render::log_line(name, &redactor.redact(line), prefix);
                 }
                 *offset = bytes.len() as u64;
             }

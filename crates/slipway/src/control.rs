@@ -147,9 +147,10 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 }
                 let _ = record;
             }
-            EnvCommand::Destroy { name, yes, repo } => {
+            EnvCommand::Destroy { name, yes, confirm_destroy, repo } => {
                 confirm(&format!("destroy `{name}`"), yes)?;
-                controller(g, &repo)?.destroy_environment(&name, &who()).await?;
+                let confirmed = confirm_destroy.as_deref() == Some(name.as_str());
+                controller(g, &repo)?.destroy_environment(&name, &who(), confirmed).await?;
                 println!("destroyed `{name}`");
             }
             EnvCommand::Extend { name, by, repo } => {
@@ -220,13 +221,22 @@ fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
                 Some(&json!({"name": name, "ref": reference, "like": like, "ttl": ttl})),
             )?)?;
         }
-        EnvCommand::Destroy { name, yes, .. } => {
+        EnvCommand::Destroy {
+            name,
+            yes,
+            confirm_destroy,
+            ..
+        } => {
             confirm(&format!("destroy `{name}`"), yes)?;
+            let query = match &confirm_destroy {
+                Some(c) if slipway_core::stack::is_dns_label(c) => format!("?confirm={c}"),
+                _ => String::new(),
+            };
             remote::call(
                 server,
                 token,
                 "DELETE",
-                &format!("/environments/{name}"),
+                &format!("/environments/{name}{query}"),
                 None,
             )?;
             println!("destroyed `{name}`");

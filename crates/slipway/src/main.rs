@@ -11,6 +11,7 @@ mod commands;
 mod control;
 mod remote;
 mod render;
+mod secret;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,6 +129,10 @@ enum Command {
         /// How many resources change at once (default: [local] parallelism, 8).
         #[arg(long)]
         parallelism: Option<usize>,
+        /// In a protected environment, allow this plan to destroy resources (deletes, and
+        /// replacements that drop a database): repeat the environment's name to confirm.
+        #[arg(long, value_name = "E")]
+        confirm_destroy: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -138,6 +143,9 @@ enum Command {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// A protected environment is destroyed only when its name is repeated here.
+        #[arg(long, value_name = "E")]
+        confirm_destroy: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -188,6 +196,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Secrets in the repository, encrypted with age: set, list, and the engine's key.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Show how two environments differ: commit, variables and rendered resources.
     Compare {
         /// The first environment.
@@ -231,6 +242,9 @@ pub enum EnvCommand {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// A protected environment is destroyed only when its name is repeated here.
+        #[arg(long, value_name = "E")]
+        confirm_destroy: Option<String>,
         #[command(flatten)]
         repo: RepoArgs,
     },
@@ -270,6 +284,45 @@ pub enum EnvCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Make the engine's age identity (in the home, or [secrets] identity_file) and print its
+    /// recipient, to list in slipway.yaml's `secrets.recipients`.
+    Keygen,
+    /// Print the recipient of the engine's identity.
+    Recipient,
+    /// Encrypt standard input as secret NAME into the stack's secrets file (commit it after).
+    Set {
+        /// The secret's name, as in `${secrets.NAME}`.
+        name: String,
+        /// Only for this environment or family (an override).
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        /// The folder inside the repository that holds slipway.yaml.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        path: String,
+    },
+    /// Remove secret NAME (or only its override for --env).
+    Unset {
+        /// The secret's name.
+        name: String,
+        /// Only the override for this environment or family.
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        /// The folder inside the repository that holds slipway.yaml.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        path: String,
+    },
+    /// List the secrets' names and which environments override them (never the values).
+    List {
+        /// The folder inside the repository that holds slipway.yaml.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        path: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Make an API token on the home; prints only the token, on stdout.
     Create {
@@ -291,6 +344,7 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let result = match cli.command {
+        Command::Secret(command) => secret::run(&cli.global, command),
         Command::Serve { .. } | Command::Env(_) | Command::Token(_) | Command::Compare { .. } => {
             control::run(cli)
         }
