@@ -20,6 +20,7 @@
 pub mod exec;
 pub mod file;
 pub mod job;
+pub mod postgres;
 pub mod process;
 
 mod command;

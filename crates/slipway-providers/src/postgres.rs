@@ -1,0 +1,267 @@
+//! The `postgres.database` and `postgres.role` resource types: a database with its owner role,
+//! or a role alone, per environment, on a PostgreSQL server named in the engine config.
+//!
+//! Start with [`PgServers`] (the configured servers and this Slipway home's id), then
+//! [`DatabaseProvider`] and [`RoleProvider`]; [`names`] says what the objects are called.
+//!
+//! # Guarantees
+//! - Every database and role is named by [`names`] from the home's instance id, the environment
+//!   and the resource, and carries the comment `slipway:<instance_id>:<environment>/<resource>`
+//!   (its *marker*). A role gets its marker in the transaction that creates it. A database
+//!   cannot (`CREATE DATABASE` runs outside transactions), so a database counts as ours when it
+//!   has our marker, or when it has no comment at all and its owner is a role with our marker:
+//!   that is exactly what a create interrupted between `CREATE DATABASE` and `COMMENT ON` leaves.
+//! - Nothing else is ever adopted, altered or dropped: a database or role of the same name
+//!   without our marker makes `create` fail with a terminal error naming it, and `delete`
+//!   leaves it alone.
+//! - Before touching a server, `create` records its name in
+//!   `<run>/<name>.postgres.database.json` (or `.postgres.role.json`), so that `delete` with
+//!   `live: None` knows where an interrupted create may have left something, without having to
+//!   reach every configured server. A successful delete removes that file.
+//! - Only names and values quoted by `sql::ident` and `sql::literal` reach SQL text;
+//!   everything else goes as a query parameter.
+//! - No message carries a server's admin password: URLs are shown through [`redact_url`], and
+//!   the password is scrubbed from every error text as well.
+//! - A server that cannot be reached gives a retryable error, never a drift report.
+//!
+//! # Assumptions
+//! - The admin URL's user may create databases and roles and comment on them (a superuser, or
+//!   a role with `CREATEDB` and `CREATEROLE` that is granted the roles it creates).
+//! - The providers block (the `postgres` client runs its own small runtime per connection): the
+//!   engine calls them from a thread of its own, never from inside an async runtime.
+//!
+//! # Caveats
+//! - Objects cloned from a `template` keep their owners: tables the admin created in the
+//!   template are the admin's in the clone, not the generated role's.
+//! - Extensions are created by the admin, in the new database, with `CREATE EXTENSION IF NOT
+//!   EXISTS`; removing one from `extensions` drops it without `CASCADE`, so it fails (terminally)
+//!   while objects use it.
+
+mod catalog;
+mod database;
+mod names;
+mod role;
+mod sql;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ProviderError, ResourceContext};
+
+pub use database::{DatabaseConfig, DatabaseProvider, Strategy};
+pub use names::{MAX_NAME_BYTES, Names, names};
+pub use role::{RoleConfig, RoleProvider};
+pub use sql::redact_url;
+
+use sql::Server;
+
+/// The PostgreSQL servers that `postgres.*` resources may use, by the `NAME` of their
+/// `[postgres.NAME]` section in the engine config, and the id of this Slipway home.
+///
+/// The URLs are checked when a resource uses them, so that one bad server does not stop the
+/// others. Its `Debug` form hides their passwords.
+pub struct PgServers {
+    servers: BTreeMap<String, String>,
+    /// Servers configured but unusable (their URL's variable unset, say), with why.
+    unavailable: BTreeMap<String, String>,
+    instance_id: String,
+}
+
+impl fmt::Debug for PgServers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: BTreeMap<&str, String> = self
+            .servers
+            .iter()
+            .map(|(name, url)| (name.as_str(), redact_url(url)))
+            .collect();
+        f.debug_struct("PgServers")
+            .field("servers", &shown)
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
+}
+
+impl PgServers {
+    /// `servers` maps each server's name to its admin connection string (a
+    /// `postgres://user:password@host:port/database` URL or a libpq key-value string);
+    /// `instance_id` is a random id unique to this Slipway home, mixed into every name so that
+    /// two homes sharing a server never touch each other's objects.
+    pub fn new(servers: BTreeMap<String, String>, instance_id: &str) -> Self {
+        PgServers {
+            servers,
+            unavailable: BTreeMap::new(),
+            instance_id: instance_id.to_owned(),
+        }
+    }
+
+    /// Adds a configured server that cannot be used, with the reason: resources that choose it
+    /// fail with that reason, and the others are unaffected.
+    pub fn with_unavailable(mut self, name: &str, reason: &str) -> Self {
+        self.servers.insert(name.to_owned(), String::new());
+        self.unavailable.insert(name.to_owned(), reason.to_owned());
+        self
+    }
+
+    fn server(&self, name: &str, url: &str) -> Result<Server, ProviderError> {
+        match self.unavailable.get(name) {
+            Some(reason) => Err(ProviderError::Config(reason.clone())),
+            None => Server::parse(name, url),
+        }
+    }
+
+    /// The id given to [`PgServers::new`].
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The configured servers' names, sorted.
+    pub fn server_names(&self) -> impl Iterator<Item = &str> {
+        self.servers.keys().map(String::as_str)
+    }
+
+    /// The server a resource's `server:` field asks for, or the only one configured.
+    fn choose(&self, type_name: &str, requested: Option<&str>) -> Result<Server, ProviderError> {
+        let listed = || self.server_names().collect::<Vec<_>>().join(", ");
+        match requested {
+            Some(name) => match self.servers.get(name) {
+                Some(url) => self.server(name, url),
+                None if self.servers.is_empty() => Err(ProviderError::Config(format!(
+                    "{type_name}: `server: {name}` names a PostgreSQL server, but none is \
+                     configured; add `[postgres.{name}]` with `url_env = \"SLIPWAY_PG_{}_URL\"` \
+                     to the engine config",
+                    env_suffix(name)
+                ))),
+                None => Err(ProviderError::Config(format!(
+                    "{type_name}: `server: {name}` is not a configured PostgreSQL server; the \
+                     configured ones are: {} (or add `[postgres.{name}]` to the engine config)",
+                    listed()
+                ))),
+            },
+            None => {
+                let mut all = self.servers.iter();
+                match (all.next(), all.next()) {
+                    (Some((name, url)), None) => self.server(name, url),
+                    (None, _) => Err(ProviderError::Config(format!(
+                        "{type_name}: no PostgreSQL server is configured; add `[postgres.main]` \
+                         with `url_env = \"SLIPWAY_PG_MAIN_URL\"` to the engine config (and set \
+                         that variable to the server's admin URL)"
+                    ))),
+                    (Some(_), Some(_)) => Err(ProviderError::Config(format!(
+                        "{type_name}: several PostgreSQL servers are configured ({}); say which \
+                         one with `server:`",
+                        listed()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The server a resource was created on, as recorded.
+    fn recorded(&self, type_name: &str, name: &str) -> Result<Server, ProviderError> {
+        match self.servers.get(name) {
+            Some(url) => self.server(name, url),
+            None => Err(ProviderError::Config(format!(
+                "{type_name}: this resource lives on PostgreSQL server {name}, which is no longer \
+                 configured; add `[postgres.{name}]` back to the engine config so that Slipway \
+                 can reach it (the configured ones are: {})",
+                self.server_names().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// The names of the objects of the resource `ctx` is about.
+    fn names(&self, ctx: ResourceContext<'_>) -> Names {
+        names(&self.instance_id, ctx.environment, ctx.resource)
+    }
+
+    /// The comment that marks an object as this resource's.
+    fn marker(&self, ctx: ResourceContext<'_>) -> String {
+        format!(
+            "slipway:{}:{}/{}",
+            self.instance_id, ctx.environment, ctx.resource
+        )
+    }
+}
+
+/// `main` → `MAIN`, for the suggested variable name.
+fn env_suffix(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The servers a create of one resource has touched, recorded before touching them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Intent {
+    servers: BTreeSet<String>,
+}
+
+impl Intent {
+    fn path(ctx: ResourceContext<'_>, names: &Names, type_name: &str) -> PathBuf {
+        // The generated name, not the resource's: it is a plain file name whatever the input.
+        ctx.dirs
+            .run
+            .join(format!("{}.{type_name}.json", names.role))
+    }
+
+    fn load(
+        ctx: ResourceContext<'_>,
+        names: &Names,
+        type_name: &str,
+    ) -> Result<Intent, ProviderError> {
+        let path = Self::path(ctx, names, type_name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ProviderError::Config(format!("{type_name}: unreadable {}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Intent::default()),
+            Err(source) => Err(ProviderError::Io {
+                context: format!("failed to read {}", path.display()),
+                source,
+            }),
+        }
+    }
+
+    /// Adds `server` to the record, durably, unless it is there already.
+    fn record(
+        ctx: ResourceContext<'_>,
+        names: &Names,
+        type_name: &str,
+        server: &str,
+    ) -> Result<(), ProviderError> {
+        let mut intent = Self::load(ctx, names, type_name)?;
+        if !intent.servers.insert(server.to_owned()) {
+            return Ok(());
+        }
+        let path = Self::path(ctx, names, type_name);
+        let bytes = serde_json::to_vec(&intent).expect("a set of strings serializes");
+        crate::atomic_write(&path, &bytes).map_err(|source| ProviderError::Io {
+            context: format!("failed to write {}", path.display()),
+            source,
+        })
+    }
+
+    fn remove(
+        ctx: ResourceContext<'_>,
+        names: &Names,
+        type_name: &str,
+    ) -> Result<(), ProviderError> {
+        let path = Self::path(ctx, names, type_name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ProviderError::Io {
+                context: format!("failed to remove {}", path.display()),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}

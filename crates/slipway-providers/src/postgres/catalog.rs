@@ -1,0 +1,214 @@
+//! What exists on a server under our names, whether it is ours, and the statements that
+//! create and drop it. Every function here checks nothing itself: callers decide with
+//! [`database`] and [`role`] first.
+
+use std::time::{Duration, Instant};
+
+use super::sql::{PgError, Server, Session, ident, literal};
+use crate::{ProviderError, Retry};
+
+/// Who a database or role of our name belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// Nothing has the name.
+    Absent,
+    /// It carries our marker (see the module's guarantees).
+    Ours,
+    /// Something else has the name; the text says what it carries, for messages.
+    Foreign(String),
+}
+
+/// A role of our name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoleFound {
+    pub ownership: Ownership,
+    /// Whether it may log in (false when absent).
+    pub can_login: bool,
+}
+
+/// A database of our name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DatabaseFound {
+    pub ownership: Ownership,
+    /// Its owner role (empty when absent).
+    pub owner: String,
+}
+
+fn foreign(comment: Option<&str>) -> Ownership {
+    Ownership::Foreign(match comment {
+        Some(comment) => format!("its comment is {comment:?}"),
+        None => "it has no Slipway comment".to_owned(),
+    })
+}
+
+/// The role called `name`, judged against `marker`.
+pub(crate) fn role(s: &mut Session<'_>, name: &str, marker: &str) -> Result<RoleFound, PgError> {
+    let rows = s.query(
+        &format!("look up role {name:?}"),
+        "select shobj_description(oid, 'pg_authid'), rolcanlogin from pg_roles where rolname = $1",
+        &[&name],
+    )?;
+    Ok(match rows.first() {
+        None => RoleFound {
+            ownership: Ownership::Absent,
+            can_login: false,
+        },
+        Some(row) => {
+            let comment: Option<String> = row.get(0);
+            RoleFound {
+                ownership: if comment.as_deref() == Some(marker) {
+                    Ownership::Ours
+                } else {
+                    foreign(comment.as_deref())
+                },
+                can_login: row.get(1),
+            }
+        }
+    })
+}
+
+/// The database called `name`, judged against `marker`: ours with our marker, or with no
+/// comment and an owner role carrying our marker (an interrupted create).
+pub(crate) fn database(
+    s: &mut Session<'_>,
+    name: &str,
+    marker: &str,
+) -> Result<DatabaseFound, PgError> {
+    let rows = s.query(
+        &format!("look up database {name:?}"),
+        "select shobj_description(d.oid, 'pg_database'), r.rolname::text, \
+                shobj_description(r.oid, 'pg_authid') \
+         from pg_database d left join pg_roles r on r.oid = d.datdba \
+         where d.datname = $1",
+        &[&name],
+    )?;
+    Ok(match rows.first() {
+        None => DatabaseFound {
+            ownership: Ownership::Absent,
+            owner: String::new(),
+        },
+        Some(row) => {
+            let comment: Option<String> = row.get(0);
+            let owner: Option<String> = row.get(1);
+            let owner_comment: Option<String> = row.get(2);
+            let ours = match comment.as_deref() {
+                Some(comment) => comment == marker,
+                None => owner_comment.as_deref() == Some(marker),
+            };
+            DatabaseFound {
+                ownership: if ours {
+                    Ownership::Ours
+                } else {
+                    foreign(comment.as_deref())
+                },
+                owner: owner.unwrap_or_default(),
+            }
+        }
+    })
+}
+
+/// The terminal error for a name taken by something that is not ours.
+pub(crate) fn not_ours(server: &Server, kind: &str, name: &str, why: &str) -> ProviderError {
+    server.error(
+        format!(
+            "{kind} \"{name}\" already exists on PostgreSQL server {} and was not created by \
+             this Slipway home ({why}); Slipway never adopts or drops what it did not create: \
+             drop or rename it yourself if it is not needed",
+            server.name
+        ),
+        Retry::Terminal,
+    )
+}
+
+/// Makes the role `name` exist with our marker, `login` and `password`: creates it (with its
+/// marker, in one transaction) when absent, or sets both on our existing one. Returns whether
+/// it created it.
+///
+/// # Assumptions
+/// The caller checked that any role of this name is ours.
+pub(crate) fn ensure_role(
+    s: &mut Session<'_>,
+    found: &RoleFound,
+    name: &str,
+    marker: &str,
+    login: bool,
+    password: &str,
+) -> Result<bool, ProviderError> {
+    let role = ident(name)?;
+    let login = if login { "LOGIN" } else { "NOLOGIN" };
+    let password = literal(password)?;
+    let comment = format!("COMMENT ON ROLE {role} IS {}", literal(marker)?);
+    match found.ownership {
+        Ownership::Absent => {
+            s.execute_atomically(
+                &format!("create role {name:?}"),
+                &[
+                    format!("CREATE ROLE {role} {login} PASSWORD {password}"),
+                    comment,
+                ],
+            )
+            .map_err(|e| s.fail(e))?;
+            Ok(true)
+        }
+        _ => {
+            s.execute_atomically(
+                &format!("update role {name:?}"),
+                &[
+                    format!("ALTER ROLE {role} {login} PASSWORD {password}"),
+                    comment,
+                ],
+            )
+            .map_err(|e| s.fail(e))?;
+            Ok(false)
+        }
+    }
+}
+
+/// Drops the role `name` if it exists. Fails, without `CASCADE`, while it owns objects.
+pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
+    s.execute(
+        &format!("drop role {name:?} (it must own nothing: drop or reassign its objects first)"),
+        &format!("DROP ROLE IF EXISTS {}", ident(name)?),
+    )
+    .map_err(|e| s.fail(e))
+}
+
+/// Ends every other session on database `name`, then drops it if it exists.
+pub(crate) fn drop_database(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
+    let database = ident(name)?;
+    let action = format!("drop database {name:?}");
+    let version = s.server_version().map_err(|e| s.fail(e))?;
+    terminate_sessions(s, name)?;
+    if version >= 130000 {
+        // `FORCE` also ends sessions that connected since, atomically with the drop.
+        return s
+            .execute(
+                &action,
+                &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+            )
+            .map_err(|e| s.fail(e));
+    }
+    // Before PostgreSQL 13, terminated sessions take a moment to go, and the drop fails with
+    // "being accessed by other users" until they have.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.execute(&action, &format!("DROP DATABASE IF EXISTS {database}")) {
+            Err(e) if e.code() == Some("55006") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+                terminate_sessions(s, name)?;
+            }
+            done => return done.map_err(|e| s.fail(e)),
+        }
+    }
+}
+
+fn terminate_sessions(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
+    s.query(
+        &format!("end the sessions on database {name:?}"),
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = $1 and pid <> pg_backend_pid()",
+        &[&name],
+    )
+    .map(drop)
+    .map_err(|e| s.fail(e))
+}

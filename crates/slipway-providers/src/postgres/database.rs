@@ -1,0 +1,461 @@
+//! `postgres.database`: a database, optionally cloned from a template, owned by a login role
+//! of the same name, with extensions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::catalog::{self, Ownership};
+use super::sql::{self, Server, ident, literal};
+use super::{Intent, Names, PgServers};
+use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
+
+const TYPE: &str = "postgres.database";
+
+/// Configuration of a `postgres.database` resource.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The `[postgres.NAME]` server of the engine config; the only one if absent.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// A database to clone instead of `template1`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Extensions to create in the database.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// How to clone `template` (PostgreSQL 15 and later; earlier ones always copy files).
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    #[serde(default, rename = "description")]
+    _description: Option<IgnoredAny>,
+    #[serde(default, rename = "depends_on")]
+    _depends_on: Option<IgnoredAny>,
+}
+
+/// `CREATE DATABASE ... STRATEGY`: how PostgreSQL 15+ copies the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Copy the files after a checkpoint: fast for a large template, heavy on the server (the
+    /// default here when a template is given, as before PostgreSQL 15).
+    FileCopy,
+    /// Copy block by block through the WAL: fast for a small template, no checkpoint.
+    WalLog,
+}
+
+/// The `postgres.database` provider.
+#[derive(Debug, Clone)]
+pub struct DatabaseProvider {
+    servers: Arc<PgServers>,
+}
+
+impl DatabaseProvider {
+    /// A provider creating databases on `servers`.
+    pub fn new(servers: Arc<PgServers>) -> Self {
+        DatabaseProvider { servers }
+    }
+}
+
+/// What `create` and `update` record as the live object (the engine keeps it sealed: it holds
+/// the password).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LiveDatabase {
+    server: String,
+    database: String,
+    role: String,
+    password: String,
+    /// The extensions this resource created, so that an update drops only those.
+    #[serde(default)]
+    extensions: Vec<String>,
+}
+
+impl LiveDatabase {
+    fn parse(live: &Value) -> Result<LiveDatabase, ProviderError> {
+        serde_json::from_value(live.clone())
+            .map_err(|e| ProviderError::Config(format!("{TYPE}: unreadable live record: {e}")))
+    }
+
+    fn names(&self) -> Names {
+        Names {
+            database: self.database.clone(),
+            role: self.role.clone(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The configuration's extensions, checked, without duplicates.
+    fn checked_extensions(&self) -> Result<Vec<String>, ProviderError> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for name in &self.extensions {
+            if name.is_empty() || name.contains('\0') || name.len() > super::MAX_NAME_BYTES {
+                return Err(ProviderError::Config(format!(
+                    "{TYPE}: {name:?} in `extensions` is not an extension name"
+                )));
+            }
+            if seen.insert(name.as_str()) {
+                out.push(name.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Provider for DatabaseProvider {
+    type Config = DatabaseConfig;
+    const TYPE: &'static str = TYPE;
+
+    fn create(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &DatabaseConfig,
+    ) -> Result<Applied, ProviderError> {
+        let server = self.servers.choose(TYPE, config.server.as_deref())?;
+        let password = sql::generate_password()?;
+        let names = self.servers.names(ctx);
+        self.ensure(ctx, &server, &names, config, &password, &[])
+    }
+
+    fn update(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &DatabaseConfig,
+        live: &Value,
+    ) -> Result<Applied, ProviderError> {
+        let recorded = LiveDatabase::parse(live)?;
+        let server = self.servers.choose(TYPE, config.server.as_deref())?;
+        if server.name != recorded.server {
+            // Moving to another server is a new database; the engine replaces instead, but an
+            // update asked for it all the same gets the same result.
+            self.delete(ctx, Some(live))?;
+            return self.create(ctx, config);
+        }
+        self.ensure(
+            ctx,
+            &server,
+            &recorded.names(),
+            config,
+            &recorded.password,
+            &recorded.extensions,
+        )
+    }
+
+    fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
+        let names = self.servers.names(ctx);
+        let marker = self.servers.marker(ctx);
+        let mut targets: Vec<(String, Names)> = Vec::new();
+        if let Some(live) = live {
+            let recorded = LiveDatabase::parse(live)?;
+            targets.push((recorded.server.clone(), recorded.names()));
+        }
+        for server in Intent::load(ctx, &names, TYPE)?.servers {
+            let target = (server, names.clone());
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        for (server, names) in &targets {
+            let server = self.servers.recorded(TYPE, server)?;
+            let mut s = server.connect()?;
+            let database =
+                catalog::database(&mut s, &names.database, &marker).map_err(|e| s.fail(e))?;
+            if database.ownership == Ownership::Ours {
+                catalog::drop_database(&mut s, &names.database)?;
+            }
+            let role = catalog::role(&mut s, &names.role, &marker).map_err(|e| s.fail(e))?;
+            if role.ownership == Ownership::Ours {
+                catalog::drop_role(&mut s, &names.role)?;
+            }
+        }
+        Intent::remove(ctx, &names, TYPE)
+    }
+
+    fn observe(
+        &self,
+        ctx: ResourceContext<'_>,
+        _config: &DatabaseConfig,
+        live: &Value,
+    ) -> Result<Observation, ProviderError> {
+        let recorded = LiveDatabase::parse(live)?;
+        let marker = self.servers.marker(ctx);
+        let server = self.servers.recorded(TYPE, &recorded.server)?;
+        let on = &server.name;
+        let mut s = server.connect()?;
+        let database =
+            catalog::database(&mut s, &recorded.database, &marker).map_err(|e| s.fail(e))?;
+        let name = &recorded.database;
+        match database.ownership {
+            Ownership::Absent => {
+                return Ok(Observation::Missing {
+                    reason: format!(
+                        "database \"{name}\" was dropped on server {on}; recreating it starts \
+                         empty: its data is lost"
+                    ),
+                });
+            }
+            Ownership::Foreign(why) => {
+                return Ok(Observation::Drifted {
+                    reason: format!(
+                        "database \"{name}\" on server {on} was replaced by one Slipway did not \
+                         create ({why})"
+                    ),
+                });
+            }
+            Ownership::Ours => {}
+        }
+        let role = catalog::role(&mut s, &recorded.role, &marker).map_err(|e| s.fail(e))?;
+        let role_name = &recorded.role;
+        let drift = match role.ownership {
+            Ownership::Absent => Some(format!(
+                "role \"{role_name}\" was dropped on server {on}; it is created again with the \
+                 same password and given database \"{name}\" back, whose data is kept"
+            )),
+            Ownership::Foreign(why) => Some(format!(
+                "role \"{role_name}\" on server {on} was replaced by one Slipway did not create \
+                 ({why})"
+            )),
+            Ownership::Ours if database.owner != recorded.role => Some(format!(
+                "database \"{name}\" on server {on} is now owned by \"{}\" instead of \
+                 \"{role_name}\"",
+                database.owner
+            )),
+            Ownership::Ours if !role.can_login => Some(format!(
+                "role \"{role_name}\" on server {on} can no longer log in"
+            )),
+            Ownership::Ours => None,
+        };
+        if let Some(reason) = drift {
+            return Ok(Observation::Drifted { reason });
+        }
+        drop(s);
+        if !recorded.extensions.is_empty() {
+            let mut s = server.connect_to(Some(name))?;
+            let installed = installed_extensions(&mut s)?;
+            if let Some(gone) = recorded.extensions.iter().find(|e| !installed.contains(*e)) {
+                return Ok(Observation::Drifted {
+                    reason: format!(
+                        "extension \"{gone}\" was dropped from database \"{name}\" on server {on}"
+                    ),
+                });
+            }
+        }
+        Ok(Observation::InSync)
+    }
+}
+
+impl DatabaseProvider {
+    /// Makes the database and its role exist as `config` says, with `password`: creates what
+    /// is missing, takes back what is ours, refuses what is not. `previous` lists the
+    /// extensions this resource created before; those no longer wanted are dropped.
+    fn ensure(
+        &self,
+        ctx: ResourceContext<'_>,
+        server: &Server,
+        names: &Names,
+        config: &DatabaseConfig,
+        password: &str,
+        previous: &[String],
+    ) -> Result<Applied, ProviderError> {
+        let extensions = config.checked_extensions()?;
+        if let Some(template) = config
+            .template
+            .as_ref()
+            .filter(|t| t.is_empty() || t.contains('\0'))
+        {
+            return Err(ProviderError::Config(format!(
+                "{TYPE}: `template` {template:?} is not a database name"
+            )));
+        }
+        let marker = self.servers.marker(ctx);
+        Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name)?;
+        let mut s = server.connect()?;
+        let role = catalog::role(&mut s, &names.role, &marker).map_err(|e| s.fail(e))?;
+        let database =
+            catalog::database(&mut s, &names.database, &marker).map_err(|e| s.fail(e))?;
+        // Refuse before changing anything.
+        if let Ownership::Foreign(why) = &database.ownership {
+            return Err(catalog::not_ours(server, "database", &names.database, why));
+        }
+        if let Ownership::Foreign(why) = &role.ownership {
+            return Err(catalog::not_ours(server, "role", &names.role, why));
+        }
+        let created_role =
+            catalog::ensure_role(&mut s, &role, &names.role, &marker, true, password)?;
+        let comment = format!(
+            "COMMENT ON DATABASE {} IS {}",
+            ident(&names.database)?,
+            literal(&marker)?
+        );
+        match database.ownership {
+            Ownership::Absent => {
+                if let Err(e) = create_database(&mut s, names, config) {
+                    if created_role {
+                        // Best effort: `delete` finds it by its marker otherwise.
+                        let _ = catalog::drop_role(&mut s, &names.role);
+                    }
+                    return Err(e);
+                }
+                s.execute(
+                    &format!("comment on database {:?}", names.database),
+                    &comment,
+                )
+                .map_err(|e| s.fail(e))?;
+            }
+            _ => {
+                // Ours already (an interrupted create, or a role recreated after drift): give
+                // it back to the role, data untouched.
+                s.execute_atomically(
+                    &format!("give database {:?} back to its role", names.database),
+                    &[
+                        format!(
+                            "ALTER DATABASE {} OWNER TO {}",
+                            ident(&names.database)?,
+                            ident(&names.role)?
+                        ),
+                        comment,
+                    ],
+                )
+                .map_err(|e| s.fail(e))?;
+            }
+        }
+        drop(s);
+        reconcile_extensions(server, &names.database, &extensions, previous)?;
+        applied(server, names, password, extensions)
+    }
+}
+
+/// `CREATE DATABASE`, with the template and strategy of `config`.
+fn create_database(
+    s: &mut sql::Session<'_>,
+    names: &Names,
+    config: &DatabaseConfig,
+) -> Result<(), ProviderError> {
+    let mut statement = format!(
+        "CREATE DATABASE {} OWNER {}",
+        ident(&names.database)?,
+        ident(&names.role)?
+    );
+    if let Some(template) = &config.template {
+        statement.push_str(&format!(" TEMPLATE {}", ident(template)?));
+        if s.server_version().map_err(|e| s.fail(e))? >= 150000 {
+            statement.push_str(match config.strategy.unwrap_or(Strategy::FileCopy) {
+                Strategy::FileCopy => " STRATEGY FILE_COPY",
+                Strategy::WalLog => " STRATEGY WAL_LOG",
+            });
+        }
+    }
+    let action = match &config.template {
+        Some(template) => format!(
+            "create database {:?} from template {template:?}",
+            names.database
+        ),
+        None => format!("create database {:?}", names.database),
+    };
+    // Alone in its query: CREATE DATABASE cannot run inside a transaction block.
+    let Err(e) = s.execute(&action, &statement) else {
+        return Ok(());
+    };
+    let server = s.server;
+    let template = config.template.as_deref().unwrap_or_default();
+    Err(match e.code() {
+        Some("3D000") => server.error(
+            format!(
+                "template database \"{template}\" does not exist on PostgreSQL server {}; \
+                 create it, or fix `template` ({e})",
+                server.name
+            ),
+            Retry::Terminal,
+        ),
+        Some("55006") => server.error(
+            format!(
+                "template database \"{template}\" is being accessed by other users on \
+                 PostgreSQL server {}: PostgreSQL clones a database only while no one is \
+                 connected to it; retrying once they disconnect succeeds ({e})",
+                server.name
+            ),
+            Retry::Retryable,
+        ),
+        _ => s.fail(e),
+    })
+}
+
+fn installed_extensions(s: &mut sql::Session<'_>) -> Result<BTreeSet<String>, ProviderError> {
+    let rows = s
+        .query(
+            "list the extensions",
+            "select extname::text from pg_extension",
+            &[],
+        )
+        .map_err(|e| s.fail(e))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Creates the `wanted` extensions missing from `database`, and drops those of `previous` no
+/// longer wanted (without `CASCADE`).
+fn reconcile_extensions(
+    server: &Server,
+    database: &str,
+    wanted: &[String],
+    previous: &[String],
+) -> Result<(), ProviderError> {
+    let removed: Vec<&String> = previous.iter().filter(|e| !wanted.contains(e)).collect();
+    if wanted.is_empty() && removed.is_empty() {
+        return Ok(());
+    }
+    let mut s = server.connect_to(Some(database))?;
+    let installed = installed_extensions(&mut s)?;
+    for extension in wanted.iter().filter(|e| !installed.contains(*e)) {
+        s.execute(
+            &format!("create extension {extension:?} in database {database:?}"),
+            &format!("CREATE EXTENSION IF NOT EXISTS {}", ident(extension)?),
+        )
+        .map_err(|e| s.fail(e))?;
+    }
+    for extension in removed.into_iter().filter(|e| installed.contains(*e)) {
+        s.execute(
+            &format!(
+                "drop extension {extension:?} from database {database:?} (Slipway drops \
+                 without CASCADE: remove what uses it first)"
+            ),
+            &format!("DROP EXTENSION IF EXISTS {}", ident(extension)?),
+        )
+        .map_err(|e| s.fail(e))?;
+    }
+    Ok(())
+}
+
+fn applied(
+    server: &Server,
+    names: &Names,
+    password: &str,
+    extensions: Vec<String>,
+) -> Result<Applied, ProviderError> {
+    let live = LiveDatabase {
+        server: server.name.clone(),
+        database: names.database.clone(),
+        role: names.role.clone(),
+        password: password.to_owned(),
+        extensions,
+    };
+    Ok(Applied {
+        outputs: BTreeMap::from([
+            (
+                "url".to_owned(),
+                json!(server.client_url(&names.role, password, &names.database)),
+            ),
+            ("host".to_owned(), json!(server.host)),
+            ("port".to_owned(), json!(server.port)),
+            ("database".to_owned(), json!(names.database)),
+            ("user".to_owned(), json!(names.role)),
+            ("password".to_owned(), json!(password)),
+        ]),
+        secret_outputs: vec!["password".to_owned(), "url".to_owned()],
+        live: serde_json::to_value(&live).expect("a record of strings serializes"),
+    })
+}

@@ -1,0 +1,202 @@
+//! `postgres.role`: a role with a generated password, for an application that shares a
+//! database made elsewhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::catalog::{self, Ownership};
+use super::sql::{self, Server};
+use super::{Intent, PgServers};
+use crate::{Applied, Observation, Provider, ProviderError, ResourceContext};
+
+const TYPE: &str = "postgres.role";
+
+/// Configuration of a `postgres.role` resource.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// The `[postgres.NAME]` server of the engine config; the only one if absent.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Whether the role may log in; true if absent.
+    #[serde(default)]
+    pub login: Option<bool>,
+    #[serde(default, rename = "description")]
+    _description: Option<IgnoredAny>,
+    #[serde(default, rename = "depends_on")]
+    _depends_on: Option<IgnoredAny>,
+}
+
+impl RoleConfig {
+    fn login(&self) -> bool {
+        self.login.unwrap_or(true)
+    }
+}
+
+/// The `postgres.role` provider.
+#[derive(Debug, Clone)]
+pub struct RoleProvider {
+    servers: Arc<PgServers>,
+}
+
+impl RoleProvider {
+    /// A provider creating roles on `servers`.
+    pub fn new(servers: Arc<PgServers>) -> Self {
+        RoleProvider { servers }
+    }
+}
+
+/// What `create` and `update` record as the live object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LiveRole {
+    server: String,
+    role: String,
+    password: String,
+    login: bool,
+}
+
+impl LiveRole {
+    fn parse(live: &Value) -> Result<LiveRole, ProviderError> {
+        serde_json::from_value(live.clone())
+            .map_err(|e| ProviderError::Config(format!("{TYPE}: unreadable live record: {e}")))
+    }
+}
+
+impl Provider for RoleProvider {
+    type Config = RoleConfig;
+    const TYPE: &'static str = TYPE;
+
+    fn create(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &RoleConfig,
+    ) -> Result<Applied, ProviderError> {
+        let server = self.servers.choose(TYPE, config.server.as_deref())?;
+        let password = sql::generate_password()?;
+        let role = self.servers.names(ctx).role;
+        self.ensure(ctx, &server, &role, config.login(), &password)
+    }
+
+    fn update(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &RoleConfig,
+        live: &Value,
+    ) -> Result<Applied, ProviderError> {
+        let recorded = LiveRole::parse(live)?;
+        let server = self.servers.choose(TYPE, config.server.as_deref())?;
+        if server.name != recorded.server {
+            self.delete(ctx, Some(live))?;
+            return self.create(ctx, config);
+        }
+        self.ensure(
+            ctx,
+            &server,
+            &recorded.role,
+            config.login(),
+            &recorded.password,
+        )
+    }
+
+    fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
+        let names = self.servers.names(ctx);
+        let marker = self.servers.marker(ctx);
+        let mut targets: Vec<(String, String)> = Vec::new();
+        if let Some(live) = live {
+            let recorded = LiveRole::parse(live)?;
+            targets.push((recorded.server, recorded.role));
+        }
+        for server in Intent::load(ctx, &names, TYPE)?.servers {
+            let target = (server, names.role.clone());
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        for (server, role) in &targets {
+            let server = self.servers.recorded(TYPE, server)?;
+            let mut s = server.connect()?;
+            let found = catalog::role(&mut s, role, &marker).map_err(|e| s.fail(e))?;
+            if found.ownership == Ownership::Ours {
+                catalog::drop_role(&mut s, role)?;
+            }
+        }
+        Intent::remove(ctx, &names, TYPE)
+    }
+
+    fn observe(
+        &self,
+        ctx: ResourceContext<'_>,
+        _config: &RoleConfig,
+        live: &Value,
+    ) -> Result<Observation, ProviderError> {
+        let recorded = LiveRole::parse(live)?;
+        let server = self.servers.recorded(TYPE, &recorded.server)?;
+        let mut s = server.connect()?;
+        let found = catalog::role(&mut s, &recorded.role, &self.servers.marker(ctx))
+            .map_err(|e| s.fail(e))?;
+        let (name, on) = (&recorded.role, &server.name);
+        Ok(match found.ownership {
+            Ownership::Absent => Observation::Missing {
+                reason: format!(
+                    "role \"{name}\" was dropped on server {on}; recreating it gives it a new \
+                     password"
+                ),
+            },
+            Ownership::Foreign(why) => Observation::Drifted {
+                reason: format!(
+                    "role \"{name}\" on server {on} was replaced by one Slipway did not create \
+                     ({why})"
+                ),
+            },
+            Ownership::Ours if found.can_login != recorded.login => Observation::Drifted {
+                reason: if recorded.login {
+                    format!("role \"{name}\" on server {on} can no longer log in")
+                } else {
+                    format!("role \"{name}\" on server {on} can now log in")
+                },
+            },
+            Ownership::Ours => Observation::InSync,
+        })
+    }
+}
+
+impl RoleProvider {
+    /// Makes the role exist with `login` and `password`, refusing one that is not ours.
+    fn ensure(
+        &self,
+        ctx: ResourceContext<'_>,
+        server: &Server,
+        role: &str,
+        login: bool,
+        password: &str,
+    ) -> Result<Applied, ProviderError> {
+        let marker = self.servers.marker(ctx);
+        Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name)?;
+        let mut s = server.connect()?;
+        let found = catalog::role(&mut s, role, &marker).map_err(|e| s.fail(e))?;
+        if let Ownership::Foreign(why) = &found.ownership {
+            return Err(catalog::not_ours(server, "role", role, why));
+        }
+        catalog::ensure_role(&mut s, &found, role, &marker, login, password)?;
+        let live = LiveRole {
+            server: server.name.clone(),
+            role: role.to_owned(),
+            password: password.to_owned(),
+            login,
+        };
+        Ok(Applied {
+            outputs: BTreeMap::from([
+                ("user".to_owned(), json!(role)),
+                ("password".to_owned(), json!(password)),
+                ("host".to_owned(), json!(server.host)),
+                ("port".to_owned(), json!(server.port)),
+            ]),
+            secret_outputs: vec!["password".to_owned()],
+            live: serde_json::to_value(&live).expect("a record of strings serializes"),
+        })
+    }
+}

@@ -1,0 +1,641 @@
+//! Talking to a PostgreSQL server safely: connections, quoting, errors, redaction.
+//!
+//! Nothing from a configuration or a name ever reaches SQL text except through [`ident`] (a
+//! double-quoted identifier) or [`literal`] (a quoted string constant), and values go as query
+//! parameters wherever PostgreSQL accepts one (utility statements like `CREATE DATABASE` and
+//! `COMMENT ON` take none).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::config::{Host, SslMode};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row};
+
+use crate::{ProviderError, Retry};
+
+/// How long connecting may take before the server counts as unreachable.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One configured server: its name in the engine config and how to reach it as an admin.
+#[derive(Clone)]
+pub(crate) struct Server {
+    /// The `NAME` of `[postgres.NAME]`.
+    pub name: String,
+    config: postgres::Config,
+    /// The admin URL with its password hidden, for messages.
+    pub shown: String,
+    /// The admin password, removed from every message as a last line of defence.
+    password: Option<String>,
+    /// Where clients connect: the first host of the admin URL (a host name, an address, or a
+    /// Unix socket directory) and its port.
+    pub host: String,
+    /// See `host`.
+    pub port: u16,
+    /// Whether `host` is a Unix socket directory.
+    pub unix: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("name", &self.name)
+            .field("url", &self.shown)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Parses the admin connection string of server `name`.
+    pub fn parse(name: &str, url: &str) -> Result<Server, ProviderError> {
+        let shown = redact_url(url);
+        let invalid = |why: String| {
+            ProviderError::Config(format!(
+                "the URL of PostgreSQL server {name} ({shown}) {why}; give one like \
+                 postgres://USER:PASSWORD@HOST:5432/postgres in the variable its `url_env` names"
+            ))
+        };
+        let mut config = postgres::Config::from_str(url).map_err(|e| {
+            invalid(format!(
+                "is not a PostgreSQL connection string ({})",
+                scrub(&e.to_string(), textual_password(url).as_deref())
+            ))
+        })?;
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(invalid(
+                "requires TLS (sslmode=require), which Slipway's PostgreSQL client does not \
+                 support yet; use sslmode=disable or prefer on a trusted network"
+                    .to_owned(),
+            ));
+        }
+        let (host, unix) = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => (host.clone(), false),
+            Some(Host::Unix(dir)) => (dir.display().to_string(), true),
+            None => return Err(invalid("names no host".to_owned())),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .application_name("slipway")
+            // Notices ("extension already exists, skipping") are expected and not news.
+            .notice_callback(|_| {});
+        Ok(Server {
+            name: name.to_owned(),
+            config,
+            shown,
+            password,
+            host,
+            port,
+            unix,
+        })
+    }
+
+    /// Connects as the admin to the database of the admin URL.
+    pub fn connect(&self) -> Result<Session<'_>, ProviderError> {
+        self.connect_to(None)
+    }
+
+    /// Connects as the admin to `database`, or to the admin URL's database.
+    pub fn connect_to(&self, database: Option<&str>) -> Result<Session<'_>, ProviderError> {
+        let mut config = self.config.clone();
+        if let Some(database) = database {
+            config.dbname(database);
+        }
+        match config.connect(NoTls) {
+            Ok(client) => Ok(Session {
+                server: self,
+                client,
+            }),
+            Err(source) => {
+                let e = PgError::Connect {
+                    server: self.name.clone(),
+                    url: self.shown.clone(),
+                    target: database
+                        .map(|d| format!(" (database {d:?})"))
+                        .unwrap_or_default(),
+                    source,
+                };
+                Err(self.error(e.to_string(), e.retry()))
+            }
+        }
+    }
+
+    /// A failure whose message has any trace of the admin password removed.
+    pub fn error(&self, message: String, retry: Retry) -> ProviderError {
+        ProviderError::Failed {
+            message: scrub(&message, self.password.as_deref()),
+            log_tail: None,
+            retry,
+        }
+    }
+
+    /// `postgres://user:password@host:port/database` for a client of this server.
+    pub fn client_url(&self, user: &str, password: &str, database: &str) -> String {
+        let host = if self.unix {
+            encode(&self.host)
+        } else if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "postgres://{}:{}@{host}:{}/{}",
+            encode(user),
+            encode(password),
+            self.port,
+            encode(database)
+        )
+    }
+}
+
+/// An admin connection to one server.
+pub(crate) struct Session<'a> {
+    pub server: &'a Server,
+    client: Client,
+}
+
+impl Session<'_> {
+    /// Runs one statement (or several, in one implicit transaction) with no parameters, by the
+    /// simple query protocol: what utility statements like `CREATE DATABASE` need.
+    pub fn execute(&mut self, action: &str, sql: &str) -> Result<(), PgError> {
+        self.client
+            .batch_execute(sql)
+            .map_err(|source| self.statement_error(action, source))
+    }
+
+    /// Runs a query with parameters.
+    pub fn query(
+        &mut self,
+        action: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, PgError> {
+        self.client
+            .query(sql, params)
+            .map_err(|source| self.statement_error(action, source))
+    }
+
+    /// Runs statements in one transaction: all of them take effect or none.
+    pub fn execute_atomically(
+        &mut self,
+        action: &str,
+        statements: &[String],
+    ) -> Result<(), PgError> {
+        let result = (|| {
+            let mut tx = self.client.transaction()?;
+            for statement in statements {
+                tx.batch_execute(statement)?;
+            }
+            tx.commit()
+        })();
+        result.map_err(|source| self.statement_error(action, source))
+    }
+
+    /// `server_version_num`, e.g. 150004.
+    pub fn server_version(&mut self) -> Result<i32, PgError> {
+        let rows = self.query(
+            "read the server version",
+            "select current_setting('server_version_num')::int4",
+            &[],
+        )?;
+        Ok(rows.first().map(|row| row.get(0)).unwrap_or(0))
+    }
+
+    fn statement_error(&self, action: &str, source: postgres::Error) -> PgError {
+        PgError::Statement {
+            server: self.server.name.clone(),
+            action: action.to_owned(),
+            source,
+        }
+    }
+
+    /// Turns a failure of this session into the provider's error, scrubbed of the password.
+    pub fn fail(&self, e: PgError) -> ProviderError {
+        let retry = e.retry();
+        self.server.error(e.to_string(), retry)
+    }
+}
+
+/// What went wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PgError {
+    /// The server could not be reached, or refused the admin.
+    #[error(
+        "cannot connect to PostgreSQL server {server} at {url}{target}: {}",
+        describe(source)
+    )]
+    Connect {
+        /// The server's name in the engine config.
+        server: String,
+        /// Its redacted URL.
+        url: String,
+        /// ` (database "x")` when not the admin URL's database.
+        target: String,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A statement failed.
+    #[error(
+        "failed to {action} on PostgreSQL server {server}: {}",
+        describe(source)
+    )]
+    Statement {
+        /// The server's name in the engine config.
+        server: String,
+        /// What was being done, e.g. `create database "x"`.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
+    },
+}
+
+impl PgError {
+    /// The SQLSTATE the server answered, if it answered.
+    pub fn code(&self) -> Option<&str> {
+        let (PgError::Connect { source, .. } | PgError::Statement { source, .. }) = self;
+        source.code().map(|c| c.code())
+    }
+
+    /// Whether the same operation may succeed later: see [`retry_for`].
+    pub fn retry(&self) -> Retry {
+        retry_for(self.code())
+    }
+}
+
+/// Whether an error with this SQLSTATE (`None`: no answer from the server) may pass.
+///
+/// No SQLSTATE means the connection itself failed (refused, timed out, closed): that passes.
+/// So do the classes that describe the server's condition rather than the request: connection
+/// exceptions (08), transaction rollbacks like deadlocks (40), insufficient resources (53),
+/// operator intervention like a restart (57), I/O errors (58000, 58030); and an object in use
+/// or locked (55006, 55P03), or a name taken between our look-up and our create (42P04,
+/// 42710), which the next attempt sees and judges. Anything else (a bad password, a missing
+/// template or extension file, dependent objects) needs someone to change something.
+fn retry_for(code: Option<&str>) -> Retry {
+    match code {
+        None => Retry::Retryable,
+        Some("55006" | "55P03" | "42P04" | "42710" | "58000" | "58030") => Retry::Retryable,
+        Some(code) if ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c)) => {
+            Retry::Retryable
+        }
+        Some(_) => Retry::Terminal,
+    }
+}
+
+/// The server's own words and SQLSTATE for a server error; the client's description otherwise.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        // "error connecting to server", with its causes: "Connection refused (os error 111)".
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let c_text = c.to_string();
+                if !text.contains(&c_text) {
+                    text.push_str(": ");
+                    text.push_str(&c_text);
+                }
+                cause = c.source();
+            }
+            text
+        }
+    }
+}
+
+/// `name` as a double-quoted SQL identifier, with any `"` doubled.
+///
+/// # Errors
+/// A NUL character, which no identifier can hold (and which would cut the statement short).
+pub(crate) fn ident(name: &str) -> Result<String, ProviderError> {
+    if name.contains('\0') {
+        return Err(ProviderError::Config(format!(
+            "the name {name:?} contains a NUL character, which PostgreSQL names cannot hold"
+        )));
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// `text` as a SQL string constant: single quotes doubled; if it holds a backslash, written as
+/// an escape string (`E'...'`) with backslashes doubled too, so that it reads the same whatever
+/// `standard_conforming_strings` is (as libpq's `PQescapeLiteral` does).
+///
+/// # Errors
+/// A NUL character, which no string constant can hold.
+pub(crate) fn literal(text: &str) -> Result<String, ProviderError> {
+    if text.contains('\0') {
+        return Err(ProviderError::Config(
+            "a value for PostgreSQL contains a NUL character, which SQL strings cannot hold"
+                .to_owned(),
+        ));
+    }
+    let quoted = text.replace('\'', "''");
+    Ok(if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    })
+}
+
+/// A connection string with its password hidden, fit for messages and logs.
+///
+/// A URL keeps its shape with `***` for the password (in the user info and in a `password=`
+/// query parameter); a key-value string gets `password=***`. Whatever cannot be parsed is
+/// shown only as much as is certain not to be a password.
+pub fn redact_url(url: &str) -> String {
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            return format!("{scheme}{}", redact_url_rest(rest));
+        }
+    }
+    redact_key_values(url)
+}
+
+fn redact_url_rest(rest: &str) -> String {
+    // The user info ends at the last `@` before the path or query; a password holding an
+    // unencoded `/`, `?` or `@` still ends up hidden, because everything from the first `:` of
+    // the user info to that `@` goes.
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => ("", rest),
+    };
+    let userinfo = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => userinfo.to_owned(),
+    };
+    // `?password=...&...` after the host.
+    let after = match after.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => after.to_owned(),
+    };
+    format!("{userinfo}{after}")
+}
+
+/// `key=value key='quoted value'` with the value of `password` replaced.
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = find_password_key(rest) {
+        out.push_str(&rest[..start]);
+        let after_key = &rest[start..];
+        let eq = after_key
+            .find('=')
+            .expect("find_password_key stops at an `=`");
+        out.push_str(&after_key[..=eq]);
+        let value = after_key[eq + 1..].trim_start();
+        out.push_str("***");
+        rest = match value.strip_prefix('\'') {
+            Some(quoted) => {
+                // Up to the closing quote that is not backslash-escaped.
+                let mut end = quoted.len();
+                let mut escaped = false;
+                for (i, c) in quoted.char_indices() {
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        '\'' => {
+                            end = i + 1;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                &quoted[end..]
+            }
+            None => &value[value.find(char::is_whitespace).unwrap_or(value.len())..],
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The byte offset of a `password` key (followed by `=`) at a word start in `text`.
+fn find_password_key(text: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let start = from + found;
+        let at_word_start = start == 0 || lower.as_bytes()[start - 1].is_ascii_whitespace();
+        let after = lower[start + "password".len()..].trim_start();
+        if at_word_start && after.starts_with('=') {
+            return Some(start);
+        }
+        from = start + "password".len();
+    }
+    None
+}
+
+/// The password as written in a URL that may not parse, to scrub it from parse errors.
+fn textual_password(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let userinfo = &rest[..rest.rfind('@')?];
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p.to_owned())
+        .filter(|p| !p.is_empty())
+}
+
+/// `message` with every occurrence of `password` replaced by `***`.
+///
+/// A defence in depth: URLs are already shown redacted, and PostgreSQL never echoes a password.
+/// Passwords shorter than 4 bytes are left alone, or every `p` of a message would go for `p`.
+fn scrub(message: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) if p.len() >= 4 => message.replace(p, "***"),
+        _ => message.to_owned(),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A new password: 32 characters of `[A-Za-z0-9]` from the operating system's generator,
+/// without modulo bias.
+pub(crate) fn generate_password() -> Result<String, ProviderError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // The largest multiple of 62 that fits a byte: bytes at or above it are drawn again.
+    const LIMIT: u8 = (256 / ALPHABET.len() * ALPHABET.len()) as u8;
+    let mut password = String::with_capacity(32);
+    let mut buf = [0u8; 64];
+    while password.len() < 32 {
+        getrandom::fill(&mut buf).map_err(|e| ProviderError::Failed {
+            message: format!(
+                "cannot generate a password: the system's random generator failed ({e})"
+            ),
+            log_tail: None,
+            retry: Retry::Retryable,
+        })?;
+        for &b in buf.iter().filter(|&&b| b < LIMIT) {
+            if password.len() == 32 {
+                break;
+            }
+            password.push(ALPHABET[usize::from(b) % ALPHABET.len()] as char);
+        }
+    }
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show_in_redacted_urls() {
+        let cases = [
+            (
+                "postgres://admin:hunter2@db.example:5432/postgres",
+                "postgres://admin:***@db.example:5432/postgres",
+            ),
+            (
+                "postgresql://admin:p%40ss@10.0.0.1/postgres?sslmode=disable",
+                "postgresql://admin:***@10.0.0.1/postgres?sslmode=disable",
+            ),
+            (
+                "postgres://admin:we@ird/pa?ss@host/db",
+                "postgres://admin:***@host/db",
+            ),
+            (
+                "postgres://host/db?user=admin&password=hunter2&sslmode=disable",
+                "postgres://host/db?user=admin&password=***&sslmode=disable",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            (
+                "host=db user=admin password=hunter2 dbname=postgres",
+                "host=db user=admin password=*** dbname=postgres",
+            ),
+            (
+                "host=db password = 'hun ter\\'2' dbname=postgres",
+                "host=db password =*** dbname=postgres",
+            ),
+        ];
+        for (url, want) in cases {
+            let shown = redact_url(url);
+            assert_eq!(shown, want, "redacted form of {url}");
+            for secret in ["hunter2", "p%40ss", "we@ird", "pa?ss", "hun ter"] {
+                assert!(!shown.contains(secret), "{shown} hides the password");
+            }
+        }
+    }
+
+    #[test]
+    fn parse_errors_and_connect_errors_hide_the_password() {
+        let err = Server::parse("main", "postgres://admin:hunter2@host:notaport/db")
+            .expect_err("a bad port is refused");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("main"), "{err} names the server");
+        assert_eq!(
+            scrub("auth failed for hunter2", Some("hunter2")),
+            "auth failed for ***",
+            "a password echoed by an error is removed"
+        );
+    }
+
+    #[test]
+    fn server_conditions_are_retryable_and_requests_terminal() {
+        for code in [
+            None,
+            Some("08006"),
+            Some("40P01"),
+            Some("53300"),
+            Some("57P03"),
+        ] {
+            assert_eq!(retry_for(code), Retry::Retryable, "{code:?} may pass");
+        }
+        for code in ["55006", "55P03", "42P04"] {
+            assert_eq!(retry_for(Some(code)), Retry::Retryable, "{code} may pass");
+        }
+        for code in [
+            "28P01", "28000", "3D000", "2BP01", "42501", "0A000", "58P01",
+        ] {
+            assert_eq!(
+                retry_for(Some(code)),
+                Retry::Terminal,
+                "{code} needs a change"
+            );
+        }
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(
+            ident("a\"b").expect("plain"),
+            "\"a\"\"b\"",
+            "quotes doubled"
+        );
+        assert!(ident("a\0b").is_err(), "NUL refused in an identifier");
+        assert_eq!(literal("it's").expect("plain"), "'it''s'", "quotes doubled");
+        assert_eq!(
+            literal("a\\'b").expect("plain"),
+            "E'a\\\\''b'",
+            "a backslash makes an escape string"
+        );
+        assert!(literal("a\0b").is_err(), "NUL refused in a literal");
+    }
+
+    #[test]
+    fn passwords_are_32_alphanumerics() {
+        let a = generate_password().expect("random");
+        let b = generate_password().expect("random");
+        assert_eq!(a.len(), 32, "length");
+        assert!(
+            a.bytes().all(|c| c.is_ascii_alphanumeric()),
+            "{a} is alphanumeric"
+        );
+        assert_ne!(a, b, "two passwords differ");
+    }
+
+    #[test]
+    fn client_urls_are_percent_encoded() {
+        let server = Server::parse("main", "postgres://postgres@[::1]:6543/postgres")
+            .expect("an IPv6 URL parses");
+        assert_eq!(
+            server.client_url("sw_qa_db", "a b", "sw_qa_db"),
+            "postgres://sw_qa_db:a%20b@[::1]:6543/sw_qa_db",
+            "IPv6 hosts are bracketed and the password encoded"
+        );
+    }
+}

@@ -1,0 +1,930 @@
+//! The `postgres.database` and `postgres.role` providers against the real PostgreSQL server at
+//! 127.0.0.1:5432 (trust authentication).
+//!
+//! Every test has its own random instance id, so tests run in parallel without touching each
+//! other's objects (or anyone else's); a [`Pg`] fixture drops everything its id marked, and the
+//! extra objects a test made itself, when it goes out of scope, even when the test fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::TestEnv;
+use serde_json::{Value, json};
+use slipway_providers::postgres::{DatabaseProvider, PgServers, RoleProvider, names};
+use slipway_providers::{
+    Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext, Retry,
+};
+
+const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(ADMIN, postgres::NoTls).expect("connect to the test server as admin")
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn database_exists(name: &str) -> bool {
+    admin()
+        .query_opt("select 1 from pg_database where datname = $1", &[&name])
+        .expect("look up a database")
+        .is_some()
+}
+
+fn role_exists(name: &str) -> bool {
+    admin()
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&name])
+        .expect("look up a role")
+        .is_some()
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One test's registry, environment and instance id; drops what the test left on the server.
+struct Pg {
+    id: String,
+    registry: Registry,
+    env: TestEnv,
+    /// Databases and roles the test made itself (templates, impostors).
+    extra_databases: Vec<String>,
+    extra_roles: Vec<String>,
+}
+
+impl Pg {
+    fn new() -> Pg {
+        Self::with_servers(BTreeMap::from([("main".to_owned(), ADMIN.to_owned())]))
+    }
+
+    fn with_servers(servers: BTreeMap<String, String>) -> Pg {
+        let id = random_id();
+        let servers = Arc::new(PgServers::new(servers, &id));
+        // Exactly what the engine does to register them.
+        let mut registry = Registry::local();
+        registry.register(DatabaseProvider::new(Arc::clone(&servers)));
+        registry.register(RoleProvider::new(Arc::clone(&servers)));
+        Pg {
+            id,
+            registry,
+            env: TestEnv::new(),
+            extra_databases: Vec::new(),
+            extra_roles: Vec::new(),
+        }
+    }
+
+    fn database(&self) -> &dyn DynProvider {
+        self.registry
+            .get("postgres.database")
+            .expect("postgres.database is registered")
+    }
+
+    fn role(&self) -> &dyn DynProvider {
+        self.registry
+            .get("postgres.role")
+            .expect("postgres.role is registered")
+    }
+
+    /// The context of `resource` in environment `qa`.
+    fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
+        self.env.ctx(resource)
+    }
+
+    /// The context of `resource` in `environment`.
+    fn ctx_in<'a>(&'a self, environment: &'a str, resource: &'a str) -> ResourceContext<'a> {
+        ResourceContext {
+            environment,
+            ..self.env.ctx(resource)
+        }
+    }
+
+    fn names(&self, environment: &str, resource: &str) -> String {
+        names(&self.id, environment, resource).database
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let Ok(mut admin) = postgres::Client::connect(ADMIN, postgres::NoTls) else {
+            return;
+        };
+        let pattern = format!("slipway:{}:%", self.id);
+        let ours_roles: Vec<String> = admin
+            .query(
+                "select rolname::text from pg_roles where shobj_description(oid, 'pg_authid') \
+                 like $1",
+                &[&pattern],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        let ours_databases: Vec<String> = admin
+            .query(
+                "select datname::text from pg_database d \
+                 where shobj_description(d.oid, 'pg_database') like $1 \
+                    or pg_get_userbyid(d.datdba) = any($2)",
+                &[&pattern, &ours_roles],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        for db in ours_databases.iter().chain(&self.extra_databases) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote(db)
+            ));
+        }
+        for role in ours_roles.iter().chain(&self.extra_roles) {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(role)));
+        }
+    }
+}
+
+fn failure(result: Result<Applied, ProviderError>, what: &str) -> ProviderError {
+    match result {
+        Ok(applied) => panic!("{what} should fail, but created {:?}", applied.outputs),
+        Err(e) => e,
+    }
+}
+
+fn output(applied: &Applied, name: &str) -> String {
+    applied.outputs[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("output {name} is a string: {:?}", applied.outputs))
+        .to_owned()
+}
+
+#[test]
+fn create_gives_a_database_owned_by_its_role_that_the_url_reaches() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create a database");
+    let database = output(&applied, "database");
+    let user = output(&applied, "user");
+    let password = output(&applied, "password");
+    assert_eq!(
+        database,
+        pg.names("qa", "db"),
+        "the database has the derived name"
+    );
+    assert_eq!(user, database, "the role shares the database's name");
+    assert_eq!(password.len(), 32, "a 32-character password");
+    assert_eq!(
+        output(&applied, "host"),
+        "127.0.0.1",
+        "host of the admin URL"
+    );
+    assert_eq!(applied.outputs["port"], json!(5432), "port is a number");
+    assert_eq!(
+        output(&applied, "url"),
+        format!("postgres://{user}:{password}@127.0.0.1:5432/{database}"),
+        "the url output"
+    );
+    assert_eq!(
+        applied.secret_outputs,
+        vec!["password".to_owned(), "url".to_owned()],
+        "password and url are secret"
+    );
+    assert_eq!(
+        applied.live["server"],
+        json!("main"),
+        "live names the server"
+    );
+    assert_eq!(
+        applied.live["password"],
+        json!(password),
+        "live keeps the password"
+    );
+
+    let mut app = postgres::Client::connect(&output(&applied, "url"), postgres::NoTls)
+        .expect("the url output connects as the generated role");
+    app.batch_execute("create table items (id int primary key); insert into items values (1)")
+        .expect("the role may create tables in its database");
+    let who: String = app
+        .query_one("select current_user::text", &[])
+        .expect("current_user")
+        .get(0);
+    assert_eq!(who, user, "connected as the generated role");
+    drop(app);
+
+    let owner: String = admin()
+        .query_one(
+            "select pg_get_userbyid(datdba)::text from pg_database where datname = $1",
+            &[&database],
+        )
+        .expect("database owner")
+        .get(0);
+    assert_eq!(owner, user, "the database is owned by the role");
+    assert_eq!(
+        pg.database()
+            .observe(pg.ctx("db"), &json!({}), &applied.live)
+            .expect("observe"),
+        Observation::InSync,
+        "a fresh database is in sync"
+    );
+
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("delete");
+    assert!(!database_exists(&database), "the database is gone");
+    assert!(!role_exists(&user), "the role is gone");
+}
+
+#[test]
+fn each_environment_gets_its_own_database() {
+    let pg = Pg::new();
+    let qa = pg
+        .database()
+        .create(pg.ctx_in("qa", "db"), &json!({}))
+        .expect("create in qa");
+    let prod = pg
+        .database()
+        .create(pg.ctx_in("prod", "db"), &json!({}))
+        .expect("create in prod");
+    assert_ne!(
+        output(&qa, "database"),
+        output(&prod, "database"),
+        "two environments never share a database"
+    );
+    assert_ne!(
+        output(&qa, "password"),
+        output(&prod, "password"),
+        "nor a password"
+    );
+    assert!(database_exists(&output(&qa, "database")), "qa's exists");
+    assert!(database_exists(&output(&prod, "database")), "prod's exists");
+    pg.database()
+        .delete(pg.ctx_in("qa", "db"), Some(&qa.live))
+        .expect("delete qa's");
+    assert!(
+        database_exists(&output(&prod, "database")),
+        "deleting qa's database leaves prod's"
+    );
+    pg.database()
+        .delete(pg.ctx_in("prod", "db"), Some(&prod.live))
+        .expect("delete prod's");
+}
+
+fn extension_installed(url: &str, extension: &str) -> bool {
+    postgres::Client::connect(url, postgres::NoTls)
+        .expect("connect with the url output")
+        .query_opt(
+            "select 1 from pg_extension where extname = $1",
+            &[&extension],
+        )
+        .expect("list extensions")
+        .is_some()
+}
+
+#[test]
+fn update_adds_and_removes_extensions_and_keeps_the_password() {
+    let pg = Pg::new();
+    let created = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let url = output(&created, "url");
+    assert!(!extension_installed(&url, "citext"), "no citext at first");
+
+    let with_citext = json!({"extensions": ["citext"]});
+    let updated = pg
+        .database()
+        .update(pg.ctx("db"), &with_citext, &created.live)
+        .expect("update adds an extension");
+    assert_eq!(
+        output(&updated, "password"),
+        output(&created, "password"),
+        "an update keeps the password"
+    );
+    assert_eq!(output(&updated, "url"), url, "and so the url");
+    assert!(extension_installed(&url, "citext"), "citext is created");
+    assert_eq!(
+        pg.database()
+            .observe(pg.ctx("db"), &with_citext, &updated.live)
+            .expect("observe"),
+        Observation::InSync,
+        "in sync with its extension"
+    );
+
+    let mut admin_db = postgres::Client::connect(
+        &format!(
+            "postgres://postgres@127.0.0.1:5432/{}",
+            output(&created, "database")
+        ),
+        postgres::NoTls,
+    )
+    .expect("connect to the new database as admin");
+    admin_db
+        .batch_execute("drop extension citext")
+        .expect("drop the extension behind the provider's back");
+    let seen = pg
+        .database()
+        .observe(pg.ctx("db"), &with_citext, &updated.live)
+        .expect("observe");
+    assert!(
+        matches!(&seen, Observation::Drifted { reason } if reason.contains("citext")),
+        "a dropped extension is drift: {seen:?}"
+    );
+    let healed = pg
+        .database()
+        .update(pg.ctx("db"), &with_citext, &updated.live)
+        .expect("update heals the drift");
+    assert!(extension_installed(&url, "citext"), "citext is back");
+
+    admin_db
+        .batch_execute("create table t (name citext)")
+        .expect("a table uses citext");
+    let err = failure(
+        pg.database().update(pg.ctx("db"), &json!({}), &healed.live),
+        "removing an extension in use",
+    );
+    assert_eq!(
+        err.retry(),
+        Retry::Terminal,
+        "an extension in use is terminal: {err}"
+    );
+    assert!(
+        err.to_string().contains("citext") && err.to_string().contains("2BP01"),
+        "the error names the extension and SQLSTATE: {err}"
+    );
+    admin_db
+        .batch_execute("drop table t")
+        .expect("drop the table");
+    drop(admin_db);
+    let removed = pg
+        .database()
+        .update(pg.ctx("db"), &json!({}), &healed.live)
+        .expect("removing an unused extension");
+    assert!(!extension_installed(&url, "citext"), "citext is dropped");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&removed.live))
+        .expect("delete");
+}
+
+#[test]
+fn delete_ends_open_connections_and_removes_database_and_role() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let mut held = postgres::Client::connect(&output(&applied, "url"), postgres::NoTls)
+        .expect("the application connects");
+    held.batch_execute("select 1")
+        .expect("the connection works");
+
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("delete succeeds while a connection is open");
+    assert!(
+        held.batch_execute("select 1").is_err(),
+        "the open connection was terminated"
+    );
+    assert!(
+        !database_exists(&output(&applied, "database")),
+        "the database is gone"
+    );
+    assert!(!role_exists(&output(&applied, "user")), "the role is gone");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("deleting again succeeds");
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("and so does deleting without a record");
+}
+
+#[test]
+fn a_database_dropped_behind_the_providers_back_is_missing_and_can_be_created_again() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let database = output(&applied, "database");
+    admin()
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote(&database)))
+        .expect("drop the database behind the provider's back");
+    let seen = pg
+        .database()
+        .observe(pg.ctx("db"), &json!({}), &applied.live)
+        .expect("observe");
+    match &seen {
+        Observation::Missing { reason } => {
+            assert!(
+                reason.contains(&format!(
+                    "database \"{database}\" was dropped on server main"
+                )),
+                "the reason names database and server: {reason}"
+            );
+            assert!(
+                reason.contains("data is lost"),
+                "and warns of data loss: {reason}"
+            );
+        }
+        other => panic!("a dropped database is missing, not {other:?}"),
+    }
+    // What the engine does on a replace.
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("delete what is left");
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("delete what an interrupted create may have left");
+    let again = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create again");
+    assert_eq!(output(&again, "database"), database, "the same name again");
+    postgres::Client::connect(&output(&again, "url"), postgres::NoTls)
+        .expect("the new database is reachable");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&again.live))
+        .expect("delete");
+}
+
+#[test]
+fn a_role_dropped_behind_the_providers_back_is_drift_healed_without_losing_data() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let url = output(&applied, "url");
+    let (database, user) = (output(&applied, "database"), output(&applied, "user"));
+    let mut app = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    app.batch_execute("create table kept (x int); insert into kept values (42)")
+        .expect("write data");
+    drop(app);
+    let mut in_db = postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        postgres::NoTls,
+    )
+    .expect("admin in the database");
+    in_db
+        // Reassigns the database itself too, and the role's tables in it.
+        .batch_execute(&format!("REASSIGN OWNED BY {} TO postgres", quote(&user)))
+        .expect("hand the role's objects to the admin");
+    drop(in_db);
+    admin()
+        .batch_execute(&format!("DROP ROLE {}", quote(&user)))
+        .expect("drop the role behind the provider's back");
+    let seen = pg
+        .database()
+        .observe(pg.ctx("db"), &json!({}), &applied.live)
+        .expect("observe");
+    assert!(
+        matches!(&seen, Observation::Drifted { reason } if reason.contains("data is kept")),
+        "a dropped role is drift repaired in place: {seen:?}"
+    );
+    let healed = pg
+        .database()
+        .update(pg.ctx("db"), &json!({}), &applied.live)
+        .expect("update recreates the role");
+    assert_eq!(output(&healed, "url"), url, "with the same password");
+    let mut app = postgres::Client::connect(&url, postgres::NoTls).expect("connect again");
+    let kept: i32 = admin_query_one(&database, "select x from kept");
+    assert_eq!(kept, 42, "the data survived");
+    app.batch_execute("create table more (y int)")
+        .expect("the role owns its database again");
+    drop(app);
+    pg.database()
+        .delete(pg.ctx("db"), Some(&healed.live))
+        .expect("delete");
+}
+
+fn admin_query_one(database: &str, sql: &str) -> i32 {
+    postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        postgres::NoTls,
+    )
+    .expect("admin in the database")
+    .query_one(sql, &[])
+    .expect("query")
+    .get(0)
+}
+
+/// Makes a template database with a table holding one row; the fixture drops it.
+fn make_template(pg: &mut Pg) -> String {
+    let template = format!("swtest_tpl_{}", pg.id);
+    admin()
+        .batch_execute(&format!("CREATE DATABASE {}", quote(&template)))
+        .expect("create the template");
+    pg.extra_databases.push(template.clone());
+    postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{template}"),
+        postgres::NoTls,
+    )
+    .expect("connect to the template")
+    .batch_execute("create table seed (id int); insert into seed values (7)")
+    .expect("fill the template");
+    template
+}
+
+#[test]
+fn templates_are_cloned_with_either_strategy() {
+    let mut pg = Pg::new();
+    let template = make_template(&mut pg);
+    for strategy in ["file_copy", "wal_log"] {
+        let config = json!({"template": template, "strategy": strategy});
+        let applied = pg
+            .database()
+            .create(pg.ctx(strategy), &config)
+            .unwrap_or_else(|e| panic!("clone with {strategy}: {e}"));
+        let seeded = admin_query_one(&output(&applied, "database"), "select id from seed");
+        assert_eq!(seeded, 7, "the {strategy} clone has the template's row");
+        pg.database()
+            .delete(pg.ctx(strategy), Some(&applied.live))
+            .expect("delete");
+    }
+    let applied = pg
+        .database()
+        .create(pg.ctx("default"), &json!({"template": template}))
+        .expect("clone with the default strategy");
+    assert_eq!(
+        admin_query_one(&output(&applied, "database"), "select id from seed"),
+        7,
+        "the default clone has the row"
+    );
+    assert!(database_exists(&template), "the template stays");
+}
+
+#[test]
+fn a_missing_template_is_a_clear_terminal_error() {
+    let pg = Pg::new();
+    let missing = format!("swtest_missing_{}", pg.id);
+    let err = failure(
+        pg.database()
+            .create(pg.ctx("db"), &json!({"template": missing})),
+        "cloning a missing template",
+    );
+    assert_eq!(
+        err.retry(),
+        Retry::Terminal,
+        "a missing template is terminal: {err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("template database \"{missing}\" does not exist")),
+        "the error names the template: {err}"
+    );
+    assert!(
+        !role_exists(&pg.names("qa", "db")),
+        "the role created for it is removed again"
+    );
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("nothing left to delete");
+}
+
+#[test]
+fn a_template_in_use_is_a_retryable_error() {
+    let mut pg = Pg::new();
+    let template = make_template(&mut pg);
+    let held = postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{template}"),
+        postgres::NoTls,
+    )
+    .expect("someone is connected to the template");
+    let err = failure(
+        pg.database()
+            .create(pg.ctx("db"), &json!({"template": template})),
+        "cloning a template in use",
+    );
+    assert_eq!(
+        err.retry(),
+        Retry::Retryable,
+        "a busy template is retryable: {err}"
+    );
+    assert!(
+        err.to_string().contains("being accessed by other users"),
+        "the error says why: {err}"
+    );
+    drop(held);
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({"template": template}))
+        .expect("the retry succeeds once the template is idle");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("delete");
+}
+
+#[test]
+fn hostile_environment_and_resource_names_are_safe() {
+    let pg = Pg::new();
+    let long = "x".repeat(200);
+    let cases: Vec<(&str, &str)> = vec![
+        ("qa", "'; drop database postgres; --"),
+        ("'; drop database postgres; --", "db"),
+        ("qa", "\""),
+        ("\"", "a\"b"),
+        (&long, &long),
+        ("数据库", "Ünïcödé"),
+        ("qa", "back\\slash'"),
+        ("", ""),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (env, resource) in &cases {
+        let name = pg.names(env, resource);
+        assert!(name.len() <= 63, "{name} fits in NAMEDATALEN");
+        assert!(seen.insert(name.clone()), "{name} is distinct");
+        let ctx = pg.ctx_in(env, resource);
+        let applied = pg
+            .database()
+            .create(ctx, &json!({}))
+            .unwrap_or_else(|e| panic!("create for ({env:?}, {resource:?}): {e}"));
+        assert_eq!(
+            output(&applied, "database"),
+            name,
+            "the derived name is used"
+        );
+        postgres::Client::connect(&output(&applied, "url"), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {name}: {e}"));
+        assert_eq!(
+            pg.database()
+                .observe(ctx, &json!({}), &applied.live)
+                .expect("observe"),
+            Observation::InSync,
+            "the marker round-trips for ({env:?}, {resource:?})"
+        );
+        pg.database()
+            .delete(ctx, Some(&applied.live))
+            .expect("delete");
+        assert!(!database_exists(&name), "{name} is gone");
+        assert!(!role_exists(&name), "role {name} is gone");
+    }
+    assert!(
+        database_exists("postgres"),
+        "the postgres database survived"
+    );
+}
+
+#[test]
+fn a_foreign_database_or_role_of_our_name_is_refused_and_left_untouched() {
+    let mut pg = Pg::new();
+    let name = pg.names("qa", "db");
+    admin()
+        .batch_execute(&format!("CREATE DATABASE {}", quote(&name)))
+        .expect("someone else's database with our name");
+    pg.extra_databases.push(name.clone());
+    let err = failure(
+        pg.database().create(pg.ctx("db"), &json!({})),
+        "creating over a foreign database",
+    );
+    assert_eq!(err.retry(), Retry::Terminal, "refusal is terminal: {err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("database \"{name}\" already exists")),
+        "the error names it: {err}"
+    );
+    assert!(!role_exists(&name), "no role was created next to it");
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("delete without a record leaves it alone");
+    assert!(database_exists(&name), "the foreign database is untouched");
+    admin()
+        .batch_execute(&format!("DROP DATABASE {}", quote(&name)))
+        .expect("remove it");
+
+    admin()
+        .batch_execute(&format!(
+            "CREATE ROLE {r}; COMMENT ON ROLE {r} IS 'someone else''s'",
+            r = quote(&name)
+        ))
+        .expect("someone else's role with our name");
+    pg.extra_roles.push(name.clone());
+    let err = failure(
+        pg.database().create(pg.ctx("db"), &json!({})),
+        "creating over a foreign role",
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("role \"{name}\" already exists"))
+            && err.to_string().contains("someone else's"),
+        "the error names the role and its comment: {err}"
+    );
+    assert!(!database_exists(&name), "no database was created");
+    let role_err = failure(
+        pg.role().create(pg.ctx("db"), &json!({})),
+        "a role resource over a foreign role",
+    );
+    assert_eq!(
+        role_err.retry(),
+        Retry::Terminal,
+        "refusal is terminal: {role_err}"
+    );
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("delete leaves the foreign role");
+    pg.role()
+        .delete(pg.ctx("db"), None)
+        .expect("so does the role provider's");
+    assert!(role_exists(&name), "the foreign role is untouched");
+}
+
+#[test]
+fn delete_without_a_record_removes_what_an_interrupted_create_left() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({"extensions": ["citext"]}))
+        .expect("create");
+    let name = output(&applied, "database");
+    // A crash between CREATE DATABASE and COMMENT ON DATABASE leaves no comment.
+    admin()
+        .batch_execute(&format!("COMMENT ON DATABASE {} IS NULL", quote(&name)))
+        .expect("remove the comment");
+    drop(applied); // never recorded
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("delete without a record");
+    assert!(!database_exists(&name), "the unrecorded database is gone");
+    assert!(!role_exists(&name), "the unrecorded role is gone");
+
+    pg.database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create again");
+    let again = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("a create over our own unrecorded database takes it back");
+    postgres::Client::connect(&output(&again, "url"), postgres::NoTls)
+        .expect("with the new password");
+    pg.database()
+        .delete(pg.ctx("db"), None)
+        .expect("delete without a record");
+    assert!(!database_exists(&name), "gone again");
+}
+
+fn config_error(pg: &Pg, config: Value) -> String {
+    match pg.database().create(pg.ctx("db"), &config) {
+        Err(ProviderError::Config(message)) => message,
+        other => panic!("a configuration error expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn server_choice_errors_say_how_to_fix_them() {
+    let none = Pg::with_servers(BTreeMap::new());
+    let message = config_error(&none, json!({}));
+    assert!(
+        message.contains("[postgres.main]") && message.contains("url_env"),
+        "with no server, the error says what to add: {message}"
+    );
+    let one = Pg::new();
+    let message = config_error(&one, json!({"server": "analytics"}));
+    assert!(
+        message.contains("analytics") && message.contains("main"),
+        "an unknown server is named with the configured ones: {message}"
+    );
+    let two = Pg::with_servers(BTreeMap::from([
+        ("main".to_owned(), ADMIN.to_owned()),
+        ("other".to_owned(), ADMIN.to_owned()),
+    ]));
+    let message = config_error(&two, json!({}));
+    assert!(
+        message.contains("main, other") && message.contains("server:"),
+        "with several servers, the error lists them: {message}"
+    );
+    let message = config_error(&one, json!({"strategy": "rsync"}));
+    assert!(
+        message.contains("strategy") || message.contains("rsync"),
+        "{message}"
+    );
+    two.database()
+        .create(two.ctx("db"), &json!({"server": "other"}))
+        .and_then(|a| two.database().delete(two.ctx("db"), Some(&a.live)))
+        .expect("a named server among several works");
+}
+
+#[test]
+fn an_unreachable_server_is_retryable_and_never_shows_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/postgres");
+    let pg = Pg::with_servers(BTreeMap::from([("main".to_owned(), url)]));
+    let err = failure(
+        pg.database().create(pg.ctx("db"), &json!({})),
+        "creating on a closed port",
+    );
+    let message = err.to_string();
+    assert_eq!(
+        err.retry(),
+        Retry::Retryable,
+        "unreachable is retryable: {message}"
+    );
+    assert!(
+        message.contains("main"),
+        "the error names the server: {message}"
+    );
+    assert!(
+        !message.contains("s3cret-pw"),
+        "and hides the password: {message}"
+    );
+    assert!(message.contains("***"), "showing where it was: {message}");
+
+    let live = json!({"server": "main", "database": "sw_x", "role": "sw_x", "password": "p"});
+    match pg.database().observe(pg.ctx("db"), &json!({}), &live) {
+        Err(e) => {
+            assert_eq!(e.retry(), Retry::Retryable, "observe fails retryably: {e}");
+            assert!(
+                !e.to_string().contains("s3cret-pw"),
+                "without the password: {e}"
+            );
+        }
+        Ok(seen) => panic!("an unreachable server is not drift: {seen:?}"),
+    }
+    let err = pg
+        .role()
+        .delete(
+            pg.ctx("db"),
+            Some(&json!({"server": "main", "role": "sw_x", "password": "p", "login": true})),
+        )
+        .expect_err("delete cannot reach it either");
+    assert_eq!(err.retry(), Retry::Retryable, "retryable: {err}");
+}
+
+#[test]
+fn a_role_resource_has_a_password_login_and_drift() {
+    let pg = Pg::new();
+    let applied = pg
+        .role()
+        .create(pg.ctx("reader"), &json!({}))
+        .expect("create a role");
+    let user = output(&applied, "user");
+    let password = output(&applied, "password");
+    assert_eq!(user, pg.names("qa", "reader"), "the derived name");
+    assert_eq!(
+        applied.secret_outputs,
+        vec!["password".to_owned()],
+        "password is secret"
+    );
+    assert_eq!(applied.outputs["port"], json!(5432), "port");
+    assert_eq!(output(&applied, "host"), "127.0.0.1", "host");
+    let url = format!("postgres://{user}:{password}@127.0.0.1:5432/postgres");
+    postgres::Client::connect(&url, postgres::NoTls).expect("the role logs in");
+
+    let updated = pg
+        .role()
+        .update(pg.ctx("reader"), &json!({"login": false}), &applied.live)
+        .expect("update login");
+    assert_eq!(output(&updated, "password"), password, "same password");
+    let can_login: bool = admin()
+        .query_one(
+            "select rolcanlogin from pg_roles where rolname = $1",
+            &[&user],
+        )
+        .expect("role")
+        .get(0);
+    assert!(!can_login, "login is off");
+    assert_eq!(
+        pg.role()
+            .observe(pg.ctx("reader"), &json!({"login": false}), &updated.live)
+            .expect("observe"),
+        Observation::InSync,
+        "in sync"
+    );
+    admin()
+        .batch_execute(&format!("ALTER ROLE {} LOGIN", quote(&user)))
+        .expect("turn login on behind its back");
+    assert!(
+        matches!(
+            pg.role()
+                .observe(pg.ctx("reader"), &json!({"login": false}), &updated.live),
+            Ok(Observation::Drifted { .. })
+        ),
+        "a changed login is drift"
+    );
+    admin()
+        .batch_execute(&format!("DROP ROLE {}", quote(&user)))
+        .expect("drop it behind its back");
+    assert!(
+        matches!(
+            pg.role()
+                .observe(pg.ctx("reader"), &json!({"login": false}), &updated.live),
+            Ok(Observation::Missing { .. })
+        ),
+        "a dropped role is missing"
+    );
+    pg.role()
+        .delete(pg.ctx("reader"), Some(&updated.live))
+        .expect("delete what is already gone");
+    let again = pg
+        .role()
+        .create(
+            pg.ctx("reader"),
+            &json!({"description": "tolerated", "depends_on": ["db"]}),
+        )
+        .expect("create again, with the common fields");
+    pg.role()
+        .delete(pg.ctx("reader"), Some(&again.live))
+        .expect("delete");
+    assert!(!role_exists(&user), "the role is gone");
+}
