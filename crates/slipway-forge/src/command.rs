@@ -1,0 +1,282 @@
+//! `/slipway …` commands in pull request comments, Atlantis-style, read strictly.
+//!
+//! A comment is a command when its first non-blank line starts with the word `/slipway`; the
+//! rest of that line is the command, and later lines are free text (a reason, a thank-you).
+//! Words are separated by ASCII spaces and tabs only. Nothing is ever passed to a shell: the
+//! strictness is about saying no clearly to what is not a command, not about quoting.
+
+use std::fmt;
+
+use crate::render::inline_code;
+
+/// The reply to `/slipway help`, and the end of every [`CommandError`]'s message.
+pub const USAGE: &str = "\
+Usage (one command per comment, on its first line):
+- `/slipway plan [ENV]`: plan this pull request for ENV, or for every environment it changes
+- `/slipway apply ENV`: apply this pull request to ENV (once its apply requirements hold)
+- `/slipway unlock ENV`: release ENV's lock held by this pull request
+- `/slipway preview`: build a preview environment for this pull request (maintainers, for forks)
+- `/slipway help`: show this message
+
+ENV is an environment name: 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`.";
+
+/// A command read from a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Plan the pull request for one environment, or for every one it changes.
+    Plan {
+        /// The environment, if one was named.
+        env: Option<String>,
+    },
+    /// Apply the pull request to an environment.
+    Apply {
+        /// The environment.
+        env: String,
+    },
+    /// Release an environment's lock held by the pull request.
+    Unlock {
+        /// The environment.
+        env: String,
+    },
+    /// Build a preview environment (a maintainer's say-so for a fork).
+    Preview,
+    /// Show the usage.
+    Help,
+}
+
+impl fmt::Display for Command {
+    /// The command as it would be typed: `parse_command(&cmd.to_string())` gives it back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Plan { env: None } => f.write_str("/slipway plan"),
+            Command::Plan { env: Some(env) } => write!(f, "/slipway plan {env}"),
+            Command::Apply { env } => write!(f, "/slipway apply {env}"),
+            Command::Unlock { env } => write!(f, "/slipway unlock {env}"),
+            Command::Preview => f.write_str("/slipway preview"),
+            Command::Help => f.write_str("/slipway help"),
+        }
+    }
+}
+
+/// A comment that starts with `/slipway` but is not a command. Its message is a polite reply,
+/// in Markdown, ending with the [`USAGE`]; the comment's own text in it is cut short and put in
+/// code spans, so that it can be posted back as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}\n\n{USAGE}")]
+pub struct CommandError {
+    problem: String,
+}
+
+impl CommandError {
+    fn new(problem: String) -> Self {
+        CommandError { problem }
+    }
+
+    /// The problem alone, without the usage.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+/// The longest command line read; anything longer is refused without being echoed.
+const MAX_LINE: usize = 200;
+
+/// Reads a command from a comment's body.
+///
+/// Returns `Ok(None)` for a comment that is not a command (its first non-blank line does not
+/// start with the word `/slipway`), `Ok(Some(command))` for a valid one, and an error for
+/// anything else that starts with `/slipway`: no verb, an unknown verb, a missing, extra or
+/// invalid argument.
+pub fn parse_command(body: &str) -> Result<Option<Command>, CommandError> {
+    let Some(line) = body.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
+    if words.next() != Some("/slipway") {
+        return Ok(None);
+    }
+    if line.len() > MAX_LINE {
+        return Err(CommandError::new(format!(
+            "Sorry, that command is too long ({} bytes; commands are short).",
+            line.len()
+        )));
+    }
+    let words: Vec<&str> = words.collect();
+    let Some((&verb, args)) = words.split_first() else {
+        return Err(CommandError::new(
+            "Sorry, `/slipway` needs a command.".to_owned(),
+        ));
+    };
+    let command = match verb {
+        "plan" => match args {
+            [] => Command::Plan { env: None },
+            [env] => Command::Plan {
+                env: Some(env_name(env)?),
+            },
+            _ => return Err(extra_arguments("plan", &args[1..])),
+        },
+        "apply" | "unlock" => match args {
+            [] => {
+                return Err(CommandError::new(format!(
+                    "Sorry, `/slipway {verb}` needs the environment's name, e.g. \
+                     `/slipway {verb} staging`."
+                )));
+            }
+            [env] => {
+                let env = env_name(env)?;
+                if verb == "apply" {
+                    Command::Apply { env }
+                } else {
+                    Command::Unlock { env }
+                }
+            }
+            _ => return Err(extra_arguments(verb, &args[1..])),
+        },
+        "preview" | "help" => match args {
+            [] if verb == "preview" => Command::Preview,
+            [] => Command::Help,
+            _ => return Err(extra_arguments(verb, args)),
+        },
+        other => {
+            return Err(CommandError::new(format!(
+                "Sorry, {} is not a Slipway command.",
+                inline_code(&clip(other))
+            )));
+        }
+    };
+    Ok(Some(command))
+}
+
+/// Checks an environment name: a DNS label.
+fn env_name(word: &str) -> Result<String, CommandError> {
+    let b = word.as_bytes();
+    let valid = (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-';
+    if valid {
+        Ok(word.to_owned())
+    } else {
+        Err(CommandError::new(format!(
+            "Sorry, {} is not an environment name.",
+            inline_code(&clip(word))
+        )))
+    }
+}
+
+fn extra_arguments(verb: &str, extra: &[&str]) -> CommandError {
+    CommandError::new(format!(
+        "Sorry, `/slipway {verb}` does not take {}.",
+        inline_code(&clip(&extra.join(" ")))
+    ))
+}
+
+/// At most 40 characters of the user's text, for an error message.
+fn clip(s: &str) -> String {
+    crate::names::short_text(s, 40)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(s: &str) -> Option<Command> {
+        parse_command(s).expect("a valid command")
+    }
+
+    #[test]
+    fn valid_commands() {
+        let table: &[(&str, Command)] = &[
+            ("/slipway plan", Command::Plan { env: None }),
+            (
+                "/slipway plan staging",
+                Command::Plan {
+                    env: Some("staging".into()),
+                },
+            ),
+            (
+                "  /slipway   plan\t pr-42  ",
+                Command::Plan {
+                    env: Some("pr-42".into()),
+                },
+            ),
+            (
+                "\n\n/slipway apply prod\nthanks!",
+                Command::Apply { env: "prod".into() },
+            ),
+            ("/slipway unlock qa", Command::Unlock { env: "qa".into() }),
+            ("/slipway preview", Command::Preview),
+            ("/slipway help", Command::Help),
+            (
+                &format!("/slipway apply {}", "a".repeat(63)),
+                Command::Apply {
+                    env: "a".repeat(63),
+                },
+            ),
+        ];
+        for (text, expected) in table {
+            assert_eq!(cmd(text).as_ref(), Some(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn comments_that_are_not_commands() {
+        for text in [
+            "",
+            "   \n\t\n",
+            "LGTM",
+            "please /slipway apply prod",
+            "> /slipway apply prod",
+            "/slipwayapply prod",
+            "/slipway-bot apply prod",
+            "`/slipway apply prod`",
+            "thanks\n/slipway apply prod",
+        ] {
+            assert_eq!(parse_command(text), Ok(None), "{text:?} is not a command");
+        }
+    }
+
+    #[test]
+    fn hostile_and_wrong_commands_are_refused() {
+        for text in [
+            "/slipway",
+            "/slipway apply",
+            "/slipway unlock",
+            "/slipway apply prod; rm -rf /",
+            "/slipway apply $(touch /tmp/pwned)",
+            "/slipway apply `id`",
+            "/slipway apply prod extra",
+            "/slipway apply prod && echo",
+            "/slipway apply Prod",
+            "/slipway apply -prod",
+            "/slipway apply prod-",
+            "/slipway apply ../prod",
+            "/slipway apply prod\u{a0}x",
+            "/slipway plan a b",
+            "/slipway preview now",
+            "/slipway help me",
+            "/slipway destroy prod",
+            "/slipway Plan",
+            &format!("/slipway apply {}", "a".repeat(64)),
+            &format!("/slipway apply {}", "a".repeat(300)),
+        ] {
+            let err = parse_command(text).expect_err(text);
+            assert!(
+                err.to_string().ends_with(USAGE),
+                "{text:?}: the reply shows the usage"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_user_text_in_code_spans_only() {
+        let err = parse_command("/slipway apply @org/admins").expect_err("not an env");
+        assert_eq!(
+            err.problem(),
+            "Sorry, `@org/admins` is not an environment name."
+        );
+        let err = parse_command("/slipway apply a`b").expect_err("not an env");
+        assert_eq!(err.problem(), "Sorry, ``a`b`` is not an environment name.");
+    }
+}

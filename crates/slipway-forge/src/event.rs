@@ -1,0 +1,281 @@
+//! What a forge tells Slipway: one closed set of events, the same for every forge.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Which forge a webhook came from, or an adapter talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForgeKind {
+    /// github.com or GitHub Enterprise Server.
+    GitHub,
+    /// gitlab.com or a self-managed GitLab.
+    GitLab,
+    /// Gitea, or Forgejo (which speaks Gitea's API and webhooks).
+    Gitea,
+}
+
+impl ForgeKind {
+    /// Every forge, in a stable order (for tables, fuzzing and tests).
+    pub const ALL: [ForgeKind; 3] = [ForgeKind::GitHub, ForgeKind::GitLab, ForgeKind::Gitea];
+
+    /// The lowercase name used in configuration (`[forge.github]`) and webhook paths
+    /// (`/webhooks/github`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::GitHub => "github",
+            ForgeKind::GitLab => "gitlab",
+            ForgeKind::Gitea => "gitea",
+        }
+    }
+}
+
+impl fmt::Display for ForgeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name is not one of `github`, `gitlab`, `gitea` (or `forgejo`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown forge {0:?}: expected one of github, gitlab, gitea (or forgejo)")]
+pub struct UnknownForge(pub String);
+
+impl FromStr for ForgeKind {
+    type Err = UnknownForge;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "github" => Ok(ForgeKind::GitHub),
+            "gitlab" => Ok(ForgeKind::GitLab),
+            "gitea" | "forgejo" => Ok(ForgeKind::Gitea),
+            other => Err(UnknownForge(other.to_owned())),
+        }
+    }
+}
+
+/// One verified webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The forge that sent it.
+    pub forge: ForgeKind,
+    /// The forge's delivery id (`X-GitHub-Delivery`, `X-Gitea-Delivery`, GitLab's
+    /// `Idempotency-Key` or `X-Gitlab-Event-UUID`), or `sha256:<hex of the body>` when the forge
+    /// sent none. A redelivery of the same event carries the same id on GitHub, Gitea and GitLab
+    /// 17.4+, so it is the key for deduplication.
+    ///
+    /// # Caveats
+    /// Headers are not covered by the signature: the id deduplicates honest redeliveries, it
+    /// does not stop a replay of a captured body under a new id. Events are facts to re-check
+    /// ("PR 42 changed"), never commands to trust, so a replay is at worst extra work.
+    pub id: String,
+    /// What happened.
+    pub event: ForgeEvent,
+}
+
+/// Everything a forge's webhook can tell Slipway, for every forge.
+///
+/// Unknown or irrelevant deliveries are [`ForgeEvent::Ignored`], never errors: the forge should
+/// get a `2xx` for them, or it retries and eventually disables the hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeEvent {
+    /// Commits were pushed to a ref, or the ref was created or deleted.
+    Push {
+        /// The full ref name, e.g. `refs/heads/main` or `refs/tags/v1`.
+        git_ref: String,
+        /// The branch name when `git_ref` is under `refs/heads/`, else `None` (a tag).
+        branch: Option<String>,
+        /// The object id before the push: all zeros for a new ref, empty when the forge does
+        /// not say (Gitea's `delete` event).
+        before: String,
+        /// The object id after the push: all zeros when the ref was deleted.
+        after: String,
+        /// The ref was deleted.
+        deleted: bool,
+    },
+    /// A pull (merge) request was opened, updated, closed, merged, etc.
+    PullRequest {
+        /// What happened to it.
+        action: PrAction,
+        /// The pull request as it is after the action.
+        pr: PullRequestInfo,
+    },
+    /// Someone reviewed a pull request.
+    Review {
+        /// The pull request's number (GitLab: the merge request's `iid`).
+        pr_number: u64,
+        /// The review's verdict.
+        state: ReviewState,
+        /// The reviewer's login.
+        author: String,
+    },
+    /// A new comment on an issue or a pull request (edits and deletions are
+    /// [`ForgeEvent::Ignored`], so that editing an old comment never re-runs its command).
+    Comment {
+        /// The issue's or pull request's number (GitLab: the `iid`).
+        pr_number: u64,
+        /// The comment's id, for replying or reacting.
+        comment_id: u64,
+        /// The commenter's login.
+        author: String,
+        /// The comment's Markdown, as typed.
+        body: String,
+        /// The comment is on a pull request, not on an issue.
+        is_pull_request: bool,
+    },
+    /// The forge checks that the hook works (GitHub's `ping`).
+    Ping,
+    /// A delivery Slipway has no use for; `kind` names it for the log, e.g. `issues` or
+    /// `issue_comment.edited`.
+    Ignored {
+        /// The forge's event name, with the action when there is one.
+        kind: String,
+    },
+}
+
+/// What happened to a pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrAction {
+    /// It was opened (GitLab: `open`).
+    Opened,
+    /// Its head moved: new commits, a force-push (GitHub `synchronize`, Gitea `synchronized`,
+    /// GitLab `update` with `oldrev`).
+    Synchronized,
+    /// It was reopened.
+    Reopened,
+    /// It was closed without being merged.
+    Closed,
+    /// It was merged (GitHub and Gitea: `closed` with `merged: true`; GitLab: `merge`).
+    Merged,
+    /// Anything else (labels, title, assignees…): the forge's action name.
+    Other(String),
+}
+
+/// A review's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewState {
+    /// Approved (GitLab: `approved`/`approval`).
+    Approved,
+    /// Changes requested (Gitea: rejected).
+    ChangesRequested,
+    /// A comment without a verdict.
+    Commented,
+    /// An earlier review was dismissed (GitLab: `unapproved`/`unapproval`).
+    Dismissed,
+}
+
+/// A pull request, as every forge describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestInfo {
+    /// Its number (GitLab: the merge request's `iid`, not its global `id`).
+    pub number: u64,
+    /// Its title (attacker-controlled: escape it before showing it anywhere).
+    pub title: String,
+    /// Its author's login.
+    ///
+    /// # Caveats
+    /// GitLab's merge request webhook names only the user who triggered the event, not the
+    /// author; for GitLab webhooks this is that user. [`crate::Forge::pull_request`] returns
+    /// the real author on every forge.
+    pub author: String,
+    /// The commit at the head of the source branch.
+    pub head_sha: String,
+    /// The source branch's name (attacker input: derive names from it safely).
+    pub head_ref: String,
+    /// The target branch's name.
+    pub base_ref: String,
+    /// The source repository (`owner/name`, GitLab `group/project`), `None` when the forge no
+    /// longer knows it (a deleted fork).
+    pub head_repo_full_name: Option<String>,
+    /// The target repository.
+    pub base_repo_full_name: String,
+    /// The source is another repository than the target (or a deleted one): its code is not
+    /// ours to run without a maintainer's say-so.
+    pub is_fork: bool,
+    /// The pull request's web page.
+    pub url: String,
+}
+
+impl PullRequestInfo {
+    /// Checks what the rest of Slipway relies on (see `names.rs`): a hex head sha, branch
+    /// names that are valid refs and cannot pass for options, a login without control
+    /// characters. The error says which field is wrong, without quoting it at length.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        use crate::names;
+        if self.number == 0 {
+            return Err("pull request number 0".into());
+        }
+        if !names::is_object_id(&self.head_sha) {
+            return Err(format!(
+                "pull request {}: head sha {:?} is not 40 or 64 hex digits",
+                self.number,
+                names::short_text(&self.head_sha, 80)
+            ));
+        }
+        for (field, value) in [("head ref", &self.head_ref), ("base ref", &self.base_ref)] {
+            if !names::is_ref_name(value) {
+                return Err(format!(
+                    "pull request {}: {field} {:?} is not a valid branch name",
+                    self.number,
+                    names::short_text(value, 80)
+                ));
+            }
+        }
+        if !names::is_login(&self.author) {
+            return Err(format!(
+                "pull request {}: author {:?} is not a login",
+                self.number,
+                names::short_text(&self.author, 80)
+            ));
+        }
+        let repos = std::iter::once(&self.base_repo_full_name).chain(&self.head_repo_full_name);
+        for repo in repos {
+            if !names::is_repository_path(repo) {
+                return Err(format!(
+                    "pull request {}: repository {:?} is not owner/name",
+                    self.number,
+                    names::short_text(repo, 80)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds a checked [`ForgeEvent::Push`] from a push payload's fields.
+pub(crate) fn push_event(git_ref: &str, before: &str, after: &str) -> Result<ForgeEvent, String> {
+    use crate::names;
+    if !git_ref.starts_with("refs/") || !names::is_ref_name(git_ref) {
+        return Err(format!(
+            "push: ref {:?} is not a full ref name",
+            names::short_text(git_ref, 80)
+        ));
+    }
+    for (field, value) in [("before", before), ("after", after)] {
+        let ok = names::is_object_id(value) || (field == "before" && value.is_empty());
+        if !ok {
+            return Err(format!(
+                "push: {field} {:?} is not 40 or 64 hex digits",
+                names::short_text(value, 80)
+            ));
+        }
+    }
+    Ok(ForgeEvent::Push {
+        git_ref: git_ref.to_owned(),
+        branch: git_ref.strip_prefix("refs/heads/").map(str::to_owned),
+        before: before.to_owned(),
+        after: after.to_owned(),
+        deleted: names::is_null_object_id(after),
+    })
+}
+
+/// Checks a login from a payload.
+pub(crate) fn checked_login(what: &str, login: &str) -> Result<String, String> {
+    if crate::names::is_login(login) {
+        Ok(login.to_owned())
+    } else {
+        Err(format!(
+            "{what} {:?} is not a login",
+            crate::names::short_text(login, 80)
+        ))
+    }
+}

@@ -1,0 +1,444 @@
+//! Gitea and Forgejo: webhook payloads (`X-Gitea-Event`, or Forgejo's `X-Forgejo-Event`) and
+//! the REST API v1 (`/api/v1`).
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{
+    self, Api, Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, Method, PrState,
+    PullRequestDetails, StatusState,
+};
+use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
+use crate::github::latest_approvals;
+use crate::names::{path_segment, short_text};
+use crate::webhook::{WebhookError, decode};
+
+/// A user: `login`, or the older `username` (Gitea sends both; old versions only the latter).
+#[derive(Deserialize)]
+struct User {
+    #[serde(default)]
+    login: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+impl User {
+    fn name(&self) -> String {
+        self.login
+            .clone()
+            .filter(|l| !l.is_empty())
+            .or_else(|| self.username.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+    #[serde(default)]
+    repo_id: Option<u64>,
+    #[serde(default)]
+    repo: Option<Repo>,
+}
+
+/// A pull request, in webhooks and the API alike.
+#[derive(Deserialize)]
+struct PullRequest {
+    number: u64,
+    title: String,
+    user: Option<User>,
+    head: Branch,
+    base: Branch,
+    html_url: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    merged: bool,
+    #[serde(default)]
+    mergeable: Option<bool>,
+}
+
+impl PullRequest {
+    fn info(&self) -> Result<PullRequestInfo, String> {
+        let base_repo = self
+            .base
+            .repo
+            .as_ref()
+            .ok_or_else(|| format!("pull request {}: base.repo is null", self.number))?;
+        let head_repo = self.head.repo.as_ref();
+        let is_fork = match (self.head.repo_id, self.base.repo_id, head_repo) {
+            (Some(h), Some(b), _) if h != 0 && b != 0 => h != b,
+            (_, _, Some(head)) => !head.full_name.eq_ignore_ascii_case(&base_repo.full_name),
+            (_, _, None) => true,
+        };
+        let info = PullRequestInfo {
+            number: self.number,
+            title: self.title.clone(),
+            author: self
+                .user
+                .as_ref()
+                .map_or_else(|| "ghost".to_owned(), User::name),
+            head_sha: self.head.sha.clone(),
+            head_ref: self.head.git_ref.clone(),
+            base_ref: self.base.git_ref.clone(),
+            head_repo_full_name: head_repo.map(|r| r.full_name.clone()),
+            base_repo_full_name: base_repo.full_name.clone(),
+            is_fork,
+            url: self.html_url.clone(),
+        };
+        info.check()?;
+        Ok(info)
+    }
+}
+
+#[derive(Deserialize)]
+struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+}
+
+#[derive(Deserialize)]
+struct DeletePayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    ref_type: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestPayload {
+    action: String,
+    pull_request: PullRequest,
+}
+
+#[derive(Deserialize)]
+struct PullRequestNumber {
+    number: u64,
+}
+
+#[derive(Deserialize)]
+struct ReviewPayload {
+    pull_request: PullRequestNumber,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct Issue {
+    number: u64,
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    id: u64,
+    #[serde(default)]
+    body: String,
+    user: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct CommentPayload {
+    action: String,
+    issue: Issue,
+    comment: Comment,
+    #[serde(default)]
+    is_pull: bool,
+}
+
+/// Parses a Gitea payload for the `X-Gitea-Event` value `event`.
+pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, WebhookError> {
+    let malformed = |e: String| WebhookError::Malformed(format!("gitea {event}: {e}"));
+    let review = |state: ReviewState| -> Result<ForgeEvent, WebhookError> {
+        let p: ReviewPayload = decode("gitea pull request review", body)?;
+        let author = event::checked_login("reviewer", &p.sender.name()).map_err(malformed)?;
+        Ok(ForgeEvent::Review {
+            pr_number: p.pull_request.number,
+            state,
+            author,
+        })
+    };
+    match event {
+        "push" => {
+            let p: PushPayload = decode("gitea push", body)?;
+            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
+        }
+        // Gitea reports a deleted branch as a `delete` event, with the short name.
+        "delete" => {
+            let p: DeletePayload = decode("gitea delete", body)?;
+            if p.ref_type != "branch" {
+                return Ok(ForgeEvent::Ignored {
+                    kind: format!("delete.{}", short_text(&p.ref_type, 40)),
+                });
+            }
+            let full = if p.git_ref.starts_with("refs/") {
+                p.git_ref
+            } else {
+                format!("refs/heads/{}", p.git_ref)
+            };
+            event::push_event(&full, "", &"0".repeat(40)).map_err(malformed)
+        }
+        "pull_request" => {
+            let p: PullRequestPayload = decode("gitea pull_request", body)?;
+            let action = match p.action.as_str() {
+                "opened" => PrAction::Opened,
+                "synchronized" => PrAction::Synchronized,
+                "reopened" => PrAction::Reopened,
+                "closed" if p.pull_request.merged => PrAction::Merged,
+                "closed" => PrAction::Closed,
+                other => PrAction::Other(short_text(other, 40)),
+            };
+            let pr = p.pull_request.info().map_err(malformed)?;
+            Ok(ForgeEvent::PullRequest { action, pr })
+        }
+        // `X-Gitea-Event` names review events `pull_request_approved` & co.;
+        // `X-Gitea-Event-Type` spells them `pull_request_review_approved`.
+        "pull_request_approved" | "pull_request_review_approved" => review(ReviewState::Approved),
+        "pull_request_rejected" | "pull_request_review_rejected" => {
+            review(ReviewState::ChangesRequested)
+        }
+        "pull_request_comment" | "pull_request_review_comment" => {
+            // In `X-Gitea-Event-Type`'s spelling, `pull_request_comment` is a plain comment on
+            // a pull request; tell the two apart by their payload.
+            let value: serde_json::Value = decode("gitea pull_request_comment", body)?;
+            if value.get("comment").is_some() && value.get("issue").is_some() {
+                parse_comment(body, &malformed)
+            } else {
+                review(ReviewState::Commented)
+            }
+        }
+        "issue_comment" => parse_comment(body, &malformed),
+        other => Ok(ForgeEvent::Ignored {
+            kind: short_text(other, 60),
+        }),
+    }
+}
+
+fn parse_comment(
+    body: &[u8],
+    malformed: &dyn Fn(String) -> WebhookError,
+) -> Result<ForgeEvent, WebhookError> {
+    let p: CommentPayload = decode("gitea issue_comment", body)?;
+    if p.action != "created" {
+        return Ok(ForgeEvent::Ignored {
+            kind: format!("issue_comment.{}", short_text(&p.action, 40)),
+        });
+    }
+    let login = p.comment.user.as_ref().map(User::name).unwrap_or_default();
+    let author = event::checked_login("commenter", &login).map_err(malformed)?;
+    Ok(ForgeEvent::Comment {
+        pr_number: p.issue.number,
+        comment_id: p.comment.id,
+        author,
+        body: p.comment.body,
+        is_pull_request: p.is_pull || p.issue.pull_request.is_some_and(|v| !v.is_null()),
+    })
+}
+
+/// The Gitea adapter.
+pub(crate) struct Gitea {
+    api: Api,
+    /// `/repos/{owner}/{repo}`, percent-encoded.
+    repo_path: String,
+    login: OnceLock<String>,
+}
+
+impl Gitea {
+    pub(crate) fn new(api: Api, config: &ForgeConfig) -> Gitea {
+        let repo_path = format!(
+            "/repos/{}",
+            config
+                .repository
+                .split('/')
+                .map(path_segment)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let login = OnceLock::new();
+        if let Some(bot) = &config.bot_login {
+            let _ = login.set(bot.clone());
+        }
+        Gitea {
+            api,
+            repo_path,
+            login,
+        }
+    }
+
+    fn own_login(&self) -> Result<&str, ForgeError> {
+        if let Some(login) = self.login.get() {
+            return Ok(login);
+        }
+        let me: User = self.api.get("/user")?;
+        Ok(self.login.get_or_init(|| me.name()))
+    }
+}
+
+/// Gitea's pages hold at most 50 items unless its administrator raised `MAX_RESPONSE_ITEMS`.
+const GITEA_PAGE: usize = 50;
+
+impl Forge for Gitea {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::Gitea
+    }
+
+    fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
+        api::check_marker(marker)?;
+        let body = api::body_with_marker(marker, body);
+        let me = self.own_login()?.to_owned();
+        // Gitea lists an issue's comments in one answer: the endpoint takes no page.
+        let comments: Vec<Comment> = self
+            .api
+            .get(&format!("{}/issues/{pr}/comments", self.repo_path))?;
+        let ours = comments.into_iter().find(|c| {
+            c.user
+                .as_ref()
+                .is_some_and(|u| u.name().eq_ignore_ascii_case(&me))
+                && c.body.contains(marker)
+        });
+        match ours {
+            Some(c) if c.body == body => Ok(CommentId(c.id)),
+            Some(c) => {
+                let updated: Comment = self.api.send(
+                    Method::Patch,
+                    &format!("{}/issues/comments/{}", self.repo_path, c.id),
+                    &json!({ "body": body }),
+                )?;
+                Ok(CommentId(updated.id))
+            }
+            None => self.post_comment(pr, &body),
+        }
+    }
+
+    fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
+        let created: Comment = self.api.send(
+            Method::Post,
+            &format!("{}/issues/{pr}/comments", self.repo_path),
+            &json!({ "body": body }),
+        )?;
+        Ok(CommentId(created.id))
+    }
+
+    fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
+        api::check_sha(&status.sha)?;
+        api::check_context(&status.context)?;
+        let state = match status.state {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        };
+        let mut body = json!({
+            "state": state,
+            "context": status.context,
+            "description": api::status_description(&status.description),
+        });
+        if let Some(url) = &status.target_url {
+            body["target_url"] = json!(url);
+        }
+        let _: serde_json::Value = self.api.send(
+            Method::Post,
+            &format!("{}/statuses/{}", self.repo_path, status.sha),
+            &body,
+        )?;
+        Ok(())
+    }
+
+    fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
+        let path = format!("{}/pulls/{number}", self.repo_path);
+        let pr: PullRequest = self.api.get(&path)?;
+        let info = pr.info().map_err(|reason| ForgeError::Decode {
+            method: "GET",
+            path,
+            reason,
+        })?;
+        let state = if pr.merged {
+            PrState::Merged
+        } else if pr.state == "open" {
+            PrState::Open
+        } else {
+            PrState::Closed
+        };
+        Ok(PullRequestDetails {
+            info,
+            mergeable: pr.mergeable,
+            state,
+        })
+    }
+
+    fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
+        #[derive(Deserialize)]
+        struct Review {
+            user: Option<User>,
+            state: String,
+            #[serde(default)]
+            commit_id: Option<String>,
+            #[serde(default)]
+            dismissed: bool,
+        }
+        let reviews: Vec<Review> = self.api.get_all(
+            &format!("{}/pulls/{number}/reviews", self.repo_path),
+            "limit",
+            GITEA_PAGE,
+        )?;
+        Ok(latest_approvals(reviews.into_iter().filter_map(|r| {
+            let state = if r.dismissed {
+                ReviewState::Dismissed
+            } else {
+                match r.state.as_str() {
+                    "APPROVED" => ReviewState::Approved,
+                    "REQUEST_CHANGES" => ReviewState::ChangesRequested,
+                    "COMMENT" => ReviewState::Commented,
+                    // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
+                    _ => return None,
+                }
+            };
+            Some((r.user?.name(), state, r.commit_id))
+        })))
+    }
+
+    fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
+        api::check_login(user)?;
+        #[derive(Deserialize)]
+        struct Permission {
+            permission: String,
+        }
+        let p: Option<Permission> = self.api.get_optional(&format!(
+            "{}/collaborators/{}/permission",
+            self.repo_path,
+            path_segment(user)
+        ))?;
+        Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "write" | "admin" | "owner")))
+    }
+
+    fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
+        let prs: Vec<PullRequest> = self.api.get_all(
+            &format!("{}/pulls?state=open", self.repo_path),
+            "limit",
+            GITEA_PAGE,
+        )?;
+        prs.iter()
+            .map(|pr| {
+                pr.info().map_err(|reason| ForgeError::Decode {
+                    method: "GET",
+                    path: format!("{}/pulls", self.repo_path),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    fn pr_head_ref(&self, number: u64) -> String {
+        format!("refs/pull/{number}/head")
+    }
+}

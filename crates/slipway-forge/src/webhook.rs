@@ -1,0 +1,401 @@
+//! Webhook deliveries: verify the signature (or token) over the raw body, then parse the
+//! payload into a [`ForgeEvent`].
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::event::{Delivery, ForgeEvent, ForgeKind};
+use crate::{gitea, github, gitlab};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The largest webhook body accepted by default: 1 MiB. GitHub caps its payloads at 25 MB, but
+/// the events Slipway reads are a few tens of KiB; a push of many commits is the biggest.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Header lookup, so that verification works on `http::HeaderMap` (what axum hands a handler)
+/// and on plain `(name, value)` pairs alike.
+pub trait Headers {
+    /// The first value of the header `name` (matched case-insensitively), if it is present and
+    /// is visible ASCII.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for http::HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> Headers for [(K, V)] {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> Headers for Vec<(K, V)> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.as_slice().header(name)
+    }
+}
+
+/// Why a delivery was refused. Every variant's message says what to fix; none contains the
+/// secret or the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// Slipway has no webhook secret for this forge, so it cannot tell a real delivery from a
+    /// forged one, and refuses them all.
+    #[error(
+        "no webhook secret is configured for {0}: every delivery is refused until one is set \
+         (the same secret on the forge's webhook and in Slipway's configuration)"
+    )]
+    NoSecret(ForgeKind),
+    /// The body is larger than the limit; it was not read further.
+    #[error("webhook body is {size} bytes, over the {limit}-byte limit")]
+    BodyTooLarge {
+        /// The body's size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The signature or token header is missing: the forge's webhook has no secret set, or
+    /// the request did not come from the forge.
+    #[error(
+        "missing {header} header: the delivery is not signed; set the webhook's secret on the \
+         forge to the one Slipway has"
+    )]
+    MissingSignature {
+        /// The header that was expected.
+        header: &'static str,
+    },
+    /// The signature does not match the body, or the token is not the secret: a wrong secret
+    /// on one side, or a forged delivery.
+    #[error(
+        "{header} does not match: the secret on the forge differs from Slipway's, or the \
+         delivery was forged or altered"
+    )]
+    BadSignature {
+        /// The header that was checked.
+        header: &'static str,
+    },
+    /// The header naming the event is missing.
+    #[error("missing {header} header: cannot tell which event this delivery is")]
+    MissingEvent {
+        /// The header that was expected.
+        header: &'static str,
+    },
+    /// The body (or the delivery id) is not what the forge sends for this event.
+    #[error("malformed webhook delivery: {0}")]
+    Malformed(String),
+}
+
+impl WebhookError {
+    /// The HTTP status a webhook endpoint should answer with: `413` for a body too large,
+    /// `401` for a missing or bad signature, `400` for a malformed delivery, `503` when no
+    /// secret is configured (the server's fault, and the forge will retry).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            WebhookError::NoSecret(_) => 503,
+            WebhookError::BodyTooLarge { .. } => 413,
+            WebhookError::MissingSignature { .. } | WebhookError::BadSignature { .. } => 401,
+            WebhookError::MissingEvent { .. } | WebhookError::Malformed(_) => 400,
+        }
+    }
+}
+
+/// Verifies and parses the deliveries of one forge's webhook.
+///
+/// # Guarantees
+/// - The body size is checked first, then the signature (GitHub's `X-Hub-Signature-256`,
+///   Gitea's `X-Gitea-Signature` or Forgejo's `X-Forgejo-Signature`: HMAC-SHA256 of the raw
+///   body; GitLab's `X-Gitlab-Token`: the secret itself), compared in constant time, and only
+///   then is the body parsed.
+/// - An empty secret refuses every delivery ([`WebhookError::NoSecret`]): an HMAC under an
+///   empty key proves nothing.
+/// - Every object id in the returned event is hex, every ref and branch name is a valid git
+///   ref name that cannot be taken for an option, every login is free of control characters
+///   (see `names.rs`); a payload that breaks this is [`WebhookError::Malformed`].
+///
+/// # Caveats
+/// Replay protection is the caller's: deduplicate on [`Delivery::id`].
+#[derive(Clone)]
+pub struct WebhookVerifier {
+    forge: ForgeKind,
+    secret: Vec<u8>,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for WebhookVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookVerifier")
+            .field("forge", &self.forge)
+            .field("secret", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+impl WebhookVerifier {
+    /// A verifier for `forge`'s deliveries signed with `secret`, with the default body limit.
+    pub fn new(forge: ForgeKind, secret: impl Into<Vec<u8>>) -> Self {
+        WebhookVerifier {
+            forge,
+            secret: secret.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Sets the largest body accepted.
+    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// The forge this verifier is for.
+    pub fn forge(&self) -> ForgeKind {
+        self.forge
+    }
+
+    /// Verifies the delivery's signature over `body`, then parses it.
+    pub fn verify_and_parse<H: Headers + ?Sized>(
+        &self,
+        headers: &H,
+        body: &[u8],
+    ) -> Result<Delivery, WebhookError> {
+        if self.secret.is_empty() {
+            return Err(WebhookError::NoSecret(self.forge));
+        }
+        if body.len() > self.max_body_bytes {
+            return Err(WebhookError::BodyTooLarge {
+                size: body.len(),
+                limit: self.max_body_bytes,
+            });
+        }
+        self.verify(headers, body)?;
+        let event_header = event_header(self.forge);
+        let event = first_header(headers, event_header)
+            .ok_or(WebhookError::MissingEvent {
+                header: event_header[0],
+            })?
+            .trim();
+        let id = delivery_id(self.forge, headers, body)?;
+        let event = parse_payload(self.forge, event, body)?;
+        Ok(Delivery {
+            forge: self.forge,
+            id,
+            event,
+        })
+    }
+
+    fn verify<H: Headers + ?Sized>(&self, headers: &H, body: &[u8]) -> Result<(), WebhookError> {
+        match self.forge {
+            ForgeKind::GitHub => {
+                let header = "X-Hub-Signature-256";
+                let value = headers
+                    .header(header)
+                    .ok_or(WebhookError::MissingSignature { header })?;
+                let hex_sig = value
+                    .trim()
+                    .strip_prefix("sha256=")
+                    .ok_or(WebhookError::BadSignature { header })?;
+                verify_hmac(&self.secret, body, hex_sig)
+                    .map_err(|()| WebhookError::BadSignature { header })
+            }
+            ForgeKind::Gitea => {
+                let (header, value) = ["X-Gitea-Signature", "X-Forgejo-Signature"]
+                    .into_iter()
+                    .find_map(|h| headers.header(h).map(|v| (h, v)))
+                    .ok_or(WebhookError::MissingSignature {
+                        header: "X-Gitea-Signature",
+                    })?;
+                verify_hmac(&self.secret, body, value.trim())
+                    .map_err(|()| WebhookError::BadSignature { header })
+            }
+            ForgeKind::GitLab => {
+                let header = "X-Gitlab-Token";
+                let value = headers
+                    .header(header)
+                    .ok_or(WebhookError::MissingSignature { header })?;
+                if tokens_equal(value.as_bytes(), &self.secret) {
+                    Ok(())
+                } else {
+                    Err(WebhookError::BadSignature { header })
+                }
+            }
+        }
+    }
+}
+
+/// Verifies and parses one delivery with the default body limit: shorthand for
+/// [`WebhookVerifier::verify_and_parse`].
+pub fn verify_and_parse<H: Headers + ?Sized>(
+    forge: ForgeKind,
+    headers: &H,
+    body: &[u8],
+    secret: &[u8],
+) -> Result<Delivery, WebhookError> {
+    WebhookVerifier::new(forge, secret).verify_and_parse(headers, body)
+}
+
+/// Parses a payload **without verifying it**: `event` is the value of the forge's event
+/// header (`X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event`).
+///
+/// This is the parser behind [`verify_and_parse`], exposed for fuzzing (and for tools that read
+/// payloads already verified elsewhere). It never panics, for any `forge`, `event` and `body`;
+/// a fuzz target can feed it arbitrary bytes:
+///
+/// ```
+/// use slipway_forge::{ForgeKind, parse_payload, KNOWN_EVENTS};
+/// let data: &[u8] = b"{\"action\": \"opened\"}";
+/// for forge in ForgeKind::ALL {
+///     for event in KNOWN_EVENTS {
+///         let _ = parse_payload(forge, event, data);
+///     }
+/// }
+/// ```
+///
+/// Never act on its result for a delivery from the network: use [`verify_and_parse`].
+pub fn parse_payload(
+    forge: ForgeKind,
+    event: &str,
+    body: &[u8],
+) -> Result<ForgeEvent, WebhookError> {
+    match forge {
+        ForgeKind::GitHub => github::parse_event(event, body),
+        ForgeKind::GitLab => gitlab::parse_event(event, body),
+        ForgeKind::Gitea => gitea::parse_event(event, body),
+    }
+}
+
+/// Event header values that [`parse_payload`] reads a payload for, across the three forges
+/// (every other value is [`ForgeEvent::Ignored`]); a fuzz target's dictionary.
+pub const KNOWN_EVENTS: &[&str] = &[
+    "ping",
+    "push",
+    "delete",
+    "pull_request",
+    "pull_request_review",
+    "issue_comment",
+    "pull_request_approved",
+    "pull_request_rejected",
+    "pull_request_comment",
+    "pull_request_review_approved",
+    "pull_request_review_rejected",
+    "pull_request_review_comment",
+    "Push Hook",
+    "Tag Push Hook",
+    "Merge Request Hook",
+    "Note Hook",
+    "Confidential Note Hook",
+];
+
+fn event_header(forge: ForgeKind) -> &'static [&'static str] {
+    match forge {
+        ForgeKind::GitHub => &["X-GitHub-Event"],
+        ForgeKind::GitLab => &["X-Gitlab-Event"],
+        ForgeKind::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
+    }
+}
+
+fn first_header<'h, H: Headers + ?Sized>(headers: &'h H, names: &[&str]) -> Option<&'h str> {
+    names.iter().find_map(|name| headers.header(name))
+}
+
+/// The forge's delivery id, or a hash of the body when it sent none.
+fn delivery_id<H: Headers + ?Sized>(
+    forge: ForgeKind,
+    headers: &H,
+    body: &[u8],
+) -> Result<String, WebhookError> {
+    let names: &[&str] = match forge {
+        ForgeKind::GitHub => &["X-GitHub-Delivery"],
+        // Idempotency-Key (GitLab 17.4+) stays the same across retries of one event, which is
+        // what deduplication needs; the event UUID is the older, per-event header.
+        ForgeKind::GitLab => &["Idempotency-Key", "X-Gitlab-Event-UUID"],
+        ForgeKind::Gitea => &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
+    };
+    match first_header(headers, names) {
+        Some(id) => {
+            let id = id.trim();
+            let ok = !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+            if ok {
+                Ok(id.to_owned())
+            } else {
+                Err(WebhookError::Malformed(format!(
+                    "the {} header is not a delivery id (1 to 128 of A-Z a-z 0-9 - _ . :)",
+                    names[0]
+                )))
+            }
+        }
+        None => Ok(format!("sha256:{}", hex::encode(Sha256::digest(body)))),
+    }
+}
+
+fn verify_hmac(secret: &[u8], body: &[u8], hex_sig: &str) -> Result<(), ()> {
+    let sig = hex::decode(hex_sig).map_err(|_| ())?;
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| ())?;
+    mac.update(body);
+    // verify_slice compares in constant time, and refuses a signature of the wrong length.
+    mac.verify_slice(&sig).map_err(|_| ())
+}
+
+/// Compares a token from a request with the secret in constant time. Both are MACed under a
+/// fixed key and the tags compared with `verify_slice`: equal tags mean equal inputs (short of
+/// a SHA-256 collision), and the comparison time says nothing about where they differ.
+fn tokens_equal(given: &[u8], secret: &[u8]) -> bool {
+    const KEY: &[u8] = b"slipway webhook token comparison";
+    let tag = |input: &[u8]| {
+        let mut mac = HmacSha256::new_from_slice(KEY).expect("HMAC takes a key of any length");
+        mac.update(input);
+        mac
+    };
+    let expected = tag(secret).finalize().into_bytes();
+    tag(given).verify_slice(&expected).is_ok()
+}
+
+/// Signs `body` the way GitHub and Gitea do: the lowercase hex of HMAC-SHA256 under `secret`
+/// (GitHub sends it as `sha256=<hex>`). For tests and for tools that replay deliveries.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Decodes a JSON payload into `T`, naming the event and serde's reason (path, line, column)
+/// but never quoting the body.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+) -> Result<T, WebhookError> {
+    serde_json::from_slice(body)
+        .map_err(|e| WebhookError::Malformed(format!("{what} payload: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_equal_only_when_equal() {
+        assert!(tokens_equal(b"s3cret", b"s3cret"));
+        assert!(!tokens_equal(b"s3cret", b"s3creT"));
+        assert!(!tokens_equal(b"s3cre", b"s3cret"));
+        assert!(!tokens_equal(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn signatures_of_the_wrong_shape_are_refused_not_panicked_on() {
+        assert!(verify_hmac(b"k", b"body", "zz").is_err());
+        assert!(verify_hmac(b"k", b"body", "").is_err());
+        assert!(verify_hmac(b"k", b"body", &"00".repeat(31)).is_err());
+        let good = sign(b"k", b"body");
+        assert!(verify_hmac(b"k", b"body", &good).is_ok());
+        assert!(verify_hmac(b"k", b"body", &good.to_uppercase()).is_ok());
+    }
+}

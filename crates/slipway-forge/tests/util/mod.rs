@@ -1,0 +1,466 @@
+//! Test helpers: the fetched GitHub artefacts, a recording HTTP server on 127.0.0.1, and a
+//! checker of requests against GitHub's OpenAPI description.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Where `fetch-fixtures.sh` put GitHub's artefacts: `<target dir>/forge-fixtures`, fetched on
+/// first use (once per target directory, under a file lock so that parallel test processes do
+/// not fetch twice).
+pub fn fixtures_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // The test binary is <target>/<profile>/deps/<name>: the target dir is three up.
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let target = exe
+            .ancestors()
+            .find(|p| p.file_name().is_some_and(|n| n == "deps"))
+            .and_then(|deps| deps.parent()?.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+        let dir = target.join("forge-fixtures");
+        std::fs::create_dir_all(&target).expect("create the target dir");
+        let lock = std::fs::File::create(target.join("forge-fixtures.lock"))
+            .expect("create the fixtures lock file");
+        lock.lock().expect("lock the fixtures lock file");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fetch-fixtures.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .expect("run tests/fetch-fixtures.sh");
+        assert!(
+            output.status.success(),
+            "fetching the GitHub fixtures failed: bash {} {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+            script.display(),
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        drop(lock);
+        dir
+    })
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// A fixture under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> Value {
+    read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(rel),
+    )
+}
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The path as sent (still percent-encoded), without the query.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {} body is not JSON ({e}): {}",
+                self.method, self.path, self.body
+            )
+        })
+    }
+
+    /// `METHOD /path?query`, for assertion messages.
+    pub fn line(&self) -> String {
+        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if q.is_empty() {
+            format!("{} {}", self.method, self.path)
+        } else {
+            format!("{} {}?{}", self.method, self.path, q.join("&"))
+        }
+    }
+}
+
+/// What the server answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+type Responder = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 that records every request and answers with
+/// `respond`. One connection at a time, `Connection: close` on every answer: the adapters are
+/// blocking clients that send one request at a time.
+pub struct Server {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(respond: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let respond: Arc<Responder> = Arc::new(respond);
+        let thread = {
+            let requests = Arc::clone(&requests);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    serve_one(stream, &*respond, &requests);
+                }
+            })
+        };
+        Server {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far, and forgets them.
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.requests.lock().expect("not poisoned"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request, records it, then answers it: recorded before the client can see the
+/// answer, so that a test that looks right after a call sees every request of that call.
+fn serve_one(stream: TcpStream, respond: &Responder, log: &Mutex<Vec<Recorded>>) -> Option<()> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a read timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = header("content-length") {
+        let len: usize = len.parse().ok()?;
+        body.resize(len, 0);
+        reader.read_exact(&mut body).ok()?;
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), q),
+        None => (target.clone(), ""),
+    };
+    let query = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (kv.to_owned(), String::new()),
+        })
+        .collect();
+    let recorded = Recorded {
+        method,
+        path,
+        query,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let reply = respond(&recorded);
+    log.lock().expect("not poisoned").push(recorded);
+    let mut out = format!(
+        "HTTP/1.1 {} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reply.body.len()
+    );
+    for (k, v) in &reply.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&reply.body);
+    let mut stream = stream;
+    let _ = stream.write_all(out.as_bytes());
+    let _ = stream.flush();
+    Some(())
+}
+
+/// GitHub's REST API description (`@octokit/openapi`, `api.github.com.json`).
+pub struct OpenApi {
+    doc: Value,
+}
+
+/// The operation a request matched.
+pub struct Operation<'a> {
+    pub template: String,
+    pub id: String,
+    pub op: &'a Value,
+}
+
+impl OpenApi {
+    /// Loaded once per test binary.
+    pub fn github() -> &'static OpenApi {
+        static API: OnceLock<OpenApi> = OnceLock::new();
+        API.get_or_init(|| OpenApi {
+            doc: read_json(&fixtures_dir().join("openapi/api.github.com.json")),
+        })
+    }
+
+    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let pointer = r.strip_prefix('#').expect("local $ref");
+                self.resolve(
+                    self.doc
+                        .pointer(pointer)
+                        .unwrap_or_else(|| panic!("dangling $ref {r}")),
+                )
+            }
+            None => v,
+        }
+    }
+
+    /// The operation for `method path`: the path template whose segments match (a `{param}`
+    /// matches any one segment), preferring the one with the most literal segments.
+    pub fn operation(&self, method: &str, path: &str) -> Result<Operation<'_>, String> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let paths = self.doc["paths"].as_object().expect("paths is an object");
+        let mut best: Option<(usize, &String)> = None;
+        for template in paths.keys() {
+            let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+            if t.len() != segments.len() {
+                continue;
+            }
+            let mut literals = 0;
+            let matches = t.iter().zip(&segments).all(|(t, s)| {
+                if t.starts_with('{') && t.ends_with('}') {
+                    !s.is_empty()
+                } else {
+                    literals += 1;
+                    t == s
+                }
+            });
+            if matches && best.is_none_or(|(l, _)| literals > l) {
+                best = Some((literals, template));
+            }
+        }
+        let (_, template) =
+            best.ok_or_else(|| format!("no operation in GitHub's API has the path {path}"))?;
+        let op = paths[template]
+            .get(method.to_ascii_lowercase())
+            .ok_or_else(|| format!("GitHub's {template} has no {method} operation"))?;
+        Ok(Operation {
+            template: template.clone(),
+            id: op["operationId"].as_str().unwrap_or_default().to_owned(),
+            op,
+        })
+    }
+
+    /// Checks a request against the operation it matches: the path and method exist, every
+    /// query parameter is one the operation declares, and the JSON body has the operation's
+    /// required fields, only fields it knows, of the right types and enum values. Returns the
+    /// operation id.
+    pub fn check(&self, req: &Recorded) -> Result<String, String> {
+        let op = self.operation(&req.method, &req.path)?;
+        let params: Vec<&Value> = op
+            .op
+            .get("parameters")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().map(|p| self.resolve(p)).collect())
+            .unwrap_or_default();
+        for (k, _) in &req.query {
+            let declared = params
+                .iter()
+                .any(|p| p["in"] == "query" && p["name"].as_str() == Some(k));
+            if !declared {
+                return Err(format!(
+                    "{}: {} takes no query parameter {k}",
+                    req.line(),
+                    op.id
+                ));
+            }
+        }
+        match op.op.get("requestBody") {
+            None => {
+                if !req.body.is_empty() {
+                    return Err(format!("{}: {} takes no body", req.line(), op.id));
+                }
+            }
+            Some(rb) => {
+                let rb = self.resolve(rb);
+                let schema = self.resolve(&rb["content"]["application/json"]["schema"]);
+                let body = req.json();
+                let obj = body
+                    .as_object()
+                    .ok_or_else(|| format!("{}: body is not an object", req.line()))?;
+                for required in schema["required"].as_array().into_iter().flatten() {
+                    let name = required.as_str().expect("required names are strings");
+                    if !obj.contains_key(name) {
+                        return Err(format!(
+                            "{}: {} requires body field {name}",
+                            req.line(),
+                            op.id
+                        ));
+                    }
+                }
+                let props = schema["properties"].as_object();
+                for (k, v) in obj {
+                    let prop = props
+                        .and_then(|p| p.get(k))
+                        .map(|p| self.resolve(p))
+                        .ok_or_else(|| {
+                            format!("{}: {} has no body field {k}", req.line(), op.id)
+                        })?;
+                    self.check_value(prop, v)
+                        .map_err(|e| format!("{}: body field {k}: {e}", req.line()))?;
+                }
+            }
+        }
+        Ok(op.id)
+    }
+
+    fn check_value(&self, schema: &Value, v: &Value) -> Result<(), String> {
+        if v.is_null() {
+            return if schema["nullable"] == true {
+                Ok(())
+            } else {
+                Err("null where the schema does not allow it".into())
+            };
+        }
+        let ok = match schema["type"].as_str() {
+            Some("string") => v.is_string(),
+            Some("integer") => v.is_i64() || v.is_u64(),
+            Some("number") => v.is_number(),
+            Some("boolean") => v.is_boolean(),
+            Some("array") => v.is_array(),
+            Some("object") => v.is_object(),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("{v} is not of type {}", schema["type"]));
+        }
+        if let Some(allowed) = schema["enum"].as_array()
+            && !allowed.contains(v)
+        {
+            return Err(format!(
+                "{v} is not one of {}",
+                Value::Array(allowed.clone())
+            ));
+        }
+        Ok(())
+    }
+
+    /// The operation's documented example answer: its first 2xx status and the value of its
+    /// first JSON example.
+    pub fn example_reply(&self, method: &str, path: &str) -> Option<Reply> {
+        let op = self.operation(method, path).ok()?;
+        let responses = op.op["responses"].as_object()?;
+        let (status, response) = responses.iter().find(|(s, _)| s.starts_with('2'))?;
+        let response = self.resolve(response);
+        let examples = response["content"]["application/json"]["examples"].as_object()?;
+        let (_, example) = examples.iter().next()?;
+        let value = self.resolve(example)["value"].clone();
+        Some(Reply::json(status.parse().ok()?, &value))
+    }
+}
