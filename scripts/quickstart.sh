@@ -28,17 +28,25 @@ rm -rf "$dir"
 mkdir -p "$dir/repo"
 git_() { git -C "$dir/repo" -c user.name=Quickstart -c user.email=quickstart@slipway.invalid -c commit.gpgsign=false "$@"; }
 git_ init -q -b main
-cp examples/quickstart/slipway.yaml examples/quickstart/app.py examples/quickstart/seed.py "$dir/repo/"
+cp examples/quickstart/slipway.yaml examples/quickstart/app.py examples/quickstart/seed.py examples/quickstart/migrate.sql "$dir/repo/"
 git_ add -A && git_ commit -qm "The quickstart stack"
 git_ checkout -q -b feature/hello
 sed -i 's/Hello from Slipway/Hello from a feature branch/' "$dir/repo/slipway.yaml"
 git_ commit -qam "A change to preview" && git_ checkout -q main
 
+pg_url=${QUICKSTART_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+if ! pg_isready -q -d "$pg_url" 2>/dev/null; then
+  echo "PostgreSQL does not answer at $pg_url: start it (or set QUICKSTART_PG_URL)." >&2
+  echo "On Debian: sudo apt-get install -y postgresql && sudo service postgresql start" >&2
+  exit 1
+fi
 cat > "$dir/engine.toml" <<TOML
 [server]
 listen = "$listen"
 [repo]
 poll_interval = "2s"
+[postgres.main]
+url = "$pg_url"
 TOML
 nohup "$slipway" --home "$dir/home" --config "$dir/engine.toml" serve --repo "file://$dir/repo" \
   >"$dir/serve.log" 2>&1 &

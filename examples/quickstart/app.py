@@ -1,7 +1,9 @@
-"""An HTTP service: greets with the rendered config's greeting, shows the seed data."""
+"""An HTTP service: greets with the rendered config's greeting, shows the seed data, and counts
+visits in the environment's own PostgreSQL database (through psql, to need nothing installed)."""
 import argparse
 import json
 import os
+import subprocess
 import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +17,18 @@ def load():
     return config, seed
 
 
+def count_visit():
+    """Records a visit; returns how many this environment's database has seen."""
+    sql = "INSERT INTO visits DEFAULT VALUES; SELECT count(*) FROM visits;"
+    done = subprocess.run(
+        ["psql", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True, text=True, timeout=10,
+    )
+    if done.returncode != 0:
+        return f"unavailable ({done.stderr.strip()[:200]})"
+    return done.stdout.strip().splitlines()[-1]
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
@@ -23,7 +37,8 @@ class Handler(BaseHTTPRequestHandler):
             config, seed = load()
             body = (
                 f"{config['greeting']} ({config['environment']}, "
-                f"workers={os.environ.get('WORKERS')}, seeded_at={seed['seeded_at']:.0f})\n"
+                f"workers={os.environ.get('WORKERS')}, seeded_at={seed['seeded_at']:.0f}, "
+                f"visits={count_visit()}, database={os.environ.get('PGDATABASE')})\n"
             ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")

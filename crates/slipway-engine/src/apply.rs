@@ -583,6 +583,7 @@ impl Engine {
             dirs: &dirs,
             ports: &ports,
             settings: &self.settings,
+            redact: &resolved_all.secrets,
         };
         let envelope_of = |handle: Json| {
             serde_json::to_value(Envelope {
@@ -898,6 +899,7 @@ impl Engine {
                 dirs: &dirs,
                 ports: &ports,
                 settings: &self.settings,
+                redact: &[],
             };
             let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
             let mut result = provider.delete(ctx, handle);

@@ -636,6 +636,7 @@ impl Engine {
             dirs: &dirs,
             ports: &ports,
             settings: &self.settings,
+            redact: &[],
         };
         match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,

@@ -317,7 +317,12 @@ fn call<R: serde::de::DeserializeOwned>(
     stdin.push(b'\n');
     let env = command::child_env(ctx, &config.env);
     let timeout = config.timeout.unwrap_or(ctx.settings.ready_timeout);
-    let log = CappedLog::open_shared(ctx.dirs, ctx.resource, ctx.settings.log_max_bytes)?;
+    let log = CappedLog::open_shared(
+        ctx.dirs,
+        ctx.resource,
+        ctx.settings.log_max_bytes,
+        ctx.redact,
+    )?;
     let shown = command::show_command(&config.program);
     log.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -56,7 +56,12 @@ impl Provider for JobProvider {
         let env = command::child_env(ctx, &config.env);
         let timeout = config.timeout.unwrap_or(ctx.settings.ready_timeout);
         let shown = command::show_command(&config.command);
-        let log = CappedLog::open_shared(ctx.dirs, ctx.resource, ctx.settings.log_max_bytes)?;
+        let log = CappedLog::open_shared(
+            ctx.dirs,
+            ctx.resource,
+            ctx.settings.log_max_bytes,
+            ctx.redact,
+        )?;
         note(&log, &format!("job started: {shown}"));
 
         let finished = Run {

@@ -90,6 +90,10 @@ pub struct ResourceContext<'a> {
     pub ports: &'a BTreeMap<String, u16>,
     /// Engine-wide settings.
     pub settings: &'a ProviderSettings,
+    /// Secret values that went into this resource's configuration: providers that keep the
+    /// resource's output (process and job logs) replace them with `<redacted>` as it is
+    /// written.
+    pub redact: &'a [String],
 }
 
 /// What a successful create or update leaves: outputs other resources may reference, and the
@@ -341,14 +345,29 @@ impl Registry {
 /// Replaces the file at `path` with `bytes` atomically: readers see the old content or the new,
 /// never a mix, and a crash mid-write leaves the old file. Creates the parent directory.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    atomic_write_mode(path, bytes, 0o666)
+}
+
+/// [`atomic_write`] of a file only its owner may read (it may hold secrets).
+pub(crate) fn atomic_write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    atomic_write_mode(path, bytes, 0o600)
+}
+
+fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut temp = path.as_os_str().to_owned();
     temp.push(format!(".tmp.{}", std::process::id()));
     let temp = PathBuf::from(temp);
     let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)

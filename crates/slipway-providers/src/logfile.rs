@@ -28,6 +28,37 @@ pub(crate) struct CappedLog {
     max_bytes: u64,
     file: File,
     len: u64,
+    /// Values replaced by `<redacted>` before they reach the file, longest first.
+    redact: Vec<Vec<u8>>,
+    /// With redaction on, output is written by whole lines (so that a value split across two
+    /// reads is still found): the start of a line not yet ended.
+    pending: Vec<u8>,
+}
+
+/// A line longer than this is written without waiting for its end.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// `bytes` with every occurrence of each value replaced by `<redacted>`.
+fn redact_bytes(bytes: &[u8], values: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for value in values {
+        if value.is_empty() || out.len() < value.len() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(value) {
+                next.extend_from_slice(b"<redacted>");
+                i += value.len();
+            } else {
+                next.push(out[i]);
+                i += 1;
+            }
+        }
+        out = next;
+    }
+    out
 }
 
 /// A log shared by the threads copying a child's output.
@@ -47,7 +78,31 @@ impl CappedLog {
             max_bytes: max_bytes.max(1),
             file,
             len,
+            redact: Vec::new(),
+            pending: Vec::new(),
         })
+    }
+
+    /// Replaces each of `values` (4 characters or longer) with `<redacted>` in what is
+    /// written from now on.
+    pub fn redacting(mut self, values: &[String]) -> CappedLog {
+        let mut redact: Vec<Vec<u8>> = values
+            .iter()
+            .filter(|v| v.chars().count() >= 4)
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        redact.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        redact.dedup();
+        self.redact = redact;
+        self
+    }
+
+    /// Writes what is held back waiting for the end of its line (at the end of the output).
+    pub fn flush_pending(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let _ = self.write_raw(&redact_bytes(&pending, &self.redact));
+        }
     }
 
     /// Opens the log of `resource`, mapping failure to a provider error.
@@ -55,18 +110,35 @@ impl CappedLog {
         dirs: &EnvDirs,
         resource: &str,
         max_bytes: u64,
+        redact: &[String],
     ) -> Result<SharedLog, ProviderError> {
         let path = log_path(dirs, resource);
         CappedLog::open(&path, max_bytes)
-            .map(|log| Arc::new(Mutex::new(log)))
+            .map(|log| Arc::new(Mutex::new(log.redacting(redact))))
             .map_err(|source| ProviderError::Io {
                 context: format!("failed to open log {}", path.display()),
                 source,
             })
     }
 
-    /// Appends `buf`, rotating as often as needed so that no generation exceeds the cap.
-    pub fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+    /// Appends `buf` (redacted, by whole lines, when redaction is on), rotating as often as
+    /// needed so that no generation exceeds the cap.
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.redact.is_empty() {
+            return self.write_raw(buf);
+        }
+        self.pending.extend_from_slice(buf);
+        let cut = match self.pending.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if self.pending.len() > MAX_PENDING => self.pending.len(),
+            None => return Ok(()),
+        };
+        let rest = self.pending.split_off(cut);
+        let lines = std::mem::replace(&mut self.pending, rest);
+        self.write_raw(&redact_bytes(&lines, &self.redact))
+    }
+
+    fn write_raw(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             if self.len >= self.max_bytes {
                 self.rotate()?;
@@ -104,7 +176,12 @@ pub(crate) fn copy_to_log(mut reader: impl Read, log: &SharedLog, mut also: impl
     let mut buf = [0u8; 8192];
     loop {
         match reader.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => {
+                log.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .flush_pending();
+                return;
+            }
             Ok(n) => {
                 also(&buf[..n]);
                 let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -242,6 +319,25 @@ mod tests {
             tail(&dir.path().join("none.log"), 3),
             None,
             "no log, no tail"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_even_when_split_across_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.log");
+        let mut log = CappedLog::open(&path, 1 << 20)
+            .expect("open log")
+            .redacting(&["hunter2-long".into(), "ab".into()]);
+        log.write_all(b"password=hunt").expect("write");
+        log.write_all(b"er2-long ok\nab stays: too short to redact\nlast hunter2-")
+            .expect("write");
+        log.write_all(b"long").expect("write");
+        log.flush_pending();
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            "password=<redacted> ok\nab stays: too short to redact\nlast <redacted>"
         );
     }
 

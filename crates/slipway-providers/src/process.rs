@@ -290,12 +290,14 @@ impl Provider for ProcessProvider {
             state: state_path(ctx),
             restart: config.restart,
             stop_grace_ms: resolved.stop_grace.as_millis() as u64,
+            redact: ctx.redact.to_vec(),
         };
         let spec_file = spec_path(ctx);
         let bytes = crate::to_json(&spec, "the supervisor spec")?
             .to_string()
             .into_bytes();
-        crate::atomic_write(&spec_file, &bytes)
+        // The spec holds the child's environment, secrets included: its owner's eyes only.
+        crate::atomic_write_private(&spec_file, &bytes)
             .map_err(io_error(format!("failed to write {}", spec_file.display())))?;
 
         spawn_detached(program, args, &spec_file).map_err(|e| {

@@ -151,6 +151,10 @@ fn init(dir: &Path) -> Result<ExitCode> {
             "seed.py",
             include_str!("../../../examples/quickstart/seed.py"),
         ),
+        (
+            "migrate.sql",
+            include_str!("../../../examples/quickstart/migrate.sql"),
+        ),
     ];
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, _) in FILES {
@@ -173,11 +177,19 @@ fn init(dir: &Path) -> Result<ExitCode> {
     }
     let shown = dir.display();
     eprintln!(
-        "Wrote a stack to {shown}: slipway.yaml, app.py (an HTTP service) and seed.py (a job)."
+        "Wrote a stack to {shown}: slipway.yaml, app.py (an HTTP service), seed.py (a job) and \
+         migrate.sql (its database schema)."
     );
     eprintln!("Next:");
     eprintln!("  cd {shown} && git init -q && git add . && git commit -qm 'A slipway stack'");
     eprintln!("  slipway validate");
+    eprintln!(
+        "  # the stack has a database: name a PostgreSQL server that may create databases and roles"
+    );
+    eprintln!(
+        "  printf '[postgres.main]\\nurl = \"postgres://postgres@127.0.0.1:5432/postgres\"\\n' > slipway.toml"
+    );
+    eprintln!("  export SLIPWAY_CONFIG=$PWD/slipway.toml");
     eprintln!("  slipway apply --env dev --yes");
     eprintln!("  slipway status");
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quick
 
 fn quickstart() -> Sandbox {
     let s = Sandbox::new();
-    for name in ["slipway.yaml", "app.py", "seed.py"] {
+    for name in ["slipway.yaml", "app.py", "seed.py", "migrate.sql"] {
         let text =
             std::fs::read_to_string(format!("{EXAMPLE}/{name}")).expect("the example exists");
         s.write(name, &text);

@@ -78,6 +78,7 @@ impl TestEnv {
             dirs: &self.dirs,
             ports: &self.ports,
             settings: &self.settings,
+            redact: &[],
         }
     }
 

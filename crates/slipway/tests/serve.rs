@@ -42,7 +42,7 @@ fn answer(s: &Sandbox, server: &Server, token: &str, env: &str, needle: &str) ->
 
 fn setup() -> (Sandbox, String) {
     let s = Sandbox::new();
-    for name in ["app.py", "seed.py"] {
+    for name in ["app.py", "seed.py", "migrate.sql"] {
         s.write(
             name,
             &std::fs::read_to_string(format!("{EXAMPLE}/{name}")).expect("example"),

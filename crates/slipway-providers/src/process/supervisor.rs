@@ -54,6 +54,9 @@ pub(crate) struct SupervisorSpec {
     pub restart: RestartPolicy,
     /// Time between SIGTERM and SIGKILL when stopping the child.
     pub stop_grace_ms: u64,
+    /// Secret values to keep out of the log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
 }
 
 /// What the supervisor is doing.
@@ -167,7 +170,9 @@ pub fn supervise(spec_path: &Path) -> i32 {
         eprintln!("slipway supervisor: cannot write state: {e}");
         return 2;
     }
-    match CappedLog::open(&supervisor.spec.log, supervisor.spec.log_max_bytes) {
+    match CappedLog::open(&supervisor.spec.log, supervisor.spec.log_max_bytes)
+        .map(|log| log.redacting(&supervisor.spec.redact))
+    {
         Ok(log) => supervisor.log = Some(Arc::new(std::sync::Mutex::new(log))),
         Err(e) => {
             // The state file is left behind on purpose: it tells `create` why we stopped.

@@ -61,9 +61,15 @@ impl Sandbox {
         let slot = (std::process::id() % 40) * 200 + NEXT.fetch_add(1, Ordering::Relaxed) % 10 * 20;
         let low = 21000 + slot;
         let config = dir.path().join("engine.toml");
+        // Every sandbox may use this machine's PostgreSQL (the quickstart has a database);
+        // each home's names carry its own id, so sandboxes never share a database.
         std::fs::write(
             &config,
-            format!("[local]\nports = \"{low}-{}\"\n", low + 19),
+            format!(
+                "[local]\nports = \"{low}-{}\"\n[postgres.main]\nurl = \"{}\"\n",
+                low + 19,
+                pg_url()
+            ),
         )
         .expect("write the engine config");
         Sandbox {
@@ -183,6 +189,33 @@ impl Drop for Sandbox {
                 .args(["-KILL", &pid.to_string()])
                 .output();
         }
+        // Databases live outside the sandbox: destroy what is left, so that the server does
+        // not collect one per test run.
+        if self.home.join("state.db").exists() {
+            let status = self.run(&["status", "--output", "json"]);
+            let names: Vec<String> = serde_json::from_slice::<Value>(&status.stdout)
+                .ok()
+                .and_then(|v| {
+                    v["environments"].as_array().map(|a| {
+                        a.iter()
+                            .filter(|e| {
+                                e["resources"].as_array().is_some_and(|r| {
+                                    r.iter().any(|r| {
+                                        r["type"]
+                                            .as_str()
+                                            .is_some_and(|t| t.starts_with("postgres."))
+                                    })
+                                })
+                            })
+                            .filter_map(|e| e["name"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            for env in names {
+                let _ = self.run(&["destroy", "--env", &env, "--yes", "--confirm-destroy", &env]);
+            }
+        }
     }
 }
 
@@ -220,6 +253,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The admin URL of the PostgreSQL server tests use (`.ci/run` starts one when none answers).
+pub fn pg_url() -> String {
+    std::env::var("SLIPWAY_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

@@ -1,0 +1,289 @@
+//! A database per environment, end to end: the real binary, a real git repository and the
+//! PostgreSQL server of this machine (`.ci/run` starts one when none answers on 5432).
+
+mod util;
+
+use serde_json::Value;
+use util::{Sandbox, pg_url};
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&pg_url(), postgres::NoTls).expect(
+        "PostgreSQL answers on 127.0.0.1:5432 (`.ci/run` starts it; or set SLIPWAY_TEST_PG_URL)",
+    )
+}
+
+/// A connection to database `db` as the admin.
+fn admin_to(db: &str) -> postgres::Client {
+    let mut config: postgres::Config = pg_url().parse().expect("a URL");
+    config.dbname(db);
+    config
+        .connect(postgres::NoTls)
+        .expect("connect to the database")
+}
+
+fn database_exists(name: &str) -> bool {
+    admin()
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .expect("query")
+        .is_some()
+}
+
+fn role_exists(name: &str) -> bool {
+    admin()
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .expect("query")
+        .is_some()
+}
+
+/// The outputs of resource `resource` of `env`, from `status --output json`.
+fn outputs(s: &Sandbox, env: &str, resource: &str) -> Value {
+    let status = s.json(&["status", "--env", env, "--output", "json"]);
+    status["environments"][0]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == resource)
+        .unwrap_or_else(|| panic!("no {resource} in {status}"))["outputs"]
+        .clone()
+}
+
+const STACK: &str = r#"version: 1
+stack: pgshop
+environments:
+  dev: { track: main }
+  qa: { track: main }
+  prod: { track: main, protected: true }
+resources:
+  db: { type: postgres.database, extensions: [citext] }
+  migrate:
+    type: job
+    command: ["sh", "-c", "psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -q -c 'CREATE TABLE IF NOT EXISTS visits (who citext); INSERT INTO visits VALUES (current_user)'"]
+    env: { DATABASE_URL: "${resources.db.url}" }
+"#;
+
+#[test]
+fn each_environment_gets_its_own_migrated_database_and_destroy_drops_it_with_connections_open() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", STACK)
+        .commit("a database and a migration");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let dev = outputs(&s, "dev", "db");
+    let db = dev["database"].as_str().expect("database").to_string();
+    let user = dev["user"].as_str().expect("user").to_string();
+    assert_eq!(dev["password"], "<redacted>", "{dev}");
+    assert_eq!(dev["url"], "<redacted>", "{dev}");
+    assert!(db.starts_with("sw_dev_db_") && db.len() <= 63, "{db}");
+    // The migration connected with the output URL, as the generated role.
+    let owner: String = admin()
+        .query_one(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .expect("the database exists")
+        .get(0);
+    assert_eq!(owner, user, "the database belongs to its generated role");
+    let who: String = admin_to(&db)
+        .query_one("SELECT who::text FROM visits", &[])
+        .expect("the migration made the table")
+        .get(0);
+    assert_eq!(who, user, "the job ran as the generated role");
+
+    s.ok(&["apply", "--env", "qa", "--yes"]);
+    let qa = outputs(&s, "qa", "db")["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+    assert_ne!(qa, db, "another environment, another database");
+    assert!(database_exists(&qa));
+
+    // An idle client keeps a connection open: destroy still drops the database and role.
+    let mut holder = admin_to(&db);
+    holder.simple_query("SELECT 1").expect("connected");
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(!database_exists(&db), "dev's database is dropped");
+    assert!(!role_exists(&user), "dev's role is dropped");
+    assert!(
+        holder.simple_query("SELECT 1").is_err(),
+        "the open connection was terminated"
+    );
+    assert!(database_exists(&qa), "qa's database is untouched");
+    s.ok(&["destroy", "--env", "qa", "--yes"]);
+    assert!(!database_exists(&qa));
+}
+
+#[test]
+fn a_dropped_database_is_drift_that_apply_recreates_and_says_data_was_lost() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", STACK)
+        .commit("a database and a migration");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let db = outputs(&s, "dev", "db")["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+    s.expect_code(&["plan", "--env", "dev", "--detailed-exitcode"], 0);
+    admin()
+        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .expect("drop it behind slipway's back");
+    let plan = s.expect_code(&["plan", "--env", "dev", "--detailed-exitcode"], 2);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains("was dropped") && text.contains("data is lost"),
+        "the plan says why, and what it costs:\n{text}"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert!(database_exists(&db), "recreated under the same name");
+    let rows: i64 = admin_to(&db)
+        .query_one("SELECT count(*) FROM visits", &[])
+        .expect("the migration ran again on the new database")
+        .get(0);
+    assert_eq!(rows, 1);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn a_template_is_cloned_with_either_strategy() {
+    let s = Sandbox::new();
+    let template = format!(
+        "slipway_test_tmpl_{}_{}",
+        std::process::id(),
+        fastrand_suffix()
+    );
+    admin()
+        .batch_execute(&format!("CREATE DATABASE \"{template}\""))
+        .expect("create the template");
+    admin_to(&template)
+        .batch_execute("CREATE TABLE seed (n int); INSERT INTO seed VALUES (42)")
+        .expect("seed it");
+    s.write(
+        "slipway.yaml",
+        &format!(
+            "version: 1\nstack: clones\nenvironments:\n  dev: {{ track: main }}\nresources:\n  fast: {{ type: postgres.database, template: {template} }}\n  logged: {{ type: postgres.database, template: {template}, strategy: wal_log }}\n"
+        ),
+    )
+    .commit("clones");
+    let applied = s.run(&["apply", "--env", "dev", "--yes"]);
+    let mut seen = Vec::new();
+    if applied.status.success() {
+        for r in ["fast", "logged"] {
+            let db = outputs(&s, "dev", r)["database"]
+                .as_str()
+                .expect("database")
+                .to_string();
+            let n: i32 = admin_to(&db)
+                .query_one("SELECT n FROM seed", &[])
+                .expect("the clone has the template's table")
+                .get(0);
+            seen.push(n);
+        }
+        s.ok(&["destroy", "--env", "dev", "--yes"]);
+    }
+    admin()
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{template}\" WITH (FORCE)"
+        ))
+        .expect("drop the template");
+    assert!(
+        applied.status.success(),
+        "{}",
+        s.report(&["apply"], &applied, "apply with templates")
+    );
+    assert_eq!(seen, vec![42, 42]);
+}
+
+#[test]
+fn a_protected_environment_keeps_its_database_until_a_person_confirms() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", STACK)
+        .commit("a database and a migration");
+    s.ok(&["apply", "--env", "prod", "--yes"]);
+    let db = outputs(&s, "prod", "db")["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+
+    // The database leaves the stack: `--yes` alone does not drop it.
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: pgshop\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  note: { type: file, path: note.txt, content: hi }\n",
+    )
+    .commit("no database any more");
+    let refused = s.expect_code(&["apply", "--env", "prod", "--yes"], 1);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("protected") && err.contains("--confirm-destroy prod"),
+        "{err}"
+    );
+    assert!(database_exists(&db), "nothing was applied");
+    let wrong = s.expect_code(
+        &[
+            "apply",
+            "--env",
+            "prod",
+            "--yes",
+            "--confirm-destroy",
+            "dev",
+        ],
+        1,
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("does not name"));
+    assert!(database_exists(&db));
+    s.ok(&[
+        "apply",
+        "--env",
+        "prod",
+        "--yes",
+        "--confirm-destroy",
+        "prod",
+    ]);
+    assert!(!database_exists(&db), "dropped once confirmed");
+
+    // Destroying the protected environment itself needs the same confirmation.
+    let refused = s.expect_code(&["destroy", "--env", "prod", "--yes"], 1);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("protected"));
+    s.ok(&[
+        "destroy",
+        "--env",
+        "prod",
+        "--yes",
+        "--confirm-destroy",
+        "prod",
+    ]);
+}
+
+#[test]
+fn hostile_names_make_safe_identifiers_and_injection_goes_nowhere() {
+    let s = Sandbox::new();
+    // Environment names are DNS labels, so the hostile part is the resource name's length and
+    // the fields: a template and an extension that try to break out of their quotes.
+    let long = "r".repeat(60);
+    s.write(
+        "slipway.yaml",
+        &format!(
+            "version: 1\nstack: hostile\nenvironments:\n  dev: {{ track: main }}\nresources:\n  {long}: {{ type: postgres.database }}\n  evil: {{ type: postgres.database, template: 'x\"; DROP DATABASE postgres; --' }}\n"
+        ),
+    )
+    .commit("hostile");
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes"], 1);
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("template") && err.contains("does not exist"),
+        "the quoted template is simply not found: {err}"
+    );
+    assert!(database_exists("postgres"), "nothing was injected");
+    let db = outputs(&s, "dev", &long)["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+    assert!(db.len() <= 63 && database_exists(&db), "{db}");
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(!database_exists(&db));
+}
+
+fn fastrand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
