@@ -340,7 +340,7 @@ pub(crate) fn reconcile(
         );
     }
     let parallelism = inner.options.parallelism;
-    let report = engine.apply(
+    let applied = engine.apply(
         &lock,
         &prepared,
         inner.source.as_ref(),
@@ -350,10 +350,30 @@ pub(crate) fn reconcile(
             // The preview router hides the port change: deploy exposed processes with no
             // downtime.
             swap_exposed: true,
+            // Only a person confirms destroying something in a protected environment.
             confirm_destroy: false,
         },
         &(),
-    )?;
+    );
+    let report = match applied {
+        Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
+            // Held, not failed by a fault: nothing was applied, and retrying will not help
+            // until a person confirms, so it waits for the next regular pass.
+            let message = format!("held: {why}");
+            if record.message.as_deref() != Some(message.as_str()) {
+                event(inner, name, "change.held", &message);
+            }
+            store.set_environment_status(
+                name,
+                "failed",
+                &record.health,
+                Some(&message),
+                now_ms(),
+            )?;
+            return Ok(requeue);
+        }
+        other => other?,
+    };
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "apply of `{name}` at {} failed (deployment #{})",

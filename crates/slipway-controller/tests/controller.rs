@@ -376,3 +376,34 @@ fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
         w.page("dev").filter(|p| p == "two from dev")
     });
 }
+
+#[test]
+fn a_protected_environment_holds_a_destroying_change_and_says_why() {
+    let w = World::new();
+    let guarded = "version: 1\nstack: ctl\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  page: { type: file, path: page.txt, content: \"v1\" }\n  extra: { type: file, path: extra.txt, content: \"x\" }\n";
+    w.push("main", guarded, "protected prod");
+    wait_for("prod is deployed", T, || {
+        w.page("prod").filter(|p| p == "v1")
+    });
+    // The next commit changes page and removes extra: the controller may not delete on its own.
+    w.push(
+        "main",
+        "version: 1\nstack: ctl\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  page: { type: file, path: page.txt, content: \"v2\" }\n",
+        "drop extra",
+    );
+    let record = wait_for("prod's change is held", T, || {
+        w.record("prod").filter(|r| r.sync == "failed")
+    });
+    let message = record.message.unwrap_or_default();
+    assert!(
+        message.contains("protected")
+            && message.contains("extra")
+            && message.contains("--confirm-destroy prod"),
+        "the reason and the way out are recorded: {message}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"), "nothing was applied");
+    assert!(
+        w.home.join("envs/prod/data/extra.txt").exists(),
+        "extra is still there"
+    );
+}
