@@ -21,7 +21,7 @@ fi
 # Environments of an earlier run are destroyed before their directory goes.
 if [ -d "$dir/home" ]; then
   for env in $("$slipway" --home "$dir/home" status --output json | python3 -c 'import json,sys; print(" ".join(e["name"] for e in json.load(sys.stdin)["environments"]))'); do
-    "$slipway" --home "$dir/home" destroy --env "$env" --yes >/dev/null 2>&1 || true
+    "$slipway" --home "$dir/home" destroy --env "$env" --yes --confirm-destroy "$env" >/dev/null 2>&1 || true
   done
 fi
 rm -rf "$dir"

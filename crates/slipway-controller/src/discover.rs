@@ -24,13 +24,25 @@ pub struct Wanted {
     pub ttl: Option<Duration>,
 }
 
-/// The environments `stack` asks for, given the repository's `branches`. A branch matching
-/// several families goes to the first by name. Names never collide: when two branches slug
-/// to the same name, the one that already holds it (`holder` says which branch an existing
-/// environment follows) or else the first by name keeps it, and the other gets a hashed name.
+/// An open pull request that may have a preview environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullHead {
+    /// Its number.
+    pub number: u64,
+    /// The ref holding its head in the repository (`refs/pull/N/head`).
+    pub reference: String,
+}
+
+/// The environments `stack` asks for, given the repository's `branches` and the open pull
+/// requests allowed a preview (`pulls`, for families with `pull_requests: true`: `pr-<n>`). A
+/// branch matching several families goes to the first by name. Names never collide: when two
+/// branches slug to the same name, the one that already holds it (`holder` says which branch
+/// an existing environment follows) or else the first by name keeps it, and the other gets a
+/// hashed name.
 pub fn wanted(
     stack: &Stack,
     branches: &[Branch],
+    pulls: &[PullHead],
     holder: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<Wanted> {
     let mut out: BTreeMap<String, Wanted> = BTreeMap::new();
@@ -52,7 +64,21 @@ pub fn wanted(
         let Some(generate) = &def.generate else {
             continue;
         };
-        for branch in branches {
+        if generate.pull_requests {
+            for pr in pulls {
+                let name = format!("pr-{}", pr.number);
+                out.entry(name.clone()).or_insert(Wanted {
+                    name,
+                    definition: family.clone(),
+                    kind: EnvKind::Generated,
+                    tracked_ref: pr.reference.clone(),
+                    ttl: def.ttl,
+                });
+            }
+        }
+        // Pull request refs are listed among the branches (so that their tips are known),
+        // but only `pull_requests: true` makes environments of them.
+        for branch in branches.iter().filter(|b| !b.name.starts_with("refs/")) {
             if !generate
                 .branches
                 .iter()
@@ -119,6 +145,7 @@ mod tests {
                 b("feature/$(touch /tmp/pwned)"),
                 b("fix/x"),
             ],
+            &[],
             &|_| None,
         );
         let names: Vec<&str> = got.iter().map(|w| w.name.as_str()).collect();
@@ -148,9 +175,12 @@ mod tests {
 
     #[test]
     fn branches_that_slug_alike_get_distinct_names_and_the_holder_keeps_its_own() {
-        let got = wanted(&stack(), &[b("feature-login"), b("feature/login")], &|_| {
-            None
-        });
+        let got = wanted(
+            &stack(),
+            &[b("feature-login"), b("feature/login")],
+            &[],
+            &|_| None,
+        );
         let names: BTreeMap<&str, &str> = got
             .iter()
             .map(|w| (w.tracked_ref.as_str(), w.name.as_str()))
@@ -164,7 +194,12 @@ mod tests {
             "the other gets its own name: {names:?}"
         );
         let held = |n: &str| (n == "br-feature-login").then(|| "feature/login".to_string());
-        let got = wanted(&stack(), &[b("feature-login"), b("feature/login")], &held);
+        let got = wanted(
+            &stack(),
+            &[b("feature-login"), b("feature/login")],
+            &[],
+            &held,
+        );
         let names: BTreeMap<&str, &str> = got
             .iter()
             .map(|w| (w.tracked_ref.as_str(), w.name.as_str()))

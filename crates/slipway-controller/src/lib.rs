@@ -19,6 +19,7 @@
 
 pub mod discover;
 pub mod metrics;
+pub mod pulls;
 pub mod queue;
 mod reconcile;
 
@@ -136,6 +137,11 @@ pub(crate) struct Inner {
     pub preview_port: std::sync::OnceLock<u16>,
     /// Branch tips as of the last fetch: reconciles resolve their ref from here.
     pub tips: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The forge, when one is configured.
+    pub forge: std::sync::OnceLock<pulls::ForgeSetup>,
+    /// Forge events are handled one at a time: a pull request's comment is read, then
+    /// written, and two events about it must not interleave.
+    pub forge_serial: tokio::sync::Mutex<()>,
 }
 
 /// The controller. Cheap to clone; clones share everything.
@@ -166,6 +172,8 @@ impl Controller {
                 metrics: Metrics::default(),
                 tips: Mutex::new(std::collections::BTreeMap::new()),
                 preview_port: std::sync::OnceLock::new(),
+                forge: std::sync::OnceLock::new(),
+                forge_serial: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -193,6 +201,55 @@ impl Controller {
     /// The repository as named in records.
     pub fn repo_label(&self) -> &str {
         &self.inner.repo_label
+    }
+
+    /// Gives the controller its forge (pull requests, webhooks). Once; later calls are
+    /// ignored.
+    pub fn set_forge(&self, setup: pulls::ForgeSetup) {
+        let _ = self.inner.forge.set(setup);
+    }
+
+    /// The forge's webhook verifier and kind, when a forge is configured.
+    pub fn webhook_verifier(
+        &self,
+    ) -> Option<(slipway_forge::ForgeKind, &slipway_forge::WebhookVerifier)> {
+        self.inner.forge.get().map(|s| (s.kind, &s.verifier))
+    }
+
+    /// Handles one verified forge event: records pull requests, posts plans, runs comment
+    /// commands, then refreshes and reconciles what it changed.
+    pub async fn handle_forge_event(
+        &self,
+        event: slipway_forge::ForgeEvent,
+    ) -> Result<(), ControllerError> {
+        let follow = {
+            let _turn = self.inner.forge_serial.lock().await;
+            self.blocking(move |inner| pulls::handle(inner, event))
+                .await?
+        };
+        self.follow_up(follow).await
+    }
+
+    /// Reads the forge's open pull requests and catches up with what was missed.
+    pub async fn catch_up_pull_requests(&self) -> Result<(), ControllerError> {
+        if self.inner.forge.get().is_none() {
+            return Ok(());
+        }
+        let follow = {
+            let _turn = self.inner.forge_serial.lock().await;
+            self.blocking(pulls::catch_up).await?
+        };
+        self.follow_up(follow).await
+    }
+
+    async fn follow_up(&self, follow: pulls::FollowUp) -> Result<(), ControllerError> {
+        for env in &follow.reconcile {
+            self.enqueue(env, Trigger::Manual);
+        }
+        if follow.refresh {
+            self.refresh().await?;
+        }
+        Ok(())
     }
 
     /// Tells the controller where its preview router listens (the server's port).
@@ -255,6 +312,21 @@ impl Controller {
             }
         }
         let _ = self.refresh().await;
+        {
+            // Pull requests opened, pushed to or closed while the controller was down.
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.catch_up_pull_requests().await {
+                    let _ = this.inner.engine.store().record_event(
+                        None,
+                        "forge.failed",
+                        &format!("catching up with open pull requests: {e}"),
+                        &serde_json::json!({}),
+                        slipway_state::now_ms(),
+                    );
+                }
+            });
+        }
         let mut poll = tokio::time::interval(self.inner.options.poll_interval);
         let mut drift = tokio::time::interval(self.inner.options.drift_interval);
         let mut ttl = tokio::time::interval(Duration::from_secs(1));
@@ -287,7 +359,11 @@ impl Controller {
                 _ = sleep => {}
                 _ = poll.tick() => {
                     let this = self.clone();
-                    tokio::spawn(async move { let _ = this.refresh().await; });
+                    tokio::spawn(async move {
+                        let _ = this.refresh().await;
+                        // The safety net for missed webhooks, as for branches.
+                        let _ = this.catch_up_pull_requests().await;
+                    });
                 }
                 _ = drift.tick() => {
                     if let Ok(envs) = self.inner.engine.store().environments() {

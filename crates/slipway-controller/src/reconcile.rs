@@ -35,7 +35,45 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
 /// branch is gone are destroyed. Returns the environments to reconcile, with why.
 pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, ControllerError> {
     inner.source.fetch()?;
-    let branches = inner.source.branches()?;
+    let mut branches = inner.source.branches()?;
+    // Open pull requests allowed a preview: their head refs join the branches (so their tips
+    // are known like a branch's), checked against the head the forge announced.
+    let mut pulls = Vec::new();
+    if let Some(setup) = inner.forge.get() {
+        for pr in inner.engine.store().pull_requests(Some("open"))? {
+            if !pr.preview_allowed {
+                continue;
+            }
+            let reference = setup.forge.pr_head_ref(pr.number as u64);
+            match inner.source.resolve(&reference) {
+                Ok(commit) if commit.sha == pr.head_sha => {
+                    branches.push(slipway_git::Branch {
+                        name: reference.clone(),
+                        sha: commit.sha,
+                    });
+                    pulls.push(discover::PullHead {
+                        number: pr.number as u64,
+                        reference,
+                    });
+                }
+                // Not fetched yet, or moved since the event: the next event or poll has it.
+                // An environment already running keeps running meanwhile.
+                _ => {
+                    if inner
+                        .engine
+                        .store()
+                        .environment(&format!("pr-{}", pr.number))?
+                        .is_some()
+                    {
+                        pulls.push(discover::PullHead {
+                            number: pr.number as u64,
+                            reference,
+                        });
+                    }
+                }
+            }
+        }
+    }
     *inner
         .tips
         .lock()
@@ -88,7 +126,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             .filter(|r| r.kind == "generated")
             .and_then(|r| r.tracked_ref)
     };
-    let wanted = discover::wanted(stack, &branches, &holder);
+    let wanted = discover::wanted(stack, &branches, &pulls, &holder);
     let now = now_ms();
     for w in &wanted {
         let existing = store.environment(&w.name)?;
@@ -150,10 +188,12 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for record in store.environments()? {
         if record.kind == "generated" && !wanted_names.contains(record.name.as_str()) {
-            let why = format!(
-                "branch `{}` is gone",
-                record.tracked_ref.as_deref().unwrap_or("?")
-            );
+            let tracked = record.tracked_ref.as_deref().unwrap_or("?");
+            let why = if tracked.starts_with("refs/") {
+                format!("its pull request is closed or merged ({tracked})")
+            } else {
+                format!("branch `{tracked}` is gone")
+            };
             if let Err(e) = destroy(inner, &record.name, WHO, &why, true) {
                 event(inner, &record.name, "destroy.failed", &e.to_string());
             }

@@ -83,6 +83,18 @@ pub fn schema() -> Json {
             "version": {"const": 1},
             "stack": label,
             "include": {"type": ["array", "string"], "items": {"type": "string"}},
+            "secrets": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "Who can decrypt the secrets file (`slipway secret set` writes it).",
+                "properties": {
+                    "recipients": {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": "^age1[a-z0-9]+$"}
+                    },
+                    "file": {"type": "string"}
+                }
+            },
             "variables": variables,
             "environments": {
                 "type": ["object", "null"],
@@ -95,6 +107,11 @@ pub fn schema() -> Json {
                         "protected": {"type": "boolean"},
                         "self_heal": {"type": "boolean"},
                         "require_pr": {"type": "boolean"},
+                        "apply_requirements": {
+                            "type": "array",
+                            "items": {"enum": crate::stack::APPLY_REQUIREMENTS},
+                            "uniqueItems": true
+                        },
                         "description": {"type": "string"},
                         "ttl": kind_schema(FieldKind::Duration),
                         "variables": variables,

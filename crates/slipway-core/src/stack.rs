@@ -121,6 +121,9 @@ pub struct EnvironmentDef {
     pub self_heal: bool,
     /// Commits must arrive through a merged pull request that met the apply requirements.
     pub require_pr: bool,
+    /// What `/slipway apply ENV` on a pull request needs (`approved`, `mergeable`), as
+    /// written; see [`EnvironmentDef::apply_requirements`].
+    pub requirements: Option<Vec<String>>,
     /// Variable overrides.
     pub variables: BTreeMap<String, Var>,
     /// Present for generated families.
@@ -200,7 +203,23 @@ const ENV_FIELDS: &[&str] = &[
     "generate",
     "ttl",
     "description",
+    "apply_requirements",
 ];
+
+/// What `apply_requirements` may list.
+pub const APPLY_REQUIREMENTS: &[&str] = &["approved", "mergeable"];
+
+impl EnvironmentDef {
+    /// What applying a pull request to this environment before merge needs: as written, or
+    /// `approved` and `mergeable` for a protected environment, nothing otherwise.
+    pub fn apply_requirements(&self) -> Vec<String> {
+        match &self.requirements {
+            Some(list) => list.clone(),
+            None if self.protected => APPLY_REQUIREMENTS.iter().map(|s| s.to_string()).collect(),
+            None => Vec::new(),
+        }
+    }
+}
 const GENERATE_FIELDS: &[&str] = &["pull_requests", "branches"];
 const ENV_ATTRS: &[&str] = &["name", "stack", "kind"];
 
@@ -799,6 +818,7 @@ impl Cx {
             protected: false,
             self_heal: true,
             require_pr: false,
+            requirements: None,
             variables: BTreeMap::new(),
             generate: None,
             ttl: None,
@@ -810,6 +830,17 @@ impl Cx {
                 "protected" => env.protected = self.boolean(v, "`protected`").unwrap_or(false),
                 "self_heal" => env.self_heal = self.boolean(v, "`self_heal`").unwrap_or(true),
                 "require_pr" => env.require_pr = self.boolean(v, "`require_pr`").unwrap_or(false),
+                "apply_requirements" => {
+                    let mut list = Vec::new();
+                    for (r, pos) in self.string_list(v, "`apply_requirements`") {
+                        if APPLY_REQUIREMENTS.contains(&r.as_str()) {
+                            list.push(r);
+                        } else {
+                            self.err(pos, format!("unknown apply requirement `{r}`"), Some("the requirements are `approved` (a reviewer approved the head commit) and `mergeable` (the forge says it merges cleanly)"));
+                        }
+                    }
+                    env.requirements = Some(list);
+                }
                 "description" => {
                     self.string(v, "`description`");
                 }

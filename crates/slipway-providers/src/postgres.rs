@@ -166,8 +166,11 @@ impl PgServers {
             None => Err(ProviderError::Config(format!(
                 "{type_name}: this resource lives on PostgreSQL server {name}, which is no longer \
                  configured; add `[postgres.{name}]` back to the engine config so that Slipway \
-                 can reach it (the configured ones are: {})",
-                self.server_names().collect::<Vec<_>>().join(", ")
+                 can reach it ({})",
+                match self.server_names().collect::<Vec<_>>().join(", ") {
+                    none if none.is_empty() => "none is configured now".to_string(),
+                    some => format!("the configured ones are: {some}"),
+                }
             ))),
         }
     }

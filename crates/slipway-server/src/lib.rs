@@ -39,6 +39,7 @@ mod openapi;
 mod ops;
 pub mod preview;
 mod routes;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,6 +14,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
     all.extend(crate::deployments::schemas());
     all.extend(crate::events::schemas());
     all.extend(crate::ops::schemas());
+    all.extend(crate::webhooks::schemas());
     all
 }
 

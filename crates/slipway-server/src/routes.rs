@@ -203,6 +203,7 @@ pub(crate) fn table() -> Vec<Route> {
     routes.extend(crate::environments::routes());
     routes.extend(crate::deployments::routes());
     routes.extend(crate::events::routes());
+    routes.extend(crate::webhooks::routes());
     routes
 }
 

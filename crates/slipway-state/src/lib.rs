@@ -33,12 +33,14 @@ mod environments;
 mod error;
 mod events;
 mod ports;
+mod pulls;
 mod resources;
 mod schema;
 mod seal;
 mod store;
 mod tokens;
 
+pub use pulls::{LockRecord, PULL_REQUEST_STATES, PullRequestRecord};
 pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};

@@ -116,6 +116,33 @@ CREATE INDEX audit_by_time ON audit (at);
     r#"
 ALTER TABLE environments ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+CREATE TABLE pull_requests (
+    number          INTEGER PRIMARY KEY,
+    title           TEXT NOT NULL,
+    author          TEXT NOT NULL,
+    head_sha        TEXT NOT NULL,
+    head_ref        TEXT NOT NULL,
+    base_ref        TEXT NOT NULL,
+    is_fork         INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    preview_allowed INTEGER NOT NULL,
+    url             TEXT NOT NULL,
+    updated_at      INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE deliveries (
+    id             TEXT PRIMARY KEY,
+    received_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE locks (
+    environment    TEXT PRIMARY KEY,
+    pull_request   INTEGER NOT NULL,
+    who            TEXT NOT NULL,
+    at             INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -69,6 +69,16 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     let config = engine_config(g)?;
     let listen = listen.unwrap_or(config.server.listen.clone());
     let controller = controller(g, repo)?;
+    if let Some(setup) =
+        slipway_controller::pulls::setup_from_config(&config).map_err(anyhow::Error::msg)?
+    {
+        eprintln!(
+            "slipway serve: pull requests from {} (webhooks at /webhooks/{})",
+            setup.kind.as_str(),
+            setup.kind.as_str()
+        );
+        controller.set_forge(setup);
+    }
     let store = controller.engine().store();
     if store.tokens()?.is_empty() {
         let token = slipway_state::new_token();

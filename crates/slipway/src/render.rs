@@ -272,6 +272,13 @@ pub fn status_text(envs: &[EnvironmentStatus]) {
         if let Some(m) = &env.message {
             println!("  {RED}{m}{RED:#}");
         }
+        let type_width = env
+            .resources
+            .iter()
+            .map(|r| r.type_name.len())
+            .max()
+            .unwrap_or(0)
+            .max(10);
         for r in &env.resources {
             let style = if r.status == "ready" { GREEN } else { RED };
             let outputs = match &r.outputs {
@@ -292,7 +299,7 @@ pub fn status_text(envs: &[EnvironmentStatus]) {
                 _ => String::new(),
             };
             println!(
-                "  {:<20} {:<10} {style}{:<9}{style:#} {DIM}{outputs}{DIM:#}",
+                "  {:<20} {:<type_width$} {style}{:<9}{style:#} {DIM}{outputs}{DIM:#}",
                 r.name, r.type_name, r.status
             );
             if let Some(m) = &r.message {

@@ -1,0 +1,852 @@
+//! Pull requests as the gate: what the controller does with a forge's events. Every function
+//! here runs on a blocking thread (forge calls are blocking HTTP).
+//!
+//! - A pull request opened, reopened or pushed to: it is recorded, the repository fetched and
+//!   its head checked against the event, and one comment on it (updated in place) shows the
+//!   plan of every environment it would change once merged (each static environment tracking
+//!   its base branch) and of its own preview environment, with a `slipway/plan` commit status.
+//!   The preview environment `pr-<n>` itself comes from discovery, for generated families with
+//!   `pull_requests: true`, unless the code comes from a fork nobody vouched for.
+//! - Closed or merged: its locks are released (those environments follow their branch again)
+//!   and discovery destroys its preview.
+//! - Comment commands (`/slipway plan|apply|unlock|preview|help`), parsed strictly and only
+//!   honoured from people with write access.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use slipway_core::plan::{Action as Change, Plan};
+use slipway_core::render::EnvKind;
+use slipway_engine::{EngineConfig, EnvTarget, Origin, source};
+use slipway_forge::{
+    Command, CommitStatus, DEFAULT_PLAN_MARKER, EnvPlan, Forge, ForgeConfig, ForgeEvent, ForgeKind,
+    PlanCommentOptions, PrAction, PrState, PullRequestInfo, StatusState, WebhookVerifier,
+    parse_command, render_plan_comment,
+};
+use slipway_state::{PullRequestRecord, now_ms};
+
+use crate::{ControllerError, Inner};
+
+/// The forge a controller works with, and its policy.
+pub struct ForgeSetup {
+    /// The forge's API.
+    pub forge: Arc<dyn Forge>,
+    /// Checks its webhooks.
+    pub verifier: WebhookVerifier,
+    /// Which forge.
+    pub kind: ForgeKind,
+    /// Authors whose pull requests from forks get a preview environment anyway.
+    pub fork_allow: Vec<String>,
+}
+
+/// Reads the first `[forge.NAME]` of the engine configuration (`github`, `gitlab`, `gitea`
+/// or `forgejo`): `repository`, `api_url`, `token_env` (default `GITHUB_TOKEN`,
+/// `GITLAB_TOKEN`, `GITEA_TOKEN`), `webhook_secret_env` (default `SLIPWAY_WEBHOOK_SECRET`),
+/// `bot_login`, `fork_allow`. `None` when no forge is configured.
+pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, String> {
+    let Some((name, table)) = config.forge.iter().next() else {
+        return Ok(None);
+    };
+    if config.forge.len() > 1 {
+        return Err(format!(
+            "several forges are configured ({}); Slipway works with one repository, on one forge",
+            config.forge.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let kind: ForgeKind = name
+        .parse()
+        .map_err(|_| format!("[forge.{name}]: the forges are github, gitlab and gitea"))?;
+    let string = |key: &str| -> Result<Option<String>, String> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("[forge.{name}] {key} must be a string")),
+        }
+    };
+    for key in table.keys() {
+        if ![
+            "repository",
+            "api_url",
+            "token_env",
+            "webhook_secret_env",
+            "bot_login",
+            "fork_allow",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(format!(
+                "[forge.{name}] has an unknown key `{key}`; the keys are repository, api_url, \
+                 token_env, webhook_secret_env, bot_login, fork_allow"
+            ));
+        }
+    }
+    let repository = string("repository")?
+        .ok_or_else(|| format!("[forge.{name}] needs `repository`, e.g. \"acme/shop\""))?;
+    let default_token = match kind {
+        ForgeKind::GitHub => "GITHUB_TOKEN",
+        ForgeKind::GitLab => "GITLAB_TOKEN",
+        ForgeKind::Gitea => "GITEA_TOKEN",
+    };
+    let token_env = string("token_env")?.unwrap_or_else(|| default_token.into());
+    let token = std::env::var(&token_env).map_err(|_| {
+        format!("[forge.{name}] reads its API token from ${token_env}, which is not set")
+    })?;
+    let secret_env =
+        string("webhook_secret_env")?.unwrap_or_else(|| "SLIPWAY_WEBHOOK_SECRET".into());
+    let secret = std::env::var(&secret_env).map_err(|_| {
+        format!(
+            "[forge.{name}] reads its webhook secret from ${secret_env}, which is not set; \
+             webhooks are refused without one"
+        )
+    })?;
+    let fork_allow = match table.get("fork_allow") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("[forge.{name}] fork_allow lists logins (strings)"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(format!(
+                "[forge.{name}] fork_allow must be a list of logins"
+            ));
+        }
+    };
+    let mut forge_config = ForgeConfig::new(kind, repository, token);
+    forge_config.api_url = string("api_url")?;
+    forge_config.bot_login = string("bot_login")?;
+    forge_config.webhook_secret = secret.into();
+    let verifier = forge_config.webhook_verifier();
+    let forge = slipway_forge::connect(forge_config).map_err(|e| format!("[forge.{name}]: {e}"))?;
+    Ok(Some(ForgeSetup {
+        forge: Arc::from(forge),
+        verifier,
+        kind,
+        fork_allow,
+    }))
+}
+
+/// What the async side should do after an event was handled.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct FollowUp {
+    /// Fetch and discover now (a push, a new or closed pull request).
+    pub refresh: bool,
+    /// Environments to reconcile now.
+    pub reconcile: Vec<String>,
+}
+
+fn setup(inner: &Inner) -> Result<&ForgeSetup, ControllerError> {
+    inner
+        .forge
+        .get()
+        .ok_or_else(|| ControllerError::Invalid("no forge is configured".into()))
+}
+
+fn forge_error(e: slipway_forge::ForgeError) -> ControllerError {
+    ControllerError::Invalid(format!("the forge refused: {e}"))
+}
+
+/// Handles one verified event.
+pub(crate) fn handle(inner: &Inner, event: ForgeEvent) -> Result<FollowUp, ControllerError> {
+    match event {
+        ForgeEvent::Push { .. } => Ok(FollowUp {
+            refresh: true,
+            ..FollowUp::default()
+        }),
+        ForgeEvent::PullRequest { action, pr } => match action {
+            PrAction::Opened | PrAction::Reopened | PrAction::Synchronized => {
+                opened(inner, &pr)?;
+                Ok(FollowUp {
+                    refresh: true,
+                    ..FollowUp::default()
+                })
+            }
+            PrAction::Closed | PrAction::Merged => closed(inner, &pr, action == PrAction::Merged),
+            PrAction::Other(_) => Ok(FollowUp::default()),
+        },
+        ForgeEvent::Comment {
+            pr_number,
+            author,
+            body,
+            is_pull_request: true,
+            ..
+        } => comment(inner, pr_number, &author, &body),
+        ForgeEvent::Comment { .. }
+        | ForgeEvent::Review { .. }
+        | ForgeEvent::Ping
+        | ForgeEvent::Ignored { .. } => Ok(FollowUp::default()),
+    }
+}
+
+fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRecord {
+    let known = inner
+        .engine
+        .store()
+        .pull_request(pr.number as i64)
+        .ok()
+        .flatten();
+    let allowed = setup(inner).is_ok_and(|s| s.fork_allow.iter().any(|a| a == &pr.author));
+    PullRequestRecord {
+        number: pr.number as i64,
+        title: pr.title.clone(),
+        author: pr.author.clone(),
+        head_sha: pr.head_sha.clone(),
+        head_ref: pr.head_ref.clone(),
+        base_ref: pr.base_ref.clone(),
+        is_fork: pr.is_fork,
+        state: state.into(),
+        preview_allowed: !pr.is_fork || allowed || known.is_some_and(|k| k.preview_allowed),
+        url: pr.url.clone(),
+        updated_at: now_ms(),
+    }
+}
+
+/// A pull request was opened or its head moved: record it, check the fetched head, and post
+/// its plans.
+fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
+    let record = record_of(inner, pr, "open");
+    inner.engine.store().upsert_pull_request(&record)?;
+    event(
+        inner,
+        &format!("pr-{}", pr.number),
+        "pull_request.updated",
+        &format!(
+            "#{} {} at {}{}",
+            pr.number,
+            pr.title,
+            short(&pr.head_sha),
+            if record.preview_allowed {
+                ""
+            } else {
+                " (from a fork: plans only, no preview until a maintainer says `/slipway preview`)"
+            }
+        ),
+    );
+    post_plans(inner, &record, None)
+}
+
+fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {
+    let store = inner.engine.store();
+    let record = record_of(inner, pr, if merged { "merged" } else { "closed" });
+    store.upsert_pull_request(&record)?;
+    let released = release(inner, pr.number as i64)?;
+    Ok(FollowUp {
+        refresh: true,
+        reconcile: released,
+    })
+}
+
+/// Releases the locks of pull request `number`: those environments follow their branch
+/// again.
+fn release(inner: &Inner, number: i64) -> Result<Vec<String>, ControllerError> {
+    let store = inner.engine.store();
+    let released = store.release_locks(number)?;
+    for env in &released {
+        if let Some(mut record) = store.environment(env)? {
+            record.pinned = false;
+            record.updated_at = now_ms();
+            store.upsert_environment(&record)?;
+        }
+        event(
+            inner,
+            env,
+            "lock.released",
+            &format!("the lock of #{number} is released; `{env}` follows its branch again"),
+        );
+    }
+    Ok(released)
+}
+
+/// The commit at the head of pull request `number` in the repository, after a fetch: the
+/// forge's pull request ref (`refs/pull/N/head`, `refs/merge-requests/N/head`), which also
+/// holds a fork's code. Errors when it is not the head the forge announced.
+fn fetched_head(inner: &Inner, record: &PullRequestRecord) -> Result<String, ControllerError> {
+    let forge = &setup(inner)?.forge;
+    let reference = forge.pr_head_ref(record.number as u64);
+    let resolve = || inner.source.resolve(&reference).map(|c| c.sha);
+    let mut sha = resolve();
+    if sha.as_deref().ok() != Some(record.head_sha.as_str()) {
+        inner.source.fetch()?;
+        sha = resolve();
+    }
+    match sha {
+        Ok(sha) if sha == record.head_sha => Ok(sha),
+        Ok(other) => Err(ControllerError::Invalid(format!(
+            "{reference} is at {} in the repository, not at {} as the forge says; the next \
+             event will plan the newer one",
+            short(&other),
+            short(&record.head_sha)
+        ))),
+        Err(e) => Err(ControllerError::Invalid(format!(
+            "{reference} cannot be read from the repository ({e}); is the forge pushing pull \
+             request refs to it?"
+        ))),
+    }
+}
+
+/// The environments a pull request changes: every static environment tracking its base
+/// branch, and its preview when a family makes one; `only` narrows to one.
+fn targets(
+    stack: &slipway_core::stack::Stack,
+    record: &PullRequestRecord,
+    only: Option<&str>,
+) -> Vec<EnvTarget> {
+    let mut out = Vec::new();
+    for (name, def) in &stack.environments {
+        if def.track.as_deref() == Some(record.base_ref.as_str()) {
+            out.push(EnvTarget {
+                name: name.clone(),
+                definition: name.clone(),
+                kind: EnvKind::Static,
+                owner: None,
+                ttl: None,
+            });
+        }
+    }
+    if record.preview_allowed
+        && let Some((family, def)) = stack
+            .environments
+            .iter()
+            .find(|(_, d)| d.generate.as_ref().is_some_and(|g| g.pull_requests))
+    {
+        out.push(EnvTarget {
+            name: format!("pr-{}", record.number),
+            definition: family.clone(),
+            kind: EnvKind::Generated,
+            owner: Some(record.author.clone()),
+            ttl: def.ttl,
+        });
+    }
+    if let Some(only) = only {
+        out.retain(|t| t.name == only);
+    }
+    out
+}
+
+/// Plans the pull request's head for each environment it changes and posts them as the one
+/// plan comment, with a `slipway/plan` commit status.
+pub(crate) fn post_plans(
+    inner: &Inner,
+    record: &PullRequestRecord,
+    only: Option<&str>,
+) -> Result<(), ControllerError> {
+    let setup = setup(inner)?;
+    let forge = &setup.forge;
+    let status = |state: StatusState, description: &str| {
+        let _ = forge.set_status(&CommitStatus {
+            sha: record.head_sha.clone(),
+            context: "slipway/plan".into(),
+            state,
+            description: description.chars().take(140).collect(),
+            target_url: None,
+        });
+    };
+    status(StatusState::Pending, "planning");
+    let head = match fetched_head(inner, record) {
+        Ok(sha) => sha,
+        Err(e) => {
+            status(StatusState::Error, &e.to_string());
+            return Err(e);
+        }
+    };
+    let loaded = source::load_commit(inner.source.as_ref(), &head, &inner.folder)?;
+    let mut plans = Vec::new();
+    match loaded.valid_stack() {
+        Err(first) => plans.push(EnvPlan {
+            env: "(all)".into(),
+            summary_line: "the stack does not validate".into(),
+            detail_text: String::new(),
+            error: Some(first),
+            preview_url: None,
+        }),
+        Ok(stack) => {
+            let targets = targets(stack, record, only);
+            if targets.is_empty() {
+                plans.push(EnvPlan {
+                    env: only.unwrap_or("(none)").into(),
+                    summary_line: match only {
+                        Some(env) => format!("`{env}` is not changed by this pull request"),
+                        None => format!(
+                            "no environment tracks `{}` and no family previews pull requests",
+                            record.base_ref
+                        ),
+                    },
+                    detail_text: String::new(),
+                    error: None,
+                    preview_url: None,
+                });
+            }
+            for target in targets {
+                let origin = Origin {
+                    source: inner.source.as_ref(),
+                    repo: &inner.repo_label,
+                    reference: &head,
+                    folder: &inner.folder,
+                    tip: Some(&head),
+                };
+                let preview_url = inner
+                    .preview_port
+                    .get()
+                    .map(|port| format!("http://{}.{}.localhost:{port}/", target.name, stack.name));
+                plans.push(match inner.engine.prepare(&origin, &target) {
+                    Ok(prepared) => EnvPlan {
+                        env: target.name.clone(),
+                        summary_line: summary(&prepared.plan),
+                        detail_text: detail(&prepared.plan),
+                        error: None,
+                        preview_url: (target.kind == EnvKind::Generated)
+                            .then_some(preview_url)
+                            .flatten(),
+                    },
+                    Err(e) => EnvPlan {
+                        env: target.name.clone(),
+                        summary_line: "planning failed".into(),
+                        detail_text: String::new(),
+                        error: Some(e.to_string()),
+                        preview_url: None,
+                    },
+                });
+            }
+        }
+    }
+    let body = render_plan_comment(
+        &plans,
+        &PlanCommentOptions {
+            marker: DEFAULT_PLAN_MARKER.into(),
+            head_sha: Some(head.clone()),
+            ..PlanCommentOptions::default()
+        },
+    );
+    forge
+        .upsert_comment(record.number as u64, DEFAULT_PLAN_MARKER, &body)
+        .map_err(forge_error)?;
+    let failed: Vec<&str> = plans
+        .iter()
+        .filter(|p| p.error.is_some())
+        .map(|p| p.env.as_str())
+        .collect();
+    if failed.is_empty() {
+        status(
+            StatusState::Success,
+            &format!("planned {} environment(s)", plans.len()),
+        );
+    } else {
+        status(
+            StatusState::Failure,
+            &format!("planning failed for {}", failed.join(", ")),
+        );
+    }
+    Ok(())
+}
+
+/// One line: what a plan does.
+pub fn summary(plan: &Plan) -> String {
+    let count = |a: Change| plan.changes.iter().filter(|c| c.action == a).count();
+    if !plan.has_changes() {
+        return "no changes".into();
+    }
+    format!(
+        "{} to create, {} to update, {} to replace, {} to delete",
+        count(Change::Create),
+        count(Change::Update),
+        count(Change::Replace),
+        count(Change::Delete)
+    )
+}
+
+/// The plan as text: one line per change, then its field changes. Values are the stack's
+/// (references such as `${secrets.X}` unresolved), so no secret can appear.
+pub fn detail(plan: &Plan) -> String {
+    let mut out = String::new();
+    for c in plan.changes.iter().filter(|c| c.action != Change::Noop) {
+        let sign = match c.action {
+            Change::Create => "+",
+            Change::Update => "~",
+            Change::Replace => "-/+",
+            Change::Delete => "-",
+            Change::Noop => " ",
+        };
+        out.push_str(&format!("{sign} {} ({})", c.resource, c.type_name));
+        if let Some(reason) = &c.reason {
+            out.push_str(&format!(": {reason}"));
+        }
+        out.push('\n');
+        for f in &c.diff {
+            let show = |v: &Option<serde_json::Value>| {
+                v.as_ref().map_or("(none)".to_string(), |v| {
+                    let text = v.to_string();
+                    if text.chars().count() > 200 {
+                        format!("{}…", text.chars().take(200).collect::<String>())
+                    } else {
+                        text
+                    }
+                })
+            };
+            out.push_str(&format!(
+                "    {}: {} → {}{}\n",
+                f.path,
+                show(&f.before),
+                show(&f.after),
+                if f.forces_replace {
+                    " (forces replacement)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    out
+}
+
+fn reply(inner: &Inner, pr: u64, body: &str) {
+    if let Ok(setup) = setup(inner)
+        && let Err(e) = setup.forge.post_comment(pr, body)
+    {
+        event(
+            inner,
+            &format!("pr-{pr}"),
+            "forge.failed",
+            &format!("cannot comment on #{pr}: {e}"),
+        );
+    }
+}
+
+fn audit(inner: &Inner, who: &str, action: &str, target: &str, outcome: &str, detail: &str) {
+    let _ = inner.engine.store().record_audit(&slipway_state::NewAudit {
+        at: now_ms(),
+        who: format!("forge:{who}"),
+        action: action.into(),
+        target: Some(target.into()),
+        outcome: outcome.into(),
+        detail: detail.into(),
+    });
+}
+
+fn comment(
+    inner: &Inner,
+    number: u64,
+    author: &str,
+    body: &str,
+) -> Result<FollowUp, ControllerError> {
+    let command = match parse_command(body) {
+        Ok(None) => return Ok(FollowUp::default()),
+        Ok(Some(command)) => command,
+        Err(e) => {
+            audit(
+                inner,
+                author,
+                "pr.command",
+                &format!("#{number}"),
+                "refused",
+                "malformed command",
+            );
+            reply(inner, number, &e.to_string());
+            return Ok(FollowUp::default());
+        }
+    };
+    let forge = &setup(inner)?.forge;
+    let allowed = forge.has_write_access(author).map_err(forge_error)?;
+    let target = format!("#{number}");
+    if !allowed {
+        audit(
+            inner,
+            author,
+            "pr.command",
+            &target,
+            "refused",
+            &format!("`{command}` without write access"),
+        );
+        reply(
+            inner,
+            number,
+            &format!(
+                "Sorry @{author}, only people with write access to this repository can run \
+                 `{command}`."
+            ),
+        );
+        return Ok(FollowUp::default());
+    }
+    audit(
+        inner,
+        author,
+        "pr.command",
+        &target,
+        "allowed",
+        &command.to_string(),
+    );
+    let store = inner.engine.store();
+    let Some(mut record) = store.pull_request(number as i64)? else {
+        reply(
+            inner,
+            number,
+            "Slipway has not seen this pull request open yet; push to it (or reopen it) first.",
+        );
+        return Ok(FollowUp::default());
+    };
+    match command {
+        Command::Help => {
+            reply(inner, number, slipway_forge::USAGE);
+            Ok(FollowUp::default())
+        }
+        Command::Plan { env } => {
+            post_plans(inner, &record, env.as_deref())?;
+            Ok(FollowUp::default())
+        }
+        Command::Preview => {
+            if !record.preview_allowed {
+                record.preview_allowed = true;
+                record.updated_at = now_ms();
+                store.upsert_pull_request(&record)?;
+                reply(
+                    inner,
+                    number,
+                    &format!(
+                        "@{author} allowed a preview environment for this pull request: \
+                         `pr-{number}` is on its way."
+                    ),
+                );
+            }
+            Ok(FollowUp {
+                refresh: true,
+                ..FollowUp::default()
+            })
+        }
+        Command::Unlock { env } => {
+            if store
+                .environment_lock(&env)?
+                .is_some_and(|l| l.pull_request == record.number)
+            {
+                let released = {
+                    store.unlock_environment(&env, record.number)?;
+                    if let Some(mut e) = store.environment(&env)? {
+                        e.pinned = false;
+                        e.updated_at = now_ms();
+                        store.upsert_environment(&e)?;
+                    }
+                    vec![env.clone()]
+                };
+                reply(
+                    inner,
+                    number,
+                    &format!("Unlocked `{env}`: it follows its branch again."),
+                );
+                Ok(FollowUp {
+                    refresh: false,
+                    reconcile: released,
+                })
+            } else {
+                reply(
+                    inner,
+                    number,
+                    &format!("`{env}` is not locked by this pull request."),
+                );
+                Ok(FollowUp::default())
+            }
+        }
+        Command::Apply { env } => apply(inner, &mut record, &env, author),
+    }
+}
+
+/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when ENV's apply
+/// requirements hold and no other pull request holds it; ENV is then locked to this pull
+/// request (and stays on its head) until it is merged or closed, or unlocked.
+fn apply(
+    inner: &Inner,
+    record: &mut PullRequestRecord,
+    env: &str,
+    author: &str,
+) -> Result<FollowUp, ControllerError> {
+    let number = record.number;
+    let forge = &setup(inner)?.forge;
+    let store = inner.engine.store();
+    let refuse = |why: String| {
+        audit(inner, author, "pr.apply", env, "refused", &why);
+        reply(inner, number as u64, &why);
+        Ok(FollowUp::default())
+    };
+    let details = forge.pull_request(number as u64).map_err(forge_error)?;
+    if details.state != PrState::Open {
+        return refuse(format!("#{number} is not open; nothing was applied."));
+    }
+    if details.info.head_sha != record.head_sha {
+        record.head_sha = details.info.head_sha.clone();
+        store.upsert_pull_request(record)?;
+    }
+    let head = fetched_head(inner, record)?;
+    let loaded = source::load_commit(inner.source.as_ref(), &head, &inner.folder)?;
+    let stack = match loaded.valid_stack() {
+        Ok(stack) => stack,
+        Err(first) => {
+            return refuse(format!(
+                "The stack at {} does not validate, so it cannot be applied: {first}",
+                short(&head)
+            ));
+        }
+    };
+    let Some(def) = stack.environments.get(env).filter(|d| d.track.is_some()) else {
+        let known: Vec<&str> = stack
+            .environments
+            .iter()
+            .filter(|(_, d)| d.track.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        return refuse(format!(
+            "`{env}` is not a static environment of this stack; `/slipway apply` takes one of: {}.",
+            known.join(", ")
+        ));
+    };
+    let requirements = def.apply_requirements();
+    let mut unmet = Vec::new();
+    if requirements.iter().any(|r| r == "approved") {
+        let approvals = forge.approvals(number as u64).map_err(forge_error)?;
+        let current = approvals
+            .iter()
+            .any(|a| a.commit_sha.as_deref().is_none_or(|c| c == head));
+        if !current {
+            unmet.push("approved (no approval of the head commit)".to_string());
+        }
+    }
+    if requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true) {
+        unmet.push(match details.mergeable {
+            Some(false) => "mergeable (it has conflicts or failing required checks)".to_string(),
+            _ => "mergeable (the forge has not decided yet; try again in a moment)".to_string(),
+        });
+    }
+    if !unmet.is_empty() {
+        return refuse(format!(
+            "Not applied to `{env}`: its apply requirements are not met: {}.",
+            unmet.join("; ")
+        ));
+    }
+    let lock = store.lock_environment(env, number, author, now_ms())?;
+    if lock.pull_request != number {
+        return refuse(format!(
+            "Not applied: `{env}` is locked by #{} (applied by @{}). It is released when #{} \
+             is merged or closed, or with `/slipway unlock {env}` there.",
+            lock.pull_request, lock.who, lock.pull_request
+        ));
+    }
+    // Stay on the pull request's head: the environment is pinned to it until the lock goes.
+    let existing = store.environment(env)?;
+    let mut environment = match existing {
+        Some(e) => e,
+        None => {
+            store.unlock_environment(env, number)?;
+            return refuse(format!(
+                "`{env}` has not been deployed yet; let Slipway deploy it from `{}` first.",
+                def.track.as_deref().unwrap_or("its branch")
+            ));
+        }
+    };
+    environment.pinned = true;
+    environment.desired_commit = Some(head.clone());
+    environment.updated_at = now_ms();
+    store.upsert_environment(&environment)?;
+    // The environment may be busy (the controller's own pass, a CLI apply): wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let outcome = loop {
+        let outcome = crate::reconcile::reconcile(inner, env, crate::Trigger::Manual);
+        let at_head = store
+            .environment(env)?
+            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+        let busy = matches!(outcome, Ok(crate::reconcile::Action::Requeue(after)) if after <= std::time::Duration::from_secs(2));
+        if at_head || !busy || std::time::Instant::now() > deadline {
+            break outcome;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let after = store.environment(env)?;
+    let applied = outcome.is_ok()
+        && after
+            .as_ref()
+            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+    if applied {
+        audit(
+            inner,
+            author,
+            "pr.apply",
+            env,
+            "allowed",
+            &format!("#{number} at {head}"),
+        );
+        reply(
+            inner,
+            number as u64,
+            &format!(
+                "Applied #{number} ({}) to `{env}`. `{env}` is locked to this pull request until \
+                 it is merged or closed (`/slipway unlock {env}` releases it sooner).",
+                short(&head)
+            ),
+        );
+    } else {
+        let why = after
+            .and_then(|e| e.message)
+            .or_else(|| outcome.err().map(|e| e.to_string()))
+            .unwrap_or_else(|| "the apply did not finish".into());
+        reply(
+            inner,
+            number as u64,
+            &format!(
+                "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
+                 this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
+                short(&head)
+            ),
+        );
+    }
+    Ok(FollowUp::default())
+}
+
+/// Brings the recorded pull requests in line with the forge's open ones (webhooks missed while
+/// the controller was down): new or moved ones are planned, vanished ones closed.
+pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
+    let forge = &setup(inner)?.forge;
+    let open = forge.open_pull_requests().map_err(forge_error)?;
+    let store = inner.engine.store();
+    let mut follow = FollowUp::default();
+    let listed: BTreeSet<i64> = open.iter().map(|p| p.number as i64).collect();
+    for pr in &open {
+        let known = store.pull_request(pr.number as i64)?;
+        if known
+            .as_ref()
+            .is_none_or(|k| k.head_sha != pr.head_sha || k.state != "open")
+        {
+            if let Err(e) = opened(inner, pr) {
+                event(
+                    inner,
+                    &format!("pr-{}", pr.number),
+                    "pull_request.failed",
+                    &e.to_string(),
+                );
+            }
+            follow.refresh = true;
+        }
+    }
+    for known in store.pull_requests(Some("open"))? {
+        if !listed.contains(&known.number) {
+            let mut gone = known.clone();
+            gone.state = "closed".into();
+            gone.updated_at = now_ms();
+            store.upsert_pull_request(&gone)?;
+            follow.reconcile.extend(release(inner, known.number)?);
+            follow.refresh = true;
+        }
+    }
+    Ok(follow)
+}
+
+fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+    let _ = inner.engine.store().record_event(
+        Some(env),
+        kind,
+        message,
+        &serde_json::json!({}),
+        now_ms(),
+    );
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,215 @@
+//! `/webhooks/{forge}`: a forge's events, verified before anything reads them.
+//!
+//! The signature (GitHub `X-Hub-Signature-256`, Gitea `X-Gitea-Signature`: HMAC-SHA256 over
+//! the raw body) or token (GitLab `X-Gitlab-Token`) is compared in constant time before the
+//! body is parsed; bodies over the server's limit are refused with `413` before they are read
+//! whole. A delivery id seen before is acknowledged and not handled again (redeliveries,
+//! replays). Unknown events are acknowledged and ignored. Every delivery, accepted or not, is
+//! in the audit log; the event is then handled in the background (the forge wants an answer
+//! within seconds), which also refreshes the repository at once.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use slipway_forge::{ForgeEvent, ForgeKind};
+use slipway_state::{NewAudit, now_ms};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::routes::{Access, Route};
+
+pub(crate) fn routes() -> Vec<Route> {
+    vec![
+        Route::post("/webhooks/{forge}", receive)
+            .id("receiveWebhook", "webhook.receive")
+            .summary(
+                "Receive a forge's webhook",
+                "For the forge the controller is configured with (`github`, `gitlab`, `gitea`): push, pull request, review and comment events, verified by their signature or token before they are read. No token: the signature is the authentication. Answers at once; the event is handled in the background.",
+            )
+            .access(Access::Public)
+            .json(StatusCode::ACCEPTED, "WebhookAccepted", "Verified; handled in the background, or acknowledged as a duplicate or an event Slipway does not use.")
+            .errors(&[
+                (StatusCode::UNAUTHORIZED, "The signature or token is missing or wrong."),
+                (StatusCode::SERVICE_UNAVAILABLE, "No forge is configured, or no webhook secret."),
+            ]),
+    ]
+}
+
+pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
+    vec![(
+        "WebhookAccepted",
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["delivery", "event", "handled"],
+            "properties": {
+                "delivery": {"type": "string", "description": "The forge's delivery id."},
+                "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name."},
+                "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery or an event it does not use)."},
+                "duplicate": {"type": "boolean", "description": "A delivery id seen before."}
+            }
+        }),
+    )]
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    delivery: String,
+    event: String,
+    handled: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+fn audit(app: &AppState, who: &str, target: &str, outcome: &str, detail: String) {
+    let _ = app.controller.engine().store().record_audit(&NewAudit {
+        at: now_ms(),
+        who: who.into(),
+        action: "webhook.receive".into(),
+        target: Some(target.into()),
+        outcome: outcome.into(),
+        detail,
+    });
+}
+
+fn kind_name(event: &ForgeEvent) -> String {
+    match event {
+        ForgeEvent::Push { .. } => "push".into(),
+        ForgeEvent::PullRequest { .. } => "pull_request".into(),
+        ForgeEvent::Review { .. } => "review".into(),
+        ForgeEvent::Comment { .. } => "comment".into(),
+        ForgeEvent::Ping => "ping".into(),
+        ForgeEvent::Ignored { kind } => kind.clone(),
+    }
+}
+
+async fn receive(
+    State(app): State<AppState>,
+    Path(forge): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Ok(kind) = forge.parse::<ForgeKind>() else {
+        return Err(ApiError::not_found(format!("no forge called `{forge}`"))
+            .hint("the webhook paths are /webhooks/github, /webhooks/gitlab and /webhooks/gitea"));
+    };
+    let target = format!("/webhooks/{}", kind.as_str());
+    let Some((configured, verifier)) = app.controller.webhook_verifier() else {
+        audit(
+            &app,
+            "anonymous",
+            &target,
+            "refused",
+            "no forge is configured".into(),
+        );
+        return Err(ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller has no forge configured",
+        )
+        .hint("add [forge.github] (or gitlab, gitea) to the engine configuration"));
+    };
+    if configured != kind {
+        audit(
+            &app,
+            "anonymous",
+            &target,
+            "refused",
+            format!("configured for {}", configured.as_str()),
+        );
+        return Err(ApiError::not_found(format!(
+            "this controller takes webhooks from {}, at /webhooks/{}",
+            configured.as_str(),
+            configured.as_str()
+        )));
+    }
+    let delivery = match verifier.verify_and_parse(&headers, &body) {
+        Ok(delivery) => delivery,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            audit(
+                &app,
+                "anonymous",
+                &target,
+                "refused",
+                format!("{}: {e}", status.as_u16()),
+            );
+            return Err(ApiError::client(status, e.to_string()));
+        }
+    };
+    let who = format!("{}:webhook", kind.as_str());
+    let event = kind_name(&delivery.event);
+    let store_key = format!("{}:{}", kind.as_str(), delivery.id);
+    let fresh = {
+        let key = store_key.clone();
+        app.blocking(move |c| Ok(c.engine().store().record_delivery(&key, now_ms())?))
+            .await?
+    };
+    if !fresh {
+        audit(
+            &app,
+            &who,
+            &target,
+            "ok",
+            format!("duplicate delivery {} ({event}) ignored", delivery.id),
+        );
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                delivery: delivery.id,
+                event,
+                handled: false,
+                duplicate: true,
+            }),
+        )
+            .into_response());
+    }
+    let handled = !matches!(
+        delivery.event,
+        ForgeEvent::Ignored { .. } | ForgeEvent::Ping
+    );
+    audit(
+        &app,
+        &who,
+        &target,
+        "ok",
+        format!(
+            "delivery {} ({event}){}",
+            delivery.id,
+            if handled {
+                ""
+            } else {
+                " acknowledged, not used"
+            }
+        ),
+    );
+    if handled {
+        let controller = app.controller.clone();
+        let forge_event = delivery.event;
+        let id = delivery.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = controller.handle_forge_event(forge_event).await {
+                let _ = controller.engine().store().record_event(
+                    None,
+                    "webhook.failed",
+                    &format!("delivery {id}: {e}"),
+                    &json!({}),
+                    now_ms(),
+                );
+            }
+        });
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            delivery: delivery.id,
+            event,
+            handled,
+            duplicate: false,
+        }),
+    )
+        .into_response())
+}

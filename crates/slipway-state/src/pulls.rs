@@ -1,0 +1,288 @@
+//! Pull requests as the controller knows them, webhook deliveries already handled, and the
+//! locks `/slipway apply ENV` takes on an environment for one pull request.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::StateError;
+use crate::store::{Store, one_of, sql};
+
+/// Pull request states.
+pub const PULL_REQUEST_STATES: &[&str] = &["open", "closed", "merged"];
+
+/// One pull request (merge request) of the forge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestRecord {
+    /// Its number.
+    pub number: i64,
+    /// Its title.
+    pub title: String,
+    /// Who opened it.
+    pub author: String,
+    /// The commit at its head, as last seen.
+    pub head_sha: String,
+    /// Its branch (in the fork, for a fork).
+    pub head_ref: String,
+    /// The branch it merges into.
+    pub base_ref: String,
+    /// Whether its code comes from another repository.
+    pub is_fork: bool,
+    /// One of [`PULL_REQUEST_STATES`].
+    pub state: String,
+    /// Whether it may have a preview environment (not a fork, an allowed author, or a
+    /// maintainer's `/slipway preview`).
+    pub preview_allowed: bool,
+    /// Its page on the forge.
+    pub url: String,
+    /// When it was last written, unix milliseconds.
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "number, title, author, head_sha, head_ref, base_ref, is_fork, state, \
+                       preview_allowed, url, updated_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<PullRequestRecord> {
+    Ok(PullRequestRecord {
+        number: row.get(0)?,
+        title: row.get(1)?,
+        author: row.get(2)?,
+        head_sha: row.get(3)?,
+        head_ref: row.get(4)?,
+        base_ref: row.get(5)?,
+        is_fork: row.get(6)?,
+        state: row.get(7)?,
+        preview_allowed: row.get(8)?,
+        url: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+/// An environment locked to a pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// The environment.
+    pub environment: String,
+    /// The pull request holding it.
+    pub pull_request: i64,
+    /// Who applied it.
+    pub who: String,
+    /// When, unix milliseconds.
+    pub at: i64,
+}
+
+impl Store {
+    /// Records a pull request, replacing what was known of it.
+    pub fn upsert_pull_request(&self, pr: &PullRequestRecord) -> Result<(), StateError> {
+        one_of("pull request state", &pr.state, PULL_REQUEST_STATES)?;
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO pull_requests ({COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     ON CONFLICT (number) DO UPDATE SET title = excluded.title, \
+                       author = excluded.author, head_sha = excluded.head_sha, \
+                       head_ref = excluded.head_ref, base_ref = excluded.base_ref, \
+                       is_fork = excluded.is_fork, state = excluded.state, \
+                       preview_allowed = excluded.preview_allowed, url = excluded.url, \
+                       updated_at = excluded.updated_at"
+                ),
+                params![
+                    pr.number,
+                    pr.title,
+                    pr.author,
+                    pr.head_sha,
+                    pr.head_ref,
+                    pr.base_ref,
+                    pr.is_fork,
+                    pr.state,
+                    pr.preview_allowed,
+                    pr.url,
+                    pr.updated_at,
+                ],
+            )
+            .map_err(sql(format!("record pull request #{}", pr.number)))?;
+        Ok(())
+    }
+
+    /// Pull request `number`, if known.
+    pub fn pull_request(&self, number: i64) -> Result<Option<PullRequestRecord>, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM pull_requests WHERE number = ?1"),
+                [number],
+                from_row,
+            )
+            .optional()
+            .map_err(sql(format!("read pull request #{number}")))
+    }
+
+    /// The pull requests in `state` (`None`: all), by number.
+    pub fn pull_requests(&self, state: Option<&str>) -> Result<Vec<PullRequestRecord>, StateError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM pull_requests WHERE ?1 IS NULL OR state = ?1 \
+                 ORDER BY number"
+            ))
+            .map_err(sql("list pull requests"))?;
+        statement
+            .query_map([state], from_row)
+            .map_err(sql("list pull requests"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list pull requests"))
+    }
+
+    /// Remembers a webhook delivery. Returns `false` when it was seen before (a redelivery,
+    /// or a replay), so that each is handled once.
+    pub fn record_delivery(&self, id: &str, at: i64) -> Result<bool, StateError> {
+        let inserted = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO deliveries (id, received_at) VALUES (?1, ?2)",
+                params![id, at],
+            )
+            .map_err(sql("record a webhook delivery"))?;
+        Ok(inserted == 1)
+    }
+
+    /// Locks `environment` to pull request `pr`. Returns the lock that holds it: this one, or
+    /// another pull request's, which is left as it was.
+    pub fn lock_environment(
+        &self,
+        environment: &str,
+        pr: i64,
+        who: &str,
+        at: i64,
+    ) -> Result<LockRecord, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO locks (environment, pull_request, who, at) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![environment, pr, who, at],
+        )
+        .map_err(sql(format!("lock {environment}")))?;
+        conn.query_row(
+            "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
+            [environment],
+            lock_from_row,
+        )
+        .map_err(sql(format!("read the lock of {environment}")))
+    }
+
+    /// The lock on `environment`, if any.
+    pub fn environment_lock(&self, environment: &str) -> Result<Option<LockRecord>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
+                [environment],
+                lock_from_row,
+            )
+            .optional()
+            .map_err(sql(format!("read the lock of {environment}")))
+    }
+
+    /// Every lock, by environment.
+    pub fn locks(&self) -> Result<Vec<LockRecord>, StateError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT environment, pull_request, who, at FROM locks ORDER BY environment",
+            )
+            .map_err(sql("list locks"))?;
+        statement
+            .query_map([], lock_from_row)
+            .map_err(sql("list locks"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list locks"))
+    }
+
+    /// Releases the lock on `environment` if pull request `pr` holds it. Returns whether it
+    /// did.
+    pub fn unlock_environment(&self, environment: &str, pr: i64) -> Result<bool, StateError> {
+        let deleted = self
+            .conn()
+            .execute(
+                "DELETE FROM locks WHERE environment = ?1 AND pull_request = ?2",
+                params![environment, pr],
+            )
+            .map_err(sql(format!("unlock {environment}")))?;
+        Ok(deleted == 1)
+    }
+
+    /// Releases every lock `pr` holds; returns the environments it held.
+    pub fn release_locks(&self, pr: i64) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached("DELETE FROM locks WHERE pull_request = ?1 RETURNING environment")
+            .map_err(sql(format!("release the locks of #{pr}")))?;
+        let mut envs = statement
+            .query_map([pr], |row| row.get::<_, String>(0))
+            .map_err(sql(format!("release the locks of #{pr}")))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql(format!("release the locks of #{pr}")))?;
+        envs.sort();
+        Ok(envs)
+    }
+}
+
+fn lock_from_row(row: &Row<'_>) -> rusqlite::Result<LockRecord> {
+    Ok(LockRecord {
+        environment: row.get(0)?,
+        pull_request: row.get(1)?,
+        who: row.get(2)?,
+        at: row.get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pr(number: i64) -> PullRequestRecord {
+        PullRequestRecord {
+            number,
+            title: "t".into(),
+            author: "a".into(),
+            head_sha: "0".repeat(40),
+            head_ref: "feature/x".into(),
+            base_ref: "main".into(),
+            is_fork: false,
+            state: "open".into(),
+            preview_allowed: true,
+            url: String::new(),
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn pull_requests_deliveries_and_locks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.upsert_pull_request(&pr(7)).expect("record");
+        let mut closed = pr(8);
+        closed.state = "closed".into();
+        store.upsert_pull_request(&closed).expect("record");
+        assert_eq!(store.pull_requests(Some("open")).expect("list").len(), 1);
+        assert_eq!(store.pull_requests(None).expect("list").len(), 2);
+        let mut bad = pr(9);
+        bad.state = "draft".into();
+        assert!(store.upsert_pull_request(&bad).is_err());
+
+        assert!(store.record_delivery("github:abc", 1).expect("first"));
+        assert!(!store.record_delivery("github:abc", 2).expect("replay"));
+
+        assert_eq!(
+            store
+                .lock_environment("prod", 7, "ann", 1)
+                .expect("lock")
+                .pull_request,
+            7
+        );
+        let held = store.lock_environment("prod", 8, "bob", 2).expect("lock");
+        assert_eq!(held.pull_request, 7, "the first lock holds");
+        assert!(!store.unlock_environment("prod", 8).expect("not 8's"));
+        store.lock_environment("qa", 7, "ann", 3).expect("lock");
+        assert_eq!(store.release_locks(7).expect("release"), vec!["prod", "qa"]);
+        assert!(store.environment_lock("prod").expect("read").is_none());
+    }
+}
