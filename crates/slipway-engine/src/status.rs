@@ -47,6 +47,18 @@ pub struct EnvironmentStatus {
     /// The last problem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Who made it (an ad-hoc environment's creator, a preview's pull request author).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Whether it stays on its commit instead of following its ref.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Whether it is protected (destroys need a person's confirmation).
+    #[serde(default)]
+    pub protected: bool,
+    /// The pull request whose `/slipway apply` holds it, until merged, closed or unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_by: Option<i64>,
     /// Its resources.
     pub resources: Vec<ResourceStatus>,
 }
@@ -119,6 +131,10 @@ impl Engine {
             } else {
                 "healthy".to_string()
             };
+            let locked_by = self
+                .store
+                .environment_lock(&env.name)?
+                .map(|l| l.pull_request);
             out.push(EnvironmentStatus {
                 name: env.name,
                 kind: env.kind,
@@ -134,6 +150,10 @@ impl Engine {
                     .to_string()
                 }),
                 tracked_ref: env.tracked_ref,
+                owner: env.owner,
+                pinned: env.pinned,
+                protected: env.protected,
+                locked_by,
                 message: env.message,
                 resources,
             });

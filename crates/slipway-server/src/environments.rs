@@ -141,8 +141,6 @@ pub(crate) fn routes() -> Vec<Route> {
 pub(crate) struct EnvironmentView {
     #[serde(flatten)]
     status: EnvironmentStatus,
-    owner: Option<String>,
-    pinned: bool,
     ttl_seconds: Option<i64>,
 }
 
@@ -161,8 +159,6 @@ impl EnvironmentView {
         }
         EnvironmentView {
             status,
-            owner: record.and_then(|r| r.owner.clone()),
-            pinned: record.is_some_and(|r| r.pinned),
             ttl_seconds: record.and_then(|r| r.ttl_ms).map(|ms| ms / 1000),
         }
     }
@@ -277,7 +273,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                 "type": "object",
                 "additionalProperties": false,
                 "required": ["name", "kind", "commit", "desired_commit", "sync", "health", "url",
-                             "expires_at", "tracked_ref", "resources", "owner", "pinned", "ttl_seconds"],
+                             "expires_at", "tracked_ref", "resources", "owner", "pinned", "protected", "ttl_seconds"],
                 "properties": {
                     "name": name,
                     "kind": {"enum": ENVIRONMENT_KINDS},
@@ -292,6 +288,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                     "resources": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}},
                     "owner": {"type": ["string", "null"], "description": "The token name that created it (ad-hoc environments)."},
                     "pinned": {"type": "boolean", "description": "Pinned environments do not follow their ref."},
+                    "protected": {"type": "boolean", "description": "Destroying it, or a resource in it, needs a person's confirmation."},
+                    "locked_by": {"type": "integer", "description": "The pull request whose `/slipway apply` holds it, until merged, closed or unlocked."},
                     "ttl_seconds": {"type": ["integer", "null"], "description": "How long it lives after its last new commit or extension."}
                 }
             }),

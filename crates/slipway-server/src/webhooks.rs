@@ -91,13 +91,28 @@ async fn receive(
     State(app): State<AppState>,
     Path(forge): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Ok(kind) = forge.parse::<ForgeKind>() else {
         return Err(ApiError::not_found(format!("no forge called `{forge}`"))
             .hint("the webhook paths are /webhooks/github, /webhooks/gitlab and /webhooks/gitea"));
     };
     let target = format!("/webhooks/{}", kind.as_str());
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            // Over the body limit (413), or a body that could not be read: refused unread.
+            let status = rejection.status();
+            audit(
+                &app,
+                "anonymous",
+                &target,
+                "refused",
+                format!("{}: {}", status.as_u16(), rejection.body_text()),
+            );
+            return Err(ApiError::client(status, rejection.body_text()));
+        }
+    };
     let Some((configured, verifier)) = app.controller.webhook_verifier() else {
         audit(
             &app,

@@ -325,10 +325,18 @@ impl Drop for Server {
 /// Starts `slipway serve` on the sandbox's repository (as a `file://` URL, so it is mirrored
 /// and fetched like a remote) on a free port, and waits until it says where it listens.
 pub fn start_serve(s: &Sandbox) -> Server {
+    start_serve_with(s, &[])
+}
+
+/// [`start_serve`] with more environment variables (a forge's token and webhook secret).
+pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
     use std::io::BufRead;
     let url = format!("file://{}", s.repo.display());
-    let mut child = s
-        .cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"])
+    let mut command = s.cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"]);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -350,3 +358,4 @@ pub fn start_serve(s: &Sandbox) -> Server {
         .expect("serve prints where its API listens");
     Server { child, addr }
 }
+pub mod fake_github;

@@ -1,0 +1,434 @@
+//! Pull requests end to end: the real `slipway serve`, a real git repository carrying GitHub's
+//! pull request refs (`refs/pull/N/head`), real processes, GitHub's own webhook payloads
+//! (from `@octokit/webhooks-examples`, signed here) and a fake GitHub API that records what
+//! Slipway asks of it.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use util::fake_github::{
+    FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload, send_webhook,
+    send_webhook_raw,
+};
+use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+
+const SECRET: &[u8] = b"webhook-secret-for-tests";
+const T: Duration = Duration::from_secs(60);
+const MARKER: &str = "<!-- slipway:plan -->";
+
+const STACK: &str = r#"version: 1
+stack: shop
+environments:
+  prod: { track: main, protected: true }
+  qa: { track: main }
+  previews: { generate: { pull_requests: true }, ttl: 1h }
+resources:
+  web:
+    type: process
+    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
+    ports: [http]
+    health: { http: /greeting.txt }
+    expose: http
+"#;
+
+struct World {
+    s: Sandbox,
+    gh: FakeGitHub,
+    server: util::Server,
+    port: u16,
+    deliveries: std::cell::Cell<u32>,
+}
+
+impl World {
+    fn new() -> World {
+        let s = Sandbox::new();
+        let gh = FakeGitHub::start("slipway-bot");
+        let mut config = std::fs::read_to_string(&s.config).expect("config");
+        config.push_str(&format!(
+            "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"{}\"\nbot_login = \"slipway-bot\"\n",
+            gh.url()
+        ));
+        std::fs::write(&s.config, config).expect("config");
+        s.write("slipway.yaml", STACK)
+            .write("greeting.txt", "v1")
+            .commit("v1");
+        let server = start_serve_with(
+            &s,
+            &[
+                ("GITHUB_TOKEN", "test-token"),
+                (
+                    "SLIPWAY_WEBHOOK_SECRET",
+                    std::str::from_utf8(SECRET).expect("utf-8"),
+                ),
+            ],
+        );
+        let port = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        let w = World {
+            s,
+            gh,
+            server,
+            port,
+            deliveries: std::cell::Cell::new(0),
+        };
+        w.serves("prod", "v1");
+        w.serves("qa", "v1");
+        w
+    }
+
+    fn page(&self, env: &str) -> Option<String> {
+        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
+    }
+
+    fn serves(&self, env: &str, text: &str) {
+        wait_for(&format!("{env} serves {text:?}"), T, || {
+            self.page(env).filter(|p| p == text)
+        });
+    }
+
+    /// A commit on `branch` (from main) with `greeting.txt` = `text`, published as the pull
+    /// request ref GitHub keeps for PR `number`.
+    fn push_pr(&self, number: u64, branch: &str, text: &str) -> String {
+        let repo = &self.s.repo;
+        git(repo, &["checkout", "-q", "-B", branch]);
+        self.s.write("greeting.txt", text);
+        let sha = self.s.commit(&format!("{branch}: {text}"));
+        git(
+            repo,
+            &["update-ref", &format!("refs/pull/{number}/head"), &sha],
+        );
+        git(repo, &["checkout", "-q", "main"]);
+        sha
+    }
+
+    fn deliver(&self, event: &str, body: &[u8]) -> (u16, String) {
+        let n = self.deliveries.get() + 1;
+        self.deliveries.set(n);
+        send_webhook(
+            &self.server.addr,
+            SECRET,
+            event,
+            &format!("delivery-{n}"),
+            body,
+        )
+    }
+
+    fn accepted(&self, event: &str, body: &[u8]) {
+        let (status, reply) = self.deliver(event, body);
+        assert_eq!(status, 202, "{event}: {reply}");
+    }
+
+    fn comment(&self, pr: u64, author: &str, body: &str) {
+        self.accepted("issue_comment", &issue_comment_payload(pr, author, body));
+    }
+
+    /// Waits for a comment by Slipway on `pr` that is not the plan and contains `text`.
+    fn reply(&self, pr: u64, text: &str) -> String {
+        self.gh
+            .wait_for_comment(
+                pr,
+                |c| c.author == "slipway-bot" && !c.body.contains(MARKER) && c.body.contains(text),
+                T,
+            )
+            .body
+    }
+
+    fn environments(&self) -> Vec<String> {
+        let status = self.s.json(&["status", "--output", "json"]);
+        status["environments"]
+            .as_array()
+            .expect("environments")
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn environment(&self, name: &str) -> Value {
+        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
+        status["environments"][0].clone()
+    }
+}
+
+#[test]
+fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
+    let w = World::new();
+    w.gh.set_permission("alice", "write");
+    w.gh.set_permission("bob", "read");
+
+    // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
+    let first = w.push_pr(1, "feature-1", "pr1-a");
+    w.gh.add_pr(PrSpec {
+        head_ref: "feature-1".into(),
+        ..PrSpec::new(1, &first)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.gh.pr(1), false, None),
+    );
+    let plan = w.gh.wait_for_comment(1, |c| c.body.contains(MARKER), T);
+    for env in ["prod", "qa", "pr-1"] {
+        assert!(
+            plan.body.contains(env),
+            "the plan covers {env}:\n{}",
+            plan.body
+        );
+    }
+    w.gh.wait_for_status(
+        &first,
+        |s| s.context == "slipway/plan" && s.state == "success",
+        T,
+    );
+    w.serves("pr-1", "pr1-a");
+
+    // Push again: the same comment is updated, and pr-1 follows.
+    let second = w.push_pr(1, "feature-1", "pr1-b");
+    w.gh.set_head(1, &second);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.gh.pr(1), false, None),
+    );
+    w.gh.wait_for_comment(
+        1,
+        |c| c.body.contains(MARKER) && c.body.contains(&second[..12]),
+        T,
+    );
+    w.serves("pr-1", "pr1-b");
+    let plans: Vec<_> =
+        w.gh.comments(1)
+            .into_iter()
+            .filter(|c| c.body.contains(MARKER))
+            .collect();
+    assert_eq!(plans.len(), 1, "one plan comment, edited in place");
+    assert!(plans[0].edits >= 1);
+
+    // Apply to prod before approval: refused; prod untouched.
+    w.comment(1, "alice", "/slipway apply prod");
+    let refused = w.reply(1, "apply requirements are not met");
+    assert!(refused.contains("approved"), "{refused}");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // Approved: applied, and prod is locked to #1.
+    w.gh.approve(1, "carol", &second);
+    w.comment(1, "alice", "/slipway apply prod");
+    let applied = w.reply(1, "Applied #1");
+    assert!(applied.contains("locked"), "{applied}");
+    w.serves("prod", "pr1-b");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"), "only prod was applied");
+
+    // A second PR may not apply to prod while #1 holds it.
+    let other = w.push_pr(2, "feature-2", "pr2");
+    w.gh.add_pr(PrSpec {
+        head_ref: "feature-2".into(),
+        ..PrSpec::new(2, &other)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.gh.pr(2), false, None),
+    );
+    w.gh.wait_for_comment(2, |c| c.body.contains(MARKER), T);
+    w.gh.approve(2, "carol", &other);
+    w.comment(2, "alice", "/slipway apply prod");
+    let locked = w.reply(2, "locked by #1");
+    assert!(locked.contains("prod"), "{locked}");
+    assert_eq!(w.page("prod").as_deref(), Some("pr1-b"));
+
+    // Merge #1: the lock goes, prod follows main again, pr-1 is destroyed.
+    git(
+        &w.s.repo,
+        &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
+    );
+    let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
+    w.gh.set_state(
+        1,
+        PrState::Merged {
+            merge_sha: merge.clone(),
+        },
+    );
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("closed", &w.gh.pr(1), true, Some(&merge)),
+    );
+    wait_for("pr-1 is destroyed", T, || {
+        (!w.environments().contains(&"pr-1".to_string())).then_some(())
+    });
+    wait_for("prod follows main, unpinned, at the merge", T, || {
+        let prod = w.environment("prod");
+        (prod["commit"] == merge.as_str() && prod["pinned"] == false).then_some(())
+    });
+    w.serves("prod", "pr1-b");
+    // #2 may apply now that the lock is gone.
+    w.comment(2, "alice", "/slipway apply prod");
+    w.reply(2, "Applied #2");
+    w.serves("prod", "pr2");
+    assert!(
+        w.gh.unhandled().is_empty(),
+        "Slipway only called GitHub's API as documented:\n{}",
+        w.gh.recent_requests(20)
+    );
+}
+
+#[test]
+fn hostile_webhooks_and_commands_are_refused_and_audited() {
+    let w = World::new();
+    w.gh.set_permission("alice", "write");
+    w.gh.set_permission("bob", "read");
+    // The forge announces a branch name no shell should ever see (git itself would refuse it
+    // as a local branch: the commit is made on a plain one).
+    let sha = w.push_pr(5, "hostile", "hostile");
+    // (A name with a space is no git ref at all: the forge adapter refuses such a payload as
+    // malformed, 400; this one is a valid ref name.)
+    w.gh.add_pr(PrSpec {
+        head_ref: "$(touch${IFS}/tmp/pwned)".into(),
+        ..PrSpec::new(5, &sha)
+    });
+    let opened = pull_request_payload("opened", &w.gh.pr(5), false, None);
+
+    // No signature, a forged one, a wrong secret: 401, nothing handled.
+    let addr = &w.server.addr;
+    let (status, _) = send_webhook_raw(
+        addr,
+        &[
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", "x-1"),
+        ],
+        &opened,
+    );
+    assert_eq!(status, 401, "a missing signature is refused");
+    let forged = format!("sha256={}", "0".repeat(64));
+    let (status, _) = send_webhook_raw(
+        addr,
+        &[
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", "x-2"),
+            ("X-Hub-Signature-256", &forged),
+        ],
+        &opened,
+    );
+    assert_eq!(status, 401, "a forged signature is refused");
+    let (status, _) = send_webhook(addr, b"another secret", "pull_request", "x-3", &opened);
+    assert_eq!(status, 401, "another secret is refused");
+    // Malformed JSON, signed: 400; a 10 MB body: 413 before it is read whole.
+    let (status, _) = send_webhook(addr, SECRET, "pull_request", "x-4", b"{not json");
+    assert_eq!(status, 400);
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let (status, _) = send_webhook(addr, SECRET, "pull_request", "x-5", &big);
+    assert_eq!(status, 413);
+    // An event Slipway does not use: acknowledged, not handled.
+    let (status, reply) = send_webhook(addr, SECRET, "star", "x-6", b"{}");
+    assert_eq!(status, 202, "{reply}");
+    assert!(reply.contains("\"handled\":false"), "{reply}");
+
+    // Signed and fresh: handled; the same delivery again: acknowledged as a duplicate.
+    let (status, _) = send_webhook(addr, SECRET, "pull_request", "x-7", &opened);
+    assert_eq!(status, 202);
+    let (status, reply) = send_webhook(addr, SECRET, "pull_request", "x-7", &opened);
+    assert_eq!(status, 202);
+    assert!(reply.contains("\"duplicate\":true"), "{reply}");
+    w.gh.wait_for_comment(5, |c| c.body.contains(MARKER), T);
+    assert!(
+        !std::path::Path::new("/tmp/pwned").exists(),
+        "a branch name is never run"
+    );
+
+    // A commenter without write access, and a command with extra arguments.
+    w.comment(5, "bob", "/slipway apply qa");
+    let refusal = w.reply(5, "only people with write access");
+    assert!(refusal.contains("bob"), "{refusal}");
+    w.comment(5, "alice", "/slipway apply qa; rm -rf /");
+    w.reply(5, "/slipway apply ENV");
+    w.comment(5, "alice", "/slipway apply prod now");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"), "nothing was applied");
+
+    // Everything above is in the audit log.
+    let token = String::from_utf8_lossy(&w.s.ok(&["token", "create", "--role", "admin"]).stdout)
+        .trim()
+        .to_string();
+    let audit = util::fake_github::http_request(
+        addr,
+        "GET",
+        "/api/v1/audit?limit=1000",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .expect("audit");
+    let entries: Value = serde_json::from_str(&audit.body).expect("json");
+    let text = entries.to_string();
+    let refused = entries["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "webhook.receive" && e["outcome"] == "refused")
+        .count();
+    assert!(refused >= 5, "every refused delivery is audited: {text}");
+    assert!(text.contains("duplicate delivery x-7"), "{text}");
+    assert!(
+        text.contains("without write access"),
+        "the refused command is audited: {text}"
+    );
+}
+
+#[test]
+fn a_fork_gets_plans_but_no_preview_until_a_maintainer_says_so() {
+    let w = World::new();
+    w.gh.set_permission("alice", "write");
+    let sha = w.push_pr(3, "fork-work", "from a fork");
+    w.gh.add_pr(PrSpec {
+        author: "mallory".into(),
+        fork: true,
+        head_ref: "fork-work".into(),
+        ..PrSpec::new(3, &sha)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.gh.pr(3), false, None),
+    );
+    let plan = w.gh.wait_for_comment(3, |c| c.body.contains(MARKER), T);
+    assert!(
+        plan.body.contains("prod") && !plan.body.contains("pr-3"),
+        "plans, and no preview for a fork:\n{}",
+        plan.body
+    );
+    assert!(!w.environments().contains(&"pr-3".to_string()));
+    w.comment(3, "alice", "/slipway preview");
+    w.reply(3, "allowed a preview environment");
+    w.serves("pr-3", "from a fork");
+}
+
+#[test]
+fn pull_requests_missed_while_the_controller_was_down_are_caught_up_on_start() {
+    let w = World::new();
+    // Opened while nobody listened: no webhook is sent at all.
+    let sha = w.push_pr(9, "feature-9", "missed");
+    w.gh.add_pr(PrSpec {
+        head_ref: "feature-9".into(),
+        ..PrSpec::new(9, &sha)
+    });
+    let World { s, gh, server, .. } = w;
+    drop(server);
+    let server = start_serve_with(
+        &s,
+        &[
+            ("GITHUB_TOKEN", "test-token"),
+            (
+                "SLIPWAY_WEBHOOK_SECRET",
+                std::str::from_utf8(SECRET).expect("utf-8"),
+            ),
+        ],
+    );
+    let port: u16 = server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    gh.wait_for_comment(9, |c| c.body.contains(MARKER), T);
+    wait_for("pr-9 serves the missed pull request", T, || {
+        http_get_host(port, "pr-9.shop.localhost", "/greeting.txt").filter(|p| p == "missed")
+    });
+}

@@ -1,0 +1,2549 @@
+//! A fake GitHub for end-to-end tests of `slipway serve`: the REST API its GitHub adapter
+//! calls, and the webhook deliveries GitHub sends.
+//!
+//! - [`FakeGitHub`] is a real HTTP/1.1 server on `127.0.0.1:0` (a thread per connection,
+//!   keep-alive, bodies by `Content-Length` or chunked) that answers exactly the calls
+//!   `slipway-forge`'s GitHub adapter makes, for one repository, [`REPO`] (`acme/shop`), from
+//!   in-memory state the test controls: pull requests, reviews, collaborator permissions. It
+//!   keeps what the adapter writes (issue comments, commit statuses) and records every request
+//!   with its answer. Answers have the fields of GitHub's REST API description
+//!   (`@octokit/openapi`; `tests/fake_github_selftest.rs` checks them against it), lists are
+//!   paginated with `Link` headers like GitHub's, and anything else is a `404` recorded with no
+//!   operation ([`FakeGitHub::unhandled`]), so that a test can assert that none happened.
+//! - The payload builders ([`pull_request_payload`], [`issue_comment_payload`],
+//!   [`pull_request_review_payload`], [`push_payload`]) start from GitHub's own example
+//!   deliveries (`@octokit/webhooks-examples`, fetched once per target directory by
+//!   `slipway-forge`'s `tests/fetch-fixtures.sh`, exactly as its own tests do), rename the
+//!   repository to `acme/shop`, and patch only what the scenario needs.
+//! - [`send_webhook`] POSTs a delivery signed like GitHub's (`X-Hub-Signature-256`) to
+//!   `slipway serve`'s [`WEBHOOK_PATH`]; [`send_webhook_raw`] and [`try_send_webhook_raw`] send
+//!   any headers and body, for hostile cases; [`http_request`] is the plain client under them.
+//!
+//! ```ignore
+//! let gh = FakeGitHub::start("slipway-bot");
+//! gh.add_pr(PrSpec { fork: true, author: "mallory".into(), ..PrSpec::new(7, &sha) });
+//! gh.set_permission("alice", "write");
+//! // … start `slipway serve` with [forge.github] api_url = gh.url(), repository = "acme/shop"
+//! let body = pull_request_payload("opened", &gh.pr(7), false, None);
+//! let (status, _) = send_webhook(&server.addr, SECRET, "pull_request", "d-1", &body);
+//! assert_eq!(status, 202);
+//! let plan = gh.wait_for_comment(7, |c| c.body.contains("slipway:plan"), T);
+//! assert!(gh.unhandled().is_empty());
+//! ```
+//!
+//! The server never panics on what a client sends (malformed requests get a `400`, oversized
+//! ones a `413`/`431`, and a bug in an answer a `500`); its state sits behind a mutex that a
+//! panicking test does not poison for the others. The test-side methods do panic on test bugs
+//! (an unknown pull request number, an unknown permission level).
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+/// The one repository the fake serves, and every payload names.
+pub const REPO: &str = "acme/shop";
+/// [`REPO`]'s owner (an organization).
+pub const OWNER: &str = "acme";
+/// [`REPO`]'s name.
+pub const NAME: &str = "shop";
+/// [`REPO`]'s id, the same in API answers and webhook payloads (the adapter tells forks by it).
+pub const REPO_ID: u64 = 700_000_001;
+/// [`REPO`]'s default branch.
+pub const DEFAULT_BRANCH: &str = "main";
+/// Where `slipway serve` receives GitHub's deliveries.
+pub const WEBHOOK_PATH: &str = "/webhooks/github";
+
+/// The web UI's root, for `html_url`s.
+const WEB: &str = "https://github.com";
+/// The API root the example payloads use (`url` fields of webhook payloads).
+const PUBLIC_API: &str = "https://api.github.com";
+/// The repository of every `@octokit/webhooks-examples` payload.
+const EXAMPLE_REPO: &str = "Codertocat/Hello-World";
+const DOCS: &str = "https://docs.github.com/rest";
+
+/// GitHub's limit on a comment body, in characters.
+pub const COMMENT_LIMIT: usize = 65_536;
+/// GitHub's limit on a commit status description, in characters.
+pub const STATUS_DESCRIPTION_LIMIT: usize = 140;
+
+const MAX_LINE: u64 = 16 * 1024;
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 200;
+const MAX_BODY: usize = 16 << 20;
+/// How long a keep-alive connection may sit idle (ureq drops pooled ones after 15 s).
+const IDLE: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(20);
+
+/// A pull request to put on the fake (and into payloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrSpec {
+    /// Its number.
+    pub number: u64,
+    /// The head commit (40 hex digits for anything the adapter should accept).
+    pub head_sha: String,
+    /// The source branch.
+    pub head_ref: String,
+    /// The target branch.
+    pub base_ref: String,
+    /// The author's login.
+    pub author: String,
+    /// The head lives in a fork: `<author>/shop` (`<author>-fork/shop` when the author is
+    /// `acme`), with another repository id and `fork: true`.
+    pub fork: bool,
+    /// Its title.
+    pub title: String,
+}
+
+impl PrSpec {
+    /// Pull request `number` at `head_sha`: branch `feature-<number>` into `main`, by `alice`,
+    /// not from a fork, titled `Change <number>`. Change fields with struct update syntax.
+    pub fn new(number: u64, head_sha: &str) -> PrSpec {
+        PrSpec {
+            number,
+            head_sha: head_sha.to_owned(),
+            head_ref: format!("feature-{number}"),
+            base_ref: DEFAULT_BRANCH.to_owned(),
+            author: "alice".to_owned(),
+            fork: false,
+            title: format!("Change {number}"),
+        }
+    }
+
+    /// The head repository's `owner/name`: [`REPO`], or the fork's.
+    pub fn head_repo_full_name(&self) -> String {
+        if self.fork {
+            format!("{}/{NAME}", self.fork_owner())
+        } else {
+            REPO.to_owned()
+        }
+    }
+
+    /// The head repository's owner.
+    fn fork_owner(&self) -> String {
+        if !self.fork {
+            OWNER.to_owned()
+        } else if self.author.eq_ignore_ascii_case(OWNER) {
+            format!("{}-fork", self.author)
+        } else {
+            self.author.clone()
+        }
+    }
+
+    /// The pull request's web page.
+    pub fn html_url(&self) -> String {
+        format!("{WEB}/{REPO}/pull/{}", self.number)
+    }
+}
+
+/// A pull request's state on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrState {
+    /// Open (the state [`FakeGitHub::add_pr`] gives).
+    Open,
+    /// Closed without merging.
+    Closed,
+    /// Merged as `merge_sha`.
+    Merged {
+        /// The merge commit (`merge_commit_sha`).
+        merge_sha: String,
+    },
+}
+
+/// An issue comment on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment {
+    /// Its id.
+    pub id: u64,
+    /// Its author's login (the bot's for comments posted through the API).
+    pub author: String,
+    /// Its body now.
+    pub body: String,
+    /// How many times it was edited (`PATCH`).
+    pub edits: u32,
+}
+
+/// A commit status posted to the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Its context, e.g. `slipway/plan`.
+    pub context: String,
+    /// `pending`, `success`, `failure` or `error`.
+    pub state: String,
+    /// Its description, if one was sent.
+    pub description: Option<String>,
+    /// Its link, if one was sent.
+    pub target_url: Option<String>,
+}
+
+/// One request the fake received, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `POST`… (`(malformed)` for a request that could not be read).
+    pub method: String,
+    /// The path as sent (still percent-encoded), without the query.
+    pub path: String,
+    /// The query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The body as JSON; `None` when it was empty or not JSON.
+    pub body: Option<Value>,
+    /// The body as received.
+    pub raw_body: Vec<u8>,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The status the fake answered with.
+    pub status: u16,
+    /// The GitHub operation the request matched (its OpenAPI `operationId`, e.g.
+    /// `issues/create-comment`); `None` for a path or method the fake does not implement.
+    pub operation: Option<&'static str>,
+    /// The JSON the fake answered with.
+    pub response: Value,
+    /// Which TCP connection it came on (numbered from 1 per fake): requests of one keep-alive
+    /// connection share it.
+    pub connection: u64,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `METHOD /path?query -> status`, for assertion messages.
+    pub fn line(&self) -> String {
+        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let sep = if q.is_empty() { "" } else { "?" };
+        format!(
+            "{} {}{sep}{} -> {}",
+            self.method,
+            self.path,
+            q.join("&"),
+            self.status
+        )
+    }
+}
+
+/// A fake GitHub REST API for [`REPO`], on `127.0.0.1`. Stopped when dropped.
+///
+/// Endpoints (under the root [`FakeGitHub::url`], like `https://api.github.com`):
+///
+/// | request | answer |
+/// | --- | --- |
+/// | `GET /user` | the bot (`403` when its login ends in `[bot]`: an App token cannot read it) |
+/// | `GET /repos/acme/shop/issues/{n}/comments` | its comments, oldest first, paginated |
+/// | `POST /repos/acme/shop/issues/{n}/comments` | `201`, a comment by the bot |
+/// | `GET`/`PATCH /repos/acme/shop/issues/comments/{id}` | the comment; `PATCH` edits it |
+/// | `POST /repos/acme/shop/statuses/{sha}` | `201`, the status |
+/// | `GET /repos/acme/shop/pulls?state=open\|closed\|all` | newest first, paginated |
+/// | `GET /repos/acme/shop/pulls/{n}` | the pull request, with `mergeable` and `merged` |
+/// | `GET /repos/acme/shop/pulls/{n}/reviews` | its reviews, oldest first, paginated |
+/// | `GET /repos/acme/shop/collaborators/{user}/permission` | as set; `404` for a user never set |
+///
+/// Every one needs an `Authorization` header (any token, or the one of
+/// [`FakeGitHub::require_token`]), else `401`. Unknown pull requests and comments are `404`;
+/// bodies GitHub would refuse are `422` (an empty or over-65,536-character comment, a status
+/// state that is not one of the four, a description over 140 characters, a sha that is not
+/// hex); unparsable JSON is `400`.
+pub struct FakeGitHub {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    bot_login: String,
+    /// `http://127.0.0.1:PORT`: the root of the API URLs in answers.
+    base_url: String,
+    state: Mutex<State>,
+    stop: AtomicBool,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    prs: Vec<Pr>,
+    comments: Vec<StoredComment>,
+    reviews: Vec<StoredReview>,
+    statuses: Vec<StoredStatus>,
+    /// Lowercased login → (login as set, level).
+    permissions: HashMap<String, (String, String)>,
+    requests: Vec<Recorded>,
+    failures: Vec<Failure>,
+    token: Option<String>,
+}
+
+struct Pr {
+    spec: PrSpec,
+    state: PrState,
+    mergeable: Option<bool>,
+    created_at: String,
+    updated_at: String,
+    closed_at: Option<String>,
+}
+
+struct StoredComment {
+    id: u64,
+    pr: u64,
+    author: String,
+    body: String,
+    edits: u32,
+    created_at: String,
+    updated_at: String,
+}
+
+struct StoredReview {
+    id: u64,
+    pr: u64,
+    reviewer: String,
+    state: String,
+    commit_id: String,
+    submitted_at: String,
+}
+
+struct StoredStatus {
+    id: u64,
+    sha: String,
+    status: Status,
+    created_at: String,
+}
+
+struct Failure {
+    method: String,
+    path_contains: String,
+    status: u16,
+    remaining: u32,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        if self.next_id == 0 {
+            self.next_id = 1_000_000_001;
+        }
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn pr(&self, number: u64) -> Option<&Pr> {
+        self.prs.iter().find(|p| p.spec.number == number)
+    }
+
+    fn pr_mut(&mut self, number: u64) -> &mut Pr {
+        self.prs
+            .iter_mut()
+            .find(|p| p.spec.number == number)
+            .unwrap_or_else(|| panic!("the fake GitHub has no pull request #{number}: add_pr it"))
+    }
+
+    fn permission(&self, login: &str) -> Option<&str> {
+        self.permissions
+            .get(&login.to_ascii_lowercase())
+            .map(|(_, level)| level.as_str())
+    }
+
+    fn association(&self, login: &str) -> &'static str {
+        if login.eq_ignore_ascii_case(OWNER) {
+            return "OWNER";
+        }
+        match self.permission(login) {
+            Some("none") | None => {
+                if self
+                    .prs
+                    .iter()
+                    .any(|p| p.spec.author.eq_ignore_ascii_case(login))
+                {
+                    "CONTRIBUTOR"
+                } else {
+                    "NONE"
+                }
+            }
+            Some(_) => "COLLABORATOR",
+        }
+    }
+}
+
+impl FakeGitHub {
+    /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
+    /// it and comments posted through the API are its.
+    pub fn start(bot_login: &str) -> FakeGitHub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let shared = Arc::new(Shared {
+            bot_login: bot_login.to_owned(),
+            base_url: format!("http://{addr}"),
+            state: Mutex::new(State::default()),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+        });
+        let accept = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("fake-github-accept".into())
+                .spawn(move || accept_loop(&shared, &listener))
+                .expect("spawn the fake GitHub's accept thread")
+        };
+        FakeGitHub {
+            shared,
+            addr,
+            accept: Some(accept),
+        }
+    }
+
+    /// The API root to configure (`api_url`): `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The bot's login, as given to [`FakeGitHub::start`].
+    pub fn bot_login(&self) -> &str {
+        &self.shared.bot_login
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// Requires `Authorization: Bearer <token>` (or `token <token>`) on every request; a
+    /// request with another token gets `401 Bad credentials`.
+    pub fn require_token(&self, token: &str) {
+        self.lock().token = Some(token.to_owned());
+    }
+
+    /// Adds (or replaces) an open pull request, mergeable, with no reviews.
+    pub fn add_pr(&self, spec: PrSpec) {
+        let now = now_iso();
+        let mut st = self.lock();
+        st.prs.retain(|p| p.spec.number != spec.number);
+        st.reviews.retain(|r| r.pr != spec.number);
+        st.prs.push(Pr {
+            spec,
+            state: PrState::Open,
+            mergeable: Some(true),
+            created_at: now.clone(),
+            updated_at: now,
+            closed_at: None,
+        });
+    }
+
+    /// The pull request as added and changed since (its head), for payload builders.
+    pub fn pr(&self, number: u64) -> PrSpec {
+        self.lock().pr_mut(number).spec.clone()
+    }
+
+    /// Moves pull request `number`'s head to `sha` (a push to its branch). `mergeable` stays.
+    pub fn set_head(&self, number: u64, sha: &str) {
+        let now = now_iso();
+        let mut st = self.lock();
+        let pr = st.pr_mut(number);
+        pr.spec.head_sha = sha.to_owned();
+        pr.updated_at = now;
+    }
+
+    /// Opens, closes or merges pull request `number`.
+    pub fn set_state(&self, number: u64, state: PrState) {
+        let now = now_iso();
+        let mut st = self.lock();
+        let pr = st.pr_mut(number);
+        pr.closed_at = (state != PrState::Open).then(|| now.clone());
+        pr.state = state;
+        pr.updated_at = now;
+    }
+
+    /// What `mergeable` says for pull request `number`: `None` is GitHub still computing it.
+    pub fn set_mergeable(&self, number: u64, mergeable: Option<bool>) {
+        self.lock().pr_mut(number).mergeable = mergeable;
+    }
+
+    /// `reviewer` approves pull request `number` at `commit_sha`.
+    pub fn approve(&self, number: u64, reviewer: &str, commit_sha: &str) {
+        self.review(number, reviewer, "APPROVED", commit_sha);
+    }
+
+    /// `reviewer` reviews pull request `number` at `commit_sha` with `state`: `APPROVED`,
+    /// `CHANGES_REQUESTED`, `COMMENTED` or `DISMISSED` (either case).
+    pub fn review(&self, number: u64, reviewer: &str, state: &str, commit_sha: &str) {
+        let state = state.to_ascii_uppercase();
+        assert!(
+            matches!(
+                state.as_str(),
+                "APPROVED" | "CHANGES_REQUESTED" | "COMMENTED" | "DISMISSED"
+            ),
+            "unknown review state {state:?}"
+        );
+        let now = now_iso();
+        let mut st = self.lock();
+        st.pr_mut(number);
+        let id = st.id();
+        st.reviews.push(StoredReview {
+            id,
+            pr: number,
+            reviewer: reviewer.to_owned(),
+            state,
+            commit_id: commit_sha.to_owned(),
+            submitted_at: now,
+        });
+    }
+
+    /// Sets `user`'s role on the repository: `admin`, `maintain`, `write`, `triage`, `read` or
+    /// `none`. A user never set is unknown to the repository (`404`).
+    pub fn set_permission(&self, user: &str, level: &str) {
+        assert!(
+            matches!(
+                level,
+                "admin" | "maintain" | "write" | "triage" | "read" | "none"
+            ),
+            "unknown permission level {level:?}"
+        );
+        self.lock().permissions.insert(
+            user.to_ascii_lowercase(),
+            (user.to_owned(), level.to_owned()),
+        );
+    }
+
+    /// Adds a comment by `author` (someone other than the bot, say) on pull request `pr`.
+    pub fn add_comment(&self, pr: u64, author: &str, body: &str) -> Comment {
+        let now = now_iso();
+        let mut st = self.lock();
+        st.pr_mut(pr);
+        let id = st.id();
+        st.comments.push(StoredComment {
+            id,
+            pr,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            edits: 0,
+            created_at: now.clone(),
+            updated_at: now,
+        });
+        Comment {
+            id,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            edits: 0,
+        }
+    }
+
+    /// The comments on pull request `pr`, oldest first.
+    pub fn comments(&self, pr: u64) -> Vec<Comment> {
+        let st = self.lock();
+        st.comments
+            .iter()
+            .filter(|c| c.pr == pr)
+            .map(|c| Comment {
+                id: c.id,
+                author: c.author.clone(),
+                body: c.body.clone(),
+                edits: c.edits,
+            })
+            .collect()
+    }
+
+    /// The statuses posted for commit `sha` (any case), oldest first.
+    pub fn statuses(&self, sha: &str) -> Vec<Status> {
+        let sha = sha.to_ascii_lowercase();
+        let st = self.lock();
+        st.statuses
+            .iter()
+            .filter(|s| s.sha == sha)
+            .map(|s| s.status.clone())
+            .collect()
+    }
+
+    /// The latest status of `context` on `sha`: what GitHub shows.
+    pub fn latest_status(&self, sha: &str, context: &str) -> Option<Status> {
+        self.statuses(sha)
+            .into_iter()
+            .rev()
+            .find(|s| s.context == context)
+    }
+
+    /// Every request so far, in the order they were answered.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// The requests for paths or methods the fake does not implement (and malformed ones).
+    pub fn unhandled(&self) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.operation.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// The next `times` requests whose method is `method` and whose path contains
+    /// `path_contains` get `status` (`403`/`429` with `X-RateLimit-Remaining: 0`), after the
+    /// authentication check, instead of their answer.
+    pub fn fail_next(&self, method: &str, path_contains: &str, status: u16, times: u32) {
+        self.lock().failures.push(Failure {
+            method: method.to_owned(),
+            path_contains: path_contains.to_owned(),
+            status,
+            remaining: times,
+        });
+    }
+
+    /// Waits until a comment on pull request `pr` satisfies `predicate` (edits count), and
+    /// returns it; panics after `timeout`, listing the comments and the latest requests.
+    pub fn wait_for_comment(
+        &self,
+        pr: u64,
+        predicate: impl Fn(&Comment) -> bool,
+        timeout: Duration,
+    ) -> Comment {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.comments(pr).into_iter().find(|c| predicate(c)) {
+                return c;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for a comment on #{pr}\ncomments:\n{:#?}\n{}",
+                    self.comments(pr),
+                    self.recent_requests(30)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
+    /// `timeout`, listing the statuses and the latest requests.
+    pub fn wait_for_status(
+        &self,
+        sha: &str,
+        predicate: impl Fn(&Status) -> bool,
+        timeout: Duration,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.statuses(sha).into_iter().find(|s| predicate(s)) {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
+                    self.statuses(sha),
+                    self.recent_requests(30)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The last `n` requests, one line each, for failure messages.
+    pub fn recent_requests(&self, n: usize) -> String {
+        let st = self.lock();
+        let skip = st.requests.len().saturating_sub(n);
+        let mut out = format!(
+            "last {} request(s) to the fake GitHub:\n",
+            st.requests.len() - skip
+        );
+        for r in &st.requests[skip..] {
+            out.push_str("  ");
+            out.push_str(&r.line());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag, and end every open connection.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        for (_, conn) in self
+            .shared
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    let mut next = 0u64;
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        next += 1;
+        let id = next;
+        if let Ok(clone) = stream.try_clone() {
+            shared
+                .conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, clone);
+        }
+        let shared = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("fake-github-conn".into())
+            .spawn(move || {
+                serve_connection(&shared, stream, id);
+                shared
+                    .conns
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+            });
+        drop(spawned);
+    }
+}
+
+/// A request as read off the wire.
+struct RawRequest {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+enum Incoming {
+    Request(RawRequest),
+    Closed,
+    Refuse(u16, &'static str),
+}
+
+fn serve_connection(shared: &Shared, stream: TcpStream, connection: u64) {
+    let _ = stream.set_read_timeout(Some(IDLE));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_nodelay(true);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    while !shared.stop.load(Ordering::SeqCst) {
+        match read_request(&mut reader, &mut writer) {
+            Incoming::Closed => break,
+            Incoming::Refuse(status, why) => {
+                let reply = Reply::message(status, why);
+                shared.lock().requests.push(Recorded {
+                    method: "(malformed)".into(),
+                    path: String::new(),
+                    query: Vec::new(),
+                    body: None,
+                    raw_body: Vec::new(),
+                    headers: Vec::new(),
+                    status,
+                    operation: None,
+                    response: reply.body.clone(),
+                    connection,
+                });
+                let _ = write_reply(&mut writer, &reply, false);
+                // A lingering close: the client is told first, then what it still sends is
+                // read and dropped for a moment, so that closing with unread data (a reset)
+                // does not destroy the answer before the client reads it.
+                let _ = writer.shutdown(Shutdown::Write);
+                let _ = reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = io::copy(
+                    &mut (&mut reader).take(MAX_BODY as u64 * 4),
+                    &mut io::sink(),
+                );
+                break;
+            }
+            Incoming::Request(req) => {
+                let keep_alive = req.keep_alive;
+                let reply = shared.handle(req, connection);
+                if write_reply(&mut writer, &reply, keep_alive).is_err() || !keep_alive {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.flush();
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+/// Reads one line, up to `limit` bytes: `None` at end of stream.
+fn read_line(r: &mut impl BufRead, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    let n = r.take(limit).read_until(b'\n', &mut buf)?;
+    Ok((n > 0).then_some(buf))
+}
+
+fn trim_crlf(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Incoming {
+    // The request line, after at most a few stray empty lines.
+    let mut line = Vec::new();
+    for _ in 0..8 {
+        match read_line(r, MAX_LINE) {
+            Ok(Some(l)) if !l.ends_with(b"\n") => {
+                return if l.len() as u64 >= MAX_LINE {
+                    Incoming::Refuse(414, "URI Too Long")
+                } else {
+                    Incoming::Closed
+                };
+            }
+            Ok(Some(l)) => {
+                if !trim_crlf(&l).is_empty() {
+                    line = trim_crlf(&l).to_vec();
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => return Incoming::Closed,
+        }
+    }
+    if line.is_empty() {
+        return Incoming::Refuse(400, "Bad Request: no request line");
+    }
+    let Ok(line) = String::from_utf8(line) else {
+        return Incoming::Refuse(400, "Bad Request: request line is not UTF-8");
+    };
+    let parts: Vec<&str> = line.split(' ').collect();
+    let [method, target, version] = parts.as_slice() else {
+        return Incoming::Refuse(400, "Bad Request: malformed request line");
+    };
+    let version_ok = *version == "HTTP/1.1" || *version == "HTTP/1.0";
+    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+    if !version_ok || !method_ok || !target.starts_with('/') {
+        return Incoming::Refuse(400, "Bad Request: malformed request line");
+    }
+
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut header_bytes = 0usize;
+    loop {
+        let l = match read_line(r, MAX_LINE) {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => return Incoming::Closed,
+        };
+        if !l.ends_with(b"\n") {
+            return Incoming::Refuse(431, "Request Header Fields Too Large");
+        }
+        header_bytes += l.len();
+        let l = trim_crlf(&l);
+        if l.is_empty() {
+            break;
+        }
+        if header_bytes > MAX_HEADER_BYTES || headers.len() >= MAX_HEADERS {
+            return Incoming::Refuse(431, "Request Header Fields Too Large");
+        }
+        let text = String::from_utf8_lossy(l);
+        let Some((name, value)) = text.split_once(':') else {
+            return Incoming::Refuse(400, "Bad Request: malformed header");
+        };
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b':' && b != b'"');
+        if !name_ok {
+            return Incoming::Refuse(400, "Bad Request: malformed header name");
+        }
+        headers.push((name.to_owned(), value.trim().to_owned()));
+    }
+
+    let connection = header_of(&headers, "connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let keep_alive = if *version == "HTTP/1.1" {
+        !connection.contains("close")
+    } else {
+        connection.contains("keep-alive")
+    };
+    let chunked = header_of(&headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let lengths: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let length = match lengths.as_slice() {
+        [] => None,
+        [first, rest @ ..] if rest.iter().all(|v| v == first) => match first.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => return Incoming::Refuse(400, "Bad Request: bad Content-Length"),
+        },
+        _ => return Incoming::Refuse(400, "Bad Request: conflicting Content-Length"),
+    };
+    if chunked && length.is_some() {
+        return Incoming::Refuse(400, "Bad Request: both Content-Length and chunked");
+    }
+    if length.is_some_and(|n| n > MAX_BODY) {
+        return Incoming::Refuse(413, "Payload Too Large");
+    }
+    let expects_body = chunked || length.is_some_and(|n| n > 0);
+    if expects_body
+        && header_of(&headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        let _ = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    let body = if chunked {
+        match read_chunked(r) {
+            Ok(body) => body,
+            Err(status) => return Incoming::Refuse(status, "Bad Request: bad chunked body"),
+        }
+    } else {
+        let mut body = vec![0; length.unwrap_or(0)];
+        if r.read_exact(&mut body).is_err() {
+            return Incoming::Closed;
+        }
+        body
+    };
+    Incoming::Request(RawRequest {
+        method: (*method).to_owned(),
+        target: (*target).to_owned(),
+        headers,
+        body,
+        keep_alive,
+    })
+}
+
+fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<Vec<u8>, u16> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(r, 1024).ok().flatten().ok_or(400u16)?;
+        let text = String::from_utf8_lossy(trim_crlf(&line)).into_owned();
+        let size_text = text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| 400u16)?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let l = read_line(r, MAX_LINE).ok().flatten().ok_or(400u16)?;
+                if trim_crlf(&l).is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(413);
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..]).map_err(|_| 400u16)?;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf).map_err(|_| 400u16)?;
+        if &crlf != b"\r\n" {
+            return Err(400);
+        }
+    }
+}
+
+/// An answer.
+struct Reply {
+    status: u16,
+    body: Value,
+    headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    /// GitHub's error shape: `{"message", "documentation_url", "status"}`.
+    fn message(status: u16, message: &str) -> Reply {
+        Reply::json(
+            status,
+            json!({ "message": message, "documentation_url": DOCS, "status": status.to_string() }),
+        )
+    }
+
+    fn not_found() -> Reply {
+        Reply::message(404, "Not Found")
+    }
+
+    /// `422 Validation Failed`, with one error.
+    fn invalid(resource: &str, field: &str, code: &str, message: Option<&str>) -> Reply {
+        let mut error = json!({ "resource": resource, "field": field, "code": code });
+        if let Some(m) = message {
+            error["message"] = json!(m);
+        }
+        Reply::json(
+            422,
+            json!({
+                "message": "Validation Failed",
+                "errors": [error],
+                "documentation_url": DOCS,
+                "status": "422",
+            }),
+        )
+    }
+
+    fn header(mut self, name: &str, value: String) -> Reply {
+        self.headers.push((name.to_owned(), value));
+        self
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn write_reply(w: &mut TcpStream, reply: &Reply, keep_alive: bool) -> io::Result<()> {
+    let body = reply.body.to_string();
+    let limited = reply
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("x-ratelimit-remaining") && v == "0");
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\
+         X-GitHub-Media-Type: github.v3; format=json\r\nX-GitHub-Api-Version-Selected: 2022-11-28\r\n\
+         X-RateLimit-Limit: 5000\r\nX-RateLimit-Used: 1\r\nX-RateLimit-Resource: core\r\n\
+         X-RateLimit-Reset: {}\r\nConnection: {}\r\n",
+        reply.status,
+        reason(reply.status),
+        body.len(),
+        unix_now() + 3600,
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    if !limited {
+        head.push_str("X-RateLimit-Remaining: 4999\r\n");
+    }
+    for (k, v) in &reply.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())?;
+    w.write_all(body.as_bytes())?;
+    w.flush()
+}
+
+/// A GitHub REST operation the fake implements, with its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    GetUser,
+    ListComments(u64),
+    CreateComment(u64),
+    GetComment(u64),
+    UpdateComment(u64),
+    CreateStatus(String),
+    ListPulls,
+    GetPull(u64),
+    ListReviews(u64),
+    GetPermission(String),
+}
+
+impl Op {
+    fn id(&self) -> &'static str {
+        match self {
+            Op::GetUser => "users/get-authenticated",
+            Op::ListComments(_) => "issues/list-comments",
+            Op::CreateComment(_) => "issues/create-comment",
+            Op::GetComment(_) => "issues/get-comment",
+            Op::UpdateComment(_) => "issues/update-comment",
+            Op::CreateStatus(_) => "repos/create-commit-status",
+            Op::ListPulls => "pulls/list",
+            Op::GetPull(_) => "pulls/get",
+            Op::ListReviews(_) => "pulls/list-reviews",
+            Op::GetPermission(_) => "repos/get-collaborator-permission-level",
+        }
+    }
+}
+
+fn match_op(method: &str, segments: &[String]) -> Option<Op> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let num = |n: &str| -> Option<u64> {
+        // GitHub's numbers are plain decimals: no sign, no leading zeros.
+        (!n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.parse().ok())
+            .flatten()
+    };
+    match (method, s.as_slice()) {
+        ("GET", ["user"]) => Some(Op::GetUser),
+        (_, ["repos", owner, repo, rest @ ..])
+            if owner.eq_ignore_ascii_case(OWNER) && repo.eq_ignore_ascii_case(NAME) =>
+        {
+            match (method, rest) {
+                ("GET", ["issues", "comments", id]) => Some(Op::GetComment(num(id)?)),
+                ("PATCH", ["issues", "comments", id]) => Some(Op::UpdateComment(num(id)?)),
+                ("GET", ["issues", n, "comments"]) => Some(Op::ListComments(num(n)?)),
+                ("POST", ["issues", n, "comments"]) => Some(Op::CreateComment(num(n)?)),
+                ("POST", ["statuses", sha]) if !sha.is_empty() => {
+                    Some(Op::CreateStatus((*sha).to_owned()))
+                }
+                ("GET", ["pulls"]) => Some(Op::ListPulls),
+                ("GET", ["pulls", n]) => Some(Op::GetPull(num(n)?)),
+                ("GET", ["pulls", n, "reviews"]) => Some(Op::ListReviews(num(n)?)),
+                ("GET", ["collaborators", user, "permission"]) if !user.is_empty() => {
+                    Some(Op::GetPermission((*user).to_owned()))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+impl Shared {
+    /// Answers one request and records it (before the client can see the answer, so that a
+    /// test that looks right after a call sees every request of that call).
+    fn handle(&self, req: RawRequest, connection: u64) -> Reply {
+        let (path, raw_query) = match req.target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), q.to_owned()),
+            None => (req.target.clone(), String::new()),
+        };
+        let segments: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect();
+        let query = parse_query(&raw_query);
+        let json: Option<Value> = if req.body.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&req.body).ok()
+        };
+        let op = match_op(&req.method, &segments);
+        let mut st = self.lock();
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.answer(&mut st, op.as_ref(), &req, &path, &query, json.as_ref())
+        }))
+        .unwrap_or_else(|_| Reply::message(500, "the fake GitHub failed to answer (a bug)"));
+        st.requests.push(Recorded {
+            method: req.method,
+            path,
+            query,
+            body: json,
+            raw_body: req.body,
+            headers: req.headers,
+            status: reply.status,
+            operation: op.as_ref().map(Op::id),
+            response: reply.body.clone(),
+            connection,
+        });
+        reply
+    }
+
+    fn answer(
+        &self,
+        st: &mut State,
+        op: Option<&Op>,
+        req: &RawRequest,
+        path: &str,
+        query: &[(String, String)],
+        json: Option<&Value>,
+    ) -> Reply {
+        let Some(op) = op else {
+            return Reply::not_found();
+        };
+        let token = header_of(&req.headers, "authorization").and_then(|v| {
+            let v = v.trim();
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .or_else(|| v.strip_prefix("token "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        });
+        match (token, &st.token) {
+            (None, _) => return Reply::message(401, "Requires authentication"),
+            (Some(given), Some(wanted)) if given != wanted => {
+                return Reply::message(401, "Bad credentials");
+            }
+            _ => {}
+        }
+        if let Some(f) = st.failures.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.eq_ignore_ascii_case(&req.method)
+                && path.contains(&f.path_contains)
+        }) {
+            f.remaining -= 1;
+            let reply = Reply::message(f.status, "injected failure");
+            return if matches!(f.status, 403 | 429) {
+                reply
+                    .header("X-RateLimit-Remaining", "0".into())
+                    .header("Retry-After", "1".into())
+            } else {
+                reply
+            };
+        }
+        let writes = matches!(
+            op,
+            Op::CreateComment(_) | Op::UpdateComment(_) | Op::CreateStatus(_)
+        );
+        if writes && json.is_none() {
+            return Reply::message(400, "Problems parsing JSON");
+        }
+        let api = self.base_url.as_str();
+        match op {
+            Op::GetUser => {
+                if self.bot_login.ends_with("[bot]") {
+                    return Reply::message(403, "Resource not accessible by integration");
+                }
+                Reply::json(200, private_user_json(api, &self.bot_login))
+            }
+            Op::ListComments(n) => {
+                if st.pr(*n).is_none() {
+                    return Reply::not_found();
+                }
+                let items = st
+                    .comments
+                    .iter()
+                    .filter(|c| c.pr == *n)
+                    .map(|c| comment_json(api, st, c))
+                    .collect();
+                paginate(api, path, query, items)
+            }
+            Op::CreateComment(n) => {
+                if st.pr(*n).is_none() {
+                    return Reply::not_found();
+                }
+                let body = match comment_body(json) {
+                    Ok(b) => b,
+                    Err(reply) => return reply,
+                };
+                let now = now_iso();
+                let id = st.id();
+                st.comments.push(StoredComment {
+                    id,
+                    pr: *n,
+                    author: self.bot_login.clone(),
+                    body,
+                    edits: 0,
+                    created_at: now.clone(),
+                    updated_at: now,
+                });
+                let stored = st.comments.last().expect("just pushed");
+                let answer = comment_json(api, st, stored);
+                let location = format!("{api}/repos/{REPO}/issues/comments/{id}");
+                Reply::json(201, answer).header("Location", location)
+            }
+            Op::GetComment(id) => match st.comments.iter().find(|c| c.id == *id) {
+                Some(c) => Reply::json(200, comment_json(api, st, c)),
+                None => Reply::not_found(),
+            },
+            Op::UpdateComment(id) => {
+                let body = match comment_body(json) {
+                    Ok(b) => b,
+                    Err(reply) => return reply,
+                };
+                let now = now_iso();
+                let Some(c) = st.comments.iter_mut().find(|c| c.id == *id) else {
+                    return Reply::not_found();
+                };
+                c.body = body;
+                c.edits += 1;
+                c.updated_at = now;
+                let c = st
+                    .comments
+                    .iter()
+                    .find(|c| c.id == *id)
+                    .expect("found above");
+                Reply::json(200, comment_json(api, st, c))
+            }
+            Op::CreateStatus(sha) => self.create_status(st, sha, json.unwrap_or(&Value::Null)),
+            Op::ListPulls => {
+                let state = query
+                    .iter()
+                    .find(|(k, _)| k == "state")
+                    .map_or("open", |(_, v)| v.as_str());
+                if !matches!(state, "open" | "closed" | "all") {
+                    return Reply::invalid("PullRequest", "state", "invalid", None);
+                }
+                // GitHub's default order: newest first.
+                let items = st
+                    .prs
+                    .iter()
+                    .rev()
+                    .filter(|p| match state {
+                        "open" => p.state == PrState::Open,
+                        "closed" => p.state != PrState::Open,
+                        _ => true,
+                    })
+                    .map(|p| pr_json(api, st, p, false))
+                    .collect();
+                paginate(api, path, query, items)
+            }
+            Op::GetPull(n) => match st.pr(*n) {
+                Some(p) => Reply::json(200, pr_json(api, st, p, true)),
+                None => Reply::not_found(),
+            },
+            Op::ListReviews(n) => {
+                if st.pr(*n).is_none() {
+                    return Reply::not_found();
+                }
+                let items = st
+                    .reviews
+                    .iter()
+                    .filter(|r| r.pr == *n)
+                    .map(|r| review_json(api, st, r))
+                    .collect();
+                paginate(api, path, query, items)
+            }
+            Op::GetPermission(user) => match st.permissions.get(&user.to_ascii_lowercase()) {
+                Some((login, level)) => Reply::json(200, permission_json(api, login, level)),
+                None => Reply::not_found(),
+            },
+        }
+    }
+
+    fn create_status(&self, st: &mut State, sha: &str, body: &Value) -> Reply {
+        let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex || !(sha.len() == 40 || sha.len() == 64) {
+            return Reply::message(422, &format!("No commit found for SHA: {sha}"));
+        }
+        let Some(state) = body.get("state").and_then(Value::as_str) else {
+            return Reply::invalid("Status", "state", "missing_field", None);
+        };
+        if !matches!(state, "pending" | "success" | "failure" | "error") {
+            return Reply::invalid("Status", "state", "invalid", None);
+        }
+        let text = |field: &str| -> Result<Option<String>, Reply> {
+            match body.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(Reply::invalid("Status", field, "invalid", None)),
+            }
+        };
+        let (description, target_url, context) =
+            match (text("description"), text("target_url"), text("context")) {
+                (Ok(d), Ok(t), Ok(c)) => (d, t, c),
+                (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+            };
+        if description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > STATUS_DESCRIPTION_LIMIT)
+        {
+            return Reply::invalid(
+                "Status",
+                "description",
+                "custom",
+                Some("description is too long (maximum is 140 characters)"),
+            );
+        }
+        let id = st.id();
+        let stored = StoredStatus {
+            id,
+            sha: sha.to_ascii_lowercase(),
+            status: Status {
+                context: context.unwrap_or_else(|| "default".to_owned()),
+                state: state.to_owned(),
+                description,
+                target_url,
+            },
+            created_at: now_iso(),
+        };
+        let answer = status_json(&self.base_url, &self.bot_login, &stored);
+        st.statuses.push(stored);
+        let location = format!("{}/repos/{REPO}/statuses/{sha}", self.base_url);
+        Reply::json(201, answer).header("Location", location)
+    }
+}
+
+/// The `body` of a comment create/update request, or GitHub's `422`.
+fn comment_body(json: Option<&Value>) -> Result<String, Reply> {
+    match json.and_then(|j| j.get("body")) {
+        Some(Value::String(s)) if s.is_empty() => Err(Reply::invalid(
+            "IssueComment",
+            "body",
+            "missing_field",
+            None,
+        )),
+        Some(Value::String(s)) if s.chars().count() > COMMENT_LIMIT => Err(Reply::invalid(
+            "IssueComment",
+            "body",
+            "custom",
+            Some("body is too long (maximum is 65536 characters)"),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(Reply::invalid(
+            "IssueComment",
+            "body",
+            "missing_field",
+            None,
+        )),
+        Some(_) => Err(Reply::invalid("IssueComment", "body", "invalid", None)),
+    }
+}
+
+/// One page of `items` as GitHub pages lists: `per_page` (default 30, at most 100) and `page`
+/// (from 1), with a `Link` header (`prev`, `next`, `last`, `first`) when there is more than
+/// one page.
+fn paginate(api: &str, path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+    };
+    let per_page = param("per_page").unwrap_or(30).clamp(1, 100);
+    let page = param("page").unwrap_or(1).max(1);
+    let pages = items.len().div_ceil(per_page).max(1);
+    let start = (page - 1).saturating_mul(per_page).min(items.len());
+    let end = start.saturating_add(per_page).min(items.len());
+    let body = Value::Array(items[start..end].to_vec());
+    let reply = Reply::json(200, body);
+    if pages <= 1 {
+        return reply;
+    }
+    let others: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k != "page" && k != "per_page")
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    let link = |p: usize, rel: &str| {
+        let mut q = others.clone();
+        q.push(format!("per_page={per_page}"));
+        q.push(format!("page={p}"));
+        format!("<{api}{path}?{}>; rel=\"{rel}\"", q.join("&"))
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link(page.min(pages + 1) - 1, "prev"));
+    }
+    if page < pages {
+        links.push(link(page + 1, "next"));
+        links.push(link(pages, "last"));
+    }
+    if page > 1 {
+        links.push(link(1, "first"));
+    }
+    reply.header("Link", links.join(", "))
+}
+
+// ---- JSON in the shapes of GitHub's REST API ------------------------------------------------
+
+/// A stable id for a name (FNV-1a), in a range of its own.
+fn stable_id(name: &str, base: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.to_ascii_lowercase().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    base + h % 90_000_000
+}
+
+fn login_id(login: &str) -> u64 {
+    stable_id(login, 10_000_000)
+}
+
+/// A repository's id: [`REPO_ID`] for `acme/shop`, another stable one for a fork.
+pub fn repo_id(full_name: &str) -> u64 {
+    if full_name.eq_ignore_ascii_case(REPO) {
+        REPO_ID
+    } else {
+        stable_id(full_name, 800_000_000)
+    }
+}
+
+fn node_id(prefix: &str, id: u64) -> String {
+    format!("{prefix}_kwDO{id:08X}")
+}
+
+/// `simple-user`.
+fn user_json(api: &str, login: &str) -> Value {
+    let id = login_id(login);
+    let kind = if login.ends_with("[bot]") {
+        "Bot"
+    } else if login.eq_ignore_ascii_case(OWNER) {
+        "Organization"
+    } else {
+        "User"
+    };
+    let u = format!("{api}/users/{login}");
+    json!({
+        "login": login,
+        "id": id,
+        "node_id": node_id("U", id),
+        "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
+        "gravatar_id": "",
+        "url": u,
+        "html_url": format!("{WEB}/{login}"),
+        "followers_url": format!("{u}/followers"),
+        "following_url": format!("{u}/following{{/other_user}}"),
+        "gists_url": format!("{u}/gists{{/gist_id}}"),
+        "starred_url": format!("{u}/starred{{/owner}}{{/repo}}"),
+        "subscriptions_url": format!("{u}/subscriptions"),
+        "organizations_url": format!("{u}/orgs"),
+        "repos_url": format!("{u}/repos"),
+        "events_url": format!("{u}/events{{/privacy}}"),
+        "received_events_url": format!("{u}/received_events"),
+        "type": kind,
+        "site_admin": false,
+        "user_view_type": "public",
+    })
+}
+
+/// `private-user`: what `GET /user` answers for the token's owner.
+fn private_user_json(api: &str, login: &str) -> Value {
+    let mut user = user_json(api, login);
+    let extra = json!({
+        "name": null, "company": null, "blog": "", "location": null, "email": null,
+        "hireable": null, "bio": null, "twitter_username": null, "notification_email": null,
+        "public_repos": 0, "public_gists": 0, "followers": 0, "following": 0,
+        "created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-01T00:00:00Z",
+        "private_gists": 0, "total_private_repos": 0, "owned_private_repos": 0,
+        "disk_usage": 0, "collaborators": 0, "two_factor_authentication": true,
+        "user_view_type": "private",
+    });
+    merge(&mut user, extra);
+    user
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (into, from) {
+        into.extend(from);
+    }
+}
+
+/// `repository`.
+fn repo_json(api: &str, full_name: &str, fork: bool) -> Value {
+    let (owner, name) = full_name.split_once('/').unwrap_or((full_name, full_name));
+    let id = repo_id(full_name);
+    let a = format!("{api}/repos/{full_name}");
+    let mut m = Map::new();
+    for (key, suffix) in [
+        ("url", ""),
+        ("archive_url", "/{archive_format}{/ref}"),
+        ("assignees_url", "/assignees{/user}"),
+        ("blobs_url", "/git/blobs{/sha}"),
+        ("branches_url", "/branches{/branch}"),
+        ("collaborators_url", "/collaborators{/collaborator}"),
+        ("comments_url", "/comments{/number}"),
+        ("commits_url", "/commits{/sha}"),
+        ("compare_url", "/compare/{base}...{head}"),
+        ("contents_url", "/contents/{+path}"),
+        ("contributors_url", "/contributors"),
+        ("deployments_url", "/deployments"),
+        ("downloads_url", "/downloads"),
+        ("events_url", "/events"),
+        ("forks_url", "/forks"),
+        ("git_commits_url", "/git/commits{/sha}"),
+        ("git_refs_url", "/git/refs{/sha}"),
+        ("git_tags_url", "/git/tags{/sha}"),
+        ("hooks_url", "/hooks"),
+        ("issue_comment_url", "/issues/comments{/number}"),
+        ("issue_events_url", "/issues/events{/number}"),
+        ("issues_url", "/issues{/number}"),
+        ("keys_url", "/keys{/key_id}"),
+        ("labels_url", "/labels{/name}"),
+        ("languages_url", "/languages"),
+        ("merges_url", "/merges"),
+        ("milestones_url", "/milestones{/number}"),
+        (
+            "notifications_url",
+            "/notifications{?since,all,participating}",
+        ),
+        ("pulls_url", "/pulls{/number}"),
+        ("releases_url", "/releases{/id}"),
+        ("stargazers_url", "/stargazers"),
+        ("statuses_url", "/statuses/{sha}"),
+        ("subscribers_url", "/subscribers"),
+        ("subscription_url", "/subscription"),
+        ("tags_url", "/tags"),
+        ("teams_url", "/teams"),
+        ("trees_url", "/git/trees{/sha}"),
+    ] {
+        m.insert(key.to_owned(), json!(format!("{a}{suffix}")));
+    }
+    let host = WEB.trim_start_matches("https://");
+    let scalars = json!({
+        "id": id,
+        "node_id": node_id("R", id),
+        "name": name,
+        "full_name": full_name,
+        "owner": user_json(api, owner),
+        "private": false,
+        "visibility": "public",
+        "html_url": format!("{WEB}/{full_name}"),
+        "description": null,
+        "fork": fork,
+        "git_url": format!("git://{host}/{full_name}.git"),
+        "ssh_url": format!("git@{host}:{full_name}.git"),
+        "clone_url": format!("{WEB}/{full_name}.git"),
+        "svn_url": format!("{WEB}/{full_name}"),
+        "mirror_url": null,
+        "homepage": null,
+        "language": null,
+    });
+    let counts = json!({
+        "forks": 0,
+        "forks_count": 0,
+        "stargazers_count": 0,
+        "watchers_count": 0,
+        "watchers": 0,
+        "size": 1,
+        "default_branch": DEFAULT_BRANCH,
+        "open_issues": 0,
+        "open_issues_count": 0,
+        "is_template": false,
+        "topics": [],
+    });
+    let flags = json!({
+        "has_issues": true,
+        "has_projects": false,
+        "has_wiki": false,
+        "has_pages": false,
+        "has_downloads": true,
+        "has_discussions": false,
+        "archived": false,
+        "disabled": false,
+        "license": null,
+        "allow_forking": true,
+        "web_commit_signoff_required": false,
+        "pushed_at": "2024-01-01T00:00:00Z",
+        "created_at": "2020-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+    });
+    for part in [scalars, counts, flags] {
+        if let Value::Object(s) = part {
+            m.extend(s);
+        }
+    }
+    Value::Object(m)
+}
+
+fn link(href: String) -> Value {
+    json!({ "href": href })
+}
+
+/// `pull-request` (`full`) or `pull-request-simple`.
+fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
+    let spec = &pr.spec;
+    let n = spec.number;
+    let a = format!("{api}/repos/{REPO}");
+    let html = spec.html_url();
+    let (state, merged, merged_at, merge_sha) = match &pr.state {
+        PrState::Open => ("open", false, None, None),
+        PrState::Closed => ("closed", false, None, None),
+        PrState::Merged { merge_sha } => (
+            "closed",
+            true,
+            pr.closed_at.clone(),
+            Some(merge_sha.clone()),
+        ),
+    };
+    let head_owner = spec.fork_owner();
+    let head_full = spec.head_repo_full_name();
+    let head = json!({
+        "label": format!("{head_owner}:{}", spec.head_ref),
+        "ref": spec.head_ref,
+        "sha": spec.head_sha,
+        "user": user_json(api, &head_owner),
+        "repo": repo_json(api, &head_full, spec.fork),
+    });
+    let base = json!({
+        "label": format!("{OWNER}:{}", spec.base_ref),
+        "ref": spec.base_ref,
+        "sha": "0000000000000000000000000000000000000001",
+        "user": user_json(api, OWNER),
+        "repo": repo_json(api, REPO, false),
+    });
+    let links = json!({
+        "self": link(format!("{a}/pulls/{n}")),
+        "html": link(html.clone()),
+        "issue": link(format!("{a}/issues/{n}")),
+        "comments": link(format!("{a}/issues/{n}/comments")),
+        "review_comments": link(format!("{a}/pulls/{n}/comments")),
+        "review_comment": link(format!("{a}/pulls/comments{{/number}}")),
+        "commits": link(format!("{a}/pulls/{n}/commits")),
+        "statuses": link(format!("{a}/statuses/{}", spec.head_sha)),
+    });
+    let mut v = json!({
+        "url": format!("{a}/pulls/{n}"),
+        "id": stable_id(&format!("pr {n}"), 100_000_000),
+        "node_id": node_id("PR", n),
+        "html_url": html,
+        "diff_url": format!("{html}.diff"),
+        "patch_url": format!("{html}.patch"),
+        "issue_url": format!("{a}/issues/{n}"),
+        "commits_url": format!("{a}/pulls/{n}/commits"),
+        "review_comments_url": format!("{a}/pulls/{n}/comments"),
+        "review_comment_url": format!("{a}/pulls/comments{{/number}}"),
+        "comments_url": format!("{a}/issues/{n}/comments"),
+        "statuses_url": format!("{a}/statuses/{}", spec.head_sha),
+        "number": n,
+        "state": state,
+        "locked": false,
+        "title": spec.title,
+    });
+    merge(
+        &mut v,
+        json!({
+            "user": user_json(api, &spec.author),
+            "body": null,
+            "labels": [],
+            "milestone": null,
+            "active_lock_reason": null,
+            "created_at": pr.created_at,
+            "updated_at": pr.updated_at,
+            "closed_at": pr.closed_at,
+            "merged_at": merged_at,
+            "merge_commit_sha": merge_sha,
+            "assignee": null,
+            "assignees": [],
+            "requested_reviewers": [],
+            "requested_teams": [],
+            "head": head,
+            "base": base,
+            "_links": links,
+            "author_association": st.association(&spec.author),
+            "auto_merge": null,
+            "draft": false,
+        }),
+    );
+    if full {
+        let mergeable_state = match pr.mergeable {
+            _ if state == "closed" => "unknown",
+            Some(true) => "clean",
+            Some(false) => "dirty",
+            None => "unknown",
+        };
+        merge(
+            &mut v,
+            json!({
+                "merged": merged,
+                "mergeable": pr.mergeable,
+                "rebaseable": pr.mergeable,
+                "mergeable_state": mergeable_state,
+                "merged_by": if merged { user_json(api, OWNER) } else { Value::Null },
+                "comments": st.comments.iter().filter(|c| c.pr == n).count(),
+                "review_comments": 0,
+                "maintainer_can_modify": spec.fork,
+                "commits": 1,
+                "additions": 1,
+                "deletions": 0,
+                "changed_files": 1,
+            }),
+        );
+    }
+    v
+}
+
+/// `issue-comment`.
+fn comment_json(api: &str, st: &State, c: &StoredComment) -> Value {
+    json!({
+        "id": c.id,
+        "node_id": node_id("IC", c.id),
+        "url": format!("{api}/repos/{REPO}/issues/comments/{}", c.id),
+        "html_url": format!("{WEB}/{REPO}/pull/{}#issuecomment-{}", c.pr, c.id),
+        "issue_url": format!("{api}/repos/{REPO}/issues/{}", c.pr),
+        "body": c.body,
+        "user": user_json(api, &c.author),
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "author_association": st.association(&c.author),
+        "performed_via_github_app": null,
+    })
+}
+
+/// `status`.
+fn status_json(api: &str, creator: &str, s: &StoredStatus) -> Value {
+    let user = user_json(api, creator);
+    json!({
+        "url": format!("{api}/repos/{REPO}/statuses/{}", s.sha),
+        "avatar_url": user["avatar_url"],
+        "id": s.id,
+        "node_id": node_id("SC", s.id),
+        "state": s.status.state,
+        "description": s.status.description,
+        "target_url": s.status.target_url,
+        "context": s.status.context,
+        "created_at": s.created_at,
+        "updated_at": s.created_at,
+        "creator": user,
+    })
+}
+
+/// `pull-request-review`.
+fn review_json(api: &str, st: &State, r: &StoredReview) -> Value {
+    let html = format!("{WEB}/{REPO}/pull/{}#pullrequestreview-{}", r.pr, r.id);
+    let pr_url = format!("{api}/repos/{REPO}/pulls/{}", r.pr);
+    json!({
+        "id": r.id,
+        "node_id": node_id("PRR", r.id),
+        "user": user_json(api, &r.reviewer),
+        "body": "",
+        "state": r.state,
+        "html_url": html,
+        "pull_request_url": pr_url,
+        "_links": { "html": link(html.clone()), "pull_request": link(pr_url.clone()) },
+        "submitted_at": r.submitted_at,
+        "commit_id": r.commit_id,
+        "author_association": st.association(&r.reviewer),
+    })
+}
+
+/// `repository-collaborator-permission`.
+fn permission_json(api: &str, login: &str, level: &str) -> Value {
+    let permission = match level {
+        "maintain" => "write",
+        "triage" => "read",
+        other => other,
+    };
+    let rank = ["none", "read", "triage", "write", "maintain", "admin"]
+        .iter()
+        .position(|l| *l == level)
+        .unwrap_or(0);
+    let mut user = user_json(api, login);
+    merge(
+        &mut user,
+        json!({
+            "permissions": {
+                "pull": rank >= 1, "triage": rank >= 2, "push": rank >= 3,
+                "maintain": rank >= 4, "admin": rank >= 5,
+            },
+            "role_name": level,
+        }),
+    );
+    json!({ "permission": permission, "role_name": level, "user": user })
+}
+
+// ---- Webhook payloads --------------------------------------------------------------------------
+
+/// Where `slipway-forge`'s `tests/fetch-fixtures.sh` put GitHub's artefacts:
+/// `<target dir>/forge-fixtures` (`webhooks-examples/<flavour>/index.json`,
+/// `openapi/api.github.com.json`), fetched on first use, once per target directory, under the
+/// same lock file as `slipway-forge`'s tests.
+pub fn fixtures_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // The test binary is <target>/<profile>/deps/<name>: the target dir is three up.
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let target = exe
+            .ancestors()
+            .find(|p| p.file_name().is_some_and(|n| n == "deps"))
+            .and_then(|deps| deps.parent()?.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+        let dir = target.join("forge-fixtures");
+        std::fs::create_dir_all(&target).expect("create the target dir");
+        let lock = std::fs::File::create(target.join("forge-fixtures.lock"))
+            .expect("create the fixtures lock file");
+        lock.lock().expect("lock the fixtures lock file");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../slipway-forge/tests/fetch-fixtures.sh");
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .expect("run slipway-forge's tests/fetch-fixtures.sh");
+        assert!(
+            output.status.success(),
+            "fetching the GitHub fixtures failed: bash {} {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+            script.display(),
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        drop(lock);
+        dir
+    })
+}
+
+/// The examples of `@octokit/webhooks-examples` for api.github.com, by event name.
+fn webhook_examples() -> &'static HashMap<String, Vec<Value>> {
+    static EXAMPLES: OnceLock<HashMap<String, Vec<Value>>> = OnceLock::new();
+    EXAMPLES.get_or_init(|| {
+        let path = fixtures_dir().join("webhooks-examples/api.github.com/index.json");
+        let text = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let index: Value = serde_json::from_slice(&text)
+            .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+        let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+        for entry in index.as_array().into_iter().flatten() {
+            let (Some(name), Some(examples)) =
+                (entry["name"].as_str(), entry["examples"].as_array())
+            else {
+                continue;
+            };
+            out.entry(name.to_owned())
+                .or_default()
+                .extend(examples.iter().cloned());
+        }
+        out
+    })
+}
+
+/// GitHub's first api.github.com example of `event` that `pick` accepts.
+pub fn webhook_example(event: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    webhook_examples()
+        .get(event)
+        .and_then(|xs| xs.iter().find(|x| pick(x)))
+        .cloned()
+        .unwrap_or_else(|| panic!("@octokit/webhooks-examples has no such {event} example"))
+}
+
+/// Applies `f` to every string in `v`.
+fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
+    match v {
+        Value::String(s) => {
+            let new = f(s);
+            if new != *s {
+                *s = new;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| map_strings(x, f)),
+        Value::Object(map) => map.values_mut().for_each(|x| map_strings(x, f)),
+        _ => {}
+    }
+}
+
+/// `s` with every `<prefix><old>` not followed by another digit turned into `<prefix><new>`.
+fn replace_number(s: &str, prefix: &str, old: u64, new: u64) -> String {
+    let needle = format!("{prefix}{old}");
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(&needle) {
+        let after = &rest[i + needle.len()..];
+        out.push_str(&rest[..i]);
+        if after.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push_str(&needle);
+        } else {
+            out.push_str(&format!("{prefix}{new}"));
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Renumbers the pull request / issue URLs of `v` from `old` to `new`.
+fn renumber(v: &mut Value, old: u64, new: u64) {
+    map_strings(v, &|s| {
+        let s = replace_number(s, "/pulls/", old, new);
+        let s = replace_number(&s, "/pull/", old, new);
+        replace_number(&s, "/issues/", old, new)
+    });
+}
+
+/// Makes the user object `v` be `login`: its login, ids and URLs.
+fn set_user(v: &mut Value, login: &str) {
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    let old = obj
+        .get("login")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let id = login_id(login);
+    if !old.is_empty() {
+        for (key, value) in obj.iter_mut() {
+            if let Value::String(s) = value
+                && key.ends_with("url")
+            {
+                *s = s
+                    .replace(&format!("/users/{old}"), &format!("/users/{login}"))
+                    .replace(&format!("github.com/{old}"), &format!("github.com/{login}"));
+            }
+        }
+    }
+    obj.insert("login".into(), json!(login));
+    obj.insert("id".into(), json!(id));
+    obj.insert("node_id".into(), json!(node_id("U", id)));
+    obj.insert(
+        "avatar_url".into(),
+        json!(format!("https://avatars.githubusercontent.com/u/{id}?v=4")),
+    );
+    if login.ends_with("[bot]") {
+        obj.insert("type".into(), json!("Bot"));
+    }
+}
+
+/// Renames the example repository to [`REPO`] everywhere in `v`: URLs, names, owner, id,
+/// default branch.
+fn rebrand(v: &mut Value) {
+    map_strings(v, &|s| s.replace(EXAMPLE_REPO, REPO));
+    fix_repos(v);
+}
+
+fn fix_repos(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            if obj.get("full_name").and_then(Value::as_str) == Some(REPO) {
+                obj.insert("name".into(), json!(NAME));
+                obj.insert("id".into(), json!(REPO_ID));
+                obj.insert("node_id".into(), json!(node_id("R", REPO_ID)));
+                for key in ["default_branch", "master_branch"] {
+                    if obj.contains_key(key) {
+                        obj.insert(key.into(), json!(DEFAULT_BRANCH));
+                    }
+                }
+                if let Some(owner) = obj.get_mut("owner") {
+                    set_user(owner, OWNER);
+                    if let Some(o) = owner.as_object_mut() {
+                        o.insert("type".into(), json!("Organization"));
+                        if o.contains_key("name") {
+                            o.insert("name".into(), json!(OWNER));
+                        }
+                    }
+                }
+            }
+            obj.values_mut().for_each(fix_repos);
+        }
+        Value::Array(items) => items.iter_mut().for_each(fix_repos),
+        _ => {}
+    }
+}
+
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serializes")
+}
+
+/// Ids for comments and reviews in payloads (a range apart from the fake's).
+fn payload_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(3_000_000_001);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A `pull_request` delivery: GitHub's example for `action` (`opened`, `synchronize`,
+/// `reopened`, `closed`; any other action is the `opened` example with `action` replaced),
+/// for pull request `pr` of [`REPO`]. `merged` (only with `closed`) marks it merged as
+/// `merge_sha`. A fork's head repository is `<author>/shop`, `fork: true`, with its own id.
+pub fn pull_request_payload(
+    action: &str,
+    pr: &PrSpec,
+    merged: bool,
+    merge_sha: Option<&str>,
+) -> Vec<u8> {
+    assert!(
+        !merged || action == "closed",
+        "only a `closed` pull_request delivery can say merged"
+    );
+    let examples = webhook_examples().get("pull_request");
+    let mut v = match examples.and_then(|xs| xs.iter().find(|x| x["action"] == action)) {
+        Some(x) => x.clone(),
+        None => {
+            let mut x = webhook_example("pull_request", |x| x["action"] == "opened");
+            x["action"] = json!(action);
+            x
+        }
+    };
+    rebrand(&mut v);
+    let old_number = v["number"].as_u64().unwrap_or(0);
+    let old_sha = v["pull_request"]["head"]["sha"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    renumber(&mut v, old_number, pr.number);
+    if !old_sha.is_empty() {
+        let new_sha = pr.head_sha.clone();
+        map_strings(&mut v, &move |s| s.replace(&old_sha, &new_sha));
+    }
+    let now = now_iso();
+    v["number"] = json!(pr.number);
+    if v.get("after").is_some() {
+        v["after"] = json!(pr.head_sha);
+    }
+    set_user(&mut v["sender"], &pr.author);
+
+    let base_repo = v["pull_request"]["base"]["repo"].clone();
+    let p = &mut v["pull_request"];
+    p["number"] = json!(pr.number);
+    p["title"] = json!(pr.title);
+    p["html_url"] = json!(pr.html_url());
+    p["state"] = json!(if action == "closed" { "closed" } else { "open" });
+    p["closed_at"] = if action == "closed" {
+        json!(now)
+    } else {
+        Value::Null
+    };
+    p["merged"] = json!(merged);
+    p["merged_at"] = if merged { json!(now) } else { Value::Null };
+    p["merge_commit_sha"] = match merge_sha {
+        Some(sha) if merged => json!(sha),
+        _ => Value::Null,
+    };
+    p["updated_at"] = json!(now);
+    set_user(&mut p["user"], &pr.author);
+
+    let head_owner = pr.fork_owner();
+    let head_full = pr.head_repo_full_name();
+    let mut head_repo = base_repo;
+    if pr.fork {
+        let from = format!("/{REPO}");
+        let to = format!("/{head_full}");
+        let from_ssh = format!(":{REPO}");
+        let to_ssh = format!(":{head_full}");
+        map_strings(&mut head_repo, &move |s| {
+            s.replace(&from, &to).replace(&from_ssh, &to_ssh)
+        });
+        let id = repo_id(&head_full);
+        head_repo["full_name"] = json!(head_full);
+        head_repo["name"] = json!(NAME);
+        head_repo["id"] = json!(id);
+        head_repo["node_id"] = json!(node_id("R", id));
+        head_repo["fork"] = json!(true);
+        set_user(&mut head_repo["owner"], &head_owner);
+        head_repo["owner"]["type"] = json!("User");
+    }
+    let head = &mut p["head"];
+    head["ref"] = json!(pr.head_ref);
+    head["sha"] = json!(pr.head_sha);
+    head["label"] = json!(format!("{head_owner}:{}", pr.head_ref));
+    set_user(&mut head["user"], &head_owner);
+    head["repo"] = head_repo;
+    let base = &mut p["base"];
+    base["ref"] = json!(pr.base_ref);
+    base["label"] = json!(format!("{OWNER}:{}", pr.base_ref));
+    to_bytes(&v)
+}
+
+/// An `issue_comment` delivery (`created`) of a new comment by `author` on pull request
+/// `pr_number` (`issue.pull_request` is there), from GitHub's example. The comment's id is new
+/// for each call.
+pub fn issue_comment_payload(pr_number: u64, author: &str, body: &str) -> Vec<u8> {
+    let mut v = webhook_example("issue_comment", |x| x["action"] == "created");
+    rebrand(&mut v);
+    let old_number = v["issue"]["number"].as_u64().unwrap_or(0);
+    renumber(&mut v, old_number, pr_number);
+    let id = payload_id();
+    let api = format!("{PUBLIC_API}/repos/{REPO}");
+    let html = format!("{WEB}/{REPO}/pull/{pr_number}");
+    let now = now_iso();
+    let issue = &mut v["issue"];
+    issue["number"] = json!(pr_number);
+    issue["html_url"] = json!(html);
+    issue["pull_request"] = json!({
+        "url": format!("{api}/pulls/{pr_number}"),
+        "html_url": html,
+        "diff_url": format!("{html}.diff"),
+        "patch_url": format!("{html}.patch"),
+        "merged_at": null,
+    });
+    let comment = &mut v["comment"];
+    comment["id"] = json!(id);
+    comment["node_id"] = json!(node_id("IC", id));
+    comment["url"] = json!(format!("{api}/issues/comments/{id}"));
+    comment["html_url"] = json!(format!("{html}#issuecomment-{id}"));
+    comment["issue_url"] = json!(format!("{api}/issues/{pr_number}"));
+    comment["body"] = json!(body);
+    comment["created_at"] = json!(now);
+    comment["updated_at"] = json!(now);
+    set_user(&mut comment["user"], author);
+    set_user(&mut v["sender"], author);
+    to_bytes(&v)
+}
+
+/// A `pull_request_review` delivery of `reviewer`'s review of pull request `pr_number` at
+/// `commit_sha`, from GitHub's example: `state` `approved`, `changes_requested` or `commented`
+/// (action `submitted`), or `dismissed` (action `dismissed`).
+pub fn pull_request_review_payload(
+    pr_number: u64,
+    reviewer: &str,
+    state: &str,
+    commit_sha: &str,
+) -> Vec<u8> {
+    let state = state.to_ascii_lowercase();
+    let action = if state == "dismissed" {
+        "dismissed"
+    } else {
+        "submitted"
+    };
+    let mut v = webhook_example("pull_request_review", |x| x["action"] == action);
+    rebrand(&mut v);
+    let old_number = v["pull_request"]["number"].as_u64().unwrap_or(0);
+    renumber(&mut v, old_number, pr_number);
+    let old_sha = v["review"]["commit_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !old_sha.is_empty() {
+        let new_sha = commit_sha.to_owned();
+        map_strings(&mut v, &move |s| s.replace(&old_sha, &new_sha));
+    }
+    let id = payload_id();
+    let html = format!("{WEB}/{REPO}/pull/{pr_number}#pullrequestreview-{id}");
+    v["pull_request"]["number"] = json!(pr_number);
+    let review = &mut v["review"];
+    review["id"] = json!(id);
+    review["node_id"] = json!(node_id("PRR", id));
+    review["state"] = json!(state);
+    review["commit_id"] = json!(commit_sha);
+    review["html_url"] = json!(html);
+    review["_links"]["html"]["href"] = json!(html);
+    review["submitted_at"] = json!(now_iso());
+    set_user(&mut review["user"], reviewer);
+    set_user(&mut v["sender"], reviewer);
+    to_bytes(&v)
+}
+
+/// A `push` delivery of `branch` (a name, or a full `refs/…` ref) from `before` to `after`,
+/// from GitHub's example of a branch push: `created` when `before` is all zeros, `deleted`
+/// (no commits, `head_commit: null`) when `after` is.
+pub fn push_payload(branch: &str, before: &str, after: &str) -> Vec<u8> {
+    let mut v = webhook_example("push", |x| {
+        x["ref"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("refs/heads/"))
+    });
+    rebrand(&mut v);
+    let old_sha = v["after"].as_str().unwrap_or_default().to_owned();
+    if !old_sha.is_empty() {
+        let new_sha = after.to_owned();
+        map_strings(&mut v, &move |s| s.replace(&old_sha, &new_sha));
+    }
+    let zeros = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'0');
+    let git_ref = if branch.starts_with("refs/") {
+        branch.to_owned()
+    } else {
+        format!("refs/heads/{branch}")
+    };
+    let (created, deleted) = (zeros(before), zeros(after));
+    v["ref"] = json!(git_ref);
+    v["before"] = json!(before);
+    v["after"] = json!(after);
+    v["created"] = json!(created);
+    v["deleted"] = json!(deleted);
+    v["forced"] = json!(false);
+    let short = |s: &str| s.chars().take(12).collect::<String>();
+    v["compare"] = json!(if created {
+        format!("{WEB}/{REPO}/commit/{after}")
+    } else {
+        format!("{WEB}/{REPO}/compare/{}...{}", short(before), short(after))
+    });
+    if deleted {
+        v["head_commit"] = Value::Null;
+        v["commits"] = json!([]);
+    } else {
+        v["head_commit"]["timestamp"] = json!(now_iso());
+        v["commits"] = json!([v["head_commit"].clone()]);
+    }
+    to_bytes(&v)
+}
+
+// ---- Sending webhooks ------------------------------------------------------------------------
+
+/// The headers GitHub sends with a delivery, signed with `secret` over `body`.
+pub fn webhook_headers(
+    secret: &[u8],
+    event: &str,
+    delivery_id: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    vec![
+        ("User-Agent".into(), "GitHub-Hookshot/fake".into()),
+        ("Content-Type".into(), "application/json".into()),
+        ("X-GitHub-Event".into(), event.into()),
+        ("X-GitHub-Delivery".into(), delivery_id.into()),
+        ("X-GitHub-Hook-ID".into(), "1".into()),
+        (
+            "X-GitHub-Hook-Installation-Target-Type".into(),
+            "repository".into(),
+        ),
+        (
+            "X-GitHub-Hook-Installation-Target-ID".into(),
+            REPO_ID.to_string(),
+        ),
+        (
+            "X-Hub-Signature-256".into(),
+            format!("sha256={}", slipway_forge::sign(secret, body)),
+        ),
+    ]
+}
+
+/// POSTs a delivery as GitHub does to `http://<addr>/webhooks/github` (`addr` is
+/// `127.0.0.1:PORT`), and returns the status and body of the answer. Panics when no answer
+/// comes.
+pub fn send_webhook(
+    addr: &str,
+    secret: &[u8],
+    event: &str,
+    delivery_id: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let headers = webhook_headers(secret, event, delivery_id, body);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    send_webhook_raw(addr, &headers, body)
+}
+
+/// POSTs `body` with exactly `headers` (plus `Host`, and `Content-Length` and
+/// `Connection: close` unless given) to `http://<addr>/webhooks/github`. Panics when no answer
+/// comes (use [`try_send_webhook_raw`] when a reset is acceptable).
+pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    try_send_webhook_raw(addr, headers, body)
+        .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
+}
+
+/// [`send_webhook_raw`], with an error instead of a panic when no answer comes (a server may
+/// reset the connection of an oversized body before answering).
+pub fn try_send_webhook_raw(
+    addr: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<(u16, String)> {
+    http_request(addr, "POST", WEBHOOK_PATH, headers, body).map(|r| (r.status, r.body))
+}
+
+/// An answer read by [`http_request`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status.
+    pub status: u16,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (lossy UTF-8), de-chunked.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+}
+
+/// One HTTP/1.1 request to `addr` (`host:port`) on a new connection: `headers` as given, plus
+/// `Host`, and `Content-Length` and `Connection: close` unless given. The body is written from
+/// another thread while the answer is read, so that a server that answers early (`413`) and
+/// closes is still heard. 10 s to connect, 30 s for each read.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<HttpResponse> {
+    let target = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !has("host") {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has("content-length") && !has("transfer-encoding") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    if !has("connection") {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut writer = stream.try_clone()?;
+    std::thread::scope(|scope| {
+        let sending = scope.spawn(move || -> io::Result<()> {
+            writer.write_all(head.as_bytes())?;
+            for chunk in body.chunks(64 * 1024) {
+                writer.write_all(chunk)?;
+            }
+            writer.flush()
+        });
+        let answer = read_response(&mut BufReader::new(&stream));
+        let sent = sending.join();
+        match (answer, sent) {
+            (Ok(r), _) => Ok(r),
+            (Err(e), Ok(Err(send))) => Err(io::Error::new(
+                e.kind(),
+                format!("{e} (sending the request failed: {send})"),
+            )),
+            (Err(e), _) => Err(e),
+        }
+    })
+}
+
+fn read_response(r: &mut impl BufRead) -> io::Result<HttpResponse> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    loop {
+        let line = read_line(r, MAX_LINE)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed without an answer",
+            )
+        })?;
+        let line = String::from_utf8_lossy(trim_crlf(&line)).into_owned();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .filter(|_| line.starts_with("HTTP/1."))
+            .ok_or_else(|| bad("not an HTTP status line"))?;
+        let mut headers = Vec::new();
+        loop {
+            let l = read_line(r, MAX_LINE)?.ok_or_else(|| bad("the answer's headers end early"))?;
+            let l = String::from_utf8_lossy(trim_crlf(&l)).into_owned();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').ok_or_else(|| bad("malformed header"))?;
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let chunked = header_of(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let length = header_of(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let size_line =
+                    read_line(r, 1024)?.ok_or_else(|| bad("chunked body ends early"))?;
+                let text = String::from_utf8_lossy(trim_crlf(&size_line)).into_owned();
+                let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| bad("bad chunk size"))?;
+                if size == 0 {
+                    while read_line(r, MAX_LINE)?.is_some_and(|l| !trim_crlf(&l).is_empty()) {}
+                    break;
+                }
+                let start = body.len();
+                body.resize(start + size, 0);
+                r.read_exact(&mut body[start..])?;
+                let mut crlf = [0u8; 2];
+                r.read_exact(&mut crlf)?;
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            r.read_exact(&mut body)?;
+        } else if status != 204 && status != 304 {
+            r.take(64 << 20).read_to_end(&mut body)?;
+        }
+        return Ok(HttpResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+}
+
+// ---- Small helpers ------------------------------------------------------------------------
+
+fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Now, as GitHub writes times: `2024-05-01T12:34:56Z`.
+fn now_iso() -> String {
+    let secs = unix_now();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
