@@ -41,6 +41,30 @@ and summarised at the end (bench/report.py).
       until its preview URL answers (slipway); the same commit brought up by FILE, a shell
       script with git + nohup; and by supervisord from a git export. Each is checked (3
       processes live) and torn down (no process left) untimed.
+  measure.py pg-check --url URL
+      Exit 0 and describe the PostgreSQL server at URL if it answers and its user may create
+      databases and roles, and the libpq tools are on PATH; else exit 1 saying why (stdout).
+  measure.py pg-skip REASON
+      Record that section 6 did not run, and why.
+  measure.py pg-dbs --url URL --slipway S --config C --repo R --floor-repo F --homes DIR
+                    --prefix P --n N --runs R
+      R rounds, the order of the three ways rotating: N sequential `slipway apply --env eI`
+      (stack R: one postgres.database per environment; a fresh home under DIR per round), then
+      N `slipway destroy`; N `createdb P...`, then N `dropdb`; N `createuser` + `createdb -O`,
+      then N `dropdb` + `dropuser`; then the floors: the same with stack F (a `file` resource),
+      N `slipway validate` of F, N `slipway --version` and N `createdb --version`. One sample
+      = the wall time of the N commands; each batch follows an untimed CHECKPOINT and is
+      checked afterwards (N databases, or none). The libpq tools are run from their directory
+      when PATH's are Debian's pg_wrapper (see pg_tools).
+  measure.py pg-clones --url URL --slipway S --config C --homes DIR --prefix P --template T
+                       --rows N --runs R --repo-file-copy R1 --repo-wal-log R2
+      Make the template T (N rows, ~50 MB at 600,000), then a warm-up and R rounds of, per
+      strategy: `slipway apply` of stack R1/R2's environment (a clone of T) and `createdb -T T
+      -S STRATEGY`, each timed alone after a CHECKPOINT, checked (N rows in the clone) and
+      dropped untimed.
+  measure.py pg-cleanup --url URL --slipway S --config C --homes DIR --prefix P
+      Destroy every environment of the homes under DIR that still records a database, then
+      drop by SQL what they still record and everything named P*; exit 1 if anything is left.
   measure.py reap MARKER
       SIGKILL every process whose command line contains MARKER or whose working directory
       is under it (a unique temp dir: only processes this benchmark started), and the
@@ -59,6 +83,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 SLEEP_CMDLINE = b"sleep\x00100000\x00"
 
@@ -1120,6 +1145,436 @@ def previews(argv):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
 
+# --- PostgreSQL: a database per environment ------------------------------------------------------
+
+PG_TOOLS = ("psql", "createdb", "dropdb", "createuser", "dropuser")
+
+
+def pg_tools():
+    """{tool: the binary to run}, and whether PATH's are Debian's `pg_wrapper`: a Perl script
+    that picks a client version and execs /usr/lib/postgresql/VERSION/bin/TOOL, tens of ms per
+    call that are not createdb's. The baselines run the binaries themselves (the newest
+    version installed, which is what the wrapper picks for a remote host)."""
+    found = {t: shutil.which(t) for t in PG_TOOLS}
+    if None in found.values():
+        return found, False
+    wrapped = any(os.path.basename(os.path.realpath(p)) == "pg_wrapper" for p in found.values())
+    if wrapped:
+        versions = sorted((d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()),
+                          key=int) if os.path.isdir("/usr/lib/postgresql") else []
+        for v in reversed(versions):
+            direct = {t: f"/usr/lib/postgresql/{v}/bin/{t}" for t in PG_TOOLS}
+            if all(os.access(p, os.X_OK) for p in direct.values()):
+                return direct, True
+    return found, False
+PG_NAME = re.compile(r"[a-z0-9_]{1,63}")
+INTENT = ".postgres.database.json"
+
+
+def qi(name):
+    """A quoted identifier; only the plain names this benchmark makes are accepted."""
+    if not PG_NAME.fullmatch(name):
+        raise ValueError(f"not a benchmark name: {name!r}")
+    return f'"{name}"'
+
+
+class Pg:
+    """The server of section 6, reached with the libpq command-line tools over TCP, as slipway
+    reaches it (trust auth: a password is never given nor prompted for, `-w`)."""
+
+    def __init__(self, url):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("postgres", "postgresql") or u.password:
+            sys.exit(f"measure.py: {url!r}: want postgres://USER@HOST:PORT/DB, no password")
+        self.host = u.hostname or "127.0.0.1"
+        self.port = str(u.port or 5432)
+        self.user = urllib.parse.unquote(u.username or "postgres")
+        self.dbname = u.path.lstrip("/") or "postgres"
+        self.conn = ["-h", self.host, "-p", self.port, "-U", self.user, "-w"]
+        self.bin, self.wrapped = pg_tools()
+        # A server that does not answer fails the libpq tools in 5 s instead of hanging.
+        os.environ["PGCONNECT_TIMEOUT"] = "5"
+
+    def run(self, *statements, db=None, stop=True, timeout=600):
+        """psql, one `-c` per statement (each in its own transaction, as DROP DATABASE
+        needs); the CompletedProcess, output unaligned without headers."""
+        cmd = [self.bin["psql"] or "psql", "-X", "-q", "-A", "-t", *self.conn, "-d",
+               db or self.dbname]
+        if stop:
+            cmd += ["-v", "ON_ERROR_STOP=1"]
+        for s in statements:
+            cmd += ["-c", s]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def sql(self, *statements, db=None, timeout=600):
+        """The output of the statements; exits on an error."""
+        proc = self.run(*statements, db=db, timeout=timeout)
+        if proc.returncode:
+            sys.exit(f"measure.py: psql {statements!r} failed: {proc.stderr.strip()[-2000:]}")
+        return proc.stdout.strip()
+
+    def checkpoint(self):
+        """An untimed CHECKPOINT before each timed batch: every batch starts with no dirty
+        buffers to write, whatever the one before it left (a superuser's right; skipped if
+        refused)."""
+        self.run("CHECKPOINT", stop=False)
+
+    def existing(self, names):
+        """Which of names exist as databases, and as roles."""
+        if not names:
+            return set(), set()
+        arr = "'{" + ",".join(qi(n)[1:-1] for n in sorted(names)) + "}'::text[]"
+        dbs = self.sql(f"select datname from pg_database where datname = any({arr})")
+        roles = self.sql(f"select rolname from pg_roles where rolname = any({arr})")
+        return set(dbs.split()), set(roles.split())
+
+    def prefixed(self, prefix):
+        """Databases and roles whose names start with prefix (this run's own)."""
+        qi(prefix)
+        n = len(prefix)
+        dbs = self.sql(f"select datname from pg_database where left(datname, {n}) = '{prefix}'")
+        roles = self.sql(f"select rolname from pg_roles where left(rolname, {n}) = '{prefix}'")
+        return set(dbs.split()), set(roles.split())
+
+
+def pg_check(argv):
+    """Exits 0 with a one-line description of the server when section 6 can run; else 1 with
+    why not, on stdout (bench/run puts it in the report)."""
+    opts = dict(zip(argv[::2], argv[1::2]))
+    try:
+        pg = Pg(opts["--url"])
+    except SystemExit as e:
+        print(e)
+        sys.exit(1)
+    missing = [t for t, path in pg.bin.items() if not path]
+    if missing:
+        print(f"{', '.join(missing)} not on PATH (Debian: postgresql-client)")
+        sys.exit(1)
+    where = f"{pg.user}@{pg.host}:{pg.port}"
+    try:
+        proc = pg.run(
+            "select current_setting('server_version_num') || ' ' || (select case when "
+            "rolsuper or (rolcreatedb and rolcreaterole) then 'yes' else 'no' end "
+            "from pg_roles where rolname = current_user)",
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"PostgreSQL at {where} did not answer within 20 s")
+        sys.exit(1)
+    if proc.returncode:
+        err = " ".join(proc.stderr.split())[:300]
+        print(f"PostgreSQL at {where} does not answer: {err}")
+        sys.exit(1)
+    version, rights = proc.stdout.split()
+    if rights != "yes":
+        print(f"{pg.user} at {pg.host}:{pg.port} may not create databases and roles")
+        sys.exit(1)
+    print(f"PostgreSQL {int(version) // 10000}.{int(version) % 10000} at {where} (client tools: "
+          f"{os.path.dirname(pg.bin['createdb'])})")
+
+
+def pg_server_note(pg):
+    """The server's version and the settings that decide what CREATE/DROP DATABASE cost."""
+    names = ("server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_level",
+             "shared_buffers", "max_wal_size", "checkpoint_timeout", "data_directory")
+    # pg_settings lists only what this user may read (data_directory needs a superuser).
+    out = pg.sql("select name || '=' || current_setting(name) from pg_settings where name = "
+                 "any(array['" + "','".join(names) + "'])")
+    settings = dict(line.split("=", 1) for line in out.splitlines())
+    client = subprocess.run([pg.bin["createdb"], "--version"], capture_output=True,
+                            text=True).stdout
+    record("pg/server", [], unit="note", settings=settings, client=client.strip(),
+           server=f"{pg.user}@{pg.host}:{pg.port}", bindir=os.path.dirname(pg.bin["createdb"]),
+           wrapped=pg.wrapped)
+
+
+def time_batch(cmds):
+    """Runs the commands one after the other (each must exit 0): total wall time, and the CPU
+    time (user + system) of the commands themselves."""
+    cpu = 0.0
+    t0 = time.perf_counter()
+    for cmd in cmds:
+        cpu += run_checked(cmd, 0)[1]
+    return time.perf_counter() - t0, cpu
+
+
+def intents(home):
+    """{environment: generated name} of the databases slipway set out to create in home and
+    has not dropped yet (the provider writes `<run>/<name>.postgres.database.json` before it
+    touches the server, and removes it once the drop succeeded)."""
+    out = {}
+    envs = os.path.join(home, "envs")
+    for env in sorted(os.listdir(envs)) if os.path.isdir(envs) else []:
+        run = os.path.join(envs, env, "run")
+        for f in sorted(os.listdir(run)) if os.path.isdir(run) else []:
+            if f.endswith(INTENT):
+                out[env] = f[: -len(INTENT)]
+    return out
+
+
+def check_slipway_dbs(pg, home, envs):
+    """The generated names of envs' databases, once checked: each exists, owned by its role of
+    the same name, with the ownership comment `slipway:<instance>:<env>/db`."""
+    names = intents(home)
+    if sorted(names) != sorted(envs):
+        sys.exit(f"measure.py: {len(names)} intent records in {home}, expected {len(envs)}")
+    arr = "'{" + ",".join(qi(n)[1:-1] for n in names.values()) + "}'::text[]"
+    rows = pg.sql(
+        "select d.datname || ' ' || r.rolname || ' ' || coalesce(shobj_description(d.oid, "
+        f"'pg_database'), '-') from pg_database d join pg_roles r on r.oid = d.datdba "
+        f"where d.datname = any({arr})"
+    ).splitlines()
+    found = {}
+    for row in rows:
+        db, owner, comment = row.split(" ", 2)
+        found[db] = (owner, comment)
+    for env, name in names.items():
+        owner, comment = found.get(name, (None, None))
+        if owner != name or not re.fullmatch(rf"slipway:[0-9a-f]+:{env}/db", comment or ""):
+            sys.exit(f"measure.py: database {name} of {env}: owner {owner}, comment {comment!r}")
+    return set(names.values())
+
+
+def check_gone(pg, names, what):
+    dbs, roles = pg.existing(names)
+    if dbs or roles:
+        sys.exit(f"measure.py: {what}: {len(dbs)} database(s) and {len(roles)} role(s) left, "
+                 f"e.g. {sorted(dbs | roles)[:3]}")
+
+
+def check_count(pg, prefix, n, what):
+    dbs, _ = pg.prefixed(prefix)
+    if len(dbs) != n:
+        sys.exit(f"measure.py: {what}: {len(dbs)} databases named {prefix}*, expected {n}")
+
+
+def pg_dbs(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    pg = Pg(opts["--url"])
+    slipway, config = opts["--slipway"], opts["--config"]
+    repo, floor_repo, homes = opts["--repo"], opts["--floor-repo"], opts["--homes"]
+    prefix, n, runs = opts["--prefix"], int(opts["--n"]), int(opts["--runs"])
+    qi(prefix)
+    meta = {"n": n}
+    envs = [f"e{i}" for i in range(n)]
+    os.makedirs(homes, exist_ok=True)
+
+    def sw(home, *args):
+        return [slipway, "--home", home, "--config", config, *args]
+
+    def batch(label, cmds, check):
+        pg.checkpoint()
+        wall, cpu = time_batch(cmds)
+        record(label, [wall], cpu=[cpu], **meta)
+        check()
+
+    def slipway_way(rnd):
+        home = tempfile.mkdtemp(prefix=f"dbs-{rnd}-", dir=homes)
+        created = set()
+
+        def check_created():
+            created.update(check_slipway_dbs(pg, home, envs))
+
+        def check_dropped():
+            check_gone(pg, created, "after slipway destroy")
+            if intents(home):
+                sys.exit(f"measure.py: intent records left in {home} after destroy")
+
+        batch("pg/create/slipway", [
+            sw(home, "apply", "--env", e, "--yes", "--repo", repo, "--ref", "main")
+            for e in envs], check_created)
+        batch("pg/drop/slipway", [sw(home, "destroy", "--env", e, "--yes") for e in envs],
+              check_dropped)
+        shutil.rmtree(home)
+
+    def createdb_way(rnd):
+        p = f"{prefix}r{rnd}_c"
+        names = [f"{p}{i}" for i in range(n)]
+        batch("pg/create/createdb", [[tool["createdb"], *pg.conn, d] for d in names],
+              lambda: check_count(pg, p, n, "after createdb"))
+        batch("pg/drop/dropdb", [[tool["dropdb"], *pg.conn, d] for d in names],
+              lambda: check_count(pg, p, 0, "after dropdb"))
+
+    def role_way(rnd):
+        p = f"{prefix}r{rnd}_o"
+        names = [f"{p}{i}" for i in range(n)]
+
+        def check_created():
+            check_count(pg, p, n, "after createuser + createdb -O")
+            owned = pg.sql("select count(*) from pg_database d join pg_roles r on "
+                           f"r.oid = d.datdba where left(d.datname, {len(p)}) = '{p}' "
+                           "and r.rolname = d.datname and r.rolcanlogin")
+            if int(owned) != n:
+                sys.exit(f"measure.py: {owned} of {n} databases owned by their login role")
+
+        batch("pg/create/createuser+createdb",
+              [c for d in names for c in ([tool["createuser"], *pg.conn, d],
+                                          [tool["createdb"], *pg.conn, "-O", d, d])],
+              check_created)
+        batch("pg/drop/dropdb+dropuser",
+              [c for d in names for c in ([tool["dropdb"], *pg.conn, d],
+                                          [tool["dropuser"], *pg.conn, d])],
+              lambda: check_gone(pg, set(names), "after dropdb + dropuser"))
+
+    def floors(rnd):
+        # What slipway pays without a server: the same environments with a `file` resource.
+        home = tempfile.mkdtemp(prefix=f"floor-{rnd}-", dir=homes)
+        batch("pg/create/floor-file", [
+            sw(home, "apply", "--env", e, "--yes", "--repo", floor_repo, "--ref", "main")
+            for e in envs], lambda: None)
+        batch("pg/drop/floor-file", [sw(home, "destroy", "--env", e, "--yes") for e in envs],
+              lambda: None)
+        shutil.rmtree(home)
+        # Reading the stack from git and checking it, without state or server.
+        batch("pg/start/slipway-validate",
+              [[slipway, "validate", "--repo", floor_repo, "--ref", "main"]] * n, lambda: None)
+        # And the process starts alone: slipway's, createdb's, and the wrapper's if PATH has it.
+        batch("pg/start/slipway-version", [[slipway, "--version"]] * n, lambda: None)
+        batch("pg/start/createdb-version", [[tool["createdb"], "--version"]] * n, lambda: None)
+        if pg.wrapped:
+            batch("pg/start/createdb-path-version", [["createdb", "--version"]] * n,
+                  lambda: None)
+
+    tool = pg.bin
+    pg_server_note(pg)
+    ways = [slipway_way, createdb_way, role_way]
+    try:
+        for rnd in range(1, runs + 1):
+            print(f"  round {rnd}/{runs}", file=sys.stderr)
+            # The order rotates round by round: no way always runs first, or after another.
+            k = (rnd - 1) % len(ways)
+            for way in ways[k:] + ways[:k]:
+                way(rnd)
+            floors(rnd)
+    finally:
+        pg_cleanup(pg, slipway, config, homes, prefix)
+
+
+def pg_clones(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    pg = Pg(opts["--url"])
+    slipway, config, homes = opts["--slipway"], opts["--config"], opts["--homes"]
+    prefix, runs, rows = opts["--prefix"], int(opts["--runs"]), int(opts["--rows"])
+    template = opts["--template"]
+    repos = {"file_copy": opts["--repo-file-copy"], "wal_log": opts["--repo-wal-log"]}
+    if not template.startswith(prefix):
+        sys.exit("measure.py: the template must carry the run's prefix (so that it is dropped)")
+    version = int(pg.sql("show server_version_num"))
+    if version < 150000:
+        record("pg/clones-skipped", [], unit="note",
+               reason=f"PostgreSQL {version // 10000} has no CREATE DATABASE ... STRATEGY (15+)")
+        return
+    os.makedirs(homes, exist_ok=True)
+    home = tempfile.mkdtemp(prefix="clones-", dir=homes)
+
+    def verify(db):
+        got = pg.sql("select count(*) from t", db=db)
+        if int(got) != rows:
+            sys.exit(f"measure.py: the clone {db} holds {got} rows, expected {rows}")
+
+    def slipway_side(strategy, rnd):
+        env = strategy.replace("_", "-")
+        pg.checkpoint()
+        wall, cpu = time_batch([[slipway, "--home", home, "--config", config, "apply", "--env",
+                                 env, "--yes", "--repo", repos[strategy], "--ref", "main"]])
+        verify(intents(home)[env])
+        run_checked([slipway, "--home", home, "--config", config, "destroy", "--env", env,
+                     "--yes"], 0)
+        if intents(home):
+            sys.exit(f"measure.py: the clone of {env} is still recorded after destroy")
+        return wall, cpu
+
+    def createdb_side(strategy, rnd):
+        name = f"{prefix}clone_{strategy}_{rnd}"
+        pg.checkpoint()
+        wall, cpu = time_batch([[pg.bin["createdb"], *pg.conn, "-T", template, "-S",
+                                 strategy.upper(), name]])
+        verify(name)
+        run_checked([pg.bin["dropdb"], *pg.conn, name], 0)
+        return wall, cpu
+
+    try:
+        t0 = time.perf_counter()
+        pg.sql(f"CREATE DATABASE {qi(template)}")
+        pg.sql(f"CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, {rows}) g",
+               "VACUUM ANALYZE t", db=template)
+        pg.checkpoint()
+        size = int(pg.sql(f"select pg_database_size('{template}')"))
+        record("pg/template", [size], unit="bytes", rows=rows, made_in=time.perf_counter() - t0)
+        # Round 0 warms up (the template's files in the page cache, the home created): untimed.
+        for rnd in range(runs + 1):
+            print(f"  clones, {'warm-up' if rnd == 0 else f'round {rnd}/{runs}'}", file=sys.stderr)
+            for strategy in ("file_copy", "wal_log"):
+                sides = [("slipway", slipway_side), ("createdb", createdb_side)]
+                if rnd % 2 == 0:
+                    sides.reverse()
+                for who, side in sides:
+                    wall, cpu = side(strategy, rnd)
+                    if rnd:
+                        record(f"pg/clone/{strategy}/{who}", [wall], cpu=[cpu], rows=rows)
+        pg.sql(f"DROP DATABASE {qi(template)}")
+    finally:
+        pg_cleanup(pg, slipway, config, homes, prefix)
+
+
+def pg_cleanup(pg, slipway, config, homes, prefix):
+    """Drops what section 6 made, and only that: every environment of the homes under `homes`
+    destroyed by slipway; then, by SQL, the databases and roles those homes still record an
+    intent for (a create or a drop interrupted) and those named with this run's prefix (the
+    baselines and the template). Returns the names still there (none, normally)."""
+    for home in sorted(os.listdir(homes)) if os.path.isdir(homes) else []:
+        home = os.path.join(homes, home)
+        for env in sorted(intents(home)):
+            try:
+                subprocess.run([slipway, "--home", home, "--config", config, "destroy", "--env",
+                                env, "--yes"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
+    names = set()
+    for home in sorted(os.listdir(homes)) if os.path.isdir(homes) else []:
+        recorded = intents(os.path.join(homes, home)).values()
+        names.update(n for n in recorded if PG_NAME.fullmatch(n))
+    try:
+        # A statement of a client killed mid-way (CREATE DATABASE, say) runs on to its end in
+        # the server: wait for those that name our objects (10 s at most).
+        pattern = "|".join(sorted(names | {prefix}))
+        for _ in range(50):
+            busy = pg.sql("select count(*) from pg_stat_activity where pid <> pg_backend_pid() "
+                          f"and state <> 'idle' and query ~ '{pattern}'", timeout=20)
+            if busy == "0":
+                break
+            time.sleep(0.2)
+        for attempt in range(5):
+            if attempt:
+                time.sleep(1)
+            dbs, roles = pg.existing(names)
+            pdbs, proles = pg.prefixed(prefix)
+            dbs, roles = dbs | pdbs, roles | proles
+            if not (dbs or roles):
+                return set()
+            # Databases first: a role cannot go while it owns one.
+            pg.run(*[f"DROP DATABASE IF EXISTS {qi(d)} WITH (FORCE)" for d in sorted(dbs)],
+                   *[f"DROP ROLE IF EXISTS {qi(r)}" for r in sorted(roles)], stop=False)
+            print(f"  dropped {len(dbs)} database(s) and {len(roles)} role(s) left behind",
+                  file=sys.stderr)
+        left = set().union(*pg.existing(names), *pg.prefixed(prefix))
+    except (SystemExit, subprocess.TimeoutExpired) as e:
+        print(f"  PostgreSQL cleanup impossible ({e}); left, possibly: {sorted(names)} and "
+              f"{prefix}*", file=sys.stderr)
+        return names | {prefix + "*"}
+    if left:
+        print(f"  LEFT ON THE SERVER: {sorted(left)}", file=sys.stderr)
+    return left
+
+
+def pg_cleanup_cmd(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    left = pg_cleanup(Pg(opts["--url"]), opts["--slipway"], opts["--config"], opts["--homes"],
+                      opts["--prefix"])
+    sys.exit(1 if left else 0)
+
+
 def main(argv):
     # SIGTERM (bench/run cleaning up) unwinds like an exception, so `finally` blocks stop
     # what this process started.
@@ -1149,6 +1604,16 @@ def main(argv):
         push(argv[2:])
     elif what == "previews":
         previews(argv[2:])
+    elif what == "pg-check":
+        pg_check(argv[2:])
+    elif what == "pg-skip":
+        record("pg/skipped", [], unit="note", reason=argv[2])
+    elif what == "pg-dbs":
+        pg_dbs(argv[2:])
+    elif what == "pg-clones":
+        pg_clones(argv[2:])
+    elif what == "pg-cleanup":
+        pg_cleanup_cmd(argv[2:])
     else:
         sys.exit(f"measure.py: unknown command {what!r}\n{__doc__}")
 

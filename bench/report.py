@@ -15,6 +15,7 @@ PASS_GOAL_S = 1.0  # a reconcile pass over 1,000 unchanged environments, on 2 co
 RSS_GOAL_BYTES = 50e6  # the controller's resident memory with 1,000 environments
 PUSH_GOAL_S = 1.0  # push to running, beyond the app's own start-up
 PREVIEW_GOAL_S = 2.0  # a new branch to its preview answering, 3 processes
+PG_GOAL_X = 1.2  # slipway's apply/destroy of a database at most this many times createdb/dropdb
 LINEAR_EXPONENT = 1.15  # t ∝ N^k between the two largest sizes: k up to this is "linear"
 LINEAR_TOLERANCE = 1.5  # growth of per-resource cost still called linear (first apply)
 
@@ -120,6 +121,196 @@ def linear_fit(xs, ys):
     return a, b, 1 - ss_res / ss_tot
 
 
+def section_pg(w, samples, cpu, meta, n):
+    """Section 6: a database per environment, slipway against createdb/dropdb."""
+    note = meta.get("pg/server", {})
+    st = note.get("settings", {})
+    fs = filesystem(st["data_directory"]) if st.get("data_directory") else "?"
+
+    def per(label, src=samples):
+        xs = src.get(label)
+        return med(xs) / n if xs else None
+
+    def ms(x):
+        return f"{x * 1000:.1f} ms" if x is not None else "–"
+
+    w("## 6. A database per environment: slipway vs createdb/dropdb\n")
+    w(
+        f"The server: PostgreSQL {st.get('server_version', '?')} at `{note.get('server', '?')}` "
+        "over TCP with trust auth, the same for slipway and the baselines (slipway's engine "
+        "config: `[postgres.main] url = \"postgres://…\"`, passed with `--config`); data "
+        f"directory on {fs}; "
+        + ", ".join(f"`{k}={st[k]}`" for k in ("fsync", "synchronous_commit", "full_page_writes",
+                                              "wal_level", "shared_buffers", "max_wal_size",
+                                              "checkpoint_timeout") if k in st)
+        + f". Client tools: {note.get('client', '?')}, run from `{note.get('bindir', '?')}`"
+        + (" — not through PATH, where Debian has `pg_wrapper`, a Perl script that picks a "
+           "client version and execs that binary: it would add its own start-up (below) to "
+           "every baseline call, which would flatter slipway" if note.get("wrapped") else "")
+        + ". The server may be shared: other "
+        "sessions can have run on it meanwhile. Every timed batch (and every timed clone) "
+        "follows an untimed `CHECKPOINT`, so that none pays for the dirty buffers another "
+        "left. Names made by the baselines and the template carry a prefix unique to the run "
+        "(`sw_bench<pid>_`), slipway's mix in its home's id; everything is dropped at the end "
+        "(on failure and Ctrl-C too) and nothing else is touched.\n"
+    )
+    w(
+        f"**Create, then drop, {n} environment databases.** A stack (`bench/gen.py pgdbs`) with "
+        f"{n} static environments `e0`…`e{n - 1}` tracking `main` and one resource "
+        "`db: { type: postgres.database }`, committed with the `git` CLI. In each round the "
+        "three ways run one after the other, their order rotating from round to round; each "
+        f"sample is the wall time of {n} commands run one after the other from Python (the "
+        "same harness for every way), checked afterwards, untimed: the databases exist "
+        "(slipway's owned by their role of the same name and commented "
+        "`slipway:<instance>:eN/db`), then after the drops none is left.\n\n"
+        f"- **slipway**: `slipway --home H --config C apply --env eN --yes --repo R --ref main` "
+        f"for N = 0…{n - 1}, in a fresh home per round (the first apply creates it). Each is a "
+        "process start, the engine config read, the state database opened, the stack loaded "
+        "from the git commit (the tree extracted into the environment's directory), rendered "
+        "and planned, then the provider: the intent written to a file, one connection to the "
+        "server, the role and the database looked up with their comments (is anything there, "
+        "and is it ours?), `CREATE ROLE … LOGIN PASSWORD` with a generated password and its "
+        "ownership comment in one transaction, `CREATE DATABASE … OWNER`, `COMMENT ON "
+        "DATABASE`; then the deployment and the sealed (encrypted) live record written to "
+        "SQLite. Drop: `slipway destroy --env eN --yes`: the same start, the ownership "
+        "checked, `DROP DATABASE … WITH (FORCE)`, `DROP ROLE`, the state updated.\n"
+        "- **createdb**: `createdb -h … NAME`, a unique name each: one process, one libpq "
+        "connection, one `CREATE DATABASE` statement. Drop: `dropdb NAME`.\n"
+        "- **createuser + createdb -O**: `createuser NAME`, then `createdb -O NAME NAME`: the "
+        "role and the database slipway makes (without its password, comments, checks or "
+        "records), in two processes and two connections. Drop: `dropdb` + `dropuser`.\n"
+        "- **floors**, to split slipway's time: the same environments with one `file` resource "
+        "instead of the database (`bench/gen.py pgfloor`: everything above but the server), "
+        f"applied and destroyed the same way; `slipway validate --repo R --ref main` × {n} of "
+        "that stack (the process start, the commit read with `git`, parsed and checked: no "
+        f"state, no plan); and `slipway --version` × {n}, the process start alone "
+        f"(`createdb --version` × {n} likewise).\n"
+    )
+    rows = [
+        ("create", "**slipway apply**", "pg/create/slipway", None),
+        ("", "createdb", "pg/create/createdb", "pg/create/slipway"),
+        ("", "createuser + createdb -O", "pg/create/createuser+createdb", "pg/create/slipway"),
+        ("", "floor: slipway apply of a `file` resource", "pg/create/floor-file", None),
+        ("", "floor: `slipway validate` of that stack (start, git, parse, check)",
+         "pg/start/slipway-validate", None),
+        ("", "floor: `slipway --version` (process start)", "pg/start/slipway-version", None),
+        ("", "floor: `createdb --version` (process start)", "pg/start/createdb-version", None),
+        ("", "`createdb --version` through PATH's `pg_wrapper` (not used above)",
+         "pg/start/createdb-path-version", None),
+        ("drop", "**slipway destroy**", "pg/drop/slipway", None),
+        ("", "dropdb", "pg/drop/dropdb", "pg/drop/slipway"),
+        ("", "dropdb + dropuser", "pg/drop/dropdb+dropuser", "pg/drop/slipway"),
+        ("", "floor: slipway destroy of the `file` environment", "pg/drop/floor-file", None),
+    ]
+    w(f"| | way | rounds | {n} in a row: median (min–max) | per database | CPU time of the "
+      "commands per database (user+sys) | slipway ÷ this |")
+    w("|---|---|---:|---|---:|---:|---:|")
+    for op, name, label, ref in rows:
+        xs = samples.get(label)
+        if not xs:
+            continue
+        ratio = f"**{med(samples[ref]) / med(xs):.2f}×**" if ref else "–"
+        w(f"| {op} | {name} | {len(xs)} | {cell(xs)} | {ms(med(xs) / n)} | "
+          f"{ms(per(label, cpu))} | {ratio} |")
+    w("")
+
+    sc, sd = per("pg/create/slipway"), per("pg/drop/slipway")
+    fc, fd = per("pg/create/floor-file"), per("pg/drop/floor-file")
+    start = per("pg/start/slipway-version")
+    valid = per("pg/start/slipway-validate")
+    cc, dd = per("pg/create/createdb"), per("pg/drop/dropdb")
+    rc, rd = per("pg/create/createuser+createdb"), per("pg/drop/dropdb+dropuser")
+    if None not in (sc, sd, fc, fd, start):
+        w("**Where slipway's time goes**, per database (differences of medians):\n")
+        w("| part | apply | destroy |\n|---|---:|---:|")
+        w(f"| process start (`slipway --version`) | {ms(start)} | {ms(start)} |")
+        if valid is not None:
+            w(f"| + the stack read from git, parsed and checked (`validate` − process start; "
+              f"destroy reads no commit) | {ms(valid - start)} | – |")
+            w(f"| + config, state, render, plan, the `file` written, records (`file` floor − "
+              f"`validate`; for destroy − the process start) | {ms(fc - valid)} | "
+              f"{ms(fd - start)} |")
+        else:
+            w(f"| + config, state, git, render, plan, records: all but the server (`file` floor "
+              f"− process start) | {ms(fc - start)} | {ms(fd - start)} |")
+        w(f"| + the server's part: connection, lookups, SQL (database − `file` floor) | "
+          f"{ms(sc - fc)} | {ms(sd - fd)} |")
+        w(f"| = slipway | **{ms(sc)}** | **{ms(sd)}** |")
+        w(f"| CPU time of the slipway process and the `git` processes it runs | "
+          f"{ms(per('pg/create/slipway', cpu))} | "
+          f"{ms(per('pg/drop/slipway', cpu))} |")
+        if cc is not None and dd is not None:
+            w(f"| `createdb` / `dropdb`, for comparison | {ms(cc)} | {ms(dd)} |")
+            cstart = per("pg/start/createdb-version")
+            if cstart is not None:
+                w(f"| … of which their process start (`createdb --version`) | {ms(cstart)} | "
+                  f"{ms(cstart)} |")
+        if rc is not None and rd is not None:
+            w(f"| `createuser` + `createdb -O` / `dropdb` + `dropuser` | {ms(rc)} | {ms(rd)} |")
+        w("")
+        if cc is not None and dd is not None:
+            w(f"Slipway's apply is {sc / cc:.2f}× `createdb` and its destroy {sd / dd:.2f}× "
+              f"`dropdb` (the goal: {PG_GOAL_X:g}×). Of an apply, {ms(fc)} "
+              f"({fc / sc * 100:.0f} %) is what any apply costs without a server, "
+              f"{ms(start)} of it the process start; the server's part, {ms(sc - fc)}, compares "
+              f"with `createdb`'s whole {ms(cc)}"
+              + (f" and `createuser` + `createdb -O`'s {ms(rc)}" if rc is not None else "")
+              + f". Of a destroy, {ms(fd)} ({fd / sd * 100:.0f} %) is the floor; the server's "
+              f"part, {ms(sd - fd)}, compares with `dropdb`'s {ms(dd)}"
+              + (f" and `dropdb` + `dropuser`'s {ms(rd)}" if rd is not None else "")
+              + ". The server's own work (copying `template1`, or removing the files, and the "
+              "WAL and fsyncs of either) is the same on both sides and dominates both.\n")
+            need = PG_GOAL_X * cc
+            w(f"Within {PG_GOAL_X:g}× of `createdb` means {ms(need)} per apply here: "
+              + (f"{ms(sc - need)} less than measured, when all that slipway does besides the "
+                 f"server's part and the process start takes {ms(fc - start)}."
+                 if sc > need else f"{ms(need - sc)} to spare.")
+              + "\n")
+
+    clones = [k for k in samples if k.startswith("pg/clone/")]
+    tpl = samples.get("pg/template")
+    skipped = meta.get("pg/clones-skipped", {}).get("reason")
+    if skipped:
+        w(f"**Clones of a template**: not run: {skipped}.\n")
+    elif clones and tpl:
+        rows_n = int(meta["pg/template"]["rows"])
+        w(f"**Clones of a {tpl[0] / 1e6:.0f} MB template, both strategies.** A template "
+          f"database of {tpl[0] / 1e6:.1f} MB (`pg_database_size`): `CREATE TABLE t AS SELECT "
+          f"g, md5(g::text) AS h FROM generate_series(1, {rows_n}) g`, then `VACUUM ANALYZE`. "
+          "An untimed warm-up round, then per round and per strategy, which side goes first "
+          "alternating by round, each timed alone after an untimed `CHECKPOINT`: **slipway**: "
+          "`slipway apply` of an environment whose only resource is `{ type: "
+          "postgres.database, template: TEMPLATE, strategy: file_copy | wal_log }` (one home "
+          "for all rounds; the environment destroyed, untimed, after each); **createdb**: "
+          "`createdb -T TEMPLATE -S FILE_COPY | WAL_LOG NAME` (dropped untimed). Every clone "
+          f"is checked to hold the {rows_n:,} rows. `FILE_COPY` checkpoints before and after "
+          "copying the files (cheap here, right after a `CHECKPOINT`; on a busy server it "
+          "writes everyone's dirty buffers), `WAL_LOG` copies block by block through the "
+          "WAL.\n")
+        w("| strategy | rounds | slipway apply | createdb -T -S | slipway − createdb | "
+          "slipway ÷ createdb |")
+        w("|---|---:|---|---|---:|---:|")
+        by = {}
+        for strategy in ("file_copy", "wal_log"):
+            slip = samples.get(f"pg/clone/{strategy}/slipway")
+            base = samples.get(f"pg/clone/{strategy}/createdb")
+            if not (slip and base):
+                continue
+            by[strategy] = (med(slip), med(base))
+            w(f"| `{strategy}` | {len(slip)} | {cell(slip)} | {cell(base)} | "
+              f"{ms(med(slip) - med(base))} | {med(slip) / med(base):.2f}× |")
+        w("")
+        if len(by) == 2:
+            (sf, cf), (sl, cw) = by["file_copy"], by["wal_log"]
+            faster = "file_copy" if cf < cw else "wal_log"
+            w(f"Side by side: `wal_log` takes {cw / cf:.2f}× the time of `file_copy` with "
+              f"createdb ({ms(cw)} vs {ms(cf)}) and {sl / sf:.2f}× with slipway ({ms(sl)} vs "
+              f"{ms(sf)}): `{faster}` is the faster of the two for this template on this "
+              "server. Slipway's own cost does not depend on the strategy (an apply without "
+              f"a server: {ms(fc) if fc is not None else '–'}, the `file` floor above); the "
+              "differences in the table move within the clones' own spread (min–max).\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -133,6 +324,8 @@ def main():
     ap.add_argument("--profile-dir", default="")
     ap.add_argument("--load-start", default="?")
     ap.add_argument("--controller-conf", default="")
+    ap.add_argument("--pg-runs", default="?")
+    ap.add_argument("--only", default="", help="the sections run, if not all (BENCH_ONLY)")
     args = ap.parse_args()
     samples, cpu, meta = load(args.results)
     m = machine()
@@ -155,13 +348,24 @@ def main():
         "from one run of the script, benchmarks and baselines interleaved on the same machine. "
         "Times are wall clock of the whole command (process start to exit), as a user sees "
         f"them (sections 3–5 say where their clock starts and stops): **median** (min–max) of "
-        f"{args.runs} runs unless a row says otherwise.\n"
+        f"{args.runs} runs unless a row says otherwise (section 6: {args.pg_runs} rounds).\n"
     )
+    if args.only:
+        w(f"> **Partial run** (`BENCH_ONLY=\"{args.only}\"`): only {', '.join(args.only.split())} "
+          "ran; the other sections are marked *not run in this run* and their goals are not "
+          "judged. A development report: it was not written to docs/benchmarks.md.\n")
     w("## Reproduce\n")
     w("```sh\nbench/run                      # builds release slipway, sets up bench/.venv, runs all\n"
       "BENCH_RUNS=9 bench/run         # more repetitions\n"
       "BENCH_SIZES=\"1000 10000\" bench/run   # other stack sizes\n"
-      "BENCH_ENVS=2000 bench/run      # another number of environments for section 3\n```\n")
+      "BENCH_ENVS=2000 bench/run      # another number of environments for section 3\n"
+      "BENCH_PG_RUNS=5 bench/run      # more rounds of section 6 (default 3; a sample is 100 "
+      "operations)\n"
+      "BENCH_PG_URL=postgres://postgres@HOST:5432/postgres bench/run   # section 6's server "
+      "(trust auth)\n"
+      "BENCH_ONLY=pg bench/run        # only section 6 (also: plan procs serve push previews); "
+      "the\n"
+      "                               # report goes to a temp file, printed at the end\n```\n")
     w(f"This run took {int(args.elapsed) // 60} min {int(args.elapsed) % 60} s in all "
       "(build, setup and the untimed first applies and destroys included).\n")
 
@@ -177,6 +381,11 @@ def main():
     w(f"| temp filesystem | {m['fs']} |")
     w(f"| slipway | {sh(args.slipway, '--version')}, {revision} |")
     w(f"| supervisord | {sh(args.supervisord, '--version')} (PyPI `supervisor`, in bench/.venv) |")
+    pg_note = meta.get("pg/server")
+    if pg_note:
+        st = pg_note.get("settings", {})
+        w(f"| PostgreSQL (section 6) | server {st.get('server_version', '?')} at "
+          f"`{pg_note.get('server', '?')}`; client tools: {pg_note.get('client', '?')} |")
     w(f"| python / git | {platform.python_version()} / {sh('git', '--version')} |\n")
 
     # ---- verdicts -------------------------------------------------------------------------------
@@ -313,11 +522,46 @@ def main():
             + (" (every run)" if max(pv) < PREVIEW_GOAL_S else
                " by the median, not by every run" if med(pv) < PREVIEW_GOAL_S else ""),
         ))
+    pg_skip = meta.get("pg/skipped", {}).get("reason")
+    pgc, pgd = samples.get("pg/create/slipway"), samples.get("pg/drop/slipway")
+    cdb, ddb = samples.get("pg/create/createdb"), samples.get("pg/drop/dropdb")
+    roc, rod = samples.get("pg/create/createuser+createdb"), samples.get("pg/drop/dropdb+dropuser")
+    pg_n = int(meta.get("pg/create/slipway", {}).get("n", 0))
+    pg_goal = (f"a database per environment: `slipway apply` / `destroy` within {PG_GOAL_X:g}× "
+               "of `createdb` / `dropdb`")
+    if pgc and pgd and cdb and ddb:
+        rc, rd = med(pgc) / med(cdb), med(pgd) / med(ddb)
+        ok_c, ok_d = rc <= PG_GOAL_X, rd <= PG_GOAL_X
+
+        def per_db(xs):
+            return f"{med(xs) / pg_n * 1000:.1f} ms"
+
+        fig = (f"{pg_n} in a row, medians per database. Create: slipway {per_db(pgc)}, "
+               f"`createdb` {per_db(cdb)}: **{rc:.2f}×**")
+        if roc:
+            fig += f" (`createuser` + `createdb -O` {per_db(roc)}: {med(pgc) / med(roc):.2f}×)"
+        fig += f". Drop: slipway {per_db(pgd)}, `dropdb` {per_db(ddb)}: **{rd:.2f}×**"
+        if rod:
+            fig += f" (`dropdb` + `dropuser` {per_db(rod)}: {med(pgd) / med(rod):.2f}×)"
+        if ok_c and ok_d:
+            verdict = f"**met** (create {rc:.2f}×, drop {rd:.2f}×)"
+        else:
+            verdict = (f"**missed**: create {rc:.2f}× ({'met' if ok_c else 'missed'}), "
+                       f"drop {rd:.2f}× ({'met' if ok_d else 'missed'})")
+        verdicts.append((pg_goal, fig, verdict))
+    elif pg_skip:
+        verdicts.append((pg_goal, "–", f"not judged: section 6 skipped ({pg_skip})"))
     w("## Verdicts\n")
     w("| goal | measured | verdict |\n|---|---|---|")
     for goal, fig, v in verdicts:
         w(f"| {goal} | {fig} | {v} |")
     w("")
+    if args.only:
+        w(f"Goals of the sections not run (`BENCH_ONLY=\"{args.only}\"`) are not judged here.\n")
+
+    def not_run(title):
+        w(f"## {title}\n")
+        w(f"*Not run in this run* (`BENCH_ONLY=\"{args.only}\"`).\n")
 
     # ---- 1. render+plan -------------------------------------------------------------------------
     if sizes:
@@ -473,6 +717,9 @@ def main():
             w(f"\nTime per resource of the first apply grows {g:.1f}× from {lo:,} to {hi:,} "
               f"resources{' — superlinear' if g > LINEAR_TOLERANCE else ''}.\n")
 
+    elif args.only:
+        not_run("1. render+plan of a large stack with no changes")
+
     # ---- 2. processes ---------------------------------------------------------------------------
     if slip or sv0:
         w("## 2. Starting 100 supervised processes: slipway vs supervisord\n")
@@ -522,6 +769,9 @@ def main():
               + (f"; the fork+exec floor alone took {fmt_s(med(samples['procs/floor-spawn']))}"
                  if "procs/floor-spawn" in samples else "")
               + ".\n")
+
+    elif args.only:
+        not_run("2. Starting 100 supervised processes: slipway vs supervisord")
 
     # ---- 3. the controller with 1,000 environments -------------------------------------------
     if passes or rss:
@@ -633,6 +883,9 @@ def main():
                       f"{max(xs) / 1024:.1f} MiB |")
             w("")
 
+    elif args.only:
+        not_run("3. The controller with many environments: a reconcile pass, and memory")
+
     # ---- 4. push to running -------------------------------------------------------------------
     if push_t:
         w("## 4. Push to running\n")
@@ -670,6 +923,9 @@ def main():
         if failed is not None:
             w(f"While the new version started, the old one kept answering: {int(sum(failed))} "
               f"request(s) of the 20 ms polling failed over the {len(failed)} runs.\n")
+
+    elif args.only:
+        not_run("4. Push to running")
 
     # ---- 5. a new branch to its preview --------------------------------------------------------
     if pv:
@@ -724,6 +980,23 @@ def main():
               "one long-lived supervisord and adding programs with `supervisorctl update` "
               "would not pay that wait; that setup is not measured here.\n")
 
+    elif args.only:
+        not_run("5. A new branch to its preview environment answering: slipway vs by hand")
+
+    # ---- 6. a database per environment ---------------------------------------------------------
+    pg_title = "6. A database per environment: slipway vs createdb/dropdb"
+    if pg_skip:
+        w(f"## {pg_title}\n")
+        w(f"**Skipped in this run** — {pg_skip}\n")
+        w("It needs a PostgreSQL server (15 or later for "
+          "the clone strategies) whose user may create databases and roles without a password "
+          "(`BENCH_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`), and "
+          "`psql`, `createdb`, `dropdb`, `createuser`, `dropuser` on PATH.\n")
+    elif pgc:
+        section_pg(w, samples, cpu, meta, pg_n)
+    elif args.only:
+        not_run(pg_title)
+
     w("## How to dig further\n")
     w(
         "- Phases of plan: `perf record --call-graph dwarf target/release/slipway plan ...` "
@@ -740,6 +1013,10 @@ def main():
         "`/metrics` has the reconcile count and summed duration, the queue depth and the "
         "reconciles running; `GET /api/v1/environments/NAME/deployments` times each "
         "deployment.\n"
+        "- A database per environment: the server's side of each statement with "
+        "`log_min_duration_statement = 0` (or `log_statement = all`) in a scratch server's "
+        "postgresql.conf; slipway's side with `perf record --call-graph dwarf slipway apply` "
+        "as for plan.\n"
     )
     with open(args.out, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
