@@ -232,11 +232,49 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
     let store = inner.engine.store();
     let record = record_of(inner, pr, if merged { "merged" } else { "closed" });
     store.upsert_pull_request(&record)?;
+    if merged {
+        record_merge(inner, pr.number)?;
+    }
     let released = release(inner, pr.number as i64)?;
     Ok(FollowUp {
         refresh: true,
         reconcile: released,
     })
+}
+
+/// Remembers the commit a merged pull request made, and whether it was approved then: what
+/// `require_pr` environments take.
+fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
+    let forge = &setup(inner)?.forge;
+    let details = forge.pull_request(number).map_err(forge_error)?;
+    let Some(sha) = details.merge_commit_sha else {
+        event(
+            inner,
+            &format!("pr-{number}"),
+            "pull_request.merged",
+            &format!("#{number} is merged, but the forge names no merge commit"),
+        );
+        return Ok(());
+    };
+    let approved = forge
+        .approvals(number)
+        .map_err(forge_error)?
+        .iter()
+        .any(|a| {
+            a.commit_sha
+                .as_deref()
+                .is_none_or(|c| c == details.info.head_sha)
+        });
+    inner
+        .engine
+        .store()
+        .record_merged_commit(&slipway_state::MergedCommit {
+            sha,
+            pull_request: number as i64,
+            approved,
+            at: now_ms(),
+        })?;
+    Ok(())
 }
 
 /// Releases the locks of pull request `number`: those environments follow their branch
@@ -827,7 +865,13 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
     for known in store.pull_requests(Some("open"))? {
         if !listed.contains(&known.number) {
             let mut gone = known.clone();
-            gone.state = "closed".into();
+            let merged = forge
+                .pull_request(known.number as u64)
+                .is_ok_and(|d| d.state == PrState::Merged);
+            if merged {
+                record_merge(inner, known.number as u64)?;
+            }
+            gone.state = if merged { "merged" } else { "closed" }.into();
             gone.updated_at = now_ms();
             store.upsert_pull_request(&gone)?;
             follow.reconcile.extend(release(inner, known.number)?);

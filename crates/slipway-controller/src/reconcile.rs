@@ -202,6 +202,48 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     Ok(out)
 }
 
+/// Why a `require_pr` environment may not take `prepared`'s commit: it must be the commit a
+/// merged pull request made, and that pull request must have met the apply requirements
+/// (`approved`: approved when merged). A commit a pull request was applied at with
+/// `/slipway apply` (the environment is pinned to it) passed its checks then.
+fn unmerged(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    prepared: &slipway_engine::Prepared,
+) -> Result<Option<String>, ControllerError> {
+    let sha = prepared.commit.sha.as_str();
+    if !prepared.require_pr || record.pinned || record.commit.as_deref() == Some(sha) {
+        return Ok(None);
+    }
+    let short = &sha[..12.min(sha.len())];
+    if inner.forge.get().is_none() {
+        return Ok(Some(format!(
+            "`{}` has `require_pr: true`, which needs a forge ([forge.github], gitlab or gitea) \
+             to know which commits came through a merged pull request; commit {short} is not \
+             deployed",
+            record.name
+        )));
+    }
+    Ok(match inner.engine.store().merged_commit(sha)? {
+        Some(m) if m.approved || !prepared.apply_requirements.iter().any(|r| r == "approved") => {
+            None
+        }
+        Some(m) => Some(format!(
+            "commit {short} came from #{} merged without an approval, and `{}` requires one \
+             (require_pr)",
+            m.pull_request, record.name
+        )),
+        None => Some(format!(
+            "commit {short} on `{}` did not arrive through a merged pull request, and `{}` takes \
+             only those (require_pr); merge the change through a pull request, or apply it by \
+             hand with `slipway apply --env {}`",
+            record.tracked_ref.as_deref().unwrap_or("its branch"),
+            record.name,
+            record.name
+        )),
+    })
+}
+
 /// Destroys `name` under its lock, recording why.
 pub(crate) fn destroy(
     inner: &Inner,
@@ -323,6 +365,14 @@ pub(crate) fn reconcile(
             return Err(e.into());
         }
     };
+    if let Some(why) = unmerged(inner, &record, &prepared)? {
+        let message = format!("held: {why}");
+        if record.message.as_deref() != Some(message.as_str()) {
+            event(inner, name, "change.held", &message);
+        }
+        store.set_environment_status(name, "failed", &record.health, Some(&message), now_ms())?;
+        return Ok(requeue);
+    }
     if !prepared.plan.has_changes() {
         if record.sync != "synced" || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
         {

@@ -219,6 +219,11 @@ pub struct Prepared {
     pub protected: bool,
     /// Whether drift is repaired.
     pub self_heal: bool,
+    /// Whether its commits must come through a merged pull request that met the apply
+    /// requirements (`require_pr`, a protected static environment's option).
+    pub require_pr: bool,
+    /// What applying a pull request to it needs (`approved`, `mergeable`).
+    pub apply_requirements: Vec<String>,
     /// How long it lives, for a generated or ad-hoc environment.
     pub ttl: Option<Duration>,
     /// Who made it.
@@ -494,6 +499,8 @@ impl Engine {
             // `--like prod` is a scratch environment.
             protected: def.protected && target.kind == EnvKind::Static,
             self_heal: def.self_heal,
+            require_pr: def.require_pr && target.kind == EnvKind::Static,
+            apply_requirements: def.apply_requirements(),
             ttl: target.ttl.or(def.ttl),
             owner: target.owner.clone(),
             secrets,

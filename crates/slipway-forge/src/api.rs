@@ -58,6 +58,9 @@ pub struct PullRequestDetails {
     pub mergeable: Option<bool>,
     /// Open, closed or merged.
     pub state: PrState,
+    /// Once merged: the commit the merge made on the base branch (a merge, squash or rebase
+    /// commit; GitLab's squash commit when it squashed).
+    pub merge_commit_sha: Option<String>,
 }
 
 /// A pull request's state.

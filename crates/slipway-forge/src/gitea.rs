@@ -65,6 +65,8 @@ struct PullRequest {
     merged: bool,
     #[serde(default)]
     mergeable: Option<bool>,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
 }
 
 impl PullRequest {
@@ -372,6 +374,9 @@ impl Forge for Gitea {
         Ok(PullRequestDetails {
             info,
             mergeable: pr.mergeable,
+            merge_commit_sha: (state == PrState::Merged)
+                .then(|| pr.merge_commit_sha.clone())
+                .flatten(),
             state,
         })
     }

@@ -51,6 +51,8 @@ struct PullRequest {
     merged_at: Option<String>,
     #[serde(default)]
     mergeable: Option<bool>,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
 }
 
 impl PullRequest {
@@ -355,6 +357,9 @@ impl Forge for GitHub {
         Ok(PullRequestDetails {
             info,
             mergeable: pr.mergeable,
+            merge_commit_sha: (state == PrState::Merged)
+                .then(|| pr.merge_commit_sha.clone())
+                .flatten(),
             state,
         })
     }

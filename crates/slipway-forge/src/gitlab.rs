@@ -201,6 +201,10 @@ struct MergeRequest {
     detailed_merge_status: Option<String>,
     #[serde(default)]
     has_conflicts: Option<bool>,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
+    #[serde(default)]
+    squash_commit_sha: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +390,9 @@ impl Forge for GitLab {
         Ok(PullRequestDetails {
             info,
             mergeable,
+            merge_commit_sha: (state == PrState::Merged)
+                .then(|| mr.squash_commit_sha.clone().or(mr.merge_commit_sha.clone()))
+                .flatten(),
             state,
         })
     }

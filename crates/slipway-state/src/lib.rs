@@ -40,7 +40,7 @@ mod seal;
 mod store;
 mod tokens;
 
-pub use pulls::{LockRecord, PULL_REQUEST_STATES, PullRequestRecord};
+pub use pulls::{LockRecord, MergedCommit, PULL_REQUEST_STATES, PullRequestRecord};
 pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};

@@ -225,6 +225,54 @@ impl Store {
     }
 }
 
+/// A commit a merged pull request made on its base branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedCommit {
+    /// The commit.
+    pub sha: String,
+    /// The pull request merged.
+    pub pull_request: i64,
+    /// Whether a review approved its head when it was merged.
+    pub approved: bool,
+    /// When it was recorded, unix milliseconds.
+    pub at: i64,
+}
+
+impl Store {
+    /// Records the commit pull request `pr` made when it was merged.
+    pub fn record_merged_commit(&self, merged: &MergedCommit) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO merged_commits (sha, pull_request, approved, at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sha) DO UPDATE SET \
+                 pull_request = excluded.pull_request, approved = excluded.approved, \
+                 at = excluded.at",
+                params![merged.sha, merged.pull_request, merged.approved, merged.at],
+            )
+            .map_err(sql(format!("record the merge of #{}", merged.pull_request)))?;
+        Ok(())
+    }
+
+    /// The merged pull request that made commit `sha`, if one did.
+    pub fn merged_commit(&self, sha: &str) -> Result<Option<MergedCommit>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT sha, pull_request, approved, at FROM merged_commits WHERE sha = ?1",
+                [sha],
+                |row| {
+                    Ok(MergedCommit {
+                        sha: row.get(0)?,
+                        pull_request: row.get(1)?,
+                        approved: row.get(2)?,
+                        at: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql(format!("read merged commit {sha}")))
+    }
+}
+
 fn lock_from_row(row: &Row<'_>) -> rusqlite::Result<LockRecord> {
     Ok(LockRecord {
         environment: row.get(0)?,

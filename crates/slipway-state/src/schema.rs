@@ -142,6 +142,13 @@ CREATE TABLE locks (
     who            TEXT NOT NULL,
     at             INTEGER NOT NULL
 ) STRICT;
+
+CREATE TABLE merged_commits (
+    sha            TEXT PRIMARY KEY,
+    pull_request   INTEGER NOT NULL,
+    approved       INTEGER NOT NULL,
+    at             INTEGER NOT NULL
+) STRICT;
 "#,
 ];
 

@@ -43,6 +43,13 @@ struct World {
 
 impl World {
     fn new() -> World {
+        let w = World::with_stack(STACK);
+        w.serves("prod", "v1");
+        w.serves("qa", "v1");
+        w
+    }
+
+    fn with_stack(stack: &str) -> World {
         let s = Sandbox::new();
         let gh = FakeGitHub::start("slipway-bot");
         let mut config = std::fs::read_to_string(&s.config).expect("config");
@@ -51,7 +58,7 @@ impl World {
             gh.url()
         ));
         std::fs::write(&s.config, config).expect("config");
-        s.write("slipway.yaml", STACK)
+        s.write("slipway.yaml", stack)
             .write("greeting.txt", "v1")
             .commit("v1");
         let server = start_serve_with(
@@ -70,16 +77,13 @@ impl World {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("a port");
-        let w = World {
+        World {
             s,
             gh,
             server,
             port,
             deliveries: std::cell::Cell::new(0),
-        };
-        w.serves("prod", "v1");
-        w.serves("qa", "v1");
-        w
+        }
     }
 
     fn page(&self, env: &str) -> Option<String> {
@@ -431,4 +435,73 @@ fn pull_requests_missed_while_the_controller_was_down_are_caught_up_on_start() {
     wait_for("pr-9 serves the missed pull request", T, || {
         http_get_host(port, "pr-9.shop.localhost", "/greeting.txt").filter(|p| p == "missed")
     });
+}
+
+#[test]
+fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
+    let w = World::with_stack(&STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, require_pr: true }",
+    ));
+    w.serves("qa", "v1");
+    // The first commit did not come through a pull request: prod holds, and says why.
+    let held = wait_for("prod is held", T, || {
+        let prod = w.environment("prod");
+        prod["message"]
+            .as_str()
+            .filter(|m| m.contains("require_pr"))
+            .map(str::to_string)
+    });
+    assert!(
+        held.contains("did not arrive through a merged pull request"),
+        "{held}"
+    );
+    assert!(w.page("prod").is_none(), "nothing runs in prod");
+
+    // Merged through an approved pull request: prod takes the merge commit.
+    let head = w.push_pr(4, "feature-4", "reviewed");
+    w.gh.add_pr(PrSpec {
+        head_ref: "feature-4".into(),
+        ..PrSpec::new(4, &head)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.gh.pr(4), false, None),
+    );
+    w.gh.wait_for_comment(4, |c| c.body.contains(MARKER), T);
+    w.gh.approve(4, "carol", &head);
+    git(
+        &w.s.repo,
+        &["merge", "-q", "--no-ff", "-m", "Merge #4", "feature-4"],
+    );
+    let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
+    w.gh.set_state(
+        4,
+        PrState::Merged {
+            merge_sha: merge.clone(),
+        },
+    );
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("closed", &w.gh.pr(4), true, Some(&merge)),
+    );
+    w.serves("prod", "reviewed");
+
+    // A commit pushed straight to main: qa takes it, prod does not.
+    w.s.write("greeting.txt", "straight to main");
+    let direct = w.s.commit("no review");
+    w.accepted(
+        "push",
+        &util::fake_github::push_payload("main", &merge, &direct),
+    );
+    w.serves("qa", "straight to main");
+    let held = wait_for("prod holds the direct commit", T, || {
+        let prod = w.environment("prod");
+        prod["message"]
+            .as_str()
+            .filter(|m| m.contains(&direct[..12]))
+            .map(str::to_string)
+    });
+    assert!(held.contains("require_pr"), "{held}");
+    assert_eq!(w.page("prod").as_deref(), Some("reviewed"));
 }
