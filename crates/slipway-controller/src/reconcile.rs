@@ -624,13 +624,32 @@ pub(crate) fn pin(
 ) -> Result<EnvironmentRecord, ControllerError> {
     let mut record = existing(inner, name)?;
     let sha = match commit {
-        Some(reference) => inner.source.resolve(&reference)?.sha,
+        Some(reference) => {
+            // The ref may have been pushed since the last poll.
+            inner.source.fetch()?;
+            inner.source.resolve(&reference)?.sha
+        }
         None => record.commit.clone().ok_or_else(|| {
             ControllerError::Invalid(format!(
                 "`{name}` runs no commit yet; pin it to one with a ref"
             ))
         })?,
     };
+    // A protected environment takes only commits that reached its branch (reviews are the
+    // forge's branch protection there); a pull request goes to it with `/slipway apply`.
+    if record.protected
+        && let Some(branch) = record.tracked_ref.clone()
+    {
+        let tip = inner.source.resolve(&branch)?.sha;
+        if !inner.source.is_ancestor(&sha, &tip)? {
+            return Err(ControllerError::Invalid(format!(
+                "`{name}` is protected and takes only commits on `{branch}`; {} is not in its \
+                 history (a pull request goes there with `/slipway apply {name}` once its \
+                 requirements are met)",
+                &sha[..12]
+            )));
+        }
+    }
     record.pinned = true;
     record.desired_commit = Some(sha.clone());
     record.updated_at = now_ms();

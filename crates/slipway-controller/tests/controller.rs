@@ -407,3 +407,35 @@ fn a_protected_environment_holds_a_destroying_change_and_says_why() {
         "extra is still there"
     );
 }
+
+#[test]
+fn a_protected_environment_is_pinned_only_to_commits_of_its_branch() {
+    let w = World::new();
+    let guarded = "version: 1\nstack: ctl\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  page: { type: file, path: page.txt, content: \"v1\" }\n";
+    let first = w.push("main", guarded, "protected prod");
+    wait_for("prod is deployed", T, || {
+        w.page("prod").filter(|p| p == "v1")
+    });
+    let second = w.push("main", &guarded.replace("\"v1\"", "\"v2\""), "v2");
+    wait_for("prod follows main", T, || {
+        w.page("prod").filter(|p| p == "v2")
+    });
+    let elsewhere = w.push(
+        "side",
+        &guarded.replace("\"v1\"", "\"side\""),
+        "not on main",
+    );
+    let refused = w
+        .runtime
+        .block_on(w.controller.pin("prod", Some(elsewhere.clone())))
+        .expect_err("a commit that never reached main is refused");
+    assert!(
+        refused.to_string().contains("takes only commits on `main`"),
+        "{refused}"
+    );
+    // An earlier commit of main is fine (a rollback).
+    w.runtime
+        .block_on(w.controller.pin("prod", Some(first.clone())))
+        .expect("a commit of main's history");
+    let _ = second;
+}

@@ -234,6 +234,24 @@ impl GitRepository {
 }
 
 impl Source for GitRepository {
+    fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
+        check_commit(ancestor)?;
+        check_commit(descendant)?;
+        let args = [
+            "merge-base",
+            "--is-ancestor",
+            "--end-of-options",
+            ancestor,
+            descendant,
+        ];
+        let output = self.git.output(args, None)?;
+        match output.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(self.git.failure(args, &output)),
+        }
+    }
+
     fn resolve(&self, reference: &str) -> Result<Commit, GitError> {
         check_reference(reference)?;
         let mut sha = self.rev_parse(reference)?;

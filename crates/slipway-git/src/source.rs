@@ -49,6 +49,10 @@ pub trait Source: Send + Sync {
     /// Every branch with the commit it points at, sorted by name. Branch names are attacker
     /// input (anyone who can push names them): callers must not trust them as identifiers.
     fn branches(&self) -> Result<Vec<Branch>, GitError>;
+
+    /// Whether commit `ancestor` is `descendant` or in its history (both full commit ids):
+    /// whether a commit reached a branch whose tip is `descendant`.
+    fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError>;
 }
 
 /// A branch and the commit at its tip.
