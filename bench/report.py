@@ -16,6 +16,7 @@ RSS_GOAL_BYTES = 50e6  # the controller's resident memory with 1,000 environment
 PUSH_GOAL_S = 1.0  # push to running, beyond the app's own start-up
 PREVIEW_GOAL_S = 2.0  # a new branch to its preview answering, 3 processes
 PG_GOAL_X = 1.2  # slipway's apply/destroy of a database at most this many times createdb/dropdb
+PR_GOAL_S = 1.0  # a pull request's webhook to its plan comment, beyond the plans themselves
 LINEAR_EXPONENT = 1.15  # t ∝ N^k between the two largest sizes: k up to this is "linear"
 LINEAR_TOLERANCE = 1.5  # growth of per-resource cost still called linear (first apply)
 
@@ -311,6 +312,159 @@ def section_pg(w, samples, cpu, meta, n):
               "differences in the table move within the clones' own spread (min–max).\n")
 
 
+def section_pr(w, samples, cpu, meta):
+    """Section 7: a pull request's webhook to its plan comment, against the plans themselves."""
+    actions = [a for a in ("opened", "synchronize") if samples.get(f"pr/{a}")]
+
+    def col(label_fmt, src=samples):
+        return [src.get(label_fmt.format(a), []) for a in actions]
+
+    def ms(x):
+        return f"{x * 1000:.0f} ms" if x is not None else "–"
+
+    w("## 7. A pull request's webhook to its plan comment\n")
+    w(
+        "A stack (`bench/gen.py prs`) with `prod` (`protected: true`) and `qa` tracking `main`, "
+        "a family `previews` with `generate: { pull_requests: true }`, and five `file` "
+        "resources (cheap: what is measured is Slipway's own path, not an apply), served by "
+        "`slipway serve --repo file://…` with `[forge.github]` pointing at a fake GitHub API. "
+        "The fake runs inside `bench/measure.py` (`FakeGitHub`: `http.server`, threaded, on "
+        "`127.0.0.1:0`, HTTP/1.1 keep-alive, Nagle off, each answer in one write; it checks the "
+        "bearer token) and answers what `crates/slipway-forge/src/github.rs` calls: "
+        "`GET /user`, the open pull requests, an issue's comments (list, create, edit), commit "
+        "statuses; anything else would be a `404`, and the run fails if one happens. It logs "
+        "every request with `time.perf_counter()` once its body is read: the same clock, in the "
+        "same process, as the sender of the webhook.\n\n"
+        "Each round is one new pull request N: a commit on top of `main` that changes "
+        "`variables.release` (so prod and qa plan four file updates, one of them through a "
+        "`${resources.config.path}` reference, and pr-N its five creations, on `synchronize` "
+        "its updates) is published as `refs/pull/N/head` (`git update-ref`, as GitHub keeps "
+        "it), "
+        "then a `pull_request` `opened` delivery — GitHub's own example from "
+        "`@octokit/webhooks-examples` (the fixtures of the Rust tests), renamed to "
+        "`acme/shop` and this pull request — is signed (`X-Hub-Signature-256`, HMAC-SHA256 with "
+        "a secret made for the run) and POSTed to `/webhooks/github`. **Timed: from just before "
+        "the POST until the fake has received the plan comment** (`POST …/issues/N/comments` "
+        "with `<!-- slipway:plan -->` and the head's sha). Then a second commit, published the "
+        "same way, and a `synchronize` delivery, timed until the comment's `PATCH "
+        "…/issues/comments/ID`. Checked each time, untimed: the comment covers `prod`, `qa` and "
+        "`pr-N` (3 environments, none failed), the `slipway/plan` status ends `success`, and "
+        "there is one plan comment per pull request (created, then edited). Then, once pr-N "
+        "runs that commit (the refresh that follows the comment deploys it), the baselines, "
+        "untimed for the webhook: **the plans themselves**, `slipway plan --env E --repo R "
+        "--ref SHA` for `prod`, `qa` and `pr-N` one after the other with the same binary, "
+        "the same home (read-only) and engine configuration; the same three plans in-process, "
+        "`GET /api/v1/environments/E/plan` on the running controller; and one `git fetch "
+        "--prune` of a mirror of the same repository, as the controller's mirror fetches the "
+        "new ref. The pull request is then closed (its `closed` delivery; pr-N destroyed) "
+        "before the next round. One untimed warm-up round first.\n"
+    )
+    conf = meta.get("pr/config", {}).get("config")
+    if conf:
+        w("Engine configuration of section 7 (`api_url` points at the fake):\n")
+        w("```toml\n" + conf.strip() + "\n```\n")
+    heads = [f"`{a}` ({len(samples['pr/' + a])} runs)" for a in actions]
+    w("| | " + " | ".join(heads) + " |")
+    w("|---|" + "---|" * len(actions))
+    rows = [
+        ("**webhook sent → plan comment received** (a)", "pr/{}", samples),
+        ("… `202` answered (signature checked, delivery recorded and audited)", "pr/{}-ack",
+         samples),
+        ("… `slipway/plan` `pending` status received", "pr/{}-pending", samples),
+        ("… the comments listed (`GET …/issues/N/comments`): the repository fetched, the "
+         "commit loaded, the 3 plans made, the comment rendered", "pr/{}-list", samples),
+        ("… the `slipway/plan` `success` status received (after the comment)", "pr/{}-success",
+         samples),
+        ("CPU time of the serve process and the `git` it ran, webhook → comment "
+         "(clock ticks of 10 ms)", "pr/{}", cpu),
+        ("**the plans themselves**: the 3 `slipway plan --env E --ref SHA` (b)",
+         "pr/{}-plans-cli", samples),
+        ("**(a) − (b)**, run by run", "pr/{}-overhead", samples),
+        ("the same 3 plans in-process (`GET /api/v1/environments/E/plan`, one after the "
+         "other; each environment's own ref)", "pr/{}-plans-api", samples),
+        ("(a) − the in-process plans, run by run", "pr/{}-overhead-api", samples),
+        ("one `git fetch --prune` of a mirror, by hand (the new ref)", "pr/{}-fetch", samples),
+    ]
+    for name, fmt, src in rows:
+        xs = col(fmt, src)
+        if not any(xs):
+            continue
+        w(f"| {name} | " + " | ".join(signed_cell(x) for x in xs) + " |")
+    w("")
+    calls = meta.get(f"pr/{actions[0]}-requests", {}).get("calls")
+    if calls:
+        w("Requests the fake received per delivery (last run): " + ", ".join(
+            f"`{c}`" for c in calls)
+          + (f"; `synchronize`: " + ", ".join(
+              f"`{c}`" for c in meta.get("pr/synchronize-requests", {}).get("calls", []))
+             if "synchronize" in actions else "")
+          + ". `bot_login` is configured, so `GET /user` is never needed.\n")
+    per = {r: samples.get(f"pr/plan-cli/{r}") for r in ("prod", "qa", "preview")}
+    start, valid = samples.get("pr/cli-version"), samples.get("pr/cli-validate")
+    if all(per.values()):
+        w("**The baseline, split** (one `slipway plan` each, medians over both deliveries): "
+          + ", ".join(f"`{r if r != 'preview' else 'pr-N'}` {ms(med(xs))}"
+                      for r, xs in per.items())
+          + (f"; of one plan, the process start (`slipway --version`) is {ms(med(start))} and "
+             f"reading, parsing and checking the commit (`slipway validate --ref SHA` − the "
+             f"start) {ms(med(valid) - med(start))}" if start and valid else "")
+          + ". The controller pays none of that three times: it is running, its state is open, "
+          "and its engine reads the new commit from git for the first plan and keeps it for "
+          "the next two (its commit cache). So (b) overstates what the plans cost the "
+          "controller, and (a) − (b) understates its overhead (it can even go below zero); the "
+          "in-process plans are the closer measure, though they plan each "
+          "environment's own ref (`main`, already loaded, for prod and qa) rather than the "
+          "pull request's head.\n")
+    # Where the time goes: medians of the steps, each taken run by run.
+    def step(later, earlier):
+        return med([x - y for x, y in zip(samples[later], samples[earlier])])
+
+    lines = []
+    for a in actions:
+        ack = med(samples[f"pr/{a}-ack"])
+        to_pending = step(f"pr/{a}-pending", f"pr/{a}-ack")
+        to_list = step(f"pr/{a}-list", f"pr/{a}-pending")
+        to_write = step(f"pr/{a}", f"pr/{a}-list")
+        fetch = samples.get(f"pr/{a}-fetch")
+        plans = samples.get(f"pr/{a}-plans-api")
+        part = (f"`{a}`: {ms(ack)} to the `202`, {ms(to_pending)} more to the `pending` "
+                f"status (the event handed to a blocking thread, the pull request recorded), "
+                f"**{ms(to_list)}** from there to the comments listed")
+        if fetch and plans:
+            rest = to_list - med(fetch) - med(plans)
+            part += (f" (about {ms(med(fetch))} of it a `git fetch`, as timed by hand, "
+                     f"{ms(med(plans))} the three plans as the API makes them, leaving "
+                     f"{ms(rest)} for reading the new commit from git and parsing it, "
+                     "rendering the comment, and the rest)")
+        part += f", and {ms(to_write)} to the comment's write"
+        lines.append(part)
+    w("**Where the time goes** (medians of each step, run by run; the fetch and the plans "
+      "from their own timings, so the remainder is an estimate): " + "; ".join(lines)
+      + ". Reading the commit: "
+      "`post_plans` (crates/slipway-controller/src/pulls.rs) loads it with "
+      "`source::load_commit` to find the environments, then the first `Engine::prepare` "
+      "misses the engine's commit cache and reads it again (`load_at`, plus `list_files` for "
+      "the source hashes): twice per delivery, by reading the code. The remainder above is "
+      "what both reads, the rendering and the rest cost together, roughly: the API's plans "
+      "(an HTTP request, its token checked, the plan serialised) and the fetch by hand (a "
+      "`git` started from Python) carry costs of their own, which is how it can come out "
+      "under two reads as `slipway validate` times one"
+      + (f" ({ms(med(valid) - med(start))})" if start and valid else "") + ".\n")
+
+
+def signed_cell(xs):
+    """cell(), for figures that may be negative."""
+    if not xs:
+        return "–"
+
+    def f(x):
+        return ("−" if x < 0 else "") + fmt_s(abs(x))
+
+    if len(xs) == 1:
+        return f(xs[0])
+    return f"**{f(med(xs))}** ({f(min(xs))} to {f(max(xs))})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -347,8 +501,9 @@ def main():
         "Written by `bench/run` — do not edit by hand, run it again. Every figure below comes "
         "from one run of the script, benchmarks and baselines interleaved on the same machine. "
         "Times are wall clock of the whole command (process start to exit), as a user sees "
-        f"them (sections 3–5 say where their clock starts and stops): **median** (min–max) of "
-        f"{args.runs} runs unless a row says otherwise (section 6: {args.pg_runs} rounds).\n"
+        "them (sections 3–5 and 7 say where their clock starts and stops): **median** "
+        f"(min–max) of {args.runs} runs unless a row says otherwise (section 6: "
+        f"{args.pg_runs} rounds).\n"
     )
     if args.only:
         w(f"> **Partial run** (`BENCH_ONLY=\"{args.only}\"`): only {', '.join(args.only.split())} "
@@ -363,9 +518,11 @@ def main():
       "operations)\n"
       "BENCH_PG_URL=postgres://postgres@HOST:5432/postgres bench/run   # section 6's server "
       "(trust auth)\n"
-      "BENCH_ONLY=pg bench/run        # only section 6 (also: plan procs serve push previews); "
+      "BENCH_ONLY=pg bench/run        # only section 6 (also: plan procs serve push previews pr); "
       "the\n"
-      "                               # report goes to a temp file, printed at the end\n```\n")
+      "                               # report goes to a temp file, printed at the end\n"
+      "BENCH_ONLY=pr bench/run        # only section 7 (GitHub's example payloads: fetched "
+      "once with npm)\n```\n")
     w(f"This run took {int(args.elapsed) // 60} min {int(args.elapsed) % 60} s in all "
       "(build, setup and the untimed first applies and destroys included).\n")
 
@@ -551,6 +708,34 @@ def main():
         verdicts.append((pg_goal, fig, verdict))
     elif pg_skip:
         verdicts.append((pg_goal, "–", f"not judged: section 6 skipped ({pg_skip})"))
+    pr_skip = meta.get("pr/skipped", {}).get("reason")
+    pr_goal = (f"a pull request's webhook to its plan comment (3 environments) under "
+               f"{PR_GOAL_S:g} s plus the plans themselves")
+    pr_actions = [a for a in ("opened", "synchronize") if samples.get(f"pr/{a}")]
+    if pr_actions:
+        figs, worst_over, worst_total = [], [], []
+        for a in pr_actions:
+            t, o = samples[f"pr/{a}"], samples.get(f"pr/{a}-overhead", [])
+            oa = samples.get(f"pr/{a}-overhead-api", [])
+            figs.append(
+                f"`{a}`: median {fmt_s(med(t))} (max {fmt_s(max(t))}) − the 3 plans by "
+                f"the CLI {fmt_s(med(samples[f'pr/{a}-plans-cli']))} = "
+                f"{signed_cell(o).replace('**', '')}"
+                + (f"; − the same plans in-process = {signed_cell(oa).replace('**', '')}"
+                   if oa else ""))
+            worst_over.append(max(o + oa) if o or oa else max(t))
+            worst_total.append(max(t))
+        if max(worst_total) < PR_GOAL_S:
+            verdict = ("**met** (every run), even counting the plans as overhead: the whole "
+                       f"webhook → comment stays under {PR_GOAL_S:g} s")
+        elif max(med(samples[f"pr/{a}-overhead"]) for a in pr_actions) < PR_GOAL_S:
+            verdict = ("**met**" + ("" if max(worst_over) < PR_GOAL_S
+                                     else " by the median, not by every run"))
+        else:
+            verdict = "**missed**"
+        verdicts.append((pr_goal, "; ".join(figs), verdict))
+    elif pr_skip:
+        verdicts.append((pr_goal, "–", f"not judged: section 7 skipped ({pr_skip})"))
     w("## Verdicts\n")
     w("| goal | measured | verdict |\n|---|---|---|")
     for goal, fig, v in verdicts:
@@ -997,6 +1182,18 @@ def main():
     elif args.only:
         not_run(pg_title)
 
+    pr_title = "7. A pull request's webhook to its plan comment"
+    if pr_actions:
+        section_pr(w, samples, cpu, meta)
+    elif pr_skip:
+        w(f"## {pr_title}\n")
+        w(f"**Skipped in this run** — {pr_skip}\n")
+        w("It needs GitHub's example deliveries (`@octokit/webhooks-examples`), which "
+          "`crates/slipway-forge/tests/fetch-fixtures.sh` fetches with `npm` into "
+          "`<target dir>/forge-fixtures`, once, as the Rust tests do.\n")
+    elif args.only:
+        not_run(pr_title)
+
     w("## How to dig further\n")
     w(
         "- Phases of plan: `perf record --call-graph dwarf target/release/slipway plan ...` "
@@ -1017,6 +1214,10 @@ def main():
         "`log_min_duration_statement = 0` (or `log_statement = all`) in a scratch server's "
         "postgresql.conf; slipway's side with `perf record --call-graph dwarf slipway apply` "
         "as for plan.\n"
+        "- A pull request's webhook: `measure.py prs` keeps every request the fake GitHub "
+        "received with its time (`FakeGitHub.log`); the controller's side with `perf record "
+        "--call-graph dwarf -- slipway serve ...` around a few deliveries, and its events "
+        "(`GET /api/v1/events`: `pull_request.updated`).\n"
     )
     with open(args.out, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")

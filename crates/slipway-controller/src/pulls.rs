@@ -201,13 +201,35 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         preview_allowed: !pr.is_fork || allowed || known.is_some_and(|k| k.preview_allowed),
         url: pr.url.clone(),
         updated_at: now_ms(),
+        stale_approvers: Vec::new(),
     }
 }
 
 /// A pull request was opened or its head moved: record it, check the fetched head, and post
 /// its plans.
 fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
-    let record = record_of(inner, pr, "open");
+    let mut record = record_of(inner, pr, "open");
+    let known = inner.engine.store().pull_request(pr.number as i64)?;
+    record.stale_approvers = match &known {
+        // A new head: approvals that do not name their commit (GitLab keeps them across
+        // pushes) were given for an older one.
+        Some(k) if k.head_sha != pr.head_sha => {
+            let mut stale = k.stale_approvers.clone();
+            if let Ok(approvals) = setup(inner)?.forge.approvals(pr.number) {
+                stale.extend(
+                    approvals
+                        .into_iter()
+                        .filter(|a| a.commit_sha.is_none())
+                        .map(|a| a.author),
+                );
+            }
+            stale.sort();
+            stale.dedup();
+            stale
+        }
+        Some(k) => k.stale_approvers.clone(),
+        None => Vec::new(),
+    };
     inner.engine.store().upsert_pull_request(&record)?;
     event(
         inner,
@@ -586,8 +608,24 @@ fn comment(
         }
     };
     let forge = &setup(inner)?.forge;
-    let allowed = forge.has_write_access(author).map_err(forge_error)?;
     let target = format!("#{number}");
+    let allowed = match forge.has_write_access(author) {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            // Say so on the pull request: otherwise the command just seems ignored.
+            audit(inner, author, "pr.command", &target, "failed", &format!("`{command}`: write access unknown: {e}"));
+            reply(
+                inner,
+                number,
+                &format!(
+                    "Slipway could not check whether @{author} may run `{command}`: the forge \
+                     answered {e}. Its token must be allowed to read collaborators' \
+                     permissions (on Gitea: an admin of the repository)."
+                ),
+            );
+            return Ok(FollowUp::default());
+        }
+    };
     if !allowed {
         audit(
             inner,
@@ -740,9 +778,12 @@ fn apply(
     let mut unmet = Vec::new();
     if requirements.iter().any(|r| r == "approved") {
         let approvals = forge.approvals(number as u64).map_err(forge_error)?;
-        let current = approvals
-            .iter()
-            .any(|a| a.commit_sha.as_deref().is_none_or(|c| c == head));
+        // An approval counts for the head it names; one that names none (GitLab) counts
+        // unless its reviewer had approved before the last push (and so approved older code).
+        let current = approvals.iter().any(|a| match a.commit_sha.as_deref() {
+            Some(c) => c == head,
+            None => !record.stale_approvers.contains(&a.author),
+        });
         if !current {
             unmet.push("approved (no approval of the head commit)".to_string());
         }

@@ -36,10 +36,14 @@ pub struct PullRequestRecord {
     pub url: String,
     /// When it was last written, unix milliseconds.
     pub updated_at: i64,
+    /// Reviewers whose approval predates the current head, on a forge whose approvals do not
+    /// name the commit they were given for (GitLab): they do not count for it.
+    #[serde(default)]
+    pub stale_approvers: Vec<String>,
 }
 
 const COLUMNS: &str = "number, title, author, head_sha, head_ref, base_ref, is_fork, state, \
-                       preview_allowed, url, updated_at";
+                       preview_allowed, url, updated_at, stale_approvers";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<PullRequestRecord> {
     Ok(PullRequestRecord {
@@ -54,6 +58,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<PullRequestRecord> {
         preview_allowed: row.get(8)?,
         url: row.get(9)?,
         updated_at: row.get(10)?,
+        stale_approvers: serde_json::from_str(&row.get::<_, String>(11)?).unwrap_or_default(),
     })
 }
 
@@ -78,13 +83,14 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT INTO pull_requests ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                      ON CONFLICT (number) DO UPDATE SET title = excluded.title, \
                        author = excluded.author, head_sha = excluded.head_sha, \
                        head_ref = excluded.head_ref, base_ref = excluded.base_ref, \
                        is_fork = excluded.is_fork, state = excluded.state, \
                        preview_allowed = excluded.preview_allowed, url = excluded.url, \
-                       updated_at = excluded.updated_at"
+                       updated_at = excluded.updated_at, \
+                       stale_approvers = excluded.stale_approvers"
                 ),
                 params![
                     pr.number,
@@ -98,6 +104,7 @@ impl Store {
                     pr.preview_allowed,
                     pr.url,
                     pr.updated_at,
+                    crate::store::to_json(&pr.stale_approvers),
                 ],
             )
             .map_err(sql(format!("record pull request #{}", pr.number)))?;
@@ -299,6 +306,7 @@ mod tests {
             preview_allowed: true,
             url: String::new(),
             updated_at: 1,
+            stale_approvers: Vec::new(),
         }
     }
 

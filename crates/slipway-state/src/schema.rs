@@ -128,7 +128,8 @@ CREATE TABLE pull_requests (
     state           TEXT NOT NULL,
     preview_allowed INTEGER NOT NULL,
     url             TEXT NOT NULL,
-    updated_at      INTEGER NOT NULL
+    updated_at      INTEGER NOT NULL,
+    stale_approvers TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
 
 CREATE TABLE deliveries (

@@ -359,3 +359,5 @@ pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
     Server { child, addr }
 }
 pub mod fake_github;
+pub mod fake_gitea;
+pub mod fake_gitlab;

@@ -1,0 +1,1244 @@
+//! Pull requests end to end on GitLab and Gitea, as `pull_requests.rs` does on GitHub: the real
+//! `slipway serve`, a real git repository carrying the forge's pull request refs
+//! (`refs/merge-requests/N/head` on GitLab, `refs/pull/N/head` on Gitea), real processes, the
+//! forges' documented webhook payloads (`slipway-forge/tests/fixtures/{gitlab,gitea}`, with
+//! GitLab's secret token or Gitea's HMAC signature) and fake GitLab and Gitea APIs that record
+//! what Slipway asks of them (`util::fake_gitlab`, `util::fake_gitea`).
+//!
+//! The flow is the same on both forges ([`a_pull_request_is_planned_previewed_applied_locked_and_merged`]),
+//! written once against [`Forge`], which says how each forge does each step.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use slipway_forge::{
+    Approval, CommitStatus, ForgeConfig, ForgeEvent, ForgeKind, PrAction, PrState as ApiPrState,
+    ReviewState, StatusState, verify_and_parse,
+};
+use util::fake_gitea::{self, FakeGitea, PrSpec, PrState};
+use util::fake_gitlab::{self, DEVELOPER, FakeGitLab, MrSpec, MrState, REPORTER};
+use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+
+const SECRET: &str = "webhook-secret-for-tests";
+const T: Duration = Duration::from_secs(60);
+const MARKER: &str = "<!-- slipway:plan -->";
+const BOT: &str = "slipway-bot";
+
+const STACK: &str = r#"version: 1
+stack: shop
+environments:
+  prod: { track: main, protected: true }
+  qa: { track: main }
+  previews: { generate: { pull_requests: true }, ttl: 1h }
+resources:
+  web:
+    type: process
+    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
+    ports: [http]
+    health: { http: /greeting.txt }
+    expose: http
+"#;
+
+/// A comment (GitLab: a note that is not a system note) as the flow sees it.
+#[derive(Debug, Clone)]
+struct Said {
+    author: String,
+    body: String,
+    edits: u32,
+}
+
+/// One webhook delivery: the forge's event name and the payload.
+struct Delivery {
+    event: &'static str,
+    body: Vec<u8>,
+}
+
+/// How one forge does each step of the flow: its fake API, its configuration, its payloads
+/// and how it sends them.
+trait Forge: Sized {
+    /// `[forge.NAME]`.
+    const NAME: &'static str;
+    /// The variable the API token is read from by default.
+    const TOKEN_ENV: &'static str;
+    fn start() -> Self;
+    fn api_url(&self) -> String;
+    /// The ref under which the forge publishes pull request `n`'s head.
+    fn pr_ref(n: u64) -> String;
+    /// Gives `user` write access (GitLab: Developer), or only read access (Reporter).
+    fn grant(&self, user: &str, write: bool);
+    /// Pull request `n` from `branch` at `sha` is opened.
+    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery;
+    /// Its branch is pushed to: the head is now `sha`.
+    fn push(&self, n: u64, sha: &str) -> Delivery;
+    /// `reviewer` approves it at `sha`.
+    fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery;
+    /// `author` comments `body` on it.
+    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery;
+    /// It is merged as `merge_sha`.
+    fn merge(&self, n: u64, merge_sha: &str) -> Delivery;
+    /// Its comments, oldest first (GitLab: without system notes).
+    fn comments(&self, n: u64) -> Vec<Said>;
+    /// The latest `slipway/plan` status of `sha`.
+    fn plan_status(&self, sha: &str) -> Option<String>;
+    /// Sends `delivery` as the forge does, with delivery id `id`, to `slipway serve` at `addr`.
+    fn send(&self, addr: &str, delivery: &Delivery, id: &str) -> (u16, String);
+    /// Requests to the fake it does not implement, one line each.
+    fn unhandled(&self) -> Vec<String>;
+    fn recent_requests(&self) -> String;
+}
+
+struct GitLab(FakeGitLab);
+
+impl Forge for GitLab {
+    const NAME: &'static str = "gitlab";
+    const TOKEN_ENV: &'static str = "GITLAB_TOKEN";
+
+    fn start() -> Self {
+        GitLab(FakeGitLab::start(BOT))
+    }
+
+    fn api_url(&self) -> String {
+        self.0.url()
+    }
+
+    fn pr_ref(n: u64) -> String {
+        format!("refs/merge-requests/{n}/head")
+    }
+
+    fn grant(&self, user: &str, write: bool) {
+        self.0
+            .set_access(user, if write { DEVELOPER } else { REPORTER });
+    }
+
+    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
+        self.0.add_mr(MrSpec {
+            source_branch: branch.into(),
+            ..MrSpec::new(n, sha)
+        });
+        let mr = self.0.mr(n);
+        Delivery {
+            event: "Merge Request Hook",
+            body: fake_gitlab::merge_request_payload("open", &mr, &mr.author, None, None),
+        }
+    }
+
+    fn push(&self, n: u64, sha: &str) -> Delivery {
+        let before = self.0.mr(n).head_sha;
+        self.0.set_head(n, sha);
+        let mr = self.0.mr(n);
+        Delivery {
+            event: "Merge Request Hook",
+            body: fake_gitlab::merge_request_payload(
+                "update",
+                &mr,
+                &mr.author,
+                Some(&before),
+                None,
+            ),
+        }
+    }
+
+    fn approve(&self, n: u64, reviewer: &str, _sha: &str) -> Delivery {
+        self.0.approve(n, reviewer);
+        Delivery {
+            event: "Merge Request Hook",
+            body: fake_gitlab::merge_request_payload(
+                "approved",
+                &self.0.mr(n),
+                reviewer,
+                None,
+                None,
+            ),
+        }
+    }
+
+    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
+        let note = self.0.add_note(n, author, body);
+        Delivery {
+            event: "Note Hook",
+            body: fake_gitlab::note_payload(&self.0.mr(n), &note),
+        }
+    }
+
+    fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
+        self.0.set_state(
+            n,
+            MrState::Merged {
+                merge_sha: merge_sha.into(),
+            },
+        );
+        let mr = self.0.mr(n);
+        Delivery {
+            event: "Merge Request Hook",
+            body: fake_gitlab::merge_request_payload(
+                "merge",
+                &mr,
+                &mr.author,
+                None,
+                Some(merge_sha),
+            ),
+        }
+    }
+
+    fn comments(&self, n: u64) -> Vec<Said> {
+        self.0
+            .notes(n)
+            .into_iter()
+            .filter(|n| !n.system)
+            .map(|n| Said {
+                author: n.author,
+                body: n.body,
+                edits: n.edits,
+            })
+            .collect()
+    }
+
+    fn plan_status(&self, sha: &str) -> Option<String> {
+        self.0
+            .statuses(sha)
+            .into_iter()
+            .rev()
+            .find(|s| s.name == "slipway/plan")
+            .map(|s| s.state)
+    }
+
+    fn send(&self, addr: &str, delivery: &Delivery, id: &str) -> (u16, String) {
+        fake_gitlab::send_webhook(addr, SECRET, delivery.event, id, &delivery.body)
+    }
+
+    fn unhandled(&self) -> Vec<String> {
+        self.0.unhandled().iter().map(|r| r.line()).collect()
+    }
+
+    fn recent_requests(&self) -> String {
+        self.0.recent_requests(30)
+    }
+}
+
+struct Gitea(FakeGitea);
+
+impl Forge for Gitea {
+    const NAME: &'static str = "gitea";
+    const TOKEN_ENV: &'static str = "GITEA_TOKEN";
+
+    fn start() -> Self {
+        Gitea(FakeGitea::start(BOT))
+    }
+
+    fn api_url(&self) -> String {
+        self.0.url()
+    }
+
+    fn pr_ref(n: u64) -> String {
+        format!("refs/pull/{n}/head")
+    }
+
+    fn grant(&self, user: &str, write: bool) {
+        self.0
+            .set_permission(user, if write { "write" } else { "read" });
+    }
+
+    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
+        self.0.add_pr(PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
+        });
+        Delivery {
+            event: "pull_request",
+            body: fake_gitea::pull_request_payload("opened", &self.0.pr(n), false, None),
+        }
+    }
+
+    fn push(&self, n: u64, sha: &str) -> Delivery {
+        self.0.set_head(n, sha);
+        Delivery {
+            event: "pull_request",
+            body: fake_gitea::pull_request_payload("synchronized", &self.0.pr(n), false, None),
+        }
+    }
+
+    fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
+        self.0.approve(n, reviewer, sha);
+        Delivery {
+            event: fake_gitea::review_event("approved"),
+            body: fake_gitea::pull_request_review_payload(
+                &self.0.pr(n),
+                reviewer,
+                "approved",
+                "LGTM",
+            ),
+        }
+    }
+
+    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
+        let comment = self.0.add_comment(n, author, body);
+        Delivery {
+            event: "issue_comment",
+            body: fake_gitea::issue_comment_payload(&self.0.pr(n), &comment),
+        }
+    }
+
+    fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
+        self.0.set_state(
+            n,
+            PrState::Merged {
+                merge_sha: merge_sha.into(),
+            },
+        );
+        Delivery {
+            event: "pull_request",
+            body: fake_gitea::pull_request_payload("closed", &self.0.pr(n), true, Some(merge_sha)),
+        }
+    }
+
+    fn comments(&self, n: u64) -> Vec<Said> {
+        self.0
+            .comments(n)
+            .into_iter()
+            .map(|c| Said {
+                author: c.author,
+                body: c.body,
+                edits: c.edits,
+            })
+            .collect()
+    }
+
+    fn plan_status(&self, sha: &str) -> Option<String> {
+        self.0
+            .statuses(sha)
+            .into_iter()
+            .rev()
+            .find(|s| s.context == "slipway/plan")
+            .map(|s| s.state)
+    }
+
+    fn send(&self, addr: &str, delivery: &Delivery, id: &str) -> (u16, String) {
+        fake_gitea::send_webhook(addr, SECRET.as_bytes(), delivery.event, id, &delivery.body)
+    }
+
+    fn unhandled(&self) -> Vec<String> {
+        self.0.unhandled().iter().map(|r| r.line()).collect()
+    }
+
+    fn recent_requests(&self) -> String {
+        self.0.recent_requests(30)
+    }
+}
+
+struct World<F: Forge> {
+    s: Sandbox,
+    forge: F,
+    server: util::Server,
+    port: u16,
+}
+
+impl<F: Forge> World<F> {
+    /// A repository with the stack at `v1` on `main`, and `slipway serve` on it with
+    /// `[forge.NAME]` pointing at a fresh fake.
+    fn new() -> World<F> {
+        let s = Sandbox::new();
+        let forge = F::start();
+        let mut config = std::fs::read_to_string(&s.config).expect("config");
+        config.push_str(&format!(
+            "[forge.{}]\nrepository = \"acme/shop\"\napi_url = \"{}\"\nbot_login = \"{BOT}\"\n",
+            F::NAME,
+            forge.api_url()
+        ));
+        std::fs::write(&s.config, config).expect("config");
+        s.write("slipway.yaml", STACK)
+            .write("greeting.txt", "v1")
+            .commit("v1");
+        let server = start_serve_with(
+            &s,
+            &[
+                (F::TOKEN_ENV, "test-token"),
+                ("SLIPWAY_WEBHOOK_SECRET", SECRET),
+            ],
+        );
+        let port = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        World {
+            s,
+            forge,
+            server,
+            port,
+        }
+    }
+
+    fn page(&self, env: &str) -> Option<String> {
+        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
+    }
+
+    fn serves(&self, env: &str, text: &str) {
+        wait_for(&format!("{env} serves {text:?}"), T, || {
+            self.page(env).filter(|p| p == text)
+        });
+    }
+
+    /// A commit on `branch` (from main) with `greeting.txt` = `text`, published as the ref the
+    /// forge keeps for pull request `number`.
+    fn push_pr(&self, number: u64, branch: &str, text: &str) -> String {
+        let repo = &self.s.repo;
+        git(repo, &["checkout", "-q", "-B", branch]);
+        self.s.write("greeting.txt", text);
+        let sha = self.s.commit(&format!("{branch}: {text}"));
+        git(repo, &["update-ref", &F::pr_ref(number), &sha]);
+        git(repo, &["checkout", "-q", "main"]);
+        sha
+    }
+
+    fn send(&self, delivery: &Delivery) -> (u16, String) {
+        self.forge.send(
+            &self.server.addr,
+            delivery,
+            &util::fake_gitlab::shared::uuid(),
+        )
+    }
+
+    fn accepted(&self, delivery: Delivery) {
+        let (status, reply) = self.send(&delivery);
+        assert_eq!(status, 202, "{}: {reply}", delivery.event);
+        assert!(
+            reply.contains("\"handled\":true"),
+            "{}: {reply}",
+            delivery.event
+        );
+    }
+
+    /// Waits for a comment on `pr` that satisfies `predicate`.
+    fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Said) -> bool) -> Said {
+        let found = util::fake_gitlab::shared::poll(T, || {
+            self.forge.comments(pr).into_iter().find(|c| predicate(c))
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out after {T:?} waiting for a comment on #{pr} ({})\ncomments:\n{:#?}\n{}",
+                F::NAME,
+                self.forge.comments(pr),
+                self.forge.recent_requests()
+            )
+        })
+    }
+
+    /// Waits for a comment by Slipway on `pr` that is not the plan and contains `text`.
+    fn reply(&self, pr: u64, text: &str) -> String {
+        self.wait_for_comment(pr, |c| {
+            c.author == BOT && !c.body.contains(MARKER) && c.body.contains(text)
+        })
+        .body
+    }
+
+    fn plans(&self, pr: u64) -> Vec<Said> {
+        self.forge
+            .comments(pr)
+            .into_iter()
+            .filter(|c| c.body.contains(MARKER))
+            .collect()
+    }
+
+    fn environments(&self) -> Vec<String> {
+        let status = self.s.json(&["status", "--output", "json"]);
+        status["environments"]
+            .as_array()
+            .expect("environments")
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn environment(&self, name: &str) -> Value {
+        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
+        status["environments"][0].clone()
+    }
+
+    /// The audit log, through the API with an admin token.
+    fn audit(&self) -> Value {
+        let out = self.s.ok(&["token", "create", "--role", "admin"]);
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let answer = util::fake_github::http_request(
+            &self.server.addr,
+            "GET",
+            "/api/v1/audit?limit=1000",
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .expect("audit");
+        serde_json::from_str(&answer.body).expect("json")
+    }
+}
+
+/// Open → plan comment and status, `pr-N` → push → the same comment edited, `pr-N` follows →
+/// apply before approval refused → approved: applied, locked → another pull request's apply
+/// refused naming the lock → merge: lock released, prod follows main, `pr-N` destroyed.
+fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
+    let w = World::<F>::new();
+    w.serves("prod", "v1");
+    w.serves("qa", "v1");
+    w.forge.grant("alice", true);
+    w.forge.grant("bob", false);
+
+    // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
+    let first = w.push_pr(1, "feature-1", "pr1-a");
+    w.accepted(w.forge.open(1, "feature-1", &first));
+    let plan = w.wait_for_comment(1, |c| c.body.contains(MARKER));
+    assert_eq!(plan.author, BOT);
+    for env in ["prod", "qa", "pr-1"] {
+        assert!(
+            plan.body.contains(env),
+            "the plan covers {env}:\n{}",
+            plan.body
+        );
+    }
+    wait_for("a successful slipway/plan status on the head", T, || {
+        (w.forge.plan_status(&first).as_deref() == Some("success")).then_some(())
+    });
+    w.serves("pr-1", "pr1-a");
+
+    // Push again: the same comment is edited, and pr-1 follows.
+    let second = w.push_pr(1, "feature-1", "pr1-b");
+    w.accepted(w.forge.push(1, &second));
+    w.wait_for_comment(1, |c| {
+        c.body.contains(MARKER) && c.body.contains(&second[..12])
+    });
+    w.serves("pr-1", "pr1-b");
+    let plans = w.plans(1);
+    assert_eq!(
+        plans.len(),
+        1,
+        "one plan comment, edited in place: {plans:#?}"
+    );
+    assert!(plans[0].edits >= 1, "{plans:#?}");
+    wait_for(
+        "a successful slipway/plan status on the new head",
+        T,
+        || (w.forge.plan_status(&second).as_deref() == Some("success")).then_some(()),
+    );
+
+    // Someone without write access: refused.
+    w.accepted(w.forge.comment(1, "bob", "/slipway apply qa"));
+    let refusal = w.reply(1, "only people with write access");
+    assert!(refusal.contains("bob"), "{refusal}");
+
+    // Apply to prod before approval: refused; prod untouched.
+    w.accepted(w.forge.comment(1, "alice", "/slipway apply prod"));
+    let refused = w.reply(1, "apply requirements are not met");
+    assert!(refused.contains("approved"), "{refused}");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // Approved: applied, and prod is locked to #1.
+    w.accepted(w.forge.approve(1, "carol", &second));
+    w.accepted(w.forge.comment(1, "alice", "/slipway apply prod"));
+    let applied = w.reply(1, "Applied #1");
+    assert!(applied.contains("locked"), "{applied}");
+    w.serves("prod", "pr1-b");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"), "only prod was applied");
+
+    // A second pull request may not apply to prod while #1 holds it.
+    let other = w.push_pr(2, "feature-2", "pr2");
+    w.accepted(w.forge.open(2, "feature-2", &other));
+    w.wait_for_comment(2, |c| c.body.contains(MARKER));
+    w.accepted(w.forge.approve(2, "carol", &other));
+    w.accepted(w.forge.comment(2, "alice", "/slipway apply prod"));
+    let locked = w.reply(2, "locked by #1");
+    assert!(locked.contains("prod"), "{locked}");
+    assert_eq!(w.page("prod").as_deref(), Some("pr1-b"));
+
+    // Merge #1: the lock goes, prod follows main again, pr-1 is destroyed.
+    git(
+        &w.s.repo,
+        &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
+    );
+    let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
+    w.accepted(w.forge.merge(1, &merge));
+    wait_for("pr-1 is destroyed", T, || {
+        (!w.environments().contains(&"pr-1".to_string())).then_some(())
+    });
+    wait_for("prod follows main, unpinned, at the merge", T, || {
+        let prod = w.environment("prod");
+        (prod["commit"] == merge.as_str() && prod["pinned"] == false).then_some(())
+    });
+    w.serves("prod", "pr1-b");
+    // #2 may apply now that the lock is gone.
+    w.accepted(w.forge.comment(2, "alice", "/slipway apply prod"));
+    w.reply(2, "Applied #2");
+    w.serves("prod", "pr2");
+    assert_eq!(w.plans(2).len(), 1, "one plan comment on #2");
+    let unhandled = w.forge.unhandled();
+    assert!(
+        unhandled.is_empty(),
+        "Slipway only called the {} API as documented:\n{}\n{}",
+        F::NAME,
+        unhandled.join("\n"),
+        w.forge.recent_requests()
+    );
+}
+
+#[test]
+fn a_gitlab_merge_request_is_planned_previewed_applied_locked_and_merged() {
+    a_pull_request_is_planned_previewed_applied_locked_and_merged::<GitLab>();
+}
+
+#[test]
+fn a_gitea_pull_request_is_planned_previewed_applied_locked_and_merged() {
+    a_pull_request_is_planned_previewed_applied_locked_and_merged::<Gitea>();
+}
+
+/// `approved` means "a review approving the head commit" (docs/pull-requests.md). GitLab's
+/// approvals name no commit, and GitLab keeps them when commits are pushed unless the project
+/// has the Premium setting "Remove all approvals when commits are added to the source branch"
+/// (and even then for the seconds it takes to remove them): an approval of reviewed code then
+/// lets code nobody reviewed into a protected environment.
+#[test]
+fn a_gitlab_approval_of_an_older_commit_does_not_let_the_head_into_prod() {
+    let w = World::<GitLab>::new();
+    w.serves("prod", "v1");
+    w.forge.grant("alice", true);
+    let reviewed = w.push_pr(1, "feature-1", "reviewed");
+    w.accepted(w.forge.open(1, "feature-1", &reviewed));
+    w.wait_for_comment(1, |c| c.body.contains(MARKER));
+    w.accepted(w.forge.approve(1, "carol", &reviewed));
+    let unreviewed = w.push_pr(1, "feature-1", "not reviewed");
+    w.accepted(w.forge.push(1, &unreviewed));
+    w.wait_for_comment(1, |c| {
+        c.body.contains(MARKER) && c.body.contains(&unreviewed[..12])
+    });
+    w.accepted(w.forge.comment(1, "alice", "/slipway apply prod"));
+    let answer = w
+        .wait_for_comment(1, |c| c.author == BOT && !c.body.contains(MARKER))
+        .body;
+    assert!(
+        answer.contains("apply requirements are not met") && answer.contains("approved"),
+        "carol approved {}, not {}: {answer}",
+        &reviewed[..12],
+        &unreviewed[..12]
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+}
+
+/// Counts the deliveries the audit log shows as refused.
+fn refused_deliveries(audit: &Value) -> usize {
+    audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "webhook.receive" && e["outcome"] == "refused")
+        .count()
+}
+
+#[test]
+fn gitlab_deliveries_without_the_secret_token_are_refused() {
+    let w = World::<GitLab>::new();
+    let sha = w.push_pr(4, "feature-4", "four");
+    let opened = w.forge.open(4, "feature-4", &sha);
+    let addr = &w.server.addr;
+    let (status, reply) = fake_gitlab::send_webhook_raw(
+        addr,
+        &[
+            ("X-Gitlab-Event", "Merge Request Hook"),
+            ("X-Gitlab-Event-UUID", "x-1"),
+        ],
+        &opened.body,
+    );
+    assert_eq!(
+        status, 401,
+        "a delivery without a token is refused: {reply}"
+    );
+    let (status, reply) =
+        fake_gitlab::send_webhook(addr, "forged-token", opened.event, "x-2", &opened.body);
+    assert_eq!(status, 401, "a forged token is refused: {reply}");
+    let almost = &SECRET[..SECRET.len() - 1];
+    let (status, reply) =
+        fake_gitlab::send_webhook(addr, almost, opened.event, "x-3", &opened.body);
+    assert_eq!(status, 401, "a prefix of the token is refused: {reply}");
+    // Gitea's and GitHub's signatures are no GitLab token.
+    let (status, reply) = fake_gitlab::send_webhook_raw(
+        addr,
+        &[
+            ("X-Gitlab-Event", "Merge Request Hook"),
+            ("X-Gitlab-Event-UUID", "x-4"),
+            (
+                "X-Gitea-Signature",
+                &slipway_forge::sign(SECRET.as_bytes(), &opened.body),
+            ),
+        ],
+        &opened.body,
+    );
+    assert_eq!(status, 401, "a signature is no token: {reply}");
+    assert_eq!(
+        refused_deliveries(&w.audit()),
+        4,
+        "every refusal is audited"
+    );
+
+    // The secret token: handled.
+    let (status, reply) = w.forge.send(addr, &opened, "x-5");
+    assert_eq!(status, 202, "{reply}");
+    w.wait_for_comment(4, |c| c.body.contains(MARKER));
+}
+
+#[test]
+fn gitea_deliveries_without_a_valid_signature_are_refused() {
+    let w = World::<Gitea>::new();
+    let sha = w.push_pr(4, "feature-4", "four");
+    let opened = w.forge.open(4, "feature-4", &sha);
+    let addr = &w.server.addr;
+    let (status, reply) = fake_gitea::send_webhook_raw(
+        addr,
+        &[
+            ("X-Gitea-Event", "pull_request"),
+            ("X-Gitea-Delivery", "x-1"),
+        ],
+        &opened.body,
+    );
+    assert_eq!(status, 401, "an unsigned delivery is refused: {reply}");
+    let forged = "0".repeat(64);
+    let (status, reply) = fake_gitea::send_webhook_raw(
+        addr,
+        &[
+            ("X-Gitea-Event", "pull_request"),
+            ("X-Gitea-Delivery", "x-2"),
+            ("X-Gitea-Signature", &forged),
+        ],
+        &opened.body,
+    );
+    assert_eq!(status, 401, "a forged signature is refused: {reply}");
+    let (status, reply) =
+        fake_gitea::send_webhook(addr, b"another secret", opened.event, "x-3", &opened.body);
+    assert_eq!(
+        status, 401,
+        "a signature under another secret is refused: {reply}"
+    );
+    // Signed, then altered: the author of the pull request changed on the way.
+    let mut altered: Value = serde_json::from_slice(&opened.body).expect("json");
+    altered["pull_request"]["user"]["login"] = json!("mallory");
+    let altered = serde_json::to_vec(&altered).expect("json");
+    let signature = slipway_forge::sign(SECRET.as_bytes(), &opened.body);
+    let (status, reply) = fake_gitea::send_webhook_raw(
+        addr,
+        &[
+            ("X-Gitea-Event", "pull_request"),
+            ("X-Gitea-Delivery", "x-4"),
+            ("X-Gitea-Signature", &signature),
+        ],
+        &altered,
+    );
+    assert_eq!(
+        status, 401,
+        "a body altered after signing is refused: {reply}"
+    );
+    // GitLab's token header is no signature.
+    let (status, reply) = fake_gitea::send_webhook_raw(
+        addr,
+        &[
+            ("X-Gitea-Event", "pull_request"),
+            ("X-Gitea-Delivery", "x-5"),
+            ("X-Gitlab-Token", SECRET),
+        ],
+        &opened.body,
+    );
+    assert_eq!(status, 401, "a token is no signature: {reply}");
+    assert_eq!(
+        refused_deliveries(&w.audit()),
+        5,
+        "every refusal is audited"
+    );
+
+    // Signed with the secret: handled.
+    let (status, reply) = w.forge.send(addr, &opened, "x-6");
+    assert_eq!(status, 202, "{reply}");
+    w.wait_for_comment(4, |c| c.body.contains(MARKER));
+}
+
+// ---- The fakes against the adapters, without Slipway -------------------------------------------
+
+fn sha(c: char) -> String {
+    c.to_string().repeat(40)
+}
+
+fn adapter(kind: ForgeKind, api_url: String, bot: Option<&str>) -> Box<dyn slipway_forge::Forge> {
+    let mut config = ForgeConfig::new(kind, "acme/shop", "test-token");
+    config.api_url = Some(api_url);
+    config.bot_login = bot.map(str::to_owned);
+    config.timeout = Duration::from_secs(10);
+    slipway_forge::connect(config).expect("the adapter takes the fake's URL")
+}
+
+fn parse(kind: ForgeKind, headers: Vec<(String, String)>, body: &[u8]) -> ForgeEvent {
+    verify_and_parse(kind, &headers, body, SECRET.as_bytes())
+        .unwrap_or_else(|e| panic!("the delivery verifies and parses: {e}"))
+        .event
+}
+
+#[test]
+fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
+    let gl = FakeGitLab::start(BOT);
+    gl.require_token("test-token");
+    gl.add_mr(MrSpec::new(1, &sha('a')));
+    gl.add_mr(MrSpec {
+        author: "mallory".into(),
+        fork: true,
+        ..MrSpec::new(2, &sha('b'))
+    });
+    gl.add_mr(MrSpec::new(3, &sha('c')));
+    gl.set_state(3, MrState::Closed);
+    gl.set_access("alice", DEVELOPER);
+    gl.set_access("bob", REPORTER);
+    gl.add_note(1, BOT, &format!("{MARKER}\nby hand, not through the API"));
+    gl.add_note(1, "mallory", &format!("{MARKER}\nnot Slipway's"));
+    let forge = adapter(ForgeKind::GitLab, gl.url(), None);
+
+    // The plan note: created once, then edited in place; nobody else's note is touched.
+    let first = forge.upsert_comment(1, MARKER, "plan v1").expect("upsert");
+    let again = forge.upsert_comment(1, MARKER, "plan v2").expect("upsert");
+    assert_eq!(first, again);
+    let notes = gl.notes(1);
+    let ours: Vec<_> = notes.iter().filter(|n| n.id == first.0).collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].body, format!("{MARKER}\nplan v2"));
+    assert!(notes.iter().any(|n| n.author == "mallory" && n.edits == 0));
+    forge.post_comment(1, "a reply").expect("post");
+    assert!(
+        gl.notes(1)
+            .iter()
+            .any(|n| n.body == "a reply" && n.author == BOT)
+    );
+
+    forge
+        .set_status(&CommitStatus {
+            sha: sha('a'),
+            context: "slipway/plan".into(),
+            state: StatusState::Error,
+            description: "planned".into(),
+            target_url: None,
+        })
+        .expect("status");
+    assert_eq!(gl.statuses(&sha('a'))[0].state, "failed");
+    assert_eq!(gl.statuses(&sha('a'))[0].name, "slipway/plan");
+
+    let mr = forge.pull_request(1).expect("mr");
+    assert_eq!(
+        (
+            mr.info.author.as_str(),
+            mr.info.head_sha.as_str(),
+            mr.info.is_fork
+        ),
+        ("alice", sha('a').as_str(), false)
+    );
+    assert_eq!((mr.mergeable, mr.state), (Some(true), ApiPrState::Open));
+    let fork = forge.pull_request(2).expect("fork");
+    assert!(fork.info.is_fork);
+    assert_eq!(
+        fork.info.head_repo_full_name.as_deref(),
+        Some("mallory/shop")
+    );
+    gl.set_mergeable(1, Some(false));
+    assert_eq!(forge.pull_request(1).expect("mr").mergeable, Some(false));
+    gl.set_mergeable(1, None);
+    assert_eq!(forge.pull_request(1).expect("mr").mergeable, None);
+    gl.set_state(
+        1,
+        MrState::Merged {
+            merge_sha: sha('d'),
+        },
+    );
+    assert_eq!(forge.pull_request(1).expect("mr").state, ApiPrState::Merged);
+    gl.set_state(1, MrState::Opened);
+
+    assert!(forge.approvals(1).expect("approvals").is_empty());
+    gl.approve(1, "carol");
+    assert_eq!(
+        forge.approvals(1).expect("approvals"),
+        [Approval {
+            author: "carol".into(),
+            commit_sha: None
+        }]
+    );
+    gl.set_head(1, &sha('e'));
+    assert_eq!(
+        forge.approvals(1).expect("approvals").len(),
+        1,
+        "a push keeps the approvals (GitLab Free)"
+    );
+    gl.reset_approvals_on_push(true);
+    gl.set_head(1, &sha('e'));
+    assert!(
+        forge.approvals(1).expect("approvals").is_empty(),
+        "a push removes the approvals (the Premium setting)"
+    );
+
+    assert!(forge.has_write_access("alice").expect("developer"));
+    assert!(!forge.has_write_access("bob").expect("reporter"));
+    assert!(!forge.has_write_access("mallory").expect("not a member"));
+    assert!(!forge.has_write_access("nobody").expect("unknown"));
+
+    let open: Vec<u64> = forge
+        .open_pull_requests()
+        .expect("open")
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(open, [2, 1], "opened ones, newest first");
+    assert!(gl.unhandled().is_empty(), "{}", gl.recent_requests(40));
+
+    // Many notes: the adapter pages through them and still finds the plan.
+    for i in 0..120 {
+        gl.add_note(1, "alice", &format!("chatter {i}"));
+    }
+    let third = forge.upsert_comment(1, MARKER, "plan v3").expect("upsert");
+    assert_eq!(third, first);
+    assert!(
+        gl.requests()
+            .iter()
+            .any(|r| r.query_param("page") == Some("2")),
+        "{}",
+        gl.recent_requests(10)
+    );
+
+    // A token the fake does not take: a 401 the adapter reports.
+    let wrong = {
+        let mut config = ForgeConfig::new(ForgeKind::GitLab, "acme/shop", "wrong");
+        config.api_url = Some(gl.url());
+        slipway_forge::connect(config).expect("connect")
+    };
+    assert_eq!(wrong.pull_request(1).expect_err("401").status(), Some(401));
+
+    // The payloads verify (secret token) and parse into what the flow relies on.
+    let mr1 = gl.mr(1);
+    let hook = |event: &str, body: &[u8]| {
+        parse(
+            ForgeKind::GitLab,
+            fake_gitlab::webhook_headers(SECRET, event, &util::fake_gitlab::shared::uuid()),
+            body,
+        )
+    };
+    let opened = hook(
+        "Merge Request Hook",
+        &fake_gitlab::merge_request_payload("open", &mr1, "alice", None, None),
+    );
+    let ForgeEvent::PullRequest { action, pr } = opened else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(action, PrAction::Opened);
+    assert_eq!(
+        (
+            pr.number,
+            pr.head_sha.as_str(),
+            pr.head_ref.as_str(),
+            pr.base_ref.as_str()
+        ),
+        (1, sha('e').as_str(), "feature-1", "main")
+    );
+    assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
+    assert_eq!(pr.base_repo_full_name, "acme/shop");
+    assert_eq!(pr.url, mr1.web_url());
+    let pushed = hook(
+        "Merge Request Hook",
+        &fake_gitlab::merge_request_payload("update", &mr1, "alice", Some(&sha('a')), None),
+    );
+    assert!(matches!(
+        pushed,
+        ForgeEvent::PullRequest {
+            action: PrAction::Synchronized,
+            ..
+        }
+    ));
+    let edited = hook(
+        "Merge Request Hook",
+        &fake_gitlab::merge_request_payload("update", &mr1, "alice", None, None),
+    );
+    assert!(matches!(
+        edited,
+        ForgeEvent::PullRequest {
+            action: PrAction::Other(_),
+            ..
+        }
+    ));
+    let merged = hook(
+        "Merge Request Hook",
+        &fake_gitlab::merge_request_payload("merge", &mr1, "alice", None, Some(&sha('d'))),
+    );
+    assert!(matches!(
+        merged,
+        ForgeEvent::PullRequest {
+            action: PrAction::Merged,
+            ..
+        }
+    ));
+    let approved = hook(
+        "Merge Request Hook",
+        &fake_gitlab::merge_request_payload("approved", &mr1, "carol", None, None),
+    );
+    assert_eq!(
+        approved,
+        ForgeEvent::Review {
+            pr_number: 1,
+            state: ReviewState::Approved,
+            author: "carol".into()
+        }
+    );
+    let fork = hook(
+        "Merge Request Hook",
+        &fake_gitlab::merge_request_payload("open", &gl.mr(2), "mallory", None, None),
+    );
+    let ForgeEvent::PullRequest { pr, .. } = fork else {
+        panic!("{fork:?}")
+    };
+    assert!(pr.is_fork);
+    assert_eq!(pr.head_repo_full_name.as_deref(), Some("mallory/shop"));
+    let note = gl.add_note(1, "alice", "/slipway plan");
+    let commented = hook("Note Hook", &fake_gitlab::note_payload(&mr1, &note));
+    assert_eq!(
+        commented,
+        ForgeEvent::Comment {
+            pr_number: 1,
+            comment_id: note.id,
+            author: "alice".into(),
+            body: "/slipway plan".into(),
+            is_pull_request: true
+        }
+    );
+}
+
+#[test]
+fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
+    let gt = FakeGitea::start(BOT);
+    gt.require_token("test-token");
+    gt.add_pr(PrSpec::new(1, &sha('a')));
+    gt.add_pr(PrSpec {
+        author: "mallory".into(),
+        fork: true,
+        ..PrSpec::new(2, &sha('b'))
+    });
+    gt.add_pr(PrSpec::new(3, &sha('c')));
+    gt.set_state(3, PrState::Closed);
+    gt.set_permission("alice", "write");
+    gt.set_permission("bob", "read");
+    gt.set_permission("olga", "owner");
+    gt.add_comment(1, "mallory", &format!("{MARKER}\nnot Slipway's"));
+    // No bot login configured: the adapter asks `GET /user` once.
+    let forge = adapter(ForgeKind::Gitea, gt.url(), None);
+
+    let first = forge.upsert_comment(1, MARKER, "plan v1").expect("upsert");
+    let again = forge.upsert_comment(1, MARKER, "plan v2").expect("upsert");
+    assert_eq!(first, again);
+    let comments = gt.comments(1);
+    assert_eq!(comments.len(), 2);
+    assert_eq!(comments[1].body, format!("{MARKER}\nplan v2"));
+    assert_eq!((comments[1].author.as_str(), comments[1].edits), (BOT, 1));
+    assert_eq!(comments[0].edits, 0, "mallory's comment is not touched");
+    assert_eq!(
+        forge.upsert_comment(1, MARKER, "plan v2").expect("upsert"),
+        first
+    );
+    assert_eq!(
+        gt.comments(1)[1].edits,
+        1,
+        "an unchanged plan is not written"
+    );
+    forge.post_comment(1, "a reply").expect("post");
+
+    forge
+        .set_status(&CommitStatus {
+            sha: sha('a'),
+            context: "slipway/plan".into(),
+            state: StatusState::Error,
+            description: "planned".into(),
+            target_url: Some("http://127.0.0.1:9/".into()),
+        })
+        .expect("status");
+    let status = gt.statuses(&sha('a'))[0].clone();
+    assert_eq!(
+        (status.context.as_str(), status.state.as_str()),
+        ("slipway/plan", "error")
+    );
+
+    let pr = forge.pull_request(1).expect("pr");
+    assert_eq!(
+        (
+            pr.info.author.as_str(),
+            pr.info.head_ref.as_str(),
+            pr.info.is_fork
+        ),
+        ("alice", "feature-1", false)
+    );
+    assert_eq!((pr.mergeable, pr.state), (Some(true), ApiPrState::Open));
+    let fork = forge.pull_request(2).expect("fork");
+    assert!(fork.info.is_fork);
+    assert_eq!(
+        fork.info.head_repo_full_name.as_deref(),
+        Some("mallory/shop")
+    );
+    gt.set_mergeable(1, false);
+    assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(false));
+    gt.set_state(
+        1,
+        PrState::Merged {
+            merge_sha: sha('d'),
+        },
+    );
+    assert_eq!(forge.pull_request(1).expect("pr").state, ApiPrState::Merged);
+    gt.set_state(1, PrState::Open);
+
+    gt.approve(1, "carol", &sha('a'));
+    gt.review(1, "dave", "REQUEST_CHANGES", &sha('a'));
+    gt.approve(1, "erin", &sha('a'));
+    gt.dismiss(1, "erin");
+    gt.review(1, "frank", "PENDING", &sha('a'));
+    assert_eq!(
+        forge.approvals(1).expect("approvals"),
+        [Approval {
+            author: "carol".into(),
+            commit_sha: Some(sha('a'))
+        }]
+    );
+
+    assert!(forge.has_write_access("alice").expect("write"));
+    assert!(forge.has_write_access("olga").expect("owner"));
+    assert!(!forge.has_write_access("bob").expect("read"));
+    assert!(!forge.has_write_access("nobody").expect("unknown"));
+    // Gitea answers someone else's permission only to a repository admin: a bot with write
+    // access alone cannot tell who may run commands.
+    gt.set_permission(BOT, "write");
+    let refused = forge.has_write_access("alice").expect_err("403");
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    gt.set_permission(BOT, "admin");
+
+    let open: Vec<u64> = forge
+        .open_pull_requests()
+        .expect("open")
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(open, [2, 1], "open ones, newest first");
+    let users = gt
+        .requests()
+        .iter()
+        .filter(|r| r.operation == Some("userGetCurrent"))
+        .count();
+    assert_eq!(users, 1, "the bot's login is asked once");
+    assert!(gt.unhandled().is_empty(), "{}", gt.recent_requests(40));
+
+    // Many open pull requests: the adapter pages through them (50 a page).
+    for n in 10..70 {
+        gt.add_pr(PrSpec::new(n, &sha('f')));
+    }
+    assert_eq!(forge.open_pull_requests().expect("open").len(), 62);
+
+    let wrong = {
+        let mut config = ForgeConfig::new(ForgeKind::Gitea, "acme/shop", "wrong");
+        config.api_url = Some(gt.url());
+        config.bot_login = Some(BOT.into());
+        slipway_forge::connect(config).expect("connect")
+    };
+    assert_eq!(wrong.pull_request(1).expect_err("401").status(), Some(401));
+
+    // The payloads verify (HMAC signature) and parse into what the flow relies on.
+    let pr1 = gt.pr(1);
+    let hook = |event: &str, body: &[u8]| {
+        parse(
+            ForgeKind::Gitea,
+            fake_gitea::webhook_headers(
+                SECRET.as_bytes(),
+                event,
+                &util::fake_gitlab::shared::uuid(),
+                body,
+            ),
+            body,
+        )
+    };
+    let opened = hook(
+        "pull_request",
+        &fake_gitea::pull_request_payload("opened", &pr1, false, None),
+    );
+    let ForgeEvent::PullRequest { action, pr } = opened else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(action, PrAction::Opened);
+    assert_eq!(
+        (
+            pr.number,
+            pr.head_sha.as_str(),
+            pr.head_ref.as_str(),
+            pr.base_ref.as_str()
+        ),
+        (1, sha('a').as_str(), "feature-1", "main")
+    );
+    assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
+    assert_eq!(pr.base_repo_full_name, "acme/shop");
+    assert_eq!(pr.url, pr1.html_url());
+    let pushed = hook(
+        "pull_request",
+        &fake_gitea::pull_request_payload("synchronized", &pr1, false, None),
+    );
+    assert!(matches!(
+        pushed,
+        ForgeEvent::PullRequest {
+            action: PrAction::Synchronized,
+            ..
+        }
+    ));
+    let merged = hook(
+        "pull_request",
+        &fake_gitea::pull_request_payload("closed", &pr1, true, Some(&sha('d'))),
+    );
+    assert!(matches!(
+        merged,
+        ForgeEvent::PullRequest {
+            action: PrAction::Merged,
+            ..
+        }
+    ));
+    let closed = hook(
+        "pull_request",
+        &fake_gitea::pull_request_payload("closed", &pr1, false, None),
+    );
+    assert!(matches!(
+        closed,
+        ForgeEvent::PullRequest {
+            action: PrAction::Closed,
+            ..
+        }
+    ));
+    let approved = hook(
+        fake_gitea::review_event("approved"),
+        &fake_gitea::pull_request_review_payload(&pr1, "carol", "approved", "LGTM"),
+    );
+    assert_eq!(
+        approved,
+        ForgeEvent::Review {
+            pr_number: 1,
+            state: ReviewState::Approved,
+            author: "carol".into()
+        }
+    );
+    let fork = hook(
+        "pull_request",
+        &fake_gitea::pull_request_payload("opened", &gt.pr(2), false, None),
+    );
+    let ForgeEvent::PullRequest { pr, .. } = fork else {
+        panic!("{fork:?}")
+    };
+    assert!(pr.is_fork);
+    assert_eq!(pr.head_repo_full_name.as_deref(), Some("mallory/shop"));
+    let comment = gt.add_comment(1, "alice", "/slipway plan");
+    let commented = hook(
+        "issue_comment",
+        &fake_gitea::issue_comment_payload(&pr1, &comment),
+    );
+    assert_eq!(
+        commented,
+        ForgeEvent::Comment {
+            pr_number: 1,
+            comment_id: comment.id,
+            author: "alice".into(),
+            body: "/slipway plan".into(),
+            is_pull_request: true
+        }
+    );
+}

@@ -1,0 +1,1473 @@
+//! A fake Gitea for end-to-end tests of `slipway serve`: the REST API v1 its Gitea adapter
+//! calls, and the webhook deliveries Gitea sends.
+//!
+//! - [`FakeGitea`] is a real HTTP/1.1 server on `127.0.0.1:0` (the one of
+//!   [`super::fake_gitlab::shared::Server`]) that answers, under `/api/v1`, exactly the calls
+//!   `slipway-forge`'s Gitea adapter makes, for one repository, [`REPO`] (`acme/shop`), from
+//!   in-memory state the test controls: pull requests (head, state, mergeability), reviews,
+//!   collaborator permissions. It keeps what the adapter writes (issue comments, commit
+//!   statuses) and records every request with its answer. Answers have the fields of Gitea's
+//!   API structs (`modules/structs`: `PullRequest`, `Comment`, `PullReview`, `CommitStatus`,
+//!   `RepoCollaboratorPermission`, `User`, `Repository`), paginated lists take `page` and
+//!   `limit` and answer with `X-Total-Count` and a `Link` header like Gitea's, and anything else
+//!   is a `404` recorded with no operation ([`FakeGitea::unhandled`]).
+//! - The payload builders ([`pull_request_payload`], [`issue_comment_payload`],
+//!   [`pull_request_review_payload`]) start from the Gitea fixtures of `slipway-forge`
+//!   (`tests/fixtures/gitea`: Gitea's webhook structs filled with Gitea's own test values), move
+//!   them to [`REPO`] and patch only numbers, shas, branches, users and the action.
+//! - [`send_webhook`] POSTs a delivery signed like Gitea's (`X-Gitea-Signature`: the hex
+//!   HMAC-SHA256 of the body, with `X-Gitea-Event`, `X-Gitea-Event-Type`, `X-Gitea-Delivery` and
+//!   the `X-Gogs-*`/`X-GitHub-*` copies Gitea adds) to `slipway serve`'s [`WEBHOOK_PATH`];
+//!   [`send_webhook_raw`] sends any headers, for hostile cases.
+//!
+//! ```ignore
+//! let gt = FakeGitea::start("slipway-bot");
+//! gt.set_permission("alice", "write");
+//! gt.add_pr(PrSpec::new(1, &sha));
+//! // … start `slipway serve` with [forge.gitea] api_url = gt.url(), repository = "acme/shop"
+//! let body = pull_request_payload("opened", &gt.pr(1), false, None);
+//! let (status, _) = send_webhook(&server.addr, SECRET, "pull_request", "d-1", &body);
+//! let plan = gt.wait_for_comment(1, |c| c.body.contains("slipway:plan"), T);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::fake_gitlab::shared::{
+    self, Reply, Request, Server, header_of, map_strings, now_iso, parse_query, percent_encode,
+    stable_id,
+};
+
+/// The one repository the fake serves, and every payload names.
+pub const REPO: &str = "acme/shop";
+/// [`REPO`]'s owner (an organization).
+pub const OWNER: &str = "acme";
+/// [`REPO`]'s name.
+pub const NAME: &str = "shop";
+/// [`REPO`]'s id, the same in API answers and webhook payloads (`repo_id` tells forks).
+pub const REPO_ID: u64 = 6_100_001;
+/// [`REPO`]'s default branch.
+pub const DEFAULT_BRANCH: &str = "main";
+/// Where `slipway serve` receives Gitea's deliveries.
+pub const WEBHOOK_PATH: &str = "/webhooks/gitea";
+/// Gitea's `ROOT_URL` in every URL of answers and payloads (the host of the fixtures).
+pub const WEB: &str = "http://localhost:3000";
+/// Where the API lives under the fake's root.
+pub const API_PREFIX: &str = "/api/v1";
+/// Gitea's most items per page (`[api] MAX_RESPONSE_ITEMS`).
+pub const MAX_PAGE: usize = 50;
+/// Gitea's default items per page (`[api] DEFAULT_PAGING_NUM`).
+pub const DEFAULT_PAGE: usize = 30;
+
+/// A pull request to put on the fake (and into payloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrSpec {
+    /// Its number (its issue's index).
+    pub number: u64,
+    /// The head commit.
+    pub head_sha: String,
+    /// The source branch.
+    pub head_ref: String,
+    /// The target branch.
+    pub base_ref: String,
+    /// The author's login.
+    pub author: String,
+    /// The head lives in a fork, `<author>/shop`, with another repository id.
+    pub fork: bool,
+    /// Its title.
+    pub title: String,
+}
+
+impl PrSpec {
+    /// Pull request `number` at `head_sha`: branch `feature-<number>` into `main`, by `alice`,
+    /// not from a fork, titled `Change <number>`. Change fields with struct update syntax.
+    pub fn new(number: u64, head_sha: &str) -> PrSpec {
+        PrSpec {
+            number,
+            head_sha: head_sha.to_owned(),
+            head_ref: format!("feature-{number}"),
+            base_ref: DEFAULT_BRANCH.to_owned(),
+            author: "alice".to_owned(),
+            fork: false,
+            title: format!("Change {number}"),
+        }
+    }
+
+    /// The head repository's `owner/name`: [`REPO`], or the fork's.
+    pub fn head_repo_full_name(&self) -> String {
+        if !self.fork {
+            REPO.to_owned()
+        } else if self.author.eq_ignore_ascii_case(OWNER) {
+            format!("{}-fork/{NAME}", self.author)
+        } else {
+            format!("{}/{NAME}", self.author)
+        }
+    }
+
+    /// The head repository's id.
+    pub fn head_repo_id(&self) -> u64 {
+        repo_id(&self.head_repo_full_name())
+    }
+
+    /// The pull request's web page.
+    pub fn html_url(&self) -> String {
+        format!("{WEB}/{REPO}/pulls/{}", self.number)
+    }
+}
+
+/// A repository's id: [`REPO_ID`] for `acme/shop`, another stable one for a fork.
+pub fn repo_id(full_name: &str) -> u64 {
+    if full_name.eq_ignore_ascii_case(REPO) {
+        REPO_ID
+    } else {
+        stable_id(full_name, 7_000_000)
+    }
+}
+
+/// A user's id, the same in answers and payloads.
+pub fn user_id(login: &str) -> u64 {
+    stable_id(login, 100)
+}
+
+/// The pull request's id (not its number), the same in answers and payloads.
+pub fn pr_id(number: u64) -> u64 {
+    40_000 + number
+}
+
+/// A pull request's state on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrState {
+    /// Open (the state [`FakeGitea::add_pr`] gives).
+    Open,
+    /// Closed without merging.
+    Closed,
+    /// Merged as `merge_sha`.
+    Merged {
+        /// The merge commit (`merge_commit_sha`).
+        merge_sha: String,
+    },
+}
+
+/// An issue comment on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment {
+    /// Its id.
+    pub id: u64,
+    /// Its author's login (the bot's for comments posted through the API).
+    pub author: String,
+    /// Its body now.
+    pub body: String,
+    /// How many times it was edited (`PATCH`).
+    pub edits: u32,
+}
+
+/// A commit status posted to the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Its context, e.g. `slipway/plan`.
+    pub context: String,
+    /// `pending`, `success`, `error`, `failure` or `warning`.
+    pub state: String,
+    /// Its description, if one was sent.
+    pub description: Option<String>,
+    /// Its link, if one was sent.
+    pub target_url: Option<String>,
+}
+
+/// One request the fake received, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `POST`… (`(malformed)` for a request that could not be read).
+    pub method: String,
+    /// The path as sent (still percent-encoded), without the query.
+    pub path: String,
+    /// The query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The body as JSON; `None` when it was empty or not JSON.
+    pub body: Option<Value>,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The status the fake answered with.
+    pub status: u16,
+    /// The Gitea operation the request matched (its swagger `operationId`, e.g.
+    /// `issueCreateComment`); `None` for a path or method the fake does not implement.
+    pub operation: Option<&'static str>,
+    /// The JSON the fake answered with.
+    pub response: Value,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `METHOD /path?query -> status`, for assertion messages.
+    pub fn line(&self) -> String {
+        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let sep = if q.is_empty() { "" } else { "?" };
+        format!(
+            "{} {}{sep}{} -> {}",
+            self.method,
+            self.path,
+            q.join("&"),
+            self.status
+        )
+    }
+}
+
+/// A fake Gitea REST API v1 for [`REPO`], on `127.0.0.1`. Stopped when dropped.
+///
+/// Endpoints (under [`FakeGitea::url`], like `https://gitea.example.com/api/v1`):
+///
+/// | request | answer |
+/// | --- | --- |
+/// | `GET /user` | the bot |
+/// | `GET /repos/acme/shop/issues/{index}/comments` | all its comments, oldest first (Gitea does not page this list) |
+/// | `POST /repos/acme/shop/issues/{index}/comments` | `201`, a comment by the bot |
+/// | `GET`/`PATCH /repos/acme/shop/issues/comments/{id}` | the comment; `PATCH` edits it (`403` unless the bot wrote it) |
+/// | `POST /repos/acme/shop/statuses/{sha}` | `201`, the status |
+/// | `GET /repos/acme/shop/pulls?state=open\|closed\|all` | newest first, paginated (default `open`) |
+/// | `GET /repos/acme/shop/pulls/{index}` | the pull request, with `mergeable` and `merged` |
+/// | `GET /repos/acme/shop/pulls/{index}/reviews` | its reviews, oldest first, paginated |
+/// | `GET /repos/acme/shop/collaborators/{user}/permission` | as set; `404` for a user never set; `403` for someone else's unless the bot is a repository admin (or owner) |
+///
+/// Every one needs a token (`Authorization: token …` or `Bearer …`; any token, or the one of
+/// [`FakeGitea::require_token`]), else `401`.
+pub struct FakeGitea {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+struct Shared {
+    bot_login: String,
+    /// `http://127.0.0.1:PORT`: the fake's root (the API is under [`API_PREFIX`]).
+    base_url: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    token: Option<String>,
+    prs: Vec<Pr>,
+    comments: Vec<StoredComment>,
+    reviews: Vec<StoredReview>,
+    statuses: Vec<StoredStatus>,
+    /// Lowercased login → (login as set, level).
+    permissions: HashMap<String, (String, String)>,
+    requests: Vec<Recorded>,
+}
+
+struct Pr {
+    spec: PrSpec,
+    state: PrState,
+    mergeable: bool,
+    created_at: String,
+    updated_at: String,
+    closed_at: Option<String>,
+}
+
+struct StoredComment {
+    id: u64,
+    pr: u64,
+    author: String,
+    body: String,
+    edits: u32,
+    created_at: String,
+    updated_at: String,
+}
+
+struct StoredReview {
+    id: u64,
+    pr: u64,
+    reviewer: String,
+    state: String,
+    commit_id: String,
+    dismissed: bool,
+    submitted_at: String,
+}
+
+struct StoredStatus {
+    id: u64,
+    sha: String,
+    status: Status,
+    created_at: String,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        if self.next_id == 0 {
+            self.next_id = 500;
+        }
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn pr(&self, number: u64) -> Option<&Pr> {
+        self.prs.iter().find(|p| p.spec.number == number)
+    }
+
+    fn pr_mut(&mut self, number: u64) -> &mut Pr {
+        self.prs
+            .iter_mut()
+            .find(|p| p.spec.number == number)
+            .unwrap_or_else(|| panic!("the fake Gitea has no pull request #{number}: add_pr it"))
+    }
+}
+
+impl FakeGitea {
+    /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
+    /// it and comments posted through the API are its.
+    pub fn start(bot_login: &str) -> FakeGitea {
+        let mut shared_out = None;
+        let server = Server::start("fake-gitea", |addr| {
+            let mut state = State::default();
+            // Only a repository admin may ask for someone else's permission: the bot is one.
+            state.permissions.insert(
+                bot_login.to_ascii_lowercase(),
+                (bot_login.to_owned(), "admin".to_owned()),
+            );
+            let shared = Arc::new(Shared {
+                bot_login: bot_login.to_owned(),
+                base_url: format!("http://{addr}"),
+                state: Mutex::new(state),
+            });
+            shared_out = Some(Arc::clone(&shared));
+            move |req: Request| shared.handle(req)
+        });
+        FakeGitea {
+            shared: shared_out.expect("the handler was built"),
+            server,
+        }
+    }
+
+    /// The API root to configure (`api_url`): `http://127.0.0.1:PORT/api/v1`.
+    pub fn url(&self) -> String {
+        format!("{}{API_PREFIX}", self.shared.base_url)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.server.addr().to_string()
+    }
+
+    /// The bot's login, as given to [`FakeGitea::start`].
+    pub fn bot_login(&self) -> &str {
+        &self.shared.bot_login
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// Requires `Authorization: token <token>` (or `Bearer <token>`) on every request.
+    pub fn require_token(&self, token: &str) {
+        self.lock().token = Some(token.to_owned());
+    }
+
+    /// Adds (or replaces) an open, mergeable pull request, with no reviews.
+    pub fn add_pr(&self, spec: PrSpec) {
+        let now = now_iso();
+        let mut st = self.lock();
+        st.prs.retain(|p| p.spec.number != spec.number);
+        st.reviews.retain(|r| r.pr != spec.number);
+        st.prs.push(Pr {
+            spec,
+            state: PrState::Open,
+            mergeable: true,
+            created_at: now.clone(),
+            updated_at: now,
+            closed_at: None,
+        });
+    }
+
+    /// The pull request as added and changed since (its head), for payload builders.
+    pub fn pr(&self, number: u64) -> PrSpec {
+        self.lock().pr_mut(number).spec.clone()
+    }
+
+    /// Moves pull request `number`'s head to `sha` (a push to its branch). Reviews stay, and
+    /// become `stale` (their `commit_id` is not the head).
+    pub fn set_head(&self, number: u64, sha: &str) {
+        let now = now_iso();
+        let mut st = self.lock();
+        let pr = st.pr_mut(number);
+        pr.spec.head_sha = sha.to_owned();
+        pr.updated_at = now;
+    }
+
+    /// Opens, closes or merges pull request `number`.
+    pub fn set_state(&self, number: u64, state: PrState) {
+        let now = now_iso();
+        let mut st = self.lock();
+        let pr = st.pr_mut(number);
+        pr.closed_at = (state != PrState::Open).then(|| now.clone());
+        pr.state = state;
+        pr.updated_at = now;
+    }
+
+    /// What `mergeable` says for pull request `number` (Gitea says `false` while it checks).
+    pub fn set_mergeable(&self, number: u64, mergeable: bool) {
+        self.lock().pr_mut(number).mergeable = mergeable;
+    }
+
+    /// `reviewer` approves pull request `number` at `commit_sha`.
+    pub fn approve(&self, number: u64, reviewer: &str, commit_sha: &str) {
+        self.review(number, reviewer, "APPROVED", commit_sha);
+    }
+
+    /// `reviewer` reviews pull request `number` at `commit_sha` with `state`: `APPROVED`,
+    /// `REQUEST_CHANGES`, `COMMENT` or `PENDING` (a draft).
+    pub fn review(&self, number: u64, reviewer: &str, state: &str, commit_sha: &str) {
+        assert!(
+            matches!(
+                state,
+                "APPROVED" | "REQUEST_CHANGES" | "COMMENT" | "PENDING"
+            ),
+            "unknown Gitea review state {state:?}"
+        );
+        let now = now_iso();
+        let mut st = self.lock();
+        st.pr_mut(number);
+        let id = st.id();
+        st.reviews.push(StoredReview {
+            id,
+            pr: number,
+            reviewer: reviewer.to_owned(),
+            state: state.to_owned(),
+            commit_id: commit_sha.to_owned(),
+            dismissed: false,
+            submitted_at: now,
+        });
+    }
+
+    /// Dismisses `reviewer`'s reviews of pull request `number`.
+    pub fn dismiss(&self, number: u64, reviewer: &str) {
+        for r in self
+            .lock()
+            .reviews
+            .iter_mut()
+            .filter(|r| r.pr == number && r.reviewer.eq_ignore_ascii_case(reviewer))
+        {
+            r.dismissed = true;
+        }
+    }
+
+    /// Sets `user`'s permission on the repository: `owner`, `admin`, `write`, `read` or
+    /// `none`. A user never set is unknown (`404`). The bot starts as `admin`: below that,
+    /// Gitea lets it ask only for its own permission (`403` for anyone else's).
+    pub fn set_permission(&self, user: &str, level: &str) {
+        assert!(
+            matches!(level, "owner" | "admin" | "write" | "read" | "none"),
+            "unknown Gitea permission {level:?}"
+        );
+        self.lock().permissions.insert(
+            user.to_ascii_lowercase(),
+            (user.to_owned(), level.to_owned()),
+        );
+    }
+
+    /// Adds a comment by `author` on pull request `pr` (what someone typing a comment does),
+    /// for [`issue_comment_payload`].
+    pub fn add_comment(&self, pr: u64, author: &str, body: &str) -> Comment {
+        let now = now_iso();
+        let mut st = self.lock();
+        st.pr_mut(pr);
+        let id = st.id();
+        st.comments.push(StoredComment {
+            id,
+            pr,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            edits: 0,
+            created_at: now.clone(),
+            updated_at: now,
+        });
+        Comment {
+            id,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            edits: 0,
+        }
+    }
+
+    /// The comments on pull request `pr`, oldest first.
+    pub fn comments(&self, pr: u64) -> Vec<Comment> {
+        self.lock()
+            .comments
+            .iter()
+            .filter(|c| c.pr == pr)
+            .map(|c| Comment {
+                id: c.id,
+                author: c.author.clone(),
+                body: c.body.clone(),
+                edits: c.edits,
+            })
+            .collect()
+    }
+
+    /// The statuses posted for commit `sha` (any case), oldest first.
+    pub fn statuses(&self, sha: &str) -> Vec<Status> {
+        let sha = sha.to_ascii_lowercase();
+        self.lock()
+            .statuses
+            .iter()
+            .filter(|s| s.sha == sha)
+            .map(|s| s.status.clone())
+            .collect()
+    }
+
+    /// Every request so far, in the order they were answered.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// The requests for paths or methods the fake does not implement (and malformed ones).
+    pub fn unhandled(&self) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.operation.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// Waits until a comment on pull request `pr` satisfies `predicate` (edits count), and
+    /// returns it; panics after `timeout`, listing the comments and the latest requests.
+    pub fn wait_for_comment(
+        &self,
+        pr: u64,
+        predicate: impl Fn(&Comment) -> bool,
+        timeout: Duration,
+    ) -> Comment {
+        shared::poll(timeout, || {
+            self.comments(pr).into_iter().find(|c| predicate(c))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for a comment on #{pr}\ncomments:\n{:#?}\n{}",
+                self.comments(pr),
+                self.recent_requests(30)
+            )
+        })
+    }
+
+    /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
+    /// `timeout`, listing the statuses and the latest requests.
+    pub fn wait_for_status(
+        &self,
+        sha: &str,
+        predicate: impl Fn(&Status) -> bool,
+        timeout: Duration,
+    ) -> Status {
+        shared::poll(timeout, || {
+            self.statuses(sha).into_iter().find(|s| predicate(s))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
+                self.statuses(sha),
+                self.recent_requests(30)
+            )
+        })
+    }
+
+    /// The last `n` requests, one line each, for failure messages.
+    pub fn recent_requests(&self, n: usize) -> String {
+        let st = self.lock();
+        let skip = st.requests.len().saturating_sub(n);
+        let mut out = format!(
+            "last {} request(s) to the fake Gitea:\n",
+            st.requests.len() - skip
+        );
+        for r in &st.requests[skip..] {
+            out.push_str("  ");
+            out.push_str(&r.line());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+// ---- Answering ---------------------------------------------------------------------------------
+
+/// A Gitea operation the fake implements, with its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    GetUser,
+    ListComments(u64),
+    CreateComment(u64),
+    GetComment(u64),
+    EditComment(u64),
+    CreateStatus(String),
+    ListPulls,
+    GetPull(u64),
+    ListReviews(u64),
+    GetPermission(String),
+}
+
+impl Op {
+    fn id(&self) -> &'static str {
+        match self {
+            Op::GetUser => "userGetCurrent",
+            Op::ListComments(_) => "issueGetComments",
+            Op::CreateComment(_) => "issueCreateComment",
+            Op::GetComment(_) => "issueGetComment",
+            Op::EditComment(_) => "issueEditComment",
+            Op::CreateStatus(_) => "repoCreateStatus",
+            Op::ListPulls => "repoListPullRequests",
+            Op::GetPull(_) => "repoGetPullRequest",
+            Op::ListReviews(_) => "repoListPullReviews",
+            Op::GetPermission(_) => "repoGetRepoPermissions",
+        }
+    }
+}
+
+fn match_op(method: &str, segments: &[String]) -> Option<Op> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let num = |n: &str| -> Option<u64> {
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.parse().ok())
+            .flatten()
+    };
+    match (method, s.as_slice()) {
+        ("GET", ["user"]) => Some(Op::GetUser),
+        (_, ["repos", owner, repo, rest @ ..])
+            if owner.eq_ignore_ascii_case(OWNER) && repo.eq_ignore_ascii_case(NAME) =>
+        {
+            match (method, rest) {
+                ("GET", ["issues", "comments", id]) => Some(Op::GetComment(num(id)?)),
+                ("PATCH", ["issues", "comments", id]) => Some(Op::EditComment(num(id)?)),
+                ("GET", ["issues", n, "comments"]) => Some(Op::ListComments(num(n)?)),
+                ("POST", ["issues", n, "comments"]) => Some(Op::CreateComment(num(n)?)),
+                ("POST", ["statuses", sha]) if !sha.is_empty() => {
+                    Some(Op::CreateStatus((*sha).to_owned()))
+                }
+                ("GET", ["pulls"]) => Some(Op::ListPulls),
+                ("GET", ["pulls", n]) => Some(Op::GetPull(num(n)?)),
+                ("GET", ["pulls", n, "reviews"]) => Some(Op::ListReviews(num(n)?)),
+                ("GET", ["collaborators", user, "permission"]) if !user.is_empty() => {
+                    Some(Op::GetPermission((*user).to_owned()))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Gitea's error shape: `{"message", "url"}` (`url` points at the API's documentation).
+fn message(status: u16, text: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({ "message": text, "url": format!("{WEB}/api/swagger") }),
+    )
+}
+
+fn not_found() -> Reply {
+    Reply::json(
+        404,
+        json!({ "errors": null, "message": "The target couldn't be found.", "url": format!("{WEB}/api/swagger") }),
+    )
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers one request and records it (before the client sees the answer).
+    fn handle(&self, req: Request) -> Reply {
+        let query = parse_query(&req.query);
+        let json: Option<Value> = if req.body.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&req.body).ok()
+        };
+        let op = match &req.malformed {
+            Some(_) => None,
+            None => req.path.strip_prefix(API_PREFIX).and_then(|rest| {
+                let segments: Vec<String> = rest
+                    .trim_start_matches('/')
+                    .split('/')
+                    .map(shared::percent_decode)
+                    .collect();
+                match_op(&req.method, &segments)
+            }),
+        };
+        let mut st = self.lock();
+        let reply = match (&req.malformed, &op) {
+            (Some((status, why)), _) => message(*status, why),
+            (None, None) => not_found(),
+            (None, Some(op)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.answer(&mut st, op, &req, &query, json.as_ref())
+            }))
+            .unwrap_or_else(|_| message(500, "the fake Gitea failed to answer (a bug)")),
+        };
+        st.requests.push(Recorded {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query,
+            body: json,
+            headers: req.headers.clone(),
+            status: reply.status,
+            operation: op.as_ref().map(Op::id),
+            response: reply.body.clone().unwrap_or(Value::Null),
+        });
+        reply
+    }
+
+    fn answer(
+        &self,
+        st: &mut State,
+        op: &Op,
+        req: &Request,
+        query: &[(String, String)],
+        json: Option<&Value>,
+    ) -> Reply {
+        let token = req
+            .header("authorization")
+            .and_then(|v| {
+                let v = v.trim();
+                v.strip_prefix("token ")
+                    .or_else(|| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+            })
+            .filter(|t| !t.is_empty());
+        match (token, &st.token) {
+            (None, _) => return message(401, "token is required"),
+            (Some(given), Some(wanted)) if given != wanted => {
+                return message(401, "user does not exist [uid: 0, name: ]");
+            }
+            _ => {}
+        }
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let path = req.path.as_str();
+        match op {
+            Op::GetUser => Reply::json(200, user_json(&self.bot_login)),
+            Op::ListComments(n) => {
+                if st.pr(*n).is_none() {
+                    return not_found();
+                }
+                let items: Vec<Value> = st
+                    .comments
+                    .iter()
+                    .filter(|c| c.pr == *n)
+                    .map(comment_json)
+                    .collect();
+                Reply::json(200, Value::Array(items))
+            }
+            Op::CreateComment(n) => {
+                if st.pr(*n).is_none() {
+                    return not_found();
+                }
+                let body = match comment_body(json) {
+                    Ok(b) => b,
+                    Err(reply) => return reply,
+                };
+                let now = now_iso();
+                let id = st.id();
+                st.comments.push(StoredComment {
+                    id,
+                    pr: *n,
+                    author: self.bot_login.clone(),
+                    body,
+                    edits: 0,
+                    created_at: now.clone(),
+                    updated_at: now,
+                });
+                Reply::json(201, comment_json(st.comments.last().expect("just pushed")))
+            }
+            Op::GetComment(id) => match st.comments.iter().find(|c| c.id == *id) {
+                Some(c) => Reply::json(200, comment_json(c)),
+                None => not_found(),
+            },
+            Op::EditComment(id) => {
+                let body = match comment_body(json) {
+                    Ok(b) => b,
+                    Err(reply) => return reply,
+                };
+                let now = now_iso();
+                let bot = self.bot_login.clone();
+                let Some(c) = st.comments.iter_mut().find(|c| c.id == *id) else {
+                    return not_found();
+                };
+                // Only its poster may edit a comment (Gitea would let a repository admin edit
+                // anyone's: the fake refuses, so that editing someone else's comment shows).
+                if !c.author.eq_ignore_ascii_case(&bot) {
+                    return message(403, "Forbidden");
+                }
+                c.body = body;
+                c.edits += 1;
+                c.updated_at = now;
+                Reply::json(200, comment_json(c))
+            }
+            Op::CreateStatus(sha) => self.create_status(st, sha, json),
+            Op::ListPulls => {
+                let state = param("state").unwrap_or("open");
+                if !matches!(state, "open" | "closed" | "all") {
+                    return message(422, "[State]: invalid state");
+                }
+                let items = st
+                    .prs
+                    .iter()
+                    .rev()
+                    .filter(|p| match state {
+                        "open" => p.state == PrState::Open,
+                        "closed" => p.state != PrState::Open,
+                        _ => true,
+                    })
+                    .map(|p| pr_json(st, p))
+                    .collect();
+                paginate(path, query, items)
+            }
+            Op::GetPull(n) => match st.pr(*n) {
+                Some(p) => Reply::json(200, pr_json(st, p)),
+                None => not_found(),
+            },
+            Op::ListReviews(n) => {
+                let Some(pr) = st.pr(*n) else {
+                    return not_found();
+                };
+                let items = st
+                    .reviews
+                    .iter()
+                    .filter(|r| r.pr == *n)
+                    .map(|r| review_json(r, &pr.spec.head_sha))
+                    .collect();
+                paginate(path, query, items)
+            }
+            Op::GetPermission(user) => {
+                let bot = st.permissions.get(&self.bot_login.to_ascii_lowercase());
+                let admin = bot.is_some_and(|(_, level)| level == "admin" || level == "owner");
+                if !admin && !user.eq_ignore_ascii_case(&self.bot_login) {
+                    return message(
+                        403,
+                        "Only admins can query all permissions, repo admins can query all repo \
+                         permissions, collaborators can query only their own",
+                    );
+                }
+                match st.permissions.get(&user.to_ascii_lowercase()) {
+                    Some((login, level)) => Reply::json(
+                        200,
+                        json!({ "permission": level, "role_name": level, "user": user_json(login) }),
+                    ),
+                    None => not_found(),
+                }
+            }
+        }
+    }
+
+    fn create_status(&self, st: &mut State, sha: &str, body: Option<&Value>) -> Reply {
+        let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex || !(sha.len() == 40 || sha.len() == 64) {
+            return not_found();
+        }
+        let Some(body) = body else {
+            return message(422, "[State]: Required");
+        };
+        let state = body.get("state").and_then(Value::as_str).unwrap_or("");
+        if !matches!(
+            state,
+            "pending" | "success" | "error" | "failure" | "warning"
+        ) {
+            return message(422, "[State]: invalid commit status state");
+        }
+        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+        let id = st.id();
+        let stored = StoredStatus {
+            id,
+            sha: sha.to_ascii_lowercase(),
+            status: Status {
+                context: text("context").unwrap_or_else(|| "default".to_owned()),
+                state: state.to_owned(),
+                description: text("description"),
+                target_url: text("target_url"),
+            },
+            created_at: now_iso(),
+        };
+        let answer = status_json(&self.bot_login, &stored);
+        st.statuses.push(stored);
+        Reply::json(201, answer)
+    }
+}
+
+/// The `body` of a comment create/edit request, or Gitea's `422`.
+fn comment_body(json: Option<&Value>) -> Result<String, Reply> {
+    match json.and_then(|j| j.get("body")) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(message(422, "[Body]: Required")),
+    }
+}
+
+/// One page of `items` as Gitea pages lists: `limit` (default 30, at most 50) and `page` (from
+/// 1), with `X-Total-Count` and, when there is more than one page, a `Link` header (`next`,
+/// `last`, `first`, `prev`).
+fn paginate(path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+    };
+    let limit = match param("limit") {
+        Some(0) | None => DEFAULT_PAGE,
+        Some(n) => n.min(MAX_PAGE),
+    };
+    let page = param("page").unwrap_or(1).max(1);
+    let total = items.len();
+    let pages = total.div_ceil(limit).max(1);
+    let start = (page - 1).saturating_mul(limit).min(total);
+    let end = start.saturating_add(limit).min(total);
+    let others: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k != "page" && k != "limit")
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    let link = |p: usize, rel: &str| {
+        let mut q = others.clone();
+        q.push(format!("limit={limit}"));
+        q.push(format!("page={p}"));
+        format!("<{WEB}{path}?{}>; rel=\"{rel}\"", q.join("&"))
+    };
+    let mut links = Vec::new();
+    if page < pages {
+        links.push(link(page + 1, "next"));
+        links.push(link(pages, "last"));
+    }
+    if page > 1 {
+        links.push(link(1, "first"));
+        links.push(link((page - 1).min(pages), "prev"));
+    }
+    let reply = Reply::json(200, Value::Array(items[start..end].to_vec()))
+        .header("X-Total-Count", total.to_string())
+        .header(
+            "Access-Control-Expose-Headers",
+            "X-Total-Count, Link".to_owned(),
+        );
+    if links.is_empty() {
+        reply
+    } else {
+        reply.header("Link", links.join(","))
+    }
+}
+
+// ---- JSON in the shapes of Gitea's API structs ---------------------------------------------------
+
+/// `User` (`modules/structs/user.go`).
+fn user_json(login: &str) -> Value {
+    json!({
+        "id": user_id(login),
+        "login": login,
+        "login_name": "",
+        "source_id": 0,
+        "full_name": "",
+        "email": format!("{login}@noreply.localhost"),
+        "avatar_url": format!("{WEB}/avatars/{:032x}", user_id(login)),
+        "html_url": format!("{WEB}/{login}"),
+        "language": "",
+        "is_admin": false,
+        "last_login": "0001-01-01T00:00:00Z",
+        "created": "2024-01-01T00:00:00Z",
+        "restricted": false,
+        "active": false,
+        "prohibit_login": false,
+        "location": "",
+        "website": "",
+        "description": "",
+        "visibility": "public",
+        "followers_count": 0,
+        "following_count": 0,
+        "starred_repos_count": 0,
+        "username": login,
+    })
+}
+
+/// `Repository` (`modules/structs/repo.go`), the fields of a pull request's `base.repo`.
+fn repo_json(full_name: &str, fork: bool) -> Value {
+    let (owner, name) = full_name.split_once('/').unwrap_or((full_name, full_name));
+    let html = format!("{WEB}/{full_name}");
+    let mut v = json!({
+        "id": repo_id(full_name),
+        "owner": user_json(owner),
+        "name": name,
+        "full_name": full_name,
+        "description": "",
+        "empty": false,
+        "private": false,
+        "fork": fork,
+        "template": false,
+        "parent": if fork { repo_json(REPO, false) } else { Value::Null },
+        "mirror": false,
+        "size": 1,
+        "language": "",
+        "languages_url": format!("{WEB}/api/v1/repos/{full_name}/languages"),
+        "html_url": html,
+        "url": format!("{WEB}/api/v1/repos/{full_name}"),
+        "link": "",
+        "ssh_url": format!("ssh://git@localhost:2222/{full_name}.git"),
+        "clone_url": format!("{html}.git"),
+        "original_url": "",
+        "website": "",
+    });
+    let rest = json!({
+        "stars_count": 0,
+        "forks_count": 0,
+        "watchers_count": 1,
+        "open_issues_count": 0,
+        "open_pr_counter": 0,
+        "release_counter": 0,
+        "default_branch": DEFAULT_BRANCH,
+        "archived": false,
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+        "archived_at": "1970-01-01T00:00:00Z",
+        "permissions": { "admin": false, "push": true, "pull": true },
+        "has_issues": true,
+        "has_wiki": true,
+        "has_pull_requests": true,
+        "has_projects": false,
+        "has_releases": true,
+        "has_packages": false,
+        "has_actions": false,
+        "ignore_whitespace_conflicts": false,
+        "allow_merge_commits": true,
+        "allow_rebase": true,
+        "allow_rebase_explicit": true,
+        "allow_squash_merge": true,
+        "allow_rebase_update": true,
+        "default_delete_branch_after_merge": false,
+        "default_merge_style": "merge",
+        "default_allow_maintainer_edit": false,
+        "avatar_url": "",
+        "internal": false,
+        "mirror_interval": "",
+        "object_format_name": "sha1",
+        "mirror_updated": "0001-01-01T00:00:00Z",
+        "repo_transfer": null,
+    });
+    if let (Value::Object(v), Value::Object(rest)) = (&mut v, rest) {
+        v.extend(rest);
+    }
+    v
+}
+
+/// `PRBranchInfo`.
+fn branch_json(label: String, git_ref: &str, sha: &str, full_name: &str, fork: bool) -> Value {
+    json!({
+        "label": label,
+        "ref": git_ref,
+        "sha": sha,
+        "repo_id": repo_id(full_name),
+        "repo": repo_json(full_name, fork),
+    })
+}
+
+/// The base branch's tip in answers and payloads (the fake knows no commits).
+const BASE_SHA: &str = "2020558fe2e34debb818a514715839cabd25e777";
+
+/// `PullRequest` (`modules/structs/pull.go`).
+fn pr_json(st: &State, pr: &Pr) -> Value {
+    let spec = &pr.spec;
+    let n = spec.number;
+    let html = spec.html_url();
+    let (state, merged, merged_at, merge_sha) = match &pr.state {
+        PrState::Open => ("open", false, None, None),
+        PrState::Closed => ("closed", false, None, None),
+        PrState::Merged { merge_sha } => (
+            "closed",
+            true,
+            pr.closed_at.clone(),
+            Some(merge_sha.clone()),
+        ),
+    };
+    let head_full = spec.head_repo_full_name();
+    let head_label = if spec.fork {
+        format!(
+            "{}:{}",
+            head_full.split('/').next().unwrap_or(OWNER),
+            spec.head_ref
+        )
+    } else {
+        spec.head_ref.clone()
+    };
+    json!({
+        "id": pr_id(n),
+        "url": html,
+        "number": n,
+        "user": user_json(&spec.author),
+        "title": spec.title,
+        "body": "",
+        "labels": [],
+        "milestone": null,
+        "assignee": null,
+        "assignees": null,
+        "requested_reviewers": null,
+        "requested_reviewers_teams": null,
+        "state": state,
+        "draft": false,
+        "is_locked": false,
+        "comments": st.comments.iter().filter(|c| c.pr == n).count(),
+        "review_comments": 0,
+        "additions": 1,
+        "deletions": 0,
+        "changed_files": 1,
+        "html_url": html,
+        "diff_url": format!("{html}.diff"),
+        "patch_url": format!("{html}.patch"),
+        "mergeable": pr.mergeable,
+        "merged": merged,
+        "merged_at": merged_at,
+        "merge_commit_sha": merge_sha,
+        "merged_by": if merged { user_json(&spec.author) } else { Value::Null },
+        "allow_maintainer_edit": false,
+        "base": branch_json(spec.base_ref.clone(), &spec.base_ref, BASE_SHA, REPO, false),
+        "head": branch_json(head_label, &spec.head_ref, &spec.head_sha, &head_full, spec.fork),
+        "merge_base": BASE_SHA,
+        "due_date": null,
+        "created_at": pr.created_at,
+        "updated_at": pr.updated_at,
+        "closed_at": pr.closed_at,
+        "pin_order": 0,
+    })
+}
+
+/// `Comment` (`modules/structs/issue_comment.go`).
+fn comment_json(c: &StoredComment) -> Value {
+    let pr_url = format!("{WEB}/{REPO}/pulls/{}", c.pr);
+    json!({
+        "id": c.id,
+        "html_url": format!("{pr_url}#issuecomment-{}", c.id),
+        "pull_request_url": pr_url,
+        "issue_url": "",
+        "user": user_json(&c.author),
+        "original_author": "",
+        "original_author_id": 0,
+        "body": c.body,
+        "assets": [],
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    })
+}
+
+/// `CommitStatus` (`modules/structs/status.go`).
+fn status_json(bot: &str, s: &StoredStatus) -> Value {
+    json!({
+        "id": s.id,
+        "status": s.status.state,
+        "target_url": s.status.target_url.clone().unwrap_or_default(),
+        "description": s.status.description.clone().unwrap_or_default(),
+        "url": format!("{WEB}/api/v1/repos/{REPO}/statuses/{}", s.sha),
+        "context": s.status.context,
+        "creator": user_json(bot),
+        "created_at": s.created_at,
+        "updated_at": s.created_at,
+    })
+}
+
+/// `PullReview` (`modules/structs/pull_review.go`).
+fn review_json(r: &StoredReview, head_sha: &str) -> Value {
+    let pr_url = format!("{WEB}/{REPO}/pulls/{}", r.pr);
+    json!({
+        "id": r.id,
+        "user": user_json(&r.reviewer),
+        "team": null,
+        "state": r.state,
+        "body": "",
+        "commit_id": r.commit_id,
+        "stale": !r.commit_id.eq_ignore_ascii_case(head_sha),
+        "official": r.state == "APPROVED" || r.state == "REQUEST_CHANGES",
+        "dismissed": r.dismissed,
+        "comments_count": 0,
+        "submitted_at": r.submitted_at,
+        "updated_at": r.submitted_at,
+        "html_url": format!("{pr_url}#issuecomment-{}", r.id),
+        "pull_request_url": pr_url,
+    })
+}
+
+// ---- Webhook payloads --------------------------------------------------------------------------
+
+const PULL_REQUEST_EXAMPLE: &str =
+    include_str!("../../../slipway-forge/tests/fixtures/gitea/pull_request_opened.json");
+const ISSUE_COMMENT_EXAMPLE: &str =
+    include_str!("../../../slipway-forge/tests/fixtures/gitea/issue_comment_pull.json");
+const REVIEW_EXAMPLE: &str =
+    include_str!("../../../slipway-forge/tests/fixtures/gitea/pull_request_review_approved.json");
+/// The repository of every fixture.
+const EXAMPLE_REPO: &str = "test/repo";
+
+fn example(text: &str) -> Value {
+    serde_json::from_str(text).expect("the Gitea fixture is JSON")
+}
+
+/// Makes the user object `v` be `login`.
+fn set_user(v: &mut Value, login: &str) {
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("id".into(), json!(user_id(login)));
+        obj.insert("login".into(), json!(login));
+        obj.insert("username".into(), json!(login));
+        obj.insert("email".into(), json!(format!("{login}@localhost")));
+        obj.insert("avatar_url".into(), json!(format!("{WEB}/{login}/avatar")));
+    }
+}
+
+/// Renames the fixtures' repository to [`REPO`] everywhere in `v`: URLs, names, owner, ids.
+fn rebrand(v: &mut Value) {
+    map_strings(v, &|s| s.replace(EXAMPLE_REPO, REPO));
+    fix_repos(v);
+}
+
+fn fix_repos(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            if obj.get("full_name").and_then(Value::as_str) == Some(REPO) {
+                obj.insert("name".into(), json!(NAME));
+                obj.insert("id".into(), json!(REPO_ID));
+                if obj.contains_key("default_branch") {
+                    obj.insert("default_branch".into(), json!(DEFAULT_BRANCH));
+                }
+                if let Some(owner) = obj.get_mut("owner") {
+                    set_user(owner, OWNER);
+                }
+            }
+            if obj.get("repo_id").is_some() {
+                obj.insert("repo_id".into(), json!(REPO_ID));
+            }
+            obj.values_mut().for_each(fix_repos);
+        }
+        Value::Array(items) => items.iter_mut().for_each(fix_repos),
+        _ => {}
+    }
+}
+
+/// Patches a payload's `pull_request` object (already rebranded) to be `pr`, in `state`.
+fn set_pull_request(
+    p: &mut Value,
+    pr: &PrSpec,
+    merged: bool,
+    merge_sha: Option<&str>,
+    closed: bool,
+) {
+    let html = pr.html_url();
+    let now = now_iso();
+    p["id"] = json!(pr_id(pr.number));
+    p["url"] = json!(html);
+    p["number"] = json!(pr.number);
+    p["title"] = json!(pr.title);
+    p["html_url"] = json!(html);
+    p["diff_url"] = json!(format!("{html}.diff"));
+    p["patch_url"] = json!(format!("{html}.patch"));
+    p["state"] = json!(if closed { "closed" } else { "open" });
+    p["merged"] = json!(merged);
+    p["merged_at"] = if merged { json!(now) } else { Value::Null };
+    p["merge_commit_sha"] = match merge_sha {
+        Some(sha) if merged => json!(sha),
+        _ => Value::Null,
+    };
+    p["merged_by"] = if merged {
+        user_json(&pr.author)
+    } else {
+        Value::Null
+    };
+    p["closed_at"] = if closed { json!(now) } else { Value::Null };
+    p["updated_at"] = json!(now);
+    set_user(&mut p["user"], &pr.author);
+    let base = &mut p["base"];
+    base["label"] = json!(pr.base_ref);
+    base["ref"] = json!(pr.base_ref);
+    let base_repo = base["repo"].clone();
+    let head = &mut p["head"];
+    head["ref"] = json!(pr.head_ref);
+    head["sha"] = json!(pr.head_sha);
+    if pr.fork {
+        let full = pr.head_repo_full_name();
+        let owner = full.split('/').next().unwrap_or_default().to_owned();
+        let mut repo = base_repo;
+        let (from, to) = (format!("/{REPO}"), format!("/{full}"));
+        map_strings(&mut repo, &move |s| s.replace(&from, &to));
+        repo["full_name"] = json!(full);
+        repo["id"] = json!(repo_id(&full));
+        repo["fork"] = json!(true);
+        set_user(&mut repo["owner"], &owner);
+        head["label"] = json!(format!("{owner}:{}", pr.head_ref));
+        head["repo_id"] = json!(repo_id(&full));
+        head["repo"] = repo;
+    } else {
+        head["label"] = json!(pr.head_ref);
+    }
+}
+
+/// A `pull_request` delivery (`X-Gitea-Event: pull_request`) from the fixture, for pull request
+/// `pr` of [`REPO`]: `action` is `opened`, `synchronized` (a push), `reopened`, `closed`
+/// (`merged` marks it merged as `merge_sha`), `edited`…; the sender is the author.
+pub fn pull_request_payload(
+    action: &str,
+    pr: &PrSpec,
+    merged: bool,
+    merge_sha: Option<&str>,
+) -> Vec<u8> {
+    assert!(
+        !merged || action == "closed",
+        "only a `closed` pull_request delivery can say merged"
+    );
+    let mut v = example(PULL_REQUEST_EXAMPLE);
+    rebrand(&mut v);
+    v["action"] = json!(action);
+    v["number"] = json!(pr.number);
+    set_pull_request(
+        &mut v["pull_request"],
+        pr,
+        merged,
+        merge_sha,
+        action == "closed",
+    );
+    set_user(&mut v["sender"], &pr.author);
+    to_bytes(&v)
+}
+
+/// The `X-Gitea-Event` of a review with `verdict` `approved`, `rejected` or `comment`.
+pub fn review_event(verdict: &str) -> &'static str {
+    match verdict {
+        "approved" => "pull_request_approved",
+        "rejected" => "pull_request_rejected",
+        _ => "pull_request_comment",
+    }
+}
+
+/// A review delivery (send it with [`review_event`]`(verdict)`) from the fixture: `reviewer`
+/// reviews pull request `pr` with `verdict` (`approved`, `rejected`, `comment`) and `content`.
+pub fn pull_request_review_payload(
+    pr: &PrSpec,
+    reviewer: &str,
+    verdict: &str,
+    content: &str,
+) -> Vec<u8> {
+    let mut v = example(REVIEW_EXAMPLE);
+    rebrand(&mut v);
+    v["number"] = json!(pr.number);
+    set_pull_request(&mut v["pull_request"], pr, false, None, false);
+    v["review"]["type"] = json!(format!("pull_request_review_{verdict}"));
+    v["review"]["content"] = json!(content);
+    v["commit_id"] = json!(pr.head_sha);
+    set_user(&mut v["sender"], reviewer);
+    to_bytes(&v)
+}
+
+/// An `issue_comment` delivery (`action: created`, `is_pull: true`) from the fixture: `comment`
+/// (from [`FakeGitea::add_comment`]: its id, author and body) on pull request `pr`.
+pub fn issue_comment_payload(pr: &PrSpec, comment: &Comment) -> Vec<u8> {
+    let mut v = example(ISSUE_COMMENT_EXAMPLE);
+    rebrand(&mut v);
+    let html = pr.html_url();
+    v["action"] = json!("created");
+    v["is_pull"] = json!(true);
+    let issue = &mut v["issue"];
+    issue["id"] = json!(pr_id(pr.number));
+    issue["url"] = json!(format!("{WEB}/api/v1/repos/{REPO}/pulls/{}", pr.number));
+    issue["html_url"] = json!(html);
+    issue["number"] = json!(pr.number);
+    issue["title"] = json!(pr.title);
+    set_user(&mut issue["user"], &pr.author);
+    let c = &mut v["comment"];
+    c["id"] = json!(comment.id);
+    c["html_url"] = json!(format!("{html}#issuecomment-{}", comment.id));
+    c["pull_request_url"] = json!(html);
+    c["body"] = json!(comment.body);
+    set_user(&mut c["user"], &comment.author);
+    set_user(&mut v["sender"], &comment.author);
+    to_bytes(&v)
+}
+
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serializes")
+}
+
+// ---- Sending webhooks ----------------------------------------------------------------------------
+
+/// `X-Gitea-Event-Type` for a delivery of `event` with `body`: Gitea's finer name
+/// (`pull_request_sync`, `pull_request_comment`, `pull_request_review_approved`…).
+fn event_type(event: &str, body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match (event, v["action"].as_str()) {
+        ("pull_request", Some("synchronized")) => "pull_request_sync".into(),
+        ("issue_comment", _) if v["is_pull"] == true => "pull_request_comment".into(),
+        ("pull_request_approved", _) => "pull_request_review_approved".into(),
+        ("pull_request_rejected", _) => "pull_request_review_rejected".into(),
+        ("pull_request_comment", _) => "pull_request_review_comment".into(),
+        _ => event.into(),
+    }
+}
+
+/// The headers Gitea sends with a delivery of `event`, signed with `secret` over `body`.
+pub fn webhook_headers(
+    secret: &[u8],
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let signature = slipway_forge::sign(secret, body);
+    let kind = event_type(event, body);
+    let mut headers = vec![
+        ("User-Agent".to_owned(), "Go-http-client/1.1".to_owned()),
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+    ];
+    for prefix in ["X-Gitea", "X-Gogs", "X-GitHub"] {
+        headers.push((format!("{prefix}-Delivery"), delivery.to_owned()));
+        headers.push((format!("{prefix}-Event"), event.to_owned()));
+        headers.push((format!("{prefix}-Event-Type"), kind.clone()));
+    }
+    headers.push(("X-Gitea-Signature".to_owned(), signature.clone()));
+    headers.push(("X-Gogs-Signature".to_owned(), signature.clone()));
+    headers.push((
+        "X-Hub-Signature-256".to_owned(),
+        format!("sha256={signature}"),
+    ));
+    headers
+}
+
+/// POSTs a delivery as Gitea does to `http://<addr>/webhooks/gitea` (`addr` is
+/// `127.0.0.1:PORT`), and returns the status and body of the answer.
+pub fn send_webhook(
+    addr: &str,
+    secret: &[u8],
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let headers = webhook_headers(secret, event, delivery, body);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    send_webhook_raw(addr, &headers, body)
+}
+
+/// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitea`.
+pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    super::fake_github::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
+        .map(|r| (r.status, r.body))
+        .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
+}

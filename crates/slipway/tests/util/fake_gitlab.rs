@@ -1,0 +1,2151 @@
+//! A fake GitLab for end-to-end tests of `slipway serve`: the REST API v4 its GitLab adapter
+//! calls, and the webhook deliveries GitLab sends.
+//!
+//! - [`FakeGitLab`] is a real HTTP/1.1 server on `127.0.0.1:0` (see [`shared::Server`]) that
+//!   answers, under `/api/v4`, exactly the calls `slipway-forge`'s GitLab adapter makes, for one
+//!   project, [`PROJECT`] (`acme/shop`, id [`PROJECT_ID`]), from in-memory state the test
+//!   controls: merge requests (head, state, mergeability), approvals, project members and their
+//!   access levels. It keeps what the adapter writes (notes, commit statuses) and records every
+//!   request with its answer. Answers have the fields of GitLab's REST API documentation
+//!   (`doc/api/{merge_requests,notes,commits,members,users,projects}.md`), lists are paginated
+//!   like GitLab's (`page`/`per_page`, `X-*` headers and a `Link` header), and anything else is
+//!   a `404` recorded with no operation ([`FakeGitLab::unhandled`]).
+//! - The payload builders ([`merge_request_payload`], [`note_payload`]) start from GitLab's own
+//!   documented examples (`slipway-forge/tests/fixtures/gitlab`), move them to [`PROJECT`] and
+//!   patch only numbers, shas, branches, users and the action.
+//! - [`send_webhook`] POSTs a delivery as GitLab does (`X-Gitlab-Event`, `X-Gitlab-Token`,
+//!   `X-Gitlab-Event-UUID`, `Idempotency-Key`) to `slipway serve`'s [`WEBHOOK_PATH`];
+//!   [`send_webhook_raw`] sends any headers, for hostile cases.
+//!
+//! ```ignore
+//! let gl = FakeGitLab::start("slipway-bot");
+//! gl.set_access("alice", DEVELOPER);
+//! gl.add_mr(MrSpec::new(1, &sha));
+//! // … start `slipway serve` with [forge.gitlab] api_url = gl.url(), repository = "acme/shop"
+//! let body = merge_request_payload("open", &gl.mr(1), "alice", None, None);
+//! let (status, _) = send_webhook(&server.addr, "secret", "Merge Request Hook", "d-1", &body);
+//! let plan = gl.wait_for_note(1, |n| n.body.contains("slipway:plan"), T);
+//! ```
+//!
+//! The server never panics on what a client sends; the test-side methods panic on test bugs
+//! (an unknown merge request).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use self::shared::{
+    Reply, Request, Server, header_of, map_strings, now_iso, parse_query, percent_encode,
+    stable_id, uuid,
+};
+
+/// The one project the fake serves, and every payload names.
+pub const PROJECT: &str = "acme/shop";
+/// [`PROJECT`]'s namespace (a group).
+pub const NAMESPACE: &str = "acme";
+/// [`PROJECT`]'s path within its namespace.
+pub const NAME: &str = "shop";
+/// [`PROJECT`]'s id, the same in API answers and webhook payloads (the adapter tells forks by
+/// it).
+pub const PROJECT_ID: u64 = 4_200_001;
+/// [`PROJECT`]'s default branch.
+pub const DEFAULT_BRANCH: &str = "main";
+/// Where `slipway serve` receives GitLab's deliveries.
+pub const WEBHOOK_PATH: &str = "/webhooks/gitlab";
+/// The web root of `web_url`s (the host of GitLab's documented examples).
+pub const WEB: &str = "http://example.com";
+/// Where the API lives under the fake's root.
+pub const API_PREFIX: &str = "/api/v4";
+/// GitLab's limit on a note's body, in characters.
+pub const NOTE_LIMIT: usize = 1_000_000;
+
+/// GitLab's access levels (`doc/api/members.md`).
+pub const GUEST: u32 = 10;
+/// Planner.
+pub const PLANNER: u32 = 15;
+/// Reporter: may read, not push.
+pub const REPORTER: u32 = 20;
+/// Developer: the lowest role that may push.
+pub const DEVELOPER: u32 = 30;
+/// Maintainer.
+pub const MAINTAINER: u32 = 40;
+/// Owner.
+pub const OWNER: u32 = 50;
+
+/// A merge request to put on the fake (and into payloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MrSpec {
+    /// Its number within the project (`iid`).
+    pub iid: u64,
+    /// The head commit (`sha`, `last_commit.id`).
+    pub head_sha: String,
+    /// The source branch.
+    pub source_branch: String,
+    /// The target branch.
+    pub target_branch: String,
+    /// The author's username.
+    pub author: String,
+    /// The source branch lives in a fork, `<author>/shop`, with another project id.
+    pub fork: bool,
+    /// Its title.
+    pub title: String,
+}
+
+impl MrSpec {
+    /// Merge request `iid` at `head_sha`: branch `feature-<iid>` into `main`, by `alice`, not
+    /// from a fork, titled `Change <iid>`. Change fields with struct update syntax.
+    pub fn new(iid: u64, head_sha: &str) -> MrSpec {
+        MrSpec {
+            iid,
+            head_sha: head_sha.to_owned(),
+            source_branch: format!("feature-{iid}"),
+            target_branch: DEFAULT_BRANCH.to_owned(),
+            author: "alice".to_owned(),
+            fork: false,
+            title: format!("Change {iid}"),
+        }
+    }
+
+    /// The source project's path: [`PROJECT`], or the fork's.
+    pub fn source_project_path(&self) -> String {
+        if !self.fork {
+            PROJECT.to_owned()
+        } else if self.author.eq_ignore_ascii_case(NAMESPACE) {
+            format!("{}-fork/{NAME}", self.author)
+        } else {
+            format!("{}/{NAME}", self.author)
+        }
+    }
+
+    /// The source project's id: [`PROJECT_ID`], or the fork's.
+    pub fn source_project_id(&self) -> u64 {
+        if self.fork {
+            stable_id(&self.source_project_path(), 5_000_000)
+        } else {
+            PROJECT_ID
+        }
+    }
+
+    /// The merge request's web page.
+    pub fn web_url(&self) -> String {
+        format!("{WEB}/{PROJECT}/-/merge_requests/{}", self.iid)
+    }
+}
+
+/// The merge request's global id (`id`, not `iid`), the same in answers and payloads.
+pub fn mr_global_id(iid: u64) -> u64 {
+    90_000_000 + iid
+}
+
+/// A user's id, the same in answers and payloads.
+pub fn user_id(username: &str) -> u64 {
+    stable_id(username, 100)
+}
+
+/// A merge request's state on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MrState {
+    /// `opened` (the state [`FakeGitLab::add_mr`] gives).
+    Opened,
+    /// `closed` without merging.
+    Closed,
+    /// `merged` as `merge_sha`.
+    Merged {
+        /// The merge commit (`merge_commit_sha`).
+        merge_sha: String,
+    },
+}
+
+impl MrState {
+    fn as_str(&self) -> &'static str {
+        match self {
+            MrState::Opened => "opened",
+            MrState::Closed => "closed",
+            MrState::Merged { .. } => "merged",
+        }
+    }
+}
+
+/// A note (comment) on a merge request on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Its id.
+    pub id: u64,
+    /// Its author's username (the bot's for notes posted through the API).
+    pub author: String,
+    /// Its body now.
+    pub body: String,
+    /// A system note ("added 1 commit", "approved this merge request").
+    pub system: bool,
+    /// How many times it was edited (`PUT`).
+    pub edits: u32,
+}
+
+/// A commit status posted to the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Its name (the adapter's context), e.g. `slipway/plan`.
+    pub name: String,
+    /// `pending`, `running`, `success`, `failed`, `canceled` or `skipped`.
+    pub state: String,
+    /// Its description, if one was sent.
+    pub description: Option<String>,
+    /// Its link, if one was sent.
+    pub target_url: Option<String>,
+}
+
+/// One request the fake received, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `POST`… (`(malformed)` for a request that could not be read).
+    pub method: String,
+    /// The path as sent (still percent-encoded), without the query.
+    pub path: String,
+    /// The query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The body as JSON; `None` when it was empty or not JSON.
+    pub body: Option<Value>,
+    /// The headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The status the fake answered with.
+    pub status: u16,
+    /// The GitLab endpoint the request matched, as GitLab's docs write it (e.g.
+    /// `POST /projects/:id/merge_requests/:merge_request_iid/notes`); `None` for a path or
+    /// method the fake does not implement.
+    pub operation: Option<&'static str>,
+    /// The JSON the fake answered with.
+    pub response: Value,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `METHOD /path?query -> status`, for assertion messages.
+    pub fn line(&self) -> String {
+        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let sep = if q.is_empty() { "" } else { "?" };
+        format!(
+            "{} {}{sep}{} -> {}",
+            self.method,
+            self.path,
+            q.join("&"),
+            self.status
+        )
+    }
+}
+
+/// A fake GitLab REST API v4 for [`PROJECT`], on `127.0.0.1`. Stopped when dropped.
+///
+/// Endpoints (under [`FakeGitLab::url`], like `https://gitlab.com/api/v4`; `:id` is
+/// `acme%2Fshop` or [`PROJECT_ID`]):
+///
+/// | request | answer |
+/// | --- | --- |
+/// | `GET /user` | the bot |
+/// | `GET /users?username=U` | `[U]` when the fake knows U, else `[]` |
+/// | `GET /projects/:id` | the project (or a fork of it, by its id) |
+/// | `GET /projects/:id/merge_requests?state=…` | newest first, paginated (default `all`) |
+/// | `GET /projects/:id/merge_requests/:iid` | the merge request, with its merge status |
+/// | `GET`/`POST /projects/:id/merge_requests/:iid/notes` | notes (`sort`, `order_by`; newest first by default), paginated; `POST`: `201`, a note by the bot |
+/// | `GET`/`PUT /projects/:id/merge_requests/:iid/notes/:note_id` | the note; `PUT` edits it (`403` unless the bot wrote it) |
+/// | `GET /projects/:id/merge_requests/:iid/approvals` | who approved |
+/// | `POST /projects/:id/statuses/:sha` | `201`, the commit status |
+/// | `GET /projects/:id/members/all/:user_id` | the member with their access level; `404` for a non-member |
+///
+/// Every one needs a token (`PRIVATE-TOKEN`, or `Authorization: Bearer`; any token, or the one
+/// of [`FakeGitLab::require_token`]), else `401`. Bodies GitLab would refuse get GitLab's `400`.
+pub struct FakeGitLab {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+struct Shared {
+    bot_login: String,
+    /// `http://127.0.0.1:PORT`: the fake's root (the API is under [`API_PREFIX`]).
+    base_url: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    token: Option<String>,
+    /// Lowercased username → username as first seen.
+    users: HashMap<String, String>,
+    /// Lowercased username → access level.
+    members: HashMap<String, u32>,
+    mrs: Vec<Mr>,
+    notes: Vec<StoredNote>,
+    /// (iid, username) in approval order.
+    approvals: Vec<(u64, String)>,
+    statuses: Vec<StoredStatus>,
+    requests: Vec<Recorded>,
+    reset_approvals_on_push: bool,
+}
+
+struct Mr {
+    spec: MrSpec,
+    state: MrState,
+    mergeable: Option<bool>,
+    created_at: String,
+    updated_at: String,
+    closed_at: Option<String>,
+}
+
+struct StoredNote {
+    id: u64,
+    iid: u64,
+    author: String,
+    body: String,
+    system: bool,
+    edits: u32,
+    created_at: String,
+    updated_at: String,
+}
+
+struct StoredStatus {
+    id: u64,
+    sha: String,
+    status: Status,
+    created_at: String,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        if self.next_id == 0 {
+            self.next_id = 7_000_000;
+        }
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Makes `username` known (as `GET /users` finds it).
+    fn know(&mut self, username: &str) {
+        self.users
+            .entry(username.to_ascii_lowercase())
+            .or_insert_with(|| username.to_owned());
+    }
+
+    fn mr(&self, iid: u64) -> Option<&Mr> {
+        self.mrs.iter().find(|m| m.spec.iid == iid)
+    }
+
+    fn mr_mut(&mut self, iid: u64) -> &mut Mr {
+        self.mrs
+            .iter_mut()
+            .find(|m| m.spec.iid == iid)
+            .unwrap_or_else(|| panic!("the fake GitLab has no merge request !{iid}: add_mr it"))
+    }
+
+    fn system_note(&mut self, iid: u64, author: &str, body: &str) {
+        let now = now_iso();
+        let id = self.id();
+        self.notes.push(StoredNote {
+            id,
+            iid,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            system: true,
+            edits: 0,
+            created_at: now.clone(),
+            updated_at: now,
+        });
+    }
+}
+
+impl FakeGitLab {
+    /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
+    /// it and notes posted through the API are its.
+    pub fn start(bot_login: &str) -> FakeGitLab {
+        let mut shared_out = None;
+        let server = Server::start("fake-gitlab", |addr| {
+            let mut state = State::default();
+            state.know(bot_login);
+            let shared = Arc::new(Shared {
+                bot_login: bot_login.to_owned(),
+                base_url: format!("http://{addr}"),
+                state: Mutex::new(state),
+            });
+            shared_out = Some(Arc::clone(&shared));
+            move |req: Request| shared.handle(req)
+        });
+        FakeGitLab {
+            shared: shared_out.expect("the handler was built"),
+            server,
+        }
+    }
+
+    /// The API root to configure (`api_url`): `http://127.0.0.1:PORT/api/v4`.
+    pub fn url(&self) -> String {
+        format!("{}{API_PREFIX}", self.shared.base_url)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.server.addr().to_string()
+    }
+
+    /// The bot's username, as given to [`FakeGitLab::start`].
+    pub fn bot_login(&self) -> &str {
+        &self.shared.bot_login
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// Requires this token (`PRIVATE-TOKEN` or `Authorization: Bearer`) on every request.
+    pub fn require_token(&self, token: &str) {
+        self.lock().token = Some(token.to_owned());
+    }
+
+    /// Adds (or replaces) an open merge request that can be merged, without approvals.
+    pub fn add_mr(&self, spec: MrSpec) {
+        let now = now_iso();
+        let mut st = self.lock();
+        st.know(&spec.author);
+        st.mrs.retain(|m| m.spec.iid != spec.iid);
+        st.approvals.retain(|(iid, _)| *iid != spec.iid);
+        st.mrs.push(Mr {
+            spec,
+            state: MrState::Opened,
+            mergeable: Some(true),
+            created_at: now.clone(),
+            updated_at: now,
+            closed_at: None,
+        });
+    }
+
+    /// The merge request as added and changed since (its head), for payload builders.
+    pub fn mr(&self, iid: u64) -> MrSpec {
+        self.lock().mr_mut(iid).spec.clone()
+    }
+
+    /// Moves merge request `iid`'s head to `sha` (a push to its source branch): GitLab adds a
+    /// system note by the author. Approvals stay, as on GitLab Free (see
+    /// [`FakeGitLab::reset_approvals_on_push`]).
+    pub fn set_head(&self, iid: u64, sha: &str) {
+        let now = now_iso();
+        let mut st = self.lock();
+        let mr = st.mr_mut(iid);
+        mr.spec.head_sha = sha.to_owned();
+        mr.updated_at = now;
+        let author = mr.spec.author.clone();
+        let short: String = sha.chars().take(8).collect();
+        st.system_note(
+            iid,
+            &author,
+            &format!("added 1 commit\n\n<ul><li>{short}</li></ul>"),
+        );
+        if st.reset_approvals_on_push {
+            st.approvals.retain(|(i, _)| *i != iid);
+        }
+    }
+
+    /// A push removes the merge request's approvals: the project setting "Remove all
+    /// approvals when commits are added to the source branch" (GitLab Premium and Ultimate;
+    /// off unless set).
+    pub fn reset_approvals_on_push(&self, reset: bool) {
+        self.lock().reset_approvals_on_push = reset;
+    }
+
+    /// Opens, closes or merges merge request `iid`.
+    pub fn set_state(&self, iid: u64, state: MrState) {
+        let now = now_iso();
+        let mut st = self.lock();
+        let mr = st.mr_mut(iid);
+        mr.closed_at = (state != MrState::Opened).then(|| now.clone());
+        mr.state = state;
+        mr.updated_at = now;
+    }
+
+    /// Whether merge request `iid` can be merged: `None` is GitLab still checking.
+    pub fn set_mergeable(&self, iid: u64, mergeable: Option<bool>) {
+        self.lock().mr_mut(iid).mergeable = mergeable;
+    }
+
+    /// `user` approves merge request `iid` (GitLab's approvals name no commit).
+    pub fn approve(&self, iid: u64, user: &str) {
+        let mut st = self.lock();
+        st.mr_mut(iid);
+        st.know(user);
+        if !st
+            .approvals
+            .iter()
+            .any(|(i, u)| *i == iid && u.eq_ignore_ascii_case(user))
+        {
+            st.approvals.push((iid, user.to_owned()));
+            st.system_note(iid, user, "approved this merge request");
+        }
+    }
+
+    /// `user` withdraws their approval of merge request `iid`.
+    pub fn unapprove(&self, iid: u64, user: &str) {
+        let mut st = self.lock();
+        let before = st.approvals.len();
+        st.approvals
+            .retain(|(i, u)| !(*i == iid && u.eq_ignore_ascii_case(user)));
+        if st.approvals.len() != before {
+            st.system_note(iid, user, "unapproved this merge request");
+        }
+    }
+
+    /// Makes `user` a member of the project at `access_level` ([`GUEST`] … [`OWNER`]); `0`
+    /// removes them (they stay a known user).
+    pub fn set_access(&self, user: &str, access_level: u32) {
+        assert!(
+            matches!(access_level, 0 | 5 | 10 | 15 | 20 | 30 | 40 | 50),
+            "unknown GitLab access level {access_level}"
+        );
+        let mut st = self.lock();
+        st.know(user);
+        if access_level == 0 {
+            st.members.remove(&user.to_ascii_lowercase());
+        } else {
+            st.members.insert(user.to_ascii_lowercase(), access_level);
+        }
+    }
+
+    /// Adds a note by `author` on merge request `iid` (what someone typing a comment does),
+    /// for [`note_payload`].
+    pub fn add_note(&self, iid: u64, author: &str, body: &str) -> Note {
+        let now = now_iso();
+        let mut st = self.lock();
+        st.mr_mut(iid);
+        st.know(author);
+        let id = st.id();
+        st.notes.push(StoredNote {
+            id,
+            iid,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            system: false,
+            edits: 0,
+            created_at: now.clone(),
+            updated_at: now,
+        });
+        Note {
+            id,
+            author: author.to_owned(),
+            body: body.to_owned(),
+            system: false,
+            edits: 0,
+        }
+    }
+
+    /// The notes on merge request `iid`, oldest first, system notes included.
+    pub fn notes(&self, iid: u64) -> Vec<Note> {
+        self.lock()
+            .notes
+            .iter()
+            .filter(|n| n.iid == iid)
+            .map(|n| Note {
+                id: n.id,
+                author: n.author.clone(),
+                body: n.body.clone(),
+                system: n.system,
+                edits: n.edits,
+            })
+            .collect()
+    }
+
+    /// The statuses posted for commit `sha` (any case), oldest first.
+    pub fn statuses(&self, sha: &str) -> Vec<Status> {
+        let sha = sha.to_ascii_lowercase();
+        self.lock()
+            .statuses
+            .iter()
+            .filter(|s| s.sha == sha)
+            .map(|s| s.status.clone())
+            .collect()
+    }
+
+    /// Every request so far, in the order they were answered.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// The requests for paths or methods the fake does not implement (and malformed ones).
+    pub fn unhandled(&self) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.operation.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// Waits until a note on merge request `iid` satisfies `predicate` (edits count), and
+    /// returns it; panics after `timeout`, listing the notes and the latest requests.
+    pub fn wait_for_note(
+        &self,
+        iid: u64,
+        predicate: impl Fn(&Note) -> bool,
+        timeout: Duration,
+    ) -> Note {
+        shared::poll(timeout, || {
+            self.notes(iid).into_iter().find(|n| predicate(n))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for a note on !{iid}\nnotes:\n{:#?}\n{}",
+                self.notes(iid),
+                self.recent_requests(30)
+            )
+        })
+    }
+
+    /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
+    /// `timeout`, listing the statuses and the latest requests.
+    pub fn wait_for_status(
+        &self,
+        sha: &str,
+        predicate: impl Fn(&Status) -> bool,
+        timeout: Duration,
+    ) -> Status {
+        shared::poll(timeout, || {
+            self.statuses(sha).into_iter().find(|s| predicate(s))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
+                self.statuses(sha),
+                self.recent_requests(30)
+            )
+        })
+    }
+
+    /// The last `n` requests, one line each, for failure messages.
+    pub fn recent_requests(&self, n: usize) -> String {
+        let st = self.lock();
+        let skip = st.requests.len().saturating_sub(n);
+        let mut out = format!(
+            "last {} request(s) to the fake GitLab:\n",
+            st.requests.len() - skip
+        );
+        for r in &st.requests[skip..] {
+            out.push_str("  ");
+            out.push_str(&r.line());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+// ---- Answering ---------------------------------------------------------------------------------
+
+/// A GitLab endpoint the fake implements, with its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    GetUser,
+    ListUsers,
+    GetProject(String),
+    ListMrs,
+    GetMr(u64),
+    ListNotes(u64),
+    CreateNote(u64),
+    GetNote(u64, u64),
+    UpdateNote(u64, u64),
+    GetApprovals(u64),
+    CreateStatus(String),
+    GetMember(String),
+}
+
+impl Op {
+    fn id(&self) -> &'static str {
+        match self {
+            Op::GetUser => "GET /user",
+            Op::ListUsers => "GET /users",
+            Op::GetProject(_) => "GET /projects/:id",
+            Op::ListMrs => "GET /projects/:id/merge_requests",
+            Op::GetMr(_) => "GET /projects/:id/merge_requests/:merge_request_iid",
+            Op::ListNotes(_) => "GET /projects/:id/merge_requests/:merge_request_iid/notes",
+            Op::CreateNote(_) => "POST /projects/:id/merge_requests/:merge_request_iid/notes",
+            Op::GetNote(..) => "GET /projects/:id/merge_requests/:merge_request_iid/notes/:note_id",
+            Op::UpdateNote(..) => {
+                "PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id"
+            }
+            Op::GetApprovals(_) => "GET /projects/:id/merge_requests/:merge_request_iid/approvals",
+            Op::CreateStatus(_) => "POST /projects/:id/statuses/:sha",
+            Op::GetMember(_) => "GET /projects/:id/members/all/:user_id",
+        }
+    }
+}
+
+fn is_project(id: &str) -> bool {
+    id.eq_ignore_ascii_case(PROJECT) || id == PROJECT_ID.to_string()
+}
+
+fn match_op(method: &str, segments: &[String]) -> Option<Op> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let num = |n: &str| -> Option<u64> {
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.parse().ok())
+            .flatten()
+    };
+    match (method, s.as_slice()) {
+        ("GET", ["user"]) => Some(Op::GetUser),
+        ("GET", ["users"]) => Some(Op::ListUsers),
+        ("GET", ["projects", id]) => Some(Op::GetProject((*id).to_owned())),
+        (_, ["projects", id, rest @ ..]) if is_project(id) => match (method, rest) {
+            ("GET", ["merge_requests"]) => Some(Op::ListMrs),
+            ("GET", ["merge_requests", iid]) => Some(Op::GetMr(num(iid)?)),
+            ("GET", ["merge_requests", iid, "notes"]) => Some(Op::ListNotes(num(iid)?)),
+            ("POST", ["merge_requests", iid, "notes"]) => Some(Op::CreateNote(num(iid)?)),
+            ("GET", ["merge_requests", iid, "notes", id]) => Some(Op::GetNote(num(iid)?, num(id)?)),
+            ("PUT", ["merge_requests", iid, "notes", id]) => {
+                Some(Op::UpdateNote(num(iid)?, num(id)?))
+            }
+            ("GET", ["merge_requests", iid, "approvals"]) => Some(Op::GetApprovals(num(iid)?)),
+            ("POST", ["statuses", sha]) if !sha.is_empty() => {
+                Some(Op::CreateStatus((*sha).to_owned()))
+            }
+            ("GET", ["members", "all", user]) if !user.is_empty() => {
+                Some(Op::GetMember((*user).to_owned()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// GitLab's error shapes: `{"message": …}` for most, `{"error": …}` for parameter validation.
+fn message(status: u16, text: &str) -> Reply {
+    Reply::json(status, json!({ "message": text }))
+}
+
+fn param_error(text: &str) -> Reply {
+    Reply::json(400, json!({ "error": text }))
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers one request and records it (before the client sees the answer).
+    fn handle(&self, req: Request) -> Reply {
+        let query = parse_query(&req.query);
+        let json: Option<Value> = if req.body.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&req.body).ok()
+        };
+        let op = match &req.malformed {
+            Some(_) => None,
+            None => req.path.strip_prefix(API_PREFIX).and_then(|rest| {
+                let segments: Vec<String> = rest
+                    .trim_start_matches('/')
+                    .split('/')
+                    .map(shared::percent_decode)
+                    .collect();
+                match_op(&req.method, &segments)
+            }),
+        };
+        let mut st = self.lock();
+        let reply = match (&req.malformed, &op) {
+            (Some((status, why)), _) => message(*status, why),
+            (None, None) => Reply::json(404, json!({ "error": "404 Not Found" })),
+            (None, Some(op)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.answer(&mut st, op, &req, &query, json.as_ref())
+            }))
+            .unwrap_or_else(|_| message(500, "the fake GitLab failed to answer (a bug)")),
+        };
+        st.requests.push(Recorded {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query,
+            body: json,
+            headers: req.headers.clone(),
+            status: reply.status,
+            operation: op.as_ref().map(Op::id),
+            response: reply.body.clone().unwrap_or(Value::Null),
+        });
+        reply
+    }
+
+    fn answer(
+        &self,
+        st: &mut State,
+        op: &Op,
+        req: &Request,
+        query: &[(String, String)],
+        json: Option<&Value>,
+    ) -> Reply {
+        let token = req
+            .header("private-token")
+            .map(str::trim)
+            .or_else(|| {
+                req.header("authorization")
+                    .and_then(|v| v.trim().strip_prefix("Bearer "))
+                    .map(str::trim)
+            })
+            .filter(|t| !t.is_empty());
+        match (token, &st.token) {
+            (None, _) => return message(401, "401 Unauthorized"),
+            (Some(given), Some(wanted)) if given != wanted => {
+                return message(401, "401 Unauthorized");
+            }
+            _ => {}
+        }
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let path = req.path.as_str();
+        match op {
+            Op::GetUser => Reply::json(200, current_user_json(&self.bot_login)),
+            Op::ListUsers => {
+                let mut users: Vec<&String> = match param("username") {
+                    Some(name) => st
+                        .users
+                        .get(&name.to_ascii_lowercase())
+                        .into_iter()
+                        .collect(),
+                    None => st.users.values().collect(),
+                };
+                users.sort();
+                let items = users.into_iter().map(|u| user_json(u)).collect();
+                paginate(&self.base_url, path, query, items)
+            }
+            Op::GetProject(id) => {
+                if is_project(id) {
+                    return Reply::json(200, project_json(PROJECT, PROJECT_ID, false));
+                }
+                match st
+                    .mrs
+                    .iter()
+                    .find(|m| m.spec.fork && m.spec.source_project_id().to_string() == *id)
+                {
+                    Some(m) => Reply::json(
+                        200,
+                        project_json(
+                            &m.spec.source_project_path(),
+                            m.spec.source_project_id(),
+                            true,
+                        ),
+                    ),
+                    None => message(404, "404 Project Not Found"),
+                }
+            }
+            Op::ListMrs => {
+                let state = param("state").unwrap_or("all");
+                if !matches!(state, "opened" | "closed" | "locked" | "merged" | "all") {
+                    return param_error("state does not have a valid value");
+                }
+                // GitLab's default order: created_at, newest first.
+                let items = st
+                    .mrs
+                    .iter()
+                    .rev()
+                    .filter(|m| state == "all" || m.state.as_str() == state)
+                    .map(|m| mr_json(st, m, false))
+                    .collect();
+                paginate(&self.base_url, path, query, items)
+            }
+            Op::GetMr(iid) => match st.mr(*iid) {
+                Some(m) => Reply::json(200, mr_json(st, m, true)),
+                None => message(404, "404 Not found"),
+            },
+            Op::ListNotes(iid) => {
+                if st.mr(*iid).is_none() {
+                    return message(404, "404 Not found");
+                }
+                let sort = param("sort").unwrap_or("desc");
+                let order_by = param("order_by").unwrap_or("created_at");
+                if !matches!(sort, "asc" | "desc") {
+                    return param_error("sort does not have a valid value");
+                }
+                if !matches!(order_by, "created_at" | "updated_at") {
+                    return param_error("order_by does not have a valid value");
+                }
+                let mut notes: Vec<&StoredNote> =
+                    st.notes.iter().filter(|n| n.iid == *iid).collect();
+                // Ids grow with time: they break ties between notes of the same second.
+                notes.sort_by(|a, b| {
+                    let key = |n: &StoredNote| {
+                        let at = if order_by == "updated_at" {
+                            n.updated_at.clone()
+                        } else {
+                            n.created_at.clone()
+                        };
+                        (at, n.id)
+                    };
+                    key(a).cmp(&key(b))
+                });
+                if sort == "desc" {
+                    notes.reverse();
+                }
+                let items = notes.into_iter().map(note_json).collect();
+                paginate(&self.base_url, path, query, items)
+            }
+            Op::CreateNote(iid) => {
+                if st.mr(*iid).is_none() {
+                    return message(404, "404 Not found");
+                }
+                let body = match note_body(json) {
+                    Ok(b) => b,
+                    Err(reply) => return reply,
+                };
+                let now = now_iso();
+                let id = st.id();
+                st.notes.push(StoredNote {
+                    id,
+                    iid: *iid,
+                    author: self.bot_login.clone(),
+                    body,
+                    system: false,
+                    edits: 0,
+                    created_at: now.clone(),
+                    updated_at: now,
+                });
+                let stored = st.notes.last().expect("just pushed");
+                Reply::json(201, note_json(stored))
+            }
+            Op::GetNote(iid, id) => match st.notes.iter().find(|n| n.iid == *iid && n.id == *id) {
+                Some(n) => Reply::json(200, note_json(n)),
+                None => message(404, "404 Note Not Found"),
+            },
+            Op::UpdateNote(iid, id) => {
+                let body = match note_body(json) {
+                    Ok(b) => b,
+                    Err(reply) => return reply,
+                };
+                let now = now_iso();
+                let bot = self.bot_login.clone();
+                let Some(n) = st.notes.iter_mut().find(|n| n.iid == *iid && n.id == *id) else {
+                    return message(404, "404 Note Not Found");
+                };
+                // Only a note's author may edit it (and nobody a system note).
+                if n.system || !n.author.eq_ignore_ascii_case(&bot) {
+                    return message(403, "403 Forbidden");
+                }
+                n.body = body;
+                n.edits += 1;
+                n.updated_at = now;
+                let n = st.notes.iter().find(|n| n.id == *id).expect("found above");
+                Reply::json(200, note_json(n))
+            }
+            Op::GetApprovals(iid) => match st.mr(*iid) {
+                Some(m) => Reply::json(200, approvals_json(st, m)),
+                None => message(404, "404 Not found"),
+            },
+            Op::CreateStatus(sha) => self.create_status(st, sha, json),
+            Op::GetMember(user) => {
+                let found = st
+                    .users
+                    .values()
+                    .find(|u| user_id(u).to_string() == *user)
+                    .cloned();
+                match found.and_then(|u| {
+                    let level = *st.members.get(&u.to_ascii_lowercase())?;
+                    Some((u, level))
+                }) {
+                    Some((u, level)) => Reply::json(200, member_json(&u, level)),
+                    None => message(404, "404 Not found"),
+                }
+            }
+        }
+    }
+
+    fn create_status(&self, st: &mut State, sha: &str, body: Option<&Value>) -> Reply {
+        let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex || !(sha.len() == 40 || sha.len() == 64) {
+            return message(404, "404 Commit Not Found");
+        }
+        let Some(body) = body else {
+            return param_error("state is missing");
+        };
+        let Some(state) = body.get("state").and_then(Value::as_str) else {
+            return param_error("state is missing");
+        };
+        if !matches!(
+            state,
+            "pending" | "running" | "success" | "failed" | "canceled" | "skipped"
+        ) {
+            return param_error("state does not have a valid value");
+        }
+        let text = |field: &str| -> Result<Option<String>, Reply> {
+            match body.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(param_error(&format!("{field} is invalid"))),
+            }
+        };
+        let (name, context, description, target_url) = match (
+            text("name"),
+            text("context"),
+            text("description"),
+            text("target_url"),
+        ) {
+            (Ok(n), Ok(c), Ok(d), Ok(t)) => (n, c, d, t),
+            (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (.., Err(r)) => return r,
+        };
+        let id = st.id();
+        let stored = StoredStatus {
+            id,
+            sha: sha.to_ascii_lowercase(),
+            status: Status {
+                name: name.or(context).unwrap_or_else(|| "default".to_owned()),
+                state: state.to_owned(),
+                description,
+                target_url,
+            },
+            created_at: now_iso(),
+        };
+        let branch = st
+            .mrs
+            .iter()
+            .find(|m| m.spec.head_sha.eq_ignore_ascii_case(sha))
+            .map(|m| m.spec.source_branch.clone());
+        let answer = status_json(&self.bot_login, &stored, branch);
+        st.statuses.push(stored);
+        Reply::json(201, answer)
+    }
+}
+
+/// The `body` of a note create/update request, or GitLab's `400`.
+fn note_body(json: Option<&Value>) -> Result<String, Reply> {
+    match json.and_then(|j| j.get("body")) {
+        None | Some(Value::Null) => Err(param_error("body is missing")),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(Reply::json(
+            400,
+            json!({ "message": { "note": ["can't be blank"] } }),
+        )),
+        Some(Value::String(s)) if s.chars().count() > NOTE_LIMIT => Err(Reply::json(
+            400,
+            json!({ "message": { "note": ["is too long (maximum is 1000000 characters)"] } }),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(param_error("body is invalid")),
+    }
+}
+
+/// One page of `items` as GitLab pages lists: `per_page` (default 20, at most 100) and `page`
+/// (from 1), with `X-Page`, `X-Per-Page`, `X-Total`, `X-Total-Pages`, `X-Next-Page`,
+/// `X-Prev-Page` and a `Link` header (`prev`, `next`, `first`, `last`).
+fn paginate(base: &str, path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+    };
+    let per_page = param("per_page").unwrap_or(20).clamp(1, 100);
+    let page = param("page").unwrap_or(1).max(1);
+    let total = items.len();
+    let pages = total.div_ceil(per_page).max(1);
+    let start = (page - 1).saturating_mul(per_page).min(total);
+    let end = start.saturating_add(per_page).min(total);
+    let others: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k != "page" && k != "per_page")
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    let link = |p: usize, rel: &str| {
+        let mut q = vec![format!("page={p}"), format!("per_page={per_page}")];
+        q.extend(others.iter().cloned());
+        format!("<{base}{path}?{}>; rel=\"{rel}\"", q.join("&"))
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link((page - 1).min(pages), "prev"));
+    }
+    if page < pages {
+        links.push(link(page + 1, "next"));
+    }
+    links.push(link(1, "first"));
+    links.push(link(pages, "last"));
+    let next = if page < pages {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
+    let prev = if page > 1 {
+        (page - 1).to_string()
+    } else {
+        String::new()
+    };
+    Reply::json(200, Value::Array(items[start..end].to_vec()))
+        .header("X-Page", page.to_string())
+        .header("X-Per-Page", per_page.to_string())
+        .header("X-Total", total.to_string())
+        .header("X-Total-Pages", pages.to_string())
+        .header("X-Next-Page", next)
+        .header("X-Prev-Page", prev)
+        .header("Link", links.join(", "))
+}
+
+// ---- JSON in the shapes of GitLab's REST API ---------------------------------------------------
+
+/// `Jane` for `jane`: a display name.
+fn display_name(username: &str) -> String {
+    let mut chars = username.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The basic user of `doc/api/users.md` (as in `author`, `approved_by[].user`).
+fn user_json(username: &str) -> Value {
+    let id = user_id(username);
+    json!({
+        "id": id,
+        "username": username,
+        "name": display_name(username),
+        "state": "active",
+        "locked": false,
+        "avatar_url": format!("https://www.gravatar.com/avatar/{id:032x}?s=80&d=identicon"),
+        "web_url": format!("{WEB}/{username}"),
+    })
+}
+
+/// `GET /user`: the token holder (a project access token's bot user).
+fn current_user_json(username: &str) -> Value {
+    let mut user = user_json(username);
+    merge(
+        &mut user,
+        json!({
+            "created_at": "2024-01-01T00:00:00.000Z",
+            "bio": "", "location": "", "public_email": null, "skype": "", "linkedin": "",
+            "twitter": "", "discord": "", "website_url": "", "organization": "",
+            "job_title": "", "pronouns": null, "bot": true, "work_information": null,
+            "followers": 0, "following": 0, "is_followed": false, "local_time": null,
+            "last_sign_in_at": null, "confirmed_at": "2024-01-01T00:00:00.000Z",
+            "last_activity_on": "2024-01-01",
+            "email": format!("{username}@noreply.example.com"),
+            "theme_id": 1, "color_scheme_id": 1, "projects_limit": 0,
+            "current_sign_in_at": null, "identities": [], "can_create_group": false,
+            "can_create_project": false, "two_factor_enabled": false, "external": false,
+            "private_profile": false,
+            "commit_email": format!("{username}@noreply.example.com"),
+        }),
+    );
+    user
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (into, from) {
+        into.extend(from);
+    }
+}
+
+/// `doc/api/projects.md`'s project (the fields of a simple project and a few more).
+fn project_json(path: &str, id: u64, forked: bool) -> Value {
+    let (namespace, name) = path.rsplit_once('/').unwrap_or((path, path));
+    let mut v = json!({
+        "id": id,
+        "description": null,
+        "name": name,
+        "name_with_namespace": format!("{} / {name}", display_name(namespace)),
+        "path": name,
+        "path_with_namespace": path,
+        "created_at": "2024-01-01T00:00:00.000Z",
+        "default_branch": DEFAULT_BRANCH,
+        "tag_list": [],
+        "topics": [],
+        "ssh_url_to_repo": format!("git@example.com:{path}.git"),
+        "http_url_to_repo": format!("{WEB}/{path}.git"),
+        "web_url": format!("{WEB}/{path}"),
+        "readme_url": null,
+        "forks_count": 0,
+        "avatar_url": null,
+        "star_count": 0,
+        "last_activity_at": "2024-01-01T00:00:00.000Z",
+        "namespace": {
+            "id": stable_id(namespace, 3_000),
+            "name": display_name(namespace),
+            "path": namespace,
+            "kind": if forked { "user" } else { "group" },
+            "full_path": namespace,
+            "parent_id": null,
+            "avatar_url": null,
+            "web_url": format!("{WEB}/{namespace}"),
+        },
+        "visibility": "private",
+        "empty_repo": false,
+        "archived": false,
+    });
+    if forked {
+        v["forked_from_project"] = project_json(PROJECT, PROJECT_ID, false);
+    }
+    v
+}
+
+fn merge_status(mr: &Mr) -> (&'static str, &'static str, bool) {
+    match mr.mergeable {
+        Some(true) => ("can_be_merged", "mergeable", false),
+        Some(false) => ("cannot_be_merged", "conflict", true),
+        None => ("checking", "checking", false),
+    }
+}
+
+/// `doc/api/merge_requests.md`'s merge request: the list entry, or (`full`) the single one.
+fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
+    let spec = &mr.spec;
+    let iid = spec.iid;
+    let (merge_status, detailed, conflicts) = merge_status(mr);
+    let (merged_at, merge_sha, merged_by) = match &mr.state {
+        MrState::Merged { merge_sha } => (
+            mr.closed_at.clone(),
+            Some(merge_sha.clone()),
+            user_json(&spec.author),
+        ),
+        _ => (None, None, Value::Null),
+    };
+    let closed_at = match mr.state {
+        MrState::Closed => mr.closed_at.clone(),
+        _ => None,
+    };
+    let mut v = json!({
+        "id": mr_global_id(iid),
+        "iid": iid,
+        "project_id": PROJECT_ID,
+        "title": spec.title,
+        "description": "",
+        "state": mr.state.as_str(),
+        "created_at": mr.created_at,
+        "updated_at": mr.updated_at,
+        "merged_by": merged_by,
+        "merge_user": merged_by,
+        "merged_at": merged_at,
+        "closed_by": if closed_at.is_some() { user_json(&spec.author) } else { Value::Null },
+        "closed_at": closed_at,
+        "target_branch": spec.target_branch,
+        "source_branch": spec.source_branch,
+        "user_notes_count": st.notes.iter().filter(|n| n.iid == iid && !n.system).count(),
+        "upvotes": 0,
+        "downvotes": 0,
+        "author": user_json(&spec.author),
+        "assignees": [],
+        "assignee": null,
+        "reviewers": [],
+        "source_project_id": spec.source_project_id(),
+        "target_project_id": PROJECT_ID,
+        "labels": [],
+        "draft": false,
+        "work_in_progress": false,
+        "milestone": null,
+    });
+    let rest = json!({
+        "merge_when_pipeline_succeeds": false,
+        "merge_status": merge_status,
+        "detailed_merge_status": detailed,
+        "sha": spec.head_sha,
+        "merge_commit_sha": merge_sha,
+        "squash_commit_sha": null,
+        "discussion_locked": null,
+        "should_remove_source_branch": null,
+        "force_remove_source_branch": false,
+        "prepared_at": mr.created_at,
+        "reference": format!("!{iid}"),
+        "references": {
+            "short": format!("!{iid}"),
+            "relative": format!("!{iid}"),
+            "full": format!("{PROJECT}!{iid}"),
+        },
+        "web_url": spec.web_url(),
+        "time_stats": {
+            "time_estimate": 0, "total_time_spent": 0,
+            "human_time_estimate": null, "human_total_time_spent": null,
+        },
+        "squash": false,
+        "squash_on_merge": false,
+        "task_completion_status": { "count": 0, "completed_count": 0 },
+        "has_conflicts": conflicts,
+        "blocking_discussions_resolved": true,
+        "approvals_before_merge": null,
+    });
+    merge(&mut v, rest);
+    if full {
+        merge(
+            &mut v,
+            json!({
+                "subscribed": false,
+                "changes_count": "1",
+                "latest_build_started_at": null,
+                "latest_build_finished_at": null,
+                "first_deployed_to_production_at": null,
+                "pipeline": null,
+                "head_pipeline": null,
+                "diff_refs": {
+                    "base_sha": "0000000000000000000000000000000000000001",
+                    "head_sha": spec.head_sha,
+                    "start_sha": "0000000000000000000000000000000000000001",
+                },
+                "merge_error": null,
+                "first_contribution": false,
+                "user": { "can_merge": true },
+            }),
+        );
+    }
+    v
+}
+
+/// `doc/api/notes.md`'s note.
+fn note_json(n: &StoredNote) -> Value {
+    json!({
+        "id": n.id,
+        "type": null,
+        "body": n.body,
+        "attachment": null,
+        "author": user_json(&n.author),
+        "created_at": n.created_at,
+        "updated_at": n.updated_at,
+        "system": n.system,
+        "noteable_id": mr_global_id(n.iid),
+        "noteable_type": "MergeRequest",
+        "project_id": PROJECT_ID,
+        "commit_id": null,
+        "resolvable": false,
+        "confidential": false,
+        "internal": false,
+        "imported": false,
+        "imported_from": "none",
+        "noteable_iid": n.iid,
+        "commands_changes": {},
+    })
+}
+
+/// `doc/api/commits.md`'s commit status (the answer to `POST /projects/:id/statuses/:sha`).
+fn status_json(bot: &str, s: &StoredStatus, branch: Option<String>) -> Value {
+    let done = matches!(
+        s.status.state.as_str(),
+        "success" | "failed" | "canceled" | "skipped"
+    );
+    json!({
+        "id": s.id,
+        "sha": s.sha,
+        "ref": branch,
+        "status": s.status.state,
+        "name": s.status.name,
+        "target_url": s.status.target_url,
+        "description": s.status.description,
+        "created_at": s.created_at,
+        "started_at": if s.status.state == "running" || done { json!(s.created_at) } else { Value::Null },
+        "finished_at": if done { json!(s.created_at) } else { Value::Null },
+        "allow_failure": false,
+        "coverage": null,
+        "pipeline_id": s.id + 1,
+        "author": user_json(bot),
+    })
+}
+
+/// `doc/api/merge_request_approvals.md`'s approval state of a merge request.
+fn approvals_json(st: &State, mr: &Mr) -> Value {
+    let iid = mr.spec.iid;
+    let approved_by: Vec<Value> = st
+        .approvals
+        .iter()
+        .filter(|(i, _)| *i == iid)
+        .map(|(_, u)| json!({ "user": user_json(u) }))
+        .collect();
+    let (merge_status, ..) = merge_status(mr);
+    json!({
+        "id": mr_global_id(iid),
+        "iid": iid,
+        "project_id": PROJECT_ID,
+        "title": mr.spec.title,
+        "description": "",
+        "state": mr.state.as_str(),
+        "created_at": mr.created_at,
+        "updated_at": mr.updated_at,
+        "merge_status": merge_status,
+        "approved": !approved_by.is_empty(),
+        "approvals_required": 0,
+        "approvals_left": 0,
+        "require_password_to_approve": false,
+        "approved_by": approved_by,
+        "suggested_approvers": [],
+        "approvers": [],
+        "approver_groups": [],
+        "user_has_approved": false,
+        "user_can_approve": true,
+        "approval_rules_left": [],
+        "has_approval_rules": false,
+        "merge_request_approvers_available": false,
+        "multiple_approval_rules_available": false,
+        "invalid_approvers_rules": [],
+    })
+}
+
+/// `doc/api/members.md`'s member.
+fn member_json(username: &str, access_level: u32) -> Value {
+    let mut v = user_json(username);
+    merge(
+        &mut v,
+        json!({
+            "access_level": access_level,
+            "created_at": "2024-01-01T00:00:00.000Z",
+            "expires_at": null,
+            "group_saml_identity": null,
+            "membership_state": "active",
+        }),
+    );
+    v
+}
+
+// ---- Webhook payloads --------------------------------------------------------------------------
+
+/// GitLab's documented example of a merge request event (`action: open`).
+const MERGE_REQUEST_EXAMPLE: &str =
+    include_str!("../../../slipway-forge/tests/fixtures/gitlab/merge_request_open.json");
+/// GitLab's documented example of a comment on a merge request.
+const NOTE_EXAMPLE: &str =
+    include_str!("../../../slipway-forge/tests/fixtures/gitlab/note_merge_request.json");
+
+fn example(text: &str) -> Value {
+    serde_json::from_str(text).expect("GitLab's documented example is JSON")
+}
+
+/// Makes the user object `v` (`user` of a payload) be `username`.
+fn set_user(v: &mut Value, username: &str) {
+    if let Some(obj) = v.as_object_mut() {
+        let id = user_id(username);
+        obj.insert("id".into(), json!(id));
+        obj.insert("name".into(), json!(display_name(username)));
+        obj.insert("username".into(), json!(username));
+        obj.insert(
+            "avatar_url".into(),
+            json!(format!(
+                "https://www.gravatar.com/avatar/{id:032x}?s=80&d=identicon"
+            )),
+        );
+        if obj.contains_key("email") {
+            obj.insert("email".into(), json!("[REDACTED]"));
+        }
+    }
+}
+
+/// Makes the project object `v` (a payload's `project`, `source`, `target`) be `path`.
+fn set_project(v: &mut Value, path: &str, id: u64) {
+    let Some(old) = v["path_with_namespace"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let (namespace, name) = path.rsplit_once('/').unwrap_or((path, path));
+    let new = path.to_owned();
+    map_strings(v, &move |s| s.replace(&old, &new));
+    let obj = v.as_object_mut().expect("a project is an object");
+    obj.insert("name".into(), json!(name));
+    obj.insert("namespace".into(), json!(display_name(namespace)));
+    obj.insert("path_with_namespace".into(), json!(path));
+    obj.insert("default_branch".into(), json!(DEFAULT_BRANCH));
+    if obj.contains_key("id") {
+        obj.insert("id".into(), json!(id));
+    }
+}
+
+/// Moves the example to [`PROJECT`]: every project path it names (in URLs too), and the
+/// top-level `project`, `project_id` and `repository`. Merge request objects are patched after.
+fn rebrand(v: &mut Value) {
+    let mut old_paths = Vec::new();
+    collect_paths(v, &mut old_paths);
+    map_strings(v, &move |s| {
+        old_paths
+            .iter()
+            .fold(s.to_owned(), |s, old| s.replace(old.as_str(), PROJECT))
+    });
+    set_project(&mut v["project"], PROJECT, PROJECT_ID);
+    if let Some(id) = v.get_mut("project_id")
+        && id.is_u64()
+    {
+        *id = json!(PROJECT_ID);
+    }
+    if let Some(repo) = v.get_mut("repository").and_then(Value::as_object_mut) {
+        repo.insert("name".into(), json!(NAME));
+    }
+}
+
+fn collect_paths(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(obj) => {
+            if let Some(p) = obj.get("path_with_namespace").and_then(Value::as_str)
+                && !out.iter().any(|o| o == p)
+            {
+                out.push(p.to_owned());
+            }
+            obj.values().for_each(|x| collect_paths(x, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| collect_paths(x, out)),
+        _ => {}
+    }
+}
+
+/// Patches a merge request object of a payload (`object_attributes` of a merge request event,
+/// `merge_request` of a note event) to be `mr`.
+fn set_merge_request(m: &mut Value, mr: &MrSpec, state: &str) {
+    let old_sha = m["last_commit"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !old_sha.is_empty() {
+        let new_sha = mr.head_sha.clone();
+        map_strings(&mut m["last_commit"], &move |s| {
+            s.replace(&old_sha, &new_sha)
+        });
+    }
+    set_project(
+        &mut m["source"],
+        &mr.source_project_path(),
+        mr.source_project_id(),
+    );
+    set_project(&mut m["target"], PROJECT, PROJECT_ID);
+    m["id"] = json!(mr_global_id(mr.iid));
+    m["iid"] = json!(mr.iid);
+    m["title"] = json!(mr.title);
+    m["source_branch"] = json!(mr.source_branch);
+    m["target_branch"] = json!(mr.target_branch);
+    m["source_project_id"] = json!(mr.source_project_id());
+    m["target_project_id"] = json!(PROJECT_ID);
+    m["author_id"] = json!(user_id(&mr.author));
+    m["state"] = json!(state);
+    if m.get("state_id").is_some() {
+        let id = match state {
+            "closed" => 2,
+            "merged" => 3,
+            "locked" => 4,
+            _ => 1,
+        };
+        m["state_id"] = json!(id);
+    }
+    m["last_commit"]["id"] = json!(mr.head_sha);
+}
+
+/// A `Merge Request Hook` delivery from GitLab's documented example, for merge request `mr` of
+/// [`PROJECT`], triggered by `actor` (the payload's `user`): `action` is `open`, `update`
+/// (with `oldrev`, the previous head, when commits were pushed), `close`, `reopen`, `merge`
+/// (with `merge_sha`), `approved`, `unapproved`…
+pub fn merge_request_payload(
+    action: &str,
+    mr: &MrSpec,
+    actor: &str,
+    oldrev: Option<&str>,
+    merge_sha: Option<&str>,
+) -> Vec<u8> {
+    let mut v = example(MERGE_REQUEST_EXAMPLE);
+    rebrand(&mut v);
+    let state = match action {
+        "close" => "closed",
+        "merge" => "merged",
+        _ => "opened",
+    };
+    let a = &mut v["object_attributes"];
+    set_merge_request(a, mr, state);
+    a["url"] = json!(mr.web_url());
+    a["action"] = json!(action);
+    match oldrev {
+        Some(old) => a["oldrev"] = json!(old),
+        None => {
+            if let Some(obj) = a.as_object_mut() {
+                obj.remove("oldrev");
+            }
+        }
+    }
+    if let Some(sha) = merge_sha {
+        a["merge_commit_sha"] = json!(sha);
+    }
+    set_user(&mut v["user"], actor);
+    to_bytes(&v)
+}
+
+/// A `Note Hook` delivery from GitLab's documented example of a comment on a merge request:
+/// `note` (from [`FakeGitLab::add_note`]: its id, author and body) on merge request `mr`.
+pub fn note_payload(mr: &MrSpec, note: &Note) -> Vec<u8> {
+    let mut v = example(NOTE_EXAMPLE);
+    rebrand(&mut v);
+    let a = &mut v["object_attributes"];
+    a["id"] = json!(note.id);
+    a["note"] = json!(note.body);
+    a["noteable_type"] = json!("MergeRequest");
+    a["author_id"] = json!(user_id(&note.author));
+    a["project_id"] = json!(PROJECT_ID);
+    a["noteable_id"] = json!(mr_global_id(mr.iid));
+    a["system"] = json!(note.system);
+    a["action"] = json!("create");
+    a["url"] = json!(format!("{}#note_{}", mr.web_url(), note.id));
+    set_merge_request(&mut v["merge_request"], mr, "opened");
+    set_user(&mut v["user"], &note.author);
+    to_bytes(&v)
+}
+
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serializes")
+}
+
+// ---- Sending webhooks ----------------------------------------------------------------------------
+
+/// The headers GitLab sends with a delivery of `event` (`Merge Request Hook`, `Note Hook`…)
+/// whose secret token is `token`; `delivery` is its event UUID and idempotency key.
+pub fn webhook_headers(token: &str, event: &str, delivery: &str) -> Vec<(String, String)> {
+    vec![
+        ("User-Agent".into(), "GitLab/17.6.0".into()),
+        ("Content-Type".into(), "application/json".into()),
+        ("X-Gitlab-Event".into(), event.into()),
+        ("X-Gitlab-Token".into(), token.into()),
+        ("X-Gitlab-Instance".into(), WEB.into()),
+        ("X-Gitlab-Webhook-UUID".into(), uuid()),
+        ("X-Gitlab-Event-UUID".into(), delivery.into()),
+        ("Idempotency-Key".into(), delivery.into()),
+    ]
+}
+
+/// POSTs a delivery as GitLab does to `http://<addr>/webhooks/gitlab` (`addr` is
+/// `127.0.0.1:PORT`), and returns the status and body of the answer.
+pub fn send_webhook(
+    addr: &str,
+    token: &str,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let headers = webhook_headers(token, event, delivery);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    send_webhook_raw(addr, &headers, body)
+}
+
+/// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitlab`.
+pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    super::fake_github::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
+        .map(|r| (r.status, r.body))
+        .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
+}
+
+/// What the fake GitLab and the fake Gitea share: a small HTTP/1.1 server and a few helpers.
+pub mod shared {
+    use std::collections::HashMap;
+    use std::io::{self, BufRead, BufReader, Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use serde_json::{Value, json};
+
+    const MAX_LINE: u64 = 16 * 1024;
+    const MAX_HEADERS: usize = 200;
+    const MAX_BODY: usize = 16 << 20;
+    /// How long a keep-alive connection may sit idle.
+    const IDLE: Duration = Duration::from_secs(120);
+
+    /// A request as read off the wire.
+    pub struct Request {
+        /// `GET`, `POST`… (`(malformed)` when it could not be read).
+        pub method: String,
+        /// The path as sent (still percent-encoded), without the query.
+        pub path: String,
+        /// The raw query (after `?`), empty when there is none.
+        pub query: String,
+        /// The headers, in order.
+        pub headers: Vec<(String, String)>,
+        /// The body (de-chunked).
+        pub body: Vec<u8>,
+        /// Why it could not be read, and the status to answer: `400`, `413`, `431`.
+        pub malformed: Option<(u16, &'static str)>,
+    }
+
+    impl Request {
+        /// The first value of header `name` (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            header_of(&self.headers, name)
+        }
+    }
+
+    /// An answer: a JSON body (or none, for `204`) and extra headers.
+    pub struct Reply {
+        /// The status.
+        pub status: u16,
+        /// The body.
+        pub body: Option<Value>,
+        /// Headers besides `Content-Type`, `Content-Length` and `Connection`.
+        pub headers: Vec<(String, String)>,
+    }
+
+    impl Reply {
+        /// `status` with `body`.
+        pub fn json(status: u16, body: Value) -> Reply {
+            Reply {
+                status,
+                body: Some(body),
+                headers: Vec::new(),
+            }
+        }
+
+        /// Adds a header.
+        pub fn header(mut self, name: &str, value: String) -> Reply {
+            self.headers.push((name.to_owned(), value));
+            self
+        }
+    }
+
+    type Handler = dyn Fn(Request) -> Reply + Send + Sync;
+
+    /// A real HTTP/1.1 server on `127.0.0.1:0`: a thread per connection, keep-alive, bodies by
+    /// `Content-Length` or chunked; every request goes to the handler (malformed ones too, with
+    /// [`Request::malformed`] set), and a handler that panics answers `500`. Stopped when
+    /// dropped.
+    pub struct Server {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
+        accept: Option<JoinHandle<()>>,
+    }
+
+    impl Server {
+        /// Binds, builds the handler from the bound address, and serves.
+        pub fn start<H>(name: &str, make_handler: impl FnOnce(SocketAddr) -> H) -> Server
+        where
+            H: Fn(Request) -> Reply + Send + Sync + 'static,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            let addr = listener
+                .local_addr()
+                .expect("a bound listener has an address");
+            let handler: Arc<Handler> = Arc::new(make_handler(addr));
+            let stop = Arc::new(AtomicBool::new(false));
+            let conns: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+            let accept = {
+                let (stop, conns) = (Arc::clone(&stop), Arc::clone(&conns));
+                let name = name.to_owned();
+                std::thread::Builder::new()
+                    .name(format!("{name}-accept"))
+                    .spawn(move || {
+                        let mut next = 0u64;
+                        for stream in listener.incoming() {
+                            if stop.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            let Ok(stream) = stream else { continue };
+                            next += 1;
+                            let id = next;
+                            if let Ok(clone) = stream.try_clone() {
+                                conns
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .insert(id, clone);
+                            }
+                            let (handler, stop, conns) =
+                                (Arc::clone(&handler), Arc::clone(&stop), Arc::clone(&conns));
+                            let spawned = std::thread::Builder::new()
+                                .name(format!("{name}-conn"))
+                                .spawn(move || {
+                                    serve_connection(&*handler, &stop, stream);
+                                    conns
+                                        .lock()
+                                        .unwrap_or_else(PoisonError::into_inner)
+                                        .remove(&id);
+                                });
+                            drop(spawned);
+                        }
+                    })
+                    .expect("spawn the accept thread")
+            };
+            Server {
+                addr,
+                stop,
+                conns,
+                accept: Some(accept),
+            }
+        }
+
+        /// `127.0.0.1:PORT`.
+        pub fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            // Wake the accept loop so that it sees the flag, and end every open connection.
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            for (_, conn) in self
+                .conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain()
+            {
+                let _ = conn.shutdown(Shutdown::Both);
+            }
+            if let Some(accept) = self.accept.take() {
+                let _ = accept.join();
+            }
+        }
+    }
+
+    fn call(handler: &Handler, req: Request) -> Reply {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(req))).unwrap_or_else(
+            |_| {
+                Reply::json(
+                    500,
+                    json!({ "message": "the fake failed to answer (a bug)" }),
+                )
+            },
+        )
+    }
+
+    fn serve_connection(handler: &Handler, stop: &AtomicBool, stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(IDLE));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+        let _ = stream.set_nodelay(true);
+        let Ok(mut writer) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream);
+        while !stop.load(Ordering::SeqCst) {
+            match read_request(&mut reader) {
+                Ok(None) => break,
+                Ok(Some((req, keep_alive))) => {
+                    let reply = call(handler, req);
+                    if write_reply(&mut writer, &reply, keep_alive).is_err() || !keep_alive {
+                        break;
+                    }
+                }
+                Err((status, why)) => {
+                    let req = Request {
+                        method: "(malformed)".into(),
+                        path: String::new(),
+                        query: String::new(),
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                        malformed: Some((status, why)),
+                    };
+                    let reply = call(handler, req);
+                    let _ = write_reply(&mut writer, &reply, false);
+                    break;
+                }
+            }
+        }
+        let _ = writer.flush();
+        let _ = writer.shutdown(Shutdown::Both);
+    }
+
+    /// One line without its CRLF: `None` at the end of the stream.
+    fn line(r: &mut BufReader<TcpStream>) -> Result<Option<String>, (u16, &'static str)> {
+        let mut buf = Vec::new();
+        match (&mut *r).take(MAX_LINE).read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => Ok(None),
+            Ok(_) if !buf.ends_with(b"\n") => {
+                if buf.len() as u64 >= MAX_LINE {
+                    Err((431, "Request Header Fields Too Large"))
+                } else {
+                    Ok(None)
+                }
+            }
+            Ok(_) => {
+                buf.pop();
+                if buf.ends_with(b"\r") {
+                    buf.pop();
+                }
+                String::from_utf8(buf)
+                    .map(Some)
+                    .map_err(|_| (400, "Bad Request: not UTF-8"))
+            }
+        }
+    }
+
+    type Incoming = Result<Option<(Request, bool)>, (u16, &'static str)>;
+
+    fn read_request(r: &mut BufReader<TcpStream>) -> Incoming {
+        let mut request_line = None;
+        for _ in 0..8 {
+            match line(r)? {
+                None => return Ok(None),
+                Some(l) if l.is_empty() => continue,
+                Some(l) => {
+                    request_line = Some(l);
+                    break;
+                }
+            }
+        }
+        let request_line = request_line.ok_or((400, "Bad Request: no request line"))?;
+        let parts: Vec<&str> = request_line.split(' ').collect();
+        let [method, target, version] = parts.as_slice() else {
+            return Err((400, "Bad Request: malformed request line"));
+        };
+        let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+        let version_ok = *version == "HTTP/1.1" || *version == "HTTP/1.0";
+        if !method_ok || !version_ok || !target.starts_with('/') {
+            return Err((400, "Bad Request: malformed request line"));
+        }
+        let mut headers: Vec<(String, String)> = Vec::new();
+        loop {
+            let Some(l) = line(r)? else {
+                return Ok(None);
+            };
+            if l.is_empty() {
+                break;
+            }
+            if headers.len() >= MAX_HEADERS {
+                return Err((431, "Request Header Fields Too Large"));
+            }
+            let (k, v) = l
+                .split_once(':')
+                .ok_or((400, "Bad Request: malformed header"))?;
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let connection = header_of(&headers, "connection")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let keep_alive = if *version == "HTTP/1.1" {
+            !connection.contains("close")
+        } else {
+            connection.contains("keep-alive")
+        };
+        let chunked = header_of(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let body = if chunked {
+            read_chunked(r)?
+        } else {
+            let length = match header_of(&headers, "content-length") {
+                None => 0,
+                Some(v) => v
+                    .parse::<usize>()
+                    .map_err(|_| (400, "Bad Request: bad Content-Length"))?,
+            };
+            if length > MAX_BODY {
+                return Err((413, "Payload Too Large"));
+            }
+            let mut body = vec![0; length];
+            if r.read_exact(&mut body).is_err() {
+                return Ok(None);
+            }
+            body
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Ok(Some((
+            Request {
+                method: (*method).to_owned(),
+                path: path.to_owned(),
+                query: query.to_owned(),
+                headers,
+                body,
+                malformed: None,
+            },
+            keep_alive,
+        )))
+    }
+
+    fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<Vec<u8>, (u16, &'static str)> {
+        const BAD: (u16, &str) = (400, "Bad Request: bad chunked body");
+        let mut body = Vec::new();
+        loop {
+            let size_line = line(r)?.ok_or(BAD)?;
+            let size_text = size_line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| BAD)?;
+            if size == 0 {
+                while !line(r)?.ok_or(BAD)?.is_empty() {}
+                return Ok(body);
+            }
+            if body.len() + size > MAX_BODY {
+                return Err((413, "Payload Too Large"));
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..]).map_err(|_| BAD)?;
+            let mut crlf = [0u8; 2];
+            r.read_exact(&mut crlf).map_err(|_| BAD)?;
+            if &crlf != b"\r\n" {
+                return Err(BAD);
+            }
+        }
+    }
+
+    fn reason(status: u16) -> &'static str {
+        match status {
+            200 => "OK",
+            201 => "Created",
+            204 => "No Content",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            409 => "Conflict",
+            413 => "Payload Too Large",
+            422 => "Unprocessable Entity",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            _ => "Status",
+        }
+    }
+
+    fn write_reply(w: &mut TcpStream, reply: &Reply, keep_alive: bool) -> io::Result<()> {
+        let body = reply
+            .body
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+            reply.status,
+            reason(reply.status),
+            body.len(),
+            if keep_alive { "keep-alive" } else { "close" },
+        );
+        if reply.body.is_some() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        for (k, v) in &reply.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        w.write_all(head.as_bytes())?;
+        w.write_all(body.as_bytes())?;
+        w.flush()
+    }
+
+    /// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+    pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check() {
+                return Some(v);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Decodes `%XX` escapes.
+    pub fn percent_decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if bytes[i] == b'%'
+                && let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                )
+            {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Percent-encodes everything but RFC 3986's unreserved characters.
+    pub fn percent_encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    /// The parameters of a raw query, percent-decoded, in order.
+    pub fn parse_query(q: &str) -> Vec<(String, String)> {
+        q.split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (
+                    percent_decode(&k.replace('+', " ")),
+                    percent_decode(&v.replace('+', " ")),
+                )
+            })
+            .collect()
+    }
+
+    /// Applies `f` to every string in `v`.
+    pub fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
+        match v {
+            Value::String(s) => *s = f(s),
+            Value::Array(items) => items.iter_mut().for_each(|x| map_strings(x, f)),
+            Value::Object(map) => map.values_mut().for_each(|x| map_strings(x, f)),
+            _ => {}
+        }
+    }
+
+    /// A stable id for a name (FNV-1a, case-insensitive), in `base..base + 90,000,000`.
+    pub fn stable_id(name: &str, base: u64) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.to_ascii_lowercase().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        base + h % 90_000_000
+    }
+
+    /// A fresh UUID-shaped id (unique within this test process).
+    pub fn uuid() -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:08x}-{:04x}-4000-8000-{n:012x}",
+            std::process::id(),
+            unix_now() & 0xffff
+        )
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Now, as ISO 8601 in UTC: `2024-05-01T12:34:56Z`.
+    pub fn now_iso() -> String {
+        let secs = unix_now();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Howard Hinnant's civil_from_days.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
