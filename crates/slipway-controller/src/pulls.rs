@@ -613,7 +613,14 @@ fn comment(
         Ok(allowed) => allowed,
         Err(e) => {
             // Say so on the pull request: otherwise the command just seems ignored.
-            audit(inner, author, "pr.command", &target, "failed", &format!("`{command}`: write access unknown: {e}"));
+            audit(
+                inner,
+                author,
+                "pr.command",
+                &target,
+                "failed",
+                &format!("`{command}`: write access unknown: {e}"),
+            );
             reply(
                 inner,
                 number,
@@ -774,7 +781,21 @@ fn apply(
             known.join(", ")
         ));
     };
-    let requirements = def.apply_requirements();
+    // The rules come from the base branch, not from the pull request: a change must not be
+    // able to lower its own requirements.
+    let base = source::load_commit(inner.source.as_ref(), &record.base_ref, &inner.folder)?;
+    let requirements = match base
+        .valid_stack()
+        .ok()
+        .and_then(|s| s.environments.get(env).cloned())
+    {
+        Some(base_def) => base_def.apply_requirements(),
+        None if def.protected => slipway_core::stack::APPLY_REQUIREMENTS
+            .iter()
+            .map(|r| r.to_string())
+            .collect(),
+        None => def.apply_requirements(),
+    };
     let mut unmet = Vec::new();
     if requirements.iter().any(|r| r == "approved") {
         let approvals = forge.approvals(number as u64).map_err(forge_error)?;

@@ -505,3 +505,36 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
     assert!(held.contains("require_pr"), "{held}");
     assert_eq!(w.page("prod").as_deref(), Some("reviewed"));
 }
+
+#[test]
+fn a_pull_request_cannot_lower_its_own_apply_requirements() {
+    let w = World::new();
+    w.gh.set_permission("alice", "write");
+    // The PR rewrites prod's rules to need nothing.
+    let repo = &w.s.repo;
+    git(repo, &["checkout", "-q", "-B", "sneaky"]);
+    w.s.write(
+        "slipway.yaml",
+        &STACK.replace(
+            "prod: { track: main, protected: true }",
+            "prod: { track: main, protected: true, apply_requirements: [] }",
+        ),
+    )
+    .write("greeting.txt", "unreviewed");
+    let sha = w.s.commit("no review needed, says the PR");
+    git(repo, &["update-ref", "refs/pull/6/head", &sha]);
+    git(repo, &["checkout", "-q", "main"]);
+    w.gh.add_pr(PrSpec {
+        head_ref: "sneaky".into(),
+        ..PrSpec::new(6, &sha)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.gh.pr(6), false, None),
+    );
+    w.gh.wait_for_comment(6, |c| c.body.contains(MARKER), T);
+    w.comment(6, "alice", "/slipway apply prod");
+    let refused = w.reply(6, "apply requirements are not met");
+    assert!(refused.contains("approved"), "main's rules apply: {refused}");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+}
