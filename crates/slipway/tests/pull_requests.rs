@@ -535,6 +535,9 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
     w.gh.wait_for_comment(6, |c| c.body.contains(MARKER), T);
     w.comment(6, "alice", "/slipway apply prod");
     let refused = w.reply(6, "apply requirements are not met");
-    assert!(refused.contains("approved"), "main's rules apply: {refused}");
+    assert!(
+        refused.contains("approved"),
+        "main's rules apply: {refused}"
+    );
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 }
