@@ -286,8 +286,15 @@ impl Run<'_> {
 
         // Poll rather than block in `wait`: until we reap the child its pid cannot be reused,
         // so signalling its group by pid is safe exactly as long as we have not reaped it.
+        let mut exited = false;
         let ending = loop {
             if let Some(status) = child.try_wait()? {
+                exited = true;
+                // A program cut off for printing too much often dies of the closed pipe
+                // before this loop sees the overflow: the overflow is the reason.
+                if overflow.load(Ordering::SeqCst) {
+                    break Ending::StdoutTooLarge;
+                }
                 break Ending::Exited(status);
             }
             if overflow.load(Ordering::SeqCst) {
@@ -299,7 +306,8 @@ impl Run<'_> {
             std::thread::sleep(Duration::from_millis(10));
         };
         match (&ending, group) {
-            (Ending::Exited(_), Some(group)) => {
+            // The leader is gone: whatever it left in its group is killed outright.
+            (_, Some(group)) if exited => {
                 group.signal_group(Signal::SIGKILL);
             }
             (_, Some(group)) => group.stop_group(self.grace),
