@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quickstart: build Slipway, prepare a git repository holding the example stack (with a
 # feature branch, so a preview environment appears), and start `slipway serve` on it. Prints
-# the API and preview URLs and an admin token, then leaves the controller running.
+# the web UI, API and preview URLs and an admin token, then leaves the controller running.
 #
 #   bash scripts/quickstart.sh            # QUICKSTART_DIR=/tmp/slipway-quickstart by default
 #   kill "$(cat /tmp/slipway-quickstart/serve.pid)"   # stop the controller (services stay)
@@ -72,6 +72,7 @@ done
 cat <<TEXT
 
 Slipway is running (pid $(cat "$dir/serve.pid"); log $dir/serve.log).
+  Web UI:       http://$listen/   (log in with the admin token below)
   API:          http://$listen/api/v1   (OpenAPI: http://$listen/api/v1/openapi.json)
   Preview URLs: http://dev.quickstart.localhost:$port/
                 http://prod.quickstart.localhost:$port/

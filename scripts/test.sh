@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: `cargo test --workspace --locked`, after making sure what the tests talk to
 # is there. The tests use real peers: git, Python 3, PostgreSQL on 127.0.0.1:5432 with trust
-# authentication for `postgres` (psql too), and npm (the GitHub fixtures are npm packages).
+# authentication for `postgres` (psql too), npm (the GitHub fixtures are npm packages), and
+# Chromium with chromedriver (the web UI's browser tests).
 #
 # When nothing answers on 127.0.0.1:5432, a throwaway PostgreSQL cluster is started there
 # (installing Debian's `postgresql` when its binaries are missing), with its data under
@@ -37,6 +38,8 @@ fi
 need git || apt_install git
 need python3 || apt_install python3
 need npm || apt_install nodejs npm
+# The web UI's browser tests (crates/slipway/tests/ui.rs) drive Debian's headless Chromium.
+{ need chromium && need chromedriver; } || apt_install chromium chromium-driver
 
 if ! need pg_isready || ! need psql; then
   apt_install postgresql-client

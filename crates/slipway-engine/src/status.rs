@@ -50,6 +50,9 @@ pub struct EnvironmentStatus {
     /// Who made it (an ad-hoc environment's creator, a preview's pull request author).
     #[serde(default)]
     pub owner: Option<String>,
+    /// The `environments:` entry it follows: itself, or its family.
+    #[serde(default)]
+    pub definition: Option<String>,
     /// Whether it stays on its commit instead of following its ref.
     #[serde(default)]
     pub pinned: bool,
@@ -151,6 +154,7 @@ impl Engine {
                 }),
                 tracked_ref: env.tracked_ref,
                 owner: env.owner,
+                definition: env.definition,
                 pinned: env.pinned,
                 protected: env.protected,
                 locked_by,

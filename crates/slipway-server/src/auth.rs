@@ -4,6 +4,10 @@
 //! The guard authenticates (401), authorizes (403), hands the handler the [`Principal`], and
 //! afterwards writes the audit entry of a mutating call from the response: one place, so no
 //! handler can forget it. Refusals are audited whatever the method.
+//!
+//! A request without an `Authorization` header may instead carry the web UI's session cookie
+//! (`session.rs`); a mutating one must then also carry the session's CSRF token, or it is
+//! refused with 403. A bearer token always wins over a cookie, so API clients are unaffected.
 
 use std::sync::Arc;
 
@@ -56,6 +60,26 @@ pub(crate) struct Principal {
     /// The token's name, recorded as the author of what it does.
     pub name: String,
     pub role: Role,
+    /// The stored hash of the token (what a browser session is bound to).
+    pub token_hash: String,
+    /// How the token was presented.
+    pub via: Credential,
+}
+
+/// How a request presented its token.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// The web UI's session cookie.
+    Session {
+        /// The session's id (the cookie's value).
+        id: String,
+        /// What its mutating calls must send in `X-Slipway-CSRF`.
+        csrf: String,
+        /// When it ends, unix milliseconds.
+        expires_at: i64,
+    },
 }
 
 /// What a handler may add to its response for the audit log: the target, when the path does
@@ -103,6 +127,29 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
             return refusal.into_response();
         }
     };
+    if let Credential::Session { csrf, .. } = &principal.via
+        && route.audited
+        && !crate::session::csrf_matches(&parts.headers, csrf)
+    {
+        // A cross-site request can make a browser send the cookie (SameSite aside) but
+        // cannot read or guess the session's CSRF token, nor set a custom header.
+        let refusal = ApiError::client(
+            StatusCode::FORBIDDEN,
+            "a call made with the session cookie must send the session's CSRF token",
+        )
+        .hint(
+            "send the `csrf` of POST /api/v1/session (or GET /api/v1/whoami) in `X-Slipway-CSRF`, or authenticate with `Authorization: Bearer <token>`",
+        );
+        audit(
+            &guard,
+            &principal.name,
+            target.as_deref(),
+            "refused",
+            &refusal,
+        )
+        .await;
+        return refusal.into_response();
+    }
     let needed = match needed_role(&guard, target.as_deref()).await {
         Ok(role) => role,
         Err(e) => return e.into_response(),
@@ -151,30 +198,51 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
     response
 }
 
-/// The token of `Authorization: Bearer <token>`, checked against the store.
+/// The token of `Authorization: Bearer <token>`, or else of the session cookie, checked
+/// against the store.
 async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let unauthorized = |message: &str| {
         ApiError::client(StatusCode::UNAUTHORIZED, message).hint(
             "send `Authorization: Bearer <token>`; `slipway token create --role viewer` makes one",
         )
     };
-    let Some(header) = headers.get(AUTHORIZATION) else {
-        return Err(unauthorized("this route needs a bearer token"));
+    let (hash, via) = match headers.get(AUTHORIZATION) {
+        Some(header) => {
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|value| {
+                    let (scheme, token) = value.trim().split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                })
+                .filter(|token| !token.is_empty())
+                .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
+            (slipway_state::hash_token(token), Credential::Bearer)
+        }
+        None => {
+            let Some(id) = crate::session::session_cookie(headers) else {
+                return Err(unauthorized("this route needs a bearer token"));
+            };
+            let Some(session) = app.sessions.get(&id) else {
+                return Err(ApiError::client(
+                    StatusCode::UNAUTHORIZED,
+                    "this session has ended (logged out, expired, or the server restarted)",
+                )
+                .hint("log in again with a token, or send `Authorization: Bearer <token>`"));
+            };
+            let via = Credential::Session {
+                id,
+                csrf: session.csrf,
+                expires_at: session.expires_at,
+            };
+            (session.token_hash, via)
+        }
     };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
-    let hash = slipway_state::hash_token(token);
     let controller = app.controller.clone();
+    let lookup = hash.clone();
     let found = tokio::task::spawn_blocking(move || {
         let store = controller.engine().store();
-        let found = store.token_by_hash(&hash)?;
+        let found = store.token_by_hash(&lookup)?;
         if let Some(record) = &found {
             let now = now_ms();
             if record.is_active()
@@ -205,6 +273,8 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, 
     Ok(Principal {
         name: record.name,
         role,
+        token_hash: hash,
+        via,
     })
 }
 

@@ -287,6 +287,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                     "message": {"type": "string", "description": "The last problem."},
                     "resources": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}},
                     "owner": {"type": ["string", "null"], "description": "The token name that created it (ad-hoc environments)."},
+                    "definition": {"type": ["string", "null"], "description": "The `environments:` entry it follows: itself, or its family."},
                     "pinned": {"type": "boolean", "description": "Pinned environments do not follow their ref."},
                     "protected": {"type": "boolean", "description": "Destroying it, or a resource in it, needs a person's confirmation."},
                     "locked_by": {"type": "integer", "description": "The pull request whose `/slipway apply` holds it, until merged, closed or unlocked."},

@@ -7,6 +7,9 @@
 //! that serves more than the API on one listener (webhooks, the web UI); [`serve_app`] serves
 //! such a composition and still ends open event streams on shutdown.
 //!
+//! The web UI is served at `/` from files embedded in the binary (`ui.rs`, `ui/`); it uses
+//! this API, logged in with a session cookie instead of a bearer token (`session.rs`).
+//!
 //! The whole API is one route table (`routes.rs`): each entry names its method, path, the
 //! role it needs, its request and response schemas and its handler. The router and the OpenAPI
 //! document are both built from that table, so the document cannot list a route the server does
@@ -15,7 +18,10 @@
 //!
 //! # Guarantees
 //! - Every route but `/healthz`, `/metrics` and the OpenAPI document needs a token; a missing,
-//!   unknown or revoked one gets `401`, a role too weak `403`, before the handler runs.
+//!   unknown or revoked one gets `401`, a role too weak `403`, before the handler runs. (The
+//!   web UI's page and files need none: they hold no data.)
+//! - A browser session's cookie is accepted for a `POST` or `DELETE` only with the session's
+//!   CSRF token in `X-Slipway-CSRF`; otherwise `403`.
 //! - Every mutating call, and every refused call, is written to the audit log (`audit` table)
 //!   with the token's name, the action, its target and the outcome.
 //! - Every error is JSON `{"error", "hint"?}`; an internal error is a `500` with an `id` whose
@@ -38,7 +44,10 @@ mod events;
 mod openapi;
 mod ops;
 pub mod preview;
+mod pulls;
 mod routes;
+mod session;
+mod ui;
 mod webhooks;
 
 use std::sync::Arc;
@@ -108,6 +117,8 @@ pub(crate) struct AppState {
     pub options: Arc<ServerOptions>,
     pub stop: StopSignal,
     pub openapi: Arc<serde_json::Value>,
+    /// The web UI's browser sessions.
+    pub sessions: Arc<session::Sessions>,
 }
 
 impl AppState {

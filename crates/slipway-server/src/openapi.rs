@@ -15,6 +15,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
     all.extend(crate::events::schemas());
     all.extend(crate::ops::schemas());
     all.extend(crate::webhooks::schemas());
+    all.extend(crate::session::schemas());
+    all.extend(crate::pulls::schemas());
     all
 }
 
@@ -37,16 +39,17 @@ pub(crate) fn document(routes: &[Route]) -> Value {
         "info": {
             "title": "Slipway API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Environments, deployments and events of a Slipway controller. Send `Authorization: Bearer <token>` (`slipway token create --role ROLE`). Roles, weakest first: viewer (every GET), developer (also changes ad-hoc and generated environments, creates ad-hoc ones, refreshes), deployer (changes every environment), admin (also reads the audit log). Each operation's `x-slipway-role` is the least role it needs. Errors are `{\"error\", \"hint\"?, \"id\"?}`."
+            "description": "Environments, deployments and events of a Slipway controller. Send `Authorization: Bearer <token>` (`slipway token create --role ROLE`); the web UI instead exchanges a token for a session cookie (`POST /api/v1/session`), and then sends the session's CSRF token in `X-Slipway-CSRF` with every POST and DELETE. Roles, weakest first: viewer (every GET), developer (also changes ad-hoc and generated environments, creates ad-hoc ones, refreshes), deployer (changes every environment), admin (also reads the audit log). Each operation's `x-slipway-role` is the least role it needs. Errors are `{\"error\", \"hint\"?, \"id\"?}`."
         },
         "paths": paths,
         "components": {
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "A token made by `slipway token create`."}
+                "bearer": {"type": "http", "scheme": "bearer", "description": "A token made by `slipway token create`."},
+                "session": {"type": "apiKey", "in": "cookie", "name": "slipway_session", "description": "A browser session started by `POST /api/v1/session`; POST and DELETE calls made with it also send its CSRF token in `X-Slipway-CSRF`."}
             },
             "schemas": schemas
         },
-        "security": [{"bearer": []}]
+        "security": [{"bearer": []}, {"session": []}]
     })
 }
 

@@ -204,6 +204,8 @@ pub(crate) fn table() -> Vec<Route> {
     routes.extend(crate::deployments::routes());
     routes.extend(crate::events::routes());
     routes.extend(crate::webhooks::routes());
+    routes.extend(crate::session::routes());
+    routes.extend(crate::pulls::routes());
     routes
 }
 
@@ -217,6 +219,7 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
         options: Arc::new(options),
         stop,
         openapi,
+        sessions: Arc::default(),
     };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for route in routes {
@@ -241,7 +244,8 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
             None => by_path.push((route.path, method_router)),
         }
     }
-    let mut router = Router::new();
+    // The web UI's page and files: outside the table, as they are not the API (see `ui.rs`).
+    let mut router = crate::ui::router();
     for (path, method_router) in by_path {
         router = router.route(path, method_router);
     }

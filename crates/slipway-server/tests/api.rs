@@ -414,6 +414,10 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<&'static str>, bool)
         ("GET", "/api/v1/events", None, false),
         ("POST", "/api/v1/refresh", None, false),
         ("GET", "/api/v1/audit", None, false),
+        ("GET", "/api/v1/whoami", None, false),
+        ("GET", "/api/v1/pull-requests", None, false),
+        ("POST", "/api/v1/session", None, false),
+        ("DELETE", "/api/v1/session", None, false),
     ]
 }
 
@@ -438,6 +442,10 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("post", "/api/v1/refresh"),
     ("get", "/api/v1/audit"),
     ("post", "/webhooks/{forge}"),
+    ("post", "/api/v1/session"),
+    ("delete", "/api/v1/session"),
+    ("get", "/api/v1/whoami"),
+    ("get", "/api/v1/pull-requests"),
 ];
 
 #[test]
@@ -493,9 +501,12 @@ fn every_endpoint_refuses_a_role_too_weak_for_it() {
     let f = Fixture::new();
     // The GETs below read `main`'s first deployment.
     f.wait_synced("main");
+    // Any token may start and end its own browser session: those are not changes to refuse.
     let mutating: Vec<_> = every_route()
         .into_iter()
-        .filter(|(method, _, _, public)| *method != "GET" && !public)
+        .filter(|(method, path, _, public)| {
+            *method != "GET" && !public && *path != "/api/v1/session"
+        })
         .collect();
     for (method, path, body, _) in &mutating {
         let reply = f
@@ -1402,4 +1413,406 @@ fn an_environment_listed_while_a_resource_is_being_created_matches_the_schema() 
         "the resource being created is listed: {list}"
     );
     assert_matches_schema(&doc, "GET", "/api/v1/environments", 200, &list);
+}
+
+/// A response with every header, for the browser-session tests.
+struct RawReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("a {} body is JSON ({e}): {}", self.status, self.body))
+    }
+}
+
+impl Fixture {
+    /// One call with exactly `headers` (no Authorization unless given), as a browser makes it.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> RawReply {
+        let url = self.url(path);
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut request = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                request.call()
+            }
+            "POST" => {
+                let mut request = self.agent.post(&url);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                match body {
+                    Some(body) => request.send(body),
+                    None => request.send_empty(),
+                }
+            }
+            other => panic!("the session tests use GET, POST and DELETE, not {other}"),
+        };
+        let mut response =
+            result.unwrap_or_else(|e| panic!("{method} {path} gets an HTTP response: {e}"));
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        RawReply {
+            status: response.status().as_u16(),
+            headers,
+            body: response.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    /// Logs `role`'s token in as a browser does; returns the cookie to send and the CSRF token.
+    fn log_in(&self, role: &str) -> (String, String, Value) {
+        let auth = format!("Bearer {}", self.token(role));
+        let reply = self.raw("POST", "/api/v1/session", &[("Authorization", &auth)], None);
+        assert_eq!(
+            reply.status, 201,
+            "a {role} token starts a session: {}",
+            reply.body
+        );
+        let set_cookie = reply
+            .header("set-cookie")
+            .unwrap_or_else(|| panic!("logging in sets a cookie: {:?}", reply.headers))
+            .to_string();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(
+                set_cookie.contains(attribute),
+                "the session cookie is {attribute}: {set_cookie}"
+            );
+        }
+        let cookie = set_cookie
+            .split(';')
+            .next()
+            .expect("a cookie pair")
+            .to_string();
+        assert!(
+            cookie.starts_with("slipway_session=") && !cookie.contains(self.token(role)),
+            "the cookie carries a session id, never the API token: {cookie}"
+        );
+        let body = reply.json();
+        let csrf = body["csrf"].as_str().expect("a CSRF token").to_string();
+        (cookie, csrf, body)
+    }
+}
+
+#[test]
+fn a_browser_session_needs_its_csrf_token_for_every_change() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    let (cookie, csrf, session) = f.log_in("admin");
+    assert_matches_schema(&doc, "POST", "/api/v1/session", 201, &session);
+    assert_eq!(session["name"], "admin-token");
+    assert_eq!(session["role"], "admin");
+
+    // Reads need only the cookie (an EventSource cannot send headers).
+    let who = f.raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None);
+    assert_eq!(
+        who.status, 200,
+        "the cookie authenticates a read: {}",
+        who.body
+    );
+    assert_matches_schema(&doc, "GET", "/api/v1/whoami", 200, &who.json());
+    assert_eq!(who.json()["via"], "session");
+    assert_eq!(
+        who.json()["csrf"],
+        csrf,
+        "whoami gives a reloaded page its CSRF token again"
+    );
+    let list = f.raw("GET", "/api/v1/environments", &[("Cookie", &cookie)], None);
+    assert_eq!(list.status, 200, "{}", list.body);
+
+    // A change with the cookie but without the CSRF token, with a wrong one, or as a forged
+    // HTML form would post it, is refused before its handler runs.
+    let sync = "/api/v1/environments/main/sync";
+    let forged: [&[(&str, &str)]; 3] = [
+        &[("Cookie", &cookie)],
+        &[("Cookie", &cookie), ("X-Slipway-CSRF", "not-the-token")],
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+    ];
+    for headers in forged {
+        let reply = f.raw("POST", sync, headers, Some("a=1"));
+        assert_eq!(
+            reply.status, 403,
+            "a cookie call without the right CSRF token is refused: {}",
+            reply.body
+        );
+        assert!(
+            reply.json()["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("X-Slipway-CSRF") || h.contains("x-slipway-csrf")),
+            "the refusal says which header is missing: {}",
+            reply.body
+        );
+    }
+    let reply = f.raw(
+        "DELETE",
+        "/api/v1/environments/main?confirm=main",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(reply.status, 403, "a destroy without CSRF: {}", reply.body);
+    assert!(
+        f.controller
+            .engine()
+            .store()
+            .environment("main")
+            .expect("read main")
+            .is_some(),
+        "no refused call destroyed anything"
+    );
+    let audit = f
+        .as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
+        .expect(200, "an admin reads the audit log")
+        .json();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| {
+                e["who"] == "admin-token"
+                    && e["action"] == "environment.sync"
+                    && e["outcome"] == "refused"
+                    && e["detail"].as_str().is_some_and(|d| d.contains("CSRF"))
+            }),
+        "a CSRF refusal is audited under the session's token: {audit:#}"
+    );
+
+    // With the token, the same call goes through.
+    let reply = f.raw(
+        "POST",
+        sync,
+        &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
+        None,
+    );
+    assert_eq!(
+        reply.status, 202,
+        "a cookie call with its CSRF token: {}",
+        reply.body
+    );
+    // A bearer token wins over a cookie: API clients are not asked for a CSRF token.
+    let auth = format!("Bearer {}", f.token("admin"));
+    let reply = f.raw(
+        "POST",
+        sync,
+        &[("Cookie", &cookie), ("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(
+        reply.status, 202,
+        "a bearer call with a cookie: {}",
+        reply.body
+    );
+
+    // Another token's session carries that token's role.
+    let (viewer_cookie, viewer_csrf, _) = f.log_in("viewer");
+    let reply = f.raw(
+        "POST",
+        sync,
+        &[("Cookie", &viewer_cookie), ("X-Slipway-CSRF", &viewer_csrf)],
+        None,
+    );
+    assert_eq!(
+        reply.status, 403,
+        "a viewer's session changes nothing: {}",
+        reply.body
+    );
+    let reply = f.raw(
+        "POST",
+        sync,
+        &[("Cookie", &viewer_cookie), ("X-Slipway-CSRF", &csrf)],
+        None,
+    );
+    assert_eq!(
+        reply.status, 403,
+        "another session's CSRF token is no good: {}",
+        reply.body
+    );
+
+    // Logging out ends the session: its cookie no longer authenticates anything.
+    let reply = f.raw(
+        "DELETE",
+        "/api/v1/session",
+        &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
+        None,
+    );
+    assert_eq!(reply.status, 200, "logout: {}", reply.body);
+    assert_matches_schema(&doc, "DELETE", "/api/v1/session", 200, &reply.json());
+    assert_eq!(reply.json()["ended"], true);
+    assert!(
+        reply
+            .header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "logout clears the cookie: {:?}",
+        reply.headers
+    );
+    let reply = f.raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None);
+    assert_eq!(
+        reply.status, 401,
+        "an ended session is refused: {}",
+        reply.body
+    );
+
+    // A revoked token ends its sessions at once.
+    let store = f.controller.engine().store();
+    let id = store
+        .tokens()
+        .expect("list tokens")
+        .into_iter()
+        .find(|t| t.name == "viewer-token")
+        .expect("the viewer token")
+        .id;
+    store
+        .revoke_token(id, slipway_state::now_ms())
+        .expect("revoke it");
+    let reply = f.raw("GET", "/api/v1/whoami", &[("Cookie", &viewer_cookie)], None);
+    assert_eq!(
+        reply.status, 401,
+        "a revoked token's session: {}",
+        reply.body
+    );
+}
+
+#[test]
+fn whoami_names_the_caller_and_its_role() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    for role in ROLES {
+        let who = f
+            .as_role(role, "GET", "/api/v1/whoami", None)
+            .expect(200, "any token may ask who it is")
+            .json();
+        assert_matches_schema(&doc, "GET", "/api/v1/whoami", 200, &who);
+        assert_eq!(who["name"], format!("{role}-token"));
+        assert_eq!(who["role"], role);
+        assert_eq!(who["via"], "bearer");
+        assert!(
+            who.get("csrf").is_none(),
+            "a bearer call has no CSRF token: {who}"
+        );
+    }
+}
+
+#[test]
+fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
+    let f = Fixture::new();
+    f.wait_synced("main");
+    let doc = f.openapi();
+    let store = f.controller.engine().store();
+    let pr = |number: i64, state: &str, head: &str| slipway_state::PullRequestRecord {
+        number,
+        title: format!("change {number}"),
+        author: "octocat".into(),
+        head_sha: head.into(),
+        head_ref: format!("feature/{number}"),
+        base_ref: "main".into(),
+        is_fork: false,
+        state: state.into(),
+        preview_allowed: true,
+        url: format!("https://forge.invalid/acme/shop/pull/{number}"),
+        updated_at: slipway_state::now_ms(),
+        stale_approvers: Vec::new(),
+    };
+    let main = store.environment("main").expect("read").expect("main");
+    let running = main.commit.clone().expect("main runs a commit");
+    store
+        .upsert_pull_request(&pr(7, "open", &running))
+        .expect("record #7");
+    store
+        .upsert_pull_request(&pr(8, "open", "0123456789abcdef"))
+        .expect("record #8");
+    store
+        .upsert_pull_request(&pr(9, "closed", "fedcba"))
+        .expect("record #9");
+    // #7's preview, as discovery would record it.
+    let mut preview = main.clone();
+    preview.name = "pr-7".into();
+    preview.kind = "generated".into();
+    store.upsert_environment(&preview).expect("record pr-7");
+    store
+        .lock_environment("main", 8, "octocat", slipway_state::now_ms())
+        .expect("lock main to #8");
+
+    let list = f
+        .as_role("viewer", "GET", "/api/v1/pull-requests", None)
+        .expect(200, "a viewer lists pull requests")
+        .json();
+    assert_matches_schema(&doc, "GET", "/api/v1/pull-requests", 200, &list);
+    let prs = list["pull_requests"].as_array().expect("pull_requests");
+    let numbers: Vec<i64> = prs.iter().filter_map(|p| p["number"].as_i64()).collect();
+    assert_eq!(
+        numbers,
+        vec![7, 8],
+        "only open pull requests, by number: {list:#}"
+    );
+    assert_eq!(prs[0]["preview"]["environment"], "pr-7", "{list:#}");
+    assert_eq!(
+        prs[0]["preview"]["at_head"], true,
+        "the preview runs the head: {list:#}"
+    );
+    assert!(prs[1]["preview"].is_null(), "#8 has no preview: {list:#}");
+    assert_eq!(prs[1]["locks"][0]["environment"], "main", "{list:#}");
+    assert_eq!(list["locks"][0]["pull_request"], 8, "{list:#}");
+}
+
+#[test]
+fn the_web_ui_is_served_at_the_root_under_a_strict_content_security_policy() {
+    let f = Fixture::new();
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let reply = f.raw("GET", path, &[], None);
+        assert_eq!(reply.status, 200, "{path} needs no token: {}", reply.body);
+        assert!(
+            reply
+                .header("content-type")
+                .is_some_and(|t| t.starts_with(content_type)),
+            "{path} is {content_type}: {:?}",
+            reply.headers
+        );
+        assert!(
+            reply
+                .header("content-security-policy")
+                .is_some_and(|c| c.contains("default-src 'self'")),
+            "{path} carries the CSP: {:?}",
+            reply.headers
+        );
+    }
+    let page = f.raw("GET", "/", &[], None);
+    assert!(
+        page.body.contains("/ui/app.js") && !page.body.contains("slw_"),
+        "the page loads its script and holds no data: {}",
+        page.body
+    );
+    let missing = f.raw("GET", "/ui/nope.js", &[], None);
+    assert_eq!(missing.status, 404, "an unknown UI file: {}", missing.body);
 }

@@ -96,7 +96,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen"))?;
         let addr = listener.local_addr()?;
-        eprintln!("slipway serve: API http://{addr}/api/v1  health http://{addr}/healthz  metrics http://{addr}/metrics");
+        eprintln!("slipway serve: API http://{addr}/api/v1  health http://{addr}/healthz  metrics http://{addr}/metrics  UI http://{addr}/");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let signals = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM can be handled");

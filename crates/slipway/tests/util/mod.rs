@@ -358,6 +358,7 @@ pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
         .expect("serve prints where its API listens");
     Server { child, addr }
 }
+pub mod browser;
 pub mod fake_gitea;
 pub mod fake_github;
 pub mod fake_gitlab;

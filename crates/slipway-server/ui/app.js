@@ -1,0 +1,1425 @@
+// Slipway's web UI: every environment at a glance, live, with the actions a developer needs.
+//
+// A client of the same HTTP API as the CLI (/api/v1, described by /api/v1/openapi.json). It
+// logs in by exchanging an API token for a session cookie (POST /api/v1/session); the token is
+// not kept by the page. Every POST and DELETE sends the session's CSRF token in
+// X-Slipway-CSRF. Live updates come from the server-sent events of /api/v1/events: an event
+// names the environment it concerns, and that environment is read again.
+//
+// The page is built with DOM calls and text nodes only (no HTML parsed from strings), and the server's
+// Content-Security-Policy forbids any script but this file.
+"use strict";
+
+(function () {
+  const ROLES = ["viewer", "developer", "deployer", "admin"];
+  const SYNC = {
+    synced: ["ok", "✓"],
+    out_of_sync: ["warn", "≠"],
+    syncing: ["busy", "⟳"],
+    failed: ["bad", "✗"],
+  };
+  const HEALTH = {
+    healthy: ["ok", "♥"],
+    progressing: ["busy", "◔"],
+    degraded: ["bad", "▲"],
+    missing: ["idle", "○"],
+  };
+  const RESOURCE = {
+    ready: ["ok", "✓"],
+    creating: ["busy", "⟳"],
+    updating: ["busy", "⟳"],
+    deleting: ["busy", "⟳"],
+    failed: ["bad", "✗"],
+    missing: ["bad", "○"],
+    drifted: ["warn", "≠"],
+  };
+  const DEPLOYMENT = {
+    succeeded: ["ok", "✓"],
+    running: ["busy", "⟳"],
+    failed: ["bad", "✗"],
+    interrupted: ["warn", "⚠"],
+  };
+  const KINDS = { static: "static", generated: "generated", adhoc: "ad-hoc" };
+  // A safety net for a missed event (a proxy that dropped the stream unnoticed): the whole
+  // list is read again this often while the page is visible.
+  const FULL_REFRESH_MS = 60000;
+
+  const state = {
+    me: null, // {name, role, csrf, via}
+    envs: new Map(), // name -> Environment, as the API answers
+    loaded: false,
+    filters: { state: "", kind: "", owner: "", q: "" },
+    view: null, // what is on screen: {name, env?, ...}
+    stream: null, // the EventSource of /api/v1/events
+    lastEventId: null,
+    eventCount: 0,
+    watches: [], // operations waiting for an event: {env, since, kinds, done}
+    timers: new Map(), // debounced refreshes by key
+  };
+
+  const $ = (selector, root) => (root || document).querySelector(selector);
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key.startsWith("on") && typeof value === "function") {
+        el.addEventListener(key.slice(2), value);
+      } else if (key === "class") {
+        el.className = value;
+      } else if (key === "dataset") {
+        Object.assign(el.dataset, value);
+      } else if (key === "value") {
+        el.value = value;
+      } else if (value === true) {
+        el.setAttribute(key, "");
+      } else {
+        el.setAttribute(key, String(value));
+      }
+    }
+    append(el, children);
+    return el;
+  }
+
+  function append(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function clear(el) {
+    while (el.firstChild) el.removeChild(el.firstChild);
+    return el;
+  }
+
+  /** A link only to http(s) URLs: text from the API never becomes a `javascript:` link. */
+  function link(url, text, attrs) {
+    if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return text || url || "";
+    return h("a", Object.assign({ href: url, rel: "noopener noreferrer", target: "_blank" }, attrs || {}), text || url);
+  }
+
+  function badge(table, value, label) {
+    const [tone, icon] = table[value] || ["idle", "•"];
+    return h(
+      "span",
+      { class: `badge ${tone}`, dataset: { value: value || "" }, title: label ? `${label}: ${value}` : null },
+      h("span", { class: "icon", "aria-hidden": "true" }, icon),
+      " ",
+      (value || "unknown").replace(/_/g, " "),
+    );
+  }
+
+  function short(sha) {
+    return sha ? sha.slice(0, 8) : "";
+  }
+
+  /** Whether a ref is a full commit id (a pinned environment plans one). */
+  function isSha(ref) {
+    return typeof ref === "string" && /^[0-9a-f]{40}([0-9a-f]{24})?$/.test(ref);
+  }
+
+  function commit(sha) {
+    return sha ? h("code", { title: sha, class: "mono" }, short(sha)) : h("span", { class: "muted" }, "none yet");
+  }
+
+  function duration(ms) {
+    const s = Math.max(0, Math.round(ms / 1000));
+    if (s < 60) return `${s}s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m}m ${s % 60}s`;
+    const hrs = Math.floor(m / 60);
+    if (hrs < 48) return `${hrs}h ${m % 60}m`;
+    return `${Math.floor(hrs / 24)}d ${hrs % 24}h`;
+  }
+
+  function ago(iso) {
+    if (!iso) return "";
+    const ms = Date.now() - Date.parse(iso);
+    return ms < 5000 ? "just now" : `${duration(ms)} ago`;
+  }
+
+  function time(iso, text) {
+    return iso ? h("time", { datetime: iso, title: new Date(iso).toLocaleString() }, text || ago(iso)) : "";
+  }
+
+  /** A TTL countdown, kept current by `tick`. */
+  function countdown(iso) {
+    if (!iso) return h("span", { class: "muted" }, "no expiry");
+    const el = h("time", { datetime: iso, title: `expires ${new Date(iso).toLocaleString()}`, dataset: { expires: iso } });
+    el.textContent = remaining(iso);
+    return el;
+  }
+
+  function remaining(iso) {
+    const left = Date.parse(iso) - Date.now();
+    return left <= 0 ? "expired" : `${duration(left)} left`;
+  }
+
+  function tick() {
+    for (const el of document.querySelectorAll("[data-expires]")) {
+      const text = remaining(el.dataset.expires);
+      if (el.textContent !== text) el.textContent = text;
+    }
+  }
+
+  // ---------------------------------------------------------------- the API
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.error) || `the server answered ${status}`);
+      this.status = status;
+      this.hint = body && body.hint;
+    }
+  }
+
+  function describe(error) {
+    if (error instanceof ApiError) return error.hint ? `${error.message} (${error.hint})` : error.message;
+    return `cannot reach the server: ${error.message || error}`;
+  }
+
+  async function api(method, path, body, extraHeaders) {
+    const headers = Object.assign({ Accept: "application/json" }, extraHeaders || {});
+    if (method !== "GET" && state.me && state.me.csrf) headers["X-Slipway-CSRF"] = state.me.csrf;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch (_) {
+        data = { error: text.slice(0, 300) };
+      }
+    }
+    if (response.status === 401 && !(extraHeaders && extraHeaders.Authorization)) {
+      loggedOut(state.me ? "Your session has ended (logged out, expired, or the server restarted): log in again." : "");
+    }
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  // ---------------------------------------------------------------- roles
+
+  function atLeast(role) {
+    return state.me !== null && ROLES.indexOf(state.me.role) >= ROLES.indexOf(role);
+  }
+
+  /** Whether the caller may change `env`: a developer ad-hoc and generated ones, a deployer all. */
+  function mayChange(env) {
+    return env.kind === "static" ? atLeast("deployer") : atLeast("developer");
+  }
+
+  // ---------------------------------------------------------------- toasts (progress and outcome)
+
+  function toast(text, stateName) {
+    const body = h("span", { class: "text" }, text);
+    const el = h(
+      "div",
+      { class: "toast", dataset: { state: stateName || "busy" } },
+      body,
+      h("button", { type: "button", class: "close", "aria-label": "Dismiss", onclick: () => el.remove() }, "×"),
+    );
+    $("#toasts").append(el);
+    const handle = {
+      el,
+      update(next, nextState) {
+        body.textContent = next;
+        el.dataset.state = nextState || "busy";
+        if (nextState === "ok") setTimeout(() => el.remove(), 8000);
+      },
+    };
+    if (stateName === "ok") setTimeout(() => el.remove(), 8000);
+    return handle;
+  }
+
+  /**
+   * Runs one action: `button` disabled and `working` shown while the call runs; the toast then
+   * says how it ended. `follow` (an environment) keeps the toast open until that environment's
+   * next deployment ends, as the event stream reports it.
+   */
+  async function act({ button, working, call, done, follow }) {
+    const note = toast(`${working}…`, "busy");
+    if (button) button.disabled = true;
+    // Watching starts before the call: the deployment's events may arrive before its answer.
+    const watching = follow ? watch(follow, note, working) : null;
+    try {
+      const result = await call();
+      const text = typeof done === "function" ? done(result) : done;
+      if (watching && state.watches.includes(watching)) {
+        watching.prefix = text;
+        note.update(`${text}; waiting for the deployment…`, "busy");
+      } else if (!watching) {
+        note.update(text, "ok");
+      }
+      return result;
+    } catch (error) {
+      unwatch(watching);
+      note.update(`${working} failed: ${describe(error)}`, "error");
+      return null;
+    } finally {
+      if (button && button.isConnected) button.disabled = false;
+    }
+  }
+
+  function watch(env, note, prefix) {
+    const watching = { env, note, prefix };
+    state.watches.push(watching);
+    return watching;
+  }
+
+  function unwatch(watching) {
+    state.watches = state.watches.filter((w) => w !== watching);
+  }
+
+  function settleWatches(event) {
+    state.watches = state.watches.filter((w) => {
+      if (w.env !== event.environment) return true;
+      if (event.kind === "apply.succeeded") {
+        w.note.update(`${w.prefix}: deployed. ${event.message}`, "ok");
+      } else if (event.kind === "apply.failed" || event.kind === "destroy.failed") {
+        w.note.update(`${w.prefix}: the deployment failed: ${event.message}`, "error");
+      } else if (event.kind === "change.held" || event.kind === "commit.invalid") {
+        w.note.update(`${w.prefix}: held: ${event.message}`, "error");
+      } else if (event.kind === "destroyed" || event.kind === "environment.destroyed" || event.kind === "environment.expired") {
+        w.note.update(`${w.prefix}: ${event.message}`, "ok");
+      } else {
+        if (event.kind === "apply.started") w.note.update(`${w.prefix}: ${event.message}…`, "busy");
+        return true;
+      }
+      return false;
+    });
+  }
+
+  // ---------------------------------------------------------------- session
+
+  async function boot() {
+    $("#skip").addEventListener("click", (e) => {
+      e.preventDefault();
+      $("#main").focus();
+    });
+    $("#logout").addEventListener("click", logout);
+    window.addEventListener("hashchange", route);
+    setInterval(tick, 1000);
+    setInterval(() => {
+      if (state.me && document.visibilityState === "visible") refreshList();
+    }, FULL_REFRESH_MS);
+    try {
+      state.me = await api("GET", "/api/v1/whoami");
+      loggedIn();
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401)) {
+        showLogin(describe(error));
+      }
+    }
+  }
+
+  function loggedIn() {
+    $("#who").hidden = false;
+    clear($("#who")).append(h("span", { id: "who-name" }, state.me.name), " ", h("span", { class: "tag", id: "who-role" }, state.me.role));
+    $("#logout").hidden = false;
+    $("#nav").hidden = false;
+    connect();
+    route();
+  }
+
+  function loggedOut(why) {
+    if (state.stream) state.stream.close();
+    state.stream = null;
+    state.me = null;
+    state.envs.clear();
+    state.loaded = false;
+    $("#who").hidden = true;
+    $("#logout").hidden = true;
+    $("#nav").hidden = true;
+    live("offline");
+    showLogin(why);
+  }
+
+  function showLogin(why) {
+    if (state.view && state.view.name === "login") {
+      if (why) clear($("#login-error")).append(why);
+      return;
+    }
+    closeViewStreams();
+    state.view = { name: "login" };
+    document.title = "Log in — Slipway";
+    const input = h("input", { type: "password", id: "token", name: "token", autocomplete: "off", required: true, spellcheck: "false", "aria-describedby": "token-hint login-error" });
+    const submit = h("button", { type: "submit", class: "primary", id: "login-submit" }, "Log in");
+    const error = h("p", { id: "login-error", class: "error", role: "alert" }, why || "");
+    const form = h(
+      "form",
+      { class: "panel login", id: "login" },
+      h("h1", { tabindex: "-1" }, "Log in to Slipway"),
+      h("label", { for: "token" }, "API token"),
+      input,
+      h("p", { class: "hint", id: "token-hint" }, "A token made with ", h("code", {}, "slipway token create --role developer"), ". It is exchanged for a session cookie and not kept by this page."),
+      error,
+      h("div", { class: "row" }, submit),
+    );
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      submit.disabled = true;
+      clear(error);
+      try {
+        const token = input.value.trim();
+        const session = await api("POST", "/api/v1/session", undefined, { Authorization: `Bearer ${token}` });
+        input.value = "";
+        state.me = { name: session.name, role: session.role, csrf: session.csrf, via: "session" };
+        if (location.hash.startsWith("#/login")) location.hash = "#/";
+        loggedIn();
+      } catch (err) {
+        error.append(err instanceof ApiError && err.status === 401 ? "That token is unknown or revoked." : describe(err));
+        submit.disabled = false;
+        input.focus();
+      }
+    });
+    clear($("#main")).append(form);
+    input.focus();
+  }
+
+  async function logout() {
+    try {
+      await api("DELETE", "/api/v1/session");
+    } catch (_) {
+      // Ended already (expired, or the server restarted): the page logs out all the same.
+    }
+    loggedOut("");
+  }
+
+  // ---------------------------------------------------------------- live events
+
+  function live(stateName, text) {
+    const el = $("#live");
+    el.dataset.state = stateName;
+    el.dataset.events = String(state.eventCount);
+    el.textContent = text || stateName;
+  }
+
+  function connect() {
+    if (state.stream) state.stream.close();
+    // After a drop, resume after the last event seen: nothing is lost, nothing seen twice.
+    const url = state.lastEventId === null ? "/api/v1/events" : `/api/v1/events?after=${state.lastEventId}`;
+    const stream = new EventSource(url);
+    state.stream = stream;
+    live("reconnecting", "connecting");
+    stream.onopen = () => {
+      live("live");
+      // Whatever changed before the stream was open is read now.
+      refreshList();
+      refreshView();
+    };
+    stream.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch (_) {
+        return;
+      }
+      state.lastEventId = event.id;
+      state.eventCount += 1;
+      $("#live").dataset.events = String(state.eventCount);
+      onEvent(event);
+    };
+    stream.onerror = () => {
+      if (stream.readyState === EventSource.CLOSED) {
+        // Refused (a session that ended) or the server is gone: find out which, then retry.
+        live("offline");
+        state.stream = null;
+        setTimeout(async () => {
+          if (!state.me) return;
+          try {
+            await api("GET", "/api/v1/whoami");
+            if (state.me && !state.stream) connect();
+          } catch (_) {
+            // `api` shows the login page on a 401; otherwise try again later.
+            if (state.me && !state.stream) setTimeout(connect, 5000);
+          }
+        }, 2000);
+      } else {
+        live("reconnecting");
+      }
+    };
+  }
+
+  function later(key, delay, fn) {
+    clearTimeout(state.timers.get(key));
+    state.timers.set(
+      key,
+      setTimeout(() => {
+        state.timers.delete(key);
+        fn();
+      }, delay),
+    );
+  }
+
+  function onEvent(event) {
+    settleWatches(event);
+    const env = event.environment;
+    if (env) {
+      later(`env:${env}`, 150, () => refreshEnvironment(env));
+    } else {
+      later("list", 300, refreshList);
+    }
+    const view = state.view || {};
+    if (view.name === "env" && env === view.env) {
+      later("env-page", 200, () => refreshEnvPage(/^apply\.|^destroy|^environment\.(pinned|unpinned)|^drift\./.test(event.kind)));
+    }
+    if (view.name === "pulls" && (!env || env.startsWith("pr-") || event.kind.startsWith("pull_request") || event.kind.startsWith("lock."))) {
+      later("pulls", 300, refreshPulls);
+    }
+  }
+
+  // ---------------------------------------------------------------- data
+
+  async function refreshList() {
+    if (!state.me) return;
+    try {
+      const list = await api("GET", "/api/v1/environments");
+      state.envs = new Map(list.environments.map((e) => [e.name, e]));
+      state.loaded = true;
+      renderDashboardData();
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401) && state.view && state.view.name === "dashboard") {
+        showError(describe(error));
+      }
+    }
+  }
+
+  async function refreshEnvironment(name) {
+    if (!state.me) return;
+    try {
+      const env = await api("GET", `/api/v1/environments/${encodeURIComponent(name)}`);
+      state.envs.set(name, env);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) state.envs.delete(name);
+      else return;
+    }
+    renderDashboardData();
+    const view = state.view || {};
+    if (view.name === "env" && view.env === name) renderEnvHeader();
+  }
+
+  function refreshView() {
+    const view = state.view || {};
+    if (view.name === "env") refreshEnvPage(true);
+    if (view.name === "pulls") refreshPulls();
+  }
+
+  function showError(text) {
+    const slot = $("#view-error");
+    if (slot) clear(slot).append(text);
+  }
+
+  // ---------------------------------------------------------------- routing
+
+  function route() {
+    if (!state.me) return;
+    const hash = location.hash || "#/";
+    if (!hash.startsWith("#/")) return;
+    closeViewStreams();
+    const [path, query] = hash.slice(1).split("?");
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    for (const a of document.querySelectorAll("#nav a")) a.removeAttribute("aria-current");
+    if (parts[0] === "env" && parts[1]) {
+      $("#nav-environments").setAttribute("aria-current", "page");
+      showEnvironment(parts[1]);
+    } else if (parts[0] === "pulls") {
+      $("#nav-pulls").setAttribute("aria-current", "page");
+      showPulls();
+    } else {
+      $("#nav-environments").setAttribute("aria-current", "page");
+      showDashboard(new URLSearchParams(query || ""));
+    }
+  }
+
+  function closeViewStreams() {
+    if (state.view && state.view.stream) state.view.stream.close();
+  }
+
+  function focusHeading() {
+    const heading = $("#main h1");
+    if (heading) heading.focus({ preventScroll: true });
+  }
+
+  // ---------------------------------------------------------------- dashboard
+
+  function showDashboard(params) {
+    state.view = { name: "dashboard" };
+    document.title = "Environments — Slipway";
+    // The filters are the URL's: a link or a bookmark shows the same list.
+    for (const key of Object.keys(state.filters)) state.filters[key] = params.get(key) || "";
+    $("#nav-environments").setAttribute("href", dashboardHref());
+    const f = state.filters;
+    const search = h("input", { type: "search", id: "filter-q", placeholder: "name, ref, commit, owner, message", value: f.q });
+    for (const kind of ["input", "change", "search"]) search.addEventListener(kind, () => setFilter("q", search.value));
+    const stateSelect = h(
+      "select",
+      { id: "filter-state" },
+      h("option", { value: "" }, "any state"),
+      h("optgroup", { label: "Sync" }, Object.keys(SYNC).map((s) => h("option", { value: `sync:${s}` }, s.replace(/_/g, " ")))),
+      h("optgroup", { label: "Health" }, Object.keys(HEALTH).map((s) => h("option", { value: `health:${s}` }, s))),
+    );
+    stateSelect.value = f.state;
+    stateSelect.addEventListener("change", () => setFilter("state", stateSelect.value));
+    const kindSelect = h("select", { id: "filter-kind" }, h("option", { value: "" }, "any kind or family"));
+    kindSelect.addEventListener("change", () => setFilter("kind", kindSelect.value));
+    const ownerSelect = h("select", { id: "filter-owner" }, h("option", { value: "" }, "anyone"));
+    ownerSelect.addEventListener("change", () => setFilter("owner", ownerSelect.value));
+    const create = atLeast("developer")
+      ? h("button", { type: "button", class: "primary", id: "create-open", onclick: openCreate }, "New environment")
+      : null;
+    const main = clear($("#main"));
+    main.append(
+      h("h1", { tabindex: "-1" }, "Environments ", h("span", { class: "muted", id: "env-count" })),
+      h(
+        "div",
+        { class: "toolbar", role: "search", "aria-label": "Filter environments" },
+        h("div", { class: "field grow" }, h("label", { for: "filter-q" }, "Search"), search),
+        h("div", { class: "field" }, h("label", { for: "filter-state" }, "State"), stateSelect),
+        h("div", { class: "field" }, h("label", { for: "filter-kind" }, "Kind or family"), kindSelect),
+        h("div", { class: "field" }, h("label", { for: "filter-owner" }, "Owner"), ownerSelect),
+        h("div", { class: "field actions" }, create),
+      ),
+      h("ul", { class: "counts", id: "counts", "aria-label": "Environments by state" }),
+      h("p", { id: "view-error", class: "error", role: "alert" }),
+      h(
+        "table",
+        { class: "cards", id: "environments" },
+        h("caption", { class: "sr-only" }, "Environments"),
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ["Environment", "Kind", "Ref", "Commit", "Sync", "Health", "Preview", "Owner", "TTL", "Lock", "Message", ""].map((t) =>
+              h("th", { scope: "col" }, t || h("span", { class: "sr-only" }, "Actions")),
+            ),
+          ),
+        ),
+        h("tbody", {}),
+      ),
+    );
+    focusHeading();
+    renderDashboardData();
+    if (!state.loaded) refreshList();
+  }
+
+  function setFilter(key, value) {
+    state.filters[key] = value;
+    history.replaceState(null, "", dashboardHref());
+    $("#nav-environments").setAttribute("href", dashboardHref());
+    renderDashboardData();
+  }
+
+  /** The dashboard with the current filters. */
+  function dashboardHref() {
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(state.filters)) if (v) params.set(k, v);
+    const text = params.toString();
+    return text ? `#/?${text}` : "#/";
+  }
+
+  function family(env) {
+    // The `environments:` entry it follows, when the API says (a generated or ad-hoc one's
+    // family); the kind otherwise.
+    return env.family || env.definition || null;
+  }
+
+  function matches(env, f) {
+    if (f.state) {
+      const [field, value] = f.state.split(":");
+      if (env[field] !== value) return false;
+    }
+    if (f.kind && env.kind !== f.kind && family(env) !== f.kind) return false;
+    if (f.owner && (env.owner || "") !== f.owner) return false;
+    if (f.q) {
+      const q = f.q.toLowerCase();
+      const text = [env.name, env.kind, env.tracked_ref, env.commit, env.desired_commit, env.owner, env.message, env.url, family(env)]
+        .filter(Boolean)
+        .join(" ")
+        .toLowerCase();
+      if (!text.includes(q)) return false;
+    }
+    return true;
+  }
+
+  function renderDashboardData() {
+    if (!state.view || state.view.name !== "dashboard") return;
+    const tbody = $("#environments tbody");
+    if (!tbody) return;
+    const all = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
+    const shown = all.filter((e) => matches(e, state.filters));
+    $("#env-count").textContent = state.loaded ? `(${shown.length} of ${all.length})` : "";
+
+    // Filter choices from what exists.
+    syncOptions($("#filter-kind"), [
+      ...Object.keys(KINDS).map((k) => [k, KINDS[k]]),
+      ...[...new Set(all.map(family).filter(Boolean))].sort().map((f) => [f, `family ${f}`]),
+    ], state.filters.kind);
+    syncOptions($("#filter-owner"), [...new Set(all.map((e) => e.owner).filter(Boolean))].sort().map((o) => [o, o]), state.filters.owner);
+
+    // Counts per state; each is a filter too.
+    const counts = clear($("#counts"));
+    const chip = (field, value, table) => {
+      const n = all.filter((e) => e[field] === value).length;
+      const key = `${field}:${value}`;
+      const pressed = state.filters.state === key;
+      const [tone, icon] = table[value];
+      return h(
+        "li",
+        {},
+        h(
+          "button",
+          {
+            type: "button",
+            class: `badge ${tone}`,
+            "aria-pressed": pressed ? "true" : "false",
+            dataset: { count: key },
+            title: `${pressed ? "Show all" : "Show only"} ${value.replace(/_/g, " ")}`,
+            onclick: () => {
+              $("#filter-state").value = pressed ? "" : key;
+              setFilter("state", pressed ? "" : key);
+            },
+          },
+          h("span", { "aria-hidden": "true" }, icon),
+          ` ${value.replace(/_/g, " ")}`,
+          h("span", { class: "n" }, String(n)),
+        ),
+      );
+    };
+    for (const s of Object.keys(SYNC)) counts.append(chip("sync", s, SYNC));
+    for (const s of Object.keys(HEALTH)) counts.append(chip("health", s, HEALTH));
+
+    // Rows, keyed by environment: an unchanged row is kept (and whatever has focus in it).
+    const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("tr[data-env]");
+    const focusKey = focused && document.activeElement.dataset.focus;
+    const focusEnv = focused && focused.dataset.env;
+    const existing = new Map([...tbody.querySelectorAll("tr[data-env]")].map((tr) => [tr.dataset.env, tr]));
+    const rows = [];
+    for (const env of shown) {
+      const signature = JSON.stringify([env, state.me && state.me.role]);
+      const old = existing.get(env.name);
+      rows.push(old && old.dataset.signature === signature ? old : environmentRow(env, signature));
+    }
+    if (!state.loaded) {
+      rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, "Loading…")));
+    } else if (rows.length === 0) {
+      rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, all.length ? "No environment matches these filters." : "No environments yet.")));
+    }
+    const same = rows.length === tbody.children.length && rows.every((r, i) => tbody.children[i] === r);
+    if (!same) {
+      clear(tbody);
+      append(tbody, rows);
+    }
+    if (focusEnv && focusKey && !tbody.contains(document.activeElement)) {
+      const target = tbody.querySelector(`tr[data-env="${CSS.escape(focusEnv)}"] [data-focus="${CSS.escape(focusKey)}"]`);
+      if (target) target.focus();
+    }
+  }
+
+  function syncOptions(select, choices, current) {
+    if (!select) return;
+    const wanted = JSON.stringify(choices);
+    if (select.dataset.choices === wanted) return;
+    select.dataset.choices = wanted;
+    while (select.options.length > 1) select.remove(1);
+    for (const [value, label] of choices) select.append(h("option", { value }, label));
+    select.value = current;
+  }
+
+  function cell(label, column, ...children) {
+    return h("td", { "data-label": label, dataset: { col: column } }, h("div", {}, ...children));
+  }
+
+  function environmentRow(env, signature) {
+    const desired = env.desired_commit && env.desired_commit !== env.commit;
+    const tr = h(
+      "tr",
+      { dataset: { env: env.name, signature, sync: env.sync, health: env.health } },
+      cell(
+        "Environment",
+        "name",
+        h("a", { href: `#/env/${encodeURIComponent(env.name)}`, class: "env-link", dataset: { focus: "link" } }, env.name),
+        env.pinned ? [" ", h("span", { class: "tag", title: "Pinned: it does not follow its ref" }, "pinned")] : null,
+        env.protected ? [" ", h("span", { class: "tag", title: "Protected: destroying it needs its name typed" }, "protected")] : null,
+      ),
+      cell("Kind", "kind", KINDS[env.kind] || env.kind, family(env) ? h("span", { class: "sub" }, family(env)) : null),
+      cell("Ref", "ref", env.tracked_ref ? h("code", {}, env.tracked_ref) : h("span", { class: "muted" }, "—")),
+      cell(
+        "Commit",
+        "commit",
+        commit(env.commit),
+        desired ? h("span", { class: "sub", title: `should run ${env.desired_commit}` }, "→ ", h("code", {}, short(env.desired_commit))) : null,
+      ),
+      cell("Sync", "sync", badge(SYNC, env.sync, "sync")),
+      cell("Health", "health", badge(HEALTH, env.health, "health")),
+      cell("Preview", "url", env.url ? link(env.url, env.url.replace(/^https?:\/\//, "").replace(/\/$/, "")) : ""),
+      cell("Owner", "owner", env.owner || ""),
+      cell("TTL", "ttl", env.expires_at ? countdown(env.expires_at) : ""),
+      cell("Lock", "lock", env.locked_by ? h("span", { class: "tag", title: `locked by pull request #${env.locked_by}` }, `locked by #${env.locked_by}`) : ""),
+      h("td", { "data-label": "Message", class: "message", dataset: { col: "message" } }, env.message ? h("div", {}, env.message) : ""),
+      cell(
+        "Actions",
+        "actions",
+        mayChange(env)
+          ? h(
+              "button",
+              {
+                type: "button",
+                class: "small",
+                dataset: { action: "sync", focus: "sync" },
+                "aria-label": `Sync ${env.name} now`,
+                onclick: (e) => syncNow(env, e.currentTarget),
+              },
+              "Sync",
+            )
+          : null,
+      ),
+    );
+    return tr;
+  }
+
+  // ---------------------------------------------------------------- actions
+
+  function dialog(title, build) {
+    const dlg = $("#dialog");
+    clear(dlg);
+    const close = () => dlg.close();
+    append(dlg, [h("h2", { id: "dialog-title" }, title), build(close)]);
+    dlg.showModal();
+    const first = dlg.querySelector("input, select, button.primary, button");
+    if (first) first.focus();
+  }
+
+  function formDialog(title, { fields, submitText, danger, onSubmit, intro, valid }) {
+    dialog(title, (close) => {
+      const submit = h("button", { type: "submit", class: danger ? "primary danger" : "primary", id: "dialog-submit" }, submitText);
+      const error = h("p", { class: "error", role: "alert", id: "dialog-error" });
+      const form = h(
+        "form",
+        { method: "dialog", id: "dialog-form" },
+        intro ? h("p", {}, intro) : null,
+        fields,
+        error,
+        h("div", { class: "row" }, h("button", { type: "button", onclick: close, id: "dialog-cancel" }, "Cancel"), submit),
+      );
+      if (valid) {
+        const check = () => {
+          submit.disabled = !valid(form);
+        };
+        form.addEventListener("input", check);
+        check();
+      }
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        submit.disabled = true;
+        clear(error);
+        const problem = await onSubmit(form, close);
+        if (problem) {
+          error.append(problem);
+          submit.disabled = false;
+        }
+      });
+      return form;
+    });
+  }
+
+  function field(id, label, attrs, hint) {
+    return [
+      h("label", { for: id }, label, hint ? h("span", { class: "hint" }, ` — ${hint}`) : null),
+      h("input", Object.assign({ id, name: id, type: "text", autocomplete: "off", spellcheck: "false" }, attrs || {})),
+    ];
+  }
+
+  function openCreate() {
+    const families = [...new Set([...state.envs.values()].map(family).filter(Boolean))];
+    formDialog("New environment", {
+      intro: "An ad-hoc environment running any branch, tag or commit, with the variables of an entry of `environments:`. It expires on its own.",
+      fields: [
+        field("create-name", "Name", { required: true, pattern: "[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?", maxlength: "63", placeholder: "demo" }, "lowercase letters, digits and -"),
+        field("create-ref", "Ref", { required: true, placeholder: "main, a tag or a commit" }),
+        field("create-like", "Like", { placeholder: families[0] || "previews", list: "families" }, "the environments: entry whose variables it takes; empty: the generated family"),
+        h("datalist", { id: "families" }, families.map((f) => h("option", { value: f }))),
+        field("create-ttl", "Time to live", { placeholder: "8h" }, "e.g. 30m, 8h, 2d; empty: the entry's ttl"),
+      ],
+      submitText: "Create",
+      onSubmit: async (form, close) => {
+        const value = (id) => form.querySelector(`#${id}`).value.trim();
+        const body = { name: value("create-name"), ref: value("create-ref") };
+        if (value("create-like")) body.like = value("create-like");
+        if (value("create-ttl")) body.ttl = value("create-ttl");
+        const note = toast(`Creating ${body.name} from ${body.ref}…`, "busy");
+        const watching = watch(body.name, note, `Created ${body.name}`);
+        try {
+          const env = await api("POST", "/api/v1/environments", body);
+          close();
+          state.envs.set(env.name, env);
+          renderDashboardData();
+          if (state.watches.includes(watching)) note.update(`Created ${env.name} from ${body.ref}; first deployment queued…`, "busy");
+          return null;
+        } catch (error) {
+          unwatch(watching);
+          note.el.remove();
+          return describe(error);
+        }
+      },
+    });
+  }
+
+  function syncNow(env, button) {
+    return act({
+      button,
+      working: `Syncing ${env.name}`,
+      call: () => api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/sync`),
+      done: `Sync of ${env.name} queued`,
+      follow: env.name,
+    });
+  }
+
+  function openExtend(env) {
+    formDialog(`Extend ${env.name}`, {
+      intro: env.expires_at ? `It expires ${new Date(env.expires_at).toLocaleString()} (${remaining(env.expires_at)}).` : "It has no expiry yet; it will expire this long from now.",
+      fields: field("extend-by", "By", { required: true, value: "2h" }, "e.g. 30m, 8h, 2d"),
+      submitText: "Extend",
+      onSubmit: async (form, close) => {
+        const by = form.querySelector("#extend-by").value.trim();
+        close();
+        await act({
+          working: `Extending ${env.name} by ${by}`,
+          call: () => api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/extend`, { by }),
+          done: (e) => `${env.name} now expires ${new Date(e.expires_at).toLocaleString()}`,
+        });
+        return null;
+      },
+    });
+  }
+
+  function openPin(env) {
+    formDialog(`Pin ${env.name}`, {
+      intro: "A pinned environment stays on one commit instead of following its ref, until unpinned.",
+      fields: field("pin-commit", "Commit", { placeholder: env.commit ? short(env.commit) : "" }, "a ref or commit; empty: the commit it runs"),
+      submitText: "Pin",
+      onSubmit: async (form, close) => {
+        const commitText = form.querySelector("#pin-commit").value.trim();
+        close();
+        await act({
+          working: `Pinning ${env.name}`,
+          call: () => api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/pin`, commitText ? { commit: commitText } : {}),
+          done: (e) => `${env.name} is pinned to ${short(e.desired_commit || e.commit)}`,
+        });
+        return null;
+      },
+    });
+  }
+
+  function unpin(env, button) {
+    return act({
+      button,
+      working: `Unpinning ${env.name}`,
+      call: () => api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/unpin`),
+      done: `${env.name} follows ${env.tracked_ref || "its ref"} again`,
+      follow: env.name,
+    });
+  }
+
+  function openRollback(env, deployment) {
+    formDialog(`Roll back ${env.name}`, {
+      intro: `Deploy commit ${short(deployment.commit)} again (deployment #${deployment.id}, ${new Date(deployment.started_at).toLocaleString()}). ${env.name} is pinned to it; unpin it to follow ${env.tracked_ref || "its ref"} again.`,
+      fields: [],
+      submitText: `Roll back to #${deployment.id}`,
+      danger: true,
+      onSubmit: async (_form, close) => {
+        close();
+        await act({
+          working: `Rolling ${env.name} back to #${deployment.id}`,
+          call: () => api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/rollback`, { deployment: deployment.id }),
+          done: `${env.name} is pinned to ${short(deployment.commit)}`,
+          follow: env.name,
+        });
+        return null;
+      },
+    });
+  }
+
+  function openDestroy(env) {
+    const fields = env.protected
+      ? field("destroy-confirm", `Type ${env.name} to confirm`, { required: true, autocomplete: "off" }, "it is protected")
+      : [];
+    formDialog(`Destroy ${env.name}?`, {
+      intro: `Every resource of ${env.name} is deleted, then its record. Its deployment history stays.`,
+      fields,
+      submitText: "Destroy",
+      danger: true,
+      valid: env.protected ? (form) => form.querySelector("#destroy-confirm").value === env.name : null,
+      onSubmit: async (form, close) => {
+        const confirm = env.protected ? `?confirm=${encodeURIComponent(form.querySelector("#destroy-confirm").value)}` : "";
+        close();
+        const done = await act({
+          working: `Destroying ${env.name}`,
+          call: () => api("DELETE", `/api/v1/environments/${encodeURIComponent(env.name)}${confirm}`),
+          done: `${env.name} is destroyed`,
+        });
+        if (done) {
+          state.envs.delete(env.name);
+          if (state.view && state.view.name === "env" && state.view.env === env.name) location.hash = dashboardHref();
+          else renderDashboardData();
+        }
+        return null;
+      },
+    });
+  }
+
+  // ---------------------------------------------------------------- environment page
+
+  function showEnvironment(name) {
+    state.view = { name: "env", env: name, events: [], deployments: null, plan: null, driftOnly: false };
+    document.title = `${name} — Slipway`;
+    const main = clear($("#main"));
+    main.append(
+      h("p", {}, h("a", { href: dashboardHref(), id: "back" }, "← Environments")),
+      h("div", { id: "env-header" }, h("h1", { tabindex: "-1" }, name)),
+      h("p", { id: "view-error", class: "error", role: "alert" }),
+      h("section", { "aria-labelledby": "resources-title" }, h("h2", { id: "resources-title" }, "Resources"), h("div", { id: "env-resources" }, h("p", { class: "loading" }, "Loading…"))),
+      h(
+        "section",
+        { "aria-labelledby": "plan-title" },
+        h("h2", { id: "plan-title" }, "Plan ", h("button", { type: "button", class: "small", id: "plan-refresh", onclick: () => refreshPlan() }, "Plan again")),
+        h("div", { id: "env-plan", "aria-live": "polite" }, h("p", { class: "loading" }, "Planning…")),
+      ),
+      h("section", { "aria-labelledby": "history-title" }, h("h2", { id: "history-title" }, "Deployments"), h("div", { id: "env-history" }, h("p", { class: "loading" }, "Loading…"))),
+      h(
+        "section",
+        { "aria-labelledby": "events-title" },
+        h("h2", { id: "events-title" }, "Events"),
+        h(
+          "label",
+          { class: "inline" },
+          h("input", {
+            type: "checkbox",
+            id: "drift-only",
+            onchange: (e) => {
+              state.view.driftOnly = e.currentTarget.checked;
+              renderEvents();
+            },
+          }),
+          " Only drift",
+        ),
+        h("ul", { class: "events", id: "env-events", "aria-label": `Events of ${name}` }, h("li", { class: "muted" }, "Waiting for events…")),
+      ),
+    );
+    focusHeading();
+    refreshEnvPage(true);
+    // This environment's events, from the first: drift, deployments, changes. Live after that.
+    const view = state.view;
+    const stream = new EventSource(`/api/v1/events?environment=${encodeURIComponent(name)}&after=0`);
+    view.stream = stream;
+    stream.onmessage = (message) => {
+      try {
+        view.events.push(JSON.parse(message.data));
+      } catch (_) {
+        return;
+      }
+      if (view.events.length > 500) view.events.splice(0, view.events.length - 500);
+      later("render-events", 100, renderEvents);
+    };
+  }
+
+  async function refreshEnvPage(withPlan) {
+    const view = state.view;
+    if (!view || view.name !== "env") return;
+    const name = view.env;
+    const path = `/api/v1/environments/${encodeURIComponent(name)}`;
+    try {
+      const [env, history] = await Promise.all([api("GET", path), api("GET", `${path}/deployments?limit=50`)]);
+      if (state.view !== view) return;
+      state.envs.set(name, env);
+      view.deployments = history.deployments;
+      renderEnvHeader();
+      renderResources(env);
+      renderHistory(env);
+    } catch (error) {
+      if (state.view !== view) return;
+      if (error instanceof ApiError && error.status === 404) {
+        state.envs.delete(name);
+        clear($("#env-header")).append(h("h1", { tabindex: "-1" }, name), h("p", { class: "callout" }, `${name} does not exist (any more). `, h("a", { href: "#/" }, "All environments")));
+        for (const id of ["#env-resources", "#env-plan"]) clear($(id));
+        // History outlives the environment.
+        try {
+          const history = await api("GET", `${path}/deployments?limit=50`);
+          view.deployments = history.deployments;
+          renderHistory(null);
+        } catch (_) {
+          clear($("#env-history"));
+        }
+        return;
+      }
+      showError(describe(error));
+      return;
+    }
+    if (withPlan) refreshPlan();
+  }
+
+  function renderEnvHeader() {
+    const view = state.view;
+    const env = state.envs.get(view.env);
+    if (!env) return;
+    const header = $("#env-header");
+    const hadFocus = header.contains(document.activeElement) ? document.activeElement.dataset.focus : null;
+    const desired = env.desired_commit && env.desired_commit !== env.commit;
+    const fact = (term, ...value) => h("div", {}, h("dt", {}, term), h("dd", {}, ...value));
+    const actions = [];
+    if (mayChange(env)) {
+      actions.push(
+        h("button", { type: "button", class: "primary", dataset: { action: "sync", focus: "sync" }, onclick: (e) => syncNow(env, e.currentTarget) }, "Sync now"),
+        h("button", { type: "button", dataset: { action: "extend", focus: "extend" }, onclick: () => openExtend(env) }, "Extend TTL"),
+        env.pinned
+          ? h("button", { type: "button", dataset: { action: "unpin", focus: "unpin" }, onclick: (e) => unpin(env, e.currentTarget) }, "Unpin")
+          : h("button", { type: "button", dataset: { action: "pin", focus: "pin" }, onclick: () => openPin(env) }, "Pin"),
+        h("button", { type: "button", class: "danger", dataset: { action: "destroy", focus: "destroy" }, onclick: () => openDestroy(env) }, "Destroy…"),
+      );
+    }
+    append(clear(header), [
+      h(
+        "h1",
+        { tabindex: "-1" },
+        env.name,
+        " ",
+        badge(SYNC, env.sync, "sync"),
+        badge(HEALTH, env.health, "health"),
+        env.pinned ? h("span", { class: "tag", title: "It does not follow its ref" }, "pinned") : null,
+        env.protected ? h("span", { class: "tag", title: "Destroying it needs its name typed" }, "protected") : null,
+      ),
+      env.message ? h("p", { class: env.sync === "failed" ? "callout bad" : "callout", id: "env-message" }, env.message) : null,
+      h(
+        "dl",
+        { class: "facts" },
+        fact("Kind", KINDS[env.kind] || env.kind, family(env) ? ` (${family(env)})` : ""),
+        fact("Tracks", env.tracked_ref ? h("code", {}, env.tracked_ref) : "—", env.pinned ? " (pinned)" : ""),
+        fact("Runs", commit(env.commit)),
+        desired ? fact("Should run", commit(env.desired_commit)) : null,
+        fact("Preview", env.url ? link(env.url) : h("span", { class: "muted" }, "no exposed port")),
+        fact("Owner", env.owner || h("span", { class: "muted" }, "—")),
+        fact("Expires", countdown(env.expires_at), env.ttl_seconds ? h("span", { class: "sub muted" }, `TTL ${duration(env.ttl_seconds * 1000)}`) : null),
+        env.locked_by ? fact("Locked by", `pull request #${env.locked_by}`) : null,
+        lastChange(view.deployments),
+      ),
+      actions.length ? h("div", { class: "env-actions", role: "group", "aria-label": "Actions" }, actions) : null,
+    ]);
+    if (hadFocus) {
+      const target = header.querySelector(`[data-focus="${CSS.escape(hadFocus)}"]`);
+      if (target) target.focus();
+    }
+  }
+
+  /** The newest deployment: when the environment last changed, how, and by whom. */
+  function lastChange(deployments) {
+    const last = deployments && deployments[0];
+    if (!last) return null;
+    return h(
+      "div",
+      { id: "last-change" },
+      h("dt", {}, "Last change"),
+      h("dd", {}, `#${last.id} `, badge(DEPLOYMENT, last.status, "result"), " ", time(last.finished_at || last.started_at), h("span", { class: "sub muted" }, `by ${last.who}`)),
+    );
+  }
+
+  function renderResources(env) {
+    const slot = clear($("#env-resources"));
+    if (!env.resources.length) {
+      slot.append(h("p", { class: "muted" }, "No resources yet."));
+      return;
+    }
+    slot.append(
+      h(
+        "table",
+        { class: "cards", id: "resources" },
+        h("thead", {}, h("tr", {}, ["Resource", "Type", "Status", "Outputs", "Message"].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "tbody",
+          {},
+          env.resources.map((r) =>
+            h(
+              "tr",
+              { dataset: { resource: r.name } },
+              cell("Resource", "name", h("strong", {}, r.name)),
+              cell("Type", "type", h("code", {}, r.type)),
+              cell("Status", "status", badge(RESOURCE, r.status, "status")),
+              cell("Outputs", "outputs", outputs(r.outputs)),
+              h("td", { "data-label": "Message", class: "message" }, r.message ? h("div", {}, r.message) : ""),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  function outputs(values) {
+    if (!values || typeof values !== "object") return h("span", { class: "muted" }, "—");
+    const items = [];
+    const walk = (prefix, value) => {
+      if (value && typeof value === "object" && !Array.isArray(value)) {
+        for (const [k, v] of Object.entries(value)) walk(prefix ? `${prefix}.${k}` : k, v);
+      } else {
+        const text = typeof value === "string" ? value : JSON.stringify(value);
+        items.push(h("li", {}, h("span", { class: "k" }, `${prefix}: `), /^https?:\/\//.test(text) ? link(text) : h("span", { class: "mono" }, text)));
+      }
+    };
+    walk("", values);
+    return items.length ? h("ul", { class: "outputs" }, items) : h("span", { class: "muted" }, "—");
+  }
+
+  async function refreshPlan() {
+    const view = state.view;
+    if (!view || view.name !== "env") return;
+    const slot = $("#env-plan");
+    if (!slot.firstChild) slot.append(h("p", { class: "loading" }, "Planning…"));
+    try {
+      const plan = await api("GET", `/api/v1/environments/${encodeURIComponent(view.env)}/plan`);
+      if (state.view !== view) return;
+      renderPlan(plan);
+    } catch (error) {
+      if (state.view !== view) return;
+      clear(slot).append(h("p", { class: "callout bad" }, `No plan: ${describe(error)}`));
+    }
+  }
+
+  function renderPlan(plan) {
+    const slot = clear($("#env-plan"));
+    const changes = plan.changes.filter((c) => c.action !== "noop");
+    const count = (a) => changes.filter((c) => c.action === a).length;
+    slot.append(
+      h(
+        "p",
+        { id: "plan-summary" },
+        isSha(plan.reference) ? "From the pinned commit " : [`From `, h("code", {}, plan.reference), " at "],
+        commit(plan.commit),
+        ": ",
+        plan.has_changes
+          ? `${count("create")} to create, ${count("update")} to update, ${count("replace")} to replace, ${count("delete")} to delete`
+          : "no changes; it runs what its ref asks for",
+        plan.changes.length > changes.length ? h("span", { class: "muted" }, ` (${plan.changes.length - changes.length} unchanged)`) : null,
+      ),
+    );
+    if (!changes.length) return;
+    const sign = { create: "+", update: "~", replace: "-/+", delete: "-" };
+    const lines = [];
+    const show = (v) => (v === undefined ? "(none)" : JSON.stringify(v));
+    for (const c of changes) {
+      const tone = c.action === "create" ? "add" : c.action === "delete" ? "del" : "";
+      lines.push(h("div", { class: `line head ${tone}` }, `${sign[c.action] || "?"} ${c.resource} (${c.type}) — ${c.action}`, c.reason ? `: ${c.reason}` : ""));
+      for (const d of c.diff || []) {
+        const forces = d.forces_replace ? "  (forces replacement)" : "";
+        if (d.before !== undefined) lines.push(h("div", { class: "line del" }, `    - ${d.path}: ${show(d.before)}${d.after === undefined ? forces : ""}`));
+        if (d.after !== undefined) lines.push(h("div", { class: "line add" }, `    + ${d.path}: ${show(d.after)}${forces}`));
+      }
+    }
+    slot.append(h("div", { class: "diff", role: "region", "aria-label": "Plan as a diff" }, lines));
+  }
+
+  function renderHistory(env) {
+    const view = state.view;
+    const slot = clear($("#env-history"));
+    const list = view.deployments || [];
+    if (!list.length) {
+      slot.append(h("p", { class: "muted" }, "No deployments yet."));
+      return;
+    }
+    const canRollBack = env && mayChange(env);
+    // The deployment that put the running commit in place: the newest success at it.
+    const running = env && list.find((d) => d.status === "succeeded" && d.commit === env.commit);
+    slot.append(
+      h(
+        "table",
+        { class: "cards", id: "deployments" },
+        h("thead", {}, h("tr", {}, ["#", "Commit", "Ref", "Who", "When", "Result", "Duration", "Error", ""].map((t) => h("th", { scope: "col" }, t || h("span", { class: "sr-only" }, "Actions"))))),
+        h(
+          "tbody",
+          {},
+          list.map((d) =>
+            h(
+              "tr",
+              { dataset: { deployment: String(d.id), status: d.status } },
+              cell("#", "id", String(d.id)),
+              cell("Commit", "commit", commit(d.commit), running === d ? h("span", { class: "sub" }, "running") : null),
+              cell("Ref", "ref", d.reference ? h("code", { class: "wrap", title: d.reference }, isSha(d.reference) ? short(d.reference) : d.reference) : ""),
+              cell("Who", "who", d.who),
+              cell("When", "when", time(d.started_at)),
+              cell("Result", "status", badge(DEPLOYMENT, d.status, "result")),
+              cell("Duration", "duration", d.finished_at ? duration(Date.parse(d.finished_at) - Date.parse(d.started_at)) : h("span", { class: "muted" }, "running")),
+              h("td", { "data-label": "Error", class: "message" }, d.error ? h("div", {}, d.error) : ""),
+              cell(
+                "Actions",
+                "actions",
+                canRollBack && d.status === "succeeded" && !(d.commit === env.commit && env.pinned)
+                  ? h("button", { type: "button", class: "small", dataset: { action: "rollback", deployment: String(d.id) }, "aria-label": `Roll back to deployment ${d.id}`, onclick: () => openRollback(env, d) }, "Roll back")
+                  : null,
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  function renderEvents() {
+    const view = state.view;
+    if (!view || view.name !== "env") return;
+    const list = $("#env-events");
+    const events = view.events.filter((e) => !view.driftOnly || e.kind.startsWith("drift.")).slice().reverse();
+    clear(list);
+    if (!events.length) {
+      list.append(h("li", { class: "muted" }, view.driftOnly ? "No drift recorded." : "No events yet."));
+      return;
+    }
+    for (const e of events.slice(0, 200)) {
+      list.append(
+        h(
+          "li",
+          { class: e.kind.startsWith("drift.") ? "drift" : "", dataset: { kind: e.kind, id: String(e.id) } },
+          time(e.at, new Date(e.at).toLocaleString()),
+          h("span", { class: "kind" }, e.kind.startsWith("drift.") ? `⚠ ${e.kind}` : e.kind),
+          h("span", { class: "msg" }, e.message),
+        ),
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------- pull requests
+
+  function showPulls() {
+    state.view = { name: "pulls" };
+    document.title = "Pull requests — Slipway";
+    clear($("#main")).append(
+      h("h1", { tabindex: "-1" }, "Pull requests"),
+      h("p", { class: "hint" }, "Open pull requests as the controller last heard of them. The full plan of each is the comment Slipway keeps on it."),
+      h("p", { id: "view-error", class: "error", role: "alert" }),
+      h("div", { id: "pulls" }, h("p", { class: "loading" }, "Loading…")),
+      h("h2", {}, "Locks"),
+      h("div", { id: "locks" }),
+    );
+    focusHeading();
+    refreshPulls();
+  }
+
+  async function refreshPulls() {
+    const view = state.view;
+    if (!view || view.name !== "pulls") return;
+    let data;
+    try {
+      data = await api("GET", "/api/v1/pull-requests");
+    } catch (error) {
+      showError(describe(error));
+      return;
+    }
+    if (state.view !== view) return;
+    const slot = clear($("#pulls"));
+    if (!data.pull_requests.length) {
+      slot.append(h("p", { class: "muted" }, "No open pull requests (or no forge configured)."));
+    } else {
+      slot.append(
+        h(
+          "table",
+          { class: "cards", id: "pull-requests" },
+          h("thead", {}, h("tr", {}, ["Pull request", "Author", "Branch", "Head", "Plan and preview", "Locks"].map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, data.pull_requests.map(pullRow)),
+        ),
+      );
+    }
+    const locks = clear($("#locks"));
+    if (!data.locks.length) {
+      locks.append(h("p", { class: "muted" }, "No environment is locked."));
+    } else {
+      locks.append(
+        h(
+          "table",
+          { class: "cards", id: "lock-list" },
+          h("thead", {}, h("tr", {}, ["Environment", "Pull request", "Who", "Since"].map((t) => h("th", { scope: "col" }, t)))),
+          h(
+            "tbody",
+            {},
+            data.locks.map((l) =>
+              h(
+                "tr",
+                { dataset: { lock: l.environment } },
+                cell("Environment", "env", h("a", { href: `#/env/${encodeURIComponent(l.environment)}` }, l.environment)),
+                cell("Pull request", "pr", `#${l.pull_request}`),
+                cell("Who", "who", l.who),
+                cell("Since", "at", time(l.at)),
+              ),
+            ),
+          ),
+        ),
+      );
+    }
+  }
+
+  function pullRow(pr) {
+    const p = pr.preview;
+    const planSlot = h("div", { class: "plan-slot" });
+    let preview;
+    if (p) {
+      preview = [
+        h("a", { href: `#/env/${encodeURIComponent(p.environment)}` }, p.environment),
+        " ",
+        badge(SYNC, p.sync, "sync"),
+        " ",
+        badge(HEALTH, p.health, "health"),
+        h("span", { class: "sub" }, p.at_head ? "runs the head" : `runs ${p.commit ? short(p.commit) : "nothing yet"}; head not deployed yet`),
+        p.url ? h("span", { class: "sub" }, link(p.url)) : null,
+        p.message ? h("span", { class: "sub error" }, p.message) : null,
+        h(
+          "button",
+          {
+            type: "button",
+            class: "small",
+            dataset: { action: "plan" },
+            onclick: async (e) => {
+              const button = e.currentTarget;
+              button.disabled = true;
+              clear(planSlot).append(h("span", { class: "muted" }, "Planning…"));
+              try {
+                const plan = await api("GET", `/api/v1/environments/${encodeURIComponent(p.environment)}/plan`);
+                const n = plan.changes.filter((c) => c.action !== "noop").length;
+                clear(planSlot).append(plan.has_changes ? h("span", { class: "badge warn" }, `≠ ${n} change(s) to apply`) : h("span", { class: "badge ok" }, "✓ up to date"));
+              } catch (error) {
+                clear(planSlot).append(h("span", { class: "badge bad" }, `✗ ${describe(error)}`));
+              } finally {
+                button.disabled = false;
+              }
+            },
+          },
+          "Plan preview",
+        ),
+        planSlot,
+      ];
+    } else if (pr.is_fork && !pr.preview_allowed) {
+      preview = h("span", { class: "muted" }, "From a fork: plans only, no preview until a maintainer comments /slipway preview");
+    } else {
+      preview = h("span", { class: "muted" }, "No preview environment");
+    }
+    return h(
+      "tr",
+      { dataset: { pr: String(pr.number) } },
+      cell("Pull request", "title", link(pr.url, `#${pr.number}`), " ", pr.title, pr.is_fork ? [" ", h("span", { class: "tag" }, "fork")] : null),
+      cell("Author", "author", pr.author),
+      cell("Branch", "branch", h("code", {}, pr.head_ref), " → ", h("code", {}, pr.base_ref)),
+      cell("Head", "head", commit(pr.head_sha), h("span", { class: "sub" }, `updated ${ago(pr.updated_at)}`)),
+      cell("Plan and preview", "preview", preview),
+      cell("Locks", "locks", pr.locks.length ? pr.locks.map((l) => [h("a", { href: `#/env/${encodeURIComponent(l.environment)}` }, `locked: ${l.environment}`), " "]) : h("span", { class: "muted" }, "none")),
+    );
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
+  else boot();
+})();

@@ -1,0 +1,627 @@
+//! The web UI in a real headless Chromium, against a real `slipway serve` on a real
+//! repository: log in with a token, watch environments change live from the event stream,
+//! create one from the form, roll it back, see drift in its plan, sync it, destroy it; a
+//! viewer sees no action; a forged change carrying the session cookie is refused.
+//!
+//! With `SLIPWAY_SCREENSHOTS=1` the tests also write `docs/screenshots/*.png` (tracked files:
+//! normal runs leave them alone).
+
+mod util;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use util::browser::{Browser, BrowserOptions, ENTER, TAB};
+use util::*;
+
+/// Deadline for anything that waits on a deployment (a process must start and answer).
+const DEPLOY: Duration = Duration::from_secs(90);
+/// Deadline for what only waits on the page.
+const PAGE: Duration = Duration::from_secs(20);
+
+fn stack(version: u32) -> String {
+    format!(
+        r#"version: 1
+stack: shop
+variables: {{ greeting: hello }}
+environments:
+  main: {{ track: main }}
+  previews:
+    generate: {{ branches: ["feature/*"] }}
+    ttl: 72h
+resources:
+  config: {{ type: file, path: etc/app.toml, content: "greeting = \"${{vars.greeting}}\"\nversion = {version}\n" }}
+  web:
+    type: process
+    command: ["python3", "-m", "http.server", "${{ports.http}}", "--bind", "127.0.0.1"]
+    ports: [http]
+    health: {{ http: / }}
+    expose: http
+"#
+    )
+}
+
+/// A repository with `main` and a `feature/login` branch, a controller that polls it often
+/// and never repairs drift on its own (so the test can see drift in a plan). Returns the first
+/// commit of `main`.
+fn setup() -> (Sandbox, String) {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", &stack(1));
+    let first = s.commit("version 1");
+    git(&s.repo, &["checkout", "-q", "-b", "feature/login"]);
+    s.write("slipway.yaml", &stack(100));
+    s.commit("login page");
+    git(&s.repo, &["checkout", "-q", "main"]);
+    let config = std::fs::read_to_string(&s.config).expect("read the engine config")
+        + "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"1h\"\n";
+    std::fs::write(&s.config, config).expect("write the engine config");
+    (s, first)
+}
+
+fn token(s: &Sandbox, role: &str, name: &str) -> String {
+    let out = s.ok(&["token", "create", "--role", role, "--name", name]);
+    String::from_utf8(out.stdout)
+        .expect("a UTF-8 token")
+        .trim()
+        .to_string()
+}
+
+fn screenshots() -> Option<PathBuf> {
+    (std::env::var("SLIPWAY_SCREENSHOTS").as_deref() == Ok("1"))
+        .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots"))
+}
+
+/// `GET path` on the API with a bearer token: (status, JSON body).
+fn api(server: &Server, token: &str, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&server.addr).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        server.addr
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A request as a forger would send it: the stolen session cookie, a form body, and no
+/// (or a wrong) CSRF header. Returns the status and body.
+fn forged_post(server: &Server, path: &str, cookie: &str, csrf: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&server.addr).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a timeout");
+    let csrf = csrf
+        .map(|c| format!("X-Slipway-CSRF: {c}\r\n"))
+        .unwrap_or_default();
+    let body = "deployment=1";
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {}\r\nCookie: slipway_session={cookie}\r\n{csrf}\
+         Origin: http://evil.invalid\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+fn log_in(browser: &Browser, token: &str, name: &str) {
+    browser.goto("/");
+    browser.wait_until_exists("the login form is shown", PAGE, "#login #token");
+    assert_eq!(
+        browser.attr("#token", "type").as_deref(),
+        Some("password"),
+        "the token field hides what is typed"
+    );
+    browser.fill("#token", token);
+    browser.click("#login-submit");
+    browser.wait_for(&format!("{name} is logged in"), PAGE, |b| {
+        (b.text("#who-name").as_deref() == Some(name)).then_some(())
+    });
+    browser.wait_for("the event stream is live", PAGE, |b| {
+        (b.attr("#live", "data-state").as_deref() == Some("live")).then_some(())
+    });
+}
+
+/// The state the row of `env` shows: (sync, health, commit).
+fn row(browser: &Browser, env: &str) -> Option<(String, String, String)> {
+    let found = browser.js(
+        "const tr = document.querySelector(`tr[data-env=\"${arguments[0]}\"]`); \
+         if (!tr) return null; \
+         const code = tr.querySelector('[data-col=commit] code'); \
+         return [tr.dataset.sync, tr.dataset.health, code ? code.title : ''];",
+        vec![json!(env)],
+    );
+    let cells = found.as_array()?;
+    let text = |i: usize| {
+        cells
+            .get(i)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    Some((text(0), text(1), text(2)))
+}
+
+fn wait_healthy(browser: &Browser, env: &str, commit: Option<&str>) {
+    browser.wait_for(
+        &format!(
+            "the row of {env} shows it synced and healthy{}",
+            commit.map(|c| format!(" at {c}")).unwrap_or_default()
+        ),
+        DEPLOY,
+        |b| {
+            let (sync, health, running) = row(b, env)?;
+            (sync == "synced" && health == "healthy" && commit.is_none_or(|c| running == c))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloading() {
+    let (s, v1) = setup();
+    let admin = token(&s, "admin", "alice");
+    let server = start_serve(&s);
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+    );
+
+    log_in(&browser, &admin, "alice");
+    assert_eq!(
+        browser.text("#who-role").as_deref(),
+        Some("admin"),
+        "the page shows the role whoami names"
+    );
+    assert!(
+        browser.cookie("slipway_session").is_some(),
+        "the session is a cookie"
+    );
+    assert_eq!(
+        browser.js("return document.cookie;", vec![]),
+        json!(""),
+        "the session cookie is HttpOnly: scripts cannot read it"
+    );
+    assert!(
+        browser
+            .js("return document.documentElement.outerHTML;", vec![])
+            .as_str()
+            .is_some_and(|html| !html.contains(&admin)),
+        "the page keeps no copy of the token"
+    );
+
+    // Every environment at a glance: the static one and the branch's.
+    wait_healthy(&browser, "main", Some(&v1));
+    wait_healthy(&browser, "br-feature-login", None);
+    assert_eq!(browser.title(), "Environments — Slipway");
+    // From here on, a reload would reset this marker: the page must update by itself.
+    browser.js("window.__sameDocument = 'yes';", vec![]);
+
+    // Create an ad-hoc environment from the form, and watch it become healthy.
+    browser.click("#create-open");
+    browser.wait_until_exists("the create form opens", PAGE, "dialog[open] #create-name");
+    // A name that is taken: the form stays open and says why.
+    browser.fill("#create-name", "main");
+    browser.fill("#create-ref", "main");
+    browser.fill("#create-like", "previews");
+    browser.fill("#create-ttl", "8h");
+    browser.click("#dialog-submit");
+    browser.wait_for("the form says the name is taken", PAGE, |b| {
+        b.text("#dialog-error")
+            .filter(|t| t.contains("already exists"))
+            .map(|_| ())
+    });
+    browser.fill("#create-name", "demo");
+    browser.click("#dialog-submit");
+    browser.wait_until_exists("the new environment has a row", PAGE, "tr[data-env=demo]");
+    wait_healthy(&browser, "demo", Some(&v1));
+    assert!(
+        browser
+            .text("tr[data-env=demo] [data-col=owner]")
+            .is_some_and(|o| o.contains("alice")),
+        "the creator owns it"
+    );
+    assert!(
+        browser
+            .text("tr[data-env=demo] [data-col=ttl]")
+            .is_some_and(|t| t.contains("left")),
+        "its TTL counts down"
+    );
+    assert!(
+        browser
+            .attr("tr[data-env=demo] [data-col=url] a", "href")
+            .is_some_and(|u| u.starts_with("http://demo.shop.localhost:")),
+        "its preview URL is a link"
+    );
+    browser.wait_for("the toast reports the deployment", PAGE, |b| {
+        b.exists("#toasts .toast[data-state=ok]").then_some(())
+    });
+    if let Some(dir) = screenshots() {
+        browser.screenshot(&dir.join("dashboard.png"));
+        browser.resize(390, 844);
+        browser.screenshot(&dir.join("dashboard-phone.png"));
+        browser.resize(1440, 900);
+    }
+
+    // A push to main reaches demo (it follows main), and the row follows, live.
+    s.write("slipway.yaml", &stack(2));
+    let v2 = s.commit("version 2");
+    wait_healthy(&browser, "demo", Some(&v2));
+
+    // Filters: by state, by kind, by text.
+    // main may still be deploying version 2: the filter follows it live.
+    browser.click("#counts [data-count='health:healthy']");
+    browser.wait_for("the healthy filter shows all three", DEPLOY, |b| {
+        (b.count("#environments tr[data-env]") == 3
+            && b.attr("#counts [data-count='health:healthy']", "aria-pressed")
+                .as_deref()
+                == Some("true"))
+        .then_some(())
+    });
+    browser.click("#counts [data-count='health:healthy']");
+    browser.fill("#filter-q", "feature");
+    browser.wait_for("the search keeps only the branch's", PAGE, |b| {
+        (b.count("#environments tr[data-env]") == 1 && b.exists("tr[data-env=br-feature-login]"))
+            .then_some(())
+    });
+    browser.fill("#filter-q", "");
+    browser.js(
+        "const s = document.querySelector('#filter-kind'); s.value = 'adhoc'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    );
+    browser.wait_for("the kind filter keeps only demo", PAGE, |b| {
+        (b.count("#environments tr[data-env]") == 1 && b.exists("tr[data-env=demo]")).then_some(())
+    });
+
+    // Its page: resources, plan, deployments and events.
+    browser.click("tr[data-env=demo] a.env-link");
+    browser.wait_for("the environment page lists two deployments", DEPLOY, |b| {
+        (b.count("#deployments tr[data-deployment]") >= 2).then_some(())
+    });
+    assert_eq!(browser.title(), "demo — Slipway");
+    assert!(
+        browser.exists("#resources tr[data-resource=web]"),
+        "web is listed"
+    );
+    browser.wait_for("the plan says there is nothing to do", DEPLOY, |b| {
+        b.text("#plan-summary")
+            .filter(|t| t.contains("no changes"))
+            .map(|_| ())
+    });
+    browser.wait_for("the page lists its events", PAGE, |b| {
+        b.exists("#env-events li[data-kind='apply.succeeded']")
+            .then_some(())
+    });
+    assert!(
+        browser
+            .text("#last-change")
+            .is_some_and(|t| t.contains("succeeded")),
+        "the page says when it last changed"
+    );
+
+    // Roll back to the deployment of version 1.
+    let first = browser
+        .js(
+            "const rows = [...document.querySelectorAll('#deployments tr[data-deployment]')]; \
+             const row = rows.find((r) => r.querySelector('[data-col=commit] code').title === arguments[0]); \
+             return row ? row.dataset.deployment : null;",
+            vec![json!(v1)],
+        )
+        .as_str()
+        .expect("a deployment of version 1 is listed")
+        .to_string();
+    browser.click(&format!(
+        "button[data-action=rollback][data-deployment='{first}']"
+    ));
+    browser.wait_until_exists(
+        "the rollback asks for confirmation",
+        PAGE,
+        "dialog[open] #dialog-submit",
+    );
+    browser.click("#dialog-submit");
+    browser.wait_for("demo is rolled back to version 1 and pinned", DEPLOY, |b| {
+        let header = b.text("#env-header")?;
+        let runs = b.js(
+            "const c = [...document.querySelectorAll('#env-header dt')].find((d) => d.textContent === 'Runs'); \
+             return c ? c.nextElementSibling.querySelector('code')?.title ?? null : null;",
+            vec![],
+        );
+        (header.contains("pinned") && header.contains("healthy") && runs == json!(v1)).then_some(())
+    });
+    let (_, status) = api(&server, &admin, "/api/v1/environments/demo");
+    assert_eq!(status["pinned"], true, "the API agrees: {status:#}");
+    assert_eq!(status["commit"], json!(v1), "the API agrees: {status:#}");
+
+    // Drift shows in the plan as a readable diff; Sync repairs it.
+    let path = status["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "config"))
+        .and_then(|r| r["outputs"]["path"].as_str())
+        .expect("the config file's path is an output")
+        .to_string();
+    let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    std::fs::write(&path, "edited by hand\n").expect("edit the config file");
+    browser.click("#plan-refresh");
+    browser.wait_for("the plan shows the drifted file", PAGE, |b| {
+        b.text("#env-plan .diff")
+            .filter(|t| t.contains("config"))
+            .map(|_| ())
+    });
+    if let Some(dir) = screenshots() {
+        browser.js(
+            "document.querySelectorAll('#toasts .toast').forEach((t) => t.remove()); window.scrollTo(0, 0);",
+            vec![],
+        );
+        // Tall enough to show the deployments and events too.
+        browser.resize(1440, 1500);
+        browser.screenshot(&dir.join("environment.png"));
+        browser.resize(1440, 900);
+    }
+    browser.click("#env-header button[data-action=sync]");
+    browser.wait_for("the sync repairs the drift", DEPLOY, |b| {
+        b.text("#plan-summary")
+            .filter(|t| t.contains("no changes"))
+            .map(|_| ())
+    });
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("greeting = \"hello\"\nversion = 1\n"),
+        "the file is back as version 1 wrote it"
+    );
+
+    // Extend its life; unpin it (it follows main again); pin it where it runs.
+    let expires = |b: &Browser| {
+        b.attr("#env-header [data-expires]", "datetime")
+            .and_then(|t| humantime::parse_rfc3339(&t).ok())
+    };
+    let before = expires(&browser).expect("demo's expiry is shown");
+    browser.click("#env-header button[data-action=extend]");
+    browser.wait_until_exists("the extend form opens", PAGE, "dialog[open] #extend-by");
+    browser.fill("#extend-by", "2h");
+    browser.click("#dialog-submit");
+    browser.wait_for("demo expires two hours later", PAGE, |b| {
+        expires(b)
+            .filter(|after| {
+                after
+                    .duration_since(before)
+                    .is_ok_and(|d| d >= Duration::from_secs(7000))
+            })
+            .map(|_| ())
+    });
+    browser.click("#env-header button[data-action=unpin]");
+    browser.wait_for("demo follows main again, at version 2", DEPLOY, |b| {
+        let header = b.text("#env-header")?;
+        let runs = b.js(
+            "const c = [...document.querySelectorAll('#env-header dt')].find((d) => d.textContent === 'Runs'); \
+             return c ? c.nextElementSibling.querySelector('code')?.title ?? null : null;",
+            vec![],
+        );
+        (!header.contains("pinned") && header.contains("healthy") && runs == json!(v2))
+            .then_some(())
+    });
+    browser.click("#env-header button[data-action=pin]");
+    browser.wait_until_exists("the pin form opens", PAGE, "dialog[open] #pin-commit");
+    browser.click("#dialog-submit");
+    browser.wait_for("demo is pinned where it runs", PAGE, |b| {
+        b.text("#env-header")
+            .filter(|h| h.contains("pinned"))
+            .map(|_| ())
+    });
+    let (_, status) = api(&server, &admin, "/api/v1/environments/demo");
+    assert_eq!(status["pinned"], true, "{status:#}");
+    assert_eq!(status["commit"], json!(v2), "{status:#}");
+
+    // A forged change made with the session cookie but without its CSRF token is refused,
+    // from the page itself (same origin, the cookie attached) and from elsewhere.
+    let statuses = browser.js_async(
+        "const url = '/api/v1/environments/demo/sync'; \
+         const bare = await fetch(url, {method: 'POST', credentials: 'same-origin'}); \
+         const wrong = await fetch(url, {method: 'POST', credentials: 'same-origin', headers: {'X-Slipway-CSRF': 'forged'}}); \
+         return [bare.status, wrong.status];",
+    );
+    assert_eq!(
+        statuses,
+        json!([403, 403]),
+        "cookie calls without the right CSRF token are refused"
+    );
+    let cookie = browser
+        .cookie("slipway_session")
+        .expect("the session cookie");
+    for csrf in [None, Some("forged")] {
+        let (status, answer) =
+            forged_post(&server, "/api/v1/environments/demo/rollback", &cookie, csrf);
+        assert_eq!(status, 403, "a forged form post is refused: {answer}");
+    }
+
+    // Destroy it, confirmed.
+    browser.click("#env-header button[data-action=destroy]");
+    browser.wait_until_exists(
+        "the destroy asks for confirmation",
+        PAGE,
+        "dialog[open] #dialog-submit",
+    );
+    browser.click("#dialog-submit");
+    browser.wait_for("demo is gone from the dashboard", DEPLOY, |b| {
+        (b.exists("#environments") && !b.exists("tr[data-env=demo]")).then_some(())
+    });
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#filter-kind').value;",
+            vec![]
+        ),
+        json!("adhoc"),
+        "back on the dashboard, the filters it had are kept"
+    );
+    let (status, _) = api(&server, &admin, "/api/v1/environments/demo");
+    assert_eq!(status, 404, "the API agrees demo is destroyed");
+    assert_eq!(
+        browser.js("return window.__sameDocument || null;", vec![]),
+        json!("yes"),
+        "all of it happened without reloading the page"
+    );
+    assert!(
+        browser
+            .attr("#live", "data-events")
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 0),
+        "the page received server-sent events"
+    );
+}
+
+#[test]
+fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
+    let (s, _) = setup();
+    let viewer = token(&s, "viewer", "victor");
+    let server = start_serve(&s);
+    // This one in a dark colour scheme: the page follows it.
+    let browser = Browser::start_with(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+        &BrowserOptions { dark: true },
+    );
+
+    log_in(&browser, &viewer, "victor");
+    wait_healthy(&browser, "main", None);
+    wait_healthy(&browser, "br-feature-login", None);
+    let background = browser.js(
+        "return getComputedStyle(document.body).backgroundColor;",
+        vec![],
+    );
+    assert_eq!(
+        background,
+        json!("rgb(13, 17, 23)"),
+        "with prefers-color-scheme: dark the page is dark"
+    );
+    if let Some(dir) = screenshots() {
+        browser.screenshot(&dir.join("dashboard-dark.png"));
+    }
+    assert_eq!(browser.text("#who-role").as_deref(), Some("viewer"));
+    assert!(!browser.exists("#create-open"), "a viewer cannot create");
+    assert_eq!(
+        browser.count("#environments button[data-action]"),
+        0,
+        "a viewer sees no action on the dashboard"
+    );
+    // Keyboard only: from the search field, Tab reaches main's link, and Enter opens it.
+    browser.js("document.querySelector('#filter-q').focus();", vec![]);
+    let mut tabs = 0;
+    while browser.js(
+        "return document.activeElement.matches('tr[data-env=main] a.env-link');",
+        vec![],
+    ) != json!(true)
+    {
+        tabs += 1;
+        assert!(
+            tabs <= 40,
+            "Tab reaches main's link from the search field (stuck at `{}`)",
+            browser.focused()
+        );
+        browser.press(TAB);
+    }
+    browser.press(ENTER);
+    browser.wait_for("main's page lists its deployment", DEPLOY, |b| {
+        b.exists("#deployments tr[data-deployment]").then_some(())
+    });
+    browser.wait_until_exists("main's plan is shown", DEPLOY, "#plan-summary");
+    assert_eq!(
+        browser.count("main button[data-action]"),
+        0,
+        "a viewer sees no action on an environment's page"
+    );
+    // The pull request page: an open pull request, as the forge's webhook would have recorded
+    // it, holding a lock on main.
+    let store = slipway_state::Store::open(&s.home).expect("open the controller's store");
+    store
+        .upsert_pull_request(&slipway_state::PullRequestRecord {
+            number: 7,
+            title: "Faster checkout".into(),
+            author: "octocat".into(),
+            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            head_ref: "feature/checkout".into(),
+            base_ref: "main".into(),
+            is_fork: false,
+            state: "open".into(),
+            preview_allowed: true,
+            url: "https://forge.invalid/acme/shop/pull/7".into(),
+            updated_at: slipway_state::now_ms(),
+            stale_approvers: Vec::new(),
+        })
+        .expect("record a pull request");
+    store
+        .lock_environment("main", 7, "octocat", slipway_state::now_ms())
+        .expect("lock main to it");
+    browser.click("#nav-pulls");
+    browser.wait_until_exists(
+        "the pull request is listed",
+        PAGE,
+        "#pull-requests tr[data-pr='7']",
+    );
+    assert_eq!(browser.title(), "Pull requests — Slipway");
+    let row = browser
+        .text("#pull-requests tr[data-pr='7']")
+        .unwrap_or_default();
+    for shown in [
+        "#7",
+        "Faster checkout",
+        "octocat",
+        "feature/checkout",
+        "main",
+        "No preview environment",
+    ] {
+        assert!(row.contains(shown), "the row shows {shown}: {row}");
+    }
+    assert!(
+        browser.exists("#pull-requests tr[data-pr='7'] [data-col=locks] a[href='#/env/main']"),
+        "the row links the environment it holds"
+    );
+    assert!(
+        browser.exists("#lock-list tr[data-lock=main]"),
+        "the locks table lists main"
+    );
+
+    // Even with the CSRF token, the server refuses what the role may not do.
+    let refused = browser.js_async(
+        "const who = await (await fetch('/api/v1/whoami')).json(); \
+         const r = await fetch('/api/v1/environments/main/sync', {method: 'POST', headers: {'X-Slipway-CSRF': who.csrf}}); \
+         return r.status;",
+    );
+    assert_eq!(refused, json!(403), "a viewer's session changes nothing");
+
+    // Logging out clears the cookie and ends the session on the server.
+    let cookie = browser
+        .cookie("slipway_session")
+        .expect("the session cookie");
+    browser.click("#logout");
+    browser.wait_until_exists("the login form is back", PAGE, "#login #token");
+    assert!(
+        browser
+            .cookie("slipway_session")
+            .is_none_or(|c| c.is_empty()),
+        "the cookie is cleared"
+    );
+    let (status, _) = forged_post(&server, "/api/v1/session", &cookie, None);
+    assert_eq!(status, 401, "the old session id is worth nothing");
+}
