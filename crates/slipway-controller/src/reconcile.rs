@@ -202,6 +202,23 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     Ok(out)
 }
 
+/// Marks `record`'s environment as holding a change back, saying why (an event the first
+/// time the reason is seen).
+fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), ControllerError> {
+    let message = format!("held: {why}");
+    if record.message.as_deref() != Some(message.as_str()) {
+        event(inner, &record.name, "change.held", &message);
+    }
+    inner.engine.store().set_environment_status(
+        &record.name,
+        "failed",
+        &record.health,
+        Some(&message),
+        now_ms(),
+    )?;
+    Ok(())
+}
+
 /// Why a `require_pr` environment may not take `prepared`'s commit: it must be the commit a
 /// merged pull request made, and that pull request must have met the apply requirements
 /// (`approved`: approved when merged). A commit a pull request was applied at with
@@ -366,11 +383,7 @@ pub(crate) fn reconcile(
         }
     };
     if let Some(why) = unmerged(inner, &record, &prepared)? {
-        let message = format!("held: {why}");
-        if record.message.as_deref() != Some(message.as_str()) {
-            event(inner, name, "change.held", &message);
-        }
-        store.set_environment_status(name, "failed", &record.health, Some(&message), now_ms())?;
+        hold(inner, &record, &why)?;
         return Ok(requeue);
     }
     if !prepared.plan.has_changes() {
@@ -449,17 +462,7 @@ pub(crate) fn reconcile(
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
-            let message = format!("held: {why}");
-            if record.message.as_deref() != Some(message.as_str()) {
-                event(inner, name, "change.held", &message);
-            }
-            store.set_environment_status(
-                name,
-                "failed",
-                &record.health,
-                Some(&message),
-                now_ms(),
-            )?;
+            hold(inner, &record, &why)?;
             return Ok(requeue);
         }
         other => other?,

@@ -52,15 +52,7 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// The server's URL, read from where the configuration says.
     pub fn resolve_url(&self, name: &str) -> Result<String, String> {
-        let set = [&self.url_env, &self.url_file, &self.url]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
-        if set != 1 {
-            return Err(format!(
-                "[postgres.{name}] needs exactly one of `url_env`, `url_file` or `url`"
-            ));
-        }
+        self.check(name)?;
         if let Some(var) = &self.url_env {
             return std::env::var(var).map_err(|_| {
                 format!("[postgres.{name}] reads its URL from ${var}, which is not set")
