@@ -54,6 +54,19 @@ and summarised at the end (bench/report.py).
       `GET /api/v1/environments/E/plan`, and a `git fetch` of a mirror; then `closed`.
   measure.py pr-skip REASON
       Record that section 7 did not run, and why.
+  measure.py ui --slipway S --home H --config C --repo-dir D --n N --runs R --work DIR
+                --chromedriver P --chromium P
+      `slipway serve` over D (N environments: section 3's home, or a fresh one, synced first),
+      once the controller is idle: GET /api/v1/environments with a bearer token from Python and
+      from curl (time, bytes; the gzip size it would have). Then chromedriver on a free port,
+      spoken to over W3C WebDriver (urllib + JSON), and per run (+1 warm-up) a fresh headless
+      Chromium session: log in through the form, open the dashboard again (a new document),
+      times on the page's clock until the table holds the N rows and until the next frame is
+      painted; the JS heap; a search typed key by key, the filter cleared and applied in one
+      step each; a new commit on one environment's branch and POST /api/v1/refresh, until its
+      row shows the commit. chromedriver and Chromium run in DIR and are checked to be gone.
+  measure.py ui-skip REASON
+      Record that section 8 did not run, and why.
   measure.py pg-check --url URL
       Exit 0 and describe the PostgreSQL server at URL if it answers and its user may create
       databases and roles, and the libpq tools are on PATH; else exit 1 saying why (stdout).
@@ -85,6 +98,7 @@ and summarised at the end (bench/report.py).
 """
 
 import datetime
+import gzip
 import http.client
 import json
 import os
@@ -95,8 +109,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 SLEEP_CMDLINE = b"sleep\x00100000\x00"
 
@@ -1665,6 +1682,564 @@ def prs(argv):
                  "(404):\n  " + "\n  ".join(fake.unhandled[:20]))
 
 
+# --- 8. the web UI with many environments --------------------------------------------------------
+
+# The dashboard's rows (crates/slipway-server/ui/app.js: `environmentRow`).
+UI_ROWS = "#environments tbody tr[data-env]"
+
+# Runs before any script of every document the session opens (CDP
+# Page.addScriptToEvaluateOnNewDocument: the page's Content-Security-Policy does not apply to
+# it): notes, on the page's clock (performance.now(), 0 = the navigation's start), when the
+# table first holds all N rows (a MutationObserver: its callback runs right after the script
+# that appended them, before layout and paint), the frame after that (requestAnimationFrame,
+# then a task: style, layout and paint of that frame are done), a form's submission (the login),
+# and the long tasks (> 50 ms) of the main thread.
+UI_INIT = """
+(() => {
+  const want = %d;
+  const b = window.__bench = { rows: null, painted: null, submit: null, longtasks: [] };
+  const observer = new MutationObserver(() => {
+    if (document.querySelectorAll(%s).length < want) return;
+    b.rows = performance.now();
+    observer.disconnect();
+    requestAnimationFrame(() => setTimeout(() => { b.painted = performance.now(); }, 0));
+  });
+  observer.observe(document, { childList: true, subtree: true });
+  document.addEventListener("submit", () => { b.submit = performance.now(); }, true);
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) b.longtasks.push([e.startTime, e.duration]);
+    }).observe({ type: "longtask", buffered: true });
+  } catch (_) {}
+})();
+"""
+
+# What the page's load did, from its own timings (ms on the page's clock).
+UI_LOAD_FACTS = """
+const b = window.__bench;
+const nav = performance.getEntriesByType("navigation")[0] || {};
+const res = (suffix) => performance.getEntriesByType("resource")
+  .filter((e) => new URL(e.name).pathname === suffix)
+  .map((e) => ({ start: e.startTime, end: e.responseEnd, transfer: e.transferSize,
+                 encoded: e.encodedBodySize, decoded: e.decodedBodySize }));
+const tasks = b.longtasks.filter(([start]) => start < b.painted);  // up to the first render
+return {
+  rows: b.rows, painted: b.painted, submit: b.submit, dcl: nav.domContentLoadedEventEnd || null,
+  list: res("/api/v1/environments"), whoami: res("/api/v1/whoami"),
+  longtask_max: Math.max(0, ...tasks.map(([, d]) => d)),
+  blocking: tasks.reduce((sum, [, d]) => sum + Math.max(0, d - 50), 0),
+  dom_nodes: document.getElementsByTagName("*").length,
+  row_count: document.querySelectorAll(%s).length,
+  heap: performance.memory ? performance.memory.usedJSHeapSize : null,
+};
+"""
+
+# One filter change as a keystroke makes it (the search box's `input` event, which app.js
+# handles synchronously): the handler's time, and until the next frame is painted.
+UI_FILTER = """
+return (async () => {
+  const q = document.querySelector("#filter-q");
+  const frame = () => new Promise((ok) => requestAnimationFrame(() => setTimeout(ok, 0)));
+  await frame();
+  const t0 = performance.now();
+  q.value = arguments[0];
+  q.dispatchEvent(new Event("input", { bubbles: true }));
+  const t1 = performance.now();
+  const rows = document.querySelectorAll(%s).length;
+  await frame();
+  return { handler: t1 - t0, frame: performance.now() - t0, rows };
+})();
+"""
+
+# Before real typing (WebDriver's Element Send Keys, one key event after another): from the
+# first keydown until the table shows `want` rows, and the frame after.
+UI_TYPE_ARM = """
+const want = arguments[0];
+const b = window.__type = { first: null, rows: null, painted: null };
+const q = document.querySelector("#filter-q");
+q.addEventListener("keydown", () => { if (b.first === null) b.first = performance.now(); },
+                   { capture: true });
+const observer = new MutationObserver(() => {
+  if (b.first === null || document.querySelectorAll(%s).length !== want) return;
+  b.rows = performance.now();
+  observer.disconnect();
+  requestAnimationFrame(() => setTimeout(() => { b.painted = performance.now(); }, 0));
+});
+observer.observe(document.querySelector("#environments tbody"), { childList: true });
+"""
+
+# A live update: POST /api/v1/refresh from the page (with the bearer token: no cookie, no CSRF
+# token needed) after a new commit on the environment's branch; times (ms from the request
+# sent) until the answer, the first event on the page's stream (#live's data-events), the
+# page's own GET of that environment, its row showing the new commit, and the frame after.
+UI_LIVE = """
+return (async () => {
+  const [token, name, sha] = arguments;
+  const live = document.querySelector("#live");
+  const events0 = Number(live.dataset.events || 0);
+  const r = { answered: null, status: null, event: null, row: null, frame: null, epoch: null };
+  const shows = () => {
+    const tr = document.querySelector(`#environments tbody tr[data-env="${CSS.escape(name)}"]`);
+    const code = tr && tr.querySelector('[data-col="commit"] code');
+    return !!code && code.title === sha;
+  };
+  let t0 = performance.now();
+  const observer = new MutationObserver(() => {
+    const now = performance.now();
+    if (r.event === null && Number(live.dataset.events || 0) > events0) r.event = now - t0;
+    if (r.row === null && shows()) {
+      r.row = now - t0;
+      requestAnimationFrame(() => setTimeout(() => { r.frame = performance.now() - t0; }, 0));
+    }
+  });
+  observer.observe(document.body, { childList: true, subtree: true, attributes: true,
+                                    attributeFilter: ["data-events"] });
+  t0 = performance.now();
+  r.epoch = performance.timeOrigin + t0;
+  const answer = await fetch("/api/v1/refresh", {
+    method: "POST", headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+  r.answered = performance.now() - t0;
+  r.status = answer.status;
+  const deadline = performance.now() + 30000;
+  while (r.frame === null && performance.now() < deadline) {
+    await new Promise((ok) => setTimeout(ok, 10));
+  }
+  observer.disconnect();
+  const path = `/api/v1/environments/${encodeURIComponent(name)}`;
+  r.gets = performance.getEntriesByType("resource")
+    .filter((e) => new URL(e.name).pathname === path && e.startTime >= t0)
+    .map((e) => [e.startTime - t0, e.responseEnd - t0]);
+  return r;
+})();
+"""
+
+
+class WebDriverError(Exception):
+    pass
+
+
+class WebDriver:
+    """Debian's chromedriver on a free port of 127.0.0.1, spoken to over the W3C WebDriver
+    protocol with urllib and JSON (no client library), plus chromedriver's CDP passthrough
+    (`goog/cdp/execute`). Its working directory and log are under `work`, so every process it
+    and Chromium start is found there (measure.py reap)."""
+
+    def __init__(self, chromedriver, work):
+        self.work = work
+        self.port = free_port()
+        self.log = os.path.join(work, "chromedriver.log")
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.sid = None
+        self.proc = subprocess.Popen(
+            [chromedriver, f"--port={self.port}", f"--log-path={self.log}"],
+            cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.perf_counter() + 30
+        while True:
+            try:
+                if (self.call("GET", "/status", timeout=2) or {}).get("ready"):
+                    break
+            except (WebDriverError, OSError):
+                pass
+            if self.proc.poll() is not None:
+                raise WebDriverError(f"chromedriver exited with {self.proc.returncode}: "
+                                     f"{self.log_tail()}")
+            if time.perf_counter() > deadline:
+                raise WebDriverError(f"chromedriver not ready after 30 s: {self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_tail(self, n=1500):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return "(no log)"
+
+    def call(self, method, path, body=None, timeout=120):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read() or b"{}").get("value")
+        except urllib.error.HTTPError as e:
+            try:
+                value = json.loads(e.read()).get("value", {})
+                why = f"{value.get('error')}: {value.get('message', '')[:1500]}"
+            except ValueError:
+                why = str(e)
+            raise WebDriverError(f"{method} {path}: {e.code} {why}") from None
+
+    def session(self, chromium, profile, window="1440,900"):
+        """A new session: headless Chromium on a fresh profile (as crates/slipway/tests/util/
+        browser.rs starts it), its JS heap figures precise (`performance.memory`)."""
+        caps = {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": [
+                "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                "--disable-component-update", "--hide-scrollbars",
+                "--force-device-scale-factor=1", f"--window-size={window}", "--lang=en-US",
+                "--enable-precise-memory-info", f"--user-data-dir={profile}",
+            ]},
+        }}}
+        value = self.call("POST", "/session", caps)
+        self.sid = value["sessionId"]
+        return value.get("capabilities", {})
+
+    def s(self, method, path, body=None, timeout=120):
+        return self.call(method, f"/session/{self.sid}{path}", body, timeout)
+
+    def js(self, script, *args, timeout=120):
+        """Runs script (a function body) in the page; a returned promise is awaited."""
+        return self.s("POST", "/execute/sync", {"script": script, "args": list(args)}, timeout)
+
+    def cdp(self, cmd, **params):
+        return self.s("POST", "/goog/cdp/execute", {"cmd": cmd, "params": params})
+
+    def goto(self, url):
+        self.s("POST", "/url", {"url": url})
+
+    def element(self, css):
+        value = self.s("POST", "/element", {"using": "css selector", "value": css})
+        return next(iter(value.values()))
+
+    def type_into(self, css, text):
+        self.s("POST", f"/element/{self.element(css)}/value", {"text": text})
+
+    def click(self, css):
+        self.s("POST", f"/element/{self.element(css)}/click", {})
+
+    def wait_js(self, script, what, timeout=60, args=()):
+        """Polls script until it returns a true value; returns it."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            got = self.js(script, *args)
+            if got:
+                return got
+            if time.perf_counter() > deadline:
+                state = self.js("return [location.href, document.title, "
+                                "(document.querySelector('#main') || document.body)"
+                                ".innerText.slice(0, 400)];")
+                raise WebDriverError(f"timed out waiting for {what}; the page: {state}")
+            time.sleep(0.02)
+
+    def end_session(self):
+        if self.sid:
+            sid, self.sid = self.sid, None
+            try:
+                self.call("DELETE", f"/session/{sid}", timeout=30)
+            except (WebDriverError, OSError):
+                pass
+
+    def close(self):
+        self.end_session()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def ui_get(addr, token, path, accept_encoding=None):
+    """(seconds, status, headers, body bytes) of one GET with a bearer token, on a fresh
+    connection, the whole body read."""
+    hostname, port = addr.rsplit(":", 1)
+    headers = {"Authorization": f"Bearer {token}"}
+    if accept_encoding:
+        headers["Accept-Encoding"] = accept_encoding
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=60)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        elapsed = time.perf_counter() - t0
+        return elapsed, resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def ui_matches(env, q):
+    """app.js's text filter (`matches`), for the rows a search must leave."""
+    fields = [env.get(k) for k in ("name", "kind", "tracked_ref", "commit", "desired_commit",
+                                   "owner", "message", "url")]
+    fields.append(env.get("family") or env.get("definition"))
+    return q.lower() in " ".join(str(f) for f in fields if f).lower()
+
+
+def ui_api(serve, token, runs):
+    """GET /api/v1/environments from Python and from curl (the baseline: the payload without a
+    browser); its size, and what gzip would make of it."""
+    path = "/api/v1/environments"
+    _, status, headers, body = ui_get(serve.addr, token, path, accept_encoding="gzip")
+    if status != 200:
+        sys.exit(f"measure.py: GET {path} answered {status}: {body[:300]!r}")
+    encoding = headers.get("content-encoding", "")
+    if encoding == "gzip":
+        body = gzip.decompress(body)
+    elif encoding:
+        sys.exit(f"measure.py: GET {path} answered Content-Encoding {encoding}: not decoded here")
+    envs = json.loads(body)["environments"]
+    gz = len(gzip.compress(body, compresslevel=6))
+    curl = shutil.which("curl")
+    for run in range(runs + 1):
+        t, status, _, got = ui_get(serve.addr, token, path)
+        if status != 200:
+            sys.exit(f"measure.py: GET {path} answered {status}")
+        t0 = time.perf_counter()
+        json.loads(got)
+        parse = time.perf_counter() - t0
+        if curl:
+            out = subprocess.run(
+                [curl, "-sS", "-o", "/dev/null", "-w", "%{time_total} %{size_download}",
+                 "-H", f"Authorization: Bearer {token}", f"http://{serve.addr}{path}"],
+                check=True, capture_output=True, text=True).stdout.split()
+        # Two at once, as the page asks for it on load (see ui_run): the slower of the two.
+        pair = []
+        threads = [threading.Thread(target=lambda: pair.append(ui_get(serve.addr, token,
+                                                                      path)[0]))
+                   for _ in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if run == 0:
+            continue  # warm-up
+        record("ui/api-python-pair", [max(pair)])
+        record("ui/api-python", [t], bytes=len(got), gzip_bytes=gz,
+               content_encoding=encoding or None, n=len(envs))
+        record("ui/api-python-parse", [parse])
+        if curl:
+            record("ui/api-curl", [float(out[0])], bytes=int(out[1]))
+    return envs
+
+
+def ui_metrics(wd):
+    """Chromium's counters of the page's main-thread work (CDP Performance.getMetrics:
+    cumulative seconds within a document), or None."""
+    try:
+        return {m["name"]: m["value"] for m in wd.cdp("Performance.getMetrics")["metrics"]}
+    except (WebDriverError, KeyError, TypeError):
+        return None
+
+
+def ui_split(before, after):
+    """Where the main thread's time went between two ui_metrics readings: style
+    recalculation, layout, and all its tasks (which also hold scripts, paint and the rest)."""
+    if not before or not after:
+        return {}
+    # (Its ScriptDuration is left out: it misses scripts run from a promise's continuation,
+    # e.g. after a fetch, which is how app.js renders.)
+    keys = {"style": "RecalcStyleDuration", "layout": "LayoutDuration", "tasks": "TaskDuration"}
+    return {part: after[k] - before[k] for part, k in keys.items() if k in before and k in after}
+
+
+def ui_run(wd, serve, chromium, profile, token, n, envs, q, live_env, repo, run, keep):
+    """One fresh browser session: log in through the form, open the dashboard again (a new
+    navigation with the session cookie), type a search, clear it, one live update. Records the
+    samples when keep (else a warm-up)."""
+    t0 = time.perf_counter()
+    caps = wd.session(chromium, profile)
+    session_start = time.perf_counter() - t0
+    rec = record if keep else (lambda *a, **k: None)
+    base = f"http://{serve.addr}"
+    if not keep:
+        record("ui/browser", [], unit="note", browser=caps.get("browserVersion", "?"),
+               chromedriver=(caps.get("chrome") or {}).get("chromedriverVersion", "?")
+               .split(" ")[0])
+    try:
+        wd.cdp("Page.addScriptToEvaluateOnNewDocument", source=UI_INIT % (n, json.dumps(UI_ROWS)))
+        try:
+            wd.cdp("Performance.enable")
+        except WebDriverError:
+            pass
+        # -- log in through the form: from its submission to the N rows, in the same document
+        wd.goto(base + "/")
+        wd.wait_js("return !!document.querySelector('#token');", "the login form")
+        wd.type_into("#token", token)
+        wd.click("#login-submit")
+        wd.wait_js("return window.__bench.painted !== null;", f"{n} rows after logging in")
+        login = wd.js(UI_LOAD_FACTS % json.dumps(UI_ROWS))
+        # -- open the dashboard again: a new document, the session cookie set (as a reload or a
+        # bookmark does), from the navigation's start to the N rows in the table and painted
+        wd.goto(base + "/")
+        wd.wait_js("return window.__bench && window.__bench.painted !== null;",
+                   f"{n} rows after opening the dashboard")
+        # The page reads the list twice on load (see the report): let the second land too.
+        try:
+            wd.wait_js("return performance.getEntriesByType('resource').filter((e) => "
+                       "new URL(e.name).pathname === '/api/v1/environments' && e.responseEnd > 0)"
+                       ".length >= 2;", "the second read of the list", timeout=5)
+        except WebDriverError:
+            pass
+        time.sleep(0.3)
+        load = wd.js(UI_LOAD_FACTS % json.dumps(UI_ROWS))
+        if load["row_count"] != n:
+            sys.exit(f"measure.py: the dashboard shows {load['row_count']} rows, expected {n}")
+        heap_gc = None
+        try:
+            wd.cdp("HeapProfiler.collectGarbage")
+            heap_gc = wd.js("return performance.memory ? performance.memory.usedJSHeapSize "
+                            ": null;")
+        except WebDriverError:
+            pass
+        # -- the text filter: typed key by key, then one change each way
+        want = sum(1 for e in envs if ui_matches(e, q))
+        wd.js(UI_TYPE_ARM % json.dumps(UI_ROWS), want)
+        wd.type_into("#filter-q", q)
+        typed = wd.wait_js("const b = window.__type; return b.painted !== null && b;",
+                           f"{want} rows after typing {q!r}", timeout=30)
+        clear1 = wd.js(UI_FILTER % json.dumps(UI_ROWS), "")
+        apply = wd.js(UI_FILTER % json.dumps(UI_ROWS), q)
+        before = ui_metrics(wd)
+        clear2 = wd.js(UI_FILTER % json.dumps(UI_ROWS), "")
+        clear_split = ui_split(before, ui_metrics(wd))
+        for what, got, expect in (("clear", clear1, n), ("filter", apply, want),
+                                  ("clear", clear2, n)):
+            if got["rows"] != expect:
+                sys.exit(f"measure.py: {what} left {got['rows']} rows, expected {expect}")
+        # -- a live update: a new commit on one environment's branch, POST /api/v1/refresh
+        branch = "feature/" + live_env.split("feature-", 1)[1]
+        tree = git(repo, "rev-parse", f"{branch}^{{tree}}")
+        sha = git(repo, "commit-tree", tree, "-p", branch, "-m", f"bench ui run {run}")
+        git(repo, "update-ref", f"refs/heads/{branch}", sha)
+        before = ui_metrics(wd)
+        upd = wd.js(UI_LIVE, token, live_env, sha, timeout=60)
+        live_split = ui_split(before, ui_metrics(wd))
+        if upd["status"] != 200 or upd["frame"] is None:
+            sys.exit(f"measure.py: the live update of {live_env} did not show: {upd}")
+        # The deployment's own times (wall clock, the server's record), against the page's
+        # (performance.timeOrigin + now(): the same machine's clock).
+        d = finished_deployment(serve, token, live_env, sha)
+        deploy = [wall_s(d[k]) * 1000 - upd["epoch"] for k in ("started_at", "finished_at")]
+        ms = 1e-3
+        lst = min(load["list"], key=lambda e: e["start"]) if load["list"] else {}
+        rec("ui/session-start", [session_start])
+        rec("ui/login-rows", [(login["rows"] - login["submit"]) * ms])
+        rec("ui/login-painted", [(login["painted"] - login["submit"]) * ms])
+        rec("ui/load-rows", [load["rows"] * ms])
+        rec("ui/load-painted", [load["painted"] * ms])
+        rec("ui/load-dcl", [load["dcl"] * ms])
+        if len(load["list"]) > 1:
+            again = sorted(load["list"], key=lambda e: e["start"])[1]
+            rec("ui/load-list2-start", [again["start"] * ms])
+            rec("ui/load-list2-end", [again["end"] * ms])
+        if lst:
+            rec("ui/load-list-start", [lst["start"] * ms])
+            rec("ui/load-list-end", [lst["end"] * ms])
+            rec("ui/load-list-fetches", [len(load["list"])], unit="requests",
+                transfer=lst["transfer"], encoded=lst["encoded"], decoded=lst["decoded"])
+        if load["whoami"]:
+            rec("ui/load-whoami-end", [load["whoami"][0]["end"] * ms])
+        rec("ui/load-longtask-max", [load["longtask_max"] * ms])
+        rec("ui/load-blocking", [load["blocking"] * ms])
+        rec("ui/dom-nodes", [load["dom_nodes"]], unit="nodes")
+        if load["heap"] is not None:
+            rec("ui/heap", [load["heap"]], unit="B")
+        if heap_gc is not None:
+            rec("ui/heap-gc", [heap_gc], unit="B")
+        rec("ui/filter-type", [(typed["rows"] - typed["first"]) * ms], query=q, rows=want)
+        rec("ui/filter-type-painted", [(typed["painted"] - typed["first"]) * ms])
+        rec("ui/filter-apply", [apply["handler"] * ms], rows=want)
+        rec("ui/filter-apply-painted", [apply["frame"] * ms])
+        rec("ui/filter-clear", [clear2["handler"] * ms], rows=n)
+        rec("ui/filter-clear-painted", [clear2["frame"] * ms])
+        for part, seconds in clear_split.items():
+            rec(f"ui/filter-clear-{part}", [seconds])
+        rec("ui/live-answered", [upd["answered"] * ms], environment=live_env)
+        rec("ui/live-deploy-started", [deploy[0] * ms])
+        rec("ui/live-deploy-finished", [deploy[1] * ms])
+        if upd["event"] is not None:
+            rec("ui/live-event", [upd["event"] * ms])
+        if upd["gets"]:
+            rec("ui/live-get-end", [upd["gets"][-1][1] * ms], gets=len(upd["gets"]))
+        rec("ui/live-row", [upd["row"] * ms])
+        rec("ui/live-painted", [upd["frame"] * ms])
+        for part, seconds in live_split.items():
+            rec(f"ui/live-{part}", [seconds])
+    finally:
+        wd.end_session()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def ui(argv):
+    opts = dict(zip(argv[::2], argv[1::2]))
+    slipway, home, config = opts["--slipway"], opts["--home"], opts["--config"]
+    repo = opts["--repo-dir"]
+    n, runs, work = int(opts["--n"]), int(opts["--runs"]), opts["--work"]
+    chromedriver, chromium = opts["--chromedriver"], opts["--chromium"]
+    os.makedirs(work, exist_ok=True)
+    token = make_token(slipway, home)
+    serve = Serve(slipway, home, config, f"file://{repo}")
+    wd = None
+    try:
+        serve.wait_healthy()
+        # On a home section 3 left, a restart pass; on a fresh one, the first sync. Either way
+        # the browser starts once the controller is idle.
+        t, _, _, _ = wait_pass(serve, n, 0.05, timeout=900, want_synced=n)
+        print(f"  {n} environments synced, the controller idle ({t:.1f} s after launch)",
+              file=sys.stderr)
+        envs = ui_api(serve, token, runs)
+        if len(envs) != n:
+            sys.exit(f"measure.py: the API lists {len(envs)} environments, expected {n}")
+        names = sorted(e["name"] for e in envs)
+        q = names[min(42, n - 1)].rsplit("-", 1)[-1]  # e.g. e0042: one row
+        live_env = names[n // 2]
+        try:
+            wd = WebDriver(chromedriver, work)
+        except WebDriverError as e:
+            record("ui/skipped", [], unit="note", reason=f"chromedriver did not start: {e}")
+            return
+        for run in range(runs + 1):
+            print(f"  {'warm-up' if run == 0 else f'run {run}/{runs}'}: a browser session",
+                  file=sys.stderr)
+            profile = os.path.join(work, f"profile-{run}")
+            try:
+                ui_run(wd, serve, chromium, profile, token, n, envs, q, live_env, repo, run,
+                       keep=run > 0)
+            except WebDriverError as e:
+                if run == 0 and "session not created" in str(e):
+                    record("ui/skipped", [], unit="note",
+                           reason=f"Chromium did not start: {str(e)[:400]}")
+                    return
+                sys.exit(f"measure.py: WebDriver: {e}\n--- chromedriver log (tail)\n"
+                         f"{wd.log_tail()}")
+            serve.check_alive()
+    finally:
+        if wd:
+            wd.close()
+        serve.stop()
+        # Chromium's processes run in `work` and name their profile there: give them a moment
+        # to exit after their session, then kill any left (and say which).
+        left = settle(lambda: len(ui_processes(work)), 0, timeout=5)
+        if left:
+            print(f"  still running after the sessions ended, killed: {ui_processes(work)}",
+                  file=sys.stderr)
+            for pid, _ in ui_processes(work):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    if settle(lambda: len(ui_processes(work)), 0):
+        sys.exit(f"measure.py: browser process(es) left: {ui_processes(work)}")
+
+
+def ui_processes(work):
+    """(pid, command) of the live processes chromedriver and Chromium started: they run in
+    work, or name its profiles or chromedriver's log (not `work` alone: this command's own
+    command line, and its parents', name it too)."""
+    marks = (os.path.join(work, "profile-").encode(), os.path.join(work, "chromedriver.log")
+             .encode())
+    return [(pid, cmd.replace(b"\0", b" ")[:120].decode(errors="replace"))
+            for pid, _, cmd in processes()
+            if cmd and pid != os.getpid()
+            and (any(m in cmd for m in marks) or under(cwd_of(pid), work))]
+
+
 # --- PostgreSQL: a database per environment ------------------------------------------------------
 
 PG_TOOLS = ("psql", "createdb", "dropdb", "createuser", "dropuser")
@@ -2126,6 +2701,10 @@ def main(argv):
         previews(argv[2:])
     elif what == "prs":
         prs(argv[2:])
+    elif what == "ui":
+        ui(argv[2:])
+    elif what == "ui-skip":
+        record("ui/skipped", [], unit="note", reason=argv[2])
     elif what == "pr-skip":
         record("pr/skipped", [], unit="note", reason=argv[2])
     elif what == "pg-check":
