@@ -327,7 +327,11 @@ pub(crate) fn reconcile(
         Err(EngineError::Locked(_)) => return Ok(Action::Requeue(Duration::from_secs(2))),
         Err(e) => return Err(e.into()),
     };
-    // A person asking for a sync wants the branch as it is now, not as of the last poll.
+    // A person asking for a sync wants the branch as it is now, not as of the last poll:
+    // fetch, then resolve the ref afresh.
+    if trigger == Trigger::Manual && !record.pinned {
+        inner.source.fetch()?;
+    }
     let tip = if record.pinned || trigger == Trigger::Manual {
         None
     } else {
