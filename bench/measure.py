@@ -1321,6 +1321,10 @@ class FakeGitHub:
                              if self.prs[n]["state"] == "open"]
             case ("GET", ["pulls", n]) if n.isdigit() and int(n) in self.prs:
                 return 200, self.prs[int(n)]
+            case ("GET", ["pulls", n, "reviews"]) if n.isdigit() and int(n) in self.prs:
+                # Nobody reviews in the benchmark: Slipway asks when a head moves (approvals
+                # that name no commit go stale), GitHub's always name one.
+                return 200, []
             case ("GET", ["issues", n, "comments"]) if n.isdigit():
                 return 200, [self.comment_json(i) for i in sorted(self.comments)
                              if self.comments[i]["pr"] == int(n)]
