@@ -51,6 +51,8 @@
     filters: { state: "", kind: "", owner: "", q: "" },
     view: null, // what is on screen: {name, env?, ...}
     stream: null, // the EventSource of /api/v1/events
+    streamOpen: false, // whether it is open now
+    rows: new Map(), // name -> the dashboard row last built for it, shown or not
     lastEventId: null,
     eventCount: 0,
     watches: [], // operations waiting for an event: {env, since, kinds, done}
@@ -334,9 +336,11 @@
 
   function loggedOut(why) {
     if (state.stream) state.stream.close();
+    state.streamOpen = false;
     state.stream = null;
     state.me = null;
     state.envs.clear();
+    state.rows.clear();
     state.loaded = false;
     $("#who").hidden = true;
     $("#logout").hidden = true;
@@ -413,8 +417,10 @@
     state.stream = stream;
     live("reconnecting", "connecting");
     stream.onopen = () => {
+      state.streamOpen = true;
       live("live");
-      // Whatever changed before the stream was open is read now.
+      // Whatever changed before the stream was open is read now: the list is read only once
+      // the stream is open, so no event falls between the two.
       refreshList();
       refreshView();
     };
@@ -431,6 +437,7 @@
       onEvent(event);
     };
     stream.onerror = () => {
+      state.streamOpen = false;
       if (stream.readyState === EventSource.CLOSED) {
         // Refused (a session that ended) or the server is gone: find out which, then retry.
         live("offline");
@@ -612,7 +619,12 @@
     );
     focusHeading();
     renderDashboardData();
-    if (!state.loaded) refreshList();
+    // The stream's opening reads the list (once); read it here only when the stream is
+    // already open, or has not opened after a while (a proxy that holds event streams).
+    if (!state.loaded) {
+      if (state.streamOpen) refreshList();
+      else setTimeout(() => { if (!state.loaded) refreshList(); }, 2000);
+    }
   }
 
   function setFilter(key, value) {
@@ -705,12 +717,18 @@
     const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("tr[data-env]");
     const focusKey = focused && document.activeElement.dataset.focus;
     const focusEnv = focused && focused.dataset.env;
-    const existing = new Map([...tbody.querySelectorAll("tr[data-env]")].map((tr) => [tr.dataset.env, tr]));
+    // Rows are kept across renders, shown or not: clearing a filter puts the same elements
+    // back instead of building a thousand again.
     const rows = [];
     for (const env of shown) {
       const signature = JSON.stringify([env, state.me && state.me.role]);
-      const old = existing.get(env.name);
-      rows.push(old && old.dataset.signature === signature ? old : environmentRow(env, signature));
+      const old = state.rows.get(env.name);
+      const row = old && old.dataset.signature === signature ? old : environmentRow(env, signature);
+      state.rows.set(env.name, row);
+      rows.push(row);
+    }
+    for (const name of state.rows.keys()) {
+      if (!state.envs.has(name)) state.rows.delete(name);
     }
     if (!state.loaded) {
       rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, "Loading…")));
