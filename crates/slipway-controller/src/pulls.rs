@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use slipway_core::plan::{Action as Change, Plan};
 use slipway_core::render::EnvKind;
-use slipway_engine::{EngineConfig, EnvTarget, Origin, source};
+use slipway_engine::{EngineConfig, EnvTarget, Origin};
 use slipway_forge::{
     Command, CommitStatus, DEFAULT_PLAN_MARKER, EnvPlan, Forge, ForgeConfig, ForgeEvent, ForgeKind,
     PlanCommentOptions, PrAction, PrState, PullRequestInfo, StatusState, WebhookVerifier,
@@ -412,9 +412,10 @@ pub(crate) fn post_plans(
             return Err(e);
         }
     };
-    let loaded = source::load_commit(inner.source.as_ref(), &head, &inner.folder)?;
+    // Through the engine's commit cache: the plans below prepare from the same load.
+    let cached = inner.engine.load(&origin_at(inner, &head))?;
     let mut plans = Vec::new();
-    match loaded.valid_stack() {
+    match cached.loaded.valid_stack() {
         Err(first) => plans.push(EnvPlan {
             env: "(all)".into(),
             summary_line: "the stack does not validate".into(),
@@ -440,13 +441,7 @@ pub(crate) fn post_plans(
                 });
             }
             for target in targets {
-                let origin = Origin {
-                    source: inner.source.as_ref(),
-                    repo: &inner.repo_label,
-                    reference: &head,
-                    folder: &inner.folder,
-                    tip: Some(&head),
-                };
+                let origin = origin_at(inner, &head);
                 let preview_url = inner
                     .preview_port
                     .get()
@@ -759,8 +754,8 @@ fn apply(
         store.upsert_pull_request(record)?;
     }
     let head = fetched_head(inner, record)?;
-    let loaded = source::load_commit(inner.source.as_ref(), &head, &inner.folder)?;
-    let stack = match loaded.valid_stack() {
+    let cached = inner.engine.load(&origin_at(inner, &head))?;
+    let stack = match cached.loaded.valid_stack() {
         Ok(stack) => stack,
         Err(first) => {
             return refuse(format!(
@@ -783,8 +778,12 @@ fn apply(
     };
     // The rules come from the base branch, not from the pull request: a change must not be
     // able to lower its own requirements.
-    let base = source::load_commit(inner.source.as_ref(), &record.base_ref, &inner.folder)?;
+    let base = inner.engine.load(&Origin {
+        tip: None,
+        ..origin_at(inner, &record.base_ref)
+    })?;
     let requirements = match base
+        .loaded
         .valid_stack()
         .ok()
         .and_then(|s| s.environments.get(env).cloned())
@@ -941,6 +940,17 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         }
     }
     Ok(follow)
+}
+
+/// Where `reference` (a commit id, or a branch with `tip: None`) is read from.
+fn origin_at<'a>(inner: &'a Inner, reference: &'a str) -> Origin<'a> {
+    Origin {
+        source: inner.source.as_ref(),
+        repo: &inner.repo_label,
+        reference,
+        folder: &inner.folder,
+        tip: Some(reference),
+    }
 }
 
 fn event(inner: &Inner, env: &str, kind: &str, message: &str) {

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use crate::source::LoadedCommit;
 
 /// One commit's stack, loaded, with its resources' source hashes.
-pub(crate) struct Cached {
+pub struct Cached {
+    /// The stack loaded from the commit.
     pub loaded: LoadedCommit,
+    /// The source hash of each resource that runs repository code.
     pub sources: BTreeMap<String, String>,
 }
 

@@ -19,6 +19,7 @@
 
 pub mod apply;
 mod cache;
+pub use cache::Cached;
 pub mod config;
 pub mod resolve;
 pub mod secrets;
@@ -505,6 +506,13 @@ impl Engine {
             owner: target.owner.clone(),
             secrets,
         })
+    }
+
+    /// The stack at `origin`'s commit through the engine's commit cache, which
+    /// [`Engine::prepare`] uses too: a caller that looks at the stack before preparing
+    /// environments from it reads the commit from git once.
+    pub fn load(&self, origin: &Origin<'_>) -> Result<Arc<cache::Cached>, EngineError> {
+        self.load_cached(origin)
     }
 
     /// The stack at `origin`'s commit, loaded and with its source hashes: from the cache when

@@ -33,6 +33,18 @@ pub enum StatusState {
     Error,
 }
 
+impl StatusState {
+    /// The name GitHub and Gitea give it (`pending`, `success`, `failure`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        }
+    }
+}
+
 /// A commit status to set on a pull request's head commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitStatus {

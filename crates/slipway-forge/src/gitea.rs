@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::api::{
     self, Api, Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, Method, PrState,
-    PullRequestDetails, StatusState,
+    PullRequestDetails,
 };
 use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
 use crate::github::latest_approvals;
@@ -334,12 +334,7 @@ impl Forge for Gitea {
     fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
         api::check_sha(&status.sha)?;
         api::check_context(&status.context)?;
-        let state = match status.state {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            StatusState::Failure => "failure",
-            StatusState::Error => "error",
-        };
+        let state = status.state.as_str();
         let mut body = json!({
             "state": state,
             "context": status.context,
