@@ -34,10 +34,16 @@ git_ checkout -q -b feature/hello
 sed -i 's/Hello from Slipway/Hello from a feature branch/' "$dir/repo/slipway.yaml"
 git_ commit -qam "A change to preview" && git_ checkout -q main
 
+# The example's database lives on a PostgreSQL server: QUICKSTART_PG_URL names one, otherwise
+# one with trust authentication on 127.0.0.1:5432 is used, started by scripts/postgres.sh
+# (a throwaway cluster in target/test-postgres) when nothing answers there.
+if [ -z "${QUICKSTART_PG_URL:-}" ]; then
+  bash scripts/postgres.sh
+fi
 pg_url=${QUICKSTART_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 if ! pg_isready -q -d "$pg_url" 2>/dev/null; then
-  echo "PostgreSQL does not answer at $pg_url: start it (or set QUICKSTART_PG_URL)." >&2
-  echo "On Debian: sudo apt-get install -y postgresql && sudo service postgresql start" >&2
+  echo "PostgreSQL does not answer at QUICKSTART_PG_URL ($pg_url): start it, or unset the" >&2
+  echo "variable to let scripts/postgres.sh start a throwaway one on 127.0.0.1:5432." >&2
   exit 1
 fi
 cat > "$dir/engine.toml" <<TOML
