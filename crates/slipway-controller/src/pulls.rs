@@ -198,7 +198,12 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         base_ref: pr.base_ref.clone(),
         is_fork: pr.is_fork,
         state: state.into(),
-        preview_allowed: !pr.is_fork || allowed || known.is_some_and(|k| k.preview_allowed),
+        // A maintainer's `/slipway preview` vouched for the code they saw: that head commit
+        // only. A new push from the fork stops at plans until someone approves it again;
+        // `fork_allow` is read afresh for every head (removing a login takes effect).
+        preview_allowed: !pr.is_fork
+            || allowed
+            || known.is_some_and(|k| k.preview_allowed && k.head_sha == pr.head_sha),
         url: pr.url.clone(),
         updated_at: now_ms(),
         stale_approvers: Vec::new(),
@@ -278,15 +283,13 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
         );
         return Ok(());
     };
-    let approved = forge
-        .approvals(number)
-        .map_err(forge_error)?
-        .iter()
-        .any(|a| {
-            a.commit_sha
-                .as_deref()
-                .is_none_or(|c| c == details.info.head_sha)
-        });
+    let approvals = forge.approvals(number).map_err(forge_error)?;
+    let approved = qualified_approval(forge.as_ref(), &approvals, &details.info.author, |a| {
+        a.commit_sha
+            .as_deref()
+            .is_none_or(|c| c == details.info.head_sha)
+    })?
+    .is_some();
     inner
         .engine
         .store()
@@ -297,6 +300,32 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
             at: now_ms(),
         })?;
     Ok(())
+}
+
+/// Whether an approval by `reviewer` counts on a pull request by `author`: only from someone
+/// with write access (anyone may leave an approving review), and never the author's own.
+pub(crate) fn approval_counts(reviewer: &str, author: &str, has_write_access: bool) -> bool {
+    has_write_access && !reviewer.eq_ignore_ascii_case(author)
+}
+
+/// The first of `approvals` that `relevant` keeps (for the right commit) and that counts
+/// ([`approval_counts`]); write access is asked of the forge for those only.
+fn qualified_approval(
+    forge: &dyn Forge,
+    approvals: &[slipway_forge::Approval],
+    author: &str,
+    relevant: impl Fn(&slipway_forge::Approval) -> bool,
+) -> Result<Option<String>, ControllerError> {
+    for a in approvals.iter().filter(|a| relevant(a)) {
+        if a.author.eq_ignore_ascii_case(author) {
+            continue;
+        }
+        let writes = forge.has_write_access(&a.author).map_err(forge_error)?;
+        if approval_counts(&a.author, author, writes) {
+            return Ok(Some(a.author.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Releases the locks of pull request `number`: those environments follow their branch
@@ -674,7 +703,14 @@ fn comment(
             Ok(FollowUp::default())
         }
         Command::Preview => {
-            if !record.preview_allowed {
+            // The approval is for the code the maintainer saw: the head the forge shows now.
+            let head = forge
+                .pull_request(number)
+                .map_err(forge_error)?
+                .info
+                .head_sha;
+            if !record.preview_allowed || record.head_sha != head {
+                record.head_sha = head;
                 record.preview_allowed = true;
                 record.updated_at = now_ms();
                 store.upsert_pull_request(&record)?;
@@ -682,8 +718,15 @@ fn comment(
                     inner,
                     number,
                     &format!(
-                        "@{author} allowed a preview environment for this pull request: \
-                         `pr-{number}` is on its way."
+                        "@{author} allowed a preview environment for this pull request at {}: \
+                         `pr-{number}` is on its way. {}",
+                        short(&record.head_sha),
+                        if record.is_fork {
+                            "It runs this commit only: a new push waits for another \
+                             `/slipway preview`."
+                        } else {
+                            ""
+                        }
                     ),
                 );
             }
@@ -728,9 +771,26 @@ fn comment(
     }
 }
 
-/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when ENV's apply
-/// requirements hold and no other pull request holds it; ENV is then locked to this pull
-/// request (and stays on its head) until it is merged or closed, or unlocked.
+/// The rules `/slipway apply ENV` judges a pull request by: those of the branch ENV tracks
+/// (its stack at the branch's head), of what ENV runs (in force), and of the pull request's
+/// own head, each at the stronger. A pull request cannot lower its own requirements, and a
+/// base branch nobody reviews cannot either: only the tracked branch's rules count.
+pub(crate) fn apply_rules(
+    tracked: Option<&slipway_engine::Rules>,
+    in_force: Option<&slipway_engine::Rules>,
+    head: &slipway_engine::Rules,
+) -> slipway_engine::Rules {
+    let mut rules = head.clone();
+    for r in [tracked, in_force].into_iter().flatten() {
+        rules = rules.stronger(r);
+    }
+    rules
+}
+
+/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when the pull
+/// request is into the branch ENV tracks, ENV's apply requirements hold and no other pull
+/// request holds it; ENV is then locked to this pull request (and stays on its head) until it
+/// is merged or closed, or unlocked. Refused or held, it leaves no lock and no pin behind.
 fn apply(
     inner: &Inner,
     record: &mut PullRequestRecord,
@@ -749,9 +809,28 @@ fn apply(
     if details.state != PrState::Open {
         return refuse(format!("#{number} is not open; nothing was applied."));
     }
-    if details.info.head_sha != record.head_sha {
+    if details.info.head_sha != record.head_sha || details.info.base_ref != record.base_ref {
         record.head_sha = details.info.head_sha.clone();
+        record.base_ref = details.info.base_ref.clone();
         store.upsert_pull_request(record)?;
+    }
+    // Which branch ENV tracks is the environment's record (discovery wrote it from the
+    // default branch's stack), never what the pull request's stack says.
+    let Some(existing) = store.environment(env)?.filter(|e| e.kind == "static") else {
+        return refuse(format!(
+            "`{env}` is not a deployed static environment; `/slipway apply` takes one that \
+             Slipway already runs from its branch."
+        ));
+    };
+    let Some(tracked) = existing.tracked_ref.clone() else {
+        return refuse(format!("`{env}` tracks no branch; nothing was applied."));
+    };
+    if record.base_ref != tracked {
+        return refuse(format!(
+            "Not applied: `{env}` tracks `{tracked}`, and this pull request is into `{}`. Only \
+             a pull request into `{tracked}` can be applied to `{env}`.",
+            record.base_ref
+        ));
     }
     let head = fetched_head(inner, record)?;
     let cached = inner.engine.load(&origin_at(inner, &head))?;
@@ -765,50 +844,51 @@ fn apply(
         }
     };
     let Some(def) = stack.environments.get(env).filter(|d| d.track.is_some()) else {
-        let known: Vec<&str> = stack
-            .environments
-            .iter()
-            .filter(|(_, d)| d.track.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect();
         return refuse(format!(
-            "`{env}` is not a static environment of this stack; `/slipway apply` takes one of: {}.",
-            known.join(", ")
+            "`{env}` is not a static environment of the stack at {}; nothing was applied.",
+            short(&head)
         ));
     };
-    // The rules come from the base branch, not from the pull request: a change must not be
-    // able to lower its own requirements.
-    let base = inner.engine.load(&Origin {
+    let head_rules = slipway_engine::Rules::declared(def, EnvKind::Static);
+    // The rules of the branch ENV tracks, at its head: a change must not be able to lower
+    // its own requirements.
+    let branch = inner.engine.load(&Origin {
         tip: None,
-        ..origin_at(inner, &record.base_ref)
+        ..origin_at(inner, &tracked)
     })?;
-    let requirements = match base
+    let tracked_rules = branch
         .loaded
         .valid_stack()
         .ok()
-        .and_then(|s| s.environments.get(env).cloned())
-    {
-        Some(base_def) => base_def.apply_requirements(),
-        None if def.protected => slipway_core::stack::APPLY_REQUIREMENTS
-            .iter()
-            .map(|r| r.to_string())
-            .collect(),
-        None => def.apply_requirements(),
-    };
+        .and_then(|s| s.environments.get(env))
+        .map(|d| slipway_engine::Rules::declared(d, EnvKind::Static));
+    let in_force = inner
+        .engine
+        .rules_in_force(&origin_at(inner, &head), env, env)?;
+    let rules = apply_rules(tracked_rules.as_ref(), in_force.as_ref(), &head_rules);
     let mut unmet = Vec::new();
-    if requirements.iter().any(|r| r == "approved") {
+    if rules.apply_requirements.iter().any(|r| r == "approved") {
         let approvals = forge.approvals(number as u64).map_err(forge_error)?;
         // An approval counts for the head it names; one that names none (GitLab) counts
         // unless its reviewer had approved before the last push (and so approved older code).
-        let current = approvals.iter().any(|a| match a.commit_sha.as_deref() {
+        // Only a reviewer with write access who is not the author approves.
+        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| match a
+            .commit_sha
+            .as_deref()
+        {
             Some(c) => c == head,
             None => !record.stale_approvers.contains(&a.author),
-        });
-        if !current {
-            unmet.push("approved (no approval of the head commit)".to_string());
+        })?;
+        if current.is_none() {
+            unmet.push(
+                "approved (no approval of the head commit by a reviewer with write access \
+                 other than its author)"
+                    .to_string(),
+            );
         }
     }
-    if requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true) {
+    if rules.apply_requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true)
+    {
         unmet.push(match details.mergeable {
             Some(false) => "mergeable (it has conflicts or failing required checks)".to_string(),
             _ => "mergeable (the forge has not decided yet; try again in a moment)".to_string(),
@@ -820,6 +900,25 @@ fn apply(
             unmet.join("; ")
         ));
     }
+    // A protected environment's destroys need a person's typed confirmation, which a comment
+    // is not: refuse before taking the lock.
+    let mut prepared = inner
+        .engine
+        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))?;
+    prepared.protected |= rules.protected;
+    let destroys: Vec<String> = slipway_engine::apply::protected_destroys(&prepared)
+        .iter()
+        .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
+        .collect();
+    if !destroys.is_empty() {
+        return refuse(format!(
+            "Not applied: `{env}` is protected and #{number} at {} destroys {}. A comment \
+             cannot confirm that; merge it and confirm on the server (`slipway apply --env \
+             {env} --confirm-destroy {env}`). `{env}` is not locked.",
+            short(&head),
+            destroys.join(", ")
+        ));
+    }
     let lock = store.lock_environment(env, number, author, now_ms())?;
     if lock.pull_request != number {
         return refuse(format!(
@@ -829,17 +928,9 @@ fn apply(
         ));
     }
     // Stay on the pull request's head: the environment is pinned to it until the lock goes.
-    let existing = store.environment(env)?;
-    let mut environment = match existing {
-        Some(e) => e,
-        None => {
-            store.unlock_environment(env, number)?;
-            return refuse(format!(
-                "`{env}` has not been deployed yet; let Slipway deploy it from `{}` first.",
-                def.track.as_deref().unwrap_or("its branch")
-            ));
-        }
-    };
+    let before = store.environment(env)?.unwrap_or(existing);
+    let last_deployment = store.deployments(env, 1)?.first().map(|d| d.id);
+    let mut environment = before.clone();
     environment.pinned = true;
     environment.desired_commit = Some(head.clone());
     environment.updated_at = now_ms();
@@ -862,6 +953,7 @@ fn apply(
         && after
             .as_ref()
             .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+    let started = store.deployments(env, 1)?.first().map(|d| d.id) != last_deployment;
     if applied {
         audit(
             inner,
@@ -880,21 +972,48 @@ fn apply(
                 short(&head)
             ),
         );
-    } else {
-        let why = after
-            .and_then(|e| e.message)
-            .or_else(|| outcome.err().map(|e| e.to_string()))
-            .unwrap_or_else(|| "the apply did not finish".into());
+        return Ok(FollowUp::default());
+    }
+    let why = after
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .or_else(|| outcome.as_ref().err().map(|e| e.to_string()))
+        .unwrap_or_else(|| "the apply did not finish".into());
+    if !started {
+        // Held or refused before anything changed (a protected destroy awaiting a person,
+        // an invalid commit): the environment goes back to following its branch, unlocked.
+        store.unlock_environment(env, number)?;
+        if let Some(mut e) = store.environment(env)? {
+            e.pinned = before.pinned;
+            e.desired_commit = before.desired_commit.clone();
+            e.updated_at = now_ms();
+            store.upsert_environment(&e)?;
+        }
+        audit(inner, author, "pr.apply", env, "refused", &why);
         reply(
             inner,
             number as u64,
             &format!(
-                "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
-                 this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
+                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed and `{env}` \
+                 is not locked.",
                 short(&head)
             ),
         );
+        return Ok(FollowUp {
+            refresh: false,
+            reconcile: vec![env.to_string()],
+        });
     }
+    audit(inner, author, "pr.apply", env, "failed", &why);
+    reply(
+        inner,
+        number as u64,
+        &format!(
+            "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
+             this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
+            short(&head)
+        ),
+    );
     Ok(FollowUp::default())
 }
 
