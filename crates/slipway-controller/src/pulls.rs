@@ -906,17 +906,11 @@ fn apply(
         .engine
         .prepare(&origin_at(inner, &head), &crate::target_of(&existing))?;
     prepared.protected |= rules.protected;
-    let destroys: Vec<String> = slipway_engine::apply::protected_destroys(&prepared)
-        .iter()
-        .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
-        .collect();
-    if !destroys.is_empty() {
+    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
         return refuse(format!(
-            "Not applied: `{env}` is protected and #{number} at {} destroys {}. A comment \
-             cannot confirm that; merge it and confirm on the server (`slipway apply --env \
-             {env} --confirm-destroy {env}`). `{env}` is not locked.",
+            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
+             merge it and have a person confirm on the server. `{env}` is not locked.",
             short(&head),
-            destroys.join(", ")
         ));
     }
     let lock = store.lock_environment(env, number, author, now_ms())?;
@@ -1084,4 +1078,57 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_engine::Rules;
+
+    #[test]
+    fn an_approval_counts_only_from_a_writer_who_is_not_the_author() {
+        assert!(approval_counts("carol", "alice", true));
+        assert!(
+            !approval_counts("mallory", "alice", false),
+            "anyone may approve on a public repository; without write access it does not count"
+        );
+        assert!(
+            !approval_counts("alice", "alice", true),
+            "the author's own approval does not count"
+        );
+        assert!(
+            !approval_counts("Alice", "alice", true),
+            "logins are compared as the forges do, without case"
+        );
+    }
+
+    fn rules(protected: bool, require_pr: bool, reqs: &[&str]) -> Rules {
+        Rules {
+            protected,
+            require_pr,
+            apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pull_request_is_judged_by_the_strongest_of_its_branch_what_runs_and_its_own() {
+        let lowered = rules(false, false, &[]);
+        let branch = rules(true, false, &["approved", "mergeable"]);
+        assert_eq!(
+            apply_rules(Some(&branch), None, &lowered),
+            branch,
+            "the head cannot lower the tracked branch's rules"
+        );
+        let running = rules(false, true, &["approved"]);
+        assert_eq!(
+            apply_rules(Some(&lowered), Some(&running), &lowered),
+            running,
+            "nor those in force, whatever the branch's head says"
+        );
+        assert_eq!(
+            apply_rules(None, None, &branch),
+            branch,
+            "with nothing else known, the head's own rules hold"
+        );
+    }
 }

@@ -460,6 +460,12 @@ pub(crate) fn reconcile(
         hold(inner, &record, &why)?;
         return Ok(requeue);
     }
+    // Only a person confirms destroying something in a protected environment, or removing
+    // its protection: held, not failed by a fault (retrying will not help until then).
+    if let Some(why) = slipway_engine::apply::held_for_confirmation(&prepared) {
+        hold(inner, &record, &why)?;
+        return Ok(requeue);
+    }
     if !prepared.plan.has_changes() {
         if record.sync != "synced" || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
         {

@@ -491,42 +491,51 @@ fn a_direct_push_cannot_switch_off_require_pr() {
 
 /// §2.4, `protected`: a commit that dropped `protected: true` and a resource deleted it without
 /// confirmation. Now the commit is judged as protected (the rule in force), so the delete is
-/// held until a person confirms; once confirmed and deployed, the lowered rule is in force.
+/// held until a person confirms, and so is dropping the protection alone (or one commit could
+/// drop it and the next delete freely); once confirmed and deployed, the lowered rule is in
+/// force.
 #[test]
 fn a_commit_that_drops_protected_cannot_delete_without_confirmation() {
     let w = World::new();
     assert!(w.note_exists("prod"));
-    let unprotected = without_note(&STACK.replace(", protected: true", ""));
+    let unprotected = STACK.replace(", protected: true", "");
+    let before = git(&w.s.repo, &["rev-parse", "HEAD"]);
     w.s.write("slipway.yaml", &unprotected)
         .write("greeting.txt", "v2");
-    let head = w.s.commit("prod is not protected any more, and note goes");
-    w.accepted(
-        "push",
-        &push_payload("main", &git(&w.s.repo, &["rev-parse", "HEAD~1"]), &head),
-    );
+    let first = w.s.commit("prod is not protected any more");
+    w.accepted("push", &push_payload("main", &before, &first));
     w.serves("qa", "v2");
+    let held = w.held("prod", &["removes its `protected` setting"]);
+    assert!(held.contains("--confirm-destroy prod"), "{held}");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // The next commit deletes, counting on the protection being gone.
+    w.s.write("slipway.yaml", &without_note(&unprotected))
+        .write("greeting.txt", "v3");
+    let second = w.s.commit("and note goes");
+    w.accepted("push", &push_payload("main", &first, &second));
+    w.serves("qa", "v3");
+    assert!(!w.note_exists("qa"), "qa, never protected, took it");
     let held = w.held("prod", &["protected", "note"]);
     assert!(held.contains("held"), "{held}");
     assert!(w.note_exists("prod"), "nothing was deleted in prod");
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
-    assert!(!w.note_exists("qa"), "qa, never protected, took it");
 
     // The legitimate path: a person confirms.
     let url = format!("file://{}", w.s.repo.display());
-    w.s.ok(&[
-        "apply",
-        "--repo",
-        &url,
-        "--ref",
-        "main",
-        "--env",
-        "prod",
-        "--yes",
-        "--confirm-destroy",
-        "prod",
-    ]);
+    let apply = [
+        "apply", "--repo", &url, "--ref", "main", "--env", "prod", "--yes",
+    ];
+    let refused = w.s.expect_code(&apply, 1);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--confirm-destroy prod"),
+        "the command line asks for the confirmation too"
+    );
+    let mut confirmed = apply.to_vec();
+    confirmed.extend(["--confirm-destroy", "prod"]);
+    w.s.ok(&confirmed);
     assert!(!w.note_exists("prod"), "deleted once confirmed");
-    w.serves("prod", "v2");
+    w.serves("prod", "v3");
     assert_eq!(
         w.environment("prod")["protected"],
         false,
