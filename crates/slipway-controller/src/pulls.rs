@@ -284,11 +284,24 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
         return Ok(());
     };
     let approvals = forge.approvals(number).map_err(forge_error)?;
-    let approved = qualified_approval(forge.as_ref(), &approvals, &details.info.author, |a| {
-        a.commit_sha
-            .as_deref()
-            .is_none_or(|c| c == details.info.head_sha)
-    })?
+    // The same rule as `/slipway apply`: an approval of the head that was merged, by a
+    // reviewer with write access who is not the author; one that names no commit (GitLab)
+    // counts unless its reviewer approved before the last push.
+    let stale = inner
+        .engine
+        .store()
+        .pull_request(number as i64)?
+        .map(|r| r.stale_approvers)
+        .unwrap_or_default();
+    let approved = qualified_approval(
+        forge.as_ref(),
+        &approvals,
+        &details.info.author,
+        |a| match a.commit_sha.as_deref() {
+            Some(c) => c == details.info.head_sha,
+            None => !stale.contains(&a.author),
+        },
+    )?
     .is_some();
     inner
         .engine
@@ -902,9 +915,18 @@ fn apply(
     }
     // A protected environment's destroys need a person's typed confirmation, which a comment
     // is not: refuse before taking the lock.
-    let mut prepared = inner
+    let mut prepared = match inner
         .engine
-        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))?;
+        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))
+    {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            return refuse(format!(
+                "Not applied: `{env}` cannot be planned at {}: {e}",
+                short(&head)
+            ));
+        }
+    };
     prepared.protected |= rules.protected;
     if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
         return refuse(format!(
@@ -913,6 +935,11 @@ fn apply(
             short(&head),
         ));
     }
+    // Applying a new head of a pull request that already holds ENV keeps its lock whatever
+    // happens; a first apply that changes nothing gives the lock back.
+    let held_before = store
+        .environment_lock(env)?
+        .is_some_and(|l| l.pull_request == number);
     let lock = store.lock_environment(env, number, author, now_ms())?;
     if lock.pull_request != number {
         return refuse(format!(
@@ -975,8 +1002,11 @@ fn apply(
         .unwrap_or_else(|| "the apply did not finish".into());
     if !started {
         // Held or refused before anything changed (a protected destroy awaiting a person,
-        // an invalid commit): the environment goes back to following its branch, unlocked.
-        store.unlock_environment(env, number)?;
+        // an invalid commit): the environment goes back to what it followed, unlocked unless
+        // this pull request held it already.
+        if !held_before {
+            store.unlock_environment(env, number)?;
+        }
         if let Some(mut e) = store.environment(env)? {
             e.pinned = before.pinned;
             e.desired_commit = before.desired_commit.clone();
@@ -988,9 +1018,13 @@ fn apply(
             inner,
             number as u64,
             &format!(
-                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed and `{env}` \
-                 is not locked.",
-                short(&head)
+                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed{}.",
+                short(&head),
+                if held_before {
+                    format!("; `{env}` stays on the commit of this pull request it ran")
+                } else {
+                    format!(" and `{env}` is not locked")
+                }
             ),
         );
         return Ok(FollowUp {
