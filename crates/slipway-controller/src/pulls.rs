@@ -188,8 +188,7 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         .pull_request(pr.number as i64)
         .ok()
         .flatten();
-    let allowed = setup(inner).is_ok_and(|s| s.fork_allow.iter().any(|a| a == &pr.author));
-    PullRequestRecord {
+    let mut record = PullRequestRecord {
         number: pr.number as i64,
         title: pr.title.clone(),
         author: pr.author.clone(),
@@ -198,16 +197,28 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         base_ref: pr.base_ref.clone(),
         is_fork: pr.is_fork,
         state: state.into(),
-        // A maintainer's `/slipway preview` vouched for the code they saw: that head commit
-        // only. A new push from the fork stops at plans until someone approves it again;
-        // `fork_allow` is read afresh for every head (removing a login takes effect).
-        preview_allowed: !pr.is_fork
-            || allowed
-            || known.is_some_and(|k| k.preview_allowed && k.head_sha == pr.head_sha),
+        preview_allowed: false,
         url: pr.url.clone(),
         updated_at: now_ms(),
         stale_approvers: Vec::new(),
-    }
+    };
+    let fork_allow = setup(inner).map(|s| s.fork_allow.as_slice()).unwrap_or(&[]);
+    record.preview_allowed = preview_allowed(&record, fork_allow, known.as_ref());
+    record
+}
+
+/// Whether pull request `pr` may have a preview environment at its head: not from a fork, or
+/// by an author `fork_allow` lists now, or approved by a maintainer's
+/// `/slipway preview` for this very head. The approval vouched for the code the maintainer
+/// saw: a new push from the fork stops at plans until someone approves it again.
+pub(crate) fn preview_allowed(
+    pr: &PullRequestRecord,
+    fork_allow: &[String],
+    known: Option<&PullRequestRecord>,
+) -> bool {
+    !pr.is_fork
+        || fork_allow.iter().any(|a| a == &pr.author)
+        || known.is_some_and(|k| k.preview_allowed && k.head_sha == pr.head_sha)
 }
 
 /// A pull request was opened or its head moved: record it, check the fetched head, and post
@@ -1118,6 +1129,47 @@ fn short(sha: &str) -> &str {
 mod tests {
     use super::*;
     use slipway_engine::Rules;
+
+    #[test]
+    fn a_fork_preview_is_approved_for_one_head_commit() {
+        let at = |head: &str, is_fork: bool, preview_allowed: bool| PullRequestRecord {
+            number: 3,
+            title: "t".into(),
+            author: "mallory".into(),
+            head_sha: head.into(),
+            head_ref: "work".into(),
+            base_ref: "main".into(),
+            is_fork,
+            state: "open".into(),
+            preview_allowed,
+            url: String::new(),
+            updated_at: 0,
+            stale_approvers: Vec::new(),
+        };
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        let none: &[String] = &[];
+        assert!(
+            preview_allowed(&at(&a, false, false), none, None),
+            "not a fork"
+        );
+        assert!(
+            !preview_allowed(&at(&a, true, false), none, None),
+            "a fork, unapproved"
+        );
+        assert!(
+            preview_allowed(&at(&a, true, false), &["mallory".to_string()], None),
+            "fork_allow lists its author"
+        );
+        assert!(
+            preview_allowed(&at(&a, true, false), none, Some(&at(&a, true, true))),
+            "approved at this head"
+        );
+        assert!(
+            !preview_allowed(&at(&b, true, false), none, Some(&at(&a, true, true))),
+            "a new push is not approved by the approval of the old head"
+        );
+    }
 
     #[test]
     fn an_approval_counts_only_from_a_writer_who_is_not_the_author() {

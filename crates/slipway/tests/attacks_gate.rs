@@ -595,3 +595,50 @@ fn a_held_apply_leaves_no_lock_and_no_pin() {
         "previews still work"
     );
 }
+
+/// §2.4, through `/slipway apply`: a pull request whose stack says `require_pr: false` is
+/// approved and applied to prod before merge; main gets a direct push, and the pull request
+/// unlocks prod. prod runs the pull request's commit, but its rules were never accepted on
+/// main, so the direct push is still held (the rules in force include those of the last
+/// commit prod took from main).
+#[test]
+fn rules_of_a_pull_request_applied_before_merge_are_not_in_force() {
+    let strict = STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, require_pr: true }",
+    );
+    let w = World::with_stack(&strict);
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-1", "reviewed", None, Some(1));
+    w.open(PrSpec {
+        head_ref: "feature-1".into(),
+        ..PrSpec::new(1, &head)
+    });
+    w.gh.approve(1, "carol", &head);
+    let reviewed = w.merge(1, "feature-1");
+    w.serves("prod", "reviewed");
+
+    let lax = strict.replace(", require_pr: true", "");
+    let head = w.commit_on("main", "feature-2", "lax", Some(&lax), Some(2));
+    w.open(PrSpec {
+        head_ref: "feature-2".into(),
+        ..PrSpec::new(2, &head)
+    });
+    w.gh.approve(2, "carol", &head);
+    let answer = w.command(2, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #2"), "{answer}");
+    w.serves("prod", "lax");
+    // While prod is locked to #2, main gets a push nobody reviewed; then prod is unlocked and
+    // follows main again, from the pull request's commit.
+    w.s.write("slipway.yaml", &lax)
+        .write("greeting.txt", "straight to main");
+    let direct = w.s.commit("no review");
+    w.accepted("push", &push_payload("main", &reviewed, &direct));
+    w.serves("qa", "straight to main");
+    assert_eq!(w.page("prod").as_deref(), Some("lax"), "locked to #2");
+    let answer = w.command(2, "alice", "/slipway unlock prod");
+    assert!(answer.contains("Unlocked"), "{answer}");
+    let held = w.held("prod", &[&direct[..12], "require_pr"]);
+    assert!(held.contains("in force"), "{held}");
+    assert_ne!(w.page("prod").as_deref(), Some("straight to main"));
+}
