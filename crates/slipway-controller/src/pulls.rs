@@ -938,19 +938,24 @@ fn apply(
             ));
         }
     };
-    prepared.protected |= rules.protected;
-    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
-        return refuse(format!(
-            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
-             merge it and have a person confirm on the server. `{env}` is not locked.",
-            short(&head),
-        ));
-    }
     // Applying a new head of a pull request that already holds ENV keeps its lock whatever
     // happens; a first apply that changes nothing gives the lock back.
     let held_before = store
         .environment_lock(env)?
         .is_some_and(|l| l.pull_request == number);
+    prepared.protected |= rules.protected;
+    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
+        return refuse(format!(
+            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
+             merge it and have a person confirm on the server. {}",
+            short(&head),
+            if held_before {
+                format!("`{env}` stays on the commit of this pull request it ran.")
+            } else {
+                format!("`{env}` is not locked.")
+            }
+        ));
+    }
     let lock = store.lock_environment(env, number, author, now_ms())?;
     if lock.pull_request != number {
         return refuse(format!(
