@@ -477,7 +477,19 @@ pub(crate) fn post_plans(
             preview_url: None,
         }),
         Ok(stack) => {
-            let targets = targets(stack, record, only);
+            let mut targets = targets(stack, record, only);
+            // Which branch a running static environment tracks is its record's, not what the
+            // pull request's stack says: a PR into another branch does not change it.
+            targets.retain(|t| {
+                t.kind != EnvKind::Static
+                    || inner
+                        .engine
+                        .store()
+                        .environment(&t.name)
+                        .ok()
+                        .flatten()
+                        .is_none_or(|e| e.tracked_ref.as_deref() == Some(record.base_ref.as_str()))
+            });
             if targets.is_empty() {
                 plans.push(EnvPlan {
                     env: only.unwrap_or("(none)").into(),

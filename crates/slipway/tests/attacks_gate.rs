@@ -268,13 +268,26 @@ fn a_pull_request_into_an_unreviewed_branch_cannot_apply_to_prod() {
     // The attacker's own branch, which no review protects, lowers prod's rules…
     w.commit_on("main", "wild", "wild base", Some(&lax), None);
     // …and a pull request into it carries the code meant for prod.
-    let evil = w.commit_on("wild", "evil", "evil", Some(&lax), Some(6));
+    // (Its stack also claims that prod tracks `wild`.)
+    let evil = w.commit_on(
+        "wild",
+        "evil",
+        "evil",
+        Some(&lax.replace("prod: { track: main", "prod: { track: wild")),
+        Some(6),
+    );
     w.open(PrSpec {
         head_ref: "evil".into(),
         base_ref: "wild".into(),
         author: "alice".into(),
         ..PrSpec::new(6, &evil)
     });
+    let plan = w.gh.wait_for_comment(6, |c| c.body.contains(MARKER), T);
+    assert!(
+        !plan.body.contains("prod"),
+        "prod tracks main, whatever the pull request's stack says; no plan for it:\n{}",
+        plan.body
+    );
     let answer = w.command(6, "alice", "/slipway apply prod");
     assert!(
         answer.contains("tracks `main`") && answer.contains("into `wild`"),
