@@ -188,8 +188,7 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         .pull_request(pr.number as i64)
         .ok()
         .flatten();
-    let allowed = setup(inner).is_ok_and(|s| s.fork_allow.iter().any(|a| a == &pr.author));
-    PullRequestRecord {
+    let mut record = PullRequestRecord {
         number: pr.number as i64,
         title: pr.title.clone(),
         author: pr.author.clone(),
@@ -198,11 +197,28 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         base_ref: pr.base_ref.clone(),
         is_fork: pr.is_fork,
         state: state.into(),
-        preview_allowed: !pr.is_fork || allowed || known.is_some_and(|k| k.preview_allowed),
+        preview_allowed: false,
         url: pr.url.clone(),
         updated_at: now_ms(),
         stale_approvers: Vec::new(),
-    }
+    };
+    let fork_allow = setup(inner).map(|s| s.fork_allow.as_slice()).unwrap_or(&[]);
+    record.preview_allowed = preview_allowed(&record, fork_allow, known.as_ref());
+    record
+}
+
+/// Whether pull request `pr` may have a preview environment at its head: not from a fork, or
+/// by an author `fork_allow` lists now, or approved by a maintainer's
+/// `/slipway preview` for this very head. The approval vouched for the code the maintainer
+/// saw: a new push from the fork stops at plans until someone approves it again.
+pub(crate) fn preview_allowed(
+    pr: &PullRequestRecord,
+    fork_allow: &[String],
+    known: Option<&PullRequestRecord>,
+) -> bool {
+    !pr.is_fork
+        || fork_allow.iter().any(|a| a == &pr.author)
+        || known.is_some_and(|k| k.preview_allowed && k.head_sha == pr.head_sha)
 }
 
 /// A pull request was opened or its head moved: record it, check the fetched head, and post
@@ -278,15 +294,26 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
         );
         return Ok(());
     };
-    let approved = forge
-        .approvals(number)
-        .map_err(forge_error)?
-        .iter()
-        .any(|a| {
-            a.commit_sha
-                .as_deref()
-                .is_none_or(|c| c == details.info.head_sha)
-        });
+    let approvals = forge.approvals(number).map_err(forge_error)?;
+    // The same rule as `/slipway apply`: an approval of the head that was merged, by a
+    // reviewer with write access who is not the author; one that names no commit (GitLab)
+    // counts unless its reviewer approved before the last push.
+    let stale = inner
+        .engine
+        .store()
+        .pull_request(number as i64)?
+        .map(|r| r.stale_approvers)
+        .unwrap_or_default();
+    let approved = qualified_approval(
+        forge.as_ref(),
+        &approvals,
+        &details.info.author,
+        |a| match a.commit_sha.as_deref() {
+            Some(c) => c == details.info.head_sha,
+            None => !stale.contains(&a.author),
+        },
+    )?
+    .is_some();
     inner
         .engine
         .store()
@@ -297,6 +324,32 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
             at: now_ms(),
         })?;
     Ok(())
+}
+
+/// Whether an approval by `reviewer` counts on a pull request by `author`: only from someone
+/// with write access (anyone may leave an approving review), and never the author's own.
+pub(crate) fn approval_counts(reviewer: &str, author: &str, has_write_access: bool) -> bool {
+    has_write_access && !reviewer.eq_ignore_ascii_case(author)
+}
+
+/// The first of `approvals` that `relevant` keeps (for the right commit) and that counts
+/// ([`approval_counts`]); write access is asked of the forge for those only.
+fn qualified_approval(
+    forge: &dyn Forge,
+    approvals: &[slipway_forge::Approval],
+    author: &str,
+    relevant: impl Fn(&slipway_forge::Approval) -> bool,
+) -> Result<Option<String>, ControllerError> {
+    for a in approvals.iter().filter(|a| relevant(a)) {
+        if a.author.eq_ignore_ascii_case(author) {
+            continue;
+        }
+        let writes = forge.has_write_access(&a.author).map_err(forge_error)?;
+        if approval_counts(&a.author, author, writes) {
+            return Ok(Some(a.author.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Releases the locks of pull request `number`: those environments follow their branch
@@ -424,7 +477,19 @@ pub(crate) fn post_plans(
             preview_url: None,
         }),
         Ok(stack) => {
-            let targets = targets(stack, record, only);
+            let mut targets = targets(stack, record, only);
+            // Which branch a running static environment tracks is its record's, not what the
+            // pull request's stack says: a PR into another branch does not change it.
+            targets.retain(|t| {
+                t.kind != EnvKind::Static
+                    || inner
+                        .engine
+                        .store()
+                        .environment(&t.name)
+                        .ok()
+                        .flatten()
+                        .is_none_or(|e| e.tracked_ref.as_deref() == Some(record.base_ref.as_str()))
+            });
             if targets.is_empty() {
                 plans.push(EnvPlan {
                     env: only.unwrap_or("(none)").into(),
@@ -674,7 +739,14 @@ fn comment(
             Ok(FollowUp::default())
         }
         Command::Preview => {
-            if !record.preview_allowed {
+            // The approval is for the code the maintainer saw: the head the forge shows now.
+            let head = forge
+                .pull_request(number)
+                .map_err(forge_error)?
+                .info
+                .head_sha;
+            if !record.preview_allowed || record.head_sha != head {
+                record.head_sha = head;
                 record.preview_allowed = true;
                 record.updated_at = now_ms();
                 store.upsert_pull_request(&record)?;
@@ -682,8 +754,15 @@ fn comment(
                     inner,
                     number,
                     &format!(
-                        "@{author} allowed a preview environment for this pull request: \
-                         `pr-{number}` is on its way."
+                        "@{author} allowed a preview environment for this pull request at {}: \
+                         `pr-{number}` is on its way. {}",
+                        short(&record.head_sha),
+                        if record.is_fork {
+                            "It runs this commit only: a new push waits for another \
+                             `/slipway preview`."
+                        } else {
+                            ""
+                        }
                     ),
                 );
             }
@@ -728,9 +807,26 @@ fn comment(
     }
 }
 
-/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when ENV's apply
-/// requirements hold and no other pull request holds it; ENV is then locked to this pull
-/// request (and stays on its head) until it is merged or closed, or unlocked.
+/// The rules `/slipway apply ENV` judges a pull request by: those of the branch ENV tracks
+/// (its stack at the branch's head), of what ENV runs (in force), and of the pull request's
+/// own head, each at the stronger. A pull request cannot lower its own requirements, and a
+/// base branch nobody reviews cannot either: only the tracked branch's rules count.
+pub(crate) fn apply_rules(
+    tracked: Option<&slipway_engine::Rules>,
+    in_force: Option<&slipway_engine::Rules>,
+    head: &slipway_engine::Rules,
+) -> slipway_engine::Rules {
+    let mut rules = head.clone();
+    for r in [tracked, in_force].into_iter().flatten() {
+        rules = rules.stronger(r);
+    }
+    rules
+}
+
+/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when the pull
+/// request is into the branch ENV tracks, ENV's apply requirements hold and no other pull
+/// request holds it; ENV is then locked to this pull request (and stays on its head) until it
+/// is merged or closed, or unlocked. Refused or held, it leaves no lock and no pin behind.
 fn apply(
     inner: &Inner,
     record: &mut PullRequestRecord,
@@ -749,9 +845,28 @@ fn apply(
     if details.state != PrState::Open {
         return refuse(format!("#{number} is not open; nothing was applied."));
     }
-    if details.info.head_sha != record.head_sha {
+    if details.info.head_sha != record.head_sha || details.info.base_ref != record.base_ref {
         record.head_sha = details.info.head_sha.clone();
+        record.base_ref = details.info.base_ref.clone();
         store.upsert_pull_request(record)?;
+    }
+    // Which branch ENV tracks is the environment's record (discovery wrote it from the
+    // default branch's stack), never what the pull request's stack says.
+    let Some(existing) = store.environment(env)?.filter(|e| e.kind == "static") else {
+        return refuse(format!(
+            "`{env}` is not a deployed static environment; `/slipway apply` takes one that \
+             Slipway already runs from its branch."
+        ));
+    };
+    let Some(tracked) = existing.tracked_ref.clone() else {
+        return refuse(format!("`{env}` tracks no branch; nothing was applied."));
+    };
+    if record.base_ref != tracked {
+        return refuse(format!(
+            "Not applied: `{env}` tracks `{tracked}`, and this pull request is into `{}`. Only \
+             a pull request into `{tracked}` can be applied to `{env}`.",
+            record.base_ref
+        ));
     }
     let head = fetched_head(inner, record)?;
     let cached = inner.engine.load(&origin_at(inner, &head))?;
@@ -765,50 +880,51 @@ fn apply(
         }
     };
     let Some(def) = stack.environments.get(env).filter(|d| d.track.is_some()) else {
-        let known: Vec<&str> = stack
-            .environments
-            .iter()
-            .filter(|(_, d)| d.track.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect();
         return refuse(format!(
-            "`{env}` is not a static environment of this stack; `/slipway apply` takes one of: {}.",
-            known.join(", ")
+            "`{env}` is not a static environment of the stack at {}; nothing was applied.",
+            short(&head)
         ));
     };
-    // The rules come from the base branch, not from the pull request: a change must not be
-    // able to lower its own requirements.
-    let base = inner.engine.load(&Origin {
+    let head_rules = slipway_engine::Rules::declared(def, EnvKind::Static);
+    // The rules of the branch ENV tracks, at its head: a change must not be able to lower
+    // its own requirements.
+    let branch = inner.engine.load(&Origin {
         tip: None,
-        ..origin_at(inner, &record.base_ref)
+        ..origin_at(inner, &tracked)
     })?;
-    let requirements = match base
+    let tracked_rules = branch
         .loaded
         .valid_stack()
         .ok()
-        .and_then(|s| s.environments.get(env).cloned())
-    {
-        Some(base_def) => base_def.apply_requirements(),
-        None if def.protected => slipway_core::stack::APPLY_REQUIREMENTS
-            .iter()
-            .map(|r| r.to_string())
-            .collect(),
-        None => def.apply_requirements(),
-    };
+        .and_then(|s| s.environments.get(env))
+        .map(|d| slipway_engine::Rules::declared(d, EnvKind::Static));
+    let in_force = inner
+        .engine
+        .rules_in_force(&origin_at(inner, &head), env, env)?;
+    let rules = apply_rules(tracked_rules.as_ref(), in_force.as_ref(), &head_rules);
     let mut unmet = Vec::new();
-    if requirements.iter().any(|r| r == "approved") {
+    if rules.apply_requirements.iter().any(|r| r == "approved") {
         let approvals = forge.approvals(number as u64).map_err(forge_error)?;
         // An approval counts for the head it names; one that names none (GitLab) counts
         // unless its reviewer had approved before the last push (and so approved older code).
-        let current = approvals.iter().any(|a| match a.commit_sha.as_deref() {
+        // Only a reviewer with write access who is not the author approves.
+        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| match a
+            .commit_sha
+            .as_deref()
+        {
             Some(c) => c == head,
             None => !record.stale_approvers.contains(&a.author),
-        });
-        if !current {
-            unmet.push("approved (no approval of the head commit)".to_string());
+        })?;
+        if current.is_none() {
+            unmet.push(
+                "approved (no approval of the head commit by a reviewer with write access \
+                 other than its author)"
+                    .to_string(),
+            );
         }
     }
-    if requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true) {
+    if rules.apply_requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true)
+    {
         unmet.push(match details.mergeable {
             Some(false) => "mergeable (it has conflicts or failing required checks)".to_string(),
             _ => "mergeable (the forge has not decided yet; try again in a moment)".to_string(),
@@ -820,6 +936,38 @@ fn apply(
             unmet.join("; ")
         ));
     }
+    // A protected environment's destroys need a person's typed confirmation, which a comment
+    // is not: refuse before taking the lock.
+    let mut prepared = match inner
+        .engine
+        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))
+    {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            return refuse(format!(
+                "Not applied: `{env}` cannot be planned at {}: {e}",
+                short(&head)
+            ));
+        }
+    };
+    // Applying a new head of a pull request that already holds ENV keeps its lock whatever
+    // happens; a first apply that changes nothing gives the lock back.
+    let held_before = store
+        .environment_lock(env)?
+        .is_some_and(|l| l.pull_request == number);
+    prepared.protected |= rules.protected;
+    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
+        return refuse(format!(
+            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
+             merge it and have a person confirm on the server. {}",
+            short(&head),
+            if held_before {
+                format!("`{env}` stays on the commit of this pull request it ran.")
+            } else {
+                format!("`{env}` is not locked.")
+            }
+        ));
+    }
     let lock = store.lock_environment(env, number, author, now_ms())?;
     if lock.pull_request != number {
         return refuse(format!(
@@ -829,17 +977,9 @@ fn apply(
         ));
     }
     // Stay on the pull request's head: the environment is pinned to it until the lock goes.
-    let existing = store.environment(env)?;
-    let mut environment = match existing {
-        Some(e) => e,
-        None => {
-            store.unlock_environment(env, number)?;
-            return refuse(format!(
-                "`{env}` has not been deployed yet; let Slipway deploy it from `{}` first.",
-                def.track.as_deref().unwrap_or("its branch")
-            ));
-        }
-    };
+    let before = store.environment(env)?.unwrap_or(existing);
+    let last_deployment = store.deployments(env, 1)?.first().map(|d| d.id);
+    let mut environment = before.clone();
     environment.pinned = true;
     environment.desired_commit = Some(head.clone());
     environment.updated_at = now_ms();
@@ -862,6 +1002,7 @@ fn apply(
         && after
             .as_ref()
             .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+    let started = store.deployments(env, 1)?.first().map(|d| d.id) != last_deployment;
     if applied {
         audit(
             inner,
@@ -880,21 +1021,55 @@ fn apply(
                 short(&head)
             ),
         );
-    } else {
-        let why = after
-            .and_then(|e| e.message)
-            .or_else(|| outcome.err().map(|e| e.to_string()))
-            .unwrap_or_else(|| "the apply did not finish".into());
+        return Ok(FollowUp::default());
+    }
+    let why = after
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .or_else(|| outcome.as_ref().err().map(|e| e.to_string()))
+        .unwrap_or_else(|| "the apply did not finish".into());
+    if !started {
+        // Held or refused before anything changed (a protected destroy awaiting a person,
+        // an invalid commit): the environment goes back to what it followed, unlocked unless
+        // this pull request held it already.
+        if !held_before {
+            store.unlock_environment(env, number)?;
+        }
+        if let Some(mut e) = store.environment(env)? {
+            e.pinned = before.pinned;
+            e.desired_commit = before.desired_commit.clone();
+            e.updated_at = now_ms();
+            store.upsert_environment(&e)?;
+        }
+        audit(inner, author, "pr.apply", env, "refused", &why);
         reply(
             inner,
             number as u64,
             &format!(
-                "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
-                 this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
-                short(&head)
+                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed{}.",
+                short(&head),
+                if held_before {
+                    format!("; `{env}` stays on the commit of this pull request it ran")
+                } else {
+                    format!(" and `{env}` is not locked")
+                }
             ),
         );
+        return Ok(FollowUp {
+            refresh: false,
+            reconcile: vec![env.to_string()],
+        });
     }
+    audit(inner, author, "pr.apply", env, "failed", &why);
+    reply(
+        inner,
+        number as u64,
+        &format!(
+            "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
+             this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
+            short(&head)
+        ),
+    );
     Ok(FollowUp::default())
 }
 
@@ -965,4 +1140,98 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_engine::Rules;
+
+    #[test]
+    fn a_fork_preview_is_approved_for_one_head_commit() {
+        let at = |head: &str, is_fork: bool, preview_allowed: bool| PullRequestRecord {
+            number: 3,
+            title: "t".into(),
+            author: "mallory".into(),
+            head_sha: head.into(),
+            head_ref: "work".into(),
+            base_ref: "main".into(),
+            is_fork,
+            state: "open".into(),
+            preview_allowed,
+            url: String::new(),
+            updated_at: 0,
+            stale_approvers: Vec::new(),
+        };
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        let none: &[String] = &[];
+        assert!(
+            preview_allowed(&at(&a, false, false), none, None),
+            "not a fork"
+        );
+        assert!(
+            !preview_allowed(&at(&a, true, false), none, None),
+            "a fork, unapproved"
+        );
+        assert!(
+            preview_allowed(&at(&a, true, false), &["mallory".to_string()], None),
+            "fork_allow lists its author"
+        );
+        assert!(
+            preview_allowed(&at(&a, true, false), none, Some(&at(&a, true, true))),
+            "approved at this head"
+        );
+        assert!(
+            !preview_allowed(&at(&b, true, false), none, Some(&at(&a, true, true))),
+            "a new push is not approved by the approval of the old head"
+        );
+    }
+
+    #[test]
+    fn an_approval_counts_only_from_a_writer_who_is_not_the_author() {
+        assert!(approval_counts("carol", "alice", true));
+        assert!(
+            !approval_counts("mallory", "alice", false),
+            "anyone may approve on a public repository; without write access it does not count"
+        );
+        assert!(
+            !approval_counts("alice", "alice", true),
+            "the author's own approval does not count"
+        );
+        assert!(
+            !approval_counts("Alice", "alice", true),
+            "logins are compared as the forges do, without case"
+        );
+    }
+
+    fn rules(protected: bool, require_pr: bool, reqs: &[&str]) -> Rules {
+        Rules {
+            protected,
+            require_pr,
+            apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pull_request_is_judged_by_the_strongest_of_its_branch_what_runs_and_its_own() {
+        let lowered = rules(false, false, &[]);
+        let branch = rules(true, false, &["approved", "mergeable"]);
+        assert_eq!(
+            apply_rules(Some(&branch), None, &lowered),
+            branch,
+            "the head cannot lower the tracked branch's rules"
+        );
+        let running = rules(false, true, &["approved"]);
+        assert_eq!(
+            apply_rules(Some(&lowered), Some(&running), &lowered),
+            running,
+            "nor those in force, whatever the branch's head says"
+        );
+        assert_eq!(
+            apply_rules(None, None, &branch),
+            branch,
+            "with nothing else known, the head's own rules hold"
+        );
+    }
 }

@@ -41,10 +41,23 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     let mut pulls = Vec::new();
     if let Some(setup) = inner.forge.get() {
         for pr in inner.engine.store().pull_requests(Some("open"))? {
+            let reference = setup.forge.pr_head_ref(pr.number as u64);
             if !pr.preview_allowed {
+                // A fork's new head nobody approved yet: a preview already running stays, at
+                // the commit that was approved (reconcile holds the new one).
+                if inner
+                    .engine
+                    .store()
+                    .environment(&format!("pr-{}", pr.number))?
+                    .is_some()
+                {
+                    pulls.push(discover::PullHead {
+                        number: pr.number as u64,
+                        reference,
+                    });
+                }
                 continue;
             }
-            let reference = setup.forge.pr_head_ref(pr.number as u64);
             match inner.source.resolve(&reference) {
                 Ok(commit) if commit.sha == pr.head_sha => {
                     branches.push(slipway_git::Branch {
@@ -219,6 +232,45 @@ fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), Cont
     Ok(())
 }
 
+/// What a generated environment previewing a pull request may run.
+enum PreviewHead {
+    /// It previews no pull request: it follows its ref.
+    NotAPullRequest,
+    /// This commit, the pull request's head as the forge announced it and someone vouched
+    /// for (anyone's branch in the repository, `fork_allow`, `/slipway preview`).
+    Approved(String),
+    /// Its head is a fork's code nobody vouched for yet: the running version stays.
+    Unapproved(String),
+}
+
+fn preview_head(inner: &Inner, record: &EnvironmentRecord) -> Result<PreviewHead, ControllerError> {
+    let (Some(setup), Some(reference)) = (inner.forge.get(), record.tracked_ref.as_deref()) else {
+        return Ok(PreviewHead::NotAPullRequest);
+    };
+    if record.kind != "generated" || !reference.starts_with("refs/") {
+        return Ok(PreviewHead::NotAPullRequest);
+    }
+    let pull = inner
+        .engine
+        .store()
+        .pull_requests(Some("open"))?
+        .into_iter()
+        .find(|p| setup.forge.pr_head_ref(p.number as u64) == reference);
+    Ok(match pull {
+        Some(p) if p.preview_allowed => PreviewHead::Approved(p.head_sha),
+        Some(p) => PreviewHead::Unapproved(format!(
+            "#{} from a fork moved to {}, which nobody approved for a preview yet; the approved \
+             commit keeps running until a maintainer says `/slipway preview` again",
+            p.number,
+            &p.head_sha[..12.min(p.head_sha.len())]
+        )),
+        // Closed: discovery destroys it; meanwhile nothing new runs.
+        None => PreviewHead::Unapproved(format!(
+            "the pull request of `{reference}` is not open; nothing new is deployed"
+        )),
+    })
+}
+
 /// Why a `require_pr` environment may not take `prepared`'s commit: it must be the commit a
 /// merged pull request made, and that pull request must have met the apply requirements
 /// (`approved`: approved when merged). A commit a pull request was applied at with
@@ -252,10 +304,16 @@ fn unmerged(
         )),
         None => Some(format!(
             "commit {short} on `{}` did not arrive through a merged pull request, and `{}` takes \
-             only those (require_pr); merge the change through a pull request, or apply it by \
+             only those (require_pr){}; merge the change through a pull request, or apply it by \
              hand with `slipway apply --env {}`",
             record.tracked_ref.as_deref().unwrap_or("its branch"),
             record.name,
+            if prepared.declared.require_pr {
+                ""
+            } else {
+                // The commit's own `require_pr: false` is in force only once it is deployed.
+                ", which is in force until a commit that lowers it is deployed"
+            },
             record.name
         )),
     })
@@ -332,7 +390,19 @@ pub(crate) fn reconcile(
     if trigger == Trigger::Manual && !record.pinned {
         inner.source.fetch()?;
     }
-    let tip = if record.pinned || trigger == Trigger::Manual {
+    // A pull request's preview runs only the head the controller approved for it (a fork's
+    // new push waits for another `/slipway preview`), never whatever its ref points at now.
+    let approved = match preview_head(inner, &record)? {
+        PreviewHead::NotAPullRequest => None,
+        PreviewHead::Approved(sha) => Some(sha),
+        PreviewHead::Unapproved(why) => {
+            hold(inner, &record, &why)?;
+            return Ok(requeue);
+        }
+    };
+    let tip = if approved.is_some() {
+        approved
+    } else if record.pinned || trigger == Trigger::Manual {
         None
     } else {
         inner
@@ -387,6 +457,12 @@ pub(crate) fn reconcile(
         }
     };
     if let Some(why) = unmerged(inner, &record, &prepared)? {
+        hold(inner, &record, &why)?;
+        return Ok(requeue);
+    }
+    // Only a person confirms destroying something in a protected environment, or removing
+    // its protection: held, not failed by a fault (retrying will not help until then).
+    if let Some(why) = slipway_engine::apply::held_for_confirmation(&prepared) {
         hold(inner, &record, &why)?;
         return Ok(requeue);
     }

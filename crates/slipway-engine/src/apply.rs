@@ -47,6 +47,39 @@ pub fn protected_destroys(prepared: &Prepared) -> Vec<&Change> {
         .collect()
 }
 
+/// Why applying `prepared` needs a person's confirmation (`--confirm-destroy ENV`), if it
+/// does: it destroys something in a protected environment, or it removes the protection
+/// itself (otherwise one commit could drop `protected` and the next delete freely).
+pub fn needs_confirmation(prepared: &Prepared) -> Option<String> {
+    let env = prepared.desired.environment.name.as_str();
+    let destroys: Vec<String> = protected_destroys(prepared)
+        .iter()
+        .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
+        .collect();
+    let unprotects = prepared.protected && !prepared.declared.protected;
+    let what = match (destroys.is_empty(), unprotects) {
+        (true, false) => return None,
+        (false, false) => format!("this plan destroys {}", destroys.join(", ")),
+        (true, true) => "this commit removes its `protected` setting".to_string(),
+        (false, true) => format!(
+            "this commit removes its `protected` setting and destroys {}",
+            destroys.join(", ")
+        ),
+    };
+    Some(format!("`{env}` is protected and {what}"))
+}
+
+/// [`needs_confirmation`], said of an apply that waits for the confirmation.
+pub fn held_for_confirmation(prepared: &Prepared) -> Option<String> {
+    let env = prepared.desired.environment.name.as_str();
+    needs_confirmation(prepared).map(|why| {
+        format!(
+            "{why}: held until a person confirms (`slipway apply --env {env} \
+             --confirm-destroy {env}`)"
+        )
+    })
+}
+
 /// Whether replacing a resource of this type loses data.
 pub fn holds_data(type_name: &str) -> bool {
     slipway_core::types::lookup(type_name).is_some_and(|t| t.holds_data())
@@ -157,17 +190,10 @@ impl Engine {
                 lock.environment()
             )));
         }
-        let destroys = protected_destroys(prepared);
-        if !destroys.is_empty() && !options.confirm_destroy {
-            let names: Vec<String> = destroys
-                .iter()
-                .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
-                .collect();
-            return Err(EngineError::NeedsConfirmation(format!(
-                "`{env}` is protected and this plan destroys {}: held until a person confirms \
-                 (`slipway apply --env {env} --confirm-destroy {env}`)",
-                names.join(", ")
-            )));
+        if let Some(why) = held_for_confirmation(prepared)
+            && !options.confirm_destroy
+        {
+            return Err(EngineError::NeedsConfirmation(why));
         }
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(env, now)?;

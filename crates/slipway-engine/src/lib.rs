@@ -22,6 +22,7 @@ mod cache;
 pub use cache::Cached;
 pub mod config;
 pub mod resolve;
+pub mod rules;
 pub mod secrets;
 pub mod source;
 mod status;
@@ -44,6 +45,7 @@ use slipway_state::{EnvironmentRecord, ResourceRecord, Store};
 
 pub use apply::{ApplyEvent, ApplyOptions, ApplyReport, Outcome, Progress};
 pub use config::EngineConfig;
+pub use rules::Rules;
 pub use status::{EnvironmentStatus, ResourceStatus};
 
 /// Why an engine operation failed.
@@ -216,7 +218,8 @@ pub struct Prepared {
     pub repo: String,
     /// Folder of `slipway.yaml`.
     pub folder: String,
-    /// Whether the environment is protected.
+    /// Whether the environment is protected: by the rules in force or this commit's own
+    /// (the stronger; see [`rules`]).
     pub protected: bool,
     /// Whether drift is repaired.
     pub self_heal: bool,
@@ -225,6 +228,12 @@ pub struct Prepared {
     pub require_pr: bool,
     /// What applying a pull request to it needs (`approved`, `mergeable`).
     pub apply_requirements: Vec<String>,
+    /// The rules this commit itself declares: in force once it is deployed. `protected`,
+    /// `require_pr` and `apply_requirements` above are the stronger of these and the rules
+    /// already in force, which is what this commit is judged by.
+    pub declared: Rules,
+    /// The rules in force before this commit (`None` before the first deployment).
+    pub in_force: Option<Rules>,
     /// How long it lives, for a generated or ad-hoc environment.
     pub ttl: Option<Duration>,
     /// Who made it.
@@ -489,6 +498,15 @@ impl Engine {
             .map_err(EngineError::Secret)?;
         let input = self.plan_input(&desired, &secrets)?;
         let plan = plan::plan(&desired, &input);
+        let declared = Rules::declared(def, target.kind);
+        let in_force = if target.kind == EnvKind::Static {
+            self.rules_in_force(origin, environment, &target.definition)?
+        } else {
+            None
+        };
+        let rules = in_force
+            .as_ref()
+            .map_or_else(|| declared.clone(), |f| declared.stronger(f));
         Ok(Prepared {
             commit: loaded.commit.clone(),
             reference: origin.reference.to_string(),
@@ -498,10 +516,12 @@ impl Engine {
             folder: loaded.folder.clone(),
             // Protection is a property of the static environment itself: an ad-hoc copy made
             // `--like prod` is a scratch environment.
-            protected: def.protected && target.kind == EnvKind::Static,
+            protected: rules.protected,
             self_heal: def.self_heal,
-            require_pr: def.require_pr && target.kind == EnvKind::Static,
-            apply_requirements: def.apply_requirements(),
+            require_pr: rules.require_pr,
+            apply_requirements: rules.apply_requirements,
+            declared,
+            in_force,
             ttl: target.ttl.or(def.ttl),
             owner: target.owner.clone(),
             secrets,
@@ -697,7 +717,13 @@ impl Engine {
         record.stack = prepared.desired.stack.clone();
         record.kind = prepared.desired.environment.kind.as_str().to_string();
         record.definition = Some(prepared.desired.environment.definition.clone());
-        record.protected = prepared.protected;
+        // What the record says is in force: the commit's own rules once it runs, except for
+        // a pinned commit (a pull request's), whose rules were never accepted on the branch.
+        record.protected = if record.pinned {
+            prepared.protected
+        } else {
+            prepared.declared.protected
+        };
         if record.owner.is_none() {
             record.owner = prepared.owner.clone();
         }

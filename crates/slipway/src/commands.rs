@@ -397,6 +397,13 @@ fn apply(
     if output == Output::Text {
         render::plan_text(&prepared);
     }
+    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared)
+        && !confirm_destroy
+    {
+        bail!(
+            "{why}; nothing was applied. If that is intended, run again with `--confirm-destroy {env}`"
+        );
+    }
     if !prepared.plan.has_changes() {
         let report = engine.apply(
             &lock,
@@ -406,7 +413,7 @@ fn apply(
                 parallelism: 1,
                 who: who(),
                 swap_exposed: false,
-                confirm_destroy: false,
+                confirm_destroy,
             },
             &(),
         )?;
@@ -424,15 +431,6 @@ fn apply(
         .iter()
         .filter(|c| c.action == slipway_core::plan::Action::Delete)
         .count();
-    let destroys = slipway_engine::apply::protected_destroys(&prepared);
-    if !destroys.is_empty() && !confirm_destroy {
-        let names: Vec<&str> = destroys.iter().map(|c| c.resource.as_str()).collect();
-        bail!(
-            "`{env}` is protected and this plan destroys {}; nothing was applied. If that is \
-             intended, run again with `--confirm-destroy {env}`",
-            names.join(", ")
-        );
-    }
     if prepared.protected && deletes > 0 {
         eprintln!("`{env}` is protected and this plan deletes {deletes} resource(s).");
     }

@@ -163,6 +163,8 @@ impl World {
 fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     let w = World::new();
     w.gh.set_permission("alice", "write");
+    // Approvals count from reviewers with write access only.
+    w.gh.set_permission("carol", "write");
     w.gh.set_permission("bob", "read");
 
     // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
@@ -469,6 +471,7 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
         &pull_request_payload("opened", &w.gh.pr(4), false, None),
     );
     w.gh.wait_for_comment(4, |c| c.body.contains(MARKER), T);
+    w.gh.set_permission("carol", "write");
     w.gh.approve(4, "carol", &head);
     git(
         &w.s.repo,

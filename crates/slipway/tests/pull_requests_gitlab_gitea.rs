@@ -482,6 +482,8 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
     w.serves("qa", "v1");
     w.forge.grant("alice", true);
     w.forge.grant("bob", false);
+    // Approvals count from reviewers with write access only.
+    w.forge.grant("carol", true);
 
     // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
     let first = w.push_pr(1, "feature-1", "pr1-a");
@@ -599,6 +601,7 @@ fn a_gitlab_approval_of_an_older_commit_does_not_let_the_head_into_prod() {
     let w = World::<GitLab>::new();
     w.serves("prod", "v1");
     w.forge.grant("alice", true);
+    w.forge.grant("carol", true);
     let reviewed = w.push_pr(1, "feature-1", "reviewed");
     w.accepted(w.forge.open(1, "feature-1", &reviewed));
     w.wait_for_comment(1, |c| c.body.contains(MARKER));

@@ -1,0 +1,158 @@
+//! The rules a static environment is judged by (`protected`, `require_pr`,
+//! `apply_requirements`), and which of them are in force.
+//!
+//! A commit must not be able to lower the rules it is itself judged by: a direct push that
+//! also sets `require_pr: false`, or a commit that drops `protected: true` and deletes
+//! resources, is judged by the rules already in force, which are the stronger of the commit's
+//! own and those of what the environment runs. The rules in force come from the environment's
+//! record (`protected`) and the stacks of the commits it took: the deployed commit, and the
+//! last commit it took from its own branch (a pull request applied with `/slipway apply` runs
+//! unmerged code whose rules were never accepted). Before the first deployment nothing is in
+//! force and a commit's own rules apply. Rules are lowered legitimately by a commit that
+//! passes the gate of the rules in force (merged through an approved pull request for
+//! `require_pr`, a person's confirmation for a protected delete): once deployed, its rules
+//! are the ones in force.
+
+use slipway_core::render::EnvKind;
+use slipway_core::stack::EnvironmentDef;
+
+use crate::{Engine, EngineError, Origin};
+
+/// The gate rules of an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Destroys need a person's confirmation.
+    pub protected: bool,
+    /// Commits must arrive through a merged pull request that met the apply requirements.
+    pub require_pr: bool,
+    /// What `/slipway apply ENV` needs (`approved`, `mergeable`).
+    pub apply_requirements: Vec<String>,
+}
+
+impl Rules {
+    /// The rules `def` declares for an environment of `kind` (protection and `require_pr`
+    /// hold for static environments only; an ad-hoc copy `--like prod` is a scratch one).
+    pub fn declared(def: &EnvironmentDef, kind: EnvKind) -> Rules {
+        let is_static = kind == EnvKind::Static;
+        Rules {
+            protected: def.protected && is_static,
+            require_pr: def.require_pr && is_static,
+            apply_requirements: def.apply_requirements(),
+        }
+    }
+
+    /// Each rule at the stronger of the two.
+    pub fn stronger(&self, other: &Rules) -> Rules {
+        let mut apply_requirements = self.apply_requirements.clone();
+        for r in &other.apply_requirements {
+            if !apply_requirements.contains(r) {
+                apply_requirements.push(r.clone());
+            }
+        }
+        apply_requirements.sort();
+        Rules {
+            protected: self.protected || other.protected,
+            require_pr: self.require_pr || other.require_pr,
+            apply_requirements,
+        }
+    }
+}
+
+/// How many past deployments are searched for the last one taken from the branch.
+const HISTORY: usize = 200;
+
+impl Engine {
+    /// The rules in force for the static environment `name` (defined by `definition`): its
+    /// record's `protected`, and the rules of the commits it took, read through `origin`'s
+    /// repository. `None` when nothing is in force yet (never deployed).
+    pub fn rules_in_force(
+        &self,
+        origin: &Origin<'_>,
+        name: &str,
+        definition: &str,
+    ) -> Result<Option<Rules>, EngineError> {
+        let Some(record) = self.store.environment(name)? else {
+            return Ok(None);
+        };
+        let mut commits: Vec<String> = record.commit.iter().cloned().collect();
+        // The deployed commit may be a pull request's (applied before merge, or pinned): the
+        // last commit taken from the branch holds too.
+        if let Some(branch) = &record.tracked_ref {
+            let latest = self.store.deployments(name, 1)?;
+            if latest
+                .first()
+                .is_some_and(|d| d.reference.as_deref() != Some(branch.as_str()))
+                && let Some(d) = self
+                    .store
+                    .deployments(name, HISTORY)?
+                    .into_iter()
+                    .find(|d| d.reference.as_deref() == Some(branch.as_str()))
+            {
+                commits.push(d.commit);
+            }
+        }
+        if commits.is_empty() && !record.protected {
+            return Ok(None);
+        }
+        let mut rules = Rules {
+            protected: record.protected,
+            ..Rules::default()
+        };
+        let mut read = false;
+        commits.dedup();
+        for sha in &commits {
+            let at = Origin {
+                source: origin.source,
+                repo: origin.repo,
+                reference: sha,
+                folder: origin.folder,
+                tip: Some(sha),
+            };
+            // A commit that cannot be read here (another repository, gone): the record's
+            // protection still holds.
+            let Ok(cached) = self.load_cached(&at) else {
+                continue;
+            };
+            if let Some(def) = cached
+                .loaded
+                .valid_stack()
+                .ok()
+                .and_then(|s| s.environments.get(definition))
+            {
+                rules = rules.stronger(&Rules::declared(def, EnvKind::Static));
+                read = true;
+            }
+        }
+        if !read && record.protected {
+            // Only the record is known: a protected environment's default requirements.
+            rules.apply_requirements = slipway_core::stack::APPLY_REQUIREMENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        }
+        Ok(Some(rules))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(protected: bool, require_pr: bool, reqs: &[&str]) -> Rules {
+        Rules {
+            protected,
+            require_pr,
+            apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_stronger_rules_keep_every_requirement_of_both() {
+        let in_force = rules(true, true, &["approved", "mergeable"]);
+        let lowered = rules(false, false, &[]);
+        assert_eq!(lowered.stronger(&in_force), in_force);
+        assert_eq!(in_force.stronger(&lowered), in_force);
+        let mixed = rules(false, true, &["mergeable"]).stronger(&rules(true, false, &["approved"]));
+        assert_eq!(mixed, rules(true, true, &["approved", "mergeable"]));
+    }
+}

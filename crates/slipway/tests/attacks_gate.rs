@@ -1,0 +1,657 @@
+//! Attacks on the pull-request gate (issue 10, §2), each performed end to end against the real
+//! `slipway serve`, a real git repository carrying GitHub's pull request refs, GitHub's own
+//! webhook payloads and the fake GitHub API; each shows the attack fails, and where it matters
+//! that the legitimate path still works.
+//!
+//! The rules checked here (which branch an environment is judged by, who may approve, which
+//! rules are in force, what a refused apply leaves behind) are the controller's and the
+//! engine's, shared by every forge adapter through the `Forge` trait: one forge (GitHub) is
+//! enough to attack them.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use util::fake_github::{
+    FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload, push_payload,
+    send_webhook,
+};
+use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+
+const SECRET: &[u8] = b"webhook-secret-for-tests";
+const T: Duration = Duration::from_secs(60);
+const MARKER: &str = "<!-- slipway:plan -->";
+
+const STACK: &str = r#"version: 1
+stack: shop
+environments:
+  prod: { track: main, protected: true }
+  qa: { track: main }
+  previews: { generate: { pull_requests: true }, ttl: 1h }
+resources:
+  web:
+    type: process
+    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
+    ports: [http]
+    health: { http: /greeting.txt }
+    expose: http
+  note: { type: file, path: note.txt, content: "kept" }
+"#;
+
+/// The stack without the `note` resource: applying it deletes `note`.
+fn without_note(stack: &str) -> String {
+    stack.replace(
+        "  note: { type: file, path: note.txt, content: \"kept\" }\n",
+        "",
+    )
+}
+
+struct World {
+    s: Sandbox,
+    gh: FakeGitHub,
+    server: util::Server,
+    port: u16,
+    deliveries: std::cell::Cell<u32>,
+}
+
+impl World {
+    fn with_stack(stack: &str) -> World {
+        let s = Sandbox::new();
+        let gh = FakeGitHub::start("slipway-bot");
+        let mut config = std::fs::read_to_string(&s.config).expect("config");
+        config.push_str(&format!(
+            "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"{}\"\nbot_login = \"slipway-bot\"\n",
+            gh.url()
+        ));
+        std::fs::write(&s.config, config).expect("config");
+        s.write("slipway.yaml", stack)
+            .write("greeting.txt", "v1")
+            .commit("v1");
+        let server = start_serve_with(
+            &s,
+            &[
+                ("GITHUB_TOKEN", "test-token"),
+                (
+                    "SLIPWAY_WEBHOOK_SECRET",
+                    std::str::from_utf8(SECRET).expect("utf-8"),
+                ),
+            ],
+        );
+        let port = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        // alice and carol maintain the repository; mallory has no access at all.
+        gh.set_permission("alice", "write");
+        gh.set_permission("carol", "write");
+        World {
+            s,
+            gh,
+            server,
+            port,
+            deliveries: std::cell::Cell::new(0),
+        }
+    }
+
+    /// [`STACK`], with prod and qa serving v1.
+    fn new() -> World {
+        let w = World::with_stack(STACK);
+        w.serves("prod", "v1");
+        w.serves("qa", "v1");
+        w
+    }
+
+    fn page(&self, env: &str) -> Option<String> {
+        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
+    }
+
+    fn serves(&self, env: &str, text: &str) {
+        wait_for(&format!("{env} serves {text:?}"), T, || {
+            self.page(env).filter(|p| p == text)
+        });
+    }
+
+    /// A commit on `branch` (from `from`) with `greeting.txt` = `text` and, when given,
+    /// `slipway.yaml` = `stack`; published as the pull request ref of PR `number` if any.
+    fn commit_on(
+        &self,
+        from: &str,
+        branch: &str,
+        text: &str,
+        stack: Option<&str>,
+        number: Option<u64>,
+    ) -> String {
+        let repo = &self.s.repo;
+        git(repo, &["checkout", "-q", from]);
+        git(repo, &["checkout", "-q", "-B", branch]);
+        self.s.write("greeting.txt", text);
+        if let Some(stack) = stack {
+            self.s.write("slipway.yaml", stack);
+        }
+        let sha = self.s.commit(&format!("{branch}: {text}"));
+        if let Some(number) = number {
+            git(
+                repo,
+                &["update-ref", &format!("refs/pull/{number}/head"), &sha],
+            );
+        }
+        git(repo, &["checkout", "-q", "main"]);
+        sha
+    }
+
+    /// Opens PR `spec` and waits for its plan comment.
+    fn open(&self, spec: PrSpec) {
+        let number = spec.number;
+        self.gh.add_pr(spec);
+        self.accepted(
+            "pull_request",
+            &pull_request_payload("opened", &self.gh.pr(number), false, None),
+        );
+        self.gh
+            .wait_for_comment(number, |c| c.body.contains(MARKER), T);
+    }
+
+    /// Merges `branch` into main with a merge commit, as PR `number` on the forge.
+    fn merge(&self, number: u64, branch: &str) -> String {
+        git(
+            &self.s.repo,
+            &[
+                "merge",
+                "-q",
+                "--no-ff",
+                "-m",
+                &format!("Merge #{number}"),
+                branch,
+            ],
+        );
+        let merge = git(&self.s.repo, &["rev-parse", "HEAD"]);
+        self.gh.set_state(
+            number,
+            PrState::Merged {
+                merge_sha: merge.clone(),
+            },
+        );
+        self.accepted(
+            "pull_request",
+            &pull_request_payload("closed", &self.gh.pr(number), true, Some(&merge)),
+        );
+        merge
+    }
+
+    fn deliver(&self, event: &str, body: &[u8]) -> (u16, String) {
+        let n = self.deliveries.get() + 1;
+        self.deliveries.set(n);
+        send_webhook(
+            &self.server.addr,
+            SECRET,
+            event,
+            &format!("delivery-{n}"),
+            body,
+        )
+    }
+
+    fn accepted(&self, event: &str, body: &[u8]) {
+        let (status, reply) = self.deliver(event, body);
+        assert_eq!(status, 202, "{event}: {reply}");
+    }
+
+    fn comment(&self, pr: u64, author: &str, body: &str) {
+        self.accepted("issue_comment", &issue_comment_payload(pr, author, body));
+    }
+
+    /// Posts `command` on `pr` as `author` and returns Slipway's answer to it (the first new
+    /// comment of Slipway's that is not the plan).
+    fn command(&self, pr: u64, author: &str, command: &str) -> String {
+        let seen = self.gh.comments(pr).iter().map(|c| c.id).max().unwrap_or(0);
+        self.comment(pr, author, command);
+        self.gh
+            .wait_for_comment(
+                pr,
+                |c| c.id > seen && c.author == "slipway-bot" && !c.body.contains(MARKER),
+                T,
+            )
+            .body
+    }
+
+    fn environment(&self, name: &str) -> Value {
+        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
+        status["environments"][0].clone()
+    }
+
+    fn environments(&self) -> Vec<String> {
+        let status = self.s.json(&["status", "--output", "json"]);
+        status["environments"]
+            .as_array()
+            .expect("environments")
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Whether `env` is locked to a pull request.
+    fn locked(&self, env: &str) -> bool {
+        !self.environment(env)["locked_by"].is_null()
+    }
+
+    /// Waits until `env`'s message mentions every one of `needles`, and returns it.
+    fn held(&self, env: &str, needles: &[&str]) -> String {
+        wait_for(&format!("{env} is held ({needles:?})"), T, || {
+            self.environment(env)["message"]
+                .as_str()
+                .filter(|m| needles.iter().all(|n| m.contains(n)))
+                .map(str::to_string)
+        })
+    }
+
+    fn note_exists(&self, env: &str) -> bool {
+        let status = self.s.json(&["status", "--env", env, "--output", "json"]);
+        status["environments"][0]["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "note"))
+    }
+}
+
+/// §2.1: a pull request into a branch nobody reviews, whose stack says prod needs nothing,
+/// asks for `/slipway apply prod`. Before, the rules came from the base branch (`[]`) and the
+/// code went to protected prod. Now prod is judged by the branch it tracks, and only a pull
+/// request into that branch can be applied to it.
+#[test]
+fn a_pull_request_into_an_unreviewed_branch_cannot_apply_to_prod() {
+    let w = World::new();
+    let lax = STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, apply_requirements: [] }",
+    );
+    // The attacker's own branch, which no review protects, lowers prod's rules…
+    w.commit_on("main", "wild", "wild base", Some(&lax), None);
+    // …and a pull request into it carries the code meant for prod.
+    // (Its stack also claims that prod tracks `wild`.)
+    let evil = w.commit_on(
+        "wild",
+        "evil",
+        "evil",
+        Some(&lax.replace("prod: { track: main", "prod: { track: wild")),
+        Some(6),
+    );
+    w.open(PrSpec {
+        head_ref: "evil".into(),
+        base_ref: "wild".into(),
+        author: "alice".into(),
+        ..PrSpec::new(6, &evil)
+    });
+    let plan = w.gh.wait_for_comment(6, |c| c.body.contains(MARKER), T);
+    assert!(
+        !plan.body.contains("prod"),
+        "prod tracks main, whatever the pull request's stack says; no plan for it:\n{}",
+        plan.body
+    );
+    let answer = w.command(6, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("tracks `main`") && answer.contains("into `wild`"),
+        "a pull request into another branch than prod's is refused: {answer}"
+    );
+    assert_eq!(
+        w.page("prod").as_deref(),
+        Some("v1"),
+        "prod runs main's code"
+    );
+    assert_eq!(w.environment("prod")["pinned"], false, "prod is not pinned");
+    assert!(!w.locked("prod"), "and not locked");
+
+    // The same lowered rules in a pull request into main: main's rules apply (approval).
+    let sneaky = w.commit_on("main", "sneaky", "sneaky", Some(&lax), Some(7));
+    w.open(PrSpec {
+        head_ref: "sneaky".into(),
+        ..PrSpec::new(7, &sneaky)
+    });
+    let answer = w.command(7, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met") && answer.contains("approved"),
+        "main's rules apply, not the pull request's: {answer}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // The legitimate path: approved by a maintainer, into main, it applies.
+    w.gh.approve(7, "carol", &sneaky);
+    let answer = w.command(7, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #7"), "{answer}");
+    w.serves("prod", "sneaky");
+}
+
+/// §2.2: an APPROVE review from an account without access (or from the author) satisfied
+/// `approved`. Now only reviewers with write access who did not open the pull request count.
+#[test]
+fn approvals_count_only_from_maintainers_who_are_not_the_author() {
+    let w = World::new();
+    let head = w.commit_on("main", "feature-1", "unreviewed", None, Some(1));
+    w.open(PrSpec {
+        head_ref: "feature-1".into(),
+        author: "alice".into(),
+        ..PrSpec::new(1, &head)
+    });
+    // Anyone may leave an approving review on a public repository.
+    w.gh.approve(1, "mallory", &head);
+    let answer = w.command(1, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met") && answer.contains("write access"),
+        "an approval without write access does not count: {answer}"
+    );
+    // The author, who has write access, approves their own change.
+    w.gh.approve(1, "alice", &head);
+    let answer = w.command(1, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met"),
+        "the author's own approval does not count: {answer}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"), "prod is untouched");
+    assert!(!w.locked("prod"), "and not locked");
+
+    // A maintainer who is not the author approves: applied.
+    w.gh.approve(1, "carol", &head);
+    let answer = w.command(1, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #1"), "{answer}");
+    w.serves("prod", "unreviewed");
+}
+
+/// §2.2, for `require_pr`: a pull request merged with an approval from an account without
+/// access does not count as approved, so its merge commit does not reach a `require_pr`
+/// environment; one approved by a maintainer does.
+#[test]
+fn require_pr_counts_only_approvals_by_maintainers() {
+    let w = World::with_stack(&STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, require_pr: true }",
+    ));
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-2", "approved by nobody", None, Some(2));
+    w.open(PrSpec {
+        head_ref: "feature-2".into(),
+        ..PrSpec::new(2, &head)
+    });
+    w.gh.approve(2, "mallory", &head);
+    w.gh.approve(2, "alice", &head);
+    let merge = w.merge(2, "feature-2");
+    w.serves("qa", "approved by nobody");
+    let held = w.held("prod", &[&merge[..12], "without an approval"]);
+    assert!(held.contains("require_pr"), "{held}");
+    assert!(w.page("prod").is_none(), "nothing runs in prod");
+
+    // The legitimate path: approved by a maintainer and merged.
+    let head = w.commit_on("main", "feature-3", "reviewed", None, Some(3));
+    w.open(PrSpec {
+        head_ref: "feature-3".into(),
+        ..PrSpec::new(3, &head)
+    });
+    w.gh.approve(3, "carol", &head);
+    w.merge(3, "feature-3");
+    w.serves("prod", "reviewed");
+}
+
+/// §2.3: a maintainer's `/slipway preview` on a fork's pull request approved the fork forever:
+/// its author pushed new code afterwards and it was deployed. Now the approval is for that
+/// head commit: a new push gets plans, and the preview keeps the approved commit until a
+/// maintainer approves again.
+#[test]
+fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
+    let w = World::new();
+    let approved = w.commit_on("main", "fork-work", "looked at", None, Some(3));
+    w.open(PrSpec {
+        author: "mallory".into(),
+        fork: true,
+        head_ref: "fork-work".into(),
+        ..PrSpec::new(3, &approved)
+    });
+    let answer = w.command(3, "alice", "/slipway preview");
+    assert!(answer.contains("allowed a preview"), "{answer}");
+    w.serves("pr-3", "looked at");
+
+    // The fork's author pushes again after the approval.
+    let pushed = w.commit_on(
+        "fork-work",
+        "fork-work",
+        "reads your secrets",
+        None,
+        Some(3),
+    );
+    w.gh.set_head(3, &pushed);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.gh.pr(3), false, None),
+    );
+    let plan = w.gh.wait_for_comment(
+        3,
+        |c| c.body.contains(MARKER) && c.body.contains(&pushed[..12]),
+        T,
+    );
+    assert!(
+        !plan.body.contains("pr-3"),
+        "the new head gets plans, no preview:\n{}",
+        plan.body
+    );
+    let held = w.held("pr-3", &[&pushed[..12], "/slipway preview"]);
+    assert!(held.contains("held"), "{held}");
+    assert_eq!(
+        w.page("pr-3").as_deref(),
+        Some("looked at"),
+        "the approved commit keeps running; the new one is not deployed"
+    );
+    assert_eq!(w.environment("pr-3")["commit"], approved.as_str());
+
+    // Someone without write access cannot approve it.
+    let answer = w.command(3, "mallory", "/slipway preview");
+    assert!(answer.contains("only people with write access"), "{answer}");
+    assert_eq!(w.page("pr-3").as_deref(), Some("looked at"));
+
+    // The legitimate path: a maintainer looks at the new head and approves it.
+    let answer = w.command(3, "alice", "/slipway preview");
+    assert!(answer.contains(&pushed[..12]), "{answer}");
+    w.serves("pr-3", "reads your secrets");
+}
+
+/// §2.4, `require_pr`: a direct push that also set `require_pr: false` was deployed. Now a
+/// commit is judged by the rules in force (those of what prod runs), so it is held; the rule
+/// is lowered legitimately by merging that change through an approved pull request, after
+/// which direct pushes reach prod.
+#[test]
+fn a_direct_push_cannot_switch_off_require_pr() {
+    let strict = STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, require_pr: true }",
+    );
+    let w = World::with_stack(&strict);
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-1", "reviewed", None, Some(1));
+    w.open(PrSpec {
+        head_ref: "feature-1".into(),
+        ..PrSpec::new(1, &head)
+    });
+    w.gh.approve(1, "carol", &head);
+    let reviewed = w.merge(1, "feature-1");
+    w.serves("prod", "reviewed");
+
+    // Straight to main, with the rule switched off in the same commit.
+    let lax = strict.replace(", require_pr: true", "");
+    w.s.write("slipway.yaml", &lax)
+        .write("greeting.txt", "straight to main");
+    let direct = w.s.commit("no review, and no rule requiring one");
+    w.accepted("push", &push_payload("main", &reviewed, &direct));
+    w.serves("qa", "straight to main");
+    let held = w.held("prod", &[&direct[..12]]);
+    assert!(
+        held.contains("require_pr") && held.contains("in force"),
+        "the rule in force judges the commit that lowers it: {held}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("reviewed"));
+
+    // The legitimate path: the lowered rule merged through an approved pull request…
+    let head = w.commit_on("main", "feature-2", "rule lowered by review", None, Some(2));
+    w.open(PrSpec {
+        head_ref: "feature-2".into(),
+        ..PrSpec::new(2, &head)
+    });
+    w.gh.approve(2, "carol", &head);
+    let merged = w.merge(2, "feature-2");
+    w.serves("prod", "rule lowered by review");
+    // …is in force now: a direct push reaches prod.
+    w.s.write("greeting.txt", "direct, allowed now");
+    let after = w.s.commit("direct");
+    w.accepted("push", &push_payload("main", &merged, &after));
+    w.serves("prod", "direct, allowed now");
+}
+
+/// §2.4, `protected`: a commit that dropped `protected: true` and a resource deleted it without
+/// confirmation. Now the commit is judged as protected (the rule in force), so the delete is
+/// held until a person confirms, and so is dropping the protection alone (or one commit could
+/// drop it and the next delete freely); once confirmed and deployed, the lowered rule is in
+/// force.
+#[test]
+fn a_commit_that_drops_protected_cannot_delete_without_confirmation() {
+    let w = World::new();
+    assert!(w.note_exists("prod"));
+    let unprotected = STACK.replace(", protected: true", "");
+    let before = git(&w.s.repo, &["rev-parse", "HEAD"]);
+    w.s.write("slipway.yaml", &unprotected)
+        .write("greeting.txt", "v2");
+    let first = w.s.commit("prod is not protected any more");
+    w.accepted("push", &push_payload("main", &before, &first));
+    w.serves("qa", "v2");
+    let held = w.held("prod", &["removes its `protected` setting"]);
+    assert!(held.contains("--confirm-destroy prod"), "{held}");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // The next commit deletes, counting on the protection being gone.
+    w.s.write("slipway.yaml", &without_note(&unprotected))
+        .write("greeting.txt", "v3");
+    let second = w.s.commit("and note goes");
+    w.accepted("push", &push_payload("main", &first, &second));
+    w.serves("qa", "v3");
+    assert!(!w.note_exists("qa"), "qa, never protected, took it");
+    let held = w.held("prod", &["protected", "note"]);
+    assert!(held.contains("held"), "{held}");
+    assert!(w.note_exists("prod"), "nothing was deleted in prod");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // The legitimate path: a person confirms.
+    let url = format!("file://{}", w.s.repo.display());
+    let apply = [
+        "apply", "--repo", &url, "--ref", "main", "--env", "prod", "--yes",
+    ];
+    let refused = w.s.expect_code(&apply, 1);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--confirm-destroy prod"),
+        "the command line asks for the confirmation too"
+    );
+    let mut confirmed = apply.to_vec();
+    confirmed.extend(["--confirm-destroy", "prod"]);
+    w.s.ok(&confirmed);
+    assert!(!w.note_exists("prod"), "deleted once confirmed");
+    w.serves("prod", "v3");
+    assert_eq!(
+        w.environment("prod")["protected"],
+        false,
+        "the confirmed commit's rules are in force"
+    );
+}
+
+/// §2.5: a `/slipway apply prod` held (a protected delete awaiting confirmation) locked prod to
+/// the pull request anyway, so prod stopped following main and the next pull request was
+/// refused "because of the lock". Now a refused or held apply leaves no lock and no pin.
+#[test]
+fn a_held_apply_leaves_no_lock_and_no_pin() {
+    let w = World::new();
+    // #1 is approved, but deletes a resource of protected prod (and says prod is not
+    // protected: the rule in force says it is).
+    let deleting = without_note(&STACK.replace(", protected: true", ""));
+    let head = w.commit_on("main", "feature-1", "deletes", Some(&deleting), Some(1));
+    w.open(PrSpec {
+        head_ref: "feature-1".into(),
+        ..PrSpec::new(1, &head)
+    });
+    w.gh.approve(1, "carol", &head);
+    let answer = w.command(1, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("protected") && answer.contains("note") && answer.contains("not locked"),
+        "a protected delete is not applied from a comment: {answer}"
+    );
+    assert!(w.note_exists("prod"));
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+    assert!(!w.locked("prod"), "no lock is left behind");
+    assert_eq!(
+        w.environment("prod")["pinned"],
+        false,
+        "no pin is left behind"
+    );
+
+    // prod still follows main…
+    w.s.write("greeting.txt", "v2");
+    let v2 = w.s.commit("v2");
+    w.accepted(
+        "push",
+        &push_payload("main", &git(&w.s.repo, &["rev-parse", "HEAD~1"]), &v2),
+    );
+    w.serves("prod", "v2");
+    // …and the next pull request applies.
+    let head = w.commit_on("main", "feature-2", "next", None, Some(2));
+    w.open(PrSpec {
+        head_ref: "feature-2".into(),
+        ..PrSpec::new(2, &head)
+    });
+    w.gh.approve(2, "carol", &head);
+    let answer = w.command(2, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #2"), "{answer}");
+    w.serves("prod", "next");
+    assert!(
+        w.environments().contains(&"pr-2".to_string()),
+        "previews still work"
+    );
+}
+
+/// §2.4, through `/slipway apply`: a pull request whose stack says `require_pr: false` is
+/// approved and applied to prod before merge; main gets a direct push, and the pull request
+/// unlocks prod. prod runs the pull request's commit, but its rules were never accepted on
+/// main, so the direct push is still held (the rules in force include those of the last
+/// commit prod took from main).
+#[test]
+fn rules_of_a_pull_request_applied_before_merge_are_not_in_force() {
+    let strict = STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, require_pr: true }",
+    );
+    let w = World::with_stack(&strict);
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-1", "reviewed", None, Some(1));
+    w.open(PrSpec {
+        head_ref: "feature-1".into(),
+        ..PrSpec::new(1, &head)
+    });
+    w.gh.approve(1, "carol", &head);
+    let reviewed = w.merge(1, "feature-1");
+    w.serves("prod", "reviewed");
+
+    let lax = strict.replace(", require_pr: true", "");
+    let head = w.commit_on("main", "feature-2", "lax", Some(&lax), Some(2));
+    w.open(PrSpec {
+        head_ref: "feature-2".into(),
+        ..PrSpec::new(2, &head)
+    });
+    w.gh.approve(2, "carol", &head);
+    let answer = w.command(2, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #2"), "{answer}");
+    w.serves("prod", "lax");
+    // While prod is locked to #2, main gets a push nobody reviewed; then prod is unlocked and
+    // follows main again, from the pull request's commit.
+    w.s.write("slipway.yaml", &lax)
+        .write("greeting.txt", "straight to main");
+    let direct = w.s.commit("no review");
+    w.accepted("push", &push_payload("main", &reviewed, &direct));
+    w.serves("qa", "straight to main");
+    assert_eq!(w.page("prod").as_deref(), Some("lax"), "locked to #2");
+    let answer = w.command(2, "alice", "/slipway unlock prod");
+    assert!(answer.contains("Unlocked"), "{answer}");
+    let held = w.held("prod", &[&direct[..12], "require_pr"]);
+    assert!(held.contains("in force"), "{held}");
+    assert_ne!(w.page("prod").as_deref(), Some("straight to main"));
+}
