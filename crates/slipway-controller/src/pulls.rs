@@ -43,7 +43,13 @@ pub struct ForgeSetup {
 /// or `forgejo`): `repository`, `api_url`, `token_env` (default `GITHUB_TOKEN`,
 /// `GITLAB_TOKEN`, `GITEA_TOKEN`), `webhook_secret_env` (default `SLIPWAY_WEBHOOK_SECRET`),
 /// `bot_login`, `fork_allow`. `None` when no forge is configured.
-pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, String> {
+///
+/// `private_texts` (`(text, stand-in)`: the repository's URL and paths, the home) are replaced
+/// in everything posted to the forge (see `ForgeConfig::private_texts`).
+pub fn setup_from_config(
+    config: &EngineConfig,
+    private_texts: Vec<(String, String)>,
+) -> Result<Option<ForgeSetup>, String> {
     let Some((name, table)) = config.forge.iter().next() else {
         return Ok(None);
     };
@@ -119,6 +125,7 @@ pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, St
     forge_config.api_url = string("api_url")?;
     forge_config.bot_login = string("bot_login")?;
     forge_config.webhook_secret = secret.into();
+    forge_config.private_texts = private_texts;
     let verifier = forge_config.webhook_verifier();
     let forge = slipway_forge::connect(forge_config).map_err(|e| format!("[forge.{name}]: {e}"))?;
     Ok(Some(ForgeSetup {
