@@ -410,3 +410,49 @@ fn private_paths_never_reach_a_comment_or_a_status() {
         );
     }
 }
+
+#[test]
+fn a_gitlab_project_may_be_configured_by_its_numeric_id() {
+    let (server, seen) = recording_server(|r| match r.path.as_str() {
+        "/api/v4/projects/42/merge_requests/1" => Reply::json(
+            200,
+            &json!({
+                "iid": 1, "title": "Change 1", "author": {"username": "alice"}, "sha": SHA,
+                "source_branch": "feature-1", "target_branch": "main",
+                "source_project_id": 42, "target_project_id": 42,
+                "web_url": "https://gitlab.example.com/acme/shop/-/merge_requests/1",
+                "state": "opened"
+            }),
+        ),
+        "/api/v4/projects/42" => {
+            Reply::json(200, &json!({"id": 42, "path_with_namespace": "acme/shop"}))
+        }
+        _ => Reply::json(404, &json!({"message": "404 Not Found"})),
+    });
+    let mut config = ForgeConfig::new(ForgeKind::GitLab, "42", TOKEN);
+    config.api_url = Some(api_url(ForgeKind::GitLab, &server.url()));
+    let forge = connect(config).expect("a numeric GitLab project id is a repository");
+    for _ in 0..2 {
+        let pr = forge.pull_request(1).expect("read");
+        assert_eq!(pr.info.base_repo_full_name, "acme/shop");
+        assert_eq!(pr.info.head_repo_full_name.as_deref(), Some("acme/shop"));
+        assert!(!pr.info.is_fork);
+    }
+    let asked: Vec<String> = seen
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(Recorded::line)
+        .collect();
+    assert_eq!(
+        asked.iter().filter(|l| l.ends_with("/projects/42")).count(),
+        1,
+        "the project's path is asked once: {asked:?}"
+    );
+    // GitHub and Gitea name repositories by owner/name only.
+    for kind in [ForgeKind::GitHub, ForgeKind::Gitea] {
+        let mut config = ForgeConfig::new(kind, "42", TOKEN);
+        config.api_url = Some("http://127.0.0.1:1".into());
+        assert!(connect(config).is_err(), "{kind}: 42 is no repository");
+    }
+}
