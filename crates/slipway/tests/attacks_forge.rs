@@ -108,6 +108,10 @@ trait Forge: Sized {
     /// A delivery of `author`'s new comment `body` on pull request `n` (known to the fake).
     fn comment(&self, n: u64, author: &str, body: &str) -> Delivery;
     fn comments(&self, n: u64) -> Vec<Said>;
+    /// A delivery of a push of `branch` to `after`, where the fake has a builder for one.
+    fn push_event(&self, _branch: &str, _before: &str, _after: &str) -> Option<Delivery> {
+        None
+    }
     /// `(state, description)` of every status of `sha`.
     fn statuses(&self, sha: &str) -> Vec<(String, String)>;
     fn send(addr: &str, delivery: &Delivery) -> (u16, String);
@@ -167,6 +171,12 @@ impl Forge for GitHub {
                 body: c.body,
             })
             .collect()
+    }
+    fn push_event(&self, branch: &str, before: &str, after: &str) -> Option<Delivery> {
+        Some(Delivery {
+            event: "push",
+            body: fake_github::push_payload(branch, before, after),
+        })
     }
     fn statuses(&self, sha: &str) -> Vec<(String, String)> {
         self.0
@@ -492,6 +502,12 @@ fn events_about_another_repository_are_not_acted_on<F: Forge>() {
         &closed.about_other_repository(F::REPO_ID),
         "a closed pull request",
     );
+    let mut refused = 3;
+    let main = git(&w.s.repo, &["rev-parse", "main"]);
+    if let Some(push) = w.forge.push_event("main", &main, &theirs) {
+        w.ignored(&push.about_other_repository(F::REPO_ID), "a push to main");
+        refused += 1;
+    }
 
     // Our own events still work, and are handled after anything the others could have
     // started (events are handled one at a time): `/slipway help` is answered…
@@ -538,7 +554,7 @@ fn events_about_another_repository_are_not_acted_on<F: Forge>() {
         .collect();
     assert_eq!(
         refusals.iter().filter(|d| d.contains(OTHER)).count(),
-        3,
+        refused,
         "{}: each delivery about {OTHER} is audited as refused: {refusals:#?}",
         F::NAME
     );
