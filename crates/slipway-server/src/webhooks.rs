@@ -51,8 +51,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
             "required": ["delivery", "event", "handled"],
             "properties": {
                 "delivery": {"type": "string", "description": "The forge's delivery id."},
-                "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name."},
-                "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery or an event it does not use)."},
+                "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name (`pull_request.other_repository` and the like for an event about another repository than the configured one)."},
+                "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery, an event it does not use, or one about another repository)."},
                 "duplicate": {"type": "boolean", "description": "A delivery id seen before."}
             }
         }),
