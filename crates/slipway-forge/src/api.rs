@@ -206,6 +206,11 @@ pub struct ForgeConfig {
     /// The repository: `owner/name` (GitLab: `group/subgroup/project`, or the project's
     /// numeric id). Webhooks about any other repository are ignored.
     pub repository: String,
+    /// The repository's numeric id on the forge (GitHub's and Gitea's `repository.id`,
+    /// GitLab's project id), when known: webhooks are then matched by id, which survives
+    /// renames and transfers, so that another repository that takes the old name is not
+    /// taken for ours. `None`: matched by [`ForgeConfig::repository`].
+    pub repository_id: Option<u64>,
     /// The API's root URL, without a trailing `/`. `None` means `https://api.github.com` or
     /// `https://gitlab.com/api/v4`; Gitea has no default and needs its `https://host/api/v1`.
     pub api_url: Option<String>,
@@ -236,6 +241,7 @@ impl ForgeConfig {
         ForgeConfig {
             kind,
             repository: repository.into(),
+            repository_id: None,
             api_url: None,
             token: token.into(),
             webhook_secret: Secret::default(),
@@ -283,10 +289,14 @@ impl ForgeConfig {
     }
 
     /// A webhook verifier for this forge with [`ForgeConfig::webhook_secret`], that acts only
-    /// on events about [`ForgeConfig::repository`].
+    /// on events about [`ForgeConfig::repository`] (or [`ForgeConfig::repository_id`]).
     pub fn webhook_verifier(&self) -> WebhookVerifier {
-        WebhookVerifier::new(self.kind, self.webhook_secret.expose().as_bytes())
-            .with_repository(ExpectedRepository::new(self.repository.clone()))
+        WebhookVerifier::new(self.kind, self.webhook_secret.expose().as_bytes()).with_repository(
+            ExpectedRepository {
+                name: self.repository.clone(),
+                id: self.repository_id,
+            },
+        )
     }
 
     /// Whether [`ForgeConfig::repository`] is usable: `owner/name`, or on GitLab also a

@@ -456,3 +456,34 @@ fn a_gitlab_project_may_be_configured_by_its_numeric_id() {
         assert!(connect(config).is_err(), "{kind}: 42 is no repository");
     }
 }
+
+#[test]
+fn a_configured_repository_id_survives_a_rename_and_refuses_a_namesake() {
+    let (event, example) = github_examples()
+        .into_iter()
+        .find(|(e, x)| e == "pull_request" && x["action"] == "opened")
+        .expect("an opened example");
+    let name = example["repository"]["full_name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let id = example["repository"]["id"].as_u64().expect("an id");
+    let deliver_to = |repository: &str, repository_id: u64| {
+        let mut config = ForgeConfig::new(ForgeKind::GitHub, repository, TOKEN);
+        config.webhook_secret = SECRET.into();
+        config.repository_id = Some(repository_id);
+        let body = serde_json::to_vec(&example).expect("serialize");
+        config
+            .webhook_verifier()
+            .verify_and_parse(&headers(ForgeKind::GitHub, &event, &body), &body)
+            .expect("verified")
+    };
+    assert!(
+        acted_on(&deliver_to("acme/old-name", id)),
+        "the repository was renamed to {name}: its id still matches"
+    );
+    assert!(
+        !acted_on(&deliver_to(&name, id + 1)),
+        "{name} under another id is another repository"
+    );
+}

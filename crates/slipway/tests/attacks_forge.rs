@@ -344,15 +344,15 @@ impl<F: Forge> World<F> {
     fn new() -> World<F> {
         let forge = F::start();
         let api = forge.api_url();
-        World::with_api(forge, &api)
+        World::with_api(forge, &api, "repository = \"acme/shop\"")
     }
 
-    /// … its forge's `api_url` being `api`.
-    fn with_api(forge: F, api: &str) -> World<F> {
+    /// … its forge's `api_url` being `api`, its repository given by the `repository` lines.
+    fn with_api(forge: F, api: &str, repository: &str) -> World<F> {
         let s = Sandbox::new();
         let mut config = std::fs::read_to_string(&s.config).expect("config");
         config.push_str(&format!(
-            "[forge.{}]\nrepository = \"acme/shop\"\napi_url = \"{api}\"\nbot_login = \"{BOT}\"\n",
+            "[forge.{}]\n{repository}\napi_url = \"{api}\"\nbot_login = \"{BOT}\"\n",
             F::NAME
         ));
         std::fs::write(&s.config, config).expect("config");
@@ -617,6 +617,7 @@ fn the_token_never_follows_a_redirect<F: Forge>(status: u16) {
     let w = World::<F>::with_api(
         F::start(),
         &format!("http://{}{}", api.addr(), F::API_PREFIX),
+        "repository = \"acme/shop\"",
     );
     let sha = w.push_pr(1, "feature-1", "one");
     w.accepted(&w.forge.pr_event("opened", 1, "feature-1", &sha));
@@ -744,4 +745,27 @@ fn gitlab_fetch_failure_shows_no_server_path() {
 #[test]
 fn gitea_fetch_failure_shows_no_server_path() {
     a_fetch_failure_shows_no_server_path::<Gitea>();
+}
+
+/// With `repository_id`, a repository renamed since the configuration was written is still
+/// ours, and another one is still not.
+#[test]
+fn a_configured_repository_id_matches_a_renamed_repository_only() {
+    let gh = GitHub::start();
+    let api = gh.api_url();
+    let w = World::<GitHub>::with_api(
+        gh,
+        &api,
+        &format!(
+            "repository = \"acme/old-name\"\nrepository_id = {}",
+            fake_github::REPO_ID
+        ),
+    );
+    let sha = w.push_pr(1, "feature-1", "one");
+    let opened = w.forge.pr_event("opened", 1, "feature-1", &sha);
+    w.accepted(&opened);
+    w.ignored(
+        &opened.about_other_repository(fake_github::REPO_ID),
+        "an opened pull request",
+    );
 }
