@@ -40,10 +40,16 @@ pub struct ForgeSetup {
 }
 
 /// Reads the first `[forge.NAME]` of the engine configuration (`github`, `gitlab`, `gitea`
-/// or `forgejo`): `repository`, `api_url`, `token_env` (default `GITHUB_TOKEN`,
-/// `GITLAB_TOKEN`, `GITEA_TOKEN`), `webhook_secret_env` (default `SLIPWAY_WEBHOOK_SECRET`),
-/// `bot_login`, `fork_allow`. `None` when no forge is configured.
-pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, String> {
+/// or `forgejo`): `repository`, `repository_id`, `api_url`, `token_env` (default
+/// `GITHUB_TOKEN`, `GITLAB_TOKEN`, `GITEA_TOKEN`), `webhook_secret_env` (default
+/// `SLIPWAY_WEBHOOK_SECRET`), `bot_login`, `fork_allow`. `None` when no forge is configured.
+///
+/// `private_texts` (`(text, stand-in)`: the repository's URL and paths, the home) are replaced
+/// in everything posted to the forge (see `ForgeConfig::private_texts`).
+pub fn setup_from_config(
+    config: &EngineConfig,
+    private_texts: Vec<(String, String)>,
+) -> Result<Option<ForgeSetup>, String> {
     let Some((name, table)) = config.forge.iter().next() else {
         return Ok(None);
     };
@@ -66,6 +72,7 @@ pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, St
     for key in table.keys() {
         if ![
             "repository",
+            "repository_id",
             "api_url",
             "token_env",
             "webhook_secret_env",
@@ -75,8 +82,8 @@ pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, St
         .contains(&key.as_str())
         {
             return Err(format!(
-                "[forge.{name}] has an unknown key `{key}`; the keys are repository, api_url, \
-                 token_env, webhook_secret_env, bot_login, fork_allow"
+                "[forge.{name}] has an unknown key `{key}`; the keys are repository, \
+                 repository_id, api_url, token_env, webhook_secret_env, bot_login, fork_allow"
             ));
         }
     }
@@ -119,6 +126,17 @@ pub fn setup_from_config(config: &EngineConfig) -> Result<Option<ForgeSetup>, St
     forge_config.api_url = string("api_url")?;
     forge_config.bot_login = string("bot_login")?;
     forge_config.webhook_secret = secret.into();
+    forge_config.private_texts = private_texts;
+    forge_config.repository_id = match table.get("repository_id") {
+        None => None,
+        Some(toml::Value::Integer(id)) if *id > 0 => Some(*id as u64),
+        Some(_) => {
+            return Err(format!(
+                "[forge.{name}] repository_id must be the repository's numeric id on the \
+                 forge (a positive integer)"
+            ));
+        }
+    };
     let verifier = forge_config.webhook_verifier();
     let forge = slipway_forge::connect(forge_config).map_err(|e| format!("[forge.{name}]: {e}"))?;
     Ok(Some(ForgeSetup {

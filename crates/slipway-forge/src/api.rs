@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::event::{ForgeKind, PullRequestInfo};
+use crate::event::{ExpectedRepository, ForgeKind, PullRequestInfo};
 use crate::names;
+use crate::scrub::Scrubber;
 use crate::webhook::WebhookVerifier;
 
 /// A comment's id on its forge.
@@ -104,6 +105,11 @@ pub struct Approval {
 /// # Guarantees
 /// - Every request carries the token in a header (never in the URL), and no error or `Debug`
 ///   output contains it.
+/// - The token goes to the configured API only: redirects are not followed (a `3xx` is
+///   [`ForgeError::Redirected`], naming where it pointed), and lists are paged by asking the
+///   configured API for `page=N`, never by following the URLs of a `Link` header.
+/// - Every text sent (comments, status descriptions) has [`ForgeConfig::private_texts`]
+///   replaced by their stand-ins, whichever method sends it.
 /// - Every value put into a URL path is percent-encoded as one segment.
 /// - Lists are read `per_page=100` (Gitea: `limit=50`) for at most
 ///   [`ForgeConfig::max_pages`] pages.
@@ -197,8 +203,14 @@ impl From<&str> for Secret {
 pub struct ForgeConfig {
     /// Which forge.
     pub kind: ForgeKind,
-    /// The repository: `owner/name` (GitLab: `group/subgroup/project`).
+    /// The repository: `owner/name` (GitLab: `group/subgroup/project`, or the project's
+    /// numeric id). Webhooks about any other repository are ignored.
     pub repository: String,
+    /// The repository's numeric id on the forge (GitHub's and Gitea's `repository.id`,
+    /// GitLab's project id), when known: webhooks are then matched by id, which survives
+    /// renames and transfers, so that another repository that takes the old name is not
+    /// taken for ours. `None`: matched by [`ForgeConfig::repository`].
+    pub repository_id: Option<u64>,
     /// The API's root URL, without a trailing `/`. `None` means `https://api.github.com` or
     /// `https://gitlab.com/api/v4`; Gitea has no default and needs its `https://host/api/v1`.
     pub api_url: Option<String>,
@@ -215,6 +227,11 @@ pub struct ForgeConfig {
     pub timeout: Duration,
     /// The most pages read from one list.
     pub max_pages: u32,
+    /// Texts that must never reach the forge, each with the neutral word that replaces it in
+    /// comments and status descriptions: the server's repository URL and local paths, its home
+    /// directory. A URL is also replaced without its credentials, a `file://` URL also as its
+    /// path.
+    pub private_texts: Vec<(String, String)>,
 }
 
 impl ForgeConfig {
@@ -224,12 +241,14 @@ impl ForgeConfig {
         ForgeConfig {
             kind,
             repository: repository.into(),
+            repository_id: None,
             api_url: None,
             token: token.into(),
             webhook_secret: Secret::default(),
             bot_login: None,
             timeout: Duration::from_secs(30),
             max_pages: 20,
+            private_texts: Vec::new(),
         }
     }
 
@@ -269,9 +288,22 @@ impl ForgeConfig {
         Ok(url)
     }
 
-    /// A webhook verifier for this forge with [`ForgeConfig::webhook_secret`].
+    /// A webhook verifier for this forge with [`ForgeConfig::webhook_secret`], that acts only
+    /// on events about [`ForgeConfig::repository`] (or [`ForgeConfig::repository_id`]).
     pub fn webhook_verifier(&self) -> WebhookVerifier {
-        WebhookVerifier::new(self.kind, self.webhook_secret.expose().as_bytes())
+        WebhookVerifier::new(self.kind, self.webhook_secret.expose().as_bytes()).with_repository(
+            ExpectedRepository {
+                name: self.repository.clone(),
+                id: self.repository_id,
+            },
+        )
+    }
+
+    /// Whether [`ForgeConfig::repository`] is usable: `owner/name`, or on GitLab also a
+    /// numeric project id.
+    fn repository_is_valid(&self) -> bool {
+        names::is_repository_path(&self.repository)
+            || (self.kind == ForgeKind::GitLab && is_numeric_id(&self.repository))
     }
 }
 
@@ -295,8 +327,8 @@ pub enum ConfigError {
     TlsNotCompiled,
     /// The repository is not `owner/name`.
     #[error(
-        "forge repository {0:?} is not of the form owner/name (GitLab: group/subgroup/project), \
-         each part of A-Z a-z 0-9 . _ -"
+        "forge repository {0:?} is not of the form owner/name (GitLab: group/subgroup/project, \
+         or the project's numeric id), each part of A-Z a-z 0-9 . _ -"
     )]
     InvalidRepository(String),
     /// No token: Slipway could not comment or set statuses.
@@ -354,6 +386,23 @@ pub enum ForgeError {
         /// What did not fit.
         reason: String,
     },
+    /// The forge answered with a redirect, which is not followed: the token must go to the
+    /// configured API only, never to wherever an answer points.
+    #[error(
+        "{method} {path}: the forge API redirected ({status}) to {location}; Slipway does not \
+         follow redirects with its token: set api_url (and repository, if it was renamed or \
+         moved) to the final address"
+    )]
+    Redirected {
+        /// The request's method.
+        method: &'static str,
+        /// The request's path.
+        path: String,
+        /// The HTTP status (301, 302, 303, 307, 308).
+        status: u16,
+        /// Where it pointed, without its query (`(none)` when the forge did not say).
+        location: String,
+    },
     /// An argument cannot be sent (a sha that is not hex, a marker that is not an HTML
     /// comment…).
     #[error("invalid {what}: {reason}")]
@@ -377,14 +426,18 @@ impl ForgeError {
                 ..
             } => *rate_limited || matches!(status, 408 | 429 | 500..=599),
             ForgeError::Transport { .. } => true,
-            ForgeError::Decode { .. } | ForgeError::InvalidInput { .. } => false,
+            ForgeError::Decode { .. }
+            | ForgeError::InvalidInput { .. }
+            | ForgeError::Redirected { .. } => false,
         }
     }
 
     /// The HTTP status the forge answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ForgeError::Status { status, .. } => Some(*status),
+            ForgeError::Status { status, .. } | ForgeError::Redirected { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -400,6 +453,7 @@ pub(crate) struct Api {
     auth_prefix: &'static str,
     extra_headers: &'static [(&'static str, &'static str)],
     pub(crate) max_pages: u32,
+    scrubber: Scrubber,
 }
 
 /// The largest API answer read: lists of 100 pull requests run to a few MiB on GitHub.
@@ -434,7 +488,7 @@ struct Page<T> {
 impl Api {
     fn new(config: &ForgeConfig) -> Result<Api, ConfigError> {
         let base = config.api_base()?;
-        if !names::is_repository_path(&config.repository) {
+        if !config.repository_is_valid() {
             return Err(ConfigError::InvalidRepository(config.repository.clone()));
         }
         if config.token.is_empty() {
@@ -450,6 +504,10 @@ impl Api {
             // Status codes are answers to read (404 = "not a collaborator"), not transport
             // errors.
             .http_status_as_error(false)
+            // A redirect is an answer to report, never to follow: ureq drops `Authorization`
+            // on a redirect to another host, but not GitLab's `PRIVATE-TOKEN`, and no header
+            // of ours has any business at an address the configuration does not name.
+            .max_redirects(0)
             .build()
             .into();
         let (auth_header, auth_prefix, extra_headers): (_, _, &'static [(&str, &str)]) =
@@ -473,6 +531,7 @@ impl Api {
             auth_prefix,
             extra_headers,
             max_pages: config.max_pages.max(1),
+            scrubber: Scrubber::new(&config.private_texts),
         })
     }
 
@@ -494,14 +553,23 @@ impl Api {
         }
     }
 
-    /// `method path` with a JSON body, decoded.
+    /// `text` with the private texts (the repository's URL and paths, the home) replaced: what
+    /// may be shown on the forge. [`Api::send`] does it to every string it sends; call it too
+    /// where a text is compared with what the forge has (an existing comment's body).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        self.scrubber.scrub(text)
+    }
+
+    /// `method path` with a JSON body, decoded. Every string in `body` is scrubbed first
+    /// ([`Api::scrub`]).
     pub(crate) fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, ForgeError> {
-        let (_, answer) = self.call(method, path, Some(body))?;
+        let body = self.scrubber.scrub_json(body);
+        let (_, answer) = self.call(method, path, Some(&body))?;
         self.decode(method, path, &answer)
     }
 
@@ -600,6 +668,7 @@ impl Api {
                 .map(str::to_owned)
         };
         let link = header("link");
+        let location = header("location");
         let rate_limited = header("x-ratelimit-remaining").as_deref() == Some("0");
         let body = response
             .body_mut()
@@ -613,6 +682,18 @@ impl Api {
             })?;
         if (200..300).contains(&status) {
             return Ok((link, body));
+        }
+        if (300..400).contains(&status) {
+            let location = location.map_or_else(
+                || "(none)".to_owned(),
+                |l| names::short_text(&self.redact(&path_only(&l)), 200),
+            );
+            return Err(ForgeError::Redirected {
+                method: method.as_str(),
+                path: path_only(path),
+                status,
+                location,
+            });
         }
         Err(ForgeError::Status {
             method: method.as_str(),
@@ -725,6 +806,11 @@ pub(crate) fn body_with_marker(marker: &str, body: &str) -> String {
     } else {
         format!("{marker}\n{body}")
     }
+}
+
+/// All digits: a numeric id (GitLab's project id in place of its path).
+pub(crate) fn is_numeric_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Cuts a status description to GitHub's 140 characters.

@@ -68,8 +68,90 @@ pub struct Delivery {
     /// does not stop a replay of a captured body under a new id. Events are facts to re-check
     /// ("PR 42 changed"), never commands to trust, so a replay is at worst extra work.
     pub id: String,
-    /// What happened.
+    /// What happened. An event about another repository than the verifier's (see
+    /// [`Delivery::other_repository`]) is [`ForgeEvent::Ignored`], with a kind ending in
+    /// `.other_repository`.
     pub event: ForgeEvent,
+    /// The repository the payload says the event is about (GitHub and Gitea: `repository`;
+    /// GitLab: `project`), `None` when it names none (an organisation's `ping`).
+    pub repository: Option<RepositoryRef>,
+    /// Set when the verifier was given the configured repository
+    /// ([`crate::WebhookVerifier::with_repository`]) and the event is about another one (or
+    /// names none): what the payload named, for the log. Organisation- and group-level hooks
+    /// deliver every repository's events under one secret, so such a delivery is genuine, but
+    /// its numbers are another repository's: its [`Delivery::event`] is
+    /// [`ForgeEvent::Ignored`].
+    pub other_repository: Option<String>,
+}
+
+/// A repository as a webhook payload names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepositoryRef {
+    /// `owner/name` (GitLab: `group/subgroup/project`), as the payload spells it.
+    pub full_name: Option<String>,
+    /// The forge's numeric id of the repository (GitLab: the project's id). Ids survive
+    /// renames and transfers.
+    pub id: Option<u64>,
+}
+
+impl fmt::Display for RepositoryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .full_name
+            .as_deref()
+            .map(|n| crate::names::short_text(n, 120));
+        match (name, self.id) {
+            (Some(name), Some(id)) => write!(f, "{name} (id {id})"),
+            (Some(name), None) => f.write_str(&name),
+            (None, Some(id)) => write!(f, "id {id}"),
+            (None, None) => f.write_str("(no repository)"),
+        }
+    }
+}
+
+/// The one repository a controller works with, as webhooks are checked against it.
+///
+/// # Guarantees
+/// [`ExpectedRepository::matches`] is `false` for a payload that names no repository: an
+/// event Slipway cannot place is not acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedRepository {
+    /// `owner/name` (GitLab: `group/subgroup/project`, or the project's numeric id).
+    pub name: String,
+    /// The repository's numeric id, when known: it then decides, so that a renamed or
+    /// transferred repository still matches and another one that took its old name does not.
+    pub id: Option<u64>,
+}
+
+impl ExpectedRepository {
+    /// The repository `name` (a path, or GitLab's numeric project id), id unknown.
+    pub fn new(name: impl Into<String>) -> Self {
+        ExpectedRepository {
+            name: name.into(),
+            id: None,
+        }
+    }
+
+    /// Whether `payload` names this repository: by id when both ids are known (or the
+    /// configured name is a numeric id), else by full name, compared without regard to case
+    /// (GitHub, GitLab and Gitea route names case-insensitively).
+    pub fn matches(&self, payload: Option<&RepositoryRef>) -> bool {
+        let Some(payload) = payload else {
+            return false;
+        };
+        let numeric = (!self.name.is_empty() && self.name.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| self.name.parse::<u64>().ok())
+            .flatten();
+        match (self.id.or(numeric), payload.id) {
+            (Some(expected), Some(got)) => expected == got,
+            // A numeric name can only be compared with an id.
+            (Some(_), None) if numeric.is_some() => false,
+            _ => payload
+                .full_name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&self.name)),
+        }
+    }
 }
 
 /// Everything a forge's webhook can tell Slipway, for every forge.

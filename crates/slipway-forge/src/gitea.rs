@@ -296,7 +296,7 @@ impl Forge for Gitea {
 
     fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
         api::check_marker(marker)?;
-        let body = api::body_with_marker(marker, body);
+        let body = self.api.scrub(&api::body_with_marker(marker, body));
         let me = self.own_login()?.to_owned();
         // Gitea lists an issue's comments in one answer: the endpoint takes no page.
         let comments: Vec<Comment> = self
@@ -338,7 +338,7 @@ impl Forge for Gitea {
         let mut body = json!({
             "state": state,
             "context": status.context,
-            "description": api::status_description(&status.description),
+            "description": api::status_description(&self.api.scrub(&status.description)),
         });
         if let Some(url) = &status.target_url {
             body["target_url"] = json!(url);

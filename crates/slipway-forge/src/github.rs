@@ -282,7 +282,7 @@ impl Forge for GitHub {
 
     fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
         api::check_marker(marker)?;
-        let body = api::body_with_marker(marker, body);
+        let body = self.api.scrub(&api::body_with_marker(marker, body));
         let me = self.own_login()?.to_owned();
         let comments: Vec<Comment> = self.api.get_all(
             &format!("{}/issues/{pr}/comments", self.repo_path),
@@ -325,7 +325,7 @@ impl Forge for GitHub {
         let mut body = json!({
             "state": state,
             "context": status.context,
-            "description": api::status_description(&status.description),
+            "description": api::status_description(&self.api.scrub(&status.description)),
         });
         if let Some(url) = &status.target_url {
             body["target_url"] = json!(url);

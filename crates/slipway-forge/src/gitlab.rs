@@ -177,7 +177,10 @@ pub(crate) struct GitLab {
     api: Api,
     /// `/projects/{url-encoded path}`.
     project_path: String,
+    /// The configured repository: a path, or the project's numeric id.
     repository: String,
+    /// The project's path, asked once when `repository` is its numeric id.
+    resolved_path: OnceLock<String>,
     login: OnceLock<String>,
     /// Source project paths of forks, by project id.
     fork_paths: Mutex<HashMap<u64, Option<String>>>,
@@ -226,6 +229,7 @@ impl GitLab {
             api,
             project_path: format!("/projects/{}", path_segment(&config.repository)),
             repository: config.repository.clone(),
+            resolved_path: OnceLock::new(),
             login,
             fork_paths: Mutex::new(HashMap::new()),
         }
@@ -239,6 +243,22 @@ impl GitLab {
         Ok(self.login.get_or_init(|| me.username))
     }
 
+    /// The project's `group/project` path: the configured one, or, when the configuration
+    /// names the project by its numeric id, the path the forge gives it (asked once).
+    fn repository_path(&self) -> Result<String, ForgeError> {
+        if !api::is_numeric_id(&self.repository) {
+            return Ok(self.repository.clone());
+        }
+        if let Some(path) = self.resolved_path.get() {
+            return Ok(path.clone());
+        }
+        let project: ProjectPath = self.api.get(&self.project_path)?;
+        Ok(self
+            .resolved_path
+            .get_or_init(|| project.path_with_namespace)
+            .clone())
+    }
+
     /// The path of the merge request's source project: ours, or a fork's (asked once per
     /// fork; `None` when it was deleted or is not visible to the token).
     fn source_path(&self, mr: &MergeRequest) -> Result<Option<String>, ForgeError> {
@@ -246,7 +266,7 @@ impl GitLab {
             return Ok(None);
         };
         if id == mr.target_project_id {
-            return Ok(Some(self.repository.clone()));
+            return self.repository_path().map(Some);
         }
         if let Some(known) = self
             .fork_paths
@@ -278,7 +298,7 @@ impl GitLab {
             head_ref: mr.source_branch.clone(),
             base_ref: mr.target_branch.clone(),
             head_repo_full_name: self.source_path(mr)?,
-            base_repo_full_name: self.repository.clone(),
+            base_repo_full_name: self.repository_path()?,
             is_fork: mr.source_project_id != Some(mr.target_project_id),
             url: mr.web_url.clone(),
         };
@@ -298,7 +318,7 @@ impl Forge for GitLab {
 
     fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
         api::check_marker(marker)?;
-        let body = api::body_with_marker(marker, body);
+        let body = self.api.scrub(&api::body_with_marker(marker, body));
         let me = self.own_login()?.to_owned();
         let notes: Vec<Note> = self.api.get_all(
             &format!(
@@ -350,7 +370,7 @@ impl Forge for GitLab {
         let mut body = json!({
             "state": state,
             "name": status.context,
-            "description": api::status_description(&status.description),
+            "description": api::status_description(&self.api.scrub(&status.description)),
         });
         if let Some(url) = &status.target_url {
             body["target_url"] = json!(url);

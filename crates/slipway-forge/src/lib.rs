@@ -50,6 +50,7 @@ mod github;
 mod gitlab;
 mod names;
 mod render;
+mod scrub;
 mod webhook;
 
 pub use api::{
@@ -58,12 +59,13 @@ pub use api::{
 };
 pub use command::{Command, CommandError, USAGE, parse_command};
 pub use event::{
-    Delivery, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState, UnknownForge,
+    Delivery, ExpectedRepository, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, RepositoryRef,
+    ReviewState, UnknownForge,
 };
 pub use render::{
     DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, render_plan_comment,
 };
 pub use webhook::{
     DEFAULT_MAX_BODY_BYTES, Headers, KNOWN_EVENTS, WebhookError, WebhookVerifier, parse_payload,
-    sign, verify_and_parse,
+    payload_repository, sign, verify_and_parse,
 };

@@ -278,7 +278,7 @@ pub(crate) fn inline_code(s: &str) -> String {
 }
 
 /// `s` as literal text in a Markdown table cell.
-fn escape_markdown(s: &str) -> String {
+pub(crate) fn escape_markdown(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -295,7 +295,7 @@ fn escape_markdown(s: &str) -> String {
 }
 
 /// `s` as literal text inside HTML (`<summary>`).
-fn escape_html(s: &str) -> String {
+pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -4,7 +4,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::event::{Delivery, ForgeEvent, ForgeKind};
+use crate::event::{Delivery, ExpectedRepository, ForgeEvent, ForgeKind, RepositoryRef};
 use crate::{gitea, github, gitlab};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -120,11 +120,18 @@ impl WebhookError {
 ///
 /// # Caveats
 /// Replay protection is the caller's: deduplicate on [`Delivery::id`].
+///
+/// With [`WebhookVerifier::with_repository`] (what [`crate::ForgeConfig::webhook_verifier`]
+/// gives), a push, pull request, review or comment about another repository (or one whose
+/// payload names none) is [`ForgeEvent::Ignored`] and [`Delivery::other_repository`] says
+/// which: organisation- and group-level hooks deliver every repository's events under one
+/// secret, and another repository's pull request 7 is not ours.
 #[derive(Clone)]
 pub struct WebhookVerifier {
     forge: ForgeKind,
     secret: Vec<u8>,
     max_body_bytes: usize,
+    repository: Option<ExpectedRepository>,
 }
 
 impl std::fmt::Debug for WebhookVerifier {
@@ -133,6 +140,7 @@ impl std::fmt::Debug for WebhookVerifier {
             .field("forge", &self.forge)
             .field("secret", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("repository", &self.repository)
             .finish()
     }
 }
@@ -144,7 +152,20 @@ impl WebhookVerifier {
             forge,
             secret: secret.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            repository: None,
         }
+    }
+
+    /// Acts only on events about `repository`: the others are [`ForgeEvent::Ignored`] (see
+    /// [`Delivery::other_repository`]).
+    pub fn with_repository(mut self, repository: ExpectedRepository) -> Self {
+        self.repository = Some(repository);
+        self
+    }
+
+    /// The repository events must be about, if one was given.
+    pub fn repository(&self) -> Option<&ExpectedRepository> {
+        self.repository.as_ref()
     }
 
     /// Sets the largest body accepted.
@@ -181,11 +202,35 @@ impl WebhookVerifier {
             })?
             .trim();
         let id = delivery_id(self.forge, headers, body)?;
-        let event = parse_payload(self.forge, event, body)?;
+        let event_name = event;
+        let mut event = parse_payload(self.forge, event_name, body)?;
+        let repository = payload_repository(self.forge, body);
+        let mut other_repository = None;
+        let acted_on = match &event {
+            ForgeEvent::Push { .. } => Some("push"),
+            ForgeEvent::PullRequest { .. } => Some("pull_request"),
+            ForgeEvent::Review { .. } => Some("review"),
+            ForgeEvent::Comment { .. } => Some("comment"),
+            ForgeEvent::Ping | ForgeEvent::Ignored { .. } => None,
+        };
+        if let (Some(expected), Some(kind)) = (&self.repository, acted_on)
+            && !expected.matches(repository.as_ref())
+        {
+            other_repository = Some(
+                repository
+                    .as_ref()
+                    .map_or_else(|| "(no repository)".to_owned(), ToString::to_string),
+            );
+            event = ForgeEvent::Ignored {
+                kind: format!("{kind}.other_repository"),
+            };
+        }
         Ok(Delivery {
             forge: self.forge,
             id,
             event,
+            repository,
+            other_repository,
         })
     }
 
@@ -267,6 +312,43 @@ pub fn parse_payload(
         ForgeKind::GitLab => gitlab::parse_event(event, body),
         ForgeKind::Gitea => gitea::parse_event(event, body),
     }
+}
+
+/// The repository a payload is about: `repository` (GitHub, Gitea: `full_name`, `id`), or
+/// GitLab's `project` (`path_with_namespace`, `id`; else `project_id`, else a merge request's
+/// `target` and `target_project_id`). `None` when the payload names none, or is not JSON.
+/// Never panics, for any input.
+pub fn payload_repository(forge: ForgeKind, body: &[u8]) -> Option<RepositoryRef> {
+    use serde_json::Value;
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let number = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
+    let found = match forge {
+        ForgeKind::GitHub | ForgeKind::Gitea => {
+            let repo = v.get("repository").filter(|r| r.is_object())?;
+            RepositoryRef {
+                full_name: text(repo, "full_name"),
+                id: number(repo, "id"),
+            }
+        }
+        ForgeKind::GitLab => {
+            let attributes = v.get("object_attributes");
+            let project = v.get("project").filter(|p| p.is_object());
+            let target = attributes
+                .and_then(|a| a.get("target"))
+                .filter(|t| t.is_object());
+            RepositoryRef {
+                full_name: project
+                    .and_then(|p| text(p, "path_with_namespace"))
+                    .or_else(|| target.and_then(|t| text(t, "path_with_namespace"))),
+                id: project
+                    .and_then(|p| number(p, "id"))
+                    .or_else(|| number(&v, "project_id"))
+                    .or_else(|| attributes.and_then(|a| number(a, "target_project_id"))),
+            }
+        }
+    };
+    (found.full_name.is_some() || found.id.is_some()).then_some(found)
 }
 
 /// Event header values that [`parse_payload`] reads a payload for, across the three forges

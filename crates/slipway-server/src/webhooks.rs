@@ -4,7 +4,10 @@
 //! the raw body) or token (GitLab `X-Gitlab-Token`) is compared in constant time before the
 //! body is parsed; bodies over the server's limit are refused with `413` before they are read
 //! whole. A delivery id seen before is acknowledged and not handled again (redeliveries,
-//! replays). Unknown events are acknowledged and ignored. Every delivery, accepted or not, is
+//! replays). Unknown events are acknowledged and ignored, and so are events about another
+//! repository than the configured one (organisation- and group-level hooks deliver every
+//! repository's events under one secret; another repository's pull request 7 is not ours):
+//! those are audited as refused. Every delivery, accepted or not, is
 //! in the audit log; the event is then handled in the background (the forge wants an answer
 //! within seconds), which also refreshes the repository at once.
 
@@ -48,8 +51,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
             "required": ["delivery", "event", "handled"],
             "properties": {
                 "delivery": {"type": "string", "description": "The forge's delivery id."},
-                "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name."},
-                "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery or an event it does not use)."},
+                "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name (`pull_request.other_repository` and the like for an event about another repository than the configured one)."},
+                "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery, an event it does not use, or one about another repository)."},
                 "duplicate": {"type": "boolean", "description": "A delivery id seen before."}
             }
         }),
@@ -178,6 +181,35 @@ async fn receive(
                 event,
                 handled: false,
                 duplicate: true,
+            }),
+        )
+            .into_response());
+    }
+    if let Some(other) = &delivery.other_repository {
+        let expected = verifier
+            .repository()
+            .map_or_else(|| "(none)".to_owned(), |r| r.name.clone());
+        audit(
+            &app,
+            &who,
+            &target,
+            "refused",
+            format!(
+                "delivery {} ({event}) is about {other}, not the configured repository \
+                 {expected}: acknowledged, not acted on (an organisation or group webhook \
+                 sends every repository's events; if the repository was renamed or moved, \
+                 update [forge.{}] repository)",
+                delivery.id,
+                kind.as_str()
+            ),
+        );
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                delivery: delivery.id,
+                event,
+                handled: false,
+                duplicate: false,
             }),
         )
             .into_response());

@@ -70,7 +70,8 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     let listen = listen.unwrap_or(config.server.listen.clone());
     let controller = controller(g, repo)?;
     if let Some(setup) =
-        slipway_controller::pulls::setup_from_config(&config).map_err(anyhow::Error::msg)?
+        slipway_controller::pulls::setup_from_config(&config, private_texts(g, repo, &config))
+            .map_err(anyhow::Error::msg)?
     {
         eprintln!(
             "slipway serve: pull requests from {} (webhooks at /webhooks/{})",
@@ -121,6 +122,56 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `serve` must never post to a forge, with the word that stands in for it: the
+/// repository's URL or path (a git error quotes it), the home (every file Slipway keeps, its
+/// clones included) and the user's home directory. Paths are given as typed, absolute and
+/// with symlinks resolved, since an error may quote any of them.
+fn private_texts(
+    g: &Global,
+    repo: &RepoArgs,
+    config: &slipway_engine::EngineConfig,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let path_forms = |path: &std::path::Path, stand_in: &str, out: &mut Vec<(String, String)>| {
+        // Absolute forms only: a relative one (`.`, `repo`) is a word that text may hold
+        // for other reasons.
+        let mut forms = Vec::new();
+        if let Ok(abs) = crate::commands::absolute(path) {
+            forms.push(abs.components().collect::<std::path::PathBuf>());
+        }
+        if let Ok(canonical) = std::fs::canonicalize(path) {
+            forms.push(canonical);
+        }
+        for form in forms {
+            let text = form.to_string_lossy().into_owned();
+            if text != "/" && !out.iter().any(|(t, _)| *t == text) {
+                out.push((text, stand_in.to_owned()));
+            }
+        }
+    };
+    let spec = repo
+        .repo
+        .clone()
+        .or(config.repo.url.clone())
+        .unwrap_or_else(|| ".".into());
+    if spec.contains("://") {
+        out.push((spec.clone(), "[repository]".into()));
+        if let Some(path) = spec.strip_prefix("file://") {
+            path_forms(std::path::Path::new(path), "[repository]", &mut out);
+        }
+    } else if spec.contains(':') && !std::path::Path::new(&spec).exists() {
+        // scp-like `git@host:acme/shop.git`.
+        out.push((spec.clone(), "[repository]".into()));
+    } else {
+        path_forms(std::path::Path::new(&spec), "[repository]", &mut out);
+    }
+    path_forms(&g.home, "[home]", &mut out);
+    if let Some(user_home) = std::env::var_os("HOME").filter(|h| h.len() > 1) {
+        path_forms(std::path::Path::new(&user_home), "~", &mut out);
+    }
+    out
 }
 
 fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
