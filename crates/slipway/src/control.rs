@@ -82,14 +82,19 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     let store = controller.engine().store();
     if store.tokens()?.is_empty() {
         let token = slipway_state::new_token();
+        // The file first: a token recorded but written nowhere would be lost.
+        let path = write_admin_token(controller.engine().home(), &token)?;
         store.create_token(
             &slipway_state::hash_token(&token),
             "admin",
             "first-admin",
             slipway_state::now_ms(),
         )?;
+        // Never the token itself: logs are collected, shipped and shown to many.
         eprintln!(
-            "No API token existed, so an admin token was made (shown once; keep it):\n  {token}"
+            "No API token existed, so an admin token was made; it is in {} (readable only by \
+             this user): read it, keep it somewhere safe, and delete the file",
+            path.display()
         );
     }
     let rt = runtime()?;
@@ -121,6 +126,28 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the first admin token to `<home>/admin-token`, mode 0600 from its creation (a
+/// temporary file renamed in, so that no reader ever sees it half-written or more open).
+fn write_admin_token(home: &std::path::Path, token: &str) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.join("admin-token");
+    let partial = home.join(format!(".admin-token.{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot write the admin token to {}", partial.display()))?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the admin token to {}", partial.display()))?;
+    std::fs::rename(&partial, &path)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    Ok(path)
 }
 
 fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
