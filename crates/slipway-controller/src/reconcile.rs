@@ -194,7 +194,11 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 w.name
             );
             // The reconcile of the impostor reports the same (the engine refuses it).
-            if !record.message.as_deref().is_some_and(|m| m.contains("not adopted")) {
+            if !record
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("not adopted"))
+            {
                 event(inner, &w.name, "environment.conflict", &why);
                 store.set_environment_status(
                     &w.name,

@@ -307,6 +307,9 @@ impl Engine {
         for (name, why) in unusable {
             servers = servers.with_unavailable(&name, &why);
         }
+        for (name, server) in &config.postgres {
+            servers = servers.with_templates(name, server.templates.clone());
+        }
         let servers = Arc::new(servers);
         registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));
         registry.register(postgres::RoleProvider::new(servers));
