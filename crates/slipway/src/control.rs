@@ -172,7 +172,9 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
             EnvCommand::List { .. } => unreachable!("handled above"),
             EnvCommand::Create { name, like, ttl, repo, output } => {
                 let reference = required_ref(&repo)?;
-                let c = controller(g, &repo)?;
+                // The names and families an ad-hoc environment is checked against are the
+                // default branch's (HEAD), never those of the ref it runs.
+                let c = controller(g, &RepoArgs { reference: None, ..repo.clone() })?;
                 let ttl = ttl.map(|t| duration(&t, "--ttl")).transpose()?;
                 let record = c.create_environment(CreateEnvironment { name: name.clone(), reference, like, ttl, owner: Some(who()) }).await?;
                 eprintln!("created `{name}`; deploying...");

@@ -184,6 +184,7 @@ secrets: {{ recipients: [{recipient}] }}
 environments:
   prod: {{ track: main, protected: true, variables: {{ tier: production }} }}
   previews: {{ generate: {{ branches: ["feature/*"] }}, ttl: 30d, variables: {{ tier: preview }} }}
+  nightly: {{ generate: {{ branches: ["nightly/*"] }} }}
 variables:
   tier: none
 resources:
@@ -231,7 +232,8 @@ fn a_developer_cannot_copy_prod_take_its_names_or_live_forever() {
         &yaml.replace(
             "prod: { track: main, protected: true, variables: { tier: production } }",
             "prod: { generate: { branches: [\"nothing/*\"] }, variables: { tier: production } }",
-        ),
+        )
+        .replace("  nightly: { generate: { branches: [\"nightly/*\"] } }\n", ""),
     );
     s.commit("prod is a family here");
     git(&s.repo, &["checkout", "-q", "main"]);
@@ -274,6 +276,22 @@ fn a_developer_cannot_copy_prod_take_its_names_or_live_forever() {
         "the CLI's `env create --like prod` is refused: {}",
         text(&cli)
     );
+    // The same through the CLI on the home (no server): the default branch decides.
+    let local = s.run(&["env", "create", "copy", "--ref", "evil", "--like", "prod"]);
+    assert!(
+        !local.status.success() && text(&local).contains("static environment"),
+        "the local `env create --ref evil --like prod` is refused: {}",
+        text(&local)
+    );
+    // `nightly` is a family of main that evil's stack leaves out: main's names count.
+    let local = s.run(&[
+        "env", "create", "nightly", "--ref", "evil", "--like", "previews",
+    ]);
+    assert!(
+        !local.status.success() && text(&local).contains("environment of the stack itself"),
+        "the local `env create nightly --ref evil` is refused: {}",
+        text(&local)
+    );
     assert!(
         environment(&server, &admin, "copy").is_none(),
         "no copy of prod exists"
@@ -284,6 +302,7 @@ fn a_developer_cannot_copy_prod_take_its_names_or_live_forever() {
         ("prod", "main"),
         ("prod", "evil"),
         ("previews", "main"),
+        ("nightly", "evil"),
         ("pr-7", "main"),
         ("br-x", "main"),
     ] {
@@ -470,6 +489,81 @@ fn extending_prod_is_refused_and_expiry_never_destroys_it() {
     assert!(
         conf(&s, "prod").is_some_and(|c| c.contains(&prod_secret)),
         "prod's resources are intact"
+    );
+}
+
+#[test]
+fn an_adhoc_environment_under_a_name_the_stack_later_defines_is_never_adopted() {
+    let Setup {
+        s,
+        admin,
+        developer,
+        ..
+    } = setup();
+    let server = start_serve(&s);
+    wait_for("prod runs", T, || synced(&server, &admin, "prod"));
+    let (status, body) = api(
+        &server.addr,
+        "POST",
+        "/api/v1/environments",
+        &developer,
+        Some(json!({"name": "qa", "ref": "main", "like": "previews"})),
+    );
+    assert_eq!(status, 201, "`qa` is free when it is made: {body}");
+    wait_for("the ad-hoc qa runs", T, || synced(&server, &admin, "qa"));
+
+    // Later, main defines a static `qa`: the ad-hoc one must not become it (nor it the ad-hoc
+    // one), whatever reconciles first.
+    let yaml = std::fs::read_to_string(s.repo.join("slipway.yaml")).expect("stack");
+    s.write(
+        "slipway.yaml",
+        &yaml.replace(
+            "  previews:",
+            "  qa: { track: main, variables: { tier: qa } }\n  previews:",
+        ),
+    );
+    s.commit("a static qa");
+    let qa = wait_for("the conflict is reported on qa", T, || {
+        environment(&server, &admin, "qa").filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not adopted"))
+        })
+    });
+    assert_eq!(qa["kind"], "adhoc", "qa stays what it was: {qa}");
+    assert_eq!(qa["owner"], "developer", "{qa}");
+    wait_for_passes(&server, &admin, 4, Duration::from_secs(2));
+    let qa = environment(&server, &admin, "qa").expect("qa");
+    assert_eq!(
+        qa["kind"], "adhoc",
+        "still not adopted after more passes: {qa}"
+    );
+    assert!(
+        conf(&s, "qa").is_some_and(|c| c.contains("tier=preview")),
+        "the ad-hoc qa was never deployed as the static qa"
+    );
+    let apply = s.run(&["apply", "--env", "qa", "--yes"]);
+    assert!(
+        !apply.status.success() && text(&apply).contains("not adopted"),
+        "the engine refuses to deploy the ad-hoc qa as the stack's: {}",
+        text(&apply)
+    );
+
+    // A person destroys the ad-hoc one; the static qa is made in its place.
+    let (status, body) = api(
+        &server.addr,
+        "DELETE",
+        "/api/v1/environments/qa",
+        &developer,
+        None,
+    );
+    assert_eq!(status, 200, "the ad-hoc qa's owner destroys it: {body}");
+    let qa = wait_for("the static qa runs", T, || {
+        synced(&server, &admin, "qa").filter(|e| e["kind"] == "static")
+    });
+    assert!(
+        conf(&s, "qa").is_some_and(|c| c.contains("tier=qa")),
+        "the static qa has its own variables: {qa}"
     );
 }
 
