@@ -442,11 +442,22 @@ pub(crate) fn reconcile(
             return Ok(requeue);
         }
         Err(e) => {
+            let message = e.to_string();
+            // An impostor under a name of the stack (see `discover`): reported once, by
+            // whichever of the two sees it first.
+            if message.contains("not adopted")
+                && !record
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("not adopted"))
+            {
+                event(inner, name, "environment.conflict", &message);
+            }
             store.set_environment_status(
                 name,
                 "failed",
                 &record.health,
-                Some(&e.to_string()),
+                Some(&message),
                 now_ms(),
             )?;
             return Err(e.into());

@@ -538,6 +538,15 @@ fn an_adhoc_environment_under_a_name_the_stack_later_defines_is_never_adopted() 
         qa["kind"], "adhoc",
         "still not adopted after more passes: {qa}"
     );
+    let conflicts: Vec<_> = events(&s, "qa")
+        .into_iter()
+        .filter(|(kind, _)| kind == "environment.conflict")
+        .collect();
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "the conflict is reported as an event, once: {conflicts:?}"
+    );
     assert!(
         conf(&s, "qa").is_some_and(|c| c.contains("tier=preview")),
         "the ad-hoc qa was never deployed as the static qa"
