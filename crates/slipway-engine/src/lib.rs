@@ -489,8 +489,13 @@ impl Engine {
         };
         let desired = render::render(stack, render_target, &loaded.commit.sha, sources)
             .map_err(|e| EngineError::Environment(e.to_string()))?;
-        let secrets = secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home)
-            .map_err(EngineError::Secret)?;
+        let scope = secrets::Scope {
+            environment: &desired.environment.name,
+            definition: &desired.environment.definition,
+        };
+        let secrets =
+            secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home, scope)
+                .map_err(EngineError::Secret)?;
         let input = self.plan_input(&desired, &secrets)?;
         let plan = plan::plan(&desired, &input);
         Ok(Prepared {

@@ -237,6 +237,24 @@ fn a_developer_cannot_copy_prod_take_its_names_or_live_forever() {
     );
     s.commit("prod is a family here");
     git(&s.repo, &["checkout", "-q", "main"]);
+    // A branch that copies prod's override ciphertext into its own secrets file as the
+    // default: its preview would decrypt prod's secret if ciphertexts were not bound.
+    git(&s.repo, &["checkout", "-q", "-b", "feature/steal"]);
+    let secrets = std::fs::read_to_string(s.repo.join("slipway.secrets.yaml")).expect("secrets");
+    let prod_block: String = secrets
+        .split("      prod: |\n")
+        .nth(1)
+        .expect("prod's override is in the secrets file")
+        .lines()
+        .take_while(|l| l.starts_with("        "))
+        .map(|l| format!("      {}\n", &l[8..]))
+        .collect();
+    s.write(
+        "slipway.secrets.yaml",
+        &format!("version: 1\nsecrets:\n  api_token:\n    value: |\n{prod_block}"),
+    );
+    s.commit("prod's ciphertext as the default");
+    git(&s.repo, &["checkout", "-q", "main"]);
 
     let server = start_serve(&s);
     let url = format!("http://{}", server.addr);
@@ -244,6 +262,18 @@ fn a_developer_cannot_copy_prod_take_its_names_or_live_forever() {
     assert!(
         conf(&s, "prod").is_some_and(|c| c.contains(&prod_secret)),
         "prod has its own secret (the override this test tries to steal)"
+    );
+    let stolen = wait_for("the copied ciphertext is refused", T, || {
+        environment(&server, &admin, "br-feature-steal").filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("set for `prod` only"))
+        })
+    });
+    assert!(
+        !stolen.to_string().contains(&prod_secret)
+            && conf(&s, "br-feature-steal").is_none_or(|c| !c.contains(&prod_secret)),
+        "the branch's preview never gets prod's secret: {stolen}"
     );
 
     let create = |body: Value| {
