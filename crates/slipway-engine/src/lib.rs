@@ -416,7 +416,8 @@ impl Engine {
 
     /// The target for an environment named on the command line: what the store recorded of
     /// it (a generated or ad-hoc environment keeps its family), or a static environment of
-    /// that name.
+    /// that name. A record of another kind under a name the stack defines (an ad-hoc `prod`)
+    /// keeps its kind here, and [`Engine::prepare`] refuses it: it is never adopted.
     pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
         Ok(match self.store.environment(name)? {
             Some(record) => EnvTarget {
