@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart: build Slipway, prepare a git repository holding the example stack (with a
 # feature branch, so a preview environment appears), and start `slipway serve` on it. Prints
-# the web UI, API and preview URLs and an admin token, then leaves the controller running.
+# the web UI, API and preview URLs and where the admin token is, then leaves the controller
+# running.
 #
 #   bash scripts/quickstart.sh            # QUICKSTART_DIR=/tmp/slipway-quickstart by default
 #   kill "$(cat /tmp/slipway-quickstart/serve.pid)"   # stop the controller (services stay)
@@ -60,7 +61,9 @@ echo $! >"$dir/serve.pid"
 
 token=""
 for _ in $(seq 1 100); do
-  token=$(grep -A1 'admin token' "$dir/serve.log" 2>/dev/null | tail -n 1 | tr -d ' ' || true)
+  # `slipway serve` writes its first admin token to a file only its user can read, never to
+  # its log.
+  token=$(cat "$dir/home/admin-token" 2>/dev/null | tr -d ' \n' || true)
   [ -n "$token" ] && break
   sleep 0.1
 done
@@ -78,13 +81,13 @@ done
 cat <<TEXT
 
 Slipway is running (pid $(cat "$dir/serve.pid"); log $dir/serve.log).
-  Web UI:       http://$listen/   (log in with the admin token below)
+  Web UI:       http://$listen/   (log in with the admin token: cat $dir/home/admin-token)
   API:          http://$listen/api/v1   (OpenAPI: http://$listen/api/v1/openapi.json)
   Preview URLs: http://dev.quickstart.localhost:$port/
                 http://prod.quickstart.localhost:$port/
                 http://br-feature-hello.quickstart.localhost:$port/
-  Admin token:  $token
-  Try:          export SLIPWAY_SERVER=http://$listen SLIPWAY_TOKEN=$token
+  Admin token:  in $dir/home/admin-token (mode 0600; the log never shows it)
+  Try:          export SLIPWAY_SERVER=http://$listen SLIPWAY_TOKEN=\$(cat $dir/home/admin-token)
                 $slipway env create demo --ref main --like previews --ttl 1h
                 git -C $dir/repo commit --allow-empty -m again   # dev and prod follow main
   Stop:         kill \$(cat $dir/serve.pid)    (environments keep running; \`slipway --home $dir/home destroy --env dev --yes\` removes one)

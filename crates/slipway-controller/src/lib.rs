@@ -119,6 +119,10 @@ pub enum ControllerError {
     /// The request cannot be done as asked; the message says why and what to do.
     #[error("{0}")]
     Invalid(String),
+    /// The request contradicts what exists (a name that is taken, an environment of
+    /// another kind); the message says why.
+    #[error("{0}")]
+    Conflict(String),
     /// A blocking task died.
     #[error("internal error: {0}")]
     Internal(String),

@@ -186,6 +186,43 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 record
             }
         };
+        if record.kind != w.kind.as_str() {
+            // Something else holds the name (an ad-hoc `prod` made before the stack defined
+            // it, a generated environment where a static one now stands): it is never
+            // adopted as the other, which would hand it prod's rules, or prod's resources to
+            // a branch. Reported once; a person destroys the impostor.
+            let why = format!(
+                "held: the stack defines `{}` as a {} environment, but an environment of kind \
+                 `{}` holds the name{}; it is not adopted: destroy it (`slipway env destroy {}`) \
+                 so that the stack's `{}` can be made",
+                w.name,
+                w.kind.as_str(),
+                record.kind,
+                record
+                    .owner
+                    .as_deref()
+                    .map(|o| format!(" (made by {o})"))
+                    .unwrap_or_default(),
+                w.name,
+                w.name
+            );
+            // The reconcile of the impostor reports the same (the engine refuses it).
+            if !record
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("not adopted"))
+            {
+                event(inner, &w.name, "environment.conflict", &why);
+                store.set_environment_status(
+                    &w.name,
+                    "failed",
+                    &record.health,
+                    Some(&why),
+                    now_ms(),
+                )?;
+            }
+            continue;
+        }
         if record.pinned {
             continue;
         }
@@ -359,8 +396,37 @@ pub(crate) fn reconcile(
         return Ok(Action::Done);
     };
     let requeue = Action::Requeue(inner.options.requeue_interval);
+    if record.expires_at.is_some_and(|at| at <= now_ms()) && !expires(&record) {
+        // A static environment has no time to live (`extend` refuses it); an expiry in its
+        // record came from elsewhere (an older version, a hand-edited store). Destroying it
+        // would need a person's confirmation when it is protected, and the controller never
+        // gives one: the expiry is held, reported, and dropped; it keeps running.
+        let why = if record.protected {
+            format!(
+                "`{name}` reached the expiry in its record, but it is protected: destroying it \
+                 needs a person's confirmation (`slipway env destroy {name} --confirm-destroy \
+                 {name}`), so it is kept and the expiry dropped (static environments do not \
+                 expire)"
+            )
+        } else {
+            format!(
+                "`{name}` reached the expiry in its record, but static environments do not \
+                 expire: it is kept and the expiry dropped (`slipway env destroy {name}` \
+                 destroys it)"
+            )
+        };
+        event(inner, name, "expiry.held", &why);
+        let mut fresh = record.clone();
+        fresh.expires_at = None;
+        fresh.ttl_ms = None;
+        fresh.message = Some(format!("held: {why}"));
+        fresh.sync = "failed".into();
+        fresh.updated_at = now_ms();
+        store.upsert_environment(&fresh)?;
+        return Ok(requeue);
+    }
     if record.expires_at.is_some_and(|at| at <= now_ms()) {
-        destroy(inner, name, WHO, "its time to live has passed", true)?;
+        destroy(inner, name, WHO, "its time to live has passed", false)?;
         event(
             inner,
             name,
@@ -446,11 +512,22 @@ pub(crate) fn reconcile(
             return Ok(requeue);
         }
         Err(e) => {
+            let message = e.to_string();
+            // An impostor under a name of the stack (see `discover`): reported once, by
+            // whichever of the two sees it first.
+            if message.contains("not adopted")
+                && !record
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("not adopted"))
+            {
+                event(inner, name, "environment.conflict", &message);
+            }
             store.set_environment_status(
                 name,
                 "failed",
                 &record.health,
-                Some(&e.to_string()),
+                Some(&message),
                 now_ms(),
             )?;
             return Err(e.into());
@@ -574,6 +651,12 @@ pub(crate) fn reconcile(
     Ok(requeue)
 }
 
+/// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or
+/// protected one.
+fn expires(record: &EnvironmentRecord) -> bool {
+    kind_of(record) != EnvKind::Static && !record.protected
+}
+
 /// Records a new ad-hoc environment (its first deployment is queued by the caller).
 pub(crate) fn create_adhoc(
     inner: &Inner,
@@ -587,7 +670,7 @@ pub(crate) fn create_adhoc(
     }
     let store = inner.engine.store();
     if store.environment(name)?.is_some() {
-        return Err(ControllerError::Invalid(format!(
+        return Err(ControllerError::Conflict(format!(
             "environment `{name}` already exists; pick another name or destroy it first"
         )));
     }
@@ -599,36 +682,81 @@ pub(crate) fn create_adhoc(
             loaded.entry, request.reference
         ))
     })?;
-    if stack.environments.contains_key(name) {
-        return Err(ControllerError::Invalid(format!(
-            "`{name}` is an environment of the stack itself; ad-hoc environments need their own name"
-        )));
-    }
+    // The names and families that count are the default branch's: the ref is anyone's
+    // branch, and its `slipway.yaml` could leave `prod` out or call it a family.
+    let main = source::load_commit(
+        inner.source.as_ref(),
+        &inner.options.default_ref,
+        &inner.folder,
+    )?;
+    let main_stack = main.valid_stack().map_err(|first| {
+        ControllerError::Invalid(format!(
+            "{} at the default ref `{}` is not valid, so the name `{name}` cannot be checked \
+             against the environments it defines; fix it first: {first}",
+            main.entry, inner.options.default_ref
+        ))
+    })?;
+    check_adhoc_name(name, main_stack, stack)?;
+    let families = |s: &slipway_core::stack::Stack| -> Vec<String> {
+        s.environments
+            .iter()
+            .filter(|(_, d)| d.generate.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let allowed: Vec<String> = families(main_stack)
+        .into_iter()
+        .filter(|f| families(stack).contains(f))
+        .collect();
+    let listed = if allowed.is_empty() {
+        "the stack has no generated family (`generate:`), so ad-hoc environments cannot be made"
+            .to_string()
+    } else {
+        format!("its families are: {}", allowed.join(", "))
+    };
     let definition = match &request.like {
+        Some(like) if allowed.contains(like) => like.clone(),
+        Some(like) if main_stack.environments.contains_key(like) => {
+            // A copy of a static environment would take its variables and its secret
+            // overrides (prod's passwords) and hand them to whoever asked.
+            return Err(ControllerError::Invalid(format!(
+                "--like `{like}`: `{like}` is a static environment, and ad-hoc environments take \
+                 their variables and secrets only from a generated family; {listed}"
+            )));
+        }
         Some(like) => {
-            if !stack.environments.contains_key(like) {
-                let known: Vec<&str> = stack.environments.keys().map(String::as_str).collect();
+            return Err(ControllerError::Invalid(format!(
+                "--like `{like}`: no such family in the stack of the default ref and of \
+                 `{}`; {listed}",
+                request.reference
+            )));
+        }
+        None => match allowed.as_slice() {
+            [only] => only.clone(),
+            _ => {
                 return Err(ControllerError::Invalid(format!(
-                    "--like `{like}`: no such environment in the stack; it defines: {}",
-                    known.join(", ")
+                    "say which family this environment is like with --like; {listed}"
                 )));
             }
-            like.clone()
-        }
-        None => {
-            let families: Vec<&String> = stack
-                .environments
-                .iter()
-                .filter(|(_, d)| d.generate.is_some())
-                .map(|(n, _)| n)
-                .collect();
-            match families.as_slice() {
-                [only] => (*only).clone(),
-                _ => return Err(ControllerError::Invalid("say which environment this one is like with --like (e.g. --like previews or --like prod)".into())),
-            }
-        }
+        },
     };
-    let ttl = request.ttl.or(stack.environments[&definition].ttl);
+    let limits = &inner.engine.config().environments;
+    let max = limits.max_ttl();
+    let ttl = match request.ttl {
+        Some(asked) if asked > max => {
+            return Err(ControllerError::Invalid(format!(
+                "--ttl {} is longer than the most an ad-hoc environment may live, {} \
+                 ([environments] max_ttl in the engine configuration)",
+                humantime::format_duration(asked),
+                humantime::format_duration(max)
+            )));
+        }
+        Some(asked) => asked,
+        None => stack.environments[&definition]
+            .ttl
+            .map_or_else(|| limits.default_ttl(), |t| t.min(max)),
+    };
+    let ttl = Some(ttl);
     let now = now_ms();
     let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
     let record = EnvironmentRecord {
@@ -674,28 +802,59 @@ fn existing(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerEr
         .ok_or_else(|| ControllerError::NotFound(name.to_string()))
 }
 
+/// Pushes the expiry of a generated or ad-hoc environment `by` later, never past
+/// `[environments] max_ttl` from now. Static environments have no time to live: giving them
+/// one would let the controller destroy them (prod) without anyone's confirmation.
 pub(crate) fn extend(
     inner: &Inner,
     name: &str,
     by: Duration,
 ) -> Result<EnvironmentRecord, ControllerError> {
     let mut record = existing(inner, name)?;
+    if kind_of(&record) == EnvKind::Static || record.protected {
+        return Err(ControllerError::Conflict(format!(
+            "`{name}` is a static environment: it has no time to live to extend, and never \
+             expires; only generated and ad-hoc environments do"
+        )));
+    }
+    let max = inner.engine.config().environments.max_ttl();
+    if by > max {
+        return Err(ControllerError::Invalid(format!(
+            "--by {} is longer than the most an environment may be extended, {} from now \
+             ([environments] max_ttl in the engine configuration)",
+            humantime::format_duration(by),
+            humantime::format_duration(max)
+        )));
+    }
     let now = now_ms();
     let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-    record.expires_at = Some(
-        record
-            .expires_at
-            .unwrap_or(now)
-            .max(now)
-            .saturating_add(by_ms),
-    );
+    let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+    let wanted = record
+        .expires_at
+        .unwrap_or(now)
+        .max(now)
+        .saturating_add(by_ms);
+    let limit = now.saturating_add(max_ms);
+    let at = wanted.min(limit);
+    record.expires_at = Some(at);
     record.updated_at = now;
     inner.engine.store().upsert_environment(&record)?;
+    let capped = if wanted > limit {
+        format!(
+            " (capped at [environments] max_ttl, {}, from now)",
+            humantime::format_duration(max)
+        )
+    } else {
+        String::new()
+    };
     event(
         inner,
         name,
         "environment.extended",
-        &format!("{name} now expires {} ms later", by_ms),
+        &format!(
+            "{name} now expires in {}{capped}",
+            humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
+        ),
     );
     Ok(record)
 }
@@ -761,4 +920,29 @@ pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, Cont
         ),
     );
     Ok(record)
+}
+
+/// Refuses an ad-hoc environment name that belongs to something else: an environment or
+/// family of the default branch's stack (or of the ref's own), or a generated environment's
+/// pattern (`pr-*`, `br-*`), so that an ad-hoc environment can never stand in for one of them.
+fn check_adhoc_name(
+    name: &str,
+    main_stack: &slipway_core::stack::Stack,
+    stack: &slipway_core::stack::Stack,
+) -> Result<(), ControllerError> {
+    if main_stack.environments.contains_key(name) || stack.environments.contains_key(name) {
+        return Err(ControllerError::Conflict(format!(
+            "`{name}` is an environment of the stack itself; ad-hoc environments need their \
+             own name"
+        )));
+    }
+    for prefix in ["pr-", "br-"] {
+        if name.starts_with(prefix) {
+            return Err(ControllerError::Conflict(format!(
+                "`{name}` starts with `{prefix}`, which names generated environments (pull \
+                 requests and branches); ad-hoc environments need another name"
+            )));
+        }
+    }
+    Ok(())
 }

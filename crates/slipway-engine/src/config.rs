@@ -32,6 +32,56 @@ pub struct EngineConfig {
     /// `[controller]`: how `slipway serve` paces itself.
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// `[environments]`: limits on environments people make (ad-hoc) and extend.
+    #[serde(default)]
+    pub environments: EnvironmentsConfig,
+}
+
+/// `[environments]`: how long environments made or extended by hand may live. Anyone with
+/// the developer role makes ad-hoc environments, so their life is bounded by the operator,
+/// not by the request or by the repository.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentsConfig {
+    /// The longest an ad-hoc environment lives, and the furthest `extend` moves any expiry
+    /// from now. A longer `ttl` is refused; a family's longer `ttl` is cut to this.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: String,
+    /// The life of an ad-hoc environment when neither the request nor its family's `ttl`
+    /// says (cut to `max_ttl`).
+    #[serde(default = "default_ttl")]
+    pub default_ttl: String,
+}
+
+impl Default for EnvironmentsConfig {
+    fn default() -> Self {
+        EnvironmentsConfig {
+            max_ttl: default_max_ttl(),
+            default_ttl: default_ttl(),
+        }
+    }
+}
+
+impl EnvironmentsConfig {
+    /// `max_ttl` as a duration (checked when the file was parsed).
+    pub fn max_ttl(&self) -> std::time::Duration {
+        slipway_core::stack::parse_duration(&self.max_ttl)
+            .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600))
+    }
+
+    /// `default_ttl` as a duration, never longer than `max_ttl`.
+    pub fn default_ttl(&self) -> std::time::Duration {
+        slipway_core::stack::parse_duration(&self.default_ttl)
+            .unwrap_or(std::time::Duration::from_secs(24 * 3600))
+            .min(self.max_ttl())
+    }
+}
+
+fn default_max_ttl() -> String {
+    "7d".into()
+}
+fn default_ttl() -> String {
+    "24h".into()
 }
 
 /// `[postgres.NAME]`: one PostgreSQL server, by a connection URL with the right to create
@@ -47,6 +97,10 @@ pub struct PostgresServer {
     /// The URL itself, when it holds no password (trust or peer authentication, a
     /// `~/.pgpass`).
     pub url: Option<String>,
+    /// The databases `postgres.database` resources may clone with `template:`. Default:
+    /// none. A database Slipway made (another environment's) is refused even when listed.
+    #[serde(default)]
+    pub templates: Vec<String>,
 }
 
 impl PostgresServer {
@@ -302,6 +356,8 @@ impl EngineConfig {
                 "controller.requeue_interval",
                 &config.controller.requeue_interval,
             ),
+            ("environments.max_ttl", &config.environments.max_ttl),
+            ("environments.default_ttl", &config.environments.default_ttl),
         ] {
             if slipway_core::stack::parse_duration(value).is_none() {
                 return Err(format!(
@@ -311,6 +367,11 @@ impl EngineConfig {
         }
         for (name, server) in &config.postgres {
             server.check(name)?;
+        }
+        if slipway_core::stack::parse_duration(&config.environments.max_ttl)
+            .is_some_and(|d| d.is_zero())
+        {
+            return Err("`environments.max_ttl` must be longer than zero".into());
         }
         if config.local.parallelism == 0 {
             return Err("`local.parallelism` must be at least 1".into());

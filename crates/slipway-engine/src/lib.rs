@@ -316,6 +316,9 @@ impl Engine {
         for (name, why) in unusable {
             servers = servers.with_unavailable(&name, &why);
         }
+        for (name, server) in &config.postgres {
+            servers = servers.with_templates(name, server.templates.clone());
+        }
         let servers = Arc::new(servers);
         registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));
         registry.register(postgres::RoleProvider::new(servers));
@@ -422,7 +425,8 @@ impl Engine {
 
     /// The target for an environment named on the command line: what the store recorded of
     /// it (a generated or ad-hoc environment keeps its family), or a static environment of
-    /// that name.
+    /// that name. A record of another kind under a name the stack defines (an ad-hoc `prod`)
+    /// keeps its kind here, and [`Engine::prepare`] refuses it: it is never adopted.
     pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
         Ok(match self.store.environment(name)? {
             Some(record) => EnvTarget {
@@ -486,6 +490,7 @@ impl Engine {
                 target.definition, target.definition
             )));
         }
+        self.check_kind(target, stack)?;
         let sources = &cached.sources;
         let render_target = Target {
             name: environment,
@@ -494,8 +499,13 @@ impl Engine {
         };
         let desired = render::render(stack, render_target, &loaded.commit.sha, sources)
             .map_err(|e| EngineError::Environment(e.to_string()))?;
-        let secrets = secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home)
-            .map_err(EngineError::Secret)?;
+        let scope = secrets::Scope {
+            environment: &desired.environment.name,
+            definition: &desired.environment.definition,
+        };
+        let secrets =
+            secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home, scope)
+                .map_err(EngineError::Secret)?;
         let input = self.plan_input(&desired, &secrets)?;
         let plan = plan::plan(&desired, &input);
         let declared = Rules::declared(def, target.kind);
@@ -526,6 +536,54 @@ impl Engine {
             owner: target.owner.clone(),
             secrets,
         })
+    }
+
+    /// Refuses to render `target` as something it is not: an ad-hoc or generated
+    /// environment standing under a name the stack gives an environment (an ad-hoc `prod`
+    /// would otherwise run as prod, or prod's record be turned into an ad-hoc one), one that
+    /// follows a static entry (`--like prod`: prod's variables and secret overrides), or a
+    /// target whose kind differs from the environment recorded under its name.
+    fn check_kind(
+        &self,
+        target: &EnvTarget,
+        stack: &slipway_core::stack::Stack,
+    ) -> Result<(), EngineError> {
+        let name = &target.name;
+        if let Some(record) = self.store.environment(name)?
+            && record.kind != target.kind.as_str()
+        {
+            return Err(EngineError::Environment(format!(
+                "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \
+                 destroy it (`slipway env destroy {name}`) first",
+                record.kind,
+                target.kind.as_str()
+            )));
+        }
+        if target.kind == EnvKind::Static {
+            return Ok(());
+        }
+        if stack.environments.contains_key(name) {
+            return Err(EngineError::Environment(format!(
+                "held: the stack defines `{name}` itself, but this `{name}` is a {} \
+                 environment; it is not adopted as the stack's: destroy it \
+                 (`slipway env destroy {name}`) so that the stack's `{name}` can be made",
+                target.kind.as_str()
+            )));
+        }
+        if stack
+            .environments
+            .get(&target.definition)
+            .is_some_and(|def| def.generate.is_none())
+        {
+            return Err(EngineError::Environment(format!(
+                "`{name}` is a {} environment that follows the static environment `{}`; \
+                 generated and ad-hoc environments take variables and secrets only from a \
+                 generated family",
+                target.kind.as_str(),
+                target.definition
+            )));
+        }
+        Ok(())
     }
 
     /// The stack at `origin`'s commit through the engine's commit cache, which
@@ -731,6 +789,11 @@ impl Engine {
             && prepared.desired.environment.kind != EnvKind::Static
             && let Some(ttl) = prepared.ttl
         {
+            let ttl = if prepared.desired.environment.kind == EnvKind::Adhoc {
+                ttl.min(self.config.environments.max_ttl())
+            } else {
+                ttl
+            };
             let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             record.ttl_ms = Some(ms);
             record.expires_at = Some(now.saturating_add(ms));

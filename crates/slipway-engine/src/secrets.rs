@@ -259,11 +259,69 @@ impl Redactor {
     }
 }
 
-/// Decrypts every secret in `ciphertexts` (name → armored value).
+/// What opens a bound plaintext: `slipway-secret-v1`, the secret's name, the environment or
+/// family it was set for (`*` for the default), each on its own line, then the value.
+const BOUND: &str = "slipway-secret-v1\n";
+
+/// The plaintext `slipway secret set` encrypts: `value` bound to secret `name` and to the
+/// environment or family `scope` (`None`: the default, for every environment). age
+/// authenticates what it encrypts, so the binding cannot be altered without the engine's
+/// identity: a ciphertext copied into another secret, or from prod's override into a
+/// branch's secrets file, does not decrypt for anything else.
+pub fn bind(name: &str, scope: Option<&str>, value: &[u8]) -> Vec<u8> {
+    let mut out = format!("{BOUND}{name}\n{}\n", scope.unwrap_or("*")).into_bytes();
+    out.extend_from_slice(value);
+    out
+}
+
+/// Which environment a secret is decrypted for: its name and the `environments:` entry it
+/// follows (itself, or its family).
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The environment's name.
+    pub environment: &'a str,
+    /// Its definition: itself for a static environment, its family otherwise.
+    pub definition: &'a str,
+}
+
+/// The value of secret `name` from its decrypted `plain` text, checked against its binding.
+/// A plaintext without one (set before bindings existed) is taken as it is.
+fn unbind(name: &str, plain: SecretValue, scope: Scope<'_>) -> Result<SecretValue, String> {
+    let Some(rest) = plain.0.strip_prefix(BOUND) else {
+        return Ok(plain);
+    };
+    let mut parts = rest.splitn(3, '\n');
+    let (Some(bound_name), Some(bound_scope), Some(value)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!(
+            "secret `{name}` has a malformed binding; set it again"
+        ));
+    };
+    if bound_name != name {
+        return Err(format!(
+            "secret `{name}`'s ciphertext was set for the secret `{bound_name}`, not for it: \
+             ciphertexts are not copied between secrets; set it with `slipway secret set {name}`"
+        ));
+    }
+    if bound_scope != "*" && bound_scope != scope.environment && bound_scope != scope.definition {
+        return Err(format!(
+            "secret `{name}`'s ciphertext was set for `{bound_scope}` only, not for \
+             environment `{}` (of `{}`): an override is never copied to another environment; \
+             set one for it with `slipway secret set {name} --env {}`",
+            scope.environment, scope.definition, scope.definition
+        ));
+    }
+    Ok(SecretValue(value.to_string()))
+}
+
+/// Decrypts every secret in `ciphertexts` (name → armored value) for the environment
+/// `scope`, refusing a ciphertext bound to another secret or environment.
 pub fn decrypt_all(
     ciphertexts: &BTreeMap<String, String>,
     config: &SecretsConfig,
     home: &Path,
+    scope: Scope<'_>,
 ) -> Result<BTreeMap<String, SecretValue>, String> {
     if ciphertexts.is_empty() {
         return Ok(BTreeMap::new());
@@ -274,7 +332,10 @@ pub fn decrypt_all(
     })?;
     ciphertexts
         .iter()
-        .map(|(name, c)| Ok((name.clone(), decrypt(name, c, &identities)?)))
+        .map(|(name, c)| {
+            let plain = decrypt(name, c, &identities)?;
+            Ok((name.clone(), unbind(name, plain, scope)?))
+        })
         .collect()
 }
 
@@ -319,13 +380,73 @@ mod tests {
         assert!(e.contains("secret `api_key`"), "{e}");
         // No identity at all.
         let empty = tempfile::tempdir().expect("tempdir");
-        let e =
-            decrypt_all(&[("db".to_string(), armored)].into(), &config, empty.path()).unwrap_err();
+        let dev = Scope {
+            environment: "dev",
+            definition: "dev",
+        };
+        let e = decrypt_all(
+            &[("db".to_string(), armored)].into(),
+            &config,
+            empty.path(),
+            dev,
+        )
+        .unwrap_err();
         assert!(
             e.contains("secret(s) db") && e.contains("slipway secret keygen"),
             "{e}"
         );
         assert!(encrypt(b"x", &[]).unwrap_err().contains("recipients"));
+    }
+
+    #[test]
+    fn a_bound_ciphertext_decrypts_only_for_its_secret_and_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recipient = keygen(&dir.path().join("age.key")).expect("keygen");
+        let config = SecretsConfig::default();
+        let seal = |name: &str, scope: Option<&str>| {
+            encrypt(
+                &bind(name, scope, b"v\nalue"),
+                std::slice::from_ref(&recipient),
+            )
+            .expect("encrypt")
+        };
+        let open = |name: &str, ciphertext: String, environment: &str, definition: &str| {
+            decrypt_all(
+                &[(name.to_string(), ciphertext)].into(),
+                &config,
+                dir.path(),
+                Scope {
+                    environment,
+                    definition,
+                },
+            )
+            .map(|m| m[name].expose().to_string())
+        };
+        // The default: every environment; an override: its environment or family only.
+        assert_eq!(
+            open("t", seal("t", None), "br-x", "previews").as_deref(),
+            Ok("v\nalue")
+        );
+        assert_eq!(
+            open("t", seal("t", Some("prod")), "prod", "prod").as_deref(),
+            Ok("v\nalue")
+        );
+        assert_eq!(
+            open("t", seal("t", Some("previews")), "br-x", "previews").as_deref(),
+            Ok("v\nalue")
+        );
+        // prod's override copied to a preview (as its default, say): refused.
+        let e = open("t", seal("t", Some("prod")), "br-x", "previews").unwrap_err();
+        assert!(
+            e.contains("set for `prod` only") && !e.contains("alue"),
+            "{e}"
+        );
+        // Another secret's ciphertext under this name: refused.
+        let e = open("t", seal("db_password", None), "dev", "dev").unwrap_err();
+        assert!(e.contains("`db_password`"), "{e}");
+        // A ciphertext from before bindings: taken as it is.
+        let legacy = encrypt(b"old", std::slice::from_ref(&recipient)).expect("encrypt");
+        assert_eq!(open("t", legacy, "dev", "dev").as_deref(), Ok("old"));
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct PgServers {
     servers: BTreeMap<String, String>,
     /// Servers configured but unusable (their URL's variable unset, say), with why.
     unavailable: BTreeMap<String, String>,
+    /// The databases each server allows as `template:`.
+    templates: BTreeMap<String, Vec<String>>,
     instance_id: String,
 }
 
@@ -93,8 +95,35 @@ impl PgServers {
         PgServers {
             servers,
             unavailable: BTreeMap::new(),
+            templates: BTreeMap::new(),
             instance_id: instance_id.to_owned(),
         }
+    }
+
+    /// Allows `postgres.database` resources on server `name` to clone the databases
+    /// `templates` (`[postgres.NAME] templates`). Without it, no template is allowed: a
+    /// template is read by whoever's environment clones it, so the operator says which.
+    pub fn with_templates(mut self, name: &str, templates: Vec<String>) -> Self {
+        self.templates.insert(name.to_owned(), templates);
+        self
+    }
+
+    /// Why `template` may not be cloned on server `name`, if it may not.
+    fn template_refused(&self, name: &str, template: &str) -> Option<String> {
+        let allowed = self.templates.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        if allowed.iter().any(|t| t == template) {
+            return None;
+        }
+        Some(format!(
+            "`template: {template}` is not allowed on PostgreSQL server {name}: the engine \
+             config's `[postgres.{name}] templates` lists the databases that may be cloned ({}); \
+             add it there if it is meant to be a template",
+            if allowed.is_empty() {
+                "none is listed".to_string()
+            } else {
+                format!("it lists: {}", allowed.join(", "))
+            }
+        ))
     }
 
     /// Adds a configured server that cannot be used, with the reason: resources that choose it

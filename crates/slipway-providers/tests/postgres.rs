@@ -64,7 +64,12 @@ impl Pg {
 
     fn with_servers(servers: BTreeMap<String, String>) -> Pg {
         let id = random_id();
-        let servers = Arc::new(PgServers::new(servers, &id));
+        // The templates tests make (and one they never make) are allowed on `main`, as an
+        // operator lists them in `[postgres.main] templates`; nothing else is.
+        let servers = Arc::new(PgServers::new(servers, &id).with_templates(
+            "main",
+            vec![format!("swtest_tpl_{id}"), format!("swtest_missing_{id}")],
+        ));
         // Exactly what the engine does to register them.
         let mut registry = Registry::local();
         registry.register(DatabaseProvider::new(Arc::clone(&servers)));
@@ -551,6 +556,60 @@ fn templates_are_cloned_with_either_strategy() {
         "the default clone has the row"
     );
     assert!(database_exists(&template), "the template stays");
+}
+
+#[test]
+fn only_listed_templates_are_cloned_and_never_another_environments_database() {
+    let mut pg = Pg::new();
+    // Not listed: refused before anything is made, naming the configuration key.
+    let unlisted = format!("swtest_unlisted_{}", pg.id);
+    admin()
+        .batch_execute(&format!("CREATE DATABASE {}", quote(&unlisted)))
+        .expect("create an unlisted database");
+    pg.extra_databases.push(unlisted.clone());
+    let err = failure(
+        pg.database()
+            .create(pg.ctx("db"), &json!({"template": unlisted})),
+        "cloning a database the configuration does not list",
+    );
+    assert!(
+        err.to_string().contains("[postgres.main] templates")
+            && err.to_string().contains(&unlisted),
+        "the refusal names the template and the key that allows it: {err}"
+    );
+    assert!(
+        !role_exists(&pg.names("qa", "db")),
+        "nothing is made for a refused template"
+    );
+    // Another environment's database, even under a listed name (here: `prod`'s database
+    // renamed to the listed template's name), is refused by its Slipway marker.
+    let prod = pg
+        .database()
+        .create(pg.ctx_in("prod", "db"), &json!({}))
+        .expect("prod's database");
+    let listed = format!("swtest_tpl_{}", pg.id);
+    admin()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            quote(&output(&prod, "database")),
+            quote(&listed)
+        ))
+        .expect("rename prod's database to a listed template name");
+    pg.extra_databases.push(listed.clone());
+    let err = failure(
+        pg.database()
+            .create(pg.ctx("copy"), &json!({"template": listed})),
+        "cloning another environment's database",
+    );
+    assert!(
+        err.to_string().contains("database Slipway made"),
+        "a Slipway-made database is never a template: {err}"
+    );
+    assert_eq!(err.retry(), Retry::Terminal, "{err}");
+    assert!(
+        !database_exists(&pg.names("qa", "copy")),
+        "no clone of prod's database exists"
+    );
 }
 
 #[test]

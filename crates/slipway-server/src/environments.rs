@@ -43,14 +43,14 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("createEnvironment", "environment.create")
             .summary(
                 "Create an ad-hoc environment",
-                "Records an ad-hoc environment running `ref`, with the variables of the `like` entry of `environments:`, owned by the caller's token, and queues its first deployment.",
+                "Records an ad-hoc environment running `ref`, with the variables and secrets of the generated family `like` (a static environment such as prod is refused), owned by the caller's token, living `ttl` (at most `[environments] max_ttl`), and queues its first deployment.",
             )
             .access(Access::Developer)
             .body("CreateEnvironment")
             .json(StatusCode::CREATED, "Environment", "The new environment; its first deployment is queued.")
             .errors(&[
-                (StatusCode::CONFLICT, "An environment of that name exists."),
-                (StatusCode::UNPROCESSABLE_ENTITY, "The ref, the stack at it, or `like` cannot be used."),
+                (StatusCode::CONFLICT, "An environment of that name exists, the default branch's stack defines the name (an environment or family), or it starts with `pr-` or `br-`."),
+                (StatusCode::UNPROCESSABLE_ENTITY, "The ref, the stack at it, or `like` cannot be used (`like` must name a generated family), or `ttl` is longer than `[environments] max_ttl`."),
             ]),
         Route::get(ENV, get)
             .id("getEnvironment", "environment.get")
@@ -100,11 +100,15 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("extendEnvironment", "environment.extend")
             .summary(
                 "Extend an environment's life",
-                "Pushes its expiry `by` later (from now, if it had none or it has passed).",
+                "Pushes the expiry of a generated or ad-hoc environment `by` later (from now, if it had none or it has passed), never past `[environments] max_ttl` from now.",
             )
             .access(Access::Environment)
             .body("Extend")
-            .json(StatusCode::OK, "Environment", "The environment with its new expiry."),
+            .json(StatusCode::OK, "Environment", "The environment with its new expiry.")
+            .errors(&[
+                (StatusCode::CONFLICT, "It is a static environment: those have no time to live and never expire."),
+                (StatusCode::UNPROCESSABLE_ENTITY, "`by` is longer than `[environments] max_ttl`."),
+            ]),
         Route::post("/api/v1/environments/{name}/pin", pin)
             .id("pinEnvironment", "environment.pin")
             .summary(
@@ -315,8 +319,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                 "properties": {
                     "name": name,
                     "ref": {"type": "string", "minLength": 1, "description": "A branch, tag or commit."},
-                    "like": {"type": "string", "description": "The `environments:` entry whose variables it takes; default: the only generated family."},
-                    "ttl": {"type": "string", "description": "How long it lives, e.g. `8h` or `1h30m` (units ms, s, m, h, d); default: the `like` entry's `ttl`.", "examples": ["8h"]}
+                    "like": {"type": "string", "description": "The generated family (`generate:`) whose variables and secrets it takes; default: the only one."},
+                    "ttl": {"type": "string", "description": "How long it lives, e.g. `8h` or `1h30m` (units ms, s, m, h, d), at most `[environments] max_ttl`; default: the family's `ttl`, else `[environments] default_ttl`.", "examples": ["8h"]}
                 }
             }),
         ),

@@ -148,6 +148,7 @@ impl From<ControllerError> for ApiError {
         match e {
             ControllerError::NotFound(name) => ApiError::no_environment(&name),
             ControllerError::Invalid(message) => ApiError::unprocessable(message),
+            ControllerError::Conflict(message) => ApiError::client(StatusCode::CONFLICT, message),
             ControllerError::Engine(e) => e.into(),
             ControllerError::State(e) => e.into(),
             ControllerError::Git(e) => e.into(),

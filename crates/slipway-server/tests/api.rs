@@ -853,13 +853,21 @@ fn a_deployer_changes_static_environments() {
         .as_role("deployer", "POST", "/api/v1/environments/main/sync", None)
         .expect(202, "a deployer syncs a static environment");
     assert_eq!(reply.json()["environment"], "main");
-    f.as_role(
-        "deployer",
-        "POST",
-        "/api/v1/environments/main/extend",
-        Some(r#"{"by":"1h"}"#),
-    )
-    .expect(200, "a deployer extends a static environment");
+    // The role allows it; a static environment has no time to live, so the answer is a
+    // conflict rather than a time bomb (the controller would destroy it at expiry).
+    let reply = f
+        .as_role(
+            "deployer",
+            "POST",
+            "/api/v1/environments/main/extend",
+            Some(r#"{"by":"1h"}"#),
+        )
+        .expect(409, "a static environment is never given an expiry");
+    assert!(
+        reply.body.contains("static environment"),
+        "the refusal says why: {}",
+        reply.body
+    );
 }
 
 #[test]

@@ -1100,7 +1100,8 @@
     if (mayChange(env)) {
       actions.push(
         h("button", { type: "button", class: "primary", dataset: { action: "sync", focus: "sync" }, onclick: (e) => syncNow(env, e.currentTarget) }, "Sync now"),
-        h("button", { type: "button", dataset: { action: "extend", focus: "extend" }, onclick: () => openExtend(env) }, "Extend TTL"),
+        // Static environments have no time to live: the API refuses to give them one.
+        env.kind === "static" ? null : h("button", { type: "button", dataset: { action: "extend", focus: "extend" }, onclick: () => openExtend(env) }, "Extend TTL"),
         env.pinned
           ? h("button", { type: "button", dataset: { action: "unpin", focus: "unpin" }, onclick: (e) => unpin(env, e.currentTarget) }, "Unpin")
           : h("button", { type: "button", dataset: { action: "pin", focus: "pin" }, onclick: () => openPin(env) }, "Pin"),

@@ -83,14 +83,19 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     let store = controller.engine().store();
     if store.tokens()?.is_empty() {
         let token = slipway_state::new_token();
+        // The file first: a token recorded but written nowhere would be lost.
+        let path = write_admin_token(controller.engine().home(), &token)?;
         store.create_token(
             &slipway_state::hash_token(&token),
             "admin",
             "first-admin",
             slipway_state::now_ms(),
         )?;
+        // Never the token itself: logs are collected, shipped and shown to many.
         eprintln!(
-            "No API token existed, so an admin token was made (shown once; keep it):\n  {token}"
+            "No API token existed, so an admin token was made; it is in {} (readable only by \
+             this user): read it, keep it somewhere safe, and delete the file",
+            path.display()
         );
     }
     let rt = runtime()?;
@@ -174,6 +179,28 @@ fn private_texts(
     out
 }
 
+/// Writes the first admin token to `<home>/admin-token`, mode 0600 from its creation (a
+/// temporary file renamed in, so that no reader ever sees it half-written or more open).
+fn write_admin_token(home: &std::path::Path, token: &str) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.join("admin-token");
+    let partial = home.join(format!(".admin-token.{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot write the admin token to {}", partial.display()))?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the admin token to {}", partial.display()))?;
+    std::fs::rename(&partial, &path)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    Ok(path)
+}
+
 fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
     if let Some(server) = g.server.as_deref() {
         return env_remote(g, server, cmd);
@@ -196,7 +223,9 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
             EnvCommand::List { .. } => unreachable!("handled above"),
             EnvCommand::Create { name, like, ttl, repo, output } => {
                 let reference = required_ref(&repo)?;
-                let c = controller(g, &repo)?;
+                // The names and families an ad-hoc environment is checked against are the
+                // default branch's (HEAD), never those of the ref it runs.
+                let c = controller(g, &RepoArgs { reference: None, ..repo.clone() })?;
                 let ttl = ttl.map(|t| duration(&t, "--ttl")).transpose()?;
                 let record = c.create_environment(CreateEnvironment { name: name.clone(), reference, like, ttl, owner: Some(who()) }).await?;
                 eprintln!("created `{name}`; deploying...");

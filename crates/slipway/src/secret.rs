@@ -173,7 +173,11 @@ fn set(name: &str, env: Option<&str>, path: &str) -> Result<ExitCode> {
     if std::str::from_utf8(&value).is_err() {
         bail!("the value is not UTF-8 text; base64-encode binary values");
     }
-    let ciphertext = engine_secrets::encrypt(&value, &t.recipients).map_err(anyhow::Error::msg)?;
+    // Bound to this secret and this environment (or the default), so that its ciphertext
+    // decrypts for nothing else wherever it is copied.
+    let ciphertext =
+        engine_secrets::encrypt(&engine_secrets::bind(name, env, &value), &t.recipients)
+            .map_err(anyhow::Error::msg)?;
     let entry = t.entries.entry(name.to_string()).or_default();
     match env {
         Some(e) => {

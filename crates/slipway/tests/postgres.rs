@@ -155,6 +155,7 @@ fn a_template_is_cloned_with_either_strategy() {
     admin_to(&template)
         .batch_execute("CREATE TABLE seed (n int); INSERT INTO seed VALUES (42)")
         .expect("seed it");
+    allow_templates(&s, &[&template]);
     s.write(
         "slipway.yaml",
         &format!(
@@ -264,6 +265,8 @@ fn hostile_names_make_safe_identifiers_and_injection_goes_nowhere() {
         ),
     )
     .commit("hostile");
+    // Listed, so that the name reaches PostgreSQL and its quoting is what is tested.
+    allow_templates(&s, &["x\"; DROP DATABASE postgres; --"]);
     let out = s.expect_code(&["apply", "--env", "dev", "--yes"], 1);
     let err =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
@@ -279,6 +282,25 @@ fn hostile_names_make_safe_identifiers_and_injection_goes_nowhere() {
     assert!(db.len() <= 63 && database_exists(&db), "{db}");
     s.ok(&["destroy", "--env", "dev", "--yes"]);
     assert!(!database_exists(&db));
+}
+
+/// Lists `templates` in the sandbox's `[postgres.main]` (its last table).
+fn allow_templates(s: &Sandbox, templates: &[&str]) {
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    let list: Vec<String> = templates
+        .iter()
+        .map(|t| format!("'{}'", t.replace('\'', "")))
+        .collect();
+    assert!(
+        config
+            .trim_end()
+            .ends_with(&format!("url = \"{}\"", pg_url()))
+    );
+    std::fs::write(
+        &s.config,
+        format!("{config}templates = [{}]\n", list.join(", ")),
+    )
+    .expect("write the config");
 }
 
 fn fastrand_suffix() -> u32 {

@@ -107,6 +107,28 @@ pub(crate) fn database(
     })
 }
 
+/// Whether the database `name` was made by Slipway (any home): its comment, or its owner
+/// role's, is a `slipway:` marker. Returns the marker, for messages.
+pub(crate) fn slipway_made(s: &mut Session<'_>, name: &str) -> Result<Option<String>, PgError> {
+    let rows = s.query(
+        &format!("look up database {name:?}"),
+        "select shobj_description(d.oid, 'pg_database'), \
+                shobj_description(r.oid, 'pg_authid') \
+         from pg_database d left join pg_roles r on r.oid = d.datdba \
+         where d.datname = $1",
+        &[&name],
+    )?;
+    Ok(rows.first().and_then(|row| {
+        let comment: Option<String> = row.get(0);
+        let owner_comment: Option<String> = row.get(1);
+        [comment, owner_comment]
+            .into_iter()
+            .flatten()
+            .find(|c| c.starts_with("slipway:"))
+            .map(|c| format!("marked {c:?}"))
+    }))
+}
+
 /// The terminal error for a name taken by something that is not ours.
 pub(crate) fn not_ours(server: &Server, kind: &str, name: &str, why: &str) -> ProviderError {
     server.error(

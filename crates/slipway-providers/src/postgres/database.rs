@@ -272,9 +272,27 @@ impl DatabaseProvider {
                 "{TYPE}: `template` {template:?} is not a database name"
             )));
         }
+        if let Some(template) = &config.template
+            && let Some(why) = self.servers.template_refused(&server.name, template)
+        {
+            return Err(ProviderError::Config(format!("{TYPE}: {why}")));
+        }
         let marker = self.servers.marker(ctx);
         Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name)?;
         let mut s = server.connect()?;
+        if let Some(template) = &config.template
+            && let Some(made_by) = catalog::slipway_made(&mut s, template).map_err(|e| s.fail(e))?
+        {
+            // Another environment's database holds its data and secrets: cloning it would
+            // hand them to this one, whatever the configuration lists.
+            return Err(server.error(
+                format!(
+                    "{TYPE}: `template: {template}` is a database Slipway made ({made_by}); \
+                     another environment's database is never a template"
+                ),
+                Retry::Terminal,
+            ));
+        }
         let role = catalog::role(&mut s, &names.role, &marker).map_err(|e| s.fail(e))?;
         let database =
             catalog::database(&mut s, &names.database, &marker).map_err(|e| s.fail(e))?;
