@@ -10,14 +10,19 @@
 //!   one between requests) to make room; when every open connection has a request in flight,
 //!   the new one is closed at once. So idle or half-open connections, however many, never
 //!   keep a client with a request to make (a health check, a webhook) out.
+//! - A request's body must keep coming: a body that stalls for [`Limits::header_timeout`]
+//!   fails (the handler sees an error, the connection closes). So a client cannot hold a
+//!   connection busy, where eviction cannot reach it, by sending its body a byte at a time.
 //! - Each request carries its peer's address ([`axum::extract::ConnectInfo`]).
 //! - On shutdown, idle connections close at once and busy ones finish their request.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -97,6 +102,64 @@ impl Drop for InFlight {
     }
 }
 
+/// A request body that fails when no part of it arrives for `timeout` while it is read.
+struct Unstalled {
+    inner: Incoming,
+    timeout: Duration,
+    /// Started when the body is first read: a handler may read it late.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Unstalled {
+    fn new(inner: Incoming, timeout: Duration) -> Unstalled {
+        Unstalled {
+            inner,
+            timeout,
+            deadline: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Unstalled {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "the request body stalled for {}",
+                        humantime::format_duration(timeout)
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets busy connections
 /// finish and returns.
 pub(crate) async fn serve(
@@ -165,10 +228,11 @@ async fn connection(
     let counted = tracked.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        let request = request.map(|body| Body::new(Unstalled::new(body, limits.header_timeout)));
         let in_flight = InFlight::new(&counted);
         let router = router.clone();
         async move {
-            let response = match router.oneshot(request.map(Body::new)).await {
+            let response = match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
@@ -206,5 +270,32 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_idle_connection_is_evicted_and_busy_ones_never_are() {
+        let mut registry = Registry::default();
+        for id in 0..3 {
+            registry.open.insert(id, Arc::new(Tracked::default()));
+        }
+        let busy = InFlight::new(&registry.open[&0]);
+        assert!(registry.evict_idle(), "an idle connection makes room");
+        assert_eq!(
+            registry.open.keys().copied().collect::<Vec<_>>(),
+            vec![0, 2],
+            "the oldest idle one (1) went, not the older busy one (0)"
+        );
+        assert!(registry.evict_idle());
+        assert!(
+            !registry.evict_idle(),
+            "with every connection busy, none is evicted"
+        );
+        drop(busy);
+        assert!(registry.evict_idle(), "once its request is done it is idle");
     }
 }

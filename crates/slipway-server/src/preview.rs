@@ -447,6 +447,161 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                HeaderValue::from_str(value).expect("a value"),
+            );
+        }
+        map
+    }
+
+    fn values(map: &HeaderMap, name: &str) -> Vec<String> {
+        map.get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("text").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut map = headers(&[
+            ("connection", "close, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("x-secret-hop", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["x-end-to-end"], "only end-to-end headers remain");
+    }
+
+    #[test]
+    fn slipway_credentials_are_removed_and_the_applications_kept() {
+        let mut map = headers(&[
+            ("cookie", "app=1; slipway_session=abc; theme=dark"),
+            ("cookie", "slipway_session=def"),
+            ("authorization", "Bearer slw_secret"),
+            ("x-slipway-csrf", "c"),
+        ]);
+        strip_slipway_credentials(&mut map);
+        assert_eq!(values(&map, "cookie"), vec!["app=1; theme=dark"]);
+        assert!(
+            map.get("authorization").is_none(),
+            "a Slipway token is removed"
+        );
+        assert!(map.get("x-slipway-csrf").is_none());
+
+        let mut own = headers(&[
+            ("authorization", "Bearer eyJhbGciOi"),
+            ("cookie", "slipway_session_other=1"),
+        ]);
+        strip_slipway_credentials(&mut own);
+        assert_eq!(
+            values(&own, "authorization"),
+            vec!["Bearer eyJhbGciOi"],
+            "the application's own credentials pass"
+        );
+        assert_eq!(
+            values(&own, "cookie"),
+            vec!["slipway_session_other=1"],
+            "only the exact cookie name is Slipway's"
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_name_the_real_peer_last() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let peer: SocketAddr = "127.0.0.1:5555".parse().expect("addr");
+        add_forwarded(&mut map, Some(peer), "dev.shop.localhost:7300");
+        assert_eq!(
+            values(&map, "x-forwarded-for"),
+            vec!["6.6.6.6, 7.7.7.7, 127.0.0.1"]
+        );
+        assert_eq!(
+            values(&map, "forwarded"),
+            vec!["for=6.6.6.6, for=127.0.0.1;proto=http;host=\"dev.shop.localhost:7300\""]
+        );
+        assert_eq!(values(&map, "x-forwarded-proto"), vec!["http"]);
+        assert_eq!(
+            values(&map, "x-forwarded-host"),
+            vec!["dev.shop.localhost:7300"]
+        );
+
+        let mut v6 = HeaderMap::new();
+        add_forwarded(&mut v6, Some("[::1]:1".parse().expect("addr")), "");
+        assert_eq!(values(&v6, "forwarded"), vec!["for=\"[::1]\";proto=http"]);
+
+        let mut unknown = headers(&[("x-forwarded-for", "6.6.6.6")]);
+        add_forwarded(&mut unknown, None, "h");
+        assert!(
+            unknown.get("x-forwarded-for").is_none(),
+            "without a known peer, nothing a client claims is passed on"
+        );
+    }
+
+    #[test]
+    fn a_response_cannot_set_slipways_session_cookie() {
+        let mut map = headers(&[
+            ("set-cookie", "slipway_session=planted; Domain=localhost"),
+            ("set-cookie", "app=ok; Path=/"),
+        ]);
+        strip_slipway_set_cookie(&mut map);
+        assert_eq!(values(&map, "set-cookie"), vec!["app=ok; Path=/"]);
+    }
+
+    #[test]
+    fn only_the_port_named_in_expose_is_a_target() {
+        let record = |config: serde_json::Value, status: &str| slipway_state::ResourceRecord {
+            environment: "dev".into(),
+            name: "web".into(),
+            type_name: "process".into(),
+            status: status.into(),
+            config,
+            resolved_hash: None,
+            outputs: serde_json::json!({
+                "url": "http://127.0.0.1:20001",
+                "ports": {"admin": 20001, "http": 20002}
+            }),
+            secret_outputs: Vec::new(),
+            live: serde_json::json!({}),
+            depends_on: Vec::new(),
+            error: None,
+            updated_at: 0,
+            sensitive: false,
+        };
+        let exposed = record(serde_json::json!({"expose": "http"}), "ready");
+        assert_eq!(
+            exposed_address(std::slice::from_ref(&exposed)).as_deref(),
+            Some("http://127.0.0.1:20002"),
+            "the exposed port, not the first one nor the `url` output"
+        );
+        let unexposed = record(serde_json::json!({"ports": ["admin", "http"]}), "ready");
+        assert_eq!(
+            exposed_address(&[unexposed]),
+            None,
+            "no `expose`, no preview target"
+        );
+        let deleting = record(serde_json::json!({"expose": "http"}), "deleting");
+        assert_eq!(exposed_address(&[deleting]), None);
+    }
+
     #[test]
     fn preview_hosts_are_recognised_and_others_are_not() {
         assert_eq!(

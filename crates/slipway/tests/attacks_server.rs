@@ -30,14 +30,15 @@ resources:
     health: { http: /health, port: http }
 "#;
 
-/// A sandbox with the echo application, a short header timeout and preview timeout, and an
-/// admin token; `extra` is appended to the engine configuration.
+/// A sandbox with the echo application, a short header timeout and preview timeout, a 30-day
+/// retention, and an admin token; `extra` is appended to the engine configuration (after its
+/// `[server]` table).
 fn setup(extra: &str) -> (Sandbox, String) {
     let s = Sandbox::new();
     s.write("echo.py", ECHO).write("slipway.yaml", STACK);
     s.commit("stack");
     let config = std::fs::read_to_string(&s.config).expect("config")
-        + "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n"
+        + "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\nretention = \"30d\"\n"
         + "[server]\nheader_timeout = \"2s\"\npreview_timeout = \"2s\"\n"
         + extra;
     std::fs::write(&s.config, config).expect("config");
@@ -357,6 +358,16 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
         held.push(c);
     }
     assert_eq!(held.len(), FLOOD, "the attack opened its connections");
+    // And some that send a whole head, then their body a byte at a time (one byte, then
+    // nothing): they have a request in flight, so only the body's stall timeout ends them.
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(
+            b"POST /webhooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .expect("send");
+        held.push(c);
+    }
 
     // Meanwhile every kind of request still answers, promptly.
     let deadline = Duration::from_secs(3);
@@ -413,7 +424,8 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
         };
         assert!(
             closed,
-            "half-open connection {i} was closed by the server within the header timeout"
+            "half-open (or stalled-body) connection {i} was closed by the server within the \
+             header timeout"
         );
     }
     drop(held);
@@ -476,6 +488,21 @@ fn refused_requests_and_repeated_events_add_a_bounded_number_of_rows() {
     let (s, _token) = setup(
         "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"http://127.0.0.1:9\"\nbot_login = \"slipway-bot\"\n",
     );
+    // Rows from long ago (1970), past any retention, and one from now, within it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let seeded = std::process::Command::new("sqlite3")
+        .arg(s.home.join("state.db"))
+        .arg(format!(
+            "INSERT INTO audit (at, who, action, outcome, detail) VALUES (1000, 'old', 'x', 'ok', 'old'), ({now}, 'new', 'x', 'ok', 'new');\
+             INSERT INTO events (environment, kind, message, data, at) VALUES (NULL, 'old.event', 'old', '{{}}', 1000);\
+             INSERT INTO deliveries (id, received_at) VALUES ('github:old', 1000), ('github:new', {now});"
+        ))
+        .status()
+        .expect("sqlite3 runs");
+    assert!(seeded.success(), "old rows are seeded");
     let server = start_serve_with(
         &s,
         &[
@@ -484,6 +511,28 @@ fn refused_requests_and_repeated_events_add_a_bounded_number_of_rows() {
         ],
     );
     let port = port_of(&server);
+    wait_for(
+        "the controller prunes what is older than the retention on start",
+        T,
+        || {
+            (sql_count(&s, "SELECT count(*) FROM audit WHERE who = 'old'") == 0
+                && sql_count(&s, "SELECT count(*) FROM events WHERE kind = 'old.event'") == 0
+                && sql_count(
+                    &s,
+                    "SELECT count(*) FROM deliveries WHERE id = 'github:old'",
+                ) == 0)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        sql_count(&s, "SELECT count(*) FROM audit WHERE who = 'new'")
+            + sql_count(
+                &s,
+                "SELECT count(*) FROM deliveries WHERE id = 'github:new'"
+            ),
+        2,
+        "rows within the retention stay"
+    );
     wait_for("dev answers", T, || {
         get(port, &format!("dev.attack.localhost:{port}"), "/health", "")
             .filter(|r| r.status == 200)
@@ -572,6 +621,65 @@ fn refused_requests_and_repeated_events_add_a_bounded_number_of_rows() {
         engine_wide <= 1 && for_dev <= 1,
         "the invalid commit is recorded once (engine-wide {engine_wide}, dev {for_dev}), not once per poll"
     );
+    drop(server);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn the_web_ui_links_the_preview_url_and_never_a_process_raw_address() {
+    use util::browser::Browser;
+    const PAGE: Duration = Duration::from_secs(30);
+    let (s, token) = setup("");
+    let (server, port, host) = serve_dev(&s);
+    let raw_url = web_outputs(port, &token)["url"]
+        .as_str()
+        .expect("a url output")
+        .to_string();
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+    );
+    browser.goto("/");
+    browser.wait_until_exists("the login form is shown", PAGE, "#login #token");
+    browser.fill("#token", &token);
+    browser.click("#login-submit");
+    browser.wait_for("the admin is logged in", PAGE, |b| {
+        (b.text("#who-name").as_deref() == Some("test")).then_some(())
+    });
+    browser.goto("/#/env/dev");
+    browser.wait_until_exists(
+        "the resources of dev are shown",
+        PAGE,
+        "#resources tr[data-resource=web]",
+    );
+    let outputs = browser
+        .text("#resources tr[data-resource=web] [data-col=outputs]")
+        .unwrap_or_default();
+    assert!(
+        outputs.contains(&raw_url),
+        "the raw address is shown as text: {outputs:?}"
+    );
+    let hrefs = browser.js(
+        "return [...document.querySelectorAll('a[href]')].map((a) => a.href);",
+        vec![],
+    );
+    let hrefs: Vec<String> = hrefs
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !hrefs.iter().any(|h| h.starts_with(&raw_url)
+            || h.starts_with("http://127.0.0.1:")
+                && !h.starts_with(&format!("http://{}", server.addr))),
+        "no link leads to a process's own address (the session cookie would go along): {hrefs:?}"
+    );
+    assert!(
+        hrefs.contains(&format!("http://{host}/")),
+        "the preview URL, through the router, is linked: {hrefs:?}"
+    );
+    drop(browser);
     drop(server);
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
