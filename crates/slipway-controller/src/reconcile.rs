@@ -435,6 +435,15 @@ pub(crate) fn reconcile(
         let message = format!("drift: {}", drifted.join("; "));
         inner.metrics.drift_detected(drifted.len());
         if !prepared.self_heal {
+            // Unrepaired drift is seen again on every drift check: one event while it lasts.
+            if record.message.as_deref() != Some(message.as_str()) {
+                event(
+                    inner,
+                    name,
+                    "drift.detected",
+                    &format!("{message} (self_heal is off: not repaired)"),
+                );
+            }
             store.set_environment_status(
                 name,
                 "out_of_sync",
@@ -442,12 +451,6 @@ pub(crate) fn reconcile(
                 Some(&message),
                 now_ms(),
             )?;
-            event(
-                inner,
-                name,
-                "drift.detected",
-                &format!("{message} (self_heal is off: not repaired)"),
-            );
             return Ok(requeue);
         }
         event(

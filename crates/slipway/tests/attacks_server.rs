@@ -369,6 +369,16 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
         held.push(c);
     }
 
+    // The server holds no more than its cap of them (plus its own files: the store, logs,
+    // the repository, the application's connections).
+    let open_files = std::fs::read_dir(format!("/proc/{}/fd", _server.child.id()))
+        .expect("the server's open files")
+        .count();
+    assert!(
+        open_files <= 1024 + 200,
+        "the server keeps at most max_connections (1024) connections open, not one per attacker: {open_files} files"
+    );
+
     // Meanwhile every kind of request still answers, promptly.
     let deadline = Duration::from_secs(3);
     let timed = |what: &str, f: &dyn Fn() -> Option<Reply>| {
