@@ -26,6 +26,7 @@
 //!   [`PreviewTimeouts::response`] to send its response's head; past that the client gets `504`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -33,12 +34,14 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use slipway_controller::Controller;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How long the router waits on an application.
+/// How long the router waits on an application, and how many requests it has in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct PreviewTimeouts {
     /// To connect to the exposed port.
@@ -46,6 +49,11 @@ pub struct PreviewTimeouts {
     /// From sending the request to the response's head (its body then streams as long as
     /// the application sends it).
     pub response: Duration,
+    /// Most requests in flight through the router at once (a response still streaming, an
+    /// upgraded connection, count); more get `503`. An application answers as slowly as it
+    /// likes (its code may be anyone's branch), so without this a few slow responses could
+    /// hold every connection of the server and keep `/healthz` and the API out.
+    pub max_in_flight: usize,
 }
 
 impl Default for PreviewTimeouts {
@@ -53,6 +61,7 @@ impl Default for PreviewTimeouts {
         PreviewTimeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(60),
+            max_in_flight: 512,
         }
     }
 }
@@ -63,6 +72,7 @@ pub struct Previews {
     controller: Controller,
     client: Client<HttpConnector, Body>,
     timeouts: PreviewTimeouts,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Previews {
@@ -80,6 +90,7 @@ impl Previews {
             controller,
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeouts,
+            in_flight: Arc::new(Semaphore::new(timeouts.max_in_flight.max(1))),
         }
     }
 }
@@ -320,6 +331,13 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
             "`slipway env list` shows the environments; a process needs `expose:` to get a preview URL".into(),
         );
     };
+    let Ok(permit) = previews.in_flight.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests through preview URLs are in flight".into(),
+            "try again shortly; [server] max_connections sets the limit (half of it)".into(),
+        );
+    };
     let mut request = request;
     let upgrade = upgrade_protocol(request.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -382,7 +400,7 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
                         .headers
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     rparts.headers.insert(header::UPGRADE, protocol);
-                    tokio::spawn(splice(client, upstream));
+                    tokio::spawn(splice(client, upstream, permit));
                     return Response::from_parts(rparts, Body::empty());
                 }
                 if switching {
@@ -394,6 +412,11 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
                         "send `Connection: upgrade` and `Upgrade:` to open a WebSocket".into(),
                     );
                 }
+                // The permit is released when the body is sent or dropped.
+                let rbody = rbody.map_frame(move |frame| {
+                    let _ = &permit;
+                    frame
+                });
                 return Response::from_parts(rparts, Body::new(rbody));
             }
             Ok(Err(e)) if retryable && attempt < 2 && e.is_connect() => {
@@ -434,7 +457,11 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
 
 /// Copies both ways between an upgraded client connection and the application's, until
 /// either side closes.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _permit: OwnedSemaphorePermit,
+) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
         return;
     };

@@ -109,6 +109,9 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
                 "[server] preview_connect_timeout",
             )?,
             response: duration(&config.server.preview_timeout, "[server] preview_timeout")?,
+            // Half the connections at most: the other half stays for the API, the UI,
+            // webhooks and health checks, however slowly applications answer.
+            max_in_flight: (config.server.max_connections / 2).max(1),
         },
         ..slipway_server::ServerOptions::default()
     };

@@ -445,6 +445,58 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
+#[test]
+fn responses_that_never_end_cannot_hold_every_connection() {
+    // 20 connections at most, so at most 10 requests in flight through preview URLs.
+    let (s, token) = setup("max_connections = 20\n");
+    let (_server, port, host) = serve_dev(&s);
+    // The attack: 20 requests to an application whose responses never end (its code is
+    // anyone's branch), each holding its connection busy.
+    let mut held = Vec::new();
+    let (mut streaming, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(c, "GET /trickle HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
+        let mut first = [0u8; 12];
+        c.read_exact(&mut first).expect("a status line");
+        match &first {
+            b"HTTP/1.1 200" => streaming += 1,
+            b"HTTP/1.1 503" => refused += 1,
+            other => panic!("unexpected answer {:?}", String::from_utf8_lossy(other)),
+        }
+        held.push(c);
+    }
+    assert_eq!(
+        (streaming, refused),
+        (10, 10),
+        "half the connections at most are held by preview requests; the rest are refused"
+    );
+    let t = Instant::now();
+    let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
+    assert_eq!(health.status, 200);
+    let api = get(
+        port,
+        "127.0.0.1",
+        "/api/v1/environments",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .expect("the API answers");
+    assert_eq!(api.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "/healthz and the API answer at once while preview responses hang: {:?}",
+        t.elapsed()
+    );
+    drop(held);
+    wait_for("the preview URL serves again once they left", T, || {
+        get(port, &host, "/health", "").filter(|r| r.status == 200)
+    });
+    drop(_server);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
 fn sql_count(s: &Sandbox, query: &str) -> i64 {
     let out = std::process::Command::new("sqlite3")
         .arg("-readonly")

@@ -6,6 +6,7 @@ and HTTP (exposed), which answers:
   /echo      the request's headers as JSON ({lowercase name: [values]})
   /hop       a response with hop-by-hop headers and cookies the router must filter
   /hang      never answers (until the client leaves)
+  /trickle   answers its head and one byte, then nothing
   /upgrade   101 to `x-echo`, then echoes every byte back
 """
 import json
@@ -60,6 +61,14 @@ class App(BaseHTTPRequestHandler):
                 ],
             )
         elif self.path == "/hang":
+            time.sleep(3600)
+        elif self.path == "/trickle":
+            # The head and one byte of a thousand, then nothing: a response that never ends.
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"t")
+            self.wfile.flush()
             time.sleep(3600)
         elif self.path == "/upgrade":
             self.send_response(101)
