@@ -14,7 +14,8 @@
 //!   fails (the handler sees an error, the connection closes). So a client cannot hold a
 //!   connection busy, where eviction cannot reach it, by sending its body a byte at a time.
 //! - Each request carries its peer's address ([`axum::extract::ConnectInfo`]).
-//! - On shutdown, idle connections close at once and busy ones finish their request.
+//! - On shutdown, idle connections close at once and busy ones finish their request, within
+//!   a grace period (then they are closed).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -194,7 +195,12 @@ pub(crate) async fn serve(
         let (id, tracked) = {
             let mut registry = lock(&registry);
             if registry.open.len() >= limits.max_connections.max(1) && !registry.evict_idle() {
-                // Every open connection is busy with a request: this one waits for nothing.
+                // Every open connection is busy with a request: this one is told so and
+                // closed, rather than left waiting (a fresh socket's send buffer is empty, so
+                // the answer is written at once or not at all).
+                let _ = stream.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 drop(stream);
                 continue;
             }
@@ -214,8 +220,20 @@ pub(crate) async fn serve(
         });
     }
     let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
+    // Busy connections finish their request, for a while: a preview response that never
+    // ends (an application's event stream, a hung one) must not keep the server from
+    // stopping.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
 }
+
+/// How long a stopping server waits for busy connections before it closes them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn connection(
     stream: tokio::net::TcpStream,

@@ -489,11 +489,29 @@ fn responses_that_never_end_cannot_hold_every_connection() {
         "/healthz and the API answer at once while preview responses hang: {:?}",
         t.elapsed()
     );
-    drop(held);
-    wait_for("the preview URL serves again once they left", T, || {
+    drop(held.remove(0)); // one of the first ten, which got a permit
+    wait_for("the preview URL serves again once one left", T, || {
         get(port, &host, "/health", "").filter(|r| r.status == 200)
     });
-    drop(_server);
+
+    // Responses that never end do not keep the server from stopping either.
+    let mut server = _server;
+    let stopping = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(server.child.id()).expect("a pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    wait_for("serve stops on SIGTERM", Duration::from_secs(30), || {
+        server.child.try_wait().ok().flatten()
+    });
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "serve stopped within its shutdown grace although responses were still streaming: {:?}",
+        stopping.elapsed()
+    );
+    drop(held);
+    drop(server);
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
