@@ -278,6 +278,10 @@ async fn connection(
         conn.as_mut().graceful_shutdown();
     }
     loop {
+        // Stopping, hyper closes a kept-alive connection between requests, but waits on one
+        // that has not sent its first request yet (up to the header timeout). A connection
+        // with no request in flight is closed after a moment (to flush a response just sent).
+        let idle_while_stopping = shutting_down && tracked.in_flight.load(Ordering::Acquire) == 0;
         tokio::select! {
             _ = conn.as_mut() => return,
             () = tracked.close.notified() => return,
@@ -285,6 +289,11 @@ async fn connection(
                 if changed.is_err() || *stopping.borrow() {
                     shutting_down = true;
                     conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)), if idle_while_stopping => {
+                if tracked.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
                 }
             }
         }
