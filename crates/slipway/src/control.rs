@@ -37,6 +37,15 @@ fn duration(text: &str, what: &str) -> Result<Duration> {
         .with_context(|| format!("{what} `{text}` is not a duration such as 30m, 8h or 2d"))
 }
 
+/// A duration that must not be zero (a zero timeout would close every connection at once).
+fn positive(text: &str, what: &str) -> Result<Duration> {
+    let d = duration(text, what)?;
+    if d.is_zero() {
+        bail!("{what} must be longer than 0, e.g. \"10s\"");
+    }
+    Ok(d)
+}
+
 fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     let config = engine_config(g)?;
     let engine = Arc::new(open_engine(g)?);
@@ -53,11 +62,11 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
         )?,
         concurrency: config.controller.concurrency.max(1),
         parallelism: config.local.parallelism,
-        retention: Some(duration(
+        retention: Some(positive(
             &config.controller.retention,
             "[controller] retention",
         )?),
-        delivery_retention: Some(duration(
+        delivery_retention: Some(positive(
             &config.controller.delivery_retention,
             "[controller] delivery_retention",
         )?),
@@ -101,14 +110,14 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         );
     }
     let server_options = slipway_server::ServerOptions {
-        header_timeout: duration(&config.server.header_timeout, "[server] header_timeout")?,
+        header_timeout: positive(&config.server.header_timeout, "[server] header_timeout")?,
         max_connections: config.server.max_connections.max(1),
         preview: slipway_server::preview::PreviewTimeouts {
-            connect: duration(
+            connect: positive(
                 &config.server.preview_connect_timeout,
                 "[server] preview_connect_timeout",
             )?,
-            response: duration(&config.server.preview_timeout, "[server] preview_timeout")?,
+            response: positive(&config.server.preview_timeout, "[server] preview_timeout")?,
             // Half the connections at most: the other half stays for the API, the UI,
             // webhooks and health checks, however slowly applications answer.
             max_in_flight: (config.server.max_connections / 2).max(1),
