@@ -37,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use slipway_controller::Controller;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -88,7 +88,12 @@ impl Previews {
         connector.set_nodelay(true);
         Previews {
             controller,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            // Idle connections to an application are dropped after a while (with a timer, not
+            // only when next checked out): an old instance a deploy replaced keeps none open.
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
             timeouts,
             in_flight: Arc::new(Semaphore::new(timeouts.max_in_flight.max(1))),
         }
