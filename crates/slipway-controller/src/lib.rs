@@ -70,6 +70,12 @@ pub struct Options {
     pub default_ref: String,
     /// Resources changing at once inside one apply.
     pub parallelism: usize,
+    /// How long audit entries and events are kept (`None`: for ever).
+    pub retention: Option<Duration>,
+    /// How long handled webhook deliveries' ids are kept (`None`: for ever).
+    pub delivery_retention: Option<Duration>,
+    /// How often old rows are pruned.
+    pub prune_interval: Duration,
 }
 
 impl Default for Options {
@@ -82,6 +88,9 @@ impl Default for Options {
             max_backoff: Duration::from_secs(300),
             default_ref: "HEAD".into(),
             parallelism: 8,
+            retention: Some(Duration::from_secs(90 * 24 * 3600)),
+            delivery_retention: Some(Duration::from_secs(365 * 24 * 3600)),
+            prune_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -334,6 +343,10 @@ impl Controller {
         let mut poll = tokio::time::interval(self.inner.options.poll_interval);
         let mut drift = tokio::time::interval(self.inner.options.drift_interval);
         let mut ttl = tokio::time::interval(Duration::from_secs(1));
+        // Its first tick is at once: a controller that starts prunes what aged while it was
+        // down.
+        let mut prune = tokio::time::interval(self.inner.options.prune_interval);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for timer in [&mut poll, &mut drift, &mut ttl] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer.tick().await;
@@ -376,6 +389,10 @@ impl Controller {
                         }
                     }
                 }
+                _ = prune.tick() => {
+                    let this = self.clone();
+                    tokio::task::spawn_blocking(move || this.prune());
+                }
                 _ = ttl.tick() => {
                     let now = slipway_state::now_ms();
                     if let Ok(envs) = self.inner.engine.store().environments() {
@@ -385,6 +402,30 @@ impl Controller {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes audit entries, events and webhook deliveries older than the retention of
+    /// [`Options`]; a failure is an event, and the next tick tries again.
+    fn prune(&self) {
+        let now = slipway_state::now_ms();
+        let before = |keep: Option<Duration>| {
+            keep.map(|d| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        };
+        let options = &self.inner.options;
+        let retention = slipway_state::Retention {
+            audit_before: before(options.retention),
+            events_before: before(options.retention),
+            deliveries_before: before(options.delivery_retention),
+        };
+        if let Err(e) = self.inner.engine.store().prune(&retention) {
+            let _ = self.inner.engine.store().record_event(
+                None,
+                "retention.failed",
+                &format!("pruning old audit entries, events and deliveries: {e}"),
+                &serde_json::json!({}),
+                now,
+            );
         }
     }
 

@@ -30,6 +30,22 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
         .record_event(Some(env), kind, message, &json!({}), now_ms());
 }
 
+/// Records a `commit.invalid` event about `commit` unless the last one of `env` (engine-wide
+/// when `None`) was already about it: an invalid commit is seen again on every poll and
+/// drift tick until a new one replaces it, and one event says it.
+fn invalid_once(inner: &Inner, env: Option<&str>, commit: &str, message: &str) {
+    let store = inner.engine.store();
+    let said = store
+        .last_event(env, "commit.invalid")
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.data.get("commit").and_then(|c| c.as_str()) == Some(commit));
+    if !said {
+        let data = json!({ "commit": commit });
+        let _ = store.record_event(env, "commit.invalid", message, &data, now_ms());
+    }
+}
+
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
 /// what it asks for: new static and generated environments are recorded, generated ones whose
 /// branch is gone are destroyed. Returns the environments to reconcile, with why.
@@ -117,17 +133,12 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     let stack = match loaded.valid_stack() {
         Ok(stack) => stack,
         Err(first) => {
-            let _ = store.record_event(
-                None,
-                "commit.invalid",
-                &format!(
-                    "{} at {} is not valid; the set of environments is left as it is: {first}",
-                    loaded.entry,
-                    &loaded.commit.sha[..12]
-                ),
-                &json!({}),
-                now_ms(),
+            let message = format!(
+                "{} at {} is not valid; the set of environments is left as it is: {first}",
+                loaded.entry,
+                &loaded.commit.sha[..12]
             );
+            invalid_once(inner, None, &loaded.commit.sha, &message);
             return Ok(out);
         }
     };
@@ -508,7 +519,7 @@ pub(crate) fn reconcile(
                 Some(&message),
                 now_ms(),
             )?;
-            event(inner, name, "commit.invalid", &message);
+            invalid_once(inner, Some(name), &commit, &message);
             return Ok(requeue);
         }
         Err(e) => {
@@ -577,6 +588,15 @@ pub(crate) fn reconcile(
         let message = format!("drift: {}", drifted.join("; "));
         inner.metrics.drift_detected(drifted.len());
         if !prepared.self_heal {
+            // Unrepaired drift is seen again on every drift check: one event while it lasts.
+            if record.message.as_deref() != Some(message.as_str()) {
+                event(
+                    inner,
+                    name,
+                    "drift.detected",
+                    &format!("{message} (self_heal is off: not repaired)"),
+                );
+            }
             store.set_environment_status(
                 name,
                 "out_of_sync",
@@ -584,12 +604,6 @@ pub(crate) fn reconcile(
                 Some(&message),
                 now_ms(),
             )?;
-            event(
-                inner,
-                name,
-                "drift.detected",
-                &format!("{message} (self_heal is off: not repaired)"),
-            );
             return Ok(requeue);
         }
         event(

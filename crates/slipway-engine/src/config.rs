@@ -181,6 +181,13 @@ pub struct ControllerConfig {
     /// Most environments reconciled at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How long audit entries and events are kept; older ones are deleted hourly.
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    /// How long the ids of handled webhook deliveries are kept (a delivery replayed after
+    /// that is handled again, so keep it longer than anyone could hold on to a delivery).
+    #[serde(default = "default_delivery_retention")]
+    pub delivery_retention: String,
 }
 
 impl Default for ControllerConfig {
@@ -189,8 +196,17 @@ impl Default for ControllerConfig {
             drift_interval: default_drift(),
             requeue_interval: default_requeue(),
             concurrency: default_concurrency(),
+            retention: default_retention(),
+            delivery_retention: default_delivery_retention(),
         }
     }
+}
+
+fn default_retention() -> String {
+    "90d".into()
+}
+fn default_delivery_retention() -> String {
+    "365d".into()
 }
 
 fn default_drift() -> String {
@@ -210,14 +226,45 @@ pub struct ServerConfig {
     /// API, UI, webhooks and the preview router.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How long a client has to send a request's head (and, on a kept-alive connection, the
+    /// next one) before its connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: String,
+    /// Most connections open at once; beyond it the oldest idle one is closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long the preview router waits to connect to an application.
+    #[serde(default = "default_preview_connect_timeout")]
+    pub preview_connect_timeout: String,
+    /// How long the preview router waits for an application's response (its head); past it
+    /// the client gets `504`.
+    #[serde(default = "default_preview_timeout")]
+    pub preview_timeout: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            header_timeout: default_header_timeout(),
+            max_connections: default_max_connections(),
+            preview_connect_timeout: default_preview_connect_timeout(),
+            preview_timeout: default_preview_timeout(),
         }
     }
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_preview_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_preview_timeout() -> String {
+    "60s".into()
 }
 
 fn default_listen() -> String {

@@ -194,6 +194,9 @@ fn resolve(ctx: ResourceContext<'_>, config: &ProcessConfig) -> Result<Resolved,
     for name in &config.ports {
         port_of(name, "ports")?;
     }
+    if let Some(name) = &config.expose {
+        port_of(name, "expose")?;
+    }
     let health = match &config.health {
         None => None,
         Some(h) => {
@@ -327,8 +330,11 @@ impl Provider for ProcessProvider {
             .iter()
             .filter_map(|name| Some((name, *ctx.ports.get(name)?)))
             .collect();
-        if let Some(first) = config.ports.first().and_then(|name| ctx.ports.get(name)) {
-            outputs.insert("url".to_owned(), json!(format!("http://127.0.0.1:{first}")));
+        // `url` is the exposed port's address, else the first port's (SPEC): an internal
+        // port listed first (an admin port) is not what the process serves.
+        let served = config.expose.as_ref().or(config.ports.first());
+        if let Some(port) = served.and_then(|name| ctx.ports.get(name)) {
+            outputs.insert("url".to_owned(), json!(format!("http://127.0.0.1:{port}")));
         }
         outputs.insert("ports".to_owned(), json!(ports));
         Ok(Applied {

@@ -306,10 +306,35 @@ async fn needed_role(guard: &Guard, target: Option<&str>) -> Result<Role, ApiErr
     })
 }
 
+/// Records a refusal, folded with identical ones of the last [`REFUSAL_WINDOW_MS`]: anyone
+/// can send refused calls, so each must not cost a row.
 async fn audit(guard: &Guard, who: &str, target: Option<&str>, outcome: &str, error: &ApiError) {
-    let detail = format!("{}: {error}", error.status().as_u16());
-    record(guard, who, target.map(str::to_string), outcome, detail).await;
+    let entry = NewAudit {
+        at: now_ms(),
+        who: who.to_string(),
+        action: guard.route.action.to_string(),
+        target: target.map(str::to_string),
+        outcome: outcome.to_string(),
+        detail: format!("{}: {error}", error.status().as_u16()),
+    };
+    let controller = guard.app.controller.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        controller
+            .engine()
+            .store()
+            .record_refusal(&entry, REFUSAL_WINDOW_MS)
+            .map_err(|e| format!("{e} ({entry:?})"))
+    })
+    .await;
+    match written {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("slipway-server: cannot write the audit log: {e}"),
+        Err(e) => eprintln!("slipway-server: the audit task failed: {e}"),
+    }
 }
+
+/// Identical refusals within this long are one audit entry with a count.
+pub(crate) const REFUSAL_WINDOW_MS: i64 = 60_000;
 
 /// Writes one audit entry. A failure is logged, not returned: the call itself is done.
 async fn record(guard: &Guard, who: &str, target: Option<String>, outcome: &str, detail: String) {

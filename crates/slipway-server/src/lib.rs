@@ -37,6 +37,7 @@
 
 mod auth;
 mod body;
+mod conn;
 mod deployments;
 mod environments;
 mod error;
@@ -66,6 +67,14 @@ pub struct ServerOptions {
     pub event_poll_interval: Duration,
     /// How often an idle event stream sends a comment, so that proxies keep it open.
     pub event_keep_alive: Duration,
+    /// How long a client has to send a request's head, on a new connection and between the
+    /// requests of a kept-alive one; past it the connection is closed.
+    pub header_timeout: Duration,
+    /// Most connections open at once: a new one beyond it closes the oldest idle one, or is
+    /// closed itself when every open one has a request in flight.
+    pub max_connections: usize,
+    /// How long the preview router waits on an application.
+    pub preview: preview::PreviewTimeouts,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +83,9 @@ impl Default for ServerOptions {
             body_limit: 1024 * 1024,
             event_poll_interval: Duration::from_millis(300),
             event_keep_alive: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            preview: preview::PreviewTimeouts::default(),
         }
     }
 }
@@ -155,46 +167,70 @@ pub fn router_with(controller: Controller, options: ServerOptions, stop: StopSig
 /// flight (event streams end at once) and returns.
 ///
 /// # Errors
-/// Only what accepting connections on `listener` fails with.
+/// None today: failures to accept a connection are retried.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     controller: Controller,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, controller, ServerOptions::default(), shutdown).await
+}
+
+/// [`serve`] with `options`: the API, the web UI, webhooks and the preview router on one
+/// listener, with the connection limits of `options`.
+///
+/// # Errors
+/// None today: failures to accept a connection are retried.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    controller: Controller,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         controller.set_preview_port(addr.port());
     }
-    let previews = preview::Previews::new(controller.clone());
-    serve_app(
-        listener,
-        move |stop| {
-            // Preview hosts (`<env>.<stack>.localhost`) are proxied before the API sees them.
-            router_with(controller, ServerOptions::default(), stop).layer(
-                axum::middleware::from_fn_with_state(previews, preview::route),
-            )
-        },
-        shutdown,
-    )
-    .await
+    let previews = preview::Previews::with_timeouts(controller.clone(), options.preview);
+    let limits = conn::Limits {
+        header_timeout: options.header_timeout,
+        max_connections: options.max_connections,
+    };
+    let (fire, signal) = watch::channel(false);
+    // Preview hosts (`<env>.<stack>.localhost`) are proxied before the API sees them.
+    let router = router_with(controller, options, StopSignal(signal)).layer(
+        axum::middleware::from_fn_with_state(previews, preview::route),
+    );
+    conn::serve(listener, router, limits, async move {
+        shutdown.await;
+        let _ = fire.send(true);
+    })
+    .await;
+    Ok(())
 }
 
 /// Serves the router `app` builds on `listener` until `shutdown` completes. `app` receives the
 /// [`StopSignal`] that fires when `shutdown` completes: pass it to [`router_with`] (and to any
-/// other long-lived responses) so that graceful shutdown does not wait on open streams.
+/// other long-lived responses) so that graceful shutdown does not wait on open streams. The
+/// connections are bounded as [`ServerOptions::default`] says (header timeout, connection cap).
 ///
 /// # Errors
-/// Only what accepting connections on `listener` fails with.
+/// None today: failures to accept a connection are retried.
 pub async fn serve_app(
     listener: tokio::net::TcpListener,
     app: impl FnOnce(StopSignal) -> Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let defaults = ServerOptions::default();
     let (fire, signal) = watch::channel(false);
     let router = app(StopSignal(signal));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = fire.send(true);
-        })
-        .await
+    let limits = conn::Limits {
+        header_timeout: defaults.header_timeout,
+        max_connections: defaults.max_connections,
+    };
+    conn::serve(listener, router, limits, async move {
+        shutdown.await;
+        let _ = fire.send(true);
+    })
+    .await;
+    Ok(())
 }

@@ -110,7 +110,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
             json!({
                 "type": "object",
                 "additionalProperties": false,
-                "required": ["id", "at", "who", "action", "target", "outcome", "detail"],
+                "required": ["id", "at", "who", "action", "target", "outcome", "detail", "count"],
                 "properties": {
                     "id": {"type": "integer"},
                     "at": {"type": "string", "format": "date-time"},
@@ -118,7 +118,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                     "action": {"type": "string", "description": "E.g. `environment.destroy`."},
                     "target": {"type": ["string", "null"], "description": "E.g. the environment's name."},
                     "outcome": {"enum": AUDIT_OUTCOMES},
-                    "detail": {"type": "string", "description": "The response status and, when it is an error, why."}
+                    "detail": {"type": "string", "description": "The response status and, when it is an error, why."},
+                    "count": {"type": "integer", "minimum": 1, "description": "How many calls the entry stands for: identical refusals within a minute are one entry (with the first one's time and target)."}
                 }
             }),
         ),
@@ -215,6 +216,7 @@ struct AuditEntry {
     target: Option<String>,
     outcome: String,
     detail: String,
+    count: i64,
 }
 
 impl From<AuditRecord> for AuditEntry {
@@ -227,6 +229,7 @@ impl From<AuditRecord> for AuditEntry {
             target: r.target,
             outcome: r.outcome,
             detail: r.detail,
+            count: r.count,
         }
     }
 }

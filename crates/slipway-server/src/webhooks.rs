@@ -69,14 +69,37 @@ struct Accepted {
 }
 
 fn audit(app: &AppState, who: &str, target: &str, outcome: &str, detail: String) {
-    let _ = app.controller.engine().store().record_audit(&NewAudit {
+    let entry = NewAudit {
         at: now_ms(),
         who: who.into(),
         action: "webhook.receive".into(),
         target: Some(target.into()),
         outcome: outcome.into(),
         detail,
-    });
+    };
+    let store = app.controller.engine().store();
+    let _ = if outcome == "refused" {
+        // Anyone can post a bad signature: identical refusals fold into one entry a minute.
+        store.record_refusal(&entry, crate::auth::REFUSAL_WINDOW_MS)
+    } else {
+        store.record_audit(&entry)
+    };
+}
+
+/// Audits a replayed delivery: signed, but possibly resent by anyone who recorded it, so
+/// folded like a refusal (the delivery id is in the detail, so each id is one entry a minute).
+fn audit_duplicate(app: &AppState, who: &str, target: &str, detail: String) {
+    let _ = app.controller.engine().store().record_refusal(
+        &NewAudit {
+            at: now_ms(),
+            who: who.into(),
+            action: "webhook.receive".into(),
+            target: Some(target.into()),
+            outcome: "ok".into(),
+            detail,
+        },
+        crate::auth::REFUSAL_WINDOW_MS,
+    );
 }
 
 fn kind_name(event: &ForgeEvent) -> String {
@@ -167,11 +190,10 @@ async fn receive(
             .await?
     };
     if !fresh {
-        audit(
+        audit_duplicate(
             &app,
             &who,
             &target,
-            "ok",
             format!("duplicate delivery {} ({event}) ignored", delivery.id),
         );
         return Ok((

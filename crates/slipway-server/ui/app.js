@@ -100,8 +100,26 @@
 
   /** A link only to http(s) URLs: text from the API never becomes a `javascript:` link. */
   function link(url, text, attrs) {
-    if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return text || url || "";
+    if (typeof url !== "string" || !/^https?:\/\//i.test(url) || rawAddress(url)) return text || url || "";
     return h("a", Object.assign({ href: url, rel: "noopener noreferrer", target: "_blank" }, attrs || {}), text || url);
+  }
+
+  /**
+   * Whether `url` is a process's own address rather than a page: a loopback or unspecified
+   * IP, bare `localhost`, or this page's host on another port. Cookies are not port-scoped, so
+   * the session cookie would go along to whatever listens there; such addresses stay text and
+   * the preview URL (through the router, which strips the cookie) is what gets linked.
+   */
+  function rawAddress(url) {
+    let parsed;
+    try {
+      parsed = new URL(url);
+    } catch (_) {
+      return true;
+    }
+    const host = parsed.hostname.toLowerCase();
+    if (host === "localhost" || host === "[::1]" || host === "[::]" || host === "0.0.0.0" || /^127\./.test(host)) return true;
+    return host === location.hostname.toLowerCase() && parsed.port !== location.port;
   }
 
   function badge(table, value, label) {
@@ -1191,7 +1209,8 @@
         for (const [k, v] of Object.entries(value)) walk(prefix ? `${prefix}.${k}` : k, v);
       } else {
         const text = typeof value === "string" ? value : JSON.stringify(value);
-        items.push(h("li", {}, h("span", { class: "k" }, `${prefix}: `), /^https?:\/\//.test(text) ? link(text) : h("span", { class: "mono" }, text)));
+        // Outputs are shown, never linked: a process's `url` is its raw 127.0.0.1 address.
+        items.push(h("li", {}, h("span", { class: "k" }, `${prefix}: `), h("span", { class: "mono" }, text)));
       }
     };
     walk("", values);

@@ -28,6 +28,9 @@ pub struct AuditRecord {
     pub outcome: String,
     /// More for people: the response status and, for a refusal or failure, why.
     pub detail: String,
+    /// How many calls this entry stands for: 1, or more for refusals aggregated by
+    /// [`Store::record_refusal`] (the entry keeps the first one's time and target).
+    pub count: i64,
 }
 
 /// An entry about to be written; see [`Store::record_audit`].
@@ -47,7 +50,7 @@ pub struct NewAudit {
     pub detail: String,
 }
 
-const COLUMNS: &str = "id, at, who, action, target, outcome, detail";
+const COLUMNS: &str = "id, at, who, action, target, outcome, detail, count";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
     Ok(AuditRecord {
@@ -58,6 +61,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         target: row.get(4)?,
         outcome: row.get(5)?,
         detail: row.get(6)?,
+        count: row.get(7)?,
     })
 }
 
@@ -82,6 +86,63 @@ impl Store {
             ],
         )
         .map_err(sql(format!("record {} in the audit log", entry.action)))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records a refused call, folded into the entry of the same refusal (who, action, outcome
+    /// and detail) written less than `window_ms` before, whose count it increments; a new
+    /// entry otherwise. Returns the entry's id.
+    ///
+    /// A refusal costs its caller nothing, so refusals written one row each would let anyone
+    /// grow the database without bound; folded, they add at most one row per distinct
+    /// refusal per window. The target is not part of the key (a caller chooses it freely):
+    /// the entry keeps the first one's.
+    ///
+    /// # Errors
+    /// [`StateError::InvalidValue`] for an outcome outside [`AUDIT_OUTCOMES`].
+    pub fn record_refusal(&self, entry: &NewAudit, window_ms: i64) -> Result<i64, StateError> {
+        one_of("audit outcome", &entry.outcome, AUDIT_OUTCOMES)?;
+        let operation = format!("record a refused {} in the audit log", entry.action);
+        let conn = self.conn();
+        let existing: Option<i64> = conn
+            .prepare_cached(
+                "SELECT id FROM audit WHERE at > ?1 AND who = ?2 AND action = ?3 \
+                 AND outcome = ?4 AND detail = ?5 ORDER BY id DESC LIMIT 1",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        params![
+                            entry.at.saturating_sub(window_ms),
+                            entry.who,
+                            entry.action,
+                            entry.outcome,
+                            entry.detail
+                        ],
+                        |row| row.get(0),
+                    )?
+                    .next()
+                    .transpose()
+            })
+            .map_err(sql(operation.clone()))?;
+        if let Some(id) = existing {
+            conn.execute("UPDATE audit SET count = count + 1 WHERE id = ?1", [id])
+                .map_err(sql(operation))?;
+            return Ok(id);
+        }
+        conn.execute(
+            "INSERT INTO audit (at, who, action, target, outcome, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                entry.at,
+                entry.who,
+                entry.action,
+                entry.target,
+                entry.outcome,
+                entry.detail
+            ],
+        )
+        .map_err(sql(operation))?;
         Ok(conn.last_insert_rowid())
     }
 

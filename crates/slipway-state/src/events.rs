@@ -68,6 +68,33 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
+    /// The newest event of `kind` about `environment` (engine-wide events when `None`).
+    pub fn last_event(
+        &self,
+        environment: Option<&str>,
+        kind: &str,
+    ) -> Result<Option<EventRecord>, StateError> {
+        let operation = "read the last event of a kind";
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, environment, kind, message, data, at FROM events \
+                 WHERE kind = ?1 AND environment IS ?2 ORDER BY id DESC LIMIT 1",
+            )
+            .map_err(sql(operation))?;
+        let mut rows = statement
+            .query_map(params![kind, environment], from_row)
+            .map_err(sql(operation))?;
+        match rows.next() {
+            None => Ok(None),
+            Some(row) => {
+                let (mut record, data) = row.map_err(sql(operation))?;
+                record.data = from_json(&data, || format!("event {}", record.id), "data")?;
+                Ok(Some(record))
+            }
+        }
+    }
+
     /// Events matching `query`, oldest first (ascending id).
     pub fn events(&self, query: &EventQuery) -> Result<Vec<EventRecord>, StateError> {
         let operation = "read events";

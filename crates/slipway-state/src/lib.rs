@@ -35,6 +35,7 @@ mod events;
 mod ports;
 mod pulls;
 mod resources;
+mod retention;
 mod schema;
 mod seal;
 mod store;
@@ -49,6 +50,7 @@ pub use environments::{ENVIRONMENT_KINDS, EnvironmentRecord, HEALTH_STATES, SYNC
 pub use error::StateError;
 pub use events::{EventQuery, EventRecord};
 pub use resources::{RESOURCE_STATUSES, ResourceRecord};
+pub use retention::{Pruned, Retention};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;
 pub use tokens::{ROLES, TOKEN_PREFIX, TokenRecord, hash_token, new_token};

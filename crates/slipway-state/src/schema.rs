@@ -151,6 +151,14 @@ CREATE TABLE merged_commits (
     at             INTEGER NOT NULL
 ) STRICT;
 "#,
+    // Refused calls are aggregated (one row per source and reason per minute, with a count),
+    // and audit, events and deliveries are pruned by age: indexes for both.
+    r#"
+ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX events_by_kind ON events (kind, environment, id);
+CREATE INDEX events_by_time ON events (at);
+CREATE INDEX deliveries_by_time ON deliveries (received_at);
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -37,6 +37,15 @@ fn duration(text: &str, what: &str) -> Result<Duration> {
         .with_context(|| format!("{what} `{text}` is not a duration such as 30m, 8h or 2d"))
 }
 
+/// A duration that must not be zero (a zero timeout would close every connection at once).
+fn positive(text: &str, what: &str) -> Result<Duration> {
+    let d = duration(text, what)?;
+    if d.is_zero() {
+        bail!("{what} must be longer than 0, e.g. \"10s\"");
+    }
+    Ok(d)
+}
+
 fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     let config = engine_config(g)?;
     let engine = Arc::new(open_engine(g)?);
@@ -53,6 +62,14 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
         )?,
         concurrency: config.controller.concurrency.max(1),
         parallelism: config.local.parallelism,
+        retention: Some(positive(
+            &config.controller.retention,
+            "[controller] retention",
+        )?),
+        delivery_retention: Some(positive(
+            &config.controller.delivery_retention,
+            "[controller] delivery_retention",
+        )?),
         default_ref: reference,
         ..Options::default()
     };
@@ -98,6 +115,22 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
             path.display()
         );
     }
+    let server_options = slipway_server::ServerOptions {
+        header_timeout: positive(&config.server.header_timeout, "[server] header_timeout")?,
+        max_connections: config.server.max_connections.max(1),
+        preview: slipway_server::preview::PreviewTimeouts {
+            connect: positive(
+                &config.server.preview_connect_timeout,
+                "[server] preview_connect_timeout",
+            )?,
+            response: positive(&config.server.preview_timeout, "[server] preview_timeout")?,
+            // Half the connections at most: the other half stays for the API, the UI,
+            // webhooks and health checks, however slowly applications answer.
+            max_in_flight: (config.server.max_connections / 2).max(1),
+        },
+        ..slipway_server::ServerOptions::default()
+    };
+    raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen"))?;
@@ -115,7 +148,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         tokio::spawn(signals);
         let mut rx1 = stop_rx.clone();
         let mut rx2 = stop_rx;
-        let server = slipway_server::serve(listener, controller.clone(), async move {
+        let server = slipway_server::serve_with(listener, controller.clone(), server_options, async move {
             let _ = rx2.wait_for(|s| *s).await;
         });
         let run = controller.run(async move {
@@ -199,6 +232,39 @@ fn write_admin_token(home: &std::path::Path, token: &str) -> Result<std::path::P
     std::fs::rename(&partial, &path)
         .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
     Ok(path)
+}
+
+/// Raises the open-file soft limit to the hard limit: every connection is a file, and the
+/// usual soft limit (1024) is below what `[server] max_connections` allows plus the store,
+/// logs and repositories. Says so when even the hard limit leaves too little room.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                eprintln!(
+                    "slipway serve: cannot raise the open-file limit from {soft} to {hard}: {e}"
+                );
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // Room for the store, logs, repositories and the preview router's upstream connections.
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if limit < needed {
+        eprintln!(
+            "slipway serve: the open-file limit ({limit}) is low for [server] max_connections = \
+             {max_connections}; raise it (`ulimit -n`, LimitNOFILE=) or lower max_connections"
+        );
+    }
 }
 
 fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
