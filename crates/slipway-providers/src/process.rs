@@ -38,6 +38,7 @@ use self::supervisor::{Phase, SupervisorSpec, SupervisorState, read_state};
 use crate::command::{self, TAIL_LINES};
 use crate::logfile::{self, log_path};
 use crate::procinfo::{ProcessIdentity, wait_until};
+use crate::sandbox::Confinement;
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 pub use self::supervisor::supervise;
@@ -291,6 +292,7 @@ impl Provider for ProcessProvider {
             restart: config.restart,
             stop_grace_ms: resolved.stop_grace.as_millis() as u64,
             redact: ctx.redact.to_vec(),
+            confinement: Some(Confinement::of(ctx)),
         };
         let spec_file = spec_path(ctx);
         let bytes = crate::to_json(&spec, "the supervisor spec")?
@@ -427,10 +429,12 @@ impl Provider for ProcessProvider {
                 None => match &resolved.health {
                     None => return Ok(()),
                     Some(health) => {
-                        match health
-                            .check
-                            .check(health.timeout, &resolved.cwd, &resolved.env)
-                        {
+                        match health.check.check(
+                            health.timeout,
+                            &resolved.cwd,
+                            &resolved.env,
+                            &Confinement::of(ctx),
+                        ) {
                             Ok(()) => return Ok(()),
                             Err(problem) => problem,
                         }
@@ -500,6 +504,14 @@ fn spawn_detached(
     command
         .args(args)
         .arg(spec)
+        // The supervisor outlives us and its `/proc/<pid>/environ` outlives nothing: it gets
+        // none of the engine's environment (credentials: forge tokens, database URLs), only
+        // a PATH. Everything its child needs is in the spec.
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -79,6 +79,27 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         );
         controller.set_forge(setup);
     }
+    let isolation = controller.engine().isolation();
+    let coverage = slipway_providers::sandbox::Coverage::current();
+    eprintln!(
+        "slipway serve: environments' code runs isolated by {}{} ({coverage})",
+        match isolation {
+            slipway_providers::sandbox::Isolation::Uid => "uid (one per environment)",
+            slipway_providers::sandbox::Isolation::Landlock => "landlock",
+            slipway_providers::sandbox::Isolation::None => "nothing",
+        },
+        if isolation != slipway_providers::sandbox::Isolation::None
+            && coverage.abi > 0
+            && !coverage.missing().is_empty()
+        {
+            format!(
+                "; not enforced by this kernel: {}",
+                coverage.missing().join(", ")
+            )
+        } else {
+            String::new()
+        }
+    );
     let store = controller.engine().store();
     if store.tokens()?.is_empty() {
         let token = slipway_state::new_token();
