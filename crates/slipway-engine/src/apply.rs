@@ -1050,6 +1050,15 @@ impl Engine {
         };
         let finished = slipway_state::now_ms();
         if report.succeeded() {
+            if let (slipway_providers::sandbox::Isolation::Uid, Some(uid)) =
+                (self.isolation, self.store.environment_uid(&env)?)
+            {
+                // Whatever its code left running outside the groups its providers stopped
+                // goes too, before its uid may serve another environment.
+                slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(
+                    EngineError::io(format!("cannot stop the processes of uid {uid}")),
+                )?;
+            }
             let root = self.home.join("envs").join(&env);
             if let Ok(entries) = std::fs::read_dir(root.join("src")) {
                 for entry in entries.flatten() {

@@ -526,7 +526,11 @@ impl DataPath {
     fn remove(&self, data: &Path) -> Result<(), ProviderError> {
         let chain = match self.open_dirs(data, false, None) {
             Ok(chain) => chain,
-            Err(Unreadable::Missing) => return Ok(()),
+            // A directory on the way that is now a link (or not a directory) was put there by
+            // someone else: what we wrote cannot be behind it, and nothing is followed.
+            Err(Unreadable::Missing | Unreadable::Symlink(_) | Unreadable::NotAFile) => {
+                return Ok(());
+            }
             Err(why) => return Err(self.refusal(data, why)),
         };
         let dir = chain

@@ -373,6 +373,36 @@ impl Confinement {
     }
 }
 
+/// Kills every process running as `uid` (an environment's, in uid mode): whatever its code
+/// left behind outside the process groups Slipway stops (a daemon that called `setsid`), so
+/// that nothing of it survives to meet the next environment given the same uid.
+///
+/// # Errors
+/// When the killing process cannot be started.
+pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
+    if uid == 0 {
+        return Err(io::Error::other("refusing to kill every process of uid 0"));
+    }
+    let mut command = Command::new("/bin/true");
+    command
+        .uid(uid)
+        .gid(gid)
+        .env_clear()
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: kill is async-signal-safe. As `uid`, kill(-1) reaches exactly that uid's
+    // processes (every one it may signal), never the caller itself.
+    unsafe {
+        command.pre_exec(|| {
+            nix::libc::kill(-1, nix::libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.status().map(drop)
+}
+
 /// Whether every ancestor of `path` (and `path` itself) can be searched by a user that is
 /// neither its owner nor in its group: the directory that is not, if one is not.
 pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
@@ -489,6 +519,7 @@ mod tests {
             eprintln!("this kernel has no Landlock: the enforcement test has nothing to check");
             return;
         }
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("a temp dir");
         for sub in ["src", "data", "tmp"] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
@@ -496,7 +527,19 @@ mod tests {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "hidden").expect("write the secret");
         std::fs::write(dir.path().join("src/code"), "visible").expect("write the source");
-        let confinement = confinement(dir.path(), true);
+        let mut confinement = confinement(dir.path(), true);
+        if running_as_root() {
+            // Landlock lets a process with CAP_SYS_PTRACE read other processes' memory: root's
+            // code is always confined under another uid too (uid mode), as the engine does.
+            // Everything is world-readable here, so only Landlock keeps the secret.
+            confinement.sandbox.ids = Some((65534, 65534));
+            for path in [dir.path(), &dir.path().join("src"), &secret] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
+            std::os::unix::fs::chown(dir.path().join("data"), Some(65534), Some(65534))
+                .expect("chown");
+        }
         let run = |script: &str| {
             let mut command = Command::new("/bin/sh");
             command.args(["-c", script]);

@@ -73,8 +73,11 @@ impl Sandbox {
         std::fs::write(
             &config,
             format!(
-                "[local]\nports = \"{low}-{}\"\n[postgres.main]\nurl = \"{}\"\n",
+                "[local]\nports = \"{low}-{}\"\nuids = \"{}-{}\"\n[postgres.main]\nurl = \"{}\"\n",
                 low + 19,
+                // Each engine its own uids: two homes must never share an environment uid.
+                300000 + slot,
+                300000 + slot + 19,
                 pg_url()
             ),
         )
