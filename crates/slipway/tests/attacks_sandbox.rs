@@ -772,6 +772,11 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
             "serve names the Landlock ABI: {log}"
         );
     }
+    assert!(
+        log.contains("[postgres.main] is reached without a password"),
+        "serve warns that a server without a password lets sandboxed code in anyway (this \
+         machine's PostgreSQL trusts local TCP): {log}"
+    );
     for mode in ["job", "process"] {
         let report = sc.report("br-feature-evil", mode);
         eprintln!("the {mode}'s report: {report:#?}");
@@ -805,6 +810,17 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
         "the controller survived the signals"
     );
     assert_home_is_private(&sc);
+
+    // The supervisors (root) hold none of the controller's credentials either: they start
+    // with an empty environment.
+    let state = supervisor_state(&sc.s.home, "prod", "web").expect("prod's supervisor");
+    let pid = state["supervisor"]["pid"].as_u64().expect("its pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("root reads it");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(&sc.forge_token) && !environ.contains(&pg_url()),
+        "a supervisor's environment holds no credential of the controller's: {environ}"
+    );
 
     // Each environment has its own uid, never root's.
     let uid_of = |env: &str| {
