@@ -1018,6 +1018,14 @@ resources:
         )
     };
     std::fs::write(&s.config, with("landlock")).expect("config");
+    std::fs::write(&s.config, with("uid")).expect("config");
+    let not_root = run(&["status"]);
+    assert!(
+        !not_root.status.success() && text(&not_root).contains("needs the engine to run as root"),
+        "{}",
+        text(&not_root)
+    );
+    std::fs::write(&s.config, with("landlock")).expect("config");
     let no_landlock = run(&["status"]);
     assert!(
         !no_landlock.status.success()
@@ -1045,4 +1053,48 @@ resources:
         "none",
         "status says it runs unisolated"
     );
+}
+
+#[test]
+fn an_existing_home_is_made_private_and_an_unreachable_one_is_named_with_the_fix() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r#"version: 1
+stack: modes
+environments: { dev: { track: main } }
+resources:
+  hello: { type: job, command: ["sh", "-c", "echo hello"] }
+"#,
+    );
+    s.commit("a stack");
+    s.ok(&["status"]);
+    // A home as an older Slipway (or another umask) left it: readable by everyone.
+    for (path, mode) in [
+        (s.home.clone(), 0o755),
+        (s.home.join("state.db"), 0o644),
+        (s.home.join("state.key"), 0o644),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    s.ok(&["status"]);
+    assert_eq!(mode_of(&s.home), 0o711, "the home is made traversable only");
+    for file in ["state.db", "state.key"] {
+        assert_eq!(
+            mode_of(&s.home.join(file)),
+            0o600,
+            "{file} is made private on open"
+        );
+    }
+    // Above the home, a directory environments' uids cannot traverse: named, with the fix.
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes"], 1);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    let dir = s.dir.path().display().to_string();
+    assert!(
+        said.contains(&format!("chmod o+x {dir}")),
+        "the error names the directory and the fix: {said}"
+    );
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
 }
