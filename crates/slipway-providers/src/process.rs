@@ -368,10 +368,30 @@ impl Provider for ProcessProvider {
                 ),
             });
         };
-        match describe_down(&state) {
-            None => Ok(Observation::InSync),
-            Some(reason) => Ok(Observation::Drifted { reason }),
+        if let Some(reason) = describe_down(&state) {
+            return Ok(Observation::Drifted { reason });
         }
+        // A process started before its environment was sandboxed (an upgrade), or under
+        // another isolation, is drift: replacing it starts it confined as its environment is.
+        if ctx.sandbox.isolation != crate::sandbox::Isolation::None
+            && let Ok(bytes) = std::fs::read(spec_path(ctx))
+            && let Ok(spec) = serde_json::from_slice::<SupervisorSpec>(&bytes)
+            && spec.confinement.as_ref().map(|c| &c.sandbox) != Some(ctx.sandbox)
+        {
+            return Ok(Observation::Drifted {
+                reason: format!(
+                    "it runs {} while its environment's code runs isolated by {}: replacing \
+                     it applies that",
+                    match spec.confinement.as_ref().map(|c| c.sandbox.isolation) {
+                        None => "unconfined (started before isolation)".to_owned(),
+                        Some(crate::sandbox::Isolation::None) => "unconfined".to_owned(),
+                        Some(other) => format!("isolated by {other}"),
+                    },
+                    ctx.sandbox.isolation
+                ),
+            });
+        }
+        Ok(Observation::InSync)
     }
 
     fn wait_ready(

@@ -1098,3 +1098,57 @@ resources:
     std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
     s.ok(&["apply", "--env", "dev", "--yes"]);
 }
+
+#[test]
+fn a_process_started_before_isolation_is_drift_and_is_replaced_confined() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r#"version: 1
+stack: upgrade
+environments: { dev: { track: main } }
+resources:
+  web: { type: process, command: ["python3", "-c", "import time; time.sleep(10**6)", "upgrade-web"] }
+"#,
+    );
+    s.commit("a stack");
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    // As an engine before isolation ran it: as root.
+    std::fs::write(
+        &s.config,
+        config.replace("[local]\n", "[local]\nisolation = \"none\"\n"),
+    )
+    .expect("config");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let child_uid = |s: &Sandbox| {
+        let state = supervisor_state(&s.home, "dev", "web")?;
+        let pid = state["child"]["pid"].as_u64()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+    };
+    assert_eq!(child_uid(&s), Some(0), "unisolated, it runs as root");
+    // The engine now isolates (the default): the running process is drift.
+    std::fs::write(&s.config, &config).expect("config");
+    let status = s.json(&["status", "--output", "json"]);
+    let env = environment(&status, "dev").expect("dev");
+    let web = resource(env, "web").expect("web");
+    assert_eq!(web["status"], "drifted", "{web}");
+    assert!(
+        web["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unconfined")),
+        "the drift says why: {web}"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let uid = wait_for("the replaced process runs", Duration::from_secs(20), || {
+        child_uid(&s)
+    });
+    assert!(
+        uid != 0,
+        "replaced, it runs under its environment's uid ({uid})"
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
