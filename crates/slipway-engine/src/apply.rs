@@ -195,6 +195,10 @@ impl Engine {
         {
             return Err(EngineError::NeedsConfirmation(why));
         }
+        self.check_isolated(env, prepared.desired.environment.kind)?;
+        // Ownership before action: the environment's identity is recorded before anything of
+        // it exists.
+        let sandbox = self.sandbox(env)?;
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(env, now)?;
         self.record_environment(prepared, "syncing")?;
@@ -223,10 +227,7 @@ impl Engine {
 
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
         let result = (|| -> Result<Vec<(String, Action, Outcome)>, EngineError> {
-            for dir in [&dirs.data, &dirs.logs, &dirs.run] {
-                std::fs::create_dir_all(dir)
-                    .map_err(EngineError::io(format!("cannot create {}", dir.display())))?;
-            }
+            self.prepare_dirs(&dirs, &sandbox)?;
             let export = dirs.root.join("src").join(&prepared.commit.sha);
             if prepared.plan.has_changes() || !export.exists() {
                 source.export(&prepared.commit.sha, &prepared.folder, &export)?;
@@ -603,6 +604,7 @@ impl Engine {
             .map_err(|e| e.to_string())?;
 
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
+        let sandbox = self.sandbox(env).map_err(|e| e.to_string())?;
         let ctx = ResourceContext {
             environment: env,
             resource: &instance,
@@ -610,6 +612,7 @@ impl Engine {
             ports: &ports,
             settings: &self.settings,
             redact: &resolved_all.secrets,
+            sandbox: &sandbox,
         };
         let envelope_of = |handle: Json| {
             serde_json::to_value(Envelope {
@@ -919,6 +922,7 @@ impl Engine {
             let dirs = self.env_dirs(env, &envelope.src_commit, "");
             let ports = self.store.ports(env, name).map_err(|e| e.to_string())?;
             let instance = envelope.instance(name);
+            let sandbox = self.sandbox(env).map_err(|e| e.to_string())?;
             let ctx = ResourceContext {
                 environment: env,
                 resource: instance,
@@ -926,6 +930,7 @@ impl Engine {
                 ports: &ports,
                 settings: &self.settings,
                 redact: &[],
+                sandbox: &sandbox,
             };
             let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
             let mut result = provider.delete(ctx, handle);
@@ -1071,6 +1076,15 @@ impl Engine {
         };
         let finished = slipway_state::now_ms();
         if report.succeeded() {
+            if let (slipway_providers::sandbox::Isolation::Uid, Some(uid)) =
+                (self.isolation, self.store.environment_uid(&env)?)
+            {
+                // Whatever its code left running outside the groups its providers stopped
+                // goes too, before its uid may serve another environment.
+                slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(
+                    EngineError::io(format!("cannot stop the processes of uid {uid}")),
+                )?;
+            }
             let root = self.home.join("envs").join(&env);
             if let Ok(entries) = std::fs::read_dir(root.join("src")) {
                 for entry in entries.flatten() {
@@ -1086,6 +1100,8 @@ impl Engine {
                     }
                 })
                 .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
+            // Its processes are stopped and its files gone: its uid may serve another.
+            self.store.release_uid(&env)?;
             self.store.finish_deployment(
                 deployment,
                 "succeeded",

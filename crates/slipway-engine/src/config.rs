@@ -322,6 +322,30 @@ pub struct LocalConfig {
     /// A resource's log is rotated past this many bytes.
     #[serde(default = "default_log_bytes")]
     pub log_max_bytes: u64,
+    /// How environments' code is isolated: `auto` (the default: `uid` when the engine runs as
+    /// root, else `landlock` when the kernel has it, else `none`), `uid`, `landlock` or
+    /// `none` (which must be said explicitly to run generated and ad-hoc environments without
+    /// isolation).
+    #[serde(default)]
+    pub isolation: IsolationSetting,
+    /// The range each environment's own uid (= gid) is allocated from, `"LOW-HIGH"`.
+    #[serde(default = "default_uids")]
+    pub uids: String,
+}
+
+/// `[local] isolation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationSetting {
+    /// The strongest this engine can have.
+    #[default]
+    Auto,
+    /// A uid per environment (needs root), plus Landlock where the kernel has it.
+    Uid,
+    /// Landlock only (needs a kernel with Landlock).
+    Landlock,
+    /// No isolation, said explicitly.
+    None,
 }
 
 impl Default for LocalConfig {
@@ -332,8 +356,14 @@ impl Default for LocalConfig {
             stop_grace: default_grace(),
             ready_timeout: default_ready(),
             log_max_bytes: default_log_bytes(),
+            isolation: IsolationSetting::default(),
+            uids: default_uids(),
         }
     }
+}
+
+fn default_uids() -> String {
+    "200000-299999".into()
 }
 
 fn default_ports() -> String {
@@ -391,6 +421,7 @@ impl EngineConfig {
     pub fn parse(text: &str) -> Result<EngineConfig, String> {
         let config: EngineConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         config.port_range()?;
+        config.uid_range()?;
         for (key, value) in [
             ("local.stop_grace", &config.local.stop_grace),
             ("local.ready_timeout", &config.local.ready_timeout),
@@ -424,6 +455,24 @@ impl EngineConfig {
             return Err("`local.parallelism` must be at least 1".into());
         }
         Ok(config)
+    }
+
+    /// `[local] uids` as a range. Uid 0 and the top uid (`(uid_t)-1`, "no change") are never
+    /// in it.
+    pub fn uid_range(&self) -> Result<RangeInclusive<u32>, String> {
+        let bad = || {
+            format!(
+                "`local.uids` = {:?} is not a range of unused uids such as \"200000-299999\"",
+                self.local.uids
+            )
+        };
+        let (lo, hi) = self.local.uids.split_once('-').ok_or_else(bad)?;
+        let lo: u32 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u32 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi || hi == u32::MAX {
+            return Err(bad());
+        }
+        Ok(lo..=hi)
     }
 
     /// `[local] ports` as a range.
@@ -503,6 +552,20 @@ ports = "20000-29999"
                 .unwrap_err()
                 .contains("local.ports")
         );
+        assert!(
+            EngineConfig::parse("[local]\nuids = \"0-10\"")
+                .unwrap_err()
+                .contains("local.uids")
+        );
+        assert!(
+            EngineConfig::parse("[local]\nisolation = \"chroot\"")
+                .unwrap_err()
+                .contains("isolation")
+        );
+        let config = EngineConfig::parse("[local]\nisolation = \"none\"\nuids = \"5-9\"")
+            .expect("isolation and uids parse");
+        assert_eq!(config.local.isolation, IsolationSetting::None);
+        assert_eq!(config.uid_range().expect("a range"), 5..=9);
         assert!(
             EngineConfig::parse("[local]\nstop_grace = \"soon\"")
                 .unwrap_err()

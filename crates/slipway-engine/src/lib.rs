@@ -21,6 +21,7 @@ pub mod apply;
 mod cache;
 pub use cache::Cached;
 pub mod config;
+mod isolation;
 pub mod resolve;
 pub mod rules;
 pub mod secrets;
@@ -279,6 +280,7 @@ pub struct Engine {
     settings: ProviderSettings,
     config: EngineConfig,
     cache: cache::CommitCache,
+    isolation: slipway_providers::sandbox::Isolation,
 }
 
 impl Engine {
@@ -293,7 +295,9 @@ impl Engine {
             "cannot create the home {}",
             home.display()
         )))?;
+        let isolation = isolation::effective(config.local.isolation)?;
         let store = Store::open(home)?;
+        isolation::secure_home(home)?;
         let parse = |s: &str| slipway_core::stack::parse_duration(s).unwrap_or_default();
         let settings = ProviderSettings {
             supervisor,
@@ -329,6 +333,7 @@ impl Engine {
             registry,
             settings,
             config,
+            isolation,
         })
     }
 
@@ -723,6 +728,10 @@ impl Engine {
         let instance = envelope.instance(&record.name);
         let slot = u8::from(instance != record.name);
         let ports = slot_ports(all_ports, slot);
+        let sandbox = match self.sandbox(env) {
+            Ok(sandbox) => sandbox,
+            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
+        };
         let ctx = ResourceContext {
             environment: env,
             resource: instance,
@@ -730,6 +739,7 @@ impl Engine {
             ports: &ports,
             settings: &self.settings,
             redact: &[],
+            sandbox: &sandbox,
         };
         match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,

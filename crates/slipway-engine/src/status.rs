@@ -62,6 +62,10 @@ pub struct EnvironmentStatus {
     /// The pull request whose `/slipway apply` holds it, until merged, closed or unlocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_by: Option<i64>,
+    /// How its code is isolated: `uid` (its own uid, plus Landlock where the kernel has
+    /// it), `landlock` or `none`.
+    #[serde(default)]
+    pub isolation: String,
     /// Its resources.
     pub resources: Vec<ResourceStatus>,
 }
@@ -158,6 +162,7 @@ impl Engine {
                 pinned: env.pinned,
                 protected: env.protected,
                 locked_by,
+                isolation: self.isolation.as_str().to_string(),
                 message: env.message,
                 resources,
             });

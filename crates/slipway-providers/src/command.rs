@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 
 use crate::logfile::{SharedLog, TailBuffer, copy_to_log};
 use crate::procinfo::ProcessIdentity;
+use crate::sandbox::Confinement;
 use crate::{EnvDirs, ProviderError, ResourceContext};
 
 /// How many lines of output an error message carries.
@@ -86,22 +87,30 @@ pub(crate) fn working_dir(
     Ok(dirs.src.join(relative))
 }
 
-/// The environment of a command of the resource in `ctx`: `PATH`, `HOME` and `LANG` from the
-/// engine's own environment, then the resource's `env`, then the variables Slipway defines
-/// (`PORT_<NAME>` for each allocated port, `SLIPWAY_ENV`, `SLIPWAY_RESOURCE`,
-/// `SLIPWAY_DATA_DIR`), which the resource cannot override.
+/// The environment of a command of the resource in `ctx`: `PATH` and `LANG` from the engine's
+/// own environment (nothing else of it: it may hold the engine's credentials), `HOME` (the
+/// environment's data directory) and `TMPDIR` (its private temporary directory), then the
+/// resource's `env`, then the variables Slipway defines (`PORT_<NAME>` for each allocated
+/// port, `SLIPWAY_ENV`, `SLIPWAY_RESOURCE`, `SLIPWAY_DATA_DIR`), which the resource cannot
+/// override.
 pub(crate) fn child_env(
     ctx: ResourceContext<'_>,
     env: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
-    for name in ["PATH", "HOME", "LANG"] {
+    for name in ["PATH", "LANG"] {
         if let Ok(value) = std::env::var(name) {
             vars.insert(name.to_owned(), value);
         }
     }
     vars.entry("PATH".to_owned())
         .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".to_owned());
+    // The engine's HOME is not the code's to write in (and is outside its sandbox).
+    vars.insert("HOME".to_owned(), ctx.dirs.data.display().to_string());
+    let tmp = ctx.dirs.tmp();
+    if tmp.is_dir() {
+        vars.insert("TMPDIR".to_owned(), tmp.display().to_string());
+    }
     vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (name, port) in ctx.ports {
         vars.insert(port_var(name), port.to_string());
@@ -173,6 +182,8 @@ pub(crate) struct Run<'a> {
     pub deadline: Instant,
     /// Time between SIGTERM and SIGKILL when stopping it.
     pub grace: Duration,
+    /// The identity and limits it runs under.
+    pub confinement: &'a Confinement,
 }
 
 /// How a run ended.
@@ -238,6 +249,7 @@ impl Run<'_> {
             Stdout::Capture(_) => command.stdout(Stdio::piped()),
         };
         command.stderr(log_writer);
+        self.confinement.apply(&mut command)?;
         let spawned = command.spawn();
         // The command holds our copies of the pipe's write end; the reader sees end of file
         // only once they are closed.

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::command::{self, Ending, Run, Stdout};
 use crate::logfile::CappedLog;
+use crate::sandbox::Confinement;
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 /// The protocol version this engine speaks.
@@ -337,6 +338,7 @@ fn call<R: serde::de::DeserializeOwned>(
         log: &log,
         deadline: Instant::now() + timeout,
         grace: ctx.settings.stop_grace,
+        confinement: &Confinement::of(ctx),
     }
     .run()
     .map_err(|e| ProviderError::Failed {

@@ -79,7 +79,12 @@ impl Provider for FileProvider {
         let target = DataPath::parse(&config.path)?;
         let mode = parse_mode(config.mode.as_deref())?;
         write_marker(ctx, &config.path)?;
-        target.write(&ctx.dirs.data, config.content.as_bytes(), mode)?;
+        target.write(
+            &ctx.dirs.data,
+            config.content.as_bytes(),
+            mode,
+            ctx.sandbox.ids,
+        )?;
         applied(ctx, &target, &config.content, mode)
     }
 
@@ -93,7 +98,12 @@ impl Provider for FileProvider {
         let mode = parse_mode(config.mode.as_deref())?;
         let previous = recorded_path(ctx, Some(live))?;
         write_marker(ctx, &config.path)?;
-        target.write(&ctx.dirs.data, config.content.as_bytes(), mode)?;
+        target.write(
+            &ctx.dirs.data,
+            config.content.as_bytes(),
+            mode,
+            ctx.sandbox.ids,
+        )?;
         if let Some(previous) = previous.filter(|p| *p != target) {
             previous.remove(&ctx.dirs.data)?;
         }
@@ -329,22 +339,33 @@ impl DataPath {
     }
 
     /// Opens the chain of directories from `data` down to the file's parent, creating missing
-    /// ones if `create`. Returns every directory's descriptor, `data`'s first.
-    fn open_dirs(&self, data: &Path, create: bool) -> Result<Vec<OwnedFd>, Unreadable> {
+    /// ones if `create` (owned by `owner`, the environment's uid/gid, when given). Returns
+    /// every directory's descriptor, `data`'s first.
+    fn open_dirs(
+        &self,
+        data: &Path,
+        create: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<OwnedFd>, Unreadable> {
         let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root = open(data, dir_flags, Mode::empty()).map_err(|e| match e {
-            Errno::ENOENT => Unreadable::Missing,
-            e => Unreadable::Error(io_error(format!("failed to open {}", data.display()), e)),
-        })?;
+        // The data directory itself is never a link either (its parent belongs to the
+        // engine, so only the engine could have made one).
+        let root =
+            open(data, dir_flags | OFlag::O_NOFOLLOW, Mode::empty()).map_err(|e| match e {
+                Errno::ENOENT => Unreadable::Missing,
+                e => Unreadable::Error(io_error(format!("failed to open {}", data.display()), e)),
+            })?;
         let mut chain = vec![root];
         for (i, name) in self.dirs.iter().enumerate() {
             let parent = chain
                 .last()
                 .expect("the chain starts with the data directory");
+            let mut made = false;
             let opened = match openat(parent, name, dir_flags | OFlag::O_NOFOLLOW, Mode::empty()) {
                 Err(Errno::ENOENT) if create => {
                     match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Ok(()) => made = true,
+                        Err(Errno::EEXIST) => {}
                         Err(e) => {
                             let at = self.shown(data, i + 1);
                             return Err(Unreadable::Error(io_error(
@@ -358,7 +379,22 @@ impl DataPath {
                 other => other,
             };
             match opened {
-                Ok(fd) => chain.push(fd),
+                Ok(fd) => {
+                    // A directory we made in the environment's data belongs to the
+                    // environment, like the rest of it.
+                    if let (true, Some((uid, gid))) = (made, owner) {
+                        std::os::unix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(|e| {
+                            Unreadable::Error(ProviderError::Io {
+                                context: format!(
+                                    "failed to give {} to the environment",
+                                    self.shown(data, i + 1).display()
+                                ),
+                                source: e,
+                            })
+                        })?;
+                    }
+                    chain.push(fd)
+                }
                 Err(Errno::ENOENT) => return Err(Unreadable::Missing),
                 Err(e) => return Err(self.classify(parent, name, data, i + 1, e)),
             }
@@ -383,11 +419,19 @@ impl DataPath {
         }
     }
 
-    /// Writes `content` with `mode` atomically, creating parent directories.
-    fn write(&self, data: &Path, content: &[u8], mode: u32) -> Result<(), ProviderError> {
+    /// Writes `content` with `mode` atomically, creating parent directories; the file (and
+    /// the directories made) belong to `owner`, the environment's uid/gid, when given, so that
+    /// its code can read a private file.
+    fn write(
+        &self,
+        data: &Path,
+        content: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), ProviderError> {
         let target = self.shown(data, usize::MAX);
         let chain = self
-            .open_dirs(data, true)
+            .open_dirs(data, true, owner)
             .map_err(|why| self.refusal(data, why))?;
         let dir = chain
             .last()
@@ -417,7 +461,16 @@ impl DataPath {
                     context: format!("failed to write {}", target.display()),
                     source,
                 })?;
-            // Set explicitly: the mode given to open is filtered by the umask.
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|source| {
+                    ProviderError::Io {
+                        context: format!("failed to give {} to the environment", target.display()),
+                        source,
+                    }
+                })?;
+            }
+            // Set explicitly: the mode given to open is filtered by the umask (and a chown
+            // clears set-id bits).
             fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| {
                 io_error(format!("failed to set the mode of {}", target.display()), e)
             })?;
@@ -436,7 +489,7 @@ impl DataPath {
 
     /// Reads the file's content and mode without following symlinks.
     fn read(&self, data: &Path) -> Result<Found, Unreadable> {
-        let chain = self.open_dirs(data, false)?;
+        let chain = self.open_dirs(data, false, None)?;
         let dir = chain
             .last()
             .expect("the chain starts with the data directory");
@@ -471,9 +524,13 @@ impl DataPath {
     /// Removes the file, then each parent directory below `data` that is left empty.
     /// Succeeds if it is already gone.
     fn remove(&self, data: &Path) -> Result<(), ProviderError> {
-        let chain = match self.open_dirs(data, false) {
+        let chain = match self.open_dirs(data, false, None) {
             Ok(chain) => chain,
-            Err(Unreadable::Missing) => return Ok(()),
+            // A directory on the way that is now a link (or not a directory) was put there by
+            // someone else: what we wrote cannot be behind it, and nothing is followed.
+            Err(Unreadable::Missing | Unreadable::Symlink(_) | Unreadable::NotAFile) => {
+                return Ok(());
+            }
             Err(why) => return Err(self.refusal(data, why)),
         };
         let dir = chain

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::command::{self, Ending, Run, Stdout};
 use crate::logfile::CappedLog;
+use crate::sandbox::Confinement;
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 /// Configuration of a `job` resource.
@@ -73,6 +74,7 @@ impl Provider for JobProvider {
             log: &log,
             deadline: Instant::now() + timeout,
             grace: ctx.settings.stop_grace,
+            confinement: &Confinement::of(ctx),
         }
         .run()
         .map_err(|e| ProviderError::Failed {

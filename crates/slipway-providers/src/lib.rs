@@ -22,6 +22,7 @@ pub mod file;
 pub mod job;
 pub mod postgres;
 pub mod process;
+pub mod sandbox;
 
 mod command;
 mod duration;
@@ -49,6 +50,13 @@ pub struct EnvDirs {
     pub logs: PathBuf,
     /// Runtime files: supervisor state, pid files.
     pub run: PathBuf,
+}
+
+impl EnvDirs {
+    /// The environment's private temporary directory, `<root>/tmp` (its code's `TMPDIR`).
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
 }
 
 /// Engine-wide settings that providers need. Every field has a sensible default.
@@ -94,6 +102,9 @@ pub struct ResourceContext<'a> {
     /// resource's output (process and job logs) replace them with `<redacted>` as it is
     /// written.
     pub redact: &'a [String],
+    /// The identity and limits the environment's code runs under: every command a provider
+    /// starts goes through [`sandbox::Confinement::apply`].
+    pub sandbox: &'a sandbox::Sandbox,
 }
 
 /// What a successful create or update leaves: outputs other resources may reference, and the

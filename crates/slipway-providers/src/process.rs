@@ -38,6 +38,7 @@ use self::supervisor::{Phase, SupervisorSpec, SupervisorState, read_state};
 use crate::command::{self, TAIL_LINES};
 use crate::logfile::{self, log_path};
 use crate::procinfo::{ProcessIdentity, wait_until};
+use crate::sandbox::Confinement;
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 pub use self::supervisor::supervise;
@@ -294,6 +295,7 @@ impl Provider for ProcessProvider {
             restart: config.restart,
             stop_grace_ms: resolved.stop_grace.as_millis() as u64,
             redact: ctx.redact.to_vec(),
+            confinement: Some(Confinement::of(ctx)),
         };
         let spec_file = spec_path(ctx);
         let bytes = crate::to_json(&spec, "the supervisor spec")?
@@ -372,10 +374,30 @@ impl Provider for ProcessProvider {
                 ),
             });
         };
-        match describe_down(&state) {
-            None => Ok(Observation::InSync),
-            Some(reason) => Ok(Observation::Drifted { reason }),
+        if let Some(reason) = describe_down(&state) {
+            return Ok(Observation::Drifted { reason });
         }
+        // A process started before its environment was sandboxed (an upgrade), or under
+        // another isolation, is drift: replacing it starts it confined as its environment is.
+        if ctx.sandbox.isolation != crate::sandbox::Isolation::None
+            && let Ok(bytes) = std::fs::read(spec_path(ctx))
+            && let Ok(spec) = serde_json::from_slice::<SupervisorSpec>(&bytes)
+            && spec.confinement.as_ref().map(|c| &c.sandbox) != Some(ctx.sandbox)
+        {
+            return Ok(Observation::Drifted {
+                reason: format!(
+                    "it runs {} while its environment's code runs isolated by {}: replacing \
+                     it applies that",
+                    match spec.confinement.as_ref().map(|c| c.sandbox.isolation) {
+                        None => "unconfined (started before isolation)".to_owned(),
+                        Some(crate::sandbox::Isolation::None) => "unconfined".to_owned(),
+                        Some(other) => format!("isolated by {other}"),
+                    },
+                    ctx.sandbox.isolation
+                ),
+            });
+        }
+        Ok(Observation::InSync)
     }
 
     fn wait_ready(
@@ -433,10 +455,12 @@ impl Provider for ProcessProvider {
                 None => match &resolved.health {
                     None => return Ok(()),
                     Some(health) => {
-                        match health
-                            .check
-                            .check(health.timeout, &resolved.cwd, &resolved.env)
-                        {
+                        match health.check.check(
+                            health.timeout,
+                            &resolved.cwd,
+                            &resolved.env,
+                            &Confinement::of(ctx),
+                        ) {
                             Ok(()) => return Ok(()),
                             Err(problem) => problem,
                         }
@@ -506,6 +530,14 @@ fn spawn_detached(
     command
         .args(args)
         .arg(spec)
+        // The supervisor outlives us and its `/proc/<pid>/environ` outlives nothing: it gets
+        // none of the engine's environment (credentials: forge tokens, database URLs), only
+        // a PATH. Everything its child needs is in the spec.
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

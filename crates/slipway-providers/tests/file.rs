@@ -312,3 +312,77 @@ fn a_recorded_path_outside_the_data_directory_is_not_deleted() {
         "a file outside the data directory is never removed"
     );
 }
+
+#[test]
+fn a_file_and_the_directories_made_for_it_belong_to_the_environments_uid() {
+    use std::os::unix::fs::MetadataExt;
+    if !slipway_providers::sandbox::running_as_root() {
+        eprintln!("not root: files cannot be given to another uid here");
+        return;
+    }
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let sandbox = slipway_providers::sandbox::Sandbox::uid(65534, 65533);
+    let ctx = slipway_providers::ResourceContext {
+        sandbox: &sandbox,
+        ..env.ctx("secret")
+    };
+    let config = json!({"path": "conf/deep/secret.txt", "content": "s3cret", "mode": "0600"});
+    let applied = file.create(ctx, &config).expect("create a file");
+    for path in ["conf", "conf/deep", "conf/deep/secret.txt"] {
+        let meta = std::fs::metadata(env.dirs.data.join(path)).expect("metadata");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65533),
+            "{path} belongs to the environment, so its own code can read a 0600 file"
+        );
+    }
+    assert_eq!(mode_of(&env.dirs.data.join("conf/deep/secret.txt")), 0o600);
+    // Its code (that uid) replaces the directory with a link to somewhere of root's: the
+    // update is refused and writes nothing there.
+    let outside = env.dirs.root.join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir outside");
+    std::fs::remove_dir_all(env.dirs.data.join("conf/deep")).expect("remove");
+    std::os::unix::fs::symlink(&outside, env.dirs.data.join("conf/deep")).expect("symlink");
+    let err = file
+        .update(
+            ctx,
+            &json!({"path": "conf/deep/secret.txt", "content": "v2", "mode": "0600"}),
+            &applied.live,
+        )
+        .expect_err("writing through the planted link is refused");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert!(
+        std::fs::read_dir(&outside).expect("list").next().is_none(),
+        "nothing was written through the link"
+    );
+    assert!(
+        matches!(
+            file.observe(ctx, &config, &applied.live).expect("observe"),
+            Observation::Drifted { .. }
+        ),
+        "observing reports the link as drift, without following it"
+    );
+}
+
+#[test]
+fn delete_through_a_planted_directory_link_removes_nothing_behind_it() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "etc/app.conf", "content": "mine"});
+    let applied = file.create(env.ctx("conf"), &config).expect("create");
+    let outside = env.dirs.root.join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir outside");
+    std::fs::write(outside.join("app.conf"), "precious").expect("write victim");
+    std::fs::remove_dir_all(env.dirs.data.join("etc")).expect("remove etc");
+    std::os::unix::fs::symlink(&outside, env.dirs.data.join("etc")).expect("symlink");
+    file.delete(env.ctx("conf"), Some(&applied.live))
+        .expect("deleting succeeds: nothing of ours is behind a link");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("app.conf")).expect("victim"),
+        "precious",
+        "the file behind the link is untouched"
+    );
+}

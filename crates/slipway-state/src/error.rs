@@ -158,6 +158,20 @@ pub enum StateError {
         /// How many new ports were needed.
         needed: usize,
     },
+    /// Every uid of the configured range is held by an environment.
+    #[error(
+        "no free uid in {start}-{end} for environment `{environment}`: every one is held by \
+         an environment; widen `[local] uids` in the engine configuration or destroy unused \
+         environments"
+    )]
+    UidsExhausted {
+        /// The environment asking.
+        environment: String,
+        /// The first uid of the range.
+        start: u32,
+        /// The last uid of the range.
+        end: u32,
+    },
 }
 
 impl StateError {
@@ -169,7 +183,7 @@ impl StateError {
             StateError::Open { source, .. }
             | StateError::Migrate { source, .. }
             | StateError::Sqlite { source, .. } => is_busy(source),
-            StateError::PortsExhausted { .. } => true,
+            StateError::PortsExhausted { .. } | StateError::UidsExhausted { .. } => true,
             StateError::CreateHome { .. }
             | StateError::WalUnavailable { .. }
             | StateError::NewerSchema { .. }

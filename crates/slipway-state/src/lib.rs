@@ -32,6 +32,7 @@ mod deployments;
 mod environments;
 mod error;
 mod events;
+mod identities;
 mod ports;
 mod pulls;
 mod resources;

@@ -159,6 +159,16 @@ CREATE INDEX events_by_kind ON events (kind, environment, id);
 CREATE INDEX events_by_time ON events (at);
 CREATE INDEX deliveries_by_time ON deliveries (received_at);
 "#,
+    // The uid (= gid) each environment's code runs as, when the engine runs as root. No
+    // foreign key: it is allocated before the environment's record and directories exist,
+    // and released only after they are gone.
+    r#"
+CREATE TABLE env_uids (
+    environment    TEXT PRIMARY KEY NOT NULL,
+    uid            INTEGER NOT NULL UNIQUE,
+    allocated_at   INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

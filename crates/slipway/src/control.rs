@@ -97,6 +97,41 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         );
         controller.set_forge(setup);
     }
+    let isolation = controller.engine().isolation();
+    let coverage = slipway_providers::sandbox::Coverage::current();
+    eprintln!(
+        "slipway serve: environments' code runs isolated by {}{} ({coverage})",
+        match isolation {
+            slipway_providers::sandbox::Isolation::Uid => "uid (one per environment)",
+            slipway_providers::sandbox::Isolation::Landlock => "landlock",
+            slipway_providers::sandbox::Isolation::None => "nothing",
+        },
+        if isolation != slipway_providers::sandbox::Isolation::None
+            && coverage.abi > 0
+            && !coverage.missing().is_empty()
+        {
+            format!(
+                "; not enforced by this kernel: {}",
+                coverage.missing().join(", ")
+            )
+        } else {
+            String::new()
+        }
+    );
+    for (name, server) in &config.postgres {
+        // Isolation keeps credentials from environments' code; a server that asks for none
+        // (trust authentication) lets that code in as its superuser all the same.
+        if let Ok(url) = server.resolve_url(name)
+            && !url_has_password(&url)
+        {
+            eprintln!(
+                "slipway serve: warning: [postgres.{name}] is reached without a password (trust \
+                 or peer authentication): environments' code on this machine can connect to it \
+                 the same way, as its superuser; require a password for local TCP connections \
+                 in pg_hba.conf (scram-sha-256) and pass the URL with url_env or url_file"
+            );
+        }
+    }
     let store = controller.engine().store();
     if store.tokens()?.is_empty() {
         let token = slipway_state::new_token();
@@ -553,4 +588,13 @@ fn compare(g: &Global, repo: &RepoArgs, a: &str, b: &str, output: Output) -> Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a `postgres://user:password@host/db` URL carries a password.
+fn url_has_password(url: &str) -> bool {
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+    let userinfo = authority.split(['/', '?']).next().unwrap_or("");
+    userinfo
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
 }

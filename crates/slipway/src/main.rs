@@ -336,6 +336,13 @@ pub enum TokenCommand {
 }
 
 fn main() -> ExitCode {
+    // Everything the engine (and a supervisor) creates is private unless it says otherwise:
+    // the home holds keys, the state store and secrets, and environments' code runs on the
+    // same machine.
+    // SAFETY: umask cannot fail and touches no memory.
+    unsafe {
+        nix::libc::umask(0o077);
+    }
     let cli = Cli::parse();
     if let Command::Supervise { spec } = &cli.command {
         // The process supervisor, detached from any CLI invocation (see

@@ -79,6 +79,7 @@ impl TestEnv {
             ports: &self.ports,
             settings: &self.settings,
             redact: &[],
+            sandbox: &slipway_providers::sandbox::UNCONFINED,
         }
     }
 

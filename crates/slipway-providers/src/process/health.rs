@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 
 use crate::command::{describe_exit, show_command};
 use crate::procinfo::ProcessIdentity;
+use crate::sandbox::Confinement;
 
 /// A resolved health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,7 @@ impl HealthCheck {
         timeout: Duration,
         cwd: &Path,
         env: &BTreeMap<String, String>,
+        confinement: &Confinement,
     ) -> Result<(), String> {
         match self {
             HealthCheck::Http { port, path } => http_get(*port, path, timeout),
@@ -48,7 +50,7 @@ impl HealthCheck {
                     .map(drop)
                     .map_err(|e| format!("tcp connect to {addr} failed: {e}"))
             }
-            HealthCheck::Command(command) => run_check(command, timeout, cwd, env),
+            HealthCheck::Command(command) => run_check(command, timeout, cwd, env, confinement),
         }
     }
 }
@@ -120,9 +122,11 @@ fn run_check(
     timeout: Duration,
     cwd: &Path,
     env: &BTreeMap<String, String>,
+    confinement: &Confinement,
 ) -> Result<(), String> {
     let shown = show_command(command);
-    let mut child = Command::new(&command[0])
+    let mut check = Command::new(&command[0]);
+    check
         .args(&command[1..])
         .env_clear()
         .envs(env)
@@ -130,8 +134,10 @@ fn run_check(
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        .stderr(Stdio::null());
+    let mut child = confinement
+        .apply(&mut check)
+        .and_then(|()| check.spawn())
         .map_err(|e| format!("health command `{shown}` failed to start: {e}"))?;
     let group = ProcessIdentity::of_child(child.id());
     let deadline = Instant::now() + timeout;

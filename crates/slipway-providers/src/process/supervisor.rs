@@ -31,6 +31,7 @@ use super::RestartPolicy;
 use crate::command::describe_exit;
 use crate::logfile::{CappedLog, SharedLog, copy_to_log};
 use crate::procinfo::ProcessIdentity;
+use crate::sandbox::Confinement;
 
 /// Everything a supervisor needs to know, written by `create` to `<run>/<resource>.spec.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,10 @@ pub(crate) struct SupervisorSpec {
     /// Secret values to keep out of the log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// The identity and limits the child runs under, applied on every start (absent in specs
+    /// written before sandboxes: unconfined, as they were).
+    #[serde(default)]
+    pub confinement: Option<Confinement>,
 }
 
 /// What the supervisor is doing.
@@ -292,6 +297,9 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(writer.try_clone()?)
             .stderr(writer);
+        if let Some(confinement) = &self.spec.confinement {
+            confinement.apply(&mut command)?;
+        }
         let spawned = command.spawn();
         // Close our copies of the pipe's write end, or the copier never sees end of file.
         drop(command);

@@ -51,6 +51,13 @@ pub fn git(cwd: &Path, args: &[&str]) -> String {
 impl Sandbox {
     pub fn new() -> Sandbox {
         let dir = tempfile::tempdir().expect("a temp dir");
+        // Environments run under their own uids when the engine is root (as tests are): they
+        // must be able to traverse down to their directories in the home (not list it).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("make the sandbox traversable");
+        }
         let repo = dir.path().join("repo");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&repo).expect("mkdir repo");
@@ -66,8 +73,11 @@ impl Sandbox {
         std::fs::write(
             &config,
             format!(
-                "[local]\nports = \"{low}-{}\"\n[postgres.main]\nurl = \"{}\"\n",
+                "[local]\nports = \"{low}-{}\"\nuids = \"{}-{}\"\n[postgres.main]\nurl = \"{}\"\n",
                 low + 19,
+                // Each engine its own uids: two homes must never share an environment uid.
+                300000 + slot,
+                300000 + slot + 19,
                 pg_url()
             ),
         )

@@ -1,0 +1,223 @@
+//! How the engine isolates environments' code, and the home's permissions that go with it.
+//!
+//! The home is the engine's: `<home>` is `0711` (others may traverse it, not list it), every
+//! file in it `0600` and every directory `0700`, except the way down to an environment's own
+//! directories: `<home>/envs` is `0711`; `<home>/envs/<env>` (and its `src/`) is root's,
+//! `0750`, group the environment's gid; its `data/` and `tmp/` belong to its uid, `0700`; its
+//! `logs/` and `run/` (supervisor specs, which hold secrets) stay root's, `0700`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use slipway_core::render::EnvKind;
+use slipway_providers::EnvDirs;
+use slipway_providers::sandbox::{self, Isolation, Sandbox};
+
+use crate::config::IsolationSetting;
+use crate::{Engine, EngineError};
+
+/// The isolation the configuration asks for, as this process can give it.
+///
+/// # Errors
+/// When an explicit `uid` or `landlock` cannot be had here.
+pub(crate) fn effective(setting: IsolationSetting) -> Result<Isolation, EngineError> {
+    let root = sandbox::running_as_root();
+    let landlock = sandbox::landlock_abi().is_some();
+    match setting {
+        IsolationSetting::Auto if root => Ok(Isolation::Uid),
+        IsolationSetting::Auto if landlock => Ok(Isolation::Landlock),
+        IsolationSetting::Auto | IsolationSetting::None => Ok(Isolation::None),
+        IsolationSetting::Uid if root => Ok(Isolation::Uid),
+        IsolationSetting::Uid => Err(EngineError::Usage(
+            "`[local] isolation = \"uid\"` needs the engine to run as root (it runs each \
+             environment under its own uid); run it as root, or use \"auto\" or \"landlock\""
+                .into(),
+        )),
+        IsolationSetting::Landlock if landlock => Ok(Isolation::Landlock),
+        IsolationSetting::Landlock => Err(EngineError::Usage(
+            "`[local] isolation = \"landlock\"` needs a kernel with Landlock (Linux 5.13 or \
+             later, with `landlock` in the `lsm=` boot parameter); use \"auto\", or run the \
+             engine as root for \"uid\""
+                .into(),
+        )),
+    }
+}
+
+fn chmod(path: &Path, mode: u32) -> Result<(), EngineError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(EngineError::io(
+        format!("cannot set the mode of {} to {mode:04o}", path.display()),
+    ))
+}
+
+fn mkdir(path: &Path) -> Result<(), EngineError> {
+    std::fs::create_dir_all(path)
+        .map_err(EngineError::io(format!("cannot create {}", path.display())))
+}
+
+/// Makes the home private (see the module's documentation): run on every open, so that a
+/// home made by an older Slipway (or under another umask) is fixed too.
+pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
+    chmod(home, 0o711)?;
+    let entries = std::fs::read_dir(home).map_err(EngineError::io(format!(
+        "cannot read the home {}",
+        home.display()
+    )))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() {
+            continue;
+        }
+        if entry.file_name() == "envs" {
+            chmod(&path, 0o711)?;
+            for env in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                let root = env.path();
+                if !env.file_type().is_ok_and(|k| k.is_dir()) {
+                    continue;
+                }
+                // Group access is granted again, to the environment's gid, when it is next
+                // applied; until then only the engine may enter.
+                let mode = std::fs::metadata(&root).map_or(0, |m| m.permissions().mode());
+                if mode & 0o007 != 0 {
+                    chmod(&root, 0o700)?;
+                }
+                for private in ["logs", "run"] {
+                    let dir = root.join(private);
+                    if dir.is_dir() {
+                        chmod(&dir, 0o700)?;
+                    }
+                }
+            }
+        } else if kind.is_dir() {
+            chmod(&path, 0o700)?;
+        } else {
+            chmod(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `path` and everything beneath it (never following a link) to `uid`/`gid`.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), EngineError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(EngineError::io(format!(
+        "cannot give {} to uid {uid}",
+        path.display()
+    )))?;
+    let meta = std::fs::symlink_metadata(path).map_err(EngineError::io(format!(
+        "cannot inspect {}",
+        path.display()
+    )))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)
+            .map_err(EngineError::io(format!("cannot read {}", path.display())))?
+            .flatten()
+        {
+            chown_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// The isolation in force for environments' code.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    /// The sandbox of `env`'s code; in uid mode its uid, allocated now if it has none yet.
+    pub(crate) fn sandbox(&self, env: &str) -> Result<Sandbox, EngineError> {
+        Ok(match self.isolation {
+            Isolation::Uid => {
+                let range = self.config.uid_range().map_err(EngineError::Usage)?;
+                let uid = self.store.allocate_uid(env, range)?;
+                Sandbox::uid(uid, uid)
+            }
+            Isolation::Landlock => Sandbox::landlock(),
+            Isolation::None => Sandbox::none(),
+        })
+    }
+
+    /// Refuses to run a generated or ad-hoc environment (code nobody reviewed) without
+    /// isolation, unless the configuration says `isolation = "none"` itself.
+    pub(crate) fn check_isolated(&self, env: &str, kind: EnvKind) -> Result<(), EngineError> {
+        let unreviewed = matches!(kind, EnvKind::Generated | EnvKind::Adhoc);
+        if self.isolation != Isolation::None
+            || !unreviewed
+            || self.config.local.isolation == IsolationSetting::None
+        {
+            return Ok(());
+        }
+        Err(EngineError::Usage(format!(
+            "refusing to run `{env}` ({} environment) without isolation: the engine does not \
+             run as root and this kernel has no Landlock, so its code would run with the \
+             engine's rights (its keys, its database, every environment); run the engine as \
+             root, or on a kernel with Landlock, or accept this explicitly with \
+             `[local] isolation = \"none\"` in the engine configuration",
+            kind.as_str()
+        )))
+    }
+
+    /// Creates `dirs` with the ownership and modes of the module's documentation.
+    ///
+    /// # Errors
+    /// In uid mode, when a directory above the home cannot be searched by other users (the
+    /// environment's uid could not reach its own directories).
+    pub(crate) fn prepare_dirs(
+        &self,
+        dirs: &EnvDirs,
+        sandbox: &Sandbox,
+    ) -> Result<(), EngineError> {
+        let envs = self.home.join("envs");
+        mkdir(&envs)?;
+        chmod(&envs, 0o711)?;
+        if let Some((uid, gid)) = sandbox.ids {
+            if let Some(dir) = sandbox::unsearchable_ancestor(&envs) {
+                return Err(EngineError::Usage(format!(
+                    "environments run under their own uid, which cannot reach {}: {} is not \
+                     searchable by other users; run `chmod o+x {}` (it lets others traverse it, \
+                     not list it), or move the home (SLIPWAY_HOME) under a directory that is",
+                    envs.display(),
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+            let src = dirs.root.join("src");
+            for dir in [&dirs.root, &src] {
+                mkdir(dir)?;
+                std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(EngineError::io(
+                    format!("cannot give {} to gid {gid}", dir.display()),
+                ))?;
+                chmod(dir, 0o750)?;
+            }
+            for dir in [&dirs.data, &dirs.tmp()] {
+                mkdir(dir)?;
+                let meta = std::fs::symlink_metadata(dir)
+                    .map_err(EngineError::io(format!("cannot inspect {}", dir.display())))?;
+                use std::os::unix::fs::MetadataExt;
+                if meta.uid() == 0 && uid != 0 {
+                    // First run under its own uid: what the engine (root) left in it becomes
+                    // the environment's. Only then is the tree walked: nothing but root could
+                    // have written a root-owned tree, so no link can be swapped in meanwhile.
+                    chown_tree(dir, uid, gid)?;
+                } else if meta.uid() != uid || meta.gid() != gid {
+                    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(
+                        EngineError::io(format!("cannot give {} to uid {uid}", dir.display())),
+                    )?;
+                }
+                chmod(dir, 0o700)?;
+            }
+        } else {
+            for dir in [&dirs.root, &dirs.root.join("src"), &dirs.data, &dirs.tmp()] {
+                mkdir(dir)?;
+                chmod(dir, 0o700)?;
+            }
+        }
+        for dir in [&dirs.logs, &dirs.run] {
+            mkdir(dir)?;
+            chmod(dir, 0o700)?;
+        }
+        Ok(())
+    }
+}
