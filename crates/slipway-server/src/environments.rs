@@ -295,7 +295,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                     "pinned": {"type": "boolean", "description": "Pinned environments do not follow their ref."},
                     "protected": {"type": "boolean", "description": "Destroying it, or a resource in it, needs a person's confirmation."},
                     "locked_by": {"type": "integer", "description": "The pull request whose `/slipway apply` holds it, until merged, closed or unlocked."},
-                    "ttl_seconds": {"type": ["integer", "null"], "description": "How long it lives after its last new commit or extension."}
+                    "ttl_seconds": {"type": ["integer", "null"], "description": "How long it lives after its last new commit or extension."},
+                    "isolation": {"enum": ["uid", "landlock", "none"], "description": "How its code is isolated: its own uid (the engine runs as root), Landlock (unprivileged engine), or none (said explicitly in the engine config)."}
                 }
             }),
         ),
