@@ -233,6 +233,18 @@ pub struct ServerConfig {
     /// Most connections open at once; beyond it the oldest idle one is closed to make room.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long a request's body may take to arrive (past it, and the allowance of
+    /// `body_min_rate`, the client gets `408` and the connection closes).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: String,
+    /// Bytes per second a request body must average beyond `body_timeout`: each this many
+    /// bytes received give it a second more; 0 makes `body_timeout` a hard limit.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_rate: u64,
+    /// How long a write to a client that reads nothing may stall before the connection is
+    /// closed.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: String,
     /// How long the preview router waits to connect to an application.
     #[serde(default = "default_preview_connect_timeout")]
     pub preview_connect_timeout: String,
@@ -248,6 +260,9 @@ impl Default for ServerConfig {
             listen: default_listen(),
             header_timeout: default_header_timeout(),
             max_connections: default_max_connections(),
+            body_timeout: default_body_timeout(),
+            body_min_rate: default_body_min_rate(),
+            write_timeout: default_write_timeout(),
             preview_connect_timeout: default_preview_connect_timeout(),
             preview_timeout: default_preview_timeout(),
         }
@@ -259,6 +274,15 @@ fn default_header_timeout() -> String {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_body_timeout() -> String {
+    "30s".into()
+}
+fn default_body_min_rate() -> u64 {
+    32 * 1024
+}
+fn default_write_timeout() -> String {
+    "30s".into()
 }
 fn default_preview_connect_timeout() -> String {
     "5s".into()

@@ -1,5 +1,6 @@
 //! The server's own accept loop, for what `axum::serve` does not bound: how long a client may
-//! take to send a request's head, and how many connections are open at once.
+//! take to send a request's head and body and to read its response, and how many connections
+//! are open at once.
 //!
 //! - A connection has [`Limits::header_timeout`] to send each request's head: the first one
 //!   after it connects, and the next one after a response on a kept-alive connection (so it
@@ -10,9 +11,14 @@
 //!   one between requests) to make room; when every open connection has a request in flight,
 //!   the new one is closed at once. So idle or half-open connections, however many, never
 //!   keep a client with a request to make (a health check, a webhook) out.
-//! - A request's body must keep coming: a body that stalls for [`Limits::header_timeout`]
-//!   fails (the handler sees an error, the connection closes). So a client cannot hold a
-//!   connection busy, where eviction cannot reach it, by sending its body a byte at a time.
+//! - A request's body must arrive within [`Limits::body_timeout`] of when it is first read,
+//!   plus a second for every [`Limits::body_min_rate`] bytes received: a total deadline, not
+//!   one reset by each byte, so a client that sends its body a byte at a time holds a
+//!   connection busy (where eviction cannot reach it) for that long at most. Past it the
+//!   handler sees an error, the client gets `408` and the connection closes.
+//! - A response must keep leaving: a write to the client that makes no progress for
+//!   [`Limits::write_timeout`] closes the connection, so a client that never reads its
+//!   response (an event stream, a preview's streamed body) does not keep it busy forever.
 //! - Each request carries its peer's address ([`axum::extract::ConnectInfo`]).
 //! - On shutdown, idle connections close at once and busy ones finish their request, within
 //!   a grace period (then they are closed).
@@ -21,7 +27,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,6 +48,14 @@ pub(crate) struct Limits {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// How long a request's body may take to arrive (from when it is first read), before the
+    /// allowance of [`Limits::body_min_rate`].
+    pub body_timeout: Duration,
+    /// Bytes per second a body must average past [`Limits::body_timeout`]: each this many
+    /// bytes received give it a second more. 0 makes `body_timeout` the whole allowance.
+    pub body_min_rate: u64,
+    /// How long a write to the client may make no progress before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// One open connection, as the registry sees it.
@@ -103,25 +117,68 @@ impl Drop for InFlight {
     }
 }
 
-/// A request body that fails when no part of it arrives for `timeout` while it is read.
-struct Unstalled {
-    inner: Incoming,
+/// A request body that has to arrive by a deadline: `timeout` after it is first read (a
+/// handler may read it late), moved a second later for every `min_rate` bytes received.
+struct Bounded<B> {
+    inner: B,
     timeout: Duration,
-    /// Started when the body is first read: a handler may read it late.
+    min_rate: u64,
+    received: u64,
+    started: Option<tokio::time::Instant>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the deadline passes, so that the client is answered `408` whatever the
+    /// handler made of the error.
+    timed_out: Arc<AtomicBool>,
 }
 
-impl Unstalled {
-    fn new(inner: Incoming, timeout: Duration) -> Unstalled {
-        Unstalled {
+impl<B> Bounded<B> {
+    fn new(inner: B, limits: &Limits, timed_out: Arc<AtomicBool>) -> Bounded<B> {
+        Bounded {
             inner,
-            timeout,
+            timeout: limits.body_timeout,
+            min_rate: limits.body_min_rate,
+            received: 0,
+            started: None,
             deadline: None,
+            timed_out,
+        }
+    }
+
+    fn deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
+        let allowance = self
+            .received
+            .saturating_mul(1000)
+            .checked_div(self.min_rate)
+            .map_or(Duration::ZERO, Duration::from_millis);
+        started + self.timeout + allowance
+    }
+
+    fn timed_out(&self) -> BodyTimedOut {
+        self.timed_out.store(true, Ordering::Release);
+        BodyTimedOut {
+            timeout: self.timeout,
+            received: self.received,
         }
     }
 }
 
-impl hyper::body::Body for Unstalled {
+/// The error a request body that missed its deadline reads as.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body did not arrive within {} ({received} bytes came); send it faster, or \
+     raise [server] body_timeout",
+    humantime::format_duration(*timeout)
+)]
+struct BodyTimedOut {
+    timeout: Duration,
+    received: u64,
+}
+
+impl<B> hyper::body::Body for Bounded<B>
+where
+    B: hyper::body::Body<Data = axum::body::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = axum::body::Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -130,22 +187,27 @@ impl hyper::body::Body for Unstalled {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        let started = *this.started.get_or_insert_with(tokio::time::Instant::now);
+        // Only waiting on the client counts against it: what it has sent is read however late
+        // (a handler, or a preview's application, may read slowly).
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.deadline = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received = this.received.saturating_add(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(other) => Poll::Ready(other.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let deadline = this
+                let deadline = this.deadline(started);
+                let sleep = this
                     .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                        "the request body stalled for {}",
-                        humantime::format_duration(timeout)
-                    )
-                    .into()))),
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(this.timed_out().into()))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -158,6 +220,119 @@ impl hyper::body::Body for Unstalled {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What a client whose body missed its deadline is told; the connection closes after it (the
+/// rest of the body is never read).
+fn body_timed_out(timeout: Duration) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = crate::error::ApiError::client(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request body did not arrive within {}",
+            humantime::format_duration(timeout)
+        ),
+    )
+    .hint("send the body at once after the head; [server] body_timeout sets the limit")
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// A connection whose writes fail when none makes progress for `timeout`: the client has
+/// stopped reading (its receive window and our send buffer are full).
+struct WriteBounded<T> {
+    inner: T,
+    timeout: Duration,
+    /// Started when a write is first refused; cleared by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteBounded<T> {
+    fn new(inner: T, timeout: Duration) -> WriteBounded<T> {
+        WriteBounded {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes `polled` on, turning a write that has been pending for too long into an error.
+    fn bound<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the client read nothing of its response for {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteBounded<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteBounded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound(cx, polled)
     }
 }
 
@@ -246,13 +421,21 @@ async fn connection(
     let counted = tracked.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        let request = request.map(|body| Body::new(Unstalled::new(body, limits.header_timeout)));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| Body::new(Bounded::new(body, &limits, timed_out.clone())));
         let in_flight = InFlight::new(&counted);
         let router = router.clone();
         async move {
             let response = match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
+            };
+            // Whatever the handler answered to a body that came too late (a 400, a preview's
+            // 502), the client is told why, and the connection closes.
+            let response = if timed_out.load(Ordering::Acquire) {
+                body_timed_out(limits.body_timeout)
+            } else {
+                response
             };
             // The request stays in flight until its response's body is sent (or dropped):
             // an event stream is a busy connection, not an idle one.
@@ -270,7 +453,10 @@ async fn connection(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(WriteBounded::new(stream, limits.write_timeout)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let mut shutting_down = *stopping.borrow();
@@ -303,6 +489,191 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A request body fed by the test, a part at a time.
+    struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+    impl hyper::body::Body for Fed {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|part| part.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+
+    fn limits(body_timeout: Duration, body_min_rate: u64) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(5),
+            max_connections: 4,
+            body_timeout,
+            body_min_rate,
+            write_timeout: Duration::from_millis(300),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_a_byte_at_a_time_fails_at_its_deadline_however_often_bytes_come() {
+        let (feed, fed) = tokio::sync::mpsc::unbounded_channel();
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = Bounded::new(
+            Fed(fed),
+            &limits(Duration::from_millis(400), 0),
+            flag.clone(),
+        );
+        // A byte every 50 ms: no stall ever lasts near the timeout.
+        let trickle = tokio::spawn(async move {
+            while feed.send(Bytes::from_static(b"x")).is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
+        let error = read
+            .expect("the body ends by its deadline, not when the client stops")
+            .expect_err("a body still trickling at its deadline fails");
+        assert!(
+            error.to_string().contains("did not arrive within 400ms"),
+            "the error says why: {error}"
+        );
+        assert!(
+            flag.load(Ordering::Acquire),
+            "the timeout is flagged for the 408"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "it failed at its deadline: {:?}",
+            started.elapsed()
+        );
+        trickle.abort();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_keeps_the_minimum_rate_gets_more_time_and_one_that_comes_at_once_passes() {
+        // 1000 bytes every 50 ms (20 kB/s) against a minimum of 10 kB/s: past the 200 ms
+        // timeout, each part buys another 100 ms.
+        let (feed, fed) = tokio::sync::mpsc::unbounded_channel();
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = Bounded::new(
+            Fed(fed),
+            &limits(Duration::from_millis(200), 10_000),
+            flag.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let _ = feed.send(Bytes::from(vec![b'x'; 1000]));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let bytes = body
+            .collect()
+            .await
+            .expect("a body at twice the minimum rate is read whole, past body_timeout")
+            .to_bytes();
+        assert_eq!(bytes.len(), 20_000);
+        assert!(!flag.load(Ordering::Acquire));
+
+        let (feed, fed) = tokio::sync::mpsc::unbounded_channel();
+        feed.send(Bytes::from_static(b"{}")).expect("send");
+        drop(feed);
+        let body = Bounded::new(Fed(fed), &limits(Duration::from_millis(200), 0), flag);
+        let bytes = body.collect().await.expect("a prompt body").to_bytes();
+        assert_eq!(&bytes[..], b"{}");
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_never_reads_fails_after_the_write_timeout() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut conn = WriteBounded::new(ours, Duration::from_millis(300));
+        // The client reads a little: progress, so no error, however long it all takes.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut read = 0;
+            while read < 256 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                read += theirs.read(&mut buf).await.expect("read");
+            }
+            theirs
+        });
+        conn.write_all(&[b'x'; 256])
+            .await
+            .expect("a client that reads, slowly, is written to");
+        let _theirs = reader.await.expect("reader");
+        // Then it stops reading.
+        let started = std::time::Instant::now();
+        let written = tokio::time::timeout(Duration::from_secs(5), conn.write_all(&[b'y'; 1024]))
+            .await
+            .expect("the write ends by the write timeout");
+        let error = written.expect_err("a write nobody reads fails");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_is_answered_408_and_its_connection_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = Router::new().route(
+            "/hook",
+            axum::routing::post(|body: Bytes| async move { format!("{}", body.len()) }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            limits(Duration::from_millis(500), 0),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .expect("head");
+        let started = std::time::Instant::now();
+        let (mut read, mut write) = client.into_split();
+        let trickle = tokio::spawn(async move {
+            while write.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection by the body's deadline")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "the client is told its body came too late: {answer}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+        trickle.abort();
+
+        // A prompt request on the same server is served.
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n2"), "{answer}");
+        let _ = stop.send(());
+        server.await.expect("serve ends");
+    }
 
     #[test]
     fn the_oldest_idle_connection_is_evicted_and_busy_ones_never_are() {

@@ -73,6 +73,15 @@ pub struct ServerOptions {
     /// Most connections open at once: a new one beyond it closes the oldest idle one, or is
     /// closed itself when every open one has a request in flight.
     pub max_connections: usize,
+    /// How long a request's body may take to arrive, from when it is first read; past it (and
+    /// the allowance of `body_min_rate`) the client gets `408` and the connection closes.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must average beyond `body_timeout`: each this many
+    /// bytes received give it a second more (0: none).
+    pub body_min_rate: u64,
+    /// How long a write to a client that does not read may make no progress before its
+    /// connection is closed.
+    pub write_timeout: Duration,
     /// How long the preview router waits on an application.
     pub preview: preview::PreviewTimeouts,
 }
@@ -85,6 +94,9 @@ impl Default for ServerOptions {
             event_keep_alive: Duration::from_secs(15),
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            body_timeout: Duration::from_secs(30),
+            body_min_rate: 32 * 1024,
+            write_timeout: Duration::from_secs(30),
             preview: preview::PreviewTimeouts::default(),
         }
     }
@@ -194,6 +206,9 @@ pub async fn serve_with(
     let limits = conn::Limits {
         header_timeout: options.header_timeout,
         max_connections: options.max_connections,
+        body_timeout: options.body_timeout,
+        body_min_rate: options.body_min_rate,
+        write_timeout: options.write_timeout,
     };
     let (fire, signal) = watch::channel(false);
     // Preview hosts (`<env>.<stack>.localhost`) are proxied before the API sees them.
@@ -226,6 +241,9 @@ pub async fn serve_app(
     let limits = conn::Limits {
         header_timeout: defaults.header_timeout,
         max_connections: defaults.max_connections,
+        body_timeout: defaults.body_timeout,
+        body_min_rate: defaults.body_min_rate,
+        write_timeout: defaults.write_timeout,
     };
     conn::serve(listener, router, limits, async move {
         shutdown.await;

@@ -153,6 +153,9 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     let server_options = slipway_server::ServerOptions {
         header_timeout: positive(&config.server.header_timeout, "[server] header_timeout")?,
         max_connections: config.server.max_connections.max(1),
+        body_timeout: positive(&config.server.body_timeout, "[server] body_timeout")?,
+        body_min_rate: config.server.body_min_rate,
+        write_timeout: positive(&config.server.write_timeout, "[server] write_timeout")?,
         preview: slipway_server::preview::PreviewTimeouts {
             connect: positive(
                 &config.server.preview_connect_timeout,

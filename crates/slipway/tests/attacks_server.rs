@@ -2,7 +2,8 @@
 //! real application process (`util/attacks_server_echo.py`): reaching a port that is not
 //! exposed, smuggling headers past the preview router or getting Slipway's credentials
 //! through it, hanging it on a stuck application, exhausting its connections with half-open
-//! sockets, and growing its database with refused requests and repeated events.
+//! sockets or bodies sent a byte at a time, and growing its database with refused requests
+//! and repeated events.
 
 mod util;
 
@@ -342,7 +343,7 @@ fn raise_nofile(at_least: u64) {
 fn thousands_of_half_open_connections_do_not_take_the_server_down() {
     const FLOOD: usize = 2000;
     raise_nofile(FLOOD as u64 + 512);
-    let (s, token) = setup("max_connections = 1024\n");
+    let (s, token) = setup("max_connections = 1024\nbody_timeout = \"2s\"\n");
     let (_server, port, host) = serve_dev(&s);
 
     // The attack: connect and send nothing, or half a request head, and hold on.
@@ -359,7 +360,7 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
     }
     assert_eq!(held.len(), FLOOD, "the attack opened its connections");
     // And some that send a whole head, then their body a byte at a time (one byte, then
-    // nothing): they have a request in flight, so only the body's stall timeout ends them.
+    // nothing): they have a request in flight, so only the body's timeout (2 s) ends them.
     for _ in 0..50 {
         let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         c.write_all(
@@ -415,8 +416,8 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
         "the webhook endpoint answers (no forge here)"
     );
 
-    // Every half-open connection is closed by the server within the header timeout (2s) plus
-    // slack: evicted at once to make room, or timed out.
+    // Every half-open connection is closed by the server within the header (or body) timeout
+    // (2s) plus slack: evicted at once to make room, or timed out.
     let deadline = started + Duration::from_secs(20);
     for (i, c) in held.iter_mut().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -512,6 +513,162 @@ fn responses_that_never_end_cannot_hold_every_connection() {
     );
     drop(held);
     drop(server);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn bodies_sent_a_byte_at_a_time_cannot_hold_every_connection() {
+    const TRICKLERS: usize = 300;
+    raise_nofile(TRICKLERS as u64 + 512);
+    // 64 connections at most; a request body has 2 s to arrive.
+    let (s, token) = setup("max_connections = 64\nbody_timeout = \"2s\"\n");
+    let (_server, port, _host) = serve_dev(&s);
+
+    // The attack: webhook requests (public; the handler reads the whole body) that announce a
+    // body of 1 MiB, then send it a byte at a time, a byte every 500 ms on every connection:
+    // no connection ever stalls, and each has a request in flight, so none is evicted.
+    let started = Instant::now();
+    let mut tricklers = Vec::with_capacity(TRICKLERS);
+    for _ in 0..TRICKLERS {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        // The server may already have refused (503) and closed it: the write may fail.
+        let _ = c.write_all(
+            b"POST /webhooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1048576\r\n\r\n{",
+        );
+        tricklers.push(c);
+    }
+    let writers: Vec<TcpStream> = tricklers
+        .iter()
+        .map(|c| c.try_clone().expect("clone"))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut writers = writers;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for w in &mut writers {
+                    let _ = w.write_all(b" ");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+
+    // /healthz and the API answer again once the tricklers' 2 s are up, although they keep
+    // sending (before the fix, every byte bought another stall timeout: never).
+    let health = wait_for("/healthz answers while bodies trickle", T, || {
+        get(port, "127.0.0.1", "/healthz", "").filter(|r| r.status == 200)
+    });
+    assert!(health.body.contains("\"ok\""), "{}", health.body);
+    let answered = started.elapsed();
+    assert!(
+        answered < Duration::from_secs(8),
+        "/healthz answered within the body timeout (2 s) plus slack, not after the tricklers \
+         gave up: {answered:?}"
+    );
+    let api = get(
+        port,
+        "127.0.0.1",
+        "/api/v1/environments",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .expect("the API answers while bodies trickle");
+    assert_eq!(api.status, 200, "the API answers: {}", api.body);
+
+    // Every trickler is closed by the server, although it is still sending: those it took
+    // were answered 408 at their deadline, the rest refused (503) or evicted before their
+    // head was read.
+    let deadline = started + Duration::from_secs(20);
+    let (mut timed_out, mut refused) = (0, 0);
+    for (i, c) in tricklers.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                // The server closed with the rest of the body unread: a reset.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "trickling connection {i} was closed by the server within its body timeout, though \
+             it kept sending"
+        );
+        if answer.starts_with(b"HTTP/1.1 408") {
+            timed_out += 1;
+        } else if answer.starts_with(b"HTTP/1.1 503") {
+            refused += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().expect("trickler");
+    assert!(
+        (1..=64).contains(&timed_out),
+        "the server took at most max_connections (64) tricklers and told them 408: \
+         {timed_out} 408s, {refused} 503s"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "every trickler was gone within the body timeout plus slack"
+    );
+    drop(tricklers);
+    drop(_server);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+#[test]
+fn clients_that_never_read_their_responses_cannot_hold_the_preview_share() {
+    // 20 connections at most, so 10 requests in flight through preview URLs; a write the
+    // client takes nothing of for 3 s ends its connection.
+    let (s, _token) = setup("max_connections = 20\nwrite_timeout = \"3s\"\n");
+    let (_server, port, host) = serve_dev(&s);
+
+    // The attack: 10 requests for a large streamed response, never read. The buffers fill,
+    // the response stops mid-way, and each request stays in flight with its permit.
+    let mut floods = Vec::new();
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(c, "GET /flood HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
+        floods.push(c);
+    }
+    // Each has its response's head (peeked, not read): each holds a permit.
+    for (i, f) in floods.iter().enumerate() {
+        f.set_read_timeout(Some(T)).expect("timeout");
+        let mut first = [0u8; 12];
+        let n = f.peek(&mut first).expect("a response starts");
+        assert_eq!(&first[..n], b"HTTP/1.1 200", "flood {i} is answered");
+    }
+    let held = Instant::now();
+    let refused = get(port, &host, "/health", "").expect("a preview request is answered");
+    assert_eq!(
+        refused.status, 503,
+        "the unread responses hold the whole preview share: {}",
+        refused.body
+    );
+    // /healthz is not in the preview share.
+    let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
+    assert_eq!(health.status, 200);
+
+    // Once the writes have stalled for 3 s the server closes those connections, their
+    // permits are released, and the preview URL serves again (before the fix: never).
+    let preview = wait_for("the preview URL serves again", T, || {
+        get(port, &host, "/health", "").filter(|r| r.status == 200)
+    });
+    assert_eq!(preview.body, "ok");
+    assert!(
+        held.elapsed() < Duration::from_secs(10),
+        "the unread responses were cut within the write timeout (3 s) plus slack: {:?}",
+        held.elapsed()
+    );
+    drop(floods);
+    drop(_server);
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 

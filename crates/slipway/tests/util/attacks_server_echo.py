@@ -7,6 +7,7 @@ and HTTP (exposed), which answers:
   /hop       a response with hop-by-hop headers and cookies the router must filter
   /hang      never answers (until the client leaves)
   /trickle   answers its head and one byte, then nothing
+  /flood     a body of 1 GiB, written as fast as the client takes it
   /upgrade   101 to `x-echo`, then echoes every byte back
 """
 import json
@@ -70,6 +71,17 @@ class App(BaseHTTPRequestHandler):
             self.wfile.write(b"t")
             self.wfile.flush()
             time.sleep(3600)
+        elif self.path == "/flood":
+            # More than any buffer holds: a client that never reads stops it mid-way.
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            chunk = b"f" * 65536
+            try:
+                for _ in range((1 << 30) // len(chunk)):
+                    self.wfile.write(chunk)
+            except OSError:
+                return
         elif self.path == "/upgrade":
             self.send_response(101)
             self.send_header("Connection", "Upgrade")
