@@ -359,13 +359,16 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
 
 fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {
     let store = inner.engine.store();
-    let mut record = record_of(inner, pr, if merged { "merged" } else { "closed" });
-    if setup(inner)?.kind == ForgeKind::GitLab
-        && let Some(known) = store.pull_request(pr.number as i64)?
-    {
-        // GitLab's payload names who closed it, not its author.
-        record.author = known.author;
+    let mut pr = pr.clone();
+    if setup(inner)?.kind == ForgeKind::GitLab {
+        // GitLab's payload names who closed it, not its author (who decides a fork's preview
+        // when it is reopened at this head).
+        pr.author = match store.pull_request(pr.number as i64)? {
+            Some(known) => known.author,
+            None => real_author(inner, &pr)?,
+        };
     }
+    let mut record = record_of(inner, &pr, if merged { "merged" } else { "closed" });
     // A push just before the close: approvals from before it are stale (for a reopen, and for
     // the merge's approval below).
     set_head(inner, &mut record, &pr.head_sha)?;

@@ -26,7 +26,7 @@ use util::fake_github::{
     self as gh, FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload,
 };
 use util::fake_gitlab::shared::{Reply, Request, Server as HttpServer};
-use util::fake_gitlab::{self as gl, DEVELOPER, FakeGitLab, MrSpec};
+use util::fake_gitlab::{self as gl, DEVELOPER, FakeGitLab, MrSpec, MrState};
 use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -529,6 +529,69 @@ fn gitlab_the_author_is_not_whoever_triggered_the_webhook() {
         "prod runs main's code"
     );
     assert!(!w.locked("prod"), "and is not locked");
+}
+
+/// The same for the fork decision: `fork_allow` vouches for forks opened by the people it
+/// names. A merge request from mallory's fork, closed and reopened by bob (whom `fork_allow`
+/// names), was recorded as bob's, and mallory's code got a preview environment. Now the fork's
+/// author is the one GitLab's API names.
+#[test]
+fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
+    let forge = FakeGitLab::start(BOT);
+    let w = Engine::start(
+        "gitlab",
+        &forge.url(),
+        "GITLAB_TOKEN",
+        "fork_allow = [\"bob\"]\n",
+    );
+    forge.set_access("bob", DEVELOPER);
+    let head = w.commit_on("main", "fork-work", "from mallory's fork", Some(&mr_ref(4)));
+    forge.add_mr(MrSpec {
+        author: "mallory".into(),
+        fork: true,
+        source_branch: "fork-work".into(),
+        ..MrSpec::new(4, &head)
+    });
+    w.gl_event(&forge, "open", 4, "mallory", None);
+    w.gl_planned(&forge, &head);
+    let planned = |forge: &FakeGitLab| {
+        forge
+            .statuses(&head)
+            .iter()
+            .filter(|s| s.name == "slipway/plan" && s.state != "pending" && s.state != "running")
+            .count()
+    };
+    let before = planned(&forge);
+    forge.set_state(4, MrState::Closed);
+    w.gl_event(&forge, "close", 4, "bob", None);
+    forge.set_state(4, MrState::Opened);
+    w.gl_event(&forge, "reopen", 4, "bob", None);
+    wait_for("the reopened merge request is planned", T, || {
+        (planned(&forge) > before).then_some(())
+    });
+    let plan = forge.wait_for_note(4, |n| n.body.contains(MARKER), T);
+    assert!(
+        plan.body.contains("`prod`") && !plan.body.contains("pr-4"),
+        "mallory's fork gets plans and no preview, whoever reopened it:\n{}",
+        plan.body
+    );
+    let status = w.s.json(&["status", "--output", "json"]);
+    assert!(
+        !status.to_string().contains("\"pr-4\""),
+        "no preview environment for mallory's fork: {status:#}"
+    );
+
+    // The legitimate path: bob's own fork is vouched for.
+    let head = w.commit_on("main", "bob-work", "from bob's fork", Some(&mr_ref(5)));
+    forge.add_mr(MrSpec {
+        author: "bob".into(),
+        fork: true,
+        source_branch: "bob-work".into(),
+        ..MrSpec::new(5, &head)
+    });
+    w.gl_event(&forge, "open", 5, "bob", None);
+    let plan = forge.wait_for_note(5, |n| n.body.contains(MARKER), T);
+    assert!(plan.body.contains("pr-5"), "{}", plan.body);
 }
 
 /// The catch-up pass took a pull request missing from the forge's list of open ones (which a
