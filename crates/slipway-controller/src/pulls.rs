@@ -168,14 +168,15 @@ fn forge_error(e: slipway_forge::ForgeError) -> ControllerError {
 }
 
 /// Handles one verified event.
-pub(crate) fn handle(inner: &Inner, event: ForgeEvent) -> Result<FollowUp, ControllerError> {
-    match event {
+pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp, ControllerError> {
+    match forge_event {
         ForgeEvent::Push { .. } => Ok(FollowUp {
             refresh: true,
             ..FollowUp::default()
         }),
-        ForgeEvent::PullRequest { action, pr } => match action {
+        ForgeEvent::PullRequest { action, mut pr } => match action {
             PrAction::Opened | PrAction::Reopened | PrAction::Synchronized => {
+                pr.author = real_author(inner, &pr)?;
                 opened(inner, &pr)?;
                 Ok(FollowUp {
                     refresh: true,
@@ -183,7 +184,34 @@ pub(crate) fn handle(inner: &Inner, event: ForgeEvent) -> Result<FollowUp, Contr
                 })
             }
             PrAction::Closed | PrAction::Merged => closed(inner, &pr, action == PrAction::Merged),
-            PrAction::Other(_) => Ok(FollowUp::default()),
+            // An edit that moved the base (GitHub and Gitea `edited`, GitLab `update` of the
+            // target branch): recorded and planned against the new base; `/slipway apply`
+            // refuses it (see `apply`).
+            PrAction::Other(_) => {
+                let store = inner.engine.store();
+                let retargeted = store
+                    .pull_request(pr.number as i64)?
+                    .is_some_and(|k| k.state == "open" && k.base_ref != pr.base_ref);
+                if !retargeted {
+                    return Ok(FollowUp::default());
+                }
+                pr.author = real_author(inner, &pr)?;
+                event(
+                    inner,
+                    &format!("pr-{}", pr.number),
+                    "pull_request.retargeted",
+                    &format!(
+                        "#{} now merges into {}: it cannot be applied before merge any more \
+                         (approvals were given against its first base)",
+                        pr.number, pr.base_ref
+                    ),
+                );
+                opened(inner, &pr)?;
+                Ok(FollowUp {
+                    refresh: true,
+                    ..FollowUp::default()
+                })
+            }
         },
         ForgeEvent::Comment {
             pr_number,
@@ -199,6 +227,59 @@ pub(crate) fn handle(inner: &Inner, event: ForgeEvent) -> Result<FollowUp, Contr
     }
 }
 
+/// The pull request's author. GitLab's merge request webhooks name whoever triggered the
+/// event (a reviewer, a maintainer who edited the title), not the author: there the author is
+/// asked of the API. Other forges' payloads name the author.
+fn real_author(inner: &Inner, pr: &PullRequestInfo) -> Result<String, ControllerError> {
+    let setup = setup(inner)?;
+    if setup.kind != ForgeKind::GitLab {
+        return Ok(pr.author.clone());
+    }
+    Ok(setup
+        .forge
+        .pull_request(pr.number)
+        .map_err(forge_error)?
+        .info
+        .author)
+}
+
+/// Moves `record`'s head to `head`. When it moves, everyone who approved by then is added to
+/// its stale approvers: an approval that names no commit (GitLab keeps them across pushes) was
+/// given for an older head. Every path that changes a recorded head goes through here (an
+/// event, `/slipway preview`, `/slipway apply`, the catch-up pass), whichever sees the new
+/// head first. Errors when the forge cannot list the approvals: the head is then not moved,
+/// and the next event or catch-up pass tries again.
+fn set_head(
+    inner: &Inner,
+    record: &mut PullRequestRecord,
+    head: &str,
+) -> Result<(), ControllerError> {
+    if record.head_sha == head {
+        return Ok(());
+    }
+    let approvals = setup(inner)?
+        .forge
+        .approvals(record.number as u64)
+        .map_err(|e| {
+            ControllerError::Invalid(format!(
+                "#{}'s head moved to {}, but its approvals cannot be listed (the forge \
+                 answered {e}); it is taken when they can be",
+                record.number,
+                short(head)
+            ))
+        })?;
+    record.stale_approvers.extend(
+        approvals
+            .into_iter()
+            .filter(|a| a.commit_sha.is_none())
+            .map(|a| a.author),
+    );
+    record.stale_approvers.sort();
+    record.stale_approvers.dedup();
+    record.head_sha = head.to_string();
+    Ok(())
+}
+
 fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRecord {
     let known = inner
         .engine
@@ -206,11 +287,15 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         .pull_request(pr.number as i64)
         .ok()
         .flatten();
+    // The head (and who approved before it) stays what was known: callers move it with
+    // `set_head`.
     let mut record = PullRequestRecord {
         number: pr.number as i64,
         title: pr.title.clone(),
         author: pr.author.clone(),
-        head_sha: pr.head_sha.clone(),
+        head_sha: known
+            .as_ref()
+            .map_or_else(|| pr.head_sha.clone(), |k| k.head_sha.clone()),
         head_ref: pr.head_ref.clone(),
         base_ref: pr.base_ref.clone(),
         is_fork: pr.is_fork,
@@ -218,10 +303,18 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         preview_allowed: false,
         url: pr.url.clone(),
         updated_at: now_ms(),
-        stale_approvers: Vec::new(),
+        stale_approvers: known
+            .as_ref()
+            .map(|k| k.stale_approvers.clone())
+            .unwrap_or_default(),
     };
     let fork_allow = setup(inner).map(|s| s.fork_allow.as_slice()).unwrap_or(&[]);
-    record.preview_allowed = preview_allowed(&record, fork_allow, known.as_ref());
+    // Judged at the pull request's new head.
+    let at_head = PullRequestRecord {
+        head_sha: pr.head_sha.clone(),
+        ..record.clone()
+    };
+    record.preview_allowed = preview_allowed(&at_head, fork_allow, known.as_ref());
     record
 }
 
@@ -243,27 +336,7 @@ pub(crate) fn preview_allowed(
 /// its plans.
 fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
     let mut record = record_of(inner, pr, "open");
-    let known = inner.engine.store().pull_request(pr.number as i64)?;
-    record.stale_approvers = match &known {
-        // A new head: approvals that do not name their commit (GitLab keeps them across
-        // pushes) were given for an older one.
-        Some(k) if k.head_sha != pr.head_sha => {
-            let mut stale = k.stale_approvers.clone();
-            if let Ok(approvals) = setup(inner)?.forge.approvals(pr.number) {
-                stale.extend(
-                    approvals
-                        .into_iter()
-                        .filter(|a| a.commit_sha.is_none())
-                        .map(|a| a.author),
-                );
-            }
-            stale.sort();
-            stale.dedup();
-            stale
-        }
-        Some(k) => k.stale_approvers.clone(),
-        None => Vec::new(),
-    };
+    set_head(inner, &mut record, &pr.head_sha)?;
     inner.engine.store().upsert_pull_request(&record)?;
     event(
         inner,
@@ -286,7 +359,19 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
 
 fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {
     let store = inner.engine.store();
-    let record = record_of(inner, pr, if merged { "merged" } else { "closed" });
+    let mut pr = pr.clone();
+    if setup(inner)?.kind == ForgeKind::GitLab {
+        // GitLab's payload names who closed it, not its author (who decides a fork's preview
+        // when it is reopened at this head).
+        pr.author = match store.pull_request(pr.number as i64)? {
+            Some(known) => known.author,
+            None => real_author(inner, &pr)?,
+        };
+    }
+    let mut record = record_of(inner, &pr, if merged { "merged" } else { "closed" });
+    // A push just before the close: approvals from before it are stale (for a reopen, and for
+    // the merge's approval below).
+    set_head(inner, &mut record, &pr.head_sha)?;
     store.upsert_pull_request(&record)?;
     if merged {
         record_merge(inner, pr.number)?;
@@ -764,7 +849,7 @@ fn comment(
                 .info
                 .head_sha;
             if !record.preview_allowed || record.head_sha != head {
-                record.head_sha = head;
+                set_head(inner, &mut record, &head)?;
                 record.preview_allowed = true;
                 record.updated_at = now_ms();
                 store.upsert_pull_request(&record)?;
@@ -863,10 +948,30 @@ fn apply(
     if details.state != PrState::Open {
         return refuse(format!("#{number} is not open; nothing was applied."));
     }
-    if details.info.head_sha != record.head_sha || details.info.base_ref != record.base_ref {
-        record.head_sha = details.info.head_sha.clone();
+    if details.info.head_sha != record.head_sha
+        || details.info.base_ref != record.base_ref
+        || details.info.author != record.author
+    {
+        set_head(inner, record, &details.info.head_sha)?;
         record.base_ref = details.info.base_ref.clone();
+        // The author as the forge's API says (a GitLab webhook names whoever acted).
+        record.author = details.info.author.clone();
         store.upsert_pull_request(record)?;
+    }
+    // An approval was given against the base the pull request had then: retargeted (say from
+    // an unreviewed branch to `main`), its diff now carries the old base's commits, which
+    // nobody approved. Such a pull request is not applied; a new one is reviewed afresh.
+    let opened_base = store
+        .pull_request_opened_base(number)?
+        .unwrap_or_else(|| record.base_ref.clone());
+    if opened_base != details.info.base_ref {
+        return refuse(format!(
+            "Not applied: #{number} was opened into `{opened_base}` and now merges into `{}`. \
+             Its approvals were given against `{opened_base}`, and do not cover what `{}` \
+             does not have yet; a pull request whose base changed cannot be applied before \
+             merge. Open a new pull request into `{}` (it is reviewed afresh).",
+            details.info.base_ref, details.info.base_ref, details.info.base_ref
+        ));
     }
     // Which branch ENV tracks is the environment's record (discovery wrote it from the
     // default branch's stack), never what the pull request's stack says.
@@ -1117,20 +1222,50 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         }
     }
     for known in store.pull_requests(Some("open"))? {
-        if !listed.contains(&known.number) {
-            let mut gone = known.clone();
-            let merged = forge
-                .pull_request(known.number as u64)
-                .is_ok_and(|d| d.state == PrState::Merged);
-            if merged {
-                record_merge(inner, known.number as u64)?;
-            }
-            gone.state = if merged { "merged" } else { "closed" }.into();
-            gone.updated_at = now_ms();
-            store.upsert_pull_request(&gone)?;
-            follow.reconcile.extend(release(inner, known.number)?);
-            follow.refresh = true;
+        if listed.contains(&known.number) {
+            continue;
         }
+        // Missing from the list (which a forge may cut short) is not closed: only the forge's
+        // own answer for this pull request says so. Until it answers, nothing is released.
+        let details = match forge.pull_request(known.number as u64) {
+            Ok(details) if details.state != PrState::Open => details,
+            Ok(_) => continue,
+            Err(e) => {
+                event(
+                    inner,
+                    &format!("pr-{}", known.number),
+                    "pull_request.failed",
+                    &format!(
+                        "#{} is not in the forge's list of open pull requests, and the forge \
+                         cannot say whether it is closed ({e}); its locks stay until it can",
+                        known.number
+                    ),
+                );
+                continue;
+            }
+        };
+        let mut gone = known.clone();
+        if let Err(e) = set_head(inner, &mut gone, &details.info.head_sha) {
+            event(
+                inner,
+                &format!("pr-{}", known.number),
+                "pull_request.failed",
+                &e.to_string(),
+            );
+            continue;
+        }
+        // The stale approvers are recorded before the merge's approval is judged; the state
+        // after it, so that a merge that could not be recorded is tried again next pass.
+        gone.updated_at = now_ms();
+        store.upsert_pull_request(&gone)?;
+        let merged = details.state == PrState::Merged;
+        if merged {
+            record_merge(inner, known.number as u64)?;
+        }
+        gone.state = if merged { "merged" } else { "closed" }.into();
+        store.upsert_pull_request(&gone)?;
+        follow.reconcile.extend(release(inner, known.number)?);
+        follow.refresh = true;
     }
     Ok(follow)
 }

@@ -65,8 +65,8 @@ pub struct Delivery {
     ///
     /// # Caveats
     /// Headers are not covered by the signature: the id deduplicates honest redeliveries, it
-    /// does not stop a replay of a captured body under a new id. Events are facts to re-check
-    /// ("PR 42 changed"), never commands to trust, so a replay is at worst extra work.
+    /// does not stop a replay of a captured body under a new id. Deduplicate on
+    /// [`crate::body_digest`] as well for that (Slipway's receiver does).
     pub id: String,
     /// What happened. An event about another repository than the verifier's (see
     /// [`Delivery::other_repository`]) is [`ForgeEvent::Ignored`], with a kind ending in
@@ -255,8 +255,9 @@ pub struct PullRequestInfo {
     /// Its author's login.
     ///
     /// # Caveats
-    /// GitLab's merge request webhook names only the user who triggered the event, not the
-    /// author; for GitLab webhooks this is that user. [`crate::Forge::pull_request`] returns
+    /// GitLab's merge request webhook names only the user who triggered the event (and the
+    /// author's numeric id), not the author's login; for GitLab webhooks this is that user,
+    /// NOT the author: never decide anything on it. [`crate::Forge::pull_request`] returns
     /// the real author on every forge.
     pub author: String,
     /// The commit at the head of the source branch.

@@ -66,6 +66,6 @@ pub use render::{
     DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, render_plan_comment,
 };
 pub use webhook::{
-    DEFAULT_MAX_BODY_BYTES, Headers, KNOWN_EVENTS, WebhookError, WebhookVerifier, parse_payload,
-    payload_repository, sign, verify_and_parse,
+    DEFAULT_MAX_BODY_BYTES, Headers, KNOWN_EVENTS, WebhookError, WebhookVerifier, body_digest,
+    parse_payload, payload_repository, sign, verify_and_parse,
 };

@@ -3,8 +3,8 @@
 //! The signature (GitHub `X-Hub-Signature-256`, Gitea `X-Gitea-Signature`: HMAC-SHA256 over
 //! the raw body) or token (GitLab `X-Gitlab-Token`) is compared in constant time before the
 //! body is parsed; bodies over the server's limit are refused with `413` before they are read
-//! whole. A delivery id seen before is acknowledged and not handled again (redeliveries,
-//! replays). Unknown events are acknowledged and ignored, and so are events about another
+//! whole. A delivery id or a body seen before is acknowledged and not handled again
+//! (redeliveries, replays: the id is not covered by the signature, the body is). Unknown events are acknowledged and ignored, and so are events about another
 //! repository than the configured one (organisation- and group-level hooks deliver every
 //! repository's events under one secret; another repository's pull request 7 is not ours):
 //! those are audited as refused. Every delivery, accepted or not, is
@@ -53,7 +53,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                 "delivery": {"type": "string", "description": "The forge's delivery id."},
                 "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name (`pull_request.other_repository` and the like for an event about another repository than the configured one)."},
                 "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery, an event it does not use, or one about another repository)."},
-                "duplicate": {"type": "boolean", "description": "A delivery id seen before."}
+                "duplicate": {"type": "boolean", "description": "A delivery id, or a body, seen before."}
             }
         }),
     )]
@@ -184,10 +184,22 @@ async fn receive(
     let who = format!("{}:webhook", kind.as_str());
     let event = kind_name(&delivery.event);
     let store_key = format!("{}:{}", kind.as_str(), delivery.id);
+    // The id is not signed: a captured body replayed under a fresh id is caught by its digest
+    // (an old `closed` would otherwise release a lock again). Both are recorded either way.
+    let body_key = format!(
+        "{}:body:{}",
+        kind.as_str(),
+        slipway_forge::body_digest(&body)
+    );
     let fresh = {
         let key = store_key.clone();
-        app.blocking(move |c| Ok(c.engine().store().record_delivery(&key, now_ms())?))
-            .await?
+        app.blocking(move |c| {
+            let store = c.engine().store();
+            let id_fresh = store.record_delivery(&key, now_ms())?;
+            let body_fresh = store.record_delivery(&body_key, now_ms())?;
+            Ok(id_fresh && body_fresh)
+        })
+        .await?
     };
     if !fresh {
         audit_duplicate(

@@ -81,9 +81,11 @@ impl Store {
         one_of("pull request state", &pr.state, PULL_REQUEST_STATES)?;
         self.conn()
             .execute(
+                // `opened_base` is written once, with the first record: see
+                // [`Store::pull_request_opened_base`].
                 &format!(
-                    "INSERT INTO pull_requests ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                    "INSERT INTO pull_requests ({COLUMNS}, opened_base) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?6) \
                      ON CONFLICT (number) DO UPDATE SET title = excluded.title, \
                        author = excluded.author, head_sha = excluded.head_sha, \
                        head_ref = excluded.head_ref, base_ref = excluded.base_ref, \
@@ -121,6 +123,23 @@ impl Store {
             )
             .optional()
             .map_err(sql(format!("read pull request #{number}")))
+    }
+
+    /// The branch pull request `number` merged into when it was first recorded (its
+    /// `base_ref` then; later records do not change it), if it is known. A pull request whose
+    /// base changed since was reviewed against another branch.
+    pub fn pull_request_opened_base(&self, number: i64) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT opened_base FROM pull_requests WHERE number = ?1",
+                [number],
+                |row| row.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql(format!(
+                "read the first base of pull request #{number}"
+            )))
     }
 
     /// The pull requests in `state` (`None`: all), by number.
@@ -323,6 +342,19 @@ mod tests {
         let mut bad = pr(9);
         bad.state = "draft".into();
         assert!(store.upsert_pull_request(&bad).is_err());
+        let mut retargeted = pr(7);
+        retargeted.base_ref = "dev".into();
+        store.upsert_pull_request(&retargeted).expect("record");
+        assert_eq!(
+            store.pull_request_opened_base(7).expect("read").as_deref(),
+            Some("main"),
+            "the first base is kept when the base changes"
+        );
+        assert_eq!(
+            store.pull_request(7).expect("read").expect("#7").base_ref,
+            "dev"
+        );
+        assert_eq!(store.pull_request_opened_base(99).expect("read"), None);
 
         assert!(store.record_delivery("github:abc", 1).expect("first"));
         assert!(!store.record_delivery("github:abc", 2).expect("replay"));

@@ -169,6 +169,13 @@ CREATE TABLE env_uids (
     allocated_at   INTEGER NOT NULL
 ) STRICT;
 "#,
+    // The branch a pull request merged into when Slipway first saw it: an approval was given
+    // against that base, so a pull request retargeted since is not applied on it. Existing
+    // rows take the base recorded now.
+    r#"
+ALTER TABLE pull_requests ADD COLUMN opened_base TEXT;
+UPDATE pull_requests SET opened_base = base_ref;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -1,0 +1,693 @@
+//! Attacks on how the pull-request gate judges approvals and pull requests (the security review
+//! of the gate), each performed end to end against the real `slipway serve`, a real git
+//! repository carrying the forge's pull request refs, the forges' own webhook payloads and the
+//! fake GitHub and GitLab APIs; each shows the attack fails, and where it matters that the
+//! legitimate path still works.
+//!
+//! - An approval of an old head counted for a new one (GitLab approvals name no commit) when
+//!   something other than the push's own webhook saw the new head first, or when the forge
+//!   could not list the approvals then.
+//! - An approval given while a pull request was into an unreviewed branch counted after its
+//!   base was changed to `main`.
+//! - GitLab's merge request webhooks name whoever triggered them, and that was taken for the
+//!   author: someone else's push made the author's own approval count.
+//! - A pull request missing from the forge's (page-capped) list of open ones, or whose details
+//!   could not be read, was taken for closed: its locks released.
+//! - A captured signed `closed` delivery, replayed under a fresh delivery id, released a lock.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use util::fake_github::{
+    self as gh, FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload,
+};
+use util::fake_gitlab::shared::{Reply, Request, Server as HttpServer};
+use util::fake_gitlab::{self as gl, DEVELOPER, FakeGitLab, MrSpec, MrState};
+use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+
+const SECRET: &str = "webhook-secret-for-tests";
+const T: Duration = Duration::from_secs(60);
+const MARKER: &str = "<!-- slipway:plan -->";
+const BOT: &str = "slipway-bot";
+
+const STACK: &str = r#"version: 1
+stack: shop
+environments:
+  prod: { track: main, protected: true }
+  qa: { track: main }
+  previews: { generate: { pull_requests: true }, ttl: 1h }
+resources:
+  web:
+    type: process
+    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
+    ports: [http]
+    health: { http: /greeting.txt }
+    expose: http
+"#;
+
+/// A real HTTP proxy in front of a fake forge: it forwards every request, and can leave pull
+/// requests out of the list of open ones (as a forge's last page would) and fail requests.
+struct Proxy {
+    server: HttpServer,
+    /// The API's path prefix (GitLab's `/api/v4`).
+    prefix: String,
+    /// Pull request numbers left out of `GET …/pulls` (the list of open ones).
+    hidden: Arc<Mutex<BTreeSet<u64>>>,
+    /// Path suffixes answered `502` instead of forwarded.
+    failing: Arc<Mutex<Vec<String>>>,
+    /// `METHOD path status` of every request, in order.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// In front of the forge API at `upstream` (`http://HOST:PORT/PREFIX`).
+    fn start(upstream: &str) -> Proxy {
+        let rest = upstream
+            .strip_prefix("http://")
+            .expect("the fake forges speak plain HTTP");
+        let (upstream, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (upstream, prefix) = (upstream.to_string(), prefix.to_string());
+        let hidden: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+        let failing: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (h, f, s) = (hidden.clone(), failing.clone(), seen.clone());
+        let server = HttpServer::start("forge proxy", move |_| {
+            move |req: Request| {
+                let fail = f
+                    .lock()
+                    .expect("no panics while held")
+                    .iter()
+                    .any(|p| req.path.ends_with(p.as_str()));
+                if fail {
+                    s.lock()
+                        .expect("no panics while held")
+                        .push(format!("{} {} 502", req.method, req.path));
+                    return Reply::json(502, json!({"message": "bad gateway"}));
+                }
+                let target = if req.query.is_empty() {
+                    req.path.clone()
+                } else {
+                    format!("{}?{}", req.path, req.query)
+                };
+                let headers: Vec<(&str, &str)> = req
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !["host", "content-length", "connection", "transfer-encoding"]
+                            .contains(&k.to_ascii_lowercase().as_str())
+                    })
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let answer = gh::http_request(&upstream, &req.method, &target, &headers, &req.body)
+                    .expect("the fake forge answers");
+                s.lock()
+                    .expect("no panics while held")
+                    .push(format!("{} {} {}", req.method, req.path, answer.status));
+                let mut body: Option<Value> = serde_json::from_str(&answer.body).ok();
+                if req.method == "GET"
+                    && req.path.ends_with("/pulls")
+                    && let Some(Value::Array(items)) = body.as_mut()
+                {
+                    let hidden = h.lock().expect("no panics while held");
+                    items.retain(|p| p["number"].as_u64().is_none_or(|n| !hidden.contains(&n)));
+                }
+                let mut reply = Reply {
+                    status: answer.status,
+                    body,
+                    headers: Vec::new(),
+                };
+                if let Some(link) = answer.header("link") {
+                    reply = reply.header("Link", link.to_string());
+                }
+                reply
+            }
+        });
+        Proxy {
+            server,
+            prefix,
+            hidden,
+            failing,
+            seen,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}{}", self.server.addr(), self.prefix)
+    }
+
+    /// How many requests so far were `GET` of a path ending in `suffix`.
+    fn count(&self, suffix: &str) -> usize {
+        self.seen
+            .lock()
+            .expect("no panics while held")
+            .iter()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(1)
+                    .is_some_and(|p| l.starts_with("GET ") && p.ends_with(suffix))
+            })
+            .count()
+    }
+
+    /// Waits until `n` more `GET`s of a path ending in `suffix` were made.
+    fn wait_for_more(&self, suffix: &str, n: usize) {
+        let from = self.count(suffix);
+        wait_for(&format!("{n} more GET …{suffix}"), T, || {
+            (self.count(suffix) >= from + n).then_some(())
+        });
+    }
+}
+
+/// `slipway serve` with a forge configured.
+struct Engine {
+    s: Sandbox,
+    server: util::Server,
+    port: u16,
+}
+
+impl Engine {
+    /// `[forge.NAME]` at `api_url`; `extra` is appended to the engine configuration.
+    fn start(forge: &str, api_url: &str, token_env: &str, extra: &str) -> Engine {
+        let s = Sandbox::new();
+        let mut config = std::fs::read_to_string(&s.config).expect("config");
+        config.push_str(&format!(
+            "[forge.{forge}]\nrepository = \"acme/shop\"\napi_url = \"{api_url}\"\nbot_login = \"{BOT}\"\n{extra}"
+        ));
+        std::fs::write(&s.config, config).expect("config");
+        s.write("slipway.yaml", STACK)
+            .write("greeting.txt", "v1")
+            .commit("v1");
+        let server = start_serve_with(
+            &s,
+            &[
+                (token_env, "test-token"),
+                ("SLIPWAY_WEBHOOK_SECRET", SECRET),
+            ],
+        );
+        let port = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        Engine { s, server, port }
+    }
+
+    fn page(&self, env: &str) -> Option<String> {
+        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
+    }
+
+    fn serves(&self, env: &str, text: &str) {
+        wait_for(&format!("{env} serves {text:?}"), T, || {
+            self.page(env).filter(|p| p == text)
+        });
+    }
+
+    /// A commit on `branch` (from `from`) with `greeting.txt` = `text`, published as
+    /// `pr_ref` when given.
+    fn commit_on(&self, from: &str, branch: &str, text: &str, pr_ref: Option<&str>) -> String {
+        let repo = &self.s.repo;
+        git(repo, &["checkout", "-q", from]);
+        git(repo, &["checkout", "-q", "-B", branch]);
+        self.s.write("greeting.txt", text);
+        let sha = self.s.commit(&format!("{branch}: {text}"));
+        if let Some(r) = pr_ref {
+            git(repo, &["update-ref", r, &sha]);
+        }
+        git(repo, &["checkout", "-q", "main"]);
+        sha
+    }
+
+    fn environment(&self, name: &str) -> Value {
+        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
+        status["environments"][0].clone()
+    }
+
+    fn locked(&self, env: &str) -> bool {
+        !self.environment(env)["locked_by"].is_null()
+    }
+
+    // ---- GitHub ----
+
+    fn gh_deliver(&self, event: &str, id: &str, body: &[u8]) -> (u16, String) {
+        gh::send_webhook(&self.server.addr, SECRET.as_bytes(), event, id, body)
+    }
+
+    fn gh_accepted(&self, event: &str, body: &[u8]) {
+        let (status, reply) = self.gh_deliver(event, &fresh_id(), body);
+        assert_eq!(status, 202, "{event}: {reply}");
+        assert!(reply.contains("\"handled\":true"), "{event}: {reply}");
+    }
+
+    fn gh_open(&self, forge: &FakeGitHub, spec: PrSpec) {
+        let number = spec.number;
+        forge.add_pr(spec);
+        self.gh_accepted(
+            "pull_request",
+            &pull_request_payload("opened", &forge.pr(number), false, None),
+        );
+        forge.wait_for_comment(number, |c| c.body.contains(MARKER), T);
+    }
+
+    /// Posts `command` on `pr` as `author`; returns Slipway's answer (its next comment that is
+    /// not the plan).
+    fn gh_command(&self, forge: &FakeGitHub, pr: u64, author: &str, command: &str) -> String {
+        let seen = forge.comments(pr).iter().map(|c| c.id).max().unwrap_or(0);
+        self.gh_accepted("issue_comment", &issue_comment_payload(pr, author, command));
+        forge
+            .wait_for_comment(
+                pr,
+                |c| c.id > seen && c.author == BOT && !c.body.contains(MARKER),
+                T,
+            )
+            .body
+    }
+
+    // ---- GitLab ----
+
+    fn gl_accepted(&self, event: &str, body: &[u8]) {
+        let (status, reply) = gl::send_webhook(&self.server.addr, SECRET, event, &fresh_id(), body);
+        assert_eq!(status, 202, "{event}: {reply}");
+        assert!(reply.contains("\"handled\":true"), "{event}: {reply}");
+    }
+
+    /// A `Merge Request Hook` for `action` on merge request `iid`, triggered by `actor`.
+    fn gl_event(
+        &self,
+        forge: &FakeGitLab,
+        action: &str,
+        iid: u64,
+        actor: &str,
+        oldrev: Option<&str>,
+    ) {
+        self.gl_accepted(
+            "Merge Request Hook",
+            &gl::merge_request_payload(action, &forge.mr(iid), actor, oldrev, None),
+        );
+    }
+
+    fn gl_command(&self, forge: &FakeGitLab, iid: u64, author: &str, command: &str) -> String {
+        let seen = forge.notes(iid).iter().map(|n| n.id).max().unwrap_or(0);
+        let note = forge.add_note(iid, author, command);
+        self.gl_accepted("Note Hook", &gl::note_payload(&forge.mr(iid), &note));
+        forge
+            .wait_for_note(
+                iid,
+                |n| n.id > seen && n.author == BOT && !n.system && !n.body.contains(MARKER),
+                T,
+            )
+            .body
+    }
+
+    /// Waits until Slipway planned `sha` (its `slipway/plan` status is final).
+    fn gl_planned(&self, forge: &FakeGitLab, sha: &str) {
+        forge.wait_for_status(
+            sha,
+            |s| s.name == "slipway/plan" && s.state != "pending" && s.state != "running",
+            T,
+        );
+    }
+}
+
+fn fresh_id() -> String {
+    gl::shared::uuid()
+}
+
+fn mr_ref(iid: u64) -> String {
+    format!("refs/merge-requests/{iid}/head")
+}
+
+/// GitLab's approvals name no commit: Slipway remembers who had approved when the head moved.
+/// It did so only when the push's own webhook moved the recorded head: a `/slipway preview`
+/// handled first (it records the head the forge shows) moved it without, so the reviewer of
+/// the old head was never marked, and `/slipway apply prod` passed "approved" for code nobody
+/// reviewed. And when the forge could not list the approvals as the head moved, the head moved
+/// anyway and the list was lost. Now every path that moves the head marks them, and one that
+/// cannot list them does not move it.
+#[test]
+fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
+    let forge = FakeGitLab::start(BOT);
+    let proxy = Proxy::start(&forge.url());
+    let w = Engine::start("gitlab", &proxy.url(), "GITLAB_TOKEN", "");
+    for user in ["alice", "bob", "carol"] {
+        forge.set_access(user, DEVELOPER);
+    }
+    w.serves("prod", "v1");
+
+    // bob reviews alice's merge request at h1 and approves it.
+    let h1 = w.commit_on("main", "feature-1", "reviewed", Some(&mr_ref(1)));
+    forge.add_mr(MrSpec::new(1, &h1));
+    w.gl_event(&forge, "open", 1, "alice", None);
+    w.gl_planned(&forge, &h1);
+    forge.approve(1, "bob");
+    // alice pushes h2 and at once asks for a preview, before GitLab's update webhook comes.
+    let h2 = w.commit_on("feature-1", "feature-1", "unreviewed", Some(&mr_ref(1)));
+    forge.set_head(1, &h2);
+    let answer = w.gl_command(&forge, 1, "alice", "/slipway preview");
+    assert!(
+        answer.contains(&h2[..12]),
+        "the preview is allowed at the new head: {answer}"
+    );
+    w.gl_event(&forge, "update", 1, "alice", Some(&h1));
+    w.gl_planned(&forge, &h2);
+    let answer = w.gl_command(&forge, 1, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met") && answer.contains("approved"),
+        "bob approved h1, not h2: his approval does not count for h2: {answer}"
+    );
+    assert_eq!(
+        w.page("prod").as_deref(),
+        Some("v1"),
+        "prod runs main's code"
+    );
+    assert!(!w.locked("prod"), "and is not locked");
+
+    // The forge cannot list the approvals when the next push's webhook comes: the head is not
+    // moved on half the facts, and the next look at the merge request (here the apply) moves it.
+    let h3 = w.commit_on("main", "feature-3", "reviewed 3", Some(&mr_ref(3)));
+    forge.add_mr(MrSpec {
+        source_branch: "feature-3".into(),
+        ..MrSpec::new(3, &h3)
+    });
+    w.gl_event(&forge, "open", 3, "alice", None);
+    w.gl_planned(&forge, &h3);
+    forge.approve(3, "bob");
+    let h4 = w.commit_on("feature-3", "feature-3", "unreviewed 3", Some(&mr_ref(3)));
+    forge.set_head(3, &h4);
+    let approvals = "/merge_requests/3/approvals";
+    proxy
+        .failing
+        .lock()
+        .expect("no panics while held")
+        .push(approvals.into());
+    let failed_before = proxy.count(approvals);
+    w.gl_event(&forge, "update", 3, "alice", Some(&h3));
+    wait_for("the update's approvals request failed", T, || {
+        (proxy.count(approvals) > failed_before).then_some(())
+    });
+    proxy.failing.lock().expect("no panics while held").clear();
+    let answer = w.gl_command(&forge, 3, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met"),
+        "bob's approval of h3 does not count for h4, though the forge failed once: {answer}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // The legitimate path: carol approves the new head of !1; it applies.
+    forge.approve(1, "carol");
+    let answer = w.gl_command(&forge, 1, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #1"), "{answer}");
+    w.serves("prod", "unreviewed");
+}
+
+/// A pull request from a branch carrying commits nobody reviewed (`dev`) into `dev` shows only
+/// a small diff; a maintainer approves it; its base is then changed to `main`, so that it
+/// carries dev's commits too. The approval, tied only to the head commit, counted, and
+/// `/slipway apply prod` deployed them. Now a pull request whose base changed since Slipway
+/// first saw it is not applied (a new pull request is reviewed afresh), whether or not the
+/// `edited` webhook arrived.
+#[test]
+fn a_pull_request_retargeted_after_its_approval_is_not_applied() {
+    let forge = FakeGitHub::start(BOT);
+    let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
+    forge.set_permission("alice", "write");
+    forge.set_permission("carol", "write");
+    w.serves("prod", "v1");
+
+    w.commit_on("main", "dev", "backdoor from dev", None);
+    let head = w.commit_on(
+        "dev",
+        "feature-5",
+        "backdoor from dev, and a typo fixed",
+        Some("refs/pull/5/head"),
+    );
+    let into = |base: &str| PrSpec {
+        head_ref: "feature-5".into(),
+        base_ref: base.into(),
+        ..PrSpec::new(5, &head)
+    };
+    w.gh_open(&forge, into("dev"));
+    // carol approves the small diff against dev; then the base becomes main (the fake keeps
+    // reviews per pull request: approve again after the change, as the approval still is).
+    forge.add_pr(into("main"));
+    forge.approve(5, "carol", &head);
+    let answer = w.gh_command(&forge, 5, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("opened into `dev`")
+            && answer.contains("now merges into `main`")
+            && answer.contains("new pull request"),
+        "a retargeted pull request is refused, even before its `edited` webhook: {answer}"
+    );
+    assert_eq!(
+        w.page("prod").as_deref(),
+        Some("v1"),
+        "prod runs main's code"
+    );
+    assert!(!w.locked("prod"), "and is not locked");
+
+    // The same with the `edited` webhook delivered: the plan follows the new base (prod is
+    // planned), the refusal stays.
+    git(&w.s.repo, &["update-ref", "refs/pull/7/head", &head]);
+    let seven = |base: &str| PrSpec {
+        head_ref: "feature-5".into(),
+        base_ref: base.into(),
+        ..PrSpec::new(7, &head)
+    };
+    w.gh_open(&forge, seven("dev"));
+    forge.add_pr(seven("main"));
+    forge.approve(7, "carol", &head);
+    w.gh_accepted(
+        "pull_request",
+        &pull_request_payload("edited", &forge.pr(7), false, None),
+    );
+    forge.wait_for_comment(
+        7,
+        |c| c.body.contains(MARKER) && c.body.contains("`prod`"),
+        T,
+    );
+    let answer = w.gh_command(&forge, 7, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("now merges into `main`"),
+        "refused after the edit too: {answer}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+
+    // The legitimate path: a new pull request into main, approved against main, applies.
+    git(&w.s.repo, &["update-ref", "refs/pull/6/head", &head]);
+    w.gh_open(
+        &forge,
+        PrSpec {
+            head_ref: "feature-5".into(),
+            ..PrSpec::new(6, &head)
+        },
+    );
+    forge.approve(6, "carol", &head);
+    let answer = w.gh_command(&forge, 6, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #6"), "{answer}");
+    w.serves("prod", "backdoor from dev, and a typo fixed");
+}
+
+/// GitLab's merge request webhook names who triggered the event, and Slipway took that for the
+/// author: after bob pushed to alice's merge request, bob was "the author", and alice's own
+/// approval of her merge request counted. Now the author is the one GitLab's API names.
+#[test]
+fn gitlab_the_author_is_not_whoever_triggered_the_webhook() {
+    let forge = FakeGitLab::start(BOT);
+    let w = Engine::start("gitlab", &forge.url(), "GITLAB_TOKEN", "");
+    forge.set_access("alice", DEVELOPER);
+    forge.set_access("bob", DEVELOPER);
+    w.serves("prod", "v1");
+
+    let h1 = w.commit_on("main", "feature-2", "alice's", Some(&mr_ref(2)));
+    forge.add_mr(MrSpec::new(2, &h1));
+    w.gl_event(&forge, "open", 2, "alice", None);
+    w.gl_planned(&forge, &h1);
+    // bob pushes a fixup to alice's branch: the update webhook's `user` is bob.
+    let h2 = w.commit_on(
+        "feature-2",
+        "feature-2",
+        "with bob's fixup",
+        Some(&mr_ref(2)),
+    );
+    forge.set_head(2, &h2);
+    w.gl_event(&forge, "update", 2, "bob", Some(&h1));
+    w.gl_planned(&forge, &h2);
+    // alice approves her own merge request (GitLab allows it unless the project forbids it).
+    forge.approve(2, "alice");
+    let answer = w.gl_command(&forge, 2, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met"),
+        "the author's own approval does not count, whoever pushed last: {answer}"
+    );
+    assert_eq!(
+        w.page("prod").as_deref(),
+        Some("v1"),
+        "prod runs main's code"
+    );
+    assert!(!w.locked("prod"), "and is not locked");
+}
+
+/// The same for the fork decision: `fork_allow` vouches for forks opened by the people it
+/// names. A merge request from mallory's fork, closed and reopened by bob (whom `fork_allow`
+/// names), was recorded as bob's, and mallory's code got a preview environment. Now the fork's
+/// author is the one GitLab's API names.
+#[test]
+fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
+    let forge = FakeGitLab::start(BOT);
+    let w = Engine::start(
+        "gitlab",
+        &forge.url(),
+        "GITLAB_TOKEN",
+        "fork_allow = [\"bob\"]\n",
+    );
+    forge.set_access("bob", DEVELOPER);
+    let head = w.commit_on("main", "fork-work", "from mallory's fork", Some(&mr_ref(4)));
+    forge.add_mr(MrSpec {
+        author: "mallory".into(),
+        fork: true,
+        source_branch: "fork-work".into(),
+        ..MrSpec::new(4, &head)
+    });
+    w.gl_event(&forge, "open", 4, "mallory", None);
+    w.gl_planned(&forge, &head);
+    let planned = |forge: &FakeGitLab| {
+        forge
+            .statuses(&head)
+            .iter()
+            .filter(|s| s.name == "slipway/plan" && s.state != "pending" && s.state != "running")
+            .count()
+    };
+    let before = planned(&forge);
+    forge.set_state(4, MrState::Closed);
+    w.gl_event(&forge, "close", 4, "bob", None);
+    forge.set_state(4, MrState::Opened);
+    w.gl_event(&forge, "reopen", 4, "bob", None);
+    wait_for("the reopened merge request is planned", T, || {
+        (planned(&forge) > before).then_some(())
+    });
+    let plan = forge.wait_for_note(4, |n| n.body.contains(MARKER), T);
+    assert!(
+        plan.body.contains("`prod`") && !plan.body.contains("pr-4"),
+        "mallory's fork gets plans and no preview, whoever reopened it:\n{}",
+        plan.body
+    );
+    let status = w.s.json(&["status", "--output", "json"]);
+    assert!(
+        !status.to_string().contains("\"pr-4\""),
+        "no preview environment for mallory's fork: {status:#}"
+    );
+
+    // The legitimate path: bob's own fork is vouched for.
+    let head = w.commit_on("main", "bob-work", "from bob's fork", Some(&mr_ref(5)));
+    forge.add_mr(MrSpec {
+        author: "bob".into(),
+        fork: true,
+        source_branch: "bob-work".into(),
+        ..MrSpec::new(5, &head)
+    });
+    w.gl_event(&forge, "open", 5, "bob", None);
+    let plan = forge.wait_for_note(5, |n| n.body.contains(MARKER), T);
+    assert!(plan.body.contains("pr-5"), "{}", plan.body);
+}
+
+/// The catch-up pass took a pull request missing from the forge's list of open ones (which a
+/// forge cuts after so many pages) for closed, and so did it when the forge could not answer
+/// for it: its lock was released. Now only the forge's answer that it is closed releases it.
+#[test]
+fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says_closed() {
+    let forge = FakeGitHub::start(BOT);
+    let proxy = Proxy::start(&forge.url());
+    let w = Engine::start(
+        "github",
+        &proxy.url(),
+        "GITHUB_TOKEN",
+        "[repo]\npoll_interval = \"1s\"\n",
+    );
+    forge.set_permission("alice", "write");
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-8", "locked in", Some("refs/pull/8/head"));
+    w.gh_open(
+        &forge,
+        PrSpec {
+            head_ref: "feature-8".into(),
+            ..PrSpec::new(8, &head)
+        },
+    );
+    let answer = w.gh_command(&forge, 8, "alice", "/slipway apply qa");
+    assert!(answer.contains("Applied #8"), "{answer}");
+    assert!(w.locked("qa"));
+
+    // #8 falls off the list (as past the last page fetched); the forge says it is open.
+    proxy.hidden.lock().expect("no panics while held").insert(8);
+    proxy.wait_for_more("/repos/acme/shop/pulls", 3);
+    assert!(
+        w.locked("qa"),
+        "a pull request missing from the list, but open, keeps its lock"
+    );
+    // Nor when the forge cannot answer for it.
+    proxy
+        .failing
+        .lock()
+        .expect("no panics while held")
+        .push("/pulls/8".into());
+    proxy.wait_for_more("/repos/acme/shop/pulls", 3);
+    assert!(
+        w.locked("qa"),
+        "a pull request the forge cannot answer for keeps its lock"
+    );
+    assert_eq!(w.page("qa").as_deref(), Some("locked in"));
+
+    // The legitimate path: closed on the forge (its webhook missed), it is released.
+    forge.set_state(8, PrState::Closed);
+    proxy.failing.lock().expect("no panics while held").clear();
+    wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
+    w.serves("qa", "v1");
+}
+
+/// The delivery id is not covered by the signature: a captured `closed` delivery, replayed
+/// under a fresh id after the pull request was reopened and applied again, released its lock.
+/// Now a body seen before is a duplicate, whatever its id.
+#[test]
+fn a_replayed_delivery_under_a_fresh_id_is_not_handled() {
+    let forge = FakeGitHub::start(BOT);
+    let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
+    forge.set_permission("alice", "write");
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-9", "applied", Some("refs/pull/9/head"));
+    w.gh_open(
+        &forge,
+        PrSpec {
+            head_ref: "feature-9".into(),
+            ..PrSpec::new(9, &head)
+        },
+    );
+    let answer = w.gh_command(&forge, 9, "alice", "/slipway apply qa");
+    assert!(answer.contains("Applied #9"), "{answer}");
+    forge.set_state(9, PrState::Closed);
+    let closed = pull_request_payload("closed", &forge.pr(9), false, None);
+    w.gh_accepted("pull_request", &closed);
+    wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
+
+    forge.set_state(9, PrState::Open);
+    w.gh_accepted(
+        "pull_request",
+        &pull_request_payload("reopened", &forge.pr(9), false, None),
+    );
+    let answer = w.gh_command(&forge, 9, "alice", "/slipway apply qa");
+    assert!(answer.contains("Applied #9"), "{answer}");
+    assert!(w.locked("qa"));
+
+    // The attacker replays the captured `closed` under an id never seen.
+    let (status, reply) = w.gh_deliver("pull_request", "replayed-delivery-1", &closed);
+    assert_eq!(status, 202, "{reply}");
+    assert!(
+        reply.contains("\"duplicate\":true") && reply.contains("\"handled\":false"),
+        "a body seen before is not handled again: {reply}"
+    );
+    assert!(w.locked("qa"), "qa stays locked to #9");
+    assert_eq!(w.page("qa").as_deref(), Some("applied"));
+}
