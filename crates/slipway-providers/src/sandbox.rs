@@ -18,7 +18,11 @@
 //!   (and so reading `/proc/<pid>/environ` of) any process outside the sandbox, which is what
 //!   keeps the controller's environment private when everything runs under one uid.
 //!
-//! `no_new_privs` is always set, so no set-uid program gives the code its privileges back.
+//! `no_new_privs` is always set, so no set-uid program gives the code its privileges back. In
+//! every mode the code starts in its own session (no controlling terminal: the operator's is
+//! out of reach) with the engine's inherited descriptors closed, and an engine running as
+//! root never starts it without a uid of its own (Landlock does not take root's
+//! capabilities away).
 //!
 //! # Caveats
 //! - Landlock is best effort: on an older kernel the rights it does not know are not
@@ -217,8 +221,10 @@ const SYSTEM_READ: &[&str] = &[
     "/run/systemd/resolve",
 ];
 
-/// Device files the code may also write (`> /dev/null` opens with `O_TRUNC`).
-const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
+/// Device files the code may also write (`> /dev/null` opens with `O_TRUNC`). Not `/dev/tty`:
+/// the code runs in its own session, without a controlling terminal, and must never reach
+/// the operator's (a `sudo slipway destroy` in a terminal could be typed into with TIOCSTI).
+const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
 
 /// The ABI whose rights Slipway asks for; older kernels enforce what they know of it.
 const REQUESTED_ABI: ABI = ABI::V7;
@@ -313,7 +319,11 @@ impl Confinement {
         for (path, grant) in self.rules() {
             let access = match grant {
                 Grant::Read => AccessFs::from_read(abi),
-                Grant::ReadWrite => AccessFs::from_all(abi),
+                // No device nodes, even in its own directories: with a capability (or a
+                // mistake) a block device made there would expose the raw disk.
+                Grant::ReadWrite => {
+                    AccessFs::from_all(abi) & !(AccessFs::MakeBlock | AccessFs::MakeChar)
+                }
                 Grant::Device => AccessFs::from_file(abi) & !AccessFs::Execute,
             };
             let fd = match PathFd::new(&path) {
@@ -334,27 +344,56 @@ impl Confinement {
         Ok(Option::<OwnedFd>::from(ruleset))
     }
 
-    /// Makes `command` start confined: as the environment's uid/gid (no supplementary
-    /// groups), with `no_new_privs`, umask 022 and the Landlock ruleset enforced just before
-    /// `exec`. The ruleset is built here, in the parent; the child only makes
-    /// async-signal-safe system calls.
+    /// Makes `command` start confined: in a session of its own (no controlling terminal: the
+    /// operator's terminal is out of its reach; its process group id is its pid, so its
+    /// group can still be stopped), with the engine's inherited descriptors closed on exec,
+    /// as the environment's uid/gid (no supplementary groups), with `no_new_privs`, umask
+    /// 022 and the Landlock ruleset enforced just before `exec`. The ruleset is built here,
+    /// in the parent; the child only makes async-signal-safe system calls.
+    ///
+    /// The session and the descriptors apply in every mode, `none` included; the caller
+    /// must not also ask for a process group (`setsid` fails in a group leader).
     ///
     /// # Errors
-    /// When the Landlock ruleset cannot be built (a path cannot be opened).
+    /// When the Landlock ruleset cannot be built (a path cannot be opened), or when the
+    /// engine runs as root and the sandbox has no uid of its own (the code would run as root,
+    /// with every capability, which Landlock does not take away).
     pub fn apply(&self, command: &mut Command) -> io::Result<()> {
-        if self.sandbox.isolation == Isolation::None {
-            return Ok(());
+        let confined = self.sandbox.isolation != Isolation::None;
+        if confined && self.sandbox.ids.is_none() && running_as_root() {
+            return Err(io::Error::other(format!(
+                "refusing to run an environment's code isolated by {} as root: it would keep \
+                 every capability of root; an engine running as root isolates by uid",
+                self.sandbox.isolation
+            )));
         }
-        if let Some((uid, gid)) = self.sandbox.ids {
+        if confined && let Some((uid, gid)) = self.sandbox.ids {
             command.uid(uid).gid(gid);
         }
-        let ruleset = self.ruleset()?;
-        // SAFETY: the closure runs in the forked child before exec; prctl, umask and
-        // landlock_restrict_self are async-signal-safe, and nothing allocates (the ruleset's
-        // descriptor was opened by the parent, and `last_os_error` does not allocate).
+        let ruleset = if confined { self.ruleset()? } else { None };
+        // SAFETY: the closure runs in the forked child before exec; close_range, setsid,
+        // prctl, umask and landlock_restrict_self are async-signal-safe, and nothing
+        // allocates (the ruleset's descriptor was opened by the parent, and `last_os_error`
+        // does not allocate).
         unsafe {
             command.pre_exec(move || {
                 use nix::libc;
+                // Descriptors the engine inherited without close-on-exec (a CI harness's
+                // pipes, a terminal) must not reach the code. Close-on-exec rather than
+                // closed: std's exec-error pipe and the ruleset's descriptor are still
+                // needed. A kernel before 5.11 only loses this hygiene.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if !confined {
+                    return Ok(());
+                }
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -371,6 +410,16 @@ impl Confinement {
         }
         Ok(())
     }
+}
+
+/// Whether the system knows `id` as a user's uid or a group's gid (`/etc/passwd`,
+/// `/etc/group`, or any other name service): such an id is someone's, never an
+/// environment's (its files, its group's rights — docker's gid — would be the code's).
+/// A lookup that fails counts as known: better a uid skipped than one shared.
+pub fn id_is_known(id: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
+        || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
 }
 
 /// Kills every process running as `uid` (an environment's, in uid mode): whatever its code
@@ -595,6 +644,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut confinement = confinement(dir.path(), true);
         confinement.bind = vec![allowed];
+        if running_as_root() {
+            // Root's code always runs under another uid too (`apply` refuses otherwise).
+            confinement.sandbox.ids = Some((65534, 65534));
+        }
         let bind = |port: u16| {
             let mut command = Command::new("python3");
             command.args([
@@ -606,6 +659,90 @@ mod tests {
         };
         assert!(bind(allowed), "the allocated port can be bound");
         assert!(!bind(other), "another port cannot be bound");
+    }
+
+    #[test]
+    fn as_root_a_sandbox_without_a_uid_is_refused_not_spawned() {
+        if !running_as_root() {
+            eprintln!("not root: nothing to check");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let marker = dir.path().join("ran");
+        for landlock in [true, false] {
+            let mut command = Command::new("/bin/sh");
+            command.args(["-c", &format!("touch {}", marker.display())]);
+            let err = confinement(dir.path(), landlock)
+                .apply(&mut command)
+                .expect_err("landlock without a uid as root is refused");
+            assert!(
+                err.to_string().contains("as root"),
+                "the error says why: {err}"
+            );
+        }
+        assert!(!marker.exists(), "nothing ran");
+    }
+
+    #[test]
+    fn confined_code_has_its_own_session_no_terminal_and_no_inherited_descriptors() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for sub in ["src", "data", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        // A descriptor the engine holds without close-on-exec (as one inherited from a
+        // harness would be).
+        let inherited = std::fs::File::open("/dev/null").expect("open");
+        let fd = inherited.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let flags = nix::libc::fcntl(fd, nix::libc::F_GETFD);
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC);
+        }
+        let script = format!(
+            "import os\n\
+             sid = os.getsid(0) == os.getpid()\n\
+             try:\n    open('/dev/tty').close(); tty = 'opened'\n\
+             except OSError as e: tty = 'refused'\n\
+             try:\n    os.fstat({fd}); fd = 'inherited'\n\
+             except OSError: fd = 'closed'\n\
+             print(sid, tty, fd)"
+        );
+        let mut modes = vec![Confinement::none()];
+        let mut landlocked = confinement(dir.path(), landlock_abi().is_some());
+        if running_as_root() {
+            landlocked.sandbox.ids = Some((65534, 65534));
+        }
+        modes.push(landlocked);
+        for confinement in modes {
+            let mut command = Command::new("python3");
+            command.args(["-c", &script]);
+            confinement.apply(&mut command).expect("the sandbox builds");
+            let out = command.output().expect("python3 runs");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "True refused closed",
+                "{:?}: the code leads its own session, cannot open a terminal, and holds \
+                 none of the engine's descriptors: {out:?}",
+                confinement.sandbox.isolation
+            );
+        }
+        drop(inherited);
+    }
+
+    #[test]
+    fn real_users_and_groups_are_known() {
+        assert!(id_is_known(0), "root is a known user");
+        assert!(!id_is_known(3_999_999_999), "an id nobody has is not known");
+    }
+
+    #[test]
+    fn no_terminal_is_granted() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let rules = confinement(dir.path(), true).rules();
+        assert!(
+            !rules.iter().any(|(p, _)| p == Path::new("/dev/tty")),
+            "/dev/tty is not writable: {rules:?}"
+        );
     }
 
     #[test]
