@@ -18,6 +18,9 @@
 //!   (and so reading `/proc/<pid>/environ` of) any process outside the sandbox, which is what
 //!   keeps the controller's environment private when everything runs under one uid.
 //!
+//! In landlock mode a seccomp filter also refuses `socket(AF_UNIX)` and the `chmod`/`chown`/
+//! `setxattr` family by path: Landlock does not cover them, and the code has the engine's uid.
+//!
 //! `no_new_privs` is always set, so no set-uid program gives the code its privileges back. In
 //! every mode the code starts in its own session (no controlling terminal: the operator's is
 //! out of reach) with the engine's inherited descriptors closed, and an engine running as
@@ -27,8 +30,8 @@
 //! # Caveats
 //! - Landlock is best effort: on an older kernel the rights it does not know are not
 //!   enforced; [`Coverage`] says what the running kernel enforces.
-//! - Connecting (TCP, UDP, pathname unix sockets) stays open: the code must reach its
-//!   database. What protects another environment's database is its credentials.
+//! - Connecting (TCP, UDP; pathname unix sockets in uid mode) stays open: the code must
+//!   reach its database. What protects another environment's database is its credentials.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -229,6 +232,97 @@ const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
 /// The ABI whose rights Slipway asks for; older kernels enforce what they know of it.
 const REQUESTED_ABI: ABI = ABI::V7;
 
+/// System calls refused (`EPERM`) in landlock mode whatever their arguments: those that
+/// change a file's mode, owner or extended attributes by path. Landlock (ABI 7) does not
+/// cover them, and the code runs as the engine's uid, so it could `chmod` the engine's own
+/// files (`state.db`) by path. Their descriptor forms (`fchmod`, `fchown`, `fsetxattr`) stay
+/// allowed: a descriptor is only had through an open Landlock allowed.
+const PATH_ATTRIBUTE_SYSCALLS: &[i64] = &[
+    #[cfg(target_arch = "x86_64")]
+    nix::libc::SYS_chmod,
+    #[cfg(target_arch = "x86_64")]
+    nix::libc::SYS_chown,
+    #[cfg(target_arch = "x86_64")]
+    nix::libc::SYS_lchown,
+    nix::libc::SYS_fchmodat,
+    452, // fchmodat2 (Linux 6.6)
+    nix::libc::SYS_fchownat,
+    nix::libc::SYS_setxattr,
+    nix::libc::SYS_lsetxattr,
+    nix::libc::SYS_removexattr,
+    nix::libc::SYS_lremovexattr,
+    463, // setxattrat (Linux 6.13)
+    466, // removexattrat (Linux 6.13)
+];
+
+/// The seccomp filter of landlock mode: no unix socket can be created (so none of the
+/// engine's uid can be connected to: its systemd user bus, `docker.sock`, PostgreSQL's peer
+/// authentication), and none of [`PATH_ATTRIBUTE_SYSCALLS`]. Built in the parent.
+fn landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    let failed = |e: seccompiler::BackendError| {
+        io::Error::other(format!("cannot build the seccomp filter: {e}"))
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(failed)?;
+    let unix = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        nix::libc::AF_UNIX as u64,
+    )
+    .and_then(|domain| SeccompRule::new(vec![domain]))
+    .map_err(failed)?;
+    let mut rules = std::collections::BTreeMap::new();
+    rules.insert(nix::libc::SYS_socket, vec![unix]);
+    for syscall in PATH_ATTRIBUTE_SYSCALLS {
+        // No condition: refused whatever the arguments.
+        rules.insert(*syscall, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::EPERM as u32),
+        arch,
+    )
+    .map_err(failed)?;
+    let mut program = seccompiler::BpfProgram::try_from(filter).map_err(failed)?;
+    // The x32 ABI numbers the same calls from 0x40000000 under the same architecture: refuse
+    // every one (nothing Slipway runs is x32), right after the architecture check (the
+    // first three instructions; a foreign architecture, i386 included, is killed there).
+    #[cfg(target_arch = "x86_64")]
+    {
+        use seccompiler::sock_filter;
+        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JMP_JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+        let x32 = [
+            sock_filter {
+                code: LD_W_ABS,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            sock_filter {
+                code: JMP_JGE_K,
+                jt: 0,
+                jf: 1,
+                k: 0x4000_0000,
+            },
+            sock_filter {
+                code: RET_K,
+                jt: 0,
+                jf: 0,
+                k: nix::libc::SECCOMP_RET_ERRNO | nix::libc::EPERM as u32,
+            },
+        ];
+        program.splice(3..3, x32);
+    }
+    Ok(program)
+}
+
 /// The confinement of one spawn: a [`Sandbox`] resolved against a resource's directories and
 /// ports. Serialised into a process supervisor's spec, so that every restart is confined
 /// alike.
@@ -371,10 +465,17 @@ impl Confinement {
             command.uid(uid).gid(gid);
         }
         let ruleset = if confined { self.ruleset()? } else { None };
+        // Landlock mode runs as the engine's uid: what Landlock does not cover of that uid's
+        // reach (unix sockets, attributes by path) is closed by seccomp. uid mode needs none:
+        // file modes and ownership keep another uid out.
+        let filter = match self.sandbox.isolation {
+            Isolation::Landlock => Some(landlock_mode_filter()?),
+            Isolation::Uid | Isolation::None => None,
+        };
         // SAFETY: the closure runs in the forked child before exec; close_range, setsid,
-        // prctl, umask and landlock_restrict_self are async-signal-safe, and nothing
-        // allocates (the ruleset's descriptor was opened by the parent, and `last_os_error`
-        // does not allocate).
+        // prctl, umask, landlock_restrict_self and seccomp are async-signal-safe, and nothing
+        // allocates (the ruleset's descriptor and the filter were made by the parent, and
+        // `last_os_error` does not allocate).
         unsafe {
             command.pre_exec(move || {
                 use nix::libc;
@@ -404,6 +505,22 @@ impl Confinement {
                     && libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(program) = &filter {
+                    // seccompiler's `sock_filter` is `#[repr(C)]` like the kernel's.
+                    let fprog = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &fprog as *const libc::sock_fprog,
+                    ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -727,6 +844,61 @@ mod tests {
             );
         }
         drop(inherited);
+    }
+
+    #[test]
+    fn landlock_mode_cannot_make_unix_sockets_nor_change_attributes_by_path() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for sub in ["src", "data", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        let data = dir.path().join("data");
+        let mut landlocked = confinement(dir.path(), landlock_abi().is_some());
+        if running_as_root() {
+            landlocked.sandbox.ids = Some((65534, 65534));
+            std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown");
+        }
+        let script = format!(
+            "import os, socket\n\
+             def t(f):\n    try:\n        f(); return 'ok'\n    except OSError as e: return e.strerror\n\
+             p = '{data}/f'\n\
+             open(p, 'w').close()\n\
+             fd = os.open(p, os.O_RDONLY)\n\
+             import ctypes\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             x32 = libc.syscall(0x40000029, 1, 1, 0)\n\
+             x32 = os.strerror(ctypes.get_errno()) if x32 < 0 else 'ok'\n\
+             print(t(lambda: socket.socket(socket.AF_UNIX)), t(lambda: os.chmod(p, 0o600)),\n\
+                   t(lambda: os.chown(p, -1, -1)), t(lambda: os.setxattr(p, 'user.x', b'1')),\n\
+                   t(lambda: os.fchmod(fd, 0o600)), t(lambda: socket.socket().close()), x32,\n\
+                   sep='|')",
+            data = data.display()
+        );
+        let run = |confinement: &Confinement| {
+            let mut command = Command::new("python3");
+            command.args(["-c", &script]);
+            confinement.apply(&mut command).expect("the sandbox builds");
+            let out = command.output().expect("python3 runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(
+            run(&landlocked),
+            "Operation not permitted|Operation not permitted|Operation not permitted|\
+             Operation not permitted|ok|ok|Operation not permitted",
+            "in landlock mode no unix socket is made (not through x32 either) and no mode, \
+             owner or attribute is changed by path; fchmod on its own descriptor and TCP \
+             sockets still work"
+        );
+        let mut uid_mode = landlocked.clone();
+        uid_mode.sandbox.isolation = Isolation::Uid;
+        uid_mode.sandbox.ids = Some((65534, 65534));
+        if running_as_root() {
+            assert!(
+                run(&uid_mode).starts_with("ok|ok|ok|"),
+                "uid mode needs no such filter: {}",
+                run(&uid_mode)
+            );
+        }
     }
 
     #[test]

@@ -438,3 +438,128 @@ resources:
     );
     t.ok(&["destroy", "--env", "a", "--yes"]);
 }
+
+/// Under an unprivileged engine (landlock mode) the code runs as the engine's uid: it used to
+/// connect to every unix socket that uid may (its systemd user bus, `docker.sock` for a
+/// member of `docker`, PostgreSQL peer authentication) and `chmod` the engine's own files by
+/// path (Landlock at ABI 7 covers neither).
+#[test]
+fn under_an_unprivileged_engine_code_reaches_no_unix_socket_and_changes_no_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    if slipway_providers::sandbox::landlock_abi().is_none() {
+        eprintln!("this kernel has no Landlock: landlock mode cannot run here");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let s = Sandbox::new();
+    // A socket only the engine's user may use, as `docker.sock` is for a member of `docker`.
+    let socket_path = s.dir.path().join("engine-user.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("bind");
+    std::os::unix::fs::chown(&socket_path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let git_home = s.dir.path().join("nobody-home");
+    std::fs::create_dir_all(&git_home).expect("nobody's home");
+    std::fs::write(git_home.join(".gitconfig"), "[safe]\n\tdirectory = *\n").expect("gitconfig");
+    std::fs::create_dir_all(&s.home).expect("the home");
+    s.write(
+        "slipway.yaml",
+        &format!(
+            r##"version: 1
+stack: sockets
+environments: {{ dev: {{ track: main }} }}
+resources:
+  evil:
+    type: job
+    env: {{ SOCK: "{}" }}
+    command:
+      - python3
+      - -c
+      - |
+        import json, os, socket
+        d = os.environ["SLIPWAY_DATA_DIR"]
+        home = os.path.dirname(os.path.dirname(os.path.dirname(d)))
+        r = {{"uid": os.getuid()}}
+        def attempt(name, f):
+            try:
+                f()
+                r[name] = "ALLOWED"
+            except OSError as e:
+                r[name] = "denied: %s" % e
+        attempt("connect to the engine user's socket",
+                lambda: socket.socket(socket.AF_UNIX).connect(os.environ["SOCK"]))
+        attempt("chmod the engine's database", lambda: os.chmod(os.path.join(home, "state.db"), 0o666))
+        attempt("chmod the home", lambda: os.chmod(home, 0o777))
+        attempt("own file written", lambda: open(os.path.join(d, "mine"), "w").close())
+        json.dump(r, open(os.path.join(d, "sockets.json"), "w"))
+"##,
+            socket_path.display()
+        ),
+    );
+    s.commit("a job that wants the engine user's sockets and files");
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(&s.home)
+        .arg(&git_home)
+        .status()
+        .expect("chown runs");
+    assert!(chown.success(), "the home is nobody's");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--",
+            BIN,
+            "apply",
+            "--env",
+            "dev",
+            "--yes",
+        ])
+        .current_dir(&s.repo)
+        .env("SLIPWAY_HOME", &s.home)
+        .env("NO_COLOR", "1")
+        .env("SLIPWAY_USER", "tester")
+        .env("SLIPWAY_CONFIG", &s.config)
+        .env("HOME", &git_home)
+        .output()
+        .expect("slipway runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        s.report(&["apply"], &out, "apply as nobody")
+    );
+    let r = report(&s, "dev", "sockets.json");
+    assert_eq!(r["uid"], NOBODY, "the code runs as the engine's uid: {r}");
+    for attack in [
+        "connect to the engine user's socket",
+        "chmod the engine's database",
+        "chmod the home",
+    ] {
+        assert!(
+            r[attack].as_str().is_some_and(|m| m.starts_with("denied")),
+            "{attack} is refused: {r}"
+        );
+    }
+    assert_eq!(
+        r["own file written"], "ALLOWED",
+        "its own data is writable: {r}"
+    );
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the engine user's socket"
+    );
+    assert_eq!(
+        std::fs::metadata(s.home.join("state.db"))
+            .expect("state.db")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600,
+        "the database's mode is unchanged"
+    );
+}
