@@ -83,7 +83,7 @@ pub(crate) enum Phase {
 pub(crate) struct SupervisorState {
     /// The supervisor itself.
     pub supervisor: ProcessIdentity,
-    /// The current (or last) child, which leads its own process group.
+    /// The current (or last) child, which leads its own session and process group.
     pub child: Option<ProcessIdentity>,
     /// What it is doing.
     pub phase: Phase,
