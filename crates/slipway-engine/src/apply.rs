@@ -1075,16 +1075,20 @@ impl Engine {
             results,
         };
         let finished = slipway_state::now_ms();
-        if report.succeeded() {
-            if let (slipway_providers::sandbox::Isolation::Uid, Some(uid)) =
-                (self.isolation, self.store.environment_uid(&env)?)
-            {
-                // Whatever its code left running outside the groups its providers stopped
-                // goes too, before its uid may serve another environment.
-                slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(
-                    EngineError::io(format!("cannot stop the processes of uid {uid}")),
-                )?;
+        // Whatever its code left running outside the groups its providers stopped goes too,
+        // whether or not every delete succeeded: the uid is the environment's alone, and its
+        // code must not make it indestructible (a delete that fails, plus a daemon that
+        // outlives its expiry). On failure the record and the uid stay, for a retry.
+        let killed = match (self.isolation, self.store.environment_uid(&env)?) {
+            (slipway_providers::sandbox::Isolation::Uid, Some(uid)) => {
+                slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(|e| (uid, e))
             }
+            _ => Ok(()),
+        };
+        if report.succeeded() {
+            killed.map_err(|(uid, e)| {
+                EngineError::io(format!("cannot stop the processes of uid {uid}"))(e)
+            })?;
             let root = self.home.join("envs").join(&env);
             if let Ok(entries) = std::fs::read_dir(root.join("src")) {
                 for entry in entries.flatten() {

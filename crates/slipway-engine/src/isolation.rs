@@ -18,6 +18,11 @@ use crate::{Engine, EngineError};
 
 /// The isolation the configuration asks for, as this process can give it.
 ///
+/// Never Landlock alone as root: Landlock confines paths, not privileges, and code running as
+/// root keeps every capability (it could make a device node of the disk, load modules, …).
+/// An engine running as root therefore always isolates by uid (which adds Landlock where the
+/// kernel has it), `landlock` included.
+///
 /// # Errors
 /// When an explicit `uid` or `landlock` cannot be had here.
 pub(crate) fn effective(setting: IsolationSetting) -> Result<Isolation, EngineError> {
@@ -33,6 +38,7 @@ pub(crate) fn effective(setting: IsolationSetting) -> Result<Isolation, EngineEr
              environment under its own uid); run it as root, or use \"auto\" or \"landlock\""
                 .into(),
         )),
+        IsolationSetting::Landlock if root => Ok(Isolation::Uid),
         IsolationSetting::Landlock if landlock => Ok(Isolation::Landlock),
         IsolationSetting::Landlock => Err(EngineError::Usage(
             "`[local] isolation = \"landlock\"` needs a kernel with Landlock (Linux 5.13 or \
@@ -131,7 +137,9 @@ impl Engine {
         Ok(match self.isolation {
             Isolation::Uid => {
                 let range = self.config.uid_range().map_err(EngineError::Usage)?;
-                let uid = self.store.allocate_uid(env, range)?;
+                let uid = self
+                    .store
+                    .allocate_uid(env, range, |id| !sandbox::id_is_known(id))?;
                 Sandbox::uid(uid, uid)
             }
             Isolation::Landlock => Sandbox::landlock(),
@@ -219,5 +227,34 @@ impl Engine {
             chmod(dir, 0o700)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_running_as_root_never_isolates_by_landlock_alone() {
+        if !sandbox::running_as_root() {
+            eprintln!("not root: nothing to check");
+            return;
+        }
+        for setting in [
+            IsolationSetting::Auto,
+            IsolationSetting::Uid,
+            IsolationSetting::Landlock,
+        ] {
+            assert_eq!(
+                effective(setting).expect("root can isolate"),
+                Isolation::Uid,
+                "as root, {setting:?} runs environments under their own uid"
+            );
+        }
+        assert_eq!(
+            effective(IsolationSetting::None).expect("none"),
+            Isolation::None,
+            "none stays none when said"
+        );
     }
 }

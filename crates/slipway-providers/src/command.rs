@@ -1,13 +1,14 @@
 //! How Slipway starts the user's commands: the environment they see, where they run, and
 //! running one to completion under a deadline with its output going to the resource log.
 //!
-//! Every command runs in its own process group, so that stopping it (a timeout, a delete)
-//! stops what it started too; and with a clean environment, so that two environments built
+//! Every command runs in its own session and process group ([`Confinement::apply`]), so that
+//! stopping it (a timeout, a delete) stops what it started too, and it has no controlling
+//! terminal; and with a clean environment, so that two environments built
 //! from the same commit behave the same whatever shell started the engine.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -223,7 +224,7 @@ pub(crate) fn describe_exit(status: ExitStatus) -> String {
 }
 
 impl Run<'_> {
-    /// Runs the program, in its own process group, until it exits or the deadline passes.
+    /// Runs the program, in its own session and process group, until it exits or the deadline passes.
     /// When it exits, whatever it left running in its process group is killed: a run to
     /// completion leaves nothing behind.
     ///
@@ -238,7 +239,6 @@ impl Run<'_> {
             .env_clear()
             .envs(self.env)
             .current_dir(self.cwd)
-            .process_group(0)
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -253,7 +253,16 @@ fn parse_mode(mode: Option<&str>) -> Result<u32, ProviderError> {
     };
     let digits = text.strip_prefix("0o").unwrap_or(text);
     match u32::from_str_radix(digits, 8) {
-        Ok(bits) if !digits.is_empty() && bits <= 0o7777 && !digits.starts_with('+') => Ok(bits),
+        // The engine writes the file (as root, in uid mode) into the environment's own
+        // directory: a set-uid, set-gid or sticky bit would hand whoever wrote the stack a
+        // privileged program.
+        Ok(bits) if !digits.is_empty() && bits > 0o777 && bits <= 0o7777 => {
+            Err(ProviderError::Config(format!(
+                "file: `mode` {text:?} sets the set-uid, set-gid or sticky bit, which Slipway \
+                 refuses; give permission bits only, like \"0755\""
+            )))
+        }
+        Ok(bits) if !digits.is_empty() && bits <= 0o777 && !digits.starts_with('+') => Ok(bits),
         _ => Err(ProviderError::Config(format!(
             "file: `mode` {text:?} is not an octal permission like \"0644\""
         ))),
@@ -654,6 +663,13 @@ mod tests {
         );
         for bad in ["", "999", "rw-r--r--", "+644", "17777"] {
             assert!(parse_mode(Some(bad)).is_err(), "mode {bad:?} is refused");
+        }
+        for special in ["4755", "2755", "1777", "0o6777"] {
+            let err = parse_mode(Some(special)).expect_err("special bits are refused");
+            assert!(
+                err.to_string().contains("set-uid"),
+                "mode {special:?} is refused saying why: {err}"
+            );
         }
     }
 }

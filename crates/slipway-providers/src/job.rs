@@ -6,9 +6,9 @@
 //! again when its inputs change is the engine's decision (it replaces the resource).
 //!
 //! # Guarantees
-//! - The command runs in its own process group; when it exits or times out, whatever it left
-//!   running in that group is killed. A job leaves no process behind (a long-running program
-//!   belongs in a `process` resource).
+//! - The command runs in its own session and process group; when it exits or times out,
+//!   whatever it left running in that group is killed. A job leaves no process behind (a
+//!   long-running program belongs in a `process` resource).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

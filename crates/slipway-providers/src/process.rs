@@ -379,23 +379,41 @@ impl Provider for ProcessProvider {
         }
         // A process started before its environment was sandboxed (an upgrade), or under
         // another isolation, is drift: replacing it starts it confined as its environment is.
-        if ctx.sandbox.isolation != crate::sandbox::Isolation::None
-            && let Ok(bytes) = std::fs::read(spec_path(ctx))
-            && let Ok(spec) = serde_json::from_slice::<SupervisorSpec>(&bytes)
-            && spec.confinement.as_ref().map(|c| &c.sandbox) != Some(ctx.sandbox)
-        {
-            return Ok(Observation::Drifted {
-                reason: format!(
-                    "it runs {} while its environment's code runs isolated by {}: replacing \
-                     it applies that",
-                    match spec.confinement.as_ref().map(|c| c.sandbox.isolation) {
-                        None => "unconfined (started before isolation)".to_owned(),
-                        Some(crate::sandbox::Isolation::None) => "unconfined".to_owned(),
-                        Some(other) => format!("isolated by {other}"),
-                    },
-                    ctx.sandbox.isolation
-                ),
-            });
+        // So is one whose spec cannot be read or understood: that proves nothing (it may
+        // predate sandboxing).
+        if ctx.sandbox.isolation != crate::sandbox::Isolation::None {
+            let spec = std::fs::read(spec_path(ctx))
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<SupervisorSpec>(&bytes).map_err(|e| e.to_string())
+                });
+            let spec = match spec {
+                Ok(spec) => spec,
+                Err(e) => {
+                    return Ok(Observation::Drifted {
+                        reason: format!(
+                            "its supervisor's spec {} cannot be read ({e}), so how it is \
+                             confined is unknown: replacing it starts it isolated by {}",
+                            spec_path(ctx).display(),
+                            ctx.sandbox.isolation
+                        ),
+                    });
+                }
+            };
+            if spec.confinement.as_ref().map(|c| &c.sandbox) != Some(ctx.sandbox) {
+                return Ok(Observation::Drifted {
+                    reason: format!(
+                        "it runs {} while its environment's code runs isolated by {}: \
+                         replacing it applies that",
+                        match spec.confinement.as_ref().map(|c| c.sandbox.isolation) {
+                            None => "unconfined (started before isolation)".to_owned(),
+                            Some(crate::sandbox::Isolation::None) => "unconfined".to_owned(),
+                            Some(other) => format!("isolated by {other}"),
+                        },
+                        ctx.sandbox.isolation
+                    ),
+                });
+            }
         }
         Ok(Observation::InSync)
     }

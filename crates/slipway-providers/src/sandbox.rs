@@ -18,13 +18,20 @@
 //!   (and so reading `/proc/<pid>/environ` of) any process outside the sandbox, which is what
 //!   keeps the controller's environment private when everything runs under one uid.
 //!
-//! `no_new_privs` is always set, so no set-uid program gives the code its privileges back.
+//! In landlock mode a seccomp filter also refuses `socket(AF_UNIX)` and the `chmod`/`chown`/
+//! `setxattr` family by path: Landlock does not cover them, and the code has the engine's uid.
+//!
+//! `no_new_privs` is always set, so no set-uid program gives the code its privileges back. In
+//! every mode the code starts in its own session (no controlling terminal: the operator's is
+//! out of reach) with the engine's inherited descriptors closed, and an engine running as
+//! root never starts it without a uid of its own (Landlock does not take root's
+//! capabilities away).
 //!
 //! # Caveats
 //! - Landlock is best effort: on an older kernel the rights it does not know are not
 //!   enforced; [`Coverage`] says what the running kernel enforces.
-//! - Connecting (TCP, UDP, pathname unix sockets) stays open: the code must reach its
-//!   database. What protects another environment's database is its credentials.
+//! - Connecting (TCP, UDP; pathname unix sockets in uid mode) stays open: the code must
+//!   reach its database. What protects another environment's database is its credentials.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -217,11 +224,104 @@ const SYSTEM_READ: &[&str] = &[
     "/run/systemd/resolve",
 ];
 
-/// Device files the code may also write (`> /dev/null` opens with `O_TRUNC`).
-const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
+/// Device files the code may also write (`> /dev/null` opens with `O_TRUNC`). Not `/dev/tty`:
+/// the code runs in its own session, without a controlling terminal, and must never reach
+/// the operator's (a `sudo slipway destroy` in a terminal could be typed into with TIOCSTI).
+const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full"];
 
 /// The ABI whose rights Slipway asks for; older kernels enforce what they know of it.
 const REQUESTED_ABI: ABI = ABI::V7;
+
+/// System calls refused (`EPERM`) in landlock mode whatever their arguments: those that
+/// change a file's mode, owner or extended attributes by path. Landlock (ABI 7) does not
+/// cover them, and the code runs as the engine's uid, so it could `chmod` the engine's own
+/// files (`state.db`) by path. Their descriptor forms (`fchmod`, `fchown`, `fsetxattr`) stay
+/// allowed: a descriptor is only had through an open Landlock allowed.
+const PATH_ATTRIBUTE_SYSCALLS: &[i64] = &[
+    #[cfg(target_arch = "x86_64")]
+    nix::libc::SYS_chmod,
+    #[cfg(target_arch = "x86_64")]
+    nix::libc::SYS_chown,
+    #[cfg(target_arch = "x86_64")]
+    nix::libc::SYS_lchown,
+    nix::libc::SYS_fchmodat,
+    452, // fchmodat2 (Linux 6.6)
+    nix::libc::SYS_fchownat,
+    nix::libc::SYS_setxattr,
+    nix::libc::SYS_lsetxattr,
+    nix::libc::SYS_removexattr,
+    nix::libc::SYS_lremovexattr,
+    463, // setxattrat (Linux 6.13)
+    466, // removexattrat (Linux 6.13)
+];
+
+/// The seccomp filter of landlock mode: no unix socket can be created (so none of the
+/// engine's uid can be connected to: its systemd user bus, `docker.sock`, PostgreSQL's peer
+/// authentication), and none of [`PATH_ATTRIBUTE_SYSCALLS`]. Built in the parent.
+fn landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    let failed = |e: seccompiler::BackendError| {
+        io::Error::other(format!("cannot build the seccomp filter: {e}"))
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(failed)?;
+    let unix = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        nix::libc::AF_UNIX as u64,
+    )
+    .and_then(|domain| SeccompRule::new(vec![domain]))
+    .map_err(failed)?;
+    let mut rules = std::collections::BTreeMap::new();
+    rules.insert(nix::libc::SYS_socket, vec![unix]);
+    for syscall in PATH_ATTRIBUTE_SYSCALLS {
+        // No condition: refused whatever the arguments.
+        rules.insert(*syscall, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::EPERM as u32),
+        arch,
+    )
+    .map_err(failed)?;
+    let mut program = seccompiler::BpfProgram::try_from(filter).map_err(failed)?;
+    // The x32 ABI numbers the same calls from 0x40000000 under the same architecture: refuse
+    // every one (nothing Slipway runs is x32), right after the architecture check (the
+    // first three instructions; a foreign architecture, i386 included, is killed there).
+    #[cfg(target_arch = "x86_64")]
+    {
+        use seccompiler::sock_filter;
+        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JMP_JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+        let x32 = [
+            sock_filter {
+                code: LD_W_ABS,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            sock_filter {
+                code: JMP_JGE_K,
+                jt: 0,
+                jf: 1,
+                k: 0x4000_0000,
+            },
+            sock_filter {
+                code: RET_K,
+                jt: 0,
+                jf: 0,
+                k: nix::libc::SECCOMP_RET_ERRNO | nix::libc::EPERM as u32,
+            },
+        ];
+        program.splice(3..3, x32);
+    }
+    Ok(program)
+}
 
 /// The confinement of one spawn: a [`Sandbox`] resolved against a resource's directories and
 /// ports. Serialised into a process supervisor's spec, so that every restart is confined
@@ -313,7 +413,11 @@ impl Confinement {
         for (path, grant) in self.rules() {
             let access = match grant {
                 Grant::Read => AccessFs::from_read(abi),
-                Grant::ReadWrite => AccessFs::from_all(abi),
+                // No device nodes, even in its own directories: with a capability (or a
+                // mistake) a block device made there would expose the raw disk.
+                Grant::ReadWrite => {
+                    AccessFs::from_all(abi) & !(AccessFs::MakeBlock | AccessFs::MakeChar)
+                }
                 Grant::Device => AccessFs::from_file(abi) & !AccessFs::Execute,
             };
             let fd = match PathFd::new(&path) {
@@ -334,27 +438,63 @@ impl Confinement {
         Ok(Option::<OwnedFd>::from(ruleset))
     }
 
-    /// Makes `command` start confined: as the environment's uid/gid (no supplementary
-    /// groups), with `no_new_privs`, umask 022 and the Landlock ruleset enforced just before
-    /// `exec`. The ruleset is built here, in the parent; the child only makes
-    /// async-signal-safe system calls.
+    /// Makes `command` start confined: in a session of its own (no controlling terminal: the
+    /// operator's terminal is out of its reach; its process group id is its pid, so its
+    /// group can still be stopped), with the engine's inherited descriptors closed on exec,
+    /// as the environment's uid/gid (no supplementary groups), with `no_new_privs`, umask
+    /// 022 and the Landlock ruleset enforced just before `exec`. The ruleset is built here,
+    /// in the parent; the child only makes async-signal-safe system calls.
+    ///
+    /// The session and the descriptors apply in every mode, `none` included; the caller
+    /// must not also ask for a process group (`setsid` fails in a group leader).
     ///
     /// # Errors
-    /// When the Landlock ruleset cannot be built (a path cannot be opened).
+    /// When the Landlock ruleset cannot be built (a path cannot be opened), or when the
+    /// engine runs as root and the sandbox has no uid of its own (the code would run as root,
+    /// with every capability, which Landlock does not take away).
     pub fn apply(&self, command: &mut Command) -> io::Result<()> {
-        if self.sandbox.isolation == Isolation::None {
-            return Ok(());
+        let confined = self.sandbox.isolation != Isolation::None;
+        if confined && self.sandbox.ids.is_none() && running_as_root() {
+            return Err(io::Error::other(format!(
+                "refusing to run an environment's code isolated by {} as root: it would keep \
+                 every capability of root; an engine running as root isolates by uid",
+                self.sandbox.isolation
+            )));
         }
-        if let Some((uid, gid)) = self.sandbox.ids {
+        if confined && let Some((uid, gid)) = self.sandbox.ids {
             command.uid(uid).gid(gid);
         }
-        let ruleset = self.ruleset()?;
-        // SAFETY: the closure runs in the forked child before exec; prctl, umask and
-        // landlock_restrict_self are async-signal-safe, and nothing allocates (the ruleset's
-        // descriptor was opened by the parent, and `last_os_error` does not allocate).
+        let ruleset = if confined { self.ruleset()? } else { None };
+        // Landlock mode runs as the engine's uid: what Landlock does not cover of that uid's
+        // reach (unix sockets, attributes by path) is closed by seccomp. uid mode needs none:
+        // file modes and ownership keep another uid out.
+        let filter = match self.sandbox.isolation {
+            Isolation::Landlock => Some(landlock_mode_filter()?),
+            Isolation::Uid | Isolation::None => None,
+        };
+        // SAFETY: the closure runs in the forked child before exec; close_range, setsid,
+        // prctl, umask, landlock_restrict_self and seccomp are async-signal-safe, and nothing
+        // allocates (the ruleset's descriptor and the filter were made by the parent, and
+        // `last_os_error` does not allocate).
         unsafe {
             command.pre_exec(move || {
                 use nix::libc;
+                // Descriptors the engine inherited without close-on-exec (a CI harness's
+                // pipes, a terminal) must not reach the code. Close-on-exec rather than
+                // closed: std's exec-error pipe and the ruleset's descriptor are still
+                // needed. A kernel before 5.11 only loses this hygiene.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if !confined {
+                    return Ok(());
+                }
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -366,11 +506,37 @@ impl Confinement {
                 {
                     return Err(io::Error::last_os_error());
                 }
+                if let Some(program) = &filter {
+                    // seccompiler's `sock_filter` is `#[repr(C)]` like the kernel's.
+                    let fprog = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &fprog as *const libc::sock_fprog,
+                    ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         Ok(())
     }
+}
+
+/// Whether the system knows `id` as a user's uid or a group's gid (`/etc/passwd`,
+/// `/etc/group`, or any other name service): such an id is someone's, never an
+/// environment's (its files, its group's rights — docker's gid — would be the code's).
+/// A lookup that fails counts as known: better a uid skipped than one shared.
+pub fn id_is_known(id: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
+        || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
 }
 
 /// Kills every process running as `uid` (an environment's, in uid mode): whatever its code
@@ -595,6 +761,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut confinement = confinement(dir.path(), true);
         confinement.bind = vec![allowed];
+        if running_as_root() {
+            // Root's code always runs under another uid too (`apply` refuses otherwise).
+            confinement.sandbox.ids = Some((65534, 65534));
+        }
         let bind = |port: u16| {
             let mut command = Command::new("python3");
             command.args([
@@ -606,6 +776,145 @@ mod tests {
         };
         assert!(bind(allowed), "the allocated port can be bound");
         assert!(!bind(other), "another port cannot be bound");
+    }
+
+    #[test]
+    fn as_root_a_sandbox_without_a_uid_is_refused_not_spawned() {
+        if !running_as_root() {
+            eprintln!("not root: nothing to check");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let marker = dir.path().join("ran");
+        for landlock in [true, false] {
+            let mut command = Command::new("/bin/sh");
+            command.args(["-c", &format!("touch {}", marker.display())]);
+            let err = confinement(dir.path(), landlock)
+                .apply(&mut command)
+                .expect_err("landlock without a uid as root is refused");
+            assert!(
+                err.to_string().contains("as root"),
+                "the error says why: {err}"
+            );
+        }
+        assert!(!marker.exists(), "nothing ran");
+    }
+
+    #[test]
+    fn confined_code_has_its_own_session_no_terminal_and_no_inherited_descriptors() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for sub in ["src", "data", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        // A descriptor the engine holds without close-on-exec (as one inherited from a
+        // harness would be).
+        let inherited = std::fs::File::open("/dev/null").expect("open");
+        let fd = inherited.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let flags = nix::libc::fcntl(fd, nix::libc::F_GETFD);
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC);
+        }
+        let script = format!(
+            "import os\n\
+             sid = os.getsid(0) == os.getpid()\n\
+             try:\n    open('/dev/tty').close(); tty = 'opened'\n\
+             except OSError as e: tty = 'refused'\n\
+             try:\n    os.fstat({fd}); fd = 'inherited'\n\
+             except OSError: fd = 'closed'\n\
+             print(sid, tty, fd)"
+        );
+        let mut modes = vec![Confinement::none()];
+        let mut landlocked = confinement(dir.path(), landlock_abi().is_some());
+        if running_as_root() {
+            landlocked.sandbox.ids = Some((65534, 65534));
+        }
+        modes.push(landlocked);
+        for confinement in modes {
+            let mut command = Command::new("python3");
+            command.args(["-c", &script]);
+            confinement.apply(&mut command).expect("the sandbox builds");
+            let out = command.output().expect("python3 runs");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "True refused closed",
+                "{:?}: the code leads its own session, cannot open a terminal, and holds \
+                 none of the engine's descriptors: {out:?}",
+                confinement.sandbox.isolation
+            );
+        }
+        drop(inherited);
+    }
+
+    #[test]
+    fn landlock_mode_cannot_make_unix_sockets_nor_change_attributes_by_path() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for sub in ["src", "data", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        let data = dir.path().join("data");
+        let mut landlocked = confinement(dir.path(), landlock_abi().is_some());
+        if running_as_root() {
+            landlocked.sandbox.ids = Some((65534, 65534));
+            std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown");
+        }
+        let script = format!(
+            "import os, socket\n\
+             def t(f):\n    try:\n        f(); return 'ok'\n    except OSError as e: return e.strerror\n\
+             p = '{data}/f'\n\
+             open(p, 'w').close()\n\
+             fd = os.open(p, os.O_RDONLY)\n\
+             import ctypes\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             x32 = libc.syscall(0x40000029, 1, 1, 0)\n\
+             x32 = os.strerror(ctypes.get_errno()) if x32 < 0 else 'ok'\n\
+             print(t(lambda: socket.socket(socket.AF_UNIX)), t(lambda: os.chmod(p, 0o600)),\n\
+                   t(lambda: os.chown(p, -1, -1)), t(lambda: os.setxattr(p, 'user.x', b'1')),\n\
+                   t(lambda: os.fchmod(fd, 0o600)), t(lambda: socket.socket().close()), x32,\n\
+                   sep='|')",
+            data = data.display()
+        );
+        let run = |confinement: &Confinement| {
+            let mut command = Command::new("python3");
+            command.args(["-c", &script]);
+            confinement.apply(&mut command).expect("the sandbox builds");
+            let out = command.output().expect("python3 runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(
+            run(&landlocked),
+            "Operation not permitted|Operation not permitted|Operation not permitted|\
+             Operation not permitted|ok|ok|Operation not permitted",
+            "in landlock mode no unix socket is made (not through x32 either) and no mode, \
+             owner or attribute is changed by path; fchmod on its own descriptor and TCP \
+             sockets still work"
+        );
+        let mut uid_mode = landlocked.clone();
+        uid_mode.sandbox.isolation = Isolation::Uid;
+        uid_mode.sandbox.ids = Some((65534, 65534));
+        if running_as_root() {
+            assert!(
+                run(&uid_mode).starts_with("ok|ok|ok|"),
+                "uid mode needs no such filter: {}",
+                run(&uid_mode)
+            );
+        }
+    }
+
+    #[test]
+    fn real_users_and_groups_are_known() {
+        assert!(id_is_known(0), "root is a known user");
+        assert!(!id_is_known(3_999_999_999), "an id nobody has is not known");
+    }
+
+    #[test]
+    fn no_terminal_is_granted() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let rules = confinement(dir.path(), true).rules();
+        assert!(
+            !rules.iter().any(|(p, _)| p == Path::new("/dev/tty")),
+            "/dev/tty is not writable: {rules:?}"
+        );
     }
 
     #[test]

@@ -8,20 +8,25 @@ use crate::StateError;
 use crate::store::{Store, sql};
 
 impl Store {
-    /// The uid of `environment`: the one recorded, or the lowest of `range` that no
-    /// environment holds, recorded now.
+    /// The uid of `environment`: the one recorded, or a new one recorded now: the first of
+    /// `range` above the last one allocated (wrapping to the range's start at its end) that
+    /// no environment holds and that `usable` accepts (the engine refuses a uid or gid the
+    /// system knows as a real user or group).
     ///
     /// # Guarantees
     /// - A uid belongs to at most one environment (a `UNIQUE` constraint, in one transaction).
     /// - Stable: an environment keeps its uid across deployments (even if `range` changed)
     ///   until [`Store::release_uid`].
+    /// - A released uid is allocated again only after every other free uid of the range has
+    ///   been, in turn.
     ///
     /// # Errors
-    /// [`StateError::UidsExhausted`] when every uid of `range` is held.
+    /// [`StateError::UidsExhausted`] when every uid of `range` is held or refused.
     pub fn allocate_uid(
         &self,
         environment: &str,
         range: RangeInclusive<u32>,
+        usable: impl Fn(u32) -> bool,
     ) -> Result<u32, StateError> {
         let operation = || format!("allocate a uid for {environment}");
         let mut conn = self.conn();
@@ -39,29 +44,46 @@ impl Store {
         if let Some(uid) = known {
             return Ok(uid);
         }
-        // The lowest free uid: the range start if free, else the first gap after a held one.
-        let free: Option<u32> = tx
-            .query_row(
-                "SELECT MIN(candidate) FROM (
-                     SELECT ?1 AS candidate
-                     UNION ALL
-                     SELECT uid + 1 FROM env_uids WHERE uid BETWEEN ?1 AND ?2
-                 ) WHERE candidate <= ?2
-                   AND candidate NOT IN (SELECT uid FROM env_uids)",
-                params![range.start(), range.end()],
-                |row| row.get(0),
-            )
+        let held: std::collections::BTreeSet<u32> = {
+            let mut statement = tx
+                .prepare("SELECT uid FROM env_uids WHERE uid BETWEEN ?1 AND ?2")
+                .map_err(sql(operation()))?;
+            statement
+                .query_map(params![range.start(), range.end()], |row| row.get(0))
+                .map_err(sql(operation()))?
+                .collect::<Result<_, _>>()
+                .map_err(sql(operation()))?
+        };
+        let last: Option<u32> = tx
+            .query_row("SELECT last FROM uid_cursor WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
             .map_err(sql(operation()))?;
-        let Some(uid) = free else {
+        let (start, end) = (*range.start(), *range.end());
+        let from = match last {
+            Some(last) if last >= start && last < end => last + 1,
+            _ => start,
+        };
+        let Some(uid) = (from..=end)
+            .chain(start..from)
+            .find(|uid| !held.contains(uid) && usable(*uid))
+        else {
             return Err(StateError::UidsExhausted {
                 environment: environment.to_owned(),
-                start: *range.start(),
-                end: *range.end(),
+                start,
+                end,
             });
         };
         tx.execute(
             "INSERT INTO env_uids (environment, uid, allocated_at) VALUES (?1, ?2, ?3)",
             params![environment, uid, crate::now_ms()],
+        )
+        .map_err(sql(operation()))?;
+        tx.execute(
+            "INSERT INTO uid_cursor (id, last) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last = excluded.last",
+            [uid],
         )
         .map_err(sql(operation()))?;
         tx.commit().map_err(sql(operation()))?;
@@ -95,28 +117,65 @@ mod tests {
     use crate::Store;
 
     #[test]
-    fn uids_are_the_lowest_free_stable_and_released() {
+    fn uids_go_above_the_last_allocated_are_stable_and_released() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let store = Store::open(dir.path()).expect("open");
-        let range = 1000..=1002;
-        assert_eq!(store.allocate_uid("a", range.clone()).expect("a"), 1000);
-        assert_eq!(store.allocate_uid("b", range.clone()).expect("b"), 1001);
+        let range = 1000..=1003;
+        let any = |_| true;
         assert_eq!(
-            store.allocate_uid("a", range.clone()).expect("a again"),
+            store.allocate_uid("a", range.clone(), any).expect("a"),
+            1000
+        );
+        assert_eq!(
+            store.allocate_uid("b", range.clone(), any).expect("b"),
+            1001
+        );
+        assert_eq!(
+            store
+                .allocate_uid("a", range.clone(), any)
+                .expect("a again"),
             1000,
             "an environment keeps its uid"
         );
         store.release_uid("a").expect("release");
         assert_eq!(store.environment_uid("a").expect("read"), None);
         assert_eq!(
-            store.allocate_uid("c", range.clone()).expect("c"),
-            1000,
-            "a released uid is the lowest free again"
+            store.allocate_uid("c", range.clone(), any).expect("c"),
+            1002,
+            "a released uid is not the next one given: the next goes above the last"
         );
-        assert_eq!(store.allocate_uid("d", range.clone()).expect("d"), 1002);
+        assert_eq!(
+            store
+                .allocate_uid("d", range.clone(), |uid| uid != 1003)
+                .expect("d"),
+            1000,
+            "a refused uid (a real user's) is skipped; at the range's end it wraps to the \
+             free ones"
+        );
         let full = store
-            .allocate_uid("e", range)
+            .allocate_uid("e", range.clone(), |uid| uid != 1003)
             .expect_err("the range is full");
         assert!(full.to_string().contains("[local] uids"), "{full}");
+        assert_eq!(
+            store.allocate_uid("e", range, any).expect("e"),
+            1003,
+            "a uid no longer refused can be had"
+        );
+    }
+
+    #[test]
+    fn the_cursor_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.allocate_uid("a", 10..=20, |_| true).expect("a");
+            store.release_uid("a").expect("release");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.allocate_uid("b", 10..=20, |_| true).expect("b"),
+            11,
+            "the last allocated uid is remembered across restarts"
+        );
     }
 }

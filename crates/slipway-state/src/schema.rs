@@ -176,6 +176,17 @@ CREATE TABLE env_uids (
 ALTER TABLE pull_requests ADD COLUMN opened_base TEXT;
 UPDATE pull_requests SET opened_base = base_ref;
 "#,
+    // The last uid allocated: the next goes above it (wrapping at the range's end), so that a
+    // released uid is the last to serve again (what an environment left in SysV IPC or
+    // `/dev/shm` does not meet the next one at once).
+    r#"
+CREATE TABLE uid_cursor (
+    id             INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    last           INTEGER NOT NULL
+) STRICT;
+INSERT INTO uid_cursor (id, last) SELECT 1, MAX(uid) FROM env_uids WHERE uid IS NOT NULL
+    HAVING COUNT(*) > 0;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -848,7 +848,8 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
 
     assert_symlinks_are_not_followed(&sc);
 
-    // Destroying the branch releases its uid: the next environment gets it.
+    // Destroying the branch releases its uid, but the next environment does not get it at
+    // once (it would meet what the destroyed one left in SysV IPC, `/dev/shm`).
     git(&sc.s.repo, &["branch", "-q", "-D", "feature/evil"]);
     wait_for("the branch environment is destroyed", T, || {
         environment(&sc.status(), "br-feature-evil")
@@ -867,9 +868,10 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
         (environment(&status, "br-feature-next")?["sync"] == "synced").then_some(())?;
         Some(uid_of("br-feature-next"))
     });
-    assert_eq!(
-        next_uid, evil_uid,
-        "the destroyed environment's uid was released and is the lowest free again"
+    assert!(
+        next_uid > evil_uid,
+        "the next environment gets a uid above the last given ({next_uid}), not the one just \
+         released ({evil_uid})"
     );
     let _ = std::fs::remove_file(format!("/tmp/slipway-pwned-{evil_uid}"));
 }

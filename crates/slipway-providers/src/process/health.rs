@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -131,7 +130,6 @@ fn run_check(
         .env_clear()
         .envs(env)
         .current_dir(cwd)
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -140,11 +138,23 @@ fn run_check(
         .and_then(|()| check.spawn())
         .map_err(|e| format!("health command `{shown}` failed to start: {e}"))?;
     let group = ProcessIdentity::of_child(child.id());
+    // Whatever the check left in its group (`sh -c 'srv & exit 0'`) is killed once it has
+    // exited, while it is not yet reaped (its pid, so its group id, cannot be reused).
+    let kill_leftovers = |child: &mut std::process::Child| {
+        if let Some(group) = &group {
+            group.signal_group(Signal::SIGKILL);
+        }
+        let _ = child.wait();
+    };
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) if status.success() => {
+                kill_leftovers(&mut child);
+                return Ok(());
+            }
             Ok(Some(status)) => {
+                kill_leftovers(&mut child);
                 return Err(format!(
                     "health command `{shown}` failed with {}",
                     describe_exit(status)
@@ -154,10 +164,7 @@ fn run_check(
                 std::thread::sleep(Duration::from_millis(10));
             }
             Ok(None) | Err(_) => {
-                if let Some(group) = group {
-                    group.signal_group(Signal::SIGKILL);
-                }
-                let _ = child.wait();
+                kill_leftovers(&mut child);
                 return Err(format!(
                     "health command `{shown}` timed out after {timeout:?}"
                 ));
@@ -195,6 +202,48 @@ mod tests {
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n");
         let err = http_get(bad, "/healthz", Duration::from_secs(2)).expect_err("503 fails");
         assert!(err.contains("503"), "the failure names the status: {err}");
+    }
+
+    #[test]
+    fn a_health_command_leaves_nothing_running_after_it_exits() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let pidfile = dir.path().join("pid");
+        let command: Vec<String> = [
+            "sh",
+            "-c",
+            &format!("sleep 1000 & echo $! > {}; exit 0", pidfile.display()),
+        ]
+        .map(String::from)
+        .to_vec();
+        run_check(
+            &command,
+            Duration::from_secs(10),
+            dir.path(),
+            &BTreeMap::new(),
+            &Confinement::none(),
+        )
+        .expect("the check passes");
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .expect("the check wrote its survivor's pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // Killed at once; gone (or a zombie waiting for init) within moments.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+        };
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !running(),
+            "what the health command started in its group (pid {pid}) is killed when it exits"
+        );
     }
 
     #[test]

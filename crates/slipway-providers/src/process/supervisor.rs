@@ -3,8 +3,8 @@
 //! s6-supervise or conmon do.
 //!
 //! It reads a [`SupervisorSpec`], records itself in the state file, then loops: start the
-//! child in its own process group with its output copied into the resource log; when the
-//! child exits, record how, and start it again after a backoff (per the restart policy). On
+//! child in its own session and process group with its output copied into the resource log;
+//! when the child exits, record how, and start it again after a backoff (per the restart policy). On
 //! SIGTERM it stops the child's process group (SIGTERM, then SIGKILL after the grace period),
 //! removes the state file and exits 0.
 //!
@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub(crate) enum Phase {
 pub(crate) struct SupervisorState {
     /// The supervisor itself.
     pub supervisor: ProcessIdentity,
-    /// The current (or last) child, which leads its own process group.
+    /// The current (or last) child, which leads its own session and process group.
     pub child: Option<ProcessIdentity>,
     /// What it is doing.
     pub phase: Phase,
@@ -293,7 +293,6 @@ impl Supervisor {
             .env_clear()
             .envs(&self.spec.env)
             .current_dir(&self.spec.cwd)
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(writer.try_clone()?)
             .stderr(writer);

@@ -1,0 +1,565 @@
+//! Attacks from environment code that the first sandbox left open, run against the real binary
+//! as root (uid mode): `isolation = "landlock"` as root, the operator's terminal, an
+//! environment made indestructible by a failing delete plus a daemon, a health command's
+//! leftovers, a set-uid `file`, a supervisor whose spec is gone, and uids reused at once.
+
+mod util;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn with_local(s: &Sandbox, extra: &str) {
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        config.replace("[local]\n", &format!("[local]\n{extra}\n")),
+    )
+    .expect("config");
+}
+
+fn environment<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["environments"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn resource<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
+    env["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)
+}
+
+fn report(s: &Sandbox, env: &str, name: &str) -> Value {
+    let path = s.home.join(format!("envs/{env}/data/{name}"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the job's report {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+fn owner(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .uid()
+}
+
+/// `isolation = "landlock"` with the engine running as root used to leave the code root, with
+/// every capability: it could make a block device of the disk in its own data directory.
+#[test]
+fn landlock_asked_of_a_root_engine_still_runs_code_under_its_own_uid() {
+    let s = Sandbox::new();
+    with_local(&s, "isolation = \"landlock\"");
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: caps
+environments: { dev: { track: main } }
+resources:
+  evil:
+    type: job
+    command:
+      - python3
+      - -c
+      - |
+        import json, os, stat
+        d = os.environ["SLIPWAY_DATA_DIR"]
+        r = {"euid": os.geteuid()}
+        try:
+            os.mknod(os.path.join(d, "disk"), stat.S_IFBLK | 0o600, os.makedev(8, 0))
+            r["mknod"] = "ALLOWED"
+        except OSError as e:
+            r["mknod"] = "denied: %s" % e
+        try:
+            open(os.path.join(d, "x"), "w").close()
+            os.chown(os.path.join(d, "x"), 0, 0)
+            r["chown to root"] = "ALLOWED"
+        except OSError as e:
+            r["chown to root"] = "denied: %s" % e
+        json.dump(r, open(os.path.join(d, "caps.json"), "w"))
+"##,
+    );
+    s.commit("a job that wants root's capabilities");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let r = report(&s, "dev", "caps.json");
+    assert_ne!(r["euid"], 0, "the code does not run as root: {r}");
+    assert!(
+        r["mknod"].as_str().is_some_and(|m| m.starts_with("denied")),
+        "no block device can be made: {r}"
+    );
+    assert!(
+        r["chown to root"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("denied")),
+        "no file can be given to root: {r}"
+    );
+    assert!(
+        !s.home.join("envs/dev/data/disk").exists(),
+        "no device node exists"
+    );
+    let status = s.json(&["status", "--output", "json"]);
+    let dev = environment(&status, "dev").expect("dev");
+    assert_eq!(
+        dev["isolation"], "uid",
+        "a root engine isolates by uid even when landlock is asked: {dev}"
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+/// `sudo slipway apply` in a terminal used to leave the job in the CLI's session: it could
+/// open `/dev/tty` and type into the operator's shell (TIOCSTI).
+#[test]
+fn code_started_from_a_terminal_cannot_reach_that_terminal() {
+    let s = Sandbox::new();
+    // The harness gives `script`'s command a terminal of its own.
+    let probe = Command::new("script")
+        .args([
+            "-qec",
+            "python3 -c 'open(\"/dev/tty\", \"w\").close()'",
+            "/dev/null",
+        ])
+        .output()
+        .expect("script runs");
+    assert!(
+        probe.status.success(),
+        "under `script` a program has a controlling terminal: {probe:?}"
+    );
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: tty
+environments: { dev: { track: main } }
+resources:
+  evil:
+    type: job
+    command:
+      - python3
+      - -c
+      - |
+        import fcntl, json, os, termios
+        r = {"leader": os.getsid(0) == os.getpid(), "sid": os.getsid(0),
+             "cli sid": os.getsid(os.getppid())}
+        try:
+            tty = os.open("/dev/tty", os.O_RDWR)
+            fcntl.ioctl(tty, termios.TIOCSTI, b"#")
+            r["tty"] = "ALLOWED"
+        except OSError as e:
+            r["tty"] = "denied: %s" % e
+        json.dump(r, open(os.path.join(os.environ["SLIPWAY_DATA_DIR"], "tty.json"), "w"))
+"##,
+    );
+    s.commit("a job that wants the operator's terminal");
+    let out = Command::new("script")
+        .args(["-qec", &format!("{BIN} apply --env dev --yes"), "/dev/null"])
+        .current_dir(&s.repo)
+        .env("SLIPWAY_HOME", &s.home)
+        .env("NO_COLOR", "1")
+        .env("SLIPWAY_USER", "tester")
+        .env("SLIPWAY_CONFIG", &s.config)
+        .output()
+        .expect("script runs");
+    assert!(
+        out.status.success(),
+        "apply from a terminal succeeds: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = report(&s, "dev", "tty.json");
+    assert_eq!(r["leader"], true, "the job leads its own session: {r}");
+    assert_ne!(
+        r["sid"], r["cli sid"],
+        "the job is not in the CLI's session: {r}"
+    );
+    assert!(
+        r["tty"].as_str().is_some_and(|m| m.starts_with("denied")),
+        "the job cannot open the operator's terminal: {r}"
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+const UNDELETABLE: &str = r##"
+import json, os, subprocess, sys
+req = json.load(sys.stdin)
+op = req["op"]
+if op == "create":
+    subprocess.Popen(["python3", "-c", "import time; time.sleep(10**6)",
+                      "immortal-" + os.environ["SLIPWAY_DATA_DIR"]],
+                     start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(json.dumps({"outputs": {}, "state": {}}))
+elif op == "read":
+    print(json.dumps({"status": "in_sync"}))
+elif op == "delete":
+    sys.stderr.write("this resource refuses to be deleted\n")
+    sys.exit(1)
+else:
+    print(json.dumps({"outputs": {}, "state": {}}))
+"##;
+
+/// Branch code used to make its environment indestructible: a delete that fails left every
+/// process of its uid running (a daemon outliving the environment's expiry).
+#[test]
+fn a_failing_delete_does_not_keep_the_environments_daemons_alive() {
+    let s = Sandbox::new();
+    s.write("undeletable.py", UNDELETABLE);
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: immortal
+environments: { dev: { track: main } }
+resources:
+  stuck: { type: exec, program: ["python3", "undeletable.py"] }
+"##,
+    );
+    s.commit("an exec resource that refuses deletion and leaves a daemon");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let daemon = |s: &Sandbox| {
+        s.processes()
+            .into_iter()
+            .find(|(_, line)| line.contains("immortal-"))
+    };
+    let (pid, _) = wait_for("the daemon runs", T, || daemon(&s));
+    let out = s.run(&["destroy", "--env", "dev", "--yes"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        s.report(&["destroy"], &out, "the failed delete is reported")
+    );
+    wait_for("the daemon is gone", T, || {
+        daemon(&s).is_none().then_some(())
+    });
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))),
+        "the daemon (pid {pid}) was killed although a delete failed"
+    );
+    let status = s.json(&["status", "--output", "json"]);
+    assert!(
+        environment(&status, "dev").is_some(),
+        "the environment stays recorded, so that a retry can finish: {status}"
+    );
+    assert!(
+        s.home.join("envs/dev").exists(),
+        "its directories stay for the retry"
+    );
+}
+
+/// A health command that left a server running (`srv & exit 0`) kept it forever.
+#[test]
+fn a_health_command_leaves_nothing_behind() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: health
+environments: { dev: { track: main } }
+resources:
+  web:
+    type: process
+    command: ["python3", "-c", "import time; time.sleep(10**6)", "web-of-health"]
+    health:
+      command: ["sh", "-c", "python3 -c 'import time; time.sleep(10**6)' leftover-of-health & exit 0"]
+"##,
+    );
+    s.commit("a health command that starts a server");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    wait_for("the web process runs", T, || {
+        processes_mentioning("web-of-health")
+            .iter()
+            .any(|(_, line)| line.contains("web-of-health"))
+            .then_some(())
+    });
+    wait_for("nothing the health command started survives it", T, || {
+        processes_mentioning("leftover-of-health")
+            .iter()
+            .all(|(_, line)| !line.starts_with("python3"))
+            .then_some(())
+    });
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+/// A `file` resource with the set-uid bit would be a set-uid program of the environment's.
+#[test]
+fn a_file_resource_cannot_be_set_uid() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: setuid
+environments: { dev: { track: main } }
+resources:
+  tool: { type: file, path: tool.sh, content: "#!/bin/sh\nid\n", mode: "4755" }
+"##,
+    );
+    s.commit("a set-uid file");
+    let out = s.run(&["apply", "--env", "dev", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("set-uid"),
+        "{}",
+        s.report(&["apply"], &out, "a set-uid mode is refused, saying why")
+    );
+    let file = s.home.join("envs/dev/data/tool.sh");
+    assert!(
+        std::fs::metadata(&file).map_or(true, |m| m.mode() & 0o7000 == 0),
+        "no set-uid file was written"
+    );
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: setuid
+environments: { dev: { track: main } }
+resources:
+  tool: { type: file, path: tool.sh, content: "#!/bin/sh\nid\n", mode: "0755" }
+"##,
+    );
+    s.commit("plain permissions");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(
+        std::fs::metadata(&file).expect("the file").mode() & 0o7777,
+        0o755,
+        "permission bits are applied"
+    );
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+/// A process whose supervisor spec cannot be read may predate sandboxing: it is drift, not in
+/// sync, and applying replaces it.
+#[test]
+fn a_process_whose_spec_is_gone_is_drift() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: nospec
+environments: { dev: { track: main } }
+resources:
+  web: { type: process, command: ["python3", "-c", "import time; time.sleep(10**6)", "web-nospec"] }
+"##,
+    );
+    s.commit("a process");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let spec = s.home.join("envs/dev/run/web.spec.json");
+    assert!(spec.exists(), "the supervisor has a spec");
+    std::fs::remove_file(&spec).expect("remove the spec");
+    let status = s.json(&["status", "--output", "json"]);
+    let web = resource(environment(&status, "dev").expect("dev"), "web").expect("web");
+    assert_eq!(web["status"], "drifted", "{web}");
+    assert!(
+        web["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot be read")),
+        "the drift says why: {web}"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let status = s.json(&["status", "--output", "json"]);
+    let web = resource(environment(&status, "dev").expect("dev"), "web").expect("web");
+    assert_ne!(web["status"], "drifted", "replaced, it is in sync: {web}");
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+/// A destroyed environment's uid used to go to the very next environment, which met what the
+/// previous one left in SysV IPC and `/dev/shm`; and a uid or gid of a real user or group
+/// (nobody, docker's gid) could be given to an environment.
+#[test]
+fn uids_are_not_reused_at_once_nor_taken_from_real_users() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: uids
+environments: { a: { track: main }, b: { track: main }, c: { track: main } }
+resources:
+  note: { type: file, path: note.txt, content: "hi" }
+"##,
+    );
+    s.commit("three environments");
+    s.ok(&["apply", "--env", "a", "--yes"]);
+    let uid_a = owner(&s.home.join("envs/a/data"));
+    s.ok(&["destroy", "--env", "a", "--yes"]);
+    s.ok(&["apply", "--env", "b", "--yes"]);
+    let uid_b = owner(&s.home.join("envs/b/data"));
+    assert_ne!(
+        uid_b, uid_a,
+        "the next environment does not get the uid just released"
+    );
+    s.ok(&["destroy", "--env", "b", "--yes"]);
+
+    // A range that holds `nobody` (65534, a real user and group) and one unused id.
+    let t = Sandbox::new();
+    with_local(&t, "");
+    let config = std::fs::read_to_string(&t.config).expect("config");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("uids = ") {
+                "uids = \"65533-65534\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&t.config, config + "\n").expect("config");
+    t.write(
+        "slipway.yaml",
+        r##"version: 1
+stack: uids
+environments: { a: { track: main }, b: { track: main } }
+resources:
+  note: { type: file, path: note.txt, content: "hi" }
+"##,
+    );
+    t.commit("two environments");
+    t.ok(&["apply", "--env", "a", "--yes"]);
+    assert_eq!(
+        owner(&t.home.join("envs/a/data")),
+        65533,
+        "the unused id is given"
+    );
+    let out = t.run(&["apply", "--env", "b", "--yes"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("[local] uids"),
+        "{}",
+        t.report(
+            &["apply"],
+            &out,
+            "nobody's id is never given: the range is exhausted"
+        )
+    );
+    t.ok(&["destroy", "--env", "a", "--yes"]);
+}
+
+/// Under an unprivileged engine (landlock mode) the code runs as the engine's uid: it used to
+/// connect to every unix socket that uid may (its systemd user bus, `docker.sock` for a
+/// member of `docker`, PostgreSQL peer authentication) and `chmod` the engine's own files by
+/// path (Landlock at ABI 7 covers neither).
+#[test]
+fn under_an_unprivileged_engine_code_reaches_no_unix_socket_and_changes_no_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    if slipway_providers::sandbox::landlock_abi().is_none() {
+        eprintln!("this kernel has no Landlock: landlock mode cannot run here");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let s = Sandbox::new();
+    // A socket only the engine's user may use, as `docker.sock` is for a member of `docker`.
+    let socket_path = s.dir.path().join("engine-user.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("bind");
+    std::os::unix::fs::chown(&socket_path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let git_home = s.dir.path().join("nobody-home");
+    std::fs::create_dir_all(&git_home).expect("nobody's home");
+    std::fs::write(git_home.join(".gitconfig"), "[safe]\n\tdirectory = *\n").expect("gitconfig");
+    std::fs::create_dir_all(&s.home).expect("the home");
+    s.write(
+        "slipway.yaml",
+        &format!(
+            r##"version: 1
+stack: sockets
+environments: {{ dev: {{ track: main }} }}
+resources:
+  evil:
+    type: job
+    env: {{ SOCK: "{}" }}
+    command:
+      - python3
+      - -c
+      - |
+        import json, os, socket
+        d = os.environ["SLIPWAY_DATA_DIR"]
+        home = os.path.dirname(os.path.dirname(os.path.dirname(d)))
+        r = {{"uid": os.getuid()}}
+        def attempt(name, f):
+            try:
+                f()
+                r[name] = "ALLOWED"
+            except OSError as e:
+                r[name] = "denied: %s" % e
+        attempt("connect to the engine user's socket",
+                lambda: socket.socket(socket.AF_UNIX).connect(os.environ["SOCK"]))
+        attempt("chmod the engine's database", lambda: os.chmod(os.path.join(home, "state.db"), 0o666))
+        attempt("chmod the home", lambda: os.chmod(home, 0o777))
+        attempt("own file written", lambda: open(os.path.join(d, "mine"), "w").close())
+        json.dump(r, open(os.path.join(d, "sockets.json"), "w"))
+"##,
+            socket_path.display()
+        ),
+    );
+    s.commit("a job that wants the engine user's sockets and files");
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(&s.home)
+        .arg(&git_home)
+        .status()
+        .expect("chown runs");
+    assert!(chown.success(), "the home is nobody's");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--",
+            BIN,
+            "apply",
+            "--env",
+            "dev",
+            "--yes",
+        ])
+        .current_dir(&s.repo)
+        .env("SLIPWAY_HOME", &s.home)
+        .env("NO_COLOR", "1")
+        .env("SLIPWAY_USER", "tester")
+        .env("SLIPWAY_CONFIG", &s.config)
+        .env("HOME", &git_home)
+        .output()
+        .expect("slipway runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        s.report(&["apply"], &out, "apply as nobody")
+    );
+    let r = report(&s, "dev", "sockets.json");
+    assert_eq!(r["uid"], NOBODY, "the code runs as the engine's uid: {r}");
+    for attack in [
+        "connect to the engine user's socket",
+        "chmod the engine's database",
+        "chmod the home",
+    ] {
+        assert!(
+            r[attack].as_str().is_some_and(|m| m.starts_with("denied")),
+            "{attack} is refused: {r}"
+        );
+    }
+    assert_eq!(
+        r["own file written"], "ALLOWED",
+        "its own data is writable: {r}"
+    );
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the engine user's socket"
+    );
+    assert_eq!(
+        std::fs::metadata(s.home.join("state.db"))
+            .expect("state.db")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600,
+        "the database's mode is unchanged"
+    );
+}
