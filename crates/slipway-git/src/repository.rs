@@ -311,7 +311,10 @@ impl GitRepository {
         if named.is_empty() {
             return Ok(Some(first.clone()));
         }
-        named.insert(0, format!("`{first}` ({})", &target[..12.min(target.len())]));
+        named.insert(
+            0,
+            format!("`{first}` ({})", &target[..12.min(target.len())]),
+        );
         Err(GitError::AmbiguousReference {
             reference: printable(name),
             repository: self.location.clone(),

@@ -950,7 +950,10 @@ fn a_tag_named_like_a_branch_never_replaces_it() {
     let evil = fixture.write("a", "evil").commit("evil");
     git(&fixture.repo, &["checkout", "-q", "main"]);
     git(&fixture.repo, &["tag", "main", &evil]);
-    git(&fixture.repo, &["tag", "-a", "-m", "annotated", "evil-tag", &evil]);
+    git(
+        &fixture.repo,
+        &["tag", "-a", "-m", "annotated", "evil-tag", &evil],
+    );
     git(&fixture.repo, &["tag", "feature", &good]);
     git(&fixture.repo, &["branch", "feature", &good]);
 
@@ -959,7 +962,9 @@ fn a_tag_named_like_a_branch_never_replaces_it() {
     let mirror = GitRepository::open(&url, &fixture.cache()).expect("mirror a file:// URL");
     for (what, repo) in [("local", &local), ("mirror", &mirror)] {
         assert_eq!(
-            repo.resolve_tracked("main").expect("the tracked branch").sha,
+            repo.resolve_tracked("main")
+                .expect("the tracked branch")
+                .sha,
             good,
             "{what}: a tracked `main` is the branch, not the tag `main`"
         );
@@ -998,7 +1003,9 @@ fn a_tag_named_like_a_branch_never_replaces_it() {
             "{what}: a tag alone resolves"
         );
         assert_eq!(
-            repo.resolve_tracked("evil-tag").expect("no such branch").sha,
+            repo.resolve_tracked("evil-tag")
+                .expect("no such branch")
+                .sha,
             evil,
             "{what}: a tracked name with no branch resolves as any ref"
         );

@@ -169,6 +169,11 @@ CREATE TABLE env_uids (
     allocated_at   INTEGER NOT NULL
 ) STRICT;
 "#,
+    // The branch a merged pull request was merged into: `require_pr` takes a merge only into
+    // the branch the environment tracks. Rows from before have none and do not count.
+    r#"
+ALTER TABLE merged_commits ADD COLUMN base_ref TEXT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.
