@@ -425,6 +425,9 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
             pull_request: number as i64,
             approved,
             at: now_ms(),
+            // Only a merge into the branch an environment tracks counts for it: a pull
+            // request merged into a scratch branch, then pushed on, is not its gate.
+            base_ref: Some(details.info.base_ref.clone()),
         })?;
     Ok(())
 }
@@ -1011,10 +1014,9 @@ fn apply(
     let head_rules = slipway_engine::Rules::declared(def, EnvKind::Static);
     // The rules of the branch ENV tracks, at its head: a change must not be able to lower
     // its own requirements.
-    let branch = inner.engine.load(&Origin {
-        tip: None,
-        ..origin_at(inner, &tracked)
-    })?;
+    // The branch itself, never a tag named like it.
+    let tracked_tip = inner.source.resolve_tracked(&tracked)?.sha;
+    let branch = inner.engine.load(&origin_at(inner, &tracked_tip))?;
     let tracked_rules = branch
         .loaded
         .valid_stack()

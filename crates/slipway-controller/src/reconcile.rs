@@ -125,7 +125,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             out.push((record.name.clone(), Trigger::Poll));
         }
     }
-    let loaded = source::load_commit(
+    let loaded = source::load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
@@ -341,7 +341,20 @@ fn unmerged(
             record.name
         )));
     }
+    let tracked = record.tracked_ref.as_deref();
     Ok(match inner.engine.store().merged_commit(sha)? {
+        // A pull request merged into another branch (a scratch one its author merges alone),
+        // whose merge commit was then pushed on to this branch, is not this branch's gate.
+        Some(m) if m.base_ref.is_none() || m.base_ref.as_deref() != tracked => Some(format!(
+            "commit {short} came from #{} merged into {}, not into `{}`, and `{}` takes only \
+             merges of pull requests into the branch it tracks (require_pr)",
+            m.pull_request,
+            m.base_ref
+                .as_deref()
+                .map_or_else(|| "a branch not recorded".to_string(), |b| format!("`{b}`")),
+            tracked.unwrap_or("its branch"),
+            record.name
+        )),
         Some(m) if m.approved || !prepared.apply_requirements.iter().any(|r| r == "approved") => {
             None
         }
@@ -477,7 +490,7 @@ pub(crate) fn reconcile(
             return Ok(requeue);
         }
     };
-    let tip = if approved.is_some() {
+    let known = if approved.is_some() {
         approved
     } else if record.pinned || trigger == Trigger::Manual {
         None
@@ -488,6 +501,26 @@ pub(crate) fn reconcile(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&reference)
             .cloned()
+    };
+    // The ref it follows is its branch, never a tag of the same name (anyone allowed to push
+    // a tag `main` would otherwise replace prod's branch on the next sync).
+    let tip = match known {
+        Some(sha) => Some(sha),
+        None if record.pinned => None,
+        None => match inner.source.resolve_tracked(&reference) {
+            Ok(commit) => Some(commit.sha),
+            Err(e) => {
+                let message = e.to_string();
+                store.set_environment_status(
+                    name,
+                    "failed",
+                    &record.health,
+                    Some(&message),
+                    now_ms(),
+                )?;
+                return Err(e.into());
+            }
+        },
     };
     let origin = Origin {
         source: inner.source.as_ref(),
@@ -698,7 +731,7 @@ pub(crate) fn create_adhoc(
     })?;
     // The names and families that count are the default branch's: the ref is anyone's
     // branch, and its `slipway.yaml` could leave `prod` out or call it a family.
-    let main = source::load_commit(
+    let main = source::load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
@@ -891,21 +924,7 @@ pub(crate) fn pin(
             ))
         })?,
     };
-    // A protected environment takes only commits that reached its branch (reviews are the
-    // forge's branch protection there); a pull request goes to it with `/slipway apply`.
-    if record.protected
-        && let Some(branch) = record.tracked_ref.clone()
-    {
-        let tip = inner.source.resolve(&branch)?.sha;
-        if !inner.source.is_ancestor(&sha, &tip)? {
-            return Err(ControllerError::Invalid(format!(
-                "`{name}` is protected and takes only commits on `{branch}`; {} is not in its \
-                 history (a pull request goes there with `/slipway apply {name}` once its \
-                 requirements are met)",
-                &sha[..12]
-            )));
-        }
-    }
+    pin_gate(inner, &record, &sha)?;
     record.pinned = true;
     record.desired_commit = Some(sha.clone());
     record.updated_at = now_ms();
@@ -917,6 +936,101 @@ pub(crate) fn pin(
         &format!("{name} pinned to {}", &sha[..12]),
     );
     Ok(record)
+}
+
+/// Whether `record`'s environment may be pinned (or rolled back) to `sha`. Under `protected`
+/// or `require_pr` it takes only commits that reached its branch (reviews are the forge's
+/// branch protection there; a pull request goes to it with `/slipway apply`); under
+/// `require_pr` only a commit a pull request merged into that branch made (approved, when
+/// the apply requirements say so) or one it ran itself before (a rollback): a pin must not
+/// be a way around the gate the reconcile applies to its branch.
+fn pin_gate(inner: &Inner, record: &EnvironmentRecord, sha: &str) -> Result<(), ControllerError> {
+    let name = record.name.as_str();
+    let Some(branch) = record.tracked_ref.clone() else {
+        return Ok(());
+    };
+    if kind_of(record) != EnvKind::Static {
+        return Ok(());
+    }
+    // The branch itself, never a tag named like it.
+    let tip = inner.source.resolve_tracked(&branch)?.sha;
+    let rules = pin_rules(inner, record, &[&tip, sha])?;
+    if !rules.protected && !rules.require_pr {
+        return Ok(());
+    }
+    let short = &sha[..12.min(sha.len())];
+    let why = match (rules.protected, rules.require_pr) {
+        (true, true) => "protected and has `require_pr: true`",
+        (true, false) => "protected",
+        _ => "has `require_pr: true`",
+    };
+    if !inner.source.is_ancestor(sha, &tip)? {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` is {why}, and takes only commits on `{branch}`; {short} is not in its \
+             history (a pull request goes there with `/slipway apply {name}` once its \
+             requirements are met)"
+        )));
+    }
+    if !rules.require_pr {
+        return Ok(());
+    }
+    let store = inner.engine.store();
+    if record.commit.as_deref() == Some(sha)
+        || store.deployed_commit(name, sha, record.created_at)?
+    {
+        return Ok(());
+    }
+    let needs_approval = rules.apply_requirements.iter().any(|r| r == "approved");
+    match store.merged_commit(sha)? {
+        Some(m)
+            if m.base_ref.as_deref() == Some(branch.as_str())
+                && (m.approved || !needs_approval) =>
+        {
+            Ok(())
+        }
+        _ => Err(ControllerError::Invalid(format!(
+            "`{name}` has `require_pr: true`: it is pinned or rolled back only to a commit an \
+             {}pull request merged into `{branch}` made, or one it ran before; {short} is \
+             neither (require_pr). Merge the change through a pull request",
+            if needs_approval { "approved " } else { "" }
+        ))),
+    }
+}
+
+/// The rules a pin of `record`'s static environment is judged by: those in force, and those
+/// the commits `at` (its branch's tip, the commit pinned) declare, the stronger of each.
+/// Before its first deployment nothing is in force, and a pin must not escape what its
+/// branch asks for.
+fn pin_rules(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    at: &[&str],
+) -> Result<slipway_engine::Rules, ControllerError> {
+    let definition = record.definition.as_deref().unwrap_or(&record.name);
+    let origin = |sha| Origin {
+        source: inner.source.as_ref(),
+        repo: &inner.repo_label,
+        reference: sha,
+        folder: &inner.folder,
+        tip: Some(sha),
+    };
+    let mut rules = inner
+        .engine
+        .rules_in_force(&origin(at[0]), &record.name, definition)?
+        .unwrap_or_default();
+    rules.protected |= record.protected;
+    for sha in at {
+        let cached = inner.engine.load(&origin(sha))?;
+        if let Some(def) = cached
+            .loaded
+            .valid_stack()
+            .ok()
+            .and_then(|s| s.environments.get(definition))
+        {
+            rules = rules.stronger(&slipway_engine::Rules::declared(def, EnvKind::Static));
+        }
+    }
+    Ok(rules)
 }
 
 pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {

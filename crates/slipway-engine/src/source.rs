@@ -90,6 +90,18 @@ pub fn load_commit(
     Ok(load_at(source, commit, folder))
 }
 
+/// [`load_commit`] for a tracked ref (the controller's default ref, an environment's
+/// `track:`): the branch of that name, never a tag named like it
+/// ([`Source::resolve_tracked`]).
+pub fn load_tracked(
+    source: &dyn Source,
+    reference: &str,
+    folder: &str,
+) -> Result<LoadedCommit, GitError> {
+    let commit = source.resolve_tracked(reference)?;
+    Ok(load_at(source, commit, folder))
+}
+
 /// Loads the stack at an already resolved commit.
 pub fn load_at(source: &dyn Source, commit: Commit, folder: &str) -> LoadedCommit {
     let entry = format!("{folder}slipway.yaml");

@@ -78,15 +78,17 @@ pub enum GitError {
         repository: String,
     },
 
-    /// An abbreviated commit id that matches several objects.
-    #[error(
-        "reference `{reference}` is ambiguous in {repository}; use more hex digits or the full commit id"
-    )]
+    /// A reference that names several things: an abbreviated commit id that matches several
+    /// objects, or a name that is both a branch and a tag (or a commit id), which git would
+    /// silently pick one of.
+    #[error("reference `{reference}` is ambiguous in {repository}: {detail}")]
     AmbiguousReference {
         /// The reference.
         reference: String,
         /// The repository searched.
         repository: String,
+        /// What it could name, and how to name one of them.
+        detail: String,
     },
 
     /// A commit argument that is not a full commit id.

@@ -193,6 +193,7 @@ impl GitRepository {
             return Err(GitError::AmbiguousReference {
                 reference: reference.to_owned(),
                 repository: self.location.clone(),
+                detail: "use more hex digits or the full commit id".to_owned(),
             });
         }
         if stderr.contains("Needed a single revision") {
@@ -231,6 +232,152 @@ impl GitRepository {
             detail: format!("cannot parse `{}`", printable_bytes(&stdout)),
         })
     }
+
+    /// Those of `refnames` (full ref names) that exist, exactly (not by prefix), in the
+    /// order given, each with the object it points at (a tag's, peeled once).
+    fn existing_refs(&self, refnames: &[String]) -> Result<Vec<(String, String)>, GitError> {
+        let mut args = vec![
+            "for-each-ref".to_owned(),
+            "--format=%(objectname) %(*objectname) %(refname)".to_owned(),
+        ];
+        args.extend(refnames.iter().cloned());
+        let stdout = self.git.run(&args)?;
+        let text = String::from_utf8_lossy(&stdout);
+        let found: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, ' ');
+                let (object, peeled, refname) = (fields.next()?, fields.next()?, fields.next()?);
+                let target = if peeled.is_empty() { object } else { peeled };
+                Some((refname.to_owned(), target.to_owned()))
+            })
+            .collect();
+        Ok(refnames
+            .iter()
+            .filter_map(|wanted| found.iter().find(|(refname, _)| refname == wanted).cloned())
+            .collect())
+    }
+
+    /// The one ref `name` stands for, as a full ref name, or `None` when no ref has that name
+    /// (git then reads it as a commit id, or `HEAD`). Git's own rules (`git help revisions`)
+    /// take the first of `refs/<name>`, `refs/tags/<name>`, `refs/heads/<name>`, ... and only
+    /// warn when several exist: a tag `main` would win over the branch `main`, and a branch
+    /// named like an abbreviated commit id over the commit. Several is an error here.
+    fn named_ref(&self, name: &str) -> Result<Option<String>, GitError> {
+        if !is_plain_ref_name(name) || is_root_ref(name) || is_full_commit_id(name) {
+            // A full commit id is always the commit (git reads it so too); `HEAD` is the
+            // repository's own, which no push can create.
+            return Ok(None);
+        }
+        let mut candidates = Vec::new();
+        if name.starts_with("refs/") {
+            let exact = self.existing_refs(&[name.to_owned()])?;
+            if !exact.is_empty() {
+                return Ok(Some(name.to_owned()));
+            }
+        }
+        for rule in ["refs/", "refs/tags/", "refs/heads/", "refs/remotes/"] {
+            candidates.push(format!("{rule}{name}"));
+        }
+        candidates.push(format!("refs/remotes/{name}/HEAD"));
+        if self.is_mirror()
+            && let Some(branch) = name.strip_prefix("origin/")
+            && !branch.is_empty()
+        {
+            // In a mirror, the remote's branches are local branches: `origin/main` is the
+            // name a person would use in their own clone.
+            candidates.push(format!("refs/heads/{branch}"));
+        }
+        let found = self.existing_refs(&candidates)?;
+        let Some((first, target)) = found.first() else {
+            return Ok(None);
+        };
+        let mut named: Vec<String> = found
+            .iter()
+            .filter(|(_, t)| t != target)
+            .map(|(refname, t)| format!("`{refname}` ({})", &t[..12.min(t.len())]))
+            .collect();
+        if name.len() >= 4 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // A branch or tag named like an abbreviated commit id, and such a commit.
+            let commit = self.rev_parse(target)?;
+            for object in self.objects_with_prefix(name)? {
+                if let Some(other) = self.rev_parse(&object)?
+                    && Some(&other) != commit.as_ref()
+                {
+                    named.push(format!("commit {}", &other[..12]));
+                }
+            }
+        }
+        if named.is_empty() {
+            return Ok(Some(first.clone()));
+        }
+        named.insert(
+            0,
+            format!("`{first}` ({})", &target[..12.min(target.len())]),
+        );
+        Err(GitError::AmbiguousReference {
+            reference: printable(name),
+            repository: self.location.clone(),
+            detail: format!(
+                "it names {}; name one in full (`{first}`) or give the commit id",
+                named.join(" and ")
+            ),
+        })
+    }
+
+    /// The full ids of the objects whose id starts with `prefix` (hex, 4 digits or more).
+    fn objects_with_prefix(&self, prefix: &str) -> Result<Vec<String>, GitError> {
+        let argument = format!("--disambiguate={prefix}");
+        let output = self.git.output(["rev-parse", argument.as_str()], None)?;
+        // No object with that prefix: git says so and exits non-zero.
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|id| is_full_commit_id(id))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The commit at the tip of branch `name` (`refs/heads/<name>`; in a mirror, the remote's
+    /// branch, also when named `origin/<name>`), or `None` when there is no such branch.
+    fn branch_tip(&self, name: &str) -> Result<Option<String>, GitError> {
+        if !is_plain_ref_name(name) || is_root_ref(name) || name.starts_with("refs/") {
+            return Ok(None);
+        }
+        let mut candidates = Vec::new();
+        if self.is_mirror()
+            && let Some(branch) = name.strip_prefix("origin/")
+            && !branch.is_empty()
+        {
+            candidates.push(format!("refs/heads/{branch}"));
+        }
+        candidates.push(format!("refs/heads/{name}"));
+        match self.existing_refs(&candidates)?.into_iter().next() {
+            // The object id, not the name: nothing else named like it can be read instead.
+            Some((_, target)) => self.rev_parse(&target),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Whether `name` could be a ref name as it is (no revision suffix, no glob character).
+fn is_plain_ref_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "@"
+        && !name.contains("@{")
+        && !name.contains(['^', '~', '*', '?', '[', '\\'])
+        && !name.ends_with('/')
+        && !name.ends_with(".lock")
+}
+
+/// `HEAD`, `FETCH_HEAD`, ...: files of the repository itself, which git reads first.
+fn is_root_ref(name: &str) -> bool {
+    (name == "HEAD" || name.ends_with("_HEAD"))
+        && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+}
+
+fn is_full_commit_id(name: &str) -> bool {
+    check_commit(name).is_ok()
 }
 
 impl Source for GitRepository {
@@ -254,22 +401,28 @@ impl Source for GitRepository {
 
     fn resolve(&self, reference: &str) -> Result<Commit, GitError> {
         check_reference(reference)?;
-        let mut sha = self.rev_parse(reference)?;
-        if sha.is_none()
-            && self.is_mirror()
-            && let Some(branch) = reference.strip_prefix("origin/")
-            && !branch.is_empty()
-        {
-            // In a mirror, the remote's branches are local branches: accept the name a
-            // person would use in their own clone.
-            sha = self.rev_parse(branch)?;
-        }
+        // The name before any revision suffix (`main~1`, `v1^{commit}`) must name one ref.
+        let end = reference.find(['^', '~']).unwrap_or(reference.len());
+        let (name, suffix) = reference.split_at(end);
+        let sha = match self.named_ref(name)? {
+            // Its full name: git's first rule reads exactly that ref.
+            Some(refname) => self.rev_parse(&format!("{refname}{suffix}"))?,
+            None => self.rev_parse(reference)?,
+        };
         match sha {
             Some(sha) => self.commit_info(&sha),
             None => Err(GitError::ReferenceNotFound {
                 reference: reference.to_owned(),
                 repository: self.location.clone(),
             }),
+        }
+    }
+
+    fn resolve_tracked(&self, reference: &str) -> Result<Commit, GitError> {
+        check_reference(reference)?;
+        match self.branch_tip(reference)? {
+            Some(sha) => self.commit_info(&sha),
+            None => self.resolve(reference),
         }
     }
 

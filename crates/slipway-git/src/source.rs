@@ -19,8 +19,21 @@ pub trait Source: Send + Sync {
     ///
     /// # Errors
     /// [`GitError::InvalidReference`] for a reference starting with `-` or containing control
-    /// characters; [`GitError::ReferenceNotFound`] when nothing matches.
+    /// characters; [`GitError::ReferenceNotFound`] when nothing matches;
+    /// [`GitError::AmbiguousReference`] when the name is both a branch and a tag (or another
+    /// ref, or an abbreviated commit id) at different commits: a person gave it, and either
+    /// reading could be the wrong one.
     fn resolve(&self, reference: &str) -> Result<Commit, GitError>;
+
+    /// The commit a tracked ref names (an environment's `track:`, the controller's default
+    /// ref): the branch of that name (`refs/heads/<name>`; in a mirror, the remote's branch)
+    /// when there is one, never a tag or another ref named like it, which anyone allowed to
+    /// push a tag could create. Otherwise (no such branch, `HEAD`, a full ref name or a
+    /// commit id) what [`Source::resolve`] finds.
+    ///
+    /// # Errors
+    /// As [`Source::resolve`].
+    fn resolve_tracked(&self, reference: &str) -> Result<Commit, GitError>;
 
     /// The content of the file at `path` (repository-relative, `/`-separated) at `commit`, or
     /// `None` when there is no such file. Symlinks are followed inside the tree.

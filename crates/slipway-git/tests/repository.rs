@@ -937,3 +937,111 @@ fn branches_are_listed_with_their_tips_even_with_hostile_names() {
         "each branch points at its tip"
     );
 }
+
+/// A tag pushed under a tracked branch's name (`main`): git alone reads `main` as the tag
+/// (`refs/tags/` comes before `refs/heads/` in its rules, with only a warning), so whoever may
+/// push a tag would replace the branch. A tracked ref is the branch; a name a person gives
+/// that means both is an error naming both.
+#[test]
+fn a_tag_named_like_a_branch_never_replaces_it() {
+    let fixture = Fixture::new();
+    let good = fixture.write("a", "good").commit("good");
+    git(&fixture.repo, &["checkout", "-q", "-b", "evil"]);
+    let evil = fixture.write("a", "evil").commit("evil");
+    git(&fixture.repo, &["checkout", "-q", "main"]);
+    git(&fixture.repo, &["tag", "main", &evil]);
+    git(
+        &fixture.repo,
+        &["tag", "-a", "-m", "annotated", "evil-tag", &evil],
+    );
+    git(&fixture.repo, &["tag", "feature", &good]);
+    git(&fixture.repo, &["branch", "feature", &good]);
+
+    let url = format!("file://{}", fixture.repo.display());
+    let local = fixture.open();
+    let mirror = GitRepository::open(&url, &fixture.cache()).expect("mirror a file:// URL");
+    for (what, repo) in [("local", &local), ("mirror", &mirror)] {
+        assert_eq!(
+            repo.resolve_tracked("main")
+                .expect("the tracked branch")
+                .sha,
+            good,
+            "{what}: a tracked `main` is the branch, not the tag `main`"
+        );
+        let error = repo
+            .resolve("main")
+            .expect_err("a name that is a branch and a tag is ambiguous");
+        let message = error.to_string();
+        assert!(
+            matches!(error, GitError::AmbiguousReference { .. })
+                && message.contains("refs/heads/main")
+                && message.contains("refs/tags/main"),
+            "{what}: the error names both candidates: {message}"
+        );
+        assert!(
+            repo.resolve("main~1").is_err(),
+            "{what}: a revision suffix does not hide the ambiguity"
+        );
+        assert_eq!(
+            repo.resolve("refs/heads/main").expect("the full name").sha,
+            good,
+            "{what}: the full name picks one"
+        );
+        assert_eq!(
+            repo.resolve("refs/tags/main").expect("the full name").sha,
+            evil,
+            "{what}: the tag by its full name"
+        );
+        assert_eq!(
+            repo.resolve("feature").expect("same commit").sha,
+            good,
+            "{what}: a branch and a tag at the same commit are not ambiguous"
+        );
+        assert_eq!(
+            repo.resolve("evil-tag").expect("a tag alone").sha,
+            evil,
+            "{what}: a tag alone resolves"
+        );
+        assert_eq!(
+            repo.resolve_tracked("evil-tag")
+                .expect("no such branch")
+                .sha,
+            evil,
+            "{what}: a tracked name with no branch resolves as any ref"
+        );
+        assert_eq!(
+            repo.resolve_tracked(&good).expect("a commit id").sha,
+            good,
+            "{what}: a commit id"
+        );
+        assert_eq!(
+            repo.resolve_tracked("HEAD").expect("HEAD").sha,
+            good,
+            "{what}: HEAD"
+        );
+    }
+    assert_eq!(
+        mirror
+            .resolve_tracked("origin/main")
+            .expect("origin/main in a mirror")
+            .sha,
+        good,
+        "origin/main in a mirror is the remote's branch"
+    );
+
+    // A branch named like an abbreviated commit id is ambiguous with the commit.
+    git(&fixture.repo, &["branch", &good[..8], &evil]);
+    let local = fixture.open();
+    let error = local
+        .resolve(&good[..8])
+        .expect_err("a branch named like a commit id");
+    assert!(
+        error.to_string().contains(&good[..12]),
+        "the commit is named: {error}"
+    );
+    assert_eq!(
+        local.resolve(&good).expect("a full id is the commit").sha,
+        good,
+        "a full commit id is never a branch"
+    );
+}

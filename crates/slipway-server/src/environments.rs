@@ -627,12 +627,18 @@ async fn plan(
         })?;
         let engine = c.engine();
         let target = engine.target_for(&name)?;
+        // The ref it follows is its branch, never a tag named like it (as the reconcile).
+        let tip = if record.pinned {
+            None
+        } else {
+            Some(c.source().resolve_tracked(&reference)?.sha)
+        };
         let origin = Origin {
             source: c.source().as_ref(),
             repo: c.repo_label(),
             reference: &reference,
             folder: c.folder(),
-            tip: None,
+            tip: tip.as_deref(),
         };
         let prepared = engine.prepare(&origin, &target)?;
         Ok(Json(PlanView {

@@ -182,6 +182,25 @@ impl Store {
         raw.map(decode).transpose()
     }
 
+    /// Whether `environment` was deployed at `commit` successfully by a deployment started
+    /// at or after `since` (unix milliseconds: its record's creation, so that the history of
+    /// an earlier environment of the same name does not count).
+    pub fn deployed_commit(
+        &self,
+        environment: &str,
+        commit: &str,
+        since: i64,
+    ) -> Result<bool, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM deployments WHERE environment = ?1 \
+                 AND commit_sha = ?2 AND status = 'succeeded' AND started_at >= ?3)",
+                params![environment, commit, since],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("read the deployments of {environment}")))
+    }
+
     /// The latest `limit` deployments of an environment, newest first.
     pub fn deployments(
         &self,

@@ -262,6 +262,9 @@ pub struct MergedCommit {
     pub approved: bool,
     /// When it was recorded, unix milliseconds.
     pub at: i64,
+    /// The branch it was merged into; `None` for merges recorded before it was kept, which
+    /// count for no environment.
+    pub base_ref: Option<String>,
 }
 
 impl Store {
@@ -269,11 +272,17 @@ impl Store {
     pub fn record_merged_commit(&self, merged: &MergedCommit) -> Result<(), StateError> {
         self.conn()
             .execute(
-                "INSERT INTO merged_commits (sha, pull_request, approved, at) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (sha) DO UPDATE SET \
+                "INSERT INTO merged_commits (sha, pull_request, approved, at, base_ref) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sha) DO UPDATE SET \
                  pull_request = excluded.pull_request, approved = excluded.approved, \
-                 at = excluded.at",
-                params![merged.sha, merged.pull_request, merged.approved, merged.at],
+                 at = excluded.at, base_ref = excluded.base_ref",
+                params![
+                    merged.sha,
+                    merged.pull_request,
+                    merged.approved,
+                    merged.at,
+                    merged.base_ref
+                ],
             )
             .map_err(sql(format!("record the merge of #{}", merged.pull_request)))?;
         Ok(())
@@ -283,7 +292,8 @@ impl Store {
     pub fn merged_commit(&self, sha: &str) -> Result<Option<MergedCommit>, StateError> {
         self.conn()
             .query_row(
-                "SELECT sha, pull_request, approved, at FROM merged_commits WHERE sha = ?1",
+                "SELECT sha, pull_request, approved, at, base_ref FROM merged_commits \
+                 WHERE sha = ?1",
                 [sha],
                 |row| {
                     Ok(MergedCommit {
@@ -291,6 +301,7 @@ impl Store {
                         pull_request: row.get(1)?,
                         approved: row.get(2)?,
                         at: row.get(3)?,
+                        base_ref: row.get(4)?,
                     })
                 },
             )
@@ -372,5 +383,42 @@ mod tests {
         store.lock_environment("qa", 7, "ann", 3).expect("lock");
         assert_eq!(store.release_locks(7).expect("release"), vec!["prod", "qa"]);
         assert!(store.environment_lock("prod").expect("read").is_none());
+    }
+
+    /// A merge remembers the branch it went into (`require_pr` counts only merges into the
+    /// tracked branch); a row recorded before that was kept reads as into no branch.
+    #[test]
+    fn a_merged_commit_keeps_its_base_branch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let merged = MergedCommit {
+            sha: "a".repeat(40),
+            pull_request: 5,
+            approved: true,
+            at: 1,
+            base_ref: Some("scratch".into()),
+        };
+        store.record_merged_commit(&merged).expect("record");
+        assert_eq!(
+            store.merged_commit(&merged.sha).expect("read"),
+            Some(merged.clone()),
+            "the base branch is read back"
+        );
+        store
+            .conn()
+            .execute(
+                "INSERT INTO merged_commits (sha, pull_request, approved, at) \
+                 VALUES (?1, 4, 1, 1)",
+                ["b".repeat(40)],
+            )
+            .expect("an older row");
+        assert_eq!(
+            store
+                .merged_commit(&"b".repeat(40))
+                .expect("read")
+                .and_then(|m| m.base_ref),
+            None,
+            "an older row names no base branch"
+        );
     }
 }

@@ -187,6 +187,11 @@ CREATE TABLE uid_cursor (
 INSERT INTO uid_cursor (id, last) SELECT 1, MAX(uid) FROM env_uids WHERE uid IS NOT NULL
     HAVING COUNT(*) > 0;
 "#,
+    // The branch a merged pull request was merged into: `require_pr` takes a merge only into
+    // the branch the environment tracks. Rows from before have none and do not count.
+    r#"
+ALTER TABLE merged_commits ADD COLUMN base_ref TEXT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -568,6 +568,45 @@ fn deployments_are_listed_newest_first_and_finish_once() {
     );
 }
 
+/// What a pin of a `require_pr` environment may take without a merged pull request: a
+/// commit it deployed successfully itself, since its record was made.
+#[test]
+fn a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made() {
+    let (_home, store) = open_store();
+    let commit = deployment("prod", 0).commit;
+    let failed = store
+        .begin_deployment(&deployment("prod", 10))
+        .expect("begin");
+    store
+        .finish_deployment(failed, "failed", Some("boom"), &json!({}), 11)
+        .expect("finish");
+    assert!(
+        !store.deployed_commit("prod", &commit, 0).expect("read"),
+        "a failed deployment does not count"
+    );
+    let ok = store
+        .begin_deployment(&deployment("prod", 20))
+        .expect("begin");
+    store
+        .finish_deployment(ok, "succeeded", None, &json!({}), 21)
+        .expect("finish");
+    assert!(store.deployed_commit("prod", &commit, 0).expect("read"));
+    assert!(
+        !store.deployed_commit("prod", &commit, 30).expect("read"),
+        "a deployment before the environment was made does not count"
+    );
+    assert!(
+        !store.deployed_commit("qa", &commit, 0).expect("read"),
+        "another environment's does not count"
+    );
+    assert!(
+        !store
+            .deployed_commit("prod", &"f".repeat(40), 0)
+            .expect("read"),
+        "another commit"
+    );
+}
+
 #[test]
 fn mark_interrupted_closes_only_running_deployments_of_that_environment() {
     let (_home, store) = open_store();

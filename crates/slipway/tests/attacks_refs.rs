@@ -1,0 +1,486 @@
+//! Attacks on how refs reach a protected environment, found by the review of the pull-request
+//! gate, each performed end to end against the real `slipway serve`, a real git repository
+//! and (where the forge matters) GitHub's own webhook payloads and the fake GitHub API:
+//!
+//! - a tag named like a tracked branch (`main`) replaced the branch: git reads `main` as the
+//!   tag when both exist, so any manual sync, unpin or closed pull request deployed the tag's
+//!   commit to protected prod;
+//! - `require_pr` took the merge commit of a pull request merged into any branch (a scratch
+//!   branch its author merges alone), pushed on to the tracked branch;
+//! - a deployer's pin skipped `require_pr`, and a pin's ancestry check held only for
+//!   `protected`.
+
+mod util;
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use util::fake_github::{
+    FakeGitHub, PrSpec, PrState, pull_request_payload, push_payload, send_webhook,
+};
+use util::{Sandbox, git, http_get_host, start_serve, start_serve_with, wait_for};
+
+const SECRET: &[u8] = b"webhook-secret-for-tests";
+const T: Duration = Duration::from_secs(60);
+const MARKER: &str = "<!-- slipway:plan -->";
+
+const STACK: &str = r#"version: 1
+stack: shop
+environments:
+  prod: { track: main, protected: true }
+  qa: { track: main }
+  previews: { generate: { branches: ["feature/*"] }, ttl: 1h }
+resources:
+  web:
+    type: process
+    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
+    ports: [http]
+    health: { http: /greeting.txt }
+    expose: http
+"#;
+
+/// `METHOD path` on the API with a bearer token and an optional JSON body: (status, JSON).
+fn api(addr: &str, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("set a timeout");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn token(s: &Sandbox, role: &str) -> String {
+    let out = s.ok(&["token", "create", "--role", role, "--name", role]);
+    String::from_utf8(out.stdout)
+        .expect("a UTF-8 token")
+        .trim()
+        .to_string()
+}
+
+fn append_config(s: &Sandbox, extra: &str) {
+    let mut config = std::fs::read_to_string(&s.config).expect("config");
+    config.push_str(extra);
+    std::fs::write(&s.config, config).expect("config");
+}
+
+fn port_of(server: &util::Server) -> u16 {
+    server
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+fn page(port: u16, env: &str) -> Option<String> {
+    http_get_host(port, &format!("{env}.shop.localhost"), "/greeting.txt")
+}
+
+fn serves(port: u16, env: &str, text: &str) {
+    wait_for(&format!("{env} serves {text:?}"), T, || {
+        page(port, env).filter(|p| p == text)
+    });
+}
+
+/// Waits until `env` records `sha` as the commit it runs.
+fn runs(s: &Sandbox, env: &str, sha: &str, why: &str) {
+    wait_for(&format!("{env} runs {sha}: {why}"), T, || {
+        (environment(s, env)["commit"] == sha).then_some(())
+    });
+}
+
+fn environment(s: &Sandbox, name: &str) -> Value {
+    let status = s.json(&["status", "--env", name, "--output", "json"]);
+    status["environments"][0].clone()
+}
+
+/// A commit on a new branch `branch` from `from`, with `greeting.txt` = `text`; back on main.
+fn commit_on(s: &Sandbox, from: &str, branch: &str, text: &str) -> String {
+    git(&s.repo, &["checkout", "-q", from]);
+    git(&s.repo, &["checkout", "-q", "-B", branch]);
+    s.write("greeting.txt", text);
+    let sha = s.commit(&format!("{branch}: {text}"));
+    git(&s.repo, &["checkout", "-q", "main"]);
+    sha
+}
+
+/// A tag `main` at a commit only it reaches, beside the branch `main`: a deployer's manual
+/// sync, an unpin and the plan view all take the branch; a pin to `main` is refused as
+/// ambiguous (naming both), a pin to the tag's commit as not on prod's branch, and an ad-hoc
+/// environment from `main` as ambiguous.
+#[test]
+fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", STACK)
+        .write("greeting.txt", "v1")
+        .commit("v1");
+    // No polling: only what a person asks for moves an environment here.
+    append_config(&s, "[repo]\npoll_interval = \"1h\"\n");
+    let deployer = token(&s, "deployer");
+    let developer = token(&s, "developer");
+    let server = start_serve(&s);
+    let port = port_of(&server);
+    serves(port, "prod", "v1");
+
+    // The attack: a commit reachable only from a tag named `main`, and a new commit on the
+    // branch `main`.
+    let evil = commit_on(&s, "main", "evil", "evil");
+    git(&s.repo, &["tag", "main", &evil]);
+    git(&s.repo, &["branch", "-D", "evil"]);
+    s.write("greeting.txt", "v2");
+    let v2 = s.commit("v2");
+
+    let (status, body) = api(
+        &server.addr,
+        "POST",
+        "/api/v1/environments/prod/sync",
+        &deployer,
+        Some(json!({})),
+    );
+    assert_eq!(status, 202, "a deployer may sync prod: {body}");
+    serves(port, "prod", "v2");
+    runs(
+        &s,
+        "prod",
+        &v2,
+        "a manual sync deploys the branch `main`, not the tag `main`",
+    );
+
+    let (status, plan) = api(
+        &server.addr,
+        "GET",
+        "/api/v1/environments/prod/plan",
+        &deployer,
+        None,
+    );
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        plan["commit"],
+        v2.as_str(),
+        "the plan view reads the branch, not the tag"
+    );
+
+    // A pin by name: ambiguous, both named.
+    let (status, refused) = api(
+        &server.addr,
+        "POST",
+        "/api/v1/environments/prod/pin",
+        &deployer,
+        Some(json!({"commit": "main"})),
+    );
+    let text = refused.to_string();
+    assert!(
+        status == 422 && text.contains("refs/heads/main") && text.contains("refs/tags/main"),
+        "a pin to `main`, both a branch and a tag, is refused naming both: {status} {text}"
+    );
+    // A pin to the tag's commit, by its full name or its id: not on prod's branch.
+    for commit in ["refs/tags/main", evil.as_str()] {
+        let (status, refused) = api(
+            &server.addr,
+            "POST",
+            "/api/v1/environments/prod/pin",
+            &deployer,
+            Some(json!({ "commit": commit })),
+        );
+        let text = refused.to_string();
+        assert!(
+            status == 422 && text.contains("takes only commits on `main`"),
+            "a pin of protected prod to {commit}, only reachable from the tag, is refused: \
+             {status} {text}"
+        );
+    }
+    // An ad-hoc environment from the ambiguous name.
+    let (status, refused) = api(
+        &server.addr,
+        "POST",
+        "/api/v1/environments",
+        &developer,
+        Some(json!({"name": "demo", "ref": "main", "like": "previews"})),
+    );
+    let text = refused.to_string();
+    assert!(
+        status == 422 && text.contains("refs/heads/main") && text.contains("refs/tags/main"),
+        "an environment from `main`, both a branch and a tag, is refused naming both: \
+         {status} {text}"
+    );
+
+    // Pin and unpin (what a closed pull request's lock release does too): prod follows the
+    // branch again.
+    for (path, what) in [("pin", "pinned"), ("unpin", "unpinned")] {
+        let (status, body) = api(
+            &server.addr,
+            "POST",
+            &format!("/api/v1/environments/prod/{path}"),
+            &deployer,
+            Some(json!({})),
+        );
+        assert_eq!(status, 200, "prod is {what}: {body}");
+    }
+    s.write("greeting.txt", "v3");
+    let v3 = s.commit("v3");
+    let (status, body) = api(
+        &server.addr,
+        "POST",
+        "/api/v1/environments/prod/sync",
+        &deployer,
+        Some(json!({})),
+    );
+    assert_eq!(status, 202, "{body}");
+    serves(port, "prod", "v3");
+    runs(&s, "prod", &v3, "after an unpin, prod follows the branch");
+    assert_ne!(page(port, "prod").as_deref(), Some("evil"));
+}
+
+/// A `slipway serve` with the fake GitHub, a deployer's token and the stack
+/// `prod: { track: main, protected: true, require_pr: true }`.
+struct World {
+    s: Sandbox,
+    gh: FakeGitHub,
+    server: util::Server,
+    port: u16,
+    deployer: String,
+    deliveries: std::cell::Cell<u32>,
+}
+
+impl World {
+    fn new() -> World {
+        let s = Sandbox::new();
+        let gh = FakeGitHub::start("slipway-bot");
+        append_config(
+            &s,
+            &format!(
+                "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"{}\"\n\
+                 bot_login = \"slipway-bot\"\n",
+                gh.url()
+            ),
+        );
+        s.write(
+            "slipway.yaml",
+            &STACK.replace(
+                "prod: { track: main, protected: true }",
+                "prod: { track: main, protected: true, require_pr: true }",
+            ),
+        )
+        .write("greeting.txt", "v1")
+        .commit("v1");
+        let deployer = token(&s, "deployer");
+        let server = start_serve_with(
+            &s,
+            &[
+                ("GITHUB_TOKEN", "test-token"),
+                (
+                    "SLIPWAY_WEBHOOK_SECRET",
+                    std::str::from_utf8(SECRET).expect("utf-8"),
+                ),
+            ],
+        );
+        let port = port_of(&server);
+        gh.set_permission("alice", "write");
+        gh.set_permission("carol", "write");
+        World {
+            s,
+            gh,
+            server,
+            port,
+            deployer,
+            deliveries: std::cell::Cell::new(0),
+        }
+    }
+
+    fn accepted(&self, event: &str, body: &[u8]) {
+        let n = self.deliveries.get() + 1;
+        self.deliveries.set(n);
+        let (status, reply) = send_webhook(
+            &self.server.addr,
+            SECRET,
+            event,
+            &format!("delivery-{n}"),
+            body,
+        );
+        assert_eq!(status, 202, "{event}: {reply}");
+    }
+
+    /// Merges `branch` into `base` with a merge commit, as PR `number` on the forge, and
+    /// returns the merge commit.
+    fn merge(&self, number: u64, branch: &str, base: &str) -> String {
+        git(&self.s.repo, &["checkout", "-q", base]);
+        git(
+            &self.s.repo,
+            &[
+                "merge",
+                "-q",
+                "--no-ff",
+                "-m",
+                &format!("Merge #{number}"),
+                branch,
+            ],
+        );
+        let merge = git(&self.s.repo, &["rev-parse", "HEAD"]);
+        git(&self.s.repo, &["checkout", "-q", "main"]);
+        self.gh.set_state(
+            number,
+            PrState::Merged {
+                merge_sha: merge.clone(),
+            },
+        );
+        self.accepted(
+            "pull_request",
+            &pull_request_payload("closed", &self.gh.pr(number), true, Some(&merge)),
+        );
+        merge
+    }
+
+    /// A pull request from `feature-N` into main, approved by a maintainer and merged.
+    fn reviewed(&self, number: u64, text: &str) -> String {
+        let head = commit_on(&self.s, "main", &format!("feature-{number}"), text);
+        git(
+            &self.s.repo,
+            &["update-ref", &format!("refs/pull/{number}/head"), &head],
+        );
+        self.gh.add_pr(PrSpec::new(number, &head));
+        self.accepted(
+            "pull_request",
+            &pull_request_payload("opened", &self.gh.pr(number), false, None),
+        );
+        self.gh
+            .wait_for_comment(number, |c| c.body.contains(MARKER), T);
+        self.gh.approve(number, "carol", &head);
+        self.merge(number, &format!("feature-{number}"), "main")
+    }
+
+    /// Publishes main's new tip `after` (from `before`) with a push webhook.
+    fn pushed(&self, before: &str, after: &str) {
+        self.accepted("push", &push_payload("main", before, after));
+    }
+
+    fn held(&self, env: &str, needles: &[&str]) -> String {
+        wait_for(&format!("{env} is held ({needles:?})"), T, || {
+            environment(&self.s, env)["message"]
+                .as_str()
+                .filter(|m| needles.iter().all(|n| m.contains(n)))
+                .map(str::to_string)
+        })
+    }
+
+    fn pin(&self, commit: &str) -> (u16, String) {
+        let (status, body) = api(
+            &self.server.addr,
+            "POST",
+            "/api/v1/environments/prod/pin",
+            &self.deployer,
+            Some(json!({ "commit": commit })),
+        );
+        (status, body.to_string())
+    }
+}
+
+/// A pull request self-merged (even approved) into a scratch branch, whose merge commit is
+/// then fast-forwarded onto main: prod (`require_pr`) holds it, since its merge was not into
+/// the branch prod tracks; qa, which has no `require_pr`, shows the commit did reach main.
+/// Then a deployer's pin cannot take what the reconcile holds: a direct push, or that merge
+/// commit, are refused naming `require_pr`; a rollback to an earlier deployment still works.
+#[test]
+fn require_pr_takes_only_merges_into_the_tracked_branch_and_a_pin_cannot_skip_it() {
+    let w = World::new();
+    serves(w.port, "qa", "v1");
+    let first = w.reviewed(3, "reviewed");
+    serves(w.port, "prod", "reviewed");
+    let second = w.reviewed(4, "reviewed again");
+    serves(w.port, "prod", "reviewed again");
+
+    // The attack of point 2: a pull request into `scratch`, approved and merged there, then
+    // its merge commit pushed to main.
+    git(&w.s.repo, &["branch", "scratch", "main"]);
+    let head = commit_on(&w.s, "main", "feature-5", "merged into scratch");
+    git(&w.s.repo, &["update-ref", "refs/pull/5/head", &head]);
+    w.gh.add_pr(PrSpec {
+        base_ref: "scratch".into(),
+        ..PrSpec::new(5, &head)
+    });
+    w.gh.approve(5, "carol", &head);
+    let scratch_merge = w.merge(5, "feature-5", "scratch");
+    git(&w.s.repo, &["merge", "-q", "--ff-only", &scratch_merge]);
+    w.pushed(&second, &scratch_merge);
+    serves(w.port, "qa", "merged into scratch");
+    let held = w.held("prod", &[&scratch_merge[..12], "scratch"]);
+    assert!(
+        held.contains("require_pr"),
+        "a merge into another branch is not prod's gate: {held}"
+    );
+    assert_eq!(
+        page(w.port, "prod").as_deref(),
+        Some("reviewed again"),
+        "prod keeps running what it ran"
+    );
+
+    // The attack of point 3: a direct push to main, held; then a deployer pins prod to it.
+    let before = git(&w.s.repo, &["rev-parse", "HEAD"]);
+    w.s.write("greeting.txt", "pushed directly");
+    let direct = w.s.commit("pushed directly");
+    w.pushed(&before, &direct);
+    serves(w.port, "qa", "pushed directly");
+    w.held("prod", &[&direct[..12], "require_pr"]);
+    for commit in [direct.as_str(), scratch_merge.as_str()] {
+        let (status, refused) = w.pin(commit);
+        assert!(
+            status == 422 && refused.contains("require_pr"),
+            "a deployer's pin of {commit} to require_pr prod is refused naming require_pr: \
+             {status} {refused}"
+        );
+    }
+    assert_eq!(
+        environment(&w.s, "prod")["commit"],
+        second.as_str(),
+        "prod still runs the last reviewed merge"
+    );
+    assert_eq!(page(w.port, "prod").as_deref(), Some("reviewed again"));
+
+    // The legitimate paths: a pin to an approved merge into main, and a rollback to an
+    // earlier deployment.
+    let (status, body) = w.pin(&second);
+    assert_eq!(status, 200, "a pin to a reviewed merge into main: {body}");
+    let (status, list) = api(
+        &w.server.addr,
+        "GET",
+        "/api/v1/environments/prod/deployments",
+        &w.deployer,
+        None,
+    );
+    assert_eq!(status, 200, "{list}");
+    let earlier = list["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["commit"] == first.as_str())
+        .and_then(|d| d["id"].as_i64())
+        .expect("prod deployed the first reviewed merge");
+    let (status, body) = api(
+        &w.server.addr,
+        "POST",
+        "/api/v1/environments/prod/rollback",
+        &w.deployer,
+        Some(json!({ "deployment": earlier })),
+    );
+    assert_eq!(
+        status, 200,
+        "a rollback to an earlier deployment works: {body}"
+    );
+    serves(w.port, "prod", "reviewed");
+}
