@@ -172,8 +172,18 @@ impl Sandbox {
 impl Drop for Sandbox {
     /// Nothing a test starts outlives it: supervisors and their children are killed by group.
     fn drop(&mut self) {
-        // Children run in their own process groups: kill those named in supervisor state
-        // files first, then everything that mentions the sandbox (supervisors, jobs).
+        // Supervisors first: a supervisor still alive would restart a child killed before it,
+        // and the new child would outlive the test.
+        for (pid, _) in self.processes() {
+            // SAFETY-free: plain syscalls through the kill command keep this harness simple.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .output();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .output();
+        }
+        // Children run in their own sessions: kill those named in supervisor state files.
         for state in walk(&self.home.join("envs")).into_iter().filter(|p| {
             p.extension().is_some_and(|e| e == "json")
                 && p.parent().is_some_and(|d| d.ends_with("run"))
@@ -190,11 +200,9 @@ impl Drop for Sandbox {
                     .output();
             }
         }
-        for (pid, _) in self.processes() {
-            // SAFETY-free: plain syscalls through the kill command keep this harness simple.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .output();
+        // And whatever still runs inside the sandbox (a child that a supervisor started just
+        // before it was killed, a daemon of a job).
+        for pid in processes_inside(self.dir.path()) {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .output();
@@ -227,6 +235,20 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// Pids of every process whose working directory is inside `dir`.
+pub fn processes_inside(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
 }
 
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
