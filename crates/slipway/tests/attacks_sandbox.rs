@@ -372,21 +372,14 @@ fn wait_for_or<R>(
     what: &str,
     last: &std::cell::RefCell<Value>,
     sc: &Scenario,
-    mut check: impl FnMut() -> Option<R>,
+    check: impl FnMut() -> Option<R>,
 ) -> R {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {T:?} waiting until {what}; last seen: {:#}\nserve said:\n{}",
-            last.borrow(),
-            sc.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    util::wait_for_explained(
+        what,
+        T,
+        || format!("last seen: {:#}\nserve said:\n{}", last.borrow(), sc.log()),
+        check,
+    )
 }
 
 /// Pids of the processes whose real uid is `uid`.
@@ -525,30 +518,28 @@ fn attack(who: As) -> Scenario {
         prod_token,
         forge_token,
     };
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let status = scenario.status();
-        let ready = |env: &str| environment(&status, env).is_some_and(|e| e["sync"] == "synced");
-        // The branch's own `file` resources may already show the links its job planted as
-        // drift: its report is the sign that it was deployed.
-        if ready("prod")
-            && environment(&status, "br-feature-evil").is_some()
-            && scenario
-                .s
-                .home
-                .join("envs/br-feature-evil/data/report-process.json")
-                .exists()
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "prod and the branch environment are deployed within {T:?}; status: {status:#}\n\
-             serve said:\n{}",
-            scenario.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let last = std::cell::RefCell::new(Value::Null);
+    wait_for_or(
+        "prod and the branch environment are deployed",
+        &last,
+        &scenario,
+        || {
+            let status = scenario.status();
+            *last.borrow_mut() = status.clone();
+            let ready =
+                |env: &str| environment(&status, env).is_some_and(|e| e["sync"] == "synced");
+            // The branch's own `file` resources may already show the links its job planted as
+            // drift: its report is the sign that it was deployed.
+            (ready("prod")
+                && environment(&status, "br-feature-evil").is_some()
+                && scenario
+                    .s
+                    .home
+                    .join("envs/br-feature-evil/data/report-process.json")
+                    .exists())
+            .then_some(())
+        },
+    );
     scenario
 }
 

@@ -294,7 +294,18 @@ pub fn pg_url() -> String {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, timeout, String::new, check)
+}
+
+/// [`wait_for`] whose timeout message also carries `explain()` (what was last seen, what the
+/// server logged), computed only when it times out.
+pub fn wait_for_explained<T>(
+    what: &str,
+    timeout: Duration,
+    explain: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
@@ -302,7 +313,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
+            "timed out after {timeout:?} waiting until {what}\n{}",
+            explain()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
