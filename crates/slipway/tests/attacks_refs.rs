@@ -12,14 +12,15 @@
 
 mod util;
 
-use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use util::fake_github::{
     FakeGitHub, PrSpec, PrState, pull_request_payload, push_payload, send_webhook,
 };
-use util::{Sandbox, git, http_get_host, start_serve, start_serve_with, wait_for};
+use util::{
+    Sandbox, api_request, git, http_get_host, role_token, start_serve, start_serve_with, wait_for,
+};
 
 const SECRET: &[u8] = b"webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -40,53 +41,10 @@ resources:
     expose: http
 "#;
 
-/// `METHOD path` on the API with a bearer token and an optional JSON body: (status, JSON).
-fn api(addr: &str, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("set a timeout");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send the request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the answer");
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn token(s: &Sandbox, role: &str) -> String {
-    let out = s.ok(&["token", "create", "--role", role, "--name", role]);
-    String::from_utf8(out.stdout)
-        .expect("a UTF-8 token")
-        .trim()
-        .to_string()
-}
-
 fn append_config(s: &Sandbox, extra: &str) {
     let mut config = std::fs::read_to_string(&s.config).expect("config");
     config.push_str(extra);
     std::fs::write(&s.config, config).expect("config");
-}
-
-fn port_of(server: &util::Server) -> u16 {
-    server
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port")
 }
 
 fn page(port: u16, env: &str) -> Option<String> {
@@ -133,10 +91,10 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
         .commit("v1");
     // No polling: only what a person asks for moves an environment here.
     append_config(&s, "[repo]\npoll_interval = \"1h\"\n");
-    let deployer = token(&s, "deployer");
-    let developer = token(&s, "developer");
+    let deployer = role_token(&s, "deployer");
+    let developer = role_token(&s, "developer");
     let server = start_serve(&s);
-    let port = port_of(&server);
+    let port = server.port();
     serves(port, "prod", "v1");
 
     // The attack: a commit reachable only from a tag named `main`, and a new commit on the
@@ -147,7 +105,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     s.write("greeting.txt", "v2");
     let v2 = s.commit("v2");
 
-    let (status, body) = api(
+    let (status, body) = api_request(
         &server.addr,
         "POST",
         "/api/v1/environments/prod/sync",
@@ -163,7 +121,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
         "a manual sync deploys the branch `main`, not the tag `main`",
     );
 
-    let (status, plan) = api(
+    let (status, plan) = api_request(
         &server.addr,
         "GET",
         "/api/v1/environments/prod/plan",
@@ -178,7 +136,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     );
 
     // A pin by name: ambiguous, both named.
-    let (status, refused) = api(
+    let (status, refused) = api_request(
         &server.addr,
         "POST",
         "/api/v1/environments/prod/pin",
@@ -192,7 +150,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     );
     // A pin to the tag's commit, by its full name or its id: not on prod's branch.
     for commit in ["refs/tags/main", evil.as_str()] {
-        let (status, refused) = api(
+        let (status, refused) = api_request(
             &server.addr,
             "POST",
             "/api/v1/environments/prod/pin",
@@ -207,7 +165,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
         );
     }
     // An ad-hoc environment from the ambiguous name.
-    let (status, refused) = api(
+    let (status, refused) = api_request(
         &server.addr,
         "POST",
         "/api/v1/environments",
@@ -224,7 +182,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     // Pin and unpin (what a closed pull request's lock release does too): prod follows the
     // branch again.
     for (path, what) in [("pin", "pinned"), ("unpin", "unpinned")] {
-        let (status, body) = api(
+        let (status, body) = api_request(
             &server.addr,
             "POST",
             &format!("/api/v1/environments/prod/{path}"),
@@ -235,7 +193,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     }
     s.write("greeting.txt", "v3");
     let v3 = s.commit("v3");
-    let (status, body) = api(
+    let (status, body) = api_request(
         &server.addr,
         "POST",
         "/api/v1/environments/prod/sync",
@@ -280,7 +238,7 @@ impl World {
         )
         .write("greeting.txt", "v1")
         .commit("v1");
-        let deployer = token(&s, "deployer");
+        let deployer = role_token(&s, "deployer");
         let server = start_serve_with(
             &s,
             &[
@@ -291,7 +249,7 @@ impl World {
                 ),
             ],
         );
-        let port = port_of(&server);
+        let port = server.port();
         gh.set_permission("alice", "write");
         gh.set_permission("carol", "write");
         World {
@@ -380,7 +338,7 @@ impl World {
     }
 
     fn pin(&self, commit: &str) -> (u16, String) {
-        let (status, body) = api(
+        let (status, body) = api_request(
             &self.server.addr,
             "POST",
             "/api/v1/environments/prod/pin",
@@ -456,7 +414,7 @@ fn require_pr_takes_only_merges_into_the_tracked_branch_and_a_pin_cannot_skip_it
     // earlier deployment.
     let (status, body) = w.pin(&second);
     assert_eq!(status, 200, "a pin to a reviewed merge into main: {body}");
-    let (status, list) = api(
+    let (status, list) = api_request(
         &w.server.addr,
         "GET",
         "/api/v1/environments/prod/deployments",
@@ -471,7 +429,7 @@ fn require_pr_takes_only_merges_into_the_tracked_branch_and_a_pin_cannot_skip_it
         .find(|d| d["commit"] == first.as_str())
         .and_then(|d| d["id"].as_i64())
         .expect("prod deployed the first reviewed merge");
-    let (status, body) = api(
+    let (status, body) = api_request(
         &w.server.addr,
         "POST",
         "/api/v1/environments/prod/rollback",

@@ -22,41 +22,6 @@ use util::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// `METHOD path` on the API with a bearer token and an optional JSON body: (status, JSON).
-fn api(addr: &str, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("set a timeout");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        addr,
-        body.len()
-    )
-    .expect("send the request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the answer");
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn token(s: &Sandbox, role: &str) -> String {
-    let out = s.ok(&["token", "create", "--role", role, "--name", role]);
-    String::from_utf8(out.stdout)
-        .expect("a UTF-8 token")
-        .trim()
-        .to_string()
-}
-
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -94,7 +59,7 @@ fn append_config(s: &Sandbox, extra: &str) {
 
 /// The environment `name` as the API shows it, when it exists.
 fn environment(server: &Server, token: &str, name: &str) -> Option<Value> {
-    let (status, body) = api(
+    let (status, body) = api_request(
         &server.addr,
         "GET",
         &format!("/api/v1/environments/{name}"),
@@ -200,9 +165,9 @@ resources:
         "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n\
          [environments]\nmax_ttl = \"2h\"\ndefault_ttl = \"1h\"\n",
     );
-    let admin = token(&s, "admin");
-    let deployer = token(&s, "deployer");
-    let developer = token(&s, "developer");
+    let admin = role_token(&s, "admin");
+    let deployer = role_token(&s, "deployer");
+    let developer = role_token(&s, "developer");
     Setup {
         s,
         prod_secret,
@@ -277,7 +242,7 @@ fn a_developer_cannot_copy_prod_take_its_names_or_live_forever() {
     );
 
     let create = |body: Value| {
-        api(
+        api_request(
             &server.addr,
             "POST",
             "/api/v1/environments",
@@ -404,7 +369,7 @@ fn extending_prod_is_refused_and_expiry_never_destroys_it() {
 
     // The attack of the issue: a deployer's 1ms extension of prod, by the API and the CLI.
     for by in ["1ms", "2h"] {
-        let (status, body) = api(
+        let (status, body) = api_request(
             &server.addr,
             "POST",
             "/api/v1/environments/prod/extend",
@@ -441,7 +406,7 @@ fn extending_prod_is_refused_and_expiry_never_destroys_it() {
     );
 
     // Extensions of an ad-hoc environment are capped by max_ttl.
-    let (status, body) = api(
+    let (status, body) = api_request(
         &server.addr,
         "POST",
         "/api/v1/environments",
@@ -450,7 +415,7 @@ fn extending_prod_is_refused_and_expiry_never_destroys_it() {
     );
     assert_eq!(status, 201, "{body}");
     let extend = |by: &str| {
-        api(
+        api_request(
             &server.addr,
             "POST",
             "/api/v1/environments/scratch/extend",
@@ -532,7 +497,7 @@ fn an_adhoc_environment_under_a_name_the_stack_later_defines_is_never_adopted() 
     } = setup();
     let server = start_serve(&s);
     wait_for("prod runs", T, || synced(&server, &admin, "prod"));
-    let (status, body) = api(
+    let (status, body) = api_request(
         &server.addr,
         "POST",
         "/api/v1/environments",
@@ -589,7 +554,7 @@ fn an_adhoc_environment_under_a_name_the_stack_later_defines_is_never_adopted() 
     );
 
     // A person destroys the ad-hoc one; the static qa is made in its place.
-    let (status, body) = api(
+    let (status, body) = api_request(
         &server.addr,
         "DELETE",
         "/api/v1/environments/qa",
@@ -696,7 +661,7 @@ fn the_first_admin_token_is_in_a_private_file_and_never_in_the_log() {
         .trim()
         .to_string();
     assert!(token.starts_with("slw_"), "the file holds the token");
-    let (status, who) = api(&addr, "GET", "/api/v1/whoami", &token, None);
+    let (status, who) = api_request(&addr, "GET", "/api/v1/whoami", &token, None);
     assert_eq!(status, 200, "the token in the file works: {who}");
     assert_eq!(who["role"], "admin", "{who}");
     let _ = child.kill();

@@ -53,15 +53,6 @@ fn setup(extra: &str) -> (Sandbox, String) {
     (s, token)
 }
 
-fn port_of(server: &Server) -> u16 {
-    server
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the server's port")
-}
-
 /// A response read whole from a connection the server closes after it.
 struct Reply {
     status: u16,
@@ -110,7 +101,7 @@ fn get(port: u16, host: &str, path: &str, extra: &str) -> Option<Reply> {
 /// Starts serve and waits until the preview URL of `dev` answers.
 fn serve_dev(s: &Sandbox) -> (Server, u16, String) {
     let server = start_serve(s);
-    let port = port_of(&server);
+    let port = server.port();
     let host = format!("dev.attack.localhost:{port}");
     wait_for("dev answers at its preview URL", T, || {
         get(port, &host, "/health", "").filter(|r| r.status == 200 && r.body == "ok")
@@ -747,7 +738,7 @@ fn refused_requests_and_repeated_events_add_a_bounded_number_of_rows() {
             ("SLIPWAY_WEBHOOK_SECRET", SECRET),
         ],
     );
-    let port = port_of(&server);
+    let port = server.port();
     wait_for(
         "the controller prunes what is older than the retention on start",
         T,

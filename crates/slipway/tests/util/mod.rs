@@ -359,6 +359,58 @@ pub struct Server {
     pub addr: String,
 }
 
+impl Server {
+    /// The port of its API and preview router.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the server's address ends with its port")
+    }
+}
+
+/// `METHOD path` on the API with a bearer token and an optional JSON body: (status, JSON).
+pub fn api_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("set a timeout");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A new API token of `role` (named after it) made on the sandbox's home.
+pub fn role_token(s: &Sandbox, role: &str) -> String {
+    let out = s.ok(&["token", "create", "--role", role, "--name", role]);
+    String::from_utf8(out.stdout)
+        .expect("a UTF-8 token")
+        .trim()
+        .to_string()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
