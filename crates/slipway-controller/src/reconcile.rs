@@ -751,9 +751,10 @@ pub(crate) fn create_adhoc(
             .map(|(n, _)| n.clone())
             .collect()
     };
+    let at_ref = families(stack);
     let allowed: Vec<String> = families(main_stack)
         .into_iter()
-        .filter(|f| families(stack).contains(f))
+        .filter(|f| at_ref.contains(f))
         .collect();
     let listed = if allowed.is_empty() {
         "the stack has no generated family (`generate:`), so ad-hoc environments cannot be made"
@@ -858,7 +859,7 @@ pub(crate) fn extend(
     by: Duration,
 ) -> Result<EnvironmentRecord, ControllerError> {
     let mut record = existing(inner, name)?;
-    if kind_of(&record) == EnvKind::Static || record.protected {
+    if !expires(&record) {
         return Err(ControllerError::Conflict(format!(
             "`{name}` is a static environment: it has no time to live to extend, and never \
              expires; only generated and ad-hoc environments do"

@@ -136,10 +136,16 @@ impl Engine {
     pub(crate) fn sandbox(&self, env: &str) -> Result<Sandbox, EngineError> {
         Ok(match self.isolation {
             Isolation::Uid => {
-                let range = self.config.uid_range().map_err(EngineError::Usage)?;
-                let uid = self
-                    .store
-                    .allocate_uid(env, range, |id| !sandbox::id_is_known(id))?;
+                // Observing and applying ask for every resource: a read serves every call
+                // after the first, which takes the write lock to allocate.
+                let uid = match self.store.environment_uid(env)? {
+                    Some(uid) => uid,
+                    None => {
+                        let range = self.config.uid_range().map_err(EngineError::Usage)?;
+                        self.store
+                            .allocate_uid(env, range, |id| !sandbox::id_is_known(id))?
+                    }
+                };
                 Sandbox::uid(uid, uid)
             }
             Isolation::Landlock => Sandbox::landlock(),

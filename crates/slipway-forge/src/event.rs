@@ -139,7 +139,7 @@ impl ExpectedRepository {
         let Some(payload) = payload else {
             return false;
         };
-        let numeric = (!self.name.is_empty() && self.name.bytes().all(|b| b.is_ascii_digit()))
+        let numeric = crate::api::is_numeric_id(&self.name)
             .then(|| self.name.parse::<u64>().ok())
             .flatten();
         match (self.id.or(numeric), payload.id) {

@@ -359,8 +359,10 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     atomic_write_mode(path, bytes, 0o666)
 }
 
-/// [`atomic_write`] of a file only its owner may read (it may hold secrets).
-pub(crate) fn atomic_write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replaces the file at `path` with `bytes` atomically (readers see the old content or the
+/// new, never a mix; a crash mid-write leaves the old file), as a file only its owner may
+/// read: it may hold secrets. Creates the parent directory.
+pub fn atomic_write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     atomic_write_mode(path, bytes, 0o600)
 }
 

@@ -130,16 +130,20 @@ pub fn running_as_root() -> bool {
 /// The Landlock ABI version of the running kernel, `None` when it has no Landlock (not built
 /// in, or disabled at boot).
 pub fn landlock_abi() -> Option<u32> {
-    // SAFETY: the documented version query: no pointer is read, no descriptor is created.
-    let version = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32, // LANDLOCK_CREATE_RULESET_VERSION
-        )
-    };
-    u32::try_from(version).ok().filter(|v| *v > 0)
+    // The kernel's answer cannot change while this process runs: asked once, not per spawn.
+    static ABI: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *ABI.get_or_init(|| {
+        // SAFETY: the documented version query: no pointer is read, no descriptor is created.
+        let version = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<u8>(),
+                0usize,
+                1u32, // LANDLOCK_CREATE_RULESET_VERSION
+            )
+        };
+        u32::try_from(version).ok().filter(|v| *v > 0)
+    })
 }
 
 /// What Landlock enforces at a given ABI version.

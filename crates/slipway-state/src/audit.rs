@@ -130,20 +130,9 @@ impl Store {
                 .map_err(sql(operation))?;
             return Ok(id);
         }
-        conn.execute(
-            "INSERT INTO audit (at, who, action, target, outcome, detail) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                entry.at,
-                entry.who,
-                entry.action,
-                entry.target,
-                entry.outcome,
-                entry.detail
-            ],
-        )
-        .map_err(sql(operation))?;
-        Ok(conn.last_insert_rowid())
+        // The connection is one lock: released before the plain insert takes it again.
+        drop(conn);
+        self.record_audit(entry)
     }
 
     /// At most `limit` entries with an id greater than `after_id` (all when `None`), oldest

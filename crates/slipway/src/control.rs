@@ -253,21 +253,8 @@ fn private_texts(
 /// Writes the first admin token to `<home>/admin-token`, mode 0600 from its creation (a
 /// temporary file renamed in, so that no reader ever sees it half-written or more open).
 fn write_admin_token(home: &std::path::Path, token: &str) -> Result<std::path::PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = home.join("admin-token");
-    let partial = home.join(format!(".admin-token.{}", std::process::id()));
-    let _ = std::fs::remove_file(&partial);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&partial)
-        .with_context(|| format!("cannot write the admin token to {}", partial.display()))?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write the admin token to {}", partial.display()))?;
-    std::fs::rename(&partial, &path)
+    slipway_providers::atomic_write_private(&path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
     Ok(path)
 }
