@@ -333,9 +333,11 @@ impl Forge for Gitea {
 }
 
 struct World<F: Forge> {
+    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
+    // starts nothing after the cleanup.
+    server: util::Server,
     s: Sandbox,
     forge: F,
-    server: util::Server,
     port: u16,
 }
 

@@ -209,9 +209,11 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
 /// A `slipway serve` with the fake GitHub, a deployer's token and the stack
 /// `prod: { track: main, protected: true, require_pr: true }`.
 struct World {
+    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
+    // starts nothing after the cleanup.
+    server: util::Server,
     s: Sandbox,
     gh: FakeGitHub,
-    server: util::Server,
     port: u16,
     deployer: String,
     deliveries: std::cell::Cell<u32>,

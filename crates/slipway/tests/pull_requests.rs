@@ -34,9 +34,11 @@ resources:
 "#;
 
 struct World {
+    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
+    // starts nothing after the cleanup.
+    server: util::Server,
     s: Sandbox,
     gh: FakeGitHub,
-    server: util::Server,
     port: u16,
     deliveries: std::cell::Cell<u32>,
 }
