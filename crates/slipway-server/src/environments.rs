@@ -583,7 +583,13 @@ async fn destroy(
     }
     let confirm = query.confirm.as_deref() == Some(name.as_str());
     app.controller
-        .destroy_environment(&name, &caller.name, confirm)
+        .destroy_environment(
+            &name,
+            slipway_controller::DestroyOptions {
+                who: caller.name.clone(),
+                confirm,
+            },
+        )
         .await?;
     Ok(Json(Destroyed {
         environment: name,
