@@ -86,6 +86,23 @@ pub(crate) fn report_once(
     !said
 }
 
+/// Marks `record`'s environment failed with `message` (what `slipway status` shows), its
+/// health as it was.
+pub(crate) fn mark_failed(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    message: &str,
+) -> Result<(), ControllerError> {
+    inner.engine.store().set_environment_status(
+        &record.name,
+        "failed",
+        &record.health,
+        Some(message),
+        inner.now(),
+    )?;
+    Ok(())
+}
+
 /// Marks `record`'s environment as holding a change back, saying why (an event the first
 /// time the reason is seen).
 fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), ControllerError> {
@@ -93,14 +110,7 @@ fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), Cont
     if record.message.as_deref() != Some(message.as_str()) {
         event(inner, &record.name, "change.held", &message);
     }
-    inner.engine.store().set_environment_status(
-        &record.name,
-        "failed",
-        &record.health,
-        Some(&message),
-        inner.now(),
-    )?;
-    Ok(())
+    mark_failed(inner, record, &message)
 }
 
 /// What a generated environment previewing a pull request may run.
@@ -348,13 +358,7 @@ pub(crate) fn reconcile(
             Ok(commit) => Some(commit.sha),
             Err(e) => {
                 let message = e.to_string();
-                store.set_environment_status(
-                    name,
-                    "failed",
-                    &record.health,
-                    Some(&message),
-                    inner.now(),
-                )?;
+                mark_failed(inner, &record, &message)?;
                 return Err(e.into());
             }
         },
@@ -382,13 +386,7 @@ pub(crate) fn reconcile(
                 "commit {} is not valid, so the running version stays: {first}",
                 &commit[..12.min(commit.len())]
             );
-            store.set_environment_status(
-                name,
-                "failed",
-                &record.health,
-                Some(&message),
-                inner.now(),
-            )?;
+            mark_failed(inner, &record, &message)?;
             report_once(inner, Some(name), Cause::InvalidCommit(&commit), &message);
             return Ok(requeue);
         }
@@ -402,13 +400,7 @@ pub(crate) fn reconcile(
                 };
                 report_once(inner, Some(name), cause, &message);
             }
-            store.set_environment_status(
-                name,
-                "failed",
-                &record.health,
-                Some(&message),
-                inner.now(),
-            )?;
+            mark_failed(inner, &record, &message)?;
             return Err(e.into());
         }
     };

@@ -7,7 +7,7 @@ use slipway_core::render::EnvKind;
 use slipway_engine::source;
 use slipway_state::EnvironmentRecord;
 
-use crate::reconcile::{Cause, destroy, event, report_once};
+use crate::reconcile::{Cause, destroy, event, mark_failed, report_once};
 use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover};
 
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
@@ -22,49 +22,37 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     if let Some(setup) = inner.forge.get() {
         for pr in inner.engine.store().pull_requests(Some("open"))? {
             let reference = setup.forge.pr_head_ref(pr.number as u64);
-            if !pr.preview_allowed {
-                // A fork's new head nobody approved yet: a preview already running stays, at
-                // the commit that was approved (reconcile holds the new one).
-                if inner
-                    .engine
-                    .store()
-                    .environment(&format!("pr-{}", pr.number))?
-                    .is_some()
-                {
-                    pulls.push(discover::PullHead {
-                        number: pr.number as u64,
-                        reference,
-                    });
-                }
-                continue;
-            }
-            match inner.source.resolve(&reference) {
-                Ok(commit) if commit.sha == pr.head_sha => {
+            let head = if pr.preview_allowed {
+                inner.source.resolve(&reference).ok()
+            } else {
+                None
+            };
+            match head {
+                Some(commit) if commit.sha == pr.head_sha => {
                     branches.push(slipway_git::Branch {
                         name: reference.clone(),
                         sha: commit.sha,
                     });
-                    pulls.push(discover::PullHead {
-                        number: pr.number as u64,
-                        reference,
-                    });
                 }
-                // Not fetched yet, or moved since the event: the next event or poll has it.
-                // An environment already running keeps running meanwhile.
+                // A fork's new head nobody approved yet (reconcile holds it, and a preview
+                // already running stays at the commit that was approved), or a head not
+                // fetched yet or moved since the event (the next event or poll has it): an
+                // environment already running keeps running meanwhile.
                 _ => {
-                    if inner
+                    let running = inner
                         .engine
                         .store()
                         .environment(&format!("pr-{}", pr.number))?
-                        .is_some()
-                    {
-                        pulls.push(discover::PullHead {
-                            number: pr.number as u64,
-                            reference,
-                        });
+                        .is_some();
+                    if !running {
+                        continue;
                     }
                 }
             }
+            pulls.push(discover::PullHead {
+                number: pr.number as u64,
+                reference,
+            });
         }
     }
     *inner
@@ -192,13 +180,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 holder_created: record.created_at,
             };
             if report_once(inner, Some(&w.name), cause, &why) {
-                store.set_environment_status(
-                    &w.name,
-                    "failed",
-                    &record.health,
-                    Some(&why),
-                    inner.now(),
-                )?;
+                mark_failed(inner, &record, &why)?;
             }
             continue;
         }
