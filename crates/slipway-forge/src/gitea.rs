@@ -1,19 +1,47 @@
 //! Gitea and Forgejo: webhook payloads (`X-Gitea-Event`, or Forgejo's `X-Forgejo-Event`) and
 //! the REST API v1 (`/api/v1`).
 
-use std::sync::OnceLock;
-
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::api::{
-    self, Api, Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, Method, PrState,
-    PullRequestDetails,
-};
+use crate::adapter::{PostedComment, Wire, connect_wire, repos_path};
+use crate::api::{PrState, PullRequestDetails};
+use crate::approvals::Verdict;
+use crate::config::ForgeConfig;
+use crate::error::ForgeError;
 use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
-use crate::github::latest_approvals;
+use crate::http::{Api, Method};
 use crate::names::{path_segment, short_text};
-use crate::webhook::{WebhookError, decode};
+use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
+use crate::webhook::{WebhookError, decode, repository_object};
+
+/// Gitea's (and Forgejo's) facts.
+pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
+    kind: ForgeKind::Gitea,
+    name: "gitea",
+    aliases: &["forgejo"],
+    event_headers: &["X-Gitea-Event", "X-Forgejo-Event"],
+    delivery_headers: &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
+    signature_headers: &["X-Gitea-Signature", "X-Forgejo-Signature"],
+    signature: SignatureScheme::HmacSha256 { prefix: "" },
+    auth_header: "Authorization",
+    auth_prefix: "token ",
+    api_headers: &[("Accept", "application/json")],
+    // Gitea has no public instance to default to.
+    default_api_url: None,
+    token_env: "GITEA_TOKEN",
+    numeric_repository_ids: false,
+    // Gitea's pages hold at most 50 items unless its administrator raised
+    // `MAX_RESPONSE_ITEMS`.
+    page_size_param: "limit",
+    page_size: 50,
+    pr_ref_namespace: "refs/pull",
+    status_context_field: "context",
+    status_names: STATUS_NAMES,
+    webhook_names_pr_author: true,
+    parse_event,
+    payload_repository: repository_object,
+    connect: connect_wire::<Gitea>,
+};
 
 /// A user: `login`, or the older `username` (Gitea sends both; old versions only the latter).
 #[derive(Deserialize)]
@@ -247,136 +275,58 @@ fn parse_comment(
     })
 }
 
-/// The Gitea adapter.
+/// Gitea's REST API v1.
 pub(crate) struct Gitea {
-    api: Api,
     /// `/repos/{owner}/{repo}`, percent-encoded.
     repo_path: String,
-    login: OnceLock<String>,
 }
 
-impl Gitea {
-    pub(crate) fn new(api: Api, config: &ForgeConfig) -> Gitea {
-        let repo_path = format!(
-            "/repos/{}",
-            config
-                .repository
-                .split('/')
-                .map(path_segment)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
-        let login = OnceLock::new();
-        if let Some(bot) = &config.bot_login {
-            let _ = login.set(bot.clone());
-        }
+impl Wire for Gitea {
+    const EDIT_COMMENT: Method = Method::Patch;
+
+    fn new(config: &ForgeConfig) -> Gitea {
         Gitea {
-            api,
-            repo_path,
-            login,
+            repo_path: repos_path(&config.repository),
         }
     }
 
-    fn own_login(&self) -> Result<&str, ForgeError> {
-        if let Some(login) = self.login.get() {
-            return Ok(login);
-        }
-        let me: User = self.api.get("/user")?;
-        Ok(self.login.get_or_init(|| me.name()))
-    }
-}
-
-/// Gitea's pages hold at most 50 items unless its administrator raised `MAX_RESPONSE_ITEMS`.
-const GITEA_PAGE: usize = 50;
-
-impl Forge for Gitea {
-    fn kind(&self) -> ForgeKind {
-        ForgeKind::Gitea
+    fn repo_path(&self) -> &str {
+        &self.repo_path
     }
 
-    fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
-        api::check_marker(marker)?;
-        let body = self.api.scrub(&api::body_with_marker(marker, body));
-        let me = self.own_login()?.to_owned();
+    fn own_login(&self, api: &Api) -> Result<String, ForgeError> {
+        Ok(api.get::<User>("/user")?.name())
+    }
+
+    fn comments(&self, api: &Api, pr: u64) -> Result<Vec<PostedComment>, ForgeError> {
         // Gitea lists an issue's comments in one answer: the endpoint takes no page.
-        let comments: Vec<Comment> = self
-            .api
-            .get(&format!("{}/issues/{pr}/comments", self.repo_path))?;
-        let ours = comments.into_iter().find(|c| {
-            c.user
-                .as_ref()
-                .is_some_and(|u| u.name().eq_ignore_ascii_case(&me))
-                && c.body.contains(marker)
-        });
-        match ours {
-            Some(c) if c.body == body => Ok(CommentId(c.id)),
-            Some(c) => {
-                let updated: Comment = self.api.send(
-                    Method::Patch,
-                    &format!("{}/issues/comments/{}", self.repo_path, c.id),
-                    &json!({ "body": body }),
-                )?;
-                Ok(CommentId(updated.id))
-            }
-            None => self.post_comment(pr, &body),
-        }
+        let comments: Vec<Comment> = api.get(&self.comments_path(pr))?;
+        Ok(comments
+            .into_iter()
+            .map(|c| PostedComment {
+                id: c.id,
+                author: c.user.as_ref().map(User::name),
+                body: c.body,
+            })
+            .collect())
     }
 
-    fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
-        let created: Comment = self.api.send(
-            Method::Post,
-            &format!("{}/issues/{pr}/comments", self.repo_path),
-            &json!({ "body": body }),
-        )?;
-        Ok(CommentId(created.id))
-    }
-
-    fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
-        api::check_sha(&status.sha)?;
-        api::check_context(&status.context)?;
-        let state = status.state.as_str();
-        let mut body = json!({
-            "state": state,
-            "context": status.context,
-            "description": api::status_description(&self.api.scrub(&status.description)),
-        });
-        if let Some(url) = &status.target_url {
-            body["target_url"] = json!(url);
-        }
-        let _: serde_json::Value = self.api.send(
-            Method::Post,
-            &format!("{}/statuses/{}", self.repo_path, status.sha),
-            &body,
-        )?;
-        Ok(())
-    }
-
-    fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
+    fn pull_request(&self, api: &Api, number: u64) -> Result<PullRequestDetails, ForgeError> {
         let path = format!("{}/pulls/{number}", self.repo_path);
-        let pr: PullRequest = self.api.get(&path)?;
-        let info = pr.info().map_err(|reason| ForgeError::Decode {
-            method: "GET",
-            path,
-            reason,
-        })?;
-        let state = if pr.merged {
-            PrState::Merged
-        } else if pr.state == "open" {
-            PrState::Open
-        } else {
-            PrState::Closed
-        };
-        Ok(PullRequestDetails {
+        let pr: PullRequest = api.get(&path)?;
+        let info = pr
+            .info()
+            .map_err(|e| ForgeError::unexpected_answer(path, e))?;
+        let state = PrState::of(pr.merged, pr.state == "open");
+        Ok(PullRequestDetails::new(
             info,
-            mergeable: pr.mergeable,
-            merge_commit_sha: (state == PrState::Merged)
-                .then(|| pr.merge_commit_sha.clone())
-                .flatten(),
             state,
-        })
+            pr.mergeable,
+            pr.merge_commit_sha,
+        ))
     }
 
-    fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
+    fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
         #[derive(Deserialize)]
         struct Review {
             user: Option<User>,
@@ -386,34 +336,37 @@ impl Forge for Gitea {
             #[serde(default)]
             dismissed: bool,
         }
-        let reviews: Vec<Review> = self.api.get_all(
-            &format!("{}/pulls/{number}/reviews", self.repo_path),
-            "limit",
-            GITEA_PAGE,
-        )?;
-        Ok(latest_approvals(reviews.into_iter().filter_map(|r| {
-            let state = if r.dismissed {
-                ReviewState::Dismissed
-            } else {
-                match r.state.as_str() {
-                    "APPROVED" => ReviewState::Approved,
-                    "REQUEST_CHANGES" => ReviewState::ChangesRequested,
-                    "COMMENT" => ReviewState::Commented,
-                    // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
-                    _ => return None,
-                }
-            };
-            Some((r.user?.name(), state, r.commit_id))
-        })))
+        let reviews: Vec<Review> =
+            api.get_all(&format!("{}/pulls/{number}/reviews", self.repo_path))?;
+        Ok(reviews
+            .into_iter()
+            .filter_map(|r| {
+                let state = if r.dismissed {
+                    ReviewState::Dismissed
+                } else {
+                    match r.state.as_str() {
+                        "APPROVED" => ReviewState::Approved,
+                        "REQUEST_CHANGES" => ReviewState::ChangesRequested,
+                        "COMMENT" => ReviewState::Commented,
+                        // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
+                        _ => return None,
+                    }
+                };
+                Some(Verdict {
+                    author: r.user?.name(),
+                    state,
+                    commit_sha: r.commit_id,
+                })
+            })
+            .collect())
     }
 
-    fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
-        api::check_login(user)?;
+    fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct Permission {
             permission: String,
         }
-        let p: Option<Permission> = self.api.get_optional(&format!(
+        let p: Option<Permission> = api.get_optional(&format!(
             "{}/collaborators/{}/permission",
             self.repo_path,
             path_segment(user)
@@ -421,24 +374,14 @@ impl Forge for Gitea {
         Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "write" | "admin" | "owner")))
     }
 
-    fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let prs: Vec<PullRequest> = self.api.get_all(
-            &format!("{}/pulls?state=open", self.repo_path),
-            "limit",
-            GITEA_PAGE,
-        )?;
+    fn open_pull_requests(&self, api: &Api) -> Result<Vec<PullRequestInfo>, ForgeError> {
+        let prs: Vec<PullRequest> = api.get_all(&format!("{}/pulls?state=open", self.repo_path))?;
         prs.iter()
             .map(|pr| {
-                pr.info().map_err(|reason| ForgeError::Decode {
-                    method: "GET",
-                    path: format!("{}/pulls", self.repo_path),
-                    reason,
+                pr.info().map_err(|e| {
+                    ForgeError::unexpected_answer(format!("{}/pulls", self.repo_path), e)
                 })
             })
             .collect()
-    }
-
-    fn pr_head_ref(&self, number: u64) -> String {
-        format!("refs/pull/{number}/head")
     }
 }

@@ -1,0 +1,297 @@
+//! What the adapters share: [`Adapter`] implements [`Forge`] once (comment upsert, commit
+//! statuses, the approval policy, Slipway's own login, the input checks) over a [`Wire`], the
+//! little each forge's module says about its API's paths and answers.
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{CommentId, CommitStatus, Forge, PullRequestDetails};
+use crate::approvals::{Approval, Verdict, latest_approvals};
+use crate::config::{ConfigError, ForgeConfig};
+use crate::error::ForgeError;
+use crate::event::{ForgeKind, PullRequestInfo};
+use crate::http::{Api, Method};
+use crate::names;
+
+/// How a forge's adapter is built: its profile's `connect`.
+pub(crate) type Connect = fn(Api, &ForgeConfig) -> Box<dyn Forge>;
+
+/// Builds the adapter for `config.kind`.
+pub fn connect(config: ForgeConfig) -> Result<Box<dyn Forge>, ConfigError> {
+    let api = Api::new(&config)?;
+    Ok((config.kind.profile().connect)(api, &config))
+}
+
+/// The adapter over `W`: what a profile's `connect` points at.
+pub(crate) fn connect_wire<W: Wire>(api: Api, config: &ForgeConfig) -> Box<dyn Forge> {
+    let login = OnceLock::new();
+    if let Some(bot) = &config.bot_login {
+        let _ = login.set(bot.clone());
+    }
+    Box::new(Adapter {
+        api,
+        login,
+        wire: W::new(config),
+    })
+}
+
+/// A comment already on a pull request, as the forge lists it.
+pub(crate) struct PostedComment {
+    /// Its id.
+    pub(crate) id: u64,
+    /// Its author's login (`None`: a deleted account).
+    pub(crate) author: Option<String>,
+    /// Its Markdown.
+    pub(crate) body: String,
+}
+
+/// One forge's API, as far as it differs from the others by more than a fact of its profile:
+/// its paths, and the shapes of its answers. Each method is one or a few requests through
+/// `api`; the arguments are checked already.
+pub(crate) trait Wire: Send + Sync + Sized + 'static {
+    /// The method that edits a comment (`PATCH`, GitLab's `PUT`).
+    const EDIT_COMMENT: Method;
+
+    /// The wire for `config.repository`.
+    fn new(config: &ForgeConfig) -> Self;
+
+    /// The repository's API path, percent-encoded (`/repos/{owner}/{name}`, GitLab's
+    /// `/projects/{id or path}`).
+    fn repo_path(&self) -> &str;
+
+    /// The login of the account the token belongs to (`GET /user`).
+    fn own_login(&self, api: &Api) -> Result<String, ForgeError>;
+
+    /// Where pull request `pr`'s comments are listed and created (GitHub and Gitea: as an
+    /// issue's).
+    fn comments_path(&self, pr: u64) -> String {
+        format!("{}/issues/{pr}/comments", self.repo_path())
+    }
+
+    /// Where comment `id` of pull request `pr` is edited (GitHub and Gitea: by its id alone).
+    fn comment_path(&self, pr: u64, id: u64) -> String {
+        let _ = pr;
+        format!("{}/issues/comments/{id}", self.repo_path())
+    }
+
+    /// Pull request `pr`'s comments written by people (not the forge's own notes), oldest
+    /// first.
+    fn comments(&self, api: &Api, pr: u64) -> Result<Vec<PostedComment>, ForgeError>;
+
+    /// Pull request `number`, as [`Forge::pull_request`] gives it.
+    fn pull_request(&self, api: &Api, number: u64) -> Result<PullRequestDetails, ForgeError>;
+
+    /// The verdicts on pull request `number`, oldest first (a forge that only lists who
+    /// approves now gives an `Approved` verdict for each).
+    fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError>;
+
+    /// Whether `user` (a checked login) may push.
+    fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError>;
+
+    /// Every open pull request.
+    fn open_pull_requests(&self, api: &Api) -> Result<Vec<PullRequestInfo>, ForgeError>;
+}
+
+/// A [`Forge`] over one forge's [`Wire`].
+pub(crate) struct Adapter<W> {
+    api: Api,
+    /// Slipway's own login: configured, or asked once.
+    login: OnceLock<String>,
+    wire: W,
+}
+
+impl<W: Wire> Adapter<W> {
+    fn own_login(&self) -> Result<&str, ForgeError> {
+        if let Some(login) = self.login.get() {
+            return Ok(login);
+        }
+        let me = self.wire.own_login(&self.api)?;
+        Ok(self.login.get_or_init(|| me))
+    }
+}
+
+/// What the forges answer to a comment created or edited: its id is all that is read.
+#[derive(Deserialize)]
+struct Written {
+    id: u64,
+}
+
+impl<W: Wire> Forge for Adapter<W> {
+    fn kind(&self) -> ForgeKind {
+        self.api.profile.kind
+    }
+
+    fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
+        check_marker(marker)?;
+        let body = self.api.scrub(&body_with_marker(marker, body));
+        let me = self.own_login()?;
+        let ours = self.wire.comments(&self.api, pr)?.into_iter().find(|c| {
+            c.author
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case(me))
+                && c.body.contains(marker)
+        });
+        match ours {
+            Some(c) if c.body == body => Ok(CommentId(c.id)),
+            Some(c) => {
+                let updated: Written = self.api.send(
+                    W::EDIT_COMMENT,
+                    &self.wire.comment_path(pr, c.id),
+                    &json!({ "body": body }),
+                )?;
+                Ok(CommentId(updated.id))
+            }
+            None => self.post_comment(pr, &body),
+        }
+    }
+
+    fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
+        let created: Written = self.api.send(
+            Method::Post,
+            &self.wire.comments_path(pr),
+            &json!({ "body": body }),
+        )?;
+        Ok(CommentId(created.id))
+    }
+
+    fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
+        check_sha(&status.sha)?;
+        check_context(&status.context)?;
+        let profile = self.api.profile;
+        let mut body = json!({
+            "state": profile.status_names.of(status.state),
+            "description": status_description(&self.api.scrub(&status.description)),
+        });
+        body[profile.status_context_field] = json!(status.context);
+        if let Some(url) = &status.target_url {
+            body["target_url"] = json!(url);
+        }
+        let _: serde_json::Value = self.api.send(
+            Method::Post,
+            &format!("{}/statuses/{}", self.wire.repo_path(), status.sha),
+            &body,
+        )?;
+        Ok(())
+    }
+
+    fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
+        self.wire.pull_request(&self.api, number)
+    }
+
+    fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
+        Ok(latest_approvals(self.wire.reviews(&self.api, number)?))
+    }
+
+    fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
+        check_login(user)?;
+        self.wire.has_write_access(&self.api, user)
+    }
+
+    fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
+        self.wire.open_pull_requests(&self.api)
+    }
+
+    fn pr_head_ref(&self, number: u64) -> String {
+        format!("{}/{number}/head", self.api.profile.pr_ref_namespace)
+    }
+}
+
+/// `/repos/{owner}/{name}`, each part percent-encoded (GitHub's and Gitea's repository path).
+pub(crate) fn repos_path(repository: &str) -> String {
+    let parts: Vec<String> = repository.split('/').map(names::path_segment).collect();
+    format!("/repos/{}", parts.join("/"))
+}
+
+/// `ok`, or an [`ForgeError::InvalidInput`] about `what`.
+fn check(ok: bool, what: &'static str, reason: impl FnOnce() -> String) -> Result<(), ForgeError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ForgeError::InvalidInput {
+            what,
+            reason: reason(),
+        })
+    }
+}
+
+/// Checks `sha` before it goes into a URL.
+fn check_sha(sha: &str) -> Result<(), ForgeError> {
+    check(names::is_object_id(sha), "commit sha", || {
+        format!(
+            "{:?} is not 40 or 64 hex digits",
+            names::short_text(sha, 80)
+        )
+    })
+}
+
+/// Checks a login before it goes into a URL.
+fn check_login(user: &str) -> Result<(), ForgeError> {
+    check(names::is_login(user), "login", || {
+        format!("{:?} is not a login", names::short_text(user, 80))
+    })
+}
+
+/// Checks a status context.
+fn check_context(context: &str) -> Result<(), ForgeError> {
+    let ok = !context.trim().is_empty()
+        && context.len() <= 255
+        && !context.chars().any(char::is_control);
+    check(ok, "status context", || {
+        "it must be one non-empty line of at most 255 bytes, e.g. `slipway/plan`".into()
+    })
+}
+
+/// Checks a comment marker: an HTML comment on one line, so that it stays invisible and
+/// cannot end early.
+fn check_marker(marker: &str) -> Result<(), ForgeError> {
+    let inner = marker
+        .strip_prefix("<!--")
+        .and_then(|m| m.strip_suffix("-->"))
+        .filter(|inner| {
+            !inner.trim().is_empty()
+                && !inner.contains("--")
+                && !inner.contains('>')
+                && !inner.chars().any(char::is_control)
+        });
+    check(
+        inner.is_some() && marker.len() <= 200,
+        "comment marker",
+        || "it must be a one-line HTML comment such as `<!-- slipway:plan -->`".into(),
+    )
+}
+
+/// The body to post for `upsert_comment`: `body`, with `marker` on its own first line unless
+/// `body` already carries it.
+fn body_with_marker(marker: &str, body: &str) -> String {
+    if body.contains(marker) {
+        body.to_owned()
+    } else {
+        format!("{marker}\n{body}")
+    }
+}
+
+/// Cuts a status description to GitHub's 140 characters.
+fn status_description(text: &str) -> String {
+    names::short_text(text, 139)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_must_be_one_line_html_comments() {
+        assert!(check_marker("<!-- slipway:plan -->").is_ok());
+        for bad in [
+            "slipway",
+            "<!-- -->",
+            "<!-- a -- b -->",
+            "<!-- a\nb -->",
+            "<!-- a > -->",
+        ] {
+            assert!(check_marker(bad).is_err(), "{bad:?} is refused as a marker");
+        }
+    }
+}
