@@ -5,9 +5,10 @@
 use std::sync::OnceLock;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::api::{CommentId, CommitStatus, Forge, PullRequestDetails};
+use crate::api::{CommentId, CommitStatus, Forge, PrState, PullRequestDetails};
 use crate::approvals::{Approval, Verdict, latest_approvals};
 use crate::config::{ConfigError, ForgeConfig};
 use crate::error::ForgeError;
@@ -49,10 +50,19 @@ pub(crate) struct PostedComment {
 
 /// One forge's API, as far as it differs from the others by more than a fact of its profile:
 /// its paths, and the shapes of its answers. Each method is one or a few requests through
-/// `api`; the arguments are checked already.
+/// `api`, or a conversion of an answer; the arguments are checked already.
 pub(crate) trait Wire: Send + Sync + Sized + 'static {
+    /// A user, as `GET /user` answers.
+    type User: DeserializeOwned;
+    /// A comment, as the forge lists them.
+    type Comment: DeserializeOwned;
+    /// A pull request, as the forge's API gives one and lists them.
+    type PullRequest: DeserializeOwned;
+
     /// The method that edits a comment (`PATCH`, GitLab's `PUT`).
     const EDIT_COMMENT: Method;
+    /// The comment list is paged (Gitea's answers every comment at once and takes no page).
+    const COMMENTS_PAGED: bool;
 
     /// The wire for `config.repository`.
     fn new(config: &ForgeConfig) -> Self;
@@ -61,13 +71,17 @@ pub(crate) trait Wire: Send + Sync + Sized + 'static {
     /// `/projects/{id or path}`).
     fn repo_path(&self) -> &str;
 
-    /// The login of the account the token belongs to (`GET /user`).
-    fn own_login(&self, api: &Api) -> Result<String, ForgeError>;
+    /// The user's login.
+    fn login(user: Self::User) -> String;
 
-    /// Where pull request `pr`'s comments are listed and created (GitHub and Gitea: as an
-    /// issue's).
+    /// Where pull request `pr`'s comments are created (GitHub and Gitea: as an issue's).
     fn comments_path(&self, pr: u64) -> String {
         format!("{}/issues/{pr}/comments", self.repo_path())
+    }
+
+    /// Where pull request `pr`'s comments are listed, oldest first.
+    fn comments_list_path(&self, pr: u64) -> String {
+        self.comments_path(pr)
     }
 
     /// Where comment `id` of pull request `pr` is edited (GitHub and Gitea: by its id alone).
@@ -76,12 +90,29 @@ pub(crate) trait Wire: Send + Sync + Sized + 'static {
         format!("{}/issues/comments/{id}", self.repo_path())
     }
 
-    /// Pull request `pr`'s comments written by people (not the forge's own notes), oldest
-    /// first.
-    fn comments(&self, api: &Api, pr: u64) -> Result<Vec<PostedComment>, ForgeError>;
+    /// The comment, unless it is the forge's own (GitLab's system notes).
+    fn posted(comment: Self::Comment) -> Option<PostedComment>;
 
-    /// Pull request `number`, as [`Forge::pull_request`] gives it.
-    fn pull_request(&self, api: &Api, number: u64) -> Result<PullRequestDetails, ForgeError>;
+    /// Where pull request `number` is read.
+    fn pull_request_path(&self, number: u64) -> String {
+        format!("{}/pulls/{number}", self.repo_path())
+    }
+
+    /// Where the open pull requests are listed.
+    fn open_pull_requests_path(&self) -> String {
+        format!("{}/pulls?state=open", self.repo_path())
+    }
+
+    /// What every forge says about `pr`, checked; `path` is where it was read, for the error.
+    fn info(
+        &self,
+        api: &Api,
+        pr: &Self::PullRequest,
+        path: &str,
+    ) -> Result<PullRequestInfo, ForgeError>;
+
+    /// `pr`'s state, whether it can be merged, and the commit its merge made.
+    fn state(pr: Self::PullRequest) -> (PrState, Option<bool>, Option<String>);
 
     /// The verdicts on pull request `number`, oldest first (a forge that only lists who
     /// approves now gives an `Approved` verdict for each).
@@ -89,9 +120,6 @@ pub(crate) trait Wire: Send + Sync + Sized + 'static {
 
     /// Whether `user` (a checked login) may push.
     fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError>;
-
-    /// Every open pull request.
-    fn open_pull_requests(&self, api: &Api) -> Result<Vec<PullRequestInfo>, ForgeError>;
 }
 
 /// A [`Forge`] over one forge's [`Wire`].
@@ -107,7 +135,7 @@ impl<W: Wire> Adapter<W> {
         if let Some(login) = self.login.get() {
             return Ok(login);
         }
-        let me = self.wire.own_login(&self.api)?;
+        let me = W::login(self.api.get("/user")?);
         Ok(self.login.get_or_init(|| me))
     }
 }
@@ -127,7 +155,13 @@ impl<W: Wire> Forge for Adapter<W> {
         check_marker(marker)?;
         let body = self.api.scrub(&body_with_marker(marker, body));
         let me = self.own_login()?;
-        let ours = self.wire.comments(&self.api, pr)?.into_iter().find(|c| {
+        let path = self.wire.comments_list_path(pr);
+        let comments: Vec<W::Comment> = if W::COMMENTS_PAGED {
+            self.api.get_all(&path)?
+        } else {
+            self.api.get(&path)?
+        };
+        let ours = comments.into_iter().filter_map(W::posted).find(|c| {
             c.author
                 .as_deref()
                 .is_some_and(|a| a.eq_ignore_ascii_case(me))
@@ -177,7 +211,16 @@ impl<W: Wire> Forge for Adapter<W> {
     }
 
     fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        self.wire.pull_request(&self.api, number)
+        let path = self.wire.pull_request_path(number);
+        let pr: W::PullRequest = self.api.get(&path)?;
+        let info = self.wire.info(&self.api, &pr, &path)?;
+        let (state, mergeable, merge_commit_sha) = W::state(pr);
+        Ok(PullRequestDetails::new(
+            info,
+            state,
+            mergeable,
+            merge_commit_sha,
+        ))
     }
 
     fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
@@ -190,7 +233,12 @@ impl<W: Wire> Forge for Adapter<W> {
     }
 
     fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        self.wire.open_pull_requests(&self.api)
+        let path = self.wire.open_pull_requests_path();
+        let prs: Vec<W::PullRequest> = self.api.get_all(&path)?;
+        let list = path.split('?').next().unwrap_or_default();
+        prs.iter()
+            .map(|pr| self.wire.info(&self.api, pr, list))
+            .collect()
     }
 
     fn pr_head_ref(&self, number: u64) -> String {

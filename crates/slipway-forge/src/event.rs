@@ -321,6 +321,22 @@ impl PullRequestInfo {
     }
 }
 
+/// A push payload's fields, which every forge names alike.
+#[derive(serde::Deserialize)]
+pub(crate) struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+}
+
+impl PushPayload {
+    /// The checked [`ForgeEvent::Push`].
+    pub(crate) fn event(&self) -> Result<ForgeEvent, String> {
+        push_event(&self.git_ref, &self.before, &self.after)
+    }
+}
+
 /// Builds a checked [`ForgeEvent::Push`] from a push payload's fields.
 pub(crate) fn push_event(git_ref: &str, before: &str, after: &str) -> Result<ForgeEvent, String> {
     use crate::names;

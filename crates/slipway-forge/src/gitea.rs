@@ -4,11 +4,13 @@
 use serde::Deserialize;
 
 use crate::adapter::{PostedComment, Wire, connect_wire, repos_path};
-use crate::api::{PrState, PullRequestDetails};
+use crate::api::PrState;
 use crate::approvals::Verdict;
 use crate::config::ForgeConfig;
 use crate::error::ForgeError;
-use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
+use crate::event::{
+    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
+};
 use crate::http::{Api, Method};
 use crate::names::{path_segment, short_text};
 use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
@@ -45,7 +47,7 @@ pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
 
 /// A user: `login`, or the older `username` (Gitea sends both; old versions only the latter).
 #[derive(Deserialize)]
-struct User {
+pub(crate) struct User {
     #[serde(default)]
     login: Option<String>,
     #[serde(default)]
@@ -80,7 +82,7 @@ struct Branch {
 
 /// A pull request, in webhooks and the API alike.
 #[derive(Deserialize)]
-struct PullRequest {
+pub(crate) struct PullRequest {
     number: u64,
     title: String,
     user: Option<User>,
@@ -131,14 +133,6 @@ impl PullRequest {
 }
 
 #[derive(Deserialize)]
-struct PushPayload {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: String,
-    after: String,
-}
-
-#[derive(Deserialize)]
 struct DeletePayload {
     #[serde(rename = "ref")]
     git_ref: String,
@@ -170,7 +164,7 @@ struct Issue {
 }
 
 #[derive(Deserialize)]
-struct Comment {
+pub(crate) struct Comment {
     id: u64,
     #[serde(default)]
     body: String,
@@ -199,10 +193,9 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
         })
     };
     match event {
-        "push" => {
-            let p: PushPayload = decode("gitea push", body)?;
-            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
-        }
+        "push" => decode::<PushPayload>("gitea push", body)?
+            .event()
+            .map_err(malformed),
         // Gitea reports a deleted branch as a `delete` event, with the short name.
         "delete" => {
             let p: DeletePayload = decode("gitea delete", body)?;
@@ -282,7 +275,13 @@ pub(crate) struct Gitea {
 }
 
 impl Wire for Gitea {
+    type User = User;
+    type Comment = Comment;
+    type PullRequest = PullRequest;
+
     const EDIT_COMMENT: Method = Method::Patch;
+    // Gitea lists an issue's comments in one answer: the endpoint takes no page.
+    const COMMENTS_PAGED: bool = false;
 
     fn new(config: &ForgeConfig) -> Gitea {
         Gitea {
@@ -294,36 +293,29 @@ impl Wire for Gitea {
         &self.repo_path
     }
 
-    fn own_login(&self, api: &Api) -> Result<String, ForgeError> {
-        Ok(api.get::<User>("/user")?.name())
+    fn login(user: User) -> String {
+        user.name()
     }
 
-    fn comments(&self, api: &Api, pr: u64) -> Result<Vec<PostedComment>, ForgeError> {
-        // Gitea lists an issue's comments in one answer: the endpoint takes no page.
-        let comments: Vec<Comment> = api.get(&self.comments_path(pr))?;
-        Ok(comments
-            .into_iter()
-            .map(|c| PostedComment {
-                id: c.id,
-                author: c.user.as_ref().map(User::name),
-                body: c.body,
-            })
-            .collect())
+    fn posted(c: Comment) -> Option<PostedComment> {
+        Some(PostedComment {
+            id: c.id,
+            author: c.user.as_ref().map(User::name),
+            body: c.body,
+        })
     }
 
-    fn pull_request(&self, api: &Api, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let path = format!("{}/pulls/{number}", self.repo_path);
-        let pr: PullRequest = api.get(&path)?;
-        let info = pr
-            .info()
-            .map_err(|e| ForgeError::unexpected_answer(path, e))?;
-        let state = PrState::of(pr.merged, pr.state == "open");
-        Ok(PullRequestDetails::new(
-            info,
-            state,
+    fn info(&self, _: &Api, pr: &PullRequest, path: &str) -> Result<PullRequestInfo, ForgeError> {
+        pr.info()
+            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
+    }
+
+    fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
+        (
+            PrState::of(pr.merged, pr.state == "open"),
             pr.mergeable,
             pr.merge_commit_sha,
-        ))
+        )
     }
 
     fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
@@ -372,16 +364,5 @@ impl Wire for Gitea {
             path_segment(user)
         ))?;
         Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "write" | "admin" | "owner")))
-    }
-
-    fn open_pull_requests(&self, api: &Api) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let prs: Vec<PullRequest> = api.get_all(&format!("{}/pulls?state=open", self.repo_path))?;
-        prs.iter()
-            .map(|pr| {
-                pr.info().map_err(|e| {
-                    ForgeError::unexpected_answer(format!("{}/pulls", self.repo_path), e)
-                })
-            })
-            .collect()
     }
 }

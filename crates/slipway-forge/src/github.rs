@@ -3,11 +3,13 @@
 use serde::Deserialize;
 
 use crate::adapter::{PostedComment, Wire, connect_wire, repos_path};
-use crate::api::{PrState, PullRequestDetails};
+use crate::api::PrState;
 use crate::approvals::Verdict;
 use crate::config::ForgeConfig;
 use crate::error::ForgeError;
-use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
+use crate::event::{
+    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
+};
 use crate::http::{Api, Method};
 use crate::names::path_segment;
 use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
@@ -43,7 +45,7 @@ pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
 };
 
 #[derive(Deserialize)]
-struct User {
+pub(crate) struct User {
     login: String,
 }
 
@@ -64,7 +66,7 @@ struct Branch {
 /// A pull request, as both the webhooks and the REST API (`pull-request`,
 /// `pull-request-simple`) describe it.
 #[derive(Deserialize)]
-struct PullRequest {
+pub(crate) struct PullRequest {
     number: u64,
     title: String,
     user: Option<User>,
@@ -134,14 +136,6 @@ struct PullRequestPayload {
 }
 
 #[derive(Deserialize)]
-struct PushPayload {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: String,
-    after: String,
-}
-
-#[derive(Deserialize)]
 struct Review {
     state: String,
     user: Option<User>,
@@ -168,7 +162,7 @@ struct Issue {
 }
 
 #[derive(Deserialize)]
-struct Comment {
+pub(crate) struct Comment {
     id: u64,
     #[serde(default)]
     body: Option<String>,
@@ -187,10 +181,9 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
     let malformed = |e: String| WebhookError::Malformed(format!("github {event}: {e}"));
     match event {
         "ping" => Ok(ForgeEvent::Ping),
-        "push" => {
-            let p: PushPayload = decode("github push", body)?;
-            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
-        }
+        "push" => decode::<PushPayload>("github push", body)?
+            .event()
+            .map_err(malformed),
         "pull_request" => {
             let p: PullRequestPayload = decode("github pull_request", body)?;
             let action = match p.action.as_str() {
@@ -262,7 +255,12 @@ pub(crate) struct GitHub {
 }
 
 impl Wire for GitHub {
+    type User = User;
+    type Comment = Comment;
+    type PullRequest = PullRequest;
+
     const EDIT_COMMENT: Method = Method::Patch;
+    const COMMENTS_PAGED: bool = true;
 
     fn new(config: &ForgeConfig) -> GitHub {
         GitHub {
@@ -274,35 +272,26 @@ impl Wire for GitHub {
         &self.repo_path
     }
 
-    fn own_login(&self, api: &Api) -> Result<String, ForgeError> {
-        Ok(api.get::<User>("/user")?.login)
+    fn login(user: User) -> String {
+        user.login
     }
 
-    fn comments(&self, api: &Api, pr: u64) -> Result<Vec<PostedComment>, ForgeError> {
-        let comments: Vec<Comment> = api.get_all(&self.comments_path(pr))?;
-        Ok(comments
-            .into_iter()
-            .map(|c| PostedComment {
-                id: c.id,
-                author: c.user.map(|u| u.login),
-                body: c.body.unwrap_or_default(),
-            })
-            .collect())
+    fn posted(c: Comment) -> Option<PostedComment> {
+        Some(PostedComment {
+            id: c.id,
+            author: c.user.map(|u| u.login),
+            body: c.body.unwrap_or_default(),
+        })
     }
 
-    fn pull_request(&self, api: &Api, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let path = format!("{}/pulls/{number}", self.repo_path);
-        let pr: PullRequest = api.get(&path)?;
-        let info = pr
-            .info()
-            .map_err(|e| ForgeError::unexpected_answer(path, e))?;
+    fn info(&self, _: &Api, pr: &PullRequest, path: &str) -> Result<PullRequestInfo, ForgeError> {
+        pr.info()
+            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
+    }
+
+    fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
         let state = PrState::of(pr.merged(), pr.state == "open");
-        Ok(PullRequestDetails::new(
-            info,
-            state,
-            pr.mergeable,
-            pr.merge_commit_sha,
-        ))
+        (state, pr.mergeable, pr.merge_commit_sha)
     }
 
     fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
@@ -336,16 +325,5 @@ impl Wire for GitHub {
         // `role_name` the actual role; either one granting write is enough.
         let writes = |s: &str| matches!(s, "admin" | "maintain" | "write");
         Ok(p.is_some_and(|p| writes(&p.permission) || p.role_name.as_deref().is_some_and(writes)))
-    }
-
-    fn open_pull_requests(&self, api: &Api) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let prs: Vec<PullRequest> = api.get_all(&format!("{}/pulls?state=open", self.repo_path))?;
-        prs.iter()
-            .map(|pr| {
-                pr.info().map_err(|e| {
-                    ForgeError::unexpected_answer(format!("{}/pulls", self.repo_path), e)
-                })
-            })
-            .collect()
     }
 }

@@ -8,12 +8,12 @@ use std::sync::{Mutex, OnceLock};
 use serde::Deserialize;
 
 use crate::adapter::{PostedComment, Wire, connect_wire};
-use crate::api::{PrState, PullRequestDetails};
+use crate::api::PrState;
 use crate::approvals::Verdict;
 use crate::config::ForgeConfig;
 use crate::error::ForgeError;
 use crate::event::{
-    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, RepositoryRef, ReviewState,
+    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, RepositoryRef, ReviewState,
 };
 use crate::http::{Api, Method};
 use crate::names::{self, path_segment, short_text};
@@ -56,16 +56,8 @@ pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
 };
 
 #[derive(Deserialize)]
-struct UserName {
+pub(crate) struct UserName {
     username: String,
-}
-
-#[derive(Deserialize)]
-struct PushPayload {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: String,
-    after: String,
 }
 
 #[derive(Deserialize)]
@@ -131,10 +123,9 @@ struct NotePayload {
 pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, WebhookError> {
     let malformed = |e: String| WebhookError::Malformed(format!("gitlab {event}: {e}"));
     match event {
-        "Push Hook" | "Tag Push Hook" => {
-            let p: PushPayload = decode("gitlab push", body)?;
-            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
-        }
+        "Push Hook" | "Tag Push Hook" => decode::<PushPayload>("gitlab push", body)?
+            .event()
+            .map_err(malformed),
         "Merge Request Hook" => {
             let p: MergeRequestPayload = decode("gitlab merge request", body)?;
             let a = &p.object_attributes;
@@ -224,7 +215,7 @@ pub(crate) struct GitLab {
 }
 
 #[derive(Deserialize)]
-struct MergeRequest {
+pub(crate) struct MergeRequest {
     iid: u64,
     title: String,
     author: Option<UserName>,
@@ -248,7 +239,7 @@ struct MergeRequest {
 }
 
 #[derive(Deserialize)]
-struct Note {
+pub(crate) struct Note {
     id: u64,
     body: String,
     author: Option<UserName>,
@@ -298,9 +289,65 @@ impl GitLab {
             .insert(id, path.clone());
         Ok(path)
     }
+}
 
-    fn info(&self, api: &Api, mr: &MergeRequest) -> Result<PullRequestInfo, ForgeError> {
-        let path = format!("{}/merge_requests/{}", self.project_path, mr.iid);
+impl Wire for GitLab {
+    type User = UserName;
+    type Comment = Note;
+    type PullRequest = MergeRequest;
+
+    const EDIT_COMMENT: Method = Method::Put;
+    const COMMENTS_PAGED: bool = true;
+
+    fn new(config: &ForgeConfig) -> GitLab {
+        GitLab {
+            project_path: format!("/projects/{}", path_segment(&config.repository)),
+            repository: config.repository.clone(),
+            resolved_path: OnceLock::new(),
+            fork_paths: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn repo_path(&self) -> &str {
+        &self.project_path
+    }
+
+    fn login(user: UserName) -> String {
+        user.username
+    }
+
+    fn comments_path(&self, pr: u64) -> String {
+        format!("{}/merge_requests/{pr}/notes", self.project_path)
+    }
+
+    fn comments_list_path(&self, pr: u64) -> String {
+        format!("{}?sort=asc&order_by=created_at", self.comments_path(pr))
+    }
+
+    fn comment_path(&self, pr: u64, id: u64) -> String {
+        format!("{}/merge_requests/{pr}/notes/{id}", self.project_path)
+    }
+
+    /// System notes ("added 1 commit") are the forge's, whatever account they name.
+    fn posted(n: Note) -> Option<PostedComment> {
+        (!n.system).then(|| PostedComment {
+            id: n.id,
+            author: n.author.map(|a| a.username),
+            body: n.body,
+        })
+    }
+
+    fn pull_request_path(&self, number: u64) -> String {
+        format!("{}/merge_requests/{number}", self.project_path)
+    }
+
+    fn open_pull_requests_path(&self) -> String {
+        format!("{}/merge_requests?state=opened", self.project_path)
+    }
+
+    /// The path in an error is always the merge request's own.
+    fn info(&self, api: &Api, mr: &MergeRequest, _: &str) -> Result<PullRequestInfo, ForgeError> {
+        let path = self.pull_request_path(mr.iid);
         let info = PullRequestInfo {
             number: mr.iid,
             title: mr.title.clone(),
@@ -320,57 +367,8 @@ impl GitLab {
             .map_err(|reason| ForgeError::unexpected_answer(path, reason))?;
         Ok(info)
     }
-}
 
-impl Wire for GitLab {
-    const EDIT_COMMENT: Method = Method::Put;
-
-    fn new(config: &ForgeConfig) -> GitLab {
-        GitLab {
-            project_path: format!("/projects/{}", path_segment(&config.repository)),
-            repository: config.repository.clone(),
-            resolved_path: OnceLock::new(),
-            fork_paths: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn repo_path(&self) -> &str {
-        &self.project_path
-    }
-
-    fn own_login(&self, api: &Api) -> Result<String, ForgeError> {
-        Ok(api.get::<UserName>("/user")?.username)
-    }
-
-    fn comments_path(&self, pr: u64) -> String {
-        format!("{}/merge_requests/{pr}/notes", self.project_path)
-    }
-
-    fn comment_path(&self, pr: u64, id: u64) -> String {
-        format!("{}/merge_requests/{pr}/notes/{id}", self.project_path)
-    }
-
-    fn comments(&self, api: &Api, pr: u64) -> Result<Vec<PostedComment>, ForgeError> {
-        let notes: Vec<Note> = api.get_all(&format!(
-            "{}?sort=asc&order_by=created_at",
-            self.comments_path(pr)
-        ))?;
-        // System notes ("added 1 commit") are the forge's, whatever account they name.
-        Ok(notes
-            .into_iter()
-            .filter(|n| !n.system)
-            .map(|n| PostedComment {
-                id: n.id,
-                author: n.author.map(|a| a.username),
-                body: n.body,
-            })
-            .collect())
-    }
-
-    fn pull_request(&self, api: &Api, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let mr: MergeRequest =
-            api.get(&format!("{}/merge_requests/{number}", self.project_path))?;
-        let info = self.info(api, &mr)?;
+    fn state(mr: MergeRequest) -> (PrState, Option<bool>, Option<String>) {
         let state = PrState::of(mr.state == "merged", mr.state != "closed");
         let mergeable = if mr.has_conflicts == Some(true) {
             Some(false)
@@ -387,13 +385,11 @@ impl Wire for GitLab {
             }
         };
         // A squash merge's commit on the base branch is the squash commit.
-        let merge_commit = mr.squash_commit_sha.or(mr.merge_commit_sha);
-        Ok(PullRequestDetails::new(
-            info,
+        (
             state,
             mergeable,
-            merge_commit,
-        ))
+            mr.squash_commit_sha.or(mr.merge_commit_sha),
+        )
     }
 
     fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
@@ -443,14 +439,6 @@ impl Wire for GitLab {
             api.get_optional(&format!("{}/members/all/{}", self.project_path, found.id))?;
         // 30 is Developer: the lowest role that may push.
         Ok(member.is_some_and(|m| m.access_level >= 30))
-    }
-
-    fn open_pull_requests(&self, api: &Api) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let mrs: Vec<MergeRequest> = api.get_all(&format!(
-            "{}/merge_requests?state=opened",
-            self.project_path
-        ))?;
-        mrs.iter().map(|mr| self.info(api, mr)).collect()
     }
 }
 
