@@ -109,7 +109,7 @@ impl ForgeConfig {
         let url = match (&self.api_url, self.kind.profile().default_api_url) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
             (None, Some(default)) => default.to_owned(),
-            (None, None) => return Err(ConfigError::ApiUrlRequired),
+            (None, None) => return Err(ConfigError::ApiUrlRequired(self.kind)),
         };
         let rest = url
             .strip_prefix("https://")
@@ -162,9 +162,9 @@ impl ForgeConfig {
 /// A [`ForgeConfig`] that cannot work. Each message names the setting to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// Gitea has no public instance to default to.
-    #[error("forge.gitea needs api_url, e.g. \"https://gitea.example.com/api/v1\"")]
-    ApiUrlRequired,
+    /// The forge has no public instance to default to (Gitea): `api_url` must say where it is.
+    #[error("forge.{0} needs api_url, e.g. \"https://{0}.example.com/api/v1\"")]
+    ApiUrlRequired(ForgeKind),
     /// `api_url` is not a usable URL.
     #[error("forge api_url is not usable: {reason}")]
     InvalidApiUrl {
@@ -198,7 +198,14 @@ mod tests {
     #[test]
     fn api_urls_are_checked() {
         let mut config = ForgeConfig::new(ForgeKind::Gitea, "a/b", "t");
-        assert_eq!(config.api_base(), Err(ConfigError::ApiUrlRequired));
+        assert_eq!(
+            config.api_base(),
+            Err(ConfigError::ApiUrlRequired(ForgeKind::Gitea))
+        );
+        assert_eq!(
+            config.api_base().unwrap_err().to_string(),
+            "forge.gitea needs api_url, e.g. \"https://gitea.example.com/api/v1\""
+        );
         config.api_url = Some("http://127.0.0.1:3000/api/v1/".into());
         assert_eq!(
             config.api_base().as_deref(),
