@@ -34,8 +34,20 @@ pub(crate) fn connect_wire<W: Wire>(api: Api, config: &ForgeConfig) -> Box<dyn F
     Box::new(Adapter {
         api,
         login,
-        wire: W::new(config),
+        repo: Repository {
+            name: config.repository.clone(),
+            path: W::repo_path(&config.repository),
+        },
+        wire: W::default(),
     })
+}
+
+/// The repository an adapter works on.
+pub(crate) struct Repository {
+    /// As configured: `owner/name` (GitLab: `group/project`, or the project's numeric id).
+    pub(crate) name: String,
+    /// Its API path, percent-encoded (`/repos/{owner}/{name}`, GitLab's `/projects/{id}`).
+    pub(crate) path: String,
 }
 
 /// A comment already on a pull request, as the forge lists it.
@@ -51,7 +63,7 @@ pub(crate) struct PostedComment {
 /// One forge's API, as far as it differs from the others by more than a fact of its profile:
 /// its paths, and the shapes of its answers. Each method is one or a few requests through
 /// `api`, or a conversion of an answer; the arguments are checked already.
-pub(crate) trait Wire: Send + Sync + Sized + 'static {
+pub(crate) trait Wire: Default + Send + Sync + Sized + 'static {
     /// A user, as `GET /user` answers.
     type User: DeserializeOwned;
     /// A comment, as the forge lists them.
@@ -64,49 +76,50 @@ pub(crate) trait Wire: Send + Sync + Sized + 'static {
     /// The comment list is paged (Gitea's answers every comment at once and takes no page).
     const COMMENTS_PAGED: bool;
 
-    /// The wire for `config.repository`.
-    fn new(config: &ForgeConfig) -> Self;
-
-    /// The repository's API path, percent-encoded (`/repos/{owner}/{name}`, GitLab's
-    /// `/projects/{id or path}`).
-    fn repo_path(&self) -> &str;
+    /// The API path of the repository named `name`, percent-encoded (GitHub and Gitea:
+    /// `/repos/{owner}/{name}`).
+    fn repo_path(name: &str) -> String {
+        let parts: Vec<String> = name.split('/').map(names::path_segment).collect();
+        format!("/repos/{}", parts.join("/"))
+    }
 
     /// The user's login.
     fn login(user: Self::User) -> String;
 
     /// Where pull request `pr`'s comments are created (GitHub and Gitea: as an issue's).
-    fn comments_path(&self, pr: u64) -> String {
-        format!("{}/issues/{pr}/comments", self.repo_path())
+    fn comments_path(repo: &Repository, pr: u64) -> String {
+        format!("{}/issues/{pr}/comments", repo.path)
     }
 
     /// Where pull request `pr`'s comments are listed, oldest first.
-    fn comments_list_path(&self, pr: u64) -> String {
-        self.comments_path(pr)
+    fn comments_list_path(repo: &Repository, pr: u64) -> String {
+        Self::comments_path(repo, pr)
     }
 
     /// Where comment `id` of pull request `pr` is edited (GitHub and Gitea: by its id alone).
-    fn comment_path(&self, pr: u64, id: u64) -> String {
+    fn comment_path(repo: &Repository, pr: u64, id: u64) -> String {
         let _ = pr;
-        format!("{}/issues/comments/{id}", self.repo_path())
+        format!("{}/issues/comments/{id}", repo.path)
     }
 
     /// The comment, unless it is the forge's own (GitLab's system notes).
     fn posted(comment: Self::Comment) -> Option<PostedComment>;
 
     /// Where pull request `number` is read.
-    fn pull_request_path(&self, number: u64) -> String {
-        format!("{}/pulls/{number}", self.repo_path())
+    fn pull_request_path(repo: &Repository, number: u64) -> String {
+        format!("{}/pulls/{number}", repo.path)
     }
 
     /// Where the open pull requests are listed.
-    fn open_pull_requests_path(&self) -> String {
-        format!("{}/pulls?state=open", self.repo_path())
+    fn open_pull_requests_path(repo: &Repository) -> String {
+        format!("{}/pulls?state=open", repo.path)
     }
 
     /// What every forge says about `pr`, checked; `path` is where it was read, for the error.
     fn info(
         &self,
         api: &Api,
+        repo: &Repository,
         pr: &Self::PullRequest,
         path: &str,
     ) -> Result<PullRequestInfo, ForgeError>;
@@ -116,10 +129,10 @@ pub(crate) trait Wire: Send + Sync + Sized + 'static {
 
     /// The verdicts on pull request `number`, oldest first (a forge that only lists who
     /// approves now gives an `Approved` verdict for each).
-    fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError>;
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError>;
 
     /// Whether `user` (a checked login) may push.
-    fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError>;
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError>;
 }
 
 /// A [`Forge`] over one forge's [`Wire`].
@@ -127,6 +140,8 @@ pub(crate) struct Adapter<W> {
     api: Api,
     /// Slipway's own login: configured, or asked once.
     login: OnceLock<String>,
+    repo: Repository,
+    /// What the forge's wire keeps between calls (GitLab: project paths).
     wire: W,
 }
 
@@ -155,7 +170,7 @@ impl<W: Wire> Forge for Adapter<W> {
         check_marker(marker)?;
         let body = self.api.scrub(&body_with_marker(marker, body));
         let me = self.own_login()?;
-        let path = self.wire.comments_list_path(pr);
+        let path = W::comments_list_path(&self.repo, pr);
         let comments: Vec<W::Comment> = if W::COMMENTS_PAGED {
             self.api.get_all(&path)?
         } else {
@@ -172,7 +187,7 @@ impl<W: Wire> Forge for Adapter<W> {
             Some(c) => {
                 let updated: Written = self.api.send(
                     W::EDIT_COMMENT,
-                    &self.wire.comment_path(pr, c.id),
+                    &W::comment_path(&self.repo, pr, c.id),
                     &json!({ "body": body }),
                 )?;
                 Ok(CommentId(updated.id))
@@ -184,7 +199,7 @@ impl<W: Wire> Forge for Adapter<W> {
     fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
         let created: Written = self.api.send(
             Method::Post,
-            &self.wire.comments_path(pr),
+            &W::comments_path(&self.repo, pr),
             &json!({ "body": body }),
         )?;
         Ok(CommentId(created.id))
@@ -204,16 +219,16 @@ impl<W: Wire> Forge for Adapter<W> {
         }
         let _: serde_json::Value = self.api.send(
             Method::Post,
-            &format!("{}/statuses/{}", self.wire.repo_path(), status.sha),
+            &format!("{}/statuses/{}", self.repo.path, status.sha),
             &body,
         )?;
         Ok(())
     }
 
     fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let path = self.wire.pull_request_path(number);
+        let path = W::pull_request_path(&self.repo, number);
         let pr: W::PullRequest = self.api.get(&path)?;
-        let info = self.wire.info(&self.api, &pr, &path)?;
+        let info = self.wire.info(&self.api, &self.repo, &pr, &path)?;
         let (state, mergeable, merge_commit_sha) = W::state(pr);
         Ok(PullRequestDetails::new(
             info,
@@ -224,32 +239,26 @@ impl<W: Wire> Forge for Adapter<W> {
     }
 
     fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
-        Ok(latest_approvals(self.wire.reviews(&self.api, number)?))
+        Ok(latest_approvals(W::reviews(&self.api, &self.repo, number)?))
     }
 
     fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
         check_login(user)?;
-        self.wire.has_write_access(&self.api, user)
+        W::has_write_access(&self.api, &self.repo, user)
     }
 
     fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let path = self.wire.open_pull_requests_path();
+        let path = W::open_pull_requests_path(&self.repo);
         let prs: Vec<W::PullRequest> = self.api.get_all(&path)?;
         let list = path.split('?').next().unwrap_or_default();
         prs.iter()
-            .map(|pr| self.wire.info(&self.api, pr, list))
+            .map(|pr| self.wire.info(&self.api, &self.repo, pr, list))
             .collect()
     }
 
     fn pr_head_ref(&self, number: u64) -> String {
         format!("{}/{number}/head", self.api.profile.pr_ref_namespace)
     }
-}
-
-/// `/repos/{owner}/{name}`, each part percent-encoded (GitHub's and Gitea's repository path).
-pub(crate) fn repos_path(repository: &str) -> String {
-    let parts: Vec<String> = repository.split('/').map(names::path_segment).collect();
-    format!("/repos/{}", parts.join("/"))
 }
 
 /// `ok`, or an [`ForgeError::InvalidInput`] about `what`.

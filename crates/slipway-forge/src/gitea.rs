@@ -3,10 +3,9 @@
 
 use serde::Deserialize;
 
-use crate::adapter::{PostedComment, Wire, connect_wire, repos_path};
+use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
 use crate::api::PrState;
 use crate::approvals::Verdict;
-use crate::config::ForgeConfig;
 use crate::error::ForgeError;
 use crate::event::{
     self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
@@ -269,10 +268,8 @@ fn parse_comment(
 }
 
 /// Gitea's REST API v1.
-pub(crate) struct Gitea {
-    /// `/repos/{owner}/{repo}`, percent-encoded.
-    repo_path: String,
-}
+#[derive(Default)]
+pub(crate) struct Gitea;
 
 impl Wire for Gitea {
     type User = User;
@@ -282,16 +279,6 @@ impl Wire for Gitea {
     const EDIT_COMMENT: Method = Method::Patch;
     // Gitea lists an issue's comments in one answer: the endpoint takes no page.
     const COMMENTS_PAGED: bool = false;
-
-    fn new(config: &ForgeConfig) -> Gitea {
-        Gitea {
-            repo_path: repos_path(&config.repository),
-        }
-    }
-
-    fn repo_path(&self) -> &str {
-        &self.repo_path
-    }
 
     fn login(user: User) -> String {
         user.name()
@@ -305,7 +292,13 @@ impl Wire for Gitea {
         })
     }
 
-    fn info(&self, _: &Api, pr: &PullRequest, path: &str) -> Result<PullRequestInfo, ForgeError> {
+    fn info(
+        &self,
+        _: &Api,
+        _: &Repository,
+        pr: &PullRequest,
+        path: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
         pr.info()
             .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
     }
@@ -318,7 +311,7 @@ impl Wire for Gitea {
         )
     }
 
-    fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
         #[derive(Deserialize)]
         struct Review {
             user: Option<User>,
@@ -328,8 +321,7 @@ impl Wire for Gitea {
             #[serde(default)]
             dismissed: bool,
         }
-        let reviews: Vec<Review> =
-            api.get_all(&format!("{}/pulls/{number}/reviews", self.repo_path))?;
+        let reviews: Vec<Review> = api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
         Ok(reviews
             .into_iter()
             .filter_map(|r| {
@@ -353,14 +345,14 @@ impl Wire for Gitea {
             .collect())
     }
 
-    fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError> {
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct Permission {
             permission: String,
         }
         let p: Option<Permission> = api.get_optional(&format!(
             "{}/collaborators/{}/permission",
-            self.repo_path,
+            repo.path,
             path_segment(user)
         ))?;
         Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "write" | "admin" | "owner")))

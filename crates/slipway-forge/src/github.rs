@@ -2,10 +2,9 @@
 
 use serde::Deserialize;
 
-use crate::adapter::{PostedComment, Wire, connect_wire, repos_path};
+use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
 use crate::api::PrState;
 use crate::approvals::Verdict;
-use crate::config::ForgeConfig;
 use crate::error::ForgeError;
 use crate::event::{
     self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
@@ -249,10 +248,8 @@ fn review_state(state: &str) -> Option<ReviewState> {
 }
 
 /// GitHub's REST API.
-pub(crate) struct GitHub {
-    /// `/repos/{owner}/{repo}`, percent-encoded.
-    repo_path: String,
-}
+#[derive(Default)]
+pub(crate) struct GitHub;
 
 impl Wire for GitHub {
     type User = User;
@@ -261,16 +258,6 @@ impl Wire for GitHub {
 
     const EDIT_COMMENT: Method = Method::Patch;
     const COMMENTS_PAGED: bool = true;
-
-    fn new(config: &ForgeConfig) -> GitHub {
-        GitHub {
-            repo_path: repos_path(&config.repository),
-        }
-    }
-
-    fn repo_path(&self) -> &str {
-        &self.repo_path
-    }
 
     fn login(user: User) -> String {
         user.login
@@ -284,7 +271,13 @@ impl Wire for GitHub {
         })
     }
 
-    fn info(&self, _: &Api, pr: &PullRequest, path: &str) -> Result<PullRequestInfo, ForgeError> {
+    fn info(
+        &self,
+        _: &Api,
+        _: &Repository,
+        pr: &PullRequest,
+        path: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
         pr.info()
             .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
     }
@@ -294,9 +287,8 @@ impl Wire for GitHub {
         (state, pr.mergeable, pr.merge_commit_sha)
     }
 
-    fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
-        let reviews: Vec<Review> =
-            api.get_all(&format!("{}/pulls/{number}/reviews", self.repo_path))?;
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
+        let reviews: Vec<Review> = api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
         Ok(reviews
             .into_iter()
             .filter_map(|r| {
@@ -309,7 +301,7 @@ impl Wire for GitHub {
             .collect())
     }
 
-    fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError> {
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct Permission {
             permission: String,
@@ -318,7 +310,7 @@ impl Wire for GitHub {
         }
         let p: Option<Permission> = api.get_optional(&format!(
             "{}/collaborators/{}/permission",
-            self.repo_path,
+            repo.path,
             path_segment(user)
         ))?;
         // `permission` is the legacy summary (admin/write/read/none; maintain shows as write),

@@ -7,10 +7,9 @@ use std::sync::{Mutex, OnceLock};
 
 use serde::Deserialize;
 
-use crate::adapter::{PostedComment, Wire, connect_wire};
+use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
 use crate::api::PrState;
 use crate::approvals::Verdict;
-use crate::config::ForgeConfig;
 use crate::error::ForgeError;
 use crate::event::{
     self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, RepositoryRef, ReviewState,
@@ -203,12 +202,9 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
 }
 
 /// GitLab's REST API v4.
+#[derive(Default)]
 pub(crate) struct GitLab {
-    /// `/projects/{url-encoded path}`.
-    project_path: String,
-    /// The configured repository: a path, or the project's numeric id.
-    repository: String,
-    /// The project's path, asked once when `repository` is its numeric id.
+    /// The project's path, asked once when the configured repository is its numeric id.
     resolved_path: OnceLock<String>,
     /// Source project paths of forks, by project id.
     fork_paths: Mutex<HashMap<u64, Option<String>>>,
@@ -250,14 +246,14 @@ pub(crate) struct Note {
 impl GitLab {
     /// The project's `group/project` path: the configured one, or, when the configuration
     /// names the project by its numeric id, the path the forge gives it (asked once).
-    fn repository_path(&self, api: &Api) -> Result<String, ForgeError> {
-        if !names::is_numeric_id(&self.repository) {
-            return Ok(self.repository.clone());
+    fn repository_path(&self, api: &Api, repo: &Repository) -> Result<String, ForgeError> {
+        if !names::is_numeric_id(&repo.name) {
+            return Ok(repo.name.clone());
         }
         if let Some(path) = self.resolved_path.get() {
             return Ok(path.clone());
         }
-        let project: ProjectPath = api.get(&self.project_path)?;
+        let project: ProjectPath = api.get(&repo.path)?;
         Ok(self
             .resolved_path
             .get_or_init(|| project.path_with_namespace)
@@ -266,12 +262,17 @@ impl GitLab {
 
     /// The path of the merge request's source project: ours, or a fork's (asked once per
     /// fork; `None` when it was deleted or is not visible to the token).
-    fn source_path(&self, api: &Api, mr: &MergeRequest) -> Result<Option<String>, ForgeError> {
+    fn source_path(
+        &self,
+        api: &Api,
+        repo: &Repository,
+        mr: &MergeRequest,
+    ) -> Result<Option<String>, ForgeError> {
         let Some(id) = mr.source_project_id else {
             return Ok(None);
         };
         if id == mr.target_project_id {
-            return self.repository_path(api).map(Some);
+            return self.repository_path(api, repo).map(Some);
         }
         if let Some(known) = self
             .fork_paths
@@ -299,33 +300,27 @@ impl Wire for GitLab {
     const EDIT_COMMENT: Method = Method::Put;
     const COMMENTS_PAGED: bool = true;
 
-    fn new(config: &ForgeConfig) -> GitLab {
-        GitLab {
-            project_path: format!("/projects/{}", path_segment(&config.repository)),
-            repository: config.repository.clone(),
-            resolved_path: OnceLock::new(),
-            fork_paths: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn repo_path(&self) -> &str {
-        &self.project_path
+    fn repo_path(name: &str) -> String {
+        format!("/projects/{}", path_segment(name))
     }
 
     fn login(user: UserName) -> String {
         user.username
     }
 
-    fn comments_path(&self, pr: u64) -> String {
-        format!("{}/merge_requests/{pr}/notes", self.project_path)
+    fn comments_path(repo: &Repository, pr: u64) -> String {
+        format!("{}/merge_requests/{pr}/notes", repo.path)
     }
 
-    fn comments_list_path(&self, pr: u64) -> String {
-        format!("{}?sort=asc&order_by=created_at", self.comments_path(pr))
+    fn comments_list_path(repo: &Repository, pr: u64) -> String {
+        format!(
+            "{}?sort=asc&order_by=created_at",
+            Self::comments_path(repo, pr)
+        )
     }
 
-    fn comment_path(&self, pr: u64, id: u64) -> String {
-        format!("{}/merge_requests/{pr}/notes/{id}", self.project_path)
+    fn comment_path(repo: &Repository, pr: u64, id: u64) -> String {
+        format!("{}/merge_requests/{pr}/notes/{id}", repo.path)
     }
 
     /// System notes ("added 1 commit") are the forge's, whatever account they name.
@@ -337,17 +332,23 @@ impl Wire for GitLab {
         })
     }
 
-    fn pull_request_path(&self, number: u64) -> String {
-        format!("{}/merge_requests/{number}", self.project_path)
+    fn pull_request_path(repo: &Repository, number: u64) -> String {
+        format!("{}/merge_requests/{number}", repo.path)
     }
 
-    fn open_pull_requests_path(&self) -> String {
-        format!("{}/merge_requests?state=opened", self.project_path)
+    fn open_pull_requests_path(repo: &Repository) -> String {
+        format!("{}/merge_requests?state=opened", repo.path)
     }
 
     /// The path in an error is always the merge request's own.
-    fn info(&self, api: &Api, mr: &MergeRequest, _: &str) -> Result<PullRequestInfo, ForgeError> {
-        let path = self.pull_request_path(mr.iid);
+    fn info(
+        &self,
+        api: &Api,
+        repo: &Repository,
+        mr: &MergeRequest,
+        _: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
+        let path = Self::pull_request_path(repo, mr.iid);
         let info = PullRequestInfo {
             number: mr.iid,
             title: mr.title.clone(),
@@ -358,8 +359,8 @@ impl Wire for GitLab {
             head_sha: mr.sha.clone().unwrap_or_default(),
             head_ref: mr.source_branch.clone(),
             base_ref: mr.target_branch.clone(),
-            head_repo_full_name: self.source_path(api, mr)?,
-            base_repo_full_name: self.repository_path(api)?,
+            head_repo_full_name: self.source_path(api, repo, mr)?,
+            base_repo_full_name: self.repository_path(api, repo)?,
             is_fork: mr.source_project_id != Some(mr.target_project_id),
             url: mr.web_url.clone(),
         };
@@ -392,7 +393,7 @@ impl Wire for GitLab {
         )
     }
 
-    fn reviews(&self, api: &Api, number: u64) -> Result<Vec<Verdict>, ForgeError> {
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
         #[derive(Deserialize)]
         struct ApprovedBy {
             user: UserName,
@@ -404,10 +405,7 @@ impl Wire for GitLab {
         }
         // GitLab lists who approves now, not a history of verdicts; its approvals name no
         // commit.
-        let a: Approvals = api.get(&format!(
-            "{}/merge_requests/{number}/approvals",
-            self.project_path
-        ))?;
+        let a: Approvals = api.get(&format!("{}/merge_requests/{number}/approvals", repo.path))?;
         Ok(a.approved_by
             .into_iter()
             .map(|a| Verdict {
@@ -418,7 +416,7 @@ impl Wire for GitLab {
             .collect())
     }
 
-    fn has_write_access(&self, api: &Api, user: &str) -> Result<bool, ForgeError> {
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct UserId {
             id: u64,
@@ -436,7 +434,7 @@ impl Wire for GitLab {
             return Ok(false);
         };
         let member: Option<Member> =
-            api.get_optional(&format!("{}/members/all/{}", self.project_path, found.id))?;
+            api.get_optional(&format!("{}/members/all/{}", repo.path, found.id))?;
         // 30 is Developer: the lowest role that may push.
         Ok(member.is_some_and(|m| m.access_level >= 30))
     }
