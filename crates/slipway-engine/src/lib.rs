@@ -44,7 +44,9 @@ use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
 use slipway_state::{EnvironmentRecord, ResourceRecord, Store};
 
-pub use apply::{ApplyEvent, ApplyOptions, ApplyReport, Outcome, Progress};
+pub use apply::{
+    ApplyEvent, ApplyOptions, ApplyReport, Confirmation, DestroyOptions, Outcome, Progress,
+};
 pub use config::EngineConfig;
 pub use rules::Rules;
 pub use status::{EnvironmentStatus, ResourceStatus};
