@@ -272,20 +272,8 @@ impl Engine {
             Ok(results) => results,
             Err(e) => {
                 tracing::warn!(deployment, error = %e, "apply failed before its changes");
-                self.store.finish_deployment(
-                    deployment,
-                    "failed",
-                    Some(&e.to_string()),
-                    &json!({}),
-                    finished,
-                )?;
-                self.store.set_environment_status(
-                    env,
-                    "failed",
-                    "degraded",
-                    Some(&e.to_string()),
-                    finished,
-                )?;
+                let message = e.to_string();
+                self.record_failed_deployment(env, deployment, &message, &json!({}), finished)?;
                 return Err(e);
             }
         };
@@ -328,20 +316,7 @@ impl Engine {
                 .collect();
             let message = failed.join("; ");
             tracing::warn!(deployment, failed = failed.len(), "apply failed");
-            self.store.finish_deployment(
-                deployment,
-                "failed",
-                Some(&message),
-                &summary,
-                finished,
-            )?;
-            self.store.set_environment_status(
-                env,
-                "failed",
-                "degraded",
-                Some(&message),
-                finished,
-            )?;
+            self.record_failed_deployment(env, deployment, &message, &summary, finished)?;
             self.store.record_event(
                 Some(env),
                 "apply.failed",
@@ -351,6 +326,22 @@ impl Engine {
             )?;
         }
         Ok(report)
+    }
+
+    /// Records that `deployment` of `env` failed with `message`, and the environment with it.
+    fn record_failed_deployment(
+        &self,
+        env: &str,
+        deployment: i64,
+        message: &str,
+        summary: &Json,
+        finished: i64,
+    ) -> Result<(), EngineError> {
+        self.store
+            .finish_deployment(deployment, "failed", Some(message), summary, finished)?;
+        self.store
+            .set_environment_status(env, "failed", "degraded", Some(message), finished)?;
+        Ok(())
     }
 
     fn run_changes(

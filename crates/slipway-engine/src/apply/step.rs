@@ -1,11 +1,13 @@
 //! One resource's step: create, update or replace it (an exposed one is handed to `swap`),
 //! or delete it, recording each stage in the store before acting.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use slipway_core::plan::{Action, Change};
-use slipway_providers::{Applied, ResourceContext};
+use slipway_providers::sandbox::Sandbox;
+use slipway_providers::{Applied, EnvDirs, ResourceContext};
 use slipway_state::ResourceRecord;
 
 use super::{ApplyEvent, Outputs, Progress, Secrets, describe};
@@ -37,7 +39,70 @@ pub(super) fn tracked<R>(
     result
 }
 
+/// Records what a create or update left: the provider's handle (in its envelope, made by
+/// `envelope_of`) and the outputs.
+pub(super) fn record_applied(
+    record: &mut ResourceRecord,
+    applied: &Applied,
+    envelope_of: impl Fn(Json) -> Json,
+) {
+    record.live = envelope_of(applied.live.clone());
+    record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
+    record.secret_outputs = applied.secret_outputs.clone();
+}
+
 impl Engine {
+    /// What a provider is told about `resource` of `env` (with no secret values to redact).
+    pub(crate) fn resource_context<'a>(
+        &'a self,
+        env: &'a str,
+        resource: &'a str,
+        dirs: &'a EnvDirs,
+        ports: &'a BTreeMap<String, u16>,
+        sandbox: &'a Sandbox,
+    ) -> ResourceContext<'a> {
+        ResourceContext {
+            environment: env,
+            resource,
+            dirs,
+            ports,
+            settings: &self.settings,
+            redact: &[],
+            sandbox,
+        }
+    }
+
+    /// Marks `record` failed with `error` (what the store keeps), best effort, and gives
+    /// back `returned` (what the caller reports).
+    pub(super) fn record_failed(
+        &self,
+        record: &mut ResourceRecord,
+        error: String,
+        returned: String,
+    ) -> String {
+        record.status = "failed".into();
+        record.error = Some(error);
+        record.updated_at = slipway_state::now_ms();
+        let _ = self.store.put_resource(record);
+        returned
+    }
+
+    /// Marks `record` ready, its configuration resolved as `resolved_hash`; gives back its
+    /// outputs and the names of the secret ones.
+    pub(super) fn record_ready(
+        &self,
+        mut record: ResourceRecord,
+        resolved_hash: String,
+    ) -> Result<(Json, Vec<String>), String> {
+        record.status = "ready".into();
+        record.resolved_hash = Some(resolved_hash);
+        record.updated_at = slipway_state::now_ms();
+        self.store
+            .put_resource(&record)
+            .map_err(|e| e.to_string())?;
+        Ok((record.outputs, record.secret_outputs))
+    }
+
     /// Creates, updates or replaces one resource; returns its outputs and the names of the
     /// secret ones. Errors are redacted of every secret value the resource was given.
     pub(super) fn apply_change(
@@ -161,13 +226,8 @@ impl Engine {
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
         let sandbox = self.sandbox(env).map_err(|e| e.to_string())?;
         let ctx = ResourceContext {
-            environment: env,
-            resource: &instance,
-            dirs: &dirs,
-            ports: &ports,
-            settings: &self.settings,
             redact: &resolved_all.secrets,
-            sandbox: &sandbox,
+            ..self.resource_context(env, &instance, &dirs, &ports, &sandbox)
         };
         let envelope_of = |handle: Json| {
             serde_json::to_value(Envelope {
@@ -239,18 +299,12 @@ impl Engine {
             Ok(applied) => applied,
             Err(error) => {
                 let error = redactor.redact(&error);
-                record.status = "failed".into();
-                record.error = Some(error.clone());
-                record.updated_at = slipway_state::now_ms();
-                let _ = self.store.put_resource(&record);
-                return Err(error);
+                return Err(self.record_failed(&mut record, error.clone(), error));
             }
         };
         // Record the handle before waiting, so a process that never gets healthy is still
         // known (and stopped by the next apply or destroy).
-        record.live = envelope_of(applied.live.clone());
-        record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
-        record.secret_outputs = applied.secret_outputs.clone();
+        record_applied(&mut record, &applied, envelope_of);
         redactor.add_outputs(&record.outputs, &record.secret_outputs);
         record.updated_at = slipway_state::now_ms();
         self.store
@@ -259,19 +313,9 @@ impl Engine {
         let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
         if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
             let error = redactor.redact(&describe(&e));
-            record.status = "failed".into();
-            record.error = Some(error.clone());
-            record.updated_at = slipway_state::now_ms();
-            let _ = self.store.put_resource(&record);
-            return Err(error);
+            return Err(self.record_failed(&mut record, error.clone(), error));
         }
-        record.status = "ready".into();
-        record.resolved_hash = Some(resolved_hash);
-        record.updated_at = slipway_state::now_ms();
-        self.store
-            .put_resource(&record)
-            .map_err(|e| e.to_string())?;
-        Ok((record.outputs, record.secret_outputs))
+        self.record_ready(record, resolved_hash)
     }
 
     /// Deletes one recorded resource: marks it `deleting`, asks its provider, forgets it.
@@ -290,15 +334,7 @@ impl Engine {
             let ports = self.store.ports(env, name).map_err(|e| e.to_string())?;
             let instance = envelope.instance(name);
             let sandbox = self.sandbox(env).map_err(|e| e.to_string())?;
-            let ctx = ResourceContext {
-                environment: env,
-                resource: instance,
-                dirs: &dirs,
-                ports: &ports,
-                settings: &self.settings,
-                redact: &[],
-                sandbox: &sandbox,
-            };
+            let ctx = self.resource_context(env, instance, &dirs, &ports, &sandbox);
             let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
             let mut result = provider.delete(ctx, handle);
             if result.is_ok()
@@ -322,10 +358,7 @@ impl Engine {
             }
             if let Err(e) = result {
                 let error = describe(&e);
-                record.status = "failed".into();
-                record.error = Some(error.clone());
-                let _ = self.store.put_resource(&record);
-                return Err(error);
+                return Err(self.record_failed(&mut record, error.clone(), error));
             }
         }
         self.store

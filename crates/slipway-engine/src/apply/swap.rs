@@ -10,6 +10,7 @@ use slipway_providers::ResourceContext;
 use slipway_state::ResourceRecord;
 
 use super::describe;
+use super::step::record_applied;
 use crate::{Engine, Envelope, Prepared};
 
 /// How long the old instance of an exposed process keeps running after traffic switched.
@@ -40,13 +41,8 @@ impl Engine {
         let fail = |record: &mut ResourceRecord, error: String| {
             let error = redactor.redact(&error);
             // The old instance is still recorded as live and still serving.
-            record.status = "failed".into();
-            record.error = Some(format!(
-                "the new version did not replace the running one: {error}"
-            ));
-            record.updated_at = slipway_state::now_ms();
-            let _ = self.store.put_resource(record);
-            Err(error)
+            let recorded = format!("the new version did not replace the running one: {error}");
+            Err(self.record_failed(record, recorded, error))
         };
         if let Err(e) = provider.delete(ctx, None) {
             return fail(&mut record, describe(&e));
@@ -60,15 +56,8 @@ impl Engine {
             let _ = provider.delete(ctx, Some(&applied.live));
             return fail(&mut record, describe(&e));
         }
-        record.live = envelope_of(applied.live.clone());
-        record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
-        record.secret_outputs = applied.secret_outputs.clone();
-        record.status = "ready".into();
-        record.resolved_hash = Some(resolved_hash);
-        record.updated_at = slipway_state::now_ms();
-        self.store
-            .put_resource(&record)
-            .map_err(|e| e.to_string())?;
+        record_applied(&mut record, &applied, envelope_of);
+        let ready = self.record_ready(record, resolved_hash)?;
         // Requests routed to the old instance just before the switch finish on it.
         std::thread::sleep(DRAIN);
         let old_dirs = self.env_dirs(env, &previous.src_commit, "");
@@ -92,6 +81,6 @@ impl Engine {
                 slipway_state::now_ms(),
             );
         }
-        Ok((record.outputs, record.secret_outputs))
+        Ok(ready)
     }
 }
