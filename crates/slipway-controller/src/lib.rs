@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use slipway_core::render::EnvKind;
+pub use slipway_engine::DestroyOptions;
 use slipway_engine::{Engine, EngineError, EnvTarget};
 use slipway_git::Source;
 use slipway_state::EnvironmentRecord;
@@ -126,26 +127,6 @@ pub struct CreateEnvironment {
     pub ttl: Option<Duration>,
     /// Who asked.
     pub owner: Option<String>,
-}
-
-/// How an environment is destroyed.
-#[derive(Debug, Clone, Default)]
-pub struct DestroyOptions {
-    /// Who asked, recorded with the deployment.
-    pub who: String,
-    /// A person confirmed destroying it although it is protected (typed its name).
-    pub confirm: bool,
-}
-
-impl DestroyOptions {
-    /// The controller's own destroy (a gone branch, an expiry); `confirm` only where nothing
-    /// protected can be concerned.
-    pub(crate) fn controller(confirm: bool) -> DestroyOptions {
-        DestroyOptions {
-            who: reconcile::WHO.into(),
-            confirm,
-        }
-    }
 }
 
 /// What a controller operation can fail with.
@@ -701,7 +682,7 @@ impl Controller {
     }
 
     /// Destroys an environment now (waiting for any operation on it to finish).
-    /// A protected environment is destroyed only with `options.confirm`.
+    /// A protected environment is destroyed only when `options.confirm` is given.
     pub async fn destroy_environment(
         &self,
         name: &str,

@@ -21,9 +21,7 @@ use commands::comment;
 use std::collections::BTreeSet;
 
 use slipway_engine::Origin;
-use slipway_forge::{
-    Forge, ForgeEvent, ForgeKind, PrAction, PrState, PullRequestDetails, PullRequestInfo,
-};
+use slipway_forge::{Forge, ForgeEvent, PrAction, PrState, PullRequestDetails, PullRequestInfo};
 use slipway_state::{PullRequestRecord, now_ms};
 
 pub(crate) use apply::{PendingApply, answer};
@@ -117,7 +115,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
 /// asked of the API. Other forges' payloads name the author.
 fn real_author(inner: &Inner, pr: &PullRequestInfo) -> Result<String, ControllerError> {
     let setup = setup(inner)?;
-    if setup.kind != ForgeKind::GitLab {
+    if setup.kind.profile().webhook_names_pr_author {
         return Ok(pr.author.clone());
     }
     Ok(setup.forge.pull_request(pr.number)?.info.author)
@@ -240,7 +238,7 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
 fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {
     let store = inner.engine.store();
     let mut pr = pr.clone();
-    if setup(inner)?.kind == ForgeKind::GitLab {
+    if !setup(inner)?.kind.profile().webhook_names_pr_author {
         // GitLab's payload names who closed it, not its author (who decides a fork's preview
         // when it is reopened at this head).
         pr.author = match store.pull_request(pr.number as i64)? {
@@ -290,15 +288,9 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
         .pull_request(number as i64)?
         .map(|r| r.stale_approvers)
         .unwrap_or_default();
-    let approved = qualified_approval(
-        forge.as_ref(),
-        &approvals,
-        &details.info.author,
-        |a| match a.commit_sha.as_deref() {
-            Some(c) => c == details.info.head_sha,
-            None => !stale.contains(&a.author),
-        },
-    )?
+    let approved = qualified_approval(forge.as_ref(), &approvals, &details.info.author, |a| {
+        a.counts_for(&details.info.head_sha, &stale)
+    })?
     .is_some();
     inner
         .engine

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use slipway_core::plan::Action as Change;
 use slipway_core::render::EnvKind;
-use slipway_engine::{ApplyOptions, EngineError, Origin};
+use slipway_engine::{ApplyOptions, Confirmation, EngineError, Origin};
 use slipway_state::EnvironmentRecord;
 
 use crate::{ControllerError, DestroyOptions, Inner, Trigger, kind_of, short, target_of};
@@ -234,7 +234,7 @@ pub(crate) fn destroy(
         return Err(ControllerError::NotFound(name.to_string()));
     }
     let lock = engine.lock(name, true, &|| {})?;
-    let report = engine.destroy(&lock, &options.who, options.confirm, &())?;
+    let report = engine.destroy(&lock, options, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
@@ -292,12 +292,8 @@ pub(crate) fn reconcile(
     }
     if record.expires_at.is_some_and(|at| at <= inner.now()) {
         // Never confirmed: a protected environment does not expire (see above).
-        destroy(
-            inner,
-            name,
-            &DestroyOptions::controller(false),
-            "its time to live has passed",
-        )?;
+        let options = DestroyOptions::new(WHO, Confirmation::Absent);
+        destroy(inner, name, &options, "its time to live has passed")?;
         event(
             inner,
             name,
@@ -439,7 +435,7 @@ pub(crate) fn reconcile(
                     parallelism: 1,
                     who: WHO.into(),
                     swap_exposed: true,
-                    confirm_destroy: false,
+                    confirm_destroy: slipway_engine::Confirmation::Absent,
                 },
                 &(),
             )?;
@@ -498,7 +494,7 @@ pub(crate) fn reconcile(
             // downtime.
             swap_exposed: true,
             // Only a person confirms destroying something in a protected environment.
-            confirm_destroy: false,
+            confirm_destroy: slipway_engine::Confirmation::Absent,
         },
         &(),
     );

@@ -7,7 +7,9 @@ use slipway_core::render::EnvKind;
 use slipway_engine::source;
 use slipway_state::EnvironmentRecord;
 
-use crate::reconcile::{Cause, destroy, event, mark_failed, report_once};
+use slipway_engine::Confirmation;
+
+use crate::reconcile::{Cause, WHO, destroy, event, mark_failed, report_once};
 use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover};
 
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
@@ -205,7 +207,9 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             } else {
                 format!("branch `{tracked}` is gone")
             };
-            if let Err(e) = destroy(inner, &record.name, &DestroyOptions::controller(true), &why) {
+            // A generated environment is never protected: nothing here needs a person.
+            let options = DestroyOptions::new(WHO, Confirmation::Given);
+            if let Err(e) = destroy(inner, &record.name, &options, &why) {
                 event(inner, &record.name, "destroy.failed", &e.to_string());
             }
         }

@@ -331,7 +331,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
             EnvCommand::Destroy { name, yes, confirm_destroy, repo } => {
                 confirm(&format!("destroy `{name}`"), yes)?;
                 let confirmed = confirm_destroy.as_deref() == Some(name.as_str());
-                let options = slipway_controller::DestroyOptions { who: who(), confirm: confirmed };
+                let options = slipway_controller::DestroyOptions::new(&who(), confirmed.into());
                 controller(g, &repo)?.destroy_environment(&name, options).await?;
                 println!("destroyed `{name}`");
             }

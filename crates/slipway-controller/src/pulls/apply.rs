@@ -130,12 +130,8 @@ pub(super) fn apply(
         // An approval counts for the head it names; one that names none (GitLab) counts
         // unless its reviewer had approved before the last push (and so approved older code).
         // Only a reviewer with write access who is not the author approves.
-        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| match a
-            .commit_sha
-            .as_deref()
-        {
-            Some(c) => c == head,
-            None => !record.stale_approvers.contains(&a.author),
+        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| {
+            a.counts_for(&head, &record.stale_approvers)
         })?;
         if current.is_none() {
             unmet.push(

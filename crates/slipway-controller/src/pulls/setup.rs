@@ -67,12 +67,7 @@ pub fn setup_from_config(
     }
     let repository = string("repository")?
         .ok_or_else(|| format!("[forge.{name}] needs `repository`, e.g. \"acme/shop\""))?;
-    let default_token = match kind {
-        ForgeKind::GitHub => "GITHUB_TOKEN",
-        ForgeKind::GitLab => "GITLAB_TOKEN",
-        ForgeKind::Gitea => "GITEA_TOKEN",
-    };
-    let token_env = string("token_env")?.unwrap_or_else(|| default_token.into());
+    let token_env = string("token_env")?.unwrap_or_else(|| kind.profile().token_env.into());
     let token = std::env::var(&token_env).map_err(|_| {
         format!("[forge.{name}] reads its API token from ${token_env}, which is not set")
     })?;
