@@ -216,8 +216,7 @@ pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resu
         // i64::MIN is -2^63 exactly; 2^63 is one past i64::MAX.
         Some(f)
             if f.fract() == 0.0
-                && f >= -9_223_372_036_854_775_808.0
-                && f < 9_223_372_036_854_775_808.0 =>
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) =>
         {
             Ok(f as i64)
         }
