@@ -261,7 +261,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         RecordedStatus::Deleting => "a previous delete was interrupted",
                         // A job whose last run failed left stale output (a half-run
                         // migration): that is drift, repaired by running it again.
-                        _ if rec.type_name == "job" => {
+                        _ if rtype.is_some_and(|t| t.capabilities.reruns_after_failure) => {
                             "drift: the job's last run failed, so its output is stale"
                         }
                         _ => "the previous apply failed",

@@ -122,7 +122,7 @@ impl Engine {
                     }
                 }
             }
-            if record.type_name == "process" && record.config.get("expose").is_some() {
+            if slipway_core::types::exposed_port(&record.type_name, &record.config).is_some() {
                 url = outputs
                     .get("url")
                     .and_then(Json::as_str)

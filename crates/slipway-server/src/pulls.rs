@@ -187,6 +187,6 @@ fn exposes_a_port(controller: &slipway_controller::Controller, env: &str) -> boo
         .is_ok_and(|resources| {
             resources
                 .iter()
-                .any(|r| r.type_name == "process" && r.config.get("expose").is_some())
+                .any(|r| slipway_core::types::exposed_port(&r.type_name, &r.config).is_some())
         })
 }
