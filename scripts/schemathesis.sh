@@ -80,7 +80,10 @@ for _ in $(seq 1 100); do
 done
 
 status=0
-"$venv/bin/schemathesis" --no-color --config-file scripts/schemathesis.toml run "$base/api/v1/openapi.json" \
+config="$PWD/scripts/schemathesis.toml"
+# From the temporary directory: Schemathesis keeps a cache in `.schemathesis/` of where it runs.
+cd "$work"
+"$venv/bin/schemathesis" --no-color --config-file "$config" run "$base/api/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
