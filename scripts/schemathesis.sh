@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 version="4.32.5"
 examples="${SCHEMATHESIS_EXAMPLES:-15}"
 seed="${SCHEMATHESIS_SEED:-11}"
-target="${CARGO_TARGET_DIR:-$PWD/target}"
+target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
 venv="$target/schemathesis-venv"
 
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$version"; then
