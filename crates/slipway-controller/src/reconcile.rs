@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use slipway_core::plan::Action as Change;
 use slipway_core::render::EnvKind;
-use slipway_engine::{ApplyOptions, EngineError, Origin, source};
+use slipway_engine::{ApplyOptions, EngineError, Origin};
 use slipway_state::{EnvironmentRecord, now_ms};
 
 use crate::{ControllerError, CreateEnvironment, Inner, Trigger, discover, kind_of, target_of};
@@ -125,11 +125,12 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             out.push((record.name.clone(), Trigger::Poll));
         }
     }
-    let loaded = source::load_tracked(
+    let cached = inner.engine.load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
     )?;
+    let loaded = &cached.loaded;
     let stack = match loaded.valid_stack() {
         Ok(stack) => stack,
         Err(first) => {
@@ -583,8 +584,8 @@ pub(crate) fn reconcile(
     }
     // Only a person confirms destroying something in a protected environment, or removing
     // its protection: held, not failed by a fault (retrying will not help until then).
-    if let Some(why) = slipway_engine::apply::held_for_confirmation(&prepared) {
-        hold(inner, &record, &why)?;
+    if let Some(why) = prepared.needs_confirmation() {
+        hold(inner, &record, &held_for_confirmation(&why))?;
         return Ok(requeue);
     }
     if !prepared.plan.has_changes() {
@@ -666,7 +667,7 @@ pub(crate) fn reconcile(
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
-            hold(inner, &record, &why)?;
+            hold(inner, &record, &held_for_confirmation(&why))?;
             return Ok(requeue);
         }
         other => other?,
@@ -698,6 +699,14 @@ pub(crate) fn reconcile(
     Ok(requeue)
 }
 
+/// Why an apply waits, and what a person does about it.
+fn held_for_confirmation(why: &slipway_engine::Confirmation) -> String {
+    let env = &why.environment;
+    format!(
+        "{why}: held until a person confirms (`slipway apply --env {env} --confirm-destroy {env}`)"
+    )
+}
+
 /// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or
 /// protected one.
 fn expires(record: &EnvironmentRecord) -> bool {
@@ -722,7 +731,10 @@ pub(crate) fn create_adhoc(
         )));
     }
     inner.source.fetch()?;
-    let loaded = source::load_commit(inner.source.as_ref(), &request.reference, &inner.folder)?;
+    let cached = inner
+        .engine
+        .load_ref(inner.source.as_ref(), &request.reference, &inner.folder)?;
+    let loaded = &cached.loaded;
     let stack = loaded.valid_stack().map_err(|first| {
         ControllerError::Invalid(format!(
             "{} at {} is not valid: {first}",
@@ -731,11 +743,12 @@ pub(crate) fn create_adhoc(
     })?;
     // The names and families that count are the default branch's: the ref is anyone's
     // branch, and its `slipway.yaml` could leave `prod` out or call it a family.
-    let main = source::load_tracked(
+    let main = inner.engine.load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
     )?;
+    let main = &main.loaded;
     let main_stack = main.valid_stack().map_err(|first| {
         ControllerError::Invalid(format!(
             "{} at the default ref `{}` is not valid, so the name `{name}` cannot be checked \

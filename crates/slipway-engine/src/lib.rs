@@ -21,7 +21,10 @@ pub mod apply;
 mod cache;
 pub use cache::Cached;
 pub mod config;
+pub mod discover;
 mod isolation;
+mod stages;
+pub use stages::{Confirmation, LogFile, Named, OpenedRepository, open_repository};
 pub mod resolve;
 pub mod rules;
 pub mod secrets;
@@ -38,7 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStatus};
-use slipway_core::render::{self, DesiredState, EnvKind, Target};
+use slipway_core::render::{DesiredState, EnvKind};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
@@ -66,9 +69,21 @@ pub enum EngineError {
         /// Every diagnostic.
         diagnostics: Vec<slipway_core::diag::Diagnostic>,
     },
-    /// The environment is not defined, or is a family.
+    /// The environment is not defined, or is not what it is asked to be.
     #[error("{0}")]
     Environment(String),
+    /// A generated family was named as if it were one environment.
+    #[error(
+        "`{family}` is a family that generates environments, not one environment: {}",
+        if members.is_empty() { "no branch matches it here yet".to_string() } else { format!("its members here are {}", members.join(", ")) }
+    )]
+    Family {
+        /// The family.
+        family: String,
+        /// Its members the repository's branches make, e.g. `br-feature-x (branch
+        /// `feature/x`)`.
+        members: Vec<String>,
+    },
     /// Another process holds the environment's lock and `wait` was not asked for.
     #[error("environment `{0}` is locked by another slipway operation")]
     Locked(String),
@@ -89,7 +104,7 @@ pub enum EngineError {
     Secret(String),
     /// The operation destroys something in a protected environment and nobody confirmed it.
     #[error("{0}")]
-    NeedsConfirmation(String),
+    NeedsConfirmation(Confirmation),
 }
 
 impl EngineError {
@@ -461,49 +476,13 @@ impl Engine {
         origin: &Origin<'_>,
         target: &EnvTarget,
     ) -> Result<Prepared, EngineError> {
-        let environment = target.name.as_str();
-        if !slipway_core::stack::is_dns_label(environment) {
-            return Err(EngineError::Environment(format!(
-                "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
-            )));
-        }
-        let cached = self.load_cached(origin)?;
+        let (cached, desired) = self.render(origin, target)?;
         let loaded = &cached.loaded;
-        if loaded.loaded.has_errors() {
-            return Err(EngineError::Invalid {
-                commit: loaded.commit.sha.clone(),
-                diagnostics: loaded.loaded.diagnostics.clone(),
-            });
-        }
-        let stack = loaded
-            .loaded
-            .stack
-            .as_ref()
-            .expect("a stack without errors is present");
-        let def = stack.environments.get(&target.definition).ok_or_else(|| {
-            let known: Vec<&str> = stack.environments.keys().map(String::as_str).collect();
-            EngineError::Environment(format!(
-                "no environment `{}` in {}; it defines: {}",
-                target.definition,
-                loaded.entry,
-                known.join(", ")
-            ))
-        })?;
-        if def.generate.is_some() && target.kind == EnvKind::Static {
-            return Err(EngineError::Environment(format!(
-                "`{}` is a family that generates environments: `slipway serve` creates its members (one per pull request or branch), and `slipway env create NAME --like {}` makes one by hand",
-                target.definition, target.definition
-            )));
-        }
-        self.check_kind(target, stack)?;
-        let sources = &cached.sources;
-        let render_target = Target {
-            name: environment,
-            definition: &target.definition,
-            kind: target.kind,
-        };
-        let desired = render::render(stack, render_target, &loaded.commit.sha, sources)
-            .map_err(|e| EngineError::Environment(e.to_string()))?;
+        let def = loaded
+            .valid_stack()
+            .ok()
+            .and_then(|stack| stack.environments.get(&target.definition))
+            .expect("a rendered target's definition is in its valid stack");
         let scope = secrets::Scope {
             environment: &desired.environment.name,
             definition: &desired.environment.definition,
@@ -515,7 +494,7 @@ impl Engine {
         let plan = plan::plan(&desired, &input);
         let declared = Rules::declared(def, target.kind);
         let in_force = if target.kind == EnvKind::Static {
-            self.rules_in_force(origin, environment, &target.definition)?
+            self.rules_in_force(origin, &target.name, &target.definition)?
         } else {
             None
         };
