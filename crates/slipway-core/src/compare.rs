@@ -168,43 +168,53 @@ fn union<'a, V>(a: &'a BTreeMap<String, V>, b: &'a BTreeMap<String, V>) -> BTree
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{EnvKind, Target, render};
-    use crate::stack::{FileError, Files, LoadLimits, load};
 
-    struct One(&'static str);
-    impl Files for One {
-        fn read(&self, _: &str) -> Result<String, FileError> {
-            Ok(self.0.to_string())
+    /// A desired state of environment `env` at `commit`, with `variables` and `resources`
+    /// (`{NAME: {"type", "config", "source"?}}`).
+    fn state(env: &str, commit: &str, variables: Json, resources: Json) -> DesiredState {
+        let mut resources = resources;
+        for r in resources.as_object_mut().expect("an object").values_mut() {
+            r["depends_on"] = json!([]);
+            r["references"] = json!([]);
         }
+        serde_json::from_value(json!({
+            "stack": "cmp",
+            "environment": {"name": env, "definition": env, "kind": "static",
+                            "protected": false, "self_heal": true},
+            "commit": commit,
+            "variables": variables,
+            "resources": resources,
+            "hash": "",
+        }))
+        .expect("a desired state")
     }
 
-    const STACK: &str = "version: 1\nstack: cmp\nvariables: { level: info }\nenvironments:\n  dev: { track: main }\n  prod: { track: main, variables: { level: warn } }\nresources:\n  conf: { type: file, path: app.toml, content: \"level = ${vars.level}\" }\n  notes: { type: file, path: NOTES, content: same }\n";
-
-    fn rendered(text: &'static str, env: &str, commit: &str) -> DesiredState {
-        let stack = load(&One(text), "slipway.yaml", &LoadLimits::default())
-            .stack
-            .expect("a stack");
-        let target = Target {
-            name: env,
-            definition: env,
-            kind: EnvKind::Static,
-        };
-        render(&stack, target, commit, &BTreeMap::new()).expect("renders")
+    fn file(content: &str) -> Json {
+        json!({"type": "file", "config": {"path": "app.toml", "content": content}})
     }
 
     #[test]
     fn only_the_overridden_variable_and_the_resource_reading_it_differ() {
-        let c = compare(
-            &rendered(STACK, "dev", "c1"),
-            &rendered(STACK, "prod", "c1"),
+        let dev = state(
+            "dev",
+            "c1",
+            json!({"level": "info", "n": 1}),
+            json!({"conf": file("level = info"), "notes": file("same")}),
         );
+        let prod = state(
+            "prod",
+            "c1",
+            json!({"level": "warn", "n": 1}),
+            json!({"conf": file("level = warn"), "notes": file("same")}),
+        );
+        let c = compare(&dev, &prod);
         assert!(c.same_commit());
         let names: Vec<&str> = c.variables.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["level"]);
         assert_eq!(c.variables[0].a, Some(json!("info")));
         assert_eq!(c.variables[0].b, Some(json!("warn")));
         assert!(
-            matches!(&c.resources[..], [ResourceDifference::Changed { resource, source_differs: false, diff }] if resource == "conf" && !diff.is_empty()),
+            matches!(&c.resources[..], [ResourceDifference::Changed { resource, source_differs: false, diff }] if resource == "conf" && diff.len() == 1),
             "{:?}",
             c.resources
         );
@@ -215,25 +225,47 @@ mod tests {
     }
 
     #[test]
-    fn a_resource_only_one_has_is_named_with_where_it_is() {
-        const MORE: &str = "version: 1\nstack: cmp\nenvironments:\n  dev: { track: main }\nresources:\n  notes: { type: file, path: NOTES, content: same }\n  extra: { type: file, path: X, content: x }\n";
-        const LESS: &str = "version: 1\nstack: cmp\nenvironments:\n  prod: { track: main }\nresources:\n  notes: { type: file, path: NOTES, content: same }\n";
-        let c = compare(&rendered(MORE, "dev", "c1"), &rendered(LESS, "prod", "c2"));
+    fn a_resource_only_one_has_and_new_code_are_differences() {
+        let mut job = file("x");
+        job["source"] = json!("s1");
+        let dev = state(
+            "dev",
+            "c1",
+            json!({}),
+            json!({"notes": file("same"), "extra": file("x"), "job": job}),
+        );
+        let mut job = file("x");
+        job["source"] = json!("s2");
+        let prod = state(
+            "prod",
+            "c2",
+            json!({}),
+            json!({"notes": file("same"), "job": job}),
+        );
+        let c = compare(&dev, &prod);
         assert!(!c.same_commit());
         assert!(c.variables.is_empty());
         assert_eq!(
             c.resources,
-            [ResourceDifference::OnlyIn {
-                resource: "extra".into(),
-                environment: "dev".into()
-            }]
+            [
+                ResourceDifference::OnlyIn {
+                    resource: "extra".into(),
+                    environment: "dev".into()
+                },
+                ResourceDifference::Changed {
+                    resource: "job".into(),
+                    diff: Vec::new(),
+                    source_differs: true
+                }
+            ]
         );
         assert_eq!(c.to_json()["resources"][0]["only_in"], "dev");
+        assert_eq!(c.to_json()["resources"][0]["present_in_both"], false);
     }
 
     #[test]
     fn an_environment_compared_with_itself_has_no_differences() {
-        let d = rendered(STACK, "dev", "c1");
+        let d = state("dev", "c1", json!({"a": 1}), json!({"notes": file("same")}));
         assert!(compare(&d, &d).is_empty());
     }
 }

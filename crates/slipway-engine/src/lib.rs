@@ -443,32 +443,6 @@ impl Engine {
         }
     }
 
-    /// The target for an environment named on the command line: what the store recorded of
-    /// it (a generated or ad-hoc environment keeps its family), or a static environment of
-    /// that name. A record of another kind under a name the stack defines (an ad-hoc `prod`)
-    /// keeps its kind here, and [`Engine::prepare`] refuses it: it is never adopted.
-    pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
-        Ok(match self.store.environment(name)? {
-            Some(record) => EnvTarget {
-                name: record.name.clone(),
-                definition: record
-                    .definition
-                    .clone()
-                    .unwrap_or_else(|| record.name.clone()),
-                kind: match record.kind.as_str() {
-                    "generated" => EnvKind::Generated,
-                    "adhoc" => EnvKind::Adhoc,
-                    _ => EnvKind::Static,
-                },
-                owner: record.owner.clone(),
-                ttl: record
-                    .ttl_ms
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            },
-            None => EnvTarget::static_env(name),
-        })
-    }
-
     /// Loads, renders and plans the `target` environment at `origin`. Read-only: safe without
     /// the lock, but [`Engine::apply`] wants a plan made under it.
     pub fn prepare(
@@ -520,54 +494,6 @@ impl Engine {
             owner: target.owner.clone(),
             secrets,
         })
-    }
-
-    /// Refuses to render `target` as something it is not: an ad-hoc or generated
-    /// environment standing under a name the stack gives an environment (an ad-hoc `prod`
-    /// would otherwise run as prod, or prod's record be turned into an ad-hoc one), one that
-    /// follows a static entry (`--like prod`: prod's variables and secret overrides), or a
-    /// target whose kind differs from the environment recorded under its name.
-    fn check_kind(
-        &self,
-        target: &EnvTarget,
-        stack: &slipway_core::stack::Stack,
-    ) -> Result<(), EngineError> {
-        let name = &target.name;
-        if let Some(record) = self.store.environment(name)?
-            && record.kind != target.kind.as_str()
-        {
-            return Err(EngineError::Environment(format!(
-                "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \
-                 destroy it (`slipway env destroy {name}`) first",
-                record.kind,
-                target.kind.as_str()
-            )));
-        }
-        if target.kind == EnvKind::Static {
-            return Ok(());
-        }
-        if stack.environments.contains_key(name) {
-            return Err(EngineError::Environment(format!(
-                "held: the stack defines `{name}` itself, but this `{name}` is a {} \
-                 environment; it is not adopted as the stack's: destroy it \
-                 (`slipway env destroy {name}`) so that the stack's `{name}` can be made",
-                target.kind.as_str()
-            )));
-        }
-        if stack
-            .environments
-            .get(&target.definition)
-            .is_some_and(|def| def.generate.is_none())
-        {
-            return Err(EngineError::Environment(format!(
-                "`{name}` is a {} environment that follows the static environment `{}`; \
-                 generated and ad-hoc environments take variables and secrets only from a \
-                 generated family",
-                target.kind.as_str(),
-                target.definition
-            )));
-        }
-        Ok(())
     }
 
     /// The stack at `origin`'s commit through the engine's commit cache, which

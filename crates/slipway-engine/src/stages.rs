@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use slipway_core::render::{self, DesiredState, EnvKind, Target};
 use slipway_git::{GitRepository, Source};
@@ -174,6 +175,32 @@ impl Engine {
         })
     }
 
+    /// The target for an environment named on the command line: what the store recorded of
+    /// it (a generated or ad-hoc environment keeps its family), or a static environment of
+    /// that name. A record of another kind under a name the stack defines (an ad-hoc `prod`)
+    /// keeps its kind here, and [`Engine::prepare`] refuses it: it is never adopted.
+    pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
+        Ok(match self.store.environment(name)? {
+            Some(record) => EnvTarget {
+                name: record.name.clone(),
+                definition: record
+                    .definition
+                    .clone()
+                    .unwrap_or_else(|| record.name.clone()),
+                kind: match record.kind.as_str() {
+                    "generated" => EnvKind::Generated,
+                    "adhoc" => EnvKind::Adhoc,
+                    _ => EnvKind::Static,
+                },
+                owner: record.owner.clone(),
+                ttl: record
+                    .ttl_ms
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            },
+            None => EnvTarget::static_env(name),
+        })
+    }
+
     /// Which environment `named` is, and the ref to read it at: one recorded here keeps its
     /// kind and family; a name of the stack at the ref asked for is static (a family's name
     /// is refused: it is not one environment); a name discovery gives a branch matching a
@@ -248,19 +275,20 @@ impl Engine {
 
     /// Renders the environment a person named (see [`Engine::name_target`]).
     pub fn render_named(&self, named: &Named<'_>) -> Result<DesiredState, EngineError> {
-        let (target, reference) = self.name_target(named)?;
-        let origin = Origin {
-            source: named.source,
-            repo: named.repo,
-            reference: &reference,
-            folder: named.folder,
-            tip: None,
-        };
-        Ok(self.render(&origin, &target)?.1)
+        self.at_named(named, |origin, target| Ok(self.render(origin, target)?.1))
     }
 
     /// Prepares a plan for the environment a person named (see [`Engine::name_target`]).
     pub fn prepare_named(&self, named: &Named<'_>) -> Result<Prepared, EngineError> {
+        self.at_named(named, |origin, target| self.prepare(origin, target))
+    }
+
+    /// Runs `stage` on the environment a person named, at the ref it is read at.
+    fn at_named<T>(
+        &self,
+        named: &Named<'_>,
+        stage: impl FnOnce(&Origin<'_>, &EnvTarget) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         let (target, reference) = self.name_target(named)?;
         let origin = Origin {
             source: named.source,
@@ -269,7 +297,7 @@ impl Engine {
             folder: named.folder,
             tip: None,
         };
-        self.prepare(&origin, &target)
+        stage(&origin, &target)
     }
 
     /// Renders the recorded environment `name` at the commit it runs.
@@ -353,6 +381,54 @@ impl Engine {
         let desired = render::render(stack, render_target, &loaded.commit.sha, &cached.sources)
             .map_err(|e| EngineError::Environment(e.to_string()))?;
         Ok((cached, desired))
+    }
+
+    /// Refuses to render `target` as something it is not: an ad-hoc or generated
+    /// environment standing under a name the stack gives an environment (an ad-hoc `prod`
+    /// would otherwise run as prod, or prod's record be turned into an ad-hoc one), one that
+    /// follows a static entry (`--like prod`: prod's variables and secret overrides), or a
+    /// target whose kind differs from the environment recorded under its name.
+    fn check_kind(
+        &self,
+        target: &EnvTarget,
+        stack: &slipway_core::stack::Stack,
+    ) -> Result<(), EngineError> {
+        let name = &target.name;
+        if let Some(record) = self.store.environment(name)?
+            && record.kind != target.kind.as_str()
+        {
+            return Err(EngineError::Environment(format!(
+                "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \
+                 destroy it (`slipway env destroy {name}`) first",
+                record.kind,
+                target.kind.as_str()
+            )));
+        }
+        if target.kind == EnvKind::Static {
+            return Ok(());
+        }
+        if stack.environments.contains_key(name) {
+            return Err(EngineError::Environment(format!(
+                "held: the stack defines `{name}` itself, but this `{name}` is a {} \
+                 environment; it is not adopted as the stack's: destroy it \
+                 (`slipway env destroy {name}`) so that the stack's `{name}` can be made",
+                target.kind.as_str()
+            )));
+        }
+        if stack
+            .environments
+            .get(&target.definition)
+            .is_some_and(|def| def.generate.is_none())
+        {
+            return Err(EngineError::Environment(format!(
+                "`{name}` is a {} environment that follows the static environment `{}`; \
+                 generated and ad-hoc environments take variables and secrets only from a \
+                 generated family",
+                target.kind.as_str(),
+                target.definition
+            )));
+        }
+        Ok(())
     }
 
     /// The log of each resource of `env` that writes one (or of `resource` only), at its

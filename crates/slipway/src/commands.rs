@@ -185,7 +185,7 @@ pub fn open_repo(g: &Global, repo: &RepoArgs) -> Result<Repo> {
     } else {
         repo.path.clone()
     };
-    let folder = source::folder_of(&path).map_err(anyhow::Error::msg)?;
+    let folder = source::folder_of(&path).map_err(|why| anyhow::anyhow!("--path: {why}"))?;
     Ok(Repo {
         repository: opened.repository,
         spec,
@@ -464,10 +464,9 @@ fn apply(
             &(),
         )?;
         if output == Output::Json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&render::report_json(&report))?
-            );
+            let mut out = render::report_json(&report);
+            render::add_offline(&mut out, repo.offline_json(&prepared.commit));
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -498,10 +497,11 @@ fn apply(
     )?;
     reporter.finish();
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&render::report_json(&report))?
-        ),
+        Output::Json => {
+            let mut out = render::report_json(&report);
+            render::add_offline(&mut out, repo.offline_json(&prepared.commit));
+            println!("{}", serde_json::to_string_pretty(&out)?)
+        }
         Output::Text => render::report_text(&report, "Apply"),
     }
     Ok(if report.succeeded() {
@@ -560,7 +560,12 @@ fn status(g: &Global, env: Option<&str>, output: Output) -> Result<ExitCode> {
         return crate::remote::status(server, g.token.as_deref(), env, output);
     }
     let engine = open_engine(g)?;
-    let environments = engine.status(env)?;
+    let environments = engine.status(env).map_err(|e| match (e, env) {
+        (EngineError::Environment(why), Some(name)) => anyhow::anyhow!(
+            "{why}; `slipway status` lists them, `slipway apply --env {name}` creates it"
+        ),
+        (other, _) => other.into(),
+    })?;
     match output {
         Output::Json => println!(
             "{}",
