@@ -394,7 +394,8 @@ pub(crate) fn destroy(
         return Err(ControllerError::NotFound(name.to_string()));
     }
     let lock = engine.lock(name, true, &|| {})?;
-    let report = engine.destroy(&lock, who, confirm, &())?;
+    let options = slipway_engine::DestroyOptions::new(who, confirm.into());
+    let report = engine.destroy(&lock, &options, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
@@ -600,7 +601,7 @@ pub(crate) fn reconcile(
                     parallelism: 1,
                     who: WHO.into(),
                     swap_exposed: true,
-                    confirm_destroy: false,
+                    confirm_destroy: slipway_engine::Confirmation::Absent,
                 },
                 &(),
             )?;
@@ -659,7 +660,7 @@ pub(crate) fn reconcile(
             // downtime.
             swap_exposed: true,
             // Only a person confirms destroying something in a protected environment.
-            confirm_destroy: false,
+            confirm_destroy: slipway_engine::Confirmation::Absent,
         },
         &(),
     );
@@ -700,7 +701,7 @@ pub(crate) fn reconcile(
 }
 
 /// Why an apply waits, and what a person does about it.
-fn held_for_confirmation(why: &slipway_engine::Confirmation) -> String {
+fn held_for_confirmation(why: &slipway_engine::ConfirmationNeeded) -> String {
     let env = &why.environment;
     format!(
         "{why}: held until a person confirms (`slipway apply --env {env} --confirm-destroy {env}`)"

@@ -24,7 +24,7 @@ pub mod config;
 pub mod discover;
 mod isolation;
 mod stages;
-pub use stages::{Confirmation, LogFile, Named, OpenedRepository, open_repository};
+pub use stages::{ConfirmationNeeded, LogFile, Named, OpenedRepository, open_repository};
 pub mod resolve;
 pub mod rules;
 pub mod secrets;
@@ -44,10 +44,12 @@ use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStat
 use slipway_core::render::{DesiredState, EnvKind};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
-use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
+use slipway_providers::{EnvDirs, ProviderSettings, Registry};
 use slipway_state::{EnvironmentRecord, ResourceRecord, Store};
 
-pub use apply::{ApplyEvent, ApplyOptions, ApplyReport, Outcome, Progress};
+pub use apply::{
+    ApplyEvent, ApplyOptions, ApplyReport, Confirmation, DestroyOptions, Outcome, Progress,
+};
 pub use config::EngineConfig;
 pub use rules::Rules;
 pub use status::{EnvironmentStatus, ResourceStatus};
@@ -104,7 +106,7 @@ pub enum EngineError {
     Secret(String),
     /// The operation destroys something in a protected environment and nobody confirmed it.
     #[error("{0}")]
-    NeedsConfirmation(Confirmation),
+    NeedsConfirmation(ConfirmationNeeded),
 }
 
 impl EngineError {
@@ -637,15 +639,7 @@ impl Engine {
             Ok(sandbox) => sandbox,
             Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
         };
-        let ctx = ResourceContext {
-            environment: env,
-            resource: instance,
-            dirs: &dirs,
-            ports: &ports,
-            settings: &self.settings,
-            redact: &[],
-            sandbox: &sandbox,
-        };
+        let ctx = self.resource_context(env, instance, &dirs, &ports, &sandbox);
         match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),

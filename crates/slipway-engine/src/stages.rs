@@ -57,7 +57,7 @@ pub struct Named<'a> {
 /// Why an apply (or a destroy) needs a person's confirmation: it destroys something in a
 /// protected environment, or removes the protection itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Confirmation {
+pub struct ConfirmationNeeded {
     /// The environment.
     pub environment: String,
     /// What is destroyed, e.g. `db (replace postgres.database)`; every resource when
@@ -69,7 +69,7 @@ pub struct Confirmation {
     pub whole: bool,
 }
 
-impl fmt::Display for Confirmation {
+impl fmt::Display for ConfirmationNeeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let env = &self.environment;
         if self.whole {
@@ -94,10 +94,10 @@ impl fmt::Display for Confirmation {
     }
 }
 
-impl Confirmation {
+impl ConfirmationNeeded {
     /// Destroying the whole protected environment `environment`.
-    pub(crate) fn whole(environment: &str) -> Confirmation {
-        Confirmation {
+    pub(crate) fn whole(environment: &str) -> ConfirmationNeeded {
+        ConfirmationNeeded {
             environment: environment.to_string(),
             destroys: Vec::new(),
             unprotects: false,
@@ -110,13 +110,13 @@ impl Prepared {
     /// What applying this plan needs a person to confirm, if anything: the one place that
     /// decides it, for the CLI (which asks), the controller (which holds) and apply (which
     /// refuses without it).
-    pub fn needs_confirmation(&self) -> Option<Confirmation> {
+    pub fn needs_confirmation(&self) -> Option<ConfirmationNeeded> {
         let destroys: Vec<String> = crate::apply::protected_destroys(self)
             .iter()
             .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
             .collect();
         let unprotects = self.protected && !self.declared.protected;
-        (!destroys.is_empty() || unprotects).then(|| Confirmation {
+        (!destroys.is_empty() || unprotects).then(|| ConfirmationNeeded {
             environment: self.desired.environment.name.clone(),
             destroys,
             unprotects,
@@ -132,12 +132,6 @@ pub struct LogFile {
     pub resource: String,
     /// Its live instance's log file.
     pub path: PathBuf,
-}
-
-/// Whether resources of this type write a log.
-// TODO(catalogue): the type catalogue's `has_logs` capability replaces this list.
-fn has_logs(type_name: &str) -> bool {
-    matches!(type_name, "process" | "job" | "exec")
 }
 
 impl Engine {
@@ -453,7 +447,7 @@ impl Engine {
             Some(r) => vec![r],
             None => records
                 .iter()
-                .filter(|r| has_logs(&r.type_name))
+                .filter(|r| slipway_core::types::capabilities(&r.type_name).logs)
                 .map(|r| r.name.as_str())
                 .collect(),
         };

@@ -459,7 +459,7 @@ fn apply(
                 parallelism: 1,
                 who: who(),
                 swap_exposed: false,
-                confirm_destroy,
+                confirm_destroy: confirm_destroy.into(),
             },
             &(),
         )?;
@@ -491,7 +491,7 @@ fn apply(
             parallelism,
             who: who(),
             swap_exposed: false,
-            confirm_destroy,
+            confirm_destroy: confirm_destroy.into(),
         },
         &reporter,
     )?;
@@ -537,8 +537,9 @@ fn destroy(
     );
     confirm(&format!("destroy `{env}`"), yes)?;
     let reporter = Reporter::new(resources.len());
+    let options = slipway_engine::DestroyOptions::new(&who(), confirm_destroy.into());
     let report = engine
-        .destroy(&lock, &who(), confirm_destroy, &reporter)
+        .destroy(&lock, &options, &reporter)
         .map_err(explain)?;
     reporter.finish();
     match output {
