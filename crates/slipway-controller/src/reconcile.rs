@@ -419,8 +419,8 @@ pub(crate) fn reconcile(
     }
     // Only a person confirms destroying something in a protected environment, or removing
     // its protection: held, not failed by a fault (retrying will not help until then).
-    if let Some(why) = slipway_engine::apply::held_for_confirmation(&prepared) {
-        hold(inner, &record, &why)?;
+    if let Some(why) = prepared.needs_confirmation() {
+        hold(inner, &record, &held_for_confirmation(&why))?;
         return Ok(requeue);
     }
     if !prepared.plan.has_changes() {
@@ -502,7 +502,7 @@ pub(crate) fn reconcile(
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
-            hold(inner, &record, &why)?;
+            hold(inner, &record, &held_for_confirmation(&why))?;
             return Ok(requeue);
         }
         other => other?,
@@ -535,6 +535,14 @@ pub(crate) fn reconcile(
         store.upsert_environment(&fresh)?;
     }
     Ok(requeue)
+}
+
+/// Why an apply waits, and what a person does about it.
+fn held_for_confirmation(why: &slipway_engine::ConfirmationNeeded) -> String {
+    let env = &why.environment;
+    format!(
+        "{why}: held until a person confirms (`slipway apply --env {env} --confirm-destroy {env}`)"
+    )
 }
 
 /// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use slipway_core::render::EnvKind;
-use slipway_engine::source;
 use slipway_state::EnvironmentRecord;
 
 use slipway_engine::Confirmation;
@@ -79,11 +78,12 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             out.push((record.name.clone(), Trigger::Poll));
         }
     }
-    let loaded = source::load_tracked(
+    let cached = inner.engine.load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
     )?;
+    let loaded = &cached.loaded;
     let stack = match loaded.valid_stack() {
         Ok(stack) => stack,
         Err(first) => {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use slipway_core::render::EnvKind;
-use slipway_engine::{Origin, source};
+use slipway_engine::Origin;
 use slipway_state::EnvironmentRecord;
 
 use crate::reconcile::{event, expires};
@@ -29,7 +29,10 @@ pub(crate) fn create_adhoc(
         )));
     }
     inner.source.fetch()?;
-    let loaded = source::load_commit(inner.source.as_ref(), &request.reference, &inner.folder)?;
+    let cached = inner
+        .engine
+        .load_ref(inner.source.as_ref(), &request.reference, &inner.folder)?;
+    let loaded = &cached.loaded;
     let stack = loaded.valid_stack().map_err(|first| {
         ControllerError::Invalid(format!(
             "{} at {} is not valid: {first}",
@@ -38,11 +41,12 @@ pub(crate) fn create_adhoc(
     })?;
     // The names and families that count are the default branch's: the ref is anyone's
     // branch, and its `slipway.yaml` could leave `prod` out or call it a family.
-    let main = source::load_tracked(
+    let main = inner.engine.load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
     )?;
+    let main = &main.loaded;
     let main_stack = main.valid_stack().map_err(|first| {
         ControllerError::Invalid(format!(
             "{} at the default ref `{}` is not valid, so the name `{name}` cannot be checked \

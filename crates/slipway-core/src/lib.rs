@@ -12,6 +12,7 @@
 //! and none panics on any input (a fuzz target checks the loader).
 #![deny(missing_docs)]
 
+pub mod compare;
 pub mod diag;
 pub mod graph;
 pub mod names;

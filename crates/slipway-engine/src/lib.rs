@@ -21,7 +21,10 @@ pub mod apply;
 mod cache;
 pub use cache::Cached;
 pub mod config;
+pub mod discover;
 mod isolation;
+mod stages;
+pub use stages::{ConfirmationNeeded, LogFile, Named, OpenedRepository, open_repository};
 pub mod resolve;
 pub mod rules;
 pub mod secrets;
@@ -38,7 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStatus};
-use slipway_core::render::{self, DesiredState, EnvKind, Target};
+use slipway_core::render::{DesiredState, EnvKind};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry};
@@ -68,9 +71,21 @@ pub enum EngineError {
         /// Every diagnostic.
         diagnostics: Vec<slipway_core::diag::Diagnostic>,
     },
-    /// The environment is not defined, or is a family.
+    /// The environment is not defined, or is not what it is asked to be.
     #[error("{0}")]
     Environment(String),
+    /// A generated family was named as if it were one environment.
+    #[error(
+        "`{family}` is a family that generates environments, not one environment: {}",
+        if members.is_empty() { "no branch matches it here yet".to_string() } else { format!("its members here are {}", members.join(", ")) }
+    )]
+    Family {
+        /// The family.
+        family: String,
+        /// Its members the repository's branches make, e.g. `br-feature-x (branch
+        /// `feature/x`)`.
+        members: Vec<String>,
+    },
     /// Another process holds the environment's lock and `wait` was not asked for.
     #[error("environment `{0}` is locked by another slipway operation")]
     Locked(String),
@@ -91,7 +106,7 @@ pub enum EngineError {
     Secret(String),
     /// The operation destroys something in a protected environment and nobody confirmed it.
     #[error("{0}")]
-    NeedsConfirmation(String),
+    NeedsConfirmation(ConfirmationNeeded),
     /// An environment of another kind holds the name (an ad-hoc `prod`, a generated
     /// environment where the stack now defines a static one): it is not adopted as the other;
     /// the message says which and what to do.
@@ -121,7 +136,8 @@ impl EngineError {
             | EngineError::Usage(_)
             | EngineError::Secret(_)
             | EngineError::NeedsConfirmation(_)
-            | EngineError::NotAdopted(_) => false,
+            | EngineError::NotAdopted(_)
+            | EngineError::Family { .. } => false,
         }
     }
 
@@ -460,32 +476,6 @@ impl Engine {
         }
     }
 
-    /// The target for an environment named on the command line: what the store recorded of
-    /// it (a generated or ad-hoc environment keeps its family), or a static environment of
-    /// that name. A record of another kind under a name the stack defines (an ad-hoc `prod`)
-    /// keeps its kind here, and [`Engine::prepare`] refuses it: it is never adopted.
-    pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
-        Ok(match self.store.environment(name)? {
-            Some(record) => EnvTarget {
-                name: record.name.clone(),
-                definition: record
-                    .definition
-                    .clone()
-                    .unwrap_or_else(|| record.name.clone()),
-                kind: match record.kind.as_str() {
-                    "generated" => EnvKind::Generated,
-                    "adhoc" => EnvKind::Adhoc,
-                    _ => EnvKind::Static,
-                },
-                owner: record.owner.clone(),
-                ttl: record
-                    .ttl_ms
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            },
-            None => EnvTarget::static_env(name),
-        })
-    }
-
     /// Loads, renders and plans the `target` environment at `origin`. Read-only: safe without
     /// the lock, but [`Engine::apply`] wants a plan made under it.
     pub fn prepare(
@@ -493,49 +483,13 @@ impl Engine {
         origin: &Origin<'_>,
         target: &EnvTarget,
     ) -> Result<Prepared, EngineError> {
-        let environment = target.name.as_str();
-        if !slipway_core::stack::is_dns_label(environment) {
-            return Err(EngineError::Environment(format!(
-                "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
-            )));
-        }
-        let cached = self.load_cached(origin)?;
+        let (cached, desired) = self.render(origin, target)?;
         let loaded = &cached.loaded;
-        if loaded.loaded.has_errors() {
-            return Err(EngineError::Invalid {
-                commit: loaded.commit.sha.clone(),
-                diagnostics: loaded.loaded.diagnostics.clone(),
-            });
-        }
-        let stack = loaded
-            .loaded
-            .stack
-            .as_ref()
-            .expect("a stack without errors is present");
-        let def = stack.environments.get(&target.definition).ok_or_else(|| {
-            let known: Vec<&str> = stack.environments.keys().map(String::as_str).collect();
-            EngineError::Environment(format!(
-                "no environment `{}` in {}; it defines: {}",
-                target.definition,
-                loaded.entry,
-                known.join(", ")
-            ))
-        })?;
-        if def.generate.is_some() && target.kind == EnvKind::Static {
-            return Err(EngineError::Environment(format!(
-                "`{}` is a family that generates environments: `slipway serve` creates its members (one per pull request or branch), and `slipway env create NAME --like {}` makes one by hand",
-                target.definition, target.definition
-            )));
-        }
-        self.check_kind(target, stack)?;
-        let sources = &cached.sources;
-        let render_target = Target {
-            name: environment,
-            definition: &target.definition,
-            kind: target.kind,
-        };
-        let desired = render::render(stack, render_target, &loaded.commit.sha, sources)
-            .map_err(|e| EngineError::Environment(e.to_string()))?;
+        let def = loaded
+            .valid_stack()
+            .ok()
+            .and_then(|stack| stack.environments.get(&target.definition))
+            .expect("a rendered target's definition is in its valid stack");
         let scope = secrets::Scope {
             environment: &desired.environment.name,
             definition: &desired.environment.definition,
@@ -547,7 +501,7 @@ impl Engine {
         let plan = plan::plan(&desired, &input);
         let declared = Rules::declared(def, target.kind);
         let in_force = if target.kind == EnvKind::Static {
-            self.rules_in_force(origin, environment, &target.definition)?
+            self.rules_in_force(origin, &target.name, &target.definition)?
         } else {
             None
         };
@@ -573,54 +527,6 @@ impl Engine {
             owner: target.owner.clone(),
             secrets,
         })
-    }
-
-    /// Refuses to render `target` as something it is not: an ad-hoc or generated
-    /// environment standing under a name the stack gives an environment (an ad-hoc `prod`
-    /// would otherwise run as prod, or prod's record be turned into an ad-hoc one), one that
-    /// follows a static entry (`--like prod`: prod's variables and secret overrides), or a
-    /// target whose kind differs from the environment recorded under its name.
-    fn check_kind(
-        &self,
-        target: &EnvTarget,
-        stack: &slipway_core::stack::Stack,
-    ) -> Result<(), EngineError> {
-        let name = &target.name;
-        if let Some(record) = self.store.environment(name)?
-            && record.kind != target.kind.as_str()
-        {
-            return Err(EngineError::NotAdopted(format!(
-                "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \
-                 destroy it (`slipway env destroy {name}`) first",
-                record.kind,
-                target.kind.as_str()
-            )));
-        }
-        if target.kind == EnvKind::Static {
-            return Ok(());
-        }
-        if stack.environments.contains_key(name) {
-            return Err(EngineError::NotAdopted(format!(
-                "held: the stack defines `{name}` itself, but this `{name}` is a {} \
-                 environment; it is not adopted as the stack's: destroy it \
-                 (`slipway env destroy {name}`) so that the stack's `{name}` can be made",
-                target.kind.as_str()
-            )));
-        }
-        if stack
-            .environments
-            .get(&target.definition)
-            .is_some_and(|def| def.generate.is_none())
-        {
-            return Err(EngineError::Environment(format!(
-                "`{name}` is a {} environment that follows the static environment `{}`; \
-                 generated and ad-hoc environments take variables and secrets only from a \
-                 generated family",
-                target.kind.as_str(),
-                target.definition
-            )));
-        }
-        Ok(())
     }
 
     /// The stack at `origin`'s commit through the engine's commit cache, which

@@ -66,14 +66,14 @@ impl LoadedCommit {
     }
 }
 
-/// Normalizes `--path` into a folder prefix (`""` or `deploy/`).
+/// Normalizes the stack's folder (`--path`, `[repo] path`) into a folder prefix (`""` or `deploy/`).
 pub fn folder_of(path: &str) -> Result<String, String> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() || trimmed == "." {
         return Ok(String::new());
     }
     slipway_core::stack::check_relative_path(trimmed)
-        .map_err(|why| format!("--path `{path}` is refused: {why}"))?;
+        .map_err(|why| format!("the folder `{path}` is refused: {why}"))?;
     let parts: Vec<&str> = trimmed
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")

@@ -78,7 +78,7 @@ impl Engine {
                 Some(r) => vec![r],
                 None => {
                     return Err(EngineError::Environment(format!(
-                        "environment `{name}` does not exist here; `slipway status` lists them, `slipway apply --env {name}` creates it"
+                        "environment `{name}` does not exist here"
                     )));
                 }
             },

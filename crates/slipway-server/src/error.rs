@@ -178,7 +178,8 @@ impl From<EngineError> for ApiError {
             .hint("retry when it finishes"),
             EngineError::Usage(message) => ApiError::bad_request(message),
             EngineError::Secret(message) => ApiError::unprocessable(message),
-            EngineError::NeedsConfirmation(message) => ApiError::unprocessable(message).hint(
+            e @ EngineError::Family { .. } => ApiError::unprocessable(e.to_string()),
+            EngineError::NeedsConfirmation(why) => ApiError::unprocessable(why.to_string()).hint(
                 "repeat the environment's name: DELETE /api/v1/environments/NAME?confirm=NAME",
             ),
             e @ EngineError::Io { .. } => ApiError::internal(e.to_string()),

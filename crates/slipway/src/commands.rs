@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use slipway_engine::{ApplyOptions, Engine, EngineConfig, EngineError, Origin, source};
+use slipway_engine::{ApplyOptions, Engine, EngineConfig, EngineError, LogFile, Named, source};
 use slipway_git::{GitRepository, Source};
 
 use crate::render::{self, Reporter};
@@ -116,25 +116,83 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The repository a command reads, as `--repo`, `--ref` and `--path` name it.
+pub struct Repo {
+    /// The repository (a URL is mirrored into the home, and fetched).
+    pub repository: GitRepository,
+    /// How the user named it.
+    pub spec: String,
+    /// `--ref`, if given.
+    pub reference: Option<String>,
+    /// The folder of slipway.yaml: `""` or `deploy/`.
+    pub folder: String,
+    /// Why a URL could not be fetched: the command works offline from the home's copy.
+    pub offline: Option<String>,
+}
+
+impl Repo {
+    /// The ref asked for, or HEAD.
+    pub fn reference(&self) -> &str {
+        self.reference.as_deref().unwrap_or("HEAD")
+    }
+
+    /// The environment `env`, read from this repository.
+    fn named<'a>(&'a self, env: &'a str) -> Named<'a> {
+        Named {
+            name: env,
+            source: &self.repository,
+            repo: &self.spec,
+            reference: self.reference.as_deref(),
+            folder: &self.folder,
+        }
+    }
+
+    /// Says on stderr that the command works offline, and from which commit, when it does.
+    fn warn_offline(&self, commit: &slipway_git::Commit) {
+        if let Some(json) = self.offline_json(commit) {
+            eprintln!(
+                "warning: cannot fetch {} ({}); working offline from the copy in the home, at {} of {}",
+                self.spec,
+                json["reason"].as_str().unwrap_or(""),
+                slipway_engine::apply::short(&commit.sha),
+                json["commit_date"].as_str().unwrap_or("")
+            );
+        }
+    }
+
+    /// `{"reason", "commit", "commit_date"}` when the command works offline.
+    pub fn offline_json(&self, commit: &slipway_git::Commit) -> Option<serde_json::Value> {
+        let reason = self.offline.as_ref()?;
+        let date = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(commit.time.max(0) as u64),
+        );
+        Some(json!({"reason": reason, "commit": commit.sha, "commit_date": date.to_string()}))
+    }
+}
+
 /// The repository named by `--repo` (or the engine config's `[repo] url`, or the current
-/// directory), mirrored into the home when it is a URL.
-pub fn open_repo(g: &Global, repo: &RepoArgs) -> Result<(GitRepository, String, String, String)> {
+/// directory), mirrored into the home and fetched when it is a URL.
+pub fn open_repo(g: &Global, repo: &RepoArgs) -> Result<Repo> {
     let config = engine_config(g)?;
     let spec = repo
         .repo
         .clone()
         .or(config.repo.url.clone())
         .unwrap_or_else(|| ".".into());
-    let cache = absolute(&g.home)?.join("repos");
-    let repository = GitRepository::open(&spec, &cache)?;
-    let reference = repo.reference.clone().unwrap_or_else(|| "HEAD".into());
+    let opened = slipway_engine::open_repository(&absolute(&g.home)?, &spec)?;
     let path = if repo.path == "." {
         config.repo.path.clone()
     } else {
         repo.path.clone()
     };
-    let folder = source::folder_of(&path).map_err(anyhow::Error::msg)?;
-    Ok((repository, spec, reference, folder))
+    let folder = source::folder_of(&path).map_err(|why| anyhow::anyhow!("--path: {why}"))?;
+    Ok(Repo {
+        repository: opened.repository,
+        spec,
+        reference: repo.reference.clone(),
+        folder,
+        offline: opened.offline,
+    })
 }
 
 fn init(dir: &Path) -> Result<ExitCode> {
@@ -196,8 +254,11 @@ fn init(dir: &Path) -> Result<ExitCode> {
 }
 
 fn validate(g: &Global, repo: &RepoArgs, output: Output) -> Result<ExitCode> {
-    let (repository, _, reference, folder) = open_repo(g, repo)?;
-    let loaded = source::load_commit(&repository, &reference, &folder)?;
+    let engine = open_engine(g)?;
+    let repo = open_repo(g, repo)?;
+    let cached = engine.load_ref(&repo.repository, repo.reference(), &repo.folder)?;
+    let loaded = &cached.loaded;
+    repo.warn_offline(&loaded.commit);
     let errors = loaded.loaded.has_errors();
     match output {
         Output::Json => {
@@ -208,26 +269,20 @@ fn validate(g: &Global, repo: &RepoArgs, output: Output) -> Result<ExitCode> {
                 .map(render::diagnostic_json)
                 .collect();
             let stack = loaded.loaded.stack.as_ref();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "valid": !errors,
-                    "commit": loaded.commit.sha,
-                    "files": stack.map(|s| s.files.clone()).unwrap_or_default(),
-                    "resources": stack.map(|s| s.resources.len()).unwrap_or(0),
-                    "environments": stack.map(|s| s.environments.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
-                    "diagnostics": diagnostics,
-                }))?
-            );
+            let mut out = json!({
+                "valid": !errors,
+                "commit": loaded.commit.sha,
+                "files": stack.map(|s| s.files.clone()).unwrap_or_default(),
+                "resources": stack.map(|s| s.resources.len()).unwrap_or(0),
+                "environments": stack.map(|s| s.environments.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+                "diagnostics": diagnostics,
+            });
+            render::add_offline(&mut out, repo.offline_json(&loaded.commit));
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Output::Text => {
             render::diagnostics(&loaded.loaded.diagnostics);
-            if !errors {
-                let stack = loaded
-                    .loaded
-                    .stack
-                    .as_ref()
-                    .expect("a stack without errors is present");
+            if let Ok(stack) = loaded.valid_stack() {
                 println!(
                     "{} is valid at {}: {} resources, {} environments ({})",
                     loaded.entry,
@@ -251,58 +306,47 @@ fn validate(g: &Global, repo: &RepoArgs, output: Output) -> Result<ExitCode> {
     })
 }
 
-fn prepare(
-    engine: &Engine,
-    repository: &dyn Source,
-    spec: &str,
-    reference: &str,
-    folder: &str,
-    env: &str,
-) -> Result<slipway_engine::Prepared> {
-    let origin = Origin {
-        source: repository,
-        repo: spec,
-        reference,
-        folder,
-        tip: None,
-    };
-    let target = engine.target_for(env)?;
-    match engine.prepare(&origin, &target) {
-        Err(EngineError::Invalid {
+/// An engine error as the command line says it: invalid stacks with every diagnostic, and
+/// the flags that answer a refusal.
+fn explain(e: EngineError) -> anyhow::Error {
+    match e {
+        EngineError::Invalid {
             diagnostics,
             commit,
-        }) => {
+        } => {
             render::diagnostics(&diagnostics);
-            bail!(
+            anyhow::anyhow!(
                 "slipway.yaml at {} is not valid; fix the errors above (`slipway validate` shows them)",
                 slipway_engine::apply::short(&commit)
             )
         }
-        other => Ok(other?),
+        EngineError::Family {
+            ref family,
+            ref members,
+        } => {
+            let example = members
+                .first()
+                .and_then(|m| m.split_whitespace().next())
+                .unwrap_or("br-BRANCH");
+            anyhow::anyhow!(
+                "{e}; name a member of it (`--env {example}`, the name `slipway serve` gives a matching branch), or make one with `slipway env create NAME --like {family}`"
+            )
+        }
+        EngineError::NeedsConfirmation(why) => anyhow::anyhow!(
+            "{why}; nothing was changed. If that is intended, run again with `--confirm-destroy {}`",
+            why.environment
+        ),
+        other => other.into(),
     }
 }
 
 fn render_env(g: &Global, repo: &RepoArgs, env: &str) -> Result<ExitCode> {
-    let (repository, _, reference, folder) = open_repo(g, repo)?;
-    let loaded = source::load_commit(&repository, &reference, &folder)?;
-    if loaded.loaded.has_errors() {
-        render::diagnostics(&loaded.loaded.diagnostics);
-        bail!("slipway.yaml is not valid; fix the errors above");
+    let engine = open_engine(g)?;
+    let repo = open_repo(g, repo)?;
+    let desired = engine.render_named(&repo.named(env)).map_err(explain)?;
+    if repo.offline.is_some() {
+        repo.warn_offline(&repo.repository.resolve(&desired.commit)?);
     }
-    let stack = loaded
-        .loaded
-        .stack
-        .as_ref()
-        .expect("a stack without errors is present");
-    let files = repository.list_files(&loaded.commit.sha)?;
-    let sources = source::source_hashes(&files, &loaded.folder, &stack.files, &stack.resources);
-    let kind = slipway_core::render::EnvKind::Static;
-    let target = slipway_core::render::Target {
-        name: env,
-        definition: env,
-        kind,
-    };
-    let desired = slipway_core::render::render(stack, target, &loaded.commit.sha, &sources)?;
     println!("{}", desired.canonical_json());
     Ok(ExitCode::SUCCESS)
 }
@@ -315,13 +359,15 @@ fn plan(
     detailed: bool,
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
-    let (repository, spec, reference, folder) = open_repo(g, repo)?;
-    let prepared = prepare(&engine, &repository, &spec, &reference, &folder, env)?;
+    let repo = open_repo(g, repo)?;
+    let prepared = engine.prepare_named(&repo.named(env)).map_err(explain)?;
+    repo.warn_offline(&prepared.commit);
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&render::plan_json(&prepared))?
-        ),
+        Output::Json => {
+            let mut out = render::plan_json(&prepared);
+            render::add_offline(&mut out, repo.offline_json(&prepared.commit));
+            println!("{}", serde_json::to_string_pretty(&out)?)
+        }
         Output::Text => render::plan_text(&prepared),
     }
     Ok(if detailed && prepared.plan.has_changes() {
@@ -389,26 +435,26 @@ fn apply(
     output: Output,
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
-    let (repository, spec, reference, folder) = open_repo(g, repo)?;
+    let repo = open_repo(g, repo)?;
     let lock = engine.lock(env, true, &|| {
         eprintln!("waiting for another slipway operation on `{env}` to finish...")
     })?;
-    let prepared = prepare(&engine, &repository, &spec, &reference, &folder, env)?;
+    let prepared = engine.prepare_named(&repo.named(env)).map_err(explain)?;
+    repo.warn_offline(&prepared.commit);
     if output == Output::Text {
         render::plan_text(&prepared);
     }
-    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared)
+    let confirmation = prepared.needs_confirmation();
+    if let Some(why) = confirmation.clone()
         && !confirm_destroy
     {
-        bail!(
-            "{why}; nothing was applied. If that is intended, run again with `--confirm-destroy {env}`"
-        );
+        return Err(explain(EngineError::NeedsConfirmation(why)));
     }
     if !prepared.plan.has_changes() {
         let report = engine.apply(
             &lock,
             &prepared,
-            &repository,
+            &repo.repository,
             &ApplyOptions {
                 parallelism: 1,
                 who: who(),
@@ -418,21 +464,14 @@ fn apply(
             &(),
         )?;
         if output == Output::Json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&render::report_json(&report))?
-            );
+            let mut out = render::report_json(&report);
+            render::add_offline(&mut out, repo.offline_json(&prepared.commit));
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let deletes = prepared
-        .plan
-        .changes
-        .iter()
-        .filter(|c| c.action == slipway_core::plan::Action::Delete)
-        .count();
-    if prepared.protected && deletes > 0 {
-        eprintln!("`{env}` is protected and this plan deletes {deletes} resource(s).");
+    if let Some(why) = confirmation {
+        eprintln!("{why} (confirmed with --confirm-destroy).");
     }
     confirm(&format!("apply these changes to `{env}`"), yes)?;
     let parallelism = parallelism.unwrap_or(engine.config().local.parallelism);
@@ -447,7 +486,7 @@ fn apply(
     let report = engine.apply(
         &lock,
         &prepared,
-        &repository,
+        &repo.repository,
         &ApplyOptions {
             parallelism,
             who: who(),
@@ -458,10 +497,11 @@ fn apply(
     )?;
     reporter.finish();
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&render::report_json(&report))?
-        ),
+        Output::Json => {
+            let mut out = render::report_json(&report);
+            render::add_offline(&mut out, repo.offline_json(&prepared.commit));
+            println!("{}", serde_json::to_string_pretty(&out)?)
+        }
         Output::Text => render::report_text(&report, "Apply"),
     }
     Ok(if report.succeeded() {
@@ -498,7 +538,9 @@ fn destroy(
     confirm(&format!("destroy `{env}`"), yes)?;
     let reporter = Reporter::new(resources.len());
     let options = slipway_engine::DestroyOptions::new(&who(), confirm_destroy.into());
-    let report = engine.destroy(&lock, &options, &reporter)?;
+    let report = engine
+        .destroy(&lock, &options, &reporter)
+        .map_err(explain)?;
     reporter.finish();
     match output {
         Output::Json => println!(
@@ -519,7 +561,12 @@ fn status(g: &Global, env: Option<&str>, output: Output) -> Result<ExitCode> {
         return crate::remote::status(server, g.token.as_deref(), env, output);
     }
     let engine = open_engine(g)?;
-    let environments = engine.status(env)?;
+    let environments = engine.status(env).map_err(|e| match (e, env) {
+        (EngineError::Environment(why), Some(name)) => anyhow::anyhow!(
+            "{why}; `slipway status` lists them, `slipway apply --env {name}` creates it"
+        ),
+        (other, _) => other.into(),
+    })?;
     match output {
         Output::Json => println!(
             "{}",
@@ -554,42 +601,21 @@ fn logs(
     tail: usize,
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
-    let dir = engine.home().join("envs").join(env).join("logs");
-    let records = engine.store().resources(env)?;
+    let logs = engine.log_files(env, resource)?;
     // A program may print what it was given; secrets it was given never reach the terminal.
     let redactor = engine.redactor(env)?;
-    let mut names: Vec<String> = match resource {
-        Some(r) => vec![r.to_string()],
-        None => records
-            .iter()
-            .filter(|r| slipway_core::types::capabilities(&r.type_name).logs)
-            .map(|r| r.name.clone())
-            .collect(),
-    };
-    // An exposed process may run as its second instance (`web@b`) after a blue/green swap:
-    // read the log of the instance that is live.
-    let instance_of = |name: &str| -> String {
-        records
-            .iter()
-            .find(|r| r.name == name)
-            .and_then(|r| {
-                r.live
-                    .get("instance")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| name.to_string())
-    };
-    names.sort();
-    if names.is_empty() {
+    if logs.is_empty() {
         bail!(
             "environment `{env}` has no processes or jobs with logs; `slipway status --env {env}` lists its resources"
         );
     }
-    let prefix = names.len() > 1;
+    let prefix = logs.len() > 1;
     let mut offsets = Vec::new();
-    for name in &names {
-        let path = dir.join(format!("{}.log", instance_of(name)));
+    for LogFile {
+        resource: name,
+        path,
+    } in logs
+    {
         let text = std::fs::read(&path).unwrap_or_default();
         if text.is_empty() && resource.is_some() && !path.exists() {
             bail!(
@@ -599,9 +625,10 @@ fn logs(
         let text = String::from_utf8_lossy(&text);
         let lines: Vec<&str> = text.lines().collect();
         for line in &lines[lines.len().saturating_sub(tail)..] {
-            render::log_line(name, &redactor.redact(line), prefix);
+            render::log_line(&name, &redactor.redact(line), prefix);
         }
-        offsets.push((name.clone(), path, text.len() as u64));
+        let len = text.len() as u64;
+        offsets.push((name, path, len));
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);

@@ -49,7 +49,14 @@ fn positive(text: &str, what: &str) -> Result<Duration> {
 fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     let config = engine_config(g)?;
     let engine = Arc::new(open_engine(g)?);
-    let (repository, spec, reference, folder) = open_repo(g, repo)?;
+    let repo = open_repo(g, repo)?;
+    if let Some(why) = &repo.offline {
+        eprintln!(
+            "warning: cannot fetch {} ({why}); starting from the copy in the home",
+            repo.spec
+        );
+    }
+    let reference = repo.reference().to_string();
     let options = Options {
         poll_interval: duration(&config.repo.poll_interval, "[repo] poll_interval")?,
         drift_interval: duration(
@@ -75,9 +82,9 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     };
     Ok(Controller::new(
         engine,
-        Arc::new(repository),
-        &spec,
-        &folder,
+        Arc::new(repo.repository),
+        &repo.spec,
+        &repo.folder,
         options,
     ))
 }
@@ -471,112 +478,24 @@ fn token_create(g: &Global, role: &str, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Renders both environments at the commits they run and shows what differs.
+/// Shows how two environments differ, as rendered at the commits they run.
 fn compare(g: &Global, repo: &RepoArgs, a: &str, b: &str, output: Output) -> Result<ExitCode> {
     let engine = open_engine(g)?;
-    let (repository, _, _, folder) = open_repo(g, repo)?;
-    let mut rendered = Vec::new();
-    for name in [a, b] {
-        let record = engine.store().environment(name)?.with_context(|| {
-            format!("environment `{name}` does not exist here; `slipway env list` shows them")
-        })?;
-        let commit = record
-            .commit
-            .clone()
-            .with_context(|| format!("`{name}` runs no commit yet"))?;
-        let target = engine.target_for(name)?;
-        let loaded = slipway_engine::source::load_commit(&repository, &commit, &folder)?;
-        let stack = loaded
-            .loaded
-            .stack
-            .as_ref()
-            .filter(|_| !loaded.loaded.has_errors())
-            .with_context(|| format!("the stack at {commit} does not validate"))?;
-        let files = slipway_git::Source::list_files(&repository, &commit)?;
-        let sources = slipway_engine::source::source_hashes(
-            &files,
-            &loaded.folder,
-            &stack.files,
-            &stack.resources,
-        );
-        let desired = slipway_core::render::render(
-            stack,
-            slipway_core::render::Target {
-                name,
-                definition: &target.definition,
-                kind: target.kind,
-            },
-            &commit,
-            &sources,
-        )?;
-        rendered.push(desired);
-    }
-    let (da, db) = (&rendered[0], &rendered[1]);
-    let mut variables = Vec::new();
-    for key in da
-        .variables
-        .keys()
-        .chain(db.variables.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let (va, vb) = (da.variables.get(key), db.variables.get(key));
-        if va != vb {
-            variables.push(json!({"name": key, a: va, b: vb}));
-        }
-    }
-    let mut resources = Vec::new();
-    for key in da
-        .resources
-        .keys()
-        .chain(db.resources.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        match (da.resources.get(key), db.resources.get(key)) {
-            (Some(ra), Some(rb)) => {
-                let diff = slipway_core::plan::diff(&ra.config, &rb.config, &rb.type_name);
-                if !diff.is_empty() || ra.source != rb.source {
-                    resources.push(json!({"resource": key, "diff": diff, "source_differs": ra.source != rb.source}));
+    let repo = open_repo(g, repo)?;
+    let render = |name: &str| {
+        engine
+            .render_running(name, &repo.repository, &repo.folder)
+            .map_err(|e| match e {
+                slipway_engine::EngineError::Environment(why) => {
+                    anyhow::anyhow!("{why}; `slipway env list` shows them")
                 }
-            }
-            (ra, rb) => resources.push(json!({"resource": key, "only_in": if ra.is_some() { a } else { b }, "present_in_both": rb.is_some() && ra.is_some()})),
-        }
-    }
-    let same_commit = da.commit == db.commit;
-    let result = json!({"a": a, "b": b, "commits": {a: da.commit, b: db.commit}, "same_commit": same_commit, "variables": variables, "resources": resources});
+                other => other.into(),
+            })
+    };
+    let comparison = slipway_core::compare::compare(&render(a)?, &render(b)?);
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
-        Output::Text => {
-            if same_commit {
-                println!(
-                    "`{a}` and `{b}` run the same commit {}",
-                    slipway_engine::apply::short(&da.commit)
-                );
-            } else {
-                println!(
-                    "`{a}` runs {}, `{b}` runs {}",
-                    slipway_engine::apply::short(&da.commit),
-                    slipway_engine::apply::short(&db.commit)
-                );
-            }
-            if variables.is_empty() && resources.is_empty() {
-                println!("Their rendered states are the same but for the environment's name.");
-            }
-            for v in &variables {
-                println!(
-                    "  variable {}: {} → {}",
-                    v["name"].as_str().unwrap_or(""),
-                    v[a],
-                    v[b]
-                );
-            }
-            for r in &resources {
-                println!(
-                    "  resource {}: {}",
-                    r["resource"].as_str().unwrap_or(""),
-                    r["diff"]
-                );
-            }
-        }
+        Output::Json => println!("{}", serde_json::to_string_pretty(&comparison.to_json())?),
+        Output::Text => render::comparison_text(&comparison),
     }
     Ok(ExitCode::SUCCESS)
 }

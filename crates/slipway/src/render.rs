@@ -8,6 +8,7 @@ use anstream::{eprintln, println};
 use anstyle::{AnsiColor, Style};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value as Json, json};
+use slipway_core::compare::{Comparison, ResourceDifference};
 use slipway_core::diag::{Diagnostic, Severity};
 use slipway_core::plan::{Action, FieldChange};
 use slipway_engine::{ApplyEvent, ApplyReport, EnvironmentStatus, Outcome, Prepared, Progress};
@@ -165,6 +166,14 @@ pub fn plan_json(p: &Prepared) -> Json {
         "has_changes": p.plan.has_changes(),
         "changes": p.plan.changes,
     })
+}
+
+/// Adds `"offline": {"reason", "commit", "commit_date"}` to a JSON answer when the command
+/// worked offline from the home's copy of a repository it could not fetch.
+pub fn add_offline(out: &mut Json, offline: Option<Json>) {
+    if let (Some(map), Some(offline)) = (out.as_object_mut(), offline) {
+        map.insert("offline".into(), offline);
+    }
 }
 
 pub fn report_json(r: &ApplyReport) -> Json {
@@ -481,5 +490,40 @@ fn ed(a: Action) -> &'static str {
         Action::Replace => "replaced",
         Action::Delete => "deleted",
         Action::Noop => "unchanged",
+    }
+}
+
+pub fn comparison_text(c: &Comparison) {
+    let (a, b) = (c.a.as_str(), c.b.as_str());
+    if c.same_commit() {
+        println!(
+            "`{a}` and `{b}` run the same commit {}",
+            slipway_engine::apply::short(&c.commit_a)
+        );
+    } else {
+        println!(
+            "`{a}` runs {}, `{b}` runs {}",
+            slipway_engine::apply::short(&c.commit_a),
+            slipway_engine::apply::short(&c.commit_b)
+        );
+    }
+    if c.is_empty() {
+        println!("Their rendered states are the same but for the environment's name.");
+    }
+    let shown = |v: &Option<Json>| v.as_ref().map_or_else(|| "null".into(), Json::to_string);
+    for v in &c.variables {
+        println!("  variable {}: {} → {}", v.name, shown(&v.a), shown(&v.b));
+    }
+    for r in &c.resources {
+        match r {
+            ResourceDifference::Changed { resource, diff, .. } => println!(
+                "  resource {resource}: {}",
+                serde_json::to_value(diff).unwrap_or_default()
+            ),
+            ResourceDifference::OnlyIn {
+                resource,
+                environment,
+            } => println!("  resource {resource}: only in `{environment}`"),
+        }
     }
 }

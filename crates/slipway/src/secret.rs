@@ -83,7 +83,8 @@ fn target(path: &str) -> Result<Target> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
         .unwrap_or(cwd);
-    let folder = slipway_engine::source::folder_of(path).map_err(anyhow::Error::msg)?;
+    let folder =
+        slipway_engine::source::folder_of(path).map_err(|why| anyhow::anyhow!("--path: {why}"))?;
     let entry = format!("{folder}slipway.yaml");
     let files = WorkTree(root.clone());
     let loaded = slipway_core::stack::load(&files, &entry, &LoadLimits::default());

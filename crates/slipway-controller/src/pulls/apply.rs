@@ -174,7 +174,7 @@ pub(super) fn apply(
         .environment_lock(env)?
         .is_some_and(|l| l.pull_request == number);
     prepared.protected |= rules.protected;
-    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
+    if let Some(why) = prepared.needs_confirmation() {
         return refuse(format!(
             "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
              merge it and have a person confirm on the server. {}",

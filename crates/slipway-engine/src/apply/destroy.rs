@@ -99,10 +99,9 @@ impl Engine {
             )));
         };
         if record.protected && options.confirm == Confirmation::Absent {
-            return Err(EngineError::NeedsConfirmation(format!(
-                "`{env}` is protected: destroying it needs an explicit confirmation \
-                 (`slipway destroy --env {env} --confirm-destroy {env}`)"
-            )));
+            return Err(EngineError::NeedsConfirmation(
+                crate::ConfirmationNeeded::whole(&env),
+            ));
         }
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(&env, now)?;

@@ -82,39 +82,6 @@ pub fn protected_destroys(prepared: &Prepared) -> Vec<&Change> {
         .collect()
 }
 
-/// Why applying `prepared` needs a person's confirmation (`--confirm-destroy ENV`), if it
-/// does: it destroys something in a protected environment, or it removes the protection
-/// itself (otherwise one commit could drop `protected` and the next delete freely).
-pub fn needs_confirmation(prepared: &Prepared) -> Option<String> {
-    let env = prepared.desired.environment.name.as_str();
-    let destroys: Vec<String> = protected_destroys(prepared)
-        .iter()
-        .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
-        .collect();
-    let unprotects = prepared.protected && !prepared.declared.protected;
-    let what = match (destroys.is_empty(), unprotects) {
-        (true, false) => return None,
-        (false, false) => format!("this plan destroys {}", destroys.join(", ")),
-        (true, true) => "this commit removes its `protected` setting".to_string(),
-        (false, true) => format!(
-            "this commit removes its `protected` setting and destroys {}",
-            destroys.join(", ")
-        ),
-    };
-    Some(format!("`{env}` is protected and {what}"))
-}
-
-/// [`needs_confirmation`], said of an apply that waits for the confirmation.
-pub fn held_for_confirmation(prepared: &Prepared) -> Option<String> {
-    let env = prepared.desired.environment.name.as_str();
-    needs_confirmation(prepared).map(|why| {
-        format!(
-            "{why}: held until a person confirms (`slipway apply --env {env} \
-             --confirm-destroy {env}`)"
-        )
-    })
-}
-
 /// Progress of an apply, for a progress bar or log lines.
 #[derive(Debug, Clone)]
 pub enum ApplyEvent<'a> {
@@ -219,7 +186,7 @@ impl Engine {
                 lock.environment()
             )));
         }
-        if let Some(why) = held_for_confirmation(prepared)
+        if let Some(why) = prepared.needs_confirmation()
             && options.confirm_destroy == Confirmation::Absent
         {
             return Err(EngineError::NeedsConfirmation(why));
