@@ -390,9 +390,12 @@ fn apply(
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let (repository, spec, reference, folder) = open_repo(g, repo)?;
-    let lock = engine.lock(env, true, &|| {
-        eprintln!("waiting for another slipway operation on `{env}` to finish...")
-    })?;
+    let lock = engine.lock(
+        env,
+        slipway_engine::LockWait::Block(&|| {
+            eprintln!("waiting for another slipway operation on `{env}` to finish...")
+        }),
+    )?;
     let prepared = prepare(&engine, &repository, &spec, &reference, &folder, env)?;
     if output == Output::Text {
         render::plan_text(&prepared);
@@ -479,9 +482,12 @@ fn destroy(
     output: Output,
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
-    let lock = engine.lock(env, true, &|| {
-        eprintln!("waiting for another slipway operation on `{env}` to finish...")
-    })?;
+    let lock = engine.lock(
+        env,
+        slipway_engine::LockWait::Block(&|| {
+            eprintln!("waiting for another slipway operation on `{env}` to finish...")
+        }),
+    )?;
     let resources = engine.store().resources(env)?;
     if engine.store().environment(env)?.is_none() {
         bail!("environment `{env}` does not exist here; `slipway status` lists the environments");
