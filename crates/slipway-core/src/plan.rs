@@ -14,6 +14,7 @@ use crate::types;
 
 /// What apply does to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// It does not exist yet.
@@ -99,6 +100,7 @@ pub struct PlanInput {
 
 /// One field that changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FieldChange {
     /// Dotted path of the field (`env.WORKERS`, `command`).
     pub path: String,
@@ -114,6 +116,7 @@ pub struct FieldChange {
 
 /// What apply will do to one resource, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Change {
     /// The resource's name.
     pub resource: String,
