@@ -17,17 +17,22 @@
 //!   with the reason and leaves the running version up.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod discover;
 pub mod metrics;
+mod policy;
 pub mod pulls;
 pub mod queue;
 mod reconcile;
+mod refresh;
+mod requests;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use slipway_core::render::EnvKind;
+pub use slipway_engine::DestroyOptions;
 use slipway_engine::{Engine, EngineError, EnvTarget};
 use slipway_git::Source;
 use slipway_state::EnvironmentRecord;
@@ -51,6 +56,17 @@ pub enum Trigger {
     Manual,
     /// Its time to live has passed.
     Ttl,
+    /// A pull request's `/slipway apply` pinned it to the pull request's head; the pull
+    /// request is answered when this reconcile ends.
+    Apply,
+}
+
+impl Trigger {
+    /// Whether a person asked for this reconcile (directly, or with a comment command): it
+    /// fetches afresh, and retries a commit whose last attempt failed for good.
+    pub fn from_person(self) -> bool {
+        matches!(self, Trigger::Manual | Trigger::Apply)
+    }
 }
 
 /// How the controller paces itself. Every field has a default.
@@ -76,6 +92,8 @@ pub struct Options {
     pub delivery_retention: Option<Duration>,
     /// How often old rows are pruned.
     pub prune_interval: Duration,
+    /// What time it is, for times to live and expiries (tests pass one they move by hand).
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 impl Default for Options {
@@ -91,6 +109,7 @@ impl Default for Options {
             retention: Some(Duration::from_secs(90 * 24 * 3600)),
             delivery_retention: Some(Duration::from_secs(365 * 24 * 3600)),
             prune_interval: Duration::from_secs(3600),
+            clock: Arc::new(clock::SystemClock),
         }
     }
 }
@@ -132,9 +151,53 @@ pub enum ControllerError {
     /// another kind); the message says why.
     #[error("{0}")]
     Conflict(String),
+    /// The forge refused or could not be reached.
+    #[error("the forge refused: {0}")]
+    Forge(#[from] slipway_forge::ForgeError),
+    /// An apply ran and some of its changes failed (the deployment records which, and why).
+    #[error("apply of `{environment}` at {} failed (deployment #{deployment})", &commit[..12.min(commit.len())])]
+    Apply {
+        /// The environment.
+        environment: String,
+        /// The commit applied.
+        commit: String,
+        /// The deployment recorded.
+        deployment: i64,
+        /// Whether applying the same commit again may succeed.
+        retryable: bool,
+    },
     /// A blocking task died.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ControllerError {
+    /// Whether the same call may succeed later with nothing changed by a person (the one
+    /// spelling across the crates: the store's, git's, the forge's, the providers' and the
+    /// engine's errors say it the same way). The controller's error policy backs off and
+    /// retries these; the others wait for a new commit or a person.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ControllerError::Engine(e) => e.retryable(),
+            ControllerError::State(e) => e.retryable(),
+            ControllerError::Git(e) => e.retryable(),
+            ControllerError::Forge(e) => e.retryable(),
+            ControllerError::Apply { retryable, .. } => *retryable,
+            // A blocking task that died: nothing says the next attempt will.
+            ControllerError::Internal(_) => true,
+            ControllerError::NotFound(_)
+            | ControllerError::Invalid(_)
+            | ControllerError::Conflict(_) => false,
+        }
+    }
+
+    /// The commit the failure is about, when it is one commit's (an apply that failed).
+    pub fn commit(&self) -> Option<&str> {
+        match self {
+            ControllerError::Apply { commit, .. } => Some(commit),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -155,6 +218,18 @@ pub(crate) struct Inner {
     /// Forge events are handled one at a time: a pull request's comment is read, then
     /// written, and two events about it must not interleave.
     pub forge_serial: tokio::sync::Mutex<()>,
+    /// `/slipway apply`s waiting for their environment's next reconcile, by environment.
+    pub applies: Mutex<std::collections::BTreeMap<String, pulls::PendingApply>>,
+    /// Environments whose last apply failed for good, with the commit: not applied again
+    /// before a new commit or a person asks (the error policy's wait).
+    pub parked: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Inner {
+    /// Now, by the controller's clock (milliseconds since the epoch).
+    pub fn now(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
 }
 
 /// The controller. Cheap to clone; clones share everything.
@@ -187,6 +262,8 @@ impl Controller {
                 preview_port: std::sync::OnceLock::new(),
                 forge: std::sync::OnceLock::new(),
                 forge_serial: tokio::sync::Mutex::new(()),
+                applies: Mutex::new(std::collections::BTreeMap::new()),
+                parked: Mutex::new(std::collections::BTreeMap::new()),
             }),
         }
     }
@@ -259,6 +336,9 @@ impl Controller {
         for env in &follow.reconcile {
             self.enqueue(env, Trigger::Manual);
         }
+        if let Some(env) = &follow.apply {
+            self.enqueue(env, Trigger::Apply);
+        }
         if follow.refresh {
             self.refresh().await?;
         }
@@ -306,7 +386,7 @@ impl Controller {
     /// the poll does; webhooks and the API call it for an immediate refresh).
     pub async fn refresh(&self) -> Result<(), ControllerError> {
         let inner = self.inner.clone();
-        let changed = tokio::task::spawn_blocking(move || reconcile::discover(&inner))
+        let changed = tokio::task::spawn_blocking(move || refresh::discover(&inner))
             .await
             .map_err(|e| ControllerError::Internal(e.to_string()))??;
         for (env, trigger) in changed {
@@ -335,7 +415,7 @@ impl Controller {
                         "forge.failed",
                         &format!("catching up with open pull requests: {e}"),
                         &serde_json::json!({}),
-                        slipway_state::now_ms(),
+                        this.inner.now(),
                     );
                 }
             });
@@ -394,7 +474,7 @@ impl Controller {
                     tokio::task::spawn_blocking(move || this.prune());
                 }
                 _ = ttl.tick() => {
-                    let now = slipway_state::now_ms();
+                    let now = self.inner.now();
                     if let Ok(envs) = self.inner.engine.store().environments() {
                         for env in envs.into_iter().filter(|e| e.expires_at.is_some_and(|at| at <= now)) {
                             self.enqueue(&env.name, Trigger::Ttl);
@@ -408,7 +488,7 @@ impl Controller {
     /// Deletes audit entries, events and webhook deliveries older than the retention of
     /// [`Options`]; a failure is an event, and the next tick tries again.
     fn prune(&self) {
-        let now = slipway_state::now_ms();
+        let now = self.inner.now();
         let before = |keep: Option<Duration>| {
             keep.map(|d| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         };
@@ -444,46 +524,130 @@ impl Controller {
             let Some((env, trigger)) = next else { return };
             let this = self.clone();
             tokio::spawn(async move {
-                let inner = this.inner.clone();
-                let name = env.clone();
-                let started = Instant::now();
-                let result = tokio::task::spawn_blocking(move || {
-                    reconcile::reconcile(&inner, &name, trigger)
-                })
-                .await;
-                let elapsed = started.elapsed();
-                let outcome = match result {
-                    Ok(Ok(action)) => Ok(action),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("reconcile of `{env}` panicked: {e}")),
-                };
-                this.inner
-                    .metrics
-                    .observe_reconcile(elapsed, outcome.is_ok());
-                let retry = this
-                    .inner
-                    .queue
-                    .lock()
-                    .expect("the queue lock is never poisoned")
-                    .done(&env, outcome.is_err(), this.inner.options.max_backoff);
-                match (outcome, retry) {
-                    (Ok(reconcile::Action::Requeue(after)), _) => {
-                        this.enqueue_at(&env, Trigger::Timer, Instant::now() + after)
-                    }
-                    (Ok(reconcile::Action::Done), _) => this
-                        .inner
-                        .queue
-                        .lock()
-                        .expect("the queue lock is never poisoned")
-                        .forget(&env),
-                    (Err(_), Some(backoff)) => {
-                        this.enqueue_at(&env, Trigger::Timer, Instant::now() + backoff)
-                    }
-                    (Err(_), None) => {}
-                }
+                this.work(env, trigger).await;
                 drop(permit);
                 this.inner.wake.notify_one();
             });
+        }
+    }
+
+    /// One reconcile of `env` on a blocking thread, then what follows it: the next look
+    /// (requeue, or the error policy's backoff or wait), the failure recorded, and the answer
+    /// to a `/slipway apply` waiting for it.
+    async fn work(&self, env: String, trigger: Trigger) {
+        // Taken when the reconcile starts: one that was already running when the apply was
+        // asked for must not answer it.
+        let mut pending = self
+            .inner
+            .applies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&env);
+        let span = tracing::info_span!(
+            "reconcile",
+            environment = %env,
+            trigger = ?trigger,
+            commit = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let result = {
+            let (inner, name, span) = (self.inner.clone(), env.clone(), span.clone());
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| reconcile::reconcile(&inner, &name, trigger))
+            })
+            .await
+        };
+        let outcome = result.unwrap_or_else(|e| {
+            Err(ControllerError::Internal(format!(
+                "reconcile of `{env}` panicked: {e}"
+            )))
+        });
+        self.inner
+            .metrics
+            .observe_reconcile(started.elapsed(), outcome.is_ok());
+        let finished = match &outcome {
+            Ok(_) => queue::Finished::Succeeded,
+            Err(e) => policy::error_policy(e),
+        };
+        let backoff = self
+            .inner
+            .queue
+            .lock()
+            .expect("the queue lock is never poisoned")
+            .done(&env, finished, self.inner.options.max_backoff);
+        let now = Instant::now();
+        match &outcome {
+            Ok(reconcile::Action::Requeue(after)) => {
+                self.enqueue_at(&env, Trigger::Timer, now + *after)
+            }
+            Ok(reconcile::Action::Busy) => {
+                // Someone else (a CLI apply) holds it: the same request, shortly.
+                self.enqueue_at(&env, trigger, now + reconcile::BUSY_RETRY);
+                if let Some(p) = pending.take() {
+                    self.inner
+                        .applies
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(env.clone(), p);
+                }
+            }
+            Ok(reconcile::Action::Done) => self
+                .inner
+                .queue
+                .lock()
+                .expect("the queue lock is never poisoned")
+                .forget(&env),
+            Err(e) => {
+                span.in_scope(
+                    || tracing::warn!(error = %e, retryable = e.retryable(), "reconcile failed"),
+                );
+                let next = match backoff {
+                    Some(backoff) => backoff,
+                    // Terminal: the same commit is not tried again before a new one or a
+                    // person; the periodic pass stays the safety net.
+                    None => {
+                        if let Some(commit) = e.commit() {
+                            self.inner
+                                .parked
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(env.clone(), commit.to_string());
+                        }
+                        self.inner.options.requeue_interval
+                    }
+                };
+                self.enqueue_at(&env, Trigger::Timer, now + next);
+            }
+        }
+        let failure = match outcome {
+            Ok(_) => None,
+            Err(error) => {
+                let name = env.clone();
+                self.blocking(move |inner| {
+                    policy::record_failure(inner, &name, &error);
+                    Ok(error.to_string())
+                })
+                .await
+                .ok()
+            }
+        };
+        if let Some(pending) = pending {
+            let name = env.clone();
+            // A forge event of this pull request must not interleave with its answer.
+            let again = {
+                let _turn = self.inner.forge_serial.lock().await;
+                self.blocking(move |inner| {
+                    pulls::answer(inner, &name, &pending, failure.as_deref())
+                })
+                .await
+            };
+            match again {
+                Ok(true) => self.enqueue(&env, Trigger::Manual),
+                Ok(false) => {}
+                Err(e) => span.in_scope(
+                    || tracing::warn!(error = %e, "answering the pull request's apply failed"),
+                ),
+            }
         }
     }
 
@@ -511,24 +675,23 @@ impl Controller {
         request: CreateEnvironment,
     ) -> Result<EnvironmentRecord, ControllerError> {
         let record = self
-            .blocking(move |inner| reconcile::create_adhoc(inner, &request))
+            .blocking(move |inner| requests::create_adhoc(inner, &request))
             .await?;
         self.enqueue(&record.name, Trigger::Manual);
         Ok(record)
     }
 
     /// Destroys an environment now (waiting for any operation on it to finish).
-    /// A protected environment is destroyed only with `confirm`.
+    /// A protected environment is destroyed only when `options.confirm` is given.
     pub async fn destroy_environment(
         &self,
         name: &str,
-        who: &str,
-        confirm: bool,
+        options: DestroyOptions,
     ) -> Result<(), ControllerError> {
-        let (name, who) = (name.to_string(), who.to_string());
+        let name = name.to_string();
         let forget = name.clone();
         self.blocking(move |inner| {
-            reconcile::destroy(inner, &name, &who, "destroyed on request", confirm)
+            reconcile::destroy(inner, &name, &options, "destroyed on request")
         })
         .await?;
         self.inner
@@ -546,7 +709,7 @@ impl Controller {
         by: Duration,
     ) -> Result<EnvironmentRecord, ControllerError> {
         let name = name.to_string();
-        self.blocking(move |inner| reconcile::extend(inner, &name, by))
+        self.blocking(move |inner| requests::extend(inner, &name, by))
             .await
     }
 
@@ -558,7 +721,7 @@ impl Controller {
     ) -> Result<EnvironmentRecord, ControllerError> {
         let n = name.to_string();
         let record = self
-            .blocking(move |inner| reconcile::pin(inner, &n, commit))
+            .blocking(move |inner| requests::pin(inner, &n, commit))
             .await?;
         self.enqueue(name, Trigger::Manual);
         Ok(record)
@@ -568,7 +731,7 @@ impl Controller {
     pub async fn unpin(&self, name: &str) -> Result<EnvironmentRecord, ControllerError> {
         let n = name.to_string();
         let record = self
-            .blocking(move |inner| reconcile::unpin(inner, &n))
+            .blocking(move |inner| requests::unpin(inner, &n))
             .await?;
         self.enqueue(name, Trigger::Manual);
         Ok(record)
@@ -587,12 +750,17 @@ impl Controller {
                 let Some(d) = d else {
                     return Err(ControllerError::Invalid(format!("deployment #{deployment} is not a deployment of `{n}`; `slipway history --env {n}` lists them")));
                 };
-                reconcile::pin(inner, &n, Some(d.commit))
+                requests::pin(inner, &n, Some(d.commit))
             })
             .await?;
         self.enqueue(name, Trigger::Manual);
         Ok(record)
     }
+}
+
+/// The first 12 characters of a commit id, as messages show it.
+pub(crate) fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }
 
 pub(crate) fn kind_of(record: &EnvironmentRecord) -> EnvKind {

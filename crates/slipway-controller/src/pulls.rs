@@ -12,135 +12,24 @@
 //! - Comment commands (`/slipway plan|apply|unlock|preview|help`), parsed strictly and only
 //!   honoured from people with write access.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+mod apply;
+mod commands;
+mod plans;
+mod setup;
 
-use slipway_core::plan::{Action as Change, Plan};
-use slipway_core::render::EnvKind;
-use slipway_engine::{EngineConfig, EnvTarget, Origin};
-use slipway_forge::{
-    Command, CommitStatus, DEFAULT_PLAN_MARKER, EnvPlan, Forge, ForgeConfig, ForgeEvent, ForgeKind,
-    PlanCommentOptions, PrAction, PrState, PullRequestInfo, StatusState, WebhookVerifier,
-    parse_command, render_plan_comment,
-};
+use commands::comment;
+use std::collections::BTreeSet;
+
+use slipway_engine::Origin;
+use slipway_forge::{Forge, ForgeEvent, PrAction, PrState, PullRequestDetails, PullRequestInfo};
 use slipway_state::{PullRequestRecord, now_ms};
 
-use crate::{ControllerError, Inner};
+pub(crate) use apply::{PendingApply, answer};
+pub(crate) use plans::post_plans;
+pub use plans::{detail, summary};
+pub use setup::{ForgeSetup, setup_from_config};
 
-/// The forge a controller works with, and its policy.
-pub struct ForgeSetup {
-    /// The forge's API.
-    pub forge: Arc<dyn Forge>,
-    /// Checks its webhooks.
-    pub verifier: WebhookVerifier,
-    /// Which forge.
-    pub kind: ForgeKind,
-    /// Authors whose pull requests from forks get a preview environment anyway.
-    pub fork_allow: Vec<String>,
-}
-
-/// Reads the first `[forge.NAME]` of the engine configuration (`github`, `gitlab`, `gitea`
-/// or `forgejo`): `repository`, `repository_id`, `api_url`, `token_env` (default
-/// `GITHUB_TOKEN`, `GITLAB_TOKEN`, `GITEA_TOKEN`), `webhook_secret_env` (default
-/// `SLIPWAY_WEBHOOK_SECRET`), `bot_login`, `fork_allow`. `None` when no forge is configured.
-///
-/// `private_texts` (`(text, stand-in)`: the repository's URL and paths, the home) are replaced
-/// in everything posted to the forge (see `ForgeConfig::private_texts`).
-pub fn setup_from_config(
-    config: &EngineConfig,
-    private_texts: Vec<(String, String)>,
-) -> Result<Option<ForgeSetup>, String> {
-    let Some((name, table)) = config.forge.iter().next() else {
-        return Ok(None);
-    };
-    if config.forge.len() > 1 {
-        return Err(format!(
-            "several forges are configured ({}); Slipway works with one repository, on one forge",
-            config.forge.keys().cloned().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    let kind: ForgeKind = name
-        .parse()
-        .map_err(|_| format!("[forge.{name}]: the forges are github, gitlab and gitea"))?;
-    let string = |key: &str| -> Result<Option<String>, String> {
-        match table.get(key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("[forge.{name}] {key} must be a string")),
-        }
-    };
-    for key in table.keys() {
-        if ![
-            "repository",
-            "repository_id",
-            "api_url",
-            "token_env",
-            "webhook_secret_env",
-            "bot_login",
-            "fork_allow",
-        ]
-        .contains(&key.as_str())
-        {
-            return Err(format!(
-                "[forge.{name}] has an unknown key `{key}`; the keys are repository, \
-                 repository_id, api_url, token_env, webhook_secret_env, bot_login, fork_allow"
-            ));
-        }
-    }
-    let repository = string("repository")?
-        .ok_or_else(|| format!("[forge.{name}] needs `repository`, e.g. \"acme/shop\""))?;
-    let token_env = string("token_env")?.unwrap_or_else(|| kind.profile().token_env.into());
-    let token = std::env::var(&token_env).map_err(|_| {
-        format!("[forge.{name}] reads its API token from ${token_env}, which is not set")
-    })?;
-    let secret_env =
-        string("webhook_secret_env")?.unwrap_or_else(|| "SLIPWAY_WEBHOOK_SECRET".into());
-    let secret = std::env::var(&secret_env).map_err(|_| {
-        format!(
-            "[forge.{name}] reads its webhook secret from ${secret_env}, which is not set; \
-             webhooks are refused without one"
-        )
-    })?;
-    let fork_allow = match table.get("fork_allow") {
-        None => Vec::new(),
-        Some(toml::Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("[forge.{name}] fork_allow lists logins (strings)"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(format!(
-                "[forge.{name}] fork_allow must be a list of logins"
-            ));
-        }
-    };
-    let mut forge_config = ForgeConfig::new(kind, repository, token);
-    forge_config.api_url = string("api_url")?;
-    forge_config.bot_login = string("bot_login")?;
-    forge_config.webhook_secret = secret.into();
-    forge_config.private_texts = private_texts;
-    forge_config.repository_id = match table.get("repository_id") {
-        None => None,
-        Some(toml::Value::Integer(id)) if *id > 0 => Some(*id as u64),
-        Some(_) => {
-            return Err(format!(
-                "[forge.{name}] repository_id must be the repository's numeric id on the \
-                 forge (a positive integer)"
-            ));
-        }
-    };
-    let verifier = forge_config.webhook_verifier();
-    let forge = slipway_forge::connect(forge_config).map_err(|e| format!("[forge.{name}]: {e}"))?;
-    Ok(Some(ForgeSetup {
-        forge: Arc::from(forge),
-        verifier,
-        kind,
-        fork_allow,
-    }))
-}
+use crate::{ControllerError, Inner, short};
 
 /// What the async side should do after an event was handled.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -149,6 +38,9 @@ pub(crate) struct FollowUp {
     pub refresh: bool,
     /// Environments to reconcile now.
     pub reconcile: Vec<String>,
+    /// The environment a `/slipway apply` pinned: reconciled now, and the pull request
+    /// answered when that ends.
+    pub apply: Option<String>,
 }
 
 fn setup(inner: &Inner) -> Result<&ForgeSetup, ControllerError> {
@@ -156,10 +48,6 @@ fn setup(inner: &Inner) -> Result<&ForgeSetup, ControllerError> {
         .forge
         .get()
         .ok_or_else(|| ControllerError::Invalid("no forge is configured".into()))
-}
-
-fn forge_error(e: slipway_forge::ForgeError) -> ControllerError {
-    ControllerError::Invalid(format!("the forge refused: {e}"))
 }
 
 /// Handles one verified event.
@@ -230,12 +118,7 @@ fn real_author(inner: &Inner, pr: &PullRequestInfo) -> Result<String, Controller
     if setup.kind.profile().webhook_names_pr_author {
         return Ok(pr.author.clone());
     }
-    Ok(setup
-        .forge
-        .pull_request(pr.number)
-        .map_err(forge_error)?
-        .info
-        .author)
+    Ok(setup.forge.pull_request(pr.number)?.info.author)
 }
 
 /// Moves `record`'s head to `head`. When it moves, everyone who approved by then is added to
@@ -369,21 +252,24 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
     set_head(inner, &mut record, &pr.head_sha)?;
     store.upsert_pull_request(&record)?;
     if merged {
-        record_merge(inner, pr.number)?;
+        let details = setup(inner)?.forge.pull_request(pr.number)?;
+        record_merge(inner, &details)?;
     }
     let released = release(inner, pr.number as i64)?;
     Ok(FollowUp {
         refresh: true,
         reconcile: released,
+        ..FollowUp::default()
     })
 }
 
 /// Remembers the commit a merged pull request made, and whether it was approved then: what
-/// `require_pr` environments take.
-fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
+/// `require_pr` environments take. `details` is the forge's answer about it, asked once by
+/// the caller.
+fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), ControllerError> {
     let forge = &setup(inner)?.forge;
-    let details = forge.pull_request(number).map_err(forge_error)?;
-    let Some(sha) = details.merge_commit_sha else {
+    let number = details.info.number;
+    let Some(sha) = details.merge_commit_sha.clone() else {
         event(
             inner,
             &format!("pr-{number}"),
@@ -392,7 +278,7 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
         );
         return Ok(());
     };
-    let approvals = forge.approvals(number).map_err(forge_error)?;
+    let approvals = forge.approvals(number)?;
     // The same rule as `/slipway apply`: an approval of the head that was merged, by a
     // reviewer with write access who is not the author; one that names no commit (GitLab)
     // counts unless its reviewer approved before the last push.
@@ -439,7 +325,7 @@ fn qualified_approval(
         if a.author.eq_ignore_ascii_case(author) {
             continue;
         }
-        let writes = forge.has_write_access(&a.author).map_err(forge_error)?;
+        let writes = forge.has_write_access(&a.author)?;
         if approval_counts(&a.author, author, writes) {
             return Ok(Some(a.author.clone()));
         }
@@ -468,726 +354,11 @@ fn release(inner: &Inner, number: i64) -> Result<Vec<String>, ControllerError> {
     Ok(released)
 }
 
-/// The commit at the head of pull request `number` in the repository, after a fetch: the
-/// forge's pull request ref (`refs/pull/N/head`, `refs/merge-requests/N/head`), which also
-/// holds a fork's code. Errors when it is not the head the forge announced.
-fn fetched_head(inner: &Inner, record: &PullRequestRecord) -> Result<String, ControllerError> {
-    let forge = &setup(inner)?.forge;
-    let reference = forge.pr_head_ref(record.number as u64);
-    let resolve = || inner.source.resolve(&reference).map(|c| c.sha);
-    let mut sha = resolve();
-    if sha.as_deref().ok() != Some(record.head_sha.as_str()) {
-        inner.source.fetch()?;
-        sha = resolve();
-    }
-    match sha {
-        Ok(sha) if sha == record.head_sha => Ok(sha),
-        Ok(other) => Err(ControllerError::Invalid(format!(
-            "{reference} is at {} in the repository, not at {} as the forge says; the next \
-             event will plan the newer one",
-            short(&other),
-            short(&record.head_sha)
-        ))),
-        Err(e) => Err(ControllerError::Invalid(format!(
-            "{reference} cannot be read from the repository ({e}); is the forge pushing pull \
-             request refs to it?"
-        ))),
-    }
-}
-
-/// The environments a pull request changes: every static environment tracking its base
-/// branch, and its preview when a family makes one; `only` narrows to one.
-fn targets(
-    stack: &slipway_core::stack::Stack,
-    record: &PullRequestRecord,
-    only: Option<&str>,
-) -> Vec<EnvTarget> {
-    let mut out = Vec::new();
-    for (name, def) in &stack.environments {
-        if def.track.as_deref() == Some(record.base_ref.as_str()) {
-            out.push(EnvTarget {
-                name: name.clone(),
-                definition: name.clone(),
-                kind: EnvKind::Static,
-                owner: None,
-                ttl: None,
-            });
-        }
-    }
-    if record.preview_allowed
-        && let Some((family, def)) = stack
-            .environments
-            .iter()
-            .find(|(_, d)| d.generate.as_ref().is_some_and(|g| g.pull_requests))
-    {
-        out.push(EnvTarget {
-            name: format!("pr-{}", record.number),
-            definition: family.clone(),
-            kind: EnvKind::Generated,
-            owner: Some(record.author.clone()),
-            ttl: def.ttl,
-        });
-    }
-    if let Some(only) = only {
-        out.retain(|t| t.name == only);
-    }
-    out
-}
-
-/// Plans the pull request's head for each environment it changes and posts them as the one
-/// plan comment, with a `slipway/plan` commit status.
-pub(crate) fn post_plans(
-    inner: &Inner,
-    record: &PullRequestRecord,
-    only: Option<&str>,
-) -> Result<(), ControllerError> {
-    let setup = setup(inner)?;
-    let forge = &setup.forge;
-    let status = |state: StatusState, description: &str| {
-        let _ = forge.set_status(&CommitStatus {
-            sha: record.head_sha.clone(),
-            context: "slipway/plan".into(),
-            state,
-            description: description.chars().take(140).collect(),
-            target_url: None,
-        });
-    };
-    status(StatusState::Pending, "planning");
-    let head = match fetched_head(inner, record) {
-        Ok(sha) => sha,
-        Err(e) => {
-            status(StatusState::Error, &e.to_string());
-            return Err(e);
-        }
-    };
-    // Through the engine's commit cache: the plans below prepare from the same load.
-    let cached = inner.engine.load(&origin_at(inner, &head))?;
-    let mut plans = Vec::new();
-    match cached.loaded.valid_stack() {
-        Err(first) => plans.push(EnvPlan {
-            env: "(all)".into(),
-            summary_line: "the stack does not validate".into(),
-            detail_text: String::new(),
-            error: Some(first),
-            preview_url: None,
-        }),
-        Ok(stack) => {
-            let mut targets = targets(stack, record, only);
-            // Which branch a running static environment tracks is its record's, not what the
-            // pull request's stack says: a PR into another branch does not change it.
-            targets.retain(|t| {
-                t.kind != EnvKind::Static
-                    || inner
-                        .engine
-                        .store()
-                        .environment(&t.name)
-                        .ok()
-                        .flatten()
-                        .is_none_or(|e| e.tracked_ref.as_deref() == Some(record.base_ref.as_str()))
-            });
-            if targets.is_empty() {
-                plans.push(EnvPlan {
-                    env: only.unwrap_or("(none)").into(),
-                    summary_line: match only {
-                        Some(env) => format!("`{env}` is not changed by this pull request"),
-                        None => format!(
-                            "no environment tracks `{}` and no family previews pull requests",
-                            record.base_ref
-                        ),
-                    },
-                    detail_text: String::new(),
-                    error: None,
-                    preview_url: None,
-                });
-            }
-            for target in targets {
-                let origin = origin_at(inner, &head);
-                let preview_url = inner
-                    .preview_port
-                    .get()
-                    .map(|port| format!("http://{}.{}.localhost:{port}/", target.name, stack.name));
-                plans.push(match inner.engine.prepare(&origin, &target) {
-                    Ok(prepared) => EnvPlan {
-                        env: target.name.clone(),
-                        summary_line: summary(&prepared.plan),
-                        detail_text: detail(&prepared.plan),
-                        error: None,
-                        preview_url: (target.kind == EnvKind::Generated)
-                            .then_some(preview_url)
-                            .flatten(),
-                    },
-                    Err(e) => EnvPlan {
-                        env: target.name.clone(),
-                        summary_line: "planning failed".into(),
-                        detail_text: String::new(),
-                        error: Some(e.to_string()),
-                        preview_url: None,
-                    },
-                });
-            }
-        }
-    }
-    let body = render_plan_comment(
-        &plans,
-        &PlanCommentOptions {
-            marker: DEFAULT_PLAN_MARKER.into(),
-            head_sha: Some(head.clone()),
-            ..PlanCommentOptions::default()
-        },
-    );
-    forge
-        .upsert_comment(record.number as u64, DEFAULT_PLAN_MARKER, &body)
-        .map_err(forge_error)?;
-    let failed: Vec<&str> = plans
-        .iter()
-        .filter(|p| p.error.is_some())
-        .map(|p| p.env.as_str())
-        .collect();
-    if failed.is_empty() {
-        status(
-            StatusState::Success,
-            &format!("planned {} environment(s)", plans.len()),
-        );
-    } else {
-        status(
-            StatusState::Failure,
-            &format!("planning failed for {}", failed.join(", ")),
-        );
-    }
-    Ok(())
-}
-
-/// One line: what a plan does.
-pub fn summary(plan: &Plan) -> String {
-    let count = |a: Change| plan.changes.iter().filter(|c| c.action == a).count();
-    if !plan.has_changes() {
-        return "no changes".into();
-    }
-    format!(
-        "{} to create, {} to update, {} to replace, {} to delete",
-        count(Change::Create),
-        count(Change::Update),
-        count(Change::Replace),
-        count(Change::Delete)
-    )
-}
-
-/// The plan as text: one line per change, then its field changes. Values are the stack's
-/// (references such as `${secrets.X}` unresolved), so no secret can appear.
-pub fn detail(plan: &Plan) -> String {
-    let mut out = String::new();
-    for c in plan.changes.iter().filter(|c| c.action != Change::Noop) {
-        let sign = match c.action {
-            Change::Create => "+",
-            Change::Update => "~",
-            Change::Replace => "-/+",
-            Change::Delete => "-",
-            Change::Noop => " ",
-        };
-        out.push_str(&format!("{sign} {} ({})", c.resource, c.type_name));
-        if let Some(reason) = &c.reason {
-            out.push_str(&format!(": {reason}"));
-        }
-        out.push('\n');
-        for f in &c.diff {
-            let show = |v: &Option<serde_json::Value>| {
-                v.as_ref().map_or("(none)".to_string(), |v| {
-                    let text = v.to_string();
-                    if text.chars().count() > 200 {
-                        format!("{}…", text.chars().take(200).collect::<String>())
-                    } else {
-                        text
-                    }
-                })
-            };
-            out.push_str(&format!(
-                "    {}: {} → {}{}\n",
-                f.path,
-                show(&f.before),
-                show(&f.after),
-                if f.forces_replace {
-                    " (forces replacement)"
-                } else {
-                    ""
-                }
-            ));
-        }
-    }
-    out
-}
-
-fn reply(inner: &Inner, pr: u64, body: &str) {
-    if let Ok(setup) = setup(inner)
-        && let Err(e) = setup.forge.post_comment(pr, body)
-    {
-        event(
-            inner,
-            &format!("pr-{pr}"),
-            "forge.failed",
-            &format!("cannot comment on #{pr}: {e}"),
-        );
-    }
-}
-
-fn audit(inner: &Inner, who: &str, action: &str, target: &str, outcome: &str, detail: &str) {
-    let _ = inner.engine.store().record_audit(&slipway_state::NewAudit {
-        at: now_ms(),
-        who: format!("forge:{who}"),
-        action: action.into(),
-        target: Some(target.into()),
-        outcome: outcome.into(),
-        detail: detail.into(),
-    });
-}
-
-fn comment(
-    inner: &Inner,
-    number: u64,
-    author: &str,
-    body: &str,
-) -> Result<FollowUp, ControllerError> {
-    let command = match parse_command(body) {
-        Ok(None) => return Ok(FollowUp::default()),
-        Ok(Some(command)) => command,
-        Err(e) => {
-            audit(
-                inner,
-                author,
-                "pr.command",
-                &format!("#{number}"),
-                "refused",
-                "malformed command",
-            );
-            reply(inner, number, &e.to_string());
-            return Ok(FollowUp::default());
-        }
-    };
-    let forge = &setup(inner)?.forge;
-    let target = format!("#{number}");
-    let allowed = match forge.has_write_access(author) {
-        Ok(allowed) => allowed,
-        Err(e) => {
-            // Say so on the pull request: otherwise the command just seems ignored.
-            audit(
-                inner,
-                author,
-                "pr.command",
-                &target,
-                "failed",
-                &format!("`{command}`: write access unknown: {e}"),
-            );
-            reply(
-                inner,
-                number,
-                &format!(
-                    "Slipway could not check whether @{author} may run `{command}`: the forge \
-                     answered {e}. Its token must be allowed to read collaborators' \
-                     permissions (on Gitea: an admin of the repository)."
-                ),
-            );
-            return Ok(FollowUp::default());
-        }
-    };
-    if !allowed {
-        audit(
-            inner,
-            author,
-            "pr.command",
-            &target,
-            "refused",
-            &format!("`{command}` without write access"),
-        );
-        reply(
-            inner,
-            number,
-            &format!(
-                "Sorry @{author}, only people with write access to this repository can run \
-                 `{command}`."
-            ),
-        );
-        return Ok(FollowUp::default());
-    }
-    audit(
-        inner,
-        author,
-        "pr.command",
-        &target,
-        "allowed",
-        &command.to_string(),
-    );
-    let store = inner.engine.store();
-    let Some(mut record) = store.pull_request(number as i64)? else {
-        reply(
-            inner,
-            number,
-            "Slipway has not seen this pull request open yet; push to it (or reopen it) first.",
-        );
-        return Ok(FollowUp::default());
-    };
-    match command {
-        Command::Help => {
-            reply(inner, number, slipway_forge::USAGE);
-            Ok(FollowUp::default())
-        }
-        Command::Plan { env } => {
-            post_plans(inner, &record, env.as_deref())?;
-            Ok(FollowUp::default())
-        }
-        Command::Preview => {
-            // The approval is for the code the maintainer saw: the head the forge shows now.
-            let head = forge
-                .pull_request(number)
-                .map_err(forge_error)?
-                .info
-                .head_sha;
-            if !record.preview_allowed || record.head_sha != head {
-                set_head(inner, &mut record, &head)?;
-                record.preview_allowed = true;
-                record.updated_at = now_ms();
-                store.upsert_pull_request(&record)?;
-                reply(
-                    inner,
-                    number,
-                    &format!(
-                        "@{author} allowed a preview environment for this pull request at {}: \
-                         `pr-{number}` is on its way. {}",
-                        short(&record.head_sha),
-                        if record.is_fork {
-                            "It runs this commit only: a new push waits for another \
-                             `/slipway preview`."
-                        } else {
-                            ""
-                        }
-                    ),
-                );
-            }
-            Ok(FollowUp {
-                refresh: true,
-                ..FollowUp::default()
-            })
-        }
-        Command::Unlock { env } => {
-            if store
-                .environment_lock(&env)?
-                .is_some_and(|l| l.pull_request == record.number)
-            {
-                let released = {
-                    store.unlock_environment(&env, record.number)?;
-                    if let Some(mut e) = store.environment(&env)? {
-                        e.pinned = false;
-                        e.updated_at = now_ms();
-                        store.upsert_environment(&e)?;
-                    }
-                    vec![env.clone()]
-                };
-                reply(
-                    inner,
-                    number,
-                    &format!("Unlocked `{env}`: it follows its branch again."),
-                );
-                Ok(FollowUp {
-                    refresh: false,
-                    reconcile: released,
-                })
-            } else {
-                reply(
-                    inner,
-                    number,
-                    &format!("`{env}` is not locked by this pull request."),
-                );
-                Ok(FollowUp::default())
-            }
-        }
-        Command::Apply { env } => apply(inner, &mut record, &env, author),
-    }
-}
-
-/// The rules `/slipway apply ENV` judges a pull request by: those of the branch ENV tracks
-/// (its stack at the branch's head), of what ENV runs (in force), and of the pull request's
-/// own head, each at the stronger. A pull request cannot lower its own requirements, and a
-/// base branch nobody reviews cannot either: only the tracked branch's rules count.
-pub(crate) fn apply_rules(
-    tracked: Option<&slipway_engine::Rules>,
-    in_force: Option<&slipway_engine::Rules>,
-    head: &slipway_engine::Rules,
-) -> slipway_engine::Rules {
-    let mut rules = head.clone();
-    for r in [tracked, in_force].into_iter().flatten() {
-        rules = rules.stronger(r);
-    }
-    rules
-}
-
-/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when the pull
-/// request is into the branch ENV tracks, ENV's apply requirements hold and no other pull
-/// request holds it; ENV is then locked to this pull request (and stays on its head) until it
-/// is merged or closed, or unlocked. Refused or held, it leaves no lock and no pin behind.
-fn apply(
-    inner: &Inner,
-    record: &mut PullRequestRecord,
-    env: &str,
-    author: &str,
-) -> Result<FollowUp, ControllerError> {
-    let number = record.number;
-    let forge = &setup(inner)?.forge;
-    let store = inner.engine.store();
-    let refuse = |why: String| {
-        audit(inner, author, "pr.apply", env, "refused", &why);
-        reply(inner, number as u64, &why);
-        Ok(FollowUp::default())
-    };
-    let details = forge.pull_request(number as u64).map_err(forge_error)?;
-    if details.state != PrState::Open {
-        return refuse(format!("#{number} is not open; nothing was applied."));
-    }
-    if details.info.head_sha != record.head_sha
-        || details.info.base_ref != record.base_ref
-        || details.info.author != record.author
-    {
-        set_head(inner, record, &details.info.head_sha)?;
-        record.base_ref = details.info.base_ref.clone();
-        // The author as the forge's API says (a GitLab webhook names whoever acted).
-        record.author = details.info.author.clone();
-        store.upsert_pull_request(record)?;
-    }
-    // An approval was given against the base the pull request had then: retargeted (say from
-    // an unreviewed branch to `main`), its diff now carries the old base's commits, which
-    // nobody approved. Such a pull request is not applied; a new one is reviewed afresh.
-    let opened_base = store
-        .pull_request_opened_base(number)?
-        .unwrap_or_else(|| record.base_ref.clone());
-    if opened_base != details.info.base_ref {
-        return refuse(format!(
-            "Not applied: #{number} was opened into `{opened_base}` and now merges into `{}`. \
-             Its approvals were given against `{opened_base}`, and do not cover what `{}` \
-             does not have yet; a pull request whose base changed cannot be applied before \
-             merge. Open a new pull request into `{}` (it is reviewed afresh).",
-            details.info.base_ref, details.info.base_ref, details.info.base_ref
-        ));
-    }
-    // Which branch ENV tracks is the environment's record (discovery wrote it from the
-    // default branch's stack), never what the pull request's stack says.
-    let Some(existing) = store.environment(env)?.filter(|e| e.kind == "static") else {
-        return refuse(format!(
-            "`{env}` is not a deployed static environment; `/slipway apply` takes one that \
-             Slipway already runs from its branch."
-        ));
-    };
-    let Some(tracked) = existing.tracked_ref.clone() else {
-        return refuse(format!("`{env}` tracks no branch; nothing was applied."));
-    };
-    if record.base_ref != tracked {
-        return refuse(format!(
-            "Not applied: `{env}` tracks `{tracked}`, and this pull request is into `{}`. Only \
-             a pull request into `{tracked}` can be applied to `{env}`.",
-            record.base_ref
-        ));
-    }
-    let head = fetched_head(inner, record)?;
-    let cached = inner.engine.load(&origin_at(inner, &head))?;
-    let stack = match cached.loaded.valid_stack() {
-        Ok(stack) => stack,
-        Err(first) => {
-            return refuse(format!(
-                "The stack at {} does not validate, so it cannot be applied: {first}",
-                short(&head)
-            ));
-        }
-    };
-    let Some(def) = stack.environments.get(env).filter(|d| d.track.is_some()) else {
-        return refuse(format!(
-            "`{env}` is not a static environment of the stack at {}; nothing was applied.",
-            short(&head)
-        ));
-    };
-    let head_rules = slipway_engine::Rules::declared(def, EnvKind::Static);
-    // The rules of the branch ENV tracks, at its head: a change must not be able to lower
-    // its own requirements.
-    // The branch itself, never a tag named like it.
-    let tracked_tip = inner.source.resolve_tracked(&tracked)?.sha;
-    let branch = inner.engine.load(&origin_at(inner, &tracked_tip))?;
-    let tracked_rules = branch
-        .loaded
-        .valid_stack()
-        .ok()
-        .and_then(|s| s.environments.get(env))
-        .map(|d| slipway_engine::Rules::declared(d, EnvKind::Static));
-    let in_force = inner
-        .engine
-        .rules_in_force(&origin_at(inner, &head), env, env)?;
-    let rules = apply_rules(tracked_rules.as_ref(), in_force.as_ref(), &head_rules);
-    let mut unmet = Vec::new();
-    if rules.apply_requirements.iter().any(|r| r == "approved") {
-        let approvals = forge.approvals(number as u64).map_err(forge_error)?;
-        // An approval counts for the head it names; one that names none (GitLab) counts
-        // unless its reviewer had approved before the last push (and so approved older code).
-        // Only a reviewer with write access who is not the author approves.
-        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| {
-            a.counts_for(&head, &record.stale_approvers)
-        })?;
-        if current.is_none() {
-            unmet.push(
-                "approved (no approval of the head commit by a reviewer with write access \
-                 other than its author)"
-                    .to_string(),
-            );
-        }
-    }
-    if rules.apply_requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true)
-    {
-        unmet.push(match details.mergeable {
-            Some(false) => "mergeable (it has conflicts or failing required checks)".to_string(),
-            _ => "mergeable (the forge has not decided yet; try again in a moment)".to_string(),
-        });
-    }
-    if !unmet.is_empty() {
-        return refuse(format!(
-            "Not applied to `{env}`: its apply requirements are not met: {}.",
-            unmet.join("; ")
-        ));
-    }
-    // A protected environment's destroys need a person's typed confirmation, which a comment
-    // is not: refuse before taking the lock.
-    let mut prepared = match inner
-        .engine
-        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))
-    {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            return refuse(format!(
-                "Not applied: `{env}` cannot be planned at {}: {e}",
-                short(&head)
-            ));
-        }
-    };
-    // Applying a new head of a pull request that already holds ENV keeps its lock whatever
-    // happens; a first apply that changes nothing gives the lock back.
-    let held_before = store
-        .environment_lock(env)?
-        .is_some_and(|l| l.pull_request == number);
-    prepared.protected |= rules.protected;
-    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
-        return refuse(format!(
-            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
-             merge it and have a person confirm on the server. {}",
-            short(&head),
-            if held_before {
-                format!("`{env}` stays on the commit of this pull request it ran.")
-            } else {
-                format!("`{env}` is not locked.")
-            }
-        ));
-    }
-    let lock = store.lock_environment(env, number, author, now_ms())?;
-    if lock.pull_request != number {
-        return refuse(format!(
-            "Not applied: `{env}` is locked by #{} (applied by @{}). It is released when #{} \
-             is merged or closed, or with `/slipway unlock {env}` there.",
-            lock.pull_request, lock.who, lock.pull_request
-        ));
-    }
-    // Stay on the pull request's head: the environment is pinned to it until the lock goes.
-    let before = store.environment(env)?.unwrap_or(existing);
-    let last_deployment = store.deployments(env, 1)?.first().map(|d| d.id);
-    let mut environment = before.clone();
-    environment.pinned = true;
-    environment.desired_commit = Some(head.clone());
-    environment.updated_at = now_ms();
-    store.upsert_environment(&environment)?;
-    // The environment may be busy (the controller's own pass, a CLI apply): wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let outcome = loop {
-        let outcome = crate::reconcile::reconcile(inner, env, crate::Trigger::Manual);
-        let at_head = store
-            .environment(env)?
-            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
-        let busy = matches!(outcome, Ok(crate::reconcile::Action::Requeue(after)) if after <= std::time::Duration::from_secs(2));
-        if at_head || !busy || std::time::Instant::now() > deadline {
-            break outcome;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    let after = store.environment(env)?;
-    let applied = outcome.is_ok()
-        && after
-            .as_ref()
-            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
-    let started = store.deployments(env, 1)?.first().map(|d| d.id) != last_deployment;
-    if applied {
-        audit(
-            inner,
-            author,
-            "pr.apply",
-            env,
-            "allowed",
-            &format!("#{number} at {head}"),
-        );
-        reply(
-            inner,
-            number as u64,
-            &format!(
-                "Applied #{number} ({}) to `{env}`. `{env}` is locked to this pull request until \
-                 it is merged or closed (`/slipway unlock {env}` releases it sooner).",
-                short(&head)
-            ),
-        );
-        return Ok(FollowUp::default());
-    }
-    let why = after
-        .as_ref()
-        .and_then(|e| e.message.clone())
-        .or_else(|| outcome.as_ref().err().map(|e| e.to_string()))
-        .unwrap_or_else(|| "the apply did not finish".into());
-    if !started {
-        // Held or refused before anything changed (a protected destroy awaiting a person,
-        // an invalid commit): the environment goes back to what it followed, unlocked unless
-        // this pull request held it already.
-        if !held_before {
-            store.unlock_environment(env, number)?;
-        }
-        if let Some(mut e) = store.environment(env)? {
-            e.pinned = before.pinned;
-            e.desired_commit = before.desired_commit.clone();
-            e.updated_at = now_ms();
-            store.upsert_environment(&e)?;
-        }
-        audit(inner, author, "pr.apply", env, "refused", &why);
-        reply(
-            inner,
-            number as u64,
-            &format!(
-                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed{}.",
-                short(&head),
-                if held_before {
-                    format!("; `{env}` stays on the commit of this pull request it ran")
-                } else {
-                    format!(" and `{env}` is not locked")
-                }
-            ),
-        );
-        return Ok(FollowUp {
-            refresh: false,
-            reconcile: vec![env.to_string()],
-        });
-    }
-    audit(inner, author, "pr.apply", env, "failed", &why);
-    reply(
-        inner,
-        number as u64,
-        &format!(
-            "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
-             this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
-            short(&head)
-        ),
-    );
-    Ok(FollowUp::default())
-}
-
 /// Brings the recorded pull requests in line with the forge's open ones (webhooks missed while
 /// the controller was down): new or moved ones are planned, vanished ones closed.
 pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
     let forge = &setup(inner)?.forge;
-    let open = forge.open_pull_requests().map_err(forge_error)?;
+    let open = forge.open_pull_requests()?;
     let store = inner.engine.store();
     let mut follow = FollowUp::default();
     let listed: BTreeSet<i64> = open.iter().map(|p| p.number as i64).collect();
@@ -1247,7 +418,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         store.upsert_pull_request(&gone)?;
         let merged = details.state == PrState::Merged;
         if merged {
-            record_merge(inner, known.number as u64)?;
+            record_merge(inner, &details)?;
         }
         gone.state = if merged { "merged" } else { "closed" }.into();
         store.upsert_pull_request(&gone)?;
@@ -1278,14 +449,9 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
     );
 }
 
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_engine::Rules;
 
     #[test]
     fn a_fork_preview_is_approved_for_one_head_commit() {
@@ -1342,36 +508,6 @@ mod tests {
         assert!(
             !approval_counts("Alice", "alice", true),
             "logins are compared as the forges do, without case"
-        );
-    }
-
-    fn rules(protected: bool, require_pr: bool, reqs: &[&str]) -> Rules {
-        Rules {
-            protected,
-            require_pr,
-            apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn a_pull_request_is_judged_by_the_strongest_of_its_branch_what_runs_and_its_own() {
-        let lowered = rules(false, false, &[]);
-        let branch = rules(true, false, &["approved", "mergeable"]);
-        assert_eq!(
-            apply_rules(Some(&branch), None, &lowered),
-            branch,
-            "the head cannot lower the tracked branch's rules"
-        );
-        let running = rules(false, true, &["approved"]);
-        assert_eq!(
-            apply_rules(Some(&lowered), Some(&running), &lowered),
-            running,
-            "nor those in force, whatever the branch's head says"
-        );
-        assert_eq!(
-            apply_rules(None, None, &branch),
-            branch,
-            "with nothing else known, the head's own rules hold"
         );
     }
 }

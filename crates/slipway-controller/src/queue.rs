@@ -6,6 +6,18 @@ use std::time::{Duration, Instant};
 
 use crate::Trigger;
 
+/// How a reconcile ended, as far as the queue's backoff goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// It succeeded (or was held, or found someone else busy): the backoff resets.
+    Succeeded,
+    /// It failed, and the same reconcile may succeed later: retried after a backoff.
+    Retry,
+    /// It failed, and retrying will not help until a new commit or a person: no retry is
+    /// scheduled, and the backoff resets for whatever comes next.
+    Wait,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     due: Instant,
@@ -78,16 +90,16 @@ impl Queue {
         self.index.first().map(|(due, _)| *due)
     }
 
-    /// Marks `env` finished. On failure, returns the backoff before the retry (exponential,
-    /// from 1 s to `max`, with ±20% jitter so that many failing environments spread out); on
-    /// success resets it.
-    pub fn done(&mut self, env: &str, failed: bool, max: Duration) -> Option<Duration> {
+    /// Marks `env` finished. For [`Finished::Retry`], returns the backoff before the retry
+    /// (exponential, from 1 s to `max`, with ±20% jitter so that many failing environments
+    /// spread out); otherwise resets it.
+    pub fn done(&mut self, env: &str, finished: Finished, max: Duration) -> Option<Duration> {
         self.running.remove(env);
         // A request made while it ran can start now.
         if let Some(slot) = self.slots.get(env) {
             self.index.insert((slot.due, env.to_string()));
         }
-        if !failed {
+        if finished != Finished::Retry {
             self.failures.remove(env);
             return None;
         }
@@ -147,7 +159,7 @@ mod tests {
             None,
             "one operation at a time per environment"
         );
-        q.done("a", false, Duration::from_secs(60));
+        q.done("a", Finished::Succeeded, Duration::from_secs(60));
         assert_eq!(
             q.pop_due(t0),
             Some(("a".into(), Trigger::Manual)),
@@ -162,7 +174,7 @@ mod tests {
         let delays: Vec<Duration> = (0..8)
             .map(|_| {
                 q.running.insert("a".into());
-                q.done("a", true, max).expect("a backoff")
+                q.done("a", Finished::Retry, max).expect("a backoff")
             })
             .collect();
         assert!(
@@ -176,7 +188,16 @@ mod tests {
             "capped: {delays:?}"
         );
         q.running.insert("a".into());
-        assert_eq!(q.done("a", false, max), None);
+        assert_eq!(q.done("a", Finished::Succeeded, max), None);
         assert_eq!(q.failures("a"), 0, "a success resets the backoff");
+        q.running.insert("a".into());
+        q.done("a", Finished::Retry, max);
+        q.running.insert("a".into());
+        assert_eq!(
+            q.done("a", Finished::Wait, max),
+            None,
+            "a terminal failure schedules no retry"
+        );
+        assert_eq!(q.failures("a"), 0, "and what comes next starts from 1 s");
     }
 }

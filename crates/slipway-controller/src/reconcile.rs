@@ -1,16 +1,15 @@
-//! The blocking half of the controller: discovery and the reconcile of one environment. Every
-//! function here runs on a blocking thread and talks to the engine directly.
+//! The reconcile of one environment: idempotent, safe to re-run after a crash at any line. It
+//! runs on a blocking thread and talks to the engine directly.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
 use slipway_core::plan::Action as Change;
 use slipway_core::render::EnvKind;
-use slipway_engine::{ApplyOptions, EngineError, Origin, source};
-use slipway_state::{EnvironmentRecord, now_ms};
+use slipway_engine::{ApplyOptions, Confirmation, EngineError, Origin};
+use slipway_state::EnvironmentRecord;
 
-use crate::{ControllerError, CreateEnvironment, Inner, Trigger, discover, kind_of, target_of};
+use crate::{ControllerError, DestroyOptions, Inner, Trigger, kind_of, short, target_of};
 
 /// What to do after a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,248 +18,89 @@ pub(crate) enum Action {
     Requeue(Duration),
     /// The environment is gone; forget it.
     Done,
+    /// Another operation (a CLI apply) holds the environment: the same request again after
+    /// [`BUSY_RETRY`].
+    Busy,
 }
 
-const WHO: &str = "slipway-controller";
+/// How soon a reconcile that found its environment busy looks again.
+pub(crate) const BUSY_RETRY: Duration = Duration::from_secs(2);
 
-fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+pub(crate) const WHO: &str = "slipway-controller";
+
+pub(crate) fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
     let _ = inner
         .engine
         .store()
-        .record_event(Some(env), kind, message, &json!({}), now_ms());
+        .record_event(Some(env), kind, message, &json!({}), inner.now());
 }
 
-/// Records a `commit.invalid` event about `commit` unless the last one of `env` (engine-wide
-/// when `None`) was already about it: an invalid commit is seen again on every poll and
-/// drift tick until a new one replaces it, and one event says it.
-fn invalid_once(inner: &Inner, env: Option<&str>, commit: &str, message: &str) {
+/// Something about an environment (or, with none, the whole repository) that every poll and
+/// drift tick sees again until it changes: one event says it, the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause<'a> {
+    /// This commit does not validate (`commit.invalid`).
+    InvalidCommit(&'a str),
+    /// An environment of another kind, made at this time, holds a name the stack defines
+    /// (`environment.conflict`); a new impostor is a new cause.
+    NotAdopted {
+        /// When the environment that holds the name was made.
+        holder_created: i64,
+    },
+}
+
+impl Cause<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Cause::InvalidCommit(_) => "commit.invalid",
+            Cause::NotAdopted { .. } => "environment.conflict",
+        }
+    }
+
+    fn data(&self) -> serde_json::Value {
+        match self {
+            Cause::InvalidCommit(commit) => json!({ "commit": commit }),
+            Cause::NotAdopted { holder_created } => json!({ "holder_created": holder_created }),
+        }
+    }
+}
+
+/// Records `message` as an event about `cause` on `env` (engine-wide when `None`), unless the
+/// last event of its kind there was already about the same cause. Whether it recorded it.
+pub(crate) fn report_once(
+    inner: &Inner,
+    env: Option<&str>,
+    cause: Cause<'_>,
+    message: &str,
+) -> bool {
     let store = inner.engine.store();
+    let data = cause.data();
     let said = store
-        .last_event(env, "commit.invalid")
+        .last_event(env, cause.kind())
         .ok()
         .flatten()
-        .is_some_and(|e| e.data.get("commit").and_then(|c| c.as_str()) == Some(commit));
+        .is_some_and(|e| e.data == data);
     if !said {
-        let data = json!({ "commit": commit });
-        let _ = store.record_event(env, "commit.invalid", message, &data, now_ms());
+        let _ = store.record_event(env, cause.kind(), message, &data, inner.now());
     }
+    !said
 }
 
-/// Fetches, reads the stack at the default ref, and makes the recorded environments match
-/// what it asks for: new static and generated environments are recorded, generated ones whose
-/// branch is gone are destroyed. Returns the environments to reconcile, with why.
-pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, ControllerError> {
-    inner.source.fetch()?;
-    let mut branches = inner.source.branches()?;
-    // Open pull requests allowed a preview: their head refs join the branches (so their tips
-    // are known like a branch's), checked against the head the forge announced.
-    let mut pulls = Vec::new();
-    if let Some(setup) = inner.forge.get() {
-        for pr in inner.engine.store().pull_requests(Some("open"))? {
-            let reference = setup.forge.pr_head_ref(pr.number as u64);
-            if !pr.preview_allowed {
-                // A fork's new head nobody approved yet: a preview already running stays, at
-                // the commit that was approved (reconcile holds the new one).
-                if inner
-                    .engine
-                    .store()
-                    .environment(&format!("pr-{}", pr.number))?
-                    .is_some()
-                {
-                    pulls.push(discover::PullHead {
-                        number: pr.number as u64,
-                        reference,
-                    });
-                }
-                continue;
-            }
-            match inner.source.resolve(&reference) {
-                Ok(commit) if commit.sha == pr.head_sha => {
-                    branches.push(slipway_git::Branch {
-                        name: reference.clone(),
-                        sha: commit.sha,
-                    });
-                    pulls.push(discover::PullHead {
-                        number: pr.number as u64,
-                        reference,
-                    });
-                }
-                // Not fetched yet, or moved since the event: the next event or poll has it.
-                // An environment already running keeps running meanwhile.
-                _ => {
-                    if inner
-                        .engine
-                        .store()
-                        .environment(&format!("pr-{}", pr.number))?
-                        .is_some()
-                    {
-                        pulls.push(discover::PullHead {
-                            number: pr.number as u64,
-                            reference,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    *inner
-        .tips
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = branches
-        .iter()
-        .map(|b| (b.name.clone(), b.sha.clone()))
-        .collect();
-    let store = inner.engine.store();
-    let mut out = Vec::new();
-    // Environments whose branch moved are reconciled whatever the default ref says, so a
-    // poisoned commit on their branch is reported on them.
-    for record in store.environments()? {
-        let tip = record
-            .tracked_ref
-            .as_ref()
-            .and_then(|r| branches.iter().find(|b| &b.name == r));
-        if !record.pinned
-            && tip.is_some_and(|t| record.desired_commit.as_deref() != Some(t.sha.as_str()))
-        {
-            out.push((record.name.clone(), Trigger::Poll));
-        }
-    }
-    let loaded = source::load_tracked(
-        inner.source.as_ref(),
-        &inner.options.default_ref,
-        &inner.folder,
+/// Marks `record`'s environment failed with `message` (what `slipway status` shows), its
+/// health as it was.
+pub(crate) fn mark_failed(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    message: &str,
+) -> Result<(), ControllerError> {
+    inner.engine.store().set_environment_status(
+        &record.name,
+        "failed",
+        &record.health,
+        Some(message),
+        inner.now(),
     )?;
-    let stack = match loaded.valid_stack() {
-        Ok(stack) => stack,
-        Err(first) => {
-            let message = format!(
-                "{} at {} is not valid; the set of environments is left as it is: {first}",
-                loaded.entry,
-                &loaded.commit.sha[..12]
-            );
-            invalid_once(inner, None, &loaded.commit.sha, &message);
-            return Ok(out);
-        }
-    };
-    let holder = |name: &str| {
-        store
-            .environment(name)
-            .ok()
-            .flatten()
-            .filter(|r| r.kind == "generated")
-            .and_then(|r| r.tracked_ref)
-    };
-    let wanted = discover::wanted(stack, &branches, &pulls, &holder);
-    let now = now_ms();
-    for w in &wanted {
-        let existing = store.environment(&w.name)?;
-        let record = match existing {
-            Some(r) => r,
-            None => {
-                let record = EnvironmentRecord {
-                    name: w.name.clone(),
-                    kind: w.kind.as_str().to_string(),
-                    stack: stack.name.clone(),
-                    repo: inner.repo_label.clone(),
-                    tracked_ref: Some(w.tracked_ref.clone()),
-                    desired_commit: None,
-                    commit: None,
-                    hash: None,
-                    sync: "out_of_sync".into(),
-                    health: "missing".into(),
-                    message: None,
-                    owner: None,
-                    ttl_ms: w
-                        .ttl
-                        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
-                    expires_at: w.ttl.map(|t| {
-                        now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
-                    }),
-                    pinned: false,
-                    created_at: now,
-                    updated_at: now,
-                    definition: Some(w.definition.clone()),
-                    protected: false,
-                };
-                store.upsert_environment(&record)?;
-                let what = if w.kind == EnvKind::Generated {
-                    format!("for branch `{}`", w.tracked_ref)
-                } else {
-                    format!("tracking `{}`", w.tracked_ref)
-                };
-                event(
-                    inner,
-                    &w.name,
-                    "environment.created",
-                    &format!("{} created {what}", w.name),
-                );
-                record
-            }
-        };
-        if record.kind != w.kind.as_str() {
-            // Something else holds the name (an ad-hoc `prod` made before the stack defined
-            // it, a generated environment where a static one now stands): it is never
-            // adopted as the other, which would hand it prod's rules, or prod's resources to
-            // a branch. Reported once; a person destroys the impostor.
-            let why = format!(
-                "held: the stack defines `{}` as a {} environment, but an environment of kind \
-                 `{}` holds the name{}; it is not adopted: destroy it (`slipway env destroy {}`) \
-                 so that the stack's `{}` can be made",
-                w.name,
-                w.kind.as_str(),
-                record.kind,
-                record
-                    .owner
-                    .as_deref()
-                    .map(|o| format!(" (made by {o})"))
-                    .unwrap_or_default(),
-                w.name,
-                w.name
-            );
-            // The reconcile of the impostor reports the same (the engine refuses it).
-            if !record
-                .message
-                .as_deref()
-                .is_some_and(|m| m.contains("not adopted"))
-            {
-                event(inner, &w.name, "environment.conflict", &why);
-                store.set_environment_status(
-                    &w.name,
-                    "failed",
-                    &record.health,
-                    Some(&why),
-                    now_ms(),
-                )?;
-            }
-            continue;
-        }
-        if record.pinned {
-            continue;
-        }
-        let tip = branches
-            .iter()
-            .find(|b| b.name == w.tracked_ref)
-            .map(|b| b.sha.clone());
-        if tip.is_none() || tip != record.desired_commit || record.commit != record.desired_commit {
-            out.push((w.name.clone(), Trigger::Poll));
-        }
-    }
-    // Generated environments whose branch no longer matches: destroy them.
-    let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
-    for record in store.environments()? {
-        if record.kind == "generated" && !wanted_names.contains(record.name.as_str()) {
-            let tracked = record.tracked_ref.as_deref().unwrap_or("?");
-            let why = if tracked.starts_with("refs/") {
-                format!("its pull request is closed or merged ({tracked})")
-            } else {
-                format!("branch `{tracked}` is gone")
-            };
-            if let Err(e) = destroy(inner, &record.name, WHO, &why, true) {
-                event(inner, &record.name, "destroy.failed", &e.to_string());
-            }
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Marks `record`'s environment as holding a change back, saying why (an event the first
@@ -270,14 +110,7 @@ fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), Cont
     if record.message.as_deref() != Some(message.as_str()) {
         event(inner, &record.name, "change.held", &message);
     }
-    inner.engine.store().set_environment_status(
-        &record.name,
-        "failed",
-        &record.health,
-        Some(&message),
-        now_ms(),
-    )?;
-    Ok(())
+    mark_failed(inner, record, &message)
 }
 
 /// What a generated environment previewing a pull request may run.
@@ -298,12 +131,21 @@ fn preview_head(inner: &Inner, record: &EnvironmentRecord) -> Result<PreviewHead
     if record.kind != "generated" || !reference.starts_with("refs/") {
         return Ok(PreviewHead::NotAPullRequest);
     }
-    let pull = inner
-        .engine
-        .store()
-        .pull_requests(Some("open"))?
-        .into_iter()
-        .find(|p| setup.forge.pr_head_ref(p.number as u64) == reference);
+    // The one pull request whose head ref this is (`refs/pull/N/head`,
+    // `refs/merge-requests/N/head`), read by its number rather than by a scan of every open
+    // one on every reconcile.
+    let number = reference
+        .split('/')
+        .find_map(|part| part.parse::<u64>().ok())
+        .filter(|n| setup.forge.pr_head_ref(*n) == reference);
+    let pull = match number {
+        Some(n) => inner
+            .engine
+            .store()
+            .pull_request(n as i64)?
+            .filter(|p| p.state == "open"),
+        None => None,
+    };
     Ok(match pull {
         Some(p) if p.preview_allowed => PreviewHead::Approved(p.head_sha),
         Some(p) => PreviewHead::Unapproved(format!(
@@ -384,17 +226,15 @@ fn unmerged(
 pub(crate) fn destroy(
     inner: &Inner,
     name: &str,
-    who: &str,
+    options: &DestroyOptions,
     why: &str,
-    confirm: bool,
 ) -> Result<(), ControllerError> {
     let engine = &inner.engine;
     if engine.store().environment(name)?.is_none() {
         return Err(ControllerError::NotFound(name.to_string()));
     }
     let lock = engine.lock(name, slipway_engine::LockWait::Block(&|| {}))?;
-    let options = slipway_engine::DestroyOptions::new(who, confirm.into());
-    let report = engine.destroy(&lock, &options, &())?;
+    let report = engine.destroy(&lock, options, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
@@ -421,7 +261,7 @@ pub(crate) fn reconcile(
         return Ok(Action::Done);
     };
     let requeue = Action::Requeue(inner.options.requeue_interval);
-    if record.expires_at.is_some_and(|at| at <= now_ms()) && !expires(&record) {
+    if record.expires_at.is_some_and(|at| at <= inner.now()) && !expires(&record) {
         // A static environment has no time to live (`extend` refuses it); an expiry in its
         // record came from elsewhere (an older version, a hand-edited store). Destroying it
         // would need a person's confirmation when it is protected, and the controller never
@@ -446,12 +286,14 @@ pub(crate) fn reconcile(
         fresh.ttl_ms = None;
         fresh.message = Some(format!("held: {why}"));
         fresh.sync = "failed".into();
-        fresh.updated_at = now_ms();
+        fresh.updated_at = inner.now();
         store.upsert_environment(&fresh)?;
         return Ok(requeue);
     }
-    if record.expires_at.is_some_and(|at| at <= now_ms()) {
-        destroy(inner, name, WHO, "its time to live has passed", false)?;
+    if record.expires_at.is_some_and(|at| at <= inner.now()) {
+        // Never confirmed: a protected environment does not expire (see above).
+        let options = DestroyOptions::new(WHO, Confirmation::Absent);
+        destroy(inner, name, &options, "its time to live has passed")?;
         event(
             inner,
             name,
@@ -473,12 +315,12 @@ pub(crate) fn reconcile(
     let lock = match engine.lock(name, slipway_engine::LockWait::Fail) {
         Ok(lock) => lock,
         // Someone (a CLI apply) is working on it: look again shortly.
-        Err(EngineError::Locked(_)) => return Ok(Action::Requeue(Duration::from_secs(2))),
+        Err(EngineError::Locked(_)) => return Ok(Action::Busy),
         Err(e) => return Err(e.into()),
     };
     // A person asking for a sync wants the branch as it is now, not as of the last poll:
     // fetch, then resolve the ref afresh.
-    if trigger == Trigger::Manual && !record.pinned {
+    if trigger.from_person() && !record.pinned {
         inner.source.fetch()?;
     }
     // A pull request's preview runs only the head the controller approved for it (a fork's
@@ -493,7 +335,7 @@ pub(crate) fn reconcile(
     };
     let known = if approved.is_some() {
         approved
-    } else if record.pinned || trigger == Trigger::Manual {
+    } else if record.pinned || trigger.from_person() {
         None
     } else {
         inner
@@ -512,13 +354,7 @@ pub(crate) fn reconcile(
             Ok(commit) => Some(commit.sha),
             Err(e) => {
                 let message = e.to_string();
-                store.set_environment_status(
-                    name,
-                    "failed",
-                    &record.health,
-                    Some(&message),
-                    now_ms(),
-                )?;
+                mark_failed(inner, &record, &message)?;
                 return Err(e.into());
             }
         },
@@ -546,38 +382,37 @@ pub(crate) fn reconcile(
                 "commit {} is not valid, so the running version stays: {first}",
                 &commit[..12.min(commit.len())]
             );
-            store.set_environment_status(
-                name,
-                "failed",
-                &record.health,
-                Some(&message),
-                now_ms(),
-            )?;
-            invalid_once(inner, Some(name), &commit, &message);
+            mark_failed(inner, &record, &message)?;
+            report_once(inner, Some(name), Cause::InvalidCommit(&commit), &message);
             return Ok(requeue);
         }
         Err(e) => {
             let message = e.to_string();
             // An impostor under a name of the stack (see `discover`): reported once, by
             // whichever of the two sees it first.
-            if message.contains("not adopted")
-                && !record
-                    .message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("not adopted"))
-            {
-                event(inner, name, "environment.conflict", &message);
+            if matches!(e, EngineError::NotAdopted(_)) {
+                let cause = Cause::NotAdopted {
+                    holder_created: record.created_at,
+                };
+                report_once(inner, Some(name), cause, &message);
             }
-            store.set_environment_status(
-                name,
-                "failed",
-                &record.health,
-                Some(&message),
-                now_ms(),
-            )?;
+            mark_failed(inner, &record, &message)?;
             return Err(e.into());
         }
     };
+    tracing::Span::current().record("commit", short(&prepared.commit.sha));
+    // The error policy's wait: a commit whose apply failed for good is not applied again
+    // before a new one arrives or a person asks.
+    {
+        let mut parked = inner
+            .parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if parked.get(name) == Some(&prepared.commit.sha) && !trigger.from_person() {
+            return Ok(requeue);
+        }
+        parked.remove(name);
+    }
     if let Some(why) = unmerged(inner, &record, &prepared)? {
         hold(inner, &record, &why)?;
         return Ok(requeue);
@@ -636,7 +471,7 @@ pub(crate) fn reconcile(
                 "out_of_sync",
                 "degraded",
                 Some(&message),
-                now_ms(),
+                inner.now(),
             )?;
             return Ok(requeue);
         }
@@ -673,11 +508,14 @@ pub(crate) fn reconcile(
         other => other?,
     };
     if !report.succeeded() {
-        return Err(ControllerError::Invalid(format!(
-            "apply of `{name}` at {} failed (deployment #{})",
-            &prepared.commit.sha[..12],
-            report.deployment
-        )));
+        return Err(ControllerError::Apply {
+            environment: name.to_string(),
+            commit: prepared.commit.sha.clone(),
+            deployment: report.deployment,
+            // The engine's per-resource outcome keeps its provider's error as text, without
+            // its class: a failed apply is retried with backoff, as it always was.
+            retryable: true,
+        });
     }
     if same_commit && !drifted.is_empty() {
         inner.metrics.drift_repaired(drifted.len());
@@ -693,7 +531,7 @@ pub(crate) fn reconcile(
         && kind_of(&record) == EnvKind::Generated
         && let (Some(ttl), Some(mut fresh)) = (record.ttl_ms, store.environment(name)?)
     {
-        fresh.expires_at = Some(now_ms().saturating_add(ttl));
+        fresh.expires_at = Some(inner.now().saturating_add(ttl));
         store.upsert_environment(&fresh)?;
     }
     Ok(requeue)
@@ -701,378 +539,6 @@ pub(crate) fn reconcile(
 
 /// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or
 /// protected one.
-fn expires(record: &EnvironmentRecord) -> bool {
+pub(crate) fn expires(record: &EnvironmentRecord) -> bool {
     kind_of(record) != EnvKind::Static && !record.protected
-}
-
-/// Records a new ad-hoc environment (its first deployment is queued by the caller).
-pub(crate) fn create_adhoc(
-    inner: &Inner,
-    request: &CreateEnvironment,
-) -> Result<EnvironmentRecord, ControllerError> {
-    let name = request.name.as_str();
-    if !slipway_core::stack::is_dns_label(name) {
-        return Err(ControllerError::Invalid(format!(
-            "`{name}` is not a valid environment name: use lowercase letters, digits and `-`, at most 63 characters"
-        )));
-    }
-    let store = inner.engine.store();
-    if store.environment(name)?.is_some() {
-        return Err(ControllerError::Conflict(format!(
-            "environment `{name}` already exists; pick another name or destroy it first"
-        )));
-    }
-    inner.source.fetch()?;
-    let loaded = source::load_commit(inner.source.as_ref(), &request.reference, &inner.folder)?;
-    let stack = loaded.valid_stack().map_err(|first| {
-        ControllerError::Invalid(format!(
-            "{} at {} is not valid: {first}",
-            loaded.entry, request.reference
-        ))
-    })?;
-    // The names and families that count are the default branch's: the ref is anyone's
-    // branch, and its `slipway.yaml` could leave `prod` out or call it a family.
-    let main = source::load_tracked(
-        inner.source.as_ref(),
-        &inner.options.default_ref,
-        &inner.folder,
-    )?;
-    let main_stack = main.valid_stack().map_err(|first| {
-        ControllerError::Invalid(format!(
-            "{} at the default ref `{}` is not valid, so the name `{name}` cannot be checked \
-             against the environments it defines; fix it first: {first}",
-            main.entry, inner.options.default_ref
-        ))
-    })?;
-    check_adhoc_name(name, main_stack, stack)?;
-    let families = |s: &slipway_core::stack::Stack| -> Vec<String> {
-        s.environments
-            .iter()
-            .filter(|(_, d)| d.generate.is_some())
-            .map(|(n, _)| n.clone())
-            .collect()
-    };
-    let at_ref = families(stack);
-    let allowed: Vec<String> = families(main_stack)
-        .into_iter()
-        .filter(|f| at_ref.contains(f))
-        .collect();
-    let listed = if allowed.is_empty() {
-        "the stack has no generated family (`generate:`), so ad-hoc environments cannot be made"
-            .to_string()
-    } else {
-        format!("its families are: {}", allowed.join(", "))
-    };
-    let definition = match &request.like {
-        Some(like) if allowed.contains(like) => like.clone(),
-        Some(like) if main_stack.environments.contains_key(like) => {
-            // A copy of a static environment would take its variables and its secret
-            // overrides (prod's passwords) and hand them to whoever asked.
-            return Err(ControllerError::Invalid(format!(
-                "--like `{like}`: `{like}` is a static environment, and ad-hoc environments take \
-                 their variables and secrets only from a generated family; {listed}"
-            )));
-        }
-        Some(like) => {
-            return Err(ControllerError::Invalid(format!(
-                "--like `{like}`: no such family in the stack of the default ref and of \
-                 `{}`; {listed}",
-                request.reference
-            )));
-        }
-        None => match allowed.as_slice() {
-            [only] => only.clone(),
-            _ => {
-                return Err(ControllerError::Invalid(format!(
-                    "say which family this environment is like with --like; {listed}"
-                )));
-            }
-        },
-    };
-    let limits = &inner.engine.config().environments;
-    let max = limits.max_ttl();
-    let ttl = match request.ttl {
-        Some(asked) if asked > max => {
-            return Err(ControllerError::Invalid(format!(
-                "--ttl {} is longer than the most an ad-hoc environment may live, {} \
-                 ([environments] max_ttl in the engine configuration)",
-                humantime::format_duration(asked),
-                humantime::format_duration(max)
-            )));
-        }
-        Some(asked) => asked,
-        None => stack.environments[&definition]
-            .ttl
-            .map_or_else(|| limits.default_ttl(), |t| t.min(max)),
-    };
-    let ttl = Some(ttl);
-    let now = now_ms();
-    let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
-    let record = EnvironmentRecord {
-        name: name.to_string(),
-        kind: "adhoc".into(),
-        stack: stack.name.clone(),
-        repo: inner.repo_label.clone(),
-        tracked_ref: Some(request.reference.clone()),
-        desired_commit: Some(loaded.commit.sha.clone()),
-        commit: None,
-        hash: None,
-        sync: "out_of_sync".into(),
-        health: "missing".into(),
-        message: None,
-        owner: request.owner.clone(),
-        ttl_ms,
-        expires_at: ttl_ms.map(|ms| now.saturating_add(ms)),
-        pinned: false,
-        created_at: now,
-        updated_at: now,
-        definition: Some(definition),
-        protected: false,
-    };
-    store.upsert_environment(&record)?;
-    event(
-        inner,
-        name,
-        "environment.created",
-        &format!(
-            "{name} created from `{}` by {}",
-            request.reference,
-            request.owner.as_deref().unwrap_or("someone")
-        ),
-    );
-    Ok(record)
-}
-
-fn existing(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
-    inner
-        .engine
-        .store()
-        .environment(name)?
-        .ok_or_else(|| ControllerError::NotFound(name.to_string()))
-}
-
-/// Pushes the expiry of a generated or ad-hoc environment `by` later, never past
-/// `[environments] max_ttl` from now. Static environments have no time to live: giving them
-/// one would let the controller destroy them (prod) without anyone's confirmation.
-pub(crate) fn extend(
-    inner: &Inner,
-    name: &str,
-    by: Duration,
-) -> Result<EnvironmentRecord, ControllerError> {
-    let mut record = existing(inner, name)?;
-    if !expires(&record) {
-        return Err(ControllerError::Conflict(format!(
-            "`{name}` is a static environment: it has no time to live to extend, and never \
-             expires; only generated and ad-hoc environments do"
-        )));
-    }
-    let max = inner.engine.config().environments.max_ttl();
-    if by > max {
-        return Err(ControllerError::Invalid(format!(
-            "--by {} is longer than the most an environment may be extended, {} from now \
-             ([environments] max_ttl in the engine configuration)",
-            humantime::format_duration(by),
-            humantime::format_duration(max)
-        )));
-    }
-    let now = now_ms();
-    let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-    let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
-    let wanted = record
-        .expires_at
-        .unwrap_or(now)
-        .max(now)
-        .saturating_add(by_ms);
-    let limit = now.saturating_add(max_ms);
-    let at = wanted.min(limit);
-    record.expires_at = Some(at);
-    record.updated_at = now;
-    inner.engine.store().upsert_environment(&record)?;
-    let capped = if wanted > limit {
-        format!(
-            " (capped at [environments] max_ttl, {}, from now)",
-            humantime::format_duration(max)
-        )
-    } else {
-        String::new()
-    };
-    event(
-        inner,
-        name,
-        "environment.extended",
-        &format!(
-            "{name} now expires in {}{capped}",
-            humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
-        ),
-    );
-    Ok(record)
-}
-
-pub(crate) fn pin(
-    inner: &Inner,
-    name: &str,
-    commit: Option<String>,
-) -> Result<EnvironmentRecord, ControllerError> {
-    let mut record = existing(inner, name)?;
-    let sha = match commit {
-        Some(reference) => {
-            // The ref may have been pushed since the last poll.
-            inner.source.fetch()?;
-            inner.source.resolve(&reference)?.sha
-        }
-        None => record.commit.clone().ok_or_else(|| {
-            ControllerError::Invalid(format!(
-                "`{name}` runs no commit yet; pin it to one with a ref"
-            ))
-        })?,
-    };
-    pin_gate(inner, &record, &sha)?;
-    record.pinned = true;
-    record.desired_commit = Some(sha.clone());
-    record.updated_at = now_ms();
-    inner.engine.store().upsert_environment(&record)?;
-    event(
-        inner,
-        name,
-        "environment.pinned",
-        &format!("{name} pinned to {}", &sha[..12]),
-    );
-    Ok(record)
-}
-
-/// Whether `record`'s environment may be pinned (or rolled back) to `sha`. Under `protected`
-/// or `require_pr` it takes only commits that reached its branch (reviews are the forge's
-/// branch protection there; a pull request goes to it with `/slipway apply`); under
-/// `require_pr` only a commit a pull request merged into that branch made (approved, when
-/// the apply requirements say so) or one it ran itself before (a rollback): a pin must not
-/// be a way around the gate the reconcile applies to its branch.
-fn pin_gate(inner: &Inner, record: &EnvironmentRecord, sha: &str) -> Result<(), ControllerError> {
-    let name = record.name.as_str();
-    let Some(branch) = record.tracked_ref.clone() else {
-        return Ok(());
-    };
-    if kind_of(record) != EnvKind::Static {
-        return Ok(());
-    }
-    // The branch itself, never a tag named like it.
-    let tip = inner.source.resolve_tracked(&branch)?.sha;
-    let rules = pin_rules(inner, record, &[&tip, sha])?;
-    if !rules.protected && !rules.require_pr {
-        return Ok(());
-    }
-    let short = &sha[..12.min(sha.len())];
-    let why = match (rules.protected, rules.require_pr) {
-        (true, true) => "protected and has `require_pr: true`",
-        (true, false) => "protected",
-        _ => "has `require_pr: true`",
-    };
-    if !inner.source.is_ancestor(sha, &tip)? {
-        return Err(ControllerError::Invalid(format!(
-            "`{name}` is {why}, and takes only commits on `{branch}`; {short} is not in its \
-             history (a pull request goes there with `/slipway apply {name}` once its \
-             requirements are met)"
-        )));
-    }
-    if !rules.require_pr {
-        return Ok(());
-    }
-    let store = inner.engine.store();
-    if record.commit.as_deref() == Some(sha)
-        || store.deployed_commit(name, sha, record.created_at)?
-    {
-        return Ok(());
-    }
-    let needs_approval = rules.apply_requirements.iter().any(|r| r == "approved");
-    match store.merged_commit(sha)? {
-        Some(m)
-            if m.base_ref.as_deref() == Some(branch.as_str())
-                && (m.approved || !needs_approval) =>
-        {
-            Ok(())
-        }
-        _ => Err(ControllerError::Invalid(format!(
-            "`{name}` has `require_pr: true`: it is pinned or rolled back only to a commit an \
-             {}pull request merged into `{branch}` made, or one it ran before; {short} is \
-             neither (require_pr). Merge the change through a pull request",
-            if needs_approval { "approved " } else { "" }
-        ))),
-    }
-}
-
-/// The rules a pin of `record`'s static environment is judged by: those in force, and those
-/// the commits `at` (its branch's tip, the commit pinned) declare, the stronger of each.
-/// Before its first deployment nothing is in force, and a pin must not escape what its
-/// branch asks for.
-fn pin_rules(
-    inner: &Inner,
-    record: &EnvironmentRecord,
-    at: &[&str],
-) -> Result<slipway_engine::Rules, ControllerError> {
-    let definition = record.definition.as_deref().unwrap_or(&record.name);
-    let origin = |sha| Origin {
-        source: inner.source.as_ref(),
-        repo: &inner.repo_label,
-        reference: sha,
-        folder: &inner.folder,
-        tip: Some(sha),
-    };
-    let mut rules = inner
-        .engine
-        .rules_in_force(&origin(at[0]), &record.name, definition)?
-        .unwrap_or_default();
-    rules.protected |= record.protected;
-    for sha in at {
-        let cached = inner.engine.load(&origin(sha))?;
-        if let Some(def) = cached
-            .loaded
-            .valid_stack()
-            .ok()
-            .and_then(|s| s.environments.get(definition))
-        {
-            rules = rules.stronger(&slipway_engine::Rules::declared(def, EnvKind::Static));
-        }
-    }
-    Ok(rules)
-}
-
-pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
-    let mut record = existing(inner, name)?;
-    record.pinned = false;
-    record.updated_at = now_ms();
-    inner.engine.store().upsert_environment(&record)?;
-    event(
-        inner,
-        name,
-        "environment.unpinned",
-        &format!(
-            "{name} follows `{}` again",
-            record.tracked_ref.as_deref().unwrap_or("?")
-        ),
-    );
-    Ok(record)
-}
-
-/// Refuses an ad-hoc environment name that belongs to something else: an environment or
-/// family of the default branch's stack (or of the ref's own), or a generated environment's
-/// pattern (`pr-*`, `br-*`), so that an ad-hoc environment can never stand in for one of them.
-fn check_adhoc_name(
-    name: &str,
-    main_stack: &slipway_core::stack::Stack,
-    stack: &slipway_core::stack::Stack,
-) -> Result<(), ControllerError> {
-    if main_stack.environments.contains_key(name) || stack.environments.contains_key(name) {
-        return Err(ControllerError::Conflict(format!(
-            "`{name}` is an environment of the stack itself; ad-hoc environments need their \
-             own name"
-        )));
-    }
-    for prefix in ["pr-", "br-"] {
-        if name.starts_with(prefix) {
-            return Err(ControllerError::Conflict(format!(
-                "`{name}` starts with `{prefix}`, which names generated environments (pull \
-                 requests and branches); ad-hoc environments need another name"
-            )));
-        }
-    }
-    Ok(())
 }

@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use slipway_controller::clock::Clock;
 use slipway_controller::{Controller, CreateEnvironment, Options};
 use slipway_engine::{Engine, EngineConfig};
 use slipway_git::GitRepository;
@@ -36,8 +38,28 @@ fn git(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The wall clock, moved forward by hand: times to live pass without waiting for them.
+#[derive(Debug, Default)]
+struct HandClock {
+    ahead_ms: AtomicI64,
+}
+
+impl HandClock {
+    fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).expect("a test's duration fits");
+        self.ahead_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for HandClock {
+    fn now_ms(&self) -> i64 {
+        slipway_state::now_ms() + self.ahead_ms.load(Ordering::SeqCst)
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
+    clock: Arc<HandClock>,
     work: PathBuf,
     home: PathBuf,
     controller: Controller,
@@ -85,7 +107,9 @@ impl World {
             Arc::new(Engine::open(&home, EngineConfig::default(), vec![]).expect("engine"));
         let url = format!("file://{}", bare.display());
         let source = Arc::new(GitRepository::open(&url, &home.join("repos")).expect("mirror"));
+        let clock = Arc::new(HandClock::default());
         let options = Options {
+            clock: clock.clone(),
             poll_interval: Duration::from_millis(200),
             drift_interval: Duration::from_millis(300),
             concurrency: 2,
@@ -107,6 +131,7 @@ impl World {
         });
         World {
             _dir: dir,
+            clock,
             work,
             home,
             controller,
@@ -173,7 +198,11 @@ fn tracked_environments_follow_pushes_and_branches_come_and_go() {
     wait_for("dev runs the pushed commit", T, || {
         w.page("dev").filter(|p| p == "bonjour from dev")
     });
-    let record = w.record("dev").expect("dev is recorded");
+    // The page is written before the deployment that wrote it is recorded as finished.
+    let record = wait_for("dev's record names the pushed commit", T, || {
+        w.record("dev")
+            .filter(|r| r.commit.as_deref() == Some(second.as_str()))
+    });
     assert_eq!(record.commit.as_deref(), Some(second.as_str()));
     assert_eq!(record.sync, "synced");
 
@@ -294,7 +323,7 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
         name: "demo".into(),
         reference: first.clone(),
         like: Some("previews".into()),
-        ttl: Some(Duration::from_secs(3)),
+        ttl: Some(Duration::from_secs(3600)),
         owner: Some("alice".into()),
     };
     let record = w
@@ -318,6 +347,11 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
         err.to_string().contains("not a valid environment name"),
         "{err}"
     );
+    assert!(
+        w.record("demo").is_some(),
+        "an hour to live has not passed yet"
+    );
+    w.clock.advance(Duration::from_secs(3601));
     wait_for("the ad-hoc environment expires and is destroyed", T, || {
         w.record("demo").is_none().then_some(())
     });

@@ -92,9 +92,39 @@ pub enum EngineError {
     /// The operation destroys something in a protected environment and nobody confirmed it.
     #[error("{0}")]
     NeedsConfirmation(String),
+    /// An environment of another kind holds the name (an ad-hoc `prod`, a generated
+    /// environment where the stack now defines a static one): it is not adopted as the other;
+    /// the message says which and what to do.
+    #[error("{0}")]
+    NotAdopted(String),
 }
 
 impl EngineError {
+    /// Whether the same call may succeed later with nothing changed by a person: the store or
+    /// the repository said so, another operation held the environment's lock, or the file
+    /// system failed in a passing way. Everything else needs a new commit or a person first.
+    pub fn retryable(&self) -> bool {
+        match self {
+            EngineError::State(e) => e.retryable(),
+            EngineError::Git(e) => e.retryable(),
+            EngineError::Locked(_) => true,
+            EngineError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::ResourceBusy
+            ),
+            EngineError::Invalid { .. }
+            | EngineError::Environment(_)
+            | EngineError::Usage(_)
+            | EngineError::Secret(_)
+            | EngineError::NeedsConfirmation(_)
+            | EngineError::NotAdopted(_) => false,
+        }
+    }
+
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
         let context = context.into();
         move |source| EngineError::Io { context, source }
@@ -563,7 +593,7 @@ impl Engine {
         if let Some(record) = self.store.environment(name)?
             && record.kind != target.kind.as_str()
         {
-            return Err(EngineError::Environment(format!(
+            return Err(EngineError::NotAdopted(format!(
                 "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \
                  destroy it (`slipway env destroy {name}`) first",
                 record.kind,
@@ -574,7 +604,7 @@ impl Engine {
             return Ok(());
         }
         if stack.environments.contains_key(name) {
-            return Err(EngineError::Environment(format!(
+            return Err(EngineError::NotAdopted(format!(
                 "held: the stack defines `{name}` itself, but this `{name}` is a {} \
                  environment; it is not adopted as the stack's: destroy it \
                  (`slipway env destroy {name}`) so that the stack's `{name}` can be made",

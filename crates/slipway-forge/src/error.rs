@@ -72,7 +72,7 @@ impl ForgeError {
     /// Whether trying again later may succeed: no answer, a timeout, `408`, `429`, a `5xx`, or
     /// a rate limit. Anything else (`401`, `404`, `422`, a bad argument) fails the same way
     /// every time.
-    pub fn is_retryable(&self) -> bool {
+    pub fn retryable(&self) -> bool {
         match self {
             ForgeError::Status {
                 status,

@@ -15,7 +15,7 @@
 //!   comments kept up to date in place ([`Forge::upsert_comment`]), commit statuses, pull
 //!   requests, approvals, write access, the ref to fetch a pull request's head from. Calls are
 //!   blocking (`ureq`); errors carry the HTTP status and the forge's short reason, never the
-//!   token, and say whether a retry may help ([`ForgeError::is_retryable`]).
+//!   token, and say whether a retry may help ([`ForgeError::retryable`]).
 //! - **Comment commands**: [`parse_command`] reads `/slipway plan [ENV]`, `apply ENV`,
 //!   `unlock ENV`, `preview` and `help` from a comment, strictly; anything else that starts
 //!   with `/slipway` is a [`CommandError`] whose message is a polite reply with the usage.

@@ -390,7 +390,7 @@ fn github_errors_carry_status_and_reason_never_the_token() {
 
     let err = gh.pull_request(1).expect_err("401");
     assert_eq!(err.status(), Some(401));
-    assert!(!err.is_retryable(), "bad credentials stay bad");
+    assert!(!err.retryable(), "bad credentials stay bad");
     let text = err.to_string();
     assert!(
         text.contains("GET /repos/octocat/Hello-World/pulls/1") && text.contains("Bad credentials"),
@@ -402,9 +402,9 @@ fn github_errors_carry_status_and_reason_never_the_token() {
     );
 
     let err = gh.pull_request(2).expect_err("rate limited");
-    assert!(err.is_retryable(), "a rate limit passes: {err}");
+    assert!(err.retryable(), "a rate limit passes: {err}");
     let err = gh.pull_request(3).expect_err("502");
-    assert!(err.is_retryable(), "a 5xx may pass: {err}");
+    assert!(err.retryable(), "a 5xx may pass: {err}");
     let err = gh.pull_request(4).expect_err("not a pull request");
     assert!(matches!(err, ForgeError::Decode { .. }), "{err}");
 
@@ -448,7 +448,7 @@ fn github_errors_carry_status_and_reason_never_the_token() {
     let gh = connect(config).expect("config");
     let err = gh.pull_request(1).expect_err("nobody listens");
     assert!(
-        matches!(err, ForgeError::Transport { .. }) && err.is_retryable(),
+        matches!(err, ForgeError::Transport { .. }) && err.retryable(),
         "{err}"
     );
     assert!(!err.to_string().contains(TOKEN));

@@ -178,12 +178,13 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Whether retrying the same operation later may succeed.
-    pub fn retry(&self) -> Retry {
+    /// Whether retrying the same operation later may succeed (the spelling every error of
+    /// Slipway's crates uses).
+    pub fn retryable(&self) -> bool {
         match self {
-            ProviderError::Config(_) => Retry::Terminal,
-            ProviderError::Failed { retry, .. } => *retry,
-            ProviderError::Io { .. } => Retry::Retryable,
+            ProviderError::Config(_) => false,
+            ProviderError::Failed { retry, .. } => *retry == Retry::Retryable,
+            ProviderError::Io { .. } => true,
         }
     }
 }

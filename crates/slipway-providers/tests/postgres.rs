@@ -14,7 +14,7 @@ use common::TestEnv;
 use serde_json::{Value, json};
 use slipway_providers::postgres::{DatabaseProvider, PgServers, RoleProvider, names};
 use slipway_providers::{
-    Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext, Retry,
+    Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext,
 };
 
 const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -348,11 +348,7 @@ fn update_adds_and_removes_extensions_and_keeps_the_password() {
         pg.database().update(pg.ctx("db"), &json!({}), &healed.live),
         "removing an extension in use",
     );
-    assert_eq!(
-        err.retry(),
-        Retry::Terminal,
-        "an extension in use is terminal: {err}"
-    );
+    assert!(!err.retryable(), "an extension in use is terminal: {err}");
     assert!(
         err.to_string().contains("citext") && err.to_string().contains("2BP01"),
         "the error names the extension and SQLSTATE: {err}"
@@ -605,7 +601,7 @@ fn only_listed_templates_are_cloned_and_never_another_environments_database() {
         err.to_string().contains("database Slipway made"),
         "a Slipway-made database is never a template: {err}"
     );
-    assert_eq!(err.retry(), Retry::Terminal, "{err}");
+    assert!(!err.retryable(), "{err}");
     assert!(
         !database_exists(&pg.names("qa", "copy")),
         "no clone of prod's database exists"
@@ -621,11 +617,7 @@ fn a_missing_template_is_a_clear_terminal_error() {
             .create(pg.ctx("db"), &json!({"template": missing})),
         "cloning a missing template",
     );
-    assert_eq!(
-        err.retry(),
-        Retry::Terminal,
-        "a missing template is terminal: {err}"
-    );
+    assert!(!err.retryable(), "a missing template is terminal: {err}");
     assert!(
         err.to_string()
             .contains(&format!("template database \"{missing}\" does not exist")),
@@ -654,11 +646,7 @@ fn a_template_in_use_is_a_retryable_error() {
             .create(pg.ctx("db"), &json!({"template": template})),
         "cloning a template in use",
     );
-    assert_eq!(
-        err.retry(),
-        Retry::Retryable,
-        "a busy template is retryable: {err}"
-    );
+    assert!(err.retryable(), "a busy template is retryable: {err}");
     assert!(
         err.to_string().contains("being accessed by other users"),
         "the error says why: {err}"
@@ -735,7 +723,7 @@ fn a_foreign_database_or_role_of_our_name_is_refused_and_left_untouched() {
         pg.database().create(pg.ctx("db"), &json!({})),
         "creating over a foreign database",
     );
-    assert_eq!(err.retry(), Retry::Terminal, "refusal is terminal: {err}");
+    assert!(!err.retryable(), "refusal is terminal: {err}");
     assert!(
         err.to_string()
             .contains(&format!("database \"{name}\" already exists")),
@@ -772,11 +760,7 @@ fn a_foreign_database_or_role_of_our_name_is_refused_and_left_untouched() {
         pg.role().create(pg.ctx("db"), &json!({})),
         "a role resource over a foreign role",
     );
-    assert_eq!(
-        role_err.retry(),
-        Retry::Terminal,
-        "refusal is terminal: {role_err}"
-    );
+    assert!(!role_err.retryable(), "refusal is terminal: {role_err}");
     pg.database()
         .delete(pg.ctx("db"), None)
         .expect("delete leaves the foreign role");
@@ -874,11 +858,7 @@ fn an_unreachable_server_is_retryable_and_never_shows_the_password() {
         "creating on a closed port",
     );
     let message = err.to_string();
-    assert_eq!(
-        err.retry(),
-        Retry::Retryable,
-        "unreachable is retryable: {message}"
-    );
+    assert!(err.retryable(), "unreachable is retryable: {message}");
     assert!(
         message.contains("main"),
         "the error names the server: {message}"
@@ -892,7 +872,7 @@ fn an_unreachable_server_is_retryable_and_never_shows_the_password() {
     let live = json!({"server": "main", "database": "sw_x", "role": "sw_x", "password": "p"});
     match pg.database().observe(pg.ctx("db"), &json!({}), &live) {
         Err(e) => {
-            assert_eq!(e.retry(), Retry::Retryable, "observe fails retryably: {e}");
+            assert!(e.retryable(), "observe fails retryably: {e}");
             assert!(
                 !e.to_string().contains("s3cret-pw"),
                 "without the password: {e}"
@@ -907,7 +887,7 @@ fn an_unreachable_server_is_retryable_and_never_shows_the_password() {
             Some(&json!({"server": "main", "role": "sw_x", "password": "p", "login": true})),
         )
         .expect_err("delete cannot reach it either");
-    assert_eq!(err.retry(), Retry::Retryable, "retryable: {err}");
+    assert!(err.retryable(), "retryable: {err}");
 }
 
 #[test]

@@ -172,7 +172,16 @@ impl JsonSchema for ForgeName {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "string", "description": "The forge the controller is configured with: `github`, `gitlab` or `gitea`."})
+        let forges: Vec<&str> = slipway_forge::ForgeKind::ALL
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        let mut schema = crate::openapi::one_of(&forges);
+        schema.insert(
+            "description".into(),
+            "The forge the controller is configured with.".into(),
+        );
+        schema
     }
 }
 
@@ -191,6 +200,29 @@ pub(crate) fn path_param(name: &str) -> SchemaFn {
         "id" => schema_of::<DeploymentId>,
         "forge" => schema_of::<ForgeName>,
         other => panic!("no extractor reads the path parameter `{other}`"),
+    }
+}
+
+/// An integer field: what JSON Schema calls one, so `12.0` too (serde's `i64` refuses it),
+/// but not `1.5` nor one outside `i64`.
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_i64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        // i64::MIN is -2^63 exactly; 2^63 is one past i64::MAX.
+        Some(f)
+            if f.fract() == 0.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) =>
+        {
+            Ok(f as i64)
+        }
+        _ => Err(D::Error::custom(format!(
+            "{number} is not an integer of 64 bits"
+        ))),
     }
 }
 

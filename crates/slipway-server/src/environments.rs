@@ -226,14 +226,11 @@ impl EnvironmentView {
     ) -> EnvironmentView {
         // An exposed process is reached through the preview router, by a URL that stays the
         // same across deploys; its own address is in the resource's outputs.
-        let url = match status.url {
-            Some(own) => Some(
-                record
-                    .and_then(|r| controller.preview_url(&status.name, &r.stack))
-                    .unwrap_or(own),
-            ),
-            None => None,
-        };
+        let url = status.url.map(|own| {
+            record
+                .and_then(|r| controller.preview_url(&status.name, &r.stack))
+                .unwrap_or(own)
+        });
         let resources = status
             .resources
             .into_iter()
@@ -281,17 +278,18 @@ struct CreateRequest {
     name: String,
     /// A branch, tag or commit.
     #[serde(rename = "ref")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), regex(pattern = r"\S"), example = &"main")]
     reference: String,
     /// The generated family (`generate:`) whose variables and secrets it takes; default: the
     /// only one.
     #[serde(default)]
+    #[schemars(with = "Option<EnvName>")]
     like: Option<String>,
     /// How long it lives, e.g. `8h` or `1h30m` (units ms, s, m, h, d), at most
     /// `[environments] max_ttl`; default: the family's `ttl`, else `[environments]
     /// default_ttl`.
     #[serde(default)]
-    #[schemars(example = "8h")]
+    #[schemars(with = "Option<DurationText>")]
     ttl: Option<String>,
 }
 
@@ -300,6 +298,7 @@ struct CreateRequest {
 #[schemars(rename = "Rollback")]
 struct RollbackRequest {
     /// The id of an earlier deployment of this environment.
+    #[serde(deserialize_with = "crate::body::integer")]
     deployment: i64,
 }
 
@@ -308,7 +307,7 @@ struct RollbackRequest {
 #[schemars(rename = "Extend")]
 struct ExtendRequest {
     /// How much longer, e.g. `2h`.
-    #[schemars(example = "2h")]
+    #[schemars(with = "DurationText")]
     by: String,
 }
 
@@ -318,7 +317,12 @@ struct ExtendRequest {
 struct PinRequest {
     /// A ref or commit; default: the commit it runs. Leave it out rather than send `null`.
     #[serde(default, deserialize_with = "present")]
-    #[schemars(with = "String")]
+    #[schemars(
+        with = "String",
+        length(min = 1),
+        regex(pattern = r"\S"),
+        example = &"main"
+    )]
     commit: Option<String>,
 }
 
@@ -329,6 +333,19 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 ) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
 }
+
+/// A duration in the shapes the API documents: one to three parts of digits and a unit (ms,
+/// s, m, h, d), e.g. `8h` or `1h30m`, longer than zero and at most 360 days. (The server
+/// reads any duration up to 366 days; one of zero, or longer, is a 400.)
+#[derive(JsonSchema)]
+#[schemars(rename = "Duration", example = "8h")]
+#[allow(dead_code)] // A schema only: the field is read as a `String` and parsed by `duration`.
+struct DurationText(
+    #[schemars(regex(
+        pattern = r"^([1-9][0-9]{0,2}(ms|s|m|h)|([1-9]|[1-9][0-9]|[1-2][0-9]{2}|3[0-5][0-9]|360)d)([0-9]{1,2}(h|m|s|ms)){0,2}$"
+    ))]
+    String,
+);
 
 #[derive(Debug, Serialize, JsonSchema)]
 struct Queued {
@@ -538,7 +555,10 @@ async fn destroy(
     }
     let confirm = query.confirm.as_deref() == Some(name.as_str());
     app.controller
-        .destroy_environment(&name, &caller.name, confirm)
+        .destroy_environment(
+            &name,
+            slipway_controller::DestroyOptions::new(&caller.name, confirm.into()),
+        )
         .await?;
     Ok(Json(Destroyed {
         environment: name,

@@ -143,6 +143,9 @@ impl From<ControllerError> for ApiError {
             ControllerError::State(e) => e.into(),
             ControllerError::Git(e) => e.into(),
             ControllerError::Internal(text) => ApiError::internal(text),
+            e @ (ControllerError::Forge(_) | ControllerError::Apply { .. }) => {
+                ApiError::unprocessable(e.to_string())
+            }
         }
     }
 }
@@ -165,7 +168,9 @@ impl From<EngineError> for ApiError {
                 ))
                 .hint("`slipway validate --ref <commit>` lists them all")
             }
-            EngineError::Environment(message) => ApiError::unprocessable(message),
+            EngineError::Environment(message) | EngineError::NotAdopted(message) => {
+                ApiError::unprocessable(message)
+            }
             EngineError::Locked(name) => ApiError::client(
                 StatusCode::CONFLICT,
                 format!("environment `{name}` is busy with another operation"),

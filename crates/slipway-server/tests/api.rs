@@ -1883,6 +1883,16 @@ fn the_server_refuses_what_its_document_refuses() {
         "the refused pin pinned nothing"
     );
 
+    // An integer is what JSON Schema calls one: `987654.0` is read as 987654 (here: no
+    // deployment of main, a 422), where serde alone answered a 400 to schema-valid input.
+    f.as_role(
+        "deployer",
+        "POST",
+        "/api/v1/environments/main/rollback",
+        Some(r#"{"deployment": 987654.0}"#),
+    )
+    .expect(422, "an integral number is an integer");
+
     // Cursors are 0 or more, as `minimum: 0` says.
     for path in ["/api/v1/audit?after=-1", "/api/v1/events?after=-1"] {
         let reply = f

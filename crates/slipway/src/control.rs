@@ -331,7 +331,8 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
             EnvCommand::Destroy { name, yes, confirm_destroy, repo } => {
                 confirm(&format!("destroy `{name}`"), yes)?;
                 let confirmed = confirm_destroy.as_deref() == Some(name.as_str());
-                controller(g, &repo)?.destroy_environment(&name, &who(), confirmed).await?;
+                let options = slipway_controller::DestroyOptions::new(&who(), confirmed.into());
+                controller(g, &repo)?.destroy_environment(&name, options).await?;
                 println!("destroyed `{name}`");
             }
             EnvCommand::Extend { name, by, repo } => {

@@ -335,6 +335,25 @@ pub enum TokenCommand {
     },
 }
 
+/// Logs (the controller's reconciles, warnings of the server) go to stderr, filtered by
+/// `SLIPWAY_LOG`, else `RUST_LOG` (`tracing` directives, e.g. `slipway_controller=debug`),
+/// else at `info`.
+fn install_logging() {
+    use std::io::IsTerminal;
+    let directives = std::env::var("SLIPWAY_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("slipway: ignoring the log filter {directives:?} ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 fn main() -> ExitCode {
     // Everything the engine (and a supervisor) creates is private unless it says otherwise:
     // the home holds keys, the state store and secrets, and environments' code runs on the
@@ -350,6 +369,7 @@ fn main() -> ExitCode {
         let code = slipway_providers::process::supervise(spec);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    install_logging();
     let result = match cli.command {
         Command::Secret(command) => secret::run(&cli.global, command),
         Command::Serve { .. } | Command::Env(_) | Command::Token(_) | Command::Compare { .. } => {

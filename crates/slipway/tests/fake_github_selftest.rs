@@ -222,7 +222,7 @@ fn every_forge_method_works_against_the_fake() {
     );
     let missing = f.pull_request(99).expect_err("no #99");
     assert_eq!(missing.status(), Some(404));
-    assert!(!missing.is_retryable());
+    assert!(!missing.retryable());
 
     // Approvals: a reviewer's latest verdict counts, comments do not change it.
     gh.approve(1, "bob", &sha('a'));
@@ -380,14 +380,14 @@ fn failures_can_be_injected() {
     };
     let err = f.set_status(&status).expect_err("injected 502");
     assert_eq!(err.status(), Some(502));
-    assert!(err.is_retryable());
+    assert!(err.retryable());
     f.set_status(&status).expect("only once");
     assert_eq!(gh.statuses(&sha('a')).len(), 1);
 
     gh.fail_next("GET", "/pulls/1", 403, 1);
     let err = f.pull_request(1).expect_err("rate limited");
     assert!(
-        err.is_retryable(),
+        err.retryable(),
         "403 with X-RateLimit-Remaining: 0 is a rate limit: {err}"
     );
     f.pull_request(1).expect("then fine");

@@ -646,11 +646,7 @@ fn a_process_that_never_passes_its_health_check_times_out_with_the_reason() {
         text.contains("404"),
         "the error carries the last health check's answer: {text}"
     );
-    assert_eq!(
-        err.retry(),
-        Retry::Retryable,
-        "a health timeout may pass on a retry"
-    );
+    assert!(err.retryable(), "a health timeout may pass on a retry");
     env.process()
         .delete(env.ctx("api"), Some(&applied.live))
         .expect("delete");

@@ -549,3 +549,54 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
     );
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 }
+
+#[test]
+fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it_ends() {
+    let w = World::new();
+    w.gh.set_permission("alice", "write");
+    // #1 adds a job that keeps qa's apply busy for a while.
+    let repo = &w.s.repo;
+    git(repo, &["checkout", "-q", "-B", "slow"]);
+    w.s.write(
+        "slipway.yaml",
+        &STACK.replace(
+            "resources:\n",
+            "resources:\n  warmup: { type: job, command: [\"sleep\", \"12\"] }\n",
+        ),
+    );
+    let head = w.s.commit("slow: a warm-up job");
+    git(repo, &["update-ref", "refs/pull/1/head", &head]);
+    git(repo, &["checkout", "-q", "main"]);
+    w.gh.add_pr(PrSpec {
+        head_ref: "slow".into(),
+        ..PrSpec::new(1, &head)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.gh.pr(1), false, None),
+    );
+    w.gh.wait_for_comment(1, |c| c.body.contains(MARKER), T);
+
+    w.comment(1, "alice", "/slipway apply qa");
+    wait_for("qa is pinned to #1's head, its apply under way", T, || {
+        (w.environment("qa")["pinned"] == true).then_some(())
+    });
+    // The next event is handled while the apply runs, not after it.
+    w.comment(1, "alice", "/slipway help");
+    let help =
+        w.gh.wait_for_comment(1, |c| c.body.contains("/slipway unlock ENV"), T);
+    let applied =
+        w.gh.wait_for_comment(1, |c| c.body.contains("Applied #1"), T);
+    assert!(
+        help.id < applied.id,
+        "the help was answered while the apply ran (help #{}, apply's answer #{})",
+        help.id,
+        applied.id
+    );
+    assert!(applied.body.contains("locked"), "{}", applied.body);
+    assert_eq!(
+        w.environment("qa")["commit"],
+        head.as_str(),
+        "qa runs #1's head"
+    );
+}

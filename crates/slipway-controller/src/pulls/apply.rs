@@ -1,0 +1,371 @@
+//! `/slipway apply ENV`: a pull request's head deployed to a static environment before merge,
+//! under its apply requirements, with the environment locked to the pull request.
+
+use slipway_core::render::EnvKind;
+use slipway_forge::PrState;
+use slipway_state::{PullRequestRecord, now_ms};
+
+use super::commands::{audit, reply};
+use super::plans::fetched_head;
+use super::{FollowUp, origin_at, qualified_approval, set_head, setup, short};
+use crate::{ControllerError, Inner};
+
+/// The rules `/slipway apply ENV` judges a pull request by: those of the branch ENV tracks
+/// (its stack at the branch's head), of what ENV runs (in force), and of the pull request's
+/// own head, each at the stronger. A pull request cannot lower its own requirements, and a
+/// base branch nobody reviews cannot either: only the tracked branch's rules count.
+pub(crate) fn apply_rules(
+    tracked: Option<&slipway_engine::Rules>,
+    in_force: Option<&slipway_engine::Rules>,
+    head: &slipway_engine::Rules,
+) -> slipway_engine::Rules {
+    let mut rules = head.clone();
+    for r in [tracked, in_force].into_iter().flatten() {
+        rules = rules.stronger(r);
+    }
+    rules
+}
+
+/// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when the pull
+/// request is into the branch ENV tracks, ENV's apply requirements hold and no other pull
+/// request holds it; ENV is then locked to this pull request (and stays on its head) until it
+/// is merged or closed, or unlocked. Refused or held, it leaves no lock and no pin behind.
+pub(super) fn apply(
+    inner: &Inner,
+    record: &mut PullRequestRecord,
+    env: &str,
+    author: &str,
+) -> Result<FollowUp, ControllerError> {
+    let number = record.number;
+    let forge = &setup(inner)?.forge;
+    let store = inner.engine.store();
+    let refuse = |why: String| {
+        audit(inner, author, "pr.apply", env, "refused", &why);
+        reply(inner, number as u64, &why);
+        Ok(FollowUp::default())
+    };
+    let details = forge.pull_request(number as u64)?;
+    if details.state != PrState::Open {
+        return refuse(format!("#{number} is not open; nothing was applied."));
+    }
+    if details.info.head_sha != record.head_sha
+        || details.info.base_ref != record.base_ref
+        || details.info.author != record.author
+    {
+        set_head(inner, record, &details.info.head_sha)?;
+        record.base_ref = details.info.base_ref.clone();
+        // The author as the forge's API says (a GitLab webhook names whoever acted).
+        record.author = details.info.author.clone();
+        store.upsert_pull_request(record)?;
+    }
+    // An approval was given against the base the pull request had then: retargeted (say from
+    // an unreviewed branch to `main`), its diff now carries the old base's commits, which
+    // nobody approved. Such a pull request is not applied; a new one is reviewed afresh.
+    let opened_base = store
+        .pull_request_opened_base(number)?
+        .unwrap_or_else(|| record.base_ref.clone());
+    if opened_base != details.info.base_ref {
+        return refuse(format!(
+            "Not applied: #{number} was opened into `{opened_base}` and now merges into `{}`. \
+             Its approvals were given against `{opened_base}`, and do not cover what `{}` \
+             does not have yet; a pull request whose base changed cannot be applied before \
+             merge. Open a new pull request into `{}` (it is reviewed afresh).",
+            details.info.base_ref, details.info.base_ref, details.info.base_ref
+        ));
+    }
+    // Which branch ENV tracks is the environment's record (discovery wrote it from the
+    // default branch's stack), never what the pull request's stack says.
+    let Some(existing) = store.environment(env)?.filter(|e| e.kind == "static") else {
+        return refuse(format!(
+            "`{env}` is not a deployed static environment; `/slipway apply` takes one that \
+             Slipway already runs from its branch."
+        ));
+    };
+    let Some(tracked) = existing.tracked_ref.clone() else {
+        return refuse(format!("`{env}` tracks no branch; nothing was applied."));
+    };
+    if record.base_ref != tracked {
+        return refuse(format!(
+            "Not applied: `{env}` tracks `{tracked}`, and this pull request is into `{}`. Only \
+             a pull request into `{tracked}` can be applied to `{env}`.",
+            record.base_ref
+        ));
+    }
+    let head = fetched_head(inner, record)?;
+    let cached = inner.engine.load(&origin_at(inner, &head))?;
+    let stack = match cached.loaded.valid_stack() {
+        Ok(stack) => stack,
+        Err(first) => {
+            return refuse(format!(
+                "The stack at {} does not validate, so it cannot be applied: {first}",
+                short(&head)
+            ));
+        }
+    };
+    let Some(def) = stack.environments.get(env).filter(|d| d.track.is_some()) else {
+        return refuse(format!(
+            "`{env}` is not a static environment of the stack at {}; nothing was applied.",
+            short(&head)
+        ));
+    };
+    let head_rules = slipway_engine::Rules::declared(def, EnvKind::Static);
+    // The rules of the branch ENV tracks, at its head: a change must not be able to lower
+    // its own requirements.
+    // The branch itself, never a tag named like it.
+    let tracked_tip = inner.source.resolve_tracked(&tracked)?.sha;
+    let branch = inner.engine.load(&origin_at(inner, &tracked_tip))?;
+    let tracked_rules = branch
+        .loaded
+        .valid_stack()
+        .ok()
+        .and_then(|s| s.environments.get(env))
+        .map(|d| slipway_engine::Rules::declared(d, EnvKind::Static));
+    let in_force = inner
+        .engine
+        .rules_in_force(&origin_at(inner, &head), env, env)?;
+    let rules = apply_rules(tracked_rules.as_ref(), in_force.as_ref(), &head_rules);
+    let mut unmet = Vec::new();
+    if rules.apply_requirements.iter().any(|r| r == "approved") {
+        let approvals = forge.approvals(number as u64)?;
+        // An approval counts for the head it names; one that names none (GitLab) counts
+        // unless its reviewer had approved before the last push (and so approved older code).
+        // Only a reviewer with write access who is not the author approves.
+        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| {
+            a.counts_for(&head, &record.stale_approvers)
+        })?;
+        if current.is_none() {
+            unmet.push(
+                "approved (no approval of the head commit by a reviewer with write access \
+                 other than its author)"
+                    .to_string(),
+            );
+        }
+    }
+    if rules.apply_requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true)
+    {
+        unmet.push(match details.mergeable {
+            Some(false) => "mergeable (it has conflicts or failing required checks)".to_string(),
+            _ => "mergeable (the forge has not decided yet; try again in a moment)".to_string(),
+        });
+    }
+    if !unmet.is_empty() {
+        return refuse(format!(
+            "Not applied to `{env}`: its apply requirements are not met: {}.",
+            unmet.join("; ")
+        ));
+    }
+    // A protected environment's destroys need a person's typed confirmation, which a comment
+    // is not: refuse before taking the lock.
+    let mut prepared = match inner
+        .engine
+        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))
+    {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            return refuse(format!(
+                "Not applied: `{env}` cannot be planned at {}: {e}",
+                short(&head)
+            ));
+        }
+    };
+    // Applying a new head of a pull request that already holds ENV keeps its lock whatever
+    // happens; a first apply that changes nothing gives the lock back.
+    let held_before = store
+        .environment_lock(env)?
+        .is_some_and(|l| l.pull_request == number);
+    prepared.protected |= rules.protected;
+    if let Some(why) = slipway_engine::apply::needs_confirmation(&prepared) {
+        return refuse(format!(
+            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
+             merge it and have a person confirm on the server. {}",
+            short(&head),
+            if held_before {
+                format!("`{env}` stays on the commit of this pull request it ran.")
+            } else {
+                format!("`{env}` is not locked.")
+            }
+        ));
+    }
+    let lock = store.lock_environment(env, number, author, now_ms())?;
+    if lock.pull_request != number {
+        return refuse(format!(
+            "Not applied: `{env}` is locked by #{} (applied by @{}). It is released when #{} \
+             is merged or closed, or with `/slipway unlock {env}` there.",
+            lock.pull_request, lock.who, lock.pull_request
+        ));
+    }
+    // Stay on the pull request's head: the environment is pinned to it until the lock goes.
+    let before = store.environment(env)?.unwrap_or(existing);
+    let pending = PendingApply {
+        number,
+        head: head.clone(),
+        author: author.to_string(),
+        held_before,
+        before_pinned: before.pinned,
+        before_desired: before.desired_commit.clone(),
+        last_deployment: store.deployments(env, 1)?.first().map(|d| d.id),
+    };
+    let mut environment = before;
+    environment.pinned = true;
+    environment.desired_commit = Some(head);
+    environment.updated_at = now_ms();
+    store.upsert_environment(&environment)?;
+    // The reconcile is the queue's, like every other trigger's: the environment may be busy
+    // (the controller's own pass, a CLI apply), and this forge event must not hold up the
+    // next ones while it is. The pull request is answered when that reconcile ends.
+    inner
+        .applies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(env.to_string(), pending);
+    Ok(FollowUp {
+        apply: Some(env.to_string()),
+        ..FollowUp::default()
+    })
+}
+
+/// A `/slipway apply` whose environment is pinned to the pull request's head, waiting for the
+/// reconcile that deploys it: the worker that starts the next reconcile of the environment
+/// takes it, and [`answer`] replies on the pull request when that reconcile ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingApply {
+    number: i64,
+    head: String,
+    author: String,
+    /// The pull request held the environment's lock before this apply.
+    held_before: bool,
+    /// What the environment followed before, restored when nothing was applied.
+    before_pinned: bool,
+    before_desired: Option<String>,
+    /// The environment's last deployment before, to tell whether an apply started.
+    last_deployment: Option<i64>,
+}
+
+/// Answers `pending` on its pull request once the reconcile of `env` ended (`failure`: its
+/// error, if it failed). Applied: the environment stays locked to the pull request. Held or
+/// refused before anything changed: the environment goes back to what it followed, unlocked
+/// unless the pull request held it already, and `true` asks for it to be reconciled again.
+/// Failed while applying: it stays locked, for a fix to be pushed.
+pub(crate) fn answer(
+    inner: &Inner,
+    env: &str,
+    pending: &PendingApply,
+    failure: Option<&str>,
+) -> Result<bool, ControllerError> {
+    let store = inner.engine.store();
+    let PendingApply {
+        number,
+        head,
+        author,
+        held_before,
+        ..
+    } = pending;
+    let (number, held_before) = (*number, *held_before);
+    let after = store.environment(env)?;
+    let applied = failure.is_none()
+        && after
+            .as_ref()
+            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+    let started = store.deployments(env, 1)?.first().map(|d| d.id) != pending.last_deployment;
+    if applied {
+        audit(
+            inner,
+            author,
+            "pr.apply",
+            env,
+            "allowed",
+            &format!("#{number} at {head}"),
+        );
+        reply(
+            inner,
+            number as u64,
+            &format!(
+                "Applied #{number} ({}) to `{env}`. `{env}` is locked to this pull request until \
+                 it is merged or closed (`/slipway unlock {env}` releases it sooner).",
+                short(head)
+            ),
+        );
+        return Ok(false);
+    }
+    let why = after
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .or_else(|| failure.map(str::to_string))
+        .unwrap_or_else(|| "the apply did not finish".into());
+    if !started {
+        // Held or refused before anything changed (a protected destroy awaiting a person,
+        // an invalid commit): the environment goes back to what it followed, unlocked unless
+        // this pull request held it already.
+        if !held_before {
+            store.unlock_environment(env, number)?;
+        }
+        if let Some(mut e) = store.environment(env)? {
+            e.pinned = pending.before_pinned;
+            e.desired_commit = pending.before_desired.clone();
+            e.updated_at = now_ms();
+            store.upsert_environment(&e)?;
+        }
+        audit(inner, author, "pr.apply", env, "refused", &why);
+        reply(
+            inner,
+            number as u64,
+            &format!(
+                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed{}.",
+                short(head),
+                if held_before {
+                    format!("; `{env}` stays on the commit of this pull request it ran")
+                } else {
+                    format!(" and `{env}` is not locked")
+                }
+            ),
+        );
+        return Ok(true);
+    }
+    audit(inner, author, "pr.apply", env, "failed", &why);
+    reply(
+        inner,
+        number as u64,
+        &format!(
+            "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
+             this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
+            short(head)
+        ),
+    );
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_engine::Rules;
+
+    fn rules(protected: bool, require_pr: bool, reqs: &[&str]) -> Rules {
+        Rules {
+            protected,
+            require_pr,
+            apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_pull_request_is_judged_by_the_strongest_of_its_branch_what_runs_and_its_own() {
+        let lowered = rules(false, false, &[]);
+        let branch = rules(true, false, &["approved", "mergeable"]);
+        assert_eq!(
+            apply_rules(Some(&branch), None, &lowered),
+            branch,
+            "the head cannot lower the tracked branch's rules"
+        );
+        let running = rules(false, true, &["approved"]);
+        assert_eq!(
+            apply_rules(Some(&lowered), Some(&running), &lowered),
+            running,
+            "nor those in force, whatever the branch's head says"
+        );
+        assert_eq!(
+            apply_rules(None, None, &branch),
+            branch,
+            "with nothing else known, the head's own rules hold"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Comment commands (`/slipway plan|apply|unlock|preview|help`): parsed strictly, honoured only
+//! from people with write access, each audited and answered on the pull request.
+
+use slipway_forge::{Command, parse_command};
+use slipway_state::now_ms;
+
+use super::{FollowUp, apply::apply, event, plans::post_plans, set_head, setup, short};
+use crate::{ControllerError, Inner};
+
+pub(super) fn reply(inner: &Inner, pr: u64, body: &str) {
+    if let Ok(setup) = setup(inner)
+        && let Err(e) = setup.forge.post_comment(pr, body)
+    {
+        event(
+            inner,
+            &format!("pr-{pr}"),
+            "forge.failed",
+            &format!("cannot comment on #{pr}: {e}"),
+        );
+    }
+}
+
+pub(super) fn audit(
+    inner: &Inner,
+    who: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+) {
+    let _ = inner.engine.store().record_audit(&slipway_state::NewAudit {
+        at: now_ms(),
+        who: format!("forge:{who}"),
+        action: action.into(),
+        target: Some(target.into()),
+        outcome: outcome.into(),
+        detail: detail.into(),
+    });
+}
+
+pub(super) fn comment(
+    inner: &Inner,
+    number: u64,
+    author: &str,
+    body: &str,
+) -> Result<FollowUp, ControllerError> {
+    let command = match parse_command(body) {
+        Ok(None) => return Ok(FollowUp::default()),
+        Ok(Some(command)) => command,
+        Err(e) => {
+            audit(
+                inner,
+                author,
+                "pr.command",
+                &format!("#{number}"),
+                "refused",
+                "malformed command",
+            );
+            reply(inner, number, &e.to_string());
+            return Ok(FollowUp::default());
+        }
+    };
+    let forge = &setup(inner)?.forge;
+    let target = format!("#{number}");
+    let allowed = match forge.has_write_access(author) {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            // Say so on the pull request: otherwise the command just seems ignored.
+            audit(
+                inner,
+                author,
+                "pr.command",
+                &target,
+                "failed",
+                &format!("`{command}`: write access unknown: {e}"),
+            );
+            reply(
+                inner,
+                number,
+                &format!(
+                    "Slipway could not check whether @{author} may run `{command}`: the forge \
+                     answered {e}. Its token must be allowed to read collaborators' \
+                     permissions (on Gitea: an admin of the repository)."
+                ),
+            );
+            return Ok(FollowUp::default());
+        }
+    };
+    if !allowed {
+        audit(
+            inner,
+            author,
+            "pr.command",
+            &target,
+            "refused",
+            &format!("`{command}` without write access"),
+        );
+        reply(
+            inner,
+            number,
+            &format!(
+                "Sorry @{author}, only people with write access to this repository can run \
+                 `{command}`."
+            ),
+        );
+        return Ok(FollowUp::default());
+    }
+    audit(
+        inner,
+        author,
+        "pr.command",
+        &target,
+        "allowed",
+        &command.to_string(),
+    );
+    let store = inner.engine.store();
+    let Some(mut record) = store.pull_request(number as i64)? else {
+        reply(
+            inner,
+            number,
+            "Slipway has not seen this pull request open yet; push to it (or reopen it) first.",
+        );
+        return Ok(FollowUp::default());
+    };
+    match command {
+        Command::Help => {
+            reply(inner, number, slipway_forge::USAGE);
+            Ok(FollowUp::default())
+        }
+        Command::Plan { env } => {
+            post_plans(inner, &record, env.as_deref())?;
+            Ok(FollowUp::default())
+        }
+        Command::Preview => {
+            // The approval is for the code the maintainer saw: the head the forge shows now.
+            let head = forge.pull_request(number)?.info.head_sha;
+            if !record.preview_allowed || record.head_sha != head {
+                set_head(inner, &mut record, &head)?;
+                record.preview_allowed = true;
+                record.updated_at = now_ms();
+                store.upsert_pull_request(&record)?;
+                reply(
+                    inner,
+                    number,
+                    &format!(
+                        "@{author} allowed a preview environment for this pull request at {}: \
+                         `pr-{number}` is on its way. {}",
+                        short(&record.head_sha),
+                        if record.is_fork {
+                            "It runs this commit only: a new push waits for another \
+                             `/slipway preview`."
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            Ok(FollowUp {
+                refresh: true,
+                ..FollowUp::default()
+            })
+        }
+        Command::Unlock { env } => {
+            if store
+                .environment_lock(&env)?
+                .is_some_and(|l| l.pull_request == record.number)
+            {
+                let released = {
+                    store.unlock_environment(&env, record.number)?;
+                    if let Some(mut e) = store.environment(&env)? {
+                        e.pinned = false;
+                        e.updated_at = now_ms();
+                        store.upsert_environment(&e)?;
+                    }
+                    vec![env.clone()]
+                };
+                reply(
+                    inner,
+                    number,
+                    &format!("Unlocked `{env}`: it follows its branch again."),
+                );
+                Ok(FollowUp {
+                    reconcile: released,
+                    ..FollowUp::default()
+                })
+            } else {
+                reply(
+                    inner,
+                    number,
+                    &format!("`{env}` is not locked by this pull request."),
+                );
+                Ok(FollowUp::default())
+            }
+        }
+        Command::Apply { env } => apply(inner, &mut record, &env, author),
+    }
+}

@@ -1,0 +1,263 @@
+//! The plan comment: every environment a pull request changes, planned at its head and posted
+//! as one comment (updated in place) with a `slipway/plan` commit status.
+
+use slipway_core::plan::{Action as Change, Plan};
+use slipway_core::render::EnvKind;
+use slipway_engine::EnvTarget;
+use slipway_forge::{
+    CommitStatus, DEFAULT_PLAN_MARKER, EnvPlan, PlanCommentOptions, StatusState,
+    render_plan_comment,
+};
+use slipway_state::PullRequestRecord;
+
+use super::{origin_at, setup, short};
+use crate::{ControllerError, Inner};
+
+/// The commit at the head of pull request `number` in the repository, after a fetch: the
+/// forge's pull request ref (`refs/pull/N/head`, `refs/merge-requests/N/head`), which also
+/// holds a fork's code. Errors when it is not the head the forge announced.
+pub(super) fn fetched_head(
+    inner: &Inner,
+    record: &PullRequestRecord,
+) -> Result<String, ControllerError> {
+    let forge = &setup(inner)?.forge;
+    let reference = forge.pr_head_ref(record.number as u64);
+    let resolve = || inner.source.resolve(&reference).map(|c| c.sha);
+    let mut sha = resolve();
+    if sha.as_deref().ok() != Some(record.head_sha.as_str()) {
+        inner.source.fetch()?;
+        sha = resolve();
+    }
+    match sha {
+        Ok(sha) if sha == record.head_sha => Ok(sha),
+        Ok(other) => Err(ControllerError::Invalid(format!(
+            "{reference} is at {} in the repository, not at {} as the forge says; the next \
+             event will plan the newer one",
+            short(&other),
+            short(&record.head_sha)
+        ))),
+        Err(e) => Err(ControllerError::Invalid(format!(
+            "{reference} cannot be read from the repository ({e}); is the forge pushing pull \
+             request refs to it?"
+        ))),
+    }
+}
+
+/// The environments a pull request changes: every static environment tracking its base
+/// branch, and its preview when a family makes one; `only` narrows to one.
+fn targets(
+    stack: &slipway_core::stack::Stack,
+    record: &PullRequestRecord,
+    only: Option<&str>,
+) -> Vec<EnvTarget> {
+    let mut out = Vec::new();
+    for (name, def) in &stack.environments {
+        if def.track.as_deref() == Some(record.base_ref.as_str()) {
+            out.push(EnvTarget {
+                name: name.clone(),
+                definition: name.clone(),
+                kind: EnvKind::Static,
+                owner: None,
+                ttl: None,
+            });
+        }
+    }
+    if record.preview_allowed
+        && let Some((family, def)) = stack
+            .environments
+            .iter()
+            .find(|(_, d)| d.generate.as_ref().is_some_and(|g| g.pull_requests))
+    {
+        out.push(EnvTarget {
+            name: format!("pr-{}", record.number),
+            definition: family.clone(),
+            kind: EnvKind::Generated,
+            owner: Some(record.author.clone()),
+            ttl: def.ttl,
+        });
+    }
+    if let Some(only) = only {
+        out.retain(|t| t.name == only);
+    }
+    out
+}
+
+/// Plans the pull request's head for each environment it changes and posts them as the one
+/// plan comment, with a `slipway/plan` commit status.
+pub(crate) fn post_plans(
+    inner: &Inner,
+    record: &PullRequestRecord,
+    only: Option<&str>,
+) -> Result<(), ControllerError> {
+    let setup = setup(inner)?;
+    let forge = &setup.forge;
+    let status = |state: StatusState, description: &str| {
+        let _ = forge.set_status(&CommitStatus {
+            sha: record.head_sha.clone(),
+            context: "slipway/plan".into(),
+            state,
+            description: description.chars().take(140).collect(),
+            target_url: None,
+        });
+    };
+    status(StatusState::Pending, "planning");
+    let head = match fetched_head(inner, record) {
+        Ok(sha) => sha,
+        Err(e) => {
+            status(StatusState::Error, &e.to_string());
+            return Err(e);
+        }
+    };
+    // Through the engine's commit cache: the plans below prepare from the same load.
+    let cached = inner.engine.load(&origin_at(inner, &head))?;
+    let mut plans = Vec::new();
+    match cached.loaded.valid_stack() {
+        Err(first) => plans.push(EnvPlan {
+            env: "(all)".into(),
+            summary_line: "the stack does not validate".into(),
+            detail_text: String::new(),
+            error: Some(first),
+            preview_url: None,
+        }),
+        Ok(stack) => {
+            let mut targets = targets(stack, record, only);
+            // Which branch a running static environment tracks is its record's, not what the
+            // pull request's stack says: a PR into another branch does not change it.
+            targets.retain(|t| {
+                t.kind != EnvKind::Static
+                    || inner
+                        .engine
+                        .store()
+                        .environment(&t.name)
+                        .ok()
+                        .flatten()
+                        .is_none_or(|e| e.tracked_ref.as_deref() == Some(record.base_ref.as_str()))
+            });
+            if targets.is_empty() {
+                plans.push(EnvPlan {
+                    env: only.unwrap_or("(none)").into(),
+                    summary_line: match only {
+                        Some(env) => format!("`{env}` is not changed by this pull request"),
+                        None => format!(
+                            "no environment tracks `{}` and no family previews pull requests",
+                            record.base_ref
+                        ),
+                    },
+                    detail_text: String::new(),
+                    error: None,
+                    preview_url: None,
+                });
+            }
+            for target in targets {
+                let origin = origin_at(inner, &head);
+                let preview_url = inner
+                    .preview_port
+                    .get()
+                    .map(|port| format!("http://{}.{}.localhost:{port}/", target.name, stack.name));
+                plans.push(match inner.engine.prepare(&origin, &target) {
+                    Ok(prepared) => EnvPlan {
+                        env: target.name.clone(),
+                        summary_line: summary(&prepared.plan),
+                        detail_text: detail(&prepared.plan),
+                        error: None,
+                        preview_url: (target.kind == EnvKind::Generated)
+                            .then_some(preview_url)
+                            .flatten(),
+                    },
+                    Err(e) => EnvPlan {
+                        env: target.name.clone(),
+                        summary_line: "planning failed".into(),
+                        detail_text: String::new(),
+                        error: Some(e.to_string()),
+                        preview_url: None,
+                    },
+                });
+            }
+        }
+    }
+    let body = render_plan_comment(
+        &plans,
+        &PlanCommentOptions {
+            marker: DEFAULT_PLAN_MARKER.into(),
+            head_sha: Some(head.clone()),
+            ..PlanCommentOptions::default()
+        },
+    );
+    forge.upsert_comment(record.number as u64, DEFAULT_PLAN_MARKER, &body)?;
+    let failed: Vec<&str> = plans
+        .iter()
+        .filter(|p| p.error.is_some())
+        .map(|p| p.env.as_str())
+        .collect();
+    if failed.is_empty() {
+        status(
+            StatusState::Success,
+            &format!("planned {} environment(s)", plans.len()),
+        );
+    } else {
+        status(
+            StatusState::Failure,
+            &format!("planning failed for {}", failed.join(", ")),
+        );
+    }
+    Ok(())
+}
+
+/// One line: what a plan does.
+pub fn summary(plan: &Plan) -> String {
+    let count = |a: Change| plan.changes.iter().filter(|c| c.action == a).count();
+    if !plan.has_changes() {
+        return "no changes".into();
+    }
+    format!(
+        "{} to create, {} to update, {} to replace, {} to delete",
+        count(Change::Create),
+        count(Change::Update),
+        count(Change::Replace),
+        count(Change::Delete)
+    )
+}
+
+/// The plan as text: one line per change, then its field changes. Values are the stack's
+/// (references such as `${secrets.X}` unresolved), so no secret can appear.
+pub fn detail(plan: &Plan) -> String {
+    let mut out = String::new();
+    for c in plan.changes.iter().filter(|c| c.action != Change::Noop) {
+        let sign = match c.action {
+            Change::Create => "+",
+            Change::Update => "~",
+            Change::Replace => "-/+",
+            Change::Delete => "-",
+            Change::Noop => " ",
+        };
+        out.push_str(&format!("{sign} {} ({})", c.resource, c.type_name));
+        if let Some(reason) = &c.reason {
+            out.push_str(&format!(": {reason}"));
+        }
+        out.push('\n');
+        for f in &c.diff {
+            let show = |v: &Option<serde_json::Value>| {
+                v.as_ref().map_or("(none)".to_string(), |v| {
+                    let text = v.to_string();
+                    if text.chars().count() > 200 {
+                        format!("{}…", text.chars().take(200).collect::<String>())
+                    } else {
+                        text
+                    }
+                })
+            };
+            out.push_str(&format!(
+                "    {}: {} → {}{}\n",
+                f.path,
+                show(&f.before),
+                show(&f.after),
+                if f.forces_replace {
+                    " (forces replacement)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! Discovery's blocking half: fetch, read the stack at the default ref, and bring the set of
+//! recorded environments in line with it (the pure decision is [`crate::discover`]).
+
+use std::collections::BTreeSet;
+
+use slipway_core::render::EnvKind;
+use slipway_engine::source;
+use slipway_state::EnvironmentRecord;
+
+use slipway_engine::Confirmation;
+
+use crate::reconcile::{Cause, WHO, destroy, event, mark_failed, report_once};
+use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover};
+
+/// Fetches, reads the stack at the default ref, and makes the recorded environments match
+/// what it asks for: new static and generated environments are recorded, generated ones whose
+/// branch is gone are destroyed. Returns the environments to reconcile, with why.
+pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, ControllerError> {
+    inner.source.fetch()?;
+    let mut branches = inner.source.branches()?;
+    // Open pull requests allowed a preview: their head refs join the branches (so their tips
+    // are known like a branch's), checked against the head the forge announced.
+    let mut pulls = Vec::new();
+    if let Some(setup) = inner.forge.get() {
+        for pr in inner.engine.store().pull_requests(Some("open"))? {
+            let reference = setup.forge.pr_head_ref(pr.number as u64);
+            let head = if pr.preview_allowed {
+                inner.source.resolve(&reference).ok()
+            } else {
+                None
+            };
+            match head {
+                Some(commit) if commit.sha == pr.head_sha => {
+                    branches.push(slipway_git::Branch {
+                        name: reference.clone(),
+                        sha: commit.sha,
+                    });
+                }
+                // A fork's new head nobody approved yet (reconcile holds it, and a preview
+                // already running stays at the commit that was approved), or a head not
+                // fetched yet or moved since the event (the next event or poll has it): an
+                // environment already running keeps running meanwhile.
+                _ => {
+                    let running = inner
+                        .engine
+                        .store()
+                        .environment(&format!("pr-{}", pr.number))?
+                        .is_some();
+                    if !running {
+                        continue;
+                    }
+                }
+            }
+            pulls.push(discover::PullHead {
+                number: pr.number as u64,
+                reference,
+            });
+        }
+    }
+    *inner
+        .tips
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = branches
+        .iter()
+        .map(|b| (b.name.clone(), b.sha.clone()))
+        .collect();
+    let store = inner.engine.store();
+    let mut out = Vec::new();
+    // Environments whose branch moved are reconciled whatever the default ref says, so a
+    // poisoned commit on their branch is reported on them.
+    for record in store.environments()? {
+        let tip = record
+            .tracked_ref
+            .as_ref()
+            .and_then(|r| branches.iter().find(|b| &b.name == r));
+        if !record.pinned
+            && tip.is_some_and(|t| record.desired_commit.as_deref() != Some(t.sha.as_str()))
+        {
+            out.push((record.name.clone(), Trigger::Poll));
+        }
+    }
+    let loaded = source::load_tracked(
+        inner.source.as_ref(),
+        &inner.options.default_ref,
+        &inner.folder,
+    )?;
+    let stack = match loaded.valid_stack() {
+        Ok(stack) => stack,
+        Err(first) => {
+            let message = format!(
+                "{} at {} is not valid; the set of environments is left as it is: {first}",
+                loaded.entry,
+                &loaded.commit.sha[..12]
+            );
+            report_once(
+                inner,
+                None,
+                Cause::InvalidCommit(&loaded.commit.sha),
+                &message,
+            );
+            return Ok(out);
+        }
+    };
+    let holder = |name: &str| {
+        store
+            .environment(name)
+            .ok()
+            .flatten()
+            .filter(|r| r.kind == "generated")
+            .and_then(|r| r.tracked_ref)
+    };
+    let wanted = discover::wanted(stack, &branches, &pulls, &holder);
+    let now = inner.now();
+    for w in &wanted {
+        let existing = store.environment(&w.name)?;
+        let record = match existing {
+            Some(r) => r,
+            None => {
+                let record = EnvironmentRecord {
+                    name: w.name.clone(),
+                    kind: w.kind.as_str().to_string(),
+                    stack: stack.name.clone(),
+                    repo: inner.repo_label.clone(),
+                    tracked_ref: Some(w.tracked_ref.clone()),
+                    desired_commit: None,
+                    commit: None,
+                    hash: None,
+                    sync: "out_of_sync".into(),
+                    health: "missing".into(),
+                    message: None,
+                    owner: None,
+                    ttl_ms: w
+                        .ttl
+                        .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+                    expires_at: w.ttl.map(|t| {
+                        now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                    }),
+                    pinned: false,
+                    created_at: now,
+                    updated_at: now,
+                    definition: Some(w.definition.clone()),
+                    protected: false,
+                };
+                store.upsert_environment(&record)?;
+                let what = if w.kind == EnvKind::Generated {
+                    format!("for branch `{}`", w.tracked_ref)
+                } else {
+                    format!("tracking `{}`", w.tracked_ref)
+                };
+                event(
+                    inner,
+                    &w.name,
+                    "environment.created",
+                    &format!("{} created {what}", w.name),
+                );
+                record
+            }
+        };
+        if record.kind != w.kind.as_str() {
+            // Something else holds the name (an ad-hoc `prod` made before the stack defined
+            // it, a generated environment where a static one now stands): it is never
+            // adopted as the other, which would hand it prod's rules, or prod's resources to
+            // a branch. Reported once; a person destroys the impostor.
+            let why = format!(
+                "held: the stack defines `{}` as a {} environment, but an environment of kind \
+                 `{}` holds the name{}; it is not adopted: destroy it (`slipway env destroy {}`) \
+                 so that the stack's `{}` can be made",
+                w.name,
+                w.kind.as_str(),
+                record.kind,
+                record
+                    .owner
+                    .as_deref()
+                    .map(|o| format!(" (made by {o})"))
+                    .unwrap_or_default(),
+                w.name,
+                w.name
+            );
+            // The reconcile of the impostor reports the same (the engine refuses it): once,
+            // by whichever of the two sees it first.
+            let cause = Cause::NotAdopted {
+                holder_created: record.created_at,
+            };
+            if report_once(inner, Some(&w.name), cause, &why) {
+                mark_failed(inner, &record, &why)?;
+            }
+            continue;
+        }
+        if record.pinned {
+            continue;
+        }
+        let tip = branches
+            .iter()
+            .find(|b| b.name == w.tracked_ref)
+            .map(|b| b.sha.clone());
+        if tip.is_none() || tip != record.desired_commit || record.commit != record.desired_commit {
+            out.push((w.name.clone(), Trigger::Poll));
+        }
+    }
+    // Generated environments whose branch no longer matches: destroy them.
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    for record in store.environments()? {
+        if record.kind == "generated" && !wanted_names.contains(record.name.as_str()) {
+            let tracked = record.tracked_ref.as_deref().unwrap_or("?");
+            let why = if tracked.starts_with("refs/") {
+                format!("its pull request is closed or merged ({tracked})")
+            } else {
+                format!("branch `{tracked}` is gone")
+            };
+            // A generated environment is never protected: nothing here needs a person.
+            let options = DestroyOptions::new(WHO, Confirmation::Given);
+            if let Err(e) = destroy(inner, &record.name, &options, &why) {
+                event(inner, &record.name, "destroy.failed", &e.to_string());
+            }
+        }
+    }
+    Ok(out)
+}

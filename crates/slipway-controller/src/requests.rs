@@ -1,0 +1,384 @@
+//! What people ask of an environment outside the loop: an ad-hoc environment, a longer time
+//! to live, a pin (or rollback) and its release. Each runs on a blocking thread; the caller
+//! queues the reconcile that follows.
+
+use std::time::Duration;
+
+use slipway_core::render::EnvKind;
+use slipway_engine::{Origin, source};
+use slipway_state::EnvironmentRecord;
+
+use crate::reconcile::{event, expires};
+use crate::{ControllerError, CreateEnvironment, Inner, kind_of};
+
+/// Records a new ad-hoc environment (its first deployment is queued by the caller).
+pub(crate) fn create_adhoc(
+    inner: &Inner,
+    request: &CreateEnvironment,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let name = request.name.as_str();
+    if !slipway_core::stack::is_dns_label(name) {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` is not a valid environment name: use lowercase letters, digits and `-`, at most 63 characters"
+        )));
+    }
+    let store = inner.engine.store();
+    if store.environment(name)?.is_some() {
+        return Err(ControllerError::Conflict(format!(
+            "environment `{name}` already exists; pick another name or destroy it first"
+        )));
+    }
+    inner.source.fetch()?;
+    let loaded = source::load_commit(inner.source.as_ref(), &request.reference, &inner.folder)?;
+    let stack = loaded.valid_stack().map_err(|first| {
+        ControllerError::Invalid(format!(
+            "{} at {} is not valid: {first}",
+            loaded.entry, request.reference
+        ))
+    })?;
+    // The names and families that count are the default branch's: the ref is anyone's
+    // branch, and its `slipway.yaml` could leave `prod` out or call it a family.
+    let main = source::load_tracked(
+        inner.source.as_ref(),
+        &inner.options.default_ref,
+        &inner.folder,
+    )?;
+    let main_stack = main.valid_stack().map_err(|first| {
+        ControllerError::Invalid(format!(
+            "{} at the default ref `{}` is not valid, so the name `{name}` cannot be checked \
+             against the environments it defines; fix it first: {first}",
+            main.entry, inner.options.default_ref
+        ))
+    })?;
+    check_adhoc_name(name, main_stack, stack)?;
+    let families = |s: &slipway_core::stack::Stack| -> Vec<String> {
+        s.environments
+            .iter()
+            .filter(|(_, d)| d.generate.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let at_ref = families(stack);
+    let allowed: Vec<String> = families(main_stack)
+        .into_iter()
+        .filter(|f| at_ref.contains(f))
+        .collect();
+    let listed = if allowed.is_empty() {
+        "the stack has no generated family (`generate:`), so ad-hoc environments cannot be made"
+            .to_string()
+    } else {
+        format!("its families are: {}", allowed.join(", "))
+    };
+    let definition = match &request.like {
+        Some(like) if allowed.contains(like) => like.clone(),
+        Some(like) if main_stack.environments.contains_key(like) => {
+            // A copy of a static environment would take its variables and its secret
+            // overrides (prod's passwords) and hand them to whoever asked.
+            return Err(ControllerError::Invalid(format!(
+                "--like `{like}`: `{like}` is a static environment, and ad-hoc environments take \
+                 their variables and secrets only from a generated family; {listed}"
+            )));
+        }
+        Some(like) => {
+            return Err(ControllerError::Invalid(format!(
+                "--like `{like}`: no such family in the stack of the default ref and of \
+                 `{}`; {listed}",
+                request.reference
+            )));
+        }
+        None => match allowed.as_slice() {
+            [only] => only.clone(),
+            _ => {
+                return Err(ControllerError::Invalid(format!(
+                    "say which family this environment is like with --like; {listed}"
+                )));
+            }
+        },
+    };
+    let limits = &inner.engine.config().environments;
+    let max = limits.max_ttl();
+    let ttl = match request.ttl {
+        Some(asked) if asked > max => {
+            return Err(ControllerError::Invalid(format!(
+                "--ttl {} is longer than the most an ad-hoc environment may live, {} \
+                 ([environments] max_ttl in the engine configuration)",
+                humantime::format_duration(asked),
+                humantime::format_duration(max)
+            )));
+        }
+        Some(asked) => asked,
+        None => stack.environments[&definition]
+            .ttl
+            .map_or_else(|| limits.default_ttl(), |t| t.min(max)),
+    };
+    let ttl = Some(ttl);
+    let now = inner.now();
+    let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+    let record = EnvironmentRecord {
+        name: name.to_string(),
+        kind: "adhoc".into(),
+        stack: stack.name.clone(),
+        repo: inner.repo_label.clone(),
+        tracked_ref: Some(request.reference.clone()),
+        desired_commit: Some(loaded.commit.sha.clone()),
+        commit: None,
+        hash: None,
+        sync: "out_of_sync".into(),
+        health: "missing".into(),
+        message: None,
+        owner: request.owner.clone(),
+        ttl_ms,
+        expires_at: ttl_ms.map(|ms| now.saturating_add(ms)),
+        pinned: false,
+        created_at: now,
+        updated_at: now,
+        definition: Some(definition),
+        protected: false,
+    };
+    store.upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.created",
+        &format!(
+            "{name} created from `{}` by {}",
+            request.reference,
+            request.owner.as_deref().unwrap_or("someone")
+        ),
+    );
+    Ok(record)
+}
+
+fn existing(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+    inner
+        .engine
+        .store()
+        .environment(name)?
+        .ok_or_else(|| ControllerError::NotFound(name.to_string()))
+}
+
+/// Pushes the expiry of a generated or ad-hoc environment `by` later, never past
+/// `[environments] max_ttl` from now. Static environments have no time to live: giving them
+/// one would let the controller destroy them (prod) without anyone's confirmation.
+pub(crate) fn extend(
+    inner: &Inner,
+    name: &str,
+    by: Duration,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let mut record = existing(inner, name)?;
+    if !expires(&record) {
+        return Err(ControllerError::Conflict(format!(
+            "`{name}` is a static environment: it has no time to live to extend, and never \
+             expires; only generated and ad-hoc environments do"
+        )));
+    }
+    let max = inner.engine.config().environments.max_ttl();
+    if by > max {
+        return Err(ControllerError::Invalid(format!(
+            "--by {} is longer than the most an environment may be extended, {} from now \
+             ([environments] max_ttl in the engine configuration)",
+            humantime::format_duration(by),
+            humantime::format_duration(max)
+        )));
+    }
+    let now = inner.now();
+    let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+    let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+    let wanted = record
+        .expires_at
+        .unwrap_or(now)
+        .max(now)
+        .saturating_add(by_ms);
+    let limit = now.saturating_add(max_ms);
+    let at = wanted.min(limit);
+    record.expires_at = Some(at);
+    record.updated_at = now;
+    inner.engine.store().upsert_environment(&record)?;
+    let capped = if wanted > limit {
+        format!(
+            " (capped at [environments] max_ttl, {}, from now)",
+            humantime::format_duration(max)
+        )
+    } else {
+        String::new()
+    };
+    event(
+        inner,
+        name,
+        "environment.extended",
+        &format!(
+            "{name} now expires in {}{capped}",
+            humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
+        ),
+    );
+    Ok(record)
+}
+
+pub(crate) fn pin(
+    inner: &Inner,
+    name: &str,
+    commit: Option<String>,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let mut record = existing(inner, name)?;
+    let sha = match commit {
+        Some(reference) => {
+            // The ref may have been pushed since the last poll.
+            inner.source.fetch()?;
+            inner.source.resolve(&reference)?.sha
+        }
+        None => record.commit.clone().ok_or_else(|| {
+            ControllerError::Invalid(format!(
+                "`{name}` runs no commit yet; pin it to one with a ref"
+            ))
+        })?,
+    };
+    pin_gate(inner, &record, &sha)?;
+    record.pinned = true;
+    record.desired_commit = Some(sha.clone());
+    record.updated_at = inner.now();
+    inner.engine.store().upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.pinned",
+        &format!("{name} pinned to {}", &sha[..12]),
+    );
+    Ok(record)
+}
+
+/// Whether `record`'s environment may be pinned (or rolled back) to `sha`. Under `protected`
+/// or `require_pr` it takes only commits that reached its branch (reviews are the forge's
+/// branch protection there; a pull request goes to it with `/slipway apply`); under
+/// `require_pr` only a commit a pull request merged into that branch made (approved, when
+/// the apply requirements say so) or one it ran itself before (a rollback): a pin must not
+/// be a way around the gate the reconcile applies to its branch.
+fn pin_gate(inner: &Inner, record: &EnvironmentRecord, sha: &str) -> Result<(), ControllerError> {
+    let name = record.name.as_str();
+    let Some(branch) = record.tracked_ref.clone() else {
+        return Ok(());
+    };
+    if kind_of(record) != EnvKind::Static {
+        return Ok(());
+    }
+    // The branch itself, never a tag named like it.
+    let tip = inner.source.resolve_tracked(&branch)?.sha;
+    let rules = pin_rules(inner, record, &[&tip, sha])?;
+    if !rules.protected && !rules.require_pr {
+        return Ok(());
+    }
+    let short = &sha[..12.min(sha.len())];
+    let why = match (rules.protected, rules.require_pr) {
+        (true, true) => "protected and has `require_pr: true`",
+        (true, false) => "protected",
+        _ => "has `require_pr: true`",
+    };
+    if !inner.source.is_ancestor(sha, &tip)? {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` is {why}, and takes only commits on `{branch}`; {short} is not in its \
+             history (a pull request goes there with `/slipway apply {name}` once its \
+             requirements are met)"
+        )));
+    }
+    if !rules.require_pr {
+        return Ok(());
+    }
+    let store = inner.engine.store();
+    if record.commit.as_deref() == Some(sha)
+        || store.deployed_commit(name, sha, record.created_at)?
+    {
+        return Ok(());
+    }
+    let needs_approval = rules.apply_requirements.iter().any(|r| r == "approved");
+    match store.merged_commit(sha)? {
+        Some(m)
+            if m.base_ref.as_deref() == Some(branch.as_str())
+                && (m.approved || !needs_approval) =>
+        {
+            Ok(())
+        }
+        _ => Err(ControllerError::Invalid(format!(
+            "`{name}` has `require_pr: true`: it is pinned or rolled back only to a commit an \
+             {}pull request merged into `{branch}` made, or one it ran before; {short} is \
+             neither (require_pr). Merge the change through a pull request",
+            if needs_approval { "approved " } else { "" }
+        ))),
+    }
+}
+
+/// The rules a pin of `record`'s static environment is judged by: those in force, and those
+/// the commits `at` (its branch's tip, the commit pinned) declare, the stronger of each.
+/// Before its first deployment nothing is in force, and a pin must not escape what its
+/// branch asks for.
+fn pin_rules(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    at: &[&str],
+) -> Result<slipway_engine::Rules, ControllerError> {
+    let definition = record.definition.as_deref().unwrap_or(&record.name);
+    let origin = |sha| Origin {
+        source: inner.source.as_ref(),
+        repo: &inner.repo_label,
+        reference: sha,
+        folder: &inner.folder,
+        tip: Some(sha),
+    };
+    let mut rules = inner
+        .engine
+        .rules_in_force(&origin(at[0]), &record.name, definition)?
+        .unwrap_or_default();
+    rules.protected |= record.protected;
+    for sha in at {
+        let cached = inner.engine.load(&origin(sha))?;
+        if let Some(def) = cached
+            .loaded
+            .valid_stack()
+            .ok()
+            .and_then(|s| s.environments.get(definition))
+        {
+            rules = rules.stronger(&slipway_engine::Rules::declared(def, EnvKind::Static));
+        }
+    }
+    Ok(rules)
+}
+
+pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+    let mut record = existing(inner, name)?;
+    record.pinned = false;
+    record.updated_at = inner.now();
+    inner.engine.store().upsert_environment(&record)?;
+    event(
+        inner,
+        name,
+        "environment.unpinned",
+        &format!(
+            "{name} follows `{}` again",
+            record.tracked_ref.as_deref().unwrap_or("?")
+        ),
+    );
+    Ok(record)
+}
+
+/// Refuses an ad-hoc environment name that belongs to something else: an environment or
+/// family of the default branch's stack (or of the ref's own), or a generated environment's
+/// pattern (`pr-*`, `br-*`), so that an ad-hoc environment can never stand in for one of them.
+fn check_adhoc_name(
+    name: &str,
+    main_stack: &slipway_core::stack::Stack,
+    stack: &slipway_core::stack::Stack,
+) -> Result<(), ControllerError> {
+    if main_stack.environments.contains_key(name) || stack.environments.contains_key(name) {
+        return Err(ControllerError::Conflict(format!(
+            "`{name}` is an environment of the stack itself; ad-hoc environments need their \
+             own name"
+        )));
+    }
+    for prefix in ["pr-", "br-"] {
+        if name.starts_with(prefix) {
+            return Err(ControllerError::Conflict(format!(
+                "`{name}` starts with `{prefix}`, which names generated environments (pull \
+                 requests and branches); ad-hoc environments need another name"
+            )));
+        }
+    }
+    Ok(())
+}
