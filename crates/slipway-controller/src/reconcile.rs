@@ -233,7 +233,7 @@ pub(crate) fn destroy(
     if engine.store().environment(name)?.is_none() {
         return Err(ControllerError::NotFound(name.to_string()));
     }
-    let lock = engine.lock(name, true, &|| {})?;
+    let lock = engine.lock(name, slipway_engine::LockWait::Block(&|| {}))?;
     let report = engine.destroy(&lock, options, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
@@ -312,7 +312,7 @@ pub(crate) fn reconcile(
             "`{name}` has no ref to follow"
         )));
     };
-    let lock = match engine.lock(name, false, &|| {}) {
+    let lock = match engine.lock(name, slipway_engine::LockWait::Fail) {
         Ok(lock) => lock,
         // Someone (a CLI apply) is working on it: look again shortly.
         Err(EngineError::Locked(_)) => return Ok(Action::Busy),

@@ -320,6 +320,15 @@ impl EnvTarget {
     }
 }
 
+/// What [`Engine::lock`] does when another operation holds the environment's lock.
+#[derive(Clone, Copy)]
+pub enum LockWait<'a> {
+    /// Fail at once with [`EngineError::Locked`].
+    Fail,
+    /// Block until the holder finishes, calling this once first (to say so).
+    Block(&'a dyn Fn()),
+}
+
 /// The engine, over one home directory.
 pub struct Engine {
     home: PathBuf,
@@ -413,14 +422,9 @@ impl Engine {
         &self.config
     }
 
-    /// Takes the environment's lock. With `wait`, blocks until the holder finishes
-    /// (`on_wait` is called once first); without, fails with [`EngineError::Locked`].
-    pub fn lock(
-        &self,
-        environment: &str,
-        wait: bool,
-        on_wait: &dyn Fn(),
-    ) -> Result<EnvLock, EngineError> {
+    /// Takes the environment's lock; when another operation holds it, waits or not as
+    /// `wait` says.
+    pub fn lock(&self, environment: &str, wait: LockWait<'_>) -> Result<EnvLock, EngineError> {
         if !slipway_core::stack::is_dns_label(environment) {
             return Err(EngineError::Environment(format!(
                 "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
@@ -438,14 +442,14 @@ impl Engine {
             .map_err(EngineError::io(format!("cannot open {}", path.display())))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) if wait => {
-                on_wait();
-                file.lock()
-                    .map_err(EngineError::io(format!("cannot lock {}", path.display())))?;
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(EngineError::Locked(environment.to_string()));
-            }
+            Err(std::fs::TryLockError::WouldBlock) => match wait {
+                LockWait::Block(on_wait) => {
+                    on_wait();
+                    file.lock()
+                        .map_err(EngineError::io(format!("cannot lock {}", path.display())))?;
+                }
+                LockWait::Fail => return Err(EngineError::Locked(environment.to_string())),
+            },
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(EngineError::io(format!("cannot lock {}", path.display()))(
                     e,

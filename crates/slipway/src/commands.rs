@@ -436,9 +436,12 @@ fn apply(
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let repo = open_repo(g, repo)?;
-    let lock = engine.lock(env, true, &|| {
-        eprintln!("waiting for another slipway operation on `{env}` to finish...")
-    })?;
+    let lock = engine.lock(
+        env,
+        slipway_engine::LockWait::Block(&|| {
+            eprintln!("waiting for another slipway operation on `{env}` to finish...")
+        }),
+    )?;
     let prepared = engine.prepare_named(&repo.named(env)).map_err(explain)?;
     repo.warn_offline(&prepared.commit);
     if output == Output::Text {
@@ -519,9 +522,12 @@ fn destroy(
     output: Output,
 ) -> Result<ExitCode> {
     let engine = open_engine(g)?;
-    let lock = engine.lock(env, true, &|| {
-        eprintln!("waiting for another slipway operation on `{env}` to finish...")
-    })?;
+    let lock = engine.lock(
+        env,
+        slipway_engine::LockWait::Block(&|| {
+            eprintln!("waiting for another slipway operation on `{env}` to finish...")
+        }),
+    )?;
     let resources = engine.store().resources(env)?;
     if engine.store().environment(env)?.is_none() {
         bail!("environment `{env}` does not exist here; `slipway status` lists the environments");

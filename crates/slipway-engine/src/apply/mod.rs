@@ -383,7 +383,7 @@ impl Engine {
             },
             |_, (change, outputs, secrets): (&Change, Outputs, Secrets)| {
                 step::tracked(&change.resource, change.action, progress, || {
-                    self.apply_change(prepared, change, &outputs, &secrets, options.swap_exposed)
+                    self.apply_change(prepared, change, &outputs, &secrets, options)
                 })
             },
             |(outputs, secrets), name, (out, secret)| {

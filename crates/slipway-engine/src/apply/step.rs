@@ -10,7 +10,7 @@ use slipway_providers::sandbox::Sandbox;
 use slipway_providers::{Applied, EnvDirs, ResourceContext};
 use slipway_state::ResourceRecord;
 
-use super::{ApplyEvent, Outputs, Progress, Secrets, describe};
+use super::{ApplyEvent, ApplyOptions, Outputs, Progress, Secrets, describe};
 use crate::{Engine, Envelope, Prepared, resolve};
 
 /// Runs `act`, the step of `resource`, in its own span, telling `progress` when it starts and
@@ -111,7 +111,7 @@ impl Engine {
         change: &Change,
         outputs: &Outputs,
         secret_outputs: &Secrets,
-        swap_exposed: bool,
+        options: &ApplyOptions,
     ) -> Result<(Json, Vec<String>), String> {
         let env = prepared.desired.environment.name.as_str();
         let desired = &prepared.desired.resources[&change.resource];
@@ -143,7 +143,7 @@ impl Engine {
             u8::from(e.instance(&change.resource) != change.resource)
         });
         let blue_green = exposed
-            && swap_exposed
+            && options.swap_exposed
             && matches!(change.action, Action::Replace | Action::Update)
             && previous.as_ref().is_some_and(|p| p.status == "ready")
             && previous_envelope
@@ -438,7 +438,13 @@ mod tests {
                 "`{}` has a provider: the catalogue must say so",
                 t.name
             );
-            let mut names: Vec<&str> = provider.config_fields().to_vec();
+            // A provider may tolerate the keys every resource has (the engine passes none).
+            let mut names: Vec<&str> = provider
+                .config_fields()
+                .iter()
+                .copied()
+                .filter(|f| !slipway_core::types::COMMON_FIELDS.contains(f))
+                .collect();
             let mut catalogue: Vec<&str> = t.fields.iter().map(|f| f.name).collect();
             names.sort_unstable();
             catalogue.sort_unstable();
