@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Weak};
 
 use slipway_testkit::forge::control::{self, Control};
+use slipway_testkit::forge::gitea::FakeGitea;
 use slipway_testkit::forge::github::{self, FakeGitHub};
+use slipway_testkit::forge::gitlab::FakeGitLab;
 use slipway_testkit::forge::{Forge, Server};
 
-const USAGE: &str = "usage: slipway-fake-forge --forge github [--repo acme/shop] [--token T] \
+const USAGE: &str = "usage: slipway-fake-forge --forge github|gitlab|gitea [--repo acme/shop] [--token T] \
                      [--bot LOGIN] [--listen 127.0.0.1:0]";
 
 struct Options {
@@ -60,27 +62,48 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
 }
 
 /// A fake of any forge, behind the control API.
-fn start(options: &Options) -> Result<Arc<dyn Fake>, String> {
+fn start(options: &Options) -> Arc<dyn Fake> {
+    let (listen, bot) = (options.listen.as_str(), options.bot.as_str());
+    let token = options.token.as_deref();
     match options.forge {
         Forge::GitHub => {
-            let fake = FakeGitHub::start_on(&options.listen, &options.bot);
-            if let Some(token) = &options.token {
-                fake.require_token(token);
-            }
-            Ok(Arc::new(fake))
+            let fake = FakeGitHub::start_on(listen, bot);
+            token.inspect(|t| fake.require_token(t));
+            Arc::new(fake)
         }
-        other => Err(format!("the {} fake has no control API yet", other.name())),
+        Forge::GitLab => {
+            let fake = FakeGitLab::start_on(listen, bot);
+            token.inspect(|t| fake.require_token(t));
+            Arc::new(fake)
+        }
+        Forge::Gitea => {
+            let fake = FakeGitea::start_on(listen, bot);
+            token.inspect(|t| fake.require_token(t));
+            Arc::new(fake)
+        }
     }
 }
 
 /// What the binary needs of a fake: its control API and its server.
 trait Fake: Control {
-    fn server(&self) -> &Server;
+    fn http(&self) -> &Server;
 }
 
 impl Fake for FakeGitHub {
-    fn server(&self) -> &Server {
-        FakeGitHub::server(self)
+    fn http(&self) -> &Server {
+        self.server()
+    }
+}
+
+impl Fake for FakeGitLab {
+    fn http(&self) -> &Server {
+        self.server()
+    }
+}
+
+impl Fake for FakeGitea {
+    fn http(&self) -> &Server {
+        self.server()
     }
 }
 
@@ -92,21 +115,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let fake = match start(&options) {
-        Ok(f) => f,
-        Err(why) => {
-            eprintln!("slipway-fake-forge: {why}");
-            return ExitCode::from(2);
-        }
-    };
+    let fake = start(&options);
     let weak: Weak<dyn Fake> = Arc::downgrade(&fake);
     let repo = options.repo.clone();
-    fake.server().set_front(move |req| {
+    fake.http().set_front(move |req| {
         let fake = weak.upgrade()?;
         control::answer(fake.as_ref(), &repo, req)
     });
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "{}", fake.server().url());
+    let _ = writeln!(out, "{}", fake.http().url());
     let _ = out.flush();
     // Serve until killed.
     loop {

@@ -171,3 +171,135 @@ fn log_json(log: Vec<Recorded>, since: usize, keep: impl Fn(&Recorded) -> bool) 
             .collect(),
     )
 }
+
+/// How a fake takes an announced pull request: unknown or changed beyond its head, `add`
+/// (anew, without reviews); only its head moved, `set_head` (a push keeps reviews); then its
+/// state. `moved` is the known one with the announced head, `None` when it is unknown.
+pub fn place<S: PartialEq>(
+    moved: Option<S>,
+    spec: S,
+    set_head: impl FnOnce(),
+    add: impl FnOnce(S),
+    set_state: impl FnOnce(&Option<Option<String>>),
+    ended: &Option<Option<String>>,
+) {
+    match moved {
+        Some(moved) if moved == spec => set_head(),
+        _ => add(spec),
+    }
+    set_state(ended);
+}
+
+/// `[{"id", "author", "body", "edits"}]`.
+pub fn comments_json(comments: impl IntoIterator<Item = (u64, String, String, u32)>) -> Value {
+    comments
+        .into_iter()
+        .map(|(id, author, body, edits)| {
+            json!({ "id": id, "author": author, "body": body, "edits": edits })
+        })
+        .collect()
+}
+
+/// `[{"context", "state", "description", "target_url"}]`.
+pub fn statuses_json(
+    statuses: impl IntoIterator<Item = (String, String, Option<String>, Option<String>)>,
+) -> Value {
+    statuses
+        .into_iter()
+        .map(|(context, state, description, target_url)| {
+            json!({
+                "context": context, "state": state,
+                "description": description, "target_url": target_url,
+            })
+        })
+        .collect()
+}
+
+/// Implements [`Control`] (and `server()`) for a fake whose pull requests are `$spec`s (built
+/// by `$spec::new(number, head_sha)`, with the branch fields `$head`/`$base`) in `$state`s.
+macro_rules! impl_control {
+    (
+        $fake:ident, $forge:ident, $spec:ident, $state:ident { $open:ident, $closed:ident },
+        head: $head:ident, base: $base:ident, find: $find:ident, add: $add:ident,
+        comments: $comments:ident, context: $context:ident
+    ) => {
+        impl $crate::forge::control::Control for $fake {
+            fn forge(&self) -> $crate::forge::Forge {
+                $crate::forge::Forge::$forge
+            }
+
+            fn api_url(&self) -> String {
+                self.url()
+            }
+
+            fn bot(&self) -> String {
+                self.bot_login().to_owned()
+            }
+
+            fn webhook_path(&self) -> &'static str {
+                WEBHOOK_PATH
+            }
+
+            fn announce(&self, pr: &$crate::forge::control::Announced) {
+                let defaults = $spec::new(pr.number, &pr.head_sha);
+                let spec = $spec {
+                    $head: pr.head_ref.clone().unwrap_or(defaults.$head),
+                    $base: pr.base_ref.clone().unwrap_or(defaults.$base),
+                    author: pr.author.clone().unwrap_or(defaults.author),
+                    title: pr.title.clone().unwrap_or(defaults.title),
+                    fork: pr.fork,
+                    ..defaults
+                };
+                let moved = self.lock().$find(pr.number).map(|p| $spec {
+                    head_sha: pr.head_sha.clone(),
+                    ..p.spec.clone()
+                });
+                $crate::forge::control::place(
+                    moved,
+                    spec,
+                    || self.set_head(pr.number, &pr.head_sha),
+                    |spec| self.$add(spec),
+                    |ended| {
+                        let state = match ended {
+                            None => $state::$open,
+                            Some(None) => $state::$closed,
+                            Some(Some(merge_sha)) => $state::Merged {
+                                merge_sha: merge_sha.clone(),
+                            },
+                        };
+                        self.set_state(pr.number, state);
+                    },
+                    &pr.ended,
+                );
+            }
+
+            fn comments_json(&self, number: u64) -> serde_json::Value {
+                $crate::forge::control::comments_json(
+                    self.$comments(number)
+                        .into_iter()
+                        .map(|c| (c.id, c.author, c.body, c.edits)),
+                )
+            }
+
+            fn statuses_json(&self, sha: &str) -> serde_json::Value {
+                $crate::forge::control::statuses_json(
+                    self.statuses(sha)
+                        .into_iter()
+                        .map(|s| (s.$context, s.state, s.description, s.target_url)),
+                )
+            }
+
+            fn log(&self) -> Vec<$crate::forge::Recorded> {
+                self.requests()
+            }
+        }
+
+        impl $fake {
+            /// The HTTP server it answers on.
+            pub fn server(&self) -> &$crate::http::Server {
+                &self.server
+            }
+        }
+    };
+}
+pub(crate) use impl_control;

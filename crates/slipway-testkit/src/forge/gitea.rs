@@ -282,8 +282,13 @@ impl FakeGitea {
     /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
     /// it and comments posted through the API are its.
     pub fn start(bot_login: &str) -> FakeGitea {
+        FakeGitea::start_on("127.0.0.1:0", bot_login)
+    }
+
+    /// [`FakeGitea::start`] on `addr` (`host:port`).
+    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitea {
         let mut shared_out = None;
-        let server = Server::start("fake-gitea", |addr| {
+        let server = Server::start_on(addr, "fake-gitea", |addr| {
             let mut state = State::default();
             // Only a repository admin may ask for someone else's permission: the bot is one.
             state.permissions.insert(
@@ -1375,3 +1380,9 @@ pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u
         .map(|r| (r.status, r.body))
         .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
 }
+
+// ---- The control API -----------------------------------------------------------------------
+
+super::control::impl_control!(
+    FakeGitea, Gitea, PrSpec, PrState { Open, Closed }, head: head_ref, base: base_ref, find: pr, add: add_pr, comments: comments, context: context
+);

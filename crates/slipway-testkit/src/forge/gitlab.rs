@@ -320,8 +320,13 @@ impl FakeGitLab {
     /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
     /// it and notes posted through the API are its.
     pub fn start(bot_login: &str) -> FakeGitLab {
+        FakeGitLab::start_on("127.0.0.1:0", bot_login)
+    }
+
+    /// [`FakeGitLab::start`] on `addr` (`host:port`).
+    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitLab {
         let mut shared_out = None;
-        let server = Server::start("fake-gitlab", |addr| {
+        let server = Server::start_on(addr, "fake-gitlab", |addr| {
             let mut state = State::default();
             state.know(bot_login);
             let shared = Arc::new(Shared {
@@ -1531,3 +1536,9 @@ pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u
         .map(|r| (r.status, r.body))
         .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
 }
+
+// ---- The control API -----------------------------------------------------------------------
+
+super::control::impl_control!(
+    FakeGitLab, GitLab, MrSpec, MrState { Opened, Closed }, head: source_branch, base: target_branch, find: mr, add: add_mr, comments: notes, context: name
+);
