@@ -403,6 +403,7 @@ pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
     Server { child, addr }
 }
 pub mod browser;
+pub mod world;
 pub use slipway_testkit::forge::{
     gitea as fake_gitea, github as fake_github, gitlab as fake_gitlab,
 };
