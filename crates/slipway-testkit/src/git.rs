@@ -25,11 +25,24 @@ pub fn git_command(cwd: &Path) -> Command {
 
 /// Runs `git args` in `cwd`, which must succeed, and returns its trimmed stdout.
 pub fn git(cwd: &Path, args: &[&str]) -> String {
-    let out = git_command(cwd).args(args).output().expect("git runs");
+    git_with(cwd, args, &[])
+}
+
+/// [`git`] with more environment variables (a fixed author, committer or clock:
+/// `GIT_AUTHOR_NAME`, `GIT_COMMITTER_DATE`…). On failure, panics with the command, its
+/// directory, its status and everything it printed.
+pub fn git_with(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut command = git_command(cwd);
+    command.args(args).envs(envs.iter().copied());
+    let out = command.output().expect("git runs");
     assert!(
         out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "git {} failed\ncwd: {}\nstatus: {}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        cwd.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
