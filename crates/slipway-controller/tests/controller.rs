@@ -2,8 +2,7 @@
 //! real state store and real files. (Processes are covered by the binary's tests, which have
 //! the supervisor.)
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,31 +11,7 @@ use slipway_controller::clock::Clock;
 use slipway_controller::{Controller, CreateEnvironment, Options};
 use slipway_engine::{Engine, EngineConfig};
 use slipway_git::GitRepository;
-
-fn git(cwd: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=T",
-            "-c",
-            "user.email=t@t.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use slipway_testkit::git::git;
 
 /// The wall clock, moved forward by hand: times to live pass without waiting for them.
 #[derive(Debug, Default)]

@@ -10,32 +10,18 @@ use tempfile::TempDir;
 /// Runs git for a fixture, isolated from the machine's configuration, with a fixed identity
 /// and clock; on failure, panics with everything needed to see why.
 fn git(cwd: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
-        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
-        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-        .env("GIT_AUTHOR_DATE", "1700000000 +0000")
-        .env("GIT_COMMITTER_DATE", "1700000000 +0000")
-        .output()
-        .expect("run git for a fixture");
-    assert!(
-        output.status.success(),
-        "fixture command failed\ncommand: git {}\ncwd: {}\nstatus: {}\nstdout: {}\nstderr: {}",
-        args.join(" "),
-        cwd.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    String::from_utf8(output.stdout)
-        .expect("git fixture output is UTF-8")
-        .trim()
-        .to_owned()
+    slipway_testkit::git::git_with(
+        cwd,
+        args,
+        &[
+            ("GIT_AUTHOR_NAME", "Ada Lovelace"),
+            ("GIT_AUTHOR_EMAIL", "ada@example.com"),
+            ("GIT_COMMITTER_NAME", "Ada Lovelace"),
+            ("GIT_COMMITTER_EMAIL", "ada@example.com"),
+            ("GIT_AUTHOR_DATE", "1700000000 +0000"),
+            ("GIT_COMMITTER_DATE", "1700000000 +0000"),
+        ],
+    )
 }
 
 /// A work tree with a `main` branch, in a temporary directory that also holds caches and

@@ -22,32 +22,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use slipway_testkit::http::{Reply, Request, Server as HttpServer};
 use util::fake_github::{
     self as gh, FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload,
 };
-use util::fake_gitlab::shared::{Reply, Request, Server as HttpServer};
 use util::fake_gitlab::{self as gl, DEVELOPER, FakeGitLab, MrSpec, MrState};
-use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+use util::world::{self, Served};
+use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 const BOT: &str = "slipway-bot";
 
-const STACK: &str = r#"version: 1
-stack: shop
-environments:
-  prod: { track: main, protected: true }
-  qa: { track: main }
-  previews: { generate: { pull_requests: true }, ttl: 1h }
-resources:
-  web:
-    type: process
-    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
-    ports: [http]
-    health: { http: /greeting.txt }
-    expose: http
-"#;
+use util::world::STACK;
 
 /// A real HTTP proxy in front of a fake forge: it forwards every request, and can leave pull
 /// requests out of the list of open ones (as a forge's last page would) and fail requests.
@@ -172,63 +160,22 @@ struct Engine {
 impl Engine {
     /// `[forge.NAME]` at `api_url`; `extra` is appended to the engine configuration.
     fn start(forge: &str, api_url: &str, token_env: &str, extra: &str) -> Engine {
-        let s = Sandbox::new();
-        let mut config = std::fs::read_to_string(&s.config).expect("config");
-        config.push_str(&format!(
-            "[forge.{forge}]\nrepository = \"acme/shop\"\napi_url = \"{api_url}\"\nbot_login = \"{BOT}\"\n{extra}"
-        ));
-        std::fs::write(&s.config, config).expect("config");
-        s.write("slipway.yaml", STACK)
-            .write("greeting.txt", "v1")
-            .commit("v1");
-        let server = start_serve_with(
-            &s,
+        let section = world::forge_section(forge, "repository = \"acme/shop\"", api_url, BOT);
+        let (server, s, port) = world::serve_stack(
+            STACK,
+            &format!("{section}{extra}"),
             &[
                 (token_env, "test-token"),
                 ("SLIPWAY_WEBHOOK_SECRET", SECRET),
             ],
         );
-        let port = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port");
         Engine { s, server, port }
-    }
-
-    fn page(&self, env: &str) -> Option<String> {
-        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
-    }
-
-    fn serves(&self, env: &str, text: &str) {
-        wait_for(&format!("{env} serves {text:?}"), T, || {
-            self.page(env).filter(|p| p == text)
-        });
     }
 
     /// A commit on `branch` (from `from`) with `greeting.txt` = `text`, published as
     /// `pr_ref` when given.
     fn commit_on(&self, from: &str, branch: &str, text: &str, pr_ref: Option<&str>) -> String {
-        let repo = &self.s.repo;
-        git(repo, &["checkout", "-q", from]);
-        git(repo, &["checkout", "-q", "-B", branch]);
-        self.s.write("greeting.txt", text);
-        let sha = self.s.commit(&format!("{branch}: {text}"));
-        if let Some(r) = pr_ref {
-            git(repo, &["update-ref", r, &sha]);
-        }
-        git(repo, &["checkout", "-q", "main"]);
-        sha
-    }
-
-    fn environment(&self, name: &str) -> Value {
-        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
-        status["environments"][0].clone()
-    }
-
-    fn locked(&self, env: &str) -> bool {
-        !self.environment(env)["locked_by"].is_null()
+        world::commit_on(&self.s, from, branch, text, None, pr_ref)
     }
 
     // ---- GitHub ----
@@ -313,8 +260,17 @@ impl Engine {
     }
 }
 
+impl world::Served for Engine {
+    fn sandbox(&self) -> &Sandbox {
+        &self.s
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 fn fresh_id() -> String {
-    gl::shared::uuid()
+    slipway_testkit::forge::uuid()
 }
 
 fn mr_ref(iid: u64) -> String {

@@ -18,11 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use slipway_testkit::forge::uuid;
+use slipway_testkit::http::{Reply, Server as HttpServer};
 use util::fake_gitea::{self, FakeGitea};
 use util::fake_github::{self, FakeGitHub};
-use util::fake_gitlab::shared::{Reply, Server as HttpServer, uuid};
 use util::fake_gitlab::{self, DEVELOPER, FakeGitLab, MrSpec};
-use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+use util::world::{self, Served};
+use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const TOKEN: &str = "test-token-never-elsewhere";
@@ -32,20 +34,7 @@ const BOT: &str = "slipway-bot";
 /// The repository an organisation hook also delivers events of.
 const OTHER: &str = "acme/other";
 
-const STACK: &str = r#"version: 1
-stack: shop
-environments:
-  prod: { track: main, protected: true }
-  qa: { track: main }
-  previews: { generate: { pull_requests: true }, ttl: 1h }
-resources:
-  web:
-    type: process
-    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
-    ports: [http]
-    health: { http: /greeting.txt }
-    expose: http
-"#;
+use util::world::STACK;
 
 /// One webhook delivery: the forge's event name and the payload.
 struct Delivery {
@@ -351,53 +340,18 @@ impl<F: Forge> World<F> {
 
     /// … its forge's `api_url` being `api`, its repository given by the `repository` lines.
     fn with_api(forge: F, api: &str, repository: &str) -> World<F> {
-        let s = Sandbox::new();
-        let mut config = std::fs::read_to_string(&s.config).expect("config");
-        config.push_str(&format!(
-            "[forge.{}]\n{repository}\napi_url = \"{api}\"\nbot_login = \"{BOT}\"\n",
-            F::NAME
-        ));
-        std::fs::write(&s.config, config).expect("config");
-        s.write("slipway.yaml", STACK)
-            .write("greeting.txt", "v1")
-            .commit("v1");
-        let server = start_serve_with(
-            &s,
+        let section = world::forge_section(F::NAME, repository, api, BOT);
+        let (server, s, port) = world::serve_stack(
+            STACK,
+            &section,
             &[(F::TOKEN_ENV, TOKEN), ("SLIPWAY_WEBHOOK_SECRET", SECRET)],
         );
-        let port = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port");
         World {
             s,
             forge,
             server,
             port,
         }
-    }
-
-    fn page(&self, env: &str) -> Option<String> {
-        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
-    }
-
-    fn serves(&self, env: &str, text: &str) {
-        wait_for(&format!("{env} serves {text:?}"), T, || {
-            self.page(env).filter(|p| p == text)
-        });
-    }
-
-    /// A commit on `branch` with `greeting.txt` = `text`, published as pull request `n`'s ref.
-    fn push_pr(&self, n: u64, branch: &str, text: &str) -> String {
-        let repo = &self.s.repo;
-        git(repo, &["checkout", "-q", "-B", branch]);
-        self.s.write("greeting.txt", text);
-        let sha = self.s.commit(&format!("{branch}: {text}"));
-        git(repo, &["update-ref", &F::pr_ref(n), &sha]);
-        git(repo, &["checkout", "-q", "main"]);
-        sha
     }
 
     fn send(&self, d: &Delivery) -> (u16, String) {
@@ -446,16 +400,6 @@ impl<F: Forge> World<F> {
             .collect()
     }
 
-    fn environments(&self) -> Vec<String> {
-        let status = self.s.json(&["status", "--output", "json"]);
-        status["environments"]
-            .as_array()
-            .expect("environments")
-            .iter()
-            .filter_map(|e| e["name"].as_str().map(str::to_string))
-            .collect()
-    }
-
     /// The audit log, through the API with an admin token.
     fn audit(&self) -> Vec<Value> {
         let out = self.s.ok(&["token", "create", "--role", "admin"]);
@@ -470,6 +414,18 @@ impl<F: Forge> World<F> {
         .expect("audit");
         let v: Value = serde_json::from_str(&answer.body).expect("json");
         v["entries"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl<F: Forge> world::Served for World<F> {
+    fn sandbox(&self) -> &Sandbox {
+        &self.s
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn pr_ref(&self, n: u64) -> String {
+        F::pr_ref(n)
     }
 }
 
@@ -585,7 +541,7 @@ fn elsewhere() -> (HttpServer, Seen) {
     let seen: Seen = Arc::default();
     let log = Arc::clone(&seen);
     let server = HttpServer::start("elsewhere", move |_| {
-        move |req: util::fake_gitlab::shared::Request| {
+        move |req: slipway_testkit::http::Request| {
             log.lock().expect("not poisoned").push(req.headers.clone());
             Reply::json(200, json!({}))
         }
@@ -598,7 +554,7 @@ fn redirector(status: u16, target: String) -> (HttpServer, Seen) {
     let seen: Seen = Arc::default();
     let log = Arc::clone(&seen);
     let server = HttpServer::start("redirector", move |_| {
-        move |req: util::fake_gitlab::shared::Request| {
+        move |req: slipway_testkit::http::Request| {
             log.lock().expect("not poisoned").push(req.headers.clone());
             Reply::json(status, json!({"message": "moved"}))
                 .header("Location", format!("http://{target}{}", req.path))

@@ -12,32 +12,18 @@ mod util;
 
 use std::time::Duration;
 
-use serde_json::Value;
-use util::fake_github::{
-    FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload, push_payload,
-    send_webhook,
-};
-use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+use util::fake_github::{FakeGitHub, PrSpec, PrState, pull_request_payload, push_payload};
+use util::world::{self, GitHubDelivered, Served};
+use util::{Sandbox, git, wait_for};
 
 const SECRET: &[u8] = b"webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 
-const STACK: &str = r#"version: 1
-stack: shop
-environments:
-  prod: { track: main, protected: true }
-  qa: { track: main }
-  previews: { generate: { pull_requests: true }, ttl: 1h }
-resources:
-  web:
-    type: process
-    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
-    ports: [http]
-    health: { http: /greeting.txt }
-    expose: http
-  note: { type: file, path: note.txt, content: "kept" }
-"#;
+const STACK: &str = concat!(
+    world::pr_stack!("{ pull_requests: true }"),
+    "  note: { type: file, path: note.txt, content: \"kept\" }\n"
+);
 
 /// The stack without the `note` resource: applying it deletes `note`.
 fn without_note(stack: &str) -> String {
@@ -59,33 +45,10 @@ struct World {
 
 impl World {
     fn with_stack(stack: &str) -> World {
-        let s = Sandbox::new();
         let gh = FakeGitHub::start("slipway-bot");
-        let mut config = std::fs::read_to_string(&s.config).expect("config");
-        config.push_str(&format!(
-            "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"{}\"\nbot_login = \"slipway-bot\"\n",
-            gh.url()
-        ));
-        std::fs::write(&s.config, config).expect("config");
-        s.write("slipway.yaml", stack)
-            .write("greeting.txt", "v1")
-            .commit("v1");
-        let server = start_serve_with(
-            &s,
-            &[
-                ("GITHUB_TOKEN", "test-token"),
-                (
-                    "SLIPWAY_WEBHOOK_SECRET",
-                    std::str::from_utf8(SECRET).expect("utf-8"),
-                ),
-            ],
-        );
-        let port = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port");
+        let secret = std::str::from_utf8(SECRET).expect("utf-8");
+        let (server, s, port) =
+            world::serve_forge(stack, "github", &gh.url(), "GITHUB_TOKEN", secret);
         // alice and carol maintain the repository; mallory has no access at all.
         gh.set_permission("alice", "write");
         gh.set_permission("carol", "write");
@@ -106,16 +69,6 @@ impl World {
         w
     }
 
-    fn page(&self, env: &str) -> Option<String> {
-        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
-    }
-
-    fn serves(&self, env: &str, text: &str) {
-        wait_for(&format!("{env} serves {text:?}"), T, || {
-            self.page(env).filter(|p| p == text)
-        });
-    }
-
     /// A commit on `branch` (from `from`) with `greeting.txt` = `text` and, when given,
     /// `slipway.yaml` = `stack`; published as the pull request ref of PR `number` if any.
     fn commit_on(
@@ -126,22 +79,8 @@ impl World {
         stack: Option<&str>,
         number: Option<u64>,
     ) -> String {
-        let repo = &self.s.repo;
-        git(repo, &["checkout", "-q", from]);
-        git(repo, &["checkout", "-q", "-B", branch]);
-        self.s.write("greeting.txt", text);
-        if let Some(stack) = stack {
-            self.s.write("slipway.yaml", stack);
-        }
-        let sha = self.s.commit(&format!("{branch}: {text}"));
-        if let Some(number) = number {
-            git(
-                repo,
-                &["update-ref", &format!("refs/pull/{number}/head"), &sha],
-            );
-        }
-        git(repo, &["checkout", "-q", "main"]);
-        sha
+        let pr_ref = number.map(|n| self.pr_ref(n));
+        world::commit_on(&self.s, from, branch, text, stack, pr_ref.as_deref())
     }
 
     /// Opens PR `spec` and waits for its plan comment.
@@ -183,27 +122,6 @@ impl World {
         merge
     }
 
-    fn deliver(&self, event: &str, body: &[u8]) -> (u16, String) {
-        let n = self.deliveries.get() + 1;
-        self.deliveries.set(n);
-        send_webhook(
-            &self.server.addr,
-            SECRET,
-            event,
-            &format!("delivery-{n}"),
-            body,
-        )
-    }
-
-    fn accepted(&self, event: &str, body: &[u8]) {
-        let (status, reply) = self.deliver(event, body);
-        assert_eq!(status, 202, "{event}: {reply}");
-    }
-
-    fn comment(&self, pr: u64, author: &str, body: &str) {
-        self.accepted("issue_comment", &issue_comment_payload(pr, author, body));
-    }
-
     /// Posts `command` on `pr` as `author` and returns Slipway's answer to it (the first new
     /// comment of Slipway's that is not the plan).
     fn command(&self, pr: u64, author: &str, command: &str) -> String {
@@ -216,26 +134,6 @@ impl World {
                 T,
             )
             .body
-    }
-
-    fn environment(&self, name: &str) -> Value {
-        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
-        status["environments"][0].clone()
-    }
-
-    fn environments(&self) -> Vec<String> {
-        let status = self.s.json(&["status", "--output", "json"]);
-        status["environments"]
-            .as_array()
-            .expect("environments")
-            .iter()
-            .filter_map(|e| e["name"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    /// Whether `env` is locked to a pull request.
-    fn locked(&self, env: &str) -> bool {
-        !self.environment(env)["locked_by"].is_null()
     }
 
     /// Waits until `env`'s message mentions every one of `needles`, and returns it.
@@ -253,6 +151,27 @@ impl World {
         status["environments"][0]["resources"]
             .as_array()
             .is_some_and(|r| r.iter().any(|r| r["name"] == "note"))
+    }
+}
+
+impl world::Served for World {
+    fn sandbox(&self) -> &Sandbox {
+        &self.s
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl world::GitHubDelivered for World {
+    fn addr(&self) -> &str {
+        &self.server.addr
+    }
+    fn secret(&self) -> &[u8] {
+        SECRET
+    }
+    fn deliveries(&self) -> &std::cell::Cell<u32> {
+        &self.deliveries
     }
 }
 

@@ -14,48 +14,16 @@ mod util;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use util::fake_github::{
-    FakeGitHub, PrSpec, PrState, pull_request_payload, push_payload, send_webhook,
-};
-use util::{
-    Sandbox, api_request, git, http_get_host, role_token, start_serve, start_serve_with, wait_for,
-};
+use serde_json::json;
+use util::fake_github::{FakeGitHub, PrSpec, PrState, pull_request_payload, push_payload};
+use util::world::{self, GitHubDelivered, append_config, environment, page, serves};
+use util::{Sandbox, api_request, git, role_token, start_serve, wait_for};
 
 const SECRET: &[u8] = b"webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 
-const STACK: &str = r#"version: 1
-stack: shop
-environments:
-  prod: { track: main, protected: true }
-  qa: { track: main }
-  previews: { generate: { branches: ["feature/*"] }, ttl: 1h }
-resources:
-  web:
-    type: process
-    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
-    ports: [http]
-    health: { http: /greeting.txt }
-    expose: http
-"#;
-
-fn append_config(s: &Sandbox, extra: &str) {
-    let mut config = std::fs::read_to_string(&s.config).expect("config");
-    config.push_str(extra);
-    std::fs::write(&s.config, config).expect("config");
-}
-
-fn page(port: u16, env: &str) -> Option<String> {
-    http_get_host(port, &format!("{env}.shop.localhost"), "/greeting.txt")
-}
-
-fn serves(port: u16, env: &str, text: &str) {
-    wait_for(&format!("{env} serves {text:?}"), T, || {
-        page(port, env).filter(|p| p == text)
-    });
-}
+const STACK: &str = world::pr_stack!("{ branches: [\"feature/*\"] }");
 
 /// Waits until `env` records `sha` as the commit it runs.
 fn runs(s: &Sandbox, env: &str, sha: &str, why: &str) {
@@ -64,19 +32,9 @@ fn runs(s: &Sandbox, env: &str, sha: &str, why: &str) {
     });
 }
 
-fn environment(s: &Sandbox, name: &str) -> Value {
-    let status = s.json(&["status", "--env", name, "--output", "json"]);
-    status["environments"][0].clone()
-}
-
 /// A commit on a new branch `branch` from `from`, with `greeting.txt` = `text`; back on main.
 fn commit_on(s: &Sandbox, from: &str, branch: &str, text: &str) -> String {
-    git(&s.repo, &["checkout", "-q", from]);
-    git(&s.repo, &["checkout", "-q", "-B", branch]);
-    s.write("greeting.txt", text);
-    let sha = s.commit(&format!("{branch}: {text}"));
-    git(&s.repo, &["checkout", "-q", "main"]);
-    sha
+    world::commit_on(s, from, branch, text, None, None)
 }
 
 /// A tag `main` at a commit only it reaches, beside the branch `main`: a deployer's manual
@@ -221,28 +179,21 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let s = Sandbox::new();
         let gh = FakeGitHub::start("slipway-bot");
-        append_config(
-            &s,
-            &format!(
-                "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"{}\"\n\
-                 bot_login = \"slipway-bot\"\n",
-                gh.url()
-            ),
+        let section = world::forge_section(
+            "github",
+            "repository = \"acme/shop\"",
+            &gh.url(),
+            "slipway-bot",
         );
-        s.write(
-            "slipway.yaml",
-            &STACK.replace(
-                "prod: { track: main, protected: true }",
-                "prod: { track: main, protected: true, require_pr: true }",
-            ),
-        )
-        .write("greeting.txt", "v1")
-        .commit("v1");
-        let deployer = role_token(&s, "deployer");
-        let server = start_serve_with(
-            &s,
+        let stack = STACK.replace(
+            "prod: { track: main, protected: true }",
+            "prod: { track: main, protected: true, require_pr: true }",
+        );
+        let mut deployer = String::new();
+        let (server, s, port) = world::serve_stack_with(
+            &stack,
+            &section,
             &[
                 ("GITHUB_TOKEN", "test-token"),
                 (
@@ -250,8 +201,8 @@ impl World {
                     std::str::from_utf8(SECRET).expect("utf-8"),
                 ),
             ],
+            |s| deployer = role_token(s, "deployer"),
         );
-        let port = server.port();
         gh.set_permission("alice", "write");
         gh.set_permission("carol", "write");
         World {
@@ -262,19 +213,6 @@ impl World {
             deployer,
             deliveries: std::cell::Cell::new(0),
         }
-    }
-
-    fn accepted(&self, event: &str, body: &[u8]) {
-        let n = self.deliveries.get() + 1;
-        self.deliveries.set(n);
-        let (status, reply) = send_webhook(
-            &self.server.addr,
-            SECRET,
-            event,
-            &format!("delivery-{n}"),
-            body,
-        );
-        assert_eq!(status, 202, "{event}: {reply}");
     }
 
     /// Merges `branch` into `base` with a merge commit, as PR `number` on the forge, and
@@ -348,6 +286,27 @@ impl World {
             Some(json!({ "commit": commit })),
         );
         (status, body.to_string())
+    }
+}
+
+impl world::Served for World {
+    fn sandbox(&self) -> &Sandbox {
+        &self.s
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl world::GitHubDelivered for World {
+    fn addr(&self) -> &str {
+        &self.server.addr
+    }
+    fn secret(&self) -> &[u8] {
+        SECRET
+    }
+    fn deliveries(&self) -> &std::cell::Cell<u32> {
+        &self.deliveries
     }
 }
 

@@ -9,29 +9,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 use util::fake_github::{
-    FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload, send_webhook,
-    send_webhook_raw,
+    FakeGitHub, PrSpec, PrState, pull_request_payload, send_webhook, send_webhook_raw,
 };
+use util::world::{self, GitHubDelivered, Served};
 use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
 
 const SECRET: &[u8] = b"webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 
-const STACK: &str = r#"version: 1
-stack: shop
-environments:
-  prod: { track: main, protected: true }
-  qa: { track: main }
-  previews: { generate: { pull_requests: true }, ttl: 1h }
-resources:
-  web:
-    type: process
-    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
-    ports: [http]
-    health: { http: /greeting.txt }
-    expose: http
-"#;
+use util::world::STACK;
 
 struct World {
     // Fields drop in order: the controller stops before the sandbox cleans up, so that it
@@ -52,33 +39,10 @@ impl World {
     }
 
     fn with_stack(stack: &str) -> World {
-        let s = Sandbox::new();
         let gh = FakeGitHub::start("slipway-bot");
-        let mut config = std::fs::read_to_string(&s.config).expect("config");
-        config.push_str(&format!(
-            "[forge.github]\nrepository = \"acme/shop\"\napi_url = \"{}\"\nbot_login = \"slipway-bot\"\n",
-            gh.url()
-        ));
-        std::fs::write(&s.config, config).expect("config");
-        s.write("slipway.yaml", stack)
-            .write("greeting.txt", "v1")
-            .commit("v1");
-        let server = start_serve_with(
-            &s,
-            &[
-                ("GITHUB_TOKEN", "test-token"),
-                (
-                    "SLIPWAY_WEBHOOK_SECRET",
-                    std::str::from_utf8(SECRET).expect("utf-8"),
-                ),
-            ],
-        );
-        let port = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port");
+        let secret = std::str::from_utf8(SECRET).expect("utf-8");
+        let (server, s, port) =
+            world::serve_forge(stack, "github", &gh.url(), "GITHUB_TOKEN", secret);
         World {
             s,
             gh,
@@ -86,52 +50,6 @@ impl World {
             port,
             deliveries: std::cell::Cell::new(0),
         }
-    }
-
-    fn page(&self, env: &str) -> Option<String> {
-        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
-    }
-
-    fn serves(&self, env: &str, text: &str) {
-        wait_for(&format!("{env} serves {text:?}"), T, || {
-            self.page(env).filter(|p| p == text)
-        });
-    }
-
-    /// A commit on `branch` (from main) with `greeting.txt` = `text`, published as the pull
-    /// request ref GitHub keeps for PR `number`.
-    fn push_pr(&self, number: u64, branch: &str, text: &str) -> String {
-        let repo = &self.s.repo;
-        git(repo, &["checkout", "-q", "-B", branch]);
-        self.s.write("greeting.txt", text);
-        let sha = self.s.commit(&format!("{branch}: {text}"));
-        git(
-            repo,
-            &["update-ref", &format!("refs/pull/{number}/head"), &sha],
-        );
-        git(repo, &["checkout", "-q", "main"]);
-        sha
-    }
-
-    fn deliver(&self, event: &str, body: &[u8]) -> (u16, String) {
-        let n = self.deliveries.get() + 1;
-        self.deliveries.set(n);
-        send_webhook(
-            &self.server.addr,
-            SECRET,
-            event,
-            &format!("delivery-{n}"),
-            body,
-        )
-    }
-
-    fn accepted(&self, event: &str, body: &[u8]) {
-        let (status, reply) = self.deliver(event, body);
-        assert_eq!(status, 202, "{event}: {reply}");
-    }
-
-    fn comment(&self, pr: u64, author: &str, body: &str) {
-        self.accepted("issue_comment", &issue_comment_payload(pr, author, body));
     }
 
     /// Waits for a comment by Slipway on `pr` that is not the plan and contains `text`.
@@ -144,20 +62,26 @@ impl World {
             )
             .body
     }
+}
 
-    fn environments(&self) -> Vec<String> {
-        let status = self.s.json(&["status", "--output", "json"]);
-        status["environments"]
-            .as_array()
-            .expect("environments")
-            .iter()
-            .filter_map(|e| e["name"].as_str().map(str::to_string))
-            .collect()
+impl world::Served for World {
+    fn sandbox(&self) -> &Sandbox {
+        &self.s
     }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
 
-    fn environment(&self, name: &str) -> Value {
-        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
-        status["environments"][0].clone()
+impl world::GitHubDelivered for World {
+    fn addr(&self) -> &str {
+        &self.server.addr
+    }
+    fn secret(&self) -> &[u8] {
+        SECRET
+    }
+    fn deliveries(&self) -> &std::cell::Cell<u32> {
+        &self.deliveries
     }
 }
 

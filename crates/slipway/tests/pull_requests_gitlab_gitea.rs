@@ -19,27 +19,15 @@ use slipway_forge::{
 };
 use util::fake_gitea::{self, FakeGitea, PrSpec, PrState};
 use util::fake_gitlab::{self, DEVELOPER, FakeGitLab, MrSpec, MrState, REPORTER};
-use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+use util::world::{self, Served};
+use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 const BOT: &str = "slipway-bot";
 
-const STACK: &str = r#"version: 1
-stack: shop
-environments:
-  prod: { track: main, protected: true }
-  qa: { track: main }
-  previews: { generate: { pull_requests: true }, ttl: 1h }
-resources:
-  web:
-    type: process
-    command: ["python3", "-m", "http.server", "${ports.http}", "--bind", "127.0.0.1"]
-    ports: [http]
-    health: { http: /greeting.txt }
-    expose: http
-"#;
+use util::world::STACK;
 
 /// A comment (GitLab: a note that is not a system note) as the flow sees it.
 #[derive(Debug, Clone)]
@@ -340,31 +328,9 @@ impl<F: Forge> World<F> {
     /// A repository with the stack at `v1` on `main`, and `slipway serve` on it with
     /// `[forge.NAME]` pointing at a fresh fake.
     fn new() -> World<F> {
-        let s = Sandbox::new();
         let forge = F::start();
-        let mut config = std::fs::read_to_string(&s.config).expect("config");
-        config.push_str(&format!(
-            "[forge.{}]\nrepository = \"acme/shop\"\napi_url = \"{}\"\nbot_login = \"{BOT}\"\n",
-            F::NAME,
-            forge.api_url()
-        ));
-        std::fs::write(&s.config, config).expect("config");
-        s.write("slipway.yaml", STACK)
-            .write("greeting.txt", "v1")
-            .commit("v1");
-        let server = start_serve_with(
-            &s,
-            &[
-                (F::TOKEN_ENV, "test-token"),
-                ("SLIPWAY_WEBHOOK_SECRET", SECRET),
-            ],
-        );
-        let port = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port");
+        let (server, s, port) =
+            world::serve_forge(STACK, F::NAME, &forge.api_url(), F::TOKEN_ENV, SECRET);
         World {
             s,
             forge,
@@ -373,34 +339,9 @@ impl<F: Forge> World<F> {
         }
     }
 
-    fn page(&self, env: &str) -> Option<String> {
-        http_get_host(self.port, &format!("{env}.shop.localhost"), "/greeting.txt")
-    }
-
-    fn serves(&self, env: &str, text: &str) {
-        wait_for(&format!("{env} serves {text:?}"), T, || {
-            self.page(env).filter(|p| p == text)
-        });
-    }
-
-    /// A commit on `branch` (from main) with `greeting.txt` = `text`, published as the ref the
-    /// forge keeps for pull request `number`.
-    fn push_pr(&self, number: u64, branch: &str, text: &str) -> String {
-        let repo = &self.s.repo;
-        git(repo, &["checkout", "-q", "-B", branch]);
-        self.s.write("greeting.txt", text);
-        let sha = self.s.commit(&format!("{branch}: {text}"));
-        git(repo, &["update-ref", &F::pr_ref(number), &sha]);
-        git(repo, &["checkout", "-q", "main"]);
-        sha
-    }
-
     fn send(&self, delivery: &Delivery) -> (u16, String) {
-        self.forge.send(
-            &self.server.addr,
-            delivery,
-            &util::fake_gitlab::shared::uuid(),
-        )
+        self.forge
+            .send(&self.server.addr, delivery, &slipway_testkit::forge::uuid())
     }
 
     fn accepted(&self, delivery: Delivery) {
@@ -415,7 +356,7 @@ impl<F: Forge> World<F> {
 
     /// Waits for a comment on `pr` that satisfies `predicate`.
     fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Said) -> bool) -> Said {
-        let found = util::fake_gitlab::shared::poll(T, || {
+        let found = slipway_testkit::forge::poll(T, || {
             self.forge.comments(pr).into_iter().find(|c| predicate(c))
         });
         found.unwrap_or_else(|| {
@@ -444,21 +385,6 @@ impl<F: Forge> World<F> {
             .collect()
     }
 
-    fn environments(&self) -> Vec<String> {
-        let status = self.s.json(&["status", "--output", "json"]);
-        status["environments"]
-            .as_array()
-            .expect("environments")
-            .iter()
-            .filter_map(|e| e["name"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    fn environment(&self, name: &str) -> Value {
-        let status = self.s.json(&["status", "--env", name, "--output", "json"]);
-        status["environments"][0].clone()
-    }
-
     /// The audit log, through the API with an admin token.
     fn audit(&self) -> Value {
         let out = self.s.ok(&["token", "create", "--role", "admin"]);
@@ -472,6 +398,18 @@ impl<F: Forge> World<F> {
         )
         .expect("audit");
         serde_json::from_str(&answer.body).expect("json")
+    }
+}
+
+impl<F: Forge> world::Served for World<F> {
+    fn sandbox(&self) -> &Sandbox {
+        &self.s
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn pr_ref(&self, n: u64) -> String {
+        F::pr_ref(n)
     }
 }
 
@@ -921,7 +859,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     let hook = |event: &str, body: &[u8]| {
         parse(
             ForgeKind::GitLab,
-            fake_gitlab::webhook_headers(SECRET, event, &util::fake_gitlab::shared::uuid()),
+            fake_gitlab::webhook_headers(SECRET, event, &slipway_testkit::forge::uuid()),
             body,
         )
     };
@@ -1154,7 +1092,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
             fake_gitea::webhook_headers(
                 SECRET.as_bytes(),
                 event,
-                &util::fake_gitlab::shared::uuid(),
+                &slipway_testkit::forge::uuid(),
                 body,
             ),
             body,

@@ -5,69 +5,16 @@
     reason = "each test binary uses a different part of this module"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use serde_json::Value;
-
-/// Where `fetch-fixtures.sh` put GitHub's artefacts: `<target dir>/forge-fixtures`, fetched on
-/// first use (once per target directory, under a file lock so that parallel test processes do
-/// not fetch twice).
-pub fn fixtures_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // The test binary is <target>/<profile>/deps/<name>: the target dir is three up.
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let target = exe
-            .ancestors()
-            .find(|p| p.file_name().is_some_and(|n| n == "deps"))
-            .and_then(|deps| deps.parent()?.parent())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-        let dir = target.join("forge-fixtures");
-        std::fs::create_dir_all(&target).expect("create the target dir");
-        let lock = std::fs::File::create(target.join("forge-fixtures.lock"))
-            .expect("create the fixtures lock file");
-        lock.lock().expect("lock the fixtures lock file");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fetch-fixtures.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .output()
-            .expect("run tests/fetch-fixtures.sh");
-        assert!(
-            output.status.success(),
-            "fetching the GitHub fixtures failed: bash {} {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            script.display(),
-            dir.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
-        drop(lock);
-        dir
-    })
-}
-
-/// Reads a JSON file.
-pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
-}
+pub use slipway_testkit::fixtures::{fixtures_dir, read_json};
+use slipway_testkit::forge::parse_query;
+use slipway_testkit::http;
 
 /// A fixture under `tests/fixtures/`.
 pub fn fixture(rel: &str) -> Value {
-    read_json(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(rel),
-    )
+    slipway_testkit::fixtures::forge_fixture(rel)
 }
 
 /// One request the server received.
@@ -139,151 +86,47 @@ impl Reply {
     }
 }
 
-type Responder = dyn Fn(&Recorded) -> Reply + Send + Sync;
-
-/// A tiny HTTP/1.1 server on 127.0.0.1 that records every request and answers with
-/// `respond`. One connection at a time, `Connection: close` on every answer: the adapters are
-/// blocking clients that send one request at a time.
+/// The test kit's HTTP server on 127.0.0.1, recording every request (before the client can
+/// see the answer, so that a test that looks right after a call sees every request of that
+/// call) and answering with `respond`.
 pub struct Server {
-    addr: SocketAddr,
+    http: http::Server,
     requests: Arc<Mutex<Vec<Recorded>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
     pub fn start(respond: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let respond: Arc<Responder> = Arc::new(respond);
-        let thread = {
-            let requests = Arc::clone(&requests);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    serve_one(stream, &*respond, &requests);
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let log = Arc::clone(&requests);
+        let http = http::Server::start("forge-test", move |_| {
+            move |req: http::Request| {
+                let recorded = Recorded {
+                    method: req.method,
+                    path: req.path,
+                    query: parse_query(&req.query),
+                    headers: req.headers,
+                    body: String::from_utf8_lossy(&req.body).into_owned(),
+                };
+                let reply = respond(&recorded);
+                log.lock().expect("not poisoned").push(recorded);
+                http::Reply {
+                    status: reply.status,
+                    body: serde_json::from_str(&reply.body).ok(),
+                    headers: reply.headers,
                 }
-            })
-        };
-        Server {
-            addr,
-            requests,
-            stop,
-            thread: Some(thread),
-        }
+            }
+        });
+        Server { http, requests }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.http.url()
     }
 
     /// The requests received so far, and forgets them.
     pub fn take(&self) -> Vec<Recorded> {
         std::mem::take(&mut *self.requests.lock().expect("not poisoned"))
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Reads one request, records it, then answers it: recorded before the client can see the
-/// answer, so that a test that looks right after a call sees every request of that call.
-fn serve_one(stream: TcpStream, respond: &Responder, log: &Mutex<Vec<Recorded>>) -> Option<()> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set a read timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let target = parts.next()?.to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let mut body = Vec::new();
-    if let Some(len) = header("content-length") {
-        let len: usize = len.parse().ok()?;
-        body.resize(len, 0);
-        reader.read_exact(&mut body).ok()?;
-    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).ok()?;
-            let size = usize::from_str_radix(size.trim(), 16).ok()?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), q),
-        None => (target.clone(), ""),
-    };
-    let query = query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (kv.to_owned(), String::new()),
-        })
-        .collect();
-    let recorded = Recorded {
-        method,
-        path,
-        query,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    };
-    let reply = respond(&recorded);
-    log.lock().expect("not poisoned").push(recorded);
-    let mut out = format!(
-        "HTTP/1.1 {} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reply.status,
-        reply.body.len()
-    );
-    for (k, v) in &reply.headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
-    out.push_str(&reply.body);
-    let mut stream = stream;
-    let _ = stream.write_all(out.as_bytes());
-    let _ = stream.flush();
-    Some(())
 }
 
 /// GitHub's REST API description (`@octokit/openapi`, `api.github.com.json`).
