@@ -627,7 +627,7 @@ def write(r):
     rc, rd = per("pg/create/createuser+createdb"), per("pg/drop/dropdb+dropuser")
     if None not in (sc, sd, fc, fd, start):
         w("**Where slipway's time goes**, per database (differences of medians):\n")
-        w("| part | apply | destroy |\n|---|---:|---:|")
+        r.table(["part", "apply", "destroy"], ["", ":", ":"])
         w(f"| process start (`slipway --version`) | {ms(start)} | {ms(start)} |")
         if valid is not None:
             w(f"| + the stack read from git, parsed and checked (`validate` − process start; "

@@ -251,17 +251,17 @@ def write(r):
         def split(src):
             return (med(src[f"validate/{big}"]), med(src[f"render/{big}"]),
                     med(src[f"plan/{big}"]))
-        v, r, p = split(samples)
+        v, rn, p = split(samples)
         have_cpu = all(cpu.get(f"{x}/{big}") for x in ("validate", "render", "plan"))
         cv, cr, cp = split(cpu) if have_cpu else (None, None, None)
         w(f"**Where the time goes at {big:,}** (differences of medians; each command also "
           "pays process start and `git` reads):\n")
-        w("| phase | wall | share | CPU time | share |\n|---|---:|---:|---:|---:|")
+        r.table(["phase", "wall", "share", "CPU time", "share"], ["", ":", ":", ":", ":"])
         phases = [
             ("read the commit, parse and check the stack (`validate`)", v, cv),
-            ("+ render the environment (`render` − `validate`)", r - v,
+            ("+ render the environment (`render` − `validate`)", rn - v,
              cr - cv if have_cpu else None),
-            ("+ read the state, observe every resource, diff (`plan` − `render`)", p - r,
+            ("+ read the state, observe every resource, diff (`plan` − `render`)", p - rn,
              cp - cr if have_cpu else None),
         ]
         for name, wall, c in phases:
@@ -327,7 +327,7 @@ def write(r):
         w("")
     w("**Memory** (peak resident set size, one run each, "
       f"{meta.get(f'rss-plan/{big}', {}).get('how', '')}):\n")
-    w("| resources | validate | render | plan |\n|---:|---:|---:|---:|")
+    r.table(["resources", "validate", "render", "plan"], [":", ":", ":", ":"])
     for n in sizes:
         vals = []
         for what in ("validate", "render", "plan"):
@@ -336,7 +336,7 @@ def write(r):
         w(f"| {n:,} | " + " | ".join(vals) + " |")
     w("")
     w("**First apply** (creates every resource; one run, not a goal, for the record):\n")
-    w("| resources | apply | per resource |\n|---:|---:|---:|")
+    r.table(["resources", "apply", "per resource"], [":", ":", ":"])
     for n in sizes:
         s = samples.get(f"apply-initial/{n}")
         if s:

@@ -226,27 +226,22 @@ def write(r):
         "the 3 programs (default settings), `supervisord -n -c` launched, then the web "
         "process's port polled.\n"
     )
-    w("| way | runs | branch → preview answering | ÷ slipway |\n|---|---:|---|---:|")
-    for name, label in (("slipway", "previews/slipway"),
-                        ("script (git archive + nohup)", "previews/script"),
-                        ("supervisord", "previews/supervisord")):
-        xs = samples.get(label)
-        if xs:
-            w(f"| {name} | {len(xs)} | {cell(xs)} | {med(xs) / med(pv):.2f}× |")
+    ways = (("slipway", "previews/slipway"), ("script (git archive + nohup)", "previews/script"),
+            ("supervisord", "previews/supervisord"))
+    r.table(["way", "runs", "branch → preview answering", "÷ slipway"], ["", ":", "", ":"],
+            [(name, len(xs), cell(xs), f"{med(xs) / med(pv):.2f}×")
+             for name, xs in ((name, samples.get(label)) for name, label in ways) if xs])
     w("")
     w("Slipway's time, split (from the same start):\n")
-    w("| | median (min–max) |\n|---|---|")
-    for name, label in (
+    r.table(["", "median (min–max)"], ["", ""])
+    r.rows((
         ("`git branch` done", "previews/slipway-branch"),
         ("`POST /api/v1/refresh` returned (fetch + discover + environment recorded)",
          "previews/slipway-refresh"),
         ("the deployment started (recorded `started_at`)", "previews/slipway-deploy-started"),
         ("the deployment's recorded duration (3 processes started, web healthy; it can end "
          "after the first answer)", "previews/slipway-deploy-duration"),
-    ):
-        xs = samples.get(label)
-        if xs:
-            w(f"| {name} | {cell(xs)} |")
+    ))
     w("")
     gap = samples.get("previews/supervisord-spawn-gap")
     if gap:

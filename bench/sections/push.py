@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from common import (Serve, api, cell, destroy_all, export, finished_deployment, fmt_s,
+from common import (Serve, api, destroy_all, export, finished_deployment, fmt_s,
                     free_port, git, make_token, med, options, python_under, reap, record,
                     settle, wait_answer, wall_s)
 
@@ -128,20 +128,15 @@ def write(r):
         "launched by hand from a `git archive` of the repository, until its first answer, "
         "polled the same way.\n"
     )
-    w("| | median (min–max) |\n|---|---|")
-    rows = [
-        ("**commit → new version answering** (refresh at once)", push_t),
-        ("… of which `POST /api/v1/refresh` returned (fetch + discover)",
-         samples.get("push/refresh", [])),
-        ("… the deployment started (recorded `started_at`)",
-         samples.get("push/deploy-started", [])),
+    r.table(["", "median (min–max)"], ["", ""])
+    r.rows((
+        ("**commit → new version answering** (refresh at once)", "push/slipway"),
+        ("… of which `POST /api/v1/refresh` returned (fetch + discover)", "push/refresh"),
+        ("… the deployment started (recorded `started_at`)", "push/deploy-started"),
         ("the deployment's recorded duration (it goes on after the new version answers: "
-         "the old instance is stopped last)", samples.get("push/deploy-duration", [])),
-        ("the app's own start-up (`python3 app.py` by hand → first answer)", app_t or []),
-    ]
-    for name, xs in rows:
-        if xs:
-            w(f"| {name} | {cell(xs)} |")
+         "the old instance is stopped last)", "push/deploy-duration"),
+        ("the app's own start-up (`python3 app.py` by hand → first answer)", "push/app-start"),
+    ))
     if app_t:
         w(f"| **latency − the app's start-up** (medians) | {fmt_s(med(push_t) - med(app_t))} |")
     w("")

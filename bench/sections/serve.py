@@ -364,7 +364,7 @@ def write(r):
           + ".\n")
     if rss:
         w("**Memory of the serve process once the pass settled:**\n")
-        w("| | median | min–max |\n|---|---:|---:|")
+        r.table(["", "median", "min–max"], ["", ":", ":"])
         for name, label in (("VmRSS (resident now)", "envs/rss"),
                             ("VmHWM (peak resident)", "envs/hwm"),
                             ("VmHWM of the first start, which created them all (one run)",

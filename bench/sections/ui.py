@@ -539,10 +539,8 @@ def write(r):
     b = meta.get("ui/browser", {})
     runs = len(samples.get("ui/load-painted", []))
 
-    def row(name, label, fmt=cell):
-        xs = samples.get(label)
-        if xs:
-            w(f"| {name} | {fmt(xs)} |")
+    def row(name, label):
+        r.rows([(name, label)])
 
     w(f"## 8. The web UI with {n:,} environments\n")
     w(
@@ -602,7 +600,7 @@ def write(r):
 
     w(f"**Opening the dashboard** (ms from the navigation's start, on the page's clock; "
       f"median (min–max) of {runs} sessions):\n")
-    w("| step | median (min–max) |\n|---|---|")
+    r.table(["step", "median (min–max)"], ["", ""])
     row("HTML parsed, `app.js` run (`DOMContentLoaded`)", "ui/load-dcl")
     row("`GET /api/v1/whoami` answered (the session cookie is valid)", "ui/load-whoami-end")
     row("`GET /api/v1/environments` sent", "ui/load-list-start")
@@ -651,7 +649,7 @@ def write(r):
           + "\n")
 
     w("**Memory and size of the page**, once the dashboard is drawn:\n")
-    w("| | median | min–max |\n|---|---:|---:|")
+    r.table(["", "median", "min–max"], ["", ":", ":"])
     for name, label, unit in (
         ("JS heap used (`performance.memory.usedJSHeapSize`)", "ui/heap", "MiB"),
         ("… after a forced garbage collection (CDP `HeapProfiler.collectGarbage`)",
@@ -718,7 +716,7 @@ def write(r):
             "(`POST …/sync` alone would not do: with nothing new it emits no event, and it "
             "does not fetch, so it does not see a commit pushed since the last fetch.)\n"
         )
-        w("| from `POST /api/v1/refresh` sent | median (min–max) |\n|---|---|")
+        r.table(["from `POST /api/v1/refresh` sent", "median (min–max)"], ["", ""])
         row("its answer (fetch + discover)", "ui/live-answered")
         row("the deployment started (its recorded `started_at`, the server's wall clock)",
             "ui/live-deploy-started")
