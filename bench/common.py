@@ -687,6 +687,14 @@ class Report:
             if xs:
                 self.row(name, fmt(xs))
 
+    def skip_reason(self, section):
+        """Why a section did not run (its `X-skip` command), or None."""
+        return self.meta.get(f"{section}/skipped", {}).get("reason")
+
+    def not_judged(self, goal, number, reason):
+        """The verdicts' row of a goal whose section was skipped."""
+        return goal, "–", f"not judged: section {number} skipped ({reason})"
+
     def skipped(self, title, reason, needs):
         self.w(f"## {title}\n")
         self.w(f"**Skipped in this run** — {reason}\n")

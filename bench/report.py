@@ -63,6 +63,10 @@ def main():
     r = Report(samples, cpu, meta, args, m)
     w = r.w
 
+    def skipped(section):
+        """Why a section that can be skipped was (its `X-skip` command), or None."""
+        return r.skip_reason(section.KEY) if hasattr(section, "KEY") else None
+
     w("# Benchmarks\n")
     w(
         "Written by `bench/run` — do not edit by hand, run it again. Every figure below comes "
@@ -115,13 +119,17 @@ def main():
 
     w("## Verdicts\n")
     r.table(["goal", "measured", "verdict"], ["", "", ""],
-            [row for section in SECTIONS for row in section.verdicts(r)])
+            [row for section in SECTIONS for row in section.verdicts(r) or (
+                [r.not_judged(section.GOAL, section.TITLE.split(".")[0], skipped(section))]
+                if skipped(section) else [])])
     w("")
     if args.only:
         w(f"Goals of the sections not run (`BENCH_ONLY=\"{args.only}\"`) are not judged here.\n")
 
     for section in SECTIONS:
-        if not section.write(r) and args.only:
+        if skipped(section):
+            r.skipped(section.TITLE, skipped(section), section.NEEDS)
+        elif not section.write(r) and args.only:
             r.not_run(section.TITLE)
 
     w("## How to dig further\n")

@@ -40,6 +40,14 @@ from common import (cell, destroy_all, filesystem, fmt_ms, med, options, record,
 
 TITLE = "6. A database per environment: slipway vs createdb/dropdb"
 PG_GOAL_X = 1.2  # slipway's apply/destroy of a database at most this many times createdb/dropdb
+GOAL = (f"a database per environment: `slipway apply` / `destroy` within {PG_GOAL_X:g}× "
+        "of `createdb` / `dropdb`")
+# When `measure.py pg-skip` said why it did not run (bench/report.py writes that instead):
+KEY = "pg"
+NEEDS = ("It needs a PostgreSQL server (15 or later for the clone strategies) whose user may "
+         "create databases and roles without a password (`BENCH_PG_URL`, default "
+         "`postgres://postgres@127.0.0.1:5432/postgres`), and `psql`, `createdb`, `dropdb`, "
+         "`createuser`, `dropuser` on PATH.")
 
 
 # --- measurement -------------------------------------------------------------------------------
@@ -483,13 +491,10 @@ def machine(r):
 def verdicts(r):
     samples, meta = r.samples, r.meta
     verdicts = []
-    pg_skip = meta.get("pg/skipped", {}).get("reason")
     pgc, pgd = samples.get("pg/create/slipway"), samples.get("pg/drop/slipway")
     cdb, ddb = samples.get("pg/create/createdb"), samples.get("pg/drop/dropdb")
     roc, rod = samples.get("pg/create/createuser+createdb"), samples.get("pg/drop/dropdb+dropuser")
     pg_n = int(meta.get("pg/create/slipway", {}).get("n", 0))
-    pg_goal = (f"a database per environment: `slipway apply` / `destroy` within {PG_GOAL_X:g}× "
-               "of `createdb` / `dropdb`")
     if pgc and pgd and cdb and ddb:
         rc, rd = med(pgc) / med(cdb), med(pgd) / med(ddb)
         ok_c, ok_d = rc <= PG_GOAL_X, rd <= PG_GOAL_X
@@ -509,22 +514,12 @@ def verdicts(r):
         else:
             verdict = (f"**missed**: create {rc:.2f}× ({'met' if ok_c else 'missed'}), "
                        f"drop {rd:.2f}× ({'met' if ok_d else 'missed'})")
-        verdicts.append((pg_goal, fig, verdict))
-    elif pg_skip:
-        verdicts.append((pg_goal, "–", f"not judged: section 6 skipped ({pg_skip})"))
+        verdicts.append((GOAL, fig, verdict))
     return verdicts
 
 
 def write(r):
     samples, cpu, meta, w = r.samples, r.cpu, r.meta, r.w
-    skipped = meta.get("pg/skipped", {}).get("reason")
-    if skipped:
-        r.skipped(TITLE, skipped,
-                  "It needs a PostgreSQL server (15 or later for "
-                  "the clone strategies) whose user may create databases and roles without a "
-                  "password (`BENCH_PG_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`"
-                  "), and `psql`, `createdb`, `dropdb`, `createuser`, `dropuser` on PATH.")
-        return True
     if not samples.get("pg/create/slipway"):
         return False
     n = int(meta.get("pg/create/slipway", {}).get("n", 0))

@@ -35,6 +35,13 @@ from common import (Serve, api, commit_on, cpu_seconds, finished_deployment, fmt
 
 TITLE = "7. A pull request's webhook to its plan comment"
 PR_GOAL_S = 1.0  # a pull request's webhook to its plan comment, beyond the plans themselves
+GOAL = (f"a pull request's webhook to its plan comment (3 environments) under {PR_GOAL_S:g} s "
+        "plus the plans themselves")
+# When `measure.py pr-skip` said why it did not run (bench/report.py writes that instead):
+KEY = "pr"
+NEEDS = ("It needs GitHub's example deliveries (`@octokit/webhooks-examples`), which "
+         "`crates/slipway-forge/tests/fetch-fixtures.sh` fetches with `npm` into "
+         "`<target dir>/forge-fixtures`, once, as the Rust tests do.")
 
 
 # --- measurement -------------------------------------------------------------------------------
@@ -515,11 +522,8 @@ COMMANDS = {"prs": cmd_prs, "pr-skip": skip_command("pr")}
 
 
 def verdicts(r):
-    samples, meta = r.samples, r.meta
+    samples = r.samples
     verdicts = []
-    pr_skip = meta.get("pr/skipped", {}).get("reason")
-    pr_goal = (f"a pull request's webhook to its plan comment (3 environments) under "
-               f"{PR_GOAL_S:g} s plus the plans themselves")
     pr_actions = [a for a in ("opened", "synchronize") if samples.get(f"pr/{a}")]
     if pr_actions:
         figs, worst_over, worst_total = [], [], []
@@ -542,23 +546,15 @@ def verdicts(r):
                                      else " by the median, not by every run"))
         else:
             verdict = "**missed**"
-        verdicts.append((pr_goal, "; ".join(figs), verdict))
-    elif pr_skip:
-        verdicts.append((pr_goal, "–", f"not judged: section 7 skipped ({pr_skip})"))
+        verdicts.append((GOAL, "; ".join(figs), verdict))
     return verdicts
 
 
 def write(r):
     samples, cpu, meta, w = r.samples, r.cpu, r.meta, r.w
-    skipped = meta.get("pr/skipped", {}).get("reason")
     actions = [a for a in ("opened", "synchronize") if samples.get(f"pr/{a}")]
     if not actions:
-        if skipped:
-            r.skipped(TITLE, skipped,
-                      "It needs GitHub's example deliveries (`@octokit/webhooks-examples`), which "
-                      "`crates/slipway-forge/tests/fetch-fixtures.sh` fetches with `npm` into "
-                      "`<target dir>/forge-fixtures`, once, as the Rust tests do.")
-        return bool(skipped)
+        return False
 
     def col(label_fmt, src=samples):
         return [src.get(label_fmt.format(a), []) for a in actions]

@@ -33,6 +33,14 @@ from webdriver import WebDriver, WebDriverError
 TITLE = "8. The web UI with many environments"
 UI_RENDER_GOAL_S = 1.0  # the dashboard with 1,000 environments: navigation to painted rows
 UI_FILTER_GOAL_S = 0.1  # ... and a change of its text filter, to the next frame
+GOAL = (f"dashboard with 1,000 environments: first render under {UI_RENDER_GOAL_S:g} s, filter "
+        f"under {UI_FILTER_GOAL_S * 1000:.0f} ms (this benchmark's own goal: the issue asks for a "
+        "responsive dashboard and names no figure)")
+# When `measure.py ui-skip` said why it did not run (bench/report.py writes that instead):
+KEY = "ui"
+NEEDS = ("It needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, "
+         "`/usr/bin/chromedriver`; `CHROMIUM` and `CHROMEDRIVER` override the paths), as the "
+         "UI's tests do.")
 
 
 # --- measurement -------------------------------------------------------------------------------
@@ -507,32 +515,20 @@ def ui_verdict(samples, meta):
 def verdicts(r):
     samples, meta = r.samples, r.meta
     verdicts = []
-    ui_skip = meta.get("ui/skipped", {}).get("reason")
-    ui_goal = (f"dashboard with 1,000 environments: first render under {UI_RENDER_GOAL_S:g} s, "
-               f"filter under {UI_FILTER_GOAL_S * 1000:.0f} ms (this benchmark's own goal: the "
-               "issue asks for a responsive dashboard and names no figure)")
     ui_v = ui_verdict(samples, meta)
     if ui_v:
         ui_n = int(meta.get("ui/api-python", {}).get("n", 0))
         fig, verdict = ui_v
         if ui_n != 1000:
             verdict = f"not judged: the goal is for 1,000 environments ({ui_n:,} here)"
-        verdicts.append((ui_goal, fig, verdict))
-    elif ui_skip:
-        verdicts.append((ui_goal, "–", f"not judged: section 8 skipped ({ui_skip})"))
+        verdicts.append((GOAL, fig, verdict))
     return verdicts
 
 
 def write(r):
     samples, meta, w = r.samples, r.meta, r.w
     if not ui_verdict(samples, meta):
-        skipped = meta.get("ui/skipped", {}).get("reason")
-        if skipped:
-            r.skipped(TITLE, skipped,
-                      "It needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, "
-                      "`/usr/bin/chromedriver`; `CHROMIUM` and `CHROMEDRIVER` override the "
-                      "paths), as the UI's tests do.")
-        return bool(skipped)
+        return False
     nproc = r.machine["nproc"]
     api = meta.get("ui/api-python", {})
     n = int(api.get("n", 0))
