@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use slipway_testkit::http::{Reply, Request, Server as HttpServer};
 use util::fake_github::{
     self as gh, FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload,
 };
-use util::fake_gitlab::shared::{Reply, Request, Server as HttpServer};
 use util::fake_gitlab::{self as gl, DEVELOPER, FakeGitLab, MrSpec, MrState};
 use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
 
@@ -314,7 +314,7 @@ impl Engine {
 }
 
 fn fresh_id() -> String {
-    gl::shared::uuid()
+    slipway_testkit::forge::uuid()
 }
 
 fn mr_ref(iid: u64) -> String {

@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use slipway_testkit::forge::uuid;
+use slipway_testkit::http::{Reply, Server as HttpServer};
 use util::fake_gitea::{self, FakeGitea};
 use util::fake_github::{self, FakeGitHub};
-use util::fake_gitlab::shared::{Reply, Server as HttpServer, uuid};
 use util::fake_gitlab::{self, DEVELOPER, FakeGitLab, MrSpec};
 use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
 
@@ -585,7 +586,7 @@ fn elsewhere() -> (HttpServer, Seen) {
     let seen: Seen = Arc::default();
     let log = Arc::clone(&seen);
     let server = HttpServer::start("elsewhere", move |_| {
-        move |req: util::fake_gitlab::shared::Request| {
+        move |req: slipway_testkit::http::Request| {
             log.lock().expect("not poisoned").push(req.headers.clone());
             Reply::json(200, json!({}))
         }
@@ -598,7 +599,7 @@ fn redirector(status: u16, target: String) -> (HttpServer, Seen) {
     let seen: Seen = Arc::default();
     let log = Arc::clone(&seen);
     let server = HttpServer::start("redirector", move |_| {
-        move |req: util::fake_gitlab::shared::Request| {
+        move |req: slipway_testkit::http::Request| {
             log.lock().expect("not poisoned").push(req.headers.clone());
             Reply::json(status, json!({"message": "moved"}))
                 .header("Location", format!("http://{target}{}", req.path))

@@ -396,11 +396,8 @@ impl<F: Forge> World<F> {
     }
 
     fn send(&self, delivery: &Delivery) -> (u16, String) {
-        self.forge.send(
-            &self.server.addr,
-            delivery,
-            &util::fake_gitlab::shared::uuid(),
-        )
+        self.forge
+            .send(&self.server.addr, delivery, &slipway_testkit::forge::uuid())
     }
 
     fn accepted(&self, delivery: Delivery) {
@@ -415,7 +412,7 @@ impl<F: Forge> World<F> {
 
     /// Waits for a comment on `pr` that satisfies `predicate`.
     fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Said) -> bool) -> Said {
-        let found = util::fake_gitlab::shared::poll(T, || {
+        let found = slipway_testkit::forge::poll(T, || {
             self.forge.comments(pr).into_iter().find(|c| predicate(c))
         });
         found.unwrap_or_else(|| {
@@ -921,7 +918,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     let hook = |event: &str, body: &[u8]| {
         parse(
             ForgeKind::GitLab,
-            fake_gitlab::webhook_headers(SECRET, event, &util::fake_gitlab::shared::uuid()),
+            fake_gitlab::webhook_headers(SECRET, event, &slipway_testkit::forge::uuid()),
             body,
         )
     };
@@ -1154,7 +1151,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
             fake_gitea::webhook_headers(
                 SECRET.as_bytes(),
                 event,
-                &util::fake_gitlab::shared::uuid(),
+                &slipway_testkit::forge::uuid(),
                 body,
             ),
             body,

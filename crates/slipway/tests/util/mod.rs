@@ -3,13 +3,14 @@
 //! its directory, stdout, stderr and the files of the home (ripgrep's `TestCommand` idea).
 #![allow(
     dead_code,
+    unused_imports,
     reason = "each test file uses a different part of the harness"
 )]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -20,32 +21,6 @@ pub struct Sandbox {
     pub repo: PathBuf,
     pub home: PathBuf,
     pub config: PathBuf,
-}
-
-pub fn git(cwd: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Slipway Test",
-            "-c",
-            "user.email=test@slipway.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(cwd)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Sandbox {
@@ -293,33 +268,6 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
-    wait_for_explained(what, timeout, String::new, check)
-}
-
-/// [`wait_for`] whose timeout message also carries `explain()` (what was last seen, what the
-/// server logged), computed only when it times out.
-pub fn wait_for_explained<T>(
-    what: &str,
-    timeout: Duration,
-    explain: impl Fn() -> String,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}\n{}",
-            explain()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A plain HTTP GET to 127.0.0.1, returning the body when the status is 200.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     http_get_host(port, "localhost", path)
@@ -455,6 +403,8 @@ pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
     Server { child, addr }
 }
 pub mod browser;
-pub mod fake_gitea;
-pub mod fake_github;
-pub mod fake_gitlab;
+pub use slipway_testkit::forge::{
+    gitea as fake_gitea, github as fake_github, gitlab as fake_gitlab,
+};
+pub use slipway_testkit::git::git;
+pub use slipway_testkit::wait::{wait_for, wait_for_explained};

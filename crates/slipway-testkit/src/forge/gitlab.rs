@@ -36,9 +36,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use self::shared::{
-    Reply, Request, Server, header_of, map_strings, now_iso, parse_query, percent_encode,
-    stable_id, uuid,
+pub use super::Recorded;
+use super::{
+    Log, Reply, Request, Server, map_strings, merge, now_iso, page_params, percent_encode, poll,
+    segments, stable_id, uuid,
 };
 
 /// The one project the fake serves, and every payload names.
@@ -196,57 +197,6 @@ pub struct Status {
     pub target_url: Option<String>,
 }
 
-/// One request the fake received, and what it answered.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// `GET`, `POST`… (`(malformed)` for a request that could not be read).
-    pub method: String,
-    /// The path as sent (still percent-encoded), without the query.
-    pub path: String,
-    /// The query parameters, percent-decoded, in order.
-    pub query: Vec<(String, String)>,
-    /// The body as JSON; `None` when it was empty or not JSON.
-    pub body: Option<Value>,
-    /// The headers, in order.
-    pub headers: Vec<(String, String)>,
-    /// The status the fake answered with.
-    pub status: u16,
-    /// The GitLab endpoint the request matched, as GitLab's docs write it (e.g.
-    /// `POST /projects/:id/merge_requests/:merge_request_iid/notes`); `None` for a path or
-    /// method the fake does not implement.
-    pub operation: Option<&'static str>,
-    /// The JSON the fake answered with.
-    pub response: Value,
-}
-
-impl Recorded {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
-    }
-
-    /// The first value of query parameter `name`.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `METHOD /path?query -> status`, for assertion messages.
-    pub fn line(&self) -> String {
-        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let sep = if q.is_empty() { "" } else { "?" };
-        format!(
-            "{} {}{sep}{} -> {}",
-            self.method,
-            self.path,
-            q.join("&"),
-            self.status
-        )
-    }
-}
-
 /// A fake GitLab REST API v4 for [`PROJECT`], on `127.0.0.1`. Stopped when dropped.
 ///
 /// Endpoints (under [`FakeGitLab::url`], like `https://gitlab.com/api/v4`; `:id` is
@@ -292,7 +242,7 @@ struct State {
     /// (iid, username) in approval order.
     approvals: Vec<(u64, String)>,
     statuses: Vec<StoredStatus>,
-    requests: Vec<Recorded>,
+    requests: Log,
     reset_approvals_on_push: bool,
 }
 
@@ -370,8 +320,13 @@ impl FakeGitLab {
     /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
     /// it and notes posted through the API are its.
     pub fn start(bot_login: &str) -> FakeGitLab {
+        FakeGitLab::start_on("127.0.0.1:0", bot_login)
+    }
+
+    /// [`FakeGitLab::start`] on `addr` (`host:port`).
+    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitLab {
         let mut shared_out = None;
-        let server = Server::start("fake-gitlab", |addr| {
+        let server = Server::start_on(addr, "fake-gitlab", |addr| {
             let mut state = State::default();
             state.know(bot_login);
             let shared = Arc::new(Shared {
@@ -575,17 +530,12 @@ impl FakeGitLab {
 
     /// Every request so far, in the order they were answered.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().requests.clone()
+        self.lock().requests.all()
     }
 
-    /// The requests for paths or methods the fake does not implement (and malformed ones).
+    /// The requests for paths or methods the fake does not implement.
     pub fn unhandled(&self) -> Vec<Recorded> {
-        self.lock()
-            .requests
-            .iter()
-            .filter(|r| r.operation.is_none())
-            .cloned()
-            .collect()
+        self.lock().requests.unhandled()
     }
 
     /// Forgets the requests recorded so far.
@@ -601,7 +551,7 @@ impl FakeGitLab {
         predicate: impl Fn(&Note) -> bool,
         timeout: Duration,
     ) -> Note {
-        shared::poll(timeout, || {
+        poll(timeout, || {
             self.notes(iid).into_iter().find(|n| predicate(n))
         })
         .unwrap_or_else(|| {
@@ -621,7 +571,7 @@ impl FakeGitLab {
         predicate: impl Fn(&Status) -> bool,
         timeout: Duration,
     ) -> Status {
-        shared::poll(timeout, || {
+        poll(timeout, || {
             self.statuses(sha).into_iter().find(|s| predicate(s))
         })
         .unwrap_or_else(|| {
@@ -635,18 +585,7 @@ impl FakeGitLab {
 
     /// The last `n` requests, one line each, for failure messages.
     pub fn recent_requests(&self, n: usize) -> String {
-        let st = self.lock();
-        let skip = st.requests.len().saturating_sub(n);
-        let mut out = format!(
-            "last {} request(s) to the fake GitLab:\n",
-            st.requests.len() - skip
-        );
-        for r in &st.requests[skip..] {
-            out.push_str("  ");
-            out.push_str(&r.line());
-            out.push('\n');
-        }
-        out
+        self.lock().requests.recent(n, "GitLab")
     }
 }
 
@@ -743,42 +682,19 @@ impl Shared {
 
     /// Answers one request and records it (before the client sees the answer).
     fn handle(&self, req: Request) -> Reply {
-        let query = parse_query(&req.query);
-        let json: Option<Value> = if req.body.is_empty() {
-            None
-        } else {
-            serde_json::from_slice(&req.body).ok()
-        };
-        let op = match &req.malformed {
-            Some(_) => None,
-            None => req.path.strip_prefix(API_PREFIX).and_then(|rest| {
-                let segments: Vec<String> = rest
-                    .trim_start_matches('/')
-                    .split('/')
-                    .map(shared::percent_decode)
-                    .collect();
-                match_op(&req.method, &segments)
-            }),
-        };
+        let query = super::parse_query(&req.query);
+        let json = super::json_body(&req.body);
+        let op = segments(&req.path, API_PREFIX).and_then(|s| match_op(&req.method, &s));
         let mut st = self.lock();
-        let reply = match (&req.malformed, &op) {
-            (Some((status, why)), _) => message(*status, why),
-            (None, None) => Reply::json(404, json!({ "error": "404 Not Found" })),
-            (None, Some(op)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let reply = match &op {
+            None => Reply::json(404, json!({ "error": "404 Not Found" })),
+            Some(op) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.answer(&mut st, op, &req, &query, json.as_ref())
             }))
             .unwrap_or_else(|_| message(500, "the fake GitLab failed to answer (a bug)")),
         };
-        st.requests.push(Recorded {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            query,
-            body: json,
-            headers: req.headers.clone(),
-            status: reply.status,
-            operation: op.as_ref().map(Op::id),
-            response: reply.body.clone().unwrap_or(Value::Null),
-        });
+        st.requests
+            .push(Recorded::new(req, &reply, op.as_ref().map(Op::id)));
         reply
     }
 
@@ -1045,14 +961,7 @@ fn note_body(json: Option<&Value>) -> Result<String, Reply> {
 /// (from 1), with `X-Page`, `X-Per-Page`, `X-Total`, `X-Total-Pages`, `X-Next-Page`,
 /// `X-Prev-Page` and a `Link` header (`prev`, `next`, `first`, `last`).
 fn paginate(base: &str, path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-    };
-    let per_page = param("per_page").unwrap_or(20).clamp(1, 100);
-    let page = param("page").unwrap_or(1).max(1);
+    let (page, per_page) = page_params(query, 20, 100);
     let total = items.len();
     let pages = total.div_ceil(per_page).max(1);
     let start = (page - 1).saturating_mul(per_page).min(total);
@@ -1143,12 +1052,6 @@ fn current_user_json(username: &str) -> Value {
         }),
     );
     user
-}
-
-fn merge(into: &mut Value, from: Value) {
-    if let (Value::Object(into), Value::Object(from)) = (into, from) {
-        into.extend(from);
-    }
 }
 
 /// `doc/api/projects.md`'s project (the fields of a simple project and a few more).
@@ -1629,523 +1532,13 @@ pub fn send_webhook(
 
 /// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitlab`.
 pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    super::fake_github::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
+    crate::http::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
         .map(|r| (r.status, r.body))
         .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
 }
 
-/// What the fake GitLab and the fake Gitea share: a small HTTP/1.1 server and a few helpers.
-pub mod shared {
-    use std::collections::HashMap;
-    use std::io::{self, BufRead, BufReader, Read, Write};
-    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex, PoisonError};
-    use std::thread::JoinHandle;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+// ---- The control API -----------------------------------------------------------------------
 
-    use serde_json::{Value, json};
-
-    const MAX_LINE: u64 = 16 * 1024;
-    const MAX_HEADERS: usize = 200;
-    const MAX_BODY: usize = 16 << 20;
-    /// How long a keep-alive connection may sit idle.
-    const IDLE: Duration = Duration::from_secs(120);
-
-    /// A request as read off the wire.
-    pub struct Request {
-        /// `GET`, `POST`… (`(malformed)` when it could not be read).
-        pub method: String,
-        /// The path as sent (still percent-encoded), without the query.
-        pub path: String,
-        /// The raw query (after `?`), empty when there is none.
-        pub query: String,
-        /// The headers, in order.
-        pub headers: Vec<(String, String)>,
-        /// The body (de-chunked).
-        pub body: Vec<u8>,
-        /// Why it could not be read, and the status to answer: `400`, `413`, `431`.
-        pub malformed: Option<(u16, &'static str)>,
-    }
-
-    impl Request {
-        /// The first value of header `name` (case-insensitive).
-        pub fn header(&self, name: &str) -> Option<&str> {
-            header_of(&self.headers, name)
-        }
-    }
-
-    /// An answer: a JSON body (or none, for `204`) and extra headers.
-    pub struct Reply {
-        /// The status.
-        pub status: u16,
-        /// The body.
-        pub body: Option<Value>,
-        /// Headers besides `Content-Type`, `Content-Length` and `Connection`.
-        pub headers: Vec<(String, String)>,
-    }
-
-    impl Reply {
-        /// `status` with `body`.
-        pub fn json(status: u16, body: Value) -> Reply {
-            Reply {
-                status,
-                body: Some(body),
-                headers: Vec::new(),
-            }
-        }
-
-        /// Adds a header.
-        pub fn header(mut self, name: &str, value: String) -> Reply {
-            self.headers.push((name.to_owned(), value));
-            self
-        }
-    }
-
-    type Handler = dyn Fn(Request) -> Reply + Send + Sync;
-
-    /// A real HTTP/1.1 server on `127.0.0.1:0`: a thread per connection, keep-alive, bodies by
-    /// `Content-Length` or chunked; every request goes to the handler (malformed ones too, with
-    /// [`Request::malformed`] set), and a handler that panics answers `500`. Stopped when
-    /// dropped.
-    pub struct Server {
-        addr: SocketAddr,
-        stop: Arc<AtomicBool>,
-        conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
-        accept: Option<JoinHandle<()>>,
-    }
-
-    impl Server {
-        /// Binds, builds the handler from the bound address, and serves.
-        pub fn start<H>(name: &str, make_handler: impl FnOnce(SocketAddr) -> H) -> Server
-        where
-            H: Fn(Request) -> Reply + Send + Sync + 'static,
-        {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-            let addr = listener
-                .local_addr()
-                .expect("a bound listener has an address");
-            let handler: Arc<Handler> = Arc::new(make_handler(addr));
-            let stop = Arc::new(AtomicBool::new(false));
-            let conns: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
-            let accept = {
-                let (stop, conns) = (Arc::clone(&stop), Arc::clone(&conns));
-                let name = name.to_owned();
-                std::thread::Builder::new()
-                    .name(format!("{name}-accept"))
-                    .spawn(move || {
-                        let mut next = 0u64;
-                        for stream in listener.incoming() {
-                            if stop.load(Ordering::SeqCst) {
-                                break;
-                            }
-                            let Ok(stream) = stream else { continue };
-                            next += 1;
-                            let id = next;
-                            if let Ok(clone) = stream.try_clone() {
-                                conns
-                                    .lock()
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .insert(id, clone);
-                            }
-                            let (handler, stop, conns) =
-                                (Arc::clone(&handler), Arc::clone(&stop), Arc::clone(&conns));
-                            let spawned = std::thread::Builder::new()
-                                .name(format!("{name}-conn"))
-                                .spawn(move || {
-                                    serve_connection(&*handler, &stop, stream);
-                                    conns
-                                        .lock()
-                                        .unwrap_or_else(PoisonError::into_inner)
-                                        .remove(&id);
-                                });
-                            drop(spawned);
-                        }
-                    })
-                    .expect("spawn the accept thread")
-            };
-            Server {
-                addr,
-                stop,
-                conns,
-                accept: Some(accept),
-            }
-        }
-
-        /// `127.0.0.1:PORT`.
-        pub fn addr(&self) -> SocketAddr {
-            self.addr
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            // Wake the accept loop so that it sees the flag, and end every open connection.
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-            for (_, conn) in self
-                .conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain()
-            {
-                let _ = conn.shutdown(Shutdown::Both);
-            }
-            if let Some(accept) = self.accept.take() {
-                let _ = accept.join();
-            }
-        }
-    }
-
-    fn call(handler: &Handler, req: Request) -> Reply {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(req))).unwrap_or_else(
-            |_| {
-                Reply::json(
-                    500,
-                    json!({ "message": "the fake failed to answer (a bug)" }),
-                )
-            },
-        )
-    }
-
-    fn serve_connection(handler: &Handler, stop: &AtomicBool, stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(IDLE));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
-        let _ = stream.set_nodelay(true);
-        let Ok(mut writer) = stream.try_clone() else {
-            return;
-        };
-        let mut reader = BufReader::new(stream);
-        while !stop.load(Ordering::SeqCst) {
-            match read_request(&mut reader) {
-                Ok(None) => break,
-                Ok(Some((req, keep_alive))) => {
-                    let reply = call(handler, req);
-                    if write_reply(&mut writer, &reply, keep_alive).is_err() || !keep_alive {
-                        break;
-                    }
-                }
-                Err((status, why)) => {
-                    let req = Request {
-                        method: "(malformed)".into(),
-                        path: String::new(),
-                        query: String::new(),
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                        malformed: Some((status, why)),
-                    };
-                    let reply = call(handler, req);
-                    let _ = write_reply(&mut writer, &reply, false);
-                    break;
-                }
-            }
-        }
-        let _ = writer.flush();
-        let _ = writer.shutdown(Shutdown::Both);
-    }
-
-    /// One line without its CRLF: `None` at the end of the stream.
-    fn line(r: &mut BufReader<TcpStream>) -> Result<Option<String>, (u16, &'static str)> {
-        let mut buf = Vec::new();
-        match (&mut *r).take(MAX_LINE).read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => Ok(None),
-            Ok(_) if !buf.ends_with(b"\n") => {
-                if buf.len() as u64 >= MAX_LINE {
-                    Err((431, "Request Header Fields Too Large"))
-                } else {
-                    Ok(None)
-                }
-            }
-            Ok(_) => {
-                buf.pop();
-                if buf.ends_with(b"\r") {
-                    buf.pop();
-                }
-                String::from_utf8(buf)
-                    .map(Some)
-                    .map_err(|_| (400, "Bad Request: not UTF-8"))
-            }
-        }
-    }
-
-    type Incoming = Result<Option<(Request, bool)>, (u16, &'static str)>;
-
-    fn read_request(r: &mut BufReader<TcpStream>) -> Incoming {
-        let mut request_line = None;
-        for _ in 0..8 {
-            match line(r)? {
-                None => return Ok(None),
-                Some(l) if l.is_empty() => continue,
-                Some(l) => {
-                    request_line = Some(l);
-                    break;
-                }
-            }
-        }
-        let request_line = request_line.ok_or((400, "Bad Request: no request line"))?;
-        let parts: Vec<&str> = request_line.split(' ').collect();
-        let [method, target, version] = parts.as_slice() else {
-            return Err((400, "Bad Request: malformed request line"));
-        };
-        let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
-        let version_ok = *version == "HTTP/1.1" || *version == "HTTP/1.0";
-        if !method_ok || !version_ok || !target.starts_with('/') {
-            return Err((400, "Bad Request: malformed request line"));
-        }
-        let mut headers: Vec<(String, String)> = Vec::new();
-        loop {
-            let Some(l) = line(r)? else {
-                return Ok(None);
-            };
-            if l.is_empty() {
-                break;
-            }
-            if headers.len() >= MAX_HEADERS {
-                return Err((431, "Request Header Fields Too Large"));
-            }
-            let (k, v) = l
-                .split_once(':')
-                .ok_or((400, "Bad Request: malformed header"))?;
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-        let connection = header_of(&headers, "connection")
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let keep_alive = if *version == "HTTP/1.1" {
-            !connection.contains("close")
-        } else {
-            connection.contains("keep-alive")
-        };
-        let chunked = header_of(&headers, "transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let body = if chunked {
-            read_chunked(r)?
-        } else {
-            let length = match header_of(&headers, "content-length") {
-                None => 0,
-                Some(v) => v
-                    .parse::<usize>()
-                    .map_err(|_| (400, "Bad Request: bad Content-Length"))?,
-            };
-            if length > MAX_BODY {
-                return Err((413, "Payload Too Large"));
-            }
-            let mut body = vec![0; length];
-            if r.read_exact(&mut body).is_err() {
-                return Ok(None);
-            }
-            body
-        };
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        Ok(Some((
-            Request {
-                method: (*method).to_owned(),
-                path: path.to_owned(),
-                query: query.to_owned(),
-                headers,
-                body,
-                malformed: None,
-            },
-            keep_alive,
-        )))
-    }
-
-    fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<Vec<u8>, (u16, &'static str)> {
-        const BAD: (u16, &str) = (400, "Bad Request: bad chunked body");
-        let mut body = Vec::new();
-        loop {
-            let size_line = line(r)?.ok_or(BAD)?;
-            let size_text = size_line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_text, 16).map_err(|_| BAD)?;
-            if size == 0 {
-                while !line(r)?.ok_or(BAD)?.is_empty() {}
-                return Ok(body);
-            }
-            if body.len() + size > MAX_BODY {
-                return Err((413, "Payload Too Large"));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..]).map_err(|_| BAD)?;
-            let mut crlf = [0u8; 2];
-            r.read_exact(&mut crlf).map_err(|_| BAD)?;
-            if &crlf != b"\r\n" {
-                return Err(BAD);
-            }
-        }
-    }
-
-    fn reason(status: u16) -> &'static str {
-        match status {
-            200 => "OK",
-            201 => "Created",
-            204 => "No Content",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            409 => "Conflict",
-            413 => "Payload Too Large",
-            422 => "Unprocessable Entity",
-            431 => "Request Header Fields Too Large",
-            500 => "Internal Server Error",
-            _ => "Status",
-        }
-    }
-
-    fn write_reply(w: &mut TcpStream, reply: &Reply, keep_alive: bool) -> io::Result<()> {
-        let body = reply
-            .body
-            .as_ref()
-            .map(Value::to_string)
-            .unwrap_or_default();
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-            reply.status,
-            reason(reply.status),
-            body.len(),
-            if keep_alive { "keep-alive" } else { "close" },
-        );
-        if reply.body.is_some() {
-            head.push_str("Content-Type: application/json\r\n");
-        }
-        for (k, v) in &reply.headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        w.write_all(head.as_bytes())?;
-        w.write_all(body.as_bytes())?;
-        w.flush()
-    }
-
-    /// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
-    pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = check() {
-                return Some(v);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The first value of header `name` (case-insensitive).
-    pub fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Decodes `%XX` escapes.
-    pub fn percent_decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if bytes[i] == b'%'
-                && let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                )
-            {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    /// Percent-encodes everything but RFC 3986's unreserved characters.
-    pub fn percent_encode(s: &str) -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    }
-
-    /// The parameters of a raw query, percent-decoded, in order.
-    pub fn parse_query(q: &str) -> Vec<(String, String)> {
-        q.split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (
-                    percent_decode(&k.replace('+', " ")),
-                    percent_decode(&v.replace('+', " ")),
-                )
-            })
-            .collect()
-    }
-
-    /// Applies `f` to every string in `v`.
-    pub fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
-        match v {
-            Value::String(s) => *s = f(s),
-            Value::Array(items) => items.iter_mut().for_each(|x| map_strings(x, f)),
-            Value::Object(map) => map.values_mut().for_each(|x| map_strings(x, f)),
-            _ => {}
-        }
-    }
-
-    /// A stable id for a name (FNV-1a, case-insensitive), in `base..base + 90,000,000`.
-    pub fn stable_id(name: &str, base: u64) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.to_ascii_lowercase().bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        base + h % 90_000_000
-    }
-
-    /// A fresh UUID-shaped id (unique within this test process).
-    pub fn uuid() -> String {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{:08x}-{:04x}-4000-8000-{n:012x}",
-            std::process::id(),
-            unix_now() & 0xffff
-        )
-    }
-
-    fn unix_now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-
-    /// Now, as ISO 8601 in UTC: `2024-05-01T12:34:56Z`.
-    pub fn now_iso() -> String {
-        let secs = unix_now();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        // Howard Hinnant's civil_from_days.
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
-    }
-}
+super::control::impl_control!(
+    FakeGitLab, GitLab, MrSpec, MrState { Opened, Closed }, head: source_branch, base: target_branch, find: mr, add: add_mr, comments: notes, context: name
+);

@@ -2,7 +2,7 @@
 //! calls, and the webhook deliveries Gitea sends.
 //!
 //! - [`FakeGitea`] is a real HTTP/1.1 server on `127.0.0.1:0` (the one of
-//!   [`super::fake_gitlab::shared::Server`]) that answers, under `/api/v1`, exactly the calls
+//!   [`crate::http::Server`]) that answers, under `/api/v1`, exactly the calls
 //!   `slipway-forge`'s Gitea adapter makes, for one repository, [`REPO`] (`acme/shop`), from
 //!   in-memory state the test controls: pull requests (head, state, mergeability), reviews,
 //!   collaborator permissions. It keeps what the adapter writes (issue comments, commit
@@ -36,9 +36,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::fake_gitlab::shared::{
-    self, Reply, Request, Server, header_of, map_strings, now_iso, parse_query, percent_encode,
-    stable_id,
+pub use super::Recorded;
+use super::{
+    Log, Reply, Request, Server, map_strings, now_iso, percent_encode, poll, segments, stable_id,
+    token_of,
 };
 
 /// The one repository the fake serves, and every payload names.
@@ -177,56 +178,6 @@ pub struct Status {
     pub target_url: Option<String>,
 }
 
-/// One request the fake received, and what it answered.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// `GET`, `POST`… (`(malformed)` for a request that could not be read).
-    pub method: String,
-    /// The path as sent (still percent-encoded), without the query.
-    pub path: String,
-    /// The query parameters, percent-decoded, in order.
-    pub query: Vec<(String, String)>,
-    /// The body as JSON; `None` when it was empty or not JSON.
-    pub body: Option<Value>,
-    /// The headers, in order.
-    pub headers: Vec<(String, String)>,
-    /// The status the fake answered with.
-    pub status: u16,
-    /// The Gitea operation the request matched (its swagger `operationId`, e.g.
-    /// `issueCreateComment`); `None` for a path or method the fake does not implement.
-    pub operation: Option<&'static str>,
-    /// The JSON the fake answered with.
-    pub response: Value,
-}
-
-impl Recorded {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
-    }
-
-    /// The first value of query parameter `name`.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `METHOD /path?query -> status`, for assertion messages.
-    pub fn line(&self) -> String {
-        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let sep = if q.is_empty() { "" } else { "?" };
-        format!(
-            "{} {}{sep}{} -> {}",
-            self.method,
-            self.path,
-            q.join("&"),
-            self.status
-        )
-    }
-}
-
 /// A fake Gitea REST API v1 for [`REPO`], on `127.0.0.1`. Stopped when dropped.
 ///
 /// Endpoints (under [`FakeGitea::url`], like `https://gitea.example.com/api/v1`):
@@ -267,7 +218,7 @@ struct State {
     statuses: Vec<StoredStatus>,
     /// Lowercased login → (login as set, level).
     permissions: HashMap<String, (String, String)>,
-    requests: Vec<Recorded>,
+    requests: Log,
 }
 
 struct Pr {
@@ -331,8 +282,13 @@ impl FakeGitea {
     /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
     /// it and comments posted through the API are its.
     pub fn start(bot_login: &str) -> FakeGitea {
+        FakeGitea::start_on("127.0.0.1:0", bot_login)
+    }
+
+    /// [`FakeGitea::start`] on `addr` (`host:port`).
+    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitea {
         let mut shared_out = None;
-        let server = Server::start("fake-gitea", |addr| {
+        let server = Server::start_on(addr, "fake-gitea", |addr| {
             let mut state = State::default();
             // Only a repository admin may ask for someone else's permission: the bot is one.
             state.permissions.insert(
@@ -531,17 +487,12 @@ impl FakeGitea {
 
     /// Every request so far, in the order they were answered.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().requests.clone()
+        self.lock().requests.all()
     }
 
-    /// The requests for paths or methods the fake does not implement (and malformed ones).
+    /// The requests for paths or methods the fake does not implement.
     pub fn unhandled(&self) -> Vec<Recorded> {
-        self.lock()
-            .requests
-            .iter()
-            .filter(|r| r.operation.is_none())
-            .cloned()
-            .collect()
+        self.lock().requests.unhandled()
     }
 
     /// Forgets the requests recorded so far.
@@ -557,7 +508,7 @@ impl FakeGitea {
         predicate: impl Fn(&Comment) -> bool,
         timeout: Duration,
     ) -> Comment {
-        shared::poll(timeout, || {
+        poll(timeout, || {
             self.comments(pr).into_iter().find(|c| predicate(c))
         })
         .unwrap_or_else(|| {
@@ -577,7 +528,7 @@ impl FakeGitea {
         predicate: impl Fn(&Status) -> bool,
         timeout: Duration,
     ) -> Status {
-        shared::poll(timeout, || {
+        poll(timeout, || {
             self.statuses(sha).into_iter().find(|s| predicate(s))
         })
         .unwrap_or_else(|| {
@@ -591,18 +542,7 @@ impl FakeGitea {
 
     /// The last `n` requests, one line each, for failure messages.
     pub fn recent_requests(&self, n: usize) -> String {
-        let st = self.lock();
-        let skip = st.requests.len().saturating_sub(n);
-        let mut out = format!(
-            "last {} request(s) to the fake Gitea:\n",
-            st.requests.len() - skip
-        );
-        for r in &st.requests[skip..] {
-            out.push_str("  ");
-            out.push_str(&r.line());
-            out.push('\n');
-        }
-        out
+        self.lock().requests.recent(n, "Gitea")
     }
 }
 
@@ -695,42 +635,19 @@ impl Shared {
 
     /// Answers one request and records it (before the client sees the answer).
     fn handle(&self, req: Request) -> Reply {
-        let query = parse_query(&req.query);
-        let json: Option<Value> = if req.body.is_empty() {
-            None
-        } else {
-            serde_json::from_slice(&req.body).ok()
-        };
-        let op = match &req.malformed {
-            Some(_) => None,
-            None => req.path.strip_prefix(API_PREFIX).and_then(|rest| {
-                let segments: Vec<String> = rest
-                    .trim_start_matches('/')
-                    .split('/')
-                    .map(shared::percent_decode)
-                    .collect();
-                match_op(&req.method, &segments)
-            }),
-        };
+        let query = super::parse_query(&req.query);
+        let json = super::json_body(&req.body);
+        let op = segments(&req.path, API_PREFIX).and_then(|s| match_op(&req.method, &s));
         let mut st = self.lock();
-        let reply = match (&req.malformed, &op) {
-            (Some((status, why)), _) => message(*status, why),
-            (None, None) => not_found(),
-            (None, Some(op)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let reply = match &op {
+            None => not_found(),
+            Some(op) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.answer(&mut st, op, &req, &query, json.as_ref())
             }))
             .unwrap_or_else(|_| message(500, "the fake Gitea failed to answer (a bug)")),
         };
-        st.requests.push(Recorded {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            query,
-            body: json,
-            headers: req.headers.clone(),
-            status: reply.status,
-            operation: op.as_ref().map(Op::id),
-            response: reply.body.clone().unwrap_or(Value::Null),
-        });
+        st.requests
+            .push(Recorded::new(req, &reply, op.as_ref().map(Op::id)));
         reply
     }
 
@@ -742,15 +659,7 @@ impl Shared {
         query: &[(String, String)],
         json: Option<&Value>,
     ) -> Reply {
-        let token = req
-            .header("authorization")
-            .and_then(|v| {
-                let v = v.trim();
-                v.strip_prefix("token ")
-                    .or_else(|| v.strip_prefix("Bearer "))
-                    .map(str::trim)
-            })
-            .filter(|t| !t.is_empty());
+        let token = token_of(req, None);
         match (token, &st.token) {
             (None, _) => return message(401, "token is required"),
             (Some(given), Some(wanted)) if given != wanted => {
@@ -1428,7 +1337,7 @@ pub fn webhook_headers(
     delivery: &str,
     body: &[u8],
 ) -> Vec<(String, String)> {
-    let signature = slipway_forge::sign(secret, body);
+    let signature = super::sign(secret, body);
     let kind = event_type(event, body);
     let mut headers = vec![
         ("User-Agent".to_owned(), "Go-http-client/1.1".to_owned()),
@@ -1467,7 +1376,13 @@ pub fn send_webhook(
 
 /// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitea`.
 pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    super::fake_github::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
+    crate::http::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
         .map(|r| (r.status, r.body))
         .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
 }
+
+// ---- The control API -----------------------------------------------------------------------
+
+super::control::impl_control!(
+    FakeGitea, Gitea, PrSpec, PrState { Open, Closed }, head: head_ref, base: base_ref, find: pr, add: add_pr, comments: comments, context: context
+);

@@ -37,15 +37,20 @@
 //! (an unknown pull request number, an unknown permission level).
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+
+pub use super::Recorded;
+use super::{
+    Log, Reply, Request, Server, map_strings, merge, now_iso, page_params, percent_encode, poll,
+    segments, stable_id, token_of, unix_now,
+};
+pub use crate::fixtures::fixtures_dir;
+pub use crate::http::{HttpResponse, http_request};
 
 /// The one repository the fake serves, and every payload names.
 pub const REPO: &str = "acme/shop";
@@ -72,14 +77,6 @@ const DOCS: &str = "https://docs.github.com/rest";
 pub const COMMENT_LIMIT: usize = 65_536;
 /// GitHub's limit on a commit status description, in characters.
 pub const STATUS_DESCRIPTION_LIMIT: usize = 140;
-
-const MAX_LINE: u64 = 16 * 1024;
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 200;
-const MAX_BODY: usize = 16 << 20;
-/// How long a keep-alive connection may sit idle (ureq drops pooled ones after 15 s).
-const IDLE: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_millis(20);
 
 /// A pull request to put on the fake (and into payloads).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,61 +179,6 @@ pub struct Status {
     pub target_url: Option<String>,
 }
 
-/// One request the fake received, and what it answered.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// `GET`, `POST`… (`(malformed)` for a request that could not be read).
-    pub method: String,
-    /// The path as sent (still percent-encoded), without the query.
-    pub path: String,
-    /// The query parameters, percent-decoded, in order.
-    pub query: Vec<(String, String)>,
-    /// The body as JSON; `None` when it was empty or not JSON.
-    pub body: Option<Value>,
-    /// The body as received.
-    pub raw_body: Vec<u8>,
-    /// The headers, in order.
-    pub headers: Vec<(String, String)>,
-    /// The status the fake answered with.
-    pub status: u16,
-    /// The GitHub operation the request matched (its OpenAPI `operationId`, e.g.
-    /// `issues/create-comment`); `None` for a path or method the fake does not implement.
-    pub operation: Option<&'static str>,
-    /// The JSON the fake answered with.
-    pub response: Value,
-    /// Which TCP connection it came on (numbered from 1 per fake): requests of one keep-alive
-    /// connection share it.
-    pub connection: u64,
-}
-
-impl Recorded {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
-    }
-
-    /// The first value of query parameter `name`.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `METHOD /path?query -> status`, for assertion messages.
-    pub fn line(&self) -> String {
-        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let sep = if q.is_empty() { "" } else { "?" };
-        format!(
-            "{} {}{sep}{} -> {}",
-            self.method,
-            self.path,
-            q.join("&"),
-            self.status
-        )
-    }
-}
-
 /// A fake GitHub REST API for [`REPO`], on `127.0.0.1`. Stopped when dropped.
 ///
 /// Endpoints (under the root [`FakeGitHub::url`], like `https://api.github.com`):
@@ -260,8 +202,7 @@ impl Recorded {
 /// hex); unparsable JSON is `400`.
 pub struct FakeGitHub {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    accept: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 struct Shared {
@@ -269,8 +210,6 @@ struct Shared {
     /// `http://127.0.0.1:PORT`: the root of the API URLs in answers.
     base_url: String,
     state: Mutex<State>,
-    stop: AtomicBool,
-    conns: Mutex<HashMap<u64, TcpStream>>,
 }
 
 #[derive(Default)]
@@ -282,7 +221,7 @@ struct State {
     statuses: Vec<StoredStatus>,
     /// Lowercased login → (login as set, level).
     permissions: HashMap<String, (String, String)>,
-    requests: Vec<Recorded>,
+    requests: Log,
     failures: Vec<Failure>,
     token: Option<String>,
 }
@@ -380,28 +319,24 @@ impl FakeGitHub {
     /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
     /// it and comments posted through the API are its.
     pub fn start(bot_login: &str) -> FakeGitHub {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let shared = Arc::new(Shared {
-            bot_login: bot_login.to_owned(),
-            base_url: format!("http://{addr}"),
-            state: Mutex::new(State::default()),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
+        FakeGitHub::start_on("127.0.0.1:0", bot_login)
+    }
+
+    /// [`FakeGitHub::start`] on `addr` (`host:port`).
+    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitHub {
+        let mut shared_out = None;
+        let server = Server::start_on(addr, "fake-github", |addr| {
+            let shared = Arc::new(Shared {
+                bot_login: bot_login.to_owned(),
+                base_url: format!("http://{addr}"),
+                state: Mutex::new(State::default()),
+            });
+            shared_out = Some(Arc::clone(&shared));
+            move |req: Request| shared.handle(req)
         });
-        let accept = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("fake-github-accept".into())
-                .spawn(move || accept_loop(&shared, &listener))
-                .expect("spawn the fake GitHub's accept thread")
-        };
         FakeGitHub {
-            shared,
-            addr,
-            accept: Some(accept),
+            shared: shared_out.expect("the handler was built"),
+            server,
         }
     }
 
@@ -412,7 +347,7 @@ impl FakeGitHub {
 
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// The bot's login, as given to [`FakeGitHub::start`].
@@ -580,17 +515,12 @@ impl FakeGitHub {
 
     /// Every request so far, in the order they were answered.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().requests.clone()
+        self.lock().requests.all()
     }
 
-    /// The requests for paths or methods the fake does not implement (and malformed ones).
+    /// The requests for paths or methods the fake does not implement.
     pub fn unhandled(&self) -> Vec<Recorded> {
-        self.lock()
-            .requests
-            .iter()
-            .filter(|r| r.operation.is_none())
-            .cloned()
-            .collect()
+        self.lock().requests.unhandled()
     }
 
     /// Forgets the requests recorded so far.
@@ -618,20 +548,16 @@ impl FakeGitHub {
         predicate: impl Fn(&Comment) -> bool,
         timeout: Duration,
     ) -> Comment {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.comments(pr).into_iter().find(|c| predicate(c)) {
-                return c;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for a comment on #{pr}\ncomments:\n{:#?}\n{}",
-                    self.comments(pr),
-                    self.recent_requests(30)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
+        poll(timeout, || {
+            self.comments(pr).into_iter().find(|c| predicate(c))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for a comment on #{pr}\ncomments:\n{:#?}\n{}",
+                self.comments(pr),
+                self.recent_requests(30)
+            )
+        })
     }
 
     /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
@@ -642,56 +568,21 @@ impl FakeGitHub {
         predicate: impl Fn(&Status) -> bool,
         timeout: Duration,
     ) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.statuses(sha).into_iter().find(|s| predicate(s)) {
-                return s;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
-                    self.statuses(sha),
-                    self.recent_requests(30)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
+        poll(timeout, || {
+            self.statuses(sha).into_iter().find(|s| predicate(s))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
+                self.statuses(sha),
+                self.recent_requests(30)
+            )
+        })
     }
 
     /// The last `n` requests, one line each, for failure messages.
     pub fn recent_requests(&self, n: usize) -> String {
-        let st = self.lock();
-        let skip = st.requests.len().saturating_sub(n);
-        let mut out = format!(
-            "last {} request(s) to the fake GitHub:\n",
-            st.requests.len() - skip
-        );
-        for r in &st.requests[skip..] {
-            out.push_str("  ");
-            out.push_str(&r.line());
-            out.push('\n');
-        }
-        out
-    }
-}
-
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees the flag, and end every open connection.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for (_, conn) in self
-            .shared
-            .conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-        {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        self.lock().requests.recent(n, "GitHub")
     }
 }
 
@@ -701,370 +592,67 @@ impl Shared {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
-    let mut next = 0u64;
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        next += 1;
-        let id = next;
-        if let Ok(clone) = stream.try_clone() {
-            shared
-                .conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, clone);
-        }
-        let shared = Arc::clone(shared);
-        let spawned = std::thread::Builder::new()
-            .name("fake-github-conn".into())
-            .spawn(move || {
-                serve_connection(&shared, stream, id);
-                shared
-                    .conns
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id);
-            });
-        drop(spawned);
-    }
+// ---- Answering -------------------------------------------------------------------------------
+
+/// GitHub's error shape: `{"message", "documentation_url", "status"}`.
+fn message(status: u16, message: &str) -> Reply {
+    Reply::json(
+        status,
+        json!({ "message": message, "documentation_url": DOCS, "status": status.to_string() }),
+    )
 }
 
-/// A request as read off the wire.
-struct RawRequest {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    keep_alive: bool,
+fn not_found() -> Reply {
+    message(404, "Not Found")
 }
 
-enum Incoming {
-    Request(RawRequest),
-    Closed,
-    Refuse(u16, &'static str),
+/// `422 Validation Failed`, with one error.
+fn invalid(resource: &str, field: &str, code: &str, message: Option<&str>) -> Reply {
+    let mut error = json!({ "resource": resource, "field": field, "code": code });
+    if let Some(m) = message {
+        error["message"] = json!(m);
+    }
+    Reply::json(
+        422,
+        json!({
+            "message": "Validation Failed",
+            "errors": [error],
+            "documentation_url": DOCS,
+            "status": "422",
+        }),
+    )
 }
 
-fn serve_connection(shared: &Shared, stream: TcpStream, connection: u64) {
-    let _ = stream.set_read_timeout(Some(IDLE));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
-    let _ = stream.set_nodelay(true);
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    while !shared.stop.load(Ordering::SeqCst) {
-        match read_request(&mut reader, &mut writer) {
-            Incoming::Closed => break,
-            Incoming::Refuse(status, why) => {
-                let reply = Reply::message(status, why);
-                shared.lock().requests.push(Recorded {
-                    method: "(malformed)".into(),
-                    path: String::new(),
-                    query: Vec::new(),
-                    body: None,
-                    raw_body: Vec::new(),
-                    headers: Vec::new(),
-                    status,
-                    operation: None,
-                    response: reply.body.clone(),
-                    connection,
-                });
-                let _ = write_reply(&mut writer, &reply, false);
-                // A lingering close: the client is told first, then what it still sends is
-                // read and dropped for a moment, so that closing with unread data (a reset)
-                // does not destroy the answer before the client reads it.
-                let _ = writer.shutdown(Shutdown::Write);
-                let _ = reader
-                    .get_ref()
-                    .set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = io::copy(
-                    &mut (&mut reader).take(MAX_BODY as u64 * 4),
-                    &mut io::sink(),
-                );
-                break;
-            }
-            Incoming::Request(req) => {
-                let keep_alive = req.keep_alive;
-                let reply = shared.handle(req, connection);
-                if write_reply(&mut writer, &reply, keep_alive).is_err() || !keep_alive {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = writer.flush();
-    let _ = writer.shutdown(Shutdown::Both);
-}
-
-/// Reads one line, up to `limit` bytes: `None` at end of stream.
-fn read_line(r: &mut impl BufRead, limit: u64) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    let n = r.take(limit).read_until(b'\n', &mut buf)?;
-    Ok((n > 0).then_some(buf))
-}
-
-fn trim_crlf(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Incoming {
-    // The request line, after at most a few stray empty lines.
-    let mut line = Vec::new();
-    for _ in 0..8 {
-        match read_line(r, MAX_LINE) {
-            Ok(Some(l)) if !l.ends_with(b"\n") => {
-                return if l.len() as u64 >= MAX_LINE {
-                    Incoming::Refuse(414, "URI Too Long")
-                } else {
-                    Incoming::Closed
-                };
-            }
-            Ok(Some(l)) => {
-                if !trim_crlf(&l).is_empty() {
-                    line = trim_crlf(&l).to_vec();
-                    break;
-                }
-            }
-            Ok(None) | Err(_) => return Incoming::Closed,
-        }
-    }
-    if line.is_empty() {
-        return Incoming::Refuse(400, "Bad Request: no request line");
-    }
-    let Ok(line) = String::from_utf8(line) else {
-        return Incoming::Refuse(400, "Bad Request: request line is not UTF-8");
-    };
-    let parts: Vec<&str> = line.split(' ').collect();
-    let [method, target, version] = parts.as_slice() else {
-        return Incoming::Refuse(400, "Bad Request: malformed request line");
-    };
-    let version_ok = *version == "HTTP/1.1" || *version == "HTTP/1.0";
-    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
-    if !version_ok || !method_ok || !target.starts_with('/') {
-        return Incoming::Refuse(400, "Bad Request: malformed request line");
-    }
-
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let mut header_bytes = 0usize;
-    loop {
-        let l = match read_line(r, MAX_LINE) {
-            Ok(Some(l)) => l,
-            Ok(None) | Err(_) => return Incoming::Closed,
-        };
-        if !l.ends_with(b"\n") {
-            return Incoming::Refuse(431, "Request Header Fields Too Large");
-        }
-        header_bytes += l.len();
-        let l = trim_crlf(&l);
-        if l.is_empty() {
-            break;
-        }
-        if header_bytes > MAX_HEADER_BYTES || headers.len() >= MAX_HEADERS {
-            return Incoming::Refuse(431, "Request Header Fields Too Large");
-        }
-        let text = String::from_utf8_lossy(l);
-        let Some((name, value)) = text.split_once(':') else {
-            return Incoming::Refuse(400, "Bad Request: malformed header");
-        };
-        let name_ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b':' && b != b'"');
-        if !name_ok {
-            return Incoming::Refuse(400, "Bad Request: malformed header name");
-        }
-        headers.push((name.to_owned(), value.trim().to_owned()));
-    }
-
-    let connection = header_of(&headers, "connection")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let keep_alive = if *version == "HTTP/1.1" {
-        !connection.contains("close")
-    } else {
-        connection.contains("keep-alive")
-    };
-    let chunked = header_of(&headers, "transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let lengths: Vec<&str> = headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let length = match lengths.as_slice() {
-        [] => None,
-        [first, rest @ ..] if rest.iter().all(|v| v == first) => match first.parse::<usize>() {
-            Ok(n) => Some(n),
-            Err(_) => return Incoming::Refuse(400, "Bad Request: bad Content-Length"),
-        },
-        _ => return Incoming::Refuse(400, "Bad Request: conflicting Content-Length"),
-    };
-    if chunked && length.is_some() {
-        return Incoming::Refuse(400, "Bad Request: both Content-Length and chunked");
-    }
-    if length.is_some_and(|n| n > MAX_BODY) {
-        return Incoming::Refuse(413, "Payload Too Large");
-    }
-    let expects_body = chunked || length.is_some_and(|n| n > 0);
-    if expects_body
-        && header_of(&headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
-        let _ = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-    }
-    let body = if chunked {
-        match read_chunked(r) {
-            Ok(body) => body,
-            Err(status) => return Incoming::Refuse(status, "Bad Request: bad chunked body"),
-        }
-    } else {
-        let mut body = vec![0; length.unwrap_or(0)];
-        if r.read_exact(&mut body).is_err() {
-            return Incoming::Closed;
-        }
-        body
-    };
-    Incoming::Request(RawRequest {
-        method: (*method).to_owned(),
-        target: (*target).to_owned(),
-        headers,
-        body,
-        keep_alive,
-    })
-}
-
-fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<Vec<u8>, u16> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(r, 1024).ok().flatten().ok_or(400u16)?;
-        let text = String::from_utf8_lossy(trim_crlf(&line)).into_owned();
-        let size_text = text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| 400u16)?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                let l = read_line(r, MAX_LINE).ok().flatten().ok_or(400u16)?;
-                if trim_crlf(&l).is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(413);
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..]).map_err(|_| 400u16)?;
-        let mut crlf = [0u8; 2];
-        r.read_exact(&mut crlf).map_err(|_| 400u16)?;
-        if &crlf != b"\r\n" {
-            return Err(400);
-        }
-    }
-}
-
-/// An answer.
-struct Reply {
-    status: u16,
-    body: Value,
-    headers: Vec<(String, String)>,
-}
-
-impl Reply {
-    fn json(status: u16, body: Value) -> Reply {
-        Reply {
-            status,
-            body,
-            headers: Vec::new(),
-        }
-    }
-
-    /// GitHub's error shape: `{"message", "documentation_url", "status"}`.
-    fn message(status: u16, message: &str) -> Reply {
-        Reply::json(
-            status,
-            json!({ "message": message, "documentation_url": DOCS, "status": status.to_string() }),
-        )
-    }
-
-    fn not_found() -> Reply {
-        Reply::message(404, "Not Found")
-    }
-
-    /// `422 Validation Failed`, with one error.
-    fn invalid(resource: &str, field: &str, code: &str, message: Option<&str>) -> Reply {
-        let mut error = json!({ "resource": resource, "field": field, "code": code });
-        if let Some(m) = message {
-            error["message"] = json!(m);
-        }
-        Reply::json(
-            422,
-            json!({
-                "message": "Validation Failed",
-                "errors": [error],
-                "documentation_url": DOCS,
-                "status": "422",
-            }),
-        )
-    }
-
-    fn header(mut self, name: &str, value: String) -> Reply {
-        self.headers.push((name.to_owned(), value));
-        self
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        413 => "Payload Too Large",
-        414 => "URI Too Long",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-fn write_reply(w: &mut TcpStream, reply: &Reply, keep_alive: bool) -> io::Result<()> {
-    let body = reply.body.to_string();
+/// The headers GitHub sends with every answer (its rate limit: exhausted when the answer
+/// already says so).
+fn with_github_headers(mut reply: Reply) -> Reply {
     let limited = reply
         .headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("x-ratelimit-remaining") && v == "0");
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\
-         X-GitHub-Media-Type: github.v3; format=json\r\nX-GitHub-Api-Version-Selected: 2022-11-28\r\n\
-         X-RateLimit-Limit: 5000\r\nX-RateLimit-Used: 1\r\nX-RateLimit-Resource: core\r\n\
-         X-RateLimit-Reset: {}\r\nConnection: {}\r\n",
-        reply.status,
-        reason(reply.status),
-        body.len(),
-        unix_now() + 3600,
-        if keep_alive { "keep-alive" } else { "close" },
-    );
+    let mut headers = vec![
+        (
+            "X-GitHub-Media-Type".to_owned(),
+            "github.v3; format=json".to_owned(),
+        ),
+        (
+            "X-GitHub-Api-Version-Selected".to_owned(),
+            "2022-11-28".to_owned(),
+        ),
+        ("X-RateLimit-Limit".to_owned(), "5000".to_owned()),
+        ("X-RateLimit-Used".to_owned(), "1".to_owned()),
+        ("X-RateLimit-Resource".to_owned(), "core".to_owned()),
+        (
+            "X-RateLimit-Reset".to_owned(),
+            (unix_now() + 3600).to_string(),
+        ),
+    ];
     if !limited {
-        head.push_str("X-RateLimit-Remaining: 4999\r\n");
+        headers.push(("X-RateLimit-Remaining".to_owned(), "4999".to_owned()));
     }
-    for (k, v) in &reply.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    w.write_all(head.as_bytes())?;
-    w.write_all(body.as_bytes())?;
-    w.flush()
+    headers.append(&mut reply.headers);
+    reply.headers = headers;
+    reply
 }
 
 /// A GitHub REST operation the fake implements, with its path parameters.
@@ -1136,40 +724,18 @@ fn match_op(method: &str, segments: &[String]) -> Option<Op> {
 impl Shared {
     /// Answers one request and records it (before the client can see the answer, so that a
     /// test that looks right after a call sees every request of that call).
-    fn handle(&self, req: RawRequest, connection: u64) -> Reply {
-        let (path, raw_query) = match req.target.split_once('?') {
-            Some((p, q)) => (p.to_owned(), q.to_owned()),
-            None => (req.target.clone(), String::new()),
-        };
-        let segments: Vec<String> = path
-            .trim_start_matches('/')
-            .split('/')
-            .map(percent_decode)
-            .collect();
-        let query = parse_query(&raw_query);
-        let json: Option<Value> = if req.body.is_empty() {
-            None
-        } else {
-            serde_json::from_slice(&req.body).ok()
-        };
-        let op = match_op(&req.method, &segments);
+    fn handle(&self, req: Request) -> Reply {
+        let op = segments(&req.path, "").and_then(|s| match_op(&req.method, &s));
+        let json = super::json_body(&req.body);
+        let query = super::parse_query(&req.query);
         let mut st = self.lock();
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.answer(&mut st, op.as_ref(), &req, &path, &query, json.as_ref())
+            self.answer(&mut st, op.as_ref(), &req, &req.path, &query, json.as_ref())
         }))
-        .unwrap_or_else(|_| Reply::message(500, "the fake GitHub failed to answer (a bug)"));
-        st.requests.push(Recorded {
-            method: req.method,
-            path,
-            query,
-            body: json,
-            raw_body: req.body,
-            headers: req.headers,
-            status: reply.status,
-            operation: op.as_ref().map(Op::id),
-            response: reply.body.clone(),
-            connection,
-        });
+        .unwrap_or_else(|_| message(500, "the fake GitHub failed to answer (a bug)"));
+        let reply = with_github_headers(reply);
+        st.requests
+            .push(Recorded::new(req, &reply, op.as_ref().map(Op::id)));
         reply
     }
 
@@ -1177,26 +743,19 @@ impl Shared {
         &self,
         st: &mut State,
         op: Option<&Op>,
-        req: &RawRequest,
+        req: &Request,
         path: &str,
         query: &[(String, String)],
         json: Option<&Value>,
     ) -> Reply {
         let Some(op) = op else {
-            return Reply::not_found();
+            return not_found();
         };
-        let token = header_of(&req.headers, "authorization").and_then(|v| {
-            let v = v.trim();
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .or_else(|| v.strip_prefix("token "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-        });
+        let token = token_of(req, None);
         match (token, &st.token) {
-            (None, _) => return Reply::message(401, "Requires authentication"),
+            (None, _) => return message(401, "Requires authentication"),
             (Some(given), Some(wanted)) if given != wanted => {
-                return Reply::message(401, "Bad credentials");
+                return message(401, "Bad credentials");
             }
             _ => {}
         }
@@ -1206,7 +765,7 @@ impl Shared {
                 && path.contains(&f.path_contains)
         }) {
             f.remaining -= 1;
-            let reply = Reply::message(f.status, "injected failure");
+            let reply = message(f.status, "injected failure");
             return if matches!(f.status, 403 | 429) {
                 reply
                     .header("X-RateLimit-Remaining", "0".into())
@@ -1220,19 +779,19 @@ impl Shared {
             Op::CreateComment(_) | Op::UpdateComment(_) | Op::CreateStatus(_)
         );
         if writes && json.is_none() {
-            return Reply::message(400, "Problems parsing JSON");
+            return message(400, "Problems parsing JSON");
         }
         let api = self.base_url.as_str();
         match op {
             Op::GetUser => {
                 if self.bot_login.ends_with("[bot]") {
-                    return Reply::message(403, "Resource not accessible by integration");
+                    return message(403, "Resource not accessible by integration");
                 }
                 Reply::json(200, private_user_json(api, &self.bot_login))
             }
             Op::ListComments(n) => {
                 if st.pr(*n).is_none() {
-                    return Reply::not_found();
+                    return not_found();
                 }
                 let items = st
                     .comments
@@ -1244,7 +803,7 @@ impl Shared {
             }
             Op::CreateComment(n) => {
                 if st.pr(*n).is_none() {
-                    return Reply::not_found();
+                    return not_found();
                 }
                 let body = match comment_body(json) {
                     Ok(b) => b,
@@ -1268,7 +827,7 @@ impl Shared {
             }
             Op::GetComment(id) => match st.comments.iter().find(|c| c.id == *id) {
                 Some(c) => Reply::json(200, comment_json(api, st, c)),
-                None => Reply::not_found(),
+                None => not_found(),
             },
             Op::UpdateComment(id) => {
                 let body = match comment_body(json) {
@@ -1277,7 +836,7 @@ impl Shared {
                 };
                 let now = now_iso();
                 let Some(c) = st.comments.iter_mut().find(|c| c.id == *id) else {
-                    return Reply::not_found();
+                    return not_found();
                 };
                 c.body = body;
                 c.edits += 1;
@@ -1296,7 +855,7 @@ impl Shared {
                     .find(|(k, _)| k == "state")
                     .map_or("open", |(_, v)| v.as_str());
                 if !matches!(state, "open" | "closed" | "all") {
-                    return Reply::invalid("PullRequest", "state", "invalid", None);
+                    return invalid("PullRequest", "state", "invalid", None);
                 }
                 // GitHub's default order: newest first.
                 let items = st
@@ -1314,11 +873,11 @@ impl Shared {
             }
             Op::GetPull(n) => match st.pr(*n) {
                 Some(p) => Reply::json(200, pr_json(api, st, p, true)),
-                None => Reply::not_found(),
+                None => not_found(),
             },
             Op::ListReviews(n) => {
                 if st.pr(*n).is_none() {
-                    return Reply::not_found();
+                    return not_found();
                 }
                 let items = st
                     .reviews
@@ -1330,7 +889,7 @@ impl Shared {
             }
             Op::GetPermission(user) => match st.permissions.get(&user.to_ascii_lowercase()) {
                 Some((login, level)) => Reply::json(200, permission_json(api, login, level)),
-                None => Reply::not_found(),
+                None => not_found(),
             },
         }
     }
@@ -1338,19 +897,19 @@ impl Shared {
     fn create_status(&self, st: &mut State, sha: &str, body: &Value) -> Reply {
         let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex || !(sha.len() == 40 || sha.len() == 64) {
-            return Reply::message(422, &format!("No commit found for SHA: {sha}"));
+            return message(422, &format!("No commit found for SHA: {sha}"));
         }
         let Some(state) = body.get("state").and_then(Value::as_str) else {
-            return Reply::invalid("Status", "state", "missing_field", None);
+            return invalid("Status", "state", "missing_field", None);
         };
         if !matches!(state, "pending" | "success" | "failure" | "error") {
-            return Reply::invalid("Status", "state", "invalid", None);
+            return invalid("Status", "state", "invalid", None);
         }
         let text = |field: &str| -> Result<Option<String>, Reply> {
             match body.get(field) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(Reply::invalid("Status", field, "invalid", None)),
+                Some(_) => Err(invalid("Status", field, "invalid", None)),
             }
         };
         let (description, target_url, context) =
@@ -1362,7 +921,7 @@ impl Shared {
             .as_ref()
             .is_some_and(|d| d.chars().count() > STATUS_DESCRIPTION_LIMIT)
         {
-            return Reply::invalid(
+            return invalid(
                 "Status",
                 "description",
                 "custom",
@@ -1391,26 +950,18 @@ impl Shared {
 /// The `body` of a comment create/update request, or GitHub's `422`.
 fn comment_body(json: Option<&Value>) -> Result<String, Reply> {
     match json.and_then(|j| j.get("body")) {
-        Some(Value::String(s)) if s.is_empty() => Err(Reply::invalid(
-            "IssueComment",
-            "body",
-            "missing_field",
-            None,
-        )),
-        Some(Value::String(s)) if s.chars().count() > COMMENT_LIMIT => Err(Reply::invalid(
+        Some(Value::String(s)) if s.is_empty() => {
+            Err(invalid("IssueComment", "body", "missing_field", None))
+        }
+        Some(Value::String(s)) if s.chars().count() > COMMENT_LIMIT => Err(invalid(
             "IssueComment",
             "body",
             "custom",
             Some("body is too long (maximum is 65536 characters)"),
         )),
         Some(Value::String(s)) => Ok(s.clone()),
-        None | Some(Value::Null) => Err(Reply::invalid(
-            "IssueComment",
-            "body",
-            "missing_field",
-            None,
-        )),
-        Some(_) => Err(Reply::invalid("IssueComment", "body", "invalid", None)),
+        None | Some(Value::Null) => Err(invalid("IssueComment", "body", "missing_field", None)),
+        Some(_) => Err(invalid("IssueComment", "body", "invalid", None)),
     }
 }
 
@@ -1418,14 +969,7 @@ fn comment_body(json: Option<&Value>) -> Result<String, Reply> {
 /// (from 1), with a `Link` header (`prev`, `next`, `last`, `first`) when there is more than
 /// one page.
 fn paginate(api: &str, path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-    };
-    let per_page = param("per_page").unwrap_or(30).clamp(1, 100);
-    let page = param("page").unwrap_or(1).max(1);
+    let (page, per_page) = page_params(query, 30, 100);
     let pages = items.len().div_ceil(per_page).max(1);
     let start = (page - 1).saturating_mul(per_page).min(items.len());
     let end = start.saturating_add(per_page).min(items.len());
@@ -1460,16 +1004,6 @@ fn paginate(api: &str, path: &str, query: &[(String, String)], items: Vec<Value>
 }
 
 // ---- JSON in the shapes of GitHub's REST API ------------------------------------------------
-
-/// A stable id for a name (FNV-1a), in a range of its own.
-fn stable_id(name: &str, base: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.to_ascii_lowercase().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    base + h % 90_000_000
-}
 
 fn login_id(login: &str) -> u64 {
     stable_id(login, 10_000_000)
@@ -1536,12 +1070,6 @@ fn private_user_json(api: &str, login: &str) -> Value {
     });
     merge(&mut user, extra);
     user
-}
-
-fn merge(into: &mut Value, from: Value) {
-    if let (Value::Object(into), Value::Object(from)) = (into, from) {
-        into.extend(from);
-    }
 }
 
 /// `repository`.
@@ -1849,47 +1377,6 @@ fn permission_json(api: &str, login: &str, level: &str) -> Value {
 
 // ---- Webhook payloads --------------------------------------------------------------------------
 
-/// Where `slipway-forge`'s `tests/fetch-fixtures.sh` put GitHub's artefacts:
-/// `<target dir>/forge-fixtures` (`webhooks-examples/<flavour>/index.json`,
-/// `openapi/api.github.com.json`), fetched on first use, once per target directory, under the
-/// same lock file as `slipway-forge`'s tests.
-pub fn fixtures_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // The test binary is <target>/<profile>/deps/<name>: the target dir is three up.
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let target = exe
-            .ancestors()
-            .find(|p| p.file_name().is_some_and(|n| n == "deps"))
-            .and_then(|deps| deps.parent()?.parent())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-        let dir = target.join("forge-fixtures");
-        std::fs::create_dir_all(&target).expect("create the target dir");
-        let lock = std::fs::File::create(target.join("forge-fixtures.lock"))
-            .expect("create the fixtures lock file");
-        lock.lock().expect("lock the fixtures lock file");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../slipway-forge/tests/fetch-fixtures.sh");
-        let output = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .output()
-            .expect("run slipway-forge's tests/fetch-fixtures.sh");
-        assert!(
-            output.status.success(),
-            "fetching the GitHub fixtures failed: bash {} {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            script.display(),
-            dir.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
-        drop(lock);
-        dir
-    })
-}
-
 /// The examples of `@octokit/webhooks-examples` for api.github.com, by event name.
 fn webhook_examples() -> &'static HashMap<String, Vec<Value>> {
     static EXAMPLES: OnceLock<HashMap<String, Vec<Value>>> = OnceLock::new();
@@ -1920,21 +1407,6 @@ pub fn webhook_example(event: &str, pick: impl Fn(&Value) -> bool) -> Value {
         .and_then(|xs| xs.iter().find(|x| pick(x)))
         .cloned()
         .unwrap_or_else(|| panic!("@octokit/webhooks-examples has no such {event} example"))
-}
-
-/// Applies `f` to every string in `v`.
-fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
-    match v {
-        Value::String(s) => {
-            let new = f(s);
-            if new != *s {
-                *s = new;
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|x| map_strings(x, f)),
-        Value::Object(map) => map.values_mut().for_each(|x| map_strings(x, f)),
-        _ => {}
-    }
 }
 
 /// `s` with every `<prefix><old>` not followed by another digit turned into `<prefix><new>`.
@@ -2286,7 +1758,7 @@ pub fn webhook_headers(
         ),
         (
             "X-Hub-Signature-256".into(),
-            format!("sha256={}", slipway_forge::sign(secret, body)),
+            format!("sha256={}", super::sign(secret, body)),
         ),
     ]
 }
@@ -2327,223 +1799,8 @@ pub fn try_send_webhook_raw(
     http_request(addr, "POST", WEBHOOK_PATH, headers, body).map(|r| (r.status, r.body))
 }
 
-/// An answer read by [`http_request`].
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    /// The status.
-    pub status: u16,
-    /// The headers, in order.
-    pub headers: Vec<(String, String)>,
-    /// The body (lossy UTF-8), de-chunked.
-    pub body: String,
-}
+// ---- The control API -----------------------------------------------------------------------
 
-impl HttpResponse {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
-    }
-}
-
-/// One HTTP/1.1 request to `addr` (`host:port`) on a new connection: `headers` as given, plus
-/// `Host`, and `Content-Length` and `Connection: close` unless given. The body is written from
-/// another thread while the answer is read, so that a server that answers early (`413`) and
-/// closes is still heard. 10 s to connect, 30 s for each read.
-pub fn http_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> io::Result<HttpResponse> {
-    let target = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-    let mut head = format!("{method} {path} HTTP/1.1\r\n");
-    if !has("host") {
-        head.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !has("content-length") && !has("transfer-encoding") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    if !has("connection") {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut writer = stream.try_clone()?;
-    std::thread::scope(|scope| {
-        let sending = scope.spawn(move || -> io::Result<()> {
-            writer.write_all(head.as_bytes())?;
-            for chunk in body.chunks(64 * 1024) {
-                writer.write_all(chunk)?;
-            }
-            writer.flush()
-        });
-        let answer = read_response(&mut BufReader::new(&stream));
-        let sent = sending.join();
-        match (answer, sent) {
-            (Ok(r), _) => Ok(r),
-            (Err(e), Ok(Err(send))) => Err(io::Error::new(
-                e.kind(),
-                format!("{e} (sending the request failed: {send})"),
-            )),
-            (Err(e), _) => Err(e),
-        }
-    })
-}
-
-fn read_response(r: &mut impl BufRead) -> io::Result<HttpResponse> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    loop {
-        let line = read_line(r, MAX_LINE)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the connection closed without an answer",
-            )
-        })?;
-        let line = String::from_utf8_lossy(trim_crlf(&line)).into_owned();
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .filter(|_| line.starts_with("HTTP/1."))
-            .ok_or_else(|| bad("not an HTTP status line"))?;
-        let mut headers = Vec::new();
-        loop {
-            let l = read_line(r, MAX_LINE)?.ok_or_else(|| bad("the answer's headers end early"))?;
-            let l = String::from_utf8_lossy(trim_crlf(&l)).into_owned();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').ok_or_else(|| bad("malformed header"))?;
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-        if (100..200).contains(&status) {
-            continue;
-        }
-        let chunked = header_of(&headers, "transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let length = header_of(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let size_line =
-                    read_line(r, 1024)?.ok_or_else(|| bad("chunked body ends early"))?;
-                let text = String::from_utf8_lossy(trim_crlf(&size_line)).into_owned();
-                let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| bad("bad chunk size"))?;
-                if size == 0 {
-                    while read_line(r, MAX_LINE)?.is_some_and(|l| !trim_crlf(&l).is_empty()) {}
-                    break;
-                }
-                let start = body.len();
-                body.resize(start + size, 0);
-                r.read_exact(&mut body[start..])?;
-                let mut crlf = [0u8; 2];
-                r.read_exact(&mut crlf)?;
-            }
-        } else if let Some(n) = length {
-            body.resize(n, 0);
-            r.read_exact(&mut body)?;
-        } else if status != 204 && status != 304 {
-            r.take(64 << 20).read_to_end(&mut body)?;
-        }
-        return Ok(HttpResponse {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
-    }
-}
-
-// ---- Small helpers ------------------------------------------------------------------------
-
-fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Now, as GitHub writes times: `2024-05-01T12:34:56Z`.
-fn now_iso() -> String {
-    let secs = unix_now();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+super::control::impl_control!(
+    FakeGitHub, GitHub, PrSpec, PrState { Open, Closed }, head: head_ref, base: base_ref, find: pr, add: add_pr, comments: comments, context: context
+);

@@ -1,0 +1,371 @@
+//! The fake forges: one HTTP server ([`crate::http::Server`]) and one request log
+//! ([`Recorded`]) for GitHub ([`github`]), GitLab ([`gitlab`]) and Gitea ([`gitea`]), each with
+//! its own route table (an `Op` enum and its `match_op`), JSON shapes and webhook payloads.
+//!
+//! Shared by the three: the recording of every request with its answer (and the unhandled
+//! ones: a route the fake does not know), the token check, pagination parameters, ids and
+//! times, and the waiting helpers.
+
+pub mod control;
+pub mod gitea;
+pub mod github;
+pub mod gitlab;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub use crate::http::{Reply, Request, Server, header_of};
+
+/// Which forge a fake plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    /// GitHub's REST API (`api.github.com`).
+    GitHub,
+    /// GitLab's REST API v4.
+    GitLab,
+    /// Gitea's (and Forgejo's) API v1.
+    Gitea,
+}
+
+impl Forge {
+    /// `github`, `gitlab` or `gitea`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forge::GitHub => "github",
+            Forge::GitLab => "gitlab",
+            Forge::Gitea => "gitea",
+        }
+    }
+
+    /// The forge of a name given by [`Forge::name`].
+    pub fn parse(name: &str) -> Option<Forge> {
+        [Forge::GitHub, Forge::GitLab, Forge::Gitea]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+}
+
+/// One request a fake received, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `POST`…
+    pub method: String,
+    /// The path as sent (still percent-encoded), without the query.
+    pub path: String,
+    /// The query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The body as JSON; `None` when it was empty or not JSON.
+    pub body: Option<Value>,
+    /// The body as received.
+    pub raw_body: Vec<u8>,
+    /// The headers (names lowercase, as HTTP/2 spells them).
+    pub headers: Vec<(String, String)>,
+    /// The status the fake answered with.
+    pub status: u16,
+    /// The forge's operation the request matched (GitHub: its OpenAPI `operationId`, e.g.
+    /// `issues/create-comment`; GitLab and Gitea: the endpoint as their docs write it); `None`
+    /// for a path or method the fake does not implement.
+    pub operation: Option<&'static str>,
+    /// The JSON the fake answered with.
+    pub response: Value,
+    /// Which TCP connection it came on (numbered from 1 per fake).
+    pub connection: u64,
+    /// When its body had been read: seconds of `CLOCK_MONOTONIC`.
+    pub at: f64,
+}
+
+impl Recorded {
+    /// The record of `req`, answered with `reply` after matching `operation`.
+    pub fn new(req: Request, reply: &Reply, operation: Option<&'static str>) -> Recorded {
+        Recorded {
+            query: parse_query(&req.query),
+            body: json_body(&req.body),
+            method: req.method,
+            path: req.path,
+            raw_body: req.body,
+            headers: req.headers,
+            status: reply.status,
+            operation,
+            response: reply.body.clone().unwrap_or(Value::Null),
+            connection: req.connection,
+            at: req.at,
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `METHOD /path?query -> status`, for assertion messages.
+    pub fn line(&self) -> String {
+        let q: Vec<String> = self.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let sep = if q.is_empty() { "" } else { "?" };
+        format!(
+            "{} {}{sep}{} -> {}",
+            self.method,
+            self.path,
+            q.join("&"),
+            self.status
+        )
+    }
+
+    /// The record as the control API of `slipway-fake-forge` shows it.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "at": self.at,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect::<Vec<_>>(),
+            "status": self.status,
+            "operation": self.operation,
+            "json": self.body,
+            "response": self.response,
+            "connection": self.connection,
+        })
+    }
+}
+
+/// Every request a fake answered, in order.
+#[derive(Debug, Default)]
+pub struct Log {
+    requests: Vec<Recorded>,
+}
+
+impl Log {
+    /// Records one request.
+    pub fn push(&mut self, r: Recorded) {
+        self.requests.push(r);
+    }
+
+    /// Every request so far.
+    pub fn all(&self) -> Vec<Recorded> {
+        self.requests.clone()
+    }
+
+    /// The requests for paths or methods the fake does not implement.
+    pub fn unhandled(&self) -> Vec<Recorded> {
+        self.requests
+            .iter()
+            .filter(|r| r.operation.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear(&mut self) {
+        self.requests.clear();
+    }
+
+    /// The last `n` requests to the fake `forge`, one line each, for failure messages.
+    pub fn recent(&self, n: usize, forge: &str) -> String {
+        let skip = self.requests.len().saturating_sub(n);
+        let mut out = format!(
+            "last {} request(s) to the fake {forge}:\n",
+            self.requests.len() - skip
+        );
+        for r in &self.requests[skip..] {
+            out.push_str("  ");
+            out.push_str(&r.line());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The body as JSON; `None` when it is empty or not JSON.
+pub fn json_body(body: &[u8]) -> Option<Value> {
+    if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// The token a request carries: after `Bearer ` (`bearer `) or `token ` in `Authorization`,
+/// or the whole value of `extra_header` (GitLab's `PRIVATE-TOKEN`) when given and present.
+pub fn token_of<'r>(req: &'r Request, extra_header: Option<&str>) -> Option<&'r str> {
+    extra_header
+        .and_then(|h| req.header(h))
+        .map(str::trim)
+        .or_else(|| {
+            req.header("authorization").and_then(|v| {
+                let v = v.trim();
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .or_else(|| v.strip_prefix("token "))
+                    .map(str::trim)
+            })
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// The path's segments after `prefix`, percent-decoded; `None` when it does not start so.
+pub fn segments(path: &str, prefix: &str) -> Option<Vec<String>> {
+    path.strip_prefix(prefix).map(|rest| {
+        rest.trim_start_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect()
+    })
+}
+
+/// The `page` and `per_page` parameters of a list request, defaulted and bounded.
+pub fn page_params(
+    query: &[(String, String)],
+    default_per_page: usize,
+    max_per_page: usize,
+) -> (usize, usize) {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+    };
+    let per_page = param("per_page")
+        .unwrap_or(default_per_page)
+        .clamp(1, max_per_page);
+    let page = param("page").unwrap_or(1).max(1);
+    (page, per_page)
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+pub fn poll<T>(timeout: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    crate::wait::poll(timeout, Duration::from_millis(20), check)
+}
+
+/// Decodes `%XX` escapes.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The parameters of a raw query, percent-decoded, in order.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+/// Applies `f` to every string in `v`.
+pub fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
+    match v {
+        Value::String(s) => *s = f(s),
+        Value::Array(items) => items.iter_mut().for_each(|x| map_strings(x, f)),
+        Value::Object(map) => map.values_mut().for_each(|x| map_strings(x, f)),
+        _ => {}
+    }
+}
+
+/// Copies `from`'s fields into `into` (both objects).
+pub fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (into, from) {
+        into.extend(from);
+    }
+}
+
+/// A stable id for a name (FNV-1a, case-insensitive), in `base..base + 90,000,000`.
+pub fn stable_id(name: &str, base: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.to_ascii_lowercase().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    base + h % 90_000_000
+}
+
+/// A fresh UUID-shaped id (unique within this process).
+pub fn uuid() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:08x}-{:04x}-4000-8000-{n:012x}",
+        std::process::id(),
+        unix_now() & 0xffff
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Now, as ISO 8601 in UTC: `2024-05-01T12:34:56Z`.
+pub fn now_iso() -> String {
+    let secs = unix_now();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// HMAC-SHA256 of `body` with `secret`, lowercase hex: GitHub's and Gitea's signature.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
