@@ -195,6 +195,14 @@ def pg_server_note(pg):
            wrapped=pg.wrapped)
 
 
+def new_home(prefix, dir):
+    """A fresh slipway home under dir, which environments under their own uids may traverse
+    (bench/run's new_home)."""
+    home = tempfile.mkdtemp(prefix=prefix, dir=dir)
+    os.chmod(home, 0o711)
+    return home
+
+
 def intents(home):
     """{environment: generated name} of the databases slipway set out to create in home and
     has not dropped yet (the provider writes `<run>/<name>.postgres.database.json` before it
@@ -266,7 +274,7 @@ def cmd_pg_dbs(args):
         check()
 
     def slipway_way(rnd):
-        home = tempfile.mkdtemp(prefix=f"dbs-{rnd}-", dir=homes)
+        home = new_home(prefix=f"dbs-{rnd}-", dir=homes)
         created = set()
 
         def check_created():
@@ -315,7 +323,7 @@ def cmd_pg_dbs(args):
 
     def floors(rnd):
         # What slipway pays without a server: the same environments with a `file` resource.
-        home = tempfile.mkdtemp(prefix=f"floor-{rnd}-", dir=homes)
+        home = new_home(prefix=f"floor-{rnd}-", dir=homes)
         batch("pg/create/floor-file", [
             sw(home, "apply", "--env", e, "--yes", "--repo", floor_repo, "--ref", "main")
             for e in envs], lambda: None)
@@ -362,7 +370,7 @@ def cmd_pg_clones(args):
                reason=f"PostgreSQL {version // 10000} has no CREATE DATABASE ... STRATEGY (15+)")
         return
     os.makedirs(homes, exist_ok=True)
-    home = tempfile.mkdtemp(prefix="clones-", dir=homes)
+    home = new_home(prefix="clones-", dir=homes)
 
     def verify(db):
         got = pg.sql("select count(*) from t", db=db)
@@ -538,7 +546,8 @@ def write(r):
     w(
         f"The server: PostgreSQL {st.get('server_version', '?')} at `{note.get('server', '?')}` "
         "over TCP with trust auth, the same for slipway and the baselines (slipway's engine "
-        "config: `[postgres.main] url = \"postgres://…\"`, passed with `--config`); data "
+        "config: `[postgres.main] url = \"postgres://…\"` and `templates` naming the clones' "
+        "template, passed with `--config`); data "
         f"directory on {fs}; "
         + ", ".join(f"`{k}={st[k]}`" for k in ("fsync", "synchronous_commit", "full_page_writes",
                                               "wal_level", "shared_buffers", "max_wal_size",
