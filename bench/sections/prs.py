@@ -1,8 +1,8 @@
 """Section 7: a pull request's webhook to its plan comment, against the plans themselves.
 
   measure.py prs --slipway S --home H --base-config C --repo-dir D --runs R --work DIR
-                 --fixtures F
-      A fake GitHub API in this process (FakeGitHub), then `slipway serve` over D with C plus
+                 --fixtures F --fake-forge BIN
+      The test kit's fake GitHub API (BIN: slipway-fake-forge, a process), then `slipway serve` over D with C plus
       `[forge.github]` pointing at it (token and webhook secret made for the run); a warm-up
       and R rounds of one pull request: a commit published as refs/pull/N/head, a signed
       `pull_request` `opened` delivery (GitHub's example from F, @octokit/webhooks-examples),
@@ -15,7 +15,6 @@
       Record that section 7 did not run, and why.
 """
 
-import datetime
 import hashlib
 import hmac
 import json
@@ -24,14 +23,12 @@ import re
 import secrets
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common import (Serve, api, commit_on, cpu_seconds, finished_deployment, fmt_ms, fmt_s,
                     git, http_call, make_token, med, options, record, run_checked,
-                    signed_cell, skip_command)
+                    signed_cell, skip_command, stop)
 
 TITLE = "7. A pull request's webhook to its plan comment"
 PR_GOAL_S = 1.0  # a pull request's webhook to its plan comment, beyond the plans themselves
@@ -54,204 +51,82 @@ PLAN_MARKER = "<!-- slipway:plan -->"
 EXAMPLE_REPO = "Codertocat/Hello-World"  # the repository of @octokit/webhooks-examples
 
 
-class FakeGitHub:
-    """The part of GitHub's REST API that `slipway serve` calls for a pull request's plan
-    (crates/slipway-forge/src/github.rs), for one repository, in this process: a threaded
-    http.server on 127.0.0.1:0 (HTTP/1.1 keep-alive, Nagle off, each answer written in one
-    send). It checks the bearer token, keeps comments and commit statuses, answers the open
-    pull requests the benchmark announced, and logs every request with the time.perf_counter()
-    at which its body had been read: the same clock as the webhook's sender. Anything else is a
-    404, kept in `unhandled`."""
+class FakeForge:
+    """The test kit's fake forge (`slipway-fake-forge --forge github`, crates/slipway-testkit:
+    the one the Rust tests use, on the workspace's hyper) as a process of its own, on
+    127.0.0.1:0, for one repository (PR_REPO), checking the bearer token. Driven through its
+    control API under `/_fake/`: pull requests announced, comments read, and its request log,
+    each request with the CLOCK_MONOTONIC time at which its body had been read (`at`): the
+    clock of time.perf_counter(), so the webhook's sender subtracts its own times from it.
+    `log` mirrors the log here, fetched as it grows."""
 
-    def __init__(self, repo, bot, token):
-        self.repo, self.bot, self.token = repo, bot, token
-        self.cond = threading.Condition()
-        self.prs = {}  # number -> the pull request object of its last delivery
-        self.comments = {}  # id -> {"pr", "body", "edits", "created_at", "updated_at"}
-        self.next_id = 4_000_000_001
-        self.log = []  # {"at", "method", "path", "status", "json"} in arrival order
-        self.unhandled = []
-        fake = self
+    def __init__(self, binary, token, bot):
+        self.proc = subprocess.Popen(
+            [binary, "--forge", "github", "--repo", PR_REPO, "--token", token, "--bot", bot],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        base = self.proc.stdout.readline().strip()
+        if not base.startswith("http://127.0.0.1:"):
+            stop(self.proc)
+            sys.exit(f"measure.py: {binary} printed no address ({base!r})")
+        self.addr = base.removeprefix("http://")
+        info = self.control("GET", "/_fake/")
+        self.url = info["api_url"]
+        self.log = []  # {"index", "at", "method", "path", "query", "status", "json", ...}
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def do_GET(self):
-                fake.handle(self, "GET")
-
-            def do_POST(self):
-                fake.handle(self, "POST")
-
-            def do_PATCH(self):
-                fake.handle(self, "PATCH")
-
-            def do_PUT(self):
-                fake.handle(self, "PUT")
-
-            def do_DELETE(self):
-                fake.handle(self, "DELETE")
-
-            def log_message(self, fmt, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def control(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        _, status, _, answer = http_call(self.addr, method, path,
+                                         {"Content-Type": "application/json"}, data)
+        if status != 200:
+            sys.exit(f"measure.py: the fake forge answered {method} {path} with {status}: "
+                     f"{answer[:300]!r}")
+        return json.loads(answer)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def handle(self, h, method):
-        if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = b""
-            while True:
-                size = int(h.rfile.readline().split(b";")[0], 16)
-                chunk = h.rfile.read(size + 2)
-                if size == 0:
-                    break
-                body += chunk[:-2]
-        else:
-            length = int(h.headers.get("Content-Length") or 0)
-            body = h.rfile.read(length) if length else b""
-        at = time.perf_counter()
-        path, _, query = h.path.partition("?")
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            data = None
-        with self.cond:
-            try:
-                status, answer = self.answer(method, path, query, data, h.headers)
-            except Exception as e:  # a bug here must not look like Slipway's fault
-                status, answer = 500, {"message": f"the fake GitHub failed: {e!r}"}
-            self.log.append({"at": at, "method": method, "path": path, "status": status,
-                             "json": data})
-            if status == 404:
-                self.unhandled.append(f"{method} {h.path}")
-            self.cond.notify_all()
-        out = json.dumps(answer).encode()
-        reason = {200: "OK", 201: "Created", 401: "Unauthorized", 404: "Not Found",
-                  422: "Unprocessable Entity"}.get(status, "Status")
-        head = (f"HTTP/1.1 {status} {reason}\r\n"
-                "Content-Type: application/json; charset=utf-8\r\n"
-                f"Content-Length: {len(out)}\r\n"
-                "X-GitHub-Api-Version-Selected: 2022-11-28\r\n"
-                "X-RateLimit-Limit: 5000\r\nX-RateLimit-Remaining: 4999\r\n")
-        if h.close_connection:
-            head += "Connection: close\r\n"
-        h.wfile.write((head + "\r\n").encode() + out)
-
-    def now_iso(self):
-        return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    def user(self, login):
-        return {"login": login, "id": 9_000_001, "node_id": "U_kgDOBench",
-                "type": "Bot" if login.endswith("[bot]") else "User", "site_admin": False,
-                "url": f"{self.url}/users/{login}", "html_url": f"https://github.com/{login}"}
-
-    def comment_json(self, cid):
-        c = self.comments[cid]
-        api = f"{self.url}/repos/{self.repo}"
-        return {"id": cid, "node_id": f"IC_bench{cid}", "url": f"{api}/issues/comments/{cid}",
-                "html_url": f"https://github.com/{self.repo}/pull/{c['pr']}#issuecomment-{cid}",
-                "issue_url": f"{api}/issues/{c['pr']}", "body": c["body"],
-                "user": self.user(self.bot), "created_at": c["created_at"],
-                "updated_at": c["updated_at"], "author_association": "NONE",
-                "performed_via_github_app": None}
-
-    def answer(self, method, path, query, data, headers):
-        if headers.get("Authorization", "") != f"Bearer {self.token}":
-            return 401, {"message": "Bad credentials"}
-        if method == "GET" and path == "/user":
-            return 200, self.user(self.bot)
-        prefix = f"/repos/{self.repo}/"
-        if not path.startswith(prefix):
-            return 404, {"message": "Not Found"}
-        rest = path[len(prefix):].split("/")
-        writes = method in ("POST", "PATCH")
-        if writes and not isinstance(data, dict):
-            return 400, {"message": "Problems parsing JSON"}
-        match (method, rest):
-            case ("GET", ["pulls"]):
-                # Every open one (GitHub's default, newest first) on one page: the adapter
-                # stops at a short page.
-                return 200, [self.prs[n] for n in sorted(self.prs, reverse=True)
-                             if self.prs[n]["state"] == "open"]
-            case ("GET", ["pulls", n]) if n.isdigit() and int(n) in self.prs:
-                return 200, self.prs[int(n)]
-            case ("GET", ["pulls", n, "reviews"]) if n.isdigit() and int(n) in self.prs:
-                # Nobody reviews in the benchmark: Slipway asks when a head moves (approvals
-                # that name no commit go stale), GitHub's always name one.
-                return 200, []
-            case ("GET", ["issues", n, "comments"]) if n.isdigit():
-                return 200, [self.comment_json(i) for i in sorted(self.comments)
-                             if self.comments[i]["pr"] == int(n)]
-            case ("POST", ["issues", n, "comments"]) if n.isdigit():
-                if not data.get("body"):
-                    return 422, {"message": "Validation Failed"}
-                cid, self.next_id = self.next_id, self.next_id + 1
-                now = self.now_iso()
-                self.comments[cid] = {"pr": int(n), "body": data["body"], "edits": 0,
-                                      "created_at": now, "updated_at": now}
-                return 201, self.comment_json(cid)
-            case ("PATCH", ["issues", "comments", cid]) if cid.isdigit() and (
-                    int(cid) in self.comments):
-                if not data.get("body"):
-                    return 422, {"message": "Validation Failed"}
-                c = self.comments[int(cid)]
-                c["body"], c["updated_at"] = data["body"], self.now_iso()
-                c["edits"] += 1
-                return 200, self.comment_json(int(cid))
-            case ("POST", ["statuses", sha]) if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
-                if data.get("state") not in ("pending", "success", "failure", "error"):
-                    return 422, {"message": "Validation Failed"}
-                sid, self.next_id = self.next_id, self.next_id + 1
-                now = self.now_iso()
-                return 201, {"id": sid, "node_id": f"SC_bench{sid}", "state": data["state"],
-                             "description": data.get("description"),
-                             "target_url": data.get("target_url"),
-                             "context": data.get("context", "default"),
-                             "url": f"{self.url}/repos/{self.repo}/statuses/{sha}",
-                             "created_at": now, "updated_at": now,
-                             "creator": self.user(self.bot)}
-        return 404, {"message": "Not Found",
-                     "documentation_url": "https://docs.github.com/rest"}
+        stop(self.proc)
 
     def open_pr(self, pull_request):
-        with self.cond:
-            self.prs[pull_request["number"]] = pull_request
+        """Announces a pull request (GitHub's object, as its delivery carries it): the fake
+        lists it while it is open."""
+        self.control("POST", "/_fake/prs", {"pull_request": pull_request})
 
-    def close_pr(self, pull_request):
-        with self.cond:
-            self.prs[pull_request["number"]] = pull_request
+    close_pr = open_pr  # a closed one's state says so
+
+    def fetch(self):
+        for r in self.control("GET", f"/_fake/requests?since={len(self.log)}"):
+            if r["index"] != len(self.log):
+                sys.exit(f"measure.py: the fake forge's log skipped to {r['index']}")
+            self.log.append(r)
 
     def mark(self):
-        with self.cond:
-            return len(self.log)
+        self.fetch()
+        return len(self.log)
 
     def wait(self, since, pred, what, timeout=60):
-        """The first request logged from index `since` on that `pred` accepts, waiting for it."""
+        """The first request logged from index `since` on that `pred` accepts, waiting for it
+        (the time is the fake's `at`, not when this sees it)."""
         deadline = time.perf_counter() + timeout
-        with self.cond:
-            while True:
-                for r in self.log[since:]:
-                    if pred(r):
-                        return r
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    recent = "\n".join(f"  {r['method']} {r['path']} -> {r['status']}"
-                                       for r in self.log[-15:])
-                    sys.exit(f"measure.py: the fake GitHub saw no {what} within {timeout} s; "
-                             f"its last requests:\n{recent}")
-                self.cond.wait(left)
+        while True:
+            for r in self.log[since:]:
+                if pred(r):
+                    return r
+            if time.perf_counter() > deadline:
+                recent = "\n".join(f"  {r['method']} {r['path']} -> {r['status']}"
+                                   for r in self.log[-15:])
+                sys.exit(f"measure.py: the fake GitHub saw no {what} within {timeout} s; "
+                         f"its last requests:\n{recent}")
+            time.sleep(0.005)
+            self.fetch()
+
+    def comments(self, n):
+        """[{"id", "author", "body", "edits"}] of pull request n, oldest first."""
+        return self.control("GET", f"/_fake/prs/{n}/comments")
+
+    def unhandled(self):
+        return [f"{r['method']} {r['path']}" + (f"?{r['query']}" if r.get("query") else "")
+                for r in self.control("GET", "/_fake/unhandled")]
 
 
 def map_strings(v, f):
@@ -342,7 +217,7 @@ def cmd_prs(args):
     # (the CLI plans below inherit them, with the same engine configuration).
     api_token_gh, hook_secret = secrets.token_hex(20), secrets.token_hex(32)
     os.environ.update(GITHUB_TOKEN=api_token_gh, SLIPWAY_WEBHOOK_SECRET=hook_secret)
-    fake = FakeGitHub(PR_REPO, PR_BOT, api_token_gh)
+    fake = FakeForge(opts["--fake-forge"], api_token_gh, PR_BOT)
     config = os.path.join(work, "engine.toml")
     with open(opts["--base-config"]) as f:
         text = f.read().rstrip() + "\n"
@@ -409,10 +284,8 @@ def cmd_prs(args):
         pending = fake.wait(since, plan_status(False), f"pending status of {sha[:12]}")
         listed = fake.wait(since, lambda r: (r["method"], r["path"]) == ("GET", comments),
                            f"list of #{n}'s comments")
-        with fake.cond:
-            requests = fake.log[since:fake.log.index(done) + 1]
-            plan_comments = [c for c in fake.comments.values()
-                             if c["pr"] == n and PLAN_MARKER in c["body"]]
+        requests = fake.log[since:done["index"] + 1]
+        plan_comments = [c for c in fake.comments(n) if PLAN_MARKER in c["body"]]
         # Checked, untimed: the comment covers the three environments, the status says so,
         # and there is one plan comment per pull request, created then edited.
         text = write["json"]["body"]
@@ -506,10 +379,11 @@ def cmd_prs(args):
             close(n, second)
     finally:
         serve.stop()
+        unhandled = fake.unhandled() if fake.proc.poll() is None else []
         fake.close()
-    if fake.unhandled:
+    if unhandled:
         sys.exit("measure.py: slipway called GitHub's API outside what the fake answers "
-                 "(404):\n  " + "\n  ".join(fake.unhandled[:20]))
+                 "(404):\n  " + "\n  ".join(unhandled[:20]))
 
 
 # --- 8. the web UI with many environments --------------------------------------------------------
@@ -567,13 +441,15 @@ def write(r):
         "a family `previews` with `generate: { pull_requests: true }`, and five `file` "
         "resources (cheap: what is measured is Slipway's own path, not an apply), served by "
         "`slipway serve --repo file://…` with `[forge.github]` pointing at a fake GitHub API. "
-        "The fake runs inside `bench/measure.py` (`FakeGitHub`: `http.server`, threaded, on "
-        "`127.0.0.1:0`, HTTP/1.1 keep-alive, Nagle off, each answer in one write; it checks the "
-        "bearer token) and answers what `crates/slipway-forge/src/github.rs` calls: "
-        "`GET /user`, the open pull requests, an issue's comments (list, create, edit), commit "
-        "statuses; anything else would be a `404`, and the run fails if one happens. It logs "
-        "every request with `time.perf_counter()` once its body is read: the same clock, in the "
-        "same process, as the sender of the webhook.\n\n"
+        "The fake is the test kit's, the one the Rust tests use (`slipway-fake-forge --forge "
+        "github`, `crates/slipway-testkit`: hyper on tokio, a process of its own on "
+        "`127.0.0.1:0`, built by `bench/run`; it checks the bearer token), and answers what "
+        "`crates/slipway-forge/src/github.rs` calls: `GET /user`, the open pull requests, a pull "
+        "request's reviews, an issue's comments (list, create, edit), commit statuses; anything "
+        "else would be a `404`, and the run fails if one happens. It logs every request with the "
+        "time its body had been read, on `CLOCK_MONOTONIC`: the clock of `time.perf_counter()` "
+        "in the sender of the webhook, which reads the log through the fake's control API "
+        "(`GET /_fake/requests`).\n\n"
         "Each round is one new pull request N: a commit on top of `main` that changes "
         "`variables.release` (so prod and qa plan four file updates, one of them through a "
         "`${resources.config.path}` reference, and pr-N its five creations, on `synchronize` "
@@ -693,8 +569,9 @@ def write(r):
 
 
 DIG = [
-    "- A pull request's webhook: `measure.py prs` keeps every request the fake GitHub "
-    "received with its time (`FakeGitHub.log`); the controller's side with `perf record "
+    "- A pull request's webhook: the fake forge keeps every request it received with its "
+    "time (`GET /_fake/requests` on `slipway-fake-forge`, `measure.py prs` keeps a copy in "
+    "`FakeForge.log`); the controller's side with `perf record "
     "--call-graph dwarf -- slipway serve ...` around a few deliveries, and its events "
     "(`GET /api/v1/events`: `pull_request.updated`).\n",
 ]
