@@ -1,0 +1,251 @@
+"""Section 2: starting 100 supervised processes, slipway against supervisord.
+
+  measure.py supervisord LABEL --conf FILE --n N [--poll-ms 20] [--startsecs S]
+      Launch `supervisord -n -c FILE`, time until N programs are RUNNING (polling the
+      XML-RPC interface on its unix socket, as supervisorctl does), verify with
+      `supervisorctl status` and by counting live `sleep 100000` children, shut it down and
+      check that no child is left.
+  measure.py spawn-floor LABEL --n N
+      Time forking and exec'ing N `sleep 100000` from this process (the floor), then stop them.
+  measure.py count-sleeps MARKER
+      How many `sleep 100000` processes run whose parent's command line contains MARKER.
+  measure.py check-slipway HOME N SLIPWAY
+      Fail unless `slipway status --output json` shows N ready resources in `dev` and N
+      `sleep 100000` processes run under supervisors of HOME.
+
+(slipway's side is timed with the shared `measure.py cmd`.)
+"""
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+
+from common import (cell, count_sleeps, fmt_s, med, options, record, settle, sleeps_under,
+                    stop)
+
+TITLE = "2. Starting 100 supervised processes: slipway vs supervisord"
+PROCS_GOAL_X = 10.0  # slipway at least this many times faster than supervisord
+
+
+# --- measurement -------------------------------------------------------------------------------
+
+
+def cmd_check_slipway(args):
+    home, n, slipway = args[0], int(args[1]), args[2]
+    out = subprocess.run(
+        [slipway, "--home", home, "status", "--env", "dev", "--output", "json"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    envs = json.loads(out)
+    envs = envs if isinstance(envs, list) else envs.get("environments", [envs])
+    resources = [r for e in envs if e.get("name") == "dev" for r in e.get("resources", [])]
+    ready = sum(1 for r in resources if r.get("status") == "ready")
+    live = settle(lambda: count_sleeps(home), n)
+    if ready != n or live != n:
+        sys.exit(f"measure.py: expected {n} ready and {n} live, got {ready} ready, {live} live")
+    print(f"  verified: {ready} ready in status, {live} live `sleep 100000`", file=sys.stderr)
+
+
+def cmd_supervisord(args):
+    label, opts = args[0], options(args[1:])
+    conf = os.path.abspath(opts["--conf"])
+    n = int(opts["--n"])
+    poll = int(opts.get("--poll-ms", 20)) / 1000
+    startsecs = opts.get("--startsecs")
+    bindir = os.path.dirname(sys.executable)
+    sock = os.path.join(os.path.dirname(conf), "supervisor.sock")
+    # Imported here: only the venv that has supervisor needs it.
+    import xmlrpc.client
+
+    from supervisor.xmlrpc import SupervisorTransport
+
+    for stale in (sock,):
+        if os.path.exists(stale):
+            os.unlink(stale)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [os.path.join(bindir, "supervisord"), "-n", "-c", conf],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        polls = 0
+        deadline = t0 + 120
+        while True:
+            polls += 1
+            # A fresh client per poll: a failed connection leaves the transport unusable. The
+            # host in the URL is a placeholder: the transport speaks over the unix socket.
+            server = xmlrpc.client.ServerProxy(
+                "http://127.0.0.1",
+                transport=SupervisorTransport(None, None, serverurl=f"unix://{sock}"),
+            )
+            try:
+                infos = server.supervisor.getAllProcessInfo()
+                running = sum(1 for i in infos if i["statename"] == "RUNNING")
+            except (OSError, http.client.HTTPException, xmlrpc.client.Error):
+                running = 0
+            if running >= n:
+                break
+            if proc.poll() is not None:
+                sys.exit(f"measure.py: supervisord exited with {proc.returncode}")
+            if time.perf_counter() > deadline:
+                sys.exit(f"measure.py: only {running}/{n} RUNNING after 120 s")
+            time.sleep(poll)
+        elapsed = time.perf_counter() - t0
+        status = subprocess.run(
+            [os.path.join(bindir, "supervisorctl"), "-c", conf, "status"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        ctl_running = sum(1 for l in status.splitlines() if " RUNNING " in f" {l} ")
+        live = settle(lambda: len(sleeps_under(lambda pid, _c: pid == proc.pid)), n)
+        if ctl_running != n or live != n:
+            sys.exit(
+                f"measure.py: supervisorctl shows {ctl_running} RUNNING, {live} live sleeps; "
+                f"expected {n}"
+            )
+        print(f"  verified: supervisorctl {ctl_running} RUNNING, {live} live", file=sys.stderr)
+    finally:
+        stop(proc)
+    left = settle(lambda: len(sleeps_under(lambda pid, _c: pid == proc.pid)), 0)
+    if left:
+        sys.exit(f"measure.py: {left} children of supervisord left after shutdown")
+    record(label, [elapsed], polls=polls, startsecs=startsecs)
+
+
+def cmd_spawn_floor(args):
+    """Fork and exec N `sleep 100000` from this process: the least any supervisor can take."""
+    label, opts = args[0], options(args[1:])
+    n = int(opts["--n"])
+    children = []
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            # Popen returns once the child's exec is under way (a failed exec raises here).
+            children.append(
+                subprocess.Popen(
+                    ["sleep", "100000"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        elapsed = time.perf_counter() - t0
+        me = os.getpid()
+        live = settle(lambda: len(sleeps_under(lambda pid, _c: pid == me)), n)
+        if live != n:
+            sys.exit(f"measure.py: {live} of {n} sleeps live")
+    finally:
+        for child in children:
+            child.kill()
+        for child in children:
+            child.wait()
+    record(label, [elapsed])
+
+
+COMMANDS = {
+    "supervisord": cmd_supervisord,
+    "spawn-floor": cmd_spawn_floor,
+    "count-sleeps": lambda args: print(count_sleeps(args[0])),
+    "check-slipway": cmd_check_slipway,
+}
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def verdicts(r):
+    samples = r.samples
+    verdicts = []
+    sv0 = samples.get("procs/supervisord-startsecs0")
+    sv1 = samples.get("procs/supervisord-startsecs1")
+    slip = {k: v for k, v in samples.items() if k.startswith("procs/slipway-")}
+    if sv0 and slip:
+        best_label = min(slip, key=lambda k: med(slip[k]))
+        best = med(slip[best_label])
+        r0 = med(sv0) / best
+        r1 = med(sv1) / best if sv1 else None
+        verdicts.append(
+            (
+                f"start 100 processes at least {PROCS_GOAL_X:g}× faster than supervisord",
+                f"{r0:.1f}× vs supervisord `startsecs=0`"
+                + (f", {r1:.1f}× vs default `startsecs=1`" if r1 else "")
+                + f" (slipway {best_label.split('-')[-1]}: {fmt_s(best)})",
+                "**met**" if r0 >= PROCS_GOAL_X else "**missed** against `startsecs=0`"
+                + (
+                    f"; {'met' if r1 and r1 >= PROCS_GOAL_X else 'missed'} against the default "
+                    "`startsecs=1`"
+                    if r1
+                    else ""
+                ),
+            )
+        )
+    return verdicts
+
+
+def write(r):
+    samples, w = r.samples, r.w
+    sv0 = samples.get("procs/supervisord-startsecs0")
+    sv1 = samples.get("procs/supervisord-startsecs1")
+    slip = {k: v for k, v in samples.items() if k.startswith("procs/slipway-")}
+    if not (slip or sv0):
+        return False
+    w("## 2. Starting 100 supervised processes: slipway vs supervisord\n")
+    w(
+        "100 × `sleep 100000`, no health check, from nothing to all running. The variants "
+        "run interleaved, round by round, so machine noise hits them alike.\n\n"
+        "- **slipway**: a stack of 100 `process` resources; timed: `slipway apply --env dev "
+        "--yes --parallelism P` on a fresh home (it returns once every process is started). "
+        "Checked after each run, untimed: `status --output json` shows 100 ready and 100 live "
+        "`sleep 100000` run under the home's supervisors; then `slipway destroy` and no "
+        "process is left.\n"
+        "- **supervisord**: 100 `[program:pN]` with `command=sleep 100000`, `autostart=true`, "
+        "default logging, a unix socket in a temp dir; timed: from launching "
+        "`supervisord -n -c FILE` until all 100 are `RUNNING`, polled every 20 ms through "
+        "its XML-RPC interface on the socket (what `supervisorctl status` calls, without "
+        "paying a Python start per poll, which favours supervisord). Checked after each "
+        "run, untimed: `supervisorctl status` shows 100 RUNNING and 100 live children; "
+        "then SIGTERM and no child is left. `startsecs=0` counts a program RUNNING as "
+        "soon as it is spawned, like slipway without a health check; `startsecs=1` (the "
+        "default, what users run) waits for it to stay up 1 s.\n"
+        "- **floor**: forking and exec'ing 100 `sleep 100000` from one Python process "
+        "(`subprocess.Popen`), nothing else.\n"
+    )
+    rows = [
+        ("slipway apply, parallelism 8", "procs/slipway-p8"),
+        ("slipway apply, parallelism 32", "procs/slipway-p32"),
+        ("supervisord, startsecs=0", "procs/supervisord-startsecs0"),
+        ("supervisord, startsecs=1 (default)", "procs/supervisord-startsecs1"),
+        ("floor: 100 × fork+exec from Python", "procs/floor-spawn"),
+    ]
+    w("| variant | runs | time to 100 running | supervisord `startsecs=0` ÷ this | "
+      "supervisord `startsecs=1` ÷ this |")
+    w("|---|---:|---|---:|---:|")
+    for name, label in rows:
+        s = samples.get(label)
+        if not s:
+            continue
+        x = med(s)
+        r0 = f"{med(sv0) / x:.1f}×" if sv0 else "–"
+        r1 = f"{med(sv1) / x:.1f}×" if sv1 else "–"
+        w(f"| {name} | {len(s)} | {cell(s)} | {r0} | {r1} |")
+    w("")
+    if sv0 and slip:
+        need = med(sv0) / PROCS_GOAL_X
+        w(f"To be {PROCS_GOAL_X:g}× faster than supervisord (`startsecs=0`) here, slipway "
+          f"would need to start the 100 processes in {fmt_s(need)}"
+          + (f"; the fork+exec floor alone took {fmt_s(med(samples['procs/floor-spawn']))}"
+             if "procs/floor-spawn" in samples else "")
+          + ".\n")
+    return True
+
+
+DIG = [
+    "- Process starts: `perf record -a -g` around `slipway apply` (the supervisors are "
+    "detached: `strace -f` would follow them and never return).\n",
+]
