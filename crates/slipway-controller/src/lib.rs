@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use slipway_core::render::EnvKind;
+use slipway_core::vocab::EventKind;
 use slipway_engine::{Engine, EngineError, EnvTarget};
 use slipway_git::Source;
 use slipway_state::EnvironmentRecord;
@@ -332,7 +332,7 @@ impl Controller {
                 if let Err(e) = this.catch_up_pull_requests().await {
                     let _ = this.inner.engine.store().record_event(
                         None,
-                        "forge.failed",
+                        EventKind::ForgeFailed,
                         &format!("catching up with open pull requests: {e}"),
                         &serde_json::json!({}),
                         slipway_state::now_ms(),
@@ -421,7 +421,7 @@ impl Controller {
         if let Err(e) = self.inner.engine.store().prune(&retention) {
             let _ = self.inner.engine.store().record_event(
                 None,
-                "retention.failed",
+                EventKind::RetentionFailed,
                 &format!("pruning old audit entries, events and deliveries: {e}"),
                 &serde_json::json!({}),
                 now,
@@ -527,10 +527,8 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let (name, who) = (name.to_string(), who.to_string());
         let forget = name.clone();
-        self.blocking(move |inner| {
-            reconcile::destroy(inner, &name, &who, "destroyed on request", confirm)
-        })
-        .await?;
+        self.blocking(move |inner| reconcile::destroy(inner, &name, &who, confirm))
+            .await?;
         self.inner
             .queue
             .lock()
@@ -595,14 +593,6 @@ impl Controller {
     }
 }
 
-pub(crate) fn kind_of(record: &EnvironmentRecord) -> EnvKind {
-    match record.kind.as_str() {
-        "generated" => EnvKind::Generated,
-        "adhoc" => EnvKind::Adhoc,
-        _ => EnvKind::Static,
-    }
-}
-
 pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
     EnvTarget {
         name: record.name.clone(),
@@ -610,7 +600,7 @@ pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
             .definition
             .clone()
             .unwrap_or_else(|| record.name.clone()),
-        kind: kind_of(record),
+        kind: record.kind,
         owner: record.owner.clone(),
         ttl: record
             .ttl_ms

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use slipway_core::plan::{Action as Change, Plan};
-use slipway_core::render::EnvKind;
+use slipway_core::vocab::{EnvKind, EventKind, SyncState};
 use slipway_engine::{EngineConfig, EnvTarget, Origin};
 use slipway_forge::{
     Command, CommitStatus, DEFAULT_PLAN_MARKER, EnvPlan, Forge, ForgeConfig, ForgeEvent, ForgeKind,
@@ -199,7 +199,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                 event(
                     inner,
                     &format!("pr-{}", pr.number),
-                    "pull_request.retargeted",
+                    EventKind::PullRequestRetargeted,
                     &format!(
                         "#{} now merges into {}: it cannot be applied before merge any more \
                          (approvals were given against its first base)",
@@ -341,7 +341,7 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
     event(
         inner,
         &format!("pr-{}", pr.number),
-        "pull_request.updated",
+        EventKind::PullRequestUpdated,
         &format!(
             "#{} {} at {}{}",
             pr.number,
@@ -392,7 +392,7 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
         event(
             inner,
             &format!("pr-{number}"),
-            "pull_request.merged",
+            EventKind::PullRequestMerged,
             &format!("#{number} is merged, but the forge names no merge commit"),
         );
         return Ok(());
@@ -472,7 +472,7 @@ fn release(inner: &Inner, number: i64) -> Result<Vec<String>, ControllerError> {
         event(
             inner,
             env,
-            "lock.released",
+            EventKind::LockReleased,
             &format!("the lock of #{number} is released; `{env}` follows its branch again"),
         );
     }
@@ -734,7 +734,7 @@ fn reply(inner: &Inner, pr: u64, body: &str) {
         event(
             inner,
             &format!("pr-{pr}"),
-            "forge.failed",
+            EventKind::ForgeFailed,
             &format!("cannot comment on #{pr}: {e}"),
         );
     }
@@ -978,7 +978,10 @@ fn apply(
     }
     // Which branch ENV tracks is the environment's record (discovery wrote it from the
     // default branch's stack), never what the pull request's stack says.
-    let Some(existing) = store.environment(env)?.filter(|e| e.kind == "static") else {
+    let Some(existing) = store
+        .environment(env)?
+        .filter(|e| e.kind == EnvKind::Static)
+    else {
         return refuse(format!(
             "`{env}` is not a deployed static environment; `/slipway apply` takes one that \
              Slipway already runs from its branch."
@@ -1113,9 +1116,9 @@ fn apply(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let outcome = loop {
         let outcome = crate::reconcile::reconcile(inner, env, crate::Trigger::Manual);
-        let at_head = store
-            .environment(env)?
-            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+        let at_head = store.environment(env)?.is_some_and(|e| {
+            e.commit.as_deref() == Some(head.as_str()) && e.sync == SyncState::Synced
+        });
         let busy = matches!(outcome, Ok(crate::reconcile::Action::Requeue(after)) if after <= std::time::Duration::from_secs(2));
         if at_head || !busy || std::time::Instant::now() > deadline {
             break outcome;
@@ -1124,9 +1127,9 @@ fn apply(
     };
     let after = store.environment(env)?;
     let applied = outcome.is_ok()
-        && after
-            .as_ref()
-            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+        && after.as_ref().is_some_and(|e| {
+            e.commit.as_deref() == Some(head.as_str()) && e.sync == SyncState::Synced
+        });
     let started = store.deployments(env, 1)?.first().map(|d| d.id) != last_deployment;
     if applied {
         audit(
@@ -1216,7 +1219,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
                 event(
                     inner,
                     &format!("pr-{}", pr.number),
-                    "pull_request.failed",
+                    EventKind::PullRequestFailed,
                     &e.to_string(),
                 );
             }
@@ -1236,7 +1239,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
                 event(
                     inner,
                     &format!("pr-{}", known.number),
-                    "pull_request.failed",
+                    EventKind::PullRequestFailed,
                     &format!(
                         "#{} is not in the forge's list of open pull requests, and the forge \
                          cannot say whether it is closed ({e}); its locks stay until it can",
@@ -1251,7 +1254,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             event(
                 inner,
                 &format!("pr-{}", known.number),
-                "pull_request.failed",
+                EventKind::PullRequestFailed,
                 &e.to_string(),
             );
             continue;
@@ -1283,7 +1286,7 @@ fn origin_at<'a>(inner: &'a Inner, reference: &'a str) -> Origin<'a> {
     }
 }
 
-fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+fn event(inner: &Inner, env: &str, kind: EventKind, message: &str) {
     let _ = inner.engine.store().record_event(
         Some(env),
         kind,

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use slipway_core::plan::Action as Change;
-use slipway_core::render::EnvKind;
+use slipway_core::vocab::{EnvKind, EventKind, Health, Reason, SyncState};
 use slipway_engine::{ApplyOptions, EngineError, Origin, source};
 use slipway_state::{EnvironmentRecord, now_ms};
 
-use crate::{ControllerError, CreateEnvironment, Inner, Trigger, discover, kind_of, target_of};
+use crate::{ControllerError, CreateEnvironment, Inner, Trigger, discover, target_of};
 
 /// What to do after a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub(crate) enum Action {
 
 const WHO: &str = "slipway-controller";
 
-fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+fn event(inner: &Inner, env: &str, kind: EventKind, message: &str) {
     let _ = inner
         .engine
         .store()
@@ -36,13 +36,13 @@ fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
 fn invalid_once(inner: &Inner, env: Option<&str>, commit: &str, message: &str) {
     let store = inner.engine.store();
     let said = store
-        .last_event(env, "commit.invalid")
+        .last_event(env, EventKind::CommitInvalid)
         .ok()
         .flatten()
         .is_some_and(|e| e.data.get("commit").and_then(|c| c.as_str()) == Some(commit));
     if !said {
         let data = json!({ "commit": commit });
-        let _ = store.record_event(env, "commit.invalid", message, &data, now_ms());
+        let _ = store.record_event(env, EventKind::CommitInvalid, message, &data, now_ms());
     }
 }
 
@@ -147,7 +147,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             .environment(name)
             .ok()
             .flatten()
-            .filter(|r| r.kind == "generated")
+            .filter(|r| r.kind == EnvKind::Generated)
             .and_then(|r| r.tracked_ref)
     };
     let wanted = discover::wanted(stack, &branches, &pulls, &holder);
@@ -159,15 +159,15 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             None => {
                 let record = EnvironmentRecord {
                     name: w.name.clone(),
-                    kind: w.kind.as_str().to_string(),
+                    kind: w.kind,
                     stack: stack.name.clone(),
                     repo: inner.repo_label.clone(),
                     tracked_ref: Some(w.tracked_ref.clone()),
                     desired_commit: None,
                     commit: None,
                     hash: None,
-                    sync: "out_of_sync".into(),
-                    health: "missing".into(),
+                    sync: SyncState::OutOfSync,
+                    health: Health::Missing,
                     message: None,
                     owner: None,
                     ttl_ms: w
@@ -191,13 +191,13 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 event(
                     inner,
                     &w.name,
-                    "environment.created",
+                    EventKind::EnvironmentCreated,
                     &format!("{} created {what}", w.name),
                 );
                 record
             }
         };
-        if record.kind != w.kind.as_str() {
+        if record.kind != w.kind {
             // Something else holds the name (an ad-hoc `prod` made before the stack defined
             // it, a generated environment where a static one now stands): it is never
             // adopted as the other, which would hand it prod's rules, or prod's resources to
@@ -223,11 +223,11 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 .as_deref()
                 .is_some_and(|m| m.contains("not adopted"))
             {
-                event(inner, &w.name, "environment.conflict", &why);
+                event(inner, &w.name, EventKind::EnvironmentConflict, &why);
                 store.set_environment_status(
                     &w.name,
-                    "failed",
-                    &record.health,
+                    SyncState::Failed,
+                    record.health,
                     Some(&why),
                     now_ms(),
                 )?;
@@ -248,15 +248,14 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     // Generated environments whose branch no longer matches: destroy them.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for record in store.environments()? {
-        if record.kind == "generated" && !wanted_names.contains(record.name.as_str()) {
-            let tracked = record.tracked_ref.as_deref().unwrap_or("?");
-            let why = if tracked.starts_with("refs/") {
-                format!("its pull request is closed or merged ({tracked})")
-            } else {
-                format!("branch `{tracked}` is gone")
-            };
-            if let Err(e) = destroy(inner, &record.name, WHO, &why, true) {
-                event(inner, &record.name, "destroy.failed", &e.to_string());
+        if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
+            if let Err(e) = destroy(inner, &record.name, WHO, true) {
+                event(
+                    inner,
+                    &record.name,
+                    EventKind::DestroyFailed,
+                    &e.to_string(),
+                );
             }
         }
     }
@@ -268,12 +267,12 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
 fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), ControllerError> {
     let message = format!("held: {why}");
     if record.message.as_deref() != Some(message.as_str()) {
-        event(inner, &record.name, "change.held", &message);
+        event(inner, &record.name, EventKind::ChangeHeld, &message);
     }
     inner.engine.store().set_environment_status(
         &record.name,
-        "failed",
-        &record.health,
+        SyncState::Failed,
+        record.health,
         Some(&message),
         now_ms(),
     )?;
@@ -295,7 +294,7 @@ fn preview_head(inner: &Inner, record: &EnvironmentRecord) -> Result<PreviewHead
     let (Some(setup), Some(reference)) = (inner.forge.get(), record.tracked_ref.as_deref()) else {
         return Ok(PreviewHead::NotAPullRequest);
     };
-    if record.kind != "generated" || !reference.starts_with("refs/") {
+    if record.kind != EnvKind::Generated || !reference.starts_with("refs/") {
         return Ok(PreviewHead::NotAPullRequest);
     }
     let pull = inner
@@ -380,12 +379,11 @@ fn unmerged(
     })
 }
 
-/// Destroys `name` under its lock, recording why.
+/// Destroys `name` under its lock. The engine records the one `environment.destroyed` event.
 pub(crate) fn destroy(
     inner: &Inner,
     name: &str,
     who: &str,
-    why: &str,
     confirm: bool,
 ) -> Result<(), ControllerError> {
     let engine = &inner.engine;
@@ -399,12 +397,6 @@ pub(crate) fn destroy(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
         )));
     }
-    event(
-        inner,
-        name,
-        "environment.destroyed",
-        &format!("{name} destroyed: {why}"),
-    );
     Ok(())
 }
 
@@ -439,22 +431,22 @@ pub(crate) fn reconcile(
                  destroys it)"
             )
         };
-        event(inner, name, "expiry.held", &why);
+        event(inner, name, EventKind::ExpiryHeld, &why);
         let mut fresh = record.clone();
         fresh.expires_at = None;
         fresh.ttl_ms = None;
         fresh.message = Some(format!("held: {why}"));
-        fresh.sync = "failed".into();
+        fresh.sync = SyncState::Failed;
         fresh.updated_at = now_ms();
         store.upsert_environment(&fresh)?;
         return Ok(requeue);
     }
     if record.expires_at.is_some_and(|at| at <= now_ms()) {
-        destroy(inner, name, WHO, "its time to live has passed", false)?;
+        destroy(inner, name, WHO, false)?;
         event(
             inner,
             name,
-            "environment.expired",
+            EventKind::EnvironmentExpired,
             &format!("{name} expired and was destroyed"),
         );
         return Ok(Action::Done);
@@ -513,8 +505,8 @@ pub(crate) fn reconcile(
                 let message = e.to_string();
                 store.set_environment_status(
                     name,
-                    "failed",
-                    &record.health,
+                    SyncState::Failed,
+                    record.health,
                     Some(&message),
                     now_ms(),
                 )?;
@@ -547,8 +539,8 @@ pub(crate) fn reconcile(
             );
             store.set_environment_status(
                 name,
-                "failed",
-                &record.health,
+                SyncState::Failed,
+                record.health,
                 Some(&message),
                 now_ms(),
             )?;
@@ -565,12 +557,12 @@ pub(crate) fn reconcile(
                     .as_deref()
                     .is_some_and(|m| m.contains("not adopted"))
             {
-                event(inner, name, "environment.conflict", &message);
+                event(inner, name, EventKind::EnvironmentConflict, &message);
             }
             store.set_environment_status(
                 name,
-                "failed",
-                &record.health,
+                SyncState::Failed,
+                record.health,
                 Some(&message),
                 now_ms(),
             )?;
@@ -588,7 +580,8 @@ pub(crate) fn reconcile(
         return Ok(requeue);
     }
     if !prepared.plan.has_changes() {
-        if record.sync != "synced" || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
+        if record.sync != SyncState::Synced
+            || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
         {
             // Nothing to change, but the record is behind (first sight after a restart).
             let report = engine.apply(
@@ -612,10 +605,8 @@ pub(crate) fn reconcile(
         .plan
         .changes
         .iter()
-        .filter(|c| {
-            c.action != Change::Noop && c.reason.as_deref().is_some_and(|r| r.starts_with("drift:"))
-        })
-        .map(|c| format!("{}: {}", c.resource, c.reason.as_deref().unwrap_or("")))
+        .filter(|c| c.action != Change::Noop && c.reason.as_ref().is_some_and(Reason::is_drift))
+        .filter_map(|c| Some(format!("{}: {}", c.resource, c.reason.as_ref()?)))
         .collect();
     if same_commit && !drifted.is_empty() {
         let message = format!("drift: {}", drifted.join("; "));
@@ -626,14 +617,14 @@ pub(crate) fn reconcile(
                 event(
                     inner,
                     name,
-                    "drift.detected",
+                    EventKind::DriftDetected,
                     &format!("{message} (self_heal is off: not repaired)"),
                 );
             }
             store.set_environment_status(
                 name,
-                "out_of_sync",
-                "degraded",
+                SyncState::OutOfSync,
+                Health::Degraded,
                 Some(&message),
                 now_ms(),
             )?;
@@ -642,7 +633,7 @@ pub(crate) fn reconcile(
         event(
             inner,
             name,
-            "drift.detected",
+            EventKind::DriftDetected,
             &format!("{message}; repairing"),
         );
     }
@@ -683,13 +674,13 @@ pub(crate) fn reconcile(
         event(
             inner,
             name,
-            "drift.repaired",
+            EventKind::DriftRepaired,
             &format!("repaired {} resource(s)", drifted.len()),
         );
     }
     // A generated environment lives `ttl` past its last new commit.
     if !same_commit
-        && kind_of(&record) == EnvKind::Generated
+        && record.kind == EnvKind::Generated
         && let (Some(ttl), Some(mut fresh)) = (record.ttl_ms, store.environment(name)?)
     {
         fresh.expires_at = Some(now_ms().saturating_add(ttl));
@@ -701,7 +692,7 @@ pub(crate) fn reconcile(
 /// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or
 /// protected one.
 fn expires(record: &EnvironmentRecord) -> bool {
-    kind_of(record) != EnvKind::Static && !record.protected
+    record.kind != EnvKind::Static && !record.protected
 }
 
 /// Records a new ad-hoc environment (its first deployment is queued by the caller).
@@ -809,15 +800,15 @@ pub(crate) fn create_adhoc(
     let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
     let record = EnvironmentRecord {
         name: name.to_string(),
-        kind: "adhoc".into(),
+        kind: EnvKind::Adhoc,
         stack: stack.name.clone(),
         repo: inner.repo_label.clone(),
         tracked_ref: Some(request.reference.clone()),
         desired_commit: Some(loaded.commit.sha.clone()),
         commit: None,
         hash: None,
-        sync: "out_of_sync".into(),
-        health: "missing".into(),
+        sync: SyncState::OutOfSync,
+        health: Health::Missing,
         message: None,
         owner: request.owner.clone(),
         ttl_ms,
@@ -832,7 +823,7 @@ pub(crate) fn create_adhoc(
     event(
         inner,
         name,
-        "environment.created",
+        EventKind::EnvironmentCreated,
         &format!(
             "{name} created from `{}` by {}",
             request.reference,
@@ -898,7 +889,7 @@ pub(crate) fn extend(
     event(
         inner,
         name,
-        "environment.extended",
+        EventKind::EnvironmentExtended,
         &format!(
             "{name} now expires in {}{capped}",
             humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
@@ -933,7 +924,7 @@ pub(crate) fn pin(
     event(
         inner,
         name,
-        "environment.pinned",
+        EventKind::EnvironmentPinned,
         &format!("{name} pinned to {}", &sha[..12]),
     );
     Ok(record)
@@ -950,7 +941,7 @@ fn pin_gate(inner: &Inner, record: &EnvironmentRecord, sha: &str) -> Result<(), 
     let Some(branch) = record.tracked_ref.clone() else {
         return Ok(());
     };
-    if kind_of(record) != EnvKind::Static {
+    if record.kind != EnvKind::Static {
         return Ok(());
     }
     // The branch itself, never a tag named like it.
@@ -1042,7 +1033,7 @@ pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, Cont
     event(
         inner,
         name,
-        "environment.unpinned",
+        EventKind::EnvironmentUnpinned,
         &format!(
             "{name} follows `{}` again",
             record.tracked_ref.as_deref().unwrap_or("?")

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod diag;
+pub mod duration;
 pub mod graph;
 pub mod names;
 pub mod plan;
@@ -22,4 +23,5 @@ pub mod secrets;
 pub mod stack;
 pub mod template;
 pub mod types;
+pub mod vocab;
 pub mod yaml;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use slipway_core::plan::{Action, Change};
+use slipway_core::vocab::{DeploymentStatus, EventKind, Health, ResourceStatus, SyncState};
 use slipway_providers::{Applied, ResourceContext};
 use slipway_state::{NewDeployment, ResourceRecord};
 
@@ -201,7 +202,7 @@ impl Engine {
         let sandbox = self.sandbox(env)?;
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(env, now)?;
-        self.record_environment(prepared, "syncing")?;
+        self.record_environment(prepared, SyncState::Syncing)?;
         let plan_json =
             serde_json::to_value(&prepared.plan).expect("a plan is always serializable");
         let deployment = self.store.begin_deployment(&NewDeployment {
@@ -215,7 +216,7 @@ impl Engine {
         })?;
         self.store.record_event(
             Some(env),
-            "apply.started",
+            EventKind::ApplyStarted,
             &format!(
                 "applying {} at {}",
                 prepared.reference,
@@ -240,15 +241,15 @@ impl Engine {
             Err(e) => {
                 self.store.finish_deployment(
                     deployment,
-                    "failed",
+                    DeploymentStatus::Failed,
                     Some(&e.to_string()),
                     &json!({}),
                     finished,
                 )?;
                 self.store.set_environment_status(
                     env,
-                    "failed",
-                    "degraded",
+                    SyncState::Failed,
+                    Health::Degraded,
                     Some(&e.to_string()),
                     finished,
                 )?;
@@ -263,13 +264,18 @@ impl Engine {
         };
         let summary = summary(&report);
         if report.succeeded() {
-            self.store
-                .finish_deployment(deployment, "succeeded", None, &summary, finished)?;
+            self.store.finish_deployment(
+                deployment,
+                DeploymentStatus::Succeeded,
+                None,
+                &summary,
+                finished,
+            )?;
             if let Some(mut record) = self.store.environment(env)? {
                 record.commit = Some(prepared.commit.sha.clone());
                 record.hash = Some(prepared.desired.hash.clone());
-                record.sync = "synced".into();
-                record.health = "healthy".into();
+                record.sync = SyncState::Synced;
+                record.health = Health::Healthy;
                 record.message = None;
                 record.updated_at = finished;
                 self.store.upsert_environment(&record)?;
@@ -277,7 +283,7 @@ impl Engine {
             self.collect_exports(env)?;
             self.store.record_event(
                 Some(env),
-                "apply.succeeded",
+                EventKind::ApplySucceeded,
                 &format!("{} is at {}", env, short(&prepared.commit.sha)),
                 &json!({"deployment": deployment}),
                 finished,
@@ -294,21 +300,21 @@ impl Engine {
             let message = failed.join("; ");
             self.store.finish_deployment(
                 deployment,
-                "failed",
+                DeploymentStatus::Failed,
                 Some(&message),
                 &summary,
                 finished,
             )?;
             self.store.set_environment_status(
                 env,
-                "failed",
-                "degraded",
+                SyncState::Failed,
+                Health::Degraded,
                 Some(&message),
                 finished,
             )?;
             self.store.record_event(
                 Some(env),
-                "apply.failed",
+                EventKind::ApplyFailed,
                 &message,
                 &json!({"deployment": deployment}),
                 finished,
@@ -525,7 +531,9 @@ impl Engine {
         let blue_green = exposed
             && swap_exposed
             && matches!(change.action, Action::Replace | Action::Update)
-            && previous.as_ref().is_some_and(|p| p.status == "ready")
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.status == ResourceStatus::Ready)
             && previous_envelope
                 .as_ref()
                 .is_some_and(|e| !e.handle.is_null());
@@ -575,9 +583,9 @@ impl Engine {
             name: change.resource.clone(),
             type_name: desired.type_name.clone(),
             status: if previous.is_some() {
-                "updating".into()
+                ResourceStatus::Updating
             } else {
-                "creating".into()
+                ResourceStatus::Creating
             },
             config: desired.config.clone(),
             resolved_hash: None,
@@ -684,7 +692,7 @@ impl Engine {
             Ok(applied) => applied,
             Err(error) => {
                 let error = redactor.redact(&error);
-                record.status = "failed".into();
+                record.status = ResourceStatus::Failed;
                 record.error = Some(error.clone());
                 record.updated_at = slipway_state::now_ms();
                 let _ = self.store.put_resource(&record);
@@ -704,13 +712,13 @@ impl Engine {
         let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
         if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
             let error = redactor.redact(&describe(&e));
-            record.status = "failed".into();
+            record.status = ResourceStatus::Failed;
             record.error = Some(error.clone());
             record.updated_at = slipway_state::now_ms();
             let _ = self.store.put_resource(&record);
             return Err(error);
         }
-        record.status = "ready".into();
+        record.status = ResourceStatus::Ready;
         record.resolved_hash = Some(resolved_hash);
         record.updated_at = slipway_state::now_ms();
         self.store
@@ -743,7 +751,7 @@ impl Engine {
         let fail = |record: &mut ResourceRecord, error: String| {
             let error = redactor.redact(&error);
             // The old instance is still recorded as live and still serving.
-            record.status = "failed".into();
+            record.status = ResourceStatus::Failed;
             record.error = Some(format!(
                 "the new version did not replace the running one: {error}"
             ));
@@ -766,7 +774,7 @@ impl Engine {
         record.live = envelope_of(applied.live.clone());
         record.outputs = Json::Object(applied.outputs.clone().into_iter().collect());
         record.secret_outputs = applied.secret_outputs.clone();
-        record.status = "ready".into();
+        record.status = ResourceStatus::Ready;
         record.resolved_hash = Some(resolved_hash);
         record.updated_at = slipway_state::now_ms();
         self.store
@@ -785,7 +793,7 @@ impl Engine {
             // or destroy removes it.
             let _ = self.store.record_event(
                 Some(env),
-                "swap.cleanup_failed",
+                EventKind::SwapCleanupFailed,
                 &format!(
                     "{}: the previous instance could not be stopped: {}",
                     change.resource,
@@ -913,7 +921,7 @@ impl Engine {
             return Ok(());
         };
         let envelope = Envelope::of(&record);
-        record.status = "deleting".into();
+        record.status = ResourceStatus::Deleting;
         record.updated_at = slipway_state::now_ms();
         self.store
             .put_resource(&record)
@@ -952,7 +960,7 @@ impl Engine {
             }
             if let Err(e) = result {
                 let error = describe(&e);
-                record.status = "failed".into();
+                record.status = ResourceStatus::Failed;
                 record.error = Some(error.clone());
                 let _ = self.store.put_resource(&record);
                 return Err(error);
@@ -1037,7 +1045,7 @@ impl Engine {
                     .unwrap_or_default(),
                 action: Action::Delete,
                 diff: Vec::new(),
-                reason: Some("destroy".into()),
+                reason: Some(slipway_core::plan::Reason::Other("destroy".into())),
             })
             .collect();
         let commit = record.commit.clone().unwrap_or_default();
@@ -1057,8 +1065,8 @@ impl Engine {
         })?;
         self.store.set_environment_status(
             &env,
-            "syncing",
-            "progressing",
+            SyncState::Syncing,
+            Health::Progressing,
             Some("destroying"),
             now,
         )?;
@@ -1108,7 +1116,7 @@ impl Engine {
             self.store.release_uid(&env)?;
             self.store.finish_deployment(
                 deployment,
-                "succeeded",
+                DeploymentStatus::Succeeded,
                 None,
                 &summary(&report),
                 finished,
@@ -1116,7 +1124,7 @@ impl Engine {
             self.store.delete_environment(&env)?;
             self.store.record_event(
                 Some(&env),
-                "destroyed",
+                EventKind::EnvironmentDestroyed,
                 &format!("{env} was destroyed"),
                 &json!({"deployment": deployment, "who": who}),
                 finished,
@@ -1124,15 +1132,15 @@ impl Engine {
         } else {
             self.store.finish_deployment(
                 deployment,
-                "failed",
+                DeploymentStatus::Failed,
                 Some("some resources could not be deleted"),
                 &summary(&report),
                 finished,
             )?;
             self.store.set_environment_status(
                 &env,
-                "failed",
-                "degraded",
+                SyncState::Failed,
+                Health::Degraded,
                 Some("destroy failed; run it again"),
                 finished,
             )?;

@@ -37,8 +37,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStatus};
+use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded};
 use slipway_core::render::{self, DesiredState, EnvKind, Target};
+use slipway_core::vocab::{Health, SyncState};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
@@ -440,11 +441,7 @@ impl Engine {
                     .definition
                     .clone()
                     .unwrap_or_else(|| record.name.clone()),
-                kind: match record.kind.as_str() {
-                    "generated" => EnvKind::Generated,
-                    "adhoc" => EnvKind::Adhoc,
-                    _ => EnvKind::Static,
-                },
+                kind: record.kind,
                 owner: record.owner.clone(),
                 ttl: record
                     .ttl_ms
@@ -555,7 +552,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let name = &target.name;
         if let Some(record) = self.store.environment(name)?
-            && record.kind != target.kind.as_str()
+            && record.kind != target.kind
         {
             return Err(EngineError::Environment(format!(
                 "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \
@@ -658,8 +655,8 @@ impl Engine {
                 record.name.as_str(),
                 u8::from(envelope.instance(&record.name) != record.name),
             );
-            let status = parse_status(&record.status);
-            if status == RecordedStatus::Ready {
+            let status = record.status;
+            if status == slipway_core::vocab::ResourceStatus::Ready {
                 let ports = all_ports.get(&record.name).unwrap_or(&none);
                 input.observed.insert(
                     record.name.clone(),
@@ -753,7 +750,7 @@ impl Engine {
     fn record_environment(
         &self,
         prepared: &Prepared,
-        sync: &str,
+        sync: SyncState,
     ) -> Result<EnvironmentRecord, EngineError> {
         let now = slipway_state::now_ms();
         let env = &prepared.desired.environment.name;
@@ -762,15 +759,15 @@ impl Engine {
             .environment(env)?
             .unwrap_or_else(|| EnvironmentRecord {
                 name: env.clone(),
-                kind: prepared.desired.environment.kind.as_str().to_string(),
+                kind: prepared.desired.environment.kind,
                 stack: prepared.desired.stack.clone(),
                 repo: prepared.repo.clone(),
                 tracked_ref: None,
                 desired_commit: None,
                 commit: None,
                 hash: None,
-                sync: "out_of_sync".into(),
-                health: "missing".into(),
+                sync: SyncState::OutOfSync,
+                health: Health::Missing,
                 message: None,
                 owner: None,
                 ttl_ms: None,
@@ -783,7 +780,7 @@ impl Engine {
             });
         record.repo = prepared.repo.clone();
         record.stack = prepared.desired.stack.clone();
-        record.kind = prepared.desired.environment.kind.as_str().to_string();
+        record.kind = prepared.desired.environment.kind;
         record.definition = Some(prepared.desired.environment.definition.clone());
         // What the record says is in force: the commit's own rules once it runs, except for
         // a pinned commit (a pull request's), whose rules were never accepted on the branch.
@@ -814,7 +811,7 @@ impl Engine {
             record.tracked_ref = Some(prepared.reference.clone());
         }
         record.desired_commit = Some(prepared.commit.sha.clone());
-        record.sync = sync.to_string();
+        record.sync = sync;
         record.updated_at = now;
         self.store.upsert_environment(&record)?;
         Ok(record)
@@ -830,14 +827,4 @@ fn is_full_sha(s: &str) -> bool {
     s.len() == 40
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-pub(crate) fn parse_status(s: &str) -> RecordedStatus {
-    match s {
-        "ready" => RecordedStatus::Ready,
-        "creating" => RecordedStatus::Creating,
-        "updating" => RecordedStatus::Updating,
-        "deleting" => RecordedStatus::Deleting,
-        _ => RecordedStatus::Failed,
-    }
 }

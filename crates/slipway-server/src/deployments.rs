@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
-use slipway_state::{DEPLOYMENT_STATUSES, DeploymentRecord};
+use slipway_core::vocab::DeploymentStatus;
+use slipway_state::DeploymentRecord;
 
 use crate::body::DeploymentId;
 use crate::error::ApiError;
@@ -32,7 +33,7 @@ pub(crate) struct DeploymentView {
     commit: String,
     hash: String,
     reference: Option<String>,
-    status: String,
+    status: DeploymentStatus,
     error: Option<String>,
     who: String,
     started_at: String,
@@ -83,7 +84,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
             "commit": {"type": "string", "description": "The commit deployed."},
             "hash": {"type": "string", "description": "The rendered desired-state hash deployed."},
             "reference": {"type": ["string", "null"], "description": "The ref the commit was resolved from."},
-            "status": {"enum": DEPLOYMENT_STATUSES},
+            "status": {"enum": DeploymentStatus::WORDS},
             "error": {"type": ["string", "null"], "description": "Why it failed or was interrupted."},
             "who": {"type": "string", "description": "Who or what started it."},
             "started_at": {"type": "string", "format": "date-time"},

@@ -14,10 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use slipway_controller::{Controller, CreateEnvironment, Trigger};
 use slipway_core::plan::Change;
+use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
 use slipway_engine::{EngineError, EnvironmentStatus, Origin};
-use slipway_state::{
-    ENVIRONMENT_KINDS, EnvironmentRecord, HEALTH_STATES, RESOURCE_STATUSES, SYNC_STATES,
-};
+use slipway_state::EnvironmentRecord;
 
 use crate::AppState;
 use crate::auth::{AuditTarget, Principal};
@@ -244,8 +243,6 @@ struct DeploymentList {
 pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
     let name = json!({"$ref": "#/components/schemas/EnvironmentName"});
     let nullable = |s: &str| json!({"type": [s, "null"]});
-    let mut resource_statuses: Vec<&str> = RESOURCE_STATUSES.to_vec();
-    resource_statuses.extend(["missing", "drifted"]);
     vec![
         (
             "EnvironmentName",
@@ -265,7 +262,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                 "properties": {
                     "name": {"type": "string"},
                     "type": {"type": "string", "description": "Its type, e.g. `process` or `file`."},
-                    "status": {"enum": resource_statuses},
+                    "status": {"enum": ShownStatus::WORDS},
                     "outputs": {"type": ["object", "null"], "description": "Its outputs, secret ones `<redacted>`; null while it is first being created."},
                     "message": {"type": "string", "description": "What is wrong, when something is."}
                 }
@@ -280,11 +277,11 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                              "expires_at", "tracked_ref", "resources", "owner", "pinned", "protected", "ttl_seconds"],
                 "properties": {
                     "name": name,
-                    "kind": {"enum": ENVIRONMENT_KINDS},
+                    "kind": {"enum": EnvKind::WORDS},
                     "commit": {"type": ["string", "null"], "description": "The commit it runs."},
                     "desired_commit": {"type": ["string", "null"], "description": "The commit it should run."},
-                    "sync": {"enum": SYNC_STATES},
-                    "health": {"enum": HEALTH_STATES},
+                    "sync": {"enum": SyncState::WORDS},
+                    "health": {"enum": Health::WORDS},
                     "url": {"type": ["string", "null"], "description": "Where its exposed port is served."},
                     "expires_at": {"type": ["string", "null"], "format": "date-time"},
                     "tracked_ref": nullable("string"),

@@ -18,6 +18,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use slipway_controller::Controller;
+use slipway_core::vocab::EventKind;
 use slipway_state::{EventQuery, EventRecord};
 
 use crate::body::{QueryArgs, check_name, printable};
@@ -64,7 +65,7 @@ struct EventsQuery {
 struct EventView<'a> {
     id: i64,
     environment: Option<&'a str>,
-    kind: &'a str,
+    kind: EventKind,
     message: &'a str,
     data: &'a Value,
     at: String,
@@ -81,7 +82,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
             "properties": {
                 "id": {"type": "integer", "description": "Increasing, never reused: the resume cursor."},
                 "environment": {"type": ["string", "null"], "description": "The environment it concerns; null for engine-wide events."},
-                "kind": {"type": "string", "description": "E.g. `deployment.started`, `drift.detected`, `environment.created`."},
+                "kind": {"enum": EventKind::WORDS, "description": "What happened, e.g. `apply.started`, `drift.detected`, `environment.created`."},
                 "message": {"type": "string", "description": "A sentence for people."},
                 "data": {"description": "Details for programs."},
                 "at": {"type": "string", "format": "date-time"}
@@ -207,7 +208,7 @@ fn to_sse(event: &EventRecord) -> Event {
     let view = EventView {
         id: event.id,
         environment: event.environment.as_deref(),
-        kind: &event.kind,
+        kind: event.kind,
         message: &event.message,
         data: &event.data,
         at: rfc3339(event.at),

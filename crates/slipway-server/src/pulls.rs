@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
+use slipway_core::vocab::{EnvKind, Health, SyncState};
 use slipway_state::{EnvironmentRecord, LockRecord, PullRequestRecord};
 
 use crate::error::ApiError;
@@ -59,8 +60,8 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                 "required": ["environment", "sync", "health", "commit", "desired_commit", "at_head", "url"],
                 "properties": {
                     "environment": name,
-                    "sync": {"enum": slipway_state::SYNC_STATES},
-                    "health": {"enum": slipway_state::HEALTH_STATES},
+                    "sync": {"enum": SyncState::WORDS},
+                    "health": {"enum": Health::WORDS},
                     "commit": {"type": ["string", "null"], "description": "The commit it runs."},
                     "desired_commit": {"type": ["string", "null"], "description": "The commit it should run."},
                     "at_head": {"type": "boolean", "description": "Whether it runs the pull request's head."},
@@ -132,8 +133,8 @@ impl From<&LockRecord> for LockView {
 #[derive(Debug, Serialize)]
 struct PreviewView {
     environment: String,
-    sync: String,
-    health: String,
+    sync: SyncState,
+    health: Health,
     commit: Option<String>,
     desired_commit: Option<String>,
     at_head: bool,
@@ -195,11 +196,11 @@ fn view(
     // Discovery names the preview of pull request N `pr-N`, in a generated family.
     let preview = environments
         .get(&format!("pr-{}", pr.number))
-        .filter(|e| e.kind == "generated")
+        .filter(|e| e.kind == EnvKind::Generated)
         .map(|e| PreviewView {
             environment: e.name.clone(),
-            sync: e.sync.clone(),
-            health: e.health.clone(),
+            sync: e.sync,
+            health: e.health,
             commit: e.commit.clone(),
             desired_commit: e.desired_commit.clone(),
             at_head: e.commit.as_deref() == Some(pr.head_sha.as_str()),
