@@ -17,6 +17,7 @@
 //!   with the reason and leaves the running version up.
 #![deny(missing_docs)]
 
+mod config;
 pub mod discover;
 pub mod metrics;
 pub mod pulls;
@@ -33,6 +34,7 @@ use slipway_git::Source;
 use slipway_state::EnvironmentRecord;
 use tokio::sync::Notify;
 
+pub use config::ControllerConfig;
 pub use metrics::Metrics;
 
 /// Why an environment is being looked at. Closed: every source of work is one of these.

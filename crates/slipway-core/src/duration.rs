@@ -55,6 +55,19 @@ pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Erro
     parse(&text).ok_or_else(|| refuse(&text))
 }
 
+/// Like [`deserialize`], for a timeout or an interval that must not be zero (a zero timeout
+/// would close every connection at once, a zero interval spin).
+pub fn positive<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    match parse(&text) {
+        Some(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
+            "`{text}` must be longer than 0, e.g. \"10s\""
+        ))),
+        Some(d) => Ok(d),
+        None => Err(refuse(&text)),
+    }
+}
+
 /// `#[serde(default, deserialize_with = "slipway_core::duration::optional")]` for an
 /// `Option<Duration>` field written in this grammar.
 pub fn optional<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
@@ -128,12 +141,22 @@ mod tests {
             #[serde(default, deserialize_with = "optional")]
             ready: Option<Duration>,
         }
+        #[derive(Deserialize)]
+        struct Timeout {
+            #[serde(deserialize_with = "positive")]
+            _after: Duration,
+        }
         let t: Timeouts = serde_json::from_str(r#"{"grace": "1m30s"}"#).expect("parses");
         assert_eq!((t.grace, t.ready), (Duration::from_secs(90), None));
         let e = serde_json::from_str::<Timeouts>(r#"{"grace": "1s", "ready": "2 m"}"#)
             .err()
             .expect("a space inside is refused");
         assert!(e.to_string().contains("`2 m` is not a duration"), "{e}");
+        let e = serde_json::from_str::<Timeout>(r#"{"_after": "0ms"}"#)
+            .err()
+            .expect("a zero timeout is refused");
+        assert!(e.to_string().contains("longer than 0"), "{e}");
+        assert!(serde_json::from_str::<Timeout>(r#"{"_after": "1ms"}"#).is_ok());
     }
 
     proptest! {

@@ -543,7 +543,7 @@ impl Engine {
             .iter()
             .map(|p| crate::slot_port(p, slot))
             .collect();
-        let range = self.config.port_range().map_err(|e| e.to_string())?;
+        let range = self.config.port_range();
         let allocated = self
             .store
             .allocate_ports(env, &change.resource, &slot_names, range, &|p| {

@@ -299,11 +299,10 @@ impl Engine {
         let isolation = isolation::effective(config.local.isolation)?;
         let store = Store::open(home)?;
         isolation::secure_home(home)?;
-        let parse = |s: &str| slipway_core::stack::parse_duration(s).unwrap_or_default();
         let settings = ProviderSettings {
             supervisor,
-            stop_grace: parse(&config.local.stop_grace),
-            ready_timeout: parse(&config.local.ready_timeout),
+            stop_grace: config.local.stop_grace,
+            ready_timeout: config.local.ready_timeout,
             log_max_bytes: config.local.log_max_bytes,
         };
         let mut registry = Registry::local();

@@ -51,6 +51,7 @@ mod gitlab;
 mod names;
 mod render;
 mod scrub;
+mod section;
 mod webhook;
 
 pub use api::{
@@ -65,6 +66,7 @@ pub use event::{
 pub use render::{
     DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, render_plan_comment,
 };
+pub use section::ForgeSection;
 pub use webhook::{
     DEFAULT_MAX_BODY_BYTES, Headers, KNOWN_EVENTS, WebhookError, WebhookVerifier, body_digest,
     parse_payload, payload_repository, sign, verify_and_parse,
