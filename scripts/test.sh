@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: `cargo test --workspace --locked`, after making sure what the tests talk to
 # is there. The tests use real peers: git, Python 3, PostgreSQL on 127.0.0.1:5432 with trust
-# authentication for `postgres` (psql too), npm (the GitHub fixtures are npm packages), and
-# Chromium with chromedriver (the web UI's browser tests).
+# authentication for `postgres` (psql too), npm (the GitHub fixtures are npm packages),
+# Chromium with chromedriver (the web UI's browser tests), and Python's venv and PyPI (for
+# Schemathesis, run by scripts/schemathesis.sh against the served API document).
 #
 # When nothing answers on 127.0.0.1:5432, scripts/postgres.sh starts a throwaway PostgreSQL
 # cluster there (installing Debian's `postgresql` when its binaries are missing), with its data
@@ -24,6 +25,7 @@ fi
 
 need git || apt_install git
 need python3 || apt_install python3
+python3 -c "import ensurepip, venv" 2>/dev/null || apt_install python3-venv
 need npm || apt_install nodejs npm
 # The web UI's browser tests (crates/slipway/tests/ui.rs) drive Debian's headless Chromium.
 { need chromium && need chromedriver; } || apt_install chromium chromium-driver
@@ -31,3 +33,6 @@ need npm || apt_install nodejs npm
 bash scripts/postgres.sh
 
 cargo test --workspace --locked "$@"
+
+# The API against its own OpenAPI document (Schemathesis, from PyPI into target/).
+bash scripts/schemathesis.sh

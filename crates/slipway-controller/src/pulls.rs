@@ -62,15 +62,10 @@ pub fn setup_from_config(
         .parse()
         .map_err(|_| format!("[forge.{name}]: the forges are github, gitlab and gitea"))?;
     let repository = section.repository.clone();
-    let default_token = match kind {
-        ForgeKind::GitHub => "GITHUB_TOKEN",
-        ForgeKind::GitLab => "GITLAB_TOKEN",
-        ForgeKind::Gitea => "GITEA_TOKEN",
-    };
     let token_env = section
         .token_env
         .clone()
-        .unwrap_or_else(|| default_token.into());
+        .unwrap_or_else(|| kind.profile().token_env.into());
     let token = std::env::var(&token_env).map_err(|_| {
         format!("[forge.{name}] reads its API token from ${token_env}, which is not set")
     })?;
@@ -185,7 +180,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
 /// asked of the API. Other forges' payloads name the author.
 fn real_author(inner: &Inner, pr: &PullRequestInfo) -> Result<String, ControllerError> {
     let setup = setup(inner)?;
-    if setup.kind != ForgeKind::GitLab {
+    if setup.kind.profile().webhook_names_pr_author {
         return Ok(pr.author.clone());
     }
     Ok(setup
@@ -313,7 +308,7 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
 fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {
     let store = inner.engine.store();
     let mut pr = pr.clone();
-    if setup(inner)?.kind == ForgeKind::GitLab {
+    if !setup(inner)?.kind.profile().webhook_names_pr_author {
         // GitLab's payload names who closed it, not its author (who decides a fork's preview
         // when it is reopened at this head).
         pr.author = match store.pull_request(pr.number as i64)? {
@@ -360,15 +355,9 @@ fn record_merge(inner: &Inner, number: u64) -> Result<(), ControllerError> {
         .pull_request(number as i64)?
         .map(|r| r.stale_approvers)
         .unwrap_or_default();
-    let approved = qualified_approval(
-        forge.as_ref(),
-        &approvals,
-        &details.info.author,
-        |a| match a.commit_sha.as_deref() {
-            Some(c) => c == details.info.head_sha,
-            None => !stale.contains(&a.author),
-        },
-    )?
+    let approved = qualified_approval(forge.as_ref(), &approvals, &details.info.author, |a| {
+        a.counts_for(&details.info.head_sha, &stale)
+    })?
     .is_some();
     inner
         .engine
@@ -989,12 +978,8 @@ fn apply(
         // An approval counts for the head it names; one that names none (GitLab) counts
         // unless its reviewer had approved before the last push (and so approved older code).
         // Only a reviewer with write access who is not the author approves.
-        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| match a
-            .commit_sha
-            .as_deref()
-        {
-            Some(c) => c == head,
-            None => !record.stale_approvers.contains(&a.author),
+        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| {
+            a.counts_for(&head, &record.stale_approvers)
         })?;
         if current.is_none() {
             unmet.push(

@@ -391,7 +391,8 @@ pub(crate) fn destroy(
         return Err(ControllerError::NotFound(name.to_string()));
     }
     let lock = engine.lock(name, true, &|| {})?;
-    let report = engine.destroy(&lock, who, confirm, &())?;
+    let options = slipway_engine::DestroyOptions::new(who, confirm.into());
+    let report = engine.destroy(&lock, &options, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
@@ -592,7 +593,7 @@ pub(crate) fn reconcile(
                     parallelism: 1,
                     who: WHO.into(),
                     swap_exposed: true,
-                    confirm_destroy: false,
+                    confirm_destroy: slipway_engine::Confirmation::Absent,
                 },
                 &(),
             )?;
@@ -649,7 +650,7 @@ pub(crate) fn reconcile(
             // downtime.
             swap_exposed: true,
             // Only a person confirms destroying something in a protected environment.
-            confirm_destroy: false,
+            confirm_destroy: slipway_engine::Confirmation::Absent,
         },
         &(),
     );

@@ -14,6 +14,7 @@ use crate::types;
 
 /// What apply does to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// It does not exist yet.
@@ -85,6 +86,7 @@ pub struct PlanInput {
 
 /// One field that changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FieldChange {
     /// Dotted path of the field (`env.WORKERS`, `command`).
     pub path: String,
@@ -100,6 +102,7 @@ pub struct FieldChange {
 
 /// What apply will do to one resource, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Change {
     /// The resource's name.
     pub resource: String,
@@ -245,9 +248,11 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         ResourceStatus::Deleting => other("a previous delete was interrupted"),
                         // A job whose last run failed left stale output (a half-run
                         // migration): that is drift, repaired by running it again.
-                        _ if rec.type_name == "job" => Reason::Drift(
-                            "the job's last run failed, so its output is stale".to_string(),
-                        ),
+                        _ if rtype.is_some_and(|t| t.capabilities.reruns_after_failure) => {
+                            Reason::Drift(
+                                "the job's last run failed, so its output is stale".to_string(),
+                            )
+                        }
                         _ => other("the previous apply failed"),
                     };
                     (Action::Replace, Some(why))

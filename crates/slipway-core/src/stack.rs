@@ -914,6 +914,16 @@ impl Cx {
             );
             return None;
         };
+        if !rtype.capabilities.provided {
+            self.err(
+                type_node.pos,
+                format!("resource type `{type_name}` has no provider in this build"),
+                Some(
+                    "it is described in the catalogue, but this version of slipway cannot \
+                     apply it yet; remove the resource or use another type",
+                ),
+            );
+        }
         let mut def = ResourceDef {
             name: name.to_string(),
             location: loc(&self.file, key.pos),

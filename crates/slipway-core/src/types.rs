@@ -2,7 +2,12 @@
 //! replacement, and which outputs other resources may reference.
 //!
 //! The parser, the reference checker, the planner and `slipway schema` all read this one
-//! table, so they cannot disagree. Adding a resource type is one entry here plus its provider.
+//! table, so they cannot disagree. Each type also declares its [`Capabilities`]: the engine,
+//! the server and the CLI ask those (does it hold data, expose a port, write logs?) and never
+//! compare type names. Adding a resource type is one entry here plus its provider (see
+//! "Adding a resource type" in ARCHITECTURE.md).
+
+use serde_json::Value as Json;
 
 /// What a field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,66 @@ pub enum Outputs {
     Any,
 }
 
+/// What a resource type can do beyond its fields. Code outside the catalogue and the type's
+/// own provider asks these instead of comparing type names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// This build has a provider for the type. A type without one is described here (for the
+    /// schema and the docs) but refused at validation, rather than failing at apply.
+    pub provided: bool,
+    /// The live object holds data that a replacement destroys (a database): after a failure it
+    /// is retried in place, and replacing or deleting it in a protected environment needs a
+    /// person's confirmation.
+    pub holds_data: bool,
+    /// Where the resource's source is: when the files there change, the resource is replaced.
+    pub source: SourceDir,
+    /// The field naming the port served at the environment's preview URL. A resource that
+    /// sets it runs in one of two instance slots, so that a new version can start beside the
+    /// old one and take over once healthy (a blue/green replacement).
+    pub expose: Option<&'static str>,
+    /// Its provider writes the program's output to log files that `slipway logs` reads.
+    pub logs: bool,
+    /// A failed last run leaves stale output (a half-run migration) that running it again
+    /// repairs: the plan calls the re-run drift rather than a failed apply.
+    pub reruns_after_failure: bool,
+    /// The live object lives on the machine that applied it (a process, a file), not on a
+    /// server every node reaches (a database).
+    pub node_bound: bool,
+}
+
+/// Where in the repository a resource's source files are, for change detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceDir {
+    /// It runs no code from the repository.
+    None,
+    /// Everything under the stack's folder.
+    Folder,
+    /// Everything under the directory this field names, relative to the stack's folder (the
+    /// folder itself when the field is absent).
+    Field(&'static str),
+}
+
+impl Capabilities {
+    /// None at all: what a type without a provider, or a name the catalogue does not know,
+    /// can do.
+    pub const NONE: Capabilities = Capabilities {
+        provided: false,
+        holds_data: false,
+        source: SourceDir::None,
+        expose: None,
+        logs: false,
+        reruns_after_failure: false,
+        node_bound: false,
+    };
+
+    /// A type with a provider and none of the optional capabilities; entries below start
+    /// from it.
+    const PROVIDED: Capabilities = Capabilities {
+        provided: true,
+        ..Capabilities::NONE
+    };
+}
+
 /// One resource type.
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceType {
@@ -73,6 +138,8 @@ pub struct ResourceType {
     pub outputs: Outputs,
     /// Outputs that are secret and redacted wherever shown.
     pub secret_outputs: &'static [&'static str],
+    /// What it can do.
+    pub capabilities: Capabilities,
 }
 
 impl ResourceType {
@@ -90,7 +157,19 @@ impl ResourceType {
     /// objects are retried in place after a failure, and replacing or deleting them in a
     /// protected environment needs a person's confirmation.
     pub fn holds_data(&self) -> bool {
-        self.name.starts_with("postgres.")
+        self.capabilities.holds_data
+    }
+
+    /// The name of the port a resource of this type configured as `config` serves at the
+    /// environment's preview URL, if it exposes one.
+    pub fn exposed_port<'a>(&self, config: &'a Json) -> Option<&'a str> {
+        config.get(self.capabilities.expose?)?.as_str()
+    }
+
+    /// Whether resources of this type may run in either of two instance slots (they may
+    /// expose a port, and are then replaced side by side): deleting one removes both slots.
+    pub fn has_instance_slots(&self) -> bool {
+        self.capabilities.expose.is_some()
     }
 }
 
@@ -310,6 +389,13 @@ pub const TYPES: &[ResourceType] = &[
         fields: PROCESS,
         outputs: Outputs::Process,
         secret_outputs: &[],
+        capabilities: Capabilities {
+            source: SourceDir::Field("cwd"),
+            expose: Some("expose"),
+            logs: true,
+            node_bound: true,
+            ..Capabilities::PROVIDED
+        },
     },
     ResourceType {
         name: "job",
@@ -317,6 +403,13 @@ pub const TYPES: &[ResourceType] = &[
         fields: JOB,
         outputs: Outputs::Fixed(&["exit_code"]),
         secret_outputs: &[],
+        capabilities: Capabilities {
+            source: SourceDir::Field("cwd"),
+            logs: true,
+            reruns_after_failure: true,
+            node_bound: true,
+            ..Capabilities::PROVIDED
+        },
     },
     ResourceType {
         name: "file",
@@ -324,6 +417,10 @@ pub const TYPES: &[ResourceType] = &[
         fields: FILE,
         outputs: Outputs::Fixed(&["path"]),
         secret_outputs: &[],
+        capabilities: Capabilities {
+            node_bound: true,
+            ..Capabilities::PROVIDED
+        },
     },
     ResourceType {
         name: "exec",
@@ -331,6 +428,12 @@ pub const TYPES: &[ResourceType] = &[
         fields: EXEC,
         outputs: Outputs::Any,
         secret_outputs: &[],
+        capabilities: Capabilities {
+            source: SourceDir::Folder,
+            logs: true,
+            node_bound: true,
+            ..Capabilities::PROVIDED
+        },
     },
     ResourceType {
         name: "postgres.database",
@@ -338,6 +441,10 @@ pub const TYPES: &[ResourceType] = &[
         fields: PG_DATABASE,
         outputs: Outputs::Fixed(&["url", "host", "port", "database", "user", "password"]),
         secret_outputs: &["password", "url"],
+        capabilities: Capabilities {
+            holds_data: true,
+            ..Capabilities::PROVIDED
+        },
     },
     ResourceType {
         name: "postgres.role",
@@ -345,6 +452,10 @@ pub const TYPES: &[ResourceType] = &[
         fields: PG_ROLE,
         outputs: Outputs::Fixed(&["user", "password", "host", "port"]),
         secret_outputs: &["password"],
+        capabilities: Capabilities {
+            holds_data: true,
+            ..Capabilities::PROVIDED
+        },
     },
     ResourceType {
         name: "kubernetes.manifests",
@@ -352,10 +463,59 @@ pub const TYPES: &[ResourceType] = &[
         fields: K8S,
         outputs: Outputs::Fixed(&["namespace"]),
         secret_outputs: &[],
+        // No provider in this build yet: refused at validation.
+        capabilities: Capabilities::NONE,
     },
 ];
 
 /// The type called `name`.
 pub fn lookup(name: &str) -> Option<&'static ResourceType> {
     TYPES.iter().find(|t| t.name == name)
+}
+
+/// The capabilities of the type called `name`; none at all for a name the catalogue does not
+/// know (a record written by another version).
+pub fn capabilities(name: &str) -> Capabilities {
+    lookup(name).map_or(Capabilities::NONE, |t| t.capabilities)
+}
+
+/// The name of the port a resource of type `type_name` configured as `config` serves at the
+/// environment's preview URL, if it exposes one.
+pub fn exposed_port<'a>(type_name: &str, config: &'a Json) -> Option<&'a str> {
+    lookup(type_name)?.exposed_port(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_name_fields_of_the_right_kind() {
+        for t in TYPES {
+            if let SourceDir::Field(name) = t.capabilities.source {
+                let field = t.field(name).expect("a source field is one of the type's");
+                assert_eq!(field.kind, RelPath, "{}.{name}", t.name);
+            }
+            if let Some(name) = t.capabilities.expose {
+                let field = t.field(name).expect("an expose field is one of the type's");
+                assert_eq!(field.kind, PortName, "{}.{name}", t.name);
+            }
+        }
+    }
+
+    #[test]
+    fn an_exposed_port_is_read_through_the_capability() {
+        let config = serde_json::json!({"expose": "http", "ports": ["http"]});
+        assert_eq!(exposed_port("process", &config), Some("http"));
+        assert_eq!(exposed_port("job", &config), None);
+        assert_eq!(exposed_port("no.such.type", &config), None);
+        assert_eq!(exposed_port("process", &serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn an_unknown_type_can_do_nothing() {
+        assert_eq!(capabilities("no.such.type"), Capabilities::NONE);
+        assert!(!capabilities("kubernetes.manifests").provided);
+        assert!(capabilities("postgres.database").holds_data);
+    }
 }

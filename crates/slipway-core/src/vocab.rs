@@ -99,6 +99,21 @@ macro_rules! vocabulary {
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "enum": $name::WORDS})
+            }
+        }
     };
 }
 
@@ -325,6 +340,24 @@ impl<'de> Deserialize<'de> for Reason {
         Ok(Reason::parse(&std::borrow::Cow::<str>::deserialize(
             deserializer,
         )?))
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Reason {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Reason".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Why, when the diff does not say it; drift begins with `drift: `."
+        })
     }
 }
 

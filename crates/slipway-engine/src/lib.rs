@@ -42,10 +42,12 @@ use slipway_core::render::{self, DesiredState, EnvKind, Target};
 use slipway_core::vocab::{Health, SyncState};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
-use slipway_providers::{EnvDirs, ProviderSettings, Registry, ResourceContext};
+use slipway_providers::{EnvDirs, ProviderSettings, Registry};
 use slipway_state::{EnvironmentRecord, ResourceRecord, Store};
 
-pub use apply::{ApplyEvent, ApplyOptions, ApplyReport, Outcome, Progress};
+pub use apply::{
+    ApplyEvent, ApplyOptions, ApplyReport, Confirmation, DestroyOptions, Outcome, Progress,
+};
 pub use config::EngineConfig;
 pub use rules::Rules;
 pub use status::{EnvironmentStatus, ResourceStatus};
@@ -728,15 +730,7 @@ impl Engine {
             Ok(sandbox) => sandbox,
             Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
         };
-        let ctx = ResourceContext {
-            environment: env,
-            resource: instance,
-            dirs: &dirs,
-            ports: &ports,
-            settings: &self.settings,
-            redact: &[],
-            sandbox: &sandbox,
-        };
+        let ctx = self.resource_context(env, instance, &dirs, &ports, &sandbox);
         match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 use slipway_core::stack::{FileError, Files, LoadLimits, Loaded};
+use slipway_core::types::SourceDir;
 use slipway_git::{Commit, GitError, Source, TreeEntry};
 
 /// Largest file of a stack definition.
@@ -133,11 +134,12 @@ pub fn source_hashes(
     let mut by_dir: BTreeMap<String, String> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (name, res) in resources {
-        let field = match res.type_name.as_str() {
-            "process" | "job" | "exec" => "cwd",
-            _ => continue,
+        let field = match slipway_core::types::capabilities(&res.type_name).source {
+            SourceDir::None => continue,
+            SourceDir::Folder => None,
+            SourceDir::Field(field) => res.fields.get(field).map(|n| &n.value),
         };
-        let cwd = match res.fields.get(field).map(|n| &n.value) {
+        let cwd = match field {
             Some(slipway_core::yaml::Value::Str(s)) => format!("{folder}{}/", s.trim_matches('/')),
             _ => folder.to_string(),
         };

@@ -85,89 +85,94 @@ impl Engine {
             },
             None => self.store.environments()?,
         };
-        let mut out = Vec::with_capacity(records.len());
-        for env in records {
-            let mut resources = Vec::new();
-            let mut url = None;
-            let mut degraded = false;
-            for record in self.store.resources(&env.name)? {
-                let envelope = Envelope::of(&record);
-                let mut status = ShownStatus::from(record.status);
-                let mut message = record.error.clone();
-                if status == ShownStatus::Ready {
-                    match self.observe(&env.name, &record, &envelope) {
-                        Observed::InSync => {}
-                        Observed::Drifted(why) => {
-                            status = ShownStatus::Drifted;
-                            message = Some(why);
-                        }
-                        Observed::Missing(why) => {
-                            status = ShownStatus::Missing;
-                            message = Some(why);
-                        }
+        records.into_iter().map(|env| self.status_of(env)).collect()
+    }
+
+    /// One recorded environment as `status` shows it, its resources observed now: what a
+    /// caller that has just written the record (a create) answers, without reading it back.
+    pub fn status_of(
+        &self,
+        env: slipway_state::EnvironmentRecord,
+    ) -> Result<EnvironmentStatus, EngineError> {
+        let mut resources = Vec::new();
+        let mut url = None;
+        let mut degraded = false;
+        for record in self.store.resources(&env.name)? {
+            let envelope = Envelope::of(&record);
+            let mut status = ShownStatus::from(record.status);
+            let mut message = record.error.clone();
+            if status == ShownStatus::Ready {
+                match self.observe(&env.name, &record, &envelope) {
+                    Observed::InSync => {}
+                    Observed::Drifted(why) => {
+                        status = ShownStatus::Drifted;
+                        message = Some(why);
+                    }
+                    Observed::Missing(why) => {
+                        status = ShownStatus::Missing;
+                        message = Some(why);
                     }
                 }
-                degraded |= status != ShownStatus::Ready;
-                let mut outputs = record.outputs.clone();
-                if let Some(map) = outputs.as_object_mut() {
-                    for secret in &record.secret_outputs {
-                        if let Some(v) = map.get_mut(secret) {
-                            *v = Json::String("<redacted>".into());
-                        }
-                    }
-                }
-                if record.type_name == "process" && record.config.get("expose").is_some() {
-                    url = outputs
-                        .get("url")
-                        .and_then(Json::as_str)
-                        .map(str::to_string);
-                }
-                resources.push(ResourceStatus {
-                    name: record.name,
-                    type_name: record.type_name,
-                    status,
-                    outputs,
-                    message,
-                });
             }
-            let health = if env.sync == SyncState::Syncing {
-                Health::Progressing
-            } else if degraded {
-                Health::Degraded
-            } else if env.commit.is_none() {
-                Health::Missing
-            } else {
-                Health::Healthy
-            };
-            let locked_by = self
-                .store
-                .environment_lock(&env.name)?
-                .map(|l| l.pull_request);
-            out.push(EnvironmentStatus {
-                name: env.name,
-                kind: env.kind,
-                commit: env.commit,
-                desired_commit: env.desired_commit,
-                sync: env.sync,
-                health,
-                url,
-                expires_at: env.expires_at.map(|ms| {
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-                    )
-                    .to_string()
-                }),
-                tracked_ref: env.tracked_ref,
-                owner: env.owner,
-                definition: env.definition,
-                pinned: env.pinned,
-                protected: env.protected,
-                locked_by,
-                isolation: self.isolation.as_str().to_string(),
-                message: env.message,
-                resources,
+            degraded |= status != ShownStatus::Ready;
+            let mut outputs = record.outputs.clone();
+            if let Some(map) = outputs.as_object_mut() {
+                for secret in &record.secret_outputs {
+                    if let Some(v) = map.get_mut(secret) {
+                        *v = Json::String("<redacted>".into());
+                    }
+                }
+            }
+            if slipway_core::types::exposed_port(&record.type_name, &record.config).is_some() {
+                url = outputs
+                    .get("url")
+                    .and_then(Json::as_str)
+                    .map(str::to_string);
+            }
+            resources.push(ResourceStatus {
+                name: record.name,
+                type_name: record.type_name,
+                status,
+                outputs,
+                message,
             });
         }
-        Ok(out)
+        let health = if env.sync == SyncState::Syncing {
+            Health::Progressing
+        } else if degraded {
+            Health::Degraded
+        } else if env.commit.is_none() {
+            Health::Missing
+        } else {
+            Health::Healthy
+        };
+        let locked_by = self
+            .store
+            .environment_lock(&env.name)?
+            .map(|l| l.pull_request);
+        Ok(EnvironmentStatus {
+            name: env.name,
+            kind: env.kind,
+            commit: env.commit,
+            desired_commit: env.desired_commit,
+            sync: env.sync,
+            health,
+            url,
+            expires_at: env.expires_at.map(|ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+                )
+                .to_string()
+            }),
+            tracked_ref: env.tracked_ref,
+            owner: env.owner,
+            definition: env.definition,
+            pinned: env.pinned,
+            protected: env.protected,
+            locked_by,
+            isolation: self.isolation.as_str().to_string(),
+            message: env.message,
+            resources,
+        })
     }
 }

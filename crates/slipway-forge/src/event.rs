@@ -21,11 +21,7 @@ impl ForgeKind {
     /// The lowercase name used in configuration (`[forge.github]`) and webhook paths
     /// (`/webhooks/github`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            ForgeKind::GitHub => "github",
-            ForgeKind::GitLab => "gitlab",
-            ForgeKind::Gitea => "gitea",
-        }
+        self.profile().name
     }
 }
 
@@ -44,12 +40,13 @@ impl FromStr for ForgeKind {
     type Err = UnknownForge;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "github" => Ok(ForgeKind::GitHub),
-            "gitlab" => Ok(ForgeKind::GitLab),
-            "gitea" | "forgejo" => Ok(ForgeKind::Gitea),
-            other => Err(UnknownForge(other.to_owned())),
-        }
+        ForgeKind::ALL
+            .into_iter()
+            .find(|kind| {
+                let profile = kind.profile();
+                profile.name == s || profile.aliases.contains(&s)
+            })
+            .ok_or_else(|| UnknownForge(s.to_owned()))
     }
 }
 
@@ -139,7 +136,7 @@ impl ExpectedRepository {
         let Some(payload) = payload else {
             return false;
         };
-        let numeric = crate::api::is_numeric_id(&self.name)
+        let numeric = crate::names::is_numeric_id(&self.name)
             .then(|| self.name.parse::<u64>().ok())
             .flatten();
         match (self.id.or(numeric), payload.id) {
@@ -321,6 +318,22 @@ impl PullRequestInfo {
             }
         }
         Ok(())
+    }
+}
+
+/// A push payload's fields, which every forge names alike.
+#[derive(serde::Deserialize)]
+pub(crate) struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+}
+
+impl PushPayload {
+    /// The checked [`ForgeEvent::Push`].
+    pub(crate) fn event(&self) -> Result<ForgeEvent, String> {
+        push_event(&self.git_ref, &self.before, &self.after)
     }
 }
 

@@ -1,23 +1,52 @@
 //! Gitea and Forgejo: webhook payloads (`X-Gitea-Event`, or Forgejo's `X-Forgejo-Event`) and
 //! the REST API v1 (`/api/v1`).
 
-use std::sync::OnceLock;
-
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::api::{
-    self, Api, Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, Method, PrState,
-    PullRequestDetails,
+use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
+use crate::api::PrState;
+use crate::approvals::Verdict;
+use crate::error::ForgeError;
+use crate::event::{
+    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
 };
-use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
-use crate::github::latest_approvals;
+use crate::http::{Api, Method};
 use crate::names::{path_segment, short_text};
-use crate::webhook::{WebhookError, decode};
+use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
+use crate::webhook::{WebhookError, decode, repository_object};
+
+/// Gitea's (and Forgejo's) facts.
+pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
+    kind: ForgeKind::Gitea,
+    name: "gitea",
+    aliases: &["forgejo"],
+    event_headers: &["X-Gitea-Event", "X-Forgejo-Event"],
+    delivery_headers: &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
+    signature_headers: &["X-Gitea-Signature", "X-Forgejo-Signature"],
+    signature: SignatureScheme::HmacSha256 { prefix: "" },
+    auth_header: "Authorization",
+    auth_prefix: "token ",
+    api_headers: &[("Accept", "application/json")],
+    // Gitea has no public instance to default to.
+    default_api_url: None,
+    token_env: "GITEA_TOKEN",
+    numeric_repository_ids: false,
+    // Gitea's pages hold at most 50 items unless its administrator raised
+    // `MAX_RESPONSE_ITEMS`.
+    page_size_param: "limit",
+    page_size: 50,
+    pr_ref_namespace: "refs/pull",
+    status_context_field: "context",
+    status_names: STATUS_NAMES,
+    webhook_names_pr_author: true,
+    parse_event,
+    payload_repository: repository_object,
+    connect: connect_wire::<Gitea>,
+};
 
 /// A user: `login`, or the older `username` (Gitea sends both; old versions only the latter).
 #[derive(Deserialize)]
-struct User {
+pub(crate) struct User {
     #[serde(default)]
     login: Option<String>,
     #[serde(default)]
@@ -52,7 +81,7 @@ struct Branch {
 
 /// A pull request, in webhooks and the API alike.
 #[derive(Deserialize)]
-struct PullRequest {
+pub(crate) struct PullRequest {
     number: u64,
     title: String,
     user: Option<User>,
@@ -103,14 +132,6 @@ impl PullRequest {
 }
 
 #[derive(Deserialize)]
-struct PushPayload {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: String,
-    after: String,
-}
-
-#[derive(Deserialize)]
 struct DeletePayload {
     #[serde(rename = "ref")]
     git_ref: String,
@@ -142,7 +163,7 @@ struct Issue {
 }
 
 #[derive(Deserialize)]
-struct Comment {
+pub(crate) struct Comment {
     id: u64,
     #[serde(default)]
     body: String,
@@ -171,10 +192,9 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
         })
     };
     match event {
-        "push" => {
-            let p: PushPayload = decode("gitea push", body)?;
-            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
-        }
+        "push" => decode::<PushPayload>("gitea push", body)?
+            .event()
+            .map_err(malformed),
         // Gitea reports a deleted branch as a `delete` event, with the short name.
         "delete" => {
             let p: DeletePayload = decode("gitea delete", body)?;
@@ -247,136 +267,51 @@ fn parse_comment(
     })
 }
 
-/// The Gitea adapter.
-pub(crate) struct Gitea {
-    api: Api,
-    /// `/repos/{owner}/{repo}`, percent-encoded.
-    repo_path: String,
-    login: OnceLock<String>,
-}
+/// Gitea's REST API v1.
+#[derive(Default)]
+pub(crate) struct Gitea;
 
-impl Gitea {
-    pub(crate) fn new(api: Api, config: &ForgeConfig) -> Gitea {
-        let repo_path = format!(
-            "/repos/{}",
-            config
-                .repository
-                .split('/')
-                .map(path_segment)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
-        let login = OnceLock::new();
-        if let Some(bot) = &config.bot_login {
-            let _ = login.set(bot.clone());
-        }
-        Gitea {
-            api,
-            repo_path,
-            login,
-        }
+impl Wire for Gitea {
+    type User = User;
+    type Comment = Comment;
+    type PullRequest = PullRequest;
+
+    const EDIT_COMMENT: Method = Method::Patch;
+    // Gitea lists an issue's comments in one answer: the endpoint takes no page.
+    const COMMENTS_PAGED: bool = false;
+
+    fn login(user: User) -> String {
+        user.name()
     }
 
-    fn own_login(&self) -> Result<&str, ForgeError> {
-        if let Some(login) = self.login.get() {
-            return Ok(login);
-        }
-        let me: User = self.api.get("/user")?;
-        Ok(self.login.get_or_init(|| me.name()))
-    }
-}
-
-/// Gitea's pages hold at most 50 items unless its administrator raised `MAX_RESPONSE_ITEMS`.
-const GITEA_PAGE: usize = 50;
-
-impl Forge for Gitea {
-    fn kind(&self) -> ForgeKind {
-        ForgeKind::Gitea
-    }
-
-    fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
-        api::check_marker(marker)?;
-        let body = self.api.scrub(&api::body_with_marker(marker, body));
-        let me = self.own_login()?.to_owned();
-        // Gitea lists an issue's comments in one answer: the endpoint takes no page.
-        let comments: Vec<Comment> = self
-            .api
-            .get(&format!("{}/issues/{pr}/comments", self.repo_path))?;
-        let ours = comments.into_iter().find(|c| {
-            c.user
-                .as_ref()
-                .is_some_and(|u| u.name().eq_ignore_ascii_case(&me))
-                && c.body.contains(marker)
-        });
-        match ours {
-            Some(c) if c.body == body => Ok(CommentId(c.id)),
-            Some(c) => {
-                let updated: Comment = self.api.send(
-                    Method::Patch,
-                    &format!("{}/issues/comments/{}", self.repo_path, c.id),
-                    &json!({ "body": body }),
-                )?;
-                Ok(CommentId(updated.id))
-            }
-            None => self.post_comment(pr, &body),
-        }
-    }
-
-    fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
-        let created: Comment = self.api.send(
-            Method::Post,
-            &format!("{}/issues/{pr}/comments", self.repo_path),
-            &json!({ "body": body }),
-        )?;
-        Ok(CommentId(created.id))
-    }
-
-    fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
-        api::check_sha(&status.sha)?;
-        api::check_context(&status.context)?;
-        let state = status.state.as_str();
-        let mut body = json!({
-            "state": state,
-            "context": status.context,
-            "description": api::status_description(&self.api.scrub(&status.description)),
-        });
-        if let Some(url) = &status.target_url {
-            body["target_url"] = json!(url);
-        }
-        let _: serde_json::Value = self.api.send(
-            Method::Post,
-            &format!("{}/statuses/{}", self.repo_path, status.sha),
-            &body,
-        )?;
-        Ok(())
-    }
-
-    fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let path = format!("{}/pulls/{number}", self.repo_path);
-        let pr: PullRequest = self.api.get(&path)?;
-        let info = pr.info().map_err(|reason| ForgeError::Decode {
-            method: "GET",
-            path,
-            reason,
-        })?;
-        let state = if pr.merged {
-            PrState::Merged
-        } else if pr.state == "open" {
-            PrState::Open
-        } else {
-            PrState::Closed
-        };
-        Ok(PullRequestDetails {
-            info,
-            mergeable: pr.mergeable,
-            merge_commit_sha: (state == PrState::Merged)
-                .then(|| pr.merge_commit_sha.clone())
-                .flatten(),
-            state,
+    fn posted(c: Comment) -> Option<PostedComment> {
+        Some(PostedComment {
+            id: c.id,
+            author: c.user.as_ref().map(User::name),
+            body: c.body,
         })
     }
 
-    fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
+    fn info(
+        &self,
+        _: &Api,
+        _: &Repository,
+        pr: &PullRequest,
+        path: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
+        pr.info()
+            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
+    }
+
+    fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
+        (
+            PrState::of(pr.merged, pr.state == "open"),
+            pr.mergeable,
+            pr.merge_commit_sha,
+        )
+    }
+
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
         #[derive(Deserialize)]
         struct Review {
             user: Option<User>,
@@ -386,59 +321,40 @@ impl Forge for Gitea {
             #[serde(default)]
             dismissed: bool,
         }
-        let reviews: Vec<Review> = self.api.get_all(
-            &format!("{}/pulls/{number}/reviews", self.repo_path),
-            "limit",
-            GITEA_PAGE,
-        )?;
-        Ok(latest_approvals(reviews.into_iter().filter_map(|r| {
-            let state = if r.dismissed {
-                ReviewState::Dismissed
-            } else {
-                match r.state.as_str() {
-                    "APPROVED" => ReviewState::Approved,
-                    "REQUEST_CHANGES" => ReviewState::ChangesRequested,
-                    "COMMENT" => ReviewState::Commented,
-                    // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
-                    _ => return None,
-                }
-            };
-            Some((r.user?.name(), state, r.commit_id))
-        })))
+        let reviews: Vec<Review> = api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
+        Ok(reviews
+            .into_iter()
+            .filter_map(|r| {
+                let state = if r.dismissed {
+                    ReviewState::Dismissed
+                } else {
+                    match r.state.as_str() {
+                        "APPROVED" => ReviewState::Approved,
+                        "REQUEST_CHANGES" => ReviewState::ChangesRequested,
+                        "COMMENT" => ReviewState::Commented,
+                        // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
+                        _ => return None,
+                    }
+                };
+                Some(Verdict {
+                    author: r.user?.name(),
+                    state,
+                    commit_sha: r.commit_id,
+                })
+            })
+            .collect())
     }
 
-    fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
-        api::check_login(user)?;
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct Permission {
             permission: String,
         }
-        let p: Option<Permission> = self.api.get_optional(&format!(
+        let p: Option<Permission> = api.get_optional(&format!(
             "{}/collaborators/{}/permission",
-            self.repo_path,
+            repo.path,
             path_segment(user)
         ))?;
         Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "write" | "admin" | "owner")))
-    }
-
-    fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let prs: Vec<PullRequest> = self.api.get_all(
-            &format!("{}/pulls?state=open", self.repo_path),
-            "limit",
-            GITEA_PAGE,
-        )?;
-        prs.iter()
-            .map(|pr| {
-                pr.info().map_err(|reason| ForgeError::Decode {
-                    method: "GET",
-                    path: format!("{}/pulls", self.repo_path),
-                    reason,
-                })
-            })
-            .collect()
-    }
-
-    fn pr_head_ref(&self, number: u64) -> String {
-        format!("refs/pull/{number}/head")
     }
 }

@@ -1,21 +1,50 @@
 //! GitHub: webhook payloads (`X-GitHub-Event`) and the REST API (`2022-11-28`).
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::api::{
-    self, Api, Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, Method, PrState,
-    PullRequestDetails,
+use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
+use crate::api::PrState;
+use crate::approvals::Verdict;
+use crate::error::ForgeError;
+use crate::event::{
+    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
 };
-use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
+use crate::http::{Api, Method};
 use crate::names::path_segment;
-use crate::webhook::{WebhookError, decode};
+use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
+use crate::webhook::{WebhookError, decode, repository_object};
+
+/// GitHub's facts.
+pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
+    kind: ForgeKind::GitHub,
+    name: "github",
+    aliases: &[],
+    event_headers: &["X-GitHub-Event"],
+    delivery_headers: &["X-GitHub-Delivery"],
+    signature_headers: &["X-Hub-Signature-256"],
+    signature: SignatureScheme::HmacSha256 { prefix: "sha256=" },
+    auth_header: "Authorization",
+    auth_prefix: "Bearer ",
+    api_headers: &[
+        ("Accept", "application/vnd.github+json"),
+        ("X-GitHub-Api-Version", "2022-11-28"),
+    ],
+    default_api_url: Some("https://api.github.com"),
+    token_env: "GITHUB_TOKEN",
+    numeric_repository_ids: false,
+    page_size_param: "per_page",
+    page_size: 100,
+    pr_ref_namespace: "refs/pull",
+    status_context_field: "context",
+    status_names: STATUS_NAMES,
+    webhook_names_pr_author: true,
+    parse_event,
+    payload_repository: repository_object,
+    connect: connect_wire::<GitHub>,
+};
 
 #[derive(Deserialize)]
-struct User {
+pub(crate) struct User {
     login: String,
 }
 
@@ -36,7 +65,7 @@ struct Branch {
 /// A pull request, as both the webhooks and the REST API (`pull-request`,
 /// `pull-request-simple`) describe it.
 #[derive(Deserialize)]
-struct PullRequest {
+pub(crate) struct PullRequest {
     number: u64,
     title: String,
     user: Option<User>,
@@ -106,14 +135,6 @@ struct PullRequestPayload {
 }
 
 #[derive(Deserialize)]
-struct PushPayload {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: String,
-    after: String,
-}
-
-#[derive(Deserialize)]
 struct Review {
     state: String,
     user: Option<User>,
@@ -140,7 +161,7 @@ struct Issue {
 }
 
 #[derive(Deserialize)]
-struct Comment {
+pub(crate) struct Comment {
     id: u64,
     #[serde(default)]
     body: Option<String>,
@@ -159,10 +180,9 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
     let malformed = |e: String| WebhookError::Malformed(format!("github {event}: {e}"));
     match event {
         "ping" => Ok(ForgeEvent::Ping),
-        "push" => {
-            let p: PushPayload = decode("github push", body)?;
-            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
-        }
+        "push" => decode::<PushPayload>("github push", body)?
+            .event()
+            .map_err(malformed),
         "pull_request" => {
             let p: PullRequestPayload = decode("github pull_request", body)?;
             let action = match p.action.as_str() {
@@ -227,235 +247,75 @@ fn review_state(state: &str) -> Option<ReviewState> {
     }
 }
 
-/// The GitHub adapter.
-pub(crate) struct GitHub {
-    api: Api,
-    /// `/repos/{owner}/{repo}`, percent-encoded.
-    repo_path: String,
-    login: OnceLock<String>,
-}
+/// GitHub's REST API.
+#[derive(Default)]
+pub(crate) struct GitHub;
 
-impl GitHub {
-    pub(crate) fn new(api: Api, config: &ForgeConfig) -> GitHub {
-        let repo_path = format!(
-            "/repos/{}",
-            config
-                .repository
-                .split('/')
-                .map(path_segment)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
-        let login = OnceLock::new();
-        if let Some(bot) = &config.bot_login {
-            let _ = login.set(bot.clone());
-        }
-        GitHub {
-            api,
-            repo_path,
-            login,
-        }
+impl Wire for GitHub {
+    type User = User;
+    type Comment = Comment;
+    type PullRequest = PullRequest;
+
+    const EDIT_COMMENT: Method = Method::Patch;
+    const COMMENTS_PAGED: bool = true;
+
+    fn login(user: User) -> String {
+        user.login
     }
 
-    /// Slipway's own login: configured, or asked once.
-    fn own_login(&self) -> Result<&str, ForgeError> {
-        if let Some(login) = self.login.get() {
-            return Ok(login);
-        }
-        let me: User = self.api.get("/user")?;
-        Ok(self.login.get_or_init(|| me.login))
-    }
-}
-
-fn decode_error(method: &'static str, path: String, reason: String) -> ForgeError {
-    ForgeError::Decode {
-        method,
-        path,
-        reason,
-    }
-}
-
-impl Forge for GitHub {
-    fn kind(&self) -> ForgeKind {
-        ForgeKind::GitHub
-    }
-
-    fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
-        api::check_marker(marker)?;
-        let body = self.api.scrub(&api::body_with_marker(marker, body));
-        let me = self.own_login()?.to_owned();
-        let comments: Vec<Comment> = self.api.get_all(
-            &format!("{}/issues/{pr}/comments", self.repo_path),
-            "per_page",
-            100,
-        )?;
-        let ours = comments.into_iter().find(|c| {
-            c.user
-                .as_ref()
-                .is_some_and(|u| u.login.eq_ignore_ascii_case(&me))
-                && c.body.as_deref().is_some_and(|b| b.contains(marker))
-        });
-        match ours {
-            Some(c) if c.body.as_deref() == Some(body.as_str()) => Ok(CommentId(c.id)),
-            Some(c) => {
-                let updated: Comment = self.api.send(
-                    Method::Patch,
-                    &format!("{}/issues/comments/{}", self.repo_path, c.id),
-                    &json!({ "body": body }),
-                )?;
-                Ok(CommentId(updated.id))
-            }
-            None => self.post_comment(pr, &body),
-        }
-    }
-
-    fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
-        let created: Comment = self.api.send(
-            Method::Post,
-            &format!("{}/issues/{pr}/comments", self.repo_path),
-            &json!({ "body": body }),
-        )?;
-        Ok(CommentId(created.id))
-    }
-
-    fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
-        api::check_sha(&status.sha)?;
-        api::check_context(&status.context)?;
-        let state = status.state.as_str();
-        let mut body = json!({
-            "state": state,
-            "context": status.context,
-            "description": api::status_description(&self.api.scrub(&status.description)),
-        });
-        if let Some(url) = &status.target_url {
-            body["target_url"] = json!(url);
-        }
-        let _: serde_json::Value = self.api.send(
-            Method::Post,
-            &format!("{}/statuses/{}", self.repo_path, status.sha),
-            &body,
-        )?;
-        Ok(())
-    }
-
-    fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let path = format!("{}/pulls/{number}", self.repo_path);
-        let pr: PullRequest = self.api.get(&path)?;
-        let info = pr.info().map_err(|e| decode_error("GET", path, e))?;
-        let state = if pr.merged() {
-            PrState::Merged
-        } else if pr.state == "open" {
-            PrState::Open
-        } else {
-            PrState::Closed
-        };
-        Ok(PullRequestDetails {
-            info,
-            mergeable: pr.mergeable,
-            merge_commit_sha: (state == PrState::Merged)
-                .then(|| pr.merge_commit_sha.clone())
-                .flatten(),
-            state,
+    fn posted(c: Comment) -> Option<PostedComment> {
+        Some(PostedComment {
+            id: c.id,
+            author: c.user.map(|u| u.login),
+            body: c.body.unwrap_or_default(),
         })
     }
 
-    fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
-        let reviews: Vec<Review> = self.api.get_all(
-            &format!("{}/pulls/{number}/reviews", self.repo_path),
-            "per_page",
-            100,
-        )?;
-        Ok(latest_approvals(reviews.into_iter().filter_map(|r| {
-            let state = review_state(&r.state)?;
-            Some((r.user?.login, state, r.commit_id))
-        })))
+    fn info(
+        &self,
+        _: &Api,
+        _: &Repository,
+        pr: &PullRequest,
+        path: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
+        pr.info()
+            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
     }
 
-    fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
-        api::check_login(user)?;
+    fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
+        let state = PrState::of(pr.merged(), pr.state == "open");
+        (state, pr.mergeable, pr.merge_commit_sha)
+    }
+
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
+        let reviews: Vec<Review> = api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
+        Ok(reviews
+            .into_iter()
+            .filter_map(|r| {
+                Some(Verdict {
+                    state: review_state(&r.state)?,
+                    author: r.user?.login,
+                    commit_sha: r.commit_id,
+                })
+            })
+            .collect())
+    }
+
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct Permission {
             permission: String,
             #[serde(default)]
             role_name: Option<String>,
         }
-        let p: Option<Permission> = self.api.get_optional(&format!(
+        let p: Option<Permission> = api.get_optional(&format!(
             "{}/collaborators/{}/permission",
-            self.repo_path,
+            repo.path,
             path_segment(user)
         ))?;
         // `permission` is the legacy summary (admin/write/read/none; maintain shows as write),
         // `role_name` the actual role; either one granting write is enough.
         let writes = |s: &str| matches!(s, "admin" | "maintain" | "write");
         Ok(p.is_some_and(|p| writes(&p.permission) || p.role_name.as_deref().is_some_and(writes)))
-    }
-
-    fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let path = format!("{}/pulls?state=open", self.repo_path);
-        let prs: Vec<PullRequest> = self.api.get_all(&path, "per_page", 100)?;
-        prs.iter()
-            .map(|pr| {
-                pr.info()
-                    .map_err(|e| decode_error("GET", format!("{}/pulls", self.repo_path), e))
-            })
-            .collect()
-    }
-
-    fn pr_head_ref(&self, number: u64) -> String {
-        format!("refs/pull/{number}/head")
-    }
-}
-
-/// Approvals from a chronological list of `(reviewer, verdict, commit)`: a reviewer's latest
-/// approve / request-changes / dismissed verdict counts; plain comments do not change it (on
-/// GitHub, commenting after approving leaves the approval in place).
-pub(crate) fn latest_approvals(
-    reviews: impl IntoIterator<Item = (String, ReviewState, Option<String>)>,
-) -> Vec<Approval> {
-    let mut order: Vec<String> = Vec::new();
-    let mut latest: HashMap<String, (ReviewState, Option<String>)> = HashMap::new();
-    for (author, state, commit) in reviews {
-        if state == ReviewState::Commented {
-            continue;
-        }
-        let key = author.to_ascii_lowercase();
-        if !latest.contains_key(&key) {
-            order.push(author.clone());
-        }
-        latest.insert(key, (state, commit));
-    }
-    order
-        .into_iter()
-        .filter_map(|author| {
-            let (state, commit) = latest.remove(&author.to_ascii_lowercase())?;
-            (state == ReviewState::Approved).then_some(Approval {
-                author,
-                commit_sha: commit,
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_later_request_for_changes_or_dismissal_cancels_an_approval_but_a_comment_does_not() {
-        let sha = |c: &str| Some(c.repeat(40));
-        let reviews = vec![
-            ("alice".to_owned(), ReviewState::Approved, sha("a")),
-            ("bob".to_owned(), ReviewState::Approved, sha("a")),
-            ("alice".to_owned(), ReviewState::Commented, sha("b")),
-            ("bob".to_owned(), ReviewState::ChangesRequested, sha("b")),
-            ("carol".to_owned(), ReviewState::ChangesRequested, sha("a")),
-            ("carol".to_owned(), ReviewState::Approved, sha("b")),
-            ("dave".to_owned(), ReviewState::Approved, sha("a")),
-            ("Dave".to_owned(), ReviewState::Dismissed, sha("a")),
-        ];
-        let approvals = latest_approvals(reviews);
-        let who: Vec<_> = approvals.iter().map(|a| a.author.as_str()).collect();
-        assert_eq!(who, ["alice", "carol"]);
-        assert_eq!(approvals[1].commit_sha, sha("b"));
     }
 }

@@ -6,27 +6,57 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::api::{
-    self, Api, Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, Method, PrState,
-    PullRequestDetails, StatusState,
+use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
+use crate::api::PrState;
+use crate::approvals::Verdict;
+use crate::error::ForgeError;
+use crate::event::{
+    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, RepositoryRef, ReviewState,
 };
-use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, ReviewState};
-use crate::names::{path_segment, short_text};
+use crate::http::{Api, Method};
+use crate::names::{self, path_segment, short_text};
+use crate::profile::{ForgeProfile, SignatureScheme, StatusNames};
 use crate::webhook::{WebhookError, decode};
 
-#[derive(Deserialize)]
-struct UserName {
-    username: String,
-}
+/// GitLab's facts.
+pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
+    kind: ForgeKind::GitLab,
+    name: "gitlab",
+    aliases: &[],
+    event_headers: &["X-Gitlab-Event"],
+    // Idempotency-Key (GitLab 17.4+) stays the same across retries of one event, which is what
+    // deduplication needs; the event UUID is the older, per-event header.
+    delivery_headers: &["Idempotency-Key", "X-Gitlab-Event-UUID"],
+    signature_headers: &["X-Gitlab-Token"],
+    signature: SignatureScheme::Token,
+    auth_header: "PRIVATE-TOKEN",
+    auth_prefix: "",
+    api_headers: &[("Accept", "application/json")],
+    default_api_url: Some("https://gitlab.com/api/v4"),
+    token_env: "GITLAB_TOKEN",
+    numeric_repository_ids: true,
+    page_size_param: "per_page",
+    page_size: 100,
+    pr_ref_namespace: "refs/merge-requests",
+    status_context_field: "name",
+    // GitLab has no "error": a status that could not be computed is a failed one.
+    status_names: StatusNames {
+        pending: "pending",
+        success: "success",
+        failure: "failed",
+        error: "failed",
+    },
+    // A merge request hook names whoever triggered the event, not the author.
+    webhook_names_pr_author: false,
+    parse_event,
+    payload_repository,
+    connect: connect_wire::<GitLab>,
+};
 
 #[derive(Deserialize)]
-struct PushPayload {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: String,
-    after: String,
+pub(crate) struct UserName {
+    username: String,
 }
 
 #[derive(Deserialize)]
@@ -92,10 +122,9 @@ struct NotePayload {
 pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, WebhookError> {
     let malformed = |e: String| WebhookError::Malformed(format!("gitlab {event}: {e}"));
     match event {
-        "Push Hook" | "Tag Push Hook" => {
-            let p: PushPayload = decode("gitlab push", body)?;
-            event::push_event(&p.git_ref, &p.before, &p.after).map_err(malformed)
-        }
+        "Push Hook" | "Tag Push Hook" => decode::<PushPayload>("gitlab push", body)?
+            .event()
+            .map_err(malformed),
         "Merge Request Hook" => {
             let p: MergeRequestPayload = decode("gitlab merge request", body)?;
             let a = &p.object_attributes;
@@ -172,22 +201,17 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
     }
 }
 
-/// The GitLab adapter.
+/// GitLab's REST API v4.
+#[derive(Default)]
 pub(crate) struct GitLab {
-    api: Api,
-    /// `/projects/{url-encoded path}`.
-    project_path: String,
-    /// The configured repository: a path, or the project's numeric id.
-    repository: String,
-    /// The project's path, asked once when `repository` is its numeric id.
+    /// The project's path, asked once when the configured repository is its numeric id.
     resolved_path: OnceLock<String>,
-    login: OnceLock<String>,
     /// Source project paths of forks, by project id.
     fork_paths: Mutex<HashMap<u64, Option<String>>>,
 }
 
 #[derive(Deserialize)]
-struct MergeRequest {
+pub(crate) struct MergeRequest {
     iid: u64,
     title: String,
     author: Option<UserName>,
@@ -211,7 +235,7 @@ struct MergeRequest {
 }
 
 #[derive(Deserialize)]
-struct Note {
+pub(crate) struct Note {
     id: u64,
     body: String,
     author: Option<UserName>,
@@ -220,39 +244,16 @@ struct Note {
 }
 
 impl GitLab {
-    pub(crate) fn new(api: Api, config: &ForgeConfig) -> GitLab {
-        let login = OnceLock::new();
-        if let Some(bot) = &config.bot_login {
-            let _ = login.set(bot.clone());
-        }
-        GitLab {
-            api,
-            project_path: format!("/projects/{}", path_segment(&config.repository)),
-            repository: config.repository.clone(),
-            resolved_path: OnceLock::new(),
-            login,
-            fork_paths: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn own_login(&self) -> Result<&str, ForgeError> {
-        if let Some(login) = self.login.get() {
-            return Ok(login);
-        }
-        let me: UserName = self.api.get("/user")?;
-        Ok(self.login.get_or_init(|| me.username))
-    }
-
     /// The project's `group/project` path: the configured one, or, when the configuration
     /// names the project by its numeric id, the path the forge gives it (asked once).
-    fn repository_path(&self) -> Result<String, ForgeError> {
-        if !api::is_numeric_id(&self.repository) {
-            return Ok(self.repository.clone());
+    fn repository_path(&self, api: &Api, repo: &Repository) -> Result<String, ForgeError> {
+        if !names::is_numeric_id(&repo.name) {
+            return Ok(repo.name.clone());
         }
         if let Some(path) = self.resolved_path.get() {
             return Ok(path.clone());
         }
-        let project: ProjectPath = self.api.get(&self.project_path)?;
+        let project: ProjectPath = api.get(&repo.path)?;
         Ok(self
             .resolved_path
             .get_or_init(|| project.path_with_namespace)
@@ -261,12 +262,17 @@ impl GitLab {
 
     /// The path of the merge request's source project: ours, or a fork's (asked once per
     /// fork; `None` when it was deleted or is not visible to the token).
-    fn source_path(&self, mr: &MergeRequest) -> Result<Option<String>, ForgeError> {
+    fn source_path(
+        &self,
+        api: &Api,
+        repo: &Repository,
+        mr: &MergeRequest,
+    ) -> Result<Option<String>, ForgeError> {
         let Some(id) = mr.source_project_id else {
             return Ok(None);
         };
         if id == mr.target_project_id {
-            return self.repository_path().map(Some);
+            return self.repository_path(api, repo).map(Some);
         }
         if let Some(known) = self
             .fork_paths
@@ -276,7 +282,7 @@ impl GitLab {
         {
             return Ok(known.clone());
         }
-        let project: Option<ProjectPath> = self.api.get_optional(&format!("/projects/{id}"))?;
+        let project: Option<ProjectPath> = api.get_optional(&format!("/projects/{id}"))?;
         let path = project.map(|p| p.path_with_namespace);
         self.fork_paths
             .lock()
@@ -284,9 +290,65 @@ impl GitLab {
             .insert(id, path.clone());
         Ok(path)
     }
+}
 
-    fn info(&self, mr: &MergeRequest) -> Result<PullRequestInfo, ForgeError> {
-        let path = format!("{}/merge_requests/{}", self.project_path, mr.iid);
+impl Wire for GitLab {
+    type User = UserName;
+    type Comment = Note;
+    type PullRequest = MergeRequest;
+
+    const EDIT_COMMENT: Method = Method::Put;
+    const COMMENTS_PAGED: bool = true;
+
+    fn repo_path(name: &str) -> String {
+        format!("/projects/{}", path_segment(name))
+    }
+
+    fn login(user: UserName) -> String {
+        user.username
+    }
+
+    fn comments_path(repo: &Repository, pr: u64) -> String {
+        format!("{}/merge_requests/{pr}/notes", repo.path)
+    }
+
+    fn comments_list_path(repo: &Repository, pr: u64) -> String {
+        format!(
+            "{}?sort=asc&order_by=created_at",
+            Self::comments_path(repo, pr)
+        )
+    }
+
+    fn comment_path(repo: &Repository, pr: u64, id: u64) -> String {
+        format!("{}/merge_requests/{pr}/notes/{id}", repo.path)
+    }
+
+    /// System notes ("added 1 commit") are the forge's, whatever account they name.
+    fn posted(n: Note) -> Option<PostedComment> {
+        (!n.system).then(|| PostedComment {
+            id: n.id,
+            author: n.author.map(|a| a.username),
+            body: n.body,
+        })
+    }
+
+    fn pull_request_path(repo: &Repository, number: u64) -> String {
+        format!("{}/merge_requests/{number}", repo.path)
+    }
+
+    fn open_pull_requests_path(repo: &Repository) -> String {
+        format!("{}/merge_requests?state=opened", repo.path)
+    }
+
+    /// The path in an error is always the merge request's own.
+    fn info(
+        &self,
+        api: &Api,
+        repo: &Repository,
+        mr: &MergeRequest,
+        _: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
+        let path = Self::pull_request_path(repo, mr.iid);
         let info = PullRequestInfo {
             number: mr.iid,
             title: mr.title.clone(),
@@ -297,102 +359,18 @@ impl GitLab {
             head_sha: mr.sha.clone().unwrap_or_default(),
             head_ref: mr.source_branch.clone(),
             base_ref: mr.target_branch.clone(),
-            head_repo_full_name: self.source_path(mr)?,
-            base_repo_full_name: self.repository_path()?,
+            head_repo_full_name: self.source_path(api, repo, mr)?,
+            base_repo_full_name: self.repository_path(api, repo)?,
             is_fork: mr.source_project_id != Some(mr.target_project_id),
             url: mr.web_url.clone(),
         };
-        info.check().map_err(|reason| ForgeError::Decode {
-            method: "GET",
-            path,
-            reason,
-        })?;
+        info.check()
+            .map_err(|reason| ForgeError::unexpected_answer(path, reason))?;
         Ok(info)
     }
-}
 
-impl Forge for GitLab {
-    fn kind(&self) -> ForgeKind {
-        ForgeKind::GitLab
-    }
-
-    fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<CommentId, ForgeError> {
-        api::check_marker(marker)?;
-        let body = self.api.scrub(&api::body_with_marker(marker, body));
-        let me = self.own_login()?.to_owned();
-        let notes: Vec<Note> = self.api.get_all(
-            &format!(
-                "{}/merge_requests/{pr}/notes?sort=asc&order_by=created_at",
-                self.project_path
-            ),
-            "per_page",
-            100,
-        )?;
-        let ours = notes.into_iter().find(|n| {
-            !n.system
-                && n.author
-                    .as_ref()
-                    .is_some_and(|a| a.username.eq_ignore_ascii_case(&me))
-                && n.body.contains(marker)
-        });
-        match ours {
-            Some(n) if n.body == body => Ok(CommentId(n.id)),
-            Some(n) => {
-                let updated: Note = self.api.send(
-                    Method::Put,
-                    &format!("{}/merge_requests/{pr}/notes/{}", self.project_path, n.id),
-                    &json!({ "body": body }),
-                )?;
-                Ok(CommentId(updated.id))
-            }
-            None => self.post_comment(pr, &body),
-        }
-    }
-
-    fn post_comment(&self, pr: u64, body: &str) -> Result<CommentId, ForgeError> {
-        let created: Note = self.api.send(
-            Method::Post,
-            &format!("{}/merge_requests/{pr}/notes", self.project_path),
-            &json!({ "body": body }),
-        )?;
-        Ok(CommentId(created.id))
-    }
-
-    fn set_status(&self, status: &CommitStatus) -> Result<(), ForgeError> {
-        api::check_sha(&status.sha)?;
-        api::check_context(&status.context)?;
-        let state = match status.state {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            // GitLab has no "error": a status that could not be computed is a failed one.
-            StatusState::Failure | StatusState::Error => "failed",
-        };
-        let mut body = json!({
-            "state": state,
-            "name": status.context,
-            "description": api::status_description(&self.api.scrub(&status.description)),
-        });
-        if let Some(url) = &status.target_url {
-            body["target_url"] = json!(url);
-        }
-        let _: serde_json::Value = self.api.send(
-            Method::Post,
-            &format!("{}/statuses/{}", self.project_path, status.sha),
-            &body,
-        )?;
-        Ok(())
-    }
-
-    fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError> {
-        let mr: MergeRequest = self
-            .api
-            .get(&format!("{}/merge_requests/{number}", self.project_path))?;
-        let info = self.info(&mr)?;
-        let state = match mr.state.as_str() {
-            "merged" => PrState::Merged,
-            "closed" => PrState::Closed,
-            _ => PrState::Open,
-        };
+    fn state(mr: MergeRequest) -> (PrState, Option<bool>, Option<String>) {
+        let state = PrState::of(mr.state == "merged", mr.state != "closed");
         let mergeable = if mr.has_conflicts == Some(true) {
             Some(false)
         } else {
@@ -407,17 +385,15 @@ impl Forge for GitLab {
                 _ => None,
             }
         };
-        Ok(PullRequestDetails {
-            info,
-            mergeable,
-            merge_commit_sha: (state == PrState::Merged)
-                .then(|| mr.squash_commit_sha.clone().or(mr.merge_commit_sha.clone()))
-                .flatten(),
+        // A squash merge's commit on the base branch is the squash commit.
+        (
             state,
-        })
+            mergeable,
+            mr.squash_commit_sha.or(mr.merge_commit_sha),
+        )
     }
 
-    fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
         #[derive(Deserialize)]
         struct ApprovedBy {
             user: UserName,
@@ -427,21 +403,20 @@ impl Forge for GitLab {
             #[serde(default)]
             approved_by: Vec<ApprovedBy>,
         }
-        let a: Approvals = self.api.get(&format!(
-            "{}/merge_requests/{number}/approvals",
-            self.project_path
-        ))?;
+        // GitLab lists who approves now, not a history of verdicts; its approvals name no
+        // commit.
+        let a: Approvals = api.get(&format!("{}/merge_requests/{number}/approvals", repo.path))?;
         Ok(a.approved_by
             .into_iter()
-            .map(|a| Approval {
+            .map(|a| Verdict {
                 author: a.user.username,
+                state: ReviewState::Approved,
                 commit_sha: None,
             })
             .collect())
     }
 
-    fn has_write_access(&self, user: &str) -> Result<bool, ForgeError> {
-        api::check_login(user)?;
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct UserId {
             id: u64,
@@ -451,32 +426,38 @@ impl Forge for GitLab {
         struct Member {
             access_level: u32,
         }
-        let users: Vec<UserId> = self
-            .api
-            .get(&format!("/users?username={}", path_segment(user)))?;
+        let users: Vec<UserId> = api.get(&format!("/users?username={}", path_segment(user)))?;
         let Some(found) = users
             .into_iter()
             .find(|u| u.username.eq_ignore_ascii_case(user))
         else {
             return Ok(false);
         };
-        let member: Option<Member> = self
-            .api
-            .get_optional(&format!("{}/members/all/{}", self.project_path, found.id))?;
+        let member: Option<Member> =
+            api.get_optional(&format!("{}/members/all/{}", repo.path, found.id))?;
         // 30 is Developer: the lowest role that may push.
         Ok(member.is_some_and(|m| m.access_level >= 30))
     }
+}
 
-    fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError> {
-        let mrs: Vec<MergeRequest> = self.api.get_all(
-            &format!("{}/merge_requests?state=opened", self.project_path),
-            "per_page",
-            100,
-        )?;
-        mrs.iter().map(|mr| self.info(mr)).collect()
-    }
-
-    fn pr_head_ref(&self, number: u64) -> String {
-        format!("refs/merge-requests/{number}/head")
-    }
+/// The repository a GitLab payload is about: its `project` (`path_with_namespace`, `id`;
+/// else `project_id`, else a merge request's `target` and `target_project_id`).
+fn payload_repository(v: &serde_json::Value) -> Option<RepositoryRef> {
+    use serde_json::Value;
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let number = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
+    let attributes = v.get("object_attributes");
+    let project = v.get("project").filter(|p| p.is_object());
+    let target = attributes
+        .and_then(|a| a.get("target"))
+        .filter(|t| t.is_object());
+    Some(RepositoryRef {
+        full_name: project
+            .and_then(|p| text(p, "path_with_namespace"))
+            .or_else(|| target.and_then(|t| text(t, "path_with_namespace"))),
+        id: project
+            .and_then(|p| number(p, "id"))
+            .or_else(|| number(v, "project_id"))
+            .or_else(|| attributes.and_then(|a| number(a, "target_project_id"))),
+    })
 }

@@ -19,6 +19,9 @@
 //! - **Comment commands**: [`parse_command`] reads `/slipway plan [ENV]`, `apply ENV`,
 //!   `unlock ENV`, `preview` and `help` from a comment, strictly; anything else that starts
 //!   with `/slipway` is a [`CommandError`] whose message is a polite reply with the usage.
+//! - **Each forge's facts**: [`ForgeKind::profile`] gives its [`ForgeProfile`] (header names,
+//!   signature scheme, auth header, default API URL, token variable, …), the one place that
+//!   says how the forges differ short of their payloads' and answers' shapes.
 //! - **The plan comment**: [`render_plan_comment`] turns per-environment plans ([`EnvPlan`])
 //!   into one Markdown comment: a table, each plan folded in `<details>`, every text escaped,
 //!   and the whole cut to fit GitHub's 65,536-character limit.
@@ -42,27 +45,36 @@
 //!   sure that nothing can break out of its Markdown.
 #![deny(missing_docs)]
 
+mod adapter;
 mod api;
+mod approvals;
 mod command;
+mod config;
+mod error;
 mod event;
 mod gitea;
 mod github;
 mod gitlab;
+mod http;
 mod names;
+mod paging;
+mod profile;
 mod render;
 mod scrub;
 mod section;
 mod webhook;
 
-pub use api::{
-    Approval, CommentId, CommitStatus, ConfigError, Forge, ForgeConfig, ForgeError, PrState,
-    PullRequestDetails, Secret, StatusState, connect,
-};
+pub use adapter::connect;
+pub use api::{CommentId, CommitStatus, Forge, PrState, PullRequestDetails, StatusState};
+pub use approvals::Approval;
 pub use command::{Command, CommandError, USAGE, parse_command};
+pub use config::{ConfigError, ForgeConfig, Secret};
+pub use error::ForgeError;
 pub use event::{
     Delivery, ExpectedRepository, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, RepositoryRef,
     ReviewState, UnknownForge,
 };
+pub use profile::{ForgeProfile, SignatureScheme, StatusNames};
 pub use render::{
     DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, render_plan_comment,
 };

@@ -92,6 +92,11 @@ pub(crate) fn short_text(s: &str, max: usize) -> String {
     }
 }
 
+/// All digits: a numeric id (GitLab's project id in place of its path).
+pub(crate) fn is_numeric_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::event::{Delivery, ExpectedRepository, ForgeEvent, ForgeKind, RepositoryRef};
-use crate::{gitea, github, gitlab};
+use crate::profile::SignatureScheme;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -195,11 +195,12 @@ impl WebhookVerifier {
             });
         }
         self.verify(headers, body)?;
-        let event_header = event_header(self.forge);
-        let event = first_header(headers, event_header)
+        let event_headers = self.forge.profile().event_headers;
+        let event = first_header(headers, event_headers)
             .ok_or(WebhookError::MissingEvent {
-                header: event_header[0],
+                header: event_headers[0],
             })?
+            .1
             .trim();
         let id = delivery_id(self.forge, headers, body)?;
         let event_name = event;
@@ -234,41 +235,25 @@ impl WebhookVerifier {
         })
     }
 
+    /// Checks the profile's signature header over `body`.
     fn verify<H: Headers + ?Sized>(&self, headers: &H, body: &[u8]) -> Result<(), WebhookError> {
-        match self.forge {
-            ForgeKind::GitHub => {
-                let header = "X-Hub-Signature-256";
-                let value = headers
-                    .header(header)
-                    .ok_or(WebhookError::MissingSignature { header })?;
-                let hex_sig = value
-                    .trim()
-                    .strip_prefix("sha256=")
-                    .ok_or(WebhookError::BadSignature { header })?;
-                verify_hmac(&self.secret, body, hex_sig)
-                    .map_err(|()| WebhookError::BadSignature { header })
-            }
-            ForgeKind::Gitea => {
-                let (header, value) = ["X-Gitea-Signature", "X-Forgejo-Signature"]
-                    .into_iter()
-                    .find_map(|h| headers.header(h).map(|v| (h, v)))
-                    .ok_or(WebhookError::MissingSignature {
-                        header: "X-Gitea-Signature",
-                    })?;
-                verify_hmac(&self.secret, body, value.trim())
-                    .map_err(|()| WebhookError::BadSignature { header })
-            }
-            ForgeKind::GitLab => {
-                let header = "X-Gitlab-Token";
-                let value = headers
-                    .header(header)
-                    .ok_or(WebhookError::MissingSignature { header })?;
-                if tokens_equal(value.as_bytes(), &self.secret) {
-                    Ok(())
-                } else {
-                    Err(WebhookError::BadSignature { header })
-                }
-            }
+        let profile = self.forge.profile();
+        let (header, value) = first_header(headers, profile.signature_headers).ok_or(
+            WebhookError::MissingSignature {
+                header: profile.signature_headers[0],
+            },
+        )?;
+        let genuine = match profile.signature {
+            SignatureScheme::HmacSha256 { prefix } => value
+                .trim()
+                .strip_prefix(prefix)
+                .is_some_and(|hex_sig| verify_hmac(&self.secret, body, hex_sig).is_ok()),
+            SignatureScheme::Token => tokens_equal(value.as_bytes(), &self.secret),
+        };
+        if genuine {
+            Ok(())
+        } else {
+            Err(WebhookError::BadSignature { header })
         }
     }
 }
@@ -307,11 +292,7 @@ pub fn parse_payload(
     event: &str,
     body: &[u8],
 ) -> Result<ForgeEvent, WebhookError> {
-    match forge {
-        ForgeKind::GitHub => github::parse_event(event, body),
-        ForgeKind::GitLab => gitlab::parse_event(event, body),
-        ForgeKind::Gitea => gitea::parse_event(event, body),
-    }
+    (forge.profile().parse_event)(event, body)
 }
 
 /// The repository a payload is about: `repository` (GitHub, Gitea: `full_name`, `id`), or
@@ -319,36 +300,21 @@ pub fn parse_payload(
 /// `target` and `target_project_id`). `None` when the payload names none, or is not JSON.
 /// Never panics, for any input.
 pub fn payload_repository(forge: ForgeKind, body: &[u8]) -> Option<RepositoryRef> {
-    use serde_json::Value;
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-    let number = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
-    let found = match forge {
-        ForgeKind::GitHub | ForgeKind::Gitea => {
-            let repo = v.get("repository").filter(|r| r.is_object())?;
-            RepositoryRef {
-                full_name: text(repo, "full_name"),
-                id: number(repo, "id"),
-            }
-        }
-        ForgeKind::GitLab => {
-            let attributes = v.get("object_attributes");
-            let project = v.get("project").filter(|p| p.is_object());
-            let target = attributes
-                .and_then(|a| a.get("target"))
-                .filter(|t| t.is_object());
-            RepositoryRef {
-                full_name: project
-                    .and_then(|p| text(p, "path_with_namespace"))
-                    .or_else(|| target.and_then(|t| text(t, "path_with_namespace"))),
-                id: project
-                    .and_then(|p| number(p, "id"))
-                    .or_else(|| number(&v, "project_id"))
-                    .or_else(|| attributes.and_then(|a| number(a, "target_project_id"))),
-            }
-        }
-    };
-    (found.full_name.is_some() || found.id.is_some()).then_some(found)
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    (forge.profile().payload_repository)(&v)
+        .filter(|found| found.full_name.is_some() || found.id.is_some())
+}
+
+/// The repository a GitHub or Gitea payload is about: its `repository` (`full_name`, `id`).
+pub(crate) fn repository_object(v: &serde_json::Value) -> Option<RepositoryRef> {
+    let repo = v.get("repository").filter(|r| r.is_object())?;
+    Some(RepositoryRef {
+        full_name: repo
+            .get("full_name")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        id: repo.get("id").and_then(serde_json::Value::as_u64),
+    })
 }
 
 /// Event header values that [`parse_payload`] reads a payload for, across the three forges
@@ -373,16 +339,14 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "Confidential Note Hook",
 ];
 
-fn event_header(forge: ForgeKind) -> &'static [&'static str] {
-    match forge {
-        ForgeKind::GitHub => &["X-GitHub-Event"],
-        ForgeKind::GitLab => &["X-Gitlab-Event"],
-        ForgeKind::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
-    }
-}
-
-fn first_header<'h, H: Headers + ?Sized>(headers: &'h H, names: &[&str]) -> Option<&'h str> {
-    names.iter().find_map(|name| headers.header(name))
+/// The first of `names` present in `headers`, with its value.
+fn first_header<'h, H: Headers + ?Sized>(
+    headers: &'h H,
+    names: &[&'static str],
+) -> Option<(&'static str, &'h str)> {
+    names
+        .iter()
+        .find_map(|name| headers.header(name).map(|value| (*name, value)))
 }
 
 /// The forge's delivery id, or a hash of the body when it sent none.
@@ -391,15 +355,9 @@ fn delivery_id<H: Headers + ?Sized>(
     headers: &H,
     body: &[u8],
 ) -> Result<String, WebhookError> {
-    let names: &[&str] = match forge {
-        ForgeKind::GitHub => &["X-GitHub-Delivery"],
-        // Idempotency-Key (GitLab 17.4+) stays the same across retries of one event, which is
-        // what deduplication needs; the event UUID is the older, per-event header.
-        ForgeKind::GitLab => &["Idempotency-Key", "X-Gitlab-Event-UUID"],
-        ForgeKind::Gitea => &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
-    };
+    let names = forge.profile().delivery_headers;
     match first_header(headers, names) {
-        Some(id) => {
+        Some((_, id)) => {
             let id = id.trim();
             let ok = !id.is_empty()
                 && id.len() <= 128

@@ -2,7 +2,10 @@
 //! removes it.
 //!
 //! Start with [`Provider`]: one implementation per resource type (`process`, `job`, `file`,
-//! `exec`), registered in [`Registry::local`]. A provider receives its resource's *resolved*
+//! `exec` in [`Registry::local`]; the `postgres.*` ones, which need the engine's servers, are
+//! registered by the engine). What a type *can do* (hold data, expose a port, write logs) is
+//! not said here but in the core's type catalogue (`slipway_core::types`), which every
+//! provider's `Config` matches field for field. A provider receives its resource's *resolved*
 //! configuration (every `${...}` reference already substituted by the engine) as JSON, and a
 //! [`ResourceContext`] naming the environment's directories and the ports the engine allocated.
 //! It knows nothing of git, plans, the state store or other providers: what it returns
@@ -26,6 +29,7 @@ pub mod sandbox;
 
 mod command;
 mod duration;
+mod fields;
 mod logfile;
 mod procinfo;
 
@@ -244,6 +248,11 @@ pub trait Provider: Send + Sync + 'static {
 pub trait DynProvider: Send + Sync {
     /// See [`Provider::TYPE`].
     fn type_name(&self) -> &'static str;
+    /// Whether `config` fits [`Provider::Config`], without acting on anything: the check
+    /// every other call makes first.
+    fn check_config(&self, config: &Value) -> Result<(), ProviderError>;
+    /// The fields [`Provider::Config`] has: those of its type in the core's catalogue.
+    fn config_fields(&self) -> &'static [&'static str];
     /// See [`Provider::create`].
     fn create(&self, ctx: ResourceContext<'_>, config: &Value) -> Result<Applied, ProviderError>;
     /// See [`Provider::update`].
@@ -280,6 +289,12 @@ fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, Pro
 impl<P: Provider> DynProvider for P {
     fn type_name(&self) -> &'static str {
         P::TYPE
+    }
+    fn check_config(&self, config: &Value) -> Result<(), ProviderError> {
+        decode::<P::Config>(P::TYPE, config).map(drop)
+    }
+    fn config_fields(&self) -> &'static [&'static str] {
+        fields::of::<P::Config>()
     }
     fn create(&self, ctx: ResourceContext<'_>, config: &Value) -> Result<Applied, ProviderError> {
         Provider::create(self, ctx, &decode(P::TYPE, config)?)

@@ -26,7 +26,10 @@ use crate::error::{ApiError, ErrorNote};
 use crate::routes::Access;
 
 /// A role, weakest first: each may do all the ones before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum Role {
     Viewer,
     Developer,

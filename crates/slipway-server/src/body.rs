@@ -6,10 +6,13 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
+use schemars::generate::SchemaGenerator;
+use schemars::{JsonSchema, Schema, json_schema};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::{SchemaFn, schema_of};
 
 /// A JSON request body. An empty body reads as `{}`, so that calls whose fields are all
 /// optional need none. Unknown fields are refused by the request types themselves
@@ -121,8 +124,86 @@ impl<S: Send + Sync> FromRequestParts<S> for EnvName {
     }
 }
 
+impl JsonSchema for EnvName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvironmentName".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // What `slipway_core::stack::is_dns_label` accepts, which `check_name` applies.
+        json_schema!({
+            "type": "string",
+            "description": "A DNS label: lowercase letters, digits and `-`, at most 63 characters.",
+            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+            "maxLength": 63
+        })
+    }
+}
+
 /// The `{id}` of a path, a deployment id.
 pub(crate) struct DeploymentId(pub i64);
+
+impl JsonSchema for DeploymentId {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DeploymentId".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = i64::json_schema(generator);
+        schema.insert("description".into(), "The deployment's id.".into());
+        schema
+    }
+}
+
+/// The `{forge}` of a webhook's path.
+struct ForgeName;
+
+impl JsonSchema for ForgeName {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ForgeName".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "description": "The forge the controller is configured with: `github`, `gitlab` or `gitea`."})
+    }
+}
+
+/// The type of the path parameter `name`: what the extractor of that parameter reads.
+///
+/// # Panics
+/// For a parameter no extractor reads (a route table that names one is a programming error,
+/// which the document's tests find).
+pub(crate) fn path_param(name: &str) -> SchemaFn {
+    match name {
+        "name" => |g| {
+            let mut schema = schema_of::<EnvName>(g);
+            schema.insert("description".into(), "The environment's name.".into());
+            schema
+        },
+        "id" => schema_of::<DeploymentId>,
+        "forge" => schema_of::<ForgeName>,
+        other => panic!("no extractor reads the path parameter `{other}`"),
+    }
+}
+
+/// A resume cursor of a query (`after`): an id, 0 or more.
+pub(crate) fn cursor(field: &str, value: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match value {
+        Some(n) if n < 0 => Err(ApiError::bad_request(format!(
+            "`{field}` {n} is not an id: ids are 0 or more"
+        ))
+        .hint("send the id of the last entry received, or 0 for all")),
+        other => Ok(other),
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for DeploymentId {
     type Rejection = ApiError;

@@ -3,12 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use slipway_core::vocab::DeploymentStatus;
 use slipway_state::DeploymentRecord;
 
-use crate::body::DeploymentId;
+use crate::body::{DeploymentId, EnvName};
 use crate::error::ApiError;
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
@@ -21,39 +22,38 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Get a deployment",
                 "One deployment with the plan it applied and the summary of what it did.",
             )
-            .json(StatusCode::OK, "Deployment", "The deployment."),
+            .json::<DeploymentView>(StatusCode::OK, "The deployment."),
     ]
 }
 
-/// A deployment as the API shows it; `plan` only when asked for one deployment.
-#[derive(Debug, Serialize)]
-pub(crate) struct DeploymentView {
+/// A deployment as lists show it: without its plan.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct DeploymentSummary {
     id: i64,
+    #[schemars(with = "EnvName")]
     environment: String,
+    /// The commit deployed.
     commit: String,
+    /// The rendered desired-state hash deployed.
     hash: String,
+    /// The ref the commit was resolved from.
     reference: Option<String>,
     status: DeploymentStatus,
+    /// Why it failed or was interrupted.
     error: Option<String>,
+    /// Who or what started it.
     who: String,
+    #[schemars(extend("format" = "date-time"))]
     started_at: String,
+    #[schemars(extend("format" = "date-time"))]
     finished_at: Option<String>,
+    /// What it did, once finished (`null` until then).
     summary: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<Value>,
 }
 
-impl DeploymentView {
-    /// Without its plan, for lists.
-    pub fn summary(record: DeploymentRecord) -> DeploymentView {
-        let mut view = DeploymentView::full(record);
-        view.plan = None;
-        view
-    }
-
-    /// With its plan.
-    pub fn full(record: DeploymentRecord) -> DeploymentView {
-        DeploymentView {
+impl From<DeploymentRecord> for DeploymentSummary {
+    fn from(record: DeploymentRecord) -> DeploymentSummary {
+        DeploymentSummary {
             id: record.id,
             environment: record.environment,
             commit: record.commit,
@@ -65,40 +65,18 @@ impl DeploymentView {
             started_at: rfc3339(record.started_at),
             finished_at: record.finished_at.map(rfc3339),
             summary: record.summary,
-            plan: Some(record.plan),
         }
     }
 }
 
-/// The JSON Schemas of this module: `DeploymentSummary`, and `Deployment` (the same with
-/// `plan`).
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    let summary = json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["id", "environment", "commit", "hash", "reference", "status", "error", "who",
-                     "started_at", "finished_at", "summary"],
-        "properties": {
-            "id": {"type": "integer"},
-            "environment": {"$ref": "#/components/schemas/EnvironmentName"},
-            "commit": {"type": "string", "description": "The commit deployed."},
-            "hash": {"type": "string", "description": "The rendered desired-state hash deployed."},
-            "reference": {"type": ["string", "null"], "description": "The ref the commit was resolved from."},
-            "status": {"enum": DeploymentStatus::WORDS},
-            "error": {"type": ["string", "null"], "description": "Why it failed or was interrupted."},
-            "who": {"type": "string", "description": "Who or what started it."},
-            "started_at": {"type": "string", "format": "date-time"},
-            "finished_at": {"type": ["string", "null"], "format": "date-time"},
-            "summary": {"description": "What it did, once finished (`null` until then)."}
-        }
-    });
-    let mut full = summary.clone();
-    full["properties"]["plan"] =
-        json!({"description": "The plan it applied (see `PlanView.changes`)."});
-    if let Some(required) = full["required"].as_array_mut() {
-        required.push(json!("plan"));
-    }
-    vec![("DeploymentSummary", summary), ("Deployment", full)]
+/// A deployment with the plan it applied.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Deployment")]
+struct DeploymentView {
+    #[serde(flatten)]
+    summary: DeploymentSummary,
+    /// The plan it applied (see `PlanView.changes`).
+    plan: Value,
 }
 
 async fn get(
@@ -107,12 +85,16 @@ async fn get(
 ) -> Result<Json<DeploymentView>, ApiError> {
     app.blocking(move |c| {
         let found = c.engine().store().deployment(id)?;
-        let record = found.ok_or_else(|| {
+        let mut record = found.ok_or_else(|| {
             ApiError::not_found(format!("deployment #{id} does not exist")).hint(
                 "GET /api/v1/environments/{name}/deployments lists an environment's deployments",
             )
         })?;
-        Ok(Json(DeploymentView::full(record)))
+        let plan = std::mem::take(&mut record.plan);
+        Ok(Json(DeploymentView {
+            summary: DeploymentSummary::from(record),
+            plan,
+        }))
     })
     .await
 }

@@ -10,8 +10,10 @@ use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use schemars::generate::SchemaGenerator;
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use slipway_controller::{Controller, CreateEnvironment, Trigger};
 use slipway_core::plan::Change;
 use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
@@ -21,8 +23,9 @@ use slipway_state::EnvironmentRecord;
 use crate::AppState;
 use crate::auth::{AuditTarget, Principal};
 use crate::body::{EnvName, JsonBody, NoFields, QueryArgs, check_name, printable};
-use crate::deployments::DeploymentView;
+use crate::deployments::DeploymentSummary;
 use crate::error::ApiError;
+use crate::openapi::one_of;
 use crate::routes::{Access, Route};
 
 /// The longest `ttl` or `extend` accepted: past it, a mistake is likelier than a need.
@@ -37,7 +40,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "List environments",
                 "Every environment with its commit, sync state, health, owner, TTL and resources (the shape of `slipway status --output json`, plus `owner`, `pinned` and `ttl_seconds`).",
             )
-            .json(StatusCode::OK, "EnvironmentList", "The environments, by name."),
+            .json::<EnvironmentList>(StatusCode::OK, "The environments, by name."),
         Route::post("/api/v1/environments", create)
             .id("createEnvironment", "environment.create")
             .summary(
@@ -45,8 +48,16 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Records an ad-hoc environment running `ref`, with the variables and secrets of the generated family `like` (a static environment such as prod is refused), owned by the caller's token, living `ttl` (at most `[environments] max_ttl`), and queues its first deployment.",
             )
             .access(Access::Developer)
-            .body("CreateEnvironment")
-            .json(StatusCode::CREATED, "Environment", "The new environment; its first deployment is queued.")
+            .body::<CreateRequest>()
+            .json::<EnvironmentView>(StatusCode::CREATED, "The new environment; its first deployment is queued.")
+            .links(&[
+                ("getEnvironment", "name", "$response.body#/name"),
+                ("planEnvironment", "name", "$response.body#/name"),
+                ("extendEnvironment", "name", "$response.body#/name"),
+                ("pinEnvironment", "name", "$response.body#/name"),
+                ("listDeployments", "name", "$response.body#/name"),
+                ("destroyEnvironment", "name", "$response.body#/name"),
+            ])
             .errors(&[
                 (StatusCode::CONFLICT, "An environment of that name exists, the default branch's stack defines the name (an environment or family), or it starts with `pr-` or `br-`."),
                 (StatusCode::UNPROCESSABLE_ENTITY, "The ref, the stack at it, or `like` cannot be used (`like` must name a generated family), or `ttl` is longer than `[environments] max_ttl`."),
@@ -54,7 +65,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::get(ENV, get)
             .id("getEnvironment", "environment.get")
             .summary("Get an environment", "One environment, its resources observed now.")
-            .json(StatusCode::OK, "Environment", "The environment."),
+            .json::<EnvironmentView>(StatusCode::OK, "The environment."),
         Route::delete(ENV, destroy)
             .id("destroyEnvironment", "environment.destroy")
             .summary(
@@ -62,12 +73,8 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Deletes every resource of the environment, then its record (its deployments and events stay as history). Waits for an operation in progress on it to finish.",
             )
             .access(Access::Environment)
-            .query(
-                "confirm",
-                "The environment's name again: required to destroy a protected environment.",
-                json!({"type": "string"}),
-            )
-            .json(StatusCode::OK, "Destroyed", "It is gone.")
+            .query::<DestroyQuery>()
+            .json::<Destroyed>(StatusCode::OK, "It is gone.")
             .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "Some resources could not be deleted (it is marked failed and retried), or it is protected and `confirm` does not name it.")]),
         Route::post("/api/v1/environments/{name}/sync", sync)
             .id("syncEnvironment", "environment.sync")
@@ -76,14 +83,14 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted.",
             )
             .access(Access::Environment)
-            .json(StatusCode::ACCEPTED, "Queued", "The reconcile is queued."),
+            .json::<Queued>(StatusCode::ACCEPTED, "The reconcile is queued."),
         Route::get("/api/v1/environments/{name}/plan", plan)
             .id("planEnvironment", "environment.plan")
             .summary(
                 "Plan an environment",
                 "What a sync would change now: the plan from the environment's ref (its pinned commit when pinned) as last fetched, against what runs. `POST /api/v1/refresh` fetches first.",
             )
-            .json(StatusCode::OK, "PlanView", "The plan.")
+            .json::<PlanView>(StatusCode::OK, "The plan.")
             .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "The stack at the commit is not valid.")]),
         Route::post("/api/v1/environments/{name}/rollback", rollback)
             .id("rollbackEnvironment", "environment.rollback")
@@ -92,8 +99,8 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Pins the environment to the commit of one of its earlier deployments and queues its deployment. `unpin` lets it follow its ref again.",
             )
             .access(Access::Environment)
-            .body("Rollback")
-            .json(StatusCode::OK, "Environment", "The environment, pinned; the deployment is queued.")
+            .body::<RollbackRequest>()
+            .json::<EnvironmentView>(StatusCode::OK, "The environment, pinned; the deployment is queued.")
             .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "The deployment is not one of this environment's.")]),
         Route::post("/api/v1/environments/{name}/extend", extend)
             .id("extendEnvironment", "environment.extend")
@@ -102,8 +109,8 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Pushes the expiry of a generated or ad-hoc environment `by` later (from now, if it had none or it has passed), never past `[environments] max_ttl` from now.",
             )
             .access(Access::Environment)
-            .body("Extend")
-            .json(StatusCode::OK, "Environment", "The environment with its new expiry.")
+            .body::<ExtendRequest>()
+            .json::<EnvironmentView>(StatusCode::OK, "The environment with its new expiry.")
             .errors(&[
                 (StatusCode::CONFLICT, "It is a static environment: those have no time to live and never expire."),
                 (StatusCode::UNPROCESSABLE_ENTITY, "`by` is longer than `[environments] max_ttl`."),
@@ -115,312 +122,245 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Stops it following its ref: it stays at `commit` (a ref or commit; default: the commit it runs).",
             )
             .access(Access::Environment)
-            .body("Pin")
-            .json(StatusCode::OK, "Environment", "The environment, pinned.")
+            .body::<PinRequest>()
+            .json::<EnvironmentView>(StatusCode::OK, "The environment, pinned.")
             .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "The commit cannot be resolved, or it runs none yet.")]),
         Route::post("/api/v1/environments/{name}/unpin", unpin)
             .id("unpinEnvironment", "environment.unpin")
             .summary("Unpin an environment", "Lets a pinned environment follow its ref again, and queues a sync.")
             .access(Access::Environment)
-            .json(StatusCode::OK, "Environment", "The environment, following its ref."),
+            .json::<EnvironmentView>(StatusCode::OK, "The environment, following its ref."),
         Route::get("/api/v1/environments/{name}/deployments", deployments)
             .id("listDeployments", "deployment.list")
             .summary(
                 "List an environment's deployments",
                 "Its deployment history, newest first, without the plans (`GET /api/v1/deployments/{id}` has them). History outlives a destroyed environment.",
             )
-            .query(
-                "limit",
-                "At most this many (default 50, at most 1000).",
-                json!({"type": "integer", "minimum": 1, "maximum": 1000}),
-            )
-            .json(StatusCode::OK, "DeploymentList", "The deployments, newest first."),
+            .query::<DeploymentsQuery>()
+            .json::<DeploymentList>(StatusCode::OK, "The deployments, newest first."),
     ]
 }
 
-/// An environment as the API shows it: the status shape of SPEC §6, plus what the record
-/// knows of who made it and how long it lives.
-#[derive(Debug, Serialize)]
+/// One environment: the status shape of SPEC §6 (`slipway status --output json`), plus what
+/// its record knows of who made it and how long it lives.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Environment")]
 pub(crate) struct EnvironmentView {
-    #[serde(flatten)]
-    status: EnvironmentStatus,
+    #[schemars(with = "EnvName")]
+    name: String,
+    kind: EnvKind,
+    /// The commit it runs.
+    commit: Option<String>,
+    /// The commit it should run.
+    desired_commit: Option<String>,
+    sync: SyncState,
+    health: Health,
+    /// Where its exposed port is served.
+    url: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
+    expires_at: Option<String>,
+    /// The ref it follows.
+    tracked_ref: Option<String>,
+    /// The last problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    /// The token name that created it (ad-hoc environments).
+    owner: Option<String>,
+    /// The `environments:` entry it follows: itself, or its family.
+    definition: Option<String>,
+    /// Pinned environments do not follow their ref.
+    pinned: bool,
+    /// Destroying it, or a resource in it, needs a person's confirmation.
+    protected: bool,
+    /// The pull request whose `/slipway apply` holds it, until merged, closed or unlocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked_by: Option<i64>,
+    /// How its code is isolated: its own uid (the engine runs as root), Landlock
+    /// (unprivileged engine), or none (said explicitly in the engine config).
+    #[schemars(schema_with = "isolations")]
+    isolation: String,
+    resources: Vec<ResourceView>,
+    /// How long it lives after its last new commit or extension.
     ttl_seconds: Option<i64>,
+}
+
+/// One resource of an environment.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Resource")]
+struct ResourceView {
+    name: String,
+    /// Its type, e.g. `process` or `file`.
+    #[serde(rename = "type")]
+    type_name: String,
+    status: ShownStatus,
+    /// Its outputs, secret ones `<redacted>`; null while it is first being created.
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
+    outputs: Value,
+    /// What is wrong, when something is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+fn isolations(_: &mut SchemaGenerator) -> Schema {
+    one_of(&["uid", "landlock", "none"])
 }
 
 impl EnvironmentView {
     fn new(
         controller: &Controller,
-        mut status: EnvironmentStatus,
+        status: EnvironmentStatus,
         record: Option<&EnvironmentRecord>,
     ) -> EnvironmentView {
         // An exposed process is reached through the preview router, by a URL that stays the
         // same across deploys; its own address is in the resource's outputs.
-        if status.url.is_some()
-            && let Some(url) = record.and_then(|r| controller.preview_url(&status.name, &r.stack))
-        {
-            status.url = Some(url);
-        }
+        let url = match status.url {
+            Some(own) => Some(
+                record
+                    .and_then(|r| controller.preview_url(&status.name, &r.stack))
+                    .unwrap_or(own),
+            ),
+            None => None,
+        };
+        let resources = status
+            .resources
+            .into_iter()
+            .map(|r| ResourceView {
+                name: r.name,
+                type_name: r.type_name,
+                status: r.status,
+                outputs: r.outputs,
+                message: r.message,
+            })
+            .collect();
         EnvironmentView {
-            status,
+            name: status.name,
+            kind: status.kind,
+            commit: status.commit,
+            desired_commit: status.desired_commit,
+            sync: status.sync,
+            health: status.health,
+            url,
+            expires_at: status.expires_at,
+            tracked_ref: status.tracked_ref,
+            message: status.message,
+            owner: status.owner,
+            definition: status.definition,
+            pinned: status.pinned,
+            protected: status.protected,
+            locked_by: status.locked_by,
+            isolation: status.isolation,
+            resources,
             ttl_seconds: record.and_then(|r| r.ttl_ms).map(|ms| ms / 1000),
         }
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct EnvironmentList {
     environments: Vec<EnvironmentView>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CreateEnvironment")]
 struct CreateRequest {
+    #[schemars(with = "EnvName")]
     name: String,
+    /// A branch, tag or commit.
     #[serde(rename = "ref")]
+    #[schemars(length(min = 1))]
     reference: String,
+    /// The generated family (`generate:`) whose variables and secrets it takes; default: the
+    /// only one.
     #[serde(default)]
     like: Option<String>,
+    /// How long it lives, e.g. `8h` or `1h30m` (units ms, s, m, h, d), at most
+    /// `[environments] max_ttl`; default: the family's `ttl`, else `[environments]
+    /// default_ttl`.
     #[serde(default)]
+    #[schemars(example = "8h")]
     ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rollback")]
 struct RollbackRequest {
+    /// The id of an earlier deployment of this environment.
     deployment: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Extend")]
 struct ExtendRequest {
+    /// How much longer, e.g. `2h`.
+    #[schemars(example = "2h")]
     by: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Pin")]
 struct PinRequest {
-    #[serde(default)]
+    /// A ref or commit; default: the commit it runs. Leave it out rather than send `null`.
+    #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "String")]
     commit: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// An optional field that, when sent, has a value: `null` is refused rather than read as
+/// left out, as the schema (a string, not a string or null) says.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
 struct Queued {
+    #[schemars(with = "EnvName")]
     environment: String,
+    #[schemars(extend("const" = true))]
     queued: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct Destroyed {
+    #[schemars(with = "EnvName")]
     environment: String,
+    #[schemars(extend("const" = true))]
     destroyed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct PlanView {
+    #[schemars(with = "EnvName")]
     environment: String,
+    /// The ref (or pinned commit) planned.
     reference: String,
+    /// The commit it resolved to.
     commit: String,
     has_changes: bool,
     changes: Vec<Change>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct DestroyQuery {
+    /// The environment's name again: required to destroy a protected environment.
     confirm: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct DeploymentsQuery {
+    /// At most this many (default 50, at most 1000).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct DeploymentList {
-    deployments: Vec<DeploymentView>,
-}
-
-/// The JSON Schemas of this module's requests and responses.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    let name = json!({"$ref": "#/components/schemas/EnvironmentName"});
-    let nullable = |s: &str| json!({"type": [s, "null"]});
-    vec![
-        (
-            "EnvironmentName",
-            json!({
-                "type": "string",
-                "description": "A DNS label: lowercase letters, digits and `-`, at most 63 characters.",
-                "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
-                "maxLength": 63
-            }),
-        ),
-        (
-            "Resource",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["name", "type", "status", "outputs"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "type": {"type": "string", "description": "Its type, e.g. `process` or `file`."},
-                    "status": {"enum": ShownStatus::WORDS},
-                    "outputs": {"type": ["object", "null"], "description": "Its outputs, secret ones `<redacted>`; null while it is first being created."},
-                    "message": {"type": "string", "description": "What is wrong, when something is."}
-                }
-            }),
-        ),
-        (
-            "Environment",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["name", "kind", "commit", "desired_commit", "sync", "health", "url",
-                             "expires_at", "tracked_ref", "resources", "owner", "pinned", "protected", "ttl_seconds"],
-                "properties": {
-                    "name": name,
-                    "kind": {"enum": EnvKind::WORDS},
-                    "commit": {"type": ["string", "null"], "description": "The commit it runs."},
-                    "desired_commit": {"type": ["string", "null"], "description": "The commit it should run."},
-                    "sync": {"enum": SyncState::WORDS},
-                    "health": {"enum": Health::WORDS},
-                    "url": {"type": ["string", "null"], "description": "Where its exposed port is served."},
-                    "expires_at": {"type": ["string", "null"], "format": "date-time"},
-                    "tracked_ref": nullable("string"),
-                    "message": {"type": "string", "description": "The last problem."},
-                    "resources": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}},
-                    "owner": {"type": ["string", "null"], "description": "The token name that created it (ad-hoc environments)."},
-                    "definition": {"type": ["string", "null"], "description": "The `environments:` entry it follows: itself, or its family."},
-                    "pinned": {"type": "boolean", "description": "Pinned environments do not follow their ref."},
-                    "protected": {"type": "boolean", "description": "Destroying it, or a resource in it, needs a person's confirmation."},
-                    "locked_by": {"type": "integer", "description": "The pull request whose `/slipway apply` holds it, until merged, closed or unlocked."},
-                    "ttl_seconds": {"type": ["integer", "null"], "description": "How long it lives after its last new commit or extension."},
-                    "isolation": {"enum": ["uid", "landlock", "none"], "description": "How its code is isolated: its own uid (the engine runs as root), Landlock (unprivileged engine), or none (said explicitly in the engine config)."}
-                }
-            }),
-        ),
-        (
-            "EnvironmentList",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["environments"],
-                "properties": {
-                    "environments": {"type": "array", "items": {"$ref": "#/components/schemas/Environment"}}
-                }
-            }),
-        ),
-        (
-            "CreateEnvironment",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["name", "ref"],
-                "properties": {
-                    "name": name,
-                    "ref": {"type": "string", "minLength": 1, "description": "A branch, tag or commit."},
-                    "like": {"type": "string", "description": "The generated family (`generate:`) whose variables and secrets it takes; default: the only one."},
-                    "ttl": {"type": "string", "description": "How long it lives, e.g. `8h` or `1h30m` (units ms, s, m, h, d), at most `[environments] max_ttl`; default: the family's `ttl`, else `[environments] default_ttl`.", "examples": ["8h"]}
-                }
-            }),
-        ),
-        (
-            "Rollback",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["deployment"],
-                "properties": {"deployment": {"type": "integer", "description": "The id of an earlier deployment of this environment."}}
-            }),
-        ),
-        (
-            "Extend",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["by"],
-                "properties": {"by": {"type": "string", "description": "How much longer, e.g. `2h`.", "examples": ["2h"]}}
-            }),
-        ),
-        (
-            "Pin",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {"commit": {"type": "string", "description": "A ref or commit; default: the commit it runs."}}
-            }),
-        ),
-        (
-            "Queued",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["environment", "queued"],
-                "properties": {"environment": name, "queued": {"const": true}}
-            }),
-        ),
-        (
-            "Destroyed",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["environment", "destroyed"],
-                "properties": {"environment": name, "destroyed": {"const": true}}
-            }),
-        ),
-        (
-            "Change",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["resource", "type", "action", "diff"],
-                "properties": {
-                    "resource": {"type": "string"},
-                    "type": {"type": "string"},
-                    "action": {"enum": ["create", "update", "replace", "delete", "noop"]},
-                    "diff": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": false,
-                            "required": ["path", "forces_replace"],
-                            "properties": {
-                                "path": {"type": "string", "description": "Dotted path of the field."},
-                                "before": {"description": "Its old value; absent when added."},
-                                "after": {"description": "Its new value; absent when removed."},
-                                "forces_replace": {"type": "boolean"}
-                            }
-                        }
-                    },
-                    "reason": {"type": "string", "description": "Why, when the diff does not say (drift, an interrupted apply)."}
-                }
-            }),
-        ),
-        (
-            "PlanView",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["environment", "reference", "commit", "has_changes", "changes"],
-                "properties": {
-                    "environment": name,
-                    "reference": {"type": "string", "description": "The ref (or pinned commit) planned."},
-                    "commit": {"type": "string", "description": "The commit it resolved to."},
-                    "has_changes": {"type": "boolean"},
-                    "changes": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}}
-                }
-            }),
-        ),
-        (
-            "DeploymentList",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["deployments"],
-                "properties": {
-                    "deployments": {"type": "array", "items": {"$ref": "#/components/schemas/DeploymentSummary"}}
-                }
-            }),
-        ),
-    ]
+    deployments: Vec<DeploymentSummary>,
 }
 
 /// The environment `name` as the API shows it, or a 404.
@@ -540,7 +480,8 @@ async fn create_inner(
         )
         .hint("pick another name, or destroy it first"));
     }
-    app.controller
+    let record = app
+        .controller
         .create_environment(CreateEnvironment {
             name: request.name,
             reference: request.reference,
@@ -549,10 +490,14 @@ async fn create_inner(
             owner: Some(caller.name),
         })
         .await?;
-    let view = {
-        let name = name.clone();
-        app.blocking(move |c| load(c, &name)).await?
-    };
+    // What was created, from the record the create wrote: read back, it may already be gone
+    // (expired, destroyed), and the create still happened.
+    let view = app
+        .blocking(move |c| {
+            let status = c.engine().status_of(record.clone())?;
+            Ok(EnvironmentView::new(c, status, Some(&record)))
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         [(LOCATION, format!("/api/v1/environments/{name}"))],
@@ -719,7 +664,7 @@ async fn deployments(
             return Err(ApiError::no_environment(&name));
         }
         Ok(Json(DeploymentList {
-            deployments: found.into_iter().map(DeploymentView::summary).collect(),
+            deployments: found.into_iter().map(DeploymentSummary::from).collect(),
         }))
     })
     .await

@@ -3,8 +3,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::json;
 use slipway_controller::ControllerError;
 use slipway_engine::EngineError;
 use slipway_state::StateError;
@@ -29,29 +29,19 @@ pub(crate) enum ApiError {
 #[derive(Debug, Clone)]
 pub(crate) struct ErrorNote(pub String);
 
-/// The body of every error response (the `Error` schema of the OpenAPI document).
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
+/// Every error response. `id` is set on internal errors only: the server's log has the
+/// details under it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Error")]
+pub(crate) struct ErrorBody<'a> {
+    /// What went wrong.
     error: &'a str,
+    /// How to do it right.
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'a str>,
+    /// Where to look in the server's log.
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
-}
-
-/// The `Error` schema.
-pub(crate) fn schema() -> serde_json::Value {
-    json!({
-        "type": "object",
-        "description": "Every error response. `id` is set on internal errors only: the server's log has the details under it.",
-        "required": ["error"],
-        "additionalProperties": false,
-        "properties": {
-            "error": {"type": "string", "description": "What went wrong."},
-            "hint": {"type": "string", "description": "How to do it right."},
-            "id": {"type": "string", "description": "Where to look in the server's log."}
-        }
-    })
 }
 
 impl ApiError {

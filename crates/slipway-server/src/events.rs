@@ -15,14 +15,16 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use slipway_controller::Controller;
 use slipway_core::vocab::EventKind;
 use slipway_state::{EventQuery, EventRecord};
 
-use crate::body::{QueryArgs, check_name, printable};
+use crate::body::{EnvName, QueryArgs, check_name, cursor, printable};
 use crate::error::ApiError;
+use crate::openapi::schema_of;
 use crate::routes::{Reply, Route};
 use crate::{AppState, StopSignal, rfc3339};
 
@@ -37,58 +39,41 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Stream events",
                 "Server-sent events, one per event of the log; each `id:` is the event's id and each `data:` an `Event` in JSON. Replays the events after `Last-Event-ID` (or `?after=`), else starts with the next new event; then streams new ones as they are recorded.",
             )
-            .query(
-                "environment",
-                "Only the events of this environment.",
-                json!({"$ref": "#/components/schemas/EnvironmentName"}),
-            )
-            .query(
-                "after",
-                "Replay the events with a greater id (the `Last-Event-ID` header wins over it).",
-                json!({"type": "integer", "minimum": 0}),
-            )
+            .query::<EventsQuery>()
             .reply(Reply::EventStream {
-                schema: "Event",
+                schema: schema_of::<EventView>,
                 description: "An endless stream of events; comments (`:`) keep it alive.",
             }),
     ]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct EventsQuery {
+    /// Only the events of this environment.
+    #[serde(default)]
+    #[schemars(with = "EnvName")]
     environment: Option<String>,
+    /// Replay the events with a greater id (the `Last-Event-ID` header wins over it).
+    #[schemars(range(min = 0))]
     after: Option<i64>,
 }
 
 /// An event as the stream sends it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Event")]
 struct EventView<'a> {
+    /// Increasing, never reused: the resume cursor.
     id: i64,
+    /// The environment it concerns; null for engine-wide events.
     environment: Option<&'a str>,
+    /// What happened, e.g. `apply.started`, `drift.detected`, `environment.created`.
     kind: EventKind,
+    /// A sentence for people.
     message: &'a str,
+    /// Details for programs.
     data: &'a Value,
+    #[schemars(extend("format" = "date-time"))]
     at: String,
-}
-
-/// The JSON Schema of an event's `data:`.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    vec![(
-        "Event",
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["id", "environment", "kind", "message", "data", "at"],
-            "properties": {
-                "id": {"type": "integer", "description": "Increasing, never reused: the resume cursor."},
-                "environment": {"type": ["string", "null"], "description": "The environment it concerns; null for engine-wide events."},
-                "kind": {"enum": EventKind::WORDS, "description": "What happened, e.g. `apply.started`, `drift.detected`, `environment.created`."},
-                "message": {"type": "string", "description": "A sentence for people."},
-                "data": {"description": "Details for programs."},
-                "at": {"type": "string", "format": "date-time"}
-            }
-        }),
-    )]
 }
 
 async fn stream(
@@ -99,6 +84,7 @@ async fn stream(
     if let Some(environment) = &query.environment {
         check_name(environment)?;
     }
+    let from_query = cursor("after", query.after)?;
     let resume = match headers.get("last-event-id") {
         Some(value) => {
             let text = value.to_str().unwrap_or("");
@@ -110,7 +96,7 @@ async fn stream(
                 .hint("send back the `id:` of the last event received")
             })?)
         }
-        None => query.after,
+        None => from_query,
     };
     // Without a cursor the stream starts at the end of the log: fixed before the response
     // starts, so whatever is recorded once the client sees the headers is delivered.

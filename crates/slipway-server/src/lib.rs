@@ -13,8 +13,8 @@
 //! The whole API is one route table (`routes.rs`): each entry names its method, path, the
 //! role it needs, its request and response schemas and its handler. The router and the OpenAPI
 //! document are both built from that table, so the document cannot list a route the server does
-//! not serve, or miss one it does. The schemas are written once, next to the handlers whose
-//! types they describe, and the API tests validate real responses against them.
+//! not serve, or miss one it does. The schemas are derived (`schemars`) from the types the
+//! handlers read and answer, and the API tests validate real responses against them.
 //!
 //! # Guarantees
 //! - Every route but `/healthz`, `/metrics` and the OpenAPI document needs a token; a missing,

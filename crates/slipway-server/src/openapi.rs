@@ -1,38 +1,119 @@
-//! The OpenAPI 3.1 document, built from the route table and the schemas written beside the
-//! handlers. Nothing here is written by hand per endpoint: a route added to the table appears
-//! in the document with its role, parameters, body and responses.
+//! The OpenAPI 3.1 document, built from the route table and the types of the handlers.
+//! Nothing here is written by hand per endpoint: a route added to the table appears in the
+//! document with its role, parameters, body and responses, and every schema is derived
+//! (`schemars`) from the serde type the handler reads or answers, so the document describes
+//! what the server really takes and sends.
 
 use axum::http::StatusCode;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema, json_schema};
 use serde_json::{Map, Value, json};
 
 use crate::routes::{Access, Reply, Route};
 
-/// Every schema the routes refer to, by name.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    let mut all = vec![("Error", crate::error::schema())];
-    all.extend(crate::environments::schemas());
-    all.extend(crate::deployments::schemas());
-    all.extend(crate::events::schemas());
-    all.extend(crate::ops::schemas());
-    all.extend(crate::webhooks::schemas());
-    all.extend(crate::session::schemas());
-    all.extend(crate::pulls::schemas());
-    all
+/// The schema of a type, added to the document's components when it is named.
+pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// `T`'s schema: a reference into the components for a named type.
+pub(crate) fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// `T`'s own schema (its properties), for a query whose fields are parameters.
+pub(crate) fn inline_schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    T::json_schema(generator)
+}
+
+/// A schema for a string that is one of `values`.
+pub(crate) fn one_of(values: &[&str]) -> Schema {
+    json_schema!({"type": "string", "enum": values})
+}
+
+/// The generator of the schemas of what clients send (serde's deserialising side: a field
+/// with a default is optional) or, `for_responses`, of what the server sends (a field left
+/// out when empty is optional; every other is always there).
+fn generator(for_responses: bool) -> SchemaGenerator {
+    let settings = SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = "/components/schemas".into();
+        s.meta_schema = None;
+    });
+    if for_responses {
+        settings.for_serialize().into_generator()
+    } else {
+        settings.for_deserialize().into_generator()
+    }
+}
+
+/// The schemas of requests and of responses, gathered while the operations are built.
+struct Schemas {
+    requests: SchemaGenerator,
+    responses: SchemaGenerator,
+}
+
+impl Schemas {
+    /// The components: every named schema of both sides. A name both sides use must mean one
+    /// schema (a type read and sent alike).
+    fn components(mut self) -> Map<String, Value> {
+        let mut all = self.requests.take_definitions(true);
+        for (name, schema) in self.responses.take_definitions(true) {
+            if let Some(other) = all.get(&name) {
+                assert_eq!(
+                    other, &schema,
+                    "the schema `{name}` is the same read as sent"
+                );
+            }
+            all.insert(name, schema);
+        }
+        for schema in all.values_mut() {
+            close_objects(schema);
+        }
+        all
+    }
+
+    /// The schema of a reference the requests' generator made, resolved.
+    fn request_definition(&self, reference: &Schema) -> Option<&Value> {
+        let name = reference
+            .get("$ref")?
+            .as_str()?
+            .strip_prefix("#/components/schemas/")?;
+        self.requests.definitions().get(name)
+    }
+}
+
+/// Marks every object schema that lists its properties as having no others (what the server
+/// sends has exactly its type's fields; what it reads refuses unknown ones), unless it says
+/// otherwise.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+                && !map.contains_key("unevaluatedProperties")
+            {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
 }
 
 /// The document for `routes`.
 pub(crate) fn document(routes: &[Route]) -> Value {
+    let mut schemas = Schemas {
+        requests: generator(false),
+        responses: generator(true),
+    };
     let mut paths = Map::new();
     for route in routes {
+        let op = operation(route, &mut schemas);
         let item = paths
             .entry(route.path.to_string())
             .or_insert_with(|| json!({}));
-        item[route.method.as_str().to_ascii_lowercase()] = operation(route);
+        item[route.method.as_str().to_ascii_lowercase()] = op;
     }
-    let schemas: Map<String, Value> = schemas()
-        .into_iter()
-        .map(|(name, schema)| (name.to_string(), schema))
-        .collect();
+    let schemas = schemas.components();
     json!({
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
@@ -65,35 +146,43 @@ fn role_of(access: Access) -> &'static str {
     }
 }
 
-fn error_response(description: &str) -> Value {
+fn error_response(error: &Schema, description: &str) -> Value {
     json!({
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        "content": {"application/json": {"schema": error}}
     })
 }
 
-fn operation(route: &Route) -> Value {
+/// A parameter's schema with its description taken out (it goes on the parameter).
+fn parameter(name: &str, place: &str, required: bool, mut schema: Value) -> Value {
+    let description = schema
+        .as_object_mut()
+        .and_then(|s| s.remove("description"))
+        .unwrap_or_else(|| json!(""));
+    json!({
+        "name": name, "in": place, "required": required,
+        "description": description, "schema": schema
+    })
+}
+
+fn operation(route: &Route, schemas: &mut Schemas) -> Value {
     let mut parameters = Vec::new();
     for name in route.path_params() {
-        let (schema, description) = match name {
-            "name" => (
-                json!({"$ref": "#/components/schemas/EnvironmentName"}),
-                "The environment's name.",
-            ),
-            "id" => (json!({"type": "integer"}), "The deployment's id."),
-            _ => (json!({"type": "string"}), ""),
-        };
-        parameters.push(json!({
-            "name": name, "in": "path", "required": true,
-            "description": description, "schema": schema
-        }));
+        let schema = crate::body::path_param(name)(&mut schemas.requests);
+        parameters.push(parameter(name, "path", true, schema.to_value()));
     }
-    for param in &route.query {
-        parameters.push(json!({
-            "name": param.name, "in": "query", "required": false,
-            "description": param.description, "schema": param.schema
-        }));
+    if let Some(query) = route.query {
+        let query = query(&mut schemas.requests).to_value();
+        let required: Vec<&str> = query["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for (name, schema) in query["properties"].as_object().into_iter().flatten() {
+            let required = required.contains(&name.as_str());
+            parameters.push(parameter(name, "query", required, schema.clone()));
+        }
     }
+    let error = schemas.responses.subschema_for::<crate::error::ErrorBody>();
     let mut responses = Map::new();
     let (status, success) = match &route.reply {
         Reply::Json {
@@ -104,7 +193,7 @@ fn operation(route: &Route) -> Value {
             *status,
             json!({
                 "description": description,
-                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+                "content": {"application/json": {"schema": schema(&mut schemas.responses)}}
             }),
         ),
         Reply::Text {
@@ -120,54 +209,86 @@ fn operation(route: &Route) -> Value {
         Reply::EventStream {
             schema,
             description,
-        } => (
-            StatusCode::OK,
-            json!({
-                "description": format!("{description} Each event's `data:` is an `{schema}` in JSON."),
-                "content": {"text/event-stream": {
-                    "schema": {"type": "string"},
-                    "x-slipway-event-data": {"$ref": format!("#/components/schemas/{schema}")}
-                }}
-            }),
-        ),
+        } => {
+            let data = schema(&mut schemas.responses);
+            let named = data
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.rsplit('/').next())
+                .unwrap_or("JSON value")
+                .to_string();
+            (
+                StatusCode::OK,
+                json!({
+                    "description": format!("{description} Each event's `data:` is an `{named}` in JSON."),
+                    "content": {"text/event-stream": {
+                        "schema": {"type": "string"},
+                        "x-slipway-event-data": data
+                    }}
+                }),
+            )
+        }
     };
+    let mut success = success;
+    if !route.links.is_empty() {
+        let links: Map<String, Value> = route
+            .links
+            .iter()
+            .map(|(operation, parameter, expression)| {
+                (
+                    operation.to_string(),
+                    json!({"operationId": operation, "parameters": {*parameter: expression}}),
+                )
+            })
+            .collect();
+        success["links"] = Value::Object(links);
+    }
     responses.insert(status.as_u16().to_string(), success);
     let takes_input =
-        route.request.is_some() || !route.query.is_empty() || !route.path_params().is_empty();
+        route.request.is_some() || route.query.is_some() || !route.path_params().is_empty();
     if takes_input || route.is_mutating() {
         responses.insert(
             "400".into(),
-            error_response("The request is malformed: the error names the field or parameter."),
+            error_response(
+                &error,
+                "The request is malformed: the error names the field or parameter.",
+            ),
         );
     }
     if route.access != Access::Public {
         responses.insert(
             "401".into(),
-            error_response("No token, or an unknown or revoked one."),
+            error_response(&error, "No token, or an unknown or revoked one."),
         );
         responses.insert(
             "403".into(),
-            error_response("The token's role is too weak for this call."),
+            error_response(&error, "The token's role is too weak for this call."),
         );
     }
     if !route.path_params().is_empty() {
         responses.insert(
             "404".into(),
-            error_response("No such environment or deployment."),
+            error_response(&error, "No such environment or deployment."),
         );
     }
     if route.is_mutating() {
         responses.insert(
             "413".into(),
-            error_response("The request body is over the limit (1 MiB)."),
+            error_response(&error, "The request body is over the limit (1 MiB)."),
         );
     }
     for (status, description) in route.errors {
-        responses.insert(status.as_u16().to_string(), error_response(description));
+        responses.insert(
+            status.as_u16().to_string(),
+            error_response(&error, description),
+        );
     }
     responses.insert(
         "500".into(),
-        error_response("The server failed; the `id` names the details in its log."),
+        error_response(
+            &error,
+            "The server failed; the `id` names the details in its log.",
+        ),
     );
     let mut op = json!({
         "operationId": route.operation_id,
@@ -180,11 +301,23 @@ fn operation(route: &Route) -> Value {
     if !parameters.is_empty() {
         op["parameters"] = Value::Array(parameters);
     }
-    if let Some(schema) = route.request {
+    if let Some(request) = route.request {
+        let schema = request(&mut schemas.requests);
+        // A body with a field it must have is required; one whose fields are all optional
+        // may be left out (an empty body reads as `{}`).
+        let required = schemas
+            .request_definition(&schema)
+            .and_then(|d| d["required"].as_array())
+            .is_some_and(|r| !r.is_empty());
+        let description = if required {
+            "A JSON object."
+        } else {
+            "A JSON object; an empty body reads as `{}`."
+        };
         op["requestBody"] = json!({
-            "required": false,
-            "description": "A JSON object; an empty body reads as `{}`.",
-            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+            "required": required,
+            "description": description,
+            "content": {"application/json": {"schema": schema}}
         });
     }
     if route.access == Access::Public {

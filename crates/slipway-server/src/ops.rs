@@ -8,13 +8,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use schemars::generate::SchemaGenerator;
+use schemars::{JsonSchema, Schema, json_schema};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use slipway_core::vocab::{Health, SyncState};
+use serde_json::Value;
+use slipway_core::vocab::{Health as EnvHealth, SyncState};
 use slipway_state::{AUDIT_OUTCOMES, AuditRecord};
 
-use crate::body::{JsonBody, NoFields, QueryArgs};
+use crate::body::{JsonBody, NoFields, QueryArgs, cursor};
 use crate::error::ApiError;
+use crate::openapi::one_of;
 use crate::routes::{Access, Reply, Route};
 use crate::{AppState, rfc3339};
 
@@ -27,7 +30,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Whether the server answers and its state store can be read. No token needed.",
             )
             .access(Access::Public)
-            .json(StatusCode::OK, "Health", "The server is up.")
+            .json::<Health>(StatusCode::OK, "The server is up.")
             .errors(&[(StatusCode::SERVICE_UNAVAILABLE, "The state store cannot be read.")]),
         Route::get("/metrics", metrics)
             .id("metrics", "metrics")
@@ -47,7 +50,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "This document, generated from the server's route table. No token needed.",
             )
             .access(Access::Public)
-            .json(StatusCode::OK, "OpenApi", "An OpenAPI 3.1 document."),
+            .json::<OpenApi>(StatusCode::OK, "An OpenAPI 3.1 document."),
         Route::post("/api/v1/refresh", refresh)
             .id("refresh", "refresh")
             .summary(
@@ -55,7 +58,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Fetches the repository now and brings the set of environments in line with it (what the poll does): new branches get their environments, deleted ones lose them, moved refs are queued.",
             )
             .access(Access::Developer)
-            .json(StatusCode::OK, "Refreshed", "Fetched; what changed is queued."),
+            .json::<Refreshed>(StatusCode::OK, "Fetched; what changed is queued."),
         Route::get("/api/v1/audit", audit)
             .id("listAudit", "audit.list")
             .summary(
@@ -63,76 +66,8 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Who called what and how it ended, oldest first after the cursor `after`.",
             )
             .access(Access::Admin)
-            .query(
-                "after",
-                "Only entries with a greater id.",
-                json!({"type": "integer", "minimum": 0}),
-            )
-            .query(
-                "limit",
-                "At most this many (default 100, at most 1000).",
-                json!({"type": "integer", "minimum": 1, "maximum": 1000}),
-            )
-            .json(StatusCode::OK, "AuditList", "The entries, oldest first."),
-    ]
-}
-
-/// The JSON Schemas of this module.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    vec![
-        (
-            "Health",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["status"],
-                "properties": {"status": {"const": "ok"}}
-            }),
-        ),
-        (
-            "OpenApi",
-            json!({
-                "type": "object",
-                "required": ["openapi", "info", "paths"],
-                "properties": {"openapi": {"type": "string"}}
-            }),
-        ),
-        (
-            "Refreshed",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["refreshed"],
-                "properties": {"refreshed": {"const": true}}
-            }),
-        ),
-        (
-            "AuditEntry",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["id", "at", "who", "action", "target", "outcome", "detail", "count"],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "at": {"type": "string", "format": "date-time"},
-                    "who": {"type": "string", "description": "The token's name, or `anonymous`."},
-                    "action": {"type": "string", "description": "E.g. `environment.destroy`."},
-                    "target": {"type": ["string", "null"], "description": "E.g. the environment's name."},
-                    "outcome": {"enum": AUDIT_OUTCOMES},
-                    "detail": {"type": "string", "description": "The response status and, when it is an error, why."},
-                    "count": {"type": "integer", "minimum": 1, "description": "How many calls the entry stands for: identical refusals within a minute are one entry (with the first one's time and target)."}
-                }
-            }),
-        ),
-        (
-            "AuditList",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["entries"],
-                "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}}
-            }),
-        ),
+            .query::<AuditQuery>()
+            .json::<AuditList>(StatusCode::OK, "The entries, oldest first."),
     ]
 }
 
@@ -141,7 +76,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
         .blocking(|c| Ok(c.engine().store().schema_version()?))
         .await
     {
-        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Ok(_) => Json(Health { status: "ok" }).into_response(),
         Err(e) => {
             eprintln!("slipway-server: health check failed: {e}");
             ApiError::client(
@@ -160,7 +95,7 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
             let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
             // Every pair, so that a state's series drops to 0 rather than disappearing.
             for sync in SyncState::WORDS {
-                for health in Health::WORDS {
+                for health in EnvHealth::WORDS {
                     counts.insert((sync.to_string(), health.to_string()), 0);
                 }
             }
@@ -187,12 +122,40 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn openapi(State(app): State<AppState>) -> Json<Value> {
-    Json(app.openapi.as_ref().clone())
+async fn openapi(State(app): State<AppState>) -> Json<OpenApi> {
+    Json(OpenApi(app.openapi.as_ref().clone()))
 }
 
+/// The server is up.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Health {
+    #[schemars(extend("const" = "ok"))]
+    status: &'static str,
+}
+
+/// The OpenAPI document: built from the route table (`openapi::document`), so its schema
+/// only says what every OpenAPI document has.
 #[derive(Debug, Serialize)]
+struct OpenApi(Value);
+
+impl JsonSchema for OpenApi {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpenApi".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "required": ["openapi", "info", "paths"],
+            "properties": {"openapi": {"type": "string"}},
+            "additionalProperties": true
+        })
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
 struct Refreshed {
+    #[schemars(extend("const" = true))]
     refreshed: bool,
 }
 
@@ -204,22 +167,39 @@ async fn refresh(
     Ok(Json(Refreshed { refreshed: true }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct AuditQuery {
+    /// Only entries with a greater id.
+    #[schemars(range(min = 0))]
     after: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct AuditEntry {
     id: i64,
+    #[schemars(extend("format" = "date-time"))]
     at: String,
+    /// The token's name, or `anonymous`.
     who: String,
+    /// E.g. `environment.destroy`.
     action: String,
+    /// E.g. the environment's name.
     target: Option<String>,
+    #[schemars(schema_with = "outcomes")]
     outcome: String,
+    /// The response status and, when it is an error, why.
     detail: String,
+    /// How many calls the entry stands for: identical refusals within a minute are one entry
+    /// (with the first one's time and target).
+    #[schemars(range(min = 1))]
     count: i64,
+}
+
+fn outcomes(_: &mut SchemaGenerator) -> Schema {
+    one_of(AUDIT_OUTCOMES)
 }
 
 impl From<AuditRecord> for AuditEntry {
@@ -237,7 +217,7 @@ impl From<AuditRecord> for AuditEntry {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct AuditList {
     entries: Vec<AuditEntry>,
 }
@@ -255,8 +235,9 @@ async fn audit(
             );
         }
     };
+    let after = cursor("after", query.after)?;
     app.blocking(move |c| {
-        let entries = c.engine().store().audit(limit, query.after)?;
+        let entries = c.engine().store().audit(limit, after)?;
         Ok(Json(AuditList {
             entries: entries.into_iter().map(AuditEntry::from).collect(),
         }))

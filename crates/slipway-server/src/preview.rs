@@ -114,16 +114,16 @@ pub fn parse_host(host: &str) -> Option<(&str, &str)> {
 }
 
 /// The address of the port an exposed process names in `expose`, among `resources`: the
-/// first `process` that has `expose` and is not being deleted. `None` when no process
-/// exposes a port: the router then serves nothing for the environment.
+/// first resource that exposes a port (a `process` with `expose`) and is not being deleted.
+/// `None` when none exposes a port: the router then serves nothing for the environment.
 pub fn exposed_address(resources: &[slipway_state::ResourceRecord]) -> Option<String> {
     resources.iter().find_map(|r| {
         // Any status but `deleting`: during an update the record still holds the running
         // instance's ports, and after a failed swap the old instance still serves.
-        if r.type_name != "process" || r.status == ResourceStatus::Deleting {
+        if r.status == ResourceStatus::Deleting {
             return None;
         }
-        let name = r.config.get("expose")?.as_str()?;
+        let name = slipway_core::types::exposed_port(&r.type_name, &r.config)?;
         // The number the process was given for that name; never its `url` or first port.
         let port = r.outputs.get("ports")?.get(name)?.as_u64()?;
         let port = u16::try_from(port).ok().filter(|p| *p != 0)?;

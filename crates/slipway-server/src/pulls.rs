@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::{Value, json};
 use slipway_core::vocab::{EnvKind, Health, SyncState};
 use slipway_state::{EnvironmentRecord, LockRecord, PullRequestRecord};
 
+use crate::body::EnvName;
 use crate::error::ApiError;
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
@@ -30,92 +31,21 @@ pub(crate) fn routes() -> Vec<Route> {
                 "List open pull requests",
                 "The open pull requests of the forge as the controller last recorded them (webhooks and its catch-up with the forge), by number: each with its head, its preview environment `pr-N` (when one exists: its state, and whether it runs the head yet) and the environments its `/slipway apply` locked. `locks` lists every lock, whichever pull request holds it.",
             )
-            .json(StatusCode::OK, "PullRequestList", "The open pull requests and the locks."),
+            .json::<PullRequestList>(StatusCode::OK, "The open pull requests and the locks."),
     ]
 }
 
-/// The JSON Schemas of this module.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    let name = json!({"$ref": "#/components/schemas/EnvironmentName"});
-    vec![
-        (
-            "Lock",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["environment", "pull_request", "who", "at"],
-                "properties": {
-                    "environment": name,
-                    "pull_request": {"type": "integer", "description": "The pull request holding it."},
-                    "who": {"type": "string", "description": "Who commented `/slipway apply`."},
-                    "at": {"type": "string", "format": "date-time"}
-                }
-            }),
-        ),
-        (
-            "Preview",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["environment", "sync", "health", "commit", "desired_commit", "at_head", "url"],
-                "properties": {
-                    "environment": name,
-                    "sync": {"enum": SyncState::WORDS},
-                    "health": {"enum": Health::WORDS},
-                    "commit": {"type": ["string", "null"], "description": "The commit it runs."},
-                    "desired_commit": {"type": ["string", "null"], "description": "The commit it should run."},
-                    "at_head": {"type": "boolean", "description": "Whether it runs the pull request's head."},
-                    "url": {"type": ["string", "null"], "description": "Its preview URL, when the stack exposes a port."},
-                    "message": {"type": "string", "description": "Its last problem."}
-                }
-            }),
-        ),
-        (
-            "PullRequest",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["number", "title", "author", "head_sha", "head_ref", "base_ref", "is_fork",
-                             "preview_allowed", "url", "updated_at", "preview", "locks"],
-                "properties": {
-                    "number": {"type": "integer"},
-                    "title": {"type": "string"},
-                    "author": {"type": "string"},
-                    "head_sha": {"type": "string", "description": "The commit at its head, as last seen."},
-                    "head_ref": {"type": "string"},
-                    "base_ref": {"type": "string", "description": "The branch it merges into."},
-                    "is_fork": {"type": "boolean"},
-                    "preview_allowed": {"type": "boolean", "description": "Whether it may have a preview environment (not a fork, an allowed author, or a maintainer's `/slipway preview`)."},
-                    "url": {"type": "string", "description": "Its page on the forge, where the plan comment is."},
-                    "updated_at": {"type": "string", "format": "date-time"},
-                    "preview": {
-                        "description": "Its preview environment, when one exists.",
-                        "oneOf": [{"$ref": "#/components/schemas/Preview"}, {"type": "null"}]
-                    },
-                    "locks": {"type": "array", "items": {"$ref": "#/components/schemas/Lock"}, "description": "The environments it holds."}
-                }
-            }),
-        ),
-        (
-            "PullRequestList",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["pull_requests", "locks"],
-                "properties": {
-                    "pull_requests": {"type": "array", "items": {"$ref": "#/components/schemas/PullRequest"}},
-                    "locks": {"type": "array", "items": {"$ref": "#/components/schemas/Lock"}}
-                }
-            }),
-        ),
-    ]
-}
-
-#[derive(Debug, Serialize)]
+/// An environment held by a pull request's `/slipway apply`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Lock")]
 struct LockView {
+    #[schemars(with = "EnvName")]
     environment: String,
+    /// The pull request holding it.
     pull_request: i64,
+    /// Who commented `/slipway apply`.
     who: String,
+    #[schemars(extend("format" = "date-time"))]
     at: String,
 }
 
@@ -130,36 +60,54 @@ impl From<&LockRecord> for LockView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A pull request's preview environment.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Preview")]
 struct PreviewView {
+    #[schemars(with = "EnvName")]
     environment: String,
     sync: SyncState,
     health: Health,
+    /// The commit it runs.
     commit: Option<String>,
+    /// The commit it should run.
     desired_commit: Option<String>,
+    /// Whether it runs the pull request's head.
     at_head: bool,
+    /// Its preview URL, when the stack exposes a port.
     url: Option<String>,
+    /// Its last problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// An open pull request.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "PullRequest")]
 struct PullRequestView {
     number: i64,
     title: String,
     author: String,
+    /// The commit at its head, as last seen.
     head_sha: String,
     head_ref: String,
+    /// The branch it merges into.
     base_ref: String,
     is_fork: bool,
+    /// Whether it may have a preview environment (not a fork, an allowed author, or a
+    /// maintainer's `/slipway preview`).
     preview_allowed: bool,
+    /// Its page on the forge, where the plan comment is.
     url: String,
+    #[schemars(extend("format" = "date-time"))]
     updated_at: String,
+    /// Its preview environment, when one exists.
     preview: Option<PreviewView>,
+    /// The environments it holds.
     locks: Vec<LockView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct PullRequestList {
     pull_requests: Vec<PullRequestView>,
     locks: Vec<LockView>,
@@ -238,6 +186,6 @@ fn exposes_a_port(controller: &slipway_controller::Controller, env: &str) -> boo
         .is_ok_and(|resources| {
             resources
                 .iter()
-                .any(|r| r.type_name == "process" && r.config.get("expose").is_some())
+                .any(|r| slipway_core::types::exposed_port(&r.type_name, &r.config).is_some())
         })
 }

@@ -14,11 +14,12 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use serde_json::Value as Json;
+use schemars::JsonSchema;
 use slipway_controller::Controller;
 
 use crate::auth::{self, Guard, Guarded};
 use crate::error::ApiError;
+use crate::openapi::{SchemaFn, inline_schema, schema_of};
 use crate::{AppState, ServerOptions, StopSignal};
 
 /// Who may call a route.
@@ -40,10 +41,10 @@ pub(crate) enum Access {
 /// What a route answers on success.
 #[derive(Debug, Clone)]
 pub(crate) enum Reply {
-    /// JSON described by a schema of the document's components.
+    /// JSON of a type, whose schema is derived from it.
     Json {
         status: StatusCode,
-        schema: &'static str,
+        schema: SchemaFn,
         description: &'static str,
     },
     /// Text of a content type, e.g. the Prometheus exposition.
@@ -51,22 +52,16 @@ pub(crate) enum Reply {
         content_type: &'static str,
         description: &'static str,
     },
-    /// A stream of server-sent events whose `data` are JSON described by a schema.
+    /// A stream of server-sent events whose `data` are JSON of a type.
     EventStream {
-        schema: &'static str,
+        schema: SchemaFn,
         description: &'static str,
     },
 }
 
-/// A query parameter.
-#[derive(Debug, Clone)]
-pub(crate) struct QueryParam {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub schema: Json,
-}
-
 /// One endpoint: how it is called, who may call it, what it takes and answers, and its handler.
+/// What it takes and answers are the handler's own types ([`Route::query`], [`Route::body`],
+/// [`Route::json`]): the document derives their schemas from them.
 pub(crate) struct Route {
     pub method: Method,
     pub path: &'static str,
@@ -77,13 +72,17 @@ pub(crate) struct Route {
     pub summary: &'static str,
     pub description: &'static str,
     pub access: Access,
-    pub query: Vec<QueryParam>,
-    /// The request body's schema, when it takes one.
-    pub request: Option<&'static str>,
+    /// The query's type: each of its fields is a query parameter.
+    pub query: Option<SchemaFn>,
+    /// The request body's type, when it takes one.
+    pub request: Option<SchemaFn>,
     pub reply: Reply,
     /// Client errors it may answer besides the ones every route of its kind may (400, 401,
     /// 403, 404, 413 and 500 are derived from the rest of the entry).
     pub errors: &'static [(StatusCode, &'static str)],
+    /// OpenAPI links from its success answer to other operations: `(operationId, path
+    /// parameter, runtime expression)`, e.g. a created environment's name to its `get`.
+    pub links: &'static [(&'static str, &'static str, &'static str)],
     handler: MethodRouter<AppState>,
 }
 
@@ -103,14 +102,14 @@ impl Route {
             summary: "",
             description: "",
             access: Access::Viewer,
-            query: Vec::new(),
+            query: None,
             request: None,
-            reply: Reply::Json {
-                status: StatusCode::OK,
-                schema: "",
+            reply: Reply::Text {
+                content_type: "",
                 description: "",
             },
             errors: &[],
+            links: &[],
             handler: on(filter, handler),
         }
     }
@@ -145,29 +144,23 @@ impl Route {
         self
     }
 
-    pub fn query(mut self, name: &'static str, description: &'static str, schema: Json) -> Route {
-        self.query.push(QueryParam {
-            name,
-            description,
-            schema,
-        });
+    /// The type its handler reads the query into (with [`crate::body::QueryArgs`]).
+    pub fn query<Q: JsonSchema>(mut self) -> Route {
+        self.query = Some(inline_schema::<Q>);
         self
     }
 
-    pub fn body(mut self, schema: &'static str) -> Route {
-        self.request = Some(schema);
+    /// The type its handler reads the body into (with [`crate::body::JsonBody`]).
+    pub fn body<B: JsonSchema>(mut self) -> Route {
+        self.request = Some(schema_of::<B>);
         self
     }
 
-    pub fn json(
-        mut self,
-        status: StatusCode,
-        schema: &'static str,
-        description: &'static str,
-    ) -> Route {
+    /// It answers `status` with a JSON `R`.
+    pub fn json<R: JsonSchema>(mut self, status: StatusCode, description: &'static str) -> Route {
         self.reply = Reply::Json {
             status,
-            schema,
+            schema: schema_of::<R>,
             description,
         };
         self
@@ -180,6 +173,11 @@ impl Route {
 
     pub fn errors(mut self, errors: &'static [(StatusCode, &'static str)]) -> Route {
         self.errors = errors;
+        self
+    }
+
+    pub fn links(mut self, links: &'static [(&'static str, &'static str, &'static str)]) -> Route {
+        self.links = links;
         self
     }
 

@@ -32,11 +32,11 @@ use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::{Value, json};
 use slipway_state::now_ms;
 
-use crate::auth::{Credential, Principal};
+use crate::auth::{Credential, Principal, Role};
 use crate::body::{JsonBody, NoFields};
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
@@ -182,75 +182,66 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Start a browser session",
                 "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every `POST` or `DELETE` made with the cookie; without it such calls are refused with 403. The session lasts 12 hours, ends with the token's revocation, and does not survive a restart of the server.",
             )
-            .json(StatusCode::CREATED, "Session", "The session started; the cookie is set."),
+            .json::<SessionView>(StatusCode::CREATED, "The session started; the cookie is set."),
         Route::delete("/api/v1/session", logout)
             .id("endSession", "session.end")
             .summary(
                 "End a browser session",
                 "Ends the session of the cookie sent (the web UI's logout) and clears the cookie. With a bearer token alone there is no session to end, and `ended` is false.",
             )
-            .json(StatusCode::OK, "SessionEnded", "The session is over; the cookie is cleared."),
+            .json::<SessionEnded>(StatusCode::OK, "The session is over; the cookie is cleared."),
         Route::get("/api/v1/whoami", whoami)
             .id("whoami", "session.whoami")
             .summary(
                 "Say who the caller is",
                 "The name and role of the caller's token, and for a browser session its CSRF token and end: what the web UI needs to know which actions to offer.",
             )
-            .json(StatusCode::OK, "Whoami", "The caller."),
+            .json::<Whoami>(StatusCode::OK, "The caller."),
     ]
 }
 
-/// The JSON Schemas of this module.
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    let role = json!({"enum": ["viewer", "developer", "deployer", "admin"]});
-    vec![
-        (
-            "Session",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["name", "role", "csrf", "expires_at"],
-                "properties": {
-                    "name": {"type": "string", "description": "The token's name."},
-                    "role": role,
-                    "csrf": {"type": "string", "description": "Send it in `X-Slipway-CSRF` with every POST or DELETE made with the cookie."},
-                    "expires_at": {"type": "string", "format": "date-time"}
-                }
-            }),
-        ),
-        (
-            "SessionEnded",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["ended"],
-                "properties": {"ended": {"type": "boolean", "description": "Whether a session was ended (false for a bearer token)."}}
-            }),
-        ),
-        (
-            "Whoami",
-            json!({
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["name", "role", "via"],
-                "properties": {
-                    "name": {"type": "string", "description": "The token's name, recorded as the author of what it does."},
-                    "role": role,
-                    "via": {"enum": ["bearer", "session"], "description": "How the call was authenticated."},
-                    "csrf": {"type": "string", "description": "For a session: what to send in `X-Slipway-CSRF`."},
-                    "expires_at": {"type": "string", "format": "date-time", "description": "For a session: when it ends."}
-                }
-            }),
-        ),
-    ]
-}
-
-#[derive(Debug, Serialize)]
+/// A browser session.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Session")]
 struct SessionView {
+    /// The token's name.
     name: String,
-    role: &'static str,
+    role: Role,
+    /// Send it in `X-Slipway-CSRF` with every POST or DELETE made with the cookie.
     csrf: String,
+    #[schemars(extend("format" = "date-time"))]
     expires_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct SessionEnded {
+    /// Whether a session was ended (false for a bearer token).
+    ended: bool,
+}
+
+/// The caller.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Whoami {
+    /// The token's name, recorded as the author of what it does.
+    name: String,
+    role: Role,
+    /// How the call was authenticated.
+    via: Via,
+    /// For a session: what to send in `X-Slipway-CSRF`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    csrf: Option<String>,
+    /// For a session: when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    expires_at: Option<String>,
+}
+
+/// How a call was authenticated.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Via {
+    Bearer,
+    Session,
 }
 
 async fn login(
@@ -265,7 +256,7 @@ async fn login(
     }
     let body = SessionView {
         name: caller.name,
-        role: caller.role.as_str(),
+        role: caller.role,
         csrf: session.csrf,
         expires_at: rfc3339(session.expires_at),
     };
@@ -288,24 +279,25 @@ async fn logout(
     };
     (
         [(SET_COOKIE, set_cookie("", Duration::ZERO))],
-        Json(json!({ "ended": ended })),
+        Json(SessionEnded { ended }),
     )
         .into_response()
 }
 
-async fn whoami(Extension(caller): Extension<Principal>) -> Json<Value> {
-    let mut body = json!({"name": caller.name, "role": caller.role.as_str()});
-    match &caller.via {
-        Credential::Bearer => body["via"] = json!("bearer"),
+async fn whoami(Extension(caller): Extension<Principal>) -> Json<Whoami> {
+    let (via, csrf, expires_at) = match caller.via {
+        Credential::Bearer => (Via::Bearer, None, None),
         Credential::Session {
             csrf, expires_at, ..
-        } => {
-            body["via"] = json!("session");
-            body["csrf"] = json!(csrf);
-            body["expires_at"] = json!(rfc3339(*expires_at));
-        }
-    }
-    Json(body)
+        } => (Via::Session, Some(csrf), Some(rfc3339(expires_at))),
+    };
+    Json(Whoami {
+        name: caller.name,
+        role: caller.role,
+        via,
+        csrf,
+        expires_at,
+    })
 }
 
 #[cfg(test)]

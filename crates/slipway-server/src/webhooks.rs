@@ -16,8 +16,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use slipway_forge::{ForgeEvent, ForgeKind};
 use slipway_state::{NewAudit, now_ms};
 
@@ -34,7 +35,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "For the forge the controller is configured with (`github`, `gitlab`, `gitea`): push, pull request, review and comment events, verified by their signature or token before they are read. No token: the signature is the authentication. Answers at once; the event is handled in the background.",
             )
             .access(Access::Public)
-            .json(StatusCode::ACCEPTED, "WebhookAccepted", "Verified; handled in the background, or acknowledged as a duplicate or an event Slipway does not use.")
+            .json::<Accepted>(StatusCode::ACCEPTED, "Verified; handled in the background, or acknowledged as a duplicate or an event Slipway does not use.")
             .errors(&[
                 (StatusCode::UNAUTHORIZED, "The signature or token is missing or wrong."),
                 (StatusCode::SERVICE_UNAVAILABLE, "No forge is configured, or no webhook secret."),
@@ -42,28 +43,20 @@ pub(crate) fn routes() -> Vec<Route> {
     ]
 }
 
-pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
-    vec![(
-        "WebhookAccepted",
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["delivery", "event", "handled"],
-            "properties": {
-                "delivery": {"type": "string", "description": "The forge's delivery id."},
-                "event": {"type": "string", "description": "What it was: push, pull_request, review, comment, ping, or the ignored event's name (`pull_request.other_repository` and the like for an event about another repository than the configured one)."},
-                "handled": {"type": "boolean", "description": "Whether Slipway acts on it (false for a duplicate delivery, an event it does not use, or one about another repository)."},
-                "duplicate": {"type": "boolean", "description": "A delivery id, or a body, seen before."}
-            }
-        }),
-    )]
-}
-
-#[derive(Serialize)]
+/// A delivery, verified.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "WebhookAccepted")]
 struct Accepted {
+    /// The forge's delivery id.
     delivery: String,
+    /// What it was: push, pull_request, review, comment, ping, or the ignored event's name
+    /// (`pull_request.other_repository` and the like for an event about another repository
+    /// than the configured one).
     event: String,
+    /// Whether Slipway acts on it (false for a duplicate delivery, an event it does not use,
+    /// or one about another repository).
     handled: bool,
+    /// A delivery id, or a body, seen before.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
 }

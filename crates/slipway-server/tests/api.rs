@@ -1825,3 +1825,227 @@ fn the_web_ui_is_served_at_the_root_under_a_strict_content_security_policy() {
     let missing = f.raw("GET", "/ui/nope.js", &[], None);
     assert_eq!(missing.status, 404, "an unknown UI file: {}", missing.body);
 }
+
+/// The document and the server agree on input: a body the server needs is required in the
+/// document, and what the document refuses the server refuses too (Schemathesis found each
+/// of these).
+#[test]
+fn the_server_refuses_what_its_document_refuses() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    let body_required = |path: &str| doc["paths"][path]["post"]["requestBody"]["required"].clone();
+    for (path, concrete) in [
+        ("/api/v1/environments", "/api/v1/environments"),
+        (
+            "/api/v1/environments/{name}/extend",
+            "/api/v1/environments/main/extend",
+        ),
+        (
+            "/api/v1/environments/{name}/rollback",
+            "/api/v1/environments/main/rollback",
+        ),
+    ] {
+        assert_eq!(
+            body_required(path),
+            json!(true),
+            "the body of POST {path} is required in the document"
+        );
+        f.as_role("deployer", "POST", concrete, None)
+            .expect(400, &format!("POST {path} without a body is refused"));
+    }
+    assert_eq!(
+        body_required("/api/v1/environments/{name}/pin"),
+        json!(false),
+        "pin's body may be left out (it pins the commit it runs)"
+    );
+
+    // `commit` is a string: `null` is refused, not read as left out.
+    let reply = f
+        .as_role(
+            "deployer",
+            "POST",
+            "/api/v1/environments/main/pin",
+            Some(r#"{"commit": null}"#),
+        )
+        .expect(400, "a null commit is refused");
+    assert!(
+        reply.body.contains("commit"),
+        "the error names the field: {}",
+        reply.body
+    );
+    assert!(
+        !f.controller
+            .engine()
+            .store()
+            .environment("main")
+            .expect("read main")
+            .expect("main exists")
+            .pinned,
+        "the refused pin pinned nothing"
+    );
+
+    // Cursors are 0 or more, as `minimum: 0` says.
+    for path in ["/api/v1/audit?after=-1", "/api/v1/events?after=-1"] {
+        let reply = f
+            .as_role("admin", "GET", path, None)
+            .expect(400, &format!("GET {path} is refused"));
+        assert!(
+            reply.body.contains("after"),
+            "the error names the parameter: {}",
+            reply.body
+        );
+    }
+    let audit_after = &doc["paths"]["/api/v1/audit"]["get"]["parameters"];
+    assert!(
+        audit_after
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .any(|p| p["name"] == "after" && p["schema"]["minimum"] == 0),
+        "the document says so: {audit_after:#}"
+    );
+}
+
+/// Create answers what it created, even when the environment is gone by the time the answer
+/// is written (here: it expires at once, and its first reconcile destroys it), and the audit
+/// log records the create as done. It once read the environment back, and answered a 404 the
+/// document did not list, audited as a failure, for a create that had happened.
+#[test]
+fn create_answers_what_it_created_even_when_it_is_gone_already() {
+    let f = Fixture::new();
+    let doc = f.openapi();
+    let names: Vec<String> = (0..8).map(|i| format!("brief-{i}")).collect();
+    for name in &names {
+        let body = format!(r#"{{"name":"{name}","ref":"main","like":"previews","ttl":"1ms"}}"#);
+        let reply = f
+            .as_role("developer", "POST", "/api/v1/environments", Some(&body))
+            .expect(201, "a create answers 201 with what it created");
+        let created = reply.json();
+        assert_eq!(created["name"], json!(name), "{created:#}");
+        assert_eq!(created["kind"], "adhoc", "{created:#}");
+        assert_eq!(created["owner"], "developer-token", "{created:#}");
+        assert_matches_schema(&doc, "POST", "/api/v1/environments", 201, &created);
+    }
+    let audit = f
+        .as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
+        .expect(200, "an admin reads the audit log")
+        .json();
+    for name in &names {
+        let outcomes: Vec<&Value> = audit["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["action"] == "environment.create" && e["target"] == json!(name))
+            .map(|e| &e["outcome"])
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![&json!("ok")],
+            "the create of {name} is audited once, as done: {audit:#}"
+        );
+    }
+}
+
+/// Hostile input to the endpoints that take some: wrong types, huge numbers, deep or long
+/// values, control characters. Each is a 4xx naming what is wrong, never a 500, and changes
+/// nothing.
+#[test]
+fn hostile_input_is_refused_with_a_client_error() {
+    let f = Fixture::new();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let long = "a".repeat(100_000);
+    let bodies: Vec<(&str, String)> = vec![
+        (
+            "/api/v1/environments",
+            r#"{"name":["x"],"ref":"main"}"#.into(),
+        ),
+        ("/api/v1/environments", r#"{"name":"x","ref":null}"#.into()),
+        ("/api/v1/environments", r#"{"name":"x","ref":""}"#.into()),
+        (
+            "/api/v1/environments",
+            format!(r#"{{"name":"{long}","ref":"main"}}"#),
+        ),
+        (
+            "/api/v1/environments",
+            r#"{"name":"x\u0000y","ref":"main"}"#.into(),
+        ),
+        (
+            "/api/v1/environments",
+            format!(r#"{{"name":"x","ref":"main","ttl":{deep}}}"#),
+        ),
+        (
+            "/api/v1/environments",
+            r#"{"name":"x","ref":"main","ttl":"99999999999999999999d"}"#.into(),
+        ),
+        ("/api/v1/environments", "\u{feff}{}".into()),
+        ("/api/v1/environments", "null".into()),
+        ("/api/v1/environments", r#""a string""#.into()),
+        (
+            "/api/v1/environments/main/rollback",
+            r#"{"deployment":1e400}"#.into(),
+        ),
+        (
+            "/api/v1/environments/main/rollback",
+            r#"{"deployment":99999999999999999999}"#.into(),
+        ),
+        (
+            "/api/v1/environments/main/rollback",
+            r#"{"deployment":-1.5}"#.into(),
+        ),
+        ("/api/v1/environments/main/extend", r#"{"by":2}"#.into()),
+        ("/api/v1/environments/main/extend", r#"{"by":"-5h"}"#.into()),
+        (
+            "/api/v1/environments/main/extend",
+            r#"{"by":"18446744073709551616s"}"#.into(),
+        ),
+        ("/api/v1/environments/main/pin", r#"{"commit":7}"#.into()),
+        (
+            "/api/v1/environments/main/pin",
+            r#"{"commit":"   "}"#.into(),
+        ),
+        (
+            "/api/v1/environments/main/pin",
+            r#"{"commit":"x","commit":"y"}"#.into(),
+        ),
+    ];
+    for (path, body) in &bodies {
+        let reply = f.as_role("deployer", "POST", path, Some(body));
+        assert!(
+            (400..500).contains(&reply.status) && reply.json()["error"].is_string(),
+            "POST {path} with {} is a client error saying why: {} {}",
+            &body[..body.len().min(80)],
+            reply.status,
+            reply.body
+        );
+    }
+    for query in [
+        "/api/v1/audit?after=99999999999999999999",
+        "/api/v1/audit?limit=0",
+        "/api/v1/audit?limit=-1",
+        "/api/v1/audit?limit=1001",
+        "/api/v1/audit?after=1.5",
+        "/api/v1/events?after=x",
+        "/api/v1/events?environment=..%2F..",
+        "/api/v1/environments/main/deployments?limit=99999999999999999999999",
+        "/api/v1/deployments/99999999999999999999",
+        "/api/v1/deployments/-1%00",
+    ] {
+        let reply = f.as_role("admin", "GET", query, None);
+        assert!(
+            (400..500).contains(&reply.status) && reply.json()["error"].is_string(),
+            "GET {query} is a client error saying why: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+    let store = f.controller.engine().store();
+    let main = store
+        .environment("main")
+        .expect("read main")
+        .expect("main exists");
+    assert!(!main.pinned, "no hostile call pinned main");
+    assert!(
+        store.environment("x").expect("read x").is_none(),
+        "no hostile call created an environment"
+    );
+}

@@ -418,7 +418,7 @@ fn apply(
                 parallelism: 1,
                 who: who(),
                 swap_exposed: false,
-                confirm_destroy,
+                confirm_destroy: confirm_destroy.into(),
             },
             &(),
         )?;
@@ -457,7 +457,7 @@ fn apply(
             parallelism,
             who: who(),
             swap_exposed: false,
-            confirm_destroy,
+            confirm_destroy: confirm_destroy.into(),
         },
         &reporter,
     )?;
@@ -502,7 +502,8 @@ fn destroy(
     );
     confirm(&format!("destroy `{env}`"), yes)?;
     let reporter = Reporter::new(resources.len());
-    let report = engine.destroy(&lock, &who(), confirm_destroy, &reporter)?;
+    let options = slipway_engine::DestroyOptions::new(&who(), confirm_destroy.into());
+    let report = engine.destroy(&lock, &options, &reporter)?;
     reporter.finish();
     match output {
         Output::Json => println!(
@@ -566,7 +567,7 @@ fn logs(
         Some(r) => vec![r.to_string()],
         None => records
             .iter()
-            .filter(|r| matches!(r.type_name.as_str(), "process" | "job" | "exec"))
+            .filter(|r| slipway_core::types::capabilities(&r.type_name).logs)
             .map(|r| r.name.clone())
             .collect(),
     };

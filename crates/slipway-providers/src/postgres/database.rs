@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -31,10 +30,6 @@ pub struct DatabaseConfig {
     /// How to clone `template` (PostgreSQL 15 and later; earlier ones always copy files).
     #[serde(default)]
     pub strategy: Option<Strategy>,
-    #[serde(default, rename = "description")]
-    _description: Option<IgnoredAny>,
-    #[serde(default, rename = "depends_on")]
-    _depends_on: Option<IgnoredAny>,
 }
 
 /// `CREATE DATABASE ... STRATEGY`: how PostgreSQL 15+ copies the template.

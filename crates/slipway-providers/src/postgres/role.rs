@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -25,10 +24,6 @@ pub struct RoleConfig {
     /// Whether the role may log in; true if absent.
     #[serde(default)]
     pub login: Option<bool>,
-    #[serde(default, rename = "description")]
-    _description: Option<IgnoredAny>,
-    #[serde(default, rename = "depends_on")]
-    _depends_on: Option<IgnoredAny>,
 }
 
 impl RoleConfig {

@@ -1,0 +1,233 @@
+//! Destroying an environment: every resource deleted, dependents first, on the one
+//! scheduler; then whatever its code left running, its files and its record.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use slipway_core::plan::{Action, Change};
+use slipway_core::vocab::{DeploymentStatus, EventKind, Health, Reason, SyncState};
+use slipway_state::NewDeployment;
+
+use super::dag::Dag;
+use super::{ApplyReport, Confirmation, Outcome, Progress, step, summary};
+use crate::{Engine, EngineError, EnvLock};
+
+/// How to destroy an environment.
+#[derive(Debug, Clone)]
+pub struct DestroyOptions {
+    /// Who asked, recorded with the deployment.
+    pub who: String,
+    /// Whether a person confirmed it: a protected environment is destroyed only then.
+    pub confirm: Confirmation,
+    /// Most resources deleted at once.
+    pub parallelism: usize,
+}
+
+impl DestroyOptions {
+    /// A destroy asked for by `who`, with `confirm`, deleting up to 8 resources at once.
+    pub fn new(who: &str, confirm: Confirmation) -> Self {
+        DestroyOptions {
+            who: who.to_string(),
+            confirm,
+            parallelism: 8,
+        }
+    }
+}
+
+impl Engine {
+    /// Deletes the recorded resources `names`, each only after every recorded resource that
+    /// depends on it is gone, up to `parallelism` at once. A resource whose dependent failed
+    /// to delete is kept (and reported skipped), and so is what it depends on: deleting it
+    /// would break what still runs.
+    pub(crate) fn delete_all(
+        &self,
+        env: &str,
+        names: &[String],
+        parallelism: usize,
+        progress: &dyn Progress,
+    ) -> Vec<(String, Outcome)> {
+        let records = self.store.resources(env).unwrap_or_default();
+        // Reverse edges: a resource waits for its dependents among those being deleted.
+        let mut dependents: BTreeMap<&str, Vec<&str>> =
+            names.iter().map(|n| (n.as_str(), Vec::new())).collect();
+        for record in &records {
+            for dep in &record.depends_on {
+                if let Some(waits) = dependents.get_mut(dep.as_str()) {
+                    waits.push(record.name.as_str());
+                }
+            }
+        }
+        let mut outcomes = Dag::new(dependents, parallelism).run(
+            progress,
+            &mut (),
+            |_, _| Some(()),
+            |name, ()| {
+                step::tracked(name, Action::Delete, progress, || {
+                    self.delete_resource(env, name)
+                })
+            },
+            |_, _, ()| {},
+        );
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    outcomes.remove(n.as_str()).unwrap_or(Outcome::Skipped {
+                        because: "a dependency cycle".into(),
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Deletes every resource of `environment`, dependents first, then its directory and its
+    /// record (its deployments and events stay, as history).
+    ///
+    /// A protected environment is destroyed only with a person's confirmation.
+    pub fn destroy(
+        &self,
+        lock: &EnvLock,
+        options: &DestroyOptions,
+        progress: &dyn Progress,
+    ) -> Result<ApplyReport, EngineError> {
+        let env = lock.environment().to_string();
+        let who = options.who.as_str();
+        let _span = tracing::info_span!("destroy", environment = %env, who).entered();
+        let Some(record) = self.store.environment(&env)? else {
+            return Err(EngineError::Environment(format!(
+                "environment `{env}` does not exist here; `slipway status` lists them"
+            )));
+        };
+        if record.protected && options.confirm == Confirmation::Absent {
+            return Err(EngineError::NeedsConfirmation(format!(
+                "`{env}` is protected: destroying it needs an explicit confirmation \
+                 (`slipway destroy --env {env} --confirm-destroy {env}`)"
+            )));
+        }
+        let now = slipway_state::now_ms();
+        self.store.mark_interrupted(&env, now)?;
+        let resources = self.store.resources(&env)?;
+        let graph: BTreeMap<&str, Vec<&str>> = resources
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.depends_on.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let order = slipway_core::graph::topological(&graph)
+            .unwrap_or_else(|_| graph.keys().map(|s| s.to_string()).collect());
+        let changes: Vec<Change> = order
+            .iter()
+            .rev()
+            .map(|n| Change {
+                resource: n.clone(),
+                type_name: resources
+                    .iter()
+                    .find(|r| &r.name == n)
+                    .map(|r| r.type_name.clone())
+                    .unwrap_or_default(),
+                action: Action::Delete,
+                diff: Vec::new(),
+                reason: Some(Reason::Other("destroy".into())),
+            })
+            .collect();
+        let commit = record.commit.clone().unwrap_or_default();
+        let plan = slipway_core::plan::Plan {
+            environment: env.clone(),
+            commit: commit.clone(),
+            changes,
+        };
+        let deployment = self.store.begin_deployment(&NewDeployment {
+            environment: env.clone(),
+            commit: commit.clone(),
+            hash: String::new(),
+            reference: Some("destroy".into()),
+            plan: serde_json::to_value(&plan).expect("a plan is always serializable"),
+            who: who.to_string(),
+            at: now,
+        })?;
+        self.store.set_environment_status(
+            &env,
+            SyncState::Syncing,
+            Health::Progressing,
+            Some("destroying"),
+            now,
+        )?;
+        let names: Vec<String> = plan.changes.iter().map(|c| c.resource.clone()).collect();
+        let results: Vec<(String, Action, Outcome)> = self
+            .delete_all(&env, &names, options.parallelism, progress)
+            .into_iter()
+            .map(|(name, outcome)| (name, Action::Delete, outcome))
+            .collect();
+        let report = ApplyReport {
+            deployment,
+            environment: env.clone(),
+            commit,
+            results,
+        };
+        let finished = slipway_state::now_ms();
+        // Whatever its code left running outside the groups its providers stopped goes too,
+        // whether or not every delete succeeded: the uid is the environment's alone, and its
+        // code must not make it indestructible (a delete that fails, plus a daemon that
+        // outlives its expiry). On failure the record and the uid stay, for a retry.
+        let killed = match (self.isolation, self.store.environment_uid(&env)?) {
+            (slipway_providers::sandbox::Isolation::Uid, Some(uid)) => {
+                slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(|e| (uid, e))
+            }
+            _ => Ok(()),
+        };
+        if report.succeeded() {
+            killed.map_err(|(uid, e)| {
+                EngineError::io(format!("cannot stop the processes of uid {uid}"))(e)
+            })?;
+            // No resource is left to run from an export: every one goes.
+            self.collect_exports(&env)?;
+            let root = self.home.join("envs").join(&env);
+            std::fs::remove_dir_all(&root)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
+            // Its processes are stopped and its files gone: its uid may serve another.
+            self.store.release_uid(&env)?;
+            self.store.finish_deployment(
+                deployment,
+                DeploymentStatus::Succeeded,
+                None,
+                &summary(&report),
+                finished,
+            )?;
+            self.store.delete_environment(&env)?;
+            self.store.record_event(
+                Some(&env),
+                EventKind::EnvironmentDestroyed,
+                &format!("{env} was destroyed"),
+                &json!({"deployment": deployment, "who": who}),
+                finished,
+            )?;
+        } else {
+            self.store.finish_deployment(
+                deployment,
+                DeploymentStatus::Failed,
+                Some("some resources could not be deleted"),
+                &summary(&report),
+                finished,
+            )?;
+            self.store.set_environment_status(
+                &env,
+                SyncState::Failed,
+                Health::Degraded,
+                Some("destroy failed; run it again"),
+                finished,
+            )?;
+        }
+        Ok(report)
+    }
+}

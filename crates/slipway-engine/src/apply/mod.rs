@@ -1,0 +1,496 @@
+//! Running a plan: deletes first, then every other change in dependency order, independent
+//! resources in parallel up to a limit; dependents of a failed resource are skipped.
+//!
+//! The seams: [`dag`] is the one scheduler (apply and destroy both run on it), `step` acts
+//! on one resource (create, update, replace, delete), `swap` replaces an exposed resource
+//! side by side (blue/green), `exports` keeps the environment's source exports, and
+//! `destroy` removes a whole environment. This file holds the apply itself and its types.
+
+mod dag;
+mod destroy;
+mod exports;
+mod step;
+mod swap;
+
+pub use destroy::DestroyOptions;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+use slipway_core::plan::{Action, Change};
+use slipway_core::vocab::{DeploymentStatus, EventKind, Health, SyncState};
+use slipway_state::NewDeployment;
+
+use crate::{Engine, EngineError, EnvLock, Prepared};
+use dag::Dag;
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Most resources changing at once.
+    pub parallelism: usize,
+    /// Who asked, recorded with the deployment.
+    pub who: String,
+    /// Replace exposed processes blue/green: the new version starts beside the old one on
+    /// the other of its two ports and takes over once healthy. Worth it only where a preview
+    /// router hides the port change (`slipway serve`); without, an exposed process keeps one
+    /// port and is stopped before its replacement starts.
+    pub swap_exposed: bool,
+    /// Whether a person confirmed that resources of a protected environment may be destroyed
+    /// (deleted, or replaced when that loses data). Without it such a plan is refused, and
+    /// nothing is applied.
+    pub confirm_destroy: Confirmation,
+}
+
+/// Whether a person confirmed that something in a protected environment may be destroyed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Nobody did: what destroys something in a protected environment is refused.
+    #[default]
+    Absent,
+    /// A person did (`--confirm-destroy ENV` on the command line, or a confirmed API call).
+    Given,
+}
+
+impl From<bool> for Confirmation {
+    /// `true` when a person confirmed: for the edges, where the answer arrives as a flag.
+    fn from(given: bool) -> Self {
+        if given {
+            Confirmation::Given
+        } else {
+            Confirmation::Absent
+        }
+    }
+}
+
+/// The changes of `prepared` that destroy something in a protected environment: deletes, and
+/// replacements of resources that hold data (a database is dropped and created empty).
+pub fn protected_destroys(prepared: &Prepared) -> Vec<&Change> {
+    if !prepared.protected {
+        return Vec::new();
+    }
+    prepared
+        .plan
+        .changes
+        .iter()
+        .filter(|c| {
+            c.action == Action::Delete
+                || (c.action == Action::Replace
+                    && slipway_core::types::capabilities(&c.type_name).holds_data)
+        })
+        .collect()
+}
+
+/// Why applying `prepared` needs a person's confirmation (`--confirm-destroy ENV`), if it
+/// does: it destroys something in a protected environment, or it removes the protection
+/// itself (otherwise one commit could drop `protected` and the next delete freely).
+pub fn needs_confirmation(prepared: &Prepared) -> Option<String> {
+    let env = prepared.desired.environment.name.as_str();
+    let destroys: Vec<String> = protected_destroys(prepared)
+        .iter()
+        .map(|c| format!("{} ({} {})", c.resource, c.action.as_str(), c.type_name))
+        .collect();
+    let unprotects = prepared.protected && !prepared.declared.protected;
+    let what = match (destroys.is_empty(), unprotects) {
+        (true, false) => return None,
+        (false, false) => format!("this plan destroys {}", destroys.join(", ")),
+        (true, true) => "this commit removes its `protected` setting".to_string(),
+        (false, true) => format!(
+            "this commit removes its `protected` setting and destroys {}",
+            destroys.join(", ")
+        ),
+    };
+    Some(format!("`{env}` is protected and {what}"))
+}
+
+/// [`needs_confirmation`], said of an apply that waits for the confirmation.
+pub fn held_for_confirmation(prepared: &Prepared) -> Option<String> {
+    let env = prepared.desired.environment.name.as_str();
+    needs_confirmation(prepared).map(|why| {
+        format!(
+            "{why}: held until a person confirms (`slipway apply --env {env} \
+             --confirm-destroy {env}`)"
+        )
+    })
+}
+
+/// Progress of an apply, for a progress bar or log lines.
+#[derive(Debug, Clone)]
+pub enum ApplyEvent<'a> {
+    /// A change begins.
+    Started {
+        /// The resource.
+        resource: &'a str,
+        /// What is done to it.
+        action: Action,
+    },
+    /// A change ended.
+    Finished {
+        /// The resource.
+        resource: &'a str,
+        /// What was done.
+        action: Action,
+        /// How long it took.
+        elapsed: Duration,
+        /// The error, if it failed.
+        error: Option<&'a str>,
+    },
+    /// A change was not attempted because a dependency failed.
+    Skipped {
+        /// The resource.
+        resource: &'a str,
+        /// The failed dependency.
+        because: &'a str,
+    },
+}
+
+/// Receives [`ApplyEvent`]s, from several threads.
+pub trait Progress: Sync {
+    /// Called for each event.
+    fn event(&self, event: &ApplyEvent<'_>);
+}
+
+impl Progress for () {
+    fn event(&self, _: &ApplyEvent<'_>) {}
+}
+
+/// How one change ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Done (noops included).
+    Succeeded,
+    /// Its provider failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Not attempted.
+    Skipped {
+        /// The dependency that failed.
+        because: String,
+    },
+}
+
+/// The result of an apply or destroy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    /// The deployment recorded.
+    pub deployment: i64,
+    /// The environment.
+    pub environment: String,
+    /// The commit.
+    pub commit: String,
+    /// Per resource, in plan order.
+    pub results: Vec<(String, Action, Outcome)>,
+}
+
+impl ApplyReport {
+    /// Whether every change succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.results
+            .iter()
+            .all(|(_, _, o)| *o == Outcome::Succeeded)
+    }
+}
+
+/// Outputs of resources by name.
+type Outputs = BTreeMap<String, Json>;
+/// Names of the secret outputs of resources by name.
+type Secrets = BTreeMap<String, Vec<String>>;
+/// What the resources applied so far produced.
+type Known = (Outputs, Secrets);
+
+impl Engine {
+    /// Applies a plan made under `lock`. Records a deployment, then each change as it goes.
+    pub fn apply(
+        &self,
+        lock: &EnvLock,
+        prepared: &Prepared,
+        source: &dyn slipway_git::Source,
+        options: &ApplyOptions,
+        progress: &dyn Progress,
+    ) -> Result<ApplyReport, EngineError> {
+        let env = prepared.desired.environment.name.as_str();
+        if lock.environment() != env {
+            return Err(EngineError::Usage(format!(
+                "the lock held is for `{}`, not `{env}`",
+                lock.environment()
+            )));
+        }
+        if let Some(why) = held_for_confirmation(prepared)
+            && options.confirm_destroy == Confirmation::Absent
+        {
+            return Err(EngineError::NeedsConfirmation(why));
+        }
+        let _span = tracing::info_span!(
+            "apply",
+            environment = env,
+            commit = short(&prepared.commit.sha),
+            who = %options.who,
+        )
+        .entered();
+        self.check_isolated(env, prepared.desired.environment.kind)?;
+        // Ownership before action: the environment's identity is recorded before anything of
+        // it exists.
+        let sandbox = self.sandbox(env)?;
+        let now = slipway_state::now_ms();
+        self.store.mark_interrupted(env, now)?;
+        self.record_environment(prepared, SyncState::Syncing)?;
+        let plan_json =
+            serde_json::to_value(&prepared.plan).expect("a plan is always serializable");
+        let deployment = self.store.begin_deployment(&NewDeployment {
+            environment: env.to_string(),
+            commit: prepared.commit.sha.clone(),
+            hash: prepared.desired.hash.clone(),
+            reference: Some(prepared.reference.clone()),
+            plan: plan_json,
+            who: options.who.clone(),
+            at: now,
+        })?;
+        self.store.record_event(
+            Some(env),
+            EventKind::ApplyStarted,
+            &format!(
+                "applying {} at {}",
+                prepared.reference,
+                short(&prepared.commit.sha)
+            ),
+            &json!({"deployment": deployment}),
+            now,
+        )?;
+
+        let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
+        let result = (|| -> Result<Vec<(String, Action, Outcome)>, EngineError> {
+            self.prepare_dirs(&dirs, &sandbox)?;
+            self.export_commit(prepared, source, &dirs)?;
+            Ok(self.run_changes(prepared, options, progress))
+        })();
+        let finished = slipway_state::now_ms();
+        let results = match result {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(deployment, error = %e, "apply failed before its changes");
+                let message = e.to_string();
+                self.record_failed_deployment(env, deployment, &message, &json!({}), finished)?;
+                return Err(e);
+            }
+        };
+        let report = ApplyReport {
+            deployment,
+            environment: env.to_string(),
+            commit: prepared.commit.sha.clone(),
+            results,
+        };
+        let summary = summary(&report);
+        if report.succeeded() {
+            self.store.finish_deployment(
+                deployment,
+                DeploymentStatus::Succeeded,
+                None,
+                &summary,
+                finished,
+            )?;
+            if let Some(mut record) = self.store.environment(env)? {
+                record.commit = Some(prepared.commit.sha.clone());
+                record.hash = Some(prepared.desired.hash.clone());
+                record.sync = SyncState::Synced;
+                record.health = Health::Healthy;
+                record.message = None;
+                record.updated_at = finished;
+                self.store.upsert_environment(&record)?;
+            }
+            self.collect_exports(env)?;
+            tracing::info!(deployment, "applied");
+            self.store.record_event(
+                Some(env),
+                EventKind::ApplySucceeded,
+                &format!("{} is at {}", env, short(&prepared.commit.sha)),
+                &json!({"deployment": deployment}),
+                finished,
+            )?;
+        } else {
+            let failed: Vec<String> = report
+                .results
+                .iter()
+                .filter_map(|(name, _, o)| match o {
+                    Outcome::Failed { error } => Some(format!("{name}: {error}")),
+                    _ => None,
+                })
+                .collect();
+            let message = failed.join("; ");
+            tracing::warn!(deployment, failed = failed.len(), "apply failed");
+            self.record_failed_deployment(env, deployment, &message, &summary, finished)?;
+            self.store.record_event(
+                Some(env),
+                EventKind::ApplyFailed,
+                &message,
+                &json!({"deployment": deployment}),
+                finished,
+            )?;
+        }
+        Ok(report)
+    }
+
+    /// Records that `deployment` of `env` failed with `message`, and the environment with it.
+    fn record_failed_deployment(
+        &self,
+        env: &str,
+        deployment: i64,
+        message: &str,
+        summary: &Json,
+        finished: i64,
+    ) -> Result<(), EngineError> {
+        self.store.finish_deployment(
+            deployment,
+            DeploymentStatus::Failed,
+            Some(message),
+            summary,
+            finished,
+        )?;
+        self.store.set_environment_status(
+            env,
+            SyncState::Failed,
+            Health::Degraded,
+            Some(message),
+            finished,
+        )?;
+        Ok(())
+    }
+
+    fn run_changes(
+        &self,
+        prepared: &Prepared,
+        options: &ApplyOptions,
+        progress: &dyn Progress,
+    ) -> Vec<(String, Action, Outcome)> {
+        let env = prepared.desired.environment.name.as_str();
+        // Deletes first, dependents before what they depend on, several at once.
+        let deletes: Vec<String> = prepared
+            .plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Delete)
+            .map(|c| c.resource.clone())
+            .collect();
+        let mut results: BTreeMap<String, Outcome> = self
+            .delete_all(env, &deletes, options.parallelism, progress)
+            .into_iter()
+            .collect();
+
+        let changes: BTreeMap<&str, &Change> = prepared
+            .plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Delete)
+            .map(|c| (c.resource.as_str(), c))
+            .collect();
+        let deps: BTreeMap<&str, Vec<&str>> = changes
+            .keys()
+            .map(|name| {
+                let deps = prepared
+                    .desired
+                    .resources
+                    .get(*name)
+                    .map(|r| r.depends_on.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                (*name, deps)
+            })
+            .collect();
+        let dag = Dag::new(
+            deps.iter()
+                .map(|(name, deps)| (*name, deps.iter().copied())),
+            options.parallelism,
+        );
+        // What finished resources produced: outputs, and the names of the secret ones.
+        let records = self.store.resources(env).unwrap_or_default();
+        let mut known: Known = (
+            records
+                .iter()
+                .map(|r| (r.name.clone(), r.outputs.clone()))
+                .collect(),
+            crate::secret_outputs(&records),
+        );
+        let outcomes = dag.run(
+            progress,
+            &mut known,
+            |(outputs, secrets), name| {
+                let change = changes[name];
+                if change.action == Action::Noop {
+                    return None;
+                }
+                // Only what this resource may reference: its dependencies' outputs.
+                let of = |d: &&str| outputs.get(*d).map(|o| (d.to_string(), o.clone()));
+                let secret_of = |d: &&str| secrets.get(*d).map(|s| (d.to_string(), s.clone()));
+                Some((
+                    change,
+                    deps[name].iter().filter_map(of).collect(),
+                    deps[name].iter().filter_map(secret_of).collect(),
+                ))
+            },
+            |_, (change, outputs, secrets): (&Change, Outputs, Secrets)| {
+                step::tracked(&change.resource, change.action, progress, || {
+                    self.apply_change(prepared, change, &outputs, &secrets, options.swap_exposed)
+                })
+            },
+            |(outputs, secrets), name, (out, secret)| {
+                outputs.insert(name.to_string(), out);
+                secrets.insert(name.to_string(), secret);
+            },
+        );
+        results.extend(outcomes.into_iter().map(|(n, o)| (n.to_string(), o)));
+        prepared
+            .plan
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.resource.clone(),
+                    c.action,
+                    results.remove(&c.resource).unwrap_or(Outcome::Skipped {
+                        because: "not reached".into(),
+                    }),
+                )
+            })
+            .collect()
+    }
+}
+
+fn describe(e: &slipway_providers::ProviderError) -> String {
+    match e {
+        slipway_providers::ProviderError::Failed {
+            message,
+            log_tail: Some(tail),
+            ..
+        } if !tail.trim().is_empty() => {
+            format!(
+                "{message}\n--- last lines of its log ---\n{}",
+                tail.trim_end()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn summary(report: &ApplyReport) -> Json {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, action, outcome) in &report.results {
+        if *action == Action::Noop {
+            continue;
+        }
+        let key = match outcome {
+            Outcome::Succeeded => action.as_str().to_string(),
+            Outcome::Failed { .. } => "failed".into(),
+            Outcome::Skipped { .. } => "skipped".into(),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    serde_json::to_value(counts).expect("counts are always serializable")
+}
+
+/// The first 12 characters of a sha.
+pub fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
