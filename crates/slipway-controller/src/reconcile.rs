@@ -248,15 +248,16 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     // Generated environments whose branch no longer matches: destroy them.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for record in store.environments()? {
-        if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
-            if let Err(e) = destroy(inner, &record.name, WHO, true) {
-                event(
-                    inner,
-                    &record.name,
-                    EventKind::DestroyFailed,
-                    &e.to_string(),
-                );
-            }
+        if record.kind == EnvKind::Generated
+            && !wanted_names.contains(record.name.as_str())
+            && let Err(e) = destroy(inner, &record.name, WHO, true)
+        {
+            event(
+                inner,
+                &record.name,
+                EventKind::DestroyFailed,
+                &e.to_string(),
+            );
         }
     }
     Ok(out)

@@ -213,14 +213,11 @@ impl EnvironmentView {
     ) -> EnvironmentView {
         // An exposed process is reached through the preview router, by a URL that stays the
         // same across deploys; its own address is in the resource's outputs.
-        let url = match status.url {
-            Some(own) => Some(
-                record
-                    .and_then(|r| controller.preview_url(&status.name, &r.stack))
-                    .unwrap_or(own),
-            ),
-            None => None,
-        };
+        let url = status.url.map(|own| {
+            record
+                .and_then(|r| controller.preview_url(&status.name, &r.stack))
+                .unwrap_or(own)
+        });
         let resources = status
             .resources
             .into_iter()
