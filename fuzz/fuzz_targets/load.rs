@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use slipway_core::plan::{Action, PlanInput, Recorded, RecordedStatus, plan};
+use slipway_core::plan::{Action, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
 
@@ -72,7 +72,7 @@ fn applied(desired: &DesiredState) -> BTreeMap<String, Recorded> {
                 name.clone(),
                 Recorded {
                     type_name: r.type_name.clone(),
-                    status: RecordedStatus::Ready,
+                    status: ResourceStatus::Ready,
                     config: r.config.clone(),
                     depends_on: r.depends_on.clone(),
                     resolved_hash: None,

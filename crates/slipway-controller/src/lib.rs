@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+mod config;
 pub mod discover;
 pub mod metrics;
 mod policy;
@@ -31,13 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use slipway_core::render::EnvKind;
+use slipway_core::vocab::EventKind;
 pub use slipway_engine::DestroyOptions;
 use slipway_engine::{Engine, EngineError, EnvTarget};
 use slipway_git::Source;
 use slipway_state::EnvironmentRecord;
 use tokio::sync::Notify;
 
+pub use config::ControllerConfig;
 pub use metrics::Metrics;
 
 /// Why an environment is being looked at. Closed: every source of work is one of these.
@@ -412,7 +414,7 @@ impl Controller {
                 if let Err(e) = this.catch_up_pull_requests().await {
                     let _ = this.inner.engine.store().record_event(
                         None,
-                        "forge.failed",
+                        EventKind::ForgeFailed,
                         &format!("catching up with open pull requests: {e}"),
                         &serde_json::json!({}),
                         this.inner.now(),
@@ -501,7 +503,7 @@ impl Controller {
         if let Err(e) = self.inner.engine.store().prune(&retention) {
             let _ = self.inner.engine.store().record_event(
                 None,
-                "retention.failed",
+                EventKind::RetentionFailed,
                 &format!("pruning old audit entries, events and deliveries: {e}"),
                 &serde_json::json!({}),
                 now,
@@ -763,14 +765,6 @@ pub(crate) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
-pub(crate) fn kind_of(record: &EnvironmentRecord) -> EnvKind {
-    match record.kind.as_str() {
-        "generated" => EnvKind::Generated,
-        "adhoc" => EnvKind::Adhoc,
-        _ => EnvKind::Static,
-    }
-}
-
 pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
     EnvTarget {
         name: record.name.clone(),
@@ -778,7 +772,7 @@ pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
             .definition
             .clone()
             .unwrap_or_else(|| record.name.clone()),
-        kind: kind_of(record),
+        kind: record.kind,
         owner: record.owner.clone(),
         ttl: record
             .ttl_ms

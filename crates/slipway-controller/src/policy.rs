@@ -8,6 +8,8 @@
 //!   apply's commit is parked (the reconcile does not apply it again on its own), and the
 //!   periodic pass stays the safety net.
 
+use slipway_core::vocab::{EventKind, SyncState};
+
 use crate::queue::Finished;
 use crate::reconcile::event;
 use crate::{ControllerError, Inner};
@@ -41,7 +43,7 @@ pub(crate) fn record_failure(inner: &Inner, env: &str, error: &ControllerError) 
     event(
         inner,
         env,
-        "reconcile.failed",
+        EventKind::ReconcileFailed,
         &format!(
             "{message} ({})",
             if retryable {
@@ -53,11 +55,11 @@ pub(crate) fn record_failure(inner: &Inner, env: &str, error: &ControllerError) 
     );
     // A passing fault leaves what the environment runs as it was; one that lasts fails it.
     let sync = if retryable {
-        record.sync.as_str()
+        record.sync
     } else {
-        "failed"
+        SyncState::Failed
     };
-    let _ = store.set_environment_status(env, sync, &record.health, Some(&message), inner.now());
+    let _ = store.set_environment_status(env, sync, record.health, Some(&message), inner.now());
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod setup;
 use commands::comment;
 use std::collections::BTreeSet;
 
+use slipway_core::vocab::EventKind;
 use slipway_engine::Origin;
 use slipway_forge::{Forge, ForgeEvent, PrAction, PrState, PullRequestDetails, PullRequestInfo};
 use slipway_state::{PullRequestRecord, now_ms};
@@ -82,7 +83,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                 event(
                     inner,
                     &format!("pr-{}", pr.number),
-                    "pull_request.retargeted",
+                    EventKind::PullRequestRetargeted,
                     &format!(
                         "#{} now merges into {}: it cannot be applied before merge any more \
                          (approvals were given against its first base)",
@@ -219,7 +220,7 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
     event(
         inner,
         &format!("pr-{}", pr.number),
-        "pull_request.updated",
+        EventKind::PullRequestUpdated,
         &format!(
             "#{} {} at {}{}",
             pr.number,
@@ -273,7 +274,7 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
         event(
             inner,
             &format!("pr-{number}"),
-            "pull_request.merged",
+            EventKind::PullRequestMerged,
             &format!("#{number} is merged, but the forge names no merge commit"),
         );
         return Ok(());
@@ -347,7 +348,7 @@ fn release(inner: &Inner, number: i64) -> Result<Vec<String>, ControllerError> {
         event(
             inner,
             env,
-            "lock.released",
+            EventKind::LockReleased,
             &format!("the lock of #{number} is released; `{env}` follows its branch again"),
         );
     }
@@ -372,7 +373,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
                 event(
                     inner,
                     &format!("pr-{}", pr.number),
-                    "pull_request.failed",
+                    EventKind::PullRequestFailed,
                     &e.to_string(),
                 );
             }
@@ -392,7 +393,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
                 event(
                     inner,
                     &format!("pr-{}", known.number),
-                    "pull_request.failed",
+                    EventKind::PullRequestFailed,
                     &format!(
                         "#{} is not in the forge's list of open pull requests, and the forge \
                          cannot say whether it is closed ({e}); its locks stay until it can",
@@ -407,7 +408,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             event(
                 inner,
                 &format!("pr-{}", known.number),
-                "pull_request.failed",
+                EventKind::PullRequestFailed,
                 &e.to_string(),
             );
             continue;
@@ -439,7 +440,7 @@ fn origin_at<'a>(inner: &'a Inner, reference: &'a str) -> Origin<'a> {
     }
 }
 
-fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+fn event(inner: &Inner, env: &str, kind: EventKind, message: &str) {
     let _ = inner.engine.store().record_event(
         Some(env),
         kind,

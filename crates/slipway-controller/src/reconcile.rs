@@ -6,10 +6,11 @@ use std::time::Duration;
 use serde_json::json;
 use slipway_core::plan::Action as Change;
 use slipway_core::render::EnvKind;
+use slipway_core::vocab::{EventKind, Health, Reason, SyncState};
 use slipway_engine::{ApplyOptions, Confirmation, EngineError, Origin};
 use slipway_state::EnvironmentRecord;
 
-use crate::{ControllerError, DestroyOptions, Inner, Trigger, kind_of, short, target_of};
+use crate::{ControllerError, DestroyOptions, Inner, Trigger, short, target_of};
 
 /// What to do after a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub(crate) const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 pub(crate) const WHO: &str = "slipway-controller";
 
-pub(crate) fn event(inner: &Inner, env: &str, kind: &str, message: &str) {
+pub(crate) fn event(inner: &Inner, env: &str, kind: EventKind, message: &str) {
     let _ = inner
         .engine
         .store()
@@ -50,10 +51,10 @@ pub(crate) enum Cause<'a> {
 }
 
 impl Cause<'_> {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> EventKind {
         match self {
-            Cause::InvalidCommit(_) => "commit.invalid",
-            Cause::NotAdopted { .. } => "environment.conflict",
+            Cause::InvalidCommit(_) => EventKind::CommitInvalid,
+            Cause::NotAdopted { .. } => EventKind::EnvironmentConflict,
         }
     }
 
@@ -95,8 +96,8 @@ pub(crate) fn mark_failed(
 ) -> Result<(), ControllerError> {
     inner.engine.store().set_environment_status(
         &record.name,
-        "failed",
-        &record.health,
+        SyncState::Failed,
+        record.health,
         Some(message),
         inner.now(),
     )?;
@@ -108,7 +109,7 @@ pub(crate) fn mark_failed(
 fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), ControllerError> {
     let message = format!("held: {why}");
     if record.message.as_deref() != Some(message.as_str()) {
-        event(inner, &record.name, "change.held", &message);
+        event(inner, &record.name, EventKind::ChangeHeld, &message);
     }
     mark_failed(inner, record, &message)
 }
@@ -128,7 +129,7 @@ fn preview_head(inner: &Inner, record: &EnvironmentRecord) -> Result<PreviewHead
     let (Some(setup), Some(reference)) = (inner.forge.get(), record.tracked_ref.as_deref()) else {
         return Ok(PreviewHead::NotAPullRequest);
     };
-    if record.kind != "generated" || !reference.starts_with("refs/") {
+    if record.kind != EnvKind::Generated || !reference.starts_with("refs/") {
         return Ok(PreviewHead::NotAPullRequest);
     }
     // The one pull request whose head ref this is (`refs/pull/N/head`,
@@ -234,18 +235,16 @@ pub(crate) fn destroy(
         return Err(ControllerError::NotFound(name.to_string()));
     }
     let lock = engine.lock(name, slipway_engine::LockWait::Block(&|| {}))?;
-    let report = engine.destroy(&lock, options, &())?;
+    let options = DestroyOptions {
+        reason: Some(why.to_string()),
+        ..options.clone()
+    };
+    let report = engine.destroy(&lock, &options, &())?;
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
         )));
     }
-    event(
-        inner,
-        name,
-        "environment.destroyed",
-        &format!("{name} destroyed: {why}"),
-    );
     Ok(())
 }
 
@@ -280,12 +279,12 @@ pub(crate) fn reconcile(
                  destroys it)"
             )
         };
-        event(inner, name, "expiry.held", &why);
+        event(inner, name, EventKind::ExpiryHeld, &why);
         let mut fresh = record.clone();
         fresh.expires_at = None;
         fresh.ttl_ms = None;
         fresh.message = Some(format!("held: {why}"));
-        fresh.sync = "failed".into();
+        fresh.sync = SyncState::Failed;
         fresh.updated_at = inner.now();
         store.upsert_environment(&fresh)?;
         return Ok(requeue);
@@ -297,7 +296,7 @@ pub(crate) fn reconcile(
         event(
             inner,
             name,
-            "environment.expired",
+            EventKind::EnvironmentExpired,
             &format!("{name} expired and was destroyed"),
         );
         return Ok(Action::Done);
@@ -424,7 +423,8 @@ pub(crate) fn reconcile(
         return Ok(requeue);
     }
     if !prepared.plan.has_changes() {
-        if record.sync != "synced" || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
+        if record.sync != SyncState::Synced
+            || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
         {
             // Nothing to change, but the record is behind (first sight after a restart).
             let report = engine.apply(
@@ -448,10 +448,17 @@ pub(crate) fn reconcile(
         .plan
         .changes
         .iter()
-        .filter(|c| {
-            c.action != Change::Noop && c.reason.as_deref().is_some_and(|r| r.starts_with("drift:"))
+        .filter(|c| c.action != Change::Noop && c.reason.as_ref().is_some_and(Reason::is_drift))
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.resource,
+                c.reason
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
         })
-        .map(|c| format!("{}: {}", c.resource, c.reason.as_deref().unwrap_or("")))
         .collect();
     if same_commit && !drifted.is_empty() {
         let message = format!("drift: {}", drifted.join("; "));
@@ -462,14 +469,14 @@ pub(crate) fn reconcile(
                 event(
                     inner,
                     name,
-                    "drift.detected",
+                    EventKind::DriftDetected,
                     &format!("{message} (self_heal is off: not repaired)"),
                 );
             }
             store.set_environment_status(
                 name,
-                "out_of_sync",
-                "degraded",
+                SyncState::OutOfSync,
+                Health::Degraded,
                 Some(&message),
                 inner.now(),
             )?;
@@ -478,7 +485,7 @@ pub(crate) fn reconcile(
         event(
             inner,
             name,
-            "drift.detected",
+            EventKind::DriftDetected,
             &format!("{message}; repairing"),
         );
     }
@@ -522,13 +529,13 @@ pub(crate) fn reconcile(
         event(
             inner,
             name,
-            "drift.repaired",
+            EventKind::DriftRepaired,
             &format!("repaired {} resource(s)", drifted.len()),
         );
     }
     // A generated environment lives `ttl` past its last new commit.
     if !same_commit
-        && kind_of(&record) == EnvKind::Generated
+        && record.kind == EnvKind::Generated
         && let (Some(ttl), Some(mut fresh)) = (record.ttl_ms, store.environment(name)?)
     {
         fresh.expires_at = Some(inner.now().saturating_add(ttl));
@@ -548,5 +555,5 @@ fn held_for_confirmation(why: &slipway_engine::ConfirmationNeeded) -> String {
 /// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or
 /// protected one.
 pub(crate) fn expires(record: &EnvironmentRecord) -> bool {
-    kind_of(record) != EnvKind::Static && !record.protected
+    record.kind != EnvKind::Static && !record.protected
 }

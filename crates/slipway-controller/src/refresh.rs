@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use slipway_core::render::EnvKind;
+use slipway_core::vocab::{EventKind, Health, SyncState};
 use slipway_state::EnvironmentRecord;
 
 use slipway_engine::Confirmation;
@@ -106,7 +107,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             .environment(name)
             .ok()
             .flatten()
-            .filter(|r| r.kind == "generated")
+            .filter(|r| r.kind == EnvKind::Generated)
             .and_then(|r| r.tracked_ref)
     };
     let wanted = discover::wanted(stack, &branches, &pulls, &holder);
@@ -118,15 +119,15 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             None => {
                 let record = EnvironmentRecord {
                     name: w.name.clone(),
-                    kind: w.kind.as_str().to_string(),
+                    kind: w.kind,
                     stack: stack.name.clone(),
                     repo: inner.repo_label.clone(),
                     tracked_ref: Some(w.tracked_ref.clone()),
                     desired_commit: None,
                     commit: None,
                     hash: None,
-                    sync: "out_of_sync".into(),
-                    health: "missing".into(),
+                    sync: SyncState::OutOfSync,
+                    health: Health::Missing,
                     message: None,
                     owner: None,
                     ttl_ms: w
@@ -150,13 +151,13 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                 event(
                     inner,
                     &w.name,
-                    "environment.created",
+                    EventKind::EnvironmentCreated,
                     &format!("{} created {what}", w.name),
                 );
                 record
             }
         };
-        if record.kind != w.kind.as_str() {
+        if record.kind != w.kind {
             // Something else holds the name (an ad-hoc `prod` made before the stack defined
             // it, a generated environment where a static one now stands): it is never
             // adopted as the other, which would hand it prod's rules, or prod's resources to
@@ -200,7 +201,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
     // Generated environments whose branch no longer matches: destroy them.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     for record in store.environments()? {
-        if record.kind == "generated" && !wanted_names.contains(record.name.as_str()) {
+        if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
             let tracked = record.tracked_ref.as_deref().unwrap_or("?");
             let why = if tracked.starts_with("refs/") {
                 format!("its pull request is closed or merged ({tracked})")
@@ -210,7 +211,12 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             // A generated environment is never protected: nothing here needs a person.
             let options = DestroyOptions::new(WHO, Confirmation::Given);
             if let Err(e) = destroy(inner, &record.name, &options, &why) {
-                event(inner, &record.name, "destroy.failed", &e.to_string());
+                event(
+                    inner,
+                    &record.name,
+                    EventKind::DestroyFailed,
+                    &e.to_string(),
+                );
             }
         }
     }

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use slipway_core::render::EnvKind;
+use slipway_core::vocab::{EventKind, Health, SyncState};
 use slipway_engine::Origin;
 use slipway_state::EnvironmentRecord;
 
 use crate::reconcile::{event, expires};
-use crate::{ControllerError, CreateEnvironment, Inner, kind_of};
+use crate::{ControllerError, CreateEnvironment, Inner};
 
 /// Records a new ad-hoc environment (its first deployment is queued by the caller).
 pub(crate) fn create_adhoc(
@@ -120,15 +121,15 @@ pub(crate) fn create_adhoc(
     let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
     let record = EnvironmentRecord {
         name: name.to_string(),
-        kind: "adhoc".into(),
+        kind: EnvKind::Adhoc,
         stack: stack.name.clone(),
         repo: inner.repo_label.clone(),
         tracked_ref: Some(request.reference.clone()),
         desired_commit: Some(loaded.commit.sha.clone()),
         commit: None,
         hash: None,
-        sync: "out_of_sync".into(),
-        health: "missing".into(),
+        sync: SyncState::OutOfSync,
+        health: Health::Missing,
         message: None,
         owner: request.owner.clone(),
         ttl_ms,
@@ -143,7 +144,7 @@ pub(crate) fn create_adhoc(
     event(
         inner,
         name,
-        "environment.created",
+        EventKind::EnvironmentCreated,
         &format!(
             "{name} created from `{}` by {}",
             request.reference,
@@ -209,7 +210,7 @@ pub(crate) fn extend(
     event(
         inner,
         name,
-        "environment.extended",
+        EventKind::EnvironmentExtended,
         &format!(
             "{name} now expires in {}{capped}",
             humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
@@ -244,7 +245,7 @@ pub(crate) fn pin(
     event(
         inner,
         name,
-        "environment.pinned",
+        EventKind::EnvironmentPinned,
         &format!("{name} pinned to {}", &sha[..12]),
     );
     Ok(record)
@@ -261,7 +262,7 @@ fn pin_gate(inner: &Inner, record: &EnvironmentRecord, sha: &str) -> Result<(), 
     let Some(branch) = record.tracked_ref.clone() else {
         return Ok(());
     };
-    if kind_of(record) != EnvKind::Static {
+    if record.kind != EnvKind::Static {
         return Ok(());
     }
     // The branch itself, never a tag named like it.
@@ -353,7 +354,7 @@ pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, Cont
     event(
         inner,
         name,
-        "environment.unpinned",
+        EventKind::EnvironmentUnpinned,
         &format!(
             "{name} follows `{}` again",
             record.tracked_ref.as_deref().unwrap_or("?")

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use slipway_controller::clock::Clock;
 use slipway_controller::{Controller, CreateEnvironment, Options};
+use slipway_core::vocab::{DeploymentStatus, EventKind, SyncState};
 use slipway_engine::{Engine, EngineConfig};
 use slipway_git::GitRepository;
 use slipway_testkit::git::git;
@@ -179,7 +180,7 @@ fn tracked_environments_follow_pushes_and_branches_come_and_go() {
             .filter(|r| r.commit.as_deref() == Some(second.as_str()))
     });
     assert_eq!(record.commit.as_deref(), Some(second.as_str()));
-    assert_eq!(record.sync, "synced");
+    assert_eq!(record.sync, SyncState::Synced);
 
     w.push(
         "feature/login",
@@ -232,7 +233,8 @@ fn drift_is_repaired_where_self_heal_is_on_and_only_reported_where_it_is_off() {
     );
     wait_for("watch reports the drift", T, || {
         w.record("watch").filter(|r| {
-            r.sync == "out_of_sync" && r.message.as_deref().is_some_and(|m| m.contains("drift"))
+            r.sync == SyncState::OutOfSync
+                && r.message.as_deref().is_some_and(|m| m.contains("drift"))
         })
     });
     assert_eq!(
@@ -259,7 +261,7 @@ fn a_poisoned_commit_marks_the_environment_failed_and_keeps_the_running_version(
         "poison",
     );
     let record = wait_for("dev is marked failed", T, || {
-        w.record("dev").filter(|r| r.sync == "failed")
+        w.record("dev").filter(|r| r.sync == SyncState::Failed)
     });
     assert!(
         record
@@ -341,7 +343,9 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
         })
         .expect("events");
     assert!(
-        events.iter().any(|e| e.kind == "environment.expired"),
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::EnvironmentExpired),
         "the expiry is recorded: {events:?}"
     );
 }
@@ -369,7 +373,7 @@ fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
     let first = deployments
         .iter()
         .rev()
-        .find(|d| d.status == "succeeded")
+        .find(|d| d.status == DeploymentStatus::Succeeded)
         .expect("the first deployment")
         .id;
     w.runtime
@@ -402,7 +406,7 @@ fn a_protected_environment_holds_a_destroying_change_and_says_why() {
         "drop extra",
     );
     let record = wait_for("prod's change is held", T, || {
-        w.record("prod").filter(|r| r.sync == "failed")
+        w.record("prod").filter(|r| r.sync == SyncState::Failed)
     });
     let message = record.message.unwrap_or_default();
     assert!(

@@ -14,6 +14,7 @@
 
 pub mod compare;
 pub mod diag;
+pub mod duration;
 pub mod graph;
 pub mod names;
 pub mod plan;
@@ -23,4 +24,5 @@ pub mod secrets;
 pub mod stack;
 pub mod template;
 pub mod types;
+pub mod vocab;
 pub mod yaml;

@@ -42,21 +42,7 @@ impl Action {
     }
 }
 
-/// The state of a recorded resource, as the store keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordedStatus {
-    /// Applied and its result recorded.
-    Ready,
-    /// A create began; its result was never recorded (interrupted).
-    Creating,
-    /// An update or replace began and was not finished.
-    Updating,
-    /// A delete began and was not finished.
-    Deleting,
-    /// The last operation failed.
-    Failed,
-}
+pub use crate::vocab::{Reason, ResourceStatus};
 
 /// What the store remembers of one resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +50,7 @@ pub struct Recorded {
     /// Its type at the time.
     pub type_name: String,
     /// Its status.
-    pub status: RecordedStatus,
+    pub status: ResourceStatus,
     /// The desired config it was last applied with (templates unresolved).
     pub config: Json,
     /// What it depended on then (deletes run dependents first).
@@ -129,7 +115,7 @@ pub struct Change {
     pub diff: Vec<FieldChange>,
     /// Why, when the diff does not say it (drift, an interrupted apply, an input).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 /// The plan for one environment.
@@ -232,15 +218,15 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                 let (action, reason) = if rec.type_name != res.type_name {
                     (
                         Action::Replace,
-                        Some(format!(
+                        Some(Reason::Other(format!(
                             "type changes from {} to {}",
                             rec.type_name, res.type_name
-                        )),
+                        ))),
                     )
-                } else if rec.status != RecordedStatus::Ready
+                } else if rec.status != ResourceStatus::Ready
                     && matches!(
                         rec.status,
-                        RecordedStatus::Updating | RecordedStatus::Failed
+                        ResourceStatus::Updating | ResourceStatus::Failed
                     )
                     && rtype.is_some_and(|t| t.holds_data())
                     && !forced
@@ -248,25 +234,28 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                     // Replacing would drop the data with the failure: try the update again.
                     (
                         Action::Update,
-                        Some(
+                        Some(Reason::Other(
                             "the previous apply did not finish; retried in place, because \
                              replacing it would lose its data"
                                 .to_string(),
-                        ),
+                        )),
                     )
-                } else if rec.status != RecordedStatus::Ready {
+                } else if rec.status != ResourceStatus::Ready {
+                    let other = |why: &str| Reason::Other(why.to_string());
                     let why = match rec.status {
-                        RecordedStatus::Creating => "a previous create was interrupted",
-                        RecordedStatus::Updating => "a previous update was interrupted",
-                        RecordedStatus::Deleting => "a previous delete was interrupted",
+                        ResourceStatus::Creating => other("a previous create was interrupted"),
+                        ResourceStatus::Updating => other("a previous update was interrupted"),
+                        ResourceStatus::Deleting => other("a previous delete was interrupted"),
                         // A job whose last run failed left stale output (a half-run
                         // migration): that is drift, repaired by running it again.
                         _ if rtype.is_some_and(|t| t.capabilities.reruns_after_failure) => {
-                            "drift: the job's last run failed, so its output is stale"
+                            Reason::Drift(
+                                "the job's last run failed, so its output is stale".to_string(),
+                            )
                         }
-                        _ => "the previous apply failed",
+                        _ => other("the previous apply failed"),
                     };
-                    (Action::Replace, Some(why.to_string()))
+                    (Action::Replace, Some(why))
                 } else if !field_diff.is_empty() {
                     (
                         if forced || always_replaces {
@@ -277,7 +266,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         None,
                     )
                 } else if let Some(Observed::Missing(why)) = input.observed.get(&name) {
-                    (Action::Replace, Some(format!("drift: {why}")))
+                    (Action::Replace, Some(Reason::Drift(why.clone())))
                 } else if let Some(Observed::Drifted(why)) = input.observed.get(&name) {
                     (
                         if always_replaces {
@@ -285,7 +274,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         } else {
                             Action::Update
                         },
-                        Some(format!("drift: {why}")),
+                        Some(Reason::Drift(why.clone())),
                     )
                 } else if let Some(changed) = res.references.iter().find(|r| acted.contains(*r)) {
                     (
@@ -294,9 +283,9 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         } else {
                             Action::Update
                         },
-                        Some(format!(
+                        Some(Reason::Other(format!(
                             "an input from `{changed}` changes (known after apply)"
-                        )),
+                        ))),
                     )
                 } else if matches!((input.resolved_now.get(&name), &rec.resolved_hash), (Some(now), Some(then)) if now != then)
                 {
@@ -306,7 +295,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                         } else {
                             Action::Update
                         },
-                        Some("a referenced output or port changed".into()),
+                        Some(Reason::Other("a referenced output or port changed".into())),
                     )
                 } else {
                     (Action::Noop, None)

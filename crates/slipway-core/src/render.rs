@@ -16,28 +16,7 @@ use crate::template::{self, Reference};
 use crate::types::{self, FieldKind};
 use crate::yaml::{Node, Value};
 
-/// How an environment came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EnvKind {
-    /// Declared with `track:`.
-    Static,
-    /// Made by a family for a pull request or branch.
-    Generated,
-    /// Made by a person.
-    Adhoc,
-}
-
-impl EnvKind {
-    /// `static`, `generated` or `adhoc`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EnvKind::Static => "static",
-            EnvKind::Generated => "generated",
-            EnvKind::Adhoc => "adhoc",
-        }
-    }
-}
+pub use crate::vocab::EnvKind;
 
 /// Which environment to render: its name, and the `environments:` entry that gives its
 /// variables (the same for static environments; the family for generated ones).

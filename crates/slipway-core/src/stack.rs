@@ -581,35 +581,8 @@ fn is_identifier(s: &str) -> bool {
         && s.len() <= 63
 }
 
-/// Parses `30s`, `5m`, `72h`, `1h30m`, `7d`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total: u128 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 12 {
-            return None;
-        }
-        let n: u128 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let millis = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total = total.checked_add(n.checked_mul(millis)?)?;
-    }
-    Some(Duration::from_millis(u64::try_from(total).ok()?))
-}
+/// The duration grammar, kept under its old name for callers of `stack`: see [`crate::duration`].
+pub use crate::duration::parse as parse_duration;
 
 struct Cx {
     diags: Vec<Diagnostic>,
@@ -732,7 +705,7 @@ impl Cx {
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
-        let hint = "write a duration such as `30s`, `15m`, `72h` or `1h30m`";
+        let hint = crate::duration::HINT;
         match &node.value {
             Value::Str(s) => match parse_duration(s) {
                 Some(d) => Some(d),
@@ -1510,20 +1483,6 @@ fn check_cycles(cx: &mut Cx, stack: &Stack) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("72h"), Some(Duration::from_secs(72 * 3600)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("72"), None, "a unit is required");
-        assert_eq!(parse_duration("1x"), None);
-        assert_eq!(
-            parse_duration("99999999999999h"),
-            None,
-            "overflow is refused"
-        );
-    }
 
     #[test]
     fn includes_cannot_leave_the_stack_folder() {

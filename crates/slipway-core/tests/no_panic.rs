@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use slipway_core::plan::{Action, PlanInput, Recorded, RecordedStatus, plan};
+use slipway_core::plan::{Action, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
 
@@ -66,7 +66,7 @@ fn applied(desired: &DesiredState) -> BTreeMap<String, Recorded> {
                 name.clone(),
                 Recorded {
                     type_name: r.type_name.clone(),
-                    status: RecordedStatus::Ready,
+                    status: ResourceStatus::Ready,
                     config: r.config.clone(),
                     depends_on: r.depends_on.clone(),
                     resolved_hash: None,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use slipway_core::plan::{Observed, Plan, PlanInput, Recorded, RecordedStatus, plan};
+use slipway_core::plan::{Observed, Plan, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
 
@@ -53,7 +53,7 @@ fn applied(d: &DesiredState) -> BTreeMap<String, Recorded> {
                 n.clone(),
                 Recorded {
                     type_name: r.type_name.clone(),
-                    status: RecordedStatus::Ready,
+                    status: ResourceStatus::Ready,
                     config: r.config.clone(),
                     depends_on: r.depends_on.clone(),
                     resolved_hash: None,
@@ -146,7 +146,7 @@ fn removed_resources_are_deleted_and_interrupted_ones_replaced() {
         &[],
     );
     let mut recorded = applied(&before);
-    recorded.get_mut("web").expect("web").status = RecordedStatus::Creating;
+    recorded.get_mut("web").expect("web").status = ResourceStatus::Creating;
     let p = plan(
         &after,
         &PlanInput {
@@ -227,8 +227,8 @@ proptest! {
 fn a_failed_job_is_drift_to_repair_and_other_failures_are_retried() {
     let d = desired(STACK, "dev", &[]);
     let mut recorded = applied(&d);
-    recorded.get_mut("seed").expect("seed").status = RecordedStatus::Failed;
-    recorded.get_mut("docs").expect("docs").status = RecordedStatus::Failed;
+    recorded.get_mut("seed").expect("seed").status = ResourceStatus::Failed;
+    recorded.get_mut("docs").expect("docs").status = ResourceStatus::Failed;
     let p = plan(
         &d,
         &PlanInput {
@@ -240,7 +240,8 @@ fn a_failed_job_is_drift_to_repair_and_other_failures_are_retried() {
         p.changes
             .iter()
             .find(|c| c.resource == name)
-            .and_then(|c| c.reason.clone())
+            .and_then(|c| c.reason.as_ref())
+            .map(ToString::to_string)
             .unwrap_or_default()
     };
     assert!(

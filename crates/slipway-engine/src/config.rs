@@ -1,39 +1,28 @@
-//! The engine's own configuration (SPEC §6): where things run and the credentials, never in
-//! the repository. A TOML file; every key has a default, so no file is needed to start.
+//! The engine's own sections of the configuration file (SPEC §6): where things run and the
+//! credentials, never in the repository. Every key has a default, so no file is needed to
+//! start.
+//!
+//! Each section is a type that reads itself (durations in `slipway_core::duration`'s
+//! grammar, ranges as `"LOW-HIGH"`, unknown keys refused): the binary composes them with the
+//! server's, the controller's and the forge's sections into the whole file, and hands the
+//! engine its part, [`EngineConfig`].
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-/// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What the engine reads of the configuration file.
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
-    /// `[server]`
-    #[serde(default)]
-    pub server: ServerConfig,
-    /// `[repo]`
-    #[serde(default)]
-    pub repo: RepoConfig,
-    /// `[forge.NAME]`, kept for the controller.
-    #[serde(default)]
-    pub forge: BTreeMap<String, toml::Table>,
     /// `[postgres.NAME]`: servers that `postgres.*` resources may use.
-    #[serde(default)]
     pub postgres: BTreeMap<String, PostgresServer>,
     /// `[secrets]`: how the engine decrypts the repository's secrets.
-    #[serde(default)]
     pub secrets: SecretsConfig,
     /// `[local]`
-    #[serde(default)]
     pub local: LocalConfig,
-    /// `[controller]`: how `slipway serve` paces itself.
-    #[serde(default)]
-    pub controller: ControllerConfig,
     /// `[environments]`: limits on environments people make (ad-hoc) and extend.
-    #[serde(default)]
     pub environments: EnvironmentsConfig,
 }
 
@@ -45,12 +34,18 @@ pub struct EngineConfig {
 pub struct EnvironmentsConfig {
     /// The longest an ad-hoc environment lives, and the furthest `extend` moves any expiry
     /// from now. A longer `ttl` is refused; a family's longer `ttl` is cut to this.
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl: String,
+    #[serde(
+        default = "default_max_ttl",
+        deserialize_with = "slipway_core::duration::positive"
+    )]
+    max_ttl: Duration,
     /// The life of an ad-hoc environment when neither the request nor its family's `ttl`
     /// says (cut to `max_ttl`).
-    #[serde(default = "default_ttl")]
-    pub default_ttl: String,
+    #[serde(
+        default = "default_ttl",
+        deserialize_with = "slipway_core::duration::deserialize"
+    )]
+    default_ttl: Duration,
 }
 
 impl Default for EnvironmentsConfig {
@@ -63,25 +58,22 @@ impl Default for EnvironmentsConfig {
 }
 
 impl EnvironmentsConfig {
-    /// `max_ttl` as a duration (checked when the file was parsed).
-    pub fn max_ttl(&self) -> std::time::Duration {
-        slipway_core::stack::parse_duration(&self.max_ttl)
-            .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600))
+    /// `max_ttl`: never zero.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
     }
 
-    /// `default_ttl` as a duration, never longer than `max_ttl`.
-    pub fn default_ttl(&self) -> std::time::Duration {
-        slipway_core::stack::parse_duration(&self.default_ttl)
-            .unwrap_or(std::time::Duration::from_secs(24 * 3600))
-            .min(self.max_ttl())
+    /// `default_ttl`, never longer than `max_ttl`.
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl.min(self.max_ttl)
     }
 }
 
-fn default_max_ttl() -> String {
-    "7d".into()
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
-fn default_ttl() -> String {
-    "24h".into()
+fn default_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// `[postgres.NAME]`: one PostgreSQL server, by a connection URL with the right to create
@@ -125,7 +117,9 @@ impl PostgresServer {
         Ok(self.url.clone().unwrap_or_default())
     }
 
-    fn check(&self, name: &str) -> Result<(), String> {
+    /// Refuses a server with other than exactly one source for its URL, or a password in
+    /// `url`.
+    pub fn check(&self, name: &str) -> Result<(), String> {
         let set = [&self.url_env, &self.url_file, &self.url]
             .iter()
             .filter(|v| v.is_some())
@@ -168,181 +162,28 @@ pub struct SecretsConfig {
     pub identity_env: Option<String>,
 }
 
-/// `[controller]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControllerConfig {
-    /// How often every environment is observed for drift.
-    #[serde(default = "default_drift")]
-    pub drift_interval: String,
-    /// The safety-net requeue of every environment.
-    #[serde(default = "default_requeue")]
-    pub requeue_interval: String,
-    /// Most environments reconciled at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// How long audit entries and events are kept; older ones are deleted hourly.
-    #[serde(default = "default_retention")]
-    pub retention: String,
-    /// How long the ids of handled webhook deliveries are kept (a delivery replayed after
-    /// that is handled again, so keep it longer than anyone could hold on to a delivery).
-    #[serde(default = "default_delivery_retention")]
-    pub delivery_retention: String,
-}
-
-impl Default for ControllerConfig {
-    fn default() -> Self {
-        ControllerConfig {
-            drift_interval: default_drift(),
-            requeue_interval: default_requeue(),
-            concurrency: default_concurrency(),
-            retention: default_retention(),
-            delivery_retention: default_delivery_retention(),
-        }
-    }
-}
-
-fn default_retention() -> String {
-    "90d".into()
-}
-fn default_delivery_retention() -> String {
-    "365d".into()
-}
-
-fn default_drift() -> String {
-    "30s".into()
-}
-fn default_requeue() -> String {
-    "5m".into()
-}
-fn default_concurrency() -> usize {
-    4
-}
-
-/// `[server]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// API, UI, webhooks and the preview router.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// How long a client has to send a request's head (and, on a kept-alive connection, the
-    /// next one) before its connection is closed.
-    #[serde(default = "default_header_timeout")]
-    pub header_timeout: String,
-    /// Most connections open at once; beyond it the oldest idle one is closed to make room.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// How long a request's body may take to arrive (past it, and the allowance of
-    /// `body_min_rate`, the client gets `408` and the connection closes).
-    #[serde(default = "default_body_timeout")]
-    pub body_timeout: String,
-    /// Bytes per second a request body must average beyond `body_timeout`: each this many
-    /// bytes received give it a second more; 0 makes `body_timeout` a hard limit.
-    #[serde(default = "default_body_min_rate")]
-    pub body_min_rate: u64,
-    /// How long a write to a client that reads nothing may stall before the connection is
-    /// closed.
-    #[serde(default = "default_write_timeout")]
-    pub write_timeout: String,
-    /// How long the preview router waits to connect to an application.
-    #[serde(default = "default_preview_connect_timeout")]
-    pub preview_connect_timeout: String,
-    /// How long the preview router waits for an application's response (its head); past it
-    /// the client gets `504`.
-    #[serde(default = "default_preview_timeout")]
-    pub preview_timeout: String,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: default_listen(),
-            header_timeout: default_header_timeout(),
-            max_connections: default_max_connections(),
-            body_timeout: default_body_timeout(),
-            body_min_rate: default_body_min_rate(),
-            write_timeout: default_write_timeout(),
-            preview_connect_timeout: default_preview_connect_timeout(),
-            preview_timeout: default_preview_timeout(),
-        }
-    }
-}
-
-fn default_header_timeout() -> String {
-    "10s".into()
-}
-fn default_max_connections() -> usize {
-    1024
-}
-fn default_body_timeout() -> String {
-    "30s".into()
-}
-fn default_body_min_rate() -> u64 {
-    32 * 1024
-}
-fn default_write_timeout() -> String {
-    "30s".into()
-}
-fn default_preview_connect_timeout() -> String {
-    "5s".into()
-}
-fn default_preview_timeout() -> String {
-    "60s".into()
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:7300".into()
-}
-
-/// `[repo]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepoConfig {
-    /// A local path or a `file://`, `https://`, `ssh://` URL; default: the current repository.
-    pub url: Option<String>,
-    /// The folder holding `slipway.yaml`.
-    #[serde(default = "default_path")]
-    pub path: String,
-    /// How often the controller fetches.
-    #[serde(default = "default_poll")]
-    pub poll_interval: String,
-}
-
-impl Default for RepoConfig {
-    fn default() -> Self {
-        RepoConfig {
-            url: None,
-            path: default_path(),
-            poll_interval: default_poll(),
-        }
-    }
-}
-
-fn default_path() -> String {
-    ".".into()
-}
-
-fn default_poll() -> String {
-    "15s".into()
-}
-
 /// `[local]`: the embedded local runtime.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// The range ports are allocated from, `"LOW-HIGH"`.
     #[serde(default = "default_ports")]
-    pub ports: String,
-    /// How many resources apply changes at once.
-    #[serde(default = "default_parallelism")]
+    pub ports: PortRange,
+    /// How many resources apply changes at once (at least 1).
+    #[serde(default = "default_parallelism", deserialize_with = "at_least_one")]
     pub parallelism: usize,
     /// Time between SIGTERM and SIGKILL.
-    #[serde(default = "default_grace")]
-    pub stop_grace: String,
+    #[serde(
+        default = "default_grace",
+        deserialize_with = "slipway_core::duration::deserialize"
+    )]
+    pub stop_grace: Duration,
     /// How long a process may take to become healthy, or a job to finish.
-    #[serde(default = "default_ready")]
-    pub ready_timeout: String,
+    #[serde(
+        default = "default_ready",
+        deserialize_with = "slipway_core::duration::deserialize"
+    )]
+    pub ready_timeout: Duration,
     /// A resource's log is rotated past this many bytes.
     #[serde(default = "default_log_bytes")]
     pub log_max_bytes: u64,
@@ -354,7 +195,7 @@ pub struct LocalConfig {
     pub isolation: IsolationSetting,
     /// The range each environment's own uid (= gid) is allocated from, `"LOW-HIGH"`.
     #[serde(default = "default_uids")]
-    pub uids: String,
+    pub uids: UidRange,
 }
 
 /// `[local] isolation`.
@@ -386,175 +227,114 @@ impl Default for LocalConfig {
     }
 }
 
-fn default_uids() -> String {
-    "200000-299999".into()
+fn default_uids() -> UidRange {
+    UidRange(200_000..=299_999)
 }
-
-fn default_ports() -> String {
-    "20000-29999".into()
+fn default_ports() -> PortRange {
+    PortRange(20_000..=29_999)
 }
 fn default_parallelism() -> usize {
     8
 }
-fn default_grace() -> String {
-    "10s".into()
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_ready() -> String {
-    "60s".into()
+fn default_ready() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_log_bytes() -> u64 {
     10 * 1024 * 1024
 }
 
-/// A configuration file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Not readable.
-    #[error("cannot read the engine configuration {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not valid TOML, or an unknown or mistyped key.
-    #[error("invalid engine configuration {path}: {message}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// What toml said, with line and column.
-        message: String,
-    },
+fn at_least_one<'de, D: Deserializer<'de>>(de: D) -> Result<usize, D::Error> {
+    match usize::deserialize(de)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// `LOW-HIGH` as two numbers, `LOW <= HIGH`.
+fn range<'de, D: Deserializer<'de>, T: std::str::FromStr + PartialOrd>(
+    de: D,
+    example: &str,
+    valid: impl Fn(&T, &T) -> bool,
+) -> Result<RangeInclusive<T>, D::Error> {
+    let text = String::deserialize(de)?;
+    let parsed = text.split_once('-').and_then(|(lo, hi)| {
+        let (lo, hi) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        (lo <= hi && valid(&lo, &hi)).then_some(lo..=hi)
+    });
+    parsed.ok_or_else(|| {
+        serde::de::Error::custom(format!("{text:?} is not a range such as \"{example}\""))
+    })
+}
+
+/// `[local] ports`: the TCP ports resources are given, never port 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        range(de, "20000-29999", |lo, _| *lo != 0).map(PortRange)
+    }
+}
+
+/// `[local] uids`: the uids environments run as. Uid 0 and the top uid (`(uid_t)-1`, "no
+/// change") are never in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidRange(pub RangeInclusive<u32>);
+
+impl<'de> Deserialize<'de> for UidRange {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        range(de, "200000-299999", |lo, hi| *lo != 0 && *hi != u32::MAX).map(UidRange)
+    }
 }
 
 impl EngineConfig {
-    /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<EngineConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
-    }
-
-    /// Parses configuration text.
-    pub fn parse(text: &str) -> Result<EngineConfig, String> {
-        let config: EngineConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.port_range()?;
-        config.uid_range()?;
-        for (key, value) in [
-            ("local.stop_grace", &config.local.stop_grace),
-            ("local.ready_timeout", &config.local.ready_timeout),
-            ("repo.poll_interval", &config.repo.poll_interval),
-            (
-                "controller.drift_interval",
-                &config.controller.drift_interval,
-            ),
-            (
-                "controller.requeue_interval",
-                &config.controller.requeue_interval,
-            ),
-            ("environments.max_ttl", &config.environments.max_ttl),
-            ("environments.default_ttl", &config.environments.default_ttl),
-        ] {
-            if slipway_core::stack::parse_duration(value).is_none() {
-                return Err(format!(
-                    "`{key}` = {value:?} is not a duration such as \"10s\""
-                ));
-            }
-        }
-        for (name, server) in &config.postgres {
+    /// What a section's own type cannot check: each `[postgres.NAME]` names one source for
+    /// its URL, and no password.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, server) in &self.postgres {
             server.check(name)?;
         }
-        if slipway_core::stack::parse_duration(&config.environments.max_ttl)
-            .is_some_and(|d| d.is_zero())
-        {
-            return Err("`environments.max_ttl` must be longer than zero".into());
-        }
-        if config.local.parallelism == 0 {
-            return Err("`local.parallelism` must be at least 1".into());
-        }
-        Ok(config)
+        Ok(())
     }
 
-    /// `[local] uids` as a range. Uid 0 and the top uid (`(uid_t)-1`, "no change") are never
-    /// in it.
-    pub fn uid_range(&self) -> Result<RangeInclusive<u32>, String> {
-        let bad = || {
-            format!(
-                "`local.uids` = {:?} is not a range of unused uids such as \"200000-299999\"",
-                self.local.uids
-            )
-        };
-        let (lo, hi) = self.local.uids.split_once('-').ok_or_else(bad)?;
-        let lo: u32 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u32 = hi.trim().parse().map_err(|_| bad())?;
-        if lo == 0 || lo > hi || hi == u32::MAX {
-            return Err(bad());
-        }
-        Ok(lo..=hi)
+    /// `[local] uids`.
+    pub fn uid_range(&self) -> RangeInclusive<u32> {
+        self.local.uids.0.clone()
     }
 
-    /// `[local] ports` as a range.
-    pub fn port_range(&self) -> Result<RangeInclusive<u16>, String> {
-        let bad = || {
-            format!(
-                "`local.ports` = {:?} is not a range such as \"20000-29999\"",
-                self.local.ports
-            )
-        };
-        let (lo, hi) = self.local.ports.split_once('-').ok_or_else(bad)?;
-        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-        if lo == 0 || lo > hi {
-            return Err(bad());
-        }
-        Ok(lo..=hi)
+    /// `[local] ports`.
+    pub fn port_range(&self) -> RangeInclusive<u16> {
+        self.local.ports.0.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    #[test]
-    fn the_spec_example_configuration_parses() {
-        let text = r#"
-[server]
-listen = "127.0.0.1:7300"
-[repo]
-url = "file:///srv/git/shop.git"
-path = "."
-poll_interval = "15s"
-[forge.github]
-repository = "acme/shop"
-api_url = "https://api.github.com"
-token_env = "GITHUB_TOKEN"
-webhook_secret_env = "SLIPWAY_WEBHOOK_SECRET"
-[postgres.main]
-url_env = "SLIPWAY_PG_MAIN_URL"
-[local]
-ports = "20000-29999"
-"#;
-        let config = EngineConfig::parse(text).expect("the SPEC §6 example parses");
-        assert_eq!(config.port_range().expect("a range"), 20000..=29999);
+    fn local(value: serde_json::Value) -> Result<LocalConfig, String> {
+        serde_json::from_value(value).map_err(|e| e.to_string())
     }
 
     #[test]
     fn postgres_servers_never_take_a_password_inline() {
-        let e = EngineConfig::parse("[postgres.main]\nurl = \"postgres://u:pw@db/x\"").unwrap_err();
+        let server = |value| -> PostgresServer { serde_json::from_value(value).expect("parses") };
+        let e = server(json!({"url": "postgres://u:pw@db/x"}))
+            .check("main")
+            .unwrap_err();
         assert!(e.contains("holds a password") && !e.contains("pw@"), "{e}");
         assert!(
-            EngineConfig::parse(
-                "[postgres.main]\nurl = \"postgres://postgres@127.0.0.1/postgres\""
-            )
-            .is_ok()
+            server(json!({"url": "postgres://postgres@127.0.0.1/postgres"}))
+                .check("main")
+                .is_ok()
         );
-        let e = EngineConfig::parse("[postgres.main]\nurl = \"postgres://a@b/c\"\nurl_env = \"X\"")
+        let e = server(json!({"url": "postgres://a@b/c", "url_env": "X"}))
+            .check("main")
             .unwrap_err();
         assert!(e.contains("exactly one"), "{e}");
         let server = PostgresServer {
@@ -565,35 +345,43 @@ ports = "20000-29999"
     }
 
     #[test]
-    fn bad_keys_and_values_are_named() {
-        assert!(
-            EngineConfig::parse("[local]\nprots = \"1-2\"")
-                .unwrap_err()
-                .contains("prots")
-        );
-        assert!(
-            EngineConfig::parse("[local]\nports = \"9-1\"")
-                .unwrap_err()
-                .contains("local.ports")
-        );
-        assert!(
-            EngineConfig::parse("[local]\nuids = \"0-10\"")
-                .unwrap_err()
-                .contains("local.uids")
-        );
-        assert!(
-            EngineConfig::parse("[local]\nisolation = \"chroot\"")
-                .unwrap_err()
-                .contains("isolation")
-        );
-        let config = EngineConfig::parse("[local]\nisolation = \"none\"\nuids = \"5-9\"")
-            .expect("isolation and uids parse");
-        assert_eq!(config.local.isolation, IsolationSetting::None);
-        assert_eq!(config.uid_range().expect("a range"), 5..=9);
-        assert!(
-            EngineConfig::parse("[local]\nstop_grace = \"soon\"")
-                .unwrap_err()
-                .contains("stop_grace")
-        );
+    fn local_reads_its_ranges_durations_and_isolation_typed() {
+        let config = local(json!({
+            "ports": "20000-29999",
+            "uids": "5-9",
+            "stop_grace": "1m30s",
+            "isolation": "none"
+        }))
+        .expect("parses");
+        assert_eq!(config.ports, PortRange(20_000..=29_999));
+        assert_eq!(config.uids, UidRange(5..=9));
+        assert_eq!(config.stop_grace, Duration::from_secs(90));
+        assert_eq!(config.ready_timeout, Duration::from_secs(60), "the default");
+        assert_eq!(config.isolation, IsolationSetting::None);
+        for (bad, named) in [
+            (json!({"prots": "1-2"}), "prots"),
+            (json!({"ports": "9-1"}), "9-1"),
+            (json!({"ports": "0-10"}), "0-10"),
+            (json!({"ports": "1-70000"}), "1-70000"),
+            (json!({"uids": "0-10"}), "0-10"),
+            (json!({"uids": "1-4294967295"}), "4294967295"),
+            (json!({"isolation": "chroot"}), "chroot"),
+            (json!({"stop_grace": "soon"}), "soon"),
+            (json!({"parallelism": 0}), "at least 1"),
+        ] {
+            let e = local(bad.clone()).expect_err("refused");
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_ttl_is_cut_to_the_max_and_the_max_is_never_zero() {
+        let limits: EnvironmentsConfig =
+            serde_json::from_value(json!({"max_ttl": "2h", "default_ttl": "1d"})).expect("parses");
+        assert_eq!(limits.max_ttl(), Duration::from_secs(7200));
+        assert_eq!(limits.default_ttl(), Duration::from_secs(7200));
+        let e = serde_json::from_value::<EnvironmentsConfig>(json!({"max_ttl": "0s"}))
+            .expect_err("a zero max_ttl is refused");
+        assert!(e.to_string().contains("longer than 0"), "{e}");
     }
 }

@@ -141,7 +141,7 @@ impl Engine {
                 let uid = match self.store.environment_uid(env)? {
                     Some(uid) => uid,
                     None => {
-                        let range = self.config.uid_range().map_err(EngineError::Usage)?;
+                        let range = self.config.uid_range();
                         self.store
                             .allocate_uid(env, range, |id| !sandbox::id_is_known(id))?
                     }

@@ -40,8 +40,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded, RecordedStatus};
+use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded};
 use slipway_core::render::{DesiredState, EnvKind};
+use slipway_core::vocab::{Health, SyncState};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry};
@@ -355,11 +356,10 @@ impl Engine {
         let isolation = isolation::effective(config.local.isolation)?;
         let store = Store::open(home)?;
         isolation::secure_home(home)?;
-        let parse = |s: &str| slipway_core::stack::parse_duration(s).unwrap_or_default();
         let settings = ProviderSettings {
             supervisor,
-            stop_grace: parse(&config.local.stop_grace),
-            ready_timeout: parse(&config.local.ready_timeout),
+            stop_grace: config.local.stop_grace,
+            ready_timeout: config.local.ready_timeout,
             log_max_bytes: config.local.log_max_bytes,
         };
         let mut registry = Registry::local();
@@ -600,8 +600,8 @@ impl Engine {
                 record.name.as_str(),
                 u8::from(envelope.instance(&record.name) != record.name),
             );
-            let status = parse_status(&record.status);
-            if status == RecordedStatus::Ready {
+            let status = record.status;
+            if status == slipway_core::vocab::ResourceStatus::Ready {
                 let ports = all_ports.get(&record.name).unwrap_or(&none);
                 input.observed.insert(
                     record.name.clone(),
@@ -687,7 +687,7 @@ impl Engine {
     fn record_environment(
         &self,
         prepared: &Prepared,
-        sync: &str,
+        sync: SyncState,
     ) -> Result<EnvironmentRecord, EngineError> {
         let now = slipway_state::now_ms();
         let env = &prepared.desired.environment.name;
@@ -696,15 +696,15 @@ impl Engine {
             .environment(env)?
             .unwrap_or_else(|| EnvironmentRecord {
                 name: env.clone(),
-                kind: prepared.desired.environment.kind.as_str().to_string(),
+                kind: prepared.desired.environment.kind,
                 stack: prepared.desired.stack.clone(),
                 repo: prepared.repo.clone(),
                 tracked_ref: None,
                 desired_commit: None,
                 commit: None,
                 hash: None,
-                sync: "out_of_sync".into(),
-                health: "missing".into(),
+                sync: SyncState::OutOfSync,
+                health: Health::Missing,
                 message: None,
                 owner: None,
                 ttl_ms: None,
@@ -717,7 +717,7 @@ impl Engine {
             });
         record.repo = prepared.repo.clone();
         record.stack = prepared.desired.stack.clone();
-        record.kind = prepared.desired.environment.kind.as_str().to_string();
+        record.kind = prepared.desired.environment.kind;
         record.definition = Some(prepared.desired.environment.definition.clone());
         // What the record says is in force: the commit's own rules once it runs, except for
         // a pinned commit (a pull request's), whose rules were never accepted on the branch.
@@ -748,7 +748,7 @@ impl Engine {
             record.tracked_ref = Some(prepared.reference.clone());
         }
         record.desired_commit = Some(prepared.commit.sha.clone());
-        record.sync = sync.to_string();
+        record.sync = sync;
         record.updated_at = now;
         self.store.upsert_environment(&record)?;
         Ok(record)
@@ -764,14 +764,4 @@ fn is_full_sha(s: &str) -> bool {
     s.len() == 40
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
-pub(crate) fn parse_status(s: &str) -> RecordedStatus {
-    match s {
-        "ready" => RecordedStatus::Ready,
-        "creating" => RecordedStatus::Creating,
-        "updating" => RecordedStatus::Updating,
-        "deleting" => RecordedStatus::Deleting,
-        _ => RecordedStatus::Failed,
-    }
 }

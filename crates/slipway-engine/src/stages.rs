@@ -258,7 +258,7 @@ impl Engine {
                 .environment(name)
                 .ok()
                 .flatten()
-                .filter(|r| r.kind == EnvKind::Generated.as_str())
+                .filter(|r| r.kind == EnvKind::Generated)
                 .and_then(|r| r.tracked_ref)
         };
         Ok(discover::wanted(stack, &branches, &[], &holder)
@@ -389,7 +389,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let name = &target.name;
         if let Some(record) = self.store.environment(name)?
-            && record.kind != target.kind.as_str()
+            && record.kind != target.kind
         {
             return Err(EngineError::NotAdopted(format!(
                 "`{name}` is recorded as a {} environment, not {}; it is not adopted as one: \

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::plan::Observed;
+use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
 
-use crate::{Engine, EngineError, Envelope, parse_status};
+use crate::{Engine, EngineError, Envelope};
 
 /// One resource as `status --output json` shows it (SPEC §6).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,8 +15,8 @@ pub struct ResourceStatus {
     /// Its type.
     #[serde(rename = "type")]
     pub type_name: String,
-    /// `ready`, `failed`, `creating`, `updating`, `deleting`, `missing` or `drifted`.
-    pub status: String,
+    /// As recorded, or `missing` or `drifted` when it was ready and looks otherwise now.
+    pub status: ShownStatus,
     /// Its outputs, secret ones replaced by `"<redacted>"`.
     pub outputs: Json,
     /// What is wrong, when something is.
@@ -28,16 +29,16 @@ pub struct ResourceStatus {
 pub struct EnvironmentStatus {
     /// Its name.
     pub name: String,
-    /// `static`, `generated` or `adhoc`.
-    pub kind: String,
+    /// How it came to be.
+    pub kind: EnvKind,
     /// The commit it runs.
     pub commit: Option<String>,
     /// The commit it should run.
     pub desired_commit: Option<String>,
-    /// `synced`, `out_of_sync`, `syncing` or `failed`.
-    pub sync: String,
-    /// `healthy`, `progressing`, `degraded` or `missing`.
-    pub health: String,
+    /// Whether it runs the commit it should.
+    pub sync: SyncState,
+    /// Its health, as observed now.
+    pub health: Health,
     /// Where its exposed port is served.
     pub url: Option<String>,
     /// When it expires, RFC 3339.
@@ -98,22 +99,22 @@ impl Engine {
         let mut degraded = false;
         for record in self.store.resources(&env.name)? {
             let envelope = Envelope::of(&record);
-            let mut status = record.status.clone();
+            let mut status = ShownStatus::from(record.status);
             let mut message = record.error.clone();
-            if parse_status(&record.status) == slipway_core::plan::RecordedStatus::Ready {
+            if status == ShownStatus::Ready {
                 match self.observe(&env.name, &record, &envelope) {
                     Observed::InSync => {}
                     Observed::Drifted(why) => {
-                        status = "drifted".into();
+                        status = ShownStatus::Drifted;
                         message = Some(why);
                     }
                     Observed::Missing(why) => {
-                        status = "missing".into();
+                        status = ShownStatus::Missing;
                         message = Some(why);
                     }
                 }
             }
-            degraded |= status != "ready";
+            degraded |= status != ShownStatus::Ready;
             let mut outputs = record.outputs.clone();
             if let Some(map) = outputs.as_object_mut() {
                 for secret in &record.secret_outputs {
@@ -136,14 +137,14 @@ impl Engine {
                 message,
             });
         }
-        let health = if env.sync == "syncing" {
-            "progressing".to_string()
+        let health = if env.sync == SyncState::Syncing {
+            Health::Progressing
         } else if degraded {
-            "degraded".to_string()
+            Health::Degraded
         } else if env.commit.is_none() {
-            "missing".to_string()
+            Health::Missing
         } else {
-            "healthy".to_string()
+            Health::Healthy
         };
         let locked_by = self
             .store

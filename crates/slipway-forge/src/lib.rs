@@ -61,6 +61,7 @@ mod paging;
 mod profile;
 mod render;
 mod scrub;
+mod section;
 mod webhook;
 
 pub use adapter::connect;
@@ -77,6 +78,7 @@ pub use profile::{ForgeProfile, SignatureScheme, StatusNames};
 pub use render::{
     DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, render_plan_comment,
 };
+pub use section::ForgeSection;
 pub use webhook::{
     DEFAULT_MAX_BODY_BYTES, Headers, KNOWN_EVENTS, WebhookError, WebhookVerifier, body_digest,
     parse_payload, payload_repository, sign, verify_and_parse,

@@ -1,21 +1,8 @@
-//! Durations in resource configurations are humantime strings: `"10s"`, `"500ms"`, `"2m 30s"`.
+//! Durations in resource configurations are written in the core's one grammar
+//! ([`slipway_core::duration`]: `"10s"`, `"500ms"`, `"1h30m"`), which `slipway.yaml`'s
+//! validation already checked; this module only shows them in messages.
 
 use std::time::Duration;
-
-use serde::{Deserialize, Deserializer};
-
-/// `#[serde(default, deserialize_with = "crate::duration::optional")]` for an
-/// `Option<Duration>` field written as a humantime string.
-pub(crate) fn optional<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-    let Some(text) = Option::<String>::deserialize(de)? else {
-        return Ok(None);
-    };
-    humantime::parse_duration(&text).map(Some).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write it like \"10s\" or \"500ms\""
-        ))
-    })
-}
 
 /// A duration as people read it in messages: `"1s 500ms"`.
 pub(crate) fn show(d: Duration) -> String {

@@ -45,7 +45,7 @@ pub struct ExecConfig {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// How long one operation may take; the engine's `ready_timeout` if absent.
-    #[serde(default, deserialize_with = "crate::duration::optional")]
+    #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub timeout: Option<Duration>,
 }
 

@@ -34,7 +34,7 @@ pub struct JobConfig {
     #[serde(default)]
     pub cwd: Option<String>,
     /// How long the job may run; the engine's `ready_timeout` if absent.
-    #[serde(default, deserialize_with = "crate::duration::optional")]
+    #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub timeout: Option<Duration>,
 }
 

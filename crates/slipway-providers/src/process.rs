@@ -66,13 +66,13 @@ pub struct ProcessConfig {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Time between SIGTERM and SIGKILL when stopping; the engine's default if absent.
-    #[serde(default, deserialize_with = "crate::duration::optional")]
+    #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub stop_grace: Option<Duration>,
     /// When the supervisor starts the command again after it exits.
     #[serde(default)]
     pub restart: RestartPolicy,
     /// How long it may take to become healthy; the engine's default if absent.
-    #[serde(default, deserialize_with = "crate::duration::optional")]
+    #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub ready_timeout: Option<Duration>,
 }
 
@@ -93,10 +93,10 @@ pub struct HealthConfig {
     #[serde(default)]
     pub port: Option<String>,
     /// Time between checks; 1 s if absent.
-    #[serde(default, deserialize_with = "crate::duration::optional")]
+    #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub interval: Option<Duration>,
     /// Time one check may take; 2 s if absent.
-    #[serde(default, deserialize_with = "crate::duration::optional")]
+    #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub timeout: Option<Duration>,
 }
 

@@ -18,6 +18,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use slipway_core::vocab::EnvKind;
 use slipway_state::{NewAudit, now_ms};
 
 use crate::AppState;
@@ -300,10 +301,10 @@ async fn needed_role(guard: &Guard, target: Option<&str>) -> Result<Role, ApiErr
                     .map_err(|e| {
                         ApiError::internal(format!("environment lookup task failed: {e}"))
                     })??;
-            match record.as_ref().map(|r| r.kind.as_str()) {
+            match record.as_ref().map(|r| r.kind) {
                 // Unknown: the handler answers 404, which tells nothing a viewer cannot list.
-                None | Some("adhoc" | "generated") => Role::Developer,
-                Some(_) => Role::Deployer,
+                None | Some(EnvKind::Adhoc | EnvKind::Generated) => Role::Developer,
+                Some(EnvKind::Static) => Role::Deployer,
             }
         }
     })

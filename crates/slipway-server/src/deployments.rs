@@ -3,15 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use schemars::generate::SchemaGenerator;
-use schemars::{JsonSchema, Schema};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
-use slipway_state::{DEPLOYMENT_STATUSES, DeploymentRecord};
+use slipway_core::vocab::DeploymentStatus;
+use slipway_state::DeploymentRecord;
 
 use crate::body::{DeploymentId, EnvName};
 use crate::error::ApiError;
-use crate::openapi::one_of;
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
 
@@ -39,8 +38,7 @@ pub(crate) struct DeploymentSummary {
     hash: String,
     /// The ref the commit was resolved from.
     reference: Option<String>,
-    #[schemars(schema_with = "statuses")]
-    status: String,
+    status: DeploymentStatus,
     /// Why it failed or was interrupted.
     error: Option<String>,
     /// Who or what started it.
@@ -51,10 +49,6 @@ pub(crate) struct DeploymentSummary {
     finished_at: Option<String>,
     /// What it did, once finished (`null` until then).
     summary: Value,
-}
-
-fn statuses(_: &mut SchemaGenerator) -> Schema {
-    one_of(DEPLOYMENT_STATUSES)
 }
 
 impl From<DeploymentRecord> for DeploymentSummary {

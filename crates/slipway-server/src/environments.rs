@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_controller::{Controller, CreateEnvironment, Trigger};
 use slipway_core::plan::Change;
+use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
 use slipway_engine::{EngineError, EnvironmentStatus, Origin};
-use slipway_state::{ENVIRONMENT_KINDS, EnvironmentRecord, RESOURCE_STATUSES};
+use slipway_state::EnvironmentRecord;
 
 use crate::AppState;
 use crate::auth::{AuditTarget, Principal};
@@ -147,16 +148,13 @@ pub(crate) fn routes() -> Vec<Route> {
 pub(crate) struct EnvironmentView {
     #[schemars(with = "EnvName")]
     name: String,
-    #[schemars(schema_with = "kinds")]
-    kind: String,
+    kind: EnvKind,
     /// The commit it runs.
     commit: Option<String>,
     /// The commit it should run.
     desired_commit: Option<String>,
-    #[schemars(schema_with = "crate::openapi::sync_states")]
-    sync: String,
-    #[schemars(schema_with = "crate::openapi::health_states")]
-    health: String,
+    sync: SyncState,
+    health: Health,
     /// Where its exposed port is served.
     url: Option<String>,
     #[schemars(extend("format" = "date-time"))]
@@ -194,8 +192,7 @@ struct ResourceView {
     /// Its type, e.g. `process` or `file`.
     #[serde(rename = "type")]
     type_name: String,
-    #[schemars(schema_with = "resource_statuses")]
-    status: String,
+    status: ShownStatus,
     /// Its outputs, secret ones `<redacted>`; null while it is first being created.
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     outputs: Value,
@@ -204,18 +201,8 @@ struct ResourceView {
     message: Option<String>,
 }
 
-fn kinds(_: &mut SchemaGenerator) -> Schema {
-    one_of(ENVIRONMENT_KINDS)
-}
-
 fn isolations(_: &mut SchemaGenerator) -> Schema {
     one_of(&["uid", "landlock", "none"])
-}
-
-fn resource_statuses(_: &mut SchemaGenerator) -> Schema {
-    let mut all: Vec<&str> = RESOURCE_STATUSES.to_vec();
-    all.extend(["missing", "drifted"]);
-    one_of(&all)
 }
 
 impl EnvironmentView {

@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_controller::Controller;
+use slipway_core::vocab::EventKind;
 use slipway_state::{EventQuery, EventRecord};
 
 use crate::body::{EnvName, QueryArgs, check_name, cursor, printable};
@@ -65,8 +66,8 @@ struct EventView<'a> {
     id: i64,
     /// The environment it concerns; null for engine-wide events.
     environment: Option<&'a str>,
-    /// E.g. `deployment.started`, `drift.detected`, `environment.created`.
-    kind: &'a str,
+    /// What happened, e.g. `apply.started`, `drift.detected`, `environment.created`.
+    kind: EventKind,
     /// A sentence for people.
     message: &'a str,
     /// Details for programs.
@@ -193,7 +194,7 @@ fn to_sse(event: &EventRecord) -> Event {
     let view = EventView {
         id: event.id,
         environment: event.environment.as_deref(),
-        kind: &event.kind,
+        kind: event.kind,
         message: &event.message,
         data: &event.data,
         at: rfc3339(event.at),

@@ -37,6 +37,7 @@
 
 mod auth;
 mod body;
+mod config;
 mod conn;
 mod deployments;
 mod environments;
@@ -57,6 +58,8 @@ use std::time::Duration;
 use axum::Router;
 use slipway_controller::Controller;
 use tokio::sync::watch;
+
+pub use config::ServerConfig;
 
 /// How the API behaves. Every field has a default.
 #[derive(Debug, Clone)]

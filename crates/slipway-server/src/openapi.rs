@@ -29,16 +29,6 @@ pub(crate) fn one_of(values: &[&str]) -> Schema {
     json_schema!({"type": "string", "enum": values})
 }
 
-/// The schema of an environment's sync state.
-pub(crate) fn sync_states(_: &mut SchemaGenerator) -> Schema {
-    one_of(slipway_state::SYNC_STATES)
-}
-
-/// The schema of an environment's health.
-pub(crate) fn health_states(_: &mut SchemaGenerator) -> Schema {
-    one_of(slipway_state::HEALTH_STATES)
-}
-
 /// The generator of the schemas of what clients send (serde's deserialising side: a field
 /// with a default is optional) or, `for_responses`, of what the server sends (a field left
 /// out when empty is optional; every other is always there).

@@ -12,7 +12,8 @@ use schemars::generate::SchemaGenerator;
 use schemars::{JsonSchema, Schema, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use slipway_state::{AUDIT_OUTCOMES, AuditRecord, HEALTH_STATES, SYNC_STATES};
+use slipway_core::vocab::{Health as EnvHealth, SyncState};
+use slipway_state::{AUDIT_OUTCOMES, AuditRecord};
 
 use crate::body::{JsonBody, NoFields, QueryArgs, cursor};
 use crate::error::ApiError;
@@ -93,15 +94,17 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
         .blocking(|c| {
             let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
             // Every pair, so that a state's series drops to 0 rather than disappearing.
-            for sync in SYNC_STATES {
-                for health in HEALTH_STATES {
+            for sync in SyncState::WORDS {
+                for health in EnvHealth::WORDS {
                     counts.insert((sync.to_string(), health.to_string()), 0);
                 }
             }
             // The recorded states: `engine.status` would observe every resource of every
             // environment on each scrape.
             for env in c.engine().store().environments()? {
-                *counts.entry((env.sync, env.health)).or_insert(0) += 1;
+                *counts
+                    .entry((env.sync.to_string(), env.health.to_string()))
+                    .or_insert(0) += 1;
             }
             Ok(counts)
         })

@@ -39,6 +39,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use slipway_controller::Controller;
+use slipway_core::vocab::ResourceStatus;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long the router waits on an application, and how many requests it has in flight.
@@ -119,7 +120,7 @@ pub fn exposed_address(resources: &[slipway_state::ResourceRecord]) -> Option<St
     resources.iter().find_map(|r| {
         // Any status but `deleting`: during an update the record still holds the running
         // instance's ports, and after a failed swap the old instance still serves.
-        if r.status == "deleting" {
+        if r.status == ResourceStatus::Deleting {
             return None;
         }
         let name = slipway_core::types::exposed_port(&r.type_name, &r.config)?;
@@ -600,11 +601,11 @@ mod tests {
 
     #[test]
     fn only_the_port_named_in_expose_is_a_target() {
-        let record = |config: serde_json::Value, status: &str| slipway_state::ResourceRecord {
+        let record = |config: serde_json::Value, status| slipway_state::ResourceRecord {
             environment: "dev".into(),
             name: "web".into(),
             type_name: "process".into(),
-            status: status.into(),
+            status,
             config,
             resolved_hash: None,
             outputs: serde_json::json!({
@@ -618,19 +619,25 @@ mod tests {
             updated_at: 0,
             sensitive: false,
         };
-        let exposed = record(serde_json::json!({"expose": "http"}), "ready");
+        let exposed = record(serde_json::json!({"expose": "http"}), ResourceStatus::Ready);
         assert_eq!(
             exposed_address(std::slice::from_ref(&exposed)).as_deref(),
             Some("http://127.0.0.1:20002"),
             "the exposed port, not the first one nor the `url` output"
         );
-        let unexposed = record(serde_json::json!({"ports": ["admin", "http"]}), "ready");
+        let unexposed = record(
+            serde_json::json!({"ports": ["admin", "http"]}),
+            ResourceStatus::Ready,
+        );
         assert_eq!(
             exposed_address(&[unexposed]),
             None,
             "no `expose`, no preview target"
         );
-        let deleting = record(serde_json::json!({"expose": "http"}), "deleting");
+        let deleting = record(
+            serde_json::json!({"expose": "http"}),
+            ResourceStatus::Deleting,
+        );
         assert_eq!(exposed_address(&[deleting]), None);
     }
 

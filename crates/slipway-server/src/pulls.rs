@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::Serialize;
+use slipway_core::vocab::{EnvKind, Health, SyncState};
 use slipway_state::{EnvironmentRecord, LockRecord, PullRequestRecord};
 
 use crate::body::EnvName;
@@ -65,10 +66,8 @@ impl From<&LockRecord> for LockView {
 struct PreviewView {
     #[schemars(with = "EnvName")]
     environment: String,
-    #[schemars(schema_with = "crate::openapi::sync_states")]
-    sync: String,
-    #[schemars(schema_with = "crate::openapi::health_states")]
-    health: String,
+    sync: SyncState,
+    health: Health,
     /// The commit it runs.
     commit: Option<String>,
     /// The commit it should run.
@@ -145,11 +144,11 @@ fn view(
     // Discovery names the preview of pull request N `pr-N`, in a generated family.
     let preview = environments
         .get(&format!("pr-{}", pr.number))
-        .filter(|e| e.kind == "generated")
+        .filter(|e| e.kind == EnvKind::Generated)
         .map(|e| PreviewView {
             environment: e.name.clone(),
-            sync: e.sync.clone(),
-            health: e.health.clone(),
+            sync: e.sync,
+            health: e.health,
             commit: e.commit.clone(),
             desired_commit: e.desired_commit.clone(),
             at_head: e.commit.as_deref() == Some(pr.head_sha.as_str()),

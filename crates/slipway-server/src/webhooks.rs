@@ -268,7 +268,7 @@ async fn receive(
             if let Err(e) = controller.handle_forge_event(forge_event).await {
                 let _ = controller.engine().store().record_event(
                     None,
-                    "webhook.failed",
+                    slipway_core::vocab::EventKind::WebhookFailed,
                     &format!("delivery {id}: {e}"),
                     &json!({}),
                     now_ms(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use slipway_controller::{Controller, Options};
+use slipway_core::vocab::{EnvKind, EventKind, ResourceStatus, SyncState};
 use slipway_engine::{Engine, EngineConfig};
 use slipway_git::GitRepository;
 use slipway_testkit::git::git;
@@ -281,7 +282,7 @@ impl Fixture {
             let store = self.controller.engine().store();
             let record = store.environment(env).ok().flatten()?;
             let deployed = !store.deployments(env, 1).ok()?.is_empty();
-            (record.sync == "synced" && deployed).then_some(())
+            (record.sync == SyncState::Synced && deployed).then_some(())
         });
     }
 
@@ -1185,7 +1186,7 @@ fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_
     let other = store
         .record_event(
             Some("other"),
-            "test.other",
+            EventKind::ChangeHeld,
             "not for main",
             &json!({}),
             slipway_state::now_ms(),
@@ -1194,14 +1195,14 @@ fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_
     let mine = store
         .record_event(
             Some("main"),
-            "test.ping",
+            EventKind::DriftDetected,
             "hello main",
             &json!({"n": 1}),
             slipway_state::now_ms(),
         )
         .expect("record an event");
     let mut reader = BufReader::new(response.into_body().into_reader());
-    let seen = read_events(&mut reader, |data| data["kind"] == "test.ping");
+    let seen = read_events(&mut reader, |data| data["kind"] == "drift.detected");
     let (id, data) = seen.last().expect("an event");
     assert_eq!(
         *id, mine,
@@ -1377,7 +1378,7 @@ fn an_environment_listed_while_a_resource_is_being_created_matches_the_schema() 
             environment: "main".into(),
             name: "half-made".into(),
             type_name: "file".into(),
-            status: "creating".into(),
+            status: ResourceStatus::Creating,
             config: json!({}),
             resolved_hash: None,
             outputs: Value::Null,
@@ -1738,7 +1739,7 @@ fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
     // #7's preview, as discovery would record it.
     let mut preview = main.clone();
     preview.name = "pr-7".into();
-    preview.kind = "generated".into();
+    preview.kind = EnvKind::Generated;
     store.upsert_environment(&preview).expect("record pr-7");
     store
         .lock_environment("main", 8, "octocat", slipway_state::now_ms())

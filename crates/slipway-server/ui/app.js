@@ -310,7 +310,7 @@
         w.note.update(`${w.prefix}: the deployment failed: ${event.message}`, "error");
       } else if (event.kind === "change.held" || event.kind === "commit.invalid") {
         w.note.update(`${w.prefix}: held: ${event.message}`, "error");
-      } else if (event.kind === "destroyed" || event.kind === "environment.destroyed" || event.kind === "environment.expired") {
+      } else if (event.kind === "environment.destroyed" || event.kind === "environment.expired") {
         w.note.update(`${w.prefix}: ${event.message}`, "ok");
       } else {
         if (event.kind === "apply.started") w.note.update(`${w.prefix}: ${event.message}…`, "busy");

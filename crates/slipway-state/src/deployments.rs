@@ -3,14 +3,10 @@
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use slipway_core::vocab::DeploymentStatus;
+
 use crate::StateError;
-use crate::store::{Store, from_json, one_of, sql, sql_limit, to_json};
-
-/// Deployment statuses. `running` is the only one that changes; the others are final.
-pub const DEPLOYMENT_STATUSES: &[&str] = &["running", "succeeded", "failed", "interrupted"];
-
-/// The statuses a running deployment may finish with.
-const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "interrupted"];
+use crate::store::{Store, from_json, sql, sql_limit, to_json, word};
 
 /// One deployment of an environment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,8 +23,8 @@ pub struct DeploymentRecord {
     pub reference: Option<String>,
     /// The plan applied.
     pub plan: serde_json::Value,
-    /// One of [`DEPLOYMENT_STATUSES`].
-    pub status: String,
+    /// `running`, or how it finished.
+    pub status: DeploymentStatus,
     /// Why it failed or was interrupted.
     pub error: Option<String>,
     /// Who or what started it: a user, `controller`, `webhook:github`.
@@ -72,7 +68,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
             hash: row.get(3)?,
             reference: row.get(4)?,
             plan: serde_json::Value::Null,
-            status: row.get(6)?,
+            status: word(row, 6)?,
             error: row.get(7)?,
             who: row.get(8)?,
             started_at: row.get(9)?,
@@ -130,12 +126,18 @@ impl Store {
     pub fn finish_deployment(
         &self,
         id: i64,
-        status: &str,
+        status: DeploymentStatus,
         error: Option<&str>,
         summary: &serde_json::Value,
         at: i64,
     ) -> Result<(), StateError> {
-        one_of("final deployment status", status, FINAL_STATUSES)?;
+        if !status.is_final() {
+            return Err(StateError::InvalidValue {
+                field: "final deployment status",
+                value: status.to_string(),
+                allowed: &["succeeded", "failed", "interrupted"],
+            });
+        }
         let operation = || format!("record the end of deployment {id}");
         let mut conn = self.conn();
         let tx = conn
@@ -145,15 +147,15 @@ impl Store {
             .execute(
                 "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, finished_at = ?5 \
                  WHERE id = ?1 AND status = 'running'",
-                params![id, status, error, to_json(summary), at],
+                params![id, status.as_str(), error, to_json(summary), at],
             )
             .map_err(sql(operation()))?;
         if updated == 0 {
-            let current: Option<String> = tx
+            let current: Option<DeploymentStatus> = tx
                 .query_row(
                     "SELECT status FROM deployments WHERE id = ?1",
                     [id],
-                    |row| row.get(0),
+                    |row| word(row, 0),
                 )
                 .optional()
                 .map_err(sql(operation()))?;

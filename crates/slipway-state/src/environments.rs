@@ -3,24 +3,18 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
-use crate::StateError;
-use crate::store::{Store, one_of, sql};
+use slipway_core::vocab::{EnvKind, Health, SyncState};
 
-/// The kinds of environment: tracking a ref, generated from a pull request or branch, or
-/// created by a person.
-pub const ENVIRONMENT_KINDS: &[&str] = &["static", "generated", "adhoc"];
-/// Sync states: whether the environment runs the commit it should.
-pub const SYNC_STATES: &[&str] = &["synced", "out_of_sync", "syncing", "failed"];
-/// Health states, as the providers observe them.
-pub const HEALTH_STATES: &[&str] = &["healthy", "progressing", "degraded", "missing"];
+use crate::StateError;
+use crate::store::{Store, sql, word};
 
 /// One environment as the store knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentRecord {
     /// A DNS label, unique: `prod`, `pr-42`.
     pub name: String,
-    /// One of [`ENVIRONMENT_KINDS`].
-    pub kind: String,
+    /// Tracking a ref, generated from a pull request or branch, or created by a person.
+    pub kind: EnvKind,
     /// The stack it belongs to (`stack:` in `slipway.yaml`).
     pub stack: String,
     /// The repository it deploys from, as given to the engine.
@@ -33,10 +27,10 @@ pub struct EnvironmentRecord {
     pub commit: Option<String>,
     /// The rendered desired-state hash it runs.
     pub hash: Option<String>,
-    /// One of [`SYNC_STATES`].
-    pub sync: String,
-    /// One of [`HEALTH_STATES`].
-    pub health: String,
+    /// Whether it runs the commit it should.
+    pub sync: SyncState,
+    /// Its health, as the providers observe it.
+    pub health: Health,
     /// A short explanation of the current state, for people.
     pub message: Option<String>,
     /// Who created it, for ad-hoc environments.
@@ -68,15 +62,15 @@ const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, cur
 fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
     Ok(EnvironmentRecord {
         name: row.get(0)?,
-        kind: row.get(1)?,
+        kind: word(row, 1)?,
         stack: row.get(2)?,
         repo: row.get(3)?,
         tracked_ref: row.get(4)?,
         desired_commit: row.get(5)?,
         commit: row.get(6)?,
         hash: row.get(7)?,
-        sync: row.get(8)?,
-        health: row.get(9)?,
+        sync: word(row, 8)?,
+        health: word(row, 9)?,
         message: row.get(10)?,
         owner: row.get(11)?,
         ttl_ms: row.get(12)?,
@@ -97,9 +91,6 @@ impl Store {
     /// Updating never touches the environment's resources or ports. (An `INSERT OR REPLACE`
     /// would: SQLite implements it as delete-then-insert, and the delete cascades.)
     pub fn upsert_environment(&self, record: &EnvironmentRecord) -> Result<(), StateError> {
-        one_of("environment kind", &record.kind, ENVIRONMENT_KINDS)?;
-        one_of("environment sync", &record.sync, SYNC_STATES)?;
-        one_of("environment health", &record.health, HEALTH_STATES)?;
         self.conn()
             .execute(
                 &format!(
@@ -119,15 +110,15 @@ impl Store {
                 ),
                 params![
                     record.name,
-                    record.kind,
+                    record.kind.as_str(),
                     record.stack,
                     record.repo,
                     record.tracked_ref,
                     record.desired_commit,
                     record.commit,
                     record.hash,
-                    record.sync,
-                    record.health,
+                    record.sync.as_str(),
+                    record.health.as_str(),
                     record.message,
                     record.owner,
                     record.ttl_ms,
@@ -182,24 +173,21 @@ impl Store {
     /// Records the environment's sync state, health and message at time `at`.
     ///
     /// # Errors
-    /// [`StateError::NotFound`] when no such environment exists;
-    /// [`StateError::InvalidValue`] for a state outside the vocabulary.
+    /// [`StateError::NotFound`] when no such environment exists.
     pub fn set_environment_status(
         &self,
         name: &str,
-        sync: &str,
-        health: &str,
+        sync: SyncState,
+        health: Health,
         message: Option<&str>,
         at: i64,
     ) -> Result<(), StateError> {
-        one_of("environment sync", sync, SYNC_STATES)?;
-        one_of("environment health", health, HEALTH_STATES)?;
         let updated = self
             .conn()
             .execute(
                 "UPDATE environments SET sync = ?2, health = ?3, message = ?4, updated_at = ?5 \
                  WHERE name = ?1",
-                params![name, sync, health, message, at],
+                params![name, sync.as_str(), health.as_str(), message, at],
             )
             .map_err(sql(format!("record the status of environment {name}")))?;
         if updated == 0 {

@@ -109,6 +109,16 @@ pub enum StateError {
         source: serde_json::Error,
     },
 
+    /// The store holds a status or kind outside its vocabulary (a database edited by hand, or
+    /// damaged).
+    #[error("failed to {operation}: the store holds {word}")]
+    UnknownWord {
+        /// What the store was doing.
+        operation: String,
+        /// The word and its vocabulary.
+        word: slipway_core::vocab::UnknownWord,
+    },
+
     /// A status or kind outside the specification's vocabulary was given.
     #[error("invalid {field} `{value}`: expected one of {}", allowed.join(", "))]
     InvalidValue {
@@ -138,7 +148,7 @@ pub enum StateError {
         /// The deployment.
         id: i64,
         /// Its current status.
-        status: String,
+        status: slipway_core::vocab::DeploymentStatus,
     },
 
     /// No free port is left in the configured range.
@@ -189,6 +199,7 @@ impl StateError {
             | StateError::NewerSchema { .. }
             | StateError::CorruptJson { .. }
             | StateError::InvalidValue { .. }
+            | StateError::UnknownWord { .. }
             | StateError::NotFound { .. }
             | StateError::DeploymentNotRunning { .. }
             | StateError::Key { .. }

@@ -3,8 +3,10 @@
 use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
 
+use slipway_core::vocab::EventKind;
+
 use crate::StateError;
-use crate::store::{Store, from_json, sql, sql_limit, to_json};
+use crate::store::{Store, from_json, sql, sql_limit, to_json, word};
 
 /// One event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -13,8 +15,8 @@ pub struct EventRecord {
     pub id: i64,
     /// The environment it concerns; `None` for engine-wide events.
     pub environment: Option<String>,
-    /// What kind of event, e.g. `deployment.started`.
-    pub kind: String,
+    /// What kind of event, e.g. `apply.started`.
+    pub kind: EventKind,
     /// A sentence for people.
     pub message: String,
     /// Details for programs.
@@ -39,7 +41,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(EventRecord, String)> {
         EventRecord {
             id: row.get(0)?,
             environment: row.get(1)?,
-            kind: row.get(2)?,
+            kind: word(row, 2)?,
             message: row.get(3)?,
             data: serde_json::Value::Null,
             at: row.get(5)?,
@@ -53,7 +55,7 @@ impl Store {
     pub fn record_event(
         &self,
         environment: Option<&str>,
-        kind: &str,
+        kind: EventKind,
         message: &str,
         data: &serde_json::Value,
         at: i64,
@@ -62,7 +64,7 @@ impl Store {
         conn.execute(
             "INSERT INTO events (environment, kind, message, data, at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![environment, kind, message, to_json(data), at],
+            params![environment, kind.as_str(), message, to_json(data), at],
         )
         .map_err(sql(format!("record a {kind} event")))?;
         Ok(conn.last_insert_rowid())
@@ -72,7 +74,7 @@ impl Store {
     pub fn last_event(
         &self,
         environment: Option<&str>,
-        kind: &str,
+        kind: EventKind,
     ) -> Result<Option<EventRecord>, StateError> {
         let operation = "read the last event of a kind";
         let conn = self.conn();
@@ -83,7 +85,7 @@ impl Store {
             )
             .map_err(sql(operation))?;
         let mut rows = statement
-            .query_map(params![kind, environment], from_row)
+            .query_map(params![kind.as_str(), environment], from_row)
             .map_err(sql(operation))?;
         match rows.next() {
             None => Ok(None),

@@ -20,8 +20,9 @@
 //! # Assumptions
 //! - Times are unix milliseconds chosen by the caller (`at: i64`), so the clock can be injected;
 //!   [`now_ms`] is the real clock.
-//! - Status strings are the vocabulary of the specification (for example [`SYNC_STATES`]); a
-//!   value outside it is refused with [`StateError::InvalidValue`] before anything is written.
+//! - Statuses and kinds are the enums of `slipway_core::vocab`, stored as their words; a row
+//!   holding a word outside its vocabulary is refused when read ([`StateError::UnknownWord`]),
+//!   never read as a default.
 //!
 //! SQL stays inside this crate: callers see plain records (serde-serializable) and
 //! [`StateError`].
@@ -46,11 +47,11 @@ pub use pulls::{LockRecord, MergedCommit, PULL_REQUEST_STATES, PullRequestRecord
 pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};
-pub use deployments::{DEPLOYMENT_STATUSES, DeploymentRecord, NewDeployment};
-pub use environments::{ENVIRONMENT_KINDS, EnvironmentRecord, HEALTH_STATES, SYNC_STATES};
+pub use deployments::{DeploymentRecord, NewDeployment};
+pub use environments::EnvironmentRecord;
 pub use error::StateError;
 pub use events::{EventQuery, EventRecord};
-pub use resources::{RESOURCE_STATUSES, ResourceRecord};
+pub use resources::ResourceRecord;
 pub use retention::{Pruned, Retention};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;

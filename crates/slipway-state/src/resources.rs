@@ -3,12 +3,11 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
+use slipway_core::vocab::ResourceStatus;
+
 use crate::StateError;
 use crate::seal::Sealer;
-use crate::store::{Store, from_json, one_of, sql, to_json};
-
-/// Resource statuses: an operation in flight, or its outcome.
-pub const RESOURCE_STATUSES: &[&str] = &["creating", "updating", "deleting", "ready", "failed"];
+use crate::store::{Store, from_json, sql, to_json, word};
 
 /// One resource of an environment, as last recorded.
 ///
@@ -22,8 +21,8 @@ pub struct ResourceRecord {
     pub name: String,
     /// Its type, e.g. `process`.
     pub type_name: String,
-    /// One of [`RESOURCE_STATUSES`].
-    pub status: String,
+    /// An operation in flight, or its outcome.
+    pub status: ResourceStatus,
     /// The desired configuration, symbolic (references not yet resolved).
     pub config: serde_json::Value,
     /// The hash of the configuration with references resolved, as last applied.
@@ -82,7 +81,7 @@ struct RawResource {
     environment: String,
     name: String,
     type_name: String,
-    status: String,
+    status: ResourceStatus,
     config: String,
     resolved_hash: Option<String>,
     outputs: String,
@@ -98,7 +97,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawResource> {
         environment: row.get(0)?,
         name: row.get(1)?,
         type_name: row.get(2)?,
-        status: row.get(3)?,
+        status: word(row, 3)?,
         config: row.get(4)?,
         resolved_hash: row.get(5)?,
         outputs: row.get(6)?,
@@ -189,7 +188,6 @@ impl Store {
     /// [`StateError::Sqlite`] (a foreign-key failure) when its environment is not recorded:
     /// record the environment first.
     pub fn put_resource(&self, record: &ResourceRecord) -> Result<(), StateError> {
-        one_of("resource status", &record.status, RESOURCE_STATUSES)?;
         let seal = record.sensitive || !record.secret_outputs.is_empty();
         let column = |value: &serde_json::Value| {
             let text = to_json(value);
@@ -215,7 +213,7 @@ impl Store {
                     record.environment,
                     record.name,
                     record.type_name,
-                    record.status,
+                    record.status.as_str(),
                     to_json(&record.config),
                     record.resolved_hash,
                     column(&record.outputs),

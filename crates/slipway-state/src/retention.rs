@@ -90,7 +90,13 @@ mod tests {
                 })
                 .expect("audit");
             store
-                .record_event(None, "k", "m", &serde_json::json!({}), at)
+                .record_event(
+                    None,
+                    slipway_core::vocab::EventKind::ForgeFailed,
+                    "m",
+                    &serde_json::json!({}),
+                    at,
+                )
                 .expect("event");
             store
                 .record_delivery(&format!("github:{at}"), at)

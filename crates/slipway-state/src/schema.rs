@@ -192,6 +192,11 @@ INSERT INTO uid_cursor (id, last) SELECT 1, MAX(uid) FROM env_uids WHERE uid IS 
     r#"
 ALTER TABLE merged_commits ADD COLUMN base_ref TEXT;
 "#,
+    // A destroy is one event kind: the engine wrote `destroyed` where the controller wrote
+    // `environment.destroyed`. Event kinds are a closed vocabulary now, read strictly.
+    r#"
+UPDATE events SET kind = 'environment.destroyed' WHERE kind = 'destroyed';
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

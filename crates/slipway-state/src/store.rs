@@ -1,12 +1,15 @@
 //! The [`Store`] handle: opening the database and the helpers the record modules share.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, Row};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use slipway_core::vocab::UnknownWord;
 
 use crate::StateError;
 use crate::schema;
@@ -106,10 +109,31 @@ impl Store {
     }
 }
 
-/// Wraps a rusqlite error with what the store was doing.
+/// Wraps a rusqlite error with what the store was doing; a stored word outside its
+/// vocabulary (see [`word`]) is reported as such.
 pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StateError {
     let operation = operation.into();
-    move |source| StateError::Sqlite { operation, source }
+    move |source| match source {
+        rusqlite::Error::FromSqlConversionFailure(_, _, e) if e.is::<UnknownWord>() => {
+            let word = *e
+                .downcast::<UnknownWord>()
+                .expect("checked by is::<UnknownWord>()");
+            StateError::UnknownWord { operation, word }
+        }
+        source => StateError::Sqlite { operation, source },
+    }
+}
+
+/// Reads column `index` as a word of a vocabulary (a status, a kind). A word outside it (a
+/// database edited by hand or damaged) is an error, never a default.
+pub(crate) fn word<T: FromStr<Err = UnknownWord>>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    text.parse().map_err(|e: UnknownWord| {
+        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e))
+    })
 }
 
 /// Encodes a value for a JSON column.

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use slipway_engine::{ApplyOptions, Engine, EngineConfig, EngineError, LogFile, Named, source};
+use slipway_engine::{ApplyOptions, Engine, EngineError, LogFile, Named, source};
 use slipway_git::{GitRepository, Source};
 
+use crate::config::Config;
 use crate::render::{self, Reporter};
 use crate::{Cli, Command, Global, Output, RepoArgs};
 
@@ -91,10 +92,10 @@ fn confirmed(env: &str, given: Option<&str>) -> Result<bool> {
     }
 }
 
-pub fn engine_config(g: &Global) -> Result<EngineConfig> {
+pub fn engine_config(g: &Global) -> Result<Config> {
     match &g.config {
-        Some(path) => Ok(EngineConfig::load(path)?),
-        None => Ok(EngineConfig::default()),
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
     }
 }
 
@@ -103,7 +104,11 @@ pub fn open_engine(g: &Global) -> Result<Engine> {
     let exe = std::env::current_exe()
         .context("cannot find the slipway binary to run process supervisors")?;
     let supervisor: Vec<OsString> = vec![exe.into_os_string(), "__supervise".into()];
-    Ok(Engine::open(&absolute(&g.home)?, config, supervisor)?)
+    Ok(Engine::open(
+        &absolute(&g.home)?,
+        config.engine(),
+        supervisor,
+    )?)
 }
 
 pub fn absolute(path: &Path) -> Result<PathBuf> {

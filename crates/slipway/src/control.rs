@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use slipway_controller::{Controller, CreateEnvironment, Options};
-use slipway_core::stack::parse_duration;
 
 use crate::commands::{confirm, engine_config, open_engine, open_repo, who};
 use crate::{Cli, Command, EnvCommand, Global, Output, RepoArgs, TokenCommand, remote, render};
@@ -33,17 +32,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn duration(text: &str, what: &str) -> Result<Duration> {
-    parse_duration(text)
+    slipway_core::duration::parse(text)
         .with_context(|| format!("{what} `{text}` is not a duration such as 30m, 8h or 2d"))
-}
-
-/// A duration that must not be zero (a zero timeout would close every connection at once).
-fn positive(text: &str, what: &str) -> Result<Duration> {
-    let d = duration(text, what)?;
-    if d.is_zero() {
-        bail!("{what} must be longer than 0, e.g. \"10s\"");
-    }
-    Ok(d)
 }
 
 fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
@@ -58,27 +48,10 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     }
     let reference = repo.reference().to_string();
     let options = Options {
-        poll_interval: duration(&config.repo.poll_interval, "[repo] poll_interval")?,
-        drift_interval: duration(
-            &config.controller.drift_interval,
-            "[controller] drift_interval",
-        )?,
-        requeue_interval: duration(
-            &config.controller.requeue_interval,
-            "[controller] requeue_interval",
-        )?,
-        concurrency: config.controller.concurrency.max(1),
-        parallelism: config.local.parallelism,
-        retention: Some(positive(
-            &config.controller.retention,
-            "[controller] retention",
-        )?),
-        delivery_retention: Some(positive(
-            &config.controller.delivery_retention,
-            "[controller] delivery_retention",
-        )?),
         default_ref: reference,
-        ..Options::default()
+        ..config
+            .controller
+            .options(config.repo.poll_interval, config.local.parallelism)
     };
     Ok(Controller::new(
         engine,
@@ -94,7 +67,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     let listen = listen.unwrap_or(config.server.listen.clone());
     let controller = controller(g, repo)?;
     if let Some(setup) =
-        slipway_controller::pulls::setup_from_config(&config, private_texts(g, repo, &config))
+        slipway_controller::pulls::setup_from_config(&config.forge, private_texts(g, repo, &config))
             .map_err(anyhow::Error::msg)?
     {
         eprintln!(
@@ -157,24 +130,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
             path.display()
         );
     }
-    let server_options = slipway_server::ServerOptions {
-        header_timeout: positive(&config.server.header_timeout, "[server] header_timeout")?,
-        max_connections: config.server.max_connections.max(1),
-        body_timeout: positive(&config.server.body_timeout, "[server] body_timeout")?,
-        body_min_rate: config.server.body_min_rate,
-        write_timeout: positive(&config.server.write_timeout, "[server] write_timeout")?,
-        preview: slipway_server::preview::PreviewTimeouts {
-            connect: positive(
-                &config.server.preview_connect_timeout,
-                "[server] preview_connect_timeout",
-            )?,
-            response: positive(&config.server.preview_timeout, "[server] preview_timeout")?,
-            // Half the connections at most: the other half stays for the API, the UI,
-            // webhooks and health checks, however slowly applications answer.
-            max_in_flight: (config.server.max_connections / 2).max(1),
-        },
-        ..slipway_server::ServerOptions::default()
-    };
+    let server_options = config.server.options();
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -214,7 +170,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
 fn private_texts(
     g: &Global,
     repo: &RepoArgs,
-    config: &slipway_engine::EngineConfig,
+    config: &crate::config::Config,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let path_forms = |path: &std::path::Path, stand_in: &str, out: &mut Vec<(String, String)>| {

@@ -8,6 +8,7 @@
 //! there are changes.
 
 mod commands;
+mod config;
 mod control;
 mod remote;
 mod render;

@@ -11,6 +11,7 @@ use serde_json::{Value as Json, json};
 use slipway_core::compare::{Comparison, ResourceDifference};
 use slipway_core::diag::{Diagnostic, Severity};
 use slipway_core::plan::{Action, FieldChange};
+use slipway_core::vocab::{DeploymentStatus, Health, ShownStatus, SyncState};
 use slipway_engine::{ApplyEvent, ApplyReport, EnvironmentStatus, Outcome, Prepared, Progress};
 use slipway_state::DeploymentRecord;
 
@@ -249,15 +250,15 @@ pub fn status_text(envs: &[EnvironmentStatus]) {
         return;
     }
     for env in envs {
-        let sync_style = match env.sync.as_str() {
-            "synced" => GREEN,
-            "failed" => RED,
-            _ => YELLOW,
+        let sync_style = match env.sync {
+            SyncState::Synced => GREEN,
+            SyncState::Failed => RED,
+            SyncState::OutOfSync | SyncState::Syncing => YELLOW,
         };
-        let health_style = match env.health.as_str() {
-            "healthy" => GREEN,
-            "degraded" => RED,
-            _ => YELLOW,
+        let health_style = match env.health {
+            Health::Healthy => GREEN,
+            Health::Degraded => RED,
+            Health::Progressing | Health::Missing => YELLOW,
         };
         println!(
             "{BOLD}{}{BOLD:#} ({})  {sync_style}{}{sync_style:#}  {health_style}{}{health_style:#}  commit {}{}",
@@ -289,7 +290,11 @@ pub fn status_text(envs: &[EnvironmentStatus]) {
             .unwrap_or(0)
             .max(10);
         for r in &env.resources {
-            let style = if r.status == "ready" { GREEN } else { RED };
+            let style = if r.status == ShownStatus::Ready {
+                GREEN
+            } else {
+                RED
+            };
             let outputs = match &r.outputs {
                 Json::Object(m) if !m.is_empty() => m
                     .iter()
@@ -348,10 +353,10 @@ pub fn history_text(env: &str, deployments: &[DeploymentRecord]) {
         "#", "commit", "ref", "status", "who", "when", "changes"
     );
     for d in deployments {
-        let style = match d.status.as_str() {
-            "succeeded" => GREEN,
-            "running" => YELLOW,
-            _ => RED,
+        let style = match d.status {
+            DeploymentStatus::Succeeded => GREEN,
+            DeploymentStatus::Running => YELLOW,
+            DeploymentStatus::Failed | DeploymentStatus::Interrupted => RED,
         };
         let changes = match &d.summary {
             Json::Object(m) if !m.is_empty() => m

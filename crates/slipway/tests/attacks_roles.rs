@@ -111,7 +111,7 @@ fn events(s: &Sandbox, env: &str) -> Vec<(String, String)> {
         })
         .expect("events")
         .into_iter()
-        .map(|e| (e.kind, e.message))
+        .map(|e| (e.kind.to_string(), e.message))
         .collect()
 }
 

@@ -2,6 +2,7 @@
 //! under its apply requirements, with the environment locked to the pull request.
 
 use slipway_core::render::EnvKind;
+use slipway_core::vocab::SyncState;
 use slipway_forge::PrState;
 use slipway_state::{PullRequestRecord, now_ms};
 
@@ -75,7 +76,10 @@ pub(super) fn apply(
     }
     // Which branch ENV tracks is the environment's record (discovery wrote it from the
     // default branch's stack), never what the pull request's stack says.
-    let Some(existing) = store.environment(env)?.filter(|e| e.kind == "static") else {
+    let Some(existing) = store
+        .environment(env)?
+        .filter(|e| e.kind == EnvKind::Static)
+    else {
         return refuse(format!(
             "`{env}` is not a deployed static environment; `/slipway apply` takes one that \
              Slipway already runs from its branch."
@@ -263,9 +267,9 @@ pub(crate) fn answer(
     let (number, held_before) = (*number, *held_before);
     let after = store.environment(env)?;
     let applied = failure.is_none()
-        && after
-            .as_ref()
-            .is_some_and(|e| e.commit.as_deref() == Some(head.as_str()) && e.sync == "synced");
+        && after.as_ref().is_some_and(|e| {
+            e.commit.as_deref() == Some(head.as_str()) && e.sync == SyncState::Synced
+        });
     let started = store.deployments(env, 1)?.first().map(|d| d.id) != pending.last_deployment;
     if applied {
         audit(

@@ -1,6 +1,7 @@
 //! Comment commands (`/slipway plan|apply|unlock|preview|help`): parsed strictly, honoured only
 //! from people with write access, each audited and answered on the pull request.
 
+use slipway_core::vocab::EventKind;
 use slipway_forge::{Command, parse_command};
 use slipway_state::now_ms;
 
@@ -14,7 +15,7 @@ pub(super) fn reply(inner: &Inner, pr: u64, body: &str) {
         event(
             inner,
             &format!("pr-{pr}"),
-            "forge.failed",
+            EventKind::ForgeFailed,
             &format!("cannot comment on #{pr}: {e}"),
         );
     }

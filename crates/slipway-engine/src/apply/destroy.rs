@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use slipway_core::plan::{Action, Change};
+use slipway_core::vocab::{DeploymentStatus, EventKind, Health, Reason, SyncState};
 use slipway_state::NewDeployment;
 
 use super::dag::Dag;
@@ -20,6 +21,9 @@ pub struct DestroyOptions {
     pub confirm: Confirmation,
     /// Most resources deleted at once.
     pub parallelism: usize,
+    /// Why, when it was not asked for by name (a closed pull request, an expiry, a branch
+    /// gone): said in the one `environment.destroyed` event.
+    pub reason: Option<String>,
 }
 
 impl DestroyOptions {
@@ -29,6 +33,7 @@ impl DestroyOptions {
             who: who.to_string(),
             confirm,
             parallelism: 8,
+            reason: None,
         }
     }
 }
@@ -129,7 +134,7 @@ impl Engine {
                     .unwrap_or_default(),
                 action: Action::Delete,
                 diff: Vec::new(),
-                reason: Some("destroy".into()),
+                reason: Some(Reason::Other("destroy".into())),
             })
             .collect();
         let commit = record.commit.clone().unwrap_or_default();
@@ -149,8 +154,8 @@ impl Engine {
         })?;
         self.store.set_environment_status(
             &env,
-            "syncing",
-            "progressing",
+            SyncState::Syncing,
+            Health::Progressing,
             Some("destroying"),
             now,
         )?;
@@ -197,7 +202,7 @@ impl Engine {
             self.store.release_uid(&env)?;
             self.store.finish_deployment(
                 deployment,
-                "succeeded",
+                DeploymentStatus::Succeeded,
                 None,
                 &summary(&report),
                 finished,
@@ -205,23 +210,26 @@ impl Engine {
             self.store.delete_environment(&env)?;
             self.store.record_event(
                 Some(&env),
-                "destroyed",
-                &format!("{env} was destroyed"),
-                &json!({"deployment": deployment, "who": who}),
+                EventKind::EnvironmentDestroyed,
+                &match &options.reason {
+                    Some(why) => format!("{env} destroyed: {why}"),
+                    None => format!("{env} was destroyed"),
+                },
+                &json!({"deployment": deployment, "who": who, "reason": options.reason}),
                 finished,
             )?;
         } else {
             self.store.finish_deployment(
                 deployment,
-                "failed",
+                DeploymentStatus::Failed,
                 Some("some resources could not be deleted"),
                 &summary(&report),
                 finished,
             )?;
             self.store.set_environment_status(
                 &env,
-                "failed",
-                "degraded",
+                SyncState::Failed,
+                Health::Degraded,
                 Some("destroy failed; run it again"),
                 finished,
             )?;

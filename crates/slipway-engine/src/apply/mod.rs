@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use slipway_core::plan::{Action, Change};
+use slipway_core::vocab::{DeploymentStatus, EventKind, Health, SyncState};
 use slipway_state::NewDeployment;
 
 use crate::{Engine, EngineError, EnvLock, Prepared};
@@ -204,7 +205,7 @@ impl Engine {
         let sandbox = self.sandbox(env)?;
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(env, now)?;
-        self.record_environment(prepared, "syncing")?;
+        self.record_environment(prepared, SyncState::Syncing)?;
         let plan_json =
             serde_json::to_value(&prepared.plan).expect("a plan is always serializable");
         let deployment = self.store.begin_deployment(&NewDeployment {
@@ -218,7 +219,7 @@ impl Engine {
         })?;
         self.store.record_event(
             Some(env),
-            "apply.started",
+            EventKind::ApplyStarted,
             &format!(
                 "applying {} at {}",
                 prepared.reference,
@@ -252,13 +253,18 @@ impl Engine {
         };
         let summary = summary(&report);
         if report.succeeded() {
-            self.store
-                .finish_deployment(deployment, "succeeded", None, &summary, finished)?;
+            self.store.finish_deployment(
+                deployment,
+                DeploymentStatus::Succeeded,
+                None,
+                &summary,
+                finished,
+            )?;
             if let Some(mut record) = self.store.environment(env)? {
                 record.commit = Some(prepared.commit.sha.clone());
                 record.hash = Some(prepared.desired.hash.clone());
-                record.sync = "synced".into();
-                record.health = "healthy".into();
+                record.sync = SyncState::Synced;
+                record.health = Health::Healthy;
                 record.message = None;
                 record.updated_at = finished;
                 self.store.upsert_environment(&record)?;
@@ -267,7 +273,7 @@ impl Engine {
             tracing::info!(deployment, "applied");
             self.store.record_event(
                 Some(env),
-                "apply.succeeded",
+                EventKind::ApplySucceeded,
                 &format!("{} is at {}", env, short(&prepared.commit.sha)),
                 &json!({"deployment": deployment}),
                 finished,
@@ -286,7 +292,7 @@ impl Engine {
             self.record_failed_deployment(env, deployment, &message, &summary, finished)?;
             self.store.record_event(
                 Some(env),
-                "apply.failed",
+                EventKind::ApplyFailed,
                 &message,
                 &json!({"deployment": deployment}),
                 finished,
@@ -304,10 +310,20 @@ impl Engine {
         summary: &Json,
         finished: i64,
     ) -> Result<(), EngineError> {
-        self.store
-            .finish_deployment(deployment, "failed", Some(message), summary, finished)?;
-        self.store
-            .set_environment_status(env, "failed", "degraded", Some(message), finished)?;
+        self.store.finish_deployment(
+            deployment,
+            DeploymentStatus::Failed,
+            Some(message),
+            summary,
+            finished,
+        )?;
+        self.store.set_environment_status(
+            env,
+            SyncState::Failed,
+            Health::Degraded,
+            Some(message),
+            finished,
+        )?;
         Ok(())
     }
 

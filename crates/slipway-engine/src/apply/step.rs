@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use slipway_core::plan::{Action, Change};
+use slipway_core::vocab::ResourceStatus;
 use slipway_providers::sandbox::Sandbox;
 use slipway_providers::{Applied, EnvDirs, ResourceContext};
 use slipway_state::ResourceRecord;
@@ -80,7 +81,7 @@ impl Engine {
         error: String,
         returned: String,
     ) -> String {
-        record.status = "failed".into();
+        record.status = ResourceStatus::Failed;
         record.error = Some(error);
         record.updated_at = slipway_state::now_ms();
         let _ = self.store.put_resource(record);
@@ -94,7 +95,7 @@ impl Engine {
         mut record: ResourceRecord,
         resolved_hash: String,
     ) -> Result<(Json, Vec<String>), String> {
-        record.status = "ready".into();
+        record.status = ResourceStatus::Ready;
         record.resolved_hash = Some(resolved_hash);
         record.updated_at = slipway_state::now_ms();
         self.store
@@ -145,7 +146,9 @@ impl Engine {
         let blue_green = exposed
             && options.swap_exposed
             && matches!(change.action, Action::Replace | Action::Update)
-            && previous.as_ref().is_some_and(|p| p.status == "ready")
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.status == ResourceStatus::Ready)
             && previous_envelope
                 .as_ref()
                 .is_some_and(|e| !e.handle.is_null());
@@ -155,7 +158,7 @@ impl Engine {
             .iter()
             .map(|p| crate::slot_port(p, slot))
             .collect();
-        let range = self.config.port_range().map_err(|e| e.to_string())?;
+        let range = self.config.port_range();
         let allocated = self
             .store
             .allocate_ports(env, &change.resource, &slot_names, range, &|p| {
@@ -195,9 +198,9 @@ impl Engine {
             name: change.resource.clone(),
             type_name: desired.type_name.clone(),
             status: if previous.is_some() {
-                "updating".into()
+                ResourceStatus::Updating
             } else {
-                "creating".into()
+                ResourceStatus::Creating
             },
             config: desired.config.clone(),
             resolved_hash: None,
@@ -324,7 +327,7 @@ impl Engine {
             return Ok(());
         };
         let envelope = Envelope::of(&record);
-        record.status = "deleting".into();
+        record.status = ResourceStatus::Deleting;
         record.updated_at = slipway_state::now_ms();
         self.store
             .put_resource(&record)

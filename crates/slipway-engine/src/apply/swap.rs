@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use slipway_core::plan::Change;
+use slipway_core::vocab::EventKind;
 use slipway_providers::ResourceContext;
 use slipway_state::ResourceRecord;
 
@@ -71,7 +72,7 @@ impl Engine {
             // or destroy removes it.
             let _ = self.store.record_event(
                 Some(env),
-                "swap.cleanup_failed",
+                EventKind::SwapCleanupFailed,
                 &format!(
                     "{}: the previous instance could not be stopped: {}",
                     change.resource,

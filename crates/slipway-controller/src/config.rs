@@ -1,0 +1,58 @@
+//! `[controller]` of the configuration file: how `slipway serve` paces itself.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Options;
+
+/// `[controller]`. Every interval is a duration longer than zero.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// How often every environment is observed for drift.
+    #[serde(deserialize_with = "slipway_core::duration::positive")]
+    pub drift_interval: Duration,
+    /// The safety-net requeue of every environment.
+    #[serde(deserialize_with = "slipway_core::duration::positive")]
+    pub requeue_interval: Duration,
+    /// Most environments reconciled at once.
+    pub concurrency: usize,
+    /// How long audit entries and events are kept; older ones are deleted hourly.
+    #[serde(deserialize_with = "slipway_core::duration::positive")]
+    pub retention: Duration,
+    /// How long the ids of handled webhook deliveries are kept (a delivery replayed after
+    /// that is handled again, so keep it longer than anyone could hold on to a delivery).
+    #[serde(deserialize_with = "slipway_core::duration::positive")]
+    pub delivery_retention: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        let defaults = Options::default();
+        ControllerConfig {
+            drift_interval: defaults.drift_interval,
+            requeue_interval: defaults.requeue_interval,
+            concurrency: defaults.concurrency,
+            retention: Duration::from_secs(90 * 24 * 3600),
+            delivery_retention: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// The controller's options as this section sets them, with the repository's poll
+    /// interval and the engine's parallelism from their own sections.
+    pub fn options(&self, poll_interval: Duration, parallelism: usize) -> Options {
+        Options {
+            poll_interval,
+            drift_interval: self.drift_interval,
+            requeue_interval: self.requeue_interval,
+            concurrency: self.concurrency.max(1),
+            parallelism,
+            retention: Some(self.retention),
+            delivery_retention: Some(self.delivery_retention),
+            ..Options::default()
+        }
+    }
+}
