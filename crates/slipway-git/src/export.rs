@@ -11,7 +11,9 @@ use crate::GitError;
 use crate::command::Git;
 use crate::listing::{Listed, list_tree};
 use crate::objects::{ObjectReader, node_for_mode, stream_objects};
-use crate::path::{MAX_TARGET_LEN, Node, Resolved, Target, TreeLookup, check_path, resolve};
+use crate::path::{
+    MAX_TARGET_LEN, Node, Resolved, Target, TreeLookup, check_path, child_path, resolve,
+};
 
 const FILE_MODE: u32 = 0o444;
 const EXECUTABLE_MODE: u32 = 0o555;
@@ -315,11 +317,7 @@ impl TreeLookup for IndexTree {
     }
 
     fn entry(&mut self, dir: &String, name: &str) -> Result<Option<Node<String>>, GitError> {
-        let path = if dir.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{dir}/{name}")
-        };
+        let path = child_path(dir, name);
         Ok(self.entries.get(&path).cloned())
     }
 

@@ -19,6 +19,20 @@ pub(crate) struct Header {
     pub(crate) size: u64,
 }
 
+/// Starts `git cat-file --batch` with its stdin and stdout piped and its stderr discarded.
+fn spawn_batch(git: &Git) -> Result<(Child, ChildStdin, ChildStdout), GitError> {
+    let mut child = git
+        .command(["cat-file", "--batch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| GitError::Spawn { source })?;
+    let stdin = child.stdin.take().expect("stdin was piped");
+    let stdout = child.stdout.take().expect("stdout was piped");
+    Ok((child, stdin, stdout))
+}
+
 /// One `git cat-file --batch` process, asked one object at a time.
 ///
 /// Dropping it kills the process: that is how a caller abandons an object it does not want to
@@ -31,15 +45,7 @@ pub(crate) struct ObjectReader {
 
 impl ObjectReader {
     pub(crate) fn start(git: &Git) -> Result<ObjectReader, GitError> {
-        let mut child = git
-            .command(["cat-file", "--batch"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| GitError::Spawn { source })?;
-        let stdin = child.stdin.take().expect("stdin was piped");
-        let stdout = child.stdout.take().expect("stdout was piped");
+        let (child, stdin, stdout) = spawn_batch(git)?;
         Ok(ObjectReader {
             child,
             stdin: BufWriter::new(stdin),
@@ -101,15 +107,7 @@ pub(crate) fn stream_objects(
     oids: &[String],
     mut sink: impl FnMut(usize, &Header, &mut dyn Read) -> Result<(), GitError>,
 ) -> Result<(), GitError> {
-    let mut child = git
-        .command(["cat-file", "--batch"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| GitError::Spawn { source })?;
-    let stdin = child.stdin.take().expect("stdin was piped");
-    let stdout = child.stdout.take().expect("stdout was piped");
+    let (mut child, stdin, stdout) = spawn_batch(git)?;
     let result = std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> std::io::Result<()> {
             let mut stdin = BufWriter::new(stdin);

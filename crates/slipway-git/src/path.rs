@@ -74,6 +74,15 @@ pub(crate) enum Node<D> {
     Submodule,
 }
 
+/// The path of the entry `name` in the directory at path `dir` (`""` for the root).
+pub(crate) fn child_path(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 /// Access to a tree for [`resolve`]. `Dir` identifies a directory (a tree id, or a path).
 pub(crate) trait TreeLookup {
     /// How a directory is identified.
@@ -302,11 +311,7 @@ mod tests {
             Ok(String::new())
         }
         fn entry(&mut self, dir: &String, name: &str) -> Result<Option<Node<String>>, GitError> {
-            let path = if dir.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{dir}/{name}")
-            };
+            let path = child_path(dir, name);
             Ok(self.entries.get(&path).cloned())
         }
         fn symlink_target(&mut self, oid: &str) -> Result<Vec<u8>, GitError> {
