@@ -78,13 +78,7 @@ impl Provider for FileProvider {
     ) -> Result<Applied, ProviderError> {
         let target = DataPath::parse(&config.path)?;
         let mode = parse_mode(config.mode.as_deref())?;
-        write_marker(ctx, &config.path)?;
-        target.write(
-            &ctx.dirs.data,
-            config.content.as_bytes(),
-            mode,
-            ctx.sandbox.ids,
-        )?;
+        write_file(ctx, config, &target, mode)?;
         applied(ctx, &target, &config.content, mode)
     }
 
@@ -97,13 +91,7 @@ impl Provider for FileProvider {
         let target = DataPath::parse(&config.path)?;
         let mode = parse_mode(config.mode.as_deref())?;
         let previous = recorded_path(ctx, Some(live))?;
-        write_marker(ctx, &config.path)?;
-        target.write(
-            &ctx.dirs.data,
-            config.content.as_bytes(),
-            mode,
-            ctx.sandbox.ids,
-        )?;
+        write_file(ctx, config, &target, mode)?;
         if let Some(previous) = previous.filter(|p| *p != target) {
             previous.remove(&ctx.dirs.data)?;
         }
@@ -192,6 +180,22 @@ fn applied(
 
 fn marker_path(ctx: ResourceContext<'_>) -> PathBuf {
     ctx.dirs.run.join(format!("{}.file.json", ctx.resource))
+}
+
+/// Writes the marker that names the file, then the file itself at `target`.
+fn write_file(
+    ctx: ResourceContext<'_>,
+    config: &FileConfig,
+    target: &DataPath,
+    mode: u32,
+) -> Result<(), ProviderError> {
+    write_marker(ctx, &config.path)?;
+    target.write(
+        &ctx.dirs.data,
+        config.content.as_bytes(),
+        mode,
+        ctx.sandbox.ids,
+    )
 }
 
 fn write_marker(ctx: ResourceContext<'_>, relative: &str) -> Result<(), ProviderError> {

@@ -263,6 +263,25 @@ impl Intent {
         }
     }
 
+    /// What a delete must look at: the recorded `(server, name)` first, then every server the
+    /// record of intent names, with the name `current` a create there would have used.
+    fn delete_targets<T: Clone + PartialEq>(
+        ctx: ResourceContext<'_>,
+        names: &Names,
+        type_name: &str,
+        recorded: Option<(String, T)>,
+        current: &T,
+    ) -> Result<Vec<(String, T)>, ProviderError> {
+        let mut targets: Vec<(String, T)> = recorded.into_iter().collect();
+        for server in Self::load(ctx, names, type_name)?.servers {
+            let target = (server, current.clone());
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        Ok(targets)
+    }
+
     /// Adds `server` to the record, durably, unless it is there already.
     fn record(
         ctx: ResourceContext<'_>,

@@ -149,17 +149,11 @@ impl Provider for DatabaseProvider {
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
         let names = self.servers.names(ctx);
         let marker = self.servers.marker(ctx);
-        let mut targets: Vec<(String, Names)> = Vec::new();
-        if let Some(live) = live {
-            let recorded = LiveDatabase::parse(live)?;
-            targets.push((recorded.server.clone(), recorded.names()));
-        }
-        for server in Intent::load(ctx, &names, TYPE)?.servers {
-            let target = (server, names.clone());
-            if !targets.contains(&target) {
-                targets.push(target);
-            }
-        }
+        let recorded = live
+            .map(LiveDatabase::parse)
+            .transpose()?
+            .map(|recorded| (recorded.server.clone(), recorded.names()));
+        let targets = Intent::delete_targets(ctx, &names, TYPE, recorded, &names)?;
         for (server, names) in &targets {
             let server = self.servers.recorded(TYPE, server)?;
             let mut s = server.connect()?;

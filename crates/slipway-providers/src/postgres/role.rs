@@ -105,17 +105,11 @@ impl Provider for RoleProvider {
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
         let names = self.servers.names(ctx);
         let marker = self.servers.marker(ctx);
-        let mut targets: Vec<(String, String)> = Vec::new();
-        if let Some(live) = live {
-            let recorded = LiveRole::parse(live)?;
-            targets.push((recorded.server, recorded.role));
-        }
-        for server in Intent::load(ctx, &names, TYPE)?.servers {
-            let target = (server, names.role.clone());
-            if !targets.contains(&target) {
-                targets.push(target);
-            }
-        }
+        let recorded = live
+            .map(LiveRole::parse)
+            .transpose()?
+            .map(|recorded| (recorded.server, recorded.role));
+        let targets = Intent::delete_targets(ctx, &names, TYPE, recorded, &names.role)?;
         for (server, role) in &targets {
             let server = self.servers.recorded(TYPE, server)?;
             let mut s = server.connect()?;
