@@ -126,10 +126,7 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
     };
     let principal = match authenticate(&guard.app, &parts.headers).await {
         Ok(principal) => principal,
-        Err(refusal) => {
-            audit(&guard, ANONYMOUS, target.as_deref(), "refused", &refusal).await;
-            return refusal.into_response();
-        }
+        Err(refusal) => return refuse(&guard, ANONYMOUS, target.as_deref(), refusal).await,
     };
     if let Credential::Session { csrf, .. } = &principal.via
         && route.audited
@@ -144,15 +141,7 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
         .hint(
             "send the `csrf` of POST /api/v1/session (or GET /api/v1/whoami) in `X-Slipway-CSRF`, or authenticate with `Authorization: Bearer <token>`",
         );
-        audit(
-            &guard,
-            &principal.name,
-            target.as_deref(),
-            "refused",
-            &refusal,
-        )
-        .await;
-        return refusal.into_response();
+        return refuse(&guard, &principal.name, target.as_deref(), refusal).await;
     }
     let needed = match needed_role(&guard, target.as_deref()).await {
         Ok(role) => role,
@@ -172,15 +161,7 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
             "this needs the {} role; ask an admin for a token with it",
             needed.as_str()
         ));
-        audit(
-            &guard,
-            &principal.name,
-            target.as_deref(),
-            "refused",
-            &refusal,
-        )
-        .await;
-        return refusal.into_response();
+        return refuse(&guard, &principal.name, target.as_deref(), refusal).await;
     }
     parts.extensions.insert(principal.clone());
     let response = next.run(Request::from_parts(parts, body)).await;
@@ -312,6 +293,12 @@ async fn needed_role(guard: &Guard, target: Option<&str>) -> Result<Role, ApiErr
 
 /// Records a refusal, folded with identical ones of the last [`REFUSAL_WINDOW_MS`]: anyone
 /// can send refused calls, so each must not cost a row.
+/// Records `refusal` in the audit log and answers with it.
+async fn refuse(guard: &Guard, who: &str, target: Option<&str>, refusal: ApiError) -> Response {
+    audit(guard, who, target, "refused", &refusal).await;
+    refusal.into_response()
+}
+
 async fn audit(guard: &Guard, who: &str, target: Option<&str>, outcome: &str, error: &ApiError) {
     let entry = NewAudit {
         at: now_ms(),

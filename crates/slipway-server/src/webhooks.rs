@@ -61,6 +61,17 @@ struct Accepted {
     duplicate: bool,
 }
 
+/// The `202 Accepted` answer to a delivery.
+fn accepted(delivery: String, event: String, handled: bool, duplicate: bool) -> Response {
+    let body = Accepted {
+        delivery,
+        event,
+        handled,
+        duplicate,
+    };
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
 fn audit(app: &AppState, who: &str, target: &str, outcome: &str, detail: String) {
     let entry = NewAudit {
         at: now_ms(),
@@ -201,16 +212,7 @@ async fn receive(
             &target,
             format!("duplicate delivery {} ({event}) ignored", delivery.id),
         );
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(Accepted {
-                delivery: delivery.id,
-                event,
-                handled: false,
-                duplicate: true,
-            }),
-        )
-            .into_response());
+        return Ok(accepted(delivery.id, event, false, true));
     }
     if let Some(other) = &delivery.other_repository {
         let expected = verifier
@@ -230,16 +232,7 @@ async fn receive(
                 kind.as_str()
             ),
         );
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(Accepted {
-                delivery: delivery.id,
-                event,
-                handled: false,
-                duplicate: false,
-            }),
-        )
-            .into_response());
+        return Ok(accepted(delivery.id, event, false, false));
     }
     let handled = !matches!(
         delivery.event,
@@ -276,14 +269,5 @@ async fn receive(
             }
         });
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            delivery: delivery.id,
-            event,
-            handled,
-            duplicate: false,
-        }),
-    )
-        .into_response())
+    Ok(accepted(delivery.id, event, handled, false))
 }
