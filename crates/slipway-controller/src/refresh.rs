@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use slipway_core::render::EnvKind;
-use slipway_core::vocab::{EventKind, Health, SyncState};
+use slipway_core::vocab::EventKind;
 use slipway_state::EnvironmentRecord;
 
 use slipway_engine::Confirmation;
@@ -118,29 +118,21 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             Some(r) => r,
             None => {
                 let record = EnvironmentRecord {
-                    name: w.name.clone(),
-                    kind: w.kind,
-                    stack: stack.name.clone(),
-                    repo: inner.repo_label.clone(),
                     tracked_ref: Some(w.tracked_ref.clone()),
-                    desired_commit: None,
-                    commit: None,
-                    hash: None,
-                    sync: SyncState::OutOfSync,
-                    health: Health::Missing,
-                    message: None,
-                    owner: None,
                     ttl_ms: w
                         .ttl
                         .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
                     expires_at: w.ttl.map(|t| {
                         now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
                     }),
-                    pinned: false,
-                    created_at: now,
-                    updated_at: now,
                     definition: Some(w.definition.clone()),
-                    protected: false,
+                    ..EnvironmentRecord::new(
+                        w.name.clone(),
+                        w.kind,
+                        stack.name.clone(),
+                        inner.repo_label.clone(),
+                        now,
+                    )
                 };
                 store.upsert_environment(&record)?;
                 let what = if w.kind == EnvKind::Generated {

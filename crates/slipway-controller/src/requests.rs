@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use slipway_core::render::EnvKind;
-use slipway_core::vocab::{EventKind, Health, SyncState};
+use slipway_core::vocab::EventKind;
 use slipway_engine::Origin;
 use slipway_state::EnvironmentRecord;
 
@@ -120,25 +120,19 @@ pub(crate) fn create_adhoc(
     let now = inner.now();
     let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
     let record = EnvironmentRecord {
-        name: name.to_string(),
-        kind: EnvKind::Adhoc,
-        stack: stack.name.clone(),
-        repo: inner.repo_label.clone(),
         tracked_ref: Some(request.reference.clone()),
         desired_commit: Some(loaded.commit.sha.clone()),
-        commit: None,
-        hash: None,
-        sync: SyncState::OutOfSync,
-        health: Health::Missing,
-        message: None,
         owner: request.owner.clone(),
         ttl_ms,
         expires_at: ttl_ms.map(|ms| now.saturating_add(ms)),
-        pinned: false,
-        created_at: now,
-        updated_at: now,
         definition: Some(definition),
-        protected: false,
+        ..EnvironmentRecord::new(
+            name.to_string(),
+            EnvKind::Adhoc,
+            stack.name.clone(),
+            inner.repo_label.clone(),
+            now,
+        )
     };
     store.upsert_environment(&record)?;
     event(

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded};
 use slipway_core::render::{DesiredState, EnvKind};
-use slipway_core::vocab::{Health, SyncState};
+use slipway_core::vocab::SyncState;
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry};
@@ -691,30 +691,15 @@ impl Engine {
     ) -> Result<EnvironmentRecord, EngineError> {
         let now = slipway_state::now_ms();
         let env = &prepared.desired.environment.name;
-        let mut record = self
-            .store
-            .environment(env)?
-            .unwrap_or_else(|| EnvironmentRecord {
-                name: env.clone(),
-                kind: prepared.desired.environment.kind,
-                stack: prepared.desired.stack.clone(),
-                repo: prepared.repo.clone(),
-                tracked_ref: None,
-                desired_commit: None,
-                commit: None,
-                hash: None,
-                sync: SyncState::OutOfSync,
-                health: Health::Missing,
-                message: None,
-                owner: None,
-                ttl_ms: None,
-                expires_at: None,
-                pinned: false,
-                created_at: now,
-                updated_at: now,
-                definition: None,
-                protected: false,
-            });
+        let mut record = self.store.environment(env)?.unwrap_or_else(|| {
+            EnvironmentRecord::new(
+                env.clone(),
+                prepared.desired.environment.kind,
+                prepared.desired.stack.clone(),
+                prepared.repo.clone(),
+                now,
+            )
+        });
         record.repo = prepared.repo.clone();
         record.stack = prepared.desired.stack.clone();
         record.kind = prepared.desired.environment.kind;

@@ -55,6 +55,40 @@ pub struct EnvironmentRecord {
     pub protected: bool,
 }
 
+impl EnvironmentRecord {
+    /// The record of an environment first seen at `now` and not applied yet: out of sync,
+    /// missing, with no ref, commit, owner, TTL or definition, unpinned and unprotected.
+    pub fn new(
+        name: String,
+        kind: EnvKind,
+        stack: String,
+        repo: String,
+        now: i64,
+    ) -> EnvironmentRecord {
+        EnvironmentRecord {
+            name,
+            kind,
+            stack,
+            repo,
+            tracked_ref: None,
+            desired_commit: None,
+            commit: None,
+            hash: None,
+            sync: SyncState::OutOfSync,
+            health: Health::Missing,
+            message: None,
+            owner: None,
+            ttl_ms: None,
+            expires_at: None,
+            pinned: false,
+            created_at: now,
+            updated_at: now,
+            definition: None,
+            protected: false,
+        }
+    }
+}
+
 const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
                        hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
                        created_at, updated_at, definition, protected";
