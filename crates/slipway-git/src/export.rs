@@ -11,9 +11,7 @@ use crate::GitError;
 use crate::command::Git;
 use crate::listing::{Listed, list_tree};
 use crate::objects::{ObjectReader, node_for_mode, stream_objects};
-use crate::path::{
-    MAX_TARGET_LEN, Node, Resolved, Target, TreeLookup, check_path, child_path, resolve,
-};
+use crate::path::{MAX_TARGET_LEN, MapTree, Node, Resolved, Target, check_path, resolve};
 
 const FILE_MODE: u32 = 0o444;
 const EXECUTABLE_MODE: u32 = 0o555;
@@ -234,10 +232,7 @@ pub(crate) fn partial_sibling(dest: &Path) -> PathBuf {
 }
 
 /// The whole tree in memory, directories identified by path.
-struct IndexTree {
-    entries: HashMap<String, Node<String>>,
-    targets: HashMap<String, Vec<u8>>,
-}
+type IndexTree = MapTree;
 
 impl IndexTree {
     /// Indexes a listing, refusing a tree that could make a write leave the export: a path
@@ -306,23 +301,6 @@ impl IndexTree {
             .get(oid)
             .and_then(|target| std::str::from_utf8(target).ok())
             .expect("every symlink was resolved, which checks its target, before writing")
-    }
-}
-
-impl TreeLookup for IndexTree {
-    type Dir = String;
-
-    fn root(&mut self) -> Result<String, GitError> {
-        Ok(String::new())
-    }
-
-    fn entry(&mut self, dir: &String, name: &str) -> Result<Option<Node<String>>, GitError> {
-        let path = child_path(dir, name);
-        Ok(self.entries.get(&path).cloned())
-    }
-
-    fn symlink_target(&mut self, oid: &str) -> Result<Vec<u8>, GitError> {
-        Ok(self.targets.get(oid).cloned().unwrap_or_default())
     }
 }
 

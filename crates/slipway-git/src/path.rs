@@ -1,7 +1,7 @@
 //! Repository paths: which are safe, and how symlinks inside a tree resolve. Pure: the tree is
 //! reached through [`TreeLookup`], backed by git objects or by an in-memory listing.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::GitError;
 use crate::error::{printable, printable_bytes};
@@ -74,8 +74,31 @@ pub(crate) enum Node<D> {
     Submodule,
 }
 
+/// A whole tree in memory: nodes by path (directories identified by their path), symlink
+/// targets by object id.
+pub(crate) struct MapTree {
+    pub(crate) entries: HashMap<String, Node<String>>,
+    pub(crate) targets: HashMap<String, Vec<u8>>,
+}
+
+impl TreeLookup for MapTree {
+    type Dir = String;
+
+    fn root(&mut self) -> Result<String, GitError> {
+        Ok(String::new())
+    }
+
+    fn entry(&mut self, dir: &String, name: &str) -> Result<Option<Node<String>>, GitError> {
+        Ok(self.entries.get(&child_path(dir, name)).cloned())
+    }
+
+    fn symlink_target(&mut self, oid: &str) -> Result<Vec<u8>, GitError> {
+        Ok(self.targets.get(oid).cloned().unwrap_or_default())
+    }
+}
+
 /// The path of the entry `name` in the directory at path `dir` (`""` for the root).
-pub(crate) fn child_path(dir: &str, name: &str) -> String {
+fn child_path(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_owned()
     } else {
@@ -265,15 +288,10 @@ fn join<D>(stack: &[(String, D)], last: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     /// A tree from `(path, node)` lines: `d` directory, `f` file, `l:target` symlink.
-    struct Fixture {
-        entries: HashMap<String, Node<String>>,
-        targets: HashMap<String, Vec<u8>>,
-    }
+    struct Fixture(MapTree);
 
     impl Fixture {
         fn new(lines: &[(&str, &str)]) -> Fixture {
@@ -297,25 +315,11 @@ mod tests {
                 };
                 entries.insert((*path).to_owned(), node);
             }
-            Fixture { entries, targets }
+            Fixture(MapTree { entries, targets })
         }
 
         fn resolve(&mut self, path: &str) -> Result<Resolved<String>, GitError> {
-            resolve(self, path)
-        }
-    }
-
-    impl TreeLookup for Fixture {
-        type Dir = String;
-        fn root(&mut self) -> Result<String, GitError> {
-            Ok(String::new())
-        }
-        fn entry(&mut self, dir: &String, name: &str) -> Result<Option<Node<String>>, GitError> {
-            let path = child_path(dir, name);
-            Ok(self.entries.get(&path).cloned())
-        }
-        fn symlink_target(&mut self, oid: &str) -> Result<Vec<u8>, GitError> {
-            Ok(self.targets[oid].clone())
+            resolve(&mut self.0, path)
         }
     }
 
