@@ -178,7 +178,15 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
                 .get::<AuditTarget>()
                 .map(|t| t.0.clone())
         });
-        record(&guard, &principal.name, target, outcome, detail).await;
+        record(
+            &guard,
+            &principal.name,
+            target,
+            outcome,
+            detail,
+            Entry::Call,
+        )
+        .await;
     }
     response
 }
@@ -291,44 +299,37 @@ async fn needed_role(guard: &Guard, target: Option<&str>) -> Result<Role, ApiErr
     })
 }
 
-/// Records a refusal, folded with identical ones of the last [`REFUSAL_WINDOW_MS`]: anyone
-/// can send refused calls, so each must not cost a row.
-/// Records `refusal` in the audit log and answers with it.
+/// Records `refusal` in the audit log and answers with it. The entry is folded with identical
+/// ones of the last [`REFUSAL_WINDOW_MS`]: anyone can send refused calls, so each must not
+/// cost a row.
 async fn refuse(guard: &Guard, who: &str, target: Option<&str>, refusal: ApiError) -> Response {
-    audit(guard, who, target, "refused", &refusal).await;
+    let detail = format!("{}: {refusal}", refusal.status().as_u16());
+    let target = target.map(str::to_string);
+    record(guard, who, target, "refused", detail, Entry::Refusal).await;
     refusal.into_response()
-}
-
-async fn audit(guard: &Guard, who: &str, target: Option<&str>, outcome: &str, error: &ApiError) {
-    let entry = NewAudit {
-        at: now_ms(),
-        who: who.to_string(),
-        action: guard.route.action.to_string(),
-        target: target.map(str::to_string),
-        outcome: outcome.to_string(),
-        detail: format!("{}: {error}", error.status().as_u16()),
-    };
-    let controller = guard.app.controller.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        controller
-            .engine()
-            .store()
-            .record_refusal(&entry, REFUSAL_WINDOW_MS)
-            .map_err(|e| format!("{e} ({entry:?})"))
-    })
-    .await;
-    match written {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => eprintln!("slipway-server: cannot write the audit log: {e}"),
-        Err(e) => eprintln!("slipway-server: the audit task failed: {e}"),
-    }
 }
 
 /// Identical refusals within this long are one audit entry with a count.
 pub(crate) const REFUSAL_WINDOW_MS: i64 = 60_000;
 
+/// How an audit entry is written.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// Joins an identical refusal within [`REFUSAL_WINDOW_MS`], counting it.
+    Refusal,
+    /// One entry of its own.
+    Call,
+}
+
 /// Writes one audit entry. A failure is logged, not returned: the call itself is done.
-async fn record(guard: &Guard, who: &str, target: Option<String>, outcome: &str, detail: String) {
+async fn record(
+    guard: &Guard,
+    who: &str,
+    target: Option<String>,
+    outcome: &str,
+    detail: String,
+    kind: Entry,
+) {
     let entry = NewAudit {
         at: now_ms(),
         who: who.to_string(),
@@ -339,11 +340,12 @@ async fn record(guard: &Guard, who: &str, target: Option<String>, outcome: &str,
     };
     let controller = guard.app.controller.clone();
     let written = tokio::task::spawn_blocking(move || {
-        controller
-            .engine()
-            .store()
-            .record_audit(&entry)
-            .map_err(|e| format!("{e} ({entry:?})"))
+        let store = controller.engine().store();
+        match kind {
+            Entry::Refusal => store.record_refusal(&entry, REFUSAL_WINDOW_MS),
+            Entry::Call => store.record_audit(&entry),
+        }
+        .map_err(|e| format!("{e} ({entry:?})"))
     })
     .await;
     match written {
