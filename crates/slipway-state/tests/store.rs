@@ -23,25 +23,15 @@ fn open_store() -> (TempDir, Store) {
 
 fn environment(name: &str) -> EnvironmentRecord {
     EnvironmentRecord {
-        name: name.to_owned(),
-        kind: EnvKind::Static,
-        stack: "shop".to_owned(),
-        repo: "file:///srv/git/shop.git".to_owned(),
         tracked_ref: Some("main".to_owned()),
-        desired_commit: None,
-        commit: None,
-        hash: None,
-        sync: SyncState::OutOfSync,
-        health: Health::Missing,
-        message: None,
-        owner: None,
-        ttl_ms: None,
-        expires_at: None,
-        pinned: false,
-        created_at: 1_000,
-        updated_at: 1_000,
         definition: Some("prod".to_owned()),
-        protected: false,
+        ..EnvironmentRecord::new(
+            name.to_owned(),
+            EnvKind::Static,
+            "shop".to_owned(),
+            "file:///srv/git/shop.git".to_owned(),
+            1_000,
+        )
     }
 }
 
