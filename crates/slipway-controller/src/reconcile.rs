@@ -519,9 +519,9 @@ pub(crate) fn reconcile(
             environment: name.to_string(),
             commit: prepared.commit.sha.clone(),
             deployment: report.deployment,
-            // The engine's per-resource outcome keeps its provider's error as text, without
-            // its class: a failed apply is retried with backoff, as it always was.
-            retryable: true,
+            // Terminal when a change failed for good (its provider refused the configuration):
+            // the commit then waits for a new one or a person instead of being retried.
+            retryable: report.retryable(),
         });
     }
     if same_commit && !drifted.is_empty() {

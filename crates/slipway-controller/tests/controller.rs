@@ -288,6 +288,35 @@ fn a_poisoned_commit_marks_the_environment_failed_and_keeps_the_running_version(
 }
 
 #[test]
+fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
+    let w = World::new();
+    wait_for("dev is deployed", T, || {
+        w.page("dev").filter(|p| p == "hello from dev")
+    });
+    // A job that exits 1: its provider says retrying will not help.
+    let failing = STACK.replace(
+        "resources:\n",
+        "resources:\n  check: { type: job, command: [\"false\"] }\n",
+    );
+    w.push("main", &failing, "a check that fails");
+    wait_for("dev is marked failed", T, || {
+        w.record("dev").filter(|r| r.sync == SyncState::Failed)
+    });
+    let store = w.controller.engine().store();
+    let count = || store.deployments("dev", 100).expect("store").len();
+    let failed = count();
+    // A retryable failure would be retried within about a second (the queue's first backoff),
+    // again and again; a terminal one is parked until a new commit.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(count(), failed, "the failed commit is not applied again");
+    w.push("main", STACK, "drop the check");
+    wait_for("a new commit is applied", T, || {
+        w.record("dev").filter(|r| r.sync == SyncState::Synced)
+    });
+    assert!(count() > failed, "the new commit deploys");
+}
+
+#[test]
 fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
     let w = World::new();
     let first = git(&w.work, &["rev-parse", "HEAD"]);

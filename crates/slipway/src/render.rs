@@ -208,7 +208,7 @@ pub fn report_text(r: &ApplyReport, what: &str) {
         match outcome {
             Outcome::Succeeded if *action != Action::Noop => done += 1,
             Outcome::Succeeded => {}
-            Outcome::Failed { error } => failed.push((name, error)),
+            Outcome::Failed { error, .. } => failed.push((name, error)),
             Outcome::Skipped { because } => skipped.push((name, because)),
         }
     }

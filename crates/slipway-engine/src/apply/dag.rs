@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;
 
-use super::{ApplyEvent, Outcome, Progress};
+use super::{ApplyEvent, Outcome, Progress, StepError};
 
 /// A dependency graph over names borrowed for `'a`, and how many nodes may run at once.
 pub(crate) struct Dag<'a> {
@@ -59,7 +59,7 @@ impl<'a> Dag<'a> {
         progress: &dyn Progress,
         state: &mut S,
         mut start: impl FnMut(&mut S, &'a str) -> Option<T>,
-        work: impl Fn(&'a str, T) -> Result<R, String> + Sync,
+        work: impl Fn(&'a str, T) -> Result<R, StepError> + Sync,
         mut finish: impl FnMut(&mut S, &'a str, R),
     ) -> BTreeMap<&'a str, Outcome> {
         let mut waiting_on: BTreeMap<&'a str, usize> = BTreeMap::new();
@@ -94,7 +94,7 @@ impl<'a> Dag<'a> {
         let work = &work;
         let mut running = 0usize;
         std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::channel::<(&'a str, Result<R, String>)>();
+            let (tx, rx) = mpsc::channel::<(&'a str, Result<R, StepError>)>();
             loop {
                 while running < self.limit {
                     let Some(name) = ready.pop_front() else { break };
@@ -137,7 +137,7 @@ impl<'a> Dag<'a> {
                         finish(state, name, done);
                         Outcome::Succeeded
                     }
-                    Err(error) => Outcome::Failed { error },
+                    Err(error) => error.into(),
                 };
                 settle(name, outcome, &mut outcomes, &mut ready);
             }
@@ -186,7 +186,7 @@ mod tests {
             |name, task| {
                 assert_eq!(name, task, "a node's task is what start gave it");
                 if failing.contains(&name) {
-                    Err(format!("{name} broke"))
+                    Err(StepError::terminal(format!("{name} broke")))
                 } else {
                     Ok(name)
                 }
@@ -265,7 +265,8 @@ mod tests {
         assert_eq!(
             outcomes["migrate"],
             Outcome::Failed {
-                error: "migrate broke".into()
+                error: "migrate broke".into(),
+                retryable: false,
             }
         );
         assert_eq!(

@@ -133,6 +133,10 @@ pub enum Outcome {
     Failed {
         /// Why.
         error: String,
+        /// Whether retrying the same change later may succeed (kept out of reports: the
+        /// controller's error policy reads it).
+        #[serde(skip)]
+        retryable: bool,
     },
     /// Not attempted.
     Skipped {
@@ -160,6 +164,82 @@ impl ApplyReport {
         self.results
             .iter()
             .all(|(_, _, o)| *o == Outcome::Succeeded)
+    }
+
+    /// Whether applying again may succeed without a new commit: no change failed for good
+    /// (a configuration its provider refuses, a reference with no value).
+    pub fn retryable(&self) -> bool {
+        !self.results.iter().any(|(_, _, o)| {
+            matches!(
+                o,
+                Outcome::Failed {
+                    retryable: false,
+                    ..
+                }
+            )
+        })
+    }
+}
+
+/// Why one resource's step failed: its message (redacted where the step had secret values)
+/// and whether retrying may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StepError {
+    message: String,
+    retryable: bool,
+}
+
+impl StepError {
+    /// A failure retrying will not mend: only a new commit (or a person) can.
+    fn terminal(message: String) -> Self {
+        StepError {
+            message,
+            retryable: false,
+        }
+    }
+
+    /// The same failure, its message redacted of `redactor`'s secret values.
+    fn redacted(self, redactor: &crate::secrets::Redactor) -> Self {
+        StepError {
+            message: redactor.redact(&self.message),
+            ..self
+        }
+    }
+}
+
+impl From<StepError> for Outcome {
+    fn from(e: StepError) -> Self {
+        Outcome::Failed {
+            error: e.message,
+            retryable: e.retryable,
+        }
+    }
+}
+
+impl From<slipway_providers::ProviderError> for StepError {
+    fn from(e: slipway_providers::ProviderError) -> Self {
+        StepError {
+            message: describe(&e),
+            retryable: e.retryable(),
+        }
+    }
+}
+
+impl From<slipway_state::StateError> for StepError {
+    fn from(e: slipway_state::StateError) -> Self {
+        StepError {
+            message: e.to_string(),
+            retryable: e.retryable(),
+        }
+    }
+}
+
+impl From<EngineError> for StepError {
+    fn from(e: EngineError) -> Self {
+        StepError {
+            message: e.to_string(),
+            retryable: e.retryable(),
+        }
     }
 }
 
@@ -283,7 +363,7 @@ impl Engine {
                 .results
                 .iter()
                 .filter_map(|(name, _, o)| match o {
-                    Outcome::Failed { error } => Some(format!("{name}: {error}")),
+                    Outcome::Failed { error, .. } => Some(format!("{name}: {error}")),
                     _ => None,
                 })
                 .collect();
@@ -460,4 +540,143 @@ fn summary(report: &ApplyReport) -> Json {
 /// The first 12 characters of a sha.
 pub fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use slipway_core::vocab::{EnvKind, Health, ResourceStatus, SyncState};
+    use slipway_state::{EnvironmentRecord, ResourceRecord};
+
+    use super::*;
+    use crate::EngineConfig;
+
+    /// An engine holding environment `dev` with one recorded `file` resource, `page`, whose
+    /// recorded handle is `handle`.
+    fn engine_with_page(home: &std::path::Path, handle: Json) -> Engine {
+        let engine = Engine::open(home, EngineConfig::default(), vec![]).expect("engine");
+        engine
+            .store
+            .upsert_environment(&EnvironmentRecord {
+                name: "dev".into(),
+                kind: EnvKind::Static,
+                stack: "shop".into(),
+                repo: String::new(),
+                tracked_ref: None,
+                desired_commit: None,
+                commit: None,
+                hash: None,
+                sync: SyncState::Synced,
+                health: Health::Healthy,
+                message: None,
+                owner: None,
+                ttl_ms: None,
+                expires_at: None,
+                pinned: false,
+                created_at: 0,
+                updated_at: 0,
+                definition: None,
+                protected: false,
+            })
+            .expect("environment");
+        engine
+            .store
+            .put_resource(&ResourceRecord {
+                environment: "dev".into(),
+                name: "page".into(),
+                type_name: "file".into(),
+                status: ResourceStatus::Ready,
+                config: json!({"path": "page.txt", "content": "hi"}),
+                resolved_hash: None,
+                outputs: Json::Null,
+                secret_outputs: Vec::new(),
+                live: json!({ "handle": handle }),
+                depends_on: Vec::new(),
+                error: None,
+                updated_at: 0,
+                sensitive: false,
+            })
+            .expect("resource");
+        engine
+    }
+
+    fn delete_page(engine: &Engine) -> Outcome {
+        let mut outcomes = engine.delete_all("dev", &["page".into()], 1, &());
+        let (name, outcome) = outcomes.pop().expect("one outcome");
+        assert_eq!(name, "page");
+        assert_eq!(
+            engine
+                .store
+                .resource("dev", "page")
+                .expect("store")
+                .map(|r| r.status),
+            Some(ResourceStatus::Failed),
+            "the failure is recorded: {outcome:?}"
+        );
+        outcome
+    }
+
+    #[test]
+    fn a_configuration_its_provider_refuses_fails_the_step_for_good() {
+        let home = tempfile::tempdir().expect("a temporary directory");
+        // The file provider refuses to touch a recorded path outside the data directory.
+        let engine = engine_with_page(home.path(), json!({"path": "/etc/hostname", "sha256": ""}));
+        let outcome = delete_page(&engine);
+        let Outcome::Failed { error, retryable } = outcome.clone() else {
+            panic!("the delete fails: {outcome:?}");
+        };
+        assert!(error.contains("outside the data directory"), "{error}");
+        assert!(!retryable, "a configuration error is terminal");
+        let report = ApplyReport {
+            deployment: 1,
+            environment: "dev".into(),
+            commit: String::new(),
+            results: vec![
+                ("page".into(), Action::Delete, outcome),
+                (
+                    "other".into(),
+                    Action::Create,
+                    Outcome::Skipped {
+                        because: "page".into(),
+                    },
+                ),
+            ],
+        };
+        assert!(
+            !report.retryable(),
+            "an apply with a terminal failure is not retried"
+        );
+        assert_eq!(
+            serde_json::to_value(&report.results[0].2).expect("json"),
+            json!({"outcome": "failed", "error": error}),
+            "reports keep their shape"
+        );
+    }
+
+    #[test]
+    fn a_provider_io_failure_may_pass_and_is_retryable() {
+        let home = tempfile::tempdir().expect("a temporary directory");
+        let engine = engine_with_page(home.path(), Json::Null);
+        // Where the provider keeps its marker there is a directory it cannot read as a file.
+        let run = engine.env_dirs("dev", "", "").run;
+        std::fs::create_dir_all(run.join("page.file.json")).expect("a directory in the way");
+        let outcome = delete_page(&engine);
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed {
+                    retryable: true,
+                    ..
+                }
+            ),
+            "an IO error is retryable: {outcome:?}"
+        );
+        let report = ApplyReport {
+            deployment: 1,
+            environment: "dev".into(),
+            commit: String::new(),
+            results: vec![("page".into(), Action::Delete, outcome)],
+        };
+        assert!(report.retryable());
+    }
 }

@@ -11,7 +11,7 @@ use slipway_providers::sandbox::Sandbox;
 use slipway_providers::{Applied, EnvDirs, ResourceContext};
 use slipway_state::ResourceRecord;
 
-use super::{ApplyEvent, ApplyOptions, Outputs, Progress, Secrets, describe};
+use super::{ApplyEvent, ApplyOptions, Outputs, Progress, Secrets, StepError};
 use crate::{Engine, Envelope, Prepared, resolve};
 
 /// Runs `act`, the step of `resource`, in its own span, telling `progress` when it starts and
@@ -20,8 +20,8 @@ pub(super) fn tracked<R>(
     resource: &str,
     action: Action,
     progress: &dyn Progress,
-    act: impl FnOnce() -> Result<R, String>,
-) -> Result<R, String> {
+    act: impl FnOnce() -> Result<R, StepError>,
+) -> Result<R, StepError> {
     let _span = tracing::info_span!("resource", resource, action = action.as_str()).entered();
     progress.event(&ApplyEvent::Started { resource, action });
     let started = Instant::now();
@@ -29,13 +29,18 @@ pub(super) fn tracked<R>(
     let elapsed = started.elapsed();
     match &result {
         Ok(_) => tracing::info!(?elapsed, "done"),
-        Err(error) => tracing::warn!(?elapsed, error = %error, "failed"),
+        Err(error) => tracing::warn!(
+            ?elapsed,
+            error = %error.message,
+            retryable = error.retryable,
+            "failed"
+        ),
     }
     progress.event(&ApplyEvent::Finished {
         resource,
         action,
         elapsed,
-        error: result.as_ref().err().map(String::as_str),
+        error: result.as_ref().err().map(|e| e.message.as_str()),
     });
     result
 }
@@ -79,8 +84,8 @@ impl Engine {
         &self,
         record: &mut ResourceRecord,
         error: String,
-        returned: String,
-    ) -> String {
+        returned: StepError,
+    ) -> StepError {
         record.status = ResourceStatus::Failed;
         record.error = Some(error);
         record.updated_at = slipway_state::now_ms();
@@ -94,13 +99,11 @@ impl Engine {
         &self,
         mut record: ResourceRecord,
         resolved_hash: String,
-    ) -> Result<(Json, Vec<String>), String> {
+    ) -> Result<(Json, Vec<String>), StepError> {
         record.status = ResourceStatus::Ready;
         record.resolved_hash = Some(resolved_hash);
         record.updated_at = slipway_state::now_ms();
-        self.store
-            .put_resource(&record)
-            .map_err(|e| e.to_string())?;
+        self.store.put_resource(&record)?;
         Ok((record.outputs, record.secret_outputs))
     }
 
@@ -113,13 +116,13 @@ impl Engine {
         outputs: &Outputs,
         secret_outputs: &Secrets,
         options: &ApplyOptions,
-    ) -> Result<(Json, Vec<String>), String> {
+    ) -> Result<(Json, Vec<String>), StepError> {
         let env = prepared.desired.environment.name.as_str();
         let desired = &prepared.desired.resources[&change.resource];
         let provider = self
             .registry
             .get(&desired.type_name)
-            .ok_or_else(|| format!("resource type `{}` is not available on this engine (it needs a provider that is not configured)", desired.type_name))?;
+            .ok_or_else(|| StepError::terminal(format!("resource type `{}` is not available on this engine (it needs a provider that is not configured)", desired.type_name)))?;
         let port_names: Vec<String> = desired
             .config
             .get("ports")
@@ -130,10 +133,7 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        let previous = self
-            .store
-            .resource(env, &change.resource)
-            .map_err(|e| e.to_string())?;
+        let previous = self.store.resource(env, &change.resource)?;
         let previous_envelope = previous.as_ref().map(Envelope::of);
         // An exposed process is replaced blue/green: the new version starts beside the old
         // one (in the other instance slot, on its own ports), is health-checked, takes the
@@ -159,20 +159,17 @@ impl Engine {
             .map(|p| crate::slot_port(p, slot))
             .collect();
         let range = self.config.port_range();
-        let allocated = self
-            .store
-            .allocate_ports(env, &change.resource, &slot_names, range, &|p| {
-                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-            })
-            .map_err(|e| e.to_string())?;
+        let allocated =
+            self.store
+                .allocate_ports(env, &change.resource, &slot_names, range, &|p| {
+                    std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                })?;
         let ports = crate::slot_ports(&allocated, slot);
         let mut keep = port_names.clone();
         if exposed {
             keep.extend(port_names.iter().map(|p| crate::slot_port(p, 1)));
         }
-        self.store
-            .retain_ports(env, &change.resource, &keep)
-            .map_err(|e| e.to_string())?;
+        self.store.retain_ports(env, &change.resource, &keep)?;
         let scope = resolve::Scope {
             ports: &ports,
             outputs,
@@ -180,7 +177,9 @@ impl Engine {
             secrets: &prepared.secrets,
         };
         let resolved_all = resolve::resolve(&desired.config, &scope).map_err(|r| {
-            format!("`{r}` has no value: the resource it names produced no such output")
+            StepError::terminal(format!(
+                "`{r}` has no value: the resource it names produced no such output"
+            ))
         })?;
         let resolved_hash = resolve::resolved_hash(
             &resolved_all,
@@ -222,12 +221,10 @@ impl Engine {
             sensitive: sensitive || previous.as_ref().is_some_and(|p| p.sensitive),
         };
         // Ownership first: from here on, the store knows this resource may exist.
-        self.store
-            .put_resource(&record)
-            .map_err(|e| e.to_string())?;
+        self.store.put_resource(&record)?;
 
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
-        let sandbox = self.sandbox(env).map_err(|e| e.to_string())?;
+        let sandbox = self.sandbox(env)?;
         let ctx = ResourceContext {
             redact: &resolved_all.secrets,
             ..self.resource_context(env, &instance, &dirs, &ports, &sandbox)
@@ -260,12 +257,12 @@ impl Engine {
                 &redactor,
             );
         }
-        let result: Result<Applied, String> = (|| {
+        let result: Result<Applied, slipway_providers::ProviderError> = (|| {
             match (change.action, &previous_envelope) {
-                (Action::Update, Some(prev)) if !prev.handle.is_null() => provider
-                    .update(ctx, &resolved, &prev.handle)
-                    .map_err(|e| describe(&e)),
-                (Action::Create, None) => provider.create(ctx, &resolved).map_err(|e| describe(&e)),
+                (Action::Update, Some(prev)) if !prev.handle.is_null() => {
+                    provider.update(ctx, &resolved, &prev.handle)
+                }
+                (Action::Create, None) => provider.create(ctx, &resolved),
                 _ => {
                     // Replace, or anything left half-done: remove what may exist, then create.
                     if let Some(prev) = &previous_envelope {
@@ -276,33 +273,31 @@ impl Engine {
                             ..ctx
                         };
                         let handle = (!prev.handle.is_null()).then_some(&prev.handle);
-                        provider.delete(old_ctx, handle).map_err(|e| describe(&e))?;
+                        provider.delete(old_ctx, handle)?;
                     }
                     // Whatever an interrupted create (or blue/green swap) left in either
                     // instance slot goes too.
-                    provider.delete(ctx, None).map_err(|e| describe(&e))?;
+                    provider.delete(ctx, None)?;
                     if exposed {
                         let other = crate::instance_name(&change.resource, 1);
-                        provider
-                            .delete(
-                                ResourceContext {
-                                    resource: &other,
-                                    ..ctx
-                                },
-                                None,
-                            )
-                            .map_err(|e| describe(&e))?;
+                        provider.delete(
+                            ResourceContext {
+                                resource: &other,
+                                ..ctx
+                            },
+                            None,
+                        )?;
                     }
                     record.live = Json::Null;
-                    provider.create(ctx, &resolved).map_err(|e| describe(&e))
+                    provider.create(ctx, &resolved)
                 }
             }
         })();
         let applied = match result {
             Ok(applied) => applied,
             Err(error) => {
-                let error = redactor.redact(&error);
-                return Err(self.record_failed(&mut record, error.clone(), error));
+                let error = StepError::from(error).redacted(&redactor);
+                return Err(self.record_failed(&mut record, error.message.clone(), error));
             }
         };
         // Record the handle before waiting, so a process that never gets healthy is still
@@ -310,33 +305,29 @@ impl Engine {
         record_applied(&mut record, &applied, envelope_of);
         redactor.add_outputs(&record.outputs, &record.secret_outputs);
         record.updated_at = slipway_state::now_ms();
-        self.store
-            .put_resource(&record)
-            .map_err(|e| e.to_string())?;
+        self.store.put_resource(&record)?;
         let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
         if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
-            let error = redactor.redact(&describe(&e));
-            return Err(self.record_failed(&mut record, error.clone(), error));
+            let error = StepError::from(e).redacted(&redactor);
+            return Err(self.record_failed(&mut record, error.message.clone(), error));
         }
         self.record_ready(record, resolved_hash)
     }
 
     /// Deletes one recorded resource: marks it `deleting`, asks its provider, forgets it.
-    pub(crate) fn delete_resource(&self, env: &str, name: &str) -> Result<(), String> {
-        let Some(mut record) = self.store.resource(env, name).map_err(|e| e.to_string())? else {
+    pub(crate) fn delete_resource(&self, env: &str, name: &str) -> Result<(), StepError> {
+        let Some(mut record) = self.store.resource(env, name)? else {
             return Ok(());
         };
         let envelope = Envelope::of(&record);
         record.status = ResourceStatus::Deleting;
         record.updated_at = slipway_state::now_ms();
-        self.store
-            .put_resource(&record)
-            .map_err(|e| e.to_string())?;
+        self.store.put_resource(&record)?;
         if let Some(provider) = self.registry.get(&record.type_name) {
             let dirs = self.env_dirs(env, &envelope.src_commit, "");
-            let ports = self.store.ports(env, name).map_err(|e| e.to_string())?;
+            let ports = self.store.ports(env, name)?;
             let instance = envelope.instance(name);
-            let sandbox = self.sandbox(env).map_err(|e| e.to_string())?;
+            let sandbox = self.sandbox(env)?;
             let ctx = self.resource_context(env, instance, &dirs, &ports, &sandbox);
             let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
             let mut result = provider.delete(ctx, handle);
@@ -360,16 +351,12 @@ impl Engine {
                 );
             }
             if let Err(e) = result {
-                let error = describe(&e);
-                return Err(self.record_failed(&mut record, error.clone(), error));
+                let error = StepError::from(e);
+                return Err(self.record_failed(&mut record, error.message.clone(), error));
             }
         }
-        self.store
-            .release_ports(env, name)
-            .map_err(|e| e.to_string())?;
-        self.store
-            .delete_resource(env, name)
-            .map_err(|e| e.to_string())?;
+        self.store.release_ports(env, name)?;
+        self.store.delete_resource(env, name)?;
         Ok(())
     }
 }

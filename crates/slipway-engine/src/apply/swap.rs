@@ -10,7 +10,7 @@ use slipway_core::vocab::EventKind;
 use slipway_providers::ResourceContext;
 use slipway_state::ResourceRecord;
 
-use super::describe;
+use super::StepError;
 use super::step::record_applied;
 use crate::{Engine, Envelope, Prepared};
 
@@ -37,25 +37,28 @@ impl Engine {
         mut record: ResourceRecord,
         envelope_of: impl Fn(Json) -> Json,
         redactor: &crate::secrets::Redactor,
-    ) -> Result<(Json, Vec<String>), String> {
+    ) -> Result<(Json, Vec<String>), StepError> {
         let env = prepared.desired.environment.name.as_str();
-        let fail = |record: &mut ResourceRecord, error: String| {
-            let error = redactor.redact(&error);
+        let fail = |record: &mut ResourceRecord, error: slipway_providers::ProviderError| {
+            let error = StepError::from(error).redacted(redactor);
             // The old instance is still recorded as live and still serving.
-            let recorded = format!("the new version did not replace the running one: {error}");
+            let recorded = format!(
+                "the new version did not replace the running one: {}",
+                error.message
+            );
             Err(self.record_failed(record, recorded, error))
         };
         if let Err(e) = provider.delete(ctx, None) {
-            return fail(&mut record, describe(&e));
+            return fail(&mut record, e);
         }
         let applied = match provider.create(ctx, resolved) {
             Ok(applied) => applied,
-            Err(e) => return fail(&mut record, describe(&e)),
+            Err(e) => return fail(&mut record, e),
         };
         let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
         if let Err(e) = provider.wait_ready(ctx, resolved, &applied, deadline) {
             let _ = provider.delete(ctx, Some(&applied.live));
-            return fail(&mut record, describe(&e));
+            return fail(&mut record, e);
         }
         record_applied(&mut record, &applied, envelope_of);
         let ready = self.record_ready(record, resolved_hash)?;
@@ -76,7 +79,7 @@ impl Engine {
                 &format!(
                     "{}: the previous instance could not be stopped: {}",
                     change.resource,
-                    redactor.redact(&describe(&e))
+                    StepError::from(e).redacted(redactor).message
                 ),
                 &json!({}),
                 slipway_state::now_ms(),
