@@ -306,9 +306,14 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
     let count = || store.deployments("dev", 100).expect("store").len();
     let failed = count();
     // A retryable failure would be retried within about a second (the queue's first backoff),
-    // again and again; a terminal one is parked until a new commit.
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(count(), failed, "the failed commit is not applied again");
+    // again and again; a terminal one is parked until a new commit. Watched for 4 s, and
+    // failing as soon as a retry shows.
+    let retried =
+        slipway_testkit::wait::poll(Duration::from_secs(4), Duration::from_millis(100), || {
+            let now = count();
+            (now != failed).then_some(now)
+        });
+    assert_eq!(retried, None, "the failed commit is not applied again");
     w.push("main", STACK, "drop the check");
     wait_for("a new commit is applied", T, || {
         w.record("dev").filter(|r| r.sync == SyncState::Synced)
