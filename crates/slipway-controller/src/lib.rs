@@ -760,10 +760,8 @@ impl Controller {
     }
 }
 
-/// The first 12 characters of a commit id, as messages show it.
-pub(crate) fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
+/// The first 12 characters of a commit id, as messages show it: the engine's spelling.
+pub(crate) use slipway_engine::apply::short;
 
 pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
     EnvTarget {

@@ -10,7 +10,7 @@ use slipway_state::EnvironmentRecord;
 use slipway_engine::Confirmation;
 
 use crate::reconcile::{Cause, WHO, destroy, event, mark_failed, report_once};
-use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover};
+use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover, short};
 
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
 /// what it asks for: new static and generated environments are recorded, generated ones whose
@@ -91,7 +91,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             let message = format!(
                 "{} at {} is not valid; the set of environments is left as it is: {first}",
                 loaded.entry,
-                &loaded.commit.sha[..12]
+                short(&loaded.commit.sha)
             );
             report_once(
                 inner,

@@ -10,7 +10,7 @@ use slipway_engine::Origin;
 use slipway_state::EnvironmentRecord;
 
 use crate::reconcile::{event, expires};
-use crate::{ControllerError, CreateEnvironment, Inner};
+use crate::{ControllerError, CreateEnvironment, Inner, short};
 
 /// Records a new ad-hoc environment (its first deployment is queued by the caller).
 pub(crate) fn create_adhoc(
@@ -240,7 +240,7 @@ pub(crate) fn pin(
         inner,
         name,
         EventKind::EnvironmentPinned,
-        &format!("{name} pinned to {}", &sha[..12]),
+        &format!("{name} pinned to {}", short(&sha)),
     );
     Ok(record)
 }
