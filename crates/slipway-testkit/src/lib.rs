@@ -9,11 +9,11 @@
 //! - [`stack`]: stack files in memory, written into a repository in one call.
 //! - [`http`]: the one HTTP server of the fakes (hyper on tokio, on `127.0.0.1:0`) and a plain
 //!   client for hostile requests.
-//! - [`forge`]: ONE fake forge, parameterised by forge ([`forge::Forge`]): GitHub
-//!   ([`forge::github::FakeGitHub`]), GitLab ([`forge::gitlab::FakeGitLab`]) and Gitea
-//!   ([`forge::gitea::FakeGitea`]) share the server, the request log ([`forge::Recorded`]), the
-//!   token check and the helpers, each with its own route table, JSON shapes and webhook
-//!   payload builders.
+//! - [`forge`]: ONE fake forge, [`forge::FakeForge`], parameterised by forge
+//!   ([`forge::Forge`]): one state (pull requests, comments, reviews and approvals, statuses,
+//!   roles, the request log [`forge::Recorded`]) and one set of test-side methods, with
+//!   GitHub's, GitLab's and Gitea's route tables, JSON shapes, auth headers and webhook
+//!   payload builders in [`forge::github`], [`forge::gitlab`] and [`forge::gitea`].
 //!
 //! # The `slipway-fake-forge` binary
 //!

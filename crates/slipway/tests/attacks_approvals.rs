@@ -23,11 +23,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use slipway_testkit::http::{Reply, Request, Server as HttpServer};
-use util::fake_github::{
-    self as gh, FakeGitHub, PrSpec, PrState, issue_comment_payload, pull_request_payload,
-};
-use util::fake_gitlab::{self as gl, DEVELOPER, FakeGitLab, MrSpec, MrState};
+use util::fake_github::{self as gh, issue_comment_payload, pull_request_payload};
+use util::fake_gitlab::{self as gl, DEVELOPER};
 use util::world::{self, Served};
+use util::{FakeForge, Forge, PrSpec, PrState};
 use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -190,7 +189,7 @@ impl Engine {
         assert!(reply.contains("\"handled\":true"), "{event}: {reply}");
     }
 
-    fn gh_open(&self, forge: &FakeGitHub, spec: PrSpec) {
+    fn gh_open(&self, forge: &FakeForge, spec: PrSpec) {
         let number = spec.number;
         forge.add_pr(spec);
         self.gh_accepted(
@@ -202,7 +201,7 @@ impl Engine {
 
     /// Posts `command` on `pr` as `author`; returns Slipway's answer (its next comment that is
     /// not the plan).
-    fn gh_command(&self, forge: &FakeGitHub, pr: u64, author: &str, command: &str) -> String {
+    fn gh_command(&self, forge: &FakeForge, pr: u64, author: &str, command: &str) -> String {
         let seen = forge.comments(pr).iter().map(|c| c.id).max().unwrap_or(0);
         self.gh_accepted("issue_comment", &issue_comment_payload(pr, author, command));
         forge
@@ -225,7 +224,7 @@ impl Engine {
     /// A `Merge Request Hook` for `action` on merge request `iid`, triggered by `actor`.
     fn gl_event(
         &self,
-        forge: &FakeGitLab,
+        forge: &FakeForge,
         action: &str,
         iid: u64,
         actor: &str,
@@ -233,16 +232,16 @@ impl Engine {
     ) {
         self.gl_accepted(
             "Merge Request Hook",
-            &gl::merge_request_payload(action, &forge.mr(iid), actor, oldrev, None),
+            &gl::merge_request_payload(action, &forge.pr(iid), actor, oldrev, None),
         );
     }
 
-    fn gl_command(&self, forge: &FakeGitLab, iid: u64, author: &str, command: &str) -> String {
-        let seen = forge.notes(iid).iter().map(|n| n.id).max().unwrap_or(0);
-        let note = forge.add_note(iid, author, command);
-        self.gl_accepted("Note Hook", &gl::note_payload(&forge.mr(iid), &note));
+    fn gl_command(&self, forge: &FakeForge, iid: u64, author: &str, command: &str) -> String {
+        let seen = forge.comments(iid).iter().map(|n| n.id).max().unwrap_or(0);
+        let note = forge.add_comment(iid, author, command);
+        self.gl_accepted("Note Hook", &gl::note_payload(&forge.pr(iid), &note));
         forge
-            .wait_for_note(
+            .wait_for_comment(
                 iid,
                 |n| n.id > seen && n.author == BOT && !n.system && !n.body.contains(MARKER),
                 T,
@@ -251,10 +250,10 @@ impl Engine {
     }
 
     /// Waits until Slipway planned `sha` (its `slipway/plan` status is final).
-    fn gl_planned(&self, forge: &FakeGitLab, sha: &str) {
+    fn gl_planned(&self, forge: &FakeForge, sha: &str) {
         forge.wait_for_status(
             sha,
-            |s| s.name == "slipway/plan" && s.state != "pending" && s.state != "running",
+            |s| s.context == "slipway/plan" && s.state != "pending" && s.state != "running",
             T,
         );
     }
@@ -286,20 +285,20 @@ fn mr_ref(iid: u64) -> String {
 /// cannot list them does not move it.
 #[test]
 fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
-    let forge = FakeGitLab::start(BOT);
+    let forge = FakeForge::start(Forge::GitLab, BOT);
     let proxy = Proxy::start(&forge.url());
     let w = Engine::start("gitlab", &proxy.url(), "GITLAB_TOKEN", "");
     for user in ["alice", "bob", "carol"] {
-        forge.set_access(user, DEVELOPER);
+        forge.set_permission(user, DEVELOPER);
     }
     w.serves("prod", "v1");
 
     // bob reviews alice's merge request at h1 and approves it.
     let h1 = w.commit_on("main", "feature-1", "reviewed", Some(&mr_ref(1)));
-    forge.add_mr(MrSpec::new(1, &h1));
+    forge.add_pr(PrSpec::new(1, &h1));
     w.gl_event(&forge, "open", 1, "alice", None);
     w.gl_planned(&forge, &h1);
-    forge.approve(1, "bob");
+    forge.approve(1, "bob", &forge.pr(1).head_sha);
     // alice pushes h2 and at once asks for a preview, before GitLab's update webhook comes.
     let h2 = w.commit_on("feature-1", "feature-1", "unreviewed", Some(&mr_ref(1)));
     forge.set_head(1, &h2);
@@ -325,13 +324,13 @@ fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
     // The forge cannot list the approvals when the next push's webhook comes: the head is not
     // moved on half the facts, and the next look at the merge request (here the apply) moves it.
     let h3 = w.commit_on("main", "feature-3", "reviewed 3", Some(&mr_ref(3)));
-    forge.add_mr(MrSpec {
-        source_branch: "feature-3".into(),
-        ..MrSpec::new(3, &h3)
+    forge.add_pr(PrSpec {
+        head_ref: "feature-3".into(),
+        ..PrSpec::new(3, &h3)
     });
     w.gl_event(&forge, "open", 3, "alice", None);
     w.gl_planned(&forge, &h3);
-    forge.approve(3, "bob");
+    forge.approve(3, "bob", &forge.pr(3).head_sha);
     let h4 = w.commit_on("feature-3", "feature-3", "unreviewed 3", Some(&mr_ref(3)));
     forge.set_head(3, &h4);
     let approvals = "/merge_requests/3/approvals";
@@ -354,7 +353,7 @@ fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 
     // The legitimate path: carol approves the new head of !1; it applies.
-    forge.approve(1, "carol");
+    forge.approve(1, "carol", &forge.pr(1).head_sha);
     let answer = w.gl_command(&forge, 1, "alice", "/slipway apply prod");
     assert!(answer.contains("Applied #1"), "{answer}");
     w.serves("prod", "unreviewed");
@@ -368,7 +367,7 @@ fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
 /// `edited` webhook arrived.
 #[test]
 fn a_pull_request_retargeted_after_its_approval_is_not_applied() {
-    let forge = FakeGitHub::start(BOT);
+    let forge = FakeForge::start(Forge::GitHub, BOT);
     let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
     forge.set_permission("alice", "write");
     forge.set_permission("carol", "write");
@@ -452,14 +451,14 @@ fn a_pull_request_retargeted_after_its_approval_is_not_applied() {
 /// approval of her merge request counted. Now the author is the one GitLab's API names.
 #[test]
 fn gitlab_the_author_is_not_whoever_triggered_the_webhook() {
-    let forge = FakeGitLab::start(BOT);
+    let forge = FakeForge::start(Forge::GitLab, BOT);
     let w = Engine::start("gitlab", &forge.url(), "GITLAB_TOKEN", "");
-    forge.set_access("alice", DEVELOPER);
-    forge.set_access("bob", DEVELOPER);
+    forge.set_permission("alice", DEVELOPER);
+    forge.set_permission("bob", DEVELOPER);
     w.serves("prod", "v1");
 
     let h1 = w.commit_on("main", "feature-2", "alice's", Some(&mr_ref(2)));
-    forge.add_mr(MrSpec::new(2, &h1));
+    forge.add_pr(PrSpec::new(2, &h1));
     w.gl_event(&forge, "open", 2, "alice", None);
     w.gl_planned(&forge, &h1);
     // bob pushes a fixup to alice's branch: the update webhook's `user` is bob.
@@ -473,7 +472,7 @@ fn gitlab_the_author_is_not_whoever_triggered_the_webhook() {
     w.gl_event(&forge, "update", 2, "bob", Some(&h1));
     w.gl_planned(&forge, &h2);
     // alice approves her own merge request (GitLab allows it unless the project forbids it).
-    forge.approve(2, "alice");
+    forge.approve(2, "alice", &forge.pr(2).head_sha);
     let answer = w.gl_command(&forge, 2, "alice", "/slipway apply prod");
     assert!(
         answer.contains("apply requirements are not met"),
@@ -493,39 +492,39 @@ fn gitlab_the_author_is_not_whoever_triggered_the_webhook() {
 /// author is the one GitLab's API names.
 #[test]
 fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
-    let forge = FakeGitLab::start(BOT);
+    let forge = FakeForge::start(Forge::GitLab, BOT);
     let w = Engine::start(
         "gitlab",
         &forge.url(),
         "GITLAB_TOKEN",
         "fork_allow = [\"bob\"]\n",
     );
-    forge.set_access("bob", DEVELOPER);
+    forge.set_permission("bob", DEVELOPER);
     let head = w.commit_on("main", "fork-work", "from mallory's fork", Some(&mr_ref(4)));
-    forge.add_mr(MrSpec {
+    forge.add_pr(PrSpec {
         author: "mallory".into(),
         fork: true,
-        source_branch: "fork-work".into(),
-        ..MrSpec::new(4, &head)
+        head_ref: "fork-work".into(),
+        ..PrSpec::new(4, &head)
     });
     w.gl_event(&forge, "open", 4, "mallory", None);
     w.gl_planned(&forge, &head);
-    let planned = |forge: &FakeGitLab| {
+    let planned = |forge: &FakeForge| {
         forge
             .statuses(&head)
             .iter()
-            .filter(|s| s.name == "slipway/plan" && s.state != "pending" && s.state != "running")
+            .filter(|s| s.context == "slipway/plan" && s.state != "pending" && s.state != "running")
             .count()
     };
     let before = planned(&forge);
-    forge.set_state(4, MrState::Closed);
+    forge.set_state(4, PrState::Closed);
     w.gl_event(&forge, "close", 4, "bob", None);
-    forge.set_state(4, MrState::Opened);
+    forge.set_state(4, PrState::Open);
     w.gl_event(&forge, "reopen", 4, "bob", None);
     wait_for("the reopened merge request is planned", T, || {
         (planned(&forge) > before).then_some(())
     });
-    let plan = forge.wait_for_note(4, |n| n.body.contains(MARKER), T);
+    let plan = forge.wait_for_comment(4, |n| n.body.contains(MARKER), T);
     assert!(
         plan.body.contains("`prod`") && !plan.body.contains("pr-4"),
         "mallory's fork gets plans and no preview, whoever reopened it:\n{}",
@@ -539,14 +538,14 @@ fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
 
     // The legitimate path: bob's own fork is vouched for.
     let head = w.commit_on("main", "bob-work", "from bob's fork", Some(&mr_ref(5)));
-    forge.add_mr(MrSpec {
+    forge.add_pr(PrSpec {
         author: "bob".into(),
         fork: true,
-        source_branch: "bob-work".into(),
-        ..MrSpec::new(5, &head)
+        head_ref: "bob-work".into(),
+        ..PrSpec::new(5, &head)
     });
     w.gl_event(&forge, "open", 5, "bob", None);
-    let plan = forge.wait_for_note(5, |n| n.body.contains(MARKER), T);
+    let plan = forge.wait_for_comment(5, |n| n.body.contains(MARKER), T);
     assert!(plan.body.contains("pr-5"), "{}", plan.body);
 }
 
@@ -555,7 +554,7 @@ fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
 /// for it: its lock was released. Now only the forge's answer that it is closed releases it.
 #[test]
 fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says_closed() {
-    let forge = FakeGitHub::start(BOT);
+    let forge = FakeForge::start(Forge::GitHub, BOT);
     let proxy = Proxy::start(&forge.url());
     let w = Engine::start(
         "github",
@@ -609,7 +608,7 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
 /// Now a body seen before is a duplicate, whatever its id.
 #[test]
 fn a_replayed_delivery_under_a_fresh_id_is_not_handled() {
-    let forge = FakeGitHub::start(BOT);
+    let forge = FakeForge::start(Forge::GitHub, BOT);
     let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
     forge.set_permission("alice", "write");
     w.serves("qa", "v1");

@@ -20,10 +20,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use slipway_testkit::forge::uuid;
 use slipway_testkit::http::{Reply, Server as HttpServer};
-use util::fake_gitea::{self, FakeGitea};
-use util::fake_github::{self, FakeGitHub};
-use util::fake_gitlab::{self, DEVELOPER, FakeGitLab, MrSpec};
+use util::fake_gitea;
+use util::fake_github;
+use util::fake_gitlab::{self, DEVELOPER};
 use util::world::{self, Served};
+use util::{FakeForge, PrSpec};
 use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -106,7 +107,7 @@ trait Forge: Sized {
     fn send(addr: &str, delivery: &Delivery) -> (u16, String);
 }
 
-struct GitHub(FakeGitHub);
+struct GitHub(FakeForge);
 
 impl Forge for GitHub {
     const NAME: &'static str = "github";
@@ -115,7 +116,7 @@ impl Forge for GitHub {
     const API_PREFIX: &'static str = "";
 
     fn start() -> Self {
-        GitHub(FakeGitHub::start(BOT))
+        GitHub(FakeForge::start(util::Forge::GitHub, BOT))
     }
     fn api_url(&self) -> String {
         self.0.url()
@@ -179,7 +180,7 @@ impl Forge for GitHub {
     }
 }
 
-struct GitLab(FakeGitLab);
+struct GitLab(FakeForge);
 
 impl Forge for GitLab {
     const NAME: &'static str = "gitlab";
@@ -188,7 +189,7 @@ impl Forge for GitLab {
     const API_PREFIX: &'static str = fake_gitlab::API_PREFIX;
 
     fn start() -> Self {
-        GitLab(FakeGitLab::start(BOT))
+        GitLab(FakeForge::start(util::Forge::GitLab, BOT))
     }
     fn api_url(&self) -> String {
         self.0.url()
@@ -197,21 +198,21 @@ impl Forge for GitLab {
         format!("refs/merge-requests/{n}/head")
     }
     fn grant_write(&self, user: &str) {
-        self.0.set_access(user, DEVELOPER);
+        self.0.set_permission(user, DEVELOPER);
     }
     fn add(&self, n: u64, branch: &str, sha: &str) {
-        self.0.add_mr(MrSpec {
-            source_branch: branch.into(),
-            ..MrSpec::new(n, sha)
+        self.0.add_pr(PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
         });
     }
     fn approve(&self, n: u64, reviewer: &str, _sha: &str) {
-        self.0.approve(n, reviewer);
+        self.0.approve(n, reviewer, &self.0.pr(n).head_sha);
     }
     fn pr_event(&self, action: &str, n: u64, branch: &str, sha: &str) -> Delivery {
-        let spec = MrSpec {
-            source_branch: branch.into(),
-            ..MrSpec::new(n, sha)
+        let spec = PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
         };
         let action = match action {
             "opened" => "open",
@@ -224,15 +225,15 @@ impl Forge for GitLab {
         }
     }
     fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
-        let note = self.0.add_note(n, author, body);
+        let note = self.0.add_comment(n, author, body);
         Delivery {
             event: "Note Hook",
-            body: fake_gitlab::note_payload(&self.0.mr(n), &note),
+            body: fake_gitlab::note_payload(&self.0.pr(n), &note),
         }
     }
     fn comments(&self, n: u64) -> Vec<Said> {
         self.0
-            .notes(n)
+            .comments(n)
             .into_iter()
             .filter(|n| !n.system)
             .map(|n| Said {
@@ -253,7 +254,7 @@ impl Forge for GitLab {
     }
 }
 
-struct Gitea(FakeGitea);
+struct Gitea(FakeForge);
 
 impl Forge for Gitea {
     const NAME: &'static str = "gitea";
@@ -262,7 +263,7 @@ impl Forge for Gitea {
     const API_PREFIX: &'static str = fake_gitea::API_PREFIX;
 
     fn start() -> Self {
-        Gitea(FakeGitea::start(BOT))
+        Gitea(FakeForge::start(util::Forge::Gitea, BOT))
     }
     fn api_url(&self) -> String {
         self.0.url()

@@ -15,8 +15,9 @@ mod util;
 use std::time::Duration;
 
 use serde_json::json;
-use util::fake_github::{FakeGitHub, PrSpec, PrState, pull_request_payload, push_payload};
+use util::fake_github::{pull_request_payload, push_payload};
 use util::world::{self, GitHubDelivered, append_config, environment, page, serves};
+use util::{FakeForge, Forge, PrSpec, PrState};
 use util::{Sandbox, api_request, git, role_token, start_serve, wait_for};
 
 const SECRET: &[u8] = b"webhook-secret-for-tests";
@@ -171,7 +172,7 @@ struct World {
     // starts nothing after the cleanup.
     server: util::Server,
     s: Sandbox,
-    gh: FakeGitHub,
+    gh: FakeForge,
     port: u16,
     deployer: String,
     deliveries: std::cell::Cell<u32>,
@@ -179,7 +180,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let gh = FakeGitHub::start("slipway-bot");
+        let gh = FakeForge::start(Forge::GitHub, "slipway-bot");
         let section = world::forge_section(
             "github",
             "repository = \"acme/shop\"",

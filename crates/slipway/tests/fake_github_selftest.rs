@@ -26,7 +26,7 @@ fn sha(c: char) -> String {
     c.to_string().repeat(40)
 }
 
-fn forge(gh: &FakeGitHub, bot_login: Option<&str>) -> Box<dyn Forge> {
+fn forge(gh: &FakeForge, bot_login: Option<&str>) -> Box<dyn Forge> {
     let mut config = ForgeConfig::new(ForgeKind::GitHub, REPO, TOKEN);
     config.api_url = Some(gh.url());
     config.bot_login = bot_login.map(str::to_owned);
@@ -51,8 +51,8 @@ fn count(requests: &[Recorded], operation: &str) -> usize {
 
 /// Pull requests #1 (alice, same repository), #2 (mallory, from a fork, head branch `main`),
 /// #3 (closed) and #4 (merged).
-fn fake_with_prs() -> FakeGitHub {
-    let gh = FakeGitHub::start(BOT);
+fn fake_with_prs() -> FakeForge {
+    let gh = FakeForge::start(util::Forge::GitHub, BOT);
     gh.require_token(TOKEN);
     gh.add_pr(PrSpec::new(1, &sha('a')));
     gh.add_pr(PrSpec {
@@ -97,6 +97,7 @@ fn every_forge_method_works_against_the_fake() {
             id: id.0,
             author: BOT.into(),
             body: format!("{MARKER}\nplan v2"),
+            system: false,
             edits: 1,
         }
     );
@@ -107,6 +108,7 @@ fn every_forge_method_works_against_the_fake() {
             id: posted.0,
             author: BOT.into(),
             body: "hello".into(),
+            system: false,
             edits: 0,
         })
     );
@@ -291,7 +293,7 @@ fn every_forge_method_works_against_the_fake() {
 
 #[test]
 fn lists_are_paginated_like_githubs() {
-    let gh = FakeGitHub::start(BOT);
+    let gh = FakeForge::start(util::Forge::GitHub, BOT);
     gh.add_pr(PrSpec::new(5, &sha('5')));
     for i in 0..150 {
         gh.add_comment(5, "chatty", &format!("comment {i}"));
@@ -354,7 +356,7 @@ fn lists_are_paginated_like_githubs() {
 
 #[test]
 fn a_github_app_cannot_read_user_and_must_be_configured_with_its_login() {
-    let gh = FakeGitHub::start("slipway[bot]");
+    let gh = FakeForge::start(util::Forge::GitHub, "slipway[bot]");
     gh.add_pr(PrSpec::new(1, &sha('a')));
     let err = forge(&gh, None)
         .upsert_comment(1, MARKER, "plan")
@@ -610,7 +612,7 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
         head_repo_full_name: Some(pr.head_repo_full_name()),
         base_repo_full_name: REPO.into(),
         is_fork: pr.fork,
-        url: pr.html_url(),
+        url: html_url(pr.number),
     };
     for pr in [&same, &fork, &own_fork] {
         for (action, merged, expected) in [
@@ -714,7 +716,7 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
 
 #[test]
 fn send_webhook_posts_what_github_posts() {
-    let gh = FakeGitHub::start(BOT);
+    let gh = FakeForge::start(util::Forge::GitHub, BOT);
     let body = push_payload("main", &sha('1'), &sha('2'));
     let (status, answer) = send_webhook(&gh.addr(), SECRET, "push", "delivery-7", &body);
     assert_eq!(status, 404, "the fake has no webhook endpoint: {answer}");

@@ -8,10 +8,9 @@ mod util;
 use std::time::Duration;
 
 use serde_json::Value;
-use util::fake_github::{
-    FakeGitHub, PrSpec, PrState, pull_request_payload, send_webhook, send_webhook_raw,
-};
+use util::fake_github::{pull_request_payload, send_webhook, send_webhook_raw};
 use util::world::{self, GitHubDelivered, Served};
+use util::{FakeForge, Forge, PrSpec, PrState};
 use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
 
 const SECRET: &[u8] = b"webhook-secret-for-tests";
@@ -25,7 +24,7 @@ struct World {
     // starts nothing after the cleanup.
     server: util::Server,
     s: Sandbox,
-    gh: FakeGitHub,
+    gh: FakeForge,
     port: u16,
     deliveries: std::cell::Cell<u32>,
 }
@@ -39,7 +38,7 @@ impl World {
     }
 
     fn with_stack(stack: &str) -> World {
-        let gh = FakeGitHub::start("slipway-bot");
+        let gh = FakeForge::start(Forge::GitHub, "slipway-bot");
         let secret = std::str::from_utf8(SECRET).expect("utf-8");
         let (server, s, port) =
             world::serve_forge(stack, "github", &gh.url(), "GITHUB_TOKEN", secret);

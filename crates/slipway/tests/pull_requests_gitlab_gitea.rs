@@ -17,9 +17,10 @@ use slipway_forge::{
     Approval, CommitStatus, ForgeConfig, ForgeEvent, ForgeKind, PrAction, PrState as ApiPrState,
     ReviewState, StatusState, verify_and_parse,
 };
-use util::fake_gitea::{self, FakeGitea, PrSpec, PrState};
-use util::fake_gitlab::{self, DEVELOPER, FakeGitLab, MrSpec, MrState, REPORTER};
+use util::fake_gitea;
+use util::fake_gitlab::{self, DEVELOPER, REPORTER};
 use util::world::{self, Served};
+use util::{FakeForge, PrSpec, PrState};
 use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -77,14 +78,14 @@ trait Forge: Sized {
     fn recent_requests(&self) -> String;
 }
 
-struct GitLab(FakeGitLab);
+struct GitLab(FakeForge);
 
 impl Forge for GitLab {
     const NAME: &'static str = "gitlab";
     const TOKEN_ENV: &'static str = "GITLAB_TOKEN";
 
     fn start() -> Self {
-        GitLab(FakeGitLab::start(BOT))
+        GitLab(FakeForge::start(util::Forge::GitLab, BOT))
     }
 
     fn api_url(&self) -> String {
@@ -97,15 +98,15 @@ impl Forge for GitLab {
 
     fn grant(&self, user: &str, write: bool) {
         self.0
-            .set_access(user, if write { DEVELOPER } else { REPORTER });
+            .set_permission(user, if write { DEVELOPER } else { REPORTER });
     }
 
     fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
-        self.0.add_mr(MrSpec {
-            source_branch: branch.into(),
-            ..MrSpec::new(n, sha)
+        self.0.add_pr(PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
         });
-        let mr = self.0.mr(n);
+        let mr = self.0.pr(n);
         Delivery {
             event: "Merge Request Hook",
             body: fake_gitlab::merge_request_payload("open", &mr, &mr.author, None, None),
@@ -113,9 +114,9 @@ impl Forge for GitLab {
     }
 
     fn push(&self, n: u64, sha: &str) -> Delivery {
-        let before = self.0.mr(n).head_sha;
+        let before = self.0.pr(n).head_sha;
         self.0.set_head(n, sha);
-        let mr = self.0.mr(n);
+        let mr = self.0.pr(n);
         Delivery {
             event: "Merge Request Hook",
             body: fake_gitlab::merge_request_payload(
@@ -129,12 +130,12 @@ impl Forge for GitLab {
     }
 
     fn approve(&self, n: u64, reviewer: &str, _sha: &str) -> Delivery {
-        self.0.approve(n, reviewer);
+        self.0.approve(n, reviewer, &self.0.pr(n).head_sha);
         Delivery {
             event: "Merge Request Hook",
             body: fake_gitlab::merge_request_payload(
                 "approved",
-                &self.0.mr(n),
+                &self.0.pr(n),
                 reviewer,
                 None,
                 None,
@@ -143,21 +144,21 @@ impl Forge for GitLab {
     }
 
     fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
-        let note = self.0.add_note(n, author, body);
+        let note = self.0.add_comment(n, author, body);
         Delivery {
             event: "Note Hook",
-            body: fake_gitlab::note_payload(&self.0.mr(n), &note),
+            body: fake_gitlab::note_payload(&self.0.pr(n), &note),
         }
     }
 
     fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
         self.0.set_state(
             n,
-            MrState::Merged {
+            PrState::Merged {
                 merge_sha: merge_sha.into(),
             },
         );
-        let mr = self.0.mr(n);
+        let mr = self.0.pr(n);
         Delivery {
             event: "Merge Request Hook",
             body: fake_gitlab::merge_request_payload(
@@ -172,7 +173,7 @@ impl Forge for GitLab {
 
     fn comments(&self, n: u64) -> Vec<Said> {
         self.0
-            .notes(n)
+            .comments(n)
             .into_iter()
             .filter(|n| !n.system)
             .map(|n| Said {
@@ -188,7 +189,7 @@ impl Forge for GitLab {
             .statuses(sha)
             .into_iter()
             .rev()
-            .find(|s| s.name == "slipway/plan")
+            .find(|s| s.context == "slipway/plan")
             .map(|s| s.state)
     }
 
@@ -205,14 +206,14 @@ impl Forge for GitLab {
     }
 }
 
-struct Gitea(FakeGitea);
+struct Gitea(FakeForge);
 
 impl Forge for Gitea {
     const NAME: &'static str = "gitea";
     const TOKEN_ENV: &'static str = "GITEA_TOKEN";
 
     fn start() -> Self {
-        Gitea(FakeGitea::start(BOT))
+        Gitea(FakeForge::start(util::Forge::Gitea, BOT))
     }
 
     fn api_url(&self) -> String {
@@ -723,34 +724,34 @@ fn parse(kind: ForgeKind, headers: Vec<(String, String)>, body: &[u8]) -> ForgeE
 
 #[test]
 fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
-    let gl = FakeGitLab::start(BOT);
+    let gl = FakeForge::start(util::Forge::GitLab, BOT);
     gl.require_token("test-token");
-    gl.add_mr(MrSpec::new(1, &sha('a')));
-    gl.add_mr(MrSpec {
+    gl.add_pr(PrSpec::new(1, &sha('a')));
+    gl.add_pr(PrSpec {
         author: "mallory".into(),
         fork: true,
-        ..MrSpec::new(2, &sha('b'))
+        ..PrSpec::new(2, &sha('b'))
     });
-    gl.add_mr(MrSpec::new(3, &sha('c')));
-    gl.set_state(3, MrState::Closed);
-    gl.set_access("alice", DEVELOPER);
-    gl.set_access("bob", REPORTER);
-    gl.add_note(1, BOT, &format!("{MARKER}\nby hand, not through the API"));
-    gl.add_note(1, "mallory", &format!("{MARKER}\nnot Slipway's"));
+    gl.add_pr(PrSpec::new(3, &sha('c')));
+    gl.set_state(3, PrState::Closed);
+    gl.set_permission("alice", DEVELOPER);
+    gl.set_permission("bob", REPORTER);
+    gl.add_comment(1, BOT, &format!("{MARKER}\nby hand, not through the API"));
+    gl.add_comment(1, "mallory", &format!("{MARKER}\nnot Slipway's"));
     let forge = adapter(ForgeKind::GitLab, gl.url(), None);
 
     // The plan note: created once, then edited in place; nobody else's note is touched.
     let first = forge.upsert_comment(1, MARKER, "plan v1").expect("upsert");
     let again = forge.upsert_comment(1, MARKER, "plan v2").expect("upsert");
     assert_eq!(first, again);
-    let notes = gl.notes(1);
+    let notes = gl.comments(1);
     let ours: Vec<_> = notes.iter().filter(|n| n.id == first.0).collect();
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].body, format!("{MARKER}\nplan v2"));
     assert!(notes.iter().any(|n| n.author == "mallory" && n.edits == 0));
     forge.post_comment(1, "a reply").expect("post");
     assert!(
-        gl.notes(1)
+        gl.comments(1)
             .iter()
             .any(|n| n.body == "a reply" && n.author == BOT)
     );
@@ -765,7 +766,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
         })
         .expect("status");
     assert_eq!(gl.statuses(&sha('a'))[0].state, "failed");
-    assert_eq!(gl.statuses(&sha('a'))[0].name, "slipway/plan");
+    assert_eq!(gl.statuses(&sha('a'))[0].context, "slipway/plan");
 
     let mr = forge.pull_request(1).expect("mr");
     assert_eq!(
@@ -789,15 +790,15 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     assert_eq!(forge.pull_request(1).expect("mr").mergeable, None);
     gl.set_state(
         1,
-        MrState::Merged {
+        PrState::Merged {
             merge_sha: sha('d'),
         },
     );
     assert_eq!(forge.pull_request(1).expect("mr").state, ApiPrState::Merged);
-    gl.set_state(1, MrState::Opened);
+    gl.set_state(1, PrState::Open);
 
     assert!(forge.approvals(1).expect("approvals").is_empty());
-    gl.approve(1, "carol");
+    gl.approve(1, "carol", &gl.pr(1).head_sha);
     assert_eq!(
         forge.approvals(1).expect("approvals"),
         [Approval {
@@ -834,7 +835,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
 
     // Many notes: the adapter pages through them and still finds the plan.
     for i in 0..120 {
-        gl.add_note(1, "alice", &format!("chatter {i}"));
+        gl.add_comment(1, "alice", &format!("chatter {i}"));
     }
     let third = forge.upsert_comment(1, MARKER, "plan v3").expect("upsert");
     assert_eq!(third, first);
@@ -855,7 +856,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     assert_eq!(wrong.pull_request(1).expect_err("401").status(), Some(401));
 
     // The payloads verify (secret token) and parse into what the flow relies on.
-    let mr1 = gl.mr(1);
+    let mr1 = gl.pr(1);
     let hook = |event: &str, body: &[u8]| {
         parse(
             ForgeKind::GitLab,
@@ -882,7 +883,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     );
     assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
     assert_eq!(pr.base_repo_full_name, "acme/shop");
-    assert_eq!(pr.url, mr1.web_url());
+    assert_eq!(pr.url, fake_gitlab::web_url(mr1.number));
     let pushed = hook(
         "Merge Request Hook",
         &fake_gitlab::merge_request_payload("update", &mr1, "alice", Some(&sha('a')), None),
@@ -930,14 +931,14 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     );
     let fork = hook(
         "Merge Request Hook",
-        &fake_gitlab::merge_request_payload("open", &gl.mr(2), "mallory", None, None),
+        &fake_gitlab::merge_request_payload("open", &gl.pr(2), "mallory", None, None),
     );
     let ForgeEvent::PullRequest { pr, .. } = fork else {
         panic!("{fork:?}")
     };
     assert!(pr.is_fork);
     assert_eq!(pr.head_repo_full_name.as_deref(), Some("mallory/shop"));
-    let note = gl.add_note(1, "alice", "/slipway plan");
+    let note = gl.add_comment(1, "alice", "/slipway plan");
     let commented = hook("Note Hook", &fake_gitlab::note_payload(&mr1, &note));
     assert_eq!(
         commented,
@@ -953,7 +954,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
 
 #[test]
 fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
-    let gt = FakeGitea::start(BOT);
+    let gt = FakeForge::start(util::Forge::Gitea, BOT);
     gt.require_token("test-token");
     gt.add_pr(PrSpec::new(1, &sha('a')));
     gt.add_pr(PrSpec {
@@ -1020,7 +1021,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
         fork.info.head_repo_full_name.as_deref(),
         Some("mallory/shop")
     );
-    gt.set_mergeable(1, false);
+    gt.set_mergeable(1, Some(false));
     assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(false));
     gt.set_state(
         1,
@@ -1117,7 +1118,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
     );
     assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
     assert_eq!(pr.base_repo_full_name, "acme/shop");
-    assert_eq!(pr.url, pr1.html_url());
+    assert_eq!(pr.url, fake_gitea::html_url(pr1.number));
     let pushed = hook(
         "pull_request",
         &fake_gitea::pull_request_payload("synchronized", &pr1, false, None),

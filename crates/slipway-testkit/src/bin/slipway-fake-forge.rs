@@ -5,11 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Weak};
 
-use slipway_testkit::forge::control::{self, Control};
-use slipway_testkit::forge::gitea::FakeGitea;
-use slipway_testkit::forge::github::{self, FakeGitHub};
-use slipway_testkit::forge::gitlab::FakeGitLab;
-use slipway_testkit::forge::{Forge, Server};
+use slipway_testkit::forge::control;
+use slipway_testkit::forge::github;
+use slipway_testkit::forge::{FakeForge, Forge};
 
 const USAGE: &str = "usage: slipway-fake-forge --forge github|gitlab|gitea [--repo acme/shop] [--token T] \
                      [--bot LOGIN] [--listen 127.0.0.1:0]";
@@ -61,52 +59,6 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     Ok(options)
 }
 
-/// A fake of any forge, behind the control API.
-fn start(options: &Options) -> Arc<dyn Fake> {
-    let (listen, bot) = (options.listen.as_str(), options.bot.as_str());
-    let token = options.token.as_deref();
-    match options.forge {
-        Forge::GitHub => {
-            let fake = FakeGitHub::start_on(listen, bot);
-            token.inspect(|t| fake.require_token(t));
-            Arc::new(fake)
-        }
-        Forge::GitLab => {
-            let fake = FakeGitLab::start_on(listen, bot);
-            token.inspect(|t| fake.require_token(t));
-            Arc::new(fake)
-        }
-        Forge::Gitea => {
-            let fake = FakeGitea::start_on(listen, bot);
-            token.inspect(|t| fake.require_token(t));
-            Arc::new(fake)
-        }
-    }
-}
-
-/// What the binary needs of a fake: its control API and its server.
-trait Fake: Control {
-    fn http(&self) -> &Server;
-}
-
-impl Fake for FakeGitHub {
-    fn http(&self) -> &Server {
-        self.server()
-    }
-}
-
-impl Fake for FakeGitLab {
-    fn http(&self) -> &Server {
-        self.server()
-    }
-}
-
-impl Fake for FakeGitea {
-    fn http(&self) -> &Server {
-        self.server()
-    }
-}
-
 fn main() -> ExitCode {
     let options = match parse(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -115,15 +67,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let fake = start(&options);
-    let weak: Weak<dyn Fake> = Arc::downgrade(&fake);
+    let fake = Arc::new(FakeForge::start_on(
+        options.forge,
+        &options.listen,
+        &options.bot,
+    ));
+    if let Some(token) = &options.token {
+        fake.require_token(token);
+    }
+    let weak: Weak<FakeForge> = Arc::downgrade(&fake);
     let repo = options.repo.clone();
-    fake.http().set_front(move |req| {
+    fake.server().set_front(move |req| {
         let fake = weak.upgrade()?;
         control::answer(fake.as_ref(), &repo, req)
     });
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "{}", fake.http().url());
+    let _ = writeln!(out, "{}", fake.server().url());
     let _ = out.flush();
     // Serve until killed.
     loop {

@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Forge, Recorded, Reply, Request};
+use super::state::{FakeForge, PrSpec, PrState};
+use super::{Recorded, Reply, Request};
 
 /// A pull (merge) request to put on a fake, forge-neutral.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,28 +91,8 @@ impl Announced {
     }
 }
 
-/// What a fake offers its control API.
-pub trait Control: Send + Sync {
-    /// Which forge it plays.
-    fn forge(&self) -> Forge;
-    /// Its API root (`api_url`).
-    fn api_url(&self) -> String;
-    /// The bot's login.
-    fn bot(&self) -> String;
-    /// Where `slipway serve` receives this forge's deliveries.
-    fn webhook_path(&self) -> &'static str;
-    /// Adds, replaces, closes or merges a pull request.
-    fn announce(&self, pr: &Announced);
-    /// The comments on pull request `number`, oldest first: `[{"id", "author", "body", "edits"}]`.
-    fn comments_json(&self, number: u64) -> Value;
-    /// The statuses of commit `sha`, oldest first: `[{"context", "state", "description", "target_url"}]`.
-    fn statuses_json(&self, sha: &str) -> Value;
-    /// Every request so far.
-    fn log(&self) -> Vec<Recorded>;
-}
-
 /// The control API's answer to `req`, or `None` when it is not under `/_fake/`.
-pub fn answer(fake: &dyn Control, repo: &str, req: &Request) -> Option<Reply> {
+pub fn answer(fake: &FakeForge, repo: &str, req: &Request) -> Option<Reply> {
     let rest = req.path.strip_prefix("/_fake")?;
     let parts: Vec<&str> = rest.trim_matches('/').split('/').collect();
     let bad = |why: String| Reply::json(400, json!({ "message": why }));
@@ -121,8 +102,8 @@ pub fn answer(fake: &dyn Control, repo: &str, req: &Request) -> Option<Reply> {
             json!({
                 "forge": fake.forge().name(),
                 "repo": repo,
-                "bot": fake.bot(),
-                "api_url": fake.api_url(),
+                "bot": fake.bot_login(),
+                "api_url": fake.url(),
                 "webhook_path": fake.webhook_path(),
             }),
         ),
@@ -131,26 +112,26 @@ pub fn answer(fake: &dyn Control, repo: &str, req: &Request) -> Option<Reply> {
             .and_then(|v| Announced::from_json(&v))
         {
             Ok(pr) => {
-                fake.announce(&pr);
+                announce(fake, &pr);
                 Reply::json(200, json!({ "number": pr.number }))
             }
             Err(why) => bad(why),
         },
         ("GET", ["prs", n, "comments"]) => match n.parse::<u64>() {
-            Ok(n) => Reply::json(200, fake.comments_json(n)),
+            Ok(n) => Reply::json(200, comments_json(fake, n)),
             Err(_) => bad(format!("{n:?} is not a number")),
         },
-        ("GET", ["statuses", sha]) => Reply::json(200, fake.statuses_json(sha)),
+        ("GET", ["statuses", sha]) => Reply::json(200, statuses_json(fake, sha)),
         ("GET", ["requests"]) => {
             let since = super::parse_query(&req.query)
                 .into_iter()
                 .find(|(k, _)| k == "since")
                 .and_then(|(_, v)| v.parse::<usize>().ok())
                 .unwrap_or(0);
-            Reply::json(200, log_json(fake.log(), since, |_| true))
+            Reply::json(200, log_json(fake.requests(), since, |_| true))
         }
         ("GET", ["unhandled"]) => {
-            Reply::json(200, log_json(fake.log(), 0, |r| r.operation.is_none()))
+            Reply::json(200, log_json(fake.requests(), 0, |r| r.operation.is_none()))
         }
         _ => Reply::json(404, json!({ "message": "no such control endpoint" })),
     };
@@ -172,134 +153,54 @@ fn log_json(log: Vec<Recorded>, since: usize, keep: impl Fn(&Recorded) -> bool) 
     )
 }
 
-/// How a fake takes an announced pull request: unknown or changed beyond its head, `add`
-/// (anew, without reviews); only its head moved, `set_head` (a push keeps reviews); then its
-/// state. `moved` is the known one with the announced head, `None` when it is unknown.
-pub fn place<S: PartialEq>(
-    moved: Option<S>,
-    spec: S,
-    set_head: impl FnOnce(),
-    add: impl FnOnce(S),
-    set_state: impl FnOnce(&Option<Option<String>>),
-    ended: &Option<Option<String>>,
-) {
-    match moved {
-        Some(moved) if moved == spec => set_head(),
-        _ => add(spec),
+/// Puts an announced pull request on `fake`: unknown or changed beyond its head, anew
+/// (without reviews); only its head moved, a push (which keeps reviews); then its state.
+fn announce(fake: &FakeForge, pr: &Announced) {
+    let defaults = PrSpec::new(pr.number, &pr.head_sha);
+    let spec = PrSpec {
+        head_ref: pr.head_ref.clone().unwrap_or(defaults.head_ref),
+        base_ref: pr.base_ref.clone().unwrap_or(defaults.base_ref),
+        author: pr.author.clone().unwrap_or(defaults.author),
+        title: pr.title.clone().unwrap_or(defaults.title),
+        fork: pr.fork,
+        ..defaults
+    };
+    let moved = fake.find_pr(pr.number).map(|known| PrSpec {
+        head_sha: pr.head_sha.clone(),
+        ..known
+    });
+    if moved.as_ref() == Some(&spec) {
+        fake.set_head(pr.number, &pr.head_sha);
+    } else {
+        fake.add_pr(spec);
     }
-    set_state(ended);
+    let state = match &pr.ended {
+        None => PrState::Open,
+        Some(None) => PrState::Closed,
+        Some(Some(merge_sha)) => PrState::Merged {
+            merge_sha: merge_sha.clone(),
+        },
+    };
+    fake.set_state(pr.number, state);
 }
 
 /// `[{"id", "author", "body", "edits"}]`.
-pub fn comments_json(comments: impl IntoIterator<Item = (u64, String, String, u32)>) -> Value {
-    comments
+fn comments_json(fake: &FakeForge, number: u64) -> Value {
+    fake.comments(number)
         .into_iter()
-        .map(|(id, author, body, edits)| {
-            json!({ "id": id, "author": author, "body": body, "edits": edits })
-        })
+        .map(|c| json!({ "id": c.id, "author": c.author, "body": c.body, "edits": c.edits }))
         .collect()
 }
 
 /// `[{"context", "state", "description", "target_url"}]`.
-pub fn statuses_json(
-    statuses: impl IntoIterator<Item = (String, String, Option<String>, Option<String>)>,
-) -> Value {
-    statuses
+fn statuses_json(fake: &FakeForge, sha: &str) -> Value {
+    fake.statuses(sha)
         .into_iter()
-        .map(|(context, state, description, target_url)| {
+        .map(|s| {
             json!({
-                "context": context, "state": state,
-                "description": description, "target_url": target_url,
+                "context": s.context, "state": s.state,
+                "description": s.description, "target_url": s.target_url,
             })
         })
         .collect()
 }
-
-/// Implements [`Control`] (and `server()`) for a fake whose pull requests are `$spec`s (built
-/// by `$spec::new(number, head_sha)`, with the branch fields `$head`/`$base`) in `$state`s.
-macro_rules! impl_control {
-    (
-        $fake:ident, $forge:ident, $spec:ident, $state:ident { $open:ident, $closed:ident },
-        head: $head:ident, base: $base:ident, find: $find:ident, add: $add:ident,
-        comments: $comments:ident, context: $context:ident
-    ) => {
-        impl $crate::forge::control::Control for $fake {
-            fn forge(&self) -> $crate::forge::Forge {
-                $crate::forge::Forge::$forge
-            }
-
-            fn api_url(&self) -> String {
-                self.url()
-            }
-
-            fn bot(&self) -> String {
-                self.bot_login().to_owned()
-            }
-
-            fn webhook_path(&self) -> &'static str {
-                WEBHOOK_PATH
-            }
-
-            fn announce(&self, pr: &$crate::forge::control::Announced) {
-                let defaults = $spec::new(pr.number, &pr.head_sha);
-                let spec = $spec {
-                    $head: pr.head_ref.clone().unwrap_or(defaults.$head),
-                    $base: pr.base_ref.clone().unwrap_or(defaults.$base),
-                    author: pr.author.clone().unwrap_or(defaults.author),
-                    title: pr.title.clone().unwrap_or(defaults.title),
-                    fork: pr.fork,
-                    ..defaults
-                };
-                let moved = self.lock().$find(pr.number).map(|p| $spec {
-                    head_sha: pr.head_sha.clone(),
-                    ..p.spec.clone()
-                });
-                $crate::forge::control::place(
-                    moved,
-                    spec,
-                    || self.set_head(pr.number, &pr.head_sha),
-                    |spec| self.$add(spec),
-                    |ended| {
-                        let state = match ended {
-                            None => $state::$open,
-                            Some(None) => $state::$closed,
-                            Some(Some(merge_sha)) => $state::Merged {
-                                merge_sha: merge_sha.clone(),
-                            },
-                        };
-                        self.set_state(pr.number, state);
-                    },
-                    &pr.ended,
-                );
-            }
-
-            fn comments_json(&self, number: u64) -> serde_json::Value {
-                $crate::forge::control::comments_json(
-                    self.$comments(number)
-                        .into_iter()
-                        .map(|c| (c.id, c.author, c.body, c.edits)),
-                )
-            }
-
-            fn statuses_json(&self, sha: &str) -> serde_json::Value {
-                $crate::forge::control::statuses_json(
-                    self.statuses(sha)
-                        .into_iter()
-                        .map(|s| (s.$context, s.state, s.description, s.target_url)),
-                )
-            }
-
-            fn log(&self) -> Vec<$crate::forge::Recorded> {
-                self.requests()
-            }
-        }
-
-        impl $fake {
-            /// The HTTP server it answers on.
-            pub fn server(&self) -> &$crate::http::Server {
-                &self.server
-            }
-        }
-    };
-}
-pub(crate) use impl_control;

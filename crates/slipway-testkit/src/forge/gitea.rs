@@ -1,8 +1,7 @@
 //! A fake Gitea for end-to-end tests of `slipway serve`: the REST API v1 its Gitea adapter
 //! calls, and the webhook deliveries Gitea sends.
 //!
-//! - [`FakeGitea`] is a real HTTP/1.1 server on `127.0.0.1:0` (the one of
-//!   [`crate::http::Server`]) that answers, under `/api/v1`, exactly the calls
+//! - [`DIALECT`] makes a [`FakeForge`] (the kit's one HTTP server, on `127.0.0.1:0`) answer, under `/api/v1`, exactly the calls
 //!   `slipway-forge`'s Gitea adapter makes, for one repository, [`REPO`] (`acme/shop`), from
 //!   in-memory state the test controls: pull requests (head, state, mergeability), reviews,
 //!   collaborator permissions. It keeps what the adapter writes (issue comments, commit
@@ -10,7 +9,7 @@
 //!   API structs (`modules/structs`: `PullRequest`, `Comment`, `PullReview`, `CommitStatus`,
 //!   `RepoCollaboratorPermission`, `User`, `Repository`), paginated lists take `page` and
 //!   `limit` and answer with `X-Total-Count` and a `Link` header like Gitea's, and anything else
-//!   is a `404` recorded with no operation ([`FakeGitea::unhandled`]).
+//!   is a `404` recorded with no operation ([`FakeForge::unhandled`]).
 //! - The payload builders ([`pull_request_payload`], [`issue_comment_payload`],
 //!   [`pull_request_review_payload`]) start from the Gitea fixtures of `slipway-forge`
 //!   (`tests/fixtures/gitea`: Gitea's webhook structs filled with Gitea's own test values), move
@@ -21,7 +20,7 @@
 //!   [`send_webhook_raw`] sends any headers, for hostile cases.
 //!
 //! ```ignore
-//! let gt = FakeGitea::start("slipway-bot");
+//! let gt = FakeForge::start(Forge::Gitea, "slipway-bot");
 //! gt.set_permission("alice", "write");
 //! gt.add_pr(PrSpec::new(1, &sha));
 //! // … start `slipway serve` with [forge.gitea] api_url = gt.url(), repository = "acme/shop"
@@ -30,29 +29,20 @@
 //! let plan = gt.wait_for_comment(1, |c| c.body.contains("slipway:plan"), T);
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 pub use super::Recorded;
-use super::{
-    Log, Reply, Request, Server, map_strings, now_iso, percent_encode, poll, segments, stable_id,
-    token_of,
+use super::state::{
+    Call, Core, Dialect, EditRefused, Pr, State, StoredComment, StoredReview, StoredStatus,
+    Unauthorized, route,
 };
+pub use super::state::{
+    Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
+};
+use super::{Forge, Reply, Request, map_strings, now_iso, percent_encode, stable_id, token_of};
 
-/// The one repository the fake serves, and every payload names.
-pub const REPO: &str = "acme/shop";
-/// [`REPO`]'s owner (an organization).
-pub const OWNER: &str = "acme";
-/// [`REPO`]'s name.
-pub const NAME: &str = "shop";
 /// [`REPO`]'s id, the same in API answers and webhook payloads (`repo_id` tells forks).
 pub const REPO_ID: u64 = 6_100_001;
-/// [`REPO`]'s default branch.
-pub const DEFAULT_BRANCH: &str = "main";
-/// Where `slipway serve` receives Gitea's deliveries.
 pub const WEBHOOK_PATH: &str = "/webhooks/gitea";
 /// Gitea's `ROOT_URL` in every URL of answers and payloads (the host of the fixtures).
 pub const WEB: &str = "http://localhost:3000";
@@ -62,62 +52,6 @@ pub const API_PREFIX: &str = "/api/v1";
 pub const MAX_PAGE: usize = 50;
 /// Gitea's default items per page (`[api] DEFAULT_PAGING_NUM`).
 pub const DEFAULT_PAGE: usize = 30;
-
-/// A pull request to put on the fake (and into payloads).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrSpec {
-    /// Its number (its issue's index).
-    pub number: u64,
-    /// The head commit.
-    pub head_sha: String,
-    /// The source branch.
-    pub head_ref: String,
-    /// The target branch.
-    pub base_ref: String,
-    /// The author's login.
-    pub author: String,
-    /// The head lives in a fork, `<author>/shop`, with another repository id.
-    pub fork: bool,
-    /// Its title.
-    pub title: String,
-}
-
-impl PrSpec {
-    /// Pull request `number` at `head_sha`: branch `feature-<number>` into `main`, by `alice`,
-    /// not from a fork, titled `Change <number>`. Change fields with struct update syntax.
-    pub fn new(number: u64, head_sha: &str) -> PrSpec {
-        PrSpec {
-            number,
-            head_sha: head_sha.to_owned(),
-            head_ref: format!("feature-{number}"),
-            base_ref: DEFAULT_BRANCH.to_owned(),
-            author: "alice".to_owned(),
-            fork: false,
-            title: format!("Change {number}"),
-        }
-    }
-
-    /// The head repository's `owner/name`: [`REPO`], or the fork's.
-    pub fn head_repo_full_name(&self) -> String {
-        if !self.fork {
-            REPO.to_owned()
-        } else if self.author.eq_ignore_ascii_case(OWNER) {
-            format!("{}-fork/{NAME}", self.author)
-        } else {
-            format!("{}/{NAME}", self.author)
-        }
-    }
-
-    /// The head repository's id.
-    pub fn head_repo_id(&self) -> u64 {
-        repo_id(&self.head_repo_full_name())
-    }
-
-    /// The pull request's web page.
-    pub fn html_url(&self) -> String {
-        format!("{WEB}/{REPO}/pulls/{}", self.number)
-    }
-}
 
 /// A repository's id: [`REPO_ID`] for `acme/shop`, another stable one for a fork.
 pub fn repo_id(full_name: &str) -> u64 {
@@ -138,49 +72,8 @@ pub fn pr_id(number: u64) -> u64 {
     40_000 + number
 }
 
-/// A pull request's state on the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrState {
-    /// Open (the state [`FakeGitea::add_pr`] gives).
-    Open,
-    /// Closed without merging.
-    Closed,
-    /// Merged as `merge_sha`.
-    Merged {
-        /// The merge commit (`merge_commit_sha`).
-        merge_sha: String,
-    },
-}
-
-/// An issue comment on the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Comment {
-    /// Its id.
-    pub id: u64,
-    /// Its author's login (the bot's for comments posted through the API).
-    pub author: String,
-    /// Its body now.
-    pub body: String,
-    /// How many times it was edited (`PATCH`).
-    pub edits: u32,
-}
-
-/// A commit status posted to the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// Its context, e.g. `slipway/plan`.
-    pub context: String,
-    /// `pending`, `success`, `error`, `failure` or `warning`.
-    pub state: String,
-    /// Its description, if one was sent.
-    pub description: Option<String>,
-    /// Its link, if one was sent.
-    pub target_url: Option<String>,
-}
-
-/// A fake Gitea REST API v1 for [`REPO`], on `127.0.0.1`. Stopped when dropped.
 ///
-/// Endpoints (under [`FakeGitea::url`], like `https://gitea.example.com/api/v1`):
+/// Endpoints (under [`FakeForge::url`], like `https://gitea.example.com/api/v1`):
 ///
 /// | request | answer |
 /// | --- | --- |
@@ -195,355 +88,31 @@ pub struct Status {
 /// | `GET /repos/acme/shop/collaborators/{user}/permission` | as set; `404` for a user never set; `403` for someone else's unless the bot is a repository admin (or owner) |
 ///
 /// Every one needs a token (`Authorization: token …` or `Bearer …`; any token, or the one of
-/// [`FakeGitea::require_token`]), else `401`.
-pub struct FakeGitea {
-    shared: Arc<Shared>,
-    server: Server,
+pub static DIALECT: Dialect = Dialect {
+    forge: Forge::Gitea,
+    label: "Gitea",
+    pr_word: "pull request #",
+    api_prefix: API_PREFIX,
+    webhook_path: WEBHOOK_PATH,
+    first_id: 500,
+    roles: &["owner", "admin", "write", "read", "none"],
+    // Only a repository admin may ask for someone else's permission: the bot is one.
+    bot_role: Some("admin"),
+    review_states: &["APPROVED", "REQUEST_CHANGES", "COMMENT", "PENDING"],
+    approval_toggles: false,
+    pr_url: html_url,
+    respond,
+    bug: || message(500, "the fake Gitea failed to answer (a bug)"),
+};
+
+/// Pull request `number`'s web page.
+pub fn html_url(number: u64) -> String {
+    format!("{WEB}/{REPO}/pulls/{number}")
 }
 
-struct Shared {
-    bot_login: String,
-    /// `http://127.0.0.1:PORT`: the fake's root (the API is under [`API_PREFIX`]).
-    base_url: String,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    next_id: u64,
-    token: Option<String>,
-    prs: Vec<Pr>,
-    comments: Vec<StoredComment>,
-    reviews: Vec<StoredReview>,
-    statuses: Vec<StoredStatus>,
-    /// Lowercased login → (login as set, level).
-    permissions: HashMap<String, (String, String)>,
-    requests: Log,
-}
-
-struct Pr {
-    spec: PrSpec,
-    state: PrState,
-    mergeable: bool,
-    created_at: String,
-    updated_at: String,
-    closed_at: Option<String>,
-}
-
-struct StoredComment {
-    id: u64,
-    pr: u64,
-    author: String,
-    body: String,
-    edits: u32,
-    created_at: String,
-    updated_at: String,
-}
-
-struct StoredReview {
-    id: u64,
-    pr: u64,
-    reviewer: String,
-    state: String,
-    commit_id: String,
-    dismissed: bool,
-    submitted_at: String,
-}
-
-struct StoredStatus {
-    id: u64,
-    sha: String,
-    status: Status,
-    created_at: String,
-}
-
-impl State {
-    fn id(&mut self) -> u64 {
-        if self.next_id == 0 {
-            self.next_id = 500;
-        }
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn pr(&self, number: u64) -> Option<&Pr> {
-        self.prs.iter().find(|p| p.spec.number == number)
-    }
-
-    fn pr_mut(&mut self, number: u64) -> &mut Pr {
-        self.prs
-            .iter_mut()
-            .find(|p| p.spec.number == number)
-            .unwrap_or_else(|| panic!("the fake Gitea has no pull request #{number}: add_pr it"))
-    }
-}
-
-impl FakeGitea {
-    /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
-    /// it and comments posted through the API are its.
-    pub fn start(bot_login: &str) -> FakeGitea {
-        FakeGitea::start_on("127.0.0.1:0", bot_login)
-    }
-
-    /// [`FakeGitea::start`] on `addr` (`host:port`).
-    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitea {
-        let mut shared_out = None;
-        let server = Server::start_on(addr, "fake-gitea", |addr| {
-            let mut state = State::default();
-            // Only a repository admin may ask for someone else's permission: the bot is one.
-            state.permissions.insert(
-                bot_login.to_ascii_lowercase(),
-                (bot_login.to_owned(), "admin".to_owned()),
-            );
-            let shared = Arc::new(Shared {
-                bot_login: bot_login.to_owned(),
-                base_url: format!("http://{addr}"),
-                state: Mutex::new(state),
-            });
-            shared_out = Some(Arc::clone(&shared));
-            move |req: Request| shared.handle(req)
-        });
-        FakeGitea {
-            shared: shared_out.expect("the handler was built"),
-            server,
-        }
-    }
-
-    /// The API root to configure (`api_url`): `http://127.0.0.1:PORT/api/v1`.
-    pub fn url(&self) -> String {
-        format!("{}{API_PREFIX}", self.shared.base_url)
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        self.server.addr().to_string()
-    }
-
-    /// The bot's login, as given to [`FakeGitea::start`].
-    pub fn bot_login(&self) -> &str {
-        &self.shared.bot_login
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.lock()
-    }
-
-    /// Requires `Authorization: token <token>` (or `Bearer <token>`) on every request.
-    pub fn require_token(&self, token: &str) {
-        self.lock().token = Some(token.to_owned());
-    }
-
-    /// Adds (or replaces) an open, mergeable pull request, with no reviews.
-    pub fn add_pr(&self, spec: PrSpec) {
-        let now = now_iso();
-        let mut st = self.lock();
-        st.prs.retain(|p| p.spec.number != spec.number);
-        st.reviews.retain(|r| r.pr != spec.number);
-        st.prs.push(Pr {
-            spec,
-            state: PrState::Open,
-            mergeable: true,
-            created_at: now.clone(),
-            updated_at: now,
-            closed_at: None,
-        });
-    }
-
-    /// The pull request as added and changed since (its head), for payload builders.
-    pub fn pr(&self, number: u64) -> PrSpec {
-        self.lock().pr_mut(number).spec.clone()
-    }
-
-    /// Moves pull request `number`'s head to `sha` (a push to its branch). Reviews stay, and
-    /// become `stale` (their `commit_id` is not the head).
-    pub fn set_head(&self, number: u64, sha: &str) {
-        let now = now_iso();
-        let mut st = self.lock();
-        let pr = st.pr_mut(number);
-        pr.spec.head_sha = sha.to_owned();
-        pr.updated_at = now;
-    }
-
-    /// Opens, closes or merges pull request `number`.
-    pub fn set_state(&self, number: u64, state: PrState) {
-        let now = now_iso();
-        let mut st = self.lock();
-        let pr = st.pr_mut(number);
-        pr.closed_at = (state != PrState::Open).then(|| now.clone());
-        pr.state = state;
-        pr.updated_at = now;
-    }
-
-    /// What `mergeable` says for pull request `number` (Gitea says `false` while it checks).
-    pub fn set_mergeable(&self, number: u64, mergeable: bool) {
-        self.lock().pr_mut(number).mergeable = mergeable;
-    }
-
-    /// `reviewer` approves pull request `number` at `commit_sha`.
-    pub fn approve(&self, number: u64, reviewer: &str, commit_sha: &str) {
-        self.review(number, reviewer, "APPROVED", commit_sha);
-    }
-
-    /// `reviewer` reviews pull request `number` at `commit_sha` with `state`: `APPROVED`,
-    /// `REQUEST_CHANGES`, `COMMENT` or `PENDING` (a draft).
-    pub fn review(&self, number: u64, reviewer: &str, state: &str, commit_sha: &str) {
-        assert!(
-            matches!(
-                state,
-                "APPROVED" | "REQUEST_CHANGES" | "COMMENT" | "PENDING"
-            ),
-            "unknown Gitea review state {state:?}"
-        );
-        let now = now_iso();
-        let mut st = self.lock();
-        st.pr_mut(number);
-        let id = st.id();
-        st.reviews.push(StoredReview {
-            id,
-            pr: number,
-            reviewer: reviewer.to_owned(),
-            state: state.to_owned(),
-            commit_id: commit_sha.to_owned(),
-            dismissed: false,
-            submitted_at: now,
-        });
-    }
-
-    /// Dismisses `reviewer`'s reviews of pull request `number`.
-    pub fn dismiss(&self, number: u64, reviewer: &str) {
-        for r in self
-            .lock()
-            .reviews
-            .iter_mut()
-            .filter(|r| r.pr == number && r.reviewer.eq_ignore_ascii_case(reviewer))
-        {
-            r.dismissed = true;
-        }
-    }
-
-    /// Sets `user`'s permission on the repository: `owner`, `admin`, `write`, `read` or
-    /// `none`. A user never set is unknown (`404`). The bot starts as `admin`: below that,
-    /// Gitea lets it ask only for its own permission (`403` for anyone else's).
-    pub fn set_permission(&self, user: &str, level: &str) {
-        assert!(
-            matches!(level, "owner" | "admin" | "write" | "read" | "none"),
-            "unknown Gitea permission {level:?}"
-        );
-        self.lock().permissions.insert(
-            user.to_ascii_lowercase(),
-            (user.to_owned(), level.to_owned()),
-        );
-    }
-
-    /// Adds a comment by `author` on pull request `pr` (what someone typing a comment does),
-    /// for [`issue_comment_payload`].
-    pub fn add_comment(&self, pr: u64, author: &str, body: &str) -> Comment {
-        let now = now_iso();
-        let mut st = self.lock();
-        st.pr_mut(pr);
-        let id = st.id();
-        st.comments.push(StoredComment {
-            id,
-            pr,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            edits: 0,
-            created_at: now.clone(),
-            updated_at: now,
-        });
-        Comment {
-            id,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            edits: 0,
-        }
-    }
-
-    /// The comments on pull request `pr`, oldest first.
-    pub fn comments(&self, pr: u64) -> Vec<Comment> {
-        self.lock()
-            .comments
-            .iter()
-            .filter(|c| c.pr == pr)
-            .map(|c| Comment {
-                id: c.id,
-                author: c.author.clone(),
-                body: c.body.clone(),
-                edits: c.edits,
-            })
-            .collect()
-    }
-
-    /// The statuses posted for commit `sha` (any case), oldest first.
-    pub fn statuses(&self, sha: &str) -> Vec<Status> {
-        let sha = sha.to_ascii_lowercase();
-        self.lock()
-            .statuses
-            .iter()
-            .filter(|s| s.sha == sha)
-            .map(|s| s.status.clone())
-            .collect()
-    }
-
-    /// Every request so far, in the order they were answered.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().requests.all()
-    }
-
-    /// The requests for paths or methods the fake does not implement.
-    pub fn unhandled(&self) -> Vec<Recorded> {
-        self.lock().requests.unhandled()
-    }
-
-    /// Forgets the requests recorded so far.
-    pub fn clear_requests(&self) {
-        self.lock().requests.clear();
-    }
-
-    /// Waits until a comment on pull request `pr` satisfies `predicate` (edits count), and
-    /// returns it; panics after `timeout`, listing the comments and the latest requests.
-    pub fn wait_for_comment(
-        &self,
-        pr: u64,
-        predicate: impl Fn(&Comment) -> bool,
-        timeout: Duration,
-    ) -> Comment {
-        poll(timeout, || {
-            self.comments(pr).into_iter().find(|c| predicate(c))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "timed out after {timeout:?} waiting for a comment on #{pr}\ncomments:\n{:#?}\n{}",
-                self.comments(pr),
-                self.recent_requests(30)
-            )
-        })
-    }
-
-    /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
-    /// `timeout`, listing the statuses and the latest requests.
-    pub fn wait_for_status(
-        &self,
-        sha: &str,
-        predicate: impl Fn(&Status) -> bool,
-        timeout: Duration,
-    ) -> Status {
-        poll(timeout, || {
-            self.statuses(sha).into_iter().find(|s| predicate(s))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
-                self.statuses(sha),
-                self.recent_requests(30)
-            )
-        })
-    }
-
-    /// The last `n` requests, one line each, for failure messages.
-    pub fn recent_requests(&self, n: usize) -> String {
-        self.lock().requests.recent(n, "Gitea")
-    }
+/// The head repository's id.
+pub fn head_repo_id(spec: &PrSpec) -> u64 {
+    repo_id(&spec.head_repo_full_name())
 }
 
 // ---- Answering ---------------------------------------------------------------------------------
@@ -628,199 +197,141 @@ fn not_found() -> Reply {
     )
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// Answers one request: its reply and the operation it matched.
+fn respond(core: &Core, st: &mut State, req: &Request) -> (Reply, Option<&'static str>) {
+    route(req, API_PREFIX, match_op, Op::id, not_found, |call| {
+        answer(core, st, call)
+    })
+}
 
-    /// Answers one request and records it (before the client sees the answer).
-    fn handle(&self, req: Request) -> Reply {
-        let query = super::parse_query(&req.query);
-        let json = super::json_body(&req.body);
-        let op = segments(&req.path, API_PREFIX).and_then(|s| match_op(&req.method, &s));
-        let mut st = self.lock();
-        let reply = match &op {
+fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
+    let (op, req, query, json) = (&call.op, call.req, &call.query, call.json.as_ref());
+    match st.authorize(token_of(req, None)) {
+        Err(Unauthorized::Missing) => return message(401, "token is required"),
+        Err(Unauthorized::Wrong) => {
+            return message(401, "user does not exist [uid: 0, name: ]");
+        }
+        Ok(()) => {}
+    }
+    let param = |name: &str| call.param(name);
+    let path = req.path.as_str();
+    match op {
+        Op::GetUser => Reply::json(200, user_json(&core.bot_login)),
+        Op::ListComments(n) => {
+            if st.pr(*n).is_none() {
+                return not_found();
+            }
+            let items: Vec<Value> = st.comments_of(*n).map(comment_json).collect();
+            Reply::json(200, Value::Array(items))
+        }
+        Op::CreateComment(n) => {
+            if st.pr(*n).is_none() {
+                return not_found();
+            }
+            let body = match comment_body(json) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            let id = st.add_comment(*n, &core.bot_login, body, false);
+            Reply::json(201, comment_json(st.comment(id).expect("just added")))
+        }
+        Op::GetComment(id) => match st.comment(*id) {
+            Some(c) => Reply::json(200, comment_json(c)),
             None => not_found(),
-            Some(op) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.answer(&mut st, op, &req, &query, json.as_ref())
-            }))
-            .unwrap_or_else(|_| message(500, "the fake Gitea failed to answer (a bug)")),
-        };
-        st.requests
-            .push(Recorded::new(req, &reply, op.as_ref().map(Op::id)));
-        reply
-    }
-
-    fn answer(
-        &self,
-        st: &mut State,
-        op: &Op,
-        req: &Request,
-        query: &[(String, String)],
-        json: Option<&Value>,
-    ) -> Reply {
-        let token = token_of(req, None);
-        match (token, &st.token) {
-            (None, _) => return message(401, "token is required"),
-            (Some(given), Some(wanted)) if given != wanted => {
-                return message(401, "user does not exist [uid: 0, name: ]");
+        },
+        Op::EditComment(id) => {
+            let body = match comment_body(json) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            // Only its poster may edit a comment (Gitea would let a repository admin edit
+            // anyone's: the fake refuses, so that editing someone else's comment shows).
+            match st.edit_comment(*id, None, &core.bot_login, true, body) {
+                Err(EditRefused::NotFound) => not_found(),
+                Err(EditRefused::NotAuthor) => message(403, "Forbidden"),
+                Ok(()) => Reply::json(200, comment_json(st.comment(*id).expect("edited above"))),
             }
-            _ => {}
         }
-        let param = |name: &str| {
-            query
+        Op::CreateStatus(sha) => create_status(core, st, sha, json),
+        Op::ListPulls => {
+            let state = param("state").unwrap_or("open");
+            if !matches!(state, "open" | "closed" | "all") {
+                return message(422, "[State]: invalid state");
+            }
+            let items = st
+                .prs
                 .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let path = req.path.as_str();
-        match op {
-            Op::GetUser => Reply::json(200, user_json(&self.bot_login)),
-            Op::ListComments(n) => {
-                if st.pr(*n).is_none() {
-                    return not_found();
-                }
-                let items: Vec<Value> = st
-                    .comments
-                    .iter()
-                    .filter(|c| c.pr == *n)
-                    .map(comment_json)
-                    .collect();
-                Reply::json(200, Value::Array(items))
-            }
-            Op::CreateComment(n) => {
-                if st.pr(*n).is_none() {
-                    return not_found();
-                }
-                let body = match comment_body(json) {
-                    Ok(b) => b,
-                    Err(reply) => return reply,
-                };
-                let now = now_iso();
-                let id = st.id();
-                st.comments.push(StoredComment {
-                    id,
-                    pr: *n,
-                    author: self.bot_login.clone(),
-                    body,
-                    edits: 0,
-                    created_at: now.clone(),
-                    updated_at: now,
-                });
-                Reply::json(201, comment_json(st.comments.last().expect("just pushed")))
-            }
-            Op::GetComment(id) => match st.comments.iter().find(|c| c.id == *id) {
-                Some(c) => Reply::json(200, comment_json(c)),
-                None => not_found(),
-            },
-            Op::EditComment(id) => {
-                let body = match comment_body(json) {
-                    Ok(b) => b,
-                    Err(reply) => return reply,
-                };
-                let now = now_iso();
-                let bot = self.bot_login.clone();
-                let Some(c) = st.comments.iter_mut().find(|c| c.id == *id) else {
-                    return not_found();
-                };
-                // Only its poster may edit a comment (Gitea would let a repository admin edit
-                // anyone's: the fake refuses, so that editing someone else's comment shows).
-                if !c.author.eq_ignore_ascii_case(&bot) {
-                    return message(403, "Forbidden");
-                }
-                c.body = body;
-                c.edits += 1;
-                c.updated_at = now;
-                Reply::json(200, comment_json(c))
-            }
-            Op::CreateStatus(sha) => self.create_status(st, sha, json),
-            Op::ListPulls => {
-                let state = param("state").unwrap_or("open");
-                if !matches!(state, "open" | "closed" | "all") {
-                    return message(422, "[State]: invalid state");
-                }
-                let items = st
-                    .prs
-                    .iter()
-                    .rev()
-                    .filter(|p| match state {
-                        "open" => p.state == PrState::Open,
-                        "closed" => p.state != PrState::Open,
-                        _ => true,
-                    })
-                    .map(|p| pr_json(st, p))
-                    .collect();
-                paginate(path, query, items)
-            }
-            Op::GetPull(n) => match st.pr(*n) {
-                Some(p) => Reply::json(200, pr_json(st, p)),
-                None => not_found(),
-            },
-            Op::ListReviews(n) => {
-                let Some(pr) = st.pr(*n) else {
-                    return not_found();
-                };
-                let items = st
-                    .reviews
-                    .iter()
-                    .filter(|r| r.pr == *n)
-                    .map(|r| review_json(r, &pr.spec.head_sha))
-                    .collect();
-                paginate(path, query, items)
-            }
-            Op::GetPermission(user) => {
-                let bot = st.permissions.get(&self.bot_login.to_ascii_lowercase());
-                let admin = bot.is_some_and(|(_, level)| level == "admin" || level == "owner");
-                if !admin && !user.eq_ignore_ascii_case(&self.bot_login) {
-                    return message(
-                        403,
-                        "Only admins can query all permissions, repo admins can query all repo \
+                .rev()
+                .filter(|p| match state {
+                    "open" => p.state == PrState::Open,
+                    "closed" => p.state != PrState::Open,
+                    _ => true,
+                })
+                .map(|p| pr_json(st, p))
+                .collect();
+            paginate(path, query, items)
+        }
+        Op::GetPull(n) => match st.pr(*n) {
+            Some(p) => Reply::json(200, pr_json(st, p)),
+            None => not_found(),
+        },
+        Op::ListReviews(n) => {
+            let Some(pr) = st.pr(*n) else {
+                return not_found();
+            };
+            let items = st
+                .reviews_of(*n)
+                .map(|r| review_json(r, &pr.spec.head_sha))
+                .collect();
+            paginate(path, query, items)
+        }
+        Op::GetPermission(user) => {
+            let bot = st.permissions.get(&core.bot_login.to_ascii_lowercase());
+            let admin = bot.is_some_and(|(_, level)| level == "admin" || level == "owner");
+            if !admin && !user.eq_ignore_ascii_case(&core.bot_login) {
+                return message(
+                    403,
+                    "Only admins can query all permissions, repo admins can query all repo \
                          permissions, collaborators can query only their own",
-                    );
-                }
-                match st.permissions.get(&user.to_ascii_lowercase()) {
-                    Some((login, level)) => Reply::json(
-                        200,
-                        json!({ "permission": level, "role_name": level, "user": user_json(login) }),
-                    ),
-                    None => not_found(),
-                }
+                );
+            }
+            match st.permissions.get(&user.to_ascii_lowercase()) {
+                Some((login, level)) => Reply::json(
+                    200,
+                    json!({ "permission": level, "role_name": level, "user": user_json(login) }),
+                ),
+                None => not_found(),
             }
         }
     }
+}
 
-    fn create_status(&self, st: &mut State, sha: &str, body: Option<&Value>) -> Reply {
-        let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex || !(sha.len() == 40 || sha.len() == 64) {
-            return not_found();
-        }
-        let Some(body) = body else {
-            return message(422, "[State]: Required");
-        };
-        let state = body.get("state").and_then(Value::as_str).unwrap_or("");
-        if !matches!(
-            state,
-            "pending" | "success" | "error" | "failure" | "warning"
-        ) {
-            return message(422, "[State]: invalid commit status state");
-        }
-        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
-        let id = st.id();
-        let stored = StoredStatus {
-            id,
-            sha: sha.to_ascii_lowercase(),
-            status: Status {
-                context: text("context").unwrap_or_else(|| "default".to_owned()),
-                state: state.to_owned(),
-                description: text("description"),
-                target_url: text("target_url"),
-            },
-            created_at: now_iso(),
-        };
-        let answer = status_json(&self.bot_login, &stored);
-        st.statuses.push(stored);
-        Reply::json(201, answer)
+fn create_status(core: &Core, st: &mut State, sha: &str, body: Option<&Value>) -> Reply {
+    let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex || !(sha.len() == 40 || sha.len() == 64) {
+        return not_found();
     }
+    let Some(body) = body else {
+        return message(422, "[State]: Required");
+    };
+    let state = body.get("state").and_then(Value::as_str).unwrap_or("");
+    if !matches!(
+        state,
+        "pending" | "success" | "error" | "failure" | "warning"
+    ) {
+        return message(422, "[State]: invalid commit status state");
+    }
+    let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+    let stored = st.add_status(
+        sha,
+        Status {
+            context: text("context").unwrap_or_else(|| "default".to_owned()),
+            state: state.to_owned(),
+            description: text("description"),
+            target_url: text("target_url"),
+        },
+    );
+    Reply::json(201, status_json(&core.bot_login, stored))
 }
 
 /// The `body` of a comment create/edit request, or Gitea's `422`.
@@ -835,12 +346,7 @@ fn comment_body(json: Option<&Value>) -> Result<String, Reply> {
 /// 1), with `X-Total-Count` and, when there is more than one page, a `Link` header (`next`,
 /// `last`, `first`, `prev`).
 fn paginate(path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-    };
+    let param = |name: &str| super::query_param(query, name).and_then(|v| v.parse::<usize>().ok());
     let limit = match param("limit") {
         Some(0) | None => DEFAULT_PAGE,
         Some(n) => n.min(MAX_PAGE),
@@ -1001,7 +507,7 @@ const BASE_SHA: &str = "2020558fe2e34debb818a514715839cabd25e777";
 fn pr_json(st: &State, pr: &Pr) -> Value {
     let spec = &pr.spec;
     let n = spec.number;
-    let html = spec.html_url();
+    let html = html_url(spec.number);
     let (state, merged, merged_at, merge_sha) = match &pr.state {
         PrState::Open => ("open", false, None, None),
         PrState::Closed => ("closed", false, None, None),
@@ -1046,7 +552,7 @@ fn pr_json(st: &State, pr: &Pr) -> Value {
         "html_url": html,
         "diff_url": format!("{html}.diff"),
         "patch_url": format!("{html}.patch"),
-        "mergeable": pr.mergeable,
+        "mergeable": pr.mergeable.unwrap_or(false),
         "merged": merged,
         "merged_at": merged_at,
         "merge_commit_sha": merge_sha,
@@ -1180,7 +686,7 @@ fn set_pull_request(
     merge_sha: Option<&str>,
     closed: bool,
 ) {
-    let html = pr.html_url();
+    let html = html_url(pr.number);
     let now = now_iso();
     p["id"] = json!(pr_id(pr.number));
     p["url"] = json!(html);
@@ -1286,11 +792,11 @@ pub fn pull_request_review_payload(
 }
 
 /// An `issue_comment` delivery (`action: created`, `is_pull: true`) from the fixture: `comment`
-/// (from [`FakeGitea::add_comment`]: its id, author and body) on pull request `pr`.
+/// (from [`FakeForge::add_comment`]: its id, author and body) on pull request `pr`.
 pub fn issue_comment_payload(pr: &PrSpec, comment: &Comment) -> Vec<u8> {
     let mut v = example(ISSUE_COMMENT_EXAMPLE);
     rebrand(&mut v);
-    let html = pr.html_url();
+    let html = html_url(pr.number);
     v["action"] = json!("created");
     v["is_pull"] = json!(true);
     let issue = &mut v["issue"];
@@ -1380,9 +886,3 @@ pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u
         .map(|r| (r.status, r.body))
         .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
 }
-
-// ---- The control API -----------------------------------------------------------------------
-
-super::control::impl_control!(
-    FakeGitea, Gitea, PrSpec, PrState { Open, Closed }, head: head_ref, base: base_ref, find: pr, add: add_pr, comments: comments, context: context
-);

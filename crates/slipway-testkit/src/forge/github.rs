@@ -1,15 +1,14 @@
 //! A fake GitHub for end-to-end tests of `slipway serve`: the REST API its GitHub adapter
 //! calls, and the webhook deliveries GitHub sends.
 //!
-//! - [`FakeGitHub`] is a real HTTP/1.1 server on `127.0.0.1:0` (a thread per connection,
-//!   keep-alive, bodies by `Content-Length` or chunked) that answers exactly the calls
+//! - [`DIALECT`] makes a [`FakeForge`] (the kit's one HTTP server, on `127.0.0.1:0`) answer exactly the calls
 //!   `slipway-forge`'s GitHub adapter makes, for one repository, [`REPO`] (`acme/shop`), from
 //!   in-memory state the test controls: pull requests, reviews, collaborator permissions. It
 //!   keeps what the adapter writes (issue comments, commit statuses) and records every request
 //!   with its answer. Answers have the fields of GitHub's REST API description
 //!   (`@octokit/openapi`; `tests/fake_github_selftest.rs` checks them against it), lists are
 //!   paginated with `Link` headers like GitHub's, and anything else is a `404` recorded with no
-//!   operation ([`FakeGitHub::unhandled`]), so that a test can assert that none happened.
+//!   operation ([`FakeForge::unhandled`]), so that a test can assert that none happened.
 //! - The payload builders ([`pull_request_payload`], [`issue_comment_payload`],
 //!   [`pull_request_review_payload`], [`push_payload`]) start from GitHub's own example
 //!   deliveries (`@octokit/webhooks-examples`, fetched once per target directory by
@@ -20,7 +19,7 @@
 //!   any headers and body, for hostile cases; [`http_request`] is the plain client under them.
 //!
 //! ```ignore
-//! let gh = FakeGitHub::start("slipway-bot");
+//! let gh = FakeForge::start(Forge::GitHub, "slipway-bot");
 //! gh.add_pr(PrSpec { fork: true, author: "mallory".into(), ..PrSpec::new(7, &sha) });
 //! gh.set_permission("alice", "write");
 //! // … start `slipway serve` with [forge.github] api_url = gh.url(), repository = "acme/shop"
@@ -38,30 +37,27 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 pub use super::Recorded;
+use super::state::{
+    Call, Core, Dialect, Pr, State, StoredComment, StoredReview, StoredStatus, Unauthorized, route,
+};
+pub use super::state::{
+    Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
+};
 use super::{
-    Log, Reply, Request, Server, map_strings, merge, now_iso, page_params, percent_encode, poll,
-    segments, stable_id, token_of, unix_now,
+    Forge, Reply, Request, map_strings, merge, now_iso, page_params, percent_encode, stable_id,
+    token_of, unix_now,
 };
 pub use crate::fixtures::fixtures_dir;
 pub use crate::http::{HttpResponse, http_request};
 
-/// The one repository the fake serves, and every payload names.
-pub const REPO: &str = "acme/shop";
-/// [`REPO`]'s owner (an organization).
-pub const OWNER: &str = "acme";
-/// [`REPO`]'s name.
-pub const NAME: &str = "shop";
 /// [`REPO`]'s id, the same in API answers and webhook payloads (the adapter tells forks by it).
 pub const REPO_ID: u64 = 700_000_001;
-/// [`REPO`]'s default branch.
-pub const DEFAULT_BRANCH: &str = "main";
 /// Where `slipway serve` receives GitHub's deliveries.
 pub const WEBHOOK_PATH: &str = "/webhooks/github";
 
@@ -78,110 +74,9 @@ pub const COMMENT_LIMIT: usize = 65_536;
 /// GitHub's limit on a commit status description, in characters.
 pub const STATUS_DESCRIPTION_LIMIT: usize = 140;
 
-/// A pull request to put on the fake (and into payloads).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrSpec {
-    /// Its number.
-    pub number: u64,
-    /// The head commit (40 hex digits for anything the adapter should accept).
-    pub head_sha: String,
-    /// The source branch.
-    pub head_ref: String,
-    /// The target branch.
-    pub base_ref: String,
-    /// The author's login.
-    pub author: String,
-    /// The head lives in a fork: `<author>/shop` (`<author>-fork/shop` when the author is
-    /// `acme`), with another repository id and `fork: true`.
-    pub fork: bool,
-    /// Its title.
-    pub title: String,
-}
-
-impl PrSpec {
-    /// Pull request `number` at `head_sha`: branch `feature-<number>` into `main`, by `alice`,
-    /// not from a fork, titled `Change <number>`. Change fields with struct update syntax.
-    pub fn new(number: u64, head_sha: &str) -> PrSpec {
-        PrSpec {
-            number,
-            head_sha: head_sha.to_owned(),
-            head_ref: format!("feature-{number}"),
-            base_ref: DEFAULT_BRANCH.to_owned(),
-            author: "alice".to_owned(),
-            fork: false,
-            title: format!("Change {number}"),
-        }
-    }
-
-    /// The head repository's `owner/name`: [`REPO`], or the fork's.
-    pub fn head_repo_full_name(&self) -> String {
-        if self.fork {
-            format!("{}/{NAME}", self.fork_owner())
-        } else {
-            REPO.to_owned()
-        }
-    }
-
-    /// The head repository's owner.
-    fn fork_owner(&self) -> String {
-        if !self.fork {
-            OWNER.to_owned()
-        } else if self.author.eq_ignore_ascii_case(OWNER) {
-            format!("{}-fork", self.author)
-        } else {
-            self.author.clone()
-        }
-    }
-
-    /// The pull request's web page.
-    pub fn html_url(&self) -> String {
-        format!("{WEB}/{REPO}/pull/{}", self.number)
-    }
-}
-
-/// A pull request's state on the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrState {
-    /// Open (the state [`FakeGitHub::add_pr`] gives).
-    Open,
-    /// Closed without merging.
-    Closed,
-    /// Merged as `merge_sha`.
-    Merged {
-        /// The merge commit (`merge_commit_sha`).
-        merge_sha: String,
-    },
-}
-
-/// An issue comment on the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Comment {
-    /// Its id.
-    pub id: u64,
-    /// Its author's login (the bot's for comments posted through the API).
-    pub author: String,
-    /// Its body now.
-    pub body: String,
-    /// How many times it was edited (`PATCH`).
-    pub edits: u32,
-}
-
-/// A commit status posted to the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// Its context, e.g. `slipway/plan`.
-    pub context: String,
-    /// `pending`, `success`, `failure` or `error`.
-    pub state: String,
-    /// Its description, if one was sent.
-    pub description: Option<String>,
-    /// Its link, if one was sent.
-    pub target_url: Option<String>,
-}
-
-/// A fake GitHub REST API for [`REPO`], on `127.0.0.1`. Stopped when dropped.
+/// GitHub's REST API for [`REPO`], as a [`FakeForge`] plays it.
 ///
-/// Endpoints (under the root [`FakeGitHub::url`], like `https://api.github.com`):
+/// Endpoints (under the root [`FakeForge::url`], like `https://api.github.com`):
 ///
 /// | request | answer |
 /// | --- | --- |
@@ -196,399 +91,56 @@ pub struct Status {
 /// | `GET /repos/acme/shop/collaborators/{user}/permission` | as set; `404` for a user never set |
 ///
 /// Every one needs an `Authorization` header (any token, or the one of
-/// [`FakeGitHub::require_token`]), else `401`. Unknown pull requests and comments are `404`;
+/// [`FakeForge::require_token`]), else `401`. Unknown pull requests and comments are `404`;
 /// bodies GitHub would refuse are `422` (an empty or over-65,536-character comment, a status
 /// state that is not one of the four, a description over 140 characters, a sha that is not
 /// hex); unparsable JSON is `400`.
-pub struct FakeGitHub {
-    shared: Arc<Shared>,
-    server: Server,
+pub static DIALECT: Dialect = Dialect {
+    forge: Forge::GitHub,
+    label: "GitHub",
+    pr_word: "pull request #",
+    api_prefix: "",
+    webhook_path: WEBHOOK_PATH,
+    first_id: 1_000_000_001,
+    roles: &["admin", "maintain", "write", "triage", "read", "none"],
+    bot_role: None,
+    review_states: &["APPROVED", "CHANGES_REQUESTED", "COMMENTED", "DISMISSED"],
+    approval_toggles: false,
+    pr_url: html_url,
+    respond,
+    bug: || with_github_headers(message(500, "the fake GitHub failed to answer (a bug)")),
+};
+
+/// Pull request `number`'s web page.
+pub fn html_url(number: u64) -> String {
+    format!("{WEB}/{REPO}/pull/{number}")
 }
 
-struct Shared {
-    bot_login: String,
-    /// `http://127.0.0.1:PORT`: the root of the API URLs in answers.
-    base_url: String,
-    state: Mutex<State>,
+/// The head repository's owner.
+fn fork_owner(spec: &PrSpec) -> String {
+    spec.head_repo_full_name()
+        .split_once('/')
+        .map_or_else(|| OWNER.to_owned(), |(owner, _)| owner.to_owned())
 }
 
-#[derive(Default)]
-struct State {
-    next_id: u64,
-    prs: Vec<Pr>,
-    comments: Vec<StoredComment>,
-    reviews: Vec<StoredReview>,
-    statuses: Vec<StoredStatus>,
-    /// Lowercased login → (login as set, level).
-    permissions: HashMap<String, (String, String)>,
-    requests: Log,
-    failures: Vec<Failure>,
-    token: Option<String>,
-}
-
-struct Pr {
-    spec: PrSpec,
-    state: PrState,
-    mergeable: Option<bool>,
-    created_at: String,
-    updated_at: String,
-    closed_at: Option<String>,
-}
-
-struct StoredComment {
-    id: u64,
-    pr: u64,
-    author: String,
-    body: String,
-    edits: u32,
-    created_at: String,
-    updated_at: String,
-}
-
-struct StoredReview {
-    id: u64,
-    pr: u64,
-    reviewer: String,
-    state: String,
-    commit_id: String,
-    submitted_at: String,
-}
-
-struct StoredStatus {
-    id: u64,
-    sha: String,
-    status: Status,
-    created_at: String,
-}
-
-struct Failure {
-    method: String,
-    path_contains: String,
-    status: u16,
-    remaining: u32,
-}
-
-impl State {
-    fn id(&mut self) -> u64 {
-        if self.next_id == 0 {
-            self.next_id = 1_000_000_001;
-        }
-        self.next_id += 1;
-        self.next_id
+/// The `author_association` GitHub gives `login`.
+fn association(st: &State, login: &str) -> &'static str {
+    if login.eq_ignore_ascii_case(OWNER) {
+        return "OWNER";
     }
-
-    fn pr(&self, number: u64) -> Option<&Pr> {
-        self.prs.iter().find(|p| p.spec.number == number)
-    }
-
-    fn pr_mut(&mut self, number: u64) -> &mut Pr {
-        self.prs
-            .iter_mut()
-            .find(|p| p.spec.number == number)
-            .unwrap_or_else(|| panic!("the fake GitHub has no pull request #{number}: add_pr it"))
-    }
-
-    fn permission(&self, login: &str) -> Option<&str> {
-        self.permissions
-            .get(&login.to_ascii_lowercase())
-            .map(|(_, level)| level.as_str())
-    }
-
-    fn association(&self, login: &str) -> &'static str {
-        if login.eq_ignore_ascii_case(OWNER) {
-            return "OWNER";
-        }
-        match self.permission(login) {
-            Some("none") | None => {
-                if self
-                    .prs
-                    .iter()
-                    .any(|p| p.spec.author.eq_ignore_ascii_case(login))
-                {
-                    "CONTRIBUTOR"
-                } else {
-                    "NONE"
-                }
+    match st.permission(login) {
+        Some("none") | None => {
+            if st
+                .prs
+                .iter()
+                .any(|p| p.spec.author.eq_ignore_ascii_case(login))
+            {
+                "CONTRIBUTOR"
+            } else {
+                "NONE"
             }
-            Some(_) => "COLLABORATOR",
         }
-    }
-}
-
-impl FakeGitHub {
-    /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
-    /// it and comments posted through the API are its.
-    pub fn start(bot_login: &str) -> FakeGitHub {
-        FakeGitHub::start_on("127.0.0.1:0", bot_login)
-    }
-
-    /// [`FakeGitHub::start`] on `addr` (`host:port`).
-    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitHub {
-        let mut shared_out = None;
-        let server = Server::start_on(addr, "fake-github", |addr| {
-            let shared = Arc::new(Shared {
-                bot_login: bot_login.to_owned(),
-                base_url: format!("http://{addr}"),
-                state: Mutex::new(State::default()),
-            });
-            shared_out = Some(Arc::clone(&shared));
-            move |req: Request| shared.handle(req)
-        });
-        FakeGitHub {
-            shared: shared_out.expect("the handler was built"),
-            server,
-        }
-    }
-
-    /// The API root to configure (`api_url`): `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        self.shared.base_url.clone()
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        self.server.addr().to_string()
-    }
-
-    /// The bot's login, as given to [`FakeGitHub::start`].
-    pub fn bot_login(&self) -> &str {
-        &self.shared.bot_login
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.lock()
-    }
-
-    /// Requires `Authorization: Bearer <token>` (or `token <token>`) on every request; a
-    /// request with another token gets `401 Bad credentials`.
-    pub fn require_token(&self, token: &str) {
-        self.lock().token = Some(token.to_owned());
-    }
-
-    /// Adds (or replaces) an open pull request, mergeable, with no reviews.
-    pub fn add_pr(&self, spec: PrSpec) {
-        let now = now_iso();
-        let mut st = self.lock();
-        st.prs.retain(|p| p.spec.number != spec.number);
-        st.reviews.retain(|r| r.pr != spec.number);
-        st.prs.push(Pr {
-            spec,
-            state: PrState::Open,
-            mergeable: Some(true),
-            created_at: now.clone(),
-            updated_at: now,
-            closed_at: None,
-        });
-    }
-
-    /// The pull request as added and changed since (its head), for payload builders.
-    pub fn pr(&self, number: u64) -> PrSpec {
-        self.lock().pr_mut(number).spec.clone()
-    }
-
-    /// Moves pull request `number`'s head to `sha` (a push to its branch). `mergeable` stays.
-    pub fn set_head(&self, number: u64, sha: &str) {
-        let now = now_iso();
-        let mut st = self.lock();
-        let pr = st.pr_mut(number);
-        pr.spec.head_sha = sha.to_owned();
-        pr.updated_at = now;
-    }
-
-    /// Opens, closes or merges pull request `number`.
-    pub fn set_state(&self, number: u64, state: PrState) {
-        let now = now_iso();
-        let mut st = self.lock();
-        let pr = st.pr_mut(number);
-        pr.closed_at = (state != PrState::Open).then(|| now.clone());
-        pr.state = state;
-        pr.updated_at = now;
-    }
-
-    /// What `mergeable` says for pull request `number`: `None` is GitHub still computing it.
-    pub fn set_mergeable(&self, number: u64, mergeable: Option<bool>) {
-        self.lock().pr_mut(number).mergeable = mergeable;
-    }
-
-    /// `reviewer` approves pull request `number` at `commit_sha`.
-    pub fn approve(&self, number: u64, reviewer: &str, commit_sha: &str) {
-        self.review(number, reviewer, "APPROVED", commit_sha);
-    }
-
-    /// `reviewer` reviews pull request `number` at `commit_sha` with `state`: `APPROVED`,
-    /// `CHANGES_REQUESTED`, `COMMENTED` or `DISMISSED` (either case).
-    pub fn review(&self, number: u64, reviewer: &str, state: &str, commit_sha: &str) {
-        let state = state.to_ascii_uppercase();
-        assert!(
-            matches!(
-                state.as_str(),
-                "APPROVED" | "CHANGES_REQUESTED" | "COMMENTED" | "DISMISSED"
-            ),
-            "unknown review state {state:?}"
-        );
-        let now = now_iso();
-        let mut st = self.lock();
-        st.pr_mut(number);
-        let id = st.id();
-        st.reviews.push(StoredReview {
-            id,
-            pr: number,
-            reviewer: reviewer.to_owned(),
-            state,
-            commit_id: commit_sha.to_owned(),
-            submitted_at: now,
-        });
-    }
-
-    /// Sets `user`'s role on the repository: `admin`, `maintain`, `write`, `triage`, `read` or
-    /// `none`. A user never set is unknown to the repository (`404`).
-    pub fn set_permission(&self, user: &str, level: &str) {
-        assert!(
-            matches!(
-                level,
-                "admin" | "maintain" | "write" | "triage" | "read" | "none"
-            ),
-            "unknown permission level {level:?}"
-        );
-        self.lock().permissions.insert(
-            user.to_ascii_lowercase(),
-            (user.to_owned(), level.to_owned()),
-        );
-    }
-
-    /// Adds a comment by `author` (someone other than the bot, say) on pull request `pr`.
-    pub fn add_comment(&self, pr: u64, author: &str, body: &str) -> Comment {
-        let now = now_iso();
-        let mut st = self.lock();
-        st.pr_mut(pr);
-        let id = st.id();
-        st.comments.push(StoredComment {
-            id,
-            pr,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            edits: 0,
-            created_at: now.clone(),
-            updated_at: now,
-        });
-        Comment {
-            id,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            edits: 0,
-        }
-    }
-
-    /// The comments on pull request `pr`, oldest first.
-    pub fn comments(&self, pr: u64) -> Vec<Comment> {
-        let st = self.lock();
-        st.comments
-            .iter()
-            .filter(|c| c.pr == pr)
-            .map(|c| Comment {
-                id: c.id,
-                author: c.author.clone(),
-                body: c.body.clone(),
-                edits: c.edits,
-            })
-            .collect()
-    }
-
-    /// The statuses posted for commit `sha` (any case), oldest first.
-    pub fn statuses(&self, sha: &str) -> Vec<Status> {
-        let sha = sha.to_ascii_lowercase();
-        let st = self.lock();
-        st.statuses
-            .iter()
-            .filter(|s| s.sha == sha)
-            .map(|s| s.status.clone())
-            .collect()
-    }
-
-    /// The latest status of `context` on `sha`: what GitHub shows.
-    pub fn latest_status(&self, sha: &str, context: &str) -> Option<Status> {
-        self.statuses(sha)
-            .into_iter()
-            .rev()
-            .find(|s| s.context == context)
-    }
-
-    /// Every request so far, in the order they were answered.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().requests.all()
-    }
-
-    /// The requests for paths or methods the fake does not implement.
-    pub fn unhandled(&self) -> Vec<Recorded> {
-        self.lock().requests.unhandled()
-    }
-
-    /// Forgets the requests recorded so far.
-    pub fn clear_requests(&self) {
-        self.lock().requests.clear();
-    }
-
-    /// The next `times` requests whose method is `method` and whose path contains
-    /// `path_contains` get `status` (`403`/`429` with `X-RateLimit-Remaining: 0`), after the
-    /// authentication check, instead of their answer.
-    pub fn fail_next(&self, method: &str, path_contains: &str, status: u16, times: u32) {
-        self.lock().failures.push(Failure {
-            method: method.to_owned(),
-            path_contains: path_contains.to_owned(),
-            status,
-            remaining: times,
-        });
-    }
-
-    /// Waits until a comment on pull request `pr` satisfies `predicate` (edits count), and
-    /// returns it; panics after `timeout`, listing the comments and the latest requests.
-    pub fn wait_for_comment(
-        &self,
-        pr: u64,
-        predicate: impl Fn(&Comment) -> bool,
-        timeout: Duration,
-    ) -> Comment {
-        poll(timeout, || {
-            self.comments(pr).into_iter().find(|c| predicate(c))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "timed out after {timeout:?} waiting for a comment on #{pr}\ncomments:\n{:#?}\n{}",
-                self.comments(pr),
-                self.recent_requests(30)
-            )
-        })
-    }
-
-    /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
-    /// `timeout`, listing the statuses and the latest requests.
-    pub fn wait_for_status(
-        &self,
-        sha: &str,
-        predicate: impl Fn(&Status) -> bool,
-        timeout: Duration,
-    ) -> Status {
-        poll(timeout, || {
-            self.statuses(sha).into_iter().find(|s| predicate(s))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
-                self.statuses(sha),
-                self.recent_requests(30)
-            )
-        })
-    }
-
-    /// The last `n` requests, one line each, for failure messages.
-    pub fn recent_requests(&self, n: usize) -> String {
-        self.lock().requests.recent(n, "GitHub")
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        Some(_) => "COLLABORATOR",
     }
 }
 
@@ -721,230 +273,169 @@ fn match_op(method: &str, segments: &[String]) -> Option<Op> {
     }
 }
 
-impl Shared {
-    /// Answers one request and records it (before the client can see the answer, so that a
-    /// test that looks right after a call sees every request of that call).
-    fn handle(&self, req: Request) -> Reply {
-        let op = segments(&req.path, "").and_then(|s| match_op(&req.method, &s));
-        let json = super::json_body(&req.body);
-        let query = super::parse_query(&req.query);
-        let mut st = self.lock();
-        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.answer(&mut st, op.as_ref(), &req, &req.path, &query, json.as_ref())
-        }))
-        .unwrap_or_else(|_| message(500, "the fake GitHub failed to answer (a bug)"));
-        let reply = with_github_headers(reply);
-        st.requests
-            .push(Recorded::new(req, &reply, op.as_ref().map(Op::id)));
-        reply
-    }
+/// Answers one request: its reply (with GitHub's headers) and the operation it matched.
+fn respond(core: &Core, st: &mut State, req: &Request) -> (Reply, Option<&'static str>) {
+    let (reply, op) = route(req, "", match_op, Op::id, not_found, |call| {
+        answer(core, st, call)
+    });
+    (with_github_headers(reply), op)
+}
 
-    fn answer(
-        &self,
-        st: &mut State,
-        op: Option<&Op>,
-        req: &Request,
-        path: &str,
-        query: &[(String, String)],
-        json: Option<&Value>,
-    ) -> Reply {
-        let Some(op) = op else {
-            return not_found();
+fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
+    let (op, req, query, json) = (&call.op, call.req, &call.query, call.json.as_ref());
+    let path = req.path.as_str();
+    match st.authorize(token_of(req, None)) {
+        Err(Unauthorized::Missing) => return message(401, "Requires authentication"),
+        Err(Unauthorized::Wrong) => return message(401, "Bad credentials"),
+        Ok(()) => {}
+    }
+    if let Some(status) = st.injected_failure(&req.method, path) {
+        let reply = message(status, "injected failure");
+        return if matches!(status, 403 | 429) {
+            reply
+                .header("X-RateLimit-Remaining", "0".into())
+                .header("Retry-After", "1".into())
+        } else {
+            reply
         };
-        let token = token_of(req, None);
-        match (token, &st.token) {
-            (None, _) => return message(401, "Requires authentication"),
-            (Some(given), Some(wanted)) if given != wanted => {
-                return message(401, "Bad credentials");
+    }
+    let writes = matches!(
+        op,
+        Op::CreateComment(_) | Op::UpdateComment(_) | Op::CreateStatus(_)
+    );
+    if writes && json.is_none() {
+        return message(400, "Problems parsing JSON");
+    }
+    let api = core.base_url.as_str();
+    match op {
+        Op::GetUser => {
+            if core.bot_login.ends_with("[bot]") {
+                return message(403, "Resource not accessible by integration");
             }
-            _ => {}
+            Reply::json(200, private_user_json(api, &core.bot_login))
         }
-        if let Some(f) = st.failures.iter_mut().find(|f| {
-            f.remaining > 0
-                && f.method.eq_ignore_ascii_case(&req.method)
-                && path.contains(&f.path_contains)
-        }) {
-            f.remaining -= 1;
-            let reply = message(f.status, "injected failure");
-            return if matches!(f.status, 403 | 429) {
-                reply
-                    .header("X-RateLimit-Remaining", "0".into())
-                    .header("Retry-After", "1".into())
-            } else {
-                reply
+        Op::ListComments(n) => {
+            if st.pr(*n).is_none() {
+                return not_found();
+            }
+            let items = st
+                .comments_of(*n)
+                .map(|c| comment_json(api, st, c))
+                .collect();
+            paginate(api, path, query, items)
+        }
+        Op::CreateComment(n) => {
+            if st.pr(*n).is_none() {
+                return not_found();
+            }
+            let body = match comment_body(json) {
+                Ok(b) => b,
+                Err(reply) => return reply,
             };
+            let id = st.add_comment(*n, &core.bot_login, body, false);
+            let answer = comment_json(api, st, st.comment(id).expect("just added"));
+            let location = format!("{api}/repos/{REPO}/issues/comments/{id}");
+            Reply::json(201, answer).header("Location", location)
         }
-        let writes = matches!(
-            op,
-            Op::CreateComment(_) | Op::UpdateComment(_) | Op::CreateStatus(_)
+        Op::GetComment(id) => match st.comment(*id) {
+            Some(c) => Reply::json(200, comment_json(api, st, c)),
+            None => not_found(),
+        },
+        Op::UpdateComment(id) => {
+            let body = match comment_body(json) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            if st.edit_comment(*id, None, "", false, body).is_err() {
+                return not_found();
+            }
+            let c = st.comment(*id).expect("edited above");
+            Reply::json(200, comment_json(api, st, c))
+        }
+        Op::CreateStatus(sha) => create_status(core, st, sha, json.unwrap_or(&Value::Null)),
+        Op::ListPulls => {
+            let state = call.param("state").unwrap_or("open");
+            if !matches!(state, "open" | "closed" | "all") {
+                return invalid("PullRequest", "state", "invalid", None);
+            }
+            // GitHub's default order: newest first.
+            let items = st
+                .prs
+                .iter()
+                .rev()
+                .filter(|p| match state {
+                    "open" => p.state == PrState::Open,
+                    "closed" => p.state != PrState::Open,
+                    _ => true,
+                })
+                .map(|p| pr_json(api, st, p, false))
+                .collect();
+            paginate(api, path, query, items)
+        }
+        Op::GetPull(n) => match st.pr(*n) {
+            Some(p) => Reply::json(200, pr_json(api, st, p, true)),
+            None => not_found(),
+        },
+        Op::ListReviews(n) => {
+            if st.pr(*n).is_none() {
+                return not_found();
+            }
+            let items = st.reviews_of(*n).map(|r| review_json(api, st, r)).collect();
+            paginate(api, path, query, items)
+        }
+        Op::GetPermission(user) => match st.permissions.get(&user.to_ascii_lowercase()) {
+            Some((login, level)) => Reply::json(200, permission_json(api, login, level)),
+            None => not_found(),
+        },
+    }
+}
+
+fn create_status(core: &Core, st: &mut State, sha: &str, body: &Value) -> Reply {
+    let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex || !(sha.len() == 40 || sha.len() == 64) {
+        return message(422, &format!("No commit found for SHA: {sha}"));
+    }
+    let Some(state) = body.get("state").and_then(Value::as_str) else {
+        return invalid("Status", "state", "missing_field", None);
+    };
+    if !matches!(state, "pending" | "success" | "failure" | "error") {
+        return invalid("Status", "state", "invalid", None);
+    }
+    let text = |field: &str| -> Result<Option<String>, Reply> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(invalid("Status", field, "invalid", None)),
+        }
+    };
+    let (description, target_url, context) =
+        match (text("description"), text("target_url"), text("context")) {
+            (Ok(d), Ok(t), Ok(c)) => (d, t, c),
+            (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+        };
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > STATUS_DESCRIPTION_LIMIT)
+    {
+        return invalid(
+            "Status",
+            "description",
+            "custom",
+            Some("description is too long (maximum is 140 characters)"),
         );
-        if writes && json.is_none() {
-            return message(400, "Problems parsing JSON");
-        }
-        let api = self.base_url.as_str();
-        match op {
-            Op::GetUser => {
-                if self.bot_login.ends_with("[bot]") {
-                    return message(403, "Resource not accessible by integration");
-                }
-                Reply::json(200, private_user_json(api, &self.bot_login))
-            }
-            Op::ListComments(n) => {
-                if st.pr(*n).is_none() {
-                    return not_found();
-                }
-                let items = st
-                    .comments
-                    .iter()
-                    .filter(|c| c.pr == *n)
-                    .map(|c| comment_json(api, st, c))
-                    .collect();
-                paginate(api, path, query, items)
-            }
-            Op::CreateComment(n) => {
-                if st.pr(*n).is_none() {
-                    return not_found();
-                }
-                let body = match comment_body(json) {
-                    Ok(b) => b,
-                    Err(reply) => return reply,
-                };
-                let now = now_iso();
-                let id = st.id();
-                st.comments.push(StoredComment {
-                    id,
-                    pr: *n,
-                    author: self.bot_login.clone(),
-                    body,
-                    edits: 0,
-                    created_at: now.clone(),
-                    updated_at: now,
-                });
-                let stored = st.comments.last().expect("just pushed");
-                let answer = comment_json(api, st, stored);
-                let location = format!("{api}/repos/{REPO}/issues/comments/{id}");
-                Reply::json(201, answer).header("Location", location)
-            }
-            Op::GetComment(id) => match st.comments.iter().find(|c| c.id == *id) {
-                Some(c) => Reply::json(200, comment_json(api, st, c)),
-                None => not_found(),
-            },
-            Op::UpdateComment(id) => {
-                let body = match comment_body(json) {
-                    Ok(b) => b,
-                    Err(reply) => return reply,
-                };
-                let now = now_iso();
-                let Some(c) = st.comments.iter_mut().find(|c| c.id == *id) else {
-                    return not_found();
-                };
-                c.body = body;
-                c.edits += 1;
-                c.updated_at = now;
-                let c = st
-                    .comments
-                    .iter()
-                    .find(|c| c.id == *id)
-                    .expect("found above");
-                Reply::json(200, comment_json(api, st, c))
-            }
-            Op::CreateStatus(sha) => self.create_status(st, sha, json.unwrap_or(&Value::Null)),
-            Op::ListPulls => {
-                let state = query
-                    .iter()
-                    .find(|(k, _)| k == "state")
-                    .map_or("open", |(_, v)| v.as_str());
-                if !matches!(state, "open" | "closed" | "all") {
-                    return invalid("PullRequest", "state", "invalid", None);
-                }
-                // GitHub's default order: newest first.
-                let items = st
-                    .prs
-                    .iter()
-                    .rev()
-                    .filter(|p| match state {
-                        "open" => p.state == PrState::Open,
-                        "closed" => p.state != PrState::Open,
-                        _ => true,
-                    })
-                    .map(|p| pr_json(api, st, p, false))
-                    .collect();
-                paginate(api, path, query, items)
-            }
-            Op::GetPull(n) => match st.pr(*n) {
-                Some(p) => Reply::json(200, pr_json(api, st, p, true)),
-                None => not_found(),
-            },
-            Op::ListReviews(n) => {
-                if st.pr(*n).is_none() {
-                    return not_found();
-                }
-                let items = st
-                    .reviews
-                    .iter()
-                    .filter(|r| r.pr == *n)
-                    .map(|r| review_json(api, st, r))
-                    .collect();
-                paginate(api, path, query, items)
-            }
-            Op::GetPermission(user) => match st.permissions.get(&user.to_ascii_lowercase()) {
-                Some((login, level)) => Reply::json(200, permission_json(api, login, level)),
-                None => not_found(),
-            },
-        }
     }
-
-    fn create_status(&self, st: &mut State, sha: &str, body: &Value) -> Reply {
-        let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex || !(sha.len() == 40 || sha.len() == 64) {
-            return message(422, &format!("No commit found for SHA: {sha}"));
-        }
-        let Some(state) = body.get("state").and_then(Value::as_str) else {
-            return invalid("Status", "state", "missing_field", None);
-        };
-        if !matches!(state, "pending" | "success" | "failure" | "error") {
-            return invalid("Status", "state", "invalid", None);
-        }
-        let text = |field: &str| -> Result<Option<String>, Reply> {
-            match body.get(field) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(invalid("Status", field, "invalid", None)),
-            }
-        };
-        let (description, target_url, context) =
-            match (text("description"), text("target_url"), text("context")) {
-                (Ok(d), Ok(t), Ok(c)) => (d, t, c),
-                (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
-            };
-        if description
-            .as_ref()
-            .is_some_and(|d| d.chars().count() > STATUS_DESCRIPTION_LIMIT)
-        {
-            return invalid(
-                "Status",
-                "description",
-                "custom",
-                Some("description is too long (maximum is 140 characters)"),
-            );
-        }
-        let id = st.id();
-        let stored = StoredStatus {
-            id,
-            sha: sha.to_ascii_lowercase(),
-            status: Status {
-                context: context.unwrap_or_else(|| "default".to_owned()),
-                state: state.to_owned(),
-                description,
-                target_url,
-            },
-            created_at: now_iso(),
-        };
-        let answer = status_json(&self.base_url, &self.bot_login, &stored);
-        st.statuses.push(stored);
-        let location = format!("{}/repos/{REPO}/statuses/{sha}", self.base_url);
-        Reply::json(201, answer).header("Location", location)
-    }
+    let stored = st.add_status(
+        sha,
+        Status {
+            context: context.unwrap_or_else(|| "default".to_owned()),
+            state: state.to_owned(),
+            description,
+            target_url,
+        },
+    );
+    let answer = status_json(&core.base_url, &core.bot_login, stored);
+    let location = format!("{}/repos/{REPO}/statuses/{sha}", core.base_url);
+    Reply::json(201, answer).header("Location", location)
 }
 
 /// The `body` of a comment create/update request, or GitHub's `422`.
@@ -1188,7 +679,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
     let spec = &pr.spec;
     let n = spec.number;
     let a = format!("{api}/repos/{REPO}");
-    let html = spec.html_url();
+    let html = html_url(spec.number);
     let (state, merged, merged_at, merge_sha) = match &pr.state {
         PrState::Open => ("open", false, None, None),
         PrState::Closed => ("closed", false, None, None),
@@ -1199,7 +690,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
             Some(merge_sha.clone()),
         ),
     };
-    let head_owner = spec.fork_owner();
+    let head_owner = fork_owner(spec);
     let head_full = spec.head_repo_full_name();
     let head = json!({
         "label": format!("{head_owner}:{}", spec.head_ref),
@@ -1263,7 +754,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
             "head": head,
             "base": base,
             "_links": links,
-            "author_association": st.association(&spec.author),
+            "author_association": association(st, &spec.author),
             "auto_merge": null,
             "draft": false,
         }),
@@ -1308,7 +799,7 @@ fn comment_json(api: &str, st: &State, c: &StoredComment) -> Value {
         "user": user_json(api, &c.author),
         "created_at": c.created_at,
         "updated_at": c.updated_at,
-        "author_association": st.association(&c.author),
+        "author_association": association(st, &c.author),
         "performed_via_github_app": null,
     })
 }
@@ -1346,7 +837,7 @@ fn review_json(api: &str, st: &State, r: &StoredReview) -> Value {
         "_links": { "html": link(html.clone()), "pull_request": link(pr_url.clone()) },
         "submitted_at": r.submitted_at,
         "commit_id": r.commit_id,
-        "author_association": st.association(&r.reviewer),
+        "author_association": association(st, &r.reviewer),
     })
 }
 
@@ -1562,7 +1053,7 @@ pub fn pull_request_payload(
     let p = &mut v["pull_request"];
     p["number"] = json!(pr.number);
     p["title"] = json!(pr.title);
-    p["html_url"] = json!(pr.html_url());
+    p["html_url"] = json!(html_url(pr.number));
     p["state"] = json!(if action == "closed" { "closed" } else { "open" });
     p["closed_at"] = if action == "closed" {
         json!(now)
@@ -1578,7 +1069,7 @@ pub fn pull_request_payload(
     p["updated_at"] = json!(now);
     set_user(&mut p["user"], &pr.author);
 
-    let head_owner = pr.fork_owner();
+    let head_owner = fork_owner(pr);
     let head_full = pr.head_repo_full_name();
     let mut head_repo = base_repo;
     if pr.fork {
@@ -1798,9 +1289,3 @@ pub fn try_send_webhook_raw(
 ) -> io::Result<(u16, String)> {
     http_request(addr, "POST", WEBHOOK_PATH, headers, body).map(|r| (r.status, r.body))
 }
-
-// ---- The control API -----------------------------------------------------------------------
-
-super::control::impl_control!(
-    FakeGitHub, GitHub, PrSpec, PrState { Open, Closed }, head: head_ref, base: base_ref, find: pr, add: add_pr, comments: comments, context: context
-);

@@ -1,15 +1,14 @@
 //! A fake GitLab for end-to-end tests of `slipway serve`: the REST API v4 its GitLab adapter
 //! calls, and the webhook deliveries GitLab sends.
 //!
-//! - [`FakeGitLab`] is a real HTTP/1.1 server on `127.0.0.1:0` (see [`shared::Server`]) that
-//!   answers, under `/api/v4`, exactly the calls `slipway-forge`'s GitLab adapter makes, for one
+//! - [`DIALECT`] makes a [`FakeForge`] (the kit's one HTTP server, on `127.0.0.1:0`) answer, under `/api/v4`, exactly the calls `slipway-forge`'s GitLab adapter makes, for one
 //!   project, [`PROJECT`] (`acme/shop`, id [`PROJECT_ID`]), from in-memory state the test
 //!   controls: merge requests (head, state, mergeability), approvals, project members and their
 //!   access levels. It keeps what the adapter writes (notes, commit statuses) and records every
 //!   request with its answer. Answers have the fields of GitLab's REST API documentation
 //!   (`doc/api/{merge_requests,notes,commits,members,users,projects}.md`), lists are paginated
 //!   like GitLab's (`page`/`per_page`, `X-*` headers and a `Link` header), and anything else is
-//!   a `404` recorded with no operation ([`FakeGitLab::unhandled`]).
+//!   a `404` recorded with no operation ([`FakeForge::unhandled`]).
 //! - The payload builders ([`merge_request_payload`], [`note_payload`]) start from GitLab's own
 //!   documented examples (`slipway-forge/tests/fixtures/gitlab`), move them to [`PROJECT`] and
 //!   patch only numbers, shas, branches, users and the action.
@@ -18,41 +17,36 @@
 //!   [`send_webhook_raw`] sends any headers, for hostile cases.
 //!
 //! ```ignore
-//! let gl = FakeGitLab::start("slipway-bot");
-//! gl.set_access("alice", DEVELOPER);
-//! gl.add_mr(MrSpec::new(1, &sha));
+//! let gl = FakeForge::start(Forge::GitLab, "slipway-bot");
+//! gl.set_permission("alice", DEVELOPER);
+//! gl.add_pr(PrSpec::new(1, &sha));
 //! // … start `slipway serve` with [forge.gitlab] api_url = gl.url(), repository = "acme/shop"
-//! let body = merge_request_payload("open", &gl.mr(1), "alice", None, None);
+//! let body = merge_request_payload("open", &gl.pr(1), "alice", None, None);
 //! let (status, _) = send_webhook(&server.addr, "secret", "Merge Request Hook", "d-1", &body);
-//! let plan = gl.wait_for_note(1, |n| n.body.contains("slipway:plan"), T);
+//! let plan = gl.wait_for_comment(1, |n| n.body.contains("slipway:plan"), T);
 //! ```
 //!
 //! The server never panics on what a client sends; the test-side methods panic on test bugs
 //! (an unknown merge request).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 pub use super::Recorded;
+use super::state::{
+    Call, Core, Dialect, EditRefused, Pr, State, StoredComment, StoredStatus, route,
+};
+pub use super::state::{Comment, DEFAULT_BRANCH, FakeForge, NAME, PrSpec, PrState, Status};
 use super::{
-    Log, Reply, Request, Server, map_strings, merge, now_iso, page_params, percent_encode, poll,
-    segments, stable_id, uuid,
+    Forge, Reply, Request, map_strings, merge, page_params, percent_encode, stable_id, uuid,
 };
 
 /// The one project the fake serves, and every payload names.
-pub const PROJECT: &str = "acme/shop";
+pub const PROJECT: &str = super::state::REPO;
 /// [`PROJECT`]'s namespace (a group).
-pub const NAMESPACE: &str = "acme";
-/// [`PROJECT`]'s path within its namespace.
-pub const NAME: &str = "shop";
+pub const NAMESPACE: &str = super::state::OWNER;
 /// [`PROJECT`]'s id, the same in API answers and webhook payloads (the adapter tells forks by
 /// it).
 pub const PROJECT_ID: u64 = 4_200_001;
-/// [`PROJECT`]'s default branch.
-pub const DEFAULT_BRANCH: &str = "main";
 /// Where `slipway serve` receives GitLab's deliveries.
 pub const WEBHOOK_PATH: &str = "/webhooks/gitlab";
 /// The web root of `web_url`s (the host of GitLab's documented examples).
@@ -62,77 +56,34 @@ pub const API_PREFIX: &str = "/api/v4";
 /// GitLab's limit on a note's body, in characters.
 pub const NOTE_LIMIT: usize = 1_000_000;
 
-/// GitLab's access levels (`doc/api/members.md`).
-pub const GUEST: u32 = 10;
+/// GitLab's access levels (`doc/api/members.md`), as [`FakeForge::set_permission`] takes
+/// them; `"0"` is no member (still a known user).
+pub const NO_ACCESS: &str = "0";
+/// Guest.
+pub const GUEST: &str = "10";
 /// Planner.
-pub const PLANNER: u32 = 15;
+pub const PLANNER: &str = "15";
 /// Reporter: may read, not push.
-pub const REPORTER: u32 = 20;
+pub const REPORTER: &str = "20";
 /// Developer: the lowest role that may push.
-pub const DEVELOPER: u32 = 30;
+pub const DEVELOPER: &str = "30";
 /// Maintainer.
-pub const MAINTAINER: u32 = 40;
+pub const MAINTAINER: &str = "40";
 /// Owner.
-pub const OWNER: u32 = 50;
+pub const OWNER: &str = "50";
 
-/// A merge request to put on the fake (and into payloads).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MrSpec {
-    /// Its number within the project (`iid`).
-    pub iid: u64,
-    /// The head commit (`sha`, `last_commit.id`).
-    pub head_sha: String,
-    /// The source branch.
-    pub source_branch: String,
-    /// The target branch.
-    pub target_branch: String,
-    /// The author's username.
-    pub author: String,
-    /// The source branch lives in a fork, `<author>/shop`, with another project id.
-    pub fork: bool,
-    /// Its title.
-    pub title: String,
+/// The source project's id: [`PROJECT_ID`], or the fork's.
+pub fn source_project_id(spec: &PrSpec) -> u64 {
+    if spec.fork {
+        stable_id(&spec.head_repo_full_name(), 5_000_000)
+    } else {
+        PROJECT_ID
+    }
 }
 
-impl MrSpec {
-    /// Merge request `iid` at `head_sha`: branch `feature-<iid>` into `main`, by `alice`, not
-    /// from a fork, titled `Change <iid>`. Change fields with struct update syntax.
-    pub fn new(iid: u64, head_sha: &str) -> MrSpec {
-        MrSpec {
-            iid,
-            head_sha: head_sha.to_owned(),
-            source_branch: format!("feature-{iid}"),
-            target_branch: DEFAULT_BRANCH.to_owned(),
-            author: "alice".to_owned(),
-            fork: false,
-            title: format!("Change {iid}"),
-        }
-    }
-
-    /// The source project's path: [`PROJECT`], or the fork's.
-    pub fn source_project_path(&self) -> String {
-        if !self.fork {
-            PROJECT.to_owned()
-        } else if self.author.eq_ignore_ascii_case(NAMESPACE) {
-            format!("{}-fork/{NAME}", self.author)
-        } else {
-            format!("{}/{NAME}", self.author)
-        }
-    }
-
-    /// The source project's id: [`PROJECT_ID`], or the fork's.
-    pub fn source_project_id(&self) -> u64 {
-        if self.fork {
-            stable_id(&self.source_project_path(), 5_000_000)
-        } else {
-            PROJECT_ID
-        }
-    }
-
-    /// The merge request's web page.
-    pub fn web_url(&self) -> String {
-        format!("{WEB}/{PROJECT}/-/merge_requests/{}", self.iid)
-    }
+/// Merge request `iid`'s web page.
+pub fn web_url(iid: u64) -> String {
+    format!("{WEB}/{PROJECT}/-/merge_requests/{iid}")
 }
 
 /// The merge request's global id (`id`, not `iid`), the same in answers and payloads.
@@ -145,61 +96,18 @@ pub fn user_id(username: &str) -> u64 {
     stable_id(username, 100)
 }
 
-/// A merge request's state on the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MrState {
-    /// `opened` (the state [`FakeGitLab::add_mr`] gives).
-    Opened,
-    /// `closed` without merging.
-    Closed,
-    /// `merged` as `merge_sha`.
-    Merged {
-        /// The merge commit (`merge_commit_sha`).
-        merge_sha: String,
-    },
-}
-
-impl MrState {
-    fn as_str(&self) -> &'static str {
-        match self {
-            MrState::Opened => "opened",
-            MrState::Closed => "closed",
-            MrState::Merged { .. } => "merged",
-        }
+/// GitLab's spelling of a merge request's state.
+fn state_name(state: &PrState) -> &'static str {
+    match state {
+        PrState::Open => "opened",
+        PrState::Closed => "closed",
+        PrState::Merged { .. } => "merged",
     }
 }
 
-/// A note (comment) on a merge request on the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    /// Its id.
-    pub id: u64,
-    /// Its author's username (the bot's for notes posted through the API).
-    pub author: String,
-    /// Its body now.
-    pub body: String,
-    /// A system note ("added 1 commit", "approved this merge request").
-    pub system: bool,
-    /// How many times it was edited (`PUT`).
-    pub edits: u32,
-}
-
-/// A commit status posted to the fake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// Its name (the adapter's context), e.g. `slipway/plan`.
-    pub name: String,
-    /// `pending`, `running`, `success`, `failed`, `canceled` or `skipped`.
-    pub state: String,
-    /// Its description, if one was sent.
-    pub description: Option<String>,
-    /// Its link, if one was sent.
-    pub target_url: Option<String>,
-}
-
-/// A fake GitLab REST API v4 for [`PROJECT`], on `127.0.0.1`. Stopped when dropped.
+/// GitLab's REST API v4 for [`PROJECT`], as a [`FakeForge`] plays it.
 ///
-/// Endpoints (under [`FakeGitLab::url`], like `https://gitlab.com/api/v4`; `:id` is
+/// Endpoints (under [`FakeForge::url`], like `https://gitlab.com/api/v4`; `:id` is
 /// `acme%2Fshop` or [`PROJECT_ID`]):
 ///
 /// | request | answer |
@@ -216,378 +124,25 @@ pub struct Status {
 /// | `GET /projects/:id/members/all/:user_id` | the member with their access level; `404` for a non-member |
 ///
 /// Every one needs a token (`PRIVATE-TOKEN`, or `Authorization: Bearer`; any token, or the one
-/// of [`FakeGitLab::require_token`]), else `401`. Bodies GitLab would refuse get GitLab's `400`.
-pub struct FakeGitLab {
-    shared: Arc<Shared>,
-    server: Server,
-}
-
-struct Shared {
-    bot_login: String,
-    /// `http://127.0.0.1:PORT`: the fake's root (the API is under [`API_PREFIX`]).
-    base_url: String,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    next_id: u64,
-    token: Option<String>,
-    /// Lowercased username → username as first seen.
-    users: HashMap<String, String>,
-    /// Lowercased username → access level.
-    members: HashMap<String, u32>,
-    mrs: Vec<Mr>,
-    notes: Vec<StoredNote>,
-    /// (iid, username) in approval order.
-    approvals: Vec<(u64, String)>,
-    statuses: Vec<StoredStatus>,
-    requests: Log,
-    reset_approvals_on_push: bool,
-}
-
-struct Mr {
-    spec: MrSpec,
-    state: MrState,
-    mergeable: Option<bool>,
-    created_at: String,
-    updated_at: String,
-    closed_at: Option<String>,
-}
-
-struct StoredNote {
-    id: u64,
-    iid: u64,
-    author: String,
-    body: String,
-    system: bool,
-    edits: u32,
-    created_at: String,
-    updated_at: String,
-}
-
-struct StoredStatus {
-    id: u64,
-    sha: String,
-    status: Status,
-    created_at: String,
-}
-
-impl State {
-    fn id(&mut self) -> u64 {
-        if self.next_id == 0 {
-            self.next_id = 7_000_000;
-        }
-        self.next_id += 1;
-        self.next_id
-    }
-
-    /// Makes `username` known (as `GET /users` finds it).
-    fn know(&mut self, username: &str) {
-        self.users
-            .entry(username.to_ascii_lowercase())
-            .or_insert_with(|| username.to_owned());
-    }
-
-    fn mr(&self, iid: u64) -> Option<&Mr> {
-        self.mrs.iter().find(|m| m.spec.iid == iid)
-    }
-
-    fn mr_mut(&mut self, iid: u64) -> &mut Mr {
-        self.mrs
-            .iter_mut()
-            .find(|m| m.spec.iid == iid)
-            .unwrap_or_else(|| panic!("the fake GitLab has no merge request !{iid}: add_mr it"))
-    }
-
-    fn system_note(&mut self, iid: u64, author: &str, body: &str) {
-        let now = now_iso();
-        let id = self.id();
-        self.notes.push(StoredNote {
-            id,
-            iid,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            system: true,
-            edits: 0,
-            created_at: now.clone(),
-            updated_at: now,
-        });
-    }
-}
-
-impl FakeGitLab {
-    /// Starts the fake on `127.0.0.1:0`; `bot_login` is the token holder: `GET /user` answers
-    /// it and notes posted through the API are its.
-    pub fn start(bot_login: &str) -> FakeGitLab {
-        FakeGitLab::start_on("127.0.0.1:0", bot_login)
-    }
-
-    /// [`FakeGitLab::start`] on `addr` (`host:port`).
-    pub fn start_on(addr: &str, bot_login: &str) -> FakeGitLab {
-        let mut shared_out = None;
-        let server = Server::start_on(addr, "fake-gitlab", |addr| {
-            let mut state = State::default();
-            state.know(bot_login);
-            let shared = Arc::new(Shared {
-                bot_login: bot_login.to_owned(),
-                base_url: format!("http://{addr}"),
-                state: Mutex::new(state),
-            });
-            shared_out = Some(Arc::clone(&shared));
-            move |req: Request| shared.handle(req)
-        });
-        FakeGitLab {
-            shared: shared_out.expect("the handler was built"),
-            server,
-        }
-    }
-
-    /// The API root to configure (`api_url`): `http://127.0.0.1:PORT/api/v4`.
-    pub fn url(&self) -> String {
-        format!("{}{API_PREFIX}", self.shared.base_url)
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        self.server.addr().to_string()
-    }
-
-    /// The bot's username, as given to [`FakeGitLab::start`].
-    pub fn bot_login(&self) -> &str {
-        &self.shared.bot_login
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.lock()
-    }
-
-    /// Requires this token (`PRIVATE-TOKEN` or `Authorization: Bearer`) on every request.
-    pub fn require_token(&self, token: &str) {
-        self.lock().token = Some(token.to_owned());
-    }
-
-    /// Adds (or replaces) an open merge request that can be merged, without approvals.
-    pub fn add_mr(&self, spec: MrSpec) {
-        let now = now_iso();
-        let mut st = self.lock();
-        st.know(&spec.author);
-        st.mrs.retain(|m| m.spec.iid != spec.iid);
-        st.approvals.retain(|(iid, _)| *iid != spec.iid);
-        st.mrs.push(Mr {
-            spec,
-            state: MrState::Opened,
-            mergeable: Some(true),
-            created_at: now.clone(),
-            updated_at: now,
-            closed_at: None,
-        });
-    }
-
-    /// The merge request as added and changed since (its head), for payload builders.
-    pub fn mr(&self, iid: u64) -> MrSpec {
-        self.lock().mr_mut(iid).spec.clone()
-    }
-
-    /// Moves merge request `iid`'s head to `sha` (a push to its source branch): GitLab adds a
-    /// system note by the author. Approvals stay, as on GitLab Free (see
-    /// [`FakeGitLab::reset_approvals_on_push`]).
-    pub fn set_head(&self, iid: u64, sha: &str) {
-        let now = now_iso();
-        let mut st = self.lock();
-        let mr = st.mr_mut(iid);
-        mr.spec.head_sha = sha.to_owned();
-        mr.updated_at = now;
-        let author = mr.spec.author.clone();
-        let short: String = sha.chars().take(8).collect();
-        st.system_note(
-            iid,
-            &author,
-            &format!("added 1 commit\n\n<ul><li>{short}</li></ul>"),
-        );
-        if st.reset_approvals_on_push {
-            st.approvals.retain(|(i, _)| *i != iid);
-        }
-    }
-
-    /// A push removes the merge request's approvals: the project setting "Remove all
-    /// approvals when commits are added to the source branch" (GitLab Premium and Ultimate;
-    /// off unless set).
-    pub fn reset_approvals_on_push(&self, reset: bool) {
-        self.lock().reset_approvals_on_push = reset;
-    }
-
-    /// Opens, closes or merges merge request `iid`.
-    pub fn set_state(&self, iid: u64, state: MrState) {
-        let now = now_iso();
-        let mut st = self.lock();
-        let mr = st.mr_mut(iid);
-        mr.closed_at = (state != MrState::Opened).then(|| now.clone());
-        mr.state = state;
-        mr.updated_at = now;
-    }
-
-    /// Whether merge request `iid` can be merged: `None` is GitLab still checking.
-    pub fn set_mergeable(&self, iid: u64, mergeable: Option<bool>) {
-        self.lock().mr_mut(iid).mergeable = mergeable;
-    }
-
-    /// `user` approves merge request `iid` (GitLab's approvals name no commit).
-    pub fn approve(&self, iid: u64, user: &str) {
-        let mut st = self.lock();
-        st.mr_mut(iid);
-        st.know(user);
-        if !st
-            .approvals
-            .iter()
-            .any(|(i, u)| *i == iid && u.eq_ignore_ascii_case(user))
-        {
-            st.approvals.push((iid, user.to_owned()));
-            st.system_note(iid, user, "approved this merge request");
-        }
-    }
-
-    /// `user` withdraws their approval of merge request `iid`.
-    pub fn unapprove(&self, iid: u64, user: &str) {
-        let mut st = self.lock();
-        let before = st.approvals.len();
-        st.approvals
-            .retain(|(i, u)| !(*i == iid && u.eq_ignore_ascii_case(user)));
-        if st.approvals.len() != before {
-            st.system_note(iid, user, "unapproved this merge request");
-        }
-    }
-
-    /// Makes `user` a member of the project at `access_level` ([`GUEST`] … [`OWNER`]); `0`
-    /// removes them (they stay a known user).
-    pub fn set_access(&self, user: &str, access_level: u32) {
-        assert!(
-            matches!(access_level, 0 | 5 | 10 | 15 | 20 | 30 | 40 | 50),
-            "unknown GitLab access level {access_level}"
-        );
-        let mut st = self.lock();
-        st.know(user);
-        if access_level == 0 {
-            st.members.remove(&user.to_ascii_lowercase());
-        } else {
-            st.members.insert(user.to_ascii_lowercase(), access_level);
-        }
-    }
-
-    /// Adds a note by `author` on merge request `iid` (what someone typing a comment does),
-    /// for [`note_payload`].
-    pub fn add_note(&self, iid: u64, author: &str, body: &str) -> Note {
-        let now = now_iso();
-        let mut st = self.lock();
-        st.mr_mut(iid);
-        st.know(author);
-        let id = st.id();
-        st.notes.push(StoredNote {
-            id,
-            iid,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            system: false,
-            edits: 0,
-            created_at: now.clone(),
-            updated_at: now,
-        });
-        Note {
-            id,
-            author: author.to_owned(),
-            body: body.to_owned(),
-            system: false,
-            edits: 0,
-        }
-    }
-
-    /// The notes on merge request `iid`, oldest first, system notes included.
-    pub fn notes(&self, iid: u64) -> Vec<Note> {
-        self.lock()
-            .notes
-            .iter()
-            .filter(|n| n.iid == iid)
-            .map(|n| Note {
-                id: n.id,
-                author: n.author.clone(),
-                body: n.body.clone(),
-                system: n.system,
-                edits: n.edits,
-            })
-            .collect()
-    }
-
-    /// The statuses posted for commit `sha` (any case), oldest first.
-    pub fn statuses(&self, sha: &str) -> Vec<Status> {
-        let sha = sha.to_ascii_lowercase();
-        self.lock()
-            .statuses
-            .iter()
-            .filter(|s| s.sha == sha)
-            .map(|s| s.status.clone())
-            .collect()
-    }
-
-    /// Every request so far, in the order they were answered.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().requests.all()
-    }
-
-    /// The requests for paths or methods the fake does not implement.
-    pub fn unhandled(&self) -> Vec<Recorded> {
-        self.lock().requests.unhandled()
-    }
-
-    /// Forgets the requests recorded so far.
-    pub fn clear_requests(&self) {
-        self.lock().requests.clear();
-    }
-
-    /// Waits until a note on merge request `iid` satisfies `predicate` (edits count), and
-    /// returns it; panics after `timeout`, listing the notes and the latest requests.
-    pub fn wait_for_note(
-        &self,
-        iid: u64,
-        predicate: impl Fn(&Note) -> bool,
-        timeout: Duration,
-    ) -> Note {
-        poll(timeout, || {
-            self.notes(iid).into_iter().find(|n| predicate(n))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "timed out after {timeout:?} waiting for a note on !{iid}\nnotes:\n{:#?}\n{}",
-                self.notes(iid),
-                self.recent_requests(30)
-            )
-        })
-    }
-
-    /// Waits until a status on `sha` satisfies `predicate`, and returns it; panics after
-    /// `timeout`, listing the statuses and the latest requests.
-    pub fn wait_for_status(
-        &self,
-        sha: &str,
-        predicate: impl Fn(&Status) -> bool,
-        timeout: Duration,
-    ) -> Status {
-        poll(timeout, || {
-            self.statuses(sha).into_iter().find(|s| predicate(s))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "timed out after {timeout:?} waiting for a status on {sha}\nstatuses:\n{:#?}\n{}",
-                self.statuses(sha),
-                self.recent_requests(30)
-            )
-        })
-    }
-
-    /// The last `n` requests, one line each, for failure messages.
-    pub fn recent_requests(&self, n: usize) -> String {
-        self.lock().requests.recent(n, "GitLab")
-    }
-}
+/// of [`FakeForge::require_token`]), else `401`. Bodies GitLab would refuse get GitLab's `400`.
+/// A push, an approval and its withdrawal leave system notes; an approval is a toggle.
+pub static DIALECT: Dialect = Dialect {
+    forge: Forge::GitLab,
+    label: "GitLab",
+    pr_word: "merge request !",
+    api_prefix: API_PREFIX,
+    webhook_path: WEBHOOK_PATH,
+    first_id: 7_000_000,
+    roles: &[
+        NO_ACCESS, "5", GUEST, PLANNER, REPORTER, DEVELOPER, MAINTAINER, OWNER,
+    ],
+    bot_role: None,
+    review_states: &["APPROVED"],
+    approval_toggles: true,
+    pr_url: web_url,
+    respond,
+    bug: || message(500, "the fake GitLab failed to answer (a bug)"),
+};
 
 // ---- Answering ---------------------------------------------------------------------------------
 
@@ -666,6 +221,11 @@ fn match_op(method: &str, segments: &[String]) -> Option<Op> {
     }
 }
 
+/// GitLab's answer to a path it does not route.
+fn route_not_found() -> Reply {
+    Reply::json(404, json!({ "error": "404 Not Found" }))
+}
+
 /// GitLab's error shapes: `{"message": …}` for most, `{"error": …}` for parameter validation.
 fn message(status: u16, text: &str) -> Reply {
     Reply::json(status, json!({ "message": text }))
@@ -675,269 +235,212 @@ fn param_error(text: &str) -> Reply {
     Reply::json(400, json!({ "error": text }))
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// Answers one request: its reply and the operation it matched.
+fn respond(core: &Core, st: &mut State, req: &Request) -> (Reply, Option<&'static str>) {
+    route(req, API_PREFIX, match_op, Op::id, route_not_found, |call| {
+        answer(core, st, call)
+    })
+}
 
-    /// Answers one request and records it (before the client sees the answer).
-    fn handle(&self, req: Request) -> Reply {
-        let query = super::parse_query(&req.query);
-        let json = super::json_body(&req.body);
-        let op = segments(&req.path, API_PREFIX).and_then(|s| match_op(&req.method, &s));
-        let mut st = self.lock();
-        let reply = match &op {
-            None => Reply::json(404, json!({ "error": "404 Not Found" })),
-            Some(op) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.answer(&mut st, op, &req, &query, json.as_ref())
-            }))
-            .unwrap_or_else(|_| message(500, "the fake GitLab failed to answer (a bug)")),
-        };
-        st.requests
-            .push(Recorded::new(req, &reply, op.as_ref().map(Op::id)));
-        reply
+fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
+    let (op, req, query, json) = (&call.op, call.req, &call.query, call.json.as_ref());
+    let token = req
+        .header("private-token")
+        .map(str::trim)
+        .or_else(|| {
+            req.header("authorization")
+                .and_then(|v| v.trim().strip_prefix("Bearer "))
+                .map(str::trim)
+        })
+        .filter(|t| !t.is_empty());
+    if st.authorize(token).is_err() {
+        return message(401, "401 Unauthorized");
     }
-
-    fn answer(
-        &self,
-        st: &mut State,
-        op: &Op,
-        req: &Request,
-        query: &[(String, String)],
-        json: Option<&Value>,
-    ) -> Reply {
-        let token = req
-            .header("private-token")
-            .map(str::trim)
-            .or_else(|| {
-                req.header("authorization")
-                    .and_then(|v| v.trim().strip_prefix("Bearer "))
-                    .map(str::trim)
-            })
-            .filter(|t| !t.is_empty());
-        match (token, &st.token) {
-            (None, _) => return message(401, "401 Unauthorized"),
-            (Some(given), Some(wanted)) if given != wanted => {
-                return message(401, "401 Unauthorized");
-            }
-            _ => {}
-        }
-        let param = |name: &str| {
-            query
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let path = req.path.as_str();
-        match op {
-            Op::GetUser => Reply::json(200, current_user_json(&self.bot_login)),
-            Op::ListUsers => {
-                let mut users: Vec<&String> = match param("username") {
-                    Some(name) => st
-                        .users
-                        .get(&name.to_ascii_lowercase())
-                        .into_iter()
-                        .collect(),
-                    None => st.users.values().collect(),
-                };
-                users.sort();
-                let items = users.into_iter().map(|u| user_json(u)).collect();
-                paginate(&self.base_url, path, query, items)
-            }
-            Op::GetProject(id) => {
-                if is_project(id) {
-                    return Reply::json(200, project_json(PROJECT, PROJECT_ID, false));
-                }
-                match st
-                    .mrs
-                    .iter()
-                    .find(|m| m.spec.fork && m.spec.source_project_id().to_string() == *id)
-                {
-                    Some(m) => Reply::json(
-                        200,
-                        project_json(
-                            &m.spec.source_project_path(),
-                            m.spec.source_project_id(),
-                            true,
-                        ),
-                    ),
-                    None => message(404, "404 Project Not Found"),
-                }
-            }
-            Op::ListMrs => {
-                let state = param("state").unwrap_or("all");
-                if !matches!(state, "opened" | "closed" | "locked" | "merged" | "all") {
-                    return param_error("state does not have a valid value");
-                }
-                // GitLab's default order: created_at, newest first.
-                let items = st
-                    .mrs
-                    .iter()
-                    .rev()
-                    .filter(|m| state == "all" || m.state.as_str() == state)
-                    .map(|m| mr_json(st, m, false))
-                    .collect();
-                paginate(&self.base_url, path, query, items)
-            }
-            Op::GetMr(iid) => match st.mr(*iid) {
-                Some(m) => Reply::json(200, mr_json(st, m, true)),
-                None => message(404, "404 Not found"),
-            },
-            Op::ListNotes(iid) => {
-                if st.mr(*iid).is_none() {
-                    return message(404, "404 Not found");
-                }
-                let sort = param("sort").unwrap_or("desc");
-                let order_by = param("order_by").unwrap_or("created_at");
-                if !matches!(sort, "asc" | "desc") {
-                    return param_error("sort does not have a valid value");
-                }
-                if !matches!(order_by, "created_at" | "updated_at") {
-                    return param_error("order_by does not have a valid value");
-                }
-                let mut notes: Vec<&StoredNote> =
-                    st.notes.iter().filter(|n| n.iid == *iid).collect();
-                // Ids grow with time: they break ties between notes of the same second.
-                notes.sort_by(|a, b| {
-                    let key = |n: &StoredNote| {
-                        let at = if order_by == "updated_at" {
-                            n.updated_at.clone()
-                        } else {
-                            n.created_at.clone()
-                        };
-                        (at, n.id)
-                    };
-                    key(a).cmp(&key(b))
-                });
-                if sort == "desc" {
-                    notes.reverse();
-                }
-                let items = notes.into_iter().map(note_json).collect();
-                paginate(&self.base_url, path, query, items)
-            }
-            Op::CreateNote(iid) => {
-                if st.mr(*iid).is_none() {
-                    return message(404, "404 Not found");
-                }
-                let body = match note_body(json) {
-                    Ok(b) => b,
-                    Err(reply) => return reply,
-                };
-                let now = now_iso();
-                let id = st.id();
-                st.notes.push(StoredNote {
-                    id,
-                    iid: *iid,
-                    author: self.bot_login.clone(),
-                    body,
-                    system: false,
-                    edits: 0,
-                    created_at: now.clone(),
-                    updated_at: now,
-                });
-                let stored = st.notes.last().expect("just pushed");
-                Reply::json(201, note_json(stored))
-            }
-            Op::GetNote(iid, id) => match st.notes.iter().find(|n| n.iid == *iid && n.id == *id) {
-                Some(n) => Reply::json(200, note_json(n)),
-                None => message(404, "404 Note Not Found"),
-            },
-            Op::UpdateNote(iid, id) => {
-                let body = match note_body(json) {
-                    Ok(b) => b,
-                    Err(reply) => return reply,
-                };
-                let now = now_iso();
-                let bot = self.bot_login.clone();
-                let Some(n) = st.notes.iter_mut().find(|n| n.iid == *iid && n.id == *id) else {
-                    return message(404, "404 Note Not Found");
-                };
-                // Only a note's author may edit it (and nobody a system note).
-                if n.system || !n.author.eq_ignore_ascii_case(&bot) {
-                    return message(403, "403 Forbidden");
-                }
-                n.body = body;
-                n.edits += 1;
-                n.updated_at = now;
-                let n = st.notes.iter().find(|n| n.id == *id).expect("found above");
-                Reply::json(200, note_json(n))
-            }
-            Op::GetApprovals(iid) => match st.mr(*iid) {
-                Some(m) => Reply::json(200, approvals_json(st, m)),
-                None => message(404, "404 Not found"),
-            },
-            Op::CreateStatus(sha) => self.create_status(st, sha, json),
-            Op::GetMember(user) => {
-                let found = st
+    let param = |name: &str| call.param(name);
+    let path = req.path.as_str();
+    match op {
+        Op::GetUser => Reply::json(200, current_user_json(&core.bot_login)),
+        Op::ListUsers => {
+            let mut users: Vec<&String> = match param("username") {
+                Some(name) => st
                     .users
-                    .values()
-                    .find(|u| user_id(u).to_string() == *user)
-                    .cloned();
-                match found.and_then(|u| {
-                    let level = *st.members.get(&u.to_ascii_lowercase())?;
-                    Some((u, level))
-                }) {
-                    Some((u, level)) => Reply::json(200, member_json(&u, level)),
-                    None => message(404, "404 Not found"),
-                }
+                    .get(&name.to_ascii_lowercase())
+                    .into_iter()
+                    .collect(),
+                None => st.users.values().collect(),
+            };
+            users.sort();
+            let items = users.into_iter().map(|u| user_json(u)).collect();
+            paginate(&core.base_url, path, query, items)
+        }
+        Op::GetProject(id) => {
+            if is_project(id) {
+                return Reply::json(200, project_json(PROJECT, PROJECT_ID, false));
+            }
+            match st
+                .prs
+                .iter()
+                .find(|m| m.spec.fork && source_project_id(&m.spec).to_string() == *id)
+            {
+                Some(m) => Reply::json(
+                    200,
+                    project_json(
+                        &m.spec.head_repo_full_name(),
+                        source_project_id(&m.spec),
+                        true,
+                    ),
+                ),
+                None => message(404, "404 Project Not Found"),
+            }
+        }
+        Op::ListMrs => {
+            let state = param("state").unwrap_or("all");
+            if !matches!(state, "opened" | "closed" | "locked" | "merged" | "all") {
+                return param_error("state does not have a valid value");
+            }
+            // GitLab's default order: created_at, newest first.
+            let items = st
+                .prs
+                .iter()
+                .rev()
+                .filter(|m| state == "all" || state_name(&m.state) == state)
+                .map(|m| mr_json(st, m, false))
+                .collect();
+            paginate(&core.base_url, path, query, items)
+        }
+        Op::GetMr(iid) => match st.pr(*iid) {
+            Some(m) => Reply::json(200, mr_json(st, m, true)),
+            None => message(404, "404 Not found"),
+        },
+        Op::ListNotes(iid) => {
+            if st.pr(*iid).is_none() {
+                return message(404, "404 Not found");
+            }
+            let sort = param("sort").unwrap_or("desc");
+            let order_by = param("order_by").unwrap_or("created_at");
+            if !matches!(sort, "asc" | "desc") {
+                return param_error("sort does not have a valid value");
+            }
+            if !matches!(order_by, "created_at" | "updated_at") {
+                return param_error("order_by does not have a valid value");
+            }
+            let mut notes: Vec<&StoredComment> =
+                st.comments.iter().filter(|n| n.pr == *iid).collect();
+            // Ids grow with time: they break ties between notes of the same second.
+            notes.sort_by(|a, b| {
+                let key = |n: &StoredComment| {
+                    let at = if order_by == "updated_at" {
+                        n.updated_at.clone()
+                    } else {
+                        n.created_at.clone()
+                    };
+                    (at, n.id)
+                };
+                key(a).cmp(&key(b))
+            });
+            if sort == "desc" {
+                notes.reverse();
+            }
+            let items = notes.into_iter().map(note_json).collect();
+            paginate(&core.base_url, path, query, items)
+        }
+        Op::CreateNote(iid) => {
+            if st.pr(*iid).is_none() {
+                return message(404, "404 Not found");
+            }
+            let body = match note_body(json) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            let id = st.add_comment(*iid, &core.bot_login, body, false);
+            Reply::json(201, note_json(st.comment(id).expect("just added")))
+        }
+        Op::GetNote(iid, id) => match st.comments.iter().find(|n| n.pr == *iid && n.id == *id) {
+            Some(n) => Reply::json(200, note_json(n)),
+            None => message(404, "404 Note Not Found"),
+        },
+        Op::UpdateNote(iid, id) => {
+            let body = match note_body(json) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            // Only a note's author may edit it (and nobody a system note).
+            match st.edit_comment(*id, Some(*iid), &core.bot_login, true, body) {
+                Err(EditRefused::NotFound) => message(404, "404 Note Not Found"),
+                Err(EditRefused::NotAuthor) => message(403, "403 Forbidden"),
+                Ok(()) => Reply::json(200, note_json(st.comment(*id).expect("edited above"))),
+            }
+        }
+        Op::GetApprovals(iid) => match st.pr(*iid) {
+            Some(m) => Reply::json(200, approvals_json(st, m)),
+            None => message(404, "404 Not found"),
+        },
+        Op::CreateStatus(sha) => create_status(core, st, sha, json),
+        Op::GetMember(user) => {
+            let found = st
+                .users
+                .values()
+                .find(|u| user_id(u).to_string() == *user)
+                .cloned();
+            match found.and_then(|u| {
+                let level = st.permission(&u)?.parse::<u32>().ok()?;
+                (level > 0).then_some((u, level))
+            }) {
+                Some((u, level)) => Reply::json(200, member_json(&u, level)),
+                None => message(404, "404 Not found"),
             }
         }
     }
+}
 
-    fn create_status(&self, st: &mut State, sha: &str, body: Option<&Value>) -> Reply {
-        let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex || !(sha.len() == 40 || sha.len() == 64) {
-            return message(404, "404 Commit Not Found");
-        }
-        let Some(body) = body else {
-            return param_error("state is missing");
-        };
-        let Some(state) = body.get("state").and_then(Value::as_str) else {
-            return param_error("state is missing");
-        };
-        if !matches!(
-            state,
-            "pending" | "running" | "success" | "failed" | "canceled" | "skipped"
-        ) {
-            return param_error("state does not have a valid value");
-        }
-        let text = |field: &str| -> Result<Option<String>, Reply> {
-            match body.get(field) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(param_error(&format!("{field} is invalid"))),
-            }
-        };
-        let (name, context, description, target_url) = match (
-            text("name"),
-            text("context"),
-            text("description"),
-            text("target_url"),
-        ) {
-            (Ok(n), Ok(c), Ok(d), Ok(t)) => (n, c, d, t),
-            (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (.., Err(r)) => return r,
-        };
-        let id = st.id();
-        let stored = StoredStatus {
-            id,
-            sha: sha.to_ascii_lowercase(),
-            status: Status {
-                name: name.or(context).unwrap_or_else(|| "default".to_owned()),
-                state: state.to_owned(),
-                description,
-                target_url,
-            },
-            created_at: now_iso(),
-        };
-        let branch = st
-            .mrs
-            .iter()
-            .find(|m| m.spec.head_sha.eq_ignore_ascii_case(sha))
-            .map(|m| m.spec.source_branch.clone());
-        let answer = status_json(&self.bot_login, &stored, branch);
-        st.statuses.push(stored);
-        Reply::json(201, answer)
+fn create_status(core: &Core, st: &mut State, sha: &str, body: Option<&Value>) -> Reply {
+    let hex = sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex || !(sha.len() == 40 || sha.len() == 64) {
+        return message(404, "404 Commit Not Found");
     }
+    let Some(body) = body else {
+        return param_error("state is missing");
+    };
+    let Some(state) = body.get("state").and_then(Value::as_str) else {
+        return param_error("state is missing");
+    };
+    if !matches!(
+        state,
+        "pending" | "running" | "success" | "failed" | "canceled" | "skipped"
+    ) {
+        return param_error("state does not have a valid value");
+    }
+    let text = |field: &str| -> Result<Option<String>, Reply> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(param_error(&format!("{field} is invalid"))),
+        }
+    };
+    let (name, context, description, target_url) = match (
+        text("name"),
+        text("context"),
+        text("description"),
+        text("target_url"),
+    ) {
+        (Ok(n), Ok(c), Ok(d), Ok(t)) => (n, c, d, t),
+        (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (.., Err(r)) => return r,
+    };
+    let branch = st
+        .prs
+        .iter()
+        .find(|m| m.spec.head_sha.eq_ignore_ascii_case(sha))
+        .map(|m| m.spec.head_ref.clone());
+    let stored = st.add_status(
+        sha,
+        Status {
+            context: name.or(context).unwrap_or_else(|| "default".to_owned()),
+            state: state.to_owned(),
+            description,
+            target_url,
+        },
+    );
+    Reply::json(201, status_json(&core.bot_login, stored, branch))
 }
 
 /// The `body` of a note create/update request, or GitLab's `400`.
@@ -1096,7 +599,7 @@ fn project_json(path: &str, id: u64, forked: bool) -> Value {
     v
 }
 
-fn merge_status(mr: &Mr) -> (&'static str, &'static str, bool) {
+fn merge_status(mr: &Pr) -> (&'static str, &'static str, bool) {
     match mr.mergeable {
         Some(true) => ("can_be_merged", "mergeable", false),
         Some(false) => ("cannot_be_merged", "conflict", true),
@@ -1105,12 +608,12 @@ fn merge_status(mr: &Mr) -> (&'static str, &'static str, bool) {
 }
 
 /// `doc/api/merge_requests.md`'s merge request: the list entry, or (`full`) the single one.
-fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
+fn mr_json(st: &State, mr: &Pr, full: bool) -> Value {
     let spec = &mr.spec;
-    let iid = spec.iid;
+    let iid = spec.number;
     let (merge_status, detailed, conflicts) = merge_status(mr);
     let (merged_at, merge_sha, merged_by) = match &mr.state {
-        MrState::Merged { merge_sha } => (
+        PrState::Merged { merge_sha } => (
             mr.closed_at.clone(),
             Some(merge_sha.clone()),
             user_json(&spec.author),
@@ -1118,7 +621,7 @@ fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
         _ => (None, None, Value::Null),
     };
     let closed_at = match mr.state {
-        MrState::Closed => mr.closed_at.clone(),
+        PrState::Closed => mr.closed_at.clone(),
         _ => None,
     };
     let mut v = json!({
@@ -1127,7 +630,7 @@ fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
         "project_id": PROJECT_ID,
         "title": spec.title,
         "description": "",
-        "state": mr.state.as_str(),
+        "state": state_name(&mr.state),
         "created_at": mr.created_at,
         "updated_at": mr.updated_at,
         "merged_by": merged_by,
@@ -1135,16 +638,16 @@ fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
         "merged_at": merged_at,
         "closed_by": if closed_at.is_some() { user_json(&spec.author) } else { Value::Null },
         "closed_at": closed_at,
-        "target_branch": spec.target_branch,
-        "source_branch": spec.source_branch,
-        "user_notes_count": st.notes.iter().filter(|n| n.iid == iid && !n.system).count(),
+        "target_branch": spec.base_ref,
+        "source_branch": spec.head_ref,
+        "user_notes_count": st.comments.iter().filter(|n| n.pr == iid && !n.system).count(),
         "upvotes": 0,
         "downvotes": 0,
         "author": user_json(&spec.author),
         "assignees": [],
         "assignee": null,
         "reviewers": [],
-        "source_project_id": spec.source_project_id(),
+        "source_project_id": source_project_id(spec),
         "target_project_id": PROJECT_ID,
         "labels": [],
         "draft": false,
@@ -1168,7 +671,7 @@ fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
             "relative": format!("!{iid}"),
             "full": format!("{PROJECT}!{iid}"),
         },
-        "web_url": spec.web_url(),
+        "web_url": web_url(spec.number),
         "time_stats": {
             "time_estimate": 0, "total_time_spent": 0,
             "human_time_estimate": null, "human_total_time_spent": null,
@@ -1207,7 +710,7 @@ fn mr_json(st: &State, mr: &Mr, full: bool) -> Value {
 }
 
 /// `doc/api/notes.md`'s note.
-fn note_json(n: &StoredNote) -> Value {
+fn note_json(n: &StoredComment) -> Value {
     json!({
         "id": n.id,
         "type": null,
@@ -1217,7 +720,7 @@ fn note_json(n: &StoredNote) -> Value {
         "created_at": n.created_at,
         "updated_at": n.updated_at,
         "system": n.system,
-        "noteable_id": mr_global_id(n.iid),
+        "noteable_id": mr_global_id(n.pr),
         "noteable_type": "MergeRequest",
         "project_id": PROJECT_ID,
         "commit_id": null,
@@ -1226,7 +729,7 @@ fn note_json(n: &StoredNote) -> Value {
         "internal": false,
         "imported": false,
         "imported_from": "none",
-        "noteable_iid": n.iid,
+        "noteable_iid": n.pr,
         "commands_changes": {},
     })
 }
@@ -1242,7 +745,7 @@ fn status_json(bot: &str, s: &StoredStatus, branch: Option<String>) -> Value {
         "sha": s.sha,
         "ref": branch,
         "status": s.status.state,
-        "name": s.status.name,
+        "name": s.status.context,
         "target_url": s.status.target_url,
         "description": s.status.description,
         "created_at": s.created_at,
@@ -1256,13 +759,12 @@ fn status_json(bot: &str, s: &StoredStatus, branch: Option<String>) -> Value {
 }
 
 /// `doc/api/merge_request_approvals.md`'s approval state of a merge request.
-fn approvals_json(st: &State, mr: &Mr) -> Value {
-    let iid = mr.spec.iid;
+fn approvals_json(st: &State, mr: &Pr) -> Value {
+    let iid = mr.spec.number;
     let approved_by: Vec<Value> = st
-        .approvals
-        .iter()
-        .filter(|(i, _)| *i == iid)
-        .map(|(_, u)| json!({ "user": user_json(u) }))
+        .reviews_of(iid)
+        .filter(|r| !r.dismissed)
+        .map(|r| json!({ "user": user_json(&r.reviewer) }))
         .collect();
     let (merge_status, ..) = merge_status(mr);
     json!({
@@ -1271,7 +773,7 @@ fn approvals_json(st: &State, mr: &Mr) -> Value {
         "project_id": PROJECT_ID,
         "title": mr.spec.title,
         "description": "",
-        "state": mr.state.as_str(),
+        "state": state_name(&mr.state),
         "created_at": mr.created_at,
         "updated_at": mr.updated_at,
         "merge_status": merge_status,
@@ -1397,7 +899,7 @@ fn collect_paths(v: &Value, out: &mut Vec<String>) {
 
 /// Patches a merge request object of a payload (`object_attributes` of a merge request event,
 /// `merge_request` of a note event) to be `mr`.
-fn set_merge_request(m: &mut Value, mr: &MrSpec, state: &str) {
+fn set_merge_request(m: &mut Value, mr: &PrSpec, state: &str) {
     let old_sha = m["last_commit"]["id"]
         .as_str()
         .unwrap_or_default()
@@ -1410,16 +912,16 @@ fn set_merge_request(m: &mut Value, mr: &MrSpec, state: &str) {
     }
     set_project(
         &mut m["source"],
-        &mr.source_project_path(),
-        mr.source_project_id(),
+        &mr.head_repo_full_name(),
+        source_project_id(mr),
     );
     set_project(&mut m["target"], PROJECT, PROJECT_ID);
-    m["id"] = json!(mr_global_id(mr.iid));
-    m["iid"] = json!(mr.iid);
+    m["id"] = json!(mr_global_id(mr.number));
+    m["iid"] = json!(mr.number);
     m["title"] = json!(mr.title);
-    m["source_branch"] = json!(mr.source_branch);
-    m["target_branch"] = json!(mr.target_branch);
-    m["source_project_id"] = json!(mr.source_project_id());
+    m["source_branch"] = json!(mr.head_ref);
+    m["target_branch"] = json!(mr.base_ref);
+    m["source_project_id"] = json!(source_project_id(mr));
     m["target_project_id"] = json!(PROJECT_ID);
     m["author_id"] = json!(user_id(&mr.author));
     m["state"] = json!(state);
@@ -1441,7 +943,7 @@ fn set_merge_request(m: &mut Value, mr: &MrSpec, state: &str) {
 /// (with `merge_sha`), `approved`, `unapproved`…
 pub fn merge_request_payload(
     action: &str,
-    mr: &MrSpec,
+    mr: &PrSpec,
     actor: &str,
     oldrev: Option<&str>,
     merge_sha: Option<&str>,
@@ -1455,7 +957,7 @@ pub fn merge_request_payload(
     };
     let a = &mut v["object_attributes"];
     set_merge_request(a, mr, state);
-    a["url"] = json!(mr.web_url());
+    a["url"] = json!(web_url(mr.number));
     a["action"] = json!(action);
     match oldrev {
         Some(old) => a["oldrev"] = json!(old),
@@ -1473,8 +975,8 @@ pub fn merge_request_payload(
 }
 
 /// A `Note Hook` delivery from GitLab's documented example of a comment on a merge request:
-/// `note` (from [`FakeGitLab::add_note`]: its id, author and body) on merge request `mr`.
-pub fn note_payload(mr: &MrSpec, note: &Note) -> Vec<u8> {
+/// `note` (from [`FakeForge::add_comment`]: its id, author and body) on merge request `mr`.
+pub fn note_payload(mr: &PrSpec, note: &Comment) -> Vec<u8> {
     let mut v = example(NOTE_EXAMPLE);
     rebrand(&mut v);
     let a = &mut v["object_attributes"];
@@ -1483,10 +985,10 @@ pub fn note_payload(mr: &MrSpec, note: &Note) -> Vec<u8> {
     a["noteable_type"] = json!("MergeRequest");
     a["author_id"] = json!(user_id(&note.author));
     a["project_id"] = json!(PROJECT_ID);
-    a["noteable_id"] = json!(mr_global_id(mr.iid));
+    a["noteable_id"] = json!(mr_global_id(mr.number));
     a["system"] = json!(note.system);
     a["action"] = json!("create");
-    a["url"] = json!(format!("{}#note_{}", mr.web_url(), note.id));
+    a["url"] = json!(format!("{}#note_{}", web_url(mr.number), note.id));
     set_merge_request(&mut v["merge_request"], mr, "opened");
     set_user(&mut v["user"], &note.author);
     to_bytes(&v)
@@ -1536,9 +1038,3 @@ pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u
         .map(|r| (r.status, r.body))
         .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
 }
-
-// ---- The control API -----------------------------------------------------------------------
-
-super::control::impl_control!(
-    FakeGitLab, GitLab, MrSpec, MrState { Opened, Closed }, head: source_branch, base: target_branch, find: mr, add: add_mr, comments: notes, context: name
-);

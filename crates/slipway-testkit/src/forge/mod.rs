@@ -1,15 +1,18 @@
-//! The fake forges: one HTTP server ([`crate::http::Server`]) and one request log
-//! ([`Recorded`]) for GitHub ([`github`]), GitLab ([`gitlab`]) and Gitea ([`gitea`]), each with
-//! its own route table (an `Op` enum and its `match_op`), JSON shapes and webhook payloads.
+//! The fake forge: one [`FakeForge`] (one HTTP server, [`crate::http::Server`]; one state,
+//! [`state`]) that plays GitHub ([`github`]), GitLab ([`gitlab`]) or Gitea ([`gitea`]). Each
+//! forge's module holds only what differs: its route table (an `Op` enum and its
+//! `match_op`), the JSON shapes of its answers, its auth header and error shapes, and its
+//! webhook payloads and signatures, gathered in its `DIALECT`.
 //!
-//! Shared by the three: the recording of every request with its answer (and the unhandled
-//! ones: a route the fake does not know), the token check, pagination parameters, ids and
-//! times, and the waiting helpers.
+//! Shared by the three: the state and the test-side methods ([`state`]), the recording of
+//! every request with its answer (and the unhandled ones: a route the fake does not know),
+//! the token check, pagination parameters, ids and times, and the waiting helpers.
 
 pub mod control;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
+pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub use crate::http::{Reply, Request, Server, header_of};
+pub use state::{Comment, FakeForge, PrSpec, PrState, Status};
 
 /// Which forge a fake plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,15 @@ impl Forge {
             Forge::GitHub => "github",
             Forge::GitLab => "gitlab",
             Forge::Gitea => "gitea",
+        }
+    }
+
+    /// How the fake plays it.
+    pub(crate) fn dialect(self) -> &'static state::Dialect {
+        match self {
+            Forge::GitHub => &github::DIALECT,
+            Forge::GitLab => &gitlab::DIALECT,
+            Forge::Gitea => &gitea::DIALECT,
         }
     }
 
@@ -101,10 +114,7 @@ impl Recorded {
 
     /// The first value of query parameter `name`.
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        query_param(&self.query, name)
     }
 
     /// `METHOD /path?query -> status`, for assertion messages.
@@ -226,17 +236,20 @@ pub fn page_params(
     default_per_page: usize,
     max_per_page: usize,
 ) -> (usize, usize) {
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-    };
+    let param = |name: &str| query_param(query, name).and_then(|v| v.parse::<usize>().ok());
     let per_page = param("per_page")
         .unwrap_or(default_per_page)
         .clamp(1, max_per_page);
     let page = param("page").unwrap_or(1).max(1);
     (page, per_page)
+}
+
+/// The first value of parameter `name` in `query`.
+pub fn query_param<'q>(query: &'q [(String, String)], name: &str) -> Option<&'q str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
