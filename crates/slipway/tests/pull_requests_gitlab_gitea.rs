@@ -19,9 +19,9 @@ use slipway_forge::{
 };
 use util::fake_gitea;
 use util::fake_gitlab::{self, DEVELOPER, REPORTER};
-use util::world::{self, Served};
-use util::{FakeForge, PrSpec, PrState};
-use util::{Sandbox, git, wait_for};
+use util::world::{ForgeWorld, Served};
+use util::{Comment, Delivery, Event, FakeForge, Forge, PrSpec, PrState};
+use util::{git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -30,342 +30,97 @@ const BOT: &str = "slipway-bot";
 
 use util::world::STACK;
 
-/// A comment (GitLab: a note that is not a system note) as the flow sees it.
-#[derive(Debug, Clone)]
-struct Said {
-    author: String,
-    body: String,
-    edits: u32,
-}
+/// The flow's world on one forge: each step changes the fake as the forge would and returns
+/// the delivery the forge then sends.
+struct World(ForgeWorld);
 
-/// One webhook delivery: the forge's event name and the payload.
-struct Delivery {
-    event: &'static str,
-    body: Vec<u8>,
-}
-
-/// How one forge does each step of the flow: its fake API, its configuration, its payloads
-/// and how it sends them.
-trait Forge: Sized {
-    /// `[forge.NAME]`.
-    const NAME: &'static str;
-    /// The variable the API token is read from by default.
-    const TOKEN_ENV: &'static str;
-    fn start() -> Self;
-    fn api_url(&self) -> String;
-    /// The ref under which the forge publishes pull request `n`'s head.
-    fn pr_ref(n: u64) -> String;
-    /// Gives `user` write access (GitLab: Developer), or only read access (Reporter).
-    fn grant(&self, user: &str, write: bool);
-    /// Pull request `n` from `branch` at `sha` is opened.
-    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery;
-    /// Its branch is pushed to: the head is now `sha`.
-    fn push(&self, n: u64, sha: &str) -> Delivery;
-    /// `reviewer` approves it at `sha`.
-    fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery;
-    /// `author` comments `body` on it.
-    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery;
-    /// It is merged as `merge_sha`.
-    fn merge(&self, n: u64, merge_sha: &str) -> Delivery;
-    /// Its comments, oldest first (GitLab: without system notes).
-    fn comments(&self, n: u64) -> Vec<Said>;
-    /// The latest `slipway/plan` status of `sha`.
-    fn plan_status(&self, sha: &str) -> Option<String>;
-    /// Sends `delivery` as the forge does, with delivery id `id`, to `slipway serve` at `addr`.
-    fn send(&self, addr: &str, delivery: &Delivery, id: &str) -> (u16, String);
-    /// Requests to the fake it does not implement, one line each.
-    fn unhandled(&self) -> Vec<String>;
-    fn recent_requests(&self) -> String;
-}
-
-struct GitLab(FakeForge);
-
-impl Forge for GitLab {
-    const NAME: &'static str = "gitlab";
-    const TOKEN_ENV: &'static str = "GITLAB_TOKEN";
-
-    fn start() -> Self {
-        GitLab(FakeForge::start(util::Forge::GitLab, BOT))
-    }
-
-    fn api_url(&self) -> String {
-        self.0.url()
-    }
-
-    fn pr_ref(n: u64) -> String {
-        format!("refs/merge-requests/{n}/head")
-    }
-
-    fn grant(&self, user: &str, write: bool) {
-        self.0
-            .set_permission(user, if write { DEVELOPER } else { REPORTER });
-    }
-
-    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
-        self.0.add_pr(PrSpec {
-            head_ref: branch.into(),
-            ..PrSpec::new(n, sha)
-        });
-        let mr = self.0.pr(n);
-        Delivery {
-            event: "Merge Request Hook",
-            body: fake_gitlab::merge_request_payload("open", &mr, &mr.author, None, None),
-        }
-    }
-
-    fn push(&self, n: u64, sha: &str) -> Delivery {
-        let before = self.0.pr(n).head_sha;
-        self.0.set_head(n, sha);
-        let mr = self.0.pr(n);
-        Delivery {
-            event: "Merge Request Hook",
-            body: fake_gitlab::merge_request_payload(
-                "update",
-                &mr,
-                &mr.author,
-                Some(&before),
-                None,
-            ),
-        }
-    }
-
-    fn approve(&self, n: u64, reviewer: &str, _sha: &str) -> Delivery {
-        self.0.approve(n, reviewer, &self.0.pr(n).head_sha);
-        Delivery {
-            event: "Merge Request Hook",
-            body: fake_gitlab::merge_request_payload(
-                "approved",
-                &self.0.pr(n),
-                reviewer,
-                None,
-                None,
-            ),
-        }
-    }
-
-    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
-        let note = self.0.add_comment(n, author, body);
-        Delivery {
-            event: "Note Hook",
-            body: fake_gitlab::note_payload(&self.0.pr(n), &note),
-        }
-    }
-
-    fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
-        self.0.set_state(
-            n,
-            PrState::Merged {
-                merge_sha: merge_sha.into(),
-            },
-        );
-        let mr = self.0.pr(n);
-        Delivery {
-            event: "Merge Request Hook",
-            body: fake_gitlab::merge_request_payload(
-                "merge",
-                &mr,
-                &mr.author,
-                None,
-                Some(merge_sha),
-            ),
-        }
-    }
-
-    fn comments(&self, n: u64) -> Vec<Said> {
-        self.0
-            .comments(n)
-            .into_iter()
-            .filter(|n| !n.system)
-            .map(|n| Said {
-                author: n.author,
-                body: n.body,
-                edits: n.edits,
-            })
-            .collect()
-    }
-
-    fn plan_status(&self, sha: &str) -> Option<String> {
-        self.0
-            .statuses(sha)
-            .into_iter()
-            .rev()
-            .find(|s| s.context == "slipway/plan")
-            .map(|s| s.state)
-    }
-
-    fn send(&self, addr: &str, delivery: &Delivery, id: &str) -> (u16, String) {
-        fake_gitlab::send_webhook(addr, SECRET, delivery.event, id, &delivery.body)
-    }
-
-    fn unhandled(&self) -> Vec<String> {
-        self.0.unhandled().iter().map(|r| r.line()).collect()
-    }
-
-    fn recent_requests(&self) -> String {
-        self.0.recent_requests(30)
+impl std::ops::Deref for World {
+    type Target = ForgeWorld;
+    fn deref(&self) -> &ForgeWorld {
+        &self.0
     }
 }
 
-struct Gitea(FakeForge);
-
-impl Forge for Gitea {
-    const NAME: &'static str = "gitea";
-    const TOKEN_ENV: &'static str = "GITEA_TOKEN";
-
-    fn start() -> Self {
-        Gitea(FakeForge::start(util::Forge::Gitea, BOT))
-    }
-
-    fn api_url(&self) -> String {
-        self.0.url()
-    }
-
-    fn pr_ref(n: u64) -> String {
-        format!("refs/pull/{n}/head")
-    }
-
-    fn grant(&self, user: &str, write: bool) {
-        self.0
-            .set_permission(user, if write { "write" } else { "read" });
-    }
-
-    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
-        self.0.add_pr(PrSpec {
-            head_ref: branch.into(),
-            ..PrSpec::new(n, sha)
-        });
-        Delivery {
-            event: "pull_request",
-            body: fake_gitea::pull_request_payload("opened", &self.0.pr(n), false, None),
-        }
-    }
-
-    fn push(&self, n: u64, sha: &str) -> Delivery {
-        self.0.set_head(n, sha);
-        Delivery {
-            event: "pull_request",
-            body: fake_gitea::pull_request_payload("synchronized", &self.0.pr(n), false, None),
-        }
-    }
-
-    fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
-        self.0.approve(n, reviewer, sha);
-        Delivery {
-            event: fake_gitea::review_event("approved"),
-            body: fake_gitea::pull_request_review_payload(
-                &self.0.pr(n),
-                reviewer,
-                "approved",
-                "LGTM",
-            ),
-        }
-    }
-
-    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
-        let comment = self.0.add_comment(n, author, body);
-        Delivery {
-            event: "issue_comment",
-            body: fake_gitea::issue_comment_payload(&self.0.pr(n), &comment),
-        }
-    }
-
-    fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
-        self.0.set_state(
-            n,
-            PrState::Merged {
-                merge_sha: merge_sha.into(),
-            },
-        );
-        Delivery {
-            event: "pull_request",
-            body: fake_gitea::pull_request_payload("closed", &self.0.pr(n), true, Some(merge_sha)),
-        }
-    }
-
-    fn comments(&self, n: u64) -> Vec<Said> {
-        self.0
-            .comments(n)
-            .into_iter()
-            .map(|c| Said {
-                author: c.author,
-                body: c.body,
-                edits: c.edits,
-            })
-            .collect()
-    }
-
-    fn plan_status(&self, sha: &str) -> Option<String> {
-        self.0
-            .statuses(sha)
-            .into_iter()
-            .rev()
-            .find(|s| s.context == "slipway/plan")
-            .map(|s| s.state)
-    }
-
-    fn send(&self, addr: &str, delivery: &Delivery, id: &str) -> (u16, String) {
-        fake_gitea::send_webhook(addr, SECRET.as_bytes(), delivery.event, id, &delivery.body)
-    }
-
-    fn unhandled(&self) -> Vec<String> {
-        self.0.unhandled().iter().map(|r| r.line()).collect()
-    }
-
-    fn recent_requests(&self) -> String {
-        self.0.recent_requests(30)
-    }
-}
-
-struct World<F: Forge> {
-    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
-    // starts nothing after the cleanup.
-    server: util::Server,
-    s: Sandbox,
-    forge: F,
-    port: u16,
-}
-
-impl<F: Forge> World<F> {
+impl World {
     /// A repository with the stack at `v1` on `main`, and `slipway serve` on it with
-    /// `[forge.NAME]` pointing at a fresh fake.
-    fn new() -> World<F> {
-        let forge = F::start();
-        let (server, s, port) =
-            world::serve_forge(STACK, F::NAME, &forge.api_url(), F::TOKEN_ENV, SECRET);
-        World {
-            s,
+    /// `[forge.KIND]` pointing at a fresh fake.
+    fn new(kind: Forge) -> World {
+        let forge = FakeForge::start(kind, BOT);
+        let api = forge.url();
+        let repository = "repository = \"acme/shop\"";
+        World(ForgeWorld::serve(
             forge,
-            server,
-            port,
-        }
+            STACK,
+            &api,
+            repository,
+            "test-token",
+            SECRET,
+        ))
     }
 
-    fn send(&self, delivery: &Delivery) -> (u16, String) {
+    /// Pull request `n` from `branch` at `sha` is opened.
+    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
+        self.forge.add_pr(PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
+        });
+        self.forge.delivery(&self.forge.pr(n), &Event::Opened)
+    }
+
+    /// Its branch is pushed to: the head is now `sha`.
+    fn push(&self, n: u64, sha: &str) -> Delivery {
+        let before = self.forge.pr(n).head_sha;
+        self.forge.set_head(n, sha);
         self.forge
-            .send(&self.server.addr, delivery, &slipway_testkit::forge::uuid())
+            .delivery(&self.forge.pr(n), &Event::Pushed { before })
     }
 
-    fn accepted(&self, delivery: Delivery) {
-        let (status, reply) = self.send(&delivery);
-        assert_eq!(status, 202, "{}: {reply}", delivery.event);
-        assert!(
-            reply.contains("\"handled\":true"),
-            "{}: {reply}",
-            delivery.event
+    /// `reviewer` approves it at `sha`.
+    fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
+        self.forge.approve(n, reviewer, sha);
+        let reviewer = reviewer.to_owned();
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Approved { reviewer })
+    }
+
+    /// `author` comments `body` on it.
+    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
+        let comment = self.forge.add_comment(n, author, body);
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Commented { comment })
+    }
+
+    /// It is merged as `merge_sha`.
+    fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
+        let merge_sha = merge_sha.to_owned();
+        self.forge.set_state(
+            n,
+            PrState::Merged {
+                merge_sha: merge_sha.clone(),
+            },
         );
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Merged { merge_sha })
+    }
+
+    /// The latest `slipway/plan` status of `sha`.
+    fn plan_status(&self, sha: &str) -> Option<String> {
+        self.forge
+            .latest_status(sha, "slipway/plan")
+            .map(|s| s.state)
     }
 
     /// Waits for a comment on `pr` that satisfies `predicate`.
-    fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Said) -> bool) -> Said {
+    fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Comment) -> bool) -> Comment {
         let found = slipway_testkit::forge::poll(T, || {
-            self.forge.comments(pr).into_iter().find(|c| predicate(c))
+            self.comments(pr).into_iter().find(|c| predicate(c))
         });
         found.unwrap_or_else(|| {
             panic!(
                 "timed out after {T:?} waiting for a comment on #{pr} ({})\ncomments:\n{:#?}\n{}",
-                F::NAME,
-                self.forge.comments(pr),
-                self.forge.recent_requests()
+                self.kind().name(),
+                self.comments(pr),
+                self.forge.recent_requests(30)
             )
         })
     }
@@ -378,47 +133,24 @@ impl<F: Forge> World<F> {
         .body
     }
 
-    fn plans(&self, pr: u64) -> Vec<Said> {
-        self.forge
-            .comments(pr)
+    fn plans(&self, pr: u64) -> Vec<Comment> {
+        self.comments(pr)
             .into_iter()
             .filter(|c| c.body.contains(MARKER))
             .collect()
     }
 
-    /// The audit log, through the API with an admin token.
-    fn audit(&self) -> Value {
-        let out = self.s.ok(&["token", "create", "--role", "admin"]);
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let answer = util::fake_github::http_request(
-            &self.server.addr,
-            "GET",
-            "/api/v1/audit?limit=1000",
-            &[("Authorization", &format!("Bearer {token}"))],
-            b"",
-        )
-        .expect("audit");
-        serde_json::from_str(&answer.body).expect("json")
-    }
-}
-
-impl<F: Forge> world::Served for World<F> {
-    fn sandbox(&self) -> &Sandbox {
-        &self.s
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-    fn pr_ref(&self, n: u64) -> String {
-        F::pr_ref(n)
+    /// Requests to the fake it does not implement, one line each.
+    fn unhandled(&self) -> Vec<String> {
+        self.forge.unhandled().iter().map(|r| r.line()).collect()
     }
 }
 
 /// Open → plan comment and status, `pr-N` → push → the same comment edited, `pr-N` follows →
 /// apply before approval refused → approved: applied, locked → another pull request's apply
 /// refused naming the lock → merge: lock released, prod follows main, `pr-N` destroyed.
-fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
-    let w = World::<F>::new();
+fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
+    let w = World::new(kind);
     w.serves("prod", "v1");
     w.serves("qa", "v1");
     w.forge.grant("alice", true);
@@ -428,7 +160,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
 
     // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
     let first = w.push_pr(1, "feature-1", "pr1-a");
-    w.accepted(w.forge.open(1, "feature-1", &first));
+    w.accepted(&w.open(1, "feature-1", &first));
     let plan = w.wait_for_comment(1, |c| c.body.contains(MARKER));
     assert_eq!(plan.author, BOT);
     for env in ["prod", "qa", "pr-1"] {
@@ -439,13 +171,13 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
         );
     }
     wait_for("a successful slipway/plan status on the head", T, || {
-        (w.forge.plan_status(&first).as_deref() == Some("success")).then_some(())
+        (w.plan_status(&first).as_deref() == Some("success")).then_some(())
     });
     w.serves("pr-1", "pr1-a");
 
     // Push again: the same comment is edited, and pr-1 follows.
     let second = w.push_pr(1, "feature-1", "pr1-b");
-    w.accepted(w.forge.push(1, &second));
+    w.accepted(&w.push(1, &second));
     w.wait_for_comment(1, |c| {
         c.body.contains(MARKER) && c.body.contains(&second[..12])
     });
@@ -460,23 +192,23 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
     wait_for(
         "a successful slipway/plan status on the new head",
         T,
-        || (w.forge.plan_status(&second).as_deref() == Some("success")).then_some(()),
+        || (w.plan_status(&second).as_deref() == Some("success")).then_some(()),
     );
 
     // Someone without write access: refused.
-    w.accepted(w.forge.comment(1, "bob", "/slipway apply qa"));
+    w.accepted(&w.comment(1, "bob", "/slipway apply qa"));
     let refusal = w.reply(1, "only people with write access");
     assert!(refusal.contains("bob"), "{refusal}");
 
     // Apply to prod before approval: refused; prod untouched.
-    w.accepted(w.forge.comment(1, "alice", "/slipway apply prod"));
+    w.accepted(&w.comment(1, "alice", "/slipway apply prod"));
     let refused = w.reply(1, "apply requirements are not met");
     assert!(refused.contains("approved"), "{refused}");
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 
     // Approved: applied, and prod is locked to #1.
-    w.accepted(w.forge.approve(1, "carol", &second));
-    w.accepted(w.forge.comment(1, "alice", "/slipway apply prod"));
+    w.accepted(&w.approve(1, "carol", &second));
+    w.accepted(&w.comment(1, "alice", "/slipway apply prod"));
     let applied = w.reply(1, "Applied #1");
     assert!(applied.contains("locked"), "{applied}");
     w.serves("prod", "pr1-b");
@@ -484,10 +216,10 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
 
     // A second pull request may not apply to prod while #1 holds it.
     let other = w.push_pr(2, "feature-2", "pr2");
-    w.accepted(w.forge.open(2, "feature-2", &other));
+    w.accepted(&w.open(2, "feature-2", &other));
     w.wait_for_comment(2, |c| c.body.contains(MARKER));
-    w.accepted(w.forge.approve(2, "carol", &other));
-    w.accepted(w.forge.comment(2, "alice", "/slipway apply prod"));
+    w.accepted(&w.approve(2, "carol", &other));
+    w.accepted(&w.comment(2, "alice", "/slipway apply prod"));
     let locked = w.reply(2, "locked by #1");
     assert!(locked.contains("prod"), "{locked}");
     assert_eq!(w.page("prod").as_deref(), Some("pr1-b"));
@@ -498,7 +230,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
         &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
     );
     let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.accepted(w.forge.merge(1, &merge));
+    w.accepted(&w.merge(1, &merge));
     wait_for("pr-1 is destroyed", T, || {
         (!w.environments().contains(&"pr-1".to_string())).then_some(())
     });
@@ -508,28 +240,28 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged<F: Forge>() {
     });
     w.serves("prod", "pr1-b");
     // #2 may apply now that the lock is gone.
-    w.accepted(w.forge.comment(2, "alice", "/slipway apply prod"));
+    w.accepted(&w.comment(2, "alice", "/slipway apply prod"));
     w.reply(2, "Applied #2");
     w.serves("prod", "pr2");
     assert_eq!(w.plans(2).len(), 1, "one plan comment on #2");
-    let unhandled = w.forge.unhandled();
+    let unhandled = w.unhandled();
     assert!(
         unhandled.is_empty(),
         "Slipway only called the {} API as documented:\n{}\n{}",
-        F::NAME,
+        kind.name(),
         unhandled.join("\n"),
-        w.forge.recent_requests()
+        w.forge.recent_requests(30)
     );
 }
 
 #[test]
 fn a_gitlab_merge_request_is_planned_previewed_applied_locked_and_merged() {
-    a_pull_request_is_planned_previewed_applied_locked_and_merged::<GitLab>();
+    a_pull_request_is_planned_previewed_applied_locked_and_merged(Forge::GitLab);
 }
 
 #[test]
 fn a_gitea_pull_request_is_planned_previewed_applied_locked_and_merged() {
-    a_pull_request_is_planned_previewed_applied_locked_and_merged::<Gitea>();
+    a_pull_request_is_planned_previewed_applied_locked_and_merged(Forge::Gitea);
 }
 
 /// `approved` means "a review approving the head commit" (docs/pull-requests.md). GitLab's
@@ -539,20 +271,20 @@ fn a_gitea_pull_request_is_planned_previewed_applied_locked_and_merged() {
 /// lets code nobody reviewed into a protected environment.
 #[test]
 fn a_gitlab_approval_of_an_older_commit_does_not_let_the_head_into_prod() {
-    let w = World::<GitLab>::new();
+    let w = World::new(Forge::GitLab);
     w.serves("prod", "v1");
     w.forge.grant("alice", true);
     w.forge.grant("carol", true);
     let reviewed = w.push_pr(1, "feature-1", "reviewed");
-    w.accepted(w.forge.open(1, "feature-1", &reviewed));
+    w.accepted(&w.open(1, "feature-1", &reviewed));
     w.wait_for_comment(1, |c| c.body.contains(MARKER));
-    w.accepted(w.forge.approve(1, "carol", &reviewed));
+    w.accepted(&w.approve(1, "carol", &reviewed));
     let unreviewed = w.push_pr(1, "feature-1", "not reviewed");
-    w.accepted(w.forge.push(1, &unreviewed));
+    w.accepted(&w.push(1, &unreviewed));
     w.wait_for_comment(1, |c| {
         c.body.contains(MARKER) && c.body.contains(&unreviewed[..12])
     });
-    w.accepted(w.forge.comment(1, "alice", "/slipway apply prod"));
+    w.accepted(&w.comment(1, "alice", "/slipway apply prod"));
     let answer = w
         .wait_for_comment(1, |c| c.author == BOT && !c.body.contains(MARKER))
         .body;
@@ -568,10 +300,8 @@ fn a_gitlab_approval_of_an_older_commit_does_not_let_the_head_into_prod() {
 /// Counts the deliveries the audit log shows as refused.
 /// How many deliveries were refused: identical refusals within a minute are one audit entry
 /// with a count.
-fn refused_deliveries(audit: &Value) -> u64 {
-    audit["entries"]
-        .as_array()
-        .expect("entries")
+fn refused_deliveries(audit: &[Value]) -> u64 {
+    audit
         .iter()
         .filter(|e| e["action"] == "webhook.receive" && e["outcome"] == "refused")
         .map(|e| e["count"].as_u64().unwrap_or(1))
@@ -580,9 +310,9 @@ fn refused_deliveries(audit: &Value) -> u64 {
 
 #[test]
 fn gitlab_deliveries_without_the_secret_token_are_refused() {
-    let w = World::<GitLab>::new();
+    let w = World::new(Forge::GitLab);
     let sha = w.push_pr(4, "feature-4", "four");
-    let opened = w.forge.open(4, "feature-4", &sha);
+    let opened = w.open(4, "feature-4", &sha);
     let addr = &w.server.addr;
     let (status, reply) = fake_gitlab::send_webhook_raw(
         addr,
@@ -624,16 +354,16 @@ fn gitlab_deliveries_without_the_secret_token_are_refused() {
     );
 
     // The secret token: handled.
-    let (status, reply) = w.forge.send(addr, &opened, "x-5");
+    let (status, reply) = w.forge.send(addr, SECRET, &opened, "x-5");
     assert_eq!(status, 202, "{reply}");
     w.wait_for_comment(4, |c| c.body.contains(MARKER));
 }
 
 #[test]
 fn gitea_deliveries_without_a_valid_signature_are_refused() {
-    let w = World::<Gitea>::new();
+    let w = World::new(Forge::Gitea);
     let sha = w.push_pr(4, "feature-4", "four");
-    let opened = w.forge.open(4, "feature-4", &sha);
+    let opened = w.open(4, "feature-4", &sha);
     let addr = &w.server.addr;
     let (status, reply) = fake_gitea::send_webhook_raw(
         addr,
@@ -697,7 +427,7 @@ fn gitea_deliveries_without_a_valid_signature_are_refused() {
     );
 
     // Signed with the secret: handled.
-    let (status, reply) = w.forge.send(addr, &opened, "x-6");
+    let (status, reply) = w.forge.send(addr, SECRET, &opened, "x-6");
     assert_eq!(status, 202, "{reply}");
     w.wait_for_comment(4, |c| c.body.contains(MARKER));
 }

@@ -32,14 +32,15 @@
 use serde_json::{Value, json};
 
 pub use super::Recorded;
+use super::github::{Op, match_op_with};
 use super::state::{
-    Call, Core, Dialect, EditRefused, Pr, State, StoredComment, StoredReview, StoredStatus,
-    Unauthorized, route,
+    Call, Core, Delivery, Dialect, EditRefused, Event, Pr, State, StoredComment, StoredReview,
+    StoredStatus, Unauthorized, route,
 };
 pub use super::state::{
     Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
 };
-use super::{Forge, Reply, Request, map_strings, now_iso, percent_encode, stable_id, token_of};
+use super::{Forge, Page, Reply, Request, map_strings, now_iso, other_params, stable_id, token_of};
 
 /// [`REPO`]'s id, the same in API answers and webhook payloads (`repo_id` tells forks).
 pub const REPO_ID: u64 = 6_100_001;
@@ -101,6 +102,12 @@ pub static DIALECT: Dialect = Dialect {
     review_states: &["APPROVED", "REQUEST_CHANGES", "COMMENT", "PENDING"],
     approval_toggles: false,
     pr_url: html_url,
+    pr_ref: |n| format!("refs/pull/{n}/head"),
+    repo_id: REPO_ID,
+    write_role: "write",
+    read_role: "read",
+    delivery,
+    send: |addr, secret, d, id| send_webhook(addr, secret.as_bytes(), d.event, id, &d.body),
     respond,
     bug: || message(500, "the fake Gitea failed to answer (a bug)"),
 };
@@ -117,69 +124,29 @@ pub fn head_repo_id(spec: &PrSpec) -> u64 {
 
 // ---- Answering ---------------------------------------------------------------------------------
 
-/// A Gitea operation the fake implements, with its path parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
-    GetUser,
-    ListComments(u64),
-    CreateComment(u64),
-    GetComment(u64),
-    EditComment(u64),
-    CreateStatus(String),
-    ListPulls,
-    GetPull(u64),
-    ListReviews(u64),
-    GetPermission(String),
-}
-
-impl Op {
-    fn id(&self) -> &'static str {
-        match self {
-            Op::GetUser => "userGetCurrent",
-            Op::ListComments(_) => "issueGetComments",
-            Op::CreateComment(_) => "issueCreateComment",
-            Op::GetComment(_) => "issueGetComment",
-            Op::EditComment(_) => "issueEditComment",
-            Op::CreateStatus(_) => "repoCreateStatus",
-            Op::ListPulls => "repoListPullRequests",
-            Op::GetPull(_) => "repoGetPullRequest",
-            Op::ListReviews(_) => "repoListPullReviews",
-            Op::GetPermission(_) => "repoGetRepoPermissions",
-        }
+/// Gitea's name (its swagger `operationId`) of an operation: Gitea's API v1 has GitHub's
+/// paths, so the fake routes with GitHub's table.
+fn op_id(op: &Op) -> &'static str {
+    match op {
+        Op::GetUser => "userGetCurrent",
+        Op::ListComments(_) => "issueGetComments",
+        Op::CreateComment(_) => "issueCreateComment",
+        Op::GetComment(_) => "issueGetComment",
+        Op::UpdateComment(_) => "issueEditComment",
+        Op::CreateStatus(_) => "repoCreateStatus",
+        Op::ListPulls => "repoListPullRequests",
+        Op::GetPull(_) => "repoGetPullRequest",
+        Op::ListReviews(_) => "repoListPullReviews",
+        Op::GetPermission(_) => "repoGetRepoPermissions",
     }
 }
 
 fn match_op(method: &str, segments: &[String]) -> Option<Op> {
-    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let num = |n: &str| -> Option<u64> {
+    match_op_with(method, segments, |n| {
         (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .then(|| n.parse().ok())
             .flatten()
-    };
-    match (method, s.as_slice()) {
-        ("GET", ["user"]) => Some(Op::GetUser),
-        (_, ["repos", owner, repo, rest @ ..])
-            if owner.eq_ignore_ascii_case(OWNER) && repo.eq_ignore_ascii_case(NAME) =>
-        {
-            match (method, rest) {
-                ("GET", ["issues", "comments", id]) => Some(Op::GetComment(num(id)?)),
-                ("PATCH", ["issues", "comments", id]) => Some(Op::EditComment(num(id)?)),
-                ("GET", ["issues", n, "comments"]) => Some(Op::ListComments(num(n)?)),
-                ("POST", ["issues", n, "comments"]) => Some(Op::CreateComment(num(n)?)),
-                ("POST", ["statuses", sha]) if !sha.is_empty() => {
-                    Some(Op::CreateStatus((*sha).to_owned()))
-                }
-                ("GET", ["pulls"]) => Some(Op::ListPulls),
-                ("GET", ["pulls", n]) => Some(Op::GetPull(num(n)?)),
-                ("GET", ["pulls", n, "reviews"]) => Some(Op::ListReviews(num(n)?)),
-                ("GET", ["collaborators", user, "permission"]) if !user.is_empty() => {
-                    Some(Op::GetPermission((*user).to_owned()))
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    })
 }
 
 /// Gitea's error shape: `{"message", "url"}` (`url` points at the API's documentation).
@@ -199,7 +166,7 @@ fn not_found() -> Reply {
 
 /// Answers one request: its reply and the operation it matched.
 fn respond(core: &Core, st: &mut State, req: &Request) -> (Reply, Option<&'static str>) {
-    route(req, API_PREFIX, match_op, Op::id, not_found, |call| {
+    route(req, API_PREFIX, match_op, op_id, not_found, |call| {
         answer(core, st, call)
     })
 }
@@ -239,7 +206,7 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             Some(c) => Reply::json(200, comment_json(c)),
             None => not_found(),
         },
-        Op::EditComment(id) => {
+        Op::UpdateComment(id) => {
             let body = match comment_body(json) {
                 Ok(b) => b,
                 Err(reply) => return reply,
@@ -353,14 +320,8 @@ fn paginate(path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply 
     };
     let page = param("page").unwrap_or(1).max(1);
     let total = items.len();
-    let pages = total.div_ceil(limit).max(1);
-    let start = (page - 1).saturating_mul(limit).min(total);
-    let end = start.saturating_add(limit).min(total);
-    let others: Vec<String> = query
-        .iter()
-        .filter(|(k, _)| k != "page" && k != "limit")
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect();
+    let Page { pages, items, .. } = Page::of(items, page, limit);
+    let others = other_params(query, &["page", "limit"]);
     let link = |p: usize, rel: &str| {
         let mut q = others.clone();
         q.push(format!("limit={limit}"));
@@ -376,7 +337,7 @@ fn paginate(path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply 
         links.push(link(1, "first"));
         links.push(link((page - 1).min(pages), "prev"));
     }
-    let reply = Reply::json(200, Value::Array(items[start..end].to_vec()))
+    let reply = Reply::json(200, items)
         .header("X-Total-Count", total.to_string())
         .header(
             "Access-Control-Expose-Headers",
@@ -873,16 +834,38 @@ pub fn send_webhook(
     body: &[u8],
 ) -> (u16, String) {
     let headers = webhook_headers(secret, event, delivery, body);
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    send_webhook_raw(addr, &headers, body)
+    send_webhook_raw(addr, &super::header_refs(&headers), body)
 }
 
 /// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitea`.
 pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    crate::http::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
-        .map(|r| (r.status, r.body))
-        .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
+    super::post_webhook(addr, WEBHOOK_PATH, headers, body)
+}
+
+/// What Gitea delivers when `event` happens to `pr`.
+fn delivery(pr: &PrSpec, event: &Event) -> Delivery {
+    let (event, body) = match event {
+        Event::Opened => (
+            "pull_request",
+            pull_request_payload("opened", pr, false, None),
+        ),
+        Event::Pushed { .. } => (
+            "pull_request",
+            pull_request_payload("synchronized", pr, false, None),
+        ),
+        Event::Approved { reviewer } => (
+            review_event("approved"),
+            pull_request_review_payload(pr, reviewer, "approved", "LGTM"),
+        ),
+        Event::Commented { comment } => ("issue_comment", issue_comment_payload(pr, comment)),
+        Event::Closed => (
+            "pull_request",
+            pull_request_payload("closed", pr, false, None),
+        ),
+        Event::Merged { merge_sha } => (
+            "pull_request",
+            pull_request_payload("closed", pr, true, Some(merge_sha)),
+        ),
+    };
+    Delivery { event, body }
 }

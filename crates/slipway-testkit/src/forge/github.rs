@@ -44,13 +44,14 @@ use serde_json::{Map, Value, json};
 
 pub use super::Recorded;
 use super::state::{
-    Call, Core, Dialect, Pr, State, StoredComment, StoredReview, StoredStatus, Unauthorized, route,
+    Call, Core, Delivery, Dialect, Event, Pr, State, StoredComment, StoredReview, StoredStatus,
+    Unauthorized, route,
 };
 pub use super::state::{
     Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
 };
 use super::{
-    Forge, Reply, Request, map_strings, merge, now_iso, page_params, percent_encode, stable_id,
+    Forge, Page, Reply, Request, map_strings, merge, now_iso, other_params, page_params, stable_id,
     token_of, unix_now,
 };
 pub use crate::fixtures::fixtures_dir;
@@ -107,6 +108,12 @@ pub static DIALECT: Dialect = Dialect {
     review_states: &["APPROVED", "CHANGES_REQUESTED", "COMMENTED", "DISMISSED"],
     approval_toggles: false,
     pr_url: html_url,
+    pr_ref: |n| format!("refs/pull/{n}/head"),
+    repo_id: REPO_ID,
+    write_role: "write",
+    read_role: "read",
+    delivery,
+    send: |addr, secret, d, id| send_webhook(addr, secret.as_bytes(), d.event, id, &d.body),
     respond,
     bug: || with_github_headers(message(500, "the fake GitHub failed to answer (a bug)")),
 };
@@ -207,9 +214,10 @@ fn with_github_headers(mut reply: Reply) -> Reply {
     reply
 }
 
-/// A GitHub REST operation the fake implements, with its path parameters.
+/// A GitHub REST operation the fake implements, with its path parameters. Gitea's API v1
+/// copies these paths (under `/api/v1`): its fake routes with [`match_op_with`] too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
+pub(super) enum Op {
     GetUser,
     ListComments(u64),
     CreateComment(u64),
@@ -240,13 +248,21 @@ impl Op {
 }
 
 fn match_op(method: &str, segments: &[String]) -> Option<Op> {
-    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let num = |n: &str| -> Option<u64> {
-        // GitHub's numbers are plain decimals: no sign, no leading zeros.
+    // GitHub's numbers are plain decimals: no sign, no leading zeros.
+    match_op_with(method, segments, |n| {
         (!n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()))
             .then(|| n.parse().ok())
             .flatten()
-    };
+    })
+}
+
+/// The operation of `method` on the path `segments`, its numbers read by `num`.
+pub(super) fn match_op_with(
+    method: &str,
+    segments: &[String],
+    num: fn(&str) -> Option<u64>,
+) -> Option<Op> {
+    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (method, s.as_slice()) {
         ("GET", ["user"]) => Some(Op::GetUser),
         (_, ["repos", owner, repo, rest @ ..])
@@ -461,19 +477,12 @@ fn comment_body(json: Option<&Value>) -> Result<String, Reply> {
 /// one page.
 fn paginate(api: &str, path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
     let (page, per_page) = page_params(query, 30, 100);
-    let pages = items.len().div_ceil(per_page).max(1);
-    let start = (page - 1).saturating_mul(per_page).min(items.len());
-    let end = start.saturating_add(per_page).min(items.len());
-    let body = Value::Array(items[start..end].to_vec());
-    let reply = Reply::json(200, body);
+    let Page { pages, items, .. } = Page::of(items, page, per_page);
+    let reply = Reply::json(200, items);
     if pages <= 1 {
         return reply;
     }
-    let others: Vec<String> = query
-        .iter()
-        .filter(|(k, _)| k != "page" && k != "per_page")
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect();
+    let others = other_params(query, &["page", "per_page"]);
     let link = |p: usize, rel: &str| {
         let mut q = others.clone();
         q.push(format!("per_page={per_page}"));
@@ -1265,19 +1274,14 @@ pub fn send_webhook(
     body: &[u8],
 ) -> (u16, String) {
     let headers = webhook_headers(secret, event, delivery_id, body);
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    send_webhook_raw(addr, &headers, body)
+    send_webhook_raw(addr, &super::header_refs(&headers), body)
 }
 
 /// POSTs `body` with exactly `headers` (plus `Host`, and `Content-Length` and
 /// `Connection: close` unless given) to `http://<addr>/webhooks/github`. Panics when no answer
 /// comes (use [`try_send_webhook_raw`] when a reset is acceptable).
 pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    try_send_webhook_raw(addr, headers, body)
-        .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
+    super::post_webhook(addr, WEBHOOK_PATH, headers, body)
 }
 
 /// [`send_webhook_raw`], with an error instead of a panic when no answer comes (a server may
@@ -1288,4 +1292,35 @@ pub fn try_send_webhook_raw(
     body: &[u8],
 ) -> io::Result<(u16, String)> {
     http_request(addr, "POST", WEBHOOK_PATH, headers, body).map(|r| (r.status, r.body))
+}
+
+/// What GitHub delivers when `event` happens to `pr`.
+fn delivery(pr: &PrSpec, event: &Event) -> Delivery {
+    let (event, body) = match event {
+        Event::Opened => (
+            "pull_request",
+            pull_request_payload("opened", pr, false, None),
+        ),
+        Event::Pushed { .. } => (
+            "pull_request",
+            pull_request_payload("synchronize", pr, false, None),
+        ),
+        Event::Approved { reviewer } => (
+            "pull_request_review",
+            pull_request_review_payload(pr.number, reviewer, "approved", &pr.head_sha),
+        ),
+        Event::Commented { comment } => (
+            "issue_comment",
+            issue_comment_payload(pr.number, &comment.author, &comment.body),
+        ),
+        Event::Closed => (
+            "pull_request",
+            pull_request_payload("closed", pr, false, None),
+        ),
+        Event::Merged { merge_sha } => (
+            "pull_request",
+            pull_request_payload("closed", pr, true, Some(merge_sha)),
+        ),
+    };
+    Delivery { event, body }
 }

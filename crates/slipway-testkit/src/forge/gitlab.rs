@@ -33,11 +33,12 @@ use serde_json::{Value, json};
 
 pub use super::Recorded;
 use super::state::{
-    Call, Core, Dialect, EditRefused, Pr, State, StoredComment, StoredStatus, route,
+    Call, Core, Delivery, Dialect, EditRefused, Event, Pr, State, StoredComment, StoredStatus,
+    route,
 };
 pub use super::state::{Comment, DEFAULT_BRANCH, FakeForge, NAME, PrSpec, PrState, Status};
 use super::{
-    Forge, Reply, Request, map_strings, merge, page_params, percent_encode, stable_id, uuid,
+    Forge, Page, Reply, Request, map_strings, merge, other_params, page_params, stable_id, uuid,
 };
 
 /// The one project the fake serves, and every payload names.
@@ -140,6 +141,12 @@ pub static DIALECT: Dialect = Dialect {
     review_states: &["APPROVED"],
     approval_toggles: true,
     pr_url: web_url,
+    pr_ref: |n| format!("refs/merge-requests/{n}/head"),
+    repo_id: PROJECT_ID,
+    write_role: DEVELOPER,
+    read_role: REPORTER,
+    delivery,
+    send: |addr, secret, d, id| send_webhook(addr, secret, d.event, id, &d.body),
     respond,
     bug: || message(500, "the fake GitLab failed to answer (a bug)"),
 };
@@ -466,14 +473,8 @@ fn note_body(json: Option<&Value>) -> Result<String, Reply> {
 fn paginate(base: &str, path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply {
     let (page, per_page) = page_params(query, 20, 100);
     let total = items.len();
-    let pages = total.div_ceil(per_page).max(1);
-    let start = (page - 1).saturating_mul(per_page).min(total);
-    let end = start.saturating_add(per_page).min(total);
-    let others: Vec<String> = query
-        .iter()
-        .filter(|(k, _)| k != "page" && k != "per_page")
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect();
+    let Page { pages, items, .. } = Page::of(items, page, per_page);
+    let others = other_params(query, &["page", "per_page"]);
     let link = |p: usize, rel: &str| {
         let mut q = vec![format!("page={p}"), format!("per_page={per_page}")];
         q.extend(others.iter().cloned());
@@ -498,7 +499,7 @@ fn paginate(base: &str, path: &str, query: &[(String, String)], items: Vec<Value
     } else {
         String::new()
     };
-    Reply::json(200, Value::Array(items[start..end].to_vec()))
+    Reply::json(200, items)
         .header("X-Page", page.to_string())
         .header("X-Per-Page", per_page.to_string())
         .header("X-Total", total.to_string())
@@ -1025,16 +1026,34 @@ pub fn send_webhook(
     body: &[u8],
 ) -> (u16, String) {
     let headers = webhook_headers(token, event, delivery);
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    send_webhook_raw(addr, &headers, body)
+    send_webhook_raw(addr, &super::header_refs(&headers), body)
 }
 
 /// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitlab`.
 pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    crate::http::http_request(addr, "POST", WEBHOOK_PATH, headers, body)
-        .map(|r| (r.status, r.body))
-        .unwrap_or_else(|e| panic!("POST http://{addr}{WEBHOOK_PATH}: no answer: {e}"))
+    super::post_webhook(addr, WEBHOOK_PATH, headers, body)
+}
+
+/// What GitLab delivers when `event` happens to `mr`.
+fn delivery(mr: &PrSpec, event: &Event) -> Delivery {
+    const HOOK: &str = "Merge Request Hook";
+    let author = mr.author.as_str();
+    let (event, body) = match event {
+        Event::Opened => (HOOK, merge_request_payload("open", mr, author, None, None)),
+        Event::Pushed { before } => (
+            HOOK,
+            merge_request_payload("update", mr, author, Some(before), None),
+        ),
+        Event::Approved { reviewer } => (
+            HOOK,
+            merge_request_payload("approved", mr, reviewer, None, None),
+        ),
+        Event::Commented { comment } => ("Note Hook", note_payload(mr, comment)),
+        Event::Closed => (HOOK, merge_request_payload("close", mr, author, None, None)),
+        Event::Merged { merge_sha } => (
+            HOOK,
+            merge_request_payload("merge", mr, author, None, Some(merge_sha)),
+        ),
+    };
+    Delivery { event, body }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub use crate::http::{Reply, Request, Server, header_of};
-pub use state::{Comment, FakeForge, PrSpec, PrState, Status};
+pub use state::{Comment, Delivery, Event, FakeForge, PrSpec, PrState, Status};
 
 /// Which forge a fake plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +193,27 @@ impl Log {
     }
 }
 
+/// POSTs `body` with exactly `headers` to `path` on `addr` (`127.0.0.1:PORT`): the answer's
+/// status and body; panics when no answer comes.
+pub fn post_webhook(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    crate::http::http_request(addr, "POST", path, headers, body)
+        .map(|r| (r.status, r.body))
+        .unwrap_or_else(|e| panic!("POST http://{addr}{path}: no answer: {e}"))
+}
+
+/// `headers` as the borrowed pairs [`post_webhook`] takes.
+pub fn header_refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// The body as JSON; `None` when it is empty or not JSON.
 pub fn json_body(body: &[u8]) -> Option<Value> {
     if body.is_empty() {
@@ -242,6 +263,40 @@ pub fn page_params(
         .clamp(1, max_per_page);
     let page = param("page").unwrap_or(1).max(1);
     (page, per_page)
+}
+
+/// Where one page of a paginated list falls.
+pub struct Page {
+    /// The page asked for (from 1).
+    pub page: usize,
+    /// How many pages the list has (at least 1).
+    pub pages: usize,
+    /// The items on it.
+    pub items: Value,
+}
+
+impl Page {
+    /// Page `page` (from 1) of `items`, `size` a page.
+    pub fn of(items: Vec<Value>, page: usize, size: usize) -> Page {
+        let total = items.len();
+        let start = (page - 1).saturating_mul(size).min(total);
+        let end = start.saturating_add(size).min(total);
+        Page {
+            page,
+            pages: total.div_ceil(size).max(1),
+            items: Value::Array(items[start..end].to_vec()),
+        }
+    }
+}
+
+/// The parameters of `query` but the paging ones (`paging`), percent-encoded as `k=v`, for
+/// the links to other pages.
+pub fn other_params(query: &[(String, String)], paging: &[&str]) -> Vec<String> {
+    query
+        .iter()
+        .filter(|(k, _)| !paging.contains(&k.as_str()))
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect()
 }
 
 /// The first value of parameter `name` in `query`.

@@ -111,6 +111,44 @@ pub struct Status {
     pub target_url: Option<String>,
 }
 
+/// Something that happened to a pull request, as a webhook delivery tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// It was opened.
+    Opened,
+    /// Its branch was pushed to; its head was `before`.
+    Pushed {
+        /// The head before the push.
+        before: String,
+    },
+    /// `reviewer` approved it.
+    Approved {
+        /// Who approved.
+        reviewer: String,
+    },
+    /// Comment `comment` (as [`FakeForge::add_comment`] returned it) was written on it.
+    Commented {
+        /// The comment.
+        comment: Comment,
+    },
+    /// It was closed without merging.
+    Closed,
+    /// It was merged as `merge_sha`.
+    Merged {
+        /// The merge commit.
+        merge_sha: String,
+    },
+}
+
+/// One webhook delivery: the forge's event name and the payload.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event header's value (`pull_request`, `Merge Request Hook`…).
+    pub event: &'static str,
+    /// The payload.
+    pub body: Vec<u8>,
+}
+
 /// What differs between the forges behind one [`FakeForge`].
 pub struct Dialect {
     /// Which forge it is.
@@ -136,6 +174,19 @@ pub struct Dialect {
     pub approval_toggles: bool,
     /// The pull request's web page.
     pub pr_url: fn(u64) -> String,
+    /// The ref under which the forge publishes pull request `n`'s head.
+    pub pr_ref: fn(u64) -> String,
+    /// [`REPO`]'s id in answers and payloads.
+    pub repo_id: u64,
+    /// The lowest role that may push, and one that may only read.
+    pub write_role: &'static str,
+    /// A role that may read, not push.
+    pub read_role: &'static str,
+    /// The delivery the forge sends when `event` happens to pull request `pr` (as it is now).
+    pub delivery: fn(&PrSpec, &Event) -> Delivery,
+    /// Sends a delivery as the forge does (signed or with its token, from `secret`), with
+    /// delivery id `id`, to `slipway serve` at `addr`.
+    pub send: fn(addr: &str, secret: &str, delivery: &Delivery, id: &str) -> (u16, String),
     /// Answers a request: its reply and the operation it matched.
     pub respond: fn(&Core, &mut State, &Request) -> (Reply, Option<&'static str>),
     /// The answer to a request whose answering panicked (a bug in the fake).
@@ -553,6 +604,40 @@ impl FakeForge {
     /// Pull request `number`'s web page.
     pub fn pr_url(&self, number: u64) -> String {
         (self.dialect().pr_url)(number)
+    }
+
+    /// The ref under which the forge publishes pull request `n`'s head.
+    pub fn pr_ref(&self, n: u64) -> String {
+        (self.dialect().pr_ref)(n)
+    }
+
+    /// [`REPO`]'s id in answers and payloads.
+    pub fn repo_id(&self) -> u64 {
+        self.dialect().repo_id
+    }
+
+    /// Gives `user` the lowest role that may push (`write`; GitLab: Developer), or one that
+    /// may only read.
+    pub fn grant(&self, user: &str, write: bool) {
+        let dialect = self.dialect();
+        let role = if write {
+            dialect.write_role
+        } else {
+            dialect.read_role
+        };
+        self.set_permission(user, role);
+    }
+
+    /// The delivery the forge sends when `event` happens to pull request `pr` (known to the
+    /// fake or not: [`FakeForge::pr`] for one it has, after changing it).
+    pub fn delivery(&self, pr: &PrSpec, event: &Event) -> Delivery {
+        (self.dialect().delivery)(pr, event)
+    }
+
+    /// Sends `delivery` as the forge does (with `secret`, and delivery id `id`) to
+    /// `slipway serve` at `addr`: its status and body.
+    pub fn send(&self, addr: &str, secret: &str, delivery: &Delivery, id: &str) -> (u16, String) {
+        (self.dialect().send)(addr, secret, delivery, id)
     }
 
     /// Requires this token on every request (where the forge takes it); another token, or

@@ -405,8 +405,8 @@ pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
 pub mod browser;
 pub mod world;
 pub use slipway_testkit::forge::{
-    FakeForge, Forge, PrSpec, PrState, gitea as fake_gitea, github as fake_github,
-    gitlab as fake_gitlab,
+    Comment, Delivery, Event, FakeForge, Forge, PrSpec, PrState, gitea as fake_gitea,
+    github as fake_github, gitlab as fake_gitlab,
 };
 pub use slipway_testkit::git::git;
 pub use slipway_testkit::wait::{wait_for, wait_for_explained};
