@@ -21,13 +21,12 @@ use serde_json::{Value, json};
 use slipway_testkit::http::{Reply, Server as HttpServer};
 use util::fake_github;
 use util::world::{ForgeWorld, Served};
-use util::{Delivery, Event, FakeForge, Forge, PrSpec};
+use util::{Delivery, Event, FakeForge, Forge};
 use util::{git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const TOKEN: &str = "test-token-never-elsewhere";
 const T: Duration = Duration::from_secs(60);
-const MARKER: &str = "<!-- slipway:plan -->";
 const BOT: &str = "slipway-bot";
 /// The repository an organisation hook also delivers events of.
 const OTHER: &str = "acme/other";
@@ -59,113 +58,50 @@ fn move_to_other(v: &mut Value, our_id: u64) {
     }
 }
 
-/// A world on one forge, and the forge's side of each step.
-struct World(ForgeWorld);
-
-impl std::ops::Deref for World {
-    type Target = ForgeWorld;
-    fn deref(&self) -> &ForgeWorld {
-        &self.0
-    }
+/// `slipway serve` on a repository with [`STACK`], its forge pointing at a fresh fake.
+fn world(kind: Forge) -> ForgeWorld {
+    ForgeWorld::start(kind, STACK, TOKEN, SECRET)
 }
 
-impl World {
-    /// `slipway serve` on a repository with [`STACK`], its forge pointing at a fresh fake.
-    fn new(kind: Forge) -> World {
-        let forge = FakeForge::start(kind, BOT);
-        let api = forge.url();
-        World::with_api(forge, &api, "repository = \"acme/shop\"")
-    }
+/// A delivery of a push of `branch` to `after`, where the kit builds one (GitHub).
+fn push_event(kind: Forge, branch: &str, before: &str, after: &str) -> Option<Delivery> {
+    (kind == Forge::GitHub).then(|| Delivery {
+        event: "push",
+        body: fake_github::push_payload(branch, before, after),
+    })
+}
 
-    /// … its forge's `api_url` being `api`, its repository given by the `repository` lines.
-    fn with_api(forge: FakeForge, api: &str, repository: &str) -> World {
-        World(ForgeWorld::serve(
-            forge, STACK, api, repository, TOKEN, SECRET,
-        ))
-    }
-
-    /// Registers pull request `n` on the fake.
-    fn add(&self, n: u64, branch: &str, sha: &str) {
-        self.forge.add_pr(PrSpec {
-            head_ref: branch.into(),
-            ..PrSpec::new(n, sha)
-        });
-    }
-
-    /// A delivery of pull request `n` (`branch` at `sha`) being opened or closed, whether or
-    /// not the fake knows it.
-    fn pr_event(&self, event: Event, n: u64, branch: &str, sha: &str) -> Delivery {
-        let spec = PrSpec {
-            head_ref: branch.into(),
-            ..PrSpec::new(n, sha)
-        };
-        self.forge.delivery(&spec, &event)
-    }
-
-    /// A delivery of `author`'s new comment `body` on pull request `n` (known to the fake).
-    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
-        let comment = self.forge.add_comment(n, author, body);
-        self.forge
-            .delivery(&self.forge.pr(n), &Event::Commented { comment })
-    }
-
-    /// A delivery of a push of `branch` to `after`, where the kit builds one (GitHub).
-    fn push_event(&self, branch: &str, before: &str, after: &str) -> Option<Delivery> {
-        (self.kind() == Forge::GitHub).then(|| Delivery {
-            event: "push",
-            body: fake_github::push_payload(branch, before, after),
-        })
-    }
-
-    /// `(state, description)` of every status of `sha`.
-    fn statuses(&self, sha: &str) -> Vec<(String, String)> {
-        self.forge
-            .statuses(sha)
-            .into_iter()
-            .map(|s| (s.state, s.description.unwrap_or_default()))
-            .collect()
-    }
-
-    /// Sends `d` about another repository: acknowledged (so that the forge does not retry or
-    /// disable the hook) and not acted on.
-    fn ignored(&self, d: &Delivery, what: &str) {
-        let (status, reply) = self.send(d);
-        assert_eq!(
-            status,
-            202,
-            "{} acknowledges {what} from {OTHER}: {reply}",
-            self.kind().name()
-        );
-        let answer: Value = serde_json::from_str(&reply).expect("a JSON answer");
-        assert_eq!(
-            answer["handled"],
-            false,
-            "{}: {what} from {OTHER} is not acted on: {reply}",
-            self.kind().name()
-        );
-        assert!(
-            answer["event"]
-                .as_str()
-                .is_some_and(|e| e.ends_with(".other_repository")),
-            "{}: the answer says why: {reply}",
-            self.kind().name()
-        );
-    }
-
-    fn bot_replies(&self, n: u64) -> Vec<String> {
-        self.comments(n)
-            .into_iter()
-            .filter(|c| c.author == BOT && !c.body.contains(MARKER))
-            .map(|c| c.body)
-            .collect()
-    }
+/// Sends `d` about another repository: acknowledged (so that the forge does not retry or
+/// disable the hook) and not acted on.
+fn ignored(w: &ForgeWorld, d: &Delivery, what: &str) {
+    let (status, reply) = w.send(d);
+    assert_eq!(
+        status,
+        202,
+        "{} acknowledges {what} from {OTHER}: {reply}",
+        w.kind().name()
+    );
+    let answer: Value = serde_json::from_str(&reply).expect("a JSON answer");
+    assert_eq!(
+        answer["handled"],
+        false,
+        "{}: {what} from {OTHER} is not acted on: {reply}",
+        w.kind().name()
+    );
+    assert!(
+        answer["event"]
+            .as_str()
+            .is_some_and(|e| e.ends_with(".other_repository")),
+        "{}: the answer says why: {reply}",
+        w.kind().name()
+    );
 }
 
 /// Our pull request #1 is open, previewed as `pr-1` and approved; then another repository's
 /// pull request #1 is opened, commented `/slipway apply prod` on, and closed, all through
 /// the same (organisation) hook: none of it touches ours.
 fn events_about_another_repository_are_not_acted_on(kind: Forge) {
-    let w = World::new(kind);
+    let w = world(kind);
     w.serves("prod", "v1");
     w.forge.grant("alice", true);
     w.forge.grant("carol", true);
@@ -178,24 +114,28 @@ fn events_about_another_repository_are_not_acted_on(kind: Forge) {
 
     let theirs = "f".repeat(40);
     let opened = w.pr_event(Event::Opened, 1, "their-branch", &theirs);
-    w.ignored(
+    ignored(
+        &w,
         &about_other_repository(&opened, w.forge.repo_id()),
         "an opened pull request",
     );
     let apply = w.comment(1, "alice", "/slipway apply prod");
-    w.ignored(
+    ignored(
+        &w,
         &about_other_repository(&apply, w.forge.repo_id()),
         "`/slipway apply prod`",
     );
     let closed = w.pr_event(Event::Closed, 1, "their-branch", &theirs);
-    w.ignored(
+    ignored(
+        &w,
         &about_other_repository(&closed, w.forge.repo_id()),
         "a closed pull request",
     );
     let mut refused = 3;
     let main = git(&w.s.repo, &["rev-parse", "main"]);
-    if let Some(push) = w.push_event("main", &main, &theirs) {
-        w.ignored(
+    if let Some(push) = push_event(kind, "main", &main, &theirs) {
+        ignored(
+            &w,
             &about_other_repository(&push, w.forge.repo_id()),
             "a push to main",
         );
@@ -311,10 +251,13 @@ fn the_token_never_follows_a_redirect(kind: Forge, status: u16) {
     let prefix = forge
         .url()
         .replacen(&format!("http://{}", forge.addr()), "", 1);
-    let w = World::with_api(
+    let w = ForgeWorld::serve(
         forge,
+        STACK,
         &format!("http://{}{prefix}", api.addr()),
         "repository = \"acme/shop\"",
+        TOKEN,
+        SECRET,
     );
     let sha = w.push_pr(1, "feature-1", "one");
     w.accepted(&w.pr_event(Event::Opened, 1, "feature-1", &sha));
@@ -386,7 +329,7 @@ impl Drop for MovedAway {
 /// The repository cannot be fetched (it moved): the status that says planning failed names no
 /// path of the server, not the repository's, not the home's.
 fn a_fetch_failure_shows_no_server_path(kind: Forge) {
-    let w = World::new(kind);
+    let w = world(kind);
     let repo_path = w.s.repo.display().to_string();
     let sandbox_path = w.s.dir.path().display().to_string();
     // A head the server has not fetched: it fetches, and the fetch fails.
@@ -449,18 +392,22 @@ fn gitea_fetch_failure_shows_no_server_path() {
 fn a_configured_repository_id_matches_a_renamed_repository_only() {
     let gh = FakeForge::start(Forge::GitHub, BOT);
     let api = gh.url();
-    let w = World::with_api(
+    let w = ForgeWorld::serve(
         gh,
+        STACK,
         &api,
         &format!(
             "repository = \"acme/old-name\"\nrepository_id = {}",
             fake_github::REPO_ID
         ),
+        TOKEN,
+        SECRET,
     );
     let sha = w.push_pr(1, "feature-1", "one");
     let opened = w.pr_event(Event::Opened, 1, "feature-1", &sha);
     w.accepted(&opened);
-    w.ignored(
+    ignored(
+        &w,
         &about_other_repository(&opened, fake_github::REPO_ID),
         "an opened pull request",
     );

@@ -20,7 +20,7 @@ use slipway_forge::{
 use util::fake_gitea;
 use util::fake_gitlab::{self, DEVELOPER, REPORTER};
 use util::world::{ForgeWorld, Served};
-use util::{Comment, Delivery, Event, FakeForge, Forge, PrSpec, PrState};
+use util::{FakeForge, Forge, PrSpec, PrState};
 use util::{git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -30,127 +30,17 @@ const BOT: &str = "slipway-bot";
 
 use util::world::STACK;
 
-/// The flow's world on one forge: each step changes the fake as the forge would and returns
-/// the delivery the forge then sends.
-struct World(ForgeWorld);
-
-impl std::ops::Deref for World {
-    type Target = ForgeWorld;
-    fn deref(&self) -> &ForgeWorld {
-        &self.0
-    }
-}
-
-impl World {
-    /// A repository with the stack at `v1` on `main`, and `slipway serve` on it with
-    /// `[forge.KIND]` pointing at a fresh fake.
-    fn new(kind: Forge) -> World {
-        let forge = FakeForge::start(kind, BOT);
-        let api = forge.url();
-        let repository = "repository = \"acme/shop\"";
-        World(ForgeWorld::serve(
-            forge,
-            STACK,
-            &api,
-            repository,
-            "test-token",
-            SECRET,
-        ))
-    }
-
-    /// Pull request `n` from `branch` at `sha` is opened.
-    fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
-        self.forge.add_pr(PrSpec {
-            head_ref: branch.into(),
-            ..PrSpec::new(n, sha)
-        });
-        self.forge.delivery(&self.forge.pr(n), &Event::Opened)
-    }
-
-    /// Its branch is pushed to: the head is now `sha`.
-    fn push(&self, n: u64, sha: &str) -> Delivery {
-        let before = self.forge.pr(n).head_sha;
-        self.forge.set_head(n, sha);
-        self.forge
-            .delivery(&self.forge.pr(n), &Event::Pushed { before })
-    }
-
-    /// `reviewer` approves it at `sha`.
-    fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
-        self.forge.approve(n, reviewer, sha);
-        let reviewer = reviewer.to_owned();
-        self.forge
-            .delivery(&self.forge.pr(n), &Event::Approved { reviewer })
-    }
-
-    /// `author` comments `body` on it.
-    fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
-        let comment = self.forge.add_comment(n, author, body);
-        self.forge
-            .delivery(&self.forge.pr(n), &Event::Commented { comment })
-    }
-
-    /// It is merged as `merge_sha`.
-    fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
-        let merge_sha = merge_sha.to_owned();
-        self.forge.set_state(
-            n,
-            PrState::Merged {
-                merge_sha: merge_sha.clone(),
-            },
-        );
-        self.forge
-            .delivery(&self.forge.pr(n), &Event::Merged { merge_sha })
-    }
-
-    /// The latest `slipway/plan` status of `sha`.
-    fn plan_status(&self, sha: &str) -> Option<String> {
-        self.forge
-            .latest_status(sha, "slipway/plan")
-            .map(|s| s.state)
-    }
-
-    /// Waits for a comment on `pr` that satisfies `predicate`.
-    fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Comment) -> bool) -> Comment {
-        let found = slipway_testkit::forge::poll(T, || {
-            self.comments(pr).into_iter().find(|c| predicate(c))
-        });
-        found.unwrap_or_else(|| {
-            panic!(
-                "timed out after {T:?} waiting for a comment on #{pr} ({})\ncomments:\n{:#?}\n{}",
-                self.kind().name(),
-                self.comments(pr),
-                self.forge.recent_requests(30)
-            )
-        })
-    }
-
-    /// Waits for a comment by Slipway on `pr` that is not the plan and contains `text`.
-    fn reply(&self, pr: u64, text: &str) -> String {
-        self.wait_for_comment(pr, |c| {
-            c.author == BOT && !c.body.contains(MARKER) && c.body.contains(text)
-        })
-        .body
-    }
-
-    fn plans(&self, pr: u64) -> Vec<Comment> {
-        self.comments(pr)
-            .into_iter()
-            .filter(|c| c.body.contains(MARKER))
-            .collect()
-    }
-
-    /// Requests to the fake it does not implement, one line each.
-    fn unhandled(&self) -> Vec<String> {
-        self.forge.unhandled().iter().map(|r| r.line()).collect()
-    }
+/// A repository with the stack at `v1` on `main`, and `slipway serve` on it with
+/// `[forge.KIND]` pointing at a fresh fake.
+fn world(kind: Forge) -> ForgeWorld {
+    ForgeWorld::start(kind, STACK, "test-token", SECRET)
 }
 
 /// Open → plan comment and status, `pr-N` → push → the same comment edited, `pr-N` follows →
 /// apply before approval refused → approved: applied, locked → another pull request's apply
 /// refused naming the lock → merge: lock released, prod follows main, `pr-N` destroyed.
 fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
-    let w = World::new(kind);
+    let w = world(kind);
     w.serves("prod", "v1");
     w.serves("qa", "v1");
     w.forge.grant("alice", true);
@@ -244,7 +134,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
     w.reply(2, "Applied #2");
     w.serves("prod", "pr2");
     assert_eq!(w.plans(2).len(), 1, "one plan comment on #2");
-    let unhandled = w.unhandled();
+    let unhandled = w.unhandled_lines();
     assert!(
         unhandled.is_empty(),
         "Slipway only called the {} API as documented:\n{}\n{}",
@@ -271,7 +161,7 @@ fn a_gitea_pull_request_is_planned_previewed_applied_locked_and_merged() {
 /// lets code nobody reviewed into a protected environment.
 #[test]
 fn a_gitlab_approval_of_an_older_commit_does_not_let_the_head_into_prod() {
-    let w = World::new(Forge::GitLab);
+    let w = world(Forge::GitLab);
     w.serves("prod", "v1");
     w.forge.grant("alice", true);
     w.forge.grant("carol", true);
@@ -310,7 +200,7 @@ fn refused_deliveries(audit: &[Value]) -> u64 {
 
 #[test]
 fn gitlab_deliveries_without_the_secret_token_are_refused() {
-    let w = World::new(Forge::GitLab);
+    let w = world(Forge::GitLab);
     let sha = w.push_pr(4, "feature-4", "four");
     let opened = w.open(4, "feature-4", &sha);
     let addr = &w.server.addr;
@@ -361,7 +251,7 @@ fn gitlab_deliveries_without_the_secret_token_are_refused() {
 
 #[test]
 fn gitea_deliveries_without_a_valid_signature_are_refused() {
-    let w = World::new(Forge::Gitea);
+    let w = world(Forge::Gitea);
     let sha = w.push_pr(4, "feature-4", "four");
     let opened = w.open(4, "feature-4", &sha);
     let addr = &w.server.addr;
@@ -454,7 +344,7 @@ fn parse(kind: ForgeKind, headers: Vec<(String, String)>, body: &[u8]) -> ForgeE
 
 #[test]
 fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
-    let gl = FakeForge::start(util::Forge::GitLab, BOT);
+    let gl = FakeForge::start(Forge::GitLab, BOT);
     gl.require_token("test-token");
     gl.add_pr(PrSpec::new(1, &sha('a')));
     gl.add_pr(PrSpec {
@@ -684,7 +574,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
 
 #[test]
 fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
-    let gt = FakeForge::start(util::Forge::Gitea, BOT);
+    let gt = FakeForge::start(Forge::Gitea, BOT);
     gt.require_token("test-token");
     gt.add_pr(PrSpec::new(1, &sha('a')));
     gt.add_pr(PrSpec {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::fake_github;
-use super::{Comment, Delivery, FakeForge, Forge, Sandbox, Server, git, http_get_host};
+use super::{Comment, Delivery, Event, FakeForge, Forge, PrSpec, PrState, Sandbox, Server};
+use super::{git, http_get_host};
 use super::{start_serve_with, wait_for};
 
 /// The stack of the pull-request tests: prod (protected) and qa track `main`, previews are
@@ -43,6 +44,9 @@ pub(crate) use pr_stack;
 
 /// [`pr_stack`] with a preview per pull request.
 pub const STACK: &str = pr_stack!("{ pull_requests: true }");
+
+/// What marks Slipway's plan comment.
+pub const PLAN_MARKER: &str = "<!-- slipway:plan -->";
 
 /// How long a world waits for what should happen.
 const T: Duration = Duration::from_secs(60);
@@ -286,6 +290,75 @@ impl ForgeWorld {
         }
     }
 
+    /// [`ForgeWorld::serve`] of `stack` with a fresh fake `kind` whose bot is `slipway-bot`,
+    /// for `acme/shop`.
+    pub fn start(kind: Forge, stack: &str, token: &str, secret: &'static str) -> ForgeWorld {
+        let forge = FakeForge::start(kind, "slipway-bot");
+        let api = forge.url();
+        let repository = "repository = \"acme/shop\"";
+        ForgeWorld::serve(forge, stack, &api, repository, token, secret)
+    }
+
+    /// Registers pull request `n` from `branch` at `sha` on the fake.
+    pub fn add(&self, n: u64, branch: &str, sha: &str) {
+        self.forge.add_pr(PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
+        });
+    }
+
+    /// A delivery of `event` about pull request `n` from `branch` at `sha`, whether or not
+    /// the fake knows it.
+    pub fn pr_event(&self, event: Event, n: u64, branch: &str, sha: &str) -> Delivery {
+        let spec = PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(n, sha)
+        };
+        self.forge.delivery(&spec, &event)
+    }
+
+    /// Pull request `n` from `branch` at `sha` is opened: the fake has it, and the delivery.
+    pub fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
+        self.add(n, branch, sha);
+        self.forge.delivery(&self.forge.pr(n), &Event::Opened)
+    }
+
+    /// Its branch is pushed to: the head is now `sha`.
+    pub fn push(&self, n: u64, sha: &str) -> Delivery {
+        let before = self.forge.pr(n).head_sha;
+        self.forge.set_head(n, sha);
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Pushed { before })
+    }
+
+    /// `reviewer` approves it at `sha`.
+    pub fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
+        self.forge.approve(n, reviewer, sha);
+        let reviewer = reviewer.to_owned();
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Approved { reviewer })
+    }
+
+    /// `author` comments `body` on it (known to the fake).
+    pub fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
+        let comment = self.forge.add_comment(n, author, body);
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Commented { comment })
+    }
+
+    /// It is merged as `merge_sha`.
+    pub fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
+        let merge_sha = merge_sha.to_owned();
+        self.forge.set_state(
+            n,
+            PrState::Merged {
+                merge_sha: merge_sha.clone(),
+            },
+        );
+        self.forge
+            .delivery(&self.forge.pr(n), &Event::Merged { merge_sha })
+    }
+
     /// The forge it plays.
     pub fn kind(&self) -> Forge {
         self.forge.forge()
@@ -314,6 +387,69 @@ impl ForgeWorld {
         let mut comments = self.forge.comments(n);
         comments.retain(|c| !c.system);
         comments
+    }
+
+    /// Waits for a comment on `pr` that satisfies `predicate` (no system notes).
+    pub fn wait_for_comment(&self, pr: u64, predicate: impl Fn(&Comment) -> bool) -> Comment {
+        let found = slipway_testkit::forge::poll(T, || {
+            self.comments(pr).into_iter().find(|c| predicate(c))
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out after {T:?} waiting for a comment on #{pr} ({})\ncomments:\n{:#?}\n{}",
+                self.kind().name(),
+                self.comments(pr),
+                self.forge.recent_requests(30)
+            )
+        })
+    }
+
+    /// Slipway's comments on `pr` that are not the plan.
+    pub fn bot_replies(&self, pr: u64) -> Vec<String> {
+        let bot = self.forge.bot_login();
+        self.comments(pr)
+            .into_iter()
+            .filter(|c| c.author == bot && !c.body.contains(PLAN_MARKER))
+            .map(|c| c.body)
+            .collect()
+    }
+
+    /// Waits for a comment by Slipway on `pr` that is not the plan and contains `text`.
+    pub fn reply(&self, pr: u64, text: &str) -> String {
+        let bot = self.forge.bot_login();
+        self.wait_for_comment(pr, |c| {
+            c.author == bot && !c.body.contains(PLAN_MARKER) && c.body.contains(text)
+        })
+        .body
+    }
+
+    /// The plan comments on `pr`.
+    pub fn plans(&self, pr: u64) -> Vec<Comment> {
+        self.comments(pr)
+            .into_iter()
+            .filter(|c| c.body.contains(PLAN_MARKER))
+            .collect()
+    }
+
+    /// The latest `slipway/plan` status of `sha`.
+    pub fn plan_status(&self, sha: &str) -> Option<String> {
+        self.forge
+            .latest_status(sha, "slipway/plan")
+            .map(|s| s.state)
+    }
+
+    /// `(state, description)` of every status of `sha`.
+    pub fn statuses(&self, sha: &str) -> Vec<(String, String)> {
+        self.forge
+            .statuses(sha)
+            .into_iter()
+            .map(|s| (s.state, s.description.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Requests to the fake it does not implement, one line each.
+    pub fn unhandled_lines(&self) -> Vec<String> {
+        self.forge.unhandled().iter().map(|r| r.line()).collect()
     }
 
     /// The entries of the audit log, through the API with an admin token.
