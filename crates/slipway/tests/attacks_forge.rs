@@ -107,7 +107,7 @@ fn events_about_another_repository_are_not_acted_on(kind: Forge) {
     w.forge.grant("carol", true);
     let ours = w.push_pr(1, "feature-1", "ours");
     w.add(1, "feature-1", &ours);
-    w.accepted(&w.pr_event(Event::Opened, 1, "feature-1", &ours));
+    w.handled(&w.pr_event(Event::Opened, 1, "feature-1", &ours));
     w.serves("pr-1", "ours");
     // Approved by someone else with write access: an apply of #1 would be allowed.
     w.forge.approve(1, "carol", &ours);
@@ -119,7 +119,7 @@ fn events_about_another_repository_are_not_acted_on(kind: Forge) {
         &about_other_repository(&opened, w.forge.repo_id()),
         "an opened pull request",
     );
-    let apply = w.comment(1, "alice", "/slipway apply prod");
+    let apply = w.commented(1, "alice", "/slipway apply prod");
     ignored(
         &w,
         &about_other_repository(&apply, w.forge.repo_id()),
@@ -144,7 +144,7 @@ fn events_about_another_repository_are_not_acted_on(kind: Forge) {
 
     // Our own events still work, and are handled after anything the others could have
     // started (events are handled one at a time): `/slipway help` is answered…
-    w.accepted(&w.comment(1, "alice", "/slipway help"));
+    w.handled(&w.commented(1, "alice", "/slipway help"));
     wait_for("the answer to /slipway help", T, || {
         w.bot_replies(1)
             .into_iter()
@@ -157,7 +157,7 @@ fn events_about_another_repository_are_not_acted_on(kind: Forge) {
     );
     // … and a push to #1 is previewed.
     let next = w.push_pr(1, "feature-1", "ours-2");
-    w.accepted(&w.pr_event(Event::Opened, 1, "feature-1", &next));
+    w.handled(&w.pr_event(Event::Opened, 1, "feature-1", &next));
     w.serves("pr-1", "ours-2");
     assert_eq!(
         w.page("prod").as_deref(),
@@ -258,9 +258,10 @@ fn the_token_never_follows_a_redirect(kind: Forge, status: u16) {
         "repository = \"acme/shop\"",
         TOKEN,
         SECRET,
+        |_| {},
     );
     let sha = w.push_pr(1, "feature-1", "one");
-    w.accepted(&w.pr_event(Event::Opened, 1, "feature-1", &sha));
+    w.handled(&w.pr_event(Event::Opened, 1, "feature-1", &sha));
     // Two calls: the second starts after the first, and any redirect it followed, ended.
     wait_for("Slipway called the forge API twice", T, || {
         let seen = seen_by_api.lock().expect("not poisoned");
@@ -336,7 +337,7 @@ fn a_fetch_failure_shows_no_server_path(kind: Forge) {
     let sha = "a".repeat(40);
     w.add(1, "feature-1", &sha);
     let moved = MovedAway::new(&w.s.repo);
-    w.accepted(&w.pr_event(Event::Opened, 1, "feature-1", &sha));
+    w.handled(&w.pr_event(Event::Opened, 1, "feature-1", &sha));
     let failed = wait_for("a failed slipway/plan status", T, || {
         w.statuses(&sha)
             .into_iter()
@@ -402,10 +403,11 @@ fn a_configured_repository_id_matches_a_renamed_repository_only() {
         ),
         TOKEN,
         SECRET,
+        |_| {},
     );
     let sha = w.push_pr(1, "feature-1", "one");
     let opened = w.pr_event(Event::Opened, 1, "feature-1", &sha);
-    w.accepted(&opened);
+    w.handled(&opened);
     ignored(
         &w,
         &about_other_repository(&opened, fake_github::REPO_ID),

@@ -13,11 +13,11 @@ mod util;
 use std::time::Duration;
 
 use util::fake_github::{pull_request_payload, push_payload};
-use util::world::{self, GitHubDelivered, Served};
-use util::{FakeForge, Forge, PrSpec, PrState};
-use util::{Sandbox, git, wait_for};
+use util::world::{self, ForgeWorld, GitHubDelivered, Served};
+use util::{Forge, PrSpec};
+use util::{git, wait_for};
 
-const SECRET: &[u8] = b"webhook-secret-for-tests";
+const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 
@@ -34,32 +34,28 @@ fn without_note(stack: &str) -> String {
     )
 }
 
-struct World {
-    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
-    // starts nothing after the cleanup.
-    server: util::Server,
-    s: Sandbox,
-    gh: FakeForge,
-    port: u16,
-    deliveries: std::cell::Cell<u32>,
+/// The GitHub world: [`ForgeWorld`] with a fake GitHub.
+struct World(ForgeWorld);
+
+impl std::ops::Deref for World {
+    type Target = ForgeWorld;
+    fn deref(&self) -> &ForgeWorld {
+        &self.0
+    }
 }
 
 impl World {
     fn with_stack(stack: &str) -> World {
-        let gh = FakeForge::start(Forge::GitHub, "slipway-bot");
-        let secret = std::str::from_utf8(SECRET).expect("utf-8");
-        let (server, s, port) =
-            world::serve_forge(stack, "github", &gh.url(), "GITHUB_TOKEN", secret);
+        let w = World(ForgeWorld::start(
+            Forge::GitHub,
+            stack,
+            "test-token",
+            SECRET,
+        ));
         // alice and carol maintain the repository; mallory has no access at all.
-        gh.set_permission("alice", "write");
-        gh.set_permission("carol", "write");
-        World {
-            s,
-            gh,
-            server,
-            port,
-            deliveries: std::cell::Cell::new(0),
-        }
+        w.forge.set_permission("alice", "write");
+        w.forge.set_permission("carol", "write");
+        w
     }
 
     /// [`STACK`], with prod and qa serving v1.
@@ -87,48 +83,34 @@ impl World {
     /// Opens PR `spec` and waits for its plan comment.
     fn open(&self, spec: PrSpec) {
         let number = spec.number;
-        self.gh.add_pr(spec);
+        self.forge.add_pr(spec);
         self.accepted(
             "pull_request",
-            &pull_request_payload("opened", &self.gh.pr(number), false, None),
+            &pull_request_payload("opened", &self.forge.pr(number), false, None),
         );
-        self.gh
+        self.forge
             .wait_for_comment(number, |c| c.body.contains(MARKER), T);
     }
 
     /// Merges `branch` into main with a merge commit, as PR `number` on the forge.
     fn merge(&self, number: u64, branch: &str) -> String {
-        git(
-            &self.s.repo,
-            &[
-                "merge",
-                "-q",
-                "--no-ff",
-                "-m",
-                &format!("Merge #{number}"),
-                branch,
-            ],
-        );
-        let merge = git(&self.s.repo, &["rev-parse", "HEAD"]);
-        self.gh.set_state(
-            number,
-            PrState::Merged {
-                merge_sha: merge.clone(),
-            },
-        );
-        self.accepted(
-            "pull_request",
-            &pull_request_payload("closed", &self.gh.pr(number), true, Some(&merge)),
-        );
+        let (merge, delivery) = self.merge_into(number, branch, "main");
+        self.accepted(delivery.event, &delivery.body);
         merge
     }
 
     /// Posts `command` on `pr` as `author` and returns Slipway's answer to it (the first new
     /// comment of Slipway's that is not the plan).
     fn command(&self, pr: u64, author: &str, command: &str) -> String {
-        let seen = self.gh.comments(pr).iter().map(|c| c.id).max().unwrap_or(0);
+        let seen = self
+            .forge
+            .comments(pr)
+            .iter()
+            .map(|c| c.id)
+            .max()
+            .unwrap_or(0);
         self.comment(pr, author, command);
-        self.gh
+        self.forge
             .wait_for_comment(
                 pr,
                 |c| c.id > seen && c.author == "slipway-bot" && !c.body.contains(MARKER),
@@ -152,27 +134,6 @@ impl World {
         status["environments"][0]["resources"]
             .as_array()
             .is_some_and(|r| r.iter().any(|r| r["name"] == "note"))
-    }
-}
-
-impl world::Served for World {
-    fn sandbox(&self) -> &Sandbox {
-        &self.s
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-impl world::GitHubDelivered for World {
-    fn addr(&self) -> &str {
-        &self.server.addr
-    }
-    fn secret(&self) -> &[u8] {
-        SECRET
-    }
-    fn deliveries(&self) -> &std::cell::Cell<u32> {
-        &self.deliveries
     }
 }
 
@@ -204,7 +165,7 @@ fn a_pull_request_into_an_unreviewed_branch_cannot_apply_to_prod() {
         author: "alice".into(),
         ..PrSpec::new(6, &evil)
     });
-    let plan = w.gh.wait_for_comment(6, |c| c.body.contains(MARKER), T);
+    let plan = w.forge.wait_for_comment(6, |c| c.body.contains(MARKER), T);
     assert!(
         !plan.body.contains("prod"),
         "prod tracks main, whatever the pull request's stack says; no plan for it:\n{}",
@@ -237,7 +198,7 @@ fn a_pull_request_into_an_unreviewed_branch_cannot_apply_to_prod() {
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 
     // The legitimate path: approved by a maintainer, into main, it applies.
-    w.gh.approve(7, "carol", &sneaky);
+    w.forge.approve(7, "carol", &sneaky);
     let answer = w.command(7, "alice", "/slipway apply prod");
     assert!(answer.contains("Applied #7"), "{answer}");
     w.serves("prod", "sneaky");
@@ -255,14 +216,14 @@ fn approvals_count_only_from_maintainers_who_are_not_the_author() {
         ..PrSpec::new(1, &head)
     });
     // Anyone may leave an approving review on a public repository.
-    w.gh.approve(1, "mallory", &head);
+    w.forge.approve(1, "mallory", &head);
     let answer = w.command(1, "alice", "/slipway apply prod");
     assert!(
         answer.contains("apply requirements are not met") && answer.contains("write access"),
         "an approval without write access does not count: {answer}"
     );
     // The author, who has write access, approves their own change.
-    w.gh.approve(1, "alice", &head);
+    w.forge.approve(1, "alice", &head);
     let answer = w.command(1, "alice", "/slipway apply prod");
     assert!(
         answer.contains("apply requirements are not met"),
@@ -272,7 +233,7 @@ fn approvals_count_only_from_maintainers_who_are_not_the_author() {
     assert!(!w.locked("prod"), "and not locked");
 
     // A maintainer who is not the author approves: applied.
-    w.gh.approve(1, "carol", &head);
+    w.forge.approve(1, "carol", &head);
     let answer = w.command(1, "alice", "/slipway apply prod");
     assert!(answer.contains("Applied #1"), "{answer}");
     w.serves("prod", "unreviewed");
@@ -293,8 +254,8 @@ fn require_pr_counts_only_approvals_by_maintainers() {
         head_ref: "feature-2".into(),
         ..PrSpec::new(2, &head)
     });
-    w.gh.approve(2, "mallory", &head);
-    w.gh.approve(2, "alice", &head);
+    w.forge.approve(2, "mallory", &head);
+    w.forge.approve(2, "alice", &head);
     let merge = w.merge(2, "feature-2");
     w.serves("qa", "approved by nobody");
     let held = w.held("prod", &[&merge[..12], "without an approval"]);
@@ -307,7 +268,7 @@ fn require_pr_counts_only_approvals_by_maintainers() {
         head_ref: "feature-3".into(),
         ..PrSpec::new(3, &head)
     });
-    w.gh.approve(3, "carol", &head);
+    w.forge.approve(3, "carol", &head);
     w.merge(3, "feature-3");
     w.serves("prod", "reviewed");
 }
@@ -338,12 +299,12 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
         None,
         Some(3),
     );
-    w.gh.set_head(3, &pushed);
+    w.forge.set_head(3, &pushed);
     w.accepted(
         "pull_request",
-        &pull_request_payload("synchronize", &w.gh.pr(3), false, None),
+        &pull_request_payload("synchronize", &w.forge.pr(3), false, None),
     );
-    let plan = w.gh.wait_for_comment(
+    let plan = w.forge.wait_for_comment(
         3,
         |c| c.body.contains(MARKER) && c.body.contains(&pushed[..12]),
         T,
@@ -390,7 +351,7 @@ fn a_direct_push_cannot_switch_off_require_pr() {
         head_ref: "feature-1".into(),
         ..PrSpec::new(1, &head)
     });
-    w.gh.approve(1, "carol", &head);
+    w.forge.approve(1, "carol", &head);
     let reviewed = w.merge(1, "feature-1");
     w.serves("prod", "reviewed");
 
@@ -414,7 +375,7 @@ fn a_direct_push_cannot_switch_off_require_pr() {
         head_ref: "feature-2".into(),
         ..PrSpec::new(2, &head)
     });
-    w.gh.approve(2, "carol", &head);
+    w.forge.approve(2, "carol", &head);
     let merged = w.merge(2, "feature-2");
     w.serves("prod", "rule lowered by review");
     // …is in force now: a direct push reaches prod.
@@ -492,7 +453,7 @@ fn a_held_apply_leaves_no_lock_and_no_pin() {
         head_ref: "feature-1".into(),
         ..PrSpec::new(1, &head)
     });
-    w.gh.approve(1, "carol", &head);
+    w.forge.approve(1, "carol", &head);
     let answer = w.command(1, "alice", "/slipway apply prod");
     assert!(
         answer.contains("protected") && answer.contains("note") && answer.contains("not locked"),
@@ -521,7 +482,7 @@ fn a_held_apply_leaves_no_lock_and_no_pin() {
         head_ref: "feature-2".into(),
         ..PrSpec::new(2, &head)
     });
-    w.gh.approve(2, "carol", &head);
+    w.forge.approve(2, "carol", &head);
     let answer = w.command(2, "alice", "/slipway apply prod");
     assert!(answer.contains("Applied #2"), "{answer}");
     w.serves("prod", "next");
@@ -549,7 +510,7 @@ fn rules_of_a_pull_request_applied_before_merge_are_not_in_force() {
         head_ref: "feature-1".into(),
         ..PrSpec::new(1, &head)
     });
-    w.gh.approve(1, "carol", &head);
+    w.forge.approve(1, "carol", &head);
     let reviewed = w.merge(1, "feature-1");
     w.serves("prod", "reviewed");
 
@@ -559,7 +520,7 @@ fn rules_of_a_pull_request_applied_before_merge_are_not_in_force() {
         head_ref: "feature-2".into(),
         ..PrSpec::new(2, &head)
     });
-    w.gh.approve(2, "carol", &head);
+    w.forge.approve(2, "carol", &head);
     let answer = w.command(2, "alice", "/slipway apply prod");
     assert!(answer.contains("Applied #2"), "{answer}");
     w.serves("prod", "lax");

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use util::fake_github::{pull_request_payload, push_payload};
-use util::world::{self, GitHubDelivered, append_config, environment, page, serves};
-use util::{FakeForge, Forge, PrSpec, PrState};
+use util::world::{self, ForgeWorld, GitHubDelivered, append_config, environment, page, serves};
+use util::{FakeForge, Forge, PrSpec};
 use util::{Sandbox, api_request, git, role_token, start_serve, wait_for};
 
-const SECRET: &[u8] = b"webhook-secret-for-tests";
+const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 
@@ -167,82 +167,47 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
 
 /// A `slipway serve` with the fake GitHub, a deployer's token and the stack
 /// `prod: { track: main, protected: true, require_pr: true }`.
+/// The GitHub world: [`ForgeWorld`] with a fake GitHub, and a deployer's token.
 struct World {
-    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
-    // starts nothing after the cleanup.
-    server: util::Server,
-    s: Sandbox,
-    gh: FakeForge,
-    port: u16,
+    f: ForgeWorld,
     deployer: String,
-    deliveries: std::cell::Cell<u32>,
+}
+
+impl std::ops::Deref for World {
+    type Target = ForgeWorld;
+    fn deref(&self) -> &ForgeWorld {
+        &self.f
+    }
 }
 
 impl World {
     fn new() -> World {
         let gh = FakeForge::start(Forge::GitHub, "slipway-bot");
-        let section = world::forge_section(
-            "github",
-            "repository = \"acme/shop\"",
-            &gh.url(),
-            "slipway-bot",
-        );
+        let api = gh.url();
         let stack = STACK.replace(
             "prod: { track: main, protected: true }",
             "prod: { track: main, protected: true, require_pr: true }",
         );
         let mut deployer = String::new();
-        let (server, s, port) = world::serve_stack_with(
+        let f = ForgeWorld::serve(
+            gh,
             &stack,
-            &section,
-            &[
-                ("GITHUB_TOKEN", "test-token"),
-                (
-                    "SLIPWAY_WEBHOOK_SECRET",
-                    std::str::from_utf8(SECRET).expect("utf-8"),
-                ),
-            ],
+            &api,
+            "repository = \"acme/shop\"",
+            "test-token",
+            SECRET,
             |s| deployer = role_token(s, "deployer"),
         );
-        gh.set_permission("alice", "write");
-        gh.set_permission("carol", "write");
-        World {
-            s,
-            gh,
-            server,
-            port,
-            deployer,
-            deliveries: std::cell::Cell::new(0),
-        }
+        f.forge.set_permission("alice", "write");
+        f.forge.set_permission("carol", "write");
+        World { f, deployer }
     }
 
     /// Merges `branch` into `base` with a merge commit, as PR `number` on the forge, and
     /// returns the merge commit.
     fn merge(&self, number: u64, branch: &str, base: &str) -> String {
-        git(&self.s.repo, &["checkout", "-q", base]);
-        git(
-            &self.s.repo,
-            &[
-                "merge",
-                "-q",
-                "--no-ff",
-                "-m",
-                &format!("Merge #{number}"),
-                branch,
-            ],
-        );
-        let merge = git(&self.s.repo, &["rev-parse", "HEAD"]);
-        git(&self.s.repo, &["checkout", "-q", "main"]);
-        self.gh.set_state(
-            number,
-            PrState::Merged {
-                merge_sha: merge.clone(),
-            },
-        );
-        self.accepted(
-            "pull_request",
-            &pull_request_payload("closed", &self.gh.pr(number), true, Some(&merge)),
-        );
+        let (merge, delivery) = self.merge_into(number, branch, base);
+        self.accepted(delivery.event, &delivery.body);
         merge
     }
 
@@ -253,14 +218,14 @@ impl World {
             &self.s.repo,
             &["update-ref", &format!("refs/pull/{number}/head"), &head],
         );
-        self.gh.add_pr(PrSpec::new(number, &head));
+        self.forge.add_pr(PrSpec::new(number, &head));
         self.accepted(
             "pull_request",
-            &pull_request_payload("opened", &self.gh.pr(number), false, None),
+            &pull_request_payload("opened", &self.forge.pr(number), false, None),
         );
-        self.gh
+        self.forge
             .wait_for_comment(number, |c| c.body.contains(MARKER), T);
-        self.gh.approve(number, "carol", &head);
+        self.forge.approve(number, "carol", &head);
         self.merge(number, &format!("feature-{number}"), "main")
     }
 
@@ -290,27 +255,6 @@ impl World {
     }
 }
 
-impl world::Served for World {
-    fn sandbox(&self) -> &Sandbox {
-        &self.s
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-impl world::GitHubDelivered for World {
-    fn addr(&self) -> &str {
-        &self.server.addr
-    }
-    fn secret(&self) -> &[u8] {
-        SECRET
-    }
-    fn deliveries(&self) -> &std::cell::Cell<u32> {
-        &self.deliveries
-    }
-}
-
 /// A pull request self-merged (even approved) into a scratch branch, whose merge commit is
 /// then fast-forwarded onto main: prod (`require_pr`) holds it, since its merge was not into
 /// the branch prod tracks; qa, which has no `require_pr`, shows the commit did reach main.
@@ -330,11 +274,11 @@ fn require_pr_takes_only_merges_into_the_tracked_branch_and_a_pin_cannot_skip_it
     git(&w.s.repo, &["branch", "scratch", "main"]);
     let head = commit_on(&w.s, "main", "feature-5", "merged into scratch");
     git(&w.s.repo, &["update-ref", "refs/pull/5/head", &head]);
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         base_ref: "scratch".into(),
         ..PrSpec::new(5, &head)
     });
-    w.gh.approve(5, "carol", &head);
+    w.forge.approve(5, "carol", &head);
     let scratch_merge = w.merge(5, "feature-5", "scratch");
     git(&w.s.repo, &["merge", "-q", "--ff-only", &scratch_merge]);
     w.pushed(&second, &scratch_merge);

@@ -9,100 +9,48 @@ use std::time::Duration;
 
 use serde_json::Value;
 use util::fake_github::{pull_request_payload, send_webhook, send_webhook_raw};
-use util::world::{self, GitHubDelivered, Served};
-use util::{FakeForge, Forge, PrSpec, PrState};
-use util::{Sandbox, git, http_get_host, start_serve_with, wait_for};
+use util::world::{ForgeWorld, GitHubDelivered, Served};
+use util::{Forge, PrSpec, PrState};
+use util::{git, http_get_host, start_serve_with, wait_for};
 
-const SECRET: &[u8] = b"webhook-secret-for-tests";
+const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
 const MARKER: &str = "<!-- slipway:plan -->";
 
 use util::world::STACK;
 
-struct World {
-    // Fields drop in order: the controller stops before the sandbox cleans up, so that it
-    // starts nothing after the cleanup.
-    server: util::Server,
-    s: Sandbox,
-    gh: FakeForge,
-    port: u16,
-    deliveries: std::cell::Cell<u32>,
+/// The GitHub world with prod and qa serving v1.
+fn world() -> ForgeWorld {
+    let w = world_with(STACK);
+    w.serves("prod", "v1");
+    w.serves("qa", "v1");
+    w
 }
 
-impl World {
-    fn new() -> World {
-        let w = World::with_stack(STACK);
-        w.serves("prod", "v1");
-        w.serves("qa", "v1");
-        w
-    }
-
-    fn with_stack(stack: &str) -> World {
-        let gh = FakeForge::start(Forge::GitHub, "slipway-bot");
-        let secret = std::str::from_utf8(SECRET).expect("utf-8");
-        let (server, s, port) =
-            world::serve_forge(stack, "github", &gh.url(), "GITHUB_TOKEN", secret);
-        World {
-            s,
-            gh,
-            server,
-            port,
-            deliveries: std::cell::Cell::new(0),
-        }
-    }
-
-    /// Waits for a comment by Slipway on `pr` that is not the plan and contains `text`.
-    fn reply(&self, pr: u64, text: &str) -> String {
-        self.gh
-            .wait_for_comment(
-                pr,
-                |c| c.author == "slipway-bot" && !c.body.contains(MARKER) && c.body.contains(text),
-                T,
-            )
-            .body
-    }
-}
-
-impl world::Served for World {
-    fn sandbox(&self) -> &Sandbox {
-        &self.s
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-impl world::GitHubDelivered for World {
-    fn addr(&self) -> &str {
-        &self.server.addr
-    }
-    fn secret(&self) -> &[u8] {
-        SECRET
-    }
-    fn deliveries(&self) -> &std::cell::Cell<u32> {
-        &self.deliveries
-    }
+/// A GitHub world serving `stack`.
+fn world_with(stack: &str) -> ForgeWorld {
+    ForgeWorld::start(Forge::GitHub, stack, "test-token", SECRET)
 }
 
 #[test]
 fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
-    let w = World::new();
-    w.gh.set_permission("alice", "write");
+    let w = world();
+    w.forge.set_permission("alice", "write");
     // Approvals count from reviewers with write access only.
-    w.gh.set_permission("carol", "write");
-    w.gh.set_permission("bob", "read");
+    w.forge.set_permission("carol", "write");
+    w.forge.set_permission("bob", "read");
 
     // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
     let first = w.push_pr(1, "feature-1", "pr1-a");
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "feature-1".into(),
         ..PrSpec::new(1, &first)
     });
     w.accepted(
         "pull_request",
-        &pull_request_payload("opened", &w.gh.pr(1), false, None),
+        &pull_request_payload("opened", &w.forge.pr(1), false, None),
     );
-    let plan = w.gh.wait_for_comment(1, |c| c.body.contains(MARKER), T);
+    let plan = w.forge.wait_for_comment(1, |c| c.body.contains(MARKER), T);
     for env in ["prod", "qa", "pr-1"] {
         assert!(
             plan.body.contains(env),
@@ -110,7 +58,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
             plan.body
         );
     }
-    w.gh.wait_for_status(
+    w.forge.wait_for_status(
         &first,
         |s| s.context == "slipway/plan" && s.state == "success",
         T,
@@ -119,22 +67,23 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
 
     // Push again: the same comment is updated, and pr-1 follows.
     let second = w.push_pr(1, "feature-1", "pr1-b");
-    w.gh.set_head(1, &second);
+    w.forge.set_head(1, &second);
     w.accepted(
         "pull_request",
-        &pull_request_payload("synchronize", &w.gh.pr(1), false, None),
+        &pull_request_payload("synchronize", &w.forge.pr(1), false, None),
     );
-    w.gh.wait_for_comment(
+    w.forge.wait_for_comment(
         1,
         |c| c.body.contains(MARKER) && c.body.contains(&second[..12]),
         T,
     );
     w.serves("pr-1", "pr1-b");
-    let plans: Vec<_> =
-        w.gh.comments(1)
-            .into_iter()
-            .filter(|c| c.body.contains(MARKER))
-            .collect();
+    let plans: Vec<_> = w
+        .forge
+        .comments(1)
+        .into_iter()
+        .filter(|c| c.body.contains(MARKER))
+        .collect();
     assert_eq!(plans.len(), 1, "one plan comment, edited in place");
     assert!(plans[0].edits >= 1);
 
@@ -145,7 +94,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 
     // Approved: applied, and prod is locked to #1.
-    w.gh.approve(1, "carol", &second);
+    w.forge.approve(1, "carol", &second);
     w.comment(1, "alice", "/slipway apply prod");
     let applied = w.reply(1, "Applied #1");
     assert!(applied.contains("locked"), "{applied}");
@@ -154,16 +103,16 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
 
     // A second PR may not apply to prod while #1 holds it.
     let other = w.push_pr(2, "feature-2", "pr2");
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "feature-2".into(),
         ..PrSpec::new(2, &other)
     });
     w.accepted(
         "pull_request",
-        &pull_request_payload("opened", &w.gh.pr(2), false, None),
+        &pull_request_payload("opened", &w.forge.pr(2), false, None),
     );
-    w.gh.wait_for_comment(2, |c| c.body.contains(MARKER), T);
-    w.gh.approve(2, "carol", &other);
+    w.forge.wait_for_comment(2, |c| c.body.contains(MARKER), T);
+    w.forge.approve(2, "carol", &other);
     w.comment(2, "alice", "/slipway apply prod");
     let locked = w.reply(2, "locked by #1");
     assert!(locked.contains("prod"), "{locked}");
@@ -175,7 +124,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
         &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
     );
     let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.gh.set_state(
+    w.forge.set_state(
         1,
         PrState::Merged {
             merge_sha: merge.clone(),
@@ -183,7 +132,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     );
     w.accepted(
         "pull_request",
-        &pull_request_payload("closed", &w.gh.pr(1), true, Some(&merge)),
+        &pull_request_payload("closed", &w.forge.pr(1), true, Some(&merge)),
     );
     wait_for("pr-1 is destroyed", T, || {
         (!w.environments().contains(&"pr-1".to_string())).then_some(())
@@ -198,27 +147,27 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     w.reply(2, "Applied #2");
     w.serves("prod", "pr2");
     assert!(
-        w.gh.unhandled().is_empty(),
+        w.forge.unhandled().is_empty(),
         "Slipway only called GitHub's API as documented:\n{}",
-        w.gh.recent_requests(20)
+        w.forge.recent_requests(20)
     );
 }
 
 #[test]
 fn hostile_webhooks_and_commands_are_refused_and_audited() {
-    let w = World::new();
-    w.gh.set_permission("alice", "write");
-    w.gh.set_permission("bob", "read");
+    let w = world();
+    w.forge.set_permission("alice", "write");
+    w.forge.set_permission("bob", "read");
     // The forge announces a branch name no shell should ever see (git itself would refuse it
     // as a local branch: the commit is made on a plain one).
     let sha = w.push_pr(5, "hostile", "hostile");
     // (A name with a space is no git ref at all: the forge adapter refuses such a payload as
     // malformed, 400; this one is a valid ref name.)
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "$(touch${IFS}/tmp/pwned)".into(),
         ..PrSpec::new(5, &sha)
     });
-    let opened = pull_request_payload("opened", &w.gh.pr(5), false, None);
+    let opened = pull_request_payload("opened", &w.forge.pr(5), false, None);
 
     // No signature, a forged one, a wrong secret: 401, nothing handled.
     let addr = &w.server.addr;
@@ -245,23 +194,23 @@ fn hostile_webhooks_and_commands_are_refused_and_audited() {
     let (status, _) = send_webhook(addr, b"another secret", "pull_request", "x-3", &opened);
     assert_eq!(status, 401, "another secret is refused");
     // Malformed JSON, signed: 400; a 10 MB body: 413 before it is read whole.
-    let (status, _) = send_webhook(addr, SECRET, "pull_request", "x-4", b"{not json");
+    let (status, _) = send_webhook(addr, SECRET.as_bytes(), "pull_request", "x-4", b"{not json");
     assert_eq!(status, 400);
     let big = vec![b' '; 10 * 1024 * 1024];
-    let (status, _) = send_webhook(addr, SECRET, "pull_request", "x-5", &big);
+    let (status, _) = send_webhook(addr, SECRET.as_bytes(), "pull_request", "x-5", &big);
     assert_eq!(status, 413);
     // An event Slipway does not use: acknowledged, not handled.
-    let (status, reply) = send_webhook(addr, SECRET, "star", "x-6", b"{}");
+    let (status, reply) = send_webhook(addr, SECRET.as_bytes(), "star", "x-6", b"{}");
     assert_eq!(status, 202, "{reply}");
     assert!(reply.contains("\"handled\":false"), "{reply}");
 
     // Signed and fresh: handled; the same delivery again: acknowledged as a duplicate.
-    let (status, _) = send_webhook(addr, SECRET, "pull_request", "x-7", &opened);
+    let (status, _) = send_webhook(addr, SECRET.as_bytes(), "pull_request", "x-7", &opened);
     assert_eq!(status, 202);
-    let (status, reply) = send_webhook(addr, SECRET, "pull_request", "x-7", &opened);
+    let (status, reply) = send_webhook(addr, SECRET.as_bytes(), "pull_request", "x-7", &opened);
     assert_eq!(status, 202);
     assert!(reply.contains("\"duplicate\":true"), "{reply}");
-    w.gh.wait_for_comment(5, |c| c.body.contains(MARKER), T);
+    w.forge.wait_for_comment(5, |c| c.body.contains(MARKER), T);
     assert!(
         !std::path::Path::new("/tmp/pwned").exists(),
         "a branch name is never run"
@@ -309,10 +258,10 @@ fn hostile_webhooks_and_commands_are_refused_and_audited() {
 
 #[test]
 fn a_fork_gets_plans_but_no_preview_until_a_maintainer_says_so() {
-    let w = World::new();
-    w.gh.set_permission("alice", "write");
+    let w = world();
+    w.forge.set_permission("alice", "write");
     let sha = w.push_pr(3, "fork-work", "from a fork");
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         author: "mallory".into(),
         fork: true,
         head_ref: "fork-work".into(),
@@ -320,9 +269,9 @@ fn a_fork_gets_plans_but_no_preview_until_a_maintainer_says_so() {
     });
     w.accepted(
         "pull_request",
-        &pull_request_payload("opened", &w.gh.pr(3), false, None),
+        &pull_request_payload("opened", &w.forge.pr(3), false, None),
     );
-    let plan = w.gh.wait_for_comment(3, |c| c.body.contains(MARKER), T);
+    let plan = w.forge.wait_for_comment(3, |c| c.body.contains(MARKER), T);
     assert!(
         plan.body.contains("prod") && !plan.body.contains("pr-3"),
         "plans, and no preview for a fork:\n{}",
@@ -336,23 +285,25 @@ fn a_fork_gets_plans_but_no_preview_until_a_maintainer_says_so() {
 
 #[test]
 fn pull_requests_missed_while_the_controller_was_down_are_caught_up_on_start() {
-    let w = World::new();
+    let w = world();
     // Opened while nobody listened: no webhook is sent at all.
     let sha = w.push_pr(9, "feature-9", "missed");
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "feature-9".into(),
         ..PrSpec::new(9, &sha)
     });
-    let World { s, gh, server, .. } = w;
+    let ForgeWorld {
+        s,
+        forge: gh,
+        server,
+        ..
+    } = w;
     drop(server);
     let server = start_serve_with(
         &s,
         &[
             ("GITHUB_TOKEN", "test-token"),
-            (
-                "SLIPWAY_WEBHOOK_SECRET",
-                std::str::from_utf8(SECRET).expect("utf-8"),
-            ),
+            ("SLIPWAY_WEBHOOK_SECRET", SECRET),
         ],
     );
     let port: u16 = server
@@ -369,7 +320,7 @@ fn pull_requests_missed_while_the_controller_was_down_are_caught_up_on_start() {
 
 #[test]
 fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
-    let w = World::with_stack(&STACK.replace(
+    let w = world_with(&STACK.replace(
         "prod: { track: main, protected: true }",
         "prod: { track: main, protected: true, require_pr: true }",
     ));
@@ -390,23 +341,23 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
 
     // Merged through an approved pull request: prod takes the merge commit.
     let head = w.push_pr(4, "feature-4", "reviewed");
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "feature-4".into(),
         ..PrSpec::new(4, &head)
     });
     w.accepted(
         "pull_request",
-        &pull_request_payload("opened", &w.gh.pr(4), false, None),
+        &pull_request_payload("opened", &w.forge.pr(4), false, None),
     );
-    w.gh.wait_for_comment(4, |c| c.body.contains(MARKER), T);
-    w.gh.set_permission("carol", "write");
-    w.gh.approve(4, "carol", &head);
+    w.forge.wait_for_comment(4, |c| c.body.contains(MARKER), T);
+    w.forge.set_permission("carol", "write");
+    w.forge.approve(4, "carol", &head);
     git(
         &w.s.repo,
         &["merge", "-q", "--no-ff", "-m", "Merge #4", "feature-4"],
     );
     let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.gh.set_state(
+    w.forge.set_state(
         4,
         PrState::Merged {
             merge_sha: merge.clone(),
@@ -414,7 +365,7 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
     );
     w.accepted(
         "pull_request",
-        &pull_request_payload("closed", &w.gh.pr(4), true, Some(&merge)),
+        &pull_request_payload("closed", &w.forge.pr(4), true, Some(&merge)),
     );
     w.serves("prod", "reviewed");
 
@@ -439,8 +390,8 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
 
 #[test]
 fn a_pull_request_cannot_lower_its_own_apply_requirements() {
-    let w = World::new();
-    w.gh.set_permission("alice", "write");
+    let w = world();
+    w.forge.set_permission("alice", "write");
     // The PR rewrites prod's rules to need nothing.
     let repo = &w.s.repo;
     git(repo, &["checkout", "-q", "-B", "sneaky"]);
@@ -455,15 +406,15 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
     let sha = w.s.commit("no review needed, says the PR");
     git(repo, &["update-ref", "refs/pull/6/head", &sha]);
     git(repo, &["checkout", "-q", "main"]);
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "sneaky".into(),
         ..PrSpec::new(6, &sha)
     });
     w.accepted(
         "pull_request",
-        &pull_request_payload("opened", &w.gh.pr(6), false, None),
+        &pull_request_payload("opened", &w.forge.pr(6), false, None),
     );
-    w.gh.wait_for_comment(6, |c| c.body.contains(MARKER), T);
+    w.forge.wait_for_comment(6, |c| c.body.contains(MARKER), T);
     w.comment(6, "alice", "/slipway apply prod");
     let refused = w.reply(6, "apply requirements are not met");
     assert!(
@@ -475,8 +426,8 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
 
 #[test]
 fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it_ends() {
-    let w = World::new();
-    w.gh.set_permission("alice", "write");
+    let w = world();
+    w.forge.set_permission("alice", "write");
     // #1 adds a job that keeps qa's apply busy for a while.
     let repo = &w.s.repo;
     git(repo, &["checkout", "-q", "-B", "slow"]);
@@ -490,15 +441,15 @@ fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it
     let head = w.s.commit("slow: a warm-up job");
     git(repo, &["update-ref", "refs/pull/1/head", &head]);
     git(repo, &["checkout", "-q", "main"]);
-    w.gh.add_pr(PrSpec {
+    w.forge.add_pr(PrSpec {
         head_ref: "slow".into(),
         ..PrSpec::new(1, &head)
     });
     w.accepted(
         "pull_request",
-        &pull_request_payload("opened", &w.gh.pr(1), false, None),
+        &pull_request_payload("opened", &w.forge.pr(1), false, None),
     );
-    w.gh.wait_for_comment(1, |c| c.body.contains(MARKER), T);
+    w.forge.wait_for_comment(1, |c| c.body.contains(MARKER), T);
 
     w.comment(1, "alice", "/slipway apply qa");
     wait_for("qa is pinned to #1's head, its apply under way", T, || {
@@ -506,10 +457,12 @@ fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it
     });
     // The next event is handled while the apply runs, not after it.
     w.comment(1, "alice", "/slipway help");
-    let help =
-        w.gh.wait_for_comment(1, |c| c.body.contains("/slipway unlock ENV"), T);
-    let applied =
-        w.gh.wait_for_comment(1, |c| c.body.contains("Applied #1"), T);
+    let help = w
+        .forge
+        .wait_for_comment(1, |c| c.body.contains("/slipway unlock ENV"), T);
+    let applied = w
+        .forge
+        .wait_for_comment(1, |c| c.body.contains("Applied #1"), T);
     assert!(
         help.id < applied.id,
         "the help was answered while the apply ran (help #{}, apply's answer #{})",

@@ -50,7 +50,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
 
     // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
     let first = w.push_pr(1, "feature-1", "pr1-a");
-    w.accepted(&w.open(1, "feature-1", &first));
+    w.handled(&w.opened(1, "feature-1", &first));
     let plan = w.wait_for_comment(1, |c| c.body.contains(MARKER));
     assert_eq!(plan.author, BOT);
     for env in ["prod", "qa", "pr-1"] {
@@ -67,7 +67,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
 
     // Push again: the same comment is edited, and pr-1 follows.
     let second = w.push_pr(1, "feature-1", "pr1-b");
-    w.accepted(&w.push(1, &second));
+    w.handled(&w.pushed(1, &second));
     w.wait_for_comment(1, |c| {
         c.body.contains(MARKER) && c.body.contains(&second[..12])
     });
@@ -86,19 +86,19 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
     );
 
     // Someone without write access: refused.
-    w.accepted(&w.comment(1, "bob", "/slipway apply qa"));
+    w.handled(&w.commented(1, "bob", "/slipway apply qa"));
     let refusal = w.reply(1, "only people with write access");
     assert!(refusal.contains("bob"), "{refusal}");
 
     // Apply to prod before approval: refused; prod untouched.
-    w.accepted(&w.comment(1, "alice", "/slipway apply prod"));
+    w.handled(&w.commented(1, "alice", "/slipway apply prod"));
     let refused = w.reply(1, "apply requirements are not met");
     assert!(refused.contains("approved"), "{refused}");
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 
     // Approved: applied, and prod is locked to #1.
-    w.accepted(&w.approve(1, "carol", &second));
-    w.accepted(&w.comment(1, "alice", "/slipway apply prod"));
+    w.handled(&w.approved(1, "carol", &second));
+    w.handled(&w.commented(1, "alice", "/slipway apply prod"));
     let applied = w.reply(1, "Applied #1");
     assert!(applied.contains("locked"), "{applied}");
     w.serves("prod", "pr1-b");
@@ -106,10 +106,10 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
 
     // A second pull request may not apply to prod while #1 holds it.
     let other = w.push_pr(2, "feature-2", "pr2");
-    w.accepted(&w.open(2, "feature-2", &other));
+    w.handled(&w.opened(2, "feature-2", &other));
     w.wait_for_comment(2, |c| c.body.contains(MARKER));
-    w.accepted(&w.approve(2, "carol", &other));
-    w.accepted(&w.comment(2, "alice", "/slipway apply prod"));
+    w.handled(&w.approved(2, "carol", &other));
+    w.handled(&w.commented(2, "alice", "/slipway apply prod"));
     let locked = w.reply(2, "locked by #1");
     assert!(locked.contains("prod"), "{locked}");
     assert_eq!(w.page("prod").as_deref(), Some("pr1-b"));
@@ -120,7 +120,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
         &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
     );
     let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.accepted(&w.merge(1, &merge));
+    w.handled(&w.merged(1, &merge));
     wait_for("pr-1 is destroyed", T, || {
         (!w.environments().contains(&"pr-1".to_string())).then_some(())
     });
@@ -130,7 +130,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
     });
     w.serves("prod", "pr1-b");
     // #2 may apply now that the lock is gone.
-    w.accepted(&w.comment(2, "alice", "/slipway apply prod"));
+    w.handled(&w.commented(2, "alice", "/slipway apply prod"));
     w.reply(2, "Applied #2");
     w.serves("prod", "pr2");
     assert_eq!(w.plans(2).len(), 1, "one plan comment on #2");
@@ -166,15 +166,15 @@ fn a_gitlab_approval_of_an_older_commit_does_not_let_the_head_into_prod() {
     w.forge.grant("alice", true);
     w.forge.grant("carol", true);
     let reviewed = w.push_pr(1, "feature-1", "reviewed");
-    w.accepted(&w.open(1, "feature-1", &reviewed));
+    w.handled(&w.opened(1, "feature-1", &reviewed));
     w.wait_for_comment(1, |c| c.body.contains(MARKER));
-    w.accepted(&w.approve(1, "carol", &reviewed));
+    w.handled(&w.approved(1, "carol", &reviewed));
     let unreviewed = w.push_pr(1, "feature-1", "not reviewed");
-    w.accepted(&w.push(1, &unreviewed));
+    w.handled(&w.pushed(1, &unreviewed));
     w.wait_for_comment(1, |c| {
         c.body.contains(MARKER) && c.body.contains(&unreviewed[..12])
     });
-    w.accepted(&w.comment(1, "alice", "/slipway apply prod"));
+    w.handled(&w.commented(1, "alice", "/slipway apply prod"));
     let answer = w
         .wait_for_comment(1, |c| c.author == BOT && !c.body.contains(MARKER))
         .body;
@@ -202,7 +202,7 @@ fn refused_deliveries(audit: &[Value]) -> u64 {
 fn gitlab_deliveries_without_the_secret_token_are_refused() {
     let w = world(Forge::GitLab);
     let sha = w.push_pr(4, "feature-4", "four");
-    let opened = w.open(4, "feature-4", &sha);
+    let opened = w.opened(4, "feature-4", &sha);
     let addr = &w.server.addr;
     let (status, reply) = fake_gitlab::send_webhook_raw(
         addr,
@@ -253,7 +253,7 @@ fn gitlab_deliveries_without_the_secret_token_are_refused() {
 fn gitea_deliveries_without_a_valid_signature_are_refused() {
     let w = world(Forge::Gitea);
     let sha = w.push_pr(4, "feature-4", "four");
-    let opened = w.open(4, "feature-4", &sha);
+    let opened = w.opened(4, "feature-4", &sha);
     let addr = &w.server.addr;
     let (status, reply) = fake_gitea::send_webhook_raw(
         addr,

@@ -3,8 +3,10 @@
 //! (a page of an environment, a commit on a branch published as a pull request's ref, the
 //! environments' status, a GitHub delivery).
 //!
-//! Each test file keeps its own `World` (its fields, in the order that makes them drop right:
-//! the server before the sandbox) and implements [`Served`] (two accessors) to get the rest.
+//! [`ForgeWorld`] is such a world with a fake forge of any kind: it serves, sends the
+//! forge's deliveries and reads back what Slipway wrote; a test file wraps it only to add
+//! what is its own. A world without a forge implements [`Served`] (two accessors) to get
+//! the rest.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -86,26 +88,6 @@ pub fn serve_stack_with(
     let server = start_serve_with(&s, envs);
     let port = server.port();
     (server, s, port)
-}
-
-/// [`serve_stack`] with `[forge.FORGE]` at `api_url` for `acme/shop` as `slipway-bot`, its
-/// token (`test-token`) in `token_env` and the webhook secret `secret`.
-pub fn serve_forge(
-    stack: &str,
-    forge: &str,
-    api_url: &str,
-    token_env: &str,
-    secret: &str,
-) -> (Server, Sandbox, u16) {
-    let section = forge_section(forge, "repository = \"acme/shop\"", api_url, "slipway-bot");
-    serve_stack(
-        stack,
-        &section,
-        &[
-            (token_env, "test-token"),
-            ("SLIPWAY_WEBHOOK_SECRET", secret),
-        ],
-    )
 }
 
 /// `greeting.txt` of `env`, through the preview router on `port`.
@@ -259,12 +241,14 @@ pub struct ForgeWorld {
     /// The port of the server's API and preview router.
     pub port: u16,
     secret: &'static str,
+    deliveries: Cell<u32>,
 }
 
 impl ForgeWorld {
     /// `slipway serve` on a repository with `stack`, `[forge.KIND]` at `api` (the fake's own
     /// URL, or another in front of it) for the `repository` lines, bot `slipway-bot`, with
-    /// `token` in the forge's usual variable (`GITHUB_TOKEN`…) and the webhook `secret`.
+    /// `token` in the forge's usual variable (`GITHUB_TOKEN`…) and the webhook `secret`;
+    /// `prepare` runs on the sandbox before the server starts.
     pub fn serve(
         forge: FakeForge,
         stack: &str,
@@ -272,14 +256,16 @@ impl ForgeWorld {
         repository: &str,
         token: &str,
         secret: &'static str,
+        prepare: impl FnOnce(&Sandbox),
     ) -> ForgeWorld {
         let kind = forge.forge();
         let section = forge_section(kind.name(), repository, api, forge.bot_login());
         let token_env = format!("{}_TOKEN", kind.name().to_ascii_uppercase());
-        let (server, s, port) = serve_stack(
+        let (server, s, port) = serve_stack_with(
             stack,
             &section,
             &[(&token_env, token), ("SLIPWAY_WEBHOOK_SECRET", secret)],
+            prepare,
         );
         ForgeWorld {
             server,
@@ -287,6 +273,7 @@ impl ForgeWorld {
             forge,
             port,
             secret,
+            deliveries: Cell::new(0),
         }
     }
 
@@ -296,7 +283,7 @@ impl ForgeWorld {
         let forge = FakeForge::start(kind, "slipway-bot");
         let api = forge.url();
         let repository = "repository = \"acme/shop\"";
-        ForgeWorld::serve(forge, stack, &api, repository, token, secret)
+        ForgeWorld::serve(forge, stack, &api, repository, token, secret, |_| {})
     }
 
     /// Registers pull request `n` from `branch` at `sha` on the fake.
@@ -318,13 +305,13 @@ impl ForgeWorld {
     }
 
     /// Pull request `n` from `branch` at `sha` is opened: the fake has it, and the delivery.
-    pub fn open(&self, n: u64, branch: &str, sha: &str) -> Delivery {
+    pub fn opened(&self, n: u64, branch: &str, sha: &str) -> Delivery {
         self.add(n, branch, sha);
         self.forge.delivery(&self.forge.pr(n), &Event::Opened)
     }
 
     /// Its branch is pushed to: the head is now `sha`.
-    pub fn push(&self, n: u64, sha: &str) -> Delivery {
+    pub fn pushed(&self, n: u64, sha: &str) -> Delivery {
         let before = self.forge.pr(n).head_sha;
         self.forge.set_head(n, sha);
         self.forge
@@ -332,7 +319,7 @@ impl ForgeWorld {
     }
 
     /// `reviewer` approves it at `sha`.
-    pub fn approve(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
+    pub fn approved(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
         self.forge.approve(n, reviewer, sha);
         let reviewer = reviewer.to_owned();
         self.forge
@@ -340,14 +327,14 @@ impl ForgeWorld {
     }
 
     /// `author` comments `body` on it (known to the fake).
-    pub fn comment(&self, n: u64, author: &str, body: &str) -> Delivery {
+    pub fn commented(&self, n: u64, author: &str, body: &str) -> Delivery {
         let comment = self.forge.add_comment(n, author, body);
         self.forge
             .delivery(&self.forge.pr(n), &Event::Commented { comment })
     }
 
     /// It is merged as `merge_sha`.
-    pub fn merge(&self, n: u64, merge_sha: &str) -> Delivery {
+    pub fn merged(&self, n: u64, merge_sha: &str) -> Delivery {
         let merge_sha = merge_sha.to_owned();
         self.forge.set_state(
             n,
@@ -357,6 +344,19 @@ impl ForgeWorld {
         );
         self.forge
             .delivery(&self.forge.pr(n), &Event::Merged { merge_sha })
+    }
+
+    /// Merges `branch` into `base` with a merge commit (the repository back on `main` after),
+    /// as pull request `number` on the fake: the merge commit, and the forge's delivery.
+    pub fn merge_into(&self, number: u64, branch: &str, base: &str) -> (String, Delivery) {
+        let repo = &self.s.repo;
+        git(repo, &["checkout", "-q", base]);
+        let message = format!("Merge #{number}");
+        git(repo, &["merge", "-q", "--no-ff", "-m", &message, branch]);
+        let merge = git(repo, &["rev-parse", "HEAD"]);
+        git(repo, &["checkout", "-q", "main"]);
+        let delivery = self.merged(number, &merge);
+        (merge, delivery)
     }
 
     /// The forge it plays.
@@ -371,7 +371,7 @@ impl ForgeWorld {
     }
 
     /// Sends `d`, which must be acknowledged (`202`) and acted on.
-    pub fn accepted(&self, d: &Delivery) {
+    pub fn handled(&self, d: &Delivery) {
         let (status, reply) = self.send(d);
         let forge = self.kind().name();
         assert_eq!(status, 202, "{forge} {}: {reply}", d.event);
@@ -466,6 +466,18 @@ impl ForgeWorld {
         .expect("audit");
         let v: Value = serde_json::from_str(&answer.body).expect("json");
         v["entries"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl GitHubDelivered for ForgeWorld {
+    fn addr(&self) -> &str {
+        &self.server.addr
+    }
+    fn secret(&self) -> &[u8] {
+        self.secret.as_bytes()
+    }
+    fn deliveries(&self) -> &Cell<u32> {
+        &self.deliveries
     }
 }
 
