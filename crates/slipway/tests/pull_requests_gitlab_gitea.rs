@@ -20,7 +20,7 @@ use slipway_forge::{
 use util::fake_gitea;
 use util::fake_gitlab::{self, DEVELOPER, REPORTER};
 use util::world::{ForgeWorld, Served};
-use util::{FakeForge, Forge, PrSpec, PrState};
+use util::{Event, FakeForge, Forge, PrSpec, PrState};
 use util::{git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -342,18 +342,139 @@ fn parse(kind: ForgeKind, headers: Vec<(String, String)>, body: &[u8]) -> ForgeE
         .event
 }
 
-#[test]
-fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
-    let gl = FakeForge::start(Forge::GitLab, BOT);
-    gl.require_token("test-token");
-    gl.add_pr(PrSpec::new(1, &sha('a')));
-    gl.add_pr(PrSpec {
+/// A fake `kind` that takes only `test-token`, with pull request #1 by alice at `a…`, #2
+/// from mallory's fork at `b…` and #3, closed.
+fn fake_with_prs(kind: Forge) -> FakeForge {
+    let fake = FakeForge::start(kind, BOT);
+    fake.require_token("test-token");
+    fake.add_pr(PrSpec::new(1, &sha('a')));
+    fake.add_pr(PrSpec {
         author: "mallory".into(),
         fork: true,
         ..PrSpec::new(2, &sha('b'))
     });
-    gl.add_pr(PrSpec::new(3, &sha('c')));
-    gl.set_state(3, PrState::Closed);
+    fake.add_pr(PrSpec::new(3, &sha('c')));
+    fake.set_state(3, PrState::Closed);
+    fake
+}
+
+/// The adapter reads [`fake_with_prs`]'s pull requests as the fake has them: author, head,
+/// fork, mergeability, a merge.
+fn the_adapter_reads_pull_requests_as_the_fake_has_them(
+    fake: &FakeForge,
+    forge: &dyn slipway_forge::Forge,
+) {
+    let pr = forge.pull_request(1).expect("pr");
+    assert_eq!(
+        (
+            pr.info.author.as_str(),
+            pr.info.head_sha.as_str(),
+            pr.info.head_ref.as_str(),
+            pr.info.is_fork
+        ),
+        ("alice", sha('a').as_str(), "feature-1", false)
+    );
+    assert_eq!((pr.mergeable, pr.state), (Some(true), ApiPrState::Open));
+    let fork = forge.pull_request(2).expect("fork");
+    assert!(fork.info.is_fork);
+    assert_eq!(
+        fork.info.head_repo_full_name.as_deref(),
+        Some("mallory/shop")
+    );
+    fake.set_mergeable(1, Some(false));
+    assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(false));
+    fake.set_state(
+        1,
+        PrState::Merged {
+            merge_sha: sha('d'),
+        },
+    );
+    assert_eq!(forge.pull_request(1).expect("pr").state, ApiPrState::Merged);
+    fake.set_state(1, PrState::Open);
+}
+
+/// The fake's deliveries about pull request #1 (opened, pushed, merged, approved, commented
+/// on) and #2 (a fork, opened) verify and parse into what the flow relies on.
+fn the_deliveries_parse_as_the_flow_expects(fake: &FakeForge, kind: ForgeKind) {
+    let pr1 = fake.pr(1);
+    let hook = |pr: &PrSpec, event: Event| {
+        let delivery = fake.delivery(pr, &event);
+        let id = slipway_testkit::forge::uuid();
+        parse(
+            kind,
+            fake.webhook_headers(SECRET, &delivery, &id),
+            &delivery.body,
+        )
+    };
+    let opened = hook(&pr1, Event::Opened);
+    let ForgeEvent::PullRequest { action, pr } = opened else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(action, PrAction::Opened);
+    assert_eq!(
+        (
+            pr.number,
+            pr.head_sha.as_str(),
+            pr.head_ref.as_str(),
+            pr.base_ref.as_str()
+        ),
+        (1, pr1.head_sha.as_str(), "feature-1", "main")
+    );
+    assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
+    assert_eq!(pr.base_repo_full_name, "acme/shop");
+    assert_eq!(pr.url, fake.pr_url(1));
+    let before = sha('a');
+    let pushed = hook(&pr1, Event::Pushed { before });
+    assert!(matches!(
+        pushed,
+        ForgeEvent::PullRequest {
+            action: PrAction::Synchronized,
+            ..
+        }
+    ));
+    let merge_sha = sha('d');
+    let merged = hook(&pr1, Event::Merged { merge_sha });
+    assert!(matches!(
+        merged,
+        ForgeEvent::PullRequest {
+            action: PrAction::Merged,
+            ..
+        }
+    ));
+    let reviewer = "carol".to_owned();
+    let approved = hook(&pr1, Event::Approved { reviewer });
+    assert_eq!(
+        approved,
+        ForgeEvent::Review {
+            pr_number: 1,
+            state: ReviewState::Approved,
+            author: "carol".into()
+        }
+    );
+    let fork = hook(&fake.pr(2), Event::Opened);
+    let ForgeEvent::PullRequest { pr, .. } = fork else {
+        panic!("{fork:?}")
+    };
+    assert!(pr.is_fork);
+    assert_eq!(pr.head_repo_full_name.as_deref(), Some("mallory/shop"));
+    let comment = fake.add_comment(1, "alice", "/slipway plan");
+    let id = comment.id;
+    let commented = hook(&pr1, Event::Commented { comment });
+    assert_eq!(
+        commented,
+        ForgeEvent::Comment {
+            pr_number: 1,
+            comment_id: id,
+            author: "alice".into(),
+            body: "/slipway plan".into(),
+            is_pull_request: true
+        }
+    );
+}
+
+#[test]
+fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
+    let gl = fake_with_prs(Forge::GitLab);
     gl.set_permission("alice", DEVELOPER);
     gl.set_permission("bob", REPORTER);
     gl.add_comment(1, BOT, &format!("{MARKER}\nby hand, not through the API"));
@@ -388,34 +509,9 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     assert_eq!(gl.statuses(&sha('a'))[0].state, "failed");
     assert_eq!(gl.statuses(&sha('a'))[0].context, "slipway/plan");
 
-    let mr = forge.pull_request(1).expect("mr");
-    assert_eq!(
-        (
-            mr.info.author.as_str(),
-            mr.info.head_sha.as_str(),
-            mr.info.is_fork
-        ),
-        ("alice", sha('a').as_str(), false)
-    );
-    assert_eq!((mr.mergeable, mr.state), (Some(true), ApiPrState::Open));
-    let fork = forge.pull_request(2).expect("fork");
-    assert!(fork.info.is_fork);
-    assert_eq!(
-        fork.info.head_repo_full_name.as_deref(),
-        Some("mallory/shop")
-    );
-    gl.set_mergeable(1, Some(false));
-    assert_eq!(forge.pull_request(1).expect("mr").mergeable, Some(false));
+    the_adapter_reads_pull_requests_as_the_fake_has_them(&gl, forge.as_ref());
     gl.set_mergeable(1, None);
     assert_eq!(forge.pull_request(1).expect("mr").mergeable, None);
-    gl.set_state(
-        1,
-        PrState::Merged {
-            merge_sha: sha('d'),
-        },
-    );
-    assert_eq!(forge.pull_request(1).expect("mr").state, ApiPrState::Merged);
-    gl.set_state(1, PrState::Open);
 
     assert!(forge.approvals(1).expect("approvals").is_empty());
     gl.approve(1, "carol", &gl.pr(1).head_sha);
@@ -476,6 +572,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     assert_eq!(wrong.pull_request(1).expect_err("401").status(), Some(401));
 
     // The payloads verify (secret token) and parse into what the flow relies on.
+    the_deliveries_parse_as_the_flow_expects(&gl, ForgeKind::GitLab);
     let mr1 = gl.pr(1);
     let hook = |event: &str, body: &[u8]| {
         parse(
@@ -484,37 +581,6 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
             body,
         )
     };
-    let opened = hook(
-        "Merge Request Hook",
-        &fake_gitlab::merge_request_payload("open", &mr1, "alice", None, None),
-    );
-    let ForgeEvent::PullRequest { action, pr } = opened else {
-        panic!("{opened:?}")
-    };
-    assert_eq!(action, PrAction::Opened);
-    assert_eq!(
-        (
-            pr.number,
-            pr.head_sha.as_str(),
-            pr.head_ref.as_str(),
-            pr.base_ref.as_str()
-        ),
-        (1, sha('e').as_str(), "feature-1", "main")
-    );
-    assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
-    assert_eq!(pr.base_repo_full_name, "acme/shop");
-    assert_eq!(pr.url, fake_gitlab::web_url(mr1.number));
-    let pushed = hook(
-        "Merge Request Hook",
-        &fake_gitlab::merge_request_payload("update", &mr1, "alice", Some(&sha('a')), None),
-    );
-    assert!(matches!(
-        pushed,
-        ForgeEvent::PullRequest {
-            action: PrAction::Synchronized,
-            ..
-        }
-    ));
     let edited = hook(
         "Merge Request Hook",
         &fake_gitlab::merge_request_payload("update", &mr1, "alice", None, None),
@@ -526,64 +592,11 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
             ..
         }
     ));
-    let merged = hook(
-        "Merge Request Hook",
-        &fake_gitlab::merge_request_payload("merge", &mr1, "alice", None, Some(&sha('d'))),
-    );
-    assert!(matches!(
-        merged,
-        ForgeEvent::PullRequest {
-            action: PrAction::Merged,
-            ..
-        }
-    ));
-    let approved = hook(
-        "Merge Request Hook",
-        &fake_gitlab::merge_request_payload("approved", &mr1, "carol", None, None),
-    );
-    assert_eq!(
-        approved,
-        ForgeEvent::Review {
-            pr_number: 1,
-            state: ReviewState::Approved,
-            author: "carol".into()
-        }
-    );
-    let fork = hook(
-        "Merge Request Hook",
-        &fake_gitlab::merge_request_payload("open", &gl.pr(2), "mallory", None, None),
-    );
-    let ForgeEvent::PullRequest { pr, .. } = fork else {
-        panic!("{fork:?}")
-    };
-    assert!(pr.is_fork);
-    assert_eq!(pr.head_repo_full_name.as_deref(), Some("mallory/shop"));
-    let note = gl.add_comment(1, "alice", "/slipway plan");
-    let commented = hook("Note Hook", &fake_gitlab::note_payload(&mr1, &note));
-    assert_eq!(
-        commented,
-        ForgeEvent::Comment {
-            pr_number: 1,
-            comment_id: note.id,
-            author: "alice".into(),
-            body: "/slipway plan".into(),
-            is_pull_request: true
-        }
-    );
 }
 
 #[test]
 fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
-    let gt = FakeForge::start(Forge::Gitea, BOT);
-    gt.require_token("test-token");
-    gt.add_pr(PrSpec::new(1, &sha('a')));
-    gt.add_pr(PrSpec {
-        author: "mallory".into(),
-        fork: true,
-        ..PrSpec::new(2, &sha('b'))
-    });
-    gt.add_pr(PrSpec::new(3, &sha('c')));
-    gt.set_state(3, PrState::Closed);
+    let gt = fake_with_prs(Forge::Gitea);
     gt.set_permission("alice", "write");
     gt.set_permission("bob", "read");
     gt.set_permission("olga", "owner");
@@ -625,32 +638,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
         ("slipway/plan", "error")
     );
 
-    let pr = forge.pull_request(1).expect("pr");
-    assert_eq!(
-        (
-            pr.info.author.as_str(),
-            pr.info.head_ref.as_str(),
-            pr.info.is_fork
-        ),
-        ("alice", "feature-1", false)
-    );
-    assert_eq!((pr.mergeable, pr.state), (Some(true), ApiPrState::Open));
-    let fork = forge.pull_request(2).expect("fork");
-    assert!(fork.info.is_fork);
-    assert_eq!(
-        fork.info.head_repo_full_name.as_deref(),
-        Some("mallory/shop")
-    );
-    gt.set_mergeable(1, Some(false));
-    assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(false));
-    gt.set_state(
-        1,
-        PrState::Merged {
-            merge_sha: sha('d'),
-        },
-    );
-    assert_eq!(forge.pull_request(1).expect("pr").state, ApiPrState::Merged);
-    gt.set_state(1, PrState::Open);
+    the_adapter_reads_pull_requests_as_the_fake_has_them(&gt, forge.as_ref());
 
     gt.approve(1, "carol", &sha('a'));
     gt.review(1, "dave", "REQUEST_CHANGES", &sha('a'));
@@ -706,64 +694,12 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
     assert_eq!(wrong.pull_request(1).expect_err("401").status(), Some(401));
 
     // The payloads verify (HMAC signature) and parse into what the flow relies on.
-    let pr1 = gt.pr(1);
-    let hook = |event: &str, body: &[u8]| {
-        parse(
-            ForgeKind::Gitea,
-            fake_gitea::webhook_headers(
-                SECRET.as_bytes(),
-                event,
-                &slipway_testkit::forge::uuid(),
-                body,
-            ),
-            body,
-        )
-    };
-    let opened = hook(
-        "pull_request",
-        &fake_gitea::pull_request_payload("opened", &pr1, false, None),
-    );
-    let ForgeEvent::PullRequest { action, pr } = opened else {
-        panic!("{opened:?}")
-    };
-    assert_eq!(action, PrAction::Opened);
-    assert_eq!(
-        (
-            pr.number,
-            pr.head_sha.as_str(),
-            pr.head_ref.as_str(),
-            pr.base_ref.as_str()
-        ),
-        (1, sha('a').as_str(), "feature-1", "main")
-    );
-    assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
-    assert_eq!(pr.base_repo_full_name, "acme/shop");
-    assert_eq!(pr.url, fake_gitea::html_url(pr1.number));
-    let pushed = hook(
-        "pull_request",
-        &fake_gitea::pull_request_payload("synchronized", &pr1, false, None),
-    );
-    assert!(matches!(
-        pushed,
-        ForgeEvent::PullRequest {
-            action: PrAction::Synchronized,
-            ..
-        }
-    ));
-    let merged = hook(
-        "pull_request",
-        &fake_gitea::pull_request_payload("closed", &pr1, true, Some(&sha('d'))),
-    );
-    assert!(matches!(
-        merged,
-        ForgeEvent::PullRequest {
-            action: PrAction::Merged,
-            ..
-        }
-    ));
-    let closed = hook(
-        "pull_request",
-        &fake_gitea::pull_request_payload("closed", &pr1, false, None),
+    the_deliveries_parse_as_the_flow_expects(&gt, ForgeKind::Gitea);
+    let closed = gt.delivery(&gt.pr(1), &Event::Closed);
+    let closed = parse(
+        ForgeKind::Gitea,
+        gt.webhook_headers(SECRET, &closed, &slipway_testkit::forge::uuid()),
+        &closed.body,
     );
     assert!(matches!(
         closed,
@@ -772,40 +708,4 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
             ..
         }
     ));
-    let approved = hook(
-        fake_gitea::review_event("approved"),
-        &fake_gitea::pull_request_review_payload(&pr1, "carol", "approved", "LGTM"),
-    );
-    assert_eq!(
-        approved,
-        ForgeEvent::Review {
-            pr_number: 1,
-            state: ReviewState::Approved,
-            author: "carol".into()
-        }
-    );
-    let fork = hook(
-        "pull_request",
-        &fake_gitea::pull_request_payload("opened", &gt.pr(2), false, None),
-    );
-    let ForgeEvent::PullRequest { pr, .. } = fork else {
-        panic!("{fork:?}")
-    };
-    assert!(pr.is_fork);
-    assert_eq!(pr.head_repo_full_name.as_deref(), Some("mallory/shop"));
-    let comment = gt.add_comment(1, "alice", "/slipway plan");
-    let commented = hook(
-        "issue_comment",
-        &fake_gitea::issue_comment_payload(&pr1, &comment),
-    );
-    assert_eq!(
-        commented,
-        ForgeEvent::Comment {
-            pr_number: 1,
-            comment_id: comment.id,
-            author: "alice".into(),
-            body: "/slipway plan".into(),
-            is_pull_request: true
-        }
-    );
 }

@@ -107,7 +107,7 @@ pub static DIALECT: Dialect = Dialect {
     write_role: "write",
     read_role: "read",
     delivery,
-    send: |addr, secret, d, id| send_webhook(addr, secret.as_bytes(), d.event, id, &d.body),
+    headers: |secret, d, id| webhook_headers(secret.as_bytes(), d.event, id, &d.body),
     respond,
     bug: || message(500, "the fake Gitea failed to answer (a bug)"),
 };

@@ -113,7 +113,7 @@ pub static DIALECT: Dialect = Dialect {
     write_role: "write",
     read_role: "read",
     delivery,
-    send: |addr, secret, d, id| send_webhook(addr, secret.as_bytes(), d.event, id, &d.body),
+    headers: |secret, d, id| webhook_headers(secret.as_bytes(), d.event, id, &d.body),
     respond,
     bug: || with_github_headers(message(500, "the fake GitHub failed to answer (a bug)")),
 };

@@ -146,7 +146,7 @@ pub static DIALECT: Dialect = Dialect {
     write_role: DEVELOPER,
     read_role: REPORTER,
     delivery,
-    send: |addr, secret, d, id| send_webhook(addr, secret, d.event, id, &d.body),
+    headers: |secret, d, id| webhook_headers(secret, d.event, id),
     respond,
     bug: || message(500, "the fake GitLab failed to answer (a bug)"),
 };

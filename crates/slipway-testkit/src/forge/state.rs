@@ -184,9 +184,9 @@ pub struct Dialect {
     pub read_role: &'static str,
     /// The delivery the forge sends when `event` happens to pull request `pr` (as it is now).
     pub delivery: fn(&PrSpec, &Event) -> Delivery,
-    /// Sends a delivery as the forge does (signed or with its token, from `secret`), with
-    /// delivery id `id`, to `slipway serve` at `addr`.
-    pub send: fn(addr: &str, secret: &str, delivery: &Delivery, id: &str) -> (u16, String),
+    /// The headers the forge sends a delivery with (signed or with its token, from
+    /// `secret`), delivery id `id`.
+    pub headers: fn(secret: &str, delivery: &Delivery, id: &str) -> Vec<(String, String)>,
     /// Answers a request: its reply and the operation it matched.
     pub respond: fn(&Core, &mut State, &Request) -> (Reply, Option<&'static str>),
     /// The answer to a request whose answering panicked (a bug in the fake).
@@ -637,7 +637,20 @@ impl FakeForge {
     /// Sends `delivery` as the forge does (with `secret`, and delivery id `id`) to
     /// `slipway serve` at `addr`: its status and body.
     pub fn send(&self, addr: &str, secret: &str, delivery: &Delivery, id: &str) -> (u16, String) {
-        (self.dialect().send)(addr, secret, delivery, id)
+        let headers = self.webhook_headers(secret, delivery, id);
+        let path = self.dialect().webhook_path;
+        super::post_webhook(addr, path, &super::header_refs(&headers), &delivery.body)
+    }
+
+    /// The headers the forge sends `delivery` with (signed or with its token, from
+    /// `secret`), delivery id `id`.
+    pub fn webhook_headers(
+        &self,
+        secret: &str,
+        delivery: &Delivery,
+        id: &str,
+    ) -> Vec<(String, String)> {
+        (self.dialect().headers)(secret, delivery, id)
     }
 
     /// Requires this token on every request (where the forge takes it); another token, or
