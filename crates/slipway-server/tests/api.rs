@@ -208,8 +208,36 @@ impl Fixture {
 
     /// One call; `token` `None` sends no Authorization header.
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-        let url = self.url(path);
         let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth.as_str()));
+        }
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let (status, headers, read) = self.send(method, path, &headers, body);
+        let content_type = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Reply {
+            status,
+            content_type,
+            body: read.unwrap_or_else(|e| panic!("{method} {path}: the body is readable: {e}")),
+        }
+    }
+
+    /// One request with exactly `headers`: the status, the answer's headers and its body.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Vec<(String, String)>, Result<String, ureq::Error>) {
+        let url = self.url(path);
         let result = match method {
             "GET" | "DELETE" => {
                 let mut request = if method == "GET" {
@@ -217,8 +245,8 @@ impl Fixture {
                 } else {
                     self.agent.delete(&url)
                 };
-                if let Some(auth) = &auth {
-                    request = request.header("Authorization", auth);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
                 }
                 request.call()
             }
@@ -228,13 +256,11 @@ impl Fixture {
                 } else {
                     self.agent.put(&url)
                 };
-                if let Some(auth) = &auth {
-                    request = request.header("Authorization", auth);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
                 }
                 match body {
-                    Some(body) => request
-                        .header("Content-Type", "application/json")
-                        .send(body),
+                    Some(body) => request.send(body),
                     None => request.send_empty(),
                 }
             }
@@ -242,22 +268,13 @@ impl Fixture {
         };
         let mut response =
             result.unwrap_or_else(|e| panic!("{method} {path} gets an HTTP response: {e}"));
-        let status = response.status().as_u16();
-        let content_type = response
+        let headers = response
             .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = response
-            .body_mut()
-            .read_to_string()
-            .unwrap_or_else(|e| panic!("{method} {path}: the body is readable: {e}"));
-        Reply {
-            status,
-            content_type,
-            body,
-        }
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let status = response.status().as_u16();
+        (status, headers, response.body_mut().read_to_string())
     }
 
     fn as_role(&self, role: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
@@ -1431,42 +1448,11 @@ impl Fixture {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> RawReply {
-        let url = self.url(path);
-        let result = match method {
-            "GET" | "DELETE" => {
-                let mut request = if method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                for (name, value) in headers {
-                    request = request.header(*name, *value);
-                }
-                request.call()
-            }
-            "POST" => {
-                let mut request = self.agent.post(&url);
-                for (name, value) in headers {
-                    request = request.header(*name, *value);
-                }
-                match body {
-                    Some(body) => request.send(body),
-                    None => request.send_empty(),
-                }
-            }
-            other => panic!("the session tests use GET, POST and DELETE, not {other}"),
-        };
-        let mut response =
-            result.unwrap_or_else(|e| panic!("{method} {path} gets an HTTP response: {e}"));
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
+        let (status, headers, read) = self.send(method, path, headers, body);
         RawReply {
-            status: response.status().as_u16(),
+            status,
             headers,
-            body: response.body_mut().read_to_string().unwrap_or_default(),
+            body: read.unwrap_or_default(),
         }
     }
 

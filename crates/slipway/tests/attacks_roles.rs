@@ -14,48 +14,13 @@ mod util;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use util::world::append_config;
 use util::*;
 
 const T: Duration = Duration::from_secs(60);
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn set_secret(s: &Sandbox, name: &str, env: Option<&str>, value: &str) {
-    let mut args = vec!["secret", "set", name];
-    if let Some(e) = env {
-        args.extend(["--env", e]);
-    }
-    let mut child = s
-        .cmd(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("slipway runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{value}\n").as_bytes())
-        .expect("write the value");
-    let out = child.wait_with_output().expect("slipway finishes");
-    assert!(out.status.success(), "secret set: {}", text(&out));
-}
-
-fn append_config(s: &Sandbox, extra: &str) {
-    let config = std::fs::read_to_string(&s.config).expect("config") + extra;
-    std::fs::write(&s.config, config).expect("config");
-}
 
 /// The environment `name` as the API shows it, when it exists.
 fn environment(server: &Server, token: &str, name: &str) -> Option<Value> {
@@ -157,8 +122,8 @@ resources:
 "#
         ),
     );
-    set_secret(&s, "api_token", None, &default_secret);
-    set_secret(&s, "api_token", Some("prod"), &prod_secret);
+    s.set_secret("api_token", None, &default_secret);
+    s.set_secret("api_token", Some("prod"), &prod_secret);
     s.commit("a stack with prod's own secret");
     append_config(
         &s,

@@ -199,33 +199,6 @@ fn evil_stack(recipient: &str, round: u32) -> String {
         )
 }
 
-fn set_secret(s: &Sandbox, name: &str, env: Option<&str>, value: &str) {
-    use std::io::Write;
-    let mut args = vec!["secret", "set", name];
-    if let Some(e) = env {
-        args.extend(["--env", e]);
-    }
-    let mut child = s
-        .cmd(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("slipway runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{value}\n").as_bytes())
-        .expect("write the value");
-    let out = child.wait_with_output().expect("slipway finishes");
-    assert!(
-        out.status.success(),
-        "{}",
-        s.report(&args, &out, "secret set")
-    );
-}
-
 /// How the engine runs in a scenario.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum As {
@@ -353,20 +326,6 @@ fn status_of(s: &Sandbox, who: As, envs: &[(&str, &str)]) -> Value {
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
-fn environment<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["environments"]
-        .as_array()?
-        .iter()
-        .find(|e| e["name"] == name)
-}
-
-fn resource<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
-    env["resources"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == name)
-}
-
 /// [`wait_for`] that shows `last` and what serve said when it times out.
 fn wait_for_or<R>(
     what: &str,
@@ -481,8 +440,8 @@ fn attack(who: As) -> Scenario {
     s.commit("prod");
     let own_token = format!("branch-own-secret-{stamp}");
     let prod_token = format!("PROD-ONLY-SECRET-{stamp}");
-    set_secret(&s, "api_token", None, &own_token);
-    set_secret(&s, "api_token", Some("prod"), &prod_token);
+    s.set_secret("api_token", None, &own_token);
+    s.set_secret("api_token", Some("prod"), &prod_token);
     s.commit("secrets");
     git(&s.repo, &["checkout", "-q", "-b", "feature/evil"]);
     s.write("evil.py", EVIL);
@@ -527,11 +486,11 @@ fn attack(who: As) -> Scenario {
             let status = scenario.status();
             *last.borrow_mut() = status.clone();
             let ready =
-                |env: &str| environment(&status, env).is_some_and(|e| e["sync"] == "synced");
+                |env: &str| status_environment(&status, env).is_some_and(|e| e["sync"] == "synced");
             // The branch's own `file` resources may already show the links its job planted as
             // drift: its report is the sign that it was deployed.
             (ready("prod")
-                && environment(&status, "br-feature-evil").is_some()
+                && status_environment(&status, "br-feature-evil").is_some()
                 && scenario
                     .s
                     .home
@@ -712,10 +671,10 @@ fn assert_symlinks_are_not_followed(sc: &Scenario) {
         sc,
         || {
             let status = sc.status();
-            let env = environment(&status, "br-feature-evil")?.clone();
+            let env = status_environment(&status, "br-feature-evil")?.clone();
             *last.borrow_mut() = env.clone();
             let refused = |name: &str| {
-                resource(&env, name).is_some_and(|r| {
+                status_resource(&env, name).is_some_and(|r| {
                     r["status"] == "failed"
                         && r["message"].as_str().is_some_and(|m| m.contains("symlink"))
                 })
@@ -783,9 +742,9 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
     );
     let evil_port = {
         let status = sc.status();
-        let env = environment(&status, "br-feature-evil").expect("the branch env");
+        let env = status_environment(&status, "br-feature-evil").expect("the branch env");
         assert_eq!(env["isolation"], "uid", "status names the isolation: {env}");
-        resource(env, "evilproc").expect("evilproc")["outputs"]["ports"]["http"]
+        status_resource(env, "evilproc").expect("evilproc")["outputs"]["ports"]["http"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .expect("evilproc's port")
@@ -843,7 +802,7 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
     // once (it would meet what the destroyed one left in SysV IPC, `/dev/shm`).
     git(&sc.s.repo, &["branch", "-q", "-D", "feature/evil"]);
     wait_for("the branch environment is destroyed", T, || {
-        environment(&sc.status(), "br-feature-evil")
+        status_environment(&sc.status(), "br-feature-evil")
             .is_none()
             .then_some(())
     });
@@ -856,7 +815,7 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
     git(&sc.s.repo, &["branch", "-q", "feature/next"]);
     let next_uid = wait_for("the next branch environment runs", T, || {
         let status = sc.status();
-        (environment(&status, "br-feature-next")?["sync"] == "synced").then_some(())?;
+        (status_environment(&status, "br-feature-next")?["sync"] == "synced").then_some(())?;
         Some(uid_of("br-feature-next"))
     });
     assert!(
@@ -889,12 +848,12 @@ fn branch_code_under_an_unprivileged_engine_is_held_by_landlock() {
         assert_held(&sc, mode, &report);
     }
     let status = sc.status();
-    let env = environment(&status, "br-feature-evil").expect("the branch env");
+    let env = status_environment(&status, "br-feature-evil").expect("the branch env");
     assert_eq!(
         env["isolation"], "landlock",
         "status names the isolation: {env}"
     );
-    let port = resource(env, "evilproc").expect("evilproc")["outputs"]["ports"]["http"]
+    let port = status_resource(env, "evilproc").expect("evilproc")["outputs"]["ports"]["http"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .expect("evilproc's port");
@@ -1042,7 +1001,7 @@ resources:
     let status = run(&["status", "--output", "json"]);
     let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
     assert_eq!(
-        environment(&status, "scratch2").expect("scratch2")["isolation"],
+        status_environment(&status, "scratch2").expect("scratch2")["isolation"],
         "none",
         "status says it runs unisolated"
     );
@@ -1126,8 +1085,8 @@ resources:
     // The engine now isolates (the default): the running process is drift.
     std::fs::write(&s.config, &config).expect("config");
     let status = s.json(&["status", "--output", "json"]);
-    let env = environment(&status, "dev").expect("dev");
-    let web = resource(env, "web").expect("web");
+    let env = status_environment(&status, "dev").expect("dev");
+    let web = status_resource(env, "web").expect("web");
     assert_eq!(web["status"], "drifted", "{web}");
     assert!(
         web["message"]

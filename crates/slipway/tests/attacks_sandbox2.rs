@@ -24,20 +24,6 @@ fn with_local(s: &Sandbox, extra: &str) {
     .expect("config");
 }
 
-fn environment<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["environments"]
-        .as_array()?
-        .iter()
-        .find(|e| e["name"] == name)
-}
-
-fn resource<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
-    env["resources"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == name)
-}
-
 fn report(s: &Sandbox, env: &str, name: &str) -> Value {
     let path = s.home.join(format!("envs/{env}/data/{name}"));
     let text = std::fs::read_to_string(&path)
@@ -105,7 +91,7 @@ resources:
         "no device node exists"
     );
     let status = s.json(&["status", "--output", "json"]);
-    let dev = environment(&status, "dev").expect("dev");
+    let dev = status_environment(&status, "dev").expect("dev");
     assert_eq!(
         dev["isolation"], "uid",
         "a root engine isolates by uid even when landlock is asked: {dev}"
@@ -244,7 +230,7 @@ resources:
     );
     let status = s.json(&["status", "--output", "json"]);
     assert!(
-        environment(&status, "dev").is_some(),
+        status_environment(&status, "dev").is_some(),
         "the environment stays recorded, so that a retry can finish: {status}"
     );
     assert!(
@@ -352,7 +338,8 @@ resources:
     assert!(spec.exists(), "the supervisor has a spec");
     std::fs::remove_file(&spec).expect("remove the spec");
     let status = s.json(&["status", "--output", "json"]);
-    let web = resource(environment(&status, "dev").expect("dev"), "web").expect("web");
+    let web =
+        status_resource(status_environment(&status, "dev").expect("dev"), "web").expect("web");
     assert_eq!(web["status"], "drifted", "{web}");
     assert!(
         web["message"]
@@ -362,7 +349,8 @@ resources:
     );
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let status = s.json(&["status", "--output", "json"]);
-    let web = resource(environment(&status, "dev").expect("dev"), "web").expect("web");
+    let web =
+        status_resource(status_environment(&status, "dev").expect("dev"), "web").expect("web");
     assert_ne!(web["status"], "drifted", "replaced, it is in sync: {web}");
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }

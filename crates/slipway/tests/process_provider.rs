@@ -104,14 +104,38 @@ impl TestEnv {
     }
 
     fn wait_ready(&self, resource: &str, config: &Value, applied: &Applied) {
-        self.process()
-            .wait_ready(
-                self.ctx(resource),
-                config,
-                applied,
-                Instant::now() + Duration::from_secs(30),
-            )
+        self.try_wait_ready(resource, config, applied, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{resource} becomes ready: {e:?}\n{}", self.report()));
+    }
+
+    /// What `wait_ready` of `resource` answers, waiting at most `within`.
+    fn try_wait_ready(
+        &self,
+        resource: &str,
+        config: &Value,
+        applied: &Applied,
+        within: Duration,
+    ) -> Result<(), ProviderError> {
+        self.process()
+            .wait_ready(self.ctx(resource), config, applied, Instant::now() + within)
+    }
+
+    /// Deletes `resource` (its record `live`, or none), which must succeed: `why` says which
+    /// delete it is.
+    fn delete(&self, resource: &str, live: Option<&Value>, why: &str) {
+        self.process()
+            .delete(self.ctx(resource), live)
+            .unwrap_or_else(|e| panic!("{why} ({resource}): {e}\n{}", self.report()));
+    }
+
+    /// What the provider observes of `resource` recorded as `live`.
+    fn observe(
+        &self,
+        resource: &str,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Observation, ProviderError> {
+        self.process().observe(self.ctx(resource), config, live)
     }
 
     fn state(&self, resource: &str) -> Option<Value> {
@@ -302,9 +326,7 @@ fn a_process_becomes_ready_serves_http_and_reports_its_url() {
         "the child sees SLIPWAY_RESOURCE and its configured env"
     );
     assert_eq!(
-        env.process()
-            .observe(env.ctx("api"), &config, &applied.live)
-            .expect("observe"),
+        env.observe("api", &config, &applied.live).expect("observe"),
         Observation::InSync,
         "a running process is in sync"
     );
@@ -318,9 +340,7 @@ fn a_process_becomes_ready_serves_http_and_reports_its_url() {
     );
 
     let child = child_in(&env.state("api").expect("state file")).expect("a child is recorded");
-    env.process()
-        .delete(env.ctx("api"), Some(&applied.live))
-        .expect("delete");
+    env.delete("api", Some(&applied.live), "delete");
     assert!(
         !supervisor_of(&applied).alive(),
         "delete stops the supervisor"
@@ -338,9 +358,7 @@ fn a_process_becomes_ready_serves_http_and_reports_its_url() {
         "delete removes the spec and state files:\n{}",
         env.report()
     );
-    env.process()
-        .delete(env.ctx("api"), Some(&applied.live))
-        .expect("delete is idempotent");
+    env.delete("api", Some(&applied.live), "delete is idempotent");
 }
 
 #[test]
@@ -384,9 +402,7 @@ fn a_killed_child_is_restarted_by_the_supervisor_alone() {
         "the restarted child serves again:\n{}",
         env.report()
     );
-    env.process()
-        .delete(env.ctx("api"), Some(&applied.live))
-        .expect("delete");
+    env.delete("api", Some(&applied.live), "delete");
 }
 
 #[test]
@@ -423,15 +439,12 @@ fn observe_reports_a_restarting_child_as_drifted_and_a_dead_supervisor_as_missin
     kill("-KILL", &supervisor_of(&applied).pid.to_string());
     assert!(
         eventually(Duration::from_secs(5), || matches!(
-            env.process()
-                .observe(env.ctx("flaky"), &config, &applied.live),
+            env.observe("flaky", &config, &applied.live),
             Ok(Observation::Missing { .. })
         )),
         "a process whose supervisor is gone is missing"
     );
-    env.process()
-        .delete(env.ctx("flaky"), Some(&applied.live))
-        .expect("delete");
+    env.delete("flaky", Some(&applied.live), "delete");
 }
 
 #[test]
@@ -463,9 +476,7 @@ fn delete_after_the_supervisor_was_killed_stops_the_child_group_and_frees_the_po
         "the orphaned server still holds the port"
     );
 
-    env.process()
-        .delete(env.ctx("api"), Some(&applied.live))
-        .expect("delete");
+    env.delete("api", Some(&applied.live), "delete");
     assert!(
         !child.alive(),
         "delete stops the orphaned child by its recorded pid and start time"
@@ -487,9 +498,7 @@ fn delete_without_a_record_finds_and_stops_what_create_started() {
     let child = child_in(&env.state("api").expect("state")).expect("a child");
 
     // As if the CLI was killed after create returned but before the engine recorded it.
-    env.process()
-        .delete(env.ctx("api"), None)
-        .expect("delete(None)");
+    env.delete("api", None, "delete(None)");
     assert!(
         !supervisor_of(&applied).alive(),
         "delete(None) stops the supervisor it finds in the state file"
@@ -500,9 +509,7 @@ fn delete_without_a_record_finds_and_stops_what_create_started() {
         "the port is free after delete(None)"
     );
     assert!(env.state("api").is_none(), "the state file is removed");
-    env.process()
-        .delete(env.ctx("api"), None)
-        .expect("delete(None) is idempotent");
+    env.delete("api", None, "delete(None) is idempotent");
 }
 
 #[test]
@@ -526,8 +533,7 @@ fn a_pid_with_another_start_time_is_never_adopted_or_signalled() {
     });
     assert!(
         matches!(
-            env.process()
-                .observe(env.ctx("api"), &server_config(), &forged),
+            env.observe("api", &server_config(), &forged),
             Ok(Observation::Missing { .. })
         ),
         "a recorded pid with another start time is not our supervisor"
@@ -539,17 +545,13 @@ fn a_pid_with_another_start_time_is_never_adopted_or_signalled() {
     });
     let state_file = env.dirs.run.join("api.json");
     std::fs::write(&state_file, forged_state.to_string()).expect("forge a state file");
-    env.process()
-        .delete(env.ctx("api"), None)
-        .expect("delete with a forged state file");
+    env.delete("api", None, "delete with a forged state file");
     assert!(
         real.alive(),
         "delete(None) never signals a pid whose start time differs"
     );
     std::fs::write(&state_file, forged_state.to_string()).expect("forge a state file");
-    env.process()
-        .delete(env.ctx("api"), Some(&forged))
-        .expect("delete with a forged record");
+    env.delete("api", Some(&forged), "delete with a forged record");
     assert!(
         real.alive(),
         "a process whose start time differs is never signalled"
@@ -573,13 +575,7 @@ fn a_crash_looping_process_fails_wait_ready_with_its_log_tail() {
     let applied = env.create(&mut cleanup, "api", &config);
     let started = Instant::now();
     let err = env
-        .process()
-        .wait_ready(
-            env.ctx("api"),
-            &config,
-            &applied,
-            Instant::now() + Duration::from_secs(60),
-        )
+        .try_wait_ready("api", &config, &applied, Duration::from_secs(60))
         .expect_err("a crash-looping process never becomes ready");
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -612,9 +608,7 @@ fn a_crash_looping_process_fails_wait_ready_with_its_log_tail() {
             .is_some_and(|t| t.contains("fatal: DATABASE_URL is not set")),
         "the error carries the log tail: {log_tail:?}"
     );
-    env.process()
-        .delete(env.ctx("api"), Some(&applied.live))
-        .expect("delete");
+    env.delete("api", Some(&applied.live), "delete");
 }
 
 #[test]
@@ -629,13 +623,7 @@ fn a_process_that_never_passes_its_health_check_times_out_with_the_reason() {
     });
     let applied = env.create(&mut cleanup, "api", &config);
     let err = env
-        .process()
-        .wait_ready(
-            env.ctx("api"),
-            &config,
-            &applied,
-            Instant::now() + Duration::from_secs(60),
-        )
+        .try_wait_ready("api", &config, &applied, Duration::from_secs(60))
         .expect_err("a 404 health check never passes");
     let text = err.to_string();
     assert!(
@@ -647,9 +635,7 @@ fn a_process_that_never_passes_its_health_check_times_out_with_the_reason() {
         "the error carries the last health check's answer: {text}"
     );
     assert!(err.retryable(), "a health timeout may pass on a retry");
-    env.process()
-        .delete(env.ctx("api"), Some(&applied.live))
-        .expect("delete");
+    env.delete("api", Some(&applied.live), "delete");
 }
 
 #[test]
@@ -664,9 +650,7 @@ fn a_child_ignoring_sigterm_is_killed_after_the_stop_grace() {
     env.wait_ready("stubborn", &config, &applied);
     let child = child_in(&env.state("stubborn").expect("state")).expect("a child");
     let started = Instant::now();
-    env.process()
-        .delete(env.ctx("stubborn"), Some(&applied.live))
-        .expect("delete");
+    env.delete("stubborn", Some(&applied.live), "delete");
     assert!(!child.alive(), "a child ignoring SIGTERM is SIGKILLed");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -682,13 +666,7 @@ fn restart_never_leaves_an_exited_process_drifted() {
     let config = json!({"command": ["sh", "-c", "exit 0"], "restart": "never"});
     let applied = env.create(&mut cleanup, "once", &config);
     let err = env
-        .process()
-        .wait_ready(
-            env.ctx("once"),
-            &config,
-            &applied,
-            Instant::now() + Duration::from_secs(30),
-        )
+        .try_wait_ready("once", &config, &applied, Duration::from_secs(30))
         .expect_err("an exited process that is not restarted is not ready");
     assert!(
         err.to_string().contains("restart policy"),
@@ -696,14 +674,12 @@ fn restart_never_leaves_an_exited_process_drifted() {
     );
     assert!(
         matches!(
-            env.process().observe(env.ctx("once"), &config, &applied.live),
+            env.observe("once", &config, &applied.live),
             Ok(Observation::Drifted { reason }) if reason.contains("exit code 0")
         ),
         "an exited process is drifted, with how it exited"
     );
-    env.process()
-        .delete(env.ctx("once"), Some(&applied.live))
-        .expect("delete");
+    env.delete("once", Some(&applied.live), "delete");
 }
 
 #[test]
@@ -736,9 +712,7 @@ fn the_process_log_is_rotated_at_its_size_cap() {
         "the rotated log is within the cap: {}",
         size(&rotated)
     );
-    env.process()
-        .delete(env.ctx("chatty"), Some(&applied.live))
-        .expect("delete");
+    env.delete("chatty", Some(&applied.live), "delete");
 }
 
 #[test]
@@ -812,13 +786,7 @@ fn a_process_whose_program_does_not_exist_fails_wait_ready_saying_so() {
     let config = json!({"command": ["no-such-program-slipway"]});
     let applied = env.create(&mut cleanup, "ghost", &config);
     let err = env
-        .process()
-        .wait_ready(
-            env.ctx("ghost"),
-            &config,
-            &applied,
-            Instant::now() + Duration::from_secs(60),
-        )
+        .try_wait_ready("ghost", &config, &applied, Duration::from_secs(60))
         .expect_err("a program that cannot start never becomes ready");
     let ProviderError::Failed {
         message, log_tail, ..
@@ -836,7 +804,5 @@ fn a_process_whose_program_does_not_exist_fails_wait_ready_saying_so() {
             .is_some_and(|t| t.contains("no-such-program-slipway")),
         "the log tail has the supervisor's notes: {log_tail:?}"
     );
-    env.process()
-        .delete(env.ctx("ghost"), Some(&applied.live))
-        .expect("delete");
+    env.delete("ghost", Some(&applied.live), "delete");
 }

@@ -5,38 +5,8 @@
 mod util;
 
 use std::io::Write;
-use std::process::Stdio;
 
-use util::{Sandbox, http_get, start_serve, wait_for};
-
-fn set_secret(s: &Sandbox, name: &str, env: Option<&str>, value: &str) -> std::process::Output {
-    let mut args = vec!["secret", "set", name];
-    if let Some(e) = env {
-        args.extend(["--env", e]);
-    }
-    let mut child = s
-        .cmd(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("slipway runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{value}\n").as_bytes())
-        .expect("write the value");
-    child.wait_with_output().expect("slipway finishes")
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use util::{Sandbox, http_get, start_serve, text, wait_for};
 
 /// Every file under `dir`, as bytes, except where secrets are meant to be: `file` resources'
 /// data, and the supervisors' private spec files (mode 0600: the environment a process is
@@ -106,10 +76,8 @@ resources:
         "{}",
         text(&invalid)
     );
-    let set = set_secret(&s, "api_token", None, &token);
-    assert!(set.status.success(), "{}", text(&set));
-    let set = set_secret(&s, "api_token", Some("prod"), &prod_token);
-    assert!(set.status.success(), "{}", text(&set));
+    s.set_secret("api_token", None, &token);
+    s.set_secret("api_token", Some("prod"), &prod_token);
     let file = std::fs::read_to_string(s.repo.join("slipway.secrets.yaml")).expect("written");
     assert!(file.contains("BEGIN AGE ENCRYPTED FILE") && !file.contains("TOPSECRET"));
     let listed = s.json(&["secret", "list", "--output", "json"]);
@@ -258,8 +226,7 @@ fn a_missing_or_wrong_key_is_a_clear_error_naming_the_secret() {
             "version: 1\nstack: keys\nsecrets: {{ recipients: [{recipient}] }}\nenvironments:\n  dev: {{ track: main }}\nresources:\n  f: {{ type: file, path: f.txt, content: \"${{secrets.db_password}}\" }}\n"
         ),
     );
-    let set = set_secret(&s, "db_password", None, "hunter2-but-longer");
-    assert!(set.status.success(), "{}", text(&set));
+    s.set_secret("db_password", None, "hunter2-but-longer");
     s.commit("a secret");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     assert_eq!(

@@ -113,6 +113,35 @@ impl Sandbox {
         self.expect_code(args, 0)
     }
 
+    /// `slipway secret set NAME [--env ENV]` with `value` on stdin, which must succeed.
+    pub fn set_secret(&self, name: &str, env: Option<&str>, value: &str) -> Output {
+        use std::io::Write;
+        let mut args = vec!["secret", "set", name];
+        if let Some(e) = env {
+            args.extend(["--env", e]);
+        }
+        let mut child = self
+            .cmd(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("slipway runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{value}\n").as_bytes())
+            .expect("write the value");
+        let out = child.wait_with_output().expect("slipway finishes");
+        assert!(
+            out.status.success(),
+            "{}",
+            self.report(&args, &out, "secret set")
+        );
+        out
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -402,6 +431,31 @@ pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
         .expect("serve prints where its API listens");
     Server { child, addr }
 }
+/// What a command printed: its stdout, then its stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Environment `name` in the JSON of `slipway status --output json`.
+pub fn status_environment<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["environments"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// Resource `name` of an environment in that JSON.
+pub fn status_resource<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
+    env["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)
+}
+
 pub mod browser;
 pub mod world;
 pub use slipway_testkit::forge::{
