@@ -334,12 +334,9 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
     w.serves("pr-3", "reads your secrets");
 }
 
-/// §2.4, `require_pr`: a direct push that also set `require_pr: false` was deployed. Now a
-/// commit is judged by the rules in force (those of what prod runs), so it is held; the rule
-/// is lowered legitimately by merging that change through an approved pull request, after
-/// which direct pushes reach prod.
-#[test]
-fn a_direct_push_cannot_switch_off_require_pr() {
+/// [`STACK`] with `require_pr` on prod, serving pull request #1 (`reviewed`), approved by
+/// carol and merged: the world, that stack, and the merge commit.
+fn reviewed_under_require_pr() -> (World, String, String) {
     let strict = STACK.replace(
         "prod: { track: main, protected: true }",
         "prod: { track: main, protected: true, require_pr: true }",
@@ -354,6 +351,16 @@ fn a_direct_push_cannot_switch_off_require_pr() {
     w.forge.approve(1, "carol", &head);
     let reviewed = w.merge(1, "feature-1");
     w.serves("prod", "reviewed");
+    (w, strict, reviewed)
+}
+
+/// §2.4, `require_pr`: a direct push that also set `require_pr: false` was deployed. Now a
+/// commit is judged by the rules in force (those of what prod runs), so it is held; the rule
+/// is lowered legitimately by merging that change through an approved pull request, after
+/// which direct pushes reach prod.
+#[test]
+fn a_direct_push_cannot_switch_off_require_pr() {
+    let (w, strict, reviewed) = reviewed_under_require_pr();
 
     // Straight to main, with the rule switched off in the same commit.
     let lax = strict.replace(", require_pr: true", "");
@@ -499,20 +506,7 @@ fn a_held_apply_leaves_no_lock_and_no_pin() {
 /// commit prod took from main).
 #[test]
 fn rules_of_a_pull_request_applied_before_merge_are_not_in_force() {
-    let strict = STACK.replace(
-        "prod: { track: main, protected: true }",
-        "prod: { track: main, protected: true, require_pr: true }",
-    );
-    let w = World::with_stack(&strict);
-    w.serves("qa", "v1");
-    let head = w.commit_on("main", "feature-1", "reviewed", None, Some(1));
-    w.open(PrSpec {
-        head_ref: "feature-1".into(),
-        ..PrSpec::new(1, &head)
-    });
-    w.forge.approve(1, "carol", &head);
-    let reviewed = w.merge(1, "feature-1");
-    w.serves("prod", "reviewed");
+    let (w, strict, reviewed) = reviewed_under_require_pr();
 
     let lax = strict.replace(", require_pr: true", "");
     let head = w.commit_on("main", "feature-2", "lax", Some(&lax), Some(2));

@@ -27,6 +27,16 @@ fn world() -> ForgeWorld {
     w
 }
 
+/// Pull request `n` from `branch` (off main), whose commit sets `greeting.txt` to `text` and
+/// the stack to `stack`, is opened: its head.
+fn open_with_stack(w: &ForgeWorld, n: u64, branch: &str, text: &str, stack: &str) -> String {
+    let pr_ref = w.pr_ref(n);
+    let sha = util::world::commit_on(&w.s, "main", branch, text, Some(stack), Some(&pr_ref));
+    let opened = w.opened(n, branch, &sha);
+    w.accepted(opened.event, &opened.body);
+    sha
+}
+
 /// A GitHub world serving `stack`.
 fn world_with(stack: &str) -> ForgeWorld {
     ForgeWorld::start(Forge::GitHub, stack, "test-token", SECRET)
@@ -393,27 +403,11 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
     let w = world();
     w.forge.set_permission("alice", "write");
     // The PR rewrites prod's rules to need nothing.
-    let repo = &w.s.repo;
-    git(repo, &["checkout", "-q", "-B", "sneaky"]);
-    w.s.write(
-        "slipway.yaml",
-        &STACK.replace(
-            "prod: { track: main, protected: true }",
-            "prod: { track: main, protected: true, apply_requirements: [] }",
-        ),
-    )
-    .write("greeting.txt", "unreviewed");
-    let sha = w.s.commit("no review needed, says the PR");
-    git(repo, &["update-ref", "refs/pull/6/head", &sha]);
-    git(repo, &["checkout", "-q", "main"]);
-    w.forge.add_pr(PrSpec {
-        head_ref: "sneaky".into(),
-        ..PrSpec::new(6, &sha)
-    });
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("opened", &w.forge.pr(6), false, None),
+    let lax = STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, apply_requirements: [] }",
     );
+    open_with_stack(&w, 6, "sneaky", "unreviewed", &lax);
     w.forge.wait_for_comment(6, |c| c.body.contains(MARKER), T);
     w.comment(6, "alice", "/slipway apply prod");
     let refused = w.reply(6, "apply requirements are not met");
@@ -429,26 +423,11 @@ fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it
     let w = world();
     w.forge.set_permission("alice", "write");
     // #1 adds a job that keeps qa's apply busy for a while.
-    let repo = &w.s.repo;
-    git(repo, &["checkout", "-q", "-B", "slow"]);
-    w.s.write(
-        "slipway.yaml",
-        &STACK.replace(
-            "resources:\n",
-            "resources:\n  warmup: { type: job, command: [\"sleep\", \"12\"] }\n",
-        ),
+    let slow = STACK.replace(
+        "resources:\n",
+        "resources:\n  warmup: { type: job, command: [\"sleep\", \"12\"] }\n",
     );
-    let head = w.s.commit("slow: a warm-up job");
-    git(repo, &["update-ref", "refs/pull/1/head", &head]);
-    git(repo, &["checkout", "-q", "main"]);
-    w.forge.add_pr(PrSpec {
-        head_ref: "slow".into(),
-        ..PrSpec::new(1, &head)
-    });
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("opened", &w.forge.pr(1), false, None),
-    );
+    let head = open_with_stack(&w, 1, "slow", "v1", &slow);
     w.forge.wait_for_comment(1, |c| c.body.contains(MARKER), T);
 
     w.comment(1, "alice", "/slipway apply qa");
