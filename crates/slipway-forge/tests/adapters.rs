@@ -11,7 +11,7 @@ use slipway_forge::{
     Approval, CommentId, CommitStatus, Forge, ForgeConfig, ForgeError, ForgeKind, PrState,
     StatusState, connect,
 };
-use util::{OpenApi, Recorded, Reply, Server};
+use util::{OpenApi, Recorded, Reply, RequestCheck, Server};
 
 const TOKEN: &str = "ghp_TESTTOKEN0123456789";
 const MARKER: &str = "<!-- slipway:plan -->";

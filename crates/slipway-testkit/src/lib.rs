@@ -7,6 +7,7 @@
 //! - [`fixtures`]: GitHub's own example deliveries and REST API description, fetched once per
 //!   target directory, and `slipway-forge`'s committed fixtures.
 //! - [`stack`]: stack files in memory, written into a repository in one call.
+//! - [`openapi`]: GitHub's REST API description, resolved and matched to requests.
 //! - [`http`]: the one HTTP server of the fakes (hyper on tokio, on `127.0.0.1:0`) and a plain
 //!   client for hostile requests.
 //! - [`forge`]: ONE fake forge, [`forge::FakeForge`], parameterised by forge
@@ -52,5 +53,6 @@ pub mod fixtures;
 pub mod forge;
 pub mod git;
 pub mod http;
+pub mod openapi;
 pub mod stack;
 pub mod wait;

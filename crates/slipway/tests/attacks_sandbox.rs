@@ -9,10 +9,9 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -252,37 +251,9 @@ fn serve_as(s: &Sandbox, who: As, envs: &[(&str, &str)]) -> Served {
         .env("SLIPWAY_USER", "tester")
         .env("SLIPWAY_CONFIG", &s.config)
         .env("HOME", nobody_home(s))
-        .envs(envs.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let lines = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("API http://").nth(1) {
-                    let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
-                }
-                lines.lock().expect("lines").push(line);
-            }
-        });
-    }
-    let addr = rx.recv_timeout(T).unwrap_or_else(|_| {
-        panic!(
-            "serve prints where its API listens; it said: {:?}",
-            lines.lock().expect("lines")
-        )
-    });
-    Served {
-        server: Server { child, addr },
-        lines,
-    }
+        .envs(envs.iter().copied());
+    let (server, lines) = serve_from(command, T);
+    Served { server, lines }
 }
 
 /// `slipway ...` on the sandbox as `who`, with the variables the engine needs.
@@ -600,41 +571,37 @@ fn assert_held(sc: &Scenario, mode: &str, report: &BTreeMap<String, Value>) {
 
 fn assert_home_is_private(sc: &Scenario) {
     let home = &sc.s.home;
-    assert_eq!(
-        mode_of(home),
-        0o711,
-        "the home is traversable, not listable"
-    );
-    for file in ["state.db", "state.db-wal", "age.key", "state.key"] {
-        assert_eq!(
-            mode_of(&home.join(file)),
+    let mut expected = vec![
+        (
+            home.clone(),
+            0o711,
+            "the home is traversable, not listable".to_owned(),
+        ),
+        (
+            home.join("envs"),
+            0o711,
+            "envs is traversable only".to_owned(),
+        ),
+        (
+            home.join("envs/prod/run/web.spec.json"),
             0o600,
-            "{file} is private to the engine"
-        );
+            "the supervisor spec (it holds secrets) is the engine's alone".to_owned(),
+        ),
+    ];
+    for file in ["state.db", "state.db-wal", "age.key", "state.key"] {
+        let why = format!("{file} is private to the engine");
+        expected.push((home.join(file), 0o600, why));
     }
-    assert_eq!(
-        mode_of(&home.join("envs")),
-        0o711,
-        "envs is traversable only"
-    );
     for dir in ["logs", "run"] {
-        assert_eq!(
-            mode_of(&home.join("envs/prod").join(dir)),
-            0o700,
-            "prod's {dir} is the engine's alone"
-        );
+        let why = format!("prod's {dir} is the engine's alone");
+        expected.push((home.join("envs/prod").join(dir), 0o700, why));
     }
-    assert_eq!(
-        mode_of(&home.join("envs/prod/run/web.spec.json")),
-        0o600,
-        "the supervisor spec (it holds secrets) is the engine's alone"
-    );
     for dir in ["data", "tmp"] {
-        assert_eq!(
-            mode_of(&home.join("envs/prod").join(dir)),
-            0o700,
-            "prod's {dir} is private to prod"
-        );
+        let why = format!("prod's {dir} is private to prod");
+        expected.push((home.join("envs/prod").join(dir), 0o700, why));
+    }
+    for (path, mode, why) in expected {
+        assert_eq!(mode_of(&path), mode, "{why} ({})", path.display());
     }
 }
 

@@ -7,7 +7,6 @@
 mod util;
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -15,6 +14,7 @@ use slipway_forge::{
     Approval, CommitStatus, Forge, ForgeConfig, ForgeEvent, ForgeKind, PrAction, PullRequestInfo,
     ReviewState, StatusState, verify_and_parse,
 };
+use slipway_testkit::openapi::{OpenApi, has_type};
 use util::fake_github::*;
 
 const SECRET: &[u8] = b"It's a Secret to Everybody";
@@ -759,145 +759,71 @@ fn send_webhook_posts_what_github_posts() {
 
 // ---- Shapes, against GitHub's OpenAPI description --------------------------------------------
 
-struct OpenApi {
-    doc: Value,
+/// Checks `v` against `schema`: types, `nullable`, enums, required properties, items,
+/// `allOf`/`oneOf`/`anyOf`. Errors name the place and the rule, not the value, so that two
+/// documents' errors can be compared.
+fn check(api: &OpenApi, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+    let schema = api.resolve(schema);
+    for s in schema["allOf"].as_array().into_iter().flatten() {
+        check(api, s, v, at, errors);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alternatives) = schema[key].as_array() {
+            let results: Vec<Vec<String>> = alternatives
+                .iter()
+                .map(|s| {
+                    let mut e = Vec::new();
+                    check(api, s, v, at, &mut e);
+                    e
+                })
+                .collect();
+            if !results.iter().any(Vec::is_empty) {
+                errors.extend(results.into_iter().min_by_key(Vec::len).unwrap_or_default());
+            }
+        }
+    }
+    if v.is_null() {
+        if schema.get("type").is_some() && schema["nullable"] != true {
+            errors.push(format!("{at}: null is not allowed"));
+        }
+        return;
+    }
+    if !has_type(schema, v) {
+        errors.push(format!("{at}: not of type {}", schema["type"]));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        errors.push(format!("{at}: not one of the enum's values"));
+    }
+    if let Some(obj) = v.as_object() {
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or_default();
+            if !obj.contains_key(name) {
+                errors.push(format!("{at}: missing required {name}"));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (k, value) in obj {
+                if let Some(p) = props.get(k) {
+                    check(api, p, value, &format!("{at}.{k}"), errors);
+                }
+            }
+        }
+    }
+    if let (Some(items), Some(schema)) = (v.as_array(), schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            check(api, schema, item, &format!("{at}[{i}]"), errors);
+        }
+    }
 }
 
-impl OpenApi {
-    fn get() -> &'static OpenApi {
-        static API: OnceLock<OpenApi> = OnceLock::new();
-        API.get_or_init(|| {
-            let path = fixtures_dir().join("openapi/api.github.com.json");
-            let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            OpenApi {
-                doc: serde_json::from_slice(&text).expect("the OpenAPI description is JSON"),
-            }
-        })
-    }
-
-    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
-        match v.get("$ref").and_then(Value::as_str) {
-            Some(r) => self.resolve(
-                self.doc
-                    .pointer(r.trim_start_matches('#'))
-                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
-            ),
-            None => v,
-        }
-    }
-
-    /// The operation for `method path`: the template whose segments match, preferring the one
-    /// with the most literal segments.
-    fn operation(&self, method: &str, path: &str) -> Option<&Value> {
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let paths = self.doc["paths"].as_object()?;
-        let mut best: Option<(usize, &String)> = None;
-        for template in paths.keys() {
-            let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-            if t.len() != segments.len() {
-                continue;
-            }
-            let mut literals = 0;
-            let matches = t.iter().zip(&segments).all(|(t, s)| {
-                if t.starts_with('{') {
-                    !s.is_empty()
-                } else {
-                    literals += 1;
-                    t == s
-                }
-            });
-            if matches && best.is_none_or(|(l, _)| literals > l) {
-                best = Some((literals, template));
-            }
-        }
-        paths[best?.1].get(method.to_ascii_lowercase())
-    }
-
-    /// Checks `v` against `schema`: types, `nullable`, enums, required properties, items,
-    /// `allOf`/`oneOf`/`anyOf`. Errors name the place and the rule, not the value, so that two
-    /// documents' errors can be compared.
-    fn check(&self, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
-        let schema = self.resolve(schema);
-        for s in schema["allOf"].as_array().into_iter().flatten() {
-            self.check(s, v, at, errors);
-        }
-        for key in ["oneOf", "anyOf"] {
-            if let Some(alternatives) = schema[key].as_array() {
-                let results: Vec<Vec<String>> = alternatives
-                    .iter()
-                    .map(|s| {
-                        let mut e = Vec::new();
-                        self.check(s, v, at, &mut e);
-                        e
-                    })
-                    .collect();
-                if !results.iter().any(Vec::is_empty) {
-                    errors.extend(results.into_iter().min_by_key(Vec::len).unwrap_or_default());
-                }
-            }
-        }
-        if v.is_null() {
-            if schema.get("type").is_some() && schema["nullable"] != true {
-                errors.push(format!("{at}: null is not allowed"));
-            }
-            return;
-        }
-        let ok = match schema["type"].as_str() {
-            Some("string") => v.is_string(),
-            Some("integer") => v.is_i64() || v.is_u64(),
-            Some("number") => v.is_number(),
-            Some("boolean") => v.is_boolean(),
-            Some("array") => v.is_array(),
-            Some("object") => v.is_object(),
-            _ => true,
-        };
-        if !ok {
-            errors.push(format!("{at}: not of type {}", schema["type"]));
-            return;
-        }
-        if let Some(allowed) = schema["enum"].as_array()
-            && !allowed.contains(v)
-        {
-            errors.push(format!("{at}: not one of the enum's values"));
-        }
-        if let Some(obj) = v.as_object() {
-            for name in schema["required"].as_array().into_iter().flatten() {
-                let name = name.as_str().unwrap_or_default();
-                if !obj.contains_key(name) {
-                    errors.push(format!("{at}: missing required {name}"));
-                }
-            }
-            if let Some(props) = schema["properties"].as_object() {
-                for (k, value) in obj {
-                    if let Some(p) = props.get(k) {
-                        self.check(p, value, &format!("{at}.{k}"), errors);
-                    }
-                }
-            }
-        }
-        if let (Some(items), Some(schema)) = (v.as_array(), schema.get("items")) {
-            for (i, item) in items.iter().enumerate() {
-                self.check(schema, item, &format!("{at}[{i}]"), errors);
-            }
-        }
-    }
-
-    fn errors(&self, schema: &Value, v: &Value) -> BTreeSet<String> {
-        let mut errors = Vec::new();
-        self.check(schema, v, "$", &mut errors);
-        errors.into_iter().collect()
-    }
-
-    /// The schema of a webhook's payload, e.g. `pull-request-opened`, `push`.
-    fn webhook_schema(&self, name: &str) -> &Value {
-        let schema = &self.doc["x-webhooks"][name]["post"]["requestBody"]["content"]["application/json"]
-            ["schema"];
-        assert!(
-            !schema.is_null(),
-            "GitHub's description has no webhook {name}"
-        );
-        schema
-    }
+/// The errors of [`check`] from the root, as a set.
+fn schema_errors(api: &OpenApi, schema: &Value, v: &Value) -> BTreeSet<String> {
+    let mut errors = Vec::new();
+    check(api, schema, v, "$", &mut errors);
+    errors.into_iter().collect()
 }
 
 /// Whether `schema` (or one of its `allOf` parts) lists `field` as required.
@@ -913,7 +839,7 @@ fn schema_requires(api: &OpenApi, schema: &Value, field: &str) -> bool {
 
 #[test]
 fn every_answer_has_the_shape_of_githubs_openapi_description() {
-    let api = OpenApi::get();
+    let api = OpenApi::github();
     let gh = fake_with_prs();
     gh.set_permission("alice", "write");
     gh.approve(1, "bob", &sha('a'));
@@ -961,7 +887,8 @@ fn every_answer_has_the_shape_of_githubs_openapi_description() {
     for r in &requests {
         let operation = api
             .operation(&r.method, &r.path)
-            .unwrap_or_else(|| panic!("{}: no such operation in GitHub's API", r.line()));
+            .unwrap_or_else(|e| panic!("{}: no such operation in GitHub's API: {e}", r.line()))
+            .op;
         assert_eq!(
             operation["operationId"].as_str(),
             r.operation,
@@ -984,7 +911,7 @@ fn every_answer_has_the_shape_of_githubs_openapi_description() {
             "{}: no JSON schema for the answer",
             r.line()
         );
-        let errors = api.errors(schema, &r.response);
+        let errors = schema_errors(api, schema, &r.response);
         assert!(
             errors.is_empty(),
             "{}: the answer does not fit GitHub's schema:\n{}",
@@ -1001,7 +928,7 @@ fn every_answer_has_the_shape_of_githubs_openapi_description() {
                 .remove(&first.clone());
             if schema_requires(api, schema, first) {
                 assert!(
-                    !api.errors(schema, &broken).is_empty(),
+                    !schema_errors(api, schema, &broken).is_empty(),
                     "{}: an answer without {first} still fits",
                     r.line()
                 );
@@ -1028,7 +955,7 @@ fn every_answer_has_the_shape_of_githubs_openapi_description() {
 
 #[test]
 fn payload_patches_keep_the_shape_of_githubs_webhook_schema() {
-    let api = OpenApi::get();
+    let api = OpenApi::github();
     let fork = PrSpec {
         author: "mallory".into(),
         fork: true,
@@ -1088,8 +1015,8 @@ fn payload_patches_keep_the_shape_of_githubs_webhook_schema() {
     for (name, original, patched) in cases {
         let schema = api.webhook_schema(name);
         let patched: Value = serde_json::from_slice(&patched).expect("JSON");
-        let before = api.errors(schema, &original);
-        let after = api.errors(schema, &patched);
+        let before = schema_errors(api, schema, &original);
+        let after = schema_errors(api, schema, &patched);
         let new: Vec<&String> = after.difference(&before).collect();
         assert!(
             new.is_empty(),
@@ -1103,7 +1030,7 @@ fn payload_patches_keep_the_shape_of_githubs_webhook_schema() {
             .expect("an object")
             .remove("repository");
         broken["sender"] = json!("nobody");
-        let broken = api.errors(schema, &broken);
+        let broken = schema_errors(api, schema, &broken);
         assert!(
             broken.contains("$: missing required repository")
                 && broken.contains("$.sender: not of type \"object\""),

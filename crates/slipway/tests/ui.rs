@@ -74,26 +74,7 @@ fn screenshots() -> Option<PathBuf> {
 
 /// `GET path` on the API with a bearer token: (status, JSON body).
 fn api(server: &Server, token: &str, path: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(&server.addr).expect("connect to the API");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("set a timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
-        server.addr
-    )
-    .expect("send the request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the answer");
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    util::api_request(&server.addr, "GET", path, token, None)
 }
 
 /// A request as a forger would send it: the stolen session cookie, a form body, and no

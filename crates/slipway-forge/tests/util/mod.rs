@@ -2,10 +2,11 @@
 //! checker of requests against GitHub's OpenAPI description.
 #![allow(
     dead_code,
+    unused_imports,
     reason = "each test binary uses a different part of this module"
 )]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 pub use slipway_testkit::fixtures::{fixtures_dir, read_json};
@@ -129,82 +130,28 @@ impl Server {
     }
 }
 
-/// GitHub's REST API description (`@octokit/openapi`, `api.github.com.json`).
-pub struct OpenApi {
-    doc: Value,
-}
+pub use slipway_testkit::openapi::OpenApi;
+use slipway_testkit::openapi::has_type;
 
-/// The operation a request matched.
-pub struct Operation<'a> {
-    pub template: String,
-    pub id: String,
-    pub op: &'a Value,
-}
-
-impl OpenApi {
-    /// Loaded once per test binary.
-    pub fn github() -> &'static OpenApi {
-        static API: OnceLock<OpenApi> = OnceLock::new();
-        API.get_or_init(|| OpenApi {
-            doc: read_json(&fixtures_dir().join("openapi/api.github.com.json")),
-        })
-    }
-
-    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
-        match v.get("$ref").and_then(Value::as_str) {
-            Some(r) => {
-                let pointer = r.strip_prefix('#').expect("local $ref");
-                self.resolve(
-                    self.doc
-                        .pointer(pointer)
-                        .unwrap_or_else(|| panic!("dangling $ref {r}")),
-                )
-            }
-            None => v,
-        }
-    }
-
-    /// The operation for `method path`: the path template whose segments match (a `{param}`
-    /// matches any one segment), preferring the one with the most literal segments.
-    pub fn operation(&self, method: &str, path: &str) -> Result<Operation<'_>, String> {
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let paths = self.doc["paths"].as_object().expect("paths is an object");
-        let mut best: Option<(usize, &String)> = None;
-        for template in paths.keys() {
-            let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-            if t.len() != segments.len() {
-                continue;
-            }
-            let mut literals = 0;
-            let matches = t.iter().zip(&segments).all(|(t, s)| {
-                if t.starts_with('{') && t.ends_with('}') {
-                    !s.is_empty()
-                } else {
-                    literals += 1;
-                    t == s
-                }
-            });
-            if matches && best.is_none_or(|(l, _)| literals > l) {
-                best = Some((literals, template));
-            }
-        }
-        let (_, template) =
-            best.ok_or_else(|| format!("no operation in GitHub's API has the path {path}"))?;
-        let op = paths[template]
-            .get(method.to_ascii_lowercase())
-            .ok_or_else(|| format!("GitHub's {template} has no {method} operation"))?;
-        Ok(Operation {
-            template: template.clone(),
-            id: op["operationId"].as_str().unwrap_or_default().to_owned(),
-            op,
-        })
-    }
-
+/// The checks of requests against GitHub's description, and its example answers.
+pub trait RequestCheck {
     /// Checks a request against the operation it matches: the path and method exist, every
     /// query parameter is one the operation declares, and the JSON body has the operation's
     /// required fields, only fields it knows, of the right types and enum values. Returns the
     /// operation id.
-    pub fn check(&self, req: &Recorded) -> Result<String, String> {
+    fn check(&self, req: &Recorded) -> Result<String, String>;
+
+    /// The operation's documented example answer: its first 2xx status and the value of its
+    /// first JSON example.
+    fn example_reply(&self, method: &str, path: &str) -> Option<Reply>;
+}
+
+impl RequestCheck for OpenApi {
+    /// Checks a request against the operation it matches: the path and method exist, every
+    /// query parameter is one the operation declares, and the JSON body has the operation's
+    /// required fields, only fields it knows, of the right types and enum values. Returns the
+    /// operation id.
+    fn check(&self, req: &Recorded) -> Result<String, String> {
         let op = self.operation(&req.method, &req.path)?;
         let params: Vec<&Value> = op
             .op
@@ -255,7 +202,7 @@ impl OpenApi {
                         .ok_or_else(|| {
                             format!("{}: {} has no body field {k}", req.line(), op.id)
                         })?;
-                    self.check_value(prop, v)
+                    check_value(prop, v)
                         .map_err(|e| format!("{}: body field {k}: {e}", req.line()))?;
                 }
             }
@@ -263,40 +210,9 @@ impl OpenApi {
         Ok(op.id)
     }
 
-    fn check_value(&self, schema: &Value, v: &Value) -> Result<(), String> {
-        if v.is_null() {
-            return if schema["nullable"] == true {
-                Ok(())
-            } else {
-                Err("null where the schema does not allow it".into())
-            };
-        }
-        let ok = match schema["type"].as_str() {
-            Some("string") => v.is_string(),
-            Some("integer") => v.is_i64() || v.is_u64(),
-            Some("number") => v.is_number(),
-            Some("boolean") => v.is_boolean(),
-            Some("array") => v.is_array(),
-            Some("object") => v.is_object(),
-            _ => true,
-        };
-        if !ok {
-            return Err(format!("{v} is not of type {}", schema["type"]));
-        }
-        if let Some(allowed) = schema["enum"].as_array()
-            && !allowed.contains(v)
-        {
-            return Err(format!(
-                "{v} is not one of {}",
-                Value::Array(allowed.clone())
-            ));
-        }
-        Ok(())
-    }
-
     /// The operation's documented example answer: its first 2xx status and the value of its
     /// first JSON example.
-    pub fn example_reply(&self, method: &str, path: &str) -> Option<Reply> {
+    fn example_reply(&self, method: &str, path: &str) -> Option<Reply> {
         let op = self.operation(method, path).ok()?;
         let responses = op.op["responses"].as_object()?;
         let (status, response) = responses.iter().find(|(s, _)| s.starts_with('2'))?;
@@ -306,4 +222,27 @@ impl OpenApi {
         let value = self.resolve(example)["value"].clone();
         Some(Reply::json(status.parse().ok()?, &value))
     }
+}
+
+/// Checks a value against a property's schema: null, type, enum.
+fn check_value(schema: &Value, v: &Value) -> Result<(), String> {
+    if v.is_null() {
+        return if schema["nullable"] == true {
+            Ok(())
+        } else {
+            Err("null where the schema does not allow it".into())
+        };
+    }
+    if !has_type(schema, v) {
+        return Err(format!("{v} is not of type {}", schema["type"]));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        return Err(format!(
+            "{v} is not one of {}",
+            Value::Array(allowed.clone())
+        ));
+    }
+    Ok(())
 }

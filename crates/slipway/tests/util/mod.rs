@@ -403,33 +403,51 @@ pub fn start_serve(s: &Sandbox) -> Server {
 
 /// [`start_serve`] with more environment variables (a forge's token and webhook secret).
 pub fn start_serve_with(s: &Sandbox, envs: &[(&str, &str)]) -> Server {
-    use std::io::BufRead;
     let url = format!("file://{}", s.repo.display());
     let mut command = s.cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"]);
     for (k, v) in envs {
         command.env(k, v);
     }
+    serve_from(command, Duration::from_secs(40)).0
+}
+
+/// Starts `command` (a `slipway serve`), and waits at most `timeout` until it says where its
+/// API listens: the server, and every line it writes to stderr (kept as it runs).
+pub fn serve_from(
+    mut command: Command,
+    timeout: Duration,
+) -> (Server, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
     let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("serve starts");
     let stderr = child.stderr.take().expect("stderr");
+    let lines = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.split("API http://").nth(1) {
-                let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
+    {
+        let lines = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("API http://").nth(1) {
+                    let _ = tx.send(rest.split('/').next().unwrap_or("").to_string());
+                }
+                lines.lock().expect("lines").push(line);
             }
-        }
+        });
+    }
+    let addr = rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        panic!(
+            "serve prints where its API listens; it said: {:?}",
+            lines.lock().expect("lines")
+        )
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(40))
-        .expect("serve prints where its API listens");
-    Server { child, addr }
+    (Server { child, addr }, lines)
 }
 /// What a command printed: its stdout, then its stderr.
 pub fn text(out: &Output) -> String {
