@@ -10,6 +10,8 @@
 //! - [`openapi`]: GitHub's REST API description, resolved and matched to requests.
 //! - [`http`]: the one HTTP server of the fakes (hyper on tokio, on `127.0.0.1:0`) and a plain
 //!   client for hostile requests.
+//! - [`cluster`]: a real Kubernetes control plane (`scripts/test-cluster.sh`), `kubectl`
+//!   against it, and a stand-in for the kubelet's status updates.
 //! - [`forge`]: ONE fake forge, [`forge::FakeForge`], parameterised by forge
 //!   ([`forge::Forge`]): one state (pull requests, comments, reviews and approvals, statuses,
 //!   roles, the request log [`forge::Recorded`]) and one set of test-side methods, with
@@ -49,6 +51,7 @@
 //! subtracts its own times from it. `json` is the request's body as JSON (`null` when empty or
 //! not JSON), `response` the answer's.
 
+pub mod cluster;
 pub mod fixtures;
 pub mod forge;
 pub mod git;

@@ -74,6 +74,7 @@ impl TestEnv {
     fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
         ResourceContext {
             environment: "qa",
+            stack: "shop",
             resource,
             dirs: &self.dirs,
             ports: &self.ports,

@@ -48,6 +48,7 @@ impl TestEnv {
     pub fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
         ResourceContext {
             environment: "qa",
+            stack: "shop",
             resource,
             dirs: &self.dirs,
             ports: &self.ports,
