@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 use util::fake_github::{pull_request_payload, send_webhook, send_webhook_raw};
 use util::world::{ForgeWorld, GitHubDelivered, Served};
-use util::{Forge, PrSpec, PrState};
-use util::{git, http_get_host, start_serve_with, wait_for};
+use util::{Forge, PrSpec};
+use util::{http_get_host, start_serve_with, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -129,21 +129,8 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     assert_eq!(w.page("prod").as_deref(), Some("pr1-b"));
 
     // Merge #1: the lock goes, prod follows main again, pr-1 is destroyed.
-    git(
-        &w.s.repo,
-        &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
-    );
-    let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.forge.set_state(
-        1,
-        PrState::Merged {
-            merge_sha: merge.clone(),
-        },
-    );
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("closed", &w.forge.pr(1), true, Some(&merge)),
-    );
+    let (merge, merged) = w.merge_into(1, "feature-1", "main");
+    w.accepted(merged.event, &merged.body);
     wait_for("pr-1 is destroyed", T, || {
         (!w.environments().contains(&"pr-1".to_string())).then_some(())
     });
@@ -362,21 +349,8 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
     w.forge.wait_for_comment(4, |c| c.body.contains(MARKER), T);
     w.forge.set_permission("carol", "write");
     w.forge.approve(4, "carol", &head);
-    git(
-        &w.s.repo,
-        &["merge", "-q", "--no-ff", "-m", "Merge #4", "feature-4"],
-    );
-    let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.forge.set_state(
-        4,
-        PrState::Merged {
-            merge_sha: merge.clone(),
-        },
-    );
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("closed", &w.forge.pr(4), true, Some(&merge)),
-    );
+    let (merge, merged) = w.merge_into(4, "feature-4", "main");
+    w.accepted(merged.event, &merged.body);
     w.serves("prod", "reviewed");
 
     // A commit pushed straight to main: qa takes it, prod does not.

@@ -19,9 +19,9 @@ use slipway_forge::{
 };
 use util::fake_gitea;
 use util::fake_gitlab::{self, DEVELOPER, REPORTER};
+use util::wait_for;
 use util::world::{ForgeWorld, Served};
 use util::{Event, FakeForge, Forge, PrSpec, PrState};
-use util::{git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -115,12 +115,8 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
     assert_eq!(w.page("prod").as_deref(), Some("pr1-b"));
 
     // Merge #1: the lock goes, prod follows main again, pr-1 is destroyed.
-    git(
-        &w.s.repo,
-        &["merge", "-q", "--no-ff", "-m", "Merge #1", "feature-1"],
-    );
-    let merge = git(&w.s.repo, &["rev-parse", "HEAD"]);
-    w.handled(&w.merged(1, &merge));
+    let (merge, merged) = w.merge_into(1, "feature-1", "main");
+    w.handled(&merged);
     wait_for("pr-1 is destroyed", T, || {
         (!w.environments().contains(&"pr-1".to_string())).then_some(())
     });
