@@ -108,9 +108,18 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 start=$SECONDS
 say "building kube-apiserver and kube-controller-manager $K8S_VERSION ($(go env GOVERSION)); a cold build takes long"
-(cd "$here/kube" && go build -mod=readonly -trimpath -ldflags='-s -w' -o "$tmp/" \
+# The version the binaries report (/version, --version), set as Kubernetes' own build does
+# (hack/lib/version.sh); without it they say v0.0.0-master.
+minor="${K8S_VERSION#v1.}"
+minor="${minor%%.*}"
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean"
+done
+(cd "$here/kube" && go build -mod=readonly -trimpath -ldflags="$ldflags" -o "$tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
-say "building etcd ($(sed -n 's#^[[:space:]]*go.etcd.io/etcd/server/v3 \(v[^ ]*\).*#\1#p' "$here/etcd/go.mod"))"
+say "building etcd ($(sed -n 's#^[[:space:]]*\(require \)\{0,1\}go.etcd.io/etcd/server/v3 \(v[^ ]*\).*#\2#p' "$here/etcd/go.mod"))"
 (cd "$here/etcd" && go build -mod=readonly -trimpath -ldflags='-s -w' -o "$tmp/etcd" .)
 for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
 rmdir "$tmp"
