@@ -64,27 +64,35 @@ live_pid() {
   echo "$pid"
 }
 
-stop_one() {
-  local name="$1" pid i
-  pid="$(live_pid "$name")" || { rm -f "$DIR/$name.pid"; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
+# TERM to each of NAMES at once (they shut down in parallel: ~2 s rather than ~7 s one after the
+# other), KILL to any still there after 10 s.
+stop() {
+  local name pid pids=() i
+  for name in "$@"; do
+    if pid="$(live_pid "$name")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
   for i in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
+    pid=""
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && break; pid=""; done
+    [ -z "${pid:-}" ] && break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "$name ($pid) did not stop on TERM within 10 s: KILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.2
-  fi
-  rm -f "$DIR/$name.pid"
+  for name in "$@"; do
+    if pid="$(live_pid "$name")"; then
+      say "$name ($pid) did not stop on TERM within 10 s: KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$DIR/$name.pid"
+  done
 }
 
 down() {
-  local name
   # The watchdog first, so that it does not run `down` concurrently.
-  [ "${SLIPWAY_TEST_CLUSTER_WATCHDOG:-}" = 1 ] || stop_one watchdog
-  for name in kube-controller-manager kube-apiserver etcd; do stop_one "$name"; done
+  [ "${SLIPWAY_TEST_CLUSTER_WATCHDOG:-}" = 1 ] || stop watchdog
+  stop kube-controller-manager kube-apiserver etcd
 }
 
 port_free() {
