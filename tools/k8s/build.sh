@@ -11,6 +11,7 @@
 # done. When KUBEBUILDER_ASSETS names a directory holding all three, it is used as it is.
 # The Go caches are kept under target/k8s/go (GOMODCACHE, GOCACHE) so that a cold build is
 # cold, `cargo clean` clears them, and nothing is shared with other Go work on the machine.
+# A copy of the binaries is kept in ~/.cache/slipway/k8s (SLIPWAY_K8S_CACHE) for other clones.
 # Progress goes to stderr; the only line on stdout is the binaries' directory.
 set -euo pipefail
 
@@ -100,6 +101,25 @@ if have_all "$out" && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
 
+# A copy of the binaries outside the work tree, per user and keyed by the stamp, so that another
+# clone on the same machine (CI's fresh clone, another worktree) does not build them again.
+# SLIPWAY_K8S_CACHE names another directory; set and empty, no copy is kept or used.
+cache_root="${SLIPWAY_K8S_CACHE-${XDG_CACHE_HOME:-${HOME:-}/.cache}/slipway/k8s}"
+[ "$cache_root" = "/.cache/slipway/k8s" ] && cache_root=""
+cache="${cache_root:+$cache_root/$K8S_VERSION-${stamp:0:16}}"
+if [ -n "$cache" ] && have_all "$cache"; then
+  mkdir -p "$out"
+  rm -f "$out/.stamp"
+  for b in "${bins[@]}"; do
+    cp -f "$cache/$b" "$out/.$b.tmp"
+    mv -f "$out/.$b.tmp" "$out/$b"
+  done
+  echo "$stamp" >"$out/.stamp"
+  say "copied from $cache"
+  echo "$out"
+  exit 0
+fi
+
 command -v go >/dev/null || { say "Go is missing (expected at /usr/local/go/bin/go)"; exit 1; }
 mkdir -p "$out"
 rm -f "$out/.stamp"
@@ -107,7 +127,7 @@ tmp="$out/.partial"
 rm -rf "$tmp"
 mkdir -p "$tmp"
 start=$SECONDS
-say "building kube-apiserver and kube-controller-manager $K8S_VERSION ($(go env GOVERSION)); a cold build takes long"
+say "building kube-apiserver and kube-controller-manager $K8S_VERSION ($(go env GOVERSION)); about 10 min cold on 2 cores"
 # The version the binaries report (/version, --version), set as Kubernetes' own build does
 # (hack/lib/version.sh); without it they say v0.0.0-master.
 minor="${K8S_VERSION#v1.}"
@@ -125,4 +145,10 @@ for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
 rmdir "$tmp"
 echo "$stamp" >"$out/.stamp"
 say "built in $((SECONDS - start)) s into $out"
+if [ -n "$cache" ] && mkdir -p "$cache_root" 2>/dev/null; then
+  part="$(mktemp -d "$cache_root/.partial.XXXXXX")"
+  for b in "${bins[@]}"; do cp "$out/$b" "$part/$b"; done
+  # Whole or not at all; a concurrent build that got there first wins.
+  mv -T "$part" "$cache" 2>/dev/null || rm -rf "$part"
+fi
 echo "$out"
