@@ -32,7 +32,7 @@ say() { echo "test-cluster: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() {
-  sed -n '8,10p' "$0" | sed 's/^# *//' >&2
+  sed -n 's/^#   \(bash scripts\/test-cluster.sh .*\)/usage: \1/p' "$0" >&2
   exit 2
 }
 
@@ -40,7 +40,12 @@ usage() {
 cmd="$1"
 dir_arg="$2"
 shift 2
-mkdir -p "$dir_arg"
+case "$cmd" in
+  up) mkdir -p "$dir_arg" ;;
+  down | status)
+    [ -d "$dir_arg" ] || { say "no cluster in $dir_arg (no such directory)"; [ "$cmd" = down ] && exit 0; exit 3; } ;;
+  *) usage ;;
+esac
 DIR="$(cd "$dir_arg" && pwd)"
 
 owner=""
@@ -220,7 +225,7 @@ EOF
 start() {
   local name="$1"
   shift
-  setsid "$@" >>"$DIR/logs/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$DIR/logs/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$DIR/$name.pid"
 }
 
@@ -273,7 +278,7 @@ start_watchdog() {
     rm -f "$dir/watchdog.pid"
     bash "$script" down "$dir"
   ' slipway-test-cluster-watchdog "$root/scripts/test-cluster.sh" "$DIR" "$owner" "$deadline" \
-    >/dev/null 2>&1 </dev/null &
+    >/dev/null 2>&1 </dev/null 9>&- &
   echo $! >"$DIR/watchdog.pid"
 }
 
@@ -403,6 +408,13 @@ status() {
   fi
   return "$rc"
 }
+
+# One up or down at a time on a DIR (tests may call them concurrently); the cluster's processes
+# do not inherit the lock.
+if [ "$cmd" != status ] && command -v flock >/dev/null; then
+  exec 9>"$DIR/.lock"
+  flock 9
+fi
 
 case "$cmd" in
   up) up ;;

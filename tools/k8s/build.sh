@@ -94,6 +94,13 @@ grep -qE "^[[:space:]]*(require )?k8s\.io/kubernetes $K8S_VERSION( |$)" "$here/k
   exit 1
 }
 
+# One build at a time (several test clusters may be started at once).
+mkdir -p "$root/target/k8s"
+if command -v flock >/dev/null; then
+  exec 8>"$root/target/k8s/.build.lock"
+  flock 8
+fi
+
 out="$root/target/k8s/$K8S_VERSION/bin"
 stamp="$(cat "$here/build.sh" "$here"/kube/go.{mod,sum} "$here"/etcd/go.{mod,sum} "$here"/etcd/*.go | sha256sum | cut -d' ' -f1)"
 if have_all "$out" && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then
