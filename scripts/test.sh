@@ -33,12 +33,18 @@ need npm || apt_install nodejs npm
 
 bash scripts/postgres.sh
 
-# Kubernetes: Debian's kubectl, and etcd, kube-apiserver and kube-controller-manager built from
-# the Go module proxy with the machine's Go when they are not built yet (tools/k8s/build.sh:
-# several minutes cold, nothing when cached under target/k8s). No cluster is started here: a
+# Kubernetes: kubectl, and etcd, kube-apiserver and kube-controller-manager built from the Go
+# module proxy with the machine's Go when they are not built yet (tools/k8s/build.sh: about 9
+# minutes cold on a busy 2-core machine; a second when built before on this machine, in any
+# clone; docs/kubernetes.md). No cluster is started here: a
 # test starts its own with `bash "$SLIPWAY_TEST_CLUSTER_SCRIPT" up DIR --owner PID` and stops it
 # with `down DIR`; SLIPWAY_K8S_BIN spares that script even the cache check.
-need kubectl || apt_install kubectl
+# kubectl: the machine's (this kind has one) or its Debian package; where neither is (Debian's
+# bookworm has only kubernetes-client 1.20), one built beside the control plane, same version.
+if ! need kubectl && ! apt_install kubectl 2>/dev/null; then
+  PATH="$(bash tools/k8s/build.sh kubectl):$PATH"
+  export PATH
+fi
 { need openssl && need curl; } || apt_install openssl curl
 SLIPWAY_K8S_BIN="$(bash tools/k8s/build.sh)"
 export SLIPWAY_K8S_BIN

@@ -4,6 +4,7 @@
 # go.etcd.io/etcd/server/v3 (tools/k8s/etcd), with the machine's Go and the Go module proxy.
 #
 #   bash tools/k8s/build.sh        build what is missing; prints the directory of the binaries
+#   bash tools/k8s/build.sh kubectl   also kubectl (same version), for a machine without one
 #   bash tools/k8s/build.sh gen    regenerate tools/k8s/kube/go.mod (and both go.sum files)
 #
 # Binaries go to target/k8s/<k8s version>/bin/{kube-apiserver,kube-controller-manager,etcd};
@@ -56,6 +57,7 @@ gen() {
     echo "tool ("
     echo "	k8s.io/kubernetes/cmd/kube-apiserver"
     echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+    echo "	k8s.io/kubernetes/cmd/kubectl"
     echo ")"
     echo
     echo "require k8s.io/kubernetes $K8S_VERSION"
@@ -71,6 +73,18 @@ gen() {
   say "regenerated kube/go.mod for k8s.io/kubernetes $K8S_VERSION ($(echo "$mods" | wc -l) staging modules at $staging_version)"
 }
 
+# The version the binaries report (/version, --version), set as Kubernetes' own build does
+# (hack/lib/version.sh); without it they say v0.0.0-master.
+kube_ldflags() {
+  local minor="${K8S_VERSION#v1.}" pkg flags="-s -w"
+  minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean"
+  done
+  echo "$flags"
+}
+
 have_all() {
   local d="$1" b
   for b in "${bins[@]}"; do [ -x "$d/$b" ] || return 1; done
@@ -78,6 +92,34 @@ have_all() {
 
 if [ "${1:-}" = "gen" ]; then
   gen
+  exit 0
+fi
+
+# One build at a time (several test clusters may be started at once).
+mkdir -p "$root/target/k8s"
+if command -v flock >/dev/null; then
+  exec 8>"$root/target/k8s/.build.lock"
+  flock 8
+fi
+
+# `build.sh kubectl`: kubectl of the same version too, for a machine without one (Debian's
+# bookworm has only 1.20); into the same directory, which it prints.
+if [ "${1:-}" = kubectl ]; then
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kubectl" ]; then
+    echo "$(cd "$KUBEBUILDER_ASSETS" && pwd)"
+    exit 0
+  fi
+  out="$root/target/k8s/$K8S_VERSION/bin"
+  mkdir -p "$out"
+  stamp="$(cat "$here/build.sh" "$here"/kube/go.{mod,sum} | sha256sum | cut -d' ' -f1)"
+  if [ ! -x "$out/kubectl" ] || [ "$(cat "$out/.kubectl.stamp" 2>/dev/null)" != "$stamp" ]; then
+    say "building kubectl $K8S_VERSION"
+    (cd "$here/kube" && go build -mod=readonly -trimpath -ldflags="$(kube_ldflags)" \
+      -o "$out/.kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
+    mv -f "$out/.kubectl.tmp" "$out/kubectl"
+    echo "$stamp" >"$out/.kubectl.stamp"
+  fi
+  echo "$out"
   exit 0
 fi
 
@@ -93,13 +135,6 @@ grep -qE "^[[:space:]]*(require )?k8s\.io/kubernetes $K8S_VERSION( |$)" "$here/k
   say "kube/go.mod is not for $K8S_VERSION: run 'bash tools/k8s/build.sh gen'"
   exit 1
 }
-
-# One build at a time (several test clusters may be started at once).
-mkdir -p "$root/target/k8s"
-if command -v flock >/dev/null; then
-  exec 8>"$root/target/k8s/.build.lock"
-  flock 8
-fi
 
 out="$root/target/k8s/$K8S_VERSION/bin"
 stamp="$(cat "$here/build.sh" "$here"/kube/go.{mod,sum} "$here"/etcd/go.{mod,sum} "$here"/etcd/*.go | sha256sum | cut -d' ' -f1)"
@@ -135,16 +170,7 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 start=$SECONDS
 say "building kube-apiserver and kube-controller-manager $K8S_VERSION ($(go env GOVERSION)); about 10 min cold on 2 cores"
-# The version the binaries report (/version, --version), set as Kubernetes' own build does
-# (hack/lib/version.sh); without it they say v0.0.0-master.
-minor="${K8S_VERSION#v1.}"
-minor="${minor%%.*}"
-ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean"
-done
-(cd "$here/kube" && go build -mod=readonly -trimpath -ldflags="$ldflags" -o "$tmp/" \
+(cd "$here/kube" && go build -mod=readonly -trimpath -ldflags="$(kube_ldflags)" -o "$tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
 say "building etcd ($(sed -n 's#^[[:space:]]*\(require \)\{0,1\}go.etcd.io/etcd/server/v3 \(v[^ ]*\).*#\2#p' "$here/etcd/go.mod"))"
 (cd "$here/etcd" && go build -mod=readonly -trimpath -ldflags='-s -w' -o "$tmp/etcd" .)
