@@ -22,7 +22,9 @@
 #
 # The processes outlive this script; `down DIR` stops them (TERM, then KILL after 10 s) and
 # leaves DIR. With --owner PID a watchdog runs `down DIR` as soon as process PID is gone (a test
-# passes its own pid); with --ttl SECONDS it does so after that long at the latest.
+# passes its own pid); with --ttl SECONDS it does so after that long at the latest (both count
+# only on the up that starts the cluster). status exits 0 when all three run and /readyz is ok,
+# 3 otherwise.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -61,11 +63,13 @@ done
 # The pid in DIR/NAME.pid when that process is alive and is ours (its command line names DIR,
 # so that a pid reused by another process is never signalled).
 live_pid() {
-  local f="$DIR/$1.pid" pid
+  local f="$DIR/$1.pid" pid args
   [ -f "$f" ] || return 1
   pid="$(cat "$f")"
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DIR" || return 1
+  args="$(tr '\0' '\n' <"/proc/$pid/cmdline")" || return 1
+  # An argument that is DIR or a path under it (/tmp/c1 must not match /tmp/c10's processes).
+  { grep -qxF -- "$DIR" <<<"$args" || grep -qF -- "$DIR/" <<<"$args"; } || return 1
   echo "$pid"
 }
 
