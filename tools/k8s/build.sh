@@ -157,6 +157,7 @@ if [ -n "$cache" ] && have_all "$cache"; then
     mv -f "$out/.$b.tmp" "$out/$b"
   done
   echo "$stamp" >"$out/.stamp"
+  touch "$cache"
   say "copied from $cache"
   echo "$out"
   exit 0
@@ -183,5 +184,7 @@ if [ -n "$cache" ] && mkdir -p "$cache_root" 2>/dev/null; then
   for b in "${bins[@]}"; do cp "$out/$b" "$part/$b"; done
   # Whole or not at all; a concurrent build that got there first wins.
   mv -T "$part" "$cache" 2>/dev/null || rm -rf "$part"
+  # Copies no clone has used for two weeks go (220 MB each).
+  find "$cache_root" -mindepth 1 -maxdepth 1 -mtime +14 -exec rm -rf {} + 2>/dev/null || true
 fi
 echo "$out"
