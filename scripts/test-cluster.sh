@@ -150,7 +150,7 @@ EOF
 make_pki() {
   local pki="$DIR/pki"
   local f complete=1
-  for f in done ca.crt apiserver.crt admin.crt kube-controller-manager.crt front-proxy-ca.crt \
+  for f in "done" ca.crt apiserver.crt admin.crt kube-controller-manager.crt front-proxy-ca.crt \
     front-proxy-client.crt sa.key sa.pub; do
     [ -f "$pki/$f" ] || complete=""
   done
@@ -195,7 +195,7 @@ make_pki() {
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     chmod 644 ca.crt
-    touch done
+    touch "done"
   )
 }
 
