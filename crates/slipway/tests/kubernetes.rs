@@ -511,7 +511,7 @@ fn the_cluster_going_down_mid_apply_is_retryable_and_the_next_apply_converges() 
     .write("k8s/web.yaml", WEB)
     .commit("a deployment that no kubelet starts");
     // No kubelet: the apply sends every object, then waits for the rollout.
-    let mut apply = s
+    let apply = s
         .cmd(&["apply", "--env", "dev", "--yes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
