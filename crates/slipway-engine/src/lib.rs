@@ -505,8 +505,9 @@ impl Engine {
         let secrets =
             secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home, scope)
                 .map_err(EngineError::Secret)?;
-        let input = self.plan_input(&desired, &secrets)?;
-        let plan = plan::plan(&desired, &input);
+        let (input, resolved) = self.plan_input(&desired, &secrets)?;
+        let mut plan = plan::plan(&desired, &input);
+        self.preview_objects(&desired, &mut plan, &resolved);
         let declared = Rules::declared(def, target.kind);
         let in_force = if target.kind == EnvKind::Static {
             self.rules_in_force(origin, &target.name, &target.definition)?
@@ -581,15 +582,65 @@ impl Engine {
         Ok(cached)
     }
 
-    /// Gathers recorded state and observations for planning `desired`.
+    /// Asks the providers of the resources `plan` updates what the update does to each of
+    /// their live objects (a Kubernetes server-side dry run), and adds it to the plan. A
+    /// preview that fails leaves the configuration's diff alone and says why.
+    fn preview_objects(
+        &self,
+        desired: &DesiredState,
+        plan: &mut slipway_core::plan::Plan,
+        resolved: &BTreeMap<String, Json>,
+    ) {
+        let env = &desired.environment.name;
+        for change in plan
+            .changes
+            .iter_mut()
+            .filter(|c| c.action == slipway_core::plan::Action::Update)
+        {
+            let (Some(config), Some(provider)) = (
+                resolved.get(&change.resource),
+                self.registry.get(&change.type_name),
+            ) else {
+                continue;
+            };
+            let Ok(Some(record)) = self.store.resource(env, &change.resource) else {
+                continue;
+            };
+            let envelope = Envelope::of(&record);
+            let (Ok(ports), Ok(sandbox)) =
+                (self.store.ports(env, &change.resource), self.sandbox(env))
+            else {
+                continue;
+            };
+            let dirs = self.env_dirs(env, &envelope.src_commit, "");
+            let instance = envelope.instance(&change.resource);
+            let ctx = self.resource_context(&desired.stack, env, instance, &dirs, &ports, &sandbox);
+            match provider.preview(ctx, config, &envelope.handle) {
+                Ok(Some(objects)) => change.objects = objects,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(resource = %change.resource, error = %e, "no dry run");
+                    if change.reason.is_none() {
+                        change.reason = Some(slipway_core::vocab::Reason::Other(format!(
+                            "the server's dry run could not be made: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gathers recorded state and observations for planning `desired`, and the resolved
+    /// configuration of each resource already recorded.
     fn plan_input(
         &self,
         desired: &DesiredState,
         secrets: &BTreeMap<String, secrets::SecretValue>,
-    ) -> Result<PlanInput, EngineError> {
+    ) -> Result<(PlanInput, BTreeMap<String, Json>), EngineError> {
         let env = &desired.environment.name;
         let records = self.store.resources(env)?;
         let mut input = PlanInput::default();
+        let mut configs = BTreeMap::new();
         let outputs: BTreeMap<String, Json> = records
             .iter()
             .map(|r| (r.name.clone(), r.outputs.clone()))
@@ -643,9 +694,10 @@ impl Engine {
                     name.clone(),
                     resolve::resolved_hash(&resolved, res.source.as_deref(), self.store.sealer()),
                 );
+                configs.insert(name.clone(), resolved.config);
             }
         }
-        Ok(input)
+        Ok((input, configs))
     }
 
     /// Observes one recorded resource through its provider.

@@ -135,6 +135,7 @@ impl Engine {
                 action: Action::Delete,
                 diff: Vec::new(),
                 reason: Some(Reason::Other("destroy".into())),
+                objects: Vec::new(),
             })
             .collect();
         let commit = record.commit.clone().unwrap_or_default();
