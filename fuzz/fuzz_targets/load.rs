@@ -42,6 +42,14 @@ impl Files for Repo<'_> {
             _ => Err(FileError::NotFound),
         }
     }
+
+    /// `more.yaml` may also be the manifests of a `kubernetes.manifests` resource, so the
+    /// manifest reader (multi-document YAML, objects, references) is fuzzed too.
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        let mut files = vec!["slipway.yaml".to_string()];
+        files.extend(self.included.map(|_| "more.yaml".to_string()));
+        Ok(files)
+    }
 }
 
 /// Splits an input at its first marker line into `slipway.yaml` and `more.yaml`.

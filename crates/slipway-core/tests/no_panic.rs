@@ -36,6 +36,14 @@ impl Files for Repo<'_> {
             _ => Err(FileError::NotFound),
         }
     }
+
+    /// `more.yaml` may also be the manifests of a `kubernetes.manifests` resource, so the
+    /// manifest reader (multi-document YAML, objects, references) is fuzzed too.
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        let mut files = vec!["slipway.yaml".to_string()];
+        files.extend(self.included.map(|_| "more.yaml".to_string()));
+        Ok(files)
+    }
 }
 
 /// Splits an input at its first marker line into `slipway.yaml` and `more.yaml`.
@@ -359,6 +367,23 @@ fn yamlish() -> impl Strategy<Value = String> {
         "[0-9]{1,4}",
     ];
     proptest::collection::vec(piece, 0..60).prop_map(|pieces| pieces.concat())
+}
+
+#[test]
+fn the_manifest_seed_loads_its_objects_from_the_included_file() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/seeds/load/kubernetes-manifests.yaml"),
+    )
+    .expect("the seed is readable");
+    let loaded = load(&split(&text), "slipway.yaml", &LoadLimits::default());
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let stack = loaded.stack.expect("a stack");
+    let manifests = &stack.resources["app"].fields["manifests"];
+    assert!(
+        matches!(&manifests.value, slipway_core::yaml::Value::Seq(objects) if objects.len() == 2),
+        "two objects read from more.yaml: {manifests:?}"
+    );
 }
 
 #[test]
