@@ -185,8 +185,20 @@ struct Prepared {
 pub struct KubernetesProvider {
     clusters: BTreeMap<String, ClusterConfig>,
     instance_id: String,
-    runtime: tokio::runtime::Runtime,
+    /// `Some` until dropped: see the `Drop` impl.
+    runtime: Option<tokio::runtime::Runtime>,
     connected: Mutex<HashMap<String, Cluster>>,
+}
+
+impl Drop for KubernetesProvider {
+    /// Dropping a runtime blocks on its workers, which panics inside an asynchronous context,
+    /// and the engine (with its registry) may be dropped inside one (`slipway env create` on
+    /// the home, `slipway serve`): shut it down in the background instead.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for KubernetesProvider {
@@ -206,6 +218,12 @@ fn failed(message: String, retry: Retry) -> ProviderError {
 }
 
 impl KubernetesProvider {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime is taken only when the provider is dropped")
+    }
+
     /// A provider for `clusters`, labelling what it makes with this home's `instance_id`.
     pub fn new(clusters: BTreeMap<String, ClusterConfig>, instance_id: &str) -> Arc<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -217,7 +235,7 @@ impl KubernetesProvider {
         Arc::new(KubernetesProvider {
             clusters,
             instance_id: instance_id.to_string(),
-            runtime,
+            runtime: Some(runtime),
             connected: Mutex::new(HashMap::new()),
         })
     }
@@ -241,7 +259,7 @@ impl KubernetesProvider {
                 Retry::Terminal,
             ));
         };
-        let cluster = self.runtime.block_on(Cluster::connect(name, config))?;
+        let cluster = self.runtime().block_on(Cluster::connect(name, config))?;
         self.connected
             .lock()
             .expect("not poisoned")
@@ -295,7 +313,7 @@ impl KubernetesProvider {
             namespace: &namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        let applied = self.runtime.block_on(run.apply_all(config, previous))?;
+        let applied = self.runtime().block_on(run.apply_all(config, previous))?;
         let inventory = Inventory {
             cluster: config.cluster.clone(),
             namespace: namespace.clone(),
@@ -1197,7 +1215,7 @@ impl Provider for Arc<KubernetesProvider> {
                     namespace: &inventory.namespace,
                     discovered: Mutex::new(HashMap::new()),
                 };
-                self.runtime.block_on(run.destroy(Some(&inventory)))
+                self.runtime().block_on(run.destroy(Some(&inventory)))
             }
             None => {
                 // An interrupted create: find what it left by its labels, on every cluster.
@@ -1206,7 +1224,7 @@ impl Provider for Arc<KubernetesProvider> {
                     let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
                     let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource);
                     let namespaces = self
-                        .runtime
+                        .runtime()
                         .block_on(api.list(&ListParams::default().labels(&self.selector(&ctx))))
                         .map_err(|e| cluster.error("listing namespaces", &e))?;
                     let mut names: Vec<String> = namespaces
@@ -1225,7 +1243,7 @@ impl Provider for Arc<KubernetesProvider> {
                             namespace: &namespace,
                             discovered: Mutex::new(HashMap::new()),
                         };
-                        self.runtime.block_on(run.destroy(None))?;
+                        self.runtime().block_on(run.destroy(None))?;
                     }
                 }
                 Ok(())
@@ -1248,7 +1266,7 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime.block_on(run.drift(config))
+        self.runtime().block_on(run.drift(config))
     }
 
     fn preview(
@@ -1302,7 +1320,7 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime.block_on(async {
+        self.runtime().block_on(async {
             loop {
                 let Some((reference, health)) = run.unhealthy(&inventory).await? else {
                     return Ok(());
