@@ -185,8 +185,9 @@ struct Prepared {
 pub struct KubernetesProvider {
     clusters: BTreeMap<String, ClusterConfig>,
     instance_id: String,
-    /// `Some` until dropped: see the `Drop` impl.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Made on first use (an engine without a Kubernetes resource starts no thread); taken
+    /// when dropped: see the `Drop` impl.
+    runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
     connected: Mutex<HashMap<String, Cluster>>,
 }
 
@@ -218,24 +219,30 @@ fn failed(message: String, retry: Retry) -> ProviderError {
 }
 
 impl KubernetesProvider {
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime
-            .as_ref()
-            .expect("the runtime is taken only when the provider is dropped")
+    /// Runs `work` to completion on the provider's runtime. The provider's calls are
+    /// blocking (the engine calls providers from plain threads); one made from inside an
+    /// asynchronous context moves that worker aside for the wait instead of panicking.
+    fn block_on<F: std::future::Future>(&self, work: F) -> F::Output {
+        let runtime = self.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("slipway-kube")
+                .enable_all()
+                .build()
+                .expect("a tokio runtime with one worker thread can be built")
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| runtime.block_on(work)),
+            Err(_) => runtime.block_on(work),
+        }
     }
 
     /// A provider for `clusters`, labelling what it makes with this home's `instance_id`.
     pub fn new(clusters: BTreeMap<String, ClusterConfig>, instance_id: &str) -> Arc<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("slipway-kube")
-            .enable_all()
-            .build()
-            .expect("a tokio runtime with one worker thread can be built");
         Arc::new(KubernetesProvider {
             clusters,
             instance_id: instance_id.to_string(),
-            runtime: Some(runtime),
+            runtime: std::sync::OnceLock::new(),
             connected: Mutex::new(HashMap::new()),
         })
     }
@@ -259,7 +266,7 @@ impl KubernetesProvider {
                 Retry::Terminal,
             ));
         };
-        let cluster = self.runtime().block_on(Cluster::connect(name, config))?;
+        let cluster = self.block_on(Cluster::connect(name, config))?;
         self.connected
             .lock()
             .expect("not poisoned")
@@ -313,7 +320,7 @@ impl KubernetesProvider {
             namespace: &namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        let applied = self.runtime().block_on(run.apply_all(config, previous))?;
+        let applied = self.block_on(run.apply_all(config, previous))?;
         let inventory = Inventory {
             cluster: config.cluster.clone(),
             namespace: namespace.clone(),
@@ -1215,7 +1222,7 @@ impl Provider for Arc<KubernetesProvider> {
                     namespace: &inventory.namespace,
                     discovered: Mutex::new(HashMap::new()),
                 };
-                self.runtime().block_on(run.destroy(Some(&inventory)))
+                self.block_on(run.destroy(Some(&inventory)))
             }
             None => {
                 // An interrupted create: find what it left by its labels, on every cluster.
@@ -1224,7 +1231,6 @@ impl Provider for Arc<KubernetesProvider> {
                     let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
                     let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource);
                     let namespaces = self
-                        .runtime()
                         .block_on(api.list(&ListParams::default().labels(&self.selector(&ctx))))
                         .map_err(|e| cluster.error("listing namespaces", &e))?;
                     let mut names: Vec<String> = namespaces
@@ -1243,7 +1249,7 @@ impl Provider for Arc<KubernetesProvider> {
                             namespace: &namespace,
                             discovered: Mutex::new(HashMap::new()),
                         };
-                        self.runtime().block_on(run.destroy(None))?;
+                        self.block_on(run.destroy(None))?;
                     }
                 }
                 Ok(())
@@ -1266,7 +1272,7 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime().block_on(run.drift(config))
+        self.block_on(run.drift(config))
     }
 
     fn preview(
@@ -1291,9 +1297,7 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime
-            .block_on(run.preview(config, &inventory))
-            .map(Some)
+        self.block_on(run.preview(config, &inventory)).map(Some)
     }
 
     fn wait_ready(
@@ -1320,7 +1324,7 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime().block_on(async {
+        self.block_on(async {
             loop {
                 let Some((reference, health)) = run.unhealthy(&inventory).await? else {
                     return Ok(());
