@@ -79,9 +79,11 @@ impl EnvName {
         }
     }
 
-    /// The environment of pull request `number`: `pr-42`.
-    pub fn pull_request(number: u64) -> EnvName {
-        EnvName(format!("pr-{number}"))
+    /// The environment of pull request `number`: `pr-42`. Forges number pull requests from
+    /// 1 (`u64` in a webhook, `i64` in the store); any integer makes a DNS label of at most 43
+    /// bytes (`pr--5` for a negative one, which no forge sends).
+    pub fn pull_request(number: impl Into<i128>) -> EnvName {
+        EnvName::from_slug(format!("pr-{}", number.into()))
     }
 
     /// The readable name of branch `branch`'s environment: `br-` and its slug
@@ -124,6 +126,14 @@ impl Deref for EnvName {
 impl AsRef<str> for EnvName {
     fn as_ref(&self) -> &str {
         &self.0
+    }
+}
+
+/// A name is one safe path component (no `/`, no `..`, never empty): `envs/<name>/` and
+/// `locks/<name>.lock` stay inside their directory.
+impl AsRef<std::path::Path> for EnvName {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
     }
 }
 
@@ -316,7 +326,11 @@ mod tests {
     #[test]
     fn generated_names() {
         assert_eq!(EnvName::pull_request(42), "pr-42");
-        assert_eq!(EnvName::pull_request(u64::MAX).len(), 23);
+        assert_eq!(EnvName::pull_request(7_i64), "pr-7");
+        for number in [i128::from(u64::MAX), i128::from(i64::MIN), 0] {
+            let name = EnvName::pull_request(number);
+            assert!(EnvName::parse(&name).is_ok(), "{name} is a name");
+        }
         assert_eq!(EnvName::branch("feature/Login"), "br-feature-login");
         assert_eq!(EnvName::branch("login"), "br-login");
         assert_ne!(
@@ -396,6 +410,11 @@ mod tests {
             } else {
                 prop_assert!(!is_dns_label(&text));
             }
+        }
+
+        #[test]
+        fn pull_request_names_are_always_names(number in any::<i64>()) {
+            prop_assert!(EnvName::parse(&EnvName::pull_request(number)).is_ok());
         }
 
         #[test]
