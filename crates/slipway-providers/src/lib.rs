@@ -92,8 +92,8 @@ impl Default for ProviderSettings {
 /// Everything a provider is told about the resource it acts on.
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceContext<'a> {
-    /// Environment name (a DNS label).
-    pub environment: &'a str,
+    /// Environment name.
+    pub environment: &'a slipway_core::EnvName,
     /// Resource name, unique in the environment.
     pub resource: &'a str,
     /// The environment's directories.

@@ -1082,6 +1082,9 @@ fn hostile_environment_names_are_refused_before_any_lookup() {
     for (name, encoded) in [
         ("../x", "..%2Fx".to_string()),
         ("200 characters", long.clone()),
+        ("64 characters, one over a DNS label", "a".repeat(64)),
+        ("a trailing hyphen", "main-".to_string()),
+        ("an encoded dot-dot", "%2E%2E".to_string()),
         ("unicode", "%C3%A9t%C3%A9".to_string()),
         ("upper case", "Main".to_string()),
         ("shell", "%24(reboot)".to_string()),
@@ -1092,6 +1095,8 @@ fn hostile_environment_names_are_refused_before_any_lookup() {
             ("GET", ""),
             ("GET", "/plan"),
             ("POST", "/sync"),
+            ("POST", "/unpin"),
+            ("GET", "/deployments"),
             ("DELETE", ""),
         ] {
             let path = format!("/api/v1/environments/{encoded}{suffix}");

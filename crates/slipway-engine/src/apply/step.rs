@@ -62,7 +62,7 @@ impl Engine {
     /// What a provider is told about `resource` of `env` (with no secret values to redact).
     pub(crate) fn resource_context<'a>(
         &'a self,
-        env: &'a str,
+        env: &'a EnvName,
         resource: &'a str,
         dirs: &'a EnvDirs,
         ports: &'a BTreeMap<String, u16>,
