@@ -273,8 +273,9 @@ fn environment_status_is_recorded_and_checked() {
     );
 }
 
-#[test]
-fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
+/// A store holding `prod` with a resource `api`, one deployment (whose id it returns) and one
+/// event: a row in each table that reads environments back.
+fn store_with_history() -> (TempDir, Store, i64) {
     let (home, store) = store_with(&["prod"]);
     store
         .put_resource(&resource("prod", "api"))
@@ -291,6 +292,12 @@ fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
             1,
         )
         .expect("record an event");
+    (home, store, id)
+}
+
+#[test]
+fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
+    let (home, store, id) = store_with_history();
     let conn = raw(&home);
     for (table, column) in [
         ("environments", "sync"),
@@ -320,19 +327,7 @@ fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
 
 #[test]
 fn an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic() {
-    let (home, store) = store_with(&["prod"]);
-    let id = store
-        .begin_deployment(&deployment("prod", 1))
-        .expect("begin");
-    store
-        .record_event(
-            Some(&env("prod")),
-            EventKind::ApplyStarted,
-            "m",
-            &json!({}),
-            1,
-        )
-        .expect("record an event");
+    let (home, store, id) = store_with_history();
     let conn = raw(&home);
     // The foreign keys would cascade a rename of the environment; damage each table alone.
     conn.execute_batch("PRAGMA foreign_keys = OFF")
