@@ -297,6 +297,11 @@ fn scalar_string(value: &Value) -> Option<String> {
 
 /// Converts a field's node to JSON by its kind; `sub` rewrites strings that may hold templates.
 fn to_json(node: &Node, kind: FieldKind, sub: &mut dyn FnMut(&str) -> String) -> Json {
+    // Expanded at load into objects, rendered like any other YAML.
+    let kind = match kind {
+        FieldKind::Manifests => FieldKind::Any,
+        kind => kind,
+    };
     match (kind, &node.value) {
         (FieldKind::Str | FieldKind::RelPath, Value::Str(s)) => Json::String(sub(s)),
         (FieldKind::StrList, Value::Seq(items)) => Json::Array(

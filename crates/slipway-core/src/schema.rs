@@ -16,6 +16,9 @@ fn kind_schema(kind: FieldKind) -> Json {
             json!({"type": "string", "minLength": 1, "not": {"pattern": "(^/)|(^|/)\\.\\.(/|$)"}})
         }
         FieldKind::StrList => json!({"type": "array", "minItems": 1, "items": string_like}),
+        FieldKind::Manifests => {
+            json!({"type": "array", "minItems": 1, "items": {"type": "string"}})
+        }
         FieldKind::NameList => json!({"type": "array", "items": string_like}),
         FieldKind::PortNames => {
             json!({"type": "array", "uniqueItems": true, "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}})

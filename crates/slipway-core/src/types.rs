@@ -37,6 +37,10 @@ pub enum FieldKind {
     Any,
     /// A list of SQL extension or identifier names.
     NameList,
+    /// Kubernetes manifests: written as a list of files, folders or globs relative to the
+    /// stack's folder; the loader replaces them with the objects those files hold (see
+    /// `stack::manifests`).
+    Manifests,
 }
 
 /// One field of a resource type.
@@ -366,18 +370,32 @@ const PG_ROLE: &[Field] = &[
 
 const K8S: &[Field] = &[
     f(
-        "path",
+        "cluster",
         Str,
         true,
+        true,
+        "the cluster, `[kubernetes.NAME]` in the engine config",
+    ),
+    f(
+        "manifests",
+        Manifests,
+        true,
         false,
-        "a folder or file of manifests in the repository",
+        "manifest files, folders or globs in the repository, applied as one set",
     ),
     f(
         "namespace",
         Str,
         false,
         true,
-        "namespace (default: one per environment)",
+        "the environment's namespace (default: STACK-ENV), created and owned by Slipway",
+    ),
+    f(
+        "wait",
+        Duration,
+        false,
+        false,
+        "how long the objects may take to become healthy (default: the engine's ready timeout)",
     ),
 ];
 
@@ -461,10 +479,9 @@ pub const TYPES: &[ResourceType] = &[
         name: "kubernetes.manifests",
         doc: "manifests applied into a namespace per environment",
         fields: K8S,
-        outputs: Outputs::Fixed(&["namespace"]),
+        outputs: Outputs::Fixed(&["namespace", "objects"]),
         secret_outputs: &[],
-        // No provider in this build yet: refused at validation.
-        capabilities: Capabilities::NONE,
+        capabilities: Capabilities::PROVIDED,
     },
 ];
 
@@ -515,7 +532,8 @@ mod tests {
     #[test]
     fn an_unknown_type_can_do_nothing() {
         assert_eq!(capabilities("no.such.type"), Capabilities::NONE);
-        assert!(!capabilities("kubernetes.manifests").provided);
+        assert!(capabilities("kubernetes.manifests").provided);
+        assert!(!capabilities("kubernetes.manifests").node_bound);
         assert!(capabilities("postgres.database").holds_data);
     }
 }

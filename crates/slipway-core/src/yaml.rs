@@ -121,21 +121,35 @@ fn pos_of(span: &Span) -> Pos {
 /// Parses one YAML document. Returns the tree when the text is well-formed, and every error
 /// found (parsing stops at the first syntax error; duplicate keys are all reported).
 pub fn parse(text: &str, limits: Limits) -> (Option<Node>, Vec<YamlError>) {
+    let (mut roots, errors) = parse_stream(text, limits, false);
+    (roots.pop(), errors)
+}
+
+/// Parses a stream of YAML documents separated by `---`, as Kubernetes manifests are written.
+/// Returns every non-empty document when the whole text is well-formed (anchors do not cross
+/// documents; `limits` bound the stream as a whole), and every error found.
+pub fn parse_documents(text: &str, limits: Limits) -> (Vec<Node>, Vec<YamlError>) {
+    parse_stream(text, limits, true)
+}
+
+fn parse_stream(text: &str, limits: Limits, multi: bool) -> (Vec<Node>, Vec<YamlError>) {
     let mut builder = Builder {
         limits,
         stack: Vec::new(),
         anchors: HashMap::new(),
         nodes: 0,
         root: None,
+        roots: Vec::new(),
         errors: Vec::new(),
         documents: 0,
+        multi,
     };
     for event in Parser::new_from_str(text) {
         match event {
             Ok((event, span)) => {
                 if let Err(fatal) = builder.on_event(event, &span) {
                     builder.errors.push(fatal);
-                    return (None, builder.errors);
+                    return (Vec::new(), builder.errors);
                 }
             }
             Err(e) => {
@@ -148,16 +162,15 @@ pub fn parse(text: &str, limits: Limits) -> (Option<Node>, Vec<YamlError>) {
                     message: format!("invalid YAML: {}", e.info()),
                     hint: Some("check the indentation and quoting around this position".into()),
                 });
-                return (None, builder.errors);
+                return (Vec::new(), builder.errors);
             }
         }
     }
-    let root = if builder.errors.is_empty() {
-        builder.root
-    } else {
-        None
-    };
-    (root, builder.errors)
+    builder.end_document();
+    if !builder.errors.is_empty() {
+        builder.roots.clear();
+    }
+    (builder.roots, builder.errors)
 }
 
 struct Builder {
@@ -166,8 +179,11 @@ struct Builder {
     anchors: HashMap<usize, Node>,
     nodes: usize,
     root: Option<Node>,
+    roots: Vec<Node>,
     errors: Vec<YamlError>,
     documents: usize,
+    /// Several documents are allowed (a manifest stream), not only one (`slipway.yaml`).
+    multi: bool,
 }
 
 impl Builder {
@@ -176,7 +192,7 @@ impl Builder {
         match event {
             Event::DocumentStart(_) => {
                 self.documents += 1;
-                if self.documents > 1 {
+                if self.documents > 1 && !self.multi {
                     return Err(YamlError {
                         pos,
                         message: "more than one YAML document in one file".into(),
@@ -265,9 +281,23 @@ impl Builder {
                 }
                 self.attach(node)?;
             }
-            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+            Event::DocumentEnd => self.end_document(),
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
         Ok(())
+    }
+
+    /// Keeps the document just read, if it had a value; anchors end with their document.
+    fn end_document(&mut self) {
+        match self.root.take() {
+            // An empty document between two `---` of a manifest stream.
+            Some(Node {
+                value: Value::Null, ..
+            }) if self.multi => {}
+            Some(root) => self.roots.push(root),
+            None => {}
+        }
+        self.anchors.clear();
     }
 
     fn enter(&mut self, pos: Pos) -> Result<(), YamlError> {
@@ -472,6 +502,26 @@ mod tests {
         let (node, errors) = parse(text, Limits::default());
         assert!(errors.is_empty(), "unexpected errors: {errors:?}");
         node.expect("a document")
+    }
+
+    #[test]
+    fn a_manifest_stream_gives_each_document_with_its_line() {
+        let text = "---\nkind: A\n---\n# only a comment\n---\nkind: B\nx: &a 1\n...\n---\ny: *a\n";
+        let (docs, errors) = parse_documents(text, Limits::default());
+        assert_eq!(
+            errors.len(),
+            1,
+            "an anchor does not reach the next document: {errors:?}"
+        );
+        assert!(docs.is_empty(), "nothing of a broken stream is kept");
+        let (docs, errors) = parse_documents("kind: A\n---\n---\nkind: B\n", Limits::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(docs.len(), 2, "empty documents are skipped");
+        assert_eq!(docs[0].pos.line, 1);
+        assert_eq!(docs[1].pos.line, 4);
+        let (one, errors) = parse("kind: A\n---\nkind: B\n", Limits::default());
+        assert!(one.is_none());
+        assert!(errors[0].message.contains("more than one YAML document"));
     }
 
     #[test]

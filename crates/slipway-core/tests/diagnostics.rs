@@ -15,6 +15,22 @@ impl Files for Dir<'_> {
         }
         std::fs::read_to_string(self.0.join(path)).map_err(|_| FileError::NotFound)
     }
+
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("a readable fixture directory") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else if let Ok(relative) = path.strip_prefix(root) {
+                    out.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.0, self.0, &mut out);
+        Ok(out)
+    }
 }
 
 fn diagnose(dir: &Path, entry: &str, errors: BTreeMap<String, FileError>) -> String {

@@ -18,6 +18,8 @@ use serde::{Deserialize, Deserializer};
 pub struct EngineConfig {
     /// `[postgres.NAME]`: servers that `postgres.*` resources may use.
     pub postgres: BTreeMap<String, PostgresServer>,
+    /// `[kubernetes.NAME]`: clusters that `kubernetes.manifests` resources may use.
+    pub kubernetes: BTreeMap<String, slipway_providers::kubernetes::ClusterConfig>,
     /// `[secrets]`: how the engine decrypts the repository's secrets.
     pub secrets: SecretsConfig,
     /// `[local]`
@@ -292,10 +294,13 @@ impl<'de> Deserialize<'de> for UidRange {
 
 impl EngineConfig {
     /// What a section's own type cannot check: each `[postgres.NAME]` names one source for
-    /// its URL, and no password.
+    /// its URL, and no password; each `[kubernetes.NAME]` one source for its kubeconfig.
     pub fn check(&self) -> Result<(), String> {
         for (name, server) in &self.postgres {
             server.check(name)?;
+        }
+        for (name, cluster) in &self.kubernetes {
+            cluster.check(name)?;
         }
         Ok(())
     }

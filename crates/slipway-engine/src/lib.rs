@@ -384,6 +384,10 @@ impl Engine {
         let servers = Arc::new(servers);
         registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));
         registry.register(postgres::RoleProvider::new(servers));
+        registry.register(slipway_providers::kubernetes::KubernetesProvider::new(
+            config.kubernetes.clone(),
+            store.sealer().instance_id(),
+        ));
         Ok(Engine {
             cache: cache::CommitCache::default(),
             home: home.to_path_buf(),
@@ -673,13 +677,26 @@ impl Engine {
             Ok(sandbox) => sandbox,
             Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
         };
-        let ctx = self.resource_context(env, instance, &dirs, &ports, &sandbox);
+        let stack = match self.stack_of(env) {
+            Ok(stack) => stack,
+            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
+        };
+        let ctx = self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox);
         match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),
             Ok(slipway_providers::Observation::Missing { reason }) => Observed::Missing(reason),
             Err(e) => Observed::Drifted(format!("cannot observe: {e}")),
         }
+    }
+
+    /// The stack environment `env` was recorded with (empty before its first apply).
+    pub(crate) fn stack_of(&self, env: &EnvName) -> Result<String, EngineError> {
+        Ok(self
+            .store
+            .environment(env)?
+            .map(|record| record.stack)
+            .unwrap_or_default())
     }
 
     /// Records the environment (creating it on first use) before anything is applied to it.

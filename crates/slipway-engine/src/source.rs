@@ -30,6 +30,19 @@ impl Files for CommitFiles<'_> {
             Err(e) => Err(FileError::Other(e.to_string())),
         }
     }
+
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        self.source
+            .list_files(self.commit)
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .filter(|e| e.kind != slipway_git::EntryKind::Submodule)
+                    .map(|e| e.path)
+                    .collect()
+            })
+            .map_err(|e| FileError::Other(e.to_string()))
+    }
 }
 
 /// A stack loaded from one commit.

@@ -23,6 +23,7 @@
 pub mod exec;
 pub mod file;
 pub mod job;
+pub mod kubernetes;
 pub mod postgres;
 pub mod process;
 pub mod sandbox;
@@ -94,6 +95,8 @@ impl Default for ProviderSettings {
 pub struct ResourceContext<'a> {
     /// Environment name.
     pub environment: &'a slipway_core::EnvName,
+    /// The stack's name (`stack:` in `slipway.yaml`, a DNS label).
+    pub stack: &'a str,
     /// Resource name, unique in the environment.
     pub resource: &'a str,
     /// The environment's directories.

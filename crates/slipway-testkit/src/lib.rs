@@ -9,6 +9,8 @@
 //! - [`stack`]: stack files in memory, written into a repository in one call.
 //! - [`http`]: the one HTTP server of the fakes (hyper on tokio, on `127.0.0.1:0`) and a plain
 //!   client for hostile requests.
+//! - [`cluster`]: a real Kubernetes control plane (`scripts/test-cluster.sh`), `kubectl`
+//!   against it, and a stand-in for the kubelet's status updates.
 //! - [`forge`]: ONE fake forge, parameterised by forge ([`forge::Forge`]): GitHub
 //!   ([`forge::github::FakeGitHub`]), GitLab ([`forge::gitlab::FakeGitLab`]) and Gitea
 //!   ([`forge::gitea::FakeGitea`]) share the server, the request log ([`forge::Recorded`]), the
@@ -48,6 +50,7 @@
 //! subtracts its own times from it. `json` is the request's body as JSON (`null` when empty or
 //! not JSON), `response` the answer's.
 
+pub mod cluster;
 pub mod fixtures;
 pub mod forge;
 pub mod git;

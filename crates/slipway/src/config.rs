@@ -1,6 +1,6 @@
 //! The configuration file (`--config`, `SLIPWAY_CONFIG`; SPEC §6), composed of the sections
 //! each crate owns: `[server]` (slipway-server), `[controller]` (slipway-controller),
-//! `[forge.NAME]` (slipway-forge), `[postgres.NAME]`, `[secrets]`, `[local]` and
+//! `[forge.NAME]` (slipway-forge), `[postgres.NAME]`, `[kubernetes.NAME]`, `[secrets]`, `[local]` and
 //! `[environments]` (slipway-engine), and `[repo]` (here). Each section reads and checks
 //! itself; an unknown key anywhere is refused. Every key has a default.
 
@@ -32,6 +32,9 @@ pub struct Config {
     /// `[postgres.NAME]`: servers that `postgres.*` resources may use.
     #[serde(default)]
     pub postgres: BTreeMap<String, PostgresServer>,
+    /// `[kubernetes.NAME]`: clusters that `kubernetes.manifests` resources may use.
+    #[serde(default)]
+    pub kubernetes: BTreeMap<String, slipway_providers::kubernetes::ClusterConfig>,
     /// `[secrets]`: how the engine decrypts the repository's secrets.
     #[serde(default)]
     pub secrets: SecretsConfig,
@@ -90,6 +93,7 @@ impl Config {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             postgres: self.postgres.clone(),
+            kubernetes: self.kubernetes.clone(),
             secrets: self.secrets.clone(),
             local: self.local.clone(),
             environments: self.environments.clone(),

@@ -76,6 +76,7 @@ impl TestEnv {
     fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
         ResourceContext {
             environment: &self.env,
+            stack: "shop",
             resource,
             dirs: &self.dirs,
             ports: &self.ports,

@@ -139,7 +139,22 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
             if spec.kind == FieldKind::Health {
                 check_health_ports(cx, node, own, &res.name);
             }
-            visit_templates(node, spec.kind, &mut |s, pos| {
+            // Each string that may hold references, with the file it is written in (a
+            // manifest's own file for the objects of a `manifests:` field) and whether a
+            // secret may be used there.
+            let mut strings: Vec<(String, Pos, Option<String>, bool)> = Vec::new();
+            if spec.kind == FieldKind::Manifests {
+                super::manifests::templates(node, &mut |s, pos, file, secrets_allowed| {
+                    strings.push((s.to_string(), pos, Some(file.to_string()), secrets_allowed));
+                });
+            } else {
+                visit_templates(node, spec.kind, &mut |s, pos| {
+                    strings.push((s.to_string(), pos, None, true));
+                });
+            }
+            for (s, pos, file, secrets_allowed) in strings {
+                let s = s.as_str();
+                cx.file = file.unwrap_or_else(|| res.location.file.clone());
                 let segments = match template::parse(s) {
                     Ok(segments) => segments,
                     Err(e) => {
@@ -148,7 +163,7 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                             e.message,
                             e.hint.as_deref(),
                         );
-                        return;
+                        continue;
                     }
                 };
                 for seg in segments {
@@ -174,6 +189,11 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                                 res.name
                             ),
                             Some(&format!("add `{p}` to its `ports:`")),
+                        ),
+                        Reference::Secret(_) if !secrets_allowed => cx.err(
+                            at,
+                            format!("`{r}` is used outside a Secret's `stringData`"),
+                            Some("a manifest may use a secret only in a `kind: Secret` object's `stringData`, which no plan shows"),
                         ),
                         Reference::Secret(s) if !secrets.entries.contains_key(s) => {
                             let hint = match did_you_mean(
@@ -217,8 +237,9 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                         _ => {}
                     }
                 }
-            });
+            }
         }
+        cx.file = res.location.file.clone();
         res.dependencies.extend(implicit);
         res.dependencies
             .retain(|d| d != &res.name && names.contains(d));

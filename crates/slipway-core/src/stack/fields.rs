@@ -460,14 +460,16 @@ impl Cx {
                     );
                 }
             }
-            FieldKind::StrList | FieldKind::NameList => match &node.value {
+            FieldKind::StrList | FieldKind::NameList | FieldKind::Manifests => match &node.value {
                 Value::Seq(items) => {
-                    if items.is_empty() && kind == FieldKind::StrList {
-                        self.err(
-                            node.pos,
-                            format!("{what} is empty"),
-                            Some("give at least the program to run"),
-                        );
+                    if items.is_empty() && kind != FieldKind::NameList {
+                        let hint = match kind {
+                            FieldKind::Manifests => {
+                                "name at least one file or glob, e.g. `[k8s/*.yaml]`"
+                            }
+                            _ => "give at least the program to run",
+                        };
+                        self.err(node.pos, format!("{what} is empty"), Some(hint));
                     }
                     for item in items.iter().filter(|i| !scalar(&i.value)) {
                         self.type_err(item, &format!("each item of {what}"), "a string", None);

@@ -14,6 +14,7 @@ use crate::yaml::{self, Node, Value};
 
 mod checks;
 mod fields;
+pub mod manifests;
 
 use checks::{check_cycles, check_environments, check_references};
 use fields::Cx;
@@ -24,6 +25,15 @@ pub use fields::check_relative_path;
 pub trait Files {
     /// The UTF-8 text of the file at `path` (repository-relative, `/`-separated).
     fn read(&self, path: &str) -> Result<String, FileError>;
+
+    /// Every file's path at this commit (repository-relative, `/`-separated), for the globs
+    /// of a `manifests:` field. Sources that cannot list refuse those stacks with a clear
+    /// error.
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        Err(FileError::Other(
+            "this source does not list its files".into(),
+        ))
+    }
 }
 
 /// Why a file could not be read.
@@ -473,6 +483,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         }
     }
     load_secrets(&mut cx, files, &mut stack.secrets, limits);
+    manifests::expand(&mut cx, files, base, &mut stack, limits);
     check_environments(&mut cx, &stack);
     check_references(&mut cx, &mut stack);
     check_cycles(&mut cx, &stack);

@@ -62,6 +62,7 @@ impl Engine {
     /// What a provider is told about `resource` of `env` (with no secret values to redact).
     pub(crate) fn resource_context<'a>(
         &'a self,
+        stack: &'a str,
         env: &'a EnvName,
         resource: &'a str,
         dirs: &'a EnvDirs,
@@ -70,6 +71,7 @@ impl Engine {
     ) -> ResourceContext<'a> {
         ResourceContext {
             environment: env,
+            stack,
             resource,
             dirs,
             ports,
@@ -228,7 +230,14 @@ impl Engine {
         let sandbox = self.sandbox(env)?;
         let ctx = ResourceContext {
             redact: &resolved_all.secrets,
-            ..self.resource_context(env, &instance, &dirs, &ports, &sandbox)
+            ..self.resource_context(
+                &prepared.desired.stack,
+                env,
+                &instance,
+                &dirs,
+                &ports,
+                &sandbox,
+            )
         };
         let envelope_of = |handle: Json| {
             serde_json::to_value(Envelope {
@@ -329,7 +338,8 @@ impl Engine {
             let ports = self.store.ports(env, name)?;
             let instance = envelope.instance(name);
             let sandbox = self.sandbox(env)?;
-            let ctx = self.resource_context(env, instance, &dirs, &ports, &sandbox);
+            let stack = self.stack_of(env)?;
+            let ctx = self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox);
             let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
             let mut result = provider.delete(ctx, handle);
             if result.is_ok()
@@ -383,6 +393,10 @@ mod tests {
             FieldKind::RelPath => json!("app"),
             FieldKind::Mode => json!("0644"),
             FieldKind::Any => json!({"anything": [1, "two"]}),
+            FieldKind::Manifests => json!([{
+                "source": "k8s/app.yaml:1:1",
+                "object": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app"}}
+            }]),
         }
     }
 

@@ -51,6 +51,7 @@ impl TestEnv {
     pub fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
         ResourceContext {
             environment: &self.env,
+            stack: "shop",
             resource,
             dirs: &self.dirs,
             ports: &self.ports,
