@@ -3,7 +3,8 @@
 # is there. The tests use real peers: git, Python 3, PostgreSQL on 127.0.0.1:5432 with trust
 # authentication for `postgres` (psql too), npm (the GitHub fixtures are npm packages),
 # Chromium with chromedriver (the web UI's browser tests), and Python's venv and PyPI (for
-# Schemathesis, run by scripts/schemathesis.sh against the served API document).
+# Schemathesis, run by scripts/schemathesis.sh against the served API document), and a real
+# Kubernetes control plane to start (docs/kubernetes.md, "A test cluster").
 #
 # When nothing answers on 127.0.0.1:5432, scripts/postgres.sh starts a throwaway PostgreSQL
 # cluster there (installing Debian's `postgresql` when its binaries are missing), with its data
@@ -31,6 +32,23 @@ need npm || apt_install nodejs npm
 { need chromium && need chromedriver; } || apt_install chromium chromium-driver
 
 bash scripts/postgres.sh
+
+# Kubernetes: kubectl, and etcd, kube-apiserver and kube-controller-manager built from the Go
+# module proxy with the machine's Go when they are not built yet (tools/k8s/build.sh: about 9
+# minutes cold on a busy 2-core machine; a second when built before on this machine, in any
+# clone; docs/kubernetes.md). No cluster is started here: a
+# test starts its own with `bash "$SLIPWAY_TEST_CLUSTER_SCRIPT" up DIR --owner PID` and stops it
+# with `down DIR`; SLIPWAY_K8S_BIN spares that script even the cache check.
+# kubectl: the machine's (this kind has one) or its Debian package; where neither is (Debian's
+# bookworm has only kubernetes-client 1.20), one built beside the control plane, same version.
+if ! need kubectl && ! apt_install kubectl 2>/dev/null; then
+  PATH="$(bash tools/k8s/build.sh kubectl):$PATH"
+  export PATH
+fi
+{ need openssl && need curl; } || apt_install openssl curl
+SLIPWAY_K8S_BIN="$(bash tools/k8s/build.sh)"
+export SLIPWAY_K8S_BIN
+export SLIPWAY_TEST_CLUSTER_SCRIPT="$PWD/scripts/test-cluster.sh"
 
 cargo test --workspace --locked "$@"
 

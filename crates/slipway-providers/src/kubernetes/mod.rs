@@ -929,6 +929,9 @@ impl Run<'_> {
                 self.delete_and_wait(reference, &resource).await?;
             }
         }
+        if self.namespace.is_empty() {
+            return Ok(()); // An interrupted create that had not made its namespace yet.
+        }
         let namespace = ObjectRef {
             api_version: "v1".into(),
             kind: "Namespace".into(),
