@@ -341,7 +341,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
         changes.push(change);
     }
     Plan {
-        environment: desired.environment.name.clone(),
+        environment: desired.environment.name.to_string(),
         commit: desired.commit.clone(),
         changes,
     }

@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use slipway_core::EnvName;
 use slipway_core::plan::{Action, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
@@ -97,15 +98,19 @@ fn exercise(input: &str) -> Result<(), String> {
     let Some(stack) = loaded.stack else {
         return Err("a load without errors has a stack, but there is none".to_string());
     };
+    let preview = EnvName::pull_request(1);
     for (definition, def) in &stack.environments {
+        let name = EnvName::parse(definition).map_err(|e| {
+            format!("a stack that loaded without errors names environments with DNS labels: {e}")
+        })?;
         let target = match def.generate {
             None => Target {
-                name: definition,
+                name: &name,
                 definition,
                 kind: EnvKind::Static,
             },
             Some(_) => Target {
-                name: "pr-1",
+                name: &preview,
                 definition,
                 kind: EnvKind::Generated,
             },

@@ -94,8 +94,8 @@ impl Default for ProviderSettings {
 /// Everything a provider is told about the resource it acts on.
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceContext<'a> {
-    /// Environment name (a DNS label).
-    pub environment: &'a str,
+    /// Environment name.
+    pub environment: &'a slipway_core::EnvName,
     /// The stack's name (`stack:` in `slipway.yaml`, a DNS label).
     pub stack: &'a str,
     /// Resource name, unique in the environment.
