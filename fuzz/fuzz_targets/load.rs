@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
+use slipway_core::EnvName;
 use slipway_core::plan::{Action, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
@@ -41,6 +42,14 @@ impl Files for Repo<'_> {
             ("more.yaml", Some(text)) => Ok(text.to_string()),
             _ => Err(FileError::NotFound),
         }
+    }
+
+    /// `more.yaml` may also be the manifests of a `kubernetes.manifests` resource, so the
+    /// manifest reader (multi-document YAML, objects, references) is fuzzed too.
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        let mut files = vec!["slipway.yaml".to_string()];
+        files.extend(self.included.map(|_| "more.yaml".to_string()));
+        Ok(files)
     }
 }
 
@@ -93,15 +102,18 @@ fuzz_target!(|data: &[u8]| {
     // Callers (`slipway validate`, `slipway render`, `Engine::prepare`) check `has_errors()`
     // and then `expect` a stack.
     let stack = loaded.stack.expect("a load without errors has a stack");
+    let preview = EnvName::pull_request(1);
     for (definition, def) in &stack.environments {
+        let name = EnvName::parse(definition)
+            .expect("a stack that loaded without errors names environments with DNS labels");
         let target = match def.generate {
             None => Target {
-                name: definition,
+                name: &name,
                 definition,
                 kind: EnvKind::Static,
             },
             Some(_) => Target {
-                name: "pr-1",
+                name: &preview,
                 definition,
                 kind: EnvKind::Generated,
             },

@@ -28,6 +28,7 @@ mod reconcile;
 mod refresh;
 mod requests;
 
+use slipway_core::EnvName;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,10 +118,10 @@ impl Default for Options {
 }
 
 /// A request to make an ad-hoc environment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CreateEnvironment {
-    /// Its name, a DNS label.
-    pub name: String,
+    /// Its name.
+    pub name: EnvName,
     /// The branch, tag or commit it runs.
     pub reference: String,
     /// The `environments:` entry whose variables it takes; default: the only family.
@@ -221,10 +222,10 @@ pub(crate) struct Inner {
     /// written, and two events about it must not interleave.
     pub forge_serial: tokio::sync::Mutex<()>,
     /// `/slipway apply`s waiting for their environment's next reconcile, by environment.
-    pub applies: Mutex<std::collections::BTreeMap<String, pulls::PendingApply>>,
+    pub applies: Mutex<std::collections::BTreeMap<EnvName, pulls::PendingApply>>,
     /// Environments whose last apply failed for good, with the commit: not applied again
     /// before a new commit or a person asks (the error policy's wait).
-    pub parked: Mutex<std::collections::BTreeMap<String, String>>,
+    pub parked: Mutex<std::collections::BTreeMap<EnvName, String>>,
 }
 
 impl Inner {
@@ -353,7 +354,7 @@ impl Controller {
     }
 
     /// The preview URL of environment `env` of stack `stack`, when a router serves.
-    pub fn preview_url(&self, env: &str, stack: &str) -> Option<String> {
+    pub fn preview_url(&self, env: &EnvName, stack: &str) -> Option<String> {
         self.inner
             .preview_port
             .get()
@@ -371,11 +372,11 @@ impl Controller {
     }
 
     /// Asks for `env` to be reconciled now.
-    pub fn enqueue(&self, env: &str, trigger: Trigger) {
+    pub fn enqueue(&self, env: &EnvName, trigger: Trigger) {
         self.enqueue_at(env, trigger, Instant::now());
     }
 
-    fn enqueue_at(&self, env: &str, trigger: Trigger, due: Instant) {
+    fn enqueue_at(&self, env: &EnvName, trigger: Trigger, due: Instant) {
         self.inner
             .queue
             .lock()
@@ -536,7 +537,7 @@ impl Controller {
     /// One reconcile of `env` on a blocking thread, then what follows it: the next look
     /// (requeue, or the error policy's backoff or wait), the failure recorded, and the answer
     /// to a `/slipway apply` waiting for it.
-    async fn work(&self, env: String, trigger: Trigger) {
+    async fn work(&self, env: EnvName, trigger: Trigger) {
         // Taken when the reconcile starts: one that was already running when the apply was
         // asked for must not answer it.
         let mut pending = self
@@ -665,8 +666,8 @@ impl Controller {
 
     /// Reconciles `env` now, on this task, instead of through the queue: for the CLI, which
     /// acts on a home without a running controller.
-    pub async fn reconcile_now(&self, env: &str) -> Result<(), ControllerError> {
-        let name = env.to_string();
+    pub async fn reconcile_now(&self, env: &EnvName) -> Result<(), ControllerError> {
+        let name = env.clone();
         self.blocking(move |inner| reconcile::reconcile(inner, &name, Trigger::Manual).map(|_| ()))
             .await
     }
@@ -687,10 +688,10 @@ impl Controller {
     /// A protected environment is destroyed only when `options.confirm` is given.
     pub async fn destroy_environment(
         &self,
-        name: &str,
+        name: &EnvName,
         options: DestroyOptions,
     ) -> Result<(), ControllerError> {
-        let name = name.to_string();
+        let name = name.clone();
         let forget = name.clone();
         self.blocking(move |inner| {
             reconcile::destroy(inner, &name, &options, "destroyed on request")
@@ -707,10 +708,10 @@ impl Controller {
     /// Pushes an environment's expiry `by` later (from now if it had none).
     pub async fn extend(
         &self,
-        name: &str,
+        name: &EnvName,
         by: Duration,
     ) -> Result<EnvironmentRecord, ControllerError> {
-        let name = name.to_string();
+        let name = name.clone();
         self.blocking(move |inner| requests::extend(inner, &name, by))
             .await
     }
@@ -718,10 +719,10 @@ impl Controller {
     /// Pins an environment to `commit` (default: the one it runs): it stops following its ref.
     pub async fn pin(
         &self,
-        name: &str,
+        name: &EnvName,
         commit: Option<String>,
     ) -> Result<EnvironmentRecord, ControllerError> {
-        let n = name.to_string();
+        let n = name.clone();
         let record = self
             .blocking(move |inner| requests::pin(inner, &n, commit))
             .await?;
@@ -730,8 +731,8 @@ impl Controller {
     }
 
     /// Lets a pinned environment follow its ref again.
-    pub async fn unpin(&self, name: &str) -> Result<EnvironmentRecord, ControllerError> {
-        let n = name.to_string();
+    pub async fn unpin(&self, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
+        let n = name.clone();
         let record = self
             .blocking(move |inner| requests::unpin(inner, &n))
             .await?;
@@ -742,10 +743,10 @@ impl Controller {
     /// Rolls an environment back to the commit of an earlier deployment (and pins it there).
     pub async fn rollback(
         &self,
-        name: &str,
+        name: &EnvName,
         deployment: i64,
     ) -> Result<EnvironmentRecord, ControllerError> {
-        let n = name.to_string();
+        let n = name.clone();
         let record = self
             .blocking(move |inner| {
                 let d = inner.engine.store().deployment(deployment)?.filter(|d| d.environment == n && !d.commit.is_empty());
@@ -769,7 +770,7 @@ pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
         definition: record
             .definition
             .clone()
-            .unwrap_or_else(|| record.name.clone()),
+            .unwrap_or_else(|| record.name.to_string()),
         kind: record.kind,
         owner: record.owner.clone(),
         ttl: record

@@ -8,6 +8,7 @@
 //!   apply's commit is parked (the reconcile does not apply it again on its own), and the
 //!   periodic pass stays the safety net.
 
+use slipway_core::EnvName;
 use slipway_core::vocab::{EventKind, SyncState};
 
 use crate::queue::Finished;
@@ -27,7 +28,7 @@ pub(crate) fn error_policy(error: &ControllerError) -> Finished {
 /// `reconcile.failed` event, once while the same error lasts. A failed apply is recorded by
 /// the engine with every resource's reason, and errors the reconcile already wrote into the
 /// status are not repeated.
-pub(crate) fn record_failure(inner: &Inner, env: &str, error: &ControllerError) {
+pub(crate) fn record_failure(inner: &Inner, env: &EnvName, error: &ControllerError) {
     if matches!(error, ControllerError::Apply { .. }) {
         return;
     }
@@ -80,7 +81,9 @@ mod tests {
         for error in [
             ControllerError::Git(git_remote()),
             ControllerError::Engine(EngineError::Git(git_remote())),
-            ControllerError::Engine(EngineError::Locked("dev".into())),
+            ControllerError::Engine(EngineError::Locked(
+                EnvName::parse("dev").expect("a valid name"),
+            )),
             ControllerError::Internal("a task died".into()),
             ControllerError::Apply {
                 environment: "dev".into(),

@@ -18,6 +18,7 @@ mod plans;
 mod setup;
 
 use commands::comment;
+use slipway_core::EnvName;
 use std::collections::BTreeSet;
 
 use slipway_core::vocab::EventKind;
@@ -38,10 +39,10 @@ pub(crate) struct FollowUp {
     /// Fetch and discover now (a push, a new or closed pull request).
     pub refresh: bool,
     /// Environments to reconcile now.
-    pub reconcile: Vec<String>,
+    pub reconcile: Vec<EnvName>,
     /// The environment a `/slipway apply` pinned: reconciled now, and the pull request
     /// answered when that ends.
-    pub apply: Option<String>,
+    pub apply: Option<EnvName>,
 }
 
 fn setup(inner: &Inner) -> Result<&ForgeSetup, ControllerError> {
@@ -82,7 +83,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                 pr.author = real_author(inner, &pr)?;
                 event(
                     inner,
-                    &format!("pr-{}", pr.number),
+                    &EnvName::pull_request(pr.number),
                     EventKind::PullRequestRetargeted,
                     &format!(
                         "#{} now merges into {}: it cannot be applied before merge any more \
@@ -219,7 +220,7 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
     inner.engine.store().upsert_pull_request(&record)?;
     event(
         inner,
-        &format!("pr-{}", pr.number),
+        &EnvName::pull_request(pr.number),
         EventKind::PullRequestUpdated,
         &format!(
             "#{} {} at {}{}",
@@ -273,7 +274,7 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
     let Some(sha) = details.merge_commit_sha.clone() else {
         event(
             inner,
-            &format!("pr-{number}"),
+            &EnvName::pull_request(number),
             EventKind::PullRequestMerged,
             &format!("#{number} is merged, but the forge names no merge commit"),
         );
@@ -336,7 +337,7 @@ fn qualified_approval(
 
 /// Releases the locks of pull request `number`: those environments follow their branch
 /// again.
-fn release(inner: &Inner, number: i64) -> Result<Vec<String>, ControllerError> {
+fn release(inner: &Inner, number: i64) -> Result<Vec<EnvName>, ControllerError> {
     let store = inner.engine.store();
     let released = store.release_locks(number)?;
     for env in &released {
@@ -372,7 +373,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             if let Err(e) = opened(inner, pr) {
                 event(
                     inner,
-                    &format!("pr-{}", pr.number),
+                    &EnvName::pull_request(pr.number),
                     EventKind::PullRequestFailed,
                     &e.to_string(),
                 );
@@ -392,7 +393,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             Err(e) => {
                 event(
                     inner,
-                    &format!("pr-{}", known.number),
+                    &EnvName::pull_request(known.number),
                     EventKind::PullRequestFailed,
                     &format!(
                         "#{} is not in the forge's list of open pull requests, and the forge \
@@ -407,7 +408,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         if let Err(e) = set_head(inner, &mut gone, &details.info.head_sha) {
             event(
                 inner,
-                &format!("pr-{}", known.number),
+                &EnvName::pull_request(known.number),
                 EventKind::PullRequestFailed,
                 &e.to_string(),
             );
@@ -440,7 +441,7 @@ fn origin_at<'a>(inner: &'a Inner, reference: &'a str) -> Origin<'a> {
     }
 }
 
-fn event(inner: &Inner, env: &str, kind: EventKind, message: &str) {
+fn event(inner: &Inner, env: &EnvName, kind: EventKind, message: &str) {
     let _ = inner.engine.store().record_event(
         Some(env),
         kind,

@@ -1,6 +1,7 @@
 //! The work queue: one slot per environment (kube-runtime's scheduler shape). Pure: time is
 //! passed in, so it is tested without a clock.
 
+use slipway_core::EnvName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -31,47 +32,47 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct Queue {
     /// Every queued environment, running or not.
-    slots: BTreeMap<String, Slot>,
+    slots: BTreeMap<EnvName, Slot>,
     /// The queued environments that are not running, by due time: what can start.
-    index: BTreeSet<(Instant, String)>,
-    running: BTreeSet<String>,
-    failures: BTreeMap<String, u32>,
+    index: BTreeSet<(Instant, EnvName)>,
+    running: BTreeSet<EnvName>,
+    failures: BTreeMap<EnvName, u32>,
 }
 
 impl Queue {
     /// Asks for `env` to be reconciled at `due`. An environment already queued keeps one slot,
     /// due at the earlier time; the trigger of the earlier request wins.
-    pub fn push(&mut self, env: &str, trigger: Trigger, due: Instant) {
+    pub fn push(&mut self, env: &EnvName, trigger: Trigger, due: Instant) {
         let startable = !self.running.contains(env);
         match self.slots.get_mut(env) {
             Some(slot) if slot.due <= due => {}
             Some(slot) => {
                 if startable {
-                    self.index.remove(&(slot.due, env.to_string()));
-                    self.index.insert((due, env.to_string()));
+                    self.index.remove(&(slot.due, env.clone()));
+                    self.index.insert((due, env.clone()));
                 }
                 *slot = Slot { due, trigger };
             }
             None => {
-                self.slots.insert(env.to_string(), Slot { due, trigger });
+                self.slots.insert(env.clone(), Slot { due, trigger });
                 if startable {
-                    self.index.insert((due, env.to_string()));
+                    self.index.insert((due, env.clone()));
                 }
             }
         }
     }
 
     /// Removes `env` from the queue (it was destroyed).
-    pub fn forget(&mut self, env: &str) {
+    pub fn forget(&mut self, env: &EnvName) {
         if let Some(slot) = self.slots.remove(env) {
-            self.index.remove(&(slot.due, env.to_string()));
+            self.index.remove(&(slot.due, env.clone()));
         }
         self.failures.remove(env);
     }
 
     /// The earliest due environment that is not running, if it is due by `now`; it is marked
     /// running until [`Queue::done`].
-    pub fn pop_due(&mut self, now: Instant) -> Option<(String, Trigger)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(EnvName, Trigger)> {
         let (due, _) = self.index.first()?;
         if *due > now {
             return None;
@@ -93,17 +94,17 @@ impl Queue {
     /// Marks `env` finished. For [`Finished::Retry`], returns the backoff before the retry
     /// (exponential, from 1 s to `max`, with ±20% jitter so that many failing environments
     /// spread out); otherwise resets it.
-    pub fn done(&mut self, env: &str, finished: Finished, max: Duration) -> Option<Duration> {
+    pub fn done(&mut self, env: &EnvName, finished: Finished, max: Duration) -> Option<Duration> {
         self.running.remove(env);
         // A request made while it ran can start now.
         if let Some(slot) = self.slots.get(env) {
-            self.index.insert((slot.due, env.to_string()));
+            self.index.insert((slot.due, env.clone()));
         }
         if finished != Finished::Retry {
             self.failures.remove(env);
             return None;
         }
-        let count = self.failures.entry(env.to_string()).or_insert(0);
+        let count = self.failures.entry(env.clone()).or_insert(0);
         *count = count.saturating_add(1);
         let base = Duration::from_secs(1)
             .saturating_mul(2u32.saturating_pow((*count - 1).min(16)))
@@ -123,7 +124,7 @@ impl Queue {
     }
 
     /// Consecutive failures of `env`.
-    pub fn failures(&self, env: &str) -> u32 {
+    pub fn failures(&self, env: &EnvName) -> u32 {
         self.failures.get(env).copied().unwrap_or(0)
     }
 }
@@ -132,18 +133,22 @@ impl Queue {
 mod tests {
     use super::*;
 
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("the test's environment names are DNS labels")
+    }
+
     #[test]
     fn one_slot_per_environment_due_at_the_earliest_request() {
         let t0 = Instant::now();
         let mut q = Queue::default();
-        q.push("a", Trigger::Timer, t0 + Duration::from_secs(10));
-        q.push("a", Trigger::Push, t0 + Duration::from_secs(1));
-        q.push("a", Trigger::Drift, t0 + Duration::from_secs(5));
+        q.push(&env("a"), Trigger::Timer, t0 + Duration::from_secs(10));
+        q.push(&env("a"), Trigger::Push, t0 + Duration::from_secs(1));
+        q.push(&env("a"), Trigger::Drift, t0 + Duration::from_secs(5));
         assert_eq!(q.depth(), 1, "requests for one environment share a slot");
         assert_eq!(q.pop_due(t0), None, "nothing is due yet");
         assert_eq!(
             q.pop_due(t0 + Duration::from_secs(1)),
-            Some(("a".into(), Trigger::Push))
+            Some((env("a"), Trigger::Push))
         );
     }
 
@@ -151,18 +156,18 @@ mod tests {
     fn a_running_environment_is_not_started_twice() {
         let t0 = Instant::now();
         let mut q = Queue::default();
-        q.push("a", Trigger::Poll, t0);
+        q.push(&env("a"), Trigger::Poll, t0);
         assert!(q.pop_due(t0).is_some());
-        q.push("a", Trigger::Manual, t0);
+        q.push(&env("a"), Trigger::Manual, t0);
         assert_eq!(
             q.pop_due(t0),
             None,
             "one operation at a time per environment"
         );
-        q.done("a", Finished::Succeeded, Duration::from_secs(60));
+        q.done(&env("a"), Finished::Succeeded, Duration::from_secs(60));
         assert_eq!(
             q.pop_due(t0),
-            Some(("a".into(), Trigger::Manual)),
+            Some((env("a"), Trigger::Manual)),
             "the request made meanwhile runs next"
         );
     }
@@ -173,8 +178,8 @@ mod tests {
         let max = Duration::from_secs(30);
         let delays: Vec<Duration> = (0..8)
             .map(|_| {
-                q.running.insert("a".into());
-                q.done("a", Finished::Retry, max).expect("a backoff")
+                q.running.insert(env("a"));
+                q.done(&env("a"), Finished::Retry, max).expect("a backoff")
             })
             .collect();
         assert!(
@@ -187,17 +192,21 @@ mod tests {
             delays.iter().all(|d| *d <= max.mul_f64(1.2)),
             "capped: {delays:?}"
         );
-        q.running.insert("a".into());
-        assert_eq!(q.done("a", Finished::Succeeded, max), None);
-        assert_eq!(q.failures("a"), 0, "a success resets the backoff");
-        q.running.insert("a".into());
-        q.done("a", Finished::Retry, max);
-        q.running.insert("a".into());
+        q.running.insert(env("a"));
+        assert_eq!(q.done(&env("a"), Finished::Succeeded, max), None);
+        assert_eq!(q.failures(&env("a")), 0, "a success resets the backoff");
+        q.running.insert(env("a"));
+        q.done(&env("a"), Finished::Retry, max);
+        q.running.insert(env("a"));
         assert_eq!(
-            q.done("a", Finished::Wait, max),
+            q.done(&env("a"), Finished::Wait, max),
             None,
             "a terminal failure schedules no retry"
         );
-        assert_eq!(q.failures("a"), 0, "and what comes next starts from 1 s");
+        assert_eq!(
+            q.failures(&env("a")),
+            0,
+            "and what comes next starts from 1 s"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The reconcile of one environment: idempotent, safe to re-run after a crash at any line. It
 //! runs on a blocking thread and talks to the engine directly.
 
+use slipway_core::EnvName;
 use std::time::Duration;
 
 use serde_json::json;
@@ -29,7 +30,7 @@ pub(crate) const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 pub(crate) const WHO: &str = "slipway-controller";
 
-pub(crate) fn event(inner: &Inner, env: &str, kind: EventKind, message: &str) {
+pub(crate) fn event(inner: &Inner, env: &EnvName, kind: EventKind, message: &str) {
     let _ = inner
         .engine
         .store()
@@ -70,7 +71,7 @@ impl Cause<'_> {
 /// last event of its kind there was already about the same cause. Whether it recorded it.
 pub(crate) fn report_once(
     inner: &Inner,
-    env: Option<&str>,
+    env: Option<&EnvName>,
     cause: Cause<'_>,
     message: &str,
 ) -> bool {
@@ -226,7 +227,7 @@ fn unmerged(
 /// Destroys `name` under its lock, recording why.
 pub(crate) fn destroy(
     inner: &Inner,
-    name: &str,
+    name: &EnvName,
     options: &DestroyOptions,
     why: &str,
 ) -> Result<(), ControllerError> {
@@ -251,7 +252,7 @@ pub(crate) fn destroy(
 /// The reconcile of one environment: idempotent, safe to re-run after a crash at any line.
 pub(crate) fn reconcile(
     inner: &Inner,
-    name: &str,
+    name: &EnvName,
     trigger: Trigger,
 ) -> Result<Action, ControllerError> {
     let engine = &inner.engine;

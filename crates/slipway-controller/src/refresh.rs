@@ -1,6 +1,7 @@
 //! Discovery's blocking half: fetch, read the stack at the default ref, and bring the set of
 //! recorded environments in line with it (the pure decision is [`crate::discover`]).
 
+use slipway_core::EnvName;
 use std::collections::BTreeSet;
 
 use slipway_core::render::EnvKind;
@@ -15,7 +16,7 @@ use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover, short};
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
 /// what it asks for: new static and generated environments are recorded, generated ones whose
 /// branch is gone are destroyed. Returns the environments to reconcile, with why.
-pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, ControllerError> {
+pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
     inner.source.fetch()?;
     let mut branches = inner.source.branches()?;
     // Open pull requests allowed a preview: their head refs join the branches (so their tips
@@ -44,7 +45,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
                     let running = inner
                         .engine
                         .store()
-                        .environment(&format!("pr-{}", pr.number))?
+                        .environment(&EnvName::pull_request(pr.number))?
                         .is_some();
                     if !running {
                         continue;
@@ -102,7 +103,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(String, Trigger)>, Controll
             return Ok(out);
         }
     };
-    let holder = |name: &str| {
+    let holder = |name: &EnvName| {
         store
             .environment(name)
             .ok()

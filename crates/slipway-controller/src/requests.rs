@@ -2,6 +2,7 @@
 //! to live, a pin (or rollback) and its release. Each runs on a blocking thread; the caller
 //! queues the reconcile that follows.
 
+use slipway_core::EnvName;
 use std::time::Duration;
 
 use slipway_core::render::EnvKind;
@@ -17,12 +18,7 @@ pub(crate) fn create_adhoc(
     inner: &Inner,
     request: &CreateEnvironment,
 ) -> Result<EnvironmentRecord, ControllerError> {
-    let name = request.name.as_str();
-    if !slipway_core::stack::is_dns_label(name) {
-        return Err(ControllerError::Invalid(format!(
-            "`{name}` is not a valid environment name: use lowercase letters, digits and `-`, at most 63 characters"
-        )));
-    }
+    let name = &request.name;
     let store = inner.engine.store();
     if store.environment(name)?.is_some() {
         return Err(ControllerError::Conflict(format!(
@@ -127,7 +123,7 @@ pub(crate) fn create_adhoc(
         expires_at: ttl_ms.map(|ms| now.saturating_add(ms)),
         definition: Some(definition),
         ..EnvironmentRecord::new(
-            name.to_string(),
+            name.clone(),
             EnvKind::Adhoc,
             stack.name.clone(),
             inner.repo_label.clone(),
@@ -148,7 +144,7 @@ pub(crate) fn create_adhoc(
     Ok(record)
 }
 
-fn existing(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+fn existing(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
     inner
         .engine
         .store()
@@ -161,7 +157,7 @@ fn existing(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerEr
 /// one would let the controller destroy them (prod) without anyone's confirmation.
 pub(crate) fn extend(
     inner: &Inner,
-    name: &str,
+    name: &EnvName,
     by: Duration,
 ) -> Result<EnvironmentRecord, ControllerError> {
     let mut record = existing(inner, name)?;
@@ -215,7 +211,7 @@ pub(crate) fn extend(
 
 pub(crate) fn pin(
     inner: &Inner,
-    name: &str,
+    name: &EnvName,
     commit: Option<String>,
 ) -> Result<EnvironmentRecord, ControllerError> {
     let mut record = existing(inner, name)?;
@@ -252,7 +248,7 @@ pub(crate) fn pin(
 /// the apply requirements say so) or one it ran itself before (a rollback): a pin must not
 /// be a way around the gate the reconcile applies to its branch.
 fn pin_gate(inner: &Inner, record: &EnvironmentRecord, sha: &str) -> Result<(), ControllerError> {
-    let name = record.name.as_str();
+    let name = &record.name;
     let Some(branch) = record.tracked_ref.clone() else {
         return Ok(());
     };
@@ -340,7 +336,7 @@ fn pin_rules(
     Ok(rules)
 }
 
-pub(crate) fn unpin(inner: &Inner, name: &str) -> Result<EnvironmentRecord, ControllerError> {
+pub(crate) fn unpin(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
     let mut record = existing(inner, name)?;
     record.pinned = false;
     record.updated_at = inner.now();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use slipway_controller::clock::Clock;
 use slipway_controller::{Controller, CreateEnvironment, Options};
+use slipway_core::EnvName;
 use slipway_core::vocab::{DeploymentStatus, EventKind, SyncState};
 use slipway_engine::{Engine, EngineConfig};
 use slipway_git::GitRepository;
@@ -133,7 +134,7 @@ impl World {
         self.controller
             .engine()
             .store()
-            .environment(env)
+            .environment(&env_name(env))
             .expect("store")
     }
 }
@@ -144,6 +145,11 @@ impl Drop for World {
             let _ = tx.send(());
         }
     }
+}
+
+/// A name the test knows to be valid.
+fn env_name(name: &str) -> EnvName {
+    EnvName::parse(name).expect("the test's environment names are DNS labels")
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -303,7 +309,12 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
         w.record("dev").filter(|r| r.sync == SyncState::Failed)
     });
     let store = w.controller.engine().store();
-    let count = || store.deployments("dev", 100).expect("store").len();
+    let count = || {
+        store
+            .deployments(&env_name("dev"), 100)
+            .expect("store")
+            .len()
+    };
     let failed = count();
     // A retryable failure would be retried within about a second (the queue's first backoff),
     // again and again; a terminal one is parked until a new commit. Watched for 4 s, and
@@ -331,7 +342,7 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
         "later",
     );
     let request = CreateEnvironment {
-        name: "demo".into(),
+        name: env_name("demo"),
         reference: first.clone(),
         like: Some("previews".into()),
         ttl: Some(Duration::from_secs(3600)),
@@ -345,15 +356,9 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
     wait_for("the ad-hoc environment runs the old commit", T, || {
         w.page("demo").filter(|p| p == "hello from demo")
     });
-    let bad = CreateEnvironment {
-        name: "Bad Name".into(),
-        reference: "main".into(),
-        ..Default::default()
-    };
-    let err = w
-        .runtime
-        .block_on(w.controller.create_environment(bad))
-        .expect_err("refused");
+    // A bad name never reaches the controller: `CreateEnvironment` holds an `EnvName`, made
+    // where the request enters (the CLI's arguments, the API's body).
+    let err = EnvName::parse("Bad Name").expect_err("refused");
     assert!(
         err.to_string().contains("not a valid environment name"),
         "{err}"
@@ -371,7 +376,7 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
         .engine()
         .store()
         .events(&slipway_state::EventQuery {
-            environment: Some("demo".into()),
+            environment: Some(env_name("demo")),
             after_id: None,
             limit: 100,
         })
@@ -402,7 +407,7 @@ fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
         .controller
         .engine()
         .store()
-        .deployments("dev", 10)
+        .deployments(&env_name("dev"), 10)
         .expect("deployments");
     let first = deployments
         .iter()
@@ -411,14 +416,14 @@ fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
         .expect("the first deployment")
         .id;
     w.runtime
-        .block_on(w.controller.rollback("dev", first))
+        .block_on(w.controller.rollback(&env_name("dev"), first))
         .expect("rollback");
     wait_for("dev is rolled back", T, || {
         w.page("dev").filter(|p| p == "hello from dev")
     });
     assert!(w.record("dev").expect("dev").pinned, "a rollback pins");
     w.runtime
-        .block_on(w.controller.unpin("dev"))
+        .block_on(w.controller.unpin(&env_name("dev")))
         .expect("unpin");
     wait_for("unpinned, dev follows main again", T, || {
         w.page("dev").filter(|p| p == "two from dev")
@@ -475,7 +480,7 @@ fn a_protected_environment_is_pinned_only_to_commits_of_its_branch() {
     );
     let refused = w
         .runtime
-        .block_on(w.controller.pin("prod", Some(elsewhere.clone())))
+        .block_on(w.controller.pin(&env_name("prod"), Some(elsewhere.clone())))
         .expect_err("a commit that never reached main is refused");
     assert!(
         refused.to_string().contains("takes only commits on `main`"),
@@ -483,7 +488,7 @@ fn a_protected_environment_is_pinned_only_to_commits_of_its_branch() {
     );
     // An earlier commit of main is fine (a rollback).
     w.runtime
-        .block_on(w.controller.pin("prod", Some(first.clone())))
+        .block_on(w.controller.pin(&env_name("prod"), Some(first.clone())))
         .expect("a commit of main's history");
     let _ = second;
 }

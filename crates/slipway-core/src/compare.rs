@@ -124,8 +124,8 @@ pub fn compare(da: &DesiredState, db: &DesiredState) -> Comparison {
         .filter_map(|name| resource_difference(name, da, db))
         .collect();
     Comparison {
-        a: da.environment.name.clone(),
-        b: db.environment.name.clone(),
+        a: da.environment.name.to_string(),
+        b: db.environment.name.to_string(),
         commit_a: da.commit.clone(),
         commit_b: db.commit.clone(),
         variables,
@@ -153,9 +153,9 @@ fn resource_difference(
         (ra, _) => Some(ResourceDifference::OnlyIn {
             resource: name.to_string(),
             environment: if ra.is_some() {
-                da.environment.name.clone()
+                da.environment.name.to_string()
             } else {
-                db.environment.name.clone()
+                db.environment.name.to_string()
             },
         }),
     }

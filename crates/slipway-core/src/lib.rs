@@ -15,6 +15,7 @@
 pub mod compare;
 pub mod diag;
 pub mod duration;
+pub mod env_name;
 pub mod graph;
 pub mod names;
 pub mod plan;
@@ -26,3 +27,5 @@ pub mod template;
 pub mod types;
 pub mod vocab;
 pub mod yaml;
+
+pub use env_name::EnvName;

@@ -116,6 +116,29 @@ pub struct Change {
     /// Why, when the diff does not say it (drift, an interrupted apply, an input).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
+    /// For a resource made of many live objects (`kubernetes.manifests`), what an update
+    /// does to each, as the server answered a dry run against the live objects; empty when
+    /// the provider has no finer view than the configuration's own diff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectChange>,
+}
+
+/// What an update does to one live object of a resource (a Kubernetes object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ObjectChange {
+    /// `Kind/name`.
+    pub object: String,
+    /// Where it is written (`FILE:LINE:COL`), when it is in the desired set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What happens to it.
+    pub action: Action,
+    /// Its fields that change, live object against the dry run's result.
+    pub diff: Vec<FieldChange>,
+    /// Why, when the diff does not say it (an immutable field forces a replacement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The plan for one environment.
@@ -172,6 +195,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
             action: Action::Delete,
             diff: Vec::new(),
             reason: None,
+            objects: Vec::new(),
         });
     }
 
@@ -199,6 +223,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                 action: Action::Create,
                 diff: diff(&Json::Null, &res.config, &res.type_name),
                 reason: None,
+                objects: Vec::new(),
             },
             Some(rec) => {
                 let mut field_diff = diff(&rec.config, &res.config, &res.type_name);
@@ -306,6 +331,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                     action,
                     diff: field_diff,
                     reason,
+                    objects: Vec::new(),
                 }
             }
         };
@@ -315,7 +341,7 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
         changes.push(change);
     }
     Plan {
-        environment: desired.environment.name.clone(),
+        environment: desired.environment.name.to_string(),
         commit: desired.commit.clone(),
         changes,
     }
@@ -330,14 +356,57 @@ pub fn diff(before: &Json, after: &Json, type_name: &str) -> Vec<FieldChange> {
     let a = after.as_object().unwrap_or(&empty);
     let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
     for key in keys {
-        let forces = rtype
-            .and_then(|t| t.field(key))
-            .map(|f| f.replaces)
-            .unwrap_or(true)
-            && !before.is_null();
-        walk(key, b.get(key), a.get(key), forces, &mut out);
+        let field = rtype.and_then(|t| t.field(key));
+        let forces = field.map(|f| f.replaces).unwrap_or(true) && !before.is_null();
+        if field.is_some_and(|f| f.kind == types::FieldKind::Manifests) {
+            manifest_diff(key, b.get(key), a.get(key), forces, &mut out);
+        } else {
+            walk(key, b.get(key), a.get(key), forces, &mut out);
+        }
     }
     out
+}
+
+/// The objects of a manifests field by their identity, `Kind/name` (with the API group when
+/// two kinds of one name differ by it), without where they were written: moving an object
+/// within its file changes nothing.
+fn manifest_objects(value: Option<&Json>) -> BTreeMap<String, &Json> {
+    let mut out = BTreeMap::new();
+    for item in value.and_then(Json::as_array).into_iter().flatten() {
+        let object = &item[crate::stack::manifests::OBJECT];
+        let text = |v: &Json| v.as_str().unwrap_or("").to_string();
+        let kind = text(&object["kind"]);
+        let name = text(&object["metadata"]["name"]);
+        let mut id = format!("{kind}/{name}");
+        if out.contains_key(&id) {
+            id = format!("{}/{id}", text(&object["apiVersion"]));
+        }
+        out.insert(id, object);
+    }
+    out
+}
+
+/// Per-object differences of a manifests field: `manifests[Deployment/web].spec.replicas`,
+/// or a whole object added or removed.
+fn manifest_diff(
+    key: &str,
+    before: Option<&Json>,
+    after: Option<&Json>,
+    forces: bool,
+    out: &mut Vec<FieldChange>,
+) {
+    let b = manifest_objects(before);
+    let a = manifest_objects(after);
+    let ids: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    for id in ids {
+        walk(
+            &format!("{key}[{id}]"),
+            b.get(id).copied(),
+            a.get(id).copied(),
+            forces,
+            out,
+        );
+    }
 }
 
 fn walk(

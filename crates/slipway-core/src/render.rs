@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use crate::EnvName;
 use crate::stack::{Scalar, Stack};
 use crate::template::{self, Reference};
 use crate::types::{self, FieldKind};
@@ -23,7 +24,7 @@ pub use crate::vocab::EnvKind;
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     /// The environment's name.
-    pub name: &'a str,
+    pub name: &'a EnvName,
     /// The `environments:` entry it follows.
     pub definition: &'a str,
     /// How it came to be.
@@ -34,7 +35,7 @@ pub struct Target<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredEnvironment {
     /// Its name.
-    pub name: String,
+    pub name: EnvName,
     /// Its `environments:` entry.
     pub definition: String,
     /// How it came to be.
@@ -167,7 +168,7 @@ pub fn render(
         vars.insert(k.clone(), v.value.clone());
     }
     let environment = DesiredEnvironment {
-        name: target.name.to_string(),
+        name: target.name.clone(),
         definition: target.definition.to_string(),
         kind: target.kind,
         protected: def.protected,

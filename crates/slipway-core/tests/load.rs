@@ -2,8 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use slipway_core::EnvName;
 use slipway_core::render::{EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
+
+/// A name the test knows to be valid.
+fn env(name: &str) -> EnvName {
+    EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
 
 struct MapFiles(BTreeMap<String, String>);
 
@@ -52,7 +58,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
     let prod = render(
         &stack,
         Target {
-            name: "prod",
+            name: &env("prod"),
             definition: "prod",
             kind: EnvKind::Static,
         },
@@ -71,7 +77,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
     let again = render(
         &stack,
         Target {
-            name: "prod",
+            name: &env("prod"),
             definition: "prod",
             kind: EnvKind::Static,
         },
@@ -83,7 +89,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
     let qa = render(
         &stack,
         Target {
-            name: "qa",
+            name: &env("qa"),
             definition: "qa",
             kind: EnvKind::Static,
         },
@@ -129,6 +135,7 @@ fn secrets_are_referenced_by_name_and_rendered_as_ciphertext_per_environment() {
     let stack = loaded.stack.expect("a stack");
     assert_eq!(stack.secrets.file, "deploy/slipway.secrets.yaml");
     assert_eq!(stack.secrets.recipients.len(), 1);
+    let (prod_name, pr_name) = (env("prod"), env("br-f-x"));
     let target = |name, definition, kind| Target {
         name,
         definition,
@@ -136,14 +143,14 @@ fn secrets_are_referenced_by_name_and_rendered_as_ciphertext_per_environment() {
     };
     let prod = render(
         &stack,
-        target("prod", "prod", EnvKind::Static),
+        target(&prod_name, "prod", EnvKind::Static),
         "c1",
         &BTreeMap::new(),
     )
     .expect("renders");
     let pr = render(
         &stack,
-        target("br-f-x", "previews", EnvKind::Generated),
+        target(&pr_name, "previews", EnvKind::Generated),
         "c1",
         &BTreeMap::new(),
     )

@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use slipway_core::EnvName;
 use slipway_core::plan::{Action, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
@@ -35,6 +36,14 @@ impl Files for Repo<'_> {
             ("more.yaml", Some(text)) => Ok(text.to_string()),
             _ => Err(FileError::NotFound),
         }
+    }
+
+    /// `more.yaml` may also be the manifests of a `kubernetes.manifests` resource, so the
+    /// manifest reader (multi-document YAML, objects, references) is fuzzed too.
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        let mut files = vec!["slipway.yaml".to_string()];
+        files.extend(self.included.map(|_| "more.yaml".to_string()));
+        Ok(files)
     }
 }
 
@@ -89,15 +98,19 @@ fn exercise(input: &str) -> Result<(), String> {
     let Some(stack) = loaded.stack else {
         return Err("a load without errors has a stack, but there is none".to_string());
     };
+    let preview = EnvName::pull_request(1);
     for (definition, def) in &stack.environments {
+        let name = EnvName::parse(definition).map_err(|e| {
+            format!("a stack that loaded without errors names environments with DNS labels: {e}")
+        })?;
         let target = match def.generate {
             None => Target {
-                name: definition,
+                name: &name,
                 definition,
                 kind: EnvKind::Static,
             },
             Some(_) => Target {
-                name: "pr-1",
+                name: &preview,
                 definition,
                 kind: EnvKind::Generated,
             },
@@ -359,6 +372,23 @@ fn yamlish() -> impl Strategy<Value = String> {
         "[0-9]{1,4}",
     ];
     proptest::collection::vec(piece, 0..60).prop_map(|pieces| pieces.concat())
+}
+
+#[test]
+fn the_manifest_seed_loads_its_objects_from_the_included_file() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/seeds/load/kubernetes-manifests.yaml"),
+    )
+    .expect("the seed is readable");
+    let loaded = load(&split(&text), "slipway.yaml", &LoadLimits::default());
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let stack = loaded.stack.expect("a stack");
+    let manifests = &stack.resources["app"].fields["manifests"];
+    assert!(
+        matches!(&manifests.value, slipway_core::yaml::Value::Seq(objects) if objects.len() == 2),
+        "two objects read from more.yaml: {manifests:?}"
+    );
 }
 
 #[test]

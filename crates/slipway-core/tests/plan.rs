@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use slipway_core::EnvName;
 use slipway_core::plan::{Observed, Plan, PlanInput, Recorded, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
@@ -34,7 +35,7 @@ fn desired(text: &str, env: &str, sources: &[(&str, &str)]) -> DesiredState {
     render(
         &loaded.stack.expect("a stack"),
         Target {
-            name: env,
+            name: &EnvName::parse(env).expect("the test's environment names are DNS labels"),
             definition: env,
             kind: EnvKind::Static,
         },

@@ -1,10 +1,11 @@
 //! Which environments should exist: the static ones of the stack, and one per branch matching
 //! a generated family. Pure: a stack and a list of branches in, a list of environments out.
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use slipway_core::names::{glob_match, slug, slug_hashed};
+use slipway_core::names::glob_match;
 use slipway_core::render::EnvKind;
 use slipway_core::stack::Stack;
 use slipway_git::Branch;
@@ -12,8 +13,8 @@ use slipway_git::Branch;
 /// An environment that the repository says should exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
-    /// Its name, a DNS label.
-    pub name: String,
+    /// Its name.
+    pub name: EnvName,
     /// The `environments:` entry it follows.
     pub definition: String,
     /// Static or generated.
@@ -43,16 +44,21 @@ pub fn wanted(
     stack: &Stack,
     branches: &[Branch],
     pulls: &[PullHead],
-    holder: &dyn Fn(&str) -> Option<String>,
+    holder: &dyn Fn(&EnvName) -> Option<String>,
 ) -> Vec<Wanted> {
-    let mut out: BTreeMap<String, Wanted> = BTreeMap::new();
-    for (name, def) in &stack.environments {
+    let mut out: BTreeMap<EnvName, Wanted> = BTreeMap::new();
+    for (definition, def) in &stack.environments {
+        // The loader refuses a stack whose environment keys are not DNS labels, so a valid
+        // stack's keys all parse; a key that does not is no environment.
+        let Ok(name) = EnvName::parse(definition) else {
+            continue;
+        };
         if let Some(track) = &def.track {
             out.insert(
                 name.clone(),
                 Wanted {
-                    name: name.clone(),
-                    definition: name.clone(),
+                    name,
+                    definition: definition.clone(),
                     kind: EnvKind::Static,
                     tracked_ref: track.clone(),
                     ttl: None,
@@ -66,7 +72,7 @@ pub fn wanted(
         };
         if generate.pull_requests {
             for pr in pulls {
-                let name = format!("pr-{}", pr.number);
+                let name = EnvName::pull_request(pr.number);
                 out.entry(name.clone()).or_insert(Wanted {
                     name,
                     definition: family.clone(),
@@ -86,10 +92,10 @@ pub fn wanted(
             {
                 continue;
             }
-            let mut name = slug("br-", &branch.name);
+            let mut name = EnvName::branch(&branch.name);
             let held_by_other = holder(&name).is_some_and(|b| b != branch.name);
             if out.contains_key(&name) || held_by_other {
-                name = slug_hashed("br-", &branch.name);
+                name = EnvName::branch_hashed(&branch.name);
             }
             if out.contains_key(&name) {
                 continue;
@@ -193,7 +199,7 @@ mod tests {
             names["feature/login"], "br-feature-login",
             "the other gets its own name: {names:?}"
         );
-        let held = |n: &str| (n == "br-feature-login").then(|| "feature/login".to_string());
+        let held = |n: &EnvName| (n == "br-feature-login").then(|| "feature/login".to_string());
         let got = wanted(
             &stack(),
             &[b("feature-login"), b("feature/login")],

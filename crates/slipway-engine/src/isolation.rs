@@ -6,6 +6,7 @@
 //! `0750`, group the environment's gid; its `data/` and `tmp/` belong to its uid, `0700`; its
 //! `logs/` and `run/` (supervisor specs, which hold secrets) stay root's, `0700`.
 
+use slipway_core::EnvName;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -133,7 +134,7 @@ impl Engine {
     }
 
     /// The sandbox of `env`'s code; in uid mode its uid, allocated now if it has none yet.
-    pub(crate) fn sandbox(&self, env: &str) -> Result<Sandbox, EngineError> {
+    pub(crate) fn sandbox(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
         Ok(match self.isolation {
             Isolation::Uid => {
                 // Observing and applying ask for every resource: a read serves every call
@@ -155,7 +156,7 @@ impl Engine {
 
     /// Refuses to run a generated or ad-hoc environment (code nobody reviewed) without
     /// isolation, unless the configuration says `isolation = "none"` itself.
-    pub(crate) fn check_isolated(&self, env: &str, kind: EnvKind) -> Result<(), EngineError> {
+    pub(crate) fn check_isolated(&self, env: &EnvName, kind: EnvKind) -> Result<(), EngineError> {
         let unreviewed = matches!(kind, EnvKind::Generated | EnvKind::Adhoc);
         if self.isolation != Isolation::None
             || !unreviewed

@@ -31,6 +31,7 @@ pub mod secrets;
 pub mod source;
 mod status;
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -89,7 +90,7 @@ pub enum EngineError {
     },
     /// Another process holds the environment's lock and `wait` was not asked for.
     #[error("environment `{0}` is locked by another slipway operation")]
-    Locked(String),
+    Locked(EnvName),
     /// A file-system operation on the engine's home failed.
     #[error("{context}: {source}")]
     Io {
@@ -229,12 +230,12 @@ impl Envelope {
 /// A held environment lock; released on drop (or by the kernel if the process dies).
 pub struct EnvLock {
     _file: File,
-    environment: String,
+    environment: EnvName,
 }
 
 impl EnvLock {
     /// The environment it locks.
-    pub fn environment(&self) -> &str {
+    pub fn environment(&self) -> &EnvName {
         &self.environment
     }
 }
@@ -295,8 +296,8 @@ pub struct Prepared {
 /// Which environment an operation is for, and how it came to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvTarget {
-    /// Its name, a DNS label.
-    pub name: String,
+    /// Its name.
+    pub name: EnvName,
     /// The `environments:` entry that gives its variables: itself for a static environment,
     /// a family (or another environment, `--like prod`) otherwise.
     pub definition: String,
@@ -310,9 +311,9 @@ pub struct EnvTarget {
 
 impl EnvTarget {
     /// A static environment: its own definition.
-    pub fn static_env(name: &str) -> EnvTarget {
+    pub fn static_env(name: &EnvName) -> EnvTarget {
         EnvTarget {
-            name: name.to_string(),
+            name: name.clone(),
             definition: name.to_string(),
             kind: EnvKind::Static,
             owner: None,
@@ -410,7 +411,7 @@ impl Engine {
 
     /// Everything secret that went into `env`'s resources, for redacting what is shown of
     /// them (logs, errors): decrypted secrets and secret outputs as last applied.
-    pub fn redactor(&self, env: &str) -> Result<secrets::Redactor, EngineError> {
+    pub fn redactor(&self, env: &EnvName) -> Result<secrets::Redactor, EngineError> {
         let redactor = secrets::Redactor::default();
         for record in self.store.resources(env)? {
             redactor.add_outputs(&record.outputs, &record.secret_outputs);
@@ -428,12 +429,10 @@ impl Engine {
 
     /// Takes the environment's lock; when another operation holds it, waits or not as
     /// `wait` says.
-    pub fn lock(&self, environment: &str, wait: LockWait<'_>) -> Result<EnvLock, EngineError> {
-        if !slipway_core::stack::is_dns_label(environment) {
-            return Err(EngineError::Environment(format!(
-                "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
-            )));
-        }
+    ///
+    /// # Guarantees
+    /// The lock file is `locks/<environment>.lock`: an [`EnvName`] cannot leave that directory.
+    pub fn lock(&self, environment: &EnvName, wait: LockWait<'_>) -> Result<EnvLock, EngineError> {
         let dir = self.home.join("locks");
         std::fs::create_dir_all(&dir)
             .map_err(EngineError::io("cannot create the locks directory"))?;
@@ -452,7 +451,7 @@ impl Engine {
                     file.lock()
                         .map_err(EngineError::io(format!("cannot lock {}", path.display())))?;
                 }
-                LockWait::Fail => return Err(EngineError::Locked(environment.to_string())),
+                LockWait::Fail => return Err(EngineError::Locked(environment.clone())),
             },
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(EngineError::io(format!("cannot lock {}", path.display()))(
@@ -462,12 +461,12 @@ impl Engine {
         }
         Ok(EnvLock {
             _file: file,
-            environment: environment.to_string(),
+            environment: environment.clone(),
         })
     }
 
     /// The directories of an environment for resources running from `commit`.
-    pub fn env_dirs(&self, environment: &str, commit: &str, folder: &str) -> EnvDirs {
+    pub fn env_dirs(&self, environment: &EnvName, commit: &str, folder: &str) -> EnvDirs {
         let root = self.home.join("envs").join(environment);
         let export = root.join("src").join(commit);
         let src = if folder.is_empty() {
@@ -505,8 +504,9 @@ impl Engine {
         let secrets =
             secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home, scope)
                 .map_err(EngineError::Secret)?;
-        let input = self.plan_input(&desired, &secrets)?;
-        let plan = plan::plan(&desired, &input);
+        let (input, resolved) = self.plan_input(&desired, &secrets)?;
+        let mut plan = plan::plan(&desired, &input);
+        self.preview_objects(&desired, &mut plan, &resolved);
         let declared = Rules::declared(def, target.kind);
         let in_force = if target.kind == EnvKind::Static {
             self.rules_in_force(origin, &target.name, &target.definition)?
@@ -581,15 +581,65 @@ impl Engine {
         Ok(cached)
     }
 
-    /// Gathers recorded state and observations for planning `desired`.
+    /// Asks the providers of the resources `plan` updates what the update does to each of
+    /// their live objects (a Kubernetes server-side dry run), and adds it to the plan. A
+    /// preview that fails leaves the configuration's diff alone and says why.
+    fn preview_objects(
+        &self,
+        desired: &DesiredState,
+        plan: &mut slipway_core::plan::Plan,
+        resolved: &BTreeMap<String, Json>,
+    ) {
+        let env = &desired.environment.name;
+        for change in plan
+            .changes
+            .iter_mut()
+            .filter(|c| c.action == slipway_core::plan::Action::Update)
+        {
+            let (Some(config), Some(provider)) = (
+                resolved.get(&change.resource),
+                self.registry.get(&change.type_name),
+            ) else {
+                continue;
+            };
+            let Ok(Some(record)) = self.store.resource(env, &change.resource) else {
+                continue;
+            };
+            let envelope = Envelope::of(&record);
+            let (Ok(ports), Ok(sandbox)) =
+                (self.store.ports(env, &change.resource), self.sandbox(env))
+            else {
+                continue;
+            };
+            let dirs = self.env_dirs(env, &envelope.src_commit, "");
+            let instance = envelope.instance(&change.resource);
+            let ctx = self.resource_context(&desired.stack, env, instance, &dirs, &ports, &sandbox);
+            match provider.preview(ctx, config, &envelope.handle) {
+                Ok(Some(objects)) => change.objects = objects,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(resource = %change.resource, error = %e, "no dry run");
+                    if change.reason.is_none() {
+                        change.reason = Some(slipway_core::vocab::Reason::Other(format!(
+                            "the server's dry run could not be made: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gathers recorded state and observations for planning `desired`, and the resolved
+    /// configuration of each resource already recorded.
     fn plan_input(
         &self,
         desired: &DesiredState,
         secrets: &BTreeMap<String, secrets::SecretValue>,
-    ) -> Result<PlanInput, EngineError> {
+    ) -> Result<(PlanInput, BTreeMap<String, Json>), EngineError> {
         let env = &desired.environment.name;
         let records = self.store.resources(env)?;
         let mut input = PlanInput::default();
+        let mut configs = BTreeMap::new();
         let outputs: BTreeMap<String, Json> = records
             .iter()
             .map(|r| (r.name.clone(), r.outputs.clone()))
@@ -643,15 +693,16 @@ impl Engine {
                     name.clone(),
                     resolve::resolved_hash(&resolved, res.source.as_deref(), self.store.sealer()),
                 );
+                configs.insert(name.clone(), resolved.config);
             }
         }
-        Ok(input)
+        Ok((input, configs))
     }
 
     /// Observes one recorded resource through its provider.
     pub(crate) fn observe(
         &self,
-        env: &str,
+        env: &EnvName,
         record: &ResourceRecord,
         envelope: &Envelope,
     ) -> Observed {
@@ -662,7 +713,7 @@ impl Engine {
     /// [`Engine::observe`] with the resource's ports (of both instance slots) already read.
     fn observe_with(
         &self,
-        env: &str,
+        env: &EnvName,
         record: &ResourceRecord,
         envelope: &Envelope,
         all_ports: &BTreeMap<String, u16>,
@@ -692,7 +743,7 @@ impl Engine {
     }
 
     /// The stack environment `env` was recorded with (empty before its first apply).
-    pub(crate) fn stack_of(&self, env: &str) -> Result<String, EngineError> {
+    pub(crate) fn stack_of(&self, env: &EnvName) -> Result<String, EngineError> {
         Ok(self
             .store
             .environment(env)?

@@ -13,6 +13,7 @@
 //! `require_pr`, a person's confirmation for a protected delete): once deployed, its rules
 //! are the ones in force.
 
+use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::stack::EnvironmentDef;
 
@@ -68,7 +69,7 @@ impl Engine {
     pub fn rules_in_force(
         &self,
         origin: &Origin<'_>,
-        name: &str,
+        name: &EnvName,
         definition: &str,
     ) -> Result<Option<Rules>, EngineError> {
         let Some(record) = self.store.environment(name)? else {

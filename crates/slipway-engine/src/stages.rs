@@ -3,6 +3,7 @@
 //! operation is for, rendering it, the protected-destroy decision, and where a resource's
 //! log is. The binary only parses arguments, asks and prints.
 
+use slipway_core::EnvName;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub fn open_repository(home: &Path, spec: &str) -> Result<OpenedRepository, Engi
 pub struct Named<'a> {
     /// The environment's name: static, a member of a generated family (`br-feature-x`, as
     /// discovery names it), or one recorded here (an ad-hoc environment).
-    pub name: &'a str,
+    pub name: &'a EnvName,
     /// The repository.
     pub source: &'a dyn Source,
     /// How the user named the repository.
@@ -59,7 +60,7 @@ pub struct Named<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfirmationNeeded {
     /// The environment.
-    pub environment: String,
+    pub environment: EnvName,
     /// What is destroyed, e.g. `db (replace postgres.database)`; every resource when
     /// `whole` is set.
     pub destroys: Vec<String>,
@@ -96,9 +97,9 @@ impl fmt::Display for ConfirmationNeeded {
 
 impl ConfirmationNeeded {
     /// Destroying the whole protected environment `environment`.
-    pub(crate) fn whole(environment: &str) -> ConfirmationNeeded {
+    pub(crate) fn whole(environment: &EnvName) -> ConfirmationNeeded {
         ConfirmationNeeded {
-            environment: environment.to_string(),
+            environment: environment.clone(),
             destroys: Vec::new(),
             unprotects: false,
             whole: true,
@@ -173,14 +174,14 @@ impl Engine {
     /// it (a generated or ad-hoc environment keeps its family), or a static environment of
     /// that name. A record of another kind under a name the stack defines (an ad-hoc `prod`)
     /// keeps its kind here, and [`Engine::prepare`] refuses it: it is never adopted.
-    pub fn target_for(&self, name: &str) -> Result<EnvTarget, EngineError> {
+    pub fn target_for(&self, name: &EnvName) -> Result<EnvTarget, EngineError> {
         Ok(match self.store.environment(name)? {
             Some(record) => EnvTarget {
                 name: record.name.clone(),
                 definition: record
                     .definition
                     .clone()
-                    .unwrap_or_else(|| record.name.clone()),
+                    .unwrap_or_else(|| record.name.to_string()),
                 kind: match record.kind.as_str() {
                     "generated" => EnvKind::Generated,
                     "adhoc" => EnvKind::Adhoc,
@@ -226,23 +227,25 @@ impl Engine {
         let Ok(stack) = cached.loaded.valid_stack() else {
             return Ok(static_env());
         };
-        if stack.environments.contains_key(named.name) {
+        if stack.environments.contains_key(named.name.as_str()) {
             return Ok(static_env());
         }
         let generated = self.generated(named.source, stack)?;
-        Ok(match generated.into_iter().find(|w| w.name == named.name) {
-            Some(w) => (
-                EnvTarget {
-                    name: w.name,
-                    definition: w.definition,
-                    kind: EnvKind::Generated,
-                    owner: None,
-                    ttl: w.ttl,
-                },
-                asked.unwrap_or(w.tracked_ref),
-            ),
-            None => static_env(),
-        })
+        Ok(
+            match generated.into_iter().find(|w| &w.name == named.name) {
+                Some(w) => (
+                    EnvTarget {
+                        name: w.name,
+                        definition: w.definition,
+                        kind: EnvKind::Generated,
+                        owner: None,
+                        ttl: w.ttl,
+                    },
+                    asked.unwrap_or(w.tracked_ref),
+                ),
+                None => static_env(),
+            },
+        )
     }
 
     /// The generated environments `stack` makes of `source`'s branches, named as the
@@ -253,7 +256,7 @@ impl Engine {
         stack: &slipway_core::stack::Stack,
     ) -> Result<Vec<discover::Wanted>, EngineError> {
         let branches = source.branches()?;
-        let holder = |name: &str| {
+        let holder = |name: &EnvName| {
             self.store
                 .environment(name)
                 .ok()
@@ -297,7 +300,7 @@ impl Engine {
     /// Renders the recorded environment `name` at the commit it runs.
     pub fn render_running(
         &self,
-        name: &str,
+        name: &EnvName,
         source: &dyn Source,
         folder: &str,
     ) -> Result<DesiredState, EngineError> {
@@ -325,12 +328,7 @@ impl Engine {
         origin: &Origin<'_>,
         target: &EnvTarget,
     ) -> Result<(Arc<Cached>, DesiredState), EngineError> {
-        let environment = target.name.as_str();
-        if !slipway_core::stack::is_dns_label(environment) {
-            return Err(EngineError::Environment(format!(
-                "`{environment}` is not a valid environment name (a DNS label: lowercase letters, digits and `-`)"
-            )));
-        }
+        let environment = &target.name;
         let cached = self.load_cached(origin)?;
         let loaded = &cached.loaded;
         let Some(stack) = loaded
@@ -401,7 +399,7 @@ impl Engine {
         if target.kind == EnvKind::Static {
             return Ok(());
         }
-        if stack.environments.contains_key(name) {
+        if stack.environments.contains_key(name.as_str()) {
             return Err(EngineError::NotAdopted(format!(
                 "held: the stack defines `{name}` itself, but this `{name}` is a {} \
                  environment; it is not adopted as the stack's: destroy it \
@@ -430,7 +428,7 @@ impl Engine {
     /// replacement). Sorted by resource.
     pub fn log_files(
         &self,
-        env: &str,
+        env: &EnvName,
         resource: Option<&str>,
     ) -> Result<Vec<LogFile>, EngineError> {
         let records = self.store.resources(env)?;

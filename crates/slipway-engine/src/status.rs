@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use slipway_core::EnvName;
 use slipway_core::plan::Observed;
 use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
 
@@ -28,7 +29,7 @@ pub struct ResourceStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvironmentStatus {
     /// Its name.
-    pub name: String,
+    pub name: EnvName,
     /// How it came to be.
     pub kind: EnvKind,
     /// The commit it runs.
@@ -73,7 +74,7 @@ pub struct EnvironmentStatus {
 
 impl Engine {
     /// Recorded environments (or one), each resource observed now.
-    pub fn status(&self, only: Option<&str>) -> Result<Vec<EnvironmentStatus>, EngineError> {
+    pub fn status(&self, only: Option<&EnvName>) -> Result<Vec<EnvironmentStatus>, EngineError> {
         let records = match only {
             Some(name) => match self.store.environment(name)? {
                 Some(r) => vec![r],

@@ -5,6 +5,7 @@
 //! Words are separated by ASCII spaces and tabs only. Nothing is ever passed to a shell: the
 //! strictness is about saying no clearly to what is not a command, not about quoting.
 
+use slipway_core::EnvName;
 use std::fmt;
 
 use crate::render::inline_code;
@@ -26,17 +27,17 @@ pub enum Command {
     /// Plan the pull request for one environment, or for every one it changes.
     Plan {
         /// The environment, if one was named.
-        env: Option<String>,
+        env: Option<EnvName>,
     },
     /// Apply the pull request to an environment.
     Apply {
         /// The environment.
-        env: String,
+        env: EnvName,
     },
     /// Release an environment's lock held by the pull request.
     Unlock {
         /// The environment.
-        env: String,
+        env: EnvName,
     },
     /// Build a preview environment (a maintainer's say-so for a fork).
     Preview,
@@ -147,22 +148,14 @@ pub fn parse_command(body: &str) -> Result<Option<Command>, CommandError> {
     Ok(Some(command))
 }
 
-/// Checks an environment name: a DNS label.
-fn env_name(word: &str) -> Result<String, CommandError> {
-    let b = word.as_bytes();
-    let valid = (1..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-';
-    if valid {
-        Ok(word.to_owned())
-    } else {
-        Err(CommandError::new(format!(
+/// Checks an environment name (see [`EnvName`]).
+fn env_name(word: &str) -> Result<EnvName, CommandError> {
+    EnvName::parse(word).map_err(|_| {
+        CommandError::new(format!(
             "Sorry, {} is not an environment name.",
             inline_code(&clip(word))
-        )))
-    }
+        ))
+    })
 }
 
 fn extra_arguments(verb: &str, extra: &[&str]) -> CommandError {
@@ -181,6 +174,10 @@ fn clip(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("the test's environment names are DNS labels")
+    }
+
     fn cmd(s: &str) -> Option<Command> {
         parse_command(s).expect("a valid command")
     }
@@ -192,26 +189,26 @@ mod tests {
             (
                 "/slipway plan staging",
                 Command::Plan {
-                    env: Some("staging".into()),
+                    env: Some(env("staging")),
                 },
             ),
             (
                 "  /slipway   plan\t pr-42  ",
                 Command::Plan {
-                    env: Some("pr-42".into()),
+                    env: Some(env("pr-42")),
                 },
             ),
             (
                 "\n\n/slipway apply prod\nthanks!",
-                Command::Apply { env: "prod".into() },
+                Command::Apply { env: env("prod") },
             ),
-            ("/slipway unlock qa", Command::Unlock { env: "qa".into() }),
+            ("/slipway unlock qa", Command::Unlock { env: env("qa") }),
             ("/slipway preview", Command::Preview),
             ("/slipway help", Command::Help),
             (
                 &format!("/slipway apply {}", "a".repeat(63)),
                 Command::Apply {
-                    env: "a".repeat(63),
+                    env: env(&"a".repeat(63)),
                 },
             ),
         ];

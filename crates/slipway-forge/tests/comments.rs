@@ -2,6 +2,7 @@
 //! comment): table tests for the behaviour, property tests for the guarantees.
 
 use proptest::prelude::*;
+use slipway_core::EnvName;
 use slipway_forge::{
     Command, DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, USAGE,
     parse_command, render_plan_comment,
@@ -20,11 +21,19 @@ fn env_name() -> impl Strategy<Value = String> {
     "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 }
 
+fn checked_env_name() -> impl Strategy<Value = EnvName> {
+    env_name().prop_map(|s| EnvName::parse(&s).expect("the pattern makes DNS labels"))
+}
+
+fn env(name: &str) -> EnvName {
+    EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        proptest::option::of(env_name()).prop_map(|env| Command::Plan { env }),
-        env_name().prop_map(|env| Command::Apply { env }),
-        env_name().prop_map(|env| Command::Unlock { env }),
+        proptest::option::of(checked_env_name()).prop_map(|env| Command::Plan { env }),
+        checked_env_name().prop_map(|env| Command::Apply { env }),
+        checked_env_name().prop_map(|env| Command::Unlock { env }),
         Just(Command::Preview),
         Just(Command::Help),
     ]
@@ -173,16 +182,16 @@ fn commands_from_the_table() {
         (
             "/slipway plan pr-42",
             Ok(Some(Command::Plan {
-                env: Some("pr-42".into()),
+                env: Some(env("pr-42")),
             })),
         ),
         (
             "/slipway apply prod",
-            Ok(Some(Command::Apply { env: "prod".into() })),
+            Ok(Some(Command::Apply { env: env("prod") })),
         ),
         (
             "/slipway unlock prod",
-            Ok(Some(Command::Unlock { env: "prod".into() })),
+            Ok(Some(Command::Unlock { env: env("prod") })),
         ),
         ("/slipway preview", Ok(Some(Command::Preview))),
         ("/slipway help", Ok(Some(Command::Help))),

@@ -116,7 +116,7 @@ pub(crate) fn child_env(
     for (name, port) in ctx.ports {
         vars.insert(port_var(name), port.to_string());
     }
-    vars.insert("SLIPWAY_ENV".to_owned(), ctx.environment.to_owned());
+    vars.insert("SLIPWAY_ENV".to_owned(), ctx.environment.to_string());
     vars.insert("SLIPWAY_RESOURCE".to_owned(), ctx.resource.to_owned());
     vars.insert(
         "SLIPWAY_DATA_DIR".to_owned(),

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+pub use slipway_core::plan::ObjectChange;
 
 /// The directories of one environment. The engine creates them before any provider runs.
 #[derive(Debug, Clone)]
@@ -93,8 +94,8 @@ impl Default for ProviderSettings {
 /// Everything a provider is told about the resource it acts on.
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceContext<'a> {
-    /// Environment name (a DNS label).
-    pub environment: &'a str,
+    /// Environment name.
+    pub environment: &'a slipway_core::EnvName,
     /// The stack's name (`stack:` in `slipway.yaml`, a DNS label).
     pub stack: &'a str,
     /// Resource name, unique in the environment.
@@ -245,6 +246,20 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (ctx, config, applied, deadline);
         Ok(())
     }
+
+    /// What updating the live object recorded as `live` to `config` would do, object by
+    /// object, without changing anything: for a type whose live state is many objects
+    /// (`kubernetes.manifests`: a server-side dry run of each). `None`, the default, when the
+    /// configuration's own diff says it all.
+    fn preview(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Self::Config,
+        live: &Value,
+    ) -> Result<Option<Vec<ObjectChange>>, ProviderError> {
+        let _ = (ctx, config, live);
+        Ok(None)
+    }
 }
 
 /// A [`Provider`] with its configuration type erased, so that providers of every type fit in one
@@ -283,6 +298,13 @@ pub trait DynProvider: Send + Sync {
         applied: &Applied,
         deadline: Instant,
     ) -> Result<(), ProviderError>;
+    /// See [`Provider::preview`].
+    fn preview(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Option<Vec<ObjectChange>>, ProviderError>;
 }
 
 fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
@@ -330,6 +352,14 @@ impl<P: Provider> DynProvider for P {
         deadline: Instant,
     ) -> Result<(), ProviderError> {
         Provider::wait_ready(self, ctx, &decode(P::TYPE, config)?, applied, deadline)
+    }
+    fn preview(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Value,
+        live: &Value,
+    ) -> Result<Option<Vec<ObjectChange>>, ProviderError> {
+        Provider::preview(self, ctx, &decode(P::TYPE, config)?, live)
     }
 }
 

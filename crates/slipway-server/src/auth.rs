@@ -278,11 +278,10 @@ async fn needed_role(guard: &Guard, target: Option<&str>) -> Result<Role, ApiErr
         Access::Developer => Role::Developer,
         Access::Admin => Role::Admin,
         Access::Environment => {
-            let Some(name) = target.filter(|n| slipway_core::stack::is_dns_label(n)) else {
+            let Some(name) = target.and_then(|n| slipway_core::EnvName::parse(n).ok()) else {
                 // Not a name at all: the handler refuses it with a 400.
                 return Ok(Role::Developer);
             };
-            let name = name.to_string();
             let controller = guard.app.controller.clone();
             let record =
                 tokio::task::spawn_blocking(move || controller.engine().store().environment(&name))

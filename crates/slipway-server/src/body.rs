@@ -7,8 +7,9 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
 use schemars::generate::SchemaGenerator;
-use schemars::{JsonSchema, Schema, json_schema};
+use schemars::{JsonSchema, Schema};
 use serde::de::DeserializeOwned;
+use slipway_core::EnvName;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -103,10 +104,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
     }
 }
 
-/// The `{name}` of a path, checked to be an environment name before any lookup.
-pub(crate) struct EnvName(pub String);
+/// The `{name}` of a path, parsed as an environment name before any lookup.
+pub(crate) struct EnvPath(pub EnvName);
 
-impl<S: Send + Sync> FromRequestParts<S> for EnvName {
+impl<S: Send + Sync> FromRequestParts<S> for EnvPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
@@ -119,24 +120,7 @@ impl<S: Send + Sync> FromRequestParts<S> for EnvName {
                 ))
                 .hint(NAME_HINT)
             })?;
-        check_name(&name)?;
-        Ok(EnvName(name))
-    }
-}
-
-impl JsonSchema for EnvName {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "EnvironmentName".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        // What `slipway_core::stack::is_dns_label` accepts, which `check_name` applies.
-        json_schema!({
-            "type": "string",
-            "description": "A DNS label: lowercase letters, digits and `-`, at most 63 characters.",
-            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
-            "maxLength": 63
-        })
+        parse_name(&name).map(EnvPath)
     }
 }
 
@@ -259,18 +243,17 @@ impl<S: Send + Sync> FromRequestParts<S> for DeploymentId {
     }
 }
 
-const NAME_HINT: &str = "environment names are DNS labels: lowercase letters, digits and `-`, at most 63 characters, not starting or ending with `-`";
+const NAME_HINT: &str = slipway_core::env_name::ENV_NAME_RULE;
 
-/// Refuses anything but a DNS label, the only shape an environment name has.
-pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
-    if slipway_core::stack::is_dns_label(name) {
-        return Ok(());
-    }
-    Err(ApiError::bad_request(format!(
-        "`{}` is not a valid environment name",
-        printable(name)
-    ))
-    .hint(NAME_HINT))
+/// Parses an environment name from a request; anything else is a `400` naming it.
+pub(crate) fn parse_name(name: &str) -> Result<EnvName, ApiError> {
+    EnvName::parse(name).map_err(|_| {
+        ApiError::bad_request(format!(
+            "`{}` is not a valid environment name",
+            printable(name)
+        ))
+        .hint(NAME_HINT)
+    })
 }
 
 /// Untrusted text made safe to echo in a message: control characters escaped, and cut at 80

@@ -6,10 +6,11 @@ use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
+use slipway_core::EnvName;
 use slipway_core::vocab::DeploymentStatus;
 use slipway_state::DeploymentRecord;
 
-use crate::body::{DeploymentId, EnvName};
+use crate::body::DeploymentId;
 use crate::error::ApiError;
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
@@ -30,8 +31,7 @@ pub(crate) fn routes() -> Vec<Route> {
 #[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct DeploymentSummary {
     id: i64,
-    #[schemars(with = "EnvName")]
-    environment: String,
+    environment: EnvName,
     /// The commit deployed.
     commit: String,
     /// The rendered desired-state hash deployed.

@@ -2,6 +2,7 @@
 //! unpin and the deployment history of one, with the JSON Schemas of what they take and
 //! answer.
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use slipway_state::EnvironmentRecord;
 
 use crate::AppState;
 use crate::auth::{AuditTarget, Principal};
-use crate::body::{EnvName, JsonBody, NoFields, QueryArgs, check_name, printable};
+use crate::body::{EnvPath, JsonBody, NoFields, QueryArgs, parse_name, printable};
 use crate::deployments::DeploymentSummary;
 use crate::error::ApiError;
 use crate::openapi::one_of;
@@ -146,8 +147,7 @@ pub(crate) fn routes() -> Vec<Route> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "Environment")]
 pub(crate) struct EnvironmentView {
-    #[schemars(with = "EnvName")]
-    name: String,
+    name: EnvName,
     kind: EnvKind,
     /// The commit it runs.
     commit: Option<String>,
@@ -336,24 +336,21 @@ struct DurationText(
 
 #[derive(Debug, Serialize, JsonSchema)]
 struct Queued {
-    #[schemars(with = "EnvName")]
-    environment: String,
+    environment: EnvName,
     #[schemars(extend("const" = true))]
     queued: bool,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 struct Destroyed {
-    #[schemars(with = "EnvName")]
-    environment: String,
+    environment: EnvName,
     #[schemars(extend("const" = true))]
     destroyed: bool,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 struct PlanView {
-    #[schemars(with = "EnvName")]
-    environment: String,
+    environment: EnvName,
     /// The ref (or pinned commit) planned.
     reference: String,
     /// The commit it resolved to.
@@ -381,7 +378,7 @@ struct DeploymentList {
 }
 
 /// The environment `name` as the API shows it, or a 404.
-fn load(controller: &Controller, name: &str) -> Result<EnvironmentView, ApiError> {
+fn load(controller: &Controller, name: &EnvName) -> Result<EnvironmentView, ApiError> {
     let engine = controller.engine();
     let record = engine
         .store()
@@ -397,7 +394,7 @@ fn load(controller: &Controller, name: &str) -> Result<EnvironmentView, ApiError
 }
 
 /// The record of `name`, or a 404.
-fn require(controller: &Controller, name: &str) -> Result<EnvironmentRecord, ApiError> {
+fn require(controller: &Controller, name: &EnvName) -> Result<EnvironmentRecord, ApiError> {
     controller
         .engine()
         .store()
@@ -428,7 +425,7 @@ fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
 async fn list(State(app): State<AppState>) -> Result<Json<EnvironmentList>, ApiError> {
     app.blocking(|controller| {
         let engine = controller.engine();
-        let records: BTreeMap<String, EnvironmentRecord> = engine
+        let records: BTreeMap<EnvName, EnvironmentRecord> = engine
             .store()
             .environments()?
             .into_iter()
@@ -466,12 +463,12 @@ async fn create_inner(
     caller: Principal,
     request: CreateRequest,
 ) -> Result<Response, ApiError> {
-    check_name(&request.name)?;
+    let name = parse_name(&request.name)?;
     if request.reference.trim().is_empty() {
         return Err(ApiError::bad_request("`ref` is empty").hint("a branch, tag or commit"));
     }
     if let Some(like) = &request.like {
-        check_name(like).map_err(|_| {
+        parse_name(like).map_err(|_| {
             ApiError::bad_request(format!(
                 "`like` `{}` is not an environment of the stack",
                 printable(like)
@@ -484,7 +481,6 @@ async fn create_inner(
         .as_deref()
         .map(|t| duration("ttl", t))
         .transpose()?;
-    let name = request.name.clone();
     let exists = {
         let name = name.clone();
         app.blocking(move |c| Ok(c.engine().store().environment(&name)?.is_some()))
@@ -500,7 +496,7 @@ async fn create_inner(
     let record = app
         .controller
         .create_environment(CreateEnvironment {
-            name: request.name,
+            name: name.clone(),
             reference: request.reference,
             like: request.like,
             ttl,
@@ -525,7 +521,7 @@ async fn create_inner(
 
 async fn get(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     app.blocking(move |c| load(c, &name)).await.map(Json)
 }
@@ -533,7 +529,7 @@ async fn get(
 async fn destroy(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     QueryArgs(query): QueryArgs<DestroyQuery>,
 ) -> Result<Json<Destroyed>, ApiError> {
     {
@@ -555,7 +551,7 @@ async fn destroy(
 
 async fn sync(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     JsonBody(NoFields {}): JsonBody<NoFields>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     {
@@ -574,7 +570,7 @@ async fn sync(
 
 async fn plan(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
 ) -> Result<Json<PlanView>, ApiError> {
     app.blocking(move |c| {
         let record = require(c, &name)?;
@@ -616,7 +612,7 @@ async fn plan(
 
 async fn rollback(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     JsonBody(request): JsonBody<RollbackRequest>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     {
@@ -629,7 +625,7 @@ async fn rollback(
 
 async fn extend(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     JsonBody(request): JsonBody<ExtendRequest>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     let by = duration("by", &request.by)?;
@@ -639,7 +635,7 @@ async fn extend(
 
 async fn pin(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     JsonBody(request): JsonBody<PinRequest>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     if request
@@ -656,7 +652,7 @@ async fn pin(
 
 async fn unpin(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     JsonBody(NoFields {}): JsonBody<NoFields>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     app.controller.unpin(&name).await?;
@@ -665,7 +661,7 @@ async fn unpin(
 
 async fn deployments(
     State(app): State<AppState>,
-    EnvName(name): EnvName,
+    EnvPath(name): EnvPath,
     QueryArgs(query): QueryArgs<DeploymentsQuery>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let limit = match query.limit {

@@ -6,6 +6,7 @@
 //! nothing twice. Polling the table, rather than a channel fed by the controller, also shows
 //! events written by other processes on the same home (a CLI `apply`).
 
+use slipway_core::EnvName;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use slipway_controller::Controller;
 use slipway_core::vocab::EventKind;
 use slipway_state::{EventQuery, EventRecord};
 
-use crate::body::{EnvName, QueryArgs, check_name, cursor, printable};
+use crate::body::{QueryArgs, cursor, parse_name, printable};
 use crate::error::ApiError;
 use crate::openapi::schema_of;
 use crate::routes::{Reply, Route};
@@ -81,9 +82,7 @@ async fn stream(
     headers: HeaderMap,
     QueryArgs(query): QueryArgs<EventsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if let Some(environment) = &query.environment {
-        check_name(environment)?;
-    }
+    let environment = query.environment.as_deref().map(parse_name).transpose()?;
     let from_query = cursor("after", query.after)?;
     let resume = match headers.get("last-event-id") {
         Some(value) => {
@@ -106,7 +105,7 @@ async fn stream(
     };
     let tail = Tail {
         controller: app.controller.clone(),
-        environment: query.environment,
+        environment,
         after,
         pending: VecDeque::new(),
         stop: app.stop.clone(),
@@ -147,7 +146,7 @@ fn latest_event_id(controller: &Controller) -> Result<i64, ApiError> {
 /// Where one stream is in the log.
 struct Tail {
     controller: Controller,
-    environment: Option<String>,
+    environment: Option<EnvName>,
     after: i64,
     pending: VecDeque<EventRecord>,
     stop: StopSignal,

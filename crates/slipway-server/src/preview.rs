@@ -25,6 +25,7 @@
 //! - The application has [`PreviewTimeouts::connect`] to accept the connection and
 //!   [`PreviewTimeouts::response`] to send its response's head; past that the client gets `504`.
 
+use slipway_core::EnvName;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,15 +103,15 @@ impl Previews {
 }
 
 /// The `(environment, stack)` a preview host names, if it is one.
-pub fn parse_host(host: &str) -> Option<(&str, &str)> {
+pub fn parse_host(host: &str) -> Option<(EnvName, &str)> {
     let name = host
         .rsplit_once(':')
         .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
         .map_or(host, |(h, _)| h);
     let rest = name.strip_suffix(".localhost")?;
     let (env, stack) = rest.split_once('.')?;
-    let label = |s: &str| slipway_core::stack::is_dns_label(s);
-    (label(env) && label(stack)).then_some((env, stack))
+    let env = EnvName::parse(env).ok()?;
+    slipway_core::stack::is_dns_label(stack).then_some((env, stack))
 }
 
 /// The address of the port an exposed process names in `expose`, among `resources`: the
@@ -132,7 +133,7 @@ pub fn exposed_address(resources: &[slipway_state::ResourceRecord]) -> Option<St
 }
 
 /// The exposed address of `env`, if it belongs to `stack` and exposes a running process.
-fn target(controller: &Controller, env: &str, stack: &str) -> Option<String> {
+fn target(controller: &Controller, env: &EnvName, stack: &str) -> Option<String> {
     let store = controller.engine().store();
     let record = store.environment(env).ok()??;
     if record.stack != stack {
@@ -141,8 +142,8 @@ fn target(controller: &Controller, env: &str, stack: &str) -> Option<String> {
     exposed_address(&store.resources(env).ok()?)
 }
 
-async fn lookup(controller: &Controller, env: &str, stack: &str) -> Option<String> {
-    let (c, e, s) = (controller.clone(), env.to_string(), stack.to_string());
+async fn lookup(controller: &Controller, env: &EnvName, stack: &str) -> Option<String> {
+    let (c, e, s) = (controller.clone(), env.clone(), stack.to_string());
     tokio::task::spawn_blocking(move || target(&c, &e, &s))
         .await
         .ok()?
@@ -326,7 +327,7 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
     let Some((env, stack)) = host
         .as_deref()
         .and_then(parse_host)
-        .map(|(e, s)| (e.to_string(), s.to_string()))
+        .map(|(e, s)| (e, s.to_string()))
     else {
         return next.run(request).await;
     };
@@ -480,6 +481,10 @@ async fn splice(
 mod tests {
     use super::*;
 
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("the test's environment names are DNS labels")
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -602,7 +607,7 @@ mod tests {
     #[test]
     fn only_the_port_named_in_expose_is_a_target() {
         let record = |config: serde_json::Value, status| slipway_state::ResourceRecord {
-            environment: "dev".into(),
+            environment: env("dev"),
             name: "web".into(),
             type_name: "process".into(),
             status,
@@ -645,9 +650,12 @@ mod tests {
     fn preview_hosts_are_recognised_and_others_are_not() {
         assert_eq!(
             parse_host("pr-42.shop.localhost:7300"),
-            Some(("pr-42", "shop"))
+            Some((EnvName::pull_request(42), "shop"))
         );
-        assert_eq!(parse_host("dev.shop.localhost"), Some(("dev", "shop")));
+        assert_eq!(
+            parse_host("dev.shop.localhost"),
+            Some((EnvName::parse("dev").expect("a name"), "shop"))
+        );
         assert_eq!(parse_host("127.0.0.1:7300"), None);
         assert_eq!(parse_host("localhost:7300"), None);
         assert_eq!(parse_host("a.b.c.localhost"), None, "only <env>.<stack>");

@@ -8,6 +8,7 @@
 //! the locks its `/slipway apply` took. The plan of the preview against what runs is
 //! `GET /api/v1/environments/pr-N/plan`.
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -18,7 +19,6 @@ use serde::Serialize;
 use slipway_core::vocab::{EnvKind, Health, SyncState};
 use slipway_state::{EnvironmentRecord, LockRecord, PullRequestRecord};
 
-use crate::body::EnvName;
 use crate::error::ApiError;
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
@@ -39,8 +39,7 @@ pub(crate) fn routes() -> Vec<Route> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "Lock")]
 struct LockView {
-    #[schemars(with = "EnvName")]
-    environment: String,
+    environment: EnvName,
     /// The pull request holding it.
     pull_request: i64,
     /// Who commented `/slipway apply`.
@@ -64,8 +63,7 @@ impl From<&LockRecord> for LockView {
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "Preview")]
 struct PreviewView {
-    #[schemars(with = "EnvName")]
-    environment: String,
+    environment: EnvName,
     sync: SyncState,
     health: Health,
     /// The commit it runs.
@@ -118,7 +116,7 @@ async fn list(State(app): State<AppState>) -> Result<Json<PullRequestList>, ApiE
         let store = controller.engine().store();
         let open = store.pull_requests(Some("open"))?;
         let locks = store.locks()?;
-        let environments: BTreeMap<String, EnvironmentRecord> = store
+        let environments: BTreeMap<EnvName, EnvironmentRecord> = store
             .environments()?
             .into_iter()
             .map(|e| (e.name.clone(), e))
@@ -139,11 +137,11 @@ fn view(
     controller: &slipway_controller::Controller,
     pr: PullRequestRecord,
     locks: &[LockRecord],
-    environments: &BTreeMap<String, EnvironmentRecord>,
+    environments: &BTreeMap<EnvName, EnvironmentRecord>,
 ) -> PullRequestView {
     // Discovery names the preview of pull request N `pr-N`, in a generated family.
     let preview = environments
-        .get(&format!("pr-{}", pr.number))
+        .get(&EnvName::pull_request(pr.number))
         .filter(|e| e.kind == EnvKind::Generated)
         .map(|e| PreviewView {
             environment: e.name.clone(),
@@ -178,7 +176,7 @@ fn view(
 }
 
 /// Whether `env` has a process with `expose:`, which the preview router serves.
-fn exposes_a_port(controller: &slipway_controller::Controller, env: &str) -> bool {
+fn exposes_a_port(controller: &slipway_controller::Controller, env: &EnvName) -> bool {
     controller
         .engine()
         .store()

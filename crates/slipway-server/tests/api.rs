@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use slipway_controller::{Controller, Options};
+use slipway_core::EnvName;
 use slipway_core::vocab::{EnvKind, EventKind, ResourceStatus, SyncState};
 use slipway_engine::{Engine, EngineConfig};
 use slipway_git::GitRepository;
@@ -21,6 +22,11 @@ use tempfile::TempDir;
 use tokio::sync::watch;
 
 const ROLES: [&str; 4] = ["viewer", "developer", "deployer", "admin"];
+
+/// A name the test knows to be valid.
+fn env(name: &str) -> EnvName {
+    EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
 
 fn stack(version: u32) -> String {
     format!(
@@ -191,7 +197,7 @@ impl Fixture {
                 .controller
                 .engine()
                 .store()
-                .environment("main")
+                .environment(&env("main"))
                 .ok()
                 .flatten()
         });
@@ -297,8 +303,8 @@ impl Fixture {
     fn wait_synced(&self, env: &str) {
         self.wait_for(&format!("{env} is deployed and synced"), || {
             let store = self.controller.engine().store();
-            let record = store.environment(env).ok().flatten()?;
-            let deployed = !store.deployments(env, 1).ok()?.is_empty();
+            let record = store.environment(&self::env(env)).ok().flatten()?;
+            let deployed = !store.deployments(&self::env(env), 1).ok()?.is_empty();
             (record.sync == SyncState::Synced && deployed).then_some(())
         });
     }
@@ -483,7 +489,7 @@ fn every_endpoint_but_the_public_ones_refuses_a_call_without_a_valid_token() {
         f.controller
             .engine()
             .store()
-            .environment("main")
+            .environment(&env("main"))
             .expect("read main")
             .map(|e| e.pinned),
         Some(false),
@@ -1093,6 +1099,9 @@ fn hostile_environment_names_are_refused_before_any_lookup() {
     for (name, encoded) in [
         ("../x", "..%2Fx".to_string()),
         ("200 characters", long.clone()),
+        ("64 characters, one over a DNS label", "a".repeat(64)),
+        ("a trailing hyphen", "main-".to_string()),
+        ("an encoded dot-dot", "%2E%2E".to_string()),
         ("unicode", "%C3%A9t%C3%A9".to_string()),
         ("upper case", "Main".to_string()),
         ("shell", "%24(reboot)".to_string()),
@@ -1103,6 +1112,8 @@ fn hostile_environment_names_are_refused_before_any_lookup() {
             ("GET", ""),
             ("GET", "/plan"),
             ("POST", "/sync"),
+            ("POST", "/unpin"),
+            ("GET", "/deployments"),
             ("DELETE", ""),
         ] {
             let path = format!("/api/v1/environments/{encoded}{suffix}");
@@ -1202,7 +1213,7 @@ fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_
     let store = f.controller.engine().store();
     let other = store
         .record_event(
-            Some("other"),
+            Some(&env("other")),
             EventKind::ChangeHeld,
             "not for main",
             &json!({}),
@@ -1211,7 +1222,7 @@ fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_
         .expect("record an event");
     let mine = store
         .record_event(
-            Some("main"),
+            Some(&env("main")),
             EventKind::DriftDetected,
             "hello main",
             &json!({"n": 1}),
@@ -1392,7 +1403,7 @@ fn an_environment_listed_while_a_resource_is_being_created_matches_the_schema() 
         .engine()
         .store()
         .put_resource(&slipway_state::ResourceRecord {
-            environment: "main".into(),
+            environment: env("main"),
             name: "half-made".into(),
             type_name: "file".into(),
             status: ResourceStatus::Creating,
@@ -1553,7 +1564,7 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
         f.controller
             .engine()
             .store()
-            .environment("main")
+            .environment(&env("main"))
             .expect("read main")
             .is_some(),
         "no refused call destroyed anything"
@@ -1711,7 +1722,10 @@ fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
         updated_at: slipway_state::now_ms(),
         stale_approvers: Vec::new(),
     };
-    let main = store.environment("main").expect("read").expect("main");
+    let main = store
+        .environment(&env("main"))
+        .expect("read")
+        .expect("main");
     let running = main.commit.clone().expect("main runs a commit");
     store
         .upsert_pull_request(&pr(7, "open", &running))
@@ -1724,11 +1738,11 @@ fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
         .expect("record #9");
     // #7's preview, as discovery would record it.
     let mut preview = main.clone();
-    preview.name = "pr-7".into();
+    preview.name = env("pr-7");
     preview.kind = EnvKind::Generated;
     store.upsert_environment(&preview).expect("record pr-7");
     store
-        .lock_environment("main", 8, "octocat", slipway_state::now_ms())
+        .lock_environment(&env("main"), 8, "octocat", slipway_state::now_ms())
         .expect("lock main to #8");
 
     let list = f
@@ -1840,7 +1854,7 @@ fn the_server_refuses_what_its_document_refuses() {
         !f.controller
             .engine()
             .store()
-            .environment("main")
+            .environment(&env("main"))
             .expect("read main")
             .expect("main exists")
             .pinned,
@@ -2013,12 +2027,12 @@ fn hostile_input_is_refused_with_a_client_error() {
     }
     let store = f.controller.engine().store();
     let main = store
-        .environment("main")
+        .environment(&env("main"))
         .expect("read main")
         .expect("main exists");
     assert!(!main.pinned, "no hostile call pinned main");
     assert!(
-        store.environment("x").expect("read x").is_none(),
+        store.environment(&env("x")).expect("read x").is_none(),
         "no hostile call created an environment"
     );
 }

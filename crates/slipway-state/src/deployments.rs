@@ -2,11 +2,12 @@
 
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
+use slipway_core::EnvName;
 
 use slipway_core::vocab::DeploymentStatus;
 
 use crate::StateError;
-use crate::store::{Store, from_json, sql, sql_limit, to_json, word};
+use crate::store::{Store, env_name, from_json, sql, sql_limit, to_json, word};
 
 /// One deployment of an environment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -14,7 +15,7 @@ pub struct DeploymentRecord {
     /// Increasing with time; never reused.
     pub id: i64,
     /// The environment deployed. Not a foreign key: history outlives the environment.
-    pub environment: String,
+    pub environment: EnvName,
     /// The commit deployed.
     pub commit: String,
     /// The rendered desired-state hash deployed.
@@ -41,7 +42,7 @@ pub struct DeploymentRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewDeployment {
     /// The environment deployed.
-    pub environment: String,
+    pub environment: EnvName,
     /// The commit deployed.
     pub commit: String,
     /// The rendered desired-state hash deployed.
@@ -63,7 +64,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
     Ok((
         DeploymentRecord {
             id: row.get(0)?,
-            environment: row.get(1)?,
+            environment: env_name(row, 1)?,
             commit: row.get(2)?,
             hash: row.get(3)?,
             reference: row.get(4)?,
@@ -103,7 +104,7 @@ impl Store {
                                       who, started_at, summary) \
              VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null')",
             params![
-                new.environment,
+                new.environment.as_str(),
                 new.commit,
                 new.hash,
                 new.reference,
@@ -189,7 +190,7 @@ impl Store {
     /// an earlier environment of the same name does not count).
     pub fn deployed_commit(
         &self,
-        environment: &str,
+        environment: &EnvName,
         commit: &str,
         since: i64,
     ) -> Result<bool, StateError> {
@@ -197,7 +198,7 @@ impl Store {
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM deployments WHERE environment = ?1 \
                  AND commit_sha = ?2 AND status = 'succeeded' AND started_at >= ?3)",
-                params![environment, commit, since],
+                params![environment.as_str(), commit, since],
                 |row| row.get(0),
             )
             .map_err(sql(format!("read the deployments of {environment}")))
@@ -206,7 +207,7 @@ impl Store {
     /// The latest `limit` deployments of an environment, newest first.
     pub fn deployments(
         &self,
-        environment: &str,
+        environment: &EnvName,
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>, StateError> {
         let operation = || format!("list the deployments of {environment}");
@@ -218,7 +219,7 @@ impl Store {
             ))
             .map_err(sql(operation()))?;
         let raw = statement
-            .query_map(params![environment, sql_limit(limit)], from_row)
+            .query_map(params![environment.as_str(), sql_limit(limit)], from_row)
             .map_err(sql(operation()))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql(operation()))?;
@@ -231,14 +232,14 @@ impl Store {
     /// # Assumptions
     /// The caller holds the environment's lock, so no deployment of it is really running: a
     /// `running` row is one whose process died.
-    pub fn mark_interrupted(&self, environment: &str, at: i64) -> Result<usize, StateError> {
+    pub fn mark_interrupted(&self, environment: &EnvName, at: i64) -> Result<usize, StateError> {
         self.conn()
             .execute(
                 "UPDATE deployments SET status = 'interrupted', finished_at = ?2, \
                    error = coalesce(error, 'the process running this deployment stopped \
                                            before it finished') \
                  WHERE environment = ?1 AND status = 'running'",
-                params![environment, at],
+                params![environment.as_str(), at],
             )
             .map_err(sql(format!(
                 "mark the running deployments of {environment} interrupted"

@@ -2,17 +2,18 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
+use slipway_core::EnvName;
 
 use slipway_core::vocab::{EnvKind, Health, SyncState};
 
 use crate::StateError;
-use crate::store::{Store, sql, word};
+use crate::store::{Store, env_name, sql, word};
 
 /// One environment as the store knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentRecord {
     /// A DNS label, unique: `prod`, `pr-42`.
-    pub name: String,
+    pub name: EnvName,
     /// Tracking a ref, generated from a pull request or branch, or created by a person.
     pub kind: EnvKind,
     /// The stack it belongs to (`stack:` in `slipway.yaml`).
@@ -59,7 +60,7 @@ impl EnvironmentRecord {
     /// The record of an environment first seen at `now` and not applied yet: out of sync,
     /// missing, with no ref, commit, owner, TTL or definition, unpinned and unprotected.
     pub fn new(
-        name: String,
+        name: EnvName,
         kind: EnvKind,
         stack: String,
         repo: String,
@@ -95,7 +96,7 @@ const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, cur
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
     Ok(EnvironmentRecord {
-        name: row.get(0)?,
+        name: env_name(row, 0)?,
         kind: word(row, 1)?,
         stack: row.get(2)?,
         repo: row.get(3)?,
@@ -143,7 +144,7 @@ impl Store {
                        definition = excluded.definition, protected = excluded.protected"
                 ),
                 params![
-                    record.name,
+                    record.name.as_str(),
                     record.kind.as_str(),
                     record.stack,
                     record.repo,
@@ -169,11 +170,11 @@ impl Store {
     }
 
     /// The environment called `name`, if it exists.
-    pub fn environment(&self, name: &str) -> Result<Option<EnvironmentRecord>, StateError> {
+    pub fn environment(&self, name: &EnvName) -> Result<Option<EnvironmentRecord>, StateError> {
         self.conn()
             .query_row(
                 &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
-                [name],
+                [name.as_str()],
                 from_row,
             )
             .optional()
@@ -195,11 +196,11 @@ impl Store {
 
     /// Deletes the environment with its resources and ports; its deployments and events stay as
     /// history. Returns whether it existed.
-    pub fn delete_environment(&self, name: &str) -> Result<bool, StateError> {
+    pub fn delete_environment(&self, name: &EnvName) -> Result<bool, StateError> {
         // One statement: SQLite applies the cascade inside it, so it is atomic on its own.
         let deleted = self
             .conn()
-            .execute("DELETE FROM environments WHERE name = ?1", [name])
+            .execute("DELETE FROM environments WHERE name = ?1", [name.as_str()])
             .map_err(sql(format!("delete environment {name}")))?;
         Ok(deleted > 0)
     }
@@ -210,7 +211,7 @@ impl Store {
     /// [`StateError::NotFound`] when no such environment exists.
     pub fn set_environment_status(
         &self,
-        name: &str,
+        name: &EnvName,
         sync: SyncState,
         health: Health,
         message: Option<&str>,
@@ -221,13 +222,13 @@ impl Store {
             .execute(
                 "UPDATE environments SET sync = ?2, health = ?3, message = ?4, updated_at = ?5 \
                  WHERE name = ?1",
-                params![name, sync.as_str(), health.as_str(), message, at],
+                params![name.as_str(), sync.as_str(), health.as_str(), message, at],
             )
             .map_err(sql(format!("record the status of environment {name}")))?;
         if updated == 0 {
             return Err(StateError::NotFound {
                 what: "environment",
-                key: name.to_owned(),
+                key: name.to_string(),
             });
         }
         Ok(())

@@ -119,6 +119,16 @@ pub enum StateError {
         word: slipway_core::vocab::UnknownWord,
     },
 
+    /// The store holds an environment name that is not one (a database edited by hand, or
+    /// damaged).
+    #[error("failed to {operation}: the store holds {name}")]
+    InvalidName {
+        /// What the store was doing.
+        operation: String,
+        /// The text found.
+        name: slipway_core::env_name::InvalidEnvName,
+    },
+
     /// A status or kind outside the specification's vocabulary was given.
     #[error("invalid {field} `{value}`: expected one of {}", allowed.join(", "))]
     InvalidValue {
@@ -200,6 +210,7 @@ impl StateError {
             | StateError::CorruptJson { .. }
             | StateError::InvalidValue { .. }
             | StateError::UnknownWord { .. }
+            | StateError::InvalidName { .. }
             | StateError::NotFound { .. }
             | StateError::DeploymentNotRunning { .. }
             | StateError::Key { .. }

@@ -2,11 +2,12 @@
 
 use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
+use slipway_core::EnvName;
 
 use slipway_core::vocab::EventKind;
 
 use crate::StateError;
-use crate::store::{Store, from_json, sql, sql_limit, to_json, word};
+use crate::store::{Store, env_name_opt, from_json, sql, sql_limit, to_json, word};
 
 /// One event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -14,7 +15,7 @@ pub struct EventRecord {
     /// Increasing with time and never reused, so it works as a resume cursor.
     pub id: i64,
     /// The environment it concerns; `None` for engine-wide events.
-    pub environment: Option<String>,
+    pub environment: Option<EnvName>,
     /// What kind of event, e.g. `apply.started`.
     pub kind: EventKind,
     /// A sentence for people.
@@ -29,7 +30,7 @@ pub struct EventRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventQuery {
     /// Only the events of this environment (engine-wide events excluded).
-    pub environment: Option<String>,
+    pub environment: Option<EnvName>,
     /// Only events with a greater id: the last id a reader has seen.
     pub after_id: Option<i64>,
     /// At most this many events.
@@ -40,7 +41,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(EventRecord, String)> {
     Ok((
         EventRecord {
             id: row.get(0)?,
-            environment: row.get(1)?,
+            environment: env_name_opt(row, 1)?,
             kind: word(row, 2)?,
             message: row.get(3)?,
             data: serde_json::Value::Null,
@@ -54,7 +55,7 @@ impl Store {
     /// Appends an event and returns its id.
     pub fn record_event(
         &self,
-        environment: Option<&str>,
+        environment: Option<&EnvName>,
         kind: EventKind,
         message: &str,
         data: &serde_json::Value,
@@ -64,7 +65,13 @@ impl Store {
         conn.execute(
             "INSERT INTO events (environment, kind, message, data, at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![environment, kind.as_str(), message, to_json(data), at],
+            params![
+                environment.map(EnvName::as_str),
+                kind.as_str(),
+                message,
+                to_json(data),
+                at
+            ],
         )
         .map_err(sql(format!("record a {kind} event")))?;
         Ok(conn.last_insert_rowid())
@@ -73,7 +80,7 @@ impl Store {
     /// The newest event of `kind` about `environment` (engine-wide events when `None`).
     pub fn last_event(
         &self,
-        environment: Option<&str>,
+        environment: Option<&EnvName>,
         kind: EventKind,
     ) -> Result<Option<EventRecord>, StateError> {
         let operation = "read the last event of a kind";
@@ -85,7 +92,10 @@ impl Store {
             )
             .map_err(sql(operation))?;
         let mut rows = statement
-            .query_map(params![kind.as_str(), environment], from_row)
+            .query_map(
+                params![kind.as_str(), environment.map(EnvName::as_str)],
+                from_row,
+            )
             .map_err(sql(operation))?;
         match rows.next() {
             None => Ok(None),
@@ -111,7 +121,7 @@ impl Store {
         let raw = statement
             .query_map(
                 params![
-                    query.environment,
+                    query.environment.as_ref().map(EnvName::as_str),
                     query.after_id.unwrap_or(0),
                     sql_limit(query.limit)
                 ],

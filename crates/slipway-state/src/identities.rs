@@ -1,5 +1,6 @@
 //! Identities: the uid (= gid) each environment's code runs as when the engine runs as root.
 
+use slipway_core::EnvName;
 use std::ops::RangeInclusive;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -24,7 +25,7 @@ impl Store {
     /// [`StateError::UidsExhausted`] when every uid of `range` is held or refused.
     pub fn allocate_uid(
         &self,
-        environment: &str,
+        environment: &EnvName,
         range: RangeInclusive<u32>,
         usable: impl Fn(u32) -> bool,
     ) -> Result<u32, StateError> {
@@ -36,7 +37,7 @@ impl Store {
         let known: Option<u32> = tx
             .query_row(
                 "SELECT uid FROM env_uids WHERE environment = ?1",
-                [environment],
+                [environment.as_str()],
                 |row| row.get(0),
             )
             .optional()
@@ -70,14 +71,14 @@ impl Store {
             .find(|uid| !held.contains(uid) && usable(*uid))
         else {
             return Err(StateError::UidsExhausted {
-                environment: environment.to_owned(),
+                environment: environment.to_string(),
                 start,
                 end,
             });
         };
         tx.execute(
             "INSERT INTO env_uids (environment, uid, allocated_at) VALUES (?1, ?2, ?3)",
-            params![environment, uid, crate::now_ms()],
+            params![environment.as_str(), uid, crate::now_ms()],
         )
         .map_err(sql(operation()))?;
         tx.execute(
@@ -91,11 +92,11 @@ impl Store {
     }
 
     /// The uid recorded for `environment`, if any.
-    pub fn environment_uid(&self, environment: &str) -> Result<Option<u32>, StateError> {
+    pub fn environment_uid(&self, environment: &EnvName) -> Result<Option<u32>, StateError> {
         self.conn()
             .query_row(
                 "SELECT uid FROM env_uids WHERE environment = ?1",
-                [environment],
+                [environment.as_str()],
                 |row| row.get(0),
             )
             .optional()
@@ -104,9 +105,12 @@ impl Store {
 
     /// Forgets `environment`'s uid, so that another environment may get it. Call only once
     /// nothing of the environment runs or remains on disk.
-    pub fn release_uid(&self, environment: &str) -> Result<(), StateError> {
+    pub fn release_uid(&self, environment: &EnvName) -> Result<(), StateError> {
         self.conn()
-            .execute("DELETE FROM env_uids WHERE environment = ?1", [environment])
+            .execute(
+                "DELETE FROM env_uids WHERE environment = ?1",
+                [environment.as_str()],
+            )
             .map(drop)
             .map_err(sql(format!("release the uid of {environment}")))
     }
@@ -115,6 +119,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::Store;
+    use slipway_core::EnvName;
+
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("a valid name")
+    }
 
     #[test]
     fn uids_go_above_the_last_allocated_are_stable_and_released() {
@@ -123,41 +132,47 @@ mod tests {
         let range = 1000..=1003;
         let any = |_| true;
         assert_eq!(
-            store.allocate_uid("a", range.clone(), any).expect("a"),
+            store
+                .allocate_uid(&env("a"), range.clone(), any)
+                .expect("a"),
             1000
         );
         assert_eq!(
-            store.allocate_uid("b", range.clone(), any).expect("b"),
+            store
+                .allocate_uid(&env("b"), range.clone(), any)
+                .expect("b"),
             1001
         );
         assert_eq!(
             store
-                .allocate_uid("a", range.clone(), any)
+                .allocate_uid(&env("a"), range.clone(), any)
                 .expect("a again"),
             1000,
             "an environment keeps its uid"
         );
-        store.release_uid("a").expect("release");
-        assert_eq!(store.environment_uid("a").expect("read"), None);
+        store.release_uid(&env("a")).expect("release");
+        assert_eq!(store.environment_uid(&env("a")).expect("read"), None);
         assert_eq!(
-            store.allocate_uid("c", range.clone(), any).expect("c"),
+            store
+                .allocate_uid(&env("c"), range.clone(), any)
+                .expect("c"),
             1002,
             "a released uid is not the next one given: the next goes above the last"
         );
         assert_eq!(
             store
-                .allocate_uid("d", range.clone(), |uid| uid != 1003)
+                .allocate_uid(&env("d"), range.clone(), |uid| uid != 1003)
                 .expect("d"),
             1000,
             "a refused uid (a real user's) is skipped; at the range's end it wraps to the \
              free ones"
         );
         let full = store
-            .allocate_uid("e", range.clone(), |uid| uid != 1003)
+            .allocate_uid(&env("e"), range.clone(), |uid| uid != 1003)
             .expect_err("the range is full");
         assert!(full.to_string().contains("[local] uids"), "{full}");
         assert_eq!(
-            store.allocate_uid("e", range, any).expect("e"),
+            store.allocate_uid(&env("e"), range, any).expect("e"),
             1003,
             "a uid no longer refused can be had"
         );
@@ -168,12 +183,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         {
             let store = Store::open(dir.path()).expect("open");
-            store.allocate_uid("a", 10..=20, |_| true).expect("a");
-            store.release_uid("a").expect("release");
+            store.allocate_uid(&env("a"), 10..=20, |_| true).expect("a");
+            store.release_uid(&env("a")).expect("release");
         }
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(
-            store.allocate_uid("b", 10..=20, |_| true).expect("b"),
+            store.allocate_uid(&env("b"), 10..=20, |_| true).expect("b"),
             11,
             "the last allocated uid is remembered across restarts"
         );

@@ -1,5 +1,6 @@
 //! Ports: TCP ports allocated to a resource's named ports, stable across deployments.
 
+use slipway_core::EnvName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
@@ -30,7 +31,7 @@ impl Store {
     /// [`StateError::Sqlite`] (a foreign-key failure) when the environment is not recorded.
     pub fn allocate_ports(
         &self,
-        environment: &str,
+        environment: &EnvName,
         resource: &str,
         names: &[String],
         range: RangeInclusive<u16>,
@@ -64,7 +65,7 @@ impl Store {
             for (index, name) in missing.iter().enumerate() {
                 let Some(port) = candidates.find(|port| is_free(*port)) else {
                     return Err(StateError::PortsExhausted {
-                        environment: environment.to_owned(),
+                        environment: environment.to_string(),
                         resource: resource.to_owned(),
                         start: *range.start(),
                         end: *range.end(),
@@ -73,7 +74,7 @@ impl Store {
                 };
                 tx.execute(
                     "INSERT INTO ports (environment, resource, name, port) VALUES (?1, ?2, ?3, ?4)",
-                    params![environment, resource, name, port],
+                    params![environment.as_str(), resource, name, port],
                 )
                 .map_err(sql(operation()))?;
                 allocated.insert((*name).clone(), port);
@@ -90,7 +91,7 @@ impl Store {
     /// Every port allocated to a resource, by name.
     pub fn ports(
         &self,
-        environment: &str,
+        environment: &EnvName,
         resource: &str,
     ) -> Result<BTreeMap<String, u16>, StateError> {
         read_ports(&self.conn(), environment, resource)
@@ -98,7 +99,11 @@ impl Store {
     }
 
     /// Releases every port of a resource; returns how many were released.
-    pub fn release_ports(&self, environment: &str, resource: &str) -> Result<usize, StateError> {
+    pub fn release_ports(
+        &self,
+        environment: &EnvName,
+        resource: &str,
+    ) -> Result<usize, StateError> {
         self.conn()
             .execute(
                 "DELETE FROM ports WHERE environment = ?1 AND resource = ?2",
@@ -113,7 +118,7 @@ impl Store {
     /// declared); returns how many were released.
     pub fn retain_ports(
         &self,
-        environment: &str,
+        environment: &EnvName,
         resource: &str,
         keep: &[String],
     ) -> Result<usize, StateError> {
@@ -142,7 +147,7 @@ impl Store {
     /// a plan over many resources would otherwise make one per resource.
     pub fn environment_ports(
         &self,
-        environment: &str,
+        environment: &EnvName,
     ) -> Result<BTreeMap<String, BTreeMap<String, u16>>, StateError> {
         let conn = self.conn();
         let operation = || format!("read the ports of {environment}");
@@ -150,7 +155,7 @@ impl Store {
             .prepare_cached("SELECT resource, name, port FROM ports WHERE environment = ?1")
             .map_err(sql(operation()))?;
         let rows = statement
-            .query_map([environment], |row| {
+            .query_map([environment.as_str()], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -169,7 +174,7 @@ impl Store {
 
 fn read_ports(
     conn: &rusqlite::Connection,
-    environment: &str,
+    environment: &EnvName,
     resource: &str,
 ) -> rusqlite::Result<BTreeMap<String, u16>> {
     let mut statement = conn.prepare_cached(

@@ -3,9 +3,10 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
+use slipway_core::EnvName;
 
 use crate::StateError;
-use crate::store::{Store, one_of, sql};
+use crate::store::{Store, env_name, one_of, sql};
 
 /// Pull request states.
 pub const PULL_REQUEST_STATES: &[&str] = &["open", "closed", "merged"];
@@ -66,7 +67,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<PullRequestRecord> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
     /// The environment.
-    pub environment: String,
+    pub environment: EnvName,
     /// The pull request holding it.
     pub pull_request: i64,
     /// Who applied it.
@@ -175,7 +176,7 @@ impl Store {
     /// another pull request's, which is left as it was.
     pub fn lock_environment(
         &self,
-        environment: &str,
+        environment: &EnvName,
         pr: i64,
         who: &str,
         at: i64,
@@ -184,23 +185,26 @@ impl Store {
         conn.execute(
             "INSERT OR IGNORE INTO locks (environment, pull_request, who, at) \
              VALUES (?1, ?2, ?3, ?4)",
-            params![environment, pr, who, at],
+            params![environment.as_str(), pr, who, at],
         )
         .map_err(sql(format!("lock {environment}")))?;
         conn.query_row(
             "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
-            [environment],
+            [environment.as_str()],
             lock_from_row,
         )
         .map_err(sql(format!("read the lock of {environment}")))
     }
 
     /// The lock on `environment`, if any.
-    pub fn environment_lock(&self, environment: &str) -> Result<Option<LockRecord>, StateError> {
+    pub fn environment_lock(
+        &self,
+        environment: &EnvName,
+    ) -> Result<Option<LockRecord>, StateError> {
         self.conn()
             .query_row(
                 "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
-                [environment],
+                [environment.as_str()],
                 lock_from_row,
             )
             .optional()
@@ -224,25 +228,25 @@ impl Store {
 
     /// Releases the lock on `environment` if pull request `pr` holds it. Returns whether it
     /// did.
-    pub fn unlock_environment(&self, environment: &str, pr: i64) -> Result<bool, StateError> {
+    pub fn unlock_environment(&self, environment: &EnvName, pr: i64) -> Result<bool, StateError> {
         let deleted = self
             .conn()
             .execute(
                 "DELETE FROM locks WHERE environment = ?1 AND pull_request = ?2",
-                params![environment, pr],
+                params![environment.as_str(), pr],
             )
             .map_err(sql(format!("unlock {environment}")))?;
         Ok(deleted == 1)
     }
 
     /// Releases every lock `pr` holds; returns the environments it held.
-    pub fn release_locks(&self, pr: i64) -> Result<Vec<String>, StateError> {
+    pub fn release_locks(&self, pr: i64) -> Result<Vec<EnvName>, StateError> {
         let conn = self.conn();
         let mut statement = conn
             .prepare_cached("DELETE FROM locks WHERE pull_request = ?1 RETURNING environment")
             .map_err(sql(format!("release the locks of #{pr}")))?;
         let mut envs = statement
-            .query_map([pr], |row| row.get::<_, String>(0))
+            .query_map([pr], |row| env_name(row, 0))
             .map_err(sql(format!("release the locks of #{pr}")))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql(format!("release the locks of #{pr}")))?;
@@ -312,7 +316,7 @@ impl Store {
 
 fn lock_from_row(row: &Row<'_>) -> rusqlite::Result<LockRecord> {
     Ok(LockRecord {
-        environment: row.get(0)?,
+        environment: env_name(row, 0)?,
         pull_request: row.get(1)?,
         who: row.get(2)?,
         at: row.get(3)?,
@@ -322,6 +326,10 @@ fn lock_from_row(row: &Row<'_>) -> rusqlite::Result<LockRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("a valid name")
+    }
 
     fn pr(number: i64) -> PullRequestRecord {
         PullRequestRecord {
@@ -372,17 +380,26 @@ mod tests {
 
         assert_eq!(
             store
-                .lock_environment("prod", 7, "ann", 1)
+                .lock_environment(&env("prod"), 7, "ann", 1)
                 .expect("lock")
                 .pull_request,
             7
         );
-        let held = store.lock_environment("prod", 8, "bob", 2).expect("lock");
+        let held = store
+            .lock_environment(&env("prod"), 8, "bob", 2)
+            .expect("lock");
         assert_eq!(held.pull_request, 7, "the first lock holds");
-        assert!(!store.unlock_environment("prod", 8).expect("not 8's"));
-        store.lock_environment("qa", 7, "ann", 3).expect("lock");
+        assert!(!store.unlock_environment(&env("prod"), 8).expect("not 8's"));
+        store
+            .lock_environment(&env("qa"), 7, "ann", 3)
+            .expect("lock");
         assert_eq!(store.release_locks(7).expect("release"), vec!["prod", "qa"]);
-        assert!(store.environment_lock("prod").expect("read").is_none());
+        assert!(
+            store
+                .environment_lock(&env("prod"))
+                .expect("read")
+                .is_none()
+        );
     }
 
     /// A merge remembers the branch it went into (`require_pr` counts only merges into the

@@ -2,12 +2,13 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
+use slipway_core::EnvName;
 
 use slipway_core::vocab::ResourceStatus;
 
 use crate::StateError;
 use crate::seal::Sealer;
-use crate::store::{Store, from_json, sql, to_json, word};
+use crate::store::{Store, env_name, from_json, sql, to_json, word};
 
 /// One resource of an environment, as last recorded.
 ///
@@ -16,7 +17,7 @@ use crate::store::{Store, from_json, sql, to_json, word};
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceRecord {
     /// The environment it belongs to (which must exist).
-    pub environment: String,
+    pub environment: EnvName,
     /// Its name in `slipway.yaml`.
     pub name: String,
     /// Its type, e.g. `process`.
@@ -78,7 +79,7 @@ const COLUMNS: &str = "environment, name, type_name, status, config, resolved_ha
 
 /// A row with its JSON columns still encoded.
 struct RawResource {
-    environment: String,
+    environment: EnvName,
     name: String,
     type_name: String,
     status: ResourceStatus,
@@ -94,7 +95,7 @@ struct RawResource {
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<RawResource> {
     Ok(RawResource {
-        environment: row.get(0)?,
+        environment: env_name(row, 0)?,
         name: row.get(1)?,
         type_name: row.get(2)?,
         status: word(row, 3)?,
@@ -148,7 +149,7 @@ impl RawResource {
 
 impl Store {
     /// The resources of an environment, ordered by name.
-    pub fn resources(&self, environment: &str) -> Result<Vec<ResourceRecord>, StateError> {
+    pub fn resources(&self, environment: &EnvName) -> Result<Vec<ResourceRecord>, StateError> {
         let operation = || format!("list the resources of {environment}");
         let conn = self.conn();
         let mut statement = conn
@@ -157,7 +158,7 @@ impl Store {
             ))
             .map_err(sql(operation()))?;
         let raw = statement
-            .query_map([environment], from_row)
+            .query_map([environment.as_str()], from_row)
             .map_err(sql(operation()))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql(operation()))?;
@@ -167,7 +168,7 @@ impl Store {
     /// One resource of an environment, if recorded.
     pub fn resource(
         &self,
-        environment: &str,
+        environment: &EnvName,
         name: &str,
     ) -> Result<Option<ResourceRecord>, StateError> {
         let raw = self
@@ -210,7 +211,7 @@ impl Store {
                        error = excluded.error, updated_at = excluded.updated_at"
                 ),
                 params![
-                    record.environment,
+                    record.environment.as_str(),
                     record.name,
                     record.type_name,
                     record.status.as_str(),
@@ -233,7 +234,7 @@ impl Store {
 
     /// Forgets a resource (its ports stay allocated until [`Store::release_ports`]). Returns
     /// whether it was recorded.
-    pub fn delete_resource(&self, environment: &str, name: &str) -> Result<bool, StateError> {
+    pub fn delete_resource(&self, environment: &EnvName, name: &str) -> Result<bool, StateError> {
         let deleted = self
             .conn()
             .execute(

@@ -9,6 +9,8 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, Row};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use slipway_core::EnvName;
+use slipway_core::env_name::InvalidEnvName;
 use slipway_core::vocab::UnknownWord;
 
 use crate::StateError;
@@ -120,6 +122,12 @@ pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(rusqlite::Error) 
                 .expect("checked by is::<UnknownWord>()");
             StateError::UnknownWord { operation, word }
         }
+        rusqlite::Error::FromSqlConversionFailure(_, _, e) if e.is::<InvalidEnvName>() => {
+            let name = *e
+                .downcast::<InvalidEnvName>()
+                .expect("checked by is::<InvalidEnvName>()");
+            StateError::InvalidName { operation, name }
+        }
         source => StateError::Sqlite { operation, source },
     }
 }
@@ -134,6 +142,24 @@ pub(crate) fn word<T: FromStr<Err = UnknownWord>>(
     text.parse().map_err(|e: UnknownWord| {
         rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e))
     })
+}
+
+/// Reads column `index` as an environment name. A row holding anything else (a database
+/// edited by hand or damaged) is an error, never a name that skipped the check.
+pub(crate) fn env_name(row: &Row<'_>, index: usize) -> rusqlite::Result<EnvName> {
+    let text: String = row.get(index)?;
+    EnvName::try_from(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+}
+
+/// Like [`env_name`], for a column that may be `NULL`.
+pub(crate) fn env_name_opt(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<EnvName>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|t| {
+        EnvName::try_from(t)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+    })
+    .transpose()
 }
 
 /// Encodes a value for a JSON column.

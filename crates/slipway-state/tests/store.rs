@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
+use slipway_core::EnvName;
 use slipway_core::vocab::{
     DeploymentStatus, EnvKind, EventKind, Health, ResourceStatus, SyncState,
 };
@@ -14,6 +15,11 @@ use slipway_state::{
     EnvironmentRecord, EventQuery, NewDeployment, ResourceRecord, SCHEMA_VERSION, StateError, Store,
 };
 use tempfile::TempDir;
+
+/// A name the test knows to be valid.
+fn env(name: &str) -> EnvName {
+    EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
 
 fn open_store() -> (TempDir, Store) {
     let home = tempfile::tempdir().expect("create a temporary home");
@@ -26,7 +32,7 @@ fn environment(name: &str) -> EnvironmentRecord {
         tracked_ref: Some("main".to_owned()),
         definition: Some("prod".to_owned()),
         ..EnvironmentRecord::new(
-            name.to_owned(),
+            env(name),
             EnvKind::Static,
             "shop".to_owned(),
             "file:///srv/git/shop.git".to_owned(),
@@ -37,7 +43,7 @@ fn environment(name: &str) -> EnvironmentRecord {
 
 fn resource(environment: &str, name: &str) -> ResourceRecord {
     ResourceRecord {
-        environment: environment.to_owned(),
+        environment: env(environment),
         name: name.to_owned(),
         type_name: "process".to_owned(),
         status: ResourceStatus::Ready,
@@ -73,7 +79,13 @@ fn allocate(
     ports: &[&str],
     range: RangeInclusive<u16>,
 ) -> Result<BTreeMap<String, u16>, StateError> {
-    store.allocate_ports(environment, resource, &names(ports), range, &always_free)
+    store.allocate_ports(
+        &env(environment),
+        resource,
+        &names(ports),
+        range,
+        &always_free,
+    )
 }
 
 /// The store's database opened directly, for what its API refuses to do.
@@ -83,7 +95,7 @@ fn raw(home: &TempDir) -> rusqlite::Connection {
 
 fn deployment(environment: &str, at: i64) -> NewDeployment {
     NewDeployment {
-        environment: environment.to_owned(),
+        environment: env(environment),
         commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
         hash: "h1".to_owned(),
         reference: Some("main".to_owned()),
@@ -132,7 +144,7 @@ fn reopening_keeps_data_and_applies_no_migration_twice() {
             "a reopened store is at the binary's schema version"
         );
         assert_eq!(
-            store.environment("prod").expect("read prod"),
+            store.environment(&env("prod")).expect("read prod"),
             Some(environment("prod")),
             "data survives reopening"
         );
@@ -182,7 +194,7 @@ fn environments_are_listed_by_name_and_updates_keep_created_at() {
         .environments()
         .expect("list environments")
         .into_iter()
-        .map(|env| env.name)
+        .map(|env| env.name.into_string())
         .collect();
     assert_eq!(listed, names(&["main", "prod", "qa"]), "listed by name");
 
@@ -193,7 +205,7 @@ fn environments_are_listed_by_name_and_updates_keep_created_at() {
     update.updated_at = 5_000;
     store.upsert_environment(&update).expect("update prod");
     let stored = store
-        .environment("prod")
+        .environment(&env("prod"))
         .expect("read prod")
         .expect("prod exists");
     assert_eq!(stored.commit.as_deref(), Some("c2"), "fields are updated");
@@ -205,7 +217,7 @@ fn environments_are_listed_by_name_and_updates_keep_created_at() {
     assert_eq!(stored.updated_at, 5_000, "updated_at is the caller's");
     assert_eq!(
         store
-            .environment("nope")
+            .environment(&env("nope"))
             .expect("read a missing environment"),
         None,
         "a missing environment is None"
@@ -217,7 +229,7 @@ fn environment_status_is_recorded_and_checked() {
     let (_home, store) = store_with(&["prod"]);
     store
         .set_environment_status(
-            "prod",
+            &env("prod"),
             SyncState::Synced,
             Health::Healthy,
             Some("all good"),
@@ -225,7 +237,7 @@ fn environment_status_is_recorded_and_checked() {
         )
         .expect("set status");
     let stored = store
-        .environment("prod")
+        .environment(&env("prod"))
         .expect("read prod")
         .expect("prod exists");
     assert_eq!(
@@ -241,7 +253,13 @@ fn environment_status_is_recorded_and_checked() {
     assert_eq!(stored.updated_at, 7_000, "the injected time is recorded");
 
     let error = store
-        .set_environment_status("ghost", SyncState::Synced, Health::Healthy, None, 8_000)
+        .set_environment_status(
+            &env("ghost"),
+            SyncState::Synced,
+            Health::Healthy,
+            None,
+            8_000,
+        )
         .expect_err("an unknown environment is reported");
     assert!(
         matches!(
@@ -255,8 +273,9 @@ fn environment_status_is_recorded_and_checked() {
     );
 }
 
-#[test]
-fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
+/// A store holding `prod` with a resource `api`, one deployment (whose id it returns) and one
+/// event: a row in each table that reads environments back.
+fn store_with_history() -> (TempDir, Store, i64) {
     let (home, store) = store_with(&["prod"]);
     store
         .put_resource(&resource("prod", "api"))
@@ -265,8 +284,20 @@ fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
         .begin_deployment(&deployment("prod", 1))
         .expect("begin");
     store
-        .record_event(Some("prod"), EventKind::ApplyStarted, "m", &json!({}), 1)
+        .record_event(
+            Some(&env("prod")),
+            EventKind::ApplyStarted,
+            "m",
+            &json!({}),
+            1,
+        )
         .expect("record an event");
+    (home, store, id)
+}
+
+#[test]
+fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
+    let (home, store, id) = store_with_history();
     let conn = raw(&home);
     for (table, column) in [
         ("environments", "sync"),
@@ -283,9 +314,9 @@ fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
         }
         other => panic!("a stored `in_sync` {what} is refused when read, got {other:?}"),
     };
-    unknown(store.environment("prod").map(drop), "sync state");
+    unknown(store.environment(&env("prod")).map(drop), "sync state");
     unknown(store.environments().map(drop), "sync state");
-    unknown(store.resources("prod").map(drop), "resource status");
+    unknown(store.resources(&env("prod")).map(drop), "resource status");
     unknown(store.deployment(id).map(drop), "deployment status");
     let query = EventQuery {
         limit: 10,
@@ -295,10 +326,49 @@ fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
 }
 
 #[test]
+fn an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic() {
+    let (home, store, id) = store_with_history();
+    let conn = raw(&home);
+    // The foreign keys would cascade a rename of the environment; damage each table alone.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .expect("turn off foreign keys");
+    for (table, column) in [
+        ("environments", "name"),
+        ("deployments", "environment"),
+        ("events", "environment"),
+    ] {
+        conn.execute(&format!("UPDATE {table} SET {column} = '../Etc'"), [])
+            .expect("damage the row");
+    }
+    let invalid = |result: Result<(), StateError>, what: &str| match result {
+        Err(StateError::InvalidName { name, .. }) => {
+            assert_eq!(
+                name.found, "../Etc",
+                "{what}: the refusal names the stored text"
+            );
+        }
+        other => panic!("a stored `../Etc` in {what} is refused when read, got {other:?}"),
+    };
+    invalid(store.environments().map(drop), "environments");
+    invalid(store.deployment(id).map(drop), "deployments");
+    let query = EventQuery {
+        limit: 10,
+        ..EventQuery::default()
+    };
+    invalid(store.events(&query).map(drop), "events");
+}
+
+#[test]
 fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind() {
     let (home, store) = store_with(&["prod"]);
     store
-        .record_event(Some("prod"), EventKind::ApplyStarted, "m", &json!({}), 1)
+        .record_event(
+            Some(&env("prod")),
+            EventKind::ApplyStarted,
+            "m",
+            &json!({}),
+            1,
+        )
         .expect("record an event");
     drop(store);
     let conn = raw(&home);
@@ -333,12 +403,12 @@ fn updating_an_environment_keeps_its_resources_and_ports() {
     update.sync = SyncState::Synced;
     store.upsert_environment(&update).expect("update prod");
     assert_eq!(
-        store.resources("prod").expect("list").len(),
+        store.resources(&env("prod")).expect("list").len(),
         1,
         "resources survive an update"
     );
     assert_eq!(
-        store.ports("prod", "api").expect("ports").len(),
+        store.ports(&env("prod"), "api").expect("ports").len(),
         1,
         "ports survive an update"
     );
@@ -359,7 +429,7 @@ fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
         .expect("begin a deployment");
     store
         .record_event(
-            Some("prod"),
+            Some(&env("prod")),
             EventKind::ApplyStarted,
             "started",
             &json!({}),
@@ -368,28 +438,30 @@ fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
         .expect("record an event");
 
     assert!(
-        store.delete_environment("prod").expect("delete prod"),
+        store.delete_environment(&env("prod")).expect("delete prod"),
         "prod existed"
     );
     assert!(
-        !store.delete_environment("prod").expect("delete again"),
+        !store
+            .delete_environment(&env("prod"))
+            .expect("delete again"),
         "already gone"
     );
     assert_eq!(
-        store.environment("prod").expect("read"),
+        store.environment(&env("prod")).expect("read"),
         None,
         "prod is gone"
     );
     assert!(
-        store.resources("prod").expect("list").is_empty(),
+        store.resources(&env("prod")).expect("list").is_empty(),
         "its resources are gone"
     );
     assert!(
-        store.ports("prod", "api").expect("ports").is_empty(),
+        store.ports(&env("prod"), "api").expect("ports").is_empty(),
         "its ports are released"
     );
     assert_eq!(
-        store.resources("qa").expect("list qa").len(),
+        store.resources(&env("qa")).expect("list qa").len(),
         1,
         "other environments stay"
     );
@@ -399,7 +471,7 @@ fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
     );
     let events = store
         .events(&EventQuery {
-            environment: Some("prod".to_owned()),
+            environment: Some(env("prod")),
             after_id: None,
             limit: 10,
         })
@@ -443,7 +515,7 @@ fn resources_round_trip_and_are_listed_by_name() {
     api.sensitive = true;
     store.put_resource(&api).expect("update api");
     assert_eq!(
-        store.resource("prod", "api").expect("read api"),
+        store.resource(&env("prod"), "api").expect("read api"),
         Some(api.clone()),
         "every field round-trips"
     );
@@ -457,18 +529,20 @@ fn resources_round_trip_and_are_listed_by_name() {
         "a secret output is never in the database file in the clear"
     );
     let listed: Vec<String> = store
-        .resources("prod")
+        .resources(&env("prod"))
         .expect("list")
         .into_iter()
         .map(|r| r.name)
         .collect();
     assert_eq!(listed, names(&["api", "db", "web"]), "listed by name");
     assert!(
-        store.delete_resource("prod", "web").expect("delete web"),
+        store
+            .delete_resource(&env("prod"), "web")
+            .expect("delete web"),
         "web existed"
     );
     assert_eq!(
-        store.resource("prod", "web").expect("read web"),
+        store.resource(&env("prod"), "web").expect("read web"),
         None,
         "web is gone"
     );
@@ -500,7 +574,7 @@ fn a_damaged_json_column_is_reported_with_its_record() {
     conn.execute("UPDATE resources SET outputs = '{not json'", [])
         .expect("damage the column");
     let error = store
-        .resource("prod", "api")
+        .resource(&env("prod"), "api")
         .expect_err("damaged JSON is an error, not a panic");
     assert!(
         matches!(&error, StateError::CorruptJson { record, column: "outputs", .. }
@@ -531,7 +605,7 @@ fn deployments_are_listed_newest_first_and_finish_once() {
         )
         .expect("finish the first");
 
-    let listed = store.deployments("prod", 10).expect("list");
+    let listed = store.deployments(&env("prod"), 10).expect("list");
     let ids: Vec<i64> = listed.iter().map(|d| d.id).collect();
     assert_eq!(
         ids,
@@ -539,7 +613,7 @@ fn deployments_are_listed_newest_first_and_finish_once() {
         "newest first, only this environment"
     );
     assert_eq!(
-        store.deployments("prod", 1).expect("list one").len(),
+        store.deployments(&env("prod"), 1).expect("list one").len(),
         1,
         "the limit is honoured"
     );
@@ -617,7 +691,9 @@ fn a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made
         )
         .expect("finish");
     assert!(
-        !store.deployed_commit("prod", &commit, 0).expect("read"),
+        !store
+            .deployed_commit(&env("prod"), &commit, 0)
+            .expect("read"),
         "a failed deployment does not count"
     );
     let ok = store
@@ -626,18 +702,24 @@ fn a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made
     store
         .finish_deployment(ok, DeploymentStatus::Succeeded, None, &json!({}), 21)
         .expect("finish");
-    assert!(store.deployed_commit("prod", &commit, 0).expect("read"));
     assert!(
-        !store.deployed_commit("prod", &commit, 30).expect("read"),
+        store
+            .deployed_commit(&env("prod"), &commit, 0)
+            .expect("read")
+    );
+    assert!(
+        !store
+            .deployed_commit(&env("prod"), &commit, 30)
+            .expect("read"),
         "a deployment before the environment was made does not count"
     );
     assert!(
-        !store.deployed_commit("qa", &commit, 0).expect("read"),
+        !store.deployed_commit(&env("qa"), &commit, 0).expect("read"),
         "another environment's does not count"
     );
     assert!(
         !store
-            .deployed_commit("prod", &"f".repeat(40), 0)
+            .deployed_commit(&env("prod"), &"f".repeat(40), 0)
             .expect("read"),
         "another commit"
     );
@@ -662,7 +744,7 @@ fn mark_interrupted_closes_only_running_deployments_of_that_environment() {
 
     assert_eq!(
         store
-            .mark_interrupted("prod", 100)
+            .mark_interrupted(&env("prod"), 100)
             .expect("mark interrupted"),
         2,
         "both running deployments of prod are marked"
@@ -694,7 +776,9 @@ fn mark_interrupted_closes_only_running_deployments_of_that_environment() {
         "other environments are untouched"
     );
     assert_eq!(
-        store.mark_interrupted("prod", 101).expect("mark again"),
+        store
+            .mark_interrupted(&env("prod"), 101)
+            .expect("mark again"),
         0,
         "marking is idempotent"
     );
@@ -726,7 +810,7 @@ fn ports_are_stable_across_allocations() {
     // Even if the port now looks busy (our own process holds it), it is returned again.
     let again = store
         .allocate_ports(
-            "prod",
+            &env("prod"),
             "api",
             &names(&["http", "admin", "grpc"]),
             20_000..=20_100,
@@ -740,9 +824,13 @@ fn ports_are_stable_across_allocations() {
     );
     assert_eq!(again["grpc"], 20_002, "a new name takes the next free port");
     let busy_again = store
-        .allocate_ports("prod", "api", &names(&["http"]), 20_000..=20_100, &|_| {
-            false
-        })
+        .allocate_ports(
+            &env("prod"),
+            "api",
+            &names(&["http"]),
+            20_000..=20_100,
+            &|_| false,
+        )
         .expect("allocate with every port busy");
     assert_eq!(
         busy_again,
@@ -750,7 +838,7 @@ fn ports_are_stable_across_allocations() {
         "stable ports do not consult is_free, and only the names asked are returned"
     );
     assert_eq!(
-        store.ports("prod", "api").expect("ports").len(),
+        store.ports(&env("prod"), "api").expect("ports").len(),
         3,
         "ports() lists every allocated name"
     );
@@ -766,9 +854,13 @@ fn ports_skip_those_taken_in_the_store_or_busy_on_the_machine() {
     }
     allocate(&store, "prod", "api", &["http"], 20_000..=20_010).expect("allocate for prod");
     let qa = store
-        .allocate_ports("qa", "api", &names(&["http"]), 20_000..=20_010, &|port| {
-            port != 20_001
-        })
+        .allocate_ports(
+            &env("qa"),
+            "api",
+            &names(&["http"]),
+            20_000..=20_010,
+            &|port| port != 20_001,
+        )
         .expect("allocate for qa");
     assert_eq!(
         qa["http"], 20_002,
@@ -810,11 +902,11 @@ fn an_exhausted_range_is_reported_and_allocates_nothing() {
     );
     assert!(error.retryable(), "ports come back when environments go");
     assert!(
-        store.ports("prod", "api").expect("ports").is_empty(),
+        store.ports(&env("prod"), "api").expect("ports").is_empty(),
         "a failed allocation allocates nothing"
     );
     let error = store
-        .allocate_ports("prod", "api", &names(&["a"]), 0..=0, &always_free)
+        .allocate_ports(&env("prod"), "api", &names(&["a"]), 0..=0, &always_free)
         .expect_err("port 0 is never allocated");
     assert!(
         matches!(error, StateError::PortsExhausted { .. }),
@@ -829,32 +921,38 @@ fn retain_and_release_free_ports_for_reuse() {
     allocate(&store, "prod", "web", &["http"], 20_000..=20_010).expect("allocate web");
     assert_eq!(
         store
-            .retain_ports("prod", "api", &names(&["b"]))
+            .retain_ports(&env("prod"), "api", &names(&["b"]))
             .expect("retain b"),
         2,
         "names no longer declared are released"
     );
     assert_eq!(
-        store.ports("prod", "api").expect("ports"),
+        store.ports(&env("prod"), "api").expect("ports"),
         BTreeMap::from([("b".to_owned(), 20_001)]),
         "the declared name keeps its port"
     );
     assert_eq!(
-        store.release_ports("prod", "api").expect("release"),
+        store.release_ports(&env("prod"), "api").expect("release"),
         1,
         "one left to release"
     );
     assert!(
-        store.ports("prod", "api").expect("ports").is_empty(),
+        store.ports(&env("prod"), "api").expect("ports").is_empty(),
         "all released"
     );
     assert_eq!(
-        store.ports("prod", "web").expect("ports").len(),
+        store.ports(&env("prod"), "web").expect("ports").len(),
         1,
         "other resources keep their ports"
     );
     let reused = store
-        .allocate_ports("prod", "api", &names(&["z"]), 20_000..=20_010, &always_free)
+        .allocate_ports(
+            &env("prod"),
+            "api",
+            &names(&["z"]),
+            20_000..=20_010,
+            &always_free,
+        )
         .expect("allocate again");
     assert_eq!(
         reused["z"], 20_000,
@@ -875,7 +973,13 @@ fn events_are_read_in_order_by_environment_and_cursor() {
     ] {
         ids.push(
             store
-                .record_event(env, kind, "something happened", &json!({"kind": kind}), 5)
+                .record_event(
+                    env.map(self::env).as_ref(),
+                    kind,
+                    "something happened",
+                    &json!({"kind": kind}),
+                    5,
+                )
                 .expect("record an event"),
         );
     }
@@ -902,7 +1006,7 @@ fn events_are_read_in_order_by_environment_and_cursor() {
 
     let prod: Vec<EventKind> = store
         .events(&EventQuery {
-            environment: Some("prod".to_owned()),
+            environment: Some(env("prod")),
             after_id: Some(ids[0]),
             limit: 1,
         })
@@ -934,7 +1038,8 @@ fn hostile_strings_round_trip() {
         long.as_str(),
     ];
     for (index, text) in hostile.iter().enumerate() {
-        let name = format!("{text}-{index}");
+        // Names are checked before they reach the store (`EnvName`); everything else is free text.
+        let name = env(&format!("hostile-{index}"));
         let mut env = environment(&name);
         env.message = Some((*text).to_owned());
         env.owner = Some((*text).to_owned());
@@ -944,7 +1049,7 @@ fn hostile_strings_round_trip() {
         assert_eq!(
             store.environment(&name).expect("read it back"),
             Some(env),
-            "a hostile environment name and message round-trip exactly"
+            "a hostile environment message and owner round-trip exactly"
         );
         let mut res = resource(&name, text);
         res.outputs = json!({ *text: *text });
@@ -1039,7 +1144,7 @@ fn two_processes_share_one_database() {
         "the parent sees the child's write while holding the store open"
     );
     assert_eq!(
-        store.ports("from-child", "api").expect("ports")["http"],
+        store.ports(&env("from-child"), "api").expect("ports")["http"],
         20_001,
         "the child did not take the parent's port"
     );
@@ -1067,7 +1172,7 @@ fn a_writer_killed_at_any_point_leaves_a_consistent_database() {
             allocate(&store, "prod", &resource_name, &["a", "b", "c"], 1..=65_535)
                 .expect("allocate three ports");
             store
-                .retain_ports("prod", &format!("r{}", i.saturating_sub(5)), &[])
+                .retain_ports(&env("prod"), &format!("r{}", i.saturating_sub(5)), &[])
                 .expect("release old ports");
             store
                 .finish_deployment(id, DeploymentStatus::Succeeded, None, &json!({ "i": i }), i)
@@ -1119,7 +1224,7 @@ fn a_writer_killed_at_any_point_leaves_a_consistent_database() {
         "a multi-port allocation is all or nothing, even when killed"
     );
     assert!(
-        store.deployments("prod", 1_000).expect("list").len() >= 31,
+        store.deployments(&env("prod"), 1_000).expect("list").len() >= 31,
         "committed history survives the kill"
     );
 }

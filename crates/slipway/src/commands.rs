@@ -1,5 +1,6 @@
 //! One function per command: open what it needs, call the engine, print.
 
+use slipway_core::EnvName;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -19,13 +20,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init { dir } => init(&dir),
         Command::Validate { repo, output } => validate(&g, &repo, output),
-        Command::Render { env, repo } => render_env(&g, &repo, &env),
+        Command::Render { env, repo } => render_env(&g, &repo, &env_name(&env)?),
         Command::Plan {
             env,
             repo,
             output,
             detailed_exitcode,
-        } => plan(&g, &repo, &env, output, detailed_exitcode),
+        } => plan(&g, &repo, &env_name(&env)?, output, detailed_exitcode),
         Command::Apply {
             env,
             repo,
@@ -36,7 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => apply(
             &g,
             &repo,
-            &env,
+            &env_name(&env)?,
             yes,
             parallelism,
             confirmed(&env, confirm_destroy.as_deref())?,
@@ -49,19 +50,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => destroy(
             &g,
-            &env,
+            &env_name(&env)?,
             yes,
             confirmed(&env, confirm_destroy.as_deref())?,
             output,
         ),
-        Command::Status { env, output } => status(&g, env.as_deref(), output),
-        Command::History { env, limit, output } => history(&g, &env, limit, output),
+        Command::Status { env, output } => {
+            let env = env.as_deref().map(env_name).transpose()?;
+            status(&g, env.as_ref(), output)
+        }
+        Command::History { env, limit, output } => history(&g, &env_name(&env)?, limit, output),
         Command::Logs {
             env,
             resource,
             follow,
             tail,
-        } => logs(&g, &env, resource.as_deref(), follow, tail),
+        } => logs(&g, &env_name(&env)?, resource.as_deref(), follow, tail),
         Command::Schema => {
             println!(
                 "{}",
@@ -78,6 +82,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             unreachable!("dispatched in main")
         }
     }
+}
+
+/// An environment name from the command line, parsed once here: a bad one is refused before
+/// anything is opened (exit 1, like every other error), and what follows holds an [`EnvName`].
+pub fn env_name(text: &str) -> Result<EnvName> {
+    Ok(EnvName::parse(text)?)
 }
 
 /// Whether `--confirm-destroy` names the environment (a typed confirmation, as a person
@@ -142,7 +152,7 @@ impl Repo {
     }
 
     /// The environment `env`, read from this repository.
-    fn named<'a>(&'a self, env: &'a str) -> Named<'a> {
+    fn named<'a>(&'a self, env: &'a EnvName) -> Named<'a> {
         Named {
             name: env,
             source: &self.repository,
@@ -345,7 +355,7 @@ fn explain(e: EngineError) -> anyhow::Error {
     }
 }
 
-fn render_env(g: &Global, repo: &RepoArgs, env: &str) -> Result<ExitCode> {
+fn render_env(g: &Global, repo: &RepoArgs, env: &EnvName) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let repo = open_repo(g, repo)?;
     let desired = engine.render_named(&repo.named(env)).map_err(explain)?;
@@ -359,7 +369,7 @@ fn render_env(g: &Global, repo: &RepoArgs, env: &str) -> Result<ExitCode> {
 fn plan(
     g: &Global,
     repo: &RepoArgs,
-    env: &str,
+    env: &EnvName,
     output: Output,
     detailed: bool,
 ) -> Result<ExitCode> {
@@ -433,7 +443,7 @@ pub fn confirm(question: &str, yes: bool) -> Result<()> {
 fn apply(
     g: &Global,
     repo: &RepoArgs,
-    env: &str,
+    env: &EnvName,
     yes: bool,
     parallelism: Option<usize>,
     confirm_destroy: bool,
@@ -521,7 +531,7 @@ fn apply(
 
 fn destroy(
     g: &Global,
-    env: &str,
+    env: &EnvName,
     yes: bool,
     confirm_destroy: bool,
     output: Output,
@@ -567,9 +577,9 @@ fn destroy(
     })
 }
 
-fn status(g: &Global, env: Option<&str>, output: Output) -> Result<ExitCode> {
+fn status(g: &Global, env: Option<&EnvName>, output: Output) -> Result<ExitCode> {
     if let Some(server) = &g.server {
-        return crate::remote::status(server, g.token.as_deref(), env, output);
+        return crate::remote::status(server, g.token.as_deref(), env.map(EnvName::as_str), output);
     }
     let engine = open_engine(g)?;
     let environments = engine.status(env).map_err(|e| match (e, env) {
@@ -588,7 +598,7 @@ fn status(g: &Global, env: Option<&str>, output: Output) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn history(g: &Global, env: &str, limit: usize, output: Output) -> Result<ExitCode> {
+fn history(g: &Global, env: &EnvName, limit: usize, output: Output) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let deployments = engine.store().deployments(env, limit)?;
     match output {
@@ -606,7 +616,7 @@ fn history(g: &Global, env: &str, limit: usize, output: Output) -> Result<ExitCo
 
 fn logs(
     g: &Global,
-    env: &str,
+    env: &EnvName,
     resource: Option<&str>,
     follow: bool,
     tail: usize,

@@ -10,8 +10,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use slipway_controller::{Controller, CreateEnvironment, Options};
 
-use crate::commands::{confirm, engine_config, open_engine, open_repo, who};
+use crate::commands::{confirm, engine_config, env_name, open_engine, open_repo, who};
 use crate::{Cli, Command, EnvCommand, Global, Output, RepoArgs, TokenCommand, remote, render};
+use slipway_core::EnvName;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let g = cli.global;
@@ -19,7 +20,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { repo, listen } => serve(&g, &repo, listen),
         Command::Env(cmd) => env(&g, cmd),
         Command::Token(TokenCommand::Create { role, name }) => token_create(&g, &role, &name),
-        Command::Compare { a, b, repo, output } => compare(&g, &repo, &a, &b, output),
+        Command::Compare { a, b, repo, output } => {
+            compare(&g, &repo, &env_name(&a)?, &env_name(&b)?, output)
+        }
         _ => unreachable!("dispatched in main"),
     }
 }
@@ -276,6 +279,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
         match cmd {
             EnvCommand::List { .. } => unreachable!("handled above"),
             EnvCommand::Create { name, like, ttl, repo, output } => {
+                let name = env_name(&name)?;
                 let reference = required_ref(&repo)?;
                 // The names and families an ad-hoc environment is checked against are the
                 // default branch's (HEAD), never those of the ref it runs.
@@ -292,6 +296,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let _ = record;
             }
             EnvCommand::Destroy { name, yes, confirm_destroy, repo } => {
+                let name = env_name(&name)?;
                 confirm(&format!("destroy `{name}`"), yes)?;
                 let confirmed = confirm_destroy.as_deref() == Some(name.as_str());
                 let options = slipway_controller::DestroyOptions::new(&who(), confirmed.into());
@@ -299,22 +304,26 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 println!("destroyed `{name}`");
             }
             EnvCommand::Extend { name, by, repo } => {
+                let name = env_name(&name)?;
                 let record = controller(g, &repo)?.extend(&name, duration(&by, "--by")?).await?;
                 println!("`{name}` now expires at {}", expiry(record.expires_at));
             }
             EnvCommand::Pin { name, commit, repo } => {
+                let name = env_name(&name)?;
                 let c = controller(g, &repo)?;
                 let record = c.pin(&name, commit).await?;
                 c.reconcile_now(&name).await?;
                 println!("`{name}` is pinned to {}", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));
             }
             EnvCommand::Unpin { name, repo } => {
+                let name = env_name(&name)?;
                 let c = controller(g, &repo)?;
                 let record = c.unpin(&name).await?;
                 c.reconcile_now(&name).await?;
                 println!("`{name}` follows `{}` again", record.tracked_ref.as_deref().unwrap_or("?"));
             }
             EnvCommand::Rollback { name, to, repo } => {
+                let name = env_name(&name)?;
                 let c = controller(g, &repo)?;
                 let record = c.rollback(&name, to).await?;
                 c.reconcile_now(&name).await?;
@@ -357,6 +366,7 @@ fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
             repo,
             ..
         } => {
+            let name = env_name(&name)?;
             let reference = required_ref(&repo)?;
             print(&remote::call(
                 server,
@@ -372,6 +382,7 @@ fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
             confirm_destroy,
             ..
         } => {
+            let name = env_name(&name)?;
             confirm(&format!("destroy `{name}`"), yes)?;
             let query = match &confirm_destroy {
                 Some(c) if slipway_core::stack::is_dns_label(c) => format!("?confirm={c}"),
@@ -390,28 +401,28 @@ fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
             server,
             token,
             "POST",
-            &format!("/environments/{name}/extend"),
+            &format!("/environments/{}/extend", env_name(&name)?),
             Some(&json!({"by": by})),
         )?)?,
         EnvCommand::Pin { name, commit, .. } => print(&remote::call(
             server,
             token,
             "POST",
-            &format!("/environments/{name}/pin"),
+            &format!("/environments/{}/pin", env_name(&name)?),
             Some(&json!({"commit": commit})),
         )?)?,
         EnvCommand::Unpin { name, .. } => print(&remote::call(
             server,
             token,
             "POST",
-            &format!("/environments/{name}/unpin"),
+            &format!("/environments/{}/unpin", env_name(&name)?),
             None,
         )?)?,
         EnvCommand::Rollback { name, to, .. } => print(&remote::call(
             server,
             token,
             "POST",
-            &format!("/environments/{name}/rollback"),
+            &format!("/environments/{}/rollback", env_name(&name)?),
             Some(&json!({"deployment": to})),
         )?)?,
     }
@@ -435,10 +446,16 @@ fn token_create(g: &Global, role: &str, name: &str) -> Result<ExitCode> {
 }
 
 /// Shows how two environments differ, as rendered at the commits they run.
-fn compare(g: &Global, repo: &RepoArgs, a: &str, b: &str, output: Output) -> Result<ExitCode> {
+fn compare(
+    g: &Global,
+    repo: &RepoArgs,
+    a: &EnvName,
+    b: &EnvName,
+    output: Output,
+) -> Result<ExitCode> {
     let engine = open_engine(g)?;
     let repo = open_repo(g, repo)?;
-    let render = |name: &str| {
+    let render = |name: &EnvName| {
         engine
             .render_running(name, &repo.repository, &repo.folder)
             .map_err(|e| match e {

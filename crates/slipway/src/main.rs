@@ -338,12 +338,13 @@ pub enum TokenCommand {
 
 /// Logs (the controller's reconciles, warnings of the server) go to stderr, filtered by
 /// `SLIPWAY_LOG`, else `RUST_LOG` (`tracing` directives, e.g. `slipway_controller=debug`),
-/// else at `info`.
-fn install_logging() {
+/// else at `default`: `info` for the long-running `serve`, `warn` for a one-shot command,
+/// whose own output already says what it did.
+fn install_logging(default: &str) {
     use std::io::IsTerminal;
     let directives = std::env::var("SLIPWAY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| default.into());
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
         eprintln!("slipway: ignoring the log filter {directives:?} ({e}); logging at info");
         tracing_subscriber::EnvFilter::new("info")
@@ -370,7 +371,11 @@ fn main() -> ExitCode {
         let code = slipway_providers::process::supervise(spec);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    install_logging();
+    install_logging(if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Secret(command) => secret::run(&cli.global, command),
         Command::Serve { .. } | Command::Env(_) | Command::Token(_) | Command::Compare { .. } => {

@@ -71,10 +71,16 @@ pub fn diagnostic_json(d: &Diagnostic) -> Json {
 }
 
 fn value(v: &Option<Json>) -> String {
-    match v {
+    /// A whole object (a Kubernetes manifest's) is shown by its start, not over a screen.
+    const LONGEST: usize = 160;
+    let text = match v {
         None => "(none)".into(),
         Some(Json::String(s)) => format!("{s:?}"),
         Some(other) => other.to_string(),
+    };
+    match text.char_indices().nth(LONGEST) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -136,6 +142,27 @@ pub fn plan_text(p: &Prepared) {
         );
         if let Some(reason) = &c.reason {
             println!("      {DIM}# {reason}{DIM:#}");
+        }
+        if !c.objects.is_empty() {
+            // The server's own answer (a dry run against each live object) says more than
+            // the configuration's diff: shown instead of it.
+            println!("      {DIM}# per object, from the server's dry run:{DIM:#}");
+            for o in &c.objects {
+                let (style, sign) = action_style(o.action);
+                let source = o
+                    .source
+                    .as_deref()
+                    .map(|s| format!(" {DIM}({s}){DIM:#}"))
+                    .unwrap_or_default();
+                println!("    {style}{sign}{style:#} {}{source}", o.object);
+                if let Some(reason) = &o.reason {
+                    println!("      {DIM}# {reason}{DIM:#}");
+                }
+                for f in o.diff.iter().take(20) {
+                    field_line(f);
+                }
+            }
+            continue;
         }
         // Creates show every field; long plans fold after 20 fields per resource.
         for f in c.diff.iter().take(20) {

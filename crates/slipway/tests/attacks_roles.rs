@@ -22,6 +22,11 @@ use util::*;
 
 const T: Duration = Duration::from_secs(60);
 
+/// A name the test knows to be valid.
+fn env(name: &str) -> slipway_core::EnvName {
+    slipway_core::EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
+
 /// The environment `name` as the API shows it, when it exists.
 fn environment(server: &Server, token: &str, name: &str) -> Option<Value> {
     let (status, body) = api_request(
@@ -70,7 +75,7 @@ fn events(s: &Sandbox, env: &str) -> Vec<(String, String)> {
     let store = slipway_state::Store::open(&s.home).expect("open the store");
     store
         .events(&slipway_state::EventQuery {
-            environment: Some(env.to_string()),
+            environment: Some(self::env(env)),
             after_id: None,
             limit: 1000,
         })
@@ -415,7 +420,7 @@ fn extending_prod_is_refused_and_expiry_never_destroys_it() {
     {
         let store = slipway_state::Store::open(&s.home).expect("open the store");
         let mut record = store
-            .environment("prod")
+            .environment(&env("prod"))
             .expect("read prod")
             .expect("prod's record");
         record.expires_at = Some(slipway_state::now_ms() - 1000);

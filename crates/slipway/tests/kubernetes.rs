@@ -163,6 +163,24 @@ fn manifests_are_applied_updated_pruned_and_destroyed_with_their_namespace() {
     let plan = s.ok(&["plan", "--env", "dev"]);
     let plan = String::from_utf8_lossy(&plan.stdout);
     assert!(plan.contains("~ app"), "{plan}");
+    // Per object, from the server's dry run against the live objects.
+    assert!(
+        plan.contains("~ ConfigMap/settings (k8s/settings.yaml:1:1)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("data.greeting = \"hello from dev\" → \"hello greets from dev\""),
+        "{plan}"
+    );
+    assert!(plan.contains("+ Secret/token"), "{plan}");
+    assert!(plan.contains("- Service/web"), "{plan}");
+    assert!(
+        !plan.contains("Deployment/web"),
+        "the unchanged deployment is no change: {plan}"
+    );
+    let json = s.json(&["plan", "--env", "dev", "--output", "json"]);
+    let objects = &json["changes"][0]["objects"];
+    assert_eq!(objects.as_array().map(Vec::len), Some(3), "{json}");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let settings = k.get("kapp-dev", "configmap", "settings").expect("kept");
     assert_eq!(settings["data"]["greeting"], "hello greets from dev");
@@ -382,6 +400,10 @@ fn drift_by_another_field_manager_is_shown_and_repaired() {
         plan.contains("drift") && plan.contains("data.greeting"),
         "{plan}"
     );
+    assert!(
+        plan.contains("spec.replicas = 5 → 2"),
+        "the dry run shows the repair: {plan}"
+    );
 
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let settings = k.get("kdrift-dev", "configmap", "settings").expect("kept");
@@ -430,6 +452,12 @@ fn an_immutable_field_change_replaces_the_object() {
     );
     s.write("k8s/job.yaml", &JOB.replace("echo v1", "echo v2"))
         .commit("the job's command changes: a job's template is immutable");
+    let plan = s.ok(&["plan", "--env", "dev"]);
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains("-/+ Job/migrate") && plan.contains("`spec.template` cannot change in place"),
+        "the plan says the job is replaced: {plan}"
+    );
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let second = k.get("kimm-dev", "job", "migrate").expect("applied again");
     assert_ne!(

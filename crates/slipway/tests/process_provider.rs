@@ -36,6 +36,7 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT_HTTP"])), Handler).ser
 
 struct TestEnv {
     _tmp: tempfile::TempDir,
+    env: slipway_core::EnvName,
     dirs: EnvDirs,
     ports: BTreeMap<String, u16>,
     settings: ProviderSettings,
@@ -59,6 +60,7 @@ impl TestEnv {
         std::fs::write(dirs.src.join("server.py"), SERVER).expect("write the server");
         TestEnv {
             _tmp: tmp,
+            env: slipway_core::EnvName::parse("qa").expect("`qa` is a name"),
             dirs,
             ports: BTreeMap::from([("http".to_owned(), free_port())]),
             settings: ProviderSettings {
@@ -73,7 +75,7 @@ impl TestEnv {
 
     fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
         ResourceContext {
-            environment: "qa",
+            environment: &self.env,
             stack: "shop",
             resource,
             dirs: &self.dirs,

@@ -20,6 +20,11 @@ const DEPLOY: Duration = Duration::from_secs(90);
 /// Deadline for what only waits on the page.
 const PAGE: Duration = Duration::from_secs(20);
 
+/// A name the test knows to be valid.
+fn env(name: &str) -> slipway_core::EnvName {
+    slipway_core::EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
+
 fn stack(version: u32) -> String {
     format!(
         r#"version: 1
@@ -552,7 +557,7 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
         })
         .expect("record a pull request");
     store
-        .lock_environment("main", 7, "octocat", slipway_state::now_ms())
+        .lock_environment(&env("main"), 7, "octocat", slipway_state::now_ms())
         .expect("lock main to it");
     browser.click("#nav-pulls");
     browser.wait_until_exists(

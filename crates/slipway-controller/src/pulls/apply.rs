@@ -1,6 +1,7 @@
 //! `/slipway apply ENV`: a pull request's head deployed to a static environment before merge,
 //! under its apply requirements, with the environment locked to the pull request.
 
+use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::vocab::SyncState;
 use slipway_forge::PrState;
@@ -34,7 +35,7 @@ pub(crate) fn apply_rules(
 pub(super) fn apply(
     inner: &Inner,
     record: &mut PullRequestRecord,
-    env: &str,
+    env: &EnvName,
     author: &str,
 ) -> Result<FollowUp, ControllerError> {
     let number = record.number;
@@ -106,7 +107,11 @@ pub(super) fn apply(
             ));
         }
     };
-    let Some(def) = stack.environments.get(env).filter(|d| d.track.is_some()) else {
+    let Some(def) = stack
+        .environments
+        .get(env.as_str())
+        .filter(|d| d.track.is_some())
+    else {
         return refuse(format!(
             "`{env}` is not a static environment of the stack at {}; nothing was applied.",
             short(&head)
@@ -122,7 +127,7 @@ pub(super) fn apply(
         .loaded
         .valid_stack()
         .ok()
-        .and_then(|s| s.environments.get(env))
+        .and_then(|s| s.environments.get(env.as_str()))
         .map(|d| slipway_engine::Rules::declared(d, EnvKind::Static));
     let in_force = inner
         .engine
@@ -221,9 +226,9 @@ pub(super) fn apply(
         .applies
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(env.to_string(), pending);
+        .insert(env.clone(), pending);
     Ok(FollowUp {
-        apply: Some(env.to_string()),
+        apply: Some(env.clone()),
         ..FollowUp::default()
     })
 }
@@ -252,7 +257,7 @@ pub(crate) struct PendingApply {
 /// Failed while applying: it stays locked, for a fix to be pushed.
 pub(crate) fn answer(
     inner: &Inner,
-    env: &str,
+    env: &EnvName,
     pending: &PendingApply,
     failure: Option<&str>,
 ) -> Result<bool, ControllerError> {

@@ -1,6 +1,7 @@
 //! Comment commands (`/slipway plan|apply|unlock|preview|help`): parsed strictly, honoured only
 //! from people with write access, each audited and answered on the pull request.
 
+use slipway_core::EnvName;
 use slipway_core::vocab::EventKind;
 use slipway_forge::{Command, parse_command};
 use slipway_state::now_ms;
@@ -14,7 +15,7 @@ pub(super) fn reply(inner: &Inner, pr: u64, body: &str) {
     {
         event(
             inner,
-            &format!("pr-{pr}"),
+            &EnvName::pull_request(pr),
             EventKind::ForgeFailed,
             &format!("cannot comment on #{pr}: {e}"),
         );
@@ -129,7 +130,7 @@ pub(super) fn comment(
             Ok(FollowUp::default())
         }
         Command::Plan { env } => {
-            post_plans(inner, &record, env.as_deref())?;
+            post_plans(inner, &record, env.as_ref())?;
             Ok(FollowUp::default())
         }
         Command::Preview => {

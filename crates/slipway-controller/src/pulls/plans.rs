@@ -1,6 +1,7 @@
 //! The plan comment: every environment a pull request changes, planned at its head and posted
 //! as one comment (updated in place) with a `slipway/plan` commit status.
 
+use slipway_core::EnvName;
 use slipway_core::plan::{Action as Change, Plan};
 use slipway_core::render::EnvKind;
 use slipway_engine::EnvTarget;
@@ -48,14 +49,18 @@ pub(super) fn fetched_head(
 fn targets(
     stack: &slipway_core::stack::Stack,
     record: &PullRequestRecord,
-    only: Option<&str>,
+    only: Option<&EnvName>,
 ) -> Vec<EnvTarget> {
     let mut out = Vec::new();
-    for (name, def) in &stack.environments {
+    for (definition, def) in &stack.environments {
+        // A valid stack's environment keys are names; the loader refuses any other.
+        let Ok(name) = EnvName::parse(definition) else {
+            continue;
+        };
         if def.track.as_deref() == Some(record.base_ref.as_str()) {
             out.push(EnvTarget {
-                name: name.clone(),
-                definition: name.clone(),
+                name,
+                definition: definition.clone(),
                 kind: EnvKind::Static,
                 owner: None,
                 ttl: None,
@@ -69,7 +74,7 @@ fn targets(
             .find(|(_, d)| d.generate.as_ref().is_some_and(|g| g.pull_requests))
     {
         out.push(EnvTarget {
-            name: format!("pr-{}", record.number),
+            name: EnvName::pull_request(record.number),
             definition: family.clone(),
             kind: EnvKind::Generated,
             owner: Some(record.author.clone()),
@@ -77,7 +82,7 @@ fn targets(
         });
     }
     if let Some(only) = only {
-        out.retain(|t| t.name == only);
+        out.retain(|t| &t.name == only);
     }
     out
 }
@@ -87,7 +92,7 @@ fn targets(
 pub(crate) fn post_plans(
     inner: &Inner,
     record: &PullRequestRecord,
-    only: Option<&str>,
+    only: Option<&EnvName>,
 ) -> Result<(), ControllerError> {
     let setup = setup(inner)?;
     let forge = &setup.forge;
@@ -135,7 +140,7 @@ pub(crate) fn post_plans(
             });
             if targets.is_empty() {
                 plans.push(EnvPlan {
-                    env: only.unwrap_or("(none)").into(),
+                    env: only.map_or_else(|| "(none)".to_string(), EnvName::to_string),
                     summary_line: match only {
                         Some(env) => format!("`{env}` is not changed by this pull request"),
                         None => format!(
@@ -156,7 +161,7 @@ pub(crate) fn post_plans(
                     .map(|port| format!("http://{}.{}.localhost:{port}/", target.name, stack.name));
                 plans.push(match inner.engine.prepare(&origin, &target) {
                     Ok(prepared) => EnvPlan {
-                        env: target.name.clone(),
+                        env: target.name.to_string(),
                         summary_line: summary(&prepared.plan),
                         detail_text: detail(&prepared.plan),
                         error: None,
@@ -165,7 +170,7 @@ pub(crate) fn post_plans(
                             .flatten(),
                     },
                     Err(e) => EnvPlan {
-                        env: target.name.clone(),
+                        env: target.name.to_string(),
                         summary_line: "planning failed".into(),
                         detail_text: String::new(),
                         error: Some(e.to_string()),

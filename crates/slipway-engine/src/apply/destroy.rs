@@ -1,6 +1,7 @@
 //! Destroying an environment: every resource deleted, dependents first, on the one
 //! scheduler; then whatever its code left running, its files and its record.
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 
 use serde_json::json;
@@ -45,7 +46,7 @@ impl Engine {
     /// would break what still runs.
     pub(crate) fn delete_all(
         &self,
-        env: &str,
+        env: &EnvName,
         names: &[String],
         parallelism: usize,
         progress: &dyn Progress,
@@ -95,7 +96,7 @@ impl Engine {
         options: &DestroyOptions,
         progress: &dyn Progress,
     ) -> Result<ApplyReport, EngineError> {
-        let env = lock.environment().to_string();
+        let env = lock.environment().clone();
         let who = options.who.as_str();
         let _span = tracing::info_span!("destroy", environment = %env, who).entered();
         let Some(record) = self.store.environment(&env)? else {
@@ -135,11 +136,12 @@ impl Engine {
                 action: Action::Delete,
                 diff: Vec::new(),
                 reason: Some(Reason::Other("destroy".into())),
+                objects: Vec::new(),
             })
             .collect();
         let commit = record.commit.clone().unwrap_or_default();
         let plan = slipway_core::plan::Plan {
-            environment: env.clone(),
+            environment: env.to_string(),
             commit: commit.clone(),
             changes,
         };

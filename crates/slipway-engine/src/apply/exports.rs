@@ -2,6 +2,7 @@
 //! `envs/ENV/src/COMMIT` before its resources run from it, and an export no resource runs from
 //! any more is removed.
 
+use slipway_core::EnvName;
 use std::collections::BTreeSet;
 
 use slipway_providers::EnvDirs;
@@ -25,7 +26,7 @@ impl Engine {
     }
 
     /// Removes exports of commits no resource runs from any more.
-    pub(super) fn collect_exports(&self, env: &str) -> Result<(), EngineError> {
+    pub(super) fn collect_exports(&self, env: &EnvName) -> Result<(), EngineError> {
         let keep: BTreeSet<String> = self
             .store
             .resources(env)?

@@ -14,6 +14,7 @@ mod swap;
 
 pub use destroy::DestroyOptions;
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -151,7 +152,7 @@ pub struct ApplyReport {
     /// The deployment recorded.
     pub deployment: i64,
     /// The environment.
-    pub environment: String,
+    pub environment: EnvName,
     /// The commit.
     pub commit: String,
     /// Per resource, in plan order.
@@ -260,7 +261,7 @@ impl Engine {
         options: &ApplyOptions,
         progress: &dyn Progress,
     ) -> Result<ApplyReport, EngineError> {
-        let env = prepared.desired.environment.name.as_str();
+        let env = &prepared.desired.environment.name;
         if lock.environment() != env {
             return Err(EngineError::Usage(format!(
                 "the lock held is for `{}`, not `{env}`",
@@ -274,7 +275,7 @@ impl Engine {
         }
         let _span = tracing::info_span!(
             "apply",
-            environment = env,
+            environment = %env,
             commit = short(&prepared.commit.sha),
             who = %options.who,
         )
@@ -289,7 +290,7 @@ impl Engine {
         let plan_json =
             serde_json::to_value(&prepared.plan).expect("a plan is always serializable");
         let deployment = self.store.begin_deployment(&NewDeployment {
-            environment: env.to_string(),
+            environment: env.clone(),
             commit: prepared.commit.sha.clone(),
             hash: prepared.desired.hash.clone(),
             reference: Some(prepared.reference.clone()),
@@ -327,7 +328,7 @@ impl Engine {
         };
         let report = ApplyReport {
             deployment,
-            environment: env.to_string(),
+            environment: env.clone(),
             commit: prepared.commit.sha.clone(),
             results,
         };
@@ -384,7 +385,7 @@ impl Engine {
     /// Records that `deployment` of `env` failed with `message`, and the environment with it.
     fn record_failed_deployment(
         &self,
-        env: &str,
+        env: &EnvName,
         deployment: i64,
         message: &str,
         summary: &Json,
@@ -413,7 +414,7 @@ impl Engine {
         options: &ApplyOptions,
         progress: &dyn Progress,
     ) -> Vec<(String, Action, Outcome)> {
-        let env = prepared.desired.environment.name.as_str();
+        let env = &prepared.desired.environment.name;
         // Deletes first, dependents before what they depend on, several at once.
         let deletes: Vec<String> = prepared
             .plan
@@ -551,6 +552,10 @@ mod tests {
     use super::*;
     use crate::EngineConfig;
 
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("the test's environment names are DNS labels")
+    }
+
     /// An engine holding environment `dev` with one recorded `file` resource, `page`, whose
     /// recorded handle is `handle`.
     fn engine_with_page(home: &std::path::Path, handle: Json) -> Engine {
@@ -558,7 +563,7 @@ mod tests {
         engine
             .store
             .upsert_environment(&EnvironmentRecord {
-                name: "dev".into(),
+                name: env("dev"),
                 kind: EnvKind::Static,
                 stack: "shop".into(),
                 repo: String::new(),
@@ -582,7 +587,7 @@ mod tests {
         engine
             .store
             .put_resource(&ResourceRecord {
-                environment: "dev".into(),
+                environment: env("dev"),
                 name: "page".into(),
                 type_name: "file".into(),
                 status: ResourceStatus::Ready,
@@ -601,13 +606,13 @@ mod tests {
     }
 
     fn delete_page(engine: &Engine) -> Outcome {
-        let mut outcomes = engine.delete_all("dev", &["page".into()], 1, &());
+        let mut outcomes = engine.delete_all(&env("dev"), &["page".into()], 1, &());
         let (name, outcome) = outcomes.pop().expect("one outcome");
         assert_eq!(name, "page");
         assert_eq!(
             engine
                 .store
-                .resource("dev", "page")
+                .resource(&env("dev"), "page")
                 .expect("store")
                 .map(|r| r.status),
             Some(ResourceStatus::Failed),
@@ -629,7 +634,7 @@ mod tests {
         assert!(!retryable, "a configuration error is terminal");
         let report = ApplyReport {
             deployment: 1,
-            environment: "dev".into(),
+            environment: env("dev"),
             commit: String::new(),
             results: vec![
                 ("page".into(), Action::Delete, outcome),
@@ -658,7 +663,7 @@ mod tests {
         let home = tempfile::tempdir().expect("a temporary directory");
         let engine = engine_with_page(home.path(), Json::Null);
         // Where the provider keeps its marker there is a directory it cannot read as a file.
-        let run = engine.env_dirs("dev", "", "").run;
+        let run = engine.env_dirs(&env("dev"), "", "").run;
         std::fs::create_dir_all(run.join("page.file.json")).expect("a directory in the way");
         let outcome = delete_page(&engine);
         assert!(
@@ -673,7 +678,7 @@ mod tests {
         );
         let report = ApplyReport {
             deployment: 1,
-            environment: "dev".into(),
+            environment: env("dev"),
             commit: String::new(),
             results: vec![("page".into(), Action::Delete, outcome)],
         };

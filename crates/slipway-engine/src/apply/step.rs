@@ -1,6 +1,7 @@
 //! One resource's step: create, update or replace it (an exposed one is handed to `swap`),
 //! or delete it, recording each stage in the store before acting.
 
+use slipway_core::EnvName;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ impl Engine {
     pub(crate) fn resource_context<'a>(
         &'a self,
         stack: &'a str,
-        env: &'a str,
+        env: &'a EnvName,
         resource: &'a str,
         dirs: &'a EnvDirs,
         ports: &'a BTreeMap<String, u16>,
@@ -119,7 +120,7 @@ impl Engine {
         secret_outputs: &Secrets,
         options: &ApplyOptions,
     ) -> Result<(Json, Vec<String>), StepError> {
-        let env = prepared.desired.environment.name.as_str();
+        let env = &prepared.desired.environment.name;
         let desired = &prepared.desired.resources[&change.resource];
         let provider = self
             .registry
@@ -195,7 +196,7 @@ impl Engine {
         let sensitive = !resolved_all.secrets.is_empty();
         let resolved = resolved_all.config;
         let mut record = ResourceRecord {
-            environment: env.to_string(),
+            environment: env.clone(),
             name: change.resource.clone(),
             type_name: desired.type_name.clone(),
             status: if previous.is_some() {
@@ -324,7 +325,7 @@ impl Engine {
     }
 
     /// Deletes one recorded resource: marks it `deleting`, asks its provider, forgets it.
-    pub(crate) fn delete_resource(&self, env: &str, name: &str) -> Result<(), StepError> {
+    pub(crate) fn delete_resource(&self, env: &EnvName, name: &str) -> Result<(), StepError> {
         let Some(mut record) = self.store.resource(env, name)? else {
             return Ok(());
         };

@@ -38,7 +38,7 @@ impl Engine {
         envelope_of: impl Fn(Json) -> Json,
         redactor: &crate::secrets::Redactor,
     ) -> Result<(Json, Vec<String>), StepError> {
-        let env = prepared.desired.environment.name.as_str();
+        let env = &prepared.desired.environment.name;
         let fail = |record: &mut ResourceRecord, error: slipway_providers::ProviderError| {
             let error = StepError::from(error).redacted(redactor);
             // The old instance is still recorded as live and still serving.

@@ -39,6 +39,8 @@ use cluster::{Cluster, api_code, is_immutable};
 pub use cluster::{ClusterConfig, DEFAULT_CLUSTER_SCOPED};
 use health::Health;
 
+use slipway_core::plan::{Action, FieldChange, ObjectChange};
+
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 /// The `type:` this module implements.
@@ -183,8 +185,9 @@ struct Prepared {
 pub struct KubernetesProvider {
     clusters: BTreeMap<String, ClusterConfig>,
     instance_id: String,
-    /// `Some` until dropped: see the `Drop` impl.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Made on first use (an engine without a Kubernetes resource starts no thread); taken
+    /// when dropped: see the `Drop` impl.
+    runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
     connected: Mutex<HashMap<String, Cluster>>,
 }
 
@@ -216,24 +219,30 @@ fn failed(message: String, retry: Retry) -> ProviderError {
 }
 
 impl KubernetesProvider {
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime
-            .as_ref()
-            .expect("the runtime is taken only when the provider is dropped")
+    /// Runs `work` to completion on the provider's runtime. The provider's calls are
+    /// blocking (the engine calls providers from plain threads); one made from inside an
+    /// asynchronous context moves that worker aside for the wait instead of panicking.
+    fn block_on<F: std::future::Future>(&self, work: F) -> F::Output {
+        let runtime = self.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("slipway-kube")
+                .enable_all()
+                .build()
+                .expect("a tokio runtime with one worker thread can be built")
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| runtime.block_on(work)),
+            Err(_) => runtime.block_on(work),
+        }
     }
 
     /// A provider for `clusters`, labelling what it makes with this home's `instance_id`.
     pub fn new(clusters: BTreeMap<String, ClusterConfig>, instance_id: &str) -> Arc<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("slipway-kube")
-            .enable_all()
-            .build()
-            .expect("a tokio runtime with one worker thread can be built");
         Arc::new(KubernetesProvider {
             clusters,
             instance_id: instance_id.to_string(),
-            runtime: Some(runtime),
+            runtime: std::sync::OnceLock::new(),
             connected: Mutex::new(HashMap::new()),
         })
     }
@@ -257,7 +266,7 @@ impl KubernetesProvider {
                 Retry::Terminal,
             ));
         };
-        let cluster = self.runtime().block_on(Cluster::connect(name, config))?;
+        let cluster = self.block_on(Cluster::connect(name, config))?;
         self.connected
             .lock()
             .expect("not poisoned")
@@ -311,7 +320,7 @@ impl KubernetesProvider {
             namespace: &namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        let applied = self.runtime().block_on(run.apply_all(config, previous))?;
+        let applied = self.block_on(run.apply_all(config, previous))?;
         let inventory = Inventory {
             cluster: config.cluster.clone(),
             namespace: namespace.clone(),
@@ -893,6 +902,114 @@ impl Run<'_> {
         })
     }
 
+    /// What updating to `config` would do to each object: a server-side dry run of each
+    /// against its live object (so defaults and other managers' fields are no change), the
+    /// objects that would be pruned, and those an immutable field makes replace.
+    async fn preview(
+        &self,
+        config: &Config,
+        previous: &Inventory,
+    ) -> Result<Vec<ObjectChange>, ProviderError> {
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        let mut out = Vec::new();
+        let mut desired = BTreeSet::new();
+        for manifest in &config.manifests {
+            let object = &manifest.object;
+            let text = |p: &str| {
+                object
+                    .pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let shown = format!("{}/{}", text("/kind"), text("/metadata/name"));
+            let change = |action, diff, reason: Option<String>| ObjectChange {
+                object: shown.clone(),
+                source: Some(manifest.source.clone()),
+                action,
+                diff,
+                reason,
+            };
+            let probe = ObjectRef {
+                api_version: text("/apiVersion"),
+                kind: text("/kind"),
+                namespace: None,
+                name: text("/metadata/name"),
+            };
+            if self.discover(&probe, &manifest.source).await.is_err() {
+                out.push(change(
+                    Action::Create,
+                    Vec::new(),
+                    Some("its kind is served once its CRD is applied".into()),
+                ));
+                continue;
+            }
+            let prepared = self.prepare(manifest).await?;
+            desired.insert(prepared.reference.clone());
+            let api = self.api_for(&prepared.reference, &prepared.resource);
+            let what = format!("{}: dry-running {}", prepared.source, prepared.reference);
+            let Some(live) = api
+                .get_opt(&prepared.reference.name)
+                .await
+                .map_err(|e| self.cluster.error(&what, &e))?
+            else {
+                out.push(change(Action::Create, Vec::new(), None));
+                continue;
+            };
+            match api
+                .patch(
+                    &prepared.reference.name,
+                    &params,
+                    &Patch::Apply(&prepared.object),
+                )
+                .await
+            {
+                Ok(would) => {
+                    let live = comparable(serde_json::to_value(live).unwrap_or(Value::Null));
+                    let would = comparable(serde_json::to_value(would).unwrap_or(Value::Null));
+                    let mut diff = Vec::new();
+                    differences(&live, &would, String::new(), &mut diff);
+                    if prepared.reference.kind == "Secret" {
+                        for field in &mut diff {
+                            for value in [&mut field.before, &mut field.after].into_iter().flatten()
+                            {
+                                *value = json!("<redacted>");
+                            }
+                        }
+                    }
+                    if !diff.is_empty() {
+                        out.push(change(Action::Update, diff, None));
+                    }
+                }
+                Err(e) if is_immutable(&e) => {
+                    let field = match &e {
+                        kube::Error::Api(status) => immutable_field(&status.message),
+                        _ => None,
+                    };
+                    out.push(change(
+                        Action::Replace,
+                        Vec::new(),
+                        Some(match field {
+                            Some(field) => format!("`{field}` cannot change in place: replaced"),
+                            None => "an immutable field changes: replaced".into(),
+                        }),
+                    ));
+                }
+                Err(e) => return Err(self.cluster.error(&what, &e)),
+            }
+        }
+        for reference in previous.objects.iter().filter(|r| !desired.contains(*r)) {
+            out.push(ObjectChange {
+                object: reference.to_string(),
+                source: None,
+                action: Action::Delete,
+                diff: Vec::new(),
+                reason: None,
+            });
+        }
+        Ok(out)
+    }
+
     /// Deletes the inventory's cluster-scoped objects, then the namespace, and waits for it.
     async fn destroy(&self, inventory: Option<&Inventory>) -> Result<(), ProviderError> {
         let mut cluster_scoped: Vec<ObjectRef> = inventory
@@ -1004,6 +1121,46 @@ fn comparable(mut object: Value) -> Value {
     object
 }
 
+/// The field an API server's "field is immutable" message names: `spec.template` of
+/// `Job.batch "x" is invalid: spec.template: Invalid value: {...}: field is immutable`.
+fn immutable_field(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once(" is invalid: ")?;
+    let field = rest.split(':').next()?.trim();
+    (!field.is_empty() && !field.contains(' ')).then_some(field)
+}
+
+/// Every difference between `a` and `b`, by path.
+fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<FieldChange>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => differences(p, q, at, out),
+                    (p, q) => out.push(FieldChange {
+                        path: at,
+                        before: p.cloned(),
+                        after: q.cloned(),
+                        forces_replace: false,
+                    }),
+                }
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(FieldChange {
+            path,
+            before: Some(a.clone()),
+            after: Some(b.clone()),
+            forces_replace: false,
+        }),
+    }
+}
+
 /// The JSON path of the first difference between `a` and `b`, if any.
 fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
     match (a, b) {
@@ -1065,7 +1222,7 @@ impl Provider for Arc<KubernetesProvider> {
                     namespace: &inventory.namespace,
                     discovered: Mutex::new(HashMap::new()),
                 };
-                self.runtime().block_on(run.destroy(Some(&inventory)))
+                self.block_on(run.destroy(Some(&inventory)))
             }
             None => {
                 // An interrupted create: find what it left by its labels, on every cluster.
@@ -1074,7 +1231,6 @@ impl Provider for Arc<KubernetesProvider> {
                     let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
                     let api: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &resource);
                     let namespaces = self
-                        .runtime()
                         .block_on(api.list(&ListParams::default().labels(&self.selector(&ctx))))
                         .map_err(|e| cluster.error("listing namespaces", &e))?;
                     let mut names: Vec<String> = namespaces
@@ -1093,7 +1249,7 @@ impl Provider for Arc<KubernetesProvider> {
                             namespace: &namespace,
                             discovered: Mutex::new(HashMap::new()),
                         };
-                        self.runtime().block_on(run.destroy(None))?;
+                        self.block_on(run.destroy(None))?;
                     }
                 }
                 Ok(())
@@ -1116,7 +1272,32 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime().block_on(run.drift(config))
+        self.block_on(run.drift(config))
+    }
+
+    fn preview(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &Config,
+        live: &Value,
+    ) -> Result<Option<Vec<ObjectChange>>, ProviderError> {
+        let inventory = parse_inventory(live)?;
+        if inventory.cluster != config.cluster {
+            return Ok(None); // Another cluster: the whole set is replaced.
+        }
+        let cluster = self.cluster(&inventory.cluster)?;
+        let namespace = namespace_of(&ctx, config)?;
+        if namespace != inventory.namespace {
+            return Ok(None);
+        }
+        let run = Run {
+            provider: self,
+            cluster: &cluster,
+            ctx,
+            namespace: &inventory.namespace,
+            discovered: Mutex::new(HashMap::new()),
+        };
+        self.block_on(run.preview(config, &inventory)).map(Some)
     }
 
     fn wait_ready(
@@ -1143,7 +1324,7 @@ impl Provider for Arc<KubernetesProvider> {
             namespace: &inventory.namespace,
             discovered: Mutex::new(HashMap::new()),
         };
-        self.runtime().block_on(async {
+        self.block_on(async {
             loop {
                 let Some((reference, health)) = run.unhealthy(&inventory).await? else {
                     return Ok(());
@@ -1173,6 +1354,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_immutable_field_is_named_from_the_servers_message() {
+        let message = r#"Job.batch "once" is invalid: spec.template: Invalid value: {"labels":{"a":"b"}}: field is immutable"#;
+        assert_eq!(immutable_field(message), Some("spec.template"));
+        assert_eq!(immutable_field("something else"), None);
+    }
 
     #[test]
     fn kinds_go_in_helm_order_with_custom_resources_last() {

@@ -14,6 +14,8 @@ use slipway_providers::{EnvDirs, ProviderSettings, ResourceContext};
 /// One environment's directories in a temporary directory.
 pub struct TestEnv {
     _tmp: tempfile::TempDir,
+    /// The environment every context names: `qa`.
+    pub env: slipway_core::EnvName,
     pub dirs: EnvDirs,
     pub ports: BTreeMap<String, u16>,
     pub settings: ProviderSettings,
@@ -35,6 +37,7 @@ impl TestEnv {
         }
         TestEnv {
             _tmp: tmp,
+            env: slipway_core::EnvName::parse("qa").expect("`qa` is a name"),
             dirs,
             ports: BTreeMap::new(),
             settings: ProviderSettings {
@@ -47,7 +50,7 @@ impl TestEnv {
 
     pub fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
         ResourceContext {
-            environment: "qa",
+            environment: &self.env,
             stack: "shop",
             resource,
             dirs: &self.dirs,
