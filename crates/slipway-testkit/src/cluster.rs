@@ -22,7 +22,7 @@ pub struct Cluster {
     script: PathBuf,
 }
 
-fn script() -> PathBuf {
+fn script_path() -> PathBuf {
     std::env::var_os("SLIPWAY_TEST_CLUSTER_SCRIPT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -33,33 +33,25 @@ fn script() -> PathBuf {
 impl Cluster {
     /// Starts a new cluster with its state in `dir` (emptied first), owned by this process.
     pub fn start(dir: &Path) -> Cluster {
-        let script = script();
-        let _ = Command::new("bash")
-            .arg(&script)
-            .arg("down")
-            .arg(dir)
-            .output();
-        let _ = std::fs::remove_dir_all(dir);
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("up")
-            .arg(dir)
-            .arg("--owner")
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("bash runs scripts/test-cluster.sh");
-        assert!(
-            out.status.success(),
-            "scripts/test-cluster.sh up {} failed (it builds the control plane when \
-             missing: see docs/kubernetes.md)\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Cluster {
+        let cluster = Cluster {
             dir: dir.to_path_buf(),
-            script,
-        }
+            script: script_path(),
+        };
+        let _ = cluster.script("down", &[]);
+        let _ = std::fs::remove_dir_all(dir);
+        cluster.up();
+        cluster
+    }
+
+    /// `bash scripts/test-cluster.sh COMMAND DIR ARGS...`.
+    fn script(&self, command: &str, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(&self.script)
+            .arg(command)
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("bash runs scripts/test-cluster.sh")
     }
 
     /// The cluster every test of this test binary shares, started on first use under
@@ -93,12 +85,7 @@ impl Cluster {
 
     /// Stops the control plane (the data stays, so [`Cluster::up`] brings it back).
     pub fn down(&self) {
-        let out = Command::new("bash")
-            .arg(&self.script)
-            .arg("down")
-            .arg(&self.dir)
-            .output()
-            .expect("bash runs");
+        let out = self.script("down", &[]);
         assert!(
             out.status.success(),
             "{}",
@@ -106,19 +93,17 @@ impl Cluster {
         );
     }
 
-    /// Starts it again after [`Cluster::down`].
+    /// Starts it (again after [`Cluster::down`]), owned by this process: the script's
+    /// watchdog stops it when the test process ends, however it ends.
     pub fn up(&self) {
-        let out = Command::new("bash")
-            .arg(&self.script)
-            .arg("up")
-            .arg(&self.dir)
-            .arg("--owner")
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("bash runs");
+        let owner = std::process::id().to_string();
+        let out = self.script("up", &["--owner", &owner]);
         assert!(
             out.status.success(),
-            "{}",
+            "scripts/test-cluster.sh up {} failed (it builds the control plane when \
+             missing: see docs/kubernetes.md)\n{}{}",
+            self.dir.display(),
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -205,11 +190,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .arg("down")
-            .arg(&self.dir)
-            .output();
+        let _ = self.script("down", &[]);
     }
 }
 

@@ -313,13 +313,7 @@ impl KubernetesProvider {
     ) -> Result<Applied, ProviderError> {
         let cluster = self.cluster(&config.cluster)?;
         let namespace = namespace_of(&ctx, config)?;
-        let run = Run {
-            provider: self,
-            cluster: &cluster,
-            ctx,
-            namespace: &namespace,
-            discovered: Mutex::new(HashMap::new()),
-        };
+        let run = Run::new(self, &cluster, ctx, &namespace);
         let applied = self.block_on(run.apply_all(config, previous))?;
         let inventory = Inventory {
             cluster: config.cluster.clone(),
@@ -369,7 +363,22 @@ struct Run<'a> {
     discovered: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(
+        provider: &'a KubernetesProvider,
+        cluster: &'a Cluster,
+        ctx: ResourceContext<'a>,
+        namespace: &'a str,
+    ) -> Run<'a> {
+        Run {
+            provider,
+            cluster,
+            ctx,
+            namespace,
+            discovered: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn client(&self) -> kube::Client {
         self.cluster.client.clone()
     }
@@ -1215,13 +1224,7 @@ impl Provider for Arc<KubernetesProvider> {
             Some(live) => {
                 let inventory = parse_inventory(live)?;
                 let cluster = self.cluster(&inventory.cluster)?;
-                let run = Run {
-                    provider: self,
-                    cluster: &cluster,
-                    ctx,
-                    namespace: &inventory.namespace,
-                    discovered: Mutex::new(HashMap::new()),
-                };
+                let run = Run::new(self, &cluster, ctx, &inventory.namespace);
                 self.block_on(run.destroy(Some(&inventory)))
             }
             None => {
@@ -1242,13 +1245,7 @@ impl Provider for Arc<KubernetesProvider> {
                         names.push(String::new());
                     }
                     for namespace in names {
-                        let run = Run {
-                            provider: self,
-                            cluster: &cluster,
-                            ctx,
-                            namespace: &namespace,
-                            discovered: Mutex::new(HashMap::new()),
-                        };
+                        let run = Run::new(self, &cluster, ctx, &namespace);
                         self.block_on(run.destroy(None))?;
                     }
                 }
@@ -1265,13 +1262,7 @@ impl Provider for Arc<KubernetesProvider> {
     ) -> Result<Observation, ProviderError> {
         let inventory = parse_inventory(live)?;
         let cluster = self.cluster(&inventory.cluster)?;
-        let run = Run {
-            provider: self,
-            cluster: &cluster,
-            ctx,
-            namespace: &inventory.namespace,
-            discovered: Mutex::new(HashMap::new()),
-        };
+        let run = Run::new(self, &cluster, ctx, &inventory.namespace);
         self.block_on(run.drift(config))
     }
 
@@ -1290,13 +1281,7 @@ impl Provider for Arc<KubernetesProvider> {
         if namespace != inventory.namespace {
             return Ok(None);
         }
-        let run = Run {
-            provider: self,
-            cluster: &cluster,
-            ctx,
-            namespace: &inventory.namespace,
-            discovered: Mutex::new(HashMap::new()),
-        };
+        let run = Run::new(self, &cluster, ctx, &inventory.namespace);
         self.block_on(run.preview(config, &inventory)).map(Some)
     }
 
@@ -1317,13 +1302,7 @@ impl Provider for Arc<KubernetesProvider> {
             None => deadline,
         };
         let cluster = self.cluster(&inventory.cluster)?;
-        let run = Run {
-            provider: self,
-            cluster: &cluster,
-            ctx,
-            namespace: &inventory.namespace,
-            discovered: Mutex::new(HashMap::new()),
-        };
+        let run = Run::new(self, &cluster, ctx, &inventory.namespace);
         self.block_on(async {
             loop {
                 let Some((reference, health)) = run.unhealthy(&inventory).await? else {
