@@ -155,7 +155,7 @@ def k8s(args):
     commit_rev(repo, envs, "r0")
     base = [slipway, "--home", home, "--config", config]
     at = ["--repo", repo, "--ref", "main"]
-    version = sh(kubectl, "version", "-o", "json")
+    version = sh(kubectl, "--kubeconfig", kubeconfig, "version", "-o", "json")
     try:
         server = json.loads(version)["serverVersion"]["gitVersion"]
         client = json.loads(version)["clientVersion"]["gitVersion"]
@@ -206,7 +206,7 @@ def k8s(args):
             check(sw_ns, want, f"slipway {step}")
             check(kc_ns, want, f"kubectl {step}")
         # Untimed: both namespaces go, so that the cluster holds one round's objects at most.
-        run_checked(base + ["destroy", "--env", env, "--yes"] + at, 0)
+        run_checked(base + ["destroy", "--env", env, "--yes"], 0)
         run_checked(kc + ["delete", "namespace", kc_ns, "--wait=true"], 0)
 
 
@@ -283,7 +283,9 @@ def write(r):
         "the namespace, applies every object by server-side apply (field manager `slipway`) in "
         "kind order, one request after the other, lists what carries its labels for pruning, "
         "reads every object back for health, and records the deployment and its inventory. "
-        "`slipway plan` asks the API server for a server-side dry run of every object and "
+        "With nothing changed, `slipway apply` is its plan (below) finding no change, and sends "
+        "nothing; `kubectl apply` sends every object again (the API server then finds nothing "
+        "to change). `slipway plan` asks the API server for a server-side dry run of every object and "
         "compares it with the live object, as `kubectl diff --server-side` does. kubectl "
         "applies and diffs the files as they are, with no pruning, no health check and no "
         "record.\n")
