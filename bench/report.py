@@ -96,7 +96,9 @@ def main():
       "once with npm)\n"
       "BENCH_ONLY=serve,ui bench/run  # sections 3 and 8 (8 reuses 3's environments; "
       "CHROMEDRIVER=…\n"
-      "                               # and CHROMIUM=… override Debian's paths)\n```\n")
+      "                               # and CHROMIUM=… override Debian's paths)\n"
+      "BENCH_ONLY=k8s bench/run       # only section 9 (starts and stops a test cluster under "
+      "target/)\n```\n")
     w(f"This run took {int(args.elapsed) // 60} min {int(args.elapsed) % 60} s in all "
       "(build, setup and the untimed first applies and destroys included).\n")
 

@@ -41,7 +41,7 @@ def section(text, number):
 class Harness(unittest.TestCase):
     def test_every_command_bench_run_calls_exists(self):
         with open(os.path.join(BENCH, "run")) as f:
-            called = set(re.findall(r'"\$\{MEASURE\[@\]\}" ([a-z-]+)', f.read()))
+            called = set(re.findall(r'"\$\{MEASURE\[@\]\}" ([a-z0-9-]+)', f.read()))
         self.assertGreater(len(called), 15)
         self.assertEqual(called - set(measure.COMMANDS), set())
 
@@ -55,16 +55,30 @@ class Harness(unittest.TestCase):
                                       ("render", "s", 2e-5), ("rss-plan", "KiB", 3))]
         text = report(plan, only="plan")
         self.assertIn("| 2,000 |", section(text, 1))
-        for n in range(2, 9):
+        for n in range(2, 10):
             self.assertIn("*Not run in this run*", section(text, n), f"section {n}")
 
     def test_skipped_sections_say_why(self):
         notes = [{"label": f"{key}/skipped", "unit": "note", "samples": [],
-                  "reason": f"no {key} here"} for key in ("pg", "pr", "ui")]
+                  "reason": f"no {key} here"} for key in ("pg", "pr", "ui", "k8s")]
         text = report(notes)
-        for n, key in ((6, "pg"), (7, "pr"), (8, "ui")):
+        for n, key in ((6, "pg"), (7, "pr"), (8, "ui"), (9, "k8s")):
             self.assertIn(f"**Skipped in this run** — no {key} here", section(text, n))
             self.assertIn(f"not judged: section {n} skipped (no {key} here)", text)
+
+    def test_the_kubernetes_section_reports_ratios(self):
+        recs = [{"label": "k8s/setup", "unit": "note", "samples": [], "n": 200,
+                 "kinds": {"ConfigMap": 40, "Secret": 40}, "server": "v1.34.4",
+                 "client": "v1.32.0"}]
+        for step, s, k in (("create", 2.0, 4.0), ("reapply", 1.0, 4.0), ("plan", 0.5, 1.0),
+                           ("update", 1.5, 3.0)):
+            recs += [{"label": f"k8s/{step}/slipway", "unit": "s", "samples": [s], "cpu": [0.1]},
+                     {"label": f"k8s/{step}/kubectl", "unit": "s", "samples": [k], "cpu": [0.2]}]
+        text = report(recs, only="k8s")
+        self.assertIn("| first apply: create the namespace and N objects | 2.00 s | 4.00 s | "
+                      "**0.50×** |", section(text, 9))
+        self.assertIn("plan 500 ms vs 1.00 s: **0.50×**", text)
+        self.assertIn("kube-apiserver v1.34.4", text)
 
 
 if __name__ == "__main__":
