@@ -630,3 +630,24 @@ fn kill_9_of_the_cli_during_an_apply_of_50_objects_leaves_nothing_orphaned() {
     );
     assert_eq!(resource_app(&s, "dev")["outputs"]["objects"], 40);
 }
+
+#[test]
+fn a_manifest_the_servers_schema_refuses_fails_with_the_servers_reason() {
+    let k = cluster();
+    let s = sandbox(k);
+    s.write("slipway.yaml", &stack("kschema", ""))
+        .write(
+            "k8s/bad.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: bad }\ndata: { count: 3 }\n",
+        )
+        .commit("a config map whose value is a number, not a string");
+    let out = s.run(&["apply", "--env", "dev", "--yes"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out) + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("k8s/bad.yaml:1:1") && err.contains("expected string"),
+        "the manifest's place and the server's reason: {err}"
+    );
+    assert!(k.get("kschema-dev", "configmap", "bad").is_none());
+    assert_eq!(resource_app(&s, "dev")["status"], "failed");
+}

@@ -132,17 +132,10 @@ impl Cluster {
     /// the API server's own message.
     pub(crate) fn error(&self, what: &str, error: &kube::Error) -> ProviderError {
         let (message, retry) = match error {
-            kube::Error::Api(status) => {
-                let retry = if status.code >= 500 || status.code == 429 || status.code == 409 {
-                    Retry::Retryable
-                } else {
-                    Retry::Terminal
-                };
-                (
-                    format!("{what}: {} ({})", status.message, status.code),
-                    retry,
-                )
-            }
+            kube::Error::Api(status) => (
+                format!("{what}: {} ({})", status.message, status.code),
+                retry_of(status.code, &status.message),
+            ),
             kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => (
                 format!(
                     "{what}: the cluster `{}` at {} does not answer: {error}",
@@ -167,6 +160,19 @@ impl Cluster {
             log_tail: None,
             retry,
         }
+    }
+}
+
+/// Whether an API server's refusal may go away: its 5xx, 429 (throttled) and 409 (a
+/// conflict with a concurrent write) may; its 4xx do not, and neither does the 500 with which
+/// server-side apply answers a manifest its schema refuses (an unknown field, a string where
+/// a number goes).
+fn retry_of(code: u16, message: &str) -> Retry {
+    let refused = message.contains("failed to create typed patch object");
+    if !refused && (code >= 500 || code == 429 || code == 409) {
+        Retry::Retryable
+    } else {
+        Retry::Terminal
     }
 }
 
@@ -214,6 +220,24 @@ mod tests {
                 .unwrap_err()
                 .contains("not set")
         );
+    }
+
+    #[test]
+    fn a_manifest_the_schema_refuses_is_not_retried() {
+        let schema = "failed to create typed patch object (/v1, Kind=ConfigMap): .data.x: \
+                      expected string, got &value.valueUnstructured{Value:1}";
+        assert_eq!(retry_of(500, schema), Retry::Terminal);
+        assert_eq!(
+            retry_of(500, "etcdserver: request timed out"),
+            Retry::Retryable
+        );
+        assert_eq!(
+            retry_of(503, "the server is shutting down"),
+            Retry::Retryable
+        );
+        assert_eq!(retry_of(429, "too many requests"), Retry::Retryable);
+        assert_eq!(retry_of(422, "field is immutable"), Retry::Terminal);
+        assert_eq!(retry_of(403, "forbidden"), Retry::Terminal);
     }
 
     #[test]
