@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
@@ -171,6 +172,29 @@ pub struct Inventory {
     pub namespace: String,
     /// Every object applied, the namespace excepted.
     pub objects: Vec<ObjectRef>,
+}
+
+/// How many requests one apply, plan or health check keeps in flight to the API server.
+const IN_FLIGHT: usize = 16;
+
+/// What a server-side dry run of one manifest object found.
+enum DryRun {
+    /// Its kind is not served (its CRD is not applied yet, or was deleted).
+    NotServed(ObjectRef),
+    /// It does not exist.
+    Missing(Prepared),
+    /// The server refuses the change in place.
+    Immutable {
+        prepared: Prepared,
+        /// The field, when the server's message names it.
+        field: Option<String>,
+    },
+    /// The live object and what applying would make of it, without the server's own fields.
+    Compared {
+        prepared: Prepared,
+        live: Value,
+        would: Value,
+    },
 }
 
 /// An object ready to send: resolved against discovery, labelled, placed.
@@ -716,12 +740,25 @@ impl<'a> Run<'a> {
             prepared.push(self.prepare(manifest).await?);
         }
         prepared.sort_by_key(|p| rank(&p.reference.kind));
-        for object in prepared {
-            if object.reference.namespace.is_none() {
-                self.check_owner(&object).await?;
+        // One kind's objects (one rank) at a time, in order; within it, several requests in
+        // flight, as nothing of one rank waits for another of the same.
+        let mut rest = prepared.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let level = rank(&first.reference.kind);
+            let mut group = vec![first];
+            while let Some(next) = rest.next_if(|p| rank(&p.reference.kind) == level) {
+                group.push(next);
             }
-            self.send(&object).await?;
-            applied.push(object);
+            stream::iter(group.iter().map(|object| async move {
+                if object.reference.namespace.is_none() {
+                    self.check_owner(object).await?;
+                }
+                self.send(object).await
+            }))
+            .buffered(IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
+            applied.extend(group);
         }
         let mut seen = BTreeSet::new();
         for object in &applied {
@@ -819,25 +856,93 @@ impl<'a> Run<'a> {
         &self,
         inventory: &Inventory,
     ) -> Result<Option<(ObjectRef, Health)>, ProviderError> {
-        for reference in &inventory.objects {
-            let (resource, _) = self.discover(reference, "health").await?;
-            let live = self
-                .api_for(reference, &resource)
-                .get_opt(&reference.name)
-                .await
-                .map_err(|e| self.cluster.error(&format!("reading {reference}"), &e))?;
-            let health = match live {
-                None => Health::InProgress("it does not exist".into()),
-                Some(live) => health::of(
-                    &reference.kind,
-                    &serde_json::to_value(live).unwrap_or(Value::Null),
-                ),
-            };
-            if health != Health::Current {
-                return Ok(Some((reference.clone(), health)));
-            }
+        let healths: Vec<(ObjectRef, Health)> =
+            stream::iter(inventory.objects.iter().map(|reference| async move {
+                let (resource, _) = self.discover(reference, "health").await?;
+                let live = self
+                    .api_for(reference, &resource)
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(|e| self.cluster.error(&format!("reading {reference}"), &e))?;
+                let health = match live {
+                    None => Health::InProgress("it does not exist".into()),
+                    Some(live) => health::of(
+                        &reference.kind,
+                        &serde_json::to_value(live).unwrap_or(Value::Null),
+                    ),
+                };
+                Ok::<_, ProviderError>((reference.clone(), health))
+            }))
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(healths
+            .into_iter()
+            .find(|(_, health)| *health != Health::Current))
+    }
+
+    /// A server-side dry run of one manifest object against its live object.
+    async fn dry_run(&self, manifest: &Manifest) -> Result<DryRun, ProviderError> {
+        let object = &manifest.object;
+        let text = |p: &str| {
+            object
+                .pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let probe = ObjectRef {
+            api_version: text("/apiVersion"),
+            kind: text("/kind"),
+            namespace: None,
+            name: text("/metadata/name"),
+        };
+        if self.discover(&probe, &manifest.source).await.is_err() {
+            return Ok(DryRun::NotServed(probe));
         }
-        Ok(None)
+        let prepared = self.prepare(manifest).await?;
+        let api = self.api_for(&prepared.reference, &prepared.resource);
+        let what = format!("{}: dry-running {}", prepared.source, prepared.reference);
+        let Some(live) = api
+            .get_opt(&prepared.reference.name)
+            .await
+            .map_err(|e| self.cluster.error(&what, &e))?
+        else {
+            return Ok(DryRun::Missing(prepared));
+        };
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        match api
+            .patch(
+                &prepared.reference.name,
+                &params,
+                &Patch::Apply(&prepared.object),
+            )
+            .await
+        {
+            Ok(would) => Ok(DryRun::Compared {
+                live: comparable(serde_json::to_value(live).unwrap_or(Value::Null)),
+                would: comparable(serde_json::to_value(would).unwrap_or(Value::Null)),
+                prepared,
+            }),
+            Err(e) if is_immutable(&e) => {
+                let field = match &e {
+                    kube::Error::Api(status) => {
+                        immutable_field(&status.message).map(str::to_string)
+                    }
+                    _ => None,
+                };
+                Ok(DryRun::Immutable { prepared, field })
+            }
+            Err(e) => Err(self.cluster.error(&what, &e)),
+        }
+    }
+
+    /// [`Run::dry_run`] of every object of `config`, several in flight, in their order.
+    async fn dry_run_all(&self, config: &Config) -> Result<Vec<DryRun>, ProviderError> {
+        stream::iter(config.manifests.iter().map(|m| self.dry_run(m)))
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     /// What differs between the live objects and what applying `config` again would make
@@ -857,49 +962,37 @@ impl<'a> Run<'a> {
                 reason: format!("namespace `{}` is gone", self.namespace),
             });
         }
-        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
         let mut reasons = Vec::new();
-        for manifest in &config.manifests {
-            let prepared = self.prepare(manifest).await?;
-            let api = self.api_for(&prepared.reference, &prepared.resource);
-            let live = api.get_opt(&prepared.reference.name).await.map_err(|e| {
-                self.cluster
-                    .error(&format!("reading {}", prepared.reference), &e)
-            })?;
-            let Some(live) = live else {
-                return Ok(Observation::Missing {
-                    reason: format!("{} is gone", prepared.reference),
-                });
-            };
-            let would = match api
-                .patch(
-                    &prepared.reference.name,
-                    &params,
-                    &Patch::Apply(&prepared.object),
-                )
-                .await
-            {
-                Ok(would) => would,
-                Err(e) if is_immutable(&e) => {
+        for result in self.dry_run_all(config).await? {
+            match result {
+                DryRun::NotServed(probe) => {
+                    return Ok(Observation::Missing {
+                        reason: format!("{} is no longer served by the cluster", probe.kind),
+                    });
+                }
+                DryRun::Missing(prepared) => {
+                    return Ok(Observation::Missing {
+                        reason: format!("{} is gone", prepared.reference),
+                    });
+                }
+                DryRun::Immutable { prepared, .. } => {
                     reasons.push(format!(
                         "{}: an immutable field differs",
                         prepared.reference
                     ));
-                    continue;
                 }
-                Err(e) => {
-                    return Err(self
-                        .cluster
-                        .error(&format!("dry-running {}", prepared.reference), &e));
+                DryRun::Compared {
+                    prepared,
+                    live,
+                    would,
+                } => {
+                    if let Some(path) = first_difference(&live, &would, String::new()) {
+                        reasons.push(format!(
+                            "{}: {path} changed outside Slipway",
+                            prepared.reference
+                        ));
+                    }
                 }
-            };
-            let live = comparable(serde_json::to_value(live).unwrap_or(Value::Null));
-            let would = comparable(serde_json::to_value(would).unwrap_or(Value::Null));
-            if let Some(path) = first_difference(&live, &would, String::new()) {
-                reasons.push(format!(
-                    "{}: {path} changed outside Slipway",
-                    prepared.reference
-                ));
             }
         }
         Ok(if reasons.is_empty() {
@@ -919,63 +1012,51 @@ impl<'a> Run<'a> {
         config: &Config,
         previous: &Inventory,
     ) -> Result<Vec<ObjectChange>, ProviderError> {
-        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
         let mut out = Vec::new();
         let mut desired = BTreeSet::new();
-        for manifest in &config.manifests {
-            let object = &manifest.object;
-            let text = |p: &str| {
-                object
-                    .pointer(p)
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let shown = format!("{}/{}", text("/kind"), text("/metadata/name"));
-            let change = |action, diff, reason: Option<String>| ObjectChange {
-                object: shown.clone(),
-                source: Some(manifest.source.clone()),
-                action,
-                diff,
-                reason,
-            };
-            let probe = ObjectRef {
-                api_version: text("/apiVersion"),
-                kind: text("/kind"),
-                namespace: None,
-                name: text("/metadata/name"),
-            };
-            if self.discover(&probe, &manifest.source).await.is_err() {
-                out.push(change(
+        for (manifest, result) in config.manifests.iter().zip(self.dry_run_all(config).await?) {
+            let object =
+                |reference: &ObjectRef, action, diff, reason: Option<String>| ObjectChange {
+                    object: reference.to_string(),
+                    source: Some(manifest.source.clone()),
+                    action,
+                    diff,
+                    reason,
+                };
+            match result {
+                DryRun::NotServed(probe) => out.push(object(
+                    &probe,
                     Action::Create,
                     Vec::new(),
                     Some("its kind is served once its CRD is applied".into()),
-                ));
-                continue;
-            }
-            let prepared = self.prepare(manifest).await?;
-            desired.insert(prepared.reference.clone());
-            let api = self.api_for(&prepared.reference, &prepared.resource);
-            let what = format!("{}: dry-running {}", prepared.source, prepared.reference);
-            let Some(live) = api
-                .get_opt(&prepared.reference.name)
-                .await
-                .map_err(|e| self.cluster.error(&what, &e))?
-            else {
-                out.push(change(Action::Create, Vec::new(), None));
-                continue;
-            };
-            match api
-                .patch(
-                    &prepared.reference.name,
-                    &params,
-                    &Patch::Apply(&prepared.object),
-                )
-                .await
-            {
-                Ok(would) => {
-                    let live = comparable(serde_json::to_value(live).unwrap_or(Value::Null));
-                    let would = comparable(serde_json::to_value(would).unwrap_or(Value::Null));
+                )),
+                DryRun::Missing(prepared) => {
+                    out.push(object(
+                        &prepared.reference,
+                        Action::Create,
+                        Vec::new(),
+                        None,
+                    ));
+                    desired.insert(prepared.reference);
+                }
+                DryRun::Immutable { prepared, field } => {
+                    let why = match field {
+                        Some(field) => format!("`{field}` cannot change in place: replaced"),
+                        None => "an immutable field changes: replaced".into(),
+                    };
+                    out.push(object(
+                        &prepared.reference,
+                        Action::Replace,
+                        Vec::new(),
+                        Some(why),
+                    ));
+                    desired.insert(prepared.reference);
+                }
+                DryRun::Compared {
+                    prepared,
+                    live,
+                    would,
+                } => {
                     let mut diff = Vec::new();
                     differences(&live, &would, String::new(), &mut diff);
                     if prepared.reference.kind == "Secret" {
@@ -987,24 +1068,10 @@ impl<'a> Run<'a> {
                         }
                     }
                     if !diff.is_empty() {
-                        out.push(change(Action::Update, diff, None));
+                        out.push(object(&prepared.reference, Action::Update, diff, None));
                     }
+                    desired.insert(prepared.reference);
                 }
-                Err(e) if is_immutable(&e) => {
-                    let field = match &e {
-                        kube::Error::Api(status) => immutable_field(&status.message),
-                        _ => None,
-                    };
-                    out.push(change(
-                        Action::Replace,
-                        Vec::new(),
-                        Some(match field {
-                            Some(field) => format!("`{field}` cannot change in place: replaced"),
-                            None => "an immutable field changes: replaced".into(),
-                        }),
-                    ));
-                }
-                Err(e) => return Err(self.cluster.error(&what, &e)),
             }
         }
         for reference in previous.objects.iter().filter(|r| !desired.contains(*r)) {
