@@ -205,6 +205,18 @@ struct Prepared {
     object: Value,
 }
 
+impl Prepared {
+    /// Server-side applies the object through `api` with `params` (a dry run or not).
+    async fn apply_with(
+        &self,
+        api: &Api<DynamicObject>,
+        params: &PatchParams,
+    ) -> Result<DynamicObject, kube::Error> {
+        api.patch(&self.reference.name, params, &Patch::Apply(&self.object))
+            .await
+    }
+}
+
 /// The `kubernetes.manifests` provider over the clusters of the engine configuration.
 pub struct KubernetesProvider {
     clusters: BTreeMap<String, ClusterConfig>,
@@ -622,25 +634,14 @@ impl<'a> Run<'a> {
         let api = self.api_for(&prepared.reference, &prepared.resource);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let what = format!("{}: applying {}", prepared.source, prepared.reference);
-        match api
-            .patch(
-                &prepared.reference.name,
-                &params,
-                &Patch::Apply(&prepared.object),
-            )
-            .await
-        {
+        match prepared.apply_with(&api, &params).await {
             Ok(applied) => Ok(serde_json::to_value(applied).unwrap_or(Value::Null)),
             Err(e) if is_immutable(&e) => {
                 tracing::info!(object = %prepared.reference, "an immutable field changed: replacing");
                 self.delete_and_wait(&prepared.reference, &prepared.resource)
                     .await?;
-                let applied = api
-                    .patch(
-                        &prepared.reference.name,
-                        &params,
-                        &Patch::Apply(&prepared.object),
-                    )
+                let applied = prepared
+                    .apply_with(&api, &params)
                     .await
                     .map_err(|e| self.cluster.error(&what, &e))?;
                 Ok(serde_json::to_value(applied).unwrap_or(Value::Null))
@@ -911,14 +912,7 @@ impl<'a> Run<'a> {
             return Ok(DryRun::Missing(prepared));
         };
         let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-        match api
-            .patch(
-                &prepared.reference.name,
-                &params,
-                &Patch::Apply(&prepared.object),
-            )
-            .await
-        {
+        match prepared.apply_with(&api, &params).await {
             Ok(would) => Ok(DryRun::Compared {
                 live: comparable(serde_json::to_value(live).unwrap_or(Value::Null)),
                 would: comparable(serde_json::to_value(would).unwrap_or(Value::Null)),
