@@ -651,3 +651,45 @@ fn a_manifest_the_servers_schema_refuses_fails_with_the_servers_reason() {
     assert!(k.get("kschema-dev", "configmap", "bad").is_none());
     assert_eq!(resource_app(&s, "dev")["status"], "failed");
 }
+
+#[test]
+fn the_controller_deploys_and_repairs_drift_by_another_manager_by_itself() {
+    let k = cluster();
+    let s = sandbox(k);
+    let mut config = std::fs::read_to_string(&s.config).expect("the engine config");
+    config.push_str("[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"1s\"\n");
+    std::fs::write(&s.config, config).expect("write the engine config");
+    s.write(
+        "slipway.yaml",
+        &stack("kheal", "").replace(
+            "  qa: { track: main, variables: { greeting: bonjour } }\n",
+            "",
+        ),
+    )
+    .write("k8s/settings.yaml", SETTINGS)
+    .commit("settings, deployed by the controller");
+    let _serve = util::start_serve(&s);
+    let greeting = || {
+        k.get("kheal-dev", "configmap", "settings")
+            .and_then(|cm| cm["data"]["greeting"].as_str().map(str::to_string))
+    };
+    wait_for(
+        "the controller applies dev",
+        Duration::from_secs(60),
+        || greeting().filter(|g| g == "hello from dev"),
+    );
+    k.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        "kheal-dev",
+        "-p",
+        r#"{"data":{"greeting":"hacked"}}"#,
+    ]);
+    wait_for(
+        "self-heal takes the field back within a few drift intervals",
+        Duration::from_secs(60),
+        || greeting().filter(|g| g == "hello from dev"),
+    );
+}
