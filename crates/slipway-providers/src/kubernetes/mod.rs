@@ -980,7 +980,7 @@ impl<'a> Run<'a> {
                     live,
                     would,
                 } => {
-                    if let Some(path) = first_difference(&live, &would, String::new()) {
+                    if let Some(path) = first_difference(&live, &would) {
                         reasons.push(format!(
                             "{}: {path} changed outside Slipway",
                             prepared.reference
@@ -1199,21 +1199,24 @@ fn immutable_field(message: &str) -> Option<&str> {
     (!field.is_empty() && !field.contains(' ')).then_some(field)
 }
 
-/// Every difference between `a` and `b`, by path.
+/// Every difference between `a` and `b`, by path (`spec.replicas`, `spec.containers[0].image`):
+/// what a plan shows per object, and the first of which names drift.
 fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<FieldChange>) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                let at = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
                 match (x.get(k), y.get(k)) {
-                    (Some(p), Some(q)) => differences(p, q, at, out),
+                    (Some(p), Some(q)) => differences(p, q, join(k), out),
                     (p, q) => out.push(FieldChange {
-                        path: at,
+                        path: join(k),
                         before: p.cloned(),
                         after: q.cloned(),
                         forces_replace: false,
@@ -1221,9 +1224,14 @@ fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<FieldChange>) {
                 }
             }
         }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                differences(p, q, format!("{path}[{i}]"), out);
+            }
+        }
         _ if a == b => {}
         _ => out.push(FieldChange {
-            path,
+            path: if path.is_empty() { ".".into() } else { path },
             before: Some(a.clone()),
             after: Some(b.clone()),
             forces_replace: false,
@@ -1231,29 +1239,11 @@ fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<FieldChange>) {
     }
 }
 
-/// The JSON path of the first difference between `a` and `b`, if any.
-fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
-                (Some(p), Some(q)) => first_difference(p, q, format!("{path}.{k}")),
-                _ => Some(format!("{path}.{k}")),
-            })
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (p, q))| first_difference(p, q, format!("{path}[{i}]"))),
-        _ if a == b => None,
-        _ => Some(if path.is_empty() {
-            ".".into()
-        } else {
-            path.trim_start_matches('.').to_string()
-        }),
-    }
-    .map(|p| p.trim_start_matches('.').to_string())
+/// The path of the first difference between `a` and `b`, if any.
+fn first_difference(a: &Value, b: &Value) -> Option<String> {
+    let mut all = Vec::new();
+    differences(a, b, String::new(), &mut all);
+    all.into_iter().next().map(|change| change.path)
 }
 
 impl Provider for Arc<KubernetesProvider> {
@@ -1419,9 +1409,9 @@ mod tests {
         let would = comparable(json!({"metadata": {"name": "a", "resourceVersion": "2"},
             "spec": {"replicas": 1, "template": {"x": [1, 2]}}}));
         assert_eq!(
-            first_difference(&live, &would, String::new()).as_deref(),
+            first_difference(&live, &would).as_deref(),
             Some("spec.replicas")
         );
-        assert_eq!(first_difference(&live, &live, String::new()), None);
+        assert_eq!(first_difference(&live, &live), None);
     }
 }
