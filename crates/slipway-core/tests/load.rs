@@ -17,6 +17,10 @@ impl Files for MapFiles {
     fn read(&self, path: &str) -> Result<String, FileError> {
         self.0.get(path).cloned().ok_or(FileError::NotFound)
     }
+
+    fn list(&self) -> Result<Vec<String>, FileError> {
+        Ok(self.0.keys().cloned().collect())
+    }
 }
 
 fn one(text: &str) -> MapFiles {
@@ -199,5 +203,35 @@ fn secret_problems_are_located() {
             && t.contains("secret `tokn` is not set")
             && t.contains("did you mean `token`")),
         "{text:#?}"
+    );
+}
+
+#[test]
+fn a_branch_cannot_make_the_loader_read_gigabytes_of_manifests() {
+    // Files of 4 MiB each (the engine's limit per file) until the resource's budget is
+    // passed: the files past it are not parsed, and the stack is refused with why.
+    let object = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\ndata: { a: b }\n# ";
+    let padding = "x".repeat(4 * 1024 * 1024 - object.len() - 1);
+    let big = format!("{object}{padding}\n");
+    let mut files = one(
+        "version: 1\nstack: shop\nenvironments: { dev: { track: main } }\nresources:\n  app: { type: kubernetes.manifests, cluster: main, manifests: [\"k8s/*.yaml\"] }\n",
+    );
+    for i in 0..9 {
+        files.0.insert(format!("k8s/{i}.yaml"), big.clone());
+    }
+    let loaded = load(&files, "slipway.yaml", &LoadLimits::default());
+    let errors: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("more than 32 MiB of manifests")),
+        "{errors:?}"
+    );
+    files.0.retain(|path, _| !path.starts_with("k8s/") || path.as_str() < "k8s/7");
+    let loaded = load(&files, "slipway.yaml", &LoadLimits::default());
+    assert!(
+        !loaded.has_errors(),
+        "seven files fit: {:?}",
+        loaded.diagnostics
     );
 }

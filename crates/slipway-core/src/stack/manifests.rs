@@ -21,6 +21,9 @@ use crate::yaml::{self, Node, Value};
 pub const MAX_OBJECTS: usize = 5_000;
 /// Most manifest files one resource may read.
 pub const MAX_FILES: usize = 1_000;
+/// Most bytes of manifests one resource may read, all files together: whoever pushes a
+/// branch chooses the globs, and must not make the controller parse gigabytes.
+pub const MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// A manifest object's keys holding where it was written and the object itself.
 pub const SOURCE: &str = "source";
@@ -71,8 +74,21 @@ pub(super) fn expand(
             };
             let chosen = matching_files(cx, node, base, paths, field.name);
             let mut objects = Vec::new();
+            let mut budget = MAX_BYTES;
             for path in chosen {
-                read_objects(cx, files, &path, limits, &mut objects);
+                if !read_objects(cx, files, &path, limits, &mut budget, &mut objects) {
+                    cx.file = res.location.file.clone();
+                    cx.err(
+                        node.pos,
+                        format!(
+                            "`{}` names more than {} MiB of manifests",
+                            field.name,
+                            MAX_BYTES >> 20
+                        ),
+                        Some("split them over several resources"),
+                    );
+                    break;
+                }
                 if objects.len() > MAX_OBJECTS {
                     cx.file = res.location.file.clone();
                     cx.err(
@@ -178,22 +194,28 @@ fn is_manifest(path: &str) -> bool {
 }
 
 /// Reads the YAML documents of `path` as objects, each checked to be one Kubernetes object
-/// (`apiVersion`, `kind`, `metadata.name`).
+/// (`apiVersion`, `kind`, `metadata.name`), taking its size from `budget`. `false` when the
+/// budget does not hold the file: it is then not parsed.
 fn read_objects(
     cx: &mut Cx,
     files: &dyn Files,
     path: &str,
     limits: &LoadLimits,
+    budget: &mut usize,
     out: &mut Vec<Node>,
-) {
+) -> bool {
     cx.file = path.to_string();
     let text = match files.read(path) {
         Ok(text) => text,
         Err(e) => {
             cx.diags.push(file_error(path, Pos::new(1, 1), path, &e));
-            return;
+            return true;
         }
     };
+    let Some(left) = budget.checked_sub(text.len()) else {
+        return false;
+    };
+    *budget = left;
     let (docs, errors) = yaml::parse_documents(&text, limits.yaml);
     for e in errors {
         cx.err(e.pos, e.message, e.hint.as_deref());
@@ -219,6 +241,7 @@ fn read_objects(
             quoted: false,
         });
     }
+    true
 }
 
 /// Why `doc` is not one Kubernetes object, if it is not.
