@@ -227,7 +227,9 @@ fn a_branch_cannot_make_the_loader_read_gigabytes_of_manifests() {
             .any(|e| e.contains("more than 32 MiB of manifests")),
         "{errors:?}"
     );
-    files.0.retain(|path, _| !path.starts_with("k8s/") || path.as_str() < "k8s/7");
+    files
+        .0
+        .retain(|path, _| !path.starts_with("k8s/") || path.as_str() < "k8s/7");
     let loaded = load(&files, "slipway.yaml", &LoadLimits::default());
     assert!(
         !loaded.has_errors(),
