@@ -47,7 +47,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{ProviderError, ResourceContext};
 
@@ -56,7 +58,7 @@ pub use names::{MAX_NAME_BYTES, Names, names};
 pub use role::{RoleConfig, RoleProvider};
 pub use sql::redact_url;
 
-use sql::Server;
+use sql::{Server, Session};
 
 /// The PostgreSQL servers that `postgres.*` resources may use, by the `NAME` of their
 /// `[postgres.NAME]` section in the engine config, and the id of this Slipway home.
@@ -204,6 +206,41 @@ impl PgServers {
         }
     }
 
+    /// The server an update works on: the recorded one, or `None` when the resource's
+    /// `server:` now names another one, which makes the update a delete and a create.
+    fn unmoved(
+        &self,
+        type_name: &str,
+        requested: Option<&str>,
+        recorded: &str,
+    ) -> Result<Option<Server>, ProviderError> {
+        let server = self.choose(type_name, requested)?;
+        Ok((server.name == recorded).then_some(server))
+    }
+
+    /// Drops what a resource may have left: `drop` gets a session on each server a delete must
+    /// look at (the recorded `(server, target)` first, then those the record of intent names,
+    /// with the target `current` gives for a create there) and the resource's marker; then the
+    /// record of intent goes.
+    fn delete_each<T: Clone + PartialEq>(
+        &self,
+        ctx: ResourceContext<'_>,
+        type_name: &str,
+        recorded: Option<(String, T)>,
+        current: impl FnOnce(&Names) -> T,
+        mut drop: impl FnMut(&mut Session<'_>, &T, &str) -> Result<(), ProviderError>,
+    ) -> Result<(), ProviderError> {
+        let names = self.names(ctx);
+        let marker = self.marker(ctx);
+        let targets = Intent::delete_targets(ctx, &names, type_name, recorded, &current(&names))?;
+        for (server, target) in &targets {
+            let server = self.recorded(type_name, server)?;
+            let mut s = server.connect()?;
+            drop(&mut s, target, &marker)?;
+        }
+        Intent::remove(ctx, &names, type_name)
+    }
+
     /// The names of the objects of the resource `ctx` is about.
     fn names(&self, ctx: ResourceContext<'_>) -> Names {
         names(&self.instance_id, ctx.environment, ctx.resource)
@@ -216,6 +253,12 @@ impl PgServers {
             self.instance_id, ctx.environment, ctx.resource
         )
     }
+}
+
+/// Reads the live record a `create` or `update` of `type_name` wrote.
+fn parse_live<T: DeserializeOwned>(type_name: &str, live: &Value) -> Result<T, ProviderError> {
+    T::deserialize(live)
+        .map_err(|e| ProviderError::Config(format!("{type_name}: unreadable live record: {e}")))
 }
 
 /// `main` → `MAIN`, for the suggested variable name.

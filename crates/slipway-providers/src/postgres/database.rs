@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::catalog::{self, Ownership};
 use super::sql::{self, Server, ident, literal};
-use super::{Intent, Names, PgServers};
+use super::{Intent, Names, PgServers, parse_live};
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 const TYPE: &str = "postgres.database";
@@ -75,11 +75,6 @@ struct LiveDatabase {
 }
 
 impl LiveDatabase {
-    fn parse(live: &Value) -> Result<LiveDatabase, ProviderError> {
-        serde_json::from_value(live.clone())
-            .map_err(|e| ProviderError::Config(format!("{TYPE}: unreadable live record: {e}")))
-    }
-
     fn names(&self) -> Names {
         Names {
             database: self.database.clone(),
@@ -128,14 +123,16 @@ impl Provider for DatabaseProvider {
         config: &DatabaseConfig,
         live: &Value,
     ) -> Result<Applied, ProviderError> {
-        let recorded = LiveDatabase::parse(live)?;
-        let server = self.servers.choose(TYPE, config.server.as_deref())?;
-        if server.name != recorded.server {
+        let recorded: LiveDatabase = parse_live(TYPE, live)?;
+        let Some(server) =
+            self.servers
+                .unmoved(TYPE, config.server.as_deref(), &recorded.server)?
+        else {
             // Moving to another server is a new database; the engine replaces instead, but an
             // update asked for it all the same gets the same result.
             self.delete(ctx, Some(live))?;
             return self.create(ctx, config);
-        }
+        };
         self.ensure(
             ctx,
             &server,
@@ -147,27 +144,23 @@ impl Provider for DatabaseProvider {
     }
 
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
-        let names = self.servers.names(ctx);
-        let marker = self.servers.marker(ctx);
         let recorded = live
-            .map(LiveDatabase::parse)
+            .map(|live| parse_live::<LiveDatabase>(TYPE, live))
             .transpose()?
             .map(|recorded| (recorded.server.clone(), recorded.names()));
-        let targets = Intent::delete_targets(ctx, &names, TYPE, recorded, &names)?;
-        for (server, names) in &targets {
-            let server = self.servers.recorded(TYPE, server)?;
-            let mut s = server.connect()?;
-            let database =
-                catalog::database(&mut s, &names.database, &marker).map_err(|e| s.fail(e))?;
-            if database.ownership == Ownership::Ours {
-                catalog::drop_database(&mut s, &names.database)?;
-            }
-            let role = catalog::role(&mut s, &names.role, &marker).map_err(|e| s.fail(e))?;
-            if role.ownership == Ownership::Ours {
-                catalog::drop_role(&mut s, &names.role)?;
-            }
-        }
-        Intent::remove(ctx, &names, TYPE)
+        self.servers
+            .delete_each(ctx, TYPE, recorded, Names::clone, |s, names, marker| {
+                let database =
+                    catalog::database(s, &names.database, marker).map_err(|e| s.fail(e))?;
+                if database.ownership == Ownership::Ours {
+                    catalog::drop_database(s, &names.database)?;
+                }
+                let role = catalog::role(s, &names.role, marker).map_err(|e| s.fail(e))?;
+                if role.ownership == Ownership::Ours {
+                    catalog::drop_role(s, &names.role)?;
+                }
+                Ok(())
+            })
     }
 
     fn observe(
@@ -176,7 +169,7 @@ impl Provider for DatabaseProvider {
         _config: &DatabaseConfig,
         live: &Value,
     ) -> Result<Observation, ProviderError> {
-        let recorded = LiveDatabase::parse(live)?;
+        let recorded: LiveDatabase = parse_live(TYPE, live)?;
         let marker = self.servers.marker(ctx);
         let server = self.servers.recorded(TYPE, &recorded.server)?;
         let on = &server.name;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::catalog::{self, Ownership};
 use super::sql::{self, Server};
-use super::{Intent, PgServers};
+use super::{Intent, Names, PgServers, parse_live};
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext};
 
 const TYPE: &str = "postgres.role";
@@ -59,13 +59,6 @@ struct LiveRole {
     login: bool,
 }
 
-impl LiveRole {
-    fn parse(live: &Value) -> Result<LiveRole, ProviderError> {
-        serde_json::from_value(live.clone())
-            .map_err(|e| ProviderError::Config(format!("{TYPE}: unreadable live record: {e}")))
-    }
-}
-
 impl Provider for RoleProvider {
     type Config = RoleConfig;
     const TYPE: &'static str = TYPE;
@@ -87,12 +80,14 @@ impl Provider for RoleProvider {
         config: &RoleConfig,
         live: &Value,
     ) -> Result<Applied, ProviderError> {
-        let recorded = LiveRole::parse(live)?;
-        let server = self.servers.choose(TYPE, config.server.as_deref())?;
-        if server.name != recorded.server {
+        let recorded: LiveRole = parse_live(TYPE, live)?;
+        let Some(server) =
+            self.servers
+                .unmoved(TYPE, config.server.as_deref(), &recorded.server)?
+        else {
             self.delete(ctx, Some(live))?;
             return self.create(ctx, config);
-        }
+        };
         self.ensure(
             ctx,
             &server,
@@ -103,22 +98,19 @@ impl Provider for RoleProvider {
     }
 
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
-        let names = self.servers.names(ctx);
-        let marker = self.servers.marker(ctx);
         let recorded = live
-            .map(LiveRole::parse)
+            .map(|live| parse_live::<LiveRole>(TYPE, live))
             .transpose()?
             .map(|recorded| (recorded.server, recorded.role));
-        let targets = Intent::delete_targets(ctx, &names, TYPE, recorded, &names.role)?;
-        for (server, role) in &targets {
-            let server = self.servers.recorded(TYPE, server)?;
-            let mut s = server.connect()?;
-            let found = catalog::role(&mut s, role, &marker).map_err(|e| s.fail(e))?;
-            if found.ownership == Ownership::Ours {
-                catalog::drop_role(&mut s, role)?;
-            }
-        }
-        Intent::remove(ctx, &names, TYPE)
+        let current = |names: &Names| names.role.clone();
+        self.servers
+            .delete_each(ctx, TYPE, recorded, current, |s, role, marker| {
+                let found = catalog::role(s, role, marker).map_err(|e| s.fail(e))?;
+                if found.ownership == Ownership::Ours {
+                    catalog::drop_role(s, role)?;
+                }
+                Ok(())
+            })
     }
 
     fn observe(
@@ -127,7 +119,7 @@ impl Provider for RoleProvider {
         _config: &RoleConfig,
         live: &Value,
     ) -> Result<Observation, ProviderError> {
-        let recorded = LiveRole::parse(live)?;
+        let recorded: LiveRole = parse_live(TYPE, live)?;
         let server = self.servers.recorded(TYPE, &recorded.server)?;
         let mut s = server.connect()?;
         let found = catalog::role(&mut s, &recorded.role, &self.servers.marker(ctx))
