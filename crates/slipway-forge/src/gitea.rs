@@ -13,6 +13,7 @@ use crate::event::{
 use crate::http::{Api, Method};
 use crate::names::{path_segment, short_text};
 use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
+use crate::pull_wire::{self, CommentPayload, PullRequestNumber, PullRequestPayload, WireUser};
 use crate::webhook::{WebhookError, decode, repository_object};
 
 /// Gitea's (and Forgejo's) facts.
@@ -53,7 +54,7 @@ pub(crate) struct User {
     username: Option<String>,
 }
 
-impl User {
+impl WireUser for User {
     fn name(&self) -> String {
         self.login
             .clone()
@@ -63,73 +64,8 @@ impl User {
     }
 }
 
-#[derive(Deserialize)]
-struct Repo {
-    full_name: String,
-}
-
-#[derive(Deserialize)]
-struct Branch {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    sha: String,
-    #[serde(default)]
-    repo_id: Option<u64>,
-    #[serde(default)]
-    repo: Option<Repo>,
-}
-
-/// A pull request, in webhooks and the API alike.
-#[derive(Deserialize)]
-pub(crate) struct PullRequest {
-    number: u64,
-    title: String,
-    user: Option<User>,
-    head: Branch,
-    base: Branch,
-    html_url: String,
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    merged: bool,
-    #[serde(default)]
-    mergeable: Option<bool>,
-    #[serde(default)]
-    merge_commit_sha: Option<String>,
-}
-
-impl PullRequest {
-    fn info(&self) -> Result<PullRequestInfo, String> {
-        let base_repo = self
-            .base
-            .repo
-            .as_ref()
-            .ok_or_else(|| format!("pull request {}: base.repo is null", self.number))?;
-        let head_repo = self.head.repo.as_ref();
-        let is_fork = match (self.head.repo_id, self.base.repo_id, head_repo) {
-            (Some(h), Some(b), _) if h != 0 && b != 0 => h != b,
-            (_, _, Some(head)) => !head.full_name.eq_ignore_ascii_case(&base_repo.full_name),
-            (_, _, None) => true,
-        };
-        let info = PullRequestInfo {
-            number: self.number,
-            title: self.title.clone(),
-            author: self
-                .user
-                .as_ref()
-                .map_or_else(|| "ghost".to_owned(), User::name),
-            head_sha: self.head.sha.clone(),
-            head_ref: self.head.git_ref.clone(),
-            base_ref: self.base.git_ref.clone(),
-            head_repo_full_name: head_repo.map(|r| r.full_name.clone()),
-            base_repo_full_name: base_repo.full_name.clone(),
-            is_fork,
-            url: self.html_url.clone(),
-        };
-        info.check()?;
-        Ok(info)
-    }
-}
+type PullRequest = pull_wire::PullRequest<User>;
+type Comment = pull_wire::Comment<User>;
 
 #[derive(Deserialize)]
 struct DeletePayload {
@@ -139,44 +75,9 @@ struct DeletePayload {
 }
 
 #[derive(Deserialize)]
-struct PullRequestPayload {
-    action: String,
-    pull_request: PullRequest,
-}
-
-#[derive(Deserialize)]
-struct PullRequestNumber {
-    number: u64,
-}
-
-#[derive(Deserialize)]
 struct ReviewPayload {
     pull_request: PullRequestNumber,
     sender: User,
-}
-
-#[derive(Deserialize)]
-struct Issue {
-    number: u64,
-    #[serde(default)]
-    pull_request: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Comment {
-    id: u64,
-    #[serde(default)]
-    body: String,
-    user: Option<User>,
-}
-
-#[derive(Deserialize)]
-struct CommentPayload {
-    action: String,
-    issue: Issue,
-    comment: Comment,
-    #[serde(default)]
-    is_pull: bool,
 }
 
 /// Parses a Gitea payload for the `X-Gitea-Event` value `event`.
@@ -211,12 +112,12 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
             event::push_event(&full, "", &"0".repeat(40)).map_err(malformed)
         }
         "pull_request" => {
-            let p: PullRequestPayload = decode("gitea pull_request", body)?;
+            let p: PullRequestPayload<User> = decode("gitea pull_request", body)?;
             let action = match p.action.as_str() {
                 "opened" => PrAction::Opened,
                 "synchronized" => PrAction::Synchronized,
                 "reopened" => PrAction::Reopened,
-                "closed" if p.pull_request.merged => PrAction::Merged,
+                "closed" if p.pull_request.merged() => PrAction::Merged,
                 "closed" => PrAction::Closed,
                 other => PrAction::Other(short_text(other, 40)),
             };
@@ -250,21 +151,7 @@ fn parse_comment(
     body: &[u8],
     malformed: &dyn Fn(String) -> WebhookError,
 ) -> Result<ForgeEvent, WebhookError> {
-    let p: CommentPayload = decode("gitea issue_comment", body)?;
-    if p.action != "created" {
-        return Ok(ForgeEvent::Ignored {
-            kind: format!("issue_comment.{}", short_text(&p.action, 40)),
-        });
-    }
-    let login = p.comment.user.as_ref().map(User::name).unwrap_or_default();
-    let author = event::checked_login("commenter", &login).map_err(malformed)?;
-    Ok(ForgeEvent::Comment {
-        pr_number: p.issue.number,
-        comment_id: p.comment.id,
-        author,
-        body: p.comment.body,
-        is_pull_request: p.is_pull || p.issue.pull_request.is_some_and(|v| !v.is_null()),
-    })
+    decode::<CommentPayload<User>>("gitea issue_comment", body)?.event(malformed)
 }
 
 /// Gitea's REST API v1.
@@ -285,11 +172,7 @@ impl Wire for Gitea {
     }
 
     fn posted(c: Comment) -> Option<PostedComment> {
-        Some(PostedComment {
-            id: c.id,
-            author: c.user.as_ref().map(User::name),
-            body: c.body,
-        })
+        Some(c.posted())
     }
 
     fn info(
@@ -304,11 +187,7 @@ impl Wire for Gitea {
     }
 
     fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
-        (
-            PrState::of(pr.merged, pr.state == "open"),
-            pr.mergeable,
-            pr.merge_commit_sha,
-        )
+        pr.state()
     }
 
     fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {

@@ -12,6 +12,7 @@ use crate::event::{
 use crate::http::{Api, Method};
 use crate::names::path_segment;
 use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
+use crate::pull_wire::{self, CommentPayload, PullRequestNumber, PullRequestPayload, WireUser};
 use crate::webhook::{WebhookError, decode, repository_object};
 
 /// GitHub's facts.
@@ -48,91 +49,14 @@ pub(crate) struct User {
     login: String,
 }
 
-#[derive(Deserialize)]
-struct Repo {
-    id: Option<u64>,
-    full_name: String,
-}
-
-#[derive(Deserialize)]
-struct Branch {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    sha: String,
-    repo: Option<Repo>,
-}
-
-/// A pull request, as both the webhooks and the REST API (`pull-request`,
-/// `pull-request-simple`) describe it.
-#[derive(Deserialize)]
-pub(crate) struct PullRequest {
-    number: u64,
-    title: String,
-    user: Option<User>,
-    head: Branch,
-    base: Branch,
-    html_url: String,
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    merged: Option<bool>,
-    #[serde(default)]
-    merged_at: Option<String>,
-    #[serde(default)]
-    mergeable: Option<bool>,
-    #[serde(default)]
-    merge_commit_sha: Option<String>,
-}
-
-impl PullRequest {
-    fn info(&self) -> Result<PullRequestInfo, String> {
-        let base_repo = self
-            .base
-            .repo
-            .as_ref()
-            .ok_or_else(|| format!("pull request {}: base.repo is null", self.number))?;
-        let head_repo = self.head.repo.as_ref();
-        // A fork is another repository than the base; a deleted head repository counts as
-        // one, since nothing says whose code it was. Ids survive renames, so they decide when
-        // both are there.
-        let is_fork = match head_repo {
-            None => true,
-            Some(head) => match (head.id, base_repo.id) {
-                (Some(h), Some(b)) => h != b,
-                _ => !head.full_name.eq_ignore_ascii_case(&base_repo.full_name),
-            },
-        };
-        let info = PullRequestInfo {
-            number: self.number,
-            title: self.title.clone(),
-            // GitHub shows a deleted account as "ghost".
-            author: self
-                .user
-                .as_ref()
-                .map_or_else(|| "ghost".to_owned(), |u| u.login.clone()),
-            head_sha: self.head.sha.clone(),
-            head_ref: self.head.git_ref.clone(),
-            base_ref: self.base.git_ref.clone(),
-            head_repo_full_name: head_repo.map(|r| r.full_name.clone()),
-            base_repo_full_name: base_repo.full_name.clone(),
-            is_fork,
-            url: self.html_url.clone(),
-        };
-        info.check()?;
-        Ok(info)
-    }
-
-    /// `merged` where the object has it (webhooks, `pulls/get`), else `merged_at` (lists).
-    fn merged(&self) -> bool {
-        self.merged.unwrap_or(self.merged_at.is_some())
+impl WireUser for User {
+    fn name(&self) -> String {
+        self.login.clone()
     }
 }
 
-#[derive(Deserialize)]
-struct PullRequestPayload {
-    action: String,
-    pull_request: PullRequest,
-}
+type PullRequest = pull_wire::PullRequest<User>;
+type Comment = pull_wire::Comment<User>;
 
 #[derive(Deserialize)]
 struct Review {
@@ -148,33 +72,6 @@ struct ReviewPayload {
     pull_request: PullRequestNumber,
 }
 
-#[derive(Deserialize)]
-struct PullRequestNumber {
-    number: u64,
-}
-
-#[derive(Deserialize)]
-struct Issue {
-    number: u64,
-    #[serde(default)]
-    pull_request: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Comment {
-    id: u64,
-    #[serde(default)]
-    body: Option<String>,
-    user: Option<User>,
-}
-
-#[derive(Deserialize)]
-struct CommentPayload {
-    action: String,
-    issue: Issue,
-    comment: Comment,
-}
-
 /// Parses a GitHub payload for the `X-GitHub-Event` value `event`.
 pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, WebhookError> {
     let malformed = |e: String| WebhookError::Malformed(format!("github {event}: {e}"));
@@ -184,7 +81,7 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
             .event()
             .map_err(malformed),
         "pull_request" => {
-            let p: PullRequestPayload = decode("github pull_request", body)?;
+            let p: PullRequestPayload<User> = decode("github pull_request", body)?;
             let action = match p.action.as_str() {
                 "opened" => PrAction::Opened,
                 "synchronize" => PrAction::Synchronized,
@@ -213,21 +110,7 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
             })
         }
         "issue_comment" => {
-            let p: CommentPayload = decode("github issue_comment", body)?;
-            if p.action != "created" {
-                return Ok(ForgeEvent::Ignored {
-                    kind: format!("issue_comment.{}", crate::names::short_text(&p.action, 40)),
-                });
-            }
-            let login = p.comment.user.map(|u| u.login).unwrap_or_default();
-            let author = event::checked_login("commenter", &login).map_err(malformed)?;
-            Ok(ForgeEvent::Comment {
-                pr_number: p.issue.number,
-                comment_id: p.comment.id,
-                author,
-                body: p.comment.body.unwrap_or_default(),
-                is_pull_request: p.issue.pull_request.is_some_and(|v| !v.is_null()),
-            })
+            decode::<CommentPayload<User>>("github issue_comment", body)?.event(&malformed)
         }
         other => Ok(ForgeEvent::Ignored {
             kind: crate::names::short_text(other, 60),
@@ -264,11 +147,7 @@ impl Wire for GitHub {
     }
 
     fn posted(c: Comment) -> Option<PostedComment> {
-        Some(PostedComment {
-            id: c.id,
-            author: c.user.map(|u| u.login),
-            body: c.body.unwrap_or_default(),
-        })
+        Some(c.posted())
     }
 
     fn info(
@@ -283,8 +162,7 @@ impl Wire for GitHub {
     }
 
     fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
-        let state = PrState::of(pr.merged(), pr.state == "open");
-        (state, pr.mergeable, pr.merge_commit_sha)
+        pr.state()
     }
 
     fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {

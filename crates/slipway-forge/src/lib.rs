@@ -59,6 +59,7 @@ mod http;
 mod names;
 mod paging;
 mod profile;
+mod pull_wire;
 mod render;
 mod scrub;
 mod section;

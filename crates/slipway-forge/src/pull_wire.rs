@@ -1,0 +1,186 @@
+//! The pull-request objects of GitHub's webhooks and REST API, which Gitea and Forgejo copy
+//! field for field: one set of shapes for both adapters, generic over the user object (Gitea's
+//! carries an older `username` beside `login`).
+
+use serde::Deserialize;
+
+use crate::adapter::PostedComment;
+use crate::api::PrState;
+use crate::event::{self, ForgeEvent, PullRequestInfo};
+use crate::names::short_text;
+use crate::webhook::WebhookError;
+
+/// A user object: what its name is.
+pub(crate) trait WireUser {
+    /// The login.
+    fn name(&self) -> String;
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Repo {
+    #[serde(default)]
+    id: Option<u64>,
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Branch {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+    /// Gitea only; 0 where it does not know.
+    #[serde(default)]
+    repo_id: Option<u64>,
+    #[serde(default)]
+    repo: Option<Repo>,
+}
+
+impl Branch {
+    /// The id of the branch's repository, where the forge says it.
+    fn repository_id(&self) -> Option<u64> {
+        (self.repo_id.filter(|&id| id != 0)).or(self.repo.as_ref().and_then(|r| r.id))
+    }
+}
+
+/// A pull request, in webhooks and the API alike (GitHub's `pull-request` and
+/// `pull-request-simple`, Gitea's `PullRequest`).
+#[derive(Deserialize)]
+pub(crate) struct PullRequest<U> {
+    number: u64,
+    title: String,
+    user: Option<U>,
+    head: Branch,
+    base: Branch,
+    html_url: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    merged: Option<bool>,
+    #[serde(default)]
+    merged_at: Option<String>,
+    #[serde(default)]
+    mergeable: Option<bool>,
+    #[serde(default)]
+    merge_commit_sha: Option<String>,
+}
+
+impl<U: WireUser> PullRequest<U> {
+    /// The checked facts Slipway keeps.
+    pub(crate) fn info(&self) -> Result<PullRequestInfo, String> {
+        let base_repo = self
+            .base
+            .repo
+            .as_ref()
+            .ok_or_else(|| format!("pull request {}: base.repo is null", self.number))?;
+        let head_repo = self.head.repo.as_ref();
+        // A fork is another repository than the base; a deleted head repository counts as
+        // one, since nothing says whose code it was. Ids survive renames, so they decide when
+        // both are there.
+        let is_fork = match head_repo {
+            None => true,
+            Some(head) => match (self.head.repository_id(), self.base.repository_id()) {
+                (Some(h), Some(b)) => h != b,
+                _ => !head.full_name.eq_ignore_ascii_case(&base_repo.full_name),
+            },
+        };
+        let info = PullRequestInfo {
+            number: self.number,
+            title: self.title.clone(),
+            // Both forges show a deleted account as "ghost".
+            author: self
+                .user
+                .as_ref()
+                .map_or_else(|| "ghost".to_owned(), U::name),
+            head_sha: self.head.sha.clone(),
+            head_ref: self.head.git_ref.clone(),
+            base_ref: self.base.git_ref.clone(),
+            head_repo_full_name: head_repo.map(|r| r.full_name.clone()),
+            base_repo_full_name: base_repo.full_name.clone(),
+            is_fork,
+            url: self.html_url.clone(),
+        };
+        info.check()?;
+        Ok(info)
+    }
+
+    /// `merged` where the object has it (webhooks, `pulls/get`), else `merged_at` (lists).
+    pub(crate) fn merged(&self) -> bool {
+        self.merged.unwrap_or(self.merged_at.is_some())
+    }
+
+    /// Its state, whether it can be merged, and its merge commit.
+    pub(crate) fn state(self) -> (PrState, Option<bool>, Option<String>) {
+        let state = PrState::of(self.merged(), self.state == "open");
+        (state, self.mergeable, self.merge_commit_sha)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PullRequestPayload<U> {
+    pub(crate) action: String,
+    pub(crate) pull_request: PullRequest<U>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PullRequestNumber {
+    pub(crate) number: u64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Issue {
+    number: u64,
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Comment<U> {
+    id: u64,
+    #[serde(default)]
+    body: Option<String>,
+    user: Option<U>,
+}
+
+impl<U: WireUser> Comment<U> {
+    /// The comment as the adapter lists it.
+    pub(crate) fn posted(self) -> PostedComment {
+        PostedComment {
+            id: self.id,
+            author: self.user.as_ref().map(U::name),
+            body: self.body.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CommentPayload<U> {
+    action: String,
+    issue: Issue,
+    comment: Comment<U>,
+    /// Gitea only.
+    #[serde(default)]
+    is_pull: bool,
+}
+
+impl<U: WireUser> CommentPayload<U> {
+    /// The event: a comment on an issue or pull request when one was created, else ignored.
+    pub(crate) fn event(
+        self,
+        malformed: &dyn Fn(String) -> WebhookError,
+    ) -> Result<ForgeEvent, WebhookError> {
+        if self.action != "created" {
+            return Ok(ForgeEvent::Ignored {
+                kind: format!("issue_comment.{}", short_text(&self.action, 40)),
+            });
+        }
+        let login = self.comment.user.as_ref().map(U::name).unwrap_or_default();
+        let author = event::checked_login("commenter", &login).map_err(malformed)?;
+        Ok(ForgeEvent::Comment {
+            pr_number: self.issue.number,
+            comment_id: self.comment.id,
+            author,
+            body: self.comment.body.unwrap_or_default(),
+            is_pull_request: self.is_pull || self.issue.pull_request.is_some_and(|v| !v.is_null()),
+        })
+    }
+}
