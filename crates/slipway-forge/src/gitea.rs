@@ -3,17 +3,14 @@
 
 use serde::Deserialize;
 
-use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
-use crate::api::PrState;
+use crate::adapter::connect_wire;
 use crate::approvals::Verdict;
-use crate::error::ForgeError;
-use crate::event::{
-    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
-};
-use crate::http::{Api, Method};
-use crate::names::{path_segment, short_text};
+use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PushPayload, ReviewState};
+use crate::names::short_text;
 use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
-use crate::pull_wire::{self, CommentPayload, PullRequestNumber, PullRequestPayload, WireUser};
+use crate::pull_wire::{
+    CommentPayload, Flavor, GitHubLike, PullRequestNumber, PullRequestPayload, WireUser,
+};
 use crate::webhook::{WebhookError, decode, repository_object};
 
 /// Gitea's (and Forgejo's) facts.
@@ -42,7 +39,7 @@ pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
     webhook_names_pr_author: true,
     parse_event,
     payload_repository: repository_object,
-    connect: connect_wire::<Gitea>,
+    connect: connect_wire::<GitHubLike<Gitea>>,
 };
 
 /// A user: `login`, or the older `username` (Gitea sends both; old versions only the latter).
@@ -63,9 +60,6 @@ impl WireUser for User {
             .unwrap_or_default()
     }
 }
-
-type PullRequest = pull_wire::PullRequest<User>;
-type Comment = pull_wire::Comment<User>;
 
 #[derive(Deserialize)]
 struct DeletePayload {
@@ -154,86 +148,53 @@ fn parse_comment(
     decode::<CommentPayload<User>>("gitea issue_comment", body)?.event(malformed)
 }
 
-/// Gitea's REST API v1.
+/// What Gitea's REST API v1 does its own way.
 #[derive(Default)]
 pub(crate) struct Gitea;
 
-impl Wire for Gitea {
+impl Flavor for Gitea {
     type User = User;
-    type Comment = Comment;
-    type PullRequest = PullRequest;
-
-    const EDIT_COMMENT: Method = Method::Patch;
     // Gitea lists an issue's comments in one answer: the endpoint takes no page.
     const COMMENTS_PAGED: bool = false;
 
-    fn login(user: User) -> String {
-        user.name()
+    type Review = Review;
+    type Permission = Permission;
+
+    fn verdict(r: Review) -> Option<Verdict> {
+        let state = if r.dismissed {
+            ReviewState::Dismissed
+        } else {
+            match r.state.as_str() {
+                "APPROVED" => ReviewState::Approved,
+                "REQUEST_CHANGES" => ReviewState::ChangesRequested,
+                "COMMENT" => ReviewState::Commented,
+                // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
+                _ => return None,
+            }
+        };
+        Some(Verdict {
+            author: r.user?.name(),
+            state,
+            commit_sha: r.commit_id,
+        })
     }
 
-    fn posted(c: Comment) -> Option<PostedComment> {
-        Some(c.posted())
+    fn writes(p: &Permission) -> bool {
+        matches!(p.permission.as_str(), "write" | "admin" | "owner")
     }
+}
 
-    fn info(
-        &self,
-        _: &Api,
-        _: &Repository,
-        pr: &PullRequest,
-        path: &str,
-    ) -> Result<PullRequestInfo, ForgeError> {
-        pr.info()
-            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
-    }
+#[derive(Deserialize)]
+pub(crate) struct Review {
+    user: Option<User>,
+    state: String,
+    #[serde(default)]
+    commit_id: Option<String>,
+    #[serde(default)]
+    dismissed: bool,
+}
 
-    fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
-        pr.state()
-    }
-
-    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
-        #[derive(Deserialize)]
-        struct Review {
-            user: Option<User>,
-            state: String,
-            #[serde(default)]
-            commit_id: Option<String>,
-            #[serde(default)]
-            dismissed: bool,
-        }
-        let reviews: Vec<Review> = api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
-        Ok(reviews
-            .into_iter()
-            .filter_map(|r| {
-                let state = if r.dismissed {
-                    ReviewState::Dismissed
-                } else {
-                    match r.state.as_str() {
-                        "APPROVED" => ReviewState::Approved,
-                        "REQUEST_CHANGES" => ReviewState::ChangesRequested,
-                        "COMMENT" => ReviewState::Commented,
-                        // PENDING (a draft) and REQUEST_REVIEW are not verdicts.
-                        _ => return None,
-                    }
-                };
-                Some(Verdict {
-                    author: r.user?.name(),
-                    state,
-                    commit_sha: r.commit_id,
-                })
-            })
-            .collect())
-    }
-
-    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
-        #[derive(Deserialize)]
-        struct Permission {
-            permission: String,
-        }
-        let p: Option<Permission> = api.get_optional(&format!(
-            "{}/collaborators/{}/permission",
-            repo.path,
-            path_segment(user)
-        ))?;
-        Ok(p.is_some_and(|p| matches!(p.permission.as_str(), "write" | "admin" | "owner")))
-    }
+#[derive(Deserialize)]
+pub(crate) struct Permission {
+    permission: String,
 }

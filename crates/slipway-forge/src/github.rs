@@ -2,17 +2,13 @@
 
 use serde::Deserialize;
 
-use crate::adapter::{PostedComment, Repository, Wire, connect_wire};
-use crate::api::PrState;
+use crate::adapter::connect_wire;
 use crate::approvals::Verdict;
-use crate::error::ForgeError;
-use crate::event::{
-    self, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, PushPayload, ReviewState,
-};
-use crate::http::{Api, Method};
-use crate::names::path_segment;
+use crate::event::{self, ForgeEvent, ForgeKind, PrAction, PushPayload, ReviewState};
 use crate::profile::{ForgeProfile, STATUS_NAMES, SignatureScheme};
-use crate::pull_wire::{self, CommentPayload, PullRequestNumber, PullRequestPayload, WireUser};
+use crate::pull_wire::{
+    CommentPayload, Flavor, GitHubLike, PullRequestNumber, PullRequestPayload, WireUser,
+};
 use crate::webhook::{WebhookError, decode, repository_object};
 
 /// GitHub's facts.
@@ -41,7 +37,7 @@ pub(crate) static PROFILE: ForgeProfile = ForgeProfile {
     webhook_names_pr_author: true,
     parse_event,
     payload_repository: repository_object,
-    connect: connect_wire::<GitHub>,
+    connect: connect_wire::<GitHubLike<GitHub>>,
 };
 
 #[derive(Deserialize)]
@@ -55,11 +51,8 @@ impl WireUser for User {
     }
 }
 
-type PullRequest = pull_wire::PullRequest<User>;
-type Comment = pull_wire::Comment<User>;
-
 #[derive(Deserialize)]
-struct Review {
+pub(crate) struct Review {
     state: String,
     user: Option<User>,
     #[serde(default)]
@@ -130,70 +123,36 @@ fn review_state(state: &str) -> Option<ReviewState> {
     }
 }
 
-/// GitHub's REST API.
+/// What GitHub's REST API does its own way.
 #[derive(Default)]
 pub(crate) struct GitHub;
 
-impl Wire for GitHub {
+impl Flavor for GitHub {
     type User = User;
-    type Comment = Comment;
-    type PullRequest = PullRequest;
-
-    const EDIT_COMMENT: Method = Method::Patch;
     const COMMENTS_PAGED: bool = true;
 
-    fn login(user: User) -> String {
-        user.login
+    type Review = Review;
+    type Permission = Permission;
+
+    fn verdict(r: Review) -> Option<Verdict> {
+        Some(Verdict {
+            state: review_state(&r.state)?,
+            author: r.user?.login,
+            commit_sha: r.commit_id,
+        })
     }
 
-    fn posted(c: Comment) -> Option<PostedComment> {
-        Some(c.posted())
-    }
-
-    fn info(
-        &self,
-        _: &Api,
-        _: &Repository,
-        pr: &PullRequest,
-        path: &str,
-    ) -> Result<PullRequestInfo, ForgeError> {
-        pr.info()
-            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
-    }
-
-    fn state(pr: PullRequest) -> (PrState, Option<bool>, Option<String>) {
-        pr.state()
-    }
-
-    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
-        let reviews: Vec<Review> = api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
-        Ok(reviews
-            .into_iter()
-            .filter_map(|r| {
-                Some(Verdict {
-                    state: review_state(&r.state)?,
-                    author: r.user?.login,
-                    commit_sha: r.commit_id,
-                })
-            })
-            .collect())
-    }
-
-    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
-        #[derive(Deserialize)]
-        struct Permission {
-            permission: String,
-            #[serde(default)]
-            role_name: Option<String>,
-        }
-        let p: Option<Permission> = api.get_optional(&format!(
-            "{}/collaborators/{}/permission",
-            repo.path,
-            path_segment(user)
-        ))?;
-        // `permission` is the legacy summary (admin/write/read/none; maintain shows as write),
-        // `role_name` the actual role; either one granting write is enough.
+    /// `permission` is the legacy summary (admin/write/read/none; maintain shows as write),
+    /// `role_name` the actual role; either one granting write is enough.
+    fn writes(p: &Permission) -> bool {
         let writes = |s: &str| matches!(s, "admin" | "maintain" | "write");
-        Ok(p.is_some_and(|p| writes(&p.permission) || p.role_name.as_deref().is_some_and(writes)))
+        writes(&p.permission) || p.role_name.as_deref().is_some_and(writes)
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Permission {
+    permission: String,
+    #[serde(default)]
+    role_name: Option<String>,
 }

@@ -1,13 +1,18 @@
 //! The pull-request objects of GitHub's webhooks and REST API, which Gitea and Forgejo copy
-//! field for field: one set of shapes for both adapters, generic over the user object (Gitea's
-//! carries an older `username` beside `login`).
+//! field for field: one set of shapes and one [`Wire`] for both adapters ([`GitHubLike`]),
+//! generic over what differs ([`Flavor`]: the user object, as Gitea's carries an older
+//! `username` beside `login`; whether comments are paged; reviews and permissions).
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::adapter::PostedComment;
+use crate::adapter::{PostedComment, Repository, Wire};
 use crate::api::PrState;
+use crate::approvals::Verdict;
+use crate::error::ForgeError;
 use crate::event::{self, ForgeEvent, PullRequestInfo};
-use crate::names::short_text;
+use crate::http::{Api, Method};
+use crate::names::{path_segment, short_text};
 use crate::webhook::WebhookError;
 
 /// A user object: what its name is.
@@ -182,5 +187,75 @@ impl<U: WireUser> CommentPayload<U> {
             body: self.comment.body.unwrap_or_default(),
             is_pull_request: self.is_pull || self.issue.pull_request.is_some_and(|v| !v.is_null()),
         })
+    }
+}
+
+/// What GitHub and Gitea do differently on the same paths.
+pub(crate) trait Flavor: Default + Send + Sync + 'static {
+    /// A user, as `GET /user` and every object carrying one give it.
+    type User: WireUser + DeserializeOwned + Send;
+    /// The comment list is paged (Gitea's answers every comment at once and takes no page).
+    const COMMENTS_PAGED: bool;
+
+    /// A review, as `GET …/pulls/{number}/reviews` lists them.
+    type Review: DeserializeOwned;
+    /// A collaborator's permission, as `GET …/collaborators/{user}/permission` answers.
+    type Permission: DeserializeOwned;
+
+    /// The review's verdict, unless it is none (a draft).
+    fn verdict(review: Self::Review) -> Option<Verdict>;
+
+    /// Whether the permission lets its holder push.
+    fn writes(permission: &Self::Permission) -> bool;
+}
+
+/// The API of a forge shaped like GitHub's.
+#[derive(Default)]
+pub(crate) struct GitHubLike<F>(F);
+
+impl<F: Flavor> Wire for GitHubLike<F> {
+    type User = F::User;
+    type Comment = Comment<F::User>;
+    type PullRequest = PullRequest<F::User>;
+
+    const EDIT_COMMENT: Method = Method::Patch;
+    const COMMENTS_PAGED: bool = F::COMMENTS_PAGED;
+
+    fn login(user: F::User) -> String {
+        user.name()
+    }
+
+    fn posted(c: Self::Comment) -> Option<PostedComment> {
+        Some(c.posted())
+    }
+
+    fn info(
+        &self,
+        _: &Api,
+        _: &Repository,
+        pr: &Self::PullRequest,
+        path: &str,
+    ) -> Result<PullRequestInfo, ForgeError> {
+        pr.info()
+            .map_err(|e| ForgeError::unexpected_answer(path.to_owned(), e))
+    }
+
+    fn state(pr: Self::PullRequest) -> (PrState, Option<bool>, Option<String>) {
+        pr.state()
+    }
+
+    fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
+        let reviews: Vec<F::Review> =
+            api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
+        Ok(reviews.into_iter().filter_map(F::verdict).collect())
+    }
+
+    fn has_write_access(api: &Api, repo: &Repository, user: &str) -> Result<bool, ForgeError> {
+        let permission: Option<F::Permission> = api.get_optional(&format!(
+            "{}/collaborators/{}/permission",
+            repo.path,
+            path_segment(user)
+        ))?;
+        Ok(permission.as_ref().is_some_and(F::writes))
     }
 }
