@@ -379,42 +379,22 @@ mod tests {
             ("sub/chain", "l:../link"),
             ("sub/dots", "l:./../etc/./app.toml"),
         ]);
-        assert_eq!(found(tree.resolve("link")), "etc/app.toml", "a file link");
-        assert_eq!(
-            found(tree.resolve("dirlink/app.toml")),
-            "etc/app.toml",
-            "a directory link"
-        );
-        assert_eq!(
-            found(tree.resolve("sub/up/etc/app.toml")),
-            "etc/app.toml",
-            "`..` to the root"
-        );
-        assert_eq!(
-            found(tree.resolve("sub/chain")),
-            "etc/app.toml",
-            "a chain of links"
-        );
-        assert_eq!(
-            found(tree.resolve("sub/dots")),
-            "etc/app.toml",
-            "`.` components in targets"
-        );
-        assert_eq!(
-            found(tree.resolve("dirlink")),
-            "etc",
-            "a link to a directory"
-        );
-        assert_eq!(
-            tree.resolve("etc/nope").ok(),
-            Some(Resolved::Missing),
-            "missing file"
-        );
-        assert_eq!(
-            tree.resolve("etc/app.toml/x").ok(),
-            Some(Resolved::Missing),
-            "a file used as a directory is missing"
-        );
+        for (path, target, what) in [
+            ("link", "etc/app.toml", "a file link"),
+            ("dirlink/app.toml", "etc/app.toml", "a directory link"),
+            ("sub/up/etc/app.toml", "etc/app.toml", "`..` to the root"),
+            ("sub/chain", "etc/app.toml", "a chain of links"),
+            ("sub/dots", "etc/app.toml", "`.` components in targets"),
+            ("dirlink", "etc", "a link to a directory"),
+        ] {
+            assert_eq!(found(tree.resolve(path)), target, "{what}");
+        }
+        for (path, what) in [
+            ("etc/nope", "missing file"),
+            ("etc/app.toml/x", "a file used as a directory is missing"),
+        ] {
+            assert_eq!(tree.resolve(path).ok(), Some(Resolved::Missing), "{what}");
+        }
     }
 
     #[test]

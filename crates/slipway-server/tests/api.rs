@@ -73,6 +73,25 @@ impl Reply {
         }
         self
     }
+
+    /// Asserts that the error's `hint` mentions `needle`, saying `what` when it does not.
+    fn assert_hint(&self, needle: &str, what: &str) {
+        assert!(
+            self.json()["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains(needle)),
+            "{what}: {}",
+            self.body
+        );
+    }
+
+    /// The JSON body, validated against the schema the document gives for `method route`
+    /// answering this status.
+    fn documented(self, doc: &Value, method: &str, route: &str) -> Value {
+        let body = self.json();
+        assert_matches_schema(doc, method, route, self.status, &body);
+        body
+    }
 }
 
 /// A server and a controller over a fresh repository and home.
@@ -222,65 +241,12 @@ impl Fixture {
         if body.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        let (status, headers, read) = self.send(method, path, &headers, body);
-        let content_type = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let reply = self.raw(method, path, &headers, body);
         Reply {
-            status,
-            content_type,
-            body: read.unwrap_or_else(|e| panic!("{method} {path}: the body is readable: {e}")),
+            status: reply.status,
+            content_type: reply.header("content-type").unwrap_or_default().to_string(),
+            body: reply.body,
         }
-    }
-
-    /// One request with exactly `headers`: the status, the answer's headers and its body.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&str>,
-    ) -> (u16, Vec<(String, String)>, Result<String, ureq::Error>) {
-        let url = self.url(path);
-        let result = match method {
-            "GET" | "DELETE" => {
-                let mut request = if method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                for (name, value) in headers {
-                    request = request.header(*name, *value);
-                }
-                request.call()
-            }
-            "POST" | "PUT" => {
-                let mut request = if method == "POST" {
-                    self.agent.post(&url)
-                } else {
-                    self.agent.put(&url)
-                };
-                for (name, value) in headers {
-                    request = request.header(*name, *value);
-                }
-                match body {
-                    Some(body) => request.send(body),
-                    None => request.send_empty(),
-                }
-            }
-            other => panic!("the tests use GET, POST, PUT and DELETE, not {other}"),
-        };
-        let mut response =
-            result.unwrap_or_else(|e| panic!("{method} {path} gets an HTTP response: {e}"));
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let status = response.status().as_u16();
-        (status, headers, response.body_mut().read_to_string())
     }
 
     fn as_role(&self, role: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
@@ -316,6 +282,13 @@ impl Fixture {
             &["commit", "-q", "-am", &format!("version {version}")],
         );
         git(&self.repo, &["rev-parse", "HEAD"])
+    }
+
+    /// The last thousand entries of the audit log, read by an admin.
+    fn audit(&self) -> Value {
+        self.as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
+            .expect(200, "an admin reads the audit log")
+            .json()
     }
 
     fn openapi(&self) -> Value {
@@ -461,13 +434,7 @@ fn every_endpoint_but_the_public_ones_refuses_a_call_without_a_valid_token() {
         let reply = f
             .call(method, path, None, body)
             .expect(401, &format!("{method} {path} without a token is refused"));
-        assert!(
-            reply.json()["hint"]
-                .as_str()
-                .is_some_and(|h| h.contains("Bearer")),
-            "a 401 says how to authenticate: {}",
-            reply.body
-        );
+        reply.assert_hint("Bearer", "a 401 says how to authenticate");
         f.call(method, path, Some("slw_not-a-token"), body).expect(
             401,
             &format!("{method} {path} with an unknown token is refused"),
@@ -513,13 +480,7 @@ fn every_endpoint_refuses_a_role_too_weak_for_it() {
         let reply = f
             .as_role("viewer", method, path, *body)
             .expect(403, &format!("a viewer may not {method} {path}"));
-        assert!(
-            reply.json()["hint"]
-                .as_str()
-                .is_some_and(|h| h.contains("role")),
-            "a 403 names the role needed: {}",
-            reply.body
-        );
+        reply.assert_hint("role", "a 403 names the role needed");
     }
     // `main` is a static environment: changing it needs a deployer.
     for (method, path, body, _) in mutating
@@ -543,10 +504,7 @@ fn every_endpoint_refuses_a_role_too_weak_for_it() {
             .expect(200, &format!("a viewer may {method} {path}"));
     }
     // Refusals are audited, with who was refused.
-    let audit = f
-        .as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
-        .expect(200, "an admin reads the audit log")
-        .json();
+    let audit = f.audit();
     let entries = audit["entries"].as_array().expect("entries");
     assert!(
         entries.iter().any(|e| e["who"] == "viewer-token"
@@ -578,8 +536,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
             Some(r#"{"name":"demo","ref":"main","like":"previews","ttl":"8h"}"#),
         )
         .expect(201, "a developer creates an ad-hoc environment")
-        .json();
-    assert_matches_schema(&doc, "POST", "/api/v1/environments", 201, &created);
+        .documented(&doc, "POST", "/api/v1/environments");
     assert_eq!(
         created["owner"], "developer-token",
         "the creator's token owns it"
@@ -594,8 +551,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
     let list = f
         .as_role("viewer", "GET", "/api/v1/environments", None)
         .expect(200, "a viewer lists environments")
-        .json();
-    assert_matches_schema(&doc, "GET", "/api/v1/environments", 200, &list);
+        .documented(&doc, "GET", "/api/v1/environments");
     let names: Vec<&str> = list["environments"]
         .as_array()
         .expect("environments")
@@ -625,34 +581,24 @@ fn an_environment_lives_its_whole_life_through_the_api() {
 
     // A new commit on its ref, then a sync: it moves.
     let second = f.commit(2);
-    let queued = f
-        .as_role("developer", "POST", "/api/v1/environments/demo/sync", None)
+    f.as_role("developer", "POST", "/api/v1/environments/demo/sync", None)
         .expect(202, "a developer syncs an ad-hoc environment")
-        .json();
-    assert_matches_schema(
-        &doc,
-        "POST",
-        "/api/v1/environments/{name}/sync",
-        202,
-        &queued,
-    );
+        .documented(&doc, "POST", "/api/v1/environments/{name}/sync");
     synced_at(&second);
 
-    let history = f
-        .as_role(
+    let read_history = |what: &str| {
+        f.as_role(
             "viewer",
             "GET",
             "/api/v1/environments/demo/deployments",
             None,
         )
-        .expect(200, "a viewer reads the history")
-        .json();
-    assert_matches_schema(
+        .expect(200, what)
+    };
+    let history = read_history("a viewer reads the history").documented(
         &doc,
         "GET",
         "/api/v1/environments/{name}/deployments",
-        200,
-        &history,
     );
     let deployments = history["deployments"].as_array().expect("deployments");
     assert_eq!(
@@ -673,8 +619,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
             None,
         )
         .expect(200, "a viewer reads one deployment")
-        .json();
-    assert_matches_schema(&doc, "GET", "/api/v1/deployments/{id}", 200, &deployment);
+        .documented(&doc, "GET", "/api/v1/deployments/{id}");
     assert!(
         deployment["plan"].is_object(),
         "one deployment comes with its plan"
@@ -683,8 +628,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
     let plan = f
         .as_role("viewer", "GET", "/api/v1/environments/demo/plan", None)
         .expect(200, "a viewer reads the plan")
-        .json();
-    assert_matches_schema(&doc, "GET", "/api/v1/environments/{name}/plan", 200, &plan);
+        .documented(&doc, "GET", "/api/v1/environments/{name}/plan");
     assert_eq!(
         plan["has_changes"], false,
         "a synced environment plans no changes: {plan:#}"
@@ -700,14 +644,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
             Some(r#"{"by":"2h"}"#),
         )
         .expect(200, "a developer extends an ad-hoc environment")
-        .json();
-    assert_matches_schema(
-        &doc,
-        "POST",
-        "/api/v1/environments/{name}/extend",
-        200,
-        &extended,
-    );
+        .documented(&doc, "POST", "/api/v1/environments/{name}/extend");
     assert!(
         extended["expires_at"].as_str().expect("an expiry") > before.as_str(),
         "extend pushes the expiry later: {before} -> {}",
@@ -722,14 +659,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
             Some("{}"),
         )
         .expect(200, "a developer pins an ad-hoc environment")
-        .json();
-    assert_matches_schema(
-        &doc,
-        "POST",
-        "/api/v1/environments/{name}/pin",
-        200,
-        &pinned,
-    );
+        .documented(&doc, "POST", "/api/v1/environments/{name}/pin");
     assert_eq!(pinned["pinned"], true);
     assert_eq!(
         pinned["desired_commit"],
@@ -739,14 +669,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
     let unpinned = f
         .as_role("developer", "POST", "/api/v1/environments/demo/unpin", None)
         .expect(200, "a developer unpins an ad-hoc environment")
-        .json();
-    assert_matches_schema(
-        &doc,
-        "POST",
-        "/api/v1/environments/{name}/unpin",
-        200,
-        &unpinned,
-    );
+        .documented(&doc, "POST", "/api/v1/environments/{name}/unpin");
     assert_eq!(unpinned["pinned"], false);
 
     let rolled = f
@@ -757,14 +680,7 @@ fn an_environment_lives_its_whole_life_through_the_api() {
             Some(&format!(r#"{{"deployment":{earlier_id}}}"#)),
         )
         .expect(200, "a developer rolls an ad-hoc environment back")
-        .json();
-    assert_matches_schema(
-        &doc,
-        "POST",
-        "/api/v1/environments/{name}/rollback",
-        200,
-        &rolled,
-    );
+        .documented(&doc, "POST", "/api/v1/environments/{name}/rollback");
     assert_eq!(rolled["pinned"], true, "a rollback pins the environment");
     let back = synced_at(&first);
     assert_eq!(
@@ -773,28 +689,12 @@ fn an_environment_lives_its_whole_life_through_the_api() {
         "it runs the earlier commit again"
     );
 
-    let destroyed = f
-        .as_role("developer", "DELETE", "/api/v1/environments/demo", None)
+    f.as_role("developer", "DELETE", "/api/v1/environments/demo", None)
         .expect(200, "a developer destroys an ad-hoc environment")
-        .json();
-    assert_matches_schema(
-        &doc,
-        "DELETE",
-        "/api/v1/environments/{name}",
-        200,
-        &destroyed,
-    );
+        .documented(&doc, "DELETE", "/api/v1/environments/{name}");
     f.as_role("viewer", "GET", "/api/v1/environments/demo", None)
         .expect(404, "a destroyed environment is gone");
-    let history = f
-        .as_role(
-            "viewer",
-            "GET",
-            "/api/v1/environments/demo/deployments",
-            None,
-        )
-        .expect(200, "the history of a destroyed environment stays readable")
-        .json();
+    let history = read_history("the history of a destroyed environment stays readable").json();
     assert!(
         !history["deployments"]
             .as_array()
@@ -803,18 +703,15 @@ fn an_environment_lives_its_whole_life_through_the_api() {
         "history outlives the environment"
     );
 
-    let refreshed = f
-        .as_role("developer", "POST", "/api/v1/refresh", None)
+    f.as_role("developer", "POST", "/api/v1/refresh", None)
         .expect(200, "a developer asks for a refresh")
-        .json();
-    assert_matches_schema(&doc, "POST", "/api/v1/refresh", 200, &refreshed);
+        .documented(&doc, "POST", "/api/v1/refresh");
 
     // Every change is in the audit log with who asked.
     let audit = f
         .as_role("admin", "GET", "/api/v1/audit", None)
         .expect(200, "an admin reads the audit log")
-        .json();
-    assert_matches_schema(&doc, "GET", "/api/v1/audit", 200, &audit);
+        .documented(&doc, "GET", "/api/v1/audit");
     let done: Vec<(String, String)> = audit["entries"]
         .as_array()
         .expect("entries")
@@ -915,51 +812,70 @@ fn malformed_bodies_are_refused_with_what_is_wrong() {
         "the error names the field: {}",
         reply.body
     );
-    create(r#"{"name":"x","ref":"main","like":"previews","ttl":"0s"}"#)
-        .expect(400, "a zero ttl is a 400");
-    create(r#"{"name":"x","ref":"main","like":"previews","ttl":"99999d"}"#)
-        .expect(400, "a ttl of centuries is a 400");
-    create(r#"{"name":"x","ref":"--upload-pack=touch /tmp/pwned","like":"previews"}"#).expect(
-        422,
-        "a ref that looks like an option is refused by the git layer",
-    );
-    create(r#"{"name":"x","ref":"no-such-branch","like":"previews"}"#)
-        .expect(422, "an unknown ref is a 422");
-    create(r#"{"name":"x","ref":"main","like":"nope"}"#).expect(422, "an unknown `like` is a 422");
-    create(r#"{"name":"main","ref":"main","like":"previews"}"#)
-        .expect(409, "creating an environment that exists is a conflict");
+    for (body, status, what) in [
+        (
+            r#"{"name":"x","ref":"main","like":"previews","ttl":"0s"}"#,
+            400,
+            "a zero ttl is a 400",
+        ),
+        (
+            r#"{"name":"x","ref":"main","like":"previews","ttl":"99999d"}"#,
+            400,
+            "a ttl of centuries is a 400",
+        ),
+        (
+            r#"{"name":"x","ref":"--upload-pack=touch /tmp/pwned","like":"previews"}"#,
+            422,
+            "a ref that looks like an option is refused by the git layer",
+        ),
+        (
+            r#"{"name":"x","ref":"no-such-branch","like":"previews"}"#,
+            422,
+            "an unknown ref is a 422",
+        ),
+        (
+            r#"{"name":"x","ref":"main","like":"nope"}"#,
+            422,
+            "an unknown `like` is a 422",
+        ),
+        (
+            r#"{"name":"main","ref":"main","like":"previews"}"#,
+            409,
+            "creating an environment that exists is a conflict",
+        ),
+    ] {
+        create(body).expect(status, what);
+    }
 
-    f.as_role(
-        "deployer",
-        "POST",
-        "/api/v1/environments/main/extend",
-        Some(r#"{"by":"soon"}"#),
-    )
-    .expect(400, "an extension that is no duration is a 400");
-    f.as_role(
-        "deployer",
-        "POST",
-        "/api/v1/environments/main/rollback",
-        Some(r#"{"deployment":"one"}"#),
-    )
-    .expect(400, "a deployment id that is no integer is a 400");
-    f.as_role(
-        "deployer",
-        "POST",
-        "/api/v1/environments/main/sync",
-        Some(r#"{"force":true}"#),
-    )
-    .expect(400, "a field a call does not take is a 400");
-    f.as_role(
-        "deployer",
-        "POST",
-        "/api/v1/environments/main/rollback",
-        Some(r#"{"deployment":987654}"#),
-    )
-    .expect(
-        422,
-        "rolling back to another environment's or no deployment is a 422",
-    );
+    for (path, body, status, what) in [
+        (
+            "/api/v1/environments/main/extend",
+            r#"{"by":"soon"}"#,
+            400,
+            "an extension that is no duration is a 400",
+        ),
+        (
+            "/api/v1/environments/main/rollback",
+            r#"{"deployment":"one"}"#,
+            400,
+            "a deployment id that is no integer is a 400",
+        ),
+        (
+            "/api/v1/environments/main/sync",
+            r#"{"force":true}"#,
+            400,
+            "a field a call does not take is a 400",
+        ),
+        (
+            "/api/v1/environments/main/rollback",
+            r#"{"deployment":987654}"#,
+            422,
+            "rolling back to another environment's or no deployment is a 422",
+        ),
+    ] {
+        f.as_role("deployer", "POST", path, Some(body))
+            .expect(status, what);
+    }
 }
 
 /// Sends a request head and `size` bytes of body over a raw socket (the body from another
@@ -1121,13 +1037,7 @@ fn hostile_environment_names_are_refused_before_any_lookup() {
                 400,
                 &format!("{method} of an environment named with {name} is a 400"),
             );
-            assert!(
-                reply.json()["hint"]
-                    .as_str()
-                    .is_some_and(|h| h.contains("DNS label")),
-                "the 400 says what a name may be: {}",
-                reply.body
-            );
+            reply.assert_hint("DNS label", "the 400 says what a name may be");
         }
     }
     for name in ["../x", long.as_str(), "été", "-x", "x y", ""] {
@@ -1187,16 +1097,25 @@ fn read_events(
     }
 }
 
+impl Fixture {
+    /// Opens the event stream at `path` as a viewer, with `headers` besides the token.
+    fn events(&self, path: &str, headers: &[(&str, &str)]) -> ureq::http::Response<ureq::Body> {
+        let mut request = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token("viewer")));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.call().expect("the event stream opens")
+    }
+}
+
 #[test]
 fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_a_cursor() {
     let f = Fixture::new();
     let doc = f.openapi();
-    let response = f
-        .agent
-        .get(f.url("/api/v1/events?environment=main"))
-        .header("Authorization", format!("Bearer {}", f.token("viewer")))
-        .call()
-        .expect("the event stream opens");
+    let response = f.events("/api/v1/events?environment=main", &[]);
     assert_eq!(
         response.status().as_u16(),
         200,
@@ -1252,25 +1171,14 @@ fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_
     );
 
     // Reconnecting with the last id seen before `mine` replays it.
-    let response = f
-        .agent
-        .get(f.url("/api/v1/events"))
-        .header("Authorization", format!("Bearer {}", f.token("viewer")))
-        .header("Last-Event-ID", other.to_string())
-        .call()
-        .expect("the event stream opens");
+    let response = f.events("/api/v1/events", &[("Last-Event-ID", &other.to_string())]);
     let mut reader = BufReader::new(response.into_body().into_reader());
     let seen = read_events(&mut reader, |_| true);
     assert_eq!(
         seen[0].0, mine,
         "the stream replays from after `Last-Event-ID`"
     );
-    let response = f
-        .agent
-        .get(f.url(&format!("/api/v1/events?after={}", other - 1)))
-        .header("Authorization", format!("Bearer {}", f.token("viewer")))
-        .call()
-        .expect("the event stream opens");
+    let response = f.events(&format!("/api/v1/events?after={}", other - 1), &[]);
     let mut reader = BufReader::new(response.into_body().into_reader());
     let seen = read_events(&mut reader, |_| true);
     assert_eq!(seen[0].0, other, "the stream replays from after `?after=`");
@@ -1279,12 +1187,7 @@ fn the_event_stream_delivers_events_recorded_after_connecting_and_replays_after_
 #[test]
 fn stopping_the_server_ends_open_event_streams() {
     let mut f = Fixture::new();
-    let response = f
-        .agent
-        .get(f.url("/api/v1/events"))
-        .header("Authorization", format!("Bearer {}", f.token("viewer")))
-        .call()
-        .expect("the event stream opens");
+    let response = f.events("/api/v1/events", &[]);
     let mut reader = BufReader::new(response.into_body().into_reader());
     assert!(
         f.shut_down(),
@@ -1329,11 +1232,9 @@ fn metrics_and_health_need_no_token() {
         metrics.body
     );
     let doc = f.openapi();
-    let health = f
-        .call("GET", "/healthz", None, None)
+    f.call("GET", "/healthz", None, None)
         .expect(200, "health needs no token")
-        .json();
-    assert_matches_schema(&doc, "GET", "/healthz", 200, &health);
+        .documented(&doc, "GET", "/healthz");
 }
 
 #[test]
@@ -1448,6 +1349,12 @@ impl RawReply {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("a {} body is JSON ({e}): {}", self.status, self.body))
     }
+
+    /// Asserts the status, saying `what` and the body when it differs.
+    fn expect(self, status: u16, what: &str) -> RawReply {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        self
+    }
 }
 
 impl Fixture {
@@ -1459,11 +1366,35 @@ impl Fixture {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> RawReply {
-        let (status, headers, read) = self.send(method, path, headers, body);
+        let url = self.url(path);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let result = match method {
+            "GET" | "DELETE" => self.agent.run(request.body(()).expect("a valid request")),
+            // A POST or PUT without a body sends an empty one.
+            "POST" | "PUT" => self
+                .agent
+                .run(request.body(body.unwrap_or("")).expect("a valid request")),
+            other => panic!("the tests use GET, POST, PUT and DELETE, not {other}"),
+        };
+        let mut response =
+            result.unwrap_or_else(|e| panic!("{method} {path} gets an HTTP response: {e}"));
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("{method} {path}: the body is readable: {e}"));
         RawReply {
             status,
             headers,
-            body: read.unwrap_or_default(),
+            body,
         }
     }
 
@@ -1511,12 +1442,9 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
     assert_eq!(session["role"], "admin");
 
     // Reads need only the cookie (an EventSource cannot send headers).
-    let who = f.raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None);
-    assert_eq!(
-        who.status, 200,
-        "the cookie authenticates a read: {}",
-        who.body
-    );
+    let who = f
+        .raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None)
+        .expect(200, "the cookie authenticates a read");
     assert_matches_schema(&doc, "GET", "/api/v1/whoami", 200, &who.json());
     assert_eq!(who.json()["via"], "session");
     assert_eq!(
@@ -1539,12 +1467,9 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
         ],
     ];
     for headers in forged {
-        let reply = f.raw("POST", sync, headers, Some("a=1"));
-        assert_eq!(
-            reply.status, 403,
-            "a cookie call without the right CSRF token is refused: {}",
-            reply.body
-        );
+        let reply = f
+            .raw("POST", sync, headers, Some("a=1"))
+            .expect(403, "a cookie call without the right CSRF token is refused");
         assert!(
             reply.json()["hint"]
                 .as_str()
@@ -1553,13 +1478,14 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
             reply.body
         );
     }
-    let reply = f.raw(
-        "DELETE",
-        "/api/v1/environments/main?confirm=main",
-        &[("Cookie", &cookie)],
-        None,
-    );
-    assert_eq!(reply.status, 403, "a destroy without CSRF: {}", reply.body);
+    let reply = f
+        .raw(
+            "DELETE",
+            "/api/v1/environments/main?confirm=main",
+            &[("Cookie", &cookie)],
+            None,
+        )
+        .expect(403, "a destroy without CSRF");
     assert!(
         f.controller
             .engine()
@@ -1569,10 +1495,7 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
             .is_some(),
         "no refused call destroyed anything"
     );
-    let audit = f
-        .as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
-        .expect(200, "an admin reads the audit log")
-        .json();
+    let audit = f.audit();
     assert!(
         audit["entries"]
             .as_array()
@@ -1587,65 +1510,45 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
         "a CSRF refusal is audited under the session's token: {audit:#}"
     );
 
+    let sync_with = |headers: &[(&str, &str)], status: u16, what: &str| {
+        f.raw("POST", sync, headers, None).expect(status, what);
+    };
     // With the token, the same call goes through.
-    let reply = f.raw(
-        "POST",
-        sync,
+    sync_with(
         &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
-        None,
-    );
-    assert_eq!(
-        reply.status, 202,
-        "a cookie call with its CSRF token: {}",
-        reply.body
+        202,
+        "a cookie call with its CSRF token",
     );
     // A bearer token wins over a cookie: API clients are not asked for a CSRF token.
     let auth = format!("Bearer {}", f.token("admin"));
-    let reply = f.raw(
-        "POST",
-        sync,
+    sync_with(
         &[("Cookie", &cookie), ("Authorization", &auth)],
-        None,
-    );
-    assert_eq!(
-        reply.status, 202,
-        "a bearer call with a cookie: {}",
-        reply.body
+        202,
+        "a bearer call with a cookie",
     );
 
     // Another token's session carries that token's role.
     let (viewer_cookie, viewer_csrf, _) = f.log_in("viewer");
-    let reply = f.raw(
-        "POST",
-        sync,
+    sync_with(
         &[("Cookie", &viewer_cookie), ("X-Slipway-CSRF", &viewer_csrf)],
-        None,
+        403,
+        "a viewer's session changes nothing",
     );
-    assert_eq!(
-        reply.status, 403,
-        "a viewer's session changes nothing: {}",
-        reply.body
-    );
-    let reply = f.raw(
-        "POST",
-        sync,
+    sync_with(
         &[("Cookie", &viewer_cookie), ("X-Slipway-CSRF", &csrf)],
-        None,
-    );
-    assert_eq!(
-        reply.status, 403,
-        "another session's CSRF token is no good: {}",
-        reply.body
+        403,
+        "another session's CSRF token is no good",
     );
 
     // Logging out ends the session: its cookie no longer authenticates anything.
-    let reply = f.raw(
-        "DELETE",
-        "/api/v1/session",
-        &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
-        None,
-    );
-    assert_eq!(reply.status, 200, "logout: {}", reply.body);
+    let reply = f
+        .raw(
+            "DELETE",
+            "/api/v1/session",
+            &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
+            None,
+        )
+        .expect(200, "logout");
     assert_matches_schema(&doc, "DELETE", "/api/v1/session", 200, &reply.json());
     assert_eq!(reply.json()["ended"], true);
     assert!(
@@ -1655,12 +1558,9 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
         "logout clears the cookie: {:?}",
         reply.headers
     );
-    let reply = f.raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None);
-    assert_eq!(
-        reply.status, 401,
-        "an ended session is refused: {}",
-        reply.body
-    );
+    let reply = f
+        .raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None)
+        .expect(401, "an ended session is refused");
 
     // A revoked token ends its sessions at once.
     let store = f.controller.engine().store();
@@ -1674,12 +1574,9 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
     store
         .revoke_token(id, slipway_state::now_ms())
         .expect("revoke it");
-    let reply = f.raw("GET", "/api/v1/whoami", &[("Cookie", &viewer_cookie)], None);
-    assert_eq!(
-        reply.status, 401,
-        "a revoked token's session: {}",
-        reply.body
-    );
+    let reply = f
+        .raw("GET", "/api/v1/whoami", &[("Cookie", &viewer_cookie)], None)
+        .expect(401, "a revoked token's session");
 }
 
 #[test]
@@ -1690,8 +1587,7 @@ fn whoami_names_the_caller_and_its_role() {
         let who = f
             .as_role(role, "GET", "/api/v1/whoami", None)
             .expect(200, "any token may ask who it is")
-            .json();
-        assert_matches_schema(&doc, "GET", "/api/v1/whoami", 200, &who);
+            .documented(&doc, "GET", "/api/v1/whoami");
         assert_eq!(who["name"], format!("{role}-token"));
         assert_eq!(who["role"], role);
         assert_eq!(who["via"], "bearer");
@@ -1748,8 +1644,7 @@ fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
     let list = f
         .as_role("viewer", "GET", "/api/v1/pull-requests", None)
         .expect(200, "a viewer lists pull requests")
-        .json();
-    assert_matches_schema(&doc, "GET", "/api/v1/pull-requests", 200, &list);
+        .documented(&doc, "GET", "/api/v1/pull-requests");
     let prs = list["pull_requests"].as_array().expect("pull_requests");
     let numbers: Vec<i64> = prs.iter().filter_map(|p| p["number"].as_i64()).collect();
     assert_eq!(
@@ -1776,8 +1671,9 @@ fn the_web_ui_is_served_at_the_root_under_a_strict_content_security_policy() {
         ("/ui/app.css", "text/css"),
         ("/ui/favicon.svg", "image/svg+xml"),
     ] {
-        let reply = f.raw("GET", path, &[], None);
-        assert_eq!(reply.status, 200, "{path} needs no token: {}", reply.body);
+        let reply = f
+            .raw("GET", path, &[], None)
+            .expect(200, "{path} needs no token");
         assert!(
             reply
                 .header("content-type")
@@ -1799,8 +1695,9 @@ fn the_web_ui_is_served_at_the_root_under_a_strict_content_security_policy() {
         "the page loads its script and holds no data: {}",
         page.body
     );
-    let missing = f.raw("GET", "/ui/nope.js", &[], None);
-    assert_eq!(missing.status, 404, "an unknown UI file: {}", missing.body);
+    let missing = f
+        .raw("GET", "/ui/nope.js", &[], None)
+        .expect(404, "an unknown UI file");
 }
 
 /// The document and the server agree on input: a body the server needs is required in the
@@ -1913,10 +1810,7 @@ fn create_answers_what_it_created_even_when_it_is_gone_already() {
         assert_eq!(created["owner"], "developer-token", "{created:#}");
         assert_matches_schema(&doc, "POST", "/api/v1/environments", 201, &created);
     }
-    let audit = f
-        .as_role("admin", "GET", "/api/v1/audit?limit=1000", None)
-        .expect(200, "an admin reads the audit log")
-        .json();
+    let audit = f.audit();
     for name in &names {
         let outcomes: Vec<&Value> = audit["entries"]
             .as_array()
