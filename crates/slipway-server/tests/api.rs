@@ -1478,14 +1478,13 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
             reply.body
         );
     }
-    let reply = f
-        .raw(
-            "DELETE",
-            "/api/v1/environments/main?confirm=main",
-            &[("Cookie", &cookie)],
-            None,
-        )
-        .expect(403, "a destroy without CSRF");
+    f.raw(
+        "DELETE",
+        "/api/v1/environments/main?confirm=main",
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .expect(403, "a destroy without CSRF");
     assert!(
         f.controller
             .engine()
@@ -1558,8 +1557,7 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
         "logout clears the cookie: {:?}",
         reply.headers
     );
-    let reply = f
-        .raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None)
+    f.raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None)
         .expect(401, "an ended session is refused");
 
     // A revoked token ends its sessions at once.
@@ -1574,8 +1572,7 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
     store
         .revoke_token(id, slipway_state::now_ms())
         .expect("revoke it");
-    let reply = f
-        .raw("GET", "/api/v1/whoami", &[("Cookie", &viewer_cookie)], None)
+    f.raw("GET", "/api/v1/whoami", &[("Cookie", &viewer_cookie)], None)
         .expect(401, "a revoked token's session");
 }
 
@@ -1695,8 +1692,7 @@ fn the_web_ui_is_served_at_the_root_under_a_strict_content_security_policy() {
         "the page loads its script and holds no data: {}",
         page.body
     );
-    let missing = f
-        .raw("GET", "/ui/nope.js", &[], None)
+    f.raw("GET", "/ui/nope.js", &[], None)
         .expect(404, "an unknown UI file");
 }
 
