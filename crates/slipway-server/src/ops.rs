@@ -204,14 +204,15 @@ fn outcomes(_: &mut SchemaGenerator) -> Schema {
 
 impl From<AuditRecord> for AuditEntry {
     fn from(r: AuditRecord) -> AuditEntry {
+        let e = r.entry;
         AuditEntry {
             id: r.id,
-            at: rfc3339(r.at),
-            who: r.who,
-            action: r.action,
-            target: r.target,
-            outcome: r.outcome,
-            detail: r.detail,
+            at: rfc3339(e.at),
+            who: e.who,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome,
+            detail: e.detail,
             count: r.count,
         }
     }

@@ -16,25 +16,16 @@ pub const AUDIT_OUTCOMES: &[&str] = &["ok", "refused", "failed"];
 pub struct AuditRecord {
     /// Increasing with time and never reused, so it works as a resume cursor.
     pub id: i64,
-    /// When, unix milliseconds.
-    pub at: i64,
-    /// The name of the token used, or `anonymous`.
-    pub who: String,
-    /// What was asked, e.g. `environment.destroy`.
-    pub action: String,
-    /// What it was asked of, e.g. an environment's name.
-    pub target: Option<String>,
-    /// One of [`AUDIT_OUTCOMES`].
-    pub outcome: String,
-    /// More for people: the response status and, for a refusal or failure, why.
-    pub detail: String,
+    /// What was written.
+    #[serde(flatten)]
+    pub entry: NewAudit,
     /// How many calls this entry stands for: 1, or more for refusals aggregated by
     /// [`Store::record_refusal`] (the entry keeps the first one's time and target).
     pub count: i64,
 }
 
 /// An entry about to be written; see [`Store::record_audit`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewAudit {
     /// When, unix milliseconds.
     pub at: i64,
@@ -55,12 +46,14 @@ const COLUMNS: &str = "id, at, who, action, target, outcome, detail, count";
 fn from_row(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
     Ok(AuditRecord {
         id: row.get(0)?,
-        at: row.get(1)?,
-        who: row.get(2)?,
-        action: row.get(3)?,
-        target: row.get(4)?,
-        outcome: row.get(5)?,
-        detail: row.get(6)?,
+        entry: NewAudit {
+            at: row.get(1)?,
+            who: row.get(2)?,
+            action: row.get(3)?,
+            target: row.get(4)?,
+            outcome: row.get(5)?,
+            detail: row.get(6)?,
+        },
         count: row.get(7)?,
     })
 }

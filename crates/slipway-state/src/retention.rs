@@ -152,7 +152,10 @@ mod tests {
             .record_refusal(&refusal(70_000, "401: unknown token", "y"), 60_000)
             .expect("refusal");
         let all = store.audit(100, None).expect("audit");
-        let counts: Vec<(i64, &str)> = all.iter().map(|e| (e.count, e.detail.as_str())).collect();
+        let counts: Vec<(i64, &str)> = all
+            .iter()
+            .map(|e| (e.count, e.entry.detail.as_str()))
+            .collect();
         assert_eq!(
             counts,
             vec![
@@ -164,7 +167,7 @@ mod tests {
              later window is a new entry"
         );
         assert_eq!(
-            all[0].target.as_deref(),
+            all[0].entry.target.as_deref(),
             Some("t0"),
             "the first target is kept"
         );

@@ -125,8 +125,8 @@ fn the_audit_log_reads_forwards_from_a_cursor() {
     let after = store.audit(1, Some(first)).expect("read");
     assert_eq!(after.len(), 1, "the limit holds");
     assert_eq!(after[0].id, second, "reading resumes after the cursor");
-    assert_eq!(after[0].target.as_deref(), Some("env-2"));
-    assert_eq!(after[0].outcome, "refused");
+    assert_eq!(after[0].entry.target.as_deref(), Some("env-2"));
+    assert_eq!(after[0].entry.outcome, "refused");
     assert!(
         matches!(
             store.record_audit(&entry(4, "maybe")),
