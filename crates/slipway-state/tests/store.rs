@@ -273,6 +273,19 @@ fn environment_status_is_recorded_and_checked() {
     );
 }
 
+/// Records that an apply started in `environment`, at time 1, with `message`.
+fn record_apply_started(store: &Store, environment: &str, message: &str) {
+    store
+        .record_event(
+            Some(&env(environment)),
+            EventKind::ApplyStarted,
+            message,
+            &json!({}),
+            1,
+        )
+        .expect("record an event");
+}
+
 /// A store holding `prod` with a resource `api`, one deployment (whose id it returns) and one
 /// event: a row in each table that reads environments back.
 fn store_with_history() -> (TempDir, Store, i64) {
@@ -283,15 +296,7 @@ fn store_with_history() -> (TempDir, Store, i64) {
     let id = store
         .begin_deployment(&deployment("prod", 1))
         .expect("begin");
-    store
-        .record_event(
-            Some(&env("prod")),
-            EventKind::ApplyStarted,
-            "m",
-            &json!({}),
-            1,
-        )
-        .expect("record an event");
+    record_apply_started(&store, "prod", "m");
     (home, store, id)
 }
 
@@ -361,15 +366,7 @@ fn an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic() {
 #[test]
 fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind() {
     let (home, store) = store_with(&["prod"]);
-    store
-        .record_event(
-            Some(&env("prod")),
-            EventKind::ApplyStarted,
-            "m",
-            &json!({}),
-            1,
-        )
-        .expect("record an event");
+    record_apply_started(&store, "prod", "m");
     drop(store);
     let conn = raw(&home);
     conn.execute("UPDATE events SET kind = 'destroyed'", [])
@@ -427,15 +424,7 @@ fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
     let id = store
         .begin_deployment(&deployment("prod", 1))
         .expect("begin a deployment");
-    store
-        .record_event(
-            Some(&env("prod")),
-            EventKind::ApplyStarted,
-            "started",
-            &json!({}),
-            1,
-        )
-        .expect("record an event");
+    record_apply_started(&store, "prod", "started");
 
     assert!(
         store.delete_environment(&env("prod")).expect("delete prod"),
