@@ -348,24 +348,28 @@ mod tests {
     use super::*;
     use slipway_engine::Rules;
 
-    fn rules(protected: bool, require_pr: bool, reqs: &[&str]) -> Rules {
-        Rules {
-            protected,
-            require_pr,
-            apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
-        }
+    fn requirements(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
     fn a_pull_request_is_judged_by_the_strongest_of_its_branch_what_runs_and_its_own() {
-        let lowered = rules(false, false, &[]);
-        let branch = rules(true, false, &["approved", "mergeable"]);
+        let lowered = Rules::default();
+        let branch = Rules {
+            protected: true,
+            apply_requirements: requirements(&["approved", "mergeable"]),
+            ..Rules::default()
+        };
         assert_eq!(
             apply_rules(Some(&branch), None, &lowered),
             branch,
             "the head cannot lower the tracked branch's rules"
         );
-        let running = rules(false, true, &["approved"]);
+        let running = Rules {
+            require_pr: true,
+            apply_requirements: requirements(&["approved"]),
+            ..Rules::default()
+        };
         assert_eq!(
             apply_rules(Some(&lowered), Some(&running), &lowered),
             running,
