@@ -51,7 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ProviderError, ResourceContext};
+use crate::{Applied, Provider, ProviderError, ResourceContext};
 
 pub use database::{DatabaseConfig, DatabaseProvider, Strategy};
 pub use names::{MAX_NAME_BYTES, Names, names};
@@ -206,16 +206,27 @@ impl PgServers {
         }
     }
 
-    /// The server an update works on: the recorded one, or `None` when the resource's
-    /// `server:` now names another one, which makes the update a delete and a create.
-    fn unmoved(
+    /// An update of `provider`'s resource recorded on server `recorded`: `ensure` on that
+    /// server, or a delete and a create when `requested` now names another one (`server`
+    /// forces a replacement, so the engine replaces instead; an update asked for it all the
+    /// same gets the same result).
+    #[allow(clippy::too_many_arguments)]
+    fn update<P: Provider>(
         &self,
-        type_name: &str,
+        provider: &P,
+        ctx: ResourceContext<'_>,
+        config: &P::Config,
+        live: &Value,
         requested: Option<&str>,
         recorded: &str,
-    ) -> Result<Option<Server>, ProviderError> {
-        let server = self.choose(type_name, requested)?;
-        Ok((server.name == recorded).then_some(server))
+        ensure: impl FnOnce(&Server) -> Result<Applied, ProviderError>,
+    ) -> Result<Applied, ProviderError> {
+        let server = self.choose(P::TYPE, requested)?;
+        if server.name != recorded {
+            provider.delete(ctx, Some(live))?;
+            return provider.create(ctx, config);
+        }
+        ensure(&server)
     }
 
     /// Drops what a resource may have left: `drop` gets a session on each server a delete must

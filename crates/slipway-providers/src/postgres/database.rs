@@ -124,23 +124,18 @@ impl Provider for DatabaseProvider {
         live: &Value,
     ) -> Result<Applied, ProviderError> {
         let recorded: LiveDatabase = parse_live(TYPE, live)?;
-        let Some(server) =
-            self.servers
-                .unmoved(TYPE, config.server.as_deref(), &recorded.server)?
-        else {
-            // Moving to another server is a new database; the engine replaces instead, but an
-            // update asked for it all the same gets the same result.
-            self.delete(ctx, Some(live))?;
-            return self.create(ctx, config);
-        };
-        self.ensure(
-            ctx,
-            &server,
-            &recorded.names(),
-            config,
-            &recorded.password,
-            &recorded.extensions,
-        )
+        let (requested, on) = (config.server.as_deref(), recorded.server.as_str());
+        self.servers
+            .update(self, ctx, config, live, requested, on, |server| {
+                self.ensure(
+                    ctx,
+                    server,
+                    &recorded.names(),
+                    config,
+                    &recorded.password,
+                    &recorded.extensions,
+                )
+            })
     }
 
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {

@@ -81,20 +81,17 @@ impl Provider for RoleProvider {
         live: &Value,
     ) -> Result<Applied, ProviderError> {
         let recorded: LiveRole = parse_live(TYPE, live)?;
-        let Some(server) =
-            self.servers
-                .unmoved(TYPE, config.server.as_deref(), &recorded.server)?
-        else {
-            self.delete(ctx, Some(live))?;
-            return self.create(ctx, config);
-        };
-        self.ensure(
-            ctx,
-            &server,
-            &recorded.role,
-            config.login(),
-            &recorded.password,
-        )
+        let (requested, on) = (config.server.as_deref(), recorded.server.as_str());
+        self.servers
+            .update(self, ctx, config, live, requested, on, |server| {
+                self.ensure(
+                    ctx,
+                    server,
+                    &recorded.role,
+                    config.login(),
+                    &recorded.password,
+                )
+            })
     }
 
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
