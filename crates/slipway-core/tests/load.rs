@@ -3,12 +3,29 @@
 use std::collections::BTreeMap;
 
 use slipway_core::EnvName;
-use slipway_core::render::{EnvKind, Target, render};
-use slipway_core::stack::{FileError, Files, LoadLimits, load};
+use slipway_core::render::{DesiredState, EnvKind, Target, render};
+use slipway_core::stack::{FileError, Files, LoadLimits, Stack, load};
 
 /// A name the test knows to be valid.
 fn env(name: &str) -> EnvName {
     EnvName::parse(name).expect("the test's environment names are DNS labels")
+}
+
+/// `stack` rendered for environment `name` of definition `definition` at `commit`, which must
+/// succeed.
+fn render_env(
+    stack: &Stack,
+    name: &str,
+    definition: &str,
+    kind: EnvKind,
+    commit: &str,
+) -> DesiredState {
+    let target = Target {
+        name: &env(name),
+        definition,
+        kind,
+    };
+    render(stack, target, commit, &BTreeMap::new()).expect("renders")
 }
 
 struct MapFiles(BTreeMap<String, String>);
@@ -59,17 +76,7 @@ fn render_applies_environment_overrides_and_is_deterministic() {
     let stack = load(&one(SPEC_EXAMPLE), "slipway.yaml", &LoadLimits::default())
         .stack
         .expect("a stack");
-    let prod = render(
-        &stack,
-        Target {
-            name: &env("prod"),
-            definition: "prod",
-            kind: EnvKind::Static,
-        },
-        "c0ffee",
-        &Default::default(),
-    )
-    .expect("renders");
+    let prod = render_env(&stack, "prod", "prod", EnvKind::Static, "c0ffee");
     assert_eq!(
         prod.resources["api"].config["env"]["WORKERS"], "4",
         "prod overrides workers"
@@ -78,29 +85,9 @@ fn render_applies_environment_overrides_and_is_deterministic() {
         prod.resources["api"].config["env"]["DATABASE_URL"], "${resources.db.url}",
         "resource outputs stay references until apply"
     );
-    let again = render(
-        &stack,
-        Target {
-            name: &env("prod"),
-            definition: "prod",
-            kind: EnvKind::Static,
-        },
-        "c0ffee",
-        &Default::default(),
-    )
-    .expect("renders");
+    let again = render_env(&stack, "prod", "prod", EnvKind::Static, "c0ffee");
     assert_eq!(prod.canonical_json(), again.canonical_json());
-    let qa = render(
-        &stack,
-        Target {
-            name: &env("qa"),
-            definition: "qa",
-            kind: EnvKind::Static,
-        },
-        "c0ffee",
-        &Default::default(),
-    )
-    .expect("renders");
+    let qa = render_env(&stack, "qa", "qa", EnvKind::Static, "c0ffee");
     assert_ne!(
         prod.hash, qa.hash,
         "different variables give different hashes"
@@ -139,26 +126,8 @@ fn secrets_are_referenced_by_name_and_rendered_as_ciphertext_per_environment() {
     let stack = loaded.stack.expect("a stack");
     assert_eq!(stack.secrets.file, "deploy/slipway.secrets.yaml");
     assert_eq!(stack.secrets.recipients.len(), 1);
-    let (prod_name, pr_name) = (env("prod"), env("br-f-x"));
-    let target = |name, definition, kind| Target {
-        name,
-        definition,
-        kind,
-    };
-    let prod = render(
-        &stack,
-        target(&prod_name, "prod", EnvKind::Static),
-        "c1",
-        &BTreeMap::new(),
-    )
-    .expect("renders");
-    let pr = render(
-        &stack,
-        target(&pr_name, "previews", EnvKind::Generated),
-        "c1",
-        &BTreeMap::new(),
-    )
-    .expect("renders");
+    let prod = render_env(&stack, "prod", "prod", EnvKind::Static, "c1");
+    let pr = render_env(&stack, "br-f-x", "previews", EnvKind::Generated, "c1");
     assert!(prod.secrets["token"].contains("cHJvZA=="));
     assert!(pr.secrets["token"].contains("ZGVmYXVsdA=="));
     assert_ne!(prod.hash, pr.hash);

@@ -8,16 +8,19 @@
 //! after the bug. Inputs are arbitrary strings and mutations of the seed files: the loader's
 //! fixtures, the quickstart example and `fuzz/seeds/load/` (see docs/fuzzing.md).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::LazyLock;
 
+use common::applied;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use slipway_core::EnvName;
-use slipway_core::plan::{Action, PlanInput, Recorded, ResourceStatus, plan};
-use slipway_core::render::{DesiredState, EnvKind, Target, render};
+use slipway_core::plan::{Action, PlanInput, plan};
+use slipway_core::render::{EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
 
 /// The line that separates `slipway.yaml` from `more.yaml` in one input.
@@ -63,27 +66,6 @@ fn split(text: &str) -> Repo<'_> {
         entry: text,
         included: None,
     }
-}
-
-/// What the store would hold after applying `desired` successfully (as in tests/plan.rs).
-fn applied(desired: &DesiredState) -> BTreeMap<String, Recorded> {
-    desired
-        .resources
-        .iter()
-        .map(|(name, r)| {
-            (
-                name.clone(),
-                Recorded {
-                    type_name: r.type_name.clone(),
-                    status: ResourceStatus::Ready,
-                    config: r.config.clone(),
-                    depends_on: r.depends_on.clone(),
-                    resolved_hash: None,
-                    source: r.source.clone(),
-                },
-            )
-        })
-        .collect()
 }
 
 /// Runs the pipeline on one input. `Err` says which promise a stack that loaded without

@@ -1,11 +1,12 @@
 //! Plans as snapshots, and the properties every plan keeps: render is deterministic, and the
 //! plan after an apply is empty.
 
-use std::collections::BTreeMap;
+mod common;
 
+use common::applied;
 use proptest::prelude::*;
 use slipway_core::EnvName;
-use slipway_core::plan::{Observed, Plan, PlanInput, Recorded, ResourceStatus, plan};
+use slipway_core::plan::{Observed, Plan, PlanInput, ResourceStatus, plan};
 use slipway_core::render::{DesiredState, EnvKind, Target, render};
 use slipway_core::stack::{FileError, Files, LoadLimits, load};
 
@@ -43,26 +44,6 @@ fn desired(text: &str, env: &str, sources: &[(&str, &str)]) -> DesiredState {
         &sources,
     )
     .expect("renders")
-}
-
-/// What the store would hold after applying `d` successfully.
-fn applied(d: &DesiredState) -> BTreeMap<String, Recorded> {
-    d.resources
-        .iter()
-        .map(|(n, r)| {
-            (
-                n.clone(),
-                Recorded {
-                    type_name: r.type_name.clone(),
-                    status: ResourceStatus::Ready,
-                    config: r.config.clone(),
-                    depends_on: r.depends_on.clone(),
-                    resolved_hash: None,
-                    source: r.source.clone(),
-                },
-            )
-        })
-        .collect()
 }
 
 fn show(p: &Plan) -> String {
