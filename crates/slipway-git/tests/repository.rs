@@ -868,17 +868,7 @@ fn local_paths_open_work_trees_subdirectories_and_bare_repositories() {
         .fetch()
         .expect("fetch is a no-op for a local repository");
 
-    let bare = fixture.root.path().join("bare.git");
-    git(
-        fixture.root.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            fixture.repo.to_str().expect("UTF-8"),
-            "bare.git",
-        ],
-    );
+    let bare = slipway_testkit::git::clone_bare(&fixture.repo, fixture.root.path(), "bare.git");
     let bare = GitRepository::open(bare.to_str().expect("UTF-8"), &fixture.cache())
         .expect("open a bare repository");
     assert_eq!(bare.work_tree(), None, "a bare repository has no work tree");

@@ -47,6 +47,13 @@ pub fn git_with(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Clones `repo` bare into `parent/name`, which it returns.
+pub fn clone_bare(repo: &Path, parent: &Path, name: &str) -> PathBuf {
+    let repo = repo.to_str().expect("a UTF-8 repository path");
+    git(parent, &["clone", "-q", "--bare", repo, name]);
+    parent.join(name)
+}
+
 /// A repository with a work tree, on branch `main`.
 #[derive(Debug, Clone)]
 pub struct Repo {
