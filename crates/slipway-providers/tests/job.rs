@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Reaper, TestEnv, eventually, pid_running};
+use common::{Reaper, TestEnv, eventually, failed, pid_running};
 use serde_json::{Value, json};
 use slipway_providers::{ProviderError, Registry, Retry};
 
@@ -107,14 +107,7 @@ fn a_failing_job_is_a_terminal_error_naming_the_exit_code_with_the_log_tail() {
         json!({"command": ["sh", "-c", "echo it-broke >&2; exit 3"]}),
     )
     .expect_err("a job exiting 3 fails");
-    let ProviderError::Failed {
-        message,
-        log_tail,
-        retry,
-    } = &err
-    else {
-        panic!("a failed job is ProviderError::Failed, got {err:?}");
-    };
+    let (message, log_tail, retry) = failed(&err, "a failed job");
     assert!(
         message.contains("exit code 3"),
         "the message names the exit code: {message}"
@@ -124,12 +117,12 @@ fn a_failing_job_is_a_terminal_error_naming_the_exit_code_with_the_log_tail() {
         "the message names the command: {message}"
     );
     assert_eq!(
-        *retry,
+        retry,
         Retry::Terminal,
         "a failed job is not retried by itself"
     );
     assert_eq!(
-        log_tail.as_deref(),
+        log_tail,
         Some("it-broke"),
         "the log tail is this run's output"
     );

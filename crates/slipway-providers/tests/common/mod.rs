@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use slipway_providers::{EnvDirs, ProviderSettings, ResourceContext};
+use slipway_providers::{EnvDirs, ProviderError, ProviderSettings, ResourceContext, Retry};
 
 /// One environment's directories in a temporary directory.
 pub struct TestEnv {
@@ -137,6 +137,19 @@ pub fn pid_running(pid: u32) -> bool {
             !matches!(state, Some(Some('Z' | 'X')))
         }
         Err(_) => false,
+    }
+}
+
+/// The message, log tail and retry class of a [`ProviderError::Failed`]; any other error fails
+/// the test, `what` naming the failure that should have been one.
+pub fn failed<'a>(err: &'a ProviderError, what: &str) -> (&'a str, Option<&'a str>, Retry) {
+    match err {
+        ProviderError::Failed {
+            message,
+            log_tail,
+            retry,
+        } => (message, log_tail.as_deref(), *retry),
+        other => panic!("{what} is ProviderError::Failed, got {other:?}"),
     }
 }
 
