@@ -1,7 +1,7 @@
 //! The audit log: who asked the API to change what, and whether it happened. Append-only,
 //! like events, but about people and their requests rather than about environments.
 
-use rusqlite::{Row, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 
 use crate::StateError;
@@ -43,7 +43,7 @@ pub struct NewAudit {
 
 const COLUMNS: &str = "id, at, who, action, target, outcome, detail, count";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+fn from_row(row: &Row) -> Result<AuditRecord, DbError> {
     Ok(AuditRecord {
         id: row.get(0)?,
         entry: NewAudit {
@@ -65,21 +65,21 @@ impl Store {
     /// [`StateError::InvalidValue`] for an outcome outside [`AUDIT_OUTCOMES`].
     pub fn record_audit(&self, entry: &NewAudit) -> Result<i64, StateError> {
         one_of("audit outcome", &entry.outcome, AUDIT_OUTCOMES)?;
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO audit (at, who, action, target, outcome, detail) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                entry.at,
-                entry.who,
-                entry.action,
-                entry.target,
-                entry.outcome,
-                entry.detail
-            ],
-        )
-        .map_err(sql(format!("record {} in the audit log", entry.action)))?;
-        Ok(conn.last_insert_rowid())
+        self.conn()
+            .query_one(
+                "INSERT INTO audit (at, who, action, target, outcome, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                params![
+                    entry.at,
+                    entry.who,
+                    entry.action,
+                    entry.target,
+                    entry.outcome,
+                    entry.detail
+                ],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("record {} in the audit log", entry.action)))
     }
 
     /// Records a refused call, folded into the entry of the same refusal (who, action, outcome
@@ -96,31 +96,27 @@ impl Store {
     pub fn record_refusal(&self, entry: &NewAudit, window_ms: i64) -> Result<i64, StateError> {
         one_of("audit outcome", &entry.outcome, AUDIT_OUTCOMES)?;
         let operation = format!("record a refused {} in the audit log", entry.action);
-        let conn = self.conn();
+        let mut conn = self.conn();
         let existing: Option<i64> = conn
-            .prepare_cached(
+            .query_opt(
                 "SELECT id FROM audit WHERE at > ?1 AND who = ?2 AND action = ?3 \
                  AND outcome = ?4 AND detail = ?5 ORDER BY id DESC LIMIT 1",
+                params![
+                    entry.at.saturating_sub(window_ms),
+                    entry.who,
+                    entry.action,
+                    entry.outcome,
+                    entry.detail
+                ],
+                |row| row.get(0),
             )
-            .and_then(|mut statement| {
-                statement
-                    .query_map(
-                        params![
-                            entry.at.saturating_sub(window_ms),
-                            entry.who,
-                            entry.action,
-                            entry.outcome,
-                            entry.detail
-                        ],
-                        |row| row.get(0),
-                    )?
-                    .next()
-                    .transpose()
-            })
             .map_err(sql(operation.clone()))?;
         if let Some(id) = existing {
-            conn.execute("UPDATE audit SET count = count + 1 WHERE id = ?1", [id])
-                .map_err(sql(operation))?;
+            conn.execute(
+                "UPDATE audit SET count = count + 1 WHERE id = ?1",
+                params![id],
+            )
+            .map_err(sql(operation))?;
             return Ok(id);
         }
         // The connection is one lock: released before the plain insert takes it again.
@@ -136,16 +132,12 @@ impl Store {
         after_id: Option<i64>,
     ) -> Result<Vec<AuditRecord>, StateError> {
         let operation = "read the audit log";
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"
-            ))
-            .map_err(sql(operation))?;
-        let rows = statement
-            .query_map(params![after_id.unwrap_or(0), sql_limit(limit)], from_row)
-            .map_err(sql(operation))?;
-        rows.collect::<rusqlite::Result<_>>()
+        self.conn()
+            .query(
+                &format!("SELECT {COLUMNS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"),
+                params![after_id.unwrap_or(0), sql_limit(limit)],
+                from_row,
+            )
             .map_err(sql(operation))
     }
 }

@@ -1,6 +1,6 @@
 //! Deployments: the history of every attempt to bring an environment to a commit.
 
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
@@ -60,7 +60,7 @@ pub struct NewDeployment {
 const COLUMNS: &str = "id, environment, commit_sha, hash, reference, plan, status, error, who, \
                        started_at, finished_at, summary";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String)> {
+fn from_row(row: &Row) -> Result<(DeploymentRecord, String, String), DbError> {
     Ok((
         DeploymentRecord {
             id: row.get(0)?,
@@ -98,23 +98,23 @@ impl Store {
     /// Record before acting: the engine calls this before it changes anything, so that a crash
     /// mid-deployment leaves a `running` row for [`Store::mark_interrupted`] to find.
     pub fn begin_deployment(&self, new: &NewDeployment) -> Result<i64, StateError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO deployments (environment, commit_sha, hash, reference, plan, status, \
-                                      who, started_at, summary) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null')",
-            params![
-                new.environment.as_str(),
-                new.commit,
-                new.hash,
-                new.reference,
-                to_json(&new.plan),
-                new.who,
-                new.at,
-            ],
-        )
-        .map_err(sql(format!("record a deployment of {}", new.environment)))?;
-        Ok(conn.last_insert_rowid())
+        self.conn()
+            .query_one(
+                "INSERT INTO deployments (environment, commit_sha, hash, reference, plan, \
+                                          status, who, started_at, summary) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null') RETURNING id",
+                params![
+                    new.environment,
+                    new.commit,
+                    new.hash,
+                    new.reference,
+                    to_json(&new.plan),
+                    new.who,
+                    new.at,
+                ],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("record a deployment of {}", new.environment)))
     }
 
     /// Finishes a running deployment with a final status (`succeeded`, `failed` or
@@ -140,47 +140,43 @@ impl Store {
             });
         }
         let operation = || format!("record the end of deployment {id}");
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(operation()))?;
-        let updated = tx
-            .execute(
-                "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, finished_at = ?5 \
-                 WHERE id = ?1 AND status = 'running'",
-                params![id, status.as_str(), error, to_json(summary), at],
-            )
-            .map_err(sql(operation()))?;
-        if updated == 0 {
+        self.conn().transaction(&[], |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, \
+                     finished_at = ?5 WHERE id = ?1 AND status = 'running'",
+                    params![id, status.as_str(), error, to_json(summary), at],
+                )
+                .map_err(sql(operation()))?;
+            if updated > 0 {
+                return Ok(());
+            }
             let current: Option<DeploymentStatus> = tx
-                .query_row(
+                .query_opt(
                     "SELECT status FROM deployments WHERE id = ?1",
-                    [id],
+                    params![id],
                     |row| word(row, 0),
                 )
-                .optional()
                 .map_err(sql(operation()))?;
-            return Err(match current {
+            Err(match current {
                 Some(status) => StateError::DeploymentNotRunning { id, status },
                 None => StateError::NotFound {
                     what: "deployment",
                     key: id.to_string(),
                 },
-            });
-        }
-        tx.commit().map_err(sql(operation()))
+            })
+        })
     }
 
     /// The deployment with this id, if any.
     pub fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>, StateError> {
         let raw = self
             .conn()
-            .query_row(
+            .query_opt(
                 &format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"),
-                [id],
+                params![id],
                 from_row,
             )
-            .optional()
             .map_err(sql(format!("read deployment {id}")))?;
         raw.map(decode).transpose()
     }
@@ -195,10 +191,10 @@ impl Store {
         since: i64,
     ) -> Result<bool, StateError> {
         self.conn()
-            .query_row(
+            .query_one(
                 "SELECT EXISTS (SELECT 1 FROM deployments WHERE environment = ?1 \
                  AND commit_sha = ?2 AND status = 'succeeded' AND started_at >= ?3)",
-                params![environment.as_str(), commit, since],
+                params![environment, commit, since],
                 |row| row.get(0),
             )
             .map_err(sql(format!("read the deployments of {environment}")))
@@ -211,17 +207,16 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>, StateError> {
         let operation = || format!("list the deployments of {environment}");
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM deployments WHERE environment = ?1 \
-                 ORDER BY id DESC LIMIT ?2"
-            ))
-            .map_err(sql(operation()))?;
-        let raw = statement
-            .query_map(params![environment.as_str(), sql_limit(limit)], from_row)
-            .map_err(sql(operation()))?
-            .collect::<rusqlite::Result<Vec<_>>>()
+        let raw = self
+            .conn()
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM deployments WHERE environment = ?1 \
+                     ORDER BY id DESC LIMIT ?2"
+                ),
+                params![environment, sql_limit(limit)],
+                from_row,
+            )
             .map_err(sql(operation()))?;
         raw.into_iter().map(decode).collect()
     }
@@ -239,8 +234,9 @@ impl Store {
                    error = coalesce(error, 'the process running this deployment stopped \
                                            before it finished') \
                  WHERE environment = ?1 AND status = 'running'",
-                params![environment.as_str(), at],
+                params![environment, at],
             )
+            .map(|n| n as usize)
             .map_err(sql(format!(
                 "mark the running deployments of {environment} interrupted"
             )))

@@ -1,6 +1,6 @@
 //! Environments: what each should run, what it runs, and how that is going.
 
-use rusqlite::{OptionalExtension, Row, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
@@ -94,7 +94,7 @@ const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, cur
                        hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
                        created_at, updated_at, definition, protected";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
+fn from_row(row: &Row) -> Result<EnvironmentRecord, DbError> {
     Ok(EnvironmentRecord {
         name: env_name(row, 0)?,
         kind: word(row, 1)?,
@@ -172,25 +172,22 @@ impl Store {
     /// The environment called `name`, if it exists.
     pub fn environment(&self, name: &EnvName) -> Result<Option<EnvironmentRecord>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
-                [name.as_str()],
+                params![name.as_str()],
                 from_row,
             )
-            .optional()
             .map_err(sql(format!("read environment {name}")))
     }
 
     /// Every environment, ordered by name.
     pub fn environments(&self) -> Result<Vec<EnvironmentRecord>, StateError> {
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM environments ORDER BY name"))
-            .map_err(sql("list environments"))?;
-        let rows = statement
-            .query_map([], from_row)
-            .map_err(sql("list environments"))?;
-        rows.collect::<rusqlite::Result<_>>()
+        self.conn()
+            .query(
+                &format!("SELECT {COLUMNS} FROM environments ORDER BY name"),
+                params![],
+                from_row,
+            )
             .map_err(sql("list environments"))
     }
 
@@ -200,7 +197,10 @@ impl Store {
         // One statement: SQLite applies the cascade inside it, so it is atomic on its own.
         let deleted = self
             .conn()
-            .execute("DELETE FROM environments WHERE name = ?1", [name.as_str()])
+            .execute(
+                "DELETE FROM environments WHERE name = ?1",
+                params![name.as_str()],
+            )
             .map_err(sql(format!("delete environment {name}")))?;
         Ok(deleted > 0)
     }

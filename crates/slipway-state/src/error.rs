@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::db::DbError;
+
 /// Everything that can go wrong while reading or writing the state store.
 ///
 /// [`StateError::retryable`] says whether the same call may succeed later without anyone
@@ -38,14 +40,14 @@ pub enum StateError {
         reason: String,
     },
 
-    /// The database file could not be opened or configured.
-    #[error("failed to open the state database {path}")]
+    /// The database could not be opened, reached or configured.
+    #[error("failed to open the state database {location}")]
     Open {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or PostgreSQL's URL without its password.
+        location: String,
         /// Why it failed.
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
 
     /// The database refused write-ahead logging, which the store relies on for concurrent
@@ -63,12 +65,12 @@ pub enum StateError {
 
     /// The database was written by a newer Slipway whose schema this binary does not know.
     #[error(
-        "the state database {path} has schema version {found}, newer than the {supported} this \
-         slipway understands; upgrade slipway, or point --home at another directory"
+        "the state database {location} has schema version {found}, newer than the {supported} \
+         this slipway understands; upgrade slipway, or point --home at another directory"
     )]
     NewerSchema {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or PostgreSQL's URL without its password.
+        location: String,
         /// The schema version recorded in the database.
         found: i64,
         /// The newest schema version this binary knows.
@@ -76,25 +78,25 @@ pub enum StateError {
     },
 
     /// A schema migration failed; the database stays at the previous version.
-    #[error("failed to migrate the state database {path} to schema version {version}")]
+    #[error("failed to migrate the state database {location} to schema version {version}")]
     Migrate {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or PostgreSQL's URL without its password.
+        location: String,
         /// The version the failed migration would have produced.
         version: i64,
         /// Why it failed.
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
 
     /// A query failed.
     #[error("failed to {operation}")]
-    Sqlite {
+    Database {
         /// What the store was doing, e.g. "record deployment of prod".
         operation: String,
         /// Why it failed.
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
 
     /// A JSON column did not hold valid JSON (the database was edited by hand or is damaged).
@@ -194,6 +196,16 @@ pub enum StateError {
     },
 }
 
+/// A transaction that could not begin or commit.
+impl From<DbError> for StateError {
+    fn from(source: DbError) -> StateError {
+        StateError::Database {
+            operation: "run a transaction on the state database".to_owned(),
+            source,
+        }
+    }
+}
+
 impl StateError {
     /// Whether the same call may succeed later with nothing changed by a person: the database
     /// was locked by another process past the busy timeout, or the port range was full (ports
@@ -202,7 +214,7 @@ impl StateError {
         match self {
             StateError::Open { source, .. }
             | StateError::Migrate { source, .. }
-            | StateError::Sqlite { source, .. } => is_busy(source),
+            | StateError::Database { source, .. } => source.retryable(),
             StateError::PortsExhausted { .. } | StateError::UidsExhausted { .. } => true,
             StateError::CreateHome { .. }
             | StateError::WalUnavailable { .. }
@@ -219,13 +231,6 @@ impl StateError {
     }
 }
 
-fn is_busy(error: &rusqlite::Error) -> bool {
-    matches!(
-        error.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,21 +241,21 @@ mod tests {
 
     #[test]
     fn a_locked_database_is_retryable_and_a_constraint_failure_is_not() {
-        let busy = StateError::Sqlite {
+        let busy = StateError::Database {
             operation: "record".to_owned(),
-            source: sqlite(rusqlite::ffi::SQLITE_BUSY),
+            source: sqlite(rusqlite::ffi::SQLITE_BUSY).into(),
         };
         assert!(busy.retryable(), "a busy database is worth retrying");
-        let constraint = StateError::Sqlite {
+        let constraint = StateError::Database {
             operation: "record".to_owned(),
-            source: sqlite(rusqlite::ffi::SQLITE_CONSTRAINT),
+            source: sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).into(),
         };
         assert!(
             !constraint.retryable(),
             "a constraint failure fails the same way every time"
         );
         let newer = StateError::NewerSchema {
-            path: PathBuf::from("state.db"),
+            location: "state.db".to_owned(),
             found: 9,
             supported: 1,
         };

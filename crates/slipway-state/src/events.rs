@@ -1,6 +1,6 @@
 //! Events: an append-only log of what happened, for the API's event stream and for people.
 
-use rusqlite::{Row, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
@@ -37,7 +37,7 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<(EventRecord, String)> {
+fn from_row(row: &Row) -> Result<(EventRecord, String), DbError> {
     Ok((
         EventRecord {
             id: row.get(0)?,
@@ -61,20 +61,14 @@ impl Store {
         data: &serde_json::Value,
         at: i64,
     ) -> Result<i64, StateError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO events (environment, kind, message, data, at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                environment.map(EnvName::as_str),
-                kind.as_str(),
-                message,
-                to_json(data),
-                at
-            ],
-        )
-        .map_err(sql(format!("record a {kind} event")))?;
-        Ok(conn.last_insert_rowid())
+        self.conn()
+            .query_one(
+                "INSERT INTO events (environment, kind, message, data, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![environment, kind.as_str(), message, to_json(data), at],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("record a {kind} event")))
     }
 
     /// The newest event of `kind` about `environment` (engine-wide events when `None`).
@@ -84,23 +78,19 @@ impl Store {
         kind: EventKind,
     ) -> Result<Option<EventRecord>, StateError> {
         let operation = "read the last event of a kind";
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(
+        let row = self
+            .conn()
+            .query_opt(
                 "SELECT id, environment, kind, message, data, at FROM events \
-                 WHERE kind = ?1 AND environment IS ?2 ORDER BY id DESC LIMIT 1",
-            )
-            .map_err(sql(operation))?;
-        let mut rows = statement
-            .query_map(
-                params![kind.as_str(), environment.map(EnvName::as_str)],
+                 WHERE kind = ?1 AND environment IS NOT DISTINCT FROM ?2 \
+                 ORDER BY id DESC LIMIT 1",
+                params![kind.as_str(), environment],
                 from_row,
             )
             .map_err(sql(operation))?;
-        match rows.next() {
+        match row {
             None => Ok(None),
-            Some(row) => {
-                let (mut record, data) = row.map_err(sql(operation))?;
+            Some((mut record, data)) => {
                 record.data = from_json(&data, || format!("event {}", record.id), "data")?;
                 Ok(Some(record))
             }
@@ -110,25 +100,19 @@ impl Store {
     /// Events matching `query`, oldest first (ascending id).
     pub fn events(&self, query: &EventQuery) -> Result<Vec<EventRecord>, StateError> {
         let operation = "read events";
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(
+        let raw = self
+            .conn()
+            .query(
                 "SELECT id, environment, kind, message, data, at FROM events \
-                 WHERE (?1 IS NULL OR environment = ?1) AND id > ?2 \
+                 WHERE (environment = ?1 OR ?1 IS NULL) AND id > ?2 \
                  ORDER BY id LIMIT ?3",
-            )
-            .map_err(sql(operation))?;
-        let raw = statement
-            .query_map(
                 params![
-                    query.environment.as_ref().map(EnvName::as_str),
+                    query.environment,
                     query.after_id.unwrap_or(0),
                     sql_limit(query.limit)
                 ],
                 from_row,
             )
-            .map_err(sql(operation))?
-            .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql(operation))?;
         raw.into_iter()
             .map(|(mut event, data)| {

@@ -3,7 +3,7 @@
 use slipway_core::EnvName;
 use std::ops::RangeInclusive;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use crate::db::{Exec, params};
 
 use crate::StateError;
 use crate::store::{Store, sql};
@@ -30,76 +30,71 @@ impl Store {
         usable: impl Fn(u32) -> bool,
     ) -> Result<u32, StateError> {
         let operation = || format!("allocate a uid for {environment}");
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(operation()))?;
-        let known: Option<u32> = tx
-            .query_row(
-                "SELECT uid FROM env_uids WHERE environment = ?1",
-                [environment.as_str()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql(operation()))?;
-        if let Some(uid) = known {
-            return Ok(uid);
-        }
-        let held: std::collections::BTreeSet<u32> = {
-            let mut statement = tx
-                .prepare("SELECT uid FROM env_uids WHERE uid BETWEEN ?1 AND ?2")
+        self.conn().transaction(&["env_uids", "uid_cursor"], |tx| {
+            let known: Option<u32> = tx
+                .query_opt(
+                    "SELECT uid FROM env_uids WHERE environment = ?1",
+                    params![environment],
+                    |row| row.get(0),
+                )
                 .map_err(sql(operation()))?;
-            statement
-                .query_map(params![range.start(), range.end()], |row| row.get(0))
+            if let Some(uid) = known {
+                return Ok(uid);
+            }
+            let held: std::collections::BTreeSet<u32> = tx
+                .query(
+                    "SELECT uid FROM env_uids WHERE uid BETWEEN ?1 AND ?2",
+                    params![range.start(), range.end()],
+                    |row| row.get(0),
+                )
                 .map_err(sql(operation()))?
-                .collect::<Result<_, _>>()
-                .map_err(sql(operation()))?
-        };
-        let last: Option<u32> = tx
-            .query_row("SELECT last FROM uid_cursor WHERE id = 1", [], |row| {
-                row.get(0)
-            })
-            .optional()
+                .into_iter()
+                .collect();
+            let last: Option<u32> = tx
+                .query_opt(
+                    "SELECT last FROM uid_cursor WHERE id = 1",
+                    params![],
+                    |row| row.get(0),
+                )
+                .map_err(sql(operation()))?;
+            let (start, end) = (*range.start(), *range.end());
+            let from = match last {
+                Some(last) if last >= start && last < end => last + 1,
+                _ => start,
+            };
+            let Some(uid) = (from..=end)
+                .chain(start..from)
+                .find(|uid| !held.contains(uid) && usable(*uid))
+            else {
+                return Err(StateError::UidsExhausted {
+                    environment: environment.to_string(),
+                    start,
+                    end,
+                });
+            };
+            tx.execute(
+                "INSERT INTO env_uids (environment, uid, allocated_at) VALUES (?1, ?2, ?3)",
+                params![environment, uid, crate::now_ms()],
+            )
             .map_err(sql(operation()))?;
-        let (start, end) = (*range.start(), *range.end());
-        let from = match last {
-            Some(last) if last >= start && last < end => last + 1,
-            _ => start,
-        };
-        let Some(uid) = (from..=end)
-            .chain(start..from)
-            .find(|uid| !held.contains(uid) && usable(*uid))
-        else {
-            return Err(StateError::UidsExhausted {
-                environment: environment.to_string(),
-                start,
-                end,
-            });
-        };
-        tx.execute(
-            "INSERT INTO env_uids (environment, uid, allocated_at) VALUES (?1, ?2, ?3)",
-            params![environment.as_str(), uid, crate::now_ms()],
-        )
-        .map_err(sql(operation()))?;
-        tx.execute(
-            "INSERT INTO uid_cursor (id, last) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET last = excluded.last",
-            [uid],
-        )
-        .map_err(sql(operation()))?;
-        tx.commit().map_err(sql(operation()))?;
-        Ok(uid)
+            tx.execute(
+                "INSERT INTO uid_cursor (id, last) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET last = excluded.last",
+                params![uid],
+            )
+            .map_err(sql(operation()))?;
+            Ok(uid)
+        })
     }
 
     /// The uid recorded for `environment`, if any.
     pub fn environment_uid(&self, environment: &EnvName) -> Result<Option<u32>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 "SELECT uid FROM env_uids WHERE environment = ?1",
-                [environment.as_str()],
+                params![environment.as_str()],
                 |row| row.get(0),
             )
-            .optional()
             .map_err(sql(format!("read the uid of {environment}")))
     }
 
@@ -109,7 +104,7 @@ impl Store {
         self.conn()
             .execute(
                 "DELETE FROM env_uids WHERE environment = ?1",
-                [environment.as_str()],
+                params![environment.as_str()],
             )
             .map(drop)
             .map_err(sql(format!("release the uid of {environment}")))

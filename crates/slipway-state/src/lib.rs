@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 mod audit;
+mod db;
 mod deployments;
 mod environments;
 mod error;

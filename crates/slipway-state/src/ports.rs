@@ -4,7 +4,7 @@ use slipway_core::EnvName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
-use rusqlite::{TransactionBehavior, params};
+use crate::db::{DbError, Exec, params};
 
 use crate::StateError;
 use crate::store::{Store, sql};
@@ -28,7 +28,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StateError::PortsExhausted`] when the range has too few free ports;
-    /// [`StateError::Sqlite`] (a foreign-key failure) when the environment is not recorded.
+    /// [`StateError::Database`] (a foreign-key failure) when the environment is not recorded.
     pub fn allocate_ports(
         &self,
         environment: &EnvName,
@@ -38,26 +38,24 @@ impl Store {
         is_free: &dyn Fn(u16) -> bool,
     ) -> Result<BTreeMap<String, u16>, StateError> {
         let operation = || format!("allocate ports for {environment}/{resource}");
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(operation()))?;
-        let mut allocated = read_ports(&tx, environment, resource).map_err(sql(operation()))?;
-        let missing: BTreeSet<&String> = names
-            .iter()
-            .filter(|name| !allocated.contains_key(name.as_str()))
-            .collect();
-        if !missing.is_empty() {
-            let taken: BTreeSet<u16> = {
-                let mut statement = tx
-                    .prepare_cached("SELECT port FROM ports WHERE port BETWEEN ?1 AND ?2")
-                    .map_err(sql(operation()))?;
-                statement
-                    .query_map(params![range.start(), range.end()], |row| row.get(0))
-                    .map_err(sql(operation()))?
-                    .collect::<rusqlite::Result<_>>()
-                    .map_err(sql(operation()))?
-            };
+        let allocated = self.conn().transaction(&["ports"], |tx| {
+            let mut allocated = read_ports(tx, environment, resource).map_err(sql(operation()))?;
+            let missing: BTreeSet<&String> = names
+                .iter()
+                .filter(|name| !allocated.contains_key(name.as_str()))
+                .collect();
+            if missing.is_empty() {
+                return Ok(allocated);
+            }
+            let taken: BTreeSet<u16> = tx
+                .query(
+                    "SELECT port FROM ports WHERE port BETWEEN ?1 AND ?2",
+                    params![range.start(), range.end()],
+                    |row| row.get(0),
+                )
+                .map_err(sql(operation()))?
+                .into_iter()
+                .collect();
             // One pass over the range: a port rejected for one name is not offered to the next.
             let mut candidates = range
                 .clone()
@@ -74,13 +72,13 @@ impl Store {
                 };
                 tx.execute(
                     "INSERT INTO ports (environment, resource, name, port) VALUES (?1, ?2, ?3, ?4)",
-                    params![environment.as_str(), resource, name, port],
+                    params![environment, resource, name, port],
                 )
                 .map_err(sql(operation()))?;
                 allocated.insert((*name).clone(), port);
             }
-            tx.commit().map_err(sql(operation()))?;
-        }
+            Ok(allocated)
+        })?;
         Ok(names
             .iter()
             .filter_map(|name| allocated.get_key_value(name))
@@ -94,7 +92,7 @@ impl Store {
         environment: &EnvName,
         resource: &str,
     ) -> Result<BTreeMap<String, u16>, StateError> {
-        read_ports(&self.conn(), environment, resource)
+        read_ports(&mut *self.conn(), environment, resource)
             .map_err(sql(format!("read the ports of {environment}/{resource}")))
     }
 
@@ -107,8 +105,9 @@ impl Store {
         self.conn()
             .execute(
                 "DELETE FROM ports WHERE environment = ?1 AND resource = ?2",
-                [environment, resource],
+                params![environment, resource],
             )
+            .map(|n| n as usize)
             .map_err(sql(format!(
                 "release the ports of {environment}/{resource}"
             )))
@@ -123,22 +122,19 @@ impl Store {
         keep: &[String],
     ) -> Result<usize, StateError> {
         let operation = || format!("release undeclared ports of {environment}/{resource}");
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(operation()))?;
-        let current = read_ports(&tx, environment, resource).map_err(sql(operation()))?;
-        let mut released = 0;
-        for name in current.keys().filter(|name| !keep.contains(name)) {
-            released += tx
-                .execute(
-                    "DELETE FROM ports WHERE environment = ?1 AND resource = ?2 AND name = ?3",
-                    [environment, resource, name],
-                )
-                .map_err(sql(operation()))?;
-        }
-        tx.commit().map_err(sql(operation()))?;
-        Ok(released)
+        self.conn().transaction(&["ports"], |tx| {
+            let current = read_ports(tx, environment, resource).map_err(sql(operation()))?;
+            let mut released = 0;
+            for name in current.keys().filter(|name| !keep.contains(name)) {
+                released += tx
+                    .execute(
+                        "DELETE FROM ports WHERE environment = ?1 AND resource = ?2 AND name = ?3",
+                        params![environment, resource, name],
+                    )
+                    .map_err(sql(operation()))? as usize;
+            }
+            Ok(released)
+        })
     }
 }
 
@@ -149,23 +145,23 @@ impl Store {
         &self,
         environment: &EnvName,
     ) -> Result<BTreeMap<String, BTreeMap<String, u16>>, StateError> {
-        let conn = self.conn();
         let operation = || format!("read the ports of {environment}");
-        let mut statement = conn
-            .prepare_cached("SELECT resource, name, port FROM ports WHERE environment = ?1")
-            .map_err(sql(operation()))?;
-        let rows = statement
-            .query_map([environment.as_str()], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u16>(2)?,
-                ))
-            })
+        let rows = self
+            .conn()
+            .query(
+                "SELECT resource, name, port FROM ports WHERE environment = ?1",
+                params![environment],
+                |row| {
+                    Ok((
+                        row.get::<String>(0)?,
+                        row.get::<String>(1)?,
+                        row.get::<u16>(2)?,
+                    ))
+                },
+            )
             .map_err(sql(operation()))?;
         let mut out: BTreeMap<String, BTreeMap<String, u16>> = BTreeMap::new();
-        for row in rows {
-            let (resource, name, port) = row.map_err(sql(operation()))?;
+        for (resource, name, port) in rows {
             out.entry(resource).or_default().insert(name, port);
         }
         Ok(out)
@@ -173,17 +169,16 @@ impl Store {
 }
 
 fn read_ports(
-    conn: &rusqlite::Connection,
+    conn: &mut impl Exec,
     environment: &EnvName,
     resource: &str,
-) -> rusqlite::Result<BTreeMap<String, u16>> {
-    let mut statement = conn.prepare_cached(
-        // No ORDER BY: the rows go into a sorted map anyway, and with it SQLite marks the
-        // statement "re-prepare on bind", which the statement cache then pays on every call.
+) -> Result<BTreeMap<String, u16>, DbError> {
+    // No ORDER BY: the rows go into a sorted map anyway, and with it SQLite marks the
+    // statement "re-prepare on bind", which the statement cache then pays on every call.
+    let rows = conn.query(
         "SELECT name, port FROM ports WHERE environment = ?1 AND resource = ?2",
+        params![environment, resource],
+        |row| Ok((row.get::<String>(0)?, row.get::<u16>(1)?)),
     )?;
-    let rows = statement.query_map([environment, resource], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, u16>(1)?))
-    })?;
-    rows.collect()
+    Ok(rows.into_iter().collect())
 }

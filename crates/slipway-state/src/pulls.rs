@@ -1,7 +1,7 @@
 //! Pull requests as the controller knows them, webhook deliveries already handled, and the
 //! locks `/slipway apply ENV` takes on an environment for one pull request.
 
-use rusqlite::{OptionalExtension, Row, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
@@ -46,7 +46,7 @@ pub struct PullRequestRecord {
 const COLUMNS: &str = "number, title, author, head_sha, head_ref, base_ref, is_fork, state, \
                        preview_allowed, url, updated_at, stale_approvers";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<PullRequestRecord> {
+fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
     Ok(PullRequestRecord {
         number: row.get(0)?,
         title: row.get(1)?,
@@ -59,7 +59,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<PullRequestRecord> {
         preview_allowed: row.get(8)?,
         url: row.get(9)?,
         updated_at: row.get(10)?,
-        stale_approvers: serde_json::from_str(&row.get::<_, String>(11)?).unwrap_or_default(),
+        stale_approvers: serde_json::from_str(&row.get::<String>(11)?).unwrap_or_default(),
     })
 }
 
@@ -117,12 +117,11 @@ impl Store {
     /// Pull request `number`, if known.
     pub fn pull_request(&self, number: i64) -> Result<Option<PullRequestRecord>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 &format!("SELECT {COLUMNS} FROM pull_requests WHERE number = ?1"),
-                [number],
+                params![number],
                 from_row,
             )
-            .optional()
             .map_err(sql(format!("read pull request #{number}")))
     }
 
@@ -131,12 +130,11 @@ impl Store {
     /// base changed since was reviewed against another branch.
     pub fn pull_request_opened_base(&self, number: i64) -> Result<Option<String>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 "SELECT opened_base FROM pull_requests WHERE number = ?1",
-                [number],
-                |row| row.get::<_, Option<String>>(0),
+                params![number],
+                |row| row.get::<Option<String>>(0),
             )
-            .optional()
             .map(Option::flatten)
             .map_err(sql(format!(
                 "read the first base of pull request #{number}"
@@ -145,17 +143,15 @@ impl Store {
 
     /// The pull requests in `state` (`None`: all), by number.
     pub fn pull_requests(&self, state: Option<&str>) -> Result<Vec<PullRequestRecord>, StateError> {
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM pull_requests WHERE ?1 IS NULL OR state = ?1 \
-                 ORDER BY number"
-            ))
-            .map_err(sql("list pull requests"))?;
-        statement
-            .query_map([state], from_row)
-            .map_err(sql("list pull requests"))?
-            .collect::<rusqlite::Result<Vec<_>>>()
+        self.conn()
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM pull_requests WHERE state = ?1 OR ?1 IS NULL \
+                     ORDER BY number"
+                ),
+                params![state],
+                from_row,
+            )
             .map_err(sql("list pull requests"))
     }
 
@@ -165,7 +161,8 @@ impl Store {
         let inserted = self
             .conn()
             .execute(
-                "INSERT OR IGNORE INTO deliveries (id, received_at) VALUES (?1, ?2)",
+                "INSERT INTO deliveries (id, received_at) VALUES (?1, ?2) \
+                 ON CONFLICT DO NOTHING",
                 params![id, at],
             )
             .map_err(sql("record a webhook delivery"))?;
@@ -181,16 +178,16 @@ impl Store {
         who: &str,
         at: i64,
     ) -> Result<LockRecord, StateError> {
-        let conn = self.conn();
+        let mut conn = self.conn();
         conn.execute(
-            "INSERT OR IGNORE INTO locks (environment, pull_request, who, at) \
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO locks (environment, pull_request, who, at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![environment.as_str(), pr, who, at],
         )
         .map_err(sql(format!("lock {environment}")))?;
-        conn.query_row(
+        conn.query_one(
             "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
-            [environment.as_str()],
+            params![environment.as_str()],
             lock_from_row,
         )
         .map_err(sql(format!("read the lock of {environment}")))
@@ -202,27 +199,22 @@ impl Store {
         environment: &EnvName,
     ) -> Result<Option<LockRecord>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
-                [environment.as_str()],
+                params![environment.as_str()],
                 lock_from_row,
             )
-            .optional()
             .map_err(sql(format!("read the lock of {environment}")))
     }
 
     /// Every lock, by environment.
     pub fn locks(&self) -> Result<Vec<LockRecord>, StateError> {
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(
+        self.conn()
+            .query(
                 "SELECT environment, pull_request, who, at FROM locks ORDER BY environment",
+                params![],
+                lock_from_row,
             )
-            .map_err(sql("list locks"))?;
-        statement
-            .query_map([], lock_from_row)
-            .map_err(sql("list locks"))?
-            .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(sql("list locks"))
     }
 
@@ -241,14 +233,13 @@ impl Store {
 
     /// Releases every lock `pr` holds; returns the environments it held.
     pub fn release_locks(&self, pr: i64) -> Result<Vec<EnvName>, StateError> {
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached("DELETE FROM locks WHERE pull_request = ?1 RETURNING environment")
-            .map_err(sql(format!("release the locks of #{pr}")))?;
-        let mut envs = statement
-            .query_map([pr], |row| env_name(row, 0))
-            .map_err(sql(format!("release the locks of #{pr}")))?
-            .collect::<rusqlite::Result<Vec<_>>>()
+        let mut envs = self
+            .conn()
+            .query(
+                "DELETE FROM locks WHERE pull_request = ?1 RETURNING environment",
+                params![pr],
+                |row| env_name(row, 0),
+            )
             .map_err(sql(format!("release the locks of #{pr}")))?;
         envs.sort();
         Ok(envs)
@@ -295,10 +286,10 @@ impl Store {
     /// The merged pull request that made commit `sha`, if one did.
     pub fn merged_commit(&self, sha: &str) -> Result<Option<MergedCommit>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 "SELECT sha, pull_request, approved, at, base_ref FROM merged_commits \
                  WHERE sha = ?1",
-                [sha],
+                params![sha],
                 |row| {
                     Ok(MergedCommit {
                         sha: row.get(0)?,
@@ -309,12 +300,11 @@ impl Store {
                     })
                 },
             )
-            .optional()
             .map_err(sql(format!("read merged commit {sha}")))
     }
 }
 
-fn lock_from_row(row: &Row<'_>) -> rusqlite::Result<LockRecord> {
+fn lock_from_row(row: &Row) -> Result<LockRecord, DbError> {
     Ok(LockRecord {
         environment: env_name(row, 0)?,
         pull_request: row.get(1)?,
@@ -426,7 +416,7 @@ mod tests {
             .execute(
                 "INSERT INTO merged_commits (sha, pull_request, approved, at) \
                  VALUES (?1, 4, 1, 1)",
-                ["b".repeat(40)],
+                params!["b".repeat(40)],
             )
             .expect("an older row");
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Resources: the inventory of what the engine created in each environment.
 
-use rusqlite::{OptionalExtension, Row, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
@@ -93,7 +93,7 @@ struct RawResource {
     updated_at: i64,
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<RawResource> {
+fn from_row(row: &Row) -> Result<RawResource, DbError> {
     Ok(RawResource {
         environment: env_name(row, 0)?,
         name: row.get(1)?,
@@ -151,16 +151,13 @@ impl Store {
     /// The resources of an environment, ordered by name.
     pub fn resources(&self, environment: &EnvName) -> Result<Vec<ResourceRecord>, StateError> {
         let operation = || format!("list the resources of {environment}");
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM resources WHERE environment = ?1 ORDER BY name"
-            ))
-            .map_err(sql(operation()))?;
-        let raw = statement
-            .query_map([environment.as_str()], from_row)
-            .map_err(sql(operation()))?
-            .collect::<rusqlite::Result<Vec<_>>>()
+        let raw = self
+            .conn()
+            .query(
+                &format!("SELECT {COLUMNS} FROM resources WHERE environment = ?1 ORDER BY name"),
+                params![environment],
+                from_row,
+            )
             .map_err(sql(operation()))?;
         raw.into_iter().map(|r| r.decode(self.sealer())).collect()
     }
@@ -173,12 +170,11 @@ impl Store {
     ) -> Result<Option<ResourceRecord>, StateError> {
         let raw = self
             .conn()
-            .query_row(
+            .query_opt(
                 &format!("SELECT {COLUMNS} FROM resources WHERE environment = ?1 AND name = ?2"),
-                [environment, name],
+                params![environment, name],
                 from_row,
             )
-            .optional()
             .map_err(sql(format!("read resource {environment}/{name}")))?;
         raw.map(|r| r.decode(self.sealer())).transpose()
     }
@@ -186,7 +182,7 @@ impl Store {
     /// Records a resource, replacing what was recorded under its name.
     ///
     /// # Errors
-    /// [`StateError::Sqlite`] (a foreign-key failure) when its environment is not recorded:
+    /// [`StateError::Database`] (a foreign-key failure) when its environment is not recorded:
     /// record the environment first.
     pub fn put_resource(&self, record: &ResourceRecord) -> Result<(), StateError> {
         let seal = record.sensitive || !record.secret_outputs.is_empty();
@@ -239,7 +235,7 @@ impl Store {
             .conn()
             .execute(
                 "DELETE FROM resources WHERE environment = ?1 AND name = ?2",
-                [environment, name],
+                params![environment, name],
             )
             .map_err(sql(format!("delete resource {environment}/{name}")))?;
         Ok(deleted > 0)

@@ -1,7 +1,7 @@
 //! Retention: the append-only logs (audit, events) and the ids of handled webhook deliveries
 //! are deleted once older than the engine's configuration says, so no table grows forever.
 
-use rusqlite::params;
+use crate::db::{Exec, params};
 
 use crate::StateError;
 use crate::store::{Store, sql};
@@ -50,7 +50,7 @@ impl Store {
                     .conn()
                     .execute(&statement, params![before, BATCH])
                     .map_err(sql(format!("prune old rows of {table}")))?;
-                total += deleted;
+                total += deleted as usize;
                 if (deleted as i64) < BATCH {
                     return Ok::<usize, StateError>(total);
                 }

@@ -1,4 +1,6 @@
-//! The schema, as an append-only list of migrations numbered by `PRAGMA user_version`.
+//! The schema, as an append-only list of migrations, numbered by `PRAGMA user_version` on
+//! SQLite and by the one row of `slipway_schema` on PostgreSQL; the same list serves both (in
+//! PostgreSQL's dialect there, see `db::to_postgres`).
 //!
 //! Migration `i` (0-based) takes the database from version `i` to `i + 1`. Never edit a
 //! migration that has shipped: add a new one. SQLite cannot alter a foreign key or a column
@@ -6,11 +8,8 @@
 //! `PRAGMA foreign_keys` off, which is why status vocabularies are checked in Rust and not by
 //! `CHECK` constraints.
 
-use std::path::Path;
-
-use rusqlite::{Connection, TransactionBehavior};
-
 use crate::StateError;
+use crate::db::{Conn, DbError, Dialect, Exec, params};
 
 /// Foreign keys only where deleting the parent must delete the child: an environment owns its
 /// resources and ports. Deployments and events name their environment without a foreign key so
@@ -206,46 +205,77 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 ///
 /// The version is read inside each write transaction, so two processes opening a fresh
 /// database at once apply each migration exactly once: the second waits for the lock, then
-/// sees the version moved and skips it.
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+/// sees the version moved and skips it. On PostgreSQL the lock is `slipway_schema`'s, taken
+/// in each migration's transaction.
+pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError> {
     let open_error = |source| StateError::Open {
-        path: path.to_path_buf(),
+        location: location.to_owned(),
         source,
     };
-    let found = user_version(conn).map_err(open_error)?;
-    refuse_newer(path, found)?;
+    if conn.dialect() == Dialect::Postgres {
+        conn.batch(
+            "CREATE TABLE IF NOT EXISTS slipway_schema (\n\
+             id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
+             INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+        )
+        .map_err(open_error)?;
+    }
+    let found = version(conn).map_err(open_error)?;
+    refuse_newer(location, found)?;
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         let target = i64::try_from(index + 1).expect("the migration list is short");
         let migrate_error = |source| StateError::Migrate {
-            path: path.to_path_buf(),
+            location: location.to_owned(),
             version: target,
             source,
         };
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(migrate_error)?;
-        let current = user_version(&tx).map_err(migrate_error)?;
-        refuse_newer(path, current)?;
-        if current >= target {
-            continue;
-        }
-        tx.execute_batch(sql).map_err(migrate_error)?;
-        tx.pragma_update(None, "user_version", target)
-            .map_err(migrate_error)?;
-        tx.commit().map_err(migrate_error)?;
+        conn.transaction(&["slipway_schema"], |tx| {
+            let current = version(tx).map_err(migrate_error)?;
+            refuse_newer(location, current)?;
+            if current >= target {
+                return Ok(());
+            }
+            tx.batch(sql).map_err(migrate_error)?;
+            set_version(tx, target).map_err(migrate_error)
+        })
+        .map_err(|e| match e {
+            // Beginning or committing the transaction failed.
+            StateError::Database { source, .. } => migrate_error(source),
+            other => other,
+        })?;
     }
     Ok(())
 }
 
 /// The schema version recorded in the database.
-pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+pub(crate) fn version(conn: &mut impl Exec) -> Result<i64, DbError> {
+    match conn.dialect() {
+        Dialect::Sqlite => conn.query_one("PRAGMA user_version", params![], |row| row.get(0)),
+        Dialect::Postgres => conn.query_one(
+            "SELECT version FROM slipway_schema WHERE id = 1",
+            params![],
+            |row| row.get(0),
+        ),
+    }
 }
 
-fn refuse_newer(path: &Path, found: i64) -> Result<(), StateError> {
+fn set_version(conn: &mut impl Exec, version: i64) -> Result<(), DbError> {
+    match conn.dialect() {
+        // PRAGMA takes no parameter; the version is a number.
+        Dialect::Sqlite => conn.batch(&format!("PRAGMA user_version = {version}")),
+        Dialect::Postgres => conn
+            .execute(
+                "UPDATE slipway_schema SET version = ?1 WHERE id = 1",
+                params![version],
+            )
+            .map(drop),
+    }
+}
+
+fn refuse_newer(location: &str, found: i64) -> Result<(), StateError> {
     if found > SCHEMA_VERSION {
         return Err(StateError::NewerSchema {
-            path: path.to_path_buf(),
+            location: location.to_owned(),
             found,
             supported: SCHEMA_VERSION,
         });

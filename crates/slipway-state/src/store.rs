@@ -5,36 +5,39 @@ use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::types::Type;
-use rusqlite::{Connection, OpenFlags, Row};
+use rusqlite::OpenFlags;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use slipway_core::EnvName;
-use slipway_core::env_name::InvalidEnvName;
 use slipway_core::vocab::UnknownWord;
 
 use crate::StateError;
+use crate::db::{Conn, DbError, DecodeError, Dialect, PgConn, Row};
 use crate::schema;
 
 /// How long a write waits for another process holding the database lock before giving up with
 /// a retryable error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The state store: one SQLite connection to `<home>/state.db`, shared by the threads of a
-/// process.
+/// The state store: one connection to `<home>/state.db` (SQLite, the default) or to a
+/// PostgreSQL database shared by several replicas, shared by the threads of a process.
 ///
 /// `Store` is `Send + Sync`; calls are serialized on an internal mutex, which is cheap next to
-/// SQLite's own write lock. Several processes may open the same home at once (WAL mode): their
-/// writes serialize on SQLite's lock, waiting up to five seconds.
+/// the database's own locks. Several processes may open the same SQLite home at once (WAL
+/// mode): their writes serialize on SQLite's lock, waiting up to five seconds.
 pub struct Store {
+    /// The database file, or PostgreSQL's URL without its password.
+    location: String,
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     sealer: crate::seal::Sealer,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
@@ -46,16 +49,14 @@ impl Store {
     /// [`StateError::NewerSchema`] when the database was written by a newer Slipway;
     /// [`StateError::CreateHome`], [`StateError::Open`] or [`StateError::Migrate`] otherwise.
     pub fn open(home: &Path) -> Result<Store, StateError> {
-        std::fs::create_dir_all(home).map_err(|source| StateError::CreateHome {
-            path: home.to_path_buf(),
-            source,
-        })?;
+        create_home(home)?;
         let path = home.join("state.db");
-        let open_error = |source| StateError::Open {
-            path: path.clone(),
-            source,
+        let location = path.display().to_string();
+        let open_error = |source: rusqlite::Error| StateError::Open {
+            location: location.clone(),
+            source: source.into(),
         };
-        let mut conn = Connection::open_with_flags(
+        let conn = rusqlite::Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -76,9 +77,41 @@ impl Store {
             .map_err(open_error)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_error)?;
-        schema::migrate(&mut conn, &path)?;
+        Store::finish(home, location, path, Conn::Sqlite(conn))
+    }
+
+    /// Opens the PostgreSQL database at `url` (a `postgres://` URL or libpq key/value string)
+    /// as the state of the home `home` (which keeps the state key and the local directories),
+    /// and migrates its schema to [`crate::SCHEMA_VERSION`]. Several replicas may open the
+    /// same database at once: migrations run one at a time, each once.
+    ///
+    /// # Errors
+    /// As [`Store::open`]; [`StateError::Open`] when the server cannot be reached.
+    pub fn open_postgres(home: &Path, url: &str) -> Result<Store, StateError> {
+        create_home(home)?;
+        let location = redact_url(url);
+        let conn = PgConn::connect(url).map_err(|source| StateError::Open {
+            location: location.clone(),
+            source,
+        })?;
+        Store::finish(
+            home,
+            location,
+            home.join("state.db"),
+            Conn::Postgres(Box::new(conn)),
+        )
+    }
+
+    fn finish(
+        home: &Path,
+        location: String,
+        path: PathBuf,
+        mut conn: Conn,
+    ) -> Result<Store, StateError> {
+        schema::migrate(&mut conn, &location)?;
         let sealer = crate::seal::Sealer::load_or_create(&home.join("state.key"))?;
         Ok(Store {
+            location,
             path,
             conn: Mutex::new(conn),
             sealer,
@@ -90,74 +123,102 @@ impl Store {
         &self.sealer
     }
 
-    /// The database file.
+    /// The SQLite database file (`<home>/state.db`; not used when the state is in
+    /// PostgreSQL).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the state is: the SQLite file, or PostgreSQL's URL without its password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Which database holds the state.
+    pub fn dialect(&self) -> Dialect {
+        use crate::db::Exec;
+        self.conn().dialect()
     }
 
     /// The schema version recorded in the database (equal to [`crate::SCHEMA_VERSION`] once
     /// opened).
     pub fn schema_version(&self) -> Result<i64, StateError> {
-        schema::user_version(&self.conn()).map_err(sql("read the schema version"))
+        schema::version(&mut *self.conn()).map_err(sql("read the schema version"))
     }
 
     /// The connection. A panic in another thread while it held the lock cannot have left a
-    /// transaction open (rusqlite rolls back on drop, also while unwinding), so a poisoned
+    /// transaction open (both drivers roll back on drop, also while unwinding), so a poisoned
     /// mutex is safe to reuse.
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Conn> {
         self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Wraps a rusqlite error with what the store was doing; a stored word outside its
-/// vocabulary (see [`word`]) is reported as such.
-pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StateError {
+fn create_home(home: &Path) -> Result<(), StateError> {
+    std::fs::create_dir_all(home).map_err(|source| StateError::CreateHome {
+        path: home.to_path_buf(),
+        source,
+    })
+}
+
+/// `url` without its password, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        // A key/value string: drop `password=…`.
+        None => url
+            .split_whitespace()
+            .filter(|part| !part.to_ascii_lowercase().starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Wraps a database error with what the store was doing; a stored word outside its
+/// vocabulary or a damaged name (see [`word`], [`env_name`]) is reported as such.
+pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(DbError) -> StateError {
     let operation = operation.into();
     move |source| match source {
-        rusqlite::Error::FromSqlConversionFailure(_, _, e) if e.is::<UnknownWord>() => {
-            let word = *e
-                .downcast::<UnknownWord>()
-                .expect("checked by is::<UnknownWord>()");
-            StateError::UnknownWord { operation, word }
-        }
-        rusqlite::Error::FromSqlConversionFailure(_, _, e) if e.is::<InvalidEnvName>() => {
-            let name = *e
-                .downcast::<InvalidEnvName>()
-                .expect("checked by is::<InvalidEnvName>()");
-            StateError::InvalidName { operation, name }
-        }
-        source => StateError::Sqlite { operation, source },
+        DbError::Decode {
+            reason: DecodeError::Word(word),
+            ..
+        } => StateError::UnknownWord { operation, word },
+        DbError::Decode {
+            reason: DecodeError::Name(name),
+            ..
+        } => StateError::InvalidName { operation, name },
+        source => StateError::Database { operation, source },
     }
 }
 
 /// Reads column `index` as a word of a vocabulary (a status, a kind). A word outside it (a
 /// database edited by hand or damaged) is an error, never a default.
-pub(crate) fn word<T: FromStr<Err = UnknownWord>>(
-    row: &Row<'_>,
-    index: usize,
-) -> rusqlite::Result<T> {
-    let text: String = row.get(index)?;
-    text.parse().map_err(|e: UnknownWord| {
-        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e))
-    })
+pub(crate) fn word<T: FromStr<Err = UnknownWord>>(row: &Row, index: usize) -> Result<T, DbError> {
+    row.parse(index, |text| text.parse(), DecodeError::Word)
 }
 
 /// Reads column `index` as an environment name. A row holding anything else (a database
 /// edited by hand or damaged) is an error, never a name that skipped the check.
-pub(crate) fn env_name(row: &Row<'_>, index: usize) -> rusqlite::Result<EnvName> {
-    let text: String = row.get(index)?;
-    EnvName::try_from(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+pub(crate) fn env_name(row: &Row, index: usize) -> Result<EnvName, DbError> {
+    row.parse(index, EnvName::try_from, DecodeError::Name)
 }
 
 /// Like [`env_name`], for a column that may be `NULL`.
-pub(crate) fn env_name_opt(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<EnvName>> {
+pub(crate) fn env_name_opt(row: &Row, index: usize) -> Result<Option<EnvName>, DbError> {
     let text: Option<String> = row.get(index)?;
     text.map(|t| {
-        EnvName::try_from(t)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+        EnvName::try_from(t).map_err(|e| DbError::Decode {
+            index,
+            reason: DecodeError::Name(e),
+        })
     })
     .transpose()
 }

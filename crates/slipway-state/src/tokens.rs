@@ -4,7 +4,7 @@
 //! enough: there is no dictionary to try, and an exact-match lookup by hash stays one index
 //! probe. Whoever reads `state.db` learns which tokens exist, never a token itself.
 
-use rusqlite::{OptionalExtension, Row, params};
+use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -95,7 +95,7 @@ fn base64url(bytes: &[u8]) -> String {
 
 const COLUMNS: &str = "id, role, name, created_at, last_used_at, revoked_at";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn from_row(row: &Row) -> Result<TokenRecord, DbError> {
     Ok(TokenRecord {
         id: row.get(0)?,
         role: row.get(1)?,
@@ -112,7 +112,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StateError::InvalidValue`] for a role outside [`ROLES`] or an empty name;
-    /// [`StateError::Sqlite`] when the hash is already recorded.
+    /// [`StateError::Database`] when the hash is already recorded.
     pub fn create_token(
         &self,
         hash: &str,
@@ -128,25 +128,25 @@ impl Store {
                 allowed: &["a non-empty name of who holds the token"],
             });
         }
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO tokens (hash, role, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, role, name, at],
-        )
-        .map_err(sql(format!("record a {role} token for {name}")))?;
-        Ok(conn.last_insert_rowid())
+        self.conn()
+            .query_one(
+                "INSERT INTO tokens (hash, role, name, created_at) VALUES (?1, ?2, ?3, ?4) \
+                 RETURNING id",
+                params![hash, role, name, at],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("record a {role} token for {name}")))
     }
 
     /// The token whose hash is `hash`, revoked or not (callers check
     /// [`TokenRecord::is_active`]).
     pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StateError> {
         self.conn()
-            .query_row(
+            .query_opt(
                 &format!("SELECT {COLUMNS} FROM tokens WHERE hash = ?1"),
-                [hash],
+                params![hash],
                 from_row,
             )
-            .optional()
             .map_err(sql("look up a token"))
     }
 
@@ -194,14 +194,12 @@ impl Store {
 
     /// Every token, revoked ones included, oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
-        let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM tokens ORDER BY id"))
-            .map_err(sql("list tokens"))?;
-        let rows = statement
-            .query_map([], from_row)
-            .map_err(sql("list tokens"))?;
-        rows.collect::<rusqlite::Result<_>>()
+        self.conn()
+            .query(
+                &format!("SELECT {COLUMNS} FROM tokens ORDER BY id"),
+                params![],
+                from_row,
+            )
             .map_err(sql("list tokens"))
     }
 }

@@ -1,4 +1,5 @@
-//! The state store against real SQLite files in temporary directories.
+//! The state store against real SQLite files in temporary directories and real PostgreSQL
+//! databases: the tests listed in `matrix!` run on both.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -16,11 +17,40 @@ use slipway_state::{
 };
 use tempfile::TempDir;
 
+mod common;
+use common::TestState;
+
 /// A name the test knows to be valid.
 fn env(name: &str) -> EnvName {
     EnvName::parse(name).expect("the test's environment names are DNS labels")
 }
 
+matrix!(
+    reopening_keeps_data_and_applies_no_migration_twice,
+    a_database_from_a_newer_slipway_is_refused,
+    environments_are_listed_by_name_and_updates_keep_created_at,
+    environment_status_is_recorded_and_checked,
+    a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default,
+    an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic,
+    a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind,
+    updating_an_environment_keeps_its_resources_and_ports,
+    deleting_an_environment_removes_resources_and_ports_but_keeps_history,
+    a_resource_needs_its_environment,
+    resources_round_trip_and_are_listed_by_name,
+    a_damaged_json_column_is_reported_with_its_record,
+    deployments_are_listed_newest_first_and_finish_once,
+    a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made,
+    mark_interrupted_closes_only_running_deployments_of_that_environment,
+    ports_are_stable_across_allocations,
+    ports_skip_those_taken_in_the_store_or_busy_on_the_machine,
+    a_port_is_never_allocated_twice,
+    an_exhausted_range_is_reported_and_allocates_nothing,
+    retain_and_release_free_ports_for_reuse,
+    events_are_read_in_order_by_environment_and_cursor,
+    hostile_strings_round_trip,
+);
+
+/// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
 fn open_store() -> (TempDir, Store) {
     let home = tempfile::tempdir().expect("create a temporary home");
     let store = Store::open(home.path()).expect("open a fresh store");
@@ -60,14 +90,14 @@ fn resource(environment: &str, name: &str) -> ResourceRecord {
 }
 
 /// A fresh store with these environments recorded (from [`environment`]).
-fn store_with(environments: &[&str]) -> (TempDir, Store) {
-    let (home, store) = open_store();
+fn store_with(state: &TestState, environments: &[&str]) -> Store {
+    let store = state.open();
     for name in environments {
         store
             .upsert_environment(&environment(name))
             .expect("record an environment");
     }
-    (home, store)
+    store
 }
 
 /// Allocates the named ports of `environment`/`resource` from `range`, every port free on
@@ -132,12 +162,11 @@ fn open_creates_missing_home_directories() {
     assert!(home.join("state.db").is_file(), "opening creates the file");
 }
 
-#[test]
-fn reopening_keeps_data_and_applies_no_migration_twice() {
-    let (home, store) = store_with(&["prod"]);
+fn reopening_keeps_data_and_applies_no_migration_twice(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     drop(store);
     for _ in 0..3 {
-        let store = Store::open(home.path()).expect("reopen the store");
+        let store = state.open();
         assert_eq!(
             store.schema_version().expect("read the schema version"),
             SCHEMA_VERSION,
@@ -162,15 +191,14 @@ fn the_database_is_in_wal_mode() {
     assert_eq!(mode, "wal", "WAL mode persists in the database file");
 }
 
-#[test]
-fn a_database_from_a_newer_slipway_is_refused() {
-    let (home, store) = open_store();
+fn a_database_from_a_newer_slipway_is_refused(state: &TestState) {
+    let store = state.open();
     drop(store);
-    let conn = raw(&home);
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-        .expect("pretend a newer slipway wrote the database");
-    drop(conn);
-    let error = Store::open(home.path()).expect_err("a newer schema must be refused");
+    // Pretend a newer slipway wrote the database.
+    state.set_schema_version(SCHEMA_VERSION + 1);
+    let error = state
+        .try_open()
+        .expect_err("a newer schema must be refused");
     assert!(
         matches!(error, StateError::NewerSchema { found, supported, .. }
             if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
@@ -182,9 +210,8 @@ fn a_database_from_a_newer_slipway_is_refused() {
     );
 }
 
-#[test]
-fn environments_are_listed_by_name_and_updates_keep_created_at() {
-    let (_home, store) = open_store();
+fn environments_are_listed_by_name_and_updates_keep_created_at(state: &TestState) {
+    let store = state.open();
     for name in ["qa", "prod", "main"] {
         store
             .upsert_environment(&environment(name))
@@ -224,9 +251,8 @@ fn environments_are_listed_by_name_and_updates_keep_created_at() {
     );
 }
 
-#[test]
-fn environment_status_is_recorded_and_checked() {
-    let (_home, store) = store_with(&["prod"]);
+fn environment_status_is_recorded_and_checked(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     store
         .set_environment_status(
             &env("prod"),
@@ -288,8 +314,8 @@ fn record_apply_started(store: &Store, environment: &str, message: &str) {
 
 /// A store holding `prod` with a resource `api`, one deployment (whose id it returns) and one
 /// event: a row in each table that reads environments back.
-fn store_with_history() -> (TempDir, Store, i64) {
-    let (home, store) = store_with(&["prod"]);
+fn store_with_history(state: &TestState) -> (Store, i64) {
+    let store = store_with(state, &["prod"]);
     store
         .put_resource(&resource("prod", "api"))
         .expect("record api");
@@ -297,20 +323,19 @@ fn store_with_history() -> (TempDir, Store, i64) {
         .begin_deployment(&deployment("prod", 1))
         .expect("begin");
     record_apply_started(&store, "prod", "m");
-    (home, store, id)
+    (store, id)
 }
 
-#[test]
-fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
-    let (home, store, id) = store_with_history();
-    let conn = raw(&home);
+fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default(state: &TestState) {
+    let (store, id) = store_with_history(state);
     for (table, column) in [
         ("environments", "sync"),
         ("resources", "status"),
         ("deployments", "status"),
         ("events", "kind"),
     ] {
-        conn.execute(&format!("UPDATE {table} SET {column} = 'in_sync'"), [])
+        state
+            .raw(&format!("UPDATE {table} SET {column} = 'in_sync'"), false)
             .expect("damage the row");
     }
     let unknown = |result: Result<(), StateError>, what: &str| match result {
@@ -330,19 +355,16 @@ fn a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default() {
     unknown(store.events(&query).map(drop), "event kind");
 }
 
-#[test]
-fn an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic() {
-    let (home, store, id) = store_with_history();
-    let conn = raw(&home);
+fn an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic(state: &TestState) {
+    let (store, id) = store_with_history(state);
     // The foreign keys would cascade a rename of the environment; damage each table alone.
-    conn.execute_batch("PRAGMA foreign_keys = OFF")
-        .expect("turn off foreign keys");
     for (table, column) in [
         ("environments", "name"),
         ("deployments", "environment"),
         ("events", "environment"),
     ] {
-        conn.execute(&format!("UPDATE {table} SET {column} = '../Etc'"), [])
+        state
+            .raw(&format!("UPDATE {table} SET {column} = '../Etc'"), true)
             .expect("damage the row");
     }
     let invalid = |result: Result<(), StateError>, what: &str| match result {
@@ -363,18 +385,16 @@ fn an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic() {
     invalid(store.events(&query).map(drop), "events");
 }
 
-#[test]
-fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind() {
-    let (home, store) = store_with(&["prod"]);
+fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     record_apply_started(&store, "prod", "m");
     drop(store);
-    let conn = raw(&home);
-    conn.execute("UPDATE events SET kind = 'destroyed'", [])
+    state
+        .raw("UPDATE events SET kind = 'destroyed'", false)
         .expect("write the engine's old destroy event");
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION - 1)
-        .expect("pretend the previous slipway wrote the database");
-    drop(conn);
-    let store = Store::open(home.path()).expect("reopen, migrating");
+    // Pretend the previous slipway wrote the database.
+    state.set_schema_version(SCHEMA_VERSION - 1);
+    let store = state.open();
     let kinds: Vec<EventKind> = store
         .events(&EventQuery {
             limit: 10,
@@ -387,11 +407,10 @@ fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind() {
     assert_eq!(kinds, [EventKind::EnvironmentDestroyed]);
 }
 
-#[test]
-fn updating_an_environment_keeps_its_resources_and_ports() {
+fn updating_an_environment_keeps_its_resources_and_ports(state: &TestState) {
     // Regression guard: an INSERT OR REPLACE upsert deletes the row first, and the delete
     // cascades to resources and ports.
-    let (_home, store) = store_with(&["prod"]);
+    let store = store_with(state, &["prod"]);
     store
         .put_resource(&resource("prod", "api"))
         .expect("record api");
@@ -411,9 +430,8 @@ fn updating_an_environment_keeps_its_resources_and_ports() {
     );
 }
 
-#[test]
-fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
-    let (_home, store) = store_with(&["prod", "qa"]);
+fn deleting_an_environment_removes_resources_and_ports_but_keeps_history(state: &TestState) {
+    let store = store_with(state, &["prod", "qa"]);
     store
         .put_resource(&resource("prod", "api"))
         .expect("record api");
@@ -474,21 +492,19 @@ fn deleting_an_environment_removes_resources_and_ports_but_keeps_history() {
     );
 }
 
-#[test]
-fn a_resource_needs_its_environment() {
-    let (_home, store) = open_store();
+fn a_resource_needs_its_environment(state: &TestState) {
+    let store = state.open();
     let error = store
         .put_resource(&resource("ghost", "api"))
         .expect_err("a resource of an unknown environment is refused");
     assert!(
-        matches!(error, StateError::Sqlite { .. }),
+        matches!(error, StateError::Database { .. }),
         "the foreign key refuses it, got {error:?}"
     );
 }
 
-#[test]
-fn resources_round_trip_and_are_listed_by_name() {
-    let (dir, store) = store_with(&["prod"]);
+fn resources_round_trip_and_are_listed_by_name(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     for name in ["web", "api", "db"] {
         store
             .put_resource(&resource("prod", name))
@@ -508,10 +524,7 @@ fn resources_round_trip_and_are_listed_by_name() {
         Some(api.clone()),
         "every field round-trips"
     );
-    let mut on_disk = Vec::new();
-    for file in ["state.db", "state.db-wal"] {
-        on_disk.extend(std::fs::read(dir.path().join(file)).unwrap_or_default());
-    }
+    let on_disk = state.stored_bytes();
     assert!(!on_disk.is_empty());
     assert!(
         !on_disk.windows(7).any(|w| w == b"hunter2"),
@@ -553,14 +566,13 @@ fn debug_output_of_a_resource_redacts_secret_outputs() {
     );
 }
 
-#[test]
-fn a_damaged_json_column_is_reported_with_its_record() {
-    let (home, store) = store_with(&["prod"]);
+fn a_damaged_json_column_is_reported_with_its_record(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     store
         .put_resource(&resource("prod", "api"))
         .expect("record api");
-    let conn = raw(&home);
-    conn.execute("UPDATE resources SET outputs = '{not json'", [])
+    state
+        .raw("UPDATE resources SET outputs = '{not json'", false)
         .expect("damage the column");
     let error = store
         .resource(&env("prod"), "api")
@@ -572,9 +584,8 @@ fn a_damaged_json_column_is_reported_with_its_record() {
     );
 }
 
-#[test]
-fn deployments_are_listed_newest_first_and_finish_once() {
-    let (_home, store) = open_store();
+fn deployments_are_listed_newest_first_and_finish_once(state: &TestState) {
+    let store = state.open();
     let first = store
         .begin_deployment(&deployment("prod", 10))
         .expect("begin");
@@ -663,9 +674,10 @@ fn deployments_are_listed_newest_first_and_finish_once() {
 
 /// What a pin of a `require_pr` environment may take without a merged pull request: a
 /// commit it deployed successfully itself, since its record was made.
-#[test]
-fn a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made() {
-    let (_home, store) = open_store();
+fn a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made(
+    state: &TestState,
+) {
+    let store = state.open();
     let commit = deployment("prod", 0).commit;
     let failed = store
         .begin_deployment(&deployment("prod", 10))
@@ -714,9 +726,8 @@ fn a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made
     );
 }
 
-#[test]
-fn mark_interrupted_closes_only_running_deployments_of_that_environment() {
-    let (_home, store) = open_store();
+fn mark_interrupted_closes_only_running_deployments_of_that_environment(state: &TestState) {
+    let store = state.open();
     let done = store
         .begin_deployment(&deployment("prod", 1))
         .expect("begin");
@@ -786,9 +797,8 @@ fn mark_interrupted_closes_only_running_deployments_of_that_environment() {
     );
 }
 
-#[test]
-fn ports_are_stable_across_allocations() {
-    let (_home, store) = store_with(&["prod"]);
+fn ports_are_stable_across_allocations(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     let first =
         allocate(&store, "prod", "api", &["http", "admin"], 20_000..=20_100).expect("allocate");
     assert_eq!(
@@ -833,9 +843,8 @@ fn ports_are_stable_across_allocations() {
     );
 }
 
-#[test]
-fn ports_skip_those_taken_in_the_store_or_busy_on_the_machine() {
-    let (_home, store) = open_store();
+fn ports_skip_those_taken_in_the_store_or_busy_on_the_machine(state: &TestState) {
+    let store = state.open();
     for name in ["prod", "qa"] {
         store
             .upsert_environment(&environment(name))
@@ -857,14 +866,12 @@ fn ports_skip_those_taken_in_the_store_or_busy_on_the_machine() {
     );
 }
 
-#[test]
-fn a_port_is_never_allocated_twice() {
-    let (home, store) = store_with(&["prod"]);
+fn a_port_is_never_allocated_twice(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     allocate(&store, "prod", "api", &["http"], 20_000..=20_000).expect("allocate");
-    let conn = raw(&home);
-    let duplicate = conn.execute(
+    let duplicate = state.raw(
         "INSERT INTO ports (environment, resource, name, port) VALUES ('prod', 'web', 'http', 20000)",
-        [],
+        false,
     );
     assert!(
         duplicate.is_err(),
@@ -872,9 +879,8 @@ fn a_port_is_never_allocated_twice() {
     );
 }
 
-#[test]
-fn an_exhausted_range_is_reported_and_allocates_nothing() {
-    let (_home, store) = store_with(&["prod"]);
+fn an_exhausted_range_is_reported_and_allocates_nothing(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     let error = allocate(&store, "prod", "api", &["a", "b", "c"], 20_000..=20_001)
         .expect_err("three names do not fit in two ports");
     assert!(
@@ -903,9 +909,8 @@ fn an_exhausted_range_is_reported_and_allocates_nothing() {
     );
 }
 
-#[test]
-fn retain_and_release_free_ports_for_reuse() {
-    let (_home, store) = store_with(&["prod"]);
+fn retain_and_release_free_ports_for_reuse(state: &TestState) {
+    let store = store_with(state, &["prod"]);
     allocate(&store, "prod", "api", &["a", "b", "c"], 20_000..=20_010).expect("allocate");
     allocate(&store, "prod", "web", &["http"], 20_000..=20_010).expect("allocate web");
     assert_eq!(
@@ -949,9 +954,8 @@ fn retain_and_release_free_ports_for_reuse() {
     );
 }
 
-#[test]
-fn events_are_read_in_order_by_environment_and_cursor() {
-    let (_home, store) = open_store();
+fn events_are_read_in_order_by_environment_and_cursor(state: &TestState) {
+    let store = state.open();
     let mut ids = Vec::new();
     for (env, kind) in [
         (Some("prod"), EventKind::ApplyStarted),
@@ -1010,9 +1014,8 @@ fn events_are_read_in_order_by_environment_and_cursor() {
     );
 }
 
-#[test]
-fn hostile_strings_round_trip() {
-    let (_home, store) = open_store();
+fn hostile_strings_round_trip(state: &TestState) {
+    let store = state.open();
     let long = "x'\"\\;--".repeat(1_500);
     assert!(
         long.len() > 10_000,
@@ -1115,7 +1118,10 @@ fn two_processes_share_one_database() {
             .expect("child allocates a port");
         return;
     }
-    let (home, store) = store_with(&["from-parent"]);
+    let (home, store) = open_store();
+    store
+        .upsert_environment(&environment("from-parent"))
+        .expect("record an environment");
     allocate(&store, "from-parent", "api", &["http"], 20_000..=20_010)
         .expect("parent allocates a port");
     let status = spawn_child("two_processes_share_one_database", "writer", home.path())

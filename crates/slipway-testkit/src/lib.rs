@@ -12,6 +12,7 @@
 //!   client for hostile requests.
 //! - [`cluster`]: a real Kubernetes control plane (`scripts/test-cluster.sh`), `kubectl`
 //!   against it, and a stand-in for the kubelet's status updates.
+//! - [`pg`]: a throwaway PostgreSQL database per test, on the test server.
 //! - [`forge`]: ONE fake forge, [`forge::FakeForge`], parameterised by forge
 //!   ([`forge::Forge`]): one state (pull requests, comments, reviews and approvals, statuses,
 //!   roles, the request log [`forge::Recorded`]) and one set of test-side methods, with
@@ -57,5 +58,6 @@ pub mod forge;
 pub mod git;
 pub mod http;
 pub mod openapi;
+pub mod pg;
 pub mod stack;
 pub mod wait;
