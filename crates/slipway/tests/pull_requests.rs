@@ -32,9 +32,14 @@ fn world() -> ForgeWorld {
 fn open_with_stack(w: &ForgeWorld, n: u64, branch: &str, text: &str, stack: &str) -> String {
     let pr_ref = w.pr_ref(n);
     let sha = util::world::commit_on(&w.s, "main", branch, text, Some(stack), Some(&pr_ref));
-    let opened = w.opened(n, branch, &sha);
-    w.accepted(opened.event, &opened.body);
+    open(w, n, branch, &sha);
     sha
+}
+
+/// Pull request `n` from `branch` at `sha` is opened on the fake, and the forge says so.
+fn open(w: &ForgeWorld, n: u64, branch: &str, sha: &str) {
+    let opened = w.opened(n, branch, sha);
+    w.accepted(opened.event, &opened.body);
 }
 
 /// A GitHub world serving `stack`.
@@ -52,14 +57,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
 
     // Open #1: one plan comment for prod, qa and the preview, a status, and pr-1 serving it.
     let first = w.push_pr(1, "feature-1", "pr1-a");
-    w.forge.add_pr(PrSpec {
-        head_ref: "feature-1".into(),
-        ..PrSpec::new(1, &first)
-    });
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("opened", &w.forge.pr(1), false, None),
-    );
+    open(&w, 1, "feature-1", &first);
     let plan = w.forge.wait_for_comment(1, |c| c.body.contains(MARKER), T);
     for env in ["prod", "qa", "pr-1"] {
         assert!(
@@ -113,14 +111,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
 
     // A second PR may not apply to prod while #1 holds it.
     let other = w.push_pr(2, "feature-2", "pr2");
-    w.forge.add_pr(PrSpec {
-        head_ref: "feature-2".into(),
-        ..PrSpec::new(2, &other)
-    });
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("opened", &w.forge.pr(2), false, None),
-    );
+    open(&w, 2, "feature-2", &other);
     w.forge.wait_for_comment(2, |c| c.body.contains(MARKER), T);
     w.forge.approve(2, "carol", &other);
     w.comment(2, "alice", "/slipway apply prod");
@@ -131,13 +122,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     // Merge #1: the lock goes, prod follows main again, pr-1 is destroyed.
     let (merge, merged) = w.merge_into(1, "feature-1", "main");
     w.accepted(merged.event, &merged.body);
-    wait_for("pr-1 is destroyed", T, || {
-        (!w.environments().contains(&"pr-1".to_string())).then_some(())
-    });
-    wait_for("prod follows main, unpinned, at the merge", T, || {
-        let prod = w.environment("prod");
-        (prod["commit"] == merge.as_str() && prod["pinned"] == false).then_some(())
-    });
+    w.wait_merged("pr-1", &merge);
     w.serves("prod", "pr1-b");
     // #2 may apply now that the lock is gone.
     w.comment(2, "alice", "/slipway apply prod");
@@ -303,12 +288,7 @@ fn pull_requests_missed_while_the_controller_was_down_are_caught_up_on_start() {
             ("SLIPWAY_WEBHOOK_SECRET", SECRET),
         ],
     );
-    let port: u16 = server
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let port = server.port();
     gh.wait_for_comment(9, |c| c.body.contains(MARKER), T);
     wait_for("pr-9 serves the missed pull request", T, || {
         http_get_host(port, "pr-9.shop.localhost", "/greeting.txt").filter(|p| p == "missed")
@@ -338,14 +318,7 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
 
     // Merged through an approved pull request: prod takes the merge commit.
     let head = w.push_pr(4, "feature-4", "reviewed");
-    w.forge.add_pr(PrSpec {
-        head_ref: "feature-4".into(),
-        ..PrSpec::new(4, &head)
-    });
-    w.accepted(
-        "pull_request",
-        &pull_request_payload("opened", &w.forge.pr(4), false, None),
-    );
+    open(&w, 4, "feature-4", &head);
     w.forge.wait_for_comment(4, |c| c.body.contains(MARKER), T);
     w.forge.set_permission("carol", "write");
     w.forge.approve(4, "carol", &head);

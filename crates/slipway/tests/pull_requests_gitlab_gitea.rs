@@ -21,7 +21,7 @@ use util::fake_gitea;
 use util::fake_gitlab::{self, DEVELOPER, REPORTER};
 use util::wait_for;
 use util::world::{ForgeWorld, Served};
-use util::{Event, FakeForge, Forge, PrSpec, PrState};
+use util::{Delivery, Event, FakeForge, Forge, PrSpec, PrState};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -117,13 +117,7 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged(kind: Forge) {
     // Merge #1: the lock goes, prod follows main again, pr-1 is destroyed.
     let (merge, merged) = w.merge_into(1, "feature-1", "main");
     w.handled(&merged);
-    wait_for("pr-1 is destroyed", T, || {
-        (!w.environments().contains(&"pr-1".to_string())).then_some(())
-    });
-    wait_for("prod follows main, unpinned, at the merge", T, || {
-        let prod = w.environment("prod");
-        (prod["commit"] == merge.as_str() && prod["pinned"] == false).then_some(())
-    });
+    w.wait_merged("pr-1", &merge);
     w.serves("prod", "pr1-b");
     // #2 may apply now that the lock is gone.
     w.handled(&w.commented(2, "alice", "/slipway apply prod"));
@@ -194,24 +188,59 @@ fn refused_deliveries(audit: &[Value]) -> u64 {
         .sum()
 }
 
-#[test]
-fn gitlab_deliveries_without_the_secret_token_are_refused() {
-    let w = world(Forge::GitLab);
+/// A `kind` world with pull request #4 pushed: the world and the forge's delivery opening it.
+fn world_with_pr_4(kind: Forge) -> (ForgeWorld, Delivery) {
+    let w = world(kind);
     let sha = w.push_pr(4, "feature-4", "four");
     let opened = w.opened(4, "feature-4", &sha);
-    let addr = &w.server.addr;
-    let (status, reply) = fake_gitlab::send_webhook_raw(
-        addr,
-        &[
+    (w, opened)
+}
+
+/// Posts `body` to the `kind` webhook of `addr` with the forge's event header, delivery id
+/// `id` and `extra` headers: a refusal (401) is what it expects, and `what` says why.
+fn refused(kind: Forge, addr: &str, id: &str, extra: &[(&str, &str)], body: &[u8], what: &str) {
+    let mut headers = match kind {
+        Forge::GitLab => vec![
             ("X-Gitlab-Event", "Merge Request Hook"),
-            ("X-Gitlab-Event-UUID", "x-1"),
+            ("X-Gitlab-Event-UUID", id),
         ],
-        &opened.body,
-    );
+        Forge::Gitea => vec![("X-Gitea-Event", "pull_request"), ("X-Gitea-Delivery", id)],
+        other => panic!("the raw deliveries here are GitLab's and Gitea's, not {other:?}'s"),
+    };
+    headers.extend_from_slice(extra);
+    let (status, reply) = match kind {
+        Forge::GitLab => fake_gitlab::send_webhook_raw(addr, &headers, body),
+        _ => fake_gitea::send_webhook_raw(addr, &headers, body),
+    };
+    assert_eq!(status, 401, "{what}: {reply}");
+}
+
+/// After `refusals` refused deliveries: each is audited, and `opened` sent with the secret
+/// (delivery id `id`) is handled.
+fn refusals_are_audited_and_the_secret_is_taken(
+    w: &ForgeWorld,
+    refusals: u64,
+    opened: &Delivery,
+    id: &str,
+) {
     assert_eq!(
-        status, 401,
-        "a delivery without a token is refused: {reply}"
+        refused_deliveries(&w.audit()),
+        refusals,
+        "every refusal is audited"
     );
+    let (status, reply) = w.forge.send(&w.server.addr, SECRET, opened, id);
+    assert_eq!(status, 202, "{reply}");
+    w.wait_for_comment(4, |c| c.body.contains(MARKER));
+}
+
+#[test]
+fn gitlab_deliveries_without_the_secret_token_are_refused() {
+    let (w, opened) = world_with_pr_4(Forge::GitLab);
+    let addr = &w.server.addr;
+    let refused = |id, extra: &[(&str, &str)], what| {
+        refused(Forge::GitLab, addr, id, extra, &opened.body, what)
+    };
+    refused("x-1", &[], "a delivery without a token is refused");
     let (status, reply) =
         fake_gitlab::send_webhook(addr, "forged-token", opened.event, "x-2", &opened.body);
     assert_eq!(status, 401, "a forged token is refused: {reply}");
@@ -220,57 +249,32 @@ fn gitlab_deliveries_without_the_secret_token_are_refused() {
         fake_gitlab::send_webhook(addr, almost, opened.event, "x-3", &opened.body);
     assert_eq!(status, 401, "a prefix of the token is refused: {reply}");
     // Gitea's and GitHub's signatures are no GitLab token.
-    let (status, reply) = fake_gitlab::send_webhook_raw(
-        addr,
-        &[
-            ("X-Gitlab-Event", "Merge Request Hook"),
-            ("X-Gitlab-Event-UUID", "x-4"),
-            (
-                "X-Gitea-Signature",
-                &slipway_forge::sign(SECRET.as_bytes(), &opened.body),
-            ),
-        ],
-        &opened.body,
-    );
-    assert_eq!(status, 401, "a signature is no token: {reply}");
-    assert_eq!(
-        refused_deliveries(&w.audit()),
-        4,
-        "every refusal is audited"
+    let signature = slipway_forge::sign(SECRET.as_bytes(), &opened.body);
+    refused(
+        "x-4",
+        &[("X-Gitea-Signature", &signature)],
+        "a signature is no token",
     );
 
     // The secret token: handled.
-    let (status, reply) = w.forge.send(addr, SECRET, &opened, "x-5");
-    assert_eq!(status, 202, "{reply}");
-    w.wait_for_comment(4, |c| c.body.contains(MARKER));
+    refusals_are_audited_and_the_secret_is_taken(&w, 4, &opened, "x-5");
 }
 
 #[test]
 fn gitea_deliveries_without_a_valid_signature_are_refused() {
-    let w = world(Forge::Gitea);
-    let sha = w.push_pr(4, "feature-4", "four");
-    let opened = w.opened(4, "feature-4", &sha);
+    let (w, opened) = world_with_pr_4(Forge::Gitea);
     let addr = &w.server.addr;
-    let (status, reply) = fake_gitea::send_webhook_raw(
-        addr,
-        &[
-            ("X-Gitea-Event", "pull_request"),
-            ("X-Gitea-Delivery", "x-1"),
-        ],
-        &opened.body,
-    );
-    assert_eq!(status, 401, "an unsigned delivery is refused: {reply}");
+    let refused = |id, extra: &[(&str, &str)], body: &[u8], what| {
+        refused(Forge::Gitea, addr, id, extra, body, what)
+    };
+    refused("x-1", &[], &opened.body, "an unsigned delivery is refused");
     let forged = "0".repeat(64);
-    let (status, reply) = fake_gitea::send_webhook_raw(
-        addr,
-        &[
-            ("X-Gitea-Event", "pull_request"),
-            ("X-Gitea-Delivery", "x-2"),
-            ("X-Gitea-Signature", &forged),
-        ],
+    refused(
+        "x-2",
+        &[("X-Gitea-Signature", &forged)],
         &opened.body,
+        "a forged signature is refused",
     );
-    assert_eq!(status, 401, "a forged signature is refused: {reply}");
     let (status, reply) =
         fake_gitea::send_webhook(addr, b"another secret", opened.event, "x-3", &opened.body);
     assert_eq!(
@@ -282,40 +286,22 @@ fn gitea_deliveries_without_a_valid_signature_are_refused() {
     altered["pull_request"]["user"]["login"] = json!("mallory");
     let altered = serde_json::to_vec(&altered).expect("json");
     let signature = slipway_forge::sign(SECRET.as_bytes(), &opened.body);
-    let (status, reply) = fake_gitea::send_webhook_raw(
-        addr,
-        &[
-            ("X-Gitea-Event", "pull_request"),
-            ("X-Gitea-Delivery", "x-4"),
-            ("X-Gitea-Signature", &signature),
-        ],
+    refused(
+        "x-4",
+        &[("X-Gitea-Signature", &signature)],
         &altered,
-    );
-    assert_eq!(
-        status, 401,
-        "a body altered after signing is refused: {reply}"
+        "a body altered after signing is refused",
     );
     // GitLab's token header is no signature.
-    let (status, reply) = fake_gitea::send_webhook_raw(
-        addr,
-        &[
-            ("X-Gitea-Event", "pull_request"),
-            ("X-Gitea-Delivery", "x-5"),
-            ("X-Gitlab-Token", SECRET),
-        ],
+    refused(
+        "x-5",
+        &[("X-Gitlab-Token", SECRET)],
         &opened.body,
-    );
-    assert_eq!(status, 401, "a token is no signature: {reply}");
-    assert_eq!(
-        refused_deliveries(&w.audit()),
-        5,
-        "every refusal is audited"
+        "a token is no signature",
     );
 
     // Signed with the secret: handled.
-    let (status, reply) = w.forge.send(addr, SECRET, &opened, "x-6");
-    assert_eq!(status, 202, "{reply}");
-    w.wait_for_comment(4, |c| c.body.contains(MARKER));
+    refusals_are_audited_and_the_secret_is_taken(&w, 5, &opened, "x-6");
 }
 
 // ---- The fakes against the adapters, without Slipway -------------------------------------------
@@ -336,6 +322,46 @@ fn parse(kind: ForgeKind, headers: Vec<(String, String)>, body: &[u8]) -> ForgeE
     verify_and_parse(kind, &headers, body, SECRET.as_bytes())
         .unwrap_or_else(|e| panic!("the delivery verifies and parses: {e}"))
         .event
+}
+
+/// The plan comment through `forge` on #1: created, then edited in place (the same id, which
+/// it returns).
+fn upsert_plan_twice(forge: &dyn slipway_forge::Forge) -> slipway_forge::CommentId {
+    let first = forge.upsert_comment(1, MARKER, "plan v1").expect("upsert");
+    let again = forge.upsert_comment(1, MARKER, "plan v2").expect("upsert");
+    assert_eq!(first, again);
+    first
+}
+
+/// Sets a failed `slipway/plan` status on `a…` through `forge`.
+fn set_plan_error(forge: &dyn slipway_forge::Forge, target_url: Option<String>) {
+    forge
+        .set_status(&CommitStatus {
+            sha: sha('a'),
+            context: "slipway/plan".into(),
+            state: StatusState::Error,
+            description: "planned".into(),
+            target_url,
+        })
+        .expect("status");
+}
+
+/// The numbers of the open pull requests `forge` lists, in its order.
+fn open_numbers(forge: &dyn slipway_forge::Forge) -> Vec<u64> {
+    forge
+        .open_pull_requests()
+        .expect("open")
+        .iter()
+        .map(|p| p.number)
+        .collect()
+}
+
+/// The action of a pull request event; any other event fails the test.
+fn pr_action(event: &ForgeEvent) -> &PrAction {
+    match event {
+        ForgeEvent::PullRequest { action, .. } => action,
+        other => panic!("a pull request event, not {other:?}"),
+    }
 }
 
 /// A fake `kind` that takes only `test-token`, with pull request #1 by alice at `a…`, #2
@@ -421,22 +447,10 @@ fn the_deliveries_parse_as_the_flow_expects(fake: &FakeForge, kind: ForgeKind) {
     assert_eq!(pr.url, fake.pr_url(1));
     let before = sha('a');
     let pushed = hook(&pr1, Event::Pushed { before });
-    assert!(matches!(
-        pushed,
-        ForgeEvent::PullRequest {
-            action: PrAction::Synchronized,
-            ..
-        }
-    ));
+    assert_eq!(pr_action(&pushed), &PrAction::Synchronized);
     let merge_sha = sha('d');
     let merged = hook(&pr1, Event::Merged { merge_sha });
-    assert!(matches!(
-        merged,
-        ForgeEvent::PullRequest {
-            action: PrAction::Merged,
-            ..
-        }
-    ));
+    assert_eq!(pr_action(&merged), &PrAction::Merged);
     let reviewer = "carol".to_owned();
     let approved = hook(&pr1, Event::Approved { reviewer });
     assert_eq!(
@@ -478,9 +492,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     let forge = adapter(ForgeKind::GitLab, gl.url(), None);
 
     // The plan note: created once, then edited in place; nobody else's note is touched.
-    let first = forge.upsert_comment(1, MARKER, "plan v1").expect("upsert");
-    let again = forge.upsert_comment(1, MARKER, "plan v2").expect("upsert");
-    assert_eq!(first, again);
+    let first = upsert_plan_twice(forge.as_ref());
     let notes = gl.comments(1);
     let ours: Vec<_> = notes.iter().filter(|n| n.id == first.0).collect();
     assert_eq!(ours.len(), 1);
@@ -493,15 +505,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
             .any(|n| n.body == "a reply" && n.author == BOT)
     );
 
-    forge
-        .set_status(&CommitStatus {
-            sha: sha('a'),
-            context: "slipway/plan".into(),
-            state: StatusState::Error,
-            description: "planned".into(),
-            target_url: None,
-        })
-        .expect("status");
+    set_plan_error(forge.as_ref(), None);
     assert_eq!(gl.statuses(&sha('a'))[0].state, "failed");
     assert_eq!(gl.statuses(&sha('a'))[0].context, "slipway/plan");
 
@@ -536,12 +540,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
     assert!(!forge.has_write_access("mallory").expect("not a member"));
     assert!(!forge.has_write_access("nobody").expect("unknown"));
 
-    let open: Vec<u64> = forge
-        .open_pull_requests()
-        .expect("open")
-        .iter()
-        .map(|p| p.number)
-        .collect();
+    let open = open_numbers(forge.as_ref());
     assert_eq!(open, [2, 1], "opened ones, newest first");
     assert!(gl.unhandled().is_empty(), "{}", gl.recent_requests(40));
 
@@ -581,13 +580,7 @@ fn the_fake_gitlab_answers_what_the_gitlab_adapter_expects() {
         "Merge Request Hook",
         &fake_gitlab::merge_request_payload("update", &mr1, "alice", None, None),
     );
-    assert!(matches!(
-        edited,
-        ForgeEvent::PullRequest {
-            action: PrAction::Other(_),
-            ..
-        }
-    ));
+    assert!(matches!(pr_action(&edited), PrAction::Other(_)));
 }
 
 #[test]
@@ -600,9 +593,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
     // No bot login configured: the adapter asks `GET /user` once.
     let forge = adapter(ForgeKind::Gitea, gt.url(), None);
 
-    let first = forge.upsert_comment(1, MARKER, "plan v1").expect("upsert");
-    let again = forge.upsert_comment(1, MARKER, "plan v2").expect("upsert");
-    assert_eq!(first, again);
+    let first = upsert_plan_twice(forge.as_ref());
     let comments = gt.comments(1);
     assert_eq!(comments.len(), 2);
     assert_eq!(comments[1].body, format!("{MARKER}\nplan v2"));
@@ -619,15 +610,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
     );
     forge.post_comment(1, "a reply").expect("post");
 
-    forge
-        .set_status(&CommitStatus {
-            sha: sha('a'),
-            context: "slipway/plan".into(),
-            state: StatusState::Error,
-            description: "planned".into(),
-            target_url: Some("http://127.0.0.1:9/".into()),
-        })
-        .expect("status");
+    set_plan_error(forge.as_ref(), Some("http://127.0.0.1:9/".into()));
     let status = gt.statuses(&sha('a'))[0].clone();
     assert_eq!(
         (status.context.as_str(), status.state.as_str()),
@@ -660,12 +643,7 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
     assert_eq!(refused.status(), Some(403), "{refused}");
     gt.set_permission(BOT, "admin");
 
-    let open: Vec<u64> = forge
-        .open_pull_requests()
-        .expect("open")
-        .iter()
-        .map(|p| p.number)
-        .collect();
+    let open = open_numbers(forge.as_ref());
     assert_eq!(open, [2, 1], "open ones, newest first");
     let users = gt
         .requests()
@@ -697,11 +675,5 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
         gt.webhook_headers(SECRET, &closed, &slipway_testkit::forge::uuid()),
         &closed.body,
     );
-    assert!(matches!(
-        closed,
-        ForgeEvent::PullRequest {
-            action: PrAction::Closed,
-            ..
-        }
-    ));
+    assert_eq!(pr_action(&closed), &PrAction::Closed);
 }

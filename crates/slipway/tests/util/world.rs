@@ -359,6 +359,18 @@ impl ForgeWorld {
         (merge, delivery)
     }
 
+    /// Waits until a merge took effect: the preview `preview` destroyed, and prod following
+    /// `main` again, unpinned, at the merge commit `merge`.
+    pub fn wait_merged(&self, preview: &str, merge: &str) {
+        wait_for(&format!("{preview} is destroyed"), T, || {
+            (!self.environments().iter().any(|e| e == preview)).then_some(())
+        });
+        wait_for("prod follows main, unpinned, at the merge", T, || {
+            let prod = self.environment("prod");
+            (prod["commit"] == merge && prod["pinned"] == false).then_some(())
+        });
+    }
+
     /// The forge it plays.
     pub fn kind(&self) -> Forge {
         self.forge.forge()
