@@ -227,29 +227,9 @@ struct Served {
 
 fn serve_as(s: &Sandbox, who: As, envs: &[(&str, &str)]) -> Served {
     let url = format!("file://{}", s.repo.display());
-    let mut command = match who {
-        As::Root => Command::new(BIN),
-        As::Nobody => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                &NOBODY.to_string(),
-                "--regid",
-                &NOBODY.to_string(),
-                "--clear-groups",
-                "--",
-                BIN,
-            ]);
-            c
-        }
-    };
+    let args = ["serve", "--repo", &url, "--listen", "127.0.0.1:0"];
+    let mut command = cli_command(s, who, &args);
     command
-        .args(["serve", "--repo", &url, "--listen", "127.0.0.1:0"])
-        .current_dir(&s.repo)
-        .env("SLIPWAY_HOME", &s.home)
-        .env("NO_COLOR", "1")
-        .env("SLIPWAY_USER", "tester")
-        .env("SLIPWAY_CONFIG", &s.config)
         .env("HOME", nobody_home(s))
         .envs(envs.iter().copied());
     let (server, lines) = serve_from(command, T);
@@ -257,30 +237,16 @@ fn serve_as(s: &Sandbox, who: As, envs: &[(&str, &str)]) -> Served {
 }
 
 /// `slipway ...` on the sandbox as `who`, with the variables the engine needs.
-fn cli(s: &Sandbox, who: As, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut command = match who {
+fn cli_command(s: &Sandbox, who: As, args: &[&str]) -> Command {
+    match who {
         As::Root => s.cmd(args),
-        As::Nobody => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                &NOBODY.to_string(),
-                "--regid",
-                &NOBODY.to_string(),
-                "--clear-groups",
-                "--",
-                BIN,
-            ])
-            .args(args)
-            .current_dir(&s.repo)
-            .env("SLIPWAY_HOME", &s.home)
-            .env("NO_COLOR", "1")
-            .env("SLIPWAY_USER", "tester")
-            .env("SLIPWAY_CONFIG", &s.config);
-            c
-        }
-    };
-    command
+        As::Nobody => s.cmd_as(NOBODY, args),
+    }
+}
+
+/// [`cli_command`], run: its output.
+fn cli(s: &Sandbox, who: As, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    cli_command(s, who, args)
         .env("HOME", nobody_home(s))
         .envs(envs.iter().copied())
         .output()
@@ -879,26 +845,9 @@ resources:
     std::fs::create_dir_all(&s.home).expect("the home");
     chown_tree(&s.home, NOBODY);
     let run = |args: &[&str]| {
-        let mut full: Vec<String> = [
-            "setpriv",
-            "--reuid",
-            &NOBODY.to_string(),
-            "--regid",
-            &NOBODY.to_string(),
-            "--clear-groups",
-            "--",
-            BIN,
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+        let mut full = argv_as(NOBODY);
         full.extend(args.iter().map(|a| a.to_string()));
-        without_landlock(&full)
-            .current_dir(&s.repo)
-            .env("SLIPWAY_HOME", &s.home)
-            .env("NO_COLOR", "1")
-            .env("SLIPWAY_USER", "tester")
-            .env("SLIPWAY_CONFIG", &s.config)
+        s.engine_env(without_landlock(&full))
             .env("HOME", nobody_home(&s))
             .output()
             .expect("slipway runs")
@@ -977,16 +926,12 @@ resources:
 #[test]
 fn an_existing_home_is_made_private_and_an_unreachable_one_is_named_with_the_fix() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r#"version: 1
-stack: modes
-environments: { dev: { track: main } }
-resources:
-  hello: { type: job, command: ["sh", "-c", "echo hello"] }
+    s.commit_dev_stack(
+        "modes",
+        r#"  hello: { type: job, command: ["sh", "-c", "echo hello"] }
 "#,
+        "a stack",
     );
-    s.commit("a stack");
     s.ok(&["status"]);
     // A home as an older Slipway (or another umask) left it: readable by everyone.
     for (path, mode) in [
@@ -1021,23 +966,15 @@ resources:
 #[test]
 fn a_process_started_before_isolation_is_drift_and_is_replaced_confined() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r#"version: 1
-stack: upgrade
-environments: { dev: { track: main } }
-resources:
-  web: { type: process, command: ["python3", "-c", "import time; time.sleep(10**6)", "upgrade-web"] }
+    s.commit_dev_stack(
+"upgrade",
+r#"  web: { type: process, command: ["python3", "-c", "import time; time.sleep(10**6)", "upgrade-web"] }
 "#,
-    );
-    s.commit("a stack");
+"a stack",
+);
     let config = std::fs::read_to_string(&s.config).expect("config");
     // As an engine before isolation ran it: as root.
-    std::fs::write(
-        &s.config,
-        config.replace("[local]\n", "[local]\nisolation = \"none\"\n"),
-    )
-    .expect("config");
+    s.with_local("isolation = \"none\"");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let child_uid = |s: &Sandbox| {
         let state = supervisor_state(&s.home, "dev", "web")?;

@@ -15,15 +15,6 @@ use util::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn with_local(s: &Sandbox, extra: &str) {
-    let config = std::fs::read_to_string(&s.config).expect("config");
-    std::fs::write(
-        &s.config,
-        config.replace("[local]\n", &format!("[local]\n{extra}\n")),
-    )
-    .expect("config");
-}
-
 fn report(s: &Sandbox, env: &str, name: &str) -> Value {
     let path = s.home.join(format!("envs/{env}/data/{name}"));
     let text = std::fs::read_to_string(&path)
@@ -42,14 +33,10 @@ fn owner(path: &Path) -> u32 {
 #[test]
 fn landlock_asked_of_a_root_engine_still_runs_code_under_its_own_uid() {
     let s = Sandbox::new();
-    with_local(&s, "isolation = \"landlock\"");
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: caps
-environments: { dev: { track: main } }
-resources:
-  evil:
+    s.with_local("isolation = \"landlock\"");
+    s.commit_dev_stack(
+        "caps",
+        r##"  evil:
     type: job
     command:
       - python3
@@ -71,8 +58,8 @@ resources:
             r["chown to root"] = "denied: %s" % e
         json.dump(r, open(os.path.join(d, "caps.json"), "w"))
 "##,
+        "a job that wants root's capabilities",
     );
-    s.commit("a job that wants root's capabilities");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let r = report(&s, "dev", "caps.json");
     assert_ne!(r["euid"], 0, "the code does not run as root: {r}");
@@ -117,13 +104,9 @@ fn code_started_from_a_terminal_cannot_reach_that_terminal() {
         probe.status.success(),
         "under `script` a program has a controlling terminal: {probe:?}"
     );
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: tty
-environments: { dev: { track: main } }
-resources:
-  evil:
+    s.commit_dev_stack(
+        "tty",
+        r##"  evil:
     type: job
     command:
       - python3
@@ -140,8 +123,8 @@ resources:
             r["tty"] = "denied: %s" % e
         json.dump(r, open(os.path.join(os.environ["SLIPWAY_DATA_DIR"], "tty.json"), "w"))
 "##,
+        "a job that wants the operator's terminal",
     );
-    s.commit("a job that wants the operator's terminal");
     let out = Command::new("script")
         .args(["-qec", &format!("{BIN} apply --env dev --yes"), "/dev/null"])
         .current_dir(&s.repo)
@@ -194,16 +177,12 @@ else:
 fn a_failing_delete_does_not_keep_the_environments_daemons_alive() {
     let s = Sandbox::new();
     s.write("undeletable.py", UNDELETABLE);
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: immortal
-environments: { dev: { track: main } }
-resources:
-  stuck: { type: exec, program: ["python3", "undeletable.py"] }
+    s.commit_dev_stack(
+        "immortal",
+        r##"  stuck: { type: exec, program: ["python3", "undeletable.py"] }
 "##,
+        "an exec resource that refuses deletion and leaves a daemon",
     );
-    s.commit("an exec resource that refuses deletion and leaves a daemon");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let daemon = |s: &Sandbox| {
         s.processes()
@@ -243,20 +222,16 @@ resources:
 #[test]
 fn a_health_command_leaves_nothing_behind() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: health
-environments: { dev: { track: main } }
-resources:
-  web:
+    s.commit_dev_stack(
+        "health",
+        r##"  web:
     type: process
     command: ["python3", "-c", "import time; time.sleep(10**6)", "web-of-health"]
     health:
       command: ["sh", "-c", "python3 -c 'import time; time.sleep(10**6)' leftover-of-health & exit 0"]
 "##,
+        "a health command that starts a server",
     );
-    s.commit("a health command that starts a server");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     wait_for("the web process runs", T, || {
         processes_mentioning("web-of-health")
@@ -277,16 +252,12 @@ resources:
 #[test]
 fn a_file_resource_cannot_be_set_uid() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: setuid
-environments: { dev: { track: main } }
-resources:
-  tool: { type: file, path: tool.sh, content: "#!/bin/sh\nid\n", mode: "4755" }
+    s.commit_dev_stack(
+        "setuid",
+        r##"  tool: { type: file, path: tool.sh, content: "#!/bin/sh\nid\n", mode: "4755" }
 "##,
+        "a set-uid file",
     );
-    s.commit("a set-uid file");
     let out = s.run(&["apply", "--env", "dev", "--yes"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -299,16 +270,12 @@ resources:
         std::fs::metadata(&file).map_or(true, |m| m.mode() & 0o7000 == 0),
         "no set-uid file was written"
     );
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: setuid
-environments: { dev: { track: main } }
-resources:
-  tool: { type: file, path: tool.sh, content: "#!/bin/sh\nid\n", mode: "0755" }
+    s.commit_dev_stack(
+        "setuid",
+        r##"  tool: { type: file, path: tool.sh, content: "#!/bin/sh\nid\n", mode: "0755" }
 "##,
+        "plain permissions",
     );
-    s.commit("plain permissions");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     assert_eq!(
         std::fs::metadata(&file).expect("the file").mode() & 0o7777,
@@ -323,23 +290,22 @@ resources:
 #[test]
 fn a_process_whose_spec_is_gone_is_drift() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: nospec
-environments: { dev: { track: main } }
-resources:
-  web: { type: process, command: ["python3", "-c", "import time; time.sleep(10**6)", "web-nospec"] }
+    s.commit_dev_stack(
+        "nospec",
+        r##"  web: { type: process, command: ["python3", "-c", "import time; time.sleep(10**6)", "web-nospec"] }
 "##,
+        "a process",
     );
-    s.commit("a process");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let spec = s.home.join("envs/dev/run/web.spec.json");
     assert!(spec.exists(), "the supervisor has a spec");
     std::fs::remove_file(&spec).expect("remove the spec");
-    let status = s.json(&["status", "--output", "json"]);
-    let web =
-        status_resource(status_environment(&status, "dev").expect("dev"), "web").expect("web");
+    let web_status = || {
+        let status = s.json(&["status", "--output", "json"]);
+        let dev = status_environment(&status, "dev").expect("dev");
+        status_resource(dev, "web").expect("web").clone()
+    };
+    let web = web_status();
     assert_eq!(web["status"], "drifted", "{web}");
     assert!(
         web["message"]
@@ -348,9 +314,7 @@ resources:
         "the drift says why: {web}"
     );
     s.ok(&["apply", "--env", "dev", "--yes"]);
-    let status = s.json(&["status", "--output", "json"]);
-    let web =
-        status_resource(status_environment(&status, "dev").expect("dev"), "web").expect("web");
+    let web = web_status();
     assert_ne!(web["status"], "drifted", "replaced, it is in sync: {web}");
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
@@ -384,7 +348,7 @@ resources:
 
     // A range that holds `nobody` (65534, a real user and group) and one unused id.
     let t = Sandbox::new();
-    with_local(&t, "");
+    t.with_local("");
     let config = std::fs::read_to_string(&t.config).expect("config");
     let config: String = config
         .lines()
@@ -491,25 +455,8 @@ resources:
         .status()
         .expect("chown runs");
     assert!(chown.success(), "the home is nobody's");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &NOBODY.to_string(),
-            "--regid",
-            &NOBODY.to_string(),
-            "--clear-groups",
-            "--",
-            BIN,
-            "apply",
-            "--env",
-            "dev",
-            "--yes",
-        ])
-        .current_dir(&s.repo)
-        .env("SLIPWAY_HOME", &s.home)
-        .env("NO_COLOR", "1")
-        .env("SLIPWAY_USER", "tester")
-        .env("SLIPWAY_CONFIG", &s.config)
+    let out = s
+        .cmd_as(NOBODY, &["apply", "--env", "dev", "--yes"])
         .env("HOME", &git_home)
         .output()
         .expect("slipway runs");

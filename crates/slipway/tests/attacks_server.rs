@@ -38,18 +38,14 @@ fn setup(extra: &str) -> (Sandbox, String) {
     let s = Sandbox::new();
     s.write("echo.py", ECHO).write("slipway.yaml", STACK);
     s.commit("stack");
-    let config = std::fs::read_to_string(&s.config).expect("config")
-        + "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\nretention = \"30d\"\n"
-        + "[server]\nheader_timeout = \"2s\"\npreview_timeout = \"2s\"\n"
-        + extra;
-    std::fs::write(&s.config, config).expect("config");
-    let token = String::from_utf8(
-        s.ok(&["token", "create", "--role", "admin", "--name", "test"])
-            .stdout,
-    )
-    .expect("utf-8")
-    .trim()
-    .to_string();
+    util::world::append_config(
+        &s,
+        &format!(
+            "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\nretention = \"30d\"\n\
+             [server]\nheader_timeout = \"2s\"\npreview_timeout = \"2s\"\n{extra}"
+        ),
+    );
+    let token = named_token(&s, "admin", "test");
     (s, token)
 }
 

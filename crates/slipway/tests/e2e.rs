@@ -139,6 +139,9 @@ fn apply_serves_restarts_changes_and_destroys() {
     );
 }
 
+/// The process resources of [`crash_stack`] and the `sleep` argument that tells each apart.
+const PROCESSES: &[(&str, &str)] = &[("a", "4242000"), ("b", "4242001"), ("c", "4242002")];
+
 /// Every round changes every resource, so there is work to interrupt at any moment.
 fn crash_stack(round: usize) -> String {
     format!(
@@ -153,32 +156,6 @@ resources:
   c: {{ type: process, command: ["sleep", "4242002"], env: {{ CONF: "${{resources.conf.path}}", ROUND: "{round}" }}, depends_on: [slow] }}
 "#
     )
-}
-
-/// Exactly one supervisor and one process per process resource: nothing duplicated, nothing
-/// orphaned.
-fn assert_one_of_each(s: &Sandbox, when: &str) {
-    for (name, arg) in [("a", "4242000"), ("b", "4242001"), ("c", "4242002")] {
-        let supervisors: Vec<_> = s
-            .processes()
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains(&format!("/run/{name}.spec.json")))
-            .collect();
-        assert_eq!(
-            supervisors.len(),
-            1,
-            "{when}: exactly one supervisor for `{name}`: {supervisors:?}"
-        );
-        let children: Vec<_> = processes_mentioning(&format!("sleep {arg}"))
-            .into_iter()
-            .filter(|(_, c)| !c.contains("slipway"))
-            .collect();
-        assert_eq!(
-            children.len(),
-            1,
-            "{when}: exactly one `{name}` process, no duplicate and no orphan: {children:?}"
-        );
-    }
 }
 
 #[test]
@@ -203,7 +180,7 @@ fn killing_the_cli_mid_apply_then_applying_again_converges_without_duplicates() 
             report["succeeded"], true,
             "round {round}: the apply after a kill at {delay_ms} ms converges: {report}"
         );
-        assert_one_of_each(&s, &format!("after a kill at {delay_ms} ms"));
+        assert_one_of_each(&s, PROCESSES, &format!("after a kill at {delay_ms} ms"));
         s.expect_code(&["plan", "--env", "dev", "--detailed-exitcode"], 0);
         let history = s.json(&["history", "--env", "dev", "--output", "json"]);
         let statuses: Vec<&str> = history["deployments"]
@@ -238,18 +215,14 @@ fn killing_the_cli_mid_apply_then_applying_again_converges_without_duplicates() 
 #[test]
 fn a_failed_job_stops_its_dependents_and_is_recorded() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r#"version: 1
-stack: fail
-environments: { dev: { track: main } }
-resources:
-  migrate: { type: job, command: ["sh", "-c", "echo migrating; echo boom >&2; exit 3"] }
+    s.commit_dev_stack(
+        "fail",
+        r#"  migrate: { type: job, command: ["sh", "-c", "echo migrating; echo boom >&2; exit 3"] }
   api: { type: process, command: ["sleep", "4242003"], depends_on: [migrate] }
   other: { type: file, path: ok.txt, content: fine }
 "#,
+        "failing job",
     );
-    s.commit("failing job");
     let out = s.expect_code(&["apply", "--env", "dev", "--yes", "--output", "json"], 1);
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     let results = report["results"].as_array().expect("results");

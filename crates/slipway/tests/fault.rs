@@ -84,29 +84,11 @@ fn the_controller_killed_at_twenty_points_converges_every_time() {
             },
         );
         assert_eq!(converged["health"], "healthy");
-        for (name, arg) in [("a", "5151000"), ("b", "5151001"), ("c", "5151002")] {
-            let supervisors: Vec<_> = s
-                .processes()
-                .into_iter()
-                .filter(|(_, c)| {
-                    c.contains("__supervise") && c.contains(&format!("/run/{name}.spec.json"))
-                })
-                .collect();
-            assert_eq!(
-                supervisors.len(),
-                1,
-                "round {round}: one supervisor for `{name}`: {supervisors:?}"
-            );
-            let children: Vec<_> = processes_mentioning(&format!("sleep {arg}"))
-                .into_iter()
-                .filter(|(_, c)| !c.contains("slipway"))
-                .collect();
-            assert_eq!(
-                children.len(),
-                1,
-                "round {round}: one `{name}` process, nothing duplicated or orphaned: {children:?}"
-            );
-        }
+        assert_one_of_each(
+            &s,
+            &[("a", "5151000"), ("b", "5151001"), ("c", "5151002")],
+            &format!("round {round}"),
+        );
         let history = s.json(&["history", "--env", "dev", "--output", "json"]);
         let deployments = history["deployments"].as_array().expect("deployments");
         assert!(

@@ -106,17 +106,7 @@ fn a_command_given_a_url_fetches_it_and_says_when_it_works_offline() {
     let s = Sandbox::new();
     s.write("slipway.yaml", STACK);
     s.commit("one");
-    let remote = s.dir.path().join("remote.git");
-    git(
-        s.dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &s.repo.display().to_string(),
-            "remote.git",
-        ],
-    );
+    let remote = slipway_testkit::git::clone_bare(&s.repo, s.dir.path(), "remote.git");
     let url = format!("file://{}", remote.display());
     let plan = |s: &Sandbox| -> (Value, String) {
         let out = s.ok(&[

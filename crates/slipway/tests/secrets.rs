@@ -161,12 +161,7 @@ resources:
 
     // The API and its events, through a running controller.
     let server = start_serve(&s);
-    let port: u16 = server
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let port = server.port();
     let token_out = s.ok(&["token", "create", "--role", "viewer"]);
     let api_token = String::from_utf8_lossy(&token_out.stdout)
         .trim()

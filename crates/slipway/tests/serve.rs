@@ -51,16 +51,11 @@ fn setup() -> (Sandbox, String) {
     let yaml = std::fs::read_to_string(format!("{EXAMPLE}/slipway.yaml")).expect("example").replace("  prod: { track: main, protected: true, variables: { greeting: \"Hello from prod\", workers: 2 } }\n", "");
     s.write("slipway.yaml", &yaml);
     s.commit("stack");
-    let config = std::fs::read_to_string(&s.config).expect("config")
-        + "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n";
-    std::fs::write(&s.config, config).expect("config");
-    let token = String::from_utf8(
-        s.ok(&["token", "create", "--role", "admin", "--name", "test"])
-            .stdout,
-    )
-    .expect("utf-8")
-    .trim()
-    .to_string();
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n",
+    );
+    let token = named_token(&s, "admin", "test");
     assert!(
         token.starts_with("slw_"),
         "token create prints only the token: {token:?}"
@@ -232,12 +227,7 @@ fn a_deploy_of_an_exposed_process_fails_no_request_at_its_preview_url() {
     wait_for("dev is up", T, || {
         answer(&s, &server, &token, "dev", "(dev")
     });
-    let port: u16 = server
-        .addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the server's port");
+    let port = server.port();
     let host = format!("dev.quickstart.localhost:{port}");
     let listed = status(&s, &server, &token);
     let dev = listed["environments"]

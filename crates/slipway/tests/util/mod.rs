@@ -83,13 +83,48 @@ impl Sandbox {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(&self.repo)
+        c.args(args);
+        self.engine_env(c)
+    }
+
+    /// [`Sandbox::cmd`] run as `uid` (and gid `uid`, no supplementary groups) by `setpriv`.
+    pub fn cmd_as(&self, uid: u32, args: &[&str]) -> Command {
+        let argv = argv_as(uid);
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]).args(args);
+        self.engine_env(c)
+    }
+
+    /// `c` in the repository, with the variables that point slipway at this sandbox.
+    pub fn engine_env(&self, mut c: Command) -> Command {
+        c.current_dir(&self.repo)
             .env("SLIPWAY_HOME", &self.home)
             .env("NO_COLOR", "1")
             .env("SLIPWAY_USER", "tester")
             .env("SLIPWAY_CONFIG", &self.config);
         c
+    }
+
+    /// Writes `slipway.yaml`: stack `stack` with one environment, `dev`, tracking `main`, and
+    /// `resources` (YAML lines indented by two spaces); then commits it with `message`.
+    pub fn commit_dev_stack(&self, stack: &str, resources: &str, message: &str) -> String {
+        self.write(
+            "slipway.yaml",
+            &format!(
+                "version: 1\nstack: {stack}\nenvironments: {{ dev: {{ track: main }} }}\nresources:\n{resources}"
+            ),
+        );
+        self.commit(message)
+    }
+
+    /// Adds `extra` to the `[local]` section of the engine's configuration.
+    pub fn with_local(&self, extra: &str) {
+        let config = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(
+            &self.config,
+            config.replace("[local]\n", &format!("[local]\n{extra}\n")),
+        )
+        .expect("config");
     }
 
     /// Runs slipway and returns its output, whatever the exit code.
@@ -292,6 +327,51 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The admin URL of the PostgreSQL server tests use (`.ci/run` starts one when none answers).
+/// The command line that runs slipway as `uid` (and gid `uid`, no supplementary groups)
+/// through `setpriv`; the arguments for slipway follow it.
+pub fn argv_as(uid: u32) -> Vec<String> {
+    let id = uid.to_string();
+    [
+        "setpriv",
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        "--",
+        BIN,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Exactly one supervisor and one process per process resource of `processes` (its name, and
+/// the argument of `sleep` it runs): nothing duplicated, nothing orphaned.
+pub fn assert_one_of_each(s: &Sandbox, processes: &[(&str, &str)], when: &str) {
+    for (name, arg) in processes {
+        let supervisors: Vec<_> = s
+            .processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(&format!("/run/{name}.spec.json")))
+            .collect();
+        assert_eq!(
+            supervisors.len(),
+            1,
+            "{when}: exactly one supervisor for `{name}`: {supervisors:?}"
+        );
+        let children: Vec<_> = processes_mentioning(&format!("sleep {arg}"))
+            .into_iter()
+            .filter(|(_, c)| !c.contains("slipway"))
+            .collect();
+        assert_eq!(
+            children.len(),
+            1,
+            "{when}: exactly one `{name}` process, no duplicate and no orphan: {children:?}"
+        );
+    }
+}
+
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
@@ -381,7 +461,12 @@ pub fn api_request(
 
 /// A new API token of `role` (named after it) made on the sandbox's home.
 pub fn role_token(s: &Sandbox, role: &str) -> String {
-    let out = s.ok(&["token", "create", "--role", role, "--name", role]);
+    named_token(s, role, role)
+}
+
+/// A new API token of `role` named `name`, as `slipway token create` prints it.
+pub fn named_token(s: &Sandbox, role: &str, name: &str) -> String {
+    let out = s.ok(&["token", "create", "--role", role, "--name", name]);
     String::from_utf8(out.stdout)
         .expect("a UTF-8 token")
         .trim()
