@@ -92,6 +92,25 @@ impl World {
             .wait_for_comment(number, |c| c.body.contains(MARKER), T);
     }
 
+    /// PR `number` from `feature-<number>`, a commit on main setting `greeting.txt` to `text`
+    /// (and `slipway.yaml` to `stack` when given), opened: its head.
+    fn open_feature(&self, number: u64, text: &str, stack: Option<&str>) -> String {
+        let branch = format!("feature-{number}");
+        let head = self.commit_on("main", &branch, text, stack, Some(number));
+        self.open(PrSpec {
+            head_ref: branch,
+            ..PrSpec::new(number, &head)
+        });
+        head
+    }
+
+    /// alice's `/slipway apply prod` on PR `number` is applied, and prod serves `text`.
+    fn applies_to_prod(&self, number: u64, text: &str) {
+        let answer = self.command(number, "alice", "/slipway apply prod");
+        assert!(answer.contains(&format!("Applied #{number}")), "{answer}");
+        self.serves("prod", text);
+    }
+
     /// Merges `branch` into main with a merge commit, as PR `number` on the forge.
     fn merge(&self, number: u64, branch: &str) -> String {
         let (merge, delivery) = self.merge_into(number, branch, "main");
@@ -199,9 +218,7 @@ fn a_pull_request_into_an_unreviewed_branch_cannot_apply_to_prod() {
 
     // The legitimate path: approved by a maintainer, into main, it applies.
     w.forge.approve(7, "carol", &sneaky);
-    let answer = w.command(7, "alice", "/slipway apply prod");
-    assert!(answer.contains("Applied #7"), "{answer}");
-    w.serves("prod", "sneaky");
+    w.applies_to_prod(7, "sneaky");
 }
 
 /// §2.2: an APPROVE review from an account without access (or from the author) satisfied
@@ -234,9 +251,7 @@ fn approvals_count_only_from_maintainers_who_are_not_the_author() {
 
     // A maintainer who is not the author approves: applied.
     w.forge.approve(1, "carol", &head);
-    let answer = w.command(1, "alice", "/slipway apply prod");
-    assert!(answer.contains("Applied #1"), "{answer}");
-    w.serves("prod", "unreviewed");
+    w.applies_to_prod(1, "unreviewed");
 }
 
 /// §2.2, for `require_pr`: a pull request merged with an approval from an account without
@@ -249,11 +264,7 @@ fn require_pr_counts_only_approvals_by_maintainers() {
         "prod: { track: main, protected: true, require_pr: true }",
     ));
     w.serves("qa", "v1");
-    let head = w.commit_on("main", "feature-2", "approved by nobody", None, Some(2));
-    w.open(PrSpec {
-        head_ref: "feature-2".into(),
-        ..PrSpec::new(2, &head)
-    });
+    let head = w.open_feature(2, "approved by nobody", None);
     w.forge.approve(2, "mallory", &head);
     w.forge.approve(2, "alice", &head);
     let merge = w.merge(2, "feature-2");
@@ -263,11 +274,7 @@ fn require_pr_counts_only_approvals_by_maintainers() {
     assert!(w.page("prod").is_none(), "nothing runs in prod");
 
     // The legitimate path: approved by a maintainer and merged.
-    let head = w.commit_on("main", "feature-3", "reviewed", None, Some(3));
-    w.open(PrSpec {
-        head_ref: "feature-3".into(),
-        ..PrSpec::new(3, &head)
-    });
+    let head = w.open_feature(3, "reviewed", None);
     w.forge.approve(3, "carol", &head);
     w.merge(3, "feature-3");
     w.serves("prod", "reviewed");
@@ -343,11 +350,7 @@ fn reviewed_under_require_pr() -> (World, String, String) {
     );
     let w = World::with_stack(&strict);
     w.serves("qa", "v1");
-    let head = w.commit_on("main", "feature-1", "reviewed", None, Some(1));
-    w.open(PrSpec {
-        head_ref: "feature-1".into(),
-        ..PrSpec::new(1, &head)
-    });
+    let head = w.open_feature(1, "reviewed", None);
     w.forge.approve(1, "carol", &head);
     let reviewed = w.merge(1, "feature-1");
     w.serves("prod", "reviewed");
@@ -377,11 +380,7 @@ fn a_direct_push_cannot_switch_off_require_pr() {
     assert_eq!(w.page("prod").as_deref(), Some("reviewed"));
 
     // The legitimate path: the lowered rule merged through an approved pull request…
-    let head = w.commit_on("main", "feature-2", "rule lowered by review", None, Some(2));
-    w.open(PrSpec {
-        head_ref: "feature-2".into(),
-        ..PrSpec::new(2, &head)
-    });
+    let head = w.open_feature(2, "rule lowered by review", None);
     w.forge.approve(2, "carol", &head);
     let merged = w.merge(2, "feature-2");
     w.serves("prod", "rule lowered by review");
@@ -455,11 +454,7 @@ fn a_held_apply_leaves_no_lock_and_no_pin() {
     // #1 is approved, but deletes a resource of protected prod (and says prod is not
     // protected: the rule in force says it is).
     let deleting = without_note(&STACK.replace(", protected: true", ""));
-    let head = w.commit_on("main", "feature-1", "deletes", Some(&deleting), Some(1));
-    w.open(PrSpec {
-        head_ref: "feature-1".into(),
-        ..PrSpec::new(1, &head)
-    });
+    let head = w.open_feature(1, "deletes", Some(&deleting));
     w.forge.approve(1, "carol", &head);
     let answer = w.command(1, "alice", "/slipway apply prod");
     assert!(
@@ -484,15 +479,9 @@ fn a_held_apply_leaves_no_lock_and_no_pin() {
     );
     w.serves("prod", "v2");
     // …and the next pull request applies.
-    let head = w.commit_on("main", "feature-2", "next", None, Some(2));
-    w.open(PrSpec {
-        head_ref: "feature-2".into(),
-        ..PrSpec::new(2, &head)
-    });
+    let head = w.open_feature(2, "next", None);
     w.forge.approve(2, "carol", &head);
-    let answer = w.command(2, "alice", "/slipway apply prod");
-    assert!(answer.contains("Applied #2"), "{answer}");
-    w.serves("prod", "next");
+    w.applies_to_prod(2, "next");
     assert!(
         w.environments().contains(&"pr-2".to_string()),
         "previews still work"
@@ -509,15 +498,9 @@ fn rules_of_a_pull_request_applied_before_merge_are_not_in_force() {
     let (w, strict, reviewed) = reviewed_under_require_pr();
 
     let lax = strict.replace(", require_pr: true", "");
-    let head = w.commit_on("main", "feature-2", "lax", Some(&lax), Some(2));
-    w.open(PrSpec {
-        head_ref: "feature-2".into(),
-        ..PrSpec::new(2, &head)
-    });
+    let head = w.open_feature(2, "lax", Some(&lax));
     w.forge.approve(2, "carol", &head);
-    let answer = w.command(2, "alice", "/slipway apply prod");
-    assert!(answer.contains("Applied #2"), "{answer}");
-    w.serves("prod", "lax");
+    w.applies_to_prod(2, "lax");
     // While prod is locked to #2, main gets a push nobody reviewed; then prod is unlocked and
     // follows main again, from the pull request's commit.
     w.s.write("slipway.yaml", &lax)

@@ -64,14 +64,18 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     s.write("greeting.txt", "v2");
     let v2 = s.commit("v2");
 
-    let (status, body) = api_request(
-        &server.addr,
-        "POST",
-        "/api/v1/environments/prod/sync",
-        &deployer,
-        Some(json!({})),
-    );
-    assert_eq!(status, 202, "a deployer may sync prod: {body}");
+    // A deployer's manual sync of prod, which is accepted.
+    let sync = |what: &str| {
+        let (status, body) = api_request(
+            &server.addr,
+            "POST",
+            "/api/v1/environments/prod/sync",
+            &deployer,
+            Some(json!({})),
+        );
+        assert_eq!(status, 202, "{what}: {body}");
+    };
+    sync("a deployer may sync prod");
     serves(port, "prod", "v2");
     runs(
         &s,
@@ -95,28 +99,25 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     );
 
     // A pin by name: ambiguous, both named.
-    let (status, refused) = api_request(
-        &server.addr,
-        "POST",
-        "/api/v1/environments/prod/pin",
-        &deployer,
-        Some(json!({"commit": "main"})),
-    );
-    let text = refused.to_string();
-    assert!(
-        status == 422 && text.contains("refs/heads/main") && text.contains("refs/tags/main"),
-        "a pin to `main`, both a branch and a tag, is refused naming both: {status} {text}"
-    );
-    // A pin to the tag's commit, by its full name or its id: not on prod's branch.
-    for commit in ["refs/tags/main", evil.as_str()] {
-        let (status, refused) = api_request(
+    // A deployer's pin of prod to `commit`: the status, and the answer as text.
+    let pin = |commit: &str| {
+        let (status, answer) = api_request(
             &server.addr,
             "POST",
             "/api/v1/environments/prod/pin",
             &deployer,
             Some(json!({ "commit": commit })),
         );
-        let text = refused.to_string();
+        (status, answer.to_string())
+    };
+    let (status, text) = pin("main");
+    assert!(
+        status == 422 && text.contains("refs/heads/main") && text.contains("refs/tags/main"),
+        "a pin to `main`, both a branch and a tag, is refused naming both: {status} {text}"
+    );
+    // A pin to the tag's commit, by its full name or its id: not on prod's branch.
+    for commit in ["refs/tags/main", evil.as_str()] {
+        let (status, text) = pin(commit);
         assert!(
             status == 422 && text.contains("takes only commits on `main`"),
             "a pin of protected prod to {commit}, only reachable from the tag, is refused: \
@@ -152,14 +153,7 @@ fn a_tag_named_like_the_tracked_branch_never_reaches_prod() {
     }
     s.write("greeting.txt", "v3");
     let v3 = s.commit("v3");
-    let (status, body) = api_request(
-        &server.addr,
-        "POST",
-        "/api/v1/environments/prod/sync",
-        &deployer,
-        Some(json!({})),
-    );
-    assert_eq!(status, 202, "{body}");
+    sync("a deployer syncs prod again");
     serves(port, "prod", "v3");
     runs(&s, "prod", &v3, "after an unpin, prod follows the branch");
     assert_ne!(page(port, "prod").as_deref(), Some("evil"));
