@@ -2,6 +2,11 @@
 //! real ports, real signals. Every test cleans up after itself through [`Cleanup`], which kills
 //! whatever the resource's state file names even when the test fails half-way.
 
+// The providers' test environment, shared rather than copied: the process provider is tested
+// here, where the binary that is its supervisor is built.
+#[path = "../../slipway-providers/tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,10 +14,10 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{eventually, failed};
 use serde_json::{Value, json};
 use slipway_providers::{
-    Applied, DynProvider, EnvDirs, Observation, ProviderError, ProviderSettings, Registry,
-    ResourceContext, Retry,
+    Applied, DynProvider, Observation, ProviderError, ProviderSettings, Registry, Retry,
 };
 
 /// An HTTP server with a `/healthz`, answering `ok <SLIPWAY_RESOURCE> <GREETING>` on `/`.
@@ -34,55 +39,40 @@ print("listening on", os.environ["PORT_HTTP"], flush=True)
 http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT_HTTP"])), Handler).serve_forever()
 "#;
 
+/// The providers' own test environment (`qa` in a temporary directory), with the process
+/// provider's registry, a free `http` port, the real supervisor and the test server.
 struct TestEnv {
-    _tmp: tempfile::TempDir,
-    env: slipway_core::EnvName,
-    dirs: EnvDirs,
-    ports: BTreeMap<String, u16>,
-    settings: ProviderSettings,
+    base: common::TestEnv,
     registry: Registry,
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = common::TestEnv;
+    fn deref(&self) -> &common::TestEnv {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for TestEnv {
+    fn deref_mut(&mut self) -> &mut common::TestEnv {
+        &mut self.base
+    }
 }
 
 impl TestEnv {
     fn new() -> TestEnv {
-        let tmp = tempfile::tempdir().expect("create a temporary directory");
-        let root = tmp.path().join("envs").join("qa");
-        let dirs = EnvDirs {
-            src: root.join("src"),
-            data: root.join("data"),
-            logs: root.join("logs"),
-            run: root.join("run"),
-            root,
+        let mut base = common::TestEnv::new();
+        std::fs::write(base.dirs.src.join("server.py"), SERVER).expect("write the server");
+        base.ports = BTreeMap::from([("http".to_owned(), free_port())]);
+        base.settings = ProviderSettings {
+            supervisor: vec![env!("CARGO_BIN_EXE_slipway").into(), "__supervise".into()],
+            stop_grace: Duration::from_secs(2),
+            ready_timeout: Duration::from_secs(30),
+            ..ProviderSettings::default()
         };
-        for dir in [&dirs.src, &dirs.data, &dirs.logs, &dirs.run] {
-            std::fs::create_dir_all(dir).expect("create an environment directory");
-        }
-        std::fs::write(dirs.src.join("server.py"), SERVER).expect("write the server");
         TestEnv {
-            _tmp: tmp,
-            env: slipway_core::EnvName::parse("qa").expect("`qa` is a name"),
-            dirs,
-            ports: BTreeMap::from([("http".to_owned(), free_port())]),
-            settings: ProviderSettings {
-                supervisor: vec![env!("CARGO_BIN_EXE_slipway").into(), "__supervise".into()],
-                stop_grace: Duration::from_secs(2),
-                ready_timeout: Duration::from_secs(30),
-                ..ProviderSettings::default()
-            },
+            base,
             registry: Registry::local(),
-        }
-    }
-
-    fn ctx<'a>(&'a self, resource: &'a str) -> ResourceContext<'a> {
-        ResourceContext {
-            environment: &self.env,
-            stack: "shop",
-            resource,
-            dirs: &self.dirs,
-            ports: &self.ports,
-            settings: &self.settings,
-            redact: &[],
-            sandbox: &slipway_providers::sandbox::UNCONFINED,
         }
     }
 
@@ -263,19 +253,6 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn server_config() -> Value {
@@ -584,14 +561,7 @@ fn a_crash_looping_process_fails_wait_ready_with_its_log_tail() {
         started.elapsed() < Duration::from_secs(20),
         "wait_ready gives up early on a crash loop instead of waiting for the deadline"
     );
-    let ProviderError::Failed {
-        message,
-        log_tail,
-        retry,
-    } = &err
-    else {
-        panic!("a crash loop is ProviderError::Failed, got {err:?}");
-    };
+    let (message, log_tail, retry) = failed(&err, "a crash loop");
     assert!(
         message.contains("crashed 3 times"),
         "the message counts the crashes: {message}"
@@ -601,14 +571,12 @@ fn a_crash_looping_process_fails_wait_ready_with_its_log_tail() {
         "the message says how it exited: {message}"
     );
     assert_eq!(
-        *retry,
+        retry,
         Retry::Terminal,
         "a crash loop needs a change, not a retry"
     );
     assert!(
-        log_tail
-            .as_deref()
-            .is_some_and(|t| t.contains("fatal: DATABASE_URL is not set")),
+        log_tail.is_some_and(|t| t.contains("fatal: DATABASE_URL is not set")),
         "the error carries the log tail: {log_tail:?}"
     );
     env.delete("api", Some(&applied.live), "delete");
@@ -791,20 +759,13 @@ fn a_process_whose_program_does_not_exist_fails_wait_ready_saying_so() {
     let err = env
         .try_wait_ready("ghost", &config, &applied, Duration::from_secs(60))
         .expect_err("a program that cannot start never becomes ready");
-    let ProviderError::Failed {
-        message, log_tail, ..
-    } = &err
-    else {
-        panic!("a failed start is ProviderError::Failed, got {err:?}");
-    };
+    let (message, log_tail, _) = failed(&err, "a failed start");
     assert!(
         message.contains("failed to start `no-such-program-slipway`"),
         "the message says the program could not start: {message}"
     );
     assert!(
-        log_tail
-            .as_deref()
-            .is_some_and(|t| t.contains("no-such-program-slipway")),
+        log_tail.is_some_and(|t| t.contains("no-such-program-slipway")),
         "the log tail has the supervisor's notes: {log_tail:?}"
     );
     env.delete("ghost", Some(&applied.live), "delete");
