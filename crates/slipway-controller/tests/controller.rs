@@ -126,6 +126,21 @@ impl World {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
+    /// Waits until `env` serves `text`; `what` says what that shows.
+    fn wait_page(&self, env: &str, text: &str, what: &str) {
+        wait_for(what, T, || self.page(env).filter(|p| p == text));
+    }
+
+    /// Waits until `env` is recorded in `sync`; `what` says what that shows. Its record then.
+    fn wait_sync(
+        &self,
+        env: &str,
+        sync: SyncState,
+        what: &str,
+    ) -> slipway_state::EnvironmentRecord {
+        wait_for(what, T, || self.record(env).filter(|r| r.sync == sync))
+    }
+
     fn page(&self, env: &str) -> Option<String> {
         std::fs::read_to_string(self.home.join("envs").join(env).join("data/page.txt")).ok()
     }
@@ -168,18 +183,14 @@ const T: Duration = Duration::from_secs(20);
 #[test]
 fn tracked_environments_follow_pushes_and_branches_come_and_go() {
     let w = World::new();
-    wait_for("dev runs the first commit", T, || {
-        w.page("dev").filter(|p| p == "hello from dev")
-    });
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
 
     let second = w.push(
         "main",
         &STACK.replace("greeting: hello", "greeting: bonjour"),
         "bonjour",
     );
-    wait_for("dev runs the pushed commit", T, || {
-        w.page("dev").filter(|p| p == "bonjour from dev")
-    });
+    w.wait_page("dev", "bonjour from dev", "dev runs the pushed commit");
     // The page is written before the deployment that wrote it is recorded as finished.
     let record = wait_for("dev's record names the pushed commit", T, || {
         w.record("dev")
@@ -193,10 +204,11 @@ fn tracked_environments_follow_pushes_and_branches_come_and_go() {
         &STACK.replace("greeting: hello", "greeting: hi"),
         "a feature",
     );
-    wait_for("the branch's environment serves its own version", T, || {
-        w.page("br-feature-login")
-            .filter(|p| p == "hi from br-feature-login")
-    });
+    w.wait_page(
+        "br-feature-login",
+        "hi from br-feature-login",
+        "the branch's environment serves its own version",
+    );
     let generated = w.record("br-feature-login").expect("recorded");
     assert_eq!(
         (generated.kind.as_str(), generated.definition.as_deref()),
@@ -232,10 +244,10 @@ fn drift_is_repaired_where_self_heal_is_on_and_only_reported_where_it_is_off() {
     let watch_page = w.home.join("envs/watch/data/page.txt");
     std::fs::write(&dev_page, "tampered").expect("tamper");
     std::fs::write(&watch_page, "tampered").expect("tamper");
-    wait_for(
+    w.wait_page(
+        "dev",
+        "hello from dev",
         "the edited file of dev is repaired within a drift interval",
-        T,
-        || w.page("dev").filter(|p| p == "hello from dev"),
     );
     wait_for("watch reports the drift", T, || {
         w.record("watch").filter(|r| {
@@ -258,17 +270,13 @@ fn drift_is_repaired_where_self_heal_is_on_and_only_reported_where_it_is_off() {
 #[test]
 fn a_poisoned_commit_marks_the_environment_failed_and_keeps_the_running_version() {
     let w = World::new();
-    wait_for("dev is deployed", T, || {
-        w.page("dev").filter(|p| p == "hello from dev")
-    });
+    w.wait_page("dev", "hello from dev", "dev is deployed");
     w.push(
         "main",
         "version: 1\nstack: ctl\nresources: { broken: { type: nope } }\n",
         "poison",
     );
-    let record = wait_for("dev is marked failed", T, || {
-        w.record("dev").filter(|r| r.sync == SyncState::Failed)
-    });
+    let record = w.wait_sync("dev", SyncState::Failed, "dev is marked failed");
     assert!(
         record
             .message
@@ -288,26 +296,20 @@ fn a_poisoned_commit_marks_the_environment_failed_and_keeps_the_running_version(
         &STACK.replace("greeting: hello", "greeting: fixed"),
         "fix",
     );
-    wait_for("a fixed commit deploys", T, || {
-        w.page("dev").filter(|p| p == "fixed from dev")
-    });
+    w.wait_page("dev", "fixed from dev", "a fixed commit deploys");
 }
 
 #[test]
 fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
     let w = World::new();
-    wait_for("dev is deployed", T, || {
-        w.page("dev").filter(|p| p == "hello from dev")
-    });
+    w.wait_page("dev", "hello from dev", "dev is deployed");
     // A job that exits 1: its provider says retrying will not help.
     let failing = STACK.replace(
         "resources:\n",
         "resources:\n  check: { type: job, command: [\"false\"] }\n",
     );
     w.push("main", &failing, "a check that fails");
-    wait_for("dev is marked failed", T, || {
-        w.record("dev").filter(|r| r.sync == SyncState::Failed)
-    });
+    w.wait_sync("dev", SyncState::Failed, "dev is marked failed");
     let store = w.controller.engine().store();
     let count = || {
         store
@@ -326,9 +328,7 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
         });
     assert_eq!(retried, None, "the failed commit is not applied again");
     w.push("main", STACK, "drop the check");
-    wait_for("a new commit is applied", T, || {
-        w.record("dev").filter(|r| r.sync == SyncState::Synced)
-    });
+    w.wait_sync("dev", SyncState::Synced, "a new commit is applied");
     assert!(count() > failed, "the new commit deploys");
 }
 
@@ -353,9 +353,11 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
         .block_on(w.controller.create_environment(request))
         .expect("created");
     assert_eq!(record.owner.as_deref(), Some("alice"));
-    wait_for("the ad-hoc environment runs the old commit", T, || {
-        w.page("demo").filter(|p| p == "hello from demo")
-    });
+    w.wait_page(
+        "demo",
+        "hello from demo",
+        "the ad-hoc environment runs the old commit",
+    );
     // A bad name never reaches the controller: `CreateEnvironment` holds an `EnvName`, made
     // where the request enters (the CLI's arguments, the API's body).
     let err = EnvName::parse("Bad Name").expect_err("refused");
@@ -392,17 +394,13 @@ fn ad_hoc_environments_are_made_from_any_ref_and_expire() {
 #[test]
 fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
     let w = World::new();
-    wait_for("dev runs the first commit", T, || {
-        w.page("dev").filter(|p| p == "hello from dev")
-    });
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
     w.push(
         "main",
         &STACK.replace("greeting: hello", "greeting: two"),
         "two",
     );
-    wait_for("dev runs the second", T, || {
-        w.page("dev").filter(|p| p == "two from dev")
-    });
+    w.wait_page("dev", "two from dev", "dev runs the second");
     let deployments = w
         .controller
         .engine()
@@ -418,16 +416,12 @@ fn rollback_pins_an_earlier_deployment_and_unpin_follows_the_branch_again() {
     w.runtime
         .block_on(w.controller.rollback(&env_name("dev"), first))
         .expect("rollback");
-    wait_for("dev is rolled back", T, || {
-        w.page("dev").filter(|p| p == "hello from dev")
-    });
+    w.wait_page("dev", "hello from dev", "dev is rolled back");
     assert!(w.record("dev").expect("dev").pinned, "a rollback pins");
     w.runtime
         .block_on(w.controller.unpin(&env_name("dev")))
         .expect("unpin");
-    wait_for("unpinned, dev follows main again", T, || {
-        w.page("dev").filter(|p| p == "two from dev")
-    });
+    w.wait_page("dev", "two from dev", "unpinned, dev follows main again");
 }
 
 #[test]
@@ -435,18 +429,14 @@ fn a_protected_environment_holds_a_destroying_change_and_says_why() {
     let w = World::new();
     let guarded = "version: 1\nstack: ctl\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  page: { type: file, path: page.txt, content: \"v1\" }\n  extra: { type: file, path: extra.txt, content: \"x\" }\n";
     w.push("main", guarded, "protected prod");
-    wait_for("prod is deployed", T, || {
-        w.page("prod").filter(|p| p == "v1")
-    });
+    w.wait_page("prod", "v1", "prod is deployed");
     // The next commit changes page and removes extra: the controller may not delete on its own.
     w.push(
         "main",
         "version: 1\nstack: ctl\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  page: { type: file, path: page.txt, content: \"v2\" }\n",
         "drop extra",
     );
-    let record = wait_for("prod's change is held", T, || {
-        w.record("prod").filter(|r| r.sync == SyncState::Failed)
-    });
+    let record = w.wait_sync("prod", SyncState::Failed, "prod's change is held");
     let message = record.message.unwrap_or_default();
     assert!(
         message.contains("protected")
@@ -466,13 +456,9 @@ fn a_protected_environment_is_pinned_only_to_commits_of_its_branch() {
     let w = World::new();
     let guarded = "version: 1\nstack: ctl\nenvironments:\n  prod: { track: main, protected: true }\nresources:\n  page: { type: file, path: page.txt, content: \"v1\" }\n";
     let first = w.push("main", guarded, "protected prod");
-    wait_for("prod is deployed", T, || {
-        w.page("prod").filter(|p| p == "v1")
-    });
+    w.wait_page("prod", "v1", "prod is deployed");
     let second = w.push("main", &guarded.replace("\"v1\"", "\"v2\""), "v2");
-    wait_for("prod follows main", T, || {
-        w.page("prod").filter(|p| p == "v2")
-    });
+    w.wait_page("prod", "v2", "prod follows main");
     let elsewhere = w.push(
         "side",
         &guarded.replace("\"v1\"", "\"side\""),
