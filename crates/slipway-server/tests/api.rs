@@ -29,17 +29,13 @@ fn env(name: &str) -> EnvName {
 }
 
 fn stack(version: u32) -> String {
-    format!(
-        r#"version: 1
-stack: demo
-environments:
-  main: {{ track: main }}
-  previews:
-    generate: {{ branches: ["feature/*"] }}
-    ttl: 72h
-resources:
+    slipway_testkit::stack::main_and_previews(
+        "demo",
+        &format!(
+            r#"resources:
   config: {{ type: file, path: etc/app.toml, content: "version = {version}\n" }}
 "#
+        ),
     )
 }
 

@@ -37,3 +37,13 @@ impl Files {
         repo.commit(message)
     }
 }
+
+/// A stack file named `stack` whose environments are `main`, tracking the branch `main`, and
+/// the family `previews`, generated for every `feature/*` branch and living 72 hours; `rest`
+/// (top-level YAML: `resources:` and whatever else the stack declares) follows them.
+pub fn main_and_previews(stack: &str, rest: &str) -> String {
+    format!(
+        "version: 1\nstack: {stack}\nenvironments:\n  main: {{ track: main }}\n  previews:\n    \
+         generate: {{ branches: [\"feature/*\"] }}\n    ttl: 72h\n{rest}"
+    )
+}

@@ -26,15 +26,11 @@ fn env(name: &str) -> slipway_core::EnvName {
 }
 
 fn stack(version: u32) -> String {
-    format!(
-        r#"version: 1
-stack: shop
-variables: {{ greeting: hello }}
-environments:
-  main: {{ track: main }}
-  previews:
-    generate: {{ branches: ["feature/*"] }}
-    ttl: 72h
+    // The variables follow the environments here; their order in the file means nothing.
+    slipway_testkit::stack::main_and_previews(
+        "shop",
+        &format!(
+            r#"variables: {{ greeting: hello }}
 resources:
   config: {{ type: file, path: etc/app.toml, content: "greeting = \"${{vars.greeting}}\"\nversion = {version}\n" }}
   web:
@@ -44,6 +40,7 @@ resources:
     health: {{ http: / }}
     expose: http
 "#
+        ),
     )
 }
 
