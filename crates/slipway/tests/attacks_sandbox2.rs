@@ -325,16 +325,12 @@ fn a_process_whose_spec_is_gone_is_drift() {
 #[test]
 fn uids_are_not_reused_at_once_nor_taken_from_real_users() {
     let s = Sandbox::new();
-    s.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: uids
-environments: { a: { track: main }, b: { track: main }, c: { track: main } }
-resources:
-  note: { type: file, path: note.txt, content: "hi" }
-"##,
+    s.commit_stack(
+        "uids",
+        "{ a: { track: main }, b: { track: main }, c: { track: main } }",
+        "  note: { type: file, path: note.txt, content: \"hi\" }\n",
+        "three environments",
     );
-    s.commit("three environments");
     s.ok(&["apply", "--env", "a", "--yes"]);
     let uid_a = owner(&s.home.join("envs/a/data"));
     s.ok(&["destroy", "--env", "a", "--yes"]);
@@ -362,16 +358,12 @@ resources:
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&t.config, config + "\n").expect("config");
-    t.write(
-        "slipway.yaml",
-        r##"version: 1
-stack: uids
-environments: { a: { track: main }, b: { track: main } }
-resources:
-  note: { type: file, path: note.txt, content: "hi" }
-"##,
+    t.commit_stack(
+        "uids",
+        "{ a: { track: main }, b: { track: main } }",
+        "  note: { type: file, path: note.txt, content: \"hi\" }\n",
+        "two environments",
     );
-    t.commit("two environments");
     t.ok(&["apply", "--env", "a", "--yes"]);
     assert_eq!(
         owner(&t.home.join("envs/a/data")),

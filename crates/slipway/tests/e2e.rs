@@ -144,17 +144,16 @@ const PROCESSES: &[(&str, &str)] = &[("a", "4242000"), ("b", "4242001"), ("c", "
 
 /// Every round changes every resource, so there is work to interrupt at any moment.
 fn crash_stack(round: usize) -> String {
-    format!(
-        r#"version: 1
-stack: crash
-environments: {{ dev: {{ track: main }} }}
-resources:
-  a: {{ type: process, command: ["sleep", "4242000"], env: {{ ROUND: "{round}" }} }}
+    dev_stack(
+        "crash",
+        &format!(
+            r#"  a: {{ type: process, command: ["sleep", "4242000"], env: {{ ROUND: "{round}" }} }}
   b: {{ type: process, command: ["sleep", "4242001"], env: {{ ROUND: "{round}" }} }}
   slow: {{ type: job, command: ["sh", "-c", "sleep 0.5 # round {round}"], depends_on: [a, b] }}
   conf: {{ type: file, path: conf.txt, content: "round {round}" }}
   c: {{ type: process, command: ["sleep", "4242002"], env: {{ CONF: "${{resources.conf.path}}", ROUND: "{round}" }}, depends_on: [slow] }}
 "#
+        ),
     )
 }
 

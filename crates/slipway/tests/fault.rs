@@ -11,17 +11,16 @@ use util::*;
 const T: Duration = Duration::from_secs(40);
 
 fn stack(round: usize) -> String {
-    format!(
-        r#"version: 1
-stack: fault
-environments: {{ dev: {{ track: main }} }}
-resources:
-  conf: {{ type: file, path: conf.txt, content: "round {round}" }}
+    dev_stack(
+        "fault",
+        &format!(
+            r#"  conf: {{ type: file, path: conf.txt, content: "round {round}" }}
   a: {{ type: process, command: ["sleep", "5151000"], env: {{ ROUND: "{round}" }} }}
   b: {{ type: process, command: ["sleep", "5151001"], env: {{ CONF: "${{resources.conf.path}}" }} }}
   migrate: {{ type: job, command: ["sh", "-c", "sleep 0.2; echo round {round}"], depends_on: [a] }}
   c: {{ type: process, command: ["sleep", "5151002"], env: {{ ROUND: "{round}" }}, depends_on: [migrate, b] }}
 "#
+        ),
     )
 }
 

@@ -108,12 +108,20 @@ impl Sandbox {
     /// Writes `slipway.yaml`: stack `stack` with one environment, `dev`, tracking `main`, and
     /// `resources` (YAML lines indented by two spaces); then commits it with `message`.
     pub fn commit_dev_stack(&self, stack: &str, resources: &str, message: &str) -> String {
-        self.write(
-            "slipway.yaml",
-            &format!(
-                "version: 1\nstack: {stack}\nenvironments: {{ dev: {{ track: main }} }}\nresources:\n{resources}"
-            ),
-        );
+        self.write("slipway.yaml", &dev_stack(stack, resources));
+        self.commit(message)
+    }
+
+    /// Writes `slipway.yaml`: stack `stack` with `environments` (a YAML flow mapping) and
+    /// `resources` (YAML lines indented by two spaces); then commits it with `message`.
+    pub fn commit_stack(
+        &self,
+        stack: &str,
+        environments: &str,
+        resources: &str,
+        message: &str,
+    ) -> String {
+        self.write("slipway.yaml", &stack_file(stack, environments, resources));
         self.commit(message)
     }
 
@@ -327,6 +335,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The admin URL of the PostgreSQL server tests use (`.ci/run` starts one when none answers).
+/// A `slipway.yaml`: stack `stack` with `environments` (a YAML flow mapping) and `resources`
+/// (YAML lines indented by two spaces).
+pub fn stack_file(stack: &str, environments: &str, resources: &str) -> String {
+    format!("version: 1\nstack: {stack}\nenvironments: {environments}\nresources:\n{resources}")
+}
+
+/// [`stack_file`] with one environment, `dev`, tracking `main`.
+pub fn dev_stack(stack: &str, resources: &str) -> String {
+    stack_file(stack, "{ dev: { track: main } }", resources)
+}
+
 /// The command line that runs slipway as `uid` (and gid `uid`, no supplementary groups)
 /// through `setpriv`; the arguments for slipway follow it.
 pub fn argv_as(uid: u32) -> Vec<String> {
