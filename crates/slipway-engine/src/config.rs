@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub local: LocalConfig,
     /// `[environments]`: limits on environments people make (ad-hoc) and extend.
     pub environments: EnvironmentsConfig,
+    /// `[state]`: SQLite in the home, or a PostgreSQL database shared by replicas.
+    pub state: StateConfig,
 }
 
 /// `[environments]`: how long environments made or extended by hand may live. Anyone with
@@ -101,56 +103,112 @@ impl PostgresServer {
     /// The server's URL, read from where the configuration says.
     pub fn resolve_url(&self, name: &str) -> Result<String, String> {
         self.check(name)?;
-        if let Some(var) = &self.url_env {
-            return std::env::var(var).map_err(|_| {
-                format!("[postgres.{name}] reads its URL from ${var}, which is not set")
-            });
-        }
-        if let Some(file) = &self.url_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("[postgres.{name}] cannot read url_file {file}: {e}"))?;
-            return text
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| format!("[postgres.{name}] url_file {file} is empty"));
-        }
-        Ok(self.url.clone().unwrap_or_default())
+        let url = resolve_url(&format!("[postgres.{name}]"), &self.url_env, &self.url_file);
+        Ok(url?.unwrap_or_else(|| self.url.clone().unwrap_or_default()))
     }
 
     /// Refuses a server with other than exactly one source for its URL, or a password in
     /// `url`.
     pub fn check(&self, name: &str) -> Result<(), String> {
-        let set = [&self.url_env, &self.url_file, &self.url]
-            .iter()
-            .filter(|v| v.is_some())
-            .count();
-        if set != 1 {
+        check_url_source(
+            &format!("[postgres.{name}]"),
+            [&self.url_env, &self.url_file, &self.url],
+            self.url.as_deref(),
+            true,
+        )
+    }
+}
+
+/// `[state]`: where the controller's state is kept. Nothing set: `<home>/state.db`
+/// (SQLite, one machine). A PostgreSQL URL: every `slipway serve` given the same one shares
+/// one state (SPEC §4).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The environment variable holding the `postgres://` URL.
+    pub url_env: Option<String>,
+    /// A file holding the URL (first line).
+    pub url_file: Option<String>,
+    /// The URL itself, when it holds no password.
+    pub url: Option<String>,
+}
+
+impl StateConfig {
+    /// PostgreSQL's URL when the state is there; `None` for the home's SQLite file.
+    pub fn resolve_url(&self) -> Result<Option<String>, String> {
+        self.check()?;
+        Ok(resolve_url("[state]", &self.url_env, &self.url_file)?.or_else(|| self.url.clone()))
+    }
+
+    /// Refuses more than one source for the URL, or a password in `url`.
+    pub fn check(&self) -> Result<(), String> {
+        check_url_source(
+            "[state]",
+            [&self.url_env, &self.url_file, &self.url],
+            self.url.as_deref(),
+            false,
+        )
+    }
+}
+
+/// The URL in `$url_env` or the first line of `url_file`, whichever is set.
+fn resolve_url(
+    section: &str,
+    url_env: &Option<String>,
+    url_file: &Option<String>,
+) -> Result<Option<String>, String> {
+    if let Some(var) = url_env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("{section} reads its URL from ${var}, which is not set"));
+    }
+    if let Some(file) = url_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("{section} cannot read url_file {file}: {e}"))?;
+        return text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(|url| Some(url.to_string()))
+            .ok_or_else(|| format!("{section} url_file {file} is empty"));
+    }
+    Ok(None)
+}
+
+/// Refuses other than exactly one source of a URL (at most one unless `required`), and a
+/// `url` that is not PostgreSQL's or holds a password.
+fn check_url_source(
+    section: &str,
+    sources: [&Option<String>; 3],
+    url: Option<&str>,
+    required: bool,
+) -> Result<(), String> {
+    let set = sources.iter().filter(|v| v.is_some()).count();
+    if set > 1 || (required && set == 0) {
+        return Err(format!(
+            "{section} needs {} one of `url_env`, `url_file` or `url`",
+            if required { "exactly" } else { "at most" }
+        ));
+    }
+    if let Some(url) = url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(format!(
-                "[postgres.{name}] needs exactly one of `url_env`, `url_file` or `url`"
+                "{section} url must start with postgres:// or postgresql://"
             ));
         }
-        if let Some(url) = &self.url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(format!(
-                    "[postgres.{name}] url must start with postgres:// or postgresql://"
-                ));
-            }
-            let authority = url.split_once("://").map_or("", |(_, r)| r);
-            let userinfo = authority.split(['/', '?']).next().unwrap_or("");
-            if userinfo
-                .rsplit_once('@')
-                .is_some_and(|(user, _)| user.contains(':'))
-            {
-                return Err(format!(
-                    "[postgres.{name}] url holds a password; credentials never go in the \
-                     configuration: use url_env = \"VAR\" or url_file = \"/path\" instead"
-                ));
-            }
+        let authority = url.split_once("://").map_or("", |(_, r)| r);
+        let userinfo = authority.split(['/', '?']).next().unwrap_or("");
+        if userinfo
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+        {
+            return Err(format!(
+                "{section} url holds a password; credentials never go in the \
+                 configuration: use url_env = \"VAR\" or url_file = \"/path\" instead"
+            ));
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `[secrets]`
@@ -296,6 +354,7 @@ impl EngineConfig {
     /// What a section's own type cannot check: each `[postgres.NAME]` names one source for
     /// its URL, and no password; each `[kubernetes.NAME]` one source for its kubeconfig.
     pub fn check(&self) -> Result<(), String> {
+        self.state.check()?;
         for (name, server) in &self.postgres {
             server.check(name)?;
         }

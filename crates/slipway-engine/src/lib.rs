@@ -355,7 +355,14 @@ impl Engine {
             home.display()
         )))?;
         let isolation = isolation::effective(config.local.isolation)?;
-        let store = Store::open(home)?;
+        let store = match config
+            .state
+            .resolve_url()
+            .map_err(EngineError::Environment)?
+        {
+            None => Store::open(home)?,
+            Some(url) => Store::open_postgres(home, &url)?,
+        };
         isolation::secure_home(home)?;
         let settings = ProviderSettings {
             supervisor,

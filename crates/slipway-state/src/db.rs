@@ -32,9 +32,10 @@ pub enum DbError {
     /// SQLite said no.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL said no, or could not be reached.
+    /// PostgreSQL said no, or could not be reached. (Its causes are in the message, not
+    /// chained: the client's own chain repeats them.)
     #[error("{}", postgres_message(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(postgres::Error),
     /// A column held something its reader does not take (a database edited by hand or
     /// damaged).
     #[error("column {index}: {reason}")]
@@ -67,15 +68,30 @@ impl fmt::Display for DecodeError {
     }
 }
 
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> DbError {
+        DbError::Postgres(e)
+    }
+}
+
 /// PostgreSQL's own message (its `DETAIL` too) where the server sent one: the client's
-/// `Display` says only "db error".
+/// `Display` says only "db error"; else the client's message and its causes.
 fn postgres_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
             None => format!("{}: {}", db.severity(), db.message()),
         },
-        None => e.to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut cause = StdError::source(e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -264,6 +280,11 @@ fn unescape_nul(text: String) -> String {
 pub struct Row(Vec<Value>);
 
 impl Row {
+    /// Its values, in order (to write the row elsewhere).
+    pub fn values(&self) -> &[Value] {
+        &self.0
+    }
+
     /// Column `index`, as a `T`.
     pub fn get<T: FromValue>(&self, index: usize) -> Result<T, DbError> {
         let value = self.0.get(index).unwrap_or(&Value::Null);

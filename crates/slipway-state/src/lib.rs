@@ -43,11 +43,13 @@ mod schema;
 mod seal;
 mod store;
 mod tokens;
+mod transfer;
 
 pub use pulls::{LockRecord, MergedCommit, PULL_REQUEST_STATES, PullRequestRecord};
 pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};
+pub use db::{DbError, Dialect};
 pub use deployments::{DeploymentRecord, NewDeployment};
 pub use environments::EnvironmentRecord;
 pub use error::StateError;
@@ -57,6 +59,7 @@ pub use retention::{Pruned, Retention};
 pub use schema::SCHEMA_VERSION;
 pub use store::Store;
 pub use tokens::{ROLES, TOKEN_PREFIX, TokenRecord, hash_token, new_token};
+pub use transfer::Copied;
 
 /// The current time in unix milliseconds, the unit of every timestamp in the store.
 ///

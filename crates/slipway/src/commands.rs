@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Env(_)
         | Command::Token(_)
         | Command::Secret(_)
+        | Command::State(_)
         | Command::Compare { .. } => {
             unreachable!("dispatched in main")
         }

@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use slipway_controller::ControllerConfig;
 use slipway_engine::EngineConfig;
-use slipway_engine::config::{EnvironmentsConfig, LocalConfig, PostgresServer, SecretsConfig};
+use slipway_engine::config::{
+    EnvironmentsConfig, LocalConfig, PostgresServer, SecretsConfig, StateConfig,
+};
 use slipway_forge::ForgeSection;
 use slipway_server::ServerConfig;
 
@@ -47,6 +49,9 @@ pub struct Config {
     /// `[environments]`: limits on environments people make (ad-hoc) and extend.
     #[serde(default)]
     pub environments: EnvironmentsConfig,
+    /// `[state]`: where the state is kept (the home's SQLite file, or PostgreSQL).
+    #[serde(default)]
+    pub state: StateConfig,
 }
 
 /// `[repo]`
@@ -97,6 +102,7 @@ impl Config {
             secrets: self.secrets.clone(),
             local: self.local.clone(),
             environments: self.environments.clone(),
+            state: self.state.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod control;
 mod remote;
 mod render;
 mod secret;
+mod state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -200,6 +201,9 @@ enum Command {
     /// Secrets in the repository, encrypted with age: set, list, and the engine's key.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// The state store: move it into PostgreSQL, back it up.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Show how two environments differ: commit, variables and rendered resources.
     Compare {
         /// The first environment.
@@ -324,6 +328,30 @@ pub enum SecretCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Copy the home's SQLite state (every environment, deployment, event, token, audit entry)
+    /// into an empty PostgreSQL database, which replicas then share. The SQLite file is left
+    /// as it was.
+    Migrate {
+        /// The PostgreSQL URL; default: the engine configuration's `[state]` (prefer it: a
+        /// password given here shows in the process list).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Write a consistent copy of the home's SQLite state to FILE while Slipway runs (restore:
+    /// stop Slipway, put FILE at <home>/state.db). A PostgreSQL state is backed up with
+    /// pg_dump.
+    Backup {
+        /// Where the copy goes; must not exist.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Make an API token on the home; prints only the token, on stdout.
     Create {
@@ -378,6 +406,7 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Secret(command) => secret::run(&cli.global, command),
+        Command::State(command) => state::run(&cli.global, command),
         Command::Serve { .. } | Command::Env(_) | Command::Token(_) | Command::Compare { .. } => {
             control::run(cli)
         }
