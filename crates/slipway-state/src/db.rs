@@ -436,7 +436,7 @@ impl PgConn {
             client: None,
             statements: HashMap::new(),
         };
-        conn.ensure_connected()?;
+        outside_async(|| conn.ensure_connected())?;
         Ok(conn)
     }
 
@@ -468,6 +468,13 @@ impl PgConn {
         &mut self,
         f: impl FnOnce(&mut postgres::Client, &mut HashMap<String, Statement>) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
+        outside_async(|| self.run_blocking(f))
+    }
+
+    fn run_blocking<T>(
+        &mut self,
+        f: impl FnOnce(&mut postgres::Client, &mut HashMap<String, Statement>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
         self.ensure_connected()?;
         let client = self.client.as_mut().expect("connected just above");
         let result = f(client, &mut self.statements);
@@ -480,6 +487,27 @@ impl PgConn {
             self.statements.clear();
         }
         result
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // The client owns a runtime, which refuses to be dropped on an async worker.
+        if let Some(client) = self.client.take() {
+            outside_async(move || drop(client));
+        }
+    }
+}
+
+/// Runs `f`, which blocks on the PostgreSQL client's own runtime: on a worker of a
+/// multi-threaded runtime (the controller's, which calls the store from async code), through
+/// `block_in_place`, since a runtime refuses to block a thread that drives another's tasks.
+fn outside_async<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

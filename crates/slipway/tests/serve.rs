@@ -297,3 +297,59 @@ fn a_deploy_of_an_exposed_process_fails_no_request_at_its_preview_url() {
         "both instances are gone after destroy"
     );
 }
+
+#[test]
+fn serve_keeps_its_state_in_postgres_when_configured() {
+    let database = slipway_testkit::pg::TestDatabase::create("slipway_serve");
+    let (s, _) = setup();
+    util::world::append_config(&s, "[state]\nurl_env = \"SLIPWAY_TEST_STATE_URL\"\n");
+    let url = database.url();
+    let token = {
+        let out = s
+            .cmd(&["token", "create", "--role", "admin", "--name", "pg"])
+            .env("SLIPWAY_TEST_STATE_URL", &url)
+            .output()
+            .expect("slipway runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let server = start_serve_with(&s, &[("SLIPWAY_TEST_STATE_URL", &url)]);
+    let api = format!("http://{}", server.addr);
+    wait_for(
+        "dev serves its commit, from a state in PostgreSQL",
+        T,
+        || {
+            let out = s
+                .cmd(&[
+                    "--server", &api, "--token", &token, "status", "--output", "json",
+                ])
+                .output()
+                .ok()?;
+            let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let port = env_port(&status, "dev")?;
+            http_get(port, "/").filter(|b| b.contains("Hello from Slipway (dev"))
+        },
+    );
+    let sync: String = database
+        .connect()
+        .query_one("SELECT sync FROM environments WHERE name = 'dev'", &[])
+        .expect("dev is recorded in PostgreSQL")
+        .get(0);
+    assert_eq!(sync, "synced");
+    let deployments: i64 = database
+        .connect()
+        .query_one(
+            "SELECT COUNT(*) FROM deployments WHERE environment = 'dev' AND status = 'succeeded'",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert!(deployments >= 1, "the deployment is recorded in PostgreSQL");
+}
