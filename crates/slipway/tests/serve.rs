@@ -304,22 +304,14 @@ fn serve_keeps_its_state_in_postgres_when_configured() {
     let (s, _) = setup();
     util::world::append_config(&s, "[state]\nurl_env = \"SLIPWAY_TEST_STATE_URL\"\n");
     let url = database.url();
-    let token = {
-        let out = s
-            .cmd(&["token", "create", "--role", "admin", "--name", "pg"])
-            .env("SLIPWAY_TEST_STATE_URL", &url)
-            .output()
-            .expect("slipway runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned()
-    };
+    let out = s.ok_with(
+        &["token", "create", "--role", "admin", "--name", "pg"],
+        &[("SLIPWAY_TEST_STATE_URL", &url)],
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
     let server = start_serve_with(&s, &[("SLIPWAY_TEST_STATE_URL", &url)]);
     let api = format!("http://{}", server.addr);
     wait_for(

@@ -124,15 +124,9 @@ fn a_backup_of_a_running_home_restores_into_a_home_that_reads_the_same() {
     std::fs::create_dir_all(&restored).expect("mkdir");
     std::fs::copy(&backup, restored.join("state.db")).expect("restore the file");
     std::fs::copy(s.home.join("state.key"), restored.join("state.key")).expect("the key");
-    let out = s
-        .cmd(&["history", "--env", "dev", "--output", "json"])
-        .env("SLIPWAY_HOME", &restored)
-        .output()
-        .expect("slipway runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = s.ok_with(
+        &["history", "--env", "dev", "--output", "json"],
+        &[("SLIPWAY_HOME", restored.to_str().expect("utf-8"))],
     );
     let restored_history: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(

@@ -156,6 +156,19 @@ impl Sandbox {
         self.expect_code(args, 0)
     }
 
+    /// [`Sandbox::ok`] with more environment variables (they win over the sandbox's).
+    pub fn ok_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let out = self
+            .cmd(args)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("slipway runs");
+        if !out.status.success() {
+            panic!("{}", self.report(args, &out, "expected exit code 0"));
+        }
+        out
+    }
+
     /// `slipway secret set NAME [--env ENV]` with `value` on stdin, which must succeed.
     pub fn set_secret(&self, name: &str, env: Option<&str>, value: &str) -> Output {
         use std::io::Write;
