@@ -180,6 +180,23 @@ pub enum StateError {
         /// How many new ports were needed.
         needed: usize,
     },
+    /// A write of an environment by a replica that no longer holds its lease at the epoch it
+    /// claims (it stalled past the lease and another replica took over): nothing was
+    /// written.
+    #[error(
+        "{replica} no longer holds the lease of environment `{environment}` at epoch {epoch} ({}); nothing was written",
+        now.as_deref().unwrap_or("no lease recorded")
+    )]
+    Fenced {
+        /// The environment.
+        environment: String,
+        /// The replica that tried to write.
+        replica: String,
+        /// The epoch it claimed.
+        epoch: i64,
+        /// Who holds the lease now, as a phrase.
+        now: Option<String>,
+    },
     /// Every uid of the configured range is held by an environment.
     #[error(
         "no free uid in {start}-{end} for environment `{environment}`: every one is held by \
@@ -207,6 +224,12 @@ impl From<DbError> for StateError {
 }
 
 impl StateError {
+    /// Whether a write was refused because the writer no longer holds the environment's
+    /// lease: it must stop working on that environment at once.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StateError::Fenced { .. })
+    }
+
     /// Whether the same call may succeed later with nothing changed by a person: the database
     /// was locked by another process past the busy timeout, or the port range was full (ports
     /// come back when environments expire). Everything else needs a fix first.
@@ -225,6 +248,7 @@ impl StateError {
             | StateError::InvalidName { .. }
             | StateError::NotFound { .. }
             | StateError::DeploymentNotRunning { .. }
+            | StateError::Fenced { .. }
             | StateError::Key { .. }
             | StateError::Sealed { .. } => false,
         }

@@ -196,6 +196,26 @@ ALTER TABLE merged_commits ADD COLUMN base_ref TEXT;
     r#"
 UPDATE events SET kind = 'environment.destroyed' WHERE kind = 'destroyed';
 "#,
+    // Several replicas on one PostgreSQL state: who is alive (heartbeats by the database's
+    // clock) and who works on which environment (a lease with a fencing epoch that never
+    // decreases: a lease's row stays after it is released or expires, so the next holder's
+    // epoch continues it; no foreign key, a lease may precede its environment's record).
+    r#"
+CREATE TABLE replicas (
+    name           TEXT PRIMARY KEY NOT NULL,
+    advertise      TEXT,
+    started_at     INTEGER NOT NULL,
+    heartbeat_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE leases (
+    environment    TEXT PRIMARY KEY NOT NULL,
+    holder         TEXT NOT NULL,
+    epoch          INTEGER NOT NULL,
+    acquired_at    INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

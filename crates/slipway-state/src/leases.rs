@@ -1,0 +1,369 @@
+//! Replicas and leases: which `slipway serve` is alive, and which one works on each
+//! environment, so that several replicas share one state without two of them acting on the
+//! same environment at once.
+//!
+//! # Guarantees
+//! - Time is the database's (`now_sql`), never a replica's: a replica whose clock is skewed,
+//!   or that stalls (SIGSTOP, a GC pause, a partition), cannot extend its own lease.
+//! - An environment's lease has one holder at a time, and an epoch that only grows: taking a
+//!   free or expired lease increases it; renewing an unexpired one keeps it. A lease's row is
+//!   never deleted, so the epoch continues across releases and recreated environments.
+//! - [`Store::check_fence`] inside a write's transaction proves the writer still holds the
+//!   lease with its epoch; on PostgreSQL it also locks the lease's row (`FOR UPDATE`), so no
+//!   other replica can take it over until that transaction ends.
+//!
+//! # Caveats
+//! - Nothing here decides who should hold what (rendezvous hashing over live replicas is the
+//!   controller's); this is the mechanism, not the policy.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use slipway_core::EnvName;
+
+use crate::StateError;
+use crate::db::{Dialect, Exec, Row, params};
+use crate::store::{Store, env_name, sql};
+
+/// The database's clock in unix milliseconds, as SQL.
+pub(crate) fn now_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+        Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
+
+/// One environment's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The environment.
+    pub environment: EnvName,
+    /// The replica holding it (or that last held it).
+    pub holder: String,
+    /// Its fencing epoch: greater for every new holding.
+    pub epoch: i64,
+    /// When this holding began, unix milliseconds of the database's clock.
+    pub acquired_at: i64,
+    /// When it expires unless renewed (0 once released).
+    pub expires_at: i64,
+}
+
+/// What a writer proves it holds: checked by [`Store::check_fence`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The replica.
+    pub replica: String,
+    /// The epoch of its lease.
+    pub epoch: i64,
+}
+
+/// A live or departed replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// Its name (`[controller] replica`).
+    pub name: String,
+    /// Where other replicas reach its node's processes (`[local] advertise`).
+    pub advertise: Option<String>,
+    /// When it first said it was alive, unix milliseconds.
+    pub started_at: i64,
+    /// Its last heartbeat, unix milliseconds of the database's clock.
+    pub heartbeat_at: i64,
+    /// How long ago that was, by the database's clock, in milliseconds.
+    pub silent_ms: i64,
+}
+
+fn lease_from_row(row: &Row) -> Result<Lease, crate::db::DbError> {
+    Ok(Lease {
+        environment: env_name(row, 0)?,
+        holder: row.get(1)?,
+        epoch: row.get(2)?,
+        acquired_at: row.get(3)?,
+        expires_at: row.get(4)?,
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl Store {
+    /// Takes or renews `environment`'s lease for `replica` for `ttl` (by the database's
+    /// clock): free, released or expired, it is taken with the next epoch; held by `replica`
+    /// and unexpired, it is renewed with the same epoch; held by another replica and
+    /// unexpired, `None`.
+    pub fn acquire_lease(
+        &self,
+        environment: &EnvName,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StateError> {
+        let mut conn = self.conn();
+        let now = now_sql(conn.dialect());
+        conn.query_opt(
+            &format!(
+                "INSERT INTO leases (environment, holder, epoch, acquired_at, expires_at) \
+                 VALUES (?1, ?2, 1, {now}, {now} + ?3) \
+                 ON CONFLICT (environment) DO UPDATE SET \
+                   epoch = CASE WHEN leases.holder = excluded.holder \
+                                 AND leases.expires_at > {now} \
+                            THEN leases.epoch ELSE leases.epoch + 1 END, \
+                   acquired_at = CASE WHEN leases.holder = excluded.holder \
+                                       AND leases.expires_at > {now} \
+                                  THEN leases.acquired_at ELSE excluded.acquired_at END, \
+                   holder = excluded.holder, \
+                   expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= {now} \
+                 RETURNING environment, holder, epoch, acquired_at, expires_at"
+            ),
+            params![environment, replica, millis(ttl)],
+            lease_from_row,
+        )
+        .map_err(sql(format!(
+            "take the lease of {environment} for {replica}"
+        )))
+    }
+
+    /// Gives up `environment`'s lease if `replica` holds it at `epoch`; returns whether it
+    /// did. The epoch stays: the next holder's is greater.
+    pub fn release_lease(
+        &self,
+        environment: &EnvName,
+        replica: &str,
+        epoch: i64,
+    ) -> Result<bool, StateError> {
+        self.conn()
+            .execute(
+                "UPDATE leases SET expires_at = 0 \
+                 WHERE environment = ?1 AND holder = ?2 AND epoch = ?3",
+                params![environment, replica, epoch],
+            )
+            .map(|n| n > 0)
+            .map_err(sql(format!("release the lease of {environment}")))
+    }
+
+    /// Every lease, expired and released ones included, by environment.
+    pub fn leases(&self) -> Result<Vec<Lease>, StateError> {
+        self.conn()
+            .query(
+                "SELECT environment, holder, epoch, acquired_at, expires_at FROM leases \
+                 ORDER BY environment",
+                params![],
+                lease_from_row,
+            )
+            .map_err(sql("list leases"))
+    }
+
+    /// Fails with [`StateError::Fenced`] unless `fence` still holds `environment`'s lease,
+    /// unexpired, by the database's clock. Call it first in the transaction of a write:
+    /// on PostgreSQL it locks the lease's row until the transaction ends, so the lease cannot
+    /// pass to another replica between the check and the write.
+    pub(crate) fn check_fence(
+        tx: &mut impl Exec,
+        environment: &EnvName,
+        fence: &Fence,
+    ) -> Result<(), StateError> {
+        let dialect = tx.dialect();
+        let lock = match dialect {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let now = now_sql(dialect);
+        let held = tx
+            .query_opt(
+                &format!(
+                    "SELECT holder, epoch, expires_at > {now} FROM leases \
+                     WHERE environment = ?1{lock}"
+                ),
+                params![environment],
+                |row| {
+                    Ok((
+                        row.get::<String>(0)?,
+                        row.get::<i64>(1)?,
+                        row.get::<bool>(2)?,
+                    ))
+                },
+            )
+            .map_err(sql(format!("check the lease of {environment}")))?;
+        match held {
+            Some((holder, epoch, true)) if holder == fence.replica && epoch == fence.epoch => {
+                Ok(())
+            }
+            other => Err(StateError::Fenced {
+                environment: environment.to_string(),
+                replica: fence.replica.clone(),
+                epoch: fence.epoch,
+                now: other.map(|(holder, epoch, live)| {
+                    format!(
+                        "{} by {holder} at epoch {epoch}",
+                        if live { "held" } else { "expired, last held" }
+                    )
+                }),
+            }),
+        }
+    }
+
+    /// Runs `write` in a transaction that first proves `fence` holds `environment`'s lease
+    /// ([`Store::check_fence`]): a replica that lost its lease (it stalled past it, and
+    /// another took over) changes nothing.
+    pub(crate) fn fenced<T>(
+        &self,
+        environment: &EnvName,
+        fence: &Fence,
+        write: impl FnOnce(&mut crate::db::Tx<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.conn().transaction(&[], |tx| {
+            Store::check_fence(tx, environment, fence)?;
+            write(tx)
+        })
+    }
+
+    /// Records that `replica` is alive now (by the database's clock), reachable at
+    /// `advertise`.
+    pub fn heartbeat(&self, replica: &str, advertise: Option<&str>) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let now = now_sql(conn.dialect());
+        conn.execute(
+            &format!(
+                "INSERT INTO replicas (name, advertise, started_at, heartbeat_at) \
+                 VALUES (?1, ?2, {now}, {now}) \
+                 ON CONFLICT (name) DO UPDATE SET advertise = excluded.advertise, \
+                   heartbeat_at = excluded.heartbeat_at"
+            ),
+            params![replica, advertise],
+        )
+        .map(drop)
+        .map_err(sql(format!("record the heartbeat of {replica}")))
+    }
+
+    /// Every replica that ever beat, with how long it has been silent, by name.
+    pub fn replicas(&self) -> Result<Vec<ReplicaRecord>, StateError> {
+        let mut conn = self.conn();
+        let now = now_sql(conn.dialect());
+        conn.query(
+            &format!(
+                "SELECT name, advertise, started_at, heartbeat_at, {now} - heartbeat_at \
+                 FROM replicas ORDER BY name"
+            ),
+            params![],
+            |row| {
+                Ok(ReplicaRecord {
+                    name: row.get(0)?,
+                    advertise: row.get(1)?,
+                    started_at: row.get(2)?,
+                    heartbeat_at: row.get(3)?,
+                    silent_ms: row.get(4)?,
+                })
+            },
+        )
+        .map_err(sql("list replicas"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_testkit::pg::TestDatabase;
+
+    fn env(name: &str) -> EnvName {
+        EnvName::parse(name).expect("a valid name")
+    }
+
+    /// A store on SQLite and one on PostgreSQL, each with its home (and database).
+    fn stores() -> Vec<(Store, tempfile::TempDir, Option<TestDatabase>)> {
+        let sqlite_home = tempfile::tempdir().expect("a home");
+        let sqlite = Store::open(sqlite_home.path()).expect("open SQLite");
+        let pg_home = tempfile::tempdir().expect("a home");
+        let database = TestDatabase::create("slipway_fence");
+        let pg = Store::open_postgres(pg_home.path(), &database.url()).expect("open PostgreSQL");
+        vec![(sqlite, sqlite_home, None), (pg, pg_home, Some(database))]
+    }
+
+    fn write_status(store: &Store, fence: &Fence, message: &str) -> Result<(), StateError> {
+        store.fenced(&env("prod"), fence, |tx| {
+            tx.execute(
+                "UPDATE environments SET message = ?1 WHERE name = 'prod'",
+                params![message],
+            )
+            .map(drop)
+            .map_err(sql("write the message"))
+        })
+    }
+
+    fn message(store: &Store) -> Option<String> {
+        store
+            .environment(&env("prod"))
+            .expect("read prod")
+            .expect("prod is recorded")
+            .message
+    }
+
+    #[test]
+    fn a_replica_that_lost_its_lease_writes_nothing() {
+        for (store, _home, _db) in stores() {
+            store
+                .upsert_environment(&crate::EnvironmentRecord::new(
+                    env("prod"),
+                    slipway_core::vocab::EnvKind::Static,
+                    "shop".into(),
+                    "file:///r".into(),
+                    0,
+                ))
+                .expect("record prod");
+            let a = store
+                .acquire_lease(&env("prod"), "a", Duration::from_secs(60))
+                .expect("acquire")
+                .expect("a free lease is taken");
+            let fence_a = Fence {
+                replica: "a".into(),
+                epoch: a.epoch,
+            };
+            write_status(&store, &fence_a, "by a").expect("the holder writes");
+            assert_eq!(message(&store).as_deref(), Some("by a"));
+
+            // a's lease runs out (released here; expiry is the same to the check), and b takes
+            // it over with a greater epoch.
+            assert!(
+                store
+                    .release_lease(&env("prod"), "a", a.epoch)
+                    .expect("release")
+            );
+            let b = store
+                .acquire_lease(&env("prod"), "b", Duration::from_secs(60))
+                .expect("acquire")
+                .expect("a released lease is taken");
+            assert!(
+                b.epoch > a.epoch,
+                "epochs grow: {} then {}",
+                a.epoch,
+                b.epoch
+            );
+
+            let stale = write_status(&store, &fence_a, "by a, stale").expect_err("fenced");
+            assert!(stale.is_fenced(), "{stale:?}");
+            assert!(stale.to_string().contains("held by b"), "{stale}");
+            assert_eq!(
+                message(&store).as_deref(),
+                Some("by a"),
+                "the stale write changed nothing"
+            );
+            let also_stale = Fence {
+                replica: "b".into(),
+                epoch: a.epoch,
+            };
+            assert!(
+                write_status(&store, &also_stale, "wrong epoch").is_err(),
+                "the holder's name with an old epoch is not the holder"
+            );
+            write_status(
+                &store,
+                &Fence {
+                    replica: "b".into(),
+                    epoch: b.epoch,
+                },
+                "by b",
+            )
+            .expect("the new holder writes");
+            assert_eq!(message(&store).as_deref(), Some("by b"));
+        }
+    }
+}
