@@ -98,8 +98,8 @@ impl Store {
     /// Record before acting: the engine calls this before it changes anything, so that a crash
     /// mid-deployment leaves a `running` row for [`Store::mark_interrupted`] to find.
     pub fn begin_deployment(&self, new: &NewDeployment) -> Result<i64, StateError> {
-        self.conn()
-            .query_one(
+        self.write_env(Some(&new.environment), &[], |tx| {
+            tx.query_one(
                 "INSERT INTO deployments (environment, commit_sha, hash, reference, plan, \
                                           status, who, started_at, summary) \
                  VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null') RETURNING id",
@@ -115,6 +115,7 @@ impl Store {
                 |row| row.get(0),
             )
             .map_err(sql(format!("record a deployment of {}", new.environment)))
+        })
     }
 
     /// Finishes a running deployment with a final status (`succeeded`, `failed` or
@@ -140,7 +141,19 @@ impl Store {
             });
         }
         let operation = || format!("record the end of deployment {id}");
-        self.conn().transaction(&[], |tx| {
+        let environment = self
+            .conn()
+            .query_opt(
+                "SELECT environment FROM deployments WHERE id = ?1",
+                params![id],
+                |row| env_name(row, 0),
+            )
+            .map_err(sql(operation()))?
+            .ok_or_else(|| StateError::NotFound {
+                what: "deployment",
+                key: id.to_string(),
+            })?;
+        self.write_env(Some(&environment), &[], |tx| {
             let updated = tx
                 .execute(
                     "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, \
@@ -228,8 +241,8 @@ impl Store {
     /// The caller holds the environment's lock, so no deployment of it is really running: a
     /// `running` row is one whose process died.
     pub fn mark_interrupted(&self, environment: &EnvName, at: i64) -> Result<usize, StateError> {
-        self.conn()
-            .execute(
+        self.write_env(Some(environment), &[], |tx| {
+            tx.execute(
                 "UPDATE deployments SET status = 'interrupted', finished_at = ?2, \
                    error = coalesce(error, 'the process running this deployment stopped \
                                            before it finished') \
@@ -240,5 +253,6 @@ impl Store {
             .map_err(sql(format!(
                 "mark the running deployments of {environment} interrupted"
             )))
+        })
     }
 }

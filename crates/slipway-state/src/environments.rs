@@ -126,8 +126,8 @@ impl Store {
     /// Updating never touches the environment's resources or ports. (An `INSERT OR REPLACE`
     /// would: SQLite implements it as delete-then-insert, and the delete cascades.)
     pub fn upsert_environment(&self, record: &EnvironmentRecord) -> Result<(), StateError> {
-        self.conn()
-            .execute(
+        self.write_env(Some(&record.name), &[], |tx| {
+            tx.execute(
                 &format!(
                     "INSERT INTO environments ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
@@ -165,7 +165,8 @@ impl Store {
                     record.protected,
                 ],
             )
-            .map_err(sql(format!("record environment {}", record.name)))?;
+            .map_err(sql(format!("record environment {}", record.name)))
+        })?;
         Ok(())
     }
 
@@ -195,13 +196,13 @@ impl Store {
     /// history. Returns whether it existed.
     pub fn delete_environment(&self, name: &EnvName) -> Result<bool, StateError> {
         // One statement: SQLite applies the cascade inside it, so it is atomic on its own.
-        let deleted = self
-            .conn()
-            .execute(
+        let deleted = self.write_env(Some(name), &[], |tx| {
+            tx.execute(
                 "DELETE FROM environments WHERE name = ?1",
                 params![name.as_str()],
             )
-            .map_err(sql(format!("delete environment {name}")))?;
+            .map_err(sql(format!("delete environment {name}")))
+        })?;
         Ok(deleted > 0)
     }
 
@@ -217,14 +218,14 @@ impl Store {
         message: Option<&str>,
         at: i64,
     ) -> Result<(), StateError> {
-        let updated = self
-            .conn()
-            .execute(
+        let updated = self.write_env(Some(name), &[], |tx| {
+            tx.execute(
                 "UPDATE environments SET sync = ?2, health = ?3, message = ?4, updated_at = ?5 \
                  WHERE name = ?1",
                 params![name.as_str(), sync.as_str(), health.as_str(), message, at],
             )
-            .map_err(sql(format!("record the status of environment {name}")))?;
+            .map_err(sql(format!("record the status of environment {name}")))
+        })?;
         if updated == 0 {
             return Err(StateError::NotFound {
                 what: "environment",

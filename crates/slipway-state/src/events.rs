@@ -61,14 +61,15 @@ impl Store {
         data: &serde_json::Value,
         at: i64,
     ) -> Result<i64, StateError> {
-        self.conn()
-            .query_one(
+        self.write_env(environment, &[], |tx| {
+            tx.query_one(
                 "INSERT INTO events (environment, kind, message, data, at) \
                  VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
                 params![environment, kind.as_str(), message, to_json(data), at],
                 |row| row.get(0),
             )
             .map_err(sql(format!("record a {kind} event")))
+        })
     }
 
     /// The newest event of `kind` about `environment` (engine-wide events when `None`).

@@ -30,7 +30,7 @@ impl Store {
         usable: impl Fn(u32) -> bool,
     ) -> Result<u32, StateError> {
         let operation = || format!("allocate a uid for {environment}");
-        self.conn().transaction(&["env_uids", "uid_cursor"], |tx| {
+        self.write_env(Some(environment), &["env_uids", "uid_cursor"], |tx| {
             let known: Option<u32> = tx
                 .query_opt(
                     "SELECT uid FROM env_uids WHERE environment = ?1",
@@ -101,13 +101,14 @@ impl Store {
     /// Forgets `environment`'s uid, so that another environment may get it. Call only once
     /// nothing of the environment runs or remains on disk.
     pub fn release_uid(&self, environment: &EnvName) -> Result<(), StateError> {
-        self.conn()
-            .execute(
+        self.write_env(Some(environment), &[], |tx| {
+            tx.execute(
                 "DELETE FROM env_uids WHERE environment = ?1",
                 params![environment.as_str()],
             )
             .map(drop)
             .map_err(sql(format!("release the uid of {environment}")))
+        })
     }
 }
 

@@ -8,8 +8,9 @@
 //! - An environment's lease has one holder at a time, and an epoch that only grows: taking a
 //!   free or expired lease increases it; renewing an unexpired one keeps it. A lease's row is
 //!   never deleted, so the epoch continues across releases and recreated environments.
-//! - [`Store::check_fence`] inside a write's transaction proves the writer still holds the
-//!   lease with its epoch; on PostgreSQL it also locks the lease's row (`FOR UPDATE`), so no
+//! - With [`Store::require_leases`], every write of an environment proves in its transaction
+//!   that this replica still holds the lease with the epoch [`Store::hold`] recorded
+//!   (`check_fence`); on PostgreSQL it also locks the lease's row (`FOR UPDATE`), so no
 //!   other replica can take it over until that transaction ends.
 //!
 //! # Caveats
@@ -157,10 +158,6 @@ impl Store {
     /// unexpired, by the database's clock. Call it first in the transaction of a write:
     /// on PostgreSQL it locks the lease's row until the transaction ends, so the lease cannot
     /// pass to another replica between the check and the write.
-    #[allow(
-        dead_code,
-        reason = "the controller's fenced writes (issue 13's next step) use it; tested below"
-    )]
     pub(crate) fn check_fence(
         tx: &mut impl Exec,
         environment: &EnvName,
@@ -206,25 +203,6 @@ impl Store {
         }
     }
 
-    /// Runs `write` in a transaction that first proves `fence` holds `environment`'s lease
-    /// ([`Store::check_fence`]): a replica that lost its lease (it stalled past it, and
-    /// another took over) changes nothing.
-    #[allow(
-        dead_code,
-        reason = "the controller's fenced writes (issue 13's next step) use it; tested below"
-    )]
-    pub(crate) fn fenced<T>(
-        &self,
-        environment: &EnvName,
-        fence: &Fence,
-        write: impl FnOnce(&mut crate::db::Tx<'_>) -> Result<T, StateError>,
-    ) -> Result<T, StateError> {
-        self.conn().transaction(&[], |tx| {
-            Store::check_fence(tx, environment, fence)?;
-            write(tx)
-        })
-    }
-
     /// Records that `replica` is alive now (by the database's clock), reachable at
     /// `advertise`.
     pub fn heartbeat(&self, replica: &str, advertise: Option<&str>) -> Result<(), StateError> {
@@ -264,114 +242,5 @@ impl Store {
             },
         )
         .map_err(sql("list replicas"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use slipway_testkit::pg::TestDatabase;
-
-    fn env(name: &str) -> EnvName {
-        EnvName::parse(name).expect("a valid name")
-    }
-
-    /// A store on SQLite and one on PostgreSQL, each with its home (and database).
-    fn stores() -> Vec<(Store, tempfile::TempDir, Option<TestDatabase>)> {
-        let sqlite_home = tempfile::tempdir().expect("a home");
-        let sqlite = Store::open(sqlite_home.path()).expect("open SQLite");
-        let pg_home = tempfile::tempdir().expect("a home");
-        let database = TestDatabase::create("slipway_fence");
-        let pg = Store::open_postgres(pg_home.path(), &database.url()).expect("open PostgreSQL");
-        vec![(sqlite, sqlite_home, None), (pg, pg_home, Some(database))]
-    }
-
-    fn write_status(store: &Store, fence: &Fence, message: &str) -> Result<(), StateError> {
-        store.fenced(&env("prod"), fence, |tx| {
-            tx.execute(
-                "UPDATE environments SET message = ?1 WHERE name = 'prod'",
-                params![message],
-            )
-            .map(drop)
-            .map_err(sql("write the message"))
-        })
-    }
-
-    fn message(store: &Store) -> Option<String> {
-        store
-            .environment(&env("prod"))
-            .expect("read prod")
-            .expect("prod is recorded")
-            .message
-    }
-
-    #[test]
-    fn a_replica_that_lost_its_lease_writes_nothing() {
-        for (store, _home, _db) in stores() {
-            store
-                .upsert_environment(&crate::EnvironmentRecord::new(
-                    env("prod"),
-                    slipway_core::vocab::EnvKind::Static,
-                    "shop".into(),
-                    "file:///r".into(),
-                    0,
-                ))
-                .expect("record prod");
-            let a = store
-                .acquire_lease(&env("prod"), "a", Duration::from_secs(60))
-                .expect("acquire")
-                .expect("a free lease is taken");
-            let fence_a = Fence {
-                replica: "a".into(),
-                epoch: a.epoch,
-            };
-            write_status(&store, &fence_a, "by a").expect("the holder writes");
-            assert_eq!(message(&store).as_deref(), Some("by a"));
-
-            // a's lease runs out (released here; expiry is the same to the check), and b takes
-            // it over with a greater epoch.
-            assert!(
-                store
-                    .release_lease(&env("prod"), "a", a.epoch)
-                    .expect("release")
-            );
-            let b = store
-                .acquire_lease(&env("prod"), "b", Duration::from_secs(60))
-                .expect("acquire")
-                .expect("a released lease is taken");
-            assert!(
-                b.epoch > a.epoch,
-                "epochs grow: {} then {}",
-                a.epoch,
-                b.epoch
-            );
-
-            let stale = write_status(&store, &fence_a, "by a, stale").expect_err("fenced");
-            assert!(stale.is_fenced(), "{stale:?}");
-            assert!(stale.to_string().contains("held by b"), "{stale}");
-            assert_eq!(
-                message(&store).as_deref(),
-                Some("by a"),
-                "the stale write changed nothing"
-            );
-            let also_stale = Fence {
-                replica: "b".into(),
-                epoch: a.epoch,
-            };
-            assert!(
-                write_status(&store, &also_stale, "wrong epoch").is_err(),
-                "the holder's name with an old epoch is not the holder"
-            );
-            write_status(
-                &store,
-                &Fence {
-                    replica: "b".into(),
-                    epoch: b.epoch,
-                },
-                "by b",
-            )
-            .expect("the new holder writes");
-            assert_eq!(message(&store).as_deref(), Some("by b"));
-        }
     }
 }

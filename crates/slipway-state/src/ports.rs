@@ -38,7 +38,7 @@ impl Store {
         is_free: &dyn Fn(u16) -> bool,
     ) -> Result<BTreeMap<String, u16>, StateError> {
         let operation = || format!("allocate ports for {environment}/{resource}");
-        let allocated = self.conn().transaction(&["ports"], |tx| {
+        let allocated = self.write_env(Some(environment), &["ports"], |tx| {
             let mut allocated = read_ports(tx, environment, resource).map_err(sql(operation()))?;
             let missing: BTreeSet<&String> = names
                 .iter()
@@ -102,8 +102,8 @@ impl Store {
         environment: &EnvName,
         resource: &str,
     ) -> Result<usize, StateError> {
-        self.conn()
-            .execute(
+        self.write_env(Some(environment), &[], |tx| {
+            tx.execute(
                 "DELETE FROM ports WHERE environment = ?1 AND resource = ?2",
                 params![environment, resource],
             )
@@ -111,6 +111,7 @@ impl Store {
             .map_err(sql(format!(
                 "release the ports of {environment}/{resource}"
             )))
+        })
     }
 
     /// Releases the ports of a resource whose names are not in `keep` (ports no longer
@@ -122,7 +123,7 @@ impl Store {
         keep: &[String],
     ) -> Result<usize, StateError> {
         let operation = || format!("release undeclared ports of {environment}/{resource}");
-        self.conn().transaction(&["ports"], |tx| {
+        self.write_env(Some(environment), &["ports"], |tx| {
             let current = read_ports(tx, environment, resource).map_err(sql(operation()))?;
             let mut released = 0;
             for name in current.keys().filter(|name| !keep.contains(name)) {

@@ -194,8 +194,8 @@ impl Store {
                 text
             }
         };
-        self.conn()
-            .execute(
+        self.write_env(Some(&record.environment), &[], |tx| {
+            tx.execute(
                 &format!(
                     "INSERT INTO resources ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
@@ -224,20 +224,21 @@ impl Store {
             .map_err(sql(format!(
                 "record resource {}/{}",
                 record.environment, record.name
-            )))?;
+            )))
+        })?;
         Ok(())
     }
 
     /// Forgets a resource (its ports stay allocated until [`Store::release_ports`]). Returns
     /// whether it was recorded.
     pub fn delete_resource(&self, environment: &EnvName, name: &str) -> Result<bool, StateError> {
-        let deleted = self
-            .conn()
-            .execute(
+        let deleted = self.write_env(Some(environment), &[], |tx| {
+            tx.execute(
                 "DELETE FROM resources WHERE environment = ?1 AND name = ?2",
                 params![environment, name],
             )
-            .map_err(sql(format!("delete resource {environment}/{name}")))?;
+            .map_err(sql(format!("delete resource {environment}/{name}")))
+        })?;
         Ok(deleted > 0)
     }
 }

@@ -1,5 +1,6 @@
 //! The [`Store`] handle: opening the database and the helpers the record modules share.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
@@ -12,7 +13,8 @@ use slipway_core::EnvName;
 use slipway_core::vocab::UnknownWord;
 
 use crate::StateError;
-use crate::db::{Conn, DbError, DecodeError, Dialect, PgConn, Row};
+use crate::db::{Conn, DbError, DecodeError, Dialect, PgConn, Row, Tx};
+use crate::leases::Fence;
 use crate::schema;
 
 /// How long a write waits for another process holding the database lock before giving up with
@@ -31,6 +33,9 @@ pub struct Store {
     path: PathBuf,
     conn: Mutex<Conn>,
     sealer: crate::seal::Sealer,
+    /// With replicas sharing the state: the leases this replica holds, which every write of
+    /// an environment must prove ([`Store::require_leases`]).
+    fences: Option<Mutex<HashMap<EnvName, Fence>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -115,6 +120,7 @@ impl Store {
             path,
             conn: Mutex::new(conn),
             sealer,
+            fences: None,
         })
     }
 
@@ -146,6 +152,58 @@ impl Store {
         schema::version(&mut *self.conn()).map_err(sql("read the schema version"))
     }
 
+    /// From now on, every write of an environment (its record, resources, ports, uid,
+    /// deployments and events) proves in its transaction that this replica holds the
+    /// environment's lease at the epoch [`Store::hold`] recorded, and is refused with
+    /// [`StateError::Fenced`] otherwise, writing nothing: for replicas sharing one state.
+    pub fn require_leases(&mut self) {
+        self.fences.get_or_insert_with(Mutex::default);
+    }
+
+    /// Records that this replica holds `environment`'s lease as `fence` (see
+    /// [`Store::acquire_lease`]); its writes of the environment are checked against it.
+    pub fn hold(&self, environment: &EnvName, fence: Fence) {
+        if let Some(fences) = &self.fences {
+            lock(fences).insert(environment.clone(), fence);
+        }
+    }
+
+    /// Forgets this replica's lease of `environment`: its writes of it are refused again.
+    pub fn unhold(&self, environment: &EnvName) {
+        if let Some(fences) = &self.fences {
+            lock(fences).remove(environment);
+        }
+    }
+
+    /// Runs `write` in one transaction (taking `tables`' write locks, see
+    /// [`Conn::transaction`]); when leases are required and `environment` is given, the
+    /// transaction first proves this replica still holds its lease.
+    pub(crate) fn write_env<T>(
+        &self,
+        environment: Option<&EnvName>,
+        tables: &[&str],
+        write: impl FnOnce(&mut Tx<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let fence = match (&self.fences, environment) {
+            (Some(fences), Some(environment)) => {
+                let held = lock(fences).get(environment).cloned();
+                Some(held.ok_or_else(|| StateError::Fenced {
+                    environment: environment.to_string(),
+                    replica: "this replica".to_owned(),
+                    epoch: 0,
+                    now: Some("it holds no lease on it".to_owned()),
+                })?)
+            }
+            _ => None,
+        };
+        self.conn().transaction(tables, |tx| {
+            if let (Some(fence), Some(environment)) = (&fence, environment) {
+                Store::check_fence(tx, environment, fence)?;
+            }
+            write(tx)
+        })
+    }
+
     /// The connection. A panic in another thread while it held the lock cannot have left a
     /// transaction open (both drivers roll back on drop, also while unwinding), so a poisoned
     /// mutex is safe to reuse.
@@ -154,6 +212,13 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A mutex's guard; a panic elsewhere while it was held left the map whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn create_home(home: &Path) -> Result<(), StateError> {

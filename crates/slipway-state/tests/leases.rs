@@ -15,6 +15,7 @@ matrix!(
     an_expired_lease_passes_to_another_replica_by_the_databases_clock,
     racing_replicas_never_share_an_epoch,
     heartbeats_say_who_is_alive_and_since_when,
+    a_replica_that_lost_its_lease_writes_nothing,
 );
 
 fn env(name: &str) -> EnvName {
@@ -158,4 +159,131 @@ fn heartbeats_say_who_is_alive_and_since_when(state: &TestState) {
     );
     assert!(replicas[0].heartbeat_at >= first[0].heartbeat_at);
     assert!(replicas.iter().all(|r| r.silent_ms >= 0), "{replicas:?}");
+}
+
+fn record_prod(store: &slipway_state::Store) {
+    store
+        .upsert_environment(&slipway_state::EnvironmentRecord::new(
+            env("prod"),
+            slipway_core::vocab::EnvKind::Static,
+            "shop".into(),
+            "file:///r".into(),
+            0,
+        ))
+        .expect("record prod");
+}
+
+fn set_message(
+    store: &slipway_state::Store,
+    message: &str,
+) -> Result<(), slipway_state::StateError> {
+    use slipway_core::vocab::{Health, SyncState};
+    store.set_environment_status(
+        &env("prod"),
+        SyncState::Synced,
+        Health::Healthy,
+        Some(message),
+        1,
+    )
+}
+
+fn message(store: &slipway_state::Store) -> Option<String> {
+    store
+        .environment(&env("prod"))
+        .expect("read prod")
+        .expect("prod is recorded")
+        .message
+}
+
+fn a_replica_that_lost_its_lease_writes_nothing(state: &TestState) {
+    use slipway_state::Fence;
+    let mut a = state.open();
+    a.require_leases();
+    let mut b = state.open();
+    b.require_leases();
+    let prod = env("prod");
+
+    let refused = a.upsert_environment(&slipway_state::EnvironmentRecord::new(
+        prod.clone(),
+        slipway_core::vocab::EnvKind::Static,
+        "shop".into(),
+        "file:///r".into(),
+        0,
+    ));
+    assert!(
+        refused.as_ref().is_err_and(|e| e.is_fenced()),
+        "a replica without the lease writes nothing: {refused:?}"
+    );
+    let lease = a
+        .acquire_lease(&prod, "a", MINUTE)
+        .expect("acquire")
+        .expect("taken");
+    a.hold(
+        &prod,
+        Fence {
+            replica: "a".into(),
+            epoch: lease.epoch,
+        },
+    );
+    record_prod(&a);
+    set_message(&a, "by a").expect("the holder writes");
+    assert_eq!(message(&a).as_deref(), Some("by a"));
+
+    // a stalls past its lease (released here: the check is the same as for an expired one);
+    // b takes over.
+    assert!(a.release_lease(&prod, "a", lease.epoch).expect("release"));
+    let taken = b
+        .acquire_lease(&prod, "b", MINUTE)
+        .expect("acquire")
+        .expect("taken");
+    b.hold(
+        &prod,
+        Fence {
+            replica: "b".into(),
+            epoch: taken.epoch,
+        },
+    );
+
+    // a wakes up, still believing it holds the lease: every kind of write is refused.
+    let stale = set_message(&a, "by a, stale").expect_err("fenced");
+    assert!(stale.is_fenced(), "{stale:?}");
+    assert!(stale.to_string().contains("held by b"), "{stale}");
+    let port = a.allocate_ports(&prod, "web", &["http".into()], 20_000..=20_010, &|_| true);
+    assert!(
+        port.is_err_and(|e| e.is_fenced()),
+        "no port allocated by a stale replica"
+    );
+    let event = a.record_event(
+        Some(&prod),
+        slipway_core::vocab::EventKind::ChangeHeld,
+        "stale",
+        &serde_json::json!({}),
+        2,
+    );
+    assert!(
+        event.is_err_and(|e| e.is_fenced()),
+        "no event by a stale replica"
+    );
+    assert!(
+        a.delete_environment(&prod).is_err_and(|e| e.is_fenced()),
+        "no destroy by a stale replica"
+    );
+    assert_eq!(
+        message(&b).as_deref(),
+        Some("by a"),
+        "nothing a wrote after losing the lease"
+    );
+    assert!(b.environment_ports(&prod).expect("ports").is_empty());
+
+    set_message(&b, "by b").expect("the new holder writes");
+    assert_eq!(message(&a).as_deref(), Some("by b"));
+    // Engine-wide events belong to no environment and need no lease.
+    a.record_event(
+        None,
+        slipway_core::vocab::EventKind::ChangeHeld,
+        "engine",
+        &serde_json::json!({}),
+        3,
+    )
+    .expect("an engine-wide event");
 }
