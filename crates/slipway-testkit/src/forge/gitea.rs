@@ -40,7 +40,7 @@ use super::state::{
 pub use super::state::{
     Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
 };
-use super::{Forge, Page, Reply, Request, map_strings, now_iso, other_params, stable_id, token_of};
+use super::{Forge, Page, PageLinks, Reply, Request, map_strings, now_iso, stable_id, token_of};
 
 /// [`REPO`]'s id, the same in API answers and webhook payloads (`repo_id` tells forks).
 pub const REPO_ID: u64 = 6_100_001;
@@ -56,11 +56,7 @@ pub const DEFAULT_PAGE: usize = 30;
 
 /// A repository's id: [`REPO_ID`] for `acme/shop`, another stable one for a fork.
 pub fn repo_id(full_name: &str) -> u64 {
-    if full_name.eq_ignore_ascii_case(REPO) {
-        REPO_ID
-    } else {
-        stable_id(full_name, 7_000_000)
-    }
+    super::repo_id_with(full_name, REPO_ID, 7_000_000)
 }
 
 /// A user's id, the same in answers and payloads.
@@ -192,15 +188,10 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             Reply::json(200, Value::Array(items))
         }
         Op::CreateComment(n) => {
-            if st.pr(*n).is_none() {
-                return not_found();
+            match st.create_comment(*n, &core.bot_login, comment_body(json), not_found) {
+                Ok(id) => Reply::json(201, comment_json(st.comment(id).expect("just added"))),
+                Err(reply) => reply,
             }
-            let body = match comment_body(json) {
-                Ok(b) => b,
-                Err(reply) => return reply,
-            };
-            let id = st.add_comment(*n, &core.bot_login, body, false);
-            Reply::json(201, comment_json(st.comment(id).expect("just added")))
         }
         Op::GetComment(id) => match st.comment(*id) {
             Some(c) => Reply::json(200, comment_json(c)),
@@ -221,21 +212,10 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
         }
         Op::CreateStatus(sha) => create_status(core, st, sha, json),
         Op::ListPulls => {
-            let state = param("state").unwrap_or("open");
-            if !matches!(state, "open" | "closed" | "all") {
+            let Some(prs) = st.prs_in(param("state").unwrap_or("open")) else {
                 return message(422, "[State]: invalid state");
-            }
-            let items = st
-                .prs
-                .iter()
-                .rev()
-                .filter(|p| match state {
-                    "open" => p.state == PrState::Open,
-                    "closed" => p.state != PrState::Open,
-                    _ => true,
-                })
-                .map(|p| pr_json(st, p))
-                .collect();
+            };
+            let items = prs.into_iter().map(|p| pr_json(st, p)).collect();
             paginate(path, query, items)
         }
         Op::GetPull(n) => match st.pr(*n) {
@@ -321,21 +301,15 @@ fn paginate(path: &str, query: &[(String, String)], items: Vec<Value>) -> Reply 
     let page = param("page").unwrap_or(1).max(1);
     let total = items.len();
     let Page { pages, items, .. } = Page::of(items, page, limit);
-    let others = other_params(query, &["page", "limit"]);
-    let link = |p: usize, rel: &str| {
-        let mut q = others.clone();
-        q.push(format!("limit={limit}"));
-        q.push(format!("page={p}"));
-        format!("<{WEB}{path}?{}>; rel=\"{rel}\"", q.join("&"))
-    };
+    let pager = PageLinks::new(format!("{WEB}{path}"), query, "limit", limit);
     let mut links = Vec::new();
     if page < pages {
-        links.push(link(page + 1, "next"));
-        links.push(link(pages, "last"));
+        links.push(pager.link(page + 1, "next"));
+        links.push(pager.link(pages, "last"));
     }
     if page > 1 {
-        links.push(link(1, "first"));
-        links.push(link((page - 1).min(pages), "prev"));
+        links.push(pager.link(1, "first"));
+        links.push(pager.link((page - 1).min(pages), "prev"));
     }
     let reply = Reply::json(200, items)
         .header("X-Total-Count", total.to_string())
@@ -469,16 +443,7 @@ fn pr_json(st: &State, pr: &Pr) -> Value {
     let spec = &pr.spec;
     let n = spec.number;
     let html = html_url(spec.number);
-    let (state, merged, merged_at, merge_sha) = match &pr.state {
-        PrState::Open => ("open", false, None, None),
-        PrState::Closed => ("closed", false, None, None),
-        PrState::Merged { merge_sha } => (
-            "closed",
-            true,
-            pr.closed_at.clone(),
-            Some(merge_sha.clone()),
-        ),
-    };
+    let shown = pr.shown();
     let head_full = spec.head_repo_full_name();
     let head_label = if spec.fork {
         format!(
@@ -502,7 +467,7 @@ fn pr_json(st: &State, pr: &Pr) -> Value {
         "assignees": null,
         "requested_reviewers": null,
         "requested_reviewers_teams": null,
-        "state": state,
+        "state": shown.state,
         "draft": false,
         "is_locked": false,
         "comments": st.comments.iter().filter(|c| c.pr == n).count(),
@@ -514,10 +479,10 @@ fn pr_json(st: &State, pr: &Pr) -> Value {
         "diff_url": format!("{html}.diff"),
         "patch_url": format!("{html}.patch"),
         "mergeable": pr.mergeable.unwrap_or(false),
-        "merged": merged,
-        "merged_at": merged_at,
-        "merge_commit_sha": merge_sha,
-        "merged_by": if merged { user_json(&spec.author) } else { Value::Null },
+        "merged": shown.merged,
+        "merged_at": shown.merged_at,
+        "merge_commit_sha": shown.merge_sha,
+        "merged_by": if shown.merged { user_json(&spec.author) } else { Value::Null },
         "allow_maintainer_edit": false,
         "base": branch_json(spec.base_ref.clone(), &spec.base_ref, BASE_SHA, REPO, false),
         "head": branch_json(head_label, &spec.head_ref, &spec.head_sha, &head_full, spec.fork),

@@ -51,7 +51,7 @@ pub use super::state::{
     Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
 };
 use super::{
-    Forge, Page, Reply, Request, map_strings, merge, now_iso, other_params, page_params, stable_id,
+    Forge, Page, PageLinks, Reply, Request, map_strings, merge, now_iso, page_params, stable_id,
     token_of, unix_now,
 };
 pub use crate::fixtures::fixtures_dir;
@@ -341,14 +341,10 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             paginate(api, path, query, items)
         }
         Op::CreateComment(n) => {
-            if st.pr(*n).is_none() {
-                return not_found();
-            }
-            let body = match comment_body(json) {
-                Ok(b) => b,
+            let id = match st.create_comment(*n, &core.bot_login, comment_body(json), not_found) {
+                Ok(id) => id,
                 Err(reply) => return reply,
             };
-            let id = st.add_comment(*n, &core.bot_login, body, false);
             let answer = comment_json(api, st, st.comment(id).expect("just added"));
             let location = format!("{api}/repos/{REPO}/issues/comments/{id}");
             Reply::json(201, answer).header("Location", location)
@@ -370,20 +366,11 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
         }
         Op::CreateStatus(sha) => create_status(core, st, sha, json.unwrap_or(&Value::Null)),
         Op::ListPulls => {
-            let state = call.param("state").unwrap_or("open");
-            if !matches!(state, "open" | "closed" | "all") {
+            let Some(prs) = st.prs_in(call.param("state").unwrap_or("open")) else {
                 return invalid("PullRequest", "state", "invalid", None);
-            }
-            // GitHub's default order: newest first.
-            let items = st
-                .prs
-                .iter()
-                .rev()
-                .filter(|p| match state {
-                    "open" => p.state == PrState::Open,
-                    "closed" => p.state != PrState::Open,
-                    _ => true,
-                })
+            };
+            let items = prs
+                .into_iter()
                 .map(|p| pr_json(api, st, p, false))
                 .collect();
             paginate(api, path, query, items)
@@ -482,23 +469,17 @@ fn paginate(api: &str, path: &str, query: &[(String, String)], items: Vec<Value>
     if pages <= 1 {
         return reply;
     }
-    let others = other_params(query, &["page", "per_page"]);
-    let link = |p: usize, rel: &str| {
-        let mut q = others.clone();
-        q.push(format!("per_page={per_page}"));
-        q.push(format!("page={p}"));
-        format!("<{api}{path}?{}>; rel=\"{rel}\"", q.join("&"))
-    };
+    let pager = PageLinks::new(format!("{api}{path}"), query, "per_page", per_page);
     let mut links = Vec::new();
     if page > 1 {
-        links.push(link(page.min(pages + 1) - 1, "prev"));
+        links.push(pager.link(page.min(pages + 1) - 1, "prev"));
     }
     if page < pages {
-        links.push(link(page + 1, "next"));
-        links.push(link(pages, "last"));
+        links.push(pager.link(page + 1, "next"));
+        links.push(pager.link(pages, "last"));
     }
     if page > 1 {
-        links.push(link(1, "first"));
+        links.push(pager.link(1, "first"));
     }
     reply.header("Link", links.join(", "))
 }
@@ -511,11 +492,7 @@ fn login_id(login: &str) -> u64 {
 
 /// A repository's id: [`REPO_ID`] for `acme/shop`, another stable one for a fork.
 pub fn repo_id(full_name: &str) -> u64 {
-    if full_name.eq_ignore_ascii_case(REPO) {
-        REPO_ID
-    } else {
-        stable_id(full_name, 800_000_000)
-    }
+    super::repo_id_with(full_name, REPO_ID, 800_000_000)
 }
 
 fn node_id(prefix: &str, id: u64) -> String {
@@ -689,16 +666,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
     let n = spec.number;
     let a = format!("{api}/repos/{REPO}");
     let html = html_url(spec.number);
-    let (state, merged, merged_at, merge_sha) = match &pr.state {
-        PrState::Open => ("open", false, None, None),
-        PrState::Closed => ("closed", false, None, None),
-        PrState::Merged { merge_sha } => (
-            "closed",
-            true,
-            pr.closed_at.clone(),
-            Some(merge_sha.clone()),
-        ),
-    };
+    let shown = pr.shown();
     let head_owner = fork_owner(spec);
     let head_full = spec.head_repo_full_name();
     let head = json!({
@@ -739,7 +707,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
         "comments_url": format!("{a}/issues/{n}/comments"),
         "statuses_url": format!("{a}/statuses/{}", spec.head_sha),
         "number": n,
-        "state": state,
+        "state": shown.state,
         "locked": false,
         "title": spec.title,
     });
@@ -754,8 +722,8 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
             "created_at": pr.created_at,
             "updated_at": pr.updated_at,
             "closed_at": pr.closed_at,
-            "merged_at": merged_at,
-            "merge_commit_sha": merge_sha,
+            "merged_at": shown.merged_at,
+            "merge_commit_sha": shown.merge_sha,
             "assignee": null,
             "assignees": [],
             "requested_reviewers": [],
@@ -770,7 +738,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
     );
     if full {
         let mergeable_state = match pr.mergeable {
-            _ if state == "closed" => "unknown",
+            _ if shown.state == "closed" => "unknown",
             Some(true) => "clean",
             Some(false) => "dirty",
             None => "unknown",
@@ -778,11 +746,11 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
         merge(
             &mut v,
             json!({
-                "merged": merged,
+                "merged": shown.merged,
                 "mergeable": pr.mergeable,
                 "rebaseable": pr.mergeable,
                 "mergeable_state": mergeable_state,
-                "merged_by": if merged { user_json(api, OWNER) } else { Value::Null },
+                "merged_by": if shown.merged { user_json(api, OWNER) } else { Value::Null },
                 "comments": st.comments.iter().filter(|c| c.pr == n).count(),
                 "review_comments": 0,
                 "maintainer_can_modify": spec.fork,

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub use crate::http::{Reply, Request, Server, header_of};
+use state::REPO;
 pub use state::{Comment, Delivery, Event, FakeForge, PrSpec, PrState, Status};
 
 /// Which forge a fake plays.
@@ -289,6 +290,35 @@ impl Page {
     }
 }
 
+/// The `Link` header entries of a paginated list pointing at its other pages, as GitHub and
+/// Gitea write them: the list's URL, the query's other parameters, then the page size and
+/// the page.
+pub struct PageLinks {
+    url: String,
+    others: Vec<String>,
+    size: String,
+}
+
+impl PageLinks {
+    /// The links of the list at `url` (root and path) asked for with `query`, `size_param`
+    /// (`per_page`, `limit`) being `size`.
+    pub fn new(url: String, query: &[(String, String)], size_param: &str, size: usize) -> Self {
+        PageLinks {
+            url,
+            others: other_params(query, &["page", size_param]),
+            size: format!("{size_param}={size}"),
+        }
+    }
+
+    /// `<url?…&page=N>; rel="rel"`.
+    pub fn link(&self, page: usize, rel: &str) -> String {
+        let mut q = self.others.clone();
+        q.push(self.size.clone());
+        q.push(format!("page={page}"));
+        format!("<{}?{}>; rel=\"{rel}\"", self.url, q.join("&"))
+    }
+}
+
 /// The parameters of `query` but the paging ones (`paging`), percent-encoded as `k=v`, for
 /// the links to other pages.
 pub fn other_params(query: &[(String, String)], paging: &[&str]) -> Vec<String> {
@@ -376,6 +406,16 @@ pub fn map_strings(v: &mut Value, f: &dyn Fn(&str) -> String) {
 pub fn merge(into: &mut Value, from: Value) {
     if let (Value::Object(into), Value::Object(from)) = (into, from) {
         into.extend(from);
+    }
+}
+
+/// A repository's id: `repo_id` ([`REPO`]'s) for `acme/shop`, another stable one from
+/// `fork_base` on for a fork.
+pub fn repo_id_with(full_name: &str, repo_id: u64, fork_base: u64) -> u64 {
+    if full_name.eq_ignore_ascii_case(REPO) {
+        repo_id
+    } else {
+        stable_id(full_name, fork_base)
     }
 }
 

@@ -233,6 +233,40 @@ pub struct Pr {
     pub closed_at: Option<String>,
 }
 
+/// A pull request's state as GitHub and Gitea show it.
+pub struct Shown {
+    /// `open` or `closed` (merged too).
+    pub state: &'static str,
+    /// Whether it was merged.
+    pub merged: bool,
+    /// When it was merged.
+    pub merged_at: Option<String>,
+    /// The merge commit.
+    pub merge_sha: Option<String>,
+}
+
+impl Pr {
+    /// Its state as GitHub and Gitea show it.
+    pub fn shown(&self) -> Shown {
+        let (state, merged, merged_at, merge_sha) = match &self.state {
+            PrState::Open => ("open", false, None, None),
+            PrState::Closed => ("closed", false, None, None),
+            PrState::Merged { merge_sha } => (
+                "closed",
+                true,
+                self.closed_at.clone(),
+                Some(merge_sha.clone()),
+            ),
+        };
+        Shown {
+            state,
+            merged,
+            merged_at,
+            merge_sha,
+        }
+    }
+}
+
 /// A comment as stored.
 pub struct StoredComment {
     /// Its id.
@@ -391,6 +425,22 @@ impl State {
         Ok(())
     }
 
+    /// Adds a comment by `author` (the bot) on pull request `pr`, as a create-comment request
+    /// does: its id, or the refusal (`not_found` when the fake has no such pull request, else
+    /// the error `body` carries: the forge's check of the request's body).
+    pub fn create_comment(
+        &mut self,
+        pr: u64,
+        author: &str,
+        body: Result<String, Reply>,
+        not_found: fn() -> Reply,
+    ) -> Result<u64, Reply> {
+        if self.pr(pr).is_none() {
+            return Err(not_found());
+        }
+        Ok(self.add_comment(pr, author, body?, false))
+    }
+
     /// Records a status on `sha` and returns it.
     pub fn add_status(&mut self, sha: &str, status: Status) -> &StoredStatus {
         let id = self.id();
@@ -401,6 +451,18 @@ impl State {
             created_at: now_iso(),
         });
         self.statuses.last().expect("just pushed")
+    }
+
+    /// The pull requests a list filtered by `state` shows, newest first (GitHub's and Gitea's
+    /// order): `open`, `closed` (merged ones too) or `all`; `None` for another state.
+    pub fn prs_in(&self, state: &str) -> Option<Vec<&Pr>> {
+        let shown = |p: &&Pr| match state {
+            "open" => p.state == PrState::Open,
+            "closed" => p.state != PrState::Open,
+            _ => true,
+        };
+        matches!(state, "open" | "closed" | "all")
+            .then(|| self.prs.iter().rev().filter(shown).collect())
     }
 
     /// The comments on pull request `pr`, oldest first.
