@@ -40,7 +40,10 @@ use super::state::{
 pub use super::state::{
     Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
 };
-use super::{Forge, Page, PageLinks, Reply, Request, map_strings, now_iso, stable_id, token_of};
+use super::{
+    Forge, Page, PageLinks, PullRequestEvents, Rebrand, Reply, Request, map_strings, now_iso,
+    rebrand, set_closing, stable_id, to_bytes, token_of,
+};
 
 /// [`REPO`]'s id, the same in API answers and webhook payloads (`repo_id` tells forks).
 pub const REPO_ID: u64 = 6_100_001;
@@ -575,34 +578,23 @@ fn set_user(v: &mut Value, login: &str) {
     }
 }
 
-/// Renames the fixtures' repository to [`REPO`] everywhere in `v`: URLs, names, owner, ids.
-fn rebrand(v: &mut Value) {
-    map_strings(v, &|s| s.replace(EXAMPLE_REPO, REPO));
-    fix_repos(v);
-}
-
-fn fix_repos(v: &mut Value) {
-    match v {
-        Value::Object(obj) => {
-            if obj.get("full_name").and_then(Value::as_str) == Some(REPO) {
-                obj.insert("name".into(), json!(NAME));
-                obj.insert("id".into(), json!(REPO_ID));
-                if obj.contains_key("default_branch") {
-                    obj.insert("default_branch".into(), json!(DEFAULT_BRANCH));
-                }
-                if let Some(owner) = obj.get_mut("owner") {
-                    set_user(owner, OWNER);
-                }
-            }
-            if obj.get("repo_id").is_some() {
-                obj.insert("repo_id".into(), json!(REPO_ID));
-            }
-            obj.values_mut().for_each(fix_repos);
+/// How the fixtures move to [`REPO`]: URLs, names, owner, ids, and every `repo_id` (a fixture
+/// has no other repository).
+const REBRAND: Rebrand = Rebrand {
+    example_repo: EXAMPLE_REPO,
+    repo_id: REPO_ID,
+    branch_keys: &["default_branch"],
+    repo: |obj| {
+        if let Some(owner) = obj.get_mut("owner") {
+            set_user(owner, OWNER);
         }
-        Value::Array(items) => items.iter_mut().for_each(fix_repos),
-        _ => {}
-    }
-}
+    },
+    every: |obj| {
+        if obj.get("repo_id").is_some() {
+            obj.insert("repo_id".into(), json!(REPO_ID));
+        }
+    },
+};
 
 /// Patches a payload's `pull_request` object (already rebranded) to be `pr`, in `state`.
 fn set_pull_request(
@@ -621,19 +613,12 @@ fn set_pull_request(
     p["html_url"] = json!(html);
     p["diff_url"] = json!(format!("{html}.diff"));
     p["patch_url"] = json!(format!("{html}.patch"));
-    p["state"] = json!(if closed { "closed" } else { "open" });
-    p["merged"] = json!(merged);
-    p["merged_at"] = if merged { json!(now) } else { Value::Null };
-    p["merge_commit_sha"] = match merge_sha {
-        Some(sha) if merged => json!(sha),
-        _ => Value::Null,
-    };
+    set_closing(p, closed, merged, merge_sha, &now);
     p["merged_by"] = if merged {
         user_json(&pr.author)
     } else {
         Value::Null
     };
-    p["closed_at"] = if closed { json!(now) } else { Value::Null };
     p["updated_at"] = json!(now);
     set_user(&mut p["user"], &pr.author);
     let base = &mut p["base"];
@@ -670,12 +655,9 @@ pub fn pull_request_payload(
     merged: bool,
     merge_sha: Option<&str>,
 ) -> Vec<u8> {
-    assert!(
-        !merged || action == "closed",
-        "only a `closed` pull_request delivery can say merged"
-    );
+    super::assert_merge_closes(action, merged);
     let mut v = example(PULL_REQUEST_EXAMPLE);
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     v["action"] = json!(action);
     v["number"] = json!(pr.number);
     set_pull_request(
@@ -707,7 +689,7 @@ pub fn pull_request_review_payload(
     content: &str,
 ) -> Vec<u8> {
     let mut v = example(REVIEW_EXAMPLE);
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     v["number"] = json!(pr.number);
     set_pull_request(&mut v["pull_request"], pr, false, None, false);
     v["review"]["type"] = json!(format!("pull_request_review_{verdict}"));
@@ -721,7 +703,7 @@ pub fn pull_request_review_payload(
 /// (from [`FakeForge::add_comment`]: its id, author and body) on pull request `pr`.
 pub fn issue_comment_payload(pr: &PrSpec, comment: &Comment) -> Vec<u8> {
     let mut v = example(ISSUE_COMMENT_EXAMPLE);
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     let html = html_url(pr.number);
     v["action"] = json!("created");
     v["is_pull"] = json!(true);
@@ -740,10 +722,6 @@ pub fn issue_comment_payload(pr: &PrSpec, comment: &Comment) -> Vec<u8> {
     set_user(&mut c["user"], &comment.author);
     set_user(&mut v["sender"], &comment.author);
     to_bytes(&v)
-}
-
-fn to_bytes(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(v).expect("a JSON value serializes")
 }
 
 // ---- Sending webhooks ----------------------------------------------------------------------------
@@ -807,30 +785,21 @@ pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u
     super::post_webhook(addr, WEBHOOK_PATH, headers, body)
 }
 
+/// What Gitea delivers when something happens to a pull request.
+const EVENTS: PullRequestEvents = PullRequestEvents {
+    push_action: "synchronized",
+    pull_request: pull_request_payload,
+    approved: |pr, reviewer| Delivery {
+        event: review_event("approved"),
+        body: pull_request_review_payload(pr, reviewer, "approved", "LGTM"),
+    },
+    commented: |pr, comment| Delivery {
+        event: "issue_comment",
+        body: issue_comment_payload(pr, comment),
+    },
+};
+
 /// What Gitea delivers when `event` happens to `pr`.
 fn delivery(pr: &PrSpec, event: &Event) -> Delivery {
-    let (event, body) = match event {
-        Event::Opened => (
-            "pull_request",
-            pull_request_payload("opened", pr, false, None),
-        ),
-        Event::Pushed { .. } => (
-            "pull_request",
-            pull_request_payload("synchronized", pr, false, None),
-        ),
-        Event::Approved { reviewer } => (
-            review_event("approved"),
-            pull_request_review_payload(pr, reviewer, "approved", "LGTM"),
-        ),
-        Event::Commented { comment } => ("issue_comment", issue_comment_payload(pr, comment)),
-        Event::Closed => (
-            "pull_request",
-            pull_request_payload("closed", pr, false, None),
-        ),
-        Event::Merged { merge_sha } => (
-            "pull_request",
-            pull_request_payload("closed", pr, true, Some(merge_sha)),
-        ),
-    };
-    Delivery { event, body }
+    EVENTS.delivery(pr, event)
 }

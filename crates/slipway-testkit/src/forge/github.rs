@@ -51,8 +51,8 @@ pub use super::state::{
     Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
 };
 use super::{
-    Forge, Page, PageLinks, Reply, Request, map_strings, merge, now_iso, page_params, stable_id,
-    token_of, unix_now,
+    Forge, Page, PageLinks, PullRequestEvents, Rebrand, Reply, Request, map_strings, merge,
+    now_iso, page_params, rebrand, set_closing, stable_id, to_bytes, token_of, unix_now,
 };
 pub use crate::fixtures::fixtures_dir;
 pub use crate::http::{HttpResponse, http_request};
@@ -939,45 +939,26 @@ fn set_user(v: &mut Value, login: &str) {
     }
 }
 
-/// Renames the example repository to [`REPO`] everywhere in `v`: URLs, names, owner, id,
-/// default branch.
-fn rebrand(v: &mut Value) {
-    map_strings(v, &|s| s.replace(EXAMPLE_REPO, REPO));
-    fix_repos(v);
-}
-
-fn fix_repos(v: &mut Value) {
-    match v {
-        Value::Object(obj) => {
-            if obj.get("full_name").and_then(Value::as_str) == Some(REPO) {
-                obj.insert("name".into(), json!(NAME));
-                obj.insert("id".into(), json!(REPO_ID));
-                obj.insert("node_id".into(), json!(node_id("R", REPO_ID)));
-                for key in ["default_branch", "master_branch"] {
-                    if obj.contains_key(key) {
-                        obj.insert(key.into(), json!(DEFAULT_BRANCH));
-                    }
-                }
-                if let Some(owner) = obj.get_mut("owner") {
-                    set_user(owner, OWNER);
-                    if let Some(o) = owner.as_object_mut() {
-                        o.insert("type".into(), json!("Organization"));
-                        if o.contains_key("name") {
-                            o.insert("name".into(), json!(OWNER));
-                        }
-                    }
+/// How the examples move to [`REPO`]: URLs, names, id, default branch, and the owner, an
+/// organization.
+const REBRAND: Rebrand = Rebrand {
+    example_repo: EXAMPLE_REPO,
+    repo_id: REPO_ID,
+    branch_keys: &["default_branch", "master_branch"],
+    repo: |obj| {
+        obj.insert("node_id".into(), json!(node_id("R", REPO_ID)));
+        if let Some(owner) = obj.get_mut("owner") {
+            set_user(owner, OWNER);
+            if let Some(o) = owner.as_object_mut() {
+                o.insert("type".into(), json!("Organization"));
+                if o.contains_key("name") {
+                    o.insert("name".into(), json!(OWNER));
                 }
             }
-            obj.values_mut().for_each(fix_repos);
         }
-        Value::Array(items) => items.iter_mut().for_each(fix_repos),
-        _ => {}
-    }
-}
-
-fn to_bytes(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(v).expect("a JSON value serializes")
-}
+    },
+    every: |_| {},
+};
 
 /// Ids for comments and reviews in payloads (a range apart from the fake's).
 fn payload_id() -> u64 {
@@ -995,10 +976,7 @@ pub fn pull_request_payload(
     merged: bool,
     merge_sha: Option<&str>,
 ) -> Vec<u8> {
-    assert!(
-        !merged || action == "closed",
-        "only a `closed` pull_request delivery can say merged"
-    );
+    super::assert_merge_closes(action, merged);
     let examples = webhook_examples().get("pull_request");
     let mut v = match examples.and_then(|xs| xs.iter().find(|x| x["action"] == action)) {
         Some(x) => x.clone(),
@@ -1008,7 +986,7 @@ pub fn pull_request_payload(
             x
         }
     };
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     let old_number = v["number"].as_u64().unwrap_or(0);
     let old_sha = v["pull_request"]["head"]["sha"]
         .as_str()
@@ -1031,18 +1009,7 @@ pub fn pull_request_payload(
     p["number"] = json!(pr.number);
     p["title"] = json!(pr.title);
     p["html_url"] = json!(html_url(pr.number));
-    p["state"] = json!(if action == "closed" { "closed" } else { "open" });
-    p["closed_at"] = if action == "closed" {
-        json!(now)
-    } else {
-        Value::Null
-    };
-    p["merged"] = json!(merged);
-    p["merged_at"] = if merged { json!(now) } else { Value::Null };
-    p["merge_commit_sha"] = match merge_sha {
-        Some(sha) if merged => json!(sha),
-        _ => Value::Null,
-    };
+    set_closing(p, action == "closed", merged, merge_sha, &now);
     p["updated_at"] = json!(now);
     set_user(&mut p["user"], &pr.author);
 
@@ -1083,7 +1050,7 @@ pub fn pull_request_payload(
 /// for each call.
 pub fn issue_comment_payload(pr_number: u64, author: &str, body: &str) -> Vec<u8> {
     let mut v = webhook_example("issue_comment", |x| x["action"] == "created");
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     let old_number = v["issue"]["number"].as_u64().unwrap_or(0);
     renumber(&mut v, old_number, pr_number);
     let id = payload_id();
@@ -1130,7 +1097,7 @@ pub fn pull_request_review_payload(
         "submitted"
     };
     let mut v = webhook_example("pull_request_review", |x| x["action"] == action);
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     let old_number = v["pull_request"]["number"].as_u64().unwrap_or(0);
     renumber(&mut v, old_number, pr_number);
     let old_sha = v["review"]["commit_id"]
@@ -1166,7 +1133,7 @@ pub fn push_payload(branch: &str, before: &str, after: &str) -> Vec<u8> {
             .as_str()
             .is_some_and(|r| r.starts_with("refs/heads/"))
     });
-    rebrand(&mut v);
+    rebrand(&mut v, &REBRAND);
     let old_sha = v["after"].as_str().unwrap_or_default().to_owned();
     if !old_sha.is_empty() {
         let new_sha = after.to_owned();
@@ -1262,33 +1229,21 @@ pub fn try_send_webhook_raw(
     http_request(addr, "POST", WEBHOOK_PATH, headers, body).map(|r| (r.status, r.body))
 }
 
+/// What GitHub delivers when something happens to a pull request.
+const EVENTS: PullRequestEvents = PullRequestEvents {
+    push_action: "synchronize",
+    pull_request: pull_request_payload,
+    approved: |pr, reviewer| Delivery {
+        event: "pull_request_review",
+        body: pull_request_review_payload(pr.number, reviewer, "approved", &pr.head_sha),
+    },
+    commented: |pr, comment| Delivery {
+        event: "issue_comment",
+        body: issue_comment_payload(pr.number, &comment.author, &comment.body),
+    },
+};
+
 /// What GitHub delivers when `event` happens to `pr`.
 fn delivery(pr: &PrSpec, event: &Event) -> Delivery {
-    let (event, body) = match event {
-        Event::Opened => (
-            "pull_request",
-            pull_request_payload("opened", pr, false, None),
-        ),
-        Event::Pushed { .. } => (
-            "pull_request",
-            pull_request_payload("synchronize", pr, false, None),
-        ),
-        Event::Approved { reviewer } => (
-            "pull_request_review",
-            pull_request_review_payload(pr.number, reviewer, "approved", &pr.head_sha),
-        ),
-        Event::Commented { comment } => (
-            "issue_comment",
-            issue_comment_payload(pr.number, &comment.author, &comment.body),
-        ),
-        Event::Closed => (
-            "pull_request",
-            pull_request_payload("closed", pr, false, None),
-        ),
-        Event::Merged { merge_sha } => (
-            "pull_request",
-            pull_request_payload("closed", pr, true, Some(merge_sha)),
-        ),
-    };
-    Delivery { event, body }
+    EVENTS.delivery(pr, event)
 }

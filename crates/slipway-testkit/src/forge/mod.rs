@@ -17,11 +17,11 @@ pub mod state;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 pub use crate::http::{Reply, Request, Server, header_of};
-use state::REPO;
 pub use state::{Comment, Delivery, Event, FakeForge, PrSpec, PrState, Status};
+use state::{DEFAULT_BRANCH, NAME, REPO};
 
 /// Which forge a fake plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,4 +476,106 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
         hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// A payload as the bytes a delivery carries.
+pub fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serializes")
+}
+
+/// How a forge's example payloads are moved to [`REPO`]: what [`rebrand`] changes.
+pub struct Rebrand {
+    /// The repository (`owner/name`) of every example.
+    pub example_repo: &'static str,
+    /// [`REPO`]'s id.
+    pub repo_id: u64,
+    /// The keys of a repository object naming its default branch, set where present.
+    pub branch_keys: &'static [&'static str],
+    /// What else the forge sets in a repository object of [`REPO`], its owner among them.
+    pub repo: fn(&mut Map<String, Value>),
+    /// What the forge sets in every object (after a repository's fields).
+    pub every: fn(&mut Map<String, Value>),
+}
+
+/// Renames the example repository to [`REPO`] everywhere in `v`: every string (URLs, names),
+/// and in every repository object that then names [`REPO`], its `name`, id, default branch
+/// and the forge's other fields (`how`).
+pub fn rebrand(v: &mut Value, how: &Rebrand) {
+    map_strings(v, &|s| s.replace(how.example_repo, REPO));
+    fix_repos(v, how);
+}
+
+fn fix_repos(v: &mut Value, how: &Rebrand) {
+    match v {
+        Value::Object(obj) => {
+            if obj.get("full_name").and_then(Value::as_str) == Some(REPO) {
+                obj.insert("name".into(), json!(NAME));
+                obj.insert("id".into(), json!(how.repo_id));
+                for key in how.branch_keys {
+                    if obj.contains_key(*key) {
+                        obj.insert((*key).into(), json!(DEFAULT_BRANCH));
+                    }
+                }
+                (how.repo)(obj);
+            }
+            (how.every)(obj);
+            obj.values_mut().for_each(|x| fix_repos(x, how));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| fix_repos(x, how)),
+        _ => {}
+    }
+}
+
+/// Sets the state fields of a payload's pull request object `p`: `state` and `closed_at`
+/// (`now` when `closed`), `merged`, `merged_at` (`now`) and `merge_commit_sha` (`merge_sha`)
+/// when `merged`, else `null`.
+pub fn set_closing(p: &mut Value, closed: bool, merged: bool, merge_sha: Option<&str>, now: &str) {
+    p["state"] = json!(if closed { "closed" } else { "open" });
+    p["closed_at"] = if closed { json!(now) } else { Value::Null };
+    p["merged"] = json!(merged);
+    p["merged_at"] = if merged { json!(now) } else { Value::Null };
+    p["merge_commit_sha"] = match merge_sha {
+        Some(sha) if merged => json!(sha),
+        _ => Value::Null,
+    };
+}
+
+/// Panics unless a `pull_request` delivery saying `merged` is a `closed` one (`action`).
+pub fn assert_merge_closes(action: &str, merged: bool) {
+    assert!(
+        !merged || action == "closed",
+        "only a `closed` pull_request delivery can say merged"
+    );
+}
+
+/// How GitHub and Gitea deliver what happens to a pull request: one `pull_request` event whose
+/// action tells an opening, a push, a close or a merge, and events of their own for an
+/// approval and a comment.
+pub struct PullRequestEvents {
+    /// The action of a push: `synchronize` (GitHub), `synchronized` (Gitea).
+    pub push_action: &'static str,
+    /// The forge's `pull_request_payload(action, pr, merged, merge_sha)`.
+    pub pull_request: fn(&str, &PrSpec, bool, Option<&str>) -> Vec<u8>,
+    /// The delivery of `reviewer`'s approval of `pr`.
+    pub approved: fn(pr: &PrSpec, reviewer: &str) -> Delivery,
+    /// The delivery of `comment` on `pr`.
+    pub commented: fn(pr: &PrSpec, comment: &Comment) -> Delivery,
+}
+
+impl PullRequestEvents {
+    /// What the forge delivers when `event` happens to `pr`.
+    pub fn delivery(&self, pr: &PrSpec, event: &Event) -> Delivery {
+        let (action, merge_sha) = match event {
+            Event::Opened => ("opened", None),
+            Event::Pushed { .. } => (self.push_action, None),
+            Event::Closed => ("closed", None),
+            Event::Merged { merge_sha } => ("closed", Some(merge_sha.as_str())),
+            Event::Approved { reviewer } => return (self.approved)(pr, reviewer),
+            Event::Commented { comment } => return (self.commented)(pr, comment),
+        };
+        Delivery {
+            event: "pull_request",
+            body: (self.pull_request)(action, pr, merge_sha.is_some(), merge_sha),
+        }
+    }
 }
