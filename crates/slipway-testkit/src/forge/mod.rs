@@ -207,6 +207,12 @@ pub fn post_webhook(
         .unwrap_or_else(|e| panic!("POST http://{addr}{path}: no answer: {e}"))
 }
 
+/// POSTs `body` with exactly `headers` (as a forge's `webhook_headers` builds them) to `path`
+/// on `addr`: what every forge's `send_webhook` and [`FakeForge::send`] do.
+pub fn deliver(addr: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> (u16, String) {
+    post_webhook(addr, path, &header_refs(headers), body)
+}
+
 /// `headers` as the borrowed pairs [`post_webhook`] takes.
 pub fn header_refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
     headers

@@ -700,8 +700,7 @@ impl FakeForge {
     /// `slipway serve` at `addr`: its status and body.
     pub fn send(&self, addr: &str, secret: &str, delivery: &Delivery, id: &str) -> (u16, String) {
         let headers = self.webhook_headers(secret, delivery, id);
-        let path = self.dialect().webhook_path;
-        super::post_webhook(addr, path, &super::header_refs(&headers), &delivery.body)
+        super::deliver(addr, self.dialect().webhook_path, &headers, &delivery.body)
     }
 
     /// The headers the forge sends `delivery` with (signed or with its token, from
