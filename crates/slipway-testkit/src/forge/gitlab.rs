@@ -1026,7 +1026,7 @@ pub fn send_webhook(
     body: &[u8],
 ) -> (u16, String) {
     let headers = webhook_headers(token, event, delivery);
-    send_webhook_raw(addr, &super::header_refs(&headers), body)
+    super::deliver(addr, WEBHOOK_PATH, &headers, body)
 }
 
 /// POSTs `body` with exactly `headers` to `http://<addr>/webhooks/gitlab`.
