@@ -25,6 +25,13 @@ pub struct ControllerConfig {
     /// that is handled again, so keep it longer than anyone could hold on to a delivery).
     #[serde(deserialize_with = "slipway_core::duration::positive")]
     pub delivery_retention: Duration,
+    /// This replica's name among those sharing a PostgreSQL state (default: host name and
+    /// process id).
+    pub replica: Option<String>,
+    /// How long a replica's leases last unless renewed: a replica that dies or stalls loses
+    /// its environments to the others within about two.
+    #[serde(deserialize_with = "slipway_core::duration::positive")]
+    pub lease: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -36,11 +43,28 @@ impl Default for ControllerConfig {
             concurrency: defaults.concurrency,
             retention: Duration::from_secs(90 * 24 * 3600),
             delivery_retention: Duration::from_secs(365 * 24 * 3600),
+            replica: None,
+            lease: Duration::from_secs(15),
         }
     }
 }
 
 impl ControllerConfig {
+    /// This replica's options, for a controller sharing a PostgreSQL state.
+    pub fn replica(&self, advertise: Option<String>) -> crate::ReplicaOptions {
+        let name = self.replica.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "slipway".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        crate::ReplicaOptions {
+            name,
+            lease: self.lease,
+            advertise,
+        }
+    }
+
     /// The controller's options as this section sets them, with the repository's poll
     /// interval and the engine's parallelism from their own sections.
     pub fn options(&self, poll_interval: Duration, parallelism: usize) -> Options {

@@ -26,6 +26,7 @@ pub mod pulls;
 pub mod queue;
 mod reconcile;
 mod refresh;
+mod replicas;
 mod requests;
 
 use slipway_core::EnvName;
@@ -42,6 +43,7 @@ use tokio::sync::Notify;
 
 pub use config::ControllerConfig;
 pub use metrics::Metrics;
+pub use replicas::ReplicaOptions;
 
 /// Why an environment is being looked at. Closed: every source of work is one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,6 +99,9 @@ pub struct Options {
     pub prune_interval: Duration,
     /// What time it is, for times to live and expiries (tests pass one they move by hand).
     pub clock: Arc<dyn clock::Clock>,
+    /// With several replicas on one PostgreSQL state: this one's name and lease (the
+    /// engine's store must require leases). `None`: the only controller of its state.
+    pub replica: Option<ReplicaOptions>,
 }
 
 impl Default for Options {
@@ -113,6 +118,7 @@ impl Default for Options {
             delivery_retention: Some(Duration::from_secs(365 * 24 * 3600)),
             prune_interval: Duration::from_secs(3600),
             clock: Arc::new(clock::SystemClock),
+            replica: None,
         }
     }
 }
@@ -226,6 +232,8 @@ pub(crate) struct Inner {
     /// Environments whose last apply failed for good, with the commit: not applied again
     /// before a new commit or a person asks (the error policy's wait).
     pub parked: Mutex<std::collections::BTreeMap<EnvName, String>>,
+    /// Who works on what, with several replicas.
+    pub membership: replicas::Membership,
 }
 
 impl Inner {
@@ -267,6 +275,7 @@ impl Controller {
                 forge_serial: tokio::sync::Mutex::new(()),
                 applies: Mutex::new(std::collections::BTreeMap::new()),
                 parked: Mutex::new(std::collections::BTreeMap::new()),
+                membership: replicas::Membership::default(),
             }),
         }
     }
@@ -401,6 +410,19 @@ impl Controller {
     /// Runs until `shutdown` completes: polling, drift and TTL ticks, and the workers.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        if let Some(replica) = self.inner.options.replica.clone() {
+            // The first beat before any work: this replica counts itself among the live.
+            self.beat(&replica).await;
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(replica.lease / 3);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    this.beat(&replica).await;
+                }
+            });
+        }
         // Crash safety: look at every recorded environment once on start.
         if let Ok(envs) = self.inner.engine.store().environments() {
             for env in envs {
@@ -488,6 +510,25 @@ impl Controller {
         }
     }
 
+    /// One heartbeat of this replica: renews its leases, lets go of those it lost or should
+    /// not hold, and queues the environments it should hold but does not (a dead replica's).
+    async fn beat(&self, replica: &ReplicaOptions) {
+        let (inner, options) = (self.inner.clone(), replica.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            inner.membership.beat(inner.engine.store(), &options)
+        })
+        .await;
+        match result {
+            Ok(Ok(orphans)) => {
+                for env in orphans {
+                    self.enqueue(&env, Trigger::Timer);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "replica heartbeat failed"),
+            Err(e) => tracing::warn!(error = %e, "replica heartbeat panicked"),
+        }
+    }
+
     /// Deletes audit entries, events and webhook deliveries older than the retention of
     /// [`Options`]; a failure is an event, and the next tick tries again.
     fn prune(&self) {
@@ -538,6 +579,49 @@ impl Controller {
     /// (requeue, or the error policy's backoff or wait), the failure recorded, and the answer
     /// to a `/slipway apply` waiting for it.
     async fn work(&self, env: EnvName, trigger: Trigger) {
+        if let Some(replica) = self.inner.options.replica.clone() {
+            let (inner, name) = (self.inner.clone(), env.clone());
+            let taken = tokio::task::spawn_blocking(move || {
+                inner.membership.take(inner.engine.store(), &replica, &name)
+            })
+            .await;
+            if !matches!(taken, Ok(Ok(true))) {
+                // Another replica works on it (or the lease could not be read): its turn,
+                // and this one looks again at the next beat or requeue.
+                if let Ok(Err(e)) = &taken {
+                    tracing::warn!(environment = %env, error = %e, "taking the lease failed");
+                }
+                let mut queue = self
+                    .inner
+                    .queue
+                    .lock()
+                    .expect("the queue lock is never poisoned");
+                queue.done(
+                    &env,
+                    queue::Finished::Succeeded,
+                    self.inner.options.max_backoff,
+                );
+                drop(queue);
+                self.enqueue_at(
+                    &env,
+                    Trigger::Timer,
+                    Instant::now() + self.inner.options.requeue_interval,
+                );
+                return;
+            }
+        }
+        self.reconcile_held(env.clone(), trigger).await;
+        if let Some(replica) = self.inner.options.replica.clone() {
+            let inner = self.inner.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                inner.membership.done(inner.engine.store(), &replica, &env)
+            })
+            .await;
+        }
+    }
+
+    /// [`Controller::work`] once this replica may work on `env`.
+    async fn reconcile_held(&self, env: EnvName, trigger: Trigger) {
         // Taken when the reconcile starts: one that was already running when the apply was
         // asked for must not answer it.
         let mut pending = self

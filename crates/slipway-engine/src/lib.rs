@@ -411,6 +411,12 @@ impl Engine {
         &self.store
     }
 
+    /// Makes every write of an environment prove this replica holds its lease (for
+    /// controllers sharing a PostgreSQL state; see [`Store::require_leases`]).
+    pub fn require_leases(&mut self) {
+        self.store.require_leases();
+    }
+
     /// The engine's home directory.
     pub fn home(&self) -> &Path {
         &self.home

@@ -203,6 +203,40 @@ impl Store {
         }
     }
 
+    /// Fails with [`StateError::Fenced`] when a replica holds `environment`'s lease,
+    /// unexpired: a write by a replica that holds none (creating the environment, a person's
+    /// request) must not race the holder's. Locks the lease's row as [`Store::check_fence`].
+    pub(crate) fn check_unleased(
+        tx: &mut impl Exec,
+        environment: &EnvName,
+    ) -> Result<(), StateError> {
+        let dialect = tx.dialect();
+        let lock = match dialect {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let now = now_sql(dialect);
+        let holder = tx
+            .query_opt(
+                &format!(
+                    "SELECT holder, epoch FROM leases \
+                     WHERE environment = ?1 AND expires_at > {now}{lock}"
+                ),
+                params![environment],
+                |row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?)),
+            )
+            .map_err(sql(format!("check the lease of {environment}")))?;
+        match holder {
+            None => Ok(()),
+            Some((holder, epoch)) => Err(StateError::Fenced {
+                environment: environment.to_string(),
+                replica: "this replica".to_owned(),
+                epoch: 0,
+                now: Some(format!("held by {holder} at epoch {epoch}")),
+            }),
+        }
+    }
+
     /// Records that `replica` is alive now (by the database's clock), reachable at
     /// `advertise`.
     pub fn heartbeat(&self, replica: &str, advertise: Option<&str>) -> Result<(), StateError> {

@@ -154,8 +154,9 @@ impl Store {
 
     /// From now on, every write of an environment (its record, resources, ports, uid,
     /// deployments and events) proves in its transaction that this replica holds the
-    /// environment's lease at the epoch [`Store::hold`] recorded, and is refused with
-    /// [`StateError::Fenced`] otherwise, writing nothing: for replicas sharing one state.
+    /// environment's lease at the epoch [`Store::hold`] recorded (or, holding none, that no
+    /// other replica holds one), and is refused with [`StateError::Fenced`] otherwise,
+    /// writing nothing: for replicas sharing one state.
     pub fn require_leases(&mut self) {
         self.fences.get_or_insert_with(Mutex::default);
     }
@@ -177,28 +178,27 @@ impl Store {
 
     /// Runs `write` in one transaction (taking `tables`' write locks, see
     /// [`Conn::transaction`]); when leases are required and `environment` is given, the
-    /// transaction first proves this replica still holds its lease.
+    /// transaction first proves this replica still holds the lease it [`Store::hold`]s, or,
+    /// holding none, that no other replica holds one.
     pub(crate) fn write_env<T>(
         &self,
         environment: Option<&EnvName>,
         tables: &[&str],
         write: impl FnOnce(&mut Tx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        let fence = match (&self.fences, environment) {
+        let check = match (&self.fences, environment) {
             (Some(fences), Some(environment)) => {
-                let held = lock(fences).get(environment).cloned();
-                Some(held.ok_or_else(|| StateError::Fenced {
-                    environment: environment.to_string(),
-                    replica: "this replica".to_owned(),
-                    epoch: 0,
-                    now: Some("it holds no lease on it".to_owned()),
-                })?)
+                Some((environment, lock(fences).get(environment).cloned()))
             }
             _ => None,
         };
         self.conn().transaction(tables, |tx| {
-            if let (Some(fence), Some(environment)) = (&fence, environment) {
-                Store::check_fence(tx, environment, fence)?;
+            match &check {
+                Some((environment, Some(fence))) => Store::check_fence(tx, environment, fence)?,
+                // Not this replica's (a new environment, a person's request): allowed while
+                // no other replica holds its lease.
+                Some((environment, None)) => Store::check_unleased(tx, environment)?,
+                None => {}
             }
             write(tx)
         })

@@ -203,7 +203,11 @@ fn a_replica_that_lost_its_lease_writes_nothing(state: &TestState) {
     b.require_leases();
     let prod = env("prod");
 
-    let refused = a.upsert_environment(&slipway_state::EnvironmentRecord::new(
+    let lease = a
+        .acquire_lease(&prod, "a", MINUTE)
+        .expect("acquire")
+        .expect("taken");
+    let refused = b.upsert_environment(&slipway_state::EnvironmentRecord::new(
         prod.clone(),
         slipway_core::vocab::EnvKind::Static,
         "shop".into(),
@@ -212,12 +216,8 @@ fn a_replica_that_lost_its_lease_writes_nothing(state: &TestState) {
     ));
     assert!(
         refused.as_ref().is_err_and(|e| e.is_fenced()),
-        "a replica without the lease writes nothing: {refused:?}"
+        "a replica without the lease writes nothing while another holds it: {refused:?}"
     );
-    let lease = a
-        .acquire_lease(&prod, "a", MINUTE)
-        .expect("acquire")
-        .expect("taken");
     a.hold(
         &prod,
         Fence {

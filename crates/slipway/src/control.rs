@@ -41,7 +41,22 @@ fn duration(text: &str, what: &str) -> Result<Duration> {
 
 fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     let config = engine_config(g)?;
-    let engine = Arc::new(open_engine(g)?);
+    let mut engine = open_engine(g)?;
+    // On a PostgreSQL state every `serve` is one of possibly several replicas: it works on an
+    // environment only under its lease, and every write of it proves the lease.
+    let replica = (engine.store().dialect() == slipway_state::Dialect::Postgres).then(|| {
+        engine.require_leases();
+        config.controller.replica(None)
+    });
+    if let Some(replica) = &replica {
+        eprintln!(
+            "slipway serve: replica {} of the state in {} (leases of {:?})",
+            replica.name,
+            engine.store().location(),
+            replica.lease
+        );
+    }
+    let engine = Arc::new(engine);
     let repo = open_repo(g, repo)?;
     if let Some(why) = &repo.offline {
         eprintln!(
@@ -52,6 +67,7 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
     let reference = repo.reference().to_string();
     let options = Options {
         default_ref: reference,
+        replica,
         ..config
             .controller
             .options(config.repo.poll_interval, config.local.parallelism)

@@ -1,0 +1,231 @@
+//! Several controllers on one PostgreSQL state: which replica works on which environment.
+//!
+//! Each replica beats a heartbeat every third of its lease, and works on an environment only
+//! while it holds that environment's lease (the store's, timed by the database's clock, with a
+//! fencing epoch every write of the environment proves). Who should hold what is decided
+//! without a coordinator:
+//! - an environment with node-bound resources (`process`, `file`) stays with the replica that
+//!   last held it (its processes and files are on that node), alive or not;
+//! - any other environment floats: it belongs to the live replica that rendezvous hashing
+//!   ranks first for it, so that a replica joining or leaving moves only its share.
+//!
+//! A replica renews the leases it should hold, releases those it should not once idle, and
+//! queues the environments it should hold but does not (after a replica died, its leases
+//! expire and the others take them within about two leases). A replica that stalls past its
+//! lease loses it: its writes are refused (the store's fence), and on waking it lets go.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use slipway_core::EnvName;
+use slipway_state::{Fence, Store};
+
+/// `[controller] replica` and `lease`: this replica's name and how long its leases last.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// Its name, unique among the replicas (default: host name and pid).
+    pub name: String,
+    /// How long a lease lasts unless renewed; failover takes about two.
+    pub lease: Duration,
+    /// Where other replicas reach this node's processes (`[local] advertise`).
+    pub advertise: Option<String>,
+}
+
+/// What this replica knows of the others and holds itself.
+#[derive(Debug, Default)]
+pub(crate) struct Membership {
+    /// The replicas heard from within two leases, this one included, by name.
+    live: Mutex<Vec<String>>,
+    /// The leases held, with their epochs.
+    held: Mutex<BTreeMap<EnvName, i64>>,
+    /// The environments being reconciled now (never released mid-reconcile).
+    working: Mutex<BTreeSet<EnvName>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// SHA-256 of the pair: stable across processes, versions and machines, so every replica
+/// ranks alike, and with no structure a set of similar names could line up on.
+fn score(environment: &str, replica: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(environment.as_bytes())
+        .chain_update([0])
+        .chain_update(replica.as_bytes())
+        .finalize();
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
+}
+
+/// The replica among `live` that rendezvous hashing ranks first for `environment`.
+pub(crate) fn rendezvous<'a>(environment: &str, live: &'a [String]) -> Option<&'a str> {
+    live.iter()
+        .max_by_key(|r| (score(environment, r), r.as_str()))
+        .map(String::as_str)
+}
+
+/// Whether `environment` runs something bound to the node that started it.
+fn node_bound(store: &Store, environment: &EnvName) -> bool {
+    store.resources(environment).is_ok_and(|resources| {
+        resources
+            .iter()
+            .any(|r| slipway_core::types::capabilities(&r.type_name).node_bound)
+    })
+}
+
+impl Membership {
+    /// Whether `me` should work on `environment` now.
+    pub(crate) fn should_hold(&self, store: &Store, me: &str, environment: &EnvName) -> bool {
+        if node_bound(store, environment) {
+            let holder = store.leases().ok().and_then(|leases| {
+                leases
+                    .into_iter()
+                    .find(|l| &l.environment == environment)
+                    .map(|l| l.holder)
+            });
+            if let Some(holder) = holder {
+                return holder == me;
+            }
+        }
+        let live = lock(&self.live);
+        rendezvous(environment.as_str(), &live).is_none_or(|owner| owner == me)
+    }
+
+    /// Before a reconcile of `environment`: takes or renews its lease if this replica should
+    /// hold it. `false`: another replica works on it.
+    pub(crate) fn take(
+        &self,
+        store: &Store,
+        options: &ReplicaOptions,
+        environment: &EnvName,
+    ) -> Result<bool, slipway_state::StateError> {
+        if !self.should_hold(store, &options.name, environment) {
+            return Ok(false);
+        }
+        let Some(lease) = store.acquire_lease(environment, &options.name, options.lease)? else {
+            return Ok(false);
+        };
+        store.hold(
+            environment,
+            Fence {
+                replica: options.name.clone(),
+                epoch: lease.epoch,
+            },
+        );
+        lock(&self.held).insert(environment.clone(), lease.epoch);
+        lock(&self.working).insert(environment.clone());
+        Ok(true)
+    }
+
+    /// After a reconcile of `environment`: checks the lease is still this replica's (a
+    /// reconcile that stalled past it has lost it), and lets go of it if not.
+    pub(crate) fn done(&self, store: &Store, options: &ReplicaOptions, environment: &EnvName) {
+        lock(&self.working).remove(environment);
+        let epoch = lock(&self.held).get(environment).copied();
+        let kept = epoch.is_some_and(|epoch| {
+            store
+                .acquire_lease(environment, &options.name, options.lease)
+                .ok()
+                .flatten()
+                .is_some_and(|lease| lease.epoch == epoch)
+        });
+        if !kept {
+            self.forget(store, environment);
+        }
+    }
+
+    fn forget(&self, store: &Store, environment: &EnvName) {
+        lock(&self.held).remove(environment);
+        store.unhold(environment);
+    }
+
+    /// One beat: the heartbeat, who is alive, every lease renewed (or let go when another
+    /// replica should hold it and it is idle, or when it was lost), and the environments this
+    /// replica should hold but does not, returned to be queued.
+    pub(crate) fn beat(
+        &self,
+        store: &Store,
+        options: &ReplicaOptions,
+    ) -> Result<Vec<EnvName>, slipway_state::StateError> {
+        store.heartbeat(&options.name, options.advertise.as_deref())?;
+        let silent_limit = i64::try_from(options.lease.as_millis() * 2).unwrap_or(i64::MAX);
+        let mut live: Vec<String> = store
+            .replicas()?
+            .into_iter()
+            .filter(|r| r.silent_ms <= silent_limit || r.name == options.name)
+            .map(|r| r.name)
+            .collect();
+        live.sort();
+        *lock(&self.live) = live;
+        let held: Vec<(EnvName, i64)> = lock(&self.held)
+            .iter()
+            .map(|(e, epoch)| (e.clone(), *epoch))
+            .collect();
+        for (environment, epoch) in held {
+            let busy = lock(&self.working).contains(&environment);
+            if !busy && !self.should_hold(store, &options.name, &environment) {
+                store.release_lease(&environment, &options.name, epoch)?;
+                self.forget(store, &environment);
+                continue;
+            }
+            let renewed = store.acquire_lease(&environment, &options.name, options.lease)?;
+            if renewed.as_ref().is_none_or(|lease| lease.epoch != epoch) {
+                // Lost while this replica was not looking (it stalled): another holds it, or
+                // a new holding began whose epoch this replica never proved.
+                if let Some(lease) = renewed {
+                    store.release_lease(&environment, &options.name, lease.epoch)?;
+                }
+                self.forget(store, &environment);
+            }
+        }
+        let held = lock(&self.held).clone();
+        Ok(store
+            .environments()?
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|e| !held.contains_key(e) && self.should_hold(store, &options.name, e))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_share_of_a_replica_that_joins() {
+        let three: Vec<String> = ["r1", "r2", "r3"].map(String::from).to_vec();
+        let four: Vec<String> = ["r1", "r2", "r3", "r4"].map(String::from).to_vec();
+        let envs: Vec<String> = (0..400).map(|i| format!("env-{i}")).collect();
+        let mut moved = 0;
+        for env in &envs {
+            let before = rendezvous(env, &three).expect("an owner");
+            let after = rendezvous(env, &four).expect("an owner");
+            if before != after {
+                assert_eq!(after, "r4", "{env} moved between old replicas");
+                moved += 1;
+            }
+        }
+        assert!(
+            (50..=150).contains(&moved),
+            "about a quarter moves to the new replica, {moved} of 400 did"
+        );
+        let mut counts = BTreeMap::new();
+        for env in &envs {
+            *counts
+                .entry(rendezvous(env, &three).expect("an owner"))
+                .or_insert(0) += 1;
+        }
+        assert!(
+            counts.values().all(|n| (90..=180).contains(n)),
+            "the work is spread: {counts:?}"
+        );
+        assert_eq!(rendezvous("x", &[]), None);
+    }
+}
