@@ -83,6 +83,35 @@ fn lease_from_row(row: &Row) -> Result<Lease, crate::db::DbError> {
     })
 }
 
+/// `environment`'s lease row (holder, epoch, unexpired by the database's clock), locked until
+/// the transaction ends on PostgreSQL (`FOR UPDATE`; SQLite's write lock is the
+/// transaction's).
+fn locked_lease(
+    tx: &mut impl Exec,
+    environment: &EnvName,
+) -> Result<Option<(String, i64, bool)>, StateError> {
+    let dialect = tx.dialect();
+    let lock = match dialect {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let now = now_sql(dialect);
+    tx.query_opt(
+        &format!(
+            "SELECT holder, epoch, expires_at > {now} FROM leases WHERE environment = ?1{lock}"
+        ),
+        params![environment],
+        |row| {
+            Ok((
+                row.get::<String>(0)?,
+                row.get::<i64>(1)?,
+                row.get::<bool>(2)?,
+            ))
+        },
+    )
+    .map_err(sql(format!("check the lease of {environment}")))
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
@@ -163,29 +192,7 @@ impl Store {
         environment: &EnvName,
         fence: &Fence,
     ) -> Result<(), StateError> {
-        let dialect = tx.dialect();
-        let lock = match dialect {
-            Dialect::Postgres => " FOR UPDATE",
-            Dialect::Sqlite => "",
-        };
-        let now = now_sql(dialect);
-        let held = tx
-            .query_opt(
-                &format!(
-                    "SELECT holder, epoch, expires_at > {now} FROM leases \
-                     WHERE environment = ?1{lock}"
-                ),
-                params![environment],
-                |row| {
-                    Ok((
-                        row.get::<String>(0)?,
-                        row.get::<i64>(1)?,
-                        row.get::<bool>(2)?,
-                    ))
-                },
-            )
-            .map_err(sql(format!("check the lease of {environment}")))?;
-        match held {
+        match locked_lease(tx, environment)? {
             Some((holder, epoch, true)) if holder == fence.replica && epoch == fence.epoch => {
                 Ok(())
             }
@@ -210,30 +217,14 @@ impl Store {
         tx: &mut impl Exec,
         environment: &EnvName,
     ) -> Result<(), StateError> {
-        let dialect = tx.dialect();
-        let lock = match dialect {
-            Dialect::Postgres => " FOR UPDATE",
-            Dialect::Sqlite => "",
-        };
-        let now = now_sql(dialect);
-        let holder = tx
-            .query_opt(
-                &format!(
-                    "SELECT holder, epoch FROM leases \
-                     WHERE environment = ?1 AND expires_at > {now}{lock}"
-                ),
-                params![environment],
-                |row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?)),
-            )
-            .map_err(sql(format!("check the lease of {environment}")))?;
-        match holder {
-            None => Ok(()),
-            Some((holder, epoch)) => Err(StateError::Fenced {
+        match locked_lease(tx, environment)? {
+            Some((holder, epoch, true)) => Err(StateError::Fenced {
                 environment: environment.to_string(),
                 replica: "this replica".to_owned(),
                 epoch: 0,
                 now: Some(format!("held by {holder} at epoch {epoch}")),
             }),
+            _ => Ok(()),
         }
     }
 
