@@ -82,16 +82,10 @@ fn node_bound(store: &Store, environment: &EnvName) -> bool {
 impl Membership {
     /// Whether `me` should work on `environment` now.
     pub(crate) fn should_hold(&self, store: &Store, me: &str, environment: &EnvName) -> bool {
-        if node_bound(store, environment) {
-            let holder = store.leases().ok().and_then(|leases| {
-                leases
-                    .into_iter()
-                    .find(|l| &l.environment == environment)
-                    .map(|l| l.holder)
-            });
-            if let Some(holder) = holder {
-                return holder == me;
-            }
+        if node_bound(store, environment)
+            && let Ok(Some(lease)) = store.lease(environment)
+        {
+            return lease.holder == me;
         }
         let live = lock(&self.live);
         rendezvous(environment.as_str(), &live).is_none_or(|owner| owner == me)

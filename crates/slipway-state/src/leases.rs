@@ -171,6 +171,18 @@ impl Store {
             .map_err(sql(format!("release the lease of {environment}")))
     }
 
+    /// `environment`'s lease (expired or released included), if it ever had one.
+    pub fn lease(&self, environment: &EnvName) -> Result<Option<Lease>, StateError> {
+        self.conn()
+            .query_opt(
+                "SELECT environment, holder, epoch, acquired_at, expires_at FROM leases \
+                 WHERE environment = ?1",
+                params![environment],
+                lease_from_row,
+            )
+            .map_err(sql(format!("read the lease of {environment}")))
+    }
+
     /// Every lease, expired and released ones included, by environment.
     pub fn leases(&self) -> Result<Vec<Lease>, StateError> {
         self.conn()
