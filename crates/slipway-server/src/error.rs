@@ -192,6 +192,11 @@ impl From<StateError> for ApiError {
         match e {
             StateError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StateError::InvalidValue { .. } => ApiError::bad_request(e.to_string()),
+            StateError::Fenced { .. } => ApiError::client(StatusCode::CONFLICT, e.to_string())
+                .hint(
+                    "another replica works on this environment: retry shortly, or on that \
+                     replica",
+                ),
             other => ApiError::internal(chain(&other)),
         }
     }
