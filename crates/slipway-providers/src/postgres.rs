@@ -206,27 +206,30 @@ impl PgServers {
         }
     }
 
-    /// An update of `provider`'s resource recorded on server `recorded`: `ensure` on that
-    /// server, or a delete and a create when `requested` now names another one (`server`
-    /// forces a replacement, so the engine replaces instead; an update asked for it all the
-    /// same gets the same result).
-    #[allow(clippy::too_many_arguments)]
-    fn update<P: Provider>(
+    /// An update of `provider`'s resource as its live record `live` says: `ensure` on the
+    /// server it was made on, or a delete and a create when its `server:` now names another
+    /// one (`server` forces a replacement, so the engine replaces instead; an update asked
+    /// for it all the same gets the same result).
+    fn update<P, L>(
         &self,
         provider: &P,
         ctx: ResourceContext<'_>,
         config: &P::Config,
         live: &Value,
-        requested: Option<&str>,
-        recorded: &str,
-        ensure: impl FnOnce(&Server) -> Result<Applied, ProviderError>,
-    ) -> Result<Applied, ProviderError> {
-        let server = self.choose(P::TYPE, requested)?;
-        if server.name != recorded {
+        ensure: impl FnOnce(&Server, L) -> Result<Applied, ProviderError>,
+    ) -> Result<Applied, ProviderError>
+    where
+        P: Provider,
+        P::Config: OnServer,
+        L: Recorded,
+    {
+        let recorded: L = parse_live(P::TYPE, live)?;
+        let server = self.choose(P::TYPE, config.server())?;
+        if server.name != recorded.server() {
             provider.delete(ctx, Some(live))?;
             return provider.create(ctx, config);
         }
-        ensure(&server)
+        ensure(&server, recorded)
     }
 
     /// Drops what a resource may have left: `drop` gets a session on each server a delete must
@@ -264,6 +267,16 @@ impl PgServers {
             self.instance_id, ctx.environment, ctx.resource
         )
     }
+}
+
+/// A resource's configuration: the `[postgres.NAME]` server it asks for.
+trait OnServer {
+    fn server(&self) -> Option<&str>;
+}
+
+/// A live record: the server the resource was made on.
+trait Recorded: DeserializeOwned {
+    fn server(&self) -> &str;
 }
 
 /// Reads the live record a `create` or `update` of `type_name` wrote.

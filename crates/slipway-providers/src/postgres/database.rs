@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::catalog::{self, Ownership};
 use super::sql::{self, Server, ident, literal};
-use super::{Intent, Names, PgServers, parse_live};
+use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
 const TYPE: &str = "postgres.database";
@@ -74,6 +74,18 @@ struct LiveDatabase {
     extensions: Vec<String>,
 }
 
+impl OnServer for DatabaseConfig {
+    fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+}
+
+impl Recorded for LiveDatabase {
+    fn server(&self) -> &str {
+        &self.server
+    }
+}
+
 impl LiveDatabase {
     fn names(&self) -> Names {
         Names {
@@ -123,10 +135,8 @@ impl Provider for DatabaseProvider {
         config: &DatabaseConfig,
         live: &Value,
     ) -> Result<Applied, ProviderError> {
-        let recorded: LiveDatabase = parse_live(TYPE, live)?;
-        let (requested, on) = (config.server.as_deref(), recorded.server.as_str());
         self.servers
-            .update(self, ctx, config, live, requested, on, |server| {
+            .update(self, ctx, config, live, |server, recorded: LiveDatabase| {
                 self.ensure(
                     ctx,
                     server,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::catalog::{self, Ownership};
 use super::sql::{self, Server};
-use super::{Intent, Names, PgServers, parse_live};
+use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext};
 
 const TYPE: &str = "postgres.role";
@@ -59,6 +59,18 @@ struct LiveRole {
     login: bool,
 }
 
+impl OnServer for RoleConfig {
+    fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+}
+
+impl Recorded for LiveRole {
+    fn server(&self) -> &str {
+        &self.server
+    }
+}
+
 impl Provider for RoleProvider {
     type Config = RoleConfig;
     const TYPE: &'static str = TYPE;
@@ -80,10 +92,8 @@ impl Provider for RoleProvider {
         config: &RoleConfig,
         live: &Value,
     ) -> Result<Applied, ProviderError> {
-        let recorded: LiveRole = parse_live(TYPE, live)?;
-        let (requested, on) = (config.server.as_deref(), recorded.server.as_str());
         self.servers
-            .update(self, ctx, config, live, requested, on, |server| {
+            .update(self, ctx, config, live, |server, recorded: LiveRole| {
                 self.ensure(
                     ctx,
                     server,
