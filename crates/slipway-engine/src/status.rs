@@ -64,6 +64,10 @@ pub struct EnvironmentStatus {
     /// The pull request whose `/slipway apply` holds it, until merged, closed or unlocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_by: Option<i64>,
+    /// The replica working on it, with several replicas on one PostgreSQL state (the holder
+    /// of its unexpired lease); `null` when none holds it, and with a SQLite state.
+    #[serde(default)]
+    pub replica: Option<String>,
     /// How its code is isolated: `uid` (its own uid, plus Landlock where the kernel has
     /// it), `landlock` or `none`.
     #[serde(default)]
@@ -151,6 +155,7 @@ impl Engine {
             .store
             .environment_lock(&env.name)?
             .map(|l| l.pull_request);
+        let replica = self.store.holder(&env.name)?;
         Ok(EnvironmentStatus {
             name: env.name,
             kind: env.kind,
@@ -171,6 +176,7 @@ impl Engine {
             pinned: env.pinned,
             protected: env.protected,
             locked_by,
+            replica,
             isolation: self.isolation.as_str().to_string(),
             message: env.message,
             resources,

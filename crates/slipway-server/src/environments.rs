@@ -175,6 +175,9 @@ pub(crate) struct EnvironmentView {
     /// The pull request whose `/slipway apply` holds it, until merged, closed or unlocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     locked_by: Option<i64>,
+    /// The replica working on it, with several replicas on one PostgreSQL state; `null`
+    /// when none holds it, and with a SQLite state.
+    replica: Option<String>,
     /// How its code is isolated: its own uid (the engine runs as root), Landlock
     /// (unprivileged engine), or none (said explicitly in the engine config).
     #[schemars(schema_with = "isolations")]
@@ -245,6 +248,7 @@ impl EnvironmentView {
             pinned: status.pinned,
             protected: status.protected,
             locked_by: status.locked_by,
+            replica: status.replica,
             isolation: status.isolation,
             resources,
             ttl_seconds: record.and_then(|r| r.ttl_ms).map(|ms| ms / 1000),

@@ -183,6 +183,18 @@ impl Store {
             .map_err(sql(format!("read the lease of {environment}")))
     }
 
+    /// The replica holding `environment`'s lease now (unexpired, by the database's clock).
+    pub fn holder(&self, environment: &EnvName) -> Result<Option<String>, StateError> {
+        let mut conn = self.conn();
+        let now = now_sql(conn.dialect());
+        conn.query_opt(
+            &format!("SELECT holder FROM leases WHERE environment = ?1 AND expires_at > {now}"),
+            params![environment],
+            |row| row.get(0),
+        )
+        .map_err(sql(format!("read the holder of {environment}")))
+    }
+
     /// Every lease, expired and released ones included, by environment.
     pub fn leases(&self) -> Result<Vec<Lease>, StateError> {
         self.conn()

@@ -100,7 +100,7 @@ fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
         home1.join("state.key").is_file().then_some(())
     });
     std::fs::copy(home1.join("state.key"), home2.join("state.key")).expect("copy the key");
-    let (_r2, log2) = serve_from(command2, T);
+    let (r2, log2) = serve_from(command2, T);
     let explain = || {
         format!(
             "leases: {:?}\nreplicas: {:?}\n--- r1\n{}\n--- r2\n{}",
@@ -152,4 +152,24 @@ fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
         [],
         "nothing applied twice, across the failover"
     );
+
+    // Status through the surviving replica's API says who works on each environment.
+    let token = std::fs::read_to_string(home1.join("admin-token")).expect("the first token");
+    let api = format!("http://{}", r2.addr);
+    let status = s.json(&[
+        "--server",
+        &api,
+        "--token",
+        token.trim(),
+        "status",
+        "--output",
+        "json",
+    ]);
+    let replicas: Vec<&str> = status["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .map(|e| e["replica"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(replicas, ["r2"; ENVS], "{status:#}");
 }
