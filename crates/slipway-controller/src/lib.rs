@@ -515,7 +515,9 @@ impl Controller {
     async fn beat(&self, replica: &ReplicaOptions) {
         let (inner, options) = (self.inner.clone(), replica.clone());
         let result = tokio::task::spawn_blocking(move || {
-            inner.membership.beat(inner.engine.store(), &options)
+            inner
+                .membership
+                .beat(inner.engine.store(), &options, &inner.metrics)
         })
         .await;
         match result {
@@ -582,7 +584,9 @@ impl Controller {
         if let Some(replica) = self.inner.options.replica.clone() {
             let (inner, name) = (self.inner.clone(), env.clone());
             let taken = tokio::task::spawn_blocking(move || {
-                inner.membership.take(inner.engine.store(), &replica, &name)
+                inner
+                    .membership
+                    .take(inner.engine.store(), &replica, &inner.metrics, &name)
             })
             .await;
             if !matches!(taken, Ok(Ok(true))) {
@@ -614,7 +618,9 @@ impl Controller {
         if let Some(replica) = self.inner.options.replica.clone() {
             let inner = self.inner.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                inner.membership.done(inner.engine.store(), &replica, &env)
+                inner
+                    .membership
+                    .done(inner.engine.store(), &replica, &inner.metrics, &env)
             })
             .await;
         }

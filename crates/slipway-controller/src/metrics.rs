@@ -16,6 +16,10 @@ pub struct Metrics {
     failures: AtomicU64,
     drift_detected: AtomicU64,
     drift_repairs: AtomicU64,
+    leases_held: AtomicU64,
+    leases_acquired: AtomicU64,
+    leases_lost: AtomicU64,
+    leases_handed_over: AtomicU64,
 }
 
 impl Metrics {
@@ -42,6 +46,22 @@ impl Metrics {
 
     pub(crate) fn drift_repaired(&self, n: usize) {
         self.drift_repairs.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn leases(&self, held: usize) {
+        self.leases_held.store(held as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lease_acquired(&self) {
+        self.leases_acquired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lease_lost(&self) {
+        self.leases_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lease_handed_over(&self) {
+        self.leases_handed_over.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reconciles that failed so far.
@@ -108,6 +128,37 @@ impl Metrics {
         );
         let _ = writeln!(w, "# TYPE slipway_drift_repairs_total counter");
         let _ = writeln!(w, "slipway_drift_repairs_total {}", self.drift_repairs());
+        for (name, help, kind, value) in [
+            (
+                "slipway_leases_held",
+                "Environments this replica holds the lease of (several replicas on one state).",
+                "gauge",
+                &self.leases_held,
+            ),
+            (
+                "slipway_leases_acquired_total",
+                "Leases this replica began to hold: new environments, and failovers from a \
+                 replica that died or stalled.",
+                "counter",
+                &self.leases_acquired,
+            ),
+            (
+                "slipway_leases_lost_total",
+                "Leases this replica found taken over by another (it stalled past them).",
+                "counter",
+                &self.leases_lost,
+            ),
+            (
+                "slipway_leases_handed_over_total",
+                "Leases this replica released because another live replica should hold them.",
+                "counter",
+                &self.leases_handed_over,
+            ),
+        ] {
+            let _ = writeln!(w, "# HELP {name} {help}");
+            let _ = writeln!(w, "# TYPE {name} {kind}");
+            let _ = writeln!(w, "{name} {}", value.load(Ordering::Relaxed));
+        }
         let _ = writeln!(
             w,
             "# HELP slipway_queue_depth Environments waiting to be reconciled."

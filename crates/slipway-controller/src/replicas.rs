@@ -21,6 +21,8 @@ use std::time::Duration;
 use slipway_core::EnvName;
 use slipway_state::{Fence, Store};
 
+use crate::Metrics;
+
 /// `[controller] replica` and `lease`: this replica's name and how long its leases last.
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
@@ -97,6 +99,7 @@ impl Membership {
         &self,
         store: &Store,
         options: &ReplicaOptions,
+        metrics: &Metrics,
         environment: &EnvName,
     ) -> Result<bool, slipway_state::StateError> {
         if !self.should_hold(store, &options.name, environment) {
@@ -112,14 +115,25 @@ impl Membership {
                 epoch: lease.epoch,
             },
         );
-        lock(&self.held).insert(environment.clone(), lease.epoch);
+        let mut held = lock(&self.held);
+        if held.insert(environment.clone(), lease.epoch) != Some(lease.epoch) {
+            metrics.lease_acquired();
+        }
+        metrics.leases(held.len());
+        drop(held);
         lock(&self.working).insert(environment.clone());
         Ok(true)
     }
 
     /// After a reconcile of `environment`: checks the lease is still this replica's (a
     /// reconcile that stalled past it has lost it), and lets go of it if not.
-    pub(crate) fn done(&self, store: &Store, options: &ReplicaOptions, environment: &EnvName) {
+    pub(crate) fn done(
+        &self,
+        store: &Store,
+        options: &ReplicaOptions,
+        metrics: &Metrics,
+        environment: &EnvName,
+    ) {
         lock(&self.working).remove(environment);
         let epoch = lock(&self.held).get(environment).copied();
         let kept = epoch.is_some_and(|epoch| {
@@ -130,12 +144,15 @@ impl Membership {
                 .is_some_and(|lease| lease.epoch == epoch)
         });
         if !kept {
-            self.forget(store, environment);
+            metrics.lease_lost();
+            self.forget(store, metrics, environment);
         }
     }
 
-    fn forget(&self, store: &Store, environment: &EnvName) {
-        lock(&self.held).remove(environment);
+    fn forget(&self, store: &Store, metrics: &Metrics, environment: &EnvName) {
+        let mut held = lock(&self.held);
+        held.remove(environment);
+        metrics.leases(held.len());
         store.unhold(environment);
     }
 
@@ -146,6 +163,7 @@ impl Membership {
         &self,
         store: &Store,
         options: &ReplicaOptions,
+        metrics: &Metrics,
     ) -> Result<Vec<EnvName>, slipway_state::StateError> {
         store.heartbeat(&options.name, options.advertise.as_deref())?;
         let silent_limit = i64::try_from(options.lease.as_millis() * 2).unwrap_or(i64::MAX);
@@ -165,7 +183,8 @@ impl Membership {
             let busy = lock(&self.working).contains(&environment);
             if !busy && !self.should_hold(store, &options.name, &environment) {
                 store.release_lease(&environment, &options.name, epoch)?;
-                self.forget(store, &environment);
+                metrics.lease_handed_over();
+                self.forget(store, metrics, &environment);
                 continue;
             }
             let renewed = store.acquire_lease(&environment, &options.name, options.lease)?;
@@ -175,7 +194,8 @@ impl Membership {
                 if let Some(lease) = renewed {
                     store.release_lease(&environment, &options.name, lease.epoch)?;
                 }
-                self.forget(store, &environment);
+                metrics.lease_lost();
+                self.forget(store, metrics, &environment);
             }
         }
         let held = lock(&self.held).clone();

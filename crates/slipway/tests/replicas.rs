@@ -172,4 +172,18 @@ fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
         .map(|e| e["replica"].as_str().unwrap_or("none"))
         .collect();
     assert_eq!(replicas, ["r2"; ENVS], "{status:#}");
+
+    // And its metrics count the leases it holds and took.
+    let metrics = http_get(r2.port(), "/metrics").expect("r2 serves /metrics");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    assert_eq!(value("slipway_leases_held"), ENVS as u64);
+    assert!(
+        value("slipway_leases_acquired_total") >= ENVS as u64,
+        "r2 took its own share, then r1's: {metrics}"
+    );
 }
