@@ -61,102 +61,155 @@ fn doubled(db: &TestDatabase) -> Vec<(String, String, i64)> {
         .collect()
 }
 
-#[test]
-fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
-    let database = TestDatabase::create("slipway_replicas");
-    let s = Sandbox::new();
-    s.write("slipway.yaml", &stack(""));
-    let first = s.commit("eight environments");
-    util::world::append_config(
-        &s,
-        &format!(
-            "[repo]\npoll_interval = \"300ms\"\n[state]\nurl = \"{}\"\n",
-            database.url()
-        ),
-    );
-    let config = std::fs::read_to_string(&s.config).expect("config");
-    let start = |name: &str| {
-        // Each replica its own home (its node), with the state's key and its own name.
-        let home = s.dir.path().join(format!("home-{name}"));
-        std::fs::create_dir_all(&home).expect("home");
-        let file = s.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &file,
-            format!("{config}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n"),
-        )
-        .expect("config");
-        let url = format!("file://{}", s.repo.display());
-        let mut command = s.cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"]);
-        command
-            .env("SLIPWAY_HOME", &home)
-            .env("SLIPWAY_CONFIG", &file);
-        (home, command)
-    };
-    // The first replica makes the state's key; the second gets a copy, as an operator would.
-    let (home1, command1) = start("r1");
-    let (mut r1, log1) = serve_from(command1, T);
-    let (home2, command2) = start("r2");
-    wait_for("r1 makes the state key", T, || {
-        home1.join("state.key").is_file().then_some(())
-    });
-    std::fs::copy(home1.join("state.key"), home2.join("state.key")).expect("copy the key");
-    let (r2, log2) = serve_from(command2, T);
-    let explain = || {
-        format!(
-            "leases: {:?}\nreplicas: {:?}\n--- r1\n{}\n--- r2\n{}",
-            holders(&database),
-            database
-                .connect()
-                .query("SELECT name, heartbeat_at FROM replicas", &[])
-                .map(|rows| rows
-                    .iter()
-                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-                    .collect::<Vec<_>>())
-                .unwrap_or_default(),
-            log1.lock().expect("log").join("\n"),
-            log2.lock().expect("log").join("\n")
-        )
-    };
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-    wait_for("every environment runs the first commit", T, || {
-        (synced_at(&database, &first) == ENVS as i64).then_some(())
-    });
-    let shared =
-        slipway_testkit::wait::wait_for_explained("both replicas hold leases", T, explain, || {
-            let holders = holders(&database);
+/// Two replicas, r1 and r2, each with its own home and the state's key, serving one
+/// repository with [`ENVS`] floating environments from one PostgreSQL state, 1 s leases.
+struct Pair {
+    s: Sandbox,
+    database: TestDatabase,
+    first: String,
+    home1: std::path::PathBuf,
+    r1: Server,
+    log1: Log,
+    r2: Server,
+    log2: Log,
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let database = TestDatabase::create("slipway_replicas");
+        let s = Sandbox::new();
+        s.write("slipway.yaml", &stack(""));
+        let first = s.commit("eight environments");
+        util::world::append_config(
+            &s,
+            &format!(
+                "[repo]\npoll_interval = \"300ms\"\n[state]\nurl = \"{}\"\n",
+                database.url()
+            ),
+        );
+        let config = std::fs::read_to_string(&s.config).expect("config");
+        let start = |name: &str| {
+            let home = s.dir.path().join(format!("home-{name}"));
+            std::fs::create_dir_all(&home).expect("home");
+            let file = s.dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &file,
+                format!("{config}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n"),
+            )
+            .expect("config");
+            let url = format!("file://{}", s.repo.display());
+            let mut command = s.cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"]);
+            command
+                .env("SLIPWAY_HOME", &home)
+                .env("SLIPWAY_CONFIG", &file);
+            (home, command)
+        };
+        // The first replica makes the state's key; the second gets a copy, as an operator
+        // would.
+        let (home1, command1) = start("r1");
+        let (r1, log1) = serve_from(command1, T);
+        let (home2, command2) = start("r2");
+        wait_for("r1 makes the state key", T, || {
+            home1.join("state.key").is_file().then_some(())
+        });
+        std::fs::copy(home1.join("state.key"), home2.join("state.key")).expect("copy the key");
+        let (r2, log2) = serve_from(command2, T);
+        let pair = Pair {
+            s,
+            database,
+            first,
+            home1,
+            r1,
+            log1,
+            r2,
+            log2,
+        };
+        pair.wait("every environment runs the first commit", || {
+            (synced_at(&pair.database, &pair.first) == ENVS as i64).then_some(())
+        });
+        pair
+    }
+
+    /// What the state and both replicas say, for a timeout's message.
+    fn explain(&self) -> String {
+        format!(
+            "leases: {:?}\n--- r1\n{}\n--- r2\n{}",
+            holders(&self.database),
+            self.log1.lock().expect("log").join("\n"),
+            self.log2.lock().expect("log").join("\n")
+        )
+    }
+
+    fn wait<U>(&self, what: &str, check: impl FnMut() -> Option<U>) -> U {
+        slipway_testkit::wait::wait_for_explained(what, T, || self.explain(), check)
+    }
+
+    /// The environments' leases once both replicas hold some.
+    fn shared(&self) -> Vec<(String, String)> {
+        self.wait("both replicas hold leases", || {
+            let holders = holders(&self.database);
             let r1 = holders.iter().filter(|(_, h)| h == "r1").count();
             (holders.len() == ENVS && r1 > 0 && r1 < ENVS).then_some(holders)
-        });
-    assert_eq!(doubled(&database), [], "nothing applied twice");
+        })
+    }
+
+    /// A push: a role in every environment.
+    fn push(&self) -> String {
+        self.s.write(
+            "slipway.yaml",
+            &stack("  reader: { type: postgres.role, login: false }\n"),
+        );
+        self.s.commit("a role in every environment")
+    }
+}
+
+/// The value of `name` in `server`'s `/metrics`.
+fn metric(server: &Server, name: &str) -> u64 {
+    let metrics = http_get(server.port(), "/metrics").expect("/metrics answers");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+}
+
+fn signal(server: &Server, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal}");
+}
+
+#[test]
+fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
+    let mut pair = Pair::start();
+    let shared = pair.shared();
+    assert_eq!(doubled(&pair.database), [], "nothing applied twice");
 
     // r1 dies without a word; a push follows.
-    r1.child.kill().expect("kill -9 r1");
-    r1.child.wait().expect("reaped");
-    s.write(
-        "slipway.yaml",
-        &stack("  reader: { type: postgres.role, login: false }\n"),
-    );
-    let second = s.commit("a role in every environment");
-    wait_for(
-        "r2 brings every environment to the push, r1's too",
-        T,
-        || (synced_at(&database, &second) == ENVS as i64).then_some(()),
-    );
-    let after = holders(&database);
+    pair.r1.child.kill().expect("kill -9 r1");
+    pair.r1.child.wait().expect("reaped");
+    let second = pair.push();
+    pair.wait("r2 brings every environment to the push, r1's too", || {
+        (synced_at(&pair.database, &second) == ENVS as i64).then_some(())
+    });
+    let after = holders(&pair.database);
     assert!(
         after.iter().all(|(_, h)| h == "r2"),
         "r2 holds every lease now: {after:?} (before: {shared:?})"
     );
     assert_eq!(
-        doubled(&database),
+        doubled(&pair.database),
         [],
         "nothing applied twice, across the failover"
     );
 
     // Status through the surviving replica's API says who works on each environment.
-    let token = std::fs::read_to_string(home1.join("admin-token")).expect("the first token");
-    let api = format!("http://{}", r2.addr);
-    let status = s.json(&[
+    let token = std::fs::read_to_string(pair.home1.join("admin-token")).expect("the first token");
+    let api = format!("http://{}", pair.r2.addr);
+    let status = pair.s.json(&[
         "--server",
         &api,
         "--token",
@@ -173,17 +226,36 @@ fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
         .collect();
     assert_eq!(replicas, ["r2"; ENVS], "{status:#}");
 
-    // And its metrics count the leases it holds and took.
-    let metrics = http_get(r2.port(), "/metrics").expect("r2 serves /metrics");
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
-    };
-    assert_eq!(value("slipway_leases_held"), ENVS as u64);
-    assert!(
-        value("slipway_leases_acquired_total") >= ENVS as u64,
-        "r2 took its own share, then r1's: {metrics}"
+    // And its metrics count the leases it holds and took: its own share, then r1's.
+    assert_eq!(metric(&pair.r2, "slipway_leases_held"), ENVS as u64);
+    assert!(metric(&pair.r2, "slipway_leases_acquired_total") >= ENVS as u64);
+}
+
+#[test]
+fn a_replica_stopped_past_its_leases_wakes_up_to_find_them_gone_and_changes_nothing() {
+    let pair = Pair::start();
+    let shared = pair.shared();
+    let r1_share = shared.iter().filter(|(_, h)| h == "r1").count();
+
+    // r1 stalls (SIGSTOP) for longer than its leases; a push comes meanwhile.
+    signal(&pair.r1, "-STOP");
+    let second = pair.push();
+    pair.wait(
+        "r2 brings every environment to the push while r1 sleeps",
+        || (synced_at(&pair.database, &second) == ENVS as i64).then_some(()),
+    );
+    signal(&pair.r1, "-CONT");
+
+    // r1 wakes up holding, as far as it knew, its share: it finds each lease gone.
+    pair.wait("r1 notices the leases it lost", || {
+        (metric(&pair.r1, "slipway_leases_lost_total") >= r1_share as u64).then_some(())
+    });
+    // Then the work is shared out again (r1 is alive), and still nothing ran twice.
+    pair.shared();
+    assert_eq!(synced_at(&pair.database, &second), ENVS as i64);
+    assert_eq!(
+        doubled(&pair.database),
+        [],
+        "the stalled replica applied nothing on waking"
     );
 }
