@@ -333,7 +333,8 @@ pub(crate) fn reconcile(
             return Ok(requeue);
         }
     };
-    let known = if approved.is_some() {
+    let preview = approved.is_some();
+    let known = if preview {
         approved
     } else if record.pinned || trigger.from_person() {
         None
@@ -358,6 +359,22 @@ pub(crate) fn reconcile(
                 return Err(e.into());
             }
         },
+    };
+    // Never back to an older commit than the one running because this copy of the
+    // repository is behind (another replica deployed a newer one, or the last poll was
+    // before it): fetch, and follow the branch as it is now. A branch that really moved
+    // back (a force push) is followed.
+    let tip = match (&tip, &record.commit) {
+        (Some(sha), Some(running))
+            if sha != running
+                && !preview
+                && !record.pinned
+                && inner.source.is_ancestor(sha, running).unwrap_or(true) =>
+        {
+            inner.source.fetch()?;
+            Some(inner.source.resolve_tracked(&reference)?.sha)
+        }
+        _ => tip,
     };
     let origin = Origin {
         source: inner.source.as_ref(),

@@ -78,25 +78,27 @@ struct Pair {
 
 impl Pair {
     fn start() -> Pair {
+        Pair::start_polling("300ms", "300ms")
+    }
+
+    /// [`Pair::start`] with each replica's `[repo] poll_interval`.
+    fn start_polling(poll1: &str, poll2: &str) -> Pair {
         let database = TestDatabase::create("slipway_replicas");
         let s = Sandbox::new();
         s.write("slipway.yaml", &stack(""));
         let first = s.commit("eight environments");
-        util::world::append_config(
-            &s,
-            &format!(
-                "[repo]\npoll_interval = \"300ms\"\n[state]\nurl = \"{}\"\n",
-                database.url()
-            ),
-        );
+        util::world::append_config(&s, &format!("[state]\nurl = \"{}\"\n", database.url()));
         let config = std::fs::read_to_string(&s.config).expect("config");
-        let start = |name: &str| {
+        let start = |name: &str, poll: &str| {
             let home = s.dir.path().join(format!("home-{name}"));
             std::fs::create_dir_all(&home).expect("home");
             let file = s.dir.path().join(format!("{name}.toml"));
             std::fs::write(
                 &file,
-                format!("{config}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n"),
+                format!(
+                    "{config}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n\
+                     [repo]\npoll_interval = \"{poll}\"\n"
+                ),
             )
             .expect("config");
             let url = format!("file://{}", s.repo.display());
@@ -108,9 +110,9 @@ impl Pair {
         };
         // The first replica makes the state's key; the second gets a copy, as an operator
         // would.
-        let (home1, command1) = start("r1");
+        let (home1, command1) = start("r1", poll1);
         let (r1, log1) = serve_from(command1, T);
-        let (home2, command2) = start("r2");
+        let (home2, command2) = start("r2", poll2);
         wait_for("r1 makes the state key", T, || {
             home1.join("state.key").is_file().then_some(())
         });
@@ -257,5 +259,78 @@ fn a_replica_stopped_past_its_leases_wakes_up_to_find_them_gone_and_changes_noth
         doubled(&pair.database),
         [],
         "the stalled replica applied nothing on waking"
+    );
+}
+
+#[test]
+fn a_replica_whose_copy_of_the_repository_is_behind_never_takes_an_environment_back() {
+    // r2 fetches once an hour: after taking r1's environments over, its copy of `main` is
+    // older than what r1 deployed.
+    let mut pair = Pair::start_polling("300ms", "1h");
+    let shared = pair.shared();
+    let r1_share: Vec<String> = shared
+        .iter()
+        .filter(|(_, h)| h == "r1")
+        .map(|(e, _)| e.clone())
+        .collect();
+    let second = pair.push();
+    pair.wait("r1 brings its share to the push", || {
+        let at: i64 = pair
+            .database
+            .connect()
+            .query_one(
+                "SELECT COUNT(*) FROM environments WHERE current_commit = $1 AND sync = 'synced' \
+                 AND name = ANY($2)",
+                &[&second, &r1_share],
+            )
+            .expect("count")
+            .get(0);
+        (at == r1_share.len() as i64).then_some(())
+    });
+    pair.r1.child.kill().expect("kill -9 r1");
+    pair.r1.child.wait().expect("reaped");
+    pair.wait(
+        "r2 takes every environment over and reconciles them",
+        || {
+            let held = holders(&pair.database);
+            (held.len() == ENVS && held.iter().all(|(_, h)| h == "r2")).then_some(())
+        },
+    );
+    // Each of r1's environments reconciled on r2 (a deployment or a plan with nothing to do)
+    // before this point; give r2 one more beat to have done so.
+    pair.wait("r2 reconciles r1's share", || {
+        (metric(&pair.r2, "slipway_reconcile_duration_seconds_count") >= ENVS as u64).then_some(())
+    });
+    let backwards: Vec<String> = pair
+        .database
+        .connect()
+        .query(
+            "SELECT d.environment FROM deployments d WHERE d.commit_sha = $1 AND EXISTS \
+             (SELECT 1 FROM deployments e WHERE e.environment = d.environment \
+              AND e.commit_sha = $2 AND e.id < d.id)",
+            &[&pair.first, &second],
+        )
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        backwards,
+        Vec::<String>::new(),
+        "no environment went back to the first commit"
+    );
+    let at_second: i64 = pair
+        .database
+        .connect()
+        .query_one(
+            "SELECT COUNT(*) FROM environments WHERE current_commit = $1 AND name = ANY($2)",
+            &[&second, &r1_share],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        at_second,
+        r1_share.len() as i64,
+        "r1's share still runs the push"
     );
 }
