@@ -116,8 +116,16 @@ impl Membership {
             },
         );
         let mut held = lock(&self.held);
-        if held.insert(environment.clone(), lease.epoch) != Some(lease.epoch) {
-            metrics.lease_acquired();
+        match held.insert(environment.clone(), lease.epoch) {
+            Some(epoch) if epoch == lease.epoch => {}
+            previous => {
+                // A holding this replica thought it still had ended without it (it stalled
+                // or was cut off, and another replica took over): lost, then taken anew.
+                if previous.is_some() {
+                    metrics.lease_lost();
+                }
+                metrics.lease_acquired();
+            }
         }
         metrics.leases(held.len());
         drop(held);

@@ -13,6 +13,7 @@
 //! - [`cluster`]: a real Kubernetes control plane (`scripts/test-cluster.sh`), `kubectl`
 //!   against it, and a stand-in for the kubelet's status updates.
 //! - [`pg`]: a throwaway PostgreSQL database per test, on the test server.
+//! - [`proxy`]: a TCP proxy a test can sever, for network partitions.
 //! - [`forge`]: ONE fake forge, [`forge::FakeForge`], parameterised by forge
 //!   ([`forge::Forge`]): one state (pull requests, comments, reviews and approvals, statuses,
 //!   roles, the request log [`forge::Recorded`]) and one set of test-side methods, with
@@ -59,5 +60,6 @@ pub mod git;
 pub mod http;
 pub mod openapi;
 pub mod pg;
+pub mod proxy;
 pub mod stack;
 pub mod wait;

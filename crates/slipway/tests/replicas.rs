@@ -4,7 +4,7 @@
 
 mod util;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use slipway_testkit::pg::TestDatabase;
 use util::*;
@@ -78,18 +78,19 @@ struct Pair {
 
 impl Pair {
     fn start() -> Pair {
-        Pair::start_polling("300ms", "300ms")
+        Pair::start_with("300ms", "300ms", None)
     }
 
-    /// [`Pair::start`] with each replica's `[repo] poll_interval`.
-    fn start_polling(poll1: &str, poll2: &str) -> Pair {
+    /// [`Pair::start`] with each replica's `[repo] poll_interval`, and r1 reaching the state
+    /// through `r1_port` (a proxy) instead of the server's own port.
+    fn start_with(poll1: &str, poll2: &str, r1_port: Option<u16>) -> Pair {
         let database = TestDatabase::create("slipway_replicas");
         let s = Sandbox::new();
         s.write("slipway.yaml", &stack(""));
         let first = s.commit("eight environments");
-        util::world::append_config(&s, &format!("[state]\nurl = \"{}\"\n", database.url()));
         let config = std::fs::read_to_string(&s.config).expect("config");
-        let start = |name: &str, poll: &str| {
+        let start = |name: &str, poll: &str, port: u16| {
+            let url = format!("postgres://postgres@127.0.0.1:{port}/{}", database.name());
             let home = s.dir.path().join(format!("home-{name}"));
             std::fs::create_dir_all(&home).expect("home");
             let file = s.dir.path().join(format!("{name}.toml"));
@@ -97,7 +98,7 @@ impl Pair {
                 &file,
                 format!(
                     "{config}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n\
-                     [repo]\npoll_interval = \"{poll}\"\n"
+                     [repo]\npoll_interval = \"{poll}\"\n[state]\nurl = \"{url}\"\n"
                 ),
             )
             .expect("config");
@@ -110,9 +111,9 @@ impl Pair {
         };
         // The first replica makes the state's key; the second gets a copy, as an operator
         // would.
-        let (home1, command1) = start("r1", poll1);
+        let (home1, command1) = start("r1", poll1, r1_port.unwrap_or(5432));
         let (r1, log1) = serve_from(command1, T);
-        let (home2, command2) = start("r2", poll2);
+        let (home2, command2) = start("r2", poll2, 5432);
         wait_for("r1 makes the state key", T, || {
             home1.join("state.key").is_file().then_some(())
         });
@@ -148,12 +149,26 @@ impl Pair {
         slipway_testkit::wait::wait_for_explained(what, T, || self.explain(), check)
     }
 
-    /// The environments' leases once both replicas hold some.
+    /// The environments' leases once both replicas hold some, and no lease has changed hands
+    /// for two leases (a replica joining takes its share over a few beats).
     fn shared(&self) -> Vec<(String, String)> {
-        self.wait("both replicas hold leases", || {
+        let mut last: Option<(Vec<(String, String)>, Instant)> = None;
+        self.wait("both replicas hold leases, settled", || {
             let holders = holders(&self.database);
             let r1 = holders.iter().filter(|(_, h)| h == "r1").count();
-            (holders.len() == ENVS && r1 > 0 && r1 < ENVS).then_some(holders)
+            if holders.len() != ENVS || r1 == 0 || r1 == ENVS {
+                last = None;
+                return None;
+            }
+            match &last {
+                Some((seen, since)) if *seen == holders => {
+                    (since.elapsed() >= Duration::from_secs(2)).then_some(holders)
+                }
+                _ => {
+                    last = Some((holders, Instant::now()));
+                    None
+                }
+            }
         })
     }
 
@@ -266,7 +281,7 @@ fn a_replica_stopped_past_its_leases_wakes_up_to_find_them_gone_and_changes_noth
 fn a_replica_whose_copy_of_the_repository_is_behind_never_takes_an_environment_back() {
     // r2 fetches once an hour: after taking r1's environments over, its copy of `main` is
     // older than what r1 deployed.
-    let mut pair = Pair::start_polling("300ms", "1h");
+    let mut pair = Pair::start_with("300ms", "1h", None);
     let shared = pair.shared();
     let r1_share: Vec<String> = shared
         .iter()
@@ -332,5 +347,34 @@ fn a_replica_whose_copy_of_the_repository_is_behind_never_takes_an_environment_b
         at_second,
         r1_share.len() as i64,
         "r1's share still runs the push"
+    );
+}
+
+#[test]
+fn a_replica_cut_off_from_the_database_loses_its_share_and_rejoins_when_the_network_heals() {
+    let proxy = slipway_testkit::proxy::Proxy::start("127.0.0.1:5432");
+    let pair = Pair::start_with("300ms", "300ms", Some(proxy.port()));
+    let shared = pair.shared();
+    let r1_share = shared.iter().filter(|(_, h)| h == "r1").count();
+
+    // A partition between r1 and PostgreSQL; a push lands meanwhile.
+    proxy.cut();
+    let second = pair.push();
+    pair.wait(
+        "r2 brings every environment to the push while r1 is cut off",
+        || (synced_at(&pair.database, &second) == ENVS as i64).then_some(()),
+    );
+    proxy.heal();
+
+    // r1 reconnects, finds the leases it held gone, and takes its share back in turn.
+    pair.wait("r1 notices the leases it lost", || {
+        (metric(&pair.r1, "slipway_leases_lost_total") >= r1_share as u64).then_some(())
+    });
+    pair.shared();
+    assert_eq!(synced_at(&pair.database, &second), ENVS as i64);
+    assert_eq!(
+        doubled(&pair.database),
+        [],
+        "nothing applied twice across the partition"
     );
 }
