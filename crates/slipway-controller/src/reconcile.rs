@@ -363,12 +363,13 @@ pub(crate) fn reconcile(
     // Never back to an older commit than the one running because this copy of the
     // repository is behind (another replica deployed a newer one, or the last poll was
     // before it): fetch, and follow the branch as it is now. A branch that really moved
-    // back (a force push) is followed.
+    // back (a force push) is followed. A person's trigger has just fetched.
     let tip = match (&tip, &record.commit) {
         (Some(sha), Some(running))
             if sha != running
                 && !preview
                 && !record.pinned
+                && !trigger.from_person()
                 && inner.source.is_ancestor(sha, running).unwrap_or(true) =>
         {
             inner.source.fetch()?;
