@@ -172,6 +172,22 @@ impl Pair {
         })
     }
 
+    /// After r1 was away (stopped, cut off) while r2 deployed `second` everywhere: r1 finds
+    /// the `r1_share` leases it held gone, the work is shared out again, every environment
+    /// still runs `second`, and nothing was applied twice.
+    fn rejoins(&self, r1_share: usize, second: &str) {
+        self.wait("r1 notices the leases it lost", || {
+            (metric(&self.r1, "slipway_leases_lost_total") >= r1_share as u64).then_some(())
+        });
+        self.shared();
+        assert_eq!(synced_at(&self.database, second), ENVS as i64);
+        assert_eq!(
+            doubled(&self.database),
+            [],
+            "r1 applied nothing on coming back"
+        );
+    }
+
     /// A push: a role in every environment.
     fn push(&self) -> String {
         self.s.write(
@@ -264,17 +280,7 @@ fn a_replica_stopped_past_its_leases_wakes_up_to_find_them_gone_and_changes_noth
     signal(&pair.r1, "-CONT");
 
     // r1 wakes up holding, as far as it knew, its share: it finds each lease gone.
-    pair.wait("r1 notices the leases it lost", || {
-        (metric(&pair.r1, "slipway_leases_lost_total") >= r1_share as u64).then_some(())
-    });
-    // Then the work is shared out again (r1 is alive), and still nothing ran twice.
-    pair.shared();
-    assert_eq!(synced_at(&pair.database, &second), ENVS as i64);
-    assert_eq!(
-        doubled(&pair.database),
-        [],
-        "the stalled replica applied nothing on waking"
-    );
+    pair.rejoins(r1_share, &second);
 }
 
 #[test]
@@ -367,14 +373,5 @@ fn a_replica_cut_off_from_the_database_loses_its_share_and_rejoins_when_the_netw
     proxy.heal();
 
     // r1 reconnects, finds the leases it held gone, and takes its share back in turn.
-    pair.wait("r1 notices the leases it lost", || {
-        (metric(&pair.r1, "slipway_leases_lost_total") >= r1_share as u64).then_some(())
-    });
-    pair.shared();
-    assert_eq!(synced_at(&pair.database, &second), ENVS as i64);
-    assert_eq!(
-        doubled(&pair.database),
-        [],
-        "nothing applied twice across the partition"
-    );
+    pair.rejoins(r1_share, &second);
 }
