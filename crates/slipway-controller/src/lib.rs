@@ -285,6 +285,11 @@ impl Controller {
         &self.inner.engine
     }
 
+    /// This replica's name and lease, when it is one of several on a PostgreSQL state.
+    pub fn replica(&self) -> Option<&ReplicaOptions> {
+        self.inner.options.replica.as_ref()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

@@ -59,6 +59,14 @@ pub(crate) fn routes() -> Vec<Route> {
             )
             .access(Access::Developer)
             .json::<Refreshed>(StatusCode::OK, "Fetched; what changed is queued."),
+        Route::get("/api/v1/replicas", replicas)
+            .id("listReplicas", "replicas.list")
+            .summary(
+                "List the replicas",
+                "The `slipway serve` replicas sharing this PostgreSQL state, with their last heartbeat by the database's clock and whether they count as alive (heard from within two leases). Empty with a SQLite state.",
+            )
+            .access(Access::Viewer)
+            .json::<ReplicaList>(StatusCode::OK, "The replicas, by name."),
         Route::get("/api/v1/audit", audit)
             .id("listAudit", "audit.list")
             .summary(
@@ -242,6 +250,58 @@ async fn audit(
         Ok(Json(AuditList {
             entries: entries.into_iter().map(AuditEntry::from).collect(),
         }))
+    })
+    .await
+}
+
+/// One replica sharing the state.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Replica")]
+struct ReplicaView {
+    /// Its `[controller] replica` name.
+    name: String,
+    /// Where other replicas reach its node's processes (`[local] advertise`).
+    advertise: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
+    started_at: String,
+    #[schemars(extend("format" = "date-time"))]
+    heartbeat_at: String,
+    /// Milliseconds since its last heartbeat, by the database's clock.
+    #[schemars(range(min = 0))]
+    silent_ms: i64,
+    /// Heard from within two leases: it works on environments.
+    alive: bool,
+    /// It is the replica answering this request.
+    this: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct ReplicaList {
+    replicas: Vec<ReplicaView>,
+}
+
+async fn replicas(State(app): State<AppState>) -> Result<Json<ReplicaList>, ApiError> {
+    app.blocking(move |c| {
+        let me = c.replica();
+        let limit = me.map_or(0, |r| {
+            i64::try_from(r.lease.as_millis() * 2).unwrap_or(i64::MAX)
+        });
+        let replicas = c
+            .engine()
+            .store()
+            .replicas()?
+            .into_iter()
+            .map(|r| ReplicaView {
+                alive: r.silent_ms <= limit,
+                this: me.is_some_and(|m| m.name == r.name),
+                advertise: r.advertise,
+                started_at: rfc3339(r.started_at),
+                heartbeat_at: rfc3339(r.heartbeat_at),
+                silent_ms: r.silent_ms.max(0),
+                name: r.name,
+            })
+            .collect();
+        Ok(Json(ReplicaList { replicas }))
     })
     .await
 }

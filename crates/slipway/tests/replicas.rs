@@ -259,6 +259,30 @@ fn two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed() {
         .collect();
     assert_eq!(replicas, ["r2"; ENVS], "{status:#}");
 
+    // It lists the replicas: itself alive, r1 silent for longer than two leases.
+    let (code, listed) = api_request(&pair.r2.addr, "GET", "/api/v1/replicas", token.trim(), None);
+    assert_eq!(code, 200, "{listed}");
+    let seen: Vec<(String, bool, bool)> = listed["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("").to_owned(),
+                r["alive"] == true,
+                r["this"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("r1".to_owned(), false, false),
+            ("r2".to_owned(), true, true)
+        ],
+        "{listed:#}"
+    );
+
     // And its metrics count the leases it holds and took: its own share, then r1's.
     assert_eq!(metric(&pair.r2, "slipway_leases_held"), ENVS as u64);
     assert!(metric(&pair.r2, "slipway_leases_acquired_total") >= ENVS as u64);
