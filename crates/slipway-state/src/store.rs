@@ -94,7 +94,7 @@ impl Store {
     /// As [`Store::open`]; [`StateError::Open`] when the server cannot be reached.
     pub fn open_postgres(home: &Path, url: &str) -> Result<Store, StateError> {
         create_home(home)?;
-        let location = redact_url(url);
+        let location = slipway_core::redact::redact_url(url);
         let conn = PgConn::connect(url).map_err(|source| StateError::Open {
             location: location.clone(),
             source,
@@ -226,25 +226,6 @@ fn create_home(home: &Path) -> Result<(), StateError> {
         path: home.to_path_buf(),
         source,
     })
-}
-
-/// `url` without its password, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((credentials, host)) => {
-                let user = credentials.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}@{host}")
-            }
-            None => url.to_owned(),
-        },
-        // A key/value string: drop `password=…`.
-        None => url
-            .split_whitespace()
-            .filter(|part| !part.to_ascii_lowercase().starts_with("password="))
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
 }
 
 /// Wraps a database error with what the store was doing; a stored word outside its
