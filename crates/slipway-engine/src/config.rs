@@ -198,9 +198,11 @@ fn check_url_source(
         }
         let authority = url.split_once("://").map_or("", |(_, r)| r);
         let userinfo = authority.split(['/', '?']).next().unwrap_or("");
+        // In the user info, or as a `password=` query parameter.
         if userinfo
             .rsplit_once('@')
             .is_some_and(|(user, _)| user.contains(':'))
+            || slipway_core::redact::redact_url(url) != url
         {
             return Err(format!(
                 "{section} url holds a password; credentials never go in the \
@@ -392,6 +394,19 @@ mod tests {
             .check("main")
             .unwrap_err();
         assert!(e.contains("holds a password") && !e.contains("pw@"), "{e}");
+        for hidden in [
+            "postgres://u@db/x?password=pw",
+            "postgres://u@db/x?sslmode=disable&PASSWORD=pw",
+        ] {
+            let e = server(json!({ "url": hidden })).check("main").unwrap_err();
+            assert!(
+                e.contains("holds a password") && !e.contains("=pw"),
+                "{hidden}: {e}"
+            );
+            let state: StateConfig =
+                serde_json::from_value(json!({ "url": hidden })).expect("parses");
+            assert!(state.check().is_err(), "[state] refuses {hidden} too");
+        }
         assert!(
             server(json!({"url": "postgres://postgres@127.0.0.1/postgres"}))
                 .check("main")
