@@ -72,19 +72,34 @@ pub(crate) fn rendezvous<'a>(environment: &str, live: &'a [String]) -> Option<&'
         .map(String::as_str)
 }
 
-/// Whether `environment` runs something bound to the node that started it.
-fn node_bound(store: &Store, environment: &EnvName) -> bool {
-    store.resources(environment).is_ok_and(|resources| {
-        resources
-            .iter()
-            .any(|r| slipway_core::types::capabilities(&r.type_name).node_bound)
-    })
+/// The environments (`only`, or all) that run something bound to the node that started it (a
+/// process, a file), by their resources' types.
+fn node_bound(
+    store: &Store,
+    only: Option<&EnvName>,
+) -> Result<BTreeSet<EnvName>, slipway_state::StateError> {
+    Ok(store
+        .resource_types(only)?
+        .into_iter()
+        .filter(|(_, types)| {
+            types
+                .iter()
+                .any(|t| slipway_core::types::capabilities(t).node_bound)
+        })
+        .map(|(environment, _)| environment)
+        .collect())
 }
 
 impl Membership {
     /// Whether `me` should work on `environment` now.
-    pub(crate) fn should_hold(&self, store: &Store, me: &str, environment: &EnvName) -> bool {
-        if node_bound(store, environment)
+    pub(crate) fn should_hold(
+        &self,
+        store: &Store,
+        me: &str,
+        environment: &EnvName,
+        node_bound: &BTreeSet<EnvName>,
+    ) -> bool {
+        if node_bound.contains(environment)
             && let Ok(Some(lease)) = store.lease(environment)
         {
             return lease.holder == me;
@@ -102,7 +117,12 @@ impl Membership {
         metrics: &Metrics,
         environment: &EnvName,
     ) -> Result<bool, slipway_state::StateError> {
-        if !self.should_hold(store, &options.name, environment) {
+        if !self.should_hold(
+            store,
+            &options.name,
+            environment,
+            &node_bound(store, Some(environment))?,
+        ) {
             return Ok(false);
         }
         let Some(lease) = store.acquire_lease(environment, &options.name, options.lease)? else {
@@ -183,13 +203,14 @@ impl Membership {
             .collect();
         live.sort();
         *lock(&self.live) = live;
+        let bound = node_bound(store, None)?;
         let held: Vec<(EnvName, i64)> = lock(&self.held)
             .iter()
             .map(|(e, epoch)| (e.clone(), *epoch))
             .collect();
         for (environment, epoch) in held {
             let busy = lock(&self.working).contains(&environment);
-            if !busy && !self.should_hold(store, &options.name, &environment) {
+            if !busy && !self.should_hold(store, &options.name, &environment, &bound) {
                 store.release_lease(&environment, &options.name, epoch)?;
                 metrics.lease_handed_over();
                 self.forget(store, metrics, &environment);
@@ -211,7 +232,7 @@ impl Membership {
             .environments()?
             .into_iter()
             .map(|e| e.name)
-            .filter(|e| !held.contains_key(e) && self.should_hold(store, &options.name, e))
+            .filter(|e| !held.contains_key(e) && self.should_hold(store, &options.name, e, &bound))
             .collect())
     }
 }

@@ -162,6 +162,34 @@ impl Store {
         raw.into_iter().map(|r| r.decode(self.sealer())).collect()
     }
 
+    /// The `type:` of each environment's resources (of `only`'s, when given), in one query
+    /// and without reading (or unsealing) the records: what deciding where environments may
+    /// run needs.
+    pub fn resource_types(
+        &self,
+        only: Option<&EnvName>,
+    ) -> Result<std::collections::BTreeMap<EnvName, std::collections::BTreeSet<String>>, StateError>
+    {
+        let pairs = self
+            .conn()
+            .query(
+                "SELECT DISTINCT environment, type_name FROM resources \
+                 WHERE environment = ?1 OR ?1 IS NULL",
+                params![only],
+                |row| Ok((env_name(row, 0)?, row.get::<String>(1)?)),
+            )
+            .map_err(sql("list the resource types of every environment"))?;
+        let mut by_environment =
+            std::collections::BTreeMap::<_, std::collections::BTreeSet<_>>::new();
+        for (environment, type_name) in pairs {
+            by_environment
+                .entry(environment)
+                .or_default()
+                .insert(type_name);
+        }
+        Ok(by_environment)
+    }
+
     /// One resource of an environment, if recorded.
     pub fn resource(
         &self,

@@ -48,6 +48,7 @@ matrix!(
     retain_and_release_free_ports_for_reuse,
     events_are_read_in_order_by_environment_and_cursor,
     hostile_strings_round_trip,
+    resource_types_are_read_without_the_records,
 );
 
 /// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
@@ -1226,4 +1227,22 @@ fn a_writer_killed_at_any_point_leaves_a_consistent_database() {
         store.deployments(&env("prod"), 1_000).expect("list").len() >= 31,
         "committed history survives the kill"
     );
+}
+
+fn resource_types_are_read_without_the_records(state: &TestState) {
+    let store = store_with(state, &["prod", "qa"]);
+    store.put_resource(&resource("prod", "web")).expect("web");
+    let mut db = resource("prod", "db");
+    db.type_name = "postgres.database".into();
+    store.put_resource(&db).expect("db");
+    store.put_resource(&resource("qa", "web")).expect("qa web");
+    let all = store.resource_types(None).expect("all");
+    assert_eq!(
+        all.get(&env("prod"))
+            .map(|t| t.iter().map(String::as_str).collect::<Vec<_>>()),
+        Some(vec!["postgres.database", "process"])
+    );
+    assert_eq!(all.len(), 2, "{all:?}");
+    let qa = store.resource_types(Some(&env("qa"))).expect("qa");
+    assert_eq!(qa.keys().collect::<Vec<_>>(), [&env("qa")]);
 }
