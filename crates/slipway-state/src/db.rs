@@ -120,17 +120,6 @@ impl DbError {
             DbError::Decode { .. } => false,
         }
     }
-
-    /// Whether a uniqueness or foreign-key constraint refused the write.
-    pub fn is_constraint(&self) -> bool {
-        match self {
-            DbError::Sqlite(e) => {
-                e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
-            }
-            DbError::Postgres(e) => e.code().is_some_and(|c| c.code().starts_with("23")),
-            DbError::Decode { .. } => false,
-        }
-    }
 }
 
 /// One value of a parameter or a column.

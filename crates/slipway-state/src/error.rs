@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-pub use crate::db::DbError;
+use crate::db::DbError;
 
 /// Everything that can go wrong while reading or writing the state store.
 ///
