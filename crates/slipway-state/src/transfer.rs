@@ -54,6 +54,14 @@ impl Store {
     /// events or tokens (a copy never merges two histories); [`StateError::Database`]
     /// otherwise.
     pub fn copy_to(&self, target: &Store) -> Result<Copied, StateError> {
+        if std::ptr::eq(self, target) {
+            // Both ends would take the one connection's lock.
+            return Err(StateError::InvalidValue {
+                field: "migration target",
+                value: self.location().to_owned(),
+                allowed: &["another store than the source"],
+            });
+        }
         if target.sealer().instance_id() != self.sealer().instance_id() {
             return Err(StateError::InvalidValue {
                 field: "state key",
