@@ -135,19 +135,27 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
                         now,
                     )
                 };
-                store.upsert_environment(&record)?;
-                let what = if w.kind == EnvKind::Generated {
-                    format!("for branch `{}`", w.tracked_ref)
+                if !store.insert_environment(&record)? {
+                    // Another replica recorded it meanwhile: go on with its record (and its
+                    // one `created` event).
+                    match store.environment(&w.name)? {
+                        Some(theirs) => theirs,
+                        None => continue,
+                    }
                 } else {
-                    format!("tracking `{}`", w.tracked_ref)
-                };
-                event(
-                    inner,
-                    &w.name,
-                    EventKind::EnvironmentCreated,
-                    &format!("{} created {what}", w.name),
-                );
-                record
+                    let what = if w.kind == EnvKind::Generated {
+                        format!("for branch `{}`", w.tracked_ref)
+                    } else {
+                        format!("tracking `{}`", w.tracked_ref)
+                    };
+                    event(
+                        inner,
+                        &w.name,
+                        EventKind::EnvironmentCreated,
+                        &format!("{} created {what}", w.name),
+                    );
+                    record
+                }
             }
         };
         if record.kind != w.kind {

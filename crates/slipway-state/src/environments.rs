@@ -126,22 +126,41 @@ impl Store {
     /// Updating never touches the environment's resources or ports. (An `INSERT OR REPLACE`
     /// would: SQLite implements it as delete-then-insert, and the delete cascades.)
     pub fn upsert_environment(&self, record: &EnvironmentRecord) -> Result<(), StateError> {
+        self.write_record(
+            record,
+            "DO UPDATE SET \
+               kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
+               tracked_ref = excluded.tracked_ref, \
+               desired_commit = excluded.desired_commit, \
+               current_commit = excluded.current_commit, hash = excluded.hash, \
+               sync = excluded.sync, health = excluded.health, \
+               message = excluded.message, owner = excluded.owner, \
+               ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
+               pinned = excluded.pinned, updated_at = excluded.updated_at, \
+               definition = excluded.definition, protected = excluded.protected",
+        )
+        .map(drop)
+    }
+
+    /// Records a new environment unless one of that name is recorded already (by another
+    /// replica discovering it at the same time); returns whether this call recorded it.
+    pub fn insert_environment(&self, record: &EnvironmentRecord) -> Result<bool, StateError> {
+        self.write_record(record, "DO NOTHING").map(|n| n > 0)
+    }
+
+    /// `INSERT` of every field of `record`, `ON CONFLICT (name) {on_conflict}`.
+    fn write_record(
+        &self,
+        record: &EnvironmentRecord,
+        on_conflict: &str,
+    ) -> Result<u64, StateError> {
         self.write_env(Some(&record.name), &[], |tx| {
             tx.execute(
                 &format!(
                     "INSERT INTO environments ({COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
                              ?16, ?17, ?18, ?19) \
-                     ON CONFLICT (name) DO UPDATE SET \
-                       kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
-                       tracked_ref = excluded.tracked_ref, \
-                       desired_commit = excluded.desired_commit, \
-                       current_commit = excluded.current_commit, hash = excluded.hash, \
-                       sync = excluded.sync, health = excluded.health, \
-                       message = excluded.message, owner = excluded.owner, \
-                       ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
-                       pinned = excluded.pinned, updated_at = excluded.updated_at, \
-                       definition = excluded.definition, protected = excluded.protected"
+                     ON CONFLICT (name) {on_conflict}"
                 ),
                 params![
                     record.name.as_str(),
@@ -166,8 +185,7 @@ impl Store {
                 ],
             )
             .map_err(sql(format!("record environment {}", record.name)))
-        })?;
-        Ok(())
+        })
     }
 
     /// The environment called `name`, if it exists.

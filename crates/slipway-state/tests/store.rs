@@ -49,6 +49,7 @@ matrix!(
     events_are_read_in_order_by_environment_and_cursor,
     hostile_strings_round_trip,
     resource_types_are_read_without_the_records,
+    a_new_environment_is_recorded_once_whoever_else_tries,
 );
 
 /// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
@@ -1245,4 +1246,29 @@ fn resource_types_are_read_without_the_records(state: &TestState) {
     assert_eq!(all.len(), 2, "{all:?}");
     let qa = store.resource_types(Some(&env("qa"))).expect("qa");
     assert_eq!(qa.keys().collect::<Vec<_>>(), [&env("qa")]);
+}
+
+fn a_new_environment_is_recorded_once_whoever_else_tries(state: &TestState) {
+    let store = state.open();
+    let mut first = environment("prod");
+    first.message = Some("first".into());
+    assert!(
+        store.insert_environment(&first).expect("insert"),
+        "recorded"
+    );
+    let mut second = environment("prod");
+    second.message = Some("second".into());
+    assert!(
+        !store.insert_environment(&second).expect("insert again"),
+        "a second insert of the same name records nothing"
+    );
+    assert_eq!(
+        store
+            .environment(&env("prod"))
+            .expect("read")
+            .and_then(|e| e.message)
+            .as_deref(),
+        Some("first"),
+        "the first record stands"
+    );
 }
