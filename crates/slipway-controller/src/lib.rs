@@ -522,7 +522,7 @@ impl Controller {
         let result = tokio::task::spawn_blocking(move || {
             inner
                 .membership
-                .beat(inner.engine.store(), &options, &inner.metrics)
+                .beat(&inner.engine, &options, &inner.metrics)
         })
         .await;
         match result {
@@ -591,7 +591,7 @@ impl Controller {
             let taken = tokio::task::spawn_blocking(move || {
                 inner
                     .membership
-                    .take(inner.engine.store(), &replica, &inner.metrics, &name)
+                    .take(&inner.engine, &replica, &inner.metrics, &name)
             })
             .await;
             if !matches!(taken, Ok(Ok(true))) {
@@ -625,7 +625,7 @@ impl Controller {
             let _ = tokio::task::spawn_blocking(move || {
                 inner
                     .membership
-                    .done(inner.engine.store(), &replica, &inner.metrics, &env)
+                    .done(&inner.engine, &replica, &inner.metrics, &env)
             })
             .await;
         }

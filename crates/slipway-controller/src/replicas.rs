@@ -18,7 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use slipway_core::EnvName;
+use slipway_engine::Engine;
 use slipway_state::{Fence, Store};
 
 use crate::Metrics;
@@ -112,11 +115,12 @@ impl Membership {
     /// hold it. `false`: another replica works on it.
     pub(crate) fn take(
         &self,
-        store: &Store,
+        engine: &Engine,
         options: &ReplicaOptions,
         metrics: &Metrics,
         environment: &EnvName,
     ) -> Result<bool, slipway_state::StateError> {
+        let store = engine.store();
         if !self.should_hold(
             store,
             &options.name,
@@ -125,9 +129,13 @@ impl Membership {
         ) {
             return Ok(false);
         }
+        let asked = Instant::now();
         let Some(lease) = store.acquire_lease(environment, &options.name, options.lease)? else {
             return Ok(false);
         };
+        if let Some(watchdog) = engine.watchdog() {
+            watchdog.renewed(environment.as_str(), asked, options.lease);
+        }
         store.hold(
             environment,
             Fence {
@@ -157,31 +165,50 @@ impl Membership {
     /// reconcile that stalled past it has lost it), and lets go of it if not.
     pub(crate) fn done(
         &self,
-        store: &Store,
+        engine: &Engine,
         options: &ReplicaOptions,
         metrics: &Metrics,
         environment: &EnvName,
     ) {
         lock(&self.working).remove(environment);
         let epoch = lock(&self.held).get(environment).copied();
-        let kept = epoch.is_some_and(|epoch| {
-            store
-                .acquire_lease(environment, &options.name, options.lease)
-                .ok()
-                .flatten()
-                .is_some_and(|lease| lease.epoch == epoch)
-        });
+        let kept = epoch.is_some_and(|epoch| self.renew(engine, options, environment, epoch));
         if !kept {
             metrics.lease_lost();
-            self.forget(store, metrics, environment);
+            self.forget(engine, metrics, environment);
         }
     }
 
-    fn forget(&self, store: &Store, metrics: &Metrics, environment: &EnvName) {
+    /// Renews this replica's lease of `environment` at `epoch`; `false` when it is lost (or
+    /// cannot be read).
+    fn renew(
+        &self,
+        engine: &Engine,
+        options: &ReplicaOptions,
+        environment: &EnvName,
+        epoch: i64,
+    ) -> bool {
+        let asked = Instant::now();
+        let renewed = engine
+            .store()
+            .acquire_lease(environment, &options.name, options.lease)
+            .ok()
+            .flatten()
+            .is_some_and(|lease| lease.epoch == epoch);
+        if renewed && let Some(watchdog) = engine.watchdog() {
+            watchdog.renewed(environment.as_str(), asked, options.lease);
+        }
+        renewed
+    }
+
+    fn forget(&self, engine: &Engine, metrics: &Metrics, environment: &EnvName) {
         let mut held = lock(&self.held);
         held.remove(environment);
         metrics.leases(held.len());
-        store.unhold(environment);
+        engine.store().unhold(environment);
+        if let Some(watchdog) = engine.watchdog() {
+            watchdog.released(environment.as_str());
+        }
     }
 
     /// One beat: the heartbeat, who is alive, every lease renewed (or let go when another
@@ -189,10 +216,11 @@ impl Membership {
     /// replica should hold but does not, returned to be queued.
     pub(crate) fn beat(
         &self,
-        store: &Store,
+        engine: &Engine,
         options: &ReplicaOptions,
         metrics: &Metrics,
     ) -> Result<Vec<EnvName>, slipway_state::StateError> {
+        let store = engine.store();
         store.heartbeat(&options.name, options.advertise.as_deref())?;
         let silent_limit = i64::try_from(options.lease.as_millis() * 2).unwrap_or(i64::MAX);
         let mut live: Vec<String> = store
@@ -213,10 +241,16 @@ impl Membership {
             if !busy && !self.should_hold(store, &options.name, &environment, &bound) {
                 store.release_lease(&environment, &options.name, epoch)?;
                 metrics.lease_handed_over();
-                self.forget(store, metrics, &environment);
+                self.forget(engine, metrics, &environment);
                 continue;
             }
+            let asked = Instant::now();
             let renewed = store.acquire_lease(&environment, &options.name, options.lease)?;
+            if let (Some(lease), Some(watchdog)) = (&renewed, engine.watchdog())
+                && lease.epoch == epoch
+            {
+                watchdog.renewed(environment.as_str(), asked, options.lease);
+            }
             if renewed.as_ref().is_none_or(|lease| lease.epoch != epoch) {
                 // Lost while this replica was not looking (it stalled): another holds it, or
                 // a new holding began whose epoch this replica never proved.
@@ -224,7 +258,7 @@ impl Membership {
                     store.release_lease(&environment, &options.name, lease.epoch)?;
                 }
                 metrics.lease_lost();
-                self.forget(store, metrics, &environment);
+                self.forget(engine, metrics, &environment);
             }
         }
         let held = lock(&self.held).clone();

@@ -425,7 +425,9 @@ pub const TYPES: &[ResourceType] = &[
             source: SourceDir::Field("cwd"),
             logs: true,
             reruns_after_failure: true,
-            node_bound: true,
+            // It leaves nothing on the node but its log: any replica may run it (under the
+            // environment's lease, which bounds the run).
+            node_bound: false,
             ..Capabilities::PROVIDED
         },
     },

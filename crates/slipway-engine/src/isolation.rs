@@ -135,6 +135,20 @@ impl Engine {
 
     /// The sandbox of `env`'s code; in uid mode its uid, allocated now if it has none yet.
     pub(crate) fn sandbox(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
+        let mut sandbox = self.identity(env)?;
+        if let (Some(watchdog), Some(fence)) = (&self.watchdog, self.store.held(env)) {
+            sandbox.lease = Some(sandbox::LeaseBound {
+                environment: env.to_string(),
+                replica: fence.replica,
+                epoch: fence.epoch,
+                watchdog: watchdog.clone(),
+            });
+        }
+        Ok(sandbox)
+    }
+
+    /// [`Engine::sandbox`] without the lease.
+    fn identity(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
         Ok(match self.isolation {
             Isolation::Uid => {
                 // Observing and applying ask for every resource: a read serves every call

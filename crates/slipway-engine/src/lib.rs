@@ -340,6 +340,8 @@ pub struct Engine {
     config: EngineConfig,
     cache: cache::CommitCache,
     isolation: slipway_providers::sandbox::Isolation,
+    /// On a replica: bounds the commands run under a lease ([`Engine::bound_by`]).
+    watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
 }
 
 impl Engine {
@@ -403,6 +405,7 @@ impl Engine {
             settings,
             config,
             isolation,
+            watchdog: None,
         })
     }
 
@@ -415,6 +418,17 @@ impl Engine {
     /// controllers sharing a PostgreSQL state; see [`Store::require_leases`]).
     pub fn require_leases(&mut self) {
         self.store.require_leases();
+    }
+
+    /// Bounds every command an environment runs under this replica's lease of it by
+    /// `watchdog` (see [`slipway_providers::watchdog`]).
+    pub fn bound_by(&mut self, watchdog: Arc<slipway_providers::watchdog::Watchdog>) {
+        self.watchdog = Some(watchdog);
+    }
+
+    /// The watchdog bounding commands by leases, on a replica.
+    pub fn watchdog(&self) -> Option<&Arc<slipway_providers::watchdog::Watchdog>> {
+        self.watchdog.as_ref()
     }
 
     /// The engine's home directory.

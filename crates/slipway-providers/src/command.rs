@@ -122,6 +122,11 @@ pub(crate) fn child_env(
         "SLIPWAY_DATA_DIR".to_owned(),
         ctx.dirs.data.display().to_string(),
     );
+    if let Some(lease) = &ctx.sandbox.lease {
+        // A fencing token: a system outside Slipway can refuse a write from an older epoch.
+        vars.insert("SLIPWAY_REPLICA".to_owned(), lease.replica.clone());
+        vars.insert("SLIPWAY_EPOCH".to_owned(), lease.epoch.to_string());
+    }
     vars
 }
 
@@ -196,6 +201,8 @@ pub(crate) enum Ending {
     TimedOut,
     /// It printed more than the capture limit on standard output; its process group was stopped.
     StdoutTooLarge,
+    /// The lease it ran under was no longer certainly held; its process group was killed.
+    LeaseLost,
 }
 
 /// What a run produced.
@@ -228,10 +235,23 @@ impl Run<'_> {
     /// When it exits, whatever it left running in its process group is killed: a run to
     /// completion leaves nothing behind.
     ///
+    /// On a replica ([`crate::sandbox::LeaseBound`]) the run is bounded by the environment's
+    /// lease too: refused when it is not certainly held, and its group killed (by the
+    /// watchdog if this process is frozen) once it may have run out.
+    ///
     /// # Errors
-    /// Only when the program cannot be started at all (not found, not executable).
+    /// When the program cannot be started at all (not found, not executable), or its lease
+    /// is not certainly held.
     pub fn run(self) -> io::Result<Finished> {
         let started = Instant::now();
+        let lease = self.confinement.sandbox.lease.as_ref();
+        if let Some(lease) = lease
+            && lease.watchdog.remaining(&lease.environment).is_zero()
+        {
+            return Err(io::Error::other(crate::watchdog::lease_lost(
+                &lease.environment,
+            )));
+        }
         let (log_reader, log_writer) = io::pipe()?;
         let mut command = Command::new(&self.command[0]);
         command
@@ -257,6 +277,17 @@ impl Run<'_> {
         let mut child = spawned?;
         let pid = child.id();
         let group = ProcessIdentity::of_child(pid);
+        let watched = match (lease, group) {
+            (Some(lease), Some(group)) => match lease.watchdog.watch(&lease.environment, group) {
+                Ok(watched) => Some(watched),
+                Err(e) => {
+                    group.signal_group(Signal::SIGKILL);
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
 
         if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), self.stdin) {
             std::thread::spawn(move || {
@@ -315,6 +346,9 @@ impl Run<'_> {
             if Instant::now() >= self.deadline {
                 break Ending::TimedOut;
             }
+            if watched.as_ref().is_some_and(|w| w.remaining().is_zero()) {
+                break Ending::LeaseLost;
+            }
             std::thread::sleep(Duration::from_millis(10));
         };
         match (&ending, group) {
@@ -322,10 +356,15 @@ impl Run<'_> {
             (_, Some(group)) if exited => {
                 group.signal_group(Signal::SIGKILL);
             }
+            // Another replica may be about to start this environment's commands.
+            (Ending::LeaseLost, Some(group)) => {
+                group.signal_group(Signal::SIGKILL);
+            }
             (_, Some(group)) => group.stop_group(self.grace),
             (_, None) => {}
         }
         let _ = child.wait();
+        drop(watched);
 
         // Readers finish once every holder of the pipes has exited. A process that escaped
         // the group (setsid) may hold them forever; its output is then cut off here.

@@ -380,6 +380,17 @@ fn call<R: serde::de::DeserializeOwned>(
                 retry: Retry::Retryable,
             });
         }
+        Ending::LeaseLost => {
+            return Err(ProviderError::Failed {
+                message: format!(
+                    "exec program `{shown}` was stopped on {}: {}",
+                    op.name(),
+                    crate::watchdog::lease_lost(ctx.environment.as_str())
+                ),
+                log_tail: finished.log_tail,
+                retry: Retry::Retryable,
+            });
+        }
         Ending::StdoutTooLarge => {
             return Err(protocol_error(
                 config,

@@ -97,6 +97,10 @@ impl Provider for JobProvider {
                 crate::duration::show(timeout)
             )),
             Ending::StdoutTooLarge => Some(format!("job command `{shown}` was stopped")),
+            Ending::LeaseLost => Some(format!(
+                "job command `{shown}` was stopped: {}",
+                crate::watchdog::lease_lost(ctx.environment.as_str())
+            )),
         };
         let took = crate::duration::show(finished.duration);
         if let Some(message) = failure {

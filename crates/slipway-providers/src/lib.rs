@@ -27,6 +27,7 @@ pub mod kubernetes;
 pub mod postgres;
 pub mod process;
 pub mod sandbox;
+pub mod watchdog;
 
 mod command;
 mod duration;

@@ -86,7 +86,36 @@ pub struct Sandbox {
     /// Whether a Landlock ruleset is enforced (the kernel has Landlock and the mode is not
     /// `none`).
     pub landlock: bool,
+    /// On a replica, the lease the environment is worked on under: its commands run only
+    /// while the lease is certainly held ([`crate::watchdog`]).
+    #[serde(skip)]
+    pub lease: Option<LeaseBound>,
 }
+
+/// The lease an environment's commands run under on a replica: they see its holder and epoch
+/// (`SLIPWAY_REPLICA`, `SLIPWAY_EPOCH`, a fencing token for systems outside Slipway) and are
+/// killed by the watchdog once the lease is no longer certainly held.
+#[derive(Debug, Clone)]
+pub struct LeaseBound {
+    /// The environment.
+    pub environment: String,
+    /// The replica holding the lease.
+    pub replica: String,
+    /// The lease's fencing epoch.
+    pub epoch: i64,
+    /// The replica's watchdog.
+    pub watchdog: std::sync::Arc<crate::watchdog::Watchdog>,
+}
+
+impl PartialEq for LeaseBound {
+    fn eq(&self, other: &LeaseBound) -> bool {
+        (&self.environment, &self.replica, self.epoch)
+            == (&other.environment, &other.replica, other.epoch)
+            && std::sync::Arc::ptr_eq(&self.watchdog, &other.watchdog)
+    }
+}
+
+impl Eq for LeaseBound {}
 
 /// [`Sandbox::none`], for contexts that run nothing of an environment's (and tests).
 pub static UNCONFINED: Sandbox = Sandbox::none();
@@ -98,6 +127,7 @@ impl Sandbox {
             isolation: Isolation::None,
             ids: None,
             landlock: false,
+            lease: None,
         }
     }
 
@@ -107,6 +137,7 @@ impl Sandbox {
             isolation: Isolation::Uid,
             ids: Some((uid, gid)),
             landlock: landlock_abi().is_some(),
+            lease: None,
         }
     }
 
@@ -116,6 +147,7 @@ impl Sandbox {
             isolation: Isolation::Landlock,
             ids: None,
             landlock: true,
+            lease: None,
         }
     }
 }
@@ -600,6 +632,7 @@ mod tests {
                 isolation: Isolation::Landlock,
                 ids: None,
                 landlock,
+                lease: None,
             },
             read: vec![dir.join("src")],
             write: vec![dir.join("data"), dir.join("tmp")],

@@ -169,6 +169,13 @@ impl Store {
         }
     }
 
+    /// The lease of `environment` this replica [`Store::hold`]s, if any.
+    pub fn held(&self, environment: &EnvName) -> Option<Fence> {
+        self.fences
+            .as_ref()
+            .and_then(|fences| lock(fences).get(environment).cloned())
+    }
+
     /// Forgets this replica's lease of `environment`: its writes of it are refused again.
     pub fn unhold(&self, environment: &EnvName) {
         if let Some(fences) = &self.fences {

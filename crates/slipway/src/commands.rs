@@ -74,6 +74,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Supervise { .. }
+        | Command::Watchdog
         | Command::Serve { .. }
         | Command::Env(_)
         | Command::Token(_)

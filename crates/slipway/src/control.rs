@@ -49,6 +49,16 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
         config.controller.replica(None)
     });
     if let Some(replica) = &replica {
+        // What this replica starts for an environment must not outlive its lease of it, even
+        // when the replica itself is frozen or cut off.
+        let exe = std::env::current_exe()
+            .context("cannot find the slipway binary to run the lease watchdog")?;
+        let watchdog = slipway_providers::watchdog::Watchdog::start(
+            &[exe.into_os_string(), "__watchdog".into()],
+            replica.lease,
+        )
+        .context("cannot start the lease watchdog")?;
+        engine.bound_by(watchdog);
         eprintln!(
             "slipway serve: replica {} of the state in {} (leases of {:?})",
             replica.name,

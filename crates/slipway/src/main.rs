@@ -217,6 +217,9 @@ enum Command {
     },
     #[command(hide = true, name = "__supervise")]
     Supervise { spec: PathBuf },
+    /// A replica's lease watchdog (see slipway_providers::watchdog), reading its standard input.
+    #[command(hide = true, name = "__watchdog")]
+    Watchdog,
 }
 
 #[derive(Subcommand, Debug)]
@@ -397,6 +400,10 @@ fn main() -> ExitCode {
         // The process supervisor, detached from any CLI invocation (see
         // slipway_providers::process).
         let code = slipway_providers::process::supervise(spec);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if let Command::Watchdog = &cli.command {
+        let code = slipway_providers::watchdog::run(std::io::BufReader::new(std::io::stdin()));
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     install_logging(if matches!(cli.command, Command::Serve { .. }) {
