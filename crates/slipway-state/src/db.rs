@@ -7,6 +7,11 @@
 //! (`?1`); for PostgreSQL they become `$1` ([`to_postgres`]), and the schema's types are
 //! mapped (`INTEGER` to `BIGINT`, `AUTOINCREMENT` keys to identity columns, no `STRICT`).
 //! Every value is an integer, a text or NULL: booleans are stored as 0 and 1 on both.
+//!
+//! Once the store has opened a database, its connection guards the schema
+//! ([`Conn::guard_schema`]): every write proves, in its own transaction, that the schema is
+//! still one this binary understands, so that a newer Slipway migrating the database under a
+//! running older one is never followed by a write of the older one (see `schema.rs`).
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -36,6 +41,18 @@ pub enum DbError {
     /// chained: the client's own chain repeats them.)
     #[error("{}", postgres_message(.0))]
     Postgres(postgres::Error),
+    /// The write was not made: a newer Slipway migrated the schema past the version this one
+    /// understands (the connection writes nothing more, see [`Conn::guard_schema`]).
+    #[error(
+        "the schema was migrated to version {found} by a newer slipway, past the {understood} \
+         this one understands; it writes nothing more"
+    )]
+    SchemaMoved {
+        /// The version the database has now.
+        found: i64,
+        /// The newest version this binary knows.
+        understood: i64,
+    },
     /// A column held something its reader does not take (a database edited by hand or
     /// damaged).
     #[error("column {index}: {reason}")]
@@ -117,7 +134,7 @@ impl DbError {
                         || code.starts_with("53")
                 }
             },
-            DbError::Decode { .. } => false,
+            DbError::SchemaMoved { .. } | DbError::Decode { .. } => false,
         }
     }
 }
@@ -392,12 +409,25 @@ impl<T: FromValue> FromValue for Option<T> {
     }
 }
 
-/// A connection.
-pub enum Conn {
+/// A connection, and what it knows of the schema once the store opened it.
+pub struct Conn {
+    link: Link,
+    /// Set once the schema is migrated ([`Conn::guard_schema`]).
+    schema: Option<SchemaGuard>,
+}
+
+enum Link {
     /// To SQLite.
     Sqlite(rusqlite::Connection),
     /// To PostgreSQL, with its prepared statements.
     Postgres(Box<PgConn>),
+}
+
+/// The schema version a connection's writes are made for, and a newer one once seen.
+#[derive(Debug, Clone, Copy)]
+struct SchemaGuard {
+    understood: i64,
+    moved: Option<i64>,
 }
 
 /// A PostgreSQL connection, its URL (to reconnect after the server restarted or the network
@@ -410,9 +440,9 @@ pub struct PgConn {
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Conn::Sqlite(_) => "Conn::Sqlite",
-            Conn::Postgres(_) => "Conn::Postgres",
+        f.write_str(match self.link {
+            Link::Sqlite(_) => "Conn::Sqlite",
+            Link::Postgres(_) => "Conn::Postgres",
         })
     }
 }
@@ -441,7 +471,11 @@ impl PgConn {
         if self.client.is_none() {
             self.statements.clear();
             let mut config: postgres::Config = self.url.parse()?;
-            config.application_name("slipway");
+            // The operator's own name (`?application_name=` in the URL) is kept: with several
+            // replicas, it says which one a session in `pg_stat_activity` is.
+            if config.get_application_name().is_none() {
+                config.application_name("slipway");
+            }
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(std::time::Duration::from_secs(10));
             }
@@ -618,34 +652,58 @@ fn pg_rows<C: GenericClient>(
 
 impl Exec for Conn {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        match self {
-            Conn::Sqlite(c) => sqlite_execute(c, sql, params),
-            Conn::Postgres(pg) => {
+        if self.schema.is_some() && is_write(sql) {
+            return self.transaction(&[], |tx| tx.execute(sql, params));
+        }
+        match &mut self.link {
+            Link::Sqlite(c) => sqlite_execute(c, sql, params),
+            Link::Postgres(pg) => {
                 pg.run(|c, statements| Ok(pg_execute(c, statements, sql, params)?))
             }
         }
     }
 
     fn rows(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-        match self {
-            Conn::Sqlite(c) => sqlite_rows(c, sql, params),
-            Conn::Postgres(pg) => pg.run(|c, statements| pg_rows(c, statements, sql, params)),
+        if self.schema.is_some() && is_write(sql) {
+            return self.transaction(&[], |tx| tx.rows(sql, params));
+        }
+        match &mut self.link {
+            Link::Sqlite(c) => sqlite_rows(c, sql, params),
+            Link::Postgres(pg) => pg.run(|c, statements| pg_rows(c, statements, sql, params)),
         }
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        match self {
-            Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Conn::Postgres(pg) => pg.run(|c, _| Ok(c.batch_execute(&to_postgres(sql))?)),
+        if self.schema.is_some() {
+            return self.transaction(&[], |tx| tx.batch(sql));
+        }
+        match &mut self.link {
+            Link::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Link::Postgres(pg) => pg.run(|c, _| Ok(c.batch_execute(&to_postgres(sql))?)),
         }
     }
 
     fn dialect(&self) -> Dialect {
-        match self {
-            Conn::Sqlite(_) => Dialect::Sqlite,
-            Conn::Postgres(_) => Dialect::Postgres,
+        match self.link {
+            Link::Sqlite(_) => Dialect::Sqlite,
+            Link::Postgres(_) => Dialect::Postgres,
         }
     }
+}
+
+/// Whether `sql` changes the database (and so must prove the schema once it is guarded).
+/// Reads, and `VACUUM INTO` (which writes another file), do not.
+fn is_write(sql: &str) -> bool {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    [
+        "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "ALTER", "DROP", "TRUNCATE",
+    ]
+    .iter()
+    .any(|w| first.eq_ignore_ascii_case(w))
 }
 
 impl Exec for Tx<'_> {
@@ -679,37 +737,132 @@ impl Exec for Tx<'_> {
 }
 
 impl Conn {
+    /// A connection to SQLite.
+    pub fn sqlite(connection: rusqlite::Connection) -> Conn {
+        Conn {
+            link: Link::Sqlite(connection),
+            schema: None,
+        }
+    }
+
+    /// A connection to PostgreSQL.
+    pub fn postgres(connection: PgConn) -> Conn {
+        Conn {
+            link: Link::Postgres(Box::new(connection)),
+            schema: None,
+        }
+    }
+
+    /// From now on, every write proves in its own transaction that the schema's version is
+    /// still at most `understood` (the newest this binary knows), and a newer one refuses it
+    /// with [`DbError::SchemaMoved`] and every write after it: once a newer Slipway migrated
+    /// the database, this process writes nothing more. Reads go on (migrations are additive,
+    /// see `schema.rs`).
+    ///
+    /// # Guarantees
+    /// A write's transaction takes `slipway_schema` in `SHARE` mode before anything else
+    /// (SQLite's `BEGIN IMMEDIATE` is one lock for everything); a migration takes it in
+    /// `SHARE ROW EXCLUSIVE` mode first. So a write either commits before the migration
+    /// begins, or waits for it and reads the new version: none of this process's writes
+    /// commits after a migration it does not know. Both lock `slipway_schema` first, so they
+    /// cannot deadlock on each other's tables.
+    pub fn guard_schema(&mut self, understood: i64) {
+        self.schema = Some(SchemaGuard {
+            understood,
+            moved: None,
+        });
+    }
+
+    /// The newer schema version found, once one was: this connection writes nothing more.
+    pub fn schema_moved(&self) -> Option<i64> {
+        self.schema.and_then(|g| g.moved)
+    }
+
+    /// Records that the database's schema is at version `found` (read by the caller): past
+    /// the guarded version, the connection writes nothing more. Returns the newer version
+    /// found, now or before.
+    pub fn notice_schema(&mut self, found: i64) -> Option<i64> {
+        if let Some(guard) = &mut self.schema
+            && found > guard.understood
+            && guard.moved.is_none()
+        {
+            guard.moved = Some(found);
+        }
+        self.schema_moved()
+    }
+
     /// Runs `body` in a transaction that takes the write lock at once: SQLite's
     /// `BEGIN IMMEDIATE`; on PostgreSQL, `tables` locked `SHARE ROW EXCLUSIVE` (writers of
     /// those tables wait, readers do not), so a read-then-write in `body` sees no concurrent
-    /// writer of them. Commits when `body` succeeds, rolls back otherwise.
+    /// writer of them. Commits when `body` succeeds, rolls back otherwise. With the schema
+    /// guarded, it first proves the schema has not moved (see [`Conn::guard_schema`]).
     pub fn transaction<T, E: From<DbError>>(
         &mut self,
         tables: &[&str],
         body: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        match self {
-            Conn::Sqlite(c) => {
+        let guard = self.schema;
+        if let Some(SchemaGuard {
+            understood,
+            moved: Some(found),
+        }) = guard
+        {
+            return Err(DbError::SchemaMoved { found, understood }.into());
+        }
+        let understood = guard.map(|g| g.understood);
+        let mut newer = None;
+        let result = match &mut self.link {
+            Link::Sqlite(c) => (|| {
                 let tx = c
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(DbError::from)?;
                 let mut tx = Tx::Sqlite(tx);
+                if let Some(understood) = understood {
+                    let found: i64 = tx.query_one("PRAGMA user_version", &[], |r| r.get(0))?;
+                    if found > understood {
+                        newer = Some(found);
+                        return Err(DbError::SchemaMoved { found, understood }.into());
+                    }
+                }
                 let value = body(&mut tx)?;
                 let Tx::Sqlite(tx) = tx else {
                     unreachable!("made above")
                 };
                 tx.commit().map_err(DbError::from)?;
                 Ok(value)
-            }
-            Conn::Postgres(pg) => {
+            })(),
+            Link::Postgres(pg) => {
                 let mut failure = None;
                 let outcome = pg.run(|client, statements| {
                     let mut tx = client.transaction()?;
+                    let mut locks = String::new();
+                    if understood.is_some() {
+                        locks.push_str("LOCK TABLE slipway_schema IN SHARE MODE; ");
+                    }
                     if !tables.is_empty() {
-                        tx.batch_execute(&format!(
-                            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                        locks.push_str(&format!(
+                            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; ",
                             tables.join(", ")
-                        ))?;
+                        ));
+                    }
+                    if let Some(understood) = understood {
+                        // One round trip: the locks, then the version they protect.
+                        locks.push_str("SELECT version FROM slipway_schema WHERE id = 1");
+                        let found = tx
+                            .simple_query(&locks)?
+                            .iter()
+                            .find_map(|m| match m {
+                                postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                                _ => None,
+                            })
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .unwrap_or(0);
+                        if found > understood {
+                            newer = Some(found);
+                            return Err(DbError::SchemaMoved { found, understood });
+                        }
+                    } else if !locks.is_empty() {
+                        tx.batch_execute(&locks)?;
                     }
                     let mut tx = Tx::Postgres(tx, statements);
                     match body(&mut tx) {
@@ -733,7 +886,11 @@ impl Conn {
                     (Ok(None), None) => unreachable!("no value only when the body failed"),
                 }
             }
+        };
+        if let Some(found) = newer {
+            self.notice_schema(found);
         }
+        result
     }
 }
 

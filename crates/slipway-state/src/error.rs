@@ -77,6 +77,20 @@ pub enum StateError {
         supported: i64,
     },
 
+    /// A newer Slipway migrated the state's schema while this process was running: it has
+    /// stepped aside and writes nothing more (it may still read).
+    #[error(
+        "the state's schema was migrated to version {found} by a newer slipway while this one \
+         (which understands version {understood}) was running, so this process writes nothing \
+         more; replace it with the newer version"
+    )]
+    SchemaMoved {
+        /// The schema version the database has now.
+        found: i64,
+        /// The newest schema version this binary knows.
+        understood: i64,
+    },
+
     /// A schema migration failed; the database stays at the previous version.
     #[error("failed to migrate the state database {location} to schema version {version}")]
     Migrate {
@@ -216,6 +230,9 @@ pub enum StateError {
 /// A transaction that could not begin or commit.
 impl From<DbError> for StateError {
     fn from(source: DbError) -> StateError {
+        if let DbError::SchemaMoved { found, understood } = source {
+            return StateError::SchemaMoved { found, understood };
+        }
         StateError::Database {
             operation: "run a transaction on the state database".to_owned(),
             source,
@@ -224,6 +241,12 @@ impl From<DbError> for StateError {
 }
 
 impl StateError {
+    /// Whether a newer Slipway migrated the schema under this process, which writes nothing
+    /// more: it must step aside.
+    pub fn is_schema_moved(&self) -> bool {
+        matches!(self, StateError::SchemaMoved { .. })
+    }
+
     /// Whether a write was refused because the writer no longer holds the environment's
     /// lease: it must stop working on that environment at once.
     pub fn is_fenced(&self) -> bool {
@@ -242,6 +265,7 @@ impl StateError {
             StateError::CreateHome { .. }
             | StateError::WalUnavailable { .. }
             | StateError::NewerSchema { .. }
+            | StateError::SchemaMoved { .. }
             | StateError::CorruptJson { .. }
             | StateError::InvalidValue { .. }
             | StateError::UnknownWord { .. }

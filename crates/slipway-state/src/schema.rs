@@ -7,6 +7,24 @@
 //! constraint in place; a migration that rebuilds a table must do so with
 //! `PRAGMA foreign_keys` off, which is why status vocabularies are checked in Rust and not by
 //! `CHECK` constraints.
+//!
+//! # Upgrading replicas that share one state
+//! The first process of a newer Slipway to open the database migrates it; older processes
+//! still running on it step aside: their connection guards the schema (`Conn::guard_schema`),
+//! so none of their writes commits after a migration they do not know, and the first write
+//! (or schema check) that meets the newer version stops them writing for good. They keep
+//! reading, which is why a migration must be additive: add tables, columns with defaults and
+//! indexes; drop or rename only in a later release, once no running version reads them. An
+//! older binary that starts on a newer schema refuses to open it ([`StateError::NewerSchema`]).
+//!
+//! # Rehearsing the next schema (tests only)
+//! With `SLIPWAY_TEST_NEXT_SCHEMA=1` in its environment, a binary knows one migration more
+//! than it ships, [`REHEARSAL`] (additive: a table of one row and a column on
+//! `environments`), and so plays the next release against the binaries that do not have the
+//! variable: that is how the rolling-upgrade test (`crates/slipway/tests/upgrade.rs`) gets an
+//! "old" and a "new" binary from one build. A state it migrated is refused by every binary
+//! without the variable, this one's successors included (their real next migration would
+//! otherwise be taken as applied): it is for throwaway test states only.
 
 use crate::StateError;
 use crate::db::{Conn, DbError, Dialect, Exec, params};
@@ -221,6 +239,40 @@ CREATE TABLE leases (
 /// The schema version this binary writes: the number of migrations it knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The one migration past [`MIGRATIONS`] that a binary rehearsing the next schema knows (see
+/// the module's documentation). It records itself in a table that a second run could not
+/// create again, so a test can tell it ran exactly once.
+pub(crate) const REHEARSAL: &str = r#"
+CREATE TABLE slipway_rehearsal (
+    id             INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    note           TEXT NOT NULL
+) STRICT;
+INSERT INTO slipway_rehearsal (id, note) VALUES (1, 'the next schema, rehearsed');
+ALTER TABLE environments ADD COLUMN rehearsal TEXT;
+"#;
+
+/// The variable that makes a binary rehearse the next schema.
+const REHEARSE_VARIABLE: &str = "SLIPWAY_TEST_NEXT_SCHEMA";
+
+/// Whether this process rehearses the next schema (`SLIPWAY_TEST_NEXT_SCHEMA=1`).
+fn rehearsing() -> bool {
+    std::env::var_os(REHEARSE_VARIABLE).is_some_and(|v| v == "1")
+}
+
+/// The newest schema version this process understands: [`SCHEMA_VERSION`], or one more when
+/// it rehearses the next schema.
+pub(crate) fn understood() -> i64 {
+    SCHEMA_VERSION + i64::from(rehearsing())
+}
+
+/// The migrations this process knows, in order.
+fn migrations() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS
+        .iter()
+        .copied()
+        .chain(rehearsing().then_some(REHEARSAL))
+}
+
 /// Brings the database up to [`SCHEMA_VERSION`], one transaction per migration.
 ///
 /// The version is read inside each write transaction, so two processes opening a fresh
@@ -242,7 +294,19 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
     }
     let found = version(conn).map_err(open_error)?;
     refuse_newer(location, found)?;
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
+    if !rehearsing() && rehearsed(conn).map_err(open_error)? {
+        return Err(StateError::InvalidValue {
+            field: "state database",
+            value: format!(
+                "{location}, migrated by a binary rehearsing the next schema \
+                 ({REHEARSE_VARIABLE}=1, for tests only)"
+            ),
+            allowed: &[
+                "a state migrated by released versions of slipway; restore it from a backup",
+            ],
+        });
+    }
+    for (index, sql) in migrations().enumerate() {
         let target = i64::try_from(index + 1).expect("the migration list is short");
         let migrate_error = |source| StateError::Migrate {
             location: location.to_owned(),
@@ -293,12 +357,28 @@ fn set_version(conn: &mut impl Exec, version: i64) -> Result<(), DbError> {
 }
 
 fn refuse_newer(location: &str, found: i64) -> Result<(), StateError> {
-    if found > SCHEMA_VERSION {
+    let supported = understood();
+    if found > supported {
         return Err(StateError::NewerSchema {
             location: location.to_owned(),
             found,
-            supported: SCHEMA_VERSION,
+            supported,
         });
     }
     Ok(())
+}
+
+/// Whether a binary rehearsing the next schema migrated this database.
+fn rehearsed(conn: &mut impl Exec) -> Result<bool, DbError> {
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'slipway_rehearsal'"
+        }
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = 'slipway_rehearsal'"
+        }
+    };
+    conn.query_one(sql, params![], |row| row.get::<i64>(0))
+        .map(|n| n > 0)
 }

@@ -82,7 +82,7 @@ impl Store {
             .map_err(open_error)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_error)?;
-        Store::finish(home, location, path, Conn::Sqlite(conn))
+        Store::finish(home, location, path, Conn::sqlite(conn))
     }
 
     /// Opens the PostgreSQL database at `url` (a `postgres://` URL or libpq key/value string)
@@ -99,12 +99,7 @@ impl Store {
             location: location.clone(),
             source,
         })?;
-        Store::finish(
-            home,
-            location,
-            home.join("state.db"),
-            Conn::Postgres(Box::new(conn)),
-        )
+        Store::finish(home, location, home.join("state.db"), Conn::postgres(conn))
     }
 
     fn finish(
@@ -114,6 +109,8 @@ impl Store {
         mut conn: Conn,
     ) -> Result<Store, StateError> {
         schema::migrate(&mut conn, &location)?;
+        // From here on, a newer Slipway migrating the database stops this process's writes.
+        conn.guard_schema(schema::understood());
         let sealer = crate::seal::Sealer::load_or_create(&home.join("state.key"))?;
         Ok(Store {
             location,
@@ -147,9 +144,32 @@ impl Store {
     }
 
     /// The schema version recorded in the database (equal to [`crate::SCHEMA_VERSION`] once
-    /// opened).
+    /// opened, unless a newer Slipway migrated it since).
     pub fn schema_version(&self) -> Result<i64, StateError> {
         schema::version(&mut *self.conn()).map_err(sql("read the schema version"))
+    }
+
+    /// The newer schema version a write of this store met (refused), or a
+    /// [`Store::check_schema`] found: once there is one, this store writes nothing more, and
+    /// whoever runs on it steps aside. Asks nothing of the database.
+    pub fn schema_moved(&self) -> Option<i64> {
+        self.conn().schema_moved()
+    }
+
+    /// Reads the schema version, and returns it when a newer Slipway migrated the database
+    /// past what this process understands (as [`Store::schema_moved`] will from then on).
+    pub fn check_schema(&self) -> Result<Option<i64>, StateError> {
+        let mut conn = self.conn();
+        if let Some(found) = conn.schema_moved() {
+            return Ok(Some(found));
+        }
+        let found = schema::version(&mut *conn).map_err(sql("read the schema version"))?;
+        Ok(conn.notice_schema(found))
+    }
+
+    /// The newest schema version this process understands ([`crate::SCHEMA_VERSION`]).
+    pub fn understood_schema(&self) -> i64 {
+        schema::understood()
     }
 
     /// From now on, every write of an environment (its record, resources, ports, uid,
@@ -240,6 +260,7 @@ fn create_home(home: &Path) -> Result<(), StateError> {
 pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(DbError) -> StateError {
     let operation = operation.into();
     move |source| match source {
+        DbError::SchemaMoved { found, understood } => StateError::SchemaMoved { found, understood },
         DbError::Decode {
             reason: DecodeError::Word(word),
             ..

@@ -28,6 +28,7 @@ fn env(name: &str) -> EnvName {
 matrix!(
     reopening_keeps_data_and_applies_no_migration_twice,
     a_database_from_a_newer_slipway_is_refused,
+    a_store_open_when_a_newer_slipway_migrates_writes_nothing_more_and_still_reads,
     environments_are_listed_by_name_and_updates_keep_created_at,
     environment_status_is_recorded_and_checked,
     a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default,
@@ -209,6 +210,102 @@ fn a_database_from_a_newer_slipway_is_refused(state: &TestState) {
     assert!(
         error.to_string().contains("upgrade slipway"),
         "the message says how to fix it: {error}"
+    );
+}
+
+fn a_store_open_when_a_newer_slipway_migrates_writes_nothing_more_and_still_reads(
+    state: &TestState,
+) {
+    let store = store_with(state, &["prod"]);
+    record_apply_started(&store, "prod", "before the upgrade");
+    let other = state.open();
+    assert_eq!(store.check_schema().expect("read the schema"), None);
+
+    // A newer slipway migrates the database under the open store: additively, as every
+    // migration must (a table, and a column with no default on a table the store reads).
+    state
+        .raw(
+            "CREATE TABLE later_things (id INTEGER PRIMARY KEY);\
+             ALTER TABLE environments ADD COLUMN later TEXT;",
+            false,
+        )
+        .expect("migrate");
+    state.set_schema_version(SCHEMA_VERSION + 1);
+
+    let refused = store
+        .upsert_environment(&environment("staging"))
+        .expect_err("a write after the migration is refused");
+    assert!(
+        matches!(refused, StateError::SchemaMoved { found, understood }
+            if found == SCHEMA_VERSION + 1 && understood == SCHEMA_VERSION),
+        "the refusal names both versions: {refused:?}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("replace it with the newer version"),
+        "and says what to do: {refused}"
+    );
+    // Every kind of write, not only an environment's: events, leases, heartbeats, tokens.
+    assert!(
+        store
+            .record_event(None, EventKind::ForgeFailed, "x", &json!({}), 2)
+            .is_err_and(|e| e.is_schema_moved()),
+        "an event is not written"
+    );
+    assert!(
+        store
+            .acquire_lease(&env("prod"), "r1", std::time::Duration::from_secs(5))
+            .is_err_and(|e| e.is_schema_moved()),
+        "no lease is taken"
+    );
+    assert!(
+        store
+            .heartbeat("r1", None)
+            .is_err_and(|e| e.is_schema_moved()),
+        "no heartbeat is written"
+    );
+    assert_eq!(store.schema_moved(), Some(SCHEMA_VERSION + 1));
+    // Another store of this binary, which has written nothing since, notices by reading.
+    assert_eq!(other.schema_moved(), None, "not before it looks");
+    assert_eq!(
+        other.check_schema().expect("read the schema"),
+        Some(SCHEMA_VERSION + 1)
+    );
+    assert!(
+        other
+            .delete_environment(&env("prod"))
+            .is_err_and(|e| e.is_schema_moved()),
+        "and writes nothing either"
+    );
+
+    // It still reads, the column it does not know notwithstanding.
+    let names: Vec<String> = store
+        .environments()
+        .expect("read environments")
+        .into_iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    assert_eq!(names, ["prod"], "nothing was written, and it reads");
+    let events = store
+        .events(&EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .expect("read events");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+        ["before the upgrade"],
+        "no event was written after the migration"
+    );
+
+    // A store opened now understands no more, and refuses to open at all.
+    assert!(
+        matches!(state.try_open(), Err(StateError::NewerSchema { .. })),
+        "an older binary does not start on a newer schema"
     );
 }
 
