@@ -15,6 +15,10 @@
 //!   killed controller left half-done.
 //! - A commit that does not validate, or whose apply fails, marks the environment `failed`
 //!   with the reason and leaves the running version up.
+//! - Once a newer Slipway has migrated the state's schema (a rolling upgrade), the
+//!   controller steps aside: it starts no reconcile, beats no heartbeat and takes no lease
+//!   (the store refuses its writes anyway), so its leases expire and the upgraded replicas
+//!   take its environments over; whatever serves beside it may go on reading.
 #![deny(missing_docs)]
 
 pub mod clock;
@@ -234,6 +238,8 @@ pub(crate) struct Inner {
     pub parked: Mutex<std::collections::BTreeMap<EnvName, String>>,
     /// Who works on what, with several replicas.
     pub membership: replicas::Membership,
+    /// Whether this controller has said it steps aside (a newer schema), said once.
+    pub stepped_aside: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -276,6 +282,7 @@ impl Controller {
                 applies: Mutex::new(std::collections::BTreeMap::new()),
                 parked: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),
+                stepped_aside: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -288,6 +295,26 @@ impl Controller {
     /// This replica's name and lease, when it is one of several on a PostgreSQL state.
     pub fn replica(&self) -> Option<&ReplicaOptions> {
         self.inner.options.replica.as_ref()
+    }
+
+    /// The newer schema version a newer Slipway migrated the state to while this one ran,
+    /// once this controller met it: it has stepped aside (see the crate's guarantees).
+    pub fn stepped_aside(&self) -> Option<i64> {
+        let found = self.inner.engine.store().schema_moved()?;
+        if !self
+            .inner
+            .stepped_aside
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(
+                schema = found,
+                understood = self.inner.engine.store().understood_schema(),
+                "a newer slipway migrated the state's schema: this one steps aside; it \
+                 reconciles and writes nothing more, its leases expire and upgraded replicas \
+                 take its environments over; replace it with the newer version"
+            );
+        }
+        Some(found)
     }
 
     /// The metrics.
@@ -518,13 +545,24 @@ impl Controller {
     /// One heartbeat of this replica: renews its leases, lets go of those it lost or should
     /// not hold, and queues the environments it should hold but does not (a dead replica's).
     async fn beat(&self, replica: &ReplicaOptions) {
+        if self.stepped_aside().is_some() {
+            return;
+        }
         let (inner, options) = (self.inner.clone(), replica.clone());
         let result = tokio::task::spawn_blocking(move || {
+            // A newer Slipway migrated the schema: no heartbeat, no lease (the store would
+            // refuse them); the next beat finds the controller stepped aside.
+            if inner.engine.store().check_schema()?.is_some() {
+                return Ok(Vec::new());
+            }
             inner
                 .membership
                 .beat(&inner.engine, &options, &inner.metrics)
         })
         .await;
+        if self.stepped_aside().is_some() {
+            return;
+        }
         match result {
             Ok(Ok(orphans)) => {
                 for env in orphans {
@@ -586,6 +624,21 @@ impl Controller {
     /// (requeue, or the error policy's backoff or wait), the failure recorded, and the answer
     /// to a `/slipway apply` waiting for it.
     async fn work(&self, env: EnvName, trigger: Trigger) {
+        if self.stepped_aside().is_some() {
+            // Nothing more to do here: the upgraded replicas take it over.
+            let mut queue = self
+                .inner
+                .queue
+                .lock()
+                .expect("the queue lock is never poisoned");
+            queue.done(
+                &env,
+                queue::Finished::Succeeded,
+                self.inner.options.max_backoff,
+            );
+            queue.forget(&env);
+            return;
+        }
         if let Some(replica) = self.inner.options.replica.clone() {
             let (inner, name) = (self.inner.clone(), env.clone());
             let taken = tokio::task::spawn_blocking(move || {

@@ -197,6 +197,12 @@ impl From<StateError> for ApiError {
                     "another replica works on this environment: retry shortly, or on that \
                      replica",
                 ),
+            StateError::SchemaMoved { .. } => {
+                ApiError::client(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).hint(
+                    "this replica runs an older slipway than the state and has stepped aside: \
+                     send the request to an upgraded replica",
+                )
+            }
             other => ApiError::internal(chain(&other)),
         }
     }

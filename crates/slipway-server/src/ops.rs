@@ -27,11 +27,11 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("health", "health")
             .summary(
                 "Check health",
-                "Whether the server answers and its state store can be read. No token needed.",
+                "Whether the server answers, its state store can be read, and it has not stepped aside for a newer Slipway that migrated the state's schema (a rolling upgrade: a load balancer should take such a replica out). No token needed.",
             )
             .access(Access::Public)
             .json::<Health>(StatusCode::OK, "The server is up.")
-            .errors(&[(StatusCode::SERVICE_UNAVAILABLE, "The state store cannot be read.")]),
+            .errors(&[(StatusCode::SERVICE_UNAVAILABLE, "The state store cannot be read, or a newer Slipway migrated its schema and this replica stepped aside (it still answers reads).")]),
         Route::get("/metrics", metrics)
             .id("metrics", "metrics")
             .summary(
@@ -81,10 +81,21 @@ pub(crate) fn routes() -> Vec<Route> {
 
 async fn healthz(State(app): State<AppState>) -> Response {
     match app
-        .blocking(|c| Ok(c.engine().store().schema_version()?))
+        .blocking(|c| Ok(c.engine().store().check_schema()?))
         .await
     {
-        Ok(_) => Json(Health { status: "ok" }).into_response(),
+        Ok(None) => Json(Health { status: "ok" }).into_response(),
+        // A load balancer takes it out of rotation; reads still answer for whoever asks.
+        Ok(Some(found)) => ApiError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this replica has stepped aside: a newer slipway migrated the state's schema to \
+                 version {found}, past the {} this one understands",
+                app.controller.engine().store().understood_schema()
+            ),
+        )
+        .hint("replace it with the newer version; it still answers reads, and writes nothing")
+        .into_response(),
         Err(e) => {
             eprintln!("slipway-server: health check failed: {e}");
             ApiError::client(

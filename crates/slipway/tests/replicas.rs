@@ -7,6 +7,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use slipway_testkit::pg::TestDatabase;
+use util::replicas::*;
 use util::*;
 
 const ENVS: usize = 8;
@@ -20,45 +21,6 @@ fn stack(extra: &str) -> String {
         "version: 1\nstack: shared\nenvironments: {{ {} }}\nresources:\n  db: {{ type: postgres.database }}\n{extra}",
         envs.join(", ")
     )
-}
-
-/// `(environment, holder)` of every unexpired lease.
-fn holders(db: &TestDatabase) -> Vec<(String, String)> {
-    db.connect()
-        .query(
-            "SELECT environment, holder FROM leases \
-             WHERE expires_at > EXTRACT(EPOCH FROM clock_timestamp()) * 1000 ORDER BY environment",
-            &[],
-        )
-        .expect("read leases")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-/// How many environments run `commit`, synced.
-fn synced_at(db: &TestDatabase, commit: &str) -> i64 {
-    db.connect()
-        .query_one(
-            "SELECT COUNT(*) FROM environments WHERE sync = 'synced' AND current_commit = $1",
-            &[&commit],
-        )
-        .expect("count")
-        .get(0)
-}
-
-/// Succeeded deployments per environment and commit, more than one anywhere is a double apply.
-fn doubled(db: &TestDatabase) -> Vec<(String, String, i64)> {
-    db.connect()
-        .query(
-            "SELECT environment, commit_sha, COUNT(*) FROM deployments WHERE status = 'succeeded' \
-             GROUP BY environment, commit_sha HAVING COUNT(*) > 1",
-            &[],
-        )
-        .expect("count")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
 }
 
 type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
@@ -88,25 +50,18 @@ impl Pair {
         let s = Sandbox::new();
         s.write("slipway.yaml", &stack(""));
         let first = s.commit("eight environments");
-        let config = std::fs::read_to_string(&s.config).expect("config");
         let start = |name: &str, poll: &str, port: u16| {
-            let url = format!("postgres://postgres@127.0.0.1:{port}/{}", database.name());
-            let home = s.dir.path().join(format!("home-{name}"));
-            std::fs::create_dir_all(&home).expect("home");
-            let file = s.dir.path().join(format!("{name}.toml"));
-            std::fs::write(
-                &file,
-                format!(
-                    "{config}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n\
-                     [repo]\npoll_interval = \"{poll}\"\n[state]\nurl = \"{url}\"\n"
-                ),
-            )
-            .expect("config");
-            let url = format!("file://{}", s.repo.display());
-            let mut command = s.cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"]);
-            command
-                .env("SLIPWAY_HOME", &home)
-                .env("SLIPWAY_CONFIG", &file);
+            let config = replica_config(
+                &s,
+                &database,
+                ReplicaSettings {
+                    poll,
+                    port,
+                    ..ReplicaSettings::named(name)
+                },
+            );
+            let home = replica_home(&s, name);
+            let command = serve_command(&s, &home, &config);
             (home, command)
         };
         // The first replica makes the state's key; the second gets a copy, as an operator
@@ -196,23 +151,6 @@ impl Pair {
         );
         self.s.commit("a role in every environment")
     }
-}
-
-/// The value of `name` in `server`'s `/metrics`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let metrics = http_get(server.port(), "/metrics").expect("/metrics answers");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
-}
-
-fn signal(server: &Server, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &server.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill {signal}");
 }
 
 #[test]

@@ -592,6 +592,7 @@ pub fn status_resource<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 pub mod browser;
+pub mod replicas;
 pub mod world;
 pub use slipway_testkit::forge::{
     Comment, Delivery, Event, FakeForge, Forge, PrSpec, PrState, gitea as fake_gitea,
