@@ -164,6 +164,20 @@ pub enum ControllerError {
     /// another kind); the message says why.
     #[error("{0}")]
     Conflict(String),
+    /// A person's request reached a replica that does not work on the environment; nothing
+    /// was changed. The replica that does is named, with the address its node advertises
+    /// when it recorded one.
+    #[error("{}", elsewhere(environment, replica, advertise.as_deref(), *alive))]
+    Elsewhere {
+        /// The environment.
+        environment: EnvName,
+        /// The replica that works on it (holds its lease, or should).
+        replica: String,
+        /// Where that replica's node is reached (`[local] advertise`), if it said.
+        advertise: Option<String>,
+        /// Whether that replica is alive (heard from within two leases).
+        alive: bool,
+    },
     /// The forge refused or could not be reached.
     #[error("the forge refused: {0}")]
     Forge(#[from] slipway_forge::ForgeError),
@@ -184,6 +198,23 @@ pub enum ControllerError {
     Internal(String),
 }
 
+/// The message of [`ControllerError::Elsewhere`].
+fn elsewhere(environment: &EnvName, replica: &str, advertise: Option<&str>, alive: bool) -> String {
+    let at = advertise.map(|a| format!(" (at {a})")).unwrap_or_default();
+    if alive {
+        format!(
+            "environment `{environment}` is worked on by replica {replica}{at}, not by this \
+             one; nothing was changed: send the request to {replica}"
+        )
+    } else {
+        format!(
+            "environment `{environment}` runs on the node of replica {replica}{at} (it has \
+             processes or files there), which is not alive; nothing was changed: start \
+             {replica} again to act on it"
+        )
+    }
+}
+
 impl ControllerError {
     /// Whether the same call may succeed later with nothing changed by a person (the one
     /// spelling across the crates: the store's, git's, the forge's, the providers' and the
@@ -200,7 +231,8 @@ impl ControllerError {
             ControllerError::Internal(_) => true,
             ControllerError::NotFound(_)
             | ControllerError::Invalid(_)
-            | ControllerError::Conflict(_) => false,
+            | ControllerError::Conflict(_)
+            | ControllerError::Elsewhere { .. } => false,
         }
     }
 
@@ -832,6 +864,34 @@ impl Controller {
         Ok(record)
     }
 
+    /// Runs `request`, a person's, about `name` on a blocking thread; on a replica, under
+    /// `name`'s lease, taken here first, or refused naming the replica that works on it (see
+    /// [`ControllerError::Elsewhere`]).
+    async fn as_holder<T: Send + 'static>(
+        &self,
+        name: &EnvName,
+        request: impl FnOnce(&Inner) -> Result<T, ControllerError> + Send + 'static,
+    ) -> Result<T, ControllerError> {
+        let name = name.clone();
+        self.blocking(move |inner| {
+            let claimed = requests::claim(inner, &name)?;
+            let result = request(inner);
+            if claimed {
+                requests::release(inner, &name);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Queues a reconcile of `name` now, as a person asked: on a replica, only on the one
+    /// that works on it (another refuses, naming it, rather than accept work it would drop).
+    pub async fn sync(&self, name: &EnvName) -> Result<(), ControllerError> {
+        self.as_holder(name, |_| Ok(())).await?;
+        self.enqueue(name, Trigger::Manual);
+        Ok(())
+    }
+
     /// Destroys an environment now (waiting for any operation on it to finish).
     /// A protected environment is destroyed only when `options.confirm` is given.
     pub async fn destroy_environment(
@@ -839,10 +899,10 @@ impl Controller {
         name: &EnvName,
         options: DestroyOptions,
     ) -> Result<(), ControllerError> {
-        let name = name.clone();
         let forget = name.clone();
-        self.blocking(move |inner| {
-            reconcile::destroy(inner, &name, &options, "destroyed on request")
+        let target = name.clone();
+        self.as_holder(name, move |inner| {
+            reconcile::destroy(inner, &target, &options, "destroyed on request")
         })
         .await?;
         self.inner
@@ -859,8 +919,8 @@ impl Controller {
         name: &EnvName,
         by: Duration,
     ) -> Result<EnvironmentRecord, ControllerError> {
-        let name = name.clone();
-        self.blocking(move |inner| requests::extend(inner, &name, by))
+        let target = name.clone();
+        self.as_holder(name, move |inner| requests::extend(inner, &target, by))
             .await
     }
 
@@ -872,7 +932,7 @@ impl Controller {
     ) -> Result<EnvironmentRecord, ControllerError> {
         let n = name.clone();
         let record = self
-            .blocking(move |inner| requests::pin(inner, &n, commit))
+            .as_holder(name, move |inner| requests::pin(inner, &n, commit))
             .await?;
         self.enqueue(name, Trigger::Manual);
         Ok(record)
@@ -882,7 +942,7 @@ impl Controller {
     pub async fn unpin(&self, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
         let n = name.clone();
         let record = self
-            .blocking(move |inner| requests::unpin(inner, &n))
+            .as_holder(name, move |inner| requests::unpin(inner, &n))
             .await?;
         self.enqueue(name, Trigger::Manual);
         Ok(record)
@@ -896,7 +956,7 @@ impl Controller {
     ) -> Result<EnvironmentRecord, ControllerError> {
         let n = name.clone();
         let record = self
-            .blocking(move |inner| {
+            .as_holder(name, move |inner| {
                 let d = inner.engine.store().deployment(deployment)?.filter(|d| d.environment == n && !d.commit.is_empty());
                 let Some(d) = d else {
                     return Err(ControllerError::Invalid(format!("deployment #{deployment} is not a deployment of `{n}`; `slipway history --env {n}` lists them")));

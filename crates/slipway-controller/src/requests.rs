@@ -1,6 +1,10 @@
 //! What people ask of an environment outside the loop: an ad-hoc environment, a longer time
 //! to live, a pin (or rollback) and its release. Each runs on a blocking thread; the caller
 //! queues the reconcile that follows.
+//!
+//! With several replicas, a person's request about an existing environment is done by the
+//! replica that works on it, under its lease ([`claim`]): another replica refuses it, naming
+//! that one, rather than write beside it.
 
 use slipway_core::EnvName;
 use std::time::Duration;
@@ -11,7 +15,101 @@ use slipway_engine::Origin;
 use slipway_state::EnvironmentRecord;
 
 use crate::reconcile::{event, expires};
+use crate::replicas::{ReplicaOptions, rendezvous};
 use crate::{ControllerError, CreateEnvironment, Inner, short};
+
+/// Before a person's request about `name`, on a replica: takes (or renews) its lease when
+/// this replica is the one to work on it (its share of the floating environments, or the
+/// node-bound ones of its node), so that the request's writes prove the lease and no other
+/// replica acts on it meanwhile; otherwise refuses, naming the replica that works on it
+/// ([`ControllerError::Elsewhere`]), having changed nothing. `true`: taken, to give back with
+/// [`release`] once the request is done. Not a replica, or no such environment (the request
+/// itself says so): nothing to take.
+pub(crate) fn claim(inner: &Inner, name: &EnvName) -> Result<bool, ControllerError> {
+    let Some(replica) = &inner.options.replica else {
+        return Ok(false);
+    };
+    let store = inner.engine.store();
+    if let Some(found) = store.schema_moved() {
+        return Err(slipway_state::StateError::SchemaMoved {
+            found,
+            understood: store.understood_schema(),
+        }
+        .into());
+    }
+    if store.environment(name)?.is_none() {
+        return Ok(false);
+    }
+    if inner
+        .membership
+        .take(&inner.engine, replica, &inner.metrics, name)?
+    {
+        return Ok(true);
+    }
+    Err(elsewhere(inner, replica, name)?)
+}
+
+/// After a request [`claim`] took `name`'s lease for: the lease stays this replica's (it is
+/// its share) unless it was lost meanwhile.
+pub(crate) fn release(inner: &Inner, name: &EnvName) {
+    if let Some(replica) = &inner.options.replica {
+        inner
+            .membership
+            .done(&inner.engine, replica, &inner.metrics, name);
+    }
+}
+
+/// Why this replica does not act on `name`: the replica holding its lease now; or, free, the
+/// one it belongs to (the last holder of a node-bound environment, else the live replica
+/// rendezvous hashing ranks first).
+fn elsewhere(
+    inner: &Inner,
+    me: &ReplicaOptions,
+    name: &EnvName,
+) -> Result<ControllerError, ControllerError> {
+    let store = inner.engine.store();
+    let replicas = store.replicas()?;
+    let silent_limit = i64::try_from(me.lease.as_millis() * 2).unwrap_or(i64::MAX);
+    let alive = |replica: &str| {
+        replicas
+            .iter()
+            .any(|r| r.name == replica && (r.silent_ms <= silent_limit || r.name == me.name))
+    };
+    let node_bound = store
+        .resource_types(Some(name))?
+        .values()
+        .flatten()
+        .any(|t| slipway_core::types::capabilities(t).node_bound);
+    let holder = match store.holder(name)? {
+        Some(holder) => Some(holder),
+        None if node_bound => store.lease(name)?.map(|lease| lease.holder),
+        None => {
+            let live: Vec<String> = replicas
+                .iter()
+                .filter(|r| alive(&r.name))
+                .map(|r| r.name.clone())
+                .collect();
+            rendezvous(name.as_str(), &live).map(str::to_owned)
+        }
+    };
+    Ok(match holder {
+        Some(holder) if holder != me.name => ControllerError::Elsewhere {
+            environment: name.clone(),
+            advertise: replicas
+                .iter()
+                .find(|r| r.name == holder)
+                .and_then(|r| r.advertise.clone()),
+            alive: alive(&holder),
+            replica: holder,
+        },
+        // Free a moment ago and this replica's to take, yet not taken: another replica took
+        // it in between, or it is changing hands as replicas join or leave.
+        _ => ControllerError::Conflict(format!(
+            "environment `{name}` is changing hands between replicas just now; retry in a \
+             moment"
+        )),
+    })
+}
 
 /// Records a new ad-hoc environment (its first deployment is queued by the caller).
 pub(crate) fn create_adhoc(

@@ -15,7 +15,7 @@ use schemars::generate::SchemaGenerator;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use slipway_controller::{Controller, CreateEnvironment, Trigger};
+use slipway_controller::{Controller, CreateEnvironment};
 use slipway_core::plan::Change;
 use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
 use slipway_engine::{EngineError, EnvironmentStatus, Origin};
@@ -76,7 +76,10 @@ pub(crate) fn routes() -> Vec<Route> {
             .access(Access::Environment)
             .query::<DestroyQuery>()
             .json::<Destroyed>(StatusCode::OK, "It is gone.")
-            .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "Some resources could not be deleted (it is marked failed and retried), or it is protected and `confirm` does not name it.")]),
+            .errors(&[
+                (StatusCode::UNPROCESSABLE_ENTITY, "Some resources could not be deleted (it is marked failed and retried), or it is protected and `confirm` does not name it."),
+                (StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed."),
+            ]),
         Route::post("/api/v1/environments/{name}/sync", sync)
             .id("syncEnvironment", "environment.sync")
             .summary(
@@ -84,7 +87,8 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted.",
             )
             .access(Access::Environment)
-            .json::<Queued>(StatusCode::ACCEPTED, "The reconcile is queued."),
+            .json::<Queued>(StatusCode::ACCEPTED, "The reconcile is queued.")
+            .errors(&[(StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed.")]),
         Route::get("/api/v1/environments/{name}/plan", plan)
             .id("planEnvironment", "environment.plan")
             .summary(
@@ -102,7 +106,10 @@ pub(crate) fn routes() -> Vec<Route> {
             .access(Access::Environment)
             .body::<RollbackRequest>()
             .json::<EnvironmentView>(StatusCode::OK, "The environment, pinned; the deployment is queued.")
-            .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "The deployment is not one of this environment's.")]),
+            .errors(&[
+                (StatusCode::UNPROCESSABLE_ENTITY, "The deployment is not one of this environment's."),
+                (StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed."),
+            ]),
         Route::post("/api/v1/environments/{name}/extend", extend)
             .id("extendEnvironment", "environment.extend")
             .summary(
@@ -113,7 +120,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .body::<ExtendRequest>()
             .json::<EnvironmentView>(StatusCode::OK, "The environment with its new expiry.")
             .errors(&[
-                (StatusCode::CONFLICT, "It is a static environment: those have no time to live and never expire."),
+                (StatusCode::CONFLICT, "It is a static environment: those have no time to live and never expire; or another replica works on it (the message names it)."),
                 (StatusCode::UNPROCESSABLE_ENTITY, "`by` is longer than `[environments] max_ttl`."),
             ]),
         Route::post("/api/v1/environments/{name}/pin", pin)
@@ -125,12 +132,16 @@ pub(crate) fn routes() -> Vec<Route> {
             .access(Access::Environment)
             .body::<PinRequest>()
             .json::<EnvironmentView>(StatusCode::OK, "The environment, pinned.")
-            .errors(&[(StatusCode::UNPROCESSABLE_ENTITY, "The commit cannot be resolved, or it runs none yet.")]),
+            .errors(&[
+                (StatusCode::UNPROCESSABLE_ENTITY, "The commit cannot be resolved, or it runs none yet."),
+                (StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed."),
+            ]),
         Route::post("/api/v1/environments/{name}/unpin", unpin)
             .id("unpinEnvironment", "environment.unpin")
             .summary("Unpin an environment", "Lets a pinned environment follow its ref again, and queues a sync.")
             .access(Access::Environment)
-            .json::<EnvironmentView>(StatusCode::OK, "The environment, following its ref."),
+            .json::<EnvironmentView>(StatusCode::OK, "The environment, following its ref.")
+            .errors(&[(StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed.")]),
         Route::get("/api/v1/environments/{name}/deployments", deployments)
             .id("listDeployments", "deployment.list")
             .summary(
@@ -562,7 +573,7 @@ async fn sync(
         let name = name.clone();
         app.blocking(move |c| require(c, &name)).await?;
     }
-    app.controller.enqueue(&name, Trigger::Manual);
+    app.controller.sync(&name).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Queued {

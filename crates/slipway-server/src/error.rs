@@ -139,6 +139,15 @@ impl From<ControllerError> for ApiError {
             ControllerError::NotFound(name) => ApiError::no_environment(&name),
             ControllerError::Invalid(message) => ApiError::unprocessable(message),
             ControllerError::Conflict(message) => ApiError::client(StatusCode::CONFLICT, message),
+            e @ ControllerError::Elsewhere { alive: true, .. } => {
+                ApiError::client(StatusCode::CONFLICT, e.to_string()).hint(
+                    "every replica answers reads; a change goes to the replica that works on the \
+                     environment (GET /api/v1/replicas lists them)",
+                )
+            }
+            e @ ControllerError::Elsewhere { .. } => {
+                ApiError::client(StatusCode::CONFLICT, e.to_string())
+            }
             ControllerError::Engine(e) => e.into(),
             ControllerError::State(e) => e.into(),
             ControllerError::Git(e) => e.into(),

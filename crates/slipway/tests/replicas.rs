@@ -337,3 +337,84 @@ fn a_replica_cut_off_from_the_database_loses_its_share_and_rejoins_when_the_netw
     // r1 reconnects, finds the leases it held gone, and takes its share back in turn.
     pair.rejoins(r1_share, &second);
 }
+
+#[test]
+fn a_persons_change_is_done_by_the_replica_that_works_on_the_environment_and_refused_by_another() {
+    let pair = Pair::start();
+    let shared = pair.shared();
+    let token = std::fs::read_to_string(pair.home1.join("admin-token")).expect("the first token");
+    let token = token.trim();
+    let env = shared
+        .iter()
+        .find(|(_, holder)| holder == "r2")
+        .map(|(env, _)| env.clone())
+        .expect("r2 holds a share");
+    let at = |server: &Server, method: &str, path: &str, body: Option<serde_json::Value>| {
+        api_request(
+            &server.addr,
+            method,
+            &format!("/api/v1/environments/{env}{path}"),
+            token,
+            body,
+        )
+    };
+    let pinned = || {
+        pair.database
+            .connect()
+            .query_one("SELECT pinned FROM environments WHERE name = $1", &[&env])
+            .expect("read the environment")
+            .get::<_, i64>(0)
+            == 1
+    };
+
+    // Asked of r1, which does not work on it: refused, naming r2, and nothing changes.
+    let refused: Vec<(&str, &str, Option<serde_json::Value>)> = vec![
+        ("POST", "/sync", Some(serde_json::json!({}))),
+        ("POST", "/pin", Some(serde_json::json!({}))),
+        ("POST", "/unpin", Some(serde_json::json!({}))),
+        (
+            "POST",
+            "/rollback",
+            Some(serde_json::json!({"deployment": 1})),
+        ),
+        ("DELETE", "", None),
+    ];
+    for (method, path, body) in refused {
+        let (code, answer) = at(&pair.r1, method, path, body);
+        assert_eq!(code, 409, "{method} {path} through r1: {answer}");
+        let error = answer["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains("worked on by replica r2") && error.contains("nothing was changed"),
+            "{method} {path}: the refusal names the replica to ask: {answer}"
+        );
+        assert!(
+            answer["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("/api/v1/replicas")),
+            "{answer}"
+        );
+    }
+    assert!(!pinned(), "nothing was pinned through r1");
+    assert_eq!(
+        holders(&pair.database).len(),
+        ENVS,
+        "no environment was destroyed through r1"
+    );
+
+    // Asked of r2, which works on it: done, under its lease.
+    let (code, answer) = at(&pair.r2, "POST", "/pin", Some(serde_json::json!({})));
+    assert_eq!(code, 200, "{answer}");
+    assert!(pinned(), "r2 pinned it");
+    let second = pair.push();
+    pair.wait("every other environment runs the push", || {
+        (synced_at(&pair.database, &second) == ENVS as i64 - 1).then_some(())
+    });
+    let (code, answer) = at(&pair.r2, "POST", "/unpin", Some(serde_json::json!({})));
+    assert_eq!(code, 200, "{answer}");
+    pair.wait("the unpinned environment catches up", || {
+        (synced_at(&pair.database, &second) == ENVS as i64).then_some(())
+    });
+    let (code, answer) = at(&pair.r2, "POST", "/sync", Some(serde_json::json!({})));
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(doubled(&pair.database), [], "nothing applied twice");
+}
