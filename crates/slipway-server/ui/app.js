@@ -40,9 +40,20 @@
     interrupted: ["warn", "⚠"],
   };
   const KINDS = { static: "static", generated: "generated", adhoc: "ad-hoc" };
+  const REPLICA = {
+    alive: ["ok", "●"],
+    silent: ["bad", "○"],
+  };
   // A safety net for a missed event (a proxy that dropped the stream unnoticed): the whole
   // list is read again this often while the page is visible.
   const FULL_REFRESH_MS = 60000;
+  // Replicas sharing a PostgreSQL state beat every third of their lease, and no event says
+  // that one went silent or that an environment changed hands: while there are replicas,
+  // their list is read again this often.
+  const REPLICAS_REFRESH_MS = 5000;
+  // After the set of live replicas changes, environments change hands over the next leases:
+  // the environments are read again with the replicas for this long.
+  const REPLICAS_SETTLE_MS = 30000;
 
   const state = {
     me: null, // {name, role, csrf, via}
@@ -57,6 +68,10 @@
     eventCount: 0,
     watches: [], // operations waiting for an event: {env, since, kinds, done}
     timers: new Map(), // debounced refreshes by key
+    replicas: [], // the replicas sharing the state, as /api/v1/replicas answered; none with SQLite
+    replicasAt: 0, // Date.now() when that answer came
+    replicasLive: null, // the names of the live ones then, to notice a change
+    settleUntil: 0, // read the environments with the replicas until then
   };
 
   const $ = (selector, root) => (root || document).querySelector(selector);
@@ -157,9 +172,7 @@
   }
 
   function ago(iso) {
-    if (!iso) return "";
-    const ms = Date.now() - Date.parse(iso);
-    return ms < 5000 ? "just now" : `${duration(ms)} ago`;
+    return iso ? since(Date.parse(iso)) : "";
   }
 
   function time(iso, text) {
@@ -184,6 +197,16 @@
       const text = remaining(el.dataset.expires);
       if (el.textContent !== text) el.textContent = text;
     }
+    for (const el of document.querySelectorAll("[data-heard]")) {
+      const text = since(Number(el.dataset.heard));
+      if (el.textContent !== text) el.textContent = text;
+    }
+  }
+
+  /** How long ago `at` (this page's clock, in ms) was. */
+  function since(at) {
+    const ms = Date.now() - at;
+    return ms < 5000 ? "just now" : `${duration(ms)} ago`;
   }
 
   // ---------------------------------------------------------------- the API
@@ -331,8 +354,17 @@
     window.addEventListener("hashchange", route);
     setInterval(tick, 1000);
     setInterval(() => {
-      if (state.me && document.visibilityState === "visible") refreshList();
+      if (state.me && document.visibilityState === "visible") {
+        refreshList();
+        refreshReplicas();
+      }
     }, FULL_REFRESH_MS);
+    setInterval(() => {
+      // With SQLite there are no replicas: nothing is asked but the one read at login and
+      // the full refresh's, unless the replicas' page is open.
+      const wanted = state.replicas.length > 0 || (state.view && state.view.name === "replicas");
+      if (state.me && wanted && document.visibilityState === "visible") refreshReplicas();
+    }, REPLICAS_REFRESH_MS);
     try {
       state.me = await api("GET", "/api/v1/whoami");
       loggedIn();
@@ -360,6 +392,11 @@
     state.envs.clear();
     state.rows.clear();
     state.loaded = false;
+    state.replicas = [];
+    state.replicasLive = null;
+    state.settleUntil = 0;
+    $("#nav-replicas").hidden = true;
+    $("#served-by").hidden = true;
     $("#who").hidden = true;
     $("#logout").hidden = true;
     $("#nav").hidden = true;
@@ -440,6 +477,7 @@
       // Whatever changed before the stream was open is read now: the list is read only once
       // the stream is open, so no event falls between the two.
       refreshList();
+      refreshReplicas();
       refreshView();
     };
     stream.onmessage = (message) => {
@@ -513,6 +551,7 @@
       state.envs = new Map(list.environments.map((e) => [e.name, e]));
       state.loaded = true;
       renderDashboardData();
+      renderReplicas();
     } catch (error) {
       if (!(error instanceof ApiError && error.status === 401) && state.view && state.view.name === "dashboard") {
         showError(describe(error));
@@ -532,6 +571,62 @@
     renderDashboardData();
     const view = state.view || {};
     if (view.name === "env" && view.env === name) renderEnvHeader();
+  }
+
+  /**
+   * Reads the replicas sharing the state (none with SQLite): the Replicas page, the nav link
+   * to it, the header's "served by" and the Replica column follow. When the set of live
+   * replicas changes, environments change hands over the next leases, and no event says so:
+   * the environments are read again with the replicas for a while.
+   */
+  async function refreshReplicas() {
+    if (!state.me) return;
+    let list;
+    try {
+      list = await api("GET", "/api/v1/replicas");
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401) && state.view && state.view.name === "replicas") {
+        showError(describe(error));
+      }
+      return;
+    }
+    if (!state.me) return;
+    const wasMulti = multiReplica();
+    const wasServing = servingReplica();
+    state.replicas = list.replicas;
+    state.replicasAt = Date.now();
+    const live = JSON.stringify(list.replicas.filter((r) => r.alive).map((r) => r.name));
+    if (state.replicasLive !== null && state.replicasLive !== live) state.settleUntil = Date.now() + REPLICAS_SETTLE_MS;
+    state.replicasLive = live;
+    if (Date.now() < state.settleUntil) {
+      refreshList();
+      const view = state.view || {};
+      if (view.name === "env") refreshEnvironment(view.env);
+    }
+    const nav = $("#nav-replicas");
+    nav.hidden = list.replicas.length === 0;
+    clear(nav).append("Replicas ", h("span", { class: "muted" }, `(${list.replicas.length})`));
+    const serving = servingReplica();
+    const servedBy = $("#served-by");
+    servedBy.hidden = !serving;
+    servedBy.textContent = serving ? `replica ${serving}` : "";
+    if (wasMulti !== multiReplica() || wasServing !== serving) {
+      renderDashboardData();
+      const view = state.view || {};
+      if (view.name === "env") renderEnvHeader();
+    }
+    renderReplicas();
+  }
+
+  /** Whether several replicas may share the state (PostgreSQL): then who holds what is shown. */
+  function multiReplica() {
+    return state.replicas.length > 0 || [...state.envs.values()].some((e) => e.replica);
+  }
+
+  /** The name of the replica answering this page, when there are replicas. */
+  function servingReplica() {
+    const me = state.replicas.find((r) => r.this);
+    return me ? me.name : null;
   }
 
   function refreshView() {
@@ -561,6 +656,9 @@
     } else if (parts[0] === "pulls") {
       $("#nav-pulls").setAttribute("aria-current", "page");
       showPulls();
+    } else if (parts[0] === "replicas") {
+      $("#nav-replicas").setAttribute("aria-current", "page");
+      showReplicas();
     } else {
       $("#nav-environments").setAttribute("aria-current", "page");
       showDashboard(new URLSearchParams(query || ""));
@@ -621,17 +719,7 @@
         "table",
         { class: "cards", id: "environments" },
         h("caption", { class: "sr-only" }, "Environments"),
-        h(
-          "thead",
-          {},
-          h(
-            "tr",
-            {},
-            ["Environment", "Kind", "Ref", "Commit", "Sync", "Health", "Preview", "Owner", "TTL", "Lock", "Message", ""].map((t) =>
-              h("th", { scope: "col" }, t || h("span", { class: "sr-only" }, "Actions")),
-            ),
-          ),
-        ),
+        h("thead", {}, h("tr", { id: "env-columns" })),
         h("tbody", {}),
       ),
     );
@@ -675,7 +763,7 @@
     if (f.owner && (env.owner || "") !== f.owner) return false;
     if (f.q) {
       const q = f.q.toLowerCase();
-      const text = [env.name, env.kind, env.tracked_ref, env.commit, env.desired_commit, env.owner, env.message, env.url, family(env)]
+      const text = [env.name, env.kind, env.tracked_ref, env.commit, env.desired_commit, env.owner, env.message, env.url, family(env), env.replica]
         .filter(Boolean)
         .join(" ")
         .toLowerCase();
@@ -684,10 +772,24 @@
     return true;
   }
 
+  /** The dashboard's columns: Replica only when several replicas may share the state. */
+  function dashboardColumns() {
+    const columns = ["Environment", "Kind", "Ref", "Commit", "Sync", "Health", "Preview", "Owner", "TTL", "Lock"];
+    if (multiReplica()) columns.push("Replica");
+    columns.push("Message", "");
+    return columns;
+  }
+
   function renderDashboardData() {
     if (!state.view || state.view.name !== "dashboard") return;
     const tbody = $("#environments tbody");
     if (!tbody) return;
+    const columns = dashboardColumns();
+    const head = $("#env-columns");
+    if (head.dataset.columns !== columns.join("|")) {
+      head.dataset.columns = columns.join("|");
+      append(clear(head), columns.map((t) => h("th", { scope: "col" }, t || h("span", { class: "sr-only" }, "Actions"))));
+    }
     const all = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
     const shown = all.filter((e) => matches(e, state.filters));
     $("#env-count").textContent = state.loaded ? `(${shown.length} of ${all.length})` : "";
@@ -739,7 +841,7 @@
     // back instead of building a thousand again.
     const rows = [];
     for (const env of shown) {
-      const signature = JSON.stringify([env, state.me && state.me.role]);
+      const signature = JSON.stringify([env, state.me && state.me.role, columns.length, servingReplica()]);
       const old = state.rows.get(env.name);
       const row = old && old.dataset.signature === signature ? old : environmentRow(env, signature);
       state.rows.set(env.name, row);
@@ -749,9 +851,9 @@
       if (!state.envs.has(name)) state.rows.delete(name);
     }
     if (!state.loaded) {
-      rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, "Loading…")));
+      rows.push(h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" }, "Loading…")));
     } else if (rows.length === 0) {
-      rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, all.length ? "No environment matches these filters." : "No environments yet.")));
+      rows.push(h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" }, all.length ? "No environment matches these filters." : "No environments yet.")));
     }
     const same = rows.length === tbody.children.length && rows.every((r, i) => tbody.children[i] === r);
     if (!same) {
@@ -772,6 +874,15 @@
     while (select.options.length > 1) select.remove(1);
     for (const [value, label] of choices) select.append(h("option", { value }, label));
     select.value = current;
+  }
+
+  /** Which replica holds `env`'s lease (several replicas on one PostgreSQL state). */
+  function holder(env) {
+    if (!env.replica) {
+      return h("span", { class: "muted", title: "No replica holds its lease now: the next one to work on it takes it" }, "none");
+    }
+    const here = env.replica === servingReplica();
+    return h("span", { title: here ? `Held by ${env.replica}, the replica answering this page` : `Held by ${env.replica}` }, env.replica);
   }
 
   function cell(label, column, ...children) {
@@ -804,6 +915,7 @@
       cell("Owner", "owner", env.owner || ""),
       cell("TTL", "ttl", env.expires_at ? countdown(env.expires_at) : ""),
       cell("Lock", "lock", env.locked_by ? h("span", { class: "tag", title: `locked by pull request #${env.locked_by}` }, `locked by #${env.locked_by}`) : ""),
+      multiReplica() ? cell("Replica", "replica", holder(env)) : null,
       h("td", { "data-label": "Message", class: "message", dataset: { col: "message" } }, env.message ? h("div", {}, env.message) : ""),
       cell(
         "Actions",
@@ -1149,6 +1261,7 @@
         fact("Owner", env.owner || h("span", { class: "muted" }, "—")),
         fact("Expires", countdown(env.expires_at), env.ttl_seconds ? h("span", { class: "sub muted" }, `TTL ${duration(env.ttl_seconds * 1000)}`) : null),
         env.locked_by ? fact("Locked by", `pull request #${env.locked_by}`) : null,
+        multiReplica() ? h("div", { id: "env-replica" }, h("dt", {}, "Replica"), h("dd", {}, holder(env))) : null,
         lastChange(view.deployments),
       ),
       actions.length ? h("div", { class: "env-actions", role: "group", "aria-label": "Actions" }, actions) : null,
@@ -1455,6 +1568,67 @@
       cell("Head", "head", commit(pr.head_sha), h("span", { class: "sub" }, `updated ${ago(pr.updated_at)}`)),
       cell("Plan and preview", "preview", preview),
       cell("Locks", "locks", pr.locks.length ? pr.locks.map((l) => [h("a", { href: `#/env/${encodeURIComponent(l.environment)}` }, `locked: ${l.environment}`), " "]) : h("span", { class: "muted" }, "none")),
+    );
+  }
+
+  // ---------------------------------------------------------------- replicas
+
+  function showReplicas() {
+    state.view = { name: "replicas" };
+    document.title = "Replicas — Slipway";
+    clear($("#main")).append(
+      h("h1", { tabindex: "-1" }, "Replicas"),
+      h(
+        "p",
+        { class: "hint" },
+        "The ",
+        h("code", {}, "slipway serve"),
+        " replicas sharing this PostgreSQL state. Each environment is worked on by one replica at a time, under a lease; a replica not heard from within two leases is silent, and the others take its floating environments over.",
+      ),
+      h("p", { id: "view-error", class: "error", role: "alert" }),
+      h("div", { id: "replica-list" }, h("p", { class: "loading" }, "Loading…")),
+    );
+    focusHeading();
+    refreshReplicas();
+  }
+
+  function renderReplicas() {
+    const view = state.view;
+    if (!view || view.name !== "replicas" || !state.replicasAt) return;
+    const slot = clear($("#replica-list"));
+    if (!state.replicas.length) {
+      slot.append(h("p", { class: "muted", id: "no-replicas" }, "This controller keeps its state in SQLite: it is the only one, and there are no replicas."));
+      return;
+    }
+    const held = new Map();
+    for (const env of state.envs.values()) if (env.replica) held.set(env.replica, (held.get(env.replica) || 0) + 1);
+    slot.append(
+      h(
+        "table",
+        { class: "cards", id: "replicas" },
+        h("thead", {}, h("tr", {}, ["Replica", "Advertise", "State", "Last heartbeat", "Started", "Environments"].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "tbody",
+          {},
+          state.replicas.map((r) => {
+            // The database's clock timed the silence and both times; this page's clock counts
+            // on from the answer, so a skew between the two clocks does not show.
+            const heard = state.replicasAt - r.silent_ms;
+            const started = heard - (Date.parse(r.heartbeat_at) - Date.parse(r.started_at));
+            const n = held.get(r.name) || 0;
+            return h(
+              "tr",
+              { dataset: { replica: r.name, alive: String(r.alive), this: String(r.this) } },
+              cell("Replica", "name", h("strong", {}, r.name), r.this ? [" ", h("span", { class: "tag", title: "The replica answering this page" }, "this page")] : null),
+              cell("Advertise", "advertise", r.advertise ? h("code", {}, r.advertise) : h("span", { class: "muted", title: "[local] advertise is not set" }, "—")),
+              cell("State", "state", badge(REPLICA, r.alive ? "alive" : "silent", "state")),
+              cell("Last heartbeat", "heartbeat", h("time", { datetime: r.heartbeat_at, title: `${new Date(r.heartbeat_at).toLocaleString()} (the database's clock)`, dataset: { heard: String(heard) } }, since(heard))),
+              cell("Started", "started", h("time", { datetime: r.started_at, title: `${new Date(r.started_at).toLocaleString()} (the database's clock)` }, since(started))),
+              cell("Environments", "held", n ? `${n} held` : h("span", { class: "muted" }, "none held")),
+            );
+          }),
+        ),
+      ),
     );
   }
 

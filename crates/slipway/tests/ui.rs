@@ -1,7 +1,9 @@
 //! The web UI in a real headless Chromium, against a real `slipway serve` on a real
 //! repository: log in with a token, watch environments change live from the event stream,
 //! create one from the form, roll it back, see drift in its plan, sync it, destroy it; a
-//! viewer sees no action; a forged change carrying the session cookie is refused.
+//! viewer sees no action; a forged change carrying the session cookie is refused. With two
+//! replicas on one PostgreSQL state, each row names the replica holding it and the Replicas
+//! page lists them, one going silent when killed; one controller on SQLite shows none of it.
 //!
 //! With `SLIPWAY_SCREENSHOTS=1` the tests also write `docs/screenshots/*.png` (tracked files:
 //! normal runs leave them alone).
@@ -502,6 +504,36 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
         browser.screenshot(&dir.join("dashboard-dark.png"));
     }
     assert_eq!(browser.text("#who-role").as_deref(), Some("viewer"));
+    // One controller on SQLite: no replica anywhere on the page.
+    browser.goto("/#/replicas");
+    browser.wait_until_exists(
+        "the replicas page, reached by its address, says there are none",
+        PAGE,
+        "#no-replicas",
+    );
+    browser.goto("/#/");
+    wait_healthy(&browser, "main", None);
+    assert!(
+        !browser
+            .text("#environments thead")
+            .is_some_and(|t| t.to_lowercase().contains("replica")),
+        "with a SQLite state the dashboard has no Replica column"
+    );
+    assert_eq!(
+        browser.count("[data-col=replica]"),
+        0,
+        "with a SQLite state no row names a replica"
+    );
+    for hidden in ["#nav-replicas", "#served-by"] {
+        assert_eq!(
+            browser.js(
+                "return getComputedStyle(document.querySelector(arguments[0])).display;",
+                vec![json!(hidden)]
+            ),
+            json!("none"),
+            "with a SQLite state {hidden} is not shown"
+        );
+    }
     assert!(!browser.exists("#create-open"), "a viewer cannot create");
     assert_eq!(
         browser.count("#environments button[data-action]"),
@@ -529,6 +561,10 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
         b.exists("#deployments tr[data-deployment]").then_some(())
     });
     browser.wait_until_exists("main's plan is shown", DEPLOY, "#plan-summary");
+    assert!(
+        !browser.exists("#env-replica"),
+        "with a SQLite state an environment's page names no replica"
+    );
     assert_eq!(
         browser.count("main button[data-action]"),
         0,
@@ -607,4 +643,166 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
     );
     let (status, _) = forged_post(&server, "/api/v1/session", &cookie, None);
     assert_eq!(status, 401, "the old session id is worth nothing");
+}
+
+/// `(environment, holder)` of every unexpired lease of the state.
+fn lease_holders(db: &slipway_testkit::pg::TestDatabase) -> Vec<(String, String)> {
+    db.connect()
+        .query(
+            "SELECT environment, holder FROM leases \
+             WHERE expires_at > EXTRACT(EPOCH FROM clock_timestamp()) * 1000 ORDER BY environment",
+            &[],
+        )
+        .expect("read the leases")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The replica each row of the dashboard names, by environment.
+fn shown_holders(browser: &Browser) -> Vec<(String, String)> {
+    let found = browser.js(
+        "return [...document.querySelectorAll('#environments tr[data-env]')].map((tr) => { \
+           const cell = tr.querySelector('[data-col=replica]'); \
+           return [tr.dataset.env, cell ? cell.innerText.trim() : '']; });",
+        vec![],
+    );
+    serde_json::from_value(found).unwrap_or_default()
+}
+
+#[test]
+fn replicas_sharing_a_postgresql_state_are_listed_and_each_row_names_its_holder() {
+    // Four floating environments (a database each, on the shared server): rendezvous hashing
+    // gives web and api to r1, docs and shop to r2.
+    const ENVS: [&str; 4] = ["api", "docs", "shop", "web"];
+    let database = slipway_testkit::pg::TestDatabase::create("slipway_ui_replicas");
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: split\nenvironments: { web: { track: main }, api: { track: main }, \
+         docs: { track: main }, shop: { track: main } }\nresources:\n  db: { type: postgres.database }\n",
+    );
+    s.commit("four environments");
+    let shared = std::fs::read_to_string(&s.config).expect("read the engine config")
+        + &format!("[state]\nurl = \"{}\"\n", database.url());
+    std::fs::write(&s.config, &shared).expect("write the engine config");
+    // The token is made in the state before any replica runs, in r1's home (which makes the
+    // state's key); r2 gets a copy of the key, as an operator would.
+    let viewer = token(&s, "viewer", "vera");
+    let start = |name: &str, home: &std::path::Path| {
+        std::fs::create_dir_all(home).expect("make the replica's home");
+        let file = s.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "{shared}[controller]\nreplica = \"{name}\"\nlease = \"1s\"\n\
+                 [repo]\npoll_interval = \"300ms\"\n"
+            ),
+        )
+        .expect("write the replica's config");
+        let url = format!("file://{}", s.repo.display());
+        let mut command = s.cmd(&["serve", "--repo", &url, "--listen", "127.0.0.1:0"]);
+        command
+            .env("SLIPWAY_HOME", home)
+            .env("SLIPWAY_CONFIG", &file);
+        serve_from(command, DEPLOY).0
+    };
+    let r1 = start("r1", &s.home);
+    let home2 = s.dir.path().join("home-r2");
+    std::fs::create_dir_all(&home2).expect("make r2's home");
+    std::fs::copy(s.home.join("state.key"), home2.join("state.key")).expect("copy the key");
+    let r2 = start("r2", &home2);
+    let expected: Vec<(String, String)> =
+        [("api", "r1"), ("docs", "r2"), ("shop", "r2"), ("web", "r1")]
+            .iter()
+            .map(|(e, r)| (e.to_string(), r.to_string()))
+            .collect();
+    wait_for(
+        "the environments are shared out between r1 and r2",
+        DEPLOY,
+        || (lease_holders(&database) == expected).then_some(()),
+    );
+
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", r2.addr),
+    );
+    log_in(&browser, &viewer, "vera");
+    browser.wait_for("the header says which replica answers", PAGE, |b| {
+        (b.text("#served-by").as_deref() == Some("replica r2")).then_some(())
+    });
+    // Each row names the replica holding the environment: what the API says, too.
+    browser.wait_for("each row names the replica that holds it", DEPLOY, |b| {
+        (shown_holders(b) == expected).then_some(())
+    });
+    assert!(
+        browser
+            .text("#env-columns")
+            .is_some_and(|t| t.to_lowercase().contains("replica")),
+        "the dashboard has a Replica column"
+    );
+    let (_, list) = api(&r2, &viewer, "/api/v1/environments");
+    for (env, holder) in &expected {
+        let shown = list["environments"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["name"] == env.as_str()))
+            .map(|e| e["replica"].clone());
+        assert_eq!(
+            shown,
+            Some(json!(holder)),
+            "the API agrees on {env}: {list:#}"
+        );
+    }
+
+    // The Replicas page: both alive, r2 marked as the one answering.
+    browser.click("#nav-replicas");
+    browser.wait_for("the replicas page lists r1 and r2, alive", PAGE, |b| {
+        (b.count("#replicas tr[data-replica]") == 2
+            && b.exists("#replicas tr[data-replica=r1][data-alive=true]")
+            && b.exists("#replicas tr[data-replica=r2][data-alive=true]"))
+        .then_some(())
+    });
+    assert_eq!(browser.title(), "Replicas — Slipway");
+    let r2_row = browser
+        .text("#replicas tr[data-replica=r2]")
+        .unwrap_or_default();
+    for shown in ["r2", "this page", "alive", "just now", "2 held"] {
+        assert!(r2_row.contains(shown), "r2's row shows {shown}: {r2_row}");
+    }
+    let r1_row = browser
+        .text("#replicas tr[data-replica=r1]")
+        .unwrap_or_default();
+    assert!(
+        !r1_row.contains("this page"),
+        "only the replica answering is marked: {r1_row}"
+    );
+
+    // r1 dies: the page shows it silent, its heartbeat ageing, and r2 taking its environments.
+    drop(r1);
+    browser.wait_for("r1 is shown silent, last heard seconds ago", DEPLOY, |b| {
+        let row = b.text("#replicas tr[data-replica=r1][data-alive=false]")?;
+        (row.contains("silent") && row.contains("s ago") && row.contains("none held")).then_some(())
+    });
+    assert!(
+        browser.exists("#replicas tr[data-replica=r2][data-alive=true]"),
+        "r2 is still alive"
+    );
+    browser.click("#nav-environments");
+    browser.wait_for(
+        "every row names r2 once it has taken r1's environments",
+        DEPLOY,
+        |b| {
+            let all_r2: Vec<(String, String)> = ENVS
+                .iter()
+                .map(|e| (e.to_string(), "r2".to_string()))
+                .collect();
+            (shown_holders(b) == all_r2).then_some(())
+        },
+    );
+    browser.click("tr[data-env=web] a.env-link");
+    browser.wait_for("web's page says r2 holds it", PAGE, |b| {
+        b.text("#env-replica")
+            .filter(|t| t.contains("r2"))
+            .map(|_| ())
+    });
 }
