@@ -80,7 +80,9 @@ fn elsewhere(
         .values()
         .flatten()
         .any(|t| slipway_core::types::capabilities(t).node_bound);
-    let holder = match store.holder(name)? {
+    let now = store.holder(name)?;
+    let holding = now.is_some();
+    let holder = match now {
         Some(holder) => Some(holder),
         None if node_bound => store.lease(name)?.map(|lease| lease.holder),
         None => {
@@ -99,7 +101,9 @@ fn elsewhere(
                 .iter()
                 .find(|r| r.name == holder)
                 .and_then(|r| r.advertise.clone()),
-            alive: alive(&holder),
+            // A live lease is a live holder, a one-shot command's (which beats no heartbeat)
+            // too.
+            alive: holding || alive(&holder),
             replica: holder,
         },
         // Free a moment ago and this replica's to take, yet not taken: another replica took

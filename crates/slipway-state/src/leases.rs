@@ -171,6 +171,27 @@ impl Store {
             .map_err(sql(format!("release the lease of {environment}")))
     }
 
+    /// Gives up `environment`'s lease like [`Store::release_lease`], leaving `to` as its last
+    /// holder: a one-shot command that borrowed a node-bound environment's lease gives it back
+    /// to the replica of its node, which takes it again (node-bound environments stay with
+    /// their last holder).
+    pub fn return_lease(
+        &self,
+        environment: &EnvName,
+        replica: &str,
+        epoch: i64,
+        to: &str,
+    ) -> Result<bool, StateError> {
+        self.conn()
+            .execute(
+                "UPDATE leases SET expires_at = 0, holder = ?4 \
+                 WHERE environment = ?1 AND holder = ?2 AND epoch = ?3",
+                params![environment, replica, epoch, to],
+            )
+            .map(|n| n > 0)
+            .map_err(sql(format!("give back the lease of {environment}")))
+    }
+
     /// `environment`'s lease (expired or released included), if it ever had one.
     pub fn lease(&self, environment: &EnvName) -> Result<Option<Lease>, StateError> {
         self.conn()

@@ -16,6 +16,7 @@ matrix!(
     racing_replicas_never_share_an_epoch,
     heartbeats_say_who_is_alive_and_since_when,
     a_replica_that_lost_its_lease_writes_nothing,
+    a_lease_given_back_names_its_next_holder_and_is_free,
 );
 
 fn env(name: &str) -> EnvName {
@@ -286,4 +287,44 @@ fn a_replica_that_lost_its_lease_writes_nothing(state: &TestState) {
         3,
     )
     .expect("an engine-wide event");
+}
+
+fn a_lease_given_back_names_its_next_holder_and_is_free(state: &TestState) {
+    let store = state.open();
+    let prod = env("prod");
+    let node = store
+        .acquire_lease(&prod, "r1", MINUTE)
+        .expect("acquire")
+        .expect("taken");
+    assert!(
+        store
+            .release_lease(&prod, "r1", node.epoch)
+            .expect("release")
+    );
+    let borrowed = store
+        .acquire_lease(&prod, "r1/cli-7", MINUTE)
+        .expect("acquire")
+        .expect("a command takes the free lease");
+    assert!(
+        !store
+            .return_lease(&prod, "r1/cli-7", borrowed.epoch - 1, "r1")
+            .expect("give back"),
+        "only at the epoch held"
+    );
+    assert!(
+        store
+            .return_lease(&prod, "r1/cli-7", borrowed.epoch, "r1")
+            .expect("give back")
+    );
+    let lease = store.lease(&prod).expect("read").expect("the lease stays");
+    assert_eq!(
+        lease.holder, "r1",
+        "its last holder is the node's replica again"
+    );
+    assert_eq!(store.holder(&prod).expect("read"), None, "and it is free");
+    let again = store
+        .acquire_lease(&prod, "r1", MINUTE)
+        .expect("acquire")
+        .expect("the replica takes it");
+    assert_eq!(again.epoch, borrowed.epoch + 1, "with the next epoch");
 }

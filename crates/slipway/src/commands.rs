@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -33,26 +34,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             yes,
             parallelism,
             confirm_destroy,
+            wait,
             output,
         } => apply(
             &g,
             &repo,
             &env_name(&env)?,
-            yes,
-            parallelism,
-            confirmed(&env, confirm_destroy.as_deref())?,
-            output,
+            ApplyArgs {
+                yes,
+                parallelism,
+                confirm_destroy: confirmed(&env, confirm_destroy.as_deref())?,
+                wait: wait.into(),
+                output,
+            },
         ),
         Command::Destroy {
             env,
             yes,
             confirm_destroy,
+            wait,
             output,
         } => destroy(
             &g,
             &env_name(&env)?,
             yes,
             confirmed(&env, confirm_destroy.as_deref())?,
+            wait.into(),
             output,
         ),
         Command::Status { env, output } => {
@@ -109,6 +116,21 @@ pub fn engine_config(g: &Global) -> Result<Config> {
         Some(path) => Config::load(path),
         None => Ok(Config::default()),
     }
+}
+
+/// The engine of a one-shot command that changes `env`, holding `env`'s lease on a state
+/// shared with replicas (see [`crate::lease`]); keep the lease until the command is done.
+pub fn open_engine_for(
+    g: &Global,
+    env: &EnvName,
+    wait: crate::lease::Wait,
+) -> Result<(Arc<Engine>, Option<crate::lease::CommandLease>)> {
+    let config = engine_config(g)?;
+    let mut engine = open_engine(g)?;
+    crate::lease::prepare(&mut engine, &config)?;
+    let engine = Arc::new(engine);
+    let lease = crate::lease::take(&engine, env, &config, wait)?;
+    Ok((engine, lease))
 }
 
 pub fn open_engine(g: &Global) -> Result<Engine> {
@@ -442,16 +464,24 @@ pub fn confirm(question: &str, yes: bool) -> Result<()> {
     Ok(())
 }
 
-fn apply(
-    g: &Global,
-    repo: &RepoArgs,
-    env: &EnvName,
+/// What `slipway apply` was asked, beside the environment and repository.
+struct ApplyArgs {
     yes: bool,
     parallelism: Option<usize>,
     confirm_destroy: bool,
+    wait: crate::lease::Wait,
     output: Output,
-) -> Result<ExitCode> {
-    let engine = open_engine(g)?;
+}
+
+fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<ExitCode> {
+    let ApplyArgs {
+        yes,
+        parallelism,
+        confirm_destroy,
+        wait,
+        output,
+    } = args;
+    let (engine, _lease) = open_engine_for(g, env, wait)?;
     let repo = open_repo(g, repo)?;
     let lock = engine.lock(
         env,
@@ -536,9 +566,10 @@ fn destroy(
     env: &EnvName,
     yes: bool,
     confirm_destroy: bool,
+    wait: crate::lease::Wait,
     output: Output,
 ) -> Result<ExitCode> {
-    let engine = open_engine(g)?;
+    let (engine, _lease) = open_engine_for(g, env, wait)?;
     let lock = engine.lock(
         env,
         slipway_engine::LockWait::Block(&|| {

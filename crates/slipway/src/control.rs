@@ -11,6 +11,7 @@ use serde_json::json;
 use slipway_controller::{Controller, CreateEnvironment, Options};
 
 use crate::commands::{confirm, engine_config, env_name, open_engine, open_repo, who};
+use crate::lease::Wait;
 use crate::{Cli, Command, EnvCommand, Global, Output, RepoArgs, TokenCommand, remote, render};
 use slipway_core::EnvName;
 
@@ -39,12 +40,26 @@ fn duration(text: &str, what: &str) -> Result<Duration> {
         .with_context(|| format!("{what} `{text}` is not a duration such as 30m, 8h or 2d"))
 }
 
-fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
+/// What a controller is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `slipway serve`: on a PostgreSQL state, one of the replicas.
+    Serve,
+    /// A one-shot `slipway env` command: never a replica (it beats no heartbeat and is given
+    /// no share); it holds the lease of the one environment it changes ([`crate::lease`]).
+    OneShot,
+}
+
+fn controller(g: &Global, repo: &RepoArgs, role: Role) -> Result<Controller> {
     let config = engine_config(g)?;
     let mut engine = open_engine(g)?;
+    if role == Role::OneShot {
+        crate::lease::prepare(&mut engine, &config)?;
+    }
     // On a PostgreSQL state every `serve` is one of possibly several replicas: it works on an
     // environment only under its lease, and every write of it proves the lease.
-    let replica = (engine.store().dialect() == slipway_state::Dialect::Postgres).then(|| {
+    let shared = engine.store().dialect() == slipway_state::Dialect::Postgres;
+    let replica = (shared && role == Role::Serve).then(|| {
         engine.require_leases();
         config.controller.replica(None)
     });
@@ -94,7 +109,7 @@ fn controller(g: &Global, repo: &RepoArgs) -> Result<Controller> {
 fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode> {
     let config = engine_config(g)?;
     let listen = listen.unwrap_or(config.server.listen.clone());
-    let controller = controller(g, repo)?;
+    let controller = controller(g, repo, Role::Serve)?;
     if let Some(setup) =
         slipway_controller::pulls::setup_from_config(&config.forge, private_texts(g, repo, &config))
             .map_err(anyhow::Error::msg)?
@@ -300,6 +315,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let config = engine_config(g)?;
     let rt = runtime()?;
     rt.block_on(async {
         match cmd {
@@ -309,7 +325,8 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let reference = required_ref(&repo)?;
                 // The names and families an ad-hoc environment is checked against are the
                 // default branch's (HEAD), never those of the ref it runs.
-                let c = controller(g, &RepoArgs { reference: None, ..repo.clone() })?;
+                let c = controller(g, &RepoArgs { reference: None, ..repo.clone() }, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let ttl = ttl.map(|t| duration(&t, "--ttl")).transpose()?;
                 let record = c.create_environment(CreateEnvironment { name: name.clone(), reference, like, ttl, owner: Some(who()) }).await?;
                 eprintln!("created `{name}`; deploying...");
@@ -326,31 +343,38 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 confirm(&format!("destroy `{name}`"), yes)?;
                 let confirmed = confirm_destroy.as_deref() == Some(name.as_str());
                 let options = slipway_controller::DestroyOptions::new(&who(), confirmed.into());
-                controller(g, &repo)?.destroy_environment(&name, options).await?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
+                c.destroy_environment(&name, options).await?;
                 println!("destroyed `{name}`");
             }
             EnvCommand::Extend { name, by, repo } => {
                 let name = env_name(&name)?;
-                let record = controller(g, &repo)?.extend(&name, duration(&by, "--by")?).await?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
+                let record = c.extend(&name, duration(&by, "--by")?).await?;
                 println!("`{name}` now expires at {}", expiry(record.expires_at));
             }
             EnvCommand::Pin { name, commit, repo } => {
                 let name = env_name(&name)?;
-                let c = controller(g, &repo)?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let record = c.pin(&name, commit).await?;
                 c.reconcile_now(&name).await?;
                 println!("`{name}` is pinned to {}", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));
             }
             EnvCommand::Unpin { name, repo } => {
                 let name = env_name(&name)?;
-                let c = controller(g, &repo)?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let record = c.unpin(&name).await?;
                 c.reconcile_now(&name).await?;
                 println!("`{name}` follows `{}` again", record.tracked_ref.as_deref().unwrap_or("?"));
             }
             EnvCommand::Rollback { name, to, repo } => {
                 let name = env_name(&name)?;
-                let c = controller(g, &repo)?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let record = c.rollback(&name, to).await?;
                 c.reconcile_now(&name).await?;
                 println!("`{name}` is back at {} (deployment #{to}) and pinned there; `slipway env unpin {name}` follows its ref again", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));

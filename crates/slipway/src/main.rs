@@ -10,6 +10,7 @@
 mod commands;
 mod config;
 mod control;
+mod lease;
 mod remote;
 mod render;
 mod secret;
@@ -135,6 +136,10 @@ enum Command {
         /// replacements that drop a database): repeat the environment's name to confirm.
         #[arg(long, value_name = "E")]
         confirm_destroy: Option<String>,
+        /// On a state shared with `slipway serve` replicas (PostgreSQL): when a replica works
+        /// on the environment, wait until it lets go instead of refusing.
+        #[arg(long)]
+        wait: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -148,6 +153,10 @@ enum Command {
         /// A protected environment is destroyed only when its name is repeated here.
         #[arg(long, value_name = "E")]
         confirm_destroy: Option<String>,
+        /// On a state shared with `slipway serve` replicas (PostgreSQL): when a replica works
+        /// on the environment, wait until it lets go instead of refusing.
+        #[arg(long)]
+        wait: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },

@@ -418,3 +418,205 @@ fn a_persons_change_is_done_by_the_replica_that_works_on_the_environment_and_ref
     assert_eq!(code, 202, "{answer}");
     assert_eq!(doubled(&pair.database), [], "nothing applied twice");
 }
+
+/// Succeeded deployments of `environment` at `commit`.
+fn succeeded(db: &TestDatabase, environment: &str, commit: &str) -> i64 {
+    db.connect()
+        .query_one(
+            "SELECT COUNT(*) FROM deployments WHERE status = 'succeeded' \
+             AND environment = $1 AND commit_sha = $2",
+            &[&environment, &commit],
+        )
+        .expect("count")
+        .get(0)
+}
+
+/// `(holder, epoch, unexpired)` of `environment`'s lease.
+fn lease_of(db: &TestDatabase, environment: &str) -> Option<(String, i64, bool)> {
+    db.connect()
+        .query_opt(
+            "SELECT holder, epoch, expires_at > EXTRACT(EPOCH FROM clock_timestamp()) * 1000 \
+             FROM leases WHERE environment = $1",
+            &[&environment],
+        )
+        .expect("read the lease")
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+#[test]
+fn a_one_shot_command_on_the_shared_state_holds_the_lease_while_it_runs_and_never_beside_a_replica()
+{
+    let database = TestDatabase::create("slipway_cli_lease");
+    let s = Sandbox::new();
+    s.write("slipway.yaml", &stack(""));
+    let first = s.commit("eight environments");
+    let config = replica_config(&s, &database, ReplicaSettings::named("r1"));
+    let home = replica_home(&s, "r1");
+    let (r1, log) = serve_from(serve_command(&s, &home, &config), T);
+    let explain = || {
+        format!(
+            "leases: {:?}\n--- r1\n{}",
+            holders(&database),
+            log.lock().expect("log").join("\n")
+        )
+    };
+    let wait = |what: &str, check: &mut dyn FnMut() -> bool| {
+        slipway_testkit::wait::wait_for_explained(what, Duration::from_secs(90), explain, || {
+            check().then_some(())
+        })
+    };
+    wait("every environment runs the first commit", &mut || {
+        synced_at(&database, &first) == ENVS as i64
+    });
+    let url = format!("file://{}", s.repo.display());
+    // The commands run on r1's node, with its configuration and home (and its repository,
+    // as a URL, for those that read one).
+    let cli = |args: &[&str]| {
+        let mut command = s.cmd(args);
+        if args[0] != "destroy" {
+            command.args(["--repo", &url]);
+        }
+        command
+            .env("SLIPWAY_CONFIG", &config)
+            .env("SLIPWAY_HOME", &home);
+        command
+    };
+
+    // While r1 works on e1, a one-shot command refuses to touch it, naming r1.
+    for args in [
+        &["apply", "--env", "e1", "--yes"][..],
+        &["destroy", "--env", "e1", "--yes"][..],
+        &["env", "pin", "e1"][..],
+    ] {
+        let out = cli(args).output().expect("slipway runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1)
+                && stderr.contains("worked on by r1")
+                && stderr.contains("nothing was changed"),
+            "{args:?} is refused, naming the replica: {stderr}"
+        );
+    }
+    assert!(
+        stderr_of(cli(&["apply", "--env", "e1", "--yes"])).contains("--wait"),
+        "the refusal says how to wait"
+    );
+    assert_eq!(succeeded(&database, "e1", &first), 1, "nothing was applied");
+
+    // With --wait it waits until r1 lets go (r1 stops), then applies.
+    let mut waiting = cli(&["apply", "--env", "e1", "--yes", "--wait"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("slipway runs");
+    let said = lines_of(waiting.stderr.take().expect("stderr"));
+    wait("the command says it waits for r1", &mut || {
+        said.lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains("waiting for r1"))
+    });
+    signal(&r1, "-TERM");
+    let mut r1 = r1;
+    r1.child.wait().expect("r1 stops");
+    let status = waiting.wait().expect("the command ends");
+    assert!(
+        status.success(),
+        "it applied once r1 let go: {:?}",
+        said.lock().expect("lines")
+    );
+    assert_eq!(
+        succeeded(&database, "e1", &first),
+        2,
+        "applied by the command once, after r1"
+    );
+    let (holder, _, live) = lease_of(&database, "e1").expect("a lease");
+    assert!(
+        holder.starts_with("r1/cli-") && !live,
+        "the command held the lease under its own name and gave it back: {holder} {live}"
+    );
+
+    // A slow change applied by a command: it holds the lease for as long as it runs (renewed
+    // past several leases), and r1, started again meanwhile, leaves e1 alone until it is
+    // done.
+    s.write(
+        "slipway.yaml",
+        &stack("  slow: { type: job, command: [\"sleep\", \"4\"] }\n"),
+    );
+    let second = s.commit("a slow job everywhere");
+    let mut slow = cli(&["apply", "--env", "e1", "--yes"])
+        .spawn()
+        .expect("slipway runs");
+    let me = format!("r1/cli-{}", slow.id());
+    let mut epoch = None;
+    wait(
+        "the command holds e1's lease",
+        &mut || match lease_of(&database, "e1") {
+            Some((holder, e, true)) if holder == me => {
+                epoch = Some(e);
+                true
+            }
+            _ => false,
+        },
+    );
+    let (r1, log) = serve_from(serve_command(&s, &home, &config), T);
+    let mut samples = 0;
+    while slow.try_wait().expect("poll the command").is_none() {
+        if let Some((holder, e, live)) = lease_of(&database, "e1")
+            && (holder != me || Some(e) != epoch || !live)
+        {
+            // The command gives it back as it ends: only then may it change.
+            if slow.try_wait().expect("poll the command").is_none() {
+                panic!(
+                    "the lease left the running command: {holder} {e} {live}\n{}",
+                    log.lock().expect("log").join("\n")
+                );
+            }
+        }
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        slow.wait().expect("the command ends").success(),
+        "the slow apply succeeds"
+    );
+    assert!(samples > 20, "the lease was watched while the command ran");
+    slipway_testkit::wait::wait_for_explained(
+        "r1 brings every environment to the slow change, e1 last",
+        Duration::from_secs(90),
+        || log.lock().expect("log").join("\n"),
+        || (synced_at(&database, &second) == ENVS as i64).then_some(()),
+    );
+    assert_eq!(
+        succeeded(&database, "e1", &second),
+        1,
+        "e1 was applied once, by the command; r1 found nothing to do"
+    );
+    let doubled: Vec<_> = doubled(&database)
+        .into_iter()
+        .filter(|(env, commit, _)| !(env == "e1" && *commit == first))
+        .collect();
+    assert_eq!(doubled, [], "nothing else applied twice");
+    drop(r1);
+}
+
+/// What `command` writes to its standard error.
+fn stderr_of(mut command: std::process::Command) -> String {
+    let out = command.output().expect("slipway runs");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Collects the lines `stream` gives, as they come.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> Log {
+    use std::io::BufRead;
+    let lines = Log::default();
+    let kept = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            kept.lock().expect("lines").push(line);
+        }
+    });
+    lines
+}
