@@ -258,6 +258,105 @@ pub struct LocalConfig {
     /// The range each environment's own uid (= gid) is allocated from, `"LOW-HIGH"`.
     #[serde(default = "default_uids")]
     pub uids: UidRange,
+    /// Where the other replicas sharing a PostgreSQL state reach this replica's listener (its
+    /// router), to forward the preview requests of environments whose processes run on this
+    /// node; none by default, and then they cannot (see [`Advertise`]).
+    #[serde(default)]
+    pub advertise: Option<Advertise>,
+}
+
+/// `[local] advertise`: `"HOST:PORT"`, or `"HOST"` alone for the port `slipway serve` listens
+/// on (`[server] listen` or `--listen`), as the other replicas reach it: the address of this
+/// replica's own listener, where its preview router serves this node's processes. Never an
+/// application's port: applications listen on the loopback interface, and whatever reaches
+/// them goes through a router, which strips Slipway's credentials on the way.
+///
+/// A host is a DNS name or an IP address (IPv6 in brackets, `"[fd00::5]:7300"`); no scheme,
+/// path or user, no port 0, and never an unspecified address (`0.0.0.0`, `[::]`), which names
+/// no machine to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    host: String,
+    port: Option<u16>,
+}
+
+impl Advertise {
+    /// Reads `"HOST:PORT"` or `"HOST"`.
+    pub fn parse(text: &str) -> Result<Advertise, String> {
+        let bad = |why: &str| {
+            format!(
+                "[local] advertise {text:?} {why}; give this replica's listen address as the \
+                 other replicas reach it, such as \"10.0.0.11:7300\" or \"10.0.0.11\""
+            )
+        };
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("opens a `[` it does not close"))?;
+            let v6: std::net::Ipv6Addr = v6.parse().map_err(|_| bad("is not an IPv6 address"))?;
+            if v6.is_unspecified() {
+                return Err(bad("is the unspecified address"));
+            }
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("has something after `]` that is not `:PORT`"))?,
+                ),
+            };
+            (format!("[{v6}]"), port)
+        } else {
+            let (host, port) = match text.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            };
+            let name_like = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            if !name_like {
+                return Err(bad(
+                    "is not a host name or IP address (IPv6 goes in brackets), with an optional \
+                     :PORT",
+                ));
+            }
+            if host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+            {
+                return Err(bad("is the unspecified address"));
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))
+            })
+            .transpose()?;
+        Ok(Advertise { host, port })
+    }
+
+    /// The address advertised, `HOST:PORT`, taking `listening` (the port this replica's
+    /// listener is bound to) when the configuration names a host alone.
+    pub fn address(&self, listening: u16) -> String {
+        format!("{}:{}", self.host, self.port.unwrap_or(listening))
+    }
+}
+
+impl<'de> Deserialize<'de> for Advertise {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        Advertise::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[local] isolation`.
@@ -285,6 +384,7 @@ impl Default for LocalConfig {
             log_max_bytes: default_log_bytes(),
             isolation: IsolationSetting::default(),
             uids: default_uids(),
+            advertise: None,
         }
     }
 }
@@ -450,6 +550,53 @@ mod tests {
         ] {
             let e = local(bad.clone()).expect_err("refused");
             assert!(e.contains(named), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn advertise_is_a_host_with_an_optional_port_and_never_more() {
+        let address = |text: &str, listening| {
+            local(json!({ "advertise": text }))
+                .map(|c| c.advertise.expect("set").address(listening))
+        };
+        assert_eq!(
+            address("10.0.0.11:7300", 1).as_deref(),
+            Ok("10.0.0.11:7300")
+        );
+        assert_eq!(
+            address("10.0.0.11", 7301).as_deref(),
+            Ok("10.0.0.11:7301"),
+            "a host alone takes the port this replica listens on"
+        );
+        assert_eq!(
+            address("S1.example.com", 7300).as_deref(),
+            Ok("s1.example.com:7300")
+        );
+        assert_eq!(address("[fd00::5]:80", 1).as_deref(), Ok("[fd00::5]:80"));
+        assert_eq!(address("[fd00::5]", 7300).as_deref(), Ok("[fd00::5]:7300"));
+        assert_eq!(
+            local(json!({})).expect("parses").advertise,
+            None,
+            "none by default"
+        );
+        for bad in [
+            "",
+            "http://10.0.0.11:7300",
+            "10.0.0.11:7300/x",
+            "user@10.0.0.11:7300",
+            "10.0.0.11:0",
+            "10.0.0.11:70000",
+            "10.0.0.11:",
+            "0.0.0.0:7300",
+            "[::]:7300",
+            "fd00::5",
+            "[fd00::5",
+            "[fd00::5]x",
+            "-bad.example",
+            "a..b",
+        ] {
+            let e = local(json!({ "advertise": bad })).expect_err(bad);
+            assert!(e.contains("[local] advertise"), "{bad}: {e}");
         }
     }
 

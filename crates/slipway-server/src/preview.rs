@@ -24,6 +24,36 @@
 //!   A response cannot set a cookie under the session cookie's name.
 //! - The application has [`PreviewTimeouts::connect`] to accept the connection and
 //!   [`PreviewTimeouts::response`] to send its response's head; past that the client gets `504`.
+//! - [`FORWARDED_BY`] never does: it is Slipway's, between replicas (below).
+//!
+//! # Several replicas
+//! On a PostgreSQL state shared by several `slipway serve` replicas, an environment's processes
+//! run on the node of the replica that holds (or last held) its lease: they stay there (they
+//! are node-bound), and listen on that node's loopback interface only. A replica that receives
+//! a request for such an environment serves it only when it is that replica; otherwise it
+//! forwards the request, whole, to that replica's router, at the address that replica recorded
+//! in the `replicas` table from its `[local] advertise`, and streams the answer back (a
+//! WebSocket too). The request it forwards has already lost what this router strips (above);
+//! it keeps its method, path, query, body and `Host`, so the other router picks the same
+//! environment, and gains [`FORWARDED_BY`] naming this replica; `X-Forwarded-For` and
+//! `Forwarded` end with this replica's address, after the client's.
+//!
+//! Who can trigger a forward, and what it reaches: anyone who can send a request to any
+//! replica, by naming a preview host. The host only picks an environment (a checked
+//! [`EnvName`] and stack, which must exist in the state with an exposed process); the address
+//! comes from the state alone: the `replicas` row of the environment's lease holder, which
+//! only that replica writes (its heartbeat), checked to be a bare `HOST:PORT`, and used only
+//! while that replica is alive (heard from within two leases) — never an address a request
+//! names, nor a dead replica's, which may belong to something else by now. So a forward
+//! reaches only another replica's own router, which treats it as any client's request.
+//!
+//! Loops: a request carrying [`FORWARDED_BY`] is never forwarded again; the replica that
+//! receives it serves it from its own node if the environment is there, and otherwise answers
+//! `502`. The header is a hop counter, not a credential: a client that sends it gains nothing
+//! (it can only make a replica refuse to forward), and it never reaches an application.
+//! A replica that cannot forward (the holder advertises nothing, is not alive, or already got
+//! the request forwarded) answers `502` or `503` naming the holder and never its address, and
+//! never tries the process's port on its own node, where it does not run.
 
 use slipway_core::EnvName;
 use std::net::SocketAddr;
@@ -132,21 +162,216 @@ pub fn exposed_address(resources: &[slipway_state::ResourceRecord]) -> Option<St
     })
 }
 
-/// The exposed address of `env`, if it belongs to `stack` and exposes a running process.
-fn target(controller: &Controller, env: &EnvName, stack: &str) -> Option<String> {
-    let store = controller.engine().store();
-    let record = store.environment(env).ok()??;
-    if record.stack != stack {
-        return None;
-    }
-    exposed_address(&store.resources(env).ok()?)
+/// The header a replica's router adds to a preview request it forwards to another replica,
+/// naming itself: a request that carries it is never forwarded again (see the module's
+/// "Several replicas").
+pub const FORWARDED_BY: &str = "x-slipway-forwarded";
+
+/// Where this replica sends a request for an environment that exposes a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// To the exposed process on this node.
+    Here,
+    /// To the router of `replica`, whose node runs the environment, at `base`
+    /// (`http://HOST:PORT`, from its `[local] advertise`).
+    Forward {
+        /// The replica.
+        replica: String,
+        /// Its router's base URL.
+        base: String,
+    },
+    /// Nowhere: `replica`'s node runs the environment and this replica cannot forward to it.
+    Unreachable {
+        /// The replica.
+        replica: String,
+        /// Why not.
+        why: Unreachable,
+    },
 }
 
-async fn lookup(controller: &Controller, env: &EnvName, stack: &str) -> Option<String> {
+/// Why a request cannot be forwarded to the replica whose node runs its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// It recorded no `[local] advertise`.
+    NotAdvertised,
+    /// It recorded one that is not a bare `HOST:PORT`.
+    BadAddress,
+    /// It was not heard from within two leases (or never).
+    NotAlive,
+    /// The request was forwarded by a replica already (or says it was).
+    AlreadyForwarded,
+}
+
+/// The base URL of a router at `advertise`, as a replica recorded it: `HOST:PORT` and nothing
+/// more (no user, no path), or `None`.
+fn router_base(advertise: &str) -> Option<String> {
+    let authority: axum::http::uri::Authority = advertise.parse().ok()?;
+    (authority.as_str() == advertise && !advertise.contains('@') && authority.port_u16().is_some())
+        .then(|| format!("http://{authority}"))
+}
+
+/// The replica whose node a lease `holder` works on: a one-shot command on a shared state
+/// holds an environment's lease as `<replica>/cli-<pid>` while it runs (the binary's
+/// `lease.rs`), on that replica's node.
+fn node_of(holder: &str) -> &str {
+    holder.split_once("/cli-").map_or(holder, |(node, _)| node)
+}
+
+/// Where this replica (`me`: its name and lease, `None` when it is not one of several replicas)
+/// sends a request for an environment whose lease `holder` holds or last held, given the
+/// replicas' records and whether the request was `forwarded` already.
+///
+/// An environment with an exposed process is node-bound: it runs where its holder is, expired
+/// lease or not (it stays with its last holder). No holder (a state no replica worked on yet)
+/// or this replica: here.
+pub fn placement(
+    me: Option<&slipway_controller::ReplicaOptions>,
+    holder: Option<&str>,
+    replicas: &[slipway_state::ReplicaRecord],
+    forwarded: bool,
+) -> Placement {
+    let (Some(me), Some(holder)) = (me, holder.map(node_of)) else {
+        return Placement::Here;
+    };
+    if holder == me.name {
+        return Placement::Here;
+    }
+    let unreachable = |why| Placement::Unreachable {
+        replica: holder.to_owned(),
+        why,
+    };
+    if forwarded {
+        return unreachable(Unreachable::AlreadyForwarded);
+    }
+    // As the controller counts the live: heard from within two leases.
+    let silent_limit = i64::try_from(me.lease.as_millis() * 2).unwrap_or(i64::MAX);
+    let Some(record) = replicas
+        .iter()
+        .find(|r| r.name == holder && r.silent_ms <= silent_limit)
+    else {
+        return unreachable(Unreachable::NotAlive);
+    };
+    let Some(advertise) = record.advertise.as_deref() else {
+        return unreachable(Unreachable::NotAdvertised);
+    };
+    match router_base(advertise) {
+        Some(base) => Placement::Forward {
+            replica: holder.to_owned(),
+            base,
+        },
+        None => unreachable(Unreachable::BadAddress),
+    }
+}
+
+/// What a preview host leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lookup {
+    /// An environment with an exposed process, at `exposed` on the node that runs it, and
+    /// where this replica sends its requests.
+    Found {
+        exposed: String,
+        placement: Placement,
+    },
+    /// No such environment of that stack, or it exposes no process.
+    Missing,
+    /// The state store could not be read.
+    Unavailable,
+}
+
+/// Where a request for `env` of `stack` goes (see [`placement`]).
+fn target(controller: &Controller, env: &EnvName, stack: &str, forwarded: bool) -> Lookup {
+    let store = controller.engine().store();
+    let record = match store.environment(env) {
+        Ok(Some(record)) if record.stack == stack => record,
+        Ok(_) => return Lookup::Missing,
+        Err(_) => return Lookup::Unavailable,
+    };
+    let exposed = match store.resources(&record.name) {
+        Ok(resources) => exposed_address(&resources),
+        Err(_) => return Lookup::Unavailable,
+    };
+    let Some(exposed) = exposed else {
+        return Lookup::Missing;
+    };
+    let me = controller.replica();
+    let holder = match me.map(|_| store.lease(env)).transpose() {
+        Ok(lease) => lease.flatten().map(|lease| lease.holder),
+        Err(_) => return Lookup::Unavailable,
+    };
+    // The replicas are read only for a request that is not this node's.
+    let elsewhere = me
+        .zip(holder.as_deref())
+        .is_some_and(|(me, holder)| node_of(holder) != me.name);
+    let replicas = if elsewhere && !forwarded {
+        match store.replicas() {
+            Ok(replicas) => replicas,
+            Err(_) => return Lookup::Unavailable,
+        }
+    } else {
+        Vec::new()
+    };
+    Lookup::Found {
+        exposed,
+        placement: placement(me, holder.as_deref(), &replicas, forwarded),
+    }
+}
+
+async fn lookup(controller: &Controller, env: &EnvName, stack: &str, forwarded: bool) -> Lookup {
     let (c, e, s) = (controller.clone(), env.clone(), stack.to_string());
-    tokio::task::spawn_blocking(move || target(&c, &e, &s))
+    tokio::task::spawn_blocking(move || target(&c, &e, &s, forwarded))
         .await
-        .ok()?
+        .unwrap_or(Lookup::Unavailable)
+}
+
+/// The answer to a request for `env`, whose node is `replica`'s, when this replica cannot
+/// forward it there: names the replica, never its address (preview URLs may be public).
+fn unreachable(env: &EnvName, replica: &str, why: Unreachable, me: &str) -> Response {
+    let (status, message, hint) = match why {
+        Unreachable::NotAdvertised => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "environment `{env}` runs on the node of replica {replica}, and this replica \
+                 ({me}) cannot forward to it: {replica} advertises no address"
+            ),
+            format!(
+                "open the preview URL through {replica} itself, or set [local] advertise on \
+                 {replica} (its listen address as the other replicas reach it) so that every \
+                 replica forwards to it"
+            ),
+        ),
+        Unreachable::BadAddress => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "environment `{env}` runs on the node of replica {replica}, whose recorded \
+                 address is not HOST:PORT, so this replica ({me}) does not forward to it"
+            ),
+            format!("check [local] advertise on {replica}"),
+        ),
+        Unreachable::NotAlive => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "environment `{env}` runs on the node of replica {replica}, which is not alive \
+                 (not heard from within two leases)"
+            ),
+            format!(
+                "its preview URL answers again once {replica} runs again; GET /api/v1/replicas \
+                 lists the replicas"
+            ),
+        ),
+        Unreachable::AlreadyForwarded => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "environment `{env}` runs on the node of replica {replica}, not of this one \
+                 ({me}), and this request was already forwarded by a replica: it is not \
+                 forwarded twice"
+            ),
+            format!(
+                "retry (the replicas may have disagreed for a moment on where `{env}` runs), \
+                 without an {FORWARDED_BY} header"
+            ),
+        ),
+    };
+    error(status, message, hint)
 }
 
 /// Headers that concern one connection, never passed on by a proxy (RFC 9110 7.6.1), plus
@@ -317,6 +542,21 @@ fn error(status: StatusCode, error: String, hint: String) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Where one attempt of a request goes: the exposed process on this node, or another
+/// replica's router.
+enum Upstream {
+    Local(String),
+    Replica { replica: String, base: String },
+}
+
+impl Upstream {
+    fn base(&self) -> &str {
+        match self {
+            Upstream::Local(base) | Upstream::Replica { base, .. } => base,
+        }
+    }
+}
+
 /// Middleware: proxies preview hosts, passes everything else on to the API.
 pub async fn route(State(previews): State<Previews>, request: Request, next: Next) -> Response {
     let host = request
@@ -331,12 +571,33 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
     else {
         return next.run(request).await;
     };
-    let Some(base) = lookup(&previews.controller, &env, &stack).await else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no environment `{env}` of stack `{stack}` serves an exposed process here"),
-            "`slipway env list` shows the environments; a process needs `expose:` to get a preview URL".into(),
-        );
+    let forwarded = request.headers().contains_key(FORWARDED_BY);
+    let me = previews
+        .controller
+        .replica()
+        .map_or_else(|| "this server".to_owned(), |r| r.name.clone());
+    let upstream = match lookup(&previews.controller, &env, &stack, forwarded).await {
+        Lookup::Found { exposed, placement } => match placement {
+            Placement::Here => Upstream::Local(exposed),
+            Placement::Forward { replica, base } => Upstream::Replica { replica, base },
+            Placement::Unreachable { replica, why } => {
+                return unreachable(&env, &replica, why, &me);
+            }
+        },
+        Lookup::Missing => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no environment `{env}` of stack `{stack}` serves an exposed process here"),
+                "`slipway env list` shows the environments; a process needs `expose:` to get a preview URL".into(),
+            );
+        }
+        Lookup::Unavailable => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state store cannot be read just now".into(),
+                "try again shortly; GET /healthz says whether this server reaches its state".into(),
+            );
+        }
     };
     let Ok(permit) = previews.in_flight.clone().try_acquire_owned() else {
         return error(
@@ -372,26 +633,32 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
     parts.extensions = axum::http::Extensions::new();
     let retryable = upgrade.is_none()
         && (parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD);
-    let mut base = base;
+    let mut upstream = upstream;
     let mut body = Some(body);
     for attempt in 0..3 {
-        let Ok(uri) = format!("{base}{path}").parse::<Uri>() else {
+        let Ok(uri) = format!("{}{path}", upstream.base()).parse::<Uri>() else {
             return (StatusCode::BAD_REQUEST, "bad request path").into_response();
         };
-        let mut forwarded = axum::http::Request::from_parts(
-            parts.clone(),
+        let mut parts = parts.clone();
+        // What a client sent under this name is dropped; a forward names this replica.
+        parts.headers.remove(FORWARDED_BY);
+        let mut wait = previews.timeouts.response;
+        if let Upstream::Replica { .. } = &upstream {
+            let name = HeaderValue::from_str(&me).unwrap_or(HeaderValue::from_static("replica"));
+            parts.headers.insert(FORWARDED_BY, name);
+            // The other router's own timeout answers first, with its clearer `504`.
+            wait += previews.timeouts.connect;
+        }
+        let mut outgoing = axum::http::Request::from_parts(
+            parts,
             if attempt == 0 {
                 body.take().unwrap_or_default()
             } else {
                 Body::empty()
             },
         );
-        *forwarded.uri_mut() = uri;
-        let sent = tokio::time::timeout(
-            previews.timeouts.response,
-            previews.client.request(forwarded),
-        )
-        .await;
+        *outgoing.uri_mut() = uri;
+        let sent = tokio::time::timeout(wait, previews.client.request(outgoing)).await;
         match sent {
             Ok(Ok(mut response)) => {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -427,31 +694,70 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
                 return Response::from_parts(rparts, Body::new(rbody));
             }
             Ok(Err(e)) if retryable && attempt < 2 && e.is_connect() => {
-                // The instance we looked up is gone: a deploy switched it. Look again.
+                // The instance we looked up is gone (a deploy switched it), or the replica
+                // whose node runs it: look again.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                match lookup(&previews.controller, &env, &stack).await {
-                    Some(fresh) => base = fresh,
-                    None => break,
-                }
+                upstream = match lookup(&previews.controller, &env, &stack, forwarded).await {
+                    Lookup::Found {
+                        exposed,
+                        placement: Placement::Here,
+                    } => Upstream::Local(exposed),
+                    Lookup::Found {
+                        placement: Placement::Forward { replica, base },
+                        ..
+                    } => Upstream::Replica { replica, base },
+                    _ => break,
+                };
             }
             Ok(Err(e)) => {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the exposed process of `{env}` did not answer: {e}"),
-                    format!("`slipway logs --env {env}` shows its output"),
-                );
+                return match &upstream {
+                    Upstream::Local(_) => error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the exposed process of `{env}` did not answer: {e}"),
+                        format!("`slipway logs --env {env}` shows its output"),
+                    ),
+                    Upstream::Replica { replica, base } => {
+                        // Its address goes to this replica's log, not to the client.
+                        eprintln!(
+                            "slipway-server: forwarding a preview request for `{env}` to replica \
+                             {replica} at {base} failed: {e}"
+                        );
+                        error(
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "environment `{env}` runs on the node of replica {replica}, \
+                                 which did not answer this replica ({me})"
+                            ),
+                            format!(
+                                "check that {replica} runs and that its [local] advertise is \
+                                 reachable from {me}; this replica's log names the address"
+                            ),
+                        )
+                    }
+                };
             }
             Err(_) => {
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "the exposed process of `{env}` did not answer within {}",
-                        humantime::format_duration(previews.timeouts.response)
+                let within = humantime::format_duration(wait);
+                return match &upstream {
+                    Upstream::Local(_) => error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("the exposed process of `{env}` did not answer within {within}"),
+                        format!(
+                            "`slipway logs --env {env}` shows its output; [server] preview_timeout sets the limit"
+                        ),
                     ),
-                    format!(
-                        "`slipway logs --env {env}` shows its output; [server] preview_timeout sets the limit"
+                    Upstream::Replica { replica, .. } => error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "environment `{env}` runs on the node of replica {replica}, which \
+                             did not answer within {within}"
+                        ),
+                        format!(
+                            "`slipway logs --env {env}` on {replica} shows its output; [server] \
+                             preview_timeout sets the limit"
+                        ),
                     ),
-                );
+                };
             }
         }
     }
@@ -644,6 +950,94 @@ mod tests {
             ResourceStatus::Deleting,
         );
         assert_eq!(exposed_address(&[deleting]), None);
+    }
+
+    #[test]
+    fn a_request_is_forwarded_only_to_the_live_holders_advertised_router_and_only_once() {
+        let me = slipway_controller::ReplicaOptions {
+            name: "r1".into(),
+            lease: Duration::from_secs(1),
+            advertise: Some("10.0.0.11:7300".into()),
+        };
+        let replica =
+            |name: &str, advertise: Option<&str>, silent_ms| slipway_state::ReplicaRecord {
+                name: name.into(),
+                advertise: advertise.map(str::to_owned),
+                started_at: 0,
+                heartbeat_at: 0,
+                silent_ms,
+            };
+        let replicas = [
+            replica("r1", Some("10.0.0.11:7300"), 0),
+            replica("r2", Some("10.0.0.12:7300"), 1_500),
+            replica("r3", None, 0),
+            replica("r4", Some("10.0.0.14:7300"), 2_001),
+            replica("r5", Some("evil.example:80/x"), 0),
+            replica("r6", Some("user@10.0.0.16:7300"), 0),
+            replica("r7", Some("10.0.0.17"), 0),
+        ];
+        let place =
+            |holder: Option<&str>, forwarded| placement(Some(&me), holder, &replicas, forwarded);
+        assert_eq!(place(Some("r1"), false), Placement::Here, "this node's");
+        assert_eq!(
+            place(Some("r1"), true),
+            Placement::Here,
+            "forwarded to this node: served"
+        );
+        assert_eq!(place(None, false), Placement::Here, "no holder yet");
+        assert_eq!(
+            place(Some("r1/cli-77"), true),
+            Placement::Here,
+            "a one-shot command on this node holds it"
+        );
+        assert_eq!(
+            place(Some("r2/cli-77"), false),
+            place(Some("r2"), false),
+            "a one-shot command on r2's node holds it"
+        );
+        assert_eq!(
+            placement(None, Some("r2"), &replicas, false),
+            Placement::Here,
+            "not one of several replicas"
+        );
+        assert_eq!(
+            place(Some("r2"), false),
+            Placement::Forward {
+                replica: "r2".into(),
+                base: "http://10.0.0.12:7300".into()
+            },
+            "a live holder within two leases"
+        );
+        let unreachable = |replica: &str, why| Placement::Unreachable {
+            replica: replica.into(),
+            why,
+        };
+        assert_eq!(
+            place(Some("r2"), true),
+            unreachable("r2", Unreachable::AlreadyForwarded),
+            "never forwarded twice"
+        );
+        assert_eq!(
+            place(Some("r3"), false),
+            unreachable("r3", Unreachable::NotAdvertised)
+        );
+        assert_eq!(
+            place(Some("r4"), false),
+            unreachable("r4", Unreachable::NotAlive),
+            "silent for more than two leases"
+        );
+        assert_eq!(
+            place(Some("r9"), false),
+            unreachable("r9", Unreachable::NotAlive),
+            "never heard of"
+        );
+        for bad in ["r5", "r6", "r7"] {
+            assert_eq!(
+                place(Some(bad), false),
+                unreachable(bad, Unreachable::BadAddress),
+                "only a bare HOST:PORT"
+            );
+        }
     }
 
     #[test]

@@ -51,6 +51,18 @@ enum Role {
 }
 
 fn controller(g: &Global, repo: &RepoArgs, role: Role) -> Result<Controller> {
+    controller_listening(g, repo, role, None)
+}
+
+/// [`controller`] for `serve`, whose listener is bound to port `listening`: a replica's
+/// heartbeats record its `[local] advertise` address (a host alone takes this port), where
+/// the other replicas' preview routers forward requests for the environments on this node.
+fn controller_listening(
+    g: &Global,
+    repo: &RepoArgs,
+    role: Role,
+    listening: Option<u16>,
+) -> Result<Controller> {
     let config = engine_config(g)?;
     let mut engine = open_engine(g)?;
     if role == Role::OneShot {
@@ -61,7 +73,10 @@ fn controller(g: &Global, repo: &RepoArgs, role: Role) -> Result<Controller> {
     let shared = engine.store().dialect() == slipway_state::Dialect::Postgres;
     let replica = (shared && role == Role::Serve).then(|| {
         engine.require_leases();
-        config.controller.replica(None)
+        let advertise = config.local.advertise.as_ref().zip(listening);
+        config
+            .controller
+            .replica(advertise.map(|(advertise, port)| advertise.address(port)))
     });
     if let Some(replica) = &replica {
         // What this replica starts for an environment must not outlive its lease of it, even
@@ -75,10 +90,15 @@ fn controller(g: &Global, repo: &RepoArgs, role: Role) -> Result<Controller> {
         .context("cannot start the lease watchdog")?;
         engine.bound_by(watchdog);
         eprintln!(
-            "slipway serve: replica {} of the state in {} (leases of {:?})",
+            "slipway serve: replica {} of the state in {} (leases of {:?}); {}",
             replica.name,
             engine.store().location(),
-            replica.lease
+            replica.lease,
+            match &replica.advertise {
+                Some(address) => format!("the other replicas forward previews to {address}"),
+                None => "no [local] advertise: the other replicas cannot forward previews here"
+                    .to_owned(),
+            }
         );
     }
     let engine = Arc::new(engine);
@@ -109,7 +129,16 @@ fn controller(g: &Global, repo: &RepoArgs, role: Role) -> Result<Controller> {
 fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode> {
     let config = engine_config(g)?;
     let listen = listen.unwrap_or(config.server.listen.clone());
-    let controller = controller(g, repo, Role::Serve)?;
+    // Bound before the controller is made: an advertised host without a port takes the port
+    // really listened on (`--listen 127.0.0.1:0` included).
+    let listener = std::net::TcpListener::bind(&listen).with_context(|| {
+        format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen")
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
+    let port = listener.local_addr()?.port();
+    let controller = controller_listening(g, repo, Role::Serve, Some(port))?;
     if let Some(setup) =
         slipway_controller::pulls::setup_from_config(&config.forge, private_texts(g, repo, &config))
             .map_err(anyhow::Error::msg)?
@@ -178,7 +207,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen"))?;
+        let listener = tokio::net::TcpListener::from_std(listener).context("cannot listen")?;
         let addr = listener.local_addr()?;
         eprintln!("slipway serve: API http://{addr}/api/v1  health http://{addr}/healthz  metrics http://{addr}/metrics  UI http://{addr}/");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
