@@ -12,7 +12,9 @@
 //! A replica renews the leases it should hold, releases those it should not once idle, and
 //! queues the environments it should hold but does not (after a replica died, its leases
 //! expire and the others take them within about two leases). A replica that stalls past its
-//! lease loses it: its writes are refused (the store's fence), and on waking it lets go.
+//! lease loses it: its writes are refused (the store's fence), its commands are killed by the
+//! engine's watchdog, and on waking it lets go. Each beat also removes this node's copies of
+//! environments another replica destroyed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -120,6 +122,24 @@ impl Membership {
         metrics: &Metrics,
         environment: &EnvName,
     ) -> Result<bool, slipway_state::StateError> {
+        // Marked busy first: a beat running meanwhile (which may rank the environment to
+        // another replica as the live set changes) must not let go of a lease this is about
+        // to work under.
+        lock(&self.working).insert(environment.clone());
+        let taken = self.take_marked(engine, options, metrics, environment);
+        if !matches!(taken, Ok(true)) {
+            lock(&self.working).remove(environment);
+        }
+        taken
+    }
+
+    fn take_marked(
+        &self,
+        engine: &Engine,
+        options: &ReplicaOptions,
+        metrics: &Metrics,
+        environment: &EnvName,
+    ) -> Result<bool, slipway_state::StateError> {
         let store = engine.store();
         if !self.should_hold(
             store,
@@ -156,8 +176,6 @@ impl Membership {
             }
         }
         metrics.leases(held.len());
-        drop(held);
-        lock(&self.working).insert(environment.clone());
         Ok(true)
     }
 
@@ -171,9 +189,13 @@ impl Membership {
         environment: &EnvName,
     ) {
         lock(&self.working).remove(environment);
-        let epoch = lock(&self.held).get(environment).copied();
-        let kept = epoch.is_some_and(|epoch| self.renew(engine, options, environment, epoch));
-        if !kept {
+        let Some(epoch) = lock(&self.held).get(environment).copied() else {
+            // Lost while it was being worked on (counted then): the fence kept for the
+            // reconcile goes now.
+            engine.store().unhold(environment);
+            return;
+        };
+        if !self.renew(engine, options, environment, epoch) {
             metrics.lease_lost();
             self.forget(engine, metrics, environment);
         }
@@ -201,13 +223,20 @@ impl Membership {
         renewed
     }
 
+    /// Lets go of `environment`: its commands are killed now. A reconcile of it still
+    /// running keeps proving the lost lease, so that its writes are refused (without a
+    /// lease to prove, a write is let through when no other replica holds one); the fence
+    /// goes once it ends ([`Membership::done`]).
     fn forget(&self, engine: &Engine, metrics: &Metrics, environment: &EnvName) {
         let mut held = lock(&self.held);
         held.remove(environment);
         metrics.leases(held.len());
-        engine.store().unhold(environment);
+        drop(held);
         if let Some(watchdog) = engine.watchdog() {
             watchdog.released(environment.as_str());
+        }
+        if !lock(&self.working).contains(environment) {
+            engine.store().unhold(environment);
         }
     }
 
@@ -260,6 +289,19 @@ impl Membership {
                 metrics.lease_lost();
                 self.forget(engine, metrics, &environment);
             }
+        }
+        let swept = engine.sweep_departed(|e| {
+            lock(&self.held).contains_key(e) || lock(&self.working).contains(e)
+        });
+        match swept {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    ?removed,
+                    "removed the local copies of destroyed environments"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping destroyed environments' directories"),
         }
         let held = lock(&self.held).clone();
         Ok(store

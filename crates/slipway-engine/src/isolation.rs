@@ -136,11 +136,11 @@ impl Engine {
     /// The sandbox of `env`'s code; in uid mode its uid, allocated now if it has none yet.
     pub(crate) fn sandbox(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
         let mut sandbox = self.identity(env)?;
-        if let (Some(watchdog), Some(fence)) = (&self.watchdog, self.store.held(env)) {
+        // On a replica every command is bound by the lease, and none starts without one.
+        if let Some(watchdog) = &self.watchdog {
             sandbox.lease = Some(sandbox::LeaseBound {
                 environment: env.to_string(),
-                replica: fence.replica,
-                epoch: fence.epoch,
+                fence: self.store.held(env).map(|f| (f.replica, f.epoch)),
                 watchdog: watchdog.clone(),
             });
         }

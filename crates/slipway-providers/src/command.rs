@@ -122,10 +122,10 @@ pub(crate) fn child_env(
         "SLIPWAY_DATA_DIR".to_owned(),
         ctx.dirs.data.display().to_string(),
     );
-    if let Some(lease) = &ctx.sandbox.lease {
+    if let Some((replica, epoch)) = ctx.sandbox.lease.as_ref().and_then(|l| l.fence.as_ref()) {
         // A fencing token: a system outside Slipway can refuse a write from an older epoch.
-        vars.insert("SLIPWAY_REPLICA".to_owned(), lease.replica.clone());
-        vars.insert("SLIPWAY_EPOCH".to_owned(), lease.epoch.to_string());
+        vars.insert("SLIPWAY_REPLICA".to_owned(), replica.clone());
+        vars.insert("SLIPWAY_EPOCH".to_owned(), epoch.to_string());
     }
     vars
 }
@@ -246,7 +246,7 @@ impl Run<'_> {
         let started = Instant::now();
         let lease = self.confinement.sandbox.lease.as_ref();
         if let Some(lease) = lease
-            && lease.watchdog.remaining(&lease.environment).is_zero()
+            && (lease.fence.is_none() || lease.watchdog.remaining(&lease.environment).is_zero())
         {
             return Err(io::Error::other(crate::watchdog::lease_lost(
                 &lease.environment,

@@ -92,25 +92,24 @@ pub struct Sandbox {
     pub lease: Option<LeaseBound>,
 }
 
-/// The lease an environment's commands run under on a replica: they see its holder and epoch
-/// (`SLIPWAY_REPLICA`, `SLIPWAY_EPOCH`, a fencing token for systems outside Slipway) and are
-/// killed by the watchdog once the lease is no longer certainly held.
+/// The lease an environment's commands run under on a replica: they start only while the
+/// watchdog knows it certainly held, see its holder and epoch (`SLIPWAY_REPLICA`,
+/// `SLIPWAY_EPOCH`, a fencing token for systems outside Slipway) and are killed by the
+/// watchdog once it is no longer certainly held.
 #[derive(Debug, Clone)]
 pub struct LeaseBound {
     /// The environment.
     pub environment: String,
-    /// The replica holding the lease.
-    pub replica: String,
-    /// The lease's fencing epoch.
-    pub epoch: i64,
+    /// The replica holding the lease and the lease's fencing epoch; `None` when this replica
+    /// holds no lease of it (then nothing of it may start).
+    pub fence: Option<(String, i64)>,
     /// The replica's watchdog.
     pub watchdog: std::sync::Arc<crate::watchdog::Watchdog>,
 }
 
 impl PartialEq for LeaseBound {
     fn eq(&self, other: &LeaseBound) -> bool {
-        (&self.environment, &self.replica, self.epoch)
-            == (&other.environment, &other.replica, other.epoch)
+        (&self.environment, &self.fence) == (&other.environment, &other.fence)
             && std::sync::Arc::ptr_eq(&self.watchdog, &other.watchdog)
     }
 }

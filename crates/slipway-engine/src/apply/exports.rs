@@ -46,3 +46,54 @@ impl Engine {
         Ok(())
     }
 }
+
+impl Engine {
+    /// Removes this home's directories of environments the state no longer has (destroyed
+    /// by another replica), unless `busy` says this replica is working on one now (it may be
+    /// recreating it). With several replicas each node keeps a copy of every environment it
+    /// ever worked on: one destroyed elsewhere would otherwise stay here for good, its data
+    /// reachable by whichever environment is given its uid next. Returns those removed.
+    ///
+    /// # Errors
+    /// When the environments cannot be read; a directory that cannot be removed is left for
+    /// the next sweep.
+    pub fn sweep_departed(
+        &self,
+        busy: impl Fn(&EnvName) -> bool,
+    ) -> Result<Vec<EnvName>, EngineError> {
+        let envs = self.home.join("envs");
+        let Ok(entries) = std::fs::read_dir(&envs) else {
+            return Ok(Vec::new());
+        };
+        let local: Vec<EnvName> = entries
+            .flatten()
+            .filter_map(|e| EnvName::parse(e.file_name().to_str()?).ok())
+            .collect();
+        if local.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known: BTreeSet<EnvName> = self
+            .store
+            .environments()?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        let mut removed = Vec::new();
+        for env in local {
+            // Asked again per directory: the state is read once, the work goes on.
+            if known.contains(&env) || busy(&env) {
+                continue;
+            }
+            let root = envs.join(env.as_str());
+            if let Ok(exports) = std::fs::read_dir(root.join("src")) {
+                for export in exports.flatten() {
+                    let _ = slipway_git::remove_export(&export.path());
+                }
+            }
+            if std::fs::remove_dir_all(&root).is_ok() {
+                removed.push(env);
+            }
+        }
+        Ok(removed)
+    }
+}
