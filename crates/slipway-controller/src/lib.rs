@@ -416,9 +416,27 @@ impl Controller {
             self.enqueue(env, Trigger::Apply);
         }
         if follow.refresh {
-            self.refresh().await?;
+            self.refresh_all().await?;
         }
         Ok(())
+    }
+
+    /// [`Controller::refresh`] here, and on every other replica sharing the state (woken by
+    /// a notification rather than at their next poll): the repository moved.
+    pub async fn refresh_all(&self) -> Result<(), ControllerError> {
+        if self.inner.options.replica.is_some()
+            && let Err(e) = self
+                .inner
+                .engine
+                .store()
+                .notify(slipway_state::Wake::Refresh)
+        {
+            tracing::warn!(
+                error = %e,
+                "waking the other replicas failed; they catch up at their next poll"
+            );
+        }
+        self.refresh().await
     }
 
     /// Tells the controller where its preview router listens (the server's port).
@@ -474,7 +492,20 @@ impl Controller {
     /// Runs until `shutdown` completes: polling, drift and TTL ticks, and the workers.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Woken by the other replicas (a push one of them heard of), with the poll as the
+        // fallback; dropped, it stops, when this returns.
+        let mut _listener = None;
         if let Some(replica) = self.inner.options.replica.clone() {
+            let this = self.clone();
+            let runtime = tokio::runtime::Handle::current();
+            _listener = self.inner.engine.store().listen(move |wake| match wake {
+                slipway_state::Wake::Refresh => {
+                    let this = this.clone();
+                    runtime.spawn(async move {
+                        let _ = this.refresh().await;
+                    });
+                }
+            });
             // The first beat before any work: this replica counts itself among the live.
             self.beat(&replica).await;
             let this = self.clone();

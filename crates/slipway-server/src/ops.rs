@@ -182,7 +182,7 @@ async fn refresh(
     State(app): State<AppState>,
     JsonBody(NoFields {}): JsonBody<NoFields>,
 ) -> Result<Json<Refreshed>, ApiError> {
-    app.controller.refresh().await?;
+    app.controller.refresh_all().await?;
     Ok(Json(Refreshed { refreshed: true }))
 }
 

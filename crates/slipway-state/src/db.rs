@@ -745,6 +745,14 @@ impl Conn {
         }
     }
 
+    /// The URL of the PostgreSQL server it talks to, `None` on SQLite.
+    pub(crate) fn postgres_url(&self) -> Option<&str> {
+        match &self.link {
+            Link::Sqlite(_) => None,
+            Link::Postgres(pg) => Some(&pg.url),
+        }
+    }
+
     /// A connection to PostgreSQL.
     pub fn postgres(connection: PgConn) -> Conn {
         Conn {

@@ -620,3 +620,25 @@ fn lines_of(stream: impl std::io::Read + Send + 'static) -> Log {
     });
     lines
 }
+
+#[test]
+fn a_refresh_asked_of_one_replica_wakes_the_others_without_waiting_for_their_poll() {
+    // Neither replica polls within the test: r2 can only learn of the push from r1's
+    // notification.
+    let pair = Pair::start_with("1h", "1h", None);
+    pair.shared();
+    let second = pair.push();
+    let token = std::fs::read_to_string(pair.home1.join("admin-token")).expect("the first token");
+    let (code, body) = api_request(
+        &pair.r1.addr,
+        "POST",
+        "/api/v1/refresh",
+        token.trim(),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(code, 200, "{body}");
+    pair.wait("both replicas bring their shares to the push", || {
+        (synced_at(&pair.database, &second) == ENVS as i64).then_some(())
+    });
+    assert_eq!(doubled(&pair.database), [], "nothing applied twice");
+}
