@@ -5,7 +5,7 @@ mod util;
 
 use serde_json::Value;
 use slipway_testkit::pg::TestDatabase;
-use util::Sandbox;
+use util::{Sandbox, start_serve};
 
 /// A sandbox whose `dev` environment was applied twice on its SQLite home.
 fn applied_twice() -> Sandbox {
@@ -105,9 +105,54 @@ fn a_sqlite_home_moves_into_postgres_and_the_engine_goes_on_there() {
     );
 }
 
+/// One environment as `status` shows it: name, sync state, commit, and its resources'
+/// `(name, status)`.
+type Shown = (String, String, String, Vec<(String, String)>);
+
+/// Every environment, as `status` shows it.
+fn status(s: &Sandbox) -> Vec<Shown> {
+    let status = s.json(&["status", "--output", "json"]);
+    status["environments"]
+        .as_array()
+        .unwrap_or_else(|| panic!("environments in {status:#}"))
+        .iter()
+        .map(|e| {
+            let resources = e["resources"]
+                .as_array()
+                .map(|rs| {
+                    rs.iter()
+                        .map(|r| {
+                            (
+                                r["name"].as_str().unwrap_or("").to_owned(),
+                                r["status"].as_str().unwrap_or("").to_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                e["name"].as_str().unwrap_or("").to_owned(),
+                e["sync"].as_str().unwrap_or("").to_owned(),
+                e["commit"].as_str().unwrap_or("").to_owned(),
+                resources,
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn a_backup_of_a_running_home_restores_into_a_home_that_reads_the_same() {
+fn a_backup_taken_while_serve_runs_restores_the_home_with_its_environments_and_history() {
     let s = applied_twice();
+    let before = history(&s);
+    let shown = status(&s);
+    assert!(
+        matches!(shown.as_slice(), [(name, sync, _, resources)]
+            if name == "dev" && sync == "synced" && resources.len() == 1),
+        "{shown:?}"
+    );
+
+    // The backup is taken online, while `slipway serve` works on the home.
+    let server = start_serve(&s);
     let backup = s.dir.path().join("backup.db");
     let out: Value = s.json(&[
         "state",
@@ -117,28 +162,123 @@ fn a_backup_of_a_running_home_restores_into_a_home_that_reads_the_same() {
         "json",
     ]);
     assert_eq!(out["backup"], backup.to_str().expect("utf-8"), "{out:#}");
-    let before = history(&s);
-
-    // Restore: a home with the backup as its state.db and the same key.
-    let restored = s.dir.path().join("restored");
-    std::fs::create_dir_all(&restored).expect("mkdir");
-    std::fs::copy(&backup, restored.join("state.db")).expect("restore the file");
-    std::fs::copy(s.home.join("state.key"), restored.join("state.key")).expect("the key");
-    let out = s.ok_with(
-        &["history", "--env", "dev", "--output", "json"],
-        &[("SLIPWAY_HOME", restored.to_str().expect("utf-8"))],
-    );
-    let restored_history: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(
-        restored_history["deployments"].as_array().map(Vec::len),
-        Some(before.len()),
-        "{restored_history:#}"
-    );
-
     let again = s.expect_code(&["state", "backup", backup.to_str().expect("utf-8")], 1);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("never overwrites"),
         "a backup never overwrites a file"
+    );
+    drop(server);
+
+    // The state is lost; restored as operations.md says: the file at <home>/state.db, the
+    // WAL and shared-memory files removed, the key kept.
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(s.home.join(file));
+    }
+    assert!(
+        !s.run(&["history", "--env", "dev"]).status.success() || history(&s).is_empty(),
+        "the history is gone with the state"
+    );
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(s.home.join(file));
+    }
+    std::fs::copy(&backup, s.home.join("state.db")).expect("restore the file");
+
+    let restored = history(&s);
+    assert_eq!(
+        restored[..before.len().min(restored.len())],
+        before[..],
+        "the restored home has the deployments recorded before the backup"
+    );
+    assert_eq!(
+        status(&s),
+        shown,
+        "status shows the environment, its commit and its resources as before"
+    );
+    // And the engine goes on from there: the next deployment is numbered after them.
+    s.commit_dev_stack(
+        "shop",
+        "  conf: { type: file, path: conf.txt, content: \"three\" }\n",
+        "three",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let after = history(&s);
+    assert_eq!(after.len(), restored.len() + 1, "{after:?}");
+}
+
+#[test]
+fn a_postgres_state_round_trips_through_pg_dump_and_pg_restore() {
+    for tool in ["pg_dump", "pg_restore"] {
+        assert!(
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is needed (Debian's postgresql-client, which scripts/postgres.sh installs)"
+        );
+    }
+    let s = applied_twice();
+    let original = TestDatabase::create("slipway_cli_dump");
+    s.ok(&["state", "migrate", "--to", &original.url()]);
+    let original_url = original.url();
+    use_state(&s, &original_url);
+    let before = history(&s);
+    let shown = status(&s);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // Backed up as operations.md says, and restored into an empty database.
+    let dump = s.dir.path().join("state.dump");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        "pg_dump",
+        &[
+            "-Fc",
+            "-d",
+            &original.url(),
+            "-f",
+            dump.to_str().expect("utf-8"),
+        ],
+    );
+    let restored = TestDatabase::create("slipway_cli_restore");
+    run(
+        "pg_restore",
+        &[
+            "--no-owner",
+            "-d",
+            &restored.url(),
+            dump.to_str().expect("utf-8"),
+        ],
+    );
+    drop(original);
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(&s.config, config.replace(&original_url, &restored.url())).expect("config");
+
+    assert_eq!(
+        history(&s),
+        before,
+        "the history reads the same from the restored database"
+    );
+    assert_eq!(status(&s), shown, "and so does status");
+    s.commit_dev_stack(
+        "shop",
+        "  conf: { type: file, path: conf.txt, content: \"three\" }\n",
+        "three",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let after = history(&s);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        after.iter().any(|(id, _)| id == "3"),
+        "the restored database numbers the next deployment after the others: {after:?}"
     );
 }
 
