@@ -48,6 +48,8 @@ impl Pair {
     fn start_with(poll1: &str, poll2: &str, r1_port: Option<u16>) -> Pair {
         let database = TestDatabase::create("slipway_replicas");
         let s = Sandbox::new();
+        // Each replica says where it is reached: its listener on this machine.
+        s.with_local("advertise = \"127.0.0.1\"");
         s.write("slipway.yaml", &stack(""));
         let first = s.commit("eight environments");
         let start = |name: &str, poll: &str, port: u16| {
@@ -382,9 +384,11 @@ fn a_persons_change_is_done_by_the_replica_that_works_on_the_environment_and_ref
     for (method, path, body) in refused {
         let (code, answer) = at(&pair.r1, method, path, body);
         assert_eq!(code, 409, "{method} {path} through r1: {answer}");
+        // The refusal names the replica to ask, and where its node advertises it is.
         let error = answer["error"].as_str().unwrap_or("");
         assert!(
-            error.contains("worked on by replica r2") && error.contains("nothing was changed"),
+            error.contains(&format!("worked on by replica r2 (at {})", pair.r2.addr))
+                && error.contains("nothing was changed"),
             "{method} {path}: the refusal names the replica to ask: {answer}"
         );
         assert!(
@@ -505,6 +509,7 @@ fn a_one_shot_command_on_the_shared_state_holds_the_lease_while_it_runs_and_neve
 
     // With --wait it waits until r1 lets go (r1 stops), then applies.
     let mut waiting = cli(&["apply", "--env", "e1", "--yes", "--wait"])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("slipway runs");
@@ -544,6 +549,7 @@ fn a_one_shot_command_on_the_shared_state_holds_the_lease_while_it_runs_and_neve
     );
     let second = s.commit("a slow job everywhere");
     let mut slow = cli(&["apply", "--env", "e1", "--yes"])
+        .stdout(std::process::Stdio::null())
         .spawn()
         .expect("slipway runs");
     let me = format!("r1/cli-{}", slow.id());

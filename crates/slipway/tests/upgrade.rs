@@ -261,6 +261,23 @@ fn three_replicas_are_upgraded_one_at_a_time_and_the_old_ones_step_aside_writing
                         .is_some_and(|e| e.contains("stepped aside")),
                     "{code} {body:#}"
                 );
+                let (code, answer) = api_request(
+                    &old.server.addr,
+                    "POST",
+                    "/api/v1/environments/e1/sync",
+                    token,
+                    Some(serde_json::json!({})),
+                );
+                assert_eq!(
+                    code, 503,
+                    "a change asked of a stepped-aside replica is refused: {answer}"
+                );
+                assert!(
+                    answer["hint"]
+                        .as_str()
+                        .is_some_and(|h| h.contains("upgraded replica")),
+                    "{answer}"
+                );
                 let (code, listed) =
                     api_request(&old.server.addr, "GET", "/api/v1/environments", token, None);
                 assert_eq!(
