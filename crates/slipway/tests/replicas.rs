@@ -648,3 +648,98 @@ fn a_refresh_asked_of_one_replica_wakes_the_others_without_waiting_for_their_pol
     });
     assert_eq!(doubled(&pair.database), [], "nothing applied twice");
 }
+
+#[test]
+fn a_one_shot_command_acts_on_a_node_bound_environment_only_from_its_node_and_gives_it_back() {
+    let database = TestDatabase::create("slipway_cli_node");
+    let s = Sandbox::new();
+    let files = |content: &str| {
+        format!(
+            "version: 1\nstack: nodes\nenvironments: {{ e1: {{ track: main }}, e2: {{ track: main }} }}\n\
+             resources:\n  conf: {{ type: file, path: conf.txt, content: \"{content}\" }}\n"
+        )
+    };
+    s.write("slipway.yaml", &files("one"));
+    let first = s.commit("files on r1's node");
+    let config1 = replica_config(&s, &database, ReplicaSettings::named("r1"));
+    let config2 = replica_config(&s, &database, ReplicaSettings::named("r2"));
+    let home1 = replica_home(&s, "r1");
+    let (r1, log) = serve_from(serve_command(&s, &home1, &config1), T);
+    let wait = |what: &str, check: &mut dyn FnMut() -> bool| {
+        slipway_testkit::wait::wait_for_explained(
+            what,
+            T,
+            || log.lock().expect("log").join("\n"),
+            || check().then_some(()),
+        )
+    };
+    wait(
+        "both environments run the first commit on r1's node",
+        &mut || synced_at(&database, &first) == 2,
+    );
+    let mut r1 = r1;
+    signal(&r1, "-TERM");
+    r1.child.wait().expect("r1 stops");
+    let second = {
+        s.write("slipway.yaml", &files("two"));
+        s.commit("a change to the files")
+    };
+    let url = format!("file://{}", s.repo.display());
+    // --wait: the stopped r1's lease runs until it expires.
+    let apply = |config: &std::path::Path, home: &std::path::Path| {
+        s.cmd(&["apply", "--env", "e1", "--yes", "--wait", "--repo", &url])
+            .env("SLIPWAY_CONFIG", config)
+            .env("SLIPWAY_HOME", home)
+            .output()
+            .expect("slipway runs")
+    };
+
+    // From r2's node (its configuration and home), r1's environment is refused: its files
+    // are on r1's machine.
+    let home2 = replica_home(&s, "r2");
+    std::fs::copy(home1.join("state.key"), home2.join("state.key")).expect("copy the key");
+    let out = apply(&config2, &home2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && stderr.contains("runs on the node of replica r1")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(succeeded(&database, "e1", &second), 0);
+
+    // From r1's node it is applied, and the lease goes back to r1.
+    let out = apply(&config1, &home1);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(succeeded(&database, "e1", &second), 1);
+    let (holder, _, live) = lease_of(&database, "e1").expect("a lease");
+    assert!(
+        holder == "r1" && !live,
+        "the lease of a node-bound environment is r1's again, free: {holder} {live}"
+    );
+
+    // r1, back, takes both up again and brings e2 to the change; e1 needs nothing more.
+    let (_r1, log) = serve_from(serve_command(&s, &home1, &config1), T);
+    slipway_testkit::wait::wait_for_explained(
+        "r1 holds both environments and runs the change",
+        T,
+        || log.lock().expect("log").join("\n"),
+        || {
+            let held = holders(&database);
+            (synced_at(&database, &second) == 2
+                && held.len() == 2
+                && held.iter().all(|(_, h)| h == "r1"))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        succeeded(&database, "e1", &second),
+        1,
+        "r1 found e1 done by the command"
+    );
+    assert_eq!(doubled(&database), []);
+}
