@@ -400,7 +400,11 @@ impl Provider for ProcessProvider {
                     });
                 }
             };
-            if spec.confinement.as_ref().map(|c| &c.sandbox) != Some(ctx.sandbox) {
+            if !spec
+                .confinement
+                .as_ref()
+                .is_some_and(|c| c.sandbox.confines_as(ctx.sandbox))
+            {
                 return Ok(Observation::Drifted {
                     reason: format!(
                         "it runs {} while its environment's code runs isolated by {}: \

@@ -140,6 +140,12 @@ impl Sandbox {
         }
     }
 
+    /// Whether code started under `self` is confined as under `other`: same mode, uid and
+    /// Landlock (the lease bound is not how code is confined but how long it may run).
+    pub fn confines_as(&self, other: &Sandbox) -> bool {
+        (self.isolation, self.ids, self.landlock) == (other.isolation, other.ids, other.landlock)
+    }
+
     /// Landlock only, under the engine's uid.
     pub fn landlock() -> Sandbox {
         Sandbox {
