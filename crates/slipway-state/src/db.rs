@@ -436,6 +436,9 @@ pub struct PgConn {
     url: String,
     client: Option<postgres::Client>,
     statements: HashMap<String, Statement>,
+    /// How long a session of this connection may sit in a transaction or wait for a lock
+    /// ([`Conn::bound_sessions`]).
+    limit: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for Conn {
@@ -454,6 +457,7 @@ impl PgConn {
             url: url.to_owned(),
             client: None,
             statements: HashMap::new(),
+            limit: None,
         };
         outside_async(|| conn.ensure_connected())?;
         Ok(conn)
@@ -478,6 +482,12 @@ impl PgConn {
             }
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(std::time::Duration::from_secs(10));
+            }
+            if let Some(limit) = self.limit {
+                let ms = limit.as_millis().max(1);
+                config.options(&format!(
+                    "-c idle_in_transaction_session_timeout={ms} -c lock_timeout={ms}"
+                ));
             }
             self.client = Some(config.connect(NoTls)?);
         }
@@ -745,6 +755,22 @@ impl Conn {
         }
     }
 
+    /// Bounds how long this connection's sessions may hold a transaction open while idle, or
+    /// wait for a lock, to `limit` (PostgreSQL only; the session in use is replaced). With
+    /// several replicas on one server a replica frozen in the middle of a transaction (a
+    /// pause, SIGSTOP) would otherwise keep its row locks for as long as it is frozen, and
+    /// every other replica touching those rows would wait on it, its single connection with
+    /// it: the server ends the frozen session instead, and a waiter gives up and tries again.
+    pub fn bound_sessions(&mut self, limit: std::time::Duration) {
+        if let Link::Postgres(pg) = &mut self.link {
+            pg.limit = Some(limit);
+            if let Some(client) = pg.client.take() {
+                outside_async(move || drop(client));
+            }
+            pg.statements.clear();
+        }
+    }
+
     /// The URL of the PostgreSQL server it talks to, `None` on SQLite.
     pub(crate) fn postgres_url(&self) -> Option<&str> {
         match &self.link {
@@ -956,6 +982,47 @@ fn replace_word(text: &str, word: &str, with: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_frozen_in_a_transaction_is_ended_by_the_server_and_holds_no_one_up() {
+        let database = slipway_testkit::pg::TestDatabase::create("slipway_bounded");
+        let connect = || Conn::postgres(PgConn::connect(&database.url()).expect("connect"));
+        let mut frozen = connect();
+        frozen
+            .batch("CREATE TABLE t (id BIGINT PRIMARY KEY, n BIGINT NOT NULL); INSERT INTO t VALUES (1, 0);")
+            .expect("a table");
+        frozen.bound_sessions(std::time::Duration::from_millis(300));
+        let (locked, wait_locked) = std::sync::mpsc::channel();
+        let (woke, wait_woke) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            frozen.transaction(&[], |tx| {
+                tx.execute("UPDATE t SET n = n + 1 WHERE id = 1", params![])?;
+                locked.send(()).expect("the test waits");
+                // Frozen with the row locked, far longer than the bound.
+                let _ = wait_woke.recv();
+                tx.execute("UPDATE t SET n = n + 10 WHERE id = 1", params![])
+            })
+        });
+        wait_locked.recv().expect("the row is locked");
+        // Another session writes the same row: it gets it once the server ended the frozen
+        // session, while the holder is still frozen.
+        let mut other = connect();
+        let n = other
+            .transaction(&[], |tx| {
+                tx.execute("UPDATE t SET n = n + 100 WHERE id = 1", params![])?;
+                tx.query_one("SELECT n FROM t WHERE id = 1", params![], |r| {
+                    r.get::<i64>(0)
+                })
+            })
+            .expect("the other session writes past the frozen one");
+        assert_eq!(n, 100, "the frozen transaction's write was rolled back");
+        woke.send(()).expect("the holder waits");
+        let frozen_result = holder.join().expect("no panic");
+        assert!(
+            frozen_result.is_err(),
+            "the frozen transaction cannot commit once it woke: {frozen_result:?}"
+        );
+    }
 
     #[test]
     fn parameters_and_schema_types_become_postgres_dialect_outside_quotes() {

@@ -181,6 +181,12 @@ impl Store {
         self.fences.get_or_insert_with(Mutex::default);
     }
 
+    /// Bounds how long the store's PostgreSQL sessions may stay idle in a transaction or
+    /// wait for a lock (see [`crate::db::Conn::bound_sessions`]); nothing on SQLite.
+    pub fn bound_sessions(&self, limit: std::time::Duration) {
+        self.conn().bound_sessions(limit);
+    }
+
     /// Records that this replica holds `environment`'s lease as `fence` (see
     /// [`Store::acquire_lease`]); its writes of the environment are checked against it.
     pub fn hold(&self, environment: &EnvName, fence: Fence) {

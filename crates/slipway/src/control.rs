@@ -89,6 +89,8 @@ fn controller_listening(
         )
         .context("cannot start the lease watchdog")?;
         engine.bound_by(watchdog);
+        // A replica frozen inside a transaction must not hold the others up past its lease.
+        engine.store().bound_sessions(replica.lease / 2);
         eprintln!(
             "slipway serve: replica {} of the state in {} (leases of {:?}); {}",
             replica.name,
