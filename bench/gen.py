@@ -17,6 +17,8 @@
                             tracking main, and one resource `db: { type: postgres.database }`
   gen.py pgfloor DIR N      the same N environments with one `file` resource instead (the floor:
                             what an apply costs without a database)
+  gen.py floating DIR N     N static environments e0..e(N-1) tracking main, one `job` running
+                            `true` each: environments that float between replicas (section 10)
   gen.py pgclone DIR ENV TEMPLATE STRATEGY
                             a git repository at DIR: one environment ENV, one `postgres.database`
                             cloned from TEMPLATE with STRATEGY (file_copy or wal_log)
@@ -194,6 +196,9 @@ def pg_envs_yaml(n, stack, resource, what):
 
 
 PG_DB = "  db: { type: postgres.database }\n"
+# Section 10's floating environments: a job leaves nothing on the node, so any replica may
+# work on the environment (a `file` or `process` would bind it to its node).
+FLOATING_JOB = '  once: { type: job, command: ["true"] }\n'
 PG_FLOOR = '  conf: { type: file, path: etc/app.conf, content: "env=${env.name}\\n" }\n'
 
 
@@ -259,8 +264,16 @@ def git_repo(directory, text, files=None):
 
 
 def envs_repo(directory, n):
-    """The stack, then N branches at main's commit, made in one `git update-ref --stdin`."""
+    """The stack, then N branches at main's commit (envs_branches)."""
     git_repo(directory, ENVS_YAML)
+    envs_branches(directory, n)
+
+
+def envs_branches(directory, n):
+    """N branches feature/eNNNN at main's commit, made in one `git update-ref --stdin` (section
+    10 adds them to a repository made with none, once its replicas are up)."""
+    if n <= 0:
+        return
     sha = git(directory, "rev-parse", "main")
     refs = "".join(f"create refs/heads/feature/e{i:04d} {sha}\n" for i in range(n))
     git(directory, "update-ref", "--stdin", stdin=refs)
@@ -300,6 +313,8 @@ def main(argv):
         git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-pg", PG_DB, "a database"))
     elif kind == "pgfloor":
         git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-pg-floor", PG_FLOOR, "a file"))
+    elif kind == "floating":
+        git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-floating", FLOATING_JOB, "a job"))
     elif kind == "pgclone":
         git_repo(argv[2], pg_clone_yaml(argv[3], argv[4], argv[5]))
     elif kind == "prs":

@@ -72,7 +72,7 @@ def main():
         "Written by `bench/run` — do not edit by hand, run it again. Every figure below comes "
         "from one run of the script, benchmarks and baselines interleaved on the same machine. "
         "Times are wall clock of the whole command (process start to exit), as a user sees "
-        "them (sections 3–5, 7 and 8 say where their clock starts and stops): **median** "
+        "them (sections 3–5, 7, 8 and 10 say where their clock starts and stops): **median** "
         f"(min–max) of {args.runs} runs unless a row says otherwise (section 6: "
         f"{args.pg_runs} rounds).\n"
     )
@@ -90,15 +90,22 @@ def main():
       "BENCH_PG_URL=postgres://postgres@HOST:5432/postgres bench/run   # section 6's server "
       "(trust auth)\n"
       "BENCH_ONLY=pg bench/run        # only section 6 (also: plan procs serve push previews pr "
-      "ui); the\n"
-      "                               # report goes to a temp file, printed at the end\n"
+      "ui k8s\n"
+      "                               # replicas); the report goes to a temp file, printed at "
+      "the end\n"
       "BENCH_ONLY=pr bench/run        # only section 7 (GitHub's example payloads: fetched "
       "once with npm)\n"
       "BENCH_ONLY=serve,ui bench/run  # sections 3 and 8 (8 reuses 3's environments; "
       "CHROMEDRIVER=…\n"
       "                               # and CHROMIUM=… override Debian's paths)\n"
       "BENCH_ONLY=k8s bench/run       # only section 9 (starts and stops a test cluster under "
-      "target/)\n```\n")
+      "target/)\n"
+      "BENCH_ONLY=replicas bench/run  # only section 10 (PostgreSQL as for section 6; "
+      "BENCH_FAILOVER_ROUNDS,\n"
+      "                               # BENCH_FAILOVER_LEASE, BENCH_FAILOVER_LONG: its failover "
+      "rounds)\n"
+      "BENCH_SPLICE=1 BENCH_ONLY=…    # a partial run whose sections replace theirs here, "
+      "the rest kept\n```\n")
     w(f"This run took {int(args.elapsed) // 60} min {int(args.elapsed) % 60} s in all "
       "(build, setup and the untimed first applies and destroys included).\n")
 

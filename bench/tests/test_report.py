@@ -55,7 +55,7 @@ class Harness(unittest.TestCase):
                                       ("render", "s", 2e-5), ("rss-plan", "KiB", 3))]
         text = report(plan, only="plan")
         self.assertIn("| 2,000 |", section(text, 1))
-        for n in range(2, 10):
+        for n in range(2, 11):
             self.assertIn("*Not run in this run*", section(text, n), f"section {n}")
 
     def test_skipped_sections_say_why(self):
@@ -79,6 +79,74 @@ class Harness(unittest.TestCase):
                       "**0.50×** |", section(text, 9))
         self.assertIn("plan 500 ms vs 1.00 s: **0.50×**", text)
         self.assertIn("kube-apiserver v1.34.4", text)
+
+    def test_the_replicas_section_reports_ratios_and_the_failover_bound(self):
+        recs = [{"label": "replicas/server", "unit": "note", "samples": [],
+                 "settings": {"server_version": "15.18", "fsync": "off",
+                              "synchronous_commit": "on"}, "server": "postgres@127.0.0.1:5432"}]
+        for state, t in (("sqlite", 0.5), ("pg1", 2.0), ("pg3", 3.0)):
+            recs += [{"label": f"replicas/pass/{state}", "unit": "s", "samples": [t],
+                      "cpu": [t], "n": 1000},
+                     {"label": f"replicas/pass-after-startup/{state}", "unit": "s",
+                      "samples": [t - 0.1], "n": 1000}]
+        recs += [{"label": "replicas/failover/3", "unit": "s", "samples": [5.5, 6.5, 8.0],
+                  "lease_s": 3.0, "envs": 10},
+                 {"label": "replicas/failover/15", "unit": "s", "samples": [31.0],
+                  "lease_s": 15.0, "envs": 10},
+                 {"label": "replicas/write/sqlite/event", "unit": "s", "samples": [1e-4],
+                  "n": 500},
+                 {"label": "replicas/write/postgres/event", "unit": "s", "samples": [4e-4],
+                  "n": 500}]
+        text = report(recs, only="replicas")
+        self.assertIn("3 replicas 3.00 s, 1 replica 2.00 s: **1.50×**", text)
+        self.assertIn("an event: SQLite 100 µs, PostgreSQL 400 µs: **4.0×**", text)
+        # 8 s is past 2L + L/3 = 7 s for a 3 s lease.
+        self.assertIn("**missed** (a round past the bound)", text)
+        self.assertIn("| 3 s | 3 | ", section(text, 10))
+        self.assertIn("`fsync=off`", text)
+
+
+class Splice(unittest.TestCase):
+    def test_a_partial_run_replaces_its_section_and_keeps_the_others(self):
+        full = ("# Benchmarks\n\nWritten by `bench/run`.\n\n## Reproduce\n\n```sh\nold\n```\n\n"
+                "## Machine\n\n| | |\n|---|---|\n| date | 2026-12-01 |\n| python / git | x |\n\n"
+                "## Verdicts\n\n| goal | measured | verdict |\n|---|---|---|\n"
+                "| plan fast | 1 s | **met** |\n\n## 1. Plan\n\nold figures 1\n\n"
+                "## 9. K8s\n\nold figures 9\n\n## How to dig further\n\n- one\n")
+        partial = ("# Benchmarks\n\n## Reproduce\n\n```sh\nnew\n```\n\n## Machine\n\n"
+                   "| | |\n|---|---|\n| date | 2026-12-02 |\n| load average (1, 5, 15 min) | at "
+                   "the start 1; at the end 2 (shared) |\n| slipway | v |\n"
+                   "| PostgreSQL (section 10) | pg |\n| python / git | x |\n\n"
+                   "## Verdicts\n\n| goal | measured | verdict |\n|---|---|---|\n"
+                   "| failover | 6 s | **met** |\n\n## 1. Plan\n\n*Not run in this run* (x).\n\n"
+                   "## 10. Replicas\n\nnew figures 10\n\n## How to dig further\n\n- one\n"
+                   "- **Section 10**: here\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [os.path.join(tmp, f) for f in ("full.md", "partial.md")]
+            for path, text in zip(paths, (full, partial)):
+                with open(path, "w") as f:
+                    f.write(text)
+            for _ in range(2):  # twice: the second splice replaces the first
+                subprocess.run([sys.executable, os.path.join(BENCH, "splice.py"), "--partial",
+                                paths[1], "--into", paths[0], "--only", "replicas"],
+                               check=True, capture_output=True)
+            with open(paths[0]) as f:
+                text = f.read()
+        self.assertIn("old figures 1", section(text, 1))
+        self.assertIn("old figures 9", section(text, 9))
+        self.assertIn("new figures 10", section(text, 10))
+        self.assertIn("Section 10 from a partial run on 2026-12-02", section(text, 10))
+        self.assertLess(text.index("## 9."), text.index("## 10."))
+        self.assertLess(text.index("## 10."), text.index("## How to dig further"))
+        self.assertEqual(text.count("| failover *(partial run of 2026-12-02)* | 6 s |"), 1)
+        self.assertIn("| plan fast | 1 s | **met** |", text)
+        self.assertEqual(text.count("| PostgreSQL (section 10) | pg |"), 1)
+        self.assertEqual(text.count("> **Spliced in:** section 10"), 1)
+        self.assertIn("```sh\nnew\n```", text)
+        self.assertEqual(text.count("- **Section 10**: here"), 1)
+        self.assertIn("| date | 2026-12-01 |", text)
+        # The load at the partial run's end, not its start again.
+        self.assertIn("at the end 2;", text)
 
 
 if __name__ == "__main__":
