@@ -54,7 +54,7 @@ pub use apply::{
 };
 pub use config::EngineConfig;
 pub use rules::Rules;
-pub use status::{EnvironmentStatus, ResourceStatus};
+pub use status::{EnvironmentStatus, ResourceStatus, node_of};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +342,8 @@ pub struct Engine {
     isolation: slipway_providers::sandbox::Isolation,
     /// On a replica: bounds the commands run under a lease ([`Engine::bound_by`]).
     watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
+    /// On a state shared by replicas: the node this engine runs on ([`Engine::on_node`]).
+    node: Option<String>,
 }
 
 impl Engine {
@@ -406,6 +408,7 @@ impl Engine {
             config,
             isolation,
             watchdog: None,
+            node: None,
         })
     }
 
@@ -424,6 +427,14 @@ impl Engine {
     /// `watchdog` (see [`slipway_providers::watchdog`]).
     pub fn bound_by(&mut self, watchdog: Arc<slipway_providers::watchdog::Watchdog>) {
         self.watchdog = Some(watchdog);
+    }
+
+    /// Says which node this engine runs on, with a state shared by replicas: its replica's
+    /// name (a one-shot command's `[controller] replica` or host name). Status then shows
+    /// what another node holds of an environment (processes, files) as its holder recorded
+    /// it, instead of looking for it on this machine.
+    pub fn on_node(&mut self, node: String) {
+        self.node = Some(node);
     }
 
     /// The watchdog bounding commands by leases, on a replica.

@@ -102,11 +102,20 @@ impl Engine {
         let mut resources = Vec::new();
         let mut url = None;
         let mut degraded = false;
+        let replica = self.store.holder(&env.name)?;
+        let elsewhere = self.on_another_node(&env.name, replica.as_deref())?;
+        let mut held_elsewhere = false;
         for record in self.store.resources(&env.name)? {
             let envelope = Envelope::of(&record);
             let mut status = ShownStatus::from(record.status);
             let mut message = record.error.clone();
-            if status == ShownStatus::Ready {
+            // What lives on another replica's node cannot be observed from here: it shows as
+            // its holder last recorded it, and the environment's health as that holder
+            // observed it.
+            let bound_elsewhere = elsewhere.is_some()
+                && slipway_core::types::capabilities(&record.type_name).node_bound;
+            held_elsewhere |= bound_elsewhere;
+            if status == ShownStatus::Ready && !bound_elsewhere {
                 match self.observe(&env.name, &record, &envelope) {
                     Observed::InSync => {}
                     Observed::Drifted(why) => {
@@ -144,7 +153,7 @@ impl Engine {
         }
         let health = if env.sync == SyncState::Syncing {
             Health::Progressing
-        } else if degraded {
+        } else if degraded || (held_elsewhere && env.health == Health::Degraded) {
             Health::Degraded
         } else if env.commit.is_none() {
             Health::Missing
@@ -155,7 +164,6 @@ impl Engine {
             .store
             .environment_lock(&env.name)?
             .map(|l| l.pull_request);
-        let replica = self.store.holder(&env.name)?;
         Ok(EnvironmentStatus {
             name: env.name,
             kind: env.kind,
@@ -182,4 +190,32 @@ impl Engine {
             resources,
         })
     }
+
+    /// On a state shared by replicas: the node of `environment`'s holder (`holder`, or the
+    /// last replica that held it when no one does now) when that is not this engine's node
+    /// ([`Engine::on_node`]); `None` when it is this one, and always on a state of its own.
+    fn on_another_node(
+        &self,
+        environment: &EnvName,
+        holder: Option<&str>,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(here) = &self.node else {
+            return Ok(None);
+        };
+        let holder = match holder {
+            Some(holder) => holder.to_owned(),
+            None => match self.store.lease(environment)? {
+                Some(lease) => lease.holder,
+                None => return Ok(None),
+            },
+        };
+        let node = node_of(&holder);
+        Ok((node != here).then(|| node.to_owned()))
+    }
+}
+
+/// The node a lease holder works on: a replica's name, or for a one-shot command's
+/// `<node>/cli-<pid>`, `<node>`.
+pub fn node_of(holder: &str) -> &str {
+    holder.split_once("/cli-").map_or(holder, |(node, _)| node)
 }

@@ -138,11 +138,11 @@ pub fn open_engine(g: &Global) -> Result<Engine> {
     let exe = std::env::current_exe()
         .context("cannot find the slipway binary to run process supervisors")?;
     let supervisor: Vec<OsString> = vec![exe.into_os_string(), "__supervise".into()];
-    Ok(Engine::open(
-        &absolute(&g.home)?,
-        config.engine(),
-        supervisor,
-    )?)
+    let mut engine = Engine::open(&absolute(&g.home)?, config.engine(), supervisor)?;
+    if engine.store().dialect() == slipway_state::Dialect::Postgres {
+        engine.on_node(crate::lease::node(&config));
+    }
+    Ok(engine)
 }
 
 pub fn absolute(path: &Path) -> Result<PathBuf> {

@@ -79,6 +79,7 @@ fn controller_listening(
             .replica(advertise.map(|(advertise, port)| advertise.address(port)))
     });
     if let Some(replica) = &replica {
+        engine.on_node(replica.name.clone());
         // What this replica starts for an environment must not outlive its lease of it, even
         // when the replica itself is frozen or cut off.
         let exe = std::env::current_exe()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use slipway_core::EnvName;
-use slipway_engine::Engine;
+use slipway_engine::{Engine, node_of};
 use slipway_state::{Dialect, Fence, Store};
 
 use crate::config::Config;
@@ -73,17 +73,12 @@ pub struct CommandLease {
 }
 
 /// This configuration's node: `[controller] replica`, else the host name.
-fn node(config: &Config) -> String {
+pub fn node(config: &Config) -> String {
     config.controller.replica.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "slipway".to_owned())
     })
-}
-
-/// The replica a holder is or acts for (a one-shot command's `<node>/cli-<pid>`: `<node>`).
-fn node_of(holder: &str) -> &str {
-    holder.split_once("/cli-").map_or(holder, |(node, _)| node)
 }
 
 /// Whether `environment` has resources bound to the node that runs them.

@@ -101,6 +101,8 @@ struct Pair {
     holder: (String, Server),
     other: (String, Server),
     logs: Vec<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)>,
+    /// The first replica's admin token, for the API of either.
+    token: String,
 }
 
 impl Pair {
@@ -126,6 +128,10 @@ impl Pair {
             home1.join("state.key").is_file().then_some(())
         });
         std::fs::copy(home1.join("state.key"), home2.join("state.key")).expect("copy the key");
+        let token = std::fs::read_to_string(home1.join("admin-token"))
+            .expect("the first token")
+            .trim()
+            .to_owned();
         let (r2, log2) = serve_from(command2, T);
         let logs = vec![("r1".to_owned(), log1), ("r2".to_owned(), log2)];
         let explain = || {
@@ -160,6 +166,7 @@ impl Pair {
             holder,
             other,
             logs,
+            token,
         }
     }
 
@@ -222,6 +229,51 @@ fn send(port: u16, head: &str, body: &[u8]) -> Option<Reply> {
 /// `GET path` of dev's preview URL on the replica on `port`, with the header lines `extra`.
 fn get(port: u16, path: &str, extra: &str) -> Option<Reply> {
     send(port, &format!("GET {path} HTTP/1.1\r\n{extra}"), b"")
+}
+
+#[test]
+fn every_replica_shows_an_environment_on_another_node_as_its_holder_sees_it() {
+    let pair = Pair::start("advertise = \"127.0.0.1\"");
+    let status_through = |server: &Server| {
+        let (code, status) = api_request(
+            &server.addr,
+            "GET",
+            "/api/v1/environments/dev",
+            &pair.token,
+            None,
+        );
+        assert_eq!(code, 200, "{status}");
+        let web = status["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "web"))
+            .map(|web| web["status"].as_str().unwrap_or("").to_owned());
+        (
+            status["health"].as_str().unwrap_or("").to_owned(),
+            web,
+            status,
+        )
+    };
+    slipway_testkit::wait::wait_for_explained(
+        "the holder records dev deployed and healthy",
+        T,
+        || pair.explain(),
+        || {
+            let (health, web, _) = status_through(&pair.holder.1);
+            (health == "healthy" && web.as_deref() == Some("ready")).then_some(())
+        },
+    );
+    // The process runs on the holder's node only: the other replica finds nothing of it on its
+    // own (its home has no trace of it), and must not call it missing or the environment
+    // degraded for that.
+    let (health, web, status) = status_through(&pair.other.1);
+    assert_eq!(
+        (health.as_str(), web.as_deref()),
+        ("healthy", Some("ready")),
+        "through {}: {status}\n{}",
+        pair.other.0,
+        pair.explain()
+    );
+    assert_eq!(status["replica"].as_str(), Some(pair.holder.0.as_str()));
 }
 
 #[test]
