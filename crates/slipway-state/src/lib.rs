@@ -3,7 +3,7 @@
 //!
 //! Start with [`Store::open`]; every other operation is a method on [`Store`], grouped by the
 //! record it reads or writes ([`EnvironmentRecord`], [`DeploymentRecord`], [`ResourceRecord`],
-//! ports, [`EventRecord`]).
+//! ports, [`EventRecord`]), and the web UI's browser sessions ([`SessionRecord`]).
 //!
 //! # Guarantees
 //! - Every write that touches more than one row runs in one SQLite transaction, so a process
@@ -43,6 +43,7 @@ mod resources;
 mod retention;
 mod schema;
 mod seal;
+mod sessions;
 mod store;
 mod tokens;
 mod transfer;
@@ -61,6 +62,7 @@ pub use notify::{Listener, Wake};
 pub use resources::ResourceRecord;
 pub use retention::{Pruned, Retention};
 pub use schema::SCHEMA_VERSION;
+pub use sessions::SessionRecord;
 pub use store::Store;
 pub use tokens::{ROLES, TOKEN_PREFIX, TokenRecord, hash_token, new_token};
 pub use transfer::Copied;

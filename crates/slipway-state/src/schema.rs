@@ -234,6 +234,19 @@ CREATE TABLE leases (
     expires_at     INTEGER NOT NULL
 ) STRICT;
 "#,
+    // The web UI's browser sessions, in the state so that every replica knows them and a
+    // restart keeps them (`sessions.rs`): by the SHA-256 of their id, never the id. No
+    // foreign key to `tokens`: a session names its token's hash, looked up on every request.
+    r#"
+CREATE TABLE browser_sessions (
+    id_hash        TEXT PRIMARY KEY NOT NULL,
+    token_hash     TEXT NOT NULL,
+    csrf           TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL
+) STRICT;
+CREATE INDEX browser_sessions_by_end ON browser_sessions (expires_at);
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

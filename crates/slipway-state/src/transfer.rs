@@ -9,7 +9,10 @@ use crate::StateError;
 use crate::db::{Dialect, Exec, params};
 use crate::store::{Store, sql};
 
-/// Every table, parents before children (resources and ports name their environment).
+/// Every table copied, parents before children (resources and ports name their environment).
+/// Left out on purpose: `replicas` and `leases` (each replica's own, made again as replicas
+/// start on the new state) and `browser_sessions` (the web UI's logins: users log in again,
+/// their tokens are copied).
 const TABLES: &[&str] = &[
     "environments",
     "resources",
@@ -47,7 +50,8 @@ impl Copied {
 impl Store {
     /// Copies every row of this store into `target`, ids and history included, in one
     /// transaction of `target`: all or nothing. Sealed values are copied as they are, so
-    /// `target` must be opened with the same home (its `state.key`).
+    /// `target` must be opened with the same home (its `state.key`). Replicas, leases and
+    /// browser sessions are not copied (see `TABLES`): the web UI's users log in again.
     ///
     /// # Errors
     /// [`StateError::InvalidValue`] when `target` already holds environments, deployments,
@@ -135,7 +139,9 @@ impl Store {
 
     /// Writes a consistent copy of this SQLite state to `file` while it is in use (SQLite's
     /// `VACUUM INTO`), which must not exist yet. A PostgreSQL state is backed up with
-    /// `pg_dump` instead.
+    /// `pg_dump` instead. The copy is whole, browser sessions included: stored by their
+    /// ids' hashes, they are worth nothing to whoever reads it, and once restored each still
+    /// ends at its time and with its token.
     pub fn backup(&self, file: &Path) -> Result<(), StateError> {
         let mut conn = self.conn();
         if conn.dialect() == Dialect::Postgres {

@@ -492,7 +492,8 @@ fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind(state: &T
     // destroy event, and none of the tables later versions added.
     state
         .raw(
-            "UPDATE events SET kind = 'destroyed'; DROP TABLE replicas; DROP TABLE leases;",
+            "UPDATE events SET kind = 'destroyed'; DROP TABLE replicas; DROP TABLE leases; \
+             DROP TABLE browser_sessions;",
             false,
         )
         .expect("write the engine's old destroy event");

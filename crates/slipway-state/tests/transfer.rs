@@ -5,8 +5,8 @@ use serde_json::json;
 use slipway_core::EnvName;
 use slipway_core::vocab::{EnvKind, EventKind, ResourceStatus};
 use slipway_state::{
-    EnvironmentRecord, EventQuery, NewAudit, NewDeployment, ResourceRecord, StateError, Store,
-    hash_token,
+    EnvironmentRecord, EventQuery, NewAudit, NewDeployment, ResourceRecord, SessionRecord,
+    StateError, Store, hash_token,
 };
 use slipway_testkit::pg::TestDatabase;
 
@@ -95,6 +95,21 @@ fn populated(home: &std::path::Path) -> Store {
         .lock_environment(&env("prod"), 7, "alice", 5)
         .expect("lock prod");
     store
+        .start_session(SESSION, &session(), 100)
+        .expect("record a browser session");
+    store
+}
+
+/// The id of the browser session [`populated`] starts.
+const SESSION: &str = "a-browser-session-id";
+
+fn session() -> SessionRecord {
+    SessionRecord {
+        token_hash: hash_token("slw_secret"),
+        csrf: "csrf".into(),
+        created_at: 6,
+        expires_at: i64::MAX,
+    }
 }
 
 /// What a person would compare: every list the store answers.
@@ -123,6 +138,11 @@ fn a_sqlite_state_moves_into_postgres_whole_and_numbering_continues() {
         everything(&pg),
         everything(&sqlite),
         "every record reads back the same from PostgreSQL"
+    );
+    assert_eq!(
+        pg.session(SESSION, 7).expect("look up the session"),
+        None,
+        "browser sessions are left behind on purpose: users log in again"
     );
     assert!(
         !pg.record_delivery("d-1", 9).expect("deliveries moved"),
@@ -198,6 +218,11 @@ fn a_backup_taken_while_the_state_is_open_is_a_state_that_reads_the_same() {
     .expect("the key goes with it");
     let copy = Store::open(restored.path()).expect("open the backup");
     assert_eq!(everything(&copy), everything(&store));
+    assert_eq!(
+        copy.session(SESSION, 7).expect("look up the session"),
+        Some(session()),
+        "a backup is the whole file, browser sessions included"
+    );
     let again = store
         .backup(&restored.path().join("state.db"))
         .expect_err("a backup never overwrites a file");
