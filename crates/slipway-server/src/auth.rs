@@ -216,10 +216,18 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, 
             let Some(id) = crate::session::session_cookie(headers) else {
                 return Err(unauthorized("this route needs a bearer token"));
             };
-            let Some(session) = app.sessions.get(&id) else {
+            // Looked up in the store, which every replica shares; a value that cannot be a
+            // session id is no session, and costs no query.
+            let lookup = id.clone();
+            let found = app
+                .blocking(move |controller| {
+                    Ok(crate::session::find(controller.engine().store(), &lookup)?)
+                })
+                .await?;
+            let Some(session) = found else {
                 return Err(ApiError::client(
                     StatusCode::UNAUTHORIZED,
-                    "this session has ended (logged out, expired, or the server restarted)",
+                    "this session has ended (logged out or expired) or was never started",
                 )
                 .hint("log in again with a token, or send `Authorization: Bearer <token>`"));
             };

@@ -144,8 +144,6 @@ pub(crate) struct AppState {
     pub options: Arc<ServerOptions>,
     pub stop: StopSignal,
     pub openapi: Arc<serde_json::Value>,
-    /// The web UI's browser sessions.
-    pub sessions: Arc<session::Sessions>,
 }
 
 impl AppState {

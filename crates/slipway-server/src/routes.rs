@@ -217,7 +217,6 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
         options: Arc::new(options),
         stop,
         openapi,
-        sessions: Arc::default(),
     };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for route in routes {

@@ -13,18 +13,35 @@
 //!   (a page reloaded has lost it); a cross-origin page cannot read that answer.
 //! - `DELETE /api/v1/session` ends the session and clears the cookie.
 //!
+//! Sessions are kept in the state store (`slipway_state`'s `browser_sessions`), not in the
+//! server's memory: with several replicas on one PostgreSQL state, any replica answers a
+//! session started on another and `DELETE /api/v1/session` on one ends it on all, with no
+//! sticky load balancer; a restarted server keeps its sessions.
+//!
 //! # Guarantees
-//! - A session never outlives its token: each request through it looks the token up again, so
-//!   a revoked token ends its sessions at once. Its role is the token's role at that moment.
+//! - A session never outlives its token: each request through it looks the session and the
+//!   token up again in the store, so a revoked token ends its sessions at once, on every
+//!   replica. Its role is the token's role at that moment.
 //! - Session ids and CSRF tokens are 256 random bits from the operating system; sessions are
-//!   kept by the SHA-256 of their id, and CSRF tokens compared in constant time.
+//!   kept by the SHA-256 of their id (the store never sees the id written), and CSRF tokens
+//!   compared in constant time.
+//! - A session lasts [`LIFETIME`] from login. At most [`MAX_SESSIONS`] are kept: each login
+//!   deletes the ended ones, and at the bound those that end soonest (their users log in
+//!   again), so a flood of logins cannot grow the table without end.
+//! - A cookie that is not a session id this server could have made (43 base64url
+//!   characters) is refused with `401` before the store is asked.
+//! - Sessions are not an environment's state: starting or ending one proves no lease, so
+//!   every replica, holding leases or not, does both. A replica that stepped aside for a
+//!   newer Slipway answers `503` to a login or logout (it writes nothing) and still accepts
+//!   the sessions there are.
 //!
 //! # Caveats
-//! Sessions live in the server's memory: a restarted server has none, and its users log in
-//! again (their tokens are unchanged). They last [`LIFETIME`] from login.
+//! - A session ends at the time the replica that started it gave it, compared with the
+//!   clock of the replica that reads it: replicas whose clocks disagree end it that much
+//!   apart.
+//! - `slipway state migrate` leaves sessions behind (users log in again; their tokens move);
+//!   a backup carries them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -34,10 +51,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use schemars::JsonSchema;
 use serde::Serialize;
-use slipway_state::now_ms;
+use slipway_state::{SessionRecord, Store, now_ms};
 
 use crate::auth::{Credential, Principal, Role};
 use crate::body::{JsonBody, NoFields};
+use crate::error::ApiError;
 use crate::routes::Route;
 use crate::{AppState, rfc3339};
 
@@ -50,25 +68,12 @@ pub(crate) const CSRF_HEADER: &str = "x-slipway-csrf";
 /// How long a session lasts after login.
 pub(crate) const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// Most sessions kept at once; past it, the oldest are dropped (their users log in again).
-const MAX_SESSIONS: usize = 10_000;
+/// Most sessions kept at once; past it, those that end soonest are dropped (their users log
+/// in again).
+pub(crate) const MAX_SESSIONS: usize = 10_000;
 
-/// One browser's session.
-#[derive(Debug, Clone)]
-pub(crate) struct Session {
-    /// The hash of the API token it was started with: looked up on every request.
-    pub token_hash: String,
-    /// What a mutating call must send in [`CSRF_HEADER`].
-    pub csrf: String,
-    /// When it ends, unix milliseconds.
-    pub expires_at: i64,
-}
-
-/// The sessions of this server, by the SHA-256 of their id.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    by_hash: Mutex<HashMap<String, Session>>,
-}
+/// How long a session id is: 32 random bytes in unpadded base64url.
+const ID_LENGTH: usize = 43;
 
 /// 256 random bits as unpadded base64url: a session id or a CSRF token.
 fn random_secret() -> String {
@@ -80,60 +85,41 @@ fn random_secret() -> String {
     }
 }
 
-impl Sessions {
-    /// Starts a session for the token of `token_hash`; returns its id and the session.
-    pub fn start(&self, token_hash: &str) -> (String, Session) {
-        let id = random_secret();
-        let session = Session {
-            token_hash: token_hash.to_string(),
-            csrf: random_secret(),
-            expires_at: now_ms()
-                .saturating_add(i64::try_from(LIFETIME.as_millis()).unwrap_or(i64::MAX)),
-        };
-        let mut all = self.lock();
-        let now = now_ms();
-        all.retain(|_, s| s.expires_at > now);
-        if all.len() >= MAX_SESSIONS {
-            // Drop the tenth that ends soonest: a flood of logins cannot grow memory unbounded.
-            let mut ends: Vec<(i64, String)> = all
-                .iter()
-                .map(|(key, s)| (s.expires_at, key.clone()))
-                .collect();
-            ends.sort_unstable();
-            for (_, key) in ends.into_iter().take(MAX_SESSIONS / 10) {
-                all.remove(&key);
-            }
-        }
-        all.insert(slipway_state::hash_token(&id), session.clone());
-        (id, session)
-    }
+/// Whether `id` could be a session id this server made: anything else is refused without
+/// asking the store.
+pub(crate) fn is_session_id(id: &str) -> bool {
+    id.len() == ID_LENGTH
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
 
-    /// The live session of `id`, if there is one.
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let key = slipway_state::hash_token(id);
-        let mut all = self.lock();
-        match all.get(&key) {
-            Some(session) if session.expires_at > now_ms() => Some(session.clone()),
-            Some(_) => {
-                all.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
+/// Starts a session for the token of `token_hash`; returns its id and the session.
+pub(crate) fn start(
+    store: &Store,
+    token_hash: &str,
+) -> Result<(String, SessionRecord), slipway_state::StateError> {
+    let id = random_secret();
+    let now = now_ms();
+    let session = SessionRecord {
+        token_hash: token_hash.to_string(),
+        csrf: random_secret(),
+        created_at: now,
+        expires_at: now.saturating_add(i64::try_from(LIFETIME.as_millis()).unwrap_or(i64::MAX)),
+    };
+    store.start_session(&id, &session, MAX_SESSIONS)?;
+    Ok((id, session))
+}
 
-    /// Ends the session of `id`; returns whether there was one.
-    pub fn end(&self, id: &str) -> bool {
-        self.lock().remove(&slipway_state::hash_token(id)).is_some()
+/// The live session of `id`, if there is one.
+pub(crate) fn find(
+    store: &Store,
+    id: &str,
+) -> Result<Option<SessionRecord>, slipway_state::StateError> {
+    if !is_session_id(id) {
+        return Ok(None);
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        // A panic while holding the lock leaves a map that is still consistent (every
-        // operation on it is a single insert or remove), so a poisoned lock is used as is.
-        self.by_hash
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    store.session(id, now_ms())
 }
 
 /// The session id the request's `Cookie` headers carry, if any.
@@ -180,14 +166,14 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("createSession", "session.create")
             .summary(
                 "Start a browser session",
-                "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every `POST` or `DELETE` made with the cookie; without it such calls are refused with 403. The session lasts 12 hours, ends with the token's revocation, and does not survive a restart of the server.",
+                "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every `POST` or `DELETE` made with the cookie; without it such calls are refused with 403. The session lasts 12 hours and ends with the token's revocation; it is kept in the state, so every replica sharing it accepts the cookie and a restart keeps it.",
             )
             .json::<SessionView>(StatusCode::CREATED, "The session started; the cookie is set."),
         Route::delete("/api/v1/session", logout)
             .id("endSession", "session.end")
             .summary(
                 "End a browser session",
-                "Ends the session of the cookie sent (the web UI's logout) and clears the cookie. With a bearer token alone there is no session to end, and `ended` is false.",
+                "Ends the session of the cookie sent (the web UI's logout), on every replica, and clears the cookie. With a bearer token alone there is no session to end, and `ended` is false.",
             )
             .json::<SessionEnded>(StatusCode::OK, "The session is over; the cookie is cleared."),
         Route::get("/api/v1/whoami", whoami)
@@ -248,40 +234,54 @@ async fn login(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     JsonBody(NoFields {}): JsonBody<NoFields>,
-) -> Response {
-    let (id, session) = app.sessions.start(&caller.token_hash);
+) -> Result<Response, ApiError> {
+    let token_hash = caller.token_hash.clone();
     // Logging in again from a browser replaces the session it had.
-    if let Credential::Session { id: old, .. } = &caller.via {
-        app.sessions.end(old);
-    }
+    let old = match &caller.via {
+        Credential::Session { id, .. } => Some(id.clone()),
+        Credential::Bearer => None,
+    };
+    let (id, session) = app
+        .blocking(move |controller| {
+            let store = controller.engine().store();
+            let started = start(store, &token_hash)?;
+            if let Some(old) = old {
+                store.end_session(&old)?;
+            }
+            Ok(started)
+        })
+        .await?;
     let body = SessionView {
         name: caller.name,
         role: caller.role,
         csrf: session.csrf,
         expires_at: rfc3339(session.expires_at),
     };
-    (
+    Ok((
         StatusCode::CREATED,
         [(SET_COOKIE, set_cookie(&id, LIFETIME))],
         Json(body),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn logout(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     JsonBody(NoFields {}): JsonBody<NoFields>,
-) -> Response {
-    let ended = match &caller.via {
-        Credential::Session { id, .. } => app.sessions.end(id),
+) -> Result<Response, ApiError> {
+    let ended = match caller.via {
+        Credential::Session { id, .. } => {
+            app.blocking(move |controller| Ok(controller.engine().store().end_session(&id)?))
+                .await?
+        }
         Credential::Bearer => false,
     };
-    (
+    Ok((
         [(SET_COOKIE, set_cookie("", Duration::ZERO))],
         Json(SessionEnded { ended }),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn whoami(Extension(caller): Extension<Principal>) -> Json<Whoami> {
@@ -341,21 +341,21 @@ mod tests {
     }
 
     #[test]
-    fn sessions_start_end_and_expire() {
-        let sessions = Sessions::default();
-        let (id, session) = sessions.start("hash");
-        assert_ne!(
-            id, session.csrf,
-            "the id and the CSRF token are independent secrets"
-        );
-        assert!(id.len() >= 43, "256 bits in base64url: {id}");
-        assert_eq!(sessions.get(&id).map(|s| s.token_hash), Some("hash".into()));
-        assert!(sessions.get("another").is_none());
-        assert!(sessions.end(&id));
-        assert!(sessions.get(&id).is_none(), "an ended session is gone");
-        assert!(!sessions.end(&id));
-        let (id, _) = sessions.start("hash");
-        sessions.lock().values_mut().for_each(|s| s.expires_at = 0);
-        assert!(sessions.get(&id).is_none(), "an expired session is refused");
+    fn only_what_could_be_a_session_id_is_looked_up() {
+        let id = random_secret();
+        assert!(is_session_id(&id), "a made id is one: {id}");
+        assert_ne!(id, random_secret(), "ids are random");
+        for hostile in [
+            "",
+            "abc",
+            &"A".repeat(44),
+            &"A".repeat(4096),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA+",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAé",
+        ] {
+            assert!(!is_session_id(hostile), "{hostile:?} is no session id");
+        }
     }
 }

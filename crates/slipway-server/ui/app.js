@@ -245,7 +245,7 @@
       }
     }
     if (response.status === 401 && !(extraHeaders && extraHeaders.Authorization)) {
-      loggedOut(state.me ? "Your session has ended (logged out, expired, or the server restarted): log in again." : "");
+      loggedOut(state.me ? "Your session has ended (logged out, expired, or its token revoked): log in again." : "");
     }
     if (!response.ok) throw new ApiError(response.status, data);
     return data;
@@ -450,7 +450,7 @@
     try {
       await api("DELETE", "/api/v1/session");
     } catch (_) {
-      // Ended already (expired, or the server restarted): the page logs out all the same.
+      // Ended already (expired, or logged out elsewhere): the page logs out all the same.
     }
     loggedOut("");
   }
