@@ -165,7 +165,12 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
     }
     parts.extensions.insert(principal.clone());
     let response = next.run(Request::from_parts(parts, body)).await;
-    if route.audited {
+    // A change forwarded to the replica that works on its environment was audited there.
+    let relayed = response
+        .extensions()
+        .get::<crate::forward::Relayed>()
+        .is_some();
+    if route.audited && !relayed {
         let status = response.status();
         let outcome = if status.is_success() { "ok" } else { "failed" };
         let detail = match response.extensions().get::<ErrorNote>() {

@@ -28,31 +28,37 @@ fn too_large(limit: usize) -> ApiError {
     .hint("request bodies of this API are small JSON objects")
 }
 
+/// The whole body of `req`, at most [`crate::ServerOptions::body_limit`] bytes (`413`
+/// beyond, a declared length refused before anything is read).
+pub(crate) async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.options.body_limit;
+    // Refuse a declared length at once: the body is never read.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    // The router's `DefaultBodyLimit` bounds what this reads (a chunked body has no length).
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(limit)
+        } else {
+            ApiError::bad_request(format!(
+                "the request body could not be read: {}",
+                rejection.body_text()
+            ))
+        }
+    })
+}
+
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.options.body_limit;
-        // Refuse a declared length at once: the body is never read.
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large(limit));
-        }
-        // The router's `DefaultBodyLimit` bounds what this reads (a chunked body has no length).
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large(limit)
-            } else {
-                ApiError::bad_request(format!(
-                    "the request body could not be read: {}",
-                    rejection.body_text()
-                ))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {

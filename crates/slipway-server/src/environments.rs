@@ -29,6 +29,13 @@ use crate::error::ApiError;
 use crate::openapi::one_of;
 use crate::routes::{Access, Route};
 
+/// A change asked of a replica that does not work on the environment is forwarded to the one
+/// that does (`forward.rs`); these are the answers when it cannot be.
+const ELSEWHERE_409: &str = "Another replica works on the environment (several replicas on one PostgreSQL state) and this one cannot forward the change there (it advertises no address, a one-shot command holds the environment, its node is not alive, or the request was forwarded once already): the message names it; nothing was changed.";
+const ELSEWHERE_503: &str = "The replica that works on the environment is not alive or did not accept the forwarded change: nothing was changed; `Retry-After` says when to ask again.";
+const ELSEWHERE_502: &str = "The answer of the replica that works on the environment broke off: the change may or may not have been made.";
+const ELSEWHERE_504: &str = "The replica that works on the environment did not answer the forwarded change in time: it may or may not have been made.";
+
 /// The longest `ttl` or `extend` accepted: past it, a mistake is likelier than a need.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -74,11 +81,12 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Deletes every resource of the environment, then its record (its deployments and events stay as history). Waits for an operation in progress on it to finish.",
             )
             .access(Access::Environment)
+            .forwarded()
             .query::<DestroyQuery>()
             .json::<Destroyed>(StatusCode::OK, "It is gone.")
             .errors(&[
                 (StatusCode::UNPROCESSABLE_ENTITY, "Some resources could not be deleted (it is marked failed and retried), or it is protected and `confirm` does not name it."),
-                (StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed."),
+                (StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504),
             ]),
         Route::post("/api/v1/environments/{name}/sync", sync)
             .id("syncEnvironment", "environment.sync")
@@ -87,8 +95,9 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted.",
             )
             .access(Access::Environment)
+            .forwarded()
             .json::<Queued>(StatusCode::ACCEPTED, "The reconcile is queued.")
-            .errors(&[(StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed.")]),
+            .errors(&[(StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
         Route::get("/api/v1/environments/{name}/plan", plan)
             .id("planEnvironment", "environment.plan")
             .summary(
@@ -104,11 +113,12 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Pins the environment to the commit of one of its earlier deployments and queues its deployment. `unpin` lets it follow its ref again.",
             )
             .access(Access::Environment)
+            .forwarded()
             .body::<RollbackRequest>()
             .json::<EnvironmentView>(StatusCode::OK, "The environment, pinned; the deployment is queued.")
             .errors(&[
                 (StatusCode::UNPROCESSABLE_ENTITY, "The deployment is not one of this environment's."),
-                (StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed."),
+                (StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504),
             ]),
         Route::post("/api/v1/environments/{name}/extend", extend)
             .id("extendEnvironment", "environment.extend")
@@ -117,10 +127,14 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Pushes the expiry of a generated or ad-hoc environment `by` later (from now, if it had none or it has passed), never past `[environments] max_ttl` from now.",
             )
             .access(Access::Environment)
+            .forwarded()
             .body::<ExtendRequest>()
             .json::<EnvironmentView>(StatusCode::OK, "The environment with its new expiry.")
             .errors(&[
-                (StatusCode::CONFLICT, "It is a static environment: those have no time to live and never expire; or another replica works on it (the message names it)."),
+                (StatusCode::CONFLICT, "It is a static environment: those have no time to live and never expire; or another replica works on it and this one cannot forward the change there (the message names it; nothing was changed)."),
+                (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503),
+                (StatusCode::BAD_GATEWAY, ELSEWHERE_502),
+                (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504),
                 (StatusCode::UNPROCESSABLE_ENTITY, "`by` is longer than `[environments] max_ttl`."),
             ]),
         Route::post("/api/v1/environments/{name}/pin", pin)
@@ -130,18 +144,20 @@ pub(crate) fn routes() -> Vec<Route> {
                 "Stops it following its ref: it stays at `commit` (a ref or commit; default: the commit it runs).",
             )
             .access(Access::Environment)
+            .forwarded()
             .body::<PinRequest>()
             .json::<EnvironmentView>(StatusCode::OK, "The environment, pinned.")
             .errors(&[
                 (StatusCode::UNPROCESSABLE_ENTITY, "The commit cannot be resolved, or it runs none yet."),
-                (StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed."),
+                (StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504),
             ]),
         Route::post("/api/v1/environments/{name}/unpin", unpin)
             .id("unpinEnvironment", "environment.unpin")
             .summary("Unpin an environment", "Lets a pinned environment follow its ref again, and queues a sync.")
             .access(Access::Environment)
+            .forwarded()
             .json::<EnvironmentView>(StatusCode::OK, "The environment, following its ref.")
-            .errors(&[(StatusCode::CONFLICT, "Another replica works on the environment (several replicas on one PostgreSQL state): the message names it; nothing was changed.")]),
+            .errors(&[(StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
         Route::get("/api/v1/environments/{name}/deployments", deployments)
             .id("listDeployments", "deployment.list")
             .summary(

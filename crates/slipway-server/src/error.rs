@@ -19,6 +19,9 @@ pub(crate) enum ApiError {
         status: StatusCode,
         message: String,
         hint: Option<String>,
+        /// A change refused because another replica works on the environment: that replica
+        /// (see `forward.rs`, which may send the request on to it).
+        held: Option<HeldElsewhere>,
     },
     /// The server failed. The text is logged under an id and not sent.
     #[error("internal error: {0}")]
@@ -28,6 +31,17 @@ pub(crate) enum ApiError {
 /// Attached to every response an [`ApiError`] makes, for the audit log.
 #[derive(Debug, Clone)]
 pub(crate) struct ErrorNote(pub String);
+
+/// Attached to the response of a person's change that this replica refused because another
+/// live replica works on the environment (`ControllerError::Elsewhere`): nothing was changed,
+/// and `forward.rs` may send the request on to that replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeldElsewhere {
+    /// The environment.
+    pub environment: slipway_core::EnvName,
+    /// The replica that works on it (holds its lease, or should).
+    pub replica: String,
+}
 
 /// Every error response. `id` is set on internal errors only: the server's log has the
 /// details under it.
@@ -50,6 +64,7 @@ impl ApiError {
             status,
             message: message.into(),
             hint: None,
+            held: None,
         }
     }
 
@@ -79,11 +94,15 @@ impl ApiError {
     pub fn hint(self, hint: impl Into<String>) -> ApiError {
         match self {
             ApiError::Client {
-                status, message, ..
+                status,
+                message,
+                held,
+                ..
             } => ApiError::Client {
                 status,
                 message,
                 hint: Some(hint.into()),
+                held,
             },
             internal => internal,
         }
@@ -104,6 +123,7 @@ impl IntoResponse for ApiError {
                 status,
                 message,
                 hint,
+                held,
             } => {
                 let body = ErrorBody {
                     error: &message,
@@ -112,6 +132,9 @@ impl IntoResponse for ApiError {
                 };
                 let mut response = (status, axum::Json(body)).into_response();
                 response.extensions_mut().insert(ErrorNote(message));
+                if let Some(held) = held {
+                    response.extensions_mut().insert(held);
+                }
                 response
             }
             ApiError::Internal(text) => {
@@ -139,11 +162,27 @@ impl From<ControllerError> for ApiError {
             ControllerError::NotFound(name) => ApiError::no_environment(&name),
             ControllerError::Invalid(message) => ApiError::unprocessable(message),
             ControllerError::Conflict(message) => ApiError::client(StatusCode::CONFLICT, message),
-            e @ ControllerError::Elsewhere { alive: true, .. } => {
-                ApiError::client(StatusCode::CONFLICT, e.to_string()).hint(
-                    "every replica answers reads; a change goes to the replica that works on the \
-                     environment (GET /api/v1/replicas lists them)",
-                )
+            ControllerError::Elsewhere {
+                ref environment,
+                ref replica,
+                alive: true,
+                ..
+            } => {
+                let held = HeldElsewhere {
+                    environment: environment.clone(),
+                    replica: replica.clone(),
+                };
+                ApiError::Client {
+                    status: StatusCode::CONFLICT,
+                    message: e.to_string(),
+                    hint: Some(
+                        "every replica answers reads; a change goes to the replica that works \
+                         on the environment, which this one forwards it to when that replica \
+                         advertises an address (GET /api/v1/replicas lists them)"
+                            .into(),
+                    ),
+                    held: Some(held),
+                }
             }
             e @ ControllerError::Elsewhere { .. } => {
                 ApiError::client(StatusCode::CONFLICT, e.to_string())

@@ -29,6 +29,9 @@
 //! - Request bodies over [`ServerOptions::body_limit`] (1 MiB) are refused with `413` without
 //!   being read.
 //! - Event streams end when the server stops, so a graceful shutdown does not wait on them.
+//! - With several replicas on one PostgreSQL state, a change to an environment that reaches a
+//!   replica which does not work on it is forwarded once to the one that does, which
+//!   authenticates it again (`forward.rs`).
 //!
 //! # Assumptions
 //! Tokens are made with [`slipway_state::new_token`] and stored by their
@@ -43,6 +46,7 @@ mod deployments;
 mod environments;
 mod error;
 mod events;
+mod forward;
 mod openapi;
 mod ops;
 pub mod preview;
@@ -87,6 +91,11 @@ pub struct ServerOptions {
     pub write_timeout: Duration,
     /// How long the preview router waits on an application.
     pub preview: preview::PreviewTimeouts,
+    /// With several replicas: how long a person's change forwarded to the replica that works
+    /// on its environment may take, answer included, before the caller is told it may or may
+    /// not have been made (`504`). Below a load balancer's own timeout (60 s in
+    /// docs/operations.md's examples), so that the caller gets the clearer answer.
+    pub forward_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -101,6 +110,7 @@ impl Default for ServerOptions {
             body_min_rate: 32 * 1024,
             write_timeout: Duration::from_secs(30),
             preview: preview::PreviewTimeouts::default(),
+            forward_timeout: Duration::from_secs(50),
         }
     }
 }
@@ -144,6 +154,8 @@ pub(crate) struct AppState {
     pub options: Arc<ServerOptions>,
     pub stop: StopSignal,
     pub openapi: Arc<serde_json::Value>,
+    /// The client that forwards a change to the replica working on its environment.
+    pub forwarder: forward::Forwarder,
 }
 
 impl AppState {

@@ -162,9 +162,10 @@ pub fn exposed_address(resources: &[slipway_state::ResourceRecord]) -> Option<St
     })
 }
 
-/// The header a replica's router adds to a preview request it forwards to another replica,
-/// naming itself: a request that carries it is never forwarded again (see the module's
-/// "Several replicas").
+/// The header a replica adds to a request it forwards to another replica, naming itself: a
+/// preview request (see the module's "Several replicas") or a person's change to an
+/// environment through the API (`forward.rs`). A request that carries it is never forwarded
+/// again. It is a hop counter, never a credential: nothing is allowed because of it.
 pub const FORWARDED_BY: &str = "x-slipway-forwarded";
 
 /// Where this replica sends a request for an environment that exposes a process.
@@ -213,8 +214,34 @@ fn router_base(advertise: &str) -> Option<String> {
 /// The replica whose node a lease `holder` works on: a one-shot command on a shared state
 /// holds an environment's lease as `<replica>/cli-<pid>` while it runs (the binary's
 /// `lease.rs`), on that replica's node.
-fn node_of(holder: &str) -> &str {
+pub(crate) fn node_of(holder: &str) -> &str {
     holder.split_once("/cli-").map_or(holder, |(node, _)| node)
+}
+
+/// The base URL (`http://HOST:PORT`) of replica `replica`'s listener, where this replica (`me`)
+/// may forward a request that was not `forwarded` already: the address `replica` recorded
+/// from its `[local] advertise`, a bare `HOST:PORT`, and only while it is alive (heard from
+/// within two leases, as the controller counts the live). What the API's forwarding of a
+/// person's change (`forward.rs`) shares with the preview router's.
+pub(crate) fn reach(
+    me: &slipway_controller::ReplicaOptions,
+    replica: &str,
+    replicas: &[slipway_state::ReplicaRecord],
+    forwarded: bool,
+) -> Result<String, Unreachable> {
+    if forwarded {
+        return Err(Unreachable::AlreadyForwarded);
+    }
+    let silent_limit = i64::try_from(me.lease.as_millis() * 2).unwrap_or(i64::MAX);
+    let record = replicas
+        .iter()
+        .find(|r| r.name == replica && r.silent_ms <= silent_limit)
+        .ok_or(Unreachable::NotAlive)?;
+    let advertise = record
+        .advertise
+        .as_deref()
+        .ok_or(Unreachable::NotAdvertised)?;
+    router_base(advertise).ok_or(Unreachable::BadAddress)
 }
 
 /// Where this replica (`me`: its name and lease, `None` when it is not one of several replicas)
@@ -236,30 +263,15 @@ pub fn placement(
     if holder == me.name {
         return Placement::Here;
     }
-    let unreachable = |why| Placement::Unreachable {
-        replica: holder.to_owned(),
-        why,
-    };
-    if forwarded {
-        return unreachable(Unreachable::AlreadyForwarded);
-    }
-    // As the controller counts the live: heard from within two leases.
-    let silent_limit = i64::try_from(me.lease.as_millis() * 2).unwrap_or(i64::MAX);
-    let Some(record) = replicas
-        .iter()
-        .find(|r| r.name == holder && r.silent_ms <= silent_limit)
-    else {
-        return unreachable(Unreachable::NotAlive);
-    };
-    let Some(advertise) = record.advertise.as_deref() else {
-        return unreachable(Unreachable::NotAdvertised);
-    };
-    match router_base(advertise) {
-        Some(base) => Placement::Forward {
+    match reach(me, holder, replicas, forwarded) {
+        Ok(base) => Placement::Forward {
             replica: holder.to_owned(),
             base,
         },
-        None => unreachable(Unreachable::BadAddress),
+        Err(why) => Placement::Unreachable {
+            replica: holder.to_owned(),
+            why,
+        },
     }
 }
 

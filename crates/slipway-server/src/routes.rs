@@ -83,6 +83,9 @@ pub(crate) struct Route {
     /// OpenAPI links from its success answer to other operations: `(operationId, path
     /// parameter, runtime expression)`, e.g. a created environment's name to its `get`.
     pub links: &'static [(&'static str, &'static str, &'static str)],
+    /// A change to the environment of its path: with several replicas, sent on to the one that
+    /// works on it when this one does not (`forward.rs`).
+    pub forwarded: bool,
     handler: MethodRouter<AppState>,
 }
 
@@ -110,6 +113,7 @@ impl Route {
             },
             errors: &[],
             links: &[],
+            forwarded: false,
             handler: on(filter, handler),
         }
     }
@@ -181,6 +185,13 @@ impl Route {
         self
     }
 
+    /// It changes the environment of its path, and so is forwarded to the replica that works
+    /// on it when another gets it (see [`Route::forwarded`]).
+    pub fn forwarded(mut self) -> Route {
+        self.forwarded = true;
+        self
+    }
+
     /// Whether it changes something (and so is always audited).
     pub fn is_mutating(&self) -> bool {
         self.method != Method::GET
@@ -217,6 +228,7 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
         options: Arc::new(options),
         stop,
         openapi,
+        forwarder: crate::forward::Forwarder::new(),
     };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for route in routes {
@@ -230,9 +242,14 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
             }),
         };
         // `route_layer`: the guard runs for this method only, not for the 405 of others.
-        let method_router = route
-            .handler
-            .route_layer(from_fn_with_state(guard, auth::guard));
+        // Forwarding runs inside the guard: a request is authenticated and allowed here
+        // before it goes anywhere else.
+        let mut method_router = route.handler;
+        if route.forwarded {
+            method_router =
+                method_router.route_layer(from_fn_with_state(state.clone(), crate::forward::layer));
+        }
+        let method_router = method_router.route_layer(from_fn_with_state(guard, auth::guard));
         match by_path.iter_mut().find(|(path, _)| *path == route.path) {
             Some((_, existing)) => {
                 let merged = std::mem::take(existing).merge(method_router);

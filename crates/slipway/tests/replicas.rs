@@ -46,6 +46,11 @@ impl Pair {
     /// [`Pair::start`] with each replica's `[repo] poll_interval`, and r1 reaching the state
     /// through `r1_port` (a proxy) instead of the server's own port.
     fn start_with(poll1: &str, poll2: &str, r1_port: Option<u16>) -> Pair {
+        Pair::start_leased(poll1, poll2, r1_port, "1s")
+    }
+
+    /// [`Pair::start_with`] with leases of `lease`.
+    fn start_leased(poll1: &str, poll2: &str, r1_port: Option<u16>, lease: &str) -> Pair {
         let database = TestDatabase::create("slipway_replicas");
         let s = Sandbox::new();
         // Each replica says where it is reached: its listener on this machine.
@@ -59,6 +64,7 @@ impl Pair {
                 ReplicaSettings {
                     poll,
                     port,
+                    lease,
                     ..ReplicaSettings::named(name)
                 },
             );
@@ -341,8 +347,10 @@ fn a_replica_cut_off_from_the_database_loses_its_share_and_rejoins_when_the_netw
 }
 
 #[test]
-fn a_persons_change_is_done_by_the_replica_that_works_on_the_environment_and_refused_by_another() {
-    let pair = Pair::start();
+fn a_persons_change_sent_to_either_replica_is_made_by_the_one_that_works_on_the_environment() {
+    // Leases of 3 s: a replica killed below keeps its leases, and is counted alive, for a few
+    // seconds, which is the window this test asks the other replica in.
+    let mut pair = Pair::start_leased("300ms", "300ms", None, "3s");
     let shared = pair.shared();
     let token = std::fs::read_to_string(pair.home1.join("admin-token")).expect("the first token");
     let token = token.trim();
@@ -351,6 +359,7 @@ fn a_persons_change_is_done_by_the_replica_that_works_on_the_environment_and_ref
         .find(|(_, holder)| holder == "r2")
         .map(|(env, _)| env.clone())
         .expect("r2 holds a share");
+    let (_, epoch, _) = lease_of(&pair.database, &env).expect("r2's lease");
     let at = |server: &Server, method: &str, path: &str, body: Option<serde_json::Value>| {
         api_request(
             &server.addr,
@@ -368,59 +377,155 @@ fn a_persons_change_is_done_by_the_replica_that_works_on_the_environment_and_ref
             .get::<_, i64>(0)
             == 1
     };
-
-    // Asked of r1, which does not work on it: refused, naming r2, and nothing changes.
-    let refused: Vec<(&str, &str, Option<serde_json::Value>)> = vec![
-        ("POST", "/sync", Some(serde_json::json!({}))),
-        ("POST", "/pin", Some(serde_json::json!({}))),
-        ("POST", "/unpin", Some(serde_json::json!({}))),
-        (
+    // A pin sent to r1 with `headers` (a raw request: the test chooses every header).
+    let pin_with = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        fake_github::http_request(
+            &pair.r1.addr,
             "POST",
-            "/rollback",
-            Some(serde_json::json!({"deployment": 1})),
-        ),
-        ("DELETE", "", None),
-    ];
-    for (method, path, body) in refused {
-        let (code, answer) = at(&pair.r1, method, path, body);
-        assert_eq!(code, 409, "{method} {path} through r1: {answer}");
-        // The refusal names the replica to ask, and where its node advertises it is.
-        let error = answer["error"].as_str().unwrap_or("");
-        assert!(
-            error.contains(&format!("worked on by replica r2 (at {})", pair.r2.addr))
-                && error.contains("nothing was changed"),
-            "{method} {path}: the refusal names the replica to ask: {answer}"
-        );
-        assert!(
-            answer["hint"]
-                .as_str()
-                .is_some_and(|h| h.contains("/api/v1/replicas")),
-            "{answer}"
-        );
-    }
-    assert!(!pinned(), "nothing was pinned through r1");
-    assert_eq!(
-        holders(&pair.database).len(),
-        ENVS,
-        "no environment was destroyed through r1"
-    );
+            &format!("/api/v1/environments/{env}/pin"),
+            &all,
+            b"{}",
+        )
+        .expect("r1 answers")
+    };
 
-    // Asked of r2, which works on it: done, under its lease.
-    let (code, answer) = at(&pair.r2, "POST", "/pin", Some(serde_json::json!({})));
-    assert_eq!(code, 200, "{answer}");
-    assert!(pinned(), "r2 pinned it");
+    // The hop header is no credential: a request that says it was forwarded is still
+    // authenticated, and is only never forwarded again.
+    let forged = pin_with(&[("X-Slipway-Forwarded", "r2")]);
+    assert_eq!(
+        forged.status, 401,
+        "a forged hop header without a token: {}",
+        forged.body
+    );
+    let forged = pin_with(&[
+        ("X-Slipway-Forwarded", "r2"),
+        ("Authorization", "Bearer slw_forged"),
+    ]);
+    assert_eq!(
+        forged.status, 401,
+        "a forged hop header with a made-up token: {}",
+        forged.body
+    );
+    let bearer = format!("Bearer {token}");
+    let once = pin_with(&[("X-Slipway-Forwarded", "r2"), ("Authorization", &bearer)]);
+    assert!(
+        once.status == 409
+            && once.body.contains("worked on by replica r2")
+            && once.body.contains("nothing was changed"),
+        "a request already forwarded once is not forwarded again: {} {}",
+        once.status,
+        once.body
+    );
+    assert!(!pinned(), "nothing was pinned by the hostile requests");
+
+    // Asked of r1, which does not work on it: forwarded to r2, which makes the change under
+    // its lease and answers.
+    let (code, answer) = at(&pair.r1, "POST", "/pin", Some(serde_json::json!({})));
+    assert_eq!(code, 200, "pin through r1: {answer}");
+    assert!(
+        answer["pinned"] == true && answer["replica"] == "r2",
+        "{answer}"
+    );
+    assert!(pinned(), "pinned through r1");
     let second = pair.push();
     pair.wait("every other environment runs the push", || {
         (synced_at(&pair.database, &second) == ENVS as i64 - 1).then_some(())
     });
-    let (code, answer) = at(&pair.r2, "POST", "/unpin", Some(serde_json::json!({})));
-    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = at(&pair.r1, "POST", "/unpin", Some(serde_json::json!({})));
+    assert_eq!(code, 200, "unpin through r1: {answer}");
     pair.wait("the unpinned environment catches up", || {
         (synced_at(&pair.database, &second) == ENVS as i64).then_some(())
     });
-    let (code, answer) = at(&pair.r2, "POST", "/sync", Some(serde_json::json!({})));
-    assert_eq!(code, 202, "{answer}");
+    let (code, answer) = at(&pair.r1, "POST", "/sync", Some(serde_json::json!({})));
+    assert!(
+        code == 202 && answer["queued"] == true,
+        "sync through r1: {code} {answer}"
+    );
+    let latest: i64 = pair
+        .database
+        .connect()
+        .query_one(
+            "SELECT MAX(id) FROM deployments WHERE environment = $1 AND status = 'succeeded'",
+            &[&env],
+        )
+        .expect("the latest deployment")
+        .get(0);
+    let (code, answer) = at(
+        &pair.r1,
+        "POST",
+        "/rollback",
+        Some(serde_json::json!({ "deployment": latest })),
+    );
+    assert!(
+        code == 200 && answer["pinned"] == true && answer["desired_commit"] == second.as_str(),
+        "rollback through r1: {code} {answer}"
+    );
+    let (code, answer) = at(&pair.r1, "POST", "/unpin", Some(serde_json::json!({})));
+    assert_eq!(code, 200, "{answer}");
+
+    // All of it was done by r2, under the lease it held all along (r1 cannot write the
+    // environment without it), and audited once, there.
+    assert_eq!(
+        lease_of(&pair.database, &env),
+        Some(("r2".to_owned(), epoch, true)),
+        "the lease never left r2"
+    );
+    let audited = |action: &str| -> usize {
+        let (code, log) = api_request(
+            &pair.r2.addr,
+            "GET",
+            "/api/v1/audit?limit=1000",
+            token,
+            None,
+        );
+        assert_eq!(code, 200, "{log}");
+        log["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| {
+                e["action"] == action && e["target"] == env.as_str() && e["outcome"] == "ok"
+            })
+            .count()
+    };
+    assert_eq!(audited("environment.pin"), 1, "the pin is audited once");
+    assert_eq!(audited("environment.unpin"), 2, "each unpin once");
     assert_eq!(doubled(&pair.database), [], "nothing applied twice");
+
+    // r2 dies: asked of r1 while r2's lease runs, the change cannot reach it, and the caller
+    // is told when to ask again; nothing is changed.
+    pair.r2.child.kill().expect("kill -9 r2");
+    pair.r2.child.wait().expect("reaped");
+    let down = pin_with(&[("Authorization", &bearer)]);
+    assert!(
+        down.status == 503
+            && down.body.contains("worked on by replica r2")
+            && down.body.contains("nothing was changed"),
+        "the holder is down: {} {}",
+        down.status,
+        down.body
+    );
+    assert_eq!(
+        down.header("retry-after"),
+        Some("6"),
+        "ask again after two leases"
+    );
+    assert!(!pinned(), "nothing was pinned while r2 was down");
+    // Once its lease ran out, r1 takes the environment over and makes the change itself.
+    pair.wait(
+        "r1 makes the change once it works on the environment",
+        || {
+            let (code, _) = at(&pair.r1, "POST", "/pin", Some(serde_json::json!({})));
+            (code == 200).then_some(())
+        },
+    );
+    assert!(pinned(), "pinned by r1");
+    assert_eq!(
+        lease_of(&pair.database, &env).map(|(holder, _, _)| holder),
+        Some("r1".to_owned())
+    );
 }
 
 /// Succeeded deployments of `environment` at `commit`.
