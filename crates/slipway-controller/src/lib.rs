@@ -272,6 +272,12 @@ pub(crate) struct Inner {
     pub membership: replicas::Membership,
     /// Whether this controller has said it steps aside (a newer schema), said once.
     pub stepped_aside: std::sync::atomic::AtomicBool,
+    /// With several replicas: who takes work handed over to this replica (`pulls::handoff`),
+    /// its name and a number of this run's own, so that work a previous run of it took and
+    /// left unfinished is taken again.
+    pub taker: Option<String>,
+    /// Held while this replica does handed-over work: one pass at a time.
+    pub draining: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -297,6 +303,10 @@ impl Controller {
         folder: &str,
         options: Options,
     ) -> Controller {
+        let taker = options
+            .replica
+            .as_ref()
+            .map(|r| format!("{}#{:016x}", r.name, fastrand::u64(..)));
         Controller {
             inner: Arc::new(Inner {
                 engine,
@@ -315,6 +325,8 @@ impl Controller {
                 parked: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),
                 stepped_aside: std::sync::atomic::AtomicBool::new(false),
+                taker,
+                draining: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -394,6 +406,55 @@ impl Controller {
                 .await?
         };
         self.follow_up(follow).await
+    }
+
+    /// Does the work other replicas handed over to this one (a pull request's command about
+    /// an environment it works on, see `pulls::handoff`), each as a forge event is handled:
+    /// one at a time with the forge's events, then what it asks for (a reconcile, the
+    /// apply's). One pass at a time, until nothing is left to take: a wake-up during a pass
+    /// is served by it, or by the next heartbeat's.
+    async fn do_handed_over(self) {
+        let Ok(_pass) = self.inner.draining.try_lock() else {
+            return;
+        };
+        loop {
+            if self.stepped_aside().is_some() {
+                return;
+            }
+            let taken = match self.blocking(pulls::take_handoffs).await {
+                Ok(taken) if taken.is_empty() => return,
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the work handed over failed");
+                    return;
+                }
+            };
+            for work in taken {
+                let follow = {
+                    let _turn = self.inner.forge_serial.lock().await;
+                    self.blocking(move |inner| pulls::run_handoff(inner, &work))
+                        .await
+                };
+                let done = match follow {
+                    Ok(follow) => self.follow_up(follow).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    let message = format!("work handed over by another replica: {e}");
+                    let _ = self
+                        .blocking(move |inner| {
+                            Ok(inner.engine.store().record_event(
+                                None,
+                                EventKind::WebhookFailed,
+                                &message,
+                                &serde_json::json!({}),
+                                inner.now(),
+                            ))
+                        })
+                        .await;
+                }
+            }
+        }
     }
 
     /// Reads the forge's open pull requests and catches up with what was missed.
@@ -504,6 +565,9 @@ impl Controller {
                     runtime.spawn(async move {
                         let _ = this.refresh().await;
                     });
+                }
+                slipway_state::Wake::Handoff => {
+                    runtime.spawn(this.clone().do_handed_over());
                 }
             });
             // The first beat before any work: this replica counts itself among the live.
@@ -626,6 +690,9 @@ impl Controller {
         if self.stepped_aside().is_some() {
             return;
         }
+        // Work handed over to this replica, in case its wake-up was lost: on a task of its
+        // own, so that a slow forge never delays the renewal of the leases.
+        tokio::spawn(self.clone().do_handed_over());
         match result {
             Ok(Ok(orphans)) => {
                 for env in orphans {

@@ -14,6 +14,7 @@
 
 mod apply;
 mod commands;
+mod handoff;
 mod plans;
 mod setup;
 
@@ -27,6 +28,7 @@ use slipway_forge::{Forge, ForgeEvent, PrAction, PrState, PullRequestDetails, Pu
 use slipway_state::{PullRequestRecord, now_ms};
 
 pub(crate) use apply::{PendingApply, answer};
+pub(crate) use handoff::{run as run_handoff, take as take_handoffs};
 pub(crate) use plans::post_plans;
 pub use plans::{detail, summary};
 pub use setup::{ForgeSetup, setup_from_config};
@@ -336,24 +338,24 @@ fn qualified_approval(
 }
 
 /// Releases the locks of pull request `number`: those environments follow their branch
-/// again.
+/// again. Each is unpinned here when this replica may work on it, or by the replica that
+/// does (handed over, see `handoff`); the ones unpinned here are returned, to reconcile.
 fn release(inner: &Inner, number: i64) -> Result<Vec<EnvName>, ControllerError> {
-    let store = inner.engine.store();
-    let released = store.release_locks(number)?;
-    for env in &released {
-        if let Some(mut record) = store.environment(env)? {
-            record.pinned = false;
-            record.updated_at = now_ms();
-            store.upsert_environment(&record)?;
+    let released = inner.engine.store().release_locks(number)?;
+    let mut here = Vec::new();
+    for env in released {
+        match handoff::route(inner, &env, &handoff::Work::Released { number })? {
+            handoff::Route::Here { claimed } => {
+                let unpinned = handoff::unpin_released(inner, &env, number);
+                if claimed {
+                    crate::requests::release(inner, &env);
+                }
+                here.extend(unpinned?);
+            }
+            handoff::Route::HandedOff { .. } => {}
         }
-        event(
-            inner,
-            env,
-            EventKind::LockReleased,
-            &format!("the lock of #{number} is released; `{env}` follows its branch again"),
-        );
     }
-    Ok(released)
+    Ok(here)
 }
 
 /// Brings the recorded pull requests in line with the forge's open ones (webhooks missed while

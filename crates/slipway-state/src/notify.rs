@@ -1,6 +1,6 @@
 //! Wake-ups between replicas sharing a PostgreSQL state: `NOTIFY` when something every
-//! replica should act on at once happened (a push webhook one of them received), `LISTEN` on
-//! a connection of its own in each. A wake-up only hurries what polling does anyway: one lost
+//! replica should act on at once happened (a push webhook one of them received, work handed
+//! over to the one holding an environment), `LISTEN` on a connection of its own in each. A wake-up only hurries what polling does anyway: one lost
 //! (a replica reconnecting, the server restarting) costs at most a poll interval, so after
 //! each (re)connection the listener wakes its replica once, for what it may have missed.
 //!
@@ -26,18 +26,23 @@ const CHANNEL: &str = "slipway_wake";
 pub enum Wake {
     /// The repository moved (a push webhook arrived): fetch and reconcile now.
     Refresh,
+    /// Work was handed to the replica that works on an environment
+    /// ([`Store::hand_off`]): each replica looks for its own now.
+    Handoff,
 }
 
 impl Wake {
     fn payload(self) -> &'static str {
         match self {
             Wake::Refresh => "refresh",
+            Wake::Handoff => "handoff",
         }
     }
 
     fn parse(payload: &str) -> Option<Wake> {
         match payload {
             "refresh" => Some(Wake::Refresh),
+            "handoff" => Some(Wake::Handoff),
             _ => None,
         }
     }
@@ -131,7 +136,9 @@ mod tests {
 
     #[test]
     fn only_known_words_wake_a_replica() {
-        assert_eq!(Wake::parse(Wake::Refresh.payload()), Some(Wake::Refresh));
+        for wake in [Wake::Refresh, Wake::Handoff] {
+            assert_eq!(Wake::parse(wake.payload()), Some(wake));
+        }
         for other in [
             "",
             "REFRESH",

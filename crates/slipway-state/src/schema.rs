@@ -247,6 +247,20 @@ CREATE TABLE browser_sessions (
 ) STRICT;
 CREATE INDEX browser_sessions_by_end ON browser_sessions (expires_at);
 "#,
+    // Work one replica hands to the replica that works on an environment: a pull request's
+    // command about it, or a lock released, heard by a replica that does not hold it. Kept
+    // until done, so that it outlives either replica (`handoffs.rs`). No foreign key: it may
+    // outlive its environment, and is then done by any replica.
+    r#"
+CREATE TABLE handoffs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    environment    TEXT NOT NULL,
+    work           TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    taken_by       TEXT,
+    taken_epoch    INTEGER
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

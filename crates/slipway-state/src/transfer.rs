@@ -11,8 +11,9 @@ use crate::store::{Store, sql};
 
 /// Every table copied, parents before children (resources and ports name their environment).
 /// Left out on purpose: `replicas` and `leases` (each replica's own, made again as replicas
-/// start on the new state) and `browser_sessions` (the web UI's logins: users log in again,
-/// their tokens are copied).
+/// start on the new state), `browser_sessions` (the web UI's logins: users log in again,
+/// their tokens are copied) and `handoffs` (work in flight between running replicas: a state
+/// is migrated with them stopped).
 const TABLES: &[&str] = &[
     "environments",
     "resources",

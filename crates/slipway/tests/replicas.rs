@@ -848,3 +848,246 @@ fn a_one_shot_command_acts_on_a_node_bound_environment_only_from_its_node_and_gi
     );
     assert_eq!(doubled(&database), []);
 }
+
+/// The webhook secret of the pull-request test.
+const SECRET: &str = "webhook-secret-for-replicas";
+
+/// The stack of the pull-request test: qa tracks main, and each pull request gets a preview;
+/// everything floats (a database each). `extra` goes under `resources:`.
+fn pr_stack(extra: &str) -> String {
+    format!(
+        "version: 1\nstack: shop\nenvironments:\n  qa: {{ track: main }}\n  \
+         previews: {{ generate: {{ pull_requests: true }}, ttl: 1h }}\nresources:\n  \
+         db: {{ type: postgres.database }}\n{extra}"
+    )
+}
+
+#[test]
+fn a_pull_request_command_heard_by_a_replica_that_does_not_work_on_the_environment_is_done_by_the_one_that_does()
+ {
+    let database = TestDatabase::create("slipway_replicas_prs");
+    let forge = FakeForge::start(Forge::GitHub, "slipway-bot");
+    let s = Sandbox::new();
+    s.with_local("advertise = \"127.0.0.1\"");
+    util::world::append_config(
+        &s,
+        &util::world::forge_section(
+            "github",
+            "repository = \"acme/shop\"",
+            &forge.url(),
+            "slipway-bot",
+        ),
+    );
+    s.write("slipway.yaml", &pr_stack(""));
+    let first = s.commit("qa and previews");
+    // Three replicas, 3-second leases (a replica killed below keeps its leases a few
+    // seconds: the window in which the others hand work over to it).
+    let names = ["r1", "r2", "r3"];
+    let homes: Vec<std::path::PathBuf> = names.iter().map(|n| replica_home(&s, n)).collect();
+    let start = |i: usize| {
+        let config = replica_config(
+            &s,
+            &database,
+            ReplicaSettings {
+                lease: "3s",
+                ..ReplicaSettings::named(names[i])
+            },
+        );
+        let mut command = serve_command(&s, &homes[i], &config);
+        command
+            .env("GITHUB_TOKEN", "test-token")
+            .env("SLIPWAY_WEBHOOK_SECRET", SECRET);
+        serve_from(command, T)
+    };
+    let mut replicas = vec![start(0)];
+    wait_for("r1 makes the state key", T, || {
+        homes[0].join("state.key").is_file().then_some(())
+    });
+    for (i, home) in homes.iter().enumerate().skip(1) {
+        std::fs::copy(homes[0].join("state.key"), home.join("state.key")).expect("copy the key");
+        replicas.push(start(i));
+    }
+    let explain = || {
+        let logs: Vec<String> = replicas
+            .iter()
+            .zip(names)
+            .map(|((_, log), name)| format!("--- {name}\n{}", log.lock().expect("log").join("\n")))
+            .collect();
+        format!(
+            "leases: {:?}\ncomments: {:#?}\n{}",
+            holders(&database),
+            forge.comments(1),
+            logs.join("\n")
+        )
+    };
+    let wait = |what: &str, check: &mut dyn FnMut() -> bool| {
+        slipway_testkit::wait::wait_for_explained(what, Duration::from_secs(90), explain, || {
+            check().then_some(())
+        })
+    };
+    let index = |name: &str| names.iter().position(|n| *n == name).expect("a replica");
+
+    // Pull request #1 adds a role; it is opened (heard by r1), and gets its preview.
+    let head = util::world::commit_on(
+        &s,
+        "main",
+        "feature-1",
+        "pr1",
+        Some(&pr_stack(
+            "  reader: { type: postgres.role, login: false }\n",
+        )),
+        Some("refs/pull/1/head"),
+    );
+    forge.add_pr(PrSpec {
+        head_ref: "feature-1".into(),
+        ..PrSpec::new(1, &head)
+    });
+    let opened = forge.delivery(&forge.pr(1), &Event::Opened);
+    let (code, body) = forge.send(&replicas[0].0.addr, SECRET, &opened, "opened-1");
+    assert_eq!(code, 202, "{body}");
+    wait("qa runs main and pr-1 the pull request's head", &mut || {
+        synced_at(&database, &first) == 1 && synced_at(&database, &head) == 1
+    });
+    // The three replicas share the two environments out, and settle.
+    let mut last: Option<(Vec<(String, String)>, Instant)> = None;
+    wait("the leases settle among the three replicas", &mut || {
+        let held = holders(&database);
+        let alive: i64 = database
+            .connect()
+            .query_one(
+                "SELECT COUNT(*) FROM replicas WHERE heartbeat_at > \
+                 EXTRACT(EPOCH FROM clock_timestamp()) * 1000 - 2000",
+                &[],
+            )
+            .expect("count replicas")
+            .get(0);
+        if held.len() != 2 || alive != 3 {
+            last = None;
+            return false;
+        }
+        match &last {
+            Some((seen, since)) if *seen == held => since.elapsed() >= Duration::from_secs(4),
+            _ => {
+                last = Some((held, Instant::now()));
+                false
+            }
+        }
+    });
+    let holder_of = |env: &str| {
+        let (holder, _, live) = lease_of(&database, env).expect("a lease");
+        assert!(live, "{env}'s lease is live");
+        holder
+    };
+    let qa_holder = holder_of("qa");
+    let (_, qa_epoch, _) = lease_of(&database, "qa").expect("qa's lease");
+    let others: Vec<usize> = (0..3).filter(|i| names[*i] != qa_holder).collect();
+    let (hearer, third) = (others[0], others[1]);
+
+    // `/slipway apply qa` is delivered to a replica that does not work on qa: qa is applied
+    // by its holder, and the pull request answered.
+    forge.set_permission("alice", "write");
+    let comment = forge.add_comment(1, "alice", "/slipway apply qa");
+    let command = forge.delivery(&forge.pr(1), &Event::Commented { comment });
+    let (code, body) = forge.send(&replicas[hearer].0.addr, SECRET, &command, "apply-qa");
+    assert!(code == 202 && body.contains("\"handled\":true"), "{body}");
+    forge.wait_for_comment(1, |c| c.body.contains("Applied #1"), T);
+    wait("qa runs the pull request's head", &mut || {
+        synced_at(&database, &head) == 2
+    });
+    assert_eq!(
+        lease_of(&database, "qa"),
+        Some((qa_holder.clone(), qa_epoch, true)),
+        "qa was applied by its holder, under the lease it held all along"
+    );
+    assert!(
+        replicas[hearer]
+            .1
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains("handed over")),
+        "the replica that heard the command handed it over"
+    );
+
+    // The same delivery again, to the third replica: a duplicate, not applied again.
+    let (code, body) = forge.send(&replicas[third].0.addr, SECRET, &command, "apply-qa");
+    assert!(
+        code == 202 && body.contains("\"duplicate\":true") && body.contains("\"handled\":false"),
+        "a redelivery is a duplicate wherever it lands: {body}"
+    );
+    // A preview's life is extended through a replica that does not work on it.
+    let pr1_holder = holder_of("pr-1");
+    let other = (0..3)
+        .find(|i| names[*i] != pr1_holder)
+        .expect("another replica");
+    let expiry = || -> i64 {
+        database
+            .connect()
+            .query_one(
+                "SELECT expires_at FROM environments WHERE name = 'pr-1'",
+                &[],
+            )
+            .expect("pr-1")
+            .get(0)
+    };
+    let before = expiry();
+    let token = std::fs::read_to_string(homes[0].join("admin-token")).expect("the first token");
+    let (code, answer) = api_request(
+        &replicas[other].0.addr,
+        "POST",
+        "/api/v1/environments/pr-1/extend",
+        token.trim(),
+        Some(serde_json::json!({"by": "2h"})),
+    );
+    assert_eq!(code, 200, "extend through {}: {answer}", names[other]);
+    assert!(expiry() > before, "pr-1 lives longer");
+
+    // qa's holder dies; `/slipway unlock qa` comes meanwhile, to another replica: handed
+    // over in the state, it is done by whichever replica works on qa next.
+    signal(&replicas[index(&qa_holder)].0, "-KILL");
+    let comment = forge.add_comment(1, "alice", "/slipway unlock qa");
+    let command = forge.delivery(&forge.pr(1), &Event::Commented { comment });
+    let (code, body) = forge.send(&replicas[hearer].0.addr, SECRET, &command, "unlock-qa");
+    assert!(code == 202 && body.contains("\"handled\":true"), "{body}");
+    forge.wait_for_comment(1, |c| c.body.contains("Unlocked `qa`"), T);
+    wait("qa follows main again", &mut || {
+        synced_at(&database, &first) == 1
+    });
+    let (holder, _, _) = lease_of(&database, "qa").expect("qa's lease");
+    assert_ne!(holder, qa_holder, "another replica took qa over");
+    let handed: Vec<String> = replicas[hearer]
+        .1
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|l| l.contains("handed over"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        handed.len(),
+        2,
+        "the unlock was handed over too, to the dead holder's successor: {handed:#?}"
+    );
+    let left: i64 = database
+        .connect()
+        .query_one("SELECT COUNT(*) FROM handoffs", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "every piece of work handed over was done");
+    let bot = forge.bot_login().to_owned();
+    let answers: Vec<String> = forge
+        .comments(1)
+        .into_iter()
+        .filter(|c| c.author == bot && !c.body.contains("<!-- slipway:plan -->"))
+        .map(|c| c.body)
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| a.contains("Applied #1")).count(),
+        1,
+        "the apply was answered once: {answers:#?}"
+    );
+    assert!(
+        !answers.iter().any(|a| a.contains("failed")),
+        "{answers:#?}"
+    );
+}

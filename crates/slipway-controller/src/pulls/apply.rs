@@ -37,6 +37,7 @@ pub(super) fn apply(
     record: &mut PullRequestRecord,
     env: &EnvName,
     author: &str,
+    handoff: Option<i64>,
 ) -> Result<FollowUp, ControllerError> {
     let number = record.number;
     let forge = &setup(inner)?.forge;
@@ -213,6 +214,7 @@ pub(super) fn apply(
         before_pinned: before.pinned,
         before_desired: before.desired_commit.clone(),
         last_deployment: store.deployments(env, 1)?.first().map(|d| d.id),
+        handoff,
     };
     let mut environment = before;
     environment.pinned = true;
@@ -222,11 +224,16 @@ pub(super) fn apply(
     // The reconcile is the queue's, like every other trigger's: the environment may be busy
     // (the controller's own pass, a CLI apply), and this forge event must not hold up the
     // next ones while it is. The pull request is answered when that reconcile ends.
-    inner
+    let replaced = inner
         .applies
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(env.clone(), pending);
+    // An earlier apply of this environment not started yet is answered by this one's
+    // reconcile (as it always was): its handed-over work is done.
+    if let Some(id) = replaced.and_then(|p| p.handoff) {
+        store.finish_handoff(id)?;
+    }
     Ok(FollowUp {
         apply: Some(env.clone()),
         ..FollowUp::default()
@@ -248,14 +255,31 @@ pub(crate) struct PendingApply {
     before_desired: Option<String>,
     /// The environment's last deployment before, to tell whether an apply started.
     last_deployment: Option<i64>,
+    /// The work this apply was handed over as by the replica that heard the command (see
+    /// `handoff`): done once the pull request is answered.
+    handoff: Option<i64>,
 }
 
 /// Answers `pending` on its pull request once the reconcile of `env` ended (`failure`: its
 /// error, if it failed). Applied: the environment stays locked to the pull request. Held or
 /// refused before anything changed: the environment goes back to what it followed, unlocked
 /// unless the pull request held it already, and `true` asks for it to be reconciled again.
-/// Failed while applying: it stays locked, for a fix to be pushed.
+/// Failed while applying: it stays locked, for a fix to be pushed. Answered, the work it was
+/// handed over as is done, whatever the answer.
 pub(crate) fn answer(
+    inner: &Inner,
+    env: &EnvName,
+    pending: &PendingApply,
+    failure: Option<&str>,
+) -> Result<bool, ControllerError> {
+    let answered = answer_once(inner, env, pending, failure);
+    if let Some(id) = pending.handoff {
+        inner.engine.store().finish_handoff(id)?;
+    }
+    answered
+}
+
+fn answer_once(
     inner: &Inner,
     env: &EnvName,
     pending: &PendingApply,

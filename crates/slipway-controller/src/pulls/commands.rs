@@ -6,8 +6,9 @@ use slipway_core::vocab::EventKind;
 use slipway_forge::{Command, parse_command};
 use slipway_state::now_ms;
 
+use super::handoff::{Route, Work, route};
 use super::{FollowUp, apply::apply, event, plans::post_plans, set_head, setup, short};
-use crate::{ControllerError, Inner};
+use crate::{ControllerError, Inner, requests};
 
 pub(super) fn reply(inner: &Inner, pr: u64, body: &str) {
     if let Ok(setup) = setup(inner)
@@ -115,6 +116,55 @@ pub(super) fn comment(
         "allowed",
         &command.to_string(),
     );
+    let (Command::Apply { env } | Command::Unlock { env }) = &command else {
+        return run(inner, number, author, command, None);
+    };
+    // What it changes of the environment is done under its lease, by the replica that works
+    // on it: here, or handed over to that replica (see `handoff`).
+    let work = Work::Command {
+        number,
+        author: author.to_owned(),
+        command: command.to_string(),
+    };
+    match route(inner, env, &work)? {
+        Route::Here { claimed } => {
+            let env = env.clone();
+            let done = run(inner, number, author, command, None);
+            if claimed {
+                requests::release(inner, &env);
+            }
+            done
+        }
+        Route::HandedOff { alive: true, .. } => Ok(FollowUp::default()),
+        Route::HandedOff {
+            replica,
+            alive: false,
+        } => {
+            reply(
+                inner,
+                number,
+                &format!(
+                    "`{env}` runs on the node of replica {replica}, which is not running just \
+                     now: `{command}` waits for it, and is answered here once {replica} runs \
+                     again."
+                ),
+            );
+            Ok(FollowUp::default())
+        }
+    }
+}
+
+/// Runs `command`, checked (parsed, its author's write access), on pull request `number`,
+/// on the replica that works on the environment it changes; `handoff`: the id of the work it
+/// was handed over as (see `handoff`), finished when an apply is answered.
+pub(super) fn run(
+    inner: &Inner,
+    number: u64,
+    author: &str,
+    command: Command,
+    handoff: Option<i64>,
+) -> Result<FollowUp, ControllerError> {
+    let forge = &setup(inner)?.forge;
     let store = inner.engine.store();
     let Some(mut record) = store.pull_request(number as i64)? else {
         reply(
@@ -194,6 +244,6 @@ pub(super) fn comment(
                 Ok(FollowUp::default())
             }
         }
-        Command::Apply { env } => apply(inner, &mut record, &env, author),
+        Command::Apply { env } => apply(inner, &mut record, &env, author, handoff),
     }
 }
