@@ -277,12 +277,17 @@ impl PgError {
 /// exceptions (08), transaction rollbacks like deadlocks (40), insufficient resources (53),
 /// operator intervention like a restart (57), I/O errors (58000, 58030); and an object in use
 /// or locked (55006, 55P03), or a name taken between our look-up and our create (42P04,
-/// 42710), which the next attempt sees and judges. Anything else (a bad password, a missing
+/// 42710, and 23505: two `CREATE DATABASE`/`CREATE ROLE` of one name at once meet on the
+/// catalog's unique index instead; the statements here write no table of their own, only the
+/// catalogs, so a unique violation can only be that), which the next attempt sees and judges
+/// (one replica's create still in flight when its lease passed to another is the usual cause). Anything else (a bad password, a missing
 /// template or extension file, dependent objects) needs someone to change something.
 fn retry_for(code: Option<&str>) -> Retry {
     match code {
         None => Retry::Retryable,
-        Some("55006" | "55P03" | "42P04" | "42710" | "58000" | "58030") => Retry::Retryable,
+        Some("55006" | "55P03" | "42P04" | "42710" | "23505" | "58000" | "58030") => {
+            Retry::Retryable
+        }
         Some(code) if ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c)) => {
             Retry::Retryable
         }
@@ -449,7 +454,7 @@ mod tests {
         ] {
             assert_eq!(retry_for(code), Retry::Retryable, "{code:?} may pass");
         }
-        for code in ["55006", "55P03", "42P04"] {
+        for code in ["55006", "55P03", "42P04", "23505"] {
             assert_eq!(retry_for(Some(code)), Retry::Retryable, "{code} may pass");
         }
         for code in [
