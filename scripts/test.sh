@@ -26,6 +26,9 @@ need npm || apt_install nodejs npm
 { need chromium && need chromedriver; } || apt_install chromium chromium-driver
 
 bash scripts/postgres.sh
+# The replicas' fault test (crates/slipway/tests/replica_faults.rs) runs one replica under a
+# skewed clock with libfaketime.
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || apt_install faketime
 
 # Kubernetes: kubectl, and etcd, kube-apiserver and kube-controller-manager built from the Go
 # module proxy with the machine's Go when they are not built yet (tools/k8s/build.sh: about 9

@@ -173,6 +173,7 @@ impl Membership {
                     metrics.lease_lost();
                 }
                 metrics.lease_acquired();
+                tracing::info!(environment = %environment, epoch = lease.epoch, "took the lease");
             }
         }
         metrics.leases(held.len());
@@ -287,6 +288,7 @@ impl Membership {
                     store.release_lease(&environment, &options.name, lease.epoch)?;
                 }
                 metrics.lease_lost();
+                tracing::info!(environment = %environment, epoch, "lost the lease");
                 self.forget(engine, metrics, &environment);
             }
         }
