@@ -29,6 +29,27 @@ pub enum StateError {
         reason: String,
     },
 
+    /// The home's state key is not the one the shared state was sealed with (or the home has
+    /// none while the state has one): secrets sealed by one could not be opened by the other,
+    /// and resources would be named after another instance.
+    #[error(
+        "this home's state key {} is not the key of the state in {location}, which was \
+         sealed with instance {recorded}'s; copy state.key from the home of a replica already \
+         on this state (the same file on every replica) to {}, then start again; nothing was \
+         written",
+        describe_key(.found, .path), .path.display()
+    )]
+    KeyMismatch {
+        /// The key file this home has or would have made.
+        path: PathBuf,
+        /// The state, without password.
+        location: String,
+        /// The instance the home's key makes, `None` when the home had no key.
+        found: Option<String>,
+        /// The instance the state records.
+        recorded: String,
+    },
+
     /// A sealed value could not be opened.
     #[error("{record}: the sealed {column} {reason}")]
     Sealed {
@@ -274,8 +295,17 @@ impl StateError {
             | StateError::DeploymentNotRunning { .. }
             | StateError::Fenced { .. }
             | StateError::Key { .. }
+            | StateError::KeyMismatch { .. }
             | StateError::Sealed { .. } => false,
         }
+    }
+}
+
+/// How [`StateError::KeyMismatch`] names the home's key.
+fn describe_key(found: &Option<String>, path: &std::path::Path) -> String {
+    match found {
+        Some(instance) => format!("{} (instance {instance})", path.display()),
+        None => format!("{} is missing", path.display()),
     }
 }
 

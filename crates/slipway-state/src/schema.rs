@@ -261,6 +261,15 @@ CREATE TABLE handoffs (
     taken_epoch    INTEGER
 ) STRICT;
 "#,
+    // The key a shared state is sealed with, by the public instance id it makes: every
+    // replica's home must hold the same `state.key` (`store::shared_key`). One row at most.
+    r#"
+CREATE TABLE state_key (
+    id             INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    instance       TEXT NOT NULL,
+    recorded_at    INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

@@ -13,7 +13,7 @@ use slipway_core::EnvName;
 use slipway_core::vocab::UnknownWord;
 
 use crate::StateError;
-use crate::db::{Conn, DbError, DecodeError, Dialect, PgConn, Row, Tx};
+use crate::db::{Conn, DbError, DecodeError, Dialect, Exec, PgConn, Row, Tx, params};
 use crate::leases::Fence;
 use crate::schema;
 
@@ -111,7 +111,10 @@ impl Store {
         schema::migrate(&mut conn, &location)?;
         // From here on, a newer Slipway migrating the database stops this process's writes.
         conn.guard_schema(schema::understood());
-        let sealer = crate::seal::Sealer::load_or_create(&home.join("state.key"))?;
+        let sealer = match conn.dialect() {
+            Dialect::Sqlite => crate::seal::Sealer::load_or_create(&home.join("state.key"))?,
+            Dialect::Postgres => shared_key(&mut conn, home, &location)?,
+        };
         Ok(Store {
             location,
             path,
@@ -252,6 +255,62 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The home's key for a state shared by several homes (PostgreSQL): the key every replica
+/// must have, since each seals secrets and names resources with it. The first home to open
+/// the state records its instance (`state_key`); any other must have the same key, and a home
+/// without one is refused instead of making a new one, with what to copy where.
+fn shared_key(
+    conn: &mut Conn,
+    home: &Path,
+    location: &str,
+) -> Result<crate::seal::Sealer, StateError> {
+    let path = home.join("state.key");
+    let read = |conn: &mut Conn| {
+        conn.query_opt(
+            "SELECT instance FROM state_key WHERE id = 1",
+            params![],
+            |row| row.get::<String>(0),
+        )
+        .map_err(sql("read the state's key instance"))
+    };
+    let mismatch = |found: Option<String>, recorded: String| StateError::KeyMismatch {
+        path: path.clone(),
+        location: location.to_owned(),
+        found,
+        recorded,
+    };
+    let recorded = read(conn)?;
+    if let Some(recorded) = &recorded
+        && !path.exists()
+    {
+        return Err(mismatch(None, recorded.clone()));
+    }
+    let made = !path.exists();
+    let sealer = crate::seal::Sealer::load_or_create(&path)?;
+    let recorded = match recorded {
+        Some(recorded) => recorded,
+        None => {
+            // Two homes opening a new state at once: the first insert wins, the other reads it.
+            conn.execute(
+                "INSERT INTO state_key (id, instance, recorded_at) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO NOTHING",
+                params![sealer.instance_id(), crate::now_ms()],
+            )
+            .map_err(sql("record the state's key instance"))?;
+            read(conn)?.unwrap_or_else(|| sealer.instance_id().to_owned())
+        }
+    };
+    if recorded != sealer.instance_id() {
+        if made {
+            // The key this open just made is of no use: the next start must not find it.
+            let _ = std::fs::remove_file(&path);
+        }
+        let found = (!made).then(|| sealer.instance_id().to_owned());
+        return Err(mismatch(found, recorded));
+    }
+    Ok(sealer)
 }
 
 fn create_home(home: &Path) -> Result<(), StateError> {

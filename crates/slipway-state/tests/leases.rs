@@ -328,3 +328,65 @@ fn a_lease_given_back_names_its_next_holder_and_is_free(state: &TestState) {
         .expect("the replica takes it");
     assert_eq!(again.epoch, borrowed.epoch + 1, "with the next epoch");
 }
+
+/// Homes sharing one PostgreSQL state must hold one key: the first to open the state records
+/// its instance; a home without a key is refused (and gets none made), as is one with another
+/// key (which is left as it was); a copy of the first home's key opens it.
+#[test]
+fn every_home_on_a_shared_state_must_hold_the_key_it_was_sealed_with() {
+    let database = slipway_testkit::pg::TestDatabase::create("slipway_state_key");
+    let url = database.url();
+    let first = tempfile::tempdir().expect("a home");
+    let store = slipway_state::Store::open_postgres(first.path(), &url).expect("the first home");
+    let instance = store.sealer().instance_id().to_owned();
+    drop(store);
+
+    // No key: refused, and none is made (a later start after copying it must find the copy).
+    let bare = tempfile::tempdir().expect("a home");
+    let error = slipway_state::Store::open_postgres(bare.path(), &url)
+        .expect_err("a home without the key is refused");
+    let text = error.to_string();
+    assert!(
+        matches!(&error, slipway_state::StateError::KeyMismatch { found: None, recorded, .. } if *recorded == instance)
+            && text.contains("is missing")
+            && text.contains("copy state.key")
+            && text.contains("nothing was written"),
+        "{text}"
+    );
+    assert!(!bare.path().join("state.key").exists(), "no key was made");
+
+    // Another key: refused, naming both instances, and the key is left alone.
+    let other = tempfile::tempdir().expect("a home");
+    let own = slipway_state::Store::open(other.path()).expect("a SQLite home of its own");
+    let own_instance = own.sealer().instance_id().to_owned();
+    drop(own);
+    let key_before = std::fs::read(other.path().join("state.key")).expect("its key");
+    let error = slipway_state::Store::open_postgres(other.path(), &url)
+        .expect_err("a home with another key is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains(&own_instance) && text.contains(&instance),
+        "the error names both keys' instances: {text}"
+    );
+    assert_eq!(
+        std::fs::read(other.path().join("state.key")).expect("its key"),
+        key_before
+    );
+
+    // The first home's key, copied: it opens, and seals values the first home opens.
+    std::fs::copy(
+        first.path().join("state.key"),
+        bare.path().join("state.key"),
+    )
+    .expect("copy the key");
+    let second = slipway_state::Store::open_postgres(bare.path(), &url).expect("the copy opens");
+    let sealed = second.sealer().seal(b"shared secret");
+    let first_again = slipway_state::Store::open_postgres(first.path(), &url).expect("reopen");
+    assert_eq!(
+        first_again
+            .sealer()
+            .open(&sealed)
+            .expect("the first home opens it"),
+        b"shared secret"
+    );
+}

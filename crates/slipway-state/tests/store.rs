@@ -493,7 +493,7 @@ fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind(state: &T
     state
         .raw(
             "UPDATE events SET kind = 'destroyed'; DROP TABLE replicas; DROP TABLE leases; \
-             DROP TABLE browser_sessions;",
+             DROP TABLE browser_sessions; DROP TABLE handoffs; DROP TABLE state_key;",
             false,
         )
         .expect("write the engine's old destroy event");
