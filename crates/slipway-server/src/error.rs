@@ -131,6 +131,17 @@ impl IntoResponse for ApiError {
                     id: None,
                 };
                 let mut response = (status, axum::Json(body)).into_response();
+                if status == StatusCode::SERVICE_UNAVAILABLE
+                    && !response
+                        .headers()
+                        .contains_key(axum::http::header::RETRY_AFTER)
+                {
+                    // Every 503 of this API is a condition that passes: say when to come back.
+                    response.headers_mut().insert(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from_static("5"),
+                    );
+                }
                 response.extensions_mut().insert(ErrorNote(message));
                 if let Some(held) = held {
                     response.extensions_mut().insert(held);
@@ -251,6 +262,23 @@ impl From<StateError> for ApiError {
                      send the request to an upgraded replica",
                 )
             }
+            // The database did not answer (a restart, a partition between this replica and
+            // it): nothing was recorded, and the same request may pass in a moment, here or
+            // on another replica. The details go to the log only, as an internal error's do.
+            other @ (StateError::Database { .. } | StateError::Open { .. })
+                if other.retryable() =>
+            {
+                let id = format!("{:016x}", fastrand::u64(..));
+                eprintln!("slipway-server: state unavailable {id}: {}", chain(&other));
+                ApiError::client(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the state store does not answer this replica for now (log id {id}); \
+                         nothing was recorded"
+                    ),
+                )
+                .hint("retry in a few seconds; another replica may answer meanwhile")
+            }
             other => ApiError::internal(chain(&other)),
         }
     }
@@ -281,4 +309,34 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_that_does_not_answer_is_a_503_to_retry_without_the_databases_words() {
+        // A real refusal: nothing listens on port 1.
+        let home = tempfile::tempdir().expect("a home");
+        let unreachable = slipway_state::Store::open_postgres(
+            home.path(),
+            "postgres://slipway@127.0.0.1:1/slipway_secret_db",
+        )
+        .expect_err("nothing answers there");
+        assert!(unreachable.retryable());
+        let error = ApiError::from(unreachable);
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = error.into_response();
+        assert_eq!(
+            response.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&axum::http::HeaderValue::from_static("5"))
+        );
+        let note = response.extensions().get::<ErrorNote>().expect("a note");
+        assert!(
+            note.0.contains("does not answer") && !note.0.contains("slipway_secret_db"),
+            "{}",
+            note.0
+        );
+    }
 }

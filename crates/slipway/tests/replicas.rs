@@ -335,6 +335,23 @@ fn a_replica_cut_off_from_the_database_loses_its_share_and_rejoins_when_the_netw
 
     // A partition between r1 and PostgreSQL; a push lands meanwhile.
     proxy.cut();
+    // r1 still answers, saying the state is out of its reach for now: a 503 to retry, never
+    // a 500, and nothing of the database's own words.
+    let token = std::fs::read_to_string(pair.home1.join("admin-token")).expect("the first token");
+    let (code, answer) = api_request(
+        &pair.r1.addr,
+        "GET",
+        "/api/v1/environments",
+        token.trim(),
+        None,
+    );
+    assert_eq!(code, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not answer this replica")),
+        "{answer}"
+    );
     let second = pair.push();
     pair.wait(
         "r2 brings every environment to the push while r1 is cut off",
