@@ -1,12 +1,13 @@
 //! Identities: the uid (= gid) each environment's code runs as when the engine runs as root.
 
 use slipway_core::EnvName;
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
 use crate::db::{Exec, params};
 
 use crate::StateError;
-use crate::store::{Store, sql};
+use crate::store::{Store, env_name, sql};
 
 impl Store {
     /// The uid of `environment`: the one recorded, or a new one recorded now: the first of
@@ -96,6 +97,18 @@ impl Store {
                 |row| row.get(0),
             )
             .map_err(sql(format!("read the uid of {environment}")))
+    }
+
+    /// The uid recorded for each environment that has one: [`Store::environment_uid`] of
+    /// every environment in one query.
+    pub fn environment_uids(&self) -> Result<BTreeMap<EnvName, u32>, StateError> {
+        let rows = self
+            .conn()
+            .query("SELECT environment, uid FROM env_uids", params![], |row| {
+                Ok((env_name(row, 0)?, row.get::<u32>(1)?))
+            })
+            .map_err(sql("read the environments' uids"))?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Forgets `environment`'s uid, so that another environment may get it. Call only once

@@ -17,6 +17,7 @@
 //! - Nothing here decides who should hold what (rendezvous hashing over live replicas is the
 //!   controller's); this is the mechanism, not the policy.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -214,6 +215,21 @@ impl Store {
             |row| row.get(0),
         )
         .map_err(sql(format!("read the holder of {environment}")))
+    }
+
+    /// The replica holding each environment's lease now (unexpired, by the database's
+    /// clock): [`Store::holder`] of every environment in one query.
+    pub fn holders(&self) -> Result<BTreeMap<EnvName, String>, StateError> {
+        let mut conn = self.conn();
+        let now = now_sql(conn.dialect());
+        let rows = conn
+            .query(
+                &format!("SELECT environment, holder FROM leases WHERE expires_at > {now}"),
+                params![],
+                |row| Ok((env_name(row, 0)?, row.get::<String>(1)?)),
+            )
+            .map_err(sql("read the holders of the leases"))?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Every lease, expired and released ones included, by environment.

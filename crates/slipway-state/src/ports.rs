@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use crate::db::{DbError, Exec, params};
 
 use crate::StateError;
-use crate::store::{Store, sql};
+use crate::store::{Store, env_name, sql};
 
 impl Store {
     /// The ports for `names` of a resource: those already allocated to it are returned as they
@@ -164,6 +164,38 @@ impl Store {
         let mut out: BTreeMap<String, BTreeMap<String, u16>> = BTreeMap::new();
         for (resource, name, port) in rows {
             out.entry(resource).or_default().insert(name, port);
+        }
+        Ok(out)
+    }
+
+    /// Every allocated port, by environment, resource and port name:
+    /// [`Store::environment_ports`] of every environment in one query.
+    #[allow(clippy::type_complexity)] // The three levels are the three names of a port.
+    pub fn all_ports(
+        &self,
+    ) -> Result<BTreeMap<EnvName, BTreeMap<String, BTreeMap<String, u16>>>, StateError> {
+        let rows = self
+            .conn()
+            .query(
+                "SELECT environment, resource, name, port FROM ports",
+                params![],
+                |row| {
+                    Ok((
+                        env_name(row, 0)?,
+                        row.get::<String>(1)?,
+                        row.get::<String>(2)?,
+                        row.get::<u16>(3)?,
+                    ))
+                },
+            )
+            .map_err(sql("read every environment's ports"))?;
+        let mut out: BTreeMap<EnvName, BTreeMap<String, BTreeMap<String, u16>>> = BTreeMap::new();
+        for (environment, resource, name, port) in rows {
+            out.entry(environment)
+                .or_default()
+                .entry(resource)
+                .or_default()
+                .insert(name, port);
         }
         Ok(out)
     }

@@ -3,6 +3,7 @@
 use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
+use std::collections::BTreeMap;
 
 use slipway_core::vocab::ResourceStatus;
 
@@ -160,6 +161,36 @@ impl Store {
             )
             .map_err(sql(operation()))?;
         raw.into_iter().map(|r| r.decode(self.sealer())).collect()
+    }
+
+    /// The resources of the environments named `first` to `last` (both included, in the
+    /// order `environments` lists them), by environment, each ordered by name: one query
+    /// where a listing of many environments would otherwise make one per environment, and a
+    /// bounded one, so a listing of every environment reads them a range at a time.
+    pub fn resources_between(
+        &self,
+        first: &EnvName,
+        last: &EnvName,
+    ) -> Result<BTreeMap<EnvName, Vec<ResourceRecord>>, StateError> {
+        let raw = self
+            .conn()
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM resources WHERE environment >= ?1 AND environment <= ?2 \
+                     ORDER BY environment, name"
+                ),
+                params![first, last],
+                from_row,
+            )
+            .map_err(sql(format!("list the resources of {first} to {last}")))?;
+        let mut out: BTreeMap<EnvName, Vec<ResourceRecord>> = BTreeMap::new();
+        for r in raw {
+            let record = r.decode(self.sealer())?;
+            out.entry(record.environment.clone())
+                .or_default()
+                .push(record);
+        }
+        Ok(out)
     }
 
     /// The `type:` of each environment's resources (of `only`'s, when given), in one query

@@ -50,6 +50,7 @@ matrix!(
     events_are_read_in_order_by_environment_and_cursor,
     hostile_strings_round_trip,
     resource_types_are_read_without_the_records,
+    a_listing_reads_every_environment_at_once_as_each_alone,
     a_new_environment_is_recorded_once_whoever_else_tries,
 );
 
@@ -1326,6 +1327,69 @@ fn a_writer_killed_at_any_point_leaves_a_consistent_database() {
         store.deployments(&env("prod"), 1_000).expect("list").len() >= 31,
         "committed history survives the kill"
     );
+}
+
+/// What listing every environment reads, one query per table (and the resources a range of
+/// environments at a time), is what reading each environment alone finds.
+fn a_listing_reads_every_environment_at_once_as_each_alone(state: &TestState) {
+    let names = ["a", "b-1", "b1", "c", "d"];
+    let store = store_with(state, &names);
+    for (i, name) in names.iter().enumerate() {
+        for r in ["web", "db", "cache"].iter().take(i % 3 + 1) {
+            store
+                .put_resource(&resource(name, r))
+                .expect("record a resource");
+        }
+    }
+    allocate(&store, "b1", "web", &["http"], 20000..=20009).expect("ports");
+    allocate(&store, "c", "db", &["pg", "admin"], 20000..=20009).expect("ports");
+    store
+        .allocate_uid(&env("a"), 500_000..=500_009, |_| true)
+        .expect("a uid");
+    store
+        .acquire_lease(&env("d"), "r1", std::time::Duration::from_secs(60))
+        .expect("a lease");
+    store
+        .lock_environment(&env("c"), 7, "octocat", 1_000)
+        .expect("a lock");
+
+    let between = store
+        .resources_between(&env("b-1"), &env("c"))
+        .expect("the resources of a range");
+    assert_eq!(
+        between.keys().map(EnvName::as_str).collect::<Vec<_>>(),
+        ["b-1", "b1", "c"],
+        "the range holds the environments from its first to its last, both included"
+    );
+    let all = store
+        .resources_between(&env("a"), &env("d"))
+        .expect("every environment's resources");
+    let ports = store.all_ports().expect("every port");
+    let uids = store.environment_uids().expect("every uid");
+    let holders = store.holders().expect("every holder");
+    for name in names {
+        let name = env(name);
+        assert_eq!(
+            all.get(&name).cloned().unwrap_or_default(),
+            store.resources(&name).expect("its resources"),
+            "{name}'s resources, in the same order"
+        );
+        assert_eq!(
+            ports.get(&name).cloned().unwrap_or_default(),
+            store.environment_ports(&name).expect("its ports"),
+            "{name}'s ports"
+        );
+        assert_eq!(
+            uids.get(&name).copied(),
+            store.environment_uid(&name).expect("its uid"),
+            "{name}'s uid"
+        );
+        assert_eq!(
+            holders.get(&name).cloned(),
+            store.holder(&name).expect("its holder"),
+            "{name}'s lease holder"
+        );
+    }
 }
 
 fn resource_types_are_read_without_the_records(state: &TestState) {
