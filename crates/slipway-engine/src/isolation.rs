@@ -135,7 +135,20 @@ impl Engine {
 
     /// The sandbox of `env`'s code; in uid mode its uid, allocated now if it has none yet.
     pub(crate) fn sandbox(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
-        let mut sandbox = self.identity(env)?;
+        self.sandbox_known(env, None)
+    }
+
+    /// [`Engine::sandbox`] when `env`'s recorded uid was read already (`status` reads every
+    /// environment's at once): it is not read again; with none, it is read or allocated.
+    pub(crate) fn sandbox_known(
+        &self,
+        env: &EnvName,
+        uid: Option<u32>,
+    ) -> Result<Sandbox, EngineError> {
+        let mut sandbox = match (self.isolation, uid) {
+            (Isolation::Uid, Some(uid)) => Sandbox::uid(uid, uid),
+            _ => self.identity(env)?,
+        };
         // On a replica every command is bound by the lease, and none starts without one.
         if let Some(watchdog) = &self.watchdog {
             sandbox.lease = Some(sandbox::LeaseBound {

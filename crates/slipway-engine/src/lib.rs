@@ -223,7 +223,9 @@ pub(crate) fn slot_ports(all: &BTreeMap<String, u16>, slot: u8) -> BTreeMap<Stri
 
 impl Envelope {
     pub(crate) fn of(record: &ResourceRecord) -> Envelope {
-        serde_json::from_value(record.live.clone()).unwrap_or_default()
+        // Read from the record's value in place: no copy of it (observing every environment
+        // reads every resource's envelope).
+        Envelope::deserialize(&record.live).unwrap_or_default()
     }
 }
 
@@ -737,20 +739,35 @@ impl Engine {
         Ok((input, configs))
     }
 
-    /// Observes one recorded resource through its provider.
-    pub(crate) fn observe(
+    /// Observes one recorded resource through its provider, with its ports (of both
+    /// instance slots) already read.
+    fn observe_with(
         &self,
         env: &EnvName,
         record: &ResourceRecord,
         envelope: &Envelope,
+        all_ports: &BTreeMap<String, u16>,
     ) -> Observed {
-        let ports = self.store.ports(env, &record.name).unwrap_or_default();
-        self.observe_with(env, record, envelope, &ports)
+        if self.registry.get(&record.type_name).is_none() {
+            return Observed::InSync;
+        }
+        let sandbox = match self.sandbox(env) {
+            Ok(sandbox) => sandbox,
+            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
+        };
+        let stack = match self.stack_of(env) {
+            Ok(stack) => stack,
+            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
+        };
+        self.observe_in(&stack, &sandbox, env, record, envelope, all_ports)
     }
 
-    /// [`Engine::observe`] with the resource's ports (of both instance slots) already read.
-    fn observe_with(
+    /// [`Engine::observe_with`] with the environment's recorded stack and its sandbox in
+    /// hand: what observing every environment at once (`status`) reads for all of them first.
+    pub(crate) fn observe_in(
         &self,
+        stack: &str,
+        sandbox: &slipway_providers::sandbox::Sandbox,
         env: &EnvName,
         record: &ResourceRecord,
         envelope: &Envelope,
@@ -763,15 +780,7 @@ impl Engine {
         let instance = envelope.instance(&record.name);
         let slot = u8::from(instance != record.name);
         let ports = slot_ports(all_ports, slot);
-        let sandbox = match self.sandbox(env) {
-            Ok(sandbox) => sandbox,
-            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
-        };
-        let stack = match self.stack_of(env) {
-            Ok(stack) => stack,
-            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
-        };
-        let ctx = self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox);
+        let ctx = self.resource_context(stack, env, instance, &dirs, &ports, sandbox);
         match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),

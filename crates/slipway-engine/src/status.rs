@@ -1,10 +1,14 @@
 //! What `slipway status` shows: recorded environments with their resources, observed live.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::EnvName;
 use slipway_core::plan::Observed;
 use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
+use slipway_providers::sandbox::Isolation;
+use slipway_state::{EnvironmentRecord, ResourceRecord};
 
 use crate::{Engine, EngineError, Envelope};
 
@@ -76,36 +80,201 @@ pub struct EnvironmentStatus {
     pub resources: Vec<ResourceStatus>,
 }
 
+/// What `status` shows of one environment besides its record, as the store has it: read by
+/// its own queries for one environment, and by one query per table for all of them.
+#[derive(Default)]
+struct Stored {
+    resources: Vec<ResourceRecord>,
+    /// The replica holding its lease now.
+    holder: Option<String>,
+    /// The replica that held its lease last, expired or not (read only on a state shared by
+    /// replicas, where it says whose node its node-bound resources are on).
+    last_holder: Option<String>,
+    /// The pull request whose lock holds it.
+    locked_by: Option<i64>,
+    /// Its uid, when the engine isolates by uid and it has one.
+    uid: Option<u32>,
+    /// Its resources' ports, by resource then port name.
+    ports: BTreeMap<String, BTreeMap<String, u16>>,
+}
+
+/// A range of a listing, by its place, once made.
+type Part<T> = (usize, Result<Vec<T>, EngineError>);
+
+/// How many environments a listing reads the resources of at once: a bounded amount in
+/// memory however many there are, and parts enough to share among the cores.
+const CHUNK: usize = 128;
+
 impl Engine {
     /// Recorded environments (or one), each resource observed now.
     pub fn status(&self, only: Option<&EnvName>) -> Result<Vec<EnvironmentStatus>, EngineError> {
-        let records = match only {
+        match only {
             Some(name) => match self.store.environment(name)? {
-                Some(r) => vec![r],
-                None => {
-                    return Err(EngineError::Environment(format!(
-                        "environment `{name}` does not exist here"
-                    )));
-                }
+                Some(r) => Ok(vec![self.status_of(r)?]),
+                None => Err(EngineError::Environment(format!(
+                    "environment `{name}` does not exist here"
+                ))),
             },
-            None => self.store.environments()?,
+            None => self.status_each(|_, status| status),
+        }
+    }
+
+    /// Every recorded environment's status (each resource observed now), by name, each
+    /// handed to `show` with its record as soon as it is made: what `show` makes of them is
+    /// all that is kept (the API turns each into its JSON), so a listing of ten thousand
+    /// environments never holds ten thousand statuses.
+    ///
+    /// The store is read with one query per table, and the resources a range of
+    /// environments at a time, never one query per environment; the ranges are observed on
+    /// up to as many threads as the machine has cores.
+    ///
+    /// # Caveats
+    /// The tables are read one after the other, not in one transaction: an environment
+    /// changed meanwhile shows as it was when each was read (e.g. without the resources an
+    /// apply is creating), as separate reads per environment did.
+    pub fn status_each<T: Send>(
+        &self,
+        show: impl Fn(&EnvironmentRecord, EnvironmentStatus) -> T + Sync,
+    ) -> Result<Vec<T>, EngineError> {
+        let records = self.store.environments()?;
+        let holders = self.store.holders()?;
+        let locks: BTreeMap<EnvName, i64> = self
+            .store
+            .locks()?
+            .into_iter()
+            .map(|lock| (lock.environment, lock.pull_request))
+            .collect();
+        let uids = if self.isolation == Isolation::Uid {
+            self.store.environment_uids()?
+        } else {
+            BTreeMap::new()
         };
-        records.into_iter().map(|env| self.status_of(env)).collect()
+        let ports = self.store.all_ports()?;
+        let last_holders: BTreeMap<EnvName, String> = if self.node.is_some() {
+            self.store
+                .leases()?
+                .into_iter()
+                .map(|lease| (lease.environment, lease.holder))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let chunks: Vec<&[EnvironmentRecord]> = records.chunks(CHUNK).collect();
+        let chunk = |part: &[EnvironmentRecord]| -> Result<Vec<T>, EngineError> {
+            let (Some(first), Some(last)) = (part.first(), part.last()) else {
+                return Ok(Vec::new());
+            };
+            let mut resources = self.store.resources_between(&first.name, &last.name)?;
+            part.iter()
+                .map(|record| {
+                    let name = &record.name;
+                    let stored = Stored {
+                        resources: resources.remove(name).unwrap_or_default(),
+                        holder: holders.get(name).cloned(),
+                        last_holder: last_holders.get(name).cloned(),
+                        locked_by: locks.get(name).copied(),
+                        uid: uids.get(name).copied(),
+                        ports: ports.get(name).cloned().unwrap_or_default(),
+                    };
+                    let status = self.status_from(record, stored)?;
+                    Ok(show(record, status))
+                })
+                .collect()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(chunks.len())
+            .max(1);
+        if threads == 1 {
+            let mut out = Vec::with_capacity(records.len());
+            for part in chunks {
+                out.extend(chunk(part)?);
+            }
+            return Ok(out);
+        }
+        // Each thread takes the next range until none is left; the ranges' results are
+        // joined in order, so the listing stays by name.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: Vec<Vec<Part<T>>> = std::thread::scope(|scope| {
+            let running: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(part) = chunks.get(at) else {
+                                return mine;
+                            };
+                            let result = chunk(part);
+                            let failed = result.is_err();
+                            mine.push((at, result));
+                            if failed {
+                                return mine;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|thread| {
+                    thread
+                        .join()
+                        .expect("observing environments does not panic")
+                })
+                .collect()
+        });
+        let mut parts: Vec<Part<T>> = done.into_iter().flatten().collect();
+        parts.sort_by_key(|(at, _)| *at);
+        let mut out = Vec::with_capacity(records.len());
+        for (_, part) in parts {
+            out.extend(part?);
+        }
+        Ok(out)
     }
 
     /// One recorded environment as `status` shows it, its resources observed now: what a
     /// caller that has just written the record (a create) answers, without reading it back.
-    pub fn status_of(
+    pub fn status_of(&self, env: EnvironmentRecord) -> Result<EnvironmentStatus, EngineError> {
+        let name = &env.name;
+        let holder = self.store.holder(name)?;
+        let last_holder = match (&self.node, &holder) {
+            (Some(_), None) => self.store.lease(name)?.map(|lease| lease.holder),
+            _ => None,
+        };
+        let uid = if self.isolation == Isolation::Uid {
+            self.store.environment_uid(name)?
+        } else {
+            None
+        };
+        let stored = Stored {
+            resources: self.store.resources(name)?,
+            holder,
+            last_holder,
+            locked_by: self.store.environment_lock(name)?.map(|l| l.pull_request),
+            uid,
+            ports: self.store.environment_ports(name)?,
+        };
+        self.status_from(&env, stored)
+    }
+
+    /// The status of `env` from what the store has of it, its ready resources observed now.
+    fn status_from(
         &self,
-        env: slipway_state::EnvironmentRecord,
+        env: &EnvironmentRecord,
+        stored: Stored,
     ) -> Result<EnvironmentStatus, EngineError> {
-        let mut resources = Vec::new();
+        let mut resources = Vec::with_capacity(stored.resources.len());
         let mut url = None;
         let mut degraded = false;
-        let replica = self.store.holder(&env.name)?;
-        let elsewhere = self.on_another_node(&env.name, replica.as_deref())?;
+        let replica = stored.holder;
+        let elsewhere = self.on_another_node(replica.as_deref().or(stored.last_holder.as_deref()));
         let mut held_elsewhere = false;
-        for record in self.store.resources(&env.name)? {
+        // Made when the first resource is observed: an environment with nothing to observe
+        // is not given a uid for it.
+        let mut sandbox = None;
+        let none = BTreeMap::new();
+        for record in stored.resources {
             let envelope = Envelope::of(&record);
             let mut status = ShownStatus::from(record.status);
             let mut message = record.error.clone();
@@ -116,7 +285,22 @@ impl Engine {
                 && slipway_core::types::capabilities(&record.type_name).node_bound;
             held_elsewhere |= bound_elsewhere;
             if status == ShownStatus::Ready && !bound_elsewhere {
-                match self.observe(&env.name, &record, &envelope) {
+                let sandbox = sandbox.get_or_insert_with(|| {
+                    self.sandbox_known(&env.name, stored.uid)
+                        .map_err(|e| format!("cannot observe: {e}"))
+                });
+                let observed = match sandbox {
+                    Ok(sandbox) => self.observe_in(
+                        &env.stack,
+                        sandbox,
+                        &env.name,
+                        &record,
+                        &envelope,
+                        stored.ports.get(&record.name).unwrap_or(&none),
+                    ),
+                    Err(why) => Observed::Drifted(why.clone()),
+                };
+                match observed {
                     Observed::InSync => {}
                     Observed::Drifted(why) => {
                         status = ShownStatus::Drifted;
@@ -129,7 +313,7 @@ impl Engine {
                 }
             }
             degraded |= status != ShownStatus::Ready;
-            let mut outputs = record.outputs.clone();
+            let mut outputs = record.outputs;
             if let Some(map) = outputs.as_object_mut() {
                 for secret in &record.secret_outputs {
                     if let Some(v) = map.get_mut(secret) {
@@ -160,15 +344,11 @@ impl Engine {
         } else {
             Health::Healthy
         };
-        let locked_by = self
-            .store
-            .environment_lock(&env.name)?
-            .map(|l| l.pull_request);
         Ok(EnvironmentStatus {
-            name: env.name,
+            name: env.name.clone(),
             kind: env.kind,
-            commit: env.commit,
-            desired_commit: env.desired_commit,
+            commit: env.commit.clone(),
+            desired_commit: env.desired_commit.clone(),
             sync: env.sync,
             health,
             url,
@@ -178,39 +358,27 @@ impl Engine {
                 )
                 .to_string()
             }),
-            tracked_ref: env.tracked_ref,
-            owner: env.owner,
-            definition: env.definition,
+            tracked_ref: env.tracked_ref.clone(),
+            owner: env.owner.clone(),
+            definition: env.definition.clone(),
             pinned: env.pinned,
             protected: env.protected,
-            locked_by,
+            locked_by: stored.locked_by,
             replica,
             isolation: self.isolation.as_str().to_string(),
-            message: env.message,
+            message: env.message.clone(),
             resources,
         })
     }
 
-    /// On a state shared by replicas: the node of `environment`'s holder (`holder`, or the
-    /// last replica that held it when no one does now) when that is not this engine's node
-    /// ([`Engine::on_node`]); `None` when it is this one, and always on a state of its own.
-    fn on_another_node(
-        &self,
-        environment: &EnvName,
-        holder: Option<&str>,
-    ) -> Result<Option<String>, EngineError> {
-        let Some(here) = &self.node else {
-            return Ok(None);
-        };
-        let holder = match holder {
-            Some(holder) => holder.to_owned(),
-            None => match self.store.lease(environment)? {
-                Some(lease) => lease.holder,
-                None => return Ok(None),
-            },
-        };
-        let node = node_of(&holder);
-        Ok((node != here).then(|| node.to_owned()))
+    /// On a state shared by replicas: the node of an environment's `holder` (the replica
+    /// holding its lease, or the last one that held it when no one does now) when that is
+    /// not this engine's node ([`Engine::on_node`]); `None` when it is this one, when it never
+    /// had a holder, and always on a state of its own.
+    fn on_another_node(&self, holder: Option<&str>) -> Option<String> {
+        let here = self.node.as_ref()?;
+        let node = node_of(holder?);
+        (node != here).then(|| node.to_owned())
     }
 }
 

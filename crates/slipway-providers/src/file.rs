@@ -118,7 +118,7 @@ impl Provider for FileProvider {
         config: &FileConfig,
         live: &Value,
     ) -> Result<Observation, ProviderError> {
-        let recorded: LiveFile = serde_json::from_value(live.clone())
+        let recorded = LiveFile::deserialize(live)
             .map_err(|e| ProviderError::Config(format!("file: unreadable live record: {e}")))?;
         let target = match recorded_path(ctx, Some(live))? {
             Some(target) => target,
@@ -217,7 +217,7 @@ fn recorded_path(
     live: Option<&Value>,
 ) -> Result<Option<DataPath>, ProviderError> {
     if let Some(live) = live {
-        let recorded: LiveFile = serde_json::from_value(live.clone())
+        let recorded = LiveFile::deserialize(live)
             .map_err(|e| ProviderError::Config(format!("file: unreadable live record: {e}")))?;
         let relative = recorded.path.strip_prefix(&ctx.dirs.data).map_err(|_| {
             ProviderError::Config(format!(
@@ -274,10 +274,13 @@ fn parse_mode(mode: Option<&str>) -> Result<u32, ProviderError> {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// A checked path below the data directory: its directory components and its file name, all
@@ -521,13 +524,19 @@ impl DataPath {
         if !is_type(st.st_mode, SFlag::S_IFREG) {
             return Err(Unreadable::NotAFile);
         }
-        let mut content = Vec::new();
-        File::from(fd).read_to_end(&mut content).map_err(|source| {
-            Unreadable::Error(ProviderError::Io {
-                context: format!("failed to read {}", self.shown(data, usize::MAX).display()),
-                source,
-            })
-        })?;
+        // Sized by the stat in hand, and read through `take`: `File::read_to_end` would ask
+        // for the size and the position again (a listing observes thousands of files).
+        let size = usize::try_from(st.st_size).unwrap_or(0);
+        let mut content = Vec::with_capacity(size.saturating_add(1));
+        File::from(fd)
+            .take(u64::MAX)
+            .read_to_end(&mut content)
+            .map_err(|source| {
+                Unreadable::Error(ProviderError::Io {
+                    context: format!("failed to read {}", self.shown(data, usize::MAX).display()),
+                    source,
+                })
+            })?;
         Ok(Found {
             content,
             mode: st.st_mode & 0o7777,

@@ -309,8 +309,8 @@ pub trait DynProvider: Send + Sync {
 }
 
 fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
-    serde_json::from_value(config.clone())
-        .map_err(|e| ProviderError::Config(format!("{type_name}: {e}")))
+    // From the value in place, not a copy of it: every observation decodes its config.
+    C::deserialize(config).map_err(|e| ProviderError::Config(format!("{type_name}: {e}")))
 }
 
 impl<P: Provider> DynProvider for P {

@@ -3,12 +3,11 @@
 //! answer.
 
 use slipway_core::EnvName;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::header::LOCATION;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use schemars::generate::SchemaGenerator;
@@ -283,7 +282,9 @@ impl EnvironmentView {
     }
 }
 
+/// The list's answer: its schema (`list` writes these bytes around each environment's own).
 #[derive(Debug, Serialize, JsonSchema)]
+#[allow(dead_code)] // Never built: `list` writes its JSON piece by piece.
 struct EnvironmentList {
     environments: Vec<EnvironmentView>,
 }
@@ -453,24 +454,32 @@ fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
     }
 }
 
-async fn list(State(app): State<AppState>) -> Result<Json<EnvironmentList>, ApiError> {
+async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     app.blocking(|controller| {
-        let engine = controller.engine();
-        let records: BTreeMap<EnvName, EnvironmentRecord> = engine
-            .store()
-            .environments()?
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect();
-        let environments = engine
-            .status(None)?
-            .into_iter()
-            .map(|status| {
-                let record = records.get(&status.name);
-                EnvironmentView::new(controller, status, record)
-            })
-            .collect();
-        Ok(Json(EnvironmentList { environments }))
+        // Each environment's JSON is made as soon as its status is, and the list is written
+        // around them: with ten thousand environments the server holds their JSON, not their
+        // statuses, records and views. The bytes are those `Json(EnvironmentList)` writes.
+        let views = controller.engine().status_each(|record, status| {
+            serde_json::to_vec(&EnvironmentView::new(controller, status, Some(record)))
+        })?;
+        let mut body = Vec::with_capacity(
+            views
+                .iter()
+                .map(|v| v.as_ref().map_or(0, Vec::len) + 1)
+                .sum::<usize>()
+                + 20,
+        );
+        body.extend_from_slice(b"{\"environments\":[");
+        for (i, view) in views.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&view.map_err(|e| {
+                ApiError::internal(format!("cannot write an environment as JSON: {e}"))
+            })?);
+        }
+        body.extend_from_slice(b"]}");
+        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
     })
     .await
 }
