@@ -64,6 +64,11 @@
     stream: null, // the EventSource of /api/v1/events
     streamOpen: false, // whether it is open now
     rows: new Map(), // name -> the dashboard row last built for it, shown or not
+    version: 0, // counts changes of `envs`: what is derived from them is made again
+    derived: null, // {version, sorted, counts, families, owners, anyReplica}: see `derived`
+    shown: null, // {version, filters, list}: the environments the filters leave, by name
+    rowHeight: 0, // the dashboard's row pitch in px, measured (0: not yet)
+    renderQueued: false, // a scroll or resize has asked for the rows in view
     lastEventId: null,
     eventCount: 0,
     watches: [], // operations waiting for an event: {env, since, kinds, done}
@@ -352,6 +357,8 @@
     });
     $("#logout").addEventListener("click", logout);
     window.addEventListener("hashchange", route);
+    window.addEventListener("scroll", () => queueRows(false), { passive: true });
+    window.addEventListener("resize", () => queueRows(true));
     setInterval(tick, 1000);
     setInterval(() => {
       if (state.me && document.visibilityState === "visible") {
@@ -389,7 +396,7 @@
     state.streamOpen = false;
     state.stream = null;
     state.me = null;
-    state.envs.clear();
+    setEnvs([]);
     state.rows.clear();
     state.loaded = false;
     state.replicas = [];
@@ -548,7 +555,7 @@
     if (!state.me) return;
     try {
       const list = await api("GET", "/api/v1/environments");
-      state.envs = new Map(list.environments.map((e) => [e.name, e]));
+      setEnvs(list.environments);
       state.loaded = true;
       renderDashboardData();
       renderReplicas();
@@ -563,9 +570,9 @@
     if (!state.me) return;
     try {
       const env = await api("GET", `/api/v1/environments/${encodeURIComponent(name)}`);
-      state.envs.set(name, env);
+      putEnv(env);
     } catch (error) {
-      if (error instanceof ApiError && error.status === 404) state.envs.delete(name);
+      if (error instanceof ApiError && error.status === 404) dropEnv(name);
       else return;
     }
     renderDashboardData();
@@ -620,7 +627,7 @@
 
   /** Whether several replicas may share the state (PostgreSQL): then who holds what is shown. */
   function multiReplica() {
-    return state.replicas.length > 0 || [...state.envs.values()].some((e) => e.replica);
+    return state.replicas.length > 0 || derived().anyReplica;
   }
 
   /** The name of the replica answering this page, when there are replicas. */
@@ -719,7 +726,7 @@
         "table",
         { class: "cards", id: "environments" },
         h("caption", { class: "sr-only" }, "Environments"),
-        h("thead", {}, h("tr", { id: "env-columns" })),
+        h("thead", {}, h("tr", { id: "env-columns", "aria-rowindex": "1" })),
         h("tbody", {}),
       ),
     );
@@ -772,98 +779,287 @@
     return true;
   }
 
-  /** The dashboard's columns: Replica only when several replicas may share the state. */
+  /** The dashboard's columns, [title, key]: Replica only when several replicas may share the state. */
   function dashboardColumns() {
-    const columns = ["Environment", "Kind", "Ref", "Commit", "Sync", "Health", "Preview", "Owner", "TTL", "Lock"];
-    if (multiReplica()) columns.push("Replica");
-    columns.push("Message", "");
+    const columns = [["Environment", "name"], ["Kind", "kind"], ["Ref", "ref"], ["Commit", "commit"], ["Sync", "sync"], ["Health", "health"], ["Preview", "url"], ["Owner", "owner"], ["TTL", "ttl"], ["Lock", "lock"]];
+    if (multiReplica()) columns.push(["Replica", "replica"]);
+    columns.push(["Message", "message"], ["", "actions"]);
     return columns;
+  }
+
+  // ---------------------------------------------------------------- the environments, and what the dashboard derives from them
+
+  /** Every environment anew, as the list answered. */
+  function setEnvs(list) {
+    state.envs = new Map(list.map((e) => [e.name, e]));
+    state.version += 1;
+  }
+
+  /** One environment, new or read again. */
+  function putEnv(env) {
+    state.envs.set(env.name, env);
+    state.version += 1;
+  }
+
+  function dropEnv(name) {
+    if (state.envs.delete(name)) state.version += 1;
+  }
+
+  /** By name, as the API lists them (names are DNS labels: plain code-unit order). */
+  function byName(a, b) {
+    return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  }
+
+  /**
+   * What the dashboard shows of all the environments, made once per change of them (not per
+   * filter change or scroll): sorted by name, counted by state, their families and owners.
+   */
+  function derived() {
+    if (state.derived && state.derived.version === state.version) return state.derived;
+    // Nearly sorted already (the list comes sorted, a new one is appended): the sort's
+    // merge of runs makes this about linear.
+    const sorted = [...state.envs.values()].sort(byName);
+    const counts = new Map();
+    const families = new Set();
+    const owners = new Set();
+    let anyReplica = false;
+    for (const env of sorted) {
+      for (const key of [`sync:${env.sync}`, `health:${env.health}`]) counts.set(key, (counts.get(key) || 0) + 1);
+      const f = family(env);
+      if (f) families.add(f);
+      if (env.owner) owners.add(env.owner);
+      if (env.replica) anyReplica = true;
+    }
+    state.derived = { version: state.version, sorted, counts, families: [...families].sort(), owners: [...owners].sort(), anyReplica };
+    return state.derived;
+  }
+
+  /** The environments the filters leave, by name: filtered again only when they or the filters change. */
+  function shownEnvs() {
+    const key = JSON.stringify(state.filters);
+    if (state.shown && state.shown.version === state.version && state.shown.filters === key) return state.shown.list;
+    const f = state.filters;
+    const list = f.state || f.kind || f.owner || f.q ? derived().sorted.filter((e) => matches(e, f)) : derived().sorted;
+    state.shown = { version: state.version, filters: key, list };
+    return list;
+  }
+
+  // The lower-cased text the search looks in, per environment object (a new object when it
+  // is read again, so never stale).
+  const searchText = new WeakMap();
+  // Its JSON, which says whether its row must be built again.
+  const envText = new WeakMap();
+
+  function matches(env, f) {
+    if (f.state) {
+      const [field, value] = f.state.split(":");
+      if (env[field] !== value) return false;
+    }
+    if (f.kind && env.kind !== f.kind && family(env) !== f.kind) return false;
+    if (f.owner && (env.owner || "") !== f.owner) return false;
+    if (f.q) {
+      let text = searchText.get(env);
+      if (text === undefined) {
+        text = [env.name, env.kind, env.tracked_ref, env.commit, env.desired_commit, env.owner, env.message, env.url, family(env), env.replica]
+          .filter(Boolean)
+          .join(" ")
+          .toLowerCase();
+        searchText.set(env, text);
+      }
+      if (!text.includes(f.q.toLowerCase())) return false;
+    }
+    return true;
   }
 
   function renderDashboardData() {
     if (!state.view || state.view.name !== "dashboard") return;
-    const tbody = $("#environments tbody");
-    if (!tbody) return;
+    const table = $("#environments");
+    if (!table) return;
     const columns = dashboardColumns();
     const head = $("#env-columns");
-    if (head.dataset.columns !== columns.join("|")) {
-      head.dataset.columns = columns.join("|");
-      append(clear(head), columns.map((t) => h("th", { scope: "col" }, t || h("span", { class: "sr-only" }, "Actions"))));
+    const signature = columns.map(([title]) => title).join("|");
+    if (head.dataset.columns !== signature) {
+      head.dataset.columns = signature;
+      append(clear(head), columns.map(([title, key]) => h("th", { scope: "col", dataset: { column: key } }, title || h("span", { class: "sr-only" }, "Actions"))));
+      // Another set of columns lays the rows out anew.
+      state.rowHeight = 0;
     }
-    const all = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
-    const shown = all.filter((e) => matches(e, state.filters));
-    $("#env-count").textContent = state.loaded ? `(${shown.length} of ${all.length})` : "";
+    const all = derived();
+    const shown = shownEnvs();
+    $("#env-count").textContent = state.loaded ? `(${shown.length} of ${all.sorted.length})` : "";
+    // How many rows the filters leave (the table holds only those in view): for assistive
+    // technology, and for the tests and benchmarks that wait on the list.
+    table.setAttribute("aria-rowcount", String(shown.length + 1));
+    table.dataset.shown = state.loaded ? String(shown.length) : "";
 
     // Filter choices from what exists.
     syncOptions($("#filter-kind"), [
       ...Object.keys(KINDS).map((k) => [k, KINDS[k]]),
-      ...[...new Set(all.map(family).filter(Boolean))].sort().map((f) => [f, `family ${f}`]),
+      ...all.families.map((f) => [f, `family ${f}`]),
     ], state.filters.kind);
-    syncOptions($("#filter-owner"), [...new Set(all.map((e) => e.owner).filter(Boolean))].sort().map((o) => [o, o]), state.filters.owner);
+    syncOptions($("#filter-owner"), all.owners.map((o) => [o, o]), state.filters.owner);
 
     // Counts per state; each is a filter too.
-    const counts = clear($("#counts"));
-    const chip = (field, value, table) => {
-      const n = all.filter((e) => e[field] === value).length;
-      const key = `${field}:${value}`;
-      const pressed = state.filters.state === key;
-      const [tone, icon] = table[value];
-      return h(
-        "li",
-        {},
-        h(
-          "button",
-          {
-            type: "button",
-            class: `badge ${tone}`,
-            "aria-pressed": pressed ? "true" : "false",
-            dataset: { count: key },
-            title: `${pressed ? "Show all" : "Show only"} ${value.replace(/_/g, " ")}`,
-            onclick: () => {
-              $("#filter-state").value = pressed ? "" : key;
-              setFilter("state", pressed ? "" : key);
+    const counts = $("#counts");
+    const countsKey = JSON.stringify([...all.counts, state.filters.state]);
+    if (counts.dataset.drawn !== countsKey) {
+      counts.dataset.drawn = countsKey;
+      clear(counts);
+      const chip = (field, value, table) => {
+        const key = `${field}:${value}`;
+        const n = all.counts.get(key) || 0;
+        const pressed = state.filters.state === key;
+        const [tone, icon] = table[value];
+        return h(
+          "li",
+          {},
+          h(
+            "button",
+            {
+              type: "button",
+              class: `badge ${tone}`,
+              "aria-pressed": pressed ? "true" : "false",
+              dataset: { count: key },
+              title: `${pressed ? "Show all" : "Show only"} ${value.replace(/_/g, " ")}`,
+              onclick: () => {
+                $("#filter-state").value = pressed ? "" : key;
+                setFilter("state", pressed ? "" : key);
+              },
             },
-          },
-          h("span", { "aria-hidden": "true" }, icon),
-          ` ${value.replace(/_/g, " ")}`,
-          h("span", { class: "n" }, String(n)),
-        ),
-      );
-    };
-    for (const s of Object.keys(SYNC)) counts.append(chip("sync", s, SYNC));
-    for (const s of Object.keys(HEALTH)) counts.append(chip("health", s, HEALTH));
-
-    // Rows, keyed by environment: an unchanged row is kept (and whatever has focus in it).
-    const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("tr[data-env]");
-    const focusKey = focused && document.activeElement.dataset.focus;
-    const focusEnv = focused && focused.dataset.env;
-    // Rows are kept across renders, shown or not: clearing a filter puts the same elements
-    // back instead of building a thousand again.
-    const rows = [];
-    for (const env of shown) {
-      const signature = JSON.stringify([env, state.me && state.me.role, columns.length, servingReplica()]);
-      const old = state.rows.get(env.name);
-      const row = old && old.dataset.signature === signature ? old : environmentRow(env, signature);
-      state.rows.set(env.name, row);
-      rows.push(row);
+            h("span", { "aria-hidden": "true" }, icon),
+            ` ${value.replace(/_/g, " ")}`,
+            h("span", { class: "n" }, String(n)),
+          ),
+        );
+      };
+      for (const s of Object.keys(SYNC)) counts.append(chip("sync", s, SYNC));
+      for (const s of Object.keys(HEALTH)) counts.append(chip("health", s, HEALTH));
     }
+
     for (const name of state.rows.keys()) {
       if (!state.envs.has(name)) state.rows.delete(name);
     }
-    if (!state.loaded) {
-      rows.push(h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" }, "Loading…")));
-    } else if (rows.length === 0) {
-      rows.push(h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" }, all.length ? "No environment matches these filters." : "No environments yet.")));
+    renderRows();
+  }
+
+  // The rows the dashboard keeps in the document beyond those in view, above and below, in
+  // px: scrolling, and moving through the rows with Tab, finds the next ones already there.
+  const OVERSCAN_PX = 800;
+
+  /**
+   * Puts the rows in view (and OVERSCAN_PX around them) into the table, between two spacer
+   * rows as tall as the rows left out, so the page scrolls as if every row were there: with
+   * ten thousand environments the document holds a few dozen rows, and a filter change or a
+   * scroll builds only those. Every row has the same height (app.css); it is measured from
+   * the rows themselves.
+   */
+  function renderRows() {
+    if (!state.view || state.view.name !== "dashboard") return;
+    const tbody = $("#environments tbody");
+    if (!tbody) return;
+    const columns = dashboardColumns();
+    const shown = shownEnvs();
+    const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("tr[data-env]");
+    const focusKey = focused && document.activeElement.dataset.focus;
+    const focusEnv = focused && focused.dataset.env;
+    if (!state.loaded || shown.length === 0) {
+      const text = !state.loaded ? "Loading…" : state.envs.size ? "No environment matches these filters." : "No environments yet.";
+      const only = tbody.children.length === 1 && tbody.firstElementChild.dataset.note === text ? null : h("tr", { dataset: { note: text } }, h("td", { colspan: String(columns.length), class: "empty" }, text));
+      if (only) tbody.replaceChildren(only);
+      return;
     }
-    const same = rows.length === tbody.children.length && rows.every((r, i) => tbody.children[i] === r);
-    if (!same) {
-      clear(tbody);
-      append(tbody, rows);
+    const spacers = state.view.spacers || (state.view.spacers = [spacer("top"), spacer("bottom")]);
+    for (const sp of spacers) sp.firstElementChild.colSpan = columns.length;
+    // Three passes at most: the first may find the row height not measured yet, or the page
+    // scrolled past a list that just became shorter.
+    for (let pass = 0; pass < 3; pass += 1) {
+      const pitch = state.rowHeight || 48;
+      const top = tbody.getBoundingClientRect().top;
+      const from = Math.max(0, -top - OVERSCAN_PX);
+      const to = Math.max(0, window.innerHeight - top + OVERSCAN_PX);
+      let first = Math.min(shown.length, Math.floor(from / pitch));
+      let last = Math.min(shown.length, Math.ceil(to / pitch));
+      if (last <= first) {
+        // Scrolled past the end (the list shrank): the last rows, until the page follows.
+        last = shown.length;
+        first = Math.max(0, last - Math.ceil((window.innerHeight + 2 * OVERSCAN_PX) / pitch));
+      }
+      const rows = [];
+      const replica = columns.some(([, key]) => key === "replica");
+      const serving = servingReplica();
+      const role = state.me && state.me.role;
+      for (let i = first; i < last; i += 1) {
+        const env = shown[i];
+        let text = envText.get(env);
+        if (text === undefined) envText.set(env, (text = JSON.stringify(env)));
+        const signature = JSON.stringify([text, role, columns.length, serving]);
+        const old = state.rows.get(env.name);
+        const row = old && old.dataset.signature === signature ? old : environmentRow(env, signature, replica);
+        state.rows.set(env.name, row);
+        row.setAttribute("aria-rowindex", String(i + 2));
+        rows.push(row);
+      }
+      spacers[0].firstElementChild.style.height = `${first * pitch}px`;
+      spacers[1].firstElementChild.style.height = `${(shown.length - last) * pitch}px`;
+      place(tbody, [spacers[0], ...rows, spacers[1]]);
+      state.view.window = [first, last];
+      // Measured once per layout (a resize, other columns): a pitch that changed with every
+      // scroll would move rows under the reader.
+      const measured = state.rowHeight ? 0 : measurePitch(rows);
+      if (measured) {
+        state.rowHeight = measured;
+        if (Math.abs(measured - pitch) > 0.5) continue;
+      }
+      // Laid out again with the new spacers: is what is in view what was rendered?
+      const after = tbody.getBoundingClientRect().top;
+      if (Math.abs(after - top) < 1 || last - first >= shown.length) break;
     }
     if (focusEnv && focusKey && !tbody.contains(document.activeElement)) {
       const target = tbody.querySelector(`tr[data-env="${CSS.escape(focusEnv)}"] [data-focus="${CSS.escape(focusKey)}"]`);
-      if (target) target.focus();
+      if (target) target.focus({ preventScroll: true });
     }
+  }
+
+  /** A row standing for the rows left out above (`top`) or below (`bottom`) those in view. */
+  function spacer(edge) {
+    return h("tr", { class: "spacer", "aria-hidden": "true", dataset: { edge } }, h("td", {}));
+  }
+
+  /** The distance from one row to the next, from rows in the document; 0 if it cannot tell. */
+  function measurePitch(rows) {
+    if (rows.length < 2) return 0;
+    const a = rows[0].getBoundingClientRect();
+    const b = rows[rows.length - 1].getBoundingClientRect();
+    const pitch = (b.top - a.top) / (rows.length - 1);
+    return pitch > 0 ? pitch : 0;
+  }
+
+  /**
+   * Makes `wanted` the children of `parent`, in order, moving as few as it can: a row that
+   * stays is never taken out (and keeps the keyboard focus).
+   */
+  function place(parent, wanted) {
+    const keep = new Set(wanted);
+    for (const child of [...parent.children]) if (!keep.has(child)) child.remove();
+    let cursor = parent.firstChild;
+    for (const node of wanted) {
+      if (node === cursor) {
+        cursor = cursor.nextSibling;
+      } else {
+        parent.insertBefore(node, cursor);
+      }
+    }
+  }
+
+  /** A scroll or a resize asks for the rows in view, at most once a frame. */
+  function queueRows(resized) {
+    if (resized) state.rowHeight = 0;
+    if (state.renderQueued) return;
+    state.renderQueued = true;
+    requestAnimationFrame(() => {
+      state.renderQueued = false;
+      renderRows();
+    });
   }
 
   function syncOptions(select, choices, current) {
@@ -889,7 +1085,7 @@
     return h("td", { "data-label": label, dataset: { col: column } }, h("div", {}, ...children));
   }
 
-  function environmentRow(env, signature) {
+  function environmentRow(env, signature, replica) {
     const desired = env.desired_commit && env.desired_commit !== env.commit;
     const tr = h(
       "tr",
@@ -902,7 +1098,7 @@
         env.protected ? [" ", h("span", { class: "tag", title: "Protected: destroying it needs its name typed" }, "protected")] : null,
       ),
       cell("Kind", "kind", KINDS[env.kind] || env.kind, family(env) ? h("span", { class: "sub" }, family(env)) : null),
-      cell("Ref", "ref", env.tracked_ref ? h("code", {}, env.tracked_ref) : h("span", { class: "muted" }, "—")),
+      cell("Ref", "ref", env.tracked_ref ? h("code", { title: env.tracked_ref }, env.tracked_ref) : h("span", { class: "muted" }, "—")),
       cell(
         "Commit",
         "commit",
@@ -912,11 +1108,11 @@
       cell("Sync", "sync", badge(SYNC, env.sync, "sync")),
       cell("Health", "health", badge(HEALTH, env.health, "health")),
       cell("Preview", "url", env.url ? link(env.url, env.url.replace(/^https?:\/\//, "").replace(/\/$/, "")) : ""),
-      cell("Owner", "owner", env.owner || ""),
+      cell("Owner", "owner", env.owner ? h("span", { title: env.owner }, env.owner) : ""),
       cell("TTL", "ttl", env.expires_at ? countdown(env.expires_at) : ""),
       cell("Lock", "lock", env.locked_by ? h("span", { class: "tag", title: `locked by pull request #${env.locked_by}` }, `locked by #${env.locked_by}`) : ""),
-      multiReplica() ? cell("Replica", "replica", holder(env)) : null,
-      h("td", { "data-label": "Message", class: "message", dataset: { col: "message" } }, env.message ? h("div", {}, env.message) : ""),
+      replica ? cell("Replica", "replica", holder(env)) : null,
+      h("td", { "data-label": "Message", class: "message", dataset: { col: "message" } }, h("div", { title: env.message || null }, env.message || "")),
       cell(
         "Actions",
         "actions",
@@ -1012,7 +1208,7 @@
         try {
           const env = await api("POST", "/api/v1/environments", body);
           close();
-          state.envs.set(env.name, env);
+          putEnv(env);
           renderDashboardData();
           if (state.watches.includes(watching)) note.update(`Created ${env.name} from ${body.ref}; first deployment queued…`, "busy");
           return null;
@@ -1119,7 +1315,7 @@
           done: `${env.name} is destroyed`,
         });
         if (done) {
-          state.envs.delete(env.name);
+          dropEnv(env.name);
           if (state.view && state.view.name === "env" && state.view.env === env.name) location.hash = dashboardHref();
           else renderDashboardData();
         }
@@ -1191,7 +1387,7 @@
     try {
       const [env, history] = await Promise.all([api("GET", path), api("GET", `${path}/deployments?limit=50`)]);
       if (state.view !== view) return;
-      state.envs.set(name, env);
+      putEnv(env);
       view.deployments = history.deployments;
       renderEnvHeader();
       renderResources(env);
@@ -1199,7 +1395,7 @@
     } catch (error) {
       if (state.view !== view) return;
       if (error instanceof ApiError && error.status === 404) {
-        state.envs.delete(name);
+        dropEnv(name);
         clear($("#env-header")).append(h("h1", { tabindex: "-1" }, name), h("p", { class: "callout" }, `${name} does not exist (any more). `, h("a", { href: "#/" }, "All environments")));
         for (const id of ["#env-resources", "#env-plan"]) clear($(id));
         // History outlives the environment.

@@ -4,6 +4,9 @@
 //! viewer sees no action; a forged change carrying the session cookie is refused. With two
 //! replicas on one PostgreSQL state, each row names the replica holding it and the Replicas
 //! page lists them, one going silent when killed; one controller on SQLite shows none of it.
+//! With 2,000 environments the dashboard's table holds only the rows in view, the right ones
+//! wherever it is scrolled, filtered or moved through with Tab, and HTML in their messages
+//! and owners stays text.
 //!
 //! With `SLIPWAY_SCREENSHOTS=1` the tests also write `docs/screenshots/*.png` (tracked files:
 //! normal runs leave them alone).
@@ -804,5 +807,297 @@ fn replicas_sharing_a_postgresql_state_are_listed_and_each_row_names_its_holder(
         b.text("#env-replica")
             .filter(|t| t.contains("r2"))
             .map(|_| ())
+    });
+}
+
+/// What the dashboard's table holds now, checked against the list it shows (`sorted`: every
+/// environment's name, by name): the rows in the document are consecutive environments of the
+/// list, each where its place in the list puts it, and those in the window fill it without a
+/// gap. Returns (the names of the rows in view, how many rows the document holds), or what is
+/// wrong (between a scroll and the frame that follows it, the rows of the last frame are).
+fn rows_in_view(browser: &Browser, sorted: &[String]) -> Result<(Vec<String>, usize), String> {
+    let found = browser.js(
+        "const tbody = document.querySelector('#environments tbody'); \
+         const rows = [...tbody.querySelectorAll('tr[data-env]')]; \
+         const origin = tbody.getBoundingClientRect().top; \
+         const header = document.querySelector('header.top').getBoundingClientRect().bottom; \
+         const head = document.querySelector('#environments thead').getBoundingClientRect(); \
+         const from = Math.max(origin, header, head.bottom); \
+         const to = Math.min(tbody.getBoundingClientRect().bottom, window.innerHeight); \
+         return { rows: rows.map((tr) => { const r = tr.getBoundingClientRect(); \
+                    return [tr.dataset.env, Number(tr.getAttribute('aria-rowindex')), \
+                            r.top - origin, r.top, r.bottom]; }), from, to };",
+        vec![],
+    );
+    let rows = found["rows"].as_array().cloned().unwrap_or_default();
+    let (from, to) = (
+        found["from"].as_f64().unwrap_or(0.0),
+        found["to"].as_f64().unwrap_or(0.0),
+    );
+    if rows.len() < 2 {
+        return Err(format!("the table holds rows: {found}"));
+    }
+    let first = (rows[0][1].as_u64().unwrap_or(0) as usize).saturating_sub(2);
+    let pitch = (rows[rows.len() - 1][2].as_f64().unwrap_or(0.0)
+        - rows[0][2].as_f64().unwrap_or(0.0))
+        / (rows.len() - 1) as f64;
+    let mut in_view = Vec::new();
+    let mut covered = from;
+    for (i, row) in rows.iter().enumerate() {
+        let name = row[0].as_str().unwrap_or("");
+        let index = first + i;
+        if Some(name) != sorted.get(index).map(String::as_str) {
+            return Err(format!(
+                "the rows in the document are consecutive environments of the list, by name \
+                 (row {i} of the document, {name}, is #{index} of the list): {found}"
+            ));
+        }
+        if row[1].as_u64() != Some(index as u64 + 2) {
+            return Err(format!(
+                "each row says its place in the list (aria-rowindex): {found}"
+            ));
+        }
+        let offset = row[2].as_f64().unwrap_or(0.0);
+        if (offset - index as f64 * pitch).abs() >= pitch / 2.0 {
+            return Err(format!(
+                "{name}, #{index} of the list, is where its place puts it ({offset} px below \
+                 the top of the list, {pitch} px a row): {found}"
+            ));
+        }
+        let (top, bottom) = (
+            row[3].as_f64().unwrap_or(0.0),
+            row[4].as_f64().unwrap_or(0.0),
+        );
+        if bottom > from && top < to {
+            if top > covered + 2.0 {
+                return Err(format!(
+                    "no gap in the window above {name} (covered to {covered}, it starts at \
+                     {top}): {found}"
+                ));
+            }
+            covered = covered.max(bottom);
+            in_view.push(name.to_string());
+        }
+    }
+    if covered + 2.0 < to {
+        return Err(format!(
+            "the rows in view fill the window down to {to} (they stop at {covered}): {found}"
+        ));
+    }
+    Ok((in_view, rows.len()))
+}
+
+/// [`rows_in_view`] once the page has drawn the frame after whatever it was asked last.
+fn settled_rows(browser: &Browser, sorted: &[String]) -> (Vec<String>, usize) {
+    browser.js_async(
+        "await new Promise((ok) => requestAnimationFrame(() => setTimeout(ok, 0))); return true;",
+    );
+    rows_in_view(browser, sorted).unwrap_or_else(|e| panic!("{e}\n{}", browser.report()))
+}
+
+#[test]
+fn a_dashboard_of_two_thousand_environments_holds_only_the_rows_in_view_and_shows_the_right_ones() {
+    // The most rows the document may hold: those of a 900 px window and a margin around them,
+    // whatever the number of environments.
+    const BOUND: usize = 120;
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: many\nenvironments: { main: { track: main } }\nresources:\n  \
+         config: { type: file, path: etc/app.toml, content: \"x = 1\\n\" }\n",
+    );
+    let sha = s.commit("one file");
+    let config = std::fs::read_to_string(&s.config).expect("read the engine config")
+        + "[repo]\npoll_interval = \"1h\"\n[controller]\ndrift_interval = \"1h\"\n";
+    std::fs::write(&s.config, config).expect("write the engine config");
+    let viewer = token(&s, "viewer", "victor");
+    let server = start_serve(&s);
+    wait_for("main is synced", DEPLOY, || {
+        let (_, env) = api(&server, &viewer, "/api/v1/environments/main");
+        (env["sync"] == "synced").then_some(())
+    });
+    // 2,000 ad-hoc environments recorded straight into the store, as if made and synced:
+    // pinned and never enqueued, the controller leaves them alone. One carries a message, and
+    // one an owner, that are HTML.
+    const MESSAGE: &str =
+        "<img src=x onerror=\"window.__xss = 1\"><script>window.__xss = 2</script> & done";
+    const OWNER: &str = "<b onmouseover=\"window.__xss = 3\">eve</b>";
+    let store = slipway_state::Store::open(&s.home).expect("open the controller's store");
+    let now = slipway_state::now_ms();
+    for i in 0..2000 {
+        let mut record = slipway_state::EnvironmentRecord::new(
+            env(&format!("load-{i:04}")),
+            slipway_core::vocab::EnvKind::Adhoc,
+            "many".into(),
+            format!("file://{}", s.repo.display()),
+            now,
+        );
+        record.tracked_ref = Some("main".into());
+        record.desired_commit = Some(sha.clone());
+        record.commit = Some(sha.clone());
+        record.sync = slipway_core::vocab::SyncState::Synced;
+        record.health = slipway_core::vocab::Health::Healthy;
+        record.pinned = true;
+        record.definition = Some("main".into());
+        record.owner = Some(if i == 1500 { OWNER } else { "victor" }.into());
+        record.message = (i == 1234).then(|| MESSAGE.to_string());
+        assert!(
+            store
+                .insert_environment(&record)
+                .expect("record an environment"),
+            "load-{i:04} is new"
+        );
+    }
+    let mut sorted: Vec<String> = (0..2000).map(|i| format!("load-{i:04}")).collect();
+    sorted.push("main".into());
+    sorted.sort();
+
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+    );
+    log_in(&browser, &viewer, "victor");
+    browser.wait_for("the dashboard lists all 2,001", PAGE, |b| {
+        (b.attr("#environments", "data-shown").as_deref() == Some("2001")
+            && b.exists("#environments tr[data-env]"))
+        .then_some(())
+    });
+    assert_eq!(
+        browser.text("#env-count").as_deref(),
+        Some("(2001 of 2001)"),
+        "the count says how many there are"
+    );
+    let (top, held) = settled_rows(&browser, &sorted);
+    assert_eq!(
+        top.first().map(String::as_str),
+        Some("load-0000"),
+        "the first environment is at the top"
+    );
+    assert!(
+        top.len() >= 5 && held <= BOUND,
+        "the document holds the rows in view and a margin ({held} rows, {} in view), not \
+         2,001",
+        top.len()
+    );
+
+    // Scrolled to the middle, then to the end: the rows there, and still only those.
+    browser.js(
+        "window.scrollTo(0, document.documentElement.scrollHeight / 2);",
+        vec![],
+    );
+    let middle = browser.wait_for("the rows of the middle of the list are shown", PAGE, |b| {
+        let (in_view, held) = rows_in_view(b, &sorted).ok()?;
+        let index = sorted.iter().position(|n| Some(n) == in_view.first())?;
+        (index > 800 && index < 1200).then_some((in_view, held))
+    });
+    assert!(
+        middle.1 <= BOUND,
+        "scrolled, the document still holds {} rows at most: {}",
+        BOUND,
+        middle.1
+    );
+    browser.js(
+        "window.scrollTo(0, document.documentElement.scrollHeight);",
+        vec![],
+    );
+    browser.wait_for("the last environment is shown at the end", PAGE, |b| {
+        let (in_view, held) = rows_in_view(b, &sorted).ok()?;
+        (in_view.last().map(String::as_str) == Some("main") && held <= BOUND).then_some(())
+    });
+
+    // HTML in a message and an owner is shown as text, never parsed.
+    browser.fill("#filter-q", "load-1234");
+    browser.wait_for("the search finds the one environment", PAGE, |b| {
+        (b.attr("#environments", "data-shown").as_deref() == Some("1")
+            && b.count("#environments tr[data-env]") == 1
+            && b.exists("tr[data-env=load-1234]"))
+        .then_some(())
+    });
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('tr[data-env=load-1234] [data-col=message] div').textContent;",
+            vec![]
+        ),
+        json!(MESSAGE),
+        "the message is shown as the text it is"
+    );
+    browser.js(
+        "const s = document.querySelector('#filter-owner'); s.value = arguments[0]; \
+         s.dispatchEvent(new Event('change'));",
+        vec![json!(OWNER)],
+    );
+    browser.fill("#filter-q", "");
+    browser.wait_for("the owner filter finds the one environment", PAGE, |b| {
+        (b.attr("#environments", "data-shown").as_deref() == Some("1")
+            && b.exists("tr[data-env=load-1500]"))
+        .then_some(())
+    });
+    assert_eq!(
+        browser
+            .text("tr[data-env=load-1500] [data-col=owner]")
+            .as_deref(),
+        Some(OWNER),
+        "the owner is shown as the text it is"
+    );
+    assert_eq!(
+        browser.js(
+            "return [document.querySelectorAll('#main img, #main script, #main b').length, \
+             window.__xss === undefined];",
+            vec![]
+        ),
+        json!([0, true]),
+        "nothing of the HTML became an element, and none of its script ran"
+    );
+
+    // Filters cleared: every environment again, the rows in view and only those.
+    browser.js(
+        "const s = document.querySelector('#filter-owner'); s.value = ''; \
+         s.dispatchEvent(new Event('change'));",
+        vec![],
+    );
+    browser.wait_for("clearing the filters lists all 2,001 again", PAGE, |b| {
+        (b.attr("#environments", "data-shown").as_deref() == Some("2001")).then_some(())
+    });
+    let (_, held) = settled_rows(&browser, &sorted);
+    assert!(held <= BOUND, "cleared, the document holds {held} rows");
+    browser.js(
+        "window.scrollTo(0, document.documentElement.scrollHeight / 4);",
+        vec![],
+    );
+    browser.wait_for("a quarter down, the rows there are shown", PAGE, |b| {
+        let (in_view, _) = rows_in_view(b, &sorted).ok()?;
+        let index = sorted.iter().position(|n| Some(n) == in_view.first())?;
+        (index > 300 && index < 700).then_some(())
+    });
+
+    // Keyboard: Tab walks from row to row past the rows first in the document, the page
+    // following, and the document still holds only the rows around the focus.
+    browser.js("window.scrollTo(0, 0);", vec![]);
+    browser.wait_for("back at the top", PAGE, |b| {
+        let (in_view, _) = rows_in_view(b, &sorted).ok()?;
+        (in_view.first().map(String::as_str) == Some("load-0000")).then_some(())
+    });
+    browser.js(
+        "document.querySelector('tr[data-env=load-0000] a.env-link').focus();",
+        vec![],
+    );
+    for _ in 0..80 {
+        browser.press(TAB);
+    }
+    browser.wait_for("Tab reached the 81st environment's link", PAGE, |b| {
+        (b.js(
+            "return document.activeElement.matches('tr[data-env=load-0080] a.env-link');",
+            vec![],
+        ) == json!(true))
+        .then_some(())
+    });
+    let (in_view, held) = settled_rows(&browser, &sorted);
+    assert!(
+        in_view.iter().any(|n| n == "load-0080") && held <= BOUND,
+        "the focused row is in view, among at most {BOUND} rows ({held}): {in_view:?}"
+    );
+    browser.press(ENTER);
+    browser.wait_for("Enter opens its page", PAGE, |b| {
+        (b.title() == "load-0080 — Slipway").then_some(())
     });
 }
