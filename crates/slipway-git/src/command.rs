@@ -130,20 +130,6 @@ impl Git {
             .map_err(|source| GitError::Spawn { source })
     }
 
-    /// Runs git and returns its stdout, or [`GitError::Command`] when it fails.
-    pub(crate) fn run<I, S>(&self, args: I) -> Result<Vec<u8>, GitError>
-    where
-        I: IntoIterator<Item = S> + Clone,
-        S: AsRef<OsStr>,
-    {
-        let output = self.output(args.clone(), None)?;
-        if output.status.success() {
-            Ok(output.stdout)
-        } else {
-            Err(self.failure(args, &output))
-        }
-    }
-
     /// The error for a failed command.
     pub(crate) fn failure<I, S>(&self, args: I, output: &Output) -> GitError
     where

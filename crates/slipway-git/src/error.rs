@@ -178,6 +178,18 @@ pub enum GitError {
         source: std::io::Error,
     },
 
+    /// The repository's files could not be read in process (a pack, a loose object, a ref).
+    #[error("failed to {action} in {repository}")]
+    Read {
+        /// What was being read, e.g. "read object 1234…".
+        action: String,
+        /// The repository (credentials redacted).
+        repository: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Git printed something this crate does not understand.
     #[error("unexpected output from `git {command}`: {detail}")]
     Protocol {
@@ -194,6 +206,9 @@ impl GitError {
     pub fn retryable(&self) -> bool {
         match self {
             GitError::Remote { .. } => true,
+            // A fetch or a repack may have replaced a pack under the read; a repository that
+            // is corrupt fails again, under the caller's backoff.
+            GitError::Read { .. } => true,
             GitError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

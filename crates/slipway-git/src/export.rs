@@ -2,24 +2,29 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, OpenOptions, Permissions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gix::objs::Kind;
+
 use crate::GitError;
 use crate::command::Git;
 use crate::listing::{Listed, list_tree};
-use crate::objects::{ObjectReader, node_for_mode, stream_objects};
-use crate::path::{MAX_TARGET_LEN, MapTree, Node, Resolved, Target, check_path, resolve};
+use crate::objects::{node_for_mode, stream_objects, symlink_target};
+use crate::path::{MapTree, Node, Resolved, Target, check_path, resolve};
+use crate::store::{IN_PROCESS_LIMIT, Reader};
 
 const FILE_MODE: u32 = 0o444;
 const EXECUTABLE_MODE: u32 = 0o555;
 const DIR_MODE: u32 = 0o555;
 const WRITABLE_DIR_MODE: u32 = 0o755;
 
-/// See [`crate::Source::export`].
+/// See [`crate::Source::export`]. Blobs are read in process, but for those over
+/// [`IN_PROCESS_LIMIT`], streamed through one `git cat-file --batch` (`git`).
 pub(crate) fn export(
+    reader: &mut Reader<'_>,
     git: &Git,
     commit: &str,
     repository: &str,
@@ -44,9 +49,9 @@ pub(crate) fn export(
         }
         return Ok(());
     }
-    let listed = list_tree(git, commit, repository, true)?;
+    let listed = list_tree(reader, commit, repository, true)?;
     let mut index = IndexTree::new(&listed)?;
-    index.load_targets(git)?;
+    index.load_targets(reader, git)?;
 
     if let Some(subdir) = subdir
         && !matches!(
@@ -74,7 +79,7 @@ pub(crate) fn export(
         fs::create_dir_all(parent).map_err(io("create", parent))?;
     }
     let partial = Partial::create(dest)?;
-    write_tree(git, &listed, &index, partial.path())?;
+    write_tree(reader, git, &listed, &index, partial.path())?;
     partial.publish(dest)
 }
 
@@ -82,16 +87,19 @@ fn is_symlink(entry: &Listed) -> bool {
     entry.mode & 0o170_000 == 0o120_000
 }
 
-/// Writes directories, then files (streamed through one `cat-file` process), then symlinks:
-/// no file is ever created through a symlink this export made.
+/// Writes directories and files in tree order, each directory before its content (files read
+/// in process; the few too large for that streamed through one `cat-file` process at the end),
+/// then symlinks: no file is ever created through a symlink this export made.
 fn write_tree(
+    reader: &mut Reader<'_>,
     git: &Git,
     listed: &[Listed],
     index: &IndexTree,
     root: &Path,
 ) -> Result<(), GitError> {
     let mut dirs = Vec::new();
-    let mut blobs = Vec::new();
+    // Blobs too large to hold in memory, streamed after the others.
+    let mut large = Vec::new();
     for entry in listed {
         let path = root.join(&entry.path);
         match node_for_mode(entry.mode, entry.oid.clone()) {
@@ -100,29 +108,24 @@ fn write_tree(
                 fs::create_dir(&path).map_err(io("create", &path))?;
                 dirs.push(path);
             }
-            Node::Blob { oid, executable } => blobs.push((path, oid, executable)),
+            Node::Blob { oid, executable } => {
+                if entry.size.unwrap_or(0) > IN_PROCESS_LIMIT {
+                    large.push((path, oid, executable));
+                } else {
+                    let mut content = reader.expect(&oid, Kind::Blob)?;
+                    write_file(&path, executable, &mut content)?;
+                }
+            }
             Node::Symlink { .. } => {}
         }
     }
-    let oids: Vec<String> = blobs.iter().map(|(_, oid, _)| oid.clone()).collect();
-    stream_objects(git, &oids, |index, _header, content| {
-        let (path, _, executable) = &blobs[index];
-        let mode = if *executable {
-            EXECUTABLE_MODE
-        } else {
-            FILE_MODE
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(io("create", path))?;
-        std::io::copy(content, &mut file).map_err(io("write", path))?;
-        // Set again: the umask may have masked bits at creation.
-        file.set_permissions(Permissions::from_mode(mode))
-            .map_err(io("set permissions of", path))
-    })?;
+    if !large.is_empty() {
+        let oids: Vec<String> = large.iter().map(|(_, oid, _)| oid.clone()).collect();
+        stream_objects(git, &oids, |index, _header, content| {
+            let (path, _, executable) = &large[index];
+            write_file(path, *executable, content)
+        })?;
+    }
     for entry in listed.iter().filter(|entry| is_symlink(entry)) {
         let path = root.join(&entry.path);
         let target = index.target_text(&entry.oid);
@@ -134,6 +137,25 @@ fn write_tree(
             .map_err(io("set permissions of", dir))?;
     }
     Ok(())
+}
+
+/// Creates the file `path` (which must not exist) read-only, with `content`.
+fn write_file(path: &Path, executable: bool, content: &mut dyn Read) -> Result<(), GitError> {
+    let mode = if executable {
+        EXECUTABLE_MODE
+    } else {
+        FILE_MODE
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io("create", path))?;
+    std::io::copy(content, &mut file).map_err(io("write", path))?;
+    // Set again: the umask may have masked bits at creation.
+    file.set_permissions(Permissions::from_mode(mode))
+        .map_err(io("set permissions of", path))
 }
 
 /// Restores write permission on an export and removes it; a missing `dest` is not an error.
@@ -267,7 +289,7 @@ impl IndexTree {
     }
 
     /// Reads every symlink's target (a prefix of it, for absurdly long ones).
-    fn load_targets(&mut self, git: &Git) -> Result<(), GitError> {
+    fn load_targets(&mut self, reader: &mut Reader<'_>, git: &Git) -> Result<(), GitError> {
         let oids: BTreeSet<&String> = self
             .entries
             .values()
@@ -279,17 +301,9 @@ impl IndexTree {
         if oids.is_empty() {
             return Ok(());
         }
-        let mut reader = ObjectReader::start(git)?;
         let mut targets = HashMap::with_capacity(oids.len());
         for oid in oids {
-            let header = reader.request(oid)?.ok_or_else(|| GitError::Protocol {
-                command: "cat-file --batch".to_owned(),
-                detail: format!("object {oid} is missing from the repository"),
-            })?;
-            targets.insert(
-                oid.clone(),
-                reader.body_prefix(&header, MAX_TARGET_LEN + 1)?,
-            );
+            targets.insert(oid.clone(), symlink_target(reader, git, oid)?);
         }
         self.targets = targets;
         Ok(())

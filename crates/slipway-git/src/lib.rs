@@ -3,8 +3,8 @@
 //! repository (a remote is mirrored into a cache directory first).
 //!
 //! Start with the [`Source`] trait, which the engine depends on, and [`GitRepository::open`],
-//! its implementation on the `git` CLI. [`remove_export`] deletes what [`Source::export`]
-//! wrote.
+//! its implementation: read in process (no `git` process per read), with the `git` CLI for
+//! clone and fetch. [`remove_export`] deletes what [`Source::export`] wrote.
 //!
 //! # Guarantees
 //! - Nothing from the repository or the caller reaches git as an option: specs and references
@@ -17,7 +17,8 @@
 //!
 //! # Assumptions
 //! A Unix system (exports carry Unix modes and symlinks) with git 2.30 or newer on `PATH`.
-//! Repository paths are UTF-8; a tree with another path is refused.
+//! Repository paths are UTF-8; a tree with another path is refused. A repository gitoxide can
+//! open (not reftable refs; a partial clone's missing objects are not fetched on demand).
 #![deny(missing_docs)]
 
 mod command;
@@ -29,6 +30,7 @@ mod path;
 mod repository;
 mod source;
 mod spec;
+mod store;
 
 pub use error::GitError;
 pub use export::remove_export;

@@ -1,12 +1,16 @@
-//! Listing a commit's tree with `git ls-tree`, checking every path on the way.
+//! Listing a commit's tree in process, as `git ls-tree -r -l` would, checking every path on the
+//! way.
+
+use gix::objs::Kind;
 
 use crate::GitError;
-use crate::command::Git;
-use crate::error::printable_bytes;
+use crate::error::{printable, printable_bytes};
+use crate::objects::parse_tree;
 use crate::path::check_tree_path;
 use crate::source::{EntryKind, TreeEntry};
+use crate::store::Reader;
 
-/// One line of `git ls-tree -r -z -l [-t]`.
+/// One entry of a listing, as `git ls-tree -r -l [-t]` prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Listed {
     pub(crate) mode: u32,
@@ -35,74 +39,106 @@ impl Listed {
     }
 }
 
-/// Every entry of the tree at `commit` (an already-checked commit id), recursively; with
-/// `with_trees`, directories too, each listed before its content.
+/// Every entry of the tree at `commit` (an already-checked commit id), recursively, in git's
+/// tree order (`git ls-tree -r -l`); with `with_trees`, directories too, each listed before its
+/// content (`-t`). Sizes come from object headers: no blob is read.
 ///
 /// # Errors
+/// [`GitError::CommitNotFound`] when `commit` is absent or not a commit;
 /// [`GitError::UnsafePath`] for a path that is not UTF-8 or could escape a checkout (`..`,
-/// `.git`, ...): git's own checkout refuses those trees too.
+/// `.git`, an entry name with a `/`, ...): git's own checkout refuses those trees too.
 pub(crate) fn list_tree(
-    git: &Git,
+    reader: &mut Reader<'_>,
     commit: &str,
     repository: &str,
     with_trees: bool,
 ) -> Result<Vec<Listed>, GitError> {
-    let mut args = vec!["ls-tree", "-r", "-z", "-l", "--full-tree"];
-    if with_trees {
-        args.push("-t");
-    }
-    args.extend(["--end-of-options", commit]);
-    let output = git.output(&args, None)?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("Not a valid object name") || stderr.contains("not a tree object") {
-            return Err(GitError::CommitNotFound {
-                commit: commit.to_owned(),
-                repository: repository.to_owned(),
-            });
+    let root = reader
+        .commit(commit)?
+        .ok_or_else(|| GitError::CommitNotFound {
+            commit: commit.to_owned(),
+            repository: repository.to_owned(),
+        })?
+        .tree;
+    let oid_len = reader.oid_len();
+    let mut listed = Vec::new();
+    // Depth first without recursion, so that a hostile tree nested a million deep cannot
+    // overflow the stack: (the directory's path, its entries not yet listed).
+    let mut stack = vec![(
+        String::new(),
+        parse_tree(reader.expect(&root, Kind::Tree)?, oid_len)?.into_iter(),
+    )];
+    while let Some((dir, entries)) = stack.last_mut() {
+        let Some((mode, name, oid)) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let path = entry_path(dir, name)?;
+        match mode & 0o170_000 {
+            0o040_000 => {
+                let entries = parse_tree(reader.expect(&oid, Kind::Tree)?, oid_len)?;
+                if with_trees {
+                    listed.push(Listed {
+                        mode,
+                        oid,
+                        size: None,
+                        path: path.clone(),
+                    });
+                }
+                stack.push((path, entries.into_iter()));
+            }
+            0o160_000 => listed.push(Listed {
+                mode,
+                oid,
+                size: None,
+                path,
+            }),
+            _ => {
+                let size = match reader.header(&oid)? {
+                    Some((Kind::Blob, size)) => size,
+                    Some((kind, _)) => return Err(malformed(format!("{path} is a {kind}"))),
+                    None => {
+                        return Err(malformed(format!(
+                            "object {oid} of {path} is missing from the repository"
+                        )));
+                    }
+                };
+                listed.push(Listed {
+                    mode,
+                    oid,
+                    size: Some(size),
+                    path,
+                });
+            }
         }
-        return Err(git.failure(&args, &output));
     }
-    output
-        .stdout
-        .split(|byte| *byte == 0)
-        .filter(|record| !record.is_empty())
-        .map(|record| parse_record(record).unwrap_or_else(|| Err(malformed(git, &args, record))))
-        .collect()
+    Ok(listed)
 }
 
-/// `<mode> <type> <oid> <size>\t<path>`; the size is right-aligned, `-` for trees.
-fn parse_record(record: &[u8]) -> Option<Result<Listed, GitError>> {
-    let tab = record.iter().position(|byte| *byte == b'\t')?;
-    let meta = std::str::from_utf8(&record[..tab]).ok()?;
-    let mut words = meta.split_ascii_whitespace();
-    let mode = u32::from_str_radix(words.next()?, 8).ok()?;
-    let _kind = words.next()?;
-    let oid = words.next()?.to_owned();
-    let size = match words.next()? {
-        "-" => None,
-        size => Some(size.parse().ok()?),
+/// `dir/name`, checked as a path a checkout could write.
+fn entry_path(dir: &str, name: Vec<u8>) -> Result<String, GitError> {
+    let name = String::from_utf8(name).map_err(|error| GitError::UnsafePath {
+        path: printable_bytes(error.as_bytes()),
+        reason: "it is not valid UTF-8",
+    })?;
+    if name.contains('/') {
+        return Err(GitError::UnsafePath {
+            path: printable(&name),
+            reason: "a tree entry's name holds a `/` (a malformed tree)",
+        });
+    }
+    let path = if dir.is_empty() {
+        name
+    } else {
+        format!("{dir}/{name}")
     };
-    let path = match String::from_utf8(record[tab + 1..].to_vec()) {
-        Ok(path) => path,
-        Err(error) => {
-            return Some(Err(GitError::UnsafePath {
-                path: printable_bytes(error.as_bytes()),
-                reason: "it is not valid UTF-8",
-            }));
-        }
-    };
-    Some(check_tree_path(&path).map(|()| Listed {
-        mode,
-        oid,
-        size,
-        path,
-    }))
+    check_tree_path(&path)?;
+    Ok(path)
 }
 
-fn malformed(git: &Git, args: &[&str], record: &[u8]) -> GitError {
+fn malformed(detail: String) -> GitError {
     GitError::Protocol {
-        command: git.describe(args),
-        detail: format!("cannot parse `{}`", printable_bytes(record)),
+        command: "ls-tree".to_owned(),
+        detail,
     }
 }

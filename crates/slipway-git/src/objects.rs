@@ -1,13 +1,16 @@
-//! Reading git objects through `git cat-file --batch`: one process per operation, answering
-//! object after object on a pipe.
+//! Trees as [`crate::path::resolve`] walks them, and the one use left of `git cat-file
+//! --batch`: streaming blobs too large to hold in memory into an export.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 
+use gix::objs::Kind;
+
 use crate::GitError;
 use crate::command::Git;
 use crate::path::{MAX_TARGET_LEN, Node, TreeLookup};
+use crate::store::{IN_PROCESS_LIMIT, Reader};
 
 const COMMAND: &str = "cat-file --batch";
 
@@ -15,7 +18,6 @@ const COMMAND: &str = "cat-file --batch";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
     pub(crate) oid: String,
-    pub(crate) kind: String,
     pub(crate) size: u64,
 }
 
@@ -31,72 +33,6 @@ fn spawn_batch(git: &Git) -> Result<(Child, ChildStdin, ChildStdout), GitError> 
     let stdin = child.stdin.take().expect("stdin was piped");
     let stdout = child.stdout.take().expect("stdout was piped");
     Ok((child, stdin, stdout))
-}
-
-/// One `git cat-file --batch` process, asked one object at a time.
-///
-/// Dropping it kills the process: that is how a caller abandons an object it does not want to
-/// read (one over a size limit) without draining it.
-pub(crate) struct ObjectReader {
-    child: Child,
-    stdin: BufWriter<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl ObjectReader {
-    pub(crate) fn start(git: &Git) -> Result<ObjectReader, GitError> {
-        let (child, stdin, stdout) = spawn_batch(git)?;
-        Ok(ObjectReader {
-            child,
-            stdin: BufWriter::new(stdin),
-            stdout: BufReader::new(stdout),
-        })
-    }
-
-    /// Asks for an object (an id, or `<id>^{tree}`) and reads its header; `None` when it is
-    /// missing. The content must then be consumed with [`ObjectReader::body`] before the next
-    /// request.
-    pub(crate) fn request(&mut self, name: &str) -> Result<Option<Header>, GitError> {
-        debug_assert!(!name.contains('\n'), "object names are checked hex ids");
-        writeln!(self.stdin, "{name}")
-            .and_then(|()| self.stdin.flush())
-            .map_err(|source| broken_pipe(&source))?;
-        read_header(&mut self.stdout)
-    }
-
-    /// Reads the content announced by `header`.
-    pub(crate) fn body(&mut self, header: &Header) -> Result<Vec<u8>, GitError> {
-        let mut data = Vec::with_capacity(usize::try_from(header.size).unwrap_or(0));
-        copy_body(&mut self.stdout, header, &mut data)?;
-        Ok(data)
-    }
-
-    /// Reads the first `max` bytes of the content announced by `header`, discarding the rest.
-    pub(crate) fn body_prefix(&mut self, header: &Header, max: usize) -> Result<Vec<u8>, GitError> {
-        let mut data = Vec::new();
-        copy_body(
-            &mut self.stdout,
-            header,
-            &mut Prefix {
-                data: &mut data,
-                max,
-            },
-        )?;
-        Ok(data)
-    }
-
-    /// Reads and discards the content announced by `header`.
-    pub(crate) fn skip(&mut self, header: &Header) -> Result<(), GitError> {
-        copy_body(&mut self.stdout, header, &mut std::io::sink())
-    }
-}
-
-impl Drop for ObjectReader {
-    fn drop(&mut self) {
-        // Nothing to report: the process only ever read objects.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Streams the content of `oids`, in order, each to `sink(index, header, content)`, through
@@ -147,24 +83,6 @@ pub(crate) fn stream_objects(
     result
 }
 
-/// A writer keeping only the first `max` bytes.
-struct Prefix<'a> {
-    data: &'a mut Vec<u8>,
-    max: usize,
-}
-
-impl Write for Prefix<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = self.max.saturating_sub(self.data.len());
-        self.data.extend_from_slice(&buf[..buf.len().min(room)]);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn read_header(stdout: &mut impl BufRead) -> Result<Option<Header>, GitError> {
     let mut line = String::new();
     let read = stdout
@@ -177,34 +95,17 @@ fn read_header(stdout: &mut impl BufRead) -> Result<Option<Header>, GitError> {
     let mut words = line.split(' ');
     match (words.next(), words.next(), words.next(), words.next()) {
         (Some(_), Some("missing" | "ambiguous"), None, None) => Ok(None),
-        (Some(oid), Some(kind), Some(size), None) => {
+        (Some(oid), Some(_kind), Some(size), None) => {
             let size = size
                 .parse()
                 .map_err(|_| protocol(format!("bad object header `{line}`")))?;
             Ok(Some(Header {
                 oid: oid.to_owned(),
-                kind: kind.to_owned(),
                 size,
             }))
         }
         _ => Err(protocol(format!("bad object header `{line}`"))),
     }
-}
-
-fn copy_body(
-    stdout: &mut BufReader<ChildStdout>,
-    header: &Header,
-    out: &mut impl Write,
-) -> Result<(), GitError> {
-    let copied =
-        std::io::copy(&mut stdout.take(header.size), out).map_err(|source| broken_pipe(&source))?;
-    if copied != header.size {
-        return Err(protocol(format!(
-            "object {} ended after {copied} of {} bytes",
-            header.oid, header.size
-        )));
-    }
-    read_newline(stdout)
 }
 
 fn read_newline(stdout: &mut impl Read) -> Result<(), GitError> {
@@ -253,11 +154,22 @@ pub(crate) fn parse_tree(
         if rest.len() < oid_len {
             return Err(bad());
         }
-        let oid = rest[..oid_len].iter().map(|b| format!("{b:02x}")).collect();
+        let oid = hex(&rest[..oid_len]);
         rest = &rest[oid_len..];
         entries.push((mode, name, oid));
     }
     Ok(entries)
+}
+
+/// Bytes in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
 }
 
 /// The node a tree mode stands for.
@@ -275,60 +187,43 @@ pub(crate) fn node_for_mode(mode: u32, oid: String) -> Node<String> {
 
 /// A commit's tree read object by object, as [`crate::path::resolve`] walks it; directories
 /// are identified by tree id.
-pub(crate) struct ObjectTree<'a> {
-    pub(crate) reader: &'a mut ObjectReader,
-    pub(crate) commit: &'a str,
-    pub(crate) repository: &'a str,
+pub(crate) struct ObjectTree<'r, 's> {
+    pub(crate) reader: &'r mut Reader<'s>,
+    /// For a symlink too large to read in process.
+    pub(crate) git: &'r Git,
+    pub(crate) commit: &'r str,
+    pub(crate) repository: &'r str,
     pub(crate) trees: HashMap<String, Vec<(u32, Vec<u8>, String)>>,
 }
 
-impl ObjectTree<'_> {
-    fn header(&mut self, oid: &str, kind: &str) -> Result<Header, GitError> {
-        let header = self
-            .reader
-            .request(oid)?
-            .ok_or_else(|| protocol(format!("object {oid} is missing from the repository")))?;
-        if header.kind != kind {
-            // Read it anyway, so that the next request lines up.
-            self.reader.skip(&header)?;
-            return Err(protocol(format!(
-                "{oid} is a {}, not a {kind}",
-                header.kind
-            )));
+impl ObjectTree<'_, '_> {
+    fn load(&mut self, oid: &str) -> Result<(), GitError> {
+        if !self.trees.contains_key(oid) {
+            let oid_len = self.reader.oid_len();
+            let entries = parse_tree(self.reader.expect(oid, Kind::Tree)?, oid_len)?;
+            self.trees.insert(oid.to_owned(), entries);
         }
-        Ok(header)
-    }
-
-    fn oid_len(&self) -> usize {
-        self.commit.len() / 2
+        Ok(())
     }
 }
 
-impl TreeLookup for ObjectTree<'_> {
+impl TreeLookup for ObjectTree<'_, '_> {
     type Dir = String;
 
     fn root(&mut self) -> Result<String, GitError> {
-        let name = format!("{}^{{tree}}", self.commit);
-        let header = self
+        let commit = self
             .reader
-            .request(&name)?
+            .commit(self.commit)?
             .ok_or_else(|| GitError::CommitNotFound {
                 commit: self.commit.to_owned(),
                 repository: self.repository.to_owned(),
             })?;
-        let data = self.reader.body(&header)?;
-        let entries = parse_tree(&data, self.oid_len())?;
-        self.trees.insert(header.oid.clone(), entries);
-        Ok(header.oid)
+        self.load(&commit.tree)?;
+        Ok(commit.tree)
     }
 
     fn entry(&mut self, dir: &String, name: &str) -> Result<Option<Node<String>>, GitError> {
-        if !self.trees.contains_key(dir) {
-            let header = self.header(dir, "tree")?;
-            let data = self.reader.body(&header)?;
-            let entries = parse_tree(&data, self.oid_len())?;
-            self.trees.insert(dir.clone(), entries);
-        }
+        self.load(dir)?;
         let entries = &self.trees[dir];
         Ok(entries
             .iter()
@@ -336,10 +231,41 @@ impl TreeLookup for ObjectTree<'_> {
             .map(|(mode, _, oid)| node_for_mode(*mode, oid.clone())))
     }
 
-    /// At most [`MAX_TARGET_LEN`]` + 1` bytes, so that a huge "symlink" costs no memory and
-    /// is still refused as too long.
     fn symlink_target(&mut self, oid: &str) -> Result<Vec<u8>, GitError> {
-        let header = self.header(oid, "blob")?;
-        self.reader.body_prefix(&header, MAX_TARGET_LEN + 1)
+        symlink_target(self.reader, self.git, oid)
     }
+}
+
+/// At most [`MAX_TARGET_LEN`]` + 1` bytes of the symlink `oid`'s target, so that a huge
+/// "symlink" costs no memory and is still refused as too long.
+pub(crate) fn symlink_target(
+    reader: &mut Reader<'_>,
+    git: &Git,
+    oid: &str,
+) -> Result<Vec<u8>, GitError> {
+    let size = match reader.header(oid)? {
+        Some((Kind::Blob, size)) => size,
+        Some((kind, _)) => return Err(protocol(format!("{oid} is a {kind}, not a blob"))),
+        None => {
+            return Err(protocol(format!(
+                "object {oid} is missing from the repository"
+            )));
+        }
+    };
+    if size > IN_PROCESS_LIMIT {
+        // Absurd for a symlink, and too large to read here: the first bytes are enough to
+        // refuse it, read through git.
+        let mut prefix = Vec::new();
+        stream_objects(git, &[oid.to_owned()], |_, _, content| {
+            content
+                .take(MAX_TARGET_LEN as u64 + 1)
+                .read_to_end(&mut prefix)
+                .map(drop)
+                .map_err(|source| broken_pipe(&source))
+        })?;
+        return Ok(prefix);
+    }
+    let mut data = reader.expect(oid, Kind::Blob)?.to_vec();
+    data.truncate(MAX_TARGET_LEN + 1);
+    Ok(data)
 }

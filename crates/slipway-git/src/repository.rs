@@ -1,27 +1,37 @@
-//! [`GitRepository`]: the [`Source`] backed by the `git` CLI.
+//! [`GitRepository`]: the [`Source`] read in process, with the `git` CLI for the network.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use gix::objs::Kind;
+
 use crate::GitError;
 use crate::command::Git;
-use crate::error::{printable, printable_bytes};
+use crate::error::printable;
 use crate::export::{export, partial_sibling};
 use crate::listing::list_tree;
-use crate::objects::{ObjectReader, ObjectTree};
+use crate::objects::ObjectTree;
 use crate::path::{Resolved, Target, check_path, resolve};
 use crate::source::{Branch, Commit, Source, TreeEntry};
 use crate::spec::{self, Location, RemoteUrl};
+use crate::store::{Reader, Store};
 
-/// A repository read through the `git` CLI: a local work tree or bare repository, read live,
-/// or a mirror of a remote kept in a cache directory.
+/// A repository: a local work tree or bare repository, read live, or a mirror of a remote kept
+/// in a cache directory.
+///
+/// References, commits, trees and files are read in process ([`crate::store`]): no `git`
+/// process per read. The `git` CLI clones and fetches mirrors (credentials, the network), and
+/// answers the rare questions read in process would have to reimplement: `merge-base
+/// --is-ancestor`, revision syntax beyond `~N`, `^N` and `^{commit}`, and streaming blobs too
+/// large to hold in memory into an export.
 ///
 /// # Assumptions
 /// `git` 2.30 or newer is on `PATH` (for `--end-of-options` in `rev-parse`). The user's global
-/// git configuration is honoured (credentials, ssh settings) but the system one is not, and
-/// hooks, filesystem monitors and protocols other than file, https and ssh are disabled on
-/// every command line.
+/// git configuration is honoured by the CLI (credentials, ssh settings) but the system one is
+/// not, and hooks, filesystem monitors and protocols other than file, https and ssh are
+/// disabled on every command line. Reading in process takes the repository's own configuration
+/// only, and runs nothing.
 ///
 /// # Caveats
 /// A network fetch has no timeout of its own: configure ssh (`ServerAliveInterval`) or
@@ -30,6 +40,8 @@ use crate::spec::{self, Location, RemoteUrl};
 #[derive(Debug)]
 pub struct GitRepository {
     git: Git,
+    /// The repository's files, read in process.
+    store: Store,
     location: String,
     mirror: Option<RemoteUrl>,
     work_tree: Option<PathBuf>,
@@ -63,32 +75,18 @@ impl GitRepository {
         if !path.is_dir() {
             return Err(not_a_repository("no such directory".to_owned()));
         }
-        let unbound = Git::unbound();
-        let args = ["rev-parse", "--absolute-git-dir", "--is-bare-repository"];
-        let output = unbound.output(args, Some(path))?;
-        if !output.status.success() {
-            return Err(not_a_repository(unbound.stderr(&output.stderr)));
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let mut lines = stdout.lines();
-        let (Some(git_dir), Some(bare)) = (lines.next(), lines.next()) else {
-            return Err(GitError::Protocol {
-                command: unbound.describe(args),
-                detail: format!("expected two lines, got `{}`", printable(&stdout)),
-            });
-        };
-        let git = Git::bound(PathBuf::from(git_dir));
-        let work_tree = if bare == "true" {
-            None
-        } else {
-            // Unbound: with `--git-dir`, git would take the current directory as the top.
-            let top = unbound.output(["rev-parse", "--show-toplevel"], Some(path))?;
-            top.status.success().then(|| {
-                PathBuf::from(String::from_utf8_lossy(top.stdout.trim_ascii()).into_owned())
-            })
-        };
+        // Canonical, as git's `rev-parse --absolute-git-dir` and `--show-toplevel` gave them.
+        let canonical = path
+            .canonicalize()
+            .map_err(|error| not_a_repository(error.to_string()))?;
+        let store = Store::discover(&canonical).map_err(not_a_repository)?;
+        let canonical_or_given =
+            |dir: &Path| dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let git_dir = canonical_or_given(store.git_dir());
+        let work_tree = store.work_tree().map(|dir| canonical_or_given(&dir));
         Ok(GitRepository {
-            git,
+            git: Git::bound(git_dir),
+            store,
             location: path.display().to_string(),
             mirror: None,
             work_tree,
@@ -139,8 +137,10 @@ impl GitRepository {
                 }
             }
         }
+        let store = Store::open(&dir, &remote.redacted)?;
         Ok(GitRepository {
             git: Git::bound(dir).redacting(&remote.url, &remote.redacted),
+            store,
             location: remote.redacted.clone(),
             mirror: Some(remote),
             work_tree: None,
@@ -170,7 +170,8 @@ impl GitRepository {
         &self.location
     }
 
-    /// `Some(commit id)`, `None` when the reference names no commit.
+    /// `Some(commit id)`, `None` when the reference names no commit, as `git rev-parse`
+    /// reads it: for the revision syntax [`GitRepository::revision`] leaves to git.
     fn rev_parse(&self, reference: &str) -> Result<Option<String>, GitError> {
         let revision = format!("{reference}^{{commit}}");
         let args = [
@@ -190,11 +191,7 @@ impl GitRepository {
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("is ambiguous") {
-            return Err(GitError::AmbiguousReference {
-                reference: reference.to_owned(),
-                repository: self.location.clone(),
-                detail: "use more hex digits or the full commit id".to_owned(),
-            });
+            return Err(ambiguous_id(reference, &self.location));
         }
         if stderr.contains("Needed a single revision") {
             return Ok(None);
@@ -202,60 +199,111 @@ impl GitRepository {
         Err(self.git.failure(args, &output))
     }
 
-    fn commit_info(&self, sha: &str) -> Result<Commit, GitError> {
-        let args = [
-            "log",
-            "-1",
-            "--no-show-signature",
-            "--format=%H%x00%ct%x00%an <%ae>%x00%s",
-            "--end-of-options",
-            sha,
-            "--",
-        ];
-        let stdout = self.git.run(args)?;
-        let text = String::from_utf8_lossy(stdout.trim_ascii_end());
-        let mut fields = text.splitn(4, '\0');
-        let parsed = (|| {
-            let sha = fields.next()?.to_owned();
-            let time = fields.next()?.parse().ok()?;
-            let author = fields.next()?.to_owned();
-            let summary = fields.next()?.to_owned();
-            Some(Commit {
-                sha,
-                summary,
-                author,
-                time,
-            })
-        })();
-        parsed.ok_or_else(|| GitError::Protocol {
-            command: self.git.describe(args),
-            detail: format!("cannot parse `{}`", printable_bytes(&stdout)),
+    /// The commit `start` and then `suffix` name: `start` is a full ref name when `is_ref`,
+    /// else what git would read it as (`HEAD`, a commit id, an abbreviated one); `suffix` is
+    /// empty or revision steps (`~2`, `^2`, `^{commit}`). Read in process, but for what only
+    /// git reads (`@{1}`, `^{/text}`, `FETCH_HEAD`), which `git rev-parse` answers.
+    fn revision(
+        &self,
+        reader: &mut Reader<'_>,
+        start: &str,
+        is_ref: bool,
+        suffix: &str,
+    ) -> Result<Option<String>, GitError> {
+        let Some(steps) = parse_suffix(suffix) else {
+            return self.rev_parse(&format!("{start}{suffix}"));
+        };
+        let object = if is_ref || start == "HEAD" {
+            reader.reference(start)?
+        } else if is_full_commit_id(start) {
+            Some(start.to_owned())
+        } else if start.len() >= 4
+            && start.len() < 2 * reader.oid_len()
+            && start.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            self.abbreviated(reader, start, suffix)?
+        } else if is_plain_ref_name(start) && !is_root_ref(start) {
+            // No ref of that name (`named_ref` looked) and not a commit id: nothing.
+            None
+        } else {
+            return self.rev_parse(&format!("{start}{suffix}"));
+        };
+        let Some(object) = object else {
+            return Ok(None);
+        };
+        let Some(mut commit) = reader.peel_to_commit(&object)? else {
+            return Ok(None);
+        };
+        for step in steps {
+            let (parent, times) = match step {
+                Step::Parent(0) => continue,
+                Step::Parent(n) => (n - 1, 1),
+                Step::Ancestor(n) => (0, n),
+            };
+            for _ in 0..times {
+                let Some(next) = reader
+                    .commit(&commit)?
+                    .and_then(|parsed| parsed.parents.get(parent).cloned())
+                else {
+                    return Ok(None);
+                };
+                commit = next;
+            }
+        }
+        // A parent is a commit in any tree git wrote; check it all the same.
+        reader.peel_to_commit(&commit)
+    }
+
+    /// The one object an abbreviated id names among those git would take for a commit (a
+    /// commit, or a tag leading to one), as `git rev-parse <abbrev>^{commit}` disambiguates.
+    fn abbreviated(
+        &self,
+        reader: &mut Reader<'_>,
+        prefix: &str,
+        suffix: &str,
+    ) -> Result<Option<String>, GitError> {
+        let mut committish = Vec::new();
+        for object in reader.with_prefix(prefix)? {
+            if reader.peel_to_commit(&object)?.is_some() {
+                committish.push(object);
+            }
+        }
+        match committish.len() {
+            0 | 1 => Ok(committish.pop()),
+            _ => Err(ambiguous_id(&format!("{prefix}{suffix}"), &self.location)),
+        }
+    }
+
+    fn commit_info(&self, reader: &mut Reader<'_>, sha: &str) -> Result<Commit, GitError> {
+        let commit = reader
+            .commit(sha)?
+            .ok_or_else(|| GitError::CommitNotFound {
+                commit: sha.to_owned(),
+                repository: self.location.clone(),
+            })?;
+        Ok(Commit {
+            sha: sha.to_owned(),
+            summary: commit.summary,
+            author: commit.author,
+            time: commit.time,
         })
     }
 
     /// Those of `refnames` (full ref names) that exist, exactly (not by prefix), in the
-    /// order given, each with the object it points at (a tag's, peeled once).
-    fn existing_refs(&self, refnames: &[String]) -> Result<Vec<(String, String)>, GitError> {
-        let mut args = vec![
-            "for-each-ref".to_owned(),
-            "--format=%(objectname) %(*objectname) %(refname)".to_owned(),
-        ];
-        args.extend(refnames.iter().cloned());
-        let stdout = self.git.run(&args)?;
-        let text = String::from_utf8_lossy(&stdout);
-        let found: Vec<(String, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.splitn(3, ' ');
-                let (object, peeled, refname) = (fields.next()?, fields.next()?, fields.next()?);
-                let target = if peeled.is_empty() { object } else { peeled };
-                Some((refname.to_owned(), target.to_owned()))
-            })
-            .collect();
-        Ok(refnames
-            .iter()
-            .filter_map(|wanted| found.iter().find(|(refname, _)| refname == wanted).cloned())
-            .collect())
+    /// order given, each with the object it leads to (through annotated tags when that is a
+    /// commit).
+    fn existing_refs(
+        reader: &mut Reader<'_>,
+        refnames: &[String],
+    ) -> Result<Vec<(String, String)>, GitError> {
+        let mut found = Vec::new();
+        for refname in refnames {
+            if let Some(object) = reader.reference(refname)? {
+                let target = reader.peel_to_commit(&object)?.unwrap_or(object);
+                found.push((refname.clone(), target));
+            }
+        }
+        Ok(found)
     }
 
     /// The one ref `name` stands for, as a full ref name, or `None` when no ref has that name
@@ -263,19 +311,16 @@ impl GitRepository {
     /// take the first of `refs/<name>`, `refs/tags/<name>`, `refs/heads/<name>`, ... and only
     /// warn when several exist: a tag `main` would win over the branch `main`, and a branch
     /// named like an abbreviated commit id over the commit. Several is an error here.
-    fn named_ref(&self, name: &str) -> Result<Option<String>, GitError> {
+    fn named_ref(&self, reader: &mut Reader<'_>, name: &str) -> Result<Option<String>, GitError> {
         if !is_plain_ref_name(name) || is_root_ref(name) || is_full_commit_id(name) {
             // A full commit id is always the commit (git reads it so too); `HEAD` is the
             // repository's own, which no push can create.
             return Ok(None);
         }
-        let mut candidates = Vec::new();
-        if name.starts_with("refs/") {
-            let exact = self.existing_refs(&[name.to_owned()])?;
-            if !exact.is_empty() {
-                return Ok(Some(name.to_owned()));
-            }
+        if name.starts_with("refs/") && reader.reference(name)?.is_some() {
+            return Ok(Some(name.to_owned()));
         }
+        let mut candidates = Vec::new();
         for rule in ["refs/", "refs/tags/", "refs/heads/", "refs/remotes/"] {
             candidates.push(format!("{rule}{name}"));
         }
@@ -288,7 +333,7 @@ impl GitRepository {
             // name a person would use in their own clone.
             candidates.push(format!("refs/heads/{branch}"));
         }
-        let found = self.existing_refs(&candidates)?;
+        let found = Self::existing_refs(reader, &candidates)?;
         let Some((first, target)) = found.first() else {
             return Ok(None);
         };
@@ -299,12 +344,15 @@ impl GitRepository {
             .collect();
         if name.len() >= 4 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
             // A branch or tag named like an abbreviated commit id, and such a commit.
-            let commit = self.rev_parse(target)?;
-            for object in self.objects_with_prefix(name)? {
-                if let Some(other) = self.rev_parse(&object)?
+            let commit = reader.peel_to_commit(target)?;
+            for object in reader.with_prefix(name)? {
+                if let Some(other) = reader.peel_to_commit(&object)?
                     && Some(&other) != commit.as_ref()
                 {
-                    named.push(format!("commit {}", &other[..12]));
+                    let other = format!("commit {}", &other[..12]);
+                    if !named.contains(&other) {
+                        named.push(other);
+                    }
                 }
             }
         }
@@ -325,22 +373,9 @@ impl GitRepository {
         })
     }
 
-    /// The full ids of the objects whose id starts with `prefix` (hex, 4 digits or more).
-    fn objects_with_prefix(&self, prefix: &str) -> Result<Vec<String>, GitError> {
-        let argument = format!("--disambiguate={prefix}");
-        let output = self.git.output(["rev-parse", argument.as_str()], None)?;
-        // No object with that prefix: git says so and exits non-zero.
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|id| is_full_commit_id(id))
-            .map(str::to_owned)
-            .collect())
-    }
-
     /// The commit at the tip of branch `name` (`refs/heads/<name>`; in a mirror, the remote's
     /// branch, also when named `origin/<name>`), or `None` when there is no such branch.
-    fn branch_tip(&self, name: &str) -> Result<Option<String>, GitError> {
+    fn branch_tip(&self, reader: &mut Reader<'_>, name: &str) -> Result<Option<String>, GitError> {
         if !is_plain_ref_name(name) || is_root_ref(name) || name.starts_with("refs/") {
             return Ok(None);
         }
@@ -352,11 +387,61 @@ impl GitRepository {
             candidates.push(format!("refs/heads/{branch}"));
         }
         candidates.push(format!("refs/heads/{name}"));
-        match self.existing_refs(&candidates)?.into_iter().next() {
+        for candidate in candidates {
             // The object id, not the name: nothing else named like it can be read instead.
-            Some((_, target)) => self.rev_parse(&target),
-            None => Ok(None),
+            if let Some(object) = reader.reference(&candidate)? {
+                return reader.peel_to_commit(&object);
+            }
         }
+        Ok(None)
+    }
+}
+
+/// One step of a revision suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// `^N`: the Nth parent; `^0`, `^{commit}` and `^{}`: the commit itself.
+    Parent(usize),
+    /// `~N`: the Nth first-parent ancestor.
+    Ancestor(usize),
+}
+
+/// The steps of `suffix` (`~2^2^{commit}`), or `None` for syntax left to git.
+fn parse_suffix(mut suffix: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    while !suffix.is_empty() {
+        if let Some(rest) = suffix
+            .strip_prefix("^{commit}")
+            .or_else(|| suffix.strip_prefix("^{}"))
+        {
+            steps.push(Step::Parent(0));
+            suffix = rest;
+            continue;
+        }
+        let mut chars = suffix.chars();
+        let op = chars.next()?;
+        let rest = chars.as_str();
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n = if digits == 0 {
+            1
+        } else {
+            rest[..digits].parse().ok()?
+        };
+        steps.push(match op {
+            '^' => Step::Parent(n),
+            '~' => Step::Ancestor(n),
+            _ => return None,
+        });
+        suffix = &rest[digits..];
+    }
+    Some(steps)
+}
+
+fn ambiguous_id(reference: &str, repository: &str) -> GitError {
+    GitError::AmbiguousReference {
+        reference: reference.to_owned(),
+        repository: repository.to_owned(),
+        detail: "use more hex digits or the full commit id".to_owned(),
     }
 }
 
@@ -404,13 +489,14 @@ impl Source for GitRepository {
         // The name before any revision suffix (`main~1`, `v1^{commit}`) must name one ref.
         let end = reference.find(['^', '~']).unwrap_or(reference.len());
         let (name, suffix) = reference.split_at(end);
-        let sha = match self.named_ref(name)? {
-            // Its full name: git's first rule reads exactly that ref.
-            Some(refname) => self.rev_parse(&format!("{refname}{suffix}"))?,
-            None => self.rev_parse(reference)?,
+        let mut reader = self.store.reader();
+        let sha = match self.named_ref(&mut reader, name)? {
+            // Its full name: exactly that ref is read.
+            Some(refname) => self.revision(&mut reader, &refname, true, suffix)?,
+            None => self.revision(&mut reader, name, false, suffix)?,
         };
         match sha {
-            Some(sha) => self.commit_info(&sha),
+            Some(sha) => self.commit_info(&mut reader, &sha),
             None => Err(GitError::ReferenceNotFound {
                 reference: reference.to_owned(),
                 repository: self.location.clone(),
@@ -420,8 +506,9 @@ impl Source for GitRepository {
 
     fn resolve_tracked(&self, reference: &str) -> Result<Commit, GitError> {
         check_reference(reference)?;
-        match self.branch_tip(reference)? {
-            Some(sha) => self.commit_info(&sha),
+        let mut reader = self.store.reader();
+        match self.branch_tip(&mut reader, reference)? {
+            Some(sha) => self.commit_info(&mut reader, &sha),
             None => self.resolve(reference),
         }
     }
@@ -429,9 +516,10 @@ impl Source for GitRepository {
     fn read_file(&self, commit: &str, path: &str, limit: u64) -> Result<Option<Vec<u8>>, GitError> {
         check_commit(commit)?;
         check_path(path)?;
-        let mut reader = ObjectReader::start(&self.git)?;
+        let mut reader = self.store.reader();
         let mut tree = ObjectTree {
             reader: &mut reader,
+            git: &self.git,
             commit,
             repository: &self.location,
             trees: HashMap::new(),
@@ -461,51 +549,63 @@ impl Source for GitRepository {
                 });
             }
         };
-        let header = reader.request(&oid)?.ok_or_else(|| GitError::Protocol {
-            command: "cat-file --batch".to_owned(),
-            detail: format!("object {oid} of {real_path} is missing from the repository"),
-        })?;
-        if header.size > limit {
-            // Dropping the reader kills git: the content is never read.
+        let size = match reader.header(&oid)? {
+            Some((Kind::Blob, size)) => size,
+            found => {
+                return Err(GitError::Protocol {
+                    command: "cat-file".to_owned(),
+                    detail: match found {
+                        Some((kind, _)) => format!("{real_path} is a {kind}, not a blob"),
+                        None => {
+                            format!("object {oid} of {real_path} is missing from the repository")
+                        }
+                    },
+                });
+            }
+        };
+        if size > limit {
+            // Only the header was read: the content never is.
             return Err(GitError::TooLarge {
                 path: path.to_owned(),
-                size: header.size,
+                size,
                 limit,
             });
         }
-        reader.body(&header).map(Some)
+        reader
+            .expect(&oid, Kind::Blob)
+            .map(|content| Some(content.to_vec()))
     }
 
     fn list_files(&self, commit: &str) -> Result<Vec<TreeEntry>, GitError> {
         check_commit(commit)?;
-        Ok(list_tree(&self.git, commit, &self.location, false)?
-            .iter()
-            .filter_map(|entry| entry.tree_entry())
-            .collect())
+        Ok(
+            list_tree(&mut self.store.reader(), commit, &self.location, false)?
+                .iter()
+                .filter_map(|entry| entry.tree_entry())
+                .collect(),
+        )
     }
 
     fn export(&self, commit: &str, subdir: &str, dest: &Path) -> Result<(), GitError> {
         check_commit(commit)?;
-        export(&self.git, commit, &self.location, subdir, dest)
+        export(
+            &mut self.store.reader(),
+            &self.git,
+            commit,
+            &self.location,
+            subdir,
+            dest,
+        )
     }
 
     fn branches(&self) -> Result<Vec<Branch>, GitError> {
-        let stdout = self.git.run([
-            "for-each-ref",
-            "--format=%(objectname) %(refname)",
-            "refs/heads/",
-        ])?;
-        let text = String::from_utf8_lossy(&stdout);
-        let mut branches: Vec<Branch> = text
-            .lines()
-            .filter_map(|line| {
-                let (sha, refname) = line.split_once(' ')?;
-                let name = refname.strip_prefix("refs/heads/")?;
-                (sha.len() == 40 && !name.is_empty()).then(|| Branch {
-                    name: name.to_owned(),
-                    sha: sha.to_owned(),
-                })
-            })
+        let mut branches: Vec<Branch> = self
+            .store
+            .reader()
+            .branches()?
+            .into_iter()
+            .filter(|(name, sha)| !name.is_empty() && check_commit(sha).is_ok())
+            .map(|(name, sha)| Branch { name, sha })
             .collect();
         branches.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(branches)

@@ -1021,3 +1021,240 @@ fn a_tag_named_like_a_branch_never_replaces_it() {
         "a full commit id is never a branch"
     );
 }
+
+/// `refs/replace/<id>` makes git read one object as another; a mirror fetches every ref, so
+/// anyone who can push one could swap a reviewed commit's content. Objects are read as stored.
+#[test]
+fn a_replace_ref_never_substitutes_an_object() {
+    let fixture = Fixture::new();
+    let good = fixture.write("a", "good").commit("good");
+    git(&fixture.repo, &["checkout", "-q", "-b", "evil"]);
+    let evil = fixture.write("a", "evil").commit("evil");
+    git(&fixture.repo, &["checkout", "-q", "main"]);
+    git(&fixture.repo, &["replace", &good, &evil]);
+    let url = format!("file://{}", fixture.repo.display());
+    let mirror = GitRepository::open(&url, &fixture.cache()).expect("mirror a file:// URL");
+    for (what, repo) in [("local", fixture.open()), ("mirror", mirror)] {
+        let main = repo.resolve("main").expect("resolve main");
+        assert_eq!(main.sha, good, "{what}: main is the commit it points at");
+        assert_eq!(
+            main.summary, "good",
+            "{what}: its own message, not the replacement's"
+        );
+        assert_eq!(
+            read(&repo, &good, "a").expect("read a"),
+            Some("good".to_owned()),
+            "{what}: its own tree, not the replacement's"
+        );
+    }
+}
+
+/// One repository opened for a long time (the controller's) sees commits made, packs
+/// rewritten and branches moved since it was opened.
+#[test]
+fn an_open_repository_sees_new_commits_and_repacks() {
+    let fixture = Fixture::new();
+    let first = fixture.write("a", "1").commit("one");
+    let repo = fixture.open();
+    assert_eq!(repo.resolve("main").expect("resolve").sha, first);
+    let second = fixture.write("a", "2").commit("two");
+    assert_eq!(
+        repo.resolve("main").expect("resolve after a commit").sha,
+        second,
+        "a new commit is seen without reopening"
+    );
+    git(&fixture.repo, &["gc", "-q", "--prune=now"]);
+    let third = fixture.write("a", "3").commit("three");
+    git(&fixture.repo, &["repack", "-a", "-d", "-q"]);
+    git(&fixture.repo, &["pack-refs", "--all"]);
+    assert_eq!(
+        repo.resolve("main").expect("resolve after a repack").sha,
+        third,
+        "packed refs and new packs are read"
+    );
+    for (commit, content) in [(&first, "1"), (&second, "2"), (&third, "3")] {
+        assert_eq!(
+            read(&repo, commit, "a").expect("read after a repack"),
+            Some(content.to_owned()),
+            "objects moved into a new pack are found"
+        );
+    }
+}
+
+/// Readers on many threads at once, each at its own commit: no answer reaches another
+/// thread's question.
+#[test]
+fn concurrent_reads_never_mix_answers() {
+    let fixture = Fixture::new();
+    let commits: Vec<(String, String)> = (0..8)
+        .map(|n| {
+            let content = format!("content {n}\n").repeat(n + 1);
+            let commit = fixture.write("f", &content).commit(&format!("c{n}"));
+            (commit, content)
+        })
+        .collect();
+    let repo = fixture.open();
+    std::thread::scope(|scope| {
+        for (commit, content) in &commits {
+            let repo = &repo;
+            scope.spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(
+                        read(repo, commit, "f")
+                            .expect("read concurrently")
+                            .as_deref(),
+                        Some(content.as_str()),
+                        "each thread reads its own commit's file"
+                    );
+                    assert_eq!(
+                        repo.list_files(commit).expect("list concurrently")[0].size,
+                        content.len() as u64,
+                        "each thread lists its own commit"
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn revision_suffixes_and_abbreviations_resolve_as_git_reads_them() {
+    let fixture = Fixture::new();
+    let base = fixture.write("a", "1").commit("base");
+    git(&fixture.repo, &["checkout", "-q", "-b", "side"]);
+    let side = fixture.write("b", "1").commit("side");
+    git(&fixture.repo, &["checkout", "-q", "main"]);
+    let main = fixture.write("a", "2").commit("main");
+    git(
+        &fixture.repo,
+        &["merge", "-q", "--no-ff", "-m", "merge", "side"],
+    );
+    let merge = git(&fixture.repo, &["rev-parse", "HEAD"]);
+    git(&fixture.repo, &["tag", "-a", "-m", "release", "v1"]);
+    let repo = fixture.open();
+    for (reference, expected) in [
+        ("main", &merge),
+        ("main^", &main),
+        ("main^1", &main),
+        ("main^2", &side),
+        ("main~2", &base),
+        ("main^2~1", &base),
+        ("main^0", &merge),
+        ("v1^{commit}", &merge),
+        ("v1^{}", &merge),
+        ("v1~1", &main),
+        ("HEAD~1", &main),
+        ("HEAD@{0}", &merge),
+    ] {
+        assert_eq!(
+            &repo.resolve(reference).expect("a revision git reads").sha,
+            expected,
+            "`{reference}` names the commit git names"
+        );
+    }
+    for reference in ["main~10", "main^3", "v1^{tree}", "main^{/nothing}"] {
+        assert!(
+            matches!(
+                repo.resolve(reference),
+                Err(GitError::ReferenceNotFound { .. })
+            ),
+            "`{reference}` names no commit"
+        );
+    }
+    let tree = git(&fixture.repo, &["rev-parse", "HEAD^{tree}"]);
+    assert!(
+        matches!(repo.resolve(&tree), Err(GitError::ReferenceNotFound { .. })),
+        "a tree's id is no commit"
+    );
+    assert_eq!(
+        repo.resolve(&format!("{}~1", &merge[..8]))
+            .expect("an abbreviated id with a suffix")
+            .sha,
+        main,
+        "suffixes apply to abbreviated ids"
+    );
+}
+
+/// Blobs over what is read into memory at once are streamed into an export, whole.
+#[test]
+fn a_large_file_is_exported_whole() {
+    let fixture = Fixture::new();
+    let size = 33 * 1024 * 1024;
+    let mut content = "0123456789abcdef".repeat(size / 16);
+    content.push_str("end");
+    let commit = fixture
+        .write("big.bin", &content)
+        .write("small", "s")
+        .commit("big");
+    let repo = fixture.open();
+    let dest = fixture.dest("big");
+    repo.export(&commit, "", &dest)
+        .expect("export a large file");
+    let exported = std::fs::read_to_string(dest.join("big.bin")).expect("read the large file");
+    assert!(
+        exported.len() == content.len() && exported == content,
+        "the large file is exported whole ({} of {} bytes)",
+        exported.len(),
+        content.len()
+    );
+    assert_eq!(
+        mode(&dest.join("big.bin")),
+        0o444,
+        "a streamed file is read-only too"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("small")).expect("read the small file"),
+        "s"
+    );
+    let result = repo.read_file(&commit, "big.bin", 1 << 20);
+    assert!(
+        matches!(result, Err(GitError::TooLarge { .. })),
+        "a read under its limit refuses it, got {:?}",
+        result.map(|content| content.map(|bytes| bytes.len()))
+    );
+}
+
+/// A repository of SHA-256 object ids reads as one of SHA-1 ids does.
+#[test]
+fn a_sha256_repository_is_read() {
+    let root = tempfile::tempdir().expect("create a temporary directory");
+    git(
+        root.path(),
+        &["init", "-q", "-b", "main", "--object-format=sha256", "repo"],
+    );
+    let fixture = Fixture {
+        repo: root.path().join("repo"),
+        root,
+    };
+    let commit = fixture
+        .write("etc/app.toml", "level = 1\n")
+        .symlink("link", "etc/app.toml")
+        .commit("sha-256");
+    assert_eq!(commit.len(), 64, "git made a SHA-256 commit");
+    let repo = fixture.open();
+    assert_eq!(repo.resolve("main").expect("resolve main").sha, commit);
+    assert_eq!(
+        repo.resolve(&commit[..10]).expect("an abbreviated id").sha,
+        commit
+    );
+    assert_eq!(
+        read(&repo, &commit, "link").expect("read through a symlink"),
+        Some("level = 1\n".to_owned())
+    );
+    let listed = repo.list_files(&commit).expect("list");
+    assert!(
+        listed.iter().all(|entry| entry.oid.len() == 64),
+        "ids are SHA-256 ids"
+    );
+    let dest = fixture.dest("sha256");
+    repo.export(&commit, "etc", &dest).expect("export");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("etc/app.toml")).expect("read the export"),
+        "level = 1\n"
+    );
+    assert_eq!(
+        repo.branches().expect("branches")[0].sha,
+        commit,
+        "branches carry SHA-256 ids"
+    );
+}

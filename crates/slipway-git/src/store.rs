@@ -1,0 +1,475 @@
+//! Reading a repository in process (gitoxide's object database and reference store): commits,
+//! trees, blobs and references, with no `git` process started per read.
+//!
+//! Every command used to pay a `git` process per question (rev-parse, for-each-ref, log,
+//! cat-file, ls-tree: about nine for one `slipway apply`, a few milliseconds each); reading the
+//! files of the repository directly costs microseconds. The `git` CLI is kept where it is
+//! needed: clone and fetch (credentials, the network), `merge-base`, revision syntax this module
+//! does not read (`main@{1}`, `v1^{/fix}`), and blobs too large to hold in memory at once, which
+//! an export streams.
+//!
+//! # Guarantees
+//! - One [`Store`] per opened repository, shared by every thread; each call takes its own
+//!   [`Reader`] (an object-database handle and a buffer): no answer is shared between threads.
+//! - What is on disk at each call is what is read: a fetch that added packs or moved refs
+//!   meanwhile is seen (the object database rescans its packs when an object is missing;
+//!   loose and packed refs are read again).
+//! - Objects are read as stored: `refs/replace/` refs, which anyone who can push refs to a
+//!   mirror could create, are ignored, as the CLI did with `GIT_NO_REPLACE_OBJECTS=1`. Only the
+//!   repository's own configuration is read (no global or system file, no environment
+//!   variable), and nothing is ever run.
+//! - No object over [`IN_PROCESS_LIMIT`] is decompressed into memory here; callers check a
+//!   header first.
+//!
+//! # Caveats
+//! Repositories gitoxide cannot open (reftable refs, unknown `extensions.*`) are refused as not
+//! repositories; a partial clone's missing objects are not fetched on demand.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use gix::ObjectId;
+use gix::objs::{Find, FindHeader, Kind};
+
+use crate::GitError;
+
+/// The largest object read into memory at once; larger blobs are streamed through `git
+/// cat-file` by an export, and refused by a read whose limit is below it.
+pub(crate) const IN_PROCESS_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// How many symbolic refs one lookup follows (git stops at 5 too).
+const MAX_SYMREF_HOPS: usize = 5;
+
+/// How many annotated tags one peel goes through.
+const MAX_TAG_HOPS: usize = 32;
+
+/// A repository opened for reading in process.
+pub(crate) struct Store {
+    repo: gix::ThreadSafeRepository,
+    /// The repository, for messages.
+    location: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("git_dir", &self.repo.git_dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How every repository is opened: its own configuration only, replacements off.
+fn options() -> gix::open::Options {
+    gix::open::Options::isolated().config_overrides(["core.useReplaceRefs=false"])
+}
+
+impl Store {
+    /// The repository `path` (canonical) is in: a work tree, a directory inside one, or a bare
+    /// repository. `Err` says why there is none.
+    pub(crate) fn discover(path: &Path) -> Result<Store, String> {
+        let options = options();
+        let repo = gix::ThreadSafeRepository::discover_opts(
+            path,
+            gix::discover::upwards::Options::default(),
+            gix::sec::trust::Mapping {
+                full: options.clone(),
+                reduced: options,
+            },
+        )
+        .map_err(|error| format!("{error:#}"))?;
+        Ok(Store {
+            location: path.display().to_string(),
+            repo,
+        })
+    }
+
+    /// The repository at exactly `git_dir` (a mirror).
+    pub(crate) fn open(git_dir: &Path, location: &str) -> Result<Store, GitError> {
+        let repo = options()
+            .open(git_dir)
+            .map_err(|error| GitError::NotARepository {
+                path: git_dir.to_path_buf(),
+                detail: format!("{error:#}"),
+            })?;
+        Ok(Store {
+            location: location.to_owned(),
+            repo,
+        })
+    }
+
+    /// The git directory, absolute.
+    pub(crate) fn git_dir(&self) -> &Path {
+        self.repo.git_dir()
+    }
+
+    /// The work tree, for a non-bare repository.
+    pub(crate) fn work_tree(&self) -> Option<PathBuf> {
+        self.repo.work_tree.clone()
+    }
+
+    /// A reader for one call, on this thread.
+    pub(crate) fn reader(&self) -> Reader<'_> {
+        Reader {
+            store: self,
+            objects: self.repo.objects.to_handle_arc(),
+            hash: self.repo.objects.object_hash(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// A commit's fields, as [`Reader::commit`] parses them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CommitObject {
+    /// Its tree, in hex.
+    pub(crate) tree: String,
+    /// Its parents, in hex, in order.
+    pub(crate) parents: Vec<String>,
+    /// `Name <email>` of its author.
+    pub(crate) author: String,
+    /// Its committer time, unix seconds (0 when unreadable, as git prints it).
+    pub(crate) time: i64,
+    /// The first paragraph of its message, lines joined by a space (git's `%s`).
+    pub(crate) summary: String,
+}
+
+/// Reads objects and references for one call.
+pub(crate) struct Reader<'a> {
+    store: &'a Store,
+    objects: gix::odb::store::Handle<std::sync::Arc<gix::odb::Store>>,
+    hash: gix::hash::Kind,
+    buf: Vec<u8>,
+}
+
+impl Reader<'_> {
+    /// Bytes in an object id: 20 (SHA-1) or 32 (SHA-256).
+    pub(crate) fn oid_len(&self) -> usize {
+        self.hash.len_in_bytes()
+    }
+
+    fn id(&self, hex: &str) -> Result<ObjectId, GitError> {
+        ObjectId::from_hex(hex.as_bytes())
+            .ok()
+            .filter(|id| id.kind() == self.hash)
+            .ok_or_else(|| GitError::InvalidCommit {
+                commit: crate::error::printable(hex),
+            })
+    }
+
+    /// The kind and size of an object, without reading its content; `None` when it is absent.
+    pub(crate) fn header(&self, oid: &str) -> Result<Option<(Kind, u64)>, GitError> {
+        let id = self.id(oid)?;
+        if id.is_empty_tree() {
+            return Ok(Some((Kind::Tree, 0)));
+        }
+        self.objects
+            .try_header(&id)
+            .map(|header| header.map(|header| (header.kind, header.size)))
+            .map_err(|source| self.failed(format!("read the header of object {oid}"), source))
+    }
+
+    /// An object's kind and content; `None` when it is absent. Callers check its size with
+    /// [`Reader::header`] first when it comes from the repository's content (a blob).
+    pub(crate) fn object(&mut self, oid: &str) -> Result<Option<(Kind, &[u8])>, GitError> {
+        let id = self.id(oid)?;
+        self.object_by_id(&id)
+    }
+
+    fn object_by_id(&mut self, id: &ObjectId) -> Result<Option<(Kind, &[u8])>, GitError> {
+        if id.is_empty_tree() {
+            return Ok(Some((Kind::Tree, &[])));
+        }
+        match self.objects.try_find(id, &mut self.buf) {
+            Ok(Some(data)) => Ok(Some((data.kind, data.data))),
+            Ok(None) => Ok(None),
+            Err(source) => Err(failed(
+                &self.store.location,
+                format!("read object {id}"),
+                source,
+            )),
+        }
+    }
+
+    /// The object `oid` must be, of `kind`.
+    pub(crate) fn expect(&mut self, oid: &str, kind: Kind) -> Result<&[u8], GitError> {
+        match self.object(oid)? {
+            Some((found, data)) if found == kind => Ok(data),
+            Some((found, _)) => Err(malformed(format!("{oid} is a {found}, not a {kind}"))),
+            None => Err(malformed(format!(
+                "object {oid} is missing from the repository"
+            ))),
+        }
+    }
+
+    /// The commit `oid`, parsed; `None` when it is absent or not a commit.
+    pub(crate) fn commit(&mut self, oid: &str) -> Result<Option<CommitObject>, GitError> {
+        match self.object(oid)? {
+            Some((Kind::Commit, data)) => parse_commit(data)
+                .map(Some)
+                .ok_or_else(|| malformed(format!("commit {oid} is malformed"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The commit `oid` is or leads to through annotated tags (git's `oid^{commit}`); `None`
+    /// when it is absent or leads to something else (a tree, a blob).
+    pub(crate) fn peel_to_commit(&mut self, oid: &str) -> Result<Option<String>, GitError> {
+        let mut id = self.id(oid)?;
+        for _ in 0..MAX_TAG_HOPS {
+            match self.object_by_id(&id)? {
+                Some((Kind::Commit, _)) => return Ok(Some(id.to_string())),
+                Some((Kind::Tag, data)) => {
+                    // `object <hex>` is a tag's first line.
+                    let target = data
+                        .strip_prefix(b"object ")
+                        .and_then(|rest| rest.split(|b| *b == b'\n').next())
+                        .and_then(|hex| ObjectId::from_hex(hex).ok())
+                        .ok_or_else(|| malformed(format!("tag {id} is malformed")))?;
+                    id = target;
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The object the ref named exactly `name` (a full name such as `refs/heads/main`, or
+    /// `HEAD`) points at, symbolic refs followed; `None` when there is no such ref. Never
+    /// another ref named like it: git's lookup rules (`refs/tags/<name>`, ...) are not applied.
+    pub(crate) fn reference(&self, name: &str) -> Result<Option<String>, GitError> {
+        let refs = &self.store.repo.refs;
+        let mut name = name.to_owned();
+        for _ in 0..MAX_SYMREF_HOPS {
+            // A name git would refuse as a ref name: no ref can have it.
+            let Ok(partial) = <&gix::refs::PartialNameRef>::try_from(name.as_str()) else {
+                return Ok(None);
+            };
+            let found = refs
+                .try_find(partial)
+                .map_err(|source| self.failed(format!("read the ref {name}"), source))?;
+            match found {
+                Some(reference) if reference.name.as_bstr() == name.as_bytes() => {
+                    match reference.target {
+                        gix::refs::Target::Object(id) => return Ok(Some(id.to_string())),
+                        gix::refs::Target::Symbolic(target) => name = target.to_string(),
+                    }
+                }
+                // Found under another name (git's rules): not this ref.
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The full ids of the objects whose id starts with `prefix` (hex, at least 4 digits,
+    /// shorter than a full id).
+    pub(crate) fn with_prefix(&self, prefix: &str) -> Result<Vec<String>, GitError> {
+        // A prefix of this repository's kind of id: the id padded with zeros, cut to length.
+        let hex_len = self.hash.len_in_hex();
+        let padded = format!("{:0<hex_len$}", prefix.to_ascii_lowercase());
+        let prefix = match ObjectId::from_hex(padded.as_bytes()) {
+            Ok(id) if (4..hex_len).contains(&prefix.len()) => {
+                match gix::hash::Prefix::new(&id, prefix.len()) {
+                    Ok(prefix) => prefix,
+                    Err(_) => return Ok(Vec::new()),
+                }
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let mut candidates = HashSet::new();
+        self.objects
+            .lookup_prefix(prefix, Some(&mut candidates))
+            .map_err(|source| {
+                self.failed(format!("look up objects starting with {prefix}"), source)
+            })?;
+        let mut found: Vec<String> = candidates.iter().map(ObjectId::to_string).collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// Every branch (`refs/heads/*`) with the object it points at, unsorted. A ref that
+    /// cannot be read is skipped, as `git for-each-ref` skips it with a warning.
+    pub(crate) fn branches(&self) -> Result<Vec<(String, String)>, GitError> {
+        let refs = &self.store.repo.refs;
+        let platform = refs
+            .iter()
+            .map_err(|source| self.failed("list the refs".to_owned(), source))?;
+        let prefix: &gix::path::RelativePath = "refs/heads/"
+            .try_into()
+            .expect("refs/heads/ is a valid ref prefix");
+        let iter = platform.prefixed(prefix).map_err(|source| {
+            failed(&self.store.location, "list the branches".to_owned(), source)
+        })?;
+        let mut branches = Vec::new();
+        for reference in iter.flatten() {
+            let name = reference.name.to_string();
+            let target = match reference.target {
+                gix::refs::Target::Object(id) => Some(id.to_string()),
+                gix::refs::Target::Symbolic(_) => self.reference(&name)?,
+            };
+            if let (Some(branch), Some(target)) = (name.strip_prefix("refs/heads/"), target) {
+                branches.push((branch.to_owned(), target));
+            }
+        }
+        Ok(branches)
+    }
+
+    fn failed(&self, action: String, source: impl Into<BoxedError>) -> GitError {
+        failed(&self.store.location, action, source)
+    }
+}
+
+type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
+fn failed(repository: &str, action: String, source: impl Into<BoxedError>) -> GitError {
+    GitError::Read {
+        action,
+        repository: repository.to_owned(),
+        source: source.into(),
+    }
+}
+
+fn malformed(detail: String) -> GitError {
+    GitError::Protocol {
+        command: "cat-file".to_owned(),
+        detail,
+    }
+}
+
+/// A commit object's fields, read as leniently as `git log` reads them: `tree` first, then the
+/// `parent` lines, then the first `author` and `committer` headers wherever they are; a
+/// missing or garbled identity or time gives empty text or 0, not an error. `None` only
+/// without a readable `tree` line.
+pub(crate) fn parse_commit(data: &[u8]) -> Option<CommitObject> {
+    let (headers, message) = match find(data, b"\n\n") {
+        Some(end) => (&data[..end], &data[end + 2..]),
+        None => (data, &[][..]),
+    };
+    let mut lines = headers.split(|b| *b == b'\n').peekable();
+    let tree = hex_field(lines.next()?.strip_prefix(b"tree ")?)?;
+    let mut parents = Vec::new();
+    while let Some(parent) = lines.peek().and_then(|line| line.strip_prefix(b"parent ")) {
+        parents.push(hex_field(parent)?);
+        lines.next();
+    }
+    let mut author = None;
+    let mut committer = None;
+    for line in lines {
+        if author.is_none()
+            && let Some(ident) = line.strip_prefix(b"author ")
+        {
+            author = Some(ident);
+        } else if committer.is_none()
+            && let Some(ident) = line.strip_prefix(b"committer ")
+        {
+            committer = Some(ident);
+        }
+    }
+    let author = author.map(split_ident).unwrap_or_default();
+    let time = committer.map(ident_time).unwrap_or(0);
+    Some(CommitObject {
+        tree,
+        parents,
+        author: format!("{} <{}>", author.0, author.1),
+        time,
+        summary: subject(message),
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn hex_field(field: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(field).ok()?;
+    let hex = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex && (text.len() == 40 || text.len() == 64)).then(|| text.to_owned())
+}
+
+/// `Name <email> 1700000000 +0000` → (name, email), as git splits an identity.
+fn split_ident(ident: &[u8]) -> (String, String) {
+    let Some(open) = ident.iter().position(|b| *b == b'<') else {
+        return (
+            String::from_utf8_lossy(ident).trim().to_owned(),
+            String::new(),
+        );
+    };
+    let name = String::from_utf8_lossy(&ident[..open]).trim().to_owned();
+    let rest = &ident[open + 1..];
+    let close = rest.iter().position(|b| *b == b'>').unwrap_or(rest.len());
+    (name, String::from_utf8_lossy(&rest[..close]).into_owned())
+}
+
+/// The unix time after the identity's `>`.
+fn ident_time(ident: &[u8]) -> i64 {
+    let Some(close) = ident.iter().rposition(|b| *b == b'>') else {
+        return 0;
+    };
+    let digits: Vec<u8> = ident[close + 1..]
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Git's `%s`: blank lines skipped, then the lines up to the next blank one, each trimmed at
+/// the end, joined by a space.
+fn subject(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let lines = text
+        .split('\n')
+        .map(str::trim_end)
+        .skip_while(|line| line.is_empty())
+        .take_while(|line| !line.is_empty());
+    lines.collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+    const PARENT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_commit_is_read_like_git_log_reads_it() {
+        let data = format!(
+            "tree {TREE}\nparent {PARENT}\nauthor Ada Lovelace <ada@example.com> 1600000000 +0100\n\
+             committer C <c@example.com> 1700000000 +0000\ngpgsig -----BEGIN\n parent x\n\n\
+             \n  first line  \nsecond\n\nbody\n"
+        );
+        let commit = parse_commit(data.as_bytes()).expect("a well-formed commit");
+        assert_eq!(commit.tree, TREE, "its tree");
+        assert_eq!(commit.parents, vec![PARENT.to_owned()], "its one parent");
+        assert_eq!(
+            commit.author, "Ada Lovelace <ada@example.com>",
+            "the author"
+        );
+        assert_eq!(commit.time, 1_700_000_000, "the committer's time");
+        assert_eq!(
+            commit.summary, "  first line second",
+            "the first paragraph, lines joined"
+        );
+    }
+
+    #[test]
+    fn a_garbled_identity_is_empty_not_an_error() {
+        let data = format!("tree {TREE}\nauthor nobody\ncommitter x <y> soon\n\nmsg");
+        let commit = parse_commit(data.as_bytes()).expect("a commit git would read");
+        assert_eq!(commit.author, "nobody <>", "a name without an email");
+        assert_eq!(commit.time, 0, "an unreadable time is 0, as git prints it");
+        assert!(
+            parse_commit(b"parent x\ntree y\n\n").is_none(),
+            "no tree line first: not a commit"
+        );
+    }
+}
