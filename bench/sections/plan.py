@@ -350,8 +350,9 @@ def write(r):
 
 
 DIG = [
-    "- Phases of plan: `perf record --call-graph dwarf target/release/slipway plan ...` "
-    "then `perf report --children` (release builds carry line tables).\n",
+    "- Phases of plan: `perf record --call-graph dwarf target/profiling/slipway plan ...` "
+    "then `perf report --children` (`cargo build --profile profiling`: the release build with "
+    "line tables, which release binaries leave out).\n",
     "- Call counts without rebuilding: `perf probe -x target/release/slipway -a "
     "NAME=0xOFFSET`, then `perf stat -e probe_slipway:NAME ...` (`perf probe -d "
     "'probe_slipway:*'` afterwards). Rust paths (`a::b::c`) do not parse as probe points: "
