@@ -22,6 +22,9 @@ from common import cell, fmt_s, goal_met, med, record, split_args
 
 TITLE = "1. render+plan of a large stack with no changes"
 PLAN_GOAL_S = 1.0  # render+plan of 10,000 resources with no changes
+# Issue 14: plan with no changes within this many times reading and hashing the stack's files
+# once (`find … | xargs sha256sum` over the files its `file` resources wrote).
+HASH_GOAL = 2.0
 LINEAR_EXPONENT = 1.15  # t ∝ N^k between the two largest sizes: k up to this is "linear"
 LINEAR_TOLERANCE = 1.5  # growth of per-resource cost still called linear (first apply)
 
@@ -132,6 +135,11 @@ def linear_fit(xs, ys):
     return a, b, 1 - ss_res / ss_tot
 
 
+def files_of(n):
+    """The files a stack of `n` resources writes (bench/gen.py: one `job` per hundred)."""
+    return n - n // 100
+
+
 def sizes_of(r):
     return sorted({int(r.meta[k]["n"]) for k in r.samples if k.startswith("plan/")})
 
@@ -164,6 +172,20 @@ def verdicts(r):
                 f"min {fmt_s(min(plan[big]))}, max {fmt_s(max(plan[big]))}"
                 + (f"; CPU time (user+sys): median {fmt_s(pc)}" if pc is not None else ""),
                 verdict,
+            )
+        )
+    if big and samples.get(f"hash-floor/{big}"):
+        p, floor = med(plan[big]), med(samples[f"hash-floor/{big}"])
+        ratio = p / floor
+        verdicts.append(
+            (
+                f"plan of {big:,} resources ({files_of(big):,} files), no changes, within "
+                f"{HASH_GOAL:g}× of reading and hashing those files once "
+                "(`sha256sum` of each, listed by `find`)",
+                f"plan median {fmt_s(p)}, the files read and hashed {fmt_s(floor)}: "
+                f"**{ratio:.2f}×**",
+                "**met**" if ratio <= HASH_GOAL else
+                f"**missed** ({ratio:.1f}×; where the time goes: section 1's phases and hot spots)",
             )
         )
     if len(sizes) >= 2:
@@ -203,11 +225,15 @@ def write(r):
         "processes. Each stack is one `slipway.yaml` committed with the `git` CLI. It is "
         "applied once, then `slipway plan --env dev --detailed-exitcode` is timed (it must "
         "exit 0: no changes). `validate` (read + parse + check) and `render` (the same + "
-        "render) are timed on their own to split the phases. One warm-up run each.\n"
+        "render) are timed on their own to split the phases. One warm-up run each. The floor "
+        "of issue 14: the files the `file` resources wrote, read and hashed once by "
+        "`find DIR -type f -print0 | xargs -0 sha256sum` (what a plan that checks every file "
+        "cannot do with less).\n"
     )
     w("| resources | validate | render | plan (no changes) | plan CPU time (user+sys) | "
-      "plan per resource | peak RSS of plan |")
-    w("|---:|---|---|---|---|---:|---:|")
+      "plan per resource | peak RSS of plan | its files read and hashed (`sha256sum`) | "
+      "plan ÷ that |")
+    w("|---:|---|---|---|---|---:|---:|---|---:|")
     for n in sizes:
         rss = samples.get(f"rss-plan/{n}")
         rss_cell = f"{rss[0] / 1024:.0f} MiB" if rss else "–"
@@ -215,7 +241,11 @@ def write(r):
             f"| {n:,} | {cell(samples.get(f'validate/{n}', []))} | "
             f"{cell(samples.get(f'render/{n}', []))} | {cell(plan[n])} | "
             f"{cell(cpu.get(f'plan/{n}', []))} | "
-            f"{med(plan[n]) / n * 1e6:.0f} µs | {rss_cell} |"
+            f"{med(plan[n]) / n * 1e6:.0f} µs | {rss_cell} | "
+            f"{cell(samples.get(f'hash-floor/{n}', []))} | "
+            + (f"{med(plan[n]) / med(samples[f'hash-floor/{n}']):.1f}×"
+               if samples.get(f"hash-floor/{n}") else "–")
+            + " |"
         )
     w("")
     if len(sizes) >= 2:
