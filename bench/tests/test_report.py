@@ -106,6 +106,33 @@ class Harness(unittest.TestCase):
         self.assertIn("`fsync=off`", text)
 
 
+    def test_sections_3_and_8_report_each_number_of_environments_with_its_goals(self):
+        recs = []
+        for n, t in ((1000, 0.5), (10000, 4.0)):
+            for label, v in (("pass", t + 0.05), ("pass-after-startup", t), ("startup", 0.05)):
+                recs.append({"label": f"envs/{label}/{n}", "unit": "s", "samples": [v],
+                             "cpu": [v], "n": n})
+            recs.append({"label": f"envs/rss/{n}", "unit": "KiB", "samples": [30000 * n / 1000],
+                         "n": n})
+            for label, v in (("load-painted", 0.4), ("filter-apply-painted", 0.02),
+                             ("filter-clear-painted", 0.03), ("api-python", t / 20)):
+                recs.append({"label": f"ui/{label}/{n}", "unit": "s", "samples": [v],
+                             **({"n": n, "bytes": 800 * n} if label == "api-python" else {})})
+        text = report(recs, only="serve ui")
+        self.assertIn("| a reconcile pass over 1,000 unchanged environments under 1 s (2 cores) |",
+                      text)
+        self.assertIn("| a reconcile pass over 10,000 unchanged environments under 1 s (2 cores) |",
+                      text)
+        self.assertIn("controller memory with 10,000 environments under 100 MB RSS", text)
+        self.assertIn("| dashboard with 1,000 environments: first render under 1 s", text)
+        self.assertIn("| dashboard with 10,000 environments: first render under 1 s, any filter "
+                      "change under 100 ms", text)
+        self.assertRegex(text, r"\| `GET /api/v1/environments` for 10,000 environments under "
+                               r"200 ms \(issue 14\) \| median 200 ms .*\| \*\*missed\*\*")
+        self.assertIn("### 10,000 environments", section(text, 3))
+        self.assertIn("### 1,000 environments", section(text, 8))
+
+
 class Splice(unittest.TestCase):
     def test_a_partial_run_replaces_its_section_and_keeps_the_others(self):
         full = ("# Benchmarks\n\nWritten by `bench/run`.\n\n## Reproduce\n\n```sh\nold\n```\n\n"
