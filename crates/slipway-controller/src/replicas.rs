@@ -282,6 +282,17 @@ impl Membership {
                 watchdog.renewed(environment.as_str(), asked, options.lease);
             }
             if renewed.as_ref().is_none_or(|lease| lease.epoch != epoch) {
+                // A worker of this replica may have taken the environment anew since `held`
+                // was read (the holding of `epoch` had expired): that newer holding is this
+                // replica's, proved, and neither lost nor to be released.
+                if let Some(lease) = &renewed
+                    && lock(&self.held).get(&environment) == Some(&lease.epoch)
+                {
+                    if let Some(watchdog) = engine.watchdog() {
+                        watchdog.renewed(environment.as_str(), asked, options.lease);
+                    }
+                    continue;
+                }
                 // Lost while this replica was not looking (it stalled): another holds it, or
                 // a new holding began whose epoch this replica never proved.
                 if let Some(lease) = renewed {

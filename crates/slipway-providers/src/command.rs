@@ -248,8 +248,8 @@ impl Run<'_> {
         if let Some(lease) = lease
             && (lease.fence.is_none() || lease.watchdog.remaining(&lease.environment).is_zero())
         {
-            return Err(io::Error::other(crate::watchdog::lease_lost(
-                &lease.environment,
+            return Err(io::Error::other(crate::watchdog::LeaseNotHeld(
+                lease.environment.clone(),
             )));
         }
         let (log_reader, log_writer) = io::pipe()?;

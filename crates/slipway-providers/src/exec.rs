@@ -348,7 +348,11 @@ fn call<R: serde::de::DeserializeOwned>(
             ctx.dirs.src.display()
         ),
         log_tail: None,
-        retry: Retry::Terminal,
+        retry: if crate::watchdog::refused_for_lease(&e) {
+            Retry::Retryable
+        } else {
+            Retry::Terminal
+        },
     })?;
 
     match finished.ending {

@@ -83,7 +83,11 @@ impl Provider for JobProvider {
                 cwd.display()
             ),
             log_tail: None,
-            retry: Retry::Terminal,
+            retry: if crate::watchdog::refused_for_lease(&e) {
+                Retry::Retryable
+            } else {
+                Retry::Terminal
+            },
         })?;
 
         let failure = match finished.ending {
@@ -105,10 +109,17 @@ impl Provider for JobProvider {
         let took = crate::duration::show(finished.duration);
         if let Some(message) = failure {
             note(&log, &format!("{message} (after {took})"));
+            // Stopped for its lease, the job did not fail: it runs again, here once the lease
+            // is renewed or taken anew, or on the replica that takes the environment over.
+            let retry = if matches!(finished.ending, Ending::LeaseLost) {
+                Retry::Retryable
+            } else {
+                Retry::Terminal
+            };
             return Err(ProviderError::Failed {
                 message,
                 log_tail: finished.log_tail,
-                retry: Retry::Terminal,
+                retry,
             });
         }
         note(&log, &format!("job finished with exit code 0 after {took}"));

@@ -214,6 +214,27 @@ pub(crate) fn lease_lost(environment: &str) -> String {
     )
 }
 
+/// A command refused because its environment's lease is not certainly held: the error
+/// inside the [`std::io::Error`] that [`crate::command::Run::run`] returns then, so that a
+/// caller can tell it from a program that cannot start ([`refused_for_lease`]).
+#[derive(Debug)]
+pub(crate) struct LeaseNotHeld(pub String);
+
+impl std::fmt::Display for LeaseNotHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&lease_lost(&self.0))
+    }
+}
+
+impl std::error::Error for LeaseNotHeld {}
+
+/// Whether `e` is a command refused for its lease ([`LeaseNotHeld`]): a condition that
+/// passes (this replica renews or takes the lease again, or another replica takes the
+/// environment over and runs it), not a fault of the command.
+pub(crate) fn refused_for_lease(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<LeaseNotHeld>())
+}
+
 /// A group under watch; dropping it stops the watch.
 #[derive(Debug)]
 pub(crate) struct Watched {

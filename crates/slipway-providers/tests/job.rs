@@ -231,3 +231,38 @@ fn the_local_registry_has_the_four_local_types() {
         "the local providers are registered"
     );
 }
+
+/// On a replica, a job whose environment's lease this replica does not hold is refused before
+/// it starts, and the refusal is retryable: the lease passes (renewed, taken again, or the
+/// environment's new holder runs it), so the environment must not wait for a new commit.
+#[test]
+fn a_job_refused_for_its_lease_never_starts_and_is_retried_not_failed_for_good() {
+    let env = TestEnv::new();
+    // The watchdog is never asked anything here (no lease is held, so nothing starts): any
+    // program that reads its input stands in for `slipway __watchdog`.
+    let watchdog =
+        slipway_providers::watchdog::Watchdog::start(&["cat".into()], Duration::from_secs(3))
+            .expect("start a stand-in watchdog");
+    let sandbox = slipway_providers::sandbox::Sandbox {
+        lease: Some(slipway_providers::sandbox::LeaseBound {
+            environment: "qa".into(),
+            fence: None,
+            watchdog,
+        }),
+        ..slipway_providers::sandbox::Sandbox::none()
+    };
+    let mut ctx = env.ctx("migrate");
+    ctx.sandbox = &sandbox;
+    let registry = Registry::local();
+    let job = registry.get("job").expect("job is a local provider");
+    let err = job
+        .create(ctx, &json!({"command": ["sh", "-c", "touch started"]}))
+        .expect_err("no lease, no run");
+    let (message, _, retry) = failed(&err, "the refused job");
+    assert!(message.contains("not certainly held"), "{message}");
+    assert_eq!(retry, Retry::Retryable, "{message}");
+    assert!(
+        !env.dirs.src.join("started").exists(),
+        "the command never started"
+    );
+}
