@@ -927,47 +927,19 @@ fn check_orphans(world: &World, failures: &mut Vec<String>) {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // The replicas sweep their copies of destroyed environments each beat: two leases.
-    std::thread::sleep(2 * LEASE);
-    let mut admin = world.pg.connect("postgres");
-    for (what, query) in [
-        (
-            "database",
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database",
-        ),
-        (
-            "role",
-            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles",
-        ),
-    ] {
-        for row in admin.query(query, &[]).expect("catalog") {
-            let (name, comment): (String, Option<String>) = (row.get(0), row.get(1));
-            // `slipway:<instance>:<environment>/<resource>`
-            let Some(env) = comment
-                .as_deref()
-                .and_then(|c| c.strip_prefix("slipway:"))
-                .and_then(|c| c.split_once(':'))
-                .and_then(|(_, rest)| rest.split_once('/'))
-                .map(|(env, _)| env.to_owned())
-            else {
-                continue;
-            };
-            if !existing.contains(&env) {
-                failures.push(format!("orphan {what} {name} of {env}"));
-            }
+    // The replicas sweep their copies of destroyed environments each beat: what is left
+    // after a few beats more than two leases is an orphan.
+    let deadline = Instant::now() + 2 * LEASE + Duration::from_secs(10);
+    loop {
+        let found = leftovers(world, &existing);
+        if found.is_empty() {
+            break;
         }
-    }
-    for r in &world.replicas {
-        for entry in std::fs::read_dir(r.home.join("envs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !existing.contains(&name) {
-                failures.push(format!("orphan directory {}", entry.path().display()));
-            }
+        if Instant::now() > deadline {
+            failures.extend(found);
+            break;
         }
+        std::thread::sleep(Duration::from_millis(200));
     }
     // Every job has ended: nothing runs under an environment's uid.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1004,6 +976,53 @@ fn check_orphans(world: &World, failures: &mut Vec<String>) {
         existing.len(),
         world.replicas.len()
     ));
+}
+
+/// Databases and roles on the server, and directories in the replicas' homes, of
+/// environments that are not in `existing`.
+fn leftovers(world: &World, existing: &BTreeSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut admin = world.pg.connect("postgres");
+    for (what, query) in [
+        (
+            "database",
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database",
+        ),
+        (
+            "role",
+            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles",
+        ),
+    ] {
+        for row in admin.query(query, &[]).expect("catalog") {
+            let (name, comment): (String, Option<String>) = (row.get(0), row.get(1));
+            // `slipway:<instance>:<environment>/<resource>`
+            let Some(env) = comment
+                .as_deref()
+                .and_then(|c| c.strip_prefix("slipway:"))
+                .and_then(|c| c.split_once(':'))
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(env, _)| env.to_owned())
+            else {
+                continue;
+            };
+            if !existing.contains(&env) {
+                found.push(format!("orphan {what} {name} of {env}"));
+            }
+        }
+    }
+    for r in &world.replicas {
+        for entry in std::fs::read_dir(r.home.join("envs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !existing.contains(&name) {
+                found.push(format!("orphan directory {}", entry.path().display()));
+            }
+        }
+    }
+    found
 }
 
 /// Each replica's watchdog exits with it (SIGKILL here: nothing of it may stay behind).
