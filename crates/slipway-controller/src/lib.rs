@@ -861,9 +861,21 @@ impl Controller {
             Ok(reconcile::Action::Requeue(after)) => {
                 self.enqueue_at(&env, Trigger::Timer, now + *after)
             }
-            Ok(reconcile::Action::Busy) => {
-                // Someone else (a CLI apply) holds it: the same request, shortly.
-                self.enqueue_at(&env, trigger, now + reconcile::BUSY_RETRY);
+            Ok(action @ (reconcile::Action::Busy | reconcile::Action::Superseded)) => {
+                // Someone else (a CLI apply) holds it: the same request, shortly; asked for
+                // something else meanwhile: the same request, now.
+                let after = match action {
+                    reconcile::Action::Busy => reconcile::BUSY_RETRY,
+                    _ => {
+                        span.in_scope(|| {
+                            tracing::info!(
+                                "asked to follow something else meanwhile; deciding again"
+                            )
+                        });
+                        Duration::ZERO
+                    }
+                };
+                self.enqueue_at(&env, trigger, now + after);
                 if let Some(p) = pending.take() {
                     self.inner
                         .applies

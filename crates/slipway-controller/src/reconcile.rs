@@ -23,6 +23,9 @@ pub(crate) enum Action {
     /// Another operation (a CLI apply) holds the environment: the same request again after
     /// [`BUSY_RETRY`].
     Busy,
+    /// The environment was asked to follow something else while this reconcile decided what
+    /// to apply (a pull request pinned it): nothing was applied; the same request again now.
+    Superseded,
 }
 
 /// How soon a reconcile that found its environment busy looks again.
@@ -302,16 +305,12 @@ pub(crate) fn reconcile(
         );
         return Ok(Action::Done);
     }
-    let reference = if record.pinned {
-        record.desired_commit.clone()
-    } else {
-        record.tracked_ref.clone()
-    };
-    let Some(reference) = reference else {
+    let Some(follows) = record.follows() else {
         return Err(ControllerError::Invalid(format!(
             "`{name}` has no ref to follow"
         )));
     };
+    let reference = follows.reference().to_string();
     let lock = match engine.lock(name, slipway_engine::LockWait::Fail) {
         Ok(lock) => lock,
         // Someone (a CLI apply) is working on it: look again shortly.
@@ -446,7 +445,7 @@ pub(crate) fn reconcile(
             || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
         {
             // Nothing to change, but the record is behind (first sight after a restart).
-            let report = engine.apply(
+            let applied = engine.apply(
                 &lock,
                 &prepared,
                 inner.source.as_ref(),
@@ -455,10 +454,14 @@ pub(crate) fn reconcile(
                     who: WHO.into(),
                     swap_exposed: true,
                     confirm_destroy: slipway_engine::Confirmation::Absent,
+                    follows: Some(follows),
                 },
                 &(),
-            )?;
-            let _ = report;
+            );
+            match applied {
+                Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+                other => drop(other?),
+            }
         }
         return Ok(requeue);
     }
@@ -521,10 +524,12 @@ pub(crate) fn reconcile(
             swap_exposed: true,
             // Only a person confirms destroying something in a protected environment.
             confirm_destroy: slipway_engine::Confirmation::Absent,
+            follows: Some(follows),
         },
         &(),
     );
     let report = match applied {
+        Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
@@ -555,10 +560,10 @@ pub(crate) fn reconcile(
     // A generated environment lives `ttl` past its last new commit.
     if !same_commit
         && record.kind == EnvKind::Generated
-        && let (Some(ttl), Some(mut fresh)) = (record.ttl_ms, store.environment(name)?)
+        && let Some(ttl) = record.ttl_ms
     {
-        fresh.expires_at = Some(inner.now().saturating_add(ttl));
-        store.upsert_environment(&fresh)?;
+        let expires_at = inner.now().saturating_add(ttl);
+        store.modify_environment(name, |fresh| fresh.expires_at = Some(expires_at))?;
     }
     Ok(requeue)
 }

@@ -478,3 +478,103 @@ fn a_protected_environment_is_pinned_only_to_commits_of_its_branch() {
         .expect("a commit of main's history");
     let _ = second;
 }
+
+/// The race a pull request's apply lost: the controller decided to deploy `main` from the
+/// record it read, a `/slipway apply` pinned the environment to the pull request's head
+/// meanwhile, and the deploy then wrote `main` as the pinned commit, so the pull request was
+/// answered "did not finish" and the environment stayed on `main`. An apply decided on what
+/// the record followed before now applies nothing, and the pin stands.
+#[test]
+fn an_apply_decided_before_the_environment_was_pinned_applies_nothing() {
+    use slipway_engine::{ApplyOptions, Confirmation, EnvTarget, LockWait, Origin};
+    use slipway_state::Follows;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = dir.path().join("origin.git");
+    let work = dir.path().join("work");
+    let bare_path = bare.to_str().expect("utf-8");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", "-b", "main", bare_path],
+    );
+    git(dir.path(), &["clone", "-q", bare_path, "work"]);
+    let commit = |content: &str| {
+        let stack = format!(
+            "version: 1\nstack: ctl\nenvironments:\n  dev: {{ track: main }}\nresources:\n  \
+             page: {{ type: file, path: page.txt, content: \"{content}\" }}\n"
+        );
+        std::fs::write(work.join("slipway.yaml"), stack).expect("write");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", content]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        git(&work, &["rev-parse", "HEAD"])
+    };
+    let home = dir.path().join("home");
+    let engine = Engine::open(&home, EngineConfig::default(), vec![]).expect("engine");
+    let url = format!("file://{}", bare.display());
+    let source = GitRepository::open(&url, &home.join("repos")).expect("mirror");
+    let dev = env_name("dev");
+    let page = home.join("envs/dev/data/page.txt");
+    let options = |follows| ApplyOptions {
+        parallelism: 1,
+        who: "test".into(),
+        swap_exposed: false,
+        confirm_destroy: Confirmation::Absent,
+        follows: Some(follows),
+    };
+    let deploy = |reference: &str, follows: Follows| {
+        use slipway_git::Source;
+        source.fetch().expect("fetch");
+        let origin = Origin {
+            source: &source,
+            repo: &url,
+            reference,
+            folder: "",
+            tip: None,
+        };
+        let prepared = engine
+            .prepare(&origin, &EnvTarget::static_env(&dev))
+            .expect("prepare");
+        let lock = engine.lock(&dev, LockWait::Fail).expect("lock");
+        engine.apply(&lock, &prepared, &source, &options(follows), &())
+    };
+
+    let head = commit("v1");
+    let report = deploy("main", Follows::Ref("main".into())).expect("the first deploy");
+    assert!(report.succeeded());
+    assert_eq!(std::fs::read_to_string(&page).expect("page"), "v1");
+    let store = engine.store();
+    let deployments = store.deployments(&dev, 10).expect("deployments").len();
+
+    commit("v2");
+    // The pull request's apply, between the controller's read and its deploy.
+    store
+        .modify_environment(&dev, |e| {
+            e.pinned = true;
+            e.desired_commit = Some(head.clone());
+        })
+        .expect("pin");
+    let refused = deploy("main", Follows::Ref("main".into()))
+        .expect_err("a deploy decided on `main` is refused once dev is pinned");
+    assert!(
+        matches!(refused, slipway_engine::EngineError::Superseded(_)),
+        "{refused}"
+    );
+    assert!(refused.retryable(), "deciding again does what is asked now");
+    let record = store.environment(&dev).expect("store").expect("dev");
+    assert!(record.pinned, "the pin stands");
+    assert_eq!(record.desired_commit.as_deref(), Some(head.as_str()));
+    assert_eq!(
+        store.deployments(&dev, 10).expect("deployments").len(),
+        deployments,
+        "no deployment was started"
+    );
+    assert_eq!(std::fs::read_to_string(&page).expect("page"), "v1");
+
+    // Decided on what it follows now, it applies.
+    let report = deploy(&head, Follows::Pinned(head.clone())).expect("a deploy of the pin");
+    assert!(report.succeeded());
+    let record = store.environment(&dev).expect("store").expect("dev");
+    assert_eq!(record.commit.as_deref(), Some(head.as_str()));
+    assert!(record.pinned, "still pinned");
+}

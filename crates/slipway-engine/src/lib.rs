@@ -114,6 +114,11 @@ pub enum EngineError {
     /// the message says which and what to do.
     #[error("{0}")]
     NotAdopted(String),
+    /// The environment was asked to follow something else while this operation was being
+    /// decided (a pull request's apply pinned it): nothing was done, and deciding again
+    /// does what is asked now.
+    #[error("environment `{0}` was asked to follow something else meanwhile; nothing was applied")]
+    Superseded(EnvName),
 }
 
 impl EngineError {
@@ -124,7 +129,7 @@ impl EngineError {
         match self {
             EngineError::State(e) => e.retryable(),
             EngineError::Git(e) => e.retryable(),
-            EngineError::Locked(_) => true,
+            EngineError::Locked(_) | EngineError::Superseded(_) => true,
             EngineError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -798,60 +803,69 @@ impl Engine {
             .unwrap_or_default())
     }
 
-    /// Records the environment (creating it on first use) before anything is applied to it.
+    /// Records the environment (creating it on first use) before anything is applied to it,
+    /// unless it no longer follows `follows` (see [`ApplyOptions::follows`]): read and written
+    /// in one transaction, so a pull request pinning it meanwhile is never overwritten.
     fn record_environment(
         &self,
         prepared: &Prepared,
         sync: SyncState,
+        follows: Option<&slipway_state::Follows>,
     ) -> Result<EnvironmentRecord, EngineError> {
         let now = slipway_state::now_ms();
         let env = &prepared.desired.environment.name;
-        let mut record = self.store.environment(env)?.unwrap_or_else(|| {
-            EnvironmentRecord::new(
-                env.clone(),
-                prepared.desired.environment.kind,
-                prepared.desired.stack.clone(),
-                prepared.repo.clone(),
-                now,
-            )
-        });
-        record.repo = prepared.repo.clone();
-        record.stack = prepared.desired.stack.clone();
-        record.kind = prepared.desired.environment.kind;
-        record.definition = Some(prepared.desired.environment.definition.clone());
-        // What the record says is in force: the commit's own rules once it runs, except for
-        // a pinned commit (a pull request's), whose rules were never accepted on the branch.
-        record.protected = if record.pinned {
-            prepared.protected
-        } else {
-            prepared.declared.protected
-        };
-        if record.owner.is_none() {
-            record.owner = prepared.owner.clone();
-        }
-        if record.expires_at.is_none()
-            && prepared.desired.environment.kind != EnvKind::Static
-            && let Some(ttl) = prepared.ttl
-        {
-            let ttl = if prepared.desired.environment.kind == EnvKind::Adhoc {
-                ttl.min(self.config.environments.max_ttl())
+        self.store.update_environment(env, |recorded| {
+            if let (Some(follows), Some(recorded)) = (follows, &recorded)
+                && recorded.follows().as_ref() != Some(follows)
+            {
+                return Err(EngineError::Superseded(env.clone()));
+            }
+            let mut record = recorded.unwrap_or_else(|| {
+                EnvironmentRecord::new(
+                    env.clone(),
+                    prepared.desired.environment.kind,
+                    prepared.desired.stack.clone(),
+                    prepared.repo.clone(),
+                    now,
+                )
+            });
+            record.repo = prepared.repo.clone();
+            record.stack = prepared.desired.stack.clone();
+            record.kind = prepared.desired.environment.kind;
+            record.definition = Some(prepared.desired.environment.definition.clone());
+            // What the record says is in force: the commit's own rules once it runs, except for
+            // a pinned commit (a pull request's), whose rules were never accepted on the branch.
+            record.protected = if record.pinned {
+                prepared.protected
             } else {
-                ttl
+                prepared.declared.protected
             };
-            let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-            record.ttl_ms = Some(ms);
-            record.expires_at = Some(now.saturating_add(ms));
-        }
-        // A pinned environment is applied at its pinned commit: the ref it follows (which
-        // unpinning returns it to) stays as it was.
-        if !record.pinned || record.tracked_ref.is_none() {
-            record.tracked_ref = Some(prepared.reference.clone());
-        }
-        record.desired_commit = Some(prepared.commit.sha.clone());
-        record.sync = sync;
-        record.updated_at = now;
-        self.store.upsert_environment(&record)?;
-        Ok(record)
+            if record.owner.is_none() {
+                record.owner = prepared.owner.clone();
+            }
+            if record.expires_at.is_none()
+                && prepared.desired.environment.kind != EnvKind::Static
+                && let Some(ttl) = prepared.ttl
+            {
+                let ttl = if prepared.desired.environment.kind == EnvKind::Adhoc {
+                    ttl.min(self.config.environments.max_ttl())
+                } else {
+                    ttl
+                };
+                let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                record.ttl_ms = Some(ms);
+                record.expires_at = Some(now.saturating_add(ms));
+            }
+            // A pinned environment is applied at its pinned commit: the ref it follows (which
+            // unpinning returns it to) stays as it was.
+            if !record.pinned || record.tracked_ref.is_none() {
+                record.tracked_ref = Some(prepared.reference.clone());
+            }
+            record.desired_commit = Some(prepared.commit.sha.clone());
+            record.sync = sync;
+            record.updated_at = now;
+            Ok(record)
+        })?
     }
 
     /// Provider settings in force.

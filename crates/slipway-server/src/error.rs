@@ -235,6 +235,8 @@ impl From<EngineError> for ApiError {
                 format!("environment `{name}` is busy with another operation"),
             )
             .hint("retry when it finishes"),
+            e @ EngineError::Superseded(_) => ApiError::client(StatusCode::CONFLICT, e.to_string())
+                .hint("look at what it follows now, then retry"),
             EngineError::Usage(message) => ApiError::bad_request(message),
             EngineError::Secret(message) => ApiError::unprocessable(message),
             e @ EngineError::Family { .. } => ApiError::unprocessable(e.to_string()),

@@ -88,7 +88,45 @@ impl EnvironmentRecord {
             protected: false,
         }
     }
+
+    /// What it follows: the commit it is pinned to, or else the ref it tracks.
+    pub fn follows(&self) -> Option<Follows> {
+        if self.pinned {
+            self.desired_commit.clone().map(Follows::Pinned)
+        } else {
+            self.tracked_ref.clone().map(Follows::Ref)
+        }
+    }
 }
+
+/// What an environment follows (see [`EnvironmentRecord::follows`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Follows {
+    /// A ref (`main`), at whatever commit it points to.
+    Ref(String),
+    /// One commit (a pull request's head applied to it), whatever its ref does.
+    Pinned(String),
+}
+
+impl Follows {
+    /// The ref or commit to read.
+    pub fn reference(&self) -> &str {
+        match self {
+            Follows::Ref(r) | Follows::Pinned(r) => r,
+        }
+    }
+}
+
+/// Updates every field of an existing environment but `created_at`.
+const UPDATE_ALL: &str = "DO UPDATE SET \
+    kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
+    tracked_ref = excluded.tracked_ref, desired_commit = excluded.desired_commit, \
+    current_commit = excluded.current_commit, hash = excluded.hash, \
+    sync = excluded.sync, health = excluded.health, \
+    message = excluded.message, owner = excluded.owner, \
+    ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
+    pinned = excluded.pinned, updated_at = excluded.updated_at, \
+    definition = excluded.definition, protected = excluded.protected";
 
 const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
                        hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
@@ -118,6 +156,44 @@ fn from_row(row: &Row) -> Result<EnvironmentRecord, DbError> {
     })
 }
 
+/// `INSERT` of every field of `record` in `tx`, `ON CONFLICT (name) {on_conflict}`.
+fn write_row(
+    tx: &mut impl Exec,
+    record: &EnvironmentRecord,
+    on_conflict: &str,
+) -> Result<u64, StateError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO environments ({COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+                     ?16, ?17, ?18, ?19) \
+             ON CONFLICT (name) {on_conflict}"
+        ),
+        params![
+            record.name.as_str(),
+            record.kind.as_str(),
+            record.stack,
+            record.repo,
+            record.tracked_ref,
+            record.desired_commit,
+            record.commit,
+            record.hash,
+            record.sync.as_str(),
+            record.health.as_str(),
+            record.message,
+            record.owner,
+            record.ttl_ms,
+            record.expires_at,
+            record.pinned,
+            record.created_at,
+            record.updated_at,
+            record.definition,
+            record.protected,
+        ],
+    )
+    .map_err(sql(format!("record environment {}", record.name)))
+}
+
 impl Store {
     /// Inserts the environment, or updates every field of an existing one except `created_at`,
     /// which keeps the time it was first recorded.
@@ -126,26 +202,60 @@ impl Store {
     /// Updating never touches the environment's resources or ports. (An `INSERT OR REPLACE`
     /// would: SQLite implements it as delete-then-insert, and the delete cascades.)
     pub fn upsert_environment(&self, record: &EnvironmentRecord) -> Result<(), StateError> {
-        self.write_record(
-            record,
-            "DO UPDATE SET \
-               kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
-               tracked_ref = excluded.tracked_ref, \
-               desired_commit = excluded.desired_commit, \
-               current_commit = excluded.current_commit, hash = excluded.hash, \
-               sync = excluded.sync, health = excluded.health, \
-               message = excluded.message, owner = excluded.owner, \
-               ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
-               pinned = excluded.pinned, updated_at = excluded.updated_at, \
-               definition = excluded.definition, protected = excluded.protected",
-        )
-        .map(drop)
+        self.write_record(record, UPDATE_ALL).map(drop)
     }
 
     /// Records a new environment unless one of that name is recorded already (by another
     /// replica discovering it at the same time); returns whether this call recorded it.
     pub fn insert_environment(&self, record: &EnvironmentRecord) -> Result<bool, StateError> {
         self.write_record(record, "DO NOTHING").map(|n| n > 0)
+    }
+
+    /// Reads environment `name` and writes what `change` makes of it, in one transaction:
+    /// nothing else writes the environment in between. `change` refusing (its `Err`) writes
+    /// nothing and is handed back as the inner result.
+    pub fn update_environment<E>(
+        &self,
+        name: &EnvName,
+        change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
+    ) -> Result<Result<EnvironmentRecord, E>, StateError> {
+        self.write_env(Some(name), &[], |tx| {
+            let current = tx
+                .query_opt(
+                    &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
+                    params![name.as_str()],
+                    from_row,
+                )
+                .map_err(sql(format!("read environment {name}")))?;
+            match change(current) {
+                Ok(record) => {
+                    assert_eq!(
+                        &record.name, name,
+                        "an update writes the environment it read"
+                    );
+                    write_row(tx, &record, UPDATE_ALL)?;
+                    Ok(Ok(record))
+                }
+                Err(refused) => Ok(Err(refused)),
+            }
+        })
+    }
+
+    /// Changes environment `name` with `change`, read and written in one transaction (see
+    /// [`Store::update_environment`]); returns whether it exists (nothing is written if not).
+    pub fn modify_environment(
+        &self,
+        name: &EnvName,
+        change: impl FnOnce(&mut EnvironmentRecord),
+    ) -> Result<bool, StateError> {
+        let updated = self.update_environment(name, |recorded| match recorded {
+            Some(mut record) => {
+                change(&mut record);
+                Ok(record)
+            }
+            None => Err(()),
+        })?;
+        Ok(updated.is_ok())
     }
 
     /// `INSERT` of every field of `record`, `ON CONFLICT (name) {on_conflict}`.
@@ -155,36 +265,7 @@ impl Store {
         on_conflict: &str,
     ) -> Result<u64, StateError> {
         self.write_env(Some(&record.name), &[], |tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO environments ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-                             ?16, ?17, ?18, ?19) \
-                     ON CONFLICT (name) {on_conflict}"
-                ),
-                params![
-                    record.name.as_str(),
-                    record.kind.as_str(),
-                    record.stack,
-                    record.repo,
-                    record.tracked_ref,
-                    record.desired_commit,
-                    record.commit,
-                    record.hash,
-                    record.sync.as_str(),
-                    record.health.as_str(),
-                    record.message,
-                    record.owner,
-                    record.ttl_ms,
-                    record.expires_at,
-                    record.pinned,
-                    record.created_at,
-                    record.updated_at,
-                    record.definition,
-                    record.protected,
-                ],
-            )
-            .map_err(sql(format!("record environment {}", record.name)))
+            write_row(tx, record, on_conflict)
         })
     }
 

@@ -52,6 +52,7 @@ matrix!(
     resource_types_are_read_without_the_records,
     a_listing_reads_every_environment_at_once_as_each_alone,
     a_new_environment_is_recorded_once_whoever_else_tries,
+    an_update_reads_and_writes_at_once_and_a_refused_one_writes_nothing,
 );
 
 /// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
@@ -1433,4 +1434,69 @@ fn a_new_environment_is_recorded_once_whoever_else_tries(state: &TestState) {
         Some("first"),
         "the first record stands"
     );
+}
+
+/// A reconcile and a pull request's apply both change one environment's record: each reads
+/// and writes it in one transaction, so neither undoes the other; an update its caller
+/// refuses (the environment follows something else now) writes nothing.
+fn an_update_reads_and_writes_at_once_and_a_refused_one_writes_nothing(state: &TestState) {
+    let store = std::sync::Arc::new(state.open());
+    let mut prod = environment("prod");
+    prod.ttl_ms = Some(0);
+    store.upsert_environment(&prod).expect("record prod");
+
+    // Two writers, each adding one to a different field a hundred times: with a read then a
+    // separate write, each would lose some of the other's.
+    let writers: Vec<_> = [true, false]
+        .into_iter()
+        .map(|ttl| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    store
+                        .modify_environment(&env("prod"), |e| {
+                            if ttl {
+                                e.ttl_ms = Some(e.ttl_ms.unwrap_or(0) + 1);
+                            } else {
+                                e.updated_at += 1;
+                            }
+                        })
+                        .expect("update prod");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("a writer");
+    }
+    let stored = store
+        .environment(&env("prod"))
+        .expect("read")
+        .expect("prod");
+    assert_eq!(stored.ttl_ms, Some(100), "no update of one writer is lost");
+    assert_eq!(stored.updated_at, prod.updated_at + 100, "nor of the other");
+
+    let refused = store
+        .update_environment(&env("prod"), |recorded| {
+            let mut e = recorded.expect("prod exists");
+            if e.follows() != Some(slipway_state::Follows::Pinned("c1".into())) {
+                return Err("prod follows something else");
+            }
+            e.commit = Some("c1".into());
+            Ok(e)
+        })
+        .expect("the store answers");
+    assert_eq!(refused, Err("prod follows something else"));
+    let after = store
+        .environment(&env("prod"))
+        .expect("read")
+        .expect("prod");
+    assert_eq!(after, stored, "a refused update writes nothing");
+    assert!(
+        !store
+            .modify_environment(&env("gone"), |e| e.pinned = true)
+            .expect("the store answers"),
+        "an environment that does not exist is not made by an update"
+    );
+    assert!(store.environment(&env("gone")).expect("read").is_none());
 }

@@ -510,6 +510,7 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
                 who: who(),
                 swap_exposed: false,
                 confirm_destroy: confirm_destroy.into(),
+                follows: None,
             },
             &(),
         )?;
@@ -542,6 +543,8 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
             who: who(),
             swap_exposed: false,
             confirm_destroy: confirm_destroy.into(),
+            // A person's apply: of what was asked, whatever the record follows.
+            follows: None,
         },
         &reporter,
     )?;

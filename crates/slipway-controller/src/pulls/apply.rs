@@ -205,22 +205,28 @@ pub(super) fn apply(
         ));
     }
     // Stay on the pull request's head: the environment is pinned to it until the lock goes.
-    let before = store.environment(env)?.unwrap_or(existing);
+    // Read and written at once: a reconcile finishing meanwhile keeps what it recorded.
+    let last_deployment = store.deployments(env, 1)?.first().map(|d| d.id);
+    let mut before = None;
+    let Ok(_) = store.update_environment(env, |recorded| {
+        let mut environment = recorded.unwrap_or(existing);
+        before = Some((environment.pinned, environment.desired_commit.clone()));
+        environment.pinned = true;
+        environment.desired_commit = Some(head.clone());
+        environment.updated_at = now_ms();
+        Ok::<_, std::convert::Infallible>(environment)
+    })?;
+    let (before_pinned, before_desired) = before.expect("the update read the environment");
     let pending = PendingApply {
         number,
-        head: head.clone(),
+        head,
         author: author.to_string(),
         held_before,
-        before_pinned: before.pinned,
-        before_desired: before.desired_commit.clone(),
-        last_deployment: store.deployments(env, 1)?.first().map(|d| d.id),
+        before_pinned,
+        before_desired,
+        last_deployment,
         handoff,
     };
-    let mut environment = before;
-    environment.pinned = true;
-    environment.desired_commit = Some(head);
-    environment.updated_at = now_ms();
-    store.upsert_environment(&environment)?;
     // The reconcile is the queue's, like every other trigger's: the environment may be busy
     // (the controller's own pass, a CLI apply), and this forge event must not hold up the
     // next ones while it is. The pull request is answered when that reconcile ends.
@@ -332,12 +338,11 @@ fn answer_once(
         if !held_before {
             store.unlock_environment(env, number)?;
         }
-        if let Some(mut e) = store.environment(env)? {
+        store.modify_environment(env, |e| {
             e.pinned = pending.before_pinned;
             e.desired_commit = pending.before_desired.clone();
             e.updated_at = now_ms();
-            store.upsert_environment(&e)?;
-        }
+        })?;
         audit(inner, author, "pr.apply", env, "refused", &why);
         reply(
             inner,

@@ -219,11 +219,10 @@ pub(super) fn run(
             {
                 let released = {
                     store.unlock_environment(&env, record.number)?;
-                    if let Some(mut e) = store.environment(&env)? {
+                    store.modify_environment(&env, |e| {
                         e.pinned = false;
                         e.updated_at = now_ms();
-                        store.upsert_environment(&e)?;
-                    }
+                    })?;
                     vec![env.clone()]
                 };
                 reply(

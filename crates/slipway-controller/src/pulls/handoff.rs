@@ -182,12 +182,13 @@ pub(super) fn unpin_released(
     number: i64,
 ) -> Result<Option<EnvName>, ControllerError> {
     let store = inner.engine.store();
-    let Some(mut record) = store.environment(env)? else {
+    let found = store.modify_environment(env, |record| {
+        record.pinned = false;
+        record.updated_at = now_ms();
+    })?;
+    if !found {
         return Ok(None);
-    };
-    record.pinned = false;
-    record.updated_at = now_ms();
-    store.upsert_environment(&record)?;
+    }
     event(
         inner,
         env,

@@ -43,6 +43,11 @@ pub struct ApplyOptions {
     /// (deleted, or replaced when that loses data). Without it such a plan is refused, and
     /// nothing is applied.
     pub confirm_destroy: Confirmation,
+    /// What the environment followed when this apply was decided (the controller's, which
+    /// read it from the record). If the record follows something else by the time the apply
+    /// starts (a pull request's apply pinned it meanwhile), nothing is applied:
+    /// [`EngineError::Superseded`]. `None` (a person's apply) applies whatever it follows.
+    pub follows: Option<slipway_state::Follows>,
 }
 
 /// Whether a person confirmed that something in a protected environment may be destroyed.
@@ -286,7 +291,7 @@ impl Engine {
         let sandbox = self.sandbox(env)?;
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(env, now)?;
-        self.record_environment(prepared, SyncState::Syncing)?;
+        self.record_environment(prepared, SyncState::Syncing, options.follows.as_ref())?;
         let plan_json =
             serde_json::to_value(&prepared.plan).expect("a plan is always serializable");
         let deployment = self.store.begin_deployment(&NewDeployment {
@@ -341,15 +346,14 @@ impl Engine {
                 &summary,
                 finished,
             )?;
-            if let Some(mut record) = self.store.environment(env)? {
+            self.store.modify_environment(env, |record| {
                 record.commit = Some(prepared.commit.sha.clone());
                 record.hash = Some(prepared.desired.hash.clone());
                 record.sync = SyncState::Synced;
                 record.health = Health::Healthy;
                 record.message = None;
                 record.updated_at = finished;
-                self.store.upsert_environment(&record)?;
-            }
+            })?;
             self.collect_exports(env)?;
             tracing::info!(deployment, "applied");
             self.store.record_event(
