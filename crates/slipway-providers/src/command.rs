@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,6 +270,15 @@ impl Run<'_> {
         };
         command.stderr(log_writer);
         self.confinement.apply(&mut command)?;
+        if let Some(lease) = lease {
+            // Registered by the child before it becomes the program: a replica frozen right
+            // after the fork leaves nothing running that the watchdog does not bound.
+            let registration = lease.watchdog.registration(&lease.environment)?;
+            // SAFETY: `register` is async-signal-safe (one `write`, no allocation).
+            unsafe {
+                command.pre_exec(move || registration.register());
+            }
+        }
         let spawned = command.spawn();
         // The command holds our copies of the pipe's write end; the reader sees end of file
         // only once they are closed.
@@ -337,6 +346,13 @@ impl Run<'_> {
                 // before this loop sees the overflow: the overflow is the reason.
                 if overflow.load(Ordering::SeqCst) {
                     break Ending::StdoutTooLarge;
+                }
+                // Killed when its lease ran out, by the watchdog before this loop saw it: the
+                // lease is the reason, not the program.
+                if status.signal() == Some(Signal::SIGKILL as i32)
+                    && watched.as_ref().is_some_and(|w| w.lapsed())
+                {
+                    break Ending::LeaseLost;
                 }
                 break Ending::Exited(status);
             }

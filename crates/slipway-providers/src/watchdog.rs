@@ -18,10 +18,18 @@
 //! least that late, so the group is dead before another replica can take the lease over (the
 //! clocks compared are the machine's monotonic clocks, which a skewed wall clock does not move).
 //!
+//! A command registers itself, from the forked child just before it becomes the program
+//! (`pre_exec`), so a replica frozen between starting a command and telling the watchdog about
+//! it cannot leave a program running that nobody bounds: the program never runs unwatched.
+//! Times are absolute, on the machine's monotonic clock, so a line written long after it was
+//! composed (its writer was frozen in between) never gives a group more time than its lease.
+//!
 //! # Protocol (one line each, on the watchdog's standard input)
-//! - `watch PID START MS`: watch the process group led by `PID` (started at `START` clock
-//!   ticks after boot, see [`crate::procinfo`]); kill it `MS` milliseconds from now.
-//! - `until PID MS`: its time is now `MS` milliseconds from now.
+//! - `watch PID START AT`: watch the process group led by `PID` (started at `START` clock
+//!   ticks after boot, see [`crate::procinfo`]; `0` when the child registers itself and does
+//!   not know it: the watchdog reads it, the pid being held by the unreaped child); kill it at
+//!   `AT`, milliseconds of `CLOCK_MONOTONIC`.
+//! - `until PID AT`: its time is now up at `AT`.
 //! - `forget PID`: it ended; stop watching it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,16 +63,43 @@ struct Process {
 struct Held {
     until: Option<Instant>,
     groups: Vec<u32>,
+    /// How many times the lease ran out or was let go while held here: a group watched
+    /// across one may have been killed by the watchdog, even if the lease was taken again.
+    lapses: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn millis_until(until: Option<Instant>) -> u128 {
-    until.map_or(0, |u| {
-        u.saturating_duration_since(Instant::now()).as_millis()
-    })
+/// Milliseconds of `CLOCK_MONOTONIC` now: one clock for every process of the machine.
+fn monotonic_ms() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable on Linux");
+    u64::try_from(now.tv_sec()).unwrap_or(0) * 1000
+        + u64::try_from(now.tv_nsec()).unwrap_or(0) / 1_000_000
+}
+
+/// `until` on the monotonic clock in milliseconds (`0`, long past, for `None`). Rounded
+/// down: never later than `until`.
+fn monotonic_at(until: Option<Instant>) -> u64 {
+    let Some(until) = until else { return 0 };
+    let now = Instant::now();
+    let base = monotonic_ms();
+    if until >= now {
+        base + u64::try_from(until.duration_since(now).as_millis()).unwrap_or(u64::MAX / 2)
+    } else {
+        base.saturating_sub(
+            u64::try_from(now.duration_since(until).as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1),
+        )
+    }
+}
+
+/// The instant of `at`, monotonic milliseconds (now, when it has passed).
+fn instant_of(at: u64) -> Instant {
+    Instant::now() + Duration::from_millis(at.saturating_sub(monotonic_ms()))
 }
 
 impl Watchdog {
@@ -113,8 +148,9 @@ impl Watchdog {
             .stdin
             .as_mut()
             .ok_or_else(|| io::Error::other("the lease watchdog was let go"))?;
-        writeln!(stdin, "{line}")?;
-        stdin.flush()
+        // One write of a line shorter than PIPE_BUF: atomic, so never interleaved with a
+        // line a child writes itself (see [`Registration`]).
+        stdin.write_all(format!("{line}\n").as_bytes())
     }
 
     /// The lease of `environment` was taken or renewed; asked of the database at `asked`
@@ -124,9 +160,12 @@ impl Watchdog {
         let until = asked + lease.saturating_sub(self.margin);
         let mut leases = lock(&self.leases);
         let held = leases.entry(environment.to_owned()).or_default();
+        if held.until.is_some_and(|before| before <= Instant::now()) {
+            held.lapses += 1;
+        }
         held.until = Some(until);
         for pid in &held.groups {
-            let _ = self.send(&format!("until {pid} {}", millis_until(held.until)));
+            let _ = self.send(&format!("until {pid} {}", monotonic_at(held.until)));
         }
     }
 
@@ -136,6 +175,7 @@ impl Watchdog {
         let mut leases = lock(&self.leases);
         if let Some(held) = leases.get_mut(environment) {
             held.until = None;
+            held.lapses += 1;
             for pid in &held.groups {
                 let _ = self.send(&format!("until {pid} 0"));
             }
@@ -169,16 +209,46 @@ impl Watchdog {
     ) -> io::Result<Watched> {
         let mut leases = lock(&self.leases);
         let held = leases.entry(environment.to_owned()).or_default();
-        let left = millis_until(held.until);
-        if left == 0 {
+        if held.until.is_none_or(|until| until <= Instant::now()) {
+            let _ = self.send(&format!("forget {}", group.pid));
             return Err(io::Error::other(lease_lost(environment)));
         }
-        self.send(&format!("watch {} {} {left}", group.pid, group.start))?;
+        self.send(&format!(
+            "watch {} {} {}",
+            group.pid,
+            group.start,
+            monotonic_at(held.until)
+        ))?;
         held.groups.push(group.pid);
         Ok(Watched {
             watchdog: Arc::clone(self),
             environment: environment.to_owned(),
             pid: group.pid,
+            lapses: held.lapses,
+        })
+    }
+
+    /// What a command about to start for `environment` needs to register itself from the
+    /// forked child ([`Registration::register`]), with the time its lease is certainly held.
+    ///
+    /// # Errors
+    /// When the lease is not certainly held now, or the watchdog was let go.
+    pub(crate) fn registration(&self, environment: &str) -> io::Result<Registration> {
+        use std::os::fd::AsRawFd;
+        let until = lock(&self.leases)
+            .get(environment)
+            .and_then(|held| held.until);
+        if until.is_none_or(|until| until <= Instant::now()) {
+            return Err(io::Error::other(LeaseNotHeld(environment.to_owned())));
+        }
+        let fd = lock(&self.process)
+            .stdin
+            .as_ref()
+            .map(AsRawFd::as_raw_fd)
+            .ok_or_else(|| io::Error::other("the lease watchdog was let go"))?;
+        Ok(Registration {
+            fd,
+            at: monotonic_at(until),
         })
     }
 
@@ -235,18 +305,103 @@ pub(crate) fn refused_for_lease(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<LeaseNotHeld>())
 }
 
+/// A command's registration with the watchdog, written by the forked child itself before it
+/// becomes the program (see the module's documentation). The descriptor stays open while the
+/// [`Watchdog`] lives, which the command's caller holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registration {
+    fd: std::os::fd::RawFd,
+    /// When the lease may run out, monotonic milliseconds.
+    at: u64,
+}
+
+impl Registration {
+    /// Writes `watch PID 0 AT` for the calling process, in one `write`. Async-signal-safe: no
+    /// allocation, no lock, so it may run in a child forked from a threaded process.
+    ///
+    /// # Errors
+    /// When the watchdog cannot be told (it has exited): the program must not start.
+    pub fn register(&self) -> io::Result<()> {
+        let mut line = [0u8; 64];
+        let mut len = 0;
+        for part in [
+            Part::Text(b"watch "),
+            Part::Number(u64::from(std::process::id())),
+            Part::Text(b" 0 "),
+            Part::Number(self.at),
+            Part::Text(b"\n"),
+        ] {
+            len += part.write(&mut line[len..]);
+        }
+        // SAFETY: `write` is async-signal-safe, and `line[..len]` is initialised.
+        let written = unsafe { nix::libc::write(self.fd, line.as_ptr().cast(), len) };
+        if usize::try_from(written).is_ok_and(|n| n == len) {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// A piece of a line composed without allocating.
+enum Part {
+    Text(&'static [u8]),
+    Number(u64),
+}
+
+impl Part {
+    /// Writes itself at the start of `out`; returns how many bytes. `out` has room: the line
+    /// is at most 6 + 20 + 3 + 20 + 1 bytes.
+    fn write(&self, out: &mut [u8]) -> usize {
+        match self {
+            Part::Text(text) => {
+                out[..text.len()].copy_from_slice(text);
+                text.len()
+            }
+            Part::Number(n) => {
+                let mut n = *n;
+                let mut digits = [0u8; 20];
+                let mut count = 0;
+                loop {
+                    digits[count] = b'0' + (n % 10) as u8;
+                    count += 1;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                for (i, digit) in digits[..count].iter().rev().enumerate() {
+                    out[i] = *digit;
+                }
+                count
+            }
+        }
+    }
+}
+
 /// A group under watch; dropping it stops the watch.
 #[derive(Debug)]
 pub(crate) struct Watched {
     watchdog: Arc<Watchdog>,
     environment: String,
     pid: u32,
+    /// [`Held::lapses`] when the watch began.
+    lapses: u64,
 }
 
 impl Watched {
     /// How long the lease certainly lasts from now.
     pub fn remaining(&self) -> Duration {
         self.watchdog.remaining(&self.environment)
+    }
+
+    /// Whether the lease has run out (or was let go) at some moment since the watch began:
+    /// the watchdog may have killed the group then, whatever the lease is now.
+    pub fn lapsed(&self) -> bool {
+        let leases = lock(&self.watchdog.leases);
+        leases.get(&self.environment).is_none_or(|held| {
+            held.lapses != self.lapses || held.until.is_none_or(|u| u <= Instant::now())
+        })
     }
 }
 
@@ -259,22 +414,22 @@ impl Drop for Watched {
 /// One instruction of the protocol.
 #[derive(Debug, PartialEq, Eq)]
 enum Line {
-    Watch { pid: u32, start: u64, ms: u64 },
-    Until { pid: u32, ms: u64 },
+    Watch { pid: u32, start: u64, at: u64 },
+    Until { pid: u32, at: u64 },
     Forget { pid: u32 },
 }
 
 fn parse(line: &str) -> Option<Line> {
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
     match words.as_slice() {
-        ["watch", pid, start, ms] => Some(Line::Watch {
+        ["watch", pid, start, at] => Some(Line::Watch {
             pid: pid.parse().ok()?,
             start: start.parse().ok()?,
-            ms: ms.parse().ok()?,
+            at: at.parse().ok()?,
         }),
-        ["until", pid, ms] => Some(Line::Until {
+        ["until", pid, at] => Some(Line::Until {
             pid: pid.parse().ok()?,
-            ms: ms.parse().ok()?,
+            at: at.parse().ok()?,
         }),
         ["forget", pid] => Some(Line::Forget {
             pid: pid.parse().ok()?,
@@ -317,13 +472,21 @@ pub fn run(input: impl BufRead + Send + 'static) -> i32 {
             .unwrap_or(Duration::from_secs(3600));
         match received.recv_timeout(next) {
             Ok(line) => match parse(&line) {
-                Some(Line::Watch { pid, start, ms }) => {
-                    let until = Instant::now() + Duration::from_millis(ms);
-                    watched.insert(pid, (ProcessIdentity { pid, start }, until));
+                Some(Line::Watch { pid, start, at }) => {
+                    // A child registering itself does not know its start time; its parent
+                    // has not reaped it (it is waiting for it to exec), so the pid is still
+                    // its own to read.
+                    let start = match start {
+                        0 => crate::procinfo::stat(pid).map(|stat| stat.start),
+                        known => Some(known),
+                    };
+                    if let Some(start) = start {
+                        watched.insert(pid, (ProcessIdentity { pid, start }, instant_of(at)));
+                    }
                 }
-                Some(Line::Until { pid, ms }) => {
+                Some(Line::Until { pid, at }) => {
                     if let Some((_, until)) = watched.get_mut(&pid) {
-                        *until = Instant::now() + Duration::from_millis(ms);
+                        *until = instant_of(at);
                     }
                 }
                 Some(Line::Forget { pid }) => {
@@ -347,6 +510,31 @@ pub fn run(input: impl BufRead + Send + 'static) -> i32 {
 mod tests {
     use super::*;
 
+    /// A group watched while its lease ran out may have been killed by the watchdog then:
+    /// it stays lapsed after the lease is taken again; a group watched after is not.
+    #[test]
+    fn a_lease_that_ran_out_while_a_group_ran_counts_as_lapsed_after_it_is_renewed() {
+        // Nothing here reads what the watchdog is told: `cat` stands in for it.
+        let watchdog = Watchdog::start(&["cat".into()], Duration::from_millis(300))
+            .expect("a stand-in watchdog");
+        watchdog.renewed("qa", Instant::now(), Duration::from_millis(300));
+        let group = ProcessIdentity::current();
+        let watched = watchdog.watch("qa", group).expect("the lease is held");
+        assert!(!watched.lapsed(), "the lease is held");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(watched.lapsed(), "its time is up");
+        watchdog.renewed("qa", Instant::now(), Duration::from_secs(30));
+        assert!(!watched.remaining().is_zero(), "held again");
+        assert!(watched.lapsed(), "but it ran out while the group ran");
+        let fresh = watchdog.watch("qa", group).expect("held again");
+        assert!(
+            !fresh.lapsed(),
+            "a group watched since has not seen it run out"
+        );
+        watchdog.released("qa");
+        assert!(fresh.lapsed(), "let go");
+    }
+
     #[test]
     fn instructions_parse_and_anything_else_is_refused() {
         assert_eq!(
@@ -354,10 +542,10 @@ mod tests {
             Some(Line::Watch {
                 pid: 12,
                 start: 345,
-                ms: 1500
+                at: 1500
             })
         );
-        assert_eq!(parse("until 12 0"), Some(Line::Until { pid: 12, ms: 0 }));
+        assert_eq!(parse("until 12 0"), Some(Line::Until { pid: 12, at: 0 }));
         assert_eq!(parse("forget 12"), Some(Line::Forget { pid: 12 }));
         for bad in [
             "",

@@ -266,3 +266,73 @@ fn a_job_refused_for_its_lease_never_starts_and_is_retried_not_failed_for_good()
         "the command never started"
     );
 }
+
+/// Under a lease, the job's child tells the watchdog about itself before it becomes the
+/// program (`watch PID 0 AT`), then the replica confirms it with its start time, and forgets
+/// it once it ended: a replica frozen between the fork and its own line leaves nothing
+/// running that the watchdog does not bound. Both lines carry the lease's end, on the
+/// monotonic clock, and not a moment later.
+#[test]
+fn a_job_under_a_lease_is_watched_before_its_program_runs() {
+    let env = TestEnv::new();
+    let heard = env.dirs.root.join("watchdog-heard");
+    // A stand-in watchdog that keeps what it is told.
+    let watchdog = slipway_providers::watchdog::Watchdog::start(
+        &[
+            "sh".into(),
+            "-c".into(),
+            format!("cat >> '{}'", heard.display()).into(),
+        ],
+        Duration::from_secs(30),
+    )
+    .expect("start a stand-in watchdog");
+    let clock = || {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+        now.tv_sec() as u64 * 1000 + now.tv_nsec() as u64 / 1_000_000
+    };
+    let margin = watchdog.margin().as_millis() as u64;
+    let earliest = clock() + 30_000 - margin - 1;
+    watchdog.renewed("qa", Instant::now(), Duration::from_secs(30));
+    let lease_end = clock() + 30_000 - margin;
+    let sandbox = slipway_providers::sandbox::Sandbox {
+        lease: Some(slipway_providers::sandbox::LeaseBound {
+            environment: "qa".into(),
+            fence: Some(("r1".into(), 1)),
+            watchdog: watchdog.clone(),
+        }),
+        ..slipway_providers::sandbox::Sandbox::none()
+    };
+    let mut ctx = env.ctx("migrate");
+    ctx.sandbox = &sandbox;
+    let registry = Registry::local();
+    let job = registry.get("job").expect("job is a local provider");
+    job.create(ctx, &json!({"command": ["sh", "-c", "echo $$ > pid"]}))
+        .expect("the job runs under its lease");
+    let pid = std::fs::read_to_string(env.dirs.src.join("pid")).expect("the job ran");
+    let pid = pid.trim();
+    drop(sandbox);
+    drop(watchdog);
+    let lines = std::fs::read_to_string(&heard).expect("the watchdog heard");
+    let lines: Vec<Vec<&str>> = lines.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let (first, confirmed) = (&lines[0], &lines[1]);
+    assert_eq!(
+        first[..3],
+        ["watch", pid, "0"],
+        "the child first: {lines:?}"
+    );
+    assert_eq!(
+        confirmed[..2],
+        ["watch", pid],
+        "then the replica: {lines:?}"
+    );
+    assert_ne!(confirmed[2], "0", "with the start time: {lines:?}");
+    assert_eq!(lines[2], ["forget", pid], "and it ended: {lines:?}");
+    for line in [first, confirmed] {
+        let at: u64 = line[3].parse().expect("a time");
+        assert!(
+            (earliest..=lease_end).contains(&at),
+            "the lease's end, on the monotonic clock: {at} in {earliest}..={lease_end}"
+        );
+    }
+}

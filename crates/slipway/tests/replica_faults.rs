@@ -729,9 +729,19 @@ fn three_replicas_under_kills_freezes_partitions_restarts_and_skew_apply_each_ch
         .and_then(|s| s.parse().ok())
         .unwrap_or(45);
     let mut world = World::start(seed);
-    wait_for_explained(&world, "every environment runs the first push", || {
-        world.converged().ok()
-    });
+    let behind = std::cell::RefCell::new(String::new());
+    slipway_testkit::wait::wait_for_explained(
+        "every environment runs the first push",
+        Duration::from_secs(180),
+        || format!("not converged: {}\n{}", behind.borrow(), world.explain()),
+        || match world.converged() {
+            Ok(()) => Some(()),
+            Err(why) => {
+                *behind.borrow_mut() = why;
+                None
+            }
+        },
+    );
     world
         .journal
         .note("converged on push 0; the nemesis starts");
@@ -781,10 +791,6 @@ fn three_replicas_under_kills_freezes_partitions_restarts_and_skew_apply_each_ch
     );
     world.save_logs();
     check_watchdogs_go_with_their_replicas(&mut world);
-}
-
-fn wait_for_explained(world: &World, what: &str, check: impl FnMut() -> Option<()>) {
-    wait_for_explained_value(world, what, check);
 }
 
 fn wait_for_explained_value<T>(world: &World, what: &str, check: impl FnMut() -> Option<T>) -> T {
