@@ -262,13 +262,19 @@ impl Membership {
         live.sort();
         *lock(&self.live) = live;
         let bound = node_bound(store, None)?;
+        let recorded: BTreeSet<EnvName> =
+            store.environments()?.into_iter().map(|e| e.name).collect();
         let held: Vec<(EnvName, i64)> = lock(&self.held)
             .iter()
             .map(|(e, epoch)| (e.clone(), *epoch))
             .collect();
         for (environment, epoch) in held {
             let busy = lock(&self.working).contains(&environment);
-            if !busy && !self.should_hold(store, &options.name, &environment, &bound) {
+            // Destroyed (by another replica, or while this one was down and took it back on
+            // start): nothing to work on; held on, its local copy would never be swept.
+            let destroyed = !recorded.contains(&environment);
+            if !busy && (destroyed || !self.should_hold(store, &options.name, &environment, &bound))
+            {
                 store.release_lease(&environment, &options.name, epoch)?;
                 metrics.lease_handed_over();
                 self.forget(engine, metrics, &environment);
@@ -317,10 +323,8 @@ impl Membership {
             Err(e) => tracing::warn!(error = %e, "sweeping destroyed environments' directories"),
         }
         let held = lock(&self.held).clone();
-        Ok(store
-            .environments()?
+        Ok(recorded
             .into_iter()
-            .map(|e| e.name)
             .filter(|e| !held.contains_key(e) && self.should_hold(store, &options.name, e, &bound))
             .collect())
     }
@@ -329,6 +333,56 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another replica destroyed an environment this one held a lease of (taken back as it
+    /// restarted, or held since): the next beat lets the lease go, and the environment's
+    /// directory on this node, no longer anyone's, is removed. Held on, it never was.
+    #[test]
+    fn a_lease_of_an_environment_destroyed_elsewhere_is_let_go_and_its_copy_swept() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(home.path(), slipway_engine::EngineConfig::default(), vec![])
+            .expect("engine");
+        let store = engine.store();
+        let gone = EnvName::parse("gone").expect("a name");
+        store
+            .upsert_environment(&slipway_state::EnvironmentRecord::new(
+                gone.clone(),
+                slipway_core::vocab::EnvKind::Static,
+                "shop".into(),
+                "file:///repo".into(),
+                0,
+            ))
+            .expect("record");
+        let options = ReplicaOptions {
+            name: "r1".into(),
+            lease: Duration::from_secs(30),
+            advertise: None,
+        };
+        let metrics = Metrics::default();
+        let membership = Membership::default();
+        membership.beat(&engine, &options, &metrics).expect("beat");
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &gone)
+                .expect("take"),
+            "r1, alone, holds it"
+        );
+        membership.done(&engine, &options, &metrics, &gone);
+        let copy = home.path().join("envs/gone/data");
+        std::fs::create_dir_all(&copy).expect("its copy on this node");
+
+        // Destroyed by another replica: its record goes, this node's copy stays behind.
+        store.delete_environment(&gone).expect("delete");
+        let queued = membership.beat(&engine, &options, &metrics).expect("beat");
+        assert!(queued.is_empty(), "{queued:?}");
+        let lease = store.lease(&gone).expect("read").expect("a lease row");
+        assert_eq!(lease.expires_at, 0, "let go: {lease:?}");
+        assert!(!lock(&membership.held).contains_key(&gone));
+        assert!(
+            !home.path().join("envs/gone").exists(),
+            "the copy of a destroyed environment is swept"
+        );
+    }
 
     #[test]
     fn rendezvous_moves_only_the_share_of_a_replica_that_joins() {
