@@ -278,6 +278,11 @@ pub(crate) struct Inner {
     pub taker: Option<String>,
     /// Held while this replica does handed-over work: one pass at a time.
     pub draining: tokio::sync::Mutex<()>,
+    /// Open pull requests to plan again because their base branch runs a new commit (see
+    /// `pulls::base_moved`), by number; a request already waiting is not added twice.
+    pub replans: Mutex<std::collections::BTreeSet<i64>>,
+    /// Wakes the worker that plans them.
+    pub replan_wake: Notify,
 }
 
 impl Inner {
@@ -327,6 +332,8 @@ impl Controller {
                 stepped_aside: std::sync::atomic::AtomicBool::new(false),
                 taker,
                 draining: tokio::sync::Mutex::new(()),
+                replans: Mutex::new(std::collections::BTreeSet::new()),
+                replan_wake: Notify::new(),
             }),
         }
     }
@@ -452,6 +459,37 @@ impl Controller {
                             ))
                         })
                         .await;
+                }
+            }
+        }
+    }
+
+    /// Plans open pull requests again whose base branch moved (`Inner::replans`), one at a
+    /// time, lowest number first, each as a forge event is handled: a webhook waits for at
+    /// most one re-plan, and a re-plan never interleaves with its pull request's own events.
+    /// Runs until the controller stops.
+    async fn replan_open_pull_requests(self) {
+        loop {
+            self.inner.replan_wake.notified().await;
+            loop {
+                let next = self
+                    .inner
+                    .replans
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop_first();
+                let Some(number) = next else { break };
+                let planned = {
+                    let _turn = self.inner.forge_serial.lock().await;
+                    self.blocking(move |inner| pulls::replan(inner, number))
+                        .await
+                };
+                if let Err(e) = planned {
+                    tracing::warn!(
+                        pull_request = number,
+                        error = %e,
+                        "planning the pull request again after its base moved failed"
+                    );
                 }
             }
         }
@@ -589,6 +627,7 @@ impl Controller {
             }
         }
         let _ = self.refresh().await;
+        tokio::spawn(self.clone().replan_open_pull_requests());
         {
             // Pull requests opened, pushed to or closed while the controller was down.
             let this = self.clone();

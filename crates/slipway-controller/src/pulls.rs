@@ -29,7 +29,7 @@ use slipway_state::{PullRequestRecord, now_ms};
 
 pub(crate) use apply::{PendingApply, answer};
 pub(crate) use handoff::{run as run_handoff, take as take_handoffs};
-pub(crate) use plans::post_plans;
+pub(crate) use plans::{Announce, post_plans};
 pub use plans::{detail, summary};
 pub use setup::{ForgeSetup, setup_from_config};
 
@@ -236,7 +236,48 @@ fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
             }
         ),
     );
-    post_plans(inner, &record, None)
+    post_plans(inner, &record, None, Announce::Pending)
+}
+
+/// The base branch `base` runs a new commit (an environment tracking it deployed one): the
+/// plans of the open pull requests into it, made against what ran before, are stale. Each is
+/// queued to be planned again ([`replan`], by the controller's re-plan worker).
+pub(crate) fn base_moved(inner: &Inner, base: &str) -> Result<(), ControllerError> {
+    if inner.forge.get().is_none() {
+        return Ok(());
+    }
+    let open = inner.engine.store().pull_requests(Some("open"))?;
+    let added = {
+        let mut pending = inner
+            .replans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = pending.len();
+        pending.extend(
+            open.iter()
+                .filter(|pr| pr.base_ref == base)
+                .map(|pr| pr.number),
+        );
+        pending.len() - before
+    };
+    if added > 0 {
+        inner.replan_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Plans open pull request `number` again, against what its environments run now, at the
+/// head the controller recorded (a newer push arrives as its own event). Its comment is
+/// edited only if a plan changed, and its `slipway/plan` status is not set back to pending
+/// first: until the new plans are in, the last ones stand.
+pub(crate) fn replan(inner: &Inner, number: i64) -> Result<(), ControllerError> {
+    let Some(record) = inner.engine.store().pull_request(number)? else {
+        return Ok(());
+    };
+    if record.state != "open" {
+        return Ok(());
+    }
+    post_plans(inner, &record, None, Announce::Quietly)
 }
 
 fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {

@@ -462,6 +462,9 @@ pub(crate) fn reconcile(
                 Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
                 other => drop(other?),
             }
+            if record.commit.as_deref() != Some(prepared.commit.sha.as_str()) {
+                ran_new_commit(inner, &record);
+            }
         }
         return Ok(requeue);
     }
@@ -557,6 +560,9 @@ pub(crate) fn reconcile(
             &format!("repaired {} resource(s)", drifted.len()),
         );
     }
+    if !same_commit {
+        ran_new_commit(inner, &record);
+    }
     // A generated environment lives `ttl` past its last new commit.
     if !same_commit
         && record.kind == EnvKind::Generated
@@ -580,4 +586,21 @@ fn held_for_confirmation(why: &slipway_engine::ConfirmationNeeded) -> String {
 /// protected one.
 pub(crate) fn expires(record: &EnvironmentRecord) -> bool {
     record.kind != EnvKind::Static && !record.protected
+}
+
+/// `record`'s environment now runs a new commit. A static environment following its branch
+/// moves that branch's open pull requests' plans (they compare with what runs): they are
+/// planned again.
+fn ran_new_commit(inner: &Inner, record: &EnvironmentRecord) {
+    if record.kind != EnvKind::Static || record.pinned {
+        return;
+    }
+    if let Some(base) = &record.tracked_ref
+        && let Err(e) = crate::pulls::base_moved(inner, base)
+    {
+        tracing::warn!(
+            error = %e,
+            "queueing the open pull requests into {base} to be planned again failed"
+        );
+    }
 }

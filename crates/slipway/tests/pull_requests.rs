@@ -402,3 +402,87 @@ fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it
         "qa runs #1's head"
     );
 }
+
+/// A push to the base branch moves what prod and qa run, and so what an open pull request
+/// would change once merged: its plan comment is edited to compare with what runs now,
+/// without the head's status going back to pending meanwhile. A pull request into another
+/// branch is left alone.
+#[test]
+fn a_push_to_the_base_branch_plans_its_open_pull_requests_again() {
+    let notes = |text: &str| {
+        format!("{STACK}  notes:\n    type: file\n    path: notes.txt\n    content: \"{text}\"\n")
+    };
+    let w = world_with(&notes("main-1"));
+    w.serves("prod", "v1");
+    let head = open_with_stack(&w, 1, "feature-1", "pr1", &notes("pr-1"));
+    let first = w.forge.wait_for_comment(
+        1,
+        |c| c.body.contains(MARKER) && c.body.contains("\"main-1\" → \"pr-1\""),
+        T,
+    );
+    w.forge.wait_for_status(
+        &head,
+        |s| s.context == "slipway/plan" && s.state == "success",
+        T,
+    );
+    let plan_states = || -> Vec<String> {
+        w.forge
+            .statuses(&head)
+            .into_iter()
+            .filter(|s| s.context == "slipway/plan")
+            .map(|s| s.state)
+            .collect()
+    };
+    let statuses = plan_states().len();
+    // #2 merges into another branch, which no environment tracks.
+    let other = util::world::commit_on(
+        &w.s,
+        "main",
+        "feature-2",
+        "pr2",
+        Some(&notes("pr-2")),
+        Some(&w.pr_ref(2)),
+    );
+    w.forge.add_pr(PrSpec {
+        head_ref: "feature-2".into(),
+        base_ref: "release".into(),
+        ..PrSpec::new(2, &other)
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("opened", &w.forge.pr(2), false, None),
+    );
+    w.forge.wait_for_comment(2, |c| c.body.contains(MARKER), T);
+    let second_before = w.plans(2);
+
+    // main moves: prod and qa deploy it, and #1's plan is made again against it.
+    let before = util::git(&w.s.repo, &["rev-parse", "main"]);
+    let moved = util::world::commit_on(&w.s, "main", "main", "v2", Some(&notes("main-2")), None);
+    w.accepted(
+        "push",
+        &util::fake_github::push_payload("main", &before, &moved),
+    );
+    w.serves("prod", "v2");
+    let replanned = w.forge.wait_for_comment(
+        1,
+        |c| c.body.contains(MARKER) && c.body.contains("\"main-2\" → \"pr-1\""),
+        T,
+    );
+    assert_eq!(replanned.id, first.id, "the same comment, edited");
+    assert!(
+        replanned.body.contains(&head[..12]),
+        "still the head's plan"
+    );
+    assert_eq!(w.plans(1).len(), 1, "one plan comment");
+    let after = plan_states()[statuses..].to_vec();
+    assert!(
+        !after.iter().any(|s| s == "pending"),
+        "the last plans stood until the new ones were in: {after:?}"
+    );
+    assert_eq!(w.plan_status(&head).as_deref(), Some("success"));
+    assert_eq!(
+        w.plans(2).iter().map(|c| &c.body).collect::<Vec<_>>(),
+        second_before.iter().map(|c| &c.body).collect::<Vec<_>>(),
+        "a pull request into another branch is not planned again"
+    );
+}

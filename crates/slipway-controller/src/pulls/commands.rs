@@ -180,7 +180,7 @@ pub(super) fn run(
             Ok(FollowUp::default())
         }
         Command::Plan { env } => {
-            post_plans(inner, &record, env.as_ref())?;
+            post_plans(inner, &record, env.as_ref(), super::Announce::Pending)?;
             Ok(FollowUp::default())
         }
         Command::Preview => {

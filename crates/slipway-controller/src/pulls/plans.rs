@@ -87,12 +87,22 @@ fn targets(
     out
 }
 
+/// Whether the head's `slipway/plan` status goes to pending while its plans are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Announce {
+    /// Yes: the pull request's own event (a push, a command); its last plans are stale.
+    Pending,
+    /// No: planned again because its base moved; the last plans stand until these are in.
+    Quietly,
+}
+
 /// Plans the pull request's head for each environment it changes and posts them as the one
 /// plan comment, with a `slipway/plan` commit status.
 pub(crate) fn post_plans(
     inner: &Inner,
     record: &PullRequestRecord,
     only: Option<&EnvName>,
+    announce: Announce,
 ) -> Result<(), ControllerError> {
     let setup = setup(inner)?;
     let forge = &setup.forge;
@@ -105,7 +115,9 @@ pub(crate) fn post_plans(
             target_url: None,
         });
     };
-    status(StatusState::Pending, "planning");
+    if announce == Announce::Pending {
+        status(StatusState::Pending, "planning");
+    }
     let head = match fetched_head(inner, record) {
         Ok(sha) => sha,
         Err(e) => {
