@@ -31,6 +31,7 @@ from common import (Serve, api, commit_on, cpu_seconds, finished_deployment, fmt
                     signed_cell, skip_command, stop)
 
 TITLE = "7. A pull request's webhook to its plan comment"
+PUSH_GOAL_S = 1.0  # push to running (section 4's goal), here for file resources: no app start
 PR_GOAL_S = 1.0  # a pull request's webhook to its plan comment, beyond the plans themselves
 GOAL = (f"a pull request's webhook to its plan comment (3 environments) under {PR_GOAL_S:g} s "
         "plus the plans themselves")
@@ -139,6 +140,30 @@ def map_strings(v, f):
     return v
 
 
+def push_example(fixtures):
+    """GitHub's own `push` delivery (@octokit/webhooks-examples), the first."""
+    path = os.path.join(fixtures, "webhooks-examples", "api.github.com", "index.json")
+    with open(path) as f:
+        index = json.load(f)
+    for entry in index:
+        if entry.get("name") == "push" and entry.get("examples"):
+            return entry["examples"][0]
+    sys.exit(f"measure.py: {path} has no push example")
+
+
+def push_payload(example, branch, before, after):
+    """GitHub's example `push` delivery, renamed to PR_REPO, moving `branch` from `before` to
+    `after`."""
+    v = map_strings(example, lambda s: s.replace(EXAMPLE_REPO, PR_REPO))
+    owner, name = PR_REPO.split("/")
+    v.update(ref=f"refs/heads/{branch}", before=before, after=after, created=False,
+             deleted=False, forced=False)
+    v["repository"].update(full_name=PR_REPO, name=name, id=PR_REPO_ID, fork=False,
+                           default_branch="main")
+    v["repository"]["owner"]["login"] = v["repository"]["owner"]["name"] = owner
+    return v
+
+
 def pr_examples(fixtures):
     """GitHub's own `pull_request` deliveries (@octokit/webhooks-examples), the first of each
     action."""
@@ -208,6 +233,7 @@ def cmd_prs(args):
     opts = options(args)
     slipway, home, repo = opts["--slipway"], opts["--home"], opts["--repo-dir"]
     runs, work, fixtures = int(opts["--runs"]), opts["--work"], opts["--fixtures"]
+    many = int(opts.get("--open", 0))
     os.makedirs(work, exist_ok=True)
     examples = pr_examples(fixtures)
     index = os.path.join(work, "index")
@@ -248,7 +274,7 @@ def cmd_prs(args):
         serve.wait_status(token, f"/api/v1/environments/{env}", 200, f"{env} not recorded")
         finished_deployment(serve, token, env, sha, timeout=120)
 
-    def measure(n, action, sha, before, warm):
+    def measure(n, action, sha, before, warm, prefix="pr"):
         """One delivery, timed from sending it to the plan comment arriving at the fake; then,
         once pr-N runs that commit, the three plans by the CLI and through the API, and a
         `git fetch` of the mirror."""
@@ -319,7 +345,7 @@ def cmd_prs(args):
               f"{sum(w for w, _ in cli):.3f} s{' (warm-up)' if warm else ''}", file=sys.stderr)
         if warm:
             return
-        label = f"pr/{action}"
+        label = f"{prefix}/{action}"
         record(label, [total], cpu=[cpu])
         record(f"{label}-ack", [acked])
         record(f"{label}-pending", [pending["at"] - t0])
@@ -339,8 +365,9 @@ def cmd_prs(args):
         record(f"{label}-overhead", [total - sum(w for w, _ in cli)])
         record(f"{label}-overhead-api", [total - sum(api_t)])
         record(f"{label}-fetch", [fetch])
-        record("pr/cli-version", [start])
-        record("pr/cli-validate", [valid])
+        if prefix == "pr":
+            record("pr/cli-version", [start])
+            record("pr/cli-validate", [valid])
 
     def close(n, sha):
         payload = pr_payload(examples, "closed", n, f"feature/bench-{n}", sha)
@@ -353,6 +380,96 @@ def cmd_prs(args):
                           f"pr-{n} still there after #{n} was closed", pause=0.05)
         time.sleep(0.2)  # the refresh that destroyed it is over
 
+    def open_many(first_n):
+        """`many` pull requests opened one after the other (untimed), each waited for until
+        its plan comment is in; then until every preview runs its head. Their plan comments'
+        ids."""
+        ids = {}
+        for n in range(first_n, first_n + many):
+            sha = commit_on(repo, "main", "slipway.yaml",
+                            main_yaml.replace('release: "main"', f'release: "pr-{n}-a"'),
+                            index, f"#{n}: open")
+            git(repo, "update-ref", f"refs/pull/{n}/head", sha)
+            payload = pr_payload(examples, "opened", n, f"feature/bench-{n}", sha)
+            fake.open_pr(payload["pull_request"])
+            since = fake.mark()
+            status, reply = send_webhook(serve.addr, hook_secret.encode(), "pull_request",
+                                         str(uuid.uuid4()), json.dumps(payload).encode())
+            if status != 202:
+                sys.exit(f"measure.py: the opened webhook of #{n} answered {status}: {reply}")
+            fake.wait(since, lambda r, n=n: r["method"] == "POST"
+                      and r["path"] == comment_path.format(n) and r["status"] in (200, 201),
+                      f"plan comment on #{n}", timeout=120)
+            plan = [c for c in fake.comments(n) if PLAN_MARKER in c["body"]]
+            ids[plan[0]["id"]] = n
+            if (n - first_n + 1) % 25 == 0:
+                print(f"  {n - first_n + 1} of {many} pull requests open", file=sys.stderr)
+            opened.append((n, sha))
+        for n, sha in opened:
+            deployed(f"pr-{n}", sha)
+        return ids
+
+    def at_many(base_sha):
+        """With `many` pull requests open: `runs` more pull requests' webhook → plan comment
+        (as section 7 times it, each left open); then `runs` pushes to main, each timed until
+        prod and qa run it and until the last of the open pull requests' comments is planned
+        again against it."""
+        first_n = 1001
+        ids = open_many(first_n)
+        for n in range(first_n + many, first_n + many + runs):
+            git_ref = f"refs/pull/{n}/head"
+            sha = commit_on(repo, "main", "slipway.yaml",
+                            main_yaml.replace('release: "main"', f'release: "pr-{n}-a"'),
+                            index, f"#{n}: first push")
+            git(repo, "update-ref", git_ref, sha)
+            print(f"  with {len(ids)} open: pull request #{n}", file=sys.stderr)
+            measure(n, "opened", sha, None, False, prefix="prmany")
+            ids.update({c["id"]: n for c in fake.comments(n) if PLAN_MARKER in c["body"]})
+        time.sleep(0.5)
+        push = push_example(fixtures)
+        for k in range(2, runs + 2):
+            release = f"main-{k}"
+            moved = commit_on(repo, base_sha, "slipway.yaml",
+                              main_yaml.replace('release: "main"', f'release: "{release}"'),
+                              index, f"main moves to {release}")
+            body = json.dumps(push_payload(push, "main", base_sha, moved)).encode()
+            since = fake.mark()
+            t0 = time.perf_counter()
+            git(repo, "update-ref", "refs/heads/main", moved)
+            status, reply = send_webhook(serve.addr, hook_secret.encode(), "push",
+                                         str(uuid.uuid4()), body)
+            if status != 202:
+                sys.exit(f"measure.py: the push webhook answered {status}: {reply}")
+            for e in envs:
+                finished_deployment(serve, token, e, moved, timeout=300)
+            to_running = time.perf_counter() - t0
+            edited = {}
+            deadline = time.perf_counter() + 600
+            while len(edited) < len(ids):
+                fake.fetch()
+                for r in fake.log[since:]:
+                    cid = r["path"].removeprefix(edit_prefix)
+                    if (r["method"] == "PATCH" and r["path"].startswith(edit_prefix)
+                            and cid.isdigit() and int(cid) in ids and r["status"] == 200
+                            and release in (r["json"] or {}).get("body", "")):
+                        edited.setdefault(int(cid), r)
+                if time.perf_counter() > deadline:
+                    sys.exit(f"measure.py: after the push of {release}, {len(edited)} of "
+                             f"{len(ids)} plan comments were planned again within 600 s")
+                time.sleep(0.05)
+            last = max(r["at"] for r in edited.values()) - t0
+            first = min(r["at"] for r in edited.values()) - t0
+            print(f"  with {len(ids)} open, push of {release}: prod and qa running "
+                  f"{to_running:.3f} s; first comment planned again {first:.3f} s, the last "
+                  f"{last:.3f} s", file=sys.stderr)
+            record("prmany/push-running", [to_running])
+            record("prmany/push-first-comment", [first])
+            record("prmany/push-last-comment", [last], comments=len(ids))
+            base_sha = moved
+            time.sleep(0.5)
+        record("prmany/open", [many], unit="pull requests")
+
+    opened = []
     try:
         serve.wait_healthy()
         for e in envs:
@@ -377,6 +494,8 @@ def cmd_prs(args):
             git(repo, "update-ref", git_ref, second)
             measure(n, "synchronize", second, first, rnd == 0)
             close(n, second)
+        if many:
+            at_many(main_sha)
     finally:
         serve.stop()
         unhandled = fake.unhandled() if fake.proc.poll() is None else []
@@ -421,6 +540,33 @@ def verdicts(r):
         else:
             verdict = "**missed**"
         verdicts.append((GOAL, "; ".join(figs), verdict))
+    many = samples.get("prmany/open")
+    if many and samples.get("prmany/opened"):
+        n = int(many[0])
+        t, o = samples["prmany/opened"], samples["prmany/opened-overhead"]
+        oa = samples.get("prmany/opened-overhead-api", [])
+        worst = max(o + oa)
+        verdicts.append((
+            f"the same at {n} open pull requests",
+            f"`opened` with {n} open: {fmt_s(med(t))} − the 3 plans by the CLI "
+            f"{fmt_s(med(samples['prmany/opened-plans-cli']))} = {fmt_s(med(o))}"
+            + (f"; − the same plans in-process = {fmt_s(med(oa))}" if oa else ""),
+            "**met**" if max(t) < PR_GOAL_S or worst < PR_GOAL_S else "**missed**"))
+    if many and samples.get("prmany/push-running"):
+        n = int(many[0])
+        run = samples["prmany/push-running"]
+        last = samples["prmany/push-last-comment"]
+        meta = r.meta.get("prmany/push-last-comment", {})
+        verdicts.append((
+            f"push to running (under {PUSH_GOAL_S:g} s) at {n} open pull requests, and the time "
+            "until the last of their plan comments is planned again against it",
+            f"a push to main (signed `push` delivery) → prod and qa run it: {fmt_s(med(run))}; "
+            f"→ the last of {meta.get('comments', n + 1)} plan comments edited: "
+            f"{fmt_s(med(last))} ({fmt_s(med(last) / max(1, meta.get('comments', n + 1)))} "
+            "per pull request)",
+            ("**met**" if max(run) < PUSH_GOAL_S else "**missed**")
+            + " for push to running; the re-plan of every open pull request is reported, the "
+            "issue sets it no goal"))
     return verdicts
 
 
@@ -553,6 +699,41 @@ def write(r):
                      "rendering the comment, and the rest)")
         part += f", and {ms(to_write)} to the comment's write"
         lines.append(part)
+    many = samples.get("prmany/open")
+    if many and samples.get("prmany/push-last-comment"):
+        n = int(many[0])
+        meta = r.meta.get("prmany/push-last-comment", {})
+        w(f"**At {n} open pull requests.** After the rounds above, {n} more pull requests are "
+          "opened one after the other (each its own commit changing `variables.release`, its "
+          "`opened` delivery, its plan comment waited for; untimed), and every preview `pr-N` "
+          "waited for until it runs its head. Then as many more pull requests as there are "
+          f"rounds are timed as above (webhook → plan comment, with {n} and more open), and a "
+          "commit changing `release` on `main` "
+          "is pushed with GitHub's `push` delivery, as many times as there are rounds: **timed "
+          "until prod and qa have finished "
+          "deploying it** (push to running; their resources are files, so there is no app "
+          "start-up to subtract), **and until the last of the open pull requests' plan "
+          "comments has been edited** (each re-planned against what prod and qa run now: "
+          "`pulls::base_moved` queues them, one worker plans them one at a time between "
+          f"webhooks). The timed pull requests stay open, so the pushes find {n} plus the "
+          "rounds' pull requests open.\n")
+        w("| | with " + str(n) + " open |")
+        w("|---|---|")
+        for name, key in (
+                ("**webhook sent → plan comment received** for one more pull request",
+                 "prmany/opened"),
+                ("… the 3 plans by the CLI", "prmany/opened-plans-cli"),
+                ("… the same 3 plans in-process", "prmany/opened-plans-api"),
+                ("**push → prod and qa run it**", "prmany/push-running"),
+                ("push → the first plan comment edited", "prmany/push-first-comment"),
+                (f"**push → the last of {meta.get('comments', n + 1)} plan comments edited**",
+                 "prmany/push-last-comment")):
+            if samples.get(key):
+                w(f"| {name} | {signed_cell(samples[key])} |")
+        w("")
+        w("An edit counts only when its body names the new `release` of main in prod's and "
+          "qa's plans (and the fake logs a `PATCH` only for a changed body: Slipway leaves an "
+          "unchanged comment alone).\n")
     w("**Where the time goes** (medians of each step, run by run; the fetch and the plans "
       "from their own timings, so the remainder is an estimate): " + "; ".join(lines)
       + ". Reading the commit: "
