@@ -693,20 +693,19 @@ impl Engine {
         let all_ports = self.store.environment_ports(env)?;
         let none = BTreeMap::new();
         let mut slots: BTreeMap<&str, u8> = BTreeMap::new();
-        for record in &records {
-            let envelope = Envelope::of(record);
+        let envelopes: Vec<Envelope> = records.iter().map(Envelope::of).collect();
+        let ready: Vec<(&ResourceRecord, &Envelope)> = records
+            .iter()
+            .zip(&envelopes)
+            .filter(|(record, _)| record.status == slipway_core::vocab::ResourceStatus::Ready)
+            .collect();
+        input.observed = self.observe_all(env, &ready, &all_ports);
+        for (record, envelope) in records.iter().zip(&envelopes) {
             slots.insert(
                 record.name.as_str(),
                 u8::from(envelope.instance(&record.name) != record.name),
             );
             let status = record.status;
-            if status == slipway_core::vocab::ResourceStatus::Ready {
-                let ports = all_ports.get(&record.name).unwrap_or(&none);
-                input.observed.insert(
-                    record.name.clone(),
-                    self.observe_with(env, record, &envelope, ports),
-                );
-            }
             input.recorded.insert(
                 record.name.clone(),
                 Recorded {
@@ -744,31 +743,63 @@ impl Engine {
         Ok((input, configs))
     }
 
-    /// Observes one recorded resource through its provider, with its ports (of both
-    /// instance slots) already read.
-    fn observe_with(
+    /// Observes every resource of `ready` (recorded ready) through its provider, on as many
+    /// threads as the machine has cores (at most 8) when there are many: each observation
+    /// reads what it observes (a file, a database, an API), so a plan of thousands waits on
+    /// them one core each instead of one after the other.
+    fn observe_all(
         &self,
         env: &EnvName,
-        record: &ResourceRecord,
-        envelope: &Envelope,
-        all_ports: &BTreeMap<String, u16>,
-    ) -> Observed {
-        if self.registry.get(&record.type_name).is_none() {
-            return Observed::InSync;
+        ready: &[(&ResourceRecord, &Envelope)],
+        all_ports: &BTreeMap<String, BTreeMap<String, u16>>,
+    ) -> BTreeMap<String, Observed> {
+        const ALONE: usize = 64;
+        let none = BTreeMap::new();
+        // Read once for all: the environment's sandbox and stack are the same for each.
+        let context = self
+            .sandbox(env)
+            .and_then(|sandbox| Ok((sandbox, self.stack_of(env)?)));
+        let observe = |chunk: &[(&ResourceRecord, &Envelope)]| -> Vec<(String, Observed)> {
+            chunk
+                .iter()
+                .map(|(record, envelope)| {
+                    let ports = all_ports.get(&record.name).unwrap_or(&none);
+                    let observed = if self.registry.get(&record.type_name).is_none() {
+                        Observed::InSync
+                    } else {
+                        match &context {
+                            Ok((sandbox, stack)) => {
+                                self.observe_in(stack, sandbox, env, record, envelope, ports)
+                            }
+                            Err(e) => Observed::Drifted(format!("cannot observe: {e}")),
+                        }
+                    };
+                    (record.name.clone(), observed)
+                })
+                .collect()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(8);
+        if ready.len() < ALONE || threads < 2 {
+            return observe(ready).into_iter().collect();
         }
-        let sandbox = match self.sandbox(env) {
-            Ok(sandbox) => sandbox,
-            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
-        };
-        let stack = match self.stack_of(env) {
-            Ok(stack) => stack,
-            Err(e) => return Observed::Drifted(format!("cannot observe: {e}")),
-        };
-        self.observe_in(&stack, &sandbox, env, record, envelope, all_ports)
+        let chunk = ready.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = ready
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || observe(part)))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("an observation does not panic"))
+                .collect()
+        })
     }
 
-    /// [`Engine::observe_with`] with the environment's recorded stack and its sandbox in
-    /// hand: what observing every environment at once (`status`) reads for all of them first.
+    /// Observes one recorded resource through its provider, with the environment's recorded
+    /// stack, its sandbox and the resource's ports (of both instance slots) in hand: read once
+    /// for all of them.
     pub(crate) fn observe_in(
         &self,
         stack: &str,
