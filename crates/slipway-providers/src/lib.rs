@@ -70,7 +70,8 @@ impl EnvDirs {
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
     /// The program and leading arguments that run a process supervisor, e.g.
-    /// `["/usr/bin/slipway", "__supervise"]`; the supervisor's spec file path is appended.
+    /// `["/usr/bin/slipway", "__supervise"]`; the environment's run directory is appended
+    /// (one supervisor per environment, see `process`).
     pub supervisor: Vec<std::ffi::OsString>,
     /// Time between SIGTERM and SIGKILL when stopping a process.
     pub stop_grace: Duration,
@@ -416,7 +417,32 @@ pub fn atomic_write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     atomic_write_mode(path, bytes, 0o600)
 }
 
+/// Replaces the file at `path` with `bytes` atomically, with `mode`, without syncing it to
+/// disk: for runtime files (process supervisors' specs and states) that describe processes,
+/// which do not outlive the machine either. A reader still sees the old content or the new.
+pub(crate) fn atomic_write_runtime(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_and_rename(path, bytes, mode, Durability::Runtime)
+}
+
+/// Whether a replaced file is synced to disk before it is renamed into place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Synced: it must survive a crash of the machine.
+    Synced,
+    /// Not synced: it describes what a crash of the machine ends anyway.
+    Runtime,
+}
+
 fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_and_rename(path, bytes, mode, Durability::Synced)
+}
+
+fn write_and_rename(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -432,7 +458,9 @@ fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()
             .mode(mode)
             .open(&temp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
         std::fs::rename(&temp, path)
     })();
     if written.is_err() {

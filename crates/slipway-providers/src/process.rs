@@ -1,25 +1,40 @@
 //! The `process` resource type: a long-running command, kept running by a supervisor that does
 //! not depend on any Slipway command staying alive.
 //!
-//! `create` writes a [`supervisor::SupervisorSpec`] to `<run>/<resource>.spec.json` and starts
-//! the configured supervisor program (`slipway __supervise <spec>`, which calls [`supervise`])
-//! fully detached: its own session, standard streams on `/dev/null`, and double-forked so it is
-//! nobody's child. The supervisor records itself in `<run>/<resource>.json` and restarts the
-//! command with backoff whenever it exits; see [`supervisor`] for its loop.
+//! Each environment has one supervisor ([`environment`]: `slipway __supervise <run dir>`,
+//! started detached by the first request that finds none: its own session, standard streams
+//! on `/dev/null`, double-forked so it is nobody's child) that forks and watches every process
+//! of the environment. `create` writes a [`supervisor::SupervisorSpec`] to
+//! `<run>/<resource>.spec.json` and asks the supervisor, over its socket, to `start` it; the
+//! supervisor records each process in `<run>/<resource>.json` (pid and start time) before it
+//! answers, and restarts it with backoff whenever it exits.
 //!
 //! # Guarantees
 //! - Processes are recognised by pid *and* start time, never by pid alone: a recorded pid now
 //!   held by a process with another start time is treated as gone, and never signalled.
-//! - `delete` stops the supervisor and the child's whole process group, even if the supervisor
-//!   was SIGKILLed and only the state file remains; with `live: None` it finds them through
-//!   the state file at the resource's deterministic path. Afterwards no process of the
-//!   resource runs, so its ports are free.
-//! - `create` first stops whatever an earlier create of the same resource left running.
+//! - A supervisor's death (SIGKILL included) stops none of its processes. The next request to
+//!   the environment's supervisor starts a new one, which takes back every process still
+//!   running and restarts those that ended meanwhile: `create` of an unchanged resource (the
+//!   controller's drift pass observes every process), and `observe` itself as soon as it finds
+//!   the supervisor gone: it then reports what the new supervisor found (a process still
+//!   running is in sync, not missing, so the engine does not replace it), and `Missing` only
+//!   when no new supervisor could start.
+//! - `delete` makes the supervisor let go of the process (`release`), then stops the child's
+//!   whole process group itself, even if the supervisor was SIGKILLed and only the state file
+//!   remains; with `live: None` it finds it through the state file at the resource's
+//!   deterministic path. Afterwards no process of the resource runs, so its ports are free.
+//! - `create` of an unchanged spec whose process runs keeps that process; otherwise it first
+//!   stops whatever an earlier create of the same resource left running.
+//! - A home from before the environment's supervisor keeps working: a process whose state
+//!   file says `scope: resource` and whose own supervisor still runs is left to it (observed
+//!   the same way, stopped by SIGTERM to that supervisor); once that supervisor is gone, the
+//!   environment's supervisor takes the process back like any other.
 //!
 //! # Caveats
 //! - A program that escapes its process group (by calling `setsid` itself) escapes the
 //!   supervisor's stop too.
 
+pub(crate) mod environment;
 pub(crate) mod health;
 pub(crate) mod supervisor;
 
@@ -33,8 +48,9 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use self::environment::{Answer, StartError};
 use self::health::HealthCheck;
-use self::supervisor::{Phase, SupervisorSpec, SupervisorState, read_state};
+use self::supervisor::{Phase, Scope, SupervisorSpec, SupervisorState, read_state};
 use crate::command::{self, TAIL_LINES};
 use crate::logfile::{self, log_path};
 use crate::procinfo::{ProcessIdentity, wait_until};
@@ -125,6 +141,9 @@ struct LiveProcess {
     child_pid: Option<u32>,
     child_start: Option<u64>,
     state_file: PathBuf,
+    /// Which kind of supervisor started it (absent in records from before: `resource`).
+    #[serde(default)]
+    scope: Scope,
 }
 
 impl LiveProcess {
@@ -148,8 +167,12 @@ impl LiveProcess {
     }
 }
 
-/// How long `create` waits for the supervisor to record itself and its first child.
-const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request to the environment's supervisor may take to be answered (a `start`
+/// that must first stop a changed process waits out its stop grace).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a process without a health check whose exit would be final (restart `never` or
+/// `on-failure`) must be seen running before it is ready.
+const SETTLE_WITHOUT_RESTART: Duration = Duration::from_millis(100);
 /// Exits before becoming ready after which `wait_ready` gives up early.
 const CRASHES_BEFORE_READY: u32 = 3;
 
@@ -272,17 +295,10 @@ impl Provider for ProcessProvider {
         config: &ProcessConfig,
     ) -> Result<Applied, ProviderError> {
         let resolved = resolve(ctx, config)?;
-        let Some((program, args)) = ctx.settings.supervisor.split_first() else {
+        if ctx.settings.supervisor.is_empty() {
             return Err(ProviderError::Config(
                 "process: no supervisor program is configured (settings.supervisor)".to_owned(),
             ));
-        };
-        // A create that was interrupted, or one repeated without a delete, may have left a
-        // supervisor at this resource's location: it is ours to replace.
-        stop(ctx, None)?;
-        for dir in [&ctx.dirs.run, &ctx.dirs.logs] {
-            std::fs::create_dir_all(dir)
-                .map_err(io_error(format!("failed to create {}", dir.display())))?;
         }
         let spec = SupervisorSpec {
             resource: ctx.resource.to_owned(),
@@ -301,30 +317,36 @@ impl Provider for ProcessProvider {
         let bytes = crate::to_json(&spec, "the supervisor spec")?
             .to_string()
             .into_bytes();
-        // The spec holds the child's environment, secrets included: its owner's eyes only.
-        crate::atomic_write_private(&spec_file, &bytes)
-            .map_err(io_error(format!("failed to write {}", spec_file.display())))?;
-
-        spawn_detached(program, args, &spec_file).map_err(|e| {
-            let _ = std::fs::remove_file(&spec_file);
-            ProviderError::Failed {
-                message: format!(
-                    "failed to start the supervisor {} for process `{}`: {e}",
-                    Path::new(program).display(),
-                    command::show_command(&config.command)
-                ),
-                log_tail: None,
-                retry: Retry::Terminal,
+        // The same spec already running (a create repeated after an interruption, or the
+        // controller healing a process whose supervisor died): keep the process.
+        let current = read_state(&spec.state)
+            .filter(|_| std::fs::read(&spec_file).is_ok_and(|on_disk| on_disk == bytes))
+            .filter(|s| s.supervisor.is_alive() || s.child.is_some_and(|c| c.is_alive()));
+        let state = match current {
+            // A per-resource supervisor of a home from before keeps its process.
+            Some(state) if state.scope == Scope::Resource && state.supervisor.is_alive() => state,
+            Some(_) => ask_start(ctx, &spec)?,
+            None => {
+                // Anything an earlier create of this resource left running is ours to replace.
+                stop(ctx, None)?;
+                for dir in [&ctx.dirs.run, &ctx.dirs.logs] {
+                    std::fs::create_dir_all(dir)
+                        .map_err(io_error(format!("failed to create {}", dir.display())))?;
+                }
+                // The spec holds the child's environment, secrets included: its owner's eyes
+                // only.
+                crate::atomic_write_runtime(&spec_file, &bytes, 0o600)
+                    .map_err(io_error(format!("failed to write {}", spec_file.display())))?;
+                ask_start(ctx, &spec)?
             }
-        })?;
-
-        let state = wait_for_first_child(ctx, &spec)?;
+        };
         let live = LiveProcess {
             supervisor_pid: state.supervisor.pid,
             supervisor_start: state.supervisor.start,
             child_pid: state.child.map(|c| c.pid),
             child_start: state.child.map(|c| c.start),
             state_file: spec.state,
+            scope: state.scope,
         };
         let mut outputs = BTreeMap::new();
         let ports: BTreeMap<&String, u16> = config
@@ -358,13 +380,36 @@ impl Provider for ProcessProvider {
         live: &Value,
     ) -> Result<Observation, ProviderError> {
         let live = LiveProcess::parse(live)?;
-        let supervisor = live.supervisor();
+        let mut recorded = read_state(&state_path(ctx));
+        // Whichever supervisor keeps it now: the environment's supervisor may have taken it
+        // back since the engine recorded it.
+        let mut supervisor = recorded
+            .as_ref()
+            .map_or(live.supervisor(), |state| state.supervisor);
         if !supervisor.is_alive() {
-            return Ok(Observation::Missing {
-                reason: format!("its supervisor (pid {}) is gone", supervisor.pid),
-            });
+            let gone = format!("its supervisor (pid {}) is gone", supervisor.pid);
+            if recorded.is_none() {
+                return Ok(Observation::Missing { reason: gone });
+            }
+            // Take the environment's processes back now, rather than report them missing and
+            // have them replaced (restarted): a new supervisor watches those still running and
+            // starts again those that ended meanwhile. What it finds is what is observed.
+            if let Err(e) = take_back(ctx) {
+                return Ok(Observation::Missing {
+                    reason: format!("{gone}, and no new supervisor could start: {e}"),
+                });
+            }
+            recorded = read_state(&state_path(ctx));
+            supervisor = recorded
+                .as_ref()
+                .map_or(live.supervisor(), |state| state.supervisor);
+            if !supervisor.is_alive() {
+                return Ok(Observation::Missing {
+                    reason: format!("{gone}, and no new supervisor took it back"),
+                });
+            }
         }
-        let state = read_state(&state_path(ctx)).filter(|s| s.supervisor == supervisor);
+        let state = recorded.filter(|s| s.supervisor == supervisor);
         let Some(state) = state else {
             return Ok(Observation::Drifted {
                 reason: format!(
@@ -430,7 +475,9 @@ impl Provider for ProcessProvider {
         deadline: Instant,
     ) -> Result<(), ProviderError> {
         let resolved = resolve(ctx, config)?;
-        let live = LiveProcess::parse(&applied.live)?;
+        // The record must be one of ours, though the supervisor it names may have been
+        // replaced since (see the state file below).
+        LiveProcess::parse(&applied.live)?;
         let started = Instant::now();
         let deadline = match config.ready_timeout {
             Some(timeout) => deadline.min(started + timeout),
@@ -444,9 +491,12 @@ impl Provider for ProcessProvider {
             retry,
         };
         let mut attempt: u32 = 0;
+        let mut running_since = None;
         loop {
-            let state = read_state(&state_path(ctx)).filter(|s| s.supervisor == live.supervisor());
-            let Some(state) = state.filter(|_| live.supervisor().is_alive()) else {
+            // The state file names whichever supervisor keeps it now (one that took it back
+            // after the first died included).
+            let state = read_state(&state_path(ctx)).filter(|s| s.supervisor.is_alive());
+            let Some(state) = state else {
                 return Err(fail(
                     format!("the supervisor of process `{shown}` exited before it became ready"),
                     Retry::Retryable,
@@ -475,7 +525,17 @@ impl Provider for ProcessProvider {
             let last_problem = match describe_down(&state) {
                 Some(down) => down,
                 None => match &resolved.health {
-                    None => return Ok(()),
+                    // Nothing to check: ready once running. Unless its exit would be final
+                    // (its policy does not restart it): then only once it has stayed up a
+                    // moment, so that a program that exits at once is not called ready.
+                    None if config.restart == RestartPolicy::Always => return Ok(()),
+                    None => {
+                        let since = *running_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= SETTLE_WITHOUT_RESTART {
+                            return Ok(());
+                        }
+                        "it has not run long enough yet to be called ready".to_owned()
+                    }
                     Some(health) => {
                         match health.check.check(
                             health.timeout,
@@ -539,22 +599,118 @@ fn describe_down(state: &SupervisorState) -> Option<String> {
     }
 }
 
-/// Starts the supervisor program so that it is no process's child: in a new session, with its
-/// standard streams on `/dev/null` (a CLI whose output is captured must not wait for it), and
-/// double-forked, so that its exit leaves no zombie in the engine and it is re-parented to init
-/// at once.
-fn spawn_detached(
+/// Asks the environment's supervisor (starting one if none answers) to start the process of
+/// `spec`, whose spec file is written; returns the state it recorded.
+fn ask_start(
+    ctx: ResourceContext<'_>,
+    spec: &SupervisorSpec,
+) -> Result<SupervisorState, ProviderError> {
+    let shown = command::show_command(&spec.command);
+    let tail = || logfile::tail(&spec.log, TAIL_LINES);
+    let answer = ask_supervisor(ctx, &format!("start {}", ctx.resource)).map_err(|e| {
+        let _ = std::fs::remove_file(spec_path(ctx));
+        match e {
+            SupervisorUnreachable::Config(e) => e,
+            SupervisorUnreachable::Failed(message) => ProviderError::Failed {
+                message: format!("{message} for process `{shown}`"),
+                log_tail: tail(),
+                retry: Retry::Retryable,
+            },
+        }
+    })?;
+    if let Some(why) = answer.error() {
+        let _ = stop(ctx, None);
+        return Err(ProviderError::Failed {
+            message: format!("the supervisor could not start process `{shown}`: {why}"),
+            log_tail: tail(),
+            retry: Retry::Retryable,
+        });
+    }
+    match read_state(&spec.state).filter(|s| s.supervisor.is_alive()) {
+        Some(state) => Ok(state),
+        None => {
+            let _ = stop(ctx, None);
+            Err(ProviderError::Failed {
+                message: format!(
+                    "the supervisor of process `{shown}` answered but recorded nothing in {}",
+                    spec.state.display()
+                ),
+                log_tail: tail(),
+                retry: Retry::Retryable,
+            })
+        }
+    }
+}
+
+/// Starts a supervisor for the environment if none runs; it takes back every process whose
+/// supervisor is gone (this one's included).
+fn take_back(ctx: ResourceContext<'_>) -> Result<(), String> {
+    match ask_supervisor(ctx, &format!("adopt {}", ctx.resource)) {
+        Ok(answer) => answer.error().map_or(Ok(()), |e| Err(e.to_owned())),
+        Err(SupervisorUnreachable::Config(e)) => Err(e.to_string()),
+        Err(SupervisorUnreachable::Failed(message)) => Err(message),
+    }
+}
+
+/// Why the environment's supervisor could not be asked.
+enum SupervisorUnreachable {
+    /// No supervisor program is configured.
+    Config(ProviderError),
+    /// It could not be started or did not answer.
+    Failed(String),
+}
+
+fn ask_supervisor(
+    ctx: ResourceContext<'_>,
+    request: &str,
+) -> Result<Answer, SupervisorUnreachable> {
+    let Some((program, args)) = ctx.settings.supervisor.split_first() else {
+        return Err(SupervisorUnreachable::Config(ProviderError::Config(
+            "process: no supervisor program is configured (settings.supervisor)".to_owned(),
+        )));
+    };
+    environment::ask_starting(&ctx.dirs.run, program, args, request, REQUEST_TIMEOUT).map_err(|e| {
+        SupervisorUnreachable::Failed(match e {
+            StartError::Spawn(e) => format!(
+                "failed to start the supervisor {}: {e}",
+                Path::new(program).display()
+            ),
+            StartError::Io(e) => format!(
+                "failed to talk to the supervisor at {}: {e}",
+                ctx.dirs.run.join(environment::SOCKET).display()
+            ),
+            StartError::Silent(waited) => format!(
+                "the supervisor did not answer at {} within {}; check the supervisor \
+                     program (settings.supervisor) runs `{}`",
+                ctx.dirs.run.join(environment::SOCKET).display(),
+                crate::duration::show(waited),
+                ctx.settings
+                    .supervisor
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        })
+    })
+}
+
+/// Starts the supervisor program (`program args arg`) so that it is no process's child: in a
+/// new session, with its standard streams on `/dev/null` (a CLI whose output is captured must
+/// not wait for it), and double-forked, so that its exit leaves no zombie in the engine and it
+/// is re-parented to init at once.
+pub(super) fn spawn_detached(
     program: &std::ffi::OsStr,
     args: &[std::ffi::OsString],
-    spec: &Path,
+    arg: &Path,
 ) -> std::io::Result<()> {
     let mut command = Command::new(program);
     command
         .args(args)
-        .arg(spec)
+        .arg(arg)
         // The supervisor outlives us and its `/proc/<pid>/environ` outlives nothing: it gets
         // none of the engine's environment (credentials: forge tokens, database URLs), only
-        // a PATH. Everything its child needs is in the spec.
+        // a PATH. Everything its children need is in their specs.
         .env_clear()
         .env(
             "PATH",
@@ -594,81 +750,51 @@ fn spawn_detached(
     Ok(())
 }
 
-/// Waits until the supervisor has recorded itself and its first attempt to start the child.
-fn wait_for_first_child(
-    ctx: ResourceContext<'_>,
-    spec: &SupervisorSpec,
-) -> Result<SupervisorState, ProviderError> {
-    let mut seen = None;
-    let started = wait_until(Instant::now() + SUPERVISOR_START_TIMEOUT, || {
-        seen = read_state(&spec.state);
-        match &seen {
-            Some(state) => state.phase != Phase::Starting || !state.supervisor.is_alive(),
-            None => false,
-        }
-    });
-    let shown = command::show_command(&spec.command);
-    let tail = || logfile::tail(&spec.log, TAIL_LINES);
-    match seen {
-        Some(state) if state.supervisor.is_alive() && started => Ok(state),
-        Some(state) => {
-            let why = state
-                .last_exit
-                .clone()
-                .unwrap_or_else(|| "no reason recorded".into());
-            let _ = stop(ctx, None);
-            Err(ProviderError::Failed {
-                message: format!(
-                    "the supervisor of process `{shown}` stopped while starting it: {why}"
-                ),
-                log_tail: tail(),
-                retry: Retry::Retryable,
-            })
-        }
-        None => {
-            let _ = stop(ctx, None);
-            Err(ProviderError::Failed {
-                message: format!(
-                    "the supervisor of process `{shown}` did not record itself in {} within {}; \
-                     check the supervisor program (settings.supervisor) runs `{}`",
-                    spec.state.display(),
-                    crate::duration::show(SUPERVISOR_START_TIMEOUT),
-                    ctx.settings
-                        .supervisor
-                        .iter()
-                        .map(|a| a.to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-                log_tail: tail(),
-                retry: Retry::Retryable,
-            })
-        }
-    }
-}
-
-/// Stops everything of the resource: the supervisors named by `live` and the state file, then
-/// whatever survives of the children's process groups; removes the spec and state files.
+/// Stops everything of the resource: no supervisor may start it again (its spec goes first),
+/// the environment's supervisor lets go of it, a per-resource supervisor (a home from before)
+/// is stopped, then whatever survives of the children's process groups; removes its files.
 fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), ProviderError> {
     let state_file = state_path(ctx);
     let spec_file = spec_path(ctx);
-    let mut before = read_state(&state_file);
-    if before.is_none() && live.is_none() && spec_file.exists() {
-        // A create interrupted right after starting the supervisor: give it a moment to
-        // record itself, so that it is not left running.
-        wait_until(Instant::now() + Duration::from_secs(2), || {
-            before = read_state(&state_file);
-            before.is_some()
-        });
-    }
+    let before = read_state(&state_file);
     let grace = before
         .as_ref()
         .map(|s| Duration::from_millis(s.stop_grace_ms))
         .unwrap_or(ctx.settings.stop_grace);
+    let remove = |file: &Path| match std::fs::remove_file(file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ProviderError::Io {
+            context: format!("failed to remove {}", file.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    };
+    // A supervisor restarts nothing whose spec is gone, and starts nothing without one.
+    remove(&spec_file)?;
+    // Only a supervisor already running is asked: one started now would have nothing to
+    // let go of.
+    let released = environment::ask(
+        &ctx.dirs.run,
+        &format!("release {}", ctx.resource),
+        REQUEST_TIMEOUT,
+    )
+    .map_err(io_error(format!(
+        "failed to ask the supervisor at {} to let go of `{}`",
+        ctx.dirs.run.join(environment::SOCKET).display(),
+        ctx.resource
+    )))?;
 
-    let mut supervisors: Vec<ProcessIdentity> =
-        live.map(LiveProcess::supervisor).into_iter().collect();
-    supervisors.extend(before.as_ref().map(|s| s.supervisor));
+    // Per-resource supervisors (a home from before) stop their child on SIGTERM.
+    let mut supervisors: Vec<ProcessIdentity> = live
+        .filter(|l| l.scope == Scope::Resource)
+        .map(LiveProcess::supervisor)
+        .into_iter()
+        .collect();
+    supervisors.extend(
+        before
+            .as_ref()
+            .filter(|s| s.scope == Scope::Resource)
+            .map(|s| s.supervisor),
+    );
     supervisors.dedup();
     for supervisor in &supervisors {
         if supervisor.signal(Signal::SIGTERM)
@@ -683,8 +809,8 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         }
     }
 
-    // A supervisor that stopped cleanly removed the state file; one that was SIGKILLed (now or
-    // earlier) left it, naming the child it last started.
+    // The state file names the child last started (a per-resource supervisor that stopped
+    // cleanly removed it; one that was SIGKILLed left it).
     let after = read_state(&state_file);
     let mut children: Vec<ProcessIdentity> = [
         before.as_ref().and_then(|s| s.child),
@@ -699,16 +825,16 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
     for child in &children {
         child.stop_group(grace);
     }
-    for file in [&state_file, &spec_file] {
-        match std::fs::remove_file(file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ProviderError::Io {
-                    context: format!("failed to remove {}", file.display()),
-                    source: e,
-                });
-            }
-            _ => {}
-        }
+    remove(&state_file)?;
+    // The last process of the environment: its supervisor exits; a destroy leaves nothing.
+    if let Some(supervisor) = released
+        .as_ref()
+        .filter(|a| a.exits())
+        .and_then(|a| a.supervisor)
+    {
+        wait_until(Instant::now() + Duration::from_secs(5), || {
+            !supervisor.is_alive()
+        });
     }
     Ok(())
 }

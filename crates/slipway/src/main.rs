@@ -224,6 +224,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// The supervisor of an environment's processes (given its run directory), or of one
+    /// process (given its spec file: how homes from before started them).
     #[command(hide = true, name = "__supervise")]
     Supervise { spec: PathBuf },
     /// A replica's lease watchdog (see slipway_providers::watchdog), reading its standard input.

@@ -78,7 +78,7 @@ for p in engines:
     attempt("engine signal", lambda: os.kill(p, signal.SIGTERM))
 for p in pids:
     line = cmdline(p)
-    if prod + "/run/web" in line:
+    if "__supervise" in line and prod + "/run" in line:
         attempt("prod supervisor environ", lambda: read("/proc/%d/environ" % p))
         attempt("prod supervisor signal", lambda: os.kill(p, signal.SIGKILL))
     if "web-of-prod" in line:
@@ -103,6 +103,14 @@ attempt("list prod data", lambda: " ".join(os.listdir(os.path.join(prod, "data")
 attempt("list prod logs", lambda: " ".join(os.listdir(os.path.join(prod, "logs"))))
 attempt("read prod log", lambda: read(os.path.join(prod, "logs", "web.log")))
 attempt("read prod spec", lambda: read(os.path.join(prod, "run", "web.spec.json")))
+def ask_supervisor(run):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(os.path.join(run, "supervise.sock"))
+    s.sendall(b"release web\n")
+    return s.recv(200).decode()
+attempt("prod supervisor socket", lambda: ask_supervisor(os.path.join(prod, "run")))
+attempt("own supervisor socket", lambda: ask_supervisor(os.path.join(os.path.dirname(data), "run")))
 attempt("write prod data", lambda: write(os.path.join(prod, "data", "pwned-" + mode)))
 attempt("write home", lambda: write(os.path.join(home, "pwned-" + mode)))
 attempt("read engine config", lambda: read(os.path.join(sandbox, "engine.toml")))
@@ -480,6 +488,8 @@ fn assert_held(sc: &Scenario, mode: &str, report: &BTreeMap<String, Value>) {
         "list prod logs",
         "read prod log",
         "read prod spec",
+        "prod supervisor socket",
+        "own supervisor socket",
         "write prod data",
         "write home",
     ];

@@ -387,7 +387,7 @@ fn a_killed_child_is_restarted_by_the_supervisor_alone() {
 
 #[test]
 fn observe_reports_a_restarting_child_as_drifted_and_a_dead_supervisor_as_missing() {
-    let env = TestEnv::new();
+    let mut env = TestEnv::new();
     let mut cleanup = Cleanup::default();
     // Exits after a moment, then waits out a backoff: observable as "restarting".
     let config = json!({"command": ["sh", "-c", "echo up; sleep 0.3; exit 4"]});
@@ -418,11 +418,29 @@ fn observe_reports_a_restarting_child_as_drifted_and_a_dead_supervisor_as_missin
 
     kill("-KILL", &supervisor_of(&applied).pid.to_string());
     assert!(
+        eventually(Duration::from_secs(5), || !supervisor_of(&applied).alive()),
+        "the supervisor is dead"
+    );
+    // Observing finds it gone and has a new supervisor take the process back at once.
+    let observed = env.observe("flaky", &config, &applied.live);
+    let successor = env
+        .state("flaky")
+        .and_then(|s| Proc::from_json(&s["supervisor"]))
+        .filter(|s| *s != supervisor_of(&applied) && s.alive());
+    assert!(
+        successor.is_some() && !matches!(observed, Ok(Observation::Missing { .. })),
+        "a process whose supervisor is gone is taken back by a new one: {observed:?}\n{}",
+        env.report()
+    );
+    // When no supervisor can start, it is missing.
+    kill("-KILL", &successor.expect("checked above").pid.to_string());
+    env.settings.supervisor = vec!["/nonexistent/slipway".into(), "__supervise".into()];
+    assert!(
         eventually(Duration::from_secs(5), || matches!(
             env.observe("flaky", &config, &applied.live),
             Ok(Observation::Missing { .. })
         )),
-        "a process whose supervisor is gone is missing"
+        "a process whose supervisor is gone, and none can start, is missing"
     );
     env.delete("flaky", Some(&applied.live), "delete");
 }
@@ -769,4 +787,256 @@ fn a_process_whose_program_does_not_exist_fails_wait_ready_saying_so() {
         "the log tail has the supervisor's notes: {log_tail:?}"
     );
     env.delete("ghost", Some(&applied.live), "delete");
+}
+
+#[test]
+fn a_killed_environment_supervisor_leaves_its_processes_running_and_the_next_takes_them_back() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    // Writes all along, so that it would die of SIGPIPE (or stop) if nobody held its pipe.
+    let chatty = json!({"command": ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"]});
+    let doomed = json!({"command": ["sleep", "4243000"]});
+    let applied = env.create(&mut cleanup, "chatty", &chatty);
+    let doomed_applied = env.create(&mut cleanup, "doomed", &doomed);
+    let supervisor = supervisor_of(&applied);
+    assert_eq!(
+        supervisor,
+        supervisor_of(&doomed_applied),
+        "the environment's processes share one supervisor"
+    );
+    let chatty_child = child_in(&env.state("chatty").expect("state")).expect("a child");
+    let doomed_child = child_in(&env.state("doomed").expect("state")).expect("a child");
+    cleanup.groups.extend([chatty_child, doomed_child]);
+
+    kill("-KILL", &supervisor.pid.to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || !supervisor.alive()),
+        "the supervisor is dead"
+    );
+    // One of its processes dies while nothing supervises it.
+    kill("-KILL", &doomed_child.pid.to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || !doomed_child.alive()),
+        "the unsupervised process is dead"
+    );
+    let written = env.log("chatty").len();
+    assert!(
+        chatty_child.alive(),
+        "a SIGKILLed supervisor stops none of its processes"
+    );
+
+    // Observing finds the supervisor gone: it says so, and a new supervisor takes back what
+    // runs and restarts what died, without a person.
+    let observed = env.observe("chatty", &chatty, &applied.live);
+    assert!(
+        matches!(&observed, Ok(Observation::InSync)),
+        "a process whose supervisor died is taken back, and so in sync (not replaced): \
+         {observed:?}\n{}",
+        env.report()
+    );
+    let state = env.state("chatty").expect("state");
+    let successor = Proc::from_json(&state["supervisor"]).expect("a supervisor");
+    assert!(
+        successor != supervisor && successor.alive(),
+        "a new supervisor keeps it: {state}"
+    );
+    assert_eq!(
+        child_in(&state),
+        Some(chatty_child),
+        "the running process is taken back (same pid and start time), not restarted: {state}"
+    );
+    assert!(chatty_child.alive(), "and it still runs");
+    assert_eq!(state["scope"], "environment", "{state}");
+    let mut restarted = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            restarted = env
+                .state("doomed")
+                .and_then(|s| child_in(&s))
+                .filter(|c| *c != doomed_child && c.alive());
+            restarted.is_some()
+        }),
+        "the process that died meanwhile is started again:\n{}",
+        env.report()
+    );
+    cleanup.groups.extend(restarted);
+    let doomed_state = env.state("doomed").expect("state");
+    assert!(
+        doomed_state["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("no supervisor saw")),
+        "its state says it ended unseen: {doomed_state}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let log = env.log("chatty");
+            log.len() > written
+                && log
+                    .find("taken over")
+                    .is_some_and(|at| log[at..].contains("tick"))
+        }),
+        "its output reaches the log again once taken back:\n{}",
+        env.report()
+    );
+    assert_eq!(
+        env.observe("chatty", &chatty, &applied.live)
+            .expect("observe"),
+        Observation::InSync,
+        "once taken back it is in sync, though the record names the dead supervisor"
+    );
+
+    env.delete("chatty", Some(&applied.live), "delete chatty");
+    env.delete("doomed", Some(&doomed_applied.live), "delete doomed");
+    assert!(!chatty_child.alive(), "delete stops a taken-back process");
+    assert!(
+        eventually(Duration::from_secs(5), || !successor.alive()),
+        "the supervisor exits with its last process"
+    );
+}
+
+#[test]
+fn the_supervisor_answers_only_the_engines_uid() {
+    if !slipway_providers::sandbox::running_as_root() {
+        eprintln!("not root: no other uid to try with");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4245000"]});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let child = child_in(&env.state("api").expect("state")).expect("a child");
+    // Open the way to the socket wide (the engine's homes never are): only the supervisor's
+    // own check of its caller is left.
+    let socket = env.dirs.run.join("supervise.sock");
+    let mut dir = env.dirs.run.clone();
+    while let Some(parent) = dir.parent() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        if dir.ends_with("envs") {
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            break;
+        }
+        dir = parent.to_path_buf();
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.settimeout(5)\n\
+             s.connect(sys.argv[1])\n\
+             try:\n    s.sendall(b'release api\\n')\n\
+             except BrokenPipeError:\n    pass\n\
+             print(s.recv(200).decode() or 'closed')",
+        ])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("python3 runs");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    // (The refusal may come before the request is even sent: then sending it fails.)
+    assert!(
+        answer.contains("error refused"),
+        "a request from another uid is refused: {out:?}"
+    );
+    assert!(
+        child.alive() && env.state("api").is_some(),
+        "and changes nothing"
+    );
+    env.delete("api", Some(&applied.live), "delete");
+}
+
+#[test]
+fn a_process_of_a_per_resource_supervisor_from_before_keeps_working_and_is_taken_back() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4246000"]});
+    // The spec this engine writes for it, which is what an older engine wrote too.
+    env.create(&mut cleanup, "old", &config);
+    let spec_file = env.dirs.run.join("old.spec.json");
+    let spec = std::fs::read(&spec_file).expect("the spec");
+    env.delete("old", None, "delete the template");
+
+    // A home from before: the process's own supervisor, `slipway __supervise <spec>`.
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&spec_file)
+        .and_then(|mut f| f.write_all(&spec))
+        .expect("write the spec");
+    let mut legacy = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("__supervise")
+        .arg(&spec_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a per-resource supervisor");
+    let mut state = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            state = env
+                .state("old")
+                .filter(|s| s["phase"] == "running" && child_in(s).is_some_and(|c| c.alive()));
+            state.is_some()
+        }),
+        "the per-resource supervisor starts its process:\n{}",
+        env.report()
+    );
+    let state = state.expect("checked above");
+    assert!(
+        state.get("scope").is_none(),
+        "its state file is in the format from before: {state}"
+    );
+    let old_supervisor = Proc::from_json(&state["supervisor"]).expect("its supervisor");
+    let child = child_in(&state).expect("its child");
+    cleanup.groups.push(child);
+    // What an older engine recorded.
+    let recorded = json!({
+        "supervisor_pid": old_supervisor.pid,
+        "supervisor_start": old_supervisor.start,
+        "child_pid": child.pid,
+        "child_start": child.start,
+        "state_file": env.dirs.run.join("old.json"),
+    });
+    assert_eq!(
+        env.observe("old", &config, &recorded).expect("observe"),
+        Observation::InSync,
+        "a process of a per-resource supervisor is observed as before"
+    );
+    let again = env.create(&mut cleanup, "old", &config);
+    assert_eq!(
+        (
+            supervisor_of(&again),
+            child_in(&env.state("old").expect("state"))
+        ),
+        (old_supervisor, Some(child)),
+        "an unchanged create leaves it with its own supervisor"
+    );
+
+    // Its supervisor dies: the environment's supervisor takes the process back.
+    kill("-KILL", &old_supervisor.pid.to_string());
+    let _ = legacy.wait();
+    assert_eq!(
+        env.observe("old", &config, &recorded).expect("observe"),
+        Observation::InSync,
+        "its supervisor's death is seen, and the process taken back"
+    );
+    let state = env.state("old").expect("state");
+    assert_eq!(state["scope"], "environment", "taken back: {state}");
+    assert_eq!(child_in(&state), Some(child), "not restarted: {state}");
+    assert!(child.alive(), "it still runs");
+    assert_eq!(
+        env.observe("old", &config, &recorded).expect("observe"),
+        Observation::InSync,
+        "and is in sync under its new supervisor"
+    );
+    env.delete("old", Some(&recorded), "delete");
+    assert!(!child.alive(), "delete stops it");
 }

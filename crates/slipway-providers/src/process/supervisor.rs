@@ -1,17 +1,26 @@
-//! The supervisor of one `process` resource: a small program (`slipway __supervise <spec>`) that
-//! keeps one command running, detached from whichever Slipway command started it, the way
-//! s6-supervise or conmon do.
+//! What every process supervisor shares (the spec the engine writes, the state file the
+//! supervisor keeps), and the per-resource supervisor of homes from before the environment's
+//! supervisor ([`super::environment`]).
 //!
-//! It reads a [`SupervisorSpec`], records itself in the state file, then loops: start the
-//! child in its own session and process group with its output copied into the resource log;
-//! when the child exits, record how, and start it again after a backoff (per the restart policy). On
-//! SIGTERM it stops the child's process group (SIGTERM, then SIGKILL after the grace period),
-//! removes the state file and exits 0.
+//! `slipway __supervise <path>` runs one or the other: given the environment's run directory,
+//! the environment's supervisor, which forks every process of the environment itself; given a
+//! spec file (`<run>/<resource>.spec.json`, how the engine started supervisors before), a
+//! supervisor of that one resource, which keeps one command running the way s6-supervise or
+//! conmon do. The engine no longer starts the latter; it stays so that a home upgraded while
+//! such supervisors run keeps working (their state files have `scope: resource`, and are
+//! stopped by SIGTERM, as they always were) and can be tested.
+//!
+//! The per-resource supervisor reads a [`SupervisorSpec`], records itself in the state file,
+//! then loops: start the child in its own session and process group with its output copied
+//! into the resource log; when the child exits, record how, and start it again after a
+//! backoff (per the restart policy). On SIGTERM it stops the child's process group (SIGTERM,
+//! then SIGKILL after the grace period), removes the state file and exits 0.
 //!
 //! # Guarantees
 //! - The state file is replaced atomically on every change, and always names the current child
 //!   by pid *and* start time, so that if the supervisor itself is SIGKILLed, `delete` can still
-//!   find and stop the child's group without risking a reused pid.
+//!   find and stop the child's group without risking a reused pid, and the next supervisor can
+//!   take the child back.
 //! - Before a restart, whatever the previous child left in its process group is killed, so a
 //!   stale grandchild cannot hold the port the new child needs.
 
@@ -96,6 +105,44 @@ pub(crate) struct SupervisorState {
     pub last_exit: Option<String>,
     /// Copied from the spec, for `delete`.
     pub stop_grace_ms: u64,
+    /// Which kind of supervisor keeps it (absent in state files from before, and still in
+    /// those of per-resource supervisors: `resource`).
+    #[serde(default, skip_serializing_if = "Scope::is_resource")]
+    pub scope: Scope,
+}
+
+impl SupervisorState {
+    /// The state of a supervisor that has started nothing yet.
+    pub fn starting(supervisor: ProcessIdentity, stop_grace_ms: u64, scope: Scope) -> Self {
+        SupervisorState {
+            supervisor,
+            child: None,
+            phase: Phase::Starting,
+            restarts: 0,
+            exits: 0,
+            last_exit: None,
+            stop_grace_ms,
+            scope,
+        }
+    }
+}
+
+/// Which kind of supervisor keeps a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Scope {
+    /// A supervisor of this one resource (`slipway __supervise <spec>`), of a home from before
+    /// the environment's supervisor: SIGTERM stops it and its child.
+    #[default]
+    Resource,
+    /// The environment's supervisor (`slipway __supervise <run dir>`), asked over its socket.
+    Environment,
+}
+
+impl Scope {
+    fn is_resource(&self) -> bool {
+        *self == Scope::Resource
+    }
 }
 
 /// Reads a state file; `None` if it does not exist or is unreadable (a supervisor that died
@@ -105,24 +152,37 @@ pub(crate) fn read_state(path: &Path) -> Option<SupervisorState> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
+/// Replaces a state file atomically. Not synced to disk: what it describes (running
+/// processes) does not outlive the machine either.
+pub(crate) fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).expect("a supervisor state serializes");
-    crate::atomic_write(path, &bytes)
+    crate::atomic_write_runtime(path, &bytes, 0o666)
 }
 
 /// The first backoff; doubled after each quick exit, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between two starts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A child that ran at least this long is considered to have been healthy: its next backoff
 /// starts over from [`FIRST_BACKOFF`].
-const STABLE_UPTIME: Duration = Duration::from_secs(10);
+pub(crate) const STABLE_UPTIME: Duration = Duration::from_secs(10);
 /// How often the supervisor looks at its child and at the SIGTERM flag.
 const TICK: Duration = Duration::from_millis(25);
 
-/// Runs a supervisor for the spec at `spec_path`; returns the process exit code (0 after a
-/// clean stop). Meant to be the whole of a process's life: `slipway __supervise <spec>`.
-pub fn supervise(spec_path: &Path) -> i32 {
+/// Runs a supervisor; returns the process exit code (0 after a clean stop). Meant to be the
+/// whole of a process's life: `slipway __supervise <path>`. `path` is an environment's run
+/// directory (the environment's supervisor, [`super::environment`]) or, as homes from before
+/// it started them, one resource's spec file.
+pub fn supervise(path: &Path) -> i32 {
+    if path.is_dir() {
+        return super::environment::run(path);
+    }
+    supervise_resource(path)
+}
+
+/// Detaches a supervisor from whoever started it and installs its signal handlers; returns
+/// the flag SIGTERM and SIGINT raise, or the exit code when a handler cannot be installed.
+pub(crate) fn detach() -> Result<Arc<AtomicBool>, i32> {
     // Leave the session and process group of whoever started us, so that a Ctrl-C or a
     // group kill aimed at the CLI does not reach the supervisor.
     if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {
@@ -139,9 +199,18 @@ pub fn supervise(spec_path: &Path) -> i32 {
     ] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
             eprintln!("slipway supervisor: failed to handle signal {signal}: {e}");
-            return 2;
+            return Err(2);
         }
     }
+    Ok(stop)
+}
+
+/// The per-resource supervisor of the spec at `spec_path`.
+fn supervise_resource(spec_path: &Path) -> i32 {
+    let stop = match detach() {
+        Ok(stop) => stop,
+        Err(code) => return code,
+    };
     let spec: SupervisorSpec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
@@ -156,15 +225,11 @@ pub fn supervise(spec_path: &Path) -> i32 {
         }
     };
     let mut supervisor = Supervisor {
-        state: SupervisorState {
-            supervisor: ProcessIdentity::current(),
-            child: None,
-            phase: Phase::Starting,
-            restarts: 0,
-            exits: 0,
-            last_exit: None,
-            stop_grace_ms: spec.stop_grace_ms,
-        },
+        state: SupervisorState::starting(
+            ProcessIdentity::current(),
+            spec.stop_grace_ms,
+            Scope::Resource,
+        ),
         log: None,
         stop,
         spec,

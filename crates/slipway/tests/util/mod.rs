@@ -378,19 +378,27 @@ pub fn argv_as(uid: u32) -> Vec<String> {
     .collect()
 }
 
-/// Exactly one supervisor and one process per process resource of `processes` (its name, and
-/// the argument of `sleep` it runs): nothing duplicated, nothing orphaned.
+/// Exactly one supervisor for the environment (its processes share it) and one process per
+/// process resource of `processes` (its name, and the argument of `sleep` it runs), each
+/// recorded as supervised by that supervisor: nothing duplicated, nothing orphaned.
 pub fn assert_one_of_each(s: &Sandbox, processes: &[(&str, &str)], when: &str) {
+    let supervisors: Vec<_> = s
+        .processes()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("__supervise") && cmd.contains("/envs/dev/run"))
+        .collect();
+    assert_eq!(
+        supervisors.len(),
+        1,
+        "{when}: exactly one supervisor for the environment: {supervisors:?}"
+    );
     for (name, arg) in processes {
-        let supervisors: Vec<_> = s
-            .processes()
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains(&format!("/run/{name}.spec.json")))
-            .collect();
+        let state = supervisor_state(&s.home, "dev", name)
+            .unwrap_or_else(|| panic!("{when}: `{name}` has a state file"));
         assert_eq!(
-            supervisors.len(),
-            1,
-            "{when}: exactly one supervisor for `{name}`: {supervisors:?}"
+            state["supervisor"]["pid"].as_i64(),
+            Some(i64::from(supervisors[0].0)),
+            "{when}: `{name}` is kept by the environment's supervisor: {state}"
         );
         let children: Vec<_> = processes_mentioning(&format!("sleep {arg}"))
             .into_iter()

@@ -1,0 +1,1015 @@
+//! The supervisor of one environment's processes: one long-lived process per environment
+//! (`slipway __supervise <run dir>`) that forks every `process` child of the environment
+//! itself, watches them (a pidfd each, in one `poll` loop, on one thread), copies their output
+//! into their logs and restarts them with backoff. Starting a process costs a fork and an exec
+//! of the program, not an exec of Slipway; a hundred processes share one supervisor.
+//!
+//! # Who may talk to it
+//! Its control channel is a unix socket, `<run>/supervise.sock`, inside the environment's
+//! `run/` directory (`0700`, the engine's). A request names a resource whose spec the engine
+//! wrote beside it (`<run>/<resource>.spec.json`, `0600`): `start R`, `adopt R`, `release R`.
+//! Only the engine's uid reaches it:
+//! - in uid mode the environment's code runs as another uid, which cannot search `run/`;
+//! - in landlock mode it runs as the engine's uid, but its seccomp filter refuses every
+//!   `socket(AF_UNIX)`, and Landlock grants it nothing under `run/` to read or plant;
+//! - the supervisor also checks each caller's uid (`SO_PEERCRED`) and answers only its own
+//!   uid's (and root's) requests, and the client checks the server's.
+//!
+//! With isolation `none` the code runs as the engine and can do anything the engine can,
+//! this included (as it always could edit the specs).
+//!
+//! # Guarantees
+//! - One supervisor per environment: it holds an exclusive `flock` of the run directory for
+//!   its whole life (the kernel releases it when the process dies, however it dies).
+//! - Its death, SIGKILL included, does not stop its processes: each child leads its own
+//!   session, and writes its output into a pipe that the child itself holds open for reading
+//!   too (its standard output and error are the pipe reopened read-write), so a write never
+//!   fails for want of a reader: it waits once the pipe's buffer (raised to 1 MiB where
+//!   allowed) is full, until a supervisor reads again. The next supervisor reads the same
+//!   pipe by opening the child's `/proc/<pid>/fd/1`.
+//! - The next supervisor (started by the engine's next request: a create, or an observe that
+//!   found the supervisor gone, e.g. the controller's drift pass) takes back every child whose
+//!   state file names a supervisor that is gone and that still runs, identified by pid *and*
+//!   start time, and starts again (per its restart policy) those that ended meanwhile. It
+//!   cannot reap or read the exit status of a child it adopted: it learns of its death through
+//!   a pidfd (`pidfd_open`, which works for any process), or, on a kernel without pidfds, by
+//!   polling the pid and start time every 100 ms.
+//! - A process whose spec file is gone (its resource is being deleted) is never started again.
+//! - State files keep the per-resource format of [`SupervisorState`], with `scope:
+//!   environment`; a state file whose per-resource supervisor (a home from before) still runs
+//!   is left to it.
+//!
+//! # Caveats
+//! - It exits once it supervises nothing: right after the last `release`, or after
+//!   [`IDLE_EXIT`] without a request when it found nothing to take back.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::sys::signal::Signal;
+
+use super::RestartPolicy;
+use super::supervisor::{
+    FIRST_BACKOFF, MAX_BACKOFF, Phase, STABLE_UPTIME, Scope, SupervisorSpec, SupervisorState,
+    read_state, write_state,
+};
+use crate::command::describe_exit;
+use crate::logfile::CappedLog;
+use crate::procinfo::{ProcessIdentity, wait_until};
+use crate::sandbox::Confinement;
+
+/// The control socket's name in the run directory.
+pub(crate) const SOCKET: &str = "supervise.sock";
+/// A supervisor that took nothing back and was asked nothing for this long exits.
+pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(5);
+/// How long a supervisor that finds the run directory locked waits for the one holding it to
+/// exit (it may be exiting after its last `release`).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Liveness polling when the kernel has no pidfds.
+const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(100);
+/// The pipe buffer asked for each process's output (the system's `pipe-max-size` caps it).
+const OUTPUT_PIPE_BYTES: libc::c_int = 1 << 20;
+
+fn spec_path(run: &Path, resource: &str) -> PathBuf {
+    run.join(format!("{resource}.spec.json"))
+}
+
+fn state_path(run: &Path, resource: &str) -> PathBuf {
+    run.join(format!("{resource}.json"))
+}
+
+/// The path of `name` in the directory open as `dir`, through `/proc/self/fd`: short whatever
+/// the home's path, as a unix socket's address must be (at most 107 bytes).
+fn via_fd(dir: &File, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+/// Whether `name` can name a resource's files in the run directory.
+fn valid_resource(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && !name.chars().any(char::is_whitespace)
+}
+
+/// The process at the other end of a unix socket.
+fn peer(stream: &UnixStream) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, a ucred we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// A pidfd of `identity`, if the kernel has them and it is still that process.
+fn pidfd_of(identity: ProcessIdentity) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, identity.pid as libc::pid_t, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The pid may have been reused between reading the identity and opening: the descriptor
+    // names whichever process held the pid at `pidfd_open`, so check it is still ours.
+    ProcessIdentity::of_child(identity.pid)
+        .is_some_and(|now| now == identity)
+        .then_some(fd)
+}
+
+// --- the client: the provider's side -------------------------------------------------------
+
+/// What the supervisor answered, and who it is.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The reply line: `ok`, `ok empty` (it supervises nothing more and exits), or
+    /// `error <why>`.
+    pub reply: String,
+    /// The supervisor that answered.
+    pub supervisor: Option<ProcessIdentity>,
+}
+
+impl Answer {
+    /// The reason of an `error` reply.
+    pub fn error(&self) -> Option<&str> {
+        self.reply.strip_prefix("error ")
+    }
+
+    /// Whether it exits after this answer.
+    pub fn exits(&self) -> bool {
+        self.reply == "ok empty"
+    }
+}
+
+/// Sends `request` to the supervisor serving `run`, if one does (`Ok(None)`: none answers;
+/// one that was exiting counts as none).
+pub(crate) fn ask(run: &Path, request: &str, timeout: Duration) -> io::Result<Option<Answer>> {
+    let gone = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound
+                | io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
+    };
+    let dir = match File::open(run) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let stream = match UnixStream::connect(via_fd(&dir, SOCKET)) {
+        Ok(stream) => stream,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let server = peer(&stream)?;
+    if server.uid != euid() && server.uid != 0 {
+        return Err(io::Error::other(format!(
+            "{} is served by a process of uid {}, not this engine's: refusing to use it",
+            run.join(SOCKET).display(),
+            server.uid
+        )));
+    }
+    let supervisor = u32::try_from(server.pid).ok().and_then(ProcessIdentity::of);
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut reply = String::new();
+    let exchanged = (&stream)
+        .write_all(format!("{request}\n").as_bytes())
+        .and_then(|()| BufReader::new(&stream).read_line(&mut reply));
+    match exchanged {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(Answer {
+            reply: reply.trim_end().to_owned(),
+            supervisor,
+        })),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why [`ask_starting`] got no answer.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The supervisor program could not be started.
+    Spawn(io::Error),
+    /// Talking to it failed.
+    Io(io::Error),
+    /// It did not answer in time.
+    Silent(Duration),
+}
+
+/// Sends `request` to the environment's supervisor, starting one (`program args <run>`,
+/// detached) when none answers.
+pub(crate) fn ask_starting(
+    run: &Path,
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    request: &str,
+    timeout: Duration,
+) -> Result<Answer, StartError> {
+    /// One start at a time in this process: a parallel apply's threads would otherwise each
+    /// start a supervisor for the same environment (all but one would find the run
+    /// directory locked and exit, but each costs an exec).
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    const START_TIMEOUT: Duration = Duration::from_secs(15);
+    if let Some(answer) = ask(run, request, timeout).map_err(StartError::Io)? {
+        return Ok(answer);
+    }
+    let _one = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(answer) = ask(run, request, timeout).map_err(StartError::Io)? {
+            return Ok(answer);
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Silent(START_TIMEOUT));
+        }
+        super::spawn_detached(program, args, run).map_err(StartError::Spawn)?;
+        // It answers once it holds the lock and listens: a few milliseconds, or up to
+        // LOCK_WAIT when the previous one is still exiting.
+        let mut answer = None;
+        let mut failed = None;
+        wait_until(
+            (Instant::now() + LOCK_WAIT + Duration::from_secs(1)).min(deadline),
+            || {
+                match ask(run, request, timeout) {
+                    Ok(found) => answer = found,
+                    Err(e) => failed = Some(e),
+                }
+                answer.is_some() || failed.is_some()
+            },
+        );
+        if let Some(e) = failed {
+            return Err(StartError::Io(e));
+        }
+        if let Some(answer) = answer {
+            return Ok(answer);
+        }
+    }
+}
+
+// --- the supervisor ------------------------------------------------------------------------
+
+/// A child being watched.
+struct Watched {
+    identity: ProcessIdentity,
+    /// Becomes readable when it exits; `None` on a kernel without pidfds.
+    pidfd: Option<OwnedFd>,
+    /// Ours to reap, if we forked it; `None` if it was taken over from a supervisor that died.
+    own: Option<Child>,
+}
+
+/// One supervised resource.
+struct Slot {
+    spec: SupervisorSpec,
+    /// The spec file as read, to tell a repeated `start` from a changed one.
+    spec_bytes: Vec<u8>,
+    state: SupervisorState,
+    log: CappedLog,
+    /// The read end of the child's output pipe.
+    output: Option<File>,
+    /// Whether the pipe may have writers (false after end of file, until the next start).
+    output_open: bool,
+    child: Option<Watched>,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+    started: Instant,
+}
+
+struct EnvironmentSupervisor {
+    run: PathBuf,
+    /// The run directory, locked for our life.
+    dir: File,
+    listener: UnixListener,
+    me: ProcessIdentity,
+    slots: BTreeMap<String, Slot>,
+    /// Children let go of (`release`), reaped when they exit.
+    released: Vec<Child>,
+    stop: Arc<AtomicBool>,
+    last_request: Instant,
+}
+
+/// Runs the supervisor of the environment whose run directory is `run`; returns the process
+/// exit code. Meant to be the whole of a process's life: `slipway __supervise <run dir>`.
+pub(crate) fn run(run: &Path) -> i32 {
+    let stop = match super::supervisor::detach() {
+        Ok(stop) => stop,
+        Err(code) => return code,
+    };
+    let dir = match File::open(run) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("slipway supervisor: cannot open {}: {e}", run.display());
+            return 2;
+        }
+    };
+    // One supervisor per environment. A previous one may be exiting (after its last release):
+    // wait for it a little; one that keeps it is serving, and we are not needed.
+    let locked = wait_until(Instant::now() + LOCK_WAIT, || {
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    });
+    if !locked {
+        return 0;
+    }
+    let socket = via_fd(&dir, SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    let listener = match UnixListener::bind(&socket).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "slipway supervisor: cannot listen on {}: {e}",
+                run.join(SOCKET).display()
+            );
+            return 2;
+        }
+    };
+    let mut supervisor = EnvironmentSupervisor {
+        run: run.to_owned(),
+        dir,
+        listener,
+        me: ProcessIdentity::current(),
+        slots: BTreeMap::new(),
+        released: Vec::new(),
+        stop,
+        last_request: Instant::now(),
+    };
+    supervisor.adopt_all();
+    supervisor.serve();
+    0
+}
+
+/// How a process ended, for its restart policy.
+#[derive(Clone, Copy)]
+enum Ended {
+    /// Exit status 0.
+    Success,
+    /// Any other status, a signal, or a failed start.
+    Failure,
+    /// While no supervisor watched it: how is unknown (counted as a failure).
+    Unseen,
+}
+
+/// What `poll` watches a descriptor for.
+#[derive(Clone, Copy)]
+enum Watch {
+    Requests,
+    Output,
+    Exit,
+}
+
+impl EnvironmentSupervisor {
+    fn serve(&mut self) {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                self.stop_everything();
+                return;
+            }
+            if self.slots.is_empty() && self.last_request.elapsed() >= IDLE_EXIT {
+                self.close();
+                return;
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let mut watched: Vec<(Watch, String)> = vec![(Watch::Requests, String::new())];
+            let mut without_pidfd = false;
+            for (name, slot) in &self.slots {
+                if let (Some(output), true) = (&slot.output, slot.output_open) {
+                    fds.push(libc::pollfd {
+                        fd: output.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    watched.push((Watch::Output, name.clone()));
+                }
+                if let Some(child) = &slot.child {
+                    match &child.pidfd {
+                        Some(pidfd) => {
+                            fds.push(libc::pollfd {
+                                fd: pidfd.as_raw_fd(),
+                                events: libc::POLLIN,
+                                revents: 0,
+                            });
+                            watched.push((Watch::Exit, name.clone()));
+                        }
+                        None => without_pidfd = true,
+                    }
+                }
+            }
+            let now = Instant::now();
+            let mut wake = now + Duration::from_secs(1);
+            if without_pidfd {
+                wake = wake.min(now + POLL_WITHOUT_PIDFD);
+            }
+            for slot in self.slots.values() {
+                if let Some(at) = slot.restart_at {
+                    wake = wake.min(at);
+                }
+            }
+            let timeout = wake.saturating_duration_since(now).as_millis();
+            let timeout = libc::c_int::try_from(timeout).unwrap_or(1000);
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 {
+                // EINTR (a signal): the loop looks at the flags again.
+                continue;
+            }
+            // Output before exits, so that a child's last words precede the note of its end.
+            for (fd, (watch, name)) in fds.iter().zip(&watched) {
+                if fd.revents != 0 && matches!(watch, Watch::Output) {
+                    self.drain(name);
+                }
+            }
+            for (fd, (watch, name)) in fds.iter().zip(&watched) {
+                if fd.revents != 0 && matches!(watch, Watch::Exit) {
+                    self.exited(name);
+                }
+            }
+            if without_pidfd {
+                let dead: Vec<String> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.child
+                            .as_ref()
+                            .is_some_and(|c| c.pidfd.is_none() && !c.identity.is_alive())
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in dead {
+                    self.exited(&name);
+                }
+            }
+            if fds[0].revents != 0 && self.requests() {
+                return;
+            }
+            let due: Vec<String> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.restart_at.is_some_and(|at| at <= Instant::now()))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in due {
+                self.restart(&name);
+            }
+            self.released
+                .retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+        }
+    }
+
+    /// Answers every pending request; returns whether to exit now (the last release).
+    fn requests(&mut self) -> bool {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            self.last_request = Instant::now();
+            if self.answer(stream) {
+                self.close();
+                return true;
+            }
+        }
+    }
+
+    /// Reads one request from `stream` and answers it; returns whether to exit.
+    fn answer(&mut self, stream: UnixStream) -> bool {
+        let caller = peer(&stream);
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let reply = |text: &str| {
+            let _ = (&stream).write_all(format!("{text}\n").as_bytes());
+        };
+        match caller {
+            Ok(cred) if cred.uid == euid() || cred.uid == 0 => {}
+            // Only the engine's uid (and root) may ask anything. Nothing else reaches the
+            // socket (see the module's docs); this is the belt to those braces.
+            _ => {
+                reply("error refused: not the engine's uid");
+                return false;
+            }
+        }
+        let mut line = String::new();
+        if BufReader::new((&stream).take(4096))
+            .read_line(&mut line)
+            .is_err()
+        {
+            return false;
+        }
+        let mut words = line.split_whitespace();
+        let (verb, name) = (words.next(), words.next());
+        let Some(name) = name.filter(|n| valid_resource(n) && words.next().is_none()) else {
+            if verb.is_some() {
+                reply("error a request is `start|adopt|release RESOURCE`");
+            }
+            return false;
+        };
+        match verb {
+            Some("start") => reply(
+                &self
+                    .start(name)
+                    .map_or_else(|e| format!("error {e}"), |()| "ok".into()),
+            ),
+            Some("adopt") => {
+                if !self.slots.contains_key(name) {
+                    self.adopt(name);
+                }
+                reply("ok");
+            }
+            Some("release") => {
+                self.release(name);
+                if self.slots.is_empty() {
+                    // Gone from the directory before the answer: whoever asks next starts
+                    // a new supervisor, which waits for our lock.
+                    let _ = std::fs::remove_file(via_fd(&self.dir, SOCKET));
+                    reply("ok empty");
+                    return true;
+                }
+                reply("ok");
+            }
+            _ => reply("error unknown request"),
+        }
+        false
+    }
+
+    /// Takes back every resource whose state file names a supervisor that is gone.
+    fn adopt_all(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.run) else {
+            return;
+        };
+        let names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|f| {
+                let name = f.strip_suffix(".json")?;
+                (!name.ends_with(".spec") && !name.contains(".tmp.")).then(|| name.to_owned())
+            })
+            .collect();
+        for name in names {
+            self.adopt(&name);
+        }
+    }
+
+    /// Takes `name` back from a supervisor that is gone: watches its child if it still runs,
+    /// or starts it again (per its restart policy) if it ended meanwhile.
+    fn adopt(&mut self, name: &str) {
+        let Some(previous) = read_state(&state_path(&self.run, name)) else {
+            return;
+        };
+        if previous.supervisor.is_alive() {
+            // A per-resource supervisor of a home from before: it keeps its process.
+            return;
+        }
+        let Ok(spec_bytes) = std::fs::read(spec_path(&self.run, name)) else {
+            return;
+        };
+        let Ok(spec) = serde_json::from_slice::<SupervisorSpec>(&spec_bytes) else {
+            return;
+        };
+        let Some(mut slot) = self.slot(spec, spec_bytes, Some(previous.clone())) else {
+            return;
+        };
+        let live = previous.child.filter(|c| c.is_alive());
+        match (previous.phase, live) {
+            (Phase::Exited, _) => {}
+            (_, Some(child)) => {
+                slot.state.phase = Phase::Running;
+                slot.log.note(&format!(
+                    "taken over (pid {}) from supervisor pid {}, which is gone",
+                    child.pid, previous.supervisor.pid
+                ));
+                slot.child = Some(Watched {
+                    identity: child,
+                    pidfd: pidfd_of(child),
+                    own: None,
+                });
+            }
+            (_, None) => {
+                slot.log.note(&format!(
+                    "supervisor pid {} is gone, and so is the process",
+                    previous.supervisor.pid
+                ));
+                if previous.child.is_some() {
+                    slot.state.exits += 1;
+                    slot.state.last_exit =
+                        Some("an end no supervisor saw (its supervisor was gone)".to_owned());
+                }
+                self.decide(&mut slot, Ended::Unseen);
+            }
+        }
+        let _ = write_state(&slot.spec.state, &slot.state);
+        self.slots.insert(name.to_owned(), slot);
+        if self.slots[name]
+            .restart_at
+            .is_some_and(|at| at <= Instant::now())
+        {
+            self.restart(name);
+        }
+    }
+
+    /// A new slot for `spec`, its log open; `None` (noted in the state file) when the log
+    /// cannot be opened.
+    fn slot(
+        &self,
+        spec: SupervisorSpec,
+        spec_bytes: Vec<u8>,
+        previous: Option<SupervisorState>,
+    ) -> Option<Slot> {
+        let previous_child = previous
+            .as_ref()
+            .and_then(|p| p.child)
+            .filter(|c| c.is_alive());
+        let mut state = previous.unwrap_or_else(|| {
+            SupervisorState::starting(self.me, spec.stop_grace_ms, Scope::Environment)
+        });
+        state.supervisor = self.me;
+        state.scope = Scope::Environment;
+        state.stop_grace_ms = spec.stop_grace_ms;
+        let log = match CappedLog::open(&spec.log, spec.log_max_bytes) {
+            Ok(log) => log.redacting(&spec.redact),
+            Err(e) => {
+                state.phase = Phase::Exited;
+                state.last_exit = Some(format!(
+                    "the supervisor cannot open log {}: {e}",
+                    spec.log.display()
+                ));
+                let _ = write_state(&spec.state, &state);
+                return None;
+            }
+        };
+        let output = previous_child.and_then(output_of);
+        Some(Slot {
+            spec,
+            spec_bytes,
+            state,
+            log,
+            output_open: output.is_some(),
+            output,
+            child: None,
+            backoff: FIRST_BACKOFF,
+            restart_at: None,
+            started: Instant::now(),
+        })
+    }
+
+    /// `start R`: supervise R as its spec file says (a repeated start of an unchanged spec
+    /// whose process runs keeps it).
+    fn start(&mut self, name: &str) -> Result<(), String> {
+        let spec_file = spec_path(&self.run, name);
+        let spec_bytes = std::fs::read(&spec_file)
+            .map_err(|e| format!("cannot read {}: {e}", spec_file.display()))?;
+        let spec: SupervisorSpec = serde_json::from_slice(&spec_bytes)
+            .map_err(|e| format!("cannot understand {}: {e}", spec_file.display()))?;
+        if spec.resource != name || spec.command.is_empty() {
+            return Err(format!("{} is not the spec of {name}", spec_file.display()));
+        }
+        if let Some(slot) = self.slots.get(name) {
+            if slot.spec_bytes == spec_bytes && slot.state.phase != Phase::Exited {
+                return Ok(());
+            }
+            // Another spec: the old process goes first (the provider stops it before writing
+            // a new spec, so this is a repeated create racing a change).
+            let slot = self.slots.remove(name).expect("looked up just above");
+            if let Some(child) = slot.child {
+                child
+                    .identity
+                    .stop_group(Duration::from_millis(slot.spec.stop_grace_ms));
+                self.released.extend(child.own);
+            }
+        } else {
+            self.adopt(name);
+            if self
+                .slots
+                .get(name)
+                .is_some_and(|s| s.spec_bytes == spec_bytes)
+            {
+                return Ok(());
+            }
+            if let Some(slot) = self.slots.remove(name)
+                && let Some(child) = slot.child
+            {
+                child
+                    .identity
+                    .stop_group(Duration::from_millis(slot.spec.stop_grace_ms));
+                self.released.extend(child.own);
+            }
+        }
+        let Some(slot) = self.slot(spec, spec_bytes, None) else {
+            let state = read_state(&state_path(&self.run, name));
+            return Err(state
+                .and_then(|s| s.last_exit)
+                .unwrap_or_else(|| "cannot open its log".to_owned()));
+        };
+        self.slots.insert(name.to_owned(), slot);
+        self.launch(name);
+        Ok(())
+    }
+
+    /// `release R`: forget R (its process is the caller's to stop) and its files.
+    fn release(&mut self, name: &str) {
+        if let Some(mut slot) = self.slots.remove(name) {
+            slot.log.flush_pending();
+            if let Some(child) = slot.child {
+                self.released.extend(child.own);
+            }
+        }
+        let _ = std::fs::remove_file(spec_path(&self.run, name));
+        let _ = std::fs::remove_file(state_path(&self.run, name));
+    }
+
+    /// The restart of `name` is due.
+    fn restart(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        slot.restart_at = None;
+        if !spec_path(&self.run, name).exists() {
+            // Its resource is being deleted: never start it again.
+            self.slots.remove(name);
+            return;
+        }
+        slot.state.restarts += 1;
+        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+        self.launch(name);
+    }
+
+    /// Starts the child of `name` (its slot exists), confined as its spec says.
+    fn launch(&mut self, name: &str) {
+        let slot = self
+            .slots
+            .get_mut(name)
+            .expect("launch is called for a slot");
+        slot.started = Instant::now();
+        match spawn_child(slot) {
+            Ok(child) => {
+                slot.log
+                    .note(&format!("process started (pid {})", child.identity.pid));
+                slot.state.child = Some(child.identity);
+                slot.state.phase = Phase::Running;
+                slot.output_open = true;
+                slot.child = Some(child);
+                let _ = write_state(&slot.spec.state, &slot.state);
+            }
+            Err(e) => {
+                let why = format!("failed to start `{}`: {e}", slot.spec.command[0]);
+                slot.log.note(&why);
+                slot.state.child = None;
+                slot.state.last_exit = Some(why);
+                slot.state.exits += 1;
+                let mut slot = self.slots.remove(name).expect("just used");
+                self.decide(&mut slot, Ended::Failure);
+                let _ = write_state(&slot.spec.state, &slot.state);
+                self.slots.insert(name.to_owned(), slot);
+            }
+        }
+    }
+
+    /// The child of `name` exited (its pidfd is readable, or its pid is gone).
+    fn exited(&mut self, name: &str) {
+        let Some(mut slot) = self.slots.remove(name) else {
+            return;
+        };
+        let Some(child) = slot.child.take() else {
+            self.slots.insert(name.to_owned(), slot);
+            return;
+        };
+        let (how, clean) = match child.own {
+            Some(mut own) => match own.wait() {
+                Ok(status) => (describe_exit(status), status.success()),
+                Err(e) => (format!("an unknown status ({e})"), false),
+            },
+            None => (
+                "an unknown status (taken over from a supervisor that died, so not this \
+                 supervisor's child)"
+                    .to_owned(),
+                false,
+            ),
+        };
+        // Whatever it left in its group must not hold the port the next child needs.
+        child.identity.signal_group(Signal::SIGKILL);
+        drain(&mut slot);
+        slot.log.note(&format!("process exited with {how}"));
+        slot.state.last_exit = Some(how);
+        slot.state.exits += 1;
+        self.decide(
+            &mut slot,
+            if clean {
+                Ended::Success
+            } else {
+                Ended::Failure
+            },
+        );
+        let _ = write_state(&slot.spec.state, &slot.state);
+        self.slots.insert(name.to_owned(), slot);
+    }
+
+    /// After an exit (or a failed start): exited for good, or a restart after the backoff.
+    fn decide(&self, slot: &mut Slot, ended: Ended) {
+        let restart = match slot.spec.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !matches!(ended, Ended::Success),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            slot.state.phase = Phase::Exited;
+            slot.log.note("not restarting it (restart policy)");
+            return;
+        }
+        if slot.started.elapsed() >= STABLE_UPTIME {
+            slot.backoff = FIRST_BACKOFF;
+        }
+        slot.state.phase = Phase::Backoff;
+        // One that ended unseen has been down for who knows how long already.
+        let wait = match ended {
+            Ended::Unseen => Duration::ZERO,
+            Ended::Success | Ended::Failure => slot.backoff,
+        };
+        slot.log
+            .note(&format!("restarting in {}", crate::duration::show(wait)));
+        slot.restart_at = Some(Instant::now() + wait);
+    }
+
+    fn drain(&mut self, name: &str) {
+        if let Some(slot) = self.slots.get_mut(name) {
+            drain(slot);
+        }
+    }
+
+    /// SIGTERM: stop every child's group (SIGKILL after the longest grace), remove the state
+    /// files and the socket.
+    fn stop_everything(&mut self) {
+        let children: Vec<ProcessIdentity> = self
+            .slots
+            .values()
+            .filter_map(|s| s.child.as_ref().map(|c| c.identity))
+            .collect();
+        let grace = self
+            .slots
+            .values()
+            .map(|s| Duration::from_millis(s.spec.stop_grace_ms))
+            .max()
+            .unwrap_or_default();
+        for child in &children {
+            child.signal_group(Signal::SIGTERM);
+        }
+        if !wait_until(Instant::now() + grace, || {
+            children.iter().all(|c| !c.group_alive())
+        }) {
+            for child in &children {
+                child.signal_group(Signal::SIGKILL);
+            }
+        }
+        for (_, mut slot) in std::mem::take(&mut self.slots) {
+            drain(&mut slot);
+            slot.log.note("stopped (the supervisor was asked to stop)");
+            slot.log.flush_pending();
+            if let Some(mut own) = slot.child.and_then(|c| c.own) {
+                let _ = own.wait();
+            }
+            let _ = std::fs::remove_file(&slot.spec.state);
+        }
+        self.close();
+    }
+
+    /// Leaves the directory: no socket once we are gone (the lock goes with the process).
+    fn close(&mut self) {
+        let _ = std::fs::remove_file(via_fd(&self.dir, SOCKET));
+        for slot in self.slots.values_mut() {
+            slot.log.flush_pending();
+        }
+    }
+}
+
+/// Copies what the child of `slot` wrote into its log, without blocking.
+fn drain(slot: &mut Slot) {
+    let Some(output) = &mut slot.output else {
+        return;
+    };
+    let mut buf = [0u8; 16 * 1024];
+    // A bounded share per wake-up: one chatty child must not starve the others.
+    for _ in 0..16 {
+        match output.read(&mut buf) {
+            Ok(0) => {
+                // No writer left (the child and all it started are gone): nothing more until
+                // the next start opens it again.
+                slot.output_open = false;
+                slot.log.flush_pending();
+                return;
+            }
+            // A full disk loses output but must not leave the child blocked on a full pipe.
+            Ok(n) => {
+                let _ = slot.log.write_all(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                slot.output_open = false;
+                return;
+            }
+        }
+    }
+}
+
+/// A read end of the output pipe of `child` (a process we did not start: taken over), through
+/// `/proc/<pid>/fd/1`; `None` if its standard output is not a pipe (or it is gone).
+fn output_of(child: ProcessIdentity) -> Option<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let output = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{}/fd/1", child.pid))
+        .ok()?;
+    // Only a pipe is read: a child whose output went to a file keeps it to itself. And the
+    // pid must still be that child's.
+    (output.metadata().is_ok_and(|m| m.file_type().is_fifo()) && child.is_alive()).then_some(output)
+}
+
+/// Forks and execs the child of `slot`, confined as its spec says, its output into a pipe
+/// whose read end the slot keeps.
+fn spawn_child(slot: &mut Slot) -> io::Result<Watched> {
+    let (reader, writer) = io::pipe()?;
+    let reader = File::from(OwnedFd::from(reader));
+    // SAFETY: fcntl on descriptors we own; failure of F_SETPIPE_SZ only keeps the default
+    // size.
+    unsafe {
+        let flags = libc::fcntl(reader.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, OUTPUT_PIPE_BYTES);
+    }
+    // The child's end, reopened for reading *and* writing: while the child lives the pipe has
+    // a reader, so its writes never fail (or raise SIGPIPE) when the supervisor dies.
+    let both = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", writer.as_raw_fd()))?;
+    drop(writer);
+    slot.output = Some(reader);
+    let spec = &slot.spec;
+    let mut command = Command::new(&spec.command[0]);
+    command
+        .args(&spec.command[1..])
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(both.try_clone()?)
+        .stderr(both);
+    match &spec.confinement {
+        Some(confinement) => confinement.apply(&mut command)?,
+        // Specs from before sandboxes: their own session all the same.
+        None => Confinement::none().apply(&mut command)?,
+    }
+    let spawned = command.spawn();
+    // Our copies of the child's end go now: the child holds its own.
+    drop(command);
+    let child = spawned?;
+    let identity = ProcessIdentity::of_child(child.id()).unwrap_or(ProcessIdentity {
+        pid: child.id(),
+        start: 0,
+    });
+    Ok(Watched {
+        identity,
+        pidfd: pidfd_of(identity),
+        own: Some(child),
+    })
+}
