@@ -543,7 +543,17 @@ impl Provider for ProcessProvider {
                             &resolved.env,
                             &Confinement::of(ctx),
                         ) {
-                            Ok(()) => return Ok(()),
+                            // Only if the process the check answered for still runs: a
+                            // program that exits at once can pass a check made meanwhile
+                            // (a `command` check needs no port of it).
+                            Ok(())
+                                if read_state(&state_path(ctx)).is_some_and(|now| {
+                                    now.child == state.child && describe_down(&now).is_none()
+                                }) =>
+                            {
+                                return Ok(());
+                            }
+                            Ok(()) => "it exited right after its health check passed".to_owned(),
                             Err(problem) => problem,
                         }
                     }

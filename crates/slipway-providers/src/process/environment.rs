@@ -557,8 +557,10 @@ impl EnvironmentSupervisor {
                 reply("ok");
             }
             Some("release") => {
-                self.release(name);
-                if self.slots.is_empty() {
+                // Only the release of its last process ends it: a release of what it does
+                // not supervise (a create clearing the way) must not stop it under another
+                // create's feet.
+                if self.release(name) && self.slots.is_empty() {
                     // Gone from the directory before the answer: whoever asks next starts
                     // a new supervisor, which waits for our lock.
                     let _ = std::fs::remove_file(via_fd(&self.dir, SOCKET));
@@ -745,16 +747,19 @@ impl EnvironmentSupervisor {
         Ok(())
     }
 
-    /// `release R`: forget R (its process is the caller's to stop) and its files.
-    fn release(&mut self, name: &str) {
-        if let Some(mut slot) = self.slots.remove(name) {
-            slot.log.flush_pending();
-            if let Some(child) = slot.child {
-                self.released.extend(child.own);
-            }
-        }
+    /// `release R`: forget R (its process is the caller's to stop) and its files; returns
+    /// whether it supervised R.
+    fn release(&mut self, name: &str) -> bool {
         let _ = std::fs::remove_file(spec_path(&self.run, name));
+        let Some(mut slot) = self.slots.remove(name) else {
+            return false;
+        };
+        slot.log.flush_pending();
+        if let Some(child) = slot.child {
+            self.released.extend(child.own);
+        }
         let _ = std::fs::remove_file(state_path(&self.run, name));
+        true
     }
 
     /// The restart of `name` is due.
