@@ -1040,3 +1040,20 @@ fn a_process_of_a_per_resource_supervisor_from_before_keeps_working_and_is_taken
     env.delete("old", Some(&recorded), "delete");
     assert!(!child.alive(), "delete stops it");
 }
+
+#[test]
+fn a_supervisor_whose_environment_directory_is_removed_stops_its_processes() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4247000"]});
+    let applied = env.create(&mut cleanup, "gone", &config);
+    let child = child_in(&env.state("gone").expect("state")).expect("a child");
+    let supervisor = supervisor_of(&applied);
+    cleanup.groups.extend([child, supervisor]);
+    std::fs::remove_dir_all(&env.dirs.root).expect("remove the environment's directory");
+    assert!(
+        eventually(Duration::from_secs(10), || !child.alive()
+            && !supervisor.alive()),
+        "with its environment's directory gone, the supervisor stops its process and exits"
+    );
+}

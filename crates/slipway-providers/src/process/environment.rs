@@ -39,6 +39,9 @@
 //!   environment`; a state file whose per-resource supervisor (a home from before) still runs
 //!   is left to it.
 //!
+//! - When its run directory is removed (the environment's directory is gone), it stops every
+//!   process it supervises and exits, within a second.
+//!
 //! # Caveats
 //! - It exits once it supervises nothing: right after the last `release`, or after
 //!   [`IDLE_EXIT`] without a request when it found nothing to take back.
@@ -402,6 +405,16 @@ impl EnvironmentSupervisor {
             }
             if self.slots.is_empty() && self.last_request.elapsed() >= IDLE_EXIT {
                 self.close();
+                return;
+            }
+            if self.directory_gone() {
+                // The environment's directory was removed (its environment is gone, or a
+                // test's home): nothing of it may keep running, nor be started again.
+                for slot in self.slots.values_mut() {
+                    slot.log
+                        .note("stopping: the environment's directory is gone");
+                }
+                self.stop_everything();
                 return;
             }
             let mut fds = vec![libc::pollfd {
@@ -914,6 +927,12 @@ impl EnvironmentSupervisor {
             let _ = std::fs::remove_file(&slot.spec.state);
         }
         self.close();
+    }
+
+    /// Whether the run directory has been removed (a directory's link count drops to zero).
+    fn directory_gone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.dir.metadata().is_ok_and(|m| m.nlink() == 0)
     }
 
     /// Leaves the directory: no socket once we are gone (the lock goes with the process).
