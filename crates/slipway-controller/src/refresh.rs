@@ -2,7 +2,8 @@
 //! recorded environments in line with it (the pure decision is [`crate::discover`]).
 
 use slipway_core::EnvName;
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use slipway_core::render::EnvKind;
 use slipway_core::vocab::EventKind;
@@ -66,17 +67,27 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
         .map(|b| (b.name.clone(), b.sha.clone()))
         .collect();
     let store = inner.engine.store();
+    // Every record read once, and the tips by branch: with ten thousand branches and
+    // environments, a query per environment and a scan of the branches per environment were
+    // most of a refresh.
+    let records: BTreeMap<EnvName, EnvironmentRecord> = store
+        .environments()?
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+    let tips: HashMap<&str, &str> = branches
+        .iter()
+        .map(|b| (b.name.as_str(), b.sha.as_str()))
+        .collect();
     let mut out = Vec::new();
     // Environments whose branch moved are reconciled whatever the default ref says, so a
     // poisoned commit on their branch is reported on them.
-    for record in store.environments()? {
+    for record in records.values() {
         let tip = record
             .tracked_ref
-            .as_ref()
-            .and_then(|r| branches.iter().find(|b| &b.name == r));
-        if !record.pinned
-            && tip.is_some_and(|t| record.desired_commit.as_deref() != Some(t.sha.as_str()))
-        {
+            .as_deref()
+            .and_then(|r| tips.get(r).copied());
+        if !record.pinned && tip.is_some_and(|t| record.desired_commit.as_deref() != Some(t)) {
             out.push((record.name.clone(), Trigger::Poll));
         }
     }
@@ -104,20 +115,17 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
         }
     };
     let holder = |name: &EnvName| {
-        store
-            .environment(name)
-            .ok()
-            .flatten()
+        records
+            .get(name)
             .filter(|r| r.kind == EnvKind::Generated)
-            .and_then(|r| r.tracked_ref)
+            .and_then(|r| r.tracked_ref.clone())
     };
     let wanted = discover::wanted(stack, &branches, &pulls, &holder);
     let now = inner.now();
     for w in &wanted {
-        let existing = store.environment(&w.name)?;
-        let record = match existing {
-            Some(r) => r,
-            None => {
+        let record = match records.get(&w.name) {
+            Some(r) => Cow::Borrowed(r),
+            None => Cow::Owned({
                 let record = EnvironmentRecord {
                     tracked_ref: Some(w.tracked_ref.clone()),
                     ttl_ms: w
@@ -156,7 +164,7 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
                     );
                     record
                 }
-            }
+            }),
         };
         if record.kind != w.kind {
             // Something else holds the name (an ad-hoc `prod` made before the stack defined
@@ -191,17 +199,17 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
         if record.pinned {
             continue;
         }
-        let tip = branches
-            .iter()
-            .find(|b| b.name == w.tracked_ref)
-            .map(|b| b.sha.clone());
-        if tip.is_none() || tip != record.desired_commit || record.commit != record.desired_commit {
+        let tip = tips.get(w.tracked_ref.as_str()).copied();
+        if tip.is_none()
+            || tip != record.desired_commit.as_deref()
+            || record.commit != record.desired_commit
+        {
             out.push((w.name.clone(), Trigger::Poll));
         }
     }
     // Generated environments whose branch no longer matches: destroy them.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
-    for record in store.environments()? {
+    for record in records.values() {
         if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
             let tracked = record.tracked_ref.as_deref().unwrap_or("?");
             let why = if tracked.starts_with("refs/") {
@@ -211,13 +219,15 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
             };
             // A generated environment is never protected: nothing here needs a person.
             let options = DestroyOptions::new(WHO, Confirmation::Given);
-            if let Err(e) = destroy(inner, &record.name, &options, &why) {
-                event(
+            match destroy(inner, &record.name, &options, &why) {
+                // Destroyed meanwhile (by a person, or another replica): gone, as asked.
+                Ok(()) | Err(ControllerError::NotFound(_)) => {}
+                Err(e) => event(
                     inner,
                     &record.name,
                     EventKind::DestroyFailed,
                     &e.to_string(),
-                );
+                ),
             }
         }
     }

@@ -118,12 +118,13 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
                     counts.insert((sync.to_string(), health.to_string()), 0);
                 }
             }
-            // The recorded states: `engine.status` would observe every resource of every
-            // environment on each scrape.
-            for env in c.engine().store().environments()? {
+            // The recorded states, counted by the store (`engine.status` would observe every
+            // resource of every environment on each scrape, and reading every record costs
+            // tens of milliseconds at ten thousand).
+            for (sync, health, n) in c.engine().store().environment_counts()? {
                 *counts
-                    .entry((env.sync.to_string(), env.health.to_string()))
-                    .or_insert(0) += 1;
+                    .entry((sync.to_string(), health.to_string()))
+                    .or_insert(0) += usize::try_from(n).unwrap_or(usize::MAX);
             }
             Ok(counts)
         })

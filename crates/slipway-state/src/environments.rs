@@ -291,6 +291,47 @@ impl Store {
             .map_err(sql("list environments"))
     }
 
+    /// Every environment's name, ordered: what queuing each of them needs, without reading
+    /// (and decoding) every record.
+    pub fn environment_names(&self) -> Result<Vec<EnvName>, StateError> {
+        self.conn()
+            .query(
+                "SELECT name FROM environments ORDER BY name",
+                params![],
+                |row| env_name(row, 0),
+            )
+            .map_err(sql("list the environments' names"))
+    }
+
+    /// The environments whose expiry is at or before `now` (unix milliseconds), by name:
+    /// what the controller looks for every second, without reading every record.
+    pub fn expired_environments(&self, now: i64) -> Result<Vec<EnvName>, StateError> {
+        self.conn()
+            .query(
+                "SELECT name FROM environments WHERE expires_at IS NOT NULL AND expires_at <= ?1 \
+                 ORDER BY name",
+                params![now],
+                |row| env_name(row, 0),
+            )
+            .map_err(sql("list the expired environments"))
+    }
+
+    /// How many environments are in each pair of sync state and health that has any: what
+    /// `/metrics` shows, counted by the database rather than by reading every record.
+    pub fn environment_counts(&self) -> Result<Vec<(SyncState, Health, u64)>, StateError> {
+        self.conn()
+            .query(
+                "SELECT sync, health, COUNT(*) FROM environments GROUP BY sync, health \
+                 ORDER BY sync, health",
+                params![],
+                |row| {
+                    let n: i64 = row.get(2)?;
+                    Ok((word(row, 0)?, word(row, 1)?, u64::try_from(n).unwrap_or(0)))
+                },
+            )
+            .map_err(sql("count the environments by state"))
+    }
+
     /// Deletes the environment with its resources and ports; its deployments and events stay as
     /// history. Returns whether it existed.
     pub fn delete_environment(&self, name: &EnvName) -> Result<bool, StateError> {

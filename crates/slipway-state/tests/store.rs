@@ -53,6 +53,7 @@ matrix!(
     a_listing_reads_every_environment_at_once_as_each_alone,
     a_new_environment_is_recorded_once_whoever_else_tries,
     an_update_reads_and_writes_at_once_and_a_refused_one_writes_nothing,
+    names_expiries_and_counts_by_state_are_read_without_the_records,
 );
 
 /// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
@@ -349,6 +350,47 @@ fn environments_are_listed_by_name_and_updates_keep_created_at(state: &TestState
             .expect("read a missing environment"),
         None,
         "a missing environment is None"
+    );
+}
+
+fn names_expiries_and_counts_by_state_are_read_without_the_records(state: &TestState) {
+    let store = store_with(state, &["qa", "prod", "main", "demo"]);
+    for (name, expires_at) in [("qa", Some(5_000)), ("demo", Some(9_000)), ("main", None)] {
+        store
+            .modify_environment(&env(name), |r| r.expires_at = expires_at)
+            .expect("set an expiry");
+    }
+    store
+        .set_environment_status(&env("prod"), SyncState::Synced, Health::Healthy, None, 1)
+        .expect("set a status");
+    store
+        .set_environment_status(&env("qa"), SyncState::Synced, Health::Healthy, None, 1)
+        .expect("set a status");
+    let listed = |list: Vec<EnvName>| -> Vec<String> {
+        list.into_iter().map(EnvName::into_string).collect()
+    };
+    assert_eq!(
+        listed(store.environment_names().expect("list the names")),
+        names(&["demo", "main", "prod", "qa"]),
+        "every name, by name"
+    );
+    assert_eq!(
+        listed(store.expired_environments(5_000).expect("list the expired")),
+        names(&["qa"]),
+        "expired at or before the time given, and only those with an expiry"
+    );
+    assert_eq!(
+        listed(store.expired_environments(4_999).expect("list the expired")),
+        Vec::<String>::new(),
+        "nothing expired before the first expiry"
+    );
+    assert_eq!(
+        store.environment_counts().expect("count by state"),
+        vec![
+            (SyncState::OutOfSync, Health::Missing, 2),
+            (SyncState::Synced, Health::Healthy, 2),
+        ],
+        "counted by sync state and health, only the pairs that have any"
     );
 }
 
