@@ -12,7 +12,9 @@
 //! - Reconcile is safe to re-run after a crash at any line: it only ever plans from the
 //!   recorded state and what it observes, and the engine records ownership before acting.
 //!   On start every recorded environment is reconciled, which finishes or redoes whatever a
-//!   killed controller left half-done.
+//!   killed controller left half-done (an environment recorded `synced` at the commit and
+//!   desired state it should run has nothing half-done: it is observed at the first drift
+//!   tick, one `drift_interval` after start, like every other).
 //! - A commit that does not validate, or whose apply fails, marks the environment `failed`
 //!   with the reason and leaves the running version up.
 //! - Once a newer Slipway has migrated the state's schema (a rolling upgrade), the
@@ -57,7 +59,9 @@ pub enum Trigger {
     Poll,
     /// A webhook said something was pushed.
     Push,
-    /// The periodic requeue, the safety net for missed events.
+    /// The periodic requeue, the safety net for missed events, and the look at every
+    /// recorded environment on start: an environment that runs, in full, what its commit
+    /// renders to now is left alone without observing it (that is [`Trigger::Drift`]'s).
     Timer,
     /// The drift interval: observe and repair.
     Drift,
@@ -85,7 +89,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// How often every environment is observed for drift.
     pub drift_interval: Duration,
-    /// The safety-net requeue after a successful reconcile.
+    /// The safety-net requeue after a successful reconcile: it looks again at the commit
+    /// and the desired state; observing every resource is the drift interval's.
     pub requeue_interval: Duration,
     /// Most environments reconciled at once.
     pub concurrency: usize,
@@ -566,6 +571,24 @@ impl Controller {
         self.enqueue_at(env, trigger, Instant::now());
     }
 
+    /// Asks for each of `envs` to be reconciled now, taking the queue's lock once.
+    fn enqueue_all(&self, envs: &[EnvName], trigger: Trigger) {
+        if envs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .expect("the queue lock is never poisoned");
+        for env in envs {
+            queue.push(env, trigger, now);
+        }
+        drop(queue);
+        self.inner.wake.notify_one();
+    }
+
     fn enqueue_at(&self, env: &EnvName, trigger: Trigger, due: Instant) {
         self.inner
             .queue
@@ -621,10 +644,8 @@ impl Controller {
             });
         }
         // Crash safety: look at every recorded environment once on start.
-        if let Ok(envs) = self.inner.engine.store().environments() {
-            for env in envs {
-                self.enqueue(&env.name, Trigger::Timer);
-            }
+        if let Ok(envs) = self.inner.engine.store().environment_names() {
+            self.enqueue_all(&envs, Trigger::Timer);
         }
         let _ = self.refresh().await;
         tokio::spawn(self.clone().replan_open_pull_requests());
@@ -686,10 +707,8 @@ impl Controller {
                     });
                 }
                 _ = drift.tick() => {
-                    if let Ok(envs) = self.inner.engine.store().environments() {
-                        for env in envs {
-                            self.enqueue(&env.name, Trigger::Drift);
-                        }
+                    if let Ok(envs) = self.inner.engine.store().environment_names() {
+                        self.enqueue_all(&envs, Trigger::Drift);
                     }
                 }
                 _ = prune.tick() => {
@@ -698,10 +717,8 @@ impl Controller {
                 }
                 _ = ttl.tick() => {
                     let now = self.inner.now();
-                    if let Ok(envs) = self.inner.engine.store().environments() {
-                        for env in envs.into_iter().filter(|e| e.expires_at.is_some_and(|at| at <= now)) {
-                            self.enqueue(&env.name, Trigger::Ttl);
-                        }
+                    if let Ok(envs) = self.inner.engine.store().expired_environments(now) {
+                        self.enqueue_all(&envs, Trigger::Ttl);
                     }
                 }
             }
@@ -884,7 +901,7 @@ impl Controller {
         });
         self.inner
             .metrics
-            .observe_reconcile(started.elapsed(), outcome.is_ok());
+            .observe_reconcile(trigger, started.elapsed(), outcome.is_ok());
         let finished = match &outcome {
             Ok(_) => queue::Finished::Succeeded,
             Err(e) => policy::error_policy(e),

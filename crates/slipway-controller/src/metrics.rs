@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::Trigger;
+
 const BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// The controller's counters.
@@ -20,10 +22,26 @@ pub struct Metrics {
     leases_acquired: AtomicU64,
     leases_lost: AtomicU64,
     leases_handed_over: AtomicU64,
+    /// Reconciles by what triggered them, in [`TRIGGERS`]' order.
+    by_trigger: [AtomicU64; TRIGGERS.len()],
 }
 
+/// Every trigger, with its word in `/metrics`.
+const TRIGGERS: [(Trigger, &str); 7] = [
+    (Trigger::Poll, "poll"),
+    (Trigger::Push, "push"),
+    (Trigger::Timer, "timer"),
+    (Trigger::Drift, "drift"),
+    (Trigger::Manual, "manual"),
+    (Trigger::Ttl, "ttl"),
+    (Trigger::Apply, "apply"),
+];
+
 impl Metrics {
-    pub(crate) fn observe_reconcile(&self, took: Duration, ok: bool) {
+    pub(crate) fn observe_reconcile(&self, trigger: Trigger, took: Duration, ok: bool) {
+        if let Some(i) = TRIGGERS.iter().position(|(t, _)| *t == trigger) {
+            self.by_trigger[i].fetch_add(1, Ordering::Relaxed);
+        }
         let secs = took.as_secs_f64();
         for (i, le) in BUCKETS.iter().enumerate() {
             if secs <= *le {
@@ -106,6 +124,20 @@ impl Metrics {
             self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(w, "slipway_reconcile_duration_seconds_count {count}");
+        let _ = writeln!(
+            w,
+            "# HELP slipway_reconciles_total Reconciles by what triggered them (a drift tick \
+             observes every resource; the periodic timer only checks an unchanged \
+             environment's commit and desired state)."
+        );
+        let _ = writeln!(w, "# TYPE slipway_reconciles_total counter");
+        for ((_, word), n) in TRIGGERS.iter().zip(&self.by_trigger) {
+            let _ = writeln!(
+                w,
+                "slipway_reconciles_total{{trigger=\"{word}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             w,
             "# HELP slipway_reconcile_failures_total Reconciles that ended in an error."

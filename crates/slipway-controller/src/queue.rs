@@ -41,16 +41,28 @@ pub struct Queue {
 
 impl Queue {
     /// Asks for `env` to be reconciled at `due`. An environment already queued keeps one slot,
-    /// due at the earlier time; the trigger of the earlier request wins.
+    /// due at the earlier time; the trigger of the earlier request wins, except that the
+    /// periodic [`Trigger::Timer`] gives way to any other: it asks the least of a reconcile
+    /// (an unchanged environment is not observed, see `reconcile`), so a drift tick or a
+    /// person's request landing on a slot it holds must not be lost to it.
     pub fn push(&mut self, env: &EnvName, trigger: Trigger, due: Instant) {
         let startable = !self.running.contains(env);
         match self.slots.get_mut(env) {
-            Some(slot) if slot.due <= due => {}
+            Some(slot) if slot.due <= due => {
+                if slot.trigger == Trigger::Timer {
+                    slot.trigger = trigger;
+                }
+            }
             Some(slot) => {
                 if startable {
                     self.index.remove(&(slot.due, env.clone()));
                     self.index.insert((due, env.clone()));
                 }
+                let trigger = if trigger == Trigger::Timer {
+                    slot.trigger
+                } else {
+                    trigger
+                };
                 *slot = Slot { due, trigger };
             }
             None => {
@@ -149,6 +161,27 @@ mod tests {
         assert_eq!(
             q.pop_due(t0 + Duration::from_secs(1)),
             Some((env("a"), Trigger::Push))
+        );
+    }
+
+    #[test]
+    fn the_periodic_timer_gives_way_to_any_other_trigger_in_a_slot() {
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        q.push(&env("a"), Trigger::Timer, t0);
+        q.push(&env("a"), Trigger::Drift, t0 + Duration::from_secs(5));
+        assert_eq!(
+            q.pop_due(t0),
+            Some((env("a"), Trigger::Drift)),
+            "a drift tick landing on a queued timer is not lost: the slot observes, as early \
+             as the timer was due"
+        );
+        q.push(&env("b"), Trigger::Manual, t0 + Duration::from_secs(5));
+        q.push(&env("b"), Trigger::Timer, t0);
+        assert_eq!(
+            q.pop_due(t0),
+            Some((env("b"), Trigger::Manual)),
+            "an earlier timer keeps the person's request it moves forward"
         );
     }
 

@@ -383,7 +383,17 @@ pub(crate) fn reconcile(
         folder: &inner.folder,
         tip: tip.as_deref(),
     };
-    let prepared = match engine.prepare(&origin, &target_of(&record)) {
+    let target = target_of(&record);
+    // The periodic look (and the one on start) at an environment that runs, in full, what
+    // its commit renders to now: nothing to plan but drift, which the drift interval looks
+    // for (`Trigger::Drift`; a drift tick landing on a queued timer takes its slot). Skipping
+    // the plan here spares observing every resource of every environment on every pass. Half
+    // done work is never skipped: an apply that did not finish left the record `syncing` or
+    // `failed`, not `synced` at this commit.
+    if trigger == Trigger::Timer && engine.runs_as_rendered(&origin, &target, &record) {
+        return Ok(requeue);
+    }
+    let prepared = match engine.prepare(&origin, &target) {
         Ok(p) => p,
         Err(EngineError::Invalid {
             commit,

@@ -11,7 +11,7 @@ use slipway_controller::clock::Clock;
 use slipway_controller::{Controller, CreateEnvironment, Options};
 use slipway_core::EnvName;
 use slipway_core::vocab::{DeploymentStatus, EventKind, SyncState};
-use slipway_engine::{Engine, EngineConfig};
+use slipway_engine::{Engine, EngineConfig, Origin};
 use slipway_git::GitRepository;
 use slipway_testkit::git::git;
 
@@ -232,6 +232,59 @@ fn tracked_environments_follow_pushes_and_branches_come_and_go() {
         !w.home.join("envs/br-feature-login").exists(),
         "its directory is gone"
     );
+}
+
+#[test]
+fn only_an_environment_that_runs_its_commits_desired_state_in_full_goes_unobserved() {
+    let w = World::new();
+    w.wait_page("dev", "hello from dev", "dev is deployed");
+    let record = wait_for("dev's deployment is recorded", T, || {
+        w.record("dev")
+            .filter(|r| r.sync == SyncState::Synced && r.commit.is_some())
+    });
+    let engine = w.controller.engine();
+    let source = w.controller.source();
+    let commit = record.commit.clone().expect("a commit");
+    let moved = "2".repeat(40);
+    let origin = |tip| Origin {
+        source: source.as_ref(),
+        repo: "",
+        reference: "main",
+        folder: "",
+        tip,
+    };
+    let target = engine.target_for(&env_name("dev")).expect("dev's target");
+    assert!(
+        engine.runs_as_rendered(&origin(Some(commit.as_str())), &target, &record),
+        "dev runs, in full, what its commit renders to: a periodic look leaves it to the drift \
+         interval"
+    );
+    let mut other = record.clone();
+    other.hash = Some("0".repeat(64));
+    let mut syncing = record.clone();
+    syncing.sync = SyncState::Syncing;
+    let mut behind = record.clone();
+    behind.desired_commit = Some("1".repeat(40));
+    for (why, record, tip) in [
+        ("the branch moved", &record, Some(moved.as_str())),
+        ("the tip is not known", &record, None),
+        (
+            "the desired state renders otherwise (a newer Slipway)",
+            &other,
+            Some(commit.as_str()),
+        ),
+        ("an apply did not finish", &syncing, Some(commit.as_str())),
+        (
+            "it was asked to run another commit",
+            &behind,
+            Some(commit.as_str()),
+        ),
+    ] {
+        assert!(
+            !engine.runs_as_rendered(&origin(tip), &target, record),
+            "a look that must plan when {why}"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_core::render::{self, DesiredState, EnvKind, Target};
+use slipway_core::vocab::SyncState;
 use slipway_git::{GitRepository, Source};
+use slipway_state::EnvironmentRecord;
 
 use crate::cache::Cached;
 use crate::{Engine, EngineError, EnvTarget, Envelope, Origin, Prepared, discover};
@@ -328,6 +330,48 @@ impl Engine {
         origin: &Origin<'_>,
         target: &EnvTarget,
     ) -> Result<(Arc<Cached>, DesiredState), EngineError> {
+        self.render_recorded(origin, target, None)
+    }
+
+    /// Whether `record`'s environment runs what rendering it at `origin` gives now: the
+    /// commit it runs and last applied in full (`synced`), with the desired-state hash that
+    /// apply recorded. Then a plan could differ from nothing only by what it observes (drift)
+    /// — which is what the controller's periodic look and its look on start skip, leaving it
+    /// to the drift interval. A commit that does not render, or renders otherwise (a newer
+    /// Slipway, another definition), is not: [`Engine::prepare`] says why.
+    ///
+    /// # Guarantees
+    /// Reads nothing of the store and observes nothing: `record` is the caller's.
+    pub fn runs_as_rendered(
+        &self,
+        origin: &Origin<'_>,
+        target: &EnvTarget,
+        record: &EnvironmentRecord,
+    ) -> bool {
+        let Some(tip) = origin.tip else {
+            return false;
+        };
+        if record.sync != SyncState::Synced
+            || record.commit.as_deref() != Some(tip)
+            || record.desired_commit.as_deref() != Some(tip)
+            || record.hash.is_none()
+        {
+            return false;
+        }
+        match self.render_recorded(origin, target, Some(record)) {
+            Ok((_, desired)) => record.hash.as_deref() == Some(desired.hash.as_str()),
+            Err(_) => false,
+        }
+    }
+
+    /// [`Engine::render`], with the environment's record in hand when the caller has it
+    /// (else read from the store).
+    fn render_recorded(
+        &self,
+        origin: &Origin<'_>,
+        target: &EnvTarget,
+        recorded: Option<&EnvironmentRecord>,
+    ) -> Result<(Arc<Cached>, DesiredState), EngineError> {
         let environment = &target.name;
         let cached = self.load_cached(origin)?;
         let loaded = &cached.loaded;
@@ -364,7 +408,7 @@ impl Engine {
                 members,
             });
         }
-        self.check_kind(target, stack)?;
+        self.check_kind(target, stack, recorded)?;
         let render_target = Target {
             name: environment,
             definition: &target.definition,
@@ -384,9 +428,18 @@ impl Engine {
         &self,
         target: &EnvTarget,
         stack: &slipway_core::stack::Stack,
+        recorded: Option<&EnvironmentRecord>,
     ) -> Result<(), EngineError> {
         let name = &target.name;
-        if let Some(record) = self.store.environment(name)?
+        let read;
+        let recorded = match recorded {
+            Some(record) => Some(record),
+            None => {
+                read = self.store.environment(name)?;
+                read.as_ref()
+            }
+        };
+        if let Some(record) = recorded
             && record.kind != target.kind
         {
             return Err(EngineError::NotAdopted(format!(
