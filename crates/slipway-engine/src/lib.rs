@@ -226,6 +226,74 @@ pub(crate) fn slot_ports(all: &BTreeMap<String, u16>, slot: u8) -> BTreeMap<Stri
         .collect()
 }
 
+/// What observing reads of a record's [`Envelope`], borrowed from its `live` column in place:
+/// nothing copied, where observing every resource of every environment would otherwise copy
+/// each one's handle and resolved configuration.
+pub(crate) struct EnvelopeRef<'a> {
+    /// The provider's handle.
+    pub handle: &'a Json,
+    /// The commit whose export the resource runs from.
+    pub src_commit: &'a str,
+    /// The config it was applied with, references resolved.
+    pub resolved: &'a Json,
+    /// Its source hash.
+    pub source: Option<&'a str>,
+    /// The instance the provider knows it by, when it is not the resource's name.
+    pub instance: Option<&'a str>,
+}
+
+static NULL: Json = Json::Null;
+
+impl<'a> EnvelopeRef<'a> {
+    /// Reads `record`'s envelope as [`Envelope::of`] does: a column that is not a whole
+    /// envelope (a field of another type) reads as an empty one.
+    pub(crate) fn of(record: &'a ResourceRecord) -> EnvelopeRef<'a> {
+        let empty = EnvelopeRef {
+            handle: &NULL,
+            src_commit: "",
+            resolved: &NULL,
+            source: None,
+            instance: None,
+        };
+        let Some(fields) = record.live.as_object() else {
+            return empty;
+        };
+        // `Option<String>` fields take a string or null; `String` ones only a string.
+        let optional = |name: &str| match fields.get(name) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(()),
+        };
+        let whole = (|| -> Result<EnvelopeRef<'a>, ()> {
+            let src_commit = match fields.get("src_commit") {
+                None => "",
+                Some(Json::String(s)) => s.as_str(),
+                Some(_) => return Err(()),
+            };
+            if let Some(redact) = fields.get("redact")
+                && !redact
+                    .as_array()
+                    .is_some_and(|values| values.iter().all(Json::is_string))
+            {
+                return Err(());
+            }
+            Ok(EnvelopeRef {
+                handle: fields.get("handle").unwrap_or(&NULL),
+                src_commit,
+                resolved: fields.get("resolved").unwrap_or(&NULL),
+                source: optional("source")?,
+                instance: optional("instance")?,
+            })
+        })();
+        whole.unwrap_or(empty)
+    }
+
+    /// The name the provider knows the live object by.
+    pub(crate) fn instance<'b>(&'b self, name: &'b str) -> &'b str {
+        self.instance.unwrap_or(name)
+    }
+}
+
 impl Envelope {
     pub(crate) fn of(record: &ResourceRecord) -> Envelope {
         // Read from the record's value in place: no copy of it (observing every environment
@@ -693,8 +761,8 @@ impl Engine {
         let all_ports = self.store.environment_ports(env)?;
         let none = BTreeMap::new();
         let mut slots: BTreeMap<&str, u8> = BTreeMap::new();
-        let envelopes: Vec<Envelope> = records.iter().map(Envelope::of).collect();
-        let ready: Vec<(&ResourceRecord, &Envelope)> = records
+        let envelopes: Vec<EnvelopeRef<'_>> = records.iter().map(EnvelopeRef::of).collect();
+        let ready: Vec<(&ResourceRecord, &EnvelopeRef<'_>)> = records
             .iter()
             .zip(&envelopes)
             .filter(|(record, _)| record.status == slipway_core::vocab::ResourceStatus::Ready)
@@ -714,7 +782,7 @@ impl Engine {
                     config: record.config.clone(),
                     depends_on: record.depends_on.iter().cloned().collect(),
                     resolved_hash: record.resolved_hash.clone(),
-                    source: envelope.source.clone(),
+                    source: envelope.source.map(str::to_string),
                 },
             );
         }
@@ -750,7 +818,7 @@ impl Engine {
     fn observe_all(
         &self,
         env: &EnvName,
-        ready: &[(&ResourceRecord, &Envelope)],
+        ready: &[(&ResourceRecord, &EnvelopeRef<'_>)],
         all_ports: &BTreeMap<String, BTreeMap<String, u16>>,
     ) -> BTreeMap<String, Observed> {
         const ALONE: usize = 64;
@@ -759,7 +827,7 @@ impl Engine {
         let context = self
             .sandbox(env)
             .and_then(|sandbox| Ok((sandbox, self.stack_of(env)?)));
-        let observe = |chunk: &[(&ResourceRecord, &Envelope)]| -> Vec<(String, Observed)> {
+        let observe = |chunk: &[(&ResourceRecord, &EnvelopeRef<'_>)]| -> Vec<(String, Observed)> {
             chunk
                 .iter()
                 .map(|(record, envelope)| {
@@ -806,18 +874,18 @@ impl Engine {
         sandbox: &slipway_providers::sandbox::Sandbox,
         env: &EnvName,
         record: &ResourceRecord,
-        envelope: &Envelope,
+        envelope: &EnvelopeRef<'_>,
         all_ports: &BTreeMap<String, u16>,
     ) -> Observed {
         let Some(provider) = self.registry.get(&record.type_name) else {
             return Observed::InSync;
         };
-        let dirs = self.env_dirs(env, &envelope.src_commit, "");
+        let dirs = self.env_dirs(env, envelope.src_commit, "");
         let instance = envelope.instance(&record.name);
         let slot = u8::from(instance != record.name);
         let ports = slot_ports(all_ports, slot);
         let ctx = self.resource_context(stack, env, instance, &dirs, &ports, sandbox);
-        match provider.observe(ctx, &envelope.resolved, &envelope.handle) {
+        match provider.observe(ctx, envelope.resolved, envelope.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),
             Ok(slipway_providers::Observation::Missing { reason }) => Observed::Missing(reason),
@@ -909,4 +977,61 @@ fn is_full_sha(s: &str) -> bool {
     s.len() == 40
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_envelope_read_in_place_reads_as_the_copied_one() {
+        let record = |live: Json| ResourceRecord {
+            environment: EnvName::parse("dev").expect("a valid name"),
+            name: "web".into(),
+            type_name: "file".into(),
+            status: slipway_core::vocab::ResourceStatus::Ready,
+            config: json!({}),
+            resolved_hash: None,
+            outputs: json!({}),
+            secret_outputs: Vec::new(),
+            live,
+            depends_on: Vec::new(),
+            error: None,
+            updated_at: 0,
+            sensitive: false,
+        };
+        for live in [
+            json!({"handle": {"path": "/x"}, "src_commit": "abc", "resolved": {"path": "x"},
+                   "source": "s1", "instance": "web@b", "redact": ["secret"], "other": 1}),
+            json!({"handle": {"pid": 3}, "src_commit": "abc", "source": null}),
+            json!({}),
+            json!(null),
+            json!("not an envelope"),
+            json!({"handle": {"pid": 3}, "src_commit": 7}),
+            json!({"handle": {"pid": 3}, "instance": ["web"]}),
+            json!({"handle": {"pid": 3}, "redact": "secret"}),
+            json!({"handle": {"pid": 3}, "redact": [1]}),
+        ] {
+            let record = record(live.clone());
+            let (copied, borrowed) = (Envelope::of(&record), EnvelopeRef::of(&record));
+            assert_eq!(
+                (
+                    &copied.handle,
+                    copied.src_commit.as_str(),
+                    &copied.resolved,
+                    copied.source.as_deref(),
+                    copied.instance(&record.name),
+                ),
+                (
+                    borrowed.handle,
+                    borrowed.src_commit,
+                    borrowed.resolved,
+                    borrowed.source,
+                    borrowed.instance(&record.name),
+                ),
+                "the live column {live} reads alike both ways"
+            );
+        }
+    }
 }

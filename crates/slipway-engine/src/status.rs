@@ -10,7 +10,7 @@ use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
 use slipway_providers::sandbox::Isolation;
 use slipway_state::{EnvironmentRecord, ResourceRecord};
 
-use crate::{Engine, EngineError, Envelope};
+use crate::{Engine, EngineError, EnvelopeRef};
 
 /// One resource as `status --output json` shows it (SPEC §6).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,7 +275,7 @@ impl Engine {
         let mut sandbox = None;
         let none = BTreeMap::new();
         for record in stored.resources {
-            let envelope = Envelope::of(&record);
+            let envelope = EnvelopeRef::of(&record);
             let mut status = ShownStatus::from(record.status);
             let mut message = record.error.clone();
             // What lives on another replica's node cannot be observed from here: it shows as

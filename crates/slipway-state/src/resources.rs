@@ -3,6 +3,7 @@
 use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use slipway_core::vocab::ResourceStatus;
@@ -111,30 +112,47 @@ fn from_row(row: &Row) -> Result<RawResource, DbError> {
     })
 }
 
+/// `text` unsealed when it is sealed, else as it is (not copied).
+fn unseal<'a>(
+    sealer: &Sealer,
+    text: &'a str,
+    record: &dyn Fn() -> String,
+    column: &'static str,
+) -> Result<Cow<'a, str>, StateError> {
+    if !text.starts_with(crate::seal::PREFIX) {
+        return Ok(Cow::Borrowed(text));
+    }
+    let bytes = sealer.open(text).map_err(|reason| StateError::Sealed {
+        record: record(),
+        column,
+        reason,
+    })?;
+    String::from_utf8(bytes)
+        .map(Cow::Owned)
+        .map_err(|_| StateError::Sealed {
+            record: record(),
+            column,
+            reason: "is not UTF-8".into(),
+        })
+}
+
 impl RawResource {
     fn decode(self, sealer: &Sealer) -> Result<ResourceRecord, StateError> {
         let record = || format!("resource {}/{}", self.environment, self.name);
         let sensitive = self.outputs.starts_with(crate::seal::PREFIX);
-        let unseal = |text: &str, column: &'static str| -> Result<String, StateError> {
-            if !text.starts_with(crate::seal::PREFIX) {
-                return Ok(text.to_string());
-            }
-            let bytes = sealer.open(text).map_err(|reason| StateError::Sealed {
-                record: record(),
-                column,
-                reason,
-            })?;
-            String::from_utf8(bytes).map_err(|_| StateError::Sealed {
-                record: record(),
-                column,
-                reason: "is not UTF-8".into(),
-            })
-        };
         Ok(ResourceRecord {
             config: from_json(&self.config, record, "config")?,
-            outputs: from_json(&unseal(&self.outputs, "outputs")?, record, "outputs")?,
+            outputs: from_json(
+                &unseal(sealer, &self.outputs, &record, "outputs")?,
+                record,
+                "outputs",
+            )?,
             secret_outputs: from_json(&self.secret_outputs, record, "secret_outputs")?,
-            live: from_json(&unseal(&self.live, "live")?, record, "live")?,
+            live: from_json(
+                &unseal(sealer, &self.live, &record, "live")?,
+                record,
+                "live",
+            )?,
             sensitive,
             depends_on: from_json(&self.depends_on, record, "depends_on")?,
             environment: self.environment,
