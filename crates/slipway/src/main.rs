@@ -398,6 +398,27 @@ fn install_logging(default: &str) {
         .try_init();
 }
 
+/// Keeps a long-lived `serve` process's heap close to what it holds (glibc's allocator; a
+/// no-op elsewhere). With its defaults, every thread that allocates may get an arena of its
+/// own (up to 8 per core), and freed memory stays in them: listing ten thousand environments
+/// (each range read and observed on a thread, each environment's JSON made there and freed
+/// on another) left the process at 160-235 MiB resident after a few calls, against 40 MiB
+/// before them. Two arenas, and large blocks (a listing's rows and JSON) mapped on their own
+/// and given back when freed, keep it near 50 MiB; no measurable cost in CPU time.
+fn bound_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::libc::{M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt};
+        // SAFETY: mallopt only sets the allocator's parameters; it is called before any
+        // thread is started.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+            mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+            mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Everything the engine (and a supervisor) creates is private unless it says otherwise:
     // the home holds keys, the state store and secrets, and environments' code runs on the
@@ -416,6 +437,9 @@ fn main() -> ExitCode {
     if let Command::Watchdog = &cli.command {
         let code = slipway_providers::watchdog::run(std::io::BufReader::new(std::io::stdin()));
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if matches!(cli.command, Command::Serve { .. }) {
+        bound_heap();
     }
     install_logging(if matches!(cli.command, Command::Serve { .. }) {
         "info"
