@@ -965,7 +965,14 @@ impl Controller {
                         self.inner.options.requeue_interval
                     }
                 };
-                self.enqueue_at(&env, Trigger::Timer, now + next);
+                // A retry looks as closely as the reconcile that failed: only a failed
+                // periodic look is retried as one (which may skip observing).
+                let retry = if trigger == Trigger::Timer {
+                    Trigger::Timer
+                } else {
+                    Trigger::Drift
+                };
+                self.enqueue_at(&env, retry, now + next);
             }
         }
         let failure = match outcome {
