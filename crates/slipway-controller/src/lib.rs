@@ -643,16 +643,32 @@ impl Controller {
                 }
             });
         }
-        // Crash safety: look at every recorded environment once on start.
+        // Crash safety: look at every recorded environment once on start, at the branch tips
+        // this home's copy of the repository holds. The fetch and discovery run meanwhile and
+        // queue whatever moved or appeared: neither a slow remote nor ten thousand branches
+        // hold that look back.
+        {
+            let inner = self.inner.clone();
+            if let Ok(Ok(branches)) =
+                tokio::task::spawn_blocking(move || inner.source.branches()).await
+            {
+                *self
+                    .inner
+                    .tips
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    branches.into_iter().map(|b| (b.name, b.sha)).collect();
+            }
+        }
         if let Ok(envs) = self.inner.engine.store().environment_names() {
             self.enqueue_all(&envs, Trigger::Timer);
         }
-        let _ = self.refresh().await;
-        tokio::spawn(self.clone().replan_open_pull_requests());
         {
-            // Pull requests opened, pushed to or closed while the controller was down.
             let this = self.clone();
             tokio::spawn(async move {
+                let _ = this.refresh().await;
+                tokio::spawn(this.clone().replan_open_pull_requests());
+                // Pull requests opened, pushed to or closed while the controller was down.
                 if let Err(e) = this.catch_up_pull_requests().await {
                     let _ = this.inner.engine.store().record_event(
                         None,
