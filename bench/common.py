@@ -501,8 +501,7 @@ def wait_pass(serve, n, poll, timeout, want_synced=None):
     environments are recorded synced). Returns (seconds since launch, the metrics, seconds
     since launch when the first reconcile was seen counted, scrapes made).
 
-    A scrape is not free for the server (it reads every environment's record to count them
-    by state), so the polling adapts: it sleeps half the time the pass looks likely to need
+    The polling adapts (a scrape used to read every environment's record): it sleeps half the time the pass looks likely to need
     still, at the rate seen so far, between `poll` and 0.25 s; 0.05 s until a first reconcile
     is counted."""
     deadline = time.perf_counter() + timeout

@@ -196,6 +196,7 @@ def cmd_serve_pass(args):
         record(f"envs/hwm/{n}", [mem["VmHWM"]], unit="KiB", how="/proc/PID/status VmHWM", **meta)
         record(f"envs/refresh/{n}", [refresh], **meta,
                requeued=after.get("slipway_reconcile_duration_seconds_count", count) - count)
+    drift_passes(slipway, home, config, repo, n, runs, meta)
     if "--perf" in opts:
         # One more restart under `perf record` (untimed: perf slows it): where the CPU goes.
         data = opts["--perf"] + ".data"
@@ -212,6 +213,47 @@ def cmd_serve_pass(args):
         # And one more, counting calls of the queue's scans with uprobes (untimed too).
         for short, calls in probe_counts(slipway, home, config, repo, n, poll).items():
             record(f"envs/calls-{short}/{n}", [calls], unit="calls", function=PROBED[short], **meta)
+
+
+DRIFT = 'slipway_reconciles_total{trigger="drift"}'
+
+
+def drift_passes(slipway, home, config, repo, n, runs, meta):
+    """What the restarts above no longer do: observe every resource of every environment.
+    One more `slipway serve`, its `drift_interval` set to a few seconds, runs RUNS drift
+    passes (every environment queued with the drift trigger; each reconcile observes its
+    files and plans); each is timed from the first drift reconcile counted to the Nth (its
+    queueing, < 1 poll, is left out), with the serve process's CPU time over the same span."""
+    interval = max(4.0, n / 1000)
+    with open(config) as f:
+        text = f.read()
+    drift_conf = os.path.join(home, "controller-drift.toml")
+    with open(drift_conf, "w") as f:
+        f.write(re.sub(r'drift_interval = "[^"]*"', f'drift_interval = "{interval:g}s"', text))
+    serve = Serve(slipway, home, drift_conf, repo)
+    try:
+        serve.wait_healthy()
+        wait_pass(serve, n, 0.05, timeout=300)
+        for k in range(1, runs + 1):
+            start = cpu0 = None
+            deadline = time.perf_counter() + interval * 4 + 300
+            while True:
+                m = serve.metrics() or {}
+                drift = m.get(DRIFT, 0)
+                if start is None and drift > (k - 1) * n:
+                    start, cpu0 = time.perf_counter(), cpu_seconds(serve.pid)
+                if drift >= k * n and m.get("slipway_reconciles_running", 1) == 0:
+                    took, cpu = time.perf_counter() - start, cpu_seconds(serve.pid) - cpu0
+                    break
+                serve.check_alive()
+                if time.perf_counter() > deadline:
+                    sys.exit(f"measure.py: drift pass {k} did not finish; last metrics: {m}")
+                time.sleep(0.01)
+            if drift > k * n:
+                sys.exit(f"measure.py: drift passes overlapped (interval {interval:g} s)")
+            record(f"envs/drift-pass/{n}", [took], cpu=[cpu], interval=interval, **meta)
+    finally:
+        serve.stop()
 
 
 COMMANDS = {"serve-pass": cmd_serve_pass}
@@ -252,13 +294,18 @@ def verdicts(r):
                 verdict = "**missed**" + (
                     f" (the serve process used {fmt_s(pcpu)} of CPU for it: CPU-bound, not "
                     "waiting; see section 3)" if pcpu else "")
+            drift = S("envs/drift-pass")
             verdicts.append((
                 f"a reconcile pass over {n_envs:,} unchanged environments under "
                 f"{goal or PASS_GOAL_S:g} s (2 cores)",
                 f"median {fmt_s(p)} after start-up ({p / (goal or PASS_GOAL_S):.2f}× the goal; "
                 f"min {fmt_s(min(passes))}, max {fmt_s(max(passes))}), "
                 f"{p / n_envs * 1000:.2f} ms per environment; from launch {fmt_s(full)}, of "
-                f"which start-up to the first `/healthz` {fmt_s(med(S('envs/startup')))}",
+                f"which start-up to the first `/healthz` {fmt_s(med(S('envs/startup')))}"
+                + (f". The pass checks each environment's commit and desired state and observes "
+                   f"nothing; a drift pass, which observes every resource, takes "
+                   f"{fmt_s(med(drift))} ({med(drift) / (goal or PASS_GOAL_S):.2f}× the "
+                   "goal's time; section 3)" if drift else ""),
                 verdict,
             ))
         rss = S("envs/rss")
@@ -293,19 +340,25 @@ def write(r):
         "for the record). Then it is stopped and started again, once as a warm-up and "
         "then for each timed run: on start the controller enqueues every recorded "
         "environment once, fetches, discovers, and reconciles them, "
-        f"`concurrency` at a time; nothing has changed, so each reconcile only plans. "
+        f"`concurrency` at a time; nothing has changed, so each finds its environment "
+        "recorded `synced` at the branch's tip with the desired-state hash its commit renders "
+        "to, and stops there (observing every resource is the drift interval's: the drift "
+        "pass below). "
         "Timed from launching the process: until `/healthz` first answers (start-up), until "
         "`/metrics` first counts a reconcile, and until it counts "
         "`slipway_reconcile_duration_seconds_count` = N with "
         "`slipway_reconciles_running` = 0 (the pass; `slipway_queue_depth` cannot be the "
         "signal: every reconciled environment is queued again for the 5-minute safety net). "
-        "A scrape of `/metrics` is not free for the server (it reads every environment's "
-        "record to count them by state), so it is polled sparingly: every 50 ms until a first "
-        "reconcile is counted, then after half the time the rest of the pass should take at "
-        "the rate seen so far, 20 ms at the least. Checked: every environment recorded "
-        "`synced`, no failure. "
+        "`/metrics` is polled every 50 ms until a first reconcile is counted, then after half "
+        "the time the rest of the pass should take at the rate seen so far, 20 ms at the "
+        "least (a scrape counts the environments by state in one query). Checked: every "
+        "environment recorded `synced`, no failure. "
         "Memory is the serve process's `VmRSS` and `VmHWM` (/proc/PID/status) 0.5 s after the "
-        "pass.\n"
+        "pass. **The drift pass:** one more `slipway serve` with `drift_interval` set to "
+        "max(4 s, N/1,000 s) runs as many drift passes as there are restarts (each tick queues "
+        "every environment with the drift trigger; each reconcile observes its 3 files and "
+        "plans), each timed from the first drift reconcile counted "
+        "(`slipway_reconciles_total{trigger=\"drift\"}`, polled every 10 ms) to the Nth.\n"
     )
     if args.controller_conf and os.path.exists(args.controller_conf):
         with open(args.controller_conf) as f:
@@ -342,6 +395,10 @@ def write_size(r, n_envs, several):
              S("envs/reconcile-sum") or [], True),
             ("`POST /api/v1/refresh` afterwards (fetch + discover of "
              f"{n_envs:,} branches, nothing to do)", S("envs/refresh") or [], False),
+            ("**a drift pass** (every environment observed and planned: first drift "
+             "reconcile counted → the last)", S("envs/drift-pass") or [], True),
+            ("CPU time of the serve process during the drift pass",
+             C("envs/drift-pass") or [], True),
         ]
         for name, xs, per in rows:
             if not xs:
