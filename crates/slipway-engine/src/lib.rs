@@ -822,6 +822,9 @@ impl Engine {
         all_ports: &BTreeMap<String, BTreeMap<String, u16>>,
     ) -> BTreeMap<String, Observed> {
         const ALONE: usize = 64;
+        if ready.is_empty() {
+            return BTreeMap::new();
+        }
         let none = BTreeMap::new();
         // Read once for all: the environment's sandbox and stack are the same for each.
         let context = self

@@ -156,6 +156,16 @@ fn from_row(row: &Row) -> Result<EnvironmentRecord, DbError> {
     })
 }
 
+/// The environment called `name`, if it exists, read through `db`.
+fn read_one(db: &mut impl Exec, name: &EnvName) -> Result<Option<EnvironmentRecord>, StateError> {
+    db.query_opt(
+        &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
+        params![name.as_str()],
+        from_row,
+    )
+    .map_err(sql(format!("read environment {name}")))
+}
+
 /// `INSERT` of every field of `record` in `tx`, `ON CONFLICT (name) {on_conflict}`.
 fn write_row(
     tx: &mut impl Exec,
@@ -220,13 +230,7 @@ impl Store {
         change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
     ) -> Result<Result<EnvironmentRecord, E>, StateError> {
         self.write_env(Some(name), &[], |tx| {
-            let current = tx
-                .query_opt(
-                    &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
-                    params![name.as_str()],
-                    from_row,
-                )
-                .map_err(sql(format!("read environment {name}")))?;
+            let current = read_one(tx, name)?;
             match change(current) {
                 Ok(record) => {
                     assert_eq!(
@@ -271,13 +275,7 @@ impl Store {
 
     /// The environment called `name`, if it exists.
     pub fn environment(&self, name: &EnvName) -> Result<Option<EnvironmentRecord>, StateError> {
-        self.conn()
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
-                params![name.as_str()],
-                from_row,
-            )
-            .map_err(sql(format!("read environment {name}")))
+        read_one(&mut *self.conn(), name)
     }
 
     /// Every environment, ordered by name.
