@@ -414,8 +414,9 @@ def synced(metrics):
 class Serve:
     """`slipway serve --listen 127.0.0.1:0`, its stderr appended to HOME/serve.log."""
 
-    def __init__(self, slipway, home, config, repo, prefix=()):
-        """prefix: a command the server runs under (`perf record ... --`)."""
+    def __init__(self, slipway, home, config, repo, prefix=(), extra=(), listen="127.0.0.1:0"):
+        """prefix: a command the server runs under (`perf record ... --`); extra: more
+        arguments of `serve`; listen: its --listen."""
         self.log_path = os.path.join(home, "serve.log")
         self.log = open(self.log_path, "ab")
         self.offset = self.log.tell()
@@ -423,7 +424,7 @@ class Serve:
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [*prefix, slipway, "--home", home, "--config", config, "serve", "--repo", repo,
-             "--listen", "127.0.0.1:0"],
+             "--listen", listen, *extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.log,

@@ -263,6 +263,22 @@ def git_repo(directory, text, files=None):
     git(directory, "commit", "-q", "--no-gpg-sign", "-m", "benchmark stack")
 
 
+def wake_repo(directory, quickstart):
+    """examples/quickstart as it is, but `dev` alone (no protected `prod` beside it) and with
+    `sleep_after` (section 11 puts it to sleep by hand, to time each wake)."""
+    files = {}
+    for name in ("app.py", "seed.py", "migrate.sql"):
+        with open(os.path.join(quickstart, name), encoding="utf-8") as f:
+            files[name] = f.read()
+    with open(os.path.join(quickstart, "slipway.yaml"), encoding="utf-8") as f:
+        text = f.read()
+    kept = [line for line in text.splitlines(keepends=True) if not line.startswith("  prod:")]
+    text = "".join(kept).replace("  dev:  { track: main }", "  dev:  { track: main, sleep_after: 1h }")
+    if "sleep_after: 1h" not in text:
+        sys.exit("gen.py: examples/quickstart/slipway.yaml no longer has `dev:  { track: main }`")
+    git_repo(directory, text, files)
+
+
 def envs_repo(directory, n):
     """The stack, then N branches at main's commit (envs_branches)."""
     git_repo(directory, ENVS_YAML)
@@ -319,6 +335,8 @@ def main(argv):
         git_repo(argv[2], pg_clone_yaml(argv[3], argv[4], argv[5]))
     elif kind == "prs":
         git_repo(argv[2], PRS_YAML)
+    elif kind == "wake":
+        wake_repo(argv[2], argv[3])
     else:
         sys.exit(f"gen.py: unknown kind {kind!r}")
 

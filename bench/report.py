@@ -93,7 +93,7 @@ def main():
       "(trust auth)\n"
       "BENCH_ONLY=pg bench/run        # only section 6 (also: plan procs serve push previews pr "
       "ui k8s\n"
-      "                               # replicas); the report goes to a temp file, printed at "
+      "                               # replicas wake); the report goes to a temp file, printed at "
       "the end\n"
       "BENCH_ONLY=pr bench/run        # only section 7 (GitHub's example payloads: fetched "
       "once with npm)\n"
@@ -106,6 +106,7 @@ def main():
       "BENCH_FAILOVER_ROUNDS,\n"
       "                               # BENCH_FAILOVER_LEASE, BENCH_FAILOVER_LONG: its failover "
       "rounds)\n"
+      "BENCH_ONLY=wake bench/run      # only section 11 (PostgreSQL as for section 6)\n"
       "BENCH_SPLICE=1 BENCH_ONLY=…    # a partial run whose sections replace theirs here, "
       "the rest kept\n```\n")
     w(f"This run took {int(args.elapsed) // 60} min {int(args.elapsed) % 60} s in all "

@@ -5,6 +5,7 @@ no samples), DIG (its bullets of "How to dig further"); for some, machine(r) (ro
 machine table), and, for those bench/run may skip, KEY (its samples' prefix, whose `KEY/skipped`
 note says why), GOAL (its goal in the verdicts) and NEEDS (what it needs to run)."""
 
-from sections import plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas
+from sections import (plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas,
+                      wake, restart)
 
-SECTIONS = [plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas]
+SECTIONS = [plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas, wake, restart]

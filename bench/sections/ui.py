@@ -733,10 +733,15 @@ def write_size(r, n, samples, meta, several):
           f"share of its {prof['samples']} samples, *inclusive* of callees and *self*; "
           "functions of Slipway's crates, lock waits, `memcmp` and sqlite). "
           "`status_each` reads the store a range of environments at a time and observes "
-          "each range on a core; under it, the provider's `observe` of each `file` (its "
-          "directories and the file opened without following links, read and hashed) and "
-          "`resources_between` (the resources' rows and the decoding of their JSON columns); "
-          "the rest is the list's JSON:\n")
+          "each range on a core; under it, the provider's `observe` of each `file` (one "
+          "`fstatat` in its directory, opened once per environment without following a link "
+          "anywhere on its path; the file read and hashed again only when its stat "
+          "fingerprint — device, inode, size, modification and change times — differs from "
+          "the one it was last hashed with, that hash is over 5 minutes old, or its last "
+          "change was under 3 s before that hash: so the first list after a start, untimed "
+          "here, reads and hashes every file) and `resources_between` (the resources' rows, "
+          "their texts copied into one buffer per range, their JSON parsed only where "
+          "needed); the rest is the list's JSON:\n")
         w("| function | inclusive | self |")
         w("|---|---:|---:|")
         for fn in prof["functions"][:16]:

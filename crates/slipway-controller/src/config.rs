@@ -32,6 +32,11 @@ pub struct ControllerConfig {
     /// its environments to the others within about two.
     #[serde(deserialize_with = "slipway_core::duration::positive")]
     pub lease: Duration,
+    /// How long the signed link to a private preview in a pull request's plan comment holds
+    /// (`"0s"`: the comment shows the plain URL, which asks for a sign-in; for a public
+    /// repository, where anyone reads the comment).
+    #[serde(deserialize_with = "slipway_core::duration::deserialize")]
+    pub comment_links: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -45,6 +50,7 @@ impl Default for ControllerConfig {
             delivery_retention: Duration::from_secs(365 * 24 * 3600),
             replica: None,
             lease: Duration::from_secs(15),
+            comment_links: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -76,6 +82,7 @@ impl ControllerConfig {
             parallelism,
             retention: Some(self.retention),
             delivery_retention: Some(self.delivery_retention),
+            comment_links: self.comment_links,
             ..Options::default()
         }
     }

@@ -26,7 +26,10 @@
 pub mod clock;
 mod config;
 pub mod discover;
+mod idle;
+pub mod links;
 pub mod metrics;
+pub mod notify;
 mod policy;
 pub mod pulls;
 pub mod queue;
@@ -34,6 +37,7 @@ mod reconcile;
 mod refresh;
 mod replicas;
 mod requests;
+mod slots;
 
 use slipway_core::EnvName;
 use std::sync::{Arc, Mutex};
@@ -72,6 +76,12 @@ pub enum Trigger {
     /// A pull request's `/slipway apply` pinned it to the pull request's head; the pull
     /// request is answered when this reconcile ends.
     Apply,
+    /// A request through its preview URL (or a person) asked a sleeping environment to wake:
+    /// its processes are started again.
+    Wake,
+    /// It may be due to sleep, be warned, or expire for want of requests (`sleep_after`,
+    /// `idle_ttl`).
+    Idle,
 }
 
 impl Trigger {
@@ -111,6 +121,9 @@ pub struct Options {
     /// With several replicas on one PostgreSQL state: this one's name and lease (the
     /// engine's store must require leases). `None`: the only controller of its state.
     pub replica: Option<ReplicaOptions>,
+    /// How long the signed link to a private preview in a plan comment holds (zero: none, the
+    /// plain URL).
+    pub comment_links: Duration,
 }
 
 impl Default for Options {
@@ -126,6 +139,7 @@ impl Default for Options {
             retention: Some(Duration::from_secs(90 * 24 * 3600)),
             delivery_retention: Some(Duration::from_secs(365 * 24 * 3600)),
             prune_interval: Duration::from_secs(3600),
+            comment_links: Duration::from_secs(24 * 3600),
             clock: Arc::new(clock::SystemClock),
             replica: None,
         }
@@ -288,12 +302,29 @@ pub(crate) struct Inner {
     pub replans: Mutex<std::collections::BTreeSet<i64>>,
     /// Wakes the worker that plans them.
     pub replan_wake: Notify,
+    /// The receivers of `[notify.NAME]`, when any is configured.
+    pub receivers: std::sync::OnceLock<Arc<Vec<notify::Receiver>>>,
+    /// The last request through each environment's preview URL not written to the state
+    /// yet (`idle::flush`), unix milliseconds by the controller's clock.
+    pub seen: Mutex<std::collections::BTreeMap<EnvName, i64>>,
+    /// Wakes under way, by environment: every request for it meanwhile waits on the same
+    /// one (`true` once its reconcile ended).
+    pub waking: Mutex<std::collections::BTreeMap<EnvName, tokio::sync::watch::Sender<bool>>>,
 }
 
 impl Inner {
     /// Now, by the controller's clock (milliseconds since the epoch).
     pub fn now(&self) -> i64 {
         self.options.clock.now_ms()
+    }
+}
+
+/// A task that stops when `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -339,6 +370,9 @@ impl Controller {
                 draining: tokio::sync::Mutex::new(()),
                 replans: Mutex::new(std::collections::BTreeSet::new()),
                 replan_wake: Notify::new(),
+                receivers: std::sync::OnceLock::new(),
+                seen: Mutex::new(std::collections::BTreeMap::new()),
+                waking: Mutex::new(std::collections::BTreeMap::new()),
             }),
         }
     }
@@ -397,6 +431,14 @@ impl Controller {
     /// ignored.
     pub fn set_forge(&self, setup: pulls::ForgeSetup) {
         let _ = self.inner.forge.set(setup);
+    }
+
+    /// Gives the controller its notification receivers (`[notify.NAME]`; see [`notify`]).
+    /// Once; later calls are ignored.
+    pub fn set_receivers(&self, receivers: Vec<notify::Receiver>) {
+        if !receivers.is_empty() {
+            let _ = self.inner.receivers.set(Arc::new(receivers));
+        }
     }
 
     /// The forge's webhook verifier and kind, when a forge is configured.
@@ -660,6 +702,23 @@ impl Controller {
                     branches.into_iter().map(|b| (b.name, b.sha)).collect();
             }
         }
+        // Notifications on tasks of their own: a receiver never holds a reconcile up.
+        // (Also for a forge that shows previews' deployments: they go through the outbox.)
+        let deployments = self
+            .inner
+            .forge
+            .get()
+            .is_some_and(|setup| setup.forge.has_deployments());
+        if self.inner.receivers.get().is_some() || deployments {
+            let inner = self.inner.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || notify::start(&inner)).await {
+                tracing::warn!(error = %e, "placing the notifications' cursor failed; the notifier places it");
+            }
+        }
+        let _notifier = (self.inner.receivers.get().is_some() || deployments).then(|| {
+            let receivers = self.inner.receivers.get().cloned().unwrap_or_default();
+            AbortOnDrop(tokio::spawn(notify::run(self.clone(), receivers)))
+        });
         if let Ok(envs) = self.inner.engine.store().environment_names() {
             self.enqueue_all(&envs, Trigger::Timer);
         }
@@ -683,6 +742,7 @@ impl Controller {
         let mut poll = tokio::time::interval(self.inner.options.poll_interval);
         let mut drift = tokio::time::interval(self.inner.options.drift_interval);
         let mut ttl = tokio::time::interval(Duration::from_secs(1));
+        let mut flushed = Instant::now();
         // Its first tick is at once: a controller that starts prunes what aged while it was
         // down.
         let mut prune = tokio::time::interval(self.inner.options.prune_interval);
@@ -736,6 +796,20 @@ impl Controller {
                     if let Ok(envs) = self.inner.engine.store().expired_environments(now) {
                         self.enqueue_all(&envs, Trigger::Ttl);
                     }
+                    let flush = flushed.elapsed() >= idle::FLUSH_EVERY;
+                    if flush {
+                        flushed = Instant::now();
+                    }
+                    let this = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if flush {
+                            idle::flush(&this.inner);
+                        }
+                        match idle::due_now(&this.inner) {
+                            Ok(envs) => this.enqueue_all(&envs, Trigger::Idle),
+                            Err(e) => tracing::warn!(error = %e, "looking for idle environments failed"),
+                        }
+                    });
                 }
             }
         }
@@ -918,6 +992,20 @@ impl Controller {
         self.inner
             .metrics
             .observe_reconcile(trigger, started.elapsed(), outcome.is_ok());
+        // Requests waiting for a wake are answered once a reconcile ran it (one that found
+        // the environment busy runs again shortly; they keep waiting).
+        if !matches!(
+            outcome,
+            Ok(reconcile::Action::Busy | reconcile::Action::Superseded)
+        ) && let Some(done) = self
+            .inner
+            .waking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&env)
+        {
+            let _ = done.send(true);
+        }
         let finished = match &outcome {
             Ok(_) => queue::Finished::Succeeded,
             Err(e) => policy::error_policy(e),
@@ -1127,6 +1215,90 @@ impl Controller {
         Ok(record)
     }
 
+    /// Notes a request through `env`'s preview URL (the router calls it for every request):
+    /// in memory, written to the state every few seconds. It puts off sleep and idle expiry.
+    pub fn saw_request(&self, env: &EnvName) {
+        let now = self.inner.now();
+        let mut seen = self
+            .inner
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.get_mut(env) {
+            Some(at) => *at = (*at).max(now),
+            None => {
+                seen.insert(env.clone(), now);
+            }
+        }
+    }
+
+    /// Asks for sleeping `env` to be woken, for a request through its preview URL: the wake
+    /// under way when there is one (joined, never repeated), else one queued. The receiver
+    /// turns `true` once the wake's reconcile ended; the caller reads the record then.
+    ///
+    /// # Caveats
+    /// Anyone who reaches a preview URL may call it: the caller asks only for an environment
+    /// it found `sleeping` on this node, so it costs at most one reconcile per sleep.
+    pub fn wake_for_request(&self, env: &EnvName) -> tokio::sync::watch::Receiver<bool> {
+        let mut waking = self
+            .inner
+            .waking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(under_way) = waking.get(env) {
+            return under_way.subscribe();
+        }
+        let (done, wait) = tokio::sync::watch::channel(false);
+        waking.insert(env.clone(), done);
+        drop(waking);
+        self.enqueue(env, Trigger::Wake);
+        wait
+    }
+
+    /// Wakes `name` as a person asked: its processes start again (queued; the receiver turns
+    /// `true` once that reconcile ended). Nothing to do for one that is awake (`None`).
+    pub async fn wake(
+        &self,
+        name: &EnvName,
+    ) -> Result<Option<tokio::sync::watch::Receiver<bool>>, ControllerError> {
+        let target = name.clone();
+        let record = self
+            .as_holder(name, move |inner| {
+                inner
+                    .engine
+                    .store()
+                    .environment(&target)?
+                    .ok_or_else(|| ControllerError::NotFound(target.to_string()))
+            })
+            .await?;
+        Ok((record.activity == slipway_core::vocab::Activity::Sleeping)
+            .then(|| self.wake_for_request(name)))
+    }
+
+    /// Wakes `name` now, on this task (for the CLI, without a running controller): the
+    /// reconcile a wake is.
+    pub async fn wake_now(&self, name: &EnvName) -> Result<(), ControllerError> {
+        let name = name.clone();
+        self.blocking(move |inner| reconcile::reconcile(inner, &name, Trigger::Wake).map(|_| ()))
+            .await
+    }
+
+    /// Puts `name` to sleep now, as a person asked (waiting for an operation on it to
+    /// finish): its processes stop, its data, files, databases and ports stay; the next
+    /// request through its preview URL, or [`Controller::wake`], wakes it.
+    pub async fn sleep(&self, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
+        let target = name.clone();
+        self.as_holder(name, move |inner| {
+            idle::sleep(
+                inner,
+                &target,
+                "asked by hand",
+                slipway_engine::LockWait::Block(&|| {}),
+            )
+        })
+        .await
+    }
+
     /// Lets a pinned environment follow its ref again.
     pub async fn unpin(&self, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
         let n = name.clone();
@@ -1161,8 +1333,22 @@ impl Controller {
 /// The first 12 characters of a commit id, as messages show it: the engine's spelling.
 pub(crate) use slipway_engine::apply::short;
 
-pub(crate) fn target_of(record: &EnvironmentRecord) -> EnvTarget {
+/// The target `record` is reconciled as; a generated or ad-hoc environment's `sleep_after`
+/// and `idle_ttl` are at most its family's at the default branch (`EnvTarget::idle_limits`),
+/// and a family private there keeps it private (`EnvTarget::access_in_force`).
+pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget {
+    let family = match record.kind {
+        slipway_core::vocab::EnvKind::Static => Default::default(),
+        _ => inner.engine.family_in_force(
+            inner.source.as_ref(),
+            &inner.options.default_ref,
+            &inner.folder,
+            record.definition.as_deref().unwrap_or(record.name.as_str()),
+        ),
+    };
     EnvTarget {
+        idle_limits: family.idle_limits,
+        access_in_force: family.access,
         name: record.name.clone(),
         definition: record
             .definition

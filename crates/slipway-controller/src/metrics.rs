@@ -27,7 +27,7 @@ pub struct Metrics {
 }
 
 /// Every trigger, with its word in `/metrics`.
-const TRIGGERS: [(Trigger, &str); 7] = [
+const TRIGGERS: [(Trigger, &str); 9] = [
     (Trigger::Poll, "poll"),
     (Trigger::Push, "push"),
     (Trigger::Timer, "timer"),
@@ -35,6 +35,8 @@ const TRIGGERS: [(Trigger, &str); 7] = [
     (Trigger::Manual, "manual"),
     (Trigger::Ttl, "ttl"),
     (Trigger::Apply, "apply"),
+    (Trigger::Wake, "wake"),
+    (Trigger::Idle, "idle"),
 ];
 
 impl Metrics {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use slipway_core::plan::Action as Change;
 use slipway_core::render::EnvKind;
-use slipway_core::vocab::{EventKind, Health, Reason, SyncState};
+use slipway_core::vocab::{Activity, EventKind, Health, Reason, SyncState};
 use slipway_engine::{ApplyOptions, Confirmation, EngineError, Origin};
 use slipway_state::EnvironmentRecord;
 
@@ -38,6 +38,20 @@ pub(crate) fn event(inner: &Inner, env: &EnvName, kind: EventKind, message: &str
         .engine
         .store()
         .record_event(Some(env), kind, message, &json!({}), inner.now());
+}
+
+/// Records that `record`'s environment expires now, with the commit it was at: discovery does
+/// not make a generated environment again for that same commit (`refresh`), so an expired
+/// preview stays gone until its branch or pull request moves. Written before the destroy, so
+/// that no refresh in between makes it again.
+pub(crate) fn expired(inner: &Inner, record: &EnvironmentRecord, message: &str) {
+    let _ = inner.engine.store().record_event(
+        Some(&record.name),
+        EventKind::EnvironmentExpired,
+        message,
+        &json!({ "commit": record.desired_commit }),
+        inner.now(),
+    );
 }
 
 /// Something about an environment (or, with none, the whole repository) that every poll and
@@ -235,8 +249,22 @@ pub(crate) fn destroy(
     why: &str,
 ) -> Result<(), ControllerError> {
     let engine = &inner.engine;
-    if engine.store().environment(name)?.is_none() {
+    let Some(record) = engine.store().environment(name)? else {
         return Err(ControllerError::NotFound(name.to_string()));
+    };
+    // Still waiting for a slot: nothing of it exists but its record, which leaves the queue
+    // (those behind it move up). Had it just got its slot, it is destroyed as any other.
+    if record.activity == Activity::Queued && engine.store().leave_queue(name)? {
+        event(
+            inner,
+            name,
+            EventKind::EnvironmentDestroyed,
+            &format!("{name} left the queue before it ran: {why}"),
+        );
+        if let Err(e) = crate::slots::queue_moved(inner, &[]) {
+            tracing::warn!(error = %e, "queueing the plan comments of queued previews failed");
+        }
+        return Ok(());
     }
     let lock = engine.lock(name, slipway_engine::LockWait::Block(&|| {}))?;
     let options = DestroyOptions {
@@ -244,10 +272,16 @@ pub(crate) fn destroy(
         ..options.clone()
     };
     let report = engine.destroy(&lock, &options, &())?;
+    drop(lock);
     if !report.succeeded() {
         return Err(ControllerError::Invalid(format!(
             "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
         )));
+    }
+    // A slot freed: the first queued environment it fits takes it now (and if this process
+    // dies first, the next refresh gives it).
+    if crate::slots::capped(&record) {
+        crate::slots::fill_now(inner);
     }
     Ok(())
 }
@@ -296,15 +330,67 @@ pub(crate) fn reconcile(
     if record.expires_at.is_some_and(|at| at <= inner.now()) {
         // Never confirmed: a protected environment does not expire (see above).
         let options = DestroyOptions::new(WHO, Confirmation::Absent);
+        expired(inner, &record, &format!("{name} expired and was destroyed"));
         destroy(inner, name, &options, "its time to live has passed")?;
-        event(
-            inner,
-            name,
-            EventKind::EnvironmentExpired,
-            &format!("{name} expired and was destroyed"),
-        );
         return Ok(Action::Done);
     }
+    // Waiting for a slot: nothing is rendered, allocated or started for it until the
+    // controller gives it one (`slots::fill`) and queues it again.
+    if record.activity == Activity::Queued {
+        if trigger == Trigger::Manual {
+            // A person asked for a sync: told why nothing happens (the UI waits on the event
+            // log), with its place now.
+            crate::slots::still_queued(inner, &record);
+        }
+        return Ok(requeue);
+    }
+    if let Some(action) = crate::idle::check(inner, &record)? {
+        return Ok(action);
+    }
+    // A sleeping environment wakes when a request or a person asks (a wake queued behind
+    // another trigger is still asked for: `Inner::waking`).
+    let asleep = record.activity == Activity::Sleeping;
+    let waking = asleep
+        && (trigger == Trigger::Wake
+            || trigger.from_person()
+            || inner
+                .waking
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(name));
+    if asleep && !waking {
+        // Its stopped processes are not drift, and a new commit is deployed when it wakes
+        // (at the newest commit then): asleep, it costs nothing.
+        return Ok(requeue);
+    }
+    // A wake asked of an environment awake already (it woke meanwhile), and a look for
+    // idleness that found nothing more to do, are the periodic look: they plan nothing when
+    // it runs what its commit renders to.
+    let trigger = if (trigger == Trigger::Wake && !waking) || trigger == Trigger::Idle {
+        Trigger::Timer
+    } else {
+        trigger
+    };
+    let started = inner.now();
+    let result = converge(inner, name, trigger, record, waking);
+    if waking && !matches!(result, Ok(Action::Busy | Action::Superseded)) {
+        crate::idle::woke(inner, name, started)?;
+    }
+    result
+}
+
+/// The reconcile of an environment that is awake (or waking: `waking`, its stopped
+/// processes are started again whatever `self_heal` says, and are not drift).
+fn converge(
+    inner: &Inner,
+    name: &EnvName,
+    trigger: Trigger,
+    record: EnvironmentRecord,
+    waking: bool,
+) -> Result<Action, ControllerError> {
+    let engine = &inner.engine;
+    let store = engine.store();
+    let requeue = Action::Requeue(inner.options.requeue_interval);
     let Some(follows) = record.follows() else {
         return Err(ControllerError::Invalid(format!(
             "`{name}` has no ref to follow"
@@ -383,7 +469,7 @@ pub(crate) fn reconcile(
         folder: &inner.folder,
         tip: tip.as_deref(),
     };
-    let target = target_of(&record);
+    let target = target_of(inner, &record);
     // The periodic look (and the one on start) at an environment that runs, in full, what
     // its commit renders to now: nothing to plan but drift, which the drift interval looks
     // for (`Trigger::Drift`; a drift tick landing on a queued timer takes its slot). Skipping
@@ -435,7 +521,7 @@ pub(crate) fn reconcile(
             .parked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if parked.get(name) == Some(&prepared.commit.sha) && !trigger.from_person() {
+        if parked.get(name) == Some(&prepared.commit.sha) && !trigger.from_person() && !waking {
             return Ok(requeue);
         }
         parked.remove(name);
@@ -475,6 +561,18 @@ pub(crate) fn reconcile(
             if record.commit.as_deref() != Some(prepared.commit.sha.as_str()) {
                 ran_new_commit(inner, &record);
             }
+        } else if trigger == Trigger::Manual {
+            // No apply, so no apply's events: whoever asked (the UI waits on the event log)
+            // is told that there was nothing to do.
+            event(
+                inner,
+                name,
+                EventKind::SyncUnchanged,
+                &format!(
+                    "{name} is up to date at {}: nothing to change",
+                    short(&prepared.commit.sha)
+                ),
+            );
         }
         return Ok(requeue);
     }
@@ -483,6 +581,8 @@ pub(crate) fn reconcile(
         .plan
         .changes
         .iter()
+        // Waking, its processes were stopped on purpose: starting them repairs no drift.
+        .filter(|_| !waking)
         .filter(|c| c.action != Change::Noop && c.reason.as_ref().is_some_and(Reason::is_drift))
         .map(|c| {
             format!(
@@ -572,6 +672,11 @@ pub(crate) fn reconcile(
     }
     if !same_commit {
         ran_new_commit(inner, &record);
+        // A new commit is a sign of use: its idle time starts again.
+        if record.sleep_after_ms.is_some() || record.idle_ttl_ms.is_some() {
+            let now = inner.now();
+            store.modify_environment(name, |fresh| fresh.touched_at = Some(now))?;
+        }
     }
     // A generated environment lives `ttl` past its last new commit.
     if !same_commit

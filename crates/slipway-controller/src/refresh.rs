@@ -6,13 +6,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use slipway_core::render::EnvKind;
-use slipway_core::vocab::EventKind;
+use slipway_core::vocab::{Activity, EventKind};
 use slipway_state::EnvironmentRecord;
 
 use slipway_engine::Confirmation;
 
 use crate::reconcile::{Cause, WHO, destroy, event, mark_failed, report_once};
-use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover, short};
+use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover, short, slots};
 
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
 /// what it asks for: new static and generated environments are recorded, generated ones whose
@@ -122,7 +122,19 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
     };
     let wanted = discover::wanted(stack, &branches, &pulls, &holder);
     let now = inner.now();
+    let caps = slots::caps(inner, stack);
+    // Whether an environment joined the queue: the plan comments of queued previews say
+    // their places.
+    let mut joined = false;
     for w in &wanted {
+        if !records.contains_key(&w.name)
+            && w.kind == EnvKind::Generated
+            && expired_at(store, &w.name, tips.get(w.tracked_ref.as_str()).copied())
+        {
+            // It expired (its time to live, or idle) at the commit its branch is still at:
+            // not made again before the branch or pull request moves.
+            continue;
+        }
         let record = match records.get(&w.name) {
             Some(r) => Cow::Borrowed(r),
             None => Cow::Owned({
@@ -143,26 +155,35 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
                         now,
                     )
                 };
-                if !store.insert_environment(&record)? {
+                // Recorded awake, or queued when its family (or the home) runs as many as its
+                // cap allows: decided with the count in one transaction.
+                match store.admit(&record, &caps, now)? {
                     // Another replica recorded it meanwhile: go on with its record (and its
                     // one `created` event).
-                    match store.environment(&w.name)? {
+                    None => match store.environment(&w.name)? {
                         Some(theirs) => theirs,
                         None => continue,
+                    },
+                    Some(admitted) => {
+                        slots::started(inner, admitted.promoted)?;
+                        let record = admitted.record;
+                        let what = if w.kind == EnvKind::Generated {
+                            format!("for branch `{}`", w.tracked_ref)
+                        } else {
+                            format!("tracking `{}`", w.tracked_ref)
+                        };
+                        event(
+                            inner,
+                            &w.name,
+                            EventKind::EnvironmentCreated,
+                            &format!("{} created {what}", w.name),
+                        );
+                        if record.activity == Activity::Queued {
+                            slots::announce_queued(inner, &caps, &record, admitted.position);
+                            joined = true;
+                        }
+                        record
                     }
-                } else {
-                    let what = if w.kind == EnvKind::Generated {
-                        format!("for branch `{}`", w.tracked_ref)
-                    } else {
-                        format!("tracking `{}`", w.tracked_ref)
-                    };
-                    event(
-                        inner,
-                        &w.name,
-                        EventKind::EnvironmentCreated,
-                        &format!("{} created {what}", w.name),
-                    );
-                    record
                 }
             }),
         };
@@ -194,6 +215,10 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
             if report_once(inner, Some(&w.name), cause, &why) {
                 mark_failed(inner, &record, &why)?;
             }
+            continue;
+        }
+        if record.activity == Activity::Queued {
+            // Nothing runs for it until it has a slot (`slots::fill` queues it then).
             continue;
         }
         if record.pinned {
@@ -231,5 +256,22 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
             }
         }
     }
+    // Slots that freed (a destroy whose promotion did not happen: a controller killed in
+    // between) or a cap raised by the default ref's new commit: the first queued take them.
+    let started = slots::fill(inner, &caps)?;
+    if joined && started.is_empty() {
+        slots::queue_moved(inner, &[])?;
+    }
+    out.extend(started.into_iter().map(|name| (name, Trigger::Poll)));
     Ok(out)
+}
+
+/// Whether generated environment `name` expired at commit `tip` (its branch's tip now).
+fn expired_at(store: &slipway_state::Store, name: &EnvName, tip: Option<&str>) -> bool {
+    let Some(tip) = tip else { return false };
+    store
+        .last_event(Some(name), EventKind::EnvironmentExpired)
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.data["commit"].as_str() == Some(tip))
 }

@@ -232,7 +232,15 @@ pub(crate) fn create_adhoc(
             now,
         )
     };
-    store.upsert_environment(&record)?;
+    // Beyond its family's `max_environments` (as the default ref says) or the home's, it
+    // waits in the queue like a branch's environment: recorded, answered as queued with its
+    // place, and started when a slot frees.
+    let caps = crate::slots::caps(inner, main_stack);
+    let Some(admitted) = store.admit(&record, &caps, now)? else {
+        return Err(ControllerError::Conflict(format!(
+            "environment `{name}` already exists; pick another name or destroy it first"
+        )));
+    };
     event(
         inner,
         name,
@@ -243,7 +251,35 @@ pub(crate) fn create_adhoc(
             request.owner.as_deref().unwrap_or("someone")
         ),
     );
+    let mut record = admitted.record;
+    if record.activity == slipway_core::vocab::Activity::Queued {
+        let said = crate::slots::announce_queued(inner, &caps, &record, admitted.position);
+        record.message = Some(said);
+    }
+    crate::slots::started(inner, admitted.promoted)?;
     Ok(record)
+}
+
+/// Writes `record`, a person's change made from a read a moment ago, keeping what the store
+/// says now of its activity: a promotion from the queue (or a sleep) meanwhile is not undone
+/// by it.
+fn write_change(inner: &Inner, record: &EnvironmentRecord) -> Result<(), ControllerError> {
+    let written = inner
+        .engine
+        .store()
+        .update_environment(&record.name, |current| {
+            let mut record = record.clone();
+            if let Some(current) = current {
+                record.activity = current.activity;
+                record.activity_since = current.activity_since;
+                record.queued_at = current.queued_at;
+            }
+            Ok::<_, std::convert::Infallible>(record)
+        })?;
+    match written {
+        Ok(_) => Ok(()),
+        Err(never) => match never {},
+    }
 }
 
 fn existing(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {
@@ -288,9 +324,16 @@ pub(crate) fn extend(
         .saturating_add(by_ms);
     let limit = now.saturating_add(max_ms);
     let at = wanted.min(limit);
-    record.expires_at = Some(at);
+    // An environment that lives only as long as it is used (`idle_ttl`, no `ttl`) is given
+    // no time to live by an extension: its idle time starts again, below.
+    if record.expires_at.is_some() || record.idle_ttl_ms.is_none() {
+        record.expires_at = Some(at);
+    }
+    // An extension is a sign of use: its idle time (`sleep_after`, `idle_ttl`) starts again,
+    // and a new warning comes before its idle expiry.
+    record.touched_at = Some(now);
     record.updated_at = now;
-    inner.engine.store().upsert_environment(&record)?;
+    write_change(inner, &record)?;
     let capped = if wanted > limit {
         format!(
             " (capped at [environments] max_ttl, {}, from now)",
@@ -303,10 +346,16 @@ pub(crate) fn extend(
         inner,
         name,
         EventKind::EnvironmentExtended,
-        &format!(
-            "{name} now expires in {}{capped}",
-            humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
-        ),
+        &match (record.expires_at, record.idle_ttl_ms) {
+            (None, Some(idle)) => format!(
+                "{name} was extended: it is destroyed after {} without a request from now",
+                humantime::format_duration(Duration::from_secs((idle.max(0) / 1000) as u64))
+            ),
+            _ => format!(
+                "{name} now expires in {}{capped}",
+                humantime::format_duration(Duration::from_secs(((at - now).max(0) / 1000) as u64))
+            ),
+        },
     );
     Ok(record)
 }
@@ -333,7 +382,7 @@ pub(crate) fn pin(
     record.pinned = true;
     record.desired_commit = Some(sha.clone());
     record.updated_at = inner.now();
-    inner.engine.store().upsert_environment(&record)?;
+    write_change(inner, &record)?;
     event(
         inner,
         name,
@@ -442,7 +491,7 @@ pub(crate) fn unpin(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, 
     let mut record = existing(inner, name)?;
     record.pinned = false;
     record.updated_at = inner.now();
-    inner.engine.store().upsert_environment(&record)?;
+    write_change(inner, &record)?;
     event(
         inner,
         name,

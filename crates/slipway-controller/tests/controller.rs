@@ -235,6 +235,49 @@ fn tracked_environments_follow_pushes_and_branches_come_and_go() {
 }
 
 #[test]
+fn a_sync_that_finds_nothing_to_change_says_so_in_the_event_log() {
+    let w = World::new();
+    w.wait_page("dev", "hello from dev", "dev is deployed");
+    let synced = w.wait_sync("dev", SyncState::Synced, "dev is recorded synced");
+    let events = |w: &World| {
+        w.controller
+            .engine()
+            .store()
+            .events(&slipway_state::EventQuery {
+                environment: Some(env_name("dev")),
+                after_id: None,
+                limit: 1000,
+            })
+            .expect("events")
+    };
+    assert!(
+        !events(&w)
+            .iter()
+            .any(|e| e.kind == EventKind::SyncUnchanged),
+        "no sync was asked for yet"
+    );
+    w.runtime
+        .block_on(w.controller.sync(&env_name("dev")))
+        .expect("ask for a sync");
+    let said = wait_for("the sync says there was nothing to change", T, || {
+        events(&w)
+            .into_iter()
+            .find(|e| e.kind == EventKind::SyncUnchanged)
+    });
+    let commit = synced.commit.expect("a commit runs");
+    assert!(
+        said.message.contains("up to date") && said.message.contains(&commit[..12]),
+        "it names the commit: {}",
+        said.message
+    );
+    assert_eq!(
+        w.record("dev").and_then(|r| r.commit),
+        Some(commit),
+        "nothing else happened"
+    );
+}
+
+#[test]
 fn only_an_environment_that_runs_its_commits_desired_state_in_full_goes_unobserved() {
     let w = World::new();
     w.wait_page("dev", "hello from dev", "dev is deployed");
@@ -630,4 +673,118 @@ fn an_apply_decided_before_the_environment_was_pinned_applies_nothing() {
     let record = store.environment(&dev).expect("store").expect("dev");
     assert_eq!(record.commit.as_deref(), Some(head.as_str()));
     assert!(record.pinned, "still pinned");
+}
+
+/// The events of `env`, oldest first.
+fn events_of(w: &World, env: &str) -> Vec<slipway_state::EventRecord> {
+    w.controller
+        .engine()
+        .store()
+        .events(&slipway_state::EventQuery {
+            environment: Some(env_name(env)),
+            after_id: None,
+            limit: 1000,
+        })
+        .expect("events")
+}
+
+#[test]
+fn idle_expiry_warns_first_and_a_request_or_an_extension_puts_it_off() {
+    let w = World::new();
+    let idle = STACK.replace(
+        "previews: { generate: { branches: [\"feature/*\"] }, ttl: 1h }",
+        "previews: { generate: { branches: [\"feature/*\"] }, idle_ttl: 1h }",
+    );
+    // The family is the default branch's: there first.
+    w.push("main", &idle, "previews live as long as they are used");
+    w.push("feature/idle", &idle, "a preview");
+    let env = "br-feature-idle";
+    let record = w.wait_sync(env, SyncState::Synced, "the preview is deployed");
+    assert_eq!(
+        record.idle_ttl_ms,
+        Some(3_600_000),
+        "the family's idle_ttl is in force on its environment"
+    );
+    assert_eq!(record.expires_at, None, "idle_ttl is no time to live");
+    let warnings = |w: &World| {
+        events_of(w, env)
+            .into_iter()
+            .filter(|e| e.kind == EventKind::EnvironmentIdle)
+            .count()
+    };
+
+    // 50 minutes without a request: past the warning point (12 minutes before), one warning.
+    w.clock.advance(Duration::from_secs(50 * 60));
+    wait_for("a warning comes before the idle expiry", T, || {
+        (warnings(&w) == 1).then_some(())
+    });
+
+    // A request through its preview URL puts the expiry off: 20 minutes later it is 70 minutes
+    // old but only 20 minutes idle.
+    w.controller.saw_request(&env_name(env));
+    w.clock.advance(Duration::from_secs(20 * 60));
+    wait_for("the request is written to the state", T, || {
+        w.record(env)?.last_request_at.map(|_| ())
+    });
+    assert!(
+        w.record(env).is_some(),
+        "a request resets the idle time: not destroyed an hour after its last deploy"
+    );
+
+    // An extension resets it too; the next idle spell is warned of again.
+    w.runtime
+        .block_on(
+            w.controller
+                .extend(&env_name(env), Duration::from_secs(3600)),
+        )
+        .expect("extend");
+    assert_eq!(
+        w.record(env).expect("recorded").expires_at,
+        None,
+        "extending an environment without a ttl gives it none"
+    );
+    w.clock.advance(Duration::from_secs(50 * 60));
+    wait_for("the next idle spell is warned of again", T, || {
+        (warnings(&w) == 2).then_some(())
+    });
+    assert!(w.record(env).is_some(), "not destroyed before its idle_ttl");
+
+    w.clock.advance(Duration::from_secs(11 * 60));
+    wait_for("the idle preview is destroyed", T, || {
+        w.record(env).is_none().then_some(())
+    });
+    let events = events_of(&w, env);
+    let expired = events
+        .iter()
+        .position(|e| e.kind == EventKind::EnvironmentExpired)
+        .expect("the idle expiry is an expiry event");
+    let warned = events
+        .iter()
+        .rposition(|e| e.kind == EventKind::EnvironmentIdle)
+        .expect("warned");
+    assert!(warned < expired, "the warning comes first: {events:?}");
+    assert!(
+        events[expired].message.contains("idle_ttl"),
+        "the expiry says why: {}",
+        events[expired].message
+    );
+
+    // Its branch still there, discovery does not make it again for the same commit: it stays
+    // gone until the branch moves.
+    for _ in 0..3 {
+        w.runtime
+            .block_on(w.controller.refresh())
+            .expect("a refresh");
+        assert!(
+            w.record(env).is_none(),
+            "an expired preview is not made again for the commit it expired at"
+        );
+    }
+    w.push("feature/idle", &idle, "a new commit");
+    w.runtime
+        .block_on(w.controller.refresh())
+        .expect("a refresh");
+    wait_for("a new commit makes the preview again", T, || {
+        w.record(env).map(|_| ())
+    });
 }

@@ -19,6 +19,7 @@ pub mod env_name;
 pub mod graph;
 pub mod names;
 pub mod plan;
+pub mod preview_link;
 pub mod redact;
 pub mod render;
 pub mod schema;

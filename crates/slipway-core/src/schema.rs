@@ -75,6 +75,44 @@ pub fn schema() -> Json {
             })
         })
         .collect();
+    let duration = kind_schema(FieldKind::Duration);
+    let max_environments = json!({"type": "integer", "minimum": 1, "maximum": u32::MAX});
+    let access = json!({"enum": crate::stack::ACCESS});
+    let environments = json!({
+        "type": ["object", "null"],
+        "propertyNames": label,
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "track": {"type": "string"},
+                "protected": {"type": "boolean"},
+                "self_heal": {"type": "boolean"},
+                "require_pr": {"type": "boolean"},
+                "apply_requirements": {
+                    "type": "array",
+                    "items": {"enum": crate::stack::APPLY_REQUIREMENTS},
+                    "uniqueItems": true
+                },
+                "description": {"type": "string"},
+                "ttl": kind_schema(FieldKind::Duration),
+                "idle_ttl": duration.clone(),
+                "sleep_after": duration.clone(),
+                "max_environments": max_environments,
+                "access": access,
+                "variables": variables,
+                "generate": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "pull_requests": {"type": "boolean"},
+                        "branches": {"type": ["array", "string"], "items": {"type": "string"}}
+                    }
+                }
+            },
+            "not": {"required": ["track", "generate"]}
+        }
+    });
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://slipway.dev/schema/slipway.yaml.json",
@@ -99,37 +137,7 @@ pub fn schema() -> Json {
                 }
             },
             "variables": variables,
-            "environments": {
-                "type": ["object", "null"],
-                "propertyNames": label,
-                "additionalProperties": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "properties": {
-                        "track": {"type": "string"},
-                        "protected": {"type": "boolean"},
-                        "self_heal": {"type": "boolean"},
-                        "require_pr": {"type": "boolean"},
-                        "apply_requirements": {
-                            "type": "array",
-                            "items": {"enum": crate::stack::APPLY_REQUIREMENTS},
-                            "uniqueItems": true
-                        },
-                        "description": {"type": "string"},
-                        "ttl": kind_schema(FieldKind::Duration),
-                        "variables": variables,
-                        "generate": {
-                            "type": "object",
-                            "additionalProperties": false,
-                            "properties": {
-                                "pull_requests": {"type": "boolean"},
-                                "branches": {"type": ["array", "string"], "items": {"type": "string"}}
-                            }
-                        }
-                    },
-                    "not": {"required": ["track", "generate"]}
-                }
-            },
+            "environments": environments,
             "resources": {
                 "type": ["object", "null"],
                 "propertyNames": {"pattern": "^[A-Za-z0-9_-]{1,63}$"},

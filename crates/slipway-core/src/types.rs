@@ -94,6 +94,9 @@ pub struct Capabilities {
     /// The live object lives on the machine that applied it (a process, a file), not on a
     /// server every node reaches (a database).
     pub node_bound: bool,
+    /// It runs a program that stops while its environment sleeps (`sleep_after`) and starts
+    /// again when it wakes; what it keeps (data, files, ports) stays.
+    pub sleeps: bool,
 }
 
 /// Where in the repository a resource's source files are, for change detection.
@@ -119,6 +122,7 @@ impl Capabilities {
         logs: false,
         reruns_after_failure: false,
         node_bound: false,
+        sleeps: false,
     };
 
     /// A type with a provider and none of the optional capabilities; entries below start
@@ -412,6 +416,7 @@ pub const TYPES: &[ResourceType] = &[
             expose: Some("expose"),
             logs: true,
             node_bound: true,
+            sleeps: true,
             ..Capabilities::PROVIDED
         },
     },

@@ -260,6 +260,9 @@ vocabulary! {
         ChangeHeld = "change.held",
         /// An expiry waits for a confirmation.
         ExpiryHeld = "expiry.held",
+        /// A sync a person asked for found the environment running what its commit renders
+        /// to: nothing to change.
+        SyncUnchanged = "sync.unchanged",
         /// Live objects differ from what was applied.
         DriftDetected = "drift.detected",
         /// Drift was repaired.
@@ -282,6 +285,41 @@ vocabulary! {
         PullRequestRetargeted = "pull_request.retargeted",
         /// A pull request's head moved.
         PullRequestUpdated = "pull_request.updated",
+        /// Its processes were stopped after `sleep_after` without a request (or by hand).
+        EnvironmentSlept = "environment.slept",
+        /// A sleeping environment's processes were started again (a request, or by hand).
+        EnvironmentWoke = "environment.woke",
+        /// It will be destroyed soon for want of requests (`idle_ttl`), unless extended or
+        /// visited.
+        EnvironmentIdle = "environment.idle",
+        /// Its family runs `max_environments` already: it waits for a slot.
+        EnvironmentQueued = "environment.queued",
+        /// It left its family's queue and starts.
+        EnvironmentDequeued = "environment.dequeued",
+        /// A notification receiver (`[notify.NAME]`) refused or did not answer, after retries.
+        NotifyFailed = "notify.failed",
+    }
+}
+
+vocabulary! {
+    /// Whether an environment's processes run, wait for a request or wait for a slot.
+    Activity ("activity") {
+        /// Deployed and running (or not deployed yet and not waiting).
+        Awake = "awake",
+        /// Its processes are stopped for want of requests; the next request starts them.
+        Sleeping = "sleeping",
+        /// Its family runs `max_environments` already; it starts when a slot frees.
+        Queued = "queued",
+    }
+}
+
+vocabulary! {
+    /// Who may open an environment's preview URL.
+    Access ("access") {
+        /// Anyone who can reach the router.
+        Public = "public",
+        /// A person signed in to Slipway who may view the environment, or a signed link.
+        Private = "private",
     }
 }
 
@@ -398,6 +436,8 @@ mod tests {
         round_trips(ShownStatus::ALL);
         round_trips(DeploymentStatus::ALL);
         round_trips(EventKind::ALL);
+        round_trips(Activity::ALL);
+        round_trips(Access::ALL);
     }
 
     #[test]

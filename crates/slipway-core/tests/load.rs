@@ -206,3 +206,47 @@ fn a_branch_cannot_make_the_loader_read_gigabytes_of_manifests() {
         loaded.diagnostics
     );
 }
+
+#[test]
+fn preview_fields_are_read_with_their_defaults() {
+    let loaded = load(
+        &one(
+            "version: 1\nstack: shop\nenvironments:\n  main: { track: main }\n  \
+             lab: { track: lab, access: private, sleep_after: 10m }\n  \
+             previews:\n    generate: { pull_requests: true }\n    idle_ttl: 24h\n    \
+             sleep_after: 30m\n    max_environments: 10\n  \
+             open:\n    generate: { branches: [\"demo/*\"] }\n    access: public\n\
+             resources:\n  web: { type: process, command: [\"true\"] }\n",
+        ),
+        "slipway.yaml",
+        &LoadLimits::default(),
+    );
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
+    let stack = loaded.stack.expect("a stack");
+    let envs = &stack.environments;
+    let minutes = |m: u64| Some(std::time::Duration::from_secs(m * 60));
+    assert_eq!(envs["previews"].idle_ttl, minutes(24 * 60));
+    assert_eq!(envs["previews"].sleep_after, minutes(30));
+    assert_eq!(envs["previews"].max_environments, Some(10));
+    assert_eq!(envs["lab"].sleep_after, minutes(10));
+    use slipway_core::stack::Access;
+    use slipway_core::vocab::EnvKind::{Adhoc, Generated, Static};
+    assert_eq!(
+        envs["previews"].access(Generated),
+        Access::Private,
+        "private by default"
+    );
+    assert_eq!(envs["open"].access(Generated), Access::Public, "as written");
+    assert_eq!(
+        envs["main"].access(Static),
+        Access::Public,
+        "static: public by default"
+    );
+    assert_eq!(
+        envs["main"].access(Adhoc),
+        Access::Private,
+        "an ad-hoc copy of a static one"
+    );
+    assert_eq!(envs["lab"].access(Static), Access::Private, "as written");
+    assert_eq!(envs["main"].max_environments, None);
+}

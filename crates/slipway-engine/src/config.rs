@@ -263,6 +263,11 @@ pub struct LocalConfig {
     /// node; none by default, and then they cannot (see [`Advertise`]).
     #[serde(default)]
     pub advertise: Option<Advertise>,
+    /// How many generated and ad-hoc environments of this home may run at once, all families
+    /// together (at least 1; none by default): more wait in a queue, in order of arrival, as
+    /// beyond a family's `max_environments`. Static environments never wait and take no slot.
+    #[serde(default, deserialize_with = "some_at_least_one")]
+    pub max_environments: Option<u32>,
 }
 
 /// `[local] advertise`: `"HOST:PORT"`, or `"HOST"` alone for the port `slipway serve` listens
@@ -385,6 +390,7 @@ impl Default for LocalConfig {
             isolation: IsolationSetting::default(),
             uids: default_uids(),
             advertise: None,
+            max_environments: None,
         }
     }
 }
@@ -412,6 +418,15 @@ fn at_least_one<'de, D: Deserializer<'de>>(de: D) -> Result<usize, D::Error> {
     match usize::deserialize(de)? {
         0 => Err(serde::de::Error::custom("must be at least 1")),
         n => Ok(n),
+    }
+}
+
+fn some_at_least_one<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+    match u32::deserialize(de)? {
+        0 => Err(serde::de::Error::custom(
+            "must be at least 1 (leave `max_environments` out for no cap)",
+        )),
+        n => Ok(Some(n)),
     }
 }
 
@@ -537,6 +552,13 @@ mod tests {
         assert_eq!(config.stop_grace, Duration::from_secs(90));
         assert_eq!(config.ready_timeout, Duration::from_secs(60), "the default");
         assert_eq!(config.isolation, IsolationSetting::None);
+        assert_eq!(config.max_environments, None, "no cap by default");
+        assert_eq!(
+            local(json!({"max_environments": 12}))
+                .expect("parses")
+                .max_environments,
+            Some(12)
+        );
         for (bad, named) in [
             (json!({"prots": "1-2"}), "prots"),
             (json!({"ports": "9-1"}), "9-1"),
@@ -547,6 +569,8 @@ mod tests {
             (json!({"isolation": "chroot"}), "chroot"),
             (json!({"stop_grace": "soon"}), "soon"),
             (json!({"parallelism": 0}), "at least 1"),
+            (json!({"max_environments": 0}), "at least 1"),
+            (json!({"max_environments": "ten"}), "ten"),
         ] {
             let e = local(bad.clone()).expect_err("refused");
             assert!(e.contains(named), "{bad}: {e}");

@@ -56,6 +56,16 @@ fn chmod(path: &Path, mode: u32) -> Result<(), EngineError> {
     ))
 }
 
+/// [`chmod`] of what `meta` describes, only when its mode is not `mode` already: a `chmod`
+/// writes the inode (its ctime) even when nothing changes, and [`secure_home`] looks at every
+/// environment's directories on every open.
+fn chmod_unless(path: &Path, meta: &std::fs::Metadata, mode: u32) -> Result<(), EngineError> {
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    chmod(path, mode)
+}
+
 fn mkdir(path: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(path)
         .map_err(EngineError::io(format!("cannot create {}", path.display())))
@@ -71,36 +81,41 @@ pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
     )))?;
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
+        // Never following a link: `symlink_metadata`.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if kind.is_symlink() {
+        if meta.file_type().is_symlink() {
             continue;
         }
         if entry.file_name() == "envs" {
-            chmod(&path, 0o711)?;
+            chmod_unless(&path, &meta, 0o711)?;
             for env in std::fs::read_dir(&path).into_iter().flatten().flatten() {
                 let root = env.path();
-                if !env.file_type().is_ok_and(|k| k.is_dir()) {
+                let Ok(meta) = std::fs::symlink_metadata(&root) else {
+                    continue;
+                };
+                if !meta.is_dir() {
                     continue;
                 }
                 // Group access is granted again, to the environment's gid, when it is next
                 // applied; until then only the engine may enter.
-                let mode = std::fs::metadata(&root).map_or(0, |m| m.permissions().mode());
-                if mode & 0o007 != 0 {
+                if meta.permissions().mode() & 0o007 != 0 {
                     chmod(&root, 0o700)?;
                 }
                 for private in ["logs", "run"] {
                     let dir = root.join(private);
-                    if dir.is_dir() {
-                        chmod(&dir, 0o700)?;
+                    if let Ok(meta) = std::fs::symlink_metadata(&dir)
+                        && meta.is_dir()
+                    {
+                        chmod_unless(&dir, &meta, 0o700)?;
                     }
                 }
             }
-        } else if kind.is_dir() {
-            chmod(&path, 0o700)?;
+        } else if meta.is_dir() {
+            chmod_unless(&path, &meta, 0o700)?;
         } else {
-            chmod(&path, 0o600)?;
+            chmod_unless(&path, &meta, 0o600)?;
         }
     }
     Ok(())
@@ -267,6 +282,44 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn securing_a_home_fixes_loose_modes_and_leaves_right_ones_unwritten() {
+        use std::os::unix::fs::MetadataExt;
+        let home = tempfile::tempdir().expect("a temporary home");
+        let home = home.path();
+        let env = home.join("envs/qa");
+        std::fs::create_dir_all(env.join("logs")).expect("logs");
+        std::fs::create_dir_all(env.join("run")).expect("run");
+        std::fs::write(home.join("state.key"), "key").expect("a key");
+        for (path, mode) in [
+            (home.join("envs"), 0o711),
+            (env.clone(), 0o777),
+            (env.join("logs"), 0o755),
+            (env.join("run"), 0o700),
+            (home.join("state.key"), 0o644),
+        ] {
+            chmod(&path, mode).expect("set up a mode");
+        }
+        let ctime = |p: &Path| {
+            let m = std::fs::symlink_metadata(p).expect("stat");
+            (m.ctime(), m.ctime_nsec())
+        };
+        let (envs_before, run_before) = (ctime(&home.join("envs")), ctime(&env.join("run")));
+        // ctime has nanoseconds, but a write within the same clock tick would not show.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        secure_home(home).expect("secure the home");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
+        assert_eq!(mode(home), 0o711, "the home");
+        assert_eq!(mode(&env), 0o700, "an environment open to others is closed");
+        assert_eq!(mode(&env.join("logs")), 0o700, "its logs");
+        assert_eq!(mode(&home.join("state.key")), 0o600, "a file of the home");
+        assert_eq!(
+            (ctime(&home.join("envs")), ctime(&env.join("run"))),
+            (envs_before, run_before),
+            "what had its mode already is not written again"
+        );
+    }
 
     #[test]
     fn an_engine_running_as_root_never_isolates_by_landlock_alone() {

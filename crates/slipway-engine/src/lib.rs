@@ -24,7 +24,9 @@ pub mod config;
 pub mod discover;
 mod isolation;
 mod stages;
-pub use stages::{ConfirmationNeeded, LogFile, Named, OpenedRepository, open_repository};
+pub use stages::{
+    ConfirmationNeeded, FamilyInForce, LogFile, Named, OpenedRepository, open_repository,
+};
 pub mod resolve;
 pub mod rules;
 pub mod secrets;
@@ -43,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::plan::{self, Observed, Plan, PlanInput, Recorded};
 use slipway_core::render::{DesiredState, EnvKind};
-use slipway_core::vocab::SyncState;
+use slipway_core::vocab::{Access, SyncState};
 use slipway_git::{Commit, Source};
 use slipway_providers::postgres::{self, PgServers};
 use slipway_providers::{EnvDirs, ProviderSettings, Registry};
@@ -226,6 +228,99 @@ pub(crate) fn slot_ports(all: &BTreeMap<String, u16>, slot: u8) -> BTreeMap<Stri
         .collect()
 }
 
+/// A recorded resource as observing it needs it: its name, its type, and what its envelope
+/// holds for its provider.
+pub(crate) struct Observable<'a> {
+    /// Its name in the stack.
+    pub name: &'a str,
+    /// Its type.
+    pub type_name: &'a str,
+    /// The instance the provider knows it by, when it is not the resource's name.
+    pub instance: Option<&'a str>,
+    /// The config it was applied with, references resolved, and the provider's handle.
+    pub recorded: Handed<'a>,
+}
+
+/// The resolved configuration and the handle a provider is given to observe, as values or as
+/// the JSON text stored.
+pub(crate) enum Handed<'a> {
+    /// Values, read from a record.
+    Values {
+        resolved: &'a Json,
+        handle: &'a Json,
+    },
+    /// Text, read from a stored row ([`EnvelopeText`]).
+    Text { resolved: &'a str, handle: &'a str },
+}
+
+/// What observing reads of a record's [`Envelope`], read from its `live` column's JSON text
+/// without building a value of it: the handle and the resolved configuration are kept as their
+/// text, for the provider to read in place (`observe_recorded`). A listing of every environment
+/// observes every resource from its stored row.
+pub(crate) struct EnvelopeText<'a> {
+    /// The provider's handle, JSON.
+    pub handle: &'a str,
+    /// The commit whose export the resource runs from.
+    pub src_commit: std::borrow::Cow<'a, str>,
+    /// The config it was applied with, references resolved, JSON.
+    pub resolved: &'a str,
+    /// The instance the provider knows it by, when it is not the resource's name.
+    pub instance: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> EnvelopeText<'a> {
+    /// Reads `live` as [`EnvelopeRef::of_live`] reads its value: text that is not a whole
+    /// envelope (a field of another type) reads as an empty one.
+    pub(crate) fn of(live: &'a str) -> EnvelopeText<'a> {
+        use serde_json::value::RawValue;
+        use std::borrow::Cow;
+        /// A string when present: `null` is not one.
+        #[derive(Deserialize, Default)]
+        #[serde(transparent)]
+        struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+        /// Strings when present: `null` is not a list of them.
+        #[derive(Deserialize, Default)]
+        #[serde(transparent)]
+        #[allow(dead_code)] // Read only to check it.
+        struct Strings<'a>(#[serde(borrow)] Vec<Cow<'a, str>>);
+        #[derive(Deserialize)]
+        #[allow(dead_code)] // `source` and `redact` are read only to check them.
+        struct Fields<'a> {
+            #[serde(borrow, default)]
+            handle: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            resolved: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            src_commit: Text<'a>,
+            #[serde(borrow, default)]
+            source: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            instance: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            redact: Strings<'a>,
+        }
+        let empty = EnvelopeText {
+            handle: "null",
+            src_commit: Cow::Borrowed(""),
+            resolved: "null",
+            instance: None,
+        };
+        // An object, not a list (which a struct would also read, by position).
+        if !live.trim_start().starts_with('{') {
+            return empty;
+        }
+        match serde_json::from_str::<Fields<'a>>(live) {
+            Ok(fields) => EnvelopeText {
+                handle: fields.handle.map_or("null", RawValue::get),
+                src_commit: fields.src_commit.0,
+                resolved: fields.resolved.map_or("null", RawValue::get),
+                instance: fields.instance,
+            },
+            Err(_) => empty,
+        }
+    }
+}
+
 /// What observing reads of a record's [`Envelope`], borrowed from its `live` column in place:
 /// nothing copied, where observing every resource of every environment would otherwise copy
 /// each one's handle and resolved configuration.
@@ -248,6 +343,11 @@ impl<'a> EnvelopeRef<'a> {
     /// Reads `record`'s envelope as [`Envelope::of`] does: a column that is not a whole
     /// envelope (a field of another type) reads as an empty one.
     pub(crate) fn of(record: &'a ResourceRecord) -> EnvelopeRef<'a> {
+        EnvelopeRef::of_live(&record.live)
+    }
+
+    /// Reads a record's `live` column as [`EnvelopeRef::of`] does.
+    pub(crate) fn of_live(live: &'a Json) -> EnvelopeRef<'a> {
         let empty = EnvelopeRef {
             handle: &NULL,
             src_commit: "",
@@ -255,7 +355,7 @@ impl<'a> EnvelopeRef<'a> {
             source: None,
             instance: None,
         };
-        let Some(fields) = record.live.as_object() else {
+        let Some(fields) = live.as_object() else {
             return empty;
         };
         // `Option<String>` fields take a string or null; `String` ones only a string.
@@ -362,10 +462,16 @@ pub struct Prepared {
     pub in_force: Option<Rules>,
     /// How long it lives, for a generated or ad-hoc environment.
     pub ttl: Option<Duration>,
+    /// Its definition's `sleep_after`: its processes stop after this long without a request.
+    pub sleep_after: Option<Duration>,
+    /// Its definition's `idle_ttl`: destroyed after this long without a request.
+    pub idle_ttl: Option<Duration>,
     /// Who made it.
     pub owner: Option<String>,
     /// The secrets the desired state references, decrypted.
     pub secrets: BTreeMap<String, secrets::SecretValue>,
+    /// Who may open its preview URL, as this commit's `environments:` entry says.
+    pub access: slipway_core::vocab::Access,
 }
 
 /// Which environment an operation is for, and how it came to be.
@@ -382,6 +488,14 @@ pub struct EnvTarget {
     pub owner: Option<String>,
     /// How long it lives; `None` takes the definition's `ttl`, if any.
     pub ttl: Option<Duration>,
+    /// The `sleep_after` and `idle_ttl` in force for its family (the default branch's, as the
+    /// controller reads them), which its own commit can shorten but never lengthen or drop:
+    /// a branch does not decide how long its own preview may idle. `(None, None)`: none.
+    pub idle_limits: (Option<Duration>, Option<Duration>),
+    /// Its family's `access` at the default branch (for a generated or ad-hoc environment):
+    /// unless it is `public` there, its preview is private whatever its own commit says (a
+    /// branch does not open its own preview to strangers).
+    pub access_in_force: Option<slipway_core::vocab::Access>,
 }
 
 impl EnvTarget {
@@ -393,6 +507,8 @@ impl EnvTarget {
             kind: EnvKind::Static,
             owner: None,
             ttl: None,
+            idle_limits: (None, None),
+            access_in_force: None,
         }
     }
 }
@@ -593,6 +709,7 @@ impl Engine {
             logs: root.join("logs"),
             run: root.join("run"),
             root,
+            opened: slipway_providers::OpenDirs::default(),
         }
     }
 
@@ -645,8 +762,23 @@ impl Engine {
             declared,
             in_force,
             ttl: target.ttl.or(def.ttl),
+            sleep_after: stricter(def.sleep_after, target.idle_limits.0),
+            // A family's alone (validation refuses it elsewhere): never on a static one.
+            idle_ttl: stricter(def.idle_ttl, target.idle_limits.1)
+                .filter(|_| target.kind != EnvKind::Static),
             owner: target.owner.clone(),
             secrets,
+            // A generated or ad-hoc environment is public only when both its own commit and
+            // its family as in force say so (unknown in force: private).
+            access: match (target.kind, def.access(target.kind)) {
+                (EnvKind::Static, own) => own,
+                (_, Access::Public)
+                    if target.access_in_force.unwrap_or(Access::Private) == Access::Public =>
+                {
+                    Access::Public
+                }
+                _ => Access::Private,
+            },
         })
     }
 
@@ -826,10 +958,16 @@ impl Engine {
             return BTreeMap::new();
         }
         let none = BTreeMap::new();
-        // Read once for all: the environment's sandbox and stack are the same for each.
+        // Read once for all: the environment's sandbox and stack are the same for each, and
+        // its directories at each commit its resources run from (opened once for all).
         let context = self
             .sandbox(env)
             .and_then(|sandbox| Ok((sandbox, self.stack_of(env)?)));
+        let mut dirs: BTreeMap<&str, EnvDirs> = BTreeMap::new();
+        for (_, envelope) in ready {
+            dirs.entry(envelope.src_commit)
+                .or_insert_with(|| self.env_dirs(env, envelope.src_commit, ""));
+        }
         let observe = |chunk: &[(&ResourceRecord, &EnvelopeRef<'_>)]| -> Vec<(String, Observed)> {
             chunk
                 .iter()
@@ -840,7 +978,17 @@ impl Engine {
                     } else {
                         match &context {
                             Ok((sandbox, stack)) => {
-                                self.observe_in(stack, sandbox, env, record, envelope, ports)
+                                let resource = Observable {
+                                    name: &record.name,
+                                    type_name: &record.type_name,
+                                    instance: envelope.instance,
+                                    recorded: Handed::Values {
+                                        resolved: envelope.resolved,
+                                        handle: envelope.handle,
+                                    },
+                                };
+                                let dirs = &dirs[envelope.src_commit];
+                                self.observe_in(stack, sandbox, env, dirs, &resource, ports)
                             }
                             Err(e) => Observed::Drifted(format!("cannot observe: {e}")),
                         }
@@ -869,26 +1017,29 @@ impl Engine {
     }
 
     /// Observes one recorded resource through its provider, with the environment's recorded
-    /// stack, its sandbox and the resource's ports (of both instance slots) in hand: read once
-    /// for all of them.
+    /// stack, its directories (at the commit the resource runs from), its sandbox and the
+    /// resource's ports (of both instance slots) in hand: read once for all of them.
     pub(crate) fn observe_in(
         &self,
         stack: &str,
         sandbox: &slipway_providers::sandbox::Sandbox,
         env: &EnvName,
-        record: &ResourceRecord,
-        envelope: &EnvelopeRef<'_>,
+        dirs: &EnvDirs,
+        resource: &Observable<'_>,
         all_ports: &BTreeMap<String, u16>,
     ) -> Observed {
-        let Some(provider) = self.registry.get(&record.type_name) else {
+        let Some(provider) = self.registry.get(resource.type_name) else {
             return Observed::InSync;
         };
-        let dirs = self.env_dirs(env, envelope.src_commit, "");
-        let instance = envelope.instance(&record.name);
-        let slot = u8::from(instance != record.name);
+        let instance = resource.instance.unwrap_or(resource.name);
+        let slot = u8::from(instance != resource.name);
         let ports = slot_ports(all_ports, slot);
-        let ctx = self.resource_context(stack, env, instance, &dirs, &ports, sandbox);
-        match provider.observe(ctx, envelope.resolved, envelope.handle) {
+        let ctx = self.resource_context(stack, env, instance, dirs, &ports, sandbox);
+        let observed = match resource.recorded {
+            Handed::Values { resolved, handle } => provider.observe(ctx, resolved, handle),
+            Handed::Text { resolved, handle } => provider.observe_recorded(ctx, resolved, handle),
+        };
+        match observed {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),
             Ok(slipway_providers::Observation::Missing { reason }) => Observed::Missing(reason),
@@ -917,6 +1068,11 @@ impl Engine {
         let now = slipway_state::now_ms();
         let env = &prepared.desired.environment.name;
         self.store.update_environment(env, |recorded| {
+            // Waiting for a slot in its family (or the home): nothing of it may exist before
+            // the controller gives it one, a person's apply included.
+            if let Some(recorded) = &recorded {
+                refuse_queued(recorded)?;
+            }
             if let (Some(follows), Some(recorded)) = (follows, &recorded)
                 && recorded.follows().as_ref() != Some(follows)
             {
@@ -945,6 +1101,7 @@ impl Engine {
             if record.owner.is_none() {
                 record.owner = prepared.owner.clone();
             }
+            record.access = Some(prepared.access);
             if record.expires_at.is_none()
                 && prepared.desired.environment.kind != EnvKind::Static
                 && let Some(ttl) = prepared.ttl
@@ -963,6 +1120,10 @@ impl Engine {
             if !record.pinned || record.tracked_ref.is_none() {
                 record.tracked_ref = Some(prepared.reference.clone());
             }
+            // What the commit being applied says is in force from now on.
+            let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            record.sleep_after_ms = prepared.sleep_after.map(ms);
+            record.idle_ttl_ms = prepared.idle_ttl.map(ms);
             record.desired_commit = Some(prepared.commit.sha.clone());
             record.sync = sync;
             record.updated_at = now;
@@ -976,10 +1137,32 @@ impl Engine {
     }
 }
 
+/// The shorter of two limits, `None` being none.
+fn stricter(own: Option<Duration>, in_force: Option<Duration>) -> Option<Duration> {
+    match (own, in_force) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn is_full_sha(s: &str) -> bool {
     s.len() == 40
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Refuses to apply an environment waiting for a slot (`queued`): nothing of it may exist
+/// before the controller gives it one, a person's apply included.
+pub(crate) fn refuse_queued(record: &EnvironmentRecord) -> Result<(), EngineError> {
+    if record.activity != slipway_core::vocab::Activity::Queued {
+        return Ok(());
+    }
+    let env = &record.name;
+    Err(EngineError::Usage(format!(
+        "environment `{env}` is queued: its family (or this home) runs as many environments as \
+         `max_environments` allows, and it starts when one of them goes (`slipway status --env \
+         {env}` shows its place)"
+    )))
 }
 
 #[cfg(test)]
@@ -1015,9 +1198,30 @@ mod tests {
             json!({"handle": {"pid": 3}, "instance": ["web"]}),
             json!({"handle": {"pid": 3}, "redact": "secret"}),
             json!({"handle": {"pid": 3}, "redact": [1]}),
+            json!({"handle": {"pid": 3}, "redact": null}),
+            json!({"handle": {"pid": 3}, "src_commit": null}),
+            json!({"handle": null, "src_commit": "a\"b", "instance": "w\u{e9}b"}),
         ] {
             let record = record(live.clone());
             let (copied, borrowed) = (Envelope::of(&record), EnvelopeRef::of(&record));
+            let text = serde_json::to_string(&record.live).expect("JSON");
+            let read = EnvelopeText::of(&text);
+            let parse = |text: &str| serde_json::from_str::<Json>(text).expect("JSON");
+            assert_eq!(
+                (
+                    borrowed.handle,
+                    borrowed.src_commit,
+                    borrowed.resolved,
+                    borrowed.instance,
+                ),
+                (
+                    &parse(read.handle),
+                    &*read.src_commit,
+                    &parse(read.resolved),
+                    read.instance.as_deref(),
+                ),
+                "the live column {live} reads alike from its text"
+            );
             assert_eq!(
                 (
                     &copied.handle,
@@ -1036,5 +1240,11 @@ mod tests {
                 "the live column {live} reads alike both ways"
             );
         }
+        let listed = EnvelopeText::of(r#"["handle", "abc"]"#);
+        assert_eq!(
+            (listed.handle, &*listed.src_commit),
+            ("null", ""),
+            "a list is not an envelope, though a struct could be read from it by position"
+        );
     }
 }

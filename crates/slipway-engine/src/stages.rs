@@ -193,6 +193,8 @@ impl Engine {
                 ttl: record
                     .ttl_ms
                     .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                idle_limits: (None, None),
+                access_in_force: None,
             },
             None => EnvTarget::static_env(name),
         })
@@ -206,7 +208,13 @@ impl Engine {
     pub fn name_target(&self, named: &Named<'_>) -> Result<(EnvTarget, String), EngineError> {
         let asked = named.reference.map(str::to_string);
         if let Some(record) = self.store.environment(named.name)? {
-            let target = self.target_for(named.name)?;
+            let mut target = self.target_for(named.name)?;
+            if target.kind != EnvKind::Static {
+                let family =
+                    self.family_in_force(named.source, "HEAD", named.folder, &target.definition);
+                target.idle_limits = family.idle_limits;
+                target.access_in_force = family.access;
+            }
             let follows = match target.kind {
                 EnvKind::Static => None,
                 _ if record.pinned => record.desired_commit,
@@ -235,19 +243,50 @@ impl Engine {
         let generated = self.generated(named.source, stack)?;
         Ok(
             match generated.into_iter().find(|w| &w.name == named.name) {
-                Some(w) => (
-                    EnvTarget {
-                        name: w.name,
-                        definition: w.definition,
-                        kind: EnvKind::Generated,
-                        owner: None,
-                        ttl: w.ttl,
-                    },
-                    asked.unwrap_or(w.tracked_ref),
-                ),
+                Some(w) => {
+                    let family =
+                        self.family_in_force(named.source, "HEAD", named.folder, &w.definition);
+                    (
+                        EnvTarget {
+                            name: w.name,
+                            definition: w.definition,
+                            kind: EnvKind::Generated,
+                            owner: None,
+                            ttl: w.ttl,
+                            idle_limits: family.idle_limits,
+                            access_in_force: family.access,
+                        },
+                        asked.unwrap_or(w.tracked_ref),
+                    )
+                }
                 None => static_env(),
             },
         )
+    }
+
+    /// What the `environments:` entry `definition` at `reference` (the default branch: what is
+    /// in force for a family, whatever a branch of it says) sets for its environments: its
+    /// `sleep_after` and `idle_ttl`, and its `access` when written there; nothing when it
+    /// cannot be read.
+    pub fn family_in_force(
+        &self,
+        source: &dyn Source,
+        reference: &str,
+        folder: &str,
+        definition: &str,
+    ) -> FamilyInForce {
+        self.load_tracked(source, reference, folder)
+            .or_else(|_| self.load_ref(source, reference, folder))
+            .ok()
+            .and_then(|cached| {
+                let stack = cached.loaded.valid_stack().ok()?;
+                let def = stack.environments.get(definition)?;
+                Some(FamilyInForce {
+                    idle_limits: (def.sleep_after, def.idle_ttl),
+                    access: Some(def.access(EnvKind::Generated)),
+                })
+            })
+            .unwrap_or_default()
     }
 
     /// The generated environments `stack` makes of `source`'s branches, named as the
@@ -511,4 +550,14 @@ impl Engine {
             })
             .collect())
     }
+}
+
+/// What a family's entry at the default branch holds its environments to
+/// ([`Engine::family_in_force`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FamilyInForce {
+    /// Its `sleep_after` and `idle_ttl`.
+    pub idle_limits: (Option<Duration>, Option<Duration>),
+    /// The `access` of a generated or ad-hoc environment of it (as written, else `private`).
+    pub access: Option<slipway_core::vocab::Access>,
 }

@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use slipway_core::EnvName;
 use slipway_core::plan::Observed;
-use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
+use slipway_core::vocab::{Access, Activity, EnvKind, Health, ShownStatus, SyncState};
 use slipway_providers::sandbox::Isolation;
-use slipway_state::{EnvironmentRecord, ResourceRecord};
+use slipway_state::{EnvironmentRecord, ResourceSummary};
 
-use crate::{Engine, EngineError, EnvelopeRef};
+use crate::{Engine, EngineError, EnvelopeText, Handed, Observable};
 
 /// One resource as `status --output json` shows it (SPEC §6).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,15 +76,34 @@ pub struct EnvironmentStatus {
     /// it), `landlock` or `none`.
     #[serde(default)]
     pub isolation: String,
+    /// Whether its processes run (`awake`), are stopped for want of requests (`sleeping`) or
+    /// wait for a slot in its family (`queued`).
+    #[serde(default = "awake")]
+    pub activity: Activity,
+    /// Its place in its family's queue while `queued`, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// Who may open its preview URL: anyone (`public`), or people signed in to Slipway and
+    /// signed links (`private`).
+    #[serde(default = "public")]
+    pub access: Access,
     /// Its resources.
     pub resources: Vec<ResourceStatus>,
+}
+
+fn awake() -> Activity {
+    Activity::Awake
+}
+
+fn public() -> Access {
+    Access::Public
 }
 
 /// What `status` shows of one environment besides its record, as the store has it: read by
 /// its own queries for one environment, and by one query per table for all of them.
 #[derive(Default)]
-struct Stored {
-    resources: Vec<ResourceRecord>,
+struct Stored<'a> {
+    resources: Vec<ResourceSummary<'a>>,
     /// The replica holding its lease now.
     holder: Option<String>,
     /// The replica that held its lease last, expired or not (read only on a state shared by
@@ -96,6 +115,8 @@ struct Stored {
     uid: Option<u32>,
     /// Its resources' ports, by resource then port name.
     ports: BTreeMap<String, BTreeMap<String, u16>>,
+    /// Its place in its family's queue, while queued.
+    queue_position: Option<u32>,
 }
 
 /// A range of a listing, by its place, once made.
@@ -150,6 +171,7 @@ impl Engine {
             BTreeMap::new()
         };
         let ports = self.store.all_ports()?;
+        let positions = slipway_state::queue_positions(&records);
         let last_holders: BTreeMap<EnvName, String> = if self.node.is_some() {
             self.store
                 .leases()?
@@ -164,17 +186,18 @@ impl Engine {
             let (Some(first), Some(last)) = (part.first(), part.last()) else {
                 return Ok(Vec::new());
             };
-            let mut resources = self.store.resources_between(&first.name, &last.name)?;
+            let resources = self.store.resources_between(&first.name, &last.name)?;
             part.iter()
                 .map(|record| {
                     let name = &record.name;
                     let stored = Stored {
-                        resources: resources.remove(name).unwrap_or_default(),
+                        resources: resources.of(name.as_str()).collect(),
                         holder: holders.get(name).cloned(),
                         last_holder: last_holders.get(name).cloned(),
                         locked_by: locks.get(name).copied(),
                         uid: uids.get(name).copied(),
                         ports: ports.get(name).cloned().unwrap_or_default(),
+                        queue_position: positions.get(name).copied(),
                     };
                     let status = self.status_from(record, stored)?;
                     Ok(show(record, status))
@@ -247,13 +270,15 @@ impl Engine {
         } else {
             None
         };
+        let summaries = self.store.resource_summaries(name)?;
         let stored = Stored {
-            resources: self.store.resources(name)?,
+            resources: summaries.of(name.as_str()).collect(),
             holder,
             last_holder,
             locked_by: self.store.environment_lock(name)?.map(|l| l.pull_request),
             uid,
             ports: self.store.environment_ports(name)?,
+            queue_position: self.store.queue_position(name)?,
         };
         self.status_from(&env, stored)
     }
@@ -262,7 +287,7 @@ impl Engine {
     fn status_from(
         &self,
         env: &EnvironmentRecord,
-        stored: Stored,
+        stored: Stored<'_>,
     ) -> Result<EnvironmentStatus, EngineError> {
         let mut resources = Vec::with_capacity(stored.resources.len());
         let mut url = None;
@@ -274,29 +299,55 @@ impl Engine {
         // is not given a uid for it.
         let mut sandbox = None;
         let none = BTreeMap::new();
+        // The environment's directories at the commit its resources run from: the same for
+        // all of them but after a failed apply.
+        let mut dirs: Option<(String, slipway_providers::EnvDirs)> = None;
         for record in stored.resources {
-            let envelope = EnvelopeRef::of(&record);
             let mut status = ShownStatus::from(record.status);
-            let mut message = record.error.clone();
+            let mut message = record.error.map(str::to_owned);
             // What lives on another replica's node cannot be observed from here: it shows as
             // its holder last recorded it, and the environment's health as that holder
             // observed it.
             let bound_elsewhere = elsewhere.is_some()
-                && slipway_core::types::capabilities(&record.type_name).node_bound;
+                && slipway_core::types::capabilities(record.type_name).node_bound;
             held_elsewhere |= bound_elsewhere;
-            if status == ShownStatus::Ready && !bound_elsewhere {
+            // A sleeping environment's processes are stopped on purpose: not observed (they
+            // would be `missing`), shown as they will be once a request wakes them.
+            let asleep = env.activity == Activity::Sleeping
+                && slipway_core::types::capabilities(record.type_name).sleeps;
+            if asleep && status == ShownStatus::Ready {
+                message = Some("stopped while the environment sleeps".to_owned());
+            }
+            if status == ShownStatus::Ready && !bound_elsewhere && !asleep {
+                let envelope = EnvelopeText::of(record.live_text());
                 let sandbox = sandbox.get_or_insert_with(|| {
                     self.sandbox_known(&env.name, stored.uid)
                         .map_err(|e| format!("cannot observe: {e}"))
                 });
+                let dirs = match &mut dirs {
+                    Some((commit, dirs)) if *commit == envelope.src_commit => dirs,
+                    slot => {
+                        let made = self.env_dirs(&env.name, &envelope.src_commit, "");
+                        &slot.insert((envelope.src_commit.to_string(), made)).1
+                    }
+                };
+                let resource = Observable {
+                    name: record.name,
+                    type_name: record.type_name,
+                    instance: envelope.instance.as_deref(),
+                    recorded: Handed::Text {
+                        resolved: envelope.resolved,
+                        handle: envelope.handle,
+                    },
+                };
                 let observed = match sandbox {
                     Ok(sandbox) => self.observe_in(
                         &env.stack,
                         sandbox,
                         &env.name,
-                        &record,
-                        &envelope,
-                        stored.ports.get(&record.name).unwrap_or(&none),
+                        dirs,
+                        &resource,
+                        stored.ports.get(record.name).unwrap_or(&none),
                     ),
                     Err(why) => Observed::Drifted(why.clone()),
                 };
@@ -313,23 +364,28 @@ impl Engine {
                 }
             }
             degraded |= status != ShownStatus::Ready;
-            let mut outputs = record.outputs;
+            let mut outputs = record.outputs()?;
             if let Some(map) = outputs.as_object_mut() {
-                for secret in &record.secret_outputs {
+                for secret in &record.secret_outputs()? {
                     if let Some(v) = map.get_mut(secret) {
                         *v = Json::String("<redacted>".into());
                     }
                 }
             }
-            if slipway_core::types::exposed_port(&record.type_name, &record.config).is_some() {
+            // The configuration is read only for a type that may expose a port.
+            if slipway_core::types::capabilities(record.type_name)
+                .expose
+                .is_some()
+                && slipway_core::types::exposed_port(record.type_name, &record.config()?).is_some()
+            {
                 url = outputs
                     .get("url")
                     .and_then(Json::as_str)
                     .map(str::to_string);
             }
             resources.push(ResourceStatus {
-                name: record.name,
-                type_name: record.type_name,
+                name: record.name.to_owned(),
+                type_name: record.type_name.to_owned(),
                 status,
                 outputs,
                 message,
@@ -367,6 +423,9 @@ impl Engine {
             replica,
             isolation: self.isolation.as_str().to_string(),
             message: env.message.clone(),
+            activity: env.activity,
+            queue_position: stored.queue_position,
+            access: env.access(),
             resources,
         })
     }

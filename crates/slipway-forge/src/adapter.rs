@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::api::{CommentId, CommitStatus, Forge, PrState, PullRequestDetails};
+use crate::api::{CommentId, CommitStatus, Forge, PrState, PreviewDeployment, PullRequestDetails};
 use crate::approvals::{Approval, Verdict, latest_approvals};
 use crate::config::{ConfigError, ForgeConfig};
 use crate::error::ForgeError;
@@ -75,6 +75,8 @@ pub(crate) trait Wire: Default + Send + Sync + Sized + 'static {
     const EDIT_COMMENT: Method;
     /// The comment list is paged (Gitea's answers every comment at once and takes no page).
     const COMMENTS_PAGED: bool;
+    /// It has GitHub's Deployments API (`…/deployments`, `…/deployments/{id}/statuses`).
+    const DEPLOYMENTS: bool = false;
 
     /// The API path of the repository named `name`, percent-encoded (GitHub and Gitea:
     /// `/repos/{owner}/{name}`).
@@ -256,9 +258,72 @@ impl<W: Wire> Forge for Adapter<W> {
             .collect()
     }
 
+    fn has_deployments(&self) -> bool {
+        W::DEPLOYMENTS
+    }
+
+    fn set_deployment(&self, deployment: &PreviewDeployment) -> Result<(), ForgeError> {
+        if !W::DEPLOYMENTS {
+            return Ok(());
+        }
+        check_sha(&deployment.sha)?;
+        check_environment(&deployment.environment)?;
+        let (sha, environment) = (&deployment.sha, &deployment.environment);
+        let description = status_description(&self.api.scrub(&deployment.description));
+        // One deployment per commit and environment: the one made before, if any.
+        let made: Vec<Written> = self.api.get(&format!(
+            "{}/deployments?sha={sha}&environment={}&per_page=1",
+            self.repo.path,
+            names::path_segment(environment)
+        ))?;
+        let id = match made.first() {
+            Some(d) => d.id,
+            None => {
+                let created: Written = self.api.send(
+                    Method::Post,
+                    &format!("{}/deployments", self.repo.path),
+                    &json!({
+                        "ref": sha,
+                        "environment": environment,
+                        "description": description,
+                        // A preview: GitHub may mark it gone, and it is never production.
+                        "transient_environment": true,
+                        "production_environment": false,
+                        // Deploying a pull request's head must never merge anything into it,
+                        // nor wait for checks: Slipway has already decided to run it.
+                        "auto_merge": false,
+                        "required_contexts": [],
+                    }),
+                )?;
+                created.id
+            }
+        };
+        let mut body = json!({
+            "state": deployment.state.as_str(),
+            "description": description,
+        });
+        if let Some(url) = &deployment.environment_url {
+            body["environment_url"] = json!(url);
+        }
+        let _: serde_json::Value = self.api.send(
+            Method::Post,
+            &format!("{}/deployments/{id}/statuses", self.repo.path),
+            &body,
+        )?;
+        Ok(())
+    }
+
     fn pr_head_ref(&self, number: u64) -> String {
         format!("{}/{number}/head", self.api.profile.pr_ref_namespace)
     }
+}
+
+/// Checks an environment's name: one line of at most 255 bytes.
+fn check_environment(name: &str) -> Result<(), ForgeError> {
+    let ok = !name.trim().is_empty() && name.len() <= 255 && !name.chars().any(char::is_control);
+    check(ok, "deployment environment", || {
+        "it must be one non-empty line of at most 255 bytes, e.g. `pr-42`".into()
+    })
 }
 
 /// `ok`, or an [`ForgeError::InvalidInput`] about `what`.

@@ -62,6 +62,48 @@ pub struct CommitStatus {
     pub target_url: Option<String>,
 }
 
+/// A preview environment's deployment state on the forge (GitHub's deployment statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentState {
+    /// It is being deployed.
+    InProgress,
+    /// It runs the commit, at its `environment_url`.
+    Success,
+    /// Deploying the commit failed.
+    Failure,
+    /// It is gone (its pull request closed, its time to live passed).
+    Inactive,
+}
+
+impl DeploymentState {
+    /// GitHub's word for it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::InProgress => "in_progress",
+            DeploymentState::Success => "success",
+            DeploymentState::Failure => "failure",
+            DeploymentState::Inactive => "inactive",
+        }
+    }
+}
+
+/// A preview environment's deployment of a pull request's commit, as the forge shows it on
+/// the pull request (GitHub: "This branch was successfully deployed", with a link to the
+/// preview).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewDeployment {
+    /// The commit (40 or 64 hex digits).
+    pub sha: String,
+    /// The preview environment's name, e.g. `pr-42`.
+    pub environment: String,
+    /// Its state.
+    pub state: DeploymentState,
+    /// Its preview URL, when it has one.
+    pub environment_url: Option<String>,
+    /// One line for the forge's UI (cut to 140 characters).
+    pub description: String,
+}
+
 /// A pull request as the forge's API describes it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullRequestDetails {
@@ -173,6 +215,22 @@ pub trait Forge: Send + Sync {
 
     /// Every open pull request (a reconciliation pass uses it to catch missed webhooks).
     fn open_pull_requests(&self) -> Result<Vec<PullRequestInfo>, ForgeError>;
+
+    /// Shows a preview environment's deployment on the forge. GitHub: a deployment of
+    /// `sha` to the environment (made once per commit and environment: transient, not
+    /// production, no auto-merge, no required contexts), and a deployment status with the
+    /// preview URL as its `environment_url` (a later `success` makes the earlier ones
+    /// inactive). GitLab and Gitea do nothing: GitLab's environments belong to its CI
+    /// pipelines, and Gitea has no deployments API.
+    fn set_deployment(&self, deployment: &PreviewDeployment) -> Result<(), ForgeError> {
+        let _ = deployment;
+        Ok(())
+    }
+
+    /// Whether [`Forge::set_deployment`] shows anything on this forge (GitHub).
+    fn has_deployments(&self) -> bool {
+        false
+    }
 
     /// The ref under which the forge publishes pull request `number`'s head, for `git fetch`:
     /// `refs/pull/N/head` (GitHub, Gitea) or `refs/merge-requests/N/head` (GitLab).

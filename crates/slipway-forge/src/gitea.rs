@@ -156,6 +156,8 @@ impl Flavor for Gitea {
     type User = User;
     // Gitea lists an issue's comments in one answer: the endpoint takes no page.
     const COMMENTS_PAGED: bool = false;
+    // Gitea has no deployments API.
+    const DEPLOYMENTS: bool = false;
 
     type Review = Review;
     type Permission = Permission;

@@ -130,6 +130,7 @@ pub(crate) struct GitHub;
 impl Flavor for GitHub {
     type User = User;
     const COMMENTS_PAGED: bool = true;
+    const DEPLOYMENTS: bool = true;
 
     type Review = Review;
     type Permission = Permission;

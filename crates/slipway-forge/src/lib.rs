@@ -66,7 +66,10 @@ mod section;
 mod webhook;
 
 pub use adapter::connect;
-pub use api::{CommentId, CommitStatus, Forge, PrState, PullRequestDetails, StatusState};
+pub use api::{
+    CommentId, CommitStatus, DeploymentState, Forge, PrState, PreviewDeployment,
+    PullRequestDetails, StatusState,
+};
 pub use approvals::Approval;
 pub use command::{Command, CommandError, USAGE, parse_command};
 pub use config::{ConfigError, ForgeConfig, Secret};

@@ -196,6 +196,8 @@ pub(crate) trait Flavor: Default + Send + Sync + 'static {
     type User: WireUser + DeserializeOwned + Send;
     /// The comment list is paged (Gitea's answers every comment at once and takes no page).
     const COMMENTS_PAGED: bool;
+    /// It has GitHub's Deployments API.
+    const DEPLOYMENTS: bool;
 
     /// A review, as `GET …/pulls/{number}/reviews` lists them.
     type Review: DeserializeOwned;
@@ -220,6 +222,7 @@ impl<F: Flavor> Wire for GitHubLike<F> {
 
     const EDIT_COMMENT: Method = Method::Patch;
     const COMMENTS_PAGED: bool = F::COMMENTS_PAGED;
+    const DEPLOYMENTS: bool = F::DEPLOYMENTS;
 
     fn login(user: F::User) -> String {
         user.name()

@@ -33,6 +33,9 @@ pub struct EnvPlan {
     pub error: Option<String>,
     /// The environment's preview URL, if it has one (`http` or `https` only).
     pub preview_url: Option<String>,
+    /// Why its preview waits, with its place in line, while it is queued (its family runs
+    /// `max_environments` already): shown instead of the preview's link.
+    pub queued: Option<String>,
 }
 
 /// How to render the plan comment.
@@ -179,12 +182,15 @@ fn table_row(plan: &EnvPlan) -> String {
         Some(error) => format!("❌ {}", escape_markdown(&one_line(error, 200))),
         None => escape_markdown(&one_line(&plan.summary_line, 200)),
     };
-    let preview = plan
-        .preview_url
-        .as_deref()
-        .and_then(safe_url)
-        .map(|url| format!("[open]({url})"))
-        .unwrap_or_default();
+    let preview = match &plan.queued {
+        Some(why) => format!("⏳ {}", escape_markdown(&one_line(why, 200))),
+        None => plan
+            .preview_url
+            .as_deref()
+            .and_then(safe_url)
+            .map(|url| format!("[open]({url})"))
+            .unwrap_or_default(),
+    };
     format!(
         "| {} | {} | {} |\n",
         inline_code(&one_line(&plan.env, 80)).replace('|', "\\|"),

@@ -119,6 +119,7 @@ fn env_plan() -> impl Strategy<Value = EnvPlan> {
                 detail_text,
                 error,
                 preview_url,
+                queued: None,
             },
         )
 }
@@ -250,6 +251,7 @@ fn the_plan_comment_reads_well() {
             detail_text: "+ service.web (create)\n~ config.app (change)".into(),
             error: None,
             preview_url: None,
+            queued: None,
         },
         EnvPlan {
             env: "pr-42".into(),
@@ -257,6 +259,7 @@ fn the_plan_comment_reads_well() {
             detail_text: "+ service.web (create)".into(),
             error: None,
             preview_url: Some("http://pr-42.shop.localhost:7300/".into()),
+            queued: None,
         },
         EnvPlan {
             env: "qa".into(),
@@ -264,6 +267,7 @@ fn the_plan_comment_reads_well() {
             detail_text: String::new(),
             error: Some("render failed: slipway.yaml:12: unknown field `prot`".into()),
             preview_url: None,
+            queued: None,
         },
     ];
     let options = PlanCommentOptions {
@@ -325,6 +329,7 @@ fn hostile_plan_text_cannot_break_out() {
         detail_text: "````\n</details>\n# Approved by @acme/admins\n```````".into(),
         error: None,
         preview_url: Some("javascript:alert(1)".into()),
+        queued: None,
     }];
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
     check_structure(&body).expect("the structure holds");
@@ -354,6 +359,7 @@ fn long_plans_are_cut_to_the_limit_and_say_so() {
             detail_text: big.clone(),
             error: None,
             preview_url: None,
+            queued: None,
         })
         .chain(std::iter::once(EnvPlan {
             env: "small".into(),
@@ -361,6 +367,7 @@ fn long_plans_are_cut_to_the_limit_and_say_so() {
             detail_text: "+ service.tiny (create)".into(),
             error: None,
             preview_url: None,
+            queued: None,
         }))
         .collect();
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
@@ -399,6 +406,7 @@ fn very_many_environments_still_fit() {
             detail_text: "+ a\n~ b\n- c".into(),
             error: None,
             preview_url: Some(format!("http://pr-{i}.shop.localhost:7300/")),
+            queued: None,
         })
         .collect();
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
@@ -411,5 +419,27 @@ fn very_many_environments_still_fit() {
     assert!(
         body.contains("environments not listed"),
         "the note says so too"
+    );
+}
+
+#[test]
+fn a_queued_preview_shows_its_place_instead_of_its_link() {
+    let plans = vec![EnvPlan {
+        env: "pr-7".into(),
+        summary_line: "1 to create, 0 to update, 0 to replace, 0 to delete".into(),
+        detail_text: "+ web (process)\n".into(),
+        error: None,
+        preview_url: Some("http://pr-7.shop.localhost:7300/".into()),
+        queued: Some("preview queued: 2nd in line | @acme/admins".into()),
+    }];
+    let body = render_plan_comment(&plans, &PlanCommentOptions::default());
+    check_structure(&body).expect("the structure holds");
+    assert!(
+        body.contains("preview queued: 2nd in line \\| @\u{200B}acme"),
+        "the place is in the row, escaped:\n{body}"
+    );
+    assert!(
+        !body.contains("[open]("),
+        "no link to a preview that does not run yet:\n{body}"
     );
 }

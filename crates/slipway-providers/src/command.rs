@@ -463,6 +463,7 @@ mod tests {
             data: "/e/data".into(),
             logs: "/e/logs".into(),
             run: "/e/run".into(),
+            opened: crate::OpenDirs::default(),
         };
         assert_eq!(
             working_dir("job", &dirs, Some("app/./web")).expect("a relative cwd"),

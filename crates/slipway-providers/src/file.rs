@@ -8,10 +8,15 @@
 //!   same environment, say) makes the write fail instead of escaping. Observing reads the
 //!   file the same way, or, when no component of its whole path is a symlink, opens it in one
 //!   `openat2` that refuses any (`RESOLVE_NO_SYMLINKS`).
+//! - Observing is live: every observation looks at the file on disk. It reads and hashes
+//!   the file only when its stat fingerprint (device, inode, size, modification and change
+//!   times) is not one this provider has already hashed (see [`FileProvider`]), as git's
+//!   index does; the look itself (the open, refusing symlinks, and `fstat`) is made every time.
 //! - Writes are atomic: readers see the old content or the new, never a half-written file.
 //! - `create` first records the path it is about to write in `<run>/<resource>.file.json`, so
 //!   that `delete` with `live: None` (an interrupted create) knows what to remove.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -19,11 +24,13 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, OpenHow, ResolveFlag, open, openat, openat2, renameat};
-use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -45,8 +52,137 @@ pub struct FileConfig {
 }
 
 /// The `file` provider.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileProvider;
+///
+/// It remembers, for each file it has read and hashed, the file's stat fingerprint at that
+/// moment and the hash, so that observing an unchanged file again is an open and an `fstat`,
+/// not a read and a hash: what a long-lived process (the server listing ten thousand
+/// environments, the controller's drift passes) observes over and over.
+///
+/// # Guarantees
+/// A hash is reused only for a file whose device, inode, size, modification time and change
+/// time (`ctime`, nanoseconds) are all as they were when it was hashed. Any write to a file
+/// through `write`, `truncate`, `rename`, a hard link, `chmod` or `chown` sets its `ctime` to
+/// the current time, which no process can set back; `utimensat` sets `mtime` but then sets
+/// `ctime` too. A fingerprint is remembered only once its `ctime` is [`SETTLED`] in the past
+/// when it was taken (the timestamp granularity of the file system, up to FAT's two seconds,
+/// and a clock tick, included), so a write in the same tick as the hashed one (git's "racy"
+/// case) cannot leave the same fingerprint behind. A hash is trusted for at most
+/// [`REVERIFY`], then the file is read again.
+///
+/// # Assumptions
+/// The data directory is on a local file system that keeps `ctime` (every Linux one does;
+/// an NFS server's clock far behind this machine's would defeat the [`SETTLED`] rule).
+///
+/// # Caveats
+/// A process writing through a shared memory mapping of the file changes `ctime` only when it
+/// first dirties a page after the page was written back, so its later writes to a dirty page
+/// are seen when the page is next dirtied after write-back, or after [`REVERIFY`] at the
+/// latest. Only the environment's own code can do that (it is its data directory, which it
+/// may write at any time anyway).
+#[derive(Debug, Default)]
+pub struct FileProvider {
+    hashed: Hashed,
+}
+
+/// How long before a look a file's last change must be for its fingerprint to be remembered.
+pub const SETTLED: Duration = Duration::from_secs(3);
+
+/// How long a remembered hash is reused before the file is read and hashed again.
+pub const REVERIFY: Duration = Duration::from_secs(300);
+
+/// How many files' hashes are remembered at most: past that, all are forgotten (and read
+/// again on the next look). Some 200 bytes each.
+const REMEMBERED: usize = 1 << 18;
+
+/// The hashes of files as last read, by their recorded absolute path (as the live record
+/// spells it: a key hashed and compared as bytes).
+#[derive(Debug, Default)]
+struct Hashed(Mutex<std::collections::HashMap<Box<str>, Verified>>);
+
+/// A file's content hash, valid while its fingerprint is this one.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    fingerprint: Fingerprint,
+    sha256: [u8; 32],
+    at: Instant,
+}
+
+/// What a file's `fstat` says changes whenever its content may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(st: &FileStat) -> Fingerprint {
+        Fingerprint {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
+    /// Whether the file last changed at least [`SETTLED`] before `taken` (a time read before
+    /// the `fstat` that made this fingerprint): then any later write gives it another
+    /// `ctime`.
+    fn settled(&self, taken: SystemTime) -> bool {
+        let Ok(taken) = taken.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let Some(before) = taken.checked_sub(SETTLED) else {
+            return false;
+        };
+        let (secs, nanos) = self.ctime;
+        let (Ok(secs), Ok(nanos)) = (u64::try_from(secs), u32::try_from(nanos)) else {
+            return false;
+        };
+        nanos < 1_000_000_000 && Duration::new(secs, nanos) < before
+    }
+}
+
+impl Hashed {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Verified>> {
+        // A panic elsewhere while it was held left the map whole (one insert or remove).
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the file at `path` hashed to when last read, not too long ago.
+    fn get(&self, path: &str) -> Option<Verified> {
+        self.map()
+            .get(path)
+            .copied()
+            .filter(|verified| verified.at.elapsed() < REVERIFY)
+    }
+
+    /// Remembers what the file at `path` hashed to, read after an `fstat` that found
+    /// `fingerprint` at `taken`, when that fingerprint is settled; forgets it otherwise.
+    fn remember(&self, path: &str, fingerprint: Fingerprint, taken: SystemTime, sha256: [u8; 32]) {
+        let mut map = self.map();
+        if !fingerprint.settled(taken) {
+            map.remove(path);
+            return;
+        }
+        if map.len() >= REMEMBERED && !map.contains_key(path) {
+            map.clear();
+        }
+        map.insert(
+            path.into(),
+            Verified {
+                fingerprint,
+                sha256,
+                at: Instant::now(),
+            },
+        );
+    }
+}
 
 /// What `create` and `update` record as the live object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,30 +258,56 @@ impl Provider for FileProvider {
         _config: &FileConfig,
         live: &Value,
     ) -> Result<Observation, ProviderError> {
-        let recorded = LiveFile::deserialize(live)
+        // Borrowed from the record: a listing observes thousands of files.
+        let recorded = LiveRef::deserialize(live)
             .map_err(|e| ProviderError::Config(format!("file: unreadable live record: {e}")))?;
-        let target = live_path(ctx, &recorded)?;
-        let shown = || ctx.dirs.data.join(&target.relative);
-        let found = match target.read(&ctx.dirs.data) {
+        self.observe_live(ctx, &recorded)
+    }
+
+    /// Reads the live record in place from its text, and needs no configuration.
+    fn observe_recorded(
+        &self,
+        ctx: ResourceContext<'_>,
+        _config: &str,
+        live: &str,
+    ) -> Result<Observation, ProviderError> {
+        let recorded: LiveRef<'_> = serde_json::from_str(live)
+            .map_err(|e| ProviderError::Config(format!("file: unreadable live record: {e}")))?;
+        self.observe_live(ctx, &recorded)
+    }
+}
+
+impl FileProvider {
+    /// What the file named by a live record looks like now against what it records.
+    fn observe_live(
+        &self,
+        ctx: ResourceContext<'_>,
+        recorded: &LiveRef<'_>,
+    ) -> Result<Observation, ProviderError> {
+        let found = match self.quick_look(ctx, &recorded.path) {
+            Some(found) => found,
+            None => self.look(ctx, &recorded.path)?,
+        };
+        let found = match found {
             Ok(found) => found,
-            Err(Unreadable::Missing) => {
+            Err((Unreadable::Missing, shown)) => {
                 return Ok(Observation::Missing {
-                    reason: format!("{} does not exist", shown().display()),
+                    reason: format!("{} does not exist", shown.display()),
                 });
             }
-            Err(Unreadable::Symlink(at)) => {
+            Err((Unreadable::Symlink(at), _)) => {
                 return Ok(Observation::Drifted {
                     reason: format!("{} is now a symlink", at.display()),
                 });
             }
-            Err(Unreadable::NotAFile) => {
+            Err((Unreadable::NotAFile, shown)) => {
                 return Ok(Observation::Drifted {
-                    reason: format!("{} is no longer a regular file", shown().display()),
+                    reason: format!("{} is no longer a regular file", shown.display()),
                 });
             }
-            Err(Unreadable::Error(e)) => return Err(e),
+            Err((Unreadable::Error(e), _)) => return Err(e),
         };
-        if hex_sha256(&found.content) != recorded.sha256 {
+        if from_hex(&recorded.sha256) != Some(found.sha256) {
             return Ok(Observation::Drifted {
                 reason: "content changed on disk".to_owned(),
             });
@@ -158,7 +320,41 @@ impl Provider for FileProvider {
         }
         Ok(Observation::InSync)
     }
+
+    /// The file's hash and mode from its fingerprint alone: when it was hashed before and
+    /// its fingerprint is the same now (one `fstatat` in its directory, opened once for the
+    /// pass: [`crate::OpenDirs`]). `None` when it must be looked at the long way: not hashed,
+    /// changed, or anything odd on its path (which the long way names).
+    fn quick_look(&self, ctx: ResourceContext<'_>, recorded: &str) -> Option<Look> {
+        let known = self.hashed.get(recorded)?;
+        let relative = Path::new(recorded).strip_prefix(&ctx.dirs.data).ok()?;
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return None;
+        }
+        let dir = ctx.dirs.opened.dir(&ctx.dirs.data, relative.parent()?)?;
+        let st = fstatat(&*dir, relative.file_name()?, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        (is_type(st.st_mode, SFlag::S_IFREG) && Fingerprint::of(&st) == known.fingerprint)
+            .then_some(Ok(Found {
+                sha256: known.sha256,
+                mode: st.st_mode & 0o7777,
+            }))
+    }
+
+    /// The file read and hashed (and its hash remembered), without following a symlink; or
+    /// why it cannot be, with the path to name.
+    fn look(&self, ctx: ResourceContext<'_>, recorded: &str) -> Result<Look, ProviderError> {
+        let target = live_path(ctx, Path::new(recorded))?;
+        Ok(target
+            .look(&ctx.dirs.data, recorded, &self.hashed)
+            .map_err(|why| (why, ctx.dirs.data.join(&target.relative))))
+    }
 }
+
+/// What a look at a file found, or why it could not read it and the path to name.
+type Look = Result<Found, (Unreadable, PathBuf)>;
 
 fn applied(
     ctx: ResourceContext<'_>,
@@ -218,9 +414,9 @@ fn recorded_path(
     live: Option<&Value>,
 ) -> Result<Option<DataPath>, ProviderError> {
     if let Some(live) = live {
-        let recorded = LiveFile::deserialize(live)
+        let recorded = LiveRef::deserialize(live)
             .map_err(|e| ProviderError::Config(format!("file: unreadable live record: {e}")))?;
-        return live_path(ctx, &recorded).map(Some);
+        return live_path(ctx, Path::new(recorded.path.as_ref())).map(Some);
     }
     let marker = marker_path(ctx);
     match std::fs::read(&marker) {
@@ -238,19 +434,20 @@ fn recorded_path(
     }
 }
 
-/// The file `recorded` names, checked to be below the data directory.
-fn live_path(ctx: ResourceContext<'_>, recorded: &LiveFile) -> Result<DataPath, ProviderError> {
-    let relative = recorded.path.strip_prefix(&ctx.dirs.data).map_err(|_| {
+/// The file `recorded` (a live record's absolute path) names, checked to be below the data
+/// directory.
+fn live_path(ctx: ResourceContext<'_>, recorded: &Path) -> Result<DataPath, ProviderError> {
+    let relative = recorded.strip_prefix(&ctx.dirs.data).map_err(|_| {
         ProviderError::Config(format!(
             "file: recorded path {} is outside the data directory {}; refusing to touch it",
-            recorded.path.display(),
+            recorded.display(),
             ctx.dirs.data.display()
         ))
     })?;
     let relative = relative.to_str().ok_or_else(|| {
         ProviderError::Config(format!(
             "file: recorded path {} is not UTF-8",
-            recorded.path.display()
+            recorded.display()
         ))
     })?;
     DataPath::parse(relative)
@@ -289,6 +486,20 @@ fn hex_sha256(bytes: &[u8]) -> String {
     out
 }
 
+/// The 32 bytes a 64-digit hex SHA-256 spells, if it is one.
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 /// A checked path below the data directory: its directory components and its file name, all
 /// plain names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,8 +511,21 @@ struct DataPath {
 
 /// What a file's current state on disk is.
 struct Found {
-    content: Vec<u8>,
+    /// The SHA-256 of its content.
+    sha256: [u8; 32],
     mode: u32,
+}
+
+/// A live record's fields that observing reads, borrowed from it (but for a string with an
+/// escape in its text).
+#[derive(Deserialize)]
+struct LiveRef<'a> {
+    #[serde(borrow)]
+    path: Cow<'a, str>,
+    #[serde(borrow)]
+    sha256: Cow<'a, str>,
+    #[serde(default)]
+    mode: Option<u32>,
 }
 
 /// Why a file could not be read.
@@ -509,21 +733,17 @@ impl DataPath {
         written
     }
 
-    /// Reads the file's content and mode without following symlinks.
-    fn read(&self, data: &Path) -> Result<Found, Unreadable> {
-        let fd = match self.open_plain(data) {
+    /// The file's content hash and mode, read without following symlinks, and remembered in
+    /// `hashed`: `recorded` is its absolute path (the data directory's joined with this one,
+    /// as the live record has it).
+    fn look(&self, data: &Path, recorded: &str, hashed: &Hashed) -> Result<Found, Unreadable> {
+        let fd = match open_plain(Path::new(recorded), OFlag::O_RDONLY | OFlag::O_NONBLOCK) {
             Some(fd) => fd,
             None => self.open_checked(data)?,
         };
-        let st = fstat(&fd).map_err(|e| {
-            Unreadable::Error(io_error(
-                format!("failed to stat {}", self.shown(data, usize::MAX).display()),
-                e,
-            ))
-        })?;
-        if !is_type(st.st_mode, SFlag::S_IFREG) {
-            return Err(Unreadable::NotAFile);
-        }
+        // Read before the `fstat`: what `Fingerprint::settled` compares the change time with.
+        let taken = SystemTime::now();
+        let st = self.stat(data, &fd)?;
         // Sized by the stat in hand, and read through `take`: `File::read_to_end` would ask
         // for the size and the position again (a listing observes thousands of files).
         let size = usize::try_from(st.st_size).unwrap_or(0);
@@ -537,24 +757,28 @@ impl DataPath {
                     source,
                 })
             })?;
+        let sha256: [u8; 32] = Sha256::digest(&content).into();
+        // The content read after that `fstat`: a write since then changed the file's `ctime`,
+        // so this fingerprint is not the one a later look finds.
+        hashed.remember(recorded, Fingerprint::of(&st), taken, sha256);
         Ok(Found {
-            content,
+            sha256,
             mode: st.st_mode & 0o7777,
         })
     }
 
-    /// Opens the file for reading in one system call when no component of its whole path,
-    /// from `/` down, is a symlink (`openat2` with `RESOLVE_NO_SYMLINKS`, Linux 5.6): a
-    /// stronger check than [`DataPath::open_checked`] makes, which observing a listing's
-    /// thousands of files cannot afford component by component. `None` when that does not
-    /// open it, for whatever reason (a symlink on the way, the home's own path included; a
-    /// missing or odd component; an older kernel): the caller then looks component by
-    /// component, which says what is wrong.
-    fn open_plain(&self, data: &Path) -> Option<OwnedFd> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
-        openat2(AT_FDCWD, &data.join(&self.relative), how).ok()
+    /// `fd`'s `fstat`, when it is a regular file.
+    fn stat(&self, data: &Path, fd: &OwnedFd) -> Result<FileStat, Unreadable> {
+        let st = fstat(fd).map_err(|e| {
+            Unreadable::Error(io_error(
+                format!("failed to stat {}", self.shown(data, usize::MAX).display()),
+                e,
+            ))
+        })?;
+        if !is_type(st.st_mode, SFlag::S_IFREG) {
+            return Err(Unreadable::NotAFile);
+        }
+        Ok(st)
     }
 
     /// Opens the file for reading from `data` down, a directory at a time, each opened
@@ -643,6 +867,20 @@ impl DataPath {
     }
 }
 
+/// Opens `path` (with `flags`: for reading, or `O_PATH` to look at its inode) in one system
+/// call when no component of it, from `/` down, is a symlink (`openat2` with
+/// `RESOLVE_NO_SYMLINKS`, Linux 5.6): a stronger check than [`DataPath::open_checked`] makes,
+/// which observing a listing's thousands of files cannot afford component by component.
+/// `None` when that does not open it, for whatever reason (a symlink on the way, the home's
+/// own path included; a missing or odd component; an older kernel): the caller then looks
+/// component by component, which says what is wrong.
+fn open_plain(path: &Path, flags: OFlag) -> Option<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(AT_FDCWD, path, how).ok()
+}
+
 fn is_type(st_mode: u32, kind: SFlag) -> bool {
     st_mode & SFlag::S_IFMT.bits() == kind.bits()
 }
@@ -688,6 +926,66 @@ mod tests {
             PathBuf::from("etc/app.toml"),
             "`.` components are dropped"
         );
+    }
+
+    #[test]
+    fn a_fingerprint_is_settled_only_when_its_change_is_older_than_the_file_systems_tick() {
+        let taken = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let changed = |ago: Duration| {
+            let at = Duration::from_secs(1_000_000) - ago;
+            Fingerprint {
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime: (0, 0),
+                ctime: (at.as_secs() as i64, i64::from(at.subsec_nanos())),
+            }
+        };
+        assert!(
+            !changed(Duration::ZERO).settled(taken),
+            "a change at the look is racy"
+        );
+        assert!(
+            !changed(Duration::from_millis(1999)).settled(taken),
+            "a change within two seconds (FAT's granularity) is racy"
+        );
+        assert!(
+            !changed(SETTLED).settled(taken),
+            "a change exactly SETTLED before is racy"
+        );
+        assert!(
+            changed(SETTLED + Duration::from_nanos(1)).settled(taken),
+            "a change longer ago is settled"
+        );
+        let future = Fingerprint {
+            ctime: (1_000_001, 0),
+            ..changed(Duration::ZERO)
+        };
+        assert!(!future.settled(taken), "a change after the look is racy");
+        let negative = Fingerprint {
+            ctime: (-5, 0),
+            ..changed(Duration::ZERO)
+        };
+        assert!(
+            !negative.settled(taken),
+            "a change time before 1970 is never trusted"
+        );
+    }
+
+    #[test]
+    fn hashes_are_read_from_64_hex_digits_only() {
+        let hex = "00ff".repeat(16);
+        let bytes = from_hex(&hex).expect("64 hex digits");
+        assert_eq!(bytes[0], 0x00);
+        assert_eq!(bytes[1], 0xff);
+        assert_eq!(
+            from_hex(&hex.to_uppercase()),
+            Some(bytes),
+            "either case is read"
+        );
+        for bad in ["", "00", &"0g".repeat(32), &"0".repeat(65), &"é".repeat(32)] {
+            assert_eq!(from_hex(bad), None, "{bad:?} is not a hash");
+        }
     }
 
     #[test]

@@ -57,6 +57,77 @@ pub struct EnvDirs {
     pub logs: PathBuf,
     /// Runtime files: supervisor state, pid files.
     pub run: PathBuf,
+    /// Directories below `data` opened for observing what is in them, kept as long as this
+    /// value is: make these directories anew (with none opened) for each pass of
+    /// observations.
+    pub opened: OpenDirs,
+}
+
+/// Directories below an environment's data directory (and itself) opened once for a pass of
+/// observations of its resources (a status of every environment observes each one's files one
+/// after the other), each as an `O_PATH` handle opened without following a symlink anywhere on
+/// its path, and closed when dropped. A clone starts with none opened.
+///
+/// # Caveats
+/// A handle names the directory it opened: one renamed, or replaced by a symlink, after it was
+/// opened is still read through it. Keep one for a single pass.
+#[derive(Default)]
+pub struct OpenDirs(std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<std::os::fd::OwnedFd>)>>);
+
+impl Clone for OpenDirs {
+    fn clone(&self) -> Self {
+        OpenDirs::default()
+    }
+}
+
+impl std::fmt::Debug for OpenDirs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opened = self.0.lock().map_or(0, |dirs| dirs.len());
+        write!(f, "OpenDirs({opened} opened)")
+    }
+}
+
+impl OpenDirs {
+    /// How many directories one pass keeps open at most.
+    pub const MOST: usize = 32;
+
+    /// The directory `relative` (plain names, or empty for `data` itself) below `data`,
+    /// opened now or earlier in this pass; `None` when it cannot be opened so (a symlink on
+    /// the way, anything missing or not a directory): the caller then looks the long way,
+    /// which says what is wrong.
+    pub(crate) fn dir(
+        &self,
+        data: &Path,
+        relative: &Path,
+    ) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+        use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2};
+        let mut dirs = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, fd)) = dirs.iter().find(|(path, _)| path == relative) {
+            return Some(fd.clone());
+        }
+        // A stack whose files are spread over many directories is observed the long way past
+        // the first few: a pass never holds more than these descriptors for one environment.
+        if dirs.len() >= OpenDirs::MOST {
+            return None;
+        }
+        // One walk from `/`, refusing a symlink anywhere: `relative` is plain names, so the
+        // directory is below `data`.
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let fd = if relative.as_os_str().is_empty() {
+            openat2(AT_FDCWD, data, how)
+        } else {
+            openat2(AT_FDCWD, &data.join(relative), how)
+        }
+        .ok()?;
+        let fd = std::sync::Arc::new(fd);
+        dirs.push((relative.to_owned(), fd.clone()));
+        Some(fd)
+    }
 }
 
 impl EnvDirs {
@@ -236,6 +307,25 @@ pub trait Provider: Send + Sync + 'static {
         live: &Value,
     ) -> Result<Observation, ProviderError>;
 
+    /// [`Provider::observe`] from the JSON text the engine recorded: the resolved
+    /// configuration and the live handle, for a caller that holds them as text (a listing of
+    /// every environment observes each resource from its stored row). The default parses
+    /// both and calls `observe`; a provider that reads its handle in place, and needs no
+    /// configuration to observe, overrides it.
+    fn observe_recorded(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &str,
+        live: &str,
+    ) -> Result<Observation, ProviderError> {
+        let config: Self::Config = serde_json::from_str(config)
+            .map_err(|e| ProviderError::Config(format!("{}: {e}", Self::TYPE)))?;
+        let live: Value = serde_json::from_str(live).map_err(|e| {
+            ProviderError::Config(format!("{}: unreadable live record: {e}", Self::TYPE))
+        })?;
+        self.observe(ctx, &config, &live)
+    }
+
     /// Blocks until the object just created or updated is ready (a process passes its health
     /// check) or `deadline` passes. The default is ready at once.
     fn wait_ready(
@@ -292,6 +382,13 @@ pub trait DynProvider: Send + Sync {
         config: &Value,
         live: &Value,
     ) -> Result<Observation, ProviderError>;
+    /// See [`Provider::observe_recorded`].
+    fn observe_recorded(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &str,
+        live: &str,
+    ) -> Result<Observation, ProviderError>;
     /// See [`Provider::wait_ready`].
     fn wait_ready(
         &self,
@@ -346,6 +443,14 @@ impl<P: Provider> DynProvider for P {
     ) -> Result<Observation, ProviderError> {
         Provider::observe(self, ctx, &decode(P::TYPE, config)?, live)
     }
+    fn observe_recorded(
+        &self,
+        ctx: ResourceContext<'_>,
+        config: &str,
+        live: &str,
+    ) -> Result<Observation, ProviderError> {
+        Provider::observe_recorded(self, ctx, config, live)
+    }
     fn wait_ready(
         &self,
         ctx: ResourceContext<'_>,
@@ -383,7 +488,7 @@ impl Registry {
         let mut registry = Self::new();
         registry.register(process::ProcessProvider);
         registry.register(job::JobProvider);
-        registry.register(file::FileProvider);
+        registry.register(file::FileProvider::default());
         registry.register(exec::ExecProvider);
         registry
     }
@@ -446,17 +551,26 @@ fn write_and_rename(
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let mut temp = path.as_os_str().to_owned();
     temp.push(format!(".tmp.{}", std::process::id()));
     let temp = PathBuf::from(temp);
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
+    let open = || {
+        std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
-            .open(&temp)?;
+            .open(&temp)
+    };
+    let written = (|| {
+        // The directory is made only when it is missing (not on every write).
+        let mut file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                open()?
+            }
+            opened => opened?,
+        };
         file.write_all(bytes)?;
         if durability == Durability::Synced {
             file.sync_all()?;

@@ -26,8 +26,11 @@ fn rotated_path(path: &Path) -> PathBuf {
 pub(crate) struct CappedLog {
     path: PathBuf,
     max_bytes: u64,
-    file: File,
+    /// `None` until the first write of a log opened lazily ([`CappedLog::open_lazy`]).
+    file: Option<File>,
     len: u64,
+    /// Notes held back until something else is written ([`CappedLog::note_deferred`]).
+    deferred: Vec<u8>,
     /// Values replaced by `<redacted>` before they reach the file, longest first.
     redact: Vec<Vec<u8>>,
     /// With redaction on, output is written by whole lines (so that a value split across two
@@ -76,11 +79,58 @@ impl CappedLog {
             path: path.to_owned(),
             // A cap of zero would rotate forever without writing anything.
             max_bytes: max_bytes.max(1),
-            file,
+            file: Some(file),
             len,
+            deferred: Vec::new(),
             redact: Vec::new(),
             pending: Vec::new(),
         })
+    }
+
+    /// Opens the log at `path` for appending if it exists; if not, it is created by the first
+    /// write (a process that never writes anything costs no file). Its directory must exist
+    /// and be writable now: what would make the first write fail is said here.
+    pub fn open_lazy(path: &Path, max_bytes: u64) -> io::Result<CappedLog> {
+        let (file, len) = match OpenOptions::new().append(true).open(path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                (Some(file), len)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                nix::unistd::access(
+                    dir,
+                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+                )
+                .map_err(io::Error::from)?;
+                (None, 0)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(CappedLog {
+            path: path.to_owned(),
+            max_bytes: max_bytes.max(1),
+            file,
+            len,
+            deferred: Vec::new(),
+            redact: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// The open file, created now if it was not yet (with the notes held back first).
+    fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.len = file.metadata()?.len();
+            self.file = Some(file);
+            let deferred = std::mem::take(&mut self.deferred);
+            self.write_raw(&deferred)?;
+        }
+        Ok(self.file.as_mut().expect("opened just above"))
     }
 
     /// Replaces each of `values` (4 characters or longer) with `<redacted>` in what is
@@ -139,13 +189,18 @@ impl CappedLog {
     }
 
     fn write_raw(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        // Opened (and its held-back notes written) before its length is looked at.
+        self.file()?;
         while !buf.is_empty() {
             if self.len >= self.max_bytes {
                 self.rotate()?;
             }
             let room = usize::try_from(self.max_bytes - self.len).unwrap_or(usize::MAX);
             let (now, later) = buf.split_at(room.min(buf.len()));
-            self.file.write_all(now)?;
+            self.file()?.write_all(now)?;
             self.len += now.len() as u64;
             buf = later;
         }
@@ -159,12 +214,26 @@ impl CappedLog {
         let _ = self.write_all(format!("==> slipway: {message}\n").as_bytes());
     }
 
+    /// A note written with whatever is written next, if anything is: one that alone would not
+    /// be worth creating the file for (a process started that prints nothing).
+    pub fn note_deferred(&mut self, message: &str) {
+        let line = format!("==> slipway: {message}\n");
+        if self.file.is_some() {
+            let _ = self.write_all(line.as_bytes());
+        } else {
+            self.deferred
+                .extend_from_slice(&redact_bytes(line.as_bytes(), &self.redact));
+        }
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         std::fs::rename(&self.path, rotated_path(&self.path))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
         self.len = 0;
         Ok(())
     }
@@ -278,6 +347,39 @@ impl TailBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_log_is_made_by_its_first_write_with_the_notes_held_back_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        let mut log = CappedLog::open_lazy(&path, 1000)
+            .expect("open log")
+            .redacting(&["hunter22".to_owned()]);
+        log.note_deferred("process started (pid 7) with hunter22");
+        log.flush_pending();
+        assert!(
+            !path.exists(),
+            "a process that printed nothing costs no file"
+        );
+        log.write_all(b"hello\n").expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("the log"),
+            "==> slipway: process started (pid 7) with <redacted>\nhello\n",
+            "the note held back comes first, redacted"
+        );
+        log.note_deferred("process started (pid 8)");
+        assert!(
+            std::fs::read_to_string(&path)
+                .expect("the log")
+                .ends_with("(pid 8)\n"),
+            "once the file exists, a deferred note is written at once"
+        );
+        let again = CappedLog::open_lazy(&path, 1000).expect("reopen");
+        assert_eq!(again.len, std::fs::metadata(&path).expect("meta").len());
+        let err = CappedLog::open_lazy(&dir.path().join("missing/r.log"), 1000)
+            .expect_err("a log whose directory is missing");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "said at once: {err}");
+    }
 
     #[test]
     fn writes_never_take_a_generation_past_the_cap() {

@@ -7,7 +7,8 @@
 //! of the environment. `create` writes a [`supervisor::SupervisorSpec`] to
 //! `<run>/<resource>.spec.json` and asks the supervisor, over its socket, to `start` it; the
 //! supervisor records each process in `<run>/<resource>.json` (pid and start time) before it
-//! answers, and restarts it with backoff whenever it exits.
+//! lets it run, answers once its exec happened (or failed) with what it recorded, and
+//! restarts it with backoff whenever it exits.
 //!
 //! # Guarantees
 //! - Processes are recognised by pid *and* start time, never by pid alone: a recorded pid now
@@ -36,6 +37,7 @@
 
 pub(crate) mod environment;
 pub(crate) mod health;
+mod spawn;
 pub(crate) mod supervisor;
 
 use std::collections::BTreeMap;
@@ -636,7 +638,13 @@ fn ask_start(
             retry: Retry::Retryable,
         });
     }
-    match read_state(&spec.state).filter(|s| s.supervisor.is_alive()) {
+    // The supervisor answers with what it recorded (one from before answers `ok` alone: its
+    // state file says).
+    let recorded = match answer.recorded() {
+        Some(state) => Some(state),
+        None => read_state(&spec.state).filter(|s| s.supervisor.is_alive()),
+    };
+    match recorded {
         Some(state) => Ok(state),
         None => {
             let _ = stop(ctx, None);
@@ -771,15 +779,22 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         .as_ref()
         .map(|s| Duration::from_millis(s.stop_grace_ms))
         .unwrap_or(ctx.settings.stop_grace);
+    // Whether it removed the file (`false`: there was none).
     let remove = |file: &Path| match std::fs::remove_file(file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ProviderError::Io {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ProviderError::Io {
             context: format!("failed to remove {}", file.display()),
             source: e,
         }),
-        _ => Ok(()),
     };
     // A supervisor restarts nothing whose spec is gone, and starts nothing without one.
-    remove(&spec_file)?;
+    let spec_existed = remove(&spec_file)?;
+    if !spec_existed && before.is_none() && live.is_none() {
+        // Nothing of it was ever started (a supervisor records a child in the state file
+        // before it runs, and starts nothing without a spec): no supervisor to ask.
+        return Ok(());
+    }
     // Only a supervisor already running is asked: one started now would have nothing to
     // let go of.
     let released = environment::ask(

@@ -54,8 +54,23 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
 
 /// The stat of `pid`, or `None` if no such process exists.
 pub(crate) fn stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    use std::io::Read;
+    // One read into a buffer on the stack: a stat line is a few hundred bytes (at most 52
+    // numbers and a command name of at most 64), and this is read for every process looked
+    // at, often.
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    // The command name may be any bytes; the fields after it are ASCII.
+    parse_stat(&String::from_utf8_lossy(&buf[..len]))
 }
 
 impl ProcessIdentity {

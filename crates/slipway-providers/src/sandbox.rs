@@ -298,8 +298,22 @@ const PATH_ATTRIBUTE_SYSCALLS: &[i64] = &[
 
 /// The seccomp filter of landlock mode: no unix socket can be created (so none of the
 /// engine's uid can be connected to: its systemd user bus, `docker.sock`, PostgreSQL's peer
-/// authentication), and none of [`PATH_ATTRIBUTE_SYSCALLS`]. Built in the parent.
-fn landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
+/// authentication), and none of [`PATH_ATTRIBUTE_SYSCALLS`]. Built in the parent, once: it
+/// is the same for every environment.
+fn landlock_mode_filter() -> io::Result<std::sync::Arc<seccompiler::BpfProgram>> {
+    static FILTER: std::sync::OnceLock<Result<std::sync::Arc<seccompiler::BpfProgram>, String>> =
+        std::sync::OnceLock::new();
+    FILTER
+        .get_or_init(|| {
+            build_landlock_mode_filter()
+                .map(std::sync::Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(io::Error::other)
+}
+
+fn build_landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch,
@@ -418,21 +432,26 @@ impl Confinement {
 
     /// The file-system rules, in order, for the paths that exist now.
     pub fn rules(&self) -> Vec<(PathBuf, Grant)> {
-        let mut rules = Vec::new();
-        for path in SYSTEM_READ {
-            rules.push((PathBuf::from(path), Grant::Read));
-        }
-        for path in &self.read {
-            rules.push((path.clone(), Grant::Read));
-        }
-        for path in &self.write {
-            rules.push((path.clone(), Grant::ReadWrite));
-        }
-        for path in DEVICES_WRITE {
-            rules.push((PathBuf::from(path), Grant::Device));
-        }
+        let mut rules = self.all_rules();
         rules.retain(|(path, _)| path.exists());
         rules
+    }
+
+    /// The file-system rules, in order, whether their paths exist or not.
+    fn all_rules(&self) -> Vec<(PathBuf, Grant)> {
+        self.rule_paths()
+            .map(|(path, grant)| (path.to_path_buf(), grant))
+            .collect()
+    }
+
+    /// [`Confinement::all_rules`], borrowed.
+    fn rule_paths(&self) -> impl Iterator<Item = (&Path, Grant)> {
+        SYSTEM_READ
+            .iter()
+            .map(|p| (Path::new(p), Grant::Read))
+            .chain(self.read.iter().map(|p| (p.as_path(), Grant::Read)))
+            .chain(self.write.iter().map(|p| (p.as_path(), Grant::ReadWrite)))
+            .chain(DEVICES_WRITE.iter().map(|p| (Path::new(p), Grant::Device)))
     }
 
     /// Builds the Landlock ruleset (in the parent: it opens descriptors and allocates).
@@ -484,7 +503,8 @@ impl Confinement {
     /// group can still be stopped), with the engine's inherited descriptors closed on exec,
     /// as the environment's uid/gid (no supplementary groups), with `no_new_privs`, umask
     /// 022 and the Landlock ruleset enforced just before `exec`. The ruleset is built here,
-    /// in the parent; the child only makes async-signal-safe system calls.
+    /// in the parent ([`Confinement::prepare`]); the child only makes async-signal-safe
+    /// system calls ([`Prepared::enter`]).
     ///
     /// The session and the descriptors apply in every mode, `none` included; the caller
     /// must not also ask for a process group (`setsid` fails in a group leader).
@@ -494,6 +514,28 @@ impl Confinement {
     /// engine runs as root and the sandbox has no uid of its own (the code would run as root,
     /// with every capability, which Landlock does not take away).
     pub fn apply(&self, command: &mut Command) -> io::Result<()> {
+        let prepared = self.prepare()?;
+        if let Some((uid, gid)) = prepared.ids {
+            command.uid(uid).gid(gid);
+        }
+        // SAFETY: `enter` only makes async-signal-safe system calls and allocates nothing
+        // (see its contract); the closure runs in the forked child before exec.
+        unsafe {
+            command.pre_exec(move || prepared.enter());
+        }
+        Ok(())
+    }
+
+    /// Everything of the confinement that is done in the parent: the refusal of root without
+    /// a uid of its own, the uid/gid to take, the Landlock ruleset (its descriptor) and the
+    /// seccomp filter. What it gives is entered in the child by [`Prepared::enter`], after the
+    /// uid/gid are taken; a long-lived parent may keep it for every start of the same
+    /// confinement while [`Confinement::rules`] resolve to the same files
+    /// ([`Confinement::rules_key`]).
+    ///
+    /// # Errors
+    /// As [`Confinement::apply`].
+    pub fn prepare(&self) -> io::Result<Prepared> {
         let confined = self.sandbox.isolation != Isolation::None;
         if confined && self.sandbox.ids.is_none() && running_as_root() {
             return Err(io::Error::other(format!(
@@ -501,9 +543,6 @@ impl Confinement {
                  every capability of root; an engine running as root isolates by uid",
                 self.sandbox.isolation
             )));
-        }
-        if confined && let Some((uid, gid)) = self.sandbox.ids {
-            command.uid(uid).gid(gid);
         }
         let ruleset = if confined { self.ruleset()? } else { None };
         // Landlock mode runs as the engine's uid: what Landlock does not cover of that uid's
@@ -513,58 +552,120 @@ impl Confinement {
             Isolation::Landlock => Some(landlock_mode_filter()?),
             Isolation::Uid | Isolation::None => None,
         };
-        // SAFETY: the closure runs in the forked child before exec; close_range, setsid,
-        // prctl, umask, landlock_restrict_self and seccomp are async-signal-safe, and nothing
-        // allocates (the ruleset's descriptor and the filter were made by the parent, and
-        // `last_os_error` does not allocate).
+        Ok(Prepared {
+            confined,
+            ids: if confined { self.sandbox.ids } else { None },
+            ruleset,
+            filter,
+        })
+    }
+
+    /// What the Landlock ruleset of this confinement would be built from now: each rule's
+    /// path, grant and the file it resolves to (device and inode), and the ports. Two equal
+    /// keys make the same ruleset, so a [`Prepared`] made under one serves the other.
+    pub fn rules_key(&self) -> Vec<(PathBuf, Grant, u64, u64)> {
+        self.resolved_rules()
+            .map(|(path, grant, dev, ino)| (path.to_path_buf(), grant, dev, ino))
+            .collect()
+    }
+
+    /// Whether [`Confinement::rules_key`] would be `key` now (without making it).
+    pub fn rules_match(&self, key: &[(PathBuf, Grant, u64, u64)]) -> bool {
+        let mut now = self.resolved_rules();
+        key.iter().all(|(path, grant, dev, ino)| {
+            now.next()
+                .is_some_and(|r| r == (path.as_path(), *grant, *dev, *ino))
+        }) && now.next().is_none()
+    }
+
+    /// The rules whose paths exist now, with the device and inode each resolves to (followed
+    /// like the rule's own `open` follows it); none without Landlock.
+    fn resolved_rules(&self) -> impl Iterator<Item = (&Path, Grant, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let landlocked = self.sandbox.landlock && self.sandbox.isolation != Isolation::None;
+        self.rule_paths()
+            .filter(move |_| landlocked)
+            .filter_map(|(path, grant)| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((path, grant, meta.dev(), meta.ino()))
+            })
+    }
+}
+
+/// A [`Confinement`] made ready in the parent ([`Confinement::prepare`]), to be entered in the
+/// child with [`Prepared::enter`].
+#[derive(Debug)]
+pub struct Prepared {
+    confined: bool,
+    ids: Option<(u32, u32)>,
+    ruleset: Option<OwnedFd>,
+    filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
+}
+
+impl Prepared {
+    /// The uid and gid the child must take before [`Prepared::enter`] (with no supplementary
+    /// groups), if any.
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        self.ids
+    }
+
+    /// The confinement's part in the child, after it took its uid/gid and just before its
+    /// `exec`: the engine's inherited descriptors marked close-on-exec, a session of its own,
+    /// and when confined `no_new_privs`, umask 022, the Landlock ruleset and the seccomp
+    /// filter.
+    ///
+    /// # Safety
+    /// Only to be called in a child forked to exec: it makes only async-signal-safe system
+    /// calls (close_range, setsid, prctl, umask, landlock_restrict_self, seccomp) and
+    /// allocates nothing (`last_os_error` does not allocate), so it is sound after a fork of
+    /// a multi-threaded process; but it changes the calling process for good.
+    pub fn enter(&self) -> io::Result<()> {
+        use nix::libc;
+        // SAFETY: system calls on descriptors and memory this process owns; see above.
         unsafe {
-            command.pre_exec(move || {
-                use nix::libc;
-                // Descriptors the engine inherited without close-on-exec (a CI harness's
-                // pipes, a terminal) must not reach the code. Close-on-exec rather than
-                // closed: std's exec-error pipe and the ruleset's descriptor are still
-                // needed. A kernel before 5.11 only loses this hygiene.
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                );
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if !confined {
-                    return Ok(());
-                }
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The engine's own umask (077) would make the code's files unreadable to the
-                // programs it starts under another name; its directories are private anyway.
-                libc::umask(0o022);
-                if let Some(fd) = &ruleset
-                    && libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0
+            // Descriptors the engine inherited without close-on-exec (a CI harness's pipes,
+            // a terminal) must not reach the code. Close-on-exec rather than closed: the
+            // exec-error channel and the ruleset's descriptor are still needed. A kernel
+            // before 5.11 only loses this hygiene.
+            libc::syscall(
+                libc::SYS_close_range,
+                3,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if !self.confined {
+                return Ok(());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The engine's own umask (077) would make the code's files unreadable to the
+            // programs it starts under another name; its directories are private anyway.
+            libc::umask(0o022);
+            if let Some(fd) = &self.ruleset
+                && libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(program) = &self.filter {
+                // seccompiler's `sock_filter` is `#[repr(C)]` like the kernel's.
+                let fprog = libc::sock_fprog {
+                    len: program.len() as u16,
+                    filter: program.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                ) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
-                if let Some(program) = &filter {
-                    // seccompiler's `sock_filter` is `#[repr(C)]` like the kernel's.
-                    let fprog = libc::sock_fprog {
-                        len: program.len() as u16,
-                        filter: program.as_ptr() as *mut libc::sock_filter,
-                    };
-                    if libc::syscall(
-                        libc::SYS_seccomp,
-                        libc::SECCOMP_SET_MODE_FILTER,
-                        0,
-                        &fprog as *const libc::sock_fprog,
-                    ) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            }
         }
         Ok(())
     }

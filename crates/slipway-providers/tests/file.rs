@@ -386,3 +386,244 @@ fn delete_through_a_planted_directory_link_removes_nothing_behind_it() {
         "the file behind the link is untouched"
     );
 }
+
+/// Waits until the last change of every file in `paths` is further in the past than a look
+/// may remember a fingerprint from ([`slipway_providers::file::SETTLED`]): then an observation
+/// remembers the hash it reads, and the next one can reuse it.
+fn wait_settled(paths: &[&std::path::Path]) {
+    use std::os::unix::fs::MetadataExt;
+    let settled = slipway_providers::file::SETTLED + std::time::Duration::from_millis(100);
+    let deadline = std::time::Instant::now() + settled * 3;
+    for path in paths {
+        loop {
+            let meta = std::fs::symlink_metadata(path).expect("metadata");
+            let changed = std::time::UNIX_EPOCH
+                + std::time::Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+            if changed.elapsed().is_ok_and(|age| age > settled) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} settles within {settled:?}",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Sets `path`'s modification time to `to`'s (as a hand-made forgery of an unchanged file
+/// would): the change time moves on regardless.
+fn copy_mtime(path: &std::path::Path, to: &std::path::Path) {
+    let modified = std::fs::metadata(to)
+        .expect("metadata")
+        .modified()
+        .expect("mtime");
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open")
+        .set_modified(modified)
+        .expect("set the modification time");
+}
+
+#[test]
+fn a_file_edited_after_a_look_shows_drifted_at_the_next_one_even_with_the_same_size_and_mtime() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "etc/app.toml", "content": "a = 1\n"});
+    let applied = file.create(env.ctx("config"), &config).expect("create");
+    let path = env.dirs.data.join("etc/app.toml");
+    wait_settled(&[&path]);
+    let look = || {
+        file.observe(env.ctx("config"), &config, &applied.live)
+            .expect("observe")
+    };
+    assert_eq!(look(), Observation::InSync, "the settled file is in sync");
+    assert_eq!(
+        look(),
+        Observation::InSync,
+        "and again, from its fingerprint"
+    );
+
+    // The same size, and the modification time put back: only the change time differs.
+    let before = env.dirs.root.join("before");
+    std::fs::copy(&path, &before).expect("keep the old times");
+    copy_mtime(&before, &path);
+    std::fs::write(&path, "a = 2\n").expect("edit the file in place");
+    copy_mtime(&path, &before);
+    assert_eq!(
+        look(),
+        Observation::Drifted {
+            reason: "content changed on disk".to_owned()
+        },
+        "an edit of the same size with the old mtime shows at the next look: {}",
+        env.report()
+    );
+    std::fs::write(&path, "a = 1\n").expect("restore the content");
+    assert_eq!(
+        look(),
+        Observation::InSync,
+        "the content put back is in sync again"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(
+        matches!(look(), Observation::Drifted { reason } if reason.contains("mode")),
+        "a chmod after a look shows at the next one"
+    );
+}
+
+#[test]
+fn an_edit_of_the_same_size_right_after_a_look_shows_drifted() {
+    // The racy case: the file changes in the same clock tick (the same second, on a file
+    // system with second timestamps) as the look that hashed it. That look's fingerprint is
+    // not remembered, so the next one reads the file again.
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "app.toml", "content": "a = 1\n"});
+    let applied = file.create(env.ctx("config"), &config).expect("create");
+    let path = env.dirs.data.join("app.toml");
+    for round in 0..20 {
+        assert_eq!(
+            file.observe(env.ctx("config"), &config, &applied.live)
+                .expect("observe"),
+            Observation::InSync,
+            "round {round}: the file as written is in sync"
+        );
+        std::fs::write(&path, "a = 2\n").expect("edit the file");
+        assert_eq!(
+            file.observe(env.ctx("config"), &config, &applied.live)
+                .expect("observe"),
+            Observation::Drifted {
+                reason: "content changed on disk".to_owned()
+            },
+            "round {round}: an edit right after a look shows at the next one"
+        );
+        std::fs::write(&path, "a = 1\n").expect("restore the content");
+    }
+}
+
+#[test]
+fn a_file_replaced_by_another_inode_with_the_same_size_and_mtime_shows_drifted() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "etc/app.toml", "content": "a = 1\n"});
+    let applied = file.create(env.ctx("config"), &config).expect("create");
+    let path = env.dirs.data.join("etc/app.toml");
+    let other = env.dirs.data.join("etc/other");
+    std::fs::write(&other, "a = 9\n").expect("write another file");
+    copy_mtime(&other, &path);
+    wait_settled(&[&path, &other]);
+    let look = || {
+        file.observe(env.ctx("config"), &config, &applied.live)
+            .expect("observe")
+    };
+    assert_eq!(look(), Observation::InSync, "the file is in sync");
+    std::fs::rename(&other, &path).expect("rename another file over it");
+    assert_eq!(
+        look(),
+        Observation::Drifted {
+            reason: "content changed on disk".to_owned()
+        },
+        "another inode of the same size and mtime in its place has drifted: {}",
+        env.report()
+    );
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_to_it_shows_drifted_though_the_file_is_the_same() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "etc/app.toml", "content": "a = 1\n"});
+    let applied = file.create(env.ctx("config"), &config).expect("create");
+    let path = env.dirs.data.join("etc/app.toml");
+    wait_settled(&[&path]);
+    // Each look a pass of its own, as the engine's are: with the directories opened anew.
+    let look = || {
+        let dirs = env.dirs.clone();
+        let ctx = slipway_providers::ResourceContext {
+            dirs: &dirs,
+            ..env.ctx("config")
+        };
+        file.observe(ctx, &config, &applied.live).expect("observe")
+    };
+    assert_eq!(look(), Observation::InSync, "the file is in sync");
+    assert_eq!(
+        look(),
+        Observation::InSync,
+        "and again, from its fingerprint"
+    );
+    // The very same inode, unchanged, reached through a link: the link is the drift.
+    std::fs::rename(env.dirs.data.join("etc"), env.dirs.data.join("etc2")).expect("move etc");
+    std::os::unix::fs::symlink("etc2", env.dirs.data.join("etc")).expect("link etc to it");
+    assert!(
+        matches!(look(), Observation::Drifted { reason } if reason.contains("symlink")),
+        "a directory on the way replaced by a symlink has drifted: {}",
+        env.report()
+    );
+    std::fs::remove_file(env.dirs.data.join("etc")).expect("remove the link");
+    std::fs::rename(env.dirs.data.join("etc2"), env.dirs.data.join("etc")).expect("move back");
+    assert_eq!(look(), Observation::InSync, "put back, it is in sync");
+    std::fs::remove_file(&path).expect("remove the file");
+    std::os::unix::fs::symlink(env.dirs.data.join("etc2"), &path).expect("a symlink in its place");
+    let found = look();
+    assert!(
+        matches!(&found, Observation::Drifted { reason } if reason.contains("symlink")),
+        "the file replaced by a symlink has drifted: {found:?}"
+    );
+}
+
+#[test]
+fn a_pass_keeps_a_bounded_number_of_directories_open() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let most = slipway_providers::OpenDirs::MOST;
+    let mut files = Vec::new();
+    for i in 0..most + 8 {
+        let config = json!({"path": format!("d{i}/f"), "content": "x\n"});
+        let applied = file.create(env.ctx("config"), &config).expect("create");
+        files.push((config, applied));
+    }
+    let paths: Vec<_> = (0..files.len())
+        .map(|i| env.dirs.data.join(format!("d{i}/f")))
+        .collect();
+    wait_settled(&paths.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    let dirs = env.dirs.clone();
+    let ctx = slipway_providers::ResourceContext {
+        dirs: &dirs,
+        ..env.ctx("config")
+    };
+    for round in ["read and hashed", "from their fingerprints"] {
+        for (config, applied) in &files {
+            assert_eq!(
+                file.observe(ctx, config, &applied.live).expect("observe"),
+                Observation::InSync,
+                "{round}"
+            );
+        }
+    }
+    assert_eq!(
+        format!("{:?}", dirs.opened),
+        format!("OpenDirs({most} opened)"),
+        "a pass over files in {} directories holds at most {most} open",
+        files.len()
+    );
+    std::fs::write(paths.last().expect("a file"), "y\n").expect("edit the last file");
+    assert!(
+        matches!(
+            file.observe(
+                ctx,
+                &files.last().expect("a file").0,
+                &files.last().expect("a file").1.live
+            )
+            .expect("observe"),
+            Observation::Drifted { .. }
+        ),
+        "a file past those directories is still observed"
+    );
+}

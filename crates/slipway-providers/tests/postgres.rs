@@ -161,6 +161,62 @@ fn failure(result: Result<Applied, ProviderError>, what: &str) -> ProviderError 
     }
 }
 
+/// Checks that the server stores, for `role`, a SCRAM-SHA-256 verifier of `password` (RFC 5802
+/// and 7677: `SCRAM-SHA-256$ITERATIONS:SALT$STOREDKEY:SERVERKEY`) and not the password itself.
+fn assert_scram_verifier_of(role: &str, password: &str) {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+    fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
+        mac.update(message);
+        mac.finalize().into_bytes().to_vec()
+    }
+    let stored: String = admin()
+        .query_one(
+            "select rolpassword from pg_authid where rolname = $1",
+            &[&role],
+        )
+        .expect("the role's password")
+        .get(0);
+    assert!(
+        !stored.contains(password),
+        "the server never holds the password itself: {stored}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (method, rest) = stored.split_once('$').expect("METHOD$…");
+    assert_eq!(method, "SCRAM-SHA-256", "a SCRAM verifier: {stored}");
+    let (iterations_salt, keys) = rest.split_once('$').expect("…$KEYS");
+    let (iterations, salt) = iterations_salt.split_once(':').expect("ITERATIONS:SALT");
+    let (stored_key, server_key) = keys.split_once(':').expect("STOREDKEY:SERVERKEY");
+    let iterations: u32 = iterations.parse().expect("a number of iterations");
+    assert_eq!(iterations, 4096, "PostgreSQL's default iteration count");
+    let salt = b64.decode(salt).expect("a base64 salt");
+    assert!(salt.len() >= 16, "a salt of 16 bytes or more");
+    // Hi(password, salt, i): PBKDF2 with HMAC-SHA-256, one block.
+    let mut block = [salt.as_slice(), &[0, 0, 0, 1]].concat();
+    let mut salted = vec![0u8; 32];
+    for _ in 0..iterations {
+        block = hmac(password.as_bytes(), &block);
+        salted.iter_mut().zip(&block).for_each(|(s, b)| *s ^= b);
+    }
+    let client_key = hmac(&salted, b"Client Key");
+    let expected_stored: Vec<u8> = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&client_key).to_vec()
+    };
+    assert_eq!(
+        b64.decode(stored_key).expect("a base64 stored key"),
+        expected_stored,
+        "the stored key is the password's"
+    );
+    assert_eq!(
+        b64.decode(server_key).expect("a base64 server key"),
+        hmac(&salted, b"Server Key"),
+        "the server key is the password's"
+    );
+}
+
 fn output(applied: &Applied, name: &str) -> String {
     applied.outputs[name]
         .as_str()
@@ -185,6 +241,7 @@ fn create_gives_a_database_owned_by_its_role_that_the_url_reaches() {
     );
     assert_eq!(user, database, "the role shares the database's name");
     assert_eq!(password.len(), 32, "a 32-character password");
+    assert_scram_verifier_of(&user, &password);
     assert_eq!(
         output(&applied, "host"),
         "127.0.0.1",
@@ -244,6 +301,26 @@ fn create_gives_a_database_owned_by_its_role_that_the_url_reaches() {
         .expect("delete");
     assert!(!database_exists(&database), "the database is gone");
     assert!(!role_exists(&user), "the role is gone");
+}
+
+#[test]
+fn the_password_reaches_the_server_only_as_a_scram_verifier_whatever_it_would_hash_into() {
+    // A server (here: the admin session) whose `password_encryption` is md5 would turn a
+    // plain `PASSWORD '…'` into an MD5 hash; the providers send a SCRAM-SHA-256 verifier made
+    // on the client, so the plain password never crosses the connection and the stored one is
+    // SCRAM whatever the server's setting.
+    let md5_admin = format!("{ADMIN}?options=-c%20password_encryption%3Dmd5");
+    let pg = Pg::with_servers(BTreeMap::from([("main".to_owned(), md5_admin)]));
+    let database = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create a database");
+    assert_scram_verifier_of(&output(&database, "user"), &output(&database, "password"));
+    let role = pg
+        .role()
+        .create(pg.ctx("reader"), &json!({}))
+        .expect("create a role");
+    assert_scram_verifier_of(&output(&role, "user"), &output(&role, "password"));
 }
 
 #[test]
@@ -312,6 +389,7 @@ fn update_adds_and_removes_extensions_and_keeps_the_password() {
         output(&created, "password"),
         "an update keeps the password"
     );
+    assert_scram_verifier_of(&output(&updated, "user"), &output(&updated, "password"));
     assert_eq!(output(&updated, "url"), url, "and so the url");
     assert!(extension_installed(&url, "citext"), "citext is created");
     assert_eq!(
@@ -920,6 +998,7 @@ fn a_role_resource_has_a_password_login_and_drift() {
     assert_eq!(output(&applied, "host"), "127.0.0.1", "host");
     let url = format!("postgres://{user}:{password}@127.0.0.1:5432/postgres");
     postgres::Client::connect(&url, postgres::NoTls).expect("the role logs in");
+    assert_scram_verifier_of(&user, &password);
 
     let updated = pg
         .role()

@@ -20,7 +20,7 @@ use crate::openapi::{SchemaFn, schema_of};
 /// (`deny_unknown_fields`), so a misspelt field is an error rather than silently ignored.
 pub(crate) struct JsonBody<T>(pub T);
 
-fn too_large(limit: usize) -> ApiError {
+pub(crate) fn too_large(limit: usize) -> ApiError {
     ApiError::client(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is over the limit of {limit} bytes"),
@@ -130,6 +130,37 @@ impl<S: Send + Sync> FromRequestParts<S> for EnvPath {
     }
 }
 
+/// The `{name}` and `{resource}` of a path: an environment's name, and a resource's name as
+/// slipway.yaml gives them (`[A-Za-z0-9_-]{1,63}`); anything else is a `400` saying so.
+pub(crate) struct EnvResourcePath(pub EnvName, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for EnvResourcePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((name, resource)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::bad_request(format!(
+                    "the path cannot be read: {}",
+                    rejection.body_text()
+                ))
+            })?;
+        let valid = (1..=63).contains(&resource.len())
+            && resource
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is not a resource name",
+                printable(&resource)
+            ))
+            .hint("1 to 63 of A-Z, a-z, 0-9, `_` and `-`, as slipway.yaml names it"));
+        }
+        Ok(EnvResourcePath(parse_name(&name)?, resource))
+    }
+}
+
 /// The `{id}` of a path, a deployment id.
 pub(crate) struct DeploymentId(pub i64);
 
@@ -186,6 +217,14 @@ pub(crate) fn path_param(name: &str) -> SchemaFn {
             let mut schema = schema_of::<EnvName>(g);
             schema.insert("description".into(), "The environment's name.".into());
             schema
+        },
+        "resource" => |_| {
+            let schema = serde_json::json!({
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{1,63}$",
+                "description": "A resource's name, as slipway.yaml gives it."
+            });
+            schemars::Schema::try_from(schema).expect("a schema object")
         },
         "id" => schema_of::<DeploymentId>,
         "forge" => schema_of::<ForgeName>,

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     /// the client gets `504`.
     #[serde(deserialize_with = "slipway_core::duration::positive")]
     pub preview_timeout: Duration,
+    /// Whether `slipway serve` runs its listener in a router process of its own
+    /// (`slipway __router`) that outlives it, so that preview URLs keep answering while
+    /// `serve` restarts; `serve --router` asks the same.
+    pub router: bool,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +54,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             preview_connect_timeout: Duration::from_secs(5),
             preview_timeout: Duration::from_secs(60),
+            router: false,
         }
     }
 }

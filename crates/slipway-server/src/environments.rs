@@ -1,5 +1,5 @@
 //! `/api/v1/environments`: list, create, get, destroy, sync, plan, rollback, extend, pin,
-//! unpin and the deployment history of one, with the JSON Schemas of what they take and
+//! unpin, sleep, wake and the deployment history of one, with the JSON Schemas of what they take and
 //! answer.
 
 use slipway_core::EnvName;
@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_controller::{Controller, CreateEnvironment};
 use slipway_core::plan::Change;
-use slipway_core::vocab::{EnvKind, Health, ShownStatus, SyncState};
+use slipway_core::vocab::{
+    Access as PreviewAccess, Activity, EnvKind, Health, ShownStatus, SyncState,
+};
 use slipway_engine::{EngineError, EnvironmentStatus, Origin};
 use slipway_state::EnvironmentRecord;
 
@@ -52,7 +54,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("createEnvironment", "environment.create")
             .summary(
                 "Create an ad-hoc environment",
-                "Records an ad-hoc environment running `ref`, with the variables and secrets of the generated family `like` (a static environment such as prod is refused), owned by the caller's token, living `ttl` (at most `[environments] max_ttl`), and queues its first deployment.",
+                "Records an ad-hoc environment running `ref`, with the variables and secrets of the generated family `like` (a static environment such as prod is refused), owned by the caller's token, living `ttl` (at most `[environments] max_ttl`), and queues its first deployment. Beyond its family's `max_environments` or the home's `[local] max_environments` it is made all the same, `activity: queued` with its `queue_position`, and deployed when a slot frees.",
             )
             .access(Access::Developer)
             .body::<CreateRequest>()
@@ -136,6 +138,18 @@ pub(crate) fn routes() -> Vec<Route> {
                 (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504),
                 (StatusCode::UNPROCESSABLE_ENTITY, "`by` is longer than `[environments] max_ttl`."),
             ]),
+        Route::post("/api/v1/environments/{name}/link", link)
+            .id("linkEnvironment", "environment.link")
+            .summary(
+                "Make a signed link to an environment's preview URL",
+                "A URL that opens the environment's preview without a Slipway login until it expires (`for`, default 1h, at most 30d), also when the environment is `access: private`. It opens that preview only, and stops working when the environment is destroyed or made again. The call is audited: who shared which preview, for how long.",
+            )
+            .access(Access::Environment)
+            .body::<LinkRequest>()
+            .json::<LinkView>(StatusCode::OK, "The link.")
+            .errors(&[
+                (StatusCode::UNPROCESSABLE_ENTITY, "No preview router runs on this server (a link needs its address)."),
+            ]),
         Route::post("/api/v1/environments/{name}/pin", pin)
             .id("pinEnvironment", "environment.pin")
             .summary(
@@ -156,6 +170,29 @@ pub(crate) fn routes() -> Vec<Route> {
             .access(Access::Environment)
             .forwarded()
             .json::<EnvironmentView>(StatusCode::OK, "The environment, following its ref.")
+            .errors(&[(StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
+        Route::post("/api/v1/environments/{name}/sleep", sleep)
+            .id("sleepEnvironment", "environment.sleep")
+            .summary(
+                "Put an environment to sleep",
+                "Stops its processes now, as `sleep_after` does after that long without a request; its data, files, databases and ports stay. The next request through its preview URL, or `wake`, starts them again. Asleep already: nothing changes.",
+            )
+            .access(Access::Environment)
+            .forwarded()
+            .json::<EnvironmentView>(StatusCode::OK, "The environment, `sleeping`.")
+            .errors(&[
+                (StatusCode::UNPROCESSABLE_ENTITY, "It runs nothing yet (no deployment)."),
+                (StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504),
+            ]),
+        Route::post("/api/v1/environments/{name}/wake", wake)
+            .id("wakeEnvironment", "environment.wake")
+            .summary(
+                "Wake a sleeping environment",
+                "Starts its processes again (at the newest commit of what it follows) and answers once that is done, or after 60 seconds with it still waking. Awake already: nothing changes.",
+            )
+            .access(Access::Environment)
+            .forwarded()
+            .json::<EnvironmentView>(StatusCode::OK, "The environment: `awake`, or still `sleeping` while its wake goes on.")
             .errors(&[(StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
         Route::get("/api/v1/environments/{name}/deployments", deployments)
             .id("listDeployments", "deployment.list")
@@ -211,6 +248,15 @@ pub(crate) struct EnvironmentView {
     resources: Vec<ResourceView>,
     /// How long it lives after its last new commit or extension.
     ttl_seconds: Option<i64>,
+    /// Whether its processes run (`awake`), are stopped until a request comes
+    /// (`sleeping`), or wait for a slot in its family (`queued`).
+    activity: Activity,
+    /// Its place in its family's queue while `queued`, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_position: Option<u32>,
+    /// Who may open its preview URL: anyone (`public`), or people signed in to Slipway,
+    /// Slipway tokens and signed links (`private`).
+    access: PreviewAccess,
 }
 
 /// One resource of an environment.
@@ -278,6 +324,9 @@ impl EnvironmentView {
             isolation: status.isolation,
             resources,
             ttl_seconds: record.and_then(|r| r.ttl_ms).map(|ms| ms / 1000),
+            activity: status.activity,
+            queue_position: status.queue_position,
+            access: status.access,
         }
     }
 }
@@ -328,6 +377,26 @@ struct ExtendRequest {
     /// How much longer, e.g. `2h`.
     #[schemars(with = "DurationText")]
     by: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Link")]
+struct LinkRequest {
+    /// How long the link holds, e.g. `1h` (the default), at most `30d`.
+    #[serde(default, rename = "for")]
+    #[schemars(with = "Option<DurationText>")]
+    valid: Option<String>,
+}
+
+/// A signed link to a preview URL.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "PreviewLink")]
+struct LinkView {
+    /// Opens the preview without a login until `expires_at`.
+    url: String,
+    #[schemars(extend("format" = "date-time"))]
+    expires_at: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -460,7 +529,13 @@ async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
         // around them: with ten thousand environments the server holds their JSON, not their
         // statuses, records and views. The bytes are those `Json(EnvironmentList)` writes.
         let views = controller.engine().status_each(|record, status| {
-            serde_json::to_vec(&EnvironmentView::new(controller, status, Some(record)))
+            // About what one environment with a few resources takes, grown if it takes more.
+            let mut json = Vec::with_capacity(1024);
+            serde_json::to_writer(
+                &mut json,
+                &EnvironmentView::new(controller, status, Some(record)),
+            )
+            .map(|()| json)
         })?;
         let mut body = Vec::with_capacity(
             views
@@ -673,6 +748,28 @@ async fn extend(
     app.blocking(move |c| load(c, &name)).await.map(Json)
 }
 
+async fn link(
+    State(app): State<AppState>,
+    EnvPath(name): EnvPath,
+    JsonBody(request): JsonBody<LinkRequest>,
+) -> Result<Json<LinkView>, ApiError> {
+    let valid = match request.valid.as_deref() {
+        Some(text) => duration("for", text)?,
+        None => Duration::from_secs(3600),
+    };
+    if valid > slipway_controller::links::MAX_LINK {
+        return Err(ApiError::bad_request("`for` is longer than 30 days")
+            .hint("a link holds for at most 30d; make a new one when it expires"));
+    }
+    let made = app
+        .blocking(move |c| Ok(c.preview_link(&name, valid)?))
+        .await?;
+    Ok(Json(LinkView {
+        url: made.url,
+        expires_at: crate::rfc3339(made.expires_at),
+    }))
+}
+
 async fn pin(
     State(app): State<AppState>,
     EnvPath(name): EnvPath,
@@ -696,6 +793,27 @@ async fn unpin(
     JsonBody(NoFields {}): JsonBody<NoFields>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     app.controller.unpin(&name).await?;
+    app.blocking(move |c| load(c, &name)).await.map(Json)
+}
+
+async fn sleep(
+    State(app): State<AppState>,
+    EnvPath(name): EnvPath,
+    JsonBody(NoFields {}): JsonBody<NoFields>,
+) -> Result<Json<EnvironmentView>, ApiError> {
+    app.controller.sleep(&name).await?;
+    app.blocking(move |c| load(c, &name)).await.map(Json)
+}
+
+async fn wake(
+    State(app): State<AppState>,
+    EnvPath(name): EnvPath,
+    JsonBody(NoFields {}): JsonBody<NoFields>,
+) -> Result<Json<EnvironmentView>, ApiError> {
+    if let Some(mut woken) = app.controller.wake(&name).await? {
+        // Answered with what it is then: awake, or still waking after the wait.
+        let _ = tokio::time::timeout(crate::wake::WAKE_WAIT, woken.wait_for(|done| *done)).await;
+    }
     app.blocking(move |c| load(c, &name)).await.map(Json)
 }
 

@@ -7,6 +7,10 @@
 //! that serves more than the API on one listener (webhooks, the web UI); [`serve_app`] serves
 //! such a composition and still ends open event streams on shutdown.
 //!
+//! With a router process in front (`front.rs`), the public listener is the router's:
+//! [`front::serve_router`] serves preview hosts and passes the rest to
+//! [`front::serve_behind_router`] on a unix socket, so that previews outlive `serve`.
+//!
 //! The web UI is served at `/` from files embedded in the binary (`ui.rs`, `ui/`); it uses
 //! this API, logged in with a session cookie instead of a bearer token (`session.rs`).
 //!
@@ -47,13 +51,17 @@ mod environments;
 mod error;
 mod events;
 mod forward;
+pub mod front;
+mod logs;
 mod openapi;
 mod ops;
 pub mod preview;
+mod preview_access;
 mod pulls;
 mod routes;
 mod session;
 mod ui;
+mod wake;
 mod webhooks;
 
 use std::sync::Arc;
@@ -216,13 +224,7 @@ pub async fn serve_with(
         controller.set_preview_port(addr.port());
     }
     let previews = preview::Previews::with_timeouts(controller.clone(), options.preview);
-    let limits = conn::Limits {
-        header_timeout: options.header_timeout,
-        max_connections: options.max_connections,
-        body_timeout: options.body_timeout,
-        body_min_rate: options.body_min_rate,
-        write_timeout: options.write_timeout,
-    };
+    let limits = limits(&options);
     let (fire, signal) = watch::channel(false);
     // Preview hosts (`<env>.<stack>.localhost`) are proxied before the API sees them.
     let router = router_with(controller, options, StopSignal(signal)).layer(
@@ -234,6 +236,17 @@ pub async fn serve_with(
     })
     .await;
     Ok(())
+}
+
+/// The accept loop's bounds, as `options` says.
+pub(crate) fn limits(options: &ServerOptions) -> conn::Limits {
+    conn::Limits {
+        header_timeout: options.header_timeout,
+        max_connections: options.max_connections,
+        body_timeout: options.body_timeout,
+        body_min_rate: options.body_min_rate,
+        write_timeout: options.write_timeout,
+    }
 }
 
 /// Serves the router `app` builds on `listener` until `shutdown` completes. `app` receives the

@@ -277,17 +277,25 @@ pub fn placement(
 
 /// What a preview host leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Lookup {
+pub(crate) enum Lookup {
     /// An environment with an exposed process, at `exposed` on the node that runs it, and
     /// where this replica sends its requests.
     Found {
         exposed: String,
         placement: Placement,
+        /// When its record was made (what its links name).
+        created_at: i64,
     },
     /// No such environment of that stack, or it exposes no process.
     Missing,
     /// The state store could not be read.
     Unavailable,
+    /// A sleeping environment whose node is this one: to wake first (`wake.rs`).
+    Asleep,
+    /// An environment waiting for a slot in its family (`max_environments`), at this place.
+    Queued(Option<u32>),
+    /// It was asleep and did not wake in time.
+    Waking,
 }
 
 /// Where a request for `env` of `stack` goes (see [`placement`]).
@@ -298,6 +306,11 @@ fn target(controller: &Controller, env: &EnvName, stack: &str, forwarded: bool) 
         Ok(_) => return Lookup::Missing,
         Err(_) => return Lookup::Unavailable,
     };
+    if record.activity == slipway_core::vocab::Activity::Queued {
+        // Nothing of it runs yet: say where it is in the line (read only for a request
+        // already let in, as every lookup is).
+        return Lookup::Queued(store.queue_position(env).ok().flatten());
+    }
     let exposed = match store.resources(&record.name) {
         Ok(resources) => exposed_address(&resources),
         Err(_) => return Lookup::Unavailable,
@@ -322,17 +335,45 @@ fn target(controller: &Controller, env: &EnvName, stack: &str, forwarded: bool) 
     } else {
         Vec::new()
     };
+    let placement = placement(me, holder.as_deref(), &replicas, forwarded);
+    if record.activity == slipway_core::vocab::Activity::Sleeping && placement == Placement::Here {
+        return Lookup::Asleep;
+    }
     Lookup::Found {
         exposed,
-        placement: placement(me, holder.as_deref(), &replicas, forwarded),
+        placement,
+        created_at: record.created_at,
     }
 }
 
 async fn lookup(controller: &Controller, env: &EnvName, stack: &str, forwarded: bool) -> Lookup {
-    let (c, e, s) = (controller.clone(), env.clone(), stack.to_string());
-    tokio::task::spawn_blocking(move || target(&c, &e, &s, forwarded))
-        .await
-        .unwrap_or(Lookup::Unavailable)
+    let once = || {
+        let (c, e, s) = (controller.clone(), env.clone(), stack.to_string());
+        async move {
+            tokio::task::spawn_blocking(move || target(&c, &e, &s, forwarded))
+                .await
+                .unwrap_or(Lookup::Unavailable)
+        }
+    };
+    crate::wake::when_awake(controller, env, once).await
+}
+
+/// The answer to a request for `env` while it waits for a slot in its family: `503`, its
+/// place, and when to ask again.
+fn queued(env: &EnvName, place: Option<u32>) -> Response {
+    let place = place.map_or_else(String::new, |p| format!(" (#{p} in line)"));
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("environment `{env}` is queued{place}: its family runs max_environments already"),
+        format!(
+            "it starts when one of its family's environments goes; `slipway status --env {env}` \
+             shows its place"
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    response
 }
 
 /// The answer to a request for `env`, whose node is `replica`'s, when this replica cannot
@@ -427,7 +468,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The protocol a request asks to upgrade to (`Upgrade`, when `Connection` says `upgrade`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     if !connection_tokens(headers).iter().any(|t| t == "upgrade") {
         return None;
     }
@@ -451,7 +492,7 @@ pub fn strip_slipway_credentials(headers: &mut HeaderMap) {
                 .filter(|pair| !pair.is_empty())
                 .filter(|pair| {
                     let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-                    name != crate::session::COOKIE_NAME
+                    name != crate::session::COOKIE_NAME && name != crate::preview_access::COOKIE
                 })
                 .collect();
             (!kept.is_empty())
@@ -474,6 +515,7 @@ pub fn strip_slipway_credentials(headers: &mut HeaderMap) {
         headers.remove(header::AUTHORIZATION);
     }
     headers.remove(crate::session::CSRF_HEADER);
+    headers.remove(crate::preview_access::LINK_HEADER);
 }
 
 /// Sets the `X-Forwarded-*` and `Forwarded` headers for a request from `peer` to `host`.
@@ -539,7 +581,7 @@ pub fn strip_slipway_set_cookie(headers: &mut HeaderMap) {
         .filter(|value| {
             let text = String::from_utf8_lossy(value.as_bytes());
             let name = text.split(['=', ';']).next().unwrap_or("").trim();
-            name != crate::session::COOKIE_NAME
+            name != crate::session::COOKIE_NAME && name != crate::preview_access::COOKIE
         })
         .cloned()
         .collect();
@@ -569,7 +611,8 @@ impl Upstream {
     }
 }
 
-/// Middleware: proxies preview hosts, passes everything else on to the API.
+/// Middleware: proxies preview hosts, passes everything else on to the API (but the
+/// sign-in to private previews, [`crate::preview_access::SIGN_IN_PATH`]).
 pub async fn route(State(previews): State<Previews>, request: Request, next: Next) -> Response {
     let host = request
         .headers()
@@ -581,21 +624,114 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
         .and_then(parse_host)
         .map(|(e, s)| (e, s.to_string()))
     else {
+        if request.uri().path() == crate::preview_access::SIGN_IN_PATH
+            && request.method() == axum::http::Method::GET
+        {
+            let (parts, _) = request.into_parts();
+            return crate::preview_access::sign_in(&previews.controller, &parts).await;
+        }
         return next.run(request).await;
     };
+    let main_host = host
+        .as_deref()
+        .and_then(|h| crate::preview_access::main_host(h, &env, &stack));
+    let mut response = if request.uri().path() == slipway_controller::links::AUTH_PATH {
+        let (parts, _) = request.into_parts();
+        crate::preview_access::take_link(
+            &previews.controller,
+            &env,
+            &stack,
+            &parts,
+            main_host.as_deref(),
+        )
+        .await
+    } else {
+        proxy(previews, request, env, stack, host, main_host).await
+    };
+    // No preview, public or private, and no answer about one, is for search engines.
+    response
+        .headers_mut()
+        .insert(ROBOTS, HeaderValue::from_static("noindex, nofollow"));
+    response
+}
+
+/// The answer for a request to `env`'s preview that may not open it (`access: private`
+/// without a link or token); `None` when it may, or when there is no such preview (the
+/// lookup that follows says so).
+async fn gate(
+    previews: &Previews,
+    env: &EnvName,
+    stack: &str,
+    headers: &HeaderMap,
+    path: &str,
+    main_host: Option<&str>,
+) -> Option<Response> {
+    let (c, e) = (previews.controller.clone(), env.clone());
+    let record = tokio::task::spawn_blocking(move || c.engine().store().environment(&e))
+        .await
+        .ok()?
+        .ok()
+        .flatten()?;
+    if record.stack != stack || record.access() != slipway_core::vocab::Access::Private {
+        return None;
+    }
+    crate::preview_access::admit(&previews.controller, env, stack, headers, main_host, path)
+        .await
+        .err()
+}
+
+/// `X-Robots-Tag`, on every answer of a preview host.
+const ROBOTS: HeaderName = HeaderName::from_static("x-robots-tag");
+
+/// A request to the preview host of `env` of `stack`, passed on to its exposed process (or
+/// the replica whose node runs it) once let in.
+async fn proxy(
+    previews: Previews,
+    request: Request,
+    env: EnvName,
+    stack: String,
+    host: Option<String>,
+    main_host: Option<String>,
+) -> Response {
     let forwarded = request.headers().contains_key(FORWARDED_BY);
     let me = previews
         .controller
         .replica()
         .map_or_else(|| "this server".to_owned(), |r| r.name.clone());
+    // Who may open it is checked before anything else happens for the request: a stranger's
+    // request to a private preview wakes nothing and counts as no visit (idle time).
+    let asked = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    if let Some(refused) = gate(
+        &previews,
+        &env,
+        &stack,
+        request.headers(),
+        &asked,
+        main_host.as_deref(),
+    )
+    .await
+    {
+        return refused;
+    }
+    let created;
     let upstream = match lookup(&previews.controller, &env, &stack, forwarded).await {
-        Lookup::Found { exposed, placement } => match placement {
-            Placement::Here => Upstream::Local(exposed),
-            Placement::Forward { replica, base } => Upstream::Replica { replica, base },
-            Placement::Unreachable { replica, why } => {
-                return unreachable(&env, &replica, why, &me);
+        Lookup::Found {
+            exposed,
+            placement,
+            created_at,
+        } => {
+            created = created_at;
+            match placement {
+                Placement::Here => Upstream::Local(exposed),
+                Placement::Forward { replica, base } => Upstream::Replica { replica, base },
+                Placement::Unreachable { replica, why } => {
+                    return unreachable(&env, &replica, why, &me);
+                }
             }
-        },
+        }
         Lookup::Missing => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -603,6 +739,8 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
                 "`slipway env list` shows the environments; a process needs `expose:` to get a preview URL".into(),
             );
         }
+        Lookup::Asleep | Lookup::Waking => return crate::wake::still_waking(&env),
+        Lookup::Queued(place) => return queued(&env, place),
         Lookup::Unavailable => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -658,6 +796,16 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
         if let Upstream::Replica { .. } = &upstream {
             let name = HeaderValue::from_str(&me).unwrap_or(HeaderValue::from_static("replica"));
             parts.headers.insert(FORWARDED_BY, name);
+            // The other router checks access again (the forward header is no credential):
+            // this one let the request in, and says so with a link that holds a minute.
+            let until = slipway_state::now_ms()
+                .saturating_add(crate::preview_access::FORWARD_LINK.as_millis() as i64);
+            let link = previews.controller.sign(&env, &stack, created, until);
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                parts
+                    .headers
+                    .insert(crate::preview_access::LINK_HEADER, value);
+            }
             // The other router's own timeout answers first, with its clearer `504`.
             wait += previews.timeouts.connect;
         }
@@ -713,6 +861,7 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
                     Lookup::Found {
                         exposed,
                         placement: Placement::Here,
+                        ..
                     } => Upstream::Local(exposed),
                     Lookup::Found {
                         placement: Placement::Forward { replica, base },

@@ -212,6 +212,7 @@ pub(crate) fn table() -> Vec<Route> {
     routes.extend(crate::environments::routes());
     routes.extend(crate::deployments::routes());
     routes.extend(crate::events::routes());
+    routes.extend(crate::logs::routes());
     routes.extend(crate::webhooks::routes());
     routes.extend(crate::session::routes());
     routes.extend(crate::pulls::routes());

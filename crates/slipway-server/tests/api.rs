@@ -380,6 +380,13 @@ fn every_route() -> Vec<(&'static str, &'static str, Option<&'static str>, bool)
         ("POST", "/api/v1/environments/main/pin", Some("{}"), false),
         ("POST", "/api/v1/environments/main/unpin", None, false),
         ("GET", "/api/v1/environments/main/deployments", None, false),
+        ("GET", "/api/v1/environments/main/logs/config", None, false),
+        (
+            "GET",
+            "/api/v1/environments/main/logs/config/follow",
+            None,
+            false,
+        ),
         ("GET", "/api/v1/deployments/1", None, false),
         ("GET", "/api/v1/events", None, false),
         ("POST", "/api/v1/refresh", None, false),
@@ -405,9 +412,14 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("get", "/api/v1/environments/{name}/plan"),
     ("post", "/api/v1/environments/{name}/rollback"),
     ("post", "/api/v1/environments/{name}/extend"),
+    ("post", "/api/v1/environments/{name}/link"),
     ("post", "/api/v1/environments/{name}/pin"),
     ("post", "/api/v1/environments/{name}/unpin"),
+    ("post", "/api/v1/environments/{name}/sleep"),
+    ("post", "/api/v1/environments/{name}/wake"),
     ("get", "/api/v1/environments/{name}/deployments"),
+    ("get", "/api/v1/environments/{name}/logs/{resource}"),
+    ("get", "/api/v1/environments/{name}/logs/{resource}/follow"),
     ("get", "/api/v1/deployments/{id}"),
     ("get", "/api/v1/events"),
     ("post", "/api/v1/refresh"),
@@ -496,7 +508,12 @@ fn every_endpoint_refuses_a_role_too_weak_for_it() {
     }
     // Every GET but the audit log is open to a viewer.
     for (method, path, _, _) in every_route().into_iter().filter(|(m, p, _, public)| {
-        *m == "GET" && !public && *p != "/api/v1/audit" && *p != "/api/v1/events"
+        *m == "GET"
+            && !public
+            && *p != "/api/v1/audit"
+            && *p != "/api/v1/events"
+            // The stack's one resource is a file, which keeps no log: a 404, tested below.
+            && !p.contains("/logs/")
     }) {
         f.as_role("viewer", method, path, None)
             .expect(200, &format!("a viewer may {method} {path}"));
@@ -1004,6 +1021,53 @@ fn unknown_environments_deployments_and_routes_are_404() {
     );
     f.as_role("admin", "PUT", "/api/v1/environments", Some("{}"))
         .expect(405, "a method a route does not take is a 405");
+}
+
+#[test]
+fn logs_are_only_of_a_recorded_process_or_job_and_hostile_names_find_nothing() {
+    let f = Fixture::new();
+    for path in [
+        // A file keeps no log; a resource that is not there has none.
+        "/api/v1/environments/main/logs/config",
+        "/api/v1/environments/main/logs/config/follow",
+        "/api/v1/environments/main/logs/web",
+        "/api/v1/environments/nope/logs/web",
+    ] {
+        let reply = f
+            .as_role("viewer", "GET", path, None)
+            .expect(404, &format!("GET {path} finds no log"));
+        assert!(
+            reply.json()["hint"].is_string(),
+            "a 404 says where to look: {}",
+            reply.body
+        );
+    }
+    let long = "a".repeat(64);
+    for resource in [
+        "..%2F..%2Fstate.key",
+        "..",
+        "config.log",
+        "a%00b",
+        "%E2%80%AEweb",
+        long.as_str(),
+    ] {
+        for suffix in ["", "/follow"] {
+            let path = format!("/api/v1/environments/main/logs/{resource}{suffix}");
+            let reply = f
+                .as_role("viewer", "GET", &path, None)
+                .expect(400, &format!("GET {path}: not a resource name"));
+            assert!(
+                !reply.body.contains("state.key") || reply.body.contains("not a resource name"),
+                "nothing is read: {}",
+                reply.body
+            );
+        }
+    }
+    for query in ["tail=10001", "tail=-1", "tail=abc", "tail=1.5"] {
+        let path = format!("/api/v1/environments/main/logs/config?{query}");
+        f.as_role("viewer", "GET", &path, None)
+            .expect(400, &format!("GET {path}: a tail out of bounds"));
+    }
 }
 
 #[test]

@@ -24,6 +24,11 @@
     degraded: ["bad", "▲"],
     missing: ["idle", "○"],
   };
+  // Shown only when it is not `awake` (what nearly every environment is).
+  const ACTIVITY = {
+    sleeping: ["idle", "☾"],
+    queued: ["idle", "…"],
+  };
   const RESOURCE = {
     ready: ["ok", "✓"],
     creating: ["busy", "⟳"],
@@ -118,6 +123,17 @@
     return el;
   }
 
+  /**
+   * Marks `button` busy (or not) while what it started runs. Not `disabled`: a disabled
+   * button loses keyboard focus to the page's body; `aria-disabled` keeps it where the person
+   * is, says it is unavailable, and the click guard in `boot` swallows clicks meanwhile.
+   */
+  function busy(button, on) {
+    if (!button) return;
+    if (on) button.setAttribute("aria-disabled", "true");
+    else button.removeAttribute("aria-disabled");
+  }
+
   /** A link only to http(s) URLs: text from the API never becomes a `javascript:` link. */
   function link(url, text, attrs) {
     if (typeof url !== "string" || !/^https?:\/\//i.test(url) || rawAddress(url)) return text || url || "";
@@ -150,6 +166,23 @@
       h("span", { class: "icon", "aria-hidden": "true" }, icon),
       " ",
       (value || "unknown").replace(/_/g, " "),
+    );
+  }
+
+  /** A queued environment's chip, with its place in its family's line; null for any other. */
+  function queuedChip(env) {
+    if (env.activity !== "queued") return null;
+    const place = env.queue_position ? ` (#${env.queue_position})` : "";
+    return h(
+      "span",
+      {
+        class: "badge warn",
+        dataset: { activity: "queued" },
+        title: `Queued${place}: its family runs as many environments as max_environments allows; it starts when one of them goes. Nothing runs for it yet.`,
+      },
+      h("span", { class: "icon", "aria-hidden": "true" }, "⏳"),
+      " ",
+      `queued${place}`,
     );
   }
 
@@ -297,7 +330,7 @@
    */
   async function act({ button, working, call, done, follow }) {
     const note = toast(`${working}…`, "busy");
-    if (button) button.disabled = true;
+    busy(button, true);
     // Watching starts before the call: the deployment's events may arrive before its answer.
     const watching = follow ? watch(follow, note, working) : null;
     try {
@@ -315,7 +348,7 @@
       note.update(`${working} failed: ${describe(error)}`, "error");
       return null;
     } finally {
-      if (button && button.isConnected) button.disabled = false;
+      busy(button, false);
     }
   }
 
@@ -338,6 +371,8 @@
         w.note.update(`${w.prefix}: the deployment failed: ${event.message}`, "error");
       } else if (event.kind === "change.held" || event.kind === "commit.invalid") {
         w.note.update(`${w.prefix}: held: ${event.message}`, "error");
+      } else if (event.kind === "sync.unchanged" || event.kind === "environment.queued") {
+        w.note.update(`${w.prefix}: ${event.message}.`, "ok");
       } else if (event.kind === "environment.destroyed" || event.kind === "environment.expired") {
         w.note.update(`${w.prefix}: ${event.message}`, "ok");
       } else {
@@ -351,6 +386,17 @@
   // ---------------------------------------------------------------- session
 
   async function boot() {
+    // A busy button (see `busy`) does nothing until what it started has ended.
+    document.addEventListener(
+      "click",
+      (e) => {
+        if (e.target instanceof Element && e.target.closest('[aria-disabled="true"]')) {
+          e.preventDefault();
+          e.stopImmediatePropagation();
+        }
+      },
+      true,
+    );
     $("#skip").addEventListener("click", (e) => {
       e.preventDefault();
       $("#main").focus();
@@ -382,7 +428,22 @@
     }
   }
 
+  // The sign-in to a private preview sends a browser without a session here with
+  // `?next=/.slipway/preview-sign-in?...`: once signed in, it goes back there (that path
+  // only: `next` is no open redirect).
+  const SIGN_IN = "/.slipway/preview-sign-in?";
+
+  function continueSignIn() {
+    const next = new URLSearchParams(location.search).get("next");
+    if (next && next.startsWith(SIGN_IN)) {
+      location.replace(next);
+      return true;
+    }
+    return false;
+  }
+
   function loggedIn() {
+    if (continueSignIn()) return;
     $("#who").hidden = false;
     clear($("#who")).append(h("span", { id: "who-name" }, state.me.name), " ", h("span", { class: "tag", id: "who-role" }, state.me.role));
     $("#logout").hidden = false;
@@ -426,6 +487,9 @@
       "form",
       { class: "panel login", id: "login" },
       h("h1", { tabindex: "-1" }, "Log in to Slipway"),
+      (new URLSearchParams(location.search).get("next") || "").startsWith(SIGN_IN)
+        ? h("p", { id: "preview-note" }, "A private preview asked you to sign in; once you have, it opens.")
+        : null,
       h("label", { for: "token" }, "API token"),
       input,
       h("p", { class: "hint", id: "token-hint" }, "A token made with ", h("code", {}, "slipway token create --role developer"), ". It is exchanged for a session cookie and not kept by this page."),
@@ -542,7 +606,7 @@
     }
     const view = state.view || {};
     if (view.name === "env" && env === view.env) {
-      later("env-page", 200, () => refreshEnvPage(/^apply\.|^destroy|^environment\.(pinned|unpinned)|^drift\./.test(event.kind)));
+      later("env-page", 200, () => refreshEnvPage(/^apply\.|^destroy|^environment\.(pinned|unpinned|dequeued)|^drift\./.test(event.kind)));
     }
     if (view.name === "pulls" && (!env || env.startsWith("pr-") || event.kind.startsWith("pull_request") || event.kind.startsWith("lock."))) {
       later("pulls", 300, refreshPulls);
@@ -577,7 +641,13 @@
     }
     renderDashboardData();
     const view = state.view || {};
-    if (view.name === "env" && view.env === name) renderEnvHeader();
+    if (view.name === "env" && view.env === name) {
+      renderEnvHeader();
+      // The history marks the running commit and offers Roll back to the others: drawn
+      // against an older commit, it would offer to roll back to the one now running.
+      const env = state.envs.get(name);
+      if (env && view.deployments && view.historyCommit !== env.commit) renderHistory(env);
+    }
   }
 
   /**
@@ -904,6 +974,8 @@
     const countsKey = JSON.stringify([...all.counts, state.filters.state]);
     if (counts.dataset.drawn !== countsKey) {
       counts.dataset.drawn = countsKey;
+      // The chip pressed is drawn again (its state changed): focus goes to its new self.
+      const focused = counts.contains(document.activeElement) ? document.activeElement.dataset.count : null;
       clear(counts);
       const chip = (field, value, table) => {
         const key = `${field}:${value}`;
@@ -934,6 +1006,10 @@
       };
       for (const s of Object.keys(SYNC)) counts.append(chip("sync", s, SYNC));
       for (const s of Object.keys(HEALTH)) counts.append(chip("health", s, HEALTH));
+      if (focused) {
+        const again = counts.querySelector(`[data-count="${CSS.escape(focused)}"]`);
+        if (again) again.focus();
+      }
     }
 
     for (const name of state.rows.keys()) {
@@ -1081,6 +1157,11 @@
     return h("span", { title: here ? `Held by ${env.replica}, the replica answering this page` : `Held by ${env.replica}` }, env.replica);
   }
 
+  /** A dash for a value that is not there, saying what that means on hover. */
+  function none(meaning) {
+    return h("span", { class: "muted", title: meaning }, "—");
+  }
+
   function cell(label, column, ...children) {
     return h("td", { "data-label": label, dataset: { col: column } }, h("div", {}, ...children));
   }
@@ -1096,6 +1177,7 @@
         h("a", { href: `#/env/${encodeURIComponent(env.name)}`, class: "env-link", dataset: { focus: "link" } }, env.name),
         env.pinned ? [" ", h("span", { class: "tag", title: "Pinned: it does not follow its ref" }, "pinned")] : null,
         env.protected ? [" ", h("span", { class: "tag", title: "Protected: destroying it needs its name typed" }, "protected")] : null,
+        env.activity === "queued" ? [" ", queuedChip(env)] : null,
       ),
       cell("Kind", "kind", KINDS[env.kind] || env.kind, family(env) ? h("span", { class: "sub" }, family(env)) : null),
       cell("Ref", "ref", env.tracked_ref ? h("code", { title: env.tracked_ref }, env.tracked_ref) : h("span", { class: "muted" }, "—")),
@@ -1106,11 +1188,12 @@
         desired ? h("span", { class: "sub", title: `should run ${env.desired_commit}` }, "→ ", h("code", {}, short(env.desired_commit))) : null,
       ),
       cell("Sync", "sync", badge(SYNC, env.sync, "sync")),
-      cell("Health", "health", badge(HEALTH, env.health, "health")),
+      cell("Health", "health", badge(HEALTH, env.health, "health"), asleep(env)),
       cell("Preview", "url", env.url ? link(env.url, env.url.replace(/^https?:\/\//, "").replace(/\/$/, "")) : ""),
-      cell("Owner", "owner", env.owner ? h("span", { title: env.owner }, env.owner) : ""),
-      cell("TTL", "ttl", env.expires_at ? countdown(env.expires_at) : ""),
-      cell("Lock", "lock", env.locked_by ? h("span", { class: "tag", title: `locked by pull request #${env.locked_by}` }, `locked by #${env.locked_by}`) : ""),
+      // A value that is not there says so (a phone's card shows every label, a value beside it).
+      cell("Owner", "owner", env.owner ? h("span", { title: env.owner }, env.owner) : none("no owner")),
+      cell("TTL", "ttl", env.expires_at ? countdown(env.expires_at) : none("does not expire")),
+      cell("Lock", "lock", env.locked_by ? h("span", { class: "tag", title: `locked by pull request #${env.locked_by}` }, `locked by #${env.locked_by}`) : none("not locked")),
       replica ? cell("Replica", "replica", holder(env)) : null,
       h("td", { "data-label": "Message", class: "message", dataset: { col: "message" } }, h("div", { title: env.message || null }, env.message || "")),
       cell(
@@ -1249,6 +1332,37 @@
     });
   }
 
+  // A signed link opens the preview without a Slipway login until it expires (for a
+  // private preview: someone without an account, a phone).
+  function openShare(env) {
+    formDialog(`Share ${env.name}'s preview`, {
+      intro: "A link that opens the preview without a Slipway login until it expires. Anyone holding it can open the preview: hand it over as you would a password.",
+      fields: field("share-for", "Holds for", { required: true, value: "24h" }, "e.g. 1h, 24h, 7d; at most 30d"),
+      submitText: "Make link",
+      onSubmit: async (form) => {
+        const valid = form.querySelector("#share-for").value.trim();
+        try {
+          const made = await api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/link`, { for: valid });
+          dialog(`Link to ${env.name}'s preview`, (close) =>
+            h(
+              "div",
+              {},
+              h("label", { for: "share-url" }, "Link"),
+              h("input", { id: "share-url", type: "text", readonly: true, value: made.url, "aria-describedby": "share-until" }),
+              h("p", { class: "hint", id: "share-until" }, `Holds until ${new Date(made.expires_at).toLocaleString()}.`),
+              h("div", { class: "row" }, h("button", { type: "button", class: "primary", id: "dialog-cancel", onclick: close }, "Done")),
+            ),
+          );
+          const input = $("#share-url");
+          if (input) input.select();
+          return null;
+        } catch (error) {
+          return describe(error);
+        }
+      },
+    });
+  }
+
   function openPin(env) {
     formDialog(`Pin ${env.name}`, {
       intro: "A pinned environment stays on one commit instead of following its ref, until unpinned.",
@@ -1332,7 +1446,7 @@
     const main = clear($("#main"));
     main.append(
       h("p", {}, h("a", { href: dashboardHref(), id: "back" }, "← Environments")),
-      h("div", { id: "env-header" }, h("h1", { tabindex: "-1" }, name)),
+      h("div", { id: "env-header" }, h("h1", { tabindex: "-1", dataset: { focus: "heading" } }, name)),
       h("p", { id: "view-error", class: "error", role: "alert" }),
       h("section", { "aria-labelledby": "resources-title" }, h("h2", { id: "resources-title" }, "Resources"), h("div", { id: "env-resources" }, h("p", { class: "loading" }, "Loading…"))),
       h(
@@ -1359,7 +1473,8 @@
           }),
           " Only drift",
         ),
-        h("ul", { class: "events", id: "env-events", "aria-label": `Events of ${name}` }, h("li", { class: "muted" }, "Waiting for events…")),
+        // It scrolls (see app.css): focusable, so that a keyboard can scroll it too.
+        h("ul", { class: "events", id: "env-events", tabindex: "0", "aria-label": `Events of ${name}` }, h("li", { class: "muted" }, "Waiting for events…")),
       ),
     );
     focusHeading();
@@ -1414,6 +1529,29 @@
     if (withPlan) refreshPlan();
   }
 
+  /** Its activity's badge when it is not simply awake (sleeping, queued). */
+  function asleep(env) {
+    return env.activity && env.activity !== "awake" ? [" ", badge(ACTIVITY, env.activity, "activity")] : null;
+  }
+
+  /** Starts a sleeping environment's processes again, or stops them (`to`: "wake", "sleep"). */
+  function sleepOrWake(env, to, button) {
+    return act({
+      button,
+      working: to === "wake" ? `Waking ${env.name}` : `Putting ${env.name} to sleep`,
+      call: async () => {
+        const result = await api("POST", `/api/v1/environments/${encodeURIComponent(env.name)}/${to}`);
+        putEnv(result);
+        if (state.view && state.view.name === "env" && state.view.env === env.name) {
+          renderEnvHeader();
+          renderResources(result);
+        }
+        return result;
+      },
+      done: (e) => (e.activity === "sleeping" ? `${env.name} is asleep; a request through its preview URL wakes it` : `${env.name} is awake`),
+    });
+  }
+
   function renderEnvHeader() {
     const view = state.view;
     const env = state.envs.get(view.env);
@@ -1428,6 +1566,12 @@
         h("button", { type: "button", class: "primary", dataset: { action: "sync", focus: "sync" }, onclick: (e) => syncNow(env, e.currentTarget) }, "Sync now"),
         // Static environments have no time to live: the API refuses to give them one.
         env.kind === "static" ? null : h("button", { type: "button", dataset: { action: "extend", focus: "extend" }, onclick: () => openExtend(env) }, "Extend TTL"),
+        env.url ? h("button", { type: "button", dataset: { action: "share", focus: "share" }, onclick: () => openShare(env) }, "Share link…") : null,
+        env.activity === "sleeping"
+          ? h("button", { type: "button", dataset: { action: "wake", focus: "wake" }, onclick: (e) => sleepOrWake(env, "wake", e.currentTarget) }, "Wake")
+          : env.commit && env.activity !== "queued"
+            ? h("button", { type: "button", dataset: { action: "sleep", focus: "sleep" }, onclick: (e) => sleepOrWake(env, "sleep", e.currentTarget) }, "Sleep")
+            : null,
         env.pinned
           ? h("button", { type: "button", dataset: { action: "unpin", focus: "unpin" }, onclick: (e) => unpin(env, e.currentTarget) }, "Unpin")
           : h("button", { type: "button", dataset: { action: "pin", focus: "pin" }, onclick: () => openPin(env) }, "Pin"),
@@ -1437,13 +1581,15 @@
     append(clear(header), [
       h(
         "h1",
-        { tabindex: "-1" },
+        { tabindex: "-1", dataset: { focus: "heading" } },
         env.name,
         " ",
         badge(SYNC, env.sync, "sync"),
         badge(HEALTH, env.health, "health"),
+        asleep(env),
         env.pinned ? h("span", { class: "tag", title: "It does not follow its ref" }, "pinned") : null,
         env.protected ? h("span", { class: "tag", title: "Destroying it needs its name typed" }, "protected") : null,
+        queuedChip(env),
       ),
       env.message ? h("p", { class: env.sync === "failed" ? "callout bad" : "callout", id: "env-message" }, env.message) : null,
       h(
@@ -1453,10 +1599,17 @@
         fact("Tracks", env.tracked_ref ? h("code", {}, env.tracked_ref) : "—", env.pinned ? " (pinned)" : ""),
         fact("Runs", commit(env.commit)),
         desired ? fact("Should run", commit(env.desired_commit)) : null,
-        fact("Preview", env.url ? link(env.url) : h("span", { class: "muted" }, "no exposed port")),
+        fact(
+          "Preview",
+          env.url ? link(env.url) : h("span", { class: "muted" }, "no exposed port"),
+          env.url && env.access === "private" ? h("span", { class: "tag", id: "env-access", title: "It opens for people signed in to Slipway and for signed links" }, "private") : null,
+        ),
         fact("Owner", env.owner || h("span", { class: "muted" }, "—")),
         fact("Expires", countdown(env.expires_at), env.ttl_seconds ? h("span", { class: "sub muted" }, `TTL ${duration(env.ttl_seconds * 1000)}`) : null),
         env.locked_by ? fact("Locked by", `pull request #${env.locked_by}`) : null,
+        env.activity === "queued"
+          ? fact("Queue", env.queue_position ? `#${env.queue_position} in its family's line` : "waiting", h("span", { class: "sub muted" }, "nothing runs until a slot frees"))
+          : null,
         multiReplica() ? h("div", { id: "env-replica" }, h("dt", {}, "Replica"), h("dd", {}, holder(env))) : null,
         lastChange(view.deployments),
       ),
@@ -1498,7 +1651,14 @@
             h(
               "tr",
               { dataset: { resource: r.name } },
-              cell("Resource", "name", h("strong", {}, r.name)),
+              cell(
+                "Resource",
+                "name",
+                h("strong", {}, r.name),
+                LOGGED.has(r.type)
+                  ? [" ", h("button", { type: "button", class: "small", dataset: { log: r.name, focus: `logs-${r.name}` }, "aria-label": `Logs of ${r.name}`, onclick: () => openLogs(env.name, r.name) }, "Logs")]
+                  : null,
+              ),
               cell("Type", "type", h("code", {}, r.type)),
               cell("Status", "status", badge(RESOURCE, r.status, "status")),
               cell("Outputs", "outputs", outputs(r.outputs)),
@@ -1508,6 +1668,55 @@
         ),
       ),
     );
+  }
+
+  /** The resource types that keep a log (`GET …/logs/{resource}`). */
+  const LOGGED = new Set(["process", "job"]);
+
+  /** The log of the process or job a failed deployment names first in its error (`web: …`). */
+  function failedLog(env, deployment) {
+    if (!env || deployment.status !== "failed") return null;
+    const name = deployment.error.split(":", 1)[0];
+    const resource = (env.resources || []).find((r) => r.name === name && LOGGED.has(r.type));
+    if (!resource) return null;
+    return [" ", h("button", { type: "button", class: "small", dataset: { log: name }, "aria-label": `The log of ${name}, which failed`, onclick: () => openLogs(env.name, name) }, `Log of ${name}`)];
+  }
+
+  /**
+   * A dialog with the last lines of a process's or job's log, then each new line as it is
+   * written (`…/logs/{resource}/follow`, server-sent events; redacted by the server). A
+   * reconnection starts over from the last lines, so none shows twice.
+   */
+  function openLogs(envName, resource) {
+    const MAX_LINES = 5000;
+    const path = `/api/v1/environments/${encodeURIComponent(envName)}/logs/${encodeURIComponent(resource)}/follow?tail=200`;
+    dialog(`Log of ${resource}`, (close) => {
+      const out = h("pre", { class: "log", id: "log-lines", tabindex: "0", "aria-label": `The log of ${resource} in ${envName}` });
+      const status = h("p", { class: "muted", id: "log-state", role: "status" }, "Connecting…");
+      const stream = new EventSource(path);
+      stream.onopen = () => {
+        clear(out);
+        status.textContent = "Live: new lines appear as they are written.";
+      };
+      stream.onmessage = (e) => {
+        const atEnd = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+        out.append(`${JSON.parse(e.data).line}\n`);
+        while (out.childNodes.length > MAX_LINES) out.firstChild.remove();
+        if (atEnd) out.scrollTop = out.scrollHeight;
+      };
+      stream.onerror = () => {
+        status.textContent = "Disconnected; trying again…";
+      };
+      const dlg = $("#dialog");
+      const stop = () => {
+        stream.close();
+        dlg.removeEventListener("close", stop);
+      };
+      dlg.addEventListener("close", stop);
+      return h("div", {}, status, out, h("div", { class: "row" }, h("button", { type: "button", onclick: close, id: "dialog-cancel" }, "Close")));
+    });
+    $("#dialog").classList.add("wide");
+    $("#dialog").addEventListener("close", () => $("#dialog").classList.remove("wide"), { once: true });
   }
 
   function outputs(values) {
@@ -1575,6 +1784,7 @@
   }
 
   function renderHistory(env) {
+    if (state.view) state.view.historyCommit = env ? env.commit : null;
     const view = state.view;
     const slot = clear($("#env-history"));
     const list = view.deployments || [];
@@ -1604,11 +1814,11 @@
               cell("When", "when", time(d.started_at)),
               cell("Result", "status", badge(DEPLOYMENT, d.status, "result")),
               cell("Duration", "duration", d.finished_at ? duration(Date.parse(d.finished_at) - Date.parse(d.started_at)) : h("span", { class: "muted" }, "running")),
-              h("td", { "data-label": "Error", class: "message" }, d.error ? h("div", {}, d.error) : ""),
+              h("td", { "data-label": "Error", class: "message" }, d.error ? h("div", {}, d.error, failedLog(env, d)) : ""),
               cell(
                 "Actions",
                 "actions",
-                canRollBack && d.status === "succeeded" && !(d.commit === env.commit && env.pinned)
+                canRollBack && d.status === "succeeded" && d.commit !== env.commit
                   ? h("button", { type: "button", class: "small", dataset: { action: "rollback", deployment: String(d.id) }, "aria-label": `Roll back to deployment ${d.id}`, onclick: () => openRollback(env, d) }, "Roll back")
                   : null,
               ),
@@ -1733,7 +1943,7 @@
             dataset: { action: "plan" },
             onclick: async (e) => {
               const button = e.currentTarget;
-              button.disabled = true;
+              busy(button, true);
               clear(planSlot).append(h("span", { class: "muted" }, "Planning…"));
               try {
                 const plan = await api("GET", `/api/v1/environments/${encodeURIComponent(p.environment)}/plan`);
@@ -1742,7 +1952,7 @@
               } catch (error) {
                 clear(planSlot).append(h("span", { class: "badge bad" }, `✗ ${describe(error)}`));
               } finally {
-                button.disabled = false;
+                busy(button, false);
               }
             },
           },

@@ -300,6 +300,34 @@ impl Row {
         })
     }
 
+    /// Column `index` as text, borrowed from the row.
+    pub fn text(&self, index: usize) -> Result<&str, DbError> {
+        match self.0.get(index) {
+            Some(Value::Text(text)) => Ok(text),
+            other => Err(DbError::Decode {
+                index,
+                reason: DecodeError::Type(format!(
+                    "expected a text, found {:?}",
+                    other.unwrap_or(&Value::Null)
+                )),
+            }),
+        }
+    }
+
+    /// Column `index`, as a `T`, taken out of the row rather than copied (a text is moved);
+    /// the column reads as `NULL` afterwards. For reads of many rows with long texts
+    /// ([`Exec::query_owned`]).
+    pub fn take<T: FromValue>(&mut self, index: usize) -> Result<T, DbError> {
+        let value = self
+            .0
+            .get_mut(index)
+            .map_or(Value::Null, |v| std::mem::replace(v, Value::Null));
+        T::from_owned(value).map_err(|reason| DbError::Decode {
+            index,
+            reason: DecodeError::Type(reason),
+        })
+    }
+
     /// Column `index` as text parsed by `parse`; its refusal is `reason`'s.
     pub fn parse<T, E>(
         &self,
@@ -320,7 +348,7 @@ impl Row {
                 Ok(match row.get_ref(i)? {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(n) => Value::Int(n),
-                    ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Text(t) => Value::Text(text(t).into_owned()),
                     other => {
                         return Err(rusqlite::Error::InvalidColumnType(
                             i,
@@ -362,6 +390,11 @@ impl Row {
 pub trait FromValue: Sized {
     /// The value, or why it is not one.
     fn from_value(value: &Value) -> Result<Self, String>;
+
+    /// The value from one given away, or why it is not one: a text is moved, not copied.
+    fn from_owned(value: Value) -> Result<Self, String> {
+        Self::from_value(&value)
+    }
 }
 
 impl FromValue for i64 {
@@ -398,6 +431,13 @@ impl FromValue for String {
             other => Err(format!("expected a text, found {other:?}")),
         }
     }
+
+    fn from_owned(value: Value) -> Result<String, String> {
+        match value {
+            Value::Text(s) => Ok(s),
+            other => Err(format!("expected a text, found {other:?}")),
+        }
+    }
 }
 
 impl<T: FromValue> FromValue for Option<T> {
@@ -405,6 +445,13 @@ impl<T: FromValue> FromValue for Option<T> {
         match value {
             Value::Null => Ok(None),
             other => T::from_value(other).map(Some),
+        }
+    }
+
+    fn from_owned(value: Value) -> Result<Option<T>, String> {
+        match value {
+            Value::Null => Ok(None),
+            other => T::from_owned(other).map(Some),
         }
     }
 }
@@ -580,6 +627,18 @@ pub trait Exec {
         self.rows(sql, params)?.iter().map(read).collect()
     }
 
+    /// Runs `sql`; returns its rows read by `read`, which is given each row to take its
+    /// values out of ([`Row::take`]) instead of copying them: for reads of many rows with
+    /// long texts.
+    fn query_owned<T>(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        read: impl FnMut(Row) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        self.rows(sql, params)?.into_iter().map(read).collect()
+    }
+
     /// Runs `sql`; returns its first row read by `read`, if there is one.
     fn query_opt<T>(
         &mut self,
@@ -746,7 +805,84 @@ impl Exec for Tx<'_> {
     }
 }
 
+/// A text column's bytes as text: SQLite does not check that they are UTF-8, so those that
+/// are not are read with replacement characters. (`from_utf8` checks a word at a time where
+/// `from_utf8_lossy` checks a byte at a time: a listing reads megabytes.)
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// One row of a result, borrowed from the driver while [`Conn::each_row`] reads it: its
+/// texts are read in place, not copied into a [`Row`] of their own.
+pub enum RowRef<'a> {
+    /// SQLite's row.
+    Sqlite(&'a rusqlite::Row<'a>),
+    /// PostgreSQL's row.
+    Postgres(&'a postgres::Row),
+}
+
+impl RowRef<'_> {
+    /// Column `index` as text, `None` for `NULL`: borrowed from the driver where it can be
+    /// (text that is not UTF-8 is read as [`Row`] reads it, with replacement characters).
+    pub fn text(&self, index: usize) -> Result<Option<std::borrow::Cow<'_, str>>, DbError> {
+        use std::borrow::Cow;
+        match self {
+            RowRef::Sqlite(row) => match row.get_ref(index)? {
+                ValueRef::Null => Ok(None),
+                ValueRef::Text(bytes) => Ok(Some(text(bytes))),
+                other => Err(DbError::Decode {
+                    index,
+                    reason: DecodeError::Type(format!(
+                        "expected a text, found {}",
+                        other.data_type()
+                    )),
+                }),
+            },
+            RowRef::Postgres(row) => {
+                Ok(row
+                    .try_get::<_, Option<&str>>(index)?
+                    .map(|text| match text.contains(ESCAPE) {
+                        true => Cow::Owned(unescape_nul(text.to_owned())),
+                        false => Cow::Borrowed(text),
+                    }))
+            }
+        }
+    }
+}
+
 impl Conn {
+    /// Runs `sql`, a read, and hands each of its rows to `each` as it is read, borrowed
+    /// ([`RowRef`]): for reads of many rows with long texts, whose reader copies what it
+    /// keeps into a buffer of its own rather than one allocation per column.
+    pub fn each_row(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        mut each: impl FnMut(RowRef<'_>) -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        debug_assert!(!is_write(sql), "each_row reads: {sql}");
+        match &mut self.link {
+            Link::Sqlite(c) => {
+                let mut statement = c.prepare_cached(sql)?;
+                let mut rows = statement.query(rusqlite::params_from_iter(params))?;
+                while let Some(row) = rows.next()? {
+                    each(RowRef::Sqlite(row))?;
+                }
+                Ok(())
+            }
+            Link::Postgres(pg) => pg.run(|c, statements| {
+                let statement = pg_statement(c, statements, sql)?;
+                for row in c.query(&statement, &pg_params(params))? {
+                    each(RowRef::Postgres(&row))?;
+                }
+                Ok(())
+            }),
+        }
+    }
+
     /// A connection to SQLite.
     pub fn sqlite(connection: rusqlite::Connection) -> Conn {
         Conn {

@@ -4,7 +4,7 @@ use crate::db::{DbError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
-use slipway_core::vocab::{EnvKind, Health, SyncState};
+use slipway_core::vocab::{Access, Activity, EnvKind, Health, SyncState};
 
 use crate::StateError;
 use crate::store::{Store, env_name, sql, word};
@@ -54,6 +54,45 @@ pub struct EnvironmentRecord {
     /// destroying it, or a resource in it, needs an explicit confirmation.
     #[serde(default)]
     pub protected: bool,
+    /// Whether its processes run, sleep for want of requests, or wait for a slot in its
+    /// family (`awake` for every environment without `sleep_after` or `max_environments`).
+    #[serde(default = "awake")]
+    pub activity: Activity,
+    /// Since when it has that activity, unix milliseconds (`None`: since it was recorded).
+    #[serde(default)]
+    pub activity_since: Option<i64>,
+    /// When it joined its family's queue, unix milliseconds, while it is `queued`: its place
+    /// in the queue (earlier first, then by name).
+    #[serde(default)]
+    pub queued_at: Option<i64>,
+    /// When its preview URL last answered a request, unix milliseconds. Read here, written
+    /// only by [`Store::record_requests`]: a whole-record write leaves it as it is.
+    #[serde(default)]
+    pub last_request_at: Option<i64>,
+    /// Who may open its preview URL, as its `environments:` entry said at its last apply;
+    /// `None` before one, see [`EnvironmentRecord::access`].
+    #[serde(default)]
+    pub access: Option<Access>,
+    /// Its processes are stopped after this long without a request (its definition's
+    /// `sleep_after` at the commit it runs), milliseconds.
+    #[serde(default)]
+    pub sleep_after_ms: Option<i64>,
+    /// It is destroyed after this long without a request (its family's `idle_ttl` at the
+    /// commit it runs), milliseconds.
+    #[serde(default)]
+    pub idle_ttl_ms: Option<i64>,
+    /// When a deploy of a new commit, a wake or an extension last touched it, unix
+    /// milliseconds: idle time counts from the latest of this, its last request and its
+    /// creation ([`EnvironmentRecord::idle_since`]).
+    #[serde(default)]
+    pub touched_at: Option<i64>,
+    /// When the warning before its idle expiry was given (once per idle spell).
+    #[serde(default)]
+    pub idle_warned_at: Option<i64>,
+}
+
+fn awake() -> Activity {
+    Activity::Awake
 }
 
 impl EnvironmentRecord {
@@ -86,7 +125,34 @@ impl EnvironmentRecord {
             updated_at: now,
             definition: None,
             protected: false,
+            activity: Activity::Awake,
+            activity_since: None,
+            queued_at: None,
+            last_request_at: None,
+            access: None,
+            sleep_after_ms: None,
+            idle_ttl_ms: None,
+            touched_at: None,
+            idle_warned_at: None,
         }
+    }
+
+    /// Who may open its preview URL: as recorded at its last apply, else by its kind (a
+    /// static environment's is public, a generated or ad-hoc one's private).
+    pub fn access(&self) -> Access {
+        self.access.unwrap_or(match self.kind {
+            EnvKind::Static => Access::Public,
+            EnvKind::Generated | EnvKind::Adhoc => Access::Private,
+        })
+    }
+
+    /// Since when it has had no request, no new commit, no wake and no extension (unix
+    /// milliseconds), given the requests `seen` meanwhile that are not recorded yet.
+    pub fn idle_since(&self, seen: Option<i64>) -> i64 {
+        [self.last_request_at, self.touched_at, seen]
+            .into_iter()
+            .flatten()
+            .fold(self.created_at, i64::max)
     }
 
     /// What it follows: the commit it is pinned to, or else the ref it tracks.
@@ -118,7 +184,7 @@ impl Follows {
 }
 
 /// Updates every field of an existing environment but `created_at`.
-const UPDATE_ALL: &str = "DO UPDATE SET \
+pub(crate) const UPDATE_ALL: &str = "DO UPDATE SET \
     kind = excluded.kind, stack = excluded.stack, repo = excluded.repo, \
     tracked_ref = excluded.tracked_ref, desired_commit = excluded.desired_commit, \
     current_commit = excluded.current_commit, hash = excluded.hash, \
@@ -126,48 +192,72 @@ const UPDATE_ALL: &str = "DO UPDATE SET \
     message = excluded.message, owner = excluded.owner, \
     ttl_ms = excluded.ttl_ms, expires_at = excluded.expires_at, \
     pinned = excluded.pinned, updated_at = excluded.updated_at, \
-    definition = excluded.definition, protected = excluded.protected";
+    definition = excluded.definition, protected = excluded.protected, \
+    activity = excluded.activity, activity_since = excluded.activity_since, \
+    queued_at = excluded.queued_at, access = excluded.access, \
+    sleep_after_ms = excluded.sleep_after_ms, \
+    idle_ttl_ms = excluded.idle_ttl_ms, touched_at = excluded.touched_at, \
+    idle_warned_at = excluded.idle_warned_at";
 
-const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
+pub(crate) const COLUMNS: &str = "name, kind, stack, repo, tracked_ref, desired_commit, current_commit, \
                        hash, sync, health, message, owner, ttl_ms, expires_at, pinned, \
-                       created_at, updated_at, definition, protected";
+                       created_at, updated_at, definition, protected, activity, \
+                       activity_since, queued_at, last_request_at, access, sleep_after_ms, \
+                       idle_ttl_ms, touched_at, idle_warned_at";
 
-fn from_row(row: &Row) -> Result<EnvironmentRecord, DbError> {
+/// The row read by [`COLUMNS`], its texts taken rather than copied (a listing reads every
+/// environment's).
+pub(crate) fn from_row(mut row: Row) -> Result<EnvironmentRecord, DbError> {
     Ok(EnvironmentRecord {
-        name: env_name(row, 0)?,
-        kind: word(row, 1)?,
-        stack: row.get(2)?,
-        repo: row.get(3)?,
-        tracked_ref: row.get(4)?,
-        desired_commit: row.get(5)?,
-        commit: row.get(6)?,
-        hash: row.get(7)?,
-        sync: word(row, 8)?,
-        health: word(row, 9)?,
-        message: row.get(10)?,
-        owner: row.get(11)?,
-        ttl_ms: row.get(12)?,
-        expires_at: row.get(13)?,
-        pinned: row.get(14)?,
-        created_at: row.get(15)?,
-        updated_at: row.get(16)?,
-        definition: row.get(17)?,
-        protected: row.get(18)?,
+        name: env_name(&row, 0)?,
+        kind: word(&row, 1)?,
+        sync: word(&row, 8)?,
+        health: word(&row, 9)?,
+        stack: row.take(2)?,
+        repo: row.take(3)?,
+        tracked_ref: row.take(4)?,
+        desired_commit: row.take(5)?,
+        commit: row.take(6)?,
+        hash: row.take(7)?,
+        message: row.take(10)?,
+        owner: row.take(11)?,
+        ttl_ms: row.take(12)?,
+        expires_at: row.take(13)?,
+        pinned: row.take(14)?,
+        created_at: row.take(15)?,
+        updated_at: row.take(16)?,
+        definition: row.take(17)?,
+        protected: row.take(18)?,
+        activity: word(&row, 19)?,
+        activity_since: row.take(20)?,
+        queued_at: row.take(21)?,
+        last_request_at: row.take(22)?,
+        access: match row.get::<Option<String>>(23)? {
+            Some(_) => Some(word(&row, 23)?),
+            None => None,
+        },
+        sleep_after_ms: row.take(24)?,
+        idle_ttl_ms: row.take(25)?,
+        touched_at: row.take(26)?,
+        idle_warned_at: row.take(27)?,
     })
 }
 
 /// The environment called `name`, if it exists, read through `db`.
-fn read_one(db: &mut impl Exec, name: &EnvName) -> Result<Option<EnvironmentRecord>, StateError> {
-    db.query_opt(
+pub(crate) fn read_one(
+    db: &mut impl Exec,
+    name: &EnvName,
+) -> Result<Option<EnvironmentRecord>, StateError> {
+    db.rows(
         &format!("SELECT {COLUMNS} FROM environments WHERE name = ?1"),
         params![name.as_str()],
-        from_row,
     )
+    .and_then(|rows| rows.into_iter().next().map(from_row).transpose())
     .map_err(sql(format!("read environment {name}")))
 }
 
 /// `INSERT` of every field of `record` in `tx`, `ON CONFLICT (name) {on_conflict}`.
-fn write_row(
+pub(crate) fn write_row(
     tx: &mut impl Exec,
     record: &EnvironmentRecord,
     on_conflict: &str,
@@ -176,7 +266,7 @@ fn write_row(
         &format!(
             "INSERT INTO environments ({COLUMNS}) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-                     ?16, ?17, ?18, ?19) \
+                     ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
              ON CONFLICT (name) {on_conflict}"
         ),
         params![
@@ -199,6 +289,15 @@ fn write_row(
             record.updated_at,
             record.definition,
             record.protected,
+            record.activity.as_str(),
+            record.activity_since,
+            record.queued_at,
+            record.last_request_at,
+            record.access.map(Access::as_str),
+            record.sleep_after_ms,
+            record.idle_ttl_ms,
+            record.touched_at,
+            record.idle_warned_at,
         ],
     )
     .map_err(sql(format!("record environment {}", record.name)))
@@ -281,7 +380,7 @@ impl Store {
     /// Every environment, ordered by name.
     pub fn environments(&self) -> Result<Vec<EnvironmentRecord>, StateError> {
         self.conn()
-            .query(
+            .query_owned(
                 &format!("SELECT {COLUMNS} FROM environments ORDER BY name"),
                 params![],
                 from_row,
@@ -314,6 +413,22 @@ impl Store {
             .map_err(sql("list the expired environments"))
     }
 
+    /// The environments that may sleep or expire for want of requests (`sleep_after` or
+    /// `idle_ttl` in force), whole: the controller decides which are due (the times to
+    /// compare are several columns and requests not recorded yet).
+    pub fn idling_environments(&self) -> Result<Vec<EnvironmentRecord>, StateError> {
+        self.conn()
+            .query_owned(
+                &format!(
+                    "SELECT {COLUMNS} FROM environments \
+                     WHERE sleep_after_ms IS NOT NULL OR idle_ttl_ms IS NOT NULL ORDER BY name"
+                ),
+                params![],
+                from_row,
+            )
+            .map_err(sql("list the environments that may idle"))
+    }
+
     /// How many environments are in each pair of sync state and health that has any: what
     /// `/metrics` shows, counted by the database rather than by reading every record.
     pub fn environment_counts(&self) -> Result<Vec<(SyncState, Health, u64)>, StateError> {
@@ -342,6 +457,28 @@ impl Store {
             .map_err(sql(format!("delete environment {name}")))
         })?;
         Ok(deleted > 0)
+    }
+
+    /// Records that the preview URLs of these environments answered requests, the last at
+    /// the time given with each (unix milliseconds). A time earlier than the one recorded
+    /// changes nothing, so routers of several replicas may write in any order; a name not
+    /// recorded is skipped. Written without a lease (any replica's router serves any
+    /// environment) and never by a whole-record write, which leaves the column alone.
+    pub fn record_requests(&self, seen: &[(EnvName, i64)]) -> Result<(), StateError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.write_env(None, &[], |tx| {
+            for (name, at) in seen {
+                tx.execute(
+                    "UPDATE environments SET last_request_at = ?2 WHERE name = ?1 \
+                     AND (last_request_at IS NULL OR last_request_at < ?2)",
+                    params![name.as_str(), *at],
+                )
+                .map_err(sql(format!("record the requests of environment {name}")))?;
+            }
+            Ok(())
+        })
     }
 
     /// Records the environment's sync state, health and message at time `at`.

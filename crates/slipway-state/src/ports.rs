@@ -38,6 +38,10 @@ impl Store {
         is_free: &dyn Fn(u16) -> bool,
     ) -> Result<BTreeMap<String, u16>, StateError> {
         let operation = || format!("allocate ports for {environment}/{resource}");
+        if names.is_empty() {
+            // Nothing to allocate, nor to return: no write (most resources have no ports).
+            return Ok(BTreeMap::new());
+        }
         let allocated = self.write_env(Some(environment), &["ports"], |tx| {
             let mut allocated = read_ports(tx, environment, resource).map_err(sql(operation()))?;
             let missing: BTreeSet<&String> = names
@@ -123,6 +127,12 @@ impl Store {
         keep: &[String],
     ) -> Result<usize, StateError> {
         let operation = || format!("release undeclared ports of {environment}/{resource}");
+        // Nothing to release (the common case): no write. Only this resource's own step
+        // allocates its ports, so none can appear meanwhile.
+        let current = self.ports(environment, resource)?;
+        if current.keys().all(|name| keep.contains(name)) {
+            return Ok(0);
+        }
         self.write_env(Some(environment), &["ports"], |tx| {
             let current = read_ports(tx, environment, resource).map_err(sql(operation()))?;
             let mut released = 0;

@@ -1,10 +1,9 @@
 //! Resources: the inventory of what the engine created in each environment.
 
-use crate::db::{DbError, Exec, Row, params};
+use crate::db::{DbError, DecodeError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use slipway_core::vocab::ResourceStatus;
 
@@ -78,6 +77,273 @@ impl std::fmt::Debug for ResourceRecord {
 
 const COLUMNS: &str = "environment, name, type_name, status, config, resolved_hash, outputs, \
                        secret_outputs, live, depends_on, error, updated_at";
+
+/// The resources of one or more environments as a status shows them: what showing and
+/// observing them needs, and no more, read for every environment at once by a listing. Their
+/// texts are kept in one buffer, not one allocation per row and column, and their JSON columns
+/// as the text stored (unsealed), parsed by whoever needs them ([`ResourceSummary::live`],
+/// …): a listing of ten thousand environments parses each once, and neither `depends_on`,
+/// `resolved_hash` nor, for most types, `config`.
+#[derive(Default)]
+pub struct ResourceSummaries {
+    text: String,
+    rows: Vec<SummaryRow>,
+    /// Each environment's name and its rows, sorted by name.
+    environments: Vec<(Span, std::ops::Range<usize>)>,
+}
+
+/// Where a text is in [`ResourceSummaries::text`].
+#[derive(Clone, Copy)]
+struct Span(usize, usize);
+
+struct SummaryRow {
+    name: Span,
+    type_name: Span,
+    status: ResourceStatus,
+    error: Option<Span>,
+    config: Span,
+    outputs: Span,
+    secret_outputs: Span,
+    live: Span,
+}
+
+/// One resource of [`ResourceSummaries`].
+///
+/// `Debug` prints neither its outputs nor its live record (either may hold a secret).
+#[derive(Clone, Copy)]
+pub struct ResourceSummary<'a> {
+    /// The environment it belongs to.
+    pub environment: &'a str,
+    /// Its name in `slipway.yaml`.
+    pub name: &'a str,
+    /// Its type, e.g. `process`.
+    pub type_name: &'a str,
+    /// An operation in flight, or its outcome.
+    pub status: ResourceStatus,
+    /// The last error, when `status` is `failed`.
+    pub error: Option<&'a str>,
+    config: &'a str,
+    outputs: &'a str,
+    secret_outputs: &'a str,
+    live: &'a str,
+}
+
+impl std::fmt::Debug for ResourceSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceSummary")
+            .field("environment", &self.environment)
+            .field("name", &self.name)
+            .field("type_name", &self.type_name)
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .field("secret_outputs", &self.secret_outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ResourceSummary<'a> {
+    /// The desired configuration, symbolic ([`ResourceRecord::config`]).
+    pub fn config(&self) -> Result<serde_json::Value, StateError> {
+        self.parse(self.config, "config")
+    }
+
+    /// Its outputs, secret ones included ([`ResourceRecord::outputs`]).
+    pub fn outputs(&self) -> Result<serde_json::Value, StateError> {
+        self.parse(self.outputs, "outputs")
+    }
+
+    /// The names of the outputs that are secret ([`ResourceRecord::secret_outputs`]).
+    pub fn secret_outputs(&self) -> Result<Vec<String>, StateError> {
+        self.parse(self.secret_outputs, "secret_outputs")
+    }
+
+    /// What the provider recorded of the live object ([`ResourceRecord::live`]), as the
+    /// JSON text stored (unsealed): for a reader that borrows from it rather than build a
+    /// `Value`.
+    pub fn live_text(&self) -> &'a str {
+        self.live
+    }
+
+    /// What the provider recorded of the live object ([`ResourceRecord::live`]).
+    pub fn live(&self) -> Result<serde_json::Value, StateError> {
+        self.parse(self.live, "live")
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        text: &str,
+        column: &'static str,
+    ) -> Result<T, StateError> {
+        from_json(
+            text,
+            || format!("resource {}/{}", self.environment, self.name),
+            column,
+        )
+    }
+}
+
+impl ResourceSummaries {
+    /// The resources of `environment`, ordered by name; none for one not read.
+    pub fn of(&self, environment: &str) -> impl ExactSizeIterator<Item = ResourceSummary<'_>> {
+        let (environment, rows) = self
+            .environments
+            .binary_search_by(|(name, _)| self.at(*name).cmp(environment))
+            .map_or(("", 0..0), |at| {
+                let (name, rows) = &self.environments[at];
+                (self.at(*name), rows.clone())
+            });
+        self.rows[rows].iter().map(move |row| ResourceSummary {
+            environment,
+            name: self.at(row.name),
+            type_name: self.at(row.type_name),
+            status: row.status,
+            error: row.error.map(|span| self.at(span)),
+            config: self.at(row.config),
+            outputs: self.at(row.outputs),
+            secret_outputs: self.at(row.secret_outputs),
+            live: self.at(row.live),
+        })
+    }
+
+    /// The environments read, sorted by name.
+    pub fn environments(&self) -> impl Iterator<Item = &str> {
+        self.environments.iter().map(|(name, _)| self.at(*name))
+    }
+
+    fn at(&self, span: Span) -> &str {
+        &self.text[span.0..span.1]
+    }
+
+    /// Reads the rows of `sql` (selecting [`SUMMARY_COLUMNS`], ordered by environment and
+    /// name) through `store`'s connection, their sealed columns opened; `operation` names the
+    /// read in errors.
+    fn read(
+        store: &Store,
+        sql: &str,
+        params: &[crate::db::Value],
+        operation: impl FnOnce() -> String,
+    ) -> Result<ResourceSummaries, StateError> {
+        let sealer = store.sealer();
+        let mut out = ResourceSummaries::default();
+        // Each environment's rows as read: the database orders them by its own collation,
+        // which need not be Rust's, but puts an environment's together.
+        let mut groups: Vec<(Span, std::ops::Range<usize>)> = Vec::new();
+        let text = &mut out.text;
+        let rows = &mut out.rows;
+        store
+            .conn()
+            .each_row(sql, params, |row| {
+                let required =
+                    |text: &mut String, index: usize| column(text, &row, index)?.ok_or(null(index));
+                // Each environment's name is kept once, for its first row.
+                let environment = row.text(0)?.ok_or(null(0))?;
+                let same = groups
+                    .last_mut()
+                    .filter(|(last, _)| text[last.0..last.1] == *environment);
+                match same {
+                    Some((_, rows_of)) => rows_of.end += 1,
+                    None => {
+                        let name = push(text, &environment);
+                        groups.push((name, rows.len()..rows.len() + 1));
+                    }
+                }
+                let name = required(text, 1)?;
+                let type_name = required(text, 2)?;
+                let status =
+                    row.text(3)?
+                        .ok_or(null(3))?
+                        .parse()
+                        .map_err(|word| DbError::Decode {
+                            index: 3,
+                            reason: DecodeError::Word(word),
+                        })?;
+                let config = required(text, 4)?;
+                let outputs = required(text, 5)?;
+                let secret_outputs = required(text, 6)?;
+                let live = required(text, 7)?;
+                let error = column(text, &row, 8)?;
+                rows.push(SummaryRow {
+                    name,
+                    type_name,
+                    status,
+                    error,
+                    config,
+                    outputs,
+                    secret_outputs,
+                    live,
+                });
+                Ok(())
+            })
+            .map(|()| {
+                groups.sort_by(|a, b| out.at(a.0).cmp(out.at(b.0)));
+                out.environments = groups;
+            })
+            .map_err(crate::store::sql(operation()))?;
+        // Sealed columns opened after the read, not under the connection's lock.
+        for at in 0..out.rows.len() {
+            for column in ["outputs", "live"] {
+                let row = &out.rows[at];
+                let span = if column == "outputs" {
+                    row.outputs
+                } else {
+                    row.live
+                };
+                let value = out.at(span);
+                if !value.starts_with(crate::seal::PREFIX) {
+                    continue;
+                }
+                let record = || {
+                    let environment = out
+                        .environments
+                        .iter()
+                        .find(|(_, rows)| rows.contains(&at))
+                        .map_or("", |(name, _)| out.at(*name));
+                    format!("resource {environment}/{}", out.at(row.name))
+                };
+                let opened = match unseal(sealer, value, &record, column)? {
+                    Cow::Owned(opened) => opened,
+                    Cow::Borrowed(plain) => plain.to_owned(),
+                };
+                let span = push(&mut out.text, &opened);
+                let row = &mut out.rows[at];
+                if column == "outputs" {
+                    row.outputs = span;
+                } else {
+                    row.live = span;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Appends column `index` of `row` to `text`: where it is, or `None` for `NULL`.
+fn column(
+    text: &mut String,
+    row: &crate::db::RowRef<'_>,
+    index: usize,
+) -> Result<Option<Span>, DbError> {
+    Ok(row.text(index)?.map(|value| push(text, &value)))
+}
+
+/// The error of column `index` holding `NULL` where a text is expected.
+fn null(index: usize) -> DbError {
+    DbError::Decode {
+        index,
+        reason: DecodeError::Type("expected a text, found NULL".into()),
+    }
+}
+
+/// Appends `value` to `text`; where it is.
+fn push(text: &mut String, value: &str) -> Span {
+    let start = text.len();
+    text.push_str(value);
+    Span(start, text.len())
+}
+
+/// The columns [`ResourceSummaries`] are read from.
+const SUMMARY_COLUMNS: &str =
+    "environment, name, type_name, status, config, outputs, secret_outputs, live, error";
 
 /// A row with its JSON columns still encoded.
 struct RawResource {
@@ -177,38 +443,45 @@ impl Store {
                 params![environment],
                 from_row,
             )
-            .map_err(sql(operation()))?;
+            .map_err(crate::store::sql(operation()))?;
         raw.into_iter().map(|r| r.decode(self.sealer())).collect()
     }
 
+    /// The resources of an environment as a status shows them
+    /// ([`ResourceSummaries::of`] it), ordered by name.
+    pub fn resource_summaries(
+        &self,
+        environment: &EnvName,
+    ) -> Result<ResourceSummaries, StateError> {
+        ResourceSummaries::read(
+            self,
+            &format!(
+                "SELECT {SUMMARY_COLUMNS} FROM resources WHERE environment = ?1 ORDER BY name"
+            ),
+            params![environment],
+            || format!("list the resources of {environment}"),
+        )
+    }
+
     /// The resources of the environments named `first` to `last` (both included, in the
-    /// order `environments` lists them), by environment, each ordered by name: one query
-    /// where a listing of many environments would otherwise make one per environment, and a
-    /// bounded one, so a listing of every environment reads them a range at a time.
+    /// order `environments` lists them) as a status shows them, each environment's ordered by
+    /// name: one query where a listing of many environments would otherwise make one per
+    /// environment, and a bounded one, so a listing of every environment reads them a range
+    /// at a time.
     pub fn resources_between(
         &self,
         first: &EnvName,
         last: &EnvName,
-    ) -> Result<BTreeMap<EnvName, Vec<ResourceRecord>>, StateError> {
-        let raw = self
-            .conn()
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM resources WHERE environment >= ?1 AND environment <= ?2 \
-                     ORDER BY environment, name"
-                ),
-                params![first, last],
-                from_row,
-            )
-            .map_err(sql(format!("list the resources of {first} to {last}")))?;
-        let mut out: BTreeMap<EnvName, Vec<ResourceRecord>> = BTreeMap::new();
-        for r in raw {
-            let record = r.decode(self.sealer())?;
-            out.entry(record.environment.clone())
-                .or_default()
-                .push(record);
-        }
-        Ok(out)
+    ) -> Result<ResourceSummaries, StateError> {
+        ResourceSummaries::read(
+            self,
+            &format!(
+                "SELECT {SUMMARY_COLUMNS} FROM resources \
+                 WHERE environment >= ?1 AND environment <= ?2 ORDER BY environment, name"
+            ),
+            params![first, last],
+            || format!("list the resources of {first} to {last}"),
+        )
     }
 
     /// The `type:` of each environment's resources (of `only`'s, when given), in one query

@@ -270,6 +270,63 @@ CREATE TABLE state_key (
     recorded_at    INTEGER NOT NULL
 ) STRICT;
 "#,
+    // Previews (issue 15): whether an environment's processes run, sleep for want of
+    // requests or wait for a slot in its family (`activity`, since `activity_since`; a queued
+    // one's place is its `queued_at`), and when its preview URL last answered a request
+    // (`last_request_at`, written by the routers alone, never by a whole-record write).
+    r#"
+ALTER TABLE environments ADD COLUMN activity TEXT NOT NULL DEFAULT 'awake';
+ALTER TABLE environments ADD COLUMN activity_since INTEGER;
+ALTER TABLE environments ADD COLUMN queued_at INTEGER;
+ALTER TABLE environments ADD COLUMN last_request_at INTEGER;
+"#,
+    // Who may open an environment's preview URL (`public`, `private`), as its commit's
+    // `environments:` entry says; NULL for environments not applied since, which the router
+    // reads by their kind (static ones public, the others private).
+    r#"
+ALTER TABLE environments ADD COLUMN access TEXT;
+"#,
+    // Notifications (issue 15, `[notify.NAME]`, `notifications.rs`): the one cursor of the
+    // notifier over the event log, the last state notified per receiver, environment and kind
+    // (deduplication: one notification per state change, not per poll), and the outbox of
+    // notifications not yet delivered, with their retry schedule and claim. No foreign key:
+    // a notification outlives its environment (`expired` is about one that is gone).
+    r#"
+CREATE TABLE notify_cursor (
+    id             INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    last_event     INTEGER NOT NULL
+) STRICT;
+CREATE TABLE notify_last (
+    receiver       TEXT NOT NULL,
+    environment    TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    state_key      TEXT NOT NULL,
+    PRIMARY KEY (receiver, environment, kind)
+) STRICT;
+CREATE TABLE notify_outbox (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver       TEXT NOT NULL,
+    environment    TEXT,
+    kind           TEXT NOT NULL,
+    payload        TEXT NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    next_attempt   INTEGER NOT NULL,
+    claimed_until  INTEGER,
+    last_error     TEXT,
+    created_at     INTEGER NOT NULL
+) STRICT;
+CREATE INDEX notify_outbox_due ON notify_outbox (next_attempt);
+"#,
+    // Sleep and idle expiry (issue 15): the family's `sleep_after` and `idle_ttl` in force for
+    // an environment, recorded at each apply from the commit it runs; when a deploy of a new
+    // commit, a wake or an extension last touched it (idle time counts from the latest of that,
+    // its last request and its creation); and when the warning before its idle expiry was given.
+    r#"
+ALTER TABLE environments ADD COLUMN sleep_after_ms INTEGER;
+ALTER TABLE environments ADD COLUMN idle_ttl_ms INTEGER;
+ALTER TABLE environments ADD COLUMN touched_at INTEGER;
+ALTER TABLE environments ADD COLUMN idle_warned_at INTEGER;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

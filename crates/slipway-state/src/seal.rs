@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
 use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::StateError;
@@ -133,11 +134,53 @@ impl Sealer {
         h.update(data);
         crate::store::hex(&h.finalize())
     }
+
+    /// An HMAC-SHA256 of `data` under a key derived from this home's key for `purpose` alone
+    /// (a tag made for one purpose is no tag for another). Every replica of a shared state
+    /// holds the same key (`store::shared_key` checks), so a tag one makes, all accept.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        self.keyed(purpose)
+            .chain_update(data)
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Whether `tag` is [`Sealer::mac`] of `data` for `purpose`, compared in constant time.
+    pub fn verify_mac(&self, purpose: &str, data: &[u8], tag: &[u8]) -> bool {
+        self.keyed(purpose)
+            .chain_update(data)
+            .verify_slice(tag)
+            .is_ok()
+    }
+
+    fn keyed(&self, purpose: &str) -> Hmac<Sha256> {
+        let mut key = Sha256::new();
+        key.update(b"slipway mac key\0");
+        key.update(self.identity.to_string().expose_secret().as_bytes());
+        key.update([0]);
+        key.update(purpose.as_bytes());
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&key.finalize())
+            .expect("HMAC takes a key of any length")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mac_holds_for_its_purpose_and_key_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Sealer::load_or_create(&dir.path().join("a.key")).expect("a");
+        let b = Sealer::load_or_create(&dir.path().join("b.key")).expect("b");
+        let tag = a.mac("links", b"pr-1");
+        assert!(a.verify_mac("links", b"pr-1", &tag));
+        assert!(!a.verify_mac("links", b"pr-2", &tag), "other data");
+        assert!(!a.verify_mac("cookies", b"pr-1", &tag), "another purpose");
+        assert!(!b.verify_mac("links", b"pr-1", &tag), "another home's key");
+        assert!(!a.verify_mac("links", b"pr-1", &tag[..31]), "a cut tag");
+    }
 
     #[test]
     fn a_key_is_made_once_and_seals_round_trip() {

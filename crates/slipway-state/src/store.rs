@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::OpenFlags;
+use rusqlite::config::DbConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use slipway_core::EnvName;
@@ -79,6 +80,14 @@ impl Store {
             return Err(StateError::WalUnavailable { path, mode });
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        // The WAL stays when the last connection closes, not checkpointed: each short-lived
+        // command (every CLI call) would otherwise checkpoint and fsync the database at its
+        // exit, delete the WAL, and make the next one create it again (a new file: a sync of
+        // the WAL's header and of the home's directory). The automatic checkpoint at 1,000
+        // pages still bounds it; readers see the same data either way, and a backup is
+        // `state backup` (VACUUM INTO), which reads through the WAL.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(open_error)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_error)?;
@@ -341,7 +350,10 @@ pub(crate) fn sql(operation: impl Into<String>) -> impl FnOnce(DbError) -> State
 /// Reads column `index` as a word of a vocabulary (a status, a kind). A word outside it (a
 /// database edited by hand or damaged) is an error, never a default.
 pub(crate) fn word<T: FromStr<Err = UnknownWord>>(row: &Row, index: usize) -> Result<T, DbError> {
-    row.parse(index, |text| text.parse(), DecodeError::Word)
+    row.text(index)?.parse().map_err(|word| DbError::Decode {
+        index,
+        reason: DecodeError::Word(word),
+    })
 }
 
 /// Reads column `index` as an environment name. A row holding anything else (a database

@@ -28,11 +28,14 @@ const TABLES: &[&str] = &[
     "merged_commits",
     "env_uids",
     "uid_cursor",
+    "notify_cursor",
+    "notify_last",
+    "notify_outbox",
 ];
 
 /// The tables whose `id` the database numbers (a PostgreSQL identity column, whose sequence
 /// must continue after the ids copied).
-const NUMBERED: &[&str] = &["deployments", "events", "tokens", "audit"];
+const NUMBERED: &[&str] = &["deployments", "events", "tokens", "audit", "notify_outbox"];
 
 /// How many rows of each table a copy moved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 use slipway_core::EnvName;
 use slipway_core::vocab::{
-    DeploymentStatus, EnvKind, EventKind, Health, ResourceStatus, SyncState,
+    Activity, DeploymentStatus, EnvKind, EventKind, Health, ResourceStatus, SyncState,
 };
 use slipway_state::{
     EnvironmentRecord, EventQuery, NewDeployment, ResourceRecord, SCHEMA_VERSION, StateError, Store,
@@ -30,6 +30,7 @@ matrix!(
     a_database_from_a_newer_slipway_is_refused,
     a_store_open_when_a_newer_slipway_migrates_writes_nothing_more_and_still_reads,
     environments_are_listed_by_name_and_updates_keep_created_at,
+    activity_round_trips_and_requests_seen_survive_whole_record_writes,
     environment_status_is_recorded_and_checked,
     a_word_outside_its_vocabulary_in_the_store_is_an_error_not_a_default,
     an_environment_name_that_is_not_one_in_the_store_is_an_error_not_a_panic,
@@ -312,6 +313,50 @@ fn a_store_open_when_a_newer_slipway_migrates_writes_nothing_more_and_still_read
     );
 }
 
+fn activity_round_trips_and_requests_seen_survive_whole_record_writes(state: &TestState) {
+    let store = state.open();
+    let mut queued = environment("pr-7");
+    queued.activity = Activity::Queued;
+    queued.activity_since = Some(2_000);
+    queued.queued_at = Some(2_000);
+    store.upsert_environment(&queued).expect("record pr-7");
+    let read = |name: &str| {
+        store
+            .environment(&env(name))
+            .expect("read")
+            .expect("exists")
+    };
+    let stored = read("pr-7");
+    assert_eq!(
+        (stored.activity, stored.activity_since, stored.queued_at),
+        (Activity::Queued, Some(2_000), Some(2_000))
+    );
+    assert_eq!(stored.last_request_at, None, "no request yet");
+
+    // The routers record requests; a later, then an earlier, time: the later one stays.
+    store
+        .record_requests(&[(env("pr-7"), 5_000), (env("gone"), 6_000)])
+        .expect("record requests, one of an environment not recorded");
+    store
+        .record_requests(&[(env("pr-7"), 4_000)])
+        .expect("record an older request");
+    assert_eq!(read("pr-7").last_request_at, Some(5_000));
+
+    // A whole-record write made from a copy read before the request leaves it alone.
+    let mut awake = stored.clone();
+    awake.activity = Activity::Awake;
+    awake.queued_at = None;
+    store.upsert_environment(&awake).expect("wake pr-7");
+    let stored = read("pr-7");
+    assert_eq!(stored.activity, Activity::Awake);
+    assert_eq!(stored.queued_at, None);
+    assert_eq!(
+        stored.last_request_at,
+        Some(5_000),
+        "a record written from an older read keeps the last request"
+    );
+}
+
 fn environments_are_listed_by_name_and_updates_keep_created_at(state: &TestState) {
     let store = state.open();
     for name in ["qa", "prod", "main"] {
@@ -537,7 +582,17 @@ fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind(state: &T
     state
         .raw(
             "UPDATE events SET kind = 'destroyed'; DROP TABLE replicas; DROP TABLE leases; \
-             DROP TABLE browser_sessions; DROP TABLE handoffs; DROP TABLE state_key;",
+             DROP TABLE browser_sessions; DROP TABLE handoffs; DROP TABLE state_key; \
+             ALTER TABLE environments DROP COLUMN activity; \
+             ALTER TABLE environments DROP COLUMN activity_since; \
+             ALTER TABLE environments DROP COLUMN queued_at; \
+             ALTER TABLE environments DROP COLUMN last_request_at; \
+             ALTER TABLE environments DROP COLUMN access; \
+             ALTER TABLE environments DROP COLUMN sleep_after_ms; \
+             ALTER TABLE environments DROP COLUMN idle_ttl_ms; \
+             ALTER TABLE environments DROP COLUMN touched_at; \
+             ALTER TABLE environments DROP COLUMN idle_warned_at; \
+             DROP TABLE notify_cursor; DROP TABLE notify_last; DROP TABLE notify_outbox;",
             false,
         )
         .expect("write the engine's old destroy event");
@@ -1384,6 +1439,22 @@ fn a_listing_reads_every_environment_at_once_as_each_alone(state: &TestState) {
                 .expect("record a resource");
         }
     }
+    // One sealed (a secret output), one failed.
+    store
+        .put_resource(&ResourceRecord {
+            outputs: json!({"url": "http://127.0.0.1:20001", "password": "s3cret"}),
+            secret_outputs: vec!["password".to_owned()],
+            live: json!({"pid": 43, "token": "s3cret"}),
+            ..resource("c", "vault")
+        })
+        .expect("record a sealed resource");
+    store
+        .put_resource(&ResourceRecord {
+            status: ResourceStatus::Failed,
+            error: Some("exit 1".to_owned()),
+            ..resource("c", "job")
+        })
+        .expect("record a failed resource");
     allocate(&store, "b1", "web", &["http"], 20000..=20009).expect("ports");
     allocate(&store, "c", "db", &["pg", "admin"], 20000..=20009).expect("ports");
     store
@@ -1399,8 +1470,10 @@ fn a_listing_reads_every_environment_at_once_as_each_alone(state: &TestState) {
     let between = store
         .resources_between(&env("b-1"), &env("c"))
         .expect("the resources of a range");
+    let mut read: Vec<&str> = between.environments().collect();
+    read.sort_unstable();
     assert_eq!(
-        between.keys().map(EnvName::as_str).collect::<Vec<_>>(),
+        read,
         ["b-1", "b1", "c"],
         "the range holds the environments from its first to its last, both included"
     );
@@ -1412,11 +1485,57 @@ fn a_listing_reads_every_environment_at_once_as_each_alone(state: &TestState) {
     let holders = store.holders().expect("every holder");
     for name in names {
         let name = env(name);
+        let listed: Vec<_> = all.of(name.as_str()).collect();
+        let alone = store.resource_summaries(&name).expect("its resources");
         assert_eq!(
-            all.get(&name).cloned().unwrap_or_default(),
-            store.resources(&name).expect("its resources"),
+            format!("{listed:?}"),
+            format!("{:?}", alone.of(name.as_str()).collect::<Vec<_>>()),
             "{name}'s resources, in the same order"
         );
+        let records = store.resources(&name).expect("its records");
+        assert_eq!(
+            listed.len(),
+            records.len(),
+            "{name}: one summary per record"
+        );
+        for (summary, record) in listed.iter().zip(&records) {
+            let what = format!("{name}/{}", record.name);
+            assert_eq!(
+                (
+                    summary.environment,
+                    summary.name,
+                    summary.type_name,
+                    summary.status,
+                    summary.error,
+                    summary.secret_outputs().expect("secret outputs")
+                ),
+                (
+                    record.environment.as_str(),
+                    record.name.as_str(),
+                    record.type_name.as_str(),
+                    record.status,
+                    record.error.as_deref(),
+                    record.secret_outputs.clone()
+                ),
+                "{what}: the summary's fields are the record's"
+            );
+            assert_eq!(summary.config().expect("config"), record.config, "{what}");
+            assert_eq!(
+                summary.outputs().expect("outputs"),
+                record.outputs,
+                "{what}: the outputs, unsealed"
+            );
+            assert_eq!(
+                summary.live().expect("live"),
+                record.live,
+                "{what}: the live record, unsealed"
+            );
+            let shown = format!("{summary:?}");
+            assert!(
+                !shown.contains("s3cret"),
+                "{what}: a summary's Debug shows no output or live record: {shown}"
+            );
+        }
         assert_eq!(
             ports.get(&name).cloned().unwrap_or_default(),
             store.environment_ports(&name).expect("its ports"),

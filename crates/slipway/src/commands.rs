@@ -82,6 +82,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Supervise { .. }
         | Command::Watchdog
+        | Command::Router { .. }
         | Command::Serve { .. }
         | Command::Env(_)
         | Command::Token(_)
@@ -674,7 +675,16 @@ fn logs(
     } in logs
     {
         let text = std::fs::read(&path).unwrap_or_default();
-        if text.is_empty() && resource.is_some() && !path.exists() {
+        // A process that has printed nothing yet has no log file: that is no error, but a
+        // resource that has no log at all is.
+        if text.is_empty()
+            && resource.is_some()
+            && !path.exists()
+            && !engine
+                .log_files(env, None)?
+                .iter()
+                .any(|log| log.resource == name)
+        {
             bail!(
                 "no log for `{name}` in `{env}`; `slipway status --env {env}` lists its resources"
             );

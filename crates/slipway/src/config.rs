@@ -1,7 +1,7 @@
 //! The configuration file (`--config`, `SLIPWAY_CONFIG`; SPEC §6), composed of the sections
 //! each crate owns: `[server]` (slipway-server), `[controller]` (slipway-controller),
 //! `[forge.NAME]` (slipway-forge), `[postgres.NAME]`, `[kubernetes.NAME]`, `[secrets]`, `[local]` and
-//! `[environments]` (slipway-engine), and `[repo]` (here). Each section reads and checks
+//! `[environments]` (slipway-engine), `[notify.NAME]` (slipway-controller), and `[repo]` (here). Each section reads and checks
 //! itself; an unknown key anywhere is refused. Every key has a default.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use slipway_controller::ControllerConfig;
+use slipway_controller::notify::NotifySection;
 use slipway_engine::EngineConfig;
 use slipway_engine::config::{
     EnvironmentsConfig, LocalConfig, PostgresServer, SecretsConfig, StateConfig,
@@ -52,6 +53,9 @@ pub struct Config {
     /// `[state]`: where the state is kept (the home's SQLite file, or PostgreSQL).
     #[serde(default)]
     pub state: StateConfig,
+    /// `[notify.NAME]`: receivers of notifications (`slipway serve`).
+    #[serde(default)]
+    pub notify: BTreeMap<String, NotifySection>,
 }
 
 /// `[repo]`
@@ -162,6 +166,8 @@ ports = "20000-29999"
             ("[local]\nisolation = \"chroot\"", "isolation"),
             ("[local]\nstop_grace = \"soon\"", "stop_grace"),
             ("[local]\nparallelism = 0", "parallelism"),
+            ("[local]\nmax_environments = 0", "max_environments"),
+            ("[local]\nmax_environments = -3", "max_environments"),
             ("[repo]\npoll_interval = \"0s\"", "poll_interval"),
             ("[server]\nheader_timeout = \"0s\"", "header_timeout"),
             ("[server]\npreview_timeout = \"1 m\"", "preview_timeout"),
@@ -185,6 +191,16 @@ ports = "20000-29999"
                 "holds a password",
             ),
             ("[servr]\nlisten = \"x\"", "servr"),
+            ("[notify.chat]\nformat = \"json\"", "url_env"),
+            (
+                "[notify.chat]\nurl_env = \"U\"\nformat = \"teams\"",
+                "slack",
+            ),
+            (
+                "[notify.chat]\nurl_env = \"U\"\nevents = [\"deployed\", \"exploded\"]",
+                "deployed`, `failed`, `expired`, `drift`, `held`, `woke",
+            ),
+            ("[notify.chat]\nurl_env = \"U\"\nurl = \"https://x\"", "url"),
         ] {
             let e = Config::parse(text).expect_err(text);
             assert!(e.contains(named), "{text:?} names {named}: {e}");

@@ -18,7 +18,11 @@ use slipway_core::EnvName;
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let g = cli.global;
     match cli.command {
-        Command::Serve { repo, listen } => serve(&g, &repo, listen),
+        Command::Serve {
+            repo,
+            listen,
+            router,
+        } => serve(&g, &repo, listen, router),
         Command::Env(cmd) => env(&g, cmd),
         Command::Token(TokenCommand::Create { role, name }) => token_create(&g, &role, &name),
         Command::Compare { a, b, repo, output } => {
@@ -129,18 +133,59 @@ fn controller_listening(
     ))
 }
 
-fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode> {
+/// Where `serve` takes its requests.
+enum Listening {
+    /// The public listener itself: API, UI, webhooks and previews in this process.
+    Alone(std::net::TcpListener),
+    /// Behind this home's router (crate::router), which owns the public listener on `port`
+    /// and passes what is not a preview's to this unix socket.
+    Router {
+        port: u16,
+        host: String,
+        socket: std::os::unix::net::UnixListener,
+    },
+}
+
+fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> Result<ExitCode> {
     let config = engine_config(g)?;
     let listen = listen.unwrap_or(config.server.listen.clone());
-    // Bound before the controller is made: an advertised host without a port takes the port
-    // really listened on (`--listen 127.0.0.1:0` included).
-    let listener = std::net::TcpListener::bind(&listen).with_context(|| {
-        format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen")
-    })?;
-    listener
-        .set_nonblocking(true)
-        .context("cannot make the listener non-blocking")?;
-    let port = listener.local_addr()?.port();
+    // Bound (or the router found) before the controller is made: an advertised host without
+    // a port takes the port really listened on (`--listen 127.0.0.1:0` included).
+    let listening = if router || config.server.router {
+        let files = crate::router::Files::of(&g.home)?;
+        let port = crate::router::attach(g, &files, &listen)?;
+        if crate::router::serve_answers(&files) {
+            bail!(
+                "another `slipway serve` runs behind this home's router ({}); stop it first",
+                files.socket.display()
+            );
+        }
+        // A socket left by a `serve` that was killed answers nobody: it is replaced.
+        let _ = std::fs::remove_file(&files.socket);
+        let socket = std::os::unix::net::UnixListener::bind(&files.socket)
+            .with_context(|| format!("cannot listen on {}", files.socket.display()))?;
+        socket
+            .set_nonblocking(true)
+            .context("cannot make the router's socket non-blocking")?;
+        let host = listen
+            .rsplit_once(':')
+            .map_or("127.0.0.1", |(host, _)| host)
+            .to_owned();
+        crate::router::keep(g.clone(), files, host.clone(), port);
+        Listening::Router { port, host, socket }
+    } else {
+        let listener = std::net::TcpListener::bind(&listen).with_context(|| {
+            format!("cannot listen on {listen}; pass --listen ADDR or set [server] listen")
+        })?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the listener non-blocking")?;
+        Listening::Alone(listener)
+    };
+    let port = match &listening {
+        Listening::Alone(listener) => listener.local_addr()?.port(),
+        Listening::Router { port, .. } => *port,
+    };
     let controller = controller_listening(g, repo, Role::Serve, Some(port))?;
     if let Some(setup) =
         slipway_controller::pulls::setup_from_config(&config.forge, private_texts(g, repo, &config))
@@ -152,6 +197,20 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
             setup.kind.as_str()
         );
         controller.set_forge(setup);
+    }
+    let receivers = slipway_controller::notify::receivers_from_config(&config.notify)
+        .map_err(anyhow::Error::msg)?;
+    if !receivers.is_empty() {
+        // Their names only: a receiver's URL is a secret.
+        eprintln!(
+            "slipway serve: notifications to {}",
+            receivers
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        controller.set_receivers(receivers);
     }
     let isolation = controller.engine().isolation();
     let coverage = slipway_providers::sandbox::Coverage::current();
@@ -210,8 +269,10 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).context("cannot listen")?;
-        let addr = listener.local_addr()?;
+        let addr = match &listening {
+            Listening::Alone(listener) => listener.local_addr()?.to_string(),
+            Listening::Router { port, host, .. } => format!("{host}:{port}"),
+        };
         eprintln!("slipway serve: API http://{addr}/api/v1  health http://{addr}/healthz  metrics http://{addr}/metrics  UI http://{addr}/");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let signals = async move {
@@ -225,14 +286,28 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>) -> Result<ExitCode
         tokio::spawn(signals);
         let mut rx1 = stop_rx.clone();
         let mut rx2 = stop_rx;
-        let server = slipway_server::serve_with(listener, controller.clone(), server_options, async move {
+        let stopped = async move {
             let _ = rx2.wait_for(|s| *s).await;
-        });
+        };
+        let server = async {
+            match listening {
+                Listening::Alone(listener) => {
+                    let listener = tokio::net::TcpListener::from_std(listener).context("cannot listen")?;
+                    slipway_server::serve_with(listener, controller.clone(), server_options, stopped).await
+                }
+                Listening::Router { port, socket, .. } => {
+                    controller.set_preview_port(port);
+                    let socket = tokio::net::UnixListener::from_std(socket).context("cannot listen")?;
+                    slipway_server::front::serve_behind_router(socket, controller.clone(), server_options, stopped).await
+                }
+            }
+            .context("the API server failed")
+        };
         let run = controller.run(async move {
             let _ = rx1.wait_for(|s| *s).await;
         });
         let (served, ()) = tokio::join!(server, run);
-        served.context("the API server failed")?;
+        served?;
         eprintln!("slipway serve: stopped; environments keep running");
         anyhow::Ok(())
     })?;
@@ -361,14 +436,17 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let ttl = ttl.map(|t| duration(&t, "--ttl")).transpose()?;
                 let record = c.create_environment(CreateEnvironment { name: name.clone(), reference, like, ttl, owner: Some(who()) }).await?;
-                eprintln!("created `{name}`; deploying...");
+                if record.activity == slipway_core::vocab::Activity::Queued {
+                    eprintln!("created `{name}`; queued: {}", record.message.as_deref().unwrap_or("it waits for a slot"));
+                } else {
+                    eprintln!("created `{name}`; deploying...");
+                }
                 c.reconcile_now(&name).await?;
                 let status = c.engine().status(Some(&name))?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
                     Output::Text => render::status_text(&status),
                 }
-                let _ = record;
             }
             EnvCommand::Destroy { name, yes, confirm_destroy, repo } => {
                 let name = env_name(&name)?;
@@ -387,6 +465,22 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let record = c.extend(&name, duration(&by, "--by")?).await?;
                 println!("`{name}` now expires at {}", expiry(record.expires_at));
             }
+            EnvCommand::Link { name, valid, repo, output } => {
+                let name = env_name(&name)?;
+                let valid = duration(&valid, "--for")?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                // The preview URL's address is the server's: its `[server] listen` port.
+                let port = config
+                    .server
+                    .listen
+                    .rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .filter(|port| *port != 0)
+                    .context("[server] listen names no port, so a preview URL has no address; pass --server URL to ask the running server")?;
+                c.set_preview_port(port);
+                let link = c.preview_link(&name, valid)?;
+                print_link(&link.url, link.expires_at, output)?;
+            }
             EnvCommand::Pin { name, commit, repo } => {
                 let name = env_name(&name)?;
                 let c = controller(g, &repo, Role::OneShot)?;
@@ -403,6 +497,31 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 c.reconcile_now(&name).await?;
                 println!("`{name}` follows `{}` again", record.tracked_ref.as_deref().unwrap_or("?"));
             }
+            EnvCommand::Sleep { name, repo, output } => {
+                let name = env_name(&name)?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
+                c.sleep(&name).await?;
+                let status = c.engine().status(Some(&name))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
+                    Output::Text => println!("`{name}` is asleep: its processes are stopped until a request through its preview URL or `slipway env wake {name}`"),
+                }
+            }
+            EnvCommand::Wake { name, repo, output } => {
+                let name = env_name(&name)?;
+                let c = controller(g, &repo, Role::OneShot)?;
+                let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
+                if c.engine().store().environment(&name)?.is_none() {
+                    bail!("environment `{name}` does not exist; `slipway env list` shows them");
+                }
+                c.wake_now(&name).await?;
+                let status = c.engine().status(Some(&name))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
+                    Output::Text => render::status_text(&status),
+                }
+            }
             EnvCommand::Rollback { name, to, repo } => {
                 let name = env_name(&name)?;
                 let c = controller(g, &repo, Role::OneShot)?;
@@ -415,6 +534,19 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A signed link, as `env link` prints it.
+fn print_link(url: &str, expires_at: i64, output: Output) -> Result<()> {
+    let until = expiry(Some(expires_at));
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"url": url, "expires_at": until}))?
+        ),
+        Output::Text => println!("{url}\n(holds until {until})"),
+    }
+    Ok(())
 }
 
 fn required_ref(repo: &RepoArgs) -> Result<String> {
@@ -486,6 +618,28 @@ fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
             &format!("/environments/{}/extend", env_name(&name)?),
             Some(&json!({"by": by})),
         )?)?,
+        EnvCommand::Link {
+            name,
+            valid,
+            output,
+            ..
+        } => {
+            let answer = remote::call(
+                server,
+                token,
+                "POST",
+                &format!("/environments/{}/link", env_name(&name)?),
+                Some(&json!({"for": valid})),
+            )?;
+            match output {
+                Output::Json => print(&answer)?,
+                Output::Text => println!(
+                    "{}\n(holds until {})",
+                    answer["url"].as_str().unwrap_or_default(),
+                    answer["expires_at"].as_str().unwrap_or_default()
+                ),
+            }
+        }
         EnvCommand::Pin { name, commit, .. } => print(&remote::call(
             server,
             token,
@@ -498,6 +652,20 @@ fn env_remote(g: &Global, server: &str, cmd: EnvCommand) -> Result<ExitCode> {
             token,
             "POST",
             &format!("/environments/{}/unpin", env_name(&name)?),
+            None,
+        )?)?,
+        EnvCommand::Sleep { name, .. } => print(&remote::call(
+            server,
+            token,
+            "POST",
+            &format!("/environments/{}/sleep", env_name(&name)?),
+            None,
+        )?)?,
+        EnvCommand::Wake { name, .. } => print(&remote::call(
+            server,
+            token,
+            "POST",
+            &format!("/environments/{}/wake", env_name(&name)?),
             None,
         )?)?,
         EnvCommand::Rollback { name, to, .. } => print(&remote::call(

@@ -13,6 +13,7 @@ mod control;
 mod lease;
 mod remote;
 mod render;
+mod router;
 mod secret;
 mod state;
 
@@ -200,8 +201,14 @@ enum Command {
         /// 127.0.0.1:7300).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Serve through a router process of its own that outlives `serve` (started when
+        /// none runs for this home), so that preview URLs keep answering while `serve`
+        /// restarts (also [server] router = true); see docs/previews.md.
+        #[arg(long)]
+        router: bool,
     },
-    /// Self-service environments: list, create, destroy, extend, pin, unpin, rollback.
+    /// Self-service environments: list, create, destroy, extend, link, pin, unpin, rollback,
+    /// sleep, wake.
     #[command(subcommand)]
     Env(EnvCommand),
     /// API tokens.
@@ -231,6 +238,13 @@ enum Command {
     /// A replica's lease watchdog (see slipway_providers::watchdog), reading its standard input.
     #[command(hide = true, name = "__watchdog")]
     Watchdog,
+    /// The router `serve --router` starts: owns the listener, serves preview URLs, passes
+    /// the rest to `serve` (see crate::router).
+    #[command(hide = true, name = "__router")]
+    Router {
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,6 +290,18 @@ pub enum EnvCommand {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// A signed link to an environment's preview URL, opening it without a login until it
+    /// expires (for `access: private` previews).
+    Link {
+        name: String,
+        /// How long it holds, e.g. 8h (at most 30d).
+        #[arg(long = "for", value_name = "DUR", default_value = "1h")]
+        valid: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Stop following the ref: stay on a commit (default: the one running).
     Pin {
         name: String,
@@ -290,6 +316,23 @@ pub enum EnvCommand {
         name: String,
         #[command(flatten)]
         repo: RepoArgs,
+    },
+    /// Stop an environment's processes until a request through its preview URL (or `env
+    /// wake`) starts them again; its data, files, databases and ports stay.
+    Sleep {
+        name: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Start a sleeping environment's processes again (at the newest commit it follows).
+    Wake {
+        name: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Go back to the commit of an earlier deployment (and pin it there).
     Rollback {
@@ -449,6 +492,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Secret(command) => secret::run(&cli.global, command),
         Command::State(command) => state::run(&cli.global, command),
+        Command::Router { listen } => Ok(router::run(&cli.global, &listen)),
         Command::Serve { .. } | Command::Env(_) | Command::Token(_) | Command::Compare { .. } => {
             control::run(cli)
         }

@@ -11,7 +11,7 @@ use serde_json::{Value as Json, json};
 use slipway_core::compare::{Comparison, ResourceDifference};
 use slipway_core::diag::{Diagnostic, Severity};
 use slipway_core::plan::{Action, FieldChange};
-use slipway_core::vocab::{DeploymentStatus, Health, ShownStatus, SyncState};
+use slipway_core::vocab::{Activity, DeploymentStatus, Health, ShownStatus, SyncState};
 use slipway_engine::{ApplyEvent, ApplyReport, EnvironmentStatus, Outcome, Prepared, Progress};
 use slipway_state::DeploymentRecord;
 
@@ -303,6 +303,14 @@ pub fn status_text(envs: &[EnvironmentStatus]) {
                 _ => String::new(),
             }
         );
+        match (env.activity, env.queue_position) {
+            (Activity::Queued, Some(place)) => println!(
+                "  {YELLOW}queued (#{place}){YELLOW:#}: waits for a slot in its family; nothing runs yet"
+            ),
+            (Activity::Queued, None) => println!("  {YELLOW}queued{YELLOW:#}"),
+            (Activity::Sleeping, _) => println!("  {DIM}sleeping{DIM:#}"),
+            (Activity::Awake, _) => {}
+        }
         if let Some(url) = &env.url {
             println!("  url: {url}");
         }

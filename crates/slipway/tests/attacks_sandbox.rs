@@ -178,7 +178,9 @@ resources:
   secret_file: {{ type: file, path: secret.txt, content: "${{secrets.api_token}}", mode: "0600" }}
   web:
     type: process
-    command: ["python3", "-c", "import time; time.sleep(10**6)", "web-of-${{env.name}}"]
+    # It prints a line: a process that prints nothing has no log file, and prod's log is
+    # what the branch tries to read.
+    command: ["python3", "-c", "import time; print('up', flush=True); time.sleep(10**6)", "web-of-${{env.name}}"]
     env: {{ TOKEN: "${{secrets.api_token}}" }}
 "#
     )

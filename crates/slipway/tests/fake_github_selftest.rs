@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use slipway_forge::{
-    Approval, CommitStatus, Forge, ForgeConfig, ForgeEvent, ForgeKind, PrAction, PullRequestInfo,
-    ReviewState, StatusState, verify_and_parse,
+    Approval, CommitStatus, DeploymentState, Forge, ForgeConfig, ForgeEvent, ForgeKind, PrAction,
+    PreviewDeployment, PullRequestInfo, ReviewState, StatusState, verify_and_parse,
 };
 use slipway_testkit::openapi::{OpenApi, has_type};
 use util::fake_github::*;
@@ -1037,4 +1037,134 @@ fn payload_patches_keep_the_shape_of_githubs_webhook_schema() {
             "{name}: {broken:#?}"
         );
     }
+}
+
+#[test]
+fn a_preview_deployment_is_made_once_per_commit_in_requests_and_answers_githubs_description_accepts()
+ {
+    let api = OpenApi::github();
+    let gh = fake_with_prs();
+    let f = forge(&gh, Some(BOT));
+    let deploy = |sha: &str, state: DeploymentState, url: Option<&str>| {
+        f.set_deployment(&PreviewDeployment {
+            sha: sha.to_owned(),
+            environment: "pr-1".into(),
+            state,
+            environment_url: url.map(str::to_owned),
+            description: "pr-1 runs it".into(),
+        })
+        .expect("the deployment is shown");
+    };
+    let url = "http://pr-1.shop.localhost:7300/";
+    deploy(&sha('a'), DeploymentState::InProgress, None);
+    deploy(&sha('a'), DeploymentState::Success, Some(url));
+    deploy(&sha('b'), DeploymentState::Failure, None);
+    deploy(&sha('b'), DeploymentState::Inactive, None);
+
+    let deployments = gh.deployments();
+    assert_eq!(
+        deployments
+            .iter()
+            .map(|d| d.sha.clone())
+            .collect::<Vec<_>>(),
+        [sha('a'), sha('b')],
+        "one deployment per commit"
+    );
+    for d in &deployments {
+        assert_eq!(d.environment, "pr-1");
+        assert!(
+            d.transient_environment,
+            "a preview is a transient environment"
+        );
+        assert_eq!(d.production_environment, Some(false));
+        assert!(!d.auto_merge, "deploying a preview merges nothing into it");
+        assert_eq!(
+            d.required_contexts,
+            Some(Vec::new()),
+            "nor waits for checks"
+        );
+    }
+    let states = |d: &util::fake_github::Deployment| {
+        d.statuses
+            .iter()
+            .map(|s| (s.state.clone(), s.environment_url.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        states(&deployments[0]),
+        [
+            ("in_progress".to_owned(), None),
+            ("success".to_owned(), Some(url.to_owned()))
+        ]
+    );
+    assert_eq!(
+        states(&deployments[1]),
+        [("failure".to_owned(), None), ("inactive".to_owned(), None)]
+    );
+
+    // Every request's body and every answer, against GitHub's description.
+    let requests = gh.requests();
+    assert!(gh.unhandled().is_empty(), "{}", lines(&gh.unhandled()));
+    for r in &requests {
+        let operation = api
+            .operation(&r.method, &r.path)
+            .unwrap_or_else(|e| panic!("{}: no such operation in GitHub's API: {e}", r.line()));
+        assert_eq!(
+            operation.id.as_str(),
+            r.operation.unwrap_or_default(),
+            "{}",
+            r.line()
+        );
+        if let Some(body) = &r.body {
+            let schema =
+                &api.resolve(&operation.op["requestBody"])["content"]["application/json"]["schema"];
+            assert!(!schema.is_null(), "{}: GitHub takes no JSON body", r.line());
+            let errors = schema_errors(api, schema, body);
+            assert!(
+                errors.is_empty(),
+                "{}: the request does not fit GitHub's schema: {errors:?}\n{body}",
+                r.line()
+            );
+            let known = api.resolve(schema)["properties"]
+                .as_object()
+                .expect("a body of properties");
+            for field in body.as_object().expect("an object").keys() {
+                assert!(
+                    known.contains_key(field),
+                    "{}: GitHub's description has no field {field}",
+                    r.line()
+                );
+            }
+        }
+        for (name, _) in &r.query {
+            let known = operation.op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| api.resolve(p))
+                .any(|p| p["name"] == name.as_str() && p["in"] == "query");
+            assert!(
+                known,
+                "{}: GitHub's description has no parameter {name}",
+                r.line()
+            );
+        }
+        let response = api.resolve(&operation.op["responses"][r.status.to_string()]);
+        let schema = &response["content"]["application/json"]["schema"];
+        let errors = schema_errors(api, schema, &r.response);
+        assert!(
+            errors.is_empty(),
+            "{}: the answer does not fit GitHub's schema: {errors:?}",
+            r.line()
+        );
+    }
+    let operations: BTreeSet<&str> = requests.iter().filter_map(|r| r.operation).collect();
+    assert_eq!(
+        operations,
+        BTreeSet::from([
+            "repos/list-deployments",
+            "repos/create-deployment",
+            "repos/create-deployment-status"
+        ])
+    );
 }

@@ -2,7 +2,8 @@
 //! process runs on the node of the replica that holds it, and the other replica's router
 //! forwards its preview requests there (`[local] advertise`), whole and streaming, never twice,
 //! and without passing Slipway's credentials on; without an advertised address it answers an
-//! error naming the replica to ask instead.
+//! error naming the replica to ask instead. A sleeping environment is woken on its node by a
+//! request to the other replica.
 //!
 //! Both replicas run on this machine, so the other replica could reach the process's port on
 //! the loopback interface itself: the tests check that it does not (its forward shows in the
@@ -96,7 +97,7 @@ resources:
 /// `local` is added to `[local]` of both. `holder` is the replica whose node runs `dev`,
 /// `other` the one that does not.
 struct Pair {
-    _s: Sandbox,
+    s: Sandbox,
     database: TestDatabase,
     holder: (String, Server),
     other: (String, Server),
@@ -107,17 +108,29 @@ struct Pair {
 
 impl Pair {
     fn start(local: &str) -> Pair {
+        Pair::start_with(local, STACK)
+    }
+
+    /// [`Pair::start`] serving `stack`.
+    fn start_with(local: &str, stack: &str) -> Pair {
+        Pair::start_serving(local, stack, &[])
+    }
+
+    /// [`Pair::start_with`], each `serve` given `extra` arguments.
+    fn start_serving(local: &str, stack: &str, extra: &[&str]) -> Pair {
         let database = TestDatabase::create("slipway_preview_replicas");
         let s = Sandbox::new();
         if !local.is_empty() {
             s.with_local(local);
         }
-        s.write("app.py", APP).write("slipway.yaml", STACK);
+        s.write("app.py", APP).write("slipway.yaml", stack);
         s.commit("an application with a preview URL");
         let command = |name: &str| {
             let config = replica_config(&s, &database, ReplicaSettings::named(name));
             let home = replica_home(&s, name);
-            (home.clone(), serve_command(&s, &home, &config))
+            let mut command = serve_command(&s, &home, &config);
+            command.args(extra);
+            (home.clone(), command)
         };
         // The first replica makes the state's key; the second gets a copy, as an operator
         // would.
@@ -151,7 +164,9 @@ impl Pair {
             || {
                 let (_, holder) = holders(&database).into_iter().find(|(e, _)| e == "dev")?;
                 let server = if holder == "r1" { &r1 } else { &r2 };
-                let reply = get(server.port(), "/hello", "")?;
+                // A token lets it in whether the stack makes dev private or not.
+                let bearer = format!("Authorization: Bearer {token}\r\n");
+                let reply = get(server.port(), "/hello", &bearer)?;
                 (reply.status == 200).then_some(holder)
             },
         );
@@ -161,7 +176,7 @@ impl Pair {
             (("r2".to_owned(), r2), ("r1".to_owned(), r1))
         };
         Pair {
-            _s: s,
+            s,
             database,
             holder,
             other,
@@ -452,5 +467,167 @@ fn without_advertise_a_replica_answers_an_error_naming_the_replica_whose_node_ru
     assert!(
         !reply.body.contains("127.0.0.1"),
         "no address is given away: {answer}"
+    );
+}
+
+/// A private environment through the replica that does not run it: let in there (by a
+/// Slipway token), forwarded with a link of that replica's that holds a minute, let in again
+/// by the holder; refused on the first replica without credentials, and a forged link is no
+/// way in. Neither the token nor the link reaches the application.
+#[test]
+fn a_private_preview_is_checked_by_both_replicas_and_forwarded_with_a_link() {
+    let stack = STACK.replace(
+        "dev: { track: main }",
+        "dev: { track: main, access: private }",
+    );
+    let pair = Pair::start_with("advertise = \"127.0.0.1\"", &stack);
+    let (other, at_other) = (pair.other.0.clone(), pair.other.1.port());
+    let bearer = format!("Authorization: Bearer {}\r\n", pair.token);
+    wait_for("the forward reaches the holder", T, || {
+        get(at_other, "/hello", &bearer).filter(|r| r.status == 200)
+    });
+    let reply = get(at_other, "/echo", &bearer).expect("the other replica answers");
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", pair.explain());
+    let seen = reply.json();
+    assert_eq!(
+        seen["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1, 127.0.0.1"]),
+        "{other} forwarded it to the holder: {seen}"
+    );
+    assert!(
+        seen.get("authorization").is_none() && seen.get("x-slipway-link").is_none(),
+        "neither the token nor the replicas' link reaches the application: {seen}"
+    );
+    for (who, extra) in [
+        ("no credentials", String::new()),
+        (
+            "a forged link",
+            "X-Slipway-Link: dev.pv.0.99999999999999~AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+                .to_string(),
+        ),
+        ("the forward header", "X-Slipway-Forwarded: r1\r\n".to_string()),
+    ] {
+        let reply = get(at_other, "/hello", &extra).expect("answers");
+        assert_eq!(reply.status, 401, "{who}: {reply:?}");
+        let reply = get(pair.holder.1.port(), "/hello", &extra).expect("answers");
+        assert_eq!(reply.status, 401, "{who}, at the holder: {reply:?}");
+    }
+}
+
+#[test]
+fn a_sleeping_environment_is_woken_on_its_node_by_a_request_to_another_replica() {
+    let pair = Pair::start("advertise = \"127.0.0.1\"");
+    let other = &pair.other.1;
+    // Put to sleep through the replica that does not run it: forwarded to the holder.
+    let (code, env) = api_request(
+        &other.addr,
+        "POST",
+        "/api/v1/environments/dev/sleep",
+        &pair.token,
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(
+        (code, &env["activity"]),
+        (200, &serde_json::json!("sleeping")),
+        "a sleep asked of the other replica is done by the holder: {env}\n{}",
+        pair.explain()
+    );
+    // A request with a body to the other replica: forwarded, held on the holder's node while
+    // it wakes there, answered with its body intact.
+    let reply = send(
+        other.port(),
+        "POST /body HTTP/1.1\r\nContent-Length: 11\r\n",
+        b"wake me up!",
+    )
+    .expect("an answer");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "wake me up!"),
+        "the forwarded request is answered once dev woke on its node: {reply:?}\n{}",
+        pair.explain()
+    );
+    let (_, env) = api_request(
+        &pair.holder.1.addr,
+        "GET",
+        "/api/v1/environments/dev",
+        &pair.token,
+        None,
+    );
+    assert_eq!(env["activity"], "awake", "{env}");
+}
+
+#[test]
+fn with_routers_a_replica_forwards_and_its_node_keeps_answering_while_its_serve_is_killed() {
+    let mut pair = Pair::start_serving("advertise = \"127.0.0.1\"", STACK, &["--router"]);
+    let bearer = format!("Authorization: Bearer {}\r\n", pair.token);
+    let through_other = get(pair.other.1.port(), "/hello", &bearer).expect("an answer");
+    assert_eq!(
+        (through_other.status, through_other.body.as_str()),
+        (200, "hello from the app"),
+        "the other replica's router forwards to the holder's: {}",
+        pair.explain()
+    );
+
+    // The holder's serve is killed: its router, which runs the preview's node's routing,
+    // keeps answering, request after request, until a new serve is back.
+    let port = pair.holder.1.port();
+    let (stop, answered, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let looping = {
+        let (stop, answered, failed, bearer) = (
+            stop.clone(),
+            answered.clone(),
+            failed.clone(),
+            bearer.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match get(port, "/hello", &bearer) {
+                    Some(r) if r.status == 200 => {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    }
+                    other => failed.lock().expect("failed").push(format!("{other:?}")),
+                }
+            }
+        })
+    };
+    let crossed = |more: usize| {
+        let from = answered.load(std::sync::atomic::Ordering::Acquire);
+        wait_for("the loop answers", T, || {
+            (answered.load(std::sync::atomic::Ordering::Acquire) >= from + more).then_some(())
+        });
+    };
+    crossed(10);
+    pair.holder
+        .1
+        .child
+        .kill()
+        .expect("kill -9 the holder's serve");
+    pair.holder.1.child.wait().expect("reaped");
+    crossed(30);
+    let name = pair.holder.0.clone();
+    let config = replica_config(&pair.s, &pair.database, ReplicaSettings::named(&name));
+    let home = replica_home(&pair.s, &name);
+    let mut command = serve_command(&pair.s, &home, &config);
+    command.arg("--router");
+    let (server, _) = serve_from(command, T);
+    assert_eq!(
+        server.port(),
+        port,
+        "the new serve is behind the same router"
+    );
+    pair.holder.1 = server;
+    crossed(10);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    looping.join().expect("the loop");
+    let failed = failed.lock().expect("failed").clone();
+    assert!(
+        failed.is_empty(),
+        "no preview request through the holder's router failed while its serve was killed \
+         and started again: {failed:?}\n{}",
+        pair.explain()
     );
 }

@@ -1057,3 +1057,142 @@ fn a_supervisor_whose_environment_directory_is_removed_stops_its_processes() {
         "with its environment's directory gone, the supervisor stops its process and exits"
     );
 }
+
+#[test]
+fn concurrent_creates_each_get_a_recorded_process_of_one_supervisor() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let names: Vec<String> = (0..16).map(|i| format!("many{i:02}")).collect();
+    for name in &names {
+        cleanup
+            .resources
+            .push(env.dirs.run.join(format!("{name}.json")));
+    }
+    let config = json!({"command": ["sleep", "4248000"]});
+    // Eight at a time, as `apply --parallelism 8` asks: the supervisor answers each once its
+    // process's exec is known, serving the others meanwhile.
+    let applied: Vec<(String, Applied)> = std::thread::scope(|scope| {
+        let creating: Vec<_> =
+            names
+                .chunks(2)
+                .map(|chunk| {
+                    let (env, config) = (&env, &config);
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|name| {
+                                let applied =
+                                    env.process().create(env.ctx(name), config).unwrap_or_else(
+                                        |e| panic!("create {name} succeeds: {e}\n{}", env.report()),
+                                    );
+                                (name.clone(), applied)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+        creating
+            .into_iter()
+            .flat_map(|c| c.join().expect("a creating thread"))
+            .collect()
+    });
+    let supervisor = supervisor_of(&applied[0].1);
+    let mut children = Vec::new();
+    for (name, applied) in &applied {
+        assert_eq!(
+            supervisor_of(applied),
+            supervisor,
+            "{name} is kept by the environment's one supervisor"
+        );
+        let state = env.state(name).expect("a state file");
+        let child = child_in(&state).expect("a child");
+        assert_eq!(
+            Proc::from_json(
+                &json!({"pid": applied.live["child_pid"], "start": applied.live["child_start"]})
+            ),
+            Some(child),
+            "what create returned is what the state file records: {state}"
+        );
+        assert!(child.alive(), "{name}'s process runs: {state}");
+        children.push(child);
+    }
+    children.sort_by_key(|c| c.pid);
+    children.dedup();
+    assert_eq!(children.len(), names.len(), "one process each");
+    cleanup.groups.extend(children.iter().copied());
+    for (name, applied) in &applied {
+        env.delete(name, Some(&applied.live), "delete");
+    }
+    assert!(
+        children.iter().all(|c| !c.alive()),
+        "delete stops every one of them"
+    );
+}
+
+#[test]
+fn a_process_is_recorded_before_it_runs() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    // It looks for its own pid in its state file as soon as it runs (the test's sandbox
+    // lets it read the run directory).
+    let state_file = env.dirs.run.join("probe.json");
+    let probe = json!({"command": ["sh", "-c", format!(
+        "if grep -q \"\\\"pid\\\": $$,\" {}; then echo recorded-before-running; \
+         else echo not-recorded; fi; sleep 4249000",
+        state_file.display()
+    )]});
+    let applied = env.create(&mut cleanup, "probe", &probe);
+    cleanup
+        .groups
+        .extend(child_in(&env.state("probe").expect("state")));
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .log("probe")
+            .contains("recorded")),
+        "it says what it found:\n{}",
+        env.report()
+    );
+    let log = env.log("probe");
+    assert!(
+        log.contains("recorded-before-running") && !log.contains("not-recorded"),
+        "the supervisor records a process before letting it run:\n{log}"
+    );
+    assert!(
+        log.find("process started")
+            .is_some_and(|at| at < log.find("recorded").expect("found")),
+        "the note of its start comes before its first words:\n{log}"
+    );
+
+    env.delete("probe", Some(&applied.live), "delete probe");
+}
+
+#[test]
+fn a_process_that_prints_nothing_costs_no_log_file_until_it_does() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let silent = json!({"command": ["sleep", "4249001"]});
+    let quiet = env.create(&mut cleanup, "quiet", &silent);
+    let child = child_in(&env.state("quiet").expect("state")).expect("a child");
+    cleanup.groups.push(child);
+    assert!(
+        !env.dirs.logs.join("quiet.log").exists(),
+        "a process that has printed nothing has no log file yet:\n{}",
+        env.report()
+    );
+    // Its end is worth a note: the file is made, with the start held back first.
+    kill("-KILL", &child.pid.to_string());
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .log("quiet")
+            .contains("exited")),
+        "its end is noted:\n{}",
+        env.report()
+    );
+    let log = env.log("quiet");
+    assert!(
+        log.find(&format!("process started (pid {})", child.pid))
+            .is_some_and(|at| at < log.find("exited").expect("found")),
+        "the note of its start comes first:\n{log}"
+    );
+    env.delete("quiet", Some(&quiet.live), "delete quiet");
+}

@@ -486,3 +486,123 @@ fn a_push_to_the_base_branch_plans_its_open_pull_requests_again() {
         "a pull request into another branch is not planned again"
     );
 }
+
+#[test]
+fn a_preview_beyond_max_environments_is_queued_and_its_comment_says_its_place_until_it_starts() {
+    let w = world_with(util::world::pr_stack!(
+        "{ pull_requests: true }, max_environments: 1"
+    ));
+    let first = w.push_pr(1, "feature-1", "pr1");
+    open(&w, 1, "feature-1", &first);
+    w.serves("pr-1", "pr1");
+
+    // #2 finds the family's one slot taken: its preview waits, and its plan comment says so.
+    let second = w.push_pr(2, "feature-2", "pr2");
+    open(&w, 2, "feature-2", &second);
+    let plan = w.forge.wait_for_comment(
+        2,
+        |c| c.body.contains(MARKER) && c.body.contains("queued"),
+        T,
+    );
+    assert!(
+        plan.body.contains(
+            "preview queued: 1st in line; family \\`previews\\` runs 1; starts when its one \
+             environment goes"
+        ) || plan.body.contains(
+            "preview queued: 1st in line; family `previews` runs 1; starts when its one \
+             environment goes"
+        ),
+        "the comment says the preview's place and what it waits for:\n{}",
+        plan.body
+    );
+    let pr2 = w.environment("pr-2");
+    assert_eq!(
+        (&pr2["activity"], &pr2["queue_position"]),
+        (&Value::from("queued"), &Value::from(1)),
+        "{pr2}"
+    );
+    assert_eq!(w.page("pr-2"), None, "nothing runs for a queued preview");
+
+    // #1 closes: its slot goes to #2, which starts, and #2's comment links its preview.
+    w.forge.set_state(1, util::PrState::Closed);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("closed", &w.forge.pr(1), false, None),
+    );
+    w.serves("pr-2", "pr2");
+    let plan = w.forge.wait_for_comment(
+        2,
+        |c| c.body.contains(MARKER) && !c.body.contains("queued"),
+        T,
+    );
+    assert!(
+        plan.body.contains("pr-2.shop.localhost"),
+        "once started, the comment links the preview:\n{}",
+        plan.body
+    );
+}
+
+/// A private preview's plan comment carries a signed link that opens it for a reviewer with
+/// no Slipway login; the plain preview URL asks for one.
+#[test]
+fn a_private_previews_plan_comment_links_it_with_a_signed_link() {
+    let stack = util::world::STACK.replace("access: public", "access: private");
+    let w = world_with(&stack);
+    let first = w.push_pr(3, "feature-3", "pr3-a");
+    open(&w, 3, "feature-3", &first);
+    wait_for("pr-3 runs", T, || {
+        (w.environments().iter().any(|e| e == "pr-3")
+            && w.environment("pr-3")["health"] == "healthy")
+            .then_some(())
+    });
+    assert_eq!(
+        w.page("pr-3"),
+        None,
+        "a stranger does not get the private preview"
+    );
+    // The next plan (a push) finds pr-3 recorded, and links it with a signed link.
+    let second = w.push_pr(3, "feature-3", "pr3-b");
+    w.forge.set_head(3, &second);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.forge.pr(3), false, None),
+    );
+    let plan = w.forge.wait_for_comment(
+        3,
+        |c| c.body.contains(MARKER) && c.body.contains("/.slipway/auth?link=pr-3.shop."),
+        T,
+    );
+    let start = plan
+        .body
+        .find("http://pr-3.shop.localhost:")
+        .expect("the link");
+    let link: String = plan.body[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ')' | '"' | '<' | '>' | ']'))
+        .collect();
+    let path = &link[link.find("/.slipway").expect("its path")..];
+    use std::io::{Read, Write};
+    let get = |path: &str, cookie: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", w.port)).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: pr-3.shop.localhost\r\n{cookie}\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    };
+    let answer = get(path, "");
+    assert_eq!(answer.split_whitespace().nth(1), Some("303"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("the preview cookie")
+        .to_string();
+    wait_for("the reviewer sees the new version", T, || {
+        let answer = get("/greeting.txt", &format!("Cookie: {cookie}\r\n"));
+        answer.ends_with("pr3-b").then_some(())
+    });
+}

@@ -176,6 +176,30 @@ resources:
         let body = authed_get(port, path, &api_token).unwrap_or_default();
         seen.push((format!("GET {path}"), body));
     }
+    // A process's and a job's log through the API: the tail, and followed (server-sent
+    // events, read until the client's timeout), redacted as `slipway logs` shows them.
+    let web_log = authed_get(
+        port,
+        "/api/v1/environments/dev/logs/web?tail=50",
+        &api_token,
+    )
+    .unwrap_or_default();
+    assert!(
+        web_log.starts_with("HTTP/1.0 200") && web_log.contains("token <redacted>"),
+        "the API serves web's log, redacted: {web_log}"
+    );
+    seen.push(("GET logs of web".into(), web_log));
+    let followed = authed_get(
+        port,
+        "/api/v1/environments/dev/logs/leaky/follow",
+        &api_token,
+    )
+    .unwrap_or_default();
+    assert!(
+        followed.contains("text/event-stream") && followed.contains("leaking <redacted>"),
+        "the API streams the failed job's log, redacted: {followed}"
+    );
+    seen.push(("GET logs of leaky, followed".into(), followed));
     let events = authed_get(port, "/api/v1/events?after=0", &api_token).unwrap_or_default();
     seen.push(("events".into(), events));
     let _ = http_get(port, "/metrics").map(|m| seen.push(("metrics".into(), m)));

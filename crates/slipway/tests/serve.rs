@@ -345,3 +345,136 @@ fn serve_keeps_its_state_in_postgres_when_configured() {
         .get(0);
     assert!(deployments >= 1, "the deployment is recorded in PostgreSQL");
 }
+
+/// Waits until `path`'s last change is further in the past than an observation may remember a
+/// file's hash from (`slipway_providers::file::SETTLED`): from then on, a listing reuses the
+/// hash while the file's stat fingerprint stays the same.
+fn wait_settled(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let settled = slipway_providers::file::SETTLED + Duration::from_millis(100);
+    wait_for("the file's last change is settled", settled * 3, || {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let changed = std::time::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(meta.ctime()).ok()?,
+                u32::try_from(meta.ctime_nsec()).ok()?,
+            );
+        changed
+            .elapsed()
+            .is_ok_and(|age| age > settled)
+            .then_some(())
+    });
+}
+
+/// Sets the modification time of `path` to `when`.
+fn set_mtime(path: &std::path::Path, when: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open the file")
+        .set_modified(when)
+        .expect("set its modification time");
+}
+
+/// The list stays live though it reuses a file's hash while the file's stat fingerprint is
+/// unchanged (issue 14): a file edited after a listing shows drifted at the next one, as the
+/// environment's own view shows it, whether the edit keeps its size and its modification time
+/// or comes right after the listing that read it; a directory on its way replaced by a symlink
+/// to it (the very same file behind) too.
+#[test]
+fn a_file_edited_after_a_listing_shows_drifted_in_the_next_one() {
+    let s = Sandbox::new();
+    s.commit_dev_stack(
+        "lists",
+        "  conf:\n    type: file\n    path: etc/app.toml\n    content: \"a = 1\\n\"\n",
+        "a file",
+    );
+    // No drift pass, no poll: nothing repairs the file meanwhile.
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"1h\"\n[controller]\ndrift_interval = \"1h\"\n",
+    );
+    let token = named_token(&s, "viewer", "lister");
+    let server = start_serve(&s);
+    let listed = || {
+        let (code, list) = api_request(&server.addr, "GET", "/api/v1/environments", &token, None);
+        assert_eq!(code, 200, "the list answers: {list}");
+        status_environment(&list, "dev")
+            .and_then(|dev| status_resource(dev, "conf"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let alone = || {
+        let (code, dev) = api_request(
+            &server.addr,
+            "GET",
+            "/api/v1/environments/dev",
+            &token,
+            None,
+        );
+        assert_eq!(code, 200, "dev answers: {dev}");
+        status_resource(&dev, "conf")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let ready = wait_for("dev runs its file", T, || {
+        let conf = listed();
+        (conf["status"] == "ready").then_some(conf)
+    });
+    let path = std::path::PathBuf::from(ready["outputs"]["path"].as_str().expect("its path"));
+    wait_settled(&path);
+    for pass in ["read and hashed", "from its fingerprint"] {
+        let conf = listed();
+        assert_eq!(conf["status"], "ready", "listed, {pass}: {conf}");
+    }
+
+    // The same size, the modification time put back: only the change time tells.
+    let mtime = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("its mtime");
+    std::fs::write(&path, "a = 2\n").expect("edit the file");
+    set_mtime(&path, mtime);
+    for (view, conf) in [
+        ("listed", listed()),
+        ("alone", alone()),
+        ("listed again", listed()),
+    ] {
+        assert_eq!(conf["status"], "drifted", "{view}: {conf}");
+        assert_eq!(conf["message"], "content changed on disk", "{view}: {conf}");
+    }
+
+    // Put back, then edited right after the listing that read it (the same clock tick).
+    std::fs::write(&path, "a = 1\n").expect("restore the file");
+    assert_eq!(
+        listed()["status"],
+        "ready",
+        "the content put back is in sync"
+    );
+    std::fs::write(&path, "a = 3\n").expect("edit it again at once");
+    assert_eq!(
+        listed()["status"],
+        "drifted",
+        "an edit right after a listing shows at the next one"
+    );
+    std::fs::write(&path, "a = 1\n").expect("restore the file");
+    wait_settled(&path);
+    assert_eq!(listed()["status"], "ready", "settled again");
+    assert_eq!(listed()["status"], "ready", "from its fingerprint again");
+
+    // The directory on its way moved aside and replaced by a symlink to it: the very same
+    // file, unchanged, is behind the link.
+    let etc = path.parent().expect("etc");
+    let aside = etc.with_file_name("etc-aside");
+    std::fs::rename(etc, &aside).expect("move etc aside");
+    std::os::unix::fs::symlink(&aside, etc).expect("link etc to it");
+    let conf = listed();
+    assert_eq!(conf["status"], "drifted", "{conf}");
+    assert!(
+        conf["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("symlink")),
+        "the message names the symlink: {conf}"
+    );
+    drop(server);
+    let _ = s.run(&["destroy", "--env", "dev", "--yes"]);
+}

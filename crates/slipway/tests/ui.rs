@@ -6,7 +6,8 @@
 //! page lists them, one going silent when killed; one controller on SQLite shows none of it.
 //! With 2,000 environments the dashboard's table holds only the rows in view, the right ones
 //! wherever it is scrolled, filtered or moved through with Tab, and HTML in their messages
-//! and owners stays text.
+//! and owners stays text. A sleeping environment shows a chip, and its page wakes it and puts it
+//! to sleep.
 //!
 //! With `SLIPWAY_SCREENSHOTS=1` the tests also write `docs/screenshots/*.png` (tracked files:
 //! normal runs leave them alone).
@@ -115,9 +116,24 @@ fn forged_post(server: &Server, path: &str, cookie: &str, csrf: Option<&str>) ->
     (status, answer)
 }
 
+/// The header of the login page: the brand alone, no navigation, no session's buttons.
+fn assert_login_page_has_no_session_controls(browser: &Browser) {
+    assert_eq!(
+        browser.js(
+            "return [...document.querySelectorAll('header.top a, header.top button')] \
+             .filter((e) => e.offsetParent !== null && !e.classList.contains('brand')) \
+             .map((e) => e.textContent.trim());",
+            vec![],
+        ),
+        json!([]),
+        "the login page shows no navigation and no session's buttons"
+    );
+}
+
 fn log_in(browser: &Browser, token: &str, name: &str) {
     browser.goto("/");
     browser.wait_until_exists("the login form is shown", PAGE, "#login #token");
+    assert_login_page_has_no_session_controls(browser);
     assert_eq!(
         browser.attr("#token", "type").as_deref(),
         Some("password"),
@@ -238,6 +254,20 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
             .is_some_and(|t| t.contains("left")),
         "its TTL counts down"
     );
+    // main, static and made by the controller, has none of these: each says so, rather than
+    // leaving a label without a value on a phone's card.
+    for (column, meaning) in [
+        ("owner", "no owner"),
+        ("ttl", "does not expire"),
+        ("lock", "not locked"),
+    ] {
+        let css = format!("tr[data-env=main] [data-col={column}] span");
+        assert_eq!(
+            (browser.text(&css), browser.attr(&css, "title")),
+            (Some("—".to_owned()), Some(meaning.to_owned())),
+            "main's {column}"
+        );
+    }
     assert!(
         browser
             .attr("tr[data-env=demo] [data-col=url] a", "href")
@@ -259,6 +289,13 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
     let v2 = s.commit("version 2");
     wait_healthy(&browser, "demo", Some(&v2));
 
+    let (edge, placeholder) = search_field_contrast(&browser);
+    assert!(edge >= 3.0, "a field's edge stands out: {edge:.2}:1");
+    assert!(
+        placeholder >= 4.5,
+        "a placeholder is readable: {placeholder:.2}:1"
+    );
+
     // Filters: by state, by kind, by text.
     // main may still be deploying version 2: the filter follows it live.
     browser.click("#counts [data-count='health:healthy']");
@@ -269,6 +306,14 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
                 == Some("true"))
         .then_some(())
     });
+    assert_eq!(
+        browser.js(
+            "return document.activeElement.matches(\"#counts [data-count='health:healthy']\");",
+            vec![],
+        ),
+        json!(true),
+        "the chip pressed keeps the keyboard focus, drawn again"
+    );
     browser.click("#counts [data-count='health:healthy']");
     browser.fill("#filter-q", "feature");
     browser.wait_for("the search keeps only the branch's", PAGE, |b| {
@@ -290,6 +335,14 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
         (b.count("#deployments tr[data-deployment]") >= 2).then_some(())
     });
     assert_eq!(browser.title(), "demo — Slipway");
+    assert_eq!(
+        browser.js(
+            "return document.activeElement.matches('#env-header h1');",
+            vec![]
+        ),
+        json!(true),
+        "the page's heading has the focus, once the environment is drawn too"
+    );
     assert!(
         browser.exists("#resources tr[data-resource=web]"),
         "web is listed"
@@ -309,6 +362,46 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
             .is_some_and(|t| t.contains("succeeded")),
         "the page says when it last changed"
     );
+    // web's log: its last lines, then what it writes while the dialog is open.
+    browser.click("#resources tr[data-resource=web] button[data-log=web]");
+    browser.wait_for("the log dialog lists web's lines", PAGE, |b| {
+        b.text("#log-lines")
+            .filter(|t| t.contains("process started") && t.contains("\"GET / HTTP"))
+            .map(|_| ())
+    });
+    assert!(
+        !browser.exists("#resources tr[data-resource=config] button[data-log]"),
+        "a file has no log"
+    );
+    let preview = browser
+        .attr("#env-header a[href^='http://demo.shop.localhost']", "href")
+        .expect("demo's preview link");
+    let port: u16 = preview
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the preview URL's port");
+    let marker = format!("/live-line-{}", std::process::id());
+    // demo is ad-hoc, so its preview is private: a Slipway token lets the request in.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            stream,
+            "GET {marker} HTTP/1.0\r\nHost: demo.shop.localhost\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+    }
+    browser.wait_for("a request made now shows in the open log", PAGE, |b| {
+        b.text("#log-lines")
+            .filter(|t| t.contains(&marker))
+            .map(|_| ())
+    });
+    assert_accessible(&browser, "the log dialog");
+    browser.click("#dialog-cancel");
 
     // Roll back to the deployment of version 1.
     let first = browser
@@ -379,6 +472,30 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
         Some("greeting = \"hello\"\nversion = 1\n"),
         "the file is back as version 1 wrote it"
     );
+    // A sync with nothing left to do says so, instead of waiting for a deployment that
+    // never comes.
+    browser.js(
+        "document.querySelectorAll('#toasts .toast').forEach((t) => t.remove());",
+        vec![],
+    );
+    browser.js(
+        "document.querySelector('#env-header button[data-action=sync]').focus();",
+        vec![],
+    );
+    browser.click("#env-header button[data-action=sync]");
+    browser.wait_for("the sync says demo is up to date", DEPLOY, |b| {
+        b.text("#toasts")
+            .filter(|t| t.contains("is up to date at") && !t.contains("waiting for the deployment"))
+            .map(|_| ())
+    });
+    assert_eq!(
+        browser.js(
+            "return document.activeElement.matches('#env-header button[data-action=sync]');",
+            vec![],
+        ),
+        json!(true),
+        "Sync keeps the keyboard focus while it works and after"
+    );
 
     // Extend its life; unpin it (it follows main again); pin it where it runs.
     let expires = |b: &Browser| {
@@ -410,6 +527,22 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
         (!header.contains("pinned") && header.contains("healthy") && runs == json!(v2))
             .then_some(())
     });
+    // Roll back is offered to the other commits only: never to the one running (Pin is that).
+    browser.wait_for("the deployments table has caught up", PAGE, |b| {
+        b.exists("#deployments tr[data-deployment] [data-action=rollback]")
+            .then_some(())
+    });
+    assert_eq!(
+        browser.js(
+            "return [...document.querySelectorAll('#deployments tr[data-deployment]')] \
+             .filter((tr) => tr.querySelector('[data-action=rollback]') \
+               && tr.querySelector('[data-col=commit] code').title === arguments[0]) \
+             .map((tr) => tr.dataset.deployment);",
+            vec![json!(v2)],
+        ),
+        json!([]),
+        "no deployment of the running commit offers a roll back"
+    );
     browser.click("#env-header button[data-action=pin]");
     browser.wait_until_exists("the pin form opens", PAGE, "dialog[open] #pin-commit");
     browser.click("#dialog-submit");
@@ -479,6 +612,27 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
     );
 }
 
+/// The contrast ratios (WCAG 2.1) of the dashboard's search field: its border against the
+/// page and against its own background (the smaller), and its placeholder's text against
+/// its background.
+fn search_field_contrast(browser: &Browser) -> (f64, f64) {
+    let ratios = browser.js(
+        "const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+         const lum = (c) => { const [r, g, b] = rgb(c).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+         const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+         const field = document.querySelector('#filter-q');
+         const own = getComputedStyle(field);
+         const page = getComputedStyle(document.body).backgroundColor;
+         const edge = Math.min(ratio(own.borderTopColor, own.backgroundColor), ratio(own.borderTopColor, page));
+         return [edge, ratio(getComputedStyle(field, '::placeholder').color, own.backgroundColor)];",
+        vec![],
+    );
+    (
+        ratios[0].as_f64().expect("a ratio"),
+        ratios[1].as_f64().expect("a ratio"),
+    )
+}
+
 #[test]
 fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
     let (s, _) = setup();
@@ -502,6 +656,15 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
         background,
         json!("rgb(13, 17, 23)"),
         "with prefers-color-scheme: dark the page is dark"
+    );
+    let (edge, placeholder) = search_field_contrast(&browser);
+    assert!(
+        edge >= 3.0,
+        "a field's edge stands out in the dark too: {edge:.2}:1"
+    );
+    assert!(
+        placeholder >= 4.5,
+        "a placeholder is readable in the dark too: {placeholder:.2}:1"
     );
     if let Some(dir) = screenshots() {
         browser.screenshot(&dir.join("dashboard-dark.png"));
@@ -638,6 +801,7 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
         .expect("the session cookie");
     browser.click("#logout");
     browser.wait_until_exists("the login form is back", PAGE, "#login #token");
+    assert_login_page_has_no_session_controls(&browser);
     assert!(
         browser
             .cookie("slipway_session")
@@ -1100,4 +1264,433 @@ fn a_dashboard_of_two_thousand_environments_holds_only_the_rows_in_view_and_show
     browser.wait_for("Enter opens its page", PAGE, |b| {
         (b.title() == "load-0080 — Slipway").then_some(())
     });
+}
+
+/// Runs axe-core on the page as it is now; `place` names it in the failure message.
+fn assert_accessible(browser: &Browser, place: &str) {
+    let violations = browser.axe_violations();
+    assert!(
+        violations.is_empty(),
+        "axe-core finds WCAG 2.1 A/AA violations on {place}:\n{:#}",
+        json!(violations)
+    );
+}
+
+#[test]
+fn every_page_passes_axe_core_light_and_dark_on_a_desktop_and_a_phone() {
+    let (s, _) = setup();
+    let admin = token(&s, "admin", "alice");
+    let server = start_serve(&s);
+    // Enough events on main's page that its events list scrolls (a phone shows each on three
+    // lines): each sync of an up-to-date environment records one.
+    util::wait_for("main is deployed", DEPLOY, || {
+        let (_, main) = api(&server, &admin, "/api/v1/environments/main");
+        (main["sync"] == "synced").then_some(())
+    });
+    for _ in 0..15 {
+        let (status, _) = util::api_request(
+            &server.addr,
+            "POST",
+            "/api/v1/environments/main/sync",
+            &admin,
+            Some(json!({})),
+        );
+        assert_eq!(status, 202, "a sync is queued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for dark in [false, true] {
+        let scheme = if dark { "dark" } else { "light" };
+        let browser = Browser::start_with(
+            &s.dir.path().join(format!("browser-{scheme}")),
+            &format!("http://{}", server.addr),
+            &BrowserOptions { dark },
+        );
+        for (device, width, height) in [("desktop", 1440, 900), ("phone", 390, 844)] {
+            browser.resize(width, height);
+            browser.goto("/");
+            browser.wait_until_exists("the login form is shown", PAGE, "#login #token");
+            if !dark && device == "desktop" {
+                // The check can fail: an image without a text alternative is found.
+                browser.js(
+                    "const i = document.createElement('img'); i.id = 'axe-bait'; \
+                     i.src = '/ui/favicon.svg'; document.querySelector('main').append(i);",
+                    vec![],
+                );
+                let found = browser.axe_violations();
+                assert!(
+                    found.iter().any(|v| v["id"] == "image-alt"),
+                    "axe-core finds an image without alt: {found:#?}"
+                );
+                browser.js("document.querySelector('#axe-bait').remove();", vec![]);
+            }
+            assert_accessible(&browser, &format!("the login page ({scheme}, {device})"));
+            if device == "desktop" {
+                log_in(&browser, &admin, "alice");
+            } else {
+                browser.fill("#token", &admin);
+                browser.click("#login-submit");
+            }
+            wait_healthy(&browser, "main", None);
+            wait_healthy(&browser, "br-feature-login", None);
+            assert_accessible(&browser, &format!("the dashboard ({scheme}, {device})"));
+            if !dark && device == "desktop" {
+                // A laptop's screen holds the whole table: no column, no Sync button, past
+                // the window's right edge, and no sideways scrolling.
+                for (width, height) in [(1024, 768), (1280, 800)] {
+                    browser.resize(width, height);
+                    let fit = browser.js(
+                        "const w = document.documentElement.clientWidth; \
+                         const out = [...document.querySelectorAll('#environments tr[data-env] td, #environments th')] \
+                           .filter((c) => c.getBoundingClientRect().right > w + 0.5) \
+                           .map((c) => c.dataset.col || c.textContent.trim()); \
+                         return { page: document.documentElement.scrollWidth - w, out: [...new Set(out)] };",
+                        vec![],
+                    );
+                    assert_eq!(
+                        fit,
+                        json!({ "page": 0, "out": [] }),
+                        "the dashboard fits a {width} px window"
+                    );
+                }
+                browser.resize(width, height);
+            }
+
+            browser.click("#create-open");
+            browser.wait_until_exists("the create dialog opens", PAGE, "dialog[open]");
+            assert_accessible(&browser, &format!("the create dialog ({scheme}, {device})"));
+            browser.press("\u{E00C}");
+
+            browser.goto("/#/env/main");
+            browser.wait_for("main's page lists its events", DEPLOY, |b| {
+                (b.exists("#env-events li[data-kind='apply.succeeded']")
+                    && b.count("#env-events li[data-kind='sync.unchanged']") >= 10
+                    && b.exists("#plan-summary"))
+                .then_some(())
+            });
+            assert_eq!(
+                browser.js(
+                    "const e = document.querySelector('#env-events'); return e.scrollHeight > e.clientHeight;",
+                    vec![],
+                ),
+                json!(true),
+                "main's events list scrolls ({device})"
+            );
+            assert_accessible(&browser, &format!("main's page ({scheme}, {device})"));
+
+            browser.goto("/#/pulls");
+            browser.wait_until_exists("the pull requests' page", PAGE, "#main h1");
+            assert_accessible(
+                &browser,
+                &format!("the pull requests' page ({scheme}, {device})"),
+            );
+
+            browser.goto("/#/replicas");
+            browser.wait_until_exists("the replicas' page", PAGE, "#no-replicas");
+            assert_accessible(
+                &browser,
+                &format!("the replicas' page ({scheme}, {device})"),
+            );
+
+            browser.click("#logout");
+            browser.wait_until_exists("the login form is back", PAGE, "#login #token");
+        }
+    }
+}
+
+/// A private preview in a browser: a stranger's 401 page links to the sign-in, which goes
+/// through the UI's login and lands on the page asked for; the environment page says the
+/// preview is private and makes a signed link.
+#[test]
+fn a_private_preview_signs_a_person_in_through_the_ui_and_shares_a_link() {
+    let (s, _) = setup();
+    let admin = token(&s, "admin", "alice");
+    let server = start_serve(&s);
+    let port = server.port();
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://localhost:{port}"),
+    );
+    let preview = format!("http://br-feature-login.shop.localhost:{port}");
+    wait_for("the feature branch's preview runs", DEPLOY, || {
+        let (status, body) = api(&server, &admin, "/api/v1/environments/br-feature-login");
+        (status == 200 && body["health"] == "healthy").then_some(())
+    });
+
+    // A stranger gets the private page, which passes axe-core too.
+    browser.js(
+        "location.href = arguments[0];",
+        vec![json!(format!("{preview}/?from=sign-in"))],
+    );
+    browser.wait_until_exists(
+        "the private preview's page",
+        PAGE,
+        "main a[href*='preview-sign-in']",
+    );
+    assert_eq!(browser.text("h1").as_deref(), Some("Private preview"));
+    assert_accessible(&browser, "a private preview's sign-in page");
+
+    // Signing in goes through the UI's login and comes back to the page asked for.
+    browser.click("main a[href*='preview-sign-in']");
+    browser.wait_until_exists("the UI's login, told why", PAGE, "#login #preview-note");
+    browser.fill("#token", &admin);
+    browser.click("#login-submit");
+    browser.wait_for("the browser is back on the preview's page", DEPLOY, |b| {
+        let at = b.js(
+            "return location.href + ' ' + document.body.innerText;",
+            vec![],
+        );
+        let at = at.as_str().unwrap_or_default();
+        (at.starts_with(&format!("{preview}/?from=sign-in")) && at.contains("slipway.yaml"))
+            .then_some(())
+    });
+    assert!(
+        browser
+            .cookie("slipway_preview")
+            .is_some_and(|c| c.starts_with("br-feature-login.shop.")),
+        "the preview host keeps the link in its cookie"
+    );
+
+    // The environment page says it is private, and shares a link.
+    browser.goto("/#/env/br-feature-login");
+    browser.wait_until_exists("the environment page", PAGE, "#env-access");
+    assert_eq!(browser.text("#env-access").as_deref(), Some("private"));
+    browser.click("[data-action=share]");
+    browser.wait_until_exists("the share dialog", PAGE, "#share-for");
+    browser.fill("#share-for", "2h");
+    browser.click("#dialog-submit");
+    browser.wait_until_exists("the link is shown", PAGE, "#share-url");
+    let link = browser
+        .js("return document.querySelector('#share-url').value;", vec![])
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        link.starts_with(&format!(
+            "{preview}/.slipway/auth?link=br-feature-login.shop."
+        )),
+        "{link}"
+    );
+    assert_eq!(
+        browser.focused(),
+        "share-url",
+        "the link is focused (and selected) for copying"
+    );
+    assert_accessible(&browser, "the share dialog");
+    // The link opens the preview for someone with no session and no cookie.
+    let path = &link[link.find("/.slipway").expect("the link's path")..];
+    let host = format!("br-feature-login.shop.localhost:{port}");
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    assert!(
+        answer.split_whitespace().nth(1) == Some("303") && answer.contains("slipway_preview="),
+        "{answer}"
+    );
+}
+
+/// The text of the queued chip in `env`'s dashboard row, if it shows one.
+fn queued_chip(browser: &Browser, env: &str) -> Option<String> {
+    browser
+        .js(
+            "const c = document.querySelector(`tr[data-env=\"${arguments[0]}\"] [data-activity=queued]`); \
+             return c ? c.textContent.trim() : null;",
+            vec![json!(env)],
+        )
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn a_queued_environment_shows_its_place_on_the_dashboard_and_its_page_and_starts_live() {
+    let s = Sandbox::new();
+    let yaml = slipway_testkit::stack::main_and_previews(
+        "shop",
+        "    max_environments: 1\nresources:\n  web:\n    type: process\n    command: [\"python3\", \
+         \"-m\", \"http.server\", \"${ports.http}\", \"--bind\", \"127.0.0.1\"]\n    ports: \
+         [http]\n    health: { http: / }\n    expose: http\n",
+    );
+    s.write("slipway.yaml", &yaml);
+    s.commit("capped previews");
+    git(&s.repo, &["branch", "-q", "feature/a", "main"]);
+    git(&s.repo, &["branch", "-q", "feature/b", "main"]);
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"1h\"\n",
+    );
+    let admin = token(&s, "admin", "alice");
+    let server = start_serve(&s);
+    for dark in [false, true] {
+        let scheme = if dark { "dark" } else { "light" };
+        let browser = Browser::start_with(
+            &s.dir.path().join(format!("browser-{scheme}")),
+            &format!("http://{}", server.addr),
+            &BrowserOptions { dark },
+        );
+        log_in(&browser, &admin, "alice");
+        wait_healthy(&browser, "br-feature-a", None);
+        let chip = browser.wait_for("br-feature-b's row shows it queued", PAGE, |b| {
+            queued_chip(b, "br-feature-b")
+        });
+        assert_eq!(chip, "⏳ queued (#1)", "the chip says the place in line");
+        assert_eq!(
+            queued_chip(&browser, "br-feature-a"),
+            None,
+            "a running environment has no queued chip"
+        );
+        assert_accessible(
+            &browser,
+            &format!("a dashboard with a queued row ({scheme})"),
+        );
+
+        // The keyboard reaches the queued environment's page as any other's.
+        browser.js(
+            "document.querySelector('tr[data-env=\"br-feature-b\"] a.env-link').focus();",
+            vec![],
+        );
+        assert_eq!(browser.focused(), "env-link");
+        browser.press(ENTER);
+        browser.wait_for("br-feature-b's page says it is queued", PAGE, |b| {
+            let heading = b.text("#main h1")?;
+            (heading.contains("queued (#1)") && b.exists("h1 [data-activity=queued]")).then_some(())
+        });
+        let facts = browser.text("dl.facts").unwrap_or_default();
+        assert!(
+            facts.contains("#1 in its family's line") && facts.contains("nothing runs"),
+            "the page says its place and that nothing runs: {facts}"
+        );
+        assert_accessible(&browser, &format!("a queued environment's page ({scheme})"));
+        if !dark {
+            // Syncing it by hand deploys nothing, and the toast says why rather than wait.
+            browser.click("button[data-action=sync]");
+            browser.wait_for("the toast says it is still queued", PAGE, |b| {
+                let toasts = b.text("#toasts")?;
+                (toasts.contains("still queued: 1st in line")
+                    && b.exists("#toasts .toast[data-state=ok]"))
+                .then_some(())
+            });
+            assert!(
+                !s.home.join("envs").join("br-feature-b").exists(),
+                "a sync of a queued environment makes nothing"
+            );
+        }
+        browser.goto("/");
+        browser.click("#logout");
+        browser.wait_until_exists("the login form is back", PAGE, "#login #token");
+    }
+
+    // Its branch deleted, br-feature-a's slot goes to br-feature-b: the dashboard shows it
+    // start without a reload.
+    let browser = Browser::start(
+        &s.dir.path().join("browser-live"),
+        &format!("http://{}", server.addr),
+    );
+    log_in(&browser, &admin, "alice");
+    browser.wait_for("br-feature-b is queued", PAGE, |b| {
+        queued_chip(b, "br-feature-b")
+    });
+    git(&s.repo, &["branch", "-q", "-D", "feature/a"]);
+    wait_healthy(&browser, "br-feature-b", None);
+    assert_eq!(queued_chip(&browser, "br-feature-b"), None);
+}
+
+#[test]
+fn a_sleeping_environment_shows_so_and_wakes_and_sleeps_from_its_page() {
+    let (s, _) = setup();
+    let admin = token(&s, "admin", "alice");
+    let server = start_serve(&s);
+    let preview = "br-feature-login";
+    util::wait_for("the preview is deployed", DEPLOY, || {
+        let (_, env) = api(&server, &admin, &format!("/api/v1/environments/{preview}"));
+        (env["sync"] == "synced").then_some(())
+    });
+    let (status, env) = util::api_request(
+        &server.addr,
+        "POST",
+        &format!("/api/v1/environments/{preview}/sleep"),
+        &admin,
+        Some(json!({})),
+    );
+    assert_eq!(
+        (status, &env["activity"]),
+        (200, &json!("sleeping")),
+        "{env}"
+    );
+
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+    );
+    log_in(&browser, &admin, "alice");
+    let chip = format!("tr[data-env='{preview}'] .badge[data-value='sleeping']");
+    browser.wait_until_exists("the dashboard marks the preview asleep", PAGE, &chip);
+    assert!(
+        !browser.exists("tr[data-env='main'] .badge[data-value='sleeping']"),
+        "an awake environment shows no activity chip"
+    );
+    assert_accessible(&browser, "the dashboard with a sleeping environment");
+
+    browser.goto(&format!("/#/env/{preview}"));
+    browser.wait_until_exists(
+        "its page shows it asleep with a Wake button",
+        PAGE,
+        "#env-header .badge[data-value='sleeping']",
+    );
+    browser.wait_until_exists("a Wake button", PAGE, "#env-header [data-action='wake']");
+    assert!(
+        !browser.exists("#env-header [data-action='sleep']"),
+        "no Sleep button while it sleeps"
+    );
+    assert_accessible(&browser, "a sleeping environment's page");
+
+    browser.click("#env-header [data-action='wake']");
+    browser.wait_for(
+        "the page shows it awake, with a Sleep button",
+        DEPLOY,
+        |b| {
+            (b.exists("#env-header [data-action='sleep']")
+                && !b.exists("#env-header .badge[data-value='sleeping']"))
+            .then_some(())
+        },
+    );
+    let (_, env) = api(&server, &admin, &format!("/api/v1/environments/{preview}"));
+    assert_eq!(env["activity"], "awake", "the Wake button woke it: {env}");
+    let url = env["url"].as_str().expect("a preview URL").to_string();
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // The preview is private (a family's): a Slipway token lets the request in.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&server.addr).expect("connect");
+        write!(
+            stream,
+            "GET / HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    assert_eq!(
+        answer.split_whitespace().nth(1),
+        Some("200"),
+        "awake, it serves at its preview URL: {answer}"
+    );
+
+    browser.click("#env-header [data-action='sleep']");
+    browser.wait_until_exists(
+        "the Sleep button puts it to sleep",
+        DEPLOY,
+        "#env-header [data-action='wake']",
+    );
+    let (_, env) = api(&server, &admin, &format!("/api/v1/environments/{preview}"));
+    assert_eq!(env["activity"], "sleeping", "{env}");
+    drop(browser);
+    drop(server);
+    for name in ["main", preview] {
+        let _ = s.run(&["destroy", "--env", name, "--yes"]);
+    }
 }

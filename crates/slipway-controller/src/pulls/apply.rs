@@ -166,10 +166,10 @@ pub(super) fn apply(
     }
     // A protected environment's destroys need a person's typed confirmation, which a comment
     // is not: refuse before taking the lock.
-    let mut prepared = match inner
-        .engine
-        .prepare(&origin_at(inner, &head), &crate::target_of(&existing))
-    {
+    let mut prepared = match inner.engine.prepare(
+        &origin_at(inner, &head),
+        &crate::target_of(inner, &existing),
+    ) {
         Ok(prepared) => prepared,
         Err(e) => {
             return refuse(format!(

@@ -64,6 +64,8 @@ fn targets(
                 kind: EnvKind::Static,
                 owner: None,
                 ttl: None,
+                idle_limits: (None, None),
+                access_in_force: None,
             });
         }
     }
@@ -79,6 +81,8 @@ fn targets(
             kind: EnvKind::Generated,
             owner: Some(record.author.clone()),
             ttl: def.ttl,
+            idle_limits: (def.sleep_after, def.idle_ttl),
+            access_in_force: Some(def.access(EnvKind::Generated)),
         });
     }
     if let Some(only) = only {
@@ -135,6 +139,7 @@ pub(crate) fn post_plans(
             detail_text: String::new(),
             error: Some(first),
             preview_url: None,
+            queued: None,
         }),
         Ok(stack) => {
             let mut targets = targets(stack, record, only);
@@ -163,6 +168,7 @@ pub(crate) fn post_plans(
                     detail_text: String::new(),
                     error: None,
                     preview_url: None,
+                    queued: None,
                 });
             }
             for target in targets {
@@ -178,8 +184,9 @@ pub(crate) fn post_plans(
                         detail_text: detail(&prepared.plan),
                         error: None,
                         preview_url: (target.kind == EnvKind::Generated)
-                            .then_some(preview_url)
+                            .then(|| comment_url(inner, &target.name, &prepared, preview_url))
                             .flatten(),
+                        queued: queued(inner, &target),
                     },
                     Err(e) => EnvPlan {
                         env: target.name.to_string(),
@@ -187,6 +194,7 @@ pub(crate) fn post_plans(
                         detail_text: String::new(),
                         error: Some(e.to_string()),
                         preview_url: None,
+                        queued: None,
                     },
                 });
             }
@@ -218,6 +226,22 @@ pub(crate) fn post_plans(
         );
     }
     Ok(())
+}
+
+/// Why `target`'s preview waits, with its place, if it is queued (`preview queued: 2nd in
+/// line; starts when one of family `previews`'s 3 environments goes`).
+fn queued(inner: &Inner, target: &EnvTarget) -> Option<String> {
+    if target.kind != EnvKind::Generated {
+        return None;
+    }
+    let store = inner.engine.store();
+    let record = store.environment(&target.name).ok().flatten()?;
+    let position = store.queue_position(&target.name).ok().flatten()?;
+    let caps = crate::slots::caps_now(inner).ok()?;
+    Some(format!(
+        "preview {}",
+        crate::slots::waiting(&caps, &record, position)
+    ))
 }
 
 /// One line: what a plan does.
@@ -277,4 +301,34 @@ pub fn detail(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// What a plan comment shows for the preview of `env`: the preview URL, or for a private
+/// preview already recorded, a signed link holding `[controller] comment_links` (whoever
+/// reads the pull request opens it without a Slipway login; the plain URL asks for one).
+fn comment_url(
+    inner: &Inner,
+    env: &EnvName,
+    prepared: &slipway_engine::Prepared,
+    url: Option<String>,
+) -> Option<String> {
+    let url = url?;
+    let valid = inner.options.comment_links;
+    if prepared.access != slipway_core::vocab::Access::Private || valid.is_zero() {
+        return Some(url);
+    }
+    // Not recorded yet (the first plan of a pull request): the plain URL, until the comment
+    // is written again.
+    let Some(record) = inner.engine.store().environment(env).ok().flatten() else {
+        return Some(url);
+    };
+    let until = inner
+        .now()
+        .saturating_add(i64::try_from(valid.as_millis()).unwrap_or(i64::MAX));
+    Some(
+        inner
+            .link_until(&record, until)
+            .map(|link| link.url)
+            .unwrap_or(url),
+    )
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{
-    APPLY_REQUIREMENTS, ENV_FIELDS, EnvironmentDef, GENERATE_FIELDS, Generate, ResourceDef, Scalar,
-    Var, is_dns_label, is_identifier, loc, normalize_include, parse_duration,
+    APPLY_REQUIREMENTS, Access, ENV_FIELDS, EnvironmentDef, GENERATE_FIELDS, Generate, ResourceDef,
+    Scalar, Var, is_dns_label, is_identifier, loc, normalize_include, parse_duration,
 };
 use crate::diag::{Diagnostic, Pos, did_you_mean};
 use crate::types::{self, COMMON_FIELDS, FieldKind};
@@ -233,7 +233,14 @@ impl Cx {
             variables: BTreeMap::new(),
             generate: None,
             ttl: None,
+            idle_ttl: None,
+            sleep_after: None,
+            max_environments: None,
+            access: None,
         };
+        // Fields that only a family may set, and where they are, checked once `generate:`
+        // (which may come after them) is known.
+        let mut family_only = Vec::new();
         for (k, v) in entries {
             let Some(field) = self.key(k) else { continue };
             match field {
@@ -256,6 +263,49 @@ impl Cx {
                     self.string(v, "`description`");
                 }
                 "ttl" => env.ttl = self.duration(v, "`ttl`"),
+                "idle_ttl" => {
+                    family_only.push(("idle_ttl", k.pos));
+                    env.idle_ttl = self.duration(v, "`idle_ttl`")
+                }
+                "sleep_after" => env.sleep_after = self.duration(v, "`sleep_after`"),
+                "max_environments" => {
+                    family_only.push(("max_environments", k.pos));
+                    env.max_environments = match v.value {
+                        Value::Int(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+                        Value::Int(n) => {
+                            self.err(
+                                v.pos,
+                                format!("`max_environments: {n}` is out of range"),
+                                Some("write a whole number from 1 (one environment of the family runs at a time; more wait in a queue)"),
+                            );
+                            None
+                        }
+                        _ => {
+                            self.type_err(
+                                v,
+                                "`max_environments`",
+                                "a whole number of at least 1",
+                                Some("`max_environments: 10` lets ten environments of the family run at once; more wait in a queue"),
+                            );
+                            None
+                        }
+                    }
+                }
+                "access" => {
+                    env.access = match self.string(v, "`access`") {
+                        Some("public") => Some(Access::Public),
+                        Some("private") => Some(Access::Private),
+                        Some(other) => {
+                            self.err(
+                                v.pos,
+                                format!("`access: {other}` is not a kind of access"),
+                                Some("`access` is `private` (a Slipway login or a signed link) or `public`"),
+                            );
+                            None
+                        }
+                        None => None,
+                    }
+                }
                 "variables" => {
                     env.variables = self
                         .variables(v, &format!("environments.{name}.variables"))
@@ -298,6 +348,15 @@ impl Cx {
                 other => {
                     self.unknown_field(k.pos, other, &format!("environment `{name}`"), ENV_FIELDS)
                 }
+            }
+        }
+        if env.generate.is_none() {
+            for (field, pos) in family_only {
+                self.err(
+                    pos,
+                    format!("`{field}` is for a family of environments; `{name}` is static"),
+                    Some("a static environment runs until removed from the stack; set it on an entry with `generate:` (ad-hoc environments take their family's with `--like`)"),
+                );
             }
         }
         if env.track.is_some() && env.generate.is_some() {

@@ -145,7 +145,20 @@ pub struct EnvironmentDef {
     pub generate: Option<Generate>,
     /// How long a generated or ad-hoc environment lives.
     pub ttl: Option<Duration>,
+    /// Destroyed after this long without a request through its preview URL.
+    pub idle_ttl: Option<Duration>,
+    /// Its processes stopped after this long without a request; the next request wakes them.
+    pub sleep_after: Option<Duration>,
+    /// At most this many environments of the family run at once; more wait in a queue.
+    pub max_environments: Option<u32>,
+    /// Who may open its preview URLs, as written; see [`EnvironmentDef::access`].
+    pub access: Option<Access>,
 }
+
+pub use crate::vocab::Access;
+
+/// What `access` may say.
+pub const ACCESS: &[&str] = Access::WORDS;
 
 /// An entry of `resources:`.
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +232,10 @@ const ENV_FIELDS: &[&str] = &[
     "ttl",
     "description",
     "apply_requirements",
+    "idle_ttl",
+    "sleep_after",
+    "max_environments",
+    "access",
 ];
 
 /// What `apply_requirements` may list.
@@ -232,6 +249,18 @@ impl EnvironmentDef {
             Some(list) => list.clone(),
             None if self.protected => APPLY_REQUIREMENTS.iter().map(|s| s.to_string()).collect(),
             None => Vec::new(),
+        }
+    }
+
+    /// Who may open the preview URL of an environment of `kind` made from this entry: as
+    /// written, else `public` for a static environment and `private` for a generated or
+    /// ad-hoc one (it runs whoever's branch or ref; an ad-hoc copy made `--like prod` is no
+    /// `prod`).
+    pub fn access(&self, kind: crate::vocab::EnvKind) -> Access {
+        match (self.access, kind) {
+            (Some(access), _) => access,
+            (None, crate::vocab::EnvKind::Static) => Access::Public,
+            (None, _) => Access::Private,
         }
     }
 }

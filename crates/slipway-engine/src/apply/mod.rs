@@ -9,6 +9,7 @@
 mod dag;
 mod destroy;
 mod exports;
+mod sleep;
 mod step;
 mod swap;
 
@@ -286,6 +287,11 @@ impl Engine {
         )
         .entered();
         self.check_isolated(env, prepared.desired.environment.kind)?;
+        // A queued environment gets nothing, not even the identity allocated just below (the
+        // record's own check, in its transaction, stays the one that cannot race).
+        if let Some(recorded) = self.store.environment(env)? {
+            crate::refuse_queued(&recorded)?;
+        }
         // Ownership before action: the environment's identity is recorded before anything of
         // it exists.
         let sandbox = self.sandbox(env)?;
@@ -567,25 +573,15 @@ mod tests {
         engine
             .store
             .upsert_environment(&EnvironmentRecord {
-                name: env("dev"),
-                kind: EnvKind::Static,
-                stack: "shop".into(),
-                repo: String::new(),
-                tracked_ref: None,
-                desired_commit: None,
-                commit: None,
-                hash: None,
                 sync: SyncState::Synced,
                 health: Health::Healthy,
-                message: None,
-                owner: None,
-                ttl_ms: None,
-                expires_at: None,
-                pinned: false,
-                created_at: 0,
-                updated_at: 0,
-                definition: None,
-                protected: false,
+                ..EnvironmentRecord::new(
+                    env("dev"),
+                    EnvKind::Static,
+                    "shop".into(),
+                    String::new(),
+                    0,
+                )
             })
             .expect("environment");
         engine

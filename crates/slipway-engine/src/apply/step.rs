@@ -333,42 +333,54 @@ impl Engine {
         record.status = ResourceStatus::Deleting;
         record.updated_at = slipway_state::now_ms();
         self.store.put_resource(&record)?;
-        if let Some(provider) = self.registry.get(&record.type_name) {
-            let dirs = self.env_dirs(env, &envelope.src_commit, "");
-            let ports = self.store.ports(env, name)?;
-            let instance = envelope.instance(name);
-            let sandbox = self.sandbox(env)?;
-            let stack = self.stack_of(env)?;
-            let ctx = self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox);
-            let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
-            let mut result = provider.delete(ctx, handle);
-            if result.is_ok()
-                && slipway_core::types::lookup(&record.type_name)
-                    .is_some_and(|t| t.has_instance_slots())
-            {
-                // The other instance slot of an exposed process may hold what an interrupted
-                // swap left.
-                let other = if instance == name {
-                    crate::instance_name(name, 1)
-                } else {
-                    name.to_string()
-                };
-                result = provider.delete(
-                    ResourceContext {
-                        resource: &other,
-                        ..ctx
-                    },
-                    None,
-                );
-            }
-            if let Err(e) = result {
-                let error = StepError::from(e);
-                return Err(self.record_failed(&mut record, error.message.clone(), error));
-            }
+        if let Err(error) = self.stop_resource(env, &record, &envelope) {
+            return Err(self.record_failed(&mut record, error.message.clone(), error));
         }
         self.store.release_ports(env, name)?;
         self.store.delete_resource(env, name)?;
         Ok(())
+    }
+
+    /// Has `record`'s provider delete its live object (both instance slots of an exposed
+    /// one); the record itself, its ports and its row are the caller's.
+    pub(crate) fn stop_resource(
+        &self,
+        env: &EnvName,
+        record: &ResourceRecord,
+        envelope: &Envelope,
+    ) -> Result<(), StepError> {
+        let name = record.name.as_str();
+        let Some(provider) = self.registry.get(&record.type_name) else {
+            return Ok(());
+        };
+        let dirs = self.env_dirs(env, &envelope.src_commit, "");
+        let ports = self.store.ports(env, name)?;
+        let instance = envelope.instance(name);
+        let sandbox = self.sandbox(env)?;
+        let stack = self.stack_of(env)?;
+        let ctx = self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox);
+        let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
+        let mut result = provider.delete(ctx, handle);
+        if result.is_ok()
+            && slipway_core::types::lookup(&record.type_name)
+                .is_some_and(|t| t.has_instance_slots())
+        {
+            // The other instance slot of an exposed process may hold what an interrupted
+            // swap left.
+            let other = if instance == name {
+                crate::instance_name(name, 1)
+            } else {
+                name.to_string()
+            };
+            result = provider.delete(
+                ResourceContext {
+                    resource: &other,
+                    ..ctx
+                },
+                None,
+            );
+        }
+        result.map_err(StepError::from)
     }
 }
 

@@ -2,6 +2,7 @@
 //! create and drop it. Every function here checks nothing itself: callers decide with
 //! [`database`] and [`role`] first.
 
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::sql::{PgError, Server, Session, ident, literal};
@@ -142,6 +143,48 @@ pub(crate) fn not_ours(server: &Server, kind: &str, name: &str, why: &str) -> Pr
     )
 }
 
+/// A role's password on its way to the server, which stores only its SCRAM-SHA-256 verifier
+/// (salted, 4,096 iterations: what `password_encryption = scram-sha-256` makes, and what
+/// psql's `\password` sends). Made here, not by the server: the plain password never crosses
+/// the connection, so no `log_statement` or `pg_stat_activity` shows it; and the hashing runs
+/// on a thread of its own from [`RolePassword::hashing`] on, while the connection is made and
+/// the catalog looked up, instead of in the server's backend after them.
+pub(crate) struct RolePassword {
+    plain: String,
+    verifier: Option<JoinHandle<String>>,
+}
+
+impl RolePassword {
+    /// Starts hashing `password`.
+    pub fn hashing(password: &str) -> RolePassword {
+        let plain = password.to_owned();
+        let verifier = std::thread::Builder::new()
+            .name("scram".to_owned())
+            .spawn({
+                let plain = plain.clone();
+                move || postgres_protocol::password::scram_sha_256(plain.as_bytes())
+            })
+            .ok();
+        RolePassword { plain, verifier }
+    }
+
+    /// The `PASSWORD` clause's literal: the verifier, or the plain password for a server
+    /// older than PostgreSQL 10 (which knows no SCRAM, and would store the verifier as the
+    /// password itself).
+    fn literal(self, s: &mut Session<'_>) -> Result<String, ProviderError> {
+        let version = s.server_version().map_err(|e| s.fail(e))?;
+        if version < 100_000 {
+            return literal(&self.plain);
+        }
+        let verifier = match self.verifier.map(JoinHandle::join) {
+            Some(Ok(verifier)) => verifier,
+            // No thread could be started (or it died): hash here.
+            _ => postgres_protocol::password::scram_sha_256(self.plain.as_bytes()),
+        };
+        literal(&verifier)
+    }
+}
+
 /// Makes the role `name` exist with our marker, `login` and `password`: creates it (with its
 /// marker, in one transaction) when absent, or sets both on our existing one. Returns whether
 /// it created it.
@@ -154,36 +197,25 @@ pub(crate) fn ensure_role(
     name: &str,
     marker: &str,
     login: bool,
-    password: &str,
+    password: RolePassword,
 ) -> Result<bool, ProviderError> {
     let role = ident(name)?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
-    let password = literal(password)?;
+    let password = password.literal(s)?;
     let comment = format!("COMMENT ON ROLE {role} IS {}", literal(marker)?);
-    match found.ownership {
-        Ownership::Absent => {
-            s.execute_atomically(
-                &format!("create role {name:?}"),
-                &[
-                    format!("CREATE ROLE {role} {login} PASSWORD {password}"),
-                    comment,
-                ],
-            )
-            .map_err(|e| s.fail(e))?;
-            Ok(true)
-        }
-        _ => {
-            s.execute_atomically(
-                &format!("update role {name:?}"),
-                &[
-                    format!("ALTER ROLE {role} {login} PASSWORD {password}"),
-                    comment,
-                ],
-            )
-            .map_err(|e| s.fail(e))?;
-            Ok(false)
-        }
-    }
+    let (created, action, change) = match found.ownership {
+        Ownership::Absent => (true, "create", "CREATE"),
+        _ => (false, "update", "ALTER"),
+    };
+    s.execute_atomically(
+        &format!("{action} role {name:?}"),
+        &[
+            format!("{change} ROLE {role} {login} PASSWORD {password}"),
+            comment,
+        ],
+    )
+    .map_err(|e| s.fail(e))?;
+    Ok(created)
 }
 
 /// Drops the role `name` if it exists. Fails, without `CASCADE`, while it owns objects.

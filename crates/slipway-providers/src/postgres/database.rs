@@ -270,6 +270,7 @@ impl DatabaseProvider {
             return Err(ProviderError::Config(format!("{TYPE}: {why}")));
         }
         let marker = self.servers.marker(ctx);
+        let hashed = catalog::RolePassword::hashing(password);
         Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name)?;
         let mut s = server.connect()?;
         if let Some(template) = &config.template
@@ -295,8 +296,7 @@ impl DatabaseProvider {
         if let Ownership::Foreign(why) = &role.ownership {
             return Err(catalog::not_ours(server, "role", &names.role, why));
         }
-        let created_role =
-            catalog::ensure_role(&mut s, &role, &names.role, &marker, true, password)?;
+        let created_role = catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
         let comment = format!(
             "COMMENT ON DATABASE {} IS {}",
             ident(&names.database)?,

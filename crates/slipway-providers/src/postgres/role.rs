@@ -168,13 +168,14 @@ impl RoleProvider {
         password: &str,
     ) -> Result<Applied, ProviderError> {
         let marker = self.servers.marker(ctx);
+        let hashed = catalog::RolePassword::hashing(password);
         Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name)?;
         let mut s = server.connect()?;
         let found = catalog::role(&mut s, role, &marker).map_err(|e| s.fail(e))?;
         if let Ownership::Foreign(why) = &found.ownership {
             return Err(catalog::not_ours(server, "role", role, why));
         }
-        catalog::ensure_role(&mut s, &found, role, &marker, login, password)?;
+        catalog::ensure_role(&mut s, &found, role, &marker, login, hashed)?;
         let live = LiveRole {
             server: server.name.clone(),
             role: role.to_owned(),

@@ -111,6 +111,7 @@ impl Server {
             Ok(client) => Ok(Session {
                 server: self,
                 client,
+                version: None,
             }),
             Err(source) => {
                 let e = PgError::Connect {
@@ -158,6 +159,8 @@ impl Server {
 pub(crate) struct Session<'a> {
     pub server: &'a Server,
     client: Client,
+    /// [`Session::server_version`], once asked.
+    version: Option<i32>,
 }
 
 impl Session<'_> {
@@ -181,30 +184,34 @@ impl Session<'_> {
             .map_err(|source| self.statement_error(action, source))
     }
 
-    /// Runs statements in one transaction: all of them take effect or none.
+    /// Runs statements in one transaction: all of them take effect or none. They go in one
+    /// simple query, one round trip: the server runs a query of several statements as one
+    /// implicit transaction, and rolls all of it back when one fails.
+    ///
+    /// # Assumptions
+    /// Each statement is whole and has no `BEGIN`/`COMMIT` of its own (its identifiers and
+    /// literals quoted by [`ident`] and [`literal`]).
     pub fn execute_atomically(
         &mut self,
         action: &str,
         statements: &[String],
     ) -> Result<(), PgError> {
-        let result = (|| {
-            let mut tx = self.client.transaction()?;
-            for statement in statements {
-                tx.batch_execute(statement)?;
-            }
-            tx.commit()
-        })();
-        result.map_err(|source| self.statement_error(action, source))
+        self.execute(action, &statements.join(";\n"))
     }
 
-    /// `server_version_num`, e.g. 150004.
+    /// `server_version_num`, e.g. 150004 (asked once per session).
     pub fn server_version(&mut self) -> Result<i32, PgError> {
+        if let Some(version) = self.version {
+            return Ok(version);
+        }
         let rows = self.query(
             "read the server version",
             "select current_setting('server_version_num')::int4",
             &[],
         )?;
-        Ok(rows.first().map(|row| row.get(0)).unwrap_or(0))
+        let version = rows.first().map(|row| row.get(0)).unwrap_or(0);
+        self.version = Some(version);
+        Ok(version)
     }
 
     fn statement_error(&self, action: &str, source: postgres::Error) -> PgError {

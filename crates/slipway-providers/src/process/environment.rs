@@ -4,6 +4,15 @@
 //! into their logs and restarts them with backoff. Starting a process costs a fork and an exec
 //! of the program, not an exec of Slipway; a hundred processes share one supervisor.
 //!
+//! Requests are served as they arrive, several at once: a `start` forks its child
+//! ([`super::spawn`]), records it, lets it exec, and is answered (`ok` and the state recorded)
+//! once the loop learns that the exec happened or failed; meanwhile the loop reads and serves
+//! the other requests, so the exec of one child overlaps the start of the next. Everything a
+//! start needs of the confinement that can be made once (the Landlock ruleset, the seccomp
+//! filter) is kept while the paths it names resolve to the same files. A process's log file is
+//! made by the first thing written to it (a process that prints nothing costs no file; its
+//! start is noted when something else is written).
+//!
 //! # Who may talk to it
 //! Its control channel is a unix socket, `<run>/supervise.sock`, inside the environment's
 //! `run/` directory (`0700`, the engine's). A request names a resource whose spec the engine
@@ -34,6 +43,10 @@
 //!   cannot reap or read the exit status of a child it adopted: it learns of its death through
 //!   a pidfd (`pidfd_open`, which works for any process), or, on a kernel without pidfds, by
 //!   polling the pid and start time every 100 ms.
+//! - A child is recorded in its state file (pid and start time) before it runs anything: it
+//!   waits, forked and confined, until the supervisor has written the state file, and a
+//!   supervisor killed before that leaves a child that exits without running its program.
+//!   A child that could not be recorded is not run.
 //! - A process whose spec file is gone (its resource is being deleted) is never started again.
 //! - State files keep the per-resource format of [`SupervisorState`], with `scope:
 //!   environment`; a state file whose per-resource supervisor (a home from before) still runs
@@ -49,11 +62,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -62,6 +75,7 @@ use nix::libc;
 use nix::sys::signal::Signal;
 
 use super::RestartPolicy;
+use super::spawn::{self, Held, Launching, Program};
 use super::supervisor::{
     FIRST_BACKOFF, MAX_BACKOFF, Phase, STABLE_UPTIME, Scope, SupervisorSpec, SupervisorState,
     read_state, write_state,
@@ -69,7 +83,7 @@ use super::supervisor::{
 use crate::command::describe_exit;
 use crate::logfile::CappedLog;
 use crate::procinfo::{ProcessIdentity, wait_until};
-use crate::sandbox::Confinement;
+use crate::sandbox::{Confinement, Grant, Prepared};
 
 /// The control socket's name in the run directory.
 pub(crate) const SOCKET: &str = "supervise.sock";
@@ -154,10 +168,10 @@ fn pidfd_of(identity: ProcessIdentity) -> Option<OwnedFd> {
 /// What the supervisor answered, and who it is.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    /// The reply line: `ok`, `ok empty` (it supervises nothing more and exits), or
-    /// `error <why>`.
+    /// The reply line: `ok`, `ok <state>` (to a `start`: the state it recorded, as JSON),
+    /// `ok empty` (it supervises nothing more and exits), or `error <why>`.
     pub reply: String,
-    /// The supervisor that answered.
+    /// The supervisor that answered (to a `release`).
     pub supervisor: Option<ProcessIdentity>,
 }
 
@@ -170,6 +184,13 @@ impl Answer {
     /// Whether it exits after this answer.
     pub fn exits(&self) -> bool {
         self.reply == "ok empty"
+    }
+
+    /// The state it recorded, which it gives with its answer to a `start`
+    /// (`ok {"supervisor": ...}`).
+    pub fn recorded(&self) -> Option<SupervisorState> {
+        let json = self.reply.strip_prefix("ok ")?;
+        serde_json::from_str(json).ok()
     }
 }
 
@@ -204,7 +225,12 @@ pub(crate) fn ask(run: &Path, request: &str, timeout: Duration) -> io::Result<Op
             server.uid
         )));
     }
-    let supervisor = u32::try_from(server.pid).ok().and_then(ProcessIdentity::of);
+    // Who answered matters to a `release` (whose answer may say it exits); the others need
+    // not read its identity.
+    let supervisor = request
+        .starts_with("release ")
+        .then(|| u32::try_from(server.pid).ok().and_then(ProcessIdentity::of))
+        .flatten();
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut reply = String::new();
@@ -290,8 +316,8 @@ struct Watched {
     identity: ProcessIdentity,
     /// Becomes readable when it exits; `None` on a kernel without pidfds.
     pidfd: Option<OwnedFd>,
-    /// Ours to reap, if we forked it; `None` if it was taken over from a supervisor that died.
-    own: Option<Child>,
+    /// Ours to reap (we forked it); false if it was taken over from a supervisor that died.
+    own: bool,
 }
 
 /// One supervised resource.
@@ -306,10 +332,25 @@ struct Slot {
     /// Whether the pipe may have writers (false after end of file, until the next start).
     output_open: bool,
     child: Option<Watched>,
+    /// The child's exec, while whether it happened is not known yet.
+    launching: Option<Launching>,
+    /// `start` requests answered once the launch is settled.
+    waiting: Vec<UnixStream>,
     backoff: Duration,
     restart_at: Option<Instant>,
     started: Instant,
 }
+
+/// A request accepted, not yet read in full.
+struct Incoming {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+/// A confinement made ready once for every child started under it ([`Confinement::prepare`]),
+/// and what its ruleset was built from ([`Confinement::rules_key`]).
+type PreparedEntry = (Confinement, Vec<(PathBuf, Grant, u64, u64)>, Rc<Prepared>);
 
 struct EnvironmentSupervisor {
     run: PathBuf,
@@ -319,10 +360,27 @@ struct EnvironmentSupervisor {
     me: ProcessIdentity,
     slots: BTreeMap<String, Slot>,
     /// Children let go of (`release`), reaped when they exit.
-    released: Vec<Child>,
+    released: Vec<u32>,
     stop: Arc<AtomicBool>,
     last_request: Instant,
+    /// Requests being read.
+    incoming: Vec<Incoming>,
+    /// `/dev/null`, every child's standard input.
+    null: File,
+    /// Confinements made ready, most recent last.
+    prepared: Vec<PreparedEntry>,
+    /// What the loop polls, and for what (the slot's place in `slots`).
+    poll_fds: Vec<libc::pollfd>,
+    poll_watched: Vec<(Watch, usize)>,
 }
+
+/// How long a request may take to arrive in full once its connection is accepted.
+const REQUEST_READ: Duration = Duration::from_secs(2);
+/// How long a child told to go may take to reach its exec before a stop gives up waiting for
+/// it (it then stops whatever the child became).
+const SETTLE: Duration = Duration::from_secs(5);
+/// Confinements kept made ready (an environment has one, plus one per set of ports).
+const PREPARED_KEPT: usize = 32;
 
 /// Runs the supervisor of the environment whose run directory is `run`; returns the process
 /// exit code. Meant to be the whole of a process's life: `slipway __supervise <run dir>`.
@@ -335,6 +393,13 @@ pub(crate) fn run(run: &Path) -> i32 {
         Ok(dir) => dir,
         Err(e) => {
             eprintln!("slipway supervisor: cannot open {}: {e}", run.display());
+            return 2;
+        }
+    };
+    let null = match File::open("/dev/null") {
+        Ok(null) => null,
+        Err(e) => {
+            eprintln!("slipway supervisor: cannot open /dev/null: {e}");
             return 2;
         }
     };
@@ -371,6 +436,11 @@ pub(crate) fn run(run: &Path) -> i32 {
         released: Vec::new(),
         stop,
         last_request: Instant::now(),
+        incoming: Vec::new(),
+        null,
+        prepared: Vec::new(),
+        poll_fds: Vec::new(),
+        poll_watched: Vec::new(),
     };
     supervisor.adopt_all();
     supervisor.serve();
@@ -392,6 +462,8 @@ enum Ended {
 #[derive(Clone, Copy)]
 enum Watch {
     Requests,
+    Incoming,
+    Launch,
     Output,
     Exit,
 }
@@ -403,7 +475,10 @@ impl EnvironmentSupervisor {
                 self.stop_everything();
                 return;
             }
-            if self.slots.is_empty() && self.last_request.elapsed() >= IDLE_EXIT {
+            if self.slots.is_empty()
+                && self.incoming.is_empty()
+                && self.last_request.elapsed() >= IDLE_EXIT
+            {
                 self.close();
                 return;
             }
@@ -417,32 +492,34 @@ impl EnvironmentSupervisor {
                 self.stop_everything();
                 return;
             }
-            let mut fds = vec![libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            let mut watched: Vec<(Watch, String)> = vec![(Watch::Requests, String::new())];
+            // Made anew each time round, in buffers kept from one round to the next.
+            let mut fds = std::mem::take(&mut self.poll_fds);
+            let mut watched = std::mem::take(&mut self.poll_watched);
+            fds.clear();
+            watched.clear();
+            let mut watch = |fd: libc::c_int, what: Watch, slot: usize| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                watched.push((what, slot));
+            };
+            watch(self.listener.as_raw_fd(), Watch::Requests, 0);
+            for incoming in &self.incoming {
+                watch(incoming.stream.as_raw_fd(), Watch::Incoming, 0);
+            }
             let mut without_pidfd = false;
-            for (name, slot) in &self.slots {
+            for (i, slot) in self.slots.values().enumerate() {
+                if let Some(launching) = &slot.launching {
+                    watch(launching.fd(), Watch::Launch, i);
+                }
                 if let (Some(output), true) = (&slot.output, slot.output_open) {
-                    fds.push(libc::pollfd {
-                        fd: output.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
-                    watched.push((Watch::Output, name.clone()));
+                    watch(output.as_raw_fd(), Watch::Output, i);
                 }
                 if let Some(child) = &slot.child {
                     match &child.pidfd {
-                        Some(pidfd) => {
-                            fds.push(libc::pollfd {
-                                fd: pidfd.as_raw_fd(),
-                                events: libc::POLLIN,
-                                revents: 0,
-                            });
-                            watched.push((Watch::Exit, name.clone()));
-                        }
+                        Some(pidfd) => watch(pidfd.as_raw_fd(), Watch::Exit, i),
                         None => without_pidfd = true,
                     }
                 }
@@ -457,22 +534,52 @@ impl EnvironmentSupervisor {
                     wake = wake.min(at);
                 }
             }
+            for incoming in &self.incoming {
+                wake = wake.min(incoming.deadline);
+            }
             let timeout = wake.saturating_duration_since(now).as_millis();
             let timeout = libc::c_int::try_from(timeout).unwrap_or(1000);
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if ready < 0 {
+            let polled =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            // What is ready, by slot name (the slots change as they are handled).
+            let mut ready: Vec<(Watch, String)> = Vec::new();
+            let mut requests = false;
+            if polled > 0 {
+                let names: Vec<&String> = self.slots.keys().collect();
+                for (fd, (what, slot)) in fds.iter().zip(&watched) {
+                    if fd.revents == 0 {
+                        continue;
+                    }
+                    match what {
+                        Watch::Requests => requests = true,
+                        Watch::Incoming => {}
+                        Watch::Launch | Watch::Output | Watch::Exit => {
+                            ready.push((*what, names[*slot].clone()));
+                        }
+                    }
+                }
+            }
+            self.poll_fds = fds;
+            self.poll_watched = watched;
+            if polled < 0 {
                 // EINTR (a signal): the loop looks at the flags again.
                 continue;
             }
-            // Output before exits, so that a child's last words precede the note of its end.
-            for (fd, (watch, name)) in fds.iter().zip(&watched) {
-                if fd.revents != 0 && matches!(watch, Watch::Output) {
+            // Launches first, so that a child's start is noted before its first words; then
+            // output before exits, so that its last words precede the note of its end.
+            for (what, name) in &ready {
+                if matches!(what, Watch::Launch) {
+                    self.settle(name, Duration::ZERO);
+                }
+            }
+            for (what, name) in &ready {
+                if matches!(what, Watch::Output) {
                     self.drain(name);
                 }
             }
-            for (fd, (watch, name)) in fds.iter().zip(&watched) {
-                if fd.revents != 0 && matches!(watch, Watch::Exit) {
+            for (what, name) in &ready {
+                if matches!(what, Watch::Exit) {
                     self.exited(name);
                 }
             }
@@ -491,7 +598,10 @@ impl EnvironmentSupervisor {
                     self.exited(&name);
                 }
             }
-            if fds[0].revents != 0 && self.requests() {
+            if requests {
+                self.accept();
+            }
+            if self.read_requests() {
                 return;
             }
             let due: Vec<String> = self
@@ -503,71 +613,117 @@ impl EnvironmentSupervisor {
             for name in due {
                 self.restart(&name);
             }
-            self.released
-                .retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+            self.released.retain(|pid| {
+                // SAFETY: polls our own child; no status is wanted.
+                let rc = unsafe {
+                    libc::waitpid(*pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG)
+                };
+                rc == 0
+            });
         }
     }
 
-    /// Answers every pending request; returns whether to exit now (the last release).
-    fn requests(&mut self) -> bool {
+    /// Accepts every pending connection: a caller of another uid is refused at once; the
+    /// others' requests are read as they arrive ([`EnvironmentSupervisor::read_requests`]).
+    fn accept(&mut self) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
+                Err(_) => return,
             };
             self.last_request = Instant::now();
-            if self.answer(stream) {
-                self.close();
-                return true;
+            match peer(&stream) {
+                Ok(cred) if cred.uid == euid() || cred.uid == 0 => {}
+                // Only the engine's uid (and root) may ask anything. Nothing else reaches the
+                // socket (see the module's docs); this is the belt to those braces.
+                _ => {
+                    reply(&stream, "error refused: not the engine's uid");
+                    continue;
+                }
             }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.incoming.push(Incoming {
+                stream,
+                line: Vec::new(),
+                deadline: Instant::now() + REQUEST_READ,
+            });
         }
     }
 
-    /// Reads one request from `stream` and answers it; returns whether to exit.
-    fn answer(&mut self, stream: UnixStream) -> bool {
-        let caller = peer(&stream);
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let reply = |text: &str| {
-            let _ = (&stream).write_all(format!("{text}\n").as_bytes());
-        };
-        match caller {
-            Ok(cred) if cred.uid == euid() || cred.uid == 0 => {}
-            // Only the engine's uid (and root) may ask anything. Nothing else reaches the
-            // socket (see the module's docs); this is the belt to those braces.
-            _ => {
-                reply("error refused: not the engine's uid");
-                return false;
+    /// Reads what arrived of the requests being read, and answers each one read in full
+    /// (a `start` once its process's exec is settled); returns whether to exit now (the last
+    /// release).
+    fn read_requests(&mut self) -> bool {
+        let mut i = 0;
+        while i < self.incoming.len() {
+            let incoming = &mut self.incoming[i];
+            let mut buf = [0u8; 512];
+            let complete = loop {
+                match (&incoming.stream).read(&mut buf) {
+                    // The caller went away before its request ended.
+                    Ok(0) => break None,
+                    Ok(n) => {
+                        incoming.line.extend_from_slice(&buf[..n]);
+                        if let Some(end) = incoming.line.iter().position(|b| *b == b'\n') {
+                            incoming.line.truncate(end);
+                            break Some(true);
+                        }
+                        if incoming.line.len() > 4096 {
+                            break None;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break (Instant::now() < incoming.deadline).then_some(false);
+                    }
+                    Err(_) => break None,
+                }
+            };
+            match complete {
+                Some(false) => i += 1,
+                None => {
+                    self.incoming.swap_remove(i);
+                }
+                Some(true) => {
+                    let incoming = self.incoming.swap_remove(i);
+                    let line = String::from_utf8_lossy(&incoming.line).into_owned();
+                    if self.answer(incoming.stream, &line) {
+                        self.close();
+                        return true;
+                    }
+                }
             }
         }
-        let mut line = String::new();
-        if BufReader::new((&stream).take(4096))
-            .read_line(&mut line)
-            .is_err()
-        {
-            return false;
-        }
+        false
+    }
+
+    /// Answers the request `line` of `stream` (now, or once the exec it waits for is
+    /// settled); returns whether to exit.
+    fn answer(&mut self, stream: UnixStream, line: &str) -> bool {
         let mut words = line.split_whitespace();
         let (verb, name) = (words.next(), words.next());
         let Some(name) = name.filter(|n| valid_resource(n) && words.next().is_none()) else {
             if verb.is_some() {
-                reply("error a request is `start|adopt|release RESOURCE`");
+                reply(&stream, "error a request is `start|adopt|release RESOURCE`");
             }
             return false;
         };
         match verb {
-            Some("start") => reply(
-                &self
-                    .start(name)
-                    .map_or_else(|e| format!("error {e}"), |()| "ok".into()),
-            ),
+            Some("start") => match self.start(name) {
+                Err(e) => reply(&stream, &format!("error {e}")),
+                Ok(()) => match self.slots.get_mut(name) {
+                    Some(slot) if slot.launching.is_some() => slot.waiting.push(stream),
+                    slot => reply(&stream, &started(slot.map(|s| &s.state))),
+                },
+            },
             Some("adopt") => {
                 if !self.slots.contains_key(name) {
                     self.adopt(name);
                 }
-                reply("ok");
+                reply(&stream, "ok");
             }
             Some("release") => {
                 // Only the release of its last process ends it: a release of what it does
@@ -577,12 +733,12 @@ impl EnvironmentSupervisor {
                     // Gone from the directory before the answer: whoever asks next starts
                     // a new supervisor, which waits for our lock.
                     let _ = std::fs::remove_file(via_fd(&self.dir, SOCKET));
-                    reply("ok empty");
+                    reply(&stream, "ok empty");
                     return true;
                 }
-                reply("ok");
+                reply(&stream, "ok");
             }
-            _ => reply("error unknown request"),
+            _ => reply(&stream, "error unknown request"),
         }
         false
     }
@@ -636,7 +792,7 @@ impl EnvironmentSupervisor {
                 slot.child = Some(Watched {
                     identity: child,
                     pidfd: pidfd_of(child),
-                    own: None,
+                    own: false,
                 });
             }
             (_, None) => {
@@ -680,7 +836,9 @@ impl EnvironmentSupervisor {
         state.supervisor = self.me;
         state.scope = Scope::Environment;
         state.stop_grace_ms = spec.stop_grace_ms;
-        let log = match CappedLog::open(&spec.log, spec.log_max_bytes) {
+        // Created by the first thing written to it: a process that prints nothing and does
+        // not end costs no file.
+        let log = match CappedLog::open_lazy(&spec.log, spec.log_max_bytes) {
             Ok(log) => log.redacting(&spec.redact),
             Err(e) => {
                 state.phase = Phase::Exited;
@@ -701,6 +859,8 @@ impl EnvironmentSupervisor {
             output_open: output.is_some(),
             output,
             child: None,
+            launching: None,
+            waiting: Vec::new(),
             backoff: FIRST_BACKOFF,
             restart_at: None,
             started: Instant::now(),
@@ -724,13 +884,7 @@ impl EnvironmentSupervisor {
             }
             // Another spec: the old process goes first (the provider stops it before writing
             // a new spec, so this is a repeated create racing a change).
-            let slot = self.slots.remove(name).expect("looked up just above");
-            if let Some(child) = slot.child {
-                child
-                    .identity
-                    .stop_group(Duration::from_millis(slot.spec.stop_grace_ms));
-                self.released.extend(child.own);
-            }
+            self.replace(name);
         } else {
             self.adopt(name);
             if self
@@ -740,14 +894,7 @@ impl EnvironmentSupervisor {
             {
                 return Ok(());
             }
-            if let Some(slot) = self.slots.remove(name)
-                && let Some(child) = slot.child
-            {
-                child
-                    .identity
-                    .stop_group(Duration::from_millis(slot.spec.stop_grace_ms));
-                self.released.extend(child.own);
-            }
+            self.replace(name);
         }
         let Some(slot) = self.slot(spec, spec_bytes, None) else {
             let state = read_state(&state_path(&self.run, name));
@@ -760,16 +907,39 @@ impl EnvironmentSupervisor {
         Ok(())
     }
 
+    /// Stops the process of `name` and forgets its slot, to start it anew under another spec.
+    fn replace(&mut self, name: &str) {
+        self.settle(name, SETTLE);
+        let Some(slot) = self.slots.remove(name) else {
+            return;
+        };
+        answer_waiting(slot.waiting, &slot.state);
+        if let Some(child) = slot.child {
+            child
+                .identity
+                .stop_group(Duration::from_millis(slot.spec.stop_grace_ms));
+            if child.own {
+                self.released.push(child.identity.pid);
+            }
+        }
+    }
+
     /// `release R`: forget R (its process is the caller's to stop) and its files; returns
     /// whether it supervised R.
     fn release(&mut self, name: &str) -> bool {
         let _ = std::fs::remove_file(spec_path(&self.run, name));
+        // A child still on its way to its exec is let go of once it got there (or failed
+        // to): then its session and process group are its own, and the caller can stop them.
+        self.settle(name, SETTLE);
         let Some(mut slot) = self.slots.remove(name) else {
             return false;
         };
         slot.log.flush_pending();
-        if let Some(child) = slot.child {
-            self.released.extend(child.own);
+        answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
+        if let Some(child) = slot.child
+            && child.own
+        {
+            self.released.push(child.identity.pid);
         }
         let _ = std::fs::remove_file(state_path(&self.run, name));
         true
@@ -791,39 +961,132 @@ impl EnvironmentSupervisor {
         self.launch(name);
     }
 
-    /// Starts the child of `name` (its slot exists), confined as its spec says.
+    /// The confinement of `confinement` made ready: the one made for an earlier child while
+    /// its rules resolve to the same files, else a new one.
+    fn prepared(&mut self, confinement: &Confinement) -> io::Result<Rc<Prepared>> {
+        if let Some((_, _, prepared)) = self
+            .prepared
+            .iter()
+            .find(|(c, key, _)| c == confinement && c.rules_match(key))
+        {
+            return Ok(Rc::clone(prepared));
+        }
+        // The key first: a path that appears meanwhile is then seen as a change next time.
+        let key = confinement.rules_key();
+        let prepared = Rc::new(confinement.prepare()?);
+        if self.prepared.len() >= PREPARED_KEPT {
+            self.prepared.remove(0);
+        }
+        self.prepared
+            .push((confinement.clone(), key, Rc::clone(&prepared)));
+        Ok(prepared)
+    }
+
+    /// Starts the child of `name` (its slot exists), confined as its spec says: forks it,
+    /// records it in the state file, and only then lets it exec. Whether the exec happened
+    /// is learnt in the loop ([`EnvironmentSupervisor::settle`]).
     fn launch(&mut self, name: &str) {
+        let confinement = self.slots[name]
+            .spec
+            .confinement
+            .clone()
+            // Specs from before sandboxes: their own session all the same.
+            .unwrap_or_else(Confinement::none);
+        let prepared = self.prepared(&confinement);
         let slot = self
             .slots
             .get_mut(name)
             .expect("launch is called for a slot");
         slot.started = Instant::now();
-        match spawn_child(slot) {
-            Ok(child) => {
-                slot.log
-                    .note(&format!("process started (pid {})", child.identity.pid));
-                slot.state.child = Some(child.identity);
+        let held = prepared.and_then(|prepared| spawn_child(slot, &self.null, &prepared));
+        let failed = match held {
+            Ok(held) => {
+                let pid = held.pid();
+                let identity =
+                    ProcessIdentity::of_child(pid).unwrap_or(ProcessIdentity { pid, start: 0 });
+                slot.state.child = Some(identity);
                 slot.state.phase = Phase::Running;
-                slot.output_open = true;
-                slot.child = Some(child);
-                let _ = write_state(&slot.spec.state, &slot.state);
+                // Recorded before it may run anything: a supervisor killed from here on
+                // leaves a child its successor knows.
+                match write_state(&slot.spec.state, &slot.state) {
+                    Ok(()) => {
+                        slot.launching = Some(held.go());
+                        slot.output_open = true;
+                        slot.child = Some(Watched {
+                            identity,
+                            pidfd: pidfd_of_child(pid),
+                            own: true,
+                        });
+                        None
+                    }
+                    Err(e) => {
+                        held.abandon();
+                        Some(io::Error::other(format!(
+                            "it could not be recorded in {}: {e}",
+                            slot.spec.state.display()
+                        )))
+                    }
+                }
             }
-            Err(e) => {
-                let why = format!("failed to start `{}`: {e}", slot.spec.command[0]);
-                slot.log.note(&why);
-                slot.state.child = None;
-                slot.state.last_exit = Some(why);
-                slot.state.exits += 1;
-                let mut slot = self.slots.remove(name).expect("just used");
-                self.decide(&mut slot, Ended::Failure);
-                let _ = write_state(&slot.spec.state, &slot.state);
-                self.slots.insert(name.to_owned(), slot);
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            self.start_failed(name, &e);
+        }
+    }
+
+    /// The start of `name`'s child failed with `e` (before or at its exec).
+    fn start_failed(&mut self, name: &str, e: &io::Error) {
+        let Some(mut slot) = self.slots.remove(name) else {
+            return;
+        };
+        let why = format!("failed to start `{}`: {e}", slot.spec.command[0]);
+        slot.log.note(&why);
+        slot.child = None;
+        slot.output_open = false;
+        slot.state.child = None;
+        slot.state.last_exit = Some(why);
+        slot.state.exits += 1;
+        self.decide(&mut slot, Ended::Failure);
+        let _ = write_state(&slot.spec.state, &slot.state);
+        answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
+        self.slots.insert(name.to_owned(), slot);
+    }
+
+    /// Settles the launch of `name`'s child if its outcome is known (waiting up to `wait` for
+    /// it): notes the start and answers the requests waiting for it, or records the failed
+    /// start.
+    fn settle(&mut self, name: &str, wait: Duration) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let Some(launching) = &mut slot.launching else {
+            return;
+        };
+        let outcome = if wait.is_zero() {
+            launching.outcome()
+        } else {
+            launching.wait_outcome(wait)
+        };
+        let Some(outcome) = outcome else {
+            return;
+        };
+        let pid = launching.pid();
+        slot.launching = None;
+        match outcome {
+            Ok(()) => {
+                slot.log
+                    .note_deferred(&format!("process started (pid {pid})"));
+                answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
             }
+            Err(e) => self.start_failed(name, &e),
         }
     }
 
     /// The child of `name` exited (its pidfd is readable, or its pid is gone).
     fn exited(&mut self, name: &str) {
+        // A child that ended before its exec was settled: the outcome is there by now.
+        self.settle(name, SETTLE);
         let Some(mut slot) = self.slots.remove(name) else {
             return;
         };
@@ -831,17 +1094,18 @@ impl EnvironmentSupervisor {
             self.slots.insert(name.to_owned(), slot);
             return;
         };
-        let (how, clean) = match child.own {
-            Some(mut own) => match own.wait() {
+        let (how, clean) = if child.own {
+            match wait_for(child.identity.pid) {
                 Ok(status) => (describe_exit(status), status.success()),
                 Err(e) => (format!("an unknown status ({e})"), false),
-            },
-            None => (
+            }
+        } else {
+            (
                 "an unknown status (taken over from a supervisor that died, so not this \
                  supervisor's child)"
                     .to_owned(),
                 false,
-            ),
+            )
         };
         // Whatever it left in its group must not hold the port the next child needs.
         child.identity.signal_group(Signal::SIGKILL);
@@ -896,6 +1160,11 @@ impl EnvironmentSupervisor {
     /// SIGTERM: stop every child's group (SIGKILL after the longest grace), remove the state
     /// files and the socket.
     fn stop_everything(&mut self) {
+        // Children on their way to their exec get there first (their group is theirs then).
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in &names {
+            self.settle(name, SETTLE);
+        }
         let children: Vec<ProcessIdentity> = self
             .slots
             .values()
@@ -921,8 +1190,10 @@ impl EnvironmentSupervisor {
             drain(&mut slot);
             slot.log.note("stopped (the supervisor was asked to stop)");
             slot.log.flush_pending();
-            if let Some(mut own) = slot.child.and_then(|c| c.own) {
-                let _ = own.wait();
+            if let Some(child) = slot.child
+                && child.own
+            {
+                let _ = wait_for(child.identity.pid);
             }
             let _ = std::fs::remove_file(&slot.spec.state);
         }
@@ -942,6 +1213,58 @@ impl EnvironmentSupervisor {
             slot.log.flush_pending();
         }
     }
+}
+
+/// Writes `text` and a newline to the caller. A short answer fits the socket's buffer; a
+/// caller that lets it fill up gets the rest within two seconds, or nothing.
+fn reply(stream: &UnixStream, text: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(REQUEST_READ));
+    let _ = (&*stream).write_all(format!("{text}\n").as_bytes());
+}
+
+/// The answer to a `start`: `ok` and the state recorded (so that the caller need not read
+/// the state file).
+fn started(state: Option<&SupervisorState>) -> String {
+    match state.and_then(|s| serde_json::to_string(s).ok()) {
+        Some(json) => format!("ok {json}"),
+        None => "ok".to_owned(),
+    }
+}
+
+/// Answers the `start` requests that waited for a launch to settle.
+fn answer_waiting(waiting: Vec<UnixStream>, state: &SupervisorState) {
+    let answer = started(Some(state));
+    for stream in waiting {
+        reply(&stream, &answer);
+    }
+}
+
+/// Reaps our child `pid`, waiting for it to exit.
+fn wait_for(pid: u32) -> io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is ours.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if rc >= 0 {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A pidfd of our own child `pid` (not reaped, so the pid is still it), if the kernel has
+/// them.
+fn pidfd_of_child(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Copies what the child of `slot` wrote into its log, without blocking.
@@ -988,9 +1311,11 @@ fn output_of(child: ProcessIdentity) -> Option<File> {
     (output.metadata().is_ok_and(|m| m.file_type().is_fifo()) && child.is_alive()).then_some(output)
 }
 
-/// Forks and execs the child of `slot`, confined as its spec says, its output into a pipe
-/// whose read end the slot keeps.
-fn spawn_child(slot: &mut Slot) -> io::Result<Watched> {
+/// Forks the child of `slot`, held before its exec ([`spawn::fork_held`]), confined as
+/// `prepared`, its output into a pipe whose read end the slot keeps.
+fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<Held> {
+    let spec = &slot.spec;
+    let program = Program::new(&spec.command, &spec.env, &spec.cwd)?;
     let (reader, writer) = io::pipe()?;
     let reader = File::from(OwnedFd::from(reader));
     // SAFETY: fcntl on descriptors we own; failure of F_SETPIPE_SZ only keeps the default
@@ -1007,33 +1332,8 @@ fn spawn_child(slot: &mut Slot) -> io::Result<Watched> {
         .write(true)
         .open(format!("/proc/self/fd/{}", writer.as_raw_fd()))?;
     drop(writer);
+    let held = spawn::fork_held(&program, null.as_fd(), both.as_fd(), prepared)?;
+    // Our copy of the child's end goes now (with `both`): the child holds its own.
     slot.output = Some(reader);
-    let spec = &slot.spec;
-    let mut command = Command::new(&spec.command[0]);
-    command
-        .args(&spec.command[1..])
-        .env_clear()
-        .envs(&spec.env)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(both.try_clone()?)
-        .stderr(both);
-    match &spec.confinement {
-        Some(confinement) => confinement.apply(&mut command)?,
-        // Specs from before sandboxes: their own session all the same.
-        None => Confinement::none().apply(&mut command)?,
-    }
-    let spawned = command.spawn();
-    // Our copies of the child's end go now: the child holds its own.
-    drop(command);
-    let child = spawned?;
-    let identity = ProcessIdentity::of_child(child.id()).unwrap_or(ProcessIdentity {
-        pid: child.id(),
-        start: 0,
-    });
-    Ok(Watched {
-        identity,
-        pidfd: pidfd_of(identity),
-        own: Some(child),
-    })
+    Ok(held)
 }

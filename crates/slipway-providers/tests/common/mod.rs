@@ -31,6 +31,7 @@ impl TestEnv {
             logs: root.join("logs"),
             run: root.join("run"),
             root,
+            opened: slipway_providers::OpenDirs::default(),
         };
         for dir in [&dirs.src, &dirs.data, &dirs.logs, &dirs.run] {
             std::fs::create_dir_all(dir).expect("create an environment directory");

@@ -137,6 +137,10 @@ fn op_id(op: &Op) -> &'static str {
         Op::GetPull(_) => "repoGetPullRequest",
         Op::ListReviews(_) => "repoListPullReviews",
         Op::GetPermission(_) => "repoGetRepoPermissions",
+        // Never matched (see `match_op`): Gitea has no deployments API.
+        Op::ListDeployments | Op::CreateDeployment | Op::CreateDeploymentStatus(_) => {
+            "(not in Gitea's API)"
+        }
     }
 }
 
@@ -145,6 +149,14 @@ fn match_op(method: &str, segments: &[String]) -> Option<Op> {
         (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .then(|| n.parse().ok())
             .flatten()
+    })
+    // GitHub's deployments have no counterpart in Gitea's API: a request for them is one the
+    // fake does not implement.
+    .filter(|op| {
+        !matches!(
+            op,
+            Op::ListDeployments | Op::CreateDeployment | Op::CreateDeploymentStatus(_)
+        )
     })
 }
 
@@ -253,6 +265,7 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
                 None => not_found(),
             }
         }
+        Op::ListDeployments | Op::CreateDeployment | Op::CreateDeploymentStatus(_) => not_found(),
     }
 }
 

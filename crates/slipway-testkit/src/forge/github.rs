@@ -48,7 +48,8 @@ use super::state::{
     Unauthorized, route,
 };
 pub use super::state::{
-    Comment, DEFAULT_BRANCH, FakeForge, NAME, OWNER, PrSpec, PrState, REPO, Status,
+    Comment, DEFAULT_BRANCH, Deployment, DeploymentStatus, FakeForge, NAME, OWNER, PrSpec, PrState,
+    REPO, Status,
 };
 use super::{
     Forge, Page, PageLinks, PullRequestEvents, Rebrand, Reply, Request, map_strings, merge,
@@ -90,6 +91,9 @@ pub const STATUS_DESCRIPTION_LIMIT: usize = 140;
 /// | `GET /repos/acme/shop/pulls/{n}` | the pull request, with `mergeable` and `merged` |
 /// | `GET /repos/acme/shop/pulls/{n}/reviews` | its reviews, oldest first, paginated |
 /// | `GET /repos/acme/shop/collaborators/{user}/permission` | as set; `404` for a user never set |
+/// | `GET /repos/acme/shop/deployments?sha=&environment=` | the deployments made, newest first |
+/// | `POST /repos/acme/shop/deployments` | `201`, a deployment of a commit (`ref` a sha) |
+/// | `POST /repos/acme/shop/deployments/{id}/statuses` | `201`, the status |
 ///
 /// Every one needs an `Authorization` header (any token, or the one of
 /// [`FakeForge::require_token`]), else `401`. Unknown pull requests and comments are `404`;
@@ -228,6 +232,9 @@ pub(super) enum Op {
     GetPull(u64),
     ListReviews(u64),
     GetPermission(String),
+    ListDeployments,
+    CreateDeployment,
+    CreateDeploymentStatus(u64),
 }
 
 impl Op {
@@ -243,6 +250,9 @@ impl Op {
             Op::GetPull(_) => "pulls/get",
             Op::ListReviews(_) => "pulls/list-reviews",
             Op::GetPermission(_) => "repos/get-collaborator-permission-level",
+            Op::ListDeployments => "repos/list-deployments",
+            Op::CreateDeployment => "repos/create-deployment",
+            Op::CreateDeploymentStatus(_) => "repos/create-deployment-status",
         }
     }
 }
@@ -282,6 +292,11 @@ pub(super) fn match_op_with(
                 ("GET", ["collaborators", user, "permission"]) if !user.is_empty() => {
                     Some(Op::GetPermission((*user).to_owned()))
                 }
+                ("GET", ["deployments"]) => Some(Op::ListDeployments),
+                ("POST", ["deployments"]) => Some(Op::CreateDeployment),
+                ("POST", ["deployments", id, "statuses"]) => {
+                    Some(Op::CreateDeploymentStatus(num(id)?))
+                }
                 _ => None,
             }
         }
@@ -317,7 +332,11 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
     }
     let writes = matches!(
         op,
-        Op::CreateComment(_) | Op::UpdateComment(_) | Op::CreateStatus(_)
+        Op::CreateComment(_)
+            | Op::UpdateComment(_)
+            | Op::CreateStatus(_)
+            | Op::CreateDeployment
+            | Op::CreateDeploymentStatus(_)
     );
     if writes && json.is_none() {
         return message(400, "Problems parsing JSON");
@@ -390,7 +409,162 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             Some((login, level)) => Reply::json(200, permission_json(api, login, level)),
             None => not_found(),
         },
+        Op::ListDeployments => {
+            let (sha, environment) = (call.param("sha"), call.param("environment"));
+            let items = st
+                .deployments
+                .iter()
+                .rev()
+                .filter(|d| sha.is_none_or(|s| d.sha.eq_ignore_ascii_case(s)))
+                .filter(|d| environment.is_none_or(|e| d.environment == e))
+                .map(|d| deployment_json(api, &core.bot_login, d))
+                .collect();
+            paginate(api, path, query, items)
+        }
+        Op::CreateDeployment => create_deployment(core, st, json.unwrap_or(&Value::Null)),
+        Op::CreateDeploymentStatus(id) => {
+            create_deployment_status(core, st, *id, json.unwrap_or(&Value::Null))
+        }
     }
+}
+
+/// `POST /repos/acme/shop/deployments`: the `ref` must be a commit (the fake knows no
+/// branches by name); `201` and the deployment.
+fn create_deployment(core: &Core, st: &mut State, body: &Value) -> Reply {
+    let Some(reference) = body.get("ref").and_then(Value::as_str) else {
+        return invalid("Deployment", "ref", "missing_field", None);
+    };
+    let hex = reference.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex || !(reference.len() == 40 || reference.len() == 64) {
+        return message(422, &format!("No ref found for: {reference}"));
+    }
+    let flag = |field: &str| -> Result<Option<bool>, Reply> {
+        match body.get(field) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(invalid("Deployment", field, "invalid", None)),
+        }
+    };
+    let (transient, production, auto_merge) = match (
+        flag("transient_environment"),
+        flag("production_environment"),
+        flag("auto_merge"),
+    ) {
+        (Ok(t), Ok(p), Ok(a)) => (t, p, a),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+    };
+    let required_contexts = match body.get("required_contexts") {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|c| c.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default(),
+        ),
+        Some(_) => return invalid("Deployment", "required_contexts", "invalid", None),
+    };
+    let environment = match body.get("environment") {
+        None => "production".to_owned(),
+        Some(Value::String(e)) if !e.is_empty() => e.clone(),
+        Some(_) => return invalid("Deployment", "environment", "invalid", None),
+    };
+    let id = st.id();
+    st.deployments.push(Deployment {
+        id,
+        sha: reference.to_ascii_lowercase(),
+        reference: reference.to_owned(),
+        environment,
+        transient_environment: transient.unwrap_or(false),
+        production_environment: production,
+        auto_merge: auto_merge.unwrap_or(true),
+        required_contexts,
+        statuses: Vec::new(),
+    });
+    let answer = deployment_json(
+        &core.base_url,
+        &core.bot_login,
+        st.deployments.last().expect("just pushed"),
+    );
+    Reply::json(201, answer)
+}
+
+/// `POST /repos/acme/shop/deployments/{id}/statuses`: `201` and the status.
+fn create_deployment_status(core: &Core, st: &mut State, id: u64, body: &Value) -> Reply {
+    let Some(state) = body.get("state").and_then(Value::as_str) else {
+        return invalid("DeploymentStatus", "state", "missing_field", None);
+    };
+    if !matches!(
+        state,
+        "error" | "failure" | "inactive" | "in_progress" | "queued" | "pending" | "success"
+    ) {
+        return invalid("DeploymentStatus", "state", "invalid", None);
+    }
+    let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+    let status_id = st.id();
+    let Some(deployment) = st.deployments.iter_mut().find(|d| d.id == id) else {
+        return not_found();
+    };
+    deployment.statuses.push(DeploymentStatus {
+        id: status_id,
+        state: state.to_owned(),
+        environment_url: text("environment_url"),
+        description: text("description"),
+        created_at: now_iso(),
+    });
+    let deployment = deployment.clone();
+    let status = deployment.statuses.last().expect("just pushed");
+    Reply::json(
+        201,
+        deployment_status_json(&core.base_url, &core.bot_login, &deployment, status),
+    )
+}
+
+/// `deployment`.
+fn deployment_json(api: &str, creator: &str, d: &Deployment) -> Value {
+    let url = format!("{api}/repos/{REPO}/deployments/{}", d.id);
+    json!({
+        "url": url,
+        "id": d.id,
+        "node_id": node_id("DE", d.id),
+        "sha": d.sha,
+        "ref": d.reference,
+        "task": "deploy",
+        "payload": {},
+        "original_environment": d.environment,
+        "environment": d.environment,
+        "description": null,
+        "creator": user_json(api, creator),
+        "created_at": now_iso(),
+        "updated_at": now_iso(),
+        "statuses_url": format!("{url}/statuses"),
+        "repository_url": format!("{api}/repos/{REPO}"),
+        "transient_environment": d.transient_environment,
+        "production_environment": d.production_environment.unwrap_or(false),
+        "performed_via_github_app": null,
+    })
+}
+
+/// `deployment-status`.
+fn deployment_status_json(api: &str, creator: &str, d: &Deployment, s: &DeploymentStatus) -> Value {
+    let url = format!("{api}/repos/{REPO}/deployments/{}", d.id);
+    json!({
+        "url": format!("{url}/statuses/{}", s.id),
+        "id": s.id,
+        "node_id": node_id("DES", s.id),
+        "state": s.state,
+        "creator": user_json(api, creator),
+        "description": s.description.clone().unwrap_or_default(),
+        "environment": d.environment,
+        "target_url": "",
+        "log_url": "",
+        "environment_url": s.environment_url.clone().unwrap_or_default(),
+        "created_at": s.created_at,
+        "updated_at": s.created_at,
+        "deployment_url": url,
+        "repository_url": format!("{api}/repos/{REPO}"),
+        "performed_via_github_app": null,
+    })
 }
 
 fn create_status(core: &Core, st: &mut State, sha: &str, body: &Value) -> Reply {

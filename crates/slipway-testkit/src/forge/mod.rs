@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 pub use crate::http::{Reply, Request, Server, header_of};
-pub use state::{Comment, Delivery, Event, FakeForge, PrSpec, PrState, Status};
+pub use state::{
+    Comment, Delivery, Deployment, DeploymentStatus, Event, FakeForge, PrSpec, PrState, Status,
+};
 use state::{DEFAULT_BRANCH, NAME, REPO};
 
 /// Which forge a fake plays.

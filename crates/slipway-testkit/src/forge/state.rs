@@ -111,6 +111,44 @@ pub struct Status {
     pub target_url: Option<String>,
 }
 
+/// A deployment (GitHub's Deployments API), with its statuses, as the fake keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// Its id.
+    pub id: u64,
+    /// The commit deployed, lower case.
+    pub sha: String,
+    /// The `ref` it was created with.
+    pub reference: String,
+    /// Its environment.
+    pub environment: String,
+    /// The request's `transient_environment` (`false` when not sent).
+    pub transient_environment: bool,
+    /// The request's `production_environment` (`None` when not sent).
+    pub production_environment: Option<bool>,
+    /// The request's `auto_merge` (GitHub's default, `true`, when not sent).
+    pub auto_merge: bool,
+    /// The request's `required_contexts` (`None` when not sent: every context is required).
+    pub required_contexts: Option<Vec<String>>,
+    /// Its statuses, oldest first.
+    pub statuses: Vec<DeploymentStatus>,
+}
+
+/// A deployment status as posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentStatus {
+    /// Its id.
+    pub id: u64,
+    /// `in_progress`, `success`, `failure`, `inactive`…
+    pub state: String,
+    /// Its `environment_url`, if one was sent.
+    pub environment_url: Option<String>,
+    /// Its description, if one was sent.
+    pub description: Option<String>,
+    /// ISO 8601.
+    pub created_at: String,
+}
+
 /// Something that happened to a pull request, as a webhook delivery tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -205,6 +243,8 @@ pub struct State {
     pub reviews: Vec<StoredReview>,
     /// Every commit status, oldest first.
     pub statuses: Vec<StoredStatus>,
+    /// Every deployment (GitHub), oldest first.
+    pub deployments: Vec<Deployment>,
     /// Lowercased login → (login as set, role as the forge spells it).
     pub permissions: HashMap<String, (String, String)>,
     /// Lowercased login → login as first seen: everyone the forge knows.
@@ -889,6 +929,11 @@ impl FakeForge {
             .filter(|c| c.pr == pr)
             .map(comment)
             .collect()
+    }
+
+    /// Every deployment made (GitHub's Deployments API), oldest first, with its statuses.
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.lock().deployments.clone()
     }
 
     /// The statuses posted for commit `sha` (any case), oldest first.

@@ -337,6 +337,35 @@ impl Browser {
             .unwrap_or_else(|e| panic!("write the screenshot {}: {e}", path.display()));
     }
 
+    /// The WCAG 2.1 A and AA violations axe-core finds in the page as it is now (the rules
+    /// of those tags, as Deque's own audits run them): each `{id, impact, help, nodes}`, with
+    /// the nodes' selectors and what is wrong with each. Empty when it passes.
+    pub fn axe_violations(&self) -> Vec<Value> {
+        static AXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let axe = AXE.get_or_init(|| {
+            let dir = slipway_testkit::fixtures::fetched_once(
+                "axe-core",
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fetch-axe.sh"),
+            );
+            std::fs::read_to_string(dir.join("axe.min.js")).expect("read axe.min.js")
+        });
+        // Run through WebDriver, not a <script> the page's Content-Security-Policy would
+        // refuse; the source sets `window.axe`.
+        let result = self.js(
+            &format!(
+                "{axe}\n;return window.axe.run(document, {{ runOnly: {{ type: 'tag', values: \
+                 ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] }}, resultTypes: ['violations'] }}) \
+                 .then((r) => r.violations.map((v) => ({{ id: v.id, impact: v.impact, help: v.help, \
+                 nodes: v.nodes.map((n) => ({{ target: n.target, why: n.failureSummary }})) }})));"
+            ),
+            vec![],
+        );
+        result
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("axe-core did not run: it answered {result:#}"))
+    }
+
     /// What the page shows, for failure messages: URL, title, the main region's text, the
     /// toasts, script errors, and the tail of chromedriver's log.
     pub fn report(&self) -> String {

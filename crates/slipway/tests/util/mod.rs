@@ -294,6 +294,63 @@ impl Drop for Sandbox {
                 let _ = self.run(&["destroy", "--env", &env, "--yes", "--confirm-destroy", &env]);
             }
         }
+        // What is still left (the homes of replicas, a state on PostgreSQL, a destroy that
+        // failed): every database and role a home of this sandbox made names the home's
+        // instance id in its comment.
+        drop_leftover_databases(self.dir.path());
+    }
+}
+
+/// Drops the databases and roles on the test PostgreSQL server whose Slipway comment names
+/// the instance of a home (`state.key`) in `dir` or a directory right below it.
+fn drop_leftover_databases(dir: &Path) {
+    let keys: Vec<PathBuf> = std::iter::once(dir.join("state.key"))
+        .chain(
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path().join("state.key")),
+        )
+        .filter(|path| path.is_file())
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    let Ok(mut client) = postgres::Client::connect(&pg_url(), postgres::NoTls) else {
+        return;
+    };
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    for key in keys {
+        let Ok(sealer) = slipway_state::Sealer::load_or_create(&key) else {
+            continue;
+        };
+        let pattern = format!("slipway:{}:%", sealer.instance_id());
+        let databases = client
+            .query(
+                "SELECT datname FROM pg_database d \
+                 WHERE shobj_description(d.oid, 'pg_database') LIKE $1",
+                &[&pattern],
+            )
+            .unwrap_or_default();
+        for row in databases {
+            let name: String = row.get(0);
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote(&name)
+            ));
+        }
+        let roles = client
+            .query(
+                "SELECT rolname FROM pg_roles r \
+                 WHERE shobj_description(r.oid, 'pg_authid') LIKE $1",
+                &[&pattern],
+            )
+            .unwrap_or_default();
+        for row in roles {
+            let name: String = row.get(0);
+            let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote(&name)));
+        }
     }
 }
 
@@ -600,6 +657,7 @@ pub fn status_resource<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 pub mod browser;
+pub mod receiver;
 pub mod replicas;
 pub mod world;
 pub use slipway_testkit::forge::{

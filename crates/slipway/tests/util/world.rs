@@ -31,7 +31,9 @@ macro_rules! pr_stack {
             "  qa: { track: main }\n",
             "  previews: { generate: ",
             $generate,
-            ", ttl: 1h }\n",
+            // The pull-request flow is tested here, read through the previews' URLs as a
+            // stranger would: `access: private` is tested in preview_access.rs.
+            ", ttl: 1h, access: public }\n",
             "resources:\n",
             "  web:\n",
             "    type: process\n",

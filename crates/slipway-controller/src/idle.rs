@@ -1,0 +1,335 @@
+//! Sleep, wake and idle expiry: what an environment's use through its preview URL decides.
+//!
+//! The routers tell the controller of each request ([`Controller::saw_request`]): a note in
+//! memory, written to the state at most every [`FLUSH_EVERY`] (never a write per request).
+//! Every second the controller looks at the environments with `sleep_after` or `idle_ttl` in
+//! force (recorded on the environment at each apply, from the commit it runs) and queues
+//! those with something due ([`Trigger::Idle`]); the reconcile then decides ([`check`]):
+//! past `idle_ttl` without a request it is destroyed, as an expiry; some time before, one
+//! `environment.idle` event warns; past `sleep_after` its processes are stopped
+//! (`Engine::sleep`) and it is `sleeping`. Idle time counts from the latest of its last
+//! request, a deploy of a new commit, a wake, an extension and its creation
+//! (`EnvironmentRecord::idle_since`), all in the state: a controller restart keeps it.
+//!
+//! A wake is asked by a request for a sleeping environment ([`Controller::wake_for_request`])
+//! or a person ([`Controller::wake`]); one wake at a time per environment, which every request
+//! meanwhile joins. It is a reconcile ([`Trigger::Wake`]): the stopped processes are found gone
+//! and started again (at the newest commit of what it follows), then it is `awake`.
+//!
+//! [`Controller::saw_request`]: crate::Controller::saw_request
+//! [`Controller::wake_for_request`]: crate::Controller::wake_for_request
+//! [`Controller::wake`]: crate::Controller::wake
+//! [`Trigger::Idle`]: crate::Trigger::Idle
+//! [`Trigger::Wake`]: crate::Trigger::Wake
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use slipway_core::EnvName;
+use slipway_core::vocab::{Activity, EventKind};
+use slipway_engine::{Confirmation, EngineError};
+use slipway_state::EnvironmentRecord;
+
+use crate::reconcile::{self, Action, WHO, event, expires};
+use crate::{ControllerError, DestroyOptions, Inner};
+
+/// How often requests seen by the router are written to the state, at most.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// How long before its idle expiry an environment is warned: 20% of `idle_ttl`, or an hour
+/// when that is less (a day's `idle_ttl` warns an hour before, not five).
+const WARN_AT_MOST: i64 = 3_600_000;
+
+/// What is due for an environment for want of requests, now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// Past `idle_ttl`: destroy it.
+    pub expire: bool,
+    /// Past the warning point of `idle_ttl`, not warned in this idle spell: warn.
+    pub warn: bool,
+    /// Awake past `sleep_after`: put it to sleep.
+    pub sleep: bool,
+}
+
+impl Due {
+    fn any(self) -> bool {
+        self.expire || self.warn || self.sleep
+    }
+}
+
+/// When the warning before the idle expiry of an environment idle since `since` comes.
+fn warn_at(since: i64, idle_ttl: i64) -> i64 {
+    let before = (idle_ttl / 5).min(WARN_AT_MOST);
+    since.saturating_add(idle_ttl.saturating_sub(before))
+}
+
+/// What is due for `record` at `now`, given a request `seen` that is not in the state yet.
+/// Pure: the state's columns and the clock decide.
+pub(crate) fn due(record: &EnvironmentRecord, seen: Option<i64>, now: i64) -> Due {
+    let since = record.idle_since(seen);
+    let mut due = Due {
+        expire: false,
+        warn: false,
+        sleep: false,
+    };
+    // Nothing runs before its first deploy: nothing to stop, and its idle time has not begun.
+    if record.commit.is_none() {
+        return due;
+    }
+    if let Some(idle_ttl) = record.idle_ttl_ms.filter(|_| expires(record)) {
+        due.expire = now >= since.saturating_add(idle_ttl);
+        due.warn = !due.expire
+            && now >= warn_at(since, idle_ttl)
+            && record.idle_warned_at.is_none_or(|warned| warned < since);
+    }
+    if let Some(sleep_after) = record.sleep_after_ms {
+        due.sleep = !due.expire
+            && record.activity == Activity::Awake
+            && now >= since.saturating_add(sleep_after);
+    }
+    due
+}
+
+/// The last request seen for `name` and not written to the state yet.
+fn seen(inner: &Inner, name: &EnvName) -> Option<i64> {
+    inner
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(name)
+        .copied()
+}
+
+/// Writes the requests seen since the last time to the state (every [`FLUSH_EVERY`], from
+/// the controller's timer). Kept in memory when the write fails, for the next time.
+pub(crate) fn flush(inner: &Inner) {
+    let taken: BTreeMap<EnvName, i64> = std::mem::take(
+        &mut *inner
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if taken.is_empty() {
+        return;
+    }
+    let seen: Vec<(EnvName, i64)> = taken.iter().map(|(n, at)| (n.clone(), *at)).collect();
+    if let Err(e) = inner.engine.store().record_requests(&seen) {
+        tracing::warn!(error = %e, "recording the preview requests seen failed; kept for later");
+        let mut now = inner
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, at) in taken {
+            let kept = now.entry(name).or_insert(at);
+            *kept = (*kept).max(at);
+        }
+    }
+}
+
+/// The environments with something due now (see [`due`]): what the timer queues.
+pub(crate) fn due_now(inner: &Inner) -> Result<Vec<EnvName>, ControllerError> {
+    let now = inner.now();
+    Ok(inner
+        .engine
+        .store()
+        .idling_environments()?
+        .into_iter()
+        .filter(|record| due(record, seen(inner, &record.name), now).any())
+        .map(|record| record.name)
+        .collect())
+}
+
+/// In a reconcile of `record`'s environment: does what is due for want of requests. `Some`:
+/// the reconcile is over (destroyed, or put to sleep, or busy); `None`: go on.
+pub(crate) fn check(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+) -> Result<Option<Action>, ControllerError> {
+    let name = &record.name;
+    let now = inner.now();
+    let due = due(record, seen(inner, name), now);
+    if due.expire {
+        let idle = humantime::format_duration(ms(record.idle_ttl_ms.unwrap_or(0)));
+        let options = DestroyOptions::new(WHO, Confirmation::Absent);
+        let why = format!("no request through its preview URL for {idle} (idle_ttl)");
+        reconcile::expired(
+            inner,
+            record,
+            &format!("{name} was idle for {idle} and was destroyed (idle_ttl)"),
+        );
+        reconcile::destroy(inner, name, &options, &why)?;
+        return Ok(Some(Action::Done));
+    }
+    if due.warn {
+        let idle_ttl = record.idle_ttl_ms.unwrap_or(0);
+        let since = record.idle_since(seen(inner, name));
+        let left = since.saturating_add(idle_ttl).saturating_sub(now).max(0);
+        inner
+            .engine
+            .store()
+            .modify_environment(name, |fresh| fresh.idle_warned_at = Some(now))?;
+        event(
+            inner,
+            name,
+            EventKind::EnvironmentIdle,
+            &format!(
+                "{name} has had no request for {} and is destroyed in {} unless its preview \
+                 URL is visited or it is extended (`slipway env extend {name} --by 1h`)",
+                humantime::format_duration(ms(now.saturating_sub(since))),
+                humantime::format_duration(ms(left)),
+            ),
+        );
+    }
+    if due.sleep {
+        let idle = humantime::format_duration(ms(record.sleep_after_ms.unwrap_or(0)));
+        return match sleep(
+            inner,
+            name,
+            &format!("no request through its preview URL for {idle} (sleep_after)"),
+            slipway_engine::LockWait::Fail,
+        ) {
+            Ok(_) => Ok(Some(Action::Requeue(inner.options.requeue_interval))),
+            Err(ControllerError::Engine(EngineError::Locked(_))) => Ok(Some(Action::Busy)),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(None)
+}
+
+/// Stops `name`'s processes under its lock and records it `sleeping`, saying `why`. An
+/// environment asleep already is left as it is.
+pub(crate) fn sleep(
+    inner: &Inner,
+    name: &EnvName,
+    why: &str,
+    wait: slipway_engine::LockWait<'_>,
+) -> Result<EnvironmentRecord, ControllerError> {
+    let engine = &inner.engine;
+    let lock = engine.lock(name, wait)?;
+    // Read under the lock: what an operation that held it meanwhile left.
+    let Some(record) = engine.store().environment(name)? else {
+        return Err(ControllerError::NotFound(name.to_string()));
+    };
+    if record.activity == Activity::Sleeping {
+        return Ok(record);
+    }
+    if record.commit.is_none() {
+        return Err(ControllerError::Invalid(format!(
+            "`{name}` runs nothing yet (it has no deployment), so there is nothing to stop"
+        )));
+    }
+    let stopped = engine.sleep(&lock)?;
+    let now = inner.now();
+    let mut slept = None;
+    engine.store().modify_environment(name, |fresh| {
+        fresh.activity = Activity::Sleeping;
+        fresh.activity_since = Some(now);
+        fresh.updated_at = now;
+        slept = Some(fresh.clone());
+    })?;
+    event(
+        inner,
+        name,
+        EventKind::EnvironmentSlept,
+        &format!(
+            "{name} is asleep: {why}; stopped {}; the next request through its preview URL \
+             wakes it",
+            if stopped.is_empty() {
+                "nothing (it runs no process)".to_string()
+            } else {
+                stopped.join(", ")
+            }
+        ),
+    );
+    slept.ok_or_else(|| ControllerError::NotFound(name.to_string()))
+}
+
+/// After a wake's reconcile (whatever its outcome: a failed apply is reported as such, not
+/// as sleep): `name` is `awake`, its idle time starts again.
+pub(crate) fn woke(inner: &Inner, name: &EnvName, started: i64) -> Result<(), ControllerError> {
+    let now = inner.now();
+    let changed = inner.engine.store().modify_environment(name, |fresh| {
+        fresh.activity = Activity::Awake;
+        fresh.activity_since = Some(now);
+        fresh.touched_at = Some(now);
+        fresh.updated_at = now;
+    })?;
+    if changed {
+        event(
+            inner,
+            name,
+            EventKind::EnvironmentWoke,
+            &format!(
+                "{name} is awake again (its processes started in {})",
+                humantime::format_duration(Duration::from_millis(
+                    u64::try_from(now.saturating_sub(started)).unwrap_or(0)
+                ))
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn ms(ms: i64) -> Duration {
+    // Whole seconds: what a person reads in an event.
+    Duration::from_secs(u64::try_from(ms.max(0) / 1000).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_core::vocab::EnvKind;
+
+    fn record(sleep_after: Option<i64>, idle_ttl: Option<i64>) -> EnvironmentRecord {
+        EnvironmentRecord {
+            commit: Some("abc".into()),
+            sleep_after_ms: sleep_after,
+            idle_ttl_ms: idle_ttl,
+            ..EnvironmentRecord::new(
+                EnvName::parse("pr-1").expect("a valid name"),
+                EnvKind::Generated,
+                "shop".into(),
+                "repo".into(),
+                1_000,
+            )
+        }
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_latest_sign_of_use() {
+        let mut r = record(Some(10_000), None);
+        assert!(!due(&r, None, 10_999).sleep, "not before sleep_after");
+        assert!(
+            due(&r, None, 11_000).sleep,
+            "sleeps at sleep_after after creation"
+        );
+        r.last_request_at = Some(5_000);
+        assert!(!due(&r, None, 11_000).sleep, "a request recorded resets it");
+        assert!(
+            !due(&r, Some(9_000), 15_000).sleep,
+            "a request not yet recorded too"
+        );
+        r.touched_at = Some(20_000);
+        assert!(!due(&r, None, 29_999).sleep, "a wake or an extension too");
+        r.activity = Activity::Sleeping;
+        assert!(!due(&r, None, 99_999).sleep, "asleep already");
+    }
+
+    #[test]
+    fn idle_expiry_warns_once_before_it_destroys() {
+        // 10 s: warned at 8 s (20% before); a day: an hour before.
+        let mut r = record(None, Some(10_000));
+        assert_eq!(warn_at(0, 86_400_000), 86_400_000 - 3_600_000);
+        let at = |r: &EnvironmentRecord, now| due(r, None, now);
+        assert!(!at(&r, 8_999).warn);
+        assert!(at(&r, 9_000).warn && !at(&r, 9_000).expire);
+        r.idle_warned_at = Some(9_000);
+        assert!(!at(&r, 9_500).warn, "warned once");
+        assert!(at(&r, 11_000).expire);
+        r.last_request_at = Some(10_500);
+        assert!(!at(&r, 11_000).expire, "a request puts it off");
+        assert!(at(&r, 18_500).warn, "and the next idle spell warns again");
+        r.commit = None;
+        assert!(!at(&r, 99_000).expire, "nothing deployed yet: no idle time");
+    }
+}

@@ -1,0 +1,511 @@
+//! Private preview URLs end to end (`access: private`, docs/previews.md): a real `slipway
+//! serve`, a real application behind its router, and raw HTTP as a stranger, a script with a
+//! token, a browser with a signed link and a person signed in to the UI would send it.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Answers every request with what it received of the headers a router must keep from it,
+/// and on `/plant` tries to set the router's own cookie.
+const APP: &str = r#"
+import http.server, json, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        seen = {k.lower(): v for k, v in self.headers.items()}
+        body = json.dumps({"path": self.path, "cookie": seen.get("cookie"),
+                           "authorization": seen.get("authorization"),
+                           "link": seen.get("x-slipway-link")}).encode()
+        self.send_response(200)
+        if self.path == "/plant":
+            self.send_header("Set-Cookie", "slipway_preview=planted; Path=/")
+            self.send_header("Set-Cookie", "theme=dark; Path=/")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+const STACK: &str = r#"version: 1
+stack: shop
+environments:
+  main: { track: main }
+  previews:
+    generate: { branches: ["feature/*"] }
+resources:
+  web:
+    type: process
+    command: ["python3", "app.py", "${ports.http}"]
+    ports: [http]
+    health: { tcp: http }
+    expose: http
+"#;
+
+/// One raw HTTP/1.0 exchange with the server: (status, headers by lower-case name, body).
+fn exchange(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, BTreeMap<String, Vec<String>>, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            found
+                .entry(name.trim().to_ascii_lowercase())
+                .or_default()
+                .push(value.trim().to_string());
+        }
+    }
+    (status, found, body.to_string())
+}
+
+fn header<'a>(headers: &'a BTreeMap<String, Vec<String>>, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.first())
+        .map(String::as_str)
+}
+
+/// The `(host, path and query)` of an `http://` URL.
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    (host.to_string(), format!("/{path}"))
+}
+
+fn synced(s: &Sandbox, server: &Server, token: &str, env: &str) -> Option<()> {
+    let url = format!("http://{}", server.addr);
+    let status = s.json(&[
+        "--server", &url, "--token", token, "status", "--output", "json",
+    ]);
+    status_environment(&status, env)
+        .filter(|e| e["sync"] == "synced" && e["health"] == "healthy")
+        .map(|_| ())
+}
+
+#[test]
+fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
+    let s = Sandbox::new();
+    s.write("app.py", APP).write("slipway.yaml", STACK);
+    s.commit("stack");
+    testkit_git(&s, &["branch", "feature/a"]);
+    // feature/b's own commit opens the family to everyone: the default branch's family is
+    // private (by default), and that is what holds.
+    testkit_git(&s, &["checkout", "-q", "-b", "feature/b"]);
+    s.write(
+        "slipway.yaml",
+        &STACK.replace(
+            "generate: { branches: [\"feature/*\"] }",
+            "generate: { branches: [\"feature/*\"] }\n    access: public",
+        ),
+    );
+    s.commit("my preview is public");
+    testkit_git(&s, &["checkout", "-q", "main"]);
+    util::world::append_config(&s, "[repo]\npoll_interval = \"300ms\"\n");
+    let admin = named_token(&s, "admin", "admin");
+    let viewer = named_token(&s, "viewer", "viewer");
+    let server = start_serve(&s);
+    for env in ["main", "br-feature-a", "br-feature-b"] {
+        wait_for(&format!("{env} runs"), T, || {
+            synced(&s, &server, &admin, env)
+        });
+    }
+    let port = server.port();
+    let public = format!("main.shop.localhost:{port}");
+    let private = format!("br-feature-a.shop.localhost:{port}");
+
+    // A static environment is public by default; every preview answer says noindex.
+    let (status, headers, _) = exchange(port, &public, "/", &[]);
+    assert_eq!(status, 200, "a static environment's preview is public");
+    assert_eq!(header(&headers, "x-robots-tag"), Some("noindex, nofollow"));
+
+    // A stranger: 401, JSON for a script, a sign-in page for a browser, noindex on both.
+    let (status, headers, body) = exchange(port, &private, "/cart?x=1", &[]);
+    assert_eq!(
+        status, 401,
+        "a family's preview is private by default: {body}"
+    );
+    assert_eq!(header(&headers, "x-robots-tag"), Some("noindex, nofollow"));
+    let refusal: Value = serde_json::from_str(&body).expect("JSON for a non-browser");
+    assert!(
+        refusal["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("private")),
+        "{refusal}"
+    );
+    assert!(
+        refusal["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("slipway env link br-feature-a")),
+        "the refusal says how to get in: {refusal}"
+    );
+    let (status, headers, page) = exchange(port, &private, "/cart?x=1", &[("Accept", "text/html")]);
+    assert_eq!(status, 401);
+    assert!(
+        header(&headers, "content-type").is_some_and(|t| t.starts_with("text/html")),
+        "{headers:?}"
+    );
+    let sign_in = format!(
+        "http://localhost:{port}/.slipway/preview-sign-in?env=br-feature-a&amp;stack=shop&amp;next=%2Fcart%3Fx%3D1"
+    );
+    assert!(
+        page.contains(&sign_in),
+        "the page links to the sign-in, coming back to the page asked for: {page}"
+    );
+    assert_eq!(header(&headers, "x-robots-tag"), Some("noindex, nofollow"));
+
+    // A script with any Slipway token gets in; the application never sees the token.
+    let bearer = format!("Bearer {viewer}");
+    let (status, _, body) = exchange(port, &private, "/", &[("Authorization", &bearer)]);
+    assert_eq!(
+        status, 200,
+        "a viewer's token opens a private preview: {body}"
+    );
+    let seen: Value = serde_json::from_str(&body).expect("the app's JSON");
+    assert_eq!(
+        seen["authorization"],
+        Value::Null,
+        "the token is cut: {seen}"
+    );
+    let (status, _, _) = exchange(
+        port,
+        &private,
+        "/",
+        &[("Authorization", "Bearer slw_not-a-token")],
+    );
+    assert_eq!(status, 401, "an unknown token opens nothing");
+
+    // A signed link from the CLI (through the API, audited).
+    let url = format!("http://{}", server.addr);
+    let link = s.json(&[
+        "--server",
+        &url,
+        "--token",
+        &admin,
+        "env",
+        "link",
+        "br-feature-a",
+        "--for",
+        "1h",
+        "--output",
+        "json",
+    ]);
+    let link_url = link["url"].as_str().expect("a link").to_string();
+    assert!(link["expires_at"].is_string(), "{link}");
+    let (link_host, link_path) = split_url(&link_url);
+    assert_eq!(link_host, private, "the link is on the preview's host");
+    let (status, headers, _) = exchange(port, &link_host, &link_path, &[]);
+    assert_eq!(
+        status, 303,
+        "the link sets the preview cookie and sends the browser on"
+    );
+    assert_eq!(header(&headers, "location"), Some("/"));
+    let cookie = header(&headers, "set-cookie")
+        .expect("a cookie")
+        .to_string();
+    assert!(
+        cookie.starts_with("slipway_preview=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let value = cookie.split(';').next().expect("name=value").to_string();
+    let with_cookie = format!("theme=dark; {value}; cart=3");
+    let (status, _, body) = exchange(port, &private, "/", &[("Cookie", &with_cookie)]);
+    assert_eq!(status, 200, "the cookie opens the preview: {body}");
+    let seen: Value = serde_json::from_str(&body).expect("the app's JSON");
+    assert_eq!(
+        seen["cookie"], "theme=dark; cart=3",
+        "the application gets its own cookies and never the preview cookie"
+    );
+    // The application cannot plant the router's cookie.
+    let (status, headers, _) = exchange(port, &private, "/plant", &[("Cookie", &value)]);
+    assert_eq!(status, 200);
+    let set: Vec<&String> = headers.get("set-cookie").into_iter().flatten().collect();
+    assert_eq!(
+        set.len(),
+        1,
+        "only the application's own cookie is set: {set:?}"
+    );
+    assert!(set[0].starts_with("theme="), "{set:?}");
+
+    // The link opens that preview only: not another one, and not the API.
+    let other = format!("br-feature-b.shop.localhost:{port}");
+    let (status, _, _) = exchange(port, &other, "/", &[("Cookie", &value)]);
+    assert_eq!(
+        status, 401,
+        "a link to br-feature-a does not open br-feature-b"
+    );
+    let (status, _, _) = exchange(port, &other, "/", &[]);
+    assert_eq!(
+        status, 401,
+        "br-feature-b's commit says `access: public`; the default branch's private holds"
+    );
+    let (_, b) = api_request(
+        &server.addr,
+        "GET",
+        "/api/v1/environments/br-feature-b",
+        &admin,
+        None,
+    );
+    assert_eq!(b["access"], "private", "{b}");
+    let token_only = value.trim_start_matches("slipway_preview=");
+    let (status, _, _) = exchange(port, &other, "/", &[("X-Slipway-Link", token_only)]);
+    assert_eq!(status, 401, "nor when sent as the forwarding header");
+    let (status, _, _) = exchange(
+        port,
+        &format!("localhost:{port}"),
+        "/api/v1/environments",
+        &[("Cookie", &value)],
+    );
+    assert_eq!(status, 401, "a preview link is no API credential");
+    // A link whose expiry was edited no longer holds.
+    let (payload, tag) = token_only.split_once('~').expect("a link");
+    let (rest, expiry) = payload.rsplit_once('.').expect("an expiry");
+    let later = format!(
+        "{rest}.{}~{tag}",
+        expiry.parse::<i64>().expect("ms") + 86_400_000
+    );
+    let (status, _, body) = exchange(
+        port,
+        &private,
+        "/",
+        &[("Cookie", &format!("slipway_preview={later}"))],
+    );
+    assert_eq!(status, 401, "an edited link is refused: {body}");
+
+    // An expired link says so.
+    let short = s.json(&[
+        "--server",
+        &url,
+        "--token",
+        &admin,
+        "env",
+        "link",
+        "br-feature-a",
+        "--for",
+        "1s",
+        "--output",
+        "json",
+    ]);
+    let (host, path) = split_url(short["url"].as_str().expect("a link"));
+    // Taken (303) until its second is up, then refused as expired.
+    let (status, body) = wait_for("the one-second link expires", T, || {
+        let (status, _, body) = exchange(port, &host, &path, &[]);
+        (status != 303).then_some((status, body))
+    });
+    assert_eq!(status, 401);
+    assert!(body.contains("expired"), "{body}");
+
+    // Links are made by those who may act on the environment: not a viewer.
+    let (status, _) = api_request(
+        &server.addr,
+        "POST",
+        "/api/v1/environments/br-feature-a/link",
+        &viewer,
+        Some(serde_json::json!({"for": "1h"})),
+    );
+    assert_eq!(status, 403, "a viewer makes no links");
+    for bad in [
+        serde_json::json!({"for": "forever"}),
+        serde_json::json!({"for": "31d"}),
+        serde_json::json!({"for": "0s"}),
+        serde_json::json!({"until": "1h"}),
+    ] {
+        let (status, answer) = api_request(
+            &server.addr,
+            "POST",
+            "/api/v1/environments/br-feature-a/link",
+            &admin,
+            Some(bad.clone()),
+        );
+        assert_eq!(status, 400, "{bad} is refused clearly: {answer}");
+        assert!(answer["hint"].is_string(), "{answer}");
+    }
+
+    // A person signed in to the UI: the sign-in hands a link to the preview host.
+    let session_cookie = session_cookie(&server.addr, &viewer);
+    let main_host = format!("localhost:{port}");
+    let asked = "/.slipway/preview-sign-in?env=br-feature-a&stack=shop&next=%2Fcart";
+    let (status, headers, _) = exchange(port, &main_host, asked, &[("Cookie", &session_cookie)]);
+    assert_eq!(status, 303);
+    let to = header(&headers, "location").expect("sent on").to_string();
+    assert!(
+        to.starts_with(&format!(
+            "http://br-feature-a.shop.localhost:{port}/.slipway/auth?link="
+        )) && to.ends_with("&next=%2Fcart"),
+        "{to}"
+    );
+    let (host, path) = split_url(&to);
+    let (status, headers, _) = exchange(port, &host, &path, &[]);
+    assert_eq!(status, 303);
+    assert_eq!(header(&headers, "location"), Some("/cart"));
+    // Without a session: to the UI's login, which comes back to the sign-in.
+    let (status, headers, _) = exchange(port, &main_host, asked, &[]);
+    assert_eq!(status, 303);
+    let to = header(&headers, "location").expect("to the login");
+    assert!(
+        to.starts_with("/?next=%2F.slipway%2Fpreview-sign-in%3F"),
+        "{to}"
+    );
+
+    // Hostile input: no open redirect, no environment but a DNS label.
+    let (status, headers, _) = exchange(
+        port,
+        &main_host,
+        "/.slipway/preview-sign-in?env=br-feature-a&stack=shop&next=%2F%2Fevil.example%2F",
+        &[("Cookie", &session_cookie)],
+    );
+    assert_eq!(status, 303);
+    assert!(
+        header(&headers, "location").is_some_and(|l| l.ends_with("&next=%2F")),
+        "`//evil.example/` becomes `/`: {headers:?}"
+    );
+    let (status, headers, _) = exchange(
+        port,
+        &private,
+        &format!(
+            "/.slipway/auth?{}&next=https://evil.example/",
+            &link_path[link_path.find("link=").expect("link")..]
+        ),
+        &[],
+    );
+    assert_eq!(status, 303);
+    assert_eq!(header(&headers, "location"), Some("/"), "no open redirect");
+    for asked in [
+        "/.slipway/preview-sign-in?env=..%2F..&stack=shop",
+        "/.slipway/preview-sign-in?env=br-feature-a&stack=%3Cscript%3E",
+        "/.slipway/preview-sign-in",
+    ] {
+        let (status, _, body) = exchange(port, &main_host, asked, &[("Cookie", &session_cookie)]);
+        assert_eq!(status, 400, "{asked}: {body}");
+    }
+    let (status, _, _) = exchange(
+        port,
+        &main_host,
+        "/.slipway/preview-sign-in?env=nope&stack=shop",
+        &[("Cookie", &session_cookie)],
+    );
+    assert_eq!(
+        status, 404,
+        "an environment that does not exist gets no link"
+    );
+
+    // A link made by the CLI on the home, without the server, holds too.
+    let local = s.json(&["env", "link", "br-feature-a", "--output", "json"]);
+    let (_, path) = split_url(local["url"].as_str().expect("a link"));
+    let (status, _, _) = exchange(port, &private, &path, &[]);
+    assert_eq!(status, 303, "the home's key made it: {local}");
+}
+
+fn testkit_git(s: &Sandbox, args: &[&str]) {
+    slipway_testkit::git::git(&s.repo, args);
+}
+
+/// A browser session of `token`'s, as the `Cookie` header's `name=value`.
+fn session_cookie(addr: &str, token: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "POST /api/v1/session HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string()
+}
+
+/// A stranger's request to a private preview that sleeps gets its `401` and wakes nothing:
+/// a bot cannot keep private previews awake (or alive past `idle_ttl`); a request let in
+/// wakes it.
+#[test]
+fn a_strangers_request_wakes_no_private_preview() {
+    let s = Sandbox::new();
+    s.write("app.py", APP).write(
+        "slipway.yaml",
+        &STACK.replace(
+            "generate: { branches: [\"feature/*\"] }",
+            "generate: { branches: [\"feature/*\"] }\n    sleep_after: 2s",
+        ),
+    );
+    s.commit("stack");
+    testkit_git(&s, &["branch", "feature/a"]);
+    util::world::append_config(&s, "[repo]\npoll_interval = \"300ms\"\n");
+    let admin = named_token(&s, "admin", "admin");
+    let server = start_serve(&s);
+    let activity = || {
+        let (status, env) = api_request(
+            &server.addr,
+            "GET",
+            "/api/v1/environments/br-feature-a",
+            &admin,
+            None,
+        );
+        (status == 200).then(|| env["activity"].as_str().unwrap_or("").to_string())
+    };
+    wait_for("br-feature-a sleeps", T, || {
+        activity().filter(|a| a == "sleeping").map(|_| ())
+    });
+    let port = server.port();
+    let private = format!("br-feature-a.shop.localhost:{port}");
+    for _ in 0..5 {
+        let (status, _, _) = exchange(port, &private, "/", &[]);
+        assert_eq!(status, 401, "a stranger is refused before any wake");
+    }
+    // A wake is asked by the request itself and answered when done: refused at once, these
+    // asked none.
+    assert_eq!(
+        activity().as_deref(),
+        Some("sleeping"),
+        "the strangers' requests woke nothing"
+    );
+    let bearer = format!("Bearer {admin}");
+    let (status, _, body) = exchange(port, &private, "/", &[("Authorization", &bearer)]);
+    assert_eq!(
+        status, 200,
+        "a request let in wakes it and is answered: {body}"
+    );
+    assert_eq!(activity().as_deref(), Some("awake"));
+}
