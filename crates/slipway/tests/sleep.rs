@@ -390,7 +390,11 @@ fn an_unused_preview_is_destroyed_after_idle_ttl_with_a_warning_first_and_reques
     );
     let token = named_token(&s, "admin", "test");
     let server = start_serve(&s);
-    wait_for("the preview runs its web process", T, || web_pid(&s));
+    // Its process may run before the deployment that starts it is recorded: the preview URL
+    // answers once it is.
+    wait_for("the preview URL answers", T, || {
+        (preview(&server, "GET", "/", "").0 == 200).then_some(())
+    });
 
     // Visited every 300 ms for twice its idle_ttl: kept (its idle time never nears 4 s).
     let until = std::time::Instant::now() + Duration::from_secs(8);
