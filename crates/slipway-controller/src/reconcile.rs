@@ -536,6 +536,12 @@ fn converge(
         hold(inner, &record, &held_for_confirmation(&why))?;
         return Ok(requeue);
     }
+    // The policies in force at the default branch (the engine's apply would refuse it too):
+    // held, saying which policy and why, until the commit or the policies change.
+    if let Err(denied) = engine.policies_allow(&prepared, None) {
+        hold(inner, &record, &denied.to_string())?;
+        return Ok(requeue);
+    }
     if !prepared.plan.has_changes() {
         if record.sync != SyncState::Synced
             || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
@@ -551,6 +557,7 @@ fn converge(
                     swap_exposed: true,
                     confirm_destroy: slipway_engine::Confirmation::Absent,
                     follows: Some(follows),
+                    policies_approved_by: None,
                 },
                 &(),
             );
@@ -638,6 +645,7 @@ fn converge(
             // Only a person confirms destroying something in a protected environment.
             confirm_destroy: slipway_engine::Confirmation::Absent,
             follows: Some(follows),
+            policies_approved_by: None,
         },
         &(),
     );

@@ -617,6 +617,7 @@ fn an_apply_decided_before_the_environment_was_pinned_applies_nothing() {
         swap_exposed: false,
         confirm_destroy: Confirmation::Absent,
         follows: Some(follows),
+        policies_approved_by: None,
     };
     let deploy = |reference: &str, follows: Follows| {
         use slipway_git::Source;

@@ -28,6 +28,74 @@ pub struct EngineConfig {
     pub environments: EnvironmentsConfig,
     /// `[state]`: SQLite in the home, or a PostgreSQL database shared by replicas.
     pub state: StateConfig,
+    /// `[policies]`: where the policy gate reads its Rego files, and who may approve `soft`
+    /// denials.
+    pub policies: PoliciesConfig,
+}
+
+/// `[policies]`: the policy gate on plans (docs/policies.md). The policies themselves are
+/// Rego files in the repository, read at the default branch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// The folder of the Rego files, relative to the one holding `slipway.yaml`.
+    #[serde(default = "default_policies_path")]
+    pub path: String,
+    /// Who may approve `soft` denials (`/slipway approve-policies`, `apply
+    /// --approve-policies`): forge logins, or the names `slipway apply` records as `who`.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// How long evaluating every policy of one plan may take.
+    #[serde(
+        default = "default_policy_timeout",
+        deserialize_with = "slipway_core::duration::positive"
+    )]
+    pub timeout: Duration,
+    /// The address space of the process that evaluates them, in MiB.
+    #[serde(default = "default_policy_memory")]
+    pub memory_mib: u64,
+}
+
+fn default_policies_path() -> String {
+    "policies".into()
+}
+
+fn default_policy_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_policy_memory() -> u64 {
+    1024
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        PoliciesConfig {
+            path: default_policies_path(),
+            owners: Vec::new(),
+            timeout: default_policy_timeout(),
+            memory_mib: default_policy_memory(),
+        }
+    }
+}
+
+impl PoliciesConfig {
+    fn check(&self) -> Result<(), String> {
+        let path = self.path.trim_matches('/');
+        if path.is_empty() || path.split('/').any(|part| part == ".." || part.is_empty()) {
+            return Err(format!(
+                "[policies] path `{}` must be a folder inside the repository (no `..`)",
+                self.path
+            ));
+        }
+        if !(64..=65536).contains(&self.memory_mib) {
+            return Err(format!(
+                "[policies] memory_mib {} must be between 64 and 65536",
+                self.memory_mib
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[environments]`: how long environments made or extended by hand may live. Anyone with
@@ -472,6 +540,7 @@ impl EngineConfig {
     /// its URL, and no password; each `[kubernetes.NAME]` one source for its kubeconfig.
     pub fn check(&self) -> Result<(), String> {
         self.state.check()?;
+        self.policies.check()?;
         for (name, server) in &self.postgres {
             server.check(name)?;
         }

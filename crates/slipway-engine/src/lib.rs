@@ -23,6 +23,7 @@ pub use cache::Cached;
 pub mod config;
 pub mod discover;
 mod isolation;
+pub mod policy;
 mod stages;
 pub use stages::{
     ConfirmationNeeded, FamilyInForce, LogFile, Named, OpenedRepository, open_repository,
@@ -121,6 +122,9 @@ pub enum EngineError {
     /// does what is asked now.
     #[error("environment `{0}` was asked to follow something else meanwhile; nothing was applied")]
     Superseded(EnvName),
+    /// The policies in force deny the plan (see [`policy`]); nothing was applied.
+    #[error("{0}")]
+    PolicyDenied(String),
 }
 
 impl EngineError {
@@ -146,6 +150,7 @@ impl EngineError {
             | EngineError::Secret(_)
             | EngineError::NeedsConfirmation(_)
             | EngineError::NotAdopted(_)
+            | EngineError::PolicyDenied(_)
             | EngineError::Family { .. } => false,
         }
     }
@@ -472,6 +477,12 @@ pub struct Prepared {
     pub secrets: BTreeMap<String, secrets::SecretValue>,
     /// Who may open its preview URL, as this commit's `environments:` entry says.
     pub access: slipway_core::vocab::Access,
+    /// Where each resource is declared (`slipway.yaml:12:3`), for the plan document and the
+    /// policies' findings.
+    pub locations: BTreeMap<String, String>,
+    /// The policies' verdict on the plan, when it changes something and policies are in
+    /// force at the default branch ([`policy`]): [`Engine::apply`] refuses what it blocks.
+    pub policy: Option<policy::Judged>,
 }
 
 /// Which environment an operation is for, and how it came to be.
@@ -746,7 +757,23 @@ impl Engine {
         let rules = in_force
             .as_ref()
             .map_or_else(|| declared.clone(), |f| declared.stronger(f));
-        Ok(Prepared {
+        let locations = loaded
+            .valid_stack()
+            .map(|stack| {
+                stack
+                    .resources
+                    .iter()
+                    .map(|(name, r)| {
+                        let at = &r.location;
+                        (
+                            name.clone(),
+                            format!("{}:{}:{}", at.file, at.pos.line, at.pos.col),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut prepared = Prepared {
             commit: loaded.commit.clone(),
             reference: origin.reference.to_string(),
             desired,
@@ -779,7 +806,11 @@ impl Engine {
                 }
                 _ => Access::Private,
             },
-        })
+            locations,
+            policy: None,
+        };
+        prepared.policy = self.judge(&prepared, origin.source, &policy::GitContext::default())?;
+        Ok(prepared)
     }
 
     /// The stack at `origin`'s commit through the engine's commit cache, which

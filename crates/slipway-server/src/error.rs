@@ -227,9 +227,9 @@ impl From<EngineError> for ApiError {
                 ))
                 .hint("`slipway validate --ref <commit>` lists them all")
             }
-            EngineError::Environment(message) | EngineError::NotAdopted(message) => {
-                ApiError::unprocessable(message)
-            }
+            EngineError::Environment(message)
+            | EngineError::NotAdopted(message)
+            | EngineError::PolicyDenied(message) => ApiError::unprocessable(message),
             EngineError::Locked(name) => ApiError::client(
                 StatusCode::CONFLICT,
                 format!("environment `{name}` is busy with another operation"),

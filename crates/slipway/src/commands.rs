@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             parallelism,
             confirm_destroy,
             wait,
+            approve_policies,
             output,
         } => apply(
             &g,
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 parallelism,
                 confirm_destroy: confirmed(&env, confirm_destroy.as_deref())?,
                 wait: wait.into(),
+                approve_policies,
                 output,
             },
         ),
@@ -73,14 +75,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             follow,
             tail,
         } => logs(&g, &env_name(&env)?, resource.as_deref(), follow, tail),
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&slipway_core::schema::schema())?
-            );
+        Command::Schema { plan } => {
+            let schema = if plan {
+                slipway_engine::policy::plan_schema()
+            } else {
+                slipway_core::schema::schema()
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(crate::PolicyCommand::Test { dir, output }) => {
+            crate::render::policy_test(&dir, output)
+        }
         Command::Supervise { .. }
+        | Command::PolicyEval
         | Command::Watchdog
         | Command::Router { .. }
         | Command::Serve { .. }
@@ -404,11 +412,14 @@ fn plan(
     repo.warn_offline(&prepared.commit);
     match output {
         Output::Json => {
-            let mut out = render::plan_json(&prepared);
+            let mut out = render::plan_json(&engine, &prepared);
             render::add_offline(&mut out, repo.offline_json(&prepared.commit));
             println!("{}", serde_json::to_string_pretty(&out)?)
         }
-        Output::Text => render::plan_text(&prepared),
+        Output::Text => {
+            render::plan_text(&prepared);
+            render::policies_text(&prepared);
+        }
     }
     Ok(if detailed && prepared.plan.has_changes() {
         ExitCode::from(2)
@@ -471,6 +482,7 @@ struct ApplyArgs {
     parallelism: Option<usize>,
     confirm_destroy: bool,
     wait: crate::lease::Wait,
+    approve_policies: bool,
     output: Output,
 }
 
@@ -480,6 +492,7 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
         parallelism,
         confirm_destroy,
         wait,
+        approve_policies,
         output,
     } = args;
     let (engine, _lease) = open_engine_for(g, env, wait)?;
@@ -494,7 +507,13 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
     repo.warn_offline(&prepared.commit);
     if output == Output::Text {
         render::plan_text(&prepared);
+        render::policies_text(&prepared);
     }
+    let approved_by = approve_policies.then(who);
+    // Before asking anything: a plan the policies block is refused whatever the answer.
+    engine
+        .policies_allow(&prepared, approved_by.as_deref())
+        .map_err(explain)?;
     let confirmation = prepared.needs_confirmation();
     if let Some(why) = confirmation.clone()
         && !confirm_destroy
@@ -512,6 +531,7 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
                 swap_exposed: false,
                 confirm_destroy: confirm_destroy.into(),
                 follows: None,
+                policies_approved_by: approved_by.clone(),
             },
             &(),
         )?;
@@ -546,6 +566,7 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
             confirm_destroy: confirm_destroy.into(),
             // A person's apply: of what was asked, whatever the record follows.
             follows: None,
+            policies_approved_by: approved_by,
         },
         &reporter,
     )?;

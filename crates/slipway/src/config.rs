@@ -14,7 +14,7 @@ use slipway_controller::ControllerConfig;
 use slipway_controller::notify::NotifySection;
 use slipway_engine::EngineConfig;
 use slipway_engine::config::{
-    EnvironmentsConfig, LocalConfig, PostgresServer, SecretsConfig, StateConfig,
+    EnvironmentsConfig, LocalConfig, PoliciesConfig, PostgresServer, SecretsConfig, StateConfig,
 };
 use slipway_forge::ForgeSection;
 use slipway_server::ServerConfig;
@@ -56,6 +56,9 @@ pub struct Config {
     /// `[notify.NAME]`: receivers of notifications (`slipway serve`).
     #[serde(default)]
     pub notify: BTreeMap<String, NotifySection>,
+    /// `[policies]`: the policy gate on plans.
+    #[serde(default)]
+    pub policies: PoliciesConfig,
 }
 
 /// `[repo]`
@@ -107,6 +110,7 @@ impl Config {
             local: self.local.clone(),
             environments: self.environments.clone(),
             state: self.state.clone(),
+            policies: self.policies.clone(),
         }
     }
 }

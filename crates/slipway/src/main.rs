@@ -141,6 +141,10 @@ enum Command {
         /// on the environment, wait until it lets go instead of refusing.
         #[arg(long)]
         wait: bool,
+        /// Approve the policies' soft denials of this commit (you must be in [policies]
+        /// owners; recorded in the audit log). Hard denials are never lifted.
+        #[arg(long)]
+        approve_policies: bool,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -191,8 +195,17 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         tail: usize,
     },
-    /// Print the JSON Schema of slipway.yaml (for editors).
-    Schema,
+    /// Print the JSON Schema of slipway.yaml (for editors), or with --plan that of the plan
+    /// document (`plan --output json`, the input of policies).
+    Schema {
+        /// The plan document's schema instead.
+        #[arg(long)]
+        plan: bool,
+    },
+    /// Policies on plans: `policy test [DIR]` runs the `test_*` rules of the Rego files in DIR
+    /// (default: policies) as `opa test` does.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Run the controller: keep every environment converged to Git, serve the API.
     Serve {
         #[command(flatten)]
@@ -244,6 +257,24 @@ enum Command {
     Router {
         #[arg(long, value_name = "ADDR")]
         listen: String,
+    },
+    /// Evaluates policies for the engine, bounded (see slipway_policy::child): a request on
+    /// standard input, results on standard output.
+    #[command(hide = true, name = "__policy")]
+    PolicyEval,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Run the `test_*` rules of the Rego files in DIR (and its folders) as `opa test` does;
+    /// each `NAME.json` there is data at `data.fixtures.NAME` (a plan from `plan --output
+    /// json`). Exit 0 when every test passes, 1 otherwise.
+    Test {
+        /// The folder of the policies and their tests.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -475,6 +506,10 @@ fn main() -> ExitCode {
         // The process supervisor, detached from any CLI invocation (see
         // slipway_providers::process).
         let code = slipway_providers::process::supervise(spec);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if let Command::PolicyEval = &cli.command {
+        let code = slipway_policy::child::serve(&mut std::io::stdin(), &mut std::io::stdout());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     if let Command::Watchdog = &cli.command {

@@ -186,13 +186,133 @@ pub fn plan_text(p: &Prepared) {
     );
 }
 
-pub fn plan_json(p: &Prepared) -> Json {
-    json!({
-        "environment": p.plan.environment,
-        "commit": p.plan.commit,
-        "hash": p.desired.hash,
-        "has_changes": p.plan.has_changes(),
-        "changes": p.plan.changes,
+/// The plan document (`slipway schema --plan` describes it; docs/policies.md), with the
+/// policies' verdict when they judged it.
+pub fn plan_json(engine: &slipway_engine::Engine, p: &Prepared) -> Json {
+    let base = p.policy.as_ref().map(|j| j.policies_at.as_str());
+    let mut out = engine.plan_document(p, &slipway_engine::policy::GitContext::default(), base);
+    if let (Some(map), Some(judged)) = (out.as_object_mut(), &p.policy) {
+        map.insert(
+            "policies".into(),
+            json!({
+                "gate": judged.gate(),
+                "policies_at": judged.policies_at,
+                "results": judged.verdict.results,
+            }),
+        );
+    }
+    out
+}
+
+/// The policies' results under a plan: each failed or warned policy with its messages and
+/// where the resource they name is declared; one line when all passed.
+pub fn policies_text(p: &Prepared) {
+    let Some(judged) = &p.policy else {
+        return;
+    };
+    let results = &judged.verdict.results;
+    println!(
+        "\nPolicies ({} at {}):",
+        results.len(),
+        slipway_engine::apply::short(&judged.policies_at)
+    );
+    for r in results {
+        let (style, word) = match r.outcome() {
+            "failed" => (RED, "failed"),
+            "warned" => (YELLOW, "warned"),
+            _ => (GREEN, "passed"),
+        };
+        let title = r
+            .title
+            .as_deref()
+            .map(|t| format!(" {DIM}({t}){DIM:#}"))
+            .unwrap_or_default();
+        println!(
+            "  {style}{word}{style:#} {BOLD}{}{BOLD:#} [{}]{title}",
+            r.policy,
+            r.enforcement.as_str()
+        );
+        if let Some(e) = &r.error {
+            println!("      {RED}error:{RED:#} {e}");
+        }
+        for (kind, findings) in [("deny", &r.denies), ("warn", &r.warns)] {
+            for f in findings {
+                let at = f
+                    .location
+                    .as_deref()
+                    .map(|l| format!(" {DIM}at {l}{DIM:#}"))
+                    .unwrap_or_default();
+                println!("      {kind}: {}{at}", f.msg);
+            }
+        }
+    }
+    match judged.gate() {
+        slipway_policy::Gate::Pass => {}
+        slipway_policy::Gate::SoftFail => println!(
+            "{YELLOW}Blocked by soft policies:{YELLOW:#} an owner may approve them for this commit (`slipway apply --approve-policies`, or `/slipway approve-policies` on its pull request)."
+        ),
+        slipway_policy::Gate::HardFail => println!(
+            "{RED}Blocked by policy:{RED:#} this plan cannot be applied until it or the policies on the default branch change."
+        ),
+    }
+}
+
+/// `slipway policy test DIR`: runs the tests, prints a report, exit 0 only when all passed.
+pub fn policy_test(
+    dir: &std::path::Path,
+    output: crate::Output,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    let (files, fixtures) = slipway_policy::testing::read_dir(dir)
+        .with_context(|| format!("cannot read the policies in {}", dir.display()))?;
+    if files.is_empty() {
+        anyhow::bail!("no .rego file in {}: nothing to test", dir.display());
+    }
+    let report =
+        slipway_policy::testing::run(&files, &fixtures, std::time::Duration::from_secs(10));
+    match output {
+        crate::Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "passed": report.passed(),
+                "tests": report.tests,
+                "errors": report.errors,
+            }))?
+        ),
+        crate::Output::Text => {
+            for e in &report.errors {
+                println!("{RED}error:{RED:#} {e}");
+            }
+            for t in &report.tests {
+                let style = if t.outcome == "pass" { GREEN } else { RED };
+                println!(
+                    "{style}{}{style:#} {} {DIM}({}, {} ms){DIM:#}",
+                    t.outcome.to_uppercase(),
+                    t.name,
+                    t.file,
+                    t.duration_ms
+                );
+                if let Some(e) = &t.error {
+                    println!("      {e}");
+                }
+            }
+            let passed = report.tests.iter().filter(|t| t.outcome == "pass").count();
+            println!(
+                "{}/{} tests passed{}",
+                passed,
+                report.tests.len(),
+                if report.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} file error(s)", report.errors.len())
+                }
+            );
+        }
+    }
+    Ok(if report.passed() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
     })
 }
 

@@ -49,6 +49,9 @@ pub struct ApplyOptions {
     /// starts (a pull request's apply pinned it meanwhile), nothing is applied:
     /// [`EngineError::Superseded`]. `None` (a person's apply) applies whatever it follows.
     pub follows: Option<slipway_state::Follows>,
+    /// The owner (in `[policies] owners`) who approved the policies' `soft` denials of this
+    /// plan's commit, recorded in the audit; `None`: a soft denial refuses it like a hard one.
+    pub policies_approved_by: Option<String>,
 }
 
 /// Whether a person confirmed that something in a protected environment may be destroyed.
@@ -279,6 +282,7 @@ impl Engine {
         {
             return Err(EngineError::NeedsConfirmation(why));
         }
+        self.check_policies(prepared, options)?;
         let _span = tracing::info_span!(
             "apply",
             environment = %env,

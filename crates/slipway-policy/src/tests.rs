@@ -1,0 +1,186 @@
+use super::*;
+use serde_json::json;
+
+fn file(path: &str, text: &str) -> PolicyFile {
+    PolicyFile {
+        path: path.into(),
+        text: text.into(),
+    }
+}
+
+fn plan(action: &str) -> Json {
+    json!({
+        "format_version": "1",
+        "env": {"name": "prod", "protected": true},
+        "resource_changes": [{"address": "db", "type": "postgres.database", "actions": [action]}]
+    })
+}
+
+const NO_DELETES: &str = r#"# METADATA
+# title: No deletes in protected environments
+# custom:
+#   enforcement: soft
+package slipway
+
+deny contains {"msg": sprintf("%s would be deleted", [c.address]), "resource": c.address} if {
+    input.env.protected
+    some c in input.resource_changes
+    "delete" in c.actions
+}
+"#;
+
+const V0_WARN: &str = r#"package slipway
+
+warn[msg] {
+    c := input.resource_changes[_]
+    msg := sprintf("%s changes", [c.address])
+}
+"#;
+
+fn limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(5),
+        memory: 1 << 30,
+    }
+}
+
+#[test]
+fn a_denial_names_its_resource_and_takes_the_level_of_its_annotation() {
+    let files = [file("policies/no-deletes.rego", NO_DELETES)];
+    let mut verdict = evaluate(&files, &plan("delete"), &limits());
+    verdict.locate(&BTreeMap::from([(
+        "db".to_string(),
+        "slipway.yaml:7:3".to_string(),
+    )]));
+    let r = &verdict.results[0];
+    assert_eq!(r.enforcement, Enforcement::Soft);
+    assert_eq!(
+        r.title.as_deref(),
+        Some("No deletes in protected environments")
+    );
+    assert_eq!(r.denies.len(), 1, "{verdict:?}");
+    assert_eq!(r.denies[0].msg, "db would be deleted");
+    assert_eq!(r.denies[0].location.as_deref(), Some("slipway.yaml:7:3"));
+    assert_eq!(verdict.gate(), Gate::SoftFail);
+    assert_eq!(
+        evaluate(&files, &plan("update"), &limits()).gate(),
+        Gate::Pass
+    );
+}
+
+#[test]
+fn rego_v0_policies_as_conftest_writes_them_work_and_warnings_never_block() {
+    let files = [file("p/warn.rego", V0_WARN)];
+    let verdict = evaluate(&files, &plan("create"), &limits());
+    assert_eq!(verdict.results[0].warns[0].msg, "db changes", "{verdict:?}");
+    assert_eq!(verdict.results[0].outcome(), "warned");
+    assert_eq!(verdict.gate(), Gate::Pass);
+}
+
+#[test]
+fn a_syntax_error_is_reported_with_its_location_and_holds() {
+    let broken = "package slipway\n\ndeny contains msg if {\n    msg := \n}\n";
+    let verdict = evaluate(
+        &[file("policies/broken.rego", broken)],
+        &plan("create"),
+        &limits(),
+    );
+    let r = &verdict.results[0];
+    let error = r.error.as_deref().expect("an error");
+    assert!(error.contains("policies/broken.rego:"), "{error}");
+    assert!(r.blocks());
+    assert_eq!(verdict.gate(), Gate::HardFail);
+}
+
+#[test]
+fn a_misspelt_level_is_an_error_not_advisory() {
+    let text = "# METADATA\n# custom:\n#   enforcement: advisery\npackage slipway\ndeny contains \"no\" if { true }\n";
+    let verdict = evaluate(&[file("p/typo.rego", text)], &plan("create"), &limits());
+    let error = verdict.results[0].error.clone().unwrap_or_default();
+    assert!(error.contains("advisery"), "{verdict:?}");
+    assert_eq!(verdict.gate(), Gate::HardFail);
+}
+
+#[test]
+fn advisory_denials_are_shown_and_the_flow_form_of_custom_is_read() {
+    let text = "# METADATA\n# custom: { enforcement: advisory }\npackage slipway\ndeny contains \"looked\" if { true }\n";
+    let verdict = evaluate(&[file("p/a.rego", text)], &plan("create"), &limits());
+    assert_eq!(verdict.results[0].enforcement, Enforcement::Advisory);
+    assert_eq!(verdict.results[0].denies[0].msg, "looked");
+    assert_eq!(verdict.gate(), Gate::Pass);
+}
+
+#[test]
+fn libraries_are_shared_and_test_files_are_not_judged_with() {
+    let lib = "package lib.sizes\n\nbig(n) if { n > 3 }\n";
+    let policy = "package slipway\nimport data.lib.sizes\n\ndeny contains \"too many\" if { sizes.big(count(input.resource_changes) + 3) }\n";
+    let test =
+        "package slipway\ntest_x if { false }\ndeny contains \"from a test file\" if { true }\n";
+    let files = [
+        file("policies/lib/sizes.rego", lib),
+        file("policies/size.rego", policy),
+        file("policies/size_test.rego", test),
+    ];
+    let verdict = evaluate(&files, &plan("create"), &limits());
+    assert_eq!(verdict.results.len(), 1, "{verdict:?}");
+    assert_eq!(verdict.results[0].denies[0].msg, "too many");
+}
+
+#[test]
+fn a_policy_that_runs_too_long_is_stopped_by_the_timer() {
+    let slow = "package slipway\ndeny contains \"done\" if {\n  count([x | some x in numbers.range(1, 3000000); x % 7 == 0]) > 0\n  count([y | some y in numbers.range(1, 3000000); y % 5 == 0]) > 0\n}\n";
+    let verdict = evaluate(
+        &[file("p/slow.rego", slow)],
+        &plan("create"),
+        &Limits {
+            timeout: Duration::from_millis(50),
+            memory: 1 << 30,
+        },
+    );
+    let error = verdict.results[0].error.clone().unwrap_or_default();
+    assert!(!error.is_empty(), "{verdict:?}");
+    assert_eq!(verdict.gate(), Gate::HardFail);
+}
+
+#[test]
+fn a_message_that_is_neither_text_nor_msg_object_is_an_error() {
+    let text = "package slipway\ndeny contains 42 if { true }\n";
+    let verdict = evaluate(&[file("p/n.rego", text)], &plan("create"), &limits());
+    assert!(verdict.results[0].error.is_some(), "{verdict:?}");
+}
+
+#[test]
+fn policy_tests_pass_fail_and_read_fixtures() {
+    let tests = "package slipway\n\ntest_denies_a_delete if {\n  count(deny) == 1 with input as data.fixtures.delete\n}\n\ntest_wrong if {\n  count(deny) == 5 with input as data.fixtures.delete\n}\n";
+    let files = [
+        file("no-deletes.rego", NO_DELETES),
+        file("no-deletes_test.rego", tests),
+    ];
+    let fixtures = [("delete".to_string(), plan("delete").to_string())];
+    let report = testing::run(&files, &fixtures, Duration::from_secs(5));
+    let outcomes: Vec<(&str, &str)> = report
+        .tests
+        .iter()
+        .map(|t| (t.name.as_str(), t.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("data.slipway.test_denies_a_delete", "pass"),
+            ("data.slipway.test_wrong", "fail")
+        ],
+        "{report:?}"
+    );
+    assert!(!report.passed());
+}
+
+proptest::proptest! {
+    /// Any text as a policy: an answer (a result or an error), never a panic.
+    #[test]
+    fn any_text_as_a_policy_gets_an_answer(text in "\\PC{0,200}") {
+        let verdict = evaluate(&[file("p/any.rego", &text)], &plan("create"), &limits());
+        for r in &verdict.results {
+            proptest::prop_assert!(r.error.is_some() || r.error.is_none());
+        }
+    }
+}

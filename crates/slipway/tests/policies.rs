@@ -1,0 +1,372 @@
+//! The policy gate end to end (issue 16): Rego policies on the default branch judge every plan
+//! with changes, through the real binary (its `__policy` child, bounded), real git and a real
+//! `slipway serve`. A branch cannot rewrite the policies that judge it; a broken or runaway
+//! policy holds, saying why; soft denials yield only to an owner, audited.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use util::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Denies deleting or replacing anything in a protected environment (hard, the default).
+const NO_DELETES: &str = r#"# METADATA
+# title: Nothing is deleted in a protected environment
+package slipway
+
+deny contains {"msg": sprintf("%s would be %sd in %s", [c.address, c.actions[0], input.env.name]), "resource": c.address} if {
+    input.env.protected
+    some c in input.resource_changes
+    some action in c.actions
+    action in {"delete", "replace"}
+}
+"#;
+
+/// Caps how many files an environment may have (a preview's size), soft.
+const AT_MOST_TWO_FILES: &str = r#"# METADATA
+# title: At most two files
+# custom:
+#   enforcement: soft
+package slipway
+
+deny contains {"msg": sprintf("%d files, at most 2", [n]), "resource": c.address} if {
+    n := count([r | some r in input.resource_changes; r.type == "file"; r.actions[0] != "delete"])
+    n > 2
+    some c in input.resource_changes
+    c.actions[0] == "create"
+}
+
+warn contains "files are many" if {
+    count(input.resource_changes) > 1
+}
+"#;
+
+fn file(name: &str) -> String {
+    format!("  {name}: {{ type: file, path: {name}.txt, content: \"{name}\" }}\n")
+}
+
+fn files(names: &[&str]) -> String {
+    names.iter().map(|n| file(n)).collect()
+}
+
+/// A sandbox whose `main` has a protected `prod` of files `names` and the policies `policies`
+/// (path, text).
+fn world(names: &[&str], policies: &[(&str, &str)]) -> Sandbox {
+    let s = Sandbox::new();
+    for (path, text) in policies {
+        s.write(path, text);
+    }
+    s.commit_stack(
+        "gate",
+        "{ prod: { track: main, protected: true } }",
+        &files(names),
+        "stack and policies",
+    );
+    s
+}
+
+fn data_file(s: &Sandbox, env: &str, name: &str) -> std::path::PathBuf {
+    s.home
+        .join("envs")
+        .join(env)
+        .join("data")
+        .join(format!("{name}.txt"))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_hard_policy_denies_a_delete_in_a_protected_environment_from_the_cli() {
+    let s = world(&["a", "b"], &[("policies/no-deletes.rego", NO_DELETES)]);
+    // Creating passes the policy.
+    s.ok(&["apply", "--env", "prod", "--yes"]);
+    assert!(data_file(&s, "prod", "b").exists());
+
+    // A commit that drops `b`: the plan shows the failed policy and its message.
+    s.commit_stack(
+        "gate",
+        "{ prod: { track: main, protected: true } }",
+        &files(&["a"]),
+        "drop b",
+    );
+    let plan = s.ok(&["plan", "--env", "prod"]);
+    let text = stdout(&plan);
+    assert!(
+        text.contains("failed policies/no-deletes.rego [hard]")
+            && text.contains("deny: b would be deleted in prod")
+            && text.contains("Blocked by policy"),
+        "{text}"
+    );
+
+    // Apply is refused, even with the protected delete confirmed; nothing is deleted.
+    let out = s.expect_code(
+        &[
+            "apply",
+            "--env",
+            "prod",
+            "--yes",
+            "--confirm-destroy",
+            "prod",
+        ],
+        1,
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("the policies deny this plan of `prod`")
+            && err.contains("policies/no-deletes.rego (hard): b would be deleted"),
+        "{err}"
+    );
+    assert!(data_file(&s, "prod", "b").exists(), "b is still there");
+
+    // The plan document says so, and matches its published schema.
+    let doc = s.json(&["plan", "--env", "prod", "--output", "json"]);
+    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["policies"]["gate"], "hard_fail", "{doc}");
+    assert_eq!(doc["env"]["protected"], true);
+    let b = doc["resource_changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["address"] == "b")
+        .expect("b")
+        .clone();
+    assert_eq!(b["actions"], serde_json::json!(["delete"]));
+    assert_eq!(b["before"]["content"], "b", "{b}");
+    assert!(b["after"].is_null());
+    let schema = s.json(&["schema", "--plan"]);
+    let validator = jsonschema::validator_for(&schema).expect("the plan schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "the plan document fits its schema: {errors:?}\n{doc}"
+    );
+}
+
+#[test]
+fn a_branch_that_deletes_the_policy_is_still_judged_by_the_default_branchs() {
+    let s = world(&["a"], &[("policies/size.rego", AT_MOST_TWO_FILES)]);
+    s.ok(&["apply", "--env", "prod", "--yes"]);
+    // A branch removes the policy and adds two files: the policy at main still judges it.
+    git(&s.repo, &["checkout", "-q", "-b", "bigger"]);
+    std::fs::remove_file(s.repo.join("policies/size.rego")).expect("rm");
+    s.commit_stack(
+        "gate",
+        "{ prod: { track: main, protected: true } }",
+        &files(&["a", "b", "c"]),
+        "more files, and no policy",
+    );
+    git(&s.repo, &["checkout", "-q", "main"]);
+    let doc = s.json(&[
+        "plan", "--env", "prod", "--ref", "bigger", "--output", "json",
+    ]);
+    assert_eq!(doc["policies"]["gate"], "soft_fail", "{doc}");
+    let result = &doc["policies"]["results"][0];
+    assert_eq!(result["policy"], "policies/size.rego");
+    assert_eq!(result["denies"][0]["msg"], "3 files, at most 2", "{result}");
+    // The finding points at the declaration of what triggered it.
+    let location = result["denies"][0]["location"].as_str().unwrap_or_default();
+    assert!(location.starts_with("slipway.yaml:"), "{result}");
+    assert_eq!(result["warns"][0]["msg"], "files are many");
+
+    // Refused; an approval by someone who is not an owner is refused too.
+    s.expect_code(&["apply", "--env", "prod", "--ref", "bigger", "--yes"], 1);
+    let out = s
+        .cmd(&[
+            "apply",
+            "--env",
+            "prod",
+            "--ref",
+            "bigger",
+            "--yes",
+            "--approve-policies",
+        ])
+        .env("SLIPWAY_USER", "mallory")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`mallory` may not approve policies"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data_file(&s, "prod", "c").exists());
+
+    // An owner approves: applied, and audited.
+    util::world::append_config(&s, "[policies]\nowners = [\"alice\"]\n");
+    s.ok_with(
+        &[
+            "apply",
+            "--env",
+            "prod",
+            "--ref",
+            "bigger",
+            "--yes",
+            "--approve-policies",
+        ],
+        &[("SLIPWAY_USER", "alice")],
+    );
+    assert!(data_file(&s, "prod", "c").exists());
+    let store = slipway_state::Store::open(&s.home).expect("store");
+    let audit = store.audit(100, None).expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.entry.action == "policies.approve" && a.entry.who == "alice"),
+        "the approval is audited: {audit:?}"
+    );
+}
+
+#[test]
+fn a_policy_with_a_syntax_error_holds_saying_where() {
+    let broken = "package slipway\n\ndeny contains msg if {\n    msg := \n}\n";
+    let s = world(&["a"], &[("policies/broken.rego", broken)]);
+    let out = s.expect_code(&["apply", "--env", "prod", "--yes"], 1);
+    let err = stderr(&out);
+    assert!(err.contains("policies/broken.rego:"), "{err}");
+    assert!(!data_file(&s, "prod", "a").exists(), "nothing applied");
+}
+
+#[test]
+fn a_policy_that_loops_or_allocates_without_bound_is_stopped_by_the_limits() {
+    let slow = "package slipway\n\ndeny contains \"never\" if {\n  some i in numbers.range(1, 30000)\n  some j in numbers.range(1, 30000)\n  i + j < 0\n}\n";
+    let s = world(&["a"], &[("policies/slow.rego", slow)]);
+    util::world::append_config(&s, "[policies]\ntimeout = \"1s\"\n");
+    let out = s.expect_code(&["apply", "--env", "prod", "--yes"], 1);
+    assert!(
+        stderr(&out).contains("did not finish in its time"),
+        "{}",
+        stderr(&out)
+    );
+
+    let greedy = "package slipway\n\ndeny contains \"never\" if {\n  count(numbers.range(1, 400000000)) < 0\n}\n";
+    let s = world(&["a"], &[("policies/greedy.rego", greedy)]);
+    util::world::append_config(&s, "[policies]\nmemory_mib = 512\ntimeout = \"60s\"\n");
+    let out = s.expect_code(&["apply", "--env", "prod", "--yes"], 1);
+    assert!(
+        stderr(&out).contains("past its memory limit of 512 MiB"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data_file(&s, "prod", "a").exists(), "nothing applied");
+}
+
+#[test]
+fn the_controller_holds_a_denied_change_and_applies_once_the_policy_allows_it() {
+    let s = world(&["a"], &[("policies/no-deletes.rego", NO_DELETES)]);
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n",
+    );
+    let token = named_token(&s, "admin", "test");
+    let server = start_serve(&s);
+    let get = || {
+        let (code, env) = api_request(
+            &server.addr,
+            "GET",
+            "/api/v1/environments/prod",
+            &token,
+            None,
+        );
+        (code == 200).then_some(env)
+    };
+    wait_for("prod is deployed", T, || {
+        get().filter(|e| e["sync"] == "synced")
+    });
+    // A replacement of `a` (its path changes): denied, held with the policy's word.
+    s.commit_stack(
+        "gate",
+        "{ prod: { track: main, protected: true } }",
+        "  a: { type: file, path: moved.txt, content: \"a\" }\n",
+        "move a",
+    );
+    let held: Value = wait_for("the change is held by the policy", T, || {
+        get().filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("policies/no-deletes.rego (hard)"))
+        })
+    });
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("held: the policies deny"),
+        "{held}"
+    );
+    assert!(data_file(&s, "prod", "a").exists());
+    // The policy is made advisory on main: the next look applies it.
+    s.write(
+        "policies/no-deletes.rego",
+        &NO_DELETES.replace(
+            "# METADATA\n",
+            "# METADATA\n# custom:\n#   enforcement: advisory\n",
+        ),
+    );
+    s.commit("make the delete policy advisory");
+    wait_for("the change is applied", T, || {
+        get().filter(|e| e["sync"] == "synced" && e["message"].is_null())
+    });
+    assert!(data_file(&s, "prod", "moved").exists());
+    drop(server);
+    s.ok(&[
+        "destroy",
+        "--env",
+        "prod",
+        "--yes",
+        "--confirm-destroy",
+        "prod",
+    ]);
+}
+
+#[test]
+fn policy_test_runs_test_rules_against_fixture_plans() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let write = |p: &str, t: &str| std::fs::write(dir.path().join(p), t).expect("write");
+    write("no-deletes.rego", NO_DELETES);
+    write(
+        "delete.json",
+        r#"{"env": {"name": "prod", "protected": true}, "resource_changes": [{"address": "db", "actions": ["delete"]}]}"#,
+    );
+    write(
+        "no-deletes_test.rego",
+        "package slipway\n\ntest_a_delete_is_denied if {\n  count(deny) == 1 with input as data.fixtures.delete\n}\n",
+    );
+    let s = Sandbox::new();
+    let path = dir.path().to_str().expect("utf-8");
+    let out = s.ok(&["policy", "test", path]);
+    assert!(
+        stdout(&out).contains("PASS data.slipway.test_a_delete_is_denied"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("1/1 tests passed"));
+
+    write(
+        "wrong_test.rego",
+        "package slipway\n\ntest_nothing_is_denied if {\n  count(deny) == 0 with input as data.fixtures.delete\n}\n",
+    );
+    let out = s.expect_code(&["policy", "test", path, "--output", "json"], 1);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["passed"], false);
+    let failed: Vec<&Value> = report["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .filter(|t| t["outcome"] == "fail")
+        .collect();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0]["name"], "data.slipway.test_nothing_is_denied");
+
+    write("broken.rego", "package slipway\ndeny contains if {\n");
+    let out = s.expect_code(&["policy", "test", path], 1);
+    assert!(stdout(&out).contains("broken.rego:"), "{}", stdout(&out));
+}
