@@ -26,6 +26,7 @@
 pub mod clock;
 mod config;
 pub mod discover;
+mod gate;
 mod idle;
 pub mod links;
 pub mod metrics;

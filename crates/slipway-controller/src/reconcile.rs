@@ -479,7 +479,7 @@ fn converge(
     if trigger == Trigger::Timer && engine.runs_as_rendered(&origin, &target, &record) {
         return Ok(requeue);
     }
-    let prepared = match engine.prepare(&origin, &target) {
+    let mut prepared = match engine.prepare(&origin, &target) {
         Ok(p) => p,
         Err(EngineError::Invalid {
             commit,
@@ -537,8 +537,13 @@ fn converge(
         return Ok(requeue);
     }
     // The policies in force at the default branch (the engine's apply would refuse it too):
-    // held, saying which policy and why, until the commit or the policies change.
-    if let Err(denied) = engine.policies_allow(&prepared, None) {
+    // held, saying which policy and why, until the commit or the policies change, or an
+    // owner approves a pull request's soft denials for this commit.
+    let approved_by = match crate::gate::pull_request_of(inner, &record)? {
+        Some(pull) => crate::gate::judge_for_pull(inner, &mut prepared, &pull)?,
+        None => None,
+    };
+    if let Err(denied) = engine.policies_allow(&prepared, approved_by.as_deref()) {
         hold(inner, &record, &denied.to_string())?;
         return Ok(requeue);
     }
@@ -557,7 +562,7 @@ fn converge(
                     swap_exposed: true,
                     confirm_destroy: slipway_engine::Confirmation::Absent,
                     follows: Some(follows),
-                    policies_approved_by: None,
+                    policies_approved_by: approved_by.clone(),
                 },
                 &(),
             );
@@ -645,7 +650,7 @@ fn converge(
             // Only a person confirms destroying something in a protected environment.
             confirm_destroy: slipway_engine::Confirmation::Absent,
             follows: Some(follows),
-            policies_approved_by: None,
+            policies_approved_by: approved_by.clone(),
         },
         &(),
     );

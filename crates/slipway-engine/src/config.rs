@@ -41,6 +41,11 @@ pub struct PoliciesConfig {
     /// The folder of the Rego files, relative to the one holding `slipway.yaml`.
     #[serde(default = "default_policies_path")]
     pub path: String,
+    /// The default branch the policies are read from; unset: what the repository's `HEAD`
+    /// names (the remote's default branch in the controller's mirror of a URL, but the
+    /// branch checked out in a local working repository, which is why it can be named here).
+    #[serde(default)]
+    pub branch: Option<String>,
     /// Who may approve `soft` denials (`/slipway approve-policies`, `apply
     /// --approve-policies`): forge logins, or the names `slipway apply` records as `who`.
     #[serde(default)]
@@ -72,6 +77,7 @@ impl Default for PoliciesConfig {
     fn default() -> Self {
         PoliciesConfig {
             path: default_policies_path(),
+            branch: None,
             owners: Vec::new(),
             timeout: default_policy_timeout(),
             memory_mib: default_policy_memory(),
@@ -87,6 +93,11 @@ impl PoliciesConfig {
                 "[policies] path `{}` must be a folder inside the repository (no `..`)",
                 self.path
             ));
+        }
+        if let Some(branch) = &self.branch
+            && (branch.is_empty() || branch.starts_with('-') || branch.contains(".."))
+        {
+            return Err(format!("[policies] branch `{branch}` is not a branch name"));
         }
         if !(64..=65536).contains(&self.memory_mib) {
             return Err(format!(

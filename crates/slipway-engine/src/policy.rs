@@ -78,8 +78,13 @@ impl Engine {
         source: &dyn Source,
         folder: &str,
     ) -> Result<Option<(String, Vec<PolicyFile>)>, EngineError> {
-        let Ok(head) = source.resolve("HEAD") else {
-            return Ok(None);
+        let head = match &self.config.policies.branch {
+            // A named branch that cannot be read is an error, never "no policies".
+            Some(branch) => source.resolve(&format!("refs/heads/{branch}"))?,
+            None => match source.resolve("HEAD") {
+                Ok(head) => head,
+                Err(_) => return Ok(None),
+            },
         };
         let dir = format!("{folder}{}/", self.config.policies.path.trim_matches('/'));
         let dir = dir.trim_start_matches("./").to_string();

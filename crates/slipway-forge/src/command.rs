@@ -17,6 +17,7 @@ Usage (one command per comment, on its first line):
 - `/slipway apply ENV`: apply this pull request to ENV (once its apply requirements hold)
 - `/slipway unlock ENV`: release ENV's lock held by this pull request
 - `/slipway preview`: build a preview environment for this pull request (maintainers, for forks)
+- `/slipway approve-policies`: let this head commit through the soft policies that deny it (policy owners)
 - `/slipway help`: show this message
 
 ENV is an environment name: 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`.";
@@ -41,6 +42,8 @@ pub enum Command {
     },
     /// Build a preview environment (a maintainer's say-so for a fork).
     Preview,
+    /// Approve the soft policy denials of the pull request's head commit (a policy owner's).
+    ApprovePolicies,
     /// Show the usage.
     Help,
 }
@@ -54,6 +57,7 @@ impl fmt::Display for Command {
             Command::Apply { env } => write!(f, "/slipway apply {env}"),
             Command::Unlock { env } => write!(f, "/slipway unlock {env}"),
             Command::Preview => f.write_str("/slipway preview"),
+            Command::ApprovePolicies => f.write_str("/slipway approve-policies"),
             Command::Help => f.write_str("/slipway help"),
         }
     }
@@ -133,8 +137,9 @@ pub fn parse_command(body: &str) -> Result<Option<Command>, CommandError> {
             }
             _ => return Err(extra_arguments(verb, &args[1..])),
         },
-        "preview" | "help" => match args {
+        "preview" | "help" | "approve-policies" => match args {
             [] if verb == "preview" => Command::Preview,
+            [] if verb == "approve-policies" => Command::ApprovePolicies,
             [] => Command::Help,
             _ => return Err(extra_arguments(verb, args)),
         },

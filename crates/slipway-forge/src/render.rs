@@ -36,6 +36,9 @@ pub struct EnvPlan {
     /// Why its preview waits, with its place in line, while it is queued (its family runs
     /// `max_environments` already): shown instead of the preview's link.
     pub queued: Option<String>,
+    /// What the policies say of the plan, in one line, when they block it or an owner
+    /// approved it (their messages are in `detail_text`): shown after the summary.
+    pub policy: Option<String>,
 }
 
 /// How to render the plan comment.
@@ -178,10 +181,14 @@ pub fn render_plan_comment(plans: &[EnvPlan], options: &PlanCommentOptions) -> S
 }
 
 fn table_row(plan: &EnvPlan) -> String {
-    let status = match &plan.error {
+    let mut status = match &plan.error {
         Some(error) => format!("❌ {}", escape_markdown(&one_line(error, 200))),
         None => escape_markdown(&one_line(&plan.summary_line, 200)),
     };
+    if let Some(policy) = &plan.policy {
+        status.push_str("<br>");
+        status.push_str(&escape_markdown(&one_line(policy, 200)));
+    }
     let preview = match &plan.queued {
         Some(why) => format!("⏳ {}", escape_markdown(&one_line(why, 200))),
         None => plan

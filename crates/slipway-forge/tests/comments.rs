@@ -35,6 +35,7 @@ fn command() -> impl Strategy<Value = Command> {
         checked_env_name().prop_map(|env| Command::Apply { env }),
         checked_env_name().prop_map(|env| Command::Unlock { env }),
         Just(Command::Preview),
+        Just(Command::ApprovePolicies),
         Just(Command::Help),
     ]
 }
@@ -120,6 +121,7 @@ fn env_plan() -> impl Strategy<Value = EnvPlan> {
                 error,
                 preview_url,
                 queued: None,
+                policy: None,
             },
         )
 }
@@ -195,6 +197,14 @@ fn commands_from_the_table() {
             Ok(Some(Command::Unlock { env: env("prod") })),
         ),
         ("/slipway preview", Ok(Some(Command::Preview))),
+        (
+            "/slipway approve-policies",
+            Ok(Some(Command::ApprovePolicies)),
+        ),
+        (
+            "/slipway approve-policies prod",
+            Err("Sorry, `/slipway approve-policies` does not take `prod`."),
+        ),
         ("/slipway help", Ok(Some(Command::Help))),
         ("Looks good to me!", Ok(None)),
         (
@@ -252,6 +262,7 @@ fn the_plan_comment_reads_well() {
             error: None,
             preview_url: None,
             queued: None,
+            policy: None,
         },
         EnvPlan {
             env: "pr-42".into(),
@@ -260,6 +271,7 @@ fn the_plan_comment_reads_well() {
             error: None,
             preview_url: Some("http://pr-42.shop.localhost:7300/".into()),
             queued: None,
+            policy: None,
         },
         EnvPlan {
             env: "qa".into(),
@@ -268,6 +280,7 @@ fn the_plan_comment_reads_well() {
             error: Some("render failed: slipway.yaml:12: unknown field `prot`".into()),
             preview_url: None,
             queued: None,
+            policy: None,
         },
     ];
     let options = PlanCommentOptions {
@@ -330,6 +343,7 @@ fn hostile_plan_text_cannot_break_out() {
         error: None,
         preview_url: Some("javascript:alert(1)".into()),
         queued: None,
+        policy: None,
     }];
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
     check_structure(&body).expect("the structure holds");
@@ -360,6 +374,7 @@ fn long_plans_are_cut_to_the_limit_and_say_so() {
             error: None,
             preview_url: None,
             queued: None,
+            policy: None,
         })
         .chain(std::iter::once(EnvPlan {
             env: "small".into(),
@@ -368,6 +383,7 @@ fn long_plans_are_cut_to_the_limit_and_say_so() {
             error: None,
             preview_url: None,
             queued: None,
+            policy: None,
         }))
         .collect();
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
@@ -407,6 +423,7 @@ fn very_many_environments_still_fit() {
             error: None,
             preview_url: Some(format!("http://pr-{i}.shop.localhost:7300/")),
             queued: None,
+            policy: None,
         })
         .collect();
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
@@ -431,6 +448,7 @@ fn a_queued_preview_shows_its_place_instead_of_its_link() {
         error: None,
         preview_url: Some("http://pr-7.shop.localhost:7300/".into()),
         queued: Some("preview queued: 2nd in line | @acme/admins".into()),
+        policy: None,
     }];
     let body = render_plan_comment(&plans, &PlanCommentOptions::default());
     check_structure(&body).expect("the structure holds");
@@ -441,5 +459,34 @@ fn a_queued_preview_shows_its_place_instead_of_its_link() {
     assert!(
         !body.contains("[open]("),
         "no link to a preview that does not run yet:\n{body}"
+    );
+}
+
+#[test]
+fn a_policy_line_is_one_escaped_line_in_the_row_and_cannot_break_the_table() {
+    // A policy's message is written by whoever wrote the policy and quotes names from the
+    // stack: a pipe, a newline and a mention must not break the row or ping anyone.
+    let plans = vec![EnvPlan {
+        env: "prod".into(),
+        summary_line: "0 to create, 0 to update, 0 to replace, 1 to delete".into(),
+        detail_text: "- db (postgres.database)\n".into(),
+        error: None,
+        preview_url: None,
+        queued: None,
+        policy: Some("⛔ blocked by policy no-deletes | ask @acme/owners\n| forged | row |".into()),
+    }];
+    let body = render_plan_comment(&plans, &PlanCommentOptions::default());
+    check_structure(&body).expect("the structure holds");
+    let row = body
+        .lines()
+        .find(|l| l.contains("blocked by policy"))
+        .expect("the policy line is in a row");
+    assert!(
+        row.contains("1 to delete<br>⛔ blocked by policy no-deletes \\| ask @\u{200B}acme"),
+        "after the summary, escaped:\n{body}"
+    );
+    assert!(
+        !body.lines().any(|l| l.starts_with("| forged")),
+        "the newline did not start a row of its own:\n{body}"
     );
 }

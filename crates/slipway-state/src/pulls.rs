@@ -114,6 +114,40 @@ impl Store {
         Ok(())
     }
 
+    /// Records that `who` approved the soft policy denials of pull request `number` at
+    /// `head_sha` (for that commit only; approving again keeps the first approval).
+    pub fn approve_policies(
+        &self,
+        number: i64,
+        head_sha: &str,
+        who: &str,
+        at: i64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO policy_approvals (pull_request, head_sha, who, at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pull_request, head_sha) DO NOTHING",
+                params![number, head_sha, who, at],
+            )
+            .map_err(sql(format!("record the policy approval of #{number}")))?;
+        Ok(())
+    }
+
+    /// Who approved the soft policy denials of pull request `number` at `head_sha`, if anyone.
+    pub fn policies_approved(
+        &self,
+        number: i64,
+        head_sha: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_opt(
+                "SELECT who FROM policy_approvals WHERE pull_request = ?1 AND head_sha = ?2",
+                params![number, head_sha],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("read the policy approval of #{number}")))
+    }
+
     /// Pull request `number`, if known.
     pub fn pull_request(&self, number: i64) -> Result<Option<PullRequestRecord>, StateError> {
         self.conn()

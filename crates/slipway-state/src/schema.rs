@@ -327,6 +327,17 @@ ALTER TABLE environments ADD COLUMN idle_ttl_ms INTEGER;
 ALTER TABLE environments ADD COLUMN touched_at INTEGER;
 ALTER TABLE environments ADD COLUMN idle_warned_at INTEGER;
 "#,
+    // The policy gate (issue 16): a policy owner's `/slipway approve-policies`, valid for the
+    // pull request's head commit it was given for only.
+    r#"
+CREATE TABLE policy_approvals (
+    pull_request   INTEGER NOT NULL,
+    head_sha       TEXT NOT NULL,
+    who            TEXT NOT NULL,
+    at             INTEGER NOT NULL,
+    PRIMARY KEY (pull_request, head_sha)
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.

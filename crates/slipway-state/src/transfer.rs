@@ -31,6 +31,7 @@ const TABLES: &[&str] = &[
     "notify_cursor",
     "notify_last",
     "notify_outbox",
+    "policy_approvals",
 ];
 
 /// The tables whose `id` the database numbers (a PostgreSQL identity column, whose sequence

@@ -11,6 +11,7 @@ use serde_json::Value;
 use util::*;
 
 const T: Duration = Duration::from_secs(60);
+const MARKER: &str = "<!-- slipway:plan -->";
 
 /// Denies deleting or replacing anything in a protected environment (hard, the default).
 const NO_DELETES: &str = r#"# METADATA
@@ -369,4 +370,145 @@ fn policy_test_runs_test_rules_against_fixture_plans() {
     write("broken.rego", "package slipway\ndeny contains if {\n");
     let out = s.expect_code(&["policy", "test", path], 1);
     assert!(stdout(&out).contains("broken.rego:"), "{}", stdout(&out));
+}
+
+/// A preview runs one process at most (soft): a cap on preview sizes.
+const PREVIEW_SIZE: &str = r#"# METADATA
+# title: A preview runs one process at most
+# custom:
+#   enforcement: soft
+package slipway
+
+deny contains {"msg": sprintf("a preview runs %d processes, at most 1", [input.sizes.processes]), "resource": c.address} if {
+    input.env.kind == "generated"
+    input.sizes.processes > 1
+    some c in input.resource_changes
+    c.type == "process"
+    c.actions[0] in {"create", "update", "replace"}
+}
+"#;
+
+#[test]
+fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_its_head() {
+    use util::world::{ForgeWorld, GitHubDelivered, STACK, Served};
+    use util::{FakeForge, Forge};
+    const SECRET: &str = "webhook-secret-for-tests";
+    let forge = FakeForge::start(Forge::GitHub, "slipway-bot");
+    let api = forge.url();
+    let w = ForgeWorld::serve(
+        forge,
+        STACK,
+        &api,
+        "repository = \"acme/shop\"",
+        "test-token",
+        SECRET,
+        |s| {
+            s.write("policies/preview-size.rego", PREVIEW_SIZE);
+            s.commit("a policy on preview sizes");
+            // The test checks branches out in the served repository: the default branch is
+            // named rather than read from its `HEAD`.
+            util::world::append_config(s, "[policies]\nowners = [\"olivia\"]\nbranch = \"main\"\n");
+        },
+    );
+    w.forge.set_permission("olivia", "write");
+    w.forge.set_permission("mallory", "write");
+    w.serves("qa", "v1");
+
+    // The pull request adds a second process and deletes the policy in its own branch.
+    let bigger = format!(
+        "{STACK}  web2:\n    type: process\n    command: [\"python3\", \"-m\", \"http.server\", \"${{ports.http}}\", \"--bind\", \"127.0.0.1\"]\n    ports: [http]\n"
+    );
+    let repo = &w.s.repo;
+    git(repo, &["checkout", "-q", "-b", "feature-big"]);
+    std::fs::remove_file(repo.join("policies/preview-size.rego")).expect("rm");
+    w.s.write("slipway.yaml", &bigger)
+        .write("greeting.txt", "big");
+    let head = w.s.commit("two processes, no policy");
+    git(repo, &["update-ref", "refs/pull/1/head", &head]);
+    git(repo, &["checkout", "-q", "main"]);
+    let opened = w.opened(1, "feature-big", &head);
+    w.accepted(opened.event, &opened.body);
+
+    // The plan comment says which policy blocks the preview, with the message and where the
+    // process is declared; the status fails; the preview is held, not deployed.
+    let plan = w.forge.wait_for_comment(
+        1,
+        |c| c.body.contains(MARKER) && c.body.contains("blocked by soft policies"),
+        T,
+    );
+    assert!(
+        plan.body.contains("policies/preview-size.rego")
+            && plan.body.contains("a preview runs 2 processes, at most 1")
+            && plan.body.contains("(at slipway.yaml:"),
+        "{}",
+        plan.body
+    );
+    w.forge.wait_for_status(
+        &head,
+        |s| s.context == "slipway/plan" && s.state == "failure",
+        T,
+    );
+    let held = wait_for("the preview is held by the policy", T, || {
+        // It is made on the first reconcile: until then `status` says it does not exist.
+        let out = w.s.run(&["status", "--env", "pr-1", "--output", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let env = status_environment(&status, "pr-1")?.clone();
+        env["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policies/preview-size.rego (soft)"))
+            .then_some(env)
+    });
+    assert_ne!(held["commit"], head.as_str(), "{held}");
+    assert_eq!(w.page("pr-1"), None, "nothing of the preview runs");
+
+    // Someone with write access who is not a policy owner cannot approve.
+    w.comment(1, "mallory", "/slipway approve-policies");
+    w.reply(1, "only the policy owners");
+    // An owner approves this head: the preview is deployed.
+    w.comment(1, "olivia", "/slipway approve-policies");
+    let approved = w.reply(1, "approved the soft policy denials");
+    assert!(approved.contains(&head[..12]), "{approved}");
+    w.serves("pr-1", "big");
+
+    // A new push needs a new approval: the new head is held again.
+    git(repo, &["checkout", "-q", "feature-big"]);
+    w.s.write("greeting.txt", "bigger");
+    let next = w.s.commit("and more");
+    git(repo, &["update-ref", "refs/pull/1/head", &next]);
+    git(repo, &["checkout", "-q", "main"]);
+    w.forge.set_head(1, &next);
+    w.accepted(
+        "pull_request",
+        &util::fake_github::pull_request_payload("synchronize", &w.forge.pr(1), false, None),
+    );
+    w.forge.wait_for_comment(
+        1,
+        |c| {
+            c.body.contains(MARKER)
+                && c.body.contains(&next[..12])
+                && c.body.contains("blocked by soft policies")
+        },
+        T,
+    );
+    let audit = slipway_state::Store::open(&w.s.home)
+        .expect("store")
+        .audit(200, None)
+        .expect("audit");
+    assert!(
+        audit.iter().any(|a| a.entry.action == "policies.approve"
+            && a.entry.who == "forge:olivia"
+            && a.entry.outcome == "ok"),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.entry.action == "policies.approve"
+            && a.entry.who == "forge:mallory"
+            && a.entry.outcome == "refused"),
+        "{audit:?}"
+    );
+    assert_eq!(
+        w.page("pr-1").as_deref(),
+        Some("big"),
+        "the approved commit keeps running"
+    );
 }

@@ -196,6 +196,18 @@ pub(super) fn apply(
             }
         ));
     }
+    // The policies of the default branch, judging this pull request's code: refused here,
+    // with their word, before the environment is locked to it.
+    let approved_by = crate::gate::judge_for_pull(inner, &mut prepared, record)?;
+    if let Err(denied) = inner
+        .engine
+        .policies_allow(&prepared, approved_by.as_deref())
+    {
+        return refuse(format!(
+            "Not applied #{number} ({}) to `{env}`: {denied}.",
+            short(&head)
+        ));
+    }
     let lock = store.lock_environment(env, number, author, now_ms())?;
     if lock.pull_request != number {
         return refuse(format!(

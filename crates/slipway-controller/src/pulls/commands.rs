@@ -244,5 +244,70 @@ pub(super) fn run(
             }
         }
         Command::Apply { env } => apply(inner, &mut record, &env, author, handoff),
+        Command::ApprovePolicies => approve_policies(inner, &mut record, author),
     }
+}
+
+/// `/slipway approve-policies`: a policy owner (`[policies] owners`, forge logins) lets the
+/// soft policy denials of the pull request's head commit through, as the forge shows it now
+/// (the commit the owner saw); a new push needs a new approval. Hard denials stay.
+fn approve_policies(
+    inner: &Inner,
+    record: &mut slipway_state::PullRequestRecord,
+    author: &str,
+) -> Result<FollowUp, ControllerError> {
+    let number = record.number as u64;
+    let owners = &inner.engine.config().policies.owners;
+    if !owners.iter().any(|o| o == author) {
+        audit(
+            inner,
+            author,
+            "policies.approve",
+            &format!("#{number}"),
+            "refused",
+            "not a policy owner",
+        );
+        reply(
+            inner,
+            number,
+            &format!(
+                "Sorry @{author}, only the policy owners named in Slipway's configuration \
+                 (`[policies] owners`) can approve policies."
+            ),
+        );
+        return Ok(FollowUp::default());
+    }
+    let head = setup(inner)?.forge.pull_request(number)?.info.head_sha;
+    if record.head_sha != head {
+        set_head(inner, record, &head)?;
+        record.updated_at = now_ms();
+        inner.engine.store().upsert_pull_request(record)?;
+    }
+    inner
+        .engine
+        .store()
+        .approve_policies(record.number, &head, author, now_ms())?;
+    audit(
+        inner,
+        author,
+        "policies.approve",
+        &format!("#{number}"),
+        "ok",
+        &format!("soft policy denials of {} approved", short(&head)),
+    );
+    reply(
+        inner,
+        number,
+        &format!(
+            "@{author} approved the soft policy denials of this pull request at {}: its plans \
+             may go through them for this commit only (a new push needs a new approval; hard \
+             denials stay).",
+            short(&head)
+        ),
+    );
+    post_plans(inner, record, None, super::Announce::Quietly)?;
+    Ok(FollowUp {
+        refresh: true,
+        ..FollowUp::default()
+    })
 }

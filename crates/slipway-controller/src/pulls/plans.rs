@@ -132,6 +132,8 @@ pub(crate) fn post_plans(
     // Through the engine's commit cache: the plans below prepare from the same load.
     let cached = inner.engine.load(&origin_at(inner, &head))?;
     let mut plans = Vec::new();
+    // The environments whose plan the policies block.
+    let mut blocked: Vec<String> = Vec::new();
     match cached.loaded.valid_stack() {
         Err(first) => plans.push(EnvPlan {
             env: "(all)".into(),
@@ -140,6 +142,7 @@ pub(crate) fn post_plans(
             error: Some(first),
             preview_url: None,
             queued: None,
+            policy: None,
         }),
         Ok(stack) => {
             let mut targets = targets(stack, record, only);
@@ -169,6 +172,7 @@ pub(crate) fn post_plans(
                     error: None,
                     preview_url: None,
                     queued: None,
+                    policy: None,
                 });
             }
             for target in targets {
@@ -177,17 +181,44 @@ pub(crate) fn post_plans(
                     .preview_port
                     .get()
                     .map(|port| format!("http://{}.{}.localhost:{port}/", target.name, stack.name));
-                plans.push(match inner.engine.prepare(&origin, &target) {
-                    Ok(prepared) => EnvPlan {
-                        env: target.name.to_string(),
-                        summary_line: summary(&prepared.plan),
-                        detail_text: detail(&prepared.plan),
-                        error: None,
-                        preview_url: (target.kind == EnvKind::Generated)
-                            .then(|| comment_url(inner, &target.name, &prepared, preview_url))
-                            .flatten(),
-                        queued: queued(inner, &target),
-                    },
+                let prepared = inner.engine.prepare(&origin, &target).and_then(|mut p| {
+                    // Judged as what it is: this pull request's code.
+                    let context = slipway_engine::policy::GitContext {
+                        pull_request: u64::try_from(record.number).ok(),
+                        from_fork: record.is_fork,
+                        labels: Vec::new(),
+                    };
+                    if p.policy.is_some() {
+                        p.policy = inner.engine.judge(&p, inner.source.as_ref(), &context)?;
+                    }
+                    Ok(p)
+                });
+                plans.push(match prepared {
+                    Ok(prepared) => {
+                        let approved = inner
+                            .engine
+                            .store()
+                            .policies_approved(record.number, &prepared.commit.sha)?;
+                        let policy = policy_line(inner, &prepared, approved.as_deref());
+                        if policy.as_ref().is_some_and(|(blocks, _)| *blocks) {
+                            blocked.push(target.name.to_string());
+                        }
+                        EnvPlan {
+                            env: target.name.to_string(),
+                            summary_line: summary(&prepared.plan),
+                            detail_text: format!(
+                                "{}{}",
+                                detail(&prepared.plan),
+                                policy_detail(&prepared)
+                            ),
+                            error: None,
+                            preview_url: (target.kind == EnvKind::Generated)
+                                .then(|| comment_url(inner, &target.name, &prepared, preview_url))
+                                .flatten(),
+                            queued: queued(inner, &target),
+                            policy: policy.map(|(_, line)| line),
+                        }
+                    }
                     Err(e) => EnvPlan {
                         env: target.name.to_string(),
                         summary_line: "planning failed".into(),
@@ -195,6 +226,7 @@ pub(crate) fn post_plans(
                         error: Some(e.to_string()),
                         preview_url: None,
                         queued: None,
+                        policy: None,
                     },
                 });
             }
@@ -214,7 +246,12 @@ pub(crate) fn post_plans(
         .filter(|p| p.error.is_some())
         .map(|p| p.env.as_str())
         .collect();
-    if failed.is_empty() {
+    if failed.is_empty() && !blocked.is_empty() {
+        status(
+            StatusState::Failure,
+            &format!("blocked by policy for {}", blocked.join(", ")),
+        );
+    } else if failed.is_empty() {
         status(
             StatusState::Success,
             &format!("planned {} environment(s)", plans.len()),
@@ -242,6 +279,79 @@ fn queued(inner: &Inner, target: &EnvTarget) -> Option<String> {
         "preview {}",
         crate::slots::waiting(&caps, &record, position)
     ))
+}
+
+/// What the policies say of `prepared` in one line, and whether they block it (with
+/// `approved_by`'s approval of soft denials counted); `None` when they pass it.
+fn policy_line(
+    inner: &Inner,
+    prepared: &slipway_engine::Prepared,
+    approved_by: Option<&str>,
+) -> Option<(bool, String)> {
+    let judged = prepared.policy.as_ref()?;
+    let blocking: Vec<String> = judged
+        .verdict
+        .blocking()
+        .map(|r| format!("{} ({})", r.policy, r.enforcement.as_str()))
+        .collect();
+    if blocking.is_empty() {
+        return None;
+    }
+    Some(match inner.engine.policies_allow(prepared, approved_by) {
+        Ok(_) => (
+            false,
+            format!(
+                "✅ soft policy denials approved by {} for this commit: {}",
+                approved_by.unwrap_or("an owner"),
+                blocking.join(", ")
+            ),
+        ),
+        Err(_) => match judged.gate() {
+            slipway_policy::Gate::SoftFail => (
+                true,
+                format!(
+                    "⛔ blocked by soft policies: {}; a policy owner may `/slipway \
+                     approve-policies`",
+                    blocking.join(", ")
+                ),
+            ),
+            _ => (
+                true,
+                format!("⛔ blocked by policy: {}", blocking.join(", ")),
+            ),
+        },
+    })
+}
+
+/// The policies' failed and warned results under a plan's text: each with its messages and
+/// where the resource a message names is declared.
+fn policy_detail(prepared: &slipway_engine::Prepared) -> String {
+    let Some(judged) = &prepared.policy else {
+        return String::new();
+    };
+    let mut out = format!("\nPolicies (at {}):\n", short(&judged.policies_at));
+    for r in &judged.verdict.results {
+        out.push_str(&format!(
+            "  {} {} [{}]\n",
+            r.outcome(),
+            r.policy,
+            r.enforcement.as_str()
+        ));
+        if let Some(e) = &r.error {
+            out.push_str(&format!("      error: {e}\n"));
+        }
+        for (kind, findings) in [("deny", &r.denies), ("warn", &r.warns)] {
+            for f in findings {
+                let at = f
+                    .location
+                    .as_deref()
+                    .map(|l| format!(" (at {l})"))
+                    .unwrap_or_default();
+                out.push_str(&format!("      {kind}: {}{at}\n", f.msg));
+            }
+        }
+    }
+    out
 }
 
 /// One line: what a plan does.
