@@ -536,6 +536,19 @@ fn converge(
         hold(inner, &record, &held_for_confirmation(&why))?;
         return Ok(requeue);
     }
+    // A deploy window that denies the change now: held, not failed by a fault, and looked
+    // at again as the window opens (unless a person overrode it for this sync).
+    let override_window = inner
+        .window_overrides
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(name);
+    let now = inner.now();
+    if override_window.is_none()
+        && let Some(wait) = held_by_window(inner, &record, &prepared, now)?
+    {
+        return Ok(wait);
+    }
     if !prepared.plan.has_changes() {
         if record.sync != SyncState::Synced
             || record.commit.as_deref() != Some(prepared.commit.sha.as_str())
@@ -551,11 +564,16 @@ fn converge(
                     swap_exposed: true,
                     confirm_destroy: slipway_engine::Confirmation::Absent,
                     follows: Some(follows),
+                    override_window: override_window.clone(),
+                    now_ms: Some(now),
                 },
                 &(),
             );
             match applied {
                 Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+                Err(EngineError::OutsideWindow(denied)) => {
+                    return hold_for_window(inner, &record, &denied.verdict);
+                }
                 other => drop(other?),
             }
             if record.commit.as_deref() != Some(prepared.commit.sha.as_str()) {
@@ -638,11 +656,17 @@ fn converge(
             // Only a person confirms destroying something in a protected environment.
             confirm_destroy: slipway_engine::Confirmation::Absent,
             follows: Some(follows),
+            override_window,
+            now_ms: Some(now),
         },
         &(),
     );
     let report = match applied {
         Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+        // The window closed between the plan and the apply.
+        Err(EngineError::OutsideWindow(denied)) => {
+            return hold_for_window(inner, &record, &denied.verdict);
+        }
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
@@ -687,6 +711,46 @@ fn converge(
         store.modify_environment(name, |fresh| fresh.expires_at = Some(expires_at))?;
     }
     Ok(requeue)
+}
+
+/// Holds `prepared` if the deploy windows deny it at `now` (as the engine's apply would
+/// refuse it): the status says why and until when, and the environment is looked at again
+/// when the window opens. `None`: nothing holds it.
+fn held_by_window(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    prepared: &slipway_engine::Prepared,
+    now: i64,
+) -> Result<Option<Action>, ControllerError> {
+    match inner.engine.window_denial(prepared, now)? {
+        None => Ok(None),
+        Some(denied) => hold_for_window(inner, record, &denied.verdict).map(Some),
+    }
+}
+
+/// Marks `record` held by a deploy window (`verdict`, which denies), and when to look again:
+/// as the window opens, and no later than the regular pass.
+fn hold_for_window(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    verdict: &slipway_engine::Verdict,
+) -> Result<Action, ControllerError> {
+    let env = &record.name;
+    let why = format!(
+        "{}; a deployer can override with `slipway apply --env {env} --override-window`",
+        verdict.describe().unwrap_or_default()
+    );
+    hold(inner, record, &why)?;
+    let regular = inner.options.requeue_interval;
+    let wait = verdict
+        .until
+        .map(|until| {
+            // A little past the opening, so that the look finds it open.
+            Duration::from_millis(u64::try_from(until.saturating_sub(verdict.at)).unwrap_or(0))
+                + Duration::from_millis(500)
+        })
+        .map_or(regular, |opening| opening.min(regular));
+    Ok(Action::Requeue(wait))
 }
 
 /// Why an apply waits, and what a person does about it.

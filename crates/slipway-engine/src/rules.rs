@@ -12,10 +12,18 @@
 //! passes the gate of the rules in force (merged through an approved pull request for
 //! `require_pr`, a person's confirmation for a protected delete): once deployed, its rules
 //! are the ones in force.
+//!
+//! Deploy windows (`windows:`) are rules too: a change is judged by the deploy windows of
+//! the commit itself and of those in force together (every deny window of both; the allow
+//! windows of each must have one open), so a commit that deletes its own freeze, or adds an
+//! allow-everything window, is still held by the windows in force. For a generated or ad-hoc
+//! environment, what is in force is its family's entry at the default branch
+//! ([`crate::EnvTarget::windows_in_force`]).
 
 use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::stack::EnvironmentDef;
+use slipway_core::windows::Windows;
 
 use crate::{Engine, EngineError, Origin};
 
@@ -28,6 +36,9 @@ pub struct Rules {
     pub require_pr: bool,
     /// What `/slipway apply ENV` needs (`approved`, `mergeable`).
     pub apply_requirements: Vec<String>,
+    /// When changes may deploy (every kind of environment: a family's windows hold its
+    /// previews too).
+    pub windows: Windows,
 }
 
 impl Rules {
@@ -39,6 +50,7 @@ impl Rules {
             protected: def.protected && is_static,
             require_pr: def.require_pr && is_static,
             apply_requirements: def.apply_requirements(),
+            windows: Windows::of(&def.windows),
         }
     }
 
@@ -55,6 +67,7 @@ impl Rules {
             protected: self.protected || other.protected,
             require_pr: self.require_pr || other.require_pr,
             apply_requirements,
+            windows: self.windows.stronger(&other.windows),
         }
     }
 }
@@ -144,6 +157,7 @@ mod tests {
             protected,
             require_pr,
             apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
+            windows: Windows::default(),
         }
     }
 

@@ -93,12 +93,13 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("syncEnvironment", "environment.sync")
             .summary(
                 "Sync an environment",
-                "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted.",
+                "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted. A change a deploy window (`windows:`) denies now is held, unless `override_window` is true, which needs the deployer role (or admin) and is recorded with the caller's name in the audit and event logs.",
             )
             .access(Access::Environment)
             .forwarded()
+            .body::<SyncRequest>()
             .json::<Queued>(StatusCode::ACCEPTED, "The reconcile is queued.")
-            .errors(&[(StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
+            .errors(&[(StatusCode::FORBIDDEN, "`override_window` was asked by a token below the deployer role."), (StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
         Route::get("/api/v1/environments/{name}/plan", plan)
             .id("planEnvironment", "environment.plan")
             .summary(
@@ -368,6 +369,16 @@ struct RollbackRequest {
     /// The id of an earlier deployment of this environment.
     #[serde(deserialize_with = "crate::body::integer")]
     deployment: i64,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Sync")]
+struct SyncRequest {
+    /// Apply even though a deploy window denies changes now (deployer role or above;
+    /// recorded with the caller's name). Default `false`.
+    #[serde(default)]
+    override_window: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -666,14 +677,32 @@ async fn destroy(
 
 async fn sync(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     EnvPath(name): EnvPath,
-    JsonBody(NoFields {}): JsonBody<NoFields>,
+    JsonBody(request): JsonBody<SyncRequest>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     {
         let name = name.clone();
         app.blocking(move |c| require(c, &name)).await?;
     }
-    app.controller.sync(&name).await?;
+    if request.override_window {
+        // Overriding a deploy window is a deployer's call, whatever the environment.
+        if caller.role < crate::auth::Role::Deployer {
+            return Err(ApiError::client(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "overriding the deploy window of `{name}` needs the deployer role; this token is a {}",
+                    caller.role.as_str()
+                ),
+            )
+            .hint("ask a deployer, or sync without `override_window` (the change waits for the window)"));
+        }
+        app.controller
+            .sync_overriding_window(&name, &caller.name)
+            .await?;
+    } else {
+        app.controller.sync(&name).await?;
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Queued {

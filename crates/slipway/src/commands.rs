@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             yes,
             parallelism,
             confirm_destroy,
+            override_window,
             wait,
             output,
         } => apply(
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 yes,
                 parallelism,
                 confirm_destroy: confirmed(&env, confirm_destroy.as_deref())?,
+                override_window,
                 wait: wait.into(),
                 output,
             },
@@ -376,6 +378,9 @@ fn explain(e: EngineError) -> anyhow::Error {
             "{why}; nothing was changed. If that is intended, run again with `--confirm-destroy {}`",
             why.environment
         ),
+        EngineError::OutsideWindow(denied) => anyhow::anyhow!(
+            "{denied}; nothing was changed. A deployer who means to deploy now runs again with `--override-window` (recorded)"
+        ),
         other => other.into(),
     }
 }
@@ -470,6 +475,7 @@ struct ApplyArgs {
     yes: bool,
     parallelism: Option<usize>,
     confirm_destroy: bool,
+    override_window: bool,
     wait: crate::lease::Wait,
     output: Output,
 }
@@ -479,9 +485,11 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
         yes,
         parallelism,
         confirm_destroy,
+        override_window,
         wait,
         output,
     } = args;
+    let override_window = override_window.then(who);
     let (engine, _lease) = open_engine_for(g, env, wait)?;
     let repo = open_repo(g, repo)?;
     let lock = engine.lock(
@@ -501,20 +509,32 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
     {
         return Err(explain(EngineError::NeedsConfirmation(why)));
     }
+    // Refused before asking: a deploy window that denies it now, unless overridden.
+    match engine.window_denial(&prepared, slipway_state::now_ms())? {
+        Some(denied) if override_window.is_none() => {
+            return Err(explain(EngineError::OutsideWindow(denied)));
+        }
+        Some(denied) => eprintln!("{denied} (overridden with --override-window)."),
+        None => {}
+    }
     if !prepared.plan.has_changes() {
-        let report = engine.apply(
-            &lock,
-            &prepared,
-            &repo.repository,
-            &ApplyOptions {
-                parallelism: 1,
-                who: who(),
-                swap_exposed: false,
-                confirm_destroy: confirm_destroy.into(),
-                follows: None,
-            },
-            &(),
-        )?;
+        let report = engine
+            .apply(
+                &lock,
+                &prepared,
+                &repo.repository,
+                &ApplyOptions {
+                    parallelism: 1,
+                    who: who(),
+                    swap_exposed: false,
+                    confirm_destroy: confirm_destroy.into(),
+                    follows: None,
+                    override_window: override_window.clone(),
+                    now_ms: None,
+                },
+                &(),
+            )
+            .map_err(explain)?;
         if output == Output::Json {
             let mut out = render::report_json(&report);
             render::add_offline(&mut out, repo.offline_json(&prepared.commit));
@@ -535,20 +555,24 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
             .filter(|c| c.action != slipway_core::plan::Action::Noop)
             .count(),
     );
-    let report = engine.apply(
-        &lock,
-        &prepared,
-        &repo.repository,
-        &ApplyOptions {
-            parallelism,
-            who: who(),
-            swap_exposed: false,
-            confirm_destroy: confirm_destroy.into(),
-            // A person's apply: of what was asked, whatever the record follows.
-            follows: None,
-        },
-        &reporter,
-    )?;
+    let report = engine
+        .apply(
+            &lock,
+            &prepared,
+            &repo.repository,
+            &ApplyOptions {
+                parallelism,
+                who: who(),
+                swap_exposed: false,
+                confirm_destroy: confirm_destroy.into(),
+                // A person's apply: of what was asked, whatever the record follows.
+                follows: None,
+                override_window,
+                now_ms: None,
+            },
+            &reporter,
+        )
+        .map_err(explain)?;
     reporter.finish();
     match output {
         Output::Json => {
