@@ -170,4 +170,33 @@ mod tests {
         let mixed = rules(false, true, &["mergeable"]).stronger(&rules(true, false, &["approved"]));
         assert_eq!(mixed, rules(true, true, &["approved", "mergeable"]));
     }
+
+    #[test]
+    fn a_commit_that_removes_its_deny_window_is_still_held_by_the_one_in_force() {
+        use slipway_core::windows::{Window, WindowKind};
+        let freeze = Window::new(
+            WindowKind::Deny,
+            "0 17 * * 5",
+            std::time::Duration::from_secs(64 * 3600),
+            "64h",
+            "Europe/Paris",
+        )
+        .expect("a window");
+        let in_force = Rules {
+            windows: Windows::of(&[freeze]),
+            ..Rules::default()
+        };
+        let own = Rules::default();
+        let judged = own.stronger(&in_force);
+        // Friday 2026-12-04 17:30 UTC: 18:30 in Paris.
+        let friday = 1_796_405_400_000;
+        assert!(
+            !judged.windows.verdict(friday).allowed(),
+            "the freeze in force holds a commit that deleted it"
+        );
+        assert!(
+            !own.windows.covers(&judged.windows),
+            "the commit lowers the windows"
+        );
+    }
 }
