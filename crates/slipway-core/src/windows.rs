@@ -27,10 +27,14 @@ use jiff::tz::TimeZone;
 /// How far ahead [`Windows::verdict`] looks for the instant changes are allowed again.
 pub const HORIZON: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// Most window boundaries [`Windows::verdict`] steps through before it gives up: enough for
-/// a deny window open every minute for a minute (a year of 527,040 boundaries), which takes
-/// well under a second.
-const MAX_STEPS: usize = 600_000;
+/// Most windows one `environments:` entry may list: the work of a verdict grows with them,
+/// and a commit is hostile input.
+pub const MAX_WINDOWS: usize = 32;
+
+/// Most times [`Windows::verdict`] asks a window where it stands (each a cron search) while
+/// it looks for the end of a denial: enough for a deny window open every minute for a minute
+/// (a year of 527,040 boundaries), well under a second, whatever a commit lists.
+const BUDGET: usize = 1_000_000;
 
 /// Whether a window lets changes through or holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -443,11 +447,12 @@ impl Windows {
     /// The first instant at or after `from` when changes are allowed, stepping through the
     /// windows' boundaries: past the deny windows open (to the latest of their ends), then
     /// to the first opening of each source of allow windows none of which is open. `None`
-    /// when there is none within [`HORIZON`] (or within the steps allowed).
+    /// when there is none within [`HORIZON`] (or within the work allowed, [`BUDGET`]).
     fn allowed_from(&self, from: i64) -> Option<i64> {
         let horizon = from.saturating_add(HORIZON.as_millis() as i64);
+        let per_step = self.deny.len() + 2 * self.allow.iter().map(Vec::len).sum::<usize>();
         let mut t = from;
-        for _ in 0..MAX_STEPS {
+        for _ in 0..BUDGET / per_step.max(1) {
             if t > horizon {
                 return None;
             }
@@ -674,6 +679,22 @@ mod tests {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the search is bounded"
+        );
+    }
+
+    #[test]
+    fn many_always_open_windows_are_judged_within_bounded_work() {
+        let list: Vec<Window> = (0..MAX_WINDOWS)
+            .map(|i| deny("* * * * *", &format!("{}m", i + 1), "Europe/Paris"))
+            .collect();
+        let ws = Windows::of(&list);
+        let started = std::time::Instant::now();
+        let v = ws.verdict(at("2026-12-04T12:00:00Z"));
+        assert!(!v.allowed());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a hostile list of windows costs bounded work: {:?}",
+            started.elapsed()
         );
     }
 

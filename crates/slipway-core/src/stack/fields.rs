@@ -393,6 +393,18 @@ impl Cx {
                 return Vec::new();
             }
         };
+        if items.len() > crate::windows::MAX_WINDOWS {
+            self.err(
+                node.pos,
+                format!(
+                    "environment `{env}` lists {} windows; at most {} are allowed",
+                    items.len(),
+                    crate::windows::MAX_WINDOWS
+                ),
+                Some("merge windows: a schedule takes lists and ranges, e.g. `0 17 * * 5,6`"),
+            );
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for item in items {
             let Value::Map(entries) = &item.value else {
