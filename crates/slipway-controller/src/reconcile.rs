@@ -545,9 +545,47 @@ fn converge(
         .remove(name);
     let now = inner.now();
     if override_window.is_none()
-        && let Some(wait) = held_by_window(inner, &record, &prepared, now)?
+        && let Some(denied) = engine.window_denial(&prepared, now)?
     {
-        return Ok(wait);
+        // A wake is no deploy: asked to wake during the window, it starts what it ran (its
+        // new commit waits for the window like any other).
+        if waking
+            && let Some(running) = record.commit.as_deref()
+            && running != prepared.commit.sha
+        {
+            let at = Origin {
+                source: inner.source.as_ref(),
+                repo: &inner.repo_label,
+                reference: running,
+                folder: &inner.folder,
+                tip: Some(running),
+            };
+            let mut again = engine.prepare(&at, &target)?;
+            // It still follows its ref: the record keeps it.
+            again.reference = reference.clone();
+            let woke = engine.apply(
+                &lock,
+                &again,
+                inner.source.as_ref(),
+                &ApplyOptions {
+                    parallelism: inner.options.parallelism,
+                    who: WHO.into(),
+                    swap_exposed: true,
+                    confirm_destroy: slipway_engine::Confirmation::Absent,
+                    follows: Some(follows.clone()),
+                    override_window: None,
+                    now_ms: Some(now),
+                },
+                &(),
+            );
+            match woke {
+                Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+                // What it ran is held too (it would deploy something new): it stays asleep.
+                Err(EngineError::OutsideWindow(_)) => {}
+                other => drop(other?),
+            }
+        }
+        return hold_for_window(inner, &record, &denied.verdict);
     }
     if !prepared.plan.has_changes() {
         if record.sync != SyncState::Synced
@@ -711,21 +749,6 @@ fn converge(
         store.modify_environment(name, |fresh| fresh.expires_at = Some(expires_at))?;
     }
     Ok(requeue)
-}
-
-/// Holds `prepared` if the deploy windows deny it at `now` (as the engine's apply would
-/// refuse it): the status says why and until when, and the environment is looked at again
-/// when the window opens. `None`: nothing holds it.
-fn held_by_window(
-    inner: &Inner,
-    record: &EnvironmentRecord,
-    prepared: &slipway_engine::Prepared,
-    now: i64,
-) -> Result<Option<Action>, ControllerError> {
-    match inner.engine.window_denial(prepared, now)? {
-        None => Ok(None),
-        Some(denied) => hold_for_window(inner, record, &denied.verdict).map(Some),
-    }
 }
 
 /// Marks `record` held by a deploy window (`verdict`, which denies), and when to look again:

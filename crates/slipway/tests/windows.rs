@@ -394,3 +394,81 @@ fn the_api_override_needs_a_deployer_and_is_audited() {
         "the developer's refused override is audited"
     );
 }
+
+#[test]
+fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_waits() {
+    let s = Sandbox::new();
+    // Previews that sleep after 2 s, under a window from Friday 17:00 UTC for an hour.
+    let stack = |content: &str| {
+        stack_file(
+            "nap",
+            r#"{ previews: { generate: { branches: ["feature/*"] }, sleep_after: 2s, windows: [{ kind: deny, schedule: "0 17 * * 5", duration: 1h }] } }"#,
+            &format!(
+                "  notes: {{ type: file, path: NOTES, content: \"{content}\" }}\n  \
+                 idle: {{ type: process, command: [\"python3\", \"-c\", \"import time; time.sleep(100000)\"] }}\n"
+            ),
+        )
+    };
+    s.write("slipway.yaml", &stack("v1"));
+    s.commit("v1");
+    git(&s.repo, &["branch", "feature/a"]);
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n",
+    );
+    let token = named_token(&s, "admin", "test");
+    // 15 s before the window opens: the preview deploys, then falls asleep.
+    let started = std::time::Instant::now();
+    let server = serve_at(&s, "@2026-12-04 16:59:45");
+    let env = "br-feature-a";
+    let pid = || supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64();
+    let alive = |pid: i64| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let first = wait_for("the preview runs", Duration::from_secs(12), pid);
+    assert_eq!(notes(&s, env).as_deref(), Some("v1"));
+    let activity = || {
+        let status = s.json(&["status", "--output", "json"]);
+        status_environment(&status, env).map(|e| e["activity"].clone())
+    };
+    wait_for("the preview falls asleep", Duration::from_secs(20), || {
+        (activity()? == "sleeping").then_some(())
+    });
+    wait_for("its process stops", Duration::from_secs(20), || {
+        (!alive(first)).then_some(())
+    });
+    // A new commit on its branch while it sleeps; then the server's clock reaches 17:00 (it
+    // started at 16:59:45 and runs at the real pace), and the window is open.
+    util::world::commit_on(&s, "feature/a", "feature/a", "v2", Some(&stack("v2")), None);
+    wait_for(
+        "the server's clock is past 17:00",
+        Duration::from_secs(40),
+        || (started.elapsed() >= Duration::from_secs(16)).then_some(()),
+    );
+    let (code, woken) = api_request(
+        &server.addr,
+        "POST",
+        &format!("/api/v1/environments/{env}/wake"),
+        &token,
+        None,
+    );
+    assert_eq!(code, 200, "{woken}");
+    let again = wait_for(
+        "the woken preview runs its process again",
+        Duration::from_secs(30),
+        pid,
+    );
+    assert!(alive(again) && again != first, "a new process runs");
+    assert_eq!(
+        notes(&s, env).as_deref(),
+        Some("v1"),
+        "it woke at what it ran; the new commit waits for the window"
+    );
+    let status = s.json(&["status", "--output", "json"]);
+    let message = status_environment(&status, env).expect("the preview")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.starts_with("held: inside the deploy window"),
+        "the new commit is held, saying why: {message}"
+    );
+}
