@@ -469,6 +469,54 @@ struct PlanView {
     commit: String,
     has_changes: bool,
     changes: Vec<Change>,
+    /// What the deploy windows (`windows:`) say now: a sync of a change they deny is held.
+    window: WindowView,
+}
+
+/// What the deploy windows say now.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DeployWindow")]
+struct WindowView {
+    /// Whether a change may deploy now.
+    allowed: bool,
+    /// When denied: the first time from which changes are allowed, RFC 3339 in the denying
+    /// window's time zone; `null` when allowed, or when no time within a year is.
+    until: Option<String>,
+    /// When denied: the window that denies (or the first of the allow windows none of which
+    /// is open).
+    window: Option<WindowSpec>,
+}
+
+/// A deploy window as the stack writes it.
+#[derive(Debug, Serialize, JsonSchema)]
+struct WindowSpec {
+    /// `allow` or `deny`.
+    kind: &'static str,
+    /// Its 5-field cron schedule.
+    schedule: String,
+    /// How long it stays open after each match, as written.
+    duration: String,
+    /// Its IANA time zone.
+    time_zone: String,
+}
+
+impl From<&slipway_engine::Verdict> for WindowView {
+    fn from(verdict: &slipway_engine::Verdict) -> WindowView {
+        WindowView {
+            allowed: verdict.allowed(),
+            until: verdict.until_text(),
+            window: verdict
+                .denied
+                .as_ref()
+                .and_then(|d| d.window())
+                .map(|w| WindowSpec {
+                    kind: w.kind().as_str(),
+                    schedule: w.schedule().to_string(),
+                    duration: w.duration_text().to_string(),
+                    time_zone: w.time_zone().to_string(),
+                }),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -748,6 +796,7 @@ async fn plan(
             reference,
             commit: prepared.commit.sha,
             has_changes: prepared.plan.has_changes(),
+            window: WindowView::from(&prepared.window),
             changes: prepared.plan.changes,
         }))
     })

@@ -345,6 +345,23 @@ fn the_api_override_needs_a_deployer_and_is_audited() {
                 .filter(|m| m.contains("until 2026-12-07T09:00:00+01:00"))
         },
     );
+    let (status, plan) = api_request(
+        &server.addr,
+        "GET",
+        &format!("/api/v1/environments/{env}/plan"),
+        &developer,
+        None,
+    );
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        plan["window"],
+        json!({
+            "allowed": false,
+            "until": "2026-12-07T09:00:00+01:00",
+            "window": {"kind": "deny", "schedule": "0 17 * * 5", "duration": "64h", "time_zone": "Europe/Paris"}
+        }),
+        "the API's plan says what the windows say: {plan}"
+    );
     let path = format!("/api/v1/environments/{env}/sync");
     let (status, body) = api_request(
         &server.addr,
