@@ -10,6 +10,8 @@
 //! - a stack that loads without errors renders for every entry of `environments:` (static
 //!   ones as themselves, families as the generated environment `pr-1`), and rendering twice
 //!   gives the same bytes;
+//! - each entry's deploy windows judge an instant, and changes are allowed at the `until`
+//!   they give;
 //! - the first plan, against an empty store, only creates;
 //! - the plan after applying it (the store holding exactly what was rendered) is empty.
 //!
@@ -104,6 +106,12 @@ fuzz_target!(|data: &[u8]| {
     let stack = loaded.stack.expect("a load without errors has a stack");
     let preview = EnvName::pull_request(1);
     for (definition, def) in &stack.environments {
+        // Its deploy windows judge an instant without panicking, and `until` is allowed.
+        let windows = slipway_core::windows::Windows::of(&def.windows);
+        let verdict = windows.verdict(1_796_400_000_000);
+        if let Some(until) = verdict.until {
+            assert!(windows.verdict(until).allowed(), "changes are allowed at `until`");
+        }
         let name = EnvName::parse(definition)
             .expect("a stack that loaded without errors names environments with DNS labels");
         let target = match def.generate {

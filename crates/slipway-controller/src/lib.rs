@@ -288,6 +288,9 @@ pub(crate) struct Inner {
     /// Environments whose last apply failed for good, with the commit: not applied again
     /// before a new commit or a person asks (the error policy's wait).
     pub parked: Mutex<std::collections::BTreeMap<EnvName, String>>,
+    /// Who overrode the deploy window of an environment for its next reconcile (a sync
+    /// asked with `override_window` by a deployer): taken by that reconcile.
+    pub window_overrides: Mutex<std::collections::BTreeMap<EnvName, String>>,
     /// Who works on what, with several replicas.
     pub membership: replicas::Membership,
     /// Whether this controller has said it steps aside (a newer schema), said once.
@@ -365,6 +368,7 @@ impl Controller {
                 forge_serial: tokio::sync::Mutex::new(()),
                 applies: Mutex::new(std::collections::BTreeMap::new()),
                 parked: Mutex::new(std::collections::BTreeMap::new()),
+                window_overrides: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),
                 stepped_aside: std::sync::atomic::AtomicBool::new(false),
                 taker,
@@ -1170,6 +1174,28 @@ impl Controller {
         Ok(())
     }
 
+    /// [`Controller::sync`], overriding a deploy window that denies the change now: `who` (a
+    /// person the caller checked has the deployer role) is recorded in the audit and event
+    /// logs if the reconcile applies a change the windows deny.
+    pub async fn sync_overriding_window(
+        &self,
+        name: &EnvName,
+        who: &str,
+    ) -> Result<(), ControllerError> {
+        let (env, who) = (name.clone(), who.to_string());
+        self.as_holder(name, move |inner| {
+            inner
+                .window_overrides
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(env, who);
+            Ok(())
+        })
+        .await?;
+        self.enqueue(name, Trigger::Manual);
+        Ok(())
+    }
+
     /// Destroys an environment now (waiting for any operation on it to finish).
     /// A protected environment is destroyed only when `options.confirm` is given.
     pub async fn destroy_environment(
@@ -1350,6 +1376,7 @@ pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget 
     EnvTarget {
         idle_limits: family.idle_limits,
         access_in_force: family.access,
+        windows_in_force: family.windows,
         name: record.name.clone(),
         definition: record
             .definition

@@ -536,6 +536,59 @@ fn converge(
         hold(inner, &record, &held_for_confirmation(&why))?;
         return Ok(requeue);
     }
+    // A deploy window that denies the change now: held, not failed by a fault, and looked
+    // at again as the window opens (unless a person overrode it for this sync).
+    let override_window = inner
+        .window_overrides
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(name);
+    let now = inner.now();
+    if override_window.is_none()
+        && let Some(denied) = engine.window_denial(&prepared, now)?
+    {
+        // A wake is no deploy: asked to wake during the window, it starts what it ran (its
+        // new commit waits for the window like any other).
+        if waking
+            && let Some(running) = record.commit.as_deref()
+            && running != prepared.commit.sha
+        {
+            let at = Origin {
+                source: inner.source.as_ref(),
+                repo: &inner.repo_label,
+                reference: running,
+                folder: &inner.folder,
+                tip: Some(running),
+            };
+            let mut again = engine.prepare(&at, &target)?;
+            // It still follows its ref: the record keeps it.
+            again.reference = reference.clone();
+            let woke = engine.apply(
+                &lock,
+                &again,
+                inner.source.as_ref(),
+                &ApplyOptions {
+                    parallelism: inner.options.parallelism,
+                    who: WHO.into(),
+                    swap_exposed: true,
+                    confirm_destroy: slipway_engine::Confirmation::Absent,
+                    follows: Some(follows.clone()),
+                    policies_approved_by: None,
+                    override_window: None,
+                    now_ms: Some(now),
+                },
+                &(),
+            );
+            match woke {
+                Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+                // What it ran is held too (it would deploy something new), or the
+                // policies block it: it stays asleep.
+                Err(EngineError::OutsideWindow(_) | EngineError::PolicyDenied(_)) => {}
+                other => drop(other?),
+            }
+        }
+        return hold_for_window(inner, &record, &denied.verdict);
+    }
     // The policies in force at the default branch (the engine's apply would refuse it too):
     // held, saying which policy and why, until the commit or the policies change, or an
     // owner approves a pull request's soft denials for this commit.
@@ -563,11 +616,16 @@ fn converge(
                     confirm_destroy: slipway_engine::Confirmation::Absent,
                     follows: Some(follows),
                     policies_approved_by: approved_by.clone(),
+                    override_window: override_window.clone(),
+                    now_ms: Some(now),
                 },
                 &(),
             );
             match applied {
                 Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+                Err(EngineError::OutsideWindow(denied)) => {
+                    return hold_for_window(inner, &record, &denied.verdict);
+                }
                 other => drop(other?),
             }
             if record.commit.as_deref() != Some(prepared.commit.sha.as_str()) {
@@ -651,11 +709,17 @@ fn converge(
             confirm_destroy: slipway_engine::Confirmation::Absent,
             follows: Some(follows),
             policies_approved_by: approved_by.clone(),
+            override_window,
+            now_ms: Some(now),
         },
         &(),
     );
     let report = match applied {
         Err(EngineError::Superseded(_)) => return Ok(Action::Superseded),
+        // The window closed between the plan and the apply.
+        Err(EngineError::OutsideWindow(denied)) => {
+            return hold_for_window(inner, &record, &denied.verdict);
+        }
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
@@ -700,6 +764,31 @@ fn converge(
         store.modify_environment(name, |fresh| fresh.expires_at = Some(expires_at))?;
     }
     Ok(requeue)
+}
+
+/// Marks `record` held by a deploy window (`verdict`, which denies), and when to look again:
+/// as the window opens, and no later than the regular pass.
+fn hold_for_window(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    verdict: &slipway_engine::Verdict,
+) -> Result<Action, ControllerError> {
+    let env = &record.name;
+    let why = format!(
+        "{}; a deployer can override with `slipway apply --env {env} --override-window`",
+        verdict.describe().unwrap_or_default()
+    );
+    hold(inner, record, &why)?;
+    let regular = inner.options.requeue_interval;
+    let wait = verdict
+        .until
+        .map(|until| {
+            // A little past the opening, so that the look finds it open.
+            Duration::from_millis(u64::try_from(until.saturating_sub(verdict.at)).unwrap_or(0))
+                + Duration::from_millis(500)
+        })
+        .map_or(regular, |opening| opening.min(regular));
+    Ok(Action::Requeue(wait))
 }
 
 /// Why an apply waits, and what a person does about it.

@@ -616,6 +616,8 @@ fn an_apply_decided_before_the_environment_was_pinned_applies_nothing() {
         who: "test".into(),
         swap_exposed: false,
         confirm_destroy: Confirmation::Absent,
+        override_window: None,
+        now_ms: None,
         follows: Some(follows),
         policies_approved_by: None,
     };

@@ -28,6 +28,7 @@ pub mod stack;
 pub mod template;
 pub mod types;
 pub mod vocab;
+pub mod windows;
 pub mod yaml;
 
 pub use env_name::EnvName;

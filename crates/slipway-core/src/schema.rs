@@ -78,6 +78,27 @@ pub fn schema() -> Json {
     let duration = kind_schema(FieldKind::Duration);
     let max_environments = json!({"type": "integer", "minimum": 1, "maximum": u32::MAX});
     let access = json!({"enum": crate::stack::ACCESS});
+    let windows = json!({
+        "type": ["array", "null"],
+        "description": "Deploy windows: when changes may deploy. Deny wins; with allow windows, only while one is open; none: always.",
+        "items": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["kind", "schedule", "duration"],
+            "properties": {
+                "kind": {"enum": crate::windows::WindowKind::WORDS},
+                "schedule": {
+                    "type": "string",
+                    "description": "A 5-field cron expression (minute hour day-of-month month day-of-week), e.g. `0 17 * * 5`."
+                },
+                "duration": duration.clone(),
+                "time_zone": {
+                    "type": "string",
+                    "description": "An IANA time zone name such as `Europe/Paris`; default `UTC`."
+                }
+            }
+        }
+    });
     let environments = json!({
         "type": ["object", "null"],
         "propertyNames": label,
@@ -100,6 +121,7 @@ pub fn schema() -> Json {
                 "sleep_after": duration.clone(),
                 "max_environments": max_environments,
                 "access": access,
+                "windows": windows,
                 "variables": variables,
                 "generate": {
                     "type": "object",

@@ -260,6 +260,8 @@ vocabulary! {
         ChangeHeld = "change.held",
         /// An expiry waits for a confirmation.
         ExpiryHeld = "expiry.held",
+        /// A person applied a change while a deploy window denied it (`--override-window`).
+        WindowOverridden = "window.overridden",
         /// A sync a person asked for found the environment running what its commit renders
         /// to: nothing to change.
         SyncUnchanged = "sync.unchanged",

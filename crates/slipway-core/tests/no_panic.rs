@@ -82,6 +82,15 @@ fn exercise(input: &str) -> Result<(), String> {
     };
     let preview = EnvName::pull_request(1);
     for (definition, def) in &stack.environments {
+        // Its deploy windows judge an instant without panicking, and `until` is allowed.
+        let windows = slipway_core::windows::Windows::of(&def.windows);
+        if let Some(until) = windows.verdict(1_796_400_000_000).until
+            && !windows.verdict(until).allowed()
+        {
+            return Err(format!(
+                "`{definition}`'s windows deny changes at their own `until`"
+            ));
+        }
         let name = EnvName::parse(definition).map_err(|e| {
             format!("a stack that loaded without errors names environments with DNS labels: {e}")
         })?;

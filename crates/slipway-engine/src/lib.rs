@@ -57,6 +57,7 @@ pub use apply::{
 };
 pub use config::EngineConfig;
 pub use rules::Rules;
+pub use slipway_core::windows::{Verdict, Windows};
 pub use status::{EnvironmentStatus, ResourceStatus, node_of};
 
 /// Why an engine operation failed.
@@ -125,6 +126,30 @@ pub enum EngineError {
     /// The policies in force deny the plan (see [`policy`]); nothing was applied.
     #[error("{0}")]
     PolicyDenied(String),
+    /// A deploy window denies changes to the environment now and nobody overrode it: nothing
+    /// was applied. Terminal: it waits for the window (or a person), not a retry.
+    #[error("{0}")]
+    OutsideWindow(WindowDenied),
+}
+
+/// Why a change is held by a deploy window ([`EngineError::OutsideWindow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowDenied {
+    /// The environment.
+    pub environment: EnvName,
+    /// What the windows said, and until when.
+    pub verdict: slipway_core::windows::Verdict,
+}
+
+impl std::fmt::Display for WindowDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` takes no change now: {}; a deployer can override the window",
+            self.environment,
+            self.verdict.describe().unwrap_or_default()
+        )
+    }
 }
 
 impl EngineError {
@@ -151,6 +176,7 @@ impl EngineError {
             | EngineError::NeedsConfirmation(_)
             | EngineError::NotAdopted(_)
             | EngineError::PolicyDenied(_)
+            | EngineError::OutsideWindow(_)
             | EngineError::Family { .. } => false,
         }
     }
@@ -483,6 +509,15 @@ pub struct Prepared {
     /// The policies' verdict on the plan, when it changes something and policies are in
     /// force at the default branch ([`policy`]): [`Engine::apply`] refuses what it blocks.
     pub policy: Option<policy::Judged>,
+    /// The deploy windows this change is judged by: this commit's own and those in force
+    /// (see [`rules`]).
+    pub windows: slipway_core::windows::Windows,
+    /// What [`Prepared::windows`] said when the plan was made (by the system clock; an
+    /// apply judges again at its own time).
+    pub window: slipway_core::windows::Verdict,
+    /// Whether this commit's own windows drop some of those in force: applying it (even
+    /// with nothing to change) would lift them for the commits after it.
+    pub lowers_windows: bool,
 }
 
 /// Which environment an operation is for, and how it came to be.
@@ -507,6 +542,9 @@ pub struct EnvTarget {
     /// unless it is `public` there, its preview is private whatever its own commit says (a
     /// branch does not open its own preview to strangers).
     pub access_in_force: Option<slipway_core::vocab::Access>,
+    /// Its family's deploy windows at the default branch (for a generated or ad-hoc
+    /// environment), which hold it whatever its own commit says.
+    pub windows_in_force: slipway_core::windows::Windows,
 }
 
 impl EnvTarget {
@@ -520,6 +558,7 @@ impl EnvTarget {
             ttl: None,
             idle_limits: (None, None),
             access_in_force: None,
+            windows_in_force: Default::default(),
         }
     }
 }
@@ -754,9 +793,14 @@ impl Engine {
         } else {
             None
         };
-        let rules = in_force
+        let mut rules = in_force
             .as_ref()
             .map_or_else(|| declared.clone(), |f| declared.stronger(f));
+        // A generated or ad-hoc environment's windows in force are its family's at the
+        // default branch.
+        rules.windows = rules.windows.stronger(&target.windows_in_force);
+        let lowers_windows = !declared.windows.covers(&rules.windows);
+        let window = rules.windows.verdict(slipway_state::now_ms());
         let locations = loaded
             .valid_stack()
             .map(|stack| {
@@ -786,6 +830,9 @@ impl Engine {
             self_heal: def.self_heal,
             require_pr: rules.require_pr,
             apply_requirements: rules.apply_requirements,
+            windows: rules.windows,
+            window,
+            lowers_windows,
             declared,
             in_force,
             ttl: target.ttl.or(def.ttl),

@@ -12,10 +12,18 @@
 //! passes the gate of the rules in force (merged through an approved pull request for
 //! `require_pr`, a person's confirmation for a protected delete): once deployed, its rules
 //! are the ones in force.
+//!
+//! Deploy windows (`windows:`) are rules too: a change is judged by the deploy windows of
+//! the commit itself and of those in force together (every deny window of both; the allow
+//! windows of each must have one open), so a commit that deletes its own freeze, or adds an
+//! allow-everything window, is still held by the windows in force. For a generated or ad-hoc
+//! environment, what is in force is its family's entry at the default branch
+//! ([`crate::EnvTarget::windows_in_force`]).
 
 use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::stack::EnvironmentDef;
+use slipway_core::windows::Windows;
 
 use crate::{Engine, EngineError, Origin};
 
@@ -28,6 +36,9 @@ pub struct Rules {
     pub require_pr: bool,
     /// What `/slipway apply ENV` needs (`approved`, `mergeable`).
     pub apply_requirements: Vec<String>,
+    /// When changes may deploy (every kind of environment: a family's windows hold its
+    /// previews too).
+    pub windows: Windows,
 }
 
 impl Rules {
@@ -39,6 +50,7 @@ impl Rules {
             protected: def.protected && is_static,
             require_pr: def.require_pr && is_static,
             apply_requirements: def.apply_requirements(),
+            windows: Windows::of(&def.windows),
         }
     }
 
@@ -55,6 +67,7 @@ impl Rules {
             protected: self.protected || other.protected,
             require_pr: self.require_pr || other.require_pr,
             apply_requirements,
+            windows: self.windows.stronger(&other.windows),
         }
     }
 }
@@ -144,6 +157,7 @@ mod tests {
             protected,
             require_pr,
             apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
+            windows: Windows::default(),
         }
     }
 
@@ -155,5 +169,34 @@ mod tests {
         assert_eq!(in_force.stronger(&lowered), in_force);
         let mixed = rules(false, true, &["mergeable"]).stronger(&rules(true, false, &["approved"]));
         assert_eq!(mixed, rules(true, true, &["approved", "mergeable"]));
+    }
+
+    #[test]
+    fn a_commit_that_removes_its_deny_window_is_still_held_by_the_one_in_force() {
+        use slipway_core::windows::{Window, WindowKind};
+        let freeze = Window::new(
+            WindowKind::Deny,
+            "0 17 * * 5",
+            std::time::Duration::from_secs(64 * 3600),
+            "64h",
+            "Europe/Paris",
+        )
+        .expect("a window");
+        let in_force = Rules {
+            windows: Windows::of(&[freeze]),
+            ..Rules::default()
+        };
+        let own = Rules::default();
+        let judged = own.stronger(&in_force);
+        // Friday 2026-12-04 17:30 UTC: 18:30 in Paris.
+        let friday = 1_796_405_400_000;
+        assert!(
+            !judged.windows.verdict(friday).allowed(),
+            "the freeze in force holds a commit that deleted it"
+        );
+        assert!(
+            !own.windows.covers(&judged.windows),
+            "the commit lowers the windows"
+        );
     }
 }

@@ -195,6 +195,7 @@ impl Engine {
                     .map(|ms| Duration::from_millis(ms.max(0) as u64)),
                 idle_limits: (None, None),
                 access_in_force: None,
+                windows_in_force: Default::default(),
             },
             None => EnvTarget::static_env(name),
         })
@@ -214,6 +215,7 @@ impl Engine {
                     self.family_in_force(named.source, "HEAD", named.folder, &target.definition);
                 target.idle_limits = family.idle_limits;
                 target.access_in_force = family.access;
+                target.windows_in_force = family.windows;
             }
             let follows = match target.kind {
                 EnvKind::Static => None,
@@ -255,6 +257,7 @@ impl Engine {
                             ttl: w.ttl,
                             idle_limits: family.idle_limits,
                             access_in_force: family.access,
+                            windows_in_force: family.windows,
                         },
                         asked.unwrap_or(w.tracked_ref),
                     )
@@ -266,8 +269,8 @@ impl Engine {
 
     /// What the `environments:` entry `definition` at `reference` (the default branch: what is
     /// in force for a family, whatever a branch of it says) sets for its environments: its
-    /// `sleep_after` and `idle_ttl`, and its `access` when written there; nothing when it
-    /// cannot be read.
+    /// `sleep_after` and `idle_ttl`, its `access` when written there, and its deploy
+    /// windows; nothing when it cannot be read.
     pub fn family_in_force(
         &self,
         source: &dyn Source,
@@ -284,6 +287,7 @@ impl Engine {
                 Some(FamilyInForce {
                     idle_limits: (def.sleep_after, def.idle_ttl),
                     access: Some(def.access(EnvKind::Generated)),
+                    windows: slipway_core::windows::Windows::of(&def.windows),
                 })
             })
             .unwrap_or_default()
@@ -554,10 +558,12 @@ impl Engine {
 
 /// What a family's entry at the default branch holds its environments to
 /// ([`Engine::family_in_force`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FamilyInForce {
     /// Its `sleep_after` and `idle_ttl`.
     pub idle_limits: (Option<Duration>, Option<Duration>),
     /// The `access` of a generated or ad-hoc environment of it (as written, else `private`).
     pub access: Option<slipway_core::vocab::Access>,
+    /// Its deploy windows.
+    pub windows: slipway_core::windows::Windows,
 }

@@ -93,12 +93,13 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("syncEnvironment", "environment.sync")
             .summary(
                 "Sync an environment",
-                "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted.",
+                "Queues a reconcile of the environment now: it is brought to the commit it should run and repaired where it drifted. A change a deploy window (`windows:`) denies now is held, unless `override_window` is true, which needs the deployer role (or admin) and is recorded with the caller's name in the audit and event logs.",
             )
             .access(Access::Environment)
             .forwarded()
+            .body::<SyncRequest>()
             .json::<Queued>(StatusCode::ACCEPTED, "The reconcile is queued.")
-            .errors(&[(StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
+            .errors(&[(StatusCode::FORBIDDEN, "`override_window` was asked by a token below the deployer role."), (StatusCode::CONFLICT, ELSEWHERE_409), (StatusCode::SERVICE_UNAVAILABLE, ELSEWHERE_503), (StatusCode::BAD_GATEWAY, ELSEWHERE_502), (StatusCode::GATEWAY_TIMEOUT, ELSEWHERE_504)]),
         Route::get("/api/v1/environments/{name}/plan", plan)
             .id("planEnvironment", "environment.plan")
             .summary(
@@ -370,6 +371,16 @@ struct RollbackRequest {
     deployment: i64,
 }
 
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Sync")]
+struct SyncRequest {
+    /// Apply even though a deploy window denies changes now (deployer role or above;
+    /// recorded with the caller's name). Default `false`.
+    #[serde(default)]
+    override_window: bool,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Extend")]
@@ -458,6 +469,54 @@ struct PlanView {
     commit: String,
     has_changes: bool,
     changes: Vec<Change>,
+    /// What the deploy windows (`windows:`) say now: a sync of a change they deny is held.
+    window: WindowView,
+}
+
+/// What the deploy windows say now.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "DeployWindow")]
+struct WindowView {
+    /// Whether a change may deploy now.
+    allowed: bool,
+    /// When denied: the first time from which changes are allowed, RFC 3339 in the denying
+    /// window's time zone; `null` when allowed, or when no time within a year is.
+    until: Option<String>,
+    /// When denied: the window that denies (or the first of the allow windows none of which
+    /// is open).
+    window: Option<WindowSpec>,
+}
+
+/// A deploy window as the stack writes it.
+#[derive(Debug, Serialize, JsonSchema)]
+struct WindowSpec {
+    /// `allow` or `deny`.
+    kind: &'static str,
+    /// Its 5-field cron schedule.
+    schedule: String,
+    /// How long it stays open after each match, as written.
+    duration: String,
+    /// Its IANA time zone.
+    time_zone: String,
+}
+
+impl From<&slipway_engine::Verdict> for WindowView {
+    fn from(verdict: &slipway_engine::Verdict) -> WindowView {
+        WindowView {
+            allowed: verdict.allowed(),
+            until: verdict.until_text(),
+            window: verdict
+                .denied
+                .as_ref()
+                .and_then(|d| d.window())
+                .map(|w| WindowSpec {
+                    kind: w.kind().as_str(),
+                    schedule: w.schedule().to_string(),
+                    duration: w.duration_text().to_string(),
+                    time_zone: w.time_zone().to_string(),
+                }),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -666,14 +725,32 @@ async fn destroy(
 
 async fn sync(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     EnvPath(name): EnvPath,
-    JsonBody(NoFields {}): JsonBody<NoFields>,
+    JsonBody(request): JsonBody<SyncRequest>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     {
         let name = name.clone();
         app.blocking(move |c| require(c, &name)).await?;
     }
-    app.controller.sync(&name).await?;
+    if request.override_window {
+        // Overriding a deploy window is a deployer's call, whatever the environment.
+        if caller.role < crate::auth::Role::Deployer {
+            return Err(ApiError::client(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "overriding the deploy window of `{name}` needs the deployer role; this token is a {}",
+                    caller.role.as_str()
+                ),
+            )
+            .hint("ask a deployer, or sync without `override_window` (the change waits for the window)"));
+        }
+        app.controller
+            .sync_overriding_window(&name, &caller.name)
+            .await?;
+    } else {
+        app.controller.sync(&name).await?;
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Queued {
@@ -719,6 +796,7 @@ async fn plan(
             reference,
             commit: prepared.commit.sha,
             has_changes: prepared.plan.has_changes(),
+            window: WindowView::from(&prepared.window),
             changes: prepared.plan.changes,
         }))
     })

@@ -244,6 +244,8 @@ impl From<EngineError> for ApiError {
                 "repeat the environment's name: DELETE /api/v1/environments/NAME?confirm=NAME",
             ),
             e @ EngineError::Io { .. } => ApiError::internal(e.to_string()),
+            e @ EngineError::OutsideWindow(_) => ApiError::client(StatusCode::CONFLICT, e.to_string())
+                .hint("a deployer overrides it: POST /api/v1/environments/NAME/sync {\"override_window\": true}"),
         }
     }
 }

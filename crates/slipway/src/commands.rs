@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             yes,
             parallelism,
             confirm_destroy,
+            override_window,
             wait,
             approve_policies,
             output,
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 yes,
                 parallelism,
                 confirm_destroy: confirmed(&env, confirm_destroy.as_deref())?,
+                override_window,
                 wait: wait.into(),
                 approve_policies,
                 output,
@@ -384,6 +386,9 @@ fn explain(e: EngineError) -> anyhow::Error {
             "{why}; nothing was changed. If that is intended, run again with `--confirm-destroy {}`",
             why.environment
         ),
+        EngineError::OutsideWindow(denied) => anyhow::anyhow!(
+            "{denied}; nothing was changed. A deployer who means to deploy now runs again with `--override-window` (recorded)"
+        ),
         other => other.into(),
     }
 }
@@ -481,6 +486,7 @@ struct ApplyArgs {
     yes: bool,
     parallelism: Option<usize>,
     confirm_destroy: bool,
+    override_window: bool,
     wait: crate::lease::Wait,
     approve_policies: bool,
     output: Output,
@@ -491,10 +497,12 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
         yes,
         parallelism,
         confirm_destroy,
+        override_window,
         wait,
         approve_policies,
         output,
     } = args;
+    let override_window = override_window.then(who);
     let (engine, _lease) = open_engine_for(g, env, wait)?;
     let repo = open_repo(g, repo)?;
     let lock = engine.lock(
@@ -520,21 +528,33 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
     {
         return Err(explain(EngineError::NeedsConfirmation(why)));
     }
+    // Refused before asking: a deploy window that denies it now, unless overridden.
+    match engine.window_denial(&prepared, slipway_state::now_ms())? {
+        Some(denied) if override_window.is_none() => {
+            return Err(explain(EngineError::OutsideWindow(denied)));
+        }
+        Some(denied) => eprintln!("{denied} (overridden with --override-window)."),
+        None => {}
+    }
     if !prepared.plan.has_changes() {
-        let report = engine.apply(
-            &lock,
-            &prepared,
-            &repo.repository,
-            &ApplyOptions {
-                parallelism: 1,
-                who: who(),
-                swap_exposed: false,
-                confirm_destroy: confirm_destroy.into(),
-                follows: None,
-                policies_approved_by: approved_by.clone(),
-            },
-            &(),
-        )?;
+        let report = engine
+            .apply(
+                &lock,
+                &prepared,
+                &repo.repository,
+                &ApplyOptions {
+                    parallelism: 1,
+                    who: who(),
+                    swap_exposed: false,
+                    confirm_destroy: confirm_destroy.into(),
+                    follows: None,
+                    policies_approved_by: approved_by.clone(),
+                    override_window: override_window.clone(),
+                    now_ms: None,
+                },
+                &(),
+            )
+            .map_err(explain)?;
         if output == Output::Json {
             let mut out = render::report_json(&report);
             render::add_offline(&mut out, repo.offline_json(&prepared.commit));
@@ -555,21 +575,25 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
             .filter(|c| c.action != slipway_core::plan::Action::Noop)
             .count(),
     );
-    let report = engine.apply(
-        &lock,
-        &prepared,
-        &repo.repository,
-        &ApplyOptions {
-            parallelism,
-            who: who(),
-            swap_exposed: false,
-            confirm_destroy: confirm_destroy.into(),
-            // A person's apply: of what was asked, whatever the record follows.
-            follows: None,
-            policies_approved_by: approved_by,
-        },
-        &reporter,
-    )?;
+    let report = engine
+        .apply(
+            &lock,
+            &prepared,
+            &repo.repository,
+            &ApplyOptions {
+                parallelism,
+                who: who(),
+                swap_exposed: false,
+                confirm_destroy: confirm_destroy.into(),
+                // A person's apply: of what was asked, whatever the record follows.
+                follows: None,
+                policies_approved_by: approved_by,
+                override_window,
+                now_ms: None,
+            },
+            &reporter,
+        )
+        .map_err(explain)?;
     reporter.finish();
     match output {
         Output::Json => {

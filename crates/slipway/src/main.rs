@@ -137,6 +137,10 @@ enum Command {
         /// replacements that drop a database): repeat the environment's name to confirm.
         #[arg(long, value_name = "E")]
         confirm_destroy: Option<String>,
+        /// Apply even though a deploy window (`windows:`) denies changes now; recorded with
+        /// your name in the audit and event logs.
+        #[arg(long)]
+        override_window: bool,
         /// On a state shared with `slipway serve` replicas (PostgreSQL): when a replica works
         /// on the environment, wait until it lets go instead of refusing.
         #[arg(long)]

@@ -119,6 +119,7 @@ pub fn plan_text(p: &Prepared) {
         p.commit.summary,
         &p.desired.hash[..12]
     );
+    window_text(&p.window);
     if !plan.has_changes() {
         println!(
             "\n{GREEN}No changes.{GREEN:#} `{}` matches this commit.",
@@ -200,6 +201,9 @@ pub fn plan_json(engine: &slipway_engine::Engine, p: &Prepared) -> Json {
                 "results": judged.verdict.results,
             }),
         );
+    }
+    if let Some(map) = out.as_object_mut() {
+        map.insert("window".into(), window_json(&p.window));
     }
     out
 }
@@ -313,6 +317,33 @@ pub fn policy_test(
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
+    })
+}
+
+/// The line `slipway plan` prints when a deploy window denies changes now.
+fn window_text(verdict: &slipway_engine::Verdict) {
+    if let Some(why) = verdict.describe() {
+        println!(
+            "\n{YELLOW}Deploy window:{YELLOW:#} changes are denied now, {why}; `slipway apply --override-window` overrides it (recorded)."
+        );
+    }
+}
+
+/// `{"allowed", "until", "window"}`: what the deploy windows say now (`until`, RFC 3339 in
+/// the denying window's time zone, and `window`, the window that denies, when denied).
+pub fn window_json(verdict: &slipway_engine::Verdict) -> Json {
+    let window = verdict.denied.as_ref().and_then(|d| d.window()).map(|w| {
+        json!({
+            "kind": w.kind().as_str(),
+            "schedule": w.schedule(),
+            "duration": w.duration_text(),
+            "time_zone": w.time_zone(),
+        })
+    });
+    json!({
+        "allowed": verdict.allowed(),
+        "until": verdict.until_text(),
+        "window": window,
     })
 }
 

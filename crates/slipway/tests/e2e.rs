@@ -405,6 +405,11 @@ fn the_schema_agrees_with_the_parser() {
         format!("{root}/crates/slipway-core/tests/fixtures/valid/spec-example.yaml"),
         format!("{root}/examples/quickstart/slipway.yaml"),
     ];
+    let windows = "version: 1\nstack: s\nenvironments:\n  prod:\n    track: main\n    windows:\n      - { kind: deny, schedule: \"0 17 * * 5\", duration: 64h, time_zone: Europe/Paris }\n      - { kind: allow, schedule: \"0 9 * * 1-5\", duration: 8h }\n";
+    assert!(
+        validator.is_valid(&yaml_to_json(windows)),
+        "deploy windows validate against `slipway schema`"
+    );
     for path in &valid {
         let doc = yaml_to_json(&std::fs::read_to_string(path).expect("read"));
         let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
@@ -423,6 +428,14 @@ fn the_schema_agrees_with_the_parser() {
             "version: 1\nstack: s\nresources:\n  a: { type: proces, command: [x] }\n",
         ),
         ("bad stack name", "version: 1\nstack: Bad_Name\n"),
+        (
+            "unknown kind of deploy window",
+            "version: 1\nstack: s\nenvironments:\n  prod: { track: main, windows: [{ kind: freeze, schedule: \"0 17 * * 5\", duration: 1h }] }\n",
+        ),
+        (
+            "deploy window without a schedule",
+            "version: 1\nstack: s\nenvironments:\n  prod: { track: main, windows: [{ kind: deny, duration: 1h }] }\n",
+        ),
         (
             "missing command",
             "version: 1\nstack: s\nresources:\n  a: { type: job }\n",

@@ -66,6 +66,7 @@ fn targets(
                 ttl: None,
                 idle_limits: (None, None),
                 access_in_force: None,
+                windows_in_force: Default::default(),
             });
         }
     }
@@ -83,6 +84,9 @@ fn targets(
             ttl: def.ttl,
             idle_limits: (def.sleep_after, def.idle_ttl),
             access_in_force: Some(def.access(EnvKind::Generated)),
+            // A plan only: the preview's deploy (`reconcile`) is judged by its family's
+            // windows at the default branch, whatever this head says.
+            windows_in_force: Default::default(),
         });
     }
     if let Some(only) = only {

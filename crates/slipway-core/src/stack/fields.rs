@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use super::{
     APPLY_REQUIREMENTS, Access, ENV_FIELDS, EnvironmentDef, GENERATE_FIELDS, Generate, ResourceDef,
-    Scalar, Var, is_dns_label, is_identifier, loc, normalize_include, parse_duration,
+    Scalar, Var, WINDOW_FIELDS, is_dns_label, is_identifier, loc, normalize_include,
+    parse_duration,
 };
 use crate::diag::{Diagnostic, Pos, did_you_mean};
 use crate::types::{self, COMMON_FIELDS, FieldKind};
+use crate::windows::{Window, WindowError, WindowKind};
 use crate::yaml::{Node, Value};
 
 pub(super) struct Cx {
@@ -237,6 +239,7 @@ impl Cx {
             sleep_after: None,
             max_environments: None,
             access: None,
+            windows: Vec::new(),
         };
         // Fields that only a family may set, and where they are, checked once `generate:`
         // (which may come after them) is known.
@@ -306,6 +309,7 @@ impl Cx {
                         None => None,
                     }
                 }
+                "windows" => env.windows = self.windows(v, name),
                 "variables" => {
                     env.variables = self
                         .variables(v, &format!("environments.{name}.variables"))
@@ -369,6 +373,166 @@ impl Cx {
             );
         }
         Some(env)
+    }
+
+    /// An entry's `windows:`: a list of `{ kind, schedule, duration, time_zone }`, each
+    /// checked whole (every problem of every window reported); a window with a problem is
+    /// left out.
+    fn windows(&mut self, node: &Node, env: &str) -> Vec<Window> {
+        const HINT: &str = "e.g. `windows: [{ kind: deny, schedule: \"0 17 * * 5\", duration: 64h, time_zone: Europe/Paris }]`";
+        let items = match &node.value {
+            Value::Seq(items) => items,
+            Value::Null => return Vec::new(),
+            _ => {
+                self.type_err(
+                    node,
+                    &format!("`windows` of environment `{env}`"),
+                    "a list of windows",
+                    Some(HINT),
+                );
+                return Vec::new();
+            }
+        };
+        if items.len() > crate::windows::MAX_WINDOWS {
+            self.err(
+                node.pos,
+                format!(
+                    "environment `{env}` lists {} windows; at most {} are allowed",
+                    items.len(),
+                    crate::windows::MAX_WINDOWS
+                ),
+                Some("merge windows: a schedule takes lists and ranges, e.g. `0 17 * * 5,6`"),
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for item in items {
+            let Value::Map(entries) = &item.value else {
+                self.type_err(item, "each window", "a mapping", Some(HINT));
+                continue;
+            };
+            let mut kind = None;
+            let mut schedule = None;
+            let mut duration = None;
+            let mut time_zone = ("UTC".to_string(), item.pos);
+            let mut ok = true;
+            for (k, v) in entries {
+                let Some(field) = self.key(k) else {
+                    ok = false;
+                    continue;
+                };
+                match field {
+                    "kind" => match self.string(v, "`kind` of a window") {
+                        Some(word) => match WindowKind::parse(word) {
+                            Some(found) => kind = Some(found),
+                            None => {
+                                ok = false;
+                                self.err(
+                                    v.pos,
+                                    format!("`kind: {word}` is not a kind of window"),
+                                    Some("a window is `allow` (changes only while one is open) or `deny` (no change while it is open)"),
+                                );
+                            }
+                        },
+                        None => ok = false,
+                    },
+                    "schedule" => match self.string(v, "`schedule` of a window") {
+                        Some(text) => match Window::check_schedule(text) {
+                            Ok(()) => schedule = Some(text.to_string()),
+                            Err(WindowError::Schedule(why)) => {
+                                ok = false;
+                                self.err(
+                                    v.pos,
+                                    format!("`schedule: {text}` is not a cron schedule: {why}"),
+                                    Some("write 5 fields, minute hour day-of-month month day-of-week, e.g. `0 17 * * 5` (Fridays at 17:00)"),
+                                );
+                            }
+                            Err(_) => ok = false,
+                        },
+                        None => ok = false,
+                    },
+                    "duration" => match self.duration(v, "`duration` of a window") {
+                        Some(d) if d.is_zero() => {
+                            ok = false;
+                            self.err(
+                                v.pos,
+                                "`duration` of a window is zero: it would never be open".into(),
+                                Some("write how long it stays open after each match, e.g. `64h`"),
+                            );
+                        }
+                        Some(d) => {
+                            let text = match &v.value {
+                                Value::Str(s) => s.trim().to_string(),
+                                _ => String::new(),
+                            };
+                            duration = Some((d, text));
+                        }
+                        None => ok = false,
+                    },
+                    "time_zone" => match self.string(v, "`time_zone` of a window") {
+                        Some(tz) if Window::known_time_zone(tz) => {
+                            time_zone = (tz.to_string(), v.pos)
+                        }
+                        Some(tz) => {
+                            ok = false;
+                            self.err(
+                                v.pos,
+                                format!("`time_zone: {tz}` is not a time zone"),
+                                Some("write an IANA time zone name such as `Europe/Paris` or `America/New_York` (default `UTC`)"),
+                            );
+                        }
+                        None => ok = false,
+                    },
+                    other => {
+                        ok = false;
+                        self.unknown_field(k.pos, other, "a window", WINDOW_FIELDS);
+                    }
+                }
+            }
+            for (field, present) in [
+                (
+                    "kind",
+                    kind.is_some()
+                        || entries
+                            .iter()
+                            .any(|(k, _)| k.value == Value::Str("kind".into())),
+                ),
+                (
+                    "schedule",
+                    schedule.is_some()
+                        || entries
+                            .iter()
+                            .any(|(k, _)| k.value == Value::Str("schedule".into())),
+                ),
+                (
+                    "duration",
+                    duration.is_some()
+                        || entries
+                            .iter()
+                            .any(|(k, _)| k.value == Value::Str("duration".into())),
+                ),
+            ] {
+                if !present {
+                    ok = false;
+                    self.err(
+                        item.pos,
+                        format!("a window of environment `{env}` is missing `{field}`"),
+                        Some(HINT),
+                    );
+                }
+            }
+            if let (true, Some(kind), Some(schedule), Some((d, text))) =
+                (ok, kind, schedule, duration)
+            {
+                match Window::new(kind, &schedule, d, &text, &time_zone.0) {
+                    Ok(w) => out.push(w),
+                    Err(_) => {
+                        self.err(time_zone.1, "this window cannot be made".into(), Some(HINT))
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub(super) fn resource(&mut self, name: &str, key: &Node, node: &Node) -> Option<ResourceDef> {

@@ -153,6 +153,8 @@ pub struct EnvironmentDef {
     pub max_environments: Option<u32>,
     /// Who may open its preview URLs, as written; see [`EnvironmentDef::access`].
     pub access: Option<Access>,
+    /// When its environments may take changes (`windows:`; see [`crate::windows`]).
+    pub windows: Vec<crate::windows::Window>,
 }
 
 pub use crate::vocab::Access;
@@ -236,7 +238,9 @@ const ENV_FIELDS: &[&str] = &[
     "sleep_after",
     "max_environments",
     "access",
+    "windows",
 ];
+const WINDOW_FIELDS: &[&str] = &["kind", "schedule", "duration", "time_zone"];
 
 /// What `apply_requirements` may list.
 pub const APPLY_REQUIREMENTS: &[&str] = &["approved", "mergeable"];

@@ -52,6 +52,13 @@ pub struct ApplyOptions {
     /// The owner (in `[policies] owners`) who approved the policies' `soft` denials of this
     /// plan's commit, recorded in the audit; `None`: a soft denial refuses it like a hard one.
     pub policies_approved_by: Option<String>,
+    /// Who overrides a deploy window that denies this change now (a person with the
+    /// deployer role): recorded in the audit log and the event log. `None`: a change the
+    /// windows deny is refused ([`EngineError::OutsideWindow`]).
+    pub override_window: Option<String>,
+    /// The time the deploy windows are judged at (milliseconds since the Unix epoch): the
+    /// controller's clock; `None` reads the system's.
+    pub now_ms: Option<i64>,
 }
 
 /// Whether a person confirmed that something in a protected environment may be destroyed.
@@ -72,6 +79,75 @@ impl From<bool> for Confirmation {
         } else {
             Confirmation::Absent
         }
+    }
+}
+
+impl Engine {
+    /// Whether the deploy windows deny applying `prepared` at `now` (milliseconds since the
+    /// Unix epoch), and why: what [`Engine::apply`] refuses without an override.
+    ///
+    /// What the windows hold is a deploy: a plan that changes something to run other than
+    /// what the environment runs (a repair of drift or a wake at the commit and rendered hash
+    /// it runs deploys nothing new), or a commit that drops windows in force (applying it,
+    /// even with nothing to change, would lift them for the commits after it).
+    pub fn window_denial(
+        &self,
+        prepared: &Prepared,
+        now: i64,
+    ) -> Result<Option<crate::WindowDenied>, EngineError> {
+        let verdict = prepared.windows.verdict(now);
+        if verdict.allowed() {
+            return Ok(None);
+        }
+        let env = &prepared.desired.environment.name;
+        let runs_it = self.store.environment(env)?.is_some_and(|r| {
+            r.commit.as_deref() == Some(prepared.commit.sha.as_str())
+                && r.hash.as_deref() == Some(prepared.desired.hash.as_str())
+        });
+        let deploys = prepared.plan.has_changes() && !runs_it;
+        Ok(
+            (deploys || prepared.lowers_windows).then(|| crate::WindowDenied {
+                environment: env.clone(),
+                verdict,
+            }),
+        )
+    }
+
+    /// Refuses `prepared` while its deploy windows deny it, unless `options` overrides them
+    /// (then recorded in the audit and event logs); see [`Engine::window_denial`].
+    /// Destroying an environment (expiry, a closed pull request) is no deploy and never
+    /// comes here.
+    fn check_window(&self, prepared: &Prepared, options: &ApplyOptions) -> Result<(), EngineError> {
+        let now = options.now_ms.unwrap_or_else(slipway_state::now_ms);
+        let Some(denied) = self.window_denial(prepared, now)? else {
+            return Ok(());
+        };
+        let env = &prepared.desired.environment.name;
+        let Some(who) = &options.override_window else {
+            return Err(EngineError::OutsideWindow(denied));
+        };
+        let why = denied.verdict.describe().unwrap_or_default();
+        let message = format!(
+            "{who} overrode the deploy window to apply {} at {}: {why}",
+            prepared.reference,
+            short(&prepared.commit.sha)
+        );
+        self.store.record_audit(&slipway_state::NewAudit {
+            at: now,
+            who: who.clone(),
+            action: "window.override".into(),
+            target: Some(env.to_string()),
+            outcome: "ok".into(),
+            detail: message.clone(),
+        })?;
+        self.store.record_event(
+            Some(env),
+            EventKind::WindowOverridden,
+            &message,
+            &json!({"who": who, "commit": prepared.commit.sha, "until": denied.verdict.until}),
+            now,
+        )?;
+        Ok(())
     }
 }
 
@@ -296,6 +372,7 @@ impl Engine {
         if let Some(recorded) = self.store.environment(env)? {
             crate::refuse_queued(&recorded)?;
         }
+        self.check_window(prepared, options)?;
         // Ownership before action: the environment's identity is recorded before anything of
         // it exists.
         let sandbox = self.sandbox(env)?;
