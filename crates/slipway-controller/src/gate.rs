@@ -5,6 +5,7 @@
 //! Everything else is the engine's (`slipway_engine::policy`): the policies are the default
 //! branch's, and the engine's apply refuses what they block, whoever asks.
 
+use slipway_core::EnvName;
 use slipway_engine::Prepared;
 use slipway_engine::policy::GitContext;
 use slipway_state::{EnvironmentRecord, PullRequestRecord};
@@ -35,6 +36,31 @@ pub(crate) fn pull_request_of(
     }
 }
 
+/// The environments that run pull request `number`'s code (those [`pull_request_of`] maps to
+/// it): judged again when an owner approves its policies or its labels change.
+pub(crate) fn environments_of(inner: &Inner, number: i64) -> Result<Vec<EnvName>, ControllerError> {
+    let store = inner.engine.store();
+    let mut envs: Vec<EnvName> = store
+        .locks()?
+        .into_iter()
+        .filter(|l| l.pull_request == number)
+        .map(|l| l.environment)
+        .collect();
+    if let Some(setup) = inner.forge.get() {
+        let head_ref = setup.forge.pr_head_ref(number as u64);
+        envs.extend(
+            store
+                .environments()?
+                .into_iter()
+                .filter(|r| r.tracked_ref.as_deref() == Some(head_ref.as_str()))
+                .map(|r| r.name),
+        );
+    }
+    envs.sort();
+    envs.dedup();
+    Ok(envs)
+}
+
 /// Judges `prepared` again with `pull`'s context, and says who approved its commit's soft
 /// denials, if anyone did.
 pub(crate) fn judge_for_pull(
@@ -48,7 +74,7 @@ pub(crate) fn judge_for_pull(
     let context = GitContext {
         pull_request: u64::try_from(pull.number).ok(),
         from_fork: pull.is_fork,
-        labels: Vec::new(),
+        labels: pull.labels.clone(),
     };
     prepared.policy = inner
         .engine

@@ -76,9 +76,37 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
             // refuses it (see `apply`).
             PrAction::Other(_) => {
                 let store = inner.engine.store();
-                let retargeted = store
+                let known = store
                     .pull_request(pr.number as i64)?
-                    .is_some_and(|k| k.state == "open" && k.base_ref != pr.base_ref);
+                    .filter(|k| k.state == "open");
+                let retargeted = known.as_ref().is_some_and(|k| k.base_ref != pr.base_ref);
+                // Labelled or unlabelled: the policies may read the labels, so its plans are
+                // judged again (GitHub `labeled`/`unlabeled`, Gitea `label_updated`, GitLab
+                // `update` of its labels).
+                let relabelled = known.as_ref().is_some_and(|k| k.labels != pr.labels);
+                if relabelled && !retargeted {
+                    pr.author = real_author(inner, &pr)?;
+                    event(
+                        inner,
+                        &EnvName::pull_request(pr.number),
+                        EventKind::PullRequestUpdated,
+                        &format!(
+                            "#{} is labelled {}",
+                            pr.number,
+                            if pr.labels.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                pr.labels.join(", ")
+                            }
+                        ),
+                    );
+                    opened(inner, &pr)?;
+                    return Ok(FollowUp {
+                        refresh: true,
+                        reconcile: crate::gate::environments_of(inner, pr.number as i64)?,
+                        ..FollowUp::default()
+                    });
+                }
                 if !retargeted {
                     return Ok(FollowUp::default());
                 }
@@ -189,6 +217,7 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
             .as_ref()
             .map(|k| k.stale_approvers.clone())
             .unwrap_or_default(),
+        labels: pr.labels.clone(),
     };
     let fork_allow = setup(inner).map(|s| s.fork_allow.as_slice()).unwrap_or(&[]);
     // Judged at the pull request's new head.
@@ -411,7 +440,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         let known = store.pull_request(pr.number as i64)?;
         if known
             .as_ref()
-            .is_none_or(|k| k.head_sha != pr.head_sha || k.state != "open")
+            .is_none_or(|k| k.head_sha != pr.head_sha || k.state != "open" || k.labels != pr.labels)
         {
             if let Err(e) = opened(inner, pr) {
                 event(
@@ -513,6 +542,7 @@ mod tests {
             url: String::new(),
             updated_at: 0,
             stale_approvers: Vec::new(),
+            labels: Vec::new(),
         };
         let a = "a".repeat(40);
         let b = "b".repeat(40);

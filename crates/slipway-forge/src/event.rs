@@ -273,6 +273,21 @@ pub struct PullRequestInfo {
     pub is_fork: bool,
     /// The pull request's web page.
     pub url: String,
+    /// Its labels' names, sorted, each once. Only people with triage or write access set
+    /// labels on GitHub and Gitea (developers and above on GitLab), so a policy may require
+    /// one; they are still text to escape before showing.
+    pub labels: Vec<String>,
+}
+
+/// At most this many labels are kept of a pull request (GitHub allows 100).
+pub const MAX_LABELS: usize = 100;
+
+/// Sorts and deduplicates label names as [`PullRequestInfo::labels`] keeps them.
+pub(crate) fn label_set(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut labels: Vec<String> = names.into_iter().collect();
+    labels.sort();
+    labels.dedup();
+    labels
 }
 
 impl PullRequestInfo {
@@ -316,6 +331,25 @@ impl PullRequestInfo {
                     names::short_text(repo, 80)
                 ));
             }
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(format!(
+                "pull request {}: {} labels, more than the {MAX_LABELS} a forge allows",
+                self.number,
+                self.labels.len()
+            ));
+        }
+        if let Some(bad) = self
+            .labels
+            .iter()
+            .find(|l| l.is_empty() || l.chars().count() > 100 || l.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "pull request {}: label {:?} is empty, longer than 100 characters or holds a \
+                 control character",
+                self.number,
+                names::short_text(bad, 80)
+            ));
         }
         Ok(())
     }

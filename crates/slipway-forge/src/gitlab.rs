@@ -86,12 +86,23 @@ struct MergeRequestAttributes {
     #[serde(default)]
     source: Option<ProjectPath>,
     target: ProjectPath,
+    /// The labels after the event (GitLab 13.x and later); the payload's top-level `labels`
+    /// say the same.
+    #[serde(default)]
+    labels: Option<Vec<LabelTitle>>,
+}
+
+#[derive(Deserialize)]
+struct LabelTitle {
+    title: String,
 }
 
 #[derive(Deserialize)]
 struct MergeRequestPayload {
     user: UserName,
     object_attributes: MergeRequestAttributes,
+    #[serde(default)]
+    labels: Option<Vec<LabelTitle>>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +173,14 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
                 base_repo_full_name: a.target.path_with_namespace.clone(),
                 is_fork,
                 url: a.url.clone(),
+                labels: event::label_set(
+                    a.labels
+                        .as_ref()
+                        .or(p.labels.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .map(|l| l.title.clone()),
+                ),
             };
             pr.check().map_err(malformed)?;
             Ok(ForgeEvent::PullRequest { action, pr })
@@ -232,6 +251,9 @@ pub(crate) struct MergeRequest {
     merge_commit_sha: Option<String>,
     #[serde(default)]
     squash_commit_sha: Option<String>,
+    /// Label names (without `with_labels_details`).
+    #[serde(default)]
+    labels: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +385,7 @@ impl Wire for GitLab {
             base_repo_full_name: self.repository_path(api, repo)?,
             is_fork: mr.source_project_id != Some(mr.target_project_id),
             url: mr.web_url.clone(),
+            labels: event::label_set(mr.labels.iter().flatten().cloned()),
         };
         info.check()
             .map_err(|reason| ForgeError::unexpected_answer(path, reason))?;

@@ -67,6 +67,14 @@ pub(crate) struct PullRequest<U> {
     mergeable: Option<bool>,
     #[serde(default)]
     merge_commit_sha: Option<String>,
+    /// GitHub and Gitea alike: `[{"name": ...}, ...]`; `null` or absent on some Gitea objects.
+    #[serde(default)]
+    labels: Option<Vec<Label>>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Label {
+    name: String,
 }
 
 impl<U: WireUser> PullRequest<U> {
@@ -103,6 +111,7 @@ impl<U: WireUser> PullRequest<U> {
             base_repo_full_name: base_repo.full_name.clone(),
             is_fork,
             url: self.html_url.clone(),
+            labels: event::label_set(self.labels.iter().flatten().map(|l| l.name.clone())),
         };
         info.check()?;
         Ok(info)

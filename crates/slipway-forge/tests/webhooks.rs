@@ -125,6 +125,17 @@ fn expected_pr(pr: &Value) -> PullRequestInfo {
         base_repo_full_name: s(&base_repo["full_name"]),
         is_fork: head_repo.is_null() || head_repo["id"] != base_repo["id"],
         url: s(&pr["html_url"]),
+        labels: {
+            let mut names: Vec<String> = pr["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| s(&l["name"]))
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        },
     }
 }
 
@@ -135,6 +146,18 @@ fn every_github_pull_request_example_is_verified_and_parsed() {
         examples.len() >= 29,
         "the package has at least 29 pull_request examples, found {}",
         examples.len()
+    );
+    let labelled = examples
+        .iter()
+        .filter(|(_, e)| {
+            e["pull_request"]["labels"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        })
+        .count();
+    assert!(
+        labelled >= 1,
+        "some examples carry labels, so that reading them is tested"
     );
     for (name, example) in examples {
         let delivery = github("pull_request", &example).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -161,6 +184,55 @@ fn every_github_pull_request_example_is_verified_and_parsed() {
             "{name}: the delivery id is GitHub's"
         );
     }
+}
+
+#[test]
+fn hostile_labels_are_refused_with_the_pull_request_named() {
+    let (_, example) = github_examples("pull_request")
+        .into_iter()
+        .find(|(_, e)| e["action"] == "labeled")
+        .expect("a labeled example");
+    let with_labels = |labels: Value| {
+        let mut e = example.clone();
+        e["pull_request"]["labels"] = labels;
+        github("pull_request", &e)
+    };
+    // Duplicates and order do not matter: a set of names.
+    let ForgeEvent::PullRequest { pr, .. } = with_labels(json!([
+        {"name": "preview"}, {"name": "approved"}, {"name": "preview"}
+    ]))
+    .expect("labels parse")
+    .event
+    else {
+        panic!("a pull_request event");
+    };
+    assert_eq!(pr.labels, ["approved", "preview"]);
+    // `null` (some Gitea objects) is no label.
+    let ForgeEvent::PullRequest { pr, .. } = with_labels(Value::Null).expect("null").event else {
+        panic!("a pull_request event");
+    };
+    assert!(pr.labels.is_empty());
+    for (labels, why) in [
+        (json!([{"name": "ok\nforged"}]), "control character"),
+        (json!([{"name": ""}]), "empty"),
+        (json!([{"name": "x".repeat(101)}]), "too long"),
+        (
+            json!(
+                (0..101)
+                    .map(|i| json!({"name": format!("l{i}")}))
+                    .collect::<Vec<_>>()
+            ),
+            "too many",
+        ),
+    ] {
+        let error = with_labels(labels).expect_err(why).to_string();
+        assert!(
+            error.contains("pull request") && error.contains("label"),
+            "{why}: the error names the pull request and its labels: {error}"
+        );
+    }
+    // A label object without a name is malformed, not a label named "".
+    assert!(with_labels(json!([{"color": "fff"}])).is_err());
 }
 
 #[test]
@@ -681,6 +753,7 @@ fn gitlab_documented_payloads() {
         base_repo_full_name: "awesome_space/awesome_project".into(),
         is_fork: false,
         url: "http://example.com/diaspora/merge_requests/1".into(),
+        labels: vec!["API".into()],
     };
     assert_eq!(
         gitlab("Merge Request Hook", &open).expect("open").event,
@@ -859,6 +932,7 @@ fn gitea_payloads() {
         base_repo_full_name: "test/repo".into(),
         is_fork: false,
         url: "http://localhost:3000/test/repo/pulls/12".into(),
+        labels: Vec::new(),
     };
     assert_eq!(
         gitea("pull_request", &opened).expect("opened").event,

@@ -471,6 +471,22 @@ struct PlanView {
     changes: Vec<Change>,
     /// What the deploy windows (`windows:`) say now: a sync of a change they deny is held.
     window: WindowView,
+    /// What the policies in force at the default branch say of the plan (docs/policies.md);
+    /// `null` when it changes nothing or no policy is in force.
+    policies: Option<PoliciesView>,
+}
+
+/// The policies' verdict on a plan.
+#[derive(Debug, Serialize, JsonSchema)]
+struct PoliciesView {
+    /// `pass`, `soft_fail` (blocked unless a policy owner approves this commit) or
+    /// `hard_fail` (blocked).
+    gate: String,
+    /// The default branch's commit the policies were read at.
+    policies_at: String,
+    /// Each policy's result: `policy` (its file), `title`, `enforcement`, `denies` and `warns`
+    /// (`{"msg", "resource", "location"}`), `error` when it could not be judged.
+    results: Vec<serde_json::Value>,
 }
 
 /// What the deploy windows say now.
@@ -797,6 +813,19 @@ async fn plan(
             commit: prepared.commit.sha,
             has_changes: prepared.plan.has_changes(),
             window: WindowView::from(&prepared.window),
+            policies: prepared.policy.as_ref().map(|judged| PoliciesView {
+                gate: serde_json::to_value(judged.gate())
+                    .ok()
+                    .and_then(|g| g.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                policies_at: judged.policies_at.clone(),
+                results: judged
+                    .verdict
+                    .results
+                    .iter()
+                    .filter_map(|r| serde_json::to_value(r).ok())
+                    .collect(),
+            }),
             changes: prepared.plan.changes,
         }))
     })

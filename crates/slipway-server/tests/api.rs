@@ -1676,6 +1676,7 @@ fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
         url: format!("https://forge.invalid/acme/shop/pull/{number}"),
         updated_at: slipway_state::now_ms(),
         stale_approvers: Vec::new(),
+        labels: Vec::new(),
     };
     let main = store
         .environment(&env("main"))

@@ -41,10 +41,13 @@ pub struct PullRequestRecord {
     /// name the commit they were given for (GitLab): they do not count for it.
     #[serde(default)]
     pub stale_approvers: Vec<String>,
+    /// Its labels' names as the forge last said, sorted (policies read them).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 const COLUMNS: &str = "number, title, author, head_sha, head_ref, base_ref, is_fork, state, \
-                       preview_allowed, url, updated_at, stale_approvers";
+                       preview_allowed, url, updated_at, stale_approvers, labels";
 
 fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
     Ok(PullRequestRecord {
@@ -60,6 +63,7 @@ fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
         url: row.get(9)?,
         updated_at: row.get(10)?,
         stale_approvers: serde_json::from_str(&row.get::<String>(11)?).unwrap_or_default(),
+        labels: serde_json::from_str(&row.get::<String>(12)?).unwrap_or_default(),
     })
 }
 
@@ -86,14 +90,14 @@ impl Store {
                 // [`Store::pull_request_opened_base`].
                 &format!(
                     "INSERT INTO pull_requests ({COLUMNS}, opened_base) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?6) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?6) \
                      ON CONFLICT (number) DO UPDATE SET title = excluded.title, \
                        author = excluded.author, head_sha = excluded.head_sha, \
                        head_ref = excluded.head_ref, base_ref = excluded.base_ref, \
                        is_fork = excluded.is_fork, state = excluded.state, \
                        preview_allowed = excluded.preview_allowed, url = excluded.url, \
                        updated_at = excluded.updated_at, \
-                       stale_approvers = excluded.stale_approvers"
+                       stale_approvers = excluded.stale_approvers, labels = excluded.labels"
                 ),
                 params![
                     pr.number,
@@ -108,6 +112,7 @@ impl Store {
                     pr.url,
                     pr.updated_at,
                     crate::store::to_json(&pr.stale_approvers),
+                    crate::store::to_json(&pr.labels),
                 ],
             )
             .map_err(sql(format!("record pull request #{}", pr.number)))?;
@@ -369,6 +374,7 @@ mod tests {
             url: String::new(),
             updated_at: 1,
             stale_approvers: Vec::new(),
+            labels: Vec::new(),
         }
     }
 

@@ -328,7 +328,8 @@ ALTER TABLE environments ADD COLUMN touched_at INTEGER;
 ALTER TABLE environments ADD COLUMN idle_warned_at INTEGER;
 "#,
     // The policy gate (issue 16): a policy owner's `/slipway approve-policies`, valid for the
-    // pull request's head commit it was given for only.
+    // pull request's head commit it was given for only; a pull request's labels, which
+    // policies read.
     r#"
 CREATE TABLE policy_approvals (
     pull_request   INTEGER NOT NULL,
@@ -337,6 +338,7 @@ CREATE TABLE policy_approvals (
     at             INTEGER NOT NULL,
     PRIMARY KEY (pull_request, head_sha)
 ) STRICT;
+ALTER TABLE pull_requests ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
 "#,
 ];
 

@@ -182,7 +182,8 @@ fn every_forge_method_works_against_the_fake() {
     );
     assert!(gh.statuses(&sha('b')).is_empty());
 
-    // Pull requests.
+    // Pull requests, with the labels someone with triage access set.
+    gh.set_labels(1, &["preview", "approved", "preview"]);
     let d = f.pull_request(1).expect("pull 1");
     assert_eq!(
         d.info,
@@ -197,6 +198,7 @@ fn every_forge_method_works_against_the_fake() {
             base_repo_full_name: REPO.into(),
             is_fork: false,
             url: "https://github.com/acme/shop/pull/1".into(),
+            labels: vec!["approved".into(), "preview".into()],
         }
     );
     assert_eq!(d.mergeable, Some(true));
@@ -590,6 +592,7 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
     let same = PrSpec {
         title: "Add a cache".into(),
         head_ref: "feat/cache".into(),
+        labels: vec!["preview".into(), "approved".into()],
         ..PrSpec::new(42, &sha('a'))
     };
     let fork = PrSpec {
@@ -613,6 +616,11 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
         base_repo_full_name: REPO.into(),
         is_fork: pr.fork,
         url: html_url(pr.number),
+        labels: {
+            let mut l = pr.labels.clone();
+            l.sort();
+            l
+        },
     };
     for pr in [&same, &fork, &own_fork] {
         for (action, merged, expected) in [

@@ -304,6 +304,25 @@ fn the_controller_holds_a_denied_change_and_applies_once_the_policy_allows_it() 
         "{held}"
     );
     assert!(data_file(&s, "prod", "a").exists());
+    // The API's plan says which policy blocks it, and where the resource is declared.
+    let (code, plan) = api_request(
+        &server.addr,
+        "GET",
+        "/api/v1/environments/prod/plan",
+        &token,
+        None,
+    );
+    assert_eq!(code, 200, "{plan}");
+    assert_eq!(plan["policies"]["gate"], "hard_fail", "{plan}");
+    let result = &plan["policies"]["results"][0];
+    assert_eq!(result["policy"], "policies/no-deletes.rego", "{plan}");
+    assert_eq!(result["denies"][0]["resource"], "a", "{plan}");
+    assert!(
+        result["denies"][0]["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("slipway.yaml:")),
+        "{plan}"
+    );
     // The policy is made advisory on main: the next look applies it.
     s.write(
         "policies/no-deletes.rego",
@@ -388,27 +407,35 @@ deny contains {"msg": sprintf("a preview runs %d processes, at most 1", [input.s
 }
 "#;
 
-#[test]
-fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_its_head() {
-    use util::world::{ForgeWorld, GitHubDelivered, STACK, Served};
+/// `slipway serve` on the pull-request stack with a fake GitHub, `policy` (path, text) on
+/// `main`, and `[policies]` naming `main` (the tests check branches out in the served
+/// repository, so its `HEAD` moves) plus `extra`.
+fn github_world(policy: (&str, &str), extra: &str) -> util::world::ForgeWorld {
+    use util::world::{ForgeWorld, STACK};
     use util::{FakeForge, Forge};
-    const SECRET: &str = "webhook-secret-for-tests";
     let forge = FakeForge::start(Forge::GitHub, "slipway-bot");
     let api = forge.url();
-    let w = ForgeWorld::serve(
+    ForgeWorld::serve(
         forge,
         STACK,
         &api,
         "repository = \"acme/shop\"",
         "test-token",
-        SECRET,
+        "webhook-secret-for-tests",
         |s| {
-            s.write("policies/preview-size.rego", PREVIEW_SIZE);
-            s.commit("a policy on preview sizes");
-            // The test checks branches out in the served repository: the default branch is
-            // named rather than read from its `HEAD`.
-            util::world::append_config(s, "[policies]\nowners = [\"olivia\"]\nbranch = \"main\"\n");
+            s.write(policy.0, policy.1);
+            s.commit("a policy");
+            util::world::append_config(s, &format!("[policies]\nbranch = \"main\"\n{extra}"));
         },
+    )
+}
+
+#[test]
+fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_its_head() {
+    use util::world::{GitHubDelivered, STACK, Served};
+    let w = github_world(
+        ("policies/preview-size.rego", PREVIEW_SIZE),
+        "owners = [\"olivia\"]\n",
     );
     w.forge.set_permission("olivia", "write");
     w.forge.set_permission("mallory", "write");
@@ -510,5 +537,173 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
         w.page("pr-1").as_deref(),
         Some("big"),
         "the approved commit keeps running"
+    );
+}
+
+/// A preview needs the label `preview` on its pull request (a maintainer's say-so), hard.
+const NEEDS_LABEL: &str = r#"# METADATA
+# title: A preview needs the label preview
+package slipway
+
+deny contains "a pull request's preview needs the label `preview`" if {
+    input.env.kind == "generated"
+    input.git.pull_request != null
+    not "preview" in input.git.labels
+}
+"#;
+
+/// Tests of NEEDS_LABEL against the plan `slipway plan --output json` printed, as a fixture
+/// with the pull request's fields set; `expect_allowed_without_label` makes the second test
+/// wrong, so that the report and exit code of a failure are seen too.
+fn needs_label_tests(expect_allowed_without_label: bool) -> String {
+    let unlabelled = if expect_allowed_without_label {
+        "count(deny) == 0"
+    } else {
+        "count(deny) == 1"
+    };
+    format!(
+        r#"package slipway
+
+pr(labels) := object.union(data.fixtures.plan, {{"env": object.union(data.fixtures.plan.env, {{"kind": "generated"}}), "git": object.union(data.fixtures.plan.git, {{"pull_request": 7, "labels": labels}})}})
+
+test_labelled_is_allowed if {{
+    count(deny) == 0 with input as pr(["preview", "docs"])
+}}
+
+test_unlabelled_is_denied if {{
+    {unlabelled} with input as pr([])
+}}
+
+test_outside_a_pull_request_nothing_is_asked if {{
+    count(deny) == 0 with input as data.fixtures.plan
+}}
+"#
+    )
+}
+
+#[test]
+fn a_policy_that_requires_a_label_reads_the_labels_the_forge_says_and_only_those() {
+    use util::world::{GitHubDelivered, Served};
+    let w = github_world(("policies/needs-label.rego", NEEDS_LABEL), "");
+    w.serves("qa", "v1");
+
+    // Through the CLI: the plan document of a plan outside any pull request has no labels
+    // and no pull request; saved as a fixture, `slipway policy test` judges it with labels.
+    let repo = &w.s.repo;
+    git(repo, &["checkout", "-q", "-b", "feature-docs"]);
+    w.s.write("greeting.txt", "docs");
+    let head = w.s.commit("new docs");
+    git(repo, &["update-ref", "refs/pull/1/head", &head]);
+    let out = w.s.run(&["plan", "--env", "qa", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("the plan document");
+    assert_eq!(plan["git"]["labels"], serde_json::json!([]), "{plan}");
+    assert_eq!(plan["git"]["pull_request"], Value::Null, "{plan}");
+    git(repo, &["checkout", "-q", "main"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("needs-label.rego"), NEEDS_LABEL).expect("write");
+    std::fs::write(dir.path().join("plan.json"), &out.stdout).expect("write");
+    let tests = dir.path().join("needs-label_test.rego");
+    std::fs::write(&tests, needs_label_tests(false)).expect("write");
+    let dir_arg = dir.path().to_str().expect("utf-8");
+    let ok = w.s.run(&["policy", "test", dir_arg]);
+    let report = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && report.contains("3/3 tests passed"),
+        "{report}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::write(&tests, needs_label_tests(true)).expect("write");
+    let failed = w.s.run(&["policy", "test", dir_arg]);
+    let report = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("test_unlabelled_is_denied"))
+            && report.contains("2/3 tests passed"),
+        "{report}"
+    );
+
+    // Through a pull request: unlabelled, its preview is held and its comment says why.
+    let opened = w.opened(1, "feature-docs", &head);
+    w.accepted(opened.event, &opened.body);
+    let plan = w.forge.wait_for_comment(
+        1,
+        |c| c.body.contains(MARKER) && c.body.contains("blocked by policy"),
+        T,
+    );
+    assert!(
+        plan.body.contains("needs the label `preview`")
+            || plan.body.contains("needs the label \\`preview\\`"),
+        "{}",
+        plan.body
+    );
+    w.forge.wait_for_status(
+        &head,
+        |s| s.context == "slipway/plan" && s.state == "failure",
+        T,
+    );
+    // Through the controller: the preview is held with the policy's word.
+    wait_for("the preview is held by the label policy", T, || {
+        let out = w.s.run(&["status", "--env", "pr-1", "--output", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let env = status_environment(&status, "pr-1")?.clone();
+        env["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policies/needs-label.rego"))
+            .then_some(())
+    });
+    assert_eq!(w.page("pr-1"), None, "nothing of the preview runs");
+
+    // A maintainer labels it: the plans are judged again, the status passes, the preview runs.
+    let labelled = w.labelled(1, &["preview"]);
+    w.accepted(labelled.event, &labelled.body);
+    w.forge.wait_for_status(
+        &head,
+        |s| s.context == "slipway/plan" && s.state == "success",
+        T,
+    );
+    w.serves("pr-1", "docs");
+    let plan = w
+        .comments(1)
+        .into_iter()
+        .find(|c| c.body.contains(MARKER))
+        .expect("the plan comment");
+    assert!(!plan.body.contains("blocked by policy"), "{}", plan.body);
+
+    // The label taken off: what runs keeps running (nothing changes to judge), but the next
+    // push is held again.
+    let unlabelled = w.labelled(1, &[]);
+    w.accepted(unlabelled.event, &unlabelled.body);
+    git(repo, &["checkout", "-q", "feature-docs"]);
+    w.s.write("greeting.txt", "more docs");
+    let next = w.s.commit("more docs");
+    git(repo, &["update-ref", "refs/pull/1/head", &next]);
+    git(repo, &["checkout", "-q", "main"]);
+    let pushed = w.pushed(1, &next);
+    w.accepted(pushed.event, &pushed.body);
+    w.forge.wait_for_comment(
+        1,
+        |c| {
+            c.body.contains(MARKER)
+                && c.body.contains(&next[..12])
+                && c.body.contains("blocked by policy")
+        },
+        T,
+    );
+    w.forge.wait_for_status(
+        &next,
+        |s| s.context == "slipway/plan" && s.state == "failure",
+        T,
+    );
+    assert_eq!(
+        w.page("pr-1").as_deref(),
+        Some("docs"),
+        "the labelled commit keeps running"
     );
 }

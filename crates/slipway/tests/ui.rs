@@ -753,6 +753,7 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
             url: "https://forge.invalid/acme/shop/pull/7".into(),
             updated_at: slipway_state::now_ms(),
             stale_approvers: Vec::new(),
+            labels: Vec::new(),
         })
         .expect("record a pull request");
     store

@@ -54,11 +54,14 @@ pub(super) fn apply(
     if details.info.head_sha != record.head_sha
         || details.info.base_ref != record.base_ref
         || details.info.author != record.author
+        || details.info.labels != record.labels
     {
         set_head(inner, record, &details.info.head_sha)?;
         record.base_ref = details.info.base_ref.clone();
         // The author as the forge's API says (a GitLab webhook names whoever acted).
         record.author = details.info.author.clone();
+        // The labels as they are now, for the policies (webhooks may arrive out of order).
+        record.labels = details.info.labels.clone();
         store.upsert_pull_request(record)?;
     }
     // An approval was given against the base the pull request had then: retargeted (say from

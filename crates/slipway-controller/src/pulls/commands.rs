@@ -306,8 +306,10 @@ fn approve_policies(
         ),
     );
     post_plans(inner, record, None, super::Announce::Quietly)?;
+    // Its held environments are looked at again now, not at their next regular pass.
     Ok(FollowUp {
         refresh: true,
+        reconcile: crate::gate::environments_of(inner, record.number)?,
         ..FollowUp::default()
     })
 }

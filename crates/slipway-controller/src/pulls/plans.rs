@@ -190,7 +190,7 @@ pub(crate) fn post_plans(
                     let context = slipway_engine::policy::GitContext {
                         pull_request: u64::try_from(record.number).ok(),
                         from_fork: record.is_fork,
-                        labels: Vec::new(),
+                        labels: record.labels.clone(),
                     };
                     if p.policy.is_some() {
                         p.policy = inner.engine.judge(&p, inner.source.as_ref(), &context)?;

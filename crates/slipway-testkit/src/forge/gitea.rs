@@ -477,7 +477,7 @@ fn pr_json(st: &State, pr: &Pr) -> Value {
         "user": user_json(&spec.author),
         "title": spec.title,
         "body": "",
-        "labels": [],
+        "labels": spec.labels.iter().map(|name| json!({"id": super::stable_id(name, 1), "name": name, "color": "ededed", "description": "", "url": ""})).collect::<Vec<_>>(),
         "milestone": null,
         "assignee": null,
         "assignees": null,
@@ -623,6 +623,12 @@ fn set_pull_request(
     p["url"] = json!(html);
     p["number"] = json!(pr.number);
     p["title"] = json!(pr.title);
+    p["labels"] = json!(
+        pr.labels
+            .iter()
+            .map(|name| json!({"id": super::stable_id(name, 1), "name": name, "color": "ededed", "description": "", "url": ""}))
+            .collect::<Vec<_>>()
+    );
     p["html_url"] = json!(html);
     p["diff_url"] = json!(format!("{html}.diff"));
     p["patch_url"] = json!(format!("{html}.patch"));
@@ -801,6 +807,7 @@ pub fn send_webhook_raw(addr: &str, headers: &[(&str, &str)], body: &[u8]) -> (u
 /// What Gitea delivers when something happens to a pull request.
 const EVENTS: PullRequestEvents = PullRequestEvents {
     push_action: "synchronized",
+    label_action: "label_updated",
     pull_request: pull_request_payload,
     approved: |pr, reviewer| Delivery {
         event: review_event("approved"),

@@ -834,6 +834,24 @@ fn link(href: String) -> Value {
     json!({ "href": href })
 }
 
+/// GitHub's `label` objects for `names`.
+pub(crate) fn labels_json(api: &str, names: &[String]) -> Value {
+    names
+        .iter()
+        .map(|name| {
+            json!({
+                "id": stable_id(&format!("label {name}"), 200_000_000),
+                "node_id": node_id("LA", stable_id(&format!("label {name}"), 1_000)),
+                "url": format!("{api}/repos/{REPO}/labels/{}", name.replace(' ', "%20")),
+                "name": name,
+                "color": "ededed",
+                "default": false,
+                "description": null,
+            })
+        })
+        .collect()
+}
+
 /// `pull-request` (`full`) or `pull-request-simple`.
 fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
     let spec = &pr.spec;
@@ -890,7 +908,7 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
         json!({
             "user": user_json(api, &spec.author),
             "body": null,
-            "labels": [],
+            "labels": labels_json(api, &spec.labels),
             "milestone": null,
             "active_lock_reason": null,
             "created_at": pr.created_at,
@@ -1185,6 +1203,7 @@ pub fn pull_request_payload(
     p["html_url"] = json!(html_url(pr.number));
     set_closing(p, action == "closed", merged, merge_sha, &now);
     p["updated_at"] = json!(now);
+    p["labels"] = labels_json(PUBLIC_API, &pr.labels);
     set_user(&mut p["user"], &pr.author);
 
     let head_owner = fork_owner(pr);
@@ -1406,6 +1425,7 @@ pub fn try_send_webhook_raw(
 /// What GitHub delivers when something happens to a pull request.
 const EVENTS: PullRequestEvents = PullRequestEvents {
     push_action: "synchronize",
+    label_action: "labeled",
     pull_request: pull_request_payload,
     approved: |pr, reviewer| Delivery {
         event: "pull_request_review",

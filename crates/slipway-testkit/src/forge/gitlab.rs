@@ -650,7 +650,7 @@ fn mr_json(st: &State, mr: &Pr, full: bool) -> Value {
         "reviewers": [],
         "source_project_id": source_project_id(spec),
         "target_project_id": PROJECT_ID,
-        "labels": [],
+        "labels": mr.spec.labels,
         "draft": false,
         "work_in_progress": false,
         "milestone": null,
@@ -971,6 +971,14 @@ pub fn merge_request_payload(
     if let Some(sha) = merge_sha {
         a["merge_commit_sha"] = json!(sha);
     }
+    // The labels after the event, in both places GitLab puts them.
+    let labels: Vec<Value> = mr
+        .labels
+        .iter()
+        .map(|title| json!({"id": super::stable_id(title, 1), "title": title, "color": "#ededed", "project_id": PROJECT_ID, "type": "ProjectLabel"}))
+        .collect();
+    a["labels"] = json!(labels);
+    v["labels"] = json!(labels);
     set_user(&mut v["user"], actor);
     to_bytes(&v)
 }
@@ -1040,6 +1048,10 @@ fn delivery(mr: &PrSpec, event: &Event) -> Delivery {
     let author = mr.author.as_str();
     let (event, body) = match event {
         Event::Opened => (HOOK, merge_request_payload("open", mr, author, None, None)),
+        Event::Labelled => (
+            HOOK,
+            merge_request_payload("update", mr, author, None, None),
+        ),
         Event::Pushed { before } => (
             HOOK,
             merge_request_payload("update", mr, author, Some(before), None),

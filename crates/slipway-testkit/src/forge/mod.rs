@@ -562,6 +562,8 @@ pub fn assert_merge_closes(action: &str, merged: bool) {
 pub struct PullRequestEvents {
     /// The action of a push: `synchronize` (GitHub), `synchronized` (Gitea).
     pub push_action: &'static str,
+    /// The action of a change of labels: `labeled` (GitHub), `label_updated` (Gitea).
+    pub label_action: &'static str,
     /// The forge's `pull_request_payload(action, pr, merged, merge_sha)`.
     pub pull_request: fn(&str, &PrSpec, bool, Option<&str>) -> Vec<u8>,
     /// The delivery of `reviewer`'s approval of `pr`.
@@ -576,6 +578,7 @@ impl PullRequestEvents {
         let (action, merge_sha) = match event {
             Event::Opened => ("opened", None),
             Event::Pushed { .. } => (self.push_action, None),
+            Event::Labelled => (self.label_action, None),
             Event::Closed => ("closed", None),
             Event::Merged { merge_sha } => ("closed", Some(merge_sha.as_str())),
             Event::Approved { reviewer } => return (self.approved)(pr, reviewer),

@@ -40,6 +40,8 @@ pub struct PrSpec {
     pub fork: bool,
     /// Its title.
     pub title: String,
+    /// Its labels' names (none unless set).
+    pub labels: Vec<String>,
 }
 
 impl PrSpec {
@@ -54,6 +56,7 @@ impl PrSpec {
             author: "alice".to_owned(),
             fork: false,
             title: format!("Change {number}"),
+            labels: Vec::new(),
         }
     }
 
@@ -169,6 +172,9 @@ pub enum Event {
         /// The comment.
         comment: Comment,
     },
+    /// Its labels were changed (to what [`FakeForge::set_labels`] set): GitHub `labeled`,
+    /// Gitea `label_updated`, GitLab `update` without `oldrev`.
+    Labelled,
     /// It was closed without merging.
     Closed,
     /// It was merged as `merge_sha`.
@@ -805,6 +811,17 @@ impl FakeForge {
         if st.reset_approvals_on_push {
             st.reviews.retain(|r| r.pr != number);
         }
+    }
+
+    /// Sets pull request `number`'s labels (as someone with triage access does; the test
+    /// sends the `labeled`/`unlabeled` delivery itself).
+    pub fn set_labels(&self, number: u64, labels: &[&str]) {
+        let dialect = self.dialect();
+        let now = now_iso();
+        let mut st = self.lock();
+        let pr = st.pr_mut(number, dialect);
+        pr.spec.labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        pr.updated_at = now;
     }
 
     /// A push removes the pull request's approvals: GitLab's project setting "Remove all

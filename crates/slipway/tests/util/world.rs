@@ -320,6 +320,12 @@ impl ForgeWorld {
             .delivery(&self.forge.pr(n), &Event::Pushed { before })
     }
 
+    /// Someone with triage access sets its labels to `labels`.
+    pub fn labelled(&self, n: u64, labels: &[&str]) -> Delivery {
+        self.forge.set_labels(n, labels);
+        self.forge.delivery(&self.forge.pr(n), &Event::Labelled)
+    }
+
     /// `reviewer` approves it at `sha`.
     pub fn approved(&self, n: u64, reviewer: &str, sha: &str) -> Delivery {
         self.forge.approve(n, reviewer, sha);
