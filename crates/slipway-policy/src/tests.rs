@@ -175,12 +175,26 @@ fn policy_tests_pass_fail_and_read_fixtures() {
 }
 
 proptest::proptest! {
-    /// Any text as a policy: an answer (a result or an error), never a panic.
+    /// Any text as a policy (bare, or after a valid header, so the parser and the interpreter
+    /// see it too): never a panic; at most one result, naming the file; and an error never
+    /// passes the gate unless the policy is advisory (the checks of fuzz/fuzz_targets/policy.rs).
     #[test]
-    fn any_text_as_a_policy_gets_an_answer(text in "\\PC{0,200}") {
+    fn any_text_as_a_policy_gets_an_answer_and_an_error_holds(
+        text in "\\PC{0,200}",
+        headed in proptest::bool::ANY,
+    ) {
+        let text = if headed {
+            format!("package slipway\n\ndeny contains msg if {{\n{text}\n}}\n")
+        } else {
+            text
+        };
         let verdict = evaluate(&[file("p/any.rego", &text)], &plan("create"), &limits());
+        proptest::prop_assert!(verdict.results.len() <= 1, "{:?}", verdict.results);
         for r in &verdict.results {
-            proptest::prop_assert!(r.error.is_some() || r.error.is_none());
+            proptest::prop_assert_eq!(&r.policy, "p/any.rego");
+            if r.error.is_some() && r.enforcement != Enforcement::Advisory {
+                proptest::prop_assert_ne!(verdict.gate(), Gate::Pass, "{:?}", r);
+            }
         }
     }
 }

@@ -1,0 +1,6 @@
+# METADATA
+# custom:
+#   enforcement: sotf
+package slipway
+
+deny contains "x" if {

@@ -1,0 +1,3 @@
+package lib.sizes
+
+big(n) if { n > 10 }

@@ -1,0 +1,6 @@
+package slipway
+
+deny[msg] {
+    input.resource_changes[_].actions[_] == "delete"
+    msg := "no deletes"
+}
