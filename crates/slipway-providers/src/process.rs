@@ -595,6 +595,9 @@ fn describe_down(state: &SupervisorState) -> Option<String> {
         None => String::new(),
     };
     match state.phase {
+        // Forked, its program not started yet (or failing to): not up until its supervisor
+        // knows.
+        Phase::Running if state.exec_pending => Some("the process is starting".to_owned()),
         Phase::Running if state.child.is_some_and(|c| c.is_alive()) => None,
         Phase::Running => Some(format!(
             "the process has just exited and its supervisor is restarting it{history}"

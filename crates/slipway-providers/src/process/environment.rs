@@ -785,6 +785,9 @@ impl EnvironmentSupervisor {
             (Phase::Exited, _) => {}
             (_, Some(child)) => {
                 slot.state.phase = Phase::Running;
+                // Alive after its supervisor died: past its exec (a held child does not
+                // outlive its supervisor's end of the pipe, and one that does is watched).
+                slot.state.exec_pending = false;
                 slot.log.note(&format!(
                     "taken over (pid {}) from supervisor pid {}, which is gone",
                     child.pid, previous.supervisor.pid
@@ -1006,6 +1009,7 @@ impl EnvironmentSupervisor {
                     ProcessIdentity::of_child(pid).unwrap_or(ProcessIdentity { pid, start: 0 });
                 slot.state.child = Some(identity);
                 slot.state.phase = Phase::Running;
+                slot.state.exec_pending = true;
                 // Recorded before it may run anything: a supervisor killed from here on
                 // leaves a child its successor knows.
                 match write_state(&slot.spec.state, &slot.state) {
@@ -1045,6 +1049,7 @@ impl EnvironmentSupervisor {
         slot.child = None;
         slot.output_open = false;
         slot.state.child = None;
+        slot.state.exec_pending = false;
         slot.state.last_exit = Some(why);
         slot.state.exits += 1;
         self.decide(&mut slot, Ended::Failure);
@@ -1077,6 +1082,8 @@ impl EnvironmentSupervisor {
             Ok(()) => {
                 slot.log
                     .note_deferred(&format!("process started (pid {pid})"));
+                slot.state.exec_pending = false;
+                let _ = write_state(&slot.spec.state, &slot.state);
                 answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
             }
             Err(e) => self.start_failed(name, &e),

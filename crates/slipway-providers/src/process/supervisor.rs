@@ -109,6 +109,12 @@ pub(crate) struct SupervisorState {
     /// those of per-resource supervisors: `resource`).
     #[serde(default, skip_serializing_if = "Scope::is_resource")]
     pub scope: Scope,
+    /// The child is recorded (`Running`, so that a successor knows it) but has not reached its
+    /// `exec` yet: an environment's supervisor forks it and learns later whether the program
+    /// could start. Not ready, whatever else holds, until that is known. Absent (older state
+    /// files, per-resource supervisors, whose start is known at once): known.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec_pending: bool,
 }
 
 impl SupervisorState {
@@ -123,6 +129,7 @@ impl SupervisorState {
             last_exit: None,
             stop_grace_ms,
             scope,
+            exec_pending: false,
         }
     }
 }
