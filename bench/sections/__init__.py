@@ -6,6 +6,7 @@ machine table), and, for those bench/run may skip, KEY (its samples' prefix, who
 note says why), GOAL (its goal in the verdicts) and NEEDS (what it needs to run)."""
 
 from sections import (plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas,
-                      wake, restart)
+                      wake, restart, policy)
 
-SECTIONS = [plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas, wake, restart]
+SECTIONS = [plan, procs, serve, push, previews, pg, prs, ui, k8s, replicas, wake, restart,
+            policy]
