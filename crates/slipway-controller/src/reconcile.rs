@@ -592,7 +592,14 @@ fn converge(
     // The policies in force at the default branch (the engine's apply would refuse it too):
     // held, saying which policy and why, until the commit or the policies change, or an
     // owner approves a pull request's soft denials for this commit.
-    let approved_by = match crate::gate::pull_request_of(inner, &record)? {
+    // Only a judged plan (one that changes something, with policies in force) asks which pull
+    // request it is of: the unchanged environments of a drift pass pay nothing for the gate.
+    let pull = if prepared.policy.is_some() {
+        crate::gate::pull_request_of(inner, &record)?
+    } else {
+        None
+    };
+    let approved_by = match pull {
         Some(pull) => crate::gate::judge_for_pull(inner, &mut prepared, &pull)?,
         None => None,
     };
