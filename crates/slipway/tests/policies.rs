@@ -430,6 +430,32 @@ fn github_world(policy: (&str, &str), extra: &str) -> util::world::ForgeWorld {
     )
 }
 
+/// A new commit on `branch` (pull request 1's) writing `greeting` to greeting.txt: pull
+/// request 1's head ref moves to it, `main` stays checked out. Its commit.
+fn push_to_pull_1(w: &util::world::ForgeWorld, branch: &str, greeting: &str) -> String {
+    let repo = &w.s.repo;
+    git(repo, &["checkout", "-q", branch]);
+    w.s.write("greeting.txt", greeting);
+    let next = w.s.commit(greeting);
+    git(repo, &["update-ref", "refs/pull/1/head", &next]);
+    git(repo, &["checkout", "-q", "main"]);
+    next
+}
+
+/// Waits until `pr-1`'s status message names `policy` (it is made on the first reconcile:
+/// until then `status` says it does not exist); its status.
+fn preview_held_by(w: &util::world::ForgeWorld, policy: &str) -> Value {
+    wait_for(&format!("the preview is held by {policy}"), T, || {
+        let out = w.s.run(&["status", "--env", "pr-1", "--output", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let env = status_environment(&status, "pr-1")?.clone();
+        env["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(policy))
+            .then_some(env)
+    })
+}
+
 #[test]
 fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_its_head() {
     use util::world::{GitHubDelivered, STACK, Served};
@@ -475,16 +501,7 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
         |s| s.context == "slipway/plan" && s.state == "failure",
         T,
     );
-    let held = wait_for("the preview is held by the policy", T, || {
-        // It is made on the first reconcile: until then `status` says it does not exist.
-        let out = w.s.run(&["status", "--env", "pr-1", "--output", "json"]);
-        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let env = status_environment(&status, "pr-1")?.clone();
-        env["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("policies/preview-size.rego (soft)"))
-            .then_some(env)
-    });
+    let held = preview_held_by(&w, "policies/preview-size.rego (soft)");
     assert_ne!(held["commit"], head.as_str(), "{held}");
     assert_eq!(w.page("pr-1"), None, "nothing of the preview runs");
 
@@ -498,11 +515,7 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
     w.serves("pr-1", "big");
 
     // A new push needs a new approval: the new head is held again.
-    git(repo, &["checkout", "-q", "feature-big"]);
-    w.s.write("greeting.txt", "bigger");
-    let next = w.s.commit("and more");
-    git(repo, &["update-ref", "refs/pull/1/head", &next]);
-    git(repo, &["checkout", "-q", "main"]);
+    let next = push_to_pull_1(&w, "feature-big", "bigger");
     w.forge.set_head(1, &next);
     w.accepted(
         "pull_request",
@@ -649,15 +662,7 @@ fn a_policy_that_requires_a_label_reads_the_labels_the_forge_says_and_only_those
         T,
     );
     // Through the controller: the preview is held with the policy's word.
-    wait_for("the preview is held by the label policy", T, || {
-        let out = w.s.run(&["status", "--env", "pr-1", "--output", "json"]);
-        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let env = status_environment(&status, "pr-1")?.clone();
-        env["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("policies/needs-label.rego"))
-            .then_some(())
-    });
+    preview_held_by(&w, "policies/needs-label.rego");
     assert_eq!(w.page("pr-1"), None, "nothing of the preview runs");
 
     // A maintainer labels it: the plans are judged again, the status passes, the preview runs.
@@ -680,11 +685,7 @@ fn a_policy_that_requires_a_label_reads_the_labels_the_forge_says_and_only_those
     // push is held again.
     let unlabelled = w.labelled(1, &[]);
     w.accepted(unlabelled.event, &unlabelled.body);
-    git(repo, &["checkout", "-q", "feature-docs"]);
-    w.s.write("greeting.txt", "more docs");
-    let next = w.s.commit("more docs");
-    git(repo, &["update-ref", "refs/pull/1/head", &next]);
-    git(repo, &["checkout", "-q", "main"]);
+    let next = push_to_pull_1(&w, "feature-docs", "more docs");
     let pushed = w.pushed(1, &next);
     w.accepted(pushed.event, &pushed.body);
     w.forge.wait_for_comment(
