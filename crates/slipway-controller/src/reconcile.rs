@@ -122,12 +122,23 @@ pub(crate) fn mark_failed(
     Ok(())
 }
 
-/// Marks `record`'s environment as holding a change back, saying why (an event the first
-/// time the reason is seen).
-fn hold(inner: &Inner, record: &EnvironmentRecord, why: &str) -> Result<(), ControllerError> {
+/// Marks `record`'s environment as holding a change back, saying why (a `change.held` event
+/// the first time the reason is seen, with `data` for programs: its `reason` and details).
+fn hold(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    why: &str,
+    data: serde_json::Value,
+) -> Result<(), ControllerError> {
     let message = format!("held: {why}");
     if record.message.as_deref() != Some(message.as_str()) {
-        event(inner, &record.name, EventKind::ChangeHeld, &message);
+        let _ = inner.engine.store().record_event(
+            Some(&record.name),
+            EventKind::ChangeHeld,
+            &message,
+            &data,
+            inner.now(),
+        );
     }
     mark_failed(inner, record, &message)
 }
@@ -414,7 +425,7 @@ fn converge(
         PreviewHead::NotAPullRequest => None,
         PreviewHead::Approved(sha) => Some(sha),
         PreviewHead::Unapproved(why) => {
-            hold(inner, &record, &why)?;
+            hold(inner, &record, &why, json!({ "reason": "unapproved_head" }))?;
             return Ok(requeue);
         }
     };
@@ -527,13 +538,13 @@ fn converge(
         parked.remove(name);
     }
     if let Some(why) = unmerged(inner, &record, &prepared)? {
-        hold(inner, &record, &why)?;
+        hold(inner, &record, &why, json!({ "reason": "unmerged" }))?;
         return Ok(requeue);
     }
     // Only a person confirms destroying something in a protected environment, or removing
     // its protection: held, not failed by a fault (retrying will not help until then).
     if let Some(why) = prepared.needs_confirmation() {
-        hold(inner, &record, &held_for_confirmation(&why))?;
+        hold_for_confirmation(inner, &record, &why)?;
         return Ok(requeue);
     }
     // A deploy window that denies the change now: held, not failed by a fault, and looked
@@ -604,7 +615,14 @@ fn converge(
         None => None,
     };
     if let Err(denied) = engine.policies_allow(&prepared, approved_by.as_deref()) {
-        hold(inner, &record, &denied.to_string())?;
+        // The event carries every policy's result, so that a program (or the UI) shows which
+        // policy holds it, where, and what the others said.
+        let data = json!({
+            "reason": "policy",
+            "commit": prepared.commit.sha,
+            "policies": prepared.policy.as_ref().map(|judged| judged.report()),
+        });
+        hold(inner, &record, &denied.to_string(), data)?;
         return Ok(requeue);
     }
     if !prepared.plan.has_changes() {
@@ -730,7 +748,7 @@ fn converge(
         Err(slipway_engine::EngineError::NeedsConfirmation(why)) => {
             // Held, not failed by a fault: nothing was applied, and retrying will not help
             // until a person confirms, so it waits for the next regular pass.
-            hold(inner, &record, &held_for_confirmation(&why))?;
+            hold_for_confirmation(inner, &record, &why)?;
             return Ok(requeue);
         }
         other => other?,
@@ -785,7 +803,11 @@ fn hold_for_window(
         "{}; a deployer can override with `slipway apply --env {env} --override-window`",
         verdict.describe().unwrap_or_default()
     );
-    hold(inner, record, &why)?;
+    let data = json!({
+        "reason": "window",
+        "until": verdict.until_text(),
+    });
+    hold(inner, record, &why, data)?;
     let regular = inner.options.requeue_interval;
     let wait = verdict
         .until
@@ -798,12 +820,17 @@ fn hold_for_window(
     Ok(Action::Requeue(wait))
 }
 
-/// Why an apply waits, and what a person does about it.
-fn held_for_confirmation(why: &slipway_engine::ConfirmationNeeded) -> String {
+/// Holds an apply that waits for a person's confirmation, saying what the person does.
+fn hold_for_confirmation(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+    why: &slipway_engine::ConfirmationNeeded,
+) -> Result<(), ControllerError> {
     let env = &why.environment;
-    format!(
+    let message = format!(
         "{why}: held until a person confirms (`slipway apply --env {env} --confirm-destroy {env}`)"
-    )
+    );
+    hold(inner, record, &message, json!({ "reason": "confirmation" }))
 }
 
 /// Whether `record`'s environment may expire: generated and ad-hoc ones, never a static or

@@ -58,6 +58,29 @@ impl Judged {
     pub fn gate(&self) -> slipway_policy::Gate {
         self.verdict.gate()
     }
+
+    /// The verdict for programs, as the API's plan and a `change.held` event carry it:
+    /// `{"gate", "policies_at", "results"}`, each result with its `outcome` (`failed`,
+    /// `warned`, `passed`) beside what the policy said.
+    pub fn report(&self) -> serde_json::Value {
+        let results: Vec<serde_json::Value> = self
+            .verdict
+            .results
+            .iter()
+            .map(|r| {
+                let mut value = serde_json::to_value(r).unwrap_or_default();
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("outcome".into(), r.outcome().into());
+                }
+                value
+            })
+            .collect();
+        serde_json::json!({
+            "gate": self.gate(),
+            "policies_at": self.policies_at,
+            "results": results,
+        })
+    }
 }
 
 impl Engine {

@@ -477,14 +477,15 @@ struct PlanView {
 }
 
 /// The policies' verdict on a plan.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 struct PoliciesView {
     /// `pass`, `soft_fail` (blocked unless a policy owner approves this commit) or
     /// `hard_fail` (blocked).
     gate: String,
     /// The default branch's commit the policies were read at.
     policies_at: String,
-    /// Each policy's result: `policy` (its file), `title`, `enforcement`, `denies` and `warns`
+    /// Each policy's result: `policy` (its file), `title`, `enforcement`, `outcome`
+    /// (`failed`: it blocks; `warned`; `passed`), `denies` and `warns`
     /// (`{"msg", "resource", "location"}`), `error` when it could not be judged.
     results: Vec<serde_json::Value>,
 }
@@ -813,19 +814,10 @@ async fn plan(
             commit: prepared.commit.sha,
             has_changes: prepared.plan.has_changes(),
             window: WindowView::from(&prepared.window),
-            policies: prepared.policy.as_ref().map(|judged| PoliciesView {
-                gate: serde_json::to_value(judged.gate())
-                    .ok()
-                    .and_then(|g| g.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                policies_at: judged.policies_at.clone(),
-                results: judged
-                    .verdict
-                    .results
-                    .iter()
-                    .filter_map(|r| serde_json::to_value(r).ok())
-                    .collect(),
-            }),
+            policies: prepared
+                .policy
+                .as_ref()
+                .and_then(|judged| serde_json::from_value(judged.report()).ok()),
             changes: prepared.plan.changes,
         }))
     })

@@ -1767,6 +1767,8 @@
         plan.changes.length > changes.length ? h("span", { class: "muted" }, ` (${plan.changes.length - changes.length} unchanged)`) : null,
       ),
     );
+    if (plan.window && !plan.window.allowed) slot.append(windowCallout(plan.window));
+    if (plan.policies) slot.append(policiesView(plan.policies));
     if (!changes.length) return;
     const sign = { create: "+", update: "~", replace: "-/+", delete: "-" };
     const lines = [];
@@ -1781,6 +1783,85 @@
       }
     }
     slot.append(h("div", { class: "diff", role: "region", "aria-label": "Plan as a diff" }, lines));
+  }
+
+  /** Why a deploy window holds the change now, and until when. */
+  function windowCallout(win) {
+    const w = win.window;
+    return h(
+      "p",
+      { class: "callout", id: "plan-window" },
+      "A deploy window denies changes now",
+      win.until ? [" until ", h("time", { datetime: win.until }, new Date(win.until).toLocaleString())] : "",
+      w ? [" (", h("code", {}, `${w.kind} "${w.schedule}" for ${w.duration}, ${w.time_zone}`), ")"] : "",
+      ": the controller holds the change. A deployer can override it (Sync with the window overridden, or `slipway apply --override-window`).",
+    );
+  }
+
+  const POLICY_GATE = {
+    pass: ["ok", "✓", "the policies let it through"],
+    soft_fail: ["warn", "✗", "held: soft policies deny it; a policy owner may approve this commit (/slipway approve-policies on its pull request, or slipway apply --approve-policies)"],
+    hard_fail: ["bad", "✗", "blocked: a hard policy denies it"],
+  };
+  const POLICY_OUTCOME = { failed: ["bad", "✗"], warned: ["warn", "⚠"], passed: ["ok", "✓"] };
+
+  /** The policies' verdict on a plan: the gate, then each policy with what it said and where. */
+  function policiesView(policies) {
+    const [tone, icon, says] = POLICY_GATE[policies.gate] || ["idle", "•", policies.gate];
+    // What blocks first, then what warns, then what passed.
+    const rank = { failed: 0, warned: 1, passed: 2 };
+    const results = policies.results.slice().sort((a, b) => (rank[a.outcome] ?? 3) - (rank[b.outcome] ?? 3));
+    const findings = (r) => {
+      const items = [];
+      if (r.error) items.push(h("li", { class: "bad" }, h("strong", {}, "error: "), r.error));
+      for (const [kind, list] of [["deny", r.denies || []], ["warn", r.warns || []]]) {
+        for (const f of list) {
+          items.push(
+            h(
+              "li",
+              { dataset: { finding: kind } },
+              h("strong", {}, `${kind}: `),
+              f.msg,
+              f.resource ? [" — ", h("code", {}, f.resource)] : "",
+              f.location ? [" at ", h("code", { class: "location" }, f.location)] : "",
+            ),
+          );
+        }
+      }
+      return items.length ? h("ul", { class: "findings" }, items) : h("span", { class: "muted" }, "nothing to say");
+    };
+    return h(
+      "section",
+      { id: "plan-policies", "aria-labelledby": "policies-title", dataset: { gate: policies.gate } },
+      h("h3", { id: "policies-title" }, "Policies"),
+      h(
+        "p",
+        { class: tone === "ok" ? "" : `callout ${tone === "bad" ? "bad" : ""}` },
+        h("span", { class: `badge ${tone}` }, h("span", { class: "icon", "aria-hidden": "true" }, icon), " ", policies.gate.replace(/_/g, " ")),
+        ` ${says}. Policies read from the default branch at `,
+        commit(policies.policies_at),
+        ".",
+      ),
+      h(
+        "table",
+        { class: "cards", id: "policy-results" },
+        h("thead", {}, h("tr", {}, ["Policy", "Enforcement", "Outcome", "Said"].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "tbody",
+          {},
+          results.map((r) =>
+            h(
+              "tr",
+              { dataset: { policy: r.policy, outcome: r.outcome } },
+              cell("Policy", "policy", h("code", {}, r.policy), r.title ? h("span", { class: "sub" }, r.title) : null),
+              cell("Enforcement", "enforcement", r.enforcement),
+              cell("Outcome", "outcome", badge(POLICY_OUTCOME, r.outcome, "outcome")),
+              h("td", { "data-label": "Said", class: "message" }, findings(r)),
+            ),
+          ),
+        ),
+      ),
+    );
   }
 
   function renderHistory(env) {

@@ -46,16 +46,7 @@ fn sandbox(stack: &str, notify: &str) -> (Sandbox, String) {
 
 /// The events of `kind` the state records.
 fn events(s: &Sandbox, kind: &str) -> Vec<slipway_state::EventRecord> {
-    let store = slipway_state::Store::open(&s.home).expect("open the store");
-    store
-        .events(&slipway_state::EventQuery {
-            limit: 10_000,
-            ..slipway_state::EventQuery::default()
-        })
-        .expect("read events")
-        .into_iter()
-        .filter(|e| e.kind.as_str() == kind)
-        .collect()
+    stored_events(s, kind)
 }
 
 /// Every event's kind and message, for failure reports.

@@ -304,6 +304,35 @@ fn the_controller_holds_a_denied_change_and_applies_once_the_policy_allows_it() 
         "{held}"
     );
     assert!(data_file(&s, "prod", "a").exists());
+    // The event says the same to programs: which policy, at which level, about what, where.
+    let held_events: Vec<Value> = stored_events(&s, "change.held")
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let data = held_events
+        .iter()
+        .find(|d| d["reason"] == "policy")
+        .unwrap_or_else(|| panic!("a change.held event of the policy: {held_events:?}"));
+    assert_eq!(data["policies"]["gate"], "hard_fail", "{data}");
+    let result = &data["policies"]["results"][0];
+    assert_eq!(
+        (
+            &result["policy"],
+            &result["outcome"],
+            &result["enforcement"]
+        ),
+        (
+            &Value::from("policies/no-deletes.rego"),
+            &Value::from("failed"),
+            &Value::from("hard")
+        ),
+        "{data}"
+    );
+    assert_eq!(result["denies"][0]["resource"], "a", "{data}");
+    assert!(
+        data["commit"].as_str().is_some_and(|c| c.len() == 40),
+        "{data}"
+    );
     // The API's plan says which policy blocks it, and where the resource is declared.
     let (code, plan) = api_request(
         &server.addr,
@@ -316,6 +345,7 @@ fn the_controller_holds_a_denied_change_and_applies_once_the_policy_allows_it() 
     assert_eq!(plan["policies"]["gate"], "hard_fail", "{plan}");
     let result = &plan["policies"]["results"][0];
     assert_eq!(result["policy"], "policies/no-deletes.rego", "{plan}");
+    assert_eq!(result["outcome"], "failed", "{plan}");
     assert_eq!(result["denies"][0]["resource"], "a", "{plan}");
     assert!(
         result["denies"][0]["location"]

@@ -7,7 +7,8 @@
 //! With 2,000 environments the dashboard's table holds only the rows in view, the right ones
 //! wherever it is scrolled, filtered or moved through with Tab, and HTML in their messages
 //! and owners stays text. A sleeping environment shows a chip, and its page wakes it and puts it
-//! to sleep.
+//! to sleep. A change a policy holds shows each policy's verdict under the plan, what blocks
+//! first, with the resource and where it is declared.
 //!
 //! With `SLIPWAY_SCREENSHOTS=1` the tests also write `docs/screenshots/*.png` (tracked files:
 //! normal runs leave them alone).
@@ -1689,6 +1690,105 @@ fn a_sleeping_environment_shows_so_and_wakes_and_sleeps_from_its_page() {
     );
     let (_, env) = api(&server, &admin, &format!("/api/v1/environments/{preview}"));
     assert_eq!(env["activity"], "sleeping", "{env}");
+    drop(browser);
+    drop(server);
+    for name in ["main", preview] {
+        let _ = s.run(&["destroy", "--env", name, "--yes"]);
+    }
+}
+
+/// A preview never writes its config file (hard): the policy that holds the preview below.
+const PREVIEW_CONFIG: &str = r#"# METADATA
+# title: A preview keeps the config of main
+package slipway
+
+deny contains {"msg": sprintf("%s may not change %s", [input.env.name, c.address]), "resource": c.address} if {
+    input.env.kind == "generated"
+    some c in input.resource_changes
+    c.type == "file"
+}
+"#;
+
+/// Says something without blocking (advisory).
+const COUNT_WARNING: &str = r#"# METADATA
+# title: Large changes get a second look
+# custom:
+#   enforcement: advisory
+package slipway
+
+warn contains sprintf("%d resources change", [count(input.resource_changes)]) if {
+    count(input.resource_changes) > 1
+}
+"#;
+
+#[test]
+fn a_change_a_policy_holds_shows_each_policy_with_its_word_and_where_on_the_environments_page() {
+    let (s, _) = setup();
+    s.write("policies/preview-config.rego", PREVIEW_CONFIG);
+    s.write("policies/count.rego", COUNT_WARNING);
+    let policies_at = s.commit("policies");
+    let admin = token(&s, "admin", "alice");
+    let server = start_serve(&s);
+    let preview = "br-feature-login";
+    util::wait_for("the preview is held by the policy", DEPLOY, || {
+        let (_, env) = api(&server, &admin, &format!("/api/v1/environments/{preview}"));
+        env["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policies/preview-config.rego (hard)"))
+            .then_some(())
+    });
+
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+    );
+    log_in(&browser, &admin, "alice");
+    browser.goto(&format!("/#/env/{preview}"));
+    browser.wait_until_exists(
+        "the plan shows the policies' verdict",
+        DEPLOY,
+        "#plan-policies[data-gate='hard_fail']",
+    );
+    let failed = "#policy-results tr[data-policy='policies/preview-config.rego']";
+    assert_eq!(
+        browser.attr(failed, "data-outcome").as_deref(),
+        Some("failed"),
+        "the hard policy failed"
+    );
+    let said = browser.text(failed).unwrap_or_default();
+    assert!(
+        said.contains("A preview keeps the config of main")
+            && said.contains(&format!("deny: {preview} may not change config"))
+            && said.contains("slipway.yaml:"),
+        "the row gives the policy's title, its message, the resource and where it is declared: {said}"
+    );
+    let warned = "#policy-results tr[data-policy='policies/count.rego']";
+    assert_eq!(
+        browser.attr(warned, "data-outcome").as_deref(),
+        Some("warned"),
+        "the advisory policy warned"
+    );
+    assert!(
+        browser
+            .text(warned)
+            .is_some_and(|t| t.contains("warn: 2 resources change")),
+        "{:?}",
+        browser.text(warned)
+    );
+    // What blocks comes first, and the policies' commit is the default branch's.
+    let order = browser.js(
+        "return [...document.querySelectorAll('#policy-results tbody tr')].map((r) => r.dataset.outcome);",
+        vec![],
+    );
+    assert_eq!(order, json!(["failed", "warned"]));
+    let at = browser.attr("#plan-policies code.mono", "title");
+    assert_eq!(at.as_deref(), Some(policies_at.as_str()));
+    let message = browser.text("#env-message").unwrap_or_default();
+    assert!(
+        message.contains("held: the policies deny"),
+        "the page says the change is held: {message}"
+    );
+    assert_accessible(&browser, "an environment held by a policy");
     drop(browser);
     drop(server);
     for name in ["main", preview] {

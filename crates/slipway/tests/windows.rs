@@ -73,15 +73,8 @@ fn notes(s: &Sandbox, env: &str) -> Option<String> {
 
 /// Every event of `kind` the state holds, as (environment, message).
 fn events(s: &Sandbox, kind: &str) -> Vec<(String, String)> {
-    let store = slipway_state::Store::open(&s.home).expect("open the store");
-    store
-        .events(&slipway_state::EventQuery {
-            limit: 10_000,
-            ..slipway_state::EventQuery::default()
-        })
-        .expect("read events")
+    stored_events(s, kind)
         .into_iter()
-        .filter(|e| e.kind.as_str() == kind)
         .map(|e| {
             (
                 e.environment.map(|n| n.to_string()).unwrap_or_default(),
@@ -304,6 +297,20 @@ fn the_controller_holds_a_change_until_the_window_ends_then_deploys_it() {
     assert_eq!(notes(&s, "prod").as_deref(), Some("v1"), "v1 still runs");
     let said = events(&s, "change.held");
     assert_eq!(said.len(), 1, "one change.held event: {said:?}");
+    let data = slipway_state::Store::open(&s.home)
+        .expect("open the store")
+        .last_event(
+            Some(&slipway_core::EnvName::parse("prod").expect("a name")),
+            slipway_core::vocab::EventKind::ChangeHeld,
+        )
+        .expect("read the event")
+        .expect("the event")
+        .data;
+    assert_eq!(
+        data,
+        serde_json::json!({ "reason": "window", "until": "2026-12-04T18:00:00+00:00" }),
+        "the event says to programs why and until when"
+    );
     // The window ends at 18:00 (some 20 s after the start): v2 deploys without a person.
     wait_for(
         "v2 deploys once the window ends",

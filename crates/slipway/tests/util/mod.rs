@@ -469,6 +469,20 @@ pub fn assert_one_of_each(s: &Sandbox, processes: &[(&str, &str)], when: &str) {
     }
 }
 
+/// The events of `kind` the state in `s`'s home records, oldest first.
+pub fn stored_events(s: &Sandbox, kind: &str) -> Vec<slipway_state::EventRecord> {
+    slipway_state::Store::open(&s.home)
+        .expect("open the store")
+        .events(&slipway_state::EventQuery {
+            limit: 10_000,
+            ..slipway_state::EventQuery::default()
+        })
+        .expect("read events")
+        .into_iter()
+        .filter(|e| e.kind.as_str() == kind)
+        .collect()
+}
+
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
