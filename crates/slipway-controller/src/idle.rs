@@ -132,7 +132,7 @@ pub(crate) fn due_now(inner: &Inner) -> Result<Vec<EnvName>, ControllerError> {
     Ok(inner
         .engine
         .store()
-        .idling_environments()?
+        .idling_environments(now)?
         .into_iter()
         .filter(|record| due(record, seen(inner, &record.name), now).any())
         .map(|record| record.name)
@@ -331,5 +331,38 @@ mod tests {
         assert!(at(&r, 18_500).warn, "and the next idle spell warns again");
         r.commit = None;
         assert!(!at(&r, 99_000).expire, "nothing deployed yet: no idle time");
+    }
+
+    /// The store picks the candidates (`Store::idling_environments`): awake past
+    /// `sleep_after`, or past 80% of `idle_ttl`, from the recorded signs of use. Whatever
+    /// `due` finds due must be among them, whatever the times.
+    #[test]
+    fn whatever_is_due_is_among_the_candidates_the_store_picks() {
+        let candidate = |r: &EnvironmentRecord, now: i64| {
+            let since = r.idle_since(None);
+            r.commit.is_some()
+                && (r.idle_ttl_ms.is_some_and(|t| now >= since + t * 4 / 5)
+                    || (r.activity == Activity::Awake
+                        && r.sleep_after_ms.is_some_and(|t| now >= since + t)))
+        };
+        let mut checked = 0;
+        for idle_ttl in [None, Some(1), Some(7), Some(10_000), Some(86_400_000)] {
+            for sleep_after in [None, Some(1), Some(5_000)] {
+                for warned in [None, Some(0), Some(50_000)] {
+                    let mut r = record(sleep_after, idle_ttl);
+                    r.idle_warned_at = warned;
+                    r.last_request_at = Some(2_000);
+                    for now in (0..100_000_000).step_by(9_973) {
+                        for seen in [None, Some(3_000)] {
+                            if due(&r, seen, now).any() {
+                                checked += 1;
+                                assert!(candidate(&r, now), "{r:?} at {now} is due");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "due cases were checked: {checked}");
     }
 }

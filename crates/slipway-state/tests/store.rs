@@ -55,6 +55,7 @@ matrix!(
     a_new_environment_is_recorded_once_whoever_else_tries,
     an_update_reads_and_writes_at_once_and_a_refused_one_writes_nothing,
     names_expiries_and_counts_by_state_are_read_without_the_records,
+    the_environments_that_may_idle_are_those_near_their_time_and_no_other,
 );
 
 /// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
@@ -1661,4 +1662,69 @@ fn an_update_reads_and_writes_at_once_and_a_refused_one_writes_nothing(state: &T
         "an environment that does not exist is not made by an update"
     );
     assert!(store.environment(&env("gone")).expect("read").is_none());
+}
+
+/// Every combination of the columns that decide an idle: the database picks exactly those
+/// past 80% of `idle_ttl`, or awake past `sleep_after`, counted from the latest of creation,
+/// last request and last touch, and deployed; on both dialects.
+fn the_environments_that_may_idle_are_those_near_their_time_and_no_other(state: &TestState) {
+    let store = state.open();
+    let mut expected_at: Vec<(i64, Vec<String>)> = [9_000, 20_000, 60_000]
+        .into_iter()
+        .map(|now| (now, Vec::new()))
+        .collect();
+    let mut n = 0;
+    for last_request in [None, Some(5_000)] {
+        for touched in [None, Some(8_000)] {
+            for (sleep_after, idle_ttl) in [
+                (None, None),
+                (Some(3_000), None),
+                (None, Some(10_000)),
+                (Some(30_000), Some(40_000)),
+            ] {
+                for activity in [Activity::Awake, Activity::Sleeping] {
+                    for deployed in [true, false] {
+                        n += 1;
+                        let name = format!("e{n}");
+                        let mut record = environment(&name);
+                        record.kind = EnvKind::Generated;
+                        record.created_at = 1_000;
+                        record.commit = deployed.then(|| "a".repeat(40));
+                        record.sleep_after_ms = sleep_after;
+                        record.idle_ttl_ms = idle_ttl;
+                        record.activity = activity;
+                        record.touched_at = touched;
+                        store.upsert_environment(&record).expect("record");
+                        if let Some(at) = last_request {
+                            store
+                                .record_requests(&[(env(&name), at)])
+                                .expect("record a request");
+                        }
+                        let since = [last_request, touched]
+                            .into_iter()
+                            .flatten()
+                            .fold(1_000, i64::max);
+                        for (now, names) in &mut expected_at {
+                            let near_expiry = idle_ttl.is_some_and(|t| *now >= since + t * 4 / 5);
+                            let sleepy = sleep_after.is_some_and(|t| *now >= since + t)
+                                && activity == Activity::Awake;
+                            if deployed && (near_expiry || sleepy) {
+                                names.push(name.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (now, mut expected) in expected_at {
+        expected.sort();
+        let picked: Vec<String> = store
+            .idling_environments(now)
+            .expect("list those that may idle")
+            .into_iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        assert_eq!(picked, expected, "at {now}");
+    }
 }
