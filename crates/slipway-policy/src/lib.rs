@@ -228,7 +228,78 @@ pub(crate) fn engine_with(
     Ok(engine)
 }
 
+/// How deep `[` and `{` may nest in a policy file. regorus 0.14's parser tries a
+/// comprehension at each bracket and parses again as a literal when that fails, so its time
+/// doubles with each level (16 levels: about 20 s; found by the fuzz target): deeper than
+/// this, a file is refused before the parser sees it. Real policies nest a handful deep.
+pub const MAX_NESTING: usize = 12;
+
+/// Where `text` first nests `[`/`{` deeper than [`MAX_NESTING`], as `line:col` (1-based;
+/// strings, raw strings and comments skipped).
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut col) = (0usize, 1usize, 0usize);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        col += 1;
+        match c {
+            '\n' => (line, col) = (line + 1, 0),
+            '#' => {
+                // A comment runs to the end of its line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        (line, col) = (line + 1, 0);
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    col += 1;
+                    match c {
+                        '\n' => (line, col) = (line + 1, 0),
+                        '\\' if !escaped => {
+                            escaped = true;
+                            continue;
+                        }
+                        '"' if !escaped => break,
+                        _ => {}
+                    }
+                    escaped = false;
+                }
+            }
+            '`' => {
+                for c in chars.by_ref() {
+                    col += 1;
+                    match c {
+                        '\n' => (line, col) = (line + 1, 0),
+                        '`' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some((line, col));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn add(engine: &mut regorus::Engine, file: &PolicyFile) -> Result<(), String> {
+    if let Some((line, col)) = too_deep(&file.text) {
+        return Err(format!(
+            "{}:{line}:{col}: brackets nested more than {MAX_NESTING} deep; the Rego parser's \
+             time doubles with each level, so such a file is refused: name the inner part in \
+             a rule of its own",
+            file.path
+        ));
+    }
     engine.set_rego_v0(false);
     let v1 = match engine.add_policy(file.path.clone(), file.text.clone()) {
         Ok(_) => return Ok(()),

@@ -142,6 +142,39 @@ fn a_policy_that_runs_too_long_is_stopped_by_the_timer() {
     assert_eq!(verdict.gate(), Gate::HardFail);
 }
 
+/// Found by the fuzz target: regorus's parser doubles its time with each nested `[` or `{`
+/// (16 of them took 20 s). Such a file is refused at once, saying where, and holds.
+#[test]
+fn brackets_nested_past_the_limit_are_refused_before_the_parser_sees_them() {
+    let nested = |open: &str, n: usize| {
+        format!(
+            "package slipway\n# a comment [[[[[[[[[[[[[[[[[[[[ is no nesting\ndeny contains \"x\" if {{\n    s := \"{{{{{{{{{{{{{{{{{{{{\"\n    {}some i in input.x\n}}\n",
+            open.repeat(n)
+        )
+    };
+    for open in ["[", "{", "[x | "] {
+        let deep = nested(open, 40);
+        let verdict = evaluate(&[file("p/deep.rego", &deep)], &plan("create"), &limits());
+        let error = verdict.results[0].error.clone().unwrap_or_default();
+        assert!(
+            error.starts_with("p/deep.rego:5:") && error.contains("nested more than 12 deep"),
+            "{open}: {error}"
+        );
+        assert_eq!(verdict.gate(), Gate::HardFail);
+    }
+    // At the limit the parser still has it (the rule's own `{` is one level), strings and
+    // comments aside: a syntax error of its own, not a refusal.
+    let verdict = evaluate(
+        &[file("p/ok.rego", &nested("[", MAX_NESTING - 1))],
+        &plan("create"),
+        &limits(),
+    );
+    let error = verdict.results[0].error.clone().unwrap_or_default();
+    assert!(!error.contains("nested more than"), "{error}");
+    assert!(too_deep("x := [[1], {\"a\": [2]}]").is_none());
+    assert_eq!(too_deep(&"[".repeat(13)), Some((1, 13)));
+}
+
 #[test]
 fn a_message_that_is_neither_text_nor_msg_object_is_an_error() {
     let text = "package slipway\ndeny contains 42 if { true }\n";
