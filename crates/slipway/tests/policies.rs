@@ -583,6 +583,160 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
     );
 }
 
+#[test]
+fn a_pull_request_that_would_delete_in_prod_is_planned_blocked_and_cannot_be_applied_there() {
+    use util::world::{GitHubDelivered, STACK, Served};
+    let w = github_world(("policies/no-deletes.rego", NO_DELETES), "");
+    w.forge.set_permission("alice", "write");
+    w.forge.set_permission("carol", "write");
+    w.serves("prod", "v1");
+
+    // The pull request renames `web` to `site`: merged, prod would lose `web`.
+    let repo = &w.s.repo;
+    git(repo, &["checkout", "-q", "-b", "feature-rename"]);
+    w.s.write("slipway.yaml", &STACK.replace("  web:\n", "  site:\n"))
+        .write("greeting.txt", "renamed");
+    let head = w.s.commit("web is now site");
+    git(repo, &["update-ref", "refs/pull/1/head", &head]);
+    git(repo, &["checkout", "-q", "main"]);
+    let opened = w.opened(1, "feature-rename", &head);
+    w.accepted(opened.event, &opened.body);
+
+    // The plan comment blocks prod with the policy's word; the preview, not protected, runs.
+    let plan = w.forge.wait_for_comment(
+        1,
+        |c| c.body.contains(MARKER) && c.body.contains("blocked by policy"),
+        T,
+    );
+    assert!(
+        plan.body.contains("policies/no-deletes.rego")
+            && plan.body.contains("web would be deleted in prod"),
+        "{}",
+        plan.body
+    );
+    w.forge.wait_for_status(
+        &head,
+        |s| {
+            s.context == "slipway/plan"
+                && s.state == "failure"
+                && s.description.as_deref().is_some_and(|d| d.contains("prod"))
+        },
+        T,
+    );
+    w.serves("pr-1", "renamed");
+
+    // Approved and asked for by someone with write access: refused, before any lock (the
+    // protection of prod answers first: a comment cannot confirm a destroy there).
+    w.forge.approve(1, "carol", &head);
+    w.comment(1, "alice", "/slipway apply prod");
+    let refused = w.reply(1, "Not applied #1");
+    assert!(refused.contains("`prod` is not locked"), "{refused}");
+    assert_eq!(w.page("prod").as_deref(), Some("v1"), "prod is untouched");
+
+    // qa is not protected: a policy of main's that freezes it is what refuses the comment.
+    w.s.write("policies/qa-frozen.rego", QA_FROZEN);
+    w.s.commit("freeze qa");
+    w.comment(1, "alice", "/slipway apply qa");
+    let refused = w.reply(1, "qa is frozen");
+    assert!(
+        refused.starts_with("Not applied #1")
+            && refused.contains("policies/qa-frozen.rego (hard): qa is frozen"),
+        "{refused}"
+    );
+    assert_eq!(w.page("qa").as_deref(), Some("v1"), "qa is untouched");
+    let store = slipway_state::Store::open(&w.s.home).expect("store");
+    for env in ["prod", "qa"] {
+        let record = store
+            .environment(&slipway_core::EnvName::parse(env).expect("name"))
+            .expect("read")
+            .expect("recorded");
+        assert!(!record.pinned, "{env} was not pinned to the pull request");
+        assert!(
+            store
+                .environment_lock(&record.name)
+                .expect("read the lock")
+                .is_none(),
+            "{env} is not locked"
+        );
+    }
+}
+
+/// Freezes `qa`: any change to it is denied (hard).
+const QA_FROZEN: &str = r#"package slipway
+
+deny contains "qa is frozen" if {
+    input.env.name == "qa"
+    count(input.resource_changes) > 0
+}
+"#;
+
+#[test]
+fn a_preview_size_cap_judges_the_cli_and_the_controller_too() {
+    // A stack of three processes on main, with the soft cap on previews; `prod` is static.
+    let s = Sandbox::new();
+    s.write("policies/preview-size.rego", PREVIEW_SIZE);
+    let process =
+        |name: &str| format!("  {name}: {{ type: process, command: [\"sleep\", \"1000\"] }}\n");
+    let three = format!("{}{}{}", process("a"), process("b"), process("c"));
+    s.commit_stack(
+        "caps",
+        "{ prod: { track: main }, previews: { generate: { branches: \"feature/*\" }, ttl: 1h } }",
+        &three,
+        "three processes",
+    );
+
+    // The CLI: prod is static, so the cap does not apply to it.
+    let prod = s.json(&["plan", "--env", "prod", "--output", "json"]);
+    assert_eq!(prod["policies"]["gate"], "pass", "{prod}");
+    // A branch's preview, planned by the CLI: the soft cap denies it, and apply refuses.
+    git(&s.repo, &["checkout", "-q", "-b", "feature/big"]);
+    s.write("note.txt", "big");
+    s.commit("a note");
+    git(&s.repo, &["checkout", "-q", "main"]);
+    let doc = s.json(&["plan", "--env", "br-feature-big", "--output", "json"]);
+    assert_eq!(doc["policies"]["gate"], "soft_fail", "{doc}");
+    assert_eq!(doc["sizes"]["processes"], 3, "{doc}");
+    let out = s.expect_code(&["apply", "--env", "br-feature-big", "--yes"], 1);
+    assert!(
+        stderr(&out).contains("a preview runs 3 processes, at most 1"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The controller: prod runs its three processes, the preview is held by the cap.
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"1h\"\n",
+    );
+    let token = named_token(&s, "admin", "test");
+    let server = start_serve(&s);
+    let get = |env: &str| {
+        let (code, body) = api_request(
+            &server.addr,
+            "GET",
+            &format!("/api/v1/environments/{env}"),
+            &token,
+            None,
+        );
+        (code == 200).then_some(body)
+    };
+    wait_for("prod runs", T, || {
+        get("prod").filter(|e| e["sync"] == "synced")
+    });
+    let held = wait_for("the preview is held by the cap", T, || {
+        get("br-feature-big").filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("policies/preview-size.rego (soft)"))
+        })
+    });
+    assert!(held["commit"].is_null(), "nothing of it ran: {held}");
+    drop(server);
+    for env in ["prod", "br-feature-big"] {
+        let _ = s.run(&["destroy", "--env", env, "--yes"]);
+    }
+}
+
 /// A preview needs the label `preview` on its pull request (a maintainer's say-so), hard.
 const NEEDS_LABEL: &str = r#"# METADATA
 # title: A preview needs the label preview
