@@ -1362,15 +1362,33 @@ pub(crate) use slipway_engine::apply::short;
 
 /// The target `record` is reconciled as; a generated or ad-hoc environment's `sleep_after`
 /// and `idle_ttl` are at most its family's at the default branch (`EnvTarget::idle_limits`),
-/// and a family private there keeps it private (`EnvTarget::access_in_force`).
+/// and a family private there keeps it private (`EnvTarget::access_in_force`). A static
+/// environment pinned to a commit (a rollback, a pull request's `/slipway apply`) stays as
+/// private as its branch says: an older or unmerged commit cannot open it to everyone.
 pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget {
-    let family = match record.kind {
-        slipway_core::vocab::EnvKind::Static => Default::default(),
-        _ => inner.engine.family_in_force(
+    use slipway_core::vocab::EnvKind;
+    let definition = record.definition.as_deref().unwrap_or(record.name.as_str());
+    let family = match (record.kind, record.tracked_ref.as_deref()) {
+        (EnvKind::Static, Some(branch)) if record.pinned => slipway_engine::FamilyInForce {
+            access: inner
+                .engine
+                .family_in_force(
+                    inner.source.as_ref(),
+                    branch,
+                    &inner.folder,
+                    definition,
+                    EnvKind::Static,
+                )
+                .access,
+            ..Default::default()
+        },
+        (EnvKind::Static, _) => Default::default(),
+        (kind, _) => inner.engine.family_in_force(
             inner.source.as_ref(),
             &inner.options.default_ref,
             &inner.folder,
-            record.definition.as_deref().unwrap_or(record.name.as_str()),
+            definition,
+            kind,
         ),
     };
     EnvTarget {

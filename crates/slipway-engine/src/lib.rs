@@ -845,6 +845,11 @@ impl Engine {
             // A generated or ad-hoc environment is public only when both its own commit and
             // its family as in force say so (unknown in force: private).
             access: match (target.kind, def.access(target.kind)) {
+                // A static environment pinned to another commit than its branch's (a
+                // rollback, a pull request's `/slipway apply`) is private when either says so.
+                (EnvKind::Static, _) if target.access_in_force == Some(Access::Private) => {
+                    Access::Private
+                }
                 (EnvKind::Static, own) => own,
                 (_, Access::Public)
                     if target.access_in_force.unwrap_or(Access::Private) == Access::Public =>

@@ -211,8 +211,13 @@ impl Engine {
         if let Some(record) = self.store.environment(named.name)? {
             let mut target = self.target_for(named.name)?;
             if target.kind != EnvKind::Static {
-                let family =
-                    self.family_in_force(named.source, "HEAD", named.folder, &target.definition);
+                let family = self.family_in_force(
+                    named.source,
+                    "HEAD",
+                    named.folder,
+                    &target.definition,
+                    target.kind,
+                );
                 target.idle_limits = family.idle_limits;
                 target.access_in_force = family.access;
                 target.windows_in_force = family.windows;
@@ -246,8 +251,13 @@ impl Engine {
         Ok(
             match generated.into_iter().find(|w| &w.name == named.name) {
                 Some(w) => {
-                    let family =
-                        self.family_in_force(named.source, "HEAD", named.folder, &w.definition);
+                    let family = self.family_in_force(
+                        named.source,
+                        "HEAD",
+                        named.folder,
+                        &w.definition,
+                        EnvKind::Generated,
+                    );
                     (
                         EnvTarget {
                             name: w.name,
@@ -277,6 +287,7 @@ impl Engine {
         reference: &str,
         folder: &str,
         definition: &str,
+        kind: EnvKind,
     ) -> FamilyInForce {
         self.load_tracked(source, reference, folder)
             .or_else(|_| self.load_ref(source, reference, folder))
@@ -286,7 +297,7 @@ impl Engine {
                 let def = stack.environments.get(definition)?;
                 Some(FamilyInForce {
                     idle_limits: (def.sleep_after, def.idle_ttl),
-                    access: Some(def.access(EnvKind::Generated)),
+                    access: Some(def.access(kind)),
                     windows: slipway_core::windows::Windows::of(&def.windows),
                 })
             })

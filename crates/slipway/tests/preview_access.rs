@@ -509,3 +509,85 @@ fn a_strangers_request_wakes_no_private_preview() {
     );
     assert_eq!(activity().as_deref(), Some("awake"));
 }
+
+#[test]
+fn a_static_environment_rolled_back_to_a_public_commit_stays_as_private_as_its_branch_says() {
+    let s = Sandbox::new();
+    s.write("app.py", APP).write("slipway.yaml", STACK);
+    let public = s.commit("main is public (a static environment's default)");
+    util::world::append_config(&s, "[repo]\npoll_interval = \"300ms\"\n");
+    let admin = named_token(&s, "admin", "admin");
+    let server = start_serve(&s);
+    let port = server.port();
+    let host = format!("main.shop.localhost:{port}");
+    let commit_of = || {
+        let (_, env) = api_request(
+            &server.addr,
+            "GET",
+            "/api/v1/environments/main",
+            &admin,
+            None,
+        );
+        (env["sync"] == "synced").then(|| env["commit"].as_str().unwrap_or("").to_string())
+    };
+    wait_for("main runs the public commit", T, || {
+        (commit_of()? == public).then_some(())
+    });
+    assert_eq!(exchange(port, &host, "/", &[]).0, 200, "public: anyone");
+
+    // main turns private on its branch.
+    s.write(
+        "slipway.yaml",
+        &STACK.replace(
+            "main: { track: main }",
+            "main: { track: main, access: private }",
+        ),
+    );
+    let private = s.commit("main is private");
+    wait_for("main runs the private commit", T, || {
+        (commit_of()? == private).then_some(())
+    });
+    assert_eq!(
+        exchange(port, &host, "/", &[]).0,
+        401,
+        "private: a stranger is refused"
+    );
+
+    // Rolled back to the public commit: it runs it, but its branch says private, and that holds.
+    let (_, deployments) = api_request(
+        &server.addr,
+        "GET",
+        "/api/v1/environments/main/deployments",
+        &admin,
+        None,
+    );
+    let first = deployments["deployments"]
+        .as_array()
+        .and_then(|list| list.iter().find(|d| d["commit"] == public.as_str()))
+        .and_then(|d| d["id"].as_i64())
+        .unwrap_or_else(|| panic!("the public commit's deployment: {deployments}"));
+    let (status, body) = api_request(
+        &server.addr,
+        "POST",
+        "/api/v1/environments/main/rollback",
+        &admin,
+        Some(serde_json::json!({ "deployment": first })),
+    );
+    assert!(status < 300, "{status} {body}");
+    wait_for("main runs the public commit again, pinned", T, || {
+        (commit_of()? == public).then_some(())
+    });
+    let (status, _, body) = exchange(port, &host, "/", &[]);
+    assert_eq!(
+        status, 401,
+        "an older commit cannot open the environment its branch made private: {body}"
+    );
+    let (_, env) = api_request(
+        &server.addr,
+        "GET",
+        "/api/v1/environments/main",
+        &admin,
+        None,
+    );
+    assert_eq!(env["access"], "private", "{env}");
+}
