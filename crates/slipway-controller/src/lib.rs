@@ -314,12 +314,66 @@ pub(crate) struct Inner {
     /// Wakes under way, by environment: every request for it meanwhile waits on the same
     /// one (`true` once its reconcile ended).
     pub waking: Mutex<std::collections::BTreeMap<EnvName, tokio::sync::watch::Sender<bool>>>,
+    /// How many times the repository was fetched: what [`Inner::family_in_force`] remembers
+    /// is good until the next.
+    pub fetches: std::sync::atomic::AtomicU64,
+    /// What each family (or pinned static environment's definition) holds its environments
+    /// to at a branch, by (branch, definition, kind), with the fetch it was read after.
+    pub families: Mutex<FamilyMemo>,
 }
+
+/// [`Inner::families`]: (branch, definition, kind) to (fetch count, what is in force).
+pub(crate) type FamilyMemo = std::collections::HashMap<
+    (String, String, slipway_core::vocab::EnvKind),
+    (u64, slipway_engine::FamilyInForce),
+>;
 
 impl Inner {
     /// Now, by the controller's clock (milliseconds since the epoch).
     pub fn now(&self) -> i64 {
         self.options.clock.now_ms()
+    }
+
+    /// Fetches the repository; what was remembered of its branches is read again after.
+    pub fn fetch(&self) -> Result<(), slipway_git::GitError> {
+        let fetched = self.source.fetch();
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        fetched
+    }
+
+    /// [`Engine::family_in_force`] of `definition` at `branch`, read once per fetch: every
+    /// reconcile of a family's environment asks it, and with 10,000 of them resolving the
+    /// branch and reading its stack each time was a sixth of a reconcile pass.
+    pub fn family_in_force(
+        &self,
+        branch: &str,
+        definition: &str,
+        kind: slipway_core::vocab::EnvKind,
+    ) -> slipway_engine::FamilyInForce {
+        let fetches = self.fetches.load(std::sync::atomic::Ordering::Acquire);
+        let key = (branch.to_owned(), definition.to_owned(), kind);
+        if let Some((at, family)) = self
+            .families
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            && *at == fetches
+        {
+            return family.clone();
+        }
+        let family = self.engine.family_in_force(
+            self.source.as_ref(),
+            branch,
+            &self.folder,
+            definition,
+            kind,
+        );
+        self.families
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (fetches, family.clone()));
+        family
     }
 }
 
@@ -378,6 +432,8 @@ impl Controller {
                 receivers: std::sync::OnceLock::new(),
                 seen: Mutex::new(std::collections::BTreeMap::new()),
                 waking: Mutex::new(std::collections::BTreeMap::new()),
+                fetches: std::sync::atomic::AtomicU64::new(0),
+                families: Mutex::new(FamilyMemo::new()),
             }),
         }
     }
@@ -1371,25 +1427,12 @@ pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget 
     let family = match (record.kind, record.tracked_ref.as_deref()) {
         (EnvKind::Static, Some(branch)) if record.pinned => slipway_engine::FamilyInForce {
             access: inner
-                .engine
-                .family_in_force(
-                    inner.source.as_ref(),
-                    branch,
-                    &inner.folder,
-                    definition,
-                    EnvKind::Static,
-                )
+                .family_in_force(branch, definition, EnvKind::Static)
                 .access,
             ..Default::default()
         },
         (EnvKind::Static, _) => Default::default(),
-        (kind, _) => inner.engine.family_in_force(
-            inner.source.as_ref(),
-            &inner.options.default_ref,
-            &inner.folder,
-            definition,
-            kind,
-        ),
+        (kind, _) => inner.family_in_force(&inner.options.default_ref, definition, kind),
     };
     EnvTarget {
         idle_limits: family.idle_limits,

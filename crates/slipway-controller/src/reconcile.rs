@@ -417,7 +417,7 @@ fn converge(
     // A person asking for a sync wants the branch as it is now, not as of the last poll:
     // fetch, then resolve the ref afresh.
     if trigger.from_person() && !record.pinned {
-        inner.source.fetch()?;
+        inner.fetch()?;
     }
     // A pull request's preview runs only the head the controller approved for it (a fork's
     // new push waits for another `/slipway preview`), never whatever its ref points at now.
@@ -468,7 +468,7 @@ fn converge(
                 && !trigger.from_person()
                 && inner.source.is_ancestor(sha, running).unwrap_or(true) =>
         {
-            inner.source.fetch()?;
+            inner.fetch()?;
             Some(inner.source.resolve_tracked(&reference)?.sha)
         }
         _ => tip,

@@ -18,7 +18,7 @@ use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover, short, sl
 /// what it asks for: new static and generated environments are recorded, generated ones whose
 /// branch is gone are destroyed. Returns the environments to reconcile, with why.
 pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
-    inner.source.fetch()?;
+    inner.fetch()?;
     let mut branches = inner.source.branches()?;
     // Open pull requests allowed a preview: their head refs join the branches (so their tips
     // are known like a branch's), checked against the head the forge announced.

@@ -127,7 +127,7 @@ pub(crate) fn create_adhoc(
             "environment `{name}` already exists; pick another name or destroy it first"
         )));
     }
-    inner.source.fetch()?;
+    inner.fetch()?;
     let cached = inner
         .engine
         .load_ref(inner.source.as_ref(), &request.reference, &inner.folder)?;
@@ -369,7 +369,7 @@ pub(crate) fn pin(
     let sha = match commit {
         Some(reference) => {
             // The ref may have been pushed since the last poll.
-            inner.source.fetch()?;
+            inner.fetch()?;
             inner.source.resolve(&reference)?.sha
         }
         None => record.commit.clone().ok_or_else(|| {

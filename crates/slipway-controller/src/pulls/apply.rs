@@ -102,7 +102,7 @@ pub(super) fn apply(
     }
     // A person's command judges by the repository as it is now: a policy merged into the
     // default branch a moment ago holds this apply, whatever the last poll saw.
-    inner.source.fetch()?;
+    inner.fetch()?;
     let head = fetched_head(inner, record)?;
     let cached = inner.engine.load(&origin_at(inner, &head))?;
     let stack = match cached.loaded.valid_stack() {

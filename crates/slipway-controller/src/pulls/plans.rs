@@ -26,7 +26,7 @@ pub(super) fn fetched_head(
     let resolve = || inner.source.resolve(&reference).map(|c| c.sha);
     let mut sha = resolve();
     if sha.as_deref().ok() != Some(record.head_sha.as_str()) {
-        inner.source.fetch()?;
+        inner.fetch()?;
         sha = resolve();
     }
     match sha {
