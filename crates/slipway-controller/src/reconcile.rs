@@ -34,10 +34,21 @@ pub(crate) const BUSY_RETRY: Duration = Duration::from_secs(2);
 pub(crate) const WHO: &str = "slipway-controller";
 
 pub(crate) fn event(inner: &Inner, env: &EnvName, kind: EventKind, message: &str) {
+    event_with(inner, env, kind, message, &json!({}));
+}
+
+/// [`event`], with `data` for programs.
+pub(crate) fn event_with(
+    inner: &Inner,
+    env: &EnvName,
+    kind: EventKind,
+    message: &str,
+    data: &serde_json::Value,
+) {
     let _ = inner
         .engine
         .store()
-        .record_event(Some(env), kind, message, &json!({}), inner.now());
+        .record_event(Some(env), kind, message, data, inner.now());
 }
 
 /// Records that `record`'s environment expires now, with the commit it was at: discovery does
@@ -132,13 +143,7 @@ fn hold(
 ) -> Result<(), ControllerError> {
     let message = format!("held: {why}");
     if record.message.as_deref() != Some(message.as_str()) {
-        let _ = inner.engine.store().record_event(
-            Some(&record.name),
-            EventKind::ChangeHeld,
-            &message,
-            &data,
-            inner.now(),
-        );
+        event_with(inner, &record.name, EventKind::ChangeHeld, &message, &data);
     }
     mark_failed(inner, record, &message)
 }
@@ -620,7 +625,7 @@ fn converge(
         let data = json!({
             "reason": "policy",
             "commit": prepared.commit.sha,
-            "policies": prepared.policy.as_ref().map(|judged| judged.report()),
+            "policies": prepared.policy.as_ref().map(slipway_engine::policy::Judged::report),
         });
         hold(inner, &record, &denied.to_string(), data)?;
         return Ok(requeue);

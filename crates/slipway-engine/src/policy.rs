@@ -59,28 +59,38 @@ impl Judged {
         self.verdict.gate()
     }
 
-    /// The verdict for programs, as the API's plan and a `change.held` event carry it:
-    /// `{"gate", "policies_at", "results"}`, each result with its `outcome` (`failed`,
-    /// `warned`, `passed`) beside what the policy said.
-    pub fn report(&self) -> serde_json::Value {
-        let results: Vec<serde_json::Value> = self
-            .verdict
-            .results
-            .iter()
-            .map(|r| {
-                let mut value = serde_json::to_value(r).unwrap_or_default();
-                if let Some(object) = value.as_object_mut() {
-                    object.insert("outcome".into(), r.outcome().into());
-                }
-                value
-            })
-            .collect();
-        serde_json::json!({
-            "gate": self.gate(),
-            "policies_at": self.policies_at,
-            "results": results,
-        })
+    /// The verdict for programs, as the API's plan, `plan --output json` and a
+    /// `change.held` event carry it: each result with its `outcome` (`failed`, `warned`,
+    /// `passed`) beside what the policy said.
+    pub fn report(&self) -> Report {
+        Report {
+            gate: self.gate(),
+            policies_at: self.policies_at.clone(),
+            results: self
+                .verdict
+                .results
+                .iter()
+                .map(|r| {
+                    let mut value = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("outcome".into(), r.outcome().into());
+                    }
+                    value
+                })
+                .collect(),
+        }
     }
+}
+
+/// [`Judged::report`]: `{"gate", "policies_at", "results"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// What the verdict lets through.
+    pub gate: slipway_policy::Gate,
+    /// The default branch's commit the policies were read at.
+    pub policies_at: String,
+    /// Each policy's result, with its `outcome`.
+    pub results: Vec<serde_json::Value>,
 }
 
 impl Engine {

@@ -477,7 +477,7 @@ struct PlanView {
 }
 
 /// The policies' verdict on a plan.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct PoliciesView {
     /// `pass`, `soft_fail` (blocked unless a policy owner approves this commit) or
     /// `hard_fail` (blocked).
@@ -814,10 +814,17 @@ async fn plan(
             commit: prepared.commit.sha,
             has_changes: prepared.plan.has_changes(),
             window: WindowView::from(&prepared.window),
-            policies: prepared
-                .policy
-                .as_ref()
-                .and_then(|judged| serde_json::from_value(judged.report()).ok()),
+            policies: prepared.policy.as_ref().map(|judged| {
+                let report = judged.report();
+                PoliciesView {
+                    gate: serde_json::to_value(report.gate)
+                        .ok()
+                        .and_then(|g| g.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    policies_at: report.policies_at,
+                    results: report.results,
+                }
+            }),
             changes: prepared.plan.changes,
         }))
     })

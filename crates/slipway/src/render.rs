@@ -193,7 +193,7 @@ pub fn plan_json(engine: &slipway_engine::Engine, p: &Prepared) -> Json {
     let base = p.policy.as_ref().map(|j| j.policies_at.as_str());
     let mut out = engine.plan_document(p, &slipway_engine::policy::GitContext::default(), base);
     if let (Some(map), Some(judged)) = (out.as_object_mut(), &p.policy) {
-        map.insert("policies".into(), judged.report());
+        map.insert("policies".into(), json!(judged.report()));
     }
     if let Some(map) = out.as_object_mut() {
         map.insert("window".into(), window_json(&p.window));
