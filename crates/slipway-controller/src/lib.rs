@@ -285,9 +285,9 @@ pub(crate) struct Inner {
     pub forge_serial: tokio::sync::Mutex<()>,
     /// `/slipway apply`s waiting for their environment's next reconcile, by environment.
     pub applies: Mutex<std::collections::BTreeMap<EnvName, pulls::PendingApply>>,
-    /// Environments whose last apply failed for good, with the commit: not applied again
-    /// before a new commit or a person asks (the error policy's wait).
-    pub parked: Mutex<std::collections::BTreeMap<EnvName, String>>,
+    /// Environments whose last apply failed for good: not applied again before a new commit
+    /// or a person asks (the error policy's wait).
+    pub parked: Mutex<std::collections::BTreeMap<EnvName, policy::Parked>>,
     /// Who overrode the deploy window of an environment for its next reconcile (a sync
     /// asked with `override_window` by a deployer): taken by that reconcile.
     pub window_overrides: Mutex<std::collections::BTreeMap<EnvName, String>>,
@@ -1121,11 +1121,15 @@ impl Controller {
                     // person; the periodic pass stays the safety net.
                     None => {
                         if let Some(commit) = e.commit() {
+                            let parked = policy::Parked {
+                                commit: commit.to_string(),
+                                epoch: self.inner.membership.epoch(&env),
+                            };
                             self.inner
                                 .parked
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(env.clone(), commit.to_string());
+                                .insert(env.clone(), parked);
                         }
                         self.inner.options.requeue_interval
                     }

@@ -5,8 +5,8 @@
 //!   retried after the queue's jittered exponential backoff.
 //! - Terminal (a commit that cannot be applied, a name held by another kind of environment,
 //!   a refusal): nothing is retried before a new commit arrives or a person asks; a failed
-//!   apply's commit is parked (the reconcile does not apply it again on its own), and the
-//!   periodic pass stays the safety net.
+//!   apply's commit is parked (the reconcile does not apply it again on its own while this
+//!   replica keeps the environment's lease), and the periodic pass stays the safety net.
 
 use slipway_core::EnvName;
 use slipway_core::vocab::{EventKind, SyncState};
@@ -63,6 +63,23 @@ pub(crate) fn record_failure(inner: &Inner, env: &EnvName, error: &ControllerErr
     let _ = store.set_environment_status(env, sync, record.health, Some(&message), inner.now());
 }
 
+/// A commit whose apply failed for good, and the lease epoch it failed under (replicas only).
+///
+/// The wait lasts while this replica holds the environment without a break: once another
+/// replica held it, what it did meanwhile is unknown here, so the commit is tried afresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Parked {
+    pub commit: String,
+    pub epoch: Option<i64>,
+}
+
+impl Parked {
+    /// Whether `commit`, under the lease at `epoch`, still waits.
+    pub(crate) fn holds(&self, commit: &str, epoch: Option<i64>) -> bool {
+        self.commit == commit && self.epoch == epoch
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +91,26 @@ mod tests {
             url: "https://example.invalid/shop.git".into(),
             stderr: "could not resolve host".into(),
         }
+    }
+
+    #[test]
+    fn a_parked_commit_waits_only_under_the_holding_it_failed_in() {
+        let sha = "c".repeat(40);
+        let alone = Parked {
+            commit: sha.clone(),
+            epoch: None,
+        };
+        assert!(alone.holds(&sha, None), "one controller: it waits");
+        assert!(!alone.holds(&"d".repeat(40), None), "a new commit is tried");
+        let replica = Parked {
+            commit: sha.clone(),
+            epoch: Some(1),
+        };
+        assert!(replica.holds(&sha, Some(1)), "the same lease: it waits");
+        // Lost, then taken again after another replica held it: what the other did is
+        // unknown here, so the commit is tried afresh rather than waiting for ever.
+        assert!(!replica.holds(&sha, Some(3)), "a new holding tries again");
+        assert!(!replica.holds(&sha, None), "not held: nothing waits");
     }
 
     #[test]

@@ -537,7 +537,13 @@ fn converge(
             .parked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if parked.get(name) == Some(&prepared.commit.sha) && !trigger.from_person() && !waking {
+        let epoch = inner.membership.epoch(name);
+        if parked
+            .get(name)
+            .is_some_and(|p| p.holds(&prepared.commit.sha, epoch))
+            && !trigger.from_person()
+            && !waking
+        {
             return Ok(requeue);
         }
         parked.remove(name);

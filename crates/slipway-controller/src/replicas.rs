@@ -113,6 +113,11 @@ impl Membership {
         rendezvous(environment.as_str(), &live).is_none_or(|owner| owner == me)
     }
 
+    /// The epoch of this replica's lease of `environment`, while it holds one.
+    pub(crate) fn epoch(&self, environment: &EnvName) -> Option<i64> {
+        lock(&self.held).get(environment).copied()
+    }
+
     /// Before a reconcile of `environment`: takes or renews its lease if this replica should
     /// hold it. `false`: another replica works on it.
     pub(crate) fn take(

@@ -315,7 +315,9 @@ impl From<slipway_state::StateError> for StepError {
     fn from(e: slipway_state::StateError) -> Self {
         StepError {
             message: e.to_string(),
-            retryable: e.retryable(),
+            // A write refused because this replica lost the environment's lease says nothing
+            // about the commit: whoever holds the lease now applies it.
+            retryable: e.retryable() || e.is_fenced(),
         }
     }
 }
@@ -645,6 +647,22 @@ mod tests {
 
     fn env(name: &str) -> EnvName {
         EnvName::parse(name).expect("the test's environment names are DNS labels")
+    }
+
+    #[test]
+    fn a_step_fenced_off_by_a_lost_lease_is_retried_not_parked() {
+        let fenced = StepError::from(slipway_state::StateError::Fenced {
+            environment: "dev".into(),
+            replica: "r1".into(),
+            epoch: 1,
+            now: Some("held by r2 at epoch 2".into()),
+        });
+        assert!(fenced.retryable, "{}", fenced.message);
+        let refused = StepError::from(slipway_state::StateError::NotFound {
+            what: "environment",
+            key: "dev".into(),
+        });
+        assert!(!refused.retryable, "{}", refused.message);
     }
 
     /// An engine holding environment `dev` with one recorded `file` resource, `page`, whose
