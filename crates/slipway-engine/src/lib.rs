@@ -221,6 +221,16 @@ impl Envelope {
     }
 }
 
+/// What a plan reads of the store and observes: the same whatever commit it plans.
+struct Observation {
+    /// The environment's resources as recorded.
+    records: Vec<ResourceRecord>,
+    /// Their ports, by resource.
+    ports: BTreeMap<String, BTreeMap<String, u16>>,
+    /// What each resource recorded ready is now.
+    observed: BTreeMap<String, Observed>,
+}
+
 /// The names of each recorded resource's secret outputs.
 pub(crate) fn secret_outputs(records: &[ResourceRecord]) -> BTreeMap<String, Vec<String>> {
     records
@@ -770,7 +780,18 @@ impl Engine {
         origin: &Origin<'_>,
         target: &EnvTarget,
     ) -> Result<Prepared, EngineError> {
-        let (cached, desired) = self.render(origin, target)?;
+        // What the store recorded and what runs now do not depend on the commit: read and
+        // observed on another thread while this one loads and renders the commit.
+        let (rendered, observed) = std::thread::scope(|scope| {
+            let observing = scope.spawn(|| self.observe_recorded(&target.name));
+            let rendered = self.render(origin, target);
+            let observed = observing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (rendered, observed)
+        });
+        let (cached, desired) = rendered?;
+        let observed = observed?;
         let loaded = &cached.loaded;
         let def = loaded
             .valid_stack()
@@ -784,7 +805,7 @@ impl Engine {
         let secrets =
             secrets::decrypt_all(&desired.secrets, &self.config.secrets, &self.home, scope)
                 .map_err(EngineError::Secret)?;
-        let (input, resolved) = self.plan_input(&desired, &secrets)?;
+        let (input, resolved) = self.plan_input(&desired, &secrets, observed);
         let mut plan = plan::plan(&desired, &input);
         self.preview_objects(&desired, &mut plan, &resolved);
         let declared = Rules::declared(def, target.kind);
@@ -957,32 +978,52 @@ impl Engine {
         }
     }
 
-    /// Gathers recorded state and observations for planning `desired`, and the resolved
-    /// configuration of each resource already recorded.
-    fn plan_input(
-        &self,
-        desired: &DesiredState,
-        secrets: &BTreeMap<String, secrets::SecretValue>,
-    ) -> Result<(PlanInput, BTreeMap<String, Json>), EngineError> {
-        let env = &desired.environment.name;
+    /// What `env`'s plan reads of the store, and what each resource recorded ready is now.
+    fn observe_recorded(&self, env: &EnvName) -> Result<Observation, EngineError> {
         let records = self.store.resources(env)?;
-        let mut input = PlanInput::default();
-        let mut configs = BTreeMap::new();
-        let outputs: BTreeMap<String, Json> = records
-            .iter()
-            .map(|r| (r.name.clone(), r.outputs.clone()))
-            .collect();
-        let secret_outputs = secret_outputs(&records);
-        let all_ports = self.store.environment_ports(env)?;
-        let none = BTreeMap::new();
-        let mut slots: BTreeMap<&str, u8> = BTreeMap::new();
+        let ports = self.store.environment_ports(env)?;
         let envelopes: Vec<EnvelopeRef<'_>> = records.iter().map(EnvelopeRef::of).collect();
         let ready: Vec<(&ResourceRecord, &EnvelopeRef<'_>)> = records
             .iter()
             .zip(&envelopes)
             .filter(|(record, _)| record.status == slipway_core::vocab::ResourceStatus::Ready)
             .collect();
-        input.observed = self.observe_all(env, &ready, &all_ports);
+        let observed = self.observe_all(env, &ready, &ports);
+        drop(ready);
+        drop(envelopes);
+        Ok(Observation {
+            records,
+            ports,
+            observed,
+        })
+    }
+
+    /// The plan's input: `observation` of the store and what runs, and each recorded
+    /// resource's configuration as `desired` resolves it now.
+    fn plan_input(
+        &self,
+        desired: &DesiredState,
+        secrets: &BTreeMap<String, secrets::SecretValue>,
+        observation: Observation,
+    ) -> (PlanInput, BTreeMap<String, Json>) {
+        let Observation {
+            records,
+            ports: all_ports,
+            observed,
+        } = observation;
+        let mut input = PlanInput {
+            observed,
+            ..PlanInput::default()
+        };
+        let mut configs = BTreeMap::new();
+        let outputs: BTreeMap<String, Json> = records
+            .iter()
+            .map(|r| (r.name.clone(), r.outputs.clone()))
+            .collect();
+        let secret_outputs = secret_outputs(&records);
+        let none = BTreeMap::new();
+        let mut slots: BTreeMap<&str, u8> = BTreeMap::new();
+        let envelopes: Vec<EnvelopeRef<'_>> = records.iter().map(EnvelopeRef::of).collect();
         for (record, envelope) in records.iter().zip(&envelopes) {
             slots.insert(
                 record.name.as_str(),
@@ -1023,7 +1064,7 @@ impl Engine {
                 configs.insert(name.clone(), resolved.config);
             }
         }
-        Ok((input, configs))
+        (input, configs)
     }
 
     /// Observes every resource of `ready` (recorded ready) through its provider, on as many
