@@ -476,8 +476,8 @@ fn install_logging(default: &str) {
         .try_init();
 }
 
-/// Keeps a long-lived `serve` process's heap close to what it holds (glibc's allocator; a
-/// no-op elsewhere). With its defaults, every thread that allocates may get an arena of its
+/// Keeps a long-lived `serve` process's glibc heap close to what it holds (SQLite's
+/// allocations since Rust's go to mimalloc; a no-op elsewhere). With its defaults, every thread that allocates may get an arena of its
 /// own (up to 8 per core), and freed memory stays in them: listing ten thousand environments
 /// (each range read and observed on a thread, each environment's JSON made there and freed
 /// on another) left the process at 160-235 MiB resident after a few calls, against 40 MiB
@@ -496,6 +496,14 @@ fn bound_heap() {
         }
     }
 }
+
+/// Rust's allocations go to mimalloc: a plan of 10,000 resources makes and frees millions of
+/// small strings, maps and JSON values, and glibc's allocator spent a fifth of that plan's
+/// CPU time in malloc, free and their consolidation (perf); with mimalloc the same plan takes
+/// about half the time (docs/benchmarks.md, section 1). C code (SQLite) keeps glibc's, which
+/// [`bound_heap`] tunes.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // Everything the engine (and a supervisor) creates is private unless it says otherwise:
