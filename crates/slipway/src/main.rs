@@ -7,6 +7,7 @@
 //! usage errors exit 2, as every clap program does); 2 from `plan --detailed-exitcode` when
 //! there are changes.
 
+mod alloc;
 mod commands;
 mod config;
 mod control;
@@ -476,8 +477,8 @@ fn install_logging(default: &str) {
         .try_init();
 }
 
-/// Keeps a long-lived `serve` process's glibc heap close to what it holds (SQLite's
-/// allocations since Rust's go to mimalloc; a no-op elsewhere). With its defaults, every thread that allocates may get an arena of its
+/// Keeps a long-lived `serve` process's heap close to what it holds (glibc's allocator, which
+/// long-lived processes keep: see [`alloc`]; a no-op elsewhere). With its defaults, every thread that allocates may get an arena of its
 /// own (up to 8 per core), and freed memory stays in them: listing ten thousand environments
 /// (each range read and observed on a thread, each environment's JSON made there and freed
 /// on another) left the process at 160-235 MiB resident after a few calls, against 40 MiB
@@ -497,13 +498,10 @@ fn bound_heap() {
     }
 }
 
-/// Rust's allocations go to mimalloc: a plan of 10,000 resources makes and frees millions of
-/// small strings, maps and JSON values, and glibc's allocator spent a fifth of that plan's
-/// CPU time in malloc, free and their consolidation (perf); with mimalloc the same plan takes
-/// about half the time (docs/benchmarks.md, section 1). C code (SQLite) keeps glibc's, which
-/// [`bound_heap`] tunes.
+/// mimalloc for one-shot commands, glibc's allocator for long-lived processes (see
+/// [`alloc`]).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Chosen = alloc::Chosen;
 
 fn main() -> ExitCode {
     // Everything the engine (and a supervisor) creates is private unless it says otherwise:
