@@ -781,15 +781,22 @@ impl Engine {
         target: &EnvTarget,
     ) -> Result<Prepared, EngineError> {
         // What the store recorded and what runs now do not depend on the commit: read and
-        // observed on another thread while this one loads and renders the commit.
-        let (rendered, observed) = std::thread::scope(|scope| {
-            let observing = scope.spawn(|| self.observe_recorded(&target.name));
+        // observed on another thread while this one reads the commit from git and parses it
+        // (a one-shot command's plan). A commit already in the cache (the controller's
+        // reconciles, many at once already) is only rendered: no second thread for that.
+        let (rendered, observed) = if self.cached(origin) {
             let rendered = self.render(origin, target);
-            let observed = observing
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (rendered, observed)
-        });
+            (rendered, self.observe_recorded(&target.name))
+        } else {
+            std::thread::scope(|scope| {
+                let observing = scope.spawn(|| self.observe_recorded(&target.name));
+                let rendered = self.render(origin, target);
+                let observed = observing
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (rendered, observed)
+            })
+        };
         let (cached, desired) = rendered?;
         let observed = observed?;
         let loaded = &cached.loaded;
@@ -891,6 +898,14 @@ impl Engine {
     /// environments from it reads the commit from git once.
     pub fn load(&self, origin: &Origin<'_>) -> Result<Arc<cache::Cached>, EngineError> {
         self.load_cached(origin)
+    }
+
+    /// Whether `origin`'s commit is known to be in the commit cache already (its sha given).
+    fn cached(&self, origin: &Origin<'_>) -> bool {
+        origin
+            .tip
+            .or_else(|| is_full_sha(origin.reference).then_some(origin.reference))
+            .is_some_and(|sha| self.cache.get(sha, origin.folder).is_some())
     }
 
     /// The stack at `origin`'s commit, loaded and with its source hashes: from the cache when
