@@ -413,6 +413,36 @@ fn converge(
         )));
     };
     let reference = follows.reference().to_string();
+    // The periodic look at an environment that runs, in full, what the tip it follows renders
+    // to: decided from the record in hand and the tips of the last fetch, before the lock
+    // file is opened, since nothing is written (see the look under the lock below). A tip not
+    // known here, a fork's head waiting for approval, a pin: the long way.
+    let mut looked_at = None;
+    if trigger == Trigger::Timer && !record.pinned {
+        let tip = match preview_head(inner, &record)? {
+            PreviewHead::NotAPullRequest => inner
+                .tips
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&reference)
+                .cloned(),
+            PreviewHead::Approved(sha) => Some(sha),
+            PreviewHead::Unapproved(_) => None,
+        };
+        if let Some(tip) = tip.filter(|tip| record.commit.as_ref() == Some(tip)) {
+            let origin = Origin {
+                source: inner.source.as_ref(),
+                repo: &inner.repo_label,
+                reference: &reference,
+                folder: &inner.folder,
+                tip: Some(&tip),
+            };
+            if engine.runs_as_rendered(&origin, &target_of(inner, &record), &record) {
+                return Ok(requeue);
+            }
+            looked_at = Some(tip);
+        }
+    }
     let lock = match engine.lock(name, slipway_engine::LockWait::Fail) {
         Ok(lock) => lock,
         // Someone (a CLI apply) is working on it: look again shortly.
@@ -492,7 +522,11 @@ fn converge(
     // the plan here spares observing every resource of every environment on every pass. Half
     // done work is never skipped: an apply that did not finish left the record `syncing` or
     // `failed`, not `synced` at this commit.
-    if trigger == Trigger::Timer && engine.runs_as_rendered(&origin, &target, &record) {
+    // (Not twice at the same tip: the look before the lock had the same record.)
+    if trigger == Trigger::Timer
+        && looked_at.as_deref() != origin.tip
+        && engine.runs_as_rendered(&origin, &target, &record)
+    {
         return Ok(requeue);
     }
     let mut prepared = match engine.prepare(&origin, &target) {
