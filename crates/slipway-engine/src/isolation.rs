@@ -72,7 +72,8 @@ fn mkdir(path: &Path) -> Result<(), EngineError> {
 }
 
 /// Makes the home private (see the module's documentation): run on every open, so that a
-/// home made by an older Slipway (or under another umask) is fixed too.
+/// home made by an older Slipway (or under another umask) is fixed too. The environments'
+/// directories are looked at when `envs/` changed since the last look (see [`SWEPT`]).
 pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
     chmod(home, 0o711)?;
     let entries = std::fs::read_dir(home).map_err(EngineError::io(format!(
@@ -90,6 +91,18 @@ pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
         }
         if entry.file_name() == "envs" {
             chmod_unless(&path, &meta, 0o711)?;
+            // Every environment's directories are looked at once, not on every open (30,000
+            // `stat`s at 10,000 environments, most of a one-shot command's time): again only
+            // when an environment came or went since, which changes `envs/` itself. This
+            // Slipway gives each directory its mode when it makes or uses it
+            // (`prepare_dirs`); the look fixes what an older one left.
+            let stamp = std::fs::symlink_metadata(&path)
+                .map(|m| envs_stamp(&m))
+                .ok();
+            let swept = home.join(SWEPT);
+            if stamp.is_some() && std::fs::read_to_string(&swept).ok() == stamp {
+                continue;
+            }
             for env in std::fs::read_dir(&path).into_iter().flatten().flatten() {
                 let root = env.path();
                 let Ok(meta) = std::fs::symlink_metadata(&root) else {
@@ -112,6 +125,10 @@ pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
                     }
                 }
             }
+            // As `envs/` was before the look: one that came meanwhile is looked at next time.
+            if let Some(stamp) = stamp {
+                note_swept(&swept, &stamp);
+            }
         } else if meta.is_dir() {
             chmod_unless(&path, &meta, 0o700)?;
         } else {
@@ -119,6 +136,43 @@ pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// The file of the home saying what `envs/` was when [`secure_home`] last looked at every
+/// environment's directories.
+const SWEPT: &str = "envs.secured";
+
+/// What of `envs/` changes when an entry is added or removed, or its own mode or owner
+/// change: device, inode, links (a directory added or removed within the clock's tick still
+/// changes them), modification and change times, behind the version of the look.
+fn envs_stamp(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "1 {} {} {} {}.{:09} {}.{:09}\n",
+        meta.dev(),
+        meta.ino(),
+        meta.nlink(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
+}
+
+/// Writes `stamp` to `path`, `0600`. Best effort: without it the next open looks again.
+fn note_swept(path: &Path, stamp: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(stamp.as_bytes()));
+    if let Err(e) = written {
+        tracing::debug!(path = %path.display(), error = %e, "cannot note the home's look");
+    }
 }
 
 /// Gives `path` and everything beneath it (never following a link) to `uid`/`gid`.
@@ -318,6 +372,58 @@ mod tests {
             (ctime(&home.join("envs")), ctime(&env.join("run"))),
             (envs_before, run_before),
             "what had its mode already is not written again"
+        );
+    }
+
+    #[test]
+    fn the_environments_are_looked_at_again_once_one_came_and_when_the_note_is_not_this_homes() {
+        use std::os::unix::fs::MetadataExt;
+        let home = tempfile::tempdir().expect("a temporary home");
+        let home = home.path();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
+        let loose = |env: &str| {
+            let dir = home.join("envs").join(env);
+            std::fs::create_dir_all(dir.join("run")).expect("run");
+            chmod(&dir, 0o777).expect("loose");
+            chmod(&dir.join("run"), 0o755).expect("loose");
+            dir
+        };
+        let qa = loose("qa");
+        secure_home(home).expect("the first look");
+        assert_eq!(mode(&qa), 0o700, "fixed on the first look");
+        let note = std::fs::read_to_string(home.join(SWEPT)).expect("the look is noted");
+        assert_eq!(
+            mode(&home.join(SWEPT)),
+            0o600,
+            "the note is the engine's only"
+        );
+
+        // An environment made since (by an older Slipway, with loose modes) changes `envs/`:
+        // the next open looks again and fixes it.
+        let dev = loose("dev");
+        secure_home(home).expect("the second look");
+        assert_eq!(mode(&dev), 0o700, "the new environment is fixed");
+        assert_eq!(mode(&dev.join("run")), 0o700, "its run directory too");
+        assert_ne!(
+            std::fs::read_to_string(home.join(SWEPT)).expect("noted"),
+            note,
+            "the new look is noted"
+        );
+
+        // A note that is not of this `envs/` (a home restored from a backup, a copied note)
+        // is no reason to skip the look.
+        chmod(&qa, 0o777).expect("loose again");
+        std::fs::write(home.join(SWEPT), &note).expect("a stale note");
+        secure_home(home).expect("the third look");
+        assert_eq!(mode(&qa), 0o700, "a stale note does not skip the look");
+        let ino = std::fs::symlink_metadata(home.join("envs"))
+            .expect("envs")
+            .ino();
+        assert!(
+            std::fs::read_to_string(home.join(SWEPT))
+                .expect("noted")
+                .contains(&format!(" {ino} ")),
+            "the note names this envs/"
         );
     }
 
