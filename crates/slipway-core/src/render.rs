@@ -199,6 +199,10 @@ pub fn render(
                 continue;
             };
             let value = to_json(node, spec.kind, &mut |s| {
+                // Nothing to substitute nor to escape: the text as it is.
+                if !s.contains('$') {
+                    return s.to_owned();
+                }
                 let segments = template::parse(s)
                     .unwrap_or_else(|_| vec![template::Segment::Text(s.to_string())]);
                 for seg in &segments {

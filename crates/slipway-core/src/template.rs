@@ -183,14 +183,28 @@ pub fn substitute(
     let mut out = String::new();
     for segment in segments {
         match segment {
-            Segment::Text(t) => out.push_str(&escape(t)),
+            Segment::Text(t) => push_escaped(&mut out, t),
             Segment::Ref(r, _) => match resolve(r) {
-                Some(value) => out.push_str(&escape(&value)),
-                None => out.push_str(&r.to_string()),
+                Some(value) => push_escaped(&mut out, &value),
+                None => {
+                    use std::fmt::Write;
+                    write!(out, "{r}").expect("writing to a String cannot fail");
+                }
             },
         }
     }
     out
+}
+
+/// [`escape`] of `text`, appended to `out`.
+fn push_escaped(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        out.push_str("$${");
+        rest = &rest[i + 2..];
+    }
+    out.push_str(rest);
 }
 
 /// Resolves every reference; the first one `resolve` does not know is returned as the error.
@@ -211,6 +225,21 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Appending an escaped text is escaping it, and a text without `$` renders as it is
+        /// (render skips parsing those).
+        #[test]
+        fn escaping_in_place_is_escaping(text in "[a-z$\\{}]{0,16}|\\PC{0,16}") {
+            let mut out = String::from("x");
+            push_escaped(&mut out, &text);
+            proptest::prop_assert_eq!(out, format!("x{}", escape(&text)));
+            if !text.contains('$') {
+                let segments = parse(&text).expect("no reference to parse");
+                proptest::prop_assert_eq!(substitute(&segments, |_| None), text);
+            }
+        }
+    }
 
     #[test]
     fn references_and_escapes() {
