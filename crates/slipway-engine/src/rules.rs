@@ -92,13 +92,13 @@ impl Engine {
         // The deployed commit may be a pull request's (applied before merge, or pinned): the
         // last commit taken from the branch holds too.
         if let Some(branch) = &record.tracked_ref {
-            let latest = self.store.deployments(name, 1)?;
+            let latest = self.store.deployment_refs(name, 1)?;
             if latest
                 .first()
                 .is_some_and(|d| d.reference.as_deref() != Some(branch.as_str()))
                 && let Some(d) = self
                     .store
-                    .deployments(name, HISTORY)?
+                    .deployment_refs(name, HISTORY)?
                     .into_iter()
                     .find(|d| d.reference.as_deref() == Some(branch.as_str()))
             {

@@ -38,6 +38,18 @@ pub struct DeploymentRecord {
     pub summary: serde_json::Value,
 }
 
+/// Which deployment it was, without its plan and summary (which hold every resource of the
+/// environment): see [`Store::deployment_refs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentRef {
+    /// As [`DeploymentRecord::id`].
+    pub id: i64,
+    /// The commit deployed.
+    pub commit: String,
+    /// The ref the commit was resolved from, if any.
+    pub reference: Option<String>,
+}
+
 /// A deployment about to start; see [`Store::begin_deployment`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewDeployment {
@@ -211,6 +223,30 @@ impl Store {
                 |row| row.get(0),
             )
             .map_err(sql(format!("read the deployments of {environment}")))
+    }
+
+    /// The latest `limit` deployments of an environment, newest first, as
+    /// [`Store::deployments`] without reading their plans: a plan of 10,000 resources is
+    /// megabytes of JSON to parse, and a plan needs only which commits and refs these were.
+    pub fn deployment_refs(
+        &self,
+        environment: &EnvName,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRef>, StateError> {
+        self.conn()
+            .query(
+                "SELECT id, commit_sha, reference FROM deployments WHERE environment = ?1 \
+                 ORDER BY id DESC LIMIT ?2",
+                params![environment, sql_limit(limit)],
+                |row| {
+                    Ok(DeploymentRef {
+                        id: row.get(0)?,
+                        commit: row.get(1)?,
+                        reference: row.get(2)?,
+                    })
+                },
+            )
+            .map_err(sql(format!("list the deployments of {environment}")))
     }
 
     /// The latest `limit` deployments of an environment, newest first.

@@ -822,6 +822,35 @@ fn deployments_are_listed_newest_first_and_finish_once(state: &TestState) {
         1,
         "the limit is honoured"
     );
+    // Without their plans: the same deployments, in the same order, with their commits and
+    // refs (a plan decides on these alone).
+    let mut pinned = deployment("prod", 25);
+    pinned.commit = "fedcba9876543210fedcba9876543210fedcba98".to_owned();
+    pinned.reference = None;
+    let third = store.begin_deployment(&pinned).expect("begin");
+    let refs = store.deployment_refs(&env("prod"), 10).expect("refs");
+    assert_eq!(
+        refs.iter()
+            .map(|d| (d.id, d.commit.as_str(), d.reference.as_deref()))
+            .collect::<Vec<_>>(),
+        store
+            .deployments(&env("prod"), 10)
+            .expect("list")
+            .iter()
+            .map(|d| (d.id, d.commit.as_str(), d.reference.as_deref()))
+            .collect::<Vec<_>>(),
+        "the refs are the deployments' own"
+    );
+    assert_eq!(
+        refs.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![third, second, first]
+    );
+    assert_eq!(refs[0].reference, None, "a pinned commit has no ref");
+    assert_eq!(
+        store.deployment_refs(&env("prod"), 1).expect("one").len(),
+        1,
+        "the limit is honoured"
+    );
     let finished = store
         .deployment(first)
         .expect("read")

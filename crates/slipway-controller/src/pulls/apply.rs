@@ -224,7 +224,7 @@ pub(super) fn apply(
     }
     // Stay on the pull request's head: the environment is pinned to it until the lock goes.
     // Read and written at once: a reconcile finishing meanwhile keeps what it recorded.
-    let last_deployment = store.deployments(env, 1)?.first().map(|d| d.id);
+    let last_deployment = store.deployment_refs(env, 1)?.first().map(|d| d.id);
     let mut before = None;
     let Ok(_) = store.update_environment(env, |recorded| {
         let mut environment = recorded.unwrap_or(existing);
@@ -323,7 +323,7 @@ fn answer_once(
         && after.as_ref().is_some_and(|e| {
             e.commit.as_deref() == Some(head.as_str()) && e.sync == SyncState::Synced
         });
-    let started = store.deployments(env, 1)?.first().map(|d| d.id) != pending.last_deployment;
+    let started = store.deployment_refs(env, 1)?.first().map(|d| d.id) != pending.last_deployment;
     if applied {
         audit(
             inner,
