@@ -413,35 +413,46 @@ fn converge(
         )));
     };
     let reference = follows.reference().to_string();
+    // A pull request's preview runs only the head the controller approved for it (a fork's
+    // new push waits for another `/slipway preview`), never whatever its ref points at now.
+    // Read before the lock, as the record is; acted on under it.
+    let head = preview_head(inner, &record)?;
+    let preview = matches!(head, PreviewHead::Approved(_));
+    // The tip it follows as of the last fetch; none when pinned, or when a person asks (the
+    // ref is fetched and resolved afresh under the lock).
+    let known = match &head {
+        PreviewHead::Approved(sha) => Some(sha.clone()),
+        PreviewHead::Unapproved(_) => None,
+        PreviewHead::NotAPullRequest if record.pinned || trigger.from_person() => None,
+        PreviewHead::NotAPullRequest => inner
+            .tips
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&reference)
+            .cloned(),
+    };
     // The periodic look at an environment that runs, in full, what the tip it follows renders
     // to: decided from the record in hand and the tips of the last fetch, before the lock
     // file is opened, since nothing is written (see the look under the lock below). A tip not
     // known here, a fork's head waiting for approval, a pin: the long way.
     let mut looked_at = None;
-    if trigger == Trigger::Timer && !record.pinned {
-        let tip = match preview_head(inner, &record)? {
-            PreviewHead::NotAPullRequest => inner
-                .tips
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&reference)
-                .cloned(),
-            PreviewHead::Approved(sha) => Some(sha),
-            PreviewHead::Unapproved(_) => None,
+    if trigger == Trigger::Timer
+        && !record.pinned
+        && let Some(tip) = known
+            .as_deref()
+            .filter(|tip| record.commit.as_deref() == Some(tip))
+    {
+        let origin = Origin {
+            source: inner.source.as_ref(),
+            repo: &inner.repo_label,
+            reference: &reference,
+            folder: &inner.folder,
+            tip: Some(tip),
         };
-        if let Some(tip) = tip.filter(|tip| record.commit.as_ref() == Some(tip)) {
-            let origin = Origin {
-                source: inner.source.as_ref(),
-                repo: &inner.repo_label,
-                reference: &reference,
-                folder: &inner.folder,
-                tip: Some(&tip),
-            };
-            if engine.runs_as_rendered(&origin, &target_of(inner, &record), &record) {
-                return Ok(requeue);
-            }
-            looked_at = Some(tip);
+        if engine.runs_as_rendered(&origin, &target_of(inner, &record), &record) {
+            return Ok(requeue);
         }
+        looked_at = Some(tip.to_owned());
     }
     let lock = match engine.lock(name, slipway_engine::LockWait::Fail) {
         Ok(lock) => lock,
@@ -454,29 +465,10 @@ fn converge(
     if trigger.from_person() && !record.pinned {
         inner.fetch()?;
     }
-    // A pull request's preview runs only the head the controller approved for it (a fork's
-    // new push waits for another `/slipway preview`), never whatever its ref points at now.
-    let approved = match preview_head(inner, &record)? {
-        PreviewHead::NotAPullRequest => None,
-        PreviewHead::Approved(sha) => Some(sha),
-        PreviewHead::Unapproved(why) => {
-            hold(inner, &record, &why, json!({ "reason": "unapproved_head" }))?;
-            return Ok(requeue);
-        }
-    };
-    let preview = approved.is_some();
-    let known = if preview {
-        approved
-    } else if record.pinned || trigger.from_person() {
-        None
-    } else {
-        inner
-            .tips
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&reference)
-            .cloned()
-    };
+    if let PreviewHead::Unapproved(why) = &head {
+        hold(inner, &record, why, json!({ "reason": "unapproved_head" }))?;
+        return Ok(requeue);
+    }
     // The ref it follows is its branch, never a tag of the same name (anyone allowed to push
     // a tag `main` would otherwise replace prod's branch on the next sync).
     let tip = match known {

@@ -299,52 +299,39 @@ fn write_hashed(out: &mut impl std::io::Write, h: &Hashed<'_>) -> serde_json::Re
     fn raw(out: &mut impl std::io::Write, bytes: &[u8]) -> serde_json::Result<()> {
         out.write_all(bytes).map_err(serde_json::Error::io)
     }
-    fn json(
+    /// `before` (punctuation and the key, quoted), then `value` as JSON.
+    fn field(
         out: &mut impl std::io::Write,
+        before: &[u8],
         value: &(impl Serialize + ?Sized),
     ) -> serde_json::Result<()> {
+        raw(out, before)?;
         serde_json::to_writer(out, value)
     }
     let env = h.environment;
-    raw(out, b"{\"environment\":{\"definition\":")?;
-    json(out, &env.definition)?;
-    raw(out, b",\"kind\":")?;
-    json(out, &env.kind)?;
-    raw(out, b",\"name\":")?;
-    json(out, &env.name)?;
-    raw(out, b",\"protected\":")?;
-    json(out, &env.protected)?;
-    raw(out, b",\"self_heal\":")?;
-    json(out, &env.self_heal)?;
+    field(out, b"{\"environment\":{\"definition\":", &env.definition)?;
+    field(out, b",\"kind\":", &env.kind)?;
+    field(out, b",\"name\":", &env.name)?;
+    field(out, b",\"protected\":", &env.protected)?;
+    field(out, b",\"self_heal\":", &env.self_heal)?;
     raw(out, b"},\"resources\":{")?;
     for (i, (name, r)) in h.resources.iter().enumerate() {
-        if i > 0 {
-            raw(out, b",")?;
-        }
-        json(out, name)?;
-        raw(out, b":{\"config\":")?;
-        json(out, &r.config)?;
-        raw(out, b",\"depends_on\":")?;
-        json(out, &r.depends_on)?;
-        raw(out, b",\"references\":")?;
-        json(out, &r.references)?;
+        field(out, if i > 0 { b"," } else { b"" }, name)?;
+        field(out, b":{\"config\":", &r.config)?;
+        field(out, b",\"depends_on\":", &r.depends_on)?;
+        field(out, b",\"references\":", &r.references)?;
         if let Some(source) = &r.source {
-            raw(out, b",\"source\":")?;
-            json(out, source)?;
+            field(out, b",\"source\":", source)?;
         }
-        raw(out, b",\"type\":")?;
-        json(out, &r.type_name)?;
+        field(out, b",\"type\":", &r.type_name)?;
         raw(out, b"}")?;
     }
     raw(out, b"}")?;
     if !h.secrets.is_empty() {
-        raw(out, b",\"secrets\":")?;
-        json(out, h.secrets)?;
+        field(out, b",\"secrets\":", h.secrets)?;
     }
-    raw(out, b",\"stack\":")?;
-    json(out, h.stack)?;
-    raw(out, b",\"variables\":")?;
-    json(out, h.variables)?;
+    field(out, b",\"stack\":", h.stack)?;
+    field(out, b",\"variables\":", h.variables)?;
     raw(out, b"}")
 }
 
