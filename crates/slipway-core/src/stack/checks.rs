@@ -142,14 +142,19 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
             // Each string that may hold references, with the file it is written in (a
             // manifest's own file for the objects of a `manifests:` field) and whether a
             // secret may be used there.
+            // A string without `$` holds no reference and no malformed one: not kept.
             let mut strings: Vec<(String, Pos, Option<String>, bool)> = Vec::new();
             if spec.kind == FieldKind::Manifests {
                 super::manifests::templates(node, &mut |s, pos, file, secrets_allowed| {
-                    strings.push((s.to_string(), pos, Some(file.to_string()), secrets_allowed));
+                    if s.contains('$') {
+                        strings.push((s.to_string(), pos, Some(file.to_string()), secrets_allowed));
+                    }
                 });
             } else {
                 visit_templates(node, spec.kind, &mut |s, pos| {
-                    strings.push((s.to_string(), pos, None, true));
+                    if s.contains('$') {
+                        strings.push((s.to_string(), pos, None, true));
+                    }
                 });
             }
             for (s, pos, file, secrets_allowed) in strings {
