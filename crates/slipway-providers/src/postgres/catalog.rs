@@ -232,9 +232,8 @@ pub(crate) fn drop_database(s: &mut Session<'_>, name: &str) -> Result<(), Provi
     let database = ident(name)?;
     let action = format!("drop database {name:?}");
     let version = s.server_version().map_err(|e| s.fail(e))?;
-    terminate_sessions(s, name)?;
     if version >= 130000 {
-        // `FORCE` also ends sessions that connected since, atomically with the drop.
+        // `FORCE` ends the sessions, atomically with the drop: no query of its own first.
         return s
             .execute(
                 &action,
@@ -244,6 +243,7 @@ pub(crate) fn drop_database(s: &mut Session<'_>, name: &str) -> Result<(), Provi
     }
     // Before PostgreSQL 13, terminated sessions take a moment to go, and the drop fails with
     // "being accessed by other users" until they have.
+    terminate_sessions(s, name)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match s.execute(&action, &format!("DROP DATABASE IF EXISTS {database}")) {
