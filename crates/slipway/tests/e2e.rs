@@ -533,3 +533,75 @@ fn compare_shows_that_two_environments_of_one_commit_differ_only_by_their_variab
     s.ok(&["destroy", "--env", "dev", "--yes"]);
     s.ok(&["destroy", "--env", "prod", "--yes"]);
 }
+
+/// The resources a plan would change, by name (`noop`s left out).
+fn changed(plan: &Value) -> Vec<String> {
+    plan["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["action"] != "noop")
+        .map(|c| c["resource"].as_str().expect("a name").to_string())
+        .collect()
+}
+
+/// More resources than a plan resolves on one thread (1,024 and up are split over the
+/// cores, and what the plan no longer needs is freed on a thread of its own): after the
+/// apply, a plan sees nothing to change; then a commit that changes one resource, a secret
+/// given a new value, and a file changed on disk behind Slipway's back are each seen on
+/// their own resource, and nothing else is. (`on_cores` has its own test, across the
+/// threshold.)
+#[test]
+fn a_plan_of_thousands_of_resources_sees_each_change_and_nothing_else() {
+    let s = Sandbox::new();
+    let keygen = s.ok(&["secret", "keygen"]);
+    let recipient = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    let commit = |marked: &str, token: &str| {
+        let mut yaml = format!(
+            "version: 1\nstack: many\nsecrets: {{ recipients: [{recipient}] }}\n\
+             environments:\n  dev: {{ track: main }}\nresources:\n"
+        );
+        for i in 0..1200 {
+            // Every tenth reads the path of the one before it: a resource output resolved
+            // against what the store recorded.
+            let content = match i {
+                1111 => format!("{marked} ${{env.name}}"),
+                1150 => "${secrets.token}".to_string(),
+                i if i % 10 == 9 => {
+                    format!("after ${{resources.f{:04}.path}} in ${{env.name}}", i - 1)
+                }
+                i => format!("f{i} in ${{env.name}}"),
+            };
+            yaml += &format!(
+                "  f{i:04}: {{ type: file, path: out/f{i:04}.txt, content: \"{content}\" }}\n"
+            );
+        }
+        s.write("slipway.yaml", &yaml);
+        s.set_secret("token", None, token);
+        s.commit(marked);
+    };
+    let plan = |code: i32| -> Value {
+        let args = [
+            "plan",
+            "--env",
+            "dev",
+            "--output",
+            "json",
+            "--detailed-exitcode",
+        ];
+        serde_json::from_slice(&s.expect_code(&args, code).stdout).expect("json")
+    };
+    commit("first", "one-secret-value");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(changed(&plan(0)), Vec::<String>::new(), "nothing to change");
+
+    commit("second", "another-secret-value");
+    let file = s.home.join("envs/dev/data/out/f0500.txt");
+    std::fs::write(&file, "edited by hand").expect("edit a file behind slipway's back");
+    assert_eq!(
+        changed(&plan(2)),
+        ["f0500", "f1111", "f1150"],
+        "the file edited on disk, the resource the commit changed and the one reading the \
+         secret, nothing else"
+    );
+}
