@@ -242,7 +242,7 @@ pub(crate) fn secret_outputs(records: &[ResourceRecord]) -> BTreeMap<String, Vec
 
 /// How many resources a plan reads before what it no longer needs is freed on a thread of its
 /// own ([`discard`]).
-const DISCARD_ELSEWHERE: usize = 1024;
+const DISCARD_ELSEWHERE: usize = 256;
 
 /// Frees `value` on a thread of its own when `large`, else here. A plan of ten thousand
 /// resources spent a tenth of its time on one core freeing the records, configurations and
@@ -259,14 +259,14 @@ pub(crate) fn discard<T: Send + 'static>(value: T, large: bool) {
 }
 
 /// `f` of each of `items` that gives something, in their order: on as many threads as the
-/// machine has cores (at most 8) when there are thousands, else on this one. For work of a
+/// machine has cores (at most 8) from 256 items on, else on this one. For work of a
 /// few microseconds an item, such as resolving and hashing each resource of a plan after
 /// everything was read: a plan of ten thousand did that on one core while the other idled.
 pub(crate) fn on_cores<I: Sync, T: Send>(
     items: &[I],
     f: impl Fn(&I) -> Option<T> + Sync,
 ) -> Vec<T> {
-    const ALONE: usize = 1024;
+    const ALONE: usize = 256;
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(8);
@@ -1388,7 +1388,7 @@ mod tests {
     /// Below the threshold and above it (on the cores): every item `f` keeps, in order.
     #[test]
     fn on_cores_keeps_what_f_gives_in_order() {
-        for n in [0usize, 7, 1023, 1024, 5000] {
+        for n in [0usize, 7, 255, 256, 5000] {
             let items: Vec<usize> = (0..n).collect();
             let kept = on_cores(&items, |i| (i % 3 != 0).then_some(i * 2));
             let want: Vec<usize> = (0..n).filter(|i| i % 3 != 0).map(|i| i * 2).collect();

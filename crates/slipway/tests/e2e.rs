@@ -545,7 +545,7 @@ fn changed(plan: &Value) -> Vec<String> {
         .collect()
 }
 
-/// More resources than a plan resolves on one thread (1,024 and up are split over the
+/// More resources than a plan resolves on one thread (256 and up are split over the
 /// cores, and what the plan no longer needs is freed on a thread of its own): after the
 /// apply, a plan sees nothing to change; then a commit that changes one resource, a secret
 /// given a new value, and a file changed on disk behind Slipway's back are each seen on
