@@ -449,8 +449,10 @@ def write(r):
               "socket round trip; the exec's outcome is read in the supervisor's loop while it "
               "serves the other requests, so the engine's parallel requests overlap, and a "
               "process that prints nothing gets no log file. Per process, slipway still makes "
-              "two files: the spec the engine writes and the state file the supervisor "
-              "writes. On this machine's ext4, mounted without a journal, a new inode is "
+              "three new files (each written whole to a temporary name and renamed over the "
+              "last, so each is a new inode): the spec the engine writes, and the state file "
+              "the supervisor writes twice, before the exec and once its outcome is known (a "
+              "state that says `starting` until then). On this machine's ext4, mounted without a journal, a new inode is "
               "looked for past every inode freed in the last minute or more "
               "(`recently_deleted` in `find_inode_bit`), so a file costs what the machine "
               "deleted lately: ")
