@@ -1384,6 +1384,7 @@ pub(crate) fn refuse_queued(record: &EnvironmentRecord) -> Result<(), EngineErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Below the threshold and above it (on the cores): every item `f` keeps, in order.
     #[test]
@@ -1395,7 +1396,6 @@ mod tests {
             assert_eq!(kept, want, "{n} items");
         }
     }
-    use serde_json::json;
 
     #[test]
     fn an_envelope_read_in_place_reads_as_the_copied_one() {
