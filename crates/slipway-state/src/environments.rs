@@ -388,6 +388,37 @@ impl Store {
             .map_err(sql("list environments"))
     }
 
+    /// The environments named from `first` to `last`, both included, ordered by name: what a
+    /// listing reads a range at a time, on as many threads as it has ranges at once.
+    pub fn environments_between(
+        &self,
+        first: &EnvName,
+        last: &EnvName,
+    ) -> Result<Vec<EnvironmentRecord>, StateError> {
+        self.conn()
+            .query_owned(
+                &format!(
+                    "SELECT {COLUMNS} FROM environments \
+                     WHERE name >= ?1 AND name <= ?2 ORDER BY name"
+                ),
+                params![first.as_str(), last.as_str()],
+                from_row,
+            )
+            .map_err(sql(format!("list the environments {first} to {last}")))
+    }
+
+    /// The environments waiting in a queue (`activity` is `queued`), ordered by name: all
+    /// that [`crate::queue_positions`] looks at, without reading every record.
+    pub fn queued_environments(&self) -> Result<Vec<EnvironmentRecord>, StateError> {
+        self.conn()
+            .query_owned(
+                &format!("SELECT {COLUMNS} FROM environments WHERE activity = ?1 ORDER BY name"),
+                params![Activity::Queued.as_str()],
+                from_row,
+            )
+            .map_err(sql("list the queued environments"))
+    }
+
     /// Every environment's name, ordered: what queuing each of them needs, without reading
     /// (and decoding) every record.
     pub fn environment_names(&self) -> Result<Vec<EnvName>, StateError> {

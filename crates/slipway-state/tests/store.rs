@@ -55,6 +55,7 @@ matrix!(
     a_new_environment_is_recorded_once_whoever_else_tries,
     an_update_reads_and_writes_at_once_and_a_refused_one_writes_nothing,
     names_expiries_and_counts_by_state_are_read_without_the_records,
+    a_range_of_environments_and_the_queued_ones_are_read_alone,
     the_environments_that_may_idle_are_those_near_their_time_and_no_other,
 );
 
@@ -437,6 +438,73 @@ fn names_expiries_and_counts_by_state_are_read_without_the_records(state: &TestS
             (SyncState::Synced, Health::Healthy, 2),
         ],
         "counted by sync state and health, only the pairs that have any"
+    );
+}
+
+/// A listing reads the environments a range at a time, and the queue's members alone: each
+/// range holds exactly the names between its ends (both included, in the order of
+/// `environment_names`), so consecutive ranges of that order cover every environment once.
+fn a_range_of_environments_and_the_queued_ones_are_read_alone(state: &TestState) {
+    let all = ["a", "b-1", "b-10", "b-2", "main", "pr-7", "pr-70", "zz"];
+    let store = store_with(state, &all);
+    for name in ["pr-70", "b-1"] {
+        store
+            .modify_environment(&env(name), |r| {
+                r.activity = Activity::Queued;
+                r.queued_at = Some(7);
+            })
+            .expect("queue an environment");
+    }
+    let names = |list: Vec<EnvironmentRecord>| -> Vec<String> {
+        list.into_iter().map(|r| r.name.into_string()).collect()
+    };
+    let order: Vec<EnvName> = store.environment_names().expect("list the names");
+    let mut covered = Vec::new();
+    for range in order.chunks(3) {
+        let (first, last) = (&range[0], &range[range.len() - 1]);
+        let got = names(
+            store
+                .environments_between(first, last)
+                .expect("read a range"),
+        );
+        let want: Vec<String> = range.iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, want, "the range {first} to {last}");
+        covered.extend(got);
+    }
+    assert_eq!(
+        covered,
+        names(store.environments().expect("list")),
+        "every one, once"
+    );
+    assert_eq!(
+        names(
+            store
+                .environments_between(&env("b-1"), &env("b-1"))
+                .expect("one")
+        ),
+        vec!["b-1".to_string()],
+        "a range of one"
+    );
+    assert_eq!(
+        names(
+            store
+                .environments_between(&env("n"), &env("p"))
+                .expect("none")
+        ),
+        Vec::<String>::new(),
+        "a range with no environment in it"
+    );
+    let queued = store.queued_environments().expect("read the queued");
+    assert_eq!(
+        names(queued.clone()),
+        vec!["b-1", "pr-70"],
+        "the queued ones only"
+    );
+    assert!(
+        queued
+            .iter()
+            .all(|r| r.activity == Activity::Queued && r.queued_at == Some(7)),
+        "whole records, as the queue positions need them"
     );
 }
 
