@@ -613,26 +613,89 @@ async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
             )
             .map(|()| json)
         })?;
-        let mut body = Vec::with_capacity(
-            views
-                .iter()
-                .map(|v| v.as_ref().map_or(0, Vec::len) + 1)
-                .sum::<usize>()
-                + 20,
-        );
-        body.extend_from_slice(b"{\"environments\":[");
+        let mut body = Pieces::default();
+        body.push(b"{\"environments\":[");
         for (i, view) in views.into_iter().enumerate() {
             if i > 0 {
-                body.push(b',');
+                body.push(b",");
             }
-            body.extend_from_slice(&view.map_err(|e| {
+            body.push(&view.map_err(|e| {
                 ApiError::internal(format!("cannot write an environment as JSON: {e}"))
             })?);
         }
-        body.extend_from_slice(b"]}");
-        Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+        body.push(b"]}");
+        Ok((
+            [(CONTENT_TYPE, "application/json")],
+            axum::body::Body::new(body.done()),
+        )
+            .into_response())
     })
     .await
+}
+
+/// A response body gathered in pieces of [`Pieces::SIZE`] bytes, its length known (so it is
+/// sent with a `Content-Length`). Ten thousand environments' JSON is about 8 MiB: one
+/// buffer of that size was mapped, faulted in page by page and unmapped on every listing,
+/// and the pieces are reused by the allocator from one listing to the next.
+#[derive(Default)]
+struct Pieces {
+    done: Vec<axum::body::Bytes>,
+    open: Vec<u8>,
+    len: u64,
+}
+
+impl Pieces {
+    /// Below glibc's threshold for mapping a block on its own (128 KiB, set in `bound_heap`).
+    const SIZE: usize = 64 * 1024;
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.open.len() + bytes.len() > Self::SIZE && !self.open.is_empty() {
+            let full = std::mem::replace(&mut self.open, Vec::with_capacity(Self::SIZE));
+            self.done.push(full.into());
+        }
+        self.open.extend_from_slice(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    fn done(mut self) -> PiecesBody {
+        if !self.open.is_empty() {
+            self.done.push(std::mem::take(&mut self.open).into());
+        }
+        PiecesBody {
+            pieces: self.done.into_iter(),
+            left: self.len,
+        }
+    }
+}
+
+/// [`Pieces`] as they are sent.
+struct PiecesBody {
+    pieces: std::vec::IntoIter<axum::body::Bytes>,
+    left: u64,
+}
+
+impl hyper::body::Body for PiecesBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.pieces.next().map(|piece| {
+            this.left -= piece.len() as u64;
+            Ok(hyper::body::Frame::data(piece))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.len() == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 async fn create(
@@ -948,4 +1011,63 @@ async fn deployments(
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+
+    /// Whatever is pushed, in any sizes (empty, tiny, larger than a piece): the body sends
+    /// exactly those bytes, in order, in pieces of at most [`Pieces::SIZE`] but for one push
+    /// larger than that, and says its exact length before the first byte (the
+    /// `Content-Length`).
+    #[test]
+    fn pieces_send_what_was_pushed_with_its_exact_length() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let sizes = [
+            0usize,
+            1,
+            17,
+            1000,
+            Pieces::SIZE - 1,
+            1,
+            Pieces::SIZE * 3,
+            5,
+            0,
+        ];
+        let mut pieces = Pieces::default();
+        let mut want = Vec::new();
+        for (i, size) in sizes.into_iter().cycle().take(400).enumerate() {
+            let bytes: Vec<u8> = (0..size).map(|j| ((i + j) % 251) as u8).collect();
+            pieces.push(&bytes);
+            want.extend_from_slice(&bytes);
+        }
+        let body = pieces.done();
+        assert_eq!(body.size_hint().exact(), Some(want.len() as u64));
+        assert!(
+            body.pieces
+                .as_slice()
+                .iter()
+                .all(|p| p.len() <= Pieces::SIZE || p.len() == Pieces::SIZE * 3),
+            "a piece is at most SIZE bytes, or one push that is larger"
+        );
+        let sent = runtime
+            .block_on(body.collect())
+            .expect("infallible")
+            .to_bytes();
+        assert_eq!(sent.len(), want.len());
+        assert!(
+            sent == want,
+            "the bytes sent are the bytes pushed, in order"
+        );
+        assert_eq!(
+            Pieces::default().done().size_hint().exact(),
+            Some(0),
+            "nothing pushed: an empty body"
+        );
+    }
 }
