@@ -211,7 +211,11 @@ impl Watchdog {
         let held = leases.entry(environment.to_owned()).or_default();
         if held.until.is_none_or(|until| until <= Instant::now()) {
             let _ = self.send(&format!("forget {}", group.pid));
-            return Err(io::Error::other(lease_lost(environment)));
+            // Typed, as `registration` refuses: the lease may lapse between the two (the
+            // command is spawned in between), and a caller must still tell it from a
+            // program that cannot start. An untyped error here made a job refused so a
+            // terminal failure, parked until a new commit.
+            return Err(io::Error::other(LeaseNotHeld(environment.to_owned())));
         }
         self.send(&format!(
             "watch {} {} {}",
@@ -533,6 +537,37 @@ mod tests {
         );
         watchdog.released("qa");
         assert!(fresh.lapsed(), "let go");
+    }
+
+    /// A lease that lapses after `registration` and before `watch` (while the command is
+    /// spawned) refuses the command as a lapsed lease, which passes, not as a command that
+    /// cannot start: a job refused so is retried, never parked.
+    #[test]
+    fn a_lease_lapsed_between_registration_and_watch_is_a_refusal_for_the_lease() {
+        let watchdog = Watchdog::start(&["cat".into()], Duration::from_millis(200))
+            .expect("a stand-in watchdog");
+        watchdog.renewed("qa", Instant::now(), Duration::from_millis(200));
+        let registration = watchdog.registration("qa");
+        assert!(
+            registration.is_ok(),
+            "held when the command is about to start"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        let Err(refused) = watchdog.watch("qa", ProcessIdentity::current()) else {
+            panic!("lapsed by the time it is watched, yet watched");
+        };
+        assert!(
+            refused_for_lease(&refused),
+            "a refusal for the lease, which the job provider retries: {refused}"
+        );
+        assert!(
+            refused.to_string().contains("not certainly held"),
+            "and says so: {refused}"
+        );
+        let Err(never) = watchdog.registration("prod") else {
+            panic!("never held, yet registered");
+        };
+        assert!(refused_for_lease(&never), "{never}");
     }
 
     #[test]
