@@ -240,17 +240,15 @@ pub(crate) fn secret_outputs(records: &[ResourceRecord]) -> BTreeMap<String, Vec
         .collect()
 }
 
-/// How many resources a plan reads before what it no longer needs is freed on a thread of its
-/// own ([`discard`]).
-const DISCARD_ELSEWHERE: usize = 256;
-
-/// Frees `value` on a thread of its own when `large`, else here. A plan of ten thousand
+/// Frees `value`, which holds something for each of `count` resources or environments: on a
+/// thread of its own from 256 on, else here. A plan of ten thousand
 /// resources spent a tenth of its time on one core freeing the records, configurations and
 /// maps it had finished with, while the other core idled; a one-shot command may exit before
 /// that thread is done, which frees everything at once. Nothing with a side effect on drop
 /// (a file, a lock, a connection) may be given to it.
-pub(crate) fn discard<T: Send + 'static>(value: T, large: bool) {
-    if large {
+pub(crate) fn discard<T: Send + 'static>(value: T, count: usize) {
+    const ELSEWHERE: usize = 256;
+    if count >= ELSEWHERE {
         // A thread that cannot start drops its closure, and `value` with it, here.
         let _ = std::thread::Builder::new()
             .name("discard".to_owned())
@@ -865,8 +863,8 @@ impl Engine {
         let (input, resolved) = self.plan_input(&desired, &secrets, observed);
         let mut plan = plan::plan(&desired, &input);
         self.preview_objects(&desired, &mut plan, &resolved);
-        let large = input.recorded.len() >= DISCARD_ELSEWHERE;
-        discard((input, resolved), large);
+        let count = input.recorded.len();
+        discard((input, resolved), count);
         let declared = Rules::declared(def, target.kind);
         let in_force = if target.kind == EnvKind::Static {
             self.rules_in_force(origin, &target.name, &target.definition)?
@@ -1154,8 +1152,8 @@ impl Engine {
             .unzip();
         input.resolved_now = hashes.into_iter().collect();
         let configs: BTreeMap<String, Json> = configs.into_iter().collect();
-        let large = leftovers.len() >= DISCARD_ELSEWHERE;
-        discard((leftovers, outputs, slots), large);
+        let count = leftovers.len();
+        discard((leftovers, outputs, slots), count);
         (input, configs)
     }
 

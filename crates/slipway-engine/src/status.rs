@@ -260,10 +260,10 @@ impl Engine {
             out.extend(part?);
         }
         // What the listing read of every environment is freed while its answer is written.
-        let large = names.len() >= crate::DISCARD_ELSEWHERE;
+        let count = names.len();
         crate::discard(
             (names, holders, locks, uids, ports, positions, last_holders),
-            large,
+            count,
         );
         Ok(out)
     }

@@ -552,7 +552,12 @@ mod tests {
             registration.is_ok(),
             "held when the command is about to start"
         );
-        std::thread::sleep(Duration::from_millis(250));
+        // Until it has lapsed: no command could be registered any more.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while watchdog.registration("qa").is_ok() {
+            assert!(Instant::now() < deadline, "the lease never lapsed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let Err(refused) = watchdog.watch("qa", ProcessIdentity::current()) else {
             panic!("lapsed by the time it is watched, yet watched");
         };

@@ -256,6 +256,16 @@ pub(crate) fn read_one(
     .map_err(sql(format!("read environment {name}")))
 }
 
+/// The environments waiting in a queue (`activity` is `queued`), by name, read through `db`.
+pub(crate) fn read_queued(db: &mut impl Exec) -> Result<Vec<EnvironmentRecord>, StateError> {
+    db.query_owned(
+        &format!("SELECT {COLUMNS} FROM environments WHERE activity = ?1 ORDER BY name"),
+        params![Activity::Queued.as_str()],
+        from_row,
+    )
+    .map_err(sql("read the queued environments"))
+}
+
 /// `INSERT` of every field of `record` in `tx`, `ON CONFLICT (name) {on_conflict}`.
 pub(crate) fn write_row(
     tx: &mut impl Exec,
@@ -410,13 +420,7 @@ impl Store {
     /// The environments waiting in a queue (`activity` is `queued`), ordered by name: all
     /// that [`crate::queue_positions`] looks at, without reading every record.
     pub fn queued_environments(&self) -> Result<Vec<EnvironmentRecord>, StateError> {
-        self.conn()
-            .query_owned(
-                &format!("SELECT {COLUMNS} FROM environments WHERE activity = ?1 ORDER BY name"),
-                params![Activity::Queued.as_str()],
-                from_row,
-            )
-            .map_err(sql("list the queued environments"))
+        read_queued(&mut *self.conn())
     }
 
     /// Every environment's name, ordered: what queuing each of them needs, without reading

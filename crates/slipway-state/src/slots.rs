@@ -27,7 +27,7 @@ use slipway_core::vocab::{Activity, EnvKind};
 use crate::EnvironmentRecord;
 use crate::StateError;
 use crate::db::{Exec, Tx, params};
-use crate::environments::{COLUMNS, from_row, read_one, write_row};
+use crate::environments::{COLUMNS, from_row, read_one, read_queued, write_row};
 use crate::store::{Store, sql};
 
 /// The caps in force: the families' `max_environments` (as the stack at the default ref says)
@@ -146,13 +146,7 @@ impl Taken {
 /// Promotes, in `tx`, every queued environment there is a slot for, earliest first: each
 /// becomes `awake` since `now`, and its time to live starts.
 fn promote_in(tx: &mut Tx<'_>, caps: &Caps, now: i64) -> Result<Vec<Promoted>, StateError> {
-    let mut queued = tx
-        .query_owned(
-            &format!("SELECT {COLUMNS} FROM environments WHERE activity = ?1"),
-            params![Activity::Queued.as_str()],
-            from_row,
-        )
-        .map_err(sql("read the queued environments"))?;
+    let mut queued = read_queued(tx)?;
     if queued.is_empty() {
         return Ok(Vec::new());
     }

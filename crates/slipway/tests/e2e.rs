@@ -260,21 +260,23 @@ fn a_failed_job_stops_its_dependents_and_is_recorded() {
     assert_eq!(status["environments"][0]["sync"], "failed");
 }
 
+/// `plan --env dev --output json --detailed-exitcode`, which must exit with `code`: its plan.
+fn plan_json(s: &Sandbox, code: i32) -> Value {
+    let args = [
+        "plan",
+        "--env",
+        "dev",
+        "--output",
+        "json",
+        "--detailed-exitcode",
+    ];
+    serde_json::from_slice(&s.expect_code(&args, code).stdout).expect("json")
+}
+
 #[test]
 fn plan_json_is_the_documented_shape_and_detailed_exitcode_says_changes() {
     let s = quickstart();
-    let out = s.expect_code(
-        &[
-            "plan",
-            "--env",
-            "dev",
-            "--output",
-            "json",
-            "--detailed-exitcode",
-        ],
-        2,
-    );
-    let plan: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let plan = plan_json(&s, 2);
     assert_eq!(plan["environment"], "dev");
     assert_eq!(plan["commit"].as_str().map(str::len), Some(40));
     for change in plan["changes"].as_array().expect("changes") {
@@ -580,26 +582,19 @@ fn a_plan_of_thousands_of_resources_sees_each_change_and_nothing_else() {
         s.set_secret("token", None, token);
         s.commit(marked);
     };
-    let plan = |code: i32| -> Value {
-        let args = [
-            "plan",
-            "--env",
-            "dev",
-            "--output",
-            "json",
-            "--detailed-exitcode",
-        ];
-        serde_json::from_slice(&s.expect_code(&args, code).stdout).expect("json")
-    };
     commit("first", "one-secret-value");
     s.ok(&["apply", "--env", "dev", "--yes"]);
-    assert_eq!(changed(&plan(0)), Vec::<String>::new(), "nothing to change");
+    assert_eq!(
+        changed(&plan_json(&s, 0)),
+        Vec::<String>::new(),
+        "nothing to change"
+    );
 
     commit("second", "another-secret-value");
     let file = s.home.join("envs/dev/data/out/f0500.txt");
     std::fs::write(&file, "edited by hand").expect("edit a file behind slipway's back");
     assert_eq!(
-        changed(&plan(2)),
+        changed(&plan_json(&s, 2)),
         ["f0500", "f1111", "f1150"],
         "the file edited on disk, the resource the commit changed and the one reading the \
          secret, nothing else"
