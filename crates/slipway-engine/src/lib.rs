@@ -983,11 +983,15 @@ impl Engine {
             .as_ref()
             .filter(|_| !loaded.loaded.has_errors())
         {
-            Some(stack) => {
-                let files = origin.source.list_files(&loaded.commit.sha)?;
+            // Listing the commit's files (a header read per blob) only when a resource runs
+            // code from them.
+            Some(stack) if source::runs_code(&stack.resources) => {
+                let files = origin
+                    .source
+                    .list_files(&loaded.commit.sha, &loaded.folder)?;
                 source::source_hashes(&files, &loaded.folder, &stack.files, &stack.resources)
             }
-            None => BTreeMap::new(),
+            _ => BTreeMap::new(),
         };
         let cached = Arc::new(cache::Cached { loaded, sources });
         self.cache

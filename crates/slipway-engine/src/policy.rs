@@ -122,8 +122,8 @@ impl Engine {
         let dir = format!("{folder}{}/", self.config.policies.path.trim_matches('/'));
         let dir = dir.trim_start_matches("./").to_string();
         let mut files = Vec::new();
-        for entry in source.list_files(&head.sha)? {
-            if !entry.path.starts_with(&dir) || !entry.path.ends_with(".rego") {
+        for entry in source.list_files(&head.sha, &dir)? {
+            if !entry.path.ends_with(".rego") {
                 continue;
             }
             if entry.kind != slipway_git::EntryKind::Blob {

@@ -33,7 +33,7 @@ impl Files for CommitFiles<'_> {
 
     fn list(&self) -> Result<Vec<String>, FileError> {
         self.source
-            .list_files(self.commit)
+            .list_files(self.commit, "")
             .map(|entries| {
                 entries
                     .into_iter()
@@ -133,6 +133,13 @@ pub fn load_at(source: &dyn Source, commit: Commit, folder: &str) -> LoadedCommi
         entry,
         folder: folder.to_string(),
     }
+}
+
+/// Whether any of `resources` runs code from the repository (and so has a source hash).
+pub fn runs_code(resources: &BTreeMap<String, slipway_core::stack::ResourceDef>) -> bool {
+    resources
+        .values()
+        .any(|r| slipway_core::types::capabilities(&r.type_name).source != SourceDir::None)
 }
 
 /// The source hash of each resource that runs code from the repository: a hash of every file

@@ -49,7 +49,7 @@ pub(crate) fn export(
         }
         return Ok(());
     }
-    let listed = list_tree(reader, commit, repository, true)?;
+    let listed = list_tree(reader, commit, repository, "", true)?;
     let mut index = IndexTree::new(&listed)?;
     index.load_targets(reader, git)?;
 

@@ -39,9 +39,11 @@ impl Listed {
     }
 }
 
-/// Every entry of the tree at `commit` (an already-checked commit id), recursively, in git's
-/// tree order (`git ls-tree -r -l`); with `with_trees`, directories too, each listed before its
-/// content (`-t`). Sizes come from object headers: no blob is read.
+/// Every entry of the tree at `commit` (an already-checked commit id) whose path starts with
+/// `under` (`""` for all; a folder ends with `/`), recursively, in git's tree order (`git
+/// ls-tree -r -l`); with `with_trees`, directories too, each listed before its content (`-t`).
+/// Sizes come from object headers: no blob is read, and only the trees on the way to `under`
+/// and beneath it are.
 ///
 /// # Errors
 /// [`GitError::CommitNotFound`] when `commit` is absent or not a commit;
@@ -51,6 +53,7 @@ pub(crate) fn list_tree(
     reader: &mut Reader<'_>,
     commit: &str,
     repository: &str,
+    under: &str,
     with_trees: bool,
 ) -> Result<Vec<Listed>, GitError> {
     let root = reader
@@ -74,7 +77,19 @@ pub(crate) fn list_tree(
             continue;
         };
         let path = entry_path(dir, name)?;
+        let wanted = path.starts_with(under);
         match mode & 0o170_000 {
+            // A directory on the way down to `under` (`under` starts with `path/`).
+            0o040_000 if !wanted => {
+                if under.len() > path.len()
+                    && under.starts_with(path.as_str())
+                    && under.as_bytes()[path.len()] == b'/'
+                {
+                    let entries = parse_tree(reader.expect(&oid, Kind::Tree)?, oid_len)?;
+                    stack.push((path, entries.into_iter()));
+                }
+            }
+            _ if !wanted => {}
             0o040_000 => {
                 let entries = parse_tree(reader.expect(&oid, Kind::Tree)?, oid_len)?;
                 if with_trees {

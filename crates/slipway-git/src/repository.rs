@@ -576,14 +576,18 @@ impl Source for GitRepository {
             .map(|content| Some(content.to_vec()))
     }
 
-    fn list_files(&self, commit: &str) -> Result<Vec<TreeEntry>, GitError> {
+    fn list_files(&self, commit: &str, under: &str) -> Result<Vec<TreeEntry>, GitError> {
         check_commit(commit)?;
-        Ok(
-            list_tree(&mut self.store.reader(), commit, &self.location, false)?
-                .iter()
-                .filter_map(|entry| entry.tree_entry())
-                .collect(),
-        )
+        Ok(list_tree(
+            &mut self.store.reader(),
+            commit,
+            &self.location,
+            under,
+            false,
+        )?
+        .iter()
+        .filter_map(|entry| entry.tree_entry())
+        .collect())
     }
 
     fn export(&self, commit: &str, subdir: &str, dest: &Path) -> Result<(), GitError> {

@@ -44,8 +44,10 @@ pub trait Source: Send + Sync {
     /// [`GitError::TooLarge`] when the file is over `limit` bytes (it is not read).
     fn read_file(&self, commit: &str, path: &str, limit: u64) -> Result<Option<Vec<u8>>, GitError>;
 
-    /// Every file of the tree at `commit`, recursively, in git's tree order.
-    fn list_files(&self, commit: &str) -> Result<Vec<TreeEntry>, GitError>;
+    /// Every file of the tree at `commit` whose path starts with `under` (`""` for every
+    /// file; a folder ends with `/`), recursively, in git's tree order. Only the trees on the
+    /// way to `under` and beneath it are read.
+    fn list_files(&self, commit: &str, under: &str) -> Result<Vec<TreeEntry>, GitError>;
 
     /// Writes the whole tree at `commit` into `dest`, read-only, after checking that `subdir`
     /// (the folder holding `slipway.yaml`; `""` for the root) exists in it.

@@ -328,7 +328,7 @@ fn commit_arguments_must_be_full_commit_ids() {
     );
     assert!(
         matches!(
-            repo.list_files(absent),
+            repo.list_files(absent, ""),
             Err(GitError::CommitNotFound { .. })
         ),
         "an absent commit is reported as such when listing"
@@ -467,7 +467,7 @@ fn files_are_listed_with_kinds_and_sizes() {
         .gitlink("vendor/lib", &inner_commit);
     let commit = fixture.commit_staged("kinds");
     let repo = fixture.open();
-    let listed = repo.list_files(&commit).expect("list files");
+    let listed = repo.list_files(&commit, "").expect("list files");
     assert!(
         listed.iter().all(|e| e.oid.len() == 40),
         "every entry carries its object id"
@@ -500,6 +500,55 @@ fn files_are_listed_with_kinds_and_sizes() {
         ],
         "every file, recursively, with its kind and size; no directories"
     );
+}
+
+#[test]
+fn a_listing_under_a_folder_holds_exactly_the_files_beneath_it() {
+    let fixture = Fixture::new();
+    let commit = fixture
+        .write("slipway.yaml", "version: 1\n")
+        .write("deploy/slipway.yaml", "version: 1\n")
+        .write("deploy/policies/a.rego", "package a\n")
+        .write("deploy/policies/deeper/b.rego", "package b\n")
+        .write("deploy/policies-old/c.rego", "package c\n")
+        .write("deploy/policiesx", "not a folder\n")
+        .write("policies/d.rego", "package d\n")
+        .symlink("deploy/link", "policies")
+        .commit("folders");
+    let repo = fixture.open();
+    let all = repo.list_files(&commit, "").expect("list every file");
+    assert_eq!(all.len(), 8, "{all:?}");
+    let paths = |under: &str| -> Vec<String> {
+        repo.list_files(&commit, under)
+            .expect("list under a folder")
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    assert_eq!(
+        paths("deploy/policies/"),
+        ["deploy/policies/a.rego", "deploy/policies/deeper/b.rego"],
+        "only what is beneath the folder: not its namesakes `policies-old/` and `policiesx`, \
+         nor a symlink's target"
+    );
+    for under in [
+        "deploy/",
+        "deploy/policies/deeper/",
+        "policies/",
+        "absent/",
+        "deploy/x/",
+    ] {
+        let beneath: Vec<String> = all
+            .iter()
+            .filter(|e| e.path.starts_with(under))
+            .map(|e| e.path.clone())
+            .collect();
+        assert_eq!(
+            paths(under),
+            beneath,
+            "the whole listing's files under {under}"
+        );
+    }
 }
 
 #[test]
@@ -693,7 +742,10 @@ fn a_tree_entry_named_dot_dot_is_refused() {
     let commit = git(&fixture.repo, &["commit-tree", "-m", "malformed", &tree]);
     let repo = fixture.open();
     assert!(
-        matches!(repo.list_files(&commit), Err(GitError::UnsafePath { .. })),
+        matches!(
+            repo.list_files(&commit, ""),
+            Err(GitError::UnsafePath { .. })
+        ),
         "a listing with a `..` entry is refused"
     );
     let dest = fixture.dest("dotdot");
@@ -1107,7 +1159,7 @@ fn concurrent_reads_never_mix_answers() {
                         "each thread reads its own commit's file"
                     );
                     assert_eq!(
-                        repo.list_files(commit).expect("list concurrently")[0].size,
+                        repo.list_files(commit, "").expect("list concurrently")[0].size,
                         content.len() as u64,
                         "each thread lists its own commit"
                     );
@@ -1241,7 +1293,7 @@ fn a_sha256_repository_is_read() {
         read(&repo, &commit, "link").expect("read through a symlink"),
         Some("level = 1\n".to_owned())
     );
-    let listed = repo.list_files(&commit).expect("list");
+    let listed = repo.list_files(&commit, "").expect("list");
     assert!(
         listed.iter().all(|entry| entry.oid.len() == 64),
         "ids are SHA-256 ids"

@@ -340,7 +340,7 @@ impl Source for NoSource {
     fn read_file(&self, _: &str, _: &str, _: u64) -> Result<Option<Vec<u8>>, GitError> {
         NoSource::refused()
     }
-    fn list_files(&self, _: &str) -> Result<Vec<TreeEntry>, GitError> {
+    fn list_files(&self, _: &str, _: &str) -> Result<Vec<TreeEntry>, GitError> {
         NoSource::refused()
     }
     fn export(&self, _: &str, _: &str, _: &Path) -> Result<(), GitError> {
