@@ -11,8 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use slipway_core::render::EnvKind;
-use slipway_providers::EnvDirs;
 use slipway_providers::sandbox::{self, Isolation, Sandbox};
+use slipway_providers::{EnvDirs, Uses};
 
 use crate::config::IsolationSetting;
 use crate::{Engine, EngineError};
@@ -270,7 +270,9 @@ impl Engine {
         )))
     }
 
-    /// Creates `dirs` with the ownership and modes of the module's documentation.
+    /// Creates those of `dirs` that resources using `uses` need, with the ownership and
+    /// modes of the module's documentation: the root and `run/` always; `data/` from
+    /// [`Uses::Data`]; `src/`, `tmp/` and `logs/` for [`Uses::All`]. Those made before stay.
     ///
     /// # Errors
     /// In uid mode, when a directory above the home cannot be searched by other users (the
@@ -279,10 +281,27 @@ impl Engine {
         &self,
         dirs: &EnvDirs,
         sandbox: &Sandbox,
+        uses: Uses,
     ) -> Result<(), EngineError> {
         let envs = self.home.join("envs");
         mkdir(&envs)?;
         chmod(&envs, 0o711)?;
+        let src = dirs.root.join("src");
+        let tmp = dirs.tmp();
+        // The root first: each below it is made in it.
+        let shared: &[&Path] = match uses {
+            Uses::All => &[&dirs.root, &src],
+            Uses::Data | Uses::Run => &[&dirs.root],
+        };
+        let owned: &[&Path] = match uses {
+            Uses::All => &[&dirs.data, &tmp],
+            Uses::Data => &[&dirs.data],
+            Uses::Run => &[],
+        };
+        let private: &[&Path] = match uses {
+            Uses::All => &[&dirs.logs, &dirs.run],
+            Uses::Data | Uses::Run => &[&dirs.run],
+        };
         if let Some((uid, gid)) = sandbox.ids {
             if let Some(dir) = sandbox::unsearchable_ancestor(&envs) {
                 return Err(EngineError::Usage(format!(
@@ -294,15 +313,14 @@ impl Engine {
                     dir.display()
                 )));
             }
-            let src = dirs.root.join("src");
-            for dir in [&dirs.root, &src] {
+            for dir in shared {
                 mkdir(dir)?;
                 std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(EngineError::io(
                     format!("cannot give {} to gid {gid}", dir.display()),
                 ))?;
                 chmod(dir, 0o750)?;
             }
-            for dir in [&dirs.data, &dirs.tmp()] {
+            for dir in owned {
                 mkdir(dir)?;
                 let meta = std::fs::symlink_metadata(dir)
                     .map_err(EngineError::io(format!("cannot inspect {}", dir.display())))?;
@@ -320,12 +338,12 @@ impl Engine {
                 chmod(dir, 0o700)?;
             }
         } else {
-            for dir in [&dirs.root, &dirs.root.join("src"), &dirs.data, &dirs.tmp()] {
+            for dir in shared.iter().chain(owned) {
                 mkdir(dir)?;
                 chmod(dir, 0o700)?;
             }
         }
-        for dir in [&dirs.logs, &dirs.run] {
+        for dir in private {
             mkdir(dir)?;
             chmod(dir, 0o700)?;
         }

@@ -275,6 +275,10 @@ pub trait Provider: Send + Sync + 'static {
     /// The `type:` this provider implements.
     const TYPE: &'static str;
 
+    /// Which of the environment's directories its resources use; the engine makes only
+    /// those a stack's resources use. The default, [`Uses::All`], is right for any type.
+    const USES: Uses = Uses::All;
+
     /// Makes the live object exist.
     fn create(
         &self,
@@ -354,11 +358,28 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// Which of an environment's directories ([`EnvDirs`]) a resource type uses. The engine
+/// makes an environment's directories before any provider runs, and only those its resources
+/// use: each new directory is an inode, and the export is one per file of the repository's
+/// folder, which an environment of databases or manifests would never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Uses {
+    /// `run/` alone, for its records (intents): what lives elsewhere (a server, a cluster).
+    Run,
+    /// `data/` and `run/`: what lives in the environment's data (`file`).
+    Data,
+    /// Every directory: code that runs from the export (`src/`), with `data/` as its home,
+    /// `tmp/` and `logs/`.
+    All,
+}
+
 /// A [`Provider`] with its configuration type erased, so that providers of every type fit in one
 /// [`Registry`]. Implemented for every `Provider`.
 pub trait DynProvider: Send + Sync {
     /// See [`Provider::TYPE`].
     fn type_name(&self) -> &'static str;
+    /// See [`Provider::USES`].
+    fn uses(&self) -> Uses;
     /// Whether `config` fits [`Provider::Config`], without acting on anything: the check
     /// every other call makes first.
     fn check_config(&self, config: &Value) -> Result<(), ProviderError>;
@@ -414,6 +435,9 @@ fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, Pro
 impl<P: Provider> DynProvider for P {
     fn type_name(&self) -> &'static str {
         P::TYPE
+    }
+    fn uses(&self) -> Uses {
+        P::USES
     }
     fn check_config(&self, config: &Value) -> Result<(), ProviderError> {
         decode::<P::Config>(P::TYPE, config).map(drop)
@@ -591,4 +615,46 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Valu
              paths"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_core::types::{SourceDir, TYPES, capabilities};
+
+    /// The engine exports the repository for an environment only when one of its resources'
+    /// types uses every directory: that must be exactly the types that run code from it
+    /// (the core's catalogue, which also decides their source hash), or such code would
+    /// find no export to run in.
+    #[test]
+    fn a_type_uses_every_directory_exactly_when_it_runs_code() {
+        fn of<P: Provider>() -> (&'static str, Uses) {
+            (P::TYPE, P::USES)
+        }
+        let providers = [
+            of::<process::ProcessProvider>(),
+            of::<job::JobProvider>(),
+            of::<exec::ExecProvider>(),
+            of::<file::FileProvider>(),
+            of::<postgres::DatabaseProvider>(),
+            of::<postgres::RoleProvider>(),
+            of::<std::sync::Arc<kubernetes::KubernetesProvider>>(),
+        ];
+        for (name, uses) in providers {
+            let runs_code = capabilities(name).source != SourceDir::None;
+            assert_eq!(uses == Uses::All, runs_code, "{name}: {uses:?}");
+        }
+        for t in TYPES {
+            assert!(
+                providers.iter().any(|(name, _)| *name == t.name),
+                "{} has a provider here",
+                t.name
+            );
+        }
+        assert_eq!(
+            of::<file::FileProvider>().1,
+            Uses::Data,
+            "a file lives in data/"
+        );
+    }
 }

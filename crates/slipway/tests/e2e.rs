@@ -600,3 +600,60 @@ fn a_plan_of_thousands_of_resources_sees_each_change_and_nothing_else() {
          secret, nothing else"
     );
 }
+
+/// An environment gets the directories its resources use, and no more: a `file` gets its
+/// data and the engine's records, not the repository's export, which an environment that
+/// runs no code never reads (a new inode per file of the repository, for each environment).
+/// The commit that adds a job gets the export and the rest, and the job runs from it.
+#[test]
+fn an_environment_gets_the_directories_its_resources_use() {
+    let s = Sandbox::new();
+    for i in 0..50 {
+        s.write(&format!("vendor/m{i}.txt"), "not read by a file resource\n");
+    }
+    s.commit_dev_stack(
+        "dirs",
+        "  conf: { type: file, path: app.conf, content: hi }\n",
+        "files only",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let root = s.home.join("envs/dev");
+    let present = |dir: &str| root.join(dir).is_dir();
+    assert!(
+        present("data") && present("run"),
+        "a file's data and records"
+    );
+    for dir in ["src", "tmp", "logs"] {
+        assert!(
+            !present(dir),
+            "no {dir}/ for an environment that runs no code"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/app.conf")).expect("the file"),
+        "hi"
+    );
+
+    let commit = s.commit_dev_stack(
+        "dirs",
+        "  conf: { type: file, path: app.conf, content: hi }\n  \
+         check: { type: job, command: [\"sh\", \"-c\", \"cat vendor/m7.txt > $HOME/seen\"] }\n",
+        "and a job",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    for dir in ["src", "tmp", "logs", "data", "run"] {
+        assert!(present(dir), "{dir}/ once a resource runs code");
+    }
+    assert!(
+        root.join("src")
+            .join(&commit)
+            .join("vendor/m49.txt")
+            .is_file(),
+        "the export holds the repository at the commit"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/seen")).expect("the job's output"),
+        "not read by a file resource\n",
+        "the job ran in the export"
+    );
+}

@@ -5,13 +5,31 @@
 use slipway_core::EnvName;
 use std::collections::BTreeSet;
 
-use slipway_providers::EnvDirs;
+use slipway_core::render::DesiredState;
+use slipway_providers::{EnvDirs, Uses};
 
 use crate::{Engine, EngineError, Envelope, Prepared};
 
 impl Engine {
+    /// Which of the environment's directories the resources of `desired` use: the most any
+    /// of their types uses ([`Uses::Run`] for none). A type no provider implements (refused
+    /// before anything is changed) counts as using them all.
+    pub(super) fn uses(&self, desired: &DesiredState) -> Uses {
+        desired
+            .resources
+            .values()
+            .map(|r| {
+                self.registry
+                    .get(&r.type_name)
+                    .map_or(Uses::All, |p| p.uses())
+            })
+            .max()
+            .unwrap_or(Uses::Run)
+    }
+
     /// Exports the commit of `prepared` for its resources to run from, unless the plan
-    /// changes nothing and the export is already there.
+    /// changes nothing and the export is already there. Only for resources that run code
+    /// ([`Uses::All`]): an environment of databases or files never reads it.
     pub(super) fn export_commit(
         &self,
         prepared: &Prepared,

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 use slipway_core::plan::{Action, Change};
 use slipway_core::vocab::{DeploymentStatus, EventKind, Health, SyncState};
+use slipway_providers::Uses;
 use slipway_state::NewDeployment;
 
 use crate::{Engine, EngineError, EnvLock, Prepared};
@@ -406,8 +407,11 @@ impl Engine {
 
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
         let result = (|| -> Result<Vec<(String, Action, Outcome)>, EngineError> {
-            self.prepare_dirs(&dirs, &sandbox)?;
-            self.export_commit(prepared, source, &dirs)?;
+            let uses = self.uses(&prepared.desired);
+            self.prepare_dirs(&dirs, &sandbox, uses)?;
+            if uses == Uses::All {
+                self.export_commit(prepared, source, &dirs)?;
+            }
             Ok(self.run_changes(prepared, options, progress))
         })();
         let finished = slipway_state::now_ms();
