@@ -75,7 +75,11 @@ fn mkdir(path: &Path) -> Result<(), EngineError> {
 /// home made by an older Slipway (or under another umask) is fixed too. The environments'
 /// directories are looked at when `envs/` changed since the last look (see [`SWEPT`]).
 pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
-    chmod(home, 0o711)?;
+    let meta = std::fs::metadata(home).map_err(EngineError::io(format!(
+        "cannot inspect the home {}",
+        home.display()
+    )))?;
+    chmod_unless(home, &meta, 0o711)?;
     let entries = std::fs::read_dir(home).map_err(EngineError::io(format!(
         "cannot read the home {}",
         home.display()
@@ -391,6 +395,10 @@ mod tests {
             (envs_before, run_before),
             "what had its mode already is not written again"
         );
+        let home_before = ctime(home);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        secure_home(home).expect("secure the home again");
+        assert_eq!(ctime(home), home_before, "nor is the home, on every open");
     }
 
     #[test]
