@@ -15,8 +15,11 @@
                             processes (web, exposed, and two workers)
   gen.py pgdbs DIR N        a git repository at DIR: N static environments e0..e(N-1), all
                             tracking main, and one resource `db: { type: postgres.database }`
-  gen.py pgfloor DIR N      the same N environments with one `file` resource instead (the floor:
-                            what an apply costs without a database)
+  gen.py pgfloor DIR N [EXTRA]
+                            the same N environments with one `file` resource instead (the floor:
+                            what an apply costs without a database); with EXTRA, that many more
+                            files in vendor/ (50 per folder) that no resource reads, and the
+                            repository packed (`git gc`) as a clone's would be
   gen.py floating DIR N     N static environments e0..e(N-1) tracking main, one `job` running
                             `true` each: environments that float between replicas (section 10)
   gen.py pgclone DIR ENV TEMPLATE STRATEGY
@@ -256,11 +259,19 @@ def git_repo(directory, text, files=None):
     os.makedirs(directory, exist_ok=True)
     files = {"slipway.yaml": text, **(files or {})}
     for name, content in files.items():
-        with open(os.path.join(directory, name), "w") as f:
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
             f.write(content)
     git(directory, "init", "-q", "-b", "main")
-    git(directory, "add", *files)
+    git(directory, "add", "--", *files)
     git(directory, "commit", "-q", "--no-gpg-sign", "-m", "benchmark stack")
+
+
+def vendored(count):
+    """`count` files no resource reads, 50 per folder under vendor/."""
+    return {f"vendor/m{i // 50}/f{i % 50}.txt": f"vendored file {i}\n" + "x" * 200 + "\n"
+            for i in range(count)}
 
 
 def wake_repo(directory, quickstart):
@@ -328,7 +339,11 @@ def main(argv):
     elif kind == "pgdbs":
         git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-pg", PG_DB, "a database"))
     elif kind == "pgfloor":
-        git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-pg-floor", PG_FLOOR, "a file"))
+        extra = int(argv[4]) if len(argv) > 4 else 0
+        git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-pg-floor", PG_FLOOR, "a file"),
+                 vendored(extra))
+        if extra:
+            git(argv[2], "gc", "-q")
     elif kind == "floating":
         git_repo(argv[2], pg_envs_yaml(int(argv[3]), "bench-floating", FLOATING_JOB, "a job"))
     elif kind == "pgclone":

@@ -253,14 +253,22 @@ def check_count(pg, prefix, n, what):
         sys.exit(f"measure.py: {what}: {len(dbs)} databases named {prefix}*, expected {n}")
 
 
+def vendored_count(repo):
+    """How many files of the repository at `repo` are under vendor/ (gen.py's `vendored`)."""
+    out = subprocess.run(["git", "-C", repo, "ls-files", "--", "vendor"], capture_output=True,
+                         text=True, check=True).stdout
+    return len(out.splitlines())
+
+
 def cmd_pg_dbs(args):
     opts = options(args)
     pg = Pg(opts["--url"])
     slipway, config = opts["--slipway"], opts["--config"]
     repo, floor_repo, homes = opts["--repo"], opts["--floor-repo"], opts["--homes"]
+    floor_big_repo = opts.get("--floor-big-repo")
     prefix, n, runs = opts["--prefix"], int(opts["--n"]), int(opts["--runs"])
     qi(prefix)
-    meta = {"n": n}
+    meta = {"n": n, "vendored": vendored_count(floor_big_repo) if floor_big_repo else 0}
     envs = [f"e{i}" for i in range(n)]
     os.makedirs(homes, exist_ok=True)
 
@@ -330,6 +338,15 @@ def cmd_pg_dbs(args):
         batch("pg/drop/floor-file", [sw(home, "destroy", "--env", e, "--yes") for e in envs],
               lambda: None)
         shutil.rmtree(home)
+        if floor_big_repo:
+            # The same in a repository holding many more files that no resource reads.
+            home = new_home(prefix=f"floor-big-{rnd}-", dir=homes)
+            batch("pg/create/floor-file-big", [
+                sw(home, "apply", "--env", e, "--yes", "--repo", floor_big_repo, "--ref",
+                   "main") for e in envs], lambda: None)
+            batch("pg/drop/floor-file-big",
+                  [sw(home, "destroy", "--env", e, "--yes") for e in envs], lambda: None)
+            shutil.rmtree(home)
         # Reading the stack from git and checking it, without state or server.
         batch("pg/start/slipway-validate",
               [[slipway, "validate", "--repo", floor_repo, "--ref", "main"]] * n, lambda: None)
@@ -531,6 +548,7 @@ def write(r):
     if not samples.get("pg/create/slipway"):
         return False
     n = int(meta.get("pg/create/slipway", {}).get("n", 0))
+    vendored = int(meta.get("pg/create/floor-file-big", {}).get("vendored", 0))
     note = meta.get("pg/server", {})
     st = note.get("settings", {})
     fs = filesystem(st["data_directory"]) if st.get("data_directory") else "?"
@@ -593,13 +611,20 @@ def write(r):
         f"applied and destroyed the same way; `slipway validate --repo R --ref main` × {n} of "
         "that stack (the process start, the commit read with `git`, parsed and checked: no "
         f"state, no plan); and `slipway --version` × {n}, the process start alone "
-        f"(`createdb --version` × {n} likewise).\n"
+        f"(`createdb --version` × {n} likewise)."
+        + (f" Last, the `file` floor again in a repository holding {vendored:,} more files "
+           "that no resource reads (`vendor/`, 50 per folder, packed by `git gc` as a "
+           "clone's would be): what the repository's size costs a stack that runs no code."
+           if vendored else "")
+        + "\n"
     )
     rows = [
         ("create", "**slipway apply**", "pg/create/slipway", None),
         ("", "createdb", "pg/create/createdb", "pg/create/slipway"),
         ("", "createuser + createdb -O", "pg/create/createuser+createdb", "pg/create/slipway"),
         ("", "floor: slipway apply of a `file` resource", "pg/create/floor-file", None),
+        ("", f"floor: the same, the repository holding {vendored:,} more files",
+         "pg/create/floor-file-big", None),
         ("", "floor: `slipway validate` of that stack (start, git, parse, check)",
          "pg/start/slipway-validate", None),
         ("", "floor: `slipway --version` (process start)", "pg/start/slipway-version", None),
@@ -610,6 +635,8 @@ def write(r):
         ("", "dropdb", "pg/drop/dropdb", "pg/drop/slipway"),
         ("", "dropdb + dropuser", "pg/drop/dropdb+dropuser", "pg/drop/slipway"),
         ("", "floor: slipway destroy of the `file` environment", "pg/drop/floor-file", None),
+        ("", f"floor: the same, the repository holding {vendored:,} more files",
+         "pg/drop/floor-file-big", None),
     ]
     w(f"| | way | rounds | {n} in a row: median (min–max) | per database | CPU time of the "
       "commands per database (user+sys) | slipway ÷ this |")
@@ -669,6 +696,13 @@ def write(r):
               + (f" and `dropdb` + `dropuser`'s {ms(rd)}" if rd is not None else "")
               + ". The server's own work (copying `template1`, or removing the files, and the "
               "WAL and fsyncs of either) is the same on both sides and dominates both.\n")
+            big = per("pg/create/floor-file-big")
+            if big is not None:
+                w(f"The repository's size: with {vendored:,} more files in it, the `file` "
+                  f"floor's apply takes {ms(big)} against {ms(fc)} ({big / fc:.2f}×). An "
+                  "environment whose resources run no code gets no export of the tree, and "
+                  "nothing lists the repository's files for it (the policies' folder is read "
+                  "alone).\n")
             need = PG_GOAL_X * cc
             w(f"Within {PG_GOAL_X:g}× of `createdb` means {ms(need)} per apply here: "
               + (f"{ms(sc - need)} less than measured, when all that slipway does besides the "
