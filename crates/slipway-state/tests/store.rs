@@ -1825,3 +1825,34 @@ fn the_environments_that_may_idle_are_those_near_their_time_and_no_other(state: 
         assert_eq!(picked, expected, "at {now}");
     }
 }
+
+/// The WAL stays short: every command that opens the store first (each CLI call, when no
+/// controller holds it open) reads and checksums every frame of it. A thousand small writes,
+/// each its own transaction, leave it at a fraction of SQLite's default 4 MiB, and everything
+/// they wrote is read back by the next opener.
+#[test]
+fn the_wal_stays_short_across_many_writes() {
+    let (home, store) = open_store();
+    let text = "x".repeat(2_000);
+    for i in 0..1_000 {
+        store
+            .record_event(None, EventKind::ForgeFailed, &text, &json!({ "i": i }), i)
+            .expect("record an event");
+    }
+    drop(store);
+    let wal = std::fs::metadata(home.path().join("state.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        wal < 1 << 20,
+        "the WAL holds {wal} bytes after 1,000 writes; at most 128 pages are kept"
+    );
+    let store = Store::open(home.path()).expect("open again");
+    let events = store
+        .events(&EventQuery {
+            limit: 2_000,
+            ..EventQuery::default()
+        })
+        .expect("read the events");
+    assert_eq!(events.len(), 1_000, "every write is read back");
+}
