@@ -156,9 +156,33 @@ impl Engine {
     /// changed meanwhile shows as it was when each was read (e.g. without the resources an
     /// apply is creating), as separate reads per environment did. One created after the
     /// names were read is listed only if its name falls inside a range.
+    ///
+    /// Each queued environment's place comes from one read of the queue, and its record from
+    /// another: a promotion in between would show places that are no longer right (second
+    /// in line when the first two just left). So the queue is read again once the records
+    /// are, and the listing made again if it moved meanwhile (at most twice more).
     pub fn status_each<T: Send>(
         &self,
         show: impl Fn(&EnvironmentRecord, EnvironmentStatus) -> T + Sync,
+    ) -> Result<Vec<T>, EngineError> {
+        let mut positions = slipway_state::queue_positions(&self.store.queued_environments()?);
+        let mut again = 2;
+        loop {
+            let out = self.status_each_placed(&show, &positions)?;
+            let now = slipway_state::queue_positions(&self.store.queued_environments()?);
+            if now == positions || again == 0 {
+                return Ok(out);
+            }
+            again -= 1;
+            positions = now;
+        }
+    }
+
+    /// [`Engine::status_each`] with the queue's places read already.
+    fn status_each_placed<T: Send>(
+        &self,
+        show: &(impl Fn(&EnvironmentRecord, EnvironmentStatus) -> T + Sync),
+        positions: &BTreeMap<EnvName, u32>,
     ) -> Result<Vec<T>, EngineError> {
         // The names alone here; each range's records are read by the thread that shows them.
         let names = self.store.environment_names()?;
@@ -175,7 +199,6 @@ impl Engine {
             BTreeMap::new()
         };
         let ports = self.store.all_ports()?;
-        let positions = slipway_state::queue_positions(&self.store.queued_environments()?);
         let last_holders: BTreeMap<EnvName, String> = if self.node.is_some() {
             self.store
                 .leases()?
@@ -261,10 +284,7 @@ impl Engine {
         }
         // What the listing read of every environment is freed while its answer is written.
         let count = names.len();
-        crate::discard(
-            (names, holders, locks, uids, ports, positions, last_holders),
-            count,
-        );
+        crate::discard((names, holders, locks, uids, ports, last_holders), count);
         Ok(out)
     }
 
