@@ -14,19 +14,9 @@
 //! The choice is made by a function in `.init_array`, which glibc runs with the process's
 //! arguments before `main` and before the Rust runtime allocates anything; it never changes
 //! afterwards, so every block is freed by the allocator that made it.
-//!
-//! mimalloc asks for transparent huge pages (`MADV_HUGEPAGE`) on the memory it reserves, and
-//! the kernel then zeroes 2 MiB at each first touch: 3 huge pages for `--version`, 5 for the
-//! apply of a database, a quarter of that apply's CPU time (perf). A plan of 10,000
-//! resources wants them (245 ms without any, 208 ms with). So a one-shot command's first
-//! arena, 128 MiB, is reserved without the advice, and every arena after it with it
-//! ([`started`]): a small command touches no huge page (`--version` takes 0.4-0.6 ms less
-//! CPU, a database's apply about 1.5 ms), and a large stack gets them for what it adds past
-//! the first arena (its plan a median 3 % slower than with huge pages throughout, 1-16 % in
-//! five A/Bs).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::ffi::{CStr, c_char, c_int, c_long};
+use std::ffi::{CStr, c_char, c_int};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mimalloc::MiMalloc;
@@ -50,21 +40,6 @@ fn long_lived<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> bool {
     args.any(|arg| LONG_LIVED.contains(&arg))
 }
 
-// mimalloc's options by their index in `mi_option_t` (libmimalloc-sys builds mimalloc
-// 3.3.2 by default: `c_src/mimalloc/v3/include/mimalloc.h`; the crate exports no constants for
-// these). `the_mimalloc_options_are_those_of_its_header` fails on any other version.
-unsafe extern "C" {
-    fn mi_option_set(option: c_int, value: c_long);
-}
-/// `mi_option_arena_reserve`: the size of each arena it reserves, in KiB.
-const ARENA_RESERVE: c_int = 23;
-/// `mi_option_allow_thp`: whether it asks for huge pages on what it reserves.
-const ALLOW_THP: c_int = 43;
-/// A one-shot command's first arena, without huge pages: what a small command uses.
-const FIRST_ARENA_KIB: c_long = 128 * 1024;
-/// mimalloc's default arena, for every arena after it.
-const ARENA_KIB: c_long = 1024 * 1024;
-
 /// Run by glibc before `main`, with the process's arguments.
 extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {
     if argv.is_null() {
@@ -79,25 +54,6 @@ extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *con
     });
     if long_lived(args) {
         SYSTEM.store(true, Ordering::Relaxed);
-    } else {
-        // SAFETY: stores into mimalloc's table of options, before anything allocates (so
-        // before its first arena is reserved), on the only thread.
-        unsafe {
-            mi_option_set(ALLOW_THP, 0);
-            mi_option_set(ARENA_RESERVE, FIRST_ARENA_KIB);
-        }
-    }
-}
-
-/// Called first in `main`: from here on, a one-shot command's arenas (those after the first,
-/// which the runtime's start reserved) get huge pages, and mimalloc's default size.
-pub fn started() {
-    if !SYSTEM.load(Ordering::Relaxed) {
-        // SAFETY: as in `choose`: `main` has not started a thread yet.
-        unsafe {
-            mi_option_set(ALLOW_THP, 1);
-            mi_option_set(ARENA_RESERVE, ARENA_KIB);
-        }
     }
 }
 
@@ -167,37 +123,6 @@ mod tests {
             .map(|a| a.as_bytes())
             .collect::<Vec<_>>()
             .into_iter()
-    }
-
-    unsafe extern "C" {
-        fn mi_option_get(option: c_int) -> c_long;
-        fn mi_version() -> c_int;
-    }
-    /// The version of mimalloc the indices were read from (`MI_MALLOC_VERSION`).
-    const MIMALLOC_VERSION: c_int = 30302;
-
-    /// The indices above are those of the mimalloc this build links: a new version may
-    /// renumber its options, and setting another option than meant would go unnoticed.
-    #[test]
-    fn the_mimalloc_options_are_those_of_its_header() {
-        // SAFETY: reads mimalloc's version and options.
-        let (version, thp, reserve) = unsafe {
-            (
-                mi_version(),
-                mi_option_get(ALLOW_THP),
-                mi_option_get(ARENA_RESERVE),
-            )
-        };
-        assert_eq!(
-            version, MIMALLOC_VERSION,
-            "mimalloc changed: check ARENA_RESERVE and ALLOW_THP against its mimalloc.h"
-        );
-        // This test process is a one-shot one: `choose` ran before it, and `started` did not.
-        assert_eq!(
-            (thp, reserve),
-            (0, FIRST_ARENA_KIB),
-            "set before the first allocation"
-        );
     }
 
     #[test]

@@ -504,7 +504,6 @@ fn bound_heap() {
 static GLOBAL: alloc::Chosen = alloc::Chosen;
 
 fn main() -> ExitCode {
-    alloc::started();
     // Everything the engine (and a supervisor) creates is private unless it says otherwise:
     // the home holds keys, the state store and secrets, and environments' code runs on the
     // same machine.
