@@ -381,9 +381,28 @@ mod tests {
             let m = std::fs::symlink_metadata(p).expect("stat");
             (m.ctime(), m.ctime_nsec())
         };
+        // ctime has nanoseconds, but a write within the same tick of the kernel's clock would
+        // not show: wait until a file written now (outside the home, which it would change)
+        // gets a later ctime than `after`.
+        let elsewhere = tempfile::tempdir().expect("a directory for the probe");
+        let probe = elsewhere.path().join("probe");
+        let next_tick = |after: (i64, i64)| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                std::fs::write(&probe, "tick").expect("write a probe");
+                if ctime(&probe) > after {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the clock does not move"
+                );
+                std::thread::yield_now();
+            }
+            std::fs::remove_file(&probe).expect("remove the probe");
+        };
         let (envs_before, run_before) = (ctime(&home.join("envs")), ctime(&env.join("run")));
-        // ctime has nanoseconds, but a write within the same clock tick would not show.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        next_tick(envs_before.max(run_before));
         secure_home(home).expect("secure the home");
         let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
         assert_eq!(mode(home), 0o711, "the home");
@@ -396,7 +415,7 @@ mod tests {
             "what had its mode already is not written again"
         );
         let home_before = ctime(home);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        next_tick(home_before);
         secure_home(home).expect("secure the home again");
         assert_eq!(ctime(home), home_before, "nor is the home, on every open");
     }

@@ -208,7 +208,6 @@ const DEFAULT_MODE: u32 = 0o644;
 impl Provider for FileProvider {
     type Config = FileConfig;
     const TYPE: &'static str = "file";
-    const USES: crate::Uses = crate::Uses::Data;
 
     fn create(
         &self,

@@ -275,10 +275,6 @@ pub trait Provider: Send + Sync + 'static {
     /// The `type:` this provider implements.
     const TYPE: &'static str;
 
-    /// Which of the environment's directories its resources use; the engine makes only
-    /// those a stack's resources use. The default, [`Uses::All`], is right for any type.
-    const USES: Uses = Uses::All;
-
     /// Makes the live object exist.
     fn create(
         &self,
@@ -373,13 +369,27 @@ pub enum Uses {
     All,
 }
 
+impl Uses {
+    /// What a type whose catalogue entry says `caps` uses: every directory for code that runs
+    /// from the repository (it has a source, the same fact its source hash comes from);
+    /// `data/` for what lives on the node; `run/` alone for what lives elsewhere. A type
+    /// without a provider (refused before any apply) counts as using them all.
+    pub fn of(caps: slipway_core::types::Capabilities) -> Uses {
+        if !caps.provided || caps.source != slipway_core::types::SourceDir::None {
+            Uses::All
+        } else if caps.node_bound {
+            Uses::Data
+        } else {
+            Uses::Run
+        }
+    }
+}
+
 /// A [`Provider`] with its configuration type erased, so that providers of every type fit in one
 /// [`Registry`]. Implemented for every `Provider`.
 pub trait DynProvider: Send + Sync {
     /// See [`Provider::TYPE`].
     fn type_name(&self) -> &'static str;
-    /// See [`Provider::USES`].
-    fn uses(&self) -> Uses;
     /// Whether `config` fits [`Provider::Config`], without acting on anything: the check
     /// every other call makes first.
     fn check_config(&self, config: &Value) -> Result<(), ProviderError>;
@@ -435,9 +445,6 @@ fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, Pro
 impl<P: Provider> DynProvider for P {
     fn type_name(&self) -> &'static str {
         P::TYPE
-    }
-    fn uses(&self) -> Uses {
-        P::USES
     }
     fn check_config(&self, config: &Value) -> Result<(), ProviderError> {
         decode::<P::Config>(P::TYPE, config).map(drop)
@@ -628,33 +635,24 @@ mod tests {
     /// find no export to run in.
     #[test]
     fn a_type_uses_every_directory_exactly_when_it_runs_code() {
-        fn of<P: Provider>() -> (&'static str, Uses) {
-            (P::TYPE, P::USES)
-        }
-        let providers = [
-            of::<process::ProcessProvider>(),
-            of::<job::JobProvider>(),
-            of::<exec::ExecProvider>(),
-            of::<file::FileProvider>(),
-            of::<postgres::DatabaseProvider>(),
-            of::<postgres::RoleProvider>(),
-            of::<std::sync::Arc<kubernetes::KubernetesProvider>>(),
-        ];
-        for (name, uses) in providers {
-            let runs_code = capabilities(name).source != SourceDir::None;
-            assert_eq!(uses == Uses::All, runs_code, "{name}: {uses:?}");
-        }
         for t in TYPES {
-            assert!(
-                providers.iter().any(|(name, _)| *name == t.name),
-                "{} has a provider here",
-                t.name
-            );
+            let uses = Uses::of(capabilities(t.name));
+            let runs_code = capabilities(t.name).source != SourceDir::None;
+            assert_eq!(uses == Uses::All, runs_code, "{}: {uses:?}", t.name);
         }
+        let of = |name: &str| Uses::of(capabilities(name));
         assert_eq!(
-            of::<file::FileProvider>().1,
+            of(file::FileProvider::TYPE),
             Uses::Data,
             "a file lives in data/"
+        );
+        for elsewhere in ["postgres.database", "postgres.role", kubernetes::TYPE] {
+            assert_eq!(of(elsewhere), Uses::Run, "{elsewhere} lives elsewhere");
+        }
+        assert_eq!(
+            of("no.such.type"),
+            Uses::All,
+            "an unknown type is given everything"
         );
     }
 }

@@ -10,23 +10,18 @@ use slipway_providers::{EnvDirs, Uses};
 
 use crate::{Engine, EngineError, Envelope, Prepared};
 
-impl Engine {
-    /// Which of the environment's directories the resources of `desired` use: the most any
-    /// of their types uses ([`Uses::Run`] for none). A type no provider implements (refused
-    /// before anything is changed) counts as using them all.
-    pub(super) fn uses(&self, desired: &DesiredState) -> Uses {
-        desired
-            .resources
-            .values()
-            .map(|r| {
-                self.registry
-                    .get(&r.type_name)
-                    .map_or(Uses::All, |p| p.uses())
-            })
-            .max()
-            .unwrap_or(Uses::Run)
-    }
+/// Which of the environment's directories the resources of `desired` use: the most any
+/// of their types uses ([`Uses::Run`] for none), as the core's catalogue says.
+pub(super) fn uses(desired: &DesiredState) -> Uses {
+    desired
+        .resources
+        .values()
+        .map(|r| Uses::of(slipway_core::types::capabilities(&r.type_name)))
+        .max()
+        .unwrap_or(Uses::Run)
+}
 
+impl Engine {
     /// Exports the commit of `prepared` for its resources to run from, unless the plan
     /// changes nothing and the export is already there. Only for resources that run code
     /// ([`Uses::All`]): an environment of databases or files never reads it.

@@ -407,7 +407,7 @@ impl Engine {
 
         let dirs = self.env_dirs(env, &prepared.commit.sha, &prepared.folder);
         let result = (|| -> Result<Vec<(String, Action, Outcome)>, EngineError> {
-            let uses = self.uses(&prepared.desired);
+            let uses = exports::uses(&prepared.desired);
             self.prepare_dirs(&dirs, &sandbox, uses)?;
             if uses == Uses::All {
                 self.export_commit(prepared, source, &dirs)?;

@@ -1249,7 +1249,6 @@ fn first_difference(a: &Value, b: &Value) -> Option<String> {
 impl Provider for Arc<KubernetesProvider> {
     type Config = Config;
     const TYPE: &'static str = TYPE;
-    const USES: crate::Uses = crate::Uses::Run;
 
     fn create(&self, ctx: ResourceContext<'_>, config: &Config) -> Result<Applied, ProviderError> {
         self.apply(ctx, config, None)

@@ -117,7 +117,6 @@ impl DatabaseConfig {
 impl Provider for DatabaseProvider {
     type Config = DatabaseConfig;
     const TYPE: &'static str = TYPE;
-    const USES: crate::Uses = crate::Uses::Run;
 
     fn create(
         &self,

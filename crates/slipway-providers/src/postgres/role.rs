@@ -74,7 +74,6 @@ impl Recorded for LiveRole {
 impl Provider for RoleProvider {
     type Config = RoleConfig;
     const TYPE: &'static str = TYPE;
-    const USES: crate::Uses = crate::Uses::Run;
 
     fn create(
         &self,
