@@ -595,9 +595,11 @@ fn describe_down(state: &SupervisorState) -> Option<String> {
         None => String::new(),
     };
     match state.phase {
-        // Forked, its program not started yet (or failing to): not up until its supervisor
-        // knows.
-        Phase::Running if state.exec_pending => Some("the process is starting".to_owned()),
+        // Forked, its program not started yet (or failing to): not up until it is past its
+        // exec.
+        Phase::Running if state.exec_pending && state.child.is_some_and(|c| c.is_held()) => {
+            Some("the process is starting".to_owned())
+        }
         Phase::Running if state.child.is_some_and(|c| c.is_alive()) => None,
         Phase::Running => Some(format!(
             "the process has just exited and its supervisor is restarting it{history}"
@@ -865,4 +867,56 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_child_recorded_before_its_exec_is_starting_until_it_gets_there() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let env: BTreeMap<String, String> = [(
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
+        )]
+        .into();
+        let sleep = spawn::Program::new(&["sleep".to_owned(), "30".to_owned()], &env, dir.path())
+            .expect("a program");
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let prepared = Confinement::none().prepare().expect("no confinement");
+        let held = spawn::fork_held(&sleep, null.as_fd(), null.as_fd(), &prepared).expect("fork");
+        let child = ProcessIdentity::of_child(held.pid()).expect("the child exists");
+        // What an environment's supervisor writes once, before the child may exec.
+        let mut state =
+            SupervisorState::starting(ProcessIdentity::current(), 1000, Scope::Environment);
+        state.phase = Phase::Running;
+        state.child = Some(child);
+        state.exec_pending = true;
+        assert_eq!(
+            describe_down(&state).as_deref(),
+            Some("the process is starting"),
+            "held before its exec: not up"
+        );
+        let mut launching = held.go();
+        launching
+            .wait_outcome(Duration::from_secs(10))
+            .expect("the outcome is known within 10 s")
+            .expect("the exec happens");
+        assert_eq!(
+            describe_down(&state),
+            None,
+            "the same file, once the child is past its exec: up"
+        );
+        // SAFETY: kills and reaps our own child.
+        unsafe {
+            nix::libc::kill(child.pid as nix::libc::pid_t, nix::libc::SIGKILL);
+            nix::libc::waitpid(child.pid as nix::libc::pid_t, std::ptr::null_mut(), 0);
+        }
+        assert!(
+            describe_down(&state).is_some_and(|why| why.contains("has just exited")),
+            "and down once it is gone"
+        );
+    }
 }

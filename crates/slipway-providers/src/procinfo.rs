@@ -21,9 +21,18 @@ pub(crate) struct ProcessIdentity {
     pub start: u64,
 }
 
+/// The name (`comm`) an environment's supervisor gives the child it forks, which the child keeps
+/// until its exec gives it its program's: the child of a state file that says `exec_pending`
+/// is still on its way to its exec while it bears this name. Under 16 bytes, the kernel's
+/// limit. A program may take this name itself (`prctl`); it then only misleads about itself:
+/// it is shown as starting, not ready.
+pub(crate) const HELD_NAME: &str = "slipway-held";
+
 /// What `/proc/<pid>/stat` says about a process, for the fields we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcStat {
+    /// Field 2 is [`HELD_NAME`]: a child forked by a supervisor that has not exec'd yet.
+    pub held: bool,
     /// Field 3: `R`, `S`, `Z`, ...
     pub state: char,
     /// Field 5: process group id.
@@ -43,13 +52,20 @@ impl ProcStat {
 /// Parses the contents of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and
 /// may itself contain spaces and parentheses, so fields are counted from the *last* `)`.
 pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
-    let after_comm = &text[text.rfind(')')? + 1..];
+    let close = text.rfind(')')?;
+    let comm = &text[text.find('(')? + 1..close];
+    let after_comm = &text[close + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // fields[0] is field 3 (state), so field N is fields[N - 3].
     let state = fields.first()?.chars().next()?;
     let pgrp = fields.get(5 - 3)?.parse().ok()?;
     let start = fields.get(22 - 3)?.parse().ok()?;
-    Some(ProcStat { state, pgrp, start })
+    Some(ProcStat {
+        held: comm == HELD_NAME,
+        state,
+        pgrp,
+        start,
+    })
 }
 
 /// The stat of `pid`, or `None` if no such process exists.
@@ -106,6 +122,12 @@ impl ProcessIdentity {
     /// recorded start time. A pid now held by another process is *not* alive.
     pub fn is_alive(&self) -> bool {
         ProcessIdentity::of(self.pid) == Some(*self)
+    }
+
+    /// Whether this very process is alive and still held before its exec (it bears
+    /// [`HELD_NAME`]).
+    pub fn is_held(&self) -> bool {
+        stat(self.pid).is_some_and(|s| s.start == self.start && !s.is_dead() && s.held)
     }
 
     /// Sends `signal` to this process if it is still this process. Returns whether it was sent.
@@ -197,11 +219,22 @@ mod tests {
         assert_eq!(
             stat,
             ProcStat {
+                held: false,
                 state: 'S',
                 pgrp: 4242,
                 start: 987654
             },
             "state, group and start time are read from fields 3, 5 and 22"
+        );
+        let held = "77 (slipway-held) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 5 1 1";
+        assert!(
+            parse_stat(held).is_some_and(|s| s.held),
+            "a child named {HELD_NAME} is held"
+        );
+        let lookalike = "77 (x) (slipway-held) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 5";
+        assert!(
+            parse_stat(lookalike).is_some_and(|s| !s.held),
+            "a name that only ends like it is not the name"
         );
     }
 

@@ -1083,7 +1083,8 @@ impl EnvironmentSupervisor {
                 slot.log
                     .note_deferred(&format!("process started (pid {pid})"));
                 slot.state.exec_pending = false;
-                let _ = write_state(&slot.spec.state, &slot.state);
+                // The state file keeps `exec_pending`: its reader tells the exec from the
+                // child's name (`procinfo::HELD_NAME`), and a start writes one file, not two.
                 answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
             }
             Err(e) => self.start_failed(name, &e),

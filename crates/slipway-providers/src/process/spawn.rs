@@ -24,6 +24,10 @@
 //!   handles (SIGTERM, SIGINT, SIGHUP) and SIGPIPE back to their defaults before unblocking
 //!   them, so a signal aimed at it before its exec acts on it as it would after, not as the
 //!   supervisor's handler.
+//! - Until its exec the child is named [`crate::procinfo::HELD_NAME`] (its exec names it after
+//!   its program), from before its pid is known to the parent: whoever reads the state file
+//!   that records it can tell whether it reached its exec, without the parent writing the
+//!   file again once it knows.
 //!
 //! [`Confinement::apply`]: crate::sandbox::Confinement::apply
 
@@ -100,6 +104,9 @@ impl Program {
     }
 }
 
+/// [`crate::procinfo::HELD_NAME`] as the kernel takes it.
+const HELD: &[u8] = b"slipway-held\0";
+
 /// A child that exists and waits to be told to go ([`Held::go`]) before its exec.
 #[derive(Debug)]
 pub(crate) struct Held {
@@ -156,6 +163,16 @@ pub(crate) fn fork_held(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
     }
+    // The child is named HELD_NAME until its exec names it after its program, so that a
+    // reader of its state file tells whether it got there. Named before the fork (a fork takes
+    // the forking thread's name), so that it bears the name before the parent records it.
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer we own; PR_SET_NAME reads a
+    // NUL-terminated string of ours.
+    let named = unsafe {
+        libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) == 0
+            && libc::prctl(libc::PR_SET_NAME, HELD.as_ptr()) == 0
+    };
     // SAFETY: the child only runs `child`, which makes async-signal-safe calls on memory the
     // parent prepared, and never returns (it execs or exits).
     let pid = unsafe { libc::fork() };
@@ -177,6 +194,10 @@ pub(crate) fn fork_held(
     } else {
         Ok(pid as u32)
     };
+    if named {
+        // SAFETY: the name read above, NUL-terminated within its 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
     // SAFETY: restores the mask saved above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
@@ -407,6 +428,42 @@ mod tests {
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
         assert!(marker.exists(), "told to go, it runs its program");
+    }
+
+    #[test]
+    fn a_child_is_named_held_until_its_exec_and_its_parent_keeps_its_name() {
+        use crate::procinfo::{HELD_NAME, ProcessIdentity};
+        assert_eq!(
+            HELD,
+            format!("{HELD_NAME}\0").as_bytes(),
+            "one name, two spellings"
+        );
+        let comm = || std::fs::read_to_string("/proc/thread-self/comm").expect("our name");
+        let before = comm();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = File::create(dir.path().join("out")).expect("an output file");
+        let held = start(&program(&["sleep", "30"], dir.path()), &out);
+        assert_eq!(comm(), before, "the parent's thread keeps its name");
+        let child = ProcessIdentity::of_child(held.pid()).expect("the child exists");
+        assert!(child.is_held(), "forked and not told to go: held");
+        settled(held.go()).expect("the exec happens");
+        assert!(child.is_alive(), "it runs its program");
+        assert!(
+            !child.is_held(),
+            "past its exec, it bears its program's name"
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{}/comm", child.pid))
+                .expect("its name")
+                .trim(),
+            "sleep"
+        );
+        // SAFETY: kills and reaps our own child.
+        unsafe {
+            libc::kill(child.pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(child.pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+        assert!(!child.is_held(), "a child that is gone is not held");
     }
 
     #[test]

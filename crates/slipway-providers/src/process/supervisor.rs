@@ -109,10 +109,12 @@ pub(crate) struct SupervisorState {
     /// those of per-resource supervisors: `resource`).
     #[serde(default, skip_serializing_if = "Scope::is_resource")]
     pub scope: Scope,
-    /// The child is recorded (`Running`, so that a successor knows it) but has not reached its
-    /// `exec` yet: an environment's supervisor forks it and learns later whether the program
-    /// could start. Not ready, whatever else holds, until that is known. Absent (older state
-    /// files, per-resource supervisors, whose start is known at once): known.
+    /// The child was recorded (`Running`, so that a successor knows it) before its `exec`: an
+    /// environment's supervisor forks it and learns later whether the program could start. The
+    /// supervisor does not write the file again when the exec succeeds: the child is past its
+    /// exec once it no longer bears [`crate::procinfo::HELD_NAME`], and not ready before. A
+    /// failed exec is written (an exit). Absent (older state files, per-resource supervisors,
+    /// whose start is known at once): past its exec.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exec_pending: bool,
 }
