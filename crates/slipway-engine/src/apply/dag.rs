@@ -7,9 +7,14 @@
 //! dependencies; destroy hands it the resources being deleted, each waiting for its
 //! dependents. Kahn's algorithm, run as the work finishes: each node counts the nodes it
 //! still waits for, and is ready when the count reaches zero. Linear in the graph's size.
+//!
+//! The work runs on at most `limit` worker threads, made as they are first needed and kept
+//! for the whole graph. A step that panics (a bug) fails its node, as an error would: the
+//! graph still settles, and the environment's lock is not held forever.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::mpsc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, mpsc};
 
 use super::{ApplyEvent, Outcome, Progress, StepError};
 
@@ -93,6 +98,13 @@ impl<'a> Dag<'a> {
         let span = tracing::Span::current();
         let work = &work;
         let mut running = 0usize;
+        // The workers: one more each time more tasks run at once than there are workers, up
+        // to the limit, each taking task after task until the graph is done. A thread per task
+        // would pay a thread's start, and its allocator's first touches of fresh memory, a
+        // hundred times for a hundred resources.
+        let (task_tx, task_rx) = mpsc::channel::<(&'a str, T)>();
+        let task_rx = Mutex::new(task_rx);
+        let mut workers = 0usize;
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<(&'a str, Result<R, StepError>)>();
             loop {
@@ -120,12 +132,41 @@ impl<'a> Dag<'a> {
                         continue;
                     };
                     running += 1;
-                    let tx = tx.clone();
-                    let span = span.clone();
-                    scope.spawn(move || {
-                        let _entered = span.enter();
-                        let _ = tx.send((name, work(name, task)));
-                    });
+                    if running > workers {
+                        workers += 1;
+                        let (tx, span, task_rx) = (tx.clone(), span.clone(), &task_rx);
+                        scope.spawn(move || {
+                            let _entered = span.enter();
+                            loop {
+                                // The lock is held only while waiting for the next task (a
+                                // guard in a `while let`'s condition would be held through
+                                // the work too, and the workers would take turns).
+                                let next = task_rx
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .recv();
+                                let Ok((name, task)) = next else { break };
+                                // A panic (a bug) fails its node rather than leave the graph
+                                // waiting for it forever, the environment's lock held. Its
+                                // message, which may hold anything, went to standard error.
+                                let done =
+                                    std::panic::catch_unwind(AssertUnwindSafe(|| work(name, task)))
+                                        .unwrap_or_else(|_| {
+                                            Err(StepError::terminal(
+                                        "a bug in Slipway: this step panicked (standard error \
+                                         says where); nothing after it that waits for it runs"
+                                            .to_owned(),
+                                    ))
+                                        });
+                                if tx.send((name, done)).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    task_tx
+                        .send((name, task))
+                        .expect("the workers wait for tasks until this loop is done");
                 }
                 if running == 0 {
                     break;
@@ -141,6 +182,8 @@ impl<'a> Dag<'a> {
                 };
                 settle(name, outcome, &mut outcomes, &mut ready);
             }
+            // No more tasks: each worker's `recv` fails and it ends; the scope joins them.
+            drop(task_tx);
         });
         outcomes
     }
@@ -220,11 +263,18 @@ mod tests {
             let dag = Dag::new(edges.clone(), limit);
             let now = AtomicUsize::new(0);
             let most = AtomicUsize::new(0);
+            let threads = Mutex::new(Vec::new());
             let outcomes = dag.run(
                 &(),
                 &mut (),
                 |_, _| Some(()),
                 |_, ()| {
+                    let me = std::thread::current().id();
+                    let mut seen = threads.lock().expect("not poisoned");
+                    if !seen.contains(&me) {
+                        seen.push(me);
+                    }
+                    drop(seen);
                     let running = now.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(running, Ordering::SeqCst);
                     // Hold on until the limit was reached once (however slowly threads are
@@ -240,6 +290,11 @@ mod tests {
             );
             assert_eq!(outcomes.len(), 12);
             assert_eq!(most.load(Ordering::SeqCst), limit, "limit {limit}");
+            assert_eq!(
+                threads.lock().expect("not poisoned").len(),
+                limit,
+                "twelve tasks, limit {limit}: as many threads as may run at once, not one each"
+            );
         }
         // A limit of zero still makes progress.
         let dag = Dag::new(edges, 0);
@@ -289,6 +344,33 @@ mod tests {
             *events.0.lock().expect("not poisoned"),
             ["skip app (migrate)", "skip web (app)"]
         );
+    }
+
+    #[test]
+    fn a_node_whose_work_panics_fails_and_the_graph_still_settles() {
+        let dag = dag(&[("bad", &[]), ("after", &["bad"]), ("other", &[])], 2);
+        let outcomes = dag.run(
+            &(),
+            &mut (),
+            |_, name| Some(name),
+            |name, _| {
+                if name == "bad" {
+                    panic!("a provider's bug");
+                }
+                Ok(())
+            },
+            |_, _, ()| {},
+        );
+        assert!(
+            matches!(&outcomes["bad"], Outcome::Failed { error, retryable: false }
+                if error.contains("panicked")),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes["after"], Outcome::Skipped { because } if because == "bad"),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes["other"], Outcome::Succeeded);
     }
 
     #[test]
