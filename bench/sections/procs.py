@@ -449,10 +449,12 @@ def write(r):
               "socket round trip; the exec's outcome is read in the supervisor's loop while it "
               "serves the other requests, so the engine's parallel requests overlap, and a "
               "process that prints nothing gets no log file. Per process, slipway still makes "
-              "three new files (each written whole to a temporary name and renamed over the "
-              "last, so each is a new inode): the spec the engine writes, and the state file "
-              "the supervisor writes twice, before the exec and once its outcome is known (a "
-              "state that says `starting` until then). On this machine's ext4, mounted without a journal, a new inode is "
+              "two new files (each written whole to a temporary name and renamed, so each is a "
+              "new inode): the spec the engine writes, and the state file the supervisor "
+              "writes once, before the exec (the child bears the name `slipway-held` until its "
+              "exec, which is how a reader of that file tells whether it got there; before "
+              "2014eac the supervisor wrote the file a second time once it knew). On this "
+              "machine's ext4, mounted without a journal, a new inode is "
               "looked for past every inode freed in the last minute or more "
               "(`recently_deleted` in `find_inode_bit`), so a file costs what the machine "
               "deleted lately: ")
@@ -460,19 +462,22 @@ def write(r):
                 us = f"{med(probe):.0f} µs ({min(probe):.0f}–{max(probe):.0f})"
                 w(f"creating a file in the benchmark's directory took a median {us} "
                   "per file this run (measured once a round; each round's `destroy` frees some "
-                  "300 inodes, so it grows from round to round, which is also why a quiet "
+                  "200 inodes, so it grows from round to round, which is also why a quiet "
                   "first round can be much faster than the median). ")
             else:
                 w("from about 15 µs on a quiet file system to 0.3-0.9 ms after the machine "
                   "churned `/tmp`. ")
-            w("A profile of one apply (`perf record --call-graph dwarf`, 2026-12-03, 100 "
-              "processes, parallelism 8, every process of it and its supervisor) put 29% of "
-              "the CPU in the `sleep`s' own exec and loading (which the floor pays too), about "
-              "23% in ext4's inode allocation for those 200 files, 6% in SQLite (three write "
-              "transactions per resource: ownership, handle, ready), and the rest in the "
-              "CLI's start, render and per-resource steps and the supervisor's forks "
-              "(copying its page tables, and its pages the parent writes before the child's "
-              "exec). On 2 cores the apply cannot take less than half that CPU: the floor "
+            w("A profile of five applies (`perf record -a`, 2026-12-04, at 2014eac, 100 processes, "
+              "parallelism 8), by process, of the CPU used: the CLI 33%, the `sleep`s 31% "
+              "(their exec and loading, which the floor pays too), the children between their "
+              "fork and their exec 11% (mostly the exec tearing down the supervisor's address "
+              "space, which the fork copied), the supervisor 23%. In the CLI and the "
+              "supervisor, ext4's inode allocation for the two files per process is 10-20% of "
+              "each, the first touches of fresh memory by each of the CLI's 8 worker threads "
+              "(the kernel zeroing huge pages) about 10%, and SQLite (three write transactions "
+              "per resource: ownership, handle, ready) about 5%. For its first 20 ms one core "
+              "is idle: the CLI starts, reads the commit and plans before the first process "
+              "starts. On 2 cores the apply cannot take less than half that CPU: the floor "
               "forks and execs from a process that does nothing else.\n")
     if sv0 and slip:
         need = med(sv0) / PROCS_GOAL_X
