@@ -595,9 +595,11 @@ fn describe_down(state: &SupervisorState) -> Option<String> {
         None => String::new(),
     };
     match state.phase {
-        // Forked, its program not started yet (or failing to): not up until it is past its
-        // exec.
-        Phase::Running if state.exec_pending && state.child.is_some_and(|c| c.is_held()) => {
+        // Forked, its program not started yet (or failing to): not up until its supervisor
+        // writes that it is past its exec, or, for a child named until then, until it no
+        // longer bears that name.
+        Phase::Running if state.exec_pending => Some("the process is starting".to_owned()),
+        Phase::Running if state.named_until_exec && state.child.is_some_and(|c| c.is_held()) => {
             Some("the process is starting".to_owned())
         }
         Phase::Running if state.child.is_some_and(|c| c.is_alive()) => None,
@@ -893,7 +895,7 @@ mod tests {
             SupervisorState::starting(ProcessIdentity::current(), 1000, Scope::Environment);
         state.phase = Phase::Running;
         state.child = Some(child);
-        state.exec_pending = true;
+        state.named_until_exec = true;
         assert_eq!(
             describe_down(&state).as_deref(),
             Some("the process is starting"),
@@ -908,6 +910,15 @@ mod tests {
             describe_down(&state),
             None,
             "the same file, once the child is past its exec: up"
+        );
+        // What a supervisor from before (or one that could not name the child) writes: not
+        // up, whatever the name says, until it writes the file again.
+        let mut unnamed = state.clone();
+        unnamed.named_until_exec = false;
+        unnamed.exec_pending = true;
+        assert_eq!(
+            describe_down(&unnamed).as_deref(),
+            Some("the process is starting")
         );
         // SAFETY: kills and reaps our own child.
         unsafe {

@@ -53,7 +53,7 @@ impl ProcStat {
 /// may itself contain spaces and parentheses, so fields are counted from the *last* `)`.
 pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let close = text.rfind(')')?;
-    let comm = &text[text.find('(')? + 1..close];
+    let comm = text.get(text.find('(')? + 1..close)?;
     let after_comm = &text[close + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // fields[0] is field 3 (state), so field N is fields[N - 3].
@@ -245,6 +245,9 @@ mod tests {
             None,
             "a short line has no start time"
         );
+        for bad in ["", ")(", "12 ) S (", "(", ")", "12 (sh"] {
+            assert_eq!(parse_stat(bad), None, "{bad:?} is no stat line");
+        }
     }
 
     #[test]

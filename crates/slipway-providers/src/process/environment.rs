@@ -42,7 +42,10 @@
 //!   start time, and starts again (per its restart policy) those that ended meanwhile. It
 //!   cannot reap or read the exit status of a child it adopted: it learns of its death through
 //!   a pidfd (`pidfd_open`, which works for any process), or, on a kernel without pidfds, by
-//!   polling the pid and start time every 100 ms.
+//!   polling the pid and start time every 100 ms. A child still held before its exec (it
+//!   bears `procinfo::HELD_NAME`) when its supervisor died exits by itself without running
+//!   anything: the next supervisor waits for that, and starts it again, rather than take it
+//!   back as running.
 //! - A child is recorded in its state file (pid and start time) before it runs anything: it
 //!   waits, forked and confined, until the supervisor has written the state file, and a
 //!   supervisor killed before that leaves a child that exits without running its program.
@@ -103,6 +106,21 @@ fn spec_path(run: &Path, resource: &str) -> PathBuf {
 
 fn state_path(run: &Path, resource: &str) -> PathBuf {
     run.join(format!("{resource}.json"))
+}
+
+/// How long a child recorded by a supervisor that is gone may still be held before its exec:
+/// its supervisor's end of the link is closed, so it exits at once, without running anything.
+const HELD_EXIT: Duration = Duration::from_secs(1);
+
+/// `child`, recorded by a supervisor that is gone, if it runs its program: alive, and past its
+/// exec. A child still held when its supervisor died exits by itself without running
+/// anything; it is waited for (up to `wait`) rather than taken back as running. One that
+/// still bears the held name after that runs a program that took the name itself: running.
+fn running_program(child: ProcessIdentity, wait: Duration) -> Option<ProcessIdentity> {
+    if child.is_held() {
+        wait_until(Instant::now() + wait, || !child.is_held());
+    }
+    child.is_alive().then_some(child)
 }
 
 /// The path of `name` in the directory open as `dir`, through `/proc/self/fd`: short whatever
@@ -780,14 +798,13 @@ impl EnvironmentSupervisor {
         let Some(mut slot) = self.slot(spec, spec_bytes, Some(previous.clone())) else {
             return;
         };
-        let live = previous.child.filter(|c| c.is_alive());
+        let live = previous.child.and_then(|c| running_program(c, HELD_EXIT));
         match (previous.phase, live) {
             (Phase::Exited, _) => {}
             (_, Some(child)) => {
                 slot.state.phase = Phase::Running;
-                // Alive after its supervisor died: past its exec (a held child does not
-                // outlive its supervisor's end of the pipe, and one that does is watched).
                 slot.state.exec_pending = false;
+                slot.state.named_until_exec = false;
                 slot.log.note(&format!(
                     "taken over (pid {}) from supervisor pid {}, which is gone",
                     child.pid, previous.supervisor.pid
@@ -1009,7 +1026,10 @@ impl EnvironmentSupervisor {
                     ProcessIdentity::of_child(pid).unwrap_or(ProcessIdentity { pid, start: 0 });
                 slot.state.child = Some(identity);
                 slot.state.phase = Phase::Running;
-                slot.state.exec_pending = true;
+                // Named: its name says when it is past its exec, and this is the only write.
+                // Not named (prctl failed): the file says so until it is written again.
+                slot.state.named_until_exec = held.named();
+                slot.state.exec_pending = !held.named();
                 // Recorded before it may run anything: a supervisor killed from here on
                 // leaves a child its successor knows.
                 match write_state(&slot.spec.state, &slot.state) {
@@ -1050,6 +1070,7 @@ impl EnvironmentSupervisor {
         slot.output_open = false;
         slot.state.child = None;
         slot.state.exec_pending = false;
+        slot.state.named_until_exec = false;
         slot.state.last_exit = Some(why);
         slot.state.exits += 1;
         self.decide(&mut slot, Ended::Failure);
@@ -1082,9 +1103,13 @@ impl EnvironmentSupervisor {
             Ok(()) => {
                 slot.log
                     .note_deferred(&format!("process started (pid {pid})"));
-                slot.state.exec_pending = false;
-                // The state file keeps `exec_pending`: its reader tells the exec from the
-                // child's name (`procinfo::HELD_NAME`), and a start writes one file, not two.
+                // A named child's state file stays as it is: its reader tells the exec from
+                // the child's name (`procinfo::HELD_NAME`), and a start writes one file.
+                if slot.state.exec_pending {
+                    slot.state.exec_pending = false;
+                    let _ = write_state(&slot.spec.state, &slot.state);
+                }
+                slot.state.named_until_exec = false;
                 answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
             }
             Err(e) => self.start_failed(name, &e),
@@ -1344,4 +1369,80 @@ fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<
     // Our copy of the child's end goes now (with `both`): the child holds its own.
     slot.output = Some(reader);
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::Confinement;
+    use std::collections::BTreeMap;
+
+    fn held(command: &[&str], dir: &Path) -> Held {
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        let env: BTreeMap<String, String> = [(
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
+        )]
+        .into();
+        let program = Program::new(&command, &env, dir).expect("a program");
+        let null = File::open("/dev/null").expect("/dev/null");
+        let prepared = Confinement::none().prepare().expect("no confinement");
+        spawn::fork_held(&program, null.as_fd(), null.as_fd(), &prepared).expect("fork")
+    }
+
+    fn kill_and_reap(child: ProcessIdentity) {
+        // SAFETY: kills and reaps the test's own child.
+        unsafe {
+            libc::kill(child.pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(child.pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+    }
+
+    #[test]
+    fn a_successor_takes_back_a_running_program_and_not_a_child_left_held() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        // Recorded, then its supervisor died before letting it exec: the child sees its link
+        // close and exits without running anything.
+        let left = held(&["sleep", "30"], dir.path());
+        let child = ProcessIdentity::of_child(left.pid()).expect("the child exists");
+        drop(left);
+        assert_eq!(
+            running_program(child, Duration::from_secs(10)),
+            None,
+            "a child its dead supervisor never let exec runs nothing: not taken back as running"
+        );
+        kill_and_reap(child);
+
+        // Past its exec when its supervisor died: running.
+        let mut launching = held(&["sleep", "30"], dir.path()).go();
+        launching
+            .wait_outcome(Duration::from_secs(10))
+            .expect("known within 10 s")
+            .expect("the exec happens");
+        let child = ProcessIdentity::of_child(launching.pid()).expect("the child exists");
+        assert_eq!(running_program(child, Duration::from_secs(10)), Some(child));
+        kill_and_reap(child);
+
+        // A program that took the held name itself: still running after the wait.
+        let mut launching = held(
+            &["sh", "-c", "printf slipway-held > /proc/$$/comm; sleep 30"],
+            dir.path(),
+        )
+        .go();
+        launching
+            .wait_outcome(Duration::from_secs(10))
+            .expect("known within 10 s")
+            .expect("the exec happens");
+        let child = ProcessIdentity::of_child(launching.pid()).expect("the child exists");
+        assert!(
+            wait_until(Instant::now() + Duration::from_secs(10), || child.is_held()),
+            "the program named itself"
+        );
+        assert_eq!(
+            running_program(child, Duration::from_millis(200)),
+            Some(child),
+            "a program bearing the name after the wait is a program, running"
+        );
+        kill_and_reap(child);
+    }
 }

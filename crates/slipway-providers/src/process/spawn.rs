@@ -112,6 +112,8 @@ const HELD: &[u8] = b"slipway-held\0";
 pub(crate) struct Held {
     pid: u32,
     link: UnixStream,
+    /// It bears [`crate::procinfo::HELD_NAME`] until its exec (naming it failed otherwise).
+    named: bool,
 }
 
 /// A child told to go: its exec's outcome is not known yet.
@@ -205,7 +207,11 @@ pub(crate) fn fork_held(
     // Our copy of the child's end goes: the exec closes the child's, which is how its
     // success is seen.
     drop(child_link);
-    Ok(Held { pid: forked?, link })
+    Ok(Held {
+        pid: forked?,
+        link,
+        named,
+    })
 }
 
 /// The child's side. Never returns.
@@ -281,6 +287,12 @@ impl Held {
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether it bears [`crate::procinfo::HELD_NAME`] until its exec: a reader can then tell
+    /// whether it got there from its name.
+    pub fn named(&self) -> bool {
+        self.named
     }
 
     /// Tells the child to exec: it has been recorded.
@@ -443,6 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let out = File::create(dir.path().join("out")).expect("an output file");
         let held = start(&program(&["sleep", "30"], dir.path()), &out);
+        assert!(held.named(), "naming it did not fail");
         assert_eq!(comm(), before, "the parent's thread keeps its name");
         let child = ProcessIdentity::of_child(held.pid()).expect("the child exists");
         assert!(child.is_held(), "forked and not told to go: held");

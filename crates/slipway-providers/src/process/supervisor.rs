@@ -109,14 +109,19 @@ pub(crate) struct SupervisorState {
     /// those of per-resource supervisors: `resource`).
     #[serde(default, skip_serializing_if = "Scope::is_resource")]
     pub scope: Scope,
-    /// The child was recorded (`Running`, so that a successor knows it) before its `exec`: an
-    /// environment's supervisor forks it and learns later whether the program could start. The
-    /// supervisor does not write the file again when the exec succeeds: the child is past its
-    /// exec once it no longer bears [`crate::procinfo::HELD_NAME`], and not ready before. A
-    /// failed exec is written (an exit). Absent (older state files, per-resource supervisors,
-    /// whose start is known at once): past its exec.
+    /// The child is recorded (`Running`, so that a successor knows it) but has not reached its
+    /// `exec` yet, and its supervisor writes the file again once it knows the outcome. Not
+    /// ready, whatever else holds, until then. Written by supervisors before 2014eac, and by
+    /// one that could not name the child (see `named_until_exec`). Absent: known.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exec_pending: bool,
+    /// The child was recorded before its `exec`, and the supervisor does not write the file
+    /// again when the exec succeeds: the child is past its exec once it no longer bears
+    /// [`crate::procinfo::HELD_NAME`], and not ready before. A failed exec is written (an
+    /// exit). A field of its own, so that a reader from before, which knows only
+    /// `exec_pending`, does not wait for a second write that never comes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub named_until_exec: bool,
 }
 
 impl SupervisorState {
@@ -132,6 +137,7 @@ impl SupervisorState {
             stop_grace_ms,
             scope,
             exec_pending: false,
+            named_until_exec: false,
         }
     }
 }
