@@ -879,16 +879,11 @@ mod tests {
     #[test]
     fn a_child_recorded_before_its_exec_is_starting_until_it_gets_there() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let env: BTreeMap<String, String> = [(
-            "PATH".to_owned(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
-        )]
-        .into();
-        let sleep = spawn::Program::new(&["sleep".to_owned(), "30".to_owned()], &env, dir.path())
-            .expect("a program");
         let null = std::fs::File::open("/dev/null").expect("/dev/null");
-        let prepared = Confinement::none().prepare().expect("no confinement");
-        let held = spawn::fork_held(&sleep, null.as_fd(), null.as_fd(), &prepared).expect("fork");
+        let held = spawn::test_held(
+            &spawn::test_program(&["sleep", "30"], dir.path()),
+            null.as_fd(),
+        );
         let child = ProcessIdentity::of_child(held.pid()).expect("the child exists");
         // What an environment's supervisor writes once, before the child may exec.
         let mut state =

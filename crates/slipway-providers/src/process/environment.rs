@@ -1374,20 +1374,10 @@ fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Confinement;
-    use std::collections::BTreeMap;
 
     fn held(command: &[&str], dir: &Path) -> Held {
-        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-        let env: BTreeMap<String, String> = [(
-            "PATH".to_owned(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
-        )]
-        .into();
-        let program = Program::new(&command, &env, dir).expect("a program");
         let null = File::open("/dev/null").expect("/dev/null");
-        let prepared = Confinement::none().prepare().expect("no confinement");
-        spawn::fork_held(&program, null.as_fd(), null.as_fd(), &prepared).expect("fork")
+        spawn::test_held(&spawn::test_program(command, dir), null.as_fd())
     }
 
     fn kill_and_reap(child: ProcessIdentity) {

@@ -396,27 +396,37 @@ fn reap(pid: u32) {
     }
 }
 
+/// `command` in `dir`, with the test's `PATH` alone: for tests here and in the supervisor.
+#[cfg(test)]
+pub(crate) fn test_program(command: &[&str], dir: &Path) -> Program {
+    let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned());
+    let env = std::collections::BTreeMap::from([("PATH".to_owned(), path)]);
+    Program::new(&command, &env, dir).expect("a program")
+}
+
+/// `program` forked held, unconfined, reading `/dev/null` and writing `output`.
+#[cfg(test)]
+pub(crate) fn test_held(program: &Program, output: BorrowedFd<'_>) -> Held {
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let prepared = crate::sandbox::Confinement::none()
+        .prepare()
+        .expect("no confinement");
+    fork_held(program, null.as_fd(), output, &prepared).expect("fork")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sandbox::Confinement;
-    use std::collections::BTreeMap;
     use std::fs::File;
 
     fn program(command: &[&str], dir: &Path) -> Program {
-        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-        let env: BTreeMap<String, String> = [(
-            "PATH".to_owned(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
-        )]
-        .into();
-        Program::new(&command, &env, dir).expect("a program")
+        test_program(command, dir)
     }
 
     fn start(program: &Program, output: &File) -> Held {
-        let null = File::open("/dev/null").expect("/dev/null");
-        let prepared = Confinement::none().prepare().expect("no confinement");
-        fork_held(program, null.as_fd(), output.as_fd(), &prepared).expect("fork")
+        test_held(program, output.as_fd())
     }
 
     fn settled(mut launching: Launching) -> io::Result<()> {
