@@ -151,13 +151,7 @@ impl<'a> Dag<'a> {
                                 // message, which may hold anything, went to standard error.
                                 let done =
                                     std::panic::catch_unwind(AssertUnwindSafe(|| work(name, task)))
-                                        .unwrap_or_else(|_| {
-                                            Err(StepError::terminal(
-                                        "a bug in Slipway: this step panicked (standard error \
-                                         says where); nothing after it that waits for it runs"
-                                            .to_owned(),
-                                    ))
-                                        });
+                                        .unwrap_or_else(|_| Err(StepError::panicked()));
                                 if tx.send((name, done)).is_err() {
                                     break;
                                 }

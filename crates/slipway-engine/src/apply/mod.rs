@@ -285,6 +285,16 @@ impl StepError {
         }
     }
 
+    /// A step that panicked (a bug). The panic's own text, which may hold anything, went to
+    /// standard error and is not kept.
+    fn panicked() -> Self {
+        StepError::terminal(
+            "a bug in Slipway: this step panicked (standard error says where); nothing after \
+             it that waits for it runs"
+                .to_owned(),
+        )
+    }
+
     /// The same failure, its message redacted of `redactor`'s secret values.
     fn redacted(self, redactor: &crate::secrets::Redactor) -> Self {
         StepError {

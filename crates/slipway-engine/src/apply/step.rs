@@ -26,7 +26,9 @@ pub(super) fn tracked<R>(
     let _span = tracing::info_span!("resource", resource, action = action.as_str()).entered();
     progress.event(&ApplyEvent::Started { resource, action });
     let started = Instant::now();
-    let result = act();
+    // A panic (a bug) ends the step as a failure, so that it is reported as finished.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(act))
+        .unwrap_or_else(|_| Err(StepError::panicked()));
     let elapsed = started.elapsed();
     match &result {
         Ok(_) => tracing::info!(?elapsed, "done"),
@@ -499,5 +501,46 @@ mod tests {
                 "the provider of `{name}` has no catalogue entry"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod panics {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records every event, in order.
+    #[derive(Default)]
+    struct Events(Mutex<Vec<String>>);
+
+    impl Progress for Events {
+        fn event(&self, event: &ApplyEvent<'_>) {
+            let line = match event {
+                ApplyEvent::Started { resource, .. } => format!("started {resource}"),
+                ApplyEvent::Finished {
+                    resource, error, ..
+                } => format!("finished {resource}: {}", error.unwrap_or("ok")),
+                ApplyEvent::Skipped { resource, .. } => format!("skipped {resource}"),
+            };
+            self.0.lock().expect("not poisoned").push(line);
+        }
+    }
+
+    #[test]
+    fn a_step_that_panics_is_reported_finished_with_a_failure() {
+        let events = Events::default();
+        let result: Result<(), StepError> = tracked("web", Action::Create, &events, || {
+            panic!("a provider's bug")
+        });
+        let error = result.expect_err("a panic is a failure");
+        assert!(!error.retryable);
+        let seen = events.0.into_inner().expect("not poisoned");
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], "started web");
+        assert!(
+            seen[1].starts_with("finished web: a bug in Slipway: this step panicked"),
+            "{seen:?}"
+        );
     }
 }
