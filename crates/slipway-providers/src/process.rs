@@ -848,6 +848,9 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         before.as_ref().and_then(|s| s.child),
         after.as_ref().and_then(|s| s.child),
         live.and_then(LiveProcess::child),
+        // The supervisor may have restarted it after `before` was read: the child it let go
+        // of is the one running now.
+        released.as_ref().and_then(Answer::released_child),
     ]
     .into_iter()
     .flatten()

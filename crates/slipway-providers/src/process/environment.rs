@@ -187,7 +187,8 @@ fn pidfd_of(identity: ProcessIdentity) -> Option<OwnedFd> {
 #[derive(Debug)]
 pub(crate) struct Answer {
     /// The reply line: `ok`, `ok <state>` (to a `start`: the state it recorded, as JSON),
-    /// `ok empty` (it supervises nothing more and exits), or `error <why>`.
+    /// `ok empty` (it supervises nothing more and exits), either followed by
+    /// ` child <identity>` (to a `release`: the child it let go of), or `error <why>`.
     pub reply: String,
     /// The supervisor that answered (to a `release`).
     pub supervisor: Option<ProcessIdentity>,
@@ -201,7 +202,15 @@ impl Answer {
 
     /// Whether it exits after this answer.
     pub fn exits(&self) -> bool {
-        self.reply == "ok empty"
+        self.reply == "ok empty" || self.reply.starts_with("ok empty ")
+    }
+
+    /// The child it let go of, which the caller stops (to a `release`: `ok child {...}` or
+    /// `ok empty child {...}`).
+    pub fn released_child(&self) -> Option<ProcessIdentity> {
+        let rest = self.reply.strip_prefix("ok")?;
+        let rest = rest.strip_prefix(" empty").unwrap_or(rest);
+        serde_json::from_str(rest.strip_prefix(" child ")?).ok()
     }
 
     /// The state it recorded, which it gives with its answer to a `start`
@@ -747,14 +756,21 @@ impl EnvironmentSupervisor {
                 // Only the release of its last process ends it: a release of what it does
                 // not supervise (a create clearing the way) must not stop it under another
                 // create's feet.
-                if self.release(name) && self.slots.is_empty() {
+                let released = self.release(name);
+                // The child it let go of is named: the caller stops it, though it may have
+                // read R's state before a restart started this one.
+                let child = match released.flatten().map(|c| serde_json::to_string(&c)) {
+                    Some(Ok(json)) => format!(" child {json}"),
+                    _ => String::new(),
+                };
+                if released.is_some() && self.slots.is_empty() {
                     // Gone from the directory before the answer: whoever asks next starts
                     // a new supervisor, which waits for our lock.
                     let _ = std::fs::remove_file(via_fd(&self.dir, SOCKET));
-                    reply(&stream, "ok empty");
+                    reply(&stream, &format!("ok empty{child}"));
                     return true;
                 }
-                reply(&stream, "ok");
+                reply(&stream, &format!("ok{child}"));
             }
             _ => reply(&stream, "error unknown request"),
         }
@@ -945,24 +961,23 @@ impl EnvironmentSupervisor {
     }
 
     /// `release R`: forget R (its process is the caller's to stop) and its files; returns
-    /// whether it supervised R.
-    fn release(&mut self, name: &str) -> bool {
+    /// `None` if it did not supervise R, else the child it let go of, if one ran.
+    fn release(&mut self, name: &str) -> Option<Option<ProcessIdentity>> {
         let _ = std::fs::remove_file(spec_path(&self.run, name));
         // A child still on its way to its exec is let go of once it got there (or failed
         // to): then its session and process group are its own, and the caller can stop them.
         self.settle(name, SETTLE);
-        let Some(mut slot) = self.slots.remove(name) else {
-            return false;
-        };
+        let mut slot = self.slots.remove(name)?;
         slot.log.flush_pending();
         answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
-        if let Some(child) = slot.child
-            && child.own
-        {
-            self.released.push(child.identity.pid);
-        }
+        let child = slot.child.map(|child| {
+            if child.own {
+                self.released.push(child.identity.pid);
+            }
+            child.identity
+        });
         let _ = std::fs::remove_file(state_path(&self.run, name));
-        true
+        Some(child)
     }
 
     /// The restart of `name` is due.
@@ -1385,6 +1400,28 @@ mod tests {
         unsafe {
             libc::kill(child.pid as libc::pid_t, libc::SIGKILL);
             libc::waitpid(child.pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+    }
+
+    #[test]
+    fn a_release_answer_says_whether_it_exits_and_which_child_it_let_go_of() {
+        let answer = |reply: &str| Answer {
+            reply: reply.to_owned(),
+            supervisor: None,
+        };
+        let child = ProcessIdentity { pid: 42, start: 7 };
+        let json = serde_json::to_string(&child).expect("serializes");
+        for (reply, exits, released) in [
+            ("ok".to_owned(), false, None),
+            ("ok empty".to_owned(), true, None),
+            (format!("ok child {json}"), false, Some(child)),
+            (format!("ok empty child {json}"), true, Some(child)),
+            ("ok child {\"pid\": -1}".to_owned(), false, None),
+            ("ok childish".to_owned(), false, None),
+            (format!("error child {json}"), false, None),
+        ] {
+            assert_eq!(answer(&reply).exits(), exits, "{reply}");
+            assert_eq!(answer(&reply).released_child(), released, "{reply}");
         }
     }
 
