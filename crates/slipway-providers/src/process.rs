@@ -55,7 +55,7 @@ use self::health::HealthCheck;
 use self::supervisor::{Phase, Scope, SupervisorSpec, SupervisorState, read_state};
 use crate::command::{self, TAIL_LINES};
 use crate::logfile::{self, log_path};
-use crate::procinfo::{ProcessIdentity, wait_until};
+use crate::procinfo::{Liveness, ProcessIdentity, wait_until};
 use crate::sandbox::Confinement;
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
 
@@ -599,13 +599,13 @@ fn describe_down(state: &SupervisorState) -> Option<String> {
         // writes that it is past its exec, or, for a child named until then, until it no
         // longer bears that name.
         Phase::Running if state.exec_pending => Some("the process is starting".to_owned()),
-        Phase::Running if state.named_until_exec && state.child.is_some_and(|c| c.is_held()) => {
-            Some("the process is starting".to_owned())
-        }
-        Phase::Running if state.child.is_some_and(|c| c.is_alive()) => None,
-        Phase::Running => Some(format!(
-            "the process has just exited and its supervisor is restarting it{history}"
-        )),
+        Phase::Running => match state.child.map_or(Liveness::Gone, |c| c.liveness()) {
+            Liveness::Held if state.named_until_exec => Some("the process is starting".to_owned()),
+            Liveness::Held | Liveness::Running => None,
+            Liveness::Gone => Some(format!(
+                "the process has just exited and its supervisor is restarting it{history}"
+            )),
+        },
         Phase::Backoff => Some(format!(
             "the process is not running: restarting after {} ({restarts} so far)",
             state.last_exit.as_deref().unwrap_or("an unknown status")

@@ -89,6 +89,17 @@ pub(crate) fn stat(pid: u32) -> Option<ProcStat> {
     parse_stat(&String::from_utf8_lossy(&buf[..len]))
 }
 
+/// Whether a process runs, as [`ProcessIdentity::liveness`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// Exited (a zombie included), or its pid is another process's now.
+    Gone,
+    /// Alive, and bears [`HELD_NAME`]: forked by a supervisor, not past its exec.
+    Held,
+    /// Alive, past its exec (or never held).
+    Running,
+}
+
 impl ProcessIdentity {
     /// The identity of the running process `pid`, if it exists and has not exited.
     pub fn of(pid: u32) -> Option<ProcessIdentity> {
@@ -127,7 +138,17 @@ impl ProcessIdentity {
     /// Whether this very process is alive and still held before its exec (it bears
     /// [`HELD_NAME`]).
     pub fn is_held(&self) -> bool {
-        stat(self.pid).is_some_and(|s| s.start == self.start && !s.is_dead() && s.held)
+        self.liveness() == Liveness::Held
+    }
+
+    /// Whether this very process runs, and whether it is still held before its exec: one
+    /// read of its stat.
+    pub fn liveness(&self) -> Liveness {
+        match stat(self.pid) {
+            Some(s) if s.start == self.start && !s.is_dead() && s.held => Liveness::Held,
+            Some(s) if s.start == self.start && !s.is_dead() => Liveness::Running,
+            _ => Liveness::Gone,
+        }
     }
 
     /// Sends `signal` to this process if it is still this process. Returns whether it was sent.
