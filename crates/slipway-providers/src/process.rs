@@ -918,11 +918,7 @@ mod tests {
             describe_down(&unnamed).as_deref(),
             Some("the process is starting")
         );
-        // SAFETY: kills and reaps our own child.
-        unsafe {
-            nix::libc::kill(child.pid as nix::libc::pid_t, nix::libc::SIGKILL);
-            nix::libc::waitpid(child.pid as nix::libc::pid_t, std::ptr::null_mut(), 0);
-        }
+        spawn::test_kill_and_reap(child.pid);
         assert!(
             describe_down(&state).is_some_and(|why| why.contains("has just exited")),
             "and down once it is gone"

@@ -26,7 +26,7 @@ pub(crate) struct ProcessIdentity {
 /// is still on its way to its exec while it bears this name. Under 16 bytes, the kernel's
 /// limit. A program may take this name itself (`prctl`); it then only misleads about itself:
 /// it is shown as starting, not ready.
-pub(crate) const HELD_NAME: &str = "slipway-held";
+pub(crate) const HELD_NAME: &std::ffi::CStr = c"slipway-held";
 
 /// What `/proc/<pid>/stat` says about a process, for the fields we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let pgrp = fields.get(5 - 3)?.parse().ok()?;
     let start = fields.get(22 - 3)?.parse().ok()?;
     Some(ProcStat {
-        held: comm == HELD_NAME,
+        held: comm.as_bytes() == HELD_NAME.to_bytes(),
         state,
         pgrp,
         start,
@@ -250,7 +250,7 @@ mod tests {
         let held = "77 (slipway-held) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 5 1 1";
         assert!(
             parse_stat(held).is_some_and(|s| s.held),
-            "a child named {HELD_NAME} is held"
+            "a child named {HELD_NAME:?} is held"
         );
         let lookalike = "77 (x) (slipway-held) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 5";
         assert!(

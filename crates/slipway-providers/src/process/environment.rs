@@ -1395,14 +1395,6 @@ mod tests {
         spawn::test_held(&spawn::test_program(command, dir), null.as_fd())
     }
 
-    fn kill_and_reap(child: ProcessIdentity) {
-        // SAFETY: kills and reaps the test's own child.
-        unsafe {
-            libc::kill(child.pid as libc::pid_t, libc::SIGKILL);
-            libc::waitpid(child.pid as libc::pid_t, std::ptr::null_mut(), 0);
-        }
-    }
-
     #[test]
     fn a_release_answer_says_whether_it_exits_and_which_child_it_let_go_of() {
         let answer = |reply: &str| Answer {
@@ -1438,7 +1430,7 @@ mod tests {
             None,
             "a child its dead supervisor never let exec runs nothing: not taken back as running"
         );
-        kill_and_reap(child);
+        spawn::test_kill_and_reap(child.pid);
 
         // Past its exec when its supervisor died: running.
         let mut launching = held(&["sleep", "30"], dir.path()).go();
@@ -1448,7 +1440,7 @@ mod tests {
             .expect("the exec happens");
         let child = ProcessIdentity::of_child(launching.pid()).expect("the child exists");
         assert_eq!(running_program(child, Duration::from_secs(10)), Some(child));
-        kill_and_reap(child);
+        spawn::test_kill_and_reap(child.pid);
 
         // A program that took the held name itself: still running after the wait.
         let mut launching = held(
@@ -1470,6 +1462,6 @@ mod tests {
             Some(child),
             "a program bearing the name after the wait is a program, running"
         );
-        kill_and_reap(child);
+        spawn::test_kill_and_reap(child.pid);
     }
 }

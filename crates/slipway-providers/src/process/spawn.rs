@@ -104,9 +104,6 @@ impl Program {
     }
 }
 
-/// [`crate::procinfo::HELD_NAME`] as the kernel takes it.
-const HELD: &[u8] = b"slipway-held\0";
-
 /// A child that exists and waits to be told to go ([`Held::go`]) before its exec.
 #[derive(Debug)]
 pub(crate) struct Held {
@@ -173,7 +170,7 @@ pub(crate) fn fork_held(
     // NUL-terminated string of ours.
     let named = unsafe {
         libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) == 0
-            && libc::prctl(libc::PR_SET_NAME, HELD.as_ptr()) == 0
+            && libc::prctl(libc::PR_SET_NAME, crate::procinfo::HELD_NAME.as_ptr()) == 0
     };
     // SAFETY: the child only runs `child`, which makes async-signal-safe calls on memory the
     // parent prepared, and never returns (it execs or exits).
@@ -405,6 +402,16 @@ pub(crate) fn test_program(command: &[&str], dir: &Path) -> Program {
     Program::new(&command, &env, dir).expect("a program")
 }
 
+/// Kills and reaps `pid`, a child of the test's own.
+#[cfg(test)]
+pub(crate) fn test_kill_and_reap(pid: u32) {
+    // SAFETY: kills and waits for the test's own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+    }
+}
+
 /// `program` forked held, unconfined, reading `/dev/null` and writing `output`.
 #[cfg(test)]
 pub(crate) fn test_held(program: &Program, output: BorrowedFd<'_>) -> Held {
@@ -454,12 +461,7 @@ mod tests {
 
     #[test]
     fn a_child_is_named_held_until_its_exec_and_its_parent_keeps_its_name() {
-        use crate::procinfo::{HELD_NAME, ProcessIdentity};
-        assert_eq!(
-            HELD,
-            format!("{HELD_NAME}\0").as_bytes(),
-            "one name, two spellings"
-        );
+        use crate::procinfo::ProcessIdentity;
         let comm = || std::fs::read_to_string("/proc/thread-self/comm").expect("our name");
         let before = comm();
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -481,11 +483,7 @@ mod tests {
                 .trim(),
             "sleep"
         );
-        // SAFETY: kills and reaps our own child.
-        unsafe {
-            libc::kill(child.pid as libc::pid_t, libc::SIGKILL);
-            libc::waitpid(child.pid as libc::pid_t, std::ptr::null_mut(), 0);
-        }
+        test_kill_and_reap(child.pid);
         assert!(!child.is_held(), "a child that is gone is not held");
     }
 
