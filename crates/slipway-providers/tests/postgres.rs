@@ -735,6 +735,12 @@ fn a_template_in_use_is_a_retryable_error() {
         err.to_string().contains("being accessed by other users"),
         "the error says why: {err}"
     );
+    // The role was made first, and its password set by a second session meanwhile: the
+    // failed create leaves neither behind.
+    assert!(
+        !role_exists(&pg.names("qa", "db")),
+        "the role made for the database that could not be made is dropped"
+    );
     drop(held);
     let applied = pg
         .database()
@@ -891,6 +897,39 @@ fn delete_without_a_record_removes_what_an_interrupted_create_left() {
         .delete(pg.ctx("db"), None)
         .expect("delete without a record");
     assert!(!database_exists(&name), "gone again");
+}
+
+#[test]
+fn a_role_left_unable_to_log_in_by_an_interrupted_create_gets_its_login_and_password() {
+    // A first create makes the role (with its marker, without its login), then sets its login
+    // and password on a second session while the first makes the database. A crash in between
+    // leaves a role of ours that cannot log in.
+    let pg = Pg::new();
+    let name = pg.names("qa", "db");
+    admin()
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; COMMENT ON ROLE {role} IS 'slipway:{}:qa/db'",
+            pg.id,
+            role = quote(&name)
+        ))
+        .expect("the role an interrupted create left");
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("a create takes our role back");
+    let mut app = postgres::Client::connect(&output(&applied, "url"), postgres::NoTls)
+        .expect("the role logs in with the new password");
+    let who: String = app
+        .query_one("select current_user::text", &[])
+        .expect("current_user")
+        .get(0);
+    assert_eq!(who, name, "connected as the role");
+    drop(app);
+    assert_scram_verifier_of(&name, &output(&applied, "password"));
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("delete");
+    assert!(!role_exists(&name), "the role is gone");
 }
 
 fn config_error(pg: &Pg, config: Value) -> String {

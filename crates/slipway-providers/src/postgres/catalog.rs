@@ -47,7 +47,7 @@ pub(crate) fn role(s: &mut Session<'_>, name: &str, marker: &str) -> Result<Role
     let rows = s.query(
         &format!("look up role {name:?}"),
         "select shobj_description(oid, 'pg_authid'), rolcanlogin from pg_roles where rolname = $1",
-        &[&name],
+        &[name],
     )?;
     Ok(match rows.first() {
         None => RoleFound {
@@ -81,7 +81,7 @@ pub(crate) fn database(
                 shobj_description(r.oid, 'pg_authid') \
          from pg_database d left join pg_roles r on r.oid = d.datdba \
          where d.datname = $1",
-        &[&name],
+        &[name],
     )?;
     Ok(match rows.first() {
         None => DatabaseFound {
@@ -117,7 +117,7 @@ pub(crate) fn slipway_made(s: &mut Session<'_>, name: &str) -> Result<Option<Str
                 shobj_description(r.oid, 'pg_authid') \
          from pg_database d left join pg_roles r on r.oid = d.datdba \
          where d.datname = $1",
-        &[&name],
+        &[name],
     )?;
     Ok(rows.first().and_then(|row| {
         let comment: Option<String> = row.get(0);
@@ -171,7 +171,7 @@ impl RolePassword {
     /// The `PASSWORD` clause's literal: the verifier, or the plain password for a server
     /// older than PostgreSQL 10 (which knows no SCRAM, and would store the verifier as the
     /// password itself).
-    fn literal(self, s: &mut Session<'_>) -> Result<String, ProviderError> {
+    pub fn literal(self, s: &mut Session<'_>) -> Result<String, ProviderError> {
         let version = s.server_version().map_err(|e| s.fail(e))?;
         if version < 100_000 {
             return literal(&self.plain);
@@ -218,6 +218,45 @@ pub(crate) fn ensure_role(
     Ok(created)
 }
 
+/// Creates the role `name` with our marker (one transaction), unable to log in and without
+/// a password: [`set_login`] gives it both, from another session.
+///
+/// A `PASSWORD` clause costs the server as much as the rest of a role's creation: it checks
+/// that the password is not the empty one by hashing `""` with the verifier's salt and
+/// iterations (4,096 rounds of PBKDF2, a few milliseconds of its backend). Made this way, the
+/// role's password is set on a second session while the first creates its database.
+///
+/// # Assumptions
+/// No role of this name exists (the caller looked).
+pub(crate) fn create_role_without_login(
+    s: &mut Session<'_>,
+    name: &str,
+    marker: &str,
+) -> Result<(), ProviderError> {
+    let role = ident(name)?;
+    s.execute_atomically(
+        &format!("create role {name:?}"),
+        &[
+            format!("CREATE ROLE {role} NOLOGIN"),
+            format!("COMMENT ON ROLE {role} IS {}", literal(marker)?),
+        ],
+    )
+    .map_err(|e| s.fail(e))
+}
+
+/// Lets our role `name` log in with `password` (a literal of [`RolePassword::literal`]).
+pub(crate) fn set_login(
+    s: &mut Session<'_>,
+    name: &str,
+    password: &str,
+) -> Result<(), ProviderError> {
+    s.execute(
+        &format!("set the password of role {name:?}"),
+        &format!("ALTER ROLE {} LOGIN PASSWORD {password}", ident(name)?),
+    )
+    .map_err(|e| s.fail(e))
+}
+
 /// Drops the role `name` if it exists. Fails, without `CASCADE`, while it owns objects.
 pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
     s.execute(
@@ -261,7 +300,7 @@ fn terminate_sessions(s: &mut Session<'_>, name: &str) -> Result<(), ProviderErr
         &format!("end the sessions on database {name:?}"),
         "select pg_terminate_backend(pid) from pg_stat_activity \
          where datname = $1 and pid <> pg_backend_pid()",
-        &[&name],
+        &[name],
     )
     .map(drop)
     .map_err(|e| s.fail(e))

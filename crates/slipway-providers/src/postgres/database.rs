@@ -296,42 +296,83 @@ impl DatabaseProvider {
         if let Ownership::Foreign(why) = &role.ownership {
             return Err(catalog::not_ours(server, "role", &names.role, why));
         }
-        let created_role = catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
         let comment = format!(
             "COMMENT ON DATABASE {} IS {}",
             ident(&names.database)?,
             literal(&marker)?
         );
-        match database.ownership {
-            Ownership::Absent => {
-                if let Err(e) = create_database(&mut s, names, config) {
-                    if created_role {
-                        // Best effort: `delete` finds it by its marker otherwise.
-                        let _ = catalog::drop_role(&mut s, &names.role);
-                    }
-                    return Err(e);
-                }
-                s.execute(
-                    &format!("comment on database {:?}", names.database),
-                    &comment,
-                )
-                .map_err(|e| s.fail(e))?;
+        if role.ownership == Ownership::Absent && database.ownership == Ownership::Absent {
+            // A first create: the role is made without its password, which a second session
+            // sets while this one copies the database (see `create_role_without_login`).
+            let password = hashed.literal(&mut s)?;
+            catalog::create_role_without_login(&mut s, &names.role, &marker)?;
+            let (made, login) = std::thread::scope(|scope| {
+                let login = std::thread::Builder::new()
+                    .name("pg-login".to_owned())
+                    .spawn_scoped(scope, || {
+                        let mut other = server.connect()?;
+                        catalog::set_login(&mut other, &names.role, &password)
+                    });
+                let made = create_database(&mut s, names, config).and_then(|()| {
+                    s.execute(
+                        &format!("comment on database {:?}", names.database),
+                        &comment,
+                    )
+                    .map_err(|e| s.fail(e))
+                });
+                let login = match login {
+                    Ok(thread) => thread.join().unwrap_or_else(|_| {
+                        Err(server.error(
+                            "a bug in Slipway: setting the role's password panicked".to_owned(),
+                            Retry::Retryable,
+                        ))
+                    }),
+                    // No thread to spare: here, after the database.
+                    Err(_) => catalog::set_login(&mut s, &names.role, &password),
+                };
+                (made, login)
+            });
+            if let Err(e) = made {
+                // Best effort: `delete` finds it by its marker otherwise.
+                let _ = catalog::drop_role(&mut s, &names.role);
+                return Err(e);
             }
-            _ => {
-                // Ours already (an interrupted create, or a role recreated after drift): give
-                // it back to the role, data untouched.
-                s.execute_atomically(
-                    &format!("give database {:?} back to its role", names.database),
-                    &[
-                        format!(
-                            "ALTER DATABASE {} OWNER TO {}",
-                            ident(&names.database)?,
-                            ident(&names.role)?
-                        ),
-                        comment,
-                    ],
-                )
-                .map_err(|e| s.fail(e))?;
+            // Both ours now: a retry finds them and sets the password again.
+            login?;
+        } else {
+            let created_role =
+                catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
+            match database.ownership {
+                Ownership::Absent => {
+                    if let Err(e) = create_database(&mut s, names, config) {
+                        if created_role {
+                            // Best effort: `delete` finds it by its marker otherwise.
+                            let _ = catalog::drop_role(&mut s, &names.role);
+                        }
+                        return Err(e);
+                    }
+                    s.execute(
+                        &format!("comment on database {:?}", names.database),
+                        &comment,
+                    )
+                    .map_err(|e| s.fail(e))?;
+                }
+                _ => {
+                    // Ours already (an interrupted create, or a role recreated after drift):
+                    // give it back to the role, data untouched.
+                    s.execute_atomically(
+                        &format!("give database {:?} back to its role", names.database),
+                        &[
+                            format!(
+                                "ALTER DATABASE {} OWNER TO {}",
+                                ident(&names.database)?,
+                                ident(&names.role)?
+                            ),
+                            comment,
+                        ],
+                    )
+                    .map_err(|e| s.fail(e))?;
+                }
             }
         }
         drop(s);

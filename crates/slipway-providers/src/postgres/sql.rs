@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::config::{Host, SslMode};
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row};
 
 pub use slipway_core::redact::redact_url;
@@ -172,15 +172,15 @@ impl Session<'_> {
             .map_err(|source| self.statement_error(action, source))
     }
 
-    /// Runs a query with parameters.
-    pub fn query(
-        &mut self,
-        action: &str,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, PgError> {
+    /// Runs a query whose parameters are text, in one round trip (its parameters' types are
+    /// given, so it needs no statement prepared first).
+    pub fn query(&mut self, action: &str, sql: &str, params: &[&str]) -> Result<Vec<Row>, PgError> {
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+            .collect();
         self.client
-            .query(sql, params)
+            .query_typed(sql, &typed)
             .map_err(|source| self.statement_error(action, source))
     }
 
