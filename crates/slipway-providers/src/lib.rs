@@ -560,6 +560,41 @@ pub(crate) fn atomic_write_runtime(path: &Path, bytes: &[u8], mode: u32) -> std:
     write_and_rename(path, bytes, mode, Durability::Runtime)
 }
 
+/// Replaces `path` with `bytes` (mode `mode` for the new file), atomically and only if it
+/// exists: the new file is written beside it and exchanged with it (`renameat2`
+/// `RENAME_EXCHANGE`, which fails when either is missing), then the old one, now at the
+/// temporary name, is removed. Never makes `path` nor its directory; not synced.
+///
+/// # Errors
+/// `NotFound` when `path` (or its directory) is gone.
+pub(crate) fn exchange_existing(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".tmp.{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &temp,
+            nix::fcntl::AT_FDCWD,
+            path,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .map_err(std::io::Error::from)
+    })();
+    // Whichever it holds now (the old file, or the new one that was not exchanged).
+    let _ = std::fs::remove_file(&temp);
+    written
+}
+
 /// Whether a replaced file is synced to disk before it is renamed into place.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Durability {

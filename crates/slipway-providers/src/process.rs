@@ -52,7 +52,7 @@ use serde_json::{Value, json};
 
 use self::environment::{Answer, StartError};
 use self::health::HealthCheck;
-use self::supervisor::{Phase, Scope, SupervisorSpec, SupervisorState, read_state};
+use self::supervisor::{Phase, Scope, SupervisorSpec, SupervisorState, read_state, spec_in_state};
 use crate::command::{self, TAIL_LINES};
 use crate::logfile::{self, log_path};
 use crate::procinfo::{Liveness, ProcessIdentity, wait_until};
@@ -186,6 +186,17 @@ fn state_path(ctx: ResourceContext<'_>) -> PathBuf {
     ctx.dirs.run.join(format!("{}.json", ctx.resource))
 }
 
+/// The largest spec sent with a `start` (a larger one is written to the spec file, which
+/// every supervisor reads): small enough to fit the socket's buffer whole, so that a
+/// supervisor from before, which reads the request's line and no more, still answers.
+const CARRIED: usize = 64 * 1024;
+
+/// The spec of what runs for the resource: the one its state file carries (sent with its
+/// `start`), or its spec file (a larger one, or one an engine from before wrote).
+fn running_spec(ctx: ResourceContext<'_>) -> Option<Vec<u8>> {
+    spec_in_state(&state_path(ctx)).or_else(|| std::fs::read(spec_path(ctx)).ok())
+}
+
 /// A checked configuration.
 struct Resolved {
     cwd: PathBuf,
@@ -315,19 +326,18 @@ impl Provider for ProcessProvider {
             redact: ctx.redact.to_vec(),
             confinement: Some(Confinement::of(ctx)),
         };
-        let spec_file = spec_path(ctx);
         let bytes = crate::to_json(&spec, "the supervisor spec")?
             .to_string()
             .into_bytes();
         // The same spec already running (a create repeated after an interruption, or the
         // controller healing a process whose supervisor died): keep the process.
         let current = read_state(&spec.state)
-            .filter(|_| std::fs::read(&spec_file).is_ok_and(|on_disk| on_disk == bytes))
+            .filter(|_| running_spec(ctx).is_some_and(|running| running == bytes))
             .filter(|s| s.supervisor.is_alive() || s.child.is_some_and(|c| c.is_alive()));
         let state = match current {
             // A per-resource supervisor of a home from before keeps its process.
             Some(state) if state.scope == Scope::Resource && state.supervisor.is_alive() => state,
-            Some(_) => ask_start(ctx, &spec)?,
+            Some(_) => ask_start(ctx, &spec, &bytes)?,
             None => {
                 // Anything an earlier create of this resource left running is ours to replace.
                 stop(ctx, None)?;
@@ -335,11 +345,7 @@ impl Provider for ProcessProvider {
                     std::fs::create_dir_all(dir)
                         .map_err(io_error(format!("failed to create {}", dir.display())))?;
                 }
-                // The spec holds the child's environment, secrets included: its owner's eyes
-                // only.
-                crate::atomic_write_runtime(&spec_file, &bytes, 0o600)
-                    .map_err(io_error(format!("failed to write {}", spec_file.display())))?;
-                ask_start(ctx, &spec)?
+                ask_start(ctx, &spec, &bytes)?
             }
         };
         let live = LiveProcess {
@@ -429,8 +435,8 @@ impl Provider for ProcessProvider {
         // So is one whose spec cannot be read or understood: that proves nothing (it may
         // predate sandboxing).
         if ctx.sandbox.isolation != crate::sandbox::Isolation::None {
-            let spec = std::fs::read(spec_path(ctx))
-                .map_err(|e| e.to_string())
+            let spec = running_spec(ctx)
+                .ok_or_else(|| "it is in neither the state file nor a spec file".to_owned())
                 .and_then(|bytes| {
                     serde_json::from_slice::<SupervisorSpec>(&bytes).map_err(|e| e.to_string())
                 });
@@ -619,14 +625,17 @@ fn describe_down(state: &SupervisorState) -> Option<String> {
 }
 
 /// Asks the environment's supervisor (starting one if none answers) to start the process of
-/// `spec`, whose spec file is written; returns the state it recorded.
+/// `spec` (`bytes`, as JSON); returns the state it recorded. The spec goes with the request,
+/// and the supervisor keeps it in the state file it writes anyway (one file per start); one
+/// too large for that, or a supervisor from before, gets it in the spec file.
 fn ask_start(
     ctx: ResourceContext<'_>,
     spec: &SupervisorSpec,
+    bytes: &[u8],
 ) -> Result<SupervisorState, ProviderError> {
     let shown = command::show_command(&spec.command);
     let tail = || logfile::tail(&spec.log, TAIL_LINES);
-    let answer = ask_supervisor(ctx, &format!("start {}", ctx.resource)).map_err(|e| {
+    let unreachable = |e: SupervisorUnreachable| {
         let _ = std::fs::remove_file(spec_path(ctx));
         match e {
             SupervisorUnreachable::Config(e) => e,
@@ -636,7 +645,30 @@ fn ask_start(
                 retry: Retry::Retryable,
             },
         }
-    })?;
+    };
+    let carried = if bytes.len() <= CARRIED {
+        let request = format!("start {} +{}", ctx.resource, bytes.len());
+        Some(ask_supervisor(ctx, &request, bytes).map_err(unreachable)?)
+            // A supervisor from before knows only `start RESOURCE` (and says so).
+            .filter(|answer| {
+                !answer
+                    .error()
+                    .is_some_and(|e| e.starts_with("a request is `start|adopt|release RESOURCE`"))
+            })
+    } else {
+        None
+    };
+    let answer = match carried {
+        Some(answer) => answer,
+        None => {
+            // The spec holds the child's environment, secrets included: its owner's eyes
+            // only.
+            let spec_file = spec_path(ctx);
+            crate::atomic_write_runtime(&spec_file, bytes, 0o600)
+                .map_err(io_error(format!("failed to write {}", spec_file.display())))?;
+            ask_supervisor(ctx, &format!("start {}", ctx.resource), &[]).map_err(unreachable)?
+        }
+    };
     if let Some(why) = answer.error() {
         let _ = stop(ctx, None);
         return Err(ProviderError::Failed {
@@ -670,7 +702,7 @@ fn ask_start(
 /// Starts a supervisor for the environment if none runs; it takes back every process whose
 /// supervisor is gone (this one's included).
 fn take_back(ctx: ResourceContext<'_>) -> Result<(), String> {
-    match ask_supervisor(ctx, &format!("adopt {}", ctx.resource)) {
+    match ask_supervisor(ctx, &format!("adopt {}", ctx.resource), &[]) {
         Ok(answer) => answer.error().map_or(Ok(()), |e| Err(e.to_owned())),
         Err(SupervisorUnreachable::Config(e)) => Err(e.to_string()),
         Err(SupervisorUnreachable::Failed(message)) => Err(message),
@@ -688,36 +720,39 @@ enum SupervisorUnreachable {
 fn ask_supervisor(
     ctx: ResourceContext<'_>,
     request: &str,
+    body: &[u8],
 ) -> Result<Answer, SupervisorUnreachable> {
     let Some((program, args)) = ctx.settings.supervisor.split_first() else {
         return Err(SupervisorUnreachable::Config(ProviderError::Config(
             "process: no supervisor program is configured (settings.supervisor)".to_owned(),
         )));
     };
-    environment::ask_starting(&ctx.dirs.run, program, args, request, REQUEST_TIMEOUT).map_err(|e| {
-        SupervisorUnreachable::Failed(match e {
-            StartError::Spawn(e) => format!(
-                "failed to start the supervisor {}: {e}",
-                Path::new(program).display()
-            ),
-            StartError::Io(e) => format!(
-                "failed to talk to the supervisor at {}: {e}",
-                ctx.dirs.run.join(environment::SOCKET).display()
-            ),
-            StartError::Silent(waited) => format!(
-                "the supervisor did not answer at {} within {}; check the supervisor \
+    environment::ask_starting(&ctx.dirs.run, program, args, request, body, REQUEST_TIMEOUT).map_err(
+        |e| {
+            SupervisorUnreachable::Failed(match e {
+                StartError::Spawn(e) => format!(
+                    "failed to start the supervisor {}: {e}",
+                    Path::new(program).display()
+                ),
+                StartError::Io(e) => format!(
+                    "failed to talk to the supervisor at {}: {e}",
+                    ctx.dirs.run.join(environment::SOCKET).display()
+                ),
+                StartError::Silent(waited) => format!(
+                    "the supervisor did not answer at {} within {}; check the supervisor \
                      program (settings.supervisor) runs `{}`",
-                ctx.dirs.run.join(environment::SOCKET).display(),
-                crate::duration::show(waited),
-                ctx.settings
-                    .supervisor
-                    .iter()
-                    .map(|a| a.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-        })
-    })
+                    ctx.dirs.run.join(environment::SOCKET).display(),
+                    crate::duration::show(waited),
+                    ctx.settings
+                        .supervisor
+                        .iter()
+                        .map(|a| a.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            })
+        },
+    )
 }
 
 /// Starts the supervisor program (`program args arg`) so that it is no process's child: in a
@@ -775,7 +810,8 @@ pub(super) fn spawn_detached(
     Ok(())
 }
 
-/// Stops everything of the resource: no supervisor may start it again (its spec goes first),
+/// Stops everything of the resource: no supervisor may start it again (its spec goes first,
+/// with the state file that may carry it),
 /// the environment's supervisor lets go of it, a per-resource supervisor (a home from before)
 /// is stopped, then whatever survives of the children's process groups; removes its files.
 fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), ProviderError> {
@@ -795,9 +831,12 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
             source: e,
         }),
     };
-    // A supervisor restarts nothing whose spec is gone, and starts nothing without one.
+    // A supervisor restarts nothing whose spec is gone, and starts nothing without one: the
+    // spec file goes, and the state file, which carries the spec of a start that sent it
+    // (a supervisor then only replaces that file, never makes it again).
     let spec_existed = remove(&spec_file)?;
-    if !spec_existed && before.is_none() && live.is_none() {
+    let state_existed = remove(&state_file)?;
+    if !spec_existed && !state_existed && before.is_none() && live.is_none() {
         // Nothing of it was ever started (a supervisor records a child in the state file
         // before it runs, and starts nothing without a spec): no supervisor to ask.
         return Ok(());

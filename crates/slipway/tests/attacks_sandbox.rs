@@ -102,7 +102,8 @@ attempt("list prod", lambda: " ".join(os.listdir(prod)))
 attempt("list prod data", lambda: " ".join(os.listdir(os.path.join(prod, "data"))))
 attempt("list prod logs", lambda: " ".join(os.listdir(os.path.join(prod, "logs"))))
 attempt("read prod log", lambda: read(os.path.join(prod, "logs", "web.log")))
-attempt("read prod spec", lambda: read(os.path.join(prod, "run", "web.spec.json")))
+# The state file carries the supervisor's spec: the child's environment, secrets included.
+attempt("read prod state", lambda: read(os.path.join(prod, "run", "web.json")))
 def ask_supervisor(run):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(5)
@@ -489,7 +490,7 @@ fn assert_held(sc: &Scenario, mode: &str, report: &BTreeMap<String, Value>) {
         "list prod data",
         "list prod logs",
         "read prod log",
-        "read prod spec",
+        "read prod state",
         "prod supervisor socket",
         "own supervisor socket",
         "write prod data",
@@ -561,9 +562,11 @@ fn assert_home_is_private(sc: &Scenario) {
             "envs is traversable only".to_owned(),
         ),
         (
-            home.join("envs/prod/run/web.spec.json"),
+            home.join("envs/prod/run/web.json"),
             0o600,
-            "the supervisor spec (it holds secrets) is the engine's alone".to_owned(),
+            "the state file, which carries the supervisor spec (it holds secrets), is the \
+             engine's alone"
+                .to_owned(),
         ),
     ];
     for file in ["state.db", "state.db-wal", "age.key", "state.key"] {

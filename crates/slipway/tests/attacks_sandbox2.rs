@@ -297,9 +297,16 @@ fn a_process_whose_spec_is_gone_is_drift() {
         "a process",
     );
     s.ok(&["apply", "--env", "dev", "--yes"]);
-    let spec = s.home.join("envs/dev/run/web.spec.json");
-    assert!(spec.exists(), "the supervisor has a spec");
-    std::fs::remove_file(&spec).expect("remove the spec");
+    // Its state file carries the spec: the same file without it (and no spec file).
+    let state_file = s.home.join("envs/dev/run/web.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).expect("the state")).expect("JSON");
+    assert!(
+        state["spec"].is_object(),
+        "the supervisor has a spec: {state}"
+    );
+    state.as_object_mut().expect("an object").remove("spec");
+    std::fs::write(&state_file, state.to_string()).expect("the state without its spec");
     let web_status = || {
         let status = s.json(&["status", "--output", "json"]);
         let dev = status_environment(&status, "dev").expect("dev");

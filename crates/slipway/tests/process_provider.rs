@@ -981,10 +981,17 @@ fn a_process_of_a_per_resource_supervisor_from_before_keeps_working_and_is_taken
     let env = TestEnv::new();
     let mut cleanup = Cleanup::default();
     let config = json!({"command": ["sleep", "4246000"]});
-    // The spec this engine writes for it, which is what an older engine wrote too.
+    // The spec this engine sends for it (its state file carries it), which is what an older
+    // engine wrote to the spec file.
     env.create(&mut cleanup, "old", &config);
     let spec_file = env.dirs.run.join("old.spec.json");
-    let spec = std::fs::read(&spec_file).expect("the spec");
+    assert!(
+        !spec_file.exists(),
+        "a spec sent with its start has no file"
+    );
+    let spec = env.state("old").expect("the state")["spec"]
+        .to_string()
+        .into_bytes();
     env.delete("old", None, "delete the template");
 
     // A home from before: the process's own supervisor, `slipway __supervise <spec>`.
@@ -1222,4 +1229,286 @@ fn a_process_that_prints_nothing_costs_no_log_file_until_it_does() {
         "the note of its start comes first:\n{log}"
     );
     env.delete("quiet", Some(&quiet.live), "delete quiet");
+}
+
+#[test]
+fn a_start_sends_its_spec_which_only_the_state_file_keeps_and_a_successor_reads() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4247000"], "env": {"TOKEN": "s3cr3t-carried"}});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let child = child_in(&env.state("api").expect("state")).expect("a child");
+    cleanup.groups.push(child);
+    assert!(
+        !env.dirs.run.join("api.spec.json").exists(),
+        "no spec file: one file per start"
+    );
+    let state = env.state("api").expect("state");
+    assert_eq!(
+        state["spec"]["env"]["TOKEN"], "s3cr3t-carried",
+        "the state file carries the spec: {state}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.dirs.run.join("api.json"))
+        .expect("the state file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "and holds secrets: 0600, not {mode:o}");
+
+    // Its supervisor dies: the next one has nothing but the state file to go by.
+    let supervisor = supervisor_of(&applied);
+    kill("-KILL", &supervisor.pid.to_string());
+    assert!(eventually(Duration::from_secs(5), || !supervisor.alive()));
+    assert_eq!(
+        env.observe("api", &config, &applied.live).expect("observe"),
+        Observation::InSync,
+        "taken back from the state file alone:\n{}",
+        env.report()
+    );
+    let state = env.state("api").expect("state");
+    assert_ne!(Proc::from_json(&state["supervisor"]), Some(supervisor));
+    assert_eq!(child_in(&state), Some(child), "the same child: {state}");
+    assert_eq!(
+        state["spec"]["env"]["TOKEN"], "s3cr3t-carried",
+        "whose spec it keeps carrying: {state}"
+    );
+    // An unchanged create keeps it; a changed one replaces it.
+    env.create(&mut cleanup, "api", &config);
+    assert_eq!(child_in(&env.state("api").expect("state")), Some(child));
+    let changed = json!({"command": ["sleep", "4247001"]});
+    let replaced = env.create(&mut cleanup, "api", &changed);
+    let new_child = child_in(&env.state("api").expect("state")).expect("a child");
+    cleanup.groups.push(new_child);
+    assert!(new_child != child && !child.alive(), "replaced");
+    env.delete("api", Some(&replaced.live), "delete");
+    assert!(!new_child.alive(), "stopped by the delete");
+}
+
+#[test]
+fn a_process_whose_state_file_the_engine_removed_is_never_started_again() {
+    // A delete removes the state file (which carries the spec) before it asks the supervisor
+    // to let go: a restart falling due meanwhile must not start the process again, nor make
+    // the file again.
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let starts = env.dirs.data.join("starts");
+    let config = json!({
+        "command": ["sh", "-c", format!("echo start >> {}; sleep 0.2; exit 1", starts.display())],
+    });
+    let applied = env.create(&mut cleanup, "loop", &config);
+    let count = || {
+        std::fs::read_to_string(&starts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || count() >= 2),
+        "it crash-loops:\n{}",
+        env.report()
+    );
+    std::fs::remove_file(env.dirs.run.join("loop.json")).expect("remove the state file");
+    let removed_at = count();
+    // Its backoffs are 0.5 s, 1 s, 2 s: three restarts would fall due in this time.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        count(),
+        removed_at,
+        "not started again once its state file is gone:\n{}",
+        env.report()
+    );
+    assert!(
+        env.state("loop").is_none(),
+        "and the supervisor did not make the file again"
+    );
+    env.delete("loop", Some(&applied.live), "delete");
+}
+
+#[test]
+fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4248000"]});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let child = child_in(&env.state("api").expect("state")).expect("a child");
+    cleanup.groups.push(child);
+    let socket = env.dirs.run.join("supervise.sock");
+    let ask = |bytes: &[u8]| -> String {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = stream.write_all(bytes);
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let spec = env.state("api").expect("state")["spec"].to_string();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"start api +abc\n{}".to_vec(), "+LENGTH"),
+        (b"start api +0\n".to_vec(), "+LENGTH"),
+        (b"start api +99999999\n{}".to_vec(), "+LENGTH"),
+        (b"start api +-3\n{}".to_vec(), "+LENGTH"),
+        (b"start api +2\n{}}".to_vec(), "longer than announced"),
+        (b"adopt api +2\n{}".to_vec(), "only a `start`"),
+        (b"release api +2\n{}".to_vec(), "only a `start`"),
+        (b"start api\n{}".to_vec(), "one line"),
+        (
+            b"start api +2\nno".to_vec(),
+            "cannot understand the spec sent",
+        ),
+        (
+            b"start api +2\n{}".to_vec(),
+            "cannot understand the spec sent",
+        ),
+        (
+            format!("start other +{}\n{spec}", spec.len()).into_bytes(),
+            "is not the spec of other",
+        ),
+        (
+            format!("start ../api +{}\n{spec}", spec.len()).into_bytes(),
+            "a request is",
+        ),
+        (vec![b'x'; 5000], "at most 4096 bytes"),
+    ];
+    for (request, expected) in &cases {
+        let answer = ask(request);
+        assert!(
+            answer.starts_with("error ") && answer.contains(expected),
+            "{:?} is refused saying {expected:?}: {answer:?}",
+            String::from_utf8_lossy(&request[..request.len().min(60)])
+        );
+    }
+    // A body shorter than announced: the supervisor gives up on it after its read deadline.
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    stream
+        .write_all(b"start api +100\n{\"half\":")
+        .expect("send");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert_eq!(answer, "", "a request never finished is dropped");
+    // None of it touched the process, and the supervisor still serves the engine.
+    assert!(child.alive(), "the process runs on");
+    assert_eq!(
+        child_in(&env.state("api").expect("state")),
+        Some(child),
+        "and is still the one recorded"
+    );
+    assert!(
+        !env.dirs.run.join("other.json").exists(),
+        "nothing was started for another resource"
+    );
+    env.create(&mut cleanup, "api", &config);
+    assert_eq!(child_in(&env.state("api").expect("state")), Some(child));
+    env.delete("api", Some(&applied.live), "delete");
+    assert!(!child.alive());
+}
+
+/// A supervisor as they were before a `start` could carry its spec: it reads the request's
+/// line and no more (512 bytes at a time, cut at the newline), refuses any line but
+/// `VERB RESOURCE`, and reads the spec from `<run>/<resource>.spec.json`. It logs each line.
+const SUPERVISOR_FROM_BEFORE: &str = r#"
+import json, os, socket, subprocess, sys
+run, log = sys.argv[1], sys.argv[2]
+def start_time(pid):
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
+path = os.path.join(run, "supervise.sock")
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(8)
+while True:
+    conn, _ = server.accept()
+    line = b""
+    while b"\n" not in line:
+        chunk = conn.recv(512)
+        if not chunk:
+            break
+        line += chunk
+    line = line.split(b"\n")[0].decode()
+    with open(log, "a") as f:
+        f.write(line + "\n")
+    words = line.split()
+    if len(words) != 2:
+        conn.sendall(b"error a request is `start|adopt|release RESOURCE`\n")
+    elif words[0] == "start":
+        spec = json.load(open(os.path.join(run, words[1] + ".spec.json")))
+        child = subprocess.Popen(spec["command"], start_new_session=True)
+        me = os.getpid()
+        state = {"supervisor": {"pid": me, "start": start_time(me)},
+                 "child": {"pid": child.pid, "start": start_time(child.pid)},
+                 "phase": "running", "restarts": 0, "exits": 0, "last_exit": None,
+                 "stop_grace_ms": spec["stop_grace_ms"], "scope": "environment"}
+        with open(spec["state"] + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.rename(spec["state"] + ".tmp", spec["state"])
+        conn.sendall(b"ok\n")
+    elif words[0] == "release":
+        conn.sendall(b"ok empty\n")
+        conn.close()
+        os.unlink(path)
+        sys.exit(0)
+    else:
+        conn.sendall(b"ok\n")
+    conn.close()
+"#;
+
+#[test]
+fn a_supervisor_from_before_gets_the_spec_in_its_file() {
+    // Supervisors outlive an upgrade of the engine: one from before still serves the
+    // environment, and must get the spec the way it reads it.
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    std::fs::create_dir_all(&env.dirs.run).expect("the run directory");
+    let log = env.dirs.data.join("requests");
+    let mut old = std::process::Command::new("python3")
+        .args(["-c", SUPERVISOR_FROM_BEFORE])
+        .arg(&env.dirs.run)
+        .arg(&log)
+        .process_group(0)
+        .spawn()
+        .expect("python3 runs");
+    let socket = env.dirs.run.join("supervise.sock");
+    assert!(
+        eventually(Duration::from_secs(10), || socket.exists()),
+        "the supervisor from before listens"
+    );
+    let config = json!({"command": ["sleep", "4249000"], "env": {"TOKEN": "s3cr3t-filed"}});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let state = env.state("api").expect("its state");
+    let child = child_in(&state).expect("a child");
+    cleanup.groups.push(child);
+    assert_eq!(
+        Proc::from_json(&state["supervisor"]),
+        Proc::of(old.id()),
+        "started by the supervisor from before: {state}"
+    );
+    let requests = std::fs::read_to_string(&log).expect("its log");
+    let lines: Vec<&str> = requests.lines().collect();
+    assert_eq!(lines.len(), 2, "two requests: {lines:?}");
+    assert!(
+        lines[0].starts_with("start api +"),
+        "the spec offered first: {lines:?}"
+    );
+    assert_eq!(
+        lines[1], "start api",
+        "then the request it knows: {lines:?}"
+    );
+    let spec_file = env.dirs.run.join("api.spec.json");
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(&spec_file).expect("the spec file")).expect("JSON");
+    assert_eq!(spec["env"]["TOKEN"], "s3cr3t-filed", "{spec}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&spec_file)
+        .expect("spec")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the spec file holds secrets: 0600");
+    assert!(child.alive(), "its process runs");
+
+    env.delete("api", Some(&applied.live), "delete");
+    assert!(!child.alive(), "stopped by the delete");
+    assert!(!spec_file.exists(), "its spec file is removed");
+    let _ = old.wait();
 }

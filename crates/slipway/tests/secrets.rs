@@ -23,10 +23,20 @@ fn home_bytes(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
                 continue;
             }
             home_bytes(&path, out);
-        } else if !name.ends_with(".spec.json") {
+        } else if !name.ends_with(".spec.json") && !is_state_file(&path) {
             out.push((name, std::fs::read(&path).unwrap_or_default()));
         }
     }
+}
+
+/// A supervisor's state file (`envs/E/run/R.json`), which carries its spec, the child's
+/// environment with its secrets.
+fn is_state_file(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+        && path
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .is_some_and(|dir| dir == "run")
 }
 
 #[test]
@@ -224,14 +234,25 @@ resources:
             );
         }
     }
-    // The supervisor's spec, which must hold the environment, is private to its owner.
+    // The supervisor's spec, which must hold the environment, is private to its owner: the
+    // state file carries it (a spec sent with its start has no file of its own).
     use std::os::unix::fs::PermissionsExt;
-    let spec = std::fs::metadata(s.home.join("envs/dev/run/web.spec.json")).expect("spec");
-    assert_eq!(
-        spec.permissions().mode() & 0o077,
-        0,
-        "the spec file is 0600"
+    let state_file = s.home.join("envs/dev/run/web.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).expect("state")).expect("JSON");
+    assert!(
+        state["spec"]["env"].is_object(),
+        "the state file carries the spec: {state}"
     );
+    assert!(
+        !s.home.join("envs/dev/run/web.spec.json").exists(),
+        "and no spec file is written"
+    );
+    let mode = std::fs::metadata(&state_file)
+        .expect("state")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the state file is 0600");
 }
 
 #[test]

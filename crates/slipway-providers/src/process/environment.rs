@@ -15,9 +15,12 @@
 //!
 //! # Who may talk to it
 //! Its control channel is a unix socket, `<run>/supervise.sock`, inside the environment's
-//! `run/` directory (`0700`, the engine's). A request names a resource whose spec the engine
-//! wrote beside it (`<run>/<resource>.spec.json`, `0600`): `start R`, `adopt R`, `release R`.
-//! Only the engine's uid reaches it:
+//! `run/` directory (`0700`, the engine's). A request is a line: `start R +LENGTH` followed by
+//! R's spec (LENGTH bytes of JSON, at most [`CARRIED_MAX`]), `adopt R`, `release R`, or
+//! `start R` for a spec the engine wrote beside it (`<run>/<resource>.spec.json`, `0600`: one
+//! larger than the engine sends, or an engine from before). The spec sent is kept in R's state
+//! file (`0600`, it holds the child's environment), which the supervisor writes anyway: one
+//! file per start. Only the engine's uid reaches it:
 //! - in uid mode the environment's code runs as another uid, which cannot search `run/`;
 //! - in landlock mode it runs as the engine's uid, but its seccomp filter refuses every
 //!   `socket(AF_UNIX)`, and Landlock grants it nothing under `run/` to read or plant;
@@ -50,7 +53,11 @@
 //!   waits, forked and confined, until the supervisor has written the state file, and a
 //!   supervisor killed before that leaves a child that exits without running its program.
 //!   A child that could not be recorded is not run.
-//! - A process whose spec file is gone (its resource is being deleted) is never started again.
+//! - A process whose spec is gone (its resource is being deleted: the engine removes its spec
+//!   file and its state file first) is never started again, and its state file is not made
+//!   again: after the write that a start the engine asked for makes, a supervisor only
+//!   replaces the file (`renameat2` `RENAME_EXCHANGE`, which fails when it is gone), and
+//!   then lets the child it forked exit without running anything.
 //! - State files keep the per-resource format of [`SupervisorState`], with `scope:
 //!   environment`; a state file whose per-resource supervisor (a home from before) still runs
 //!   is left to it.
@@ -80,8 +87,8 @@ use nix::sys::signal::Signal;
 use super::RestartPolicy;
 use super::spawn::{self, Held, Launching, Program};
 use super::supervisor::{
-    FIRST_BACKOFF, MAX_BACKOFF, Phase, STABLE_UPTIME, Scope, SupervisorSpec, SupervisorState,
-    read_state, write_state,
+    FIRST_BACKOFF, MAX_BACKOFF, Phase, Replace, STABLE_UPTIME, Scope, SupervisorSpec,
+    SupervisorState, read_state, record_state, spec_in_state, write_state,
 };
 use crate::command::describe_exit;
 use crate::logfile::CappedLog;
@@ -224,6 +231,17 @@ impl Answer {
 /// Sends `request` to the supervisor serving `run`, if one does (`Ok(None)`: none answers;
 /// one that was exiting counts as none).
 pub(crate) fn ask(run: &Path, request: &str, timeout: Duration) -> io::Result<Option<Answer>> {
+    ask_carrying(run, request, &[], timeout)
+}
+
+/// [`ask`], the request followed by `body` (a `start`'s spec, announced in `request` as
+/// `+LENGTH`).
+pub(crate) fn ask_carrying(
+    run: &Path,
+    request: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<Option<Answer>> {
     let gone = |e: &io::Error| {
         matches!(
             e.kind(),
@@ -261,9 +279,20 @@ pub(crate) fn ask(run: &Path, request: &str, timeout: Duration) -> io::Result<Op
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut reply = String::new();
-    let exchanged = (&stream)
-        .write_all(format!("{request}\n").as_bytes())
-        .and_then(|()| BufReader::new(&stream).read_line(&mut reply));
+    let mut message = Vec::with_capacity(request.len() + 1 + body.len());
+    message.extend_from_slice(request.as_bytes());
+    message.push(b'\n');
+    message.extend_from_slice(body);
+    let sent = (&stream).write_all(&message);
+    // A supervisor from before, which knows no body, answers the line and closes without
+    // reading the rest: its answer is read all the same.
+    let exchanged = match sent {
+        Err(e) if !body.is_empty() && gone(&e) => {
+            BufReader::new(&stream).read_line(&mut reply).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+        Ok(()) => BufReader::new(&stream).read_line(&mut reply),
+    };
     match exchanged {
         Ok(0) => Ok(None),
         Ok(_) => Ok(Some(Answer {
@@ -293,6 +322,7 @@ pub(crate) fn ask_starting(
     program: &std::ffi::OsStr,
     args: &[std::ffi::OsString],
     request: &str,
+    body: &[u8],
     timeout: Duration,
 ) -> Result<Answer, StartError> {
     /// One start at a time in this process: a parallel apply's threads would otherwise each
@@ -300,13 +330,13 @@ pub(crate) fn ask_starting(
     /// directory locked and exit, but each costs an exec).
     static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     const START_TIMEOUT: Duration = Duration::from_secs(15);
-    if let Some(answer) = ask(run, request, timeout).map_err(StartError::Io)? {
+    if let Some(answer) = ask_carrying(run, request, body, timeout).map_err(StartError::Io)? {
         return Ok(answer);
     }
     let _one = STARTING.lock().unwrap_or_else(|p| p.into_inner());
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(answer) = ask(run, request, timeout).map_err(StartError::Io)? {
+        if let Some(answer) = ask_carrying(run, request, body, timeout).map_err(StartError::Io)? {
             return Ok(answer);
         }
         if Instant::now() >= deadline {
@@ -320,7 +350,7 @@ pub(crate) fn ask_starting(
         wait_until(
             (Instant::now() + LOCK_WAIT + Duration::from_secs(1)).min(deadline),
             || {
-                match ask(run, request, timeout) {
+                match ask_carrying(run, request, body, timeout) {
                     Ok(found) => answer = found,
                     Err(e) => failed = Some(e),
                 }
@@ -350,8 +380,14 @@ struct Watched {
 /// One supervised resource.
 struct Slot {
     spec: SupervisorSpec,
-    /// The spec file as read, to tell a repeated `start` from a changed one.
+    /// The spec as the engine sent or wrote it, to tell a repeated `start` from a changed one.
     spec_bytes: Vec<u8>,
+    /// Where the spec is kept: in the state file (sent with `start`), or in the spec file
+    /// beside it (written by an engine from before).
+    carried: bool,
+    /// Whether the next write of the state file may make it (a start the engine asked for,
+    /// until its first write); otherwise it only replaces it ([`Replace`]).
+    may_create: bool,
     state: SupervisorState,
     log: CappedLog,
     /// The read end of the child's output pipe.
@@ -368,11 +404,79 @@ struct Slot {
     started: Instant,
 }
 
+impl Slot {
+    /// Writes the state file (only replacing it, unless this is the first write of a start
+    /// the engine asked for: see [`Replace`]).
+    ///
+    /// # Errors
+    /// `NotFound` when only a replacement was allowed and the file is gone: the engine is
+    /// deleting the resource.
+    fn record(&mut self) -> io::Result<()> {
+        let how = if self.may_create {
+            Replace::Any
+        } else {
+            Replace::Existing
+        };
+        let written = record(&self.spec, &self.spec_bytes, self.carried, &self.state, how);
+        if written.is_ok() {
+            self.may_create = false;
+        }
+        written
+    }
+}
+
+/// Writes `state` for the resource of `spec`, carrying `spec_bytes` when `carried`; a spec
+/// kept in its own file (an engine from before wrote it) leaves the state file alone, whose
+/// every write replaces or makes it, as before.
+fn record(
+    spec: &SupervisorSpec,
+    spec_bytes: &[u8],
+    carried: bool,
+    state: &SupervisorState,
+    how: Replace,
+) -> io::Result<()> {
+    if carried {
+        record_state(&spec.state, state, spec_bytes, how)
+    } else {
+        write_state(&spec.state, state)
+    }
+}
+
 /// A request accepted, not yet read in full.
 struct Incoming {
     stream: UnixStream,
+    /// What arrived: the request's line, then its body (a `start` with its spec).
     line: Vec<u8>,
     deadline: Instant,
+}
+
+/// The longest request line.
+const LINE_MAX: usize = 4096;
+/// The largest spec a `start` may carry (the engine writes a larger one to a spec file).
+pub(crate) const CARRIED_MAX: usize = 1 << 20;
+
+/// The length of the body that the request `line` announces (`start R +LENGTH`), if it
+/// announces one; `Err` when it announces one that is malformed or too large.
+fn body_length(line: &[u8]) -> Result<Option<usize>, ()> {
+    let Some(length) = line
+        .split(|b| *b == b' ')
+        .filter(|w| !w.is_empty())
+        .nth(2)
+        .and_then(|w| w.strip_prefix(b"+"))
+    else {
+        return Ok(None);
+    };
+    if length.is_empty() || length.len() > 8 || !length.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    let length: usize = std::str::from_utf8(length)
+        .map_err(drop)?
+        .parse()
+        .map_err(drop)?;
+    if length == 0 || length > CARRIED_MAX {
+        return Err(());
+    }
+    Ok(Some(length))
 }
 
 /// A confinement made ready once for every child started under it ([`Confinement::prepare`]),
@@ -687,19 +791,21 @@ impl EnvironmentSupervisor {
         let mut i = 0;
         while i < self.incoming.len() {
             let incoming = &mut self.incoming[i];
-            let mut buf = [0u8; 512];
+            let mut buf = [0u8; 16 * 1024];
+            // `Some(true)`: read in full; `Some(false)`: more to come; `None`: dropped.
             let complete = loop {
                 match (&incoming.stream).read(&mut buf) {
                     // The caller went away before its request ended.
                     Ok(0) => break None,
                     Ok(n) => {
                         incoming.line.extend_from_slice(&buf[..n]);
-                        if let Some(end) = incoming.line.iter().position(|b| *b == b'\n') {
-                            incoming.line.truncate(end);
-                            break Some(true);
-                        }
-                        if incoming.line.len() > 4096 {
-                            break None;
+                        match request_read(&incoming.line) {
+                            Ok(true) => break Some(true),
+                            Ok(false) => {}
+                            Err(why) => {
+                                reply(&incoming.stream, &format!("error {why}"));
+                                break None;
+                            }
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -716,8 +822,14 @@ impl EnvironmentSupervisor {
                 }
                 Some(true) => {
                     let incoming = self.incoming.swap_remove(i);
-                    let line = String::from_utf8_lossy(&incoming.line).into_owned();
-                    if self.answer(incoming.stream, &line) {
+                    let bytes = incoming.line;
+                    let end = bytes
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .unwrap_or(bytes.len());
+                    let line = String::from_utf8_lossy(&bytes[..end]).into_owned();
+                    let body = bytes.get(end + 1..).filter(|b| !b.is_empty());
+                    if self.answer(incoming.stream, &line, body) {
                         self.close();
                         return true;
                     }
@@ -729,17 +841,29 @@ impl EnvironmentSupervisor {
 
     /// Answers the request `line` of `stream` (now, or once the exec it waits for is
     /// settled); returns whether to exit.
-    fn answer(&mut self, stream: UnixStream, line: &str) -> bool {
+    fn answer(&mut self, stream: UnixStream, line: &str, body: Option<&[u8]>) -> bool {
         let mut words = line.split_whitespace();
         let (verb, name) = (words.next(), words.next());
+        if body.is_some() {
+            if verb != Some("start") {
+                reply(&stream, "error only a `start` carries a spec");
+                return false;
+            }
+            // Its `+LENGTH`, which announced `body`.
+            words.next();
+        }
         let Some(name) = name.filter(|n| valid_resource(n) && words.next().is_none()) else {
             if verb.is_some() {
-                reply(&stream, "error a request is `start|adopt|release RESOURCE`");
+                reply(
+                    &stream,
+                    "error a request is `start|adopt|release RESOURCE` (`start RESOURCE +LENGTH` \
+                     and its spec)",
+                );
             }
             return false;
         };
         match verb {
-            Some("start") => match self.start(name) {
+            Some("start") => match self.start(name, body) {
                 Err(e) => reply(&stream, &format!("error {e}")),
                 Ok(()) => match self.slots.get_mut(name) {
                     Some(slot) if slot.launching.is_some() => slot.waiting.push(stream),
@@ -805,13 +929,19 @@ impl EnvironmentSupervisor {
             // A per-resource supervisor of a home from before: it keeps its process.
             return;
         }
-        let Ok(spec_bytes) = std::fs::read(spec_path(&self.run, name)) else {
-            return;
+        // The spec the state file carries, or (written by an engine from before) its file.
+        let (spec_bytes, carried) = match spec_in_state(&state_path(&self.run, name)) {
+            Some(bytes) => (bytes, true),
+            None => match std::fs::read(spec_path(&self.run, name)) {
+                Ok(bytes) => (bytes, false),
+                Err(_) => return,
+            },
         };
         let Ok(spec) = serde_json::from_slice::<SupervisorSpec>(&spec_bytes) else {
             return;
         };
-        let Some(mut slot) = self.slot(spec, spec_bytes, Some(previous.clone())) else {
+        let Some(mut slot) = self.slot(spec, spec_bytes, carried, false, Some(previous.clone()))
+        else {
             return;
         };
         let live = previous.child.and_then(|c| running_program(c, HELD_EXIT));
@@ -844,7 +974,16 @@ impl EnvironmentSupervisor {
                 self.decide(&mut slot, Ended::Unseen);
             }
         }
-        let _ = write_state(&slot.spec.state, &slot.state);
+        if slot
+            .record()
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        {
+            // Its resource is being deleted (the engine removed the state file since we read
+            // it): what runs of it is the engine's to stop, and nothing is started again.
+            slot.log
+                .note("not taken over: its resource is being deleted");
+            return;
+        }
         self.slots.insert(name.to_owned(), slot);
         if self.slots[name]
             .restart_at
@@ -860,6 +999,8 @@ impl EnvironmentSupervisor {
         &self,
         spec: SupervisorSpec,
         spec_bytes: Vec<u8>,
+        carried: bool,
+        may_create: bool,
         previous: Option<SupervisorState>,
     ) -> Option<Slot> {
         let previous_child = previous
@@ -882,7 +1023,12 @@ impl EnvironmentSupervisor {
                     "the supervisor cannot open log {}: {e}",
                     spec.log.display()
                 ));
-                let _ = write_state(&spec.state, &state);
+                let how = if may_create {
+                    Replace::Any
+                } else {
+                    Replace::Existing
+                };
+                let _ = record(&spec, &spec_bytes, carried, &state, how);
                 return None;
             }
         };
@@ -890,6 +1036,8 @@ impl EnvironmentSupervisor {
         Some(Slot {
             spec,
             spec_bytes,
+            carried,
+            may_create,
             state,
             log,
             output_open: output.is_some(),
@@ -903,16 +1051,23 @@ impl EnvironmentSupervisor {
         })
     }
 
-    /// `start R`: supervise R as its spec file says (a repeated start of an unchanged spec
-    /// whose process runs keeps it).
-    fn start(&mut self, name: &str) -> Result<(), String> {
+    /// `start R`: supervise R as `carried` (the spec sent with the request, kept in the state
+    /// file from then on) or, without one, its spec file says (a repeated start of an
+    /// unchanged spec whose process runs keeps it).
+    fn start(&mut self, name: &str, carried: Option<&[u8]>) -> Result<(), String> {
         let spec_file = spec_path(&self.run, name);
-        let spec_bytes = std::fs::read(&spec_file)
-            .map_err(|e| format!("cannot read {}: {e}", spec_file.display()))?;
+        let (spec_bytes, origin) = match carried {
+            Some(bytes) => (bytes.to_vec(), "the spec sent".to_owned()),
+            None => (
+                std::fs::read(&spec_file)
+                    .map_err(|e| format!("cannot read {}: {e}", spec_file.display()))?,
+                spec_file.display().to_string(),
+            ),
+        };
         let spec: SupervisorSpec = serde_json::from_slice(&spec_bytes)
-            .map_err(|e| format!("cannot understand {}: {e}", spec_file.display()))?;
+            .map_err(|e| format!("cannot understand {origin}: {e}"))?;
         if spec.resource != name || spec.command.is_empty() {
-            return Err(format!("{} is not the spec of {name}", spec_file.display()));
+            return Err(format!("{origin} is not the spec of {name}"));
         }
         if let Some(slot) = self.slots.get(name) {
             if slot.spec_bytes == spec_bytes && slot.state.phase != Phase::Exited {
@@ -932,7 +1087,12 @@ impl EnvironmentSupervisor {
             }
             self.replace(name);
         }
-        let Some(slot) = self.slot(spec, spec_bytes, None) else {
+        if carried.is_some() {
+            // A spec file left by an engine from before would outlive this start, and speak for
+            // the resource once its state file is gone.
+            let _ = std::fs::remove_file(&spec_file);
+        }
+        let Some(slot) = self.slot(spec, spec_bytes, carried.is_some(), true, None) else {
             let state = read_state(&state_path(&self.run, name));
             return Err(state
                 .and_then(|s| s.last_exit)
@@ -986,8 +1146,15 @@ impl EnvironmentSupervisor {
             return;
         };
         slot.restart_at = None;
-        if !spec_path(&self.run, name).exists() {
-            // Its resource is being deleted: never start it again.
+        // Its resource is being deleted (the engine removes the file that holds the spec
+        // first): never start it again. A delete that comes after this look is caught when
+        // the child is recorded (`launch`).
+        let kept_in = if slot.carried {
+            state_path(&self.run, name)
+        } else {
+            spec_path(&self.run, name)
+        };
+        if !kept_in.exists() {
             self.slots.remove(name);
             return;
         }
@@ -1047,7 +1214,7 @@ impl EnvironmentSupervisor {
                 slot.state.exec_pending = !held.named();
                 // Recorded before it may run anything: a supervisor killed from here on
                 // leaves a child its successor knows.
-                match write_state(&slot.spec.state, &slot.state) {
+                match slot.record() {
                     Ok(()) => {
                         slot.launching = Some(held.go());
                         slot.output_open = true;
@@ -1057,6 +1224,16 @@ impl EnvironmentSupervisor {
                             own: true,
                         });
                         None
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && slot.carried => {
+                        // The engine removed the state file: it is deleting the resource,
+                        // and the child goes without running anything.
+                        held.abandon();
+                        slot.log
+                            .note("not started again: its resource is being deleted");
+                        slot.log.flush_pending();
+                        self.slots.remove(name);
+                        return;
                     }
                     Err(e) => {
                         held.abandon();
@@ -1089,7 +1266,7 @@ impl EnvironmentSupervisor {
         slot.state.last_exit = Some(why);
         slot.state.exits += 1;
         self.decide(&mut slot, Ended::Failure);
-        let _ = write_state(&slot.spec.state, &slot.state);
+        let _ = slot.record();
         answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
         self.slots.insert(name.to_owned(), slot);
     }
@@ -1122,7 +1299,7 @@ impl EnvironmentSupervisor {
                 // the child's name (`procinfo::HELD_NAME`), and a start writes one file.
                 if slot.state.exec_pending {
                     slot.state.exec_pending = false;
-                    let _ = write_state(&slot.spec.state, &slot.state);
+                    let _ = slot.record();
                 }
                 slot.state.named_until_exec = false;
                 answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
@@ -1169,7 +1346,7 @@ impl EnvironmentSupervisor {
                 Ended::Failure
             },
         );
-        let _ = write_state(&slot.spec.state, &slot.state);
+        let _ = slot.record();
         self.slots.insert(name.to_owned(), slot);
     }
 
@@ -1260,6 +1437,33 @@ impl EnvironmentSupervisor {
         for slot in self.slots.values_mut() {
             slot.log.flush_pending();
         }
+    }
+}
+
+/// Whether `bytes`, what arrived of a request, hold all of it: its line and, when the line
+/// announces one (`start R +LENGTH`), its body of that many bytes. `Err` says why it is
+/// refused (a line too long, a body announced wrongly or longer than announced).
+fn request_read(bytes: &[u8]) -> Result<bool, &'static str> {
+    let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
+        return if bytes.len() > LINE_MAX {
+            Err("a request line is at most 4096 bytes")
+        } else {
+            Ok(false)
+        };
+    };
+    if end > LINE_MAX {
+        return Err("a request line is at most 4096 bytes");
+    }
+    let Ok(length) = body_length(&bytes[..end]) else {
+        return Err("a start's spec is announced as `+LENGTH`, 1 byte to 1 MiB");
+    };
+    let have = bytes.len() - end - 1;
+    match length {
+        None if have == 0 => Ok(true),
+        None => Err("a request is one line"),
+        Some(length) if have < length => Ok(false),
+        Some(length) if have == length => Ok(true),
+        Some(_) => Err("a start's spec is longer than announced"),
     }
 }
 
@@ -1393,6 +1597,65 @@ mod tests {
     fn held(command: &[&str], dir: &Path) -> Held {
         let null = File::open("/dev/null").expect("/dev/null");
         spawn::test_held(&spawn::test_program(command, dir), null.as_fd())
+    }
+
+    #[test]
+    fn a_request_is_whole_once_its_line_and_the_body_it_announces_arrived() {
+        assert_eq!(request_read(b"start web"), Ok(false), "no newline yet");
+        assert_eq!(request_read(b"start web\n"), Ok(true));
+        assert_eq!(request_read(b"release web\n"), Ok(true));
+        assert_eq!(request_read(b"start web +5\n{\"a\""), Ok(false), "4 of 5");
+        assert_eq!(request_read(b"start web +5\n{\"a\"}"), Ok(true));
+        assert!(request_read(b"start web +5\n{\"a\"}x").is_err(), "longer");
+        assert!(
+            request_read(b"start web\nmore").is_err(),
+            "a line, then more"
+        );
+        for bad in [
+            &b"start web +\n"[..],
+            b"start web +0\n",
+            b"start web +x1\n",
+            b"start web +-1\n",
+            b"start web +1048577\n",
+            b"start web +123456789\n",
+            b"start web +\xff\n",
+        ] {
+            assert!(
+                request_read(bad).is_err(),
+                "{:?} is refused",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            request_read(b"start web +1048576\n"),
+            Ok(false),
+            "1 MiB may come"
+        );
+        assert!(request_read(&[b'a'; 4097]).is_err(), "a line too long");
+        let mut long = vec![b'a'; 4097];
+        long.push(b'\n');
+        assert!(request_read(&long).is_err(), "a line too long, ended");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_request_bytes_make_the_reader_panic_or_claim_a_wrong_length(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            line in "(start|adopt) [a-z]{1,8}( \\+[0-9]{1,3})?\n",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let _ = request_read(&bytes);
+            let mut request = line.clone().into_bytes();
+            request.extend_from_slice(&body);
+            if let Ok(true) = request_read(&request) {
+                let announced = line
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|w| w.strip_prefix('+'))
+                    .map_or(0, |n| n.parse::<usize>().unwrap_or(usize::MAX));
+                proptest::prop_assert_eq!(announced, body.len());
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! What every process supervisor shares (the spec the engine writes, the state file the
-//! supervisor keeps), and the per-resource supervisor of homes from before the environment's
+//! What every process supervisor shares (the spec the engine sends or writes, the state file
+//! the supervisor keeps, which carries a spec sent), and the per-resource supervisor of homes from before the environment's
 //! supervisor ([`super::environment`]).
 //!
 //! `slipway __supervise <path>` runs one or the other: given the environment's run directory,
@@ -42,7 +42,8 @@ use crate::logfile::{CappedLog, SharedLog, copy_to_log};
 use crate::procinfo::ProcessIdentity;
 use crate::sandbox::Confinement;
 
-/// Everything a supervisor needs to know, written by `create` to `<run>/<resource>.spec.json`.
+/// Everything a supervisor needs to know: sent by `create` with its `start` request and kept
+/// in the state file ([`record_state`]), or written to `<run>/<resource>.spec.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SupervisorSpec {
@@ -172,6 +173,59 @@ pub(crate) fn read_state(path: &Path) -> Option<SupervisorState> {
 pub(crate) fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).expect("a supervisor state serializes");
     crate::atomic_write_runtime(path, &bytes, 0o666)
+}
+
+/// The spec a state file carries (`spec`, as the engine sent it: see [`record_state`]), if
+/// it carries one.
+pub(crate) fn spec_in_state(path: &Path) -> Option<Vec<u8>> {
+    #[derive(Deserialize)]
+    struct Carried<'a> {
+        #[serde(borrow)]
+        spec: Option<&'a serde_json::value::RawValue>,
+    }
+    let bytes = std::fs::read(path).ok()?;
+    let carried: Carried<'_> = serde_json::from_slice(&bytes).ok()?;
+    carried.spec.map(|raw| raw.get().as_bytes().to_vec())
+}
+
+/// Whether [`record_state`] may make the state file or only replace it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Replace {
+    /// Made if missing: the engine asked for this start.
+    Any,
+    /// Only if it still exists: the engine removes it first when it deletes the resource, so
+    /// a restart or a takeover racing the delete must not bring it back.
+    Existing,
+}
+
+/// Replaces a state file atomically, carrying `spec` (the JSON the engine sent with `start`,
+/// as `spec`) so that a successor can take the process back from this one file. It holds the
+/// child's environment, secrets included: `0600`. Not synced to disk, as [`write_state`].
+///
+/// # Errors
+/// `NotFound` when `how` is [`Replace::Existing`] and the file is gone: its resource is being
+/// deleted.
+pub(crate) fn record_state(
+    path: &Path,
+    state: &SupervisorState,
+    spec: &[u8],
+    how: Replace,
+) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(state).expect("a supervisor state serializes");
+    // The state is a JSON object: `spec` goes in before its closing brace, as sent.
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    if bytes.pop() != Some(b'}') {
+        return Err(io::Error::other("a supervisor state is not a JSON object"));
+    }
+    bytes.extend_from_slice(b",\n  \"spec\": ");
+    bytes.extend_from_slice(spec);
+    bytes.extend_from_slice(b"\n}");
+    match how {
+        Replace::Any => crate::atomic_write_runtime(path, &bytes, 0o600),
+        Replace::Existing => crate::exchange_existing(path, &bytes, 0o600),
+    }
 }
 
 /// The first backoff; doubled after each quick exit, up to [`MAX_BACKOFF`].
@@ -428,5 +482,59 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> SupervisorState {
+        SupervisorState::starting(ProcessIdentity::current(), 2000, Scope::Environment)
+    }
+
+    #[test]
+    fn a_state_file_carries_the_spec_as_sent_and_reads_as_a_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.json");
+        let spec = br#"{"command":["sleep","1"],"env":{"A":"b \"quoted\" \n"}}"#;
+        record_state(&path, &state(), spec, Replace::Any).expect("made");
+        assert_eq!(read_state(&path), Some(state()), "it reads as the state");
+        assert_eq!(
+            spec_in_state(&path).as_deref(),
+            Some(&spec[..]),
+            "the spec comes back byte for byte"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "it holds secrets");
+        // A state without a spec (a supervisor from before, or a per-resource one).
+        write_state(&path, &state()).expect("written");
+        assert_eq!(spec_in_state(&path), None);
+    }
+
+    #[test]
+    fn a_replacement_never_makes_a_state_file_the_engine_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.json");
+        let err = record_state(&path, &state(), b"{}", Replace::Existing)
+            .expect_err("nothing to replace");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(!path.exists(), "not made");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert!(left.is_empty(), "no temporary file left: {left:?}");
+
+        record_state(&path, &state(), b"{}", Replace::Any).expect("made");
+        let mut next = state();
+        next.restarts = 3;
+        record_state(&path, &next, b"{\"v\":2}", Replace::Existing).expect("replaced");
+        assert_eq!(read_state(&path).map(|s| s.restarts), Some(3));
+        assert_eq!(spec_in_state(&path).as_deref(), Some(&b"{\"v\":2}"[..]));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("web.json")], "one file");
     }
 }
