@@ -565,6 +565,11 @@ pub(crate) fn atomic_write_runtime(path: &Path, bytes: &[u8], mode: u32) -> std:
 /// `RENAME_EXCHANGE`, which fails when either is missing), then the old one, now at the
 /// temporary name, is removed. Never makes `path` nor its directory; not synced.
 ///
+/// On a file system without `RENAME_EXCHANGE` (NFS, some FUSE ones), it looks whether `path`
+/// exists and then renames over it: no longer atomic with a removal of `path` made between
+/// the two (what the engine's delete then meets is what it met when a spec file said the
+/// same, before the state file carried the spec).
+///
 /// # Errors
 /// `NotFound` when `path` (or its directory) is gone.
 pub(crate) fn exchange_existing(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
@@ -573,24 +578,40 @@ pub(crate) fn exchange_existing(path: &Path, bytes: &[u8], mode: u32) -> std::io
     let mut temp = path.as_os_str().to_owned();
     temp.push(format!(".tmp.{}", std::process::id()));
     let temp = PathBuf::from(temp);
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
+    // A new file, with its own mode: one of this name left by a dead process of the same pid
+    // goes first.
+    let create = || {
+        std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
-            .open(&temp)?;
+            .open(&temp)
+    };
+    let written = (|| {
+        let mut file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&temp)?;
+                create()?
+            }
+            created => created?,
+        };
         file.write_all(bytes)?;
-        nix::fcntl::renameat2(
+        let exchanged = nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &temp,
             nix::fcntl::AT_FDCWD,
             path,
             nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(std::io::Error::from)
+        );
+        match exchanged {
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                std::fs::symlink_metadata(path)?;
+                std::fs::rename(&temp, path)
+            }
+            other => other.map_err(std::io::Error::from),
+        }
     })();
-    // Whichever it holds now (the old file, or the new one that was not exchanged).
+    // Whichever it holds now (the old file, or the new one that was not put in place).
     let _ = std::fs::remove_file(&temp);
     written
 }

@@ -189,7 +189,7 @@ fn state_path(ctx: ResourceContext<'_>) -> PathBuf {
 /// The largest spec sent with a `start` (a larger one is written to the spec file, which
 /// every supervisor reads): small enough to fit the socket's buffer whole, so that a
 /// supervisor from before, which reads the request's line and no more, still answers.
-const CARRIED: usize = 64 * 1024;
+const CARRIED: usize = environment::CARRIED_MAX;
 
 /// The spec of what runs for the resource: the one its state file carries (sent with its
 /// `start`), or its spec file (a larger one, or one an engine from before wrote).
@@ -636,7 +636,9 @@ fn ask_start(
     let shown = command::show_command(&spec.command);
     let tail = || logfile::tail(&spec.log, TAIL_LINES);
     let unreachable = |e: SupervisorUnreachable| {
-        let _ = std::fs::remove_file(spec_path(ctx));
+        // A start that reached a supervisor which then did not answer in time may run, and
+        // be restarted: nothing of it may stay.
+        let _ = stop(ctx, None);
         match e {
             SupervisorUnreachable::Config(e) => e,
             SupervisorUnreachable::Failed(message) => ProviderError::Failed {
@@ -650,11 +652,7 @@ fn ask_start(
         let request = format!("start {} +{}", ctx.resource, bytes.len());
         Some(ask_supervisor(ctx, &request, bytes).map_err(unreachable)?)
             // A supervisor from before knows only `start RESOURCE` (and says so).
-            .filter(|answer| {
-                !answer
-                    .error()
-                    .is_some_and(|e| e.starts_with("a request is `start|adopt|release RESOURCE`"))
-            })
+            .filter(|answer| answer.error() != Some(environment::REFUSED_BEFORE_CARRYING))
     } else {
         None
     };
@@ -817,7 +815,10 @@ pub(super) fn spawn_detached(
 fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), ProviderError> {
     let state_file = state_path(ctx);
     let spec_file = spec_path(ctx);
+    let set_aside = ctx.dirs.run.join(format!("{}.json.deleting", ctx.resource));
     let before = read_state(&state_file);
+    // What an earlier stop, interrupted, set aside.
+    let earlier = read_state(&set_aside);
     let grace = before
         .as_ref()
         .map(|s| Duration::from_millis(s.stop_grace_ms))
@@ -833,10 +834,22 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
     };
     // A supervisor restarts nothing whose spec is gone, and starts nothing without one: the
     // spec file goes, and the state file, which carries the spec of a start that sent it
-    // (a supervisor then only replaces that file, never makes it again).
+    // (a supervisor then only replaces that file, never makes it again). The state file is
+    // set aside rather than removed: it names the child last recorded (restarted, maybe,
+    // since `before` was read), which a supervisor killed before the `release` below would
+    // never name; it goes once that child is stopped.
     let spec_existed = remove(&spec_file)?;
-    let state_existed = remove(&state_file)?;
-    if !spec_existed && !state_existed && before.is_none() && live.is_none() {
+    let state_existed = match std::fs::rename(&state_file, &set_aside) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(ProviderError::Io {
+                context: format!("failed to set {} aside", state_file.display()),
+                source: e,
+            });
+        }
+    };
+    if !spec_existed && !state_existed && before.is_none() && earlier.is_none() && live.is_none() {
         // Nothing of it was ever started (a supervisor records a child in the state file
         // before it runs, and starts nothing without a spec): no supervisor to ask.
         return Ok(());
@@ -883,9 +896,12 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
     // The state file names the child last started (a per-resource supervisor that stopped
     // cleanly removed it; one that was SIGKILLed left it).
     let after = read_state(&state_file);
+    let last = read_state(&set_aside);
     let mut children: Vec<ProcessIdentity> = [
         before.as_ref().and_then(|s| s.child),
         after.as_ref().and_then(|s| s.child),
+        earlier.as_ref().and_then(|s| s.child),
+        last.as_ref().and_then(|s| s.child),
         live.and_then(LiveProcess::child),
         // The supervisor may have restarted it after `before` was read: the child it let go
         // of is the one running now.
@@ -900,6 +916,10 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         child.stop_group(grace);
     }
     remove(&state_file)?;
+    remove(&set_aside)?;
+    // What a supervisor killed between writing a state file and removing the one it replaced
+    // left (its children are stopped above, or were before it).
+    remove_leftovers(&ctx.dirs.run, &format!("{}.json.tmp.", ctx.resource));
     // The last process of the environment: its supervisor exits; a destroy leaves nothing.
     if let Some(supervisor) = released
         .as_ref()
@@ -911,6 +931,22 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         });
     }
     Ok(())
+}
+
+/// Removes the files of `dir` whose names start with `prefix` (best effort).
+fn remove_leftovers(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(prefix))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]

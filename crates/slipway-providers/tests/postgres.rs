@@ -74,7 +74,11 @@ impl Pg {
         // operator lists them in `[postgres.main] templates`; nothing else is.
         let servers = Arc::new(PgServers::new(servers, &id).with_templates(
             "main",
-            vec![format!("swtest_tpl_{id}"), format!("swtest_missing_{id}")],
+            vec![
+                format!("swtest_tpl_{id}"),
+                format!("swtest_missing_{id}"),
+                long_template(&id),
+            ],
         ));
         // Exactly what the engine does to register them.
         let mut registry = Registry::local();
@@ -690,6 +694,29 @@ fn only_listed_templates_are_cloned_and_never_another_environments_database() {
         !database_exists(&pg.names("qa", "copy")),
         "no clone of prod's database exists"
     );
+}
+
+/// A template name an operator allowed that PostgreSQL would cut short (64 bytes and more):
+/// the database it names is not the one checked.
+fn long_template(id: &str) -> String {
+    let name = format!("swtest_long_{id}_");
+    format!("{name}{}", "x".repeat(64 - name.len().min(63)))
+}
+
+#[test]
+fn a_template_name_postgresql_would_cut_short_is_refused_before_anything_is_made() {
+    let pg = Pg::new();
+    let template = long_template(&pg.id);
+    assert!(template.len() > 63, "{template}");
+    let err = failure(
+        pg.database()
+            .create(pg.ctx("db"), &json!({"template": template})),
+        "a template name over 63 bytes",
+    );
+    assert!(!err.retryable(), "terminal: {err}");
+    assert!(err.to_string().contains("at most 63"), "it says why: {err}");
+    assert!(!role_exists(&pg.names("qa", "db")), "no role made");
+    assert!(!database_exists(&pg.names("qa", "db")), "no database made");
 }
 
 #[test]

@@ -1512,3 +1512,59 @@ fn a_supervisor_from_before_gets_the_spec_in_its_file() {
     assert!(!spec_file.exists(), "its spec file is removed");
     let _ = old.wait();
 }
+
+#[test]
+fn a_delete_cut_short_leaves_the_state_file_set_aside_and_the_next_one_stops_its_child() {
+    // A delete sets the state file aside (`R.json.deleting`) before it asks the supervisor to
+    // let go, and removes it once the children it names are stopped. One cut short there,
+    // its supervisor killed too, leaves the only record of the child in that file.
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4250000"]});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let state = env.state("api").expect("state");
+    let child = child_in(&state).expect("a child");
+    cleanup.groups.push(child);
+    let supervisor = supervisor_of(&applied);
+    kill("-KILL", &supervisor.pid.to_string());
+    assert!(eventually(Duration::from_secs(5), || !supervisor.alive()));
+    std::fs::rename(
+        env.dirs.run.join("api.json"),
+        env.dirs.run.join("api.json.deleting"),
+    )
+    .expect("set aside, as the delete did");
+    // The engine's record of it is lost too (a create that never recorded it).
+    env.delete("api", None, "delete again");
+    assert!(
+        eventually(Duration::from_secs(10), || !child.alive()),
+        "the child named only in the file set aside is stopped"
+    );
+    assert!(
+        !env.dirs.run.join("api.json.deleting").exists(),
+        "and the file is gone"
+    );
+}
+
+#[test]
+fn a_start_of_the_same_spec_writes_its_state_file_again_if_it_went_missing() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4251000"]});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let state = env.state("api").expect("state");
+    let child = child_in(&state).expect("a child");
+    cleanup.groups.push(child);
+    let spec = state["spec"].to_string();
+    std::fs::remove_file(env.dirs.run.join("api.json")).expect("remove the state file");
+    let mut stream = std::os::unix::net::UnixStream::connect(env.dirs.run.join("supervise.sock"))
+        .expect("connect");
+    write!(stream, "start api +{}\n{spec}", spec.len()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("an answer");
+    assert!(answer.starts_with("ok "), "{answer}");
+    let state = env.state("api").expect("the state file is written again");
+    assert_eq!(child_in(&state), Some(child), "the same child: {state}");
+    assert_eq!(state["spec"].to_string(), spec, "carrying its spec");
+    env.delete("api", Some(&applied.live), "delete");
+    assert!(!child.alive());
+}

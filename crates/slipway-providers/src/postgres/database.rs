@@ -264,6 +264,10 @@ impl DatabaseProvider {
                 "{TYPE}: `template` {template:?} is not a database name"
             )));
         }
+        if let Some(template) = &config.template {
+            // Before anything is made: one PostgreSQL would cut short names another database.
+            ident(template)?;
+        }
         if let Some(template) = &config.template
             && let Some(why) = self.servers.template_refused(&server.name, template)
         {

@@ -15,6 +15,7 @@ use postgres::{Client, NoTls, Row};
 
 pub use slipway_core::redact::redact_url;
 
+use super::names::MAX_NAME_BYTES;
 use crate::{ProviderError, Retry};
 
 /// How long connecting may take before the server counts as unreachable.
@@ -347,6 +348,15 @@ pub(crate) fn ident(name: &str) -> Result<String, ProviderError> {
             "the name {name:?} contains a NUL character, which PostgreSQL names cannot hold"
         )));
     }
+    // PostgreSQL cuts a longer identifier short, so it would name another object than the
+    // one the name's checks were made for (a template looked up by its whole name, say).
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ProviderError::Config(format!(
+            "the name {name:?} is {} bytes long; PostgreSQL names hold at most \
+             {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
 }
 
@@ -483,6 +493,14 @@ mod tests {
             "quotes doubled"
         );
         assert!(ident("a\0b").is_err(), "NUL refused in an identifier");
+        assert!(ident(&"a".repeat(63)).is_ok(), "63 bytes are kept whole");
+        // 64 bytes: PostgreSQL would cut it to the first 63, another object's name.
+        let long = ident(&format!("{}b", "a".repeat(63))).expect_err("64 bytes refused");
+        assert!(long.to_string().contains("at most 63"), "{long}");
+        assert!(
+            ident(&"é".repeat(32)).is_err(),
+            "bytes count, not characters"
+        );
         assert_eq!(literal("it's").expect("plain"), "'it''s'", "quotes doubled");
         assert_eq!(
             literal("a\\'b").expect("plain"),

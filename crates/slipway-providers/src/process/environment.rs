@@ -54,10 +54,12 @@
 //!   supervisor killed before that leaves a child that exits without running its program.
 //!   A child that could not be recorded is not run.
 //! - A process whose spec is gone (its resource is being deleted: the engine removes its spec
-//!   file and its state file first) is never started again, and its state file is not made
-//!   again: after the write that a start the engine asked for makes, a supervisor only
-//!   replaces the file (`renameat2` `RENAME_EXCHANGE`, which fails when it is gone), and
-//!   then lets the child it forked exit without running anything.
+//!   file and sets its state file aside first, as `<resource>.json.deleting`) is never
+//!   started again, and its state file is not made again: after the write that a start the
+//!   engine asked for makes, a supervisor only replaces the file (`renameat2`
+//!   `RENAME_EXCHANGE`, which fails when it is gone; on a file system without it, a look
+//!   whether it exists and a rename), and then lets the child it forked exit without running
+//!   anything. A `start` the engine asks for is written whole again, made if missing.
 //! - State files keep the per-resource format of [`SupervisorState`], with `scope:
 //!   environment`; a state file whose per-resource supervisor (a home from before) still runs
 //!   is left to it.
@@ -452,8 +454,11 @@ struct Incoming {
 
 /// The longest request line.
 const LINE_MAX: usize = 4096;
-/// The largest spec a `start` may carry (the engine writes a larger one to a spec file).
-pub(crate) const CARRIED_MAX: usize = 1 << 20;
+/// The largest spec a `start` may carry (the engine writes a larger one to a spec file): it
+/// bounds what a request being read holds.
+pub(crate) const CARRIED_MAX: usize = 64 * 1024;
+/// What a supervisor from before a `start` could carry its spec answers one that does.
+pub(crate) const REFUSED_BEFORE_CARRYING: &str = "a request is `start|adopt|release RESOURCE`";
 
 /// The length of the body that the request `line` announces (`start R +LENGTH`), if it
 /// announces one; `Err` when it announces one that is malformed or too large.
@@ -856,8 +861,8 @@ impl EnvironmentSupervisor {
             if verb.is_some() {
                 reply(
                     &stream,
-                    "error a request is `start|adopt|release RESOURCE` (`start RESOURCE +LENGTH` \
-                     and its spec)",
+                    "error a request is one of `start RESOURCE +LENGTH` (its spec follows), \
+                     `start RESOURCE`, `adopt RESOURCE`, `release RESOURCE`",
                 );
             }
             return false;
@@ -1069,8 +1074,12 @@ impl EnvironmentSupervisor {
         if spec.resource != name || spec.command.is_empty() {
             return Err(format!("{origin} is not the spec of {name}"));
         }
-        if let Some(slot) = self.slots.get(name) {
+        if let Some(slot) = self.slots.get_mut(name) {
             if slot.spec_bytes == spec_bytes && slot.state.phase != Phase::Exited {
+                // The engine asked: its state file is written again, made if it went missing
+                // (a stop of the engine's that was cut short may have removed it).
+                slot.may_create = true;
+                let _ = slot.record();
                 return Ok(());
             }
             // Another spec: the old process goes first (the provider stops it before writing
@@ -1455,7 +1464,7 @@ fn request_read(bytes: &[u8]) -> Result<bool, &'static str> {
         return Err("a request line is at most 4096 bytes");
     }
     let Ok(length) = body_length(&bytes[..end]) else {
-        return Err("a start's spec is announced as `+LENGTH`, 1 byte to 1 MiB");
+        return Err("a start's spec is announced as `+LENGTH`, 1 byte to 64 KiB");
     };
     let have = bytes.len() - end - 1;
     match length {
@@ -1616,7 +1625,7 @@ mod tests {
             b"start web +0\n",
             b"start web +x1\n",
             b"start web +-1\n",
-            b"start web +1048577\n",
+            b"start web +65537\n",
             b"start web +123456789\n",
             b"start web +\xff\n",
         ] {
@@ -1627,9 +1636,9 @@ mod tests {
             );
         }
         assert_eq!(
-            request_read(b"start web +1048576\n"),
+            request_read(b"start web +65536\n"),
             Ok(false),
-            "1 MiB may come"
+            "64 KiB may come"
         );
         assert!(request_read(&[b'a'; 4097]).is_err(), "a line too long");
         let mut long = vec![b'a'; 4097];
