@@ -575,9 +575,7 @@ pub(crate) fn atomic_write_runtime(path: &Path, bytes: &[u8], mode: u32) -> std:
 pub(crate) fn exchange_existing(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".tmp.{}", std::process::id()));
-    let temp = PathBuf::from(temp);
+    let temp = temp_beside(path);
     // A new file, with its own mode: one of this name left by a dead process of the same pid
     // goes first.
     let create = || {
@@ -616,6 +614,14 @@ pub(crate) fn exchange_existing(path: &Path, bytes: &[u8], mode: u32) -> std::io
     written
 }
 
+/// The temporary name a file is written under before it takes `path`'s place:
+/// `<path>.tmp.<pid>`, so that the writer of one left behind can be told.
+fn temp_beside(path: &Path) -> PathBuf {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".tmp.{}", std::process::id()));
+    PathBuf::from(temp)
+}
+
 /// Whether a replaced file is synced to disk before it is renamed into place.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Durability {
@@ -638,9 +644,7 @@ fn write_and_rename(
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".tmp.{}", std::process::id()));
-    let temp = PathBuf::from(temp);
+    let temp = temp_beside(path);
     let open = || {
         std::fs::OpenOptions::new()
             .write(true)

@@ -186,11 +186,6 @@ fn state_path(ctx: ResourceContext<'_>) -> PathBuf {
     ctx.dirs.run.join(format!("{}.json", ctx.resource))
 }
 
-/// The largest spec sent with a `start` (a larger one is written to the spec file, which
-/// every supervisor reads): small enough to fit the socket's buffer whole, so that a
-/// supervisor from before, which reads the request's line and no more, still answers.
-const CARRIED: usize = environment::CARRIED_MAX;
-
 /// The spec of what runs for the resource: the one its state file carries (sent with its
 /// `start`), or its spec file (a larger one, or one an engine from before wrote).
 fn running_spec(ctx: ResourceContext<'_>) -> Option<Vec<u8>> {
@@ -648,7 +643,9 @@ fn ask_start(
             },
         }
     };
-    let carried = if bytes.len() <= CARRIED {
+    // At most `CARRIED_MAX`, which fits the socket's buffer whole: a supervisor from before,
+    // which reads the request's line and no more, still answers.
+    let carried = if bytes.len() <= environment::CARRIED_MAX {
         let request = format!("start {} +{}", ctx.resource, bytes.len());
         Some(ask_supervisor(ctx, &request, bytes).map_err(unreachable)?)
             // A supervisor from before knows only `start RESOURCE` (and says so).
@@ -917,9 +914,6 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
     }
     remove(&state_file)?;
     remove(&set_aside)?;
-    // What a supervisor killed between writing a state file and removing the one it replaced
-    // left (its children are stopped above, or were before it).
-    remove_leftovers(&ctx.dirs.run, &format!("{}.json.tmp.", ctx.resource));
     // The last process of the environment: its supervisor exits; a destroy leaves nothing.
     if let Some(supervisor) = released
         .as_ref()
@@ -931,22 +925,6 @@ fn stop(ctx: ResourceContext<'_>, live: Option<&LiveProcess>) -> Result<(), Prov
         });
     }
     Ok(())
-}
-
-/// Removes the files of `dir` whose names start with `prefix` (best effort).
-fn remove_leftovers(dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with(prefix))
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -280,6 +280,20 @@ fn child_in(state: &Value) -> Option<Proc> {
     Proc::from_json(&state["child"])
 }
 
+/// Sends `bytes` to the supervisor's socket `socket` as they are, and returns all it answers
+/// (waiting at most 10 s for it).
+fn ask_socket(socket: &std::path::Path, bytes: &[u8]) -> String {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // A refusal may come before all of it is sent.
+    let _ = stream.write_all(bytes);
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 /// The child of `resource` that replaced `before`, once one runs (within `wait`).
 fn restarted(env: &TestEnv, resource: &str, before: Proc, wait: Duration) -> Option<Proc> {
     let mut after = None;
@@ -1308,8 +1322,11 @@ fn a_process_whose_state_file_the_engine_removed_is_never_started_again() {
     );
     std::fs::remove_file(env.dirs.run.join("loop.json")).expect("remove the state file");
     let removed_at = count();
-    // Its backoffs are 0.5 s, 1 s, 2 s: three restarts would fall due in this time.
-    std::thread::sleep(Duration::from_secs(4));
+    // Its next restart falls due within 0.5 s to 2 s. A supervisor that lets go of it
+    // supervises nothing, and exits once idle for `IDLE_EXIT` (5 s); one that restarts it
+    // never does.
+    let supervisor = supervisor_of(&applied);
+    eventually(Duration::from_secs(20), || !supervisor.alive());
     assert_eq!(
         count(),
         removed_at,
@@ -1332,16 +1349,7 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
     let child = child_in(&env.state("api").expect("state")).expect("a child");
     cleanup.groups.push(child);
     let socket = env.dirs.run.join("supervise.sock");
-    let ask = |bytes: &[u8]| -> String {
-        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let _ = stream.write_all(bytes);
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    };
+    let ask = |bytes: &[u8]| ask_socket(&socket, bytes);
     let spec = env.state("api").expect("state")["spec"].to_string();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"start api +abc\n{}".to_vec(), "+LENGTH"),
@@ -1379,15 +1387,7 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
         );
     }
     // A body shorter than announced: the supervisor gives up on it after its read deadline.
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
-    stream
-        .write_all(b"start api +100\n{\"half\":")
-        .expect("send");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
+    let answer = ask(b"start api +100\n{\"half\":");
     assert_eq!(answer, "", "a request never finished is dropped");
     // None of it touched the process, and the supervisor still serves the engine.
     assert!(child.alive(), "the process runs on");
@@ -1556,15 +1556,47 @@ fn a_start_of_the_same_spec_writes_its_state_file_again_if_it_went_missing() {
     cleanup.groups.push(child);
     let spec = state["spec"].to_string();
     std::fs::remove_file(env.dirs.run.join("api.json")).expect("remove the state file");
-    let mut stream = std::os::unix::net::UnixStream::connect(env.dirs.run.join("supervise.sock"))
-        .expect("connect");
-    write!(stream, "start api +{}\n{spec}", spec.len()).expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("an answer");
+    let request = format!("start api +{}\n{spec}", spec.len());
+    let answer = ask_socket(&env.dirs.run.join("supervise.sock"), request.as_bytes());
     assert!(answer.starts_with("ok "), "{answer}");
     let state = env.state("api").expect("the state file is written again");
     assert_eq!(child_in(&state), Some(child), "the same child: {state}");
     assert_eq!(state["spec"].to_string(), spec, "carrying its spec");
     env.delete("api", Some(&applied.live), "delete");
     assert!(!child.alive());
+}
+
+#[test]
+fn a_successor_removes_what_a_writer_killed_mid_write_left_under_its_temporary_name() {
+    // A supervisor killed between writing a state file under its temporary name and putting
+    // it in place leaves that file, the state (and spec) it held included.
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let config = json!({"command": ["sleep", "4252000"]});
+    let applied = env.create(&mut cleanup, "api", &config);
+    let child = child_in(&env.state("api").expect("state")).expect("a child");
+    cleanup.groups.push(child);
+    let supervisor = supervisor_of(&applied);
+    kill("-KILL", &supervisor.pid.to_string());
+    assert!(eventually(Duration::from_secs(5), || !supervisor.alive()));
+    let dead = env
+        .dirs
+        .run
+        .join(format!("api.json.tmp.{}", supervisor.pid));
+    let living = env
+        .dirs
+        .run
+        .join(format!("api.spec.json.tmp.{}", std::process::id()));
+    for file in [&dead, &living] {
+        std::fs::write(file, "{}").expect("a file under a temporary name");
+    }
+    assert_eq!(
+        env.observe("api", &config, &applied.live).expect("observe"),
+        Observation::InSync,
+        "taken back"
+    );
+    assert!(!dead.exists(), "the dead writer's file is removed");
+    assert!(living.exists(), "a living writer's is left to it");
+    std::fs::remove_file(&living).expect("remove");
+    env.delete("api", Some(&applied.live), "delete");
 }

@@ -48,7 +48,8 @@
 //!   polling the pid and start time every 100 ms. A child still held before its exec (it
 //!   bears `procinfo::HELD_NAME`) when its supervisor died exits by itself without running
 //!   anything: the next supervisor waits for that, and starts it again, rather than take it
-//!   back as running.
+//!   back as running. It also removes what a writer killed mid-write left under its
+//!   temporary name (`<file>.tmp.<pid>`, the pid no longer running).
 //! - A child is recorded in its state file (pid and start time) before it runs anything: it
 //!   waits, forked and confined, until the supervisor has written the state file, and a
 //!   supervisor killed before that leaves a child that exits without running its program.
@@ -414,11 +415,7 @@ impl Slot {
     /// `NotFound` when only a replacement was allowed and the file is gone: the engine is
     /// deleting the resource.
     fn record(&mut self) -> io::Result<()> {
-        let how = if self.may_create {
-            Replace::Any
-        } else {
-            Replace::Existing
-        };
+        let how = Replace::making(self.may_create);
         let written = record(&self.spec, &self.spec_bytes, self.carried, &self.state, how);
         if written.is_ok() {
             self.may_create = false;
@@ -911,9 +908,23 @@ impl EnvironmentSupervisor {
         let Ok(entries) = std::fs::read_dir(&self.run) else {
             return;
         };
-        let names: Vec<String> = entries
+        let files: Vec<String> = entries
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        // A writer killed between writing a file and putting it in place (a supervisor before
+        // us, most likely) left it under its temporary name, the state it held included:
+        // nobody will, now that its writer is gone.
+        for file in &files {
+            let writer = file
+                .split_once(".json.tmp.")
+                .and_then(|(_, pid)| pid.parse::<u32>().ok());
+            if writer.is_some_and(|pid| ProcessIdentity::of(pid).is_none()) {
+                let _ = std::fs::remove_file(self.run.join(file));
+            }
+        }
+        let names: Vec<String> = files
+            .iter()
             .filter_map(|f| {
                 let name = f.strip_suffix(".json")?;
                 (!name.ends_with(".spec") && !name.contains(".tmp.")).then(|| name.to_owned())
@@ -1028,11 +1039,7 @@ impl EnvironmentSupervisor {
                     "the supervisor cannot open log {}: {e}",
                     spec.log.display()
                 ));
-                let how = if may_create {
-                    Replace::Any
-                } else {
-                    Replace::Existing
-                };
+                let how = Replace::making(may_create);
                 let _ = record(&spec, &spec_bytes, carried, &state, how);
                 return None;
             }

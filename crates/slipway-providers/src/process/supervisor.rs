@@ -198,6 +198,17 @@ pub(crate) enum Replace {
     Existing,
 }
 
+impl Replace {
+    /// [`Replace::Any`] when the file may be made, [`Replace::Existing`] otherwise.
+    pub fn making(may_create: bool) -> Replace {
+        if may_create {
+            Replace::Any
+        } else {
+            Replace::Existing
+        }
+    }
+}
+
 /// Replaces a state file atomically, carrying `spec` (the JSON the engine sent with `start`,
 /// as `spec`) so that a successor can take the process back from this one file. It holds the
 /// child's environment, secrets included: `0600`. Not synced to disk, as [`write_state`].
