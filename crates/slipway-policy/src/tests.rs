@@ -182,6 +182,46 @@ fn a_message_that_is_neither_text_nor_msg_object_is_an_error() {
     assert!(verdict.results[0].error.is_some(), "{verdict:?}");
 }
 
+/// Time zones come from crates/chrono-tz (jiff's bundled database) in place of the crates.io
+/// chrono-tz: policies still get each zone's local time, and a name outside the database
+/// leaves the expression undefined, as a builtin's error does in OPA (not strict).
+#[test]
+fn time_builtins_read_the_local_time_in_any_iana_zone() {
+    let text = r#"package slipway
+deny contains sprintf("clock %d:%d:%d", time.clock([input.at, "America/New_York"])) if true
+deny contains sprintf("weekday %s", [time.weekday([input.at, "Asia/Tokyo"])]) if true
+deny contains sprintf("date %d-%d-%d", time.date([input.at, "Australia/Lord_Howe"])) if true
+deny contains sprintf("link %d:%d:%d", time.clock([input.at, "US/Pacific"])) if true
+"#;
+    // 2024-07-01T03:30:00Z
+    let input = json!({"at": 1_719_804_600_000_000_000_i64});
+    let verdict = evaluate(&[file("p/t.rego", text)], &input, &limits());
+    let mut msgs: Vec<&str> = verdict.results[0]
+        .denies
+        .iter()
+        .map(|d| d.msg.as_str())
+        .collect();
+    msgs.sort_unstable();
+    assert_eq!(
+        msgs,
+        [
+            "clock 23:30:0",
+            "date 2024-7-1",
+            "link 20:30:0",
+            "weekday Monday"
+        ],
+        "{verdict:?}"
+    );
+
+    let unknown =
+        "package slipway\ndeny contains \"x\" if time.clock([0, \"Mars/Olympus_Mons\"])\n";
+    let verdict = evaluate(&[file("p/u.rego", unknown)], &input, &limits());
+    assert!(verdict.results[0].denies.is_empty(), "{verdict:?}");
+    let known = unknown.replace("Mars/Olympus_Mons", "Europe/Paris");
+    let verdict = evaluate(&[file("p/u.rego", &known)], &input, &limits());
+    assert_eq!(verdict.results[0].denies.len(), 1, "{verdict:?}");
+}
+
 #[test]
 fn policy_tests_pass_fail_and_read_fixtures() {
     let tests = "package slipway\n\ntest_denies_a_delete if {\n  count(deny) == 1 with input as data.fixtures.delete\n}\n\ntest_wrong if {\n  count(deny) == 5 with input as data.fixtures.delete\n}\n";
