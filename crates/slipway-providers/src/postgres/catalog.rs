@@ -1,6 +1,6 @@
 //! What exists on a server under our names, whether it is ours, and the statements that
 //! create and drop it. Every function here checks nothing itself: callers decide with
-//! [`database`] and [`role`] first.
+//! [`role_and_database`] and [`role`] first.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,62 +50,99 @@ pub(crate) fn role(s: &mut Session<'_>, name: &str, marker: &str) -> Result<Role
         &[name],
     )?;
     Ok(match rows.first() {
-        None => RoleFound {
-            ownership: Ownership::Absent,
-            can_login: false,
-        },
-        Some(row) => {
-            let comment: Option<String> = row.get(0);
-            RoleFound {
-                ownership: if comment.as_deref() == Some(marker) {
-                    Ownership::Ours
-                } else {
-                    foreign(comment.as_deref())
-                },
-                can_login: row.get(1),
-            }
-        }
+        None => RoleFound::ABSENT,
+        Some(row) => RoleFound::judged(row.get(0), row.get(1), marker),
     })
 }
 
-/// The database called `name`, judged against `marker`: ours with our marker, or with no
-/// comment and an owner role carrying our marker (an interrupted create).
-pub(crate) fn database(
+/// The role called `role_name` (as [`role`]) and the database called `database_name`, each
+/// judged against `marker`; a database is ours with our marker, or with no comment and an
+/// owner role carrying our marker (an interrupted create). One round trip, which also keeps
+/// the server's version for the session: a create asked three questions before it changed
+/// anything, and the first queries of a new backend are its slowest (each loads the catalogs
+/// it reads).
+pub(crate) fn role_and_database(
     s: &mut Session<'_>,
-    name: &str,
+    role_name: &str,
+    database_name: &str,
     marker: &str,
-) -> Result<DatabaseFound, PgError> {
+) -> Result<(RoleFound, DatabaseFound), PgError> {
     let rows = s.query(
-        &format!("look up database {name:?}"),
-        "select shobj_description(d.oid, 'pg_database'), r.rolname::text, \
-                shobj_description(r.oid, 'pg_authid') \
-         from pg_database d left join pg_roles r on r.oid = d.datdba \
-         where d.datname = $1",
-        &[name],
+        &format!("look up role {role_name:?} and database {database_name:?}"),
+        "select current_setting('server_version_num')::int4, \
+                r.oid is not null, shobj_description(r.oid, 'pg_authid'), \
+                coalesce(r.rolcanlogin, false), \
+                d.oid is not null, shobj_description(d.oid, 'pg_database'), o.rolname::text, \
+                shobj_description(o.oid, 'pg_authid') \
+         from (select) one \
+         left join pg_roles r on r.rolname = $1 \
+         left join pg_database d on d.datname = $2 \
+         left join pg_roles o on o.oid = d.datdba",
+        &[role_name, database_name],
     )?;
-    Ok(match rows.first() {
-        None => DatabaseFound {
-            ownership: Ownership::Absent,
-            owner: String::new(),
-        },
-        Some(row) => {
-            let comment: Option<String> = row.get(0);
-            let owner: Option<String> = row.get(1);
-            let owner_comment: Option<String> = row.get(2);
-            let ours = match comment.as_deref() {
-                Some(comment) => comment == marker,
-                None => owner_comment.as_deref() == Some(marker),
-            };
-            DatabaseFound {
-                ownership: if ours {
-                    Ownership::Ours
-                } else {
-                    foreign(comment.as_deref())
-                },
-                owner: owner.unwrap_or_default(),
-            }
+    // One row always: the joins are on unique names, from a row of nothing.
+    let Some(row) = rows.first() else {
+        return Ok((RoleFound::ABSENT, DatabaseFound::ABSENT));
+    };
+    s.learned_version(row.get(0));
+    let role = if row.get(1) {
+        RoleFound::judged(row.get(2), row.get(3), marker)
+    } else {
+        RoleFound::ABSENT
+    };
+    let database = if row.get(4) {
+        DatabaseFound::judged(row.get(5), row.get(6), row.get(7), marker)
+    } else {
+        DatabaseFound::ABSENT
+    };
+    Ok((role, database))
+}
+
+impl RoleFound {
+    const ABSENT: RoleFound = RoleFound {
+        ownership: Ownership::Absent,
+        can_login: false,
+    };
+
+    /// A role that exists, with its `comment` and its `rolcanlogin`.
+    fn judged(comment: Option<String>, can_login: bool, marker: &str) -> RoleFound {
+        RoleFound {
+            ownership: if comment.as_deref() == Some(marker) {
+                Ownership::Ours
+            } else {
+                foreign(comment.as_deref())
+            },
+            can_login,
         }
-    })
+    }
+}
+
+impl DatabaseFound {
+    const ABSENT: DatabaseFound = DatabaseFound {
+        ownership: Ownership::Absent,
+        owner: String::new(),
+    };
+
+    /// A database that exists, with its `comment`, its `owner` role and that role's comment.
+    fn judged(
+        comment: Option<String>,
+        owner: Option<String>,
+        owner_comment: Option<String>,
+        marker: &str,
+    ) -> DatabaseFound {
+        let ours = match comment.as_deref() {
+            Some(comment) => comment == marker,
+            None => owner_comment.as_deref() == Some(marker),
+        };
+        DatabaseFound {
+            ownership: if ours {
+                Ownership::Ours
+            } else {
+                foreign(comment.as_deref())
+            },
+            owner: owner.unwrap_or_default(),
+        }
+    }
 }
 
 /// Whether the database `name` was made by Slipway (any home): its comment, or its owner

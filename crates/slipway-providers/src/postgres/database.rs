@@ -155,12 +155,12 @@ impl Provider for DatabaseProvider {
             .map(|recorded| (recorded.server.clone(), recorded.names()));
         self.servers
             .delete_each(ctx, TYPE, recorded, Names::clone, |s, names, marker| {
-                let database =
-                    catalog::database(s, &names.database, marker).map_err(|e| s.fail(e))?;
+                let (role, database) =
+                    catalog::role_and_database(s, &names.role, &names.database, marker)
+                        .map_err(|e| s.fail(e))?;
                 if database.ownership == Ownership::Ours {
                     catalog::drop_database(s, &names.database)?;
                 }
-                let role = catalog::role(s, &names.role, marker).map_err(|e| s.fail(e))?;
                 if role.ownership == Ownership::Ours {
                     catalog::drop_role(s, &names.role)?;
                 }
@@ -179,8 +179,9 @@ impl Provider for DatabaseProvider {
         let server = self.servers.recorded(TYPE, &recorded.server)?;
         let on = &server.name;
         let mut s = server.connect()?;
-        let database =
-            catalog::database(&mut s, &recorded.database, &marker).map_err(|e| s.fail(e))?;
+        let (role, database) =
+            catalog::role_and_database(&mut s, &recorded.role, &recorded.database, &marker)
+                .map_err(|e| s.fail(e))?;
         let name = &recorded.database;
         match database.ownership {
             Ownership::Absent => {
@@ -201,7 +202,6 @@ impl Provider for DatabaseProvider {
             }
             Ownership::Ours => {}
         }
-        let role = catalog::role(&mut s, &recorded.role, &marker).map_err(|e| s.fail(e))?;
         let role_name = &recorded.role;
         let drift = match role.ownership {
             Ownership::Absent => Some(format!(
@@ -275,8 +275,28 @@ impl DatabaseProvider {
         }
         let marker = self.servers.marker(ctx);
         let hashed = catalog::RolePassword::hashing(password);
-        Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name)?;
-        let mut s = server.connect()?;
+        // Connected while the intent is written: a connection changes nothing on the server,
+        // and nothing is asked of it before the intent is durable.
+        let (recorded, connected) = std::thread::scope(|scope| {
+            let connecting = std::thread::Builder::new()
+                .name("pg-connect".to_owned())
+                .spawn_scoped(scope, || server.connect());
+            let recorded = Intent::record(ctx, &self.servers.names(ctx), TYPE, &server.name);
+            let connected = match connecting {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(server.error(
+                        "a bug in Slipway: connecting panicked".to_owned(),
+                        Retry::Retryable,
+                    ))
+                }),
+                // No thread to spare: after the intent, then.
+                Err(_) if recorded.is_ok() => server.connect(),
+                Err(_) => Err(server.error("not connected".to_owned(), Retry::Retryable)),
+            };
+            (recorded, connected)
+        });
+        recorded?;
+        let mut s = connected?;
         if let Some(template) = &config.template
             && let Some(made_by) = catalog::slipway_made(&mut s, template).map_err(|e| s.fail(e))?
         {
@@ -290,9 +310,9 @@ impl DatabaseProvider {
                 Retry::Terminal,
             ));
         }
-        let role = catalog::role(&mut s, &names.role, &marker).map_err(|e| s.fail(e))?;
-        let database =
-            catalog::database(&mut s, &names.database, &marker).map_err(|e| s.fail(e))?;
+        let (role, database) =
+            catalog::role_and_database(&mut s, &names.role, &names.database, &marker)
+                .map_err(|e| s.fail(e))?;
         // Refuse before changing anything.
         if let Ownership::Foreign(why) = &database.ownership {
             return Err(catalog::not_ours(server, "database", &names.database, why));

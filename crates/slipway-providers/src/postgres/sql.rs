@@ -200,6 +200,11 @@ impl Session<'_> {
         self.execute(action, &statements.join(";\n"))
     }
 
+    /// Keeps `version`, read with another query, as [`Session::server_version`]'s answer.
+    pub fn learned_version(&mut self, version: i32) {
+        self.version = Some(version);
+    }
+
     /// `server_version_num`, e.g. 150004 (asked once per session).
     pub fn server_version(&mut self) -> Result<i32, PgError> {
         if let Some(version) = self.version {
