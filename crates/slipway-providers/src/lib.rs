@@ -339,6 +339,16 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Told before the engine records an apply that will create or update a resource of this
+    /// type (with its configuration as written, references not yet substituted), or a
+    /// destroy that will delete one (with its configuration as recorded): the provider may
+    /// start what takes time and changes nothing, such as the connection the change will
+    /// use, so that it overlaps the engine's records. Nothing to wait for and nothing to
+    /// report: the change itself reports any failure. The default does nothing.
+    fn expect_change(&self, config: &Value) {
+        let _ = config;
+    }
+
     /// What updating the live object recorded as `live` to `config` would do, object by
     /// object, without changing anything: for a type whose live state is many objects
     /// (`kubernetes.manifests`: a server-side dry run of each). `None`, the default, when the
@@ -435,6 +445,8 @@ pub trait DynProvider: Send + Sync {
         config: &Value,
         live: &Value,
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError>;
+    /// See [`Provider::expect_change`].
+    fn expect_change(&self, config: &Value);
 }
 
 fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
@@ -498,6 +510,9 @@ impl<P: Provider> DynProvider for P {
         live: &Value,
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError> {
         Provider::preview(self, ctx, &decode(P::TYPE, config)?, live)
+    }
+    fn expect_change(&self, config: &Value) {
+        Provider::expect_change(self, config);
     }
 }
 

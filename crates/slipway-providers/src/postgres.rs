@@ -46,6 +46,7 @@ mod sql;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,8 @@ pub struct PgServers {
     /// The databases each server allows as `template:`.
     templates: BTreeMap<String, Vec<String>>,
     instance_id: String,
+    /// Admin connections made ahead ([`PgServers::warm`]).
+    warm: Arc<sql::Warm>,
 }
 
 impl fmt::Debug for PgServers {
@@ -99,6 +102,16 @@ impl PgServers {
             unavailable: BTreeMap::new(),
             templates: BTreeMap::new(),
             instance_id: instance_id.to_owned(),
+            warm: Arc::default(),
+        }
+    }
+
+    /// Starts an admin connection to the server a `type_name` resource whose `server:` field
+    /// is `requested` would use, for its change to take (see `Server::warm`); nothing when
+    /// that server cannot be chosen (the change reports why).
+    fn warm(&self, type_name: &str, requested: Option<&str>) {
+        if let Ok(server) = self.choose(type_name, requested) {
+            server.warm();
         }
     }
 
@@ -139,7 +152,7 @@ impl PgServers {
     fn server(&self, name: &str, url: &str) -> Result<Server, ProviderError> {
         match self.unavailable.get(name) {
             Some(reason) => Err(ProviderError::Config(reason.clone())),
-            None => Server::parse(name, url),
+            None => Server::parse(name, url).map(|s| s.with_warm(self.warm.clone())),
         }
     }
 

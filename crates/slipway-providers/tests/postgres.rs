@@ -17,6 +17,7 @@ use slipway_providers::postgres::{DatabaseProvider, PgServers, RoleProvider, nam
 use slipway_providers::{
     Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext,
 };
+use slipway_testkit::pg::TestRole;
 
 const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -998,6 +999,58 @@ fn server_choice_errors_say_how_to_fix_them() {
         .create(two.ctx("db"), &json!({"server": "other"}))
         .and_then(|a| two.database().delete(two.ctx("db"), Some(&a.live)))
         .expect("a named server among several works");
+}
+
+/// What the engine does once an apply passed its checks: the provider opens a connection to
+/// the server the resource names, which the create then takes (so none stays open after it).
+#[test]
+fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
+    let (main, other) = (
+        TestRole::create("swtest_admin", "LOGIN SUPERUSER"),
+        TestRole::create("swtest_admin", "LOGIN SUPERUSER"),
+    );
+    let pg = Pg::with_servers(BTreeMap::from([
+        ("main".to_owned(), main.url()),
+        ("other".to_owned(), other.url()),
+    ]));
+    let config = json!({"server": "other"});
+    pg.database().expect_change(&config);
+    other.wait_for_sessions(1);
+    // A reference names no server yet, and with two configured none is the default.
+    pg.database()
+        .expect_change(&json!({"server": "${vars.server}"}));
+    pg.database().expect_change(&json!({}));
+    pg.role().expect_change(&json!({"server": "nowhere"}));
+    assert_eq!((main.sessions().len(), other.sessions().len()), (0, 1));
+
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &config)
+        .expect("create on the server made ready");
+    assert!(database_exists(&pg.names("qa", "db")));
+    other.wait_for_sessions(0);
+    assert!(main.sessions().is_empty());
+
+    // The same for a role, and for the update of a database.
+    pg.role().expect_change(&json!({"server": "main"}));
+    main.wait_for_sessions(1);
+    let role = pg
+        .role()
+        .create(pg.ctx("app"), &json!({"server": "main"}))
+        .expect("create a role on the server made ready");
+    main.wait_for_sessions(0);
+    pg.database().expect_change(&config);
+    other.wait_for_sessions(1);
+    pg.database()
+        .update(pg.ctx("db"), &config, &applied.live)
+        .expect("update");
+    other.wait_for_sessions(0);
+    pg.role()
+        .delete(pg.ctx("app"), Some(&role.live))
+        .expect("delete the role");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&applied.live))
+        .expect("delete the database");
 }
 
 #[test]

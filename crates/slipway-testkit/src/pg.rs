@@ -67,6 +67,75 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A login role made for one test on the test server, so that its sessions are the test's
+/// alone to count; dropped, its sessions ended first, when this is dropped.
+#[derive(Debug)]
+pub struct TestRole {
+    name: String,
+}
+
+impl TestRole {
+    /// Creates a role with a name no other test uses (`<prefix>_<pid>_<n>`) and the
+    /// attributes `with` (`"LOGIN"`, `"LOGIN SUPERUSER"`).
+    pub fn create(prefix: &str, with: &str) -> TestRole {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let role = TestRole { name };
+        role.drop_it();
+        let statement = format!("CREATE ROLE {} {with}", role.name);
+        admin()
+            .batch_execute(&statement)
+            .unwrap_or_else(|e| panic!("{statement}: {}", message(&e)));
+        role
+    }
+
+    /// The URL of the test server's `postgres` database, as this role.
+    pub fn url(&self) -> String {
+        format!("postgres://{}@127.0.0.1:5432/postgres", self.name)
+    }
+
+    /// The process ids of its sessions now, in order.
+    pub fn sessions(&self) -> Vec<i32> {
+        admin()
+            .query(
+                "select pid from pg_stat_activity where usename = $1 order by pid",
+                &[&self.name],
+            )
+            .unwrap_or_else(|e| panic!("list the sessions of {}: {}", self.name, message(&e)))
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Its sessions, once there are `count` of them (20 s at most).
+    pub fn wait_for_sessions(&self, count: usize) -> Vec<i32> {
+        crate::wait::wait_for(
+            &format!("{} to have {count} sessions", self.name),
+            std::time::Duration::from_secs(20),
+            || Some(self.sessions()).filter(|now| now.len() == count),
+        )
+    }
+
+    fn drop_it(&self) {
+        let mut admin = admin();
+        let _ = admin.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1",
+            &[&self.name],
+        );
+        let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        self.drop_it();
+    }
+}
+
 fn admin() -> postgres::Client {
     postgres::Client::connect(ADMIN_URL, postgres::NoTls).unwrap_or_else(|e| {
         panic!(

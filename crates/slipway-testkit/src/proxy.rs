@@ -2,11 +2,12 @@
 //!
 //! [`Proxy::start`] listens on `127.0.0.1:0` and forwards every connection to a target.
 //! [`Proxy::cut`] closes every connection it carries and refuses new ones (accepted, then
-//! closed at once) until [`Proxy::heal`].
+//! closed at once) until [`Proxy::heal`]. [`Proxy::connections`] counts the connections it
+//! carried.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A running proxy; it stops taking connections when dropped.
@@ -15,6 +16,7 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     stopped: Arc<AtomicBool>,
+    carried: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -25,9 +27,11 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let stopped = Arc::new(AtomicBool::new(false));
+        let carried = Arc::new(AtomicUsize::new(0));
         let target = target.to_owned();
         {
-            let (cut, open, stopped) = (cut.clone(), open.clone(), stopped.clone());
+            let (cut, open, stopped, carried) =
+                (cut.clone(), open.clone(), stopped.clone(), carried.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     if stopped.load(Ordering::SeqCst) {
@@ -49,6 +53,7 @@ impl Proxy {
                         }
                     }
                     drop(list);
+                    carried.fetch_add(1, Ordering::SeqCst);
                     pipe(&client, &server);
                     pipe(&server, &client);
                 }
@@ -59,7 +64,13 @@ impl Proxy {
             cut,
             open,
             stopped,
+            carried,
         }
+    }
+
+    /// How many connections it has carried to the target so far.
+    pub fn connections(&self) -> usize {
+        self.carried.load(Ordering::SeqCst)
     }
 
     /// The port it listens on.

@@ -284,6 +284,74 @@ fn hostile_names_make_safe_identifiers_and_injection_goes_nowhere() {
     assert!(!database_exists(&db));
 }
 
+/// The engine connects to the server ahead of a create (so that the connection overlaps its
+/// records), but only once nothing can refuse the apply any more: an apply a deploy window
+/// or a policy refuses never reaches the server with the admin's credentials.
+#[test]
+fn an_apply_refused_by_a_window_or_a_policy_never_connects_to_the_server() {
+    let s = Sandbox::new();
+    let pg = pg_url();
+    let target = pg
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the test server's host:port")
+        .to_owned();
+    let proxy = slipway_testkit::proxy::Proxy::start(&target);
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        config.replace(
+            &format!("url = \"{pg}\""),
+            &format!(
+                "url = \"{}\"",
+                pg.replace(&target, &format!("127.0.0.1:{}", proxy.port()))
+            ),
+        ),
+    )
+    .expect("write the config");
+    s.write(
+        "slipway.yaml",
+        r#"version: 1
+stack: gate
+environments:
+  prod: { track: main, windows: [{ kind: deny, schedule: "* * * * *", duration: 1h }] }
+  qa: { track: main }
+resources:
+  db: { type: postgres.database }
+"#,
+    )
+    .write(
+        "policies/no-db.rego",
+        "package slipway\n\ndeny contains \"no databases in qa\" if {\n  input.env.name == \"qa\"\n}\n",
+    )
+    .commit("a database behind a freeze and a policy");
+
+    let refused = s.run(&["apply", "--env", "prod", "--yes"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("window"),
+        "the window refuses it: {said}"
+    );
+    let refused = s.run(&["apply", "--env", "qa", "--yes"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("no databases in qa"),
+        "the policy refuses it: {said}"
+    );
+    assert_eq!(proxy.connections(), 0, "no connection for a refused apply");
+
+    s.ok(&["apply", "--env", "prod", "--yes", "--override-window"]);
+    assert!(proxy.connections() >= 1);
+    let db = outputs(&s, "prod", "db")["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+    assert!(database_exists(&db));
+    s.ok(&["destroy", "--env", "prod", "--yes"]);
+    assert!(!database_exists(&db));
+}
+
 /// Lists `templates` in the sandbox's `[postgres.main]` (its last table).
 fn allow_templates(s: &Sandbox, templates: &[&str]) {
     let config = std::fs::read_to_string(&s.config).expect("config");

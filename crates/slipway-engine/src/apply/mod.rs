@@ -114,6 +114,27 @@ impl Engine {
         )
     }
 
+    /// Tells the provider of each resource `prepared` creates or updates that its change is
+    /// coming (see `Provider::expect_change`), once every check that could refuse the apply
+    /// has passed: what they start (a database connection) then overlaps the records that
+    /// come before the first change.
+    fn expect_changes(&self, prepared: &Prepared) {
+        for change in &prepared.plan.changes {
+            if !matches!(
+                change.action,
+                Action::Create | Action::Update | Action::Replace
+            ) {
+                continue;
+            }
+            if let (Some(provider), Some(desired)) = (
+                self.registry.get(&change.type_name),
+                prepared.desired.resources.get(&change.resource),
+            ) {
+                provider.expect_change(&desired.config);
+            }
+        }
+    }
+
     /// Refuses `prepared` while its deploy windows deny it, unless `options` overrides them
     /// (then recorded in the audit and event logs); see [`Engine::window_denial`].
     /// Destroying an environment (expiry, a closed pull request) is no deploy and never
@@ -386,6 +407,7 @@ impl Engine {
             crate::refuse_queued(&recorded)?;
         }
         self.check_window(prepared, options)?;
+        self.expect_changes(prepared);
         // Ownership before action: the environment's identity is recorded before anything of
         // it exists.
         let sandbox = self.sandbox(env)?;

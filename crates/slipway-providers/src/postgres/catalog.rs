@@ -69,15 +69,7 @@ pub(crate) fn role_and_database(
 ) -> Result<(RoleFound, DatabaseFound), PgError> {
     let rows = s.query(
         &format!("look up role {role_name:?} and database {database_name:?}"),
-        "select current_setting('server_version_num')::int4, \
-                r.oid is not null, shobj_description(r.oid, 'pg_authid'), \
-                coalesce(r.rolcanlogin, false), \
-                d.oid is not null, shobj_description(d.oid, 'pg_database'), o.rolname::text, \
-                shobj_description(o.oid, 'pg_authid') \
-         from (select) one \
-         left join pg_roles r on r.rolname = $1 \
-         left join pg_database d on d.datname = $2 \
-         left join pg_roles o on o.oid = d.datdba",
+        ROLE_AND_DATABASE,
         &[role_name, database_name],
     )?;
     // One row always: the joins are on unique names, from a row of nothing.
@@ -97,6 +89,17 @@ pub(crate) fn role_and_database(
     };
     Ok((role, database))
 }
+
+/// The query of [`role_and_database`]: `$1` the role's name, `$2` the database's.
+pub(crate) const ROLE_AND_DATABASE: &str = "select current_setting('server_version_num')::int4, \
+        r.oid is not null, shobj_description(r.oid, 'pg_authid'), \
+        coalesce(r.rolcanlogin, false), \
+        d.oid is not null, shobj_description(d.oid, 'pg_database'), o.rolname::text, \
+        shobj_description(o.oid, 'pg_authid') \
+    from (select) one \
+    left join pg_roles r on r.rolname = $1 \
+    left join pg_database d on d.datname = $2 \
+    left join pg_roles o on o.oid = d.datdba";
 
 impl RoleFound {
     const ABSENT: RoleFound = RoleFound {

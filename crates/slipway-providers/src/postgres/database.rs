@@ -118,6 +118,12 @@ impl Provider for DatabaseProvider {
     type Config = DatabaseConfig;
     const TYPE: &'static str = TYPE;
 
+    fn expect_change(&self, config: &Value) {
+        // The server it names, or the only one; a reference (`${…}`) names none yet.
+        self.servers
+            .warm(TYPE, config.get("server").and_then(Value::as_str));
+    }
+
     fn create(
         &self,
         ctx: ResourceContext<'_>,

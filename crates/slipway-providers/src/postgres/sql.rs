@@ -5,9 +5,12 @@
 //! parameters wherever PostgreSQL accepts one (utility statements like `CREATE DATABASE` and
 //! `COMMENT ON` take none).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode};
 use postgres::types::{ToSql, Type};
@@ -20,6 +23,24 @@ use crate::{ProviderError, Retry};
 
 /// How long connecting may take before the server counts as unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an admin connection made ahead ([`Server::warm`]) waits to be used.
+const WARM_FOR: Duration = Duration::from_secs(30);
+
+/// How long the check that a connection made ahead still works may take.
+const WARM_CHECK: Duration = Duration::from_secs(2);
+
+/// Admin connections made ahead of the statements that will use them, at most one per
+/// server, each taken by the next [`Server::connect`]. A new backend costs milliseconds (the
+/// server forks it, and its first query loads the catalogs it reads), which an apply would
+/// otherwise wait for after its records; made ahead, they overlap.
+#[derive(Default)]
+pub(crate) struct Warm {
+    slots: Mutex<BTreeMap<String, Warming>>,
+}
+
+/// A connection made ahead: when it was started, and the thread making it.
+type Warming = (Instant, JoinHandle<Result<Client, postgres::Error>>);
 
 /// One configured server: its name in the engine config and how to reach it as an admin.
 #[derive(Clone)]
@@ -38,6 +59,9 @@ pub(crate) struct Server {
     pub port: u16,
     /// Whether `host` is a Unix socket directory.
     pub unix: bool,
+    /// Where [`Server::warm`] leaves its connection, shared by every `Server` of the same
+    /// servers (`None`: never made ahead).
+    warm: Option<Arc<Warm>>,
 }
 
 impl fmt::Debug for Server {
@@ -94,7 +118,72 @@ impl Server {
             host,
             port,
             unix,
+            warm: None,
         })
+    }
+
+    /// This server, leaving connections made ahead in `warm`.
+    pub fn with_warm(mut self, warm: Arc<Warm>) -> Server {
+        self.warm = Some(warm);
+        self
+    }
+
+    /// Starts an admin connection, on a thread of its own, for the next [`Server::connect`]
+    /// to take, unless one is being made or waits already. It changes nothing on the server;
+    /// its one query reads the catalogs that the first query of a create, a delete or a drift
+    /// check reads. Nothing is reported: the `connect` that takes it reports its failure.
+    pub fn warm(&self) {
+        let Some(warm) = &self.warm else {
+            return;
+        };
+        let mut slots = warm.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if slots
+            .get(&self.name)
+            .is_some_and(|(made, _)| made.elapsed() < WARM_FOR)
+        {
+            return;
+        }
+        let config = self.config.clone();
+        let Ok(thread) = std::thread::Builder::new()
+            .name("pg-warm".to_owned())
+            .spawn(move || {
+                let mut client = config.connect(NoTls)?;
+                let nothing: &(dyn ToSql + Sync) = &"";
+                // Its answer does not matter, nor its failure (the session stays usable).
+                let _ = client.query_typed(
+                    super::catalog::ROLE_AND_DATABASE,
+                    &[(nothing, Type::TEXT), (nothing, Type::TEXT)],
+                );
+                Ok(client)
+            })
+        else {
+            return;
+        };
+        // One left from before (made over `WARM_FOR` ago) is dropped: its thread closes it.
+        slots.insert(self.name.clone(), (Instant::now(), thread));
+    }
+
+    /// The connection [`Server::warm`] made, if one was made for this server under
+    /// `WARM_FOR` ago (waiting for it if it is still being made): its client, or why it
+    /// could not be made. `None` when there is none to take, or it closed meanwhile.
+    fn take_warm(&self) -> Option<Result<Client, postgres::Error>> {
+        let (made, thread) = self
+            .warm
+            .as_ref()?
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name)?;
+        if made.elapsed() >= WARM_FOR {
+            return None;
+        }
+        match thread.join() {
+            // One round trip: the server may have ended it meanwhile (a restart, an idle
+            // timeout, `pg_terminate_backend`), and then a new one is made.
+            Ok(Ok(mut client)) => client.is_valid(WARM_CHECK).is_ok().then_some(Ok(client)),
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
     }
 
     /// Connects as the admin to the database of the admin URL.
@@ -104,11 +193,18 @@ impl Server {
 
     /// Connects as the admin to `database`, or to the admin URL's database.
     pub fn connect_to(&self, database: Option<&str>) -> Result<Session<'_>, ProviderError> {
-        let mut config = self.config.clone();
-        if let Some(database) = database {
-            config.dbname(database);
-        }
-        match config.connect(NoTls) {
+        let made = match database {
+            // To another database: never the admin connection made ahead.
+            Some(database) => {
+                let mut config = self.config.clone();
+                config.dbname(database);
+                config.connect(NoTls)
+            }
+            None => self
+                .take_warm()
+                .unwrap_or_else(|| self.config.connect(NoTls)),
+        };
+        match made {
             Ok(client) => Ok(Session {
                 server: self,
                 client,
@@ -451,6 +547,79 @@ pub(crate) fn generate_password() -> Result<String, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use slipway_testkit::pg::TestRole;
+
+    /// A server reached as `role`, which makes connections ahead.
+    fn server_as(role: &TestRole) -> Server {
+        Server::parse("main", &role.url())
+            .unwrap()
+            .with_warm(Arc::default())
+    }
+
+    fn backend_pid(s: &mut Session<'_>) -> i32 {
+        s.query("read the backend's pid", "select pg_backend_pid()", &[])
+            .unwrap()[0]
+            .get(0)
+    }
+
+    #[test]
+    fn the_connection_made_ahead_is_the_one_the_next_connect_gets_and_only_it() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let server = server_as(&role);
+        server.warm();
+        // Asked again while it is made, or waits: still the one.
+        server.warm();
+        let made = role.wait_for_sessions(1)[0];
+        server.clone().warm();
+        assert_eq!(role.sessions(), [made]);
+
+        let mut first = server.connect().unwrap();
+        assert_eq!(backend_pid(&mut first), made);
+        let mut second = server.connect().unwrap();
+        assert_ne!(backend_pid(&mut second), made);
+        // A session to another database is never it.
+        server.warm();
+        let waiting = role.wait_for_sessions(3);
+        let mut other = server.connect_to(Some("template1")).unwrap();
+        assert!(!waiting.contains(&backend_pid(&mut other)));
+    }
+
+    #[test]
+    fn a_connection_made_ahead_that_the_server_ended_is_replaced() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let server = server_as(&role);
+        server.warm();
+        let made = role.wait_for_sessions(1)[0];
+        Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls)
+            .unwrap()
+            .execute("select pg_terminate_backend($1)", &[&made])
+            .unwrap();
+        role.wait_for_sessions(0);
+
+        let mut s = server.connect().unwrap();
+        let now = backend_pid(&mut s);
+        assert_ne!(now, made);
+        assert_eq!(role.sessions(), [now]);
+    }
+
+    #[test]
+    fn a_server_that_cannot_be_reached_ahead_is_reported_by_the_connect_as_without() {
+        let url = "postgres://postgres@127.0.0.1:1/postgres";
+        let ahead = Server::parse("main", url)
+            .unwrap()
+            .with_warm(Arc::default());
+        ahead.warm();
+        let with = ahead.connect().map(drop).unwrap_err();
+        let without = Server::parse("main", url)
+            .unwrap()
+            .connect()
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(with.to_string(), without.to_string());
+        assert!(with.to_string().contains("main"), "{with}");
+        assert!(with.retryable(), "{with}");
+    }
 
     #[test]
     fn parse_errors_and_connect_errors_hide_the_password() {
