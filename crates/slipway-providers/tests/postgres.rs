@@ -1021,6 +1021,8 @@ fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
         .expect_change(&json!({"server": "${vars.server}"}));
     pg.database().expect_change(&json!({}));
     pg.role().expect_change(&json!({"server": "nowhere"}));
+    // A connection wrongly made would have begun by now: give it time to show.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!((main.sessions().len(), other.sessions().len()), (0, 1));
 
     let applied = pg

@@ -657,3 +657,41 @@ fn an_environment_gets_the_directories_its_resources_use() {
         "the job ran in the export"
     );
 }
+
+/// The CLI turns mimalloc's huge pages off for itself (crates/slipway/src/alloc.rs), never
+/// through `prctl(PR_SET_THP_DISABLE)`, which every program it starts would inherit: an
+/// environment's code, and the supervisors, keep the machine's huge-page setting.
+#[test]
+fn programs_the_cli_starts_keep_the_machine_s_huge_pages() {
+    let s = Sandbox::new();
+    s.commit_dev_stack(
+        "thp",
+        r#"  api: { type: process, command: ["sleep", "4242017"] }
+  probe: { type: job, command: ["sh", "-c", "grep THP_enabled /proc/self/status >&2; exit 3"], depends_on: [api] }
+"#,
+        "a probe of the huge pages",
+    );
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes", "--output", "json"], 1);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let error = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["resource"] == "probe")
+        .and_then(|r| r["error"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("THP_enabled"), "the job's output: {report}");
+    assert!(!error.contains("THP_enabled:\t0"), "{error}");
+    let supervisors: Vec<i32> = s
+        .processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("__supervise"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!supervisors.is_empty(), "{:?}", s.processes());
+    for pid in supervisors {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(!status.contains("THP_enabled:\t0"), "{status}");
+    }
+}

@@ -339,6 +339,9 @@ resources:
         !refused.status.success() && said.contains("no databases in qa"),
         "the policy refuses it: {said}"
     );
+    // A connection started before the refusal would reach the proxy even if the command
+    // exits at once (the kernel completes the handshake): give the proxy a moment to see it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(proxy.connections(), 0, "no connection for a refused apply");
 
     s.ok(&["apply", "--env", "prod", "--yes", "--override-window"]);

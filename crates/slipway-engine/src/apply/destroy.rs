@@ -112,8 +112,8 @@ impl Engine {
         let now = slipway_state::now_ms();
         self.store.mark_interrupted(&env, now)?;
         let resources = self.store.resources(&env)?;
-        // Nothing can refuse the destroy now: what the providers start meanwhile (a database
-        // connection) overlaps the records below.
+        // Past the destroy's checks (its protection): what the providers start meanwhile (a
+        // database connection) overlaps the records below.
         for resource in &resources {
             if let Some(provider) = self.registry.get(&resource.type_name) {
                 provider.expect_change(&resource.config);

@@ -115,9 +115,11 @@ impl Engine {
     }
 
     /// Tells the provider of each resource `prepared` creates or updates that its change is
-    /// coming (see `Provider::expect_change`), once every check that could refuse the apply
-    /// has passed: what they start (a database connection) then overlaps the records that
-    /// come before the first change.
+    /// coming (see `Provider::expect_change`), once the checks of what is applied have passed
+    /// (policies, isolation, the queue, deploy windows): what they start (a database
+    /// connection) then overlaps the records that come before the first change. A refusal
+    /// after it (a lease lost, the queue's check again in the record's transaction) leaves
+    /// that unused: a connection made ahead closes itself after 30 s.
     fn expect_changes(&self, prepared: &Prepared) {
         for change in &prepared.plan.changes {
             if !matches!(

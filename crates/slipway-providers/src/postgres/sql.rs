@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode};
@@ -24,11 +24,17 @@ use crate::{ProviderError, Retry};
 /// How long connecting may take before the server counts as unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an admin connection made ahead ([`Server::warm`]) waits to be used.
-const WARM_FOR: Duration = Duration::from_secs(30);
+/// How long an admin connection made ahead ([`Server::warm`]) waits to be used; then the
+/// thread that made it closes it. (Shorter in unit tests, which wait for it.)
+const WARM_FOR: Duration = Duration::from_secs(if cfg!(test) { 3 } else { 30 });
 
 /// How long the check that a connection made ahead still works may take.
 const WARM_CHECK: Duration = Duration::from_secs(2);
+
+/// How recent a failure to connect ahead must be for the `connect` that takes it to report
+/// it rather than try again: a connect that just failed would fail the same way (and wait as
+/// long), one from seconds ago is no evidence (the server may be back).
+const WARM_FAILURE_FRESH: Duration = Duration::from_secs(1);
 
 /// Admin connections made ahead of the statements that will use them, at most one per
 /// server, each taken by the next [`Server::connect`]. A new backend costs milliseconds (the
@@ -36,11 +42,15 @@ const WARM_CHECK: Duration = Duration::from_secs(2);
 /// otherwise wait for after its records; made ahead, they overlap.
 #[derive(Default)]
 pub(crate) struct Warm {
-    slots: Mutex<BTreeMap<String, Warming>>,
+    slots: Mutex<BTreeMap<String, Asks>>,
 }
 
-/// A connection made ahead: when it was started, and the thread making it.
-type Warming = (Instant, JoinHandle<Result<Client, postgres::Error>>);
+/// When a connection ahead was started, and where to ask its thread for it.
+type Asks = (Instant, Sender<Sender<Made>>);
+
+/// What a thread making a connection ahead hands over: the connection, or why it could not be
+/// made and when that was known.
+type Made = Result<Client, (Instant, postgres::Error)>;
 
 /// One configured server: its name in the engine config and how to reach it as an admin.
 #[derive(Clone)]
@@ -131,58 +141,70 @@ impl Server {
     /// Starts an admin connection, on a thread of its own, for the next [`Server::connect`]
     /// to take, unless one is being made or waits already. It changes nothing on the server;
     /// its one query reads the catalogs that the first query of a create, a delete or a drift
-    /// check reads. Nothing is reported: the `connect` that takes it reports its failure.
+    /// check reads. Nothing is reported: the `connect` that takes it reports its failure. Not
+    /// taken within `WARM_FOR`, it is closed (a long-lived `serve` keeps no idle session).
     pub fn warm(&self) {
         let Some(warm) = &self.warm else {
             return;
         };
         let mut slots = warm.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // One started `WARM_FOR` ago or more is closed, or about to be.
         if slots
             .get(&self.name)
-            .is_some_and(|(made, _)| made.elapsed() < WARM_FOR)
+            .is_some_and(|(started, _)| started.elapsed() < WARM_FOR)
         {
             return;
         }
         let config = self.config.clone();
-        let Ok(thread) = std::thread::Builder::new()
+        let (asks, asked) = channel::<Sender<Made>>();
+        let started = std::thread::Builder::new()
             .name("pg-warm".to_owned())
             .spawn(move || {
-                let mut client = config.connect(NoTls)?;
-                let nothing: &(dyn ToSql + Sync) = &"";
-                // Its answer does not matter, nor its failure (the session stays usable).
-                let _ = client.query_typed(
-                    super::catalog::ROLE_AND_DATABASE,
-                    &[(nothing, Type::TEXT), (nothing, Type::TEXT)],
-                );
-                Ok(client)
-            })
-        else {
-            return;
-        };
-        // One left from before (made over `WARM_FOR` ago) is dropped: its thread closes it.
-        slots.insert(self.name.clone(), (Instant::now(), thread));
+                let deadline = Instant::now() + WARM_FOR;
+                let made = config.connect(NoTls).map(|mut client| {
+                    let nothing: &(dyn ToSql + Sync) = &"";
+                    // Its answer does not matter, nor its failure (the session stays usable).
+                    let _ = client.query_typed(
+                        super::catalog::ROLE_AND_DATABASE,
+                        &[(nothing, Type::TEXT), (nothing, Type::TEXT)],
+                    );
+                    client
+                });
+                let made = made.map_err(|e| (Instant::now(), e));
+                // Handed to whoever asks first; at the deadline (or with the slot gone),
+                // dropped: the connection closes.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(reply) = asked.recv_timeout(left) {
+                    let _ = reply.send(made);
+                }
+            });
+        if started.is_ok() {
+            slots.insert(self.name.clone(), (Instant::now(), asks));
+        }
     }
 
-    /// The connection [`Server::warm`] made, if one was made for this server under
-    /// `WARM_FOR` ago (waiting for it if it is still being made): its client, or why it
-    /// could not be made. `None` when there is none to take, or it closed meanwhile.
+    /// The connection [`Server::warm`] made for this server and still holds (waiting for it
+    /// if it is still being made): its client, or why it could not be made a moment ago.
+    /// `None` when there is none to take, or it is no longer usable.
     fn take_warm(&self) -> Option<Result<Client, postgres::Error>> {
-        let (made, thread) = self
+        let (started, asks) = self
             .warm
             .as_ref()?
             .slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.name)?;
-        if made.elapsed() >= WARM_FOR {
+        if started.elapsed() >= WARM_FOR {
             return None;
         }
-        match thread.join() {
+        let (reply, made) = channel();
+        asks.send(reply).ok()?;
+        // Nothing when its thread reached its deadline meanwhile.
+        match made.recv().ok()? {
             // One round trip: the server may have ended it meanwhile (a restart, an idle
             // timeout, `pg_terminate_backend`), and then a new one is made.
-            Ok(Ok(mut client)) => client.is_valid(WARM_CHECK).is_ok().then_some(Ok(client)),
-            Ok(Err(e)) => Some(Err(e)),
-            Err(_) => None,
+            Ok(mut client) => client.is_valid(WARM_CHECK).is_ok().then_some(Ok(client)),
+            Err((failed, e)) => (failed.elapsed() < WARM_FAILURE_FRESH).then_some(Err(e)),
         }
     }
 
@@ -389,12 +411,14 @@ impl PgError {
 /// 42710, and 23505: two `CREATE DATABASE`/`CREATE ROLE` of one name at once meet on the
 /// catalog's unique index instead; the statements here write no table of their own, only the
 /// catalogs, so a unique violation can only be that), which the next attempt sees and judges
-/// (one replica's create still in flight when its lease passed to another is the usual cause). Anything else (a bad password, a missing
-/// template or extension file, dependent objects) needs someone to change something.
+/// (one replica's create still in flight when its lease passed to another is the usual cause);
+/// and a read-only transaction (25006): a standby answered, during a failover, or through a
+/// connection made before it. Anything else (a bad password, a missing template or extension
+/// file, dependent objects) needs someone to change something.
 fn retry_for(code: Option<&str>) -> Retry {
     match code {
         None => Retry::Retryable,
-        Some("55006" | "55P03" | "42P04" | "42710" | "23505" | "58000" | "58030") => {
+        Some("55006" | "55P03" | "42P04" | "42710" | "23505" | "25006" | "58000" | "58030") => {
             Retry::Retryable
         }
         Some(code) if ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c)) => {
@@ -603,6 +627,62 @@ mod tests {
         assert_eq!(role.sessions(), [now]);
     }
 
+    /// In a long-lived process (`serve`) nothing may take it: it is closed after `WARM_FOR`.
+    #[test]
+    fn a_connection_made_ahead_and_never_taken_is_closed() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let server = server_as(&role);
+        server.warm();
+        let made = role.wait_for_sessions(1)[0];
+        let closed = Instant::now();
+        role.wait_for_sessions(0);
+        assert!(closed.elapsed() > WARM_FOR / 2, "{:?}", closed.elapsed());
+        let mut s = server.connect().unwrap();
+        assert_ne!(backend_pid(&mut s), made);
+        // And a new one can be made ahead again.
+        drop(s);
+        server.warm();
+        let again = role.wait_for_sessions(1)[0];
+        let mut s = server.connect().unwrap();
+        assert_eq!(backend_pid(&mut s), again);
+    }
+
+    /// A failure to connect ahead is the `connect`'s answer only while it is fresh: the
+    /// connect does not wait for a second refusal, nor holds on to an old one.
+    #[test]
+    fn a_failure_to_connect_ahead_is_reported_while_fresh_then_tried_again() {
+        // A "server" that takes each connection and closes it at once, counting them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let taken = taken.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(stream);
+                }
+            });
+        }
+        let count = || taken.load(std::sync::atomic::Ordering::SeqCst);
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let server = Server::parse("main", &url)
+            .unwrap()
+            .with_warm(Arc::default());
+        server.warm();
+        assert!(server.connect().is_err());
+        assert_eq!(count(), 1, "the failure ahead is the answer");
+        server.warm();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count() < 2 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(WARM_FAILURE_FRESH + Duration::from_millis(200));
+        assert!(server.connect().is_err());
+        assert_eq!(count(), 3, "an old failure is tried again");
+    }
+
     #[test]
     fn a_server_that_cannot_be_reached_ahead_is_reported_by_the_connect_as_without() {
         let url = "postgres://postgres@127.0.0.1:1/postgres";
@@ -645,7 +725,7 @@ mod tests {
         ] {
             assert_eq!(retry_for(code), Retry::Retryable, "{code:?} may pass");
         }
-        for code in ["55006", "55P03", "42P04", "23505"] {
+        for code in ["55006", "55P03", "42P04", "23505", "25006"] {
             assert_eq!(retry_for(Some(code)), Retry::Retryable, "{code} may pass");
         }
         for code in [
