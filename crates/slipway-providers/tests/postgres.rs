@@ -587,6 +587,41 @@ fn a_role_dropped_behind_the_providers_back_is_drift_healed_without_losing_data(
         .expect("delete");
 }
 
+/// The drift check reads whether the role may log in (the create's look-up does not).
+#[test]
+fn a_role_that_can_no_longer_log_in_is_drift_and_the_update_lets_it_in_again() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let user = output(&applied, "user");
+    let observe = || {
+        pg.database()
+            .observe(pg.ctx("db"), &json!({}), &applied.live)
+            .expect("observe")
+    };
+    assert!(matches!(observe(), Observation::InSync), "{:?}", observe());
+    admin()
+        .batch_execute(&format!("ALTER ROLE {} NOLOGIN", quote(&user)))
+        .expect("lock the role out behind the provider's back");
+    let seen = observe();
+    assert!(
+        matches!(&seen, Observation::Drifted { reason } if reason.contains("can no longer log in")),
+        "{seen:?}"
+    );
+    let healed = pg
+        .database()
+        .update(pg.ctx("db"), &json!({}), &applied.live)
+        .expect("update");
+    postgres::Client::connect(&output(&healed, "url"), postgres::NoTls)
+        .expect("the role logs in again");
+    assert!(matches!(observe(), Observation::InSync), "{:?}", observe());
+    pg.database()
+        .delete(pg.ctx("db"), Some(&healed.live))
+        .expect("delete");
+}
+
 fn admin_query_one(database: &str, sql: &str) -> i32 {
     postgres::Client::connect(
         &format!("postgres://postgres@127.0.0.1:5432/{database}"),

@@ -8,7 +8,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::catalog::{self, Ownership};
+use super::catalog::{self, Login, Ownership};
 use super::sql::{self, Server, ident, literal};
 use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
 use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
@@ -161,9 +161,14 @@ impl Provider for DatabaseProvider {
             .map(|recorded| (recorded.server.clone(), recorded.names()));
         self.servers
             .delete_each(ctx, TYPE, recorded, Names::clone, |s, names, marker| {
-                let (role, database) =
-                    catalog::role_and_database(s, &names.role, &names.database, marker)
-                        .map_err(|e| s.fail(e))?;
+                let (role, database) = catalog::role_and_database(
+                    s,
+                    &names.role,
+                    &names.database,
+                    marker,
+                    Login::Skip,
+                )
+                .map_err(|e| s.fail(e))?;
                 if database.ownership == Ownership::Ours {
                     catalog::drop_database(s, &names.database)?;
                 }
@@ -185,9 +190,14 @@ impl Provider for DatabaseProvider {
         let server = self.servers.recorded(TYPE, &recorded.server)?;
         let on = &server.name;
         let mut s = server.connect()?;
-        let (role, database) =
-            catalog::role_and_database(&mut s, &recorded.role, &recorded.database, &marker)
-                .map_err(|e| s.fail(e))?;
+        let (role, database) = catalog::role_and_database(
+            &mut s,
+            &recorded.role,
+            &recorded.database,
+            &marker,
+            Login::Read,
+        )
+        .map_err(|e| s.fail(e))?;
         let name = &recorded.database;
         match database.ownership {
             Ownership::Absent => {
@@ -223,7 +233,7 @@ impl Provider for DatabaseProvider {
                  \"{role_name}\"",
                 database.owner
             )),
-            Ownership::Ours if !role.can_login => Some(format!(
+            Ownership::Ours if role.can_login == Some(false) => Some(format!(
                 "role \"{role_name}\" on server {on} can no longer log in"
             )),
             Ownership::Ours => None,
@@ -317,7 +327,7 @@ impl DatabaseProvider {
             ));
         }
         let (role, database) =
-            catalog::role_and_database(&mut s, &names.role, &names.database, &marker)
+            catalog::role_and_database(&mut s, &names.role, &names.database, &marker, Login::Skip)
                 .map_err(|e| s.fail(e))?;
         // Refuse before changing anything.
         if let Ownership::Foreign(why) = &database.ownership {

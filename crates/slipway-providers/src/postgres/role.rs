@@ -151,7 +151,7 @@ impl Provider for RoleProvider {
                      ({why})"
                 ),
             },
-            Ownership::Ours if found.can_login != recorded.login => Observation::Drifted {
+            Ownership::Ours if found.can_login != Some(recorded.login) => Observation::Drifted {
                 reason: if recorded.login {
                     format!("role \"{name}\" on server {on} can no longer log in")
                 } else {
