@@ -579,6 +579,24 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a deleted resource: its record and its ports, in one transaction (a delete's
+    /// last write). Returns whether it was recorded.
+    pub fn forget_resource(&self, environment: &EnvName, name: &str) -> Result<bool, StateError> {
+        let deleted = self.write_env(Some(environment), &[], |tx| {
+            tx.execute(
+                "DELETE FROM ports WHERE environment = ?1 AND resource = ?2",
+                params![environment, name],
+            )
+            .map_err(sql(format!("release the ports of {environment}/{name}")))?;
+            tx.execute(
+                "DELETE FROM resources WHERE environment = ?1 AND name = ?2",
+                params![environment, name],
+            )
+            .map_err(sql(format!("delete resource {environment}/{name}")))
+        })?;
+        Ok(deleted > 0)
+    }
+
     /// Forgets a resource (its ports stay allocated until [`Store::release_ports`]). Returns
     /// whether it was recorded.
     pub fn delete_resource(&self, environment: &EnvName, name: &str) -> Result<bool, StateError> {

@@ -48,6 +48,7 @@ matrix!(
     a_port_is_never_allocated_twice,
     an_exhausted_range_is_reported_and_allocates_nothing,
     retain_and_release_free_ports_for_reuse,
+    forgetting_a_resource_releases_its_ports_and_keeps_the_others,
     events_are_read_in_order_by_environment_and_cursor,
     hostile_strings_round_trip,
     resource_types_are_read_without_the_records,
@@ -1208,6 +1209,23 @@ fn an_exhausted_range_is_reported_and_allocates_nothing(state: &TestState) {
     assert!(
         matches!(error, StateError::PortsExhausted { .. }),
         "got {error:?}"
+    );
+}
+
+fn forgetting_a_resource_releases_its_ports_and_keeps_the_others(state: &TestState) {
+    let store = store_with(state, &["prod"]);
+    for name in ["api", "web"] {
+        store.put_resource(&resource("prod", name)).expect("record");
+        allocate(&store, "prod", name, &["http"], 20_000..=20_010).expect("allocate");
+    }
+    assert!(store.forget_resource(&env("prod"), "api").expect("forget"));
+    assert_eq!(store.resource(&env("prod"), "api").expect("read"), None);
+    assert!(store.ports(&env("prod"), "api").expect("ports").is_empty());
+    assert!(store.resource(&env("prod"), "web").expect("read").is_some());
+    assert_eq!(store.ports(&env("prod"), "web").expect("ports").len(), 1);
+    assert!(
+        !store.forget_resource(&env("prod"), "api").expect("again"),
+        "nothing left to forget"
     );
 }
 

@@ -338,8 +338,7 @@ impl Engine {
         if let Err(error) = self.stop_resource(env, &record, &envelope) {
             return Err(self.record_failed(&mut record, error.message.clone(), error));
         }
-        self.store.release_ports(env, name)?;
-        self.store.delete_resource(env, name)?;
+        self.store.forget_resource(env, name)?;
         Ok(())
     }
 
