@@ -40,16 +40,18 @@ impl Engine {
 
     /// Removes exports of commits no resource runs from any more.
     pub(super) fn collect_exports(&self, env: &EnvName) -> Result<(), EngineError> {
+        // First whether there is any: an environment whose resources run no code (databases,
+        // manifests) has no `src/`, and its records need not be read.
+        let dir = self.home.join("envs").join(env).join("src");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
         let keep: BTreeSet<String> = self
             .store
             .resources(env)?
             .iter()
             .map(|r| Envelope::of(r).src_commit)
             .collect();
-        let dir = self.home.join("envs").join(env).join("src");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
-        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if !keep.contains(&name) {
