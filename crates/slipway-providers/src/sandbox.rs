@@ -691,41 +691,6 @@ pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
     if uid == 0 {
         return Err(io::Error::other("refusing to kill every process of uid 0"));
     }
-    // As `uid`, kill(-1) reaches exactly that uid's processes (every one it may signal: those
-    // whose real or saved uid is `uid`), never the caller itself. Taken by a thread of its
-    // own with the raw system call, which changes the calling thread's credentials alone
-    // (glibc's `setresuid` would change every thread's): no fork of this process, whose
-    // page tables a destroy would otherwise copy only to run `kill`.
-    let killing = std::thread::Builder::new()
-        .name("kill-uid".to_owned())
-        .spawn(move || -> io::Result<()> {
-            // SAFETY: plain system calls on this thread's credentials; no memory is shared.
-            // The thread ends right after, its credentials with it.
-            unsafe {
-                if nix::libc::syscall(nix::libc::SYS_setresuid, uid, uid, uid) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if nix::libc::kill(-1, nix::libc::SIGKILL) != 0 {
-                    let e = io::Error::last_os_error();
-                    // None of them left: nothing to kill.
-                    if e.raw_os_error() != Some(nix::libc::ESRCH) {
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(())
-        });
-    match killing {
-        Ok(thread) => thread
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the killing thread panicked"))),
-        // No thread to spare: a process of that uid does it.
-        Err(_) => kill_everything_of_by_process(uid, gid),
-    }
-}
-
-/// [`kill_everything_of`] by a child process that takes `uid` and `gid` before it kills.
-fn kill_everything_of_by_process(uid: u32, gid: u32) -> io::Result<()> {
     let mut command = Command::new("/bin/true");
     command
         .uid(uid)
@@ -766,45 +731,6 @@ pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// As root (the tests here run as root; otherwise there is no uid to take): the processes
-    /// of the uid die, another uid's and this process live on.
-    #[test]
-    fn killing_a_uid_s_processes_reaches_those_alone() {
-        if !running_as_root() {
-            return;
-        }
-        let sleep_as = |uid: u32| {
-            Command::new("sleep")
-                .arg("1000")
-                .uid(uid)
-                .gid(uid)
-                .spawn()
-                .unwrap()
-        };
-        let (doomed, other) = (3_987_651, 3_987_652);
-        let mut victims = [sleep_as(doomed), sleep_as(doomed)];
-        let mut bystander = sleep_as(other);
-        kill_everything_of(doomed, doomed).unwrap();
-        for victim in &mut victims {
-            let status = victim.wait().unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(nix::libc::SIGKILL)
-            );
-        }
-        assert!(
-            bystander.try_wait().unwrap().is_none(),
-            "another uid's lives"
-        );
-        // Nothing of it left: no error either.
-        kill_everything_of(doomed, doomed).unwrap();
-        // This process kept its own credentials.
-        assert_eq!(unsafe { nix::libc::geteuid() }, 0);
-        bystander.kill().unwrap();
-        bystander.wait().unwrap();
-        assert!(kill_everything_of(0, 0).is_err());
-    }
 
     fn confinement(dir: &Path, landlock: bool) -> Confinement {
         Confinement {
