@@ -686,7 +686,8 @@ pub fn id_is_known(id: u32) -> bool {
 /// that nothing of it survives to meet the next environment given the same uid.
 ///
 /// # Errors
-/// When the killing process cannot be started.
+/// When the killing process cannot be started, or did not get to its kill (killed itself by
+/// the code it is after).
 pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
     if uid == 0 {
         return Err(io::Error::other("refusing to kill every process of uid 0"));
@@ -708,7 +709,18 @@ pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
             Ok(())
         });
     }
-    command.status().map(drop)
+    // Its exit status says the kill ran: it exits 0 only after `kill(-1)` and the exec of
+    // `/bin/true`. Killed before that (by the code it is after, as one of that uid's
+    // processes), it did not: an error, so that the environment and its uid stay for a
+    // retry rather than be released with its processes alive.
+    let status = command.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the process that stops the processes of uid {uid} ended with {status}"
+        )))
+    }
 }
 
 /// Whether every ancestor of `path` (and `path` itself) can be searched by a user that is
