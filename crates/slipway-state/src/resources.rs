@@ -596,17 +596,4 @@ impl Store {
         })?;
         Ok(deleted > 0)
     }
-
-    /// Forgets a resource (its ports stay allocated until [`Store::release_ports`]). Returns
-    /// whether it was recorded.
-    pub fn delete_resource(&self, environment: &EnvName, name: &str) -> Result<bool, StateError> {
-        let deleted = self.write_env(Some(environment), &[], |tx| {
-            tx.execute(
-                "DELETE FROM resources WHERE environment = ?1 AND name = ?2",
-                params![environment, name],
-            )
-            .map_err(sql(format!("delete resource {environment}/{name}")))
-        })?;
-        Ok(deleted > 0)
-    }
 }

@@ -813,7 +813,7 @@ fn resources_round_trip_and_are_listed_by_name(state: &TestState) {
     assert_eq!(listed, names(&["api", "db", "web"]), "listed by name");
     assert!(
         store
-            .delete_resource(&env("prod"), "web")
+            .forget_resource(&env("prod"), "web")
             .expect("delete web"),
         "web existed"
     );
