@@ -379,12 +379,14 @@ fn migrations() -> impl Iterator<Item = &'static str> {
         .chain(rehearsing().then_some(REHEARSAL))
 }
 
-/// Brings the database up to [`SCHEMA_VERSION`], one transaction per migration.
+/// Brings the database up to [`SCHEMA_VERSION`]: every pending migration in one transaction
+/// ([`apply_pending`]).
 ///
-/// The version is read inside each write transaction, so two processes opening a fresh
+/// The version is read again inside the write transaction, so two processes opening a fresh
 /// database at once apply each migration exactly once: the second waits for the lock, then
-/// sees the version moved and skips it. On PostgreSQL the lock is `slipway_schema`'s, taken
-/// in each migration's transaction.
+/// sees the version moved and applies only what is still missing (nothing). On PostgreSQL the
+/// lock is `slipway_schema`'s, taken in that transaction. A state already at the version
+/// takes no write lock at all.
 pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError> {
     let open_error = |source| StateError::Open {
         location: location.to_owned(),
@@ -412,29 +414,50 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
             ],
         });
     }
-    for (index, sql) in migrations().enumerate() {
-        let target = i64::try_from(index + 1).expect("the migration list is short");
-        let migrate_error = |source| StateError::Migrate {
-            location: location.to_owned(),
-            version: target,
-            source,
-        };
-        conn.transaction(&["slipway_schema"], |tx| {
-            let current = version(tx).map_err(migrate_error)?;
-            refuse_newer(location, current)?;
-            if current >= target {
-                return Ok(());
-            }
-            tx.batch(sql).map_err(migrate_error)?;
-            set_version(tx, target).map_err(migrate_error)
-        })
-        .map_err(|e| match e {
-            // Beginning or committing the transaction failed.
-            StateError::Database { source, .. } => migrate_error(source),
-            other => other,
-        })?;
+    let pending: Vec<&str> = migrations().collect();
+    apply_pending(conn, location, found, &pending)
+}
+
+/// Takes the database from version `found` to `list.len()` by applying `list[found..]`, all
+/// in one transaction: a fresh state is made with one commit, not one per migration, and an
+/// upgrade that fails half way leaves the schema it found. Nothing (no write lock) when the
+/// database is already there.
+fn apply_pending(
+    conn: &mut Conn,
+    location: &str,
+    found: i64,
+    list: &[&str],
+) -> Result<(), StateError> {
+    let target = i64::try_from(list.len()).expect("the migration list is short");
+    if found >= target {
+        return Ok(());
     }
-    Ok(())
+    let failed = |version: i64| {
+        move |source| StateError::Migrate {
+            location: location.to_owned(),
+            version,
+            source,
+        }
+    };
+    conn.transaction(&["slipway_schema"], |tx| {
+        let current = version(tx).map_err(failed(found + 1))?;
+        refuse_newer(location, current)?;
+        for (index, sql) in list.iter().enumerate() {
+            let made = i64::try_from(index + 1).expect("the migration list is short");
+            if made > current {
+                tx.batch(sql).map_err(failed(made))?;
+            }
+        }
+        if current < target {
+            set_version(tx, target).map_err(failed(target))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        // Beginning or committing the transaction failed.
+        StateError::Database { source, .. } => failed(target)(source),
+        other => other,
+    })
 }
 
 /// The schema version recorded in the database.
@@ -487,4 +510,63 @@ fn rehearsed(conn: &mut impl Exec) -> Result<bool, DbError> {
     };
     conn.query_one(sql, params![], |row| row.get::<i64>(0))
         .map(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Conn {
+        Conn::sqlite(rusqlite::Connection::open_in_memory().expect("open an in-memory database"))
+    }
+
+    fn tables(conn: &mut Conn) -> Vec<String> {
+        conn.query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            params![],
+            |row| row.get(0),
+        )
+        .expect("list the tables")
+    }
+
+    const FIRST: &str = "CREATE TABLE one (a INTEGER) STRICT;";
+    const SECOND: &str = "CREATE TABLE two (a INTEGER) STRICT; INSERT INTO one VALUES (1);";
+
+    #[test]
+    fn pending_migrations_are_applied_from_the_version_found() {
+        let mut conn = memory();
+        apply_pending(&mut conn, "test", 0, &[FIRST]).expect("migrate to 1");
+        assert_eq!(version(&mut conn).expect("read the version"), 1);
+        apply_pending(&mut conn, "test", 1, &[FIRST, SECOND]).expect("migrate to 2");
+        assert_eq!(version(&mut conn).expect("read the version"), 2);
+        assert_eq!(
+            tables(&mut conn),
+            ["one", "two"],
+            "the first ran once, then the second"
+        );
+        apply_pending(&mut conn, "test", 2, &[FIRST, SECOND]).expect("nothing to do");
+        let rows: i64 = conn
+            .query_one("SELECT COUNT(*) FROM one", params![], |row| row.get(0))
+            .expect("count");
+        assert_eq!(rows, 1, "an up-to-date database runs no migration again");
+    }
+
+    #[test]
+    fn an_upgrade_that_fails_half_way_leaves_the_schema_it_found() {
+        let mut conn = memory();
+        apply_pending(&mut conn, "test", 0, &[FIRST]).expect("migrate to 1");
+        let broken = "CREATE TABLE three (a INTEGER) STRICT; INSERT INTO nowhere VALUES (1);";
+        let error = apply_pending(&mut conn, "test", 1, &[FIRST, SECOND, broken])
+            .expect_err("the third migration fails");
+        assert!(
+            matches!(error, StateError::Migrate { version: 3, .. }),
+            "the error names the migration that failed: {error:?}"
+        );
+        assert_eq!(version(&mut conn).expect("read the version"), 1);
+        assert_eq!(
+            tables(&mut conn),
+            ["one"],
+            "the second migration, which succeeded, is rolled back with the third"
+        );
+    }
 }
