@@ -13,10 +13,11 @@
       Fail unless `slipway status --output json` shows N ready resources in `dev` and N
       `sleep 100000` processes run under supervisors of HOME.
   measure.py supervisor-direct LABEL SLIPWAY HOME DIR
-      With HOME's `dev` applied (its 100 processes running), copy its specs into DIR/run (other
-      names, their own state and log files; the same commands, confinement and working
-      directories), start `SLIPWAY __supervise DIR/run` and time one `start` request after the
-      other until every process runs: the supervisor's own share, without the engine. Then
+      With HOME's `dev` applied (its 100 processes running), read their specs back from their
+      state files and give them other names and their own state and log files under DIR (the
+      same commands, confinement and working directories), start `SLIPWAY __supervise DIR/run`
+      and time one `start` request (with its spec, as the engine sends it) after the other
+      until every process runs: the supervisor's own share, without the engine. Then
       SIGTERM it (it stops them all) and check that none is left.
   measure.py slipway-pss LABEL HOME N
       Sum the PSS (/proc/PID/smaps_rollup) of every Slipway supervisor of HOME (`slipway
@@ -105,27 +106,31 @@ def cmd_supervisor_direct(args):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(run_dir, mode=0o700)
     os.makedirs(logs, mode=0o700)
-    names = []
-    for path in sorted(glob.glob(os.path.join(home, "envs", "dev", "run", "*.spec.json"))):
+    # The engine sends each process's spec with its `start` (`start NAME +LEN` and LEN bytes
+    # of JSON); the supervisor keeps it in the process's state file, where it is read back.
+    specs = {}
+    for path in sorted(glob.glob(os.path.join(home, "envs", "dev", "run", "*.json"))):
         with open(path) as f:
-            spec = json.load(f)
+            spec = json.load(f).get("spec")
+        if spec is None:
+            continue
         name = "direct-" + spec["resource"]
         spec.update(resource=name, state=os.path.join(run_dir, name + ".json"),
                     log=os.path.join(logs, name + ".log"))
-        fd = os.open(os.path.join(run_dir, name + ".spec.json"), os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(spec, f)
-        names.append(name)
+        specs[name] = json.dumps(spec).encode()
+    if not specs:
+        sys.exit(f"measure.py: no process state with a spec under {home}/envs/dev/run")
+    names = list(specs)
     sock = os.path.join(run_dir, "supervise.sock")
     proc = subprocess.Popen([slipway, "__supervise", run_dir], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
-    def ask(line):
+    def ask(line, body=b""):
         c = socket.socket(socket.AF_UNIX)
         try:
             c.connect(sock)
-            c.sendall(line.encode() + b"\n")
+            c.sendall(line.encode() + b"\n" + body)
             return c.makefile().readline().strip()
         finally:
             c.close()
@@ -147,7 +152,7 @@ def cmd_supervisor_direct(args):
         t0 = time.perf_counter()
         for name in names:
             # `ok`, and the state it recorded.
-            answer = ask(f"start {name}")
+            answer = ask(f"start {name} +{len(specs[name])}", specs[name])
             if answer.split(" ", 1)[0] != "ok":
                 sys.exit(f"measure.py: start {name}: {answer}")
         elapsed = time.perf_counter() - t0
