@@ -34,10 +34,11 @@
 //!   reach its database. What protects another environment's database is its credentials.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -709,17 +710,94 @@ pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
             Ok(())
         });
     }
-    // Its exit status says the kill ran: it exits 0 only after `kill(-1)` and the exec of
-    // `/bin/true`. Killed before that (by the code it is after, as one of that uid's
-    // processes), it did not: an error, so that the environment and its uid stay for a
-    // retry rather than be released with its processes alive.
-    let status = command.status()?;
+    finish_killer(command.spawn()?, uid, KILLER_WAIT)
+}
+
+/// How long the process that kills a uid's processes may take. It takes about a millisecond;
+/// one that takes longer was stopped (SIGSTOP): between its change of uid and its `kill(-1)`,
+/// the processes it is after may signal it, as one of their own.
+const KILLER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits for `killer`, the process that kills the processes of `uid`, at most `limit`; one
+/// still there then is killed (it is stopped, and waiting for it would hang the destroy). Its
+/// exit status says whether the kill ran: it exits 0 only after `kill(-1)` and the exec of
+/// `/bin/true`. Killed or stopped before that (by the code it is after), it did not: an error,
+/// so that the environment and its uid stay for a retry rather than be released with its
+/// processes alive.
+fn finish_killer(mut killer: std::process::Child, uid: u32, limit: Duration) -> io::Result<()> {
+    let status = match wait_at_most(&mut killer, limit)? {
+        Some(status) => status,
+        None => {
+            // As root (or with CAP_KILL) we may signal it whatever its uid; then it is ours
+            // to reap.
+            let _ = killer.kill();
+            let _ = killer.wait();
+            return Err(io::Error::other(format!(
+                "the process that stops the processes of uid {uid} did not finish within {} \
+                 (one of them may have stopped it); nothing was released, retry",
+                crate::duration::show(limit)
+            )));
+        }
+    };
     if status.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
             "the process that stops the processes of uid {uid} ended with {status}"
         )))
+    }
+}
+
+/// The exit status of our child `child`, waiting at most `limit` for it (`None` if it has not
+/// exited by then; a stopped child has not). On its pidfd where the kernel has them.
+fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1. The child
+    // is not reaped, so its pid is still it.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, child.id(), 0) };
+    let Some(fd) = nix::libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0) else {
+        let mut status = None;
+        let mut failed = None;
+        crate::procinfo::wait_until(deadline, || match child.try_wait() {
+            Ok(found) => {
+                status = found;
+                status.is_some()
+            }
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        });
+        return failed.map_or(Ok(status), Err);
+    };
+    // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [nix::libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        }];
+        // Rounded up: a deadline a fraction of a millisecond away is not a zero wait.
+        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, its count, a timeout.
+        let ready = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, ms) };
+        if ready > 0 {
+            // Readable once it exited: the wait returns at once.
+            return child.wait().map(Some);
+        }
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else if Instant::now() >= deadline {
+            return Ok(None);
+        }
     }
 }
 
@@ -743,6 +821,43 @@ pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spawned(script: &str) -> std::process::Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .spawn()
+            .expect("spawn sh")
+    }
+
+    /// The attack: the processes a destroy kills share the killer's uid once it took it, and
+    /// may SIGSTOP it before its `kill(-1)`. Waiting for it would hang the destroy forever.
+    #[test]
+    fn a_killer_stopped_before_its_kill_is_killed_and_the_destroy_told_it_failed() {
+        let killer = spawned("kill -STOP $$; exit 0");
+        let pid = killer.id();
+        let error = finish_killer(killer, 4242, Duration::from_millis(300))
+            .expect_err("a stopped killer did not kill");
+        let message = error.to_string();
+        assert!(
+            message.contains("uid 4242") && message.contains("did not finish within"),
+            "the error says what did not happen: {message}"
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the stopped killer is killed and reaped, not left behind"
+        );
+    }
+
+    #[test]
+    fn a_killer_succeeds_only_when_it_exits_zero() {
+        finish_killer(spawned("exit 0"), 4242, KILLER_WAIT).expect("exit 0 is a kill done");
+        let error =
+            finish_killer(spawned("exit 3"), 4242, KILLER_WAIT).expect_err("any other end is not");
+        assert!(error.to_string().contains("exit status: 3"), "{error}");
+        let error = finish_killer(spawned("kill -KILL $$"), 4242, KILLER_WAIT)
+            .expect_err("nor is being killed");
+        assert!(error.to_string().contains("signal: 9"), "{error}");
+    }
 
     fn confinement(dir: &Path, landlock: bool) -> Confinement {
         Confinement {
