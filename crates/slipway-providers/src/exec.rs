@@ -139,6 +139,11 @@ impl Provider for ExecProvider {
     type Config = ExecConfig;
     const TYPE: &'static str = "exec";
 
+    /// Nothing to wait for once made.
+    fn ready_at_once(&self, _config: &Self::Config) -> bool {
+        true
+    }
+
     fn create(
         &self,
         ctx: ResourceContext<'_>,

@@ -209,6 +209,11 @@ impl Provider for FileProvider {
     type Config = FileConfig;
     const TYPE: &'static str = "file";
 
+    /// Nothing to wait for once made.
+    fn ready_at_once(&self, _config: &Self::Config) -> bool {
+        true
+    }
+
     fn create(
         &self,
         ctx: ResourceContext<'_>,

@@ -46,6 +46,11 @@ impl Provider for JobProvider {
     type Config = JobConfig;
     const TYPE: &'static str = "job";
 
+    /// Nothing to wait for once made.
+    fn ready_at_once(&self, _config: &Self::Config) -> bool {
+        true
+    }
+
     fn create(
         &self,
         ctx: ResourceContext<'_>,

@@ -339,6 +339,17 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether [`Provider::wait_ready`] returns at once for `config` (it waits for nothing:
+    /// no health check, no rollout). Then the engine records what the create or update made
+    /// and that it is ready in one write, instead of recording the handle first so that an
+    /// object that never gets ready is still known. A process killed between the two loses
+    /// the handle, and the next apply removes whatever the name may have made (as for a
+    /// create cut short) before creating it again. The default, `false`, is the safe answer.
+    fn ready_at_once(&self, config: &Self::Config) -> bool {
+        let _ = config;
+        false
+    }
+
     /// Told before the engine records an apply that will create or update a resource of this
     /// type (with its configuration as written, references not yet substituted), or a
     /// destroy that will delete one (with its configuration as recorded): the provider may
@@ -438,6 +449,8 @@ pub trait DynProvider: Send + Sync {
         applied: &Applied,
         deadline: Instant,
     ) -> Result<(), ProviderError>;
+    /// See [`Provider::ready_at_once`]; `false` for a configuration it cannot read.
+    fn ready_at_once(&self, config: &Value) -> bool;
     /// See [`Provider::preview`].
     fn preview(
         &self,
@@ -502,6 +515,10 @@ impl<P: Provider> DynProvider for P {
         deadline: Instant,
     ) -> Result<(), ProviderError> {
         Provider::wait_ready(self, ctx, &decode(P::TYPE, config)?, applied, deadline)
+    }
+    fn ready_at_once(&self, config: &Value) -> bool {
+        decode::<P::Config>(P::TYPE, config)
+            .is_ok_and(|config| Provider::ready_at_once(self, &config))
     }
     fn preview(
         &self,
@@ -702,6 +719,50 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the engine records in one write or two: only what waits for nothing may skip
+    /// the handle written before the wait.
+    #[test]
+    fn only_what_waits_for_nothing_is_ready_at_once() {
+        let local = Registry::local();
+        let ready_at_once = |type_name: &str, config: Value| {
+            let provider = local.get(type_name).expect("a local type");
+            // Each answer below is about a valid configuration, but the one saying so.
+            assert_eq!(
+                provider.check_config(&config).is_ok(),
+                config["command"] != 3,
+                "{config}"
+            );
+            provider.ready_at_once(&config)
+        };
+        let sleep = serde_json::json!(["sleep", "1000"]);
+        assert!(ready_at_once(
+            "process",
+            serde_json::json!({"command": sleep})
+        ));
+        assert!(
+            !ready_at_once(
+                "process",
+                serde_json::json!({"command": sleep, "health": {"tcp": "web"}})
+            ),
+            "a health check is waited for"
+        );
+        assert!(
+            !ready_at_once(
+                "process",
+                serde_json::json!({"command": sleep, "restart": "on-failure"})
+            ),
+            "a process that is not restarted must stay up a moment first"
+        );
+        assert!(
+            !ready_at_once("process", serde_json::json!({"command": 3})),
+            "a configuration that does not decode is the safe answer"
+        );
+        assert!(ready_at_once(
+            "file",
+            serde_json::json!({"path": "a", "content": "b"})
+        ));
+    }
     use slipway_core::types::{SourceDir, TYPES, capabilities};
 
     /// The engine exports the repository for an environment only when one of its resources'

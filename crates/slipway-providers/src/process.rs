@@ -297,6 +297,12 @@ impl Provider for ProcessProvider {
     type Config = ProcessConfig;
     const TYPE: &'static str = "process";
 
+    /// Without a health check, a process its supervisor restarts is ready once running, which
+    /// its start's answer already says: `wait_ready` reads the state file once.
+    fn ready_at_once(&self, config: &ProcessConfig) -> bool {
+        config.health.is_none() && config.restart == RestartPolicy::Always
+    }
+
     fn create(
         &self,
         ctx: ResourceContext<'_>,

@@ -118,6 +118,11 @@ impl Provider for DatabaseProvider {
     type Config = DatabaseConfig;
     const TYPE: &'static str = TYPE;
 
+    /// Nothing to wait for once made.
+    fn ready_at_once(&self, _config: &Self::Config) -> bool {
+        true
+    }
+
     fn expect_change(&self, config: &Value) {
         // The server it names, or the only one; a reference (`${…}`) names none yet.
         self.servers
