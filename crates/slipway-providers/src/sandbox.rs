@@ -686,117 +686,138 @@ pub fn id_is_known(id: u32) -> bool {
 /// left behind outside the process groups Slipway stops (a daemon that called `setsid`), so
 /// that nothing of it survives to meet the next environment given the same uid.
 ///
+/// A forked child takes the uid and calls `kill(-1, SIGKILL)`, which reaches exactly that
+/// uid's processes (every one it may signal) at once, fork bombs included, never the caller
+/// itself. Between its change of uid and its kill, those processes may signal it, as one of
+/// their own: stop it (SIGSTOP), or kill it. A stopped child is continued (SIGCONT) for as
+/// long as it takes, up to [`KILLER_WAIT`]; one that ends otherwise than by its own exit 0
+/// (only after its kill) did not kill.
+///
 /// # Errors
-/// When the killing process cannot be started, or did not get to its kill (killed itself by
-/// the code it is after).
+/// When the killing process cannot be forked, did not get to its kill (killed by the code it
+/// is after), or was still stopped after [`KILLER_WAIT`] (then killed): the caller keeps the
+/// environment and its uid for a retry.
 pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
     if uid == 0 {
         return Err(io::Error::other("refusing to kill every process of uid 0"));
     }
-    let mut command = Command::new("/bin/true");
-    command
-        .uid(uid)
-        .gid(gid)
-        .env_clear()
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: kill is async-signal-safe. As `uid`, kill(-1) reaches exactly that uid's
-    // processes (every one it may signal), never the caller itself.
-    unsafe {
-        command.pre_exec(|| {
-            nix::libc::kill(-1, nix::libc::SIGKILL);
-            Ok(())
-        });
+    // Not `Command`: its spawn returns only once the child is past its exec, so a child
+    // stopped before that would block it, beyond any time limit.
+    // SAFETY: the child calls only async-signal-safe functions (setgroups, setresgid,
+    // setresuid, kill, _exit) and allocates nothing; this process may have other threads.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            use nix::libc;
+            // SAFETY: plain system calls on values; `_exit` never returns.
+            unsafe {
+                let taken = libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setresgid(gid, gid, gid) == 0
+                    && libc::setresuid(uid, uid, uid) == 0;
+                if !taken {
+                    libc::_exit(2);
+                }
+                // ESRCH: nothing of the uid runs, which is the goal.
+                if libc::kill(-1, libc::SIGKILL) != 0
+                    && std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+                {
+                    libc::_exit(3);
+                }
+                libc::_exit(0)
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => finish_killer(child, uid, KILLER_WAIT),
     }
-    finish_killer(command.spawn()?, uid, KILLER_WAIT)
 }
 
 /// How long the process that kills a uid's processes may take. It takes about a millisecond;
-/// one that takes longer was stopped (SIGSTOP): between its change of uid and its `kill(-1)`,
-/// the processes it is after may signal it, as one of their own.
+/// stopped again and again by the processes it is after, it is continued each time.
 const KILLER_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits for `killer`, the process that kills the processes of `uid`, at most `limit`; one
-/// still there then is killed (it is stopped, and waiting for it would hang the destroy). Its
-/// exit status says whether the kill ran: it exits 0 only after `kill(-1)` and the exec of
-/// `/bin/true`. Killed or stopped before that (by the code it is after), it did not: an error,
-/// so that the environment and its uid stay for a retry rather than be released with its
-/// processes alive.
-fn finish_killer(mut killer: std::process::Child, uid: u32, limit: Duration) -> io::Result<()> {
-    let status = match wait_at_most(&mut killer, limit)? {
-        Some(status) => status,
-        None => {
-            // As root (or with CAP_KILL) we may signal it whatever its uid; then it is ours
-            // to reap.
-            let _ = killer.kill();
-            let _ = killer.wait();
-            return Err(io::Error::other(format!(
-                "the process that stops the processes of uid {uid} did not finish within {} \
-                 (one of them may have stopped it); nothing was released, retry",
-                crate::duration::show(limit)
-            )));
+/// How often a killer that has not exited is looked at (and continued if stopped).
+const KILLER_LOOK: Duration = Duration::from_millis(5);
+
+/// Waits for `killer` (our child, not reaped), the process that kills the processes of `uid`,
+/// continuing it whenever it is stopped, at most `limit`; one still there then is killed and
+/// reaped. Its exit status says whether the kill ran: it exits 0 only after `kill(-1)`.
+fn finish_killer(killer: nix::unistd::Pid, uid: u32, limit: Duration) -> io::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let deadline = Instant::now() + limit;
+    let ended = loop {
+        if exited_within(
+            killer,
+            KILLER_LOOK.min(deadline.saturating_duration_since(Instant::now())),
+        )? {
+            break Some(waitpid(killer, None).map_err(io::Error::from)?);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        // Unreaped, so the pid is still our child's. A stop is undone; one that comes again
+        // before its kill only costs another look.
+        if crate::procinfo::stat(killer.as_raw().cast_unsigned())
+            .is_some_and(|stat| matches!(stat.state, 'T' | 't'))
+        {
+            let _ = kill(killer, Signal::SIGCONT);
         }
     };
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "the process that stops the processes of uid {uid} ended with {status}"
-        )))
+    match ended {
+        Some(WaitStatus::Exited(_, 0)) => Ok(()),
+        Some(status) => Err(io::Error::other(format!(
+            "the process that stops the processes of uid {uid} did not get to its kill \
+             ({status:?}); nothing was released, retry"
+        ))),
+        None => {
+            // As root (or with CAP_KILL) we may signal it whatever its uid.
+            let _ = kill(killer, Signal::SIGKILL);
+            let _ = waitpid(killer, None);
+            Err(io::Error::other(format!(
+                "the process that stops the processes of uid {uid} did not finish within {} \
+                 (they kept stopping it); nothing was released, retry",
+                crate::duration::show(limit)
+            )))
+        }
     }
 }
 
-/// The exit status of our child `child`, waiting at most `limit` for it (`None` if it has not
-/// exited by then; a stopped child has not). On its pidfd where the kernel has them.
-fn wait_at_most(
-    child: &mut std::process::Child,
-    limit: Duration,
-) -> io::Result<Option<std::process::ExitStatus>> {
-    let deadline = Instant::now() + limit;
+/// Whether our child `pid` (not reaped) has exited, waiting up to `wait` for it: on its pidfd
+/// where the kernel has them, else by polling `waitid` without reaping it.
+fn exited_within(pid: nix::unistd::Pid, wait: Duration) -> io::Result<bool> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1. The child
     // is not reaped, so its pid is still it.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, child.id(), 0) };
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
     let Some(fd) = nix::libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0) else {
-        let mut status = None;
-        let mut failed = None;
-        crate::procinfo::wait_until(deadline, || match child.try_wait() {
-            Ok(found) => {
-                status = found;
-                status.is_some()
-            }
-            Err(e) => {
-                failed = Some(e);
-                true
-            }
-        });
-        return failed.map_or(Ok(status), Err);
+        let exited = || {
+            use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            !matches!(
+                waitid(Id::Pid(pid), flags),
+                Ok(WaitStatus::StillAlive) | Err(_)
+            )
+        };
+        return Ok(crate::procinfo::wait_until(Instant::now() + wait, exited));
     };
     // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [nix::libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: nix::libc::POLLIN,
-            revents: 0,
-        }];
-        // Rounded up: a deadline a fraction of a millisecond away is not a zero wait.
-        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd, its count, a timeout.
-        let ready = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, ms) };
-        if ready > 0 {
-            // Readable once it exited: the wait returns at once.
-            return child.wait().map(Some);
-        }
-        if ready < 0 {
+    let mut fds = [nix::libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: nix::libc::POLLIN,
+        revents: 0,
+    }];
+    // Rounded up: a wait a fraction of a millisecond long is not a zero wait.
+    let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, its count, a timeout.
+    match unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, ms) } {
+        // Readable once it exited.
+        ready if ready > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
             }
-        } else if Instant::now() >= deadline {
-            return Ok(None);
         }
     }
 }
@@ -822,29 +843,35 @@ pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    fn spawned(script: &str) -> std::process::Child {
-        Command::new("sh")
+    /// A child of this process, as the killer is: its pid, not reaped.
+    #[expect(clippy::zombie_processes, reason = "finish_killer reaps it, by pid")]
+    fn spawned(script: &str) -> nix::unistd::Pid {
+        let child = Command::new("sh")
             .args(["-c", script])
             .spawn()
-            .expect("spawn sh")
+            .expect("spawn sh");
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"))
     }
 
-    /// The attack: the processes a destroy kills share the killer's uid once it took it, and
-    /// may SIGSTOP it before its `kill(-1)`. Waiting for it would hang the destroy forever.
     #[test]
-    fn a_killer_stopped_before_its_kill_is_killed_and_the_destroy_told_it_failed() {
-        let killer = spawned("kill -STOP $$; exit 0");
-        let pid = killer.id();
+    fn a_stopped_killer_is_continued_and_its_kill_counts() {
+        finish_killer(spawned("kill -STOP $$; exit 0"), 4242, KILLER_WAIT)
+            .expect("continued, it exits 0");
+    }
+
+    #[test]
+    fn a_killer_stopped_again_and_again_is_killed_at_the_limit_and_the_destroy_fails() {
+        let killer = spawned("while :; do kill -STOP $$; done");
         let error = finish_killer(killer, 4242, Duration::from_millis(300))
-            .expect_err("a stopped killer did not kill");
+            .expect_err("it never got to its kill");
         let message = error.to_string();
         assert!(
             message.contains("uid 4242") && message.contains("did not finish within"),
             "the error says what did not happen: {message}"
         );
         assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "the stopped killer is killed and reaped, not left behind"
+            !Path::new(&format!("/proc/{killer}")).exists(),
+            "the killer is killed and reaped, not left behind"
         );
     }
 
@@ -853,10 +880,42 @@ mod tests {
         finish_killer(spawned("exit 0"), 4242, KILLER_WAIT).expect("exit 0 is a kill done");
         let error =
             finish_killer(spawned("exit 3"), 4242, KILLER_WAIT).expect_err("any other end is not");
-        assert!(error.to_string().contains("exit status: 3"), "{error}");
+        assert!(error.to_string().contains("3"), "{error}");
         let error = finish_killer(spawned("kill -KILL $$"), 4242, KILLER_WAIT)
             .expect_err("nor is being killed");
-        assert!(error.to_string().contains("signal: 9"), "{error}");
+        assert!(error.to_string().contains("SIGKILL"), "{error}");
+    }
+
+    /// The attack itself (as root): the environment's code stops every other process of its
+    /// uid, over and over, so that the killer, once it has taken the uid, is stopped before
+    /// its kill. The destroy must neither hang nor report a kill that did not happen.
+    #[test]
+    fn the_uid_s_processes_stopping_the_killer_neither_hang_nor_survive_the_kill() {
+        if !running_as_root() {
+            eprintln!("skipped: needs root to take another uid");
+            return;
+        }
+        const UID: u32 = 3_999_421;
+        for round in 0..5 {
+            let mut spinner = Command::new("sh")
+                .args(["-c", "while :; do kill -STOP -1 2>/dev/null; done"])
+                .uid(UID)
+                .gid(UID)
+                .spawn()
+                .expect("start the spinner");
+            std::thread::sleep(Duration::from_millis(20));
+            let killed = kill_everything_of(UID, UID);
+            if killed.is_err() {
+                let _ = spinner.kill();
+            }
+            let status = spinner.wait().expect("reap the spinner");
+            killed.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(nix::libc::SIGKILL),
+                "round {round}: the spinner was killed by the kill"
+            );
+        }
     }
 
     fn confinement(dir: &Path, landlock: bool) -> Confinement {

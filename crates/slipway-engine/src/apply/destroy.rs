@@ -192,9 +192,26 @@ impl Engine {
             _ => Ok(()),
         };
         if report.succeeded() {
-            killed.map_err(|(uid, e)| {
-                EngineError::io(format!("cannot stop the processes of uid {uid}"))(e)
-            })?;
+            if let Err((uid, e)) = killed {
+                // Recorded as a failed destroy (not left `running`, the environment
+                // `destroying`): the environment and its uid stay for the retry it asks for.
+                let error = EngineError::io(format!("cannot stop the processes of uid {uid}"))(e);
+                self.store.finish_deployment(
+                    deployment,
+                    DeploymentStatus::Failed,
+                    Some(&error.to_string()),
+                    &summary(&report),
+                    finished,
+                )?;
+                self.store.set_environment_status(
+                    &env,
+                    SyncState::Failed,
+                    Health::Degraded,
+                    Some("destroy failed: its processes could not be stopped; run it again"),
+                    finished,
+                )?;
+                return Err(error);
+            }
             // No resource is left to run from an export: every one goes.
             self.collect_exports(&env)?;
             let root = self.home.join("envs").join(&env);
