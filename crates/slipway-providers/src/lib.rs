@@ -339,12 +339,16 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether [`Provider::wait_ready`] returns at once for `config` (it waits for nothing:
-    /// no health check, no rollout). Then the engine records what the create or update made
-    /// and that it is ready in one write, instead of recording the handle first so that an
-    /// object that never gets ready is still known. A process killed between the two loses
-    /// the handle, and the next apply removes whatever the name may have made (as for a
-    /// create cut short) before creating it again. The default, `false`, is the safe answer.
+    /// Whether [`Provider::wait_ready`] may find what was made with `config` ready at once
+    /// (it waits for no health check, no rollout). The engine then asks it with no time to
+    /// wait before writing anything: ready, what the create or update made is recorded with
+    /// the ready state in one write; otherwise the handle is recorded first, so that an
+    /// object that never gets ready is still known, and then it waits. A process killed
+    /// between the create and that one write loses the handle, as one killed during the
+    /// create does: the record stays `creating` (or `updating`) and the next apply removes
+    /// whatever the name may have made before creating it again. With a deadline already
+    /// passed, `wait_ready` must answer at once and change nothing. The default, `false`, is
+    /// the safe answer.
     fn ready_at_once(&self, config: &Self::Config) -> bool {
         let _ = config;
         false

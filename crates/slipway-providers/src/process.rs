@@ -298,7 +298,8 @@ impl Provider for ProcessProvider {
     const TYPE: &'static str = "process";
 
     /// Without a health check, a process its supervisor restarts is ready once running, which
-    /// its start's answer already says: `wait_ready` reads the state file once.
+    /// the state file says as soon as its start is answered (one that crashed at once, or is
+    /// backing off, is not, and is waited for).
     fn ready_at_once(&self, config: &ProcessConfig) -> bool {
         config.health.is_none() && config.restart == RestartPolicy::Always
     }

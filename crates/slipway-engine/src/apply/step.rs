@@ -315,16 +315,20 @@ impl Engine {
         record_applied(&mut record, &applied, envelope_of);
         redactor.add_outputs(&record.outputs, &record.secret_outputs);
         // Record the handle before waiting, so a process that never gets healthy is still
-        // known (and stopped by the next apply or destroy); with nothing to wait for, it is
-        // recorded with the ready state, in one write.
-        if !provider.ready_at_once(&resolved) {
+        // known (and stopped by the next apply or destroy). What may be ready at once is asked
+        // first with no time to wait: ready, it is recorded with the ready state in one write.
+        let ready = provider.ready_at_once(&resolved)
+            && provider
+                .wait_ready(ctx, &resolved, &applied, Instant::now())
+                .is_ok();
+        if !ready {
             record.updated_at = slipway_state::now_ms();
             self.store.put_resource(&record)?;
-        }
-        let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
-        if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
-            let error = StepError::from(e).redacted(&redactor);
-            return Err(self.record_failed(&mut record, error.message.clone(), error));
+            let deadline = Instant::now() + self.settings.ready_timeout.max(Duration::from_secs(1));
+            if let Err(e) = provider.wait_ready(ctx, &resolved, &applied, deadline) {
+                let error = StepError::from(e).redacted(&redactor);
+                return Err(self.record_failed(&mut record, error.message.clone(), error));
+            }
         }
         self.record_ready(record, resolved_hash)
     }
