@@ -393,10 +393,16 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         source,
     };
     if conn.dialect() == Dialect::Postgres {
+        // `IF NOT EXISTS` does not make two sessions creating the table at once safe (one
+        // fails on the catalog's unique index): they take turns, under a lock of this
+        // transaction's that no other statement of Slipway's takes.
         conn.batch(
-            "CREATE TABLE IF NOT EXISTS slipway_schema (\n\
+            "BEGIN;\n\
+             SELECT pg_advisory_xact_lock(7236832237734584697);\n\
+             CREATE TABLE IF NOT EXISTS slipway_schema (\n\
              id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
-             INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;",
+             INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;\n\
+             COMMIT;",
         )
         .map_err(open_error)?;
     }
@@ -454,8 +460,12 @@ fn apply_pending(
         Ok(())
     })
     .map_err(|e| match e {
-        // Beginning or committing the transaction failed.
-        StateError::Database { source, .. } => failed(target)(source),
+        // Beginning or committing the transaction failed (busy, or the connection lost): no
+        // migration in particular did.
+        StateError::Database { source, .. } => StateError::Open {
+            location: location.to_owned(),
+            source,
+        },
         other => other,
     })
 }

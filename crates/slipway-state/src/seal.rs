@@ -47,7 +47,10 @@ impl Sealer {
         };
         if !path.exists() {
             let identity = age::x25519::Identity::generate();
-            let temp = path.with_extension(format!("key.tmp.{}", std::process::id()));
+            // Unique to this call: two threads of one process may open a new home at once.
+            static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let temp = path.with_extension(format!("key.tmp.{}.{call}", std::process::id()));
             let written = (|| {
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)

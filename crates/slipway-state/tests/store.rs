@@ -26,6 +26,7 @@ fn env(name: &str) -> EnvName {
 }
 
 matrix!(
+    a_fresh_state_opened_from_many_threads_at_once_opens_everywhere,
     reopening_keeps_data_and_applies_no_migration_twice,
     a_database_from_a_newer_slipway_is_refused,
     a_store_open_when_a_newer_slipway_migrates_writes_nothing_more_and_still_reads,
@@ -170,6 +171,44 @@ fn open_creates_missing_home_directories() {
         "the database lives at <home>/state.db"
     );
     assert!(home.join("state.db").is_file(), "opening creates the file");
+}
+
+/// Replicas (and the threads of one process) starting on a new state at once: each opens
+/// it, the schema is made once, and all share one key.
+fn a_fresh_state_opened_from_many_threads_at_once_opens_everywhere(state: &TestState) {
+    let barrier = std::sync::Barrier::new(6);
+    let opened: Vec<Result<Store, StateError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    state.try_open()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an opening thread"))
+            .collect()
+    });
+    let stores: Vec<Store> = opened
+        .into_iter()
+        .map(|o| o.expect("every concurrent open succeeds"))
+        .collect();
+    for store in &stores {
+        assert_eq!(
+            store.schema_version().expect("read the schema version"),
+            SCHEMA_VERSION
+        );
+    }
+    let sealed = stores[0].sealer().seal(b"one key");
+    for store in &stores {
+        assert_eq!(
+            store.sealer().open(&sealed).expect("every store opens it"),
+            b"one key",
+            "every open read the same key"
+        );
+    }
 }
 
 fn reopening_keeps_data_and_applies_no_migration_twice(state: &TestState) {
