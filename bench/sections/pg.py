@@ -704,9 +704,16 @@ def write(r):
               "it reads: since 984faa3 the engine starts that connection, and its look-up, as "
               "soon as the apply (or destroy) has passed its checks, so that it overlaps the "
               "engine's records; the look-up avoids the `pg_roles` view since d246559 (0.75 "
-              "against 1.5 ms on a new backend). What is left between the two: the "
-              "connection still takes longer than the records it overlaps, and slipway's "
-              "process start and records (the `file` floor above).\n")
+              "against 1.5 ms on a new backend). Since 938b6a6 opening the state takes no "
+              "write lock (it took it once per migration, 19 times), and since 797a55a a "
+              "database is recorded made and ready in one write, not two; since d8de227 a "
+              "destroy's kill of the environment's uid is a fork without an exec. What is "
+              "left between the two: the connection still takes longer than the records it "
+              "overlaps (about 3 ms of waiting), and slipway's process start and records (the "
+              "`file` floor above). The ratio moves with the baselines' own noise: interleaved "
+              "A/B runs at 2372b47 (8 rounds of 30 applies, then 30 destroys, each way) gave "
+              "34.9 ms against `createdb`'s 28.9 ms (1.21×) and 18.6 ms against `dropdb`'s "
+              "13.4 ms (1.39×).\n")
             big = per("pg/create/floor-file-big")
             if big is not None:
                 w(f"The repository's size: with {vendored:,} more files in it, the `file` "

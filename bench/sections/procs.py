@@ -447,7 +447,10 @@ def write(r):
             w(f"**Where the time goes** (issue 14's {FLOOR_GOAL_X:g}× the floor is missed): of "
               f"slipway's {fmt_s(best)}, the environment's supervisor starting the same 100 "
               f"processes on its own, request after request, takes {fmt_s(med(direct))} "
-              f"({med(direct) / med(floor):.2f}× the floor). A start there is a fork of the "
+              f"({med(direct) / med(floor):.2f}× the floor): each `start` is answered once its "
+              "child is past its exec, so in a row they add up the supervisor's latency per "
+              "start (about 1 ms), not its throughput; the engine's 8 requests at a time "
+              "overlap them. A start there is a fork of the "
               "supervisor, the child's confinement (session, uid, Landlock; the ruleset and the "
               "seccomp filter made once and kept), the state file written (the child waits "
               "for it before its exec, so that nothing runs unrecorded), the exec, and a "
@@ -473,6 +476,15 @@ def write(r):
             else:
                 w("from about 15 µs on a quiet file system to 0.3-0.9 ms after the machine "
                   "churned `/tmp`. ")
+            w("A profile of one apply at 797a55a (`perf record --call-graph dwarf`, "
+              "2026-12-05, 100 processes, parallelism 8, a new home): the CLI used 66 ms of "
+              "CPU and the supervisor 54 ms. Of the CLI's: SQLite's commits 22% (two per "
+              "process since 797a55a, ownership and then handle and readiness together; three "
+              "before; the commit's write of its pages to the WAL is most of it), making the "
+              "new home's schema 11% (one transaction since 938b6a6), asking the supervisor "
+              "12%, the process provider's own work around it 21% (the spec, reading the state "
+              "file back, checking the supervisor is alive), reading the commit and planning "
+              "9%. ")
             w("A profile of five applies (`perf record -a`, 2026-12-04, at cf88199, 100 "
               "processes, parallelism 8, each into a new home), by process, of the CPU used "
               "(medians of the five): the CLI 25%, the `sleep`s 28% (their exec and loading, "
