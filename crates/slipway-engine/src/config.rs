@@ -566,6 +566,25 @@ impl EngineConfig {
         self.local.uids.0.clone()
     }
 
+    /// The uids environments are given: `[local] uids` but its last, which is kept for the
+    /// process that kills an environment's processes ([`EngineConfig::killer_uid`]). A range
+    /// of one uid keeps none.
+    pub fn environment_uids(&self) -> RangeInclusive<u32> {
+        let range = self.uid_range();
+        match self.killer_uid() {
+            Some(kept) => *range.start()..=kept - 1,
+            None => range,
+        }
+    }
+
+    /// The last uid of `[local] uids`, never given to an environment: the uid killer's real
+    /// and saved uid, so that the uid it kills cannot signal it (see
+    /// `slipway_providers::sandbox::kill_everything_of`). `None` for a range of one uid.
+    pub fn killer_uid(&self) -> Option<u32> {
+        let range = self.uid_range();
+        (range.end() > range.start()).then_some(*range.end())
+    }
+
     /// `[local] ports`.
     pub fn port_range(&self) -> RangeInclusive<u16> {
         self.local.ports.0.clone()
@@ -577,6 +596,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_last_uid_of_the_range_is_kept_for_the_killer_unless_it_is_the_only_one() {
+        let mut config = EngineConfig::default();
+        config.local.uids = UidRange(5..=9);
+        assert_eq!(config.environment_uids(), 5..=8);
+        assert_eq!(config.killer_uid(), Some(9));
+        config.local.uids = UidRange(5..=5);
+        assert_eq!(
+            config.environment_uids(),
+            5..=5,
+            "a range of one keeps none"
+        );
+        assert_eq!(config.killer_uid(), None);
+    }
 
     fn local(value: serde_json::Value) -> Result<LocalConfig, String> {
         serde_json::from_value(value).map_err(|e| e.to_string())

@@ -233,6 +233,24 @@ impl Engine {
         Ok(sandbox)
     }
 
+    /// Kills every process of `uid`, an environment's (see
+    /// [`sandbox::kill_everything_of`]), from a process whose real and saved uid is the
+    /// range's kept uid when it can be: neither given to an environment (a home from before
+    /// the uid was kept may have given it) nor known to the system.
+    pub(crate) fn kill_everything_of(&self, uid: u32) -> Result<(), EngineError> {
+        let spare = match self.config.killer_uid() {
+            Some(kept)
+                if kept != uid && !sandbox::id_is_known(kept) && !self.store.uid_given(kept)? =>
+            {
+                Some(kept)
+            }
+            _ => None,
+        };
+        sandbox::kill_everything_of(uid, uid, spare).map_err(EngineError::io(format!(
+            "cannot stop the processes of uid {uid}"
+        )))
+    }
+
     /// [`Engine::sandbox`] without the lease.
     fn identity(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
         Ok(match self.isolation {
@@ -242,7 +260,7 @@ impl Engine {
                 let uid = match self.store.environment_uid(env)? {
                     Some(uid) => uid,
                     None => {
-                        let range = self.config.uid_range();
+                        let range = self.config.environment_uids();
                         self.store
                             .allocate_uid(env, range, |id| !sandbox::id_is_known(id))?
                     }

@@ -686,33 +686,40 @@ pub fn id_is_known(id: u32) -> bool {
 /// left behind outside the process groups Slipway stops (a daemon that called `setsid`), so
 /// that nothing of it survives to meet the next environment given the same uid.
 ///
-/// A forked child takes the uid and calls `kill(-1, SIGKILL)`, which reaches exactly that
-/// uid's processes (every one it may signal) at once, fork bombs included, never the caller
-/// itself. Between its change of uid and its kill, those processes may signal it, as one of
-/// their own: stop it (SIGSTOP), or kill it. A stopped child is continued (SIGCONT) for as
-/// long as it takes, up to [`KILLER_WAIT`]; one that ends otherwise than by its own exit 0
-/// (only after its kill) did not kill.
+/// A forked child takes `uid` as its effective uid and calls `kill(-1, SIGKILL)`, which
+/// reaches every process it may signal at once, fork bombs included, never the caller
+/// itself. With `spare`, a uid that runs nothing and that no environment is given, as its
+/// real and saved uid: the kernel lets a process signal (or trace) another only if one of
+/// its real and effective uids is the other's real or saved uid, so the killer still reaches
+/// every process of `uid`, and also `spare`'s (none), while they cannot signal it. Without
+/// `spare` all three are `uid`: between its change of uid and its kill, `uid`'s processes
+/// may stop it (SIGSTOP; it is continued for as long as it takes, up to [`KILLER_WAIT`]) or
+/// kill it. Either way, only its own exit 0, after its kill, counts.
 ///
 /// # Errors
 /// When the killing process cannot be forked, did not get to its kill (killed by the code it
 /// is after), or was still stopped after [`KILLER_WAIT`] (then killed): the caller keeps the
 /// environment and its uid for a retry.
-pub fn kill_everything_of(uid: u32, gid: u32) -> io::Result<()> {
-    if uid == 0 {
+pub fn kill_everything_of(uid: u32, gid: u32, spare: Option<u32>) -> io::Result<()> {
+    if uid == 0 || spare == Some(0) {
         return Err(io::Error::other("refusing to kill every process of uid 0"));
     }
+    let (real, saved) = spare.map_or((uid, uid), |spare| (spare, spare));
     // Not `Command`: its spawn returns only once the child is past its exec, so a child
     // stopped before that would block it, beyond any time limit.
-    // SAFETY: the child calls only async-signal-safe functions (setgroups, setresgid,
-    // setresuid, kill, _exit) and allocates nothing; this process may have other threads.
+    // SAFETY: the child calls only async-signal-safe functions (close_range, setgroups,
+    // setresgid, setresuid, kill, _exit) and allocates nothing; this process may have other
+    // threads.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Child => {
             use nix::libc;
             // SAFETY: plain system calls on values; `_exit` never returns.
             unsafe {
+                // The engine's descriptors (its state, its sockets) are not the killer's.
+                libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
                 let taken = libc::setgroups(0, std::ptr::null()) == 0
                     && libc::setresgid(gid, gid, gid) == 0
-                    && libc::setresuid(uid, uid, uid) == 0;
+                    && libc::setresuid(real, uid, saved) == 0;
                 if !taken {
                     libc::_exit(2);
                 }
@@ -886,9 +893,26 @@ mod tests {
         assert!(error.to_string().contains("SIGKILL"), "{error}");
     }
 
-    /// The attack itself (as root): the environment's code stops every other process of its
-    /// uid, over and over, so that the killer, once it has taken the uid, is stopped before
-    /// its kill. The destroy must neither hang nor report a kill that did not happen.
+    /// A process of `uid` that signals every other process of its uid with `signal`, over
+    /// and over: the environment's code fighting its destroy.
+    fn spinner(uid: u32, signal: &str) -> std::process::Child {
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!("while :; do kill -{signal} -1 2>/dev/null; done"),
+            ])
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .expect("start the spinner");
+        std::thread::sleep(Duration::from_millis(20));
+        child
+    }
+
+    /// The attack itself (as root), without a spare uid: the environment's code stops every
+    /// other process of its uid, over and over, so that the killer, once it has taken the
+    /// uid, is stopped before its kill. The destroy must neither hang nor report a kill that
+    /// did not happen.
     #[test]
     fn the_uid_s_processes_stopping_the_killer_neither_hang_nor_survive_the_kill() {
         if !running_as_root() {
@@ -897,14 +921,8 @@ mod tests {
         }
         const UID: u32 = 3_999_421;
         for round in 0..5 {
-            let mut spinner = Command::new("sh")
-                .args(["-c", "while :; do kill -STOP -1 2>/dev/null; done"])
-                .uid(UID)
-                .gid(UID)
-                .spawn()
-                .expect("start the spinner");
-            std::thread::sleep(Duration::from_millis(20));
-            let killed = kill_everything_of(UID, UID);
+            let mut spinner = spinner(UID, "STOP");
+            let killed = kill_everything_of(UID, UID, None);
             if killed.is_err() {
                 let _ = spinner.kill();
             }
@@ -915,6 +933,35 @@ mod tests {
                 Some(nix::libc::SIGKILL),
                 "round {round}: the spinner was killed by the kill"
             );
+        }
+    }
+
+    /// With a spare uid as its real and saved uid, the uid's processes cannot signal the
+    /// killer at all: one that kills every other process of its uid over and over (which
+    /// killed the killer before its kill in most rounds without one) dies every time.
+    #[test]
+    fn with_a_spare_uid_the_uid_s_processes_cannot_kill_the_killer() {
+        if !running_as_root() {
+            eprintln!("skipped: needs root to take another uid");
+            return;
+        }
+        const UID: u32 = 3_999_423;
+        const SPARE: u32 = 3_999_424;
+        for signal in ["KILL", "STOP"] {
+            for round in 0..10 {
+                let mut spinner = spinner(UID, signal);
+                let killed = kill_everything_of(UID, UID, Some(SPARE));
+                if killed.is_err() {
+                    let _ = spinner.kill();
+                }
+                let status = spinner.wait().expect("reap the spinner");
+                killed.unwrap_or_else(|e| panic!("{signal}, round {round}: {e}"));
+                assert_eq!(
+                    std::os::unix::process::ExitStatusExt::signal(&status),
+                    Some(nix::libc::SIGKILL),
+                    "{signal}, round {round}: the spinner was killed by the kill"
+                );
+            }
         }
     }
 

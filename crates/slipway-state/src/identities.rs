@@ -111,6 +111,18 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// Whether `uid` is given to an environment.
+    pub fn uid_given(&self, uid: u32) -> Result<bool, StateError> {
+        self.conn()
+            .query_opt(
+                "SELECT 1 FROM env_uids WHERE uid = ?1",
+                params![uid],
+                |_| Ok(()),
+            )
+            .map(|found| found.is_some())
+            .map_err(sql("look a uid up"))
+    }
+
     /// Forgets `environment`'s uid, so that another environment may get it. Call only once
     /// nothing of the environment runs or remains on disk.
     pub fn release_uid(&self, environment: &EnvName) -> Result<(), StateError> {

@@ -186,16 +186,13 @@ impl Engine {
         // code must not make it indestructible (a delete that fails, plus a daemon that
         // outlives its expiry). On failure the record and the uid stay, for a retry.
         let killed = match (self.isolation, self.store.environment_uid(&env)?) {
-            (slipway_providers::sandbox::Isolation::Uid, Some(uid)) => {
-                slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(|e| (uid, e))
-            }
+            (slipway_providers::sandbox::Isolation::Uid, Some(uid)) => self.kill_everything_of(uid),
             _ => Ok(()),
         };
         if report.succeeded() {
-            if let Err((uid, e)) = killed {
+            if let Err(error) = killed {
                 // Recorded as a failed destroy (not left `running`, the environment
                 // `destroying`): the environment and its uid stay for the retry it asks for.
-                let error = EngineError::io(format!("cannot stop the processes of uid {uid}"))(e);
                 self.store.finish_deployment(
                     deployment,
                     DeploymentStatus::Failed,

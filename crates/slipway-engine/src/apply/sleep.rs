@@ -40,9 +40,7 @@ impl Engine {
         if let (slipway_providers::sandbox::Isolation::Uid, Some(uid)) =
             (self.isolation, self.store.environment_uid(env)?)
         {
-            slipway_providers::sandbox::kill_everything_of(uid, uid).map_err(EngineError::io(
-                format!("cannot stop the processes of uid {uid}"),
-            ))?;
+            self.kill_everything_of(uid)?;
         }
         if !failed.is_empty() {
             return Err(EngineError::Environment(format!(
