@@ -395,9 +395,12 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
     if conn.dialect() == Dialect::Postgres {
         // `IF NOT EXISTS` does not make two sessions creating the table at once safe (one
         // fails on the catalog's unique index): they take turns, under a lock of this
-        // transaction's that no other statement of Slipway's takes.
+        // transaction's that no other statement of Slipway's takes. Any role that can connect
+        // can take an advisory lock too (an environment's, on a shared server): waited for at
+        // most 30 s, then the open fails rather than hang.
         conn.batch(
             "BEGIN;\n\
+             SET LOCAL lock_timeout = '30s';\n\
              SELECT pg_advisory_xact_lock(7236832237734584697);\n\
              CREATE TABLE IF NOT EXISTS slipway_schema (\n\
              id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
