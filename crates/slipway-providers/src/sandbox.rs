@@ -909,6 +909,23 @@ mod tests {
         child
     }
 
+    /// One destroy against a spinner of `uid` sending `signal`: the kill must succeed and
+    /// the spinner die of it.
+    fn fight(uid: u32, signal: &str, spare: Option<u32>, round: u32) {
+        let mut spinner = spinner(uid, signal);
+        let killed = kill_everything_of(uid, uid, spare);
+        if killed.is_err() {
+            let _ = spinner.kill();
+        }
+        let status = spinner.wait().expect("reap the spinner");
+        killed.unwrap_or_else(|e| panic!("{signal}, round {round}: {e}"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(nix::libc::SIGKILL),
+            "{signal}, round {round}: the spinner was killed by the kill"
+        );
+    }
+
     /// The attack itself (as root), without a spare uid: the environment's code stops every
     /// other process of its uid, over and over, so that the killer, once it has taken the
     /// uid, is stopped before its kill. The destroy must neither hang nor report a kill that
@@ -919,20 +936,8 @@ mod tests {
             eprintln!("skipped: needs root to take another uid");
             return;
         }
-        const UID: u32 = 3_999_421;
         for round in 0..5 {
-            let mut spinner = spinner(UID, "STOP");
-            let killed = kill_everything_of(UID, UID, None);
-            if killed.is_err() {
-                let _ = spinner.kill();
-            }
-            let status = spinner.wait().expect("reap the spinner");
-            killed.unwrap_or_else(|e| panic!("round {round}: {e}"));
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(nix::libc::SIGKILL),
-                "round {round}: the spinner was killed by the kill"
-            );
+            fight(3_999_421, "STOP", None, round);
         }
     }
 
@@ -945,22 +950,9 @@ mod tests {
             eprintln!("skipped: needs root to take another uid");
             return;
         }
-        const UID: u32 = 3_999_423;
-        const SPARE: u32 = 3_999_424;
         for signal in ["KILL", "STOP"] {
             for round in 0..10 {
-                let mut spinner = spinner(UID, signal);
-                let killed = kill_everything_of(UID, UID, Some(SPARE));
-                if killed.is_err() {
-                    let _ = spinner.kill();
-                }
-                let status = spinner.wait().expect("reap the spinner");
-                killed.unwrap_or_else(|e| panic!("{signal}, round {round}: {e}"));
-                assert_eq!(
-                    std::os::unix::process::ExitStatusExt::signal(&status),
-                    Some(nix::libc::SIGKILL),
-                    "{signal}, round {round}: the spinner was killed by the kill"
-                );
+                fight(3_999_423, signal, Some(3_999_424), round);
             }
         }
     }
