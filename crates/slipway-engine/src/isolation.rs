@@ -237,7 +237,19 @@ impl Engine {
     /// [`sandbox::kill_everything_of`]), from a process whose real and saved uid is the
     /// range's kept uid when it can be: neither given to an environment (a home from before
     /// the uid was kept may have given it) nor known to the system.
-    pub(crate) fn kill_everything_of(&self, uid: u32) -> Result<(), EngineError> {
+    ///
+    /// Nothing to kill when `env` never ran code: only a resource of a type that runs code
+    /// (`Uses::All`) gets its environment an export, `src/`, made before anything of it runs,
+    /// and none of the environment's code can remove it (its root is the engine's). Without
+    /// one, no process of the uid is the environment's: a uid is released only once every
+    /// process of it was killed.
+    pub(crate) fn kill_everything_of(&self, env: &EnvName, uid: u32) -> Result<(), EngineError> {
+        let export = self.home.join("envs").join(env.as_str()).join("src");
+        if std::fs::symlink_metadata(&export)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Ok(());
+        }
         let spare = match self.config.killer_uid() {
             Some(kept)
                 if kept != uid && !sandbox::id_is_known(kept) && !self.store.uid_given(kept)? =>

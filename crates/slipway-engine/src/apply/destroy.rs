@@ -186,7 +186,9 @@ impl Engine {
         // code must not make it indestructible (a delete that fails, plus a daemon that
         // outlives its expiry). On failure the record and the uid stay, for a retry.
         let killed = match (self.isolation, self.store.environment_uid(&env)?) {
-            (slipway_providers::sandbox::Isolation::Uid, Some(uid)) => self.kill_everything_of(uid),
+            (slipway_providers::sandbox::Isolation::Uid, Some(uid)) => {
+                self.kill_everything_of(&env, uid)
+            }
             _ => Ok(()),
         };
         if report.succeeded() {

@@ -40,7 +40,7 @@ impl Engine {
         if let (slipway_providers::sandbox::Isolation::Uid, Some(uid)) =
             (self.isolation, self.store.environment_uid(env)?)
         {
-            self.kill_everything_of(uid)?;
+            self.kill_everything_of(env, uid)?;
         }
         if !failed.is_empty() {
             return Err(EngineError::Environment(format!(
