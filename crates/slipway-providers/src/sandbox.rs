@@ -676,10 +676,31 @@ impl Prepared {
 /// `/etc/group`, or any other name service): such an id is someone's, never an
 /// environment's (its files, its group's rights — docker's gid — would be the code's).
 /// A lookup that fails counts as known: better a uid skipped than one shared.
+///
+/// So is an id in a subordinate range of `/etc/subuid` or `/etc/subgid` (a user's rootless
+/// containers run as those).
 pub fn id_is_known(id: u32) -> bool {
     use nix::unistd::{Gid, Group, Uid, User};
     !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
         || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
+        || ["/etc/subuid", "/etc/subgid"].iter().any(|file| {
+            std::fs::read_to_string(file).is_ok_and(|text| in_subordinate_range(&text, id))
+        })
+}
+
+/// Whether `id` is in one of the ranges of a `/etc/subuid`-style text (`owner:first:count`
+/// lines); lines that are not such a range are skipped.
+fn in_subordinate_range(text: &str, id: u32) -> bool {
+    text.lines().any(|line| {
+        let mut fields = line.trim().splitn(3, ':').skip(1);
+        let (Some(Ok(first)), Some(Ok(count))) = (
+            fields.next().map(str::parse::<u64>),
+            fields.next().map(str::parse::<u64>),
+        ) else {
+            return false;
+        };
+        (first..first.saturating_add(count)).contains(&u64::from(id))
+    })
 }
 
 /// Kills every process running as `uid` (an environment's, in uid mode): whatever its code
@@ -705,6 +726,30 @@ pub fn kill_everything_of(uid: u32, gid: u32, spare: Option<u32>) -> io::Result<
         return Err(io::Error::other("refusing to kill every process of uid 0"));
     }
     let (real, saved) = spare.map_or((uid, uid), |spare| (spare, spare));
+    // Killers sharing the spare uid reach each other: one killing the processes of another
+    // uid at the same moment (the controller destroys several environments at once) may kill
+    // this one, which is then started again. The processes of `uid` cannot kill it.
+    let attempts = if spare.is_some() { 4 } else { 1 };
+    for attempt in 1..=attempts {
+        let ended = await_killer(fork_killer(uid, gid, real, saved)?, KILLER_WAIT)?;
+        let killed_by_a_peer = matches!(
+            ended,
+            Some(nix::sys::wait::WaitStatus::Signaled(
+                _,
+                nix::sys::signal::Signal::SIGKILL,
+                _
+            ))
+        );
+        if !killed_by_a_peer || attempt == attempts {
+            return verdict(ended, uid, KILLER_WAIT);
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Forks the killer of [`kill_everything_of`]: its child takes `uid` (effective) with `real`
+/// and `saved`, and `kill(-1, SIGKILL)`s; our child, not reaped.
+fn fork_killer(uid: u32, gid: u32, real: u32, saved: u32) -> io::Result<nix::unistd::Pid> {
     // Not `Command`: its spawn returns only once the child is past its exec, so a child
     // stopped before that would block it, beyond any time limit.
     // SAFETY: the child calls only async-signal-safe functions (close_range, setgroups,
@@ -732,7 +777,7 @@ pub fn kill_everything_of(uid: u32, gid: u32, spare: Option<u32>) -> io::Result<
                 libc::_exit(0)
             }
         }
-        nix::unistd::ForkResult::Parent { child } => finish_killer(child, uid, KILLER_WAIT),
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
     }
 }
 
@@ -743,22 +788,28 @@ const KILLER_WAIT: Duration = Duration::from_secs(5);
 /// How often a killer that has not exited is looked at (and continued if stopped).
 const KILLER_LOOK: Duration = Duration::from_millis(5);
 
-/// Waits for `killer` (our child, not reaped), the process that kills the processes of `uid`,
-/// continuing it whenever it is stopped, at most `limit`; one still there then is killed and
-/// reaped. Its exit status says whether the kill ran: it exits 0 only after `kill(-1)`.
-fn finish_killer(killer: nix::unistd::Pid, uid: u32, limit: Duration) -> io::Result<()> {
+/// Waits for `killer` (our child, not reaped), the process that kills the processes of a uid,
+/// continuing it whenever it is stopped, at most `limit`: how it ended, or `None` if it was
+/// still there then (it is then killed and reaped).
+fn await_killer(
+    killer: nix::unistd::Pid,
+    limit: Duration,
+) -> io::Result<Option<nix::sys::wait::WaitStatus>> {
     use nix::sys::signal::{Signal, kill};
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::waitpid;
     let deadline = Instant::now() + limit;
-    let ended = loop {
+    loop {
         if exited_within(
             killer,
             KILLER_LOOK.min(deadline.saturating_duration_since(Instant::now())),
         )? {
-            break Some(waitpid(killer, None).map_err(io::Error::from)?);
+            return waitpid(killer, None).map(Some).map_err(io::Error::from);
         }
         if Instant::now() >= deadline {
-            break None;
+            // As root (or with CAP_KILL) we may signal it whatever its uid.
+            let _ = kill(killer, Signal::SIGKILL);
+            let _ = waitpid(killer, None);
+            return Ok(None);
         }
         // Unreaped, so the pid is still our child's. A stop is undone; one that comes again
         // before its kill only costs another look.
@@ -767,23 +818,23 @@ fn finish_killer(killer: nix::unistd::Pid, uid: u32, limit: Duration) -> io::Res
         {
             let _ = kill(killer, Signal::SIGCONT);
         }
-    };
+    }
+}
+
+/// Whether the killer's end (see [`await_killer`]) means its kill ran: it exits 0 only after
+/// `kill(-1)`.
+fn verdict(ended: Option<nix::sys::wait::WaitStatus>, uid: u32, limit: Duration) -> io::Result<()> {
     match ended {
-        Some(WaitStatus::Exited(_, 0)) => Ok(()),
+        Some(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
         Some(status) => Err(io::Error::other(format!(
             "the process that stops the processes of uid {uid} did not get to its kill \
              ({status:?}); nothing was released, retry"
         ))),
-        None => {
-            // As root (or with CAP_KILL) we may signal it whatever its uid.
-            let _ = kill(killer, Signal::SIGKILL);
-            let _ = waitpid(killer, None);
-            Err(io::Error::other(format!(
-                "the process that stops the processes of uid {uid} did not finish within {} \
-                 (they kept stopping it); nothing was released, retry",
-                crate::duration::show(limit)
-            )))
-        }
+        None => Err(io::Error::other(format!(
+            "the process that stops the processes of uid {uid} did not finish within {} \
+             (they kept stopping it); nothing was released, retry",
+            crate::duration::show(limit)
+        ))),
     }
 }
 
@@ -849,6 +900,11 @@ pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits for a killer and judges its end, as [`kill_everything_of`] does.
+    fn finish_killer(killer: nix::unistd::Pid, uid: u32, limit: Duration) -> io::Result<()> {
+        verdict(await_killer(killer, limit)?, uid, limit)
+    }
 
     /// A child of this process, as the killer is: its pid, not reaped.
     #[expect(clippy::zombie_processes, reason = "finish_killer reaps it, by pid")]
@@ -924,6 +980,50 @@ mod tests {
             Some(nix::libc::SIGKILL),
             "{signal}, round {round}: the spinner was killed by the kill"
         );
+    }
+
+    #[test]
+    fn subordinate_ranges_are_read_and_anything_else_is_skipped() {
+        let text = "alice:100000:65536\n# comment\nbob:296608:65536\nbroken\n:5:x\ncarol:7:0\n";
+        assert!(in_subordinate_range(text, 100_000));
+        assert!(in_subordinate_range(text, 165_535));
+        assert!(!in_subordinate_range(text, 165_536));
+        assert!(
+            in_subordinate_range(text, 299_999),
+            "the default range's last uid"
+        );
+        assert!(
+            !in_subordinate_range(text, 7),
+            "an empty range holds nothing"
+        );
+        assert!(!in_subordinate_range(text, 5));
+        assert!(!in_subordinate_range("x:4294967295:10\n", 4_294_967_294));
+        assert!(
+            in_subordinate_range("x:4294967290:10\n", 4_294_967_295),
+            "no overflow"
+        );
+    }
+
+    /// Killers share the spare uid, so each reaches the others: two destroys at once (the
+    /// controller runs several) must both succeed, the one killed by the other's kill being
+    /// started again.
+    #[test]
+    fn killers_of_two_uids_at_once_both_succeed() {
+        if !running_as_root() {
+            eprintln!("skipped: needs root to take another uid");
+            return;
+        }
+        const SPARE: u32 = 3_999_430;
+        std::thread::scope(|scope| {
+            for uid in [3_999_431, 3_999_432] {
+                scope.spawn(move || {
+                    for round in 0..300 {
+                        kill_everything_of(uid, uid, Some(SPARE))
+                            .unwrap_or_else(|e| panic!("uid {uid}, round {round}: {e}"));
+                    }
+                });
+            }
+        });
     }
 
     /// The attack itself (as root), without a spare uid: the environment's code stops every
