@@ -393,20 +393,30 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         source,
     };
     if conn.dialect() == Dialect::Postgres {
+        let made: i64 = conn
+            .query_one(
+                "SELECT COUNT(to_regclass('slipway_schema'))",
+                params![],
+                |row| row.get(0),
+            )
+            .map_err(open_error)?;
         // `IF NOT EXISTS` does not make two sessions creating the table at once safe (one
         // fails on the catalog's unique index): they take turns, under a lock of this
         // transaction's that no other statement of Slipway's takes. Any role that can connect
-        // can take an advisory lock too (an environment's, on a shared server): waited for at
-        // most 30 s, then the open fails rather than hang.
-        conn.batch(
+        // can take an advisory lock too (an environment's, on a shared server): it is taken
+        // only while the table is missing, and waited for at most 30 s, then the open fails
+        // rather than hang.
+        conn.batch(if made == 1 {
+            "INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;"
+        } else {
             "BEGIN;\n\
              SET LOCAL lock_timeout = '30s';\n\
              SELECT pg_advisory_xact_lock(7236832237734584697);\n\
              CREATE TABLE IF NOT EXISTS slipway_schema (\n\
              id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
              INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;\n\
-             COMMIT;",
-        )
+             COMMIT;"
+        })
         .map_err(open_error)?;
     }
     let found = version(conn).map_err(open_error)?;

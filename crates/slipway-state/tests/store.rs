@@ -27,6 +27,7 @@ fn env(name: &str) -> EnvName {
 
 matrix!(
     a_fresh_state_opened_from_many_threads_at_once_opens_everywhere,
+    a_made_state_opens_while_another_session_holds_the_lock_that_makes_it,
     reopening_keeps_data_and_applies_no_migration_twice,
     a_database_from_a_newer_slipway_is_refused,
     a_store_open_when_a_newer_slipway_migrates_writes_nothing_more_and_still_reads,
@@ -171,6 +172,27 @@ fn open_creates_missing_home_directories() {
         "the database lives at <home>/state.db"
     );
     assert!(home.join("state.db").is_file(), "opening creates the file");
+}
+
+/// Any role that can connect may take an advisory lock, the one that makes a new state's
+/// schema table included (an environment's role, on a shared server): a state already made
+/// must open all the same. (SQLite takes no such lock.)
+fn a_made_state_opens_while_another_session_holds_the_lock_that_makes_it(state: &TestState) {
+    drop(state.open());
+    let Some(url) = state.postgres_url() else {
+        return;
+    };
+    let mut holder = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+    holder
+        .execute("SELECT pg_advisory_lock(7236832237734584697)", &[])
+        .expect("take the lock");
+    let store = state
+        .try_open()
+        .expect("a made state opens without the lock");
+    assert_eq!(
+        store.schema_version().expect("read the schema version"),
+        SCHEMA_VERSION
+    );
 }
 
 /// Replicas (and the threads of one process) starting on a new state at once: each opens

@@ -32,6 +32,12 @@ impl TestState {
         }
     }
 
+    /// The PostgreSQL database's URL, for a PostgreSQL state.
+    #[allow(dead_code, reason = "not every test binary asks")]
+    pub fn postgres_url(&self) -> Option<String> {
+        self.database.as_ref().map(|db| db.url())
+    }
+
     /// Opens the store (again).
     pub fn open(&self) -> Store {
         self.try_open().expect("open the store")
