@@ -273,8 +273,9 @@ impl Engine {
                     Some(uid) => uid,
                     None => {
                         let range = self.config.environment_uids();
+                        let known = sandbox::KnownIds::load();
                         self.store
-                            .allocate_uid(env, range, |id| !sandbox::id_is_known(id))?
+                            .allocate_uid(env, range, |id| !known.contains(id))?
                     }
                 };
                 Sandbox::uid(uid, uid)
@@ -385,9 +386,107 @@ impl Engine {
     }
 }
 
+/// Removes an environment's directory `root`, its export (`src/`) last: a removal that fails
+/// half way (a process of the uid writing into `data/` meanwhile) leaves `src/`, which says
+/// that the environment ran code and so has its uid's processes killed by the retry (see
+/// [`Engine::kill_everything_of`]).
+pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        if entry.file_name() != "src" {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    match std::fs::remove_dir_all(root.join("src")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::remove_dir(root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory whose removal fails half way keeps its export, so that the destroy's
+    /// retry still knows the environment ran code (and kills its uid's processes).
+    #[test]
+    fn an_environment_root_whose_removal_fails_keeps_its_export() {
+        if !sandbox::running_as_root() {
+            eprintln!("skipped: needs root for chattr");
+            return;
+        }
+        let home = tempfile::tempdir().expect("a temporary home");
+        let root = home.path().join("qa");
+        for dir in ["src/abc", "data", "run"] {
+            std::fs::create_dir_all(root.join(dir)).expect("a directory");
+        }
+        let stuck = root.join("data/stuck");
+        std::fs::write(&stuck, "x").expect("a file");
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .args([flag, stuck.to_str().expect("utf-8")])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!("skipped: this file system has no immutable files");
+            return;
+        }
+        let removed = remove_env_root(&root);
+        chattr("-i");
+        assert!(removed.is_err(), "an immutable file cannot be removed");
+        assert!(root.join("src/abc").is_dir(), "the export is removed last");
+        remove_env_root(&root).expect("removed once the file may go");
+        assert!(!root.exists());
+    }
+
+    /// A replica's copy of an environment destroyed elsewhere: what its code left running on
+    /// this host (a job's daemon) is killed before the directory goes, or the uid's next
+    /// environment would meet it.
+    #[test]
+    fn sweeping_a_departed_environment_kills_what_its_code_left_on_this_host() {
+        use std::os::unix::process::CommandExt;
+        if !sandbox::running_as_root() {
+            eprintln!("skipped: needs root to take another uid");
+            return;
+        }
+        const UID: u32 = 3_999_441;
+        let home = tempfile::tempdir().expect("a temporary home");
+        let engine =
+            Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
+        assert_eq!(
+            engine.isolation,
+            Isolation::Uid,
+            "root runs environments by uid"
+        );
+        let root = home.path().join("envs/gone");
+        for dir in ["src/abc", "data"] {
+            std::fs::create_dir_all(root.join(dir)).expect("a directory");
+        }
+        std::os::unix::fs::chown(root.join("data"), Some(UID), Some(UID))
+            .expect("the data is the uid's");
+        let mut daemon = std::process::Command::new("sleep")
+            .arg("1000")
+            .uid(UID)
+            .gid(UID)
+            .spawn()
+            .expect("a daemon of the uid");
+        let swept = engine.sweep_departed(|_| false).expect("sweep");
+        assert_eq!(swept, vec![EnvName::parse("gone").expect("a name")]);
+        let status = daemon.wait().expect("reap the daemon");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the daemon is killed (SIGKILL)"
+        );
+        assert!(!root.exists(), "and the directory removed");
+    }
 
     #[test]
     fn securing_a_home_fixes_loose_modes_and_leaves_right_ones_unwritten() {

@@ -214,7 +214,7 @@ impl Engine {
             // No resource is left to run from an export: every one goes.
             self.collect_exports(&env)?;
             let root = self.home.join("envs").join(&env);
-            std::fs::remove_dir_all(&root)
+            crate::isolation::remove_env_root(&root)
                 .or_else(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
                         Ok(())

@@ -4,6 +4,7 @@
 
 use slipway_core::EnvName;
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 
 use slipway_core::render::DesiredState;
 use slipway_providers::{EnvDirs, Uses};
@@ -100,12 +101,28 @@ impl Engine {
                 continue;
             }
             let root = envs.join(env.as_str());
+            // Its code may have left processes on this host (a job's daemon, from before the
+            // environment moved to another replica): the destroy killed only those on its own
+            // host. Its uid is read from its `data/`, which is the uid's; killed while no
+            // other environment was given it meanwhile (a uid serves again only after every
+            // other one of the range has), else left: that environment's processes are then
+            // indistinguishable from them.
+            if self.isolation == slipway_providers::sandbox::Isolation::Uid
+                && let Ok(data) = std::fs::symlink_metadata(root.join("data"))
+                && data.is_dir()
+                && data.uid() != 0
+                && !self.store.uid_given(data.uid())?
+                && let Err(e) = self.kill_everything_of(&env, data.uid())
+            {
+                tracing::warn!(environment = %env, error = %e, "left for the next sweep");
+                continue;
+            }
             if let Ok(exports) = std::fs::read_dir(root.join("src")) {
                 for export in exports.flatten() {
                     let _ = slipway_git::remove_export(&export.path());
                 }
             }
-            if std::fs::remove_dir_all(&root).is_ok() {
+            if crate::isolation::remove_env_root(&root).is_ok() {
                 removed.push(env);
             }
         }
