@@ -678,29 +678,66 @@ impl Prepared {
 /// A lookup that fails counts as known: better a uid skipped than one shared.
 ///
 /// So is an id in a subordinate range of `/etc/subuid` or `/etc/subgid` (a user's rootless
-/// containers run as those).
+/// containers run as those). To ask about many ids, load [`KnownIds`] once.
 pub fn id_is_known(id: u32) -> bool {
-    use nix::unistd::{Gid, Group, Uid, User};
-    !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
-        || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
-        || ["/etc/subuid", "/etc/subgid"].iter().any(|file| {
-            std::fs::read_to_string(file).is_ok_and(|text| in_subordinate_range(&text, id))
-        })
+    KnownIds::load().contains(id)
 }
 
-/// Whether `id` is in one of the ranges of a `/etc/subuid`-style text (`owner:first:count`
-/// lines); lines that are not such a range are skipped.
-fn in_subordinate_range(text: &str, id: u32) -> bool {
-    text.lines().any(|line| {
-        let mut fields = line.trim().splitn(3, ':').skip(1);
-        let (Some(Ok(first)), Some(Ok(count))) = (
-            fields.next().map(str::parse::<u64>),
-            fields.next().map(str::parse::<u64>),
-        ) else {
-            return false;
+/// The ids the system knows (see [`id_is_known`]), with the subordinate ranges read once.
+pub struct KnownIds {
+    /// `(first, count)` of every subordinate range of `/etc/subuid` and `/etc/subgid`.
+    subordinate: Vec<(u64, u64)>,
+    /// One of those files exists but could not be read: every id counts as known.
+    unreadable: bool,
+}
+
+impl KnownIds {
+    /// Reads `/etc/subuid` and `/etc/subgid` (a missing one has no range).
+    pub fn load() -> KnownIds {
+        let mut known = KnownIds {
+            subordinate: Vec::new(),
+            unreadable: false,
         };
-        (first..first.saturating_add(count)).contains(&u64::from(id))
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            match std::fs::read(file) {
+                Ok(bytes) => known
+                    .subordinate
+                    .extend(subordinate_ranges(&String::from_utf8_lossy(&bytes))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => known.unreadable = true,
+            }
+        }
+        known
+    }
+
+    /// Whether `id` is a user's or a group's (name service), or in a subordinate range.
+    pub fn contains(&self, id: u32) -> bool {
+        use nix::unistd::{Gid, Group, Uid, User};
+        self.unreadable
+            || self.subordinate.iter().any(|&(first, count)| {
+                (first..first.saturating_add(count)).contains(&u64::from(id))
+            })
+            || !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
+            || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
+    }
+}
+
+/// The `(first, count)` ranges of a `/etc/subuid`-style text (`owner:first:count` lines,
+/// blanks around fields allowed); lines that are not such a range are skipped.
+fn subordinate_ranges(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    text.lines().filter_map(|line| {
+        let mut fields = line.splitn(3, ':').skip(1).map(str::trim);
+        let first = fields.next()?.parse::<u64>().ok()?;
+        let count = fields.next()?.parse::<u64>().ok()?;
+        Some((first, count))
     })
+}
+
+/// Whether `id` is in one of the ranges of a `/etc/subuid`-style text.
+#[cfg(test)]
+fn in_subordinate_range(text: &str, id: u32) -> bool {
+    subordinate_ranges(text)
+        .any(|(first, count)| (first..first.saturating_add(count)).contains(&u64::from(id)))
 }
 
 /// Kills every process running as `uid` (an environment's, in uid mode): whatever its code
@@ -984,7 +1021,8 @@ mod tests {
 
     #[test]
     fn subordinate_ranges_are_read_and_anything_else_is_skipped() {
-        let text = "alice:100000:65536\n# comment\nbob:296608:65536\nbroken\n:5:x\ncarol:7:0\n";
+        let text =
+            "alice:100000:65536\n# comment\nbob:296608:65536\nbroken\n:5:x\ncarol:7:0\nd: 50 : 2\n";
         assert!(in_subordinate_range(text, 100_000));
         assert!(in_subordinate_range(text, 165_535));
         assert!(!in_subordinate_range(text, 165_536));
@@ -997,6 +1035,10 @@ mod tests {
             "an empty range holds nothing"
         );
         assert!(!in_subordinate_range(text, 5));
+        assert!(
+            in_subordinate_range(text, 51),
+            "blanks around a field are allowed"
+        );
         assert!(!in_subordinate_range("x:4294967295:10\n", 4_294_967_294));
         assert!(
             in_subordinate_range("x:4294967290:10\n", 4_294_967_295),
