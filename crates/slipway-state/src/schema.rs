@@ -395,7 +395,12 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
     if conn.dialect() == Dialect::Postgres {
         let made: i64 = conn
             .query_one(
-                "SELECT COUNT(to_regclass('slipway_schema'))",
+                // In the schema the statements below create and read it in (not anywhere
+                // on the search path).
+                "SELECT COUNT(*) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relname = 'slipway_schema' \
+                 AND c.relkind = 'r'",
                 params![],
                 |row| row.get(0),
             )
@@ -407,7 +412,10 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         // only while the table is missing, and waited for at most 30 s, then the open fails
         // rather than hang.
         conn.batch(if made == 1 {
-            "INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;"
+            "BEGIN;\n\
+             SET LOCAL lock_timeout = '30s';\n\
+             INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;\n\
+             COMMIT;"
         } else {
             "BEGIN;\n\
              SET LOCAL lock_timeout = '30s';\n\
