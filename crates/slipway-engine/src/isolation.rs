@@ -391,6 +391,10 @@ impl Engine {
 /// that the environment ran code and so has its uid's processes killed by the retry (see
 /// [`Engine::kill_everything_of`]).
 pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
+    // A link (an administrator's) is removed, not followed.
+    if std::fs::symlink_metadata(root)?.is_symlink() {
+        return std::fs::remove_file(root);
+    }
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
         if entry.file_name() != "src" {
@@ -456,10 +460,11 @@ mod tests {
             eprintln!("skipped: needs root to take another uid");
             return;
         }
-        const UID: u32 = 3_999_441;
+        const UID: u32 = 299_990;
         let home = tempfile::tempdir().expect("a temporary home");
         let engine =
             Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
+        assert!(engine.config.environment_uids().contains(&UID));
         assert_eq!(
             engine.isolation,
             Isolation::Uid,
@@ -471,14 +476,41 @@ mod tests {
         }
         std::os::unix::fs::chown(root.join("data"), Some(UID), Some(UID))
             .expect("the data is the uid's");
+        std::os::unix::fs::chown(&root, Some(0), Some(UID)).expect("the root is of its group");
         let mut daemon = std::process::Command::new("sleep")
             .arg("1000")
             .uid(UID)
             .gid(UID)
             .spawn()
             .expect("a daemon of the uid");
+        // A copy whose data/ is a uid outside the range (an engine that ran as that user, a
+        // restore with other ids): its processes are not the environment's to kill.
+        const OUTSIDER: u32 = 3_999_442;
+        let stray = home.path().join("envs/stray");
+        for dir in ["src/abc", "data"] {
+            std::fs::create_dir_all(stray.join(dir)).expect("a directory");
+        }
+        std::os::unix::fs::chown(stray.join("data"), Some(OUTSIDER), Some(OUTSIDER))
+            .expect("chown");
+        std::os::unix::fs::chown(&stray, Some(0), Some(OUTSIDER)).expect("chown");
+        let mut outsider = std::process::Command::new("sleep")
+            .arg("1000")
+            .uid(OUTSIDER)
+            .gid(OUTSIDER)
+            .spawn()
+            .expect("a process of the outsider");
         let swept = engine.sweep_departed(|_| false).expect("sweep");
-        assert_eq!(swept, vec![EnvName::parse("gone").expect("a name")]);
+        let alive = outsider.try_wait().expect("look at the outsider").is_none();
+        let _ = outsider.kill();
+        let _ = outsider.wait();
+        assert!(alive, "a uid outside the range is not killed");
+        assert_eq!(
+            swept,
+            vec![
+                EnvName::parse("gone").expect("a name"),
+                EnvName::parse("stray").expect("a name")
+            ]
+        );
         let status = daemon.wait().expect("reap the daemon");
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),

@@ -107,10 +107,19 @@ impl Engine {
             // other environment was given it meanwhile (a uid serves again only after every
             // other one of the range has), else left: that environment's processes are then
             // indistinguishable from them.
+            // Only a uid that is an environment's by every sign: in the range environments
+            // are given, unknown to the system, and the group of the environment's root,
+            // which only the engine sets (a `data/` left by an engine that ran as another
+            // user, or restored with other ids, must not make it kill a real user's
+            // processes).
             if self.isolation == slipway_providers::sandbox::Isolation::Uid
                 && let Ok(data) = std::fs::symlink_metadata(root.join("data"))
                 && data.is_dir()
                 && data.uid() != 0
+                && self.config.environment_uids().contains(&data.uid())
+                && std::fs::symlink_metadata(&root)
+                    .is_ok_and(|r| r.is_dir() && r.gid() == data.uid())
+                && !slipway_providers::sandbox::id_is_known(data.uid())
                 && !self.store.uid_given(data.uid())?
                 && let Err(e) = self.kill_everything_of(&env, data.uid())
             {
