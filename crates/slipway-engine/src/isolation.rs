@@ -470,35 +470,27 @@ mod tests {
             Isolation::Uid,
             "root runs environments by uid"
         );
-        let root = home.path().join("envs/gone");
-        for dir in ["src/abc", "data"] {
-            std::fs::create_dir_all(root.join(dir)).expect("a directory");
-        }
-        std::os::unix::fs::chown(root.join("data"), Some(UID), Some(UID))
-            .expect("the data is the uid's");
-        std::os::unix::fs::chown(&root, Some(0), Some(UID)).expect("the root is of its group");
-        let mut daemon = std::process::Command::new("sleep")
-            .arg("1000")
-            .uid(UID)
-            .gid(UID)
-            .spawn()
-            .expect("a daemon of the uid");
+        // A copy of environment `name` that ran code as `uid`, and a process of that uid.
+        let departed = |name: &str, uid: u32| {
+            let root = home.path().join("envs").join(name);
+            for dir in ["src/abc", "data"] {
+                std::fs::create_dir_all(root.join(dir)).expect("a directory");
+            }
+            std::os::unix::fs::chown(root.join("data"), Some(uid), Some(uid))
+                .expect("the data is the uid's");
+            std::os::unix::fs::chown(&root, Some(0), Some(uid)).expect("the root is its group's");
+            let process = std::process::Command::new("sleep")
+                .arg("1000")
+                .uid(uid)
+                .gid(uid)
+                .spawn()
+                .expect("a process of the uid");
+            (root, process)
+        };
+        let (root, mut daemon) = departed("gone", UID);
         // A copy whose data/ is a uid outside the range (an engine that ran as that user, a
         // restore with other ids): its processes are not the environment's to kill.
-        const OUTSIDER: u32 = 3_999_442;
-        let stray = home.path().join("envs/stray");
-        for dir in ["src/abc", "data"] {
-            std::fs::create_dir_all(stray.join(dir)).expect("a directory");
-        }
-        std::os::unix::fs::chown(stray.join("data"), Some(OUTSIDER), Some(OUTSIDER))
-            .expect("chown");
-        std::os::unix::fs::chown(&stray, Some(0), Some(OUTSIDER)).expect("chown");
-        let mut outsider = std::process::Command::new("sleep")
-            .arg("1000")
-            .uid(OUTSIDER)
-            .gid(OUTSIDER)
-            .spawn()
-            .expect("a process of the outsider");
+        let (_, mut outsider) = departed("stray", 3_999_442);
         let swept = engine.sweep_departed(|_| false).expect("sweep");
         let alive = outsider.try_wait().expect("look at the outsider").is_none();
         let _ = outsider.kill();
