@@ -263,6 +263,49 @@ impl Engine {
         )))
     }
 
+    /// Kills what the code of a former environment of the same name left running, before its
+    /// directories become `uid`'s: one destroyed on another replica and made again here
+    /// before this one swept its copy (see [`Engine::sweep_departed`]) finds `data/` still
+    /// owned by the former uid. Only a uid that is an environment's by every sign (see
+    /// [`Engine::environment_uid_of`]).
+    fn kill_a_former_owner(&self, dirs: &EnvDirs, uid: u32) -> Result<(), EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        // The common case first, for one stat: no `data/` yet, or already `uid`'s.
+        if std::fs::symlink_metadata(&dirs.data).map_or(true, |d| d.uid() == uid || d.uid() == 0) {
+            return Ok(());
+        }
+        let Some(former) = self.environment_uid_of(&dirs.root)? else {
+            return Ok(());
+        };
+        let Some(env) = dirs
+            .root
+            .file_name()
+            .and_then(|n| EnvName::parse(n.to_str()?).ok())
+        else {
+            return Ok(());
+        };
+        self.kill_everything_of(&env, former)
+    }
+
+    /// The uid whose the environment directory `root` is, read from its `data/`, if it is an
+    /// environment's by every sign: in the range environments are given, unknown to the
+    /// system, the group of `root` (which only the engine sets), and given to no environment
+    /// now. `None` otherwise (a `data/` left by an engine that ran as another user, or
+    /// restored with other ids, must not make the engine kill a real user's processes).
+    pub(crate) fn environment_uid_of(&self, root: &Path) -> Result<Option<u32>, EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(data) = std::fs::symlink_metadata(root.join("data")) else {
+            return Ok(None);
+        };
+        let uid = data.uid();
+        let candidate = data.is_dir()
+            && uid != 0
+            && self.config.environment_uids().contains(&uid)
+            && std::fs::symlink_metadata(root).is_ok_and(|r| r.is_dir() && r.gid() == uid)
+            && !sandbox::id_is_known(uid);
+        Ok((candidate && !self.store.uid_given(uid)?).then_some(uid))
+    }
+
     /// [`Engine::sandbox`] without the lease.
     fn identity(&self, env: &EnvName) -> Result<Sandbox, EngineError> {
         Ok(match self.isolation {
@@ -348,6 +391,7 @@ impl Engine {
                     dir.display()
                 )));
             }
+            self.kill_a_former_owner(dirs, uid)?;
             for dir in shared {
                 mkdir(dir)?;
                 std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(EngineError::io(
@@ -450,44 +494,101 @@ mod tests {
         assert!(!root.exists());
     }
 
+    /// How `child` ended, waiting up to 10 s; killed (and the test failed) if it did not.
+    fn ended(mut child: std::process::Child) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("look at the child") {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the process was not killed");
+    }
+
+    /// An engine in a new home, when this runs as root (else `None`: the test is skipped).
+    fn engine_as_root() -> Option<(tempfile::TempDir, Engine)> {
+        if !sandbox::running_as_root() {
+            eprintln!("skipped: needs root to take another uid");
+            return None;
+        }
+        let home = tempfile::tempdir().expect("a temporary home");
+        let engine =
+            Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
+        Some((home, engine))
+    }
+
+    /// A copy of an environment at `root` that ran code as `uid` (its export, its `data/`, its
+    /// root's group), and a process that uid left running.
+    fn left_by(root: &Path, uid: u32) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        for dir in ["src/abc", "data"] {
+            std::fs::create_dir_all(root.join(dir)).expect("a directory");
+        }
+        std::os::unix::fs::chown(root.join("data"), Some(uid), Some(uid))
+            .expect("the data is the uid's");
+        std::os::unix::fs::chown(root, Some(0), Some(uid)).expect("the root is its group's");
+        std::process::Command::new("sleep")
+            .arg("1000")
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .expect("a process of the uid")
+    }
+
+    /// An environment destroyed on another replica and made again here before this one swept
+    /// its copy: the former uid's processes are killed before the directories become the new
+    /// uid's.
+    #[test]
+    fn an_environment_made_again_over_a_former_copy_kills_the_former_uid_s_processes() {
+        use std::os::unix::fs::MetadataExt;
+        const FORMER: u32 = 299_991;
+        const NOW: u32 = 299_992;
+        let Some((_home, engine)) = engine_as_root() else {
+            return;
+        };
+        let env = EnvName::parse("qa").expect("a name");
+        let dirs = engine.env_dirs(&env, "abc", "");
+        let left = left_by(&dirs.root, FORMER);
+        engine
+            .prepare_dirs(&dirs, &sandbox::Sandbox::uid(NOW, NOW), Uses::All)
+            .expect("prepare");
+        let status = ended(left);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the former uid's process is killed (SIGKILL)"
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(&dirs.data).expect("stat").uid(),
+            NOW,
+            "data/ is the new uid's"
+        );
+    }
+
     /// A replica's copy of an environment destroyed elsewhere: what its code left running on
     /// this host (a job's daemon) is killed before the directory goes, or the uid's next
     /// environment would meet it.
     #[test]
     fn sweeping_a_departed_environment_kills_what_its_code_left_on_this_host() {
-        use std::os::unix::process::CommandExt;
-        if !sandbox::running_as_root() {
-            eprintln!("skipped: needs root to take another uid");
-            return;
-        }
         const UID: u32 = 299_990;
-        let home = tempfile::tempdir().expect("a temporary home");
-        let engine =
-            Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
+        let Some((home, engine)) = engine_as_root() else {
+            return;
+        };
         assert!(engine.config.environment_uids().contains(&UID));
         assert_eq!(
             engine.isolation,
             Isolation::Uid,
             "root runs environments by uid"
         );
-        // A copy of environment `name` that ran code as `uid`, and a process of that uid.
         let departed = |name: &str, uid: u32| {
             let root = home.path().join("envs").join(name);
-            for dir in ["src/abc", "data"] {
-                std::fs::create_dir_all(root.join(dir)).expect("a directory");
-            }
-            std::os::unix::fs::chown(root.join("data"), Some(uid), Some(uid))
-                .expect("the data is the uid's");
-            std::os::unix::fs::chown(&root, Some(0), Some(uid)).expect("the root is its group's");
-            let process = std::process::Command::new("sleep")
-                .arg("1000")
-                .uid(uid)
-                .gid(uid)
-                .spawn()
-                .expect("a process of the uid");
+            let process = left_by(&root, uid);
             (root, process)
         };
-        let (root, mut daemon) = departed("gone", UID);
+        let (root, daemon) = departed("gone", UID);
         // A copy whose data/ is a uid outside the range (an engine that ran as that user, a
         // restore with other ids): its processes are not the environment's to kill.
         let (_, mut outsider) = departed("stray", 3_999_442);
@@ -503,7 +604,7 @@ mod tests {
                 EnvName::parse("stray").expect("a name")
             ]
         );
-        let status = daemon.wait().expect("reap the daemon");
+        let status = ended(daemon);
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(9),

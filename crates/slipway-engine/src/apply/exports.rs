@@ -4,7 +4,6 @@
 
 use slipway_core::EnvName;
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 
 use slipway_core::render::DesiredState;
 use slipway_providers::{EnvDirs, Uses};
@@ -107,21 +106,9 @@ impl Engine {
             // other environment was given it meanwhile (a uid serves again only after every
             // other one of the range has), else left: that environment's processes are then
             // indistinguishable from them.
-            // Only a uid that is an environment's by every sign: in the range environments
-            // are given, unknown to the system, and the group of the environment's root,
-            // which only the engine sets (a `data/` left by an engine that ran as another
-            // user, or restored with other ids, must not make it kill a real user's
-            // processes).
             if self.isolation == slipway_providers::sandbox::Isolation::Uid
-                && let Ok(data) = std::fs::symlink_metadata(root.join("data"))
-                && data.is_dir()
-                && data.uid() != 0
-                && self.config.environment_uids().contains(&data.uid())
-                && std::fs::symlink_metadata(&root)
-                    .is_ok_and(|r| r.is_dir() && r.gid() == data.uid())
-                && !slipway_providers::sandbox::id_is_known(data.uid())
-                && !self.store.uid_given(data.uid())?
-                && let Err(e) = self.kill_everything_of(&env, data.uid())
+                && let Some(uid) = self.environment_uid_of(&root)?
+                && let Err(e) = self.kill_everything_of(&env, uid)
             {
                 tracing::warn!(environment = %env, error = %e, "left for the next sweep");
                 continue;
