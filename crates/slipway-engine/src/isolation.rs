@@ -592,7 +592,45 @@ mod tests {
         // A copy whose data/ is a uid outside the range (an engine that ran as that user, a
         // restore with other ids): its processes are not the environment's to kill.
         let (_, mut outsider) = departed("stray", 3_999_442);
+        // A name the state has again (made again on another replica, with another uid) whose
+        // copy here is the former environment's: swept like a departed one. And one whose
+        // copy is its own: kept.
+        for name in ["again", "kept"] {
+            let env = EnvName::parse(name).expect("a name");
+            engine
+                .store
+                .upsert_environment(&slipway_state::EnvironmentRecord::new(
+                    env.clone(),
+                    EnvKind::Static,
+                    "shop".into(),
+                    String::new(),
+                    0,
+                ))
+                .expect("an environment");
+            let _ = engine.sandbox(&env).expect("its uid");
+        }
+        let (again, former) = departed("again", UID - 1);
+        let kept_uid = engine
+            .store
+            .environment_uid(&EnvName::parse("kept").expect("a name"))
+            .expect("read")
+            .expect("given");
+        let (kept, mut own) = departed("kept", kept_uid);
         let swept = engine.sweep_departed(|_| false).expect("sweep");
+        let own_alive = own.try_wait().expect("look").is_none();
+        let _ = own.kill();
+        let _ = own.wait();
+        assert!(
+            own_alive,
+            "a copy that is its environment's own is left alone"
+        );
+        assert!(kept.exists());
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&ended(former)),
+            Some(9),
+            "the former environment's process is killed"
+        );
+        assert!(!again.exists(), "and its stale copy removed");
         let alive = outsider.try_wait().expect("look at the outsider").is_none();
         let _ = outsider.kill();
         let _ = outsider.wait();
@@ -600,6 +638,7 @@ mod tests {
         assert_eq!(
             swept,
             vec![
+                EnvName::parse("again").expect("a name"),
                 EnvName::parse("gone").expect("a name"),
                 EnvName::parse("stray").expect("a name")
             ]

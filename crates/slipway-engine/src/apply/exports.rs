@@ -94,12 +94,16 @@ impl Engine {
             .map(|e| e.name)
             .collect();
         let mut removed = Vec::new();
+        let mut recorded_uids = None;
         for env in local {
             // Asked again per directory: the state is read once, the work goes on.
-            if known.contains(&env) || busy(&env) {
+            if busy(&env) {
                 continue;
             }
             let root = envs.join(env.as_str());
+            if known.contains(&env) && !self.stale_copy(&env, &root, &mut recorded_uids)? {
+                continue;
+            }
             // Its code may have left processes on this host (a job's daemon, from before the
             // environment moved to another replica): the destroy killed only those on its own
             // host. Its uid is read from its `data/`, which is the uid's; killed while no
@@ -123,5 +127,38 @@ impl Engine {
             }
         }
         Ok(removed)
+    }
+
+    /// Whether this host's copy of `env`, which the state has, is a former environment's of
+    /// the same name (destroyed on another replica and made again, not here, before this one
+    /// swept): its `data/` belongs to an environment's uid that the state gives to no
+    /// environment now, not to `env`'s. Such a copy is swept as a departed one. The state's
+    /// uids are read once per sweep, and only when some `data/` is not root's.
+    fn stale_copy(
+        &self,
+        env: &EnvName,
+        root: &std::path::Path,
+        recorded_uids: &mut Option<std::collections::BTreeMap<EnvName, u32>>,
+    ) -> Result<bool, EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        if self.isolation != slipway_providers::sandbox::Isolation::Uid {
+            return Ok(false);
+        }
+        let Ok(data) = std::fs::symlink_metadata(root.join("data")) else {
+            return Ok(false);
+        };
+        if data.uid() == 0 {
+            return Ok(false);
+        }
+        if recorded_uids.is_none() {
+            *recorded_uids = Some(self.store.environment_uids()?);
+        }
+        if recorded_uids
+            .as_ref()
+            .is_some_and(|uids| uids.get(env) == Some(&data.uid()))
+        {
+            return Ok(false);
+        }
+        Ok(self.environment_uid_of(root)?.is_some())
     }
 }
