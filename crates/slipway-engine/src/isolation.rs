@@ -568,6 +568,52 @@ mod tests {
         );
     }
 
+    /// What is not an environment's by every sign is not killed when a copy changes hands: a
+    /// former uid given to another environment now, or a root of another group than the
+    /// uid of its `data/`.
+    #[test]
+    fn a_former_owner_that_is_not_an_environment_s_by_every_sign_is_not_killed() {
+        let Some((_home, engine)) = engine_as_root() else {
+            return;
+        };
+        // Given to `other` now: its processes are that environment's.
+        let other = EnvName::parse("other").expect("a name");
+        engine
+            .store
+            .upsert_environment(&slipway_state::EnvironmentRecord::new(
+                other.clone(),
+                EnvKind::Static,
+                "shop".into(),
+                String::new(),
+                0,
+            ))
+            .expect("an environment");
+        let _ = engine.sandbox(&other).expect("its uid");
+        let given = engine
+            .store
+            .environment_uid(&other)
+            .expect("read")
+            .expect("given");
+        let qa = engine.env_dirs(&EnvName::parse("qa").expect("a name"), "abc", "");
+        let mut of_other = left_by(&qa.root, given);
+        // A root whose group is not its data/'s uid.
+        let uat = engine.env_dirs(&EnvName::parse("uat").expect("a name"), "abc", "");
+        let mut regrouped = left_by(&uat.root, 299_993);
+        std::os::unix::fs::chown(&uat.root, Some(0), Some(299_994)).expect("chown");
+        for dirs in [&qa, &uat] {
+            engine
+                .prepare_dirs(dirs, &sandbox::Sandbox::uid(299_995, 299_995), Uses::All)
+                .expect("prepare");
+        }
+        let alive =
+            [&mut of_other, &mut regrouped].map(|child| child.try_wait().expect("look").is_none());
+        for child in [&mut of_other, &mut regrouped] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(alive, [true, true], "neither is killed");
+    }
+
     /// A replica's copy of an environment destroyed elsewhere: what its code left running on
     /// this host (a job's daemon) is killed before the directory goes, or the uid's next
     /// environment would meet it.
