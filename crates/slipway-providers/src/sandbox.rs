@@ -710,13 +710,18 @@ impl KnownIds {
         known
     }
 
+    /// Whether `id` is in one of the subordinate ranges read.
+    fn subordinate(&self, id: u32) -> bool {
+        self.subordinate
+            .iter()
+            .any(|&(first, count)| (first..first.saturating_add(count)).contains(&u64::from(id)))
+    }
+
     /// Whether `id` is a user's or a group's (name service), or in a subordinate range.
     pub fn contains(&self, id: u32) -> bool {
         use nix::unistd::{Gid, Group, Uid, User};
         self.unreadable
-            || self.subordinate.iter().any(|&(first, count)| {
-                (first..first.saturating_add(count)).contains(&u64::from(id))
-            })
+            || self.subordinate(id)
             || !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
             || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
     }
@@ -736,8 +741,11 @@ fn subordinate_ranges(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
 /// Whether `id` is in one of the ranges of a `/etc/subuid`-style text.
 #[cfg(test)]
 fn in_subordinate_range(text: &str, id: u32) -> bool {
-    subordinate_ranges(text)
-        .any(|(first, count)| (first..first.saturating_add(count)).contains(&u64::from(id)))
+    KnownIds {
+        subordinate: subordinate_ranges(text).collect(),
+        unreadable: false,
+    }
+    .subordinate(id)
 }
 
 /// Kills every process running as `uid` (an environment's, in uid mode): whatever its code
@@ -989,16 +997,23 @@ mod tests {
     /// A process of `uid` that signals every other process of its uid with `signal`, over
     /// and over: the environment's code fighting its destroy.
     fn spinner(uid: u32, signal: &str) -> std::process::Child {
-        let child = Command::new("sh")
+        use std::io::BufRead;
+        let mut child = Command::new("sh")
             .args([
                 "-c",
-                &format!("while :; do kill -{signal} -1 2>/dev/null; done"),
+                &format!("echo spinning; while :; do kill -{signal} -1 2>/dev/null; done"),
             ])
             .uid(uid)
             .gid(uid)
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start the spinner");
-        std::thread::sleep(Duration::from_millis(20));
+        // Returned once it is at its loop.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("its output"))
+            .read_line(&mut line)
+            .expect("read the spinner's first line");
+        assert_eq!(line, "spinning\n");
         child
     }
 

@@ -195,18 +195,14 @@ impl Engine {
             if let Err(error) = killed {
                 // Recorded as a failed destroy (not left `running`, the environment
                 // `destroying`): the environment and its uid stay for the retry it asks for.
-                self.store.finish_deployment(
-                    deployment,
-                    DeploymentStatus::Failed,
-                    Some(&error.to_string()),
-                    &summary(&report),
-                    finished,
-                )?;
-                self.store.set_environment_status(
+                self.record_failed_deployment(
                     &env,
-                    SyncState::Failed,
-                    Health::Degraded,
-                    Some("destroy failed: its processes could not be stopped; run it again"),
+                    deployment,
+                    (
+                        &error.to_string(),
+                        "destroy failed: its processes could not be stopped; run it again",
+                    ),
+                    &summary(&report),
                     finished,
                 )?;
                 return Err(error);
@@ -244,18 +240,14 @@ impl Engine {
                 finished,
             )?;
         } else {
-            self.store.finish_deployment(
-                deployment,
-                DeploymentStatus::Failed,
-                Some("some resources could not be deleted"),
-                &summary(&report),
-                finished,
-            )?;
-            self.store.set_environment_status(
+            self.record_failed_deployment(
                 &env,
-                SyncState::Failed,
-                Health::Degraded,
-                Some("destroy failed; run it again"),
+                deployment,
+                (
+                    "some resources could not be deleted",
+                    "destroy failed; run it again",
+                ),
+                &summary(&report),
                 finished,
             )?;
         }

@@ -454,7 +454,13 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(deployment, error = %e, "apply failed before its changes");
                 let message = e.to_string();
-                self.record_failed_deployment(env, deployment, &message, &json!({}), finished)?;
+                self.record_failed_deployment(
+                    env,
+                    deployment,
+                    (&message, &message),
+                    &json!({}),
+                    finished,
+                )?;
                 return Err(e);
             }
         };
@@ -501,7 +507,13 @@ impl Engine {
                 .collect();
             let message = failed.join("; ");
             tracing::warn!(deployment, failed = failed.len(), "apply failed");
-            self.record_failed_deployment(env, deployment, &message, &summary, finished)?;
+            self.record_failed_deployment(
+                env,
+                deployment,
+                (&message, &message),
+                &summary,
+                finished,
+            )?;
             self.store.record_event(
                 Some(env),
                 EventKind::ApplyFailed,
@@ -513,19 +525,21 @@ impl Engine {
         Ok(report)
     }
 
-    /// Records that `deployment` of `env` failed with `message`, and the environment with it.
-    fn record_failed_deployment(
+    /// Records that `deployment` of `env` failed: the deployment with the first of `messages`,
+    /// the environment with the second (the same, but for a destroy, whose environment is
+    /// kept for its retry).
+    pub(super) fn record_failed_deployment(
         &self,
         env: &EnvName,
         deployment: i64,
-        message: &str,
+        messages: (&str, &str),
         summary: &Json,
         finished: i64,
     ) -> Result<(), EngineError> {
         self.store.finish_deployment(
             deployment,
             DeploymentStatus::Failed,
-            Some(message),
+            Some(messages.0),
             summary,
             finished,
         )?;
@@ -533,7 +547,7 @@ impl Engine {
             env,
             SyncState::Failed,
             Health::Degraded,
-            Some(message),
+            Some(messages.1),
             finished,
         )?;
         Ok(())
