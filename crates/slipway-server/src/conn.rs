@@ -16,6 +16,9 @@
 //!   one reset by each byte, so a client that sends its body a byte at a time holds a
 //!   connection busy (where eviction cannot reach it) for that long at most. Past it the
 //!   handler sees an error, the client gets `408` and the connection closes.
+//! - A response to a request whose body was not read to its end (refused before it mattered)
+//!   says `Connection: close`: the connection cannot carry another request, and a client
+//!   that kept it would send its next one into a closed socket.
 //! - A response must keep leaving: a write to the client that makes no progress for
 //!   [`Limits::write_timeout`] closes the connection, so a client that never reads its
 //!   response (an event stream, a preview's streamed body) does not keep it busy forever.
@@ -129,10 +132,18 @@ struct Bounded<B> {
     /// Set when the deadline passes, so that the client is answered `408` whatever the
     /// handler made of the error.
     timed_out: Arc<AtomicBool>,
+    /// Set once the body has been read to its end: until then the connection cannot carry
+    /// another request (see [`close_unless_read`]).
+    ended: Arc<AtomicBool>,
 }
 
 impl<B> Bounded<B> {
-    fn new(inner: B, limits: &Limits, timed_out: Arc<AtomicBool>) -> Bounded<B> {
+    fn new(
+        inner: B,
+        limits: &Limits,
+        timed_out: Arc<AtomicBool>,
+        ended: Arc<AtomicBool>,
+    ) -> Bounded<B> {
         Bounded {
             inner,
             timeout: limits.body_timeout,
@@ -141,6 +152,7 @@ impl<B> Bounded<B> {
             started: None,
             deadline: None,
             timed_out,
+            ended,
         }
     }
 
@@ -197,7 +209,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|f| f.map_err(Into::into))),
+            Poll::Ready(None) => {
+                this.ended.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Pending => {
                 let deadline = this.deadline(started);
                 let sleep = this
@@ -215,12 +231,36 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let ended = self.inner.is_end_stream();
+        if ended {
+            self.ended.store(true, Ordering::Release);
+        }
+        ended
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Marks `response` as the connection's last when its request's body was not read to the end
+/// (a request refused before its body mattered: a `401`, a `403`, a declared `413`).
+///
+/// hyper can take the next request only after the rest of that body, so it closes such a
+/// connection once the response is sent. Without `Connection: close` the client cannot know:
+/// it keeps the connection for its next request, which then meets a closed socket (ureq says
+/// "Peer disconnected" and, for a `POST`, does not retry). With it, the client opens a new one.
+fn close_unless_read(
+    mut response: axum::response::Response,
+    ended: &AtomicBool,
+) -> axum::response::Response {
+    if !ended.load(Ordering::Acquire) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// What a client whose body missed its deadline is told; the connection closes after it (the
@@ -422,7 +462,17 @@ async fn connection(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let timed_out = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| Body::new(Bounded::new(body, &limits, timed_out.clone())));
+        let ended = Arc::new(AtomicBool::new(hyper::body::Body::is_end_stream(
+            request.body(),
+        )));
+        let request = request.map(|body| {
+            Body::new(Bounded::new(
+                body,
+                &limits,
+                timed_out.clone(),
+                ended.clone(),
+            ))
+        });
         let in_flight = InFlight::new(&counted);
         let router = router.clone();
         async move {
@@ -435,7 +485,7 @@ async fn connection(
             let response = if timed_out.load(Ordering::Acquire) {
                 body_timed_out(limits.body_timeout)
             } else {
-                response
+                close_unless_read(response, &ended)
             };
             // The request stays in flight until its response's body is sent (or dropped):
             // an event stream is a busy connection, not an idle one.
@@ -527,6 +577,7 @@ mod tests {
             Fed(fed),
             &limits(Duration::from_millis(400), 0),
             flag.clone(),
+            Arc::default(),
         );
         // A byte every 50 ms: no stall ever lasts near the timeout.
         let trickle = tokio::spawn(async move {
@@ -565,6 +616,7 @@ mod tests {
             Fed(fed),
             &limits(Duration::from_millis(200), 10_000),
             flag.clone(),
+            Arc::default(),
         );
         tokio::spawn(async move {
             for _ in 0..20 {
@@ -583,9 +635,19 @@ mod tests {
         let (feed, fed) = tokio::sync::mpsc::unbounded_channel();
         feed.send(Bytes::from_static(b"{}")).expect("send");
         drop(feed);
-        let body = Bounded::new(Fed(fed), &limits(Duration::from_millis(200), 0), flag);
+        let ended = Arc::new(AtomicBool::new(false));
+        let body = Bounded::new(
+            Fed(fed),
+            &limits(Duration::from_millis(200), 0),
+            flag,
+            ended.clone(),
+        );
         let bytes = body.collect().await.expect("a prompt body").to_bytes();
         assert_eq!(&bytes[..], b"{}");
+        assert!(
+            ended.load(Ordering::Acquire),
+            "a body read whole is flagged as ended"
+        );
     }
 
     #[tokio::test]

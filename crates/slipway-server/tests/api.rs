@@ -977,6 +977,110 @@ fn a_body_over_one_mebibyte_is_refused_with_413() {
         .expect(200, "the server still answers after refusing large bodies");
 }
 
+/// A socket to the server: its writing half, and its reading half buffered.
+fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let socket = TcpStream::connect(addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    let writer = socket.try_clone().expect("clone the socket");
+    (writer, BufReader::new(socket))
+}
+
+/// One response read off a kept-alive socket: its status, its headers (names lower-cased)
+/// and its body (by `Content-Length`, which every answer of this API has).
+fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, BTreeMap<String, String>, String) {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("a status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP status line: {status_line:?}"));
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').expect("a header is `name: value`");
+        headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the answer has a Content-Length: {headers:?}"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("the whole body");
+    (status, headers, String::from_utf8_lossy(&body).to_string())
+}
+
+#[test]
+fn a_refused_request_whose_body_was_never_read_says_its_connection_closes() {
+    let f = Fixture::new();
+    // The attack on the client: a refusal that leaves a kept-alive connection unusable
+    // without saying so. A client then sends its next request into a closed socket.
+    let (mut writer, mut reader) = connect(f.addr);
+    // The head of a POST whose body is still to come, without a token: it is refused first.
+    write!(
+        writer,
+        "POST /api/v1/environments HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 64\r\n\r\n",
+        f.addr
+    )
+    .expect("send the head");
+    let (status, headers, body) = read_response(&mut reader);
+    assert_eq!(status, 401, "no token, refused: {body}");
+    assert_eq!(
+        headers.get("connection").map(String::as_str),
+        Some("close"),
+        "the refusal says the connection ends, as its body was never read: {headers:?}"
+    );
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing follows the refusal: {rest:?}");
+
+    // Requests whose bodies are read keep their connection: a GET, then a POST with a body.
+    let (mut writer, mut reader) = connect(f.addr);
+    let token = f.token("admin");
+    write!(
+        writer,
+        "GET /api/v1/environments/main HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        f.addr
+    )
+    .expect("send a GET");
+    let (status, headers, body) = read_response(&mut reader);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers.get("connection"), None, "kept alive: {headers:?}");
+    write!(
+        writer,
+        "POST /api/v1/environments/main/pin HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+        f.addr
+    )
+    .expect("send a POST on the same connection");
+    let (status, headers, body) = read_response(&mut reader);
+    assert_eq!(
+        status, 200,
+        "the same connection carries a second request: {body}"
+    );
+    assert_eq!(headers.get("connection"), None, "kept alive: {headers:?}");
+
+    // What a client with a connection pool sees: refused POSTs one after another, each
+    // answered (before, one in a few dozen met a closed socket: "Peer disconnected").
+    for round in 0..40 {
+        f.call(
+            "POST",
+            "/api/v1/environments",
+            Some("slw_not-a-token"),
+            Some(r#"{"name":"refused","ref":"main","like":"previews"}"#),
+        )
+        .expect(401, &format!("round {round}: a refused POST is answered"));
+    }
+}
+
 #[test]
 fn unknown_environments_deployments_and_routes_are_404() {
     let f = Fixture::new();
