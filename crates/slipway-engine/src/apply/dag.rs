@@ -9,7 +9,8 @@
 //! still waits for, and is ready when the count reaches zero. Linear in the graph's size.
 //!
 //! The work runs on at most `limit` worker threads, made as they are first needed and kept
-//! for the whole graph. A step that panics (a bug) fails its node, as an error would: the
+//! for the whole graph; with one node, or one at a time, on the calling thread, as a worker
+//! would only add its start and its end (a third of a millisecond here) to the graph's time. A step that panics (a bug) fails its node, as an error would: the
 //! graph still settles, and the environment's lock is not held forever.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -97,6 +98,8 @@ impl<'a> Dag<'a> {
         // Worker threads report within the span of the caller (an apply or a destroy).
         let span = tracing::Span::current();
         let work = &work;
+        // Nothing runs beside the node: the calling thread runs it.
+        let inline = self.limit == 1 || self.waits_for.len() == 1;
         let mut running = 0usize;
         // The workers: one more each time more tasks run at once than there are workers, up
         // to the limit, each taking task after task until the graph is done. A thread per task
@@ -132,6 +135,13 @@ impl<'a> Dag<'a> {
                         continue;
                     };
                     running += 1;
+                    if inline {
+                        let _entered = span.enter();
+                        let done = std::panic::catch_unwind(AssertUnwindSafe(|| work(name, task)))
+                            .unwrap_or_else(|_| Err(StepError::panicked()));
+                        tx.send((name, done)).expect("this loop holds the receiver");
+                        continue;
+                    }
                     if running > workers {
                         workers += 1;
                         let (tx, span, task_rx) = (tx.clone(), span.clone(), &task_rx);
@@ -342,7 +352,14 @@ mod tests {
 
     #[test]
     fn a_node_whose_work_panics_fails_and_the_graph_still_settles() {
-        let dag = dag(&[("bad", &[]), ("after", &["bad"]), ("other", &[])], 2);
+        // On workers (2), and on the calling thread (1).
+        for limit in [2, 1] {
+            a_panic_fails_its_node_with_limit(limit);
+        }
+    }
+
+    fn a_panic_fails_its_node_with_limit(limit: usize) {
+        let dag = dag(&[("bad", &[]), ("after", &["bad"]), ("other", &[])], limit);
         let outcomes = dag.run(
             &(),
             &mut (),
