@@ -166,30 +166,32 @@ impl Store {
                 key: id.to_string(),
             })?;
         self.write_env(Some(&environment), &[], |tx| {
-            let updated = tx
-                .execute(
-                    "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, \
-                     finished_at = ?5 WHERE id = ?1 AND status = 'running'",
-                    params![id, status.as_str(), error, to_json(summary), at],
-                )
-                .map_err(sql(operation()))?;
-            if updated > 0 {
-                return Ok(());
-            }
-            let current: Option<DeploymentStatus> = tx
-                .query_opt(
-                    "SELECT status FROM deployments WHERE id = ?1",
-                    params![id],
-                    |row| word(row, 0),
-                )
-                .map_err(sql(operation()))?;
-            Err(match current {
-                Some(status) => StateError::DeploymentNotRunning { id, status },
-                None => StateError::NotFound {
-                    what: "deployment",
-                    key: id.to_string(),
-                },
-            })
+            finish_in(tx, id, status, error, summary, at)
+        })
+    }
+
+    /// Records a destroy of `environment` that succeeded, all in one transaction: its
+    /// deployment `id` finished with `summary`, the environment's uid released, its record
+    /// deleted (its resources and ports with it; its deployments and events stay, as history)
+    /// and `event` recorded. Returns the event's id.
+    ///
+    /// One transaction, not four: a crash leaves either the environment as it was (the destroy
+    /// is run again) or all of it done; never a deleted environment whose deployment still
+    /// says `running`, or a uid given back while the environment is still recorded.
+    pub fn finish_destroy(
+        &self,
+        environment: &EnvName,
+        id: i64,
+        summary: &serde_json::Value,
+        at: i64,
+        event: (slipway_core::vocab::EventKind, &str, &serde_json::Value),
+    ) -> Result<i64, StateError> {
+        self.write_env(Some(environment), &[], |tx| {
+            finish_in(tx, id, DeploymentStatus::Succeeded, None, summary, at)?;
+            crate::identities::release_uid_in(tx, environment)?;
+            crate::environments::delete_environment_in(tx, environment)?;
+            let (kind, message, data) = event;
+            crate::events::insert_event(tx, Some(environment), kind, message, data, at)
         })
     }
 
@@ -291,4 +293,40 @@ impl Store {
             )))
         })
     }
+}
+
+/// Marks the running deployment `id` finished, in `tx`.
+fn finish_in(
+    tx: &mut impl Exec,
+    id: i64,
+    status: DeploymentStatus,
+    error: Option<&str>,
+    summary: &serde_json::Value,
+    at: i64,
+) -> Result<(), StateError> {
+    let operation = || format!("record the end of deployment {id}");
+    let updated = tx
+        .execute(
+            "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, \
+             finished_at = ?5 WHERE id = ?1 AND status = 'running'",
+            params![id, status.as_str(), error, to_json(summary), at],
+        )
+        .map_err(sql(operation()))?;
+    if updated > 0 {
+        return Ok(());
+    }
+    let current: Option<DeploymentStatus> = tx
+        .query_opt(
+            "SELECT status FROM deployments WHERE id = ?1",
+            params![id],
+            |row| word(row, 0),
+        )
+        .map_err(sql(operation()))?;
+    Err(match current {
+        Some(status) => StateError::DeploymentNotRunning { id, status },
+        None => StateError::NotFound {
+            what: "deployment",
+            key: id.to_string(),
+        },
+    })
 }

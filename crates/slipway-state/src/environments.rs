@@ -501,14 +501,7 @@ impl Store {
     /// history. Returns whether it existed.
     pub fn delete_environment(&self, name: &EnvName) -> Result<bool, StateError> {
         // One statement: SQLite applies the cascade inside it, so it is atomic on its own.
-        let deleted = self.write_env(Some(name), &[], |tx| {
-            tx.execute(
-                "DELETE FROM environments WHERE name = ?1",
-                params![name.as_str()],
-            )
-            .map_err(sql(format!("delete environment {name}")))
-        })?;
-        Ok(deleted > 0)
+        self.write_env(Some(name), &[], |tx| delete_environment_in(tx, name))
     }
 
     /// Records that the preview URLs of these environments answered requests, the last at
@@ -561,4 +554,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Deletes the environment `name` (its resources and ports with it), in `tx`; whether it
+/// existed. One statement: SQLite applies the cascade inside it.
+pub(crate) fn delete_environment_in(
+    tx: &mut impl Exec,
+    name: &EnvName,
+) -> Result<bool, StateError> {
+    tx.execute(
+        "DELETE FROM environments WHERE name = ?1",
+        params![name.as_str()],
+    )
+    .map(|deleted| deleted > 0)
+    .map_err(sql(format!("delete environment {name}")))
 }

@@ -62,13 +62,7 @@ impl Store {
         at: i64,
     ) -> Result<i64, StateError> {
         self.write_env(environment, &[], |tx| {
-            tx.query_one(
-                "INSERT INTO events (environment, kind, message, data, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-                params![environment, kind.as_str(), message, to_json(data), at],
-                |row| row.get(0),
-            )
-            .map_err(sql(format!("record a {kind} event")))
+            insert_event(tx, environment, kind, message, data, at)
         })
     }
 
@@ -122,4 +116,22 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Appends an event in `tx`; returns its id.
+pub(crate) fn insert_event(
+    tx: &mut impl Exec,
+    environment: Option<&EnvName>,
+    kind: EventKind,
+    message: &str,
+    data: &serde_json::Value,
+    at: i64,
+) -> Result<i64, StateError> {
+    tx.query_one(
+        "INSERT INTO events (environment, kind, message, data, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        params![environment, kind.as_str(), message, to_json(data), at],
+        |row| row.get(0),
+    )
+    .map_err(sql(format!("record a {kind} event")))
 }

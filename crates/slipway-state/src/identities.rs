@@ -126,15 +126,18 @@ impl Store {
     /// Forgets `environment`'s uid, so that another environment may get it. Call only once
     /// nothing of the environment runs or remains on disk.
     pub fn release_uid(&self, environment: &EnvName) -> Result<(), StateError> {
-        self.write_env(Some(environment), &[], |tx| {
-            tx.execute(
-                "DELETE FROM env_uids WHERE environment = ?1",
-                params![environment.as_str()],
-            )
-            .map(drop)
-            .map_err(sql(format!("release the uid of {environment}")))
-        })
+        self.write_env(Some(environment), &[], |tx| release_uid_in(tx, environment))
     }
+}
+
+/// Releases `environment`'s uid, in `tx`.
+pub(crate) fn release_uid_in(tx: &mut impl Exec, environment: &EnvName) -> Result<(), StateError> {
+    tx.execute(
+        "DELETE FROM env_uids WHERE environment = ?1",
+        params![environment.as_str()],
+    )
+    .map(drop)
+    .map_err(sql(format!("release the uid of {environment}")))
 }
 
 #[cfg(test)]

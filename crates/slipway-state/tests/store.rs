@@ -39,6 +39,7 @@ matrix!(
     a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind,
     updating_an_environment_keeps_its_resources_and_ports,
     deleting_an_environment_removes_resources_and_ports_but_keeps_history,
+    a_finished_destroy_is_recorded_whole_or_not_at_all,
     a_resource_needs_its_environment,
     resources_round_trip_and_are_listed_by_name,
     a_damaged_json_column_is_reported_with_its_record,
@@ -784,6 +785,96 @@ fn updating_an_environment_keeps_its_resources_and_ports(state: &TestState) {
         1,
         "ports survive an update"
     );
+}
+
+fn a_finished_destroy_is_recorded_whole_or_not_at_all(state: &TestState) {
+    let store = store_with(state, &["prod", "qa"]);
+    store
+        .put_resource(&resource("prod", "api"))
+        .expect("record api");
+    let any = |_: u32| true;
+    let uid = store
+        .allocate_uid(&env("prod"), 300_000..=300_009, any)
+        .expect("a uid for prod");
+    let id = store
+        .begin_deployment(&deployment("prod", 1))
+        .expect("begin the destroy's deployment");
+    let summary = json!({"deleted": 1});
+    let data = json!({"deployment": id});
+    let event = (EventKind::EnvironmentDestroyed, "prod was destroyed", &data);
+    let event_id = store
+        .finish_destroy(&env("prod"), id, &summary, 1_000, event)
+        .expect("finish the destroy");
+
+    assert_eq!(store.environment(&env("prod")).expect("read"), None);
+    assert!(store.resources(&env("prod")).expect("list").is_empty());
+    assert_eq!(
+        store.environment_uid(&env("prod")).expect("read the uid"),
+        None,
+        "its uid is released"
+    );
+    let finished = store
+        .deployment(id)
+        .expect("read")
+        .expect("kept as history");
+    assert_eq!(finished.status, DeploymentStatus::Succeeded);
+    assert_eq!(finished.finished_at, Some(1_000));
+    let events = events_of(&store, "prod");
+    let last = events.last().expect("the destroy's event");
+    assert_eq!(
+        (last.id, last.kind),
+        (event_id, EventKind::EnvironmentDestroyed)
+    );
+    // The released uid serves the next environment.
+    assert_eq!(
+        store
+            .allocate_uid(&env("qa"), uid..=uid, any)
+            .expect("the same uid for qa"),
+        uid
+    );
+
+    // A destroy whose deployment is no longer running (finished by someone else) changes
+    // nothing: the environment, its uid and its events stay as they were.
+    let uid = store
+        .allocate_uid(&env("prod2"), 300_000..=300_009, any)
+        .expect("a uid");
+    store
+        .insert_environment(&environment("prod2"))
+        .expect("record prod2");
+    let id = store
+        .begin_deployment(&deployment("prod2", 2))
+        .expect("begin");
+    store
+        .finish_deployment(id, DeploymentStatus::Failed, Some("stopped"), &summary, 900)
+        .expect("finished elsewhere");
+    let before = events_of(&store, "prod2").len();
+    let refused = store.finish_destroy(&env("prod2"), id, &summary, 1_000, event);
+    assert!(
+        matches!(refused, Err(StateError::DeploymentNotRunning { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        store.environment(&env("prod2")).expect("read").is_some(),
+        "kept"
+    );
+    assert_eq!(
+        store.environment_uid(&env("prod2")).expect("read"),
+        Some(uid),
+        "its uid is kept"
+    );
+    let after = events_of(&store, "prod2").len();
+    assert_eq!(before, after, "no event");
+}
+
+/// The first events of `environment`, oldest first.
+fn events_of(store: &Store, environment: &str) -> Vec<slipway_state::EventRecord> {
+    store
+        .events(&EventQuery {
+            environment: Some(env(environment)),
+            after_id: None,
+            limit: 10,
+        })
+        .expect("read events")
 }
 
 fn deleting_an_environment_removes_resources_and_ports_but_keeps_history(state: &TestState) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use slipway_core::plan::{Action, Change};
-use slipway_core::vocab::{DeploymentStatus, EventKind, Health, Reason, SyncState};
+use slipway_core::vocab::{EventKind, Health, Reason, SyncState};
 use slipway_state::NewDeployment;
 
 use super::dag::Dag;
@@ -219,25 +219,21 @@ impl Engine {
                     }
                 })
                 .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
-            // Its processes are stopped and its files gone: its uid may serve another.
-            self.store.release_uid(&env)?;
-            self.store.finish_deployment(
+            // Its processes are stopped and its files gone: its uid may serve another. The
+            // deployment, the uid, the record and the event: one transaction.
+            self.store.finish_destroy(
+                &env,
                 deployment,
-                DeploymentStatus::Succeeded,
-                None,
                 &summary(&report),
                 finished,
-            )?;
-            self.store.delete_environment(&env)?;
-            self.store.record_event(
-                Some(&env),
-                EventKind::EnvironmentDestroyed,
-                &match &options.reason {
-                    Some(why) => format!("{env} destroyed: {why}"),
-                    None => format!("{env} was destroyed"),
-                },
-                &json!({"deployment": deployment, "who": who, "reason": options.reason}),
-                finished,
+                (
+                    EventKind::EnvironmentDestroyed,
+                    &match &options.reason {
+                        Some(why) => format!("{env} destroyed: {why}"),
+                        None => format!("{env} was destroyed"),
+                    },
+                    &json!({"deployment": deployment, "who": who, "reason": options.reason}),
+                ),
             )?;
         } else {
             self.record_failed_deployment(
