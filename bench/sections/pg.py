@@ -708,13 +708,21 @@ def write(r):
               "write lock (it took it once per migration, 19 times), and since 797a55a a "
               "database is recorded made and ready in one write, not two; since f665525 the "
               "destroy of an environment that never ran code (a database's) forks no process "
-              "to kill its uid's processes (1.7 ms of a destroy before). What is "
-              "left between the two: the connection still takes longer than the records it "
-              "overlaps (about 3 ms of waiting), and slipway's process start and records (the "
-              "`file` floor above). The ratio moves with the baselines' own noise: interleaved "
-              "A/B runs at 2372b47 (8 rounds of 30 applies, then 30 destroys, each way) gave "
-              "34.9 ms against `createdb`'s 28.9 ms (1.21×) and 18.6 ms against `dropdb`'s "
-              "13.4 ms (1.39×).\n")
+              "to kill its uid's processes (1.7 ms of a destroy before). Since 642f28e a "
+              "graph of one resource runs on the engine's thread (a worker thread's start and "
+              "end cost about 0.4 ms of each apply and destroy); since 955028d a destroy ends "
+              "in one transaction, not four; since 012e295 a destroy starts its connection as "
+              "soon as the state is open (unless the environment's protection will refuse "
+              "it), before the lock, the reads and the first records. Interleaved at 012e295 "
+              "(5 rounds of 10 each way, against 425c61b): apply 25.8 → 24.6 ms, destroy "
+              "15.6 → 14.3 ms. What is left between the two: the connection still takes "
+              "longer than what it overlaps (a destroy waits about 1.3 ms for it), the "
+              "process start, and the records. The ratio moves with the server's own speed "
+              "more than with slipway's: slipway's fixed part is a few milliseconds whatever "
+              "the server, so the quicker `createdb` and `dropdb` are, the larger the ratio. "
+              "At e14101c this machine's `createdb` took 31.7 ms and `dropdb` 14.4 ms, and "
+              "slipway's 37.6 and 18.9 ms were 1.19× and 1.32×; in this run, both sides "
+              "faster, they are the ratios above.\n")
             big = per("pg/create/floor-file-big")
             if big is not None:
                 w(f"The repository's size: with {vendored:,} more files in it, the `file` "
