@@ -170,6 +170,29 @@ impl Store {
         })
     }
 
+    /// Records an apply of `environment` that succeeded, all in one transaction: its
+    /// deployment `id` finished with `summary` at `at`, the environment's record changed by
+    /// `change` (its commit, its sync state) and `event` recorded. Returns the event's id.
+    ///
+    /// One transaction, not three: a crash leaves either the apply unfinished (interrupted,
+    /// its environment `syncing`, as after a crash during its changes) or all of it done.
+    pub fn finish_apply(
+        &self,
+        environment: &EnvName,
+        id: i64,
+        summary: &serde_json::Value,
+        at: i64,
+        change: impl FnOnce(&mut crate::EnvironmentRecord),
+        event: (slipway_core::vocab::EventKind, &str, &serde_json::Value),
+    ) -> Result<i64, StateError> {
+        self.write_env(Some(environment), &[], |tx| {
+            finish_in(tx, id, DeploymentStatus::Succeeded, None, summary, at)?;
+            crate::environments::modify_in(tx, environment, change)?;
+            let (kind, message, data) = event;
+            crate::events::insert_event(tx, Some(environment), kind, message, data, at)
+        })
+    }
+
     /// Records a destroy of `environment` that succeeded, all in one transaction: its
     /// deployment `id` finished with `summary`, the environment's uid released, its record
     /// deleted (its resources and ports with it; its deployments and events stay, as history)

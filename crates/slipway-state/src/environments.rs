@@ -361,14 +361,7 @@ impl Store {
         name: &EnvName,
         change: impl FnOnce(&mut EnvironmentRecord),
     ) -> Result<bool, StateError> {
-        let updated = self.update_environment(name, |recorded| match recorded {
-            Some(mut record) => {
-                change(&mut record);
-                Ok(record)
-            }
-            None => Err(()),
-        })?;
-        Ok(updated.is_ok())
+        self.write_env(Some(name), &[], |tx| modify_in(tx, name, change))
     }
 
     /// `INSERT` of every field of `record`, `ON CONFLICT (name) {on_conflict}`.
@@ -568,4 +561,20 @@ pub(crate) fn delete_environment_in(
     )
     .map(|deleted| deleted > 0)
     .map_err(sql(format!("delete environment {name}")))
+}
+
+/// Changes environment `name` with `change`, read and written in `tx`; whether it exists
+/// (nothing is written if not).
+pub(crate) fn modify_in(
+    tx: &mut impl Exec,
+    name: &EnvName,
+    change: impl FnOnce(&mut EnvironmentRecord),
+) -> Result<bool, StateError> {
+    let Some(mut record) = read_one(tx, name)? else {
+        return Ok(false);
+    };
+    change(&mut record);
+    assert_eq!(&record.name, name, "a change keeps the environment's name");
+    write_row(tx, &record, UPDATE_ALL)?;
+    Ok(true)
 }

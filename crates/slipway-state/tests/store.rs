@@ -40,6 +40,7 @@ matrix!(
     updating_an_environment_keeps_its_resources_and_ports,
     deleting_an_environment_removes_resources_and_ports_but_keeps_history,
     a_finished_destroy_is_recorded_whole_or_not_at_all,
+    a_finished_apply_is_recorded_whole_or_not_at_all,
     a_resource_needs_its_environment,
     resources_round_trip_and_are_listed_by_name,
     a_damaged_json_column_is_reported_with_its_record,
@@ -785,6 +786,78 @@ fn updating_an_environment_keeps_its_resources_and_ports(state: &TestState) {
         1,
         "ports survive an update"
     );
+}
+
+fn a_finished_apply_is_recorded_whole_or_not_at_all(state: &TestState) {
+    let store = store_with(state, &["prod"]);
+    let summary = json!({"created": 1});
+    let data = json!({});
+    let event = (EventKind::ApplySucceeded, "prod is at abc1234", &data);
+    let at_commit = |sha: &'static str| {
+        move |record: &mut EnvironmentRecord| {
+            record.commit = Some(sha.to_owned());
+            record.sync = SyncState::Synced;
+        }
+    };
+    let id = store
+        .begin_deployment(&deployment("prod", 1))
+        .expect("begin the apply's deployment");
+    let event_id = store
+        .finish_apply(
+            &env("prod"),
+            id,
+            &summary,
+            1_000,
+            at_commit("abc1234"),
+            event,
+        )
+        .expect("finish the apply");
+    let record = store
+        .environment(&env("prod"))
+        .expect("read")
+        .expect("prod");
+    assert_eq!(
+        (record.commit.as_deref(), record.sync),
+        (Some("abc1234"), SyncState::Synced)
+    );
+    let finished = store.deployment(id).expect("read").expect("recorded");
+    assert_eq!(finished.status, DeploymentStatus::Succeeded);
+    assert_eq!(
+        events_of(&store, "prod").last().map(|e| (e.id, e.kind)),
+        Some((event_id, EventKind::ApplySucceeded))
+    );
+
+    // An apply whose deployment is no longer running (marked interrupted by a later one)
+    // changes nothing: the record keeps its commit, and no event is added.
+    let id = store
+        .begin_deployment(&deployment("prod", 2))
+        .expect("begin");
+    store
+        .mark_interrupted(&env("prod"), 1_500)
+        .expect("interrupted by the next apply");
+    let before = events_of(&store, "prod").len();
+    let refused = store.finish_apply(
+        &env("prod"),
+        id,
+        &summary,
+        2_000,
+        at_commit("def5678"),
+        event,
+    );
+    assert!(
+        matches!(refused, Err(StateError::DeploymentNotRunning { .. })),
+        "{refused:?}"
+    );
+    let record = store
+        .environment(&env("prod"))
+        .expect("read")
+        .expect("prod");
+    assert_eq!(
+        record.commit.as_deref(),
+        Some("abc1234"),
+        "the commit is kept"
+    );
+    assert_eq!(events_of(&store, "prod").len(), before, "no event");
 }
 
 fn a_finished_destroy_is_recorded_whole_or_not_at_all(state: &TestState) {

@@ -472,30 +472,29 @@ impl Engine {
         };
         let summary = summary(&report);
         if report.succeeded() {
-            self.store.finish_deployment(
+            // What no resource runs from any more goes first (the resources' records say
+            // which): then the deployment, the record and the event, in one transaction.
+            self.collect_exports(env)?;
+            self.store.finish_apply(
+                env,
                 deployment,
-                DeploymentStatus::Succeeded,
-                None,
                 &summary,
                 finished,
+                |record| {
+                    record.commit = Some(prepared.commit.sha.clone());
+                    record.hash = Some(prepared.desired.hash.clone());
+                    record.sync = SyncState::Synced;
+                    record.health = Health::Healthy;
+                    record.message = None;
+                    record.updated_at = finished;
+                },
+                (
+                    EventKind::ApplySucceeded,
+                    &format!("{} is at {}", env, short(&prepared.commit.sha)),
+                    &json!({"deployment": deployment}),
+                ),
             )?;
-            self.store.modify_environment(env, |record| {
-                record.commit = Some(prepared.commit.sha.clone());
-                record.hash = Some(prepared.desired.hash.clone());
-                record.sync = SyncState::Synced;
-                record.health = Health::Healthy;
-                record.message = None;
-                record.updated_at = finished;
-            })?;
-            self.collect_exports(env)?;
             tracing::info!(deployment, "applied");
-            self.store.record_event(
-                Some(env),
-                EventKind::ApplySucceeded,
-                &format!("{} is at {}", env, short(&prepared.commit.sha)),
-                &json!({"deployment": deployment}),
-                finished,
-            )?;
         } else {
             let failed: Vec<String> = report
                 .results
