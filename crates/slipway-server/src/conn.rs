@@ -254,7 +254,10 @@ fn close_unless_read(
     mut response: axum::response::Response,
     ended: &AtomicBool,
 ) -> axum::response::Response {
-    if !ended.load(Ordering::Acquire) {
+    // A `101` hands the connection over (an upgrade): it is the other protocol's now.
+    if !ended.load(Ordering::Acquire)
+        && response.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS
+    {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),

@@ -290,7 +290,26 @@ fn hostile_names_make_safe_identifiers_and_injection_goes_nowhere() {
 #[test]
 fn an_apply_refused_by_a_window_or_a_policy_never_connects_to_the_server() {
     let s = Sandbox::new();
-    let proxy = through_a_proxy(&s);
+    let pg = pg_url();
+    let target = pg
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the test server's host:port")
+        .to_owned();
+    let proxy = slipway_testkit::proxy::Proxy::start(&target);
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        config.replace(
+            &format!("url = \"{pg}\""),
+            &format!(
+                "url = \"{}\"",
+                pg.replace(&target, &format!("127.0.0.1:{}", proxy.port()))
+            ),
+        ),
+    )
+    .expect("write the config");
     s.write(
         "slipway.yaml",
         r#"version: 1
@@ -320,9 +339,19 @@ resources:
         !refused.status.success() && said.contains("no databases in qa"),
         "the policy refuses it: {said}"
     );
+    // Both commands have exited: any connection they started completed its handshake
+    // already, and sits ahead of this one in the proxy's queue of connections, which it
+    // takes in order. So once this one is counted, every earlier one is.
+    let probe = std::net::TcpStream::connect(("127.0.0.1", proxy.port())).expect("a probe");
+    slipway_testkit::wait::wait_for(
+        "the proxy counts the probe",
+        std::time::Duration::from_secs(10),
+        || (proxy.connections() >= 1).then_some(()),
+    );
+    drop(probe);
     let probes = 1;
     assert_eq!(
-        connections_before_a_probe(&proxy),
+        proxy.connections() - probes,
         0,
         "no connection for a refused apply"
     );
@@ -336,132 +365,6 @@ resources:
     assert!(database_exists(&db));
     s.ok(&["destroy", "--env", "prod", "--yes"]);
     assert!(!database_exists(&db));
-}
-
-/// A destroy connects to the server as soon as the state is open (so that the connection
-/// overlaps the rest), but a destroy its protection refuses never reaches the server. Each
-/// destroy is held on the environment's lock, which the test takes, for as long as a
-/// connection started at its opening would take to show: the confirmed one's does.
-#[test]
-fn a_destroy_refused_for_its_protection_never_connects_to_the_server() {
-    let s = Sandbox::new();
-    let proxy = through_a_proxy(&s);
-    s.write(
-        "slipway.yaml",
-        r#"version: 1
-stack: guarded
-environments:
-  prod: { track: main, protected: true }
-resources:
-  db: { type: postgres.database }
-"#,
-    )
-    .commit("a protected database");
-    s.ok(&["apply", "--env", "prod", "--yes"]);
-    let db = outputs(&s, "prod", "db")["database"]
-        .as_str()
-        .expect("database")
-        .to_string();
-    let mut seen = connections_before_a_probe(&proxy) + 1;
-    assert!(seen >= 2, "the apply connected");
-
-    // Runs a destroy with `extra` while the test holds the lock, and returns how many
-    // connections it made while it waited, and its output.
-    let held_destroy = |extra: &[&str], seen: &mut usize| {
-        let lock = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(s.home.join("locks/prod.lock"))
-            .expect("the environment's lock file");
-        lock.lock().expect("hold the environment's lock");
-        let mut args = vec!["destroy", "--env", "prod", "--yes"];
-        args.extend_from_slice(extra);
-        let mut child = s
-            .cmd(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("slipway runs");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let mut said = String::new();
-        while !said.contains("waiting for another slipway operation") {
-            use std::io::BufRead;
-            if stderr.read_line(&mut said).expect("read stderr") == 0 {
-                panic!("the destroy ended before waiting for the lock: {said}");
-            }
-        }
-        // Long enough for a connection started at its opening to be taken by the proxy.
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while proxy.connections() <= *seen && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let made = connections_before_a_probe(&proxy) - *seen;
-        *seen += made + 1;
-        drop(lock);
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read stderr");
-        let status = child.wait().expect("the destroy ends");
-        (made, status, said + &rest)
-    };
-
-    let (made, status, said) = held_destroy(&[], &mut seen);
-    assert!(
-        !status.success() && said.contains("--confirm-destroy"),
-        "the protection refuses it: {said}"
-    );
-    assert_eq!(made, 0, "no connection for a refused destroy");
-    assert!(database_exists(&db), "nothing was dropped");
-
-    let (made, status, said) = held_destroy(&["--confirm-destroy", "prod"], &mut seen);
-    assert!(status.success(), "{said}");
-    assert!(
-        made >= 1,
-        "the confirmed destroy connected while it waited for the lock"
-    );
-    assert!(!database_exists(&db), "the confirmed destroy drops it");
-}
-
-/// Points the sandbox's `[postgres.main]` at a proxy to the test server, which counts the
-/// connections made through it.
-fn through_a_proxy(s: &Sandbox) -> slipway_testkit::proxy::Proxy {
-    let pg = pg_url();
-    let target = pg
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the test server's host:port")
-        .to_owned();
-    let proxy = slipway_testkit::proxy::Proxy::start(&target);
-    let config = std::fs::read_to_string(&s.config).expect("config");
-    std::fs::write(
-        &s.config,
-        config.replace(
-            &format!("url = \"{pg}\""),
-            &format!(
-                "url = \"{}\"",
-                pg.replace(&target, &format!("127.0.0.1:{}", proxy.port()))
-            ),
-        ),
-    )
-    .expect("write the config");
-    proxy
-}
-
-/// How many connections the proxy had taken before this call's probe, once every command
-/// before it has exited: any connection they started completed its handshake already, and
-/// sits ahead of the probe in the proxy's queue, which it takes in order. So once the probe
-/// is counted, every earlier one is.
-fn connections_before_a_probe(proxy: &slipway_testkit::proxy::Proxy) -> usize {
-    let before = proxy.connections();
-    let probe = std::net::TcpStream::connect(("127.0.0.1", proxy.port())).expect("a probe");
-    slipway_testkit::wait::wait_for(
-        "the proxy counts the probe",
-        std::time::Duration::from_secs(10),
-        || (proxy.connections() > before).then_some(()),
-    );
-    drop(probe);
-    proxy.connections() - 1
 }
 
 /// Lists `templates` in the sandbox's `[postgres.main]` (its last table).
