@@ -653,32 +653,6 @@ impl Engine {
         config: EngineConfig,
         supervisor: Vec<OsString>,
     ) -> Result<Engine, EngineError> {
-        Engine::open_about(home, config, supervisor, None)
-    }
-
-    /// [`Engine::open`] for a destroy of `environment` with `confirm`: what deleting its
-    /// recorded resources takes (a database server's connection) is started as soon as the
-    /// state is open, so that it overlaps the rest of the opening and the destroy's checks and
-    /// records (see [`Engine::expect_work_on`]). Only for a destroy its protection will not
-    /// refuse, as [`Engine::destroy`] connects only past that check: a refused destroy never
-    /// reaches a server with the admin's credentials. (An apply starts its connections in
-    /// [`Engine::apply`], once its windows and policies allowed it.)
-    pub fn open_to_destroy(
-        home: &Path,
-        config: EngineConfig,
-        supervisor: Vec<OsString>,
-        environment: &EnvName,
-        confirm: Confirmation,
-    ) -> Result<Engine, EngineError> {
-        Engine::open_about(home, config, supervisor, Some((environment, confirm)))
-    }
-
-    fn open_about(
-        home: &Path,
-        config: EngineConfig,
-        supervisor: Vec<OsString>,
-        destroying: Option<(&EnvName, Confirmation)>,
-    ) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(home).map_err(EngineError::io(format!(
             "cannot create the home {}",
             home.display()
@@ -692,6 +666,7 @@ impl Engine {
             None => Store::open(home)?,
             Some(url) => Store::open_postgres(home, &url)?,
         };
+        isolation::secure_home(home)?;
         let settings = ProviderSettings {
             supervisor,
             stop_grace: config.local.stop_grace,
@@ -723,7 +698,7 @@ impl Engine {
             config.kubernetes.clone(),
             store.sealer().instance_id(),
         ));
-        let engine = Engine {
+        Ok(Engine {
             cache: cache::CommitCache::default(),
             home: home.to_path_buf(),
             store,
@@ -733,17 +708,7 @@ impl Engine {
             isolation,
             watchdog: None,
             node: None,
-        };
-        if let Some((environment, confirm)) = destroying
-            && let Ok(Some(record)) = engine.store.environment(environment)
-            && (!record.protected || confirm == Confirmation::Given)
-        {
-            engine.expect_work_on(environment);
-        }
-        // After the hint: the sweep of a home's environments' modes takes a `stat` or more
-        // of each, which the connection started above overlaps.
-        isolation::secure_home(home)?;
-        Ok(engine)
+        })
     }
 
     /// Starts, for each resource recorded in `environment`, what changing it will take (see
@@ -751,7 +716,7 @@ impl Engine {
     /// overlaps what comes before the change. A hint only: it changes nothing, a resource of a
     /// type this engine does not know is passed over, and a failure (a server that does not
     /// answer) is met, and reported, by the change itself.
-    pub fn expect_work_on(&self, environment: &EnvName) {
+    fn expect_work_on(&self, environment: &EnvName) {
         let Ok(resources) = self.store.resources(environment) else {
             return;
         };

@@ -131,15 +131,13 @@ pub fn engine_config(g: &Global) -> Result<Config> {
 
 /// The engine of a one-shot command that changes `env`, holding `env`'s lease on a state
 /// shared with replicas (see [`crate::lease`]); keep the lease until the command is done.
-/// `destroying`: the command destroys `env`, with that confirmation.
 pub fn open_engine_for(
     g: &Global,
     env: &EnvName,
     wait: crate::lease::Wait,
-    destroying: Option<slipway_engine::Confirmation>,
 ) -> Result<(Arc<Engine>, Option<crate::lease::CommandLease>)> {
     let config = engine_config(g)?;
-    let mut engine = open_engine_about(g, destroying.map(|confirm| (env, confirm)))?;
+    let mut engine = open_engine(g)?;
     crate::lease::prepare(&mut engine, &config)?;
     let engine = Arc::new(engine);
     let lease = crate::lease::take(&engine, env, &config, wait)?;
@@ -147,26 +145,11 @@ pub fn open_engine_for(
 }
 
 pub fn open_engine(g: &Global) -> Result<Engine> {
-    open_engine_about(g, None)
-}
-
-/// [`open_engine`], for a destroy of an environment with a confirmation when given (see
-/// `Engine::open_to_destroy`).
-fn open_engine_about(
-    g: &Global,
-    destroying: Option<(&EnvName, slipway_engine::Confirmation)>,
-) -> Result<Engine> {
     let config = engine_config(g)?;
     let exe = std::env::current_exe()
         .context("cannot find the slipway binary to run process supervisors")?;
     let supervisor: Vec<OsString> = vec![exe.into_os_string(), "__supervise".into()];
-    let home = absolute(&g.home)?;
-    let mut engine = match destroying {
-        Some((env, confirm)) => {
-            Engine::open_to_destroy(&home, config.engine(), supervisor, env, confirm)?
-        }
-        None => Engine::open(&home, config.engine(), supervisor)?,
-    };
+    let mut engine = Engine::open(&absolute(&g.home)?, config.engine(), supervisor)?;
     if engine.store().dialect() == slipway_state::Dialect::Postgres {
         engine.on_node(crate::lease::node(&config));
     }
@@ -520,7 +503,7 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
         output,
     } = args;
     let override_window = override_window.then(who);
-    let (engine, _lease) = open_engine_for(g, env, wait, None)?;
+    let (engine, _lease) = open_engine_for(g, env, wait)?;
     let repo = open_repo(g, repo)?;
     let lock = engine.lock(
         env,
@@ -635,7 +618,7 @@ fn destroy(
     wait: crate::lease::Wait,
     output: Output,
 ) -> Result<ExitCode> {
-    let (engine, _lease) = open_engine_for(g, env, wait, Some(confirm_destroy.into()))?;
+    let (engine, _lease) = open_engine_for(g, env, wait)?;
     let lock = engine.lock(
         env,
         slipway_engine::LockWait::Block(&|| {
@@ -656,6 +639,9 @@ fn destroy(
             .join(", ")
     );
     confirm(&format!("destroy `{env}`"), yes)?;
+    // Past every refusal of the CLI's own: what the deletes need (a database connection)
+    // starts now, unless the engine will refuse the destroy (see `Engine::expect_destroy`).
+    engine.expect_destroy(&lock, confirm_destroy.into());
     let reporter = Reporter::new(resources.len());
     let options = slipway_engine::DestroyOptions::new(&who(), confirm_destroy.into());
     let report = engine

@@ -86,6 +86,21 @@ impl Engine {
             .collect()
     }
 
+    /// Starts what destroying the environment `lock` holds will take (a database server's
+    /// connection for its deletes), so that it overlaps what comes before them: for a caller
+    /// with checks of its own before [`Engine::destroy`] (the CLI's confirmation), to call
+    /// once they passed. Nothing when the destroy will be refused for the environment's
+    /// protection: judged as [`Engine::destroy`] judges it, from the record read under the
+    /// same lock, so a refused destroy never reaches a server with the admin's credentials.
+    pub fn expect_destroy(&self, lock: &EnvLock, confirm: Confirmation) {
+        let env = lock.environment();
+        if let Ok(Some(record)) = self.store.environment(env)
+            && !protection_refuses(&record, confirm)
+        {
+            self.expect_work_on(env);
+        }
+    }
+
     /// Deletes every resource of `environment`, dependents first, then its directory and its
     /// record (its deployments and events stay, as history).
     ///
@@ -104,7 +119,7 @@ impl Engine {
                 "environment `{env}` does not exist here; `slipway status` lists them"
             )));
         };
-        if record.protected && options.confirm == Confirmation::Absent {
+        if protection_refuses(&record, options.confirm) {
             return Err(EngineError::NeedsConfirmation(
                 crate::ConfirmationNeeded::whole(&env),
             ));
@@ -248,5 +263,126 @@ impl Engine {
             )?;
         }
         Ok(report)
+    }
+}
+
+/// Whether a destroy of the environment `record` is refused for its protection: a protected
+/// environment is destroyed only with a person's confirmation.
+fn protection_refuses(record: &slipway_state::EnvironmentRecord, confirm: Confirmation) -> bool {
+    record.protected && confirm == Confirmation::Absent
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::{Value, json};
+    use slipway_core::vocab::{EnvKind, ResourceStatus};
+    use slipway_providers::{Applied, Observation, Provider, ProviderError, ResourceContext};
+    use slipway_state::{EnvironmentRecord, ResourceRecord};
+
+    use super::*;
+    use crate::{EngineConfig, LockWait};
+
+    /// Counts the changes it is told to expect; changes nothing itself.
+    struct Expecting(Arc<AtomicUsize>);
+
+    impl Provider for Expecting {
+        type Config = Value;
+        const TYPE: &'static str = "test.expecting";
+
+        fn expect_change(&self, _config: &Value) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn create(&self, _: ResourceContext<'_>, _: &Value) -> Result<Applied, ProviderError> {
+            unreachable!("the test creates nothing")
+        }
+
+        fn update(
+            &self,
+            _: ResourceContext<'_>,
+            _: &Value,
+            _: &Value,
+        ) -> Result<Applied, ProviderError> {
+            unreachable!("the test updates nothing")
+        }
+
+        fn delete(&self, _: ResourceContext<'_>, _: Option<&Value>) -> Result<(), ProviderError> {
+            Ok(())
+        }
+
+        fn observe(
+            &self,
+            _: ResourceContext<'_>,
+            _: &Value,
+            _: &Value,
+        ) -> Result<Observation, ProviderError> {
+            unreachable!("the test observes nothing")
+        }
+    }
+
+    #[test]
+    fn a_destroy_its_protection_refuses_expects_nothing_of_its_providers() {
+        let home = tempfile::tempdir().expect("a temporary home");
+        let mut engine =
+            Engine::open(home.path(), EngineConfig::default(), vec![]).expect("an engine");
+        let expected = Arc::new(AtomicUsize::new(0));
+        engine.registry.register(Expecting(expected.clone()));
+        let env = EnvName::parse("prod").expect("a name");
+        let record = |protected| EnvironmentRecord {
+            protected,
+            ..EnvironmentRecord::new(
+                env.clone(),
+                EnvKind::Static,
+                "shop".into(),
+                String::new(),
+                0,
+            )
+        };
+        engine
+            .store
+            .upsert_environment(&record(true))
+            .expect("prod");
+        engine
+            .store
+            .put_resource(&ResourceRecord {
+                environment: env.clone(),
+                name: "db".into(),
+                type_name: "test.expecting".into(),
+                status: ResourceStatus::Ready,
+                config: json!({}),
+                resolved_hash: None,
+                outputs: Value::Null,
+                secret_outputs: Vec::new(),
+                live: json!({}),
+                depends_on: Vec::new(),
+                error: None,
+                updated_at: 0,
+                sensitive: false,
+            })
+            .expect("its resource");
+        let lock = engine.lock(&env, LockWait::Fail).expect("the lock");
+
+        engine.expect_destroy(&lock, Confirmation::Absent);
+        assert_eq!(expected.load(Ordering::SeqCst), 0, "protected, unconfirmed");
+        engine.expect_destroy(&lock, Confirmation::Given);
+        assert_eq!(expected.load(Ordering::SeqCst), 1, "protected, confirmed");
+        engine
+            .store
+            .upsert_environment(&record(false))
+            .expect("unprotected");
+        engine.expect_destroy(&lock, Confirmation::Absent);
+        assert_eq!(expected.load(Ordering::SeqCst), 2, "unprotected");
+        // What the destroy itself judges, from the same record: it goes ahead.
+        let report = engine
+            .destroy(
+                &lock,
+                &DestroyOptions::new("test", Confirmation::Absent),
+                &(),
+            )
+            .expect("an unprotected environment is destroyed");
+        assert!(report.succeeded());
     }
 }
