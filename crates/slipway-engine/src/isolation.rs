@@ -8,7 +8,7 @@
 
 use slipway_core::EnvName;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use slipway_core::render::EnvKind;
 use slipway_providers::sandbox::{self, Isolation, Sandbox};
@@ -73,8 +73,9 @@ fn mkdir(path: &Path) -> Result<(), EngineError> {
 
 /// Makes the home private (see the module's documentation): run on every open, so that a
 /// home made by an older Slipway (or under another umask) is fixed too. The environments'
-/// directories are looked at when `envs/` changed since the last look (see [`SWEPT`]).
-pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
+/// directories are looked at when `envs/` changed since the last look (see [`SWEPT`]): that
+/// look is returned, to be run ([`EnvsSweep::run`]) beside the command rather than before it.
+pub(crate) fn secure_home(home: &Path) -> Result<Option<EnvsSweep>, EngineError> {
     let meta = std::fs::metadata(home).map_err(EngineError::io(format!(
         "cannot inspect the home {}",
         home.display()
@@ -84,6 +85,7 @@ pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
         "cannot read the home {}",
         home.display()
     )))?;
+    let mut sweep = None;
     for entry in entries.flatten() {
         let path = entry.path();
         // Never following a link: `symlink_metadata`.
@@ -107,39 +109,75 @@ pub(crate) fn secure_home(home: &Path) -> Result<(), EngineError> {
             if stamp.is_some() && std::fs::read_to_string(&swept).ok() == stamp {
                 continue;
             }
-            for env in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                let root = env.path();
-                let Ok(meta) = std::fs::symlink_metadata(&root) else {
-                    continue;
-                };
-                if !meta.is_dir() {
-                    continue;
-                }
-                // Group access is granted again, to the environment's gid, when it is next
-                // applied; until then only the engine may enter.
-                if meta.permissions().mode() & 0o007 != 0 {
-                    chmod(&root, 0o700)?;
-                }
-                for private in ["logs", "run"] {
-                    let dir = root.join(private);
-                    if let Ok(meta) = std::fs::symlink_metadata(&dir)
-                        && meta.is_dir()
-                    {
-                        chmod_unless(&dir, &meta, 0o700)?;
-                    }
-                }
-            }
-            // As `envs/` was before the look: one that came meanwhile is looked at next time.
-            if let Some(stamp) = stamp {
-                note_swept(&swept, &stamp);
-            }
+            sweep = Some(EnvsSweep {
+                envs: path,
+                swept,
+                stamp,
+            });
         } else if meta.is_dir() {
             chmod_unless(&path, &meta, 0o700)?;
         } else {
             chmod_unless(&path, &meta, 0o600)?;
         }
     }
-    Ok(())
+    Ok(sweep)
+}
+
+/// The look at every environment's directories that [`secure_home`] found due: each root
+/// closed to others, its `logs/` and `run/` made private. Only ever narrows a mode, to what
+/// `prepare_dirs` gives too, so it may run while the command makes or uses an environment.
+#[derive(Debug)]
+pub(crate) struct EnvsSweep {
+    envs: PathBuf,
+    swept: PathBuf,
+    /// What `envs/` was before the look: one that came meanwhile is looked at next time.
+    stamp: Option<String>,
+}
+
+impl EnvsSweep {
+    /// Looks at every environment's directories, then notes the look.
+    pub(crate) fn run(self) -> Result<(), EngineError> {
+        for env in std::fs::read_dir(&self.envs)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let root = env.path();
+            let Ok(meta) = std::fs::symlink_metadata(&root) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            // Group access is granted again, to the environment's gid, when it is next
+            // applied; until then only the engine may enter.
+            if meta.permissions().mode() & 0o007 != 0 {
+                gone_is_done(chmod(&root, 0o700))?;
+            }
+            for private in ["logs", "run"] {
+                let dir = root.join(private);
+                if let Ok(meta) = std::fs::symlink_metadata(&dir)
+                    && meta.is_dir()
+                {
+                    gone_is_done(chmod_unless(&dir, &meta, 0o700))?;
+                }
+            }
+        }
+        if let Some(stamp) = &self.stamp {
+            note_swept(&self.swept, stamp);
+        }
+        Ok(())
+    }
+}
+
+/// A directory removed meanwhile (an environment destroyed by another command) needs no mode.
+fn gone_is_done(result: Result<(), EngineError>) -> Result<(), EngineError> {
+    match result {
+        Err(EngineError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// The file of the home saying what `envs/` was when [`secure_home`] last looked at every
@@ -361,6 +399,9 @@ impl Engine {
         sandbox: &Sandbox,
         uses: Uses,
     ) -> Result<(), EngineError> {
+        // The look at every environment's modes is done first: it would close this one's
+        // root to its group again.
+        self.settle_sweep();
         let envs = self.home.join("envs");
         mkdir(&envs)?;
         chmod(&envs, 0o711)?;
@@ -461,6 +502,11 @@ pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// [`secure_home`] with the look at the environments it found due, done at once.
+    fn secure_now(home: &Path) -> Result<(), EngineError> {
+        secure_home(home)?.map_or(Ok(()), EnvsSweep::run)
+    }
+
     /// A directory whose removal fails half way keeps its export, so that the destroy's
     /// retry still knows the environment ran code (and kills its uid's processes).
     #[test]
@@ -518,6 +564,58 @@ mod tests {
         let engine =
             Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
         Some((home, engine))
+    }
+
+    /// The look at the environments' modes runs beside the command: an environment it
+    /// prepares keeps the mode it gives it (the look, done first, does not close its root to
+    /// its group afterwards), and every other one is fixed, and the look noted, once the
+    /// engine is gone.
+    #[test]
+    fn the_look_at_the_environments_modes_never_undoes_what_an_apply_prepares() {
+        use std::os::unix::fs::MetadataExt;
+        if !sandbox::running_as_root() {
+            eprintln!("skipped: needs root to give a directory to another uid");
+            return;
+        }
+        const UID: u32 = 299_993;
+        let home = tempfile::tempdir().expect("a temporary home");
+        drop(Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("made"));
+        // What an older Slipway left: many roots open to everyone, so that the look is slow.
+        let envs = home.path().join("envs");
+        let legacy: Vec<PathBuf> = (0..2000).map(|i| envs.join(format!("old{i}"))).collect();
+        for root in &legacy {
+            std::fs::create_dir_all(root.join("logs")).expect("a legacy environment");
+            chmod(root, 0o777).expect("open to all");
+            chmod(&root.join("logs"), 0o755).expect("readable logs");
+        }
+        let engine =
+            Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
+        let env = EnvName::parse("old1999").expect("a name");
+        let dirs = engine.env_dirs(&env, "abc", "");
+        engine
+            .prepare_dirs(&dirs, &sandbox::Sandbox::uid(UID, UID), Uses::All)
+            .expect("prepare");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
+        let prepared = mode(&dirs.root);
+        assert!(
+            home.path().join(SWEPT).exists(),
+            "the look was done before the environment was prepared"
+        );
+        drop(engine);
+        assert_eq!(
+            mode(&dirs.root),
+            prepared,
+            "the prepared root keeps its mode once the look is done"
+        );
+        assert_eq!(
+            prepared & 0o070,
+            0o050,
+            "its group may enter it: {prepared:o}"
+        );
+        for root in &legacy[..1999] {
+            assert_eq!(mode(root), 0o700, "{} is closed", root.display());
+            assert_eq!(mode(&root.join("logs")), 0o700, "its logs are private");
+        }
     }
 
     /// A copy of an environment at `root` that ran code as `uid` (its export, its `data/`, its
@@ -742,7 +840,7 @@ mod tests {
         };
         let (envs_before, run_before) = (ctime(&home.join("envs")), ctime(&env.join("run")));
         next_tick(envs_before.max(run_before));
-        secure_home(home).expect("secure the home");
+        secure_now(home).expect("secure the home");
         let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
         assert_eq!(mode(home), 0o711, "the home");
         assert_eq!(mode(&env), 0o700, "an environment open to others is closed");
@@ -755,7 +853,7 @@ mod tests {
         );
         let home_before = ctime(home);
         next_tick(home_before);
-        secure_home(home).expect("secure the home again");
+        secure_now(home).expect("secure the home again");
         assert_eq!(ctime(home), home_before, "nor is the home, on every open");
     }
 
@@ -773,7 +871,7 @@ mod tests {
             dir
         };
         let qa = loose("qa");
-        secure_home(home).expect("the first look");
+        secure_now(home).expect("the first look");
         assert_eq!(mode(&qa), 0o700, "fixed on the first look");
         let note = std::fs::read_to_string(home.join(SWEPT)).expect("the look is noted");
         assert_eq!(
@@ -785,7 +883,7 @@ mod tests {
         // An environment made since (by an older Slipway, with loose modes) changes `envs/`:
         // the next open looks again and fixes it.
         let dev = loose("dev");
-        secure_home(home).expect("the second look");
+        secure_now(home).expect("the second look");
         assert_eq!(mode(&dev), 0o700, "the new environment is fixed");
         assert_eq!(mode(&dev.join("run")), 0o700, "its run directory too");
         assert_ne!(
@@ -798,7 +896,7 @@ mod tests {
         // is no reason to skip the look.
         chmod(&qa, 0o777).expect("loose again");
         std::fs::write(home.join(SWEPT), &note).expect("a stale note");
-        secure_home(home).expect("the third look");
+        secure_now(home).expect("the third look");
         assert_eq!(mode(&qa), 0o700, "a stale note does not skip the look");
         let ino = std::fs::symlink_metadata(home.join("envs"))
             .expect("envs")

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -643,6 +643,16 @@ pub struct Engine {
     watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
     /// On a state shared by replicas: the node this engine runs on ([`Engine::on_node`]).
     node: Option<String>,
+    /// The look at the environments' directories' modes that opening found due, running
+    /// beside the command (see `isolation::EnvsSweep`): settled before an environment's
+    /// directories are made or used, and before the engine goes.
+    sweeping: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.settle_sweep();
+    }
 }
 
 impl Engine {
@@ -666,7 +676,7 @@ impl Engine {
             None => Store::open(home)?,
             Some(url) => Store::open_postgres(home, &url)?,
         };
-        isolation::secure_home(home)?;
+        let sweep = isolation::secure_home(home)?;
         let settings = ProviderSettings {
             supervisor,
             stop_grace: config.local.stop_grace,
@@ -708,7 +718,29 @@ impl Engine {
             isolation,
             watchdog: None,
             node: None,
+            sweeping: Mutex::new(sweep.and_then(|sweep| {
+                std::thread::Builder::new()
+                    .name("envs-sweep".into())
+                    .spawn(move || {
+                        if let Err(error) = sweep.run() {
+                            tracing::warn!(%error, "cannot secure the environments' directories");
+                        }
+                    })
+                    .ok()
+            })),
         })
+    }
+
+    /// Waits for the look at the environments' directories' modes, if one runs.
+    pub(crate) fn settle_sweep(&self) {
+        let running = self
+            .sweeping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(running) = running {
+            let _ = running.join();
+        }
     }
 
     /// Starts, for each resource recorded in `environment`, what changing it will take (see
