@@ -135,6 +135,35 @@ pub(crate) struct EnvsSweep {
 }
 
 impl EnvsSweep {
+    /// Runs the look on a thread of its own; on this one, before returning, when no thread
+    /// can be started.
+    pub(crate) fn start(self) -> Option<std::thread::JoinHandle<()>> {
+        let sweep = std::sync::Arc::new(std::sync::Mutex::new(Some(self)));
+        let theirs = sweep.clone();
+        let started = std::thread::Builder::new()
+            .name("envs-sweep".into())
+            .spawn(move || {
+                if let Some(sweep) = theirs.lock().ok().and_then(|mut s| s.take()) {
+                    sweep.run_logged();
+                }
+            });
+        match started {
+            Ok(running) => Some(running),
+            Err(_) => {
+                if let Some(sweep) = sweep.lock().ok().and_then(|mut s| s.take()) {
+                    sweep.run_logged();
+                }
+                None
+            }
+        }
+    }
+
+    fn run_logged(self) {
+        if let Err(error) = self.run() {
+            tracing::warn!(%error, "cannot secure the environments' directories");
+        }
+    }
+
     /// Looks at every environment's directories, then notes the look.
     pub(crate) fn run(self) -> Result<(), EngineError> {
         for env in std::fs::read_dir(&self.envs)
@@ -152,14 +181,15 @@ impl EnvsSweep {
             // Group access is granted again, to the environment's gid, when it is next
             // applied; until then only the engine may enter.
             if meta.permissions().mode() & 0o007 != 0 {
-                gone_is_done(chmod(&root, 0o700))?;
+                gone_is_done(chmod_directory(&root, 0o700))?;
             }
             for private in ["logs", "run"] {
                 let dir = root.join(private);
                 if let Ok(meta) = std::fs::symlink_metadata(&dir)
                     && meta.is_dir()
+                    && meta.permissions().mode() & 0o7777 != 0o700
                 {
-                    gone_is_done(chmod_unless(&dir, &meta, 0o700))?;
+                    gone_is_done(chmod_directory(&dir, 0o700))?;
                 }
             }
         }
@@ -168,6 +198,21 @@ impl EnvsSweep {
         }
         Ok(())
     }
+}
+
+/// Gives the directory at `path` the mode `mode`, never through a link: the directory is
+/// opened without following one (a link swapped in after a look, in a root an older Slipway
+/// left writable by others, would otherwise have root change the mode of where it points).
+fn chmod_directory(path: &Path, mode: u32) -> Result<(), EngineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let context = || format!("cannot set the mode of {} to {mode:04o}", path.display());
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(EngineError::io(context()))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(EngineError::io(context()))
 }
 
 /// A directory removed meanwhile (an environment destroyed by another command) needs no mode.
@@ -590,32 +635,68 @@ mod tests {
         }
         let engine =
             Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
-        let env = EnvName::parse("old1999").expect("a name");
-        let dirs = engine.env_dirs(&env, "abc", "");
-        engine
-            .prepare_dirs(&dirs, &sandbox::Sandbox::uid(UID, UID), Uses::All)
-            .expect("prepare");
+        // Two at once, as a controller's parallel applies: each waits for the look.
         let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
-        let prepared = mode(&dirs.root);
-        assert!(
-            home.path().join(SWEPT).exists(),
-            "the look was done before the environment was prepared"
-        );
+        let prepared: Vec<(PathBuf, u32)> = std::thread::scope(|scope| {
+            let preparing: Vec<_> = [("old1998", UID - 1), ("old1999", UID)]
+                .into_iter()
+                .map(|(name, uid)| {
+                    let engine = &engine;
+                    let swept = home.path().join(SWEPT);
+                    scope.spawn(move || {
+                        let env = EnvName::parse(name).expect("a name");
+                        let dirs = engine.env_dirs(&env, "abc", "");
+                        engine
+                            .prepare_dirs(&dirs, &sandbox::Sandbox::uid(uid, uid), Uses::All)
+                            .expect("prepare");
+                        assert!(
+                            swept.exists(),
+                            "the look was done before {name} was prepared"
+                        );
+                        let prepared = mode(&dirs.root);
+                        (dirs.root, prepared)
+                    })
+                })
+                .collect();
+            preparing
+                .into_iter()
+                .map(|t| t.join().expect("prepared"))
+                .collect()
+        });
         drop(engine);
-        assert_eq!(
-            mode(&dirs.root),
-            prepared,
-            "the prepared root keeps its mode once the look is done"
-        );
-        assert_eq!(
-            prepared & 0o070,
-            0o050,
-            "its group may enter it: {prepared:o}"
-        );
-        for root in &legacy[..1999] {
+        for (root, before) in &prepared {
+            assert_eq!(
+                mode(root),
+                *before,
+                "{} keeps its mode once the look is done",
+                root.display()
+            );
+            assert_eq!(before & 0o070, 0o050, "its group may enter it: {before:o}");
+        }
+        for root in &legacy[..1998] {
             assert_eq!(mode(root), 0o700, "{} is closed", root.display());
             assert_eq!(mode(&root.join("logs")), 0o700, "its logs are private");
         }
+    }
+
+    /// The look changes a directory's mode only through the directory itself: a link in its
+    /// place (swapped in by whoever could write a legacy root) is refused, and where it points
+    /// keeps its mode.
+    #[test]
+    fn a_mode_is_never_set_through_a_link() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("a directory");
+        let target = dir.path().join("system");
+        std::fs::create_dir(&target).expect("a directory a link points to");
+        chmod(&target, 0o755).expect("its mode");
+        let link = dir.path().join("logs");
+        std::os::unix::fs::symlink(&target, &link).expect("a link");
+        assert!(chmod_directory(&link, 0o700).is_err(), "a link is refused");
+        let mode = std::fs::metadata(&target).expect("stat").mode() & 0o7777;
+        assert_eq!(mode, 0o755, "what it points to keeps its mode");
+        chmod_directory(&target, 0o700).expect("the directory itself");
+        let mode = std::fs::metadata(&target).expect("stat").mode() & 0o7777;
+        assert_eq!(mode, 0o700);
     }
 
     /// A copy of an environment at `root` that ran code as `uid` (its export, its `data/`, its

@@ -718,27 +718,19 @@ impl Engine {
             isolation,
             watchdog: None,
             node: None,
-            sweeping: Mutex::new(sweep.and_then(|sweep| {
-                std::thread::Builder::new()
-                    .name("envs-sweep".into())
-                    .spawn(move || {
-                        if let Err(error) = sweep.run() {
-                            tracing::warn!(%error, "cannot secure the environments' directories");
-                        }
-                    })
-                    .ok()
-            })),
+            sweeping: Mutex::new(sweep.and_then(isolation::EnvsSweep::start)),
         })
     }
 
-    /// Waits for the look at the environments' directories' modes, if one runs.
+    /// Waits for the look at the environments' directories' modes, if one runs. The lock is
+    /// held while waiting: every caller (a controller's parallel applies) waits for it, not
+    /// only the first.
     pub(crate) fn settle_sweep(&self) {
-        let running = self
+        let mut sweeping = self
             .sweeping
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(running) = running {
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = sweeping.take() {
             let _ = running.join();
         }
     }

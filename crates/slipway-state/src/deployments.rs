@@ -166,7 +166,7 @@ impl Store {
                 key: id.to_string(),
             })?;
         self.write_env(Some(&environment), &[], |tx| {
-            finish_in(tx, id, status, error, summary, at)
+            finish_in(tx, &environment, id, status, error, summary, at)
         })
     }
 
@@ -186,7 +186,15 @@ impl Store {
         event: (slipway_core::vocab::EventKind, &str, &serde_json::Value),
     ) -> Result<i64, StateError> {
         self.write_env(Some(environment), &[], |tx| {
-            finish_in(tx, id, DeploymentStatus::Succeeded, None, summary, at)?;
+            finish_in(
+                tx,
+                environment,
+                id,
+                DeploymentStatus::Succeeded,
+                None,
+                summary,
+                at,
+            )?;
             crate::environments::modify_in(tx, environment, change)?;
             let (kind, message, data) = event;
             crate::events::insert_event(tx, Some(environment), kind, message, data, at)
@@ -210,7 +218,15 @@ impl Store {
         event: (slipway_core::vocab::EventKind, &str, &serde_json::Value),
     ) -> Result<i64, StateError> {
         self.write_env(Some(environment), &[], |tx| {
-            finish_in(tx, id, DeploymentStatus::Succeeded, None, summary, at)?;
+            finish_in(
+                tx,
+                environment,
+                id,
+                DeploymentStatus::Succeeded,
+                None,
+                summary,
+                at,
+            )?;
             crate::identities::release_uid_in(tx, environment)?;
             crate::environments::delete_environment_in(tx, environment)?;
             let (kind, message, data) = event;
@@ -321,6 +337,7 @@ impl Store {
 /// Marks the running deployment `id` finished, in `tx`.
 fn finish_in(
     tx: &mut impl Exec,
+    environment: &EnvName,
     id: i64,
     status: DeploymentStatus,
     error: Option<&str>,
@@ -331,8 +348,15 @@ fn finish_in(
     let updated = tx
         .execute(
             "UPDATE deployments SET status = ?2, error = ?3, summary = ?4, \
-             finished_at = ?5 WHERE id = ?1 AND status = 'running'",
-            params![id, status.as_str(), error, to_json(summary), at],
+             finished_at = ?5 WHERE id = ?1 AND environment = ?6 AND status = 'running'",
+            params![
+                id,
+                status.as_str(),
+                error,
+                to_json(summary),
+                at,
+                environment.as_str()
+            ],
         )
         .map_err(sql(operation()))?;
     if updated > 0 {
@@ -340,8 +364,8 @@ fn finish_in(
     }
     let current: Option<DeploymentStatus> = tx
         .query_opt(
-            "SELECT status FROM deployments WHERE id = ?1",
-            params![id],
+            "SELECT status FROM deployments WHERE id = ?1 AND environment = ?2",
+            params![id, environment.as_str()],
             |row| word(row, 0),
         )
         .map_err(sql(operation()))?;

@@ -789,7 +789,7 @@ fn updating_an_environment_keeps_its_resources_and_ports(state: &TestState) {
 }
 
 fn a_finished_apply_is_recorded_whole_or_not_at_all(state: &TestState) {
-    let store = store_with(state, &["prod"]);
+    let store = store_with(state, &["prod", "qa"]);
     let summary = json!({"created": 1});
     let data = json!({});
     let event = (EventKind::ApplySucceeded, "prod is at abc1234", &data);
@@ -858,6 +858,29 @@ fn a_finished_apply_is_recorded_whole_or_not_at_all(state: &TestState) {
         "the commit is kept"
     );
     assert_eq!(events_of(&store, "prod").len(), before, "no event");
+
+    // Another environment's deployment is not this one's to finish.
+    let theirs = store
+        .begin_deployment(&deployment("qa", 3))
+        .expect("begin qa's");
+    let refused = store.finish_apply(
+        &env("prod"),
+        theirs,
+        &summary,
+        3_000,
+        at_commit("0000000"),
+        event,
+    );
+    assert!(
+        matches!(refused, Err(StateError::NotFound { .. })),
+        "{refused:?}"
+    );
+    let qa = store.deployment(theirs).expect("read").expect("qa's");
+    assert_eq!(
+        qa.status,
+        DeploymentStatus::Running,
+        "qa's deployment is untouched"
+    );
 }
 
 fn a_finished_destroy_is_recorded_whole_or_not_at_all(state: &TestState) {

@@ -92,6 +92,9 @@ impl Engine {
     /// once they passed. Nothing when the destroy will be refused for the environment's
     /// protection: judged as [`Engine::destroy`] judges it, from the record read under the
     /// same lock, so a refused destroy never reaches a server with the admin's credentials.
+    /// (One failure is not foreseen: on a state shared by replicas, a lease lost between the
+    /// command taking it and the destroy's first write fails the destroy after the connection
+    /// started.)
     pub fn expect_destroy(&self, lock: &EnvLock, confirm: Confirmation) {
         let env = lock.environment();
         if let Ok(Some(record)) = self.store.environment(env)

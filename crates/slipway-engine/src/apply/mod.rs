@@ -472,9 +472,7 @@ impl Engine {
         };
         let summary = summary(&report);
         if report.succeeded() {
-            // What no resource runs from any more goes first (the resources' records say
-            // which): then the deployment, the record and the event, in one transaction.
-            self.collect_exports(env)?;
+            // The deployment, the record and the event, in one transaction.
             self.store.finish_apply(
                 env,
                 deployment,
@@ -494,6 +492,11 @@ impl Engine {
                     &json!({"deployment": deployment}),
                 ),
             )?;
+            // Then what no resource runs from any more (the resources' records say which):
+            // a cleanup, which fails no apply that is recorded as done.
+            if let Err(error) = self.collect_exports(env) {
+                tracing::warn!(%error, "cannot remove the exports no resource uses");
+            }
             tracing::info!(deployment, "applied");
         } else {
             let failed: Vec<String> = report
