@@ -16,7 +16,7 @@
 mod util;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use util::browser::{Browser, BrowserOptions, ENTER, TAB};
@@ -483,7 +483,20 @@ fn an_admin_creates_watches_rolls_back_and_destroys_an_environment_without_reloa
         "document.querySelector('#env-header button[data-action=sync]').focus();",
         vec![],
     );
-    browser.click("#env-header button[data-action=sync]");
+    // A live update may re-render the header as the click lands, and the click is lost
+    // with the old button: no toast within a few seconds means clicking again, as a person
+    // would (a second sync of an environment with nothing to do is harmless).
+    let deadline = Instant::now() + DEPLOY;
+    loop {
+        browser.click("#env-header button[data-action=sync]");
+        let answered = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < answered && browser.text("#toasts").is_none_or(|t| t.is_empty()) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if browser.text("#toasts").is_some_and(|t| !t.is_empty()) || Instant::now() > deadline {
+            break;
+        }
+    }
     browser.wait_for("the sync says demo is up to date", DEPLOY, |b| {
         b.text("#toasts")
             .filter(|t| t.contains("is up to date at") && !t.contains("waiting for the deployment"))
