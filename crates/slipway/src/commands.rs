@@ -503,8 +503,14 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
         output,
     } = args;
     let override_window = override_window.then(who);
-    let (engine, _lease) = open_engine_for(g, env, wait)?;
-    let repo = open_repo(g, repo)?;
+    // The repository is opened while the home is: neither needs the other.
+    let (opened, repo) = std::thread::scope(|scope| {
+        let repo = scope.spawn(|| open_repo(g, repo));
+        let opened = open_engine_for(g, env, wait);
+        (opened, repo.join())
+    });
+    let (engine, _lease) = opened?;
+    let repo = repo.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     let lock = engine.lock(
         env,
         slipway_engine::LockWait::Block(&|| {
