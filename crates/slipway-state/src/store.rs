@@ -73,9 +73,22 @@ impl Store {
         .map_err(open_error)?;
         // The busy timeout first: switching to WAL takes a lock another process may hold.
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(open_error)?;
+        // A new database's switch to WAL upgrades a read lock to an exclusive one: when
+        // several connections switch at once (two commands, or a controller's threads, on a
+        // new home), SQLite answers all but one `SQLITE_BUSY` at once rather than let them
+        // wait for each other, so the switch is tried again, within the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mode: String = loop {
+            match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                other => break other.map_err(open_error)?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             // WAL is refused on some network filesystems; running in another journal mode would
             // silently change the concurrency and durability the rest of the crate relies on.
