@@ -735,16 +735,13 @@ impl Engine {
         }
     }
 
-    /// Starts, for each resource recorded in `environment`, what changing it will take (see
+    /// Starts, for each of the recorded `resources`, what changing it will take (see
     /// `Provider::expect_change`: a `postgres.*` resource's server connection), so that it
     /// overlaps what comes before the change. A hint only: it changes nothing, a resource of a
     /// type this engine does not know is passed over, and a failure (a server that does not
     /// answer) is met, and reported, by the change itself.
-    fn expect_work_on(&self, environment: &EnvName) {
-        let Ok(resources) = self.store.resources(environment) else {
-            return;
-        };
-        for resource in &resources {
+    fn expect_changes_to(&self, resources: &[slipway_state::ResourceRecord]) {
+        for resource in resources {
             if let Some(provider) = self.registry.get(&resource.type_name) {
                 provider.expect_change(&resource.config);
             }

@@ -183,21 +183,10 @@ impl Store {
         summary: &serde_json::Value,
         at: i64,
         change: impl FnOnce(&mut crate::EnvironmentRecord),
-        event: (slipway_core::vocab::EventKind, &str, &serde_json::Value),
+        event: OperationEvent<'_>,
     ) -> Result<i64, StateError> {
-        self.write_env(Some(environment), &[], |tx| {
-            finish_in(
-                tx,
-                environment,
-                id,
-                DeploymentStatus::Succeeded,
-                None,
-                summary,
-                at,
-            )?;
-            crate::environments::modify_in(tx, environment, change)?;
-            let (kind, message, data) = event;
-            crate::events::insert_event(tx, Some(environment), kind, message, data, at)
+        self.finish_succeeded(environment, id, summary, at, event, |tx| {
+            crate::environments::modify_in(tx, environment, change).map(drop)
         })
     }
 
@@ -215,21 +204,29 @@ impl Store {
         id: i64,
         summary: &serde_json::Value,
         at: i64,
-        event: (slipway_core::vocab::EventKind, &str, &serde_json::Value),
+        event: OperationEvent<'_>,
+    ) -> Result<i64, StateError> {
+        self.finish_succeeded(environment, id, summary, at, event, |tx| {
+            crate::identities::release_uid_in(tx, environment)?;
+            crate::environments::delete_environment_in(tx, environment).map(drop)
+        })
+    }
+
+    /// In one transaction: the running deployment `id` of `environment` succeeded, `also`
+    /// wrote what the operation changes, and `event` is recorded; returns the event's id.
+    fn finish_succeeded(
+        &self,
+        environment: &EnvName,
+        id: i64,
+        summary: &serde_json::Value,
+        at: i64,
+        (kind, message, data): OperationEvent<'_>,
+        also: impl FnOnce(&mut crate::db::Tx<'_>) -> Result<(), StateError>,
     ) -> Result<i64, StateError> {
         self.write_env(Some(environment), &[], |tx| {
-            finish_in(
-                tx,
-                environment,
-                id,
-                DeploymentStatus::Succeeded,
-                None,
-                summary,
-                at,
-            )?;
-            crate::identities::release_uid_in(tx, environment)?;
-            crate::environments::delete_environment_in(tx, environment)?;
-            let (kind, message, data) = event;
+            let succeeded = DeploymentStatus::Succeeded;
+            finish_in(tx, environment, id, succeeded, None, summary, at)?;
+            also(tx)?;
             crate::events::insert_event(tx, Some(environment), kind, message, data, at)
         })
     }
@@ -333,6 +330,13 @@ impl Store {
         })
     }
 }
+
+/// An event to record with an operation's end: its kind, message and data.
+pub type OperationEvent<'a> = (
+    slipway_core::vocab::EventKind,
+    &'a str,
+    &'a serde_json::Value,
+);
 
 /// Marks the running deployment `id` finished, in `tx`.
 fn finish_in(

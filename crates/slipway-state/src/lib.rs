@@ -56,7 +56,7 @@ pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};
 pub use db::{DbError, Dialect};
-pub use deployments::{DeploymentRecord, DeploymentRef, NewDeployment};
+pub use deployments::{DeploymentRecord, DeploymentRef, NewDeployment, OperationEvent};
 pub use environments::{EnvironmentRecord, Follows};
 pub use error::StateError;
 pub use events::{EventQuery, EventRecord};

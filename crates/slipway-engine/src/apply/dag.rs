@@ -10,8 +10,9 @@
 //!
 //! The work runs on at most `limit` worker threads, made as they are first needed and kept
 //! for the whole graph; with one node, or one at a time, on the calling thread, as a worker
-//! would only add its start and its end (a third of a millisecond here) to the graph's time. A step that panics (a bug) fails its node, as an error would: the
-//! graph still settles, and the environment's lock is not held forever.
+//! would only add its start and its end (a third of a millisecond here) to the graph's time.
+//! A step that panics (a bug) fails its node, as an error would: the graph still settles,
+//! and the environment's lock is not held forever.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;

@@ -99,8 +99,9 @@ impl Engine {
         let env = lock.environment();
         if let Ok(Some(record)) = self.store.environment(env)
             && !protection_refuses(&record, confirm)
+            && let Ok(resources) = self.store.resources(env)
         {
-            self.expect_work_on(env);
+            self.expect_changes_to(&resources);
         }
     }
 
@@ -132,11 +133,7 @@ impl Engine {
         let resources = self.store.resources(&env)?;
         // Past the destroy's checks (its protection): what the providers start meanwhile (a
         // database connection) overlaps the records below.
-        for resource in &resources {
-            if let Some(provider) = self.registry.get(&resource.type_name) {
-                provider.expect_change(&resource.config);
-            }
-        }
+        self.expect_changes_to(&resources);
         let graph: BTreeMap<&str, Vec<&str>> = resources
             .iter()
             .map(|r| {
