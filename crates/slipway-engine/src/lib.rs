@@ -740,10 +740,14 @@ impl Engine {
     /// overlaps what comes before the change. A hint only: it changes nothing, a resource of a
     /// type this engine does not know is passed over, and a failure (a server that does not
     /// answer) is met, and reported, by the change itself.
-    fn expect_changes_to(&self, resources: &[slipway_state::ResourceRecord]) {
+    fn expect_changes_to(&self, env: &EnvName, resources: &[slipway_state::ResourceRecord]) {
         for resource in resources {
             if let Some(provider) = self.registry.get(&resource.type_name) {
-                provider.expect_change(&resource.config);
+                let key = slipway_providers::ResourceKey {
+                    environment: env,
+                    resource: &resource.name,
+                };
+                provider.expect_change(key, &resource.config);
             }
         }
     }

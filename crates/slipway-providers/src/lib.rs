@@ -188,6 +188,24 @@ pub struct ResourceContext<'a> {
     pub sandbox: &'a sandbox::Sandbox,
 }
 
+/// Which resource a change is of: its environment and its name, as in [`ResourceContext`].
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceKey<'a> {
+    /// Environment name.
+    pub environment: &'a slipway_core::EnvName,
+    /// Resource name, unique in the environment.
+    pub resource: &'a str,
+}
+
+impl<'a> From<ResourceContext<'a>> for ResourceKey<'a> {
+    fn from(ctx: ResourceContext<'a>) -> Self {
+        ResourceKey {
+            environment: ctx.environment,
+            resource: ctx.resource,
+        }
+    }
+}
+
 /// What a successful create or update leaves: outputs other resources may reference, and the
 /// provider's own handle on the live object (pids, paths), given back on later calls.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -354,14 +372,14 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
-    /// Told before the engine records an apply that will create or update a resource of this
-    /// type (with its configuration as written, references not yet substituted), or a
-    /// destroy that will delete one (with its configuration as recorded): the provider may
-    /// start what takes time and changes nothing, such as the connection the change will
-    /// use, so that it overlaps the engine's records. Nothing to wait for and nothing to
+    /// Told before the engine records an apply that will create or update `resource` (with
+    /// its configuration as written, references not yet substituted), or a destroy that will
+    /// delete it (with its configuration as recorded): the provider may start what takes time
+    /// and changes nothing, such as the connection the change will use and the change's first
+    /// read, so that it overlaps the engine's records. Nothing to wait for and nothing to
     /// report: the change itself reports any failure. The default does nothing.
-    fn expect_change(&self, config: &Value) {
-        let _ = config;
+    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
+        let _ = (resource, config);
     }
 
     /// What updating the live object recorded as `live` to `config` would do, object by
@@ -463,7 +481,7 @@ pub trait DynProvider: Send + Sync {
         live: &Value,
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError>;
     /// See [`Provider::expect_change`].
-    fn expect_change(&self, config: &Value);
+    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value);
 }
 
 fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
@@ -532,8 +550,8 @@ impl<P: Provider> DynProvider for P {
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError> {
         Provider::preview(self, ctx, &decode(P::TYPE, config)?, live)
     }
-    fn expect_change(&self, config: &Value) {
-        Provider::expect_change(self, config);
+    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
+        Provider::expect_change(self, resource, config);
     }
 }
 

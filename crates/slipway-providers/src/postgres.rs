@@ -52,7 +52,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Applied, Provider, ProviderError, ResourceContext};
+use crate::{Applied, Provider, ProviderError, ResourceContext, ResourceKey};
 
 pub use database::{DatabaseConfig, DatabaseProvider, Strategy};
 pub use names::{MAX_NAME_BYTES, Names, names};
@@ -107,11 +107,11 @@ impl PgServers {
     }
 
     /// Starts an admin connection to the server a `type_name` resource whose `server:` field
-    /// is `requested` would use, for its change to take (see `Server::warm`); nothing when
-    /// that server cannot be chosen (the change reports why).
-    fn warm(&self, type_name: &str, requested: Option<&str>) {
+    /// is `requested` would use, for its change to take, asking `ahead` (see `Server::warm`);
+    /// nothing when that server cannot be chosen (the change reports why).
+    fn warm(&self, type_name: &str, requested: Option<&str>, ahead: sql::Ahead) {
         if let Ok(server) = self.choose(type_name, requested) {
-            server.warm();
+            server.warm(ahead);
         }
     }
 
@@ -270,7 +270,12 @@ impl PgServers {
 
     /// The names of the objects of the resource `ctx` is about.
     fn names(&self, ctx: ResourceContext<'_>) -> Names {
-        names(&self.instance_id, ctx.environment, ctx.resource)
+        self.names_of(ctx.into())
+    }
+
+    /// The names of the objects of `resource`.
+    fn names_of(&self, resource: ResourceKey<'_>) -> Names {
+        names(&self.instance_id, resource.environment, resource.resource)
     }
 
     /// The comment that marks an object as this resource's.

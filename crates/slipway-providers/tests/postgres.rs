@@ -1049,13 +1049,14 @@ fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
         ("other".to_owned(), other.url()),
     ]));
     let config = json!({"server": "other"});
-    pg.database().expect_change(&config);
+    pg.database().expect_change(pg.ctx("db").into(), &config);
     other.wait_for_sessions(1);
     // A reference names no server yet, and with two configured none is the default.
     pg.database()
-        .expect_change(&json!({"server": "${vars.server}"}));
-    pg.database().expect_change(&json!({}));
-    pg.role().expect_change(&json!({"server": "nowhere"}));
+        .expect_change(pg.ctx("db").into(), &json!({"server": "${vars.server}"}));
+    pg.database().expect_change(pg.ctx("db").into(), &json!({}));
+    pg.role()
+        .expect_change(pg.ctx("app").into(), &json!({"server": "nowhere"}));
     // A connection wrongly made would have begun by now: give it time to show.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!((main.sessions().len(), other.sessions().len()), (0, 1));
@@ -1069,14 +1070,15 @@ fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
     assert!(main.sessions().is_empty());
 
     // The same for a role, and for the update of a database.
-    pg.role().expect_change(&json!({"server": "main"}));
+    pg.role()
+        .expect_change(pg.ctx("app").into(), &json!({"server": "main"}));
     main.wait_for_sessions(1);
     let role = pg
         .role()
         .create(pg.ctx("app"), &json!({"server": "main"}))
         .expect("create a role on the server made ready");
     main.wait_for_sessions(0);
-    pg.database().expect_change(&config);
+    pg.database().expect_change(pg.ctx("db").into(), &config);
     other.wait_for_sessions(1);
     pg.database()
         .update(pg.ctx("db"), &config, &applied.live)

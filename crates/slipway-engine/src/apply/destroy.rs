@@ -101,7 +101,7 @@ impl Engine {
             && !protection_refuses(&record, confirm)
             && let Ok(resources) = self.store.resources(env)
         {
-            self.expect_changes_to(&resources);
+            self.expect_changes_to(env, &resources);
         }
     }
 
@@ -133,7 +133,7 @@ impl Engine {
         let resources = self.store.resources(&env)?;
         // Past the destroy's checks (its protection): what the providers start meanwhile (a
         // database connection) overlaps the records below.
-        self.expect_changes_to(&resources);
+        self.expect_changes_to(&env, &resources);
         let graph: BTreeMap<&str, Vec<&str>> = resources
             .iter()
             .map(|r| {
@@ -292,7 +292,7 @@ mod tests {
         type Config = Value;
         const TYPE: &'static str = "test.expecting";
 
-        fn expect_change(&self, _config: &Value) {
+        fn expect_change(&self, _resource: slipway_providers::ResourceKey<'_>, _config: &Value) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
 

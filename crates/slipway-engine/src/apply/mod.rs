@@ -132,7 +132,11 @@ impl Engine {
                 self.registry.get(&change.type_name),
                 prepared.desired.resources.get(&change.resource),
             ) {
-                provider.expect_change(&desired.config);
+                let key = slipway_providers::ResourceKey {
+                    environment: &prepared.desired.environment.name,
+                    resource: &change.resource,
+                };
+                provider.expect_change(key, &desired.config);
             }
         }
     }

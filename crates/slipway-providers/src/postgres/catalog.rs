@@ -5,7 +5,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::sql::{PgError, Server, Session, ident, literal};
+use super::sql::{Ahead, PgError, Server, Session, ident, literal};
 use crate::{ProviderError, Retry};
 
 /// Who a database or role of our name belongs to.
@@ -42,13 +42,21 @@ fn foreign(comment: Option<&str>) -> Ownership {
     })
 }
 
+/// [`role`]'s query.
+const ROLE: &str =
+    "select shobj_description(oid, 'pg_authid'), rolcanlogin from pg_roles where rolname = $1";
+
+/// [`role`] of `name`, asked by a connection made ahead (see [`Ahead`]).
+pub(crate) fn role_ahead(name: &str) -> Ahead {
+    Ahead {
+        sql: ROLE,
+        params: vec![name.to_owned()],
+    }
+}
+
 /// The role called `name`, judged against `marker`.
 pub(crate) fn role(s: &mut Session<'_>, name: &str, marker: &str) -> Result<RoleFound, PgError> {
-    let rows = s.query(
-        &format!("look up role {name:?}"),
-        "select shobj_description(oid, 'pg_authid'), rolcanlogin from pg_roles where rolname = $1",
-        &[name],
-    )?;
+    let rows = s.query(&format!("look up role {name:?}"), ROLE, &[name])?;
     Ok(match rows.first() {
         None => RoleFound::ABSENT,
         Some(row) => RoleFound::judged(row.get(0), row.get(1), marker),
@@ -123,7 +131,16 @@ macro_rules! role_and_database_sql {
 }
 
 /// [`role_and_database`] without whether the role may log in (`Login::Skip`).
-pub(crate) const ROLE_AND_DATABASE: &str = role_and_database_sql!("null::bool");
+const ROLE_AND_DATABASE: &str = role_and_database_sql!("null::bool");
+
+/// [`role_and_database`] of `role` and `database`, without the login, asked by a connection
+/// made ahead (see [`Ahead`]): what a create and a delete of a database ask first.
+pub(crate) fn role_and_database_ahead(role: &str, database: &str) -> Ahead {
+    Ahead {
+        sql: ROLE_AND_DATABASE,
+        params: vec![role.to_owned(), database.to_owned()],
+    }
+}
 
 /// [`role_and_database`] with it (`Login::Read`).
 const ROLE_AND_DATABASE_AND_LOGIN: &str =

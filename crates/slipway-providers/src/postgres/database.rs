@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::catalog::{self, Login, Ownership};
 use super::sql::{self, Server, ident, literal};
 use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
-use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, Retry};
+use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey, Retry};
 
 const TYPE: &str = "postgres.database";
 
@@ -123,10 +123,16 @@ impl Provider for DatabaseProvider {
         true
     }
 
-    fn expect_change(&self, config: &Value) {
-        // The server it names, or the only one; a reference (`${…}`) names none yet.
-        self.servers
-            .warm(TYPE, config.get("server").and_then(Value::as_str));
+    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
+        // The server it names, or the only one; a reference (`${…}`) names none yet. Its
+        // question is the one a create and a delete ask first: of the names they use unless a
+        // live record says others (made by another home id, which the names include).
+        let names = self.servers.names_of(resource);
+        self.servers.warm(
+            TYPE,
+            config.get("server").and_then(Value::as_str),
+            catalog::role_and_database_ahead(&names.role, &names.database),
+        );
     }
 
     fn create(

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::catalog::{self, Ownership};
 use super::sql::{self, Server};
 use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
-use crate::{Applied, Observation, Provider, ProviderError, ResourceContext};
+use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey};
 
 const TYPE: &str = "postgres.role";
 
@@ -80,10 +80,15 @@ impl Provider for RoleProvider {
         true
     }
 
-    fn expect_change(&self, config: &Value) {
-        // The server it names, or the only one; a reference (`${…}`) names none yet.
-        self.servers
-            .warm(TYPE, config.get("server").and_then(Value::as_str));
+    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
+        // The server it names, or the only one; a reference (`${…}`) names none yet. Its
+        // question is the one a create and a delete ask first.
+        let names = self.servers.names_of(resource);
+        self.servers.warm(
+            TYPE,
+            config.get("server").and_then(Value::as_str),
+            catalog::role_ahead(&names.role),
+        );
     }
 
     fn create(

@@ -31,6 +31,13 @@ const WARM_FOR: Duration = Duration::from_secs(if cfg!(test) { 3 } else { 30 });
 /// How long the check that a connection made ahead still works may take.
 const WARM_CHECK: Duration = Duration::from_secs(2);
 
+/// How recent the answer of a connection made ahead to its question ([`Ahead`]) must be for
+/// the session's first query, when it is that question, to take it instead of asking again:
+/// about the time a command takes from its records to its first statement. An older one is
+/// asked again.
+/// (Longer in unit tests, which change the server between the answer and the query.)
+const AHEAD_FRESH: Duration = Duration::from_millis(if cfg!(test) { 2000 } else { 500 });
+
 /// How recent a failure to connect ahead must be for the `connect` that takes it to report
 /// it rather than try again: a connect that just failed would fail the same way (and wait as
 /// long), one from seconds ago is no evidence (the server may be back).
@@ -48,9 +55,27 @@ pub(crate) struct Warm {
 /// When a connection ahead was started, and where to ask its thread for it.
 type Asks = (Instant, Sender<Sender<Made>>);
 
-/// What a thread making a connection ahead hands over: the connection, or why it could not be
-/// made and when that was known.
-type Made = Result<Client, (Instant, postgres::Error)>;
+/// What a thread making a connection ahead hands over: the connection with its answer to
+/// the question it was asked ahead, or why it could not be made and when that was known.
+type Made = Result<(Client, Option<Answered>), (Instant, postgres::Error)>;
+
+/// The query a connection made ahead asks as soon as it is made: the change's own first
+/// look-up (`catalog` makes them), or, when the change's names are not known, one that loads
+/// the same catalogs. Either way the new backend's slowest query (it loads the catalogs it
+/// reads) overlaps what comes before the change; and the first, when the session that takes
+/// the connection asks exactly it first, is answered at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ahead {
+    pub sql: &'static str,
+    pub params: Vec<String>,
+}
+
+/// A connection made ahead's answer to its [`Ahead`], and when it came.
+struct Answered {
+    ahead: Ahead,
+    rows: Vec<Row>,
+    at: Instant,
+}
 
 /// One configured server: its name in the engine config and how to reach it as an admin.
 #[derive(Clone)]
@@ -139,11 +164,11 @@ impl Server {
     }
 
     /// Starts an admin connection, on a thread of its own, for the next [`Server::connect`]
-    /// to take, unless one is being made or waits already. It changes nothing on the server;
-    /// its one query reads the catalogs that the first query of a create, a delete or a drift
-    /// check reads. Nothing is reported: the `connect` that takes it reports its failure. Not
-    /// taken within `WARM_FOR`, it is closed (a long-lived `serve` keeps no idle session).
-    pub fn warm(&self) {
+    /// to take, unless one is being made or waits already. It changes nothing on the server:
+    /// its one query is `ahead`, a read of the catalogs (see [`Ahead`]). Nothing is reported:
+    /// the `connect` that takes it reports its failure. Not taken within `WARM_FOR`, it is
+    /// closed (a long-lived `serve` keeps no idle session).
+    pub fn warm(&self, ahead: Ahead) {
         let Some(warm) = &self.warm else {
             return;
         };
@@ -162,13 +187,16 @@ impl Server {
             .spawn(move || {
                 let deadline = Instant::now() + WARM_FOR;
                 let made = config.connect(NoTls).map(|mut client| {
-                    let nothing: &(dyn ToSql + Sync) = &"";
-                    // Its answer does not matter, nor its failure (the session stays usable).
-                    let _ = client.query_typed(
-                        super::catalog::ROLE_AND_DATABASE,
-                        &[(nothing, Type::TEXT), (nothing, Type::TEXT)],
-                    );
-                    client
+                    let params: Vec<&str> = ahead.params.iter().map(String::as_str).collect();
+                    // A failure leaves no answer, and the session usable: the session asks
+                    // again, and meets the failure itself.
+                    let rows = client.query_typed(ahead.sql, &typed(&params)).ok();
+                    let answered = rows.map(|rows| Answered {
+                        ahead,
+                        rows,
+                        at: Instant::now(),
+                    });
+                    (client, answered)
                 });
                 let made = made.map_err(|e| (Instant::now(), e));
                 // Handed to whoever asks first; at the deadline (or with the slot gone),
@@ -186,7 +214,7 @@ impl Server {
     /// The connection [`Server::warm`] made for this server and still holds (waiting for it
     /// if it is still being made): its client, or why it could not be made a moment ago.
     /// `None` when there is none to take, or it is no longer usable.
-    fn take_warm(&self) -> Option<Result<Client, postgres::Error>> {
+    fn take_warm(&self) -> Option<Result<(Client, Option<Answered>), postgres::Error>> {
         let (started, asks) = self
             .warm
             .as_ref()?
@@ -203,7 +231,10 @@ impl Server {
         match made.recv().ok()? {
             // One round trip: the server may have ended it meanwhile (a restart, an idle
             // timeout, `pg_terminate_backend`), and then a new one is made.
-            Ok(mut client) => client.is_valid(WARM_CHECK).is_ok().then_some(Ok(client)),
+            Ok((mut client, answered)) => client
+                .is_valid(WARM_CHECK)
+                .is_ok()
+                .then_some(Ok((client, answered))),
             Err((failed, e)) => (failed.elapsed() < WARM_FAILURE_FRESH).then_some(Err(e)),
         }
     }
@@ -220,17 +251,18 @@ impl Server {
             Some(database) => {
                 let mut config = self.config.clone();
                 config.dbname(database);
-                config.connect(NoTls)
+                config.connect(NoTls).map(|client| (client, None))
             }
             None => self
                 .take_warm()
-                .unwrap_or_else(|| self.config.connect(NoTls)),
+                .unwrap_or_else(|| self.config.connect(NoTls).map(|client| (client, None))),
         };
         match made {
-            Ok(client) => Ok(Session {
+            Ok((client, answered)) => Ok(Session {
                 server: self,
                 client,
                 version: None,
+                answered,
             }),
             Err(source) => {
                 let e = PgError::Connect {
@@ -280,26 +312,36 @@ pub(crate) struct Session<'a> {
     client: Client,
     /// [`Session::server_version`], once asked.
     version: Option<i32>,
+    /// The answer of the connection made ahead to its question, until the session's first
+    /// statement: only that statement may take it (see [`Session::query`]).
+    answered: Option<Answered>,
 }
 
 impl Session<'_> {
     /// Runs one statement (or several, in one implicit transaction) with no parameters, by the
     /// simple query protocol: what utility statements like `CREATE DATABASE` need.
     pub fn execute(&mut self, action: &str, sql: &str) -> Result<(), PgError> {
+        self.answered = None;
         self.client
             .batch_execute(sql)
             .map_err(|source| self.statement_error(action, source))
     }
 
     /// Runs a query whose parameters are text, in one round trip (its parameters' types are
-    /// given, so it needs no statement prepared first).
+    /// given, so it needs no statement prepared first). The session's first statement, when
+    /// it is the query its connection asked ahead with the same parameters, less than
+    /// `AHEAD_FRESH` ago, takes that answer instead: what a look-up finds may change between
+    /// it and the statement it decides anyway, and this widens that gap by at most as much.
     pub fn query(&mut self, action: &str, sql: &str, params: &[&str]) -> Result<Vec<Row>, PgError> {
-        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-            .iter()
-            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-            .collect();
+        if let Some(answered) = self.answered.take()
+            && answered.ahead.sql == sql
+            && answered.ahead.params.iter().eq(params.iter().copied())
+            && answered.at.elapsed() < AHEAD_FRESH
+        {
+            return Ok(answered.rows);
+        }
         self.client
-            .query_typed(sql, &typed)
+            .query_typed(sql, &typed(params))
             .map_err(|source| self.statement_error(action, source))
     }
 
@@ -542,6 +584,14 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// Text parameters with their type given, for `query_typed`.
+fn typed<'a>(params: &'a [&'a str]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+        .collect()
+}
+
 /// A new password: 32 characters of `[A-Za-z0-9]` from the operating system's generator,
 /// without modulo bias.
 pub(crate) fn generate_password() -> Result<String, ProviderError> {
@@ -574,6 +624,19 @@ mod tests {
 
     use slipway_testkit::pg::TestRole;
 
+    fn target_name(role: &TestRole) -> String {
+        role.url()
+            .strip_prefix("postgres://")
+            .and_then(|rest| rest.split('@').next())
+            .unwrap()
+            .to_owned()
+    }
+
+    /// What a connection made ahead asks when the test does not care: nothing is found.
+    fn nothing() -> Ahead {
+        super::super::catalog::role_and_database_ahead("", "")
+    }
+
     /// A server reached as `role`, which makes connections ahead.
     fn server_as(role: &TestRole) -> Server {
         Server::parse("main", &role.url())
@@ -591,11 +654,11 @@ mod tests {
     fn the_connection_made_ahead_is_the_one_the_next_connect_gets_and_only_it() {
         let role = TestRole::create("swtest_warm", "LOGIN");
         let server = server_as(&role);
-        server.warm();
+        server.warm(nothing());
         // Asked again while it is made, or waits: still the one.
-        server.warm();
+        server.warm(nothing());
         let made = role.wait_for_sessions(1)[0];
-        server.clone().warm();
+        server.clone().warm(nothing());
         assert_eq!(role.sessions(), [made]);
 
         let mut first = server.connect().unwrap();
@@ -603,17 +666,98 @@ mod tests {
         let mut second = server.connect().unwrap();
         assert_ne!(backend_pid(&mut second), made);
         // A session to another database is never it.
-        server.warm();
+        server.warm(nothing());
         let waiting = role.wait_for_sessions(3);
         let mut other = server.connect_to(Some("template1")).unwrap();
         assert!(!waiting.contains(&backend_pid(&mut other)));
+    }
+
+    /// The pid of the one session of `role`, a connection made ahead, once it has answered
+    /// its question.
+    fn answered_ahead(role: &TestRole) -> i32 {
+        let pid = role.wait_for_sessions(1)[0];
+        let mut admin = Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls).unwrap();
+        slipway_testkit::wait::wait_for(
+            "the connection made ahead to answer its question",
+            Duration::from_secs(20),
+            || {
+                let row = admin
+                    .query_one(
+                        "select state = 'idle' and query like 'select %' \
+                         from pg_stat_activity where pid = $1",
+                        &[&pid],
+                    )
+                    .ok()?;
+                row.get::<_, bool>(0).then_some(pid)
+            },
+        )
+    }
+
+    /// Whether the role of `ahead`'s look-up exists, as `s` finds it with that same query.
+    fn role_found(s: &mut Session<'_>, ahead: &Ahead) -> bool {
+        let params: Vec<&str> = ahead.params.iter().map(String::as_str).collect();
+        s.query("look up", ahead.sql, &params).unwrap()[0].get(1)
+    }
+
+    /// The session's first query, when it is the one asked ahead, takes the answer: the test
+    /// sees it by dropping the role in between (the answer still has it).
+    #[test]
+    fn the_first_query_of_a_session_made_ahead_takes_the_answer_to_the_same_question() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let target = TestRole::create("swtest_target", "NOLOGIN");
+        let server = server_as(&role);
+        let ahead = super::super::catalog::role_and_database_ahead(&target_name(&target), "");
+        server.warm(ahead.clone());
+        let made = answered_ahead(&role);
+        drop(target);
+
+        let mut s = server.connect().unwrap();
+        assert!(role_found(&mut s, &ahead), "the answer given ahead");
+        assert_eq!(backend_pid(&mut s), made);
+        assert!(!role_found(&mut s, &ahead), "asked again: the role is gone");
+    }
+
+    /// Any other statement first, other parameters, or an answer older than `AHEAD_FRESH`:
+    /// the server is asked.
+    #[test]
+    fn an_answer_made_ahead_serves_no_other_statement_nor_a_later_one() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let server = server_as(&role);
+        let gone_after = |first: &dyn Fn(&mut Session<'_>, &Ahead)| {
+            let target = TestRole::create("swtest_target", "NOLOGIN");
+            let ahead = super::super::catalog::role_and_database_ahead(&target_name(&target), "");
+            server.warm(ahead.clone());
+            answered_ahead(&role);
+            drop(target);
+            let mut s = server.connect().unwrap();
+            first(&mut s, &ahead);
+            let found = role_found(&mut s, &ahead);
+            drop(s);
+            role.wait_for_sessions(0);
+            found
+        };
+        let another_statement = |s: &mut Session<'_>, _: &Ahead| {
+            s.execute("do nothing", "select 1").unwrap();
+        };
+        assert!(!gone_after(&another_statement));
+        let another_query = |s: &mut Session<'_>, _: &Ahead| {
+            backend_pid(s);
+        };
+        assert!(!gone_after(&another_query));
+        let other_parameters = |s: &mut Session<'_>, ahead: &Ahead| {
+            let role = ahead.params[0].as_str();
+            s.query("look up", ahead.sql, &[role, "postgres"]).unwrap();
+        };
+        assert!(!gone_after(&other_parameters));
+        let later = |_: &mut Session<'_>, _: &Ahead| std::thread::sleep(AHEAD_FRESH);
+        assert!(!gone_after(&later));
     }
 
     #[test]
     fn a_connection_made_ahead_that_the_server_ended_is_replaced() {
         let role = TestRole::create("swtest_warm", "LOGIN");
         let server = server_as(&role);
-        server.warm();
+        server.warm(nothing());
         let made = role.wait_for_sessions(1)[0];
         Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls)
             .unwrap()
@@ -632,7 +776,7 @@ mod tests {
     fn a_connection_made_ahead_and_never_taken_is_closed() {
         let role = TestRole::create("swtest_warm", "LOGIN");
         let server = server_as(&role);
-        server.warm();
+        server.warm(nothing());
         let made = role.wait_for_sessions(1)[0];
         let closed = Instant::now();
         role.wait_for_sessions(0);
@@ -641,7 +785,7 @@ mod tests {
         assert_ne!(backend_pid(&mut s), made);
         // And a new one can be made ahead again.
         drop(s);
-        server.warm();
+        server.warm(nothing());
         let again = role.wait_for_sessions(1)[0];
         let mut s = server.connect().unwrap();
         assert_eq!(backend_pid(&mut s), again);
@@ -669,10 +813,10 @@ mod tests {
         let server = Server::parse("main", &url)
             .unwrap()
             .with_warm(Arc::default());
-        server.warm();
+        server.warm(nothing());
         assert!(server.connect().is_err());
         assert_eq!(count(), 1, "the failure ahead is the answer");
-        server.warm();
+        server.warm(nothing());
         let deadline = Instant::now() + Duration::from_secs(10);
         while count() < 2 {
             assert!(Instant::now() < deadline);
@@ -689,7 +833,7 @@ mod tests {
         let ahead = Server::parse("main", url)
             .unwrap()
             .with_warm(Arc::default());
-        ahead.warm();
+        ahead.warm(nothing());
         let with = ahead.connect().map(drop).unwrap_err();
         let without = Server::parse("main", url)
             .unwrap()
