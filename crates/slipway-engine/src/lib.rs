@@ -737,9 +737,10 @@ impl Engine {
 
     /// Starts, for each of the recorded `resources`, what changing it will take (see
     /// `Provider::expect_change`: a `postgres.*` resource's server connection), so that it
-    /// overlaps what comes before the change. A hint only: it changes nothing, a resource of a
-    /// type this engine does not know is passed over, and a failure (a server that does not
-    /// answer) is met, and reported, by the change itself.
+    /// overlaps what comes before the change. It changes nothing (what it reads ahead may
+    /// serve the change's first read, within the bounds `Provider::expect_change` states), a
+    /// resource of a type this engine does not know is passed over, and a failure (a server
+    /// that does not answer) is met, and reported, by the change itself.
     fn expect_changes_to(&self, env: &EnvName, resources: &[slipway_state::ResourceRecord]) {
         for resource in resources {
             if let Some(provider) = self.registry.get(&resource.type_name) {

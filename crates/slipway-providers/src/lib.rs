@@ -376,8 +376,10 @@ pub trait Provider: Send + Sync + 'static {
     /// its configuration as written, references not yet substituted), or a destroy that will
     /// delete it (with its configuration as recorded): the provider may start what takes time
     /// and changes nothing, such as the connection the change will use and the change's first
-    /// read, so that it overlaps the engine's records. Nothing to wait for and nothing to
-    /// report: the change itself reports any failure. The default does nothing.
+    /// read, so that it overlaps the engine's records. A read made ahead may stand for the
+    /// change's own only while it is a few tens of milliseconds old, and before any change
+    /// of the provider's own (the `postgres` providers' bound). Nothing to wait for and
+    /// nothing to report: the change itself reports any failure. The default does nothing.
     fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
         let _ = (resource, config);
     }

@@ -31,6 +31,11 @@
 //!   engine calls them from a thread of its own, never from inside an async runtime.
 //!
 //! # Caveats
+//! - Whether an object is ours is read, then acted on by another statement: another client
+//!   able to drop it and make one of the same name in between (a superuser, or the owner and
+//!   a role with `CREATEDB` together) could have Slipway alter or drop theirs. The read may
+//!   be the one a connection made ahead asked (`sql::Ahead`), up to 50 ms earlier, never
+//!   before a statement of Slipway's own.
 //! - Objects cloned from a `template` keep their owners: tables the admin created in the
 //!   template are the admin's in the clone, not the generated role's.
 //! - Extensions are created by the admin, in the new database, with `CREATE EXTENSION IF NOT

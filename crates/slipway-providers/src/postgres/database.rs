@@ -302,8 +302,9 @@ impl DatabaseProvider {
         }
         let marker = self.servers.marker(ctx);
         let hashed = catalog::RolePassword::hashing(password);
-        // Connected while the intent is written: a connection changes nothing on the server,
-        // and nothing is asked of it before the intent is durable.
+        // Connected while the intent is written: a connection (and the look-up it may have made
+        // ahead) changes nothing on the server, and nothing is changed before the intent is
+        // durable.
         let (recorded, connected) = std::thread::scope(|scope| {
             let connecting = std::thread::Builder::new()
                 .name("pg-connect".to_owned())
