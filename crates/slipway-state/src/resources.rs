@@ -289,7 +289,7 @@ impl ResourceSummaries {
                     row.live
                 };
                 let value = out.at(span);
-                if !value.starts_with(crate::seal::PREFIX) {
+                if !crate::seal::is_sealed(value) {
                     continue;
                 }
                 let record = || {
@@ -385,7 +385,7 @@ fn unseal<'a>(
     record: &dyn Fn() -> String,
     column: &'static str,
 ) -> Result<Cow<'a, str>, StateError> {
-    if !text.starts_with(crate::seal::PREFIX) {
+    if !crate::seal::is_sealed(text) {
         return Ok(Cow::Borrowed(text));
     }
     let bytes = sealer.open(text).map_err(|reason| StateError::Sealed {
@@ -405,7 +405,7 @@ fn unseal<'a>(
 impl RawResource {
     fn decode(self, sealer: &Sealer) -> Result<ResourceRecord, StateError> {
         let record = || format!("resource {}/{}", self.environment, self.name);
-        let sensitive = self.outputs.starts_with(crate::seal::PREFIX);
+        let sensitive = crate::seal::is_sealed(&self.outputs);
         Ok(ResourceRecord {
             config: from_json(&self.config, record, "config")?,
             outputs: from_json(

@@ -340,6 +340,16 @@ CREATE TABLE policy_approvals (
 ) STRICT;
 ALTER TABLE pull_requests ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
 "#,
+    // Sealed values v2 (`seal`'s docs): a binary from before cannot open them, so the version
+    // moves with them. Older replicas of a shared state then stop writing at once (and an
+    // older binary refuses to open the state) instead of failing on each value they meet;
+    // the table says which formats the state's values may be in.
+    r#"
+CREATE TABLE sealed_formats (
+    prefix         TEXT PRIMARY KEY NOT NULL
+) STRICT;
+INSERT INTO sealed_formats (prefix) VALUES ('sealed:v1:'), ('sealed:v2:');
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.
