@@ -1409,9 +1409,13 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
 /// A supervisor as they were before a `start` could carry its spec: it reads the request's
 /// line and no more (512 bytes at a time, cut at the newline), refuses any line but
 /// `VERB RESOURCE`, and reads the spec from `<run>/<resource>.spec.json`. It logs each line.
+/// Like every supervisor since there is one per environment, it holds the lock on `<run>`,
+/// so that a supervisor started meanwhile (an apply that found it slow) leaves it serving.
 const SUPERVISOR_FROM_BEFORE: &str = r#"
-import json, os, socket, subprocess, sys
+import fcntl, json, os, socket, subprocess, sys
 run, log = sys.argv[1], sys.argv[2]
+held = os.open(run, os.O_RDONLY)
+fcntl.flock(held, fcntl.LOCK_EX)
 def start_time(pid):
     return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
 path = os.path.join(run, "supervise.sock")
@@ -1510,7 +1514,20 @@ fn a_supervisor_from_before_gets_the_spec_in_its_file() {
     env.delete("api", Some(&applied.live), "delete");
     assert!(!child.alive(), "stopped by the delete");
     assert!(!spec_file.exists(), "its spec file is removed");
-    let _ = old.wait();
+    // It exits on the `release` of its last process: waited for, not forever.
+    let released = eventually(Duration::from_secs(20), || {
+        old.try_wait().is_ok_and(|status| status.is_some())
+    });
+    if !released {
+        let _ = old.kill();
+        let _ = old.wait();
+    }
+    let requests = std::fs::read_to_string(&log).expect("its log");
+    assert!(
+        released,
+        "the supervisor from before was asked to let go: {requests}"
+    );
+    assert!(requests.ends_with("release api\n"), "{requests}");
 }
 
 #[test]
