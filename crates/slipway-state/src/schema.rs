@@ -340,15 +340,15 @@ CREATE TABLE policy_approvals (
 ) STRICT;
 ALTER TABLE pull_requests ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
 "#,
-    // Sealed values v2 (`seal`'s docs): a binary from before cannot open them, so the version
-    // moves with them. Older replicas of a shared state then stop writing at once (and an
-    // older binary refuses to open the state) instead of failing on each value they meet;
-    // the table says which formats the state's values may be in.
+    // Sealed values v2 (`seal`'s docs), which a binary from before cannot open: the version
+    // moves, so that an older binary refuses a SQLite state that may hold them instead of
+    // failing on each value. (A PostgreSQL state is still sealed as v1 by this release, which
+    // older replicas read.) The table lists the formats this version opens, for the record.
     r#"
 CREATE TABLE sealed_formats (
-    prefix         TEXT PRIMARY KEY NOT NULL
+    format         TEXT PRIMARY KEY NOT NULL
 ) STRICT;
-INSERT INTO sealed_formats (prefix) VALUES ('sealed:v1:'), ('sealed:v2:');
+INSERT INTO sealed_formats (format) VALUES ('v1'), ('v2');
 "#,
 ];
 

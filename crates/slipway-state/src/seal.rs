@@ -1,17 +1,24 @@
 //! Values that must not be readable from the database file: secret outputs (generated
 //! passwords, URLs holding them) and the resolved configurations that carry secrets are stored
-//! sealed, encrypted with age to a key kept beside the database (`<home>/state.key`, mode 0600).
+//! sealed, encrypted under the X25519 identity kept beside the database (`<home>/state.key`,
+//! mode 0600).
 //!
 //! This protects copies of `state.db` (backups, a bug report, `sqlite3 .dump`, `grep`) rather
 //! than a host where an attacker can already read the home directory: the key lives there too,
 //! as it must for the engine to work unattended.
 //!
-//! A value is sealed as `sealed:v2:` and the base64 of a random 24-byte nonce and its
-//! XChaCha20-Poly1305 ciphertext, under a key derived from the age key (HMAC-SHA256 for the
-//! purpose "seal"): a few microseconds each way. Values sealed before as `sealed:v1:` (an
-//! age file to the key's X25519 recipient, two scalar multiplications to seal and one to
-//! open, some 50 µs each: ten of them were a third of a millisecond of every destroy) are
-//! still opened, and sealed again as v2 when next written.
+//! Two formats, both always opened:
+//! - `sealed:v2:` and the base64 of a random 24-byte nonce and the XChaCha20-Poly1305
+//!   ciphertext, under a key derived from the identity for this use alone: a few microseconds
+//!   each way. What a SQLite state's values are sealed as.
+//! - `sealed:v1:` and the base64 of an age file to the identity's recipient: two scalar
+//!   multiplications to seal and one to open, some 50 µs each (ten of them were a third of a
+//!   millisecond of every destroy). What a PostgreSQL state's values are still sealed as, so
+//!   that replicas of the previous release, which read only these, can read what an upgraded
+//!   one writes while a rolling upgrade runs (docs/operations.md, *Upgrading*); the next
+//!   release seals those as v2 too.
+//!
+//! Any other `sealed:` text is a format of a newer Slipway, refused by name.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,26 +34,32 @@ use sha2::{Digest, Sha256};
 
 use crate::StateError;
 
-/// The prefix of a value sealed now.
+/// The prefix of a value sealed with XChaCha20-Poly1305.
 const PREFIX: &str = "sealed:v2:";
 
-/// The prefix of a value sealed with age, before v2: opened, never made.
+/// The prefix of a value sealed with age.
 const PREFIX_AGE: &str = "sealed:v1:";
+
+/// What every sealed value starts with, whatever its format.
+const SEALED: &str = "sealed:";
 
 /// The length of a v2 value's nonce.
 const NONCE_BYTES: usize = 24;
 
-/// Whether a column value is sealed (either version). A value that is not is JSON text,
-/// which never starts with a letter of `sealed:`.
+/// Whether a column value is sealed, in any format (one this version cannot open included,
+/// which [`Sealer::open`] then names). A value that is not is JSON text, which never starts
+/// with a letter.
 pub(crate) fn is_sealed(text: &str) -> bool {
-    text.starts_with(PREFIX) || text.starts_with(PREFIX_AGE)
+    text.starts_with(SEALED)
 }
 
 /// Seals and opens values with the home's key.
 pub struct Sealer {
     identity: age::x25519::Identity,
-    /// The v2 cipher, keyed from `identity`.
+    /// The v2 cipher, keyed from `identity` (see [`seal_key`]).
     cipher: XChaCha20Poly1305,
+    /// Its recipient, when values are sealed as v1 ([`Sealer::sealing_with_age`]).
+    age: Option<age::x25519::Recipient>,
     /// A stable, public identifier of this home (derived from the key), for naming things
     /// that several homes may share (databases on one PostgreSQL server).
     instance_id: String,
@@ -110,14 +123,20 @@ impl Sealer {
             format!("slipway instance\0{recipient}").as_bytes(),
         ))[..16]
             .to_string();
-        let mut sealer = Sealer {
-            cipher: XChaCha20Poly1305::new(&[0; 32].into()),
+        Ok(Sealer {
+            cipher: XChaCha20Poly1305::new(&seal_key(&identity).into()),
             identity,
+            age: None,
             instance_id,
             path: path.to_path_buf(),
-        };
-        sealer.cipher = XChaCha20Poly1305::new(&sealer.mac("seal", b"").into());
-        Ok(sealer)
+        })
+    }
+
+    /// This key, sealing values as v1 (age) from now on: for a state that replicas of the
+    /// previous release may read (see the module's docs).
+    pub(crate) fn sealing_with_age(mut self) -> Sealer {
+        self.age = Some(self.identity.to_public());
+        self
     }
 
     /// A stable identifier of this home, 16 hex characters, safe to show.
@@ -125,9 +144,17 @@ impl Sealer {
         &self.instance_id
     }
 
-    /// `sealed:v2:` + base64 of a random nonce and the ciphertext of `plaintext` (see the
-    /// module's docs).
+    /// `sealed:v2:` + base64 of a random nonce and the ciphertext of `plaintext`, or a v1
+    /// value if this sealer seals with age (see the module's docs).
     pub fn seal(&self, plaintext: &[u8]) -> String {
+        if let Some(recipient) = &self.age {
+            let age_file = age::encrypt(recipient, plaintext)
+                .expect("encrypting to an x25519 recipient into memory cannot fail");
+            return format!(
+                "{PREFIX_AGE}{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(age_file)
+            );
+        }
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce)
             .expect("the operating system's random generator fails only on a broken system");
@@ -148,6 +175,21 @@ impl Sealer {
         let (body, age) = match (sealed.strip_prefix(PREFIX), sealed.strip_prefix(PREFIX_AGE)) {
             (Some(body), _) => (body, false),
             (None, Some(body)) => (body, true),
+            (None, None) if is_sealed(sealed) => {
+                // `sealed:NAME`, at most 24 characters of it (the text is the database's).
+                let format: String = sealed
+                    .split(':')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .chars()
+                    .take(24)
+                    .collect();
+                return Err(format!(
+                    "it is sealed in a format this version of Slipway does not know \
+                     ({format:?}); a newer Slipway wrote it"
+                ));
+            }
             (None, None) => return Err("the value is not sealed".to_owned()),
         };
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
@@ -210,6 +252,15 @@ impl Sealer {
         <Hmac<Sha256> as KeyInit>::new_from_slice(&key.finalize())
             .expect("HMAC takes a key of any length")
     }
+}
+
+/// The v2 key: SHA-256 of its own label and the identity, used for nothing else (unlike
+/// [`Sealer::mac`]'s keys, whose purposes callers name).
+fn seal_key(identity: &age::x25519::Identity) -> [u8; 32] {
+    let mut key = Sha256::new();
+    key.update(b"slipway seal key v2\0");
+    key.update(identity.to_string().expose_secret().as_bytes());
+    key.finalize().into()
 }
 
 #[cfg(test)]
@@ -282,12 +333,19 @@ mod tests {
             "sealed:",
             "sealed:v2:",
             "sealed:v2:!!",
-            "sealed:v3:AAAA",
+            "sealed:v1:AAAA",
             "{}",
         ] {
             assert!(sealer.open(hostile).is_err(), "{hostile:?}");
         }
         assert!(!is_sealed("{\"sealed:v2:\": 1}") && is_sealed(&a));
+        let newer = format!("sealed:v3:{}", "A".repeat(100));
+        assert!(is_sealed(&newer), "a newer format is sealed, not JSON");
+        let e = sealer.open(&newer).expect_err("a newer format");
+        assert!(
+            e.contains("\"sealed:v3\"") && e.contains("newer Slipway"),
+            "{e}"
+        );
     }
 
     /// A value an earlier version sealed with age to the key's recipient still opens.
@@ -311,6 +369,14 @@ mod tests {
         );
         assert!(is_sealed(&v1));
         assert_eq!(sealer.open(&v1).expect("opens"), b"from v1");
+        // And a sealer for a state older replicas read seals so, and opens both.
+        let with_age = Sealer::load_or_create(&path)
+            .expect("key")
+            .sealing_with_age();
+        let sealed = with_age.seal(b"for v1 readers");
+        assert!(sealed.starts_with(PREFIX_AGE), "{sealed}");
+        assert_eq!(sealer.open(&sealed).expect("opens"), b"for v1 readers");
+        assert_eq!(with_age.open(&sealer.seal(b"v2")).expect("opens"), b"v2");
         let other = Sealer::load_or_create(&dir.path().join("other.key")).expect("another");
         let e = other.open(&v1).expect_err("another key cannot open it");
         assert!(e.contains("other.key"), "{e}");

@@ -144,7 +144,8 @@ impl Store {
         conn.guard_schema(schema::understood());
         let sealer = match conn.dialect() {
             Dialect::Sqlite => crate::seal::Sealer::load_or_create(&home.join("state.key"))?,
-            Dialect::Postgres => shared_key(&mut conn, home, &location)?,
+            // Replicas of the previous release may read it during a rolling upgrade.
+            Dialect::Postgres => shared_key(&mut conn, home, &location)?.sealing_with_age(),
         };
         Ok(Store {
             location,

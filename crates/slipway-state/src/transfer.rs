@@ -13,7 +13,8 @@ use crate::store::{Store, sql};
 /// Left out on purpose: `replicas` and `leases` (each replica's own, made again as replicas
 /// start on the new state), `browser_sessions` (the web UI's logins: users log in again,
 /// their tokens are copied) and `handoffs` (work in flight between running replicas: a state
-/// is migrated with them stopped).
+/// is migrated with them stopped), and `state_key` and `sealed_formats` (each state's own,
+/// made by its migrations; the key itself must be the same, which `copy_to` checks).
 const TABLES: &[&str] = &[
     "environments",
     "resources",

@@ -43,6 +43,7 @@ matrix!(
     a_finished_apply_is_recorded_whole_or_not_at_all,
     a_resource_needs_its_environment,
     resources_round_trip_and_are_listed_by_name,
+    secret_outputs_are_sealed_as_v2_on_sqlite_and_as_v1_on_postgresql,
     a_damaged_json_column_is_reported_with_its_record,
     deployments_are_listed_newest_first_and_finish_once,
     a_deployed_commit_is_one_that_succeeded_in_that_environment_since_it_was_made,
@@ -1044,6 +1045,29 @@ fn a_resource_needs_its_environment(state: &TestState) {
     assert!(
         matches!(error, StateError::Database { .. }),
         "the foreign key refuses it, got {error:?}"
+    );
+}
+
+/// A SQLite state is sealed in the fast format; a PostgreSQL one, which replicas of the
+/// previous release may read during an upgrade, with age (`seal`'s docs).
+fn secret_outputs_are_sealed_as_v2_on_sqlite_and_as_v1_on_postgresql(state: &TestState) {
+    let store = store_with(state, &["prod"]);
+    let mut db = resource("prod", "db");
+    db.secret_outputs = vec!["password".to_owned()];
+    db.outputs = json!({"password": "hunter2"});
+    db.sensitive = true;
+    store.put_resource(&db).expect("record db");
+    assert_eq!(store.resource(&env("prod"), "db").expect("read"), Some(db));
+    let on_disk = state.stored_bytes();
+    let has = |text: &[u8]| on_disk.windows(text.len()).any(|w| w == text);
+    let (written, not) = match state.postgres_url() {
+        None => (b"sealed:v2:", b"sealed:v1:"),
+        Some(_) => (b"sealed:v1:", b"sealed:v2:"),
+    };
+    assert!(
+        has(written) && !has(not),
+        "sealed as {}",
+        String::from_utf8_lossy(written)
     );
 }
 
