@@ -735,7 +735,7 @@ impl Engine {
         }
     }
 
-    /// Starts, for each of the recorded `resources`, what changing it will take (see
+    /// Starts, for each of the recorded `resources`, what deleting it will take (see
     /// `Provider::expect_change`: a `postgres.*` resource's server connection), so that it
     /// overlaps what comes before the change. It changes nothing (what it reads ahead may
     /// serve the change's first read, within the bounds `Provider::expect_change` states), a
@@ -748,7 +748,7 @@ impl Engine {
                     environment: env,
                     resource: &resource.name,
                 };
-                provider.expect_change(key, &resource.config);
+                provider.expect_change(key, slipway_providers::Action::Delete, &resource.config);
             }
         }
     }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+pub use slipway_core::plan::Action;
 pub use slipway_core::plan::ObjectChange;
 
 /// The directories of one environment. The engine creates them before any provider runs.
@@ -374,14 +375,15 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Told before the engine records an apply that will create or update `resource` (with
     /// its configuration as written, references not yet substituted), or a destroy that will
-    /// delete it (with its configuration as recorded): the provider may start what takes time
+    /// delete it (with its configuration as recorded), and which of these `action` is
+    /// (`Create`, `Update`, `Replace` or `Delete`): the provider may start what takes time
     /// and changes nothing, such as the connection the change will use and the change's first
     /// read, so that it overlaps the engine's records. A read made ahead may stand for the
     /// change's own only while it is a few tens of milliseconds old, and before any change
     /// of the provider's own (the `postgres` providers' bound). Nothing to wait for and
     /// nothing to report: the change itself reports any failure. The default does nothing.
-    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
-        let _ = (resource, config);
+    fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value) {
+        let _ = (resource, action, config);
     }
 
     /// What updating the live object recorded as `live` to `config` would do, object by
@@ -483,7 +485,7 @@ pub trait DynProvider: Send + Sync {
         live: &Value,
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError>;
     /// See [`Provider::expect_change`].
-    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value);
+    fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value);
 }
 
 fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
@@ -552,8 +554,8 @@ impl<P: Provider> DynProvider for P {
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError> {
         Provider::preview(self, ctx, &decode(P::TYPE, config)?, live)
     }
-    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
-        Provider::expect_change(self, resource, config);
+    fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value) {
+        Provider::expect_change(self, resource, action, config);
     }
 }
 

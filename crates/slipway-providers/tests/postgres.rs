@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use slipway_core::EnvName;
 use slipway_providers::postgres::{DatabaseProvider, PgServers, RoleProvider, names};
 use slipway_providers::{
-    Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext,
+    Action, Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext,
 };
 use slipway_testkit::pg::TestRole;
 
@@ -1049,14 +1049,22 @@ fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
         ("other".to_owned(), other.url()),
     ]));
     let config = json!({"server": "other"});
-    pg.database().expect_change(pg.ctx("db").into(), &config);
+    pg.database()
+        .expect_change(pg.ctx("db").into(), Action::Create, &config);
     other.wait_for_sessions(1);
     // A reference names no server yet, and with two configured none is the default.
+    pg.database().expect_change(
+        pg.ctx("db").into(),
+        Action::Create,
+        &json!({"server": "${vars.server}"}),
+    );
     pg.database()
-        .expect_change(pg.ctx("db").into(), &json!({"server": "${vars.server}"}));
-    pg.database().expect_change(pg.ctx("db").into(), &json!({}));
-    pg.role()
-        .expect_change(pg.ctx("app").into(), &json!({"server": "nowhere"}));
+        .expect_change(pg.ctx("db").into(), Action::Create, &json!({}));
+    pg.role().expect_change(
+        pg.ctx("app").into(),
+        Action::Create,
+        &json!({"server": "nowhere"}),
+    );
     // A connection wrongly made would have begun by now: give it time to show.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!((main.sessions().len(), other.sessions().len()), (0, 1));
@@ -1070,15 +1078,19 @@ fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
     assert!(main.sessions().is_empty());
 
     // The same for a role, and for the update of a database.
-    pg.role()
-        .expect_change(pg.ctx("app").into(), &json!({"server": "main"}));
+    pg.role().expect_change(
+        pg.ctx("app").into(),
+        Action::Create,
+        &json!({"server": "main"}),
+    );
     main.wait_for_sessions(1);
     let role = pg
         .role()
         .create(pg.ctx("app"), &json!({"server": "main"}))
         .expect("create a role on the server made ready");
     main.wait_for_sessions(0);
-    pg.database().expect_change(pg.ctx("db").into(), &config);
+    pg.database()
+        .expect_change(pg.ctx("db").into(), Action::Create, &config);
     other.wait_for_sessions(1);
     pg.database()
         .update(pg.ctx("db"), &config, &applied.live)

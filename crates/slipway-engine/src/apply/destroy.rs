@@ -292,7 +292,12 @@ mod tests {
         type Config = Value;
         const TYPE: &'static str = "test.expecting";
 
-        fn expect_change(&self, _resource: slipway_providers::ResourceKey<'_>, _config: &Value) {
+        fn expect_change(
+            &self,
+            _resource: slipway_providers::ResourceKey<'_>,
+            _action: slipway_providers::Action,
+            _config: &Value,
+        ) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
 

@@ -136,7 +136,7 @@ impl Engine {
                     environment: &prepared.desired.environment.name,
                     resource: &change.resource,
                 };
-                provider.expect_change(key, &desired.config);
+                provider.expect_change(key, change.action, &desired.config);
             }
         }
     }

@@ -237,6 +237,8 @@ pub(crate) fn not_ours(server: &Server, kind: &str, name: &str, why: &str) -> Pr
 pub(crate) struct RolePassword {
     plain: String,
     verifier: Option<JoinHandle<String>>,
+    /// [`RolePassword::literal`]'s answer, once made.
+    made: Option<String>,
 }
 
 impl RolePassword {
@@ -250,23 +252,34 @@ impl RolePassword {
                 move || postgres_protocol::password::scram_sha_256(plain.as_bytes())
             })
             .ok();
-        RolePassword { plain, verifier }
+        RolePassword {
+            plain,
+            verifier,
+            made: None,
+        }
     }
 
     /// The `PASSWORD` clause's literal: the verifier, or the plain password for a server
     /// older than PostgreSQL 10 (which knows no SCRAM, and would store the verifier as the
     /// password itself).
-    pub fn literal(self, s: &mut Session<'_>) -> Result<String, ProviderError> {
-        let version = s.server_version().map_err(|e| s.fail(e))?;
-        if version < 100_000 {
-            return literal(&self.plain);
+    /// Made once: a second call gives the same literal.
+    pub fn literal(&mut self, s: &mut Session<'_>) -> Result<String, ProviderError> {
+        if let Some(made) = &self.made {
+            return Ok(made.clone());
         }
-        let verifier = match self.verifier.map(JoinHandle::join) {
-            Some(Ok(verifier)) => verifier,
-            // No thread could be started (or it died): hash here.
-            _ => postgres_protocol::password::scram_sha_256(self.plain.as_bytes()),
+        let version = s.server_version().map_err(|e| s.fail(e))?;
+        let made = if version < 100_000 {
+            literal(&self.plain)?
+        } else {
+            let verifier = match self.verifier.take().map(JoinHandle::join) {
+                Some(Ok(verifier)) => verifier,
+                // No thread could be started (or it died): hash here.
+                _ => postgres_protocol::password::scram_sha_256(self.plain.as_bytes()),
+            };
+            literal(&verifier)?
         };
-        literal(&verifier)
+        self.made = Some(made.clone());
+        Ok(made)
     }
 }
 
@@ -282,7 +295,7 @@ pub(crate) fn ensure_role(
     name: &str,
     marker: &str,
     login: bool,
-    password: RolePassword,
+    mut password: RolePassword,
 ) -> Result<bool, ProviderError> {
     let role = ident(name)?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
@@ -311,22 +324,26 @@ pub(crate) fn ensure_role(
 /// iterations (4,096 rounds of PBKDF2, a few milliseconds of its backend). Made this way, the
 /// role's password is set on a second session while the first creates its database.
 ///
-/// # Assumptions
-/// No role of this name exists (the caller looked).
+/// `false`, with nothing made, when a role of this name exists already (whoever's): the
+/// server refuses a second one, so a role this makes is ours whatever anyone else does.
 pub(crate) fn create_role_without_login(
     s: &mut Session<'_>,
     name: &str,
     marker: &str,
-) -> Result<(), ProviderError> {
+) -> Result<bool, ProviderError> {
     let role = ident(name)?;
-    s.execute_atomically(
+    match s.execute_atomically(
         &format!("create role {name:?}"),
         &[
             format!("CREATE ROLE {role} NOLOGIN"),
             format!("COMMENT ON ROLE {role} IS {}", literal(marker)?),
         ],
-    )
-    .map_err(|e| s.fail(e))
+    ) {
+        Ok(()) => Ok(true),
+        // duplicate_object
+        Err(e) if e.code() == Some("42710") => Ok(false),
+        Err(e) => Err(s.fail(e)),
+    }
 }
 
 /// Lets our role `name` log in with `password` (a literal of [`RolePassword::literal`]).

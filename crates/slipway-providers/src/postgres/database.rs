@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use super::catalog::{self, Login, Ownership};
 use super::sql::{self, Server, ident, literal};
 use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
-use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey, Retry};
+use crate::{
+    Action, Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey, Retry,
+};
 
 const TYPE: &str = "postgres.database";
 
@@ -123,16 +125,20 @@ impl Provider for DatabaseProvider {
         true
     }
 
-    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
+    fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value) {
         // The server it names, or the only one; a reference (`${…}`) names none yet. Its
-        // question is the one a create and a delete ask first: of the names they use unless a
-        // live record says others (made by another home id, which the names include).
-        let names = self.servers.names_of(resource);
-        self.servers.warm(
-            TYPE,
-            config.get("server").and_then(Value::as_str),
-            catalog::role_and_database_ahead(&names.role, &names.database),
-        );
+        // question is the one the change asks first: a create, the server's version (it
+        // looks nothing up unless a name is taken, see `first_create`); an update or a
+        // delete, the role and the database, of the names they use unless a live record says
+        // others (made by another home id, which the names include).
+        let ahead = if action == Action::Create {
+            sql::Ahead::server_version()
+        } else {
+            let names = self.servers.names_of(resource);
+            catalog::role_and_database_ahead(&names.role, &names.database)
+        };
+        self.servers
+            .warm(TYPE, config.get("server").and_then(Value::as_str), ahead);
     }
 
     fn create(
@@ -143,7 +149,7 @@ impl Provider for DatabaseProvider {
         let server = self.servers.choose(TYPE, config.server.as_deref())?;
         let password = sql::generate_password()?;
         let names = self.servers.names(ctx);
-        self.ensure(ctx, &server, &names, config, &password, &[])
+        self.ensure(ctx, &server, &names, config, &password, &[], true)
     }
 
     fn update(
@@ -161,6 +167,7 @@ impl Provider for DatabaseProvider {
                     config,
                     &recorded.password,
                     &recorded.extensions,
+                    false,
                 )
             })
     }
@@ -271,7 +278,9 @@ impl Provider for DatabaseProvider {
 impl DatabaseProvider {
     /// Makes the database and its role exist as `config` says, with `password`: creates what
     /// is missing, takes back what is ours, refuses what is not. `previous` lists the
-    /// extensions this resource created before; those no longer wanted are dropped.
+    /// extensions this resource created before; those no longer wanted are dropped. `create`:
+    /// a create, which tries [`DatabaseProvider::first_create`] before it looks anything up.
+    #[allow(clippy::too_many_arguments)]
     fn ensure(
         &self,
         ctx: ResourceContext<'_>,
@@ -280,6 +289,7 @@ impl DatabaseProvider {
         config: &DatabaseConfig,
         password: &str,
         previous: &[String],
+        create: bool,
     ) -> Result<Applied, ProviderError> {
         let extensions = config.checked_extensions()?;
         if let Some(template) = config
@@ -301,7 +311,7 @@ impl DatabaseProvider {
             return Err(ProviderError::Config(format!("{TYPE}: {why}")));
         }
         let marker = self.servers.marker(ctx);
-        let hashed = catalog::RolePassword::hashing(password);
+        let mut hashed = catalog::RolePassword::hashing(password);
         // Connected while the intent is written: a connection (and the look-up it may have made
         // ahead) changes nothing on the server, and nothing is changed before the intent is
         // durable.
@@ -338,6 +348,16 @@ impl DatabaseProvider {
                 Retry::Terminal,
             ));
         }
+        let comment = format!(
+            "COMMENT ON DATABASE {} IS {}",
+            ident(&names.database)?,
+            literal(&marker)?
+        );
+        if create && self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+            drop(s);
+            reconcile_extensions(server, &names.database, &extensions, previous)?;
+            return applied(server, names, password, extensions);
+        }
         let (role, database) =
             catalog::role_and_database(&mut s, &names.role, &names.database, &marker, Login::Skip)
                 .map_err(|e| s.fail(e))?;
@@ -348,55 +368,22 @@ impl DatabaseProvider {
         if let Ownership::Foreign(why) = &role.ownership {
             return Err(catalog::not_ours(server, "role", &names.role, why));
         }
-        let comment = format!(
-            "COMMENT ON DATABASE {} IS {}",
-            ident(&names.database)?,
-            literal(&marker)?
-        );
         if role.ownership == Ownership::Absent && database.ownership == Ownership::Absent {
-            // A first create: the role is made without its password, which a second session
-            // sets while this one copies the database (see `create_role_without_login`).
-            let password = hashed.literal(&mut s)?;
-            catalog::create_role_without_login(&mut s, &names.role, &marker)?;
-            let (made, login) = std::thread::scope(|scope| {
-                let login = std::thread::Builder::new()
-                    .name("pg-login".to_owned())
-                    .spawn_scoped(scope, || {
-                        let mut other = server.connect()?;
-                        catalog::set_login(&mut other, &names.role, &password)
-                    });
-                let made = create_database(&mut s, names, config).and_then(|()| {
-                    s.execute(
-                        &format!("comment on database {:?}", names.database),
-                        &comment,
-                    )
-                    .map_err(|e| s.fail(e))
-                });
-                let login = match login {
-                    Ok(thread) => thread.join().unwrap_or_else(|_| {
-                        Err(server.error(
-                            "a bug in Slipway: setting the role's password panicked".to_owned(),
-                            Retry::Retryable,
-                        ))
-                    }),
-                    // No thread to spare: here, after the database.
-                    Err(_) => catalog::set_login(&mut s, &names.role, &password),
-                };
-                (made, login)
-            });
-            if let Err(e) = made {
-                // Best effort: `delete` finds it by its marker otherwise.
-                let _ = catalog::drop_role(&mut s, &names.role);
-                return Err(e);
+            // Free a moment ago: taken meanwhile is someone else's doing, looked at again by
+            // the next try.
+            if !self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+                return Err(made_meanwhile(server, names));
             }
-            // Both ours now: a retry finds them and sets the password again.
-            login?;
         } else {
             let created_role =
                 catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
             match database.ownership {
                 Ownership::Absent => {
-                    if let Err(e) = create_database(&mut s, names, config) {
+                    let made = create_database(&mut s, names, config).and_then(|made| {
+                        made.then_some(())
+                            .ok_or_else(|| made_meanwhile(server, names))
+                    });
+                    if let Err(e) = made {
                         if created_role {
                             // Best effort: `delete` finds it by its marker otherwise.
                             let _ = catalog::drop_role(&mut s, &names.role);
@@ -433,12 +420,95 @@ impl DatabaseProvider {
     }
 }
 
-/// `CREATE DATABASE`, with the template and strategy of `config`.
+impl DatabaseProvider {
+    /// A first create, which looks nothing up: the role (with its marker), then the database
+    /// it owns (then its marker), each made only if its name is free, since the server refuses
+    /// a second of either; so what this makes is ours, and nothing else is touched. The role is
+    /// made without its password, which a second session sets while this one copies the
+    /// database (see `create_role_without_login`). `false` when a name is taken: nothing of
+    /// this call is left (the role it made is dropped again), and the caller looks and decides.
+    fn first_create(
+        &self,
+        s: &mut sql::Session<'_>,
+        names: &Names,
+        config: &DatabaseConfig,
+        hashed: &mut catalog::RolePassword,
+        marker: &str,
+        comment: &str,
+    ) -> Result<bool, ProviderError> {
+        let server = s.server;
+        let password = hashed.literal(s)?;
+        if !catalog::create_role_without_login(s, &names.role, marker)? {
+            return Ok(false);
+        }
+        let (made, login) = std::thread::scope(|scope| {
+            let login = std::thread::Builder::new()
+                .name("pg-login".to_owned())
+                .spawn_scoped(scope, || {
+                    let mut other = server.connect()?;
+                    catalog::set_login(&mut other, &names.role, &password)
+                });
+            let made = create_database(s, names, config).and_then(|made| {
+                if made {
+                    s.execute(
+                        &format!("comment on database {:?}", names.database),
+                        comment,
+                    )
+                    .map_err(|e| s.fail(e))?;
+                }
+                Ok(made)
+            });
+            let login = match login {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(server.error(
+                        "a bug in Slipway: setting the role's password panicked".to_owned(),
+                        Retry::Retryable,
+                    ))
+                }),
+                // No thread to spare: here, after the database.
+                Err(_) => catalog::set_login(s, &names.role, &password),
+            };
+            (made, login)
+        });
+        match made {
+            Ok(true) => {}
+            Ok(false) => {
+                // The role is ours and owns nothing: it goes, and the caller looks.
+                catalog::drop_role(s, &names.role)?;
+                return Ok(false);
+            }
+            Err(e) => {
+                // Best effort: `delete` finds it by its marker otherwise.
+                let _ = catalog::drop_role(s, &names.role);
+                return Err(e);
+            }
+        }
+        // Both ours now: a retry finds them and sets the password again.
+        login?;
+        Ok(true)
+    }
+}
+
+/// Names taken between a look that found them free and the statement that made one.
+fn made_meanwhile(server: &Server, names: &Names) -> ProviderError {
+    server.error(
+        format!(
+            "{TYPE}: role \"{}\" or database \"{}\" was made by someone else while Slipway \
+             made them; the next try looks again",
+            names.role, names.database
+        ),
+        Retry::Retryable,
+    )
+}
+
+/// `CREATE DATABASE`, with the template and strategy of `config`. `false`, with nothing
+/// made, when a database of the name exists already (whoever's): the server refuses a second
+/// one, so a database this makes is ours whatever anyone else does.
 fn create_database(
     s: &mut sql::Session<'_>,
     names: &Names,
     config: &DatabaseConfig,
-) -> Result<(), ProviderError> {
+) -> Result<bool, ProviderError> {
     let mut statement = format!(
         "CREATE DATABASE {} OWNER {}",
         ident(&names.database)?,
@@ -462,11 +532,13 @@ fn create_database(
     };
     // Alone in its query: CREATE DATABASE cannot run inside a transaction block.
     let Err(e) = s.execute(&action, &statement) else {
-        return Ok(());
+        return Ok(true);
     };
     let server = s.server;
     let template = config.template.as_deref().unwrap_or_default();
     Err(match e.code() {
+        // duplicate_database
+        Some("42P04") => return Ok(false),
         Some("3D000") => server.error(
             format!(
                 "template database \"{template}\" does not exist on PostgreSQL server {}; \

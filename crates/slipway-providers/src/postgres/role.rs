@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::catalog::{self, Ownership};
 use super::sql::{self, Server};
 use super::{Intent, Names, OnServer, PgServers, Recorded, parse_live};
-use crate::{Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey};
+use crate::{Action, Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey};
 
 const TYPE: &str = "postgres.role";
 
@@ -80,7 +80,7 @@ impl Provider for RoleProvider {
         true
     }
 
-    fn expect_change(&self, resource: ResourceKey<'_>, config: &Value) {
+    fn expect_change(&self, resource: ResourceKey<'_>, _action: Action, config: &Value) {
         // The server it names, or the only one; a reference (`${…}`) names none yet. Its
         // question is the one a create and a delete ask first.
         let names = self.servers.names_of(resource);

@@ -89,6 +89,20 @@ pub(crate) struct Ahead {
     pub params: Vec<String>,
 }
 
+/// [`Session::server_version`]'s query.
+const SERVER_VERSION: &str = "select current_setting('server_version_num')::int4";
+
+impl Ahead {
+    /// The server's version ([`Session::server_version`]): what a first create asks before
+    /// anything else, and about the cheapest query a new backend answers.
+    pub(crate) fn server_version() -> Ahead {
+        Ahead {
+            sql: SERVER_VERSION,
+            params: Vec::new(),
+        }
+    }
+}
+
 /// A connection made ahead's answer to its [`Ahead`], and when it was asked.
 struct Answered {
     ahead: Ahead,
@@ -399,11 +413,7 @@ impl Session<'_> {
         if let Some(version) = self.version {
             return Ok(version);
         }
-        let rows = self.query(
-            "read the server version",
-            "select current_setting('server_version_num')::int4",
-            &[],
-        )?;
+        let rows = self.query("read the server version", SERVER_VERSION, &[])?;
         let version = rows.first().map(|row| row.get(0)).unwrap_or(0);
         self.version = Some(version);
         Ok(version)
