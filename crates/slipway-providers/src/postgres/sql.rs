@@ -260,12 +260,16 @@ impl Server {
         asks.send(reply).ok()?;
         // Nothing when its thread reached its deadline meanwhile.
         match made.recv().ok()? {
-            // One round trip: the server may have ended it meanwhile (a restart, an idle
-            // timeout, `pg_terminate_backend`), and then a new one is made.
-            Ok((mut client, answered)) => client
-                .is_valid(WARM_CHECK)
-                .is_ok()
-                .then_some(Ok((client, answered))),
+            // The server may have ended it meanwhile (a restart, an idle timeout,
+            // `pg_terminate_backend`), and then a new one is made: one round trip says, unless
+            // its answer came less than `AHEAD_FRESH` ago, which said as much. (Ended within
+            // that, its first statement fails, retryable, as one ended a moment later would.)
+            Ok((mut client, answered)) => {
+                let proven = answered
+                    .as_ref()
+                    .is_some_and(|answered| answered.asked.elapsed() < AHEAD_FRESH);
+                (proven || client.is_valid(WARM_CHECK).is_ok()).then_some(Ok((client, answered)))
+            }
             Err((failed, e)) => (failed.elapsed() < WARM_FAILURE_FRESH).then_some(Err(e)),
         }
     }
@@ -815,7 +819,29 @@ mod tests {
         let role = TestRole::create("swtest_warm", "LOGIN");
         let server = server_as(&role);
         server.warm(nothing());
-        let made = role.wait_for_sessions(1)[0];
+        let made = answered_ahead(&role);
+        Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls)
+            .unwrap()
+            .execute("select pg_terminate_backend($1)", &[&made])
+            .unwrap();
+        role.wait_for_sessions(0);
+        // Its answer no longer vouches for it.
+        std::thread::sleep(AHEAD_FRESH);
+
+        let mut s = server.connect().unwrap();
+        let now = backend_pid(&mut s);
+        assert_ne!(now, made);
+        assert_eq!(role.sessions(), [now]);
+    }
+
+    /// Ended while its answer is fresh, it is taken unchecked: its first statement fails,
+    /// retryable, as it would had the server ended it a moment after the check.
+    #[test]
+    fn a_connection_ended_while_its_answer_is_fresh_fails_its_first_statement_retryably() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let server = server_as(&role);
+        server.warm(nothing());
+        let made = answered_ahead(&role);
         Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls)
             .unwrap()
             .execute("select pg_terminate_backend($1)", &[&made])
@@ -823,9 +849,10 @@ mod tests {
         role.wait_for_sessions(0);
 
         let mut s = server.connect().unwrap();
-        let now = backend_pid(&mut s);
-        assert_ne!(now, made);
-        assert_eq!(role.sessions(), [now]);
+        let e = s
+            .execute("do nothing", "select 1")
+            .expect_err("the session was ended");
+        assert!(s.fail(e).retryable());
     }
 
     /// In a long-lived process (`serve`) nothing may take it: it is closed after `WARM_FOR`.
