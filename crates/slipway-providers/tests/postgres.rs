@@ -888,6 +888,21 @@ fn a_foreign_database_or_role_of_our_name_is_refused_and_left_untouched() {
         "the error names it: {err}"
     );
     assert!(!role_exists(&name), "no role was created next to it");
+    // With a template that does not exist, which the server checks before the name: the
+    // database is still the refusal.
+    let missing = format!("swtest_missing_{}", pg.id);
+    let err = failure(
+        pg.database()
+            .create(pg.ctx("db"), &json!({ "template": missing })),
+        "creating over a foreign database from a missing template",
+    );
+    assert!(!err.retryable(), "refusal is terminal: {err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("database \"{name}\" already exists")),
+        "the error names the database, not the template: {err}"
+    );
+    assert!(!role_exists(&name), "no role was left next to it");
     pg.database()
         .delete(pg.ctx("db"), None)
         .expect("delete without a record leaves it alone");
@@ -1090,7 +1105,7 @@ fn a_change_expected_opens_a_connection_to_its_server_which_the_create_takes() {
         .expect("create a role on the server made ready");
     main.wait_for_sessions(0);
     pg.database()
-        .expect_change(pg.ctx("db").into(), Action::Create, &config);
+        .expect_change(pg.ctx("db").into(), Action::Update, &config);
     other.wait_for_sessions(1);
     pg.database()
         .update(pg.ctx("db"), &config, &applied.live)

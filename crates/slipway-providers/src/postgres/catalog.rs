@@ -233,7 +233,7 @@ pub(crate) fn not_ours(server: &Server, kind: &str, name: &str, why: &str) -> Pr
 /// psql's `\password` sends). Made here, not by the server: the plain password never crosses
 /// the connection, so no `log_statement` or `pg_stat_activity` shows it; and the hashing runs
 /// on a thread of its own from [`RolePassword::hashing`] on, while the connection is made and
-/// the catalog looked up, instead of in the server's backend after them.
+/// the role created or the catalog looked up, instead of in the server's backend after them.
 pub(crate) struct RolePassword {
     plain: String,
     verifier: Option<JoinHandle<String>>,
@@ -340,8 +340,8 @@ pub(crate) fn create_role_without_login(
         ],
     ) {
         Ok(()) => Ok(true),
-        // duplicate_object
-        Err(e) if e.code() == Some("42710") => Ok(false),
+        // duplicate_object; unique_violation when another session makes it at the same time
+        Err(e) if matches!(e.code(), Some("42710" | "23505")) => Ok(false),
         Err(e) => Err(s.fail(e)),
     }
 }

@@ -312,7 +312,7 @@ impl DatabaseProvider {
         }
         let marker = self.servers.marker(ctx);
         let mut hashed = catalog::RolePassword::hashing(password);
-        // Connected while the intent is written: a connection (and the look-up it may have made
+        // Connected while the intent is written: a connection (and the query it may have made
         // ahead) changes nothing on the server, and nothing is changed before the intent is
         // durable.
         let (recorded, connected) = std::thread::scope(|scope| {
@@ -353,7 +353,12 @@ impl DatabaseProvider {
             ident(&names.database)?,
             literal(&marker)?
         );
-        if create && self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+        // A first create tries without looking; a name taken, or any failure (a foreign
+        // database and a bad template fail on the template first), and it looks and decides.
+        if create
+            && let First::Made =
+                self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)?
+        {
             drop(s);
             reconcile_extensions(server, &names.database, &extensions, previous)?;
             return applied(server, names, password, extensions);
@@ -371,8 +376,10 @@ impl DatabaseProvider {
         if role.ownership == Ownership::Absent && database.ownership == Ownership::Absent {
             // Free a moment ago: taken meanwhile is someone else's doing, looked at again by
             // the next try.
-            if !self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
-                return Err(made_meanwhile(server, names));
+            match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+                First::Made => {}
+                First::Taken => return Err(made_meanwhile(server, names)),
+                First::Failed(e) => return Err(e),
             }
         } else {
             let created_role =
@@ -420,13 +427,25 @@ impl DatabaseProvider {
     }
 }
 
+/// What [`DatabaseProvider::first_create`] did.
+enum First {
+    /// The role and the database, both ours.
+    Made,
+    /// Nothing: a name is taken.
+    Taken,
+    /// Not the database: it failed so (the role it made dropped again, as far as it can).
+    Failed(ProviderError),
+}
+
 impl DatabaseProvider {
     /// A first create, which looks nothing up: the role (with its marker), then the database
     /// it owns (then its marker), each made only if its name is free, since the server refuses
     /// a second of either; so what this makes is ours, and nothing else is touched. The role is
     /// made without its password, which a second session sets while this one copies the
-    /// database (see `create_role_without_login`). `false` when a name is taken: nothing of
-    /// this call is left (the role it made is dropped again), and the caller looks and decides.
+    /// database (see `create_role_without_login`). Unless both are made, the role it made is
+    /// dropped again, best effort (one that came to own something meanwhile, a database
+    /// another replica of this home made for it, stays: it is ours, and the caller's look
+    /// takes it back); an error is returned only when the role could not be made.
     fn first_create(
         &self,
         s: &mut sql::Session<'_>,
@@ -435,12 +454,21 @@ impl DatabaseProvider {
         hashed: &mut catalog::RolePassword,
         marker: &str,
         comment: &str,
-    ) -> Result<bool, ProviderError> {
+    ) -> Result<First, ProviderError> {
         let server = s.server;
-        let password = hashed.literal(s)?;
+        // Asked first, as the connection made ahead asked it; the password's hashing goes on
+        // meanwhile, until the role is made.
+        s.server_version().map_err(|e| s.fail(e))?;
         if !catalog::create_role_without_login(s, &names.role, marker)? {
-            return Ok(false);
+            return Ok(First::Taken);
         }
+        let password = match hashed.literal(s) {
+            Ok(password) => password,
+            Err(e) => {
+                let _ = catalog::drop_role(s, &names.role);
+                return Ok(First::Failed(e));
+            }
+        };
         let (made, login) = std::thread::scope(|scope| {
             let login = std::thread::Builder::new()
                 .name("pg-login".to_owned())
@@ -470,22 +498,19 @@ impl DatabaseProvider {
             };
             (made, login)
         });
-        match made {
-            Ok(true) => {}
-            Ok(false) => {
-                // The role is ours and owns nothing: it goes, and the caller looks.
-                catalog::drop_role(s, &names.role)?;
-                return Ok(false);
-            }
-            Err(e) => {
-                // Best effort: `delete` finds it by its marker otherwise.
-                let _ = catalog::drop_role(s, &names.role);
-                return Err(e);
-            }
+        let failed = match made {
+            Ok(true) => None,
+            Ok(false) => Some(First::Taken),
+            Err(e) => Some(First::Failed(e)),
+        };
+        if let Some(failed) = failed {
+            // Best effort: `delete` finds it by its marker otherwise.
+            let _ = catalog::drop_role(s, &names.role);
+            return Ok(failed);
         }
         // Both ours now: a retry finds them and sets the password again.
         login?;
-        Ok(true)
+        Ok(First::Made)
     }
 }
 
@@ -537,8 +562,8 @@ fn create_database(
     let server = s.server;
     let template = config.template.as_deref().unwrap_or_default();
     Err(match e.code() {
-        // duplicate_database
-        Some("42P04") => return Ok(false),
+        // duplicate_database; unique_violation when another session makes it at the same time
+        Some("42P04" | "23505") => return Ok(false),
         Some("3D000") => server.error(
             format!(
                 "template database \"{template}\" does not exist on PostgreSQL server {}; \
