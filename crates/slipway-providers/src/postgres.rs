@@ -37,7 +37,7 @@
 //!   be the one a connection made ahead asked (`sql::Ahead`), up to 50 ms earlier, never
 //!   before a statement of Slipway's own. Likewise a first create, which reads nothing (the
 //!   server refuses a second role or database of a name, so what it makes is ours), drops
-//!   by name the role it made a moment before when the database's name is taken.
+//!   by name the role it made a moment before when its database is not made.
 //! - Objects cloned from a `template` keep their owners: tables the admin created in the
 //!   template are the admin's in the clone, not the generated role's.
 //! - Extensions are created by the admin, in the new database, with `CREATE EXTENSION IF NOT

@@ -1,6 +1,7 @@
 //! What exists on a server under our names, whether it is ours, and the statements that
 //! create and drop it. Every function here checks nothing itself: callers decide with
-//! [`role_and_database`] and [`role`] first.
+//! [`role_and_database`] and [`role`] first, but for the statements the server itself
+//! refuses over an existing name ([`create_role_without_login`], a first create's database).
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -134,7 +135,7 @@ macro_rules! role_and_database_sql {
 const ROLE_AND_DATABASE: &str = role_and_database_sql!("null::bool");
 
 /// [`role_and_database`] of `role` and `database`, without the login, asked by a connection
-/// made ahead (see [`Ahead`]): what a create and a delete of a database ask first.
+/// made ahead (see [`Ahead`]): what an update and a delete of a database ask first.
 pub(crate) fn role_and_database_ahead(role: &str, database: &str) -> Ahead {
     Ahead {
         sql: ROLE_AND_DATABASE,

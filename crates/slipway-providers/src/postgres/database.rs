@@ -353,19 +353,32 @@ impl DatabaseProvider {
             ident(&names.database)?,
             literal(&marker)?
         );
-        // A first create tries without looking; a name taken, or any failure (a foreign
-        // database and a bad template fail on the template first), and it looks and decides.
-        if create
-            && let First::Made =
-                self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)?
-        {
-            drop(s);
-            reconcile_extensions(server, &names.database, &extensions, previous)?;
-            return applied(server, names, password, extensions);
+        // A first create tries without looking. A name taken, or its database's failure (a
+        // foreign database and a bad template fail on the template first), and it looks: to
+        // refuse what is not ours by name, or take back what is; its failure is the answer
+        // when the look finds both names free (or cannot look).
+        let mut failed_first = None;
+        if create {
+            match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+                First::Made => {
+                    drop(s);
+                    reconcile_extensions(server, &names.database, &extensions, previous)?;
+                    return applied(server, names, password, extensions);
+                }
+                First::Taken => {}
+                First::Failed(e) => failed_first = Some(e),
+            }
         }
-        let (role, database) =
-            catalog::role_and_database(&mut s, &names.role, &names.database, &marker, Login::Skip)
-                .map_err(|e| s.fail(e))?;
+        let looked =
+            catalog::role_and_database(&mut s, &names.role, &names.database, &marker, Login::Skip);
+        let (role, database) = match (looked, failed_first.take()) {
+            (Ok(found), failed) => {
+                failed_first = failed;
+                found
+            }
+            (Err(_), Some(failed)) => return Err(failed),
+            (Err(e), None) => return Err(s.fail(e)),
+        };
         // Refuse before changing anything.
         if let Ownership::Foreign(why) = &database.ownership {
             return Err(catalog::not_ours(server, "database", &names.database, why));
@@ -374,6 +387,9 @@ impl DatabaseProvider {
             return Err(catalog::not_ours(server, "role", &names.role, why));
         }
         if role.ownership == Ownership::Absent && database.ownership == Ownership::Absent {
+            if let Some(failed) = failed_first {
+                return Err(failed);
+            }
             // Free a moment ago: taken meanwhile is someone else's doing, looked at again by
             // the next try.
             match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
@@ -431,9 +447,9 @@ impl DatabaseProvider {
 enum First {
     /// The role and the database, both ours.
     Made,
-    /// Nothing: a name is taken.
+    /// A name is taken: nothing made, or the role it made dropped again as far as it could.
     Taken,
-    /// Not the database: it failed so (the role it made dropped again, as far as it can).
+    /// The database failed so: the role it made dropped again as far as it could.
     Failed(ProviderError),
 }
 
@@ -442,10 +458,12 @@ impl DatabaseProvider {
     /// it owns (then its marker), each made only if its name is free, since the server refuses
     /// a second of either; so what this makes is ours, and nothing else is touched. The role is
     /// made without its password, which a second session sets while this one copies the
-    /// database (see `create_role_without_login`). Unless both are made, the role it made is
-    /// dropped again, best effort (one that came to own something meanwhile, a database
-    /// another replica of this home made for it, stays: it is ours, and the caller's look
-    /// takes it back); an error is returned only when the role could not be made.
+    /// database (see `create_role_without_login`). Unless the database is made, the role it
+    /// made is dropped again, best effort (one that came to own something meanwhile, a
+    /// database another replica of this home made for it, stays: it is ours, and the caller's
+    /// look takes it back). An error is returned when the version, the role or the role's
+    /// password could not be had; what it made then stays, ours, for the next try to take
+    /// back.
     fn first_create(
         &self,
         s: &mut sql::Session<'_>,
@@ -508,8 +526,9 @@ impl DatabaseProvider {
             let _ = catalog::drop_role(s, &names.role);
             return Ok(failed);
         }
-        // Both ours now: a retry finds them and sets the password again.
-        login?;
+        // Both ours now. A password the second session could not set (it could not connect,
+        // say) is set here; failing that too, a retry finds both and sets it again.
+        login.or_else(|_| catalog::set_login(s, &names.role, &password))?;
         Ok(First::Made)
     }
 }

@@ -26,7 +26,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an admin connection made ahead ([`Server::warm`]) waits to be used; then the
 /// thread that made it closes it. (Shorter in unit tests, which wait for it.)
-const WARM_FOR: Duration = Duration::from_secs(if cfg!(test) { 3 } else { 30 });
+const WARM_FOR: Duration = Duration::from_secs(if cfg!(test) { 6 } else { 30 });
 
 /// How long the check that a connection made ahead still works may take.
 const WARM_CHECK: Duration = Duration::from_secs(2);
@@ -35,8 +35,9 @@ const WARM_CHECK: Duration = Duration::from_secs(2);
 /// the session's first query, when it is that question, to take it instead of asking again.
 /// A command that waits for its connection takes the answer within a millisecond or so; the
 /// bound keeps what the answer may have missed (see `Session::query`) to a few tens of
-/// milliseconds whatever the caller does meanwhile. (Longer in unit tests, which change the
-/// server between the answer and the query.)
+/// milliseconds whatever the caller does meanwhile. An answer this recent also vouches that
+/// the connection is alive (`take_warm` checks it with a round trip otherwise). (Longer in
+/// unit tests, which change the server between the answer and the query.)
 const AHEAD_FRESH: Duration = Duration::from_millis(if cfg!(test) { 2000 } else { 50 });
 
 /// How recent a failure to connect ahead must be for the `connect` that takes it to report
