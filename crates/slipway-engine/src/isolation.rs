@@ -525,20 +525,29 @@ pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
     if std::fs::symlink_metadata(root)?.is_symlink() {
         return std::fs::remove_file(root);
     }
+    let mut src = false;
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
-        if entry.file_name() != "src" {
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
+        if entry.file_name() == "src" {
+            src = true;
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            // Most are empty by now (a database's `run/`): one `rmdir`, not a walk, which
+            // reports whatever stops it.
+            if std::fs::remove_dir(&path).is_err() {
                 std::fs::remove_dir_all(&path)?;
-            } else {
-                std::fs::remove_file(&path)?;
             }
+        } else {
+            std::fs::remove_file(&path)?;
         }
     }
-    match std::fs::remove_dir_all(root.join("src")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    if src {
+        match std::fs::remove_dir_all(root.join("src")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     std::fs::remove_dir(root)
 }

@@ -631,6 +631,12 @@ fn destroy(
             eprintln!("waiting for another slipway operation on `{env}` to finish...")
         }),
     )?;
+    // With `--yes` nothing of the CLI's own can refuse the destroy any more (an environment
+    // that does not exist gets nothing started): what the deletes need starts now, while the
+    // CLI reads and says what goes (see `Engine::expect_destroy`).
+    if yes {
+        engine.expect_destroy(&lock, confirm_destroy.into());
+    }
     let resources = engine.store().resources(env)?;
     if engine.store().environment(env)?.is_none() {
         bail!("environment `{env}` does not exist here; `slipway status` lists the environments");
@@ -647,7 +653,9 @@ fn destroy(
     confirm(&format!("destroy `{env}`"), yes)?;
     // Past every refusal of the CLI's own: what the deletes need (a database connection)
     // starts now, unless the engine will refuse the destroy (see `Engine::expect_destroy`).
-    engine.expect_destroy(&lock, confirm_destroy.into());
+    if !yes {
+        engine.expect_destroy(&lock, confirm_destroy.into());
+    }
     let reporter = Reporter::new(resources.len());
     let options = slipway_engine::DestroyOptions::new(&who(), confirm_destroy.into());
     let report = engine
