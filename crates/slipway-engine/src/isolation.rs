@@ -594,6 +594,32 @@ mod tests {
         assert!(!root.exists());
     }
 
+    /// Empty and full directories, files, an export and a link all go; what the link points
+    /// to stays; a root without an export goes too.
+    #[test]
+    fn an_environment_root_goes_whole_and_never_through_a_link() {
+        let home = tempfile::tempdir().expect("a temporary home");
+        let outside = home.path().join("outside");
+        std::fs::create_dir_all(outside.join("kept")).expect("a directory elsewhere");
+        let root = home.path().join("qa");
+        for dir in ["run", "logs", "data/deep/er", "src/abc"] {
+            std::fs::create_dir_all(root.join(dir)).expect("a directory");
+        }
+        std::fs::write(root.join("logs/app.log"), "x").expect("a log");
+        std::fs::write(root.join("data/deep/er/f"), "x").expect("a file");
+        std::fs::write(root.join("state.json"), "{}").expect("a file at the root");
+        std::os::unix::fs::symlink(&outside, root.join("data/link")).expect("a link");
+        std::os::unix::fs::symlink(&outside, root.join("elsewhere")).expect("a link");
+        remove_env_root(&root).expect("removed");
+        assert!(!root.exists());
+        assert!(outside.join("kept").is_dir(), "what a link points to stays");
+
+        let plain = home.path().join("db");
+        std::fs::create_dir_all(plain.join("run")).expect("a run directory");
+        remove_env_root(&plain).expect("a root without an export is removed");
+        assert!(!plain.exists());
+    }
+
     /// How `child` ended, waiting up to 10 s; killed (and the test failed) if it did not.
     fn ended(mut child: std::process::Child) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -651,8 +651,9 @@ fn destroy(
             .join(", ")
     );
     confirm(&format!("destroy `{env}`"), yes)?;
-    // Past every refusal of the CLI's own: what the deletes need (a database connection)
-    // starts now, unless the engine will refuse the destroy (see `Engine::expect_destroy`).
+    // Without `--yes`, once the person has confirmed: past every refusal of the CLI's own,
+    // what the deletes need (a database connection) starts now, unless the engine will refuse
+    // the destroy (see `Engine::expect_destroy`).
     if !yes {
         engine.expect_destroy(&lock, confirm_destroy.into());
     }
