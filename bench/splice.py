@@ -179,6 +179,8 @@ def main():
     head[:] = [h for h in head if not (h.startswith(SPLICED) and f" {what} from" in h)]
     last_para = max(i for i, h in enumerate(head) if h.strip())
     head[last_para + 1:last_para + 1] = ["", line]
+    # The line removed leaves its blank line: one blank line between paragraphs, at most.
+    head[:] = [h for i, h in enumerate(head) if h.strip() or i == 0 or head[i - 1].strip()]
 
     with open(args.into, "w") as f:
         f.write("\n".join(line for _, lines in target for line in lines).rstrip() + "\n")

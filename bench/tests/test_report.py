@@ -169,6 +169,7 @@ class Splice(unittest.TestCase):
         self.assertIn("| plan fast | 1 s | **met** |", text)
         self.assertEqual(text.count("| PostgreSQL (section 10) | pg |"), 1)
         self.assertEqual(text.count("> **Spliced in:** section 10"), 1)
+        self.assertNotIn("\n\n\n", text, "the splices leave no run of blank lines")
         self.assertIn("```sh\nnew\n```", text)
         self.assertEqual(text.count("- **Section 10**: here"), 1)
         self.assertIn("| date | 2026-12-01 |", text)
