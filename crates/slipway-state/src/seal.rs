@@ -58,8 +58,10 @@ pub struct Sealer {
     identity: age::x25519::Identity,
     /// The v2 cipher, keyed from `identity` (see [`seal_key`]).
     cipher: XChaCha20Poly1305,
-    /// Its recipient, when values are sealed as v1 ([`Sealer::sealing_with_age`]).
-    age: Option<age::x25519::Recipient>,
+    /// Its recipient (which names the instance, see `instance_id`).
+    recipient: age::x25519::Recipient,
+    /// Whether values are sealed as v1, to `recipient` ([`Sealer::sealing_with_age`]).
+    with_age: bool,
     /// A stable, public identifier of this home (derived from the key), for naming things
     /// that several homes may share (databases on one PostgreSQL server).
     instance_id: String,
@@ -126,7 +128,8 @@ impl Sealer {
         Ok(Sealer {
             cipher: XChaCha20Poly1305::new(&seal_key(&identity).into()),
             identity,
-            age: None,
+            recipient,
+            with_age: false,
             instance_id,
             path: path.to_path_buf(),
         })
@@ -135,7 +138,7 @@ impl Sealer {
     /// This key, sealing values as v1 (age) from now on: for a state that replicas of the
     /// previous release may read (see the module's docs).
     pub(crate) fn sealing_with_age(mut self) -> Sealer {
-        self.age = Some(self.identity.to_public());
+        self.with_age = true;
         self
     }
 
@@ -147,8 +150,8 @@ impl Sealer {
     /// `sealed:v2:` + base64 of a random nonce and the ciphertext of `plaintext`, or a v1
     /// value if this sealer seals with age (see the module's docs).
     pub fn seal(&self, plaintext: &[u8]) -> String {
-        if let Some(recipient) = &self.age {
-            let age_file = age::encrypt(recipient, plaintext)
+        if self.with_age {
+            let age_file = age::encrypt(&self.recipient, plaintext)
                 .expect("encrypting to an x25519 recipient into memory cannot fail");
             return format!(
                 "{PREFIX_AGE}{}",

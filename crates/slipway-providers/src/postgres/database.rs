@@ -369,15 +369,15 @@ impl DatabaseProvider {
                 First::Failed(e) => failed_first = Some(e),
             }
         }
-        let looked =
-            catalog::role_and_database(&mut s, &names.role, &names.database, &marker, Login::Skip);
-        let (role, database) = match (looked, failed_first.take()) {
-            (Ok(found), failed) => {
-                failed_first = failed;
-                found
-            }
-            (Err(_), Some(failed)) => return Err(failed),
-            (Err(e), None) => return Err(s.fail(e)),
+        let (role, database) = match catalog::role_and_database(
+            &mut s,
+            &names.role,
+            &names.database,
+            &marker,
+            Login::Skip,
+        ) {
+            Ok(found) => found,
+            Err(e) => return Err(failed_first.unwrap_or_else(|| s.fail(e))),
         };
         // Refuse before changing anything.
         if let Ownership::Foreign(why) = &database.ownership {

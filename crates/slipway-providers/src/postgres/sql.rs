@@ -815,17 +815,24 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_connection_made_ahead_that_the_server_ended_is_replaced() {
-        let role = TestRole::create("swtest_warm", "LOGIN");
-        let server = server_as(&role);
+    /// The pid of a connection made ahead for `server` as `role`, which the server ended once
+    /// it had answered.
+    fn ended_after_its_answer(role: &TestRole, server: &Server) -> i32 {
         server.warm(nothing());
-        let made = answered_ahead(&role);
+        let made = answered_ahead(role);
         Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls)
             .unwrap()
             .execute("select pg_terminate_backend($1)", &[&made])
             .unwrap();
         role.wait_for_sessions(0);
+        made
+    }
+
+    #[test]
+    fn a_connection_made_ahead_that_the_server_ended_is_replaced() {
+        let role = TestRole::create("swtest_warm", "LOGIN");
+        let server = server_as(&role);
+        let made = ended_after_its_answer(&role, &server);
         // Its answer no longer vouches for it.
         std::thread::sleep(AHEAD_FRESH);
 
@@ -841,13 +848,7 @@ mod tests {
     fn a_connection_ended_while_its_answer_is_fresh_fails_its_first_statement_retryably() {
         let role = TestRole::create("swtest_warm", "LOGIN");
         let server = server_as(&role);
-        server.warm(nothing());
-        let made = answered_ahead(&role);
-        Client::connect(slipway_testkit::pg::ADMIN_URL, NoTls)
-            .unwrap()
-            .execute("select pg_terminate_backend($1)", &[&made])
-            .unwrap();
-        role.wait_for_sessions(0);
+        ended_after_its_answer(&role, &server);
 
         let mut s = server.connect().unwrap();
         let e = s
