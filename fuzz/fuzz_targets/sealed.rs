@@ -1,0 +1,80 @@
+//! Fuzzes the opening of a sealed value (`Sealer::open`), the one parser of text read back
+//! from `state.db`'s columns: whoever can write that file (a restored backup, a shared
+//! PostgreSQL state) chooses it.
+//!
+//! For each input:
+//! 1. The input as a column's text: opening it does not panic, and a refusal is a short
+//!    message (it names a format, never echoes the value).
+//! 2. The input as a plaintext: sealed (v2) and sealed with age to the key's recipient (v1,
+//!    as an earlier version wrote it), both open to it.
+//! 3. The v2 value with one character replaced (where and by what, from the input): unless the
+//!    text is unchanged, it does not open. A value is authentic or refused, never another
+//!    plaintext.
+
+#![no_main]
+
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use libfuzzer_sys::fuzz_target;
+use slipway_state::Sealer;
+
+struct Key {
+    sealer: Sealer,
+    recipient: age::x25519::Recipient,
+    _dir: tempfile::TempDir,
+}
+
+fn key() -> &'static Key {
+    static KEY: OnceLock<Key> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("state.key");
+        let sealer = Sealer::load_or_create(&path).expect("a new key");
+        let text = std::fs::read_to_string(&path).expect("the key file");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .expect("the key's line");
+        let recipient = age::x25519::Identity::from_str(line)
+            .expect("the key parses")
+            .to_public();
+        Key {
+            sealer,
+            recipient,
+            _dir: dir,
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let key = key();
+
+    let text = String::from_utf8_lossy(data);
+    if let Err(why) = key.sealer.open(&text) {
+        assert!(why.len() < 400, "a refusal this long echoes its input: {why}");
+    }
+
+    let sealed = key.sealer.seal(data);
+    assert_eq!(key.sealer.open(&sealed).expect("its own seal opens"), data);
+    let age_file = age::encrypt(&key.recipient, data).expect("age encrypts into memory");
+    let v1 = format!(
+        "sealed:v1:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(age_file)
+    );
+    assert_eq!(key.sealer.open(&v1).expect("a v1 value opens"), data);
+
+    let (Some(&at), Some(&by)) = (data.first(), data.last()) else {
+        return;
+    };
+    let mut changed = sealed.clone().into_bytes();
+    let at = usize::from(at) * changed.len() / 256;
+    changed[at] = by & 0x7f;
+    let changed = String::from_utf8(changed).expect("ASCII stays UTF-8");
+    if changed != sealed {
+        if let Ok(opened) = key.sealer.open(&changed) {
+            panic!("a changed value opened: {changed:?} to {opened:?}");
+        }
+    }
+});
