@@ -533,14 +533,19 @@ pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
             continue;
         }
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        let removed = if entry.file_type()?.is_dir() {
             // Most are empty by now (a database's `run/`): one `rmdir`, not a walk, which
             // reports whatever stops it.
-            if std::fs::remove_dir(&path).is_err() {
-                std::fs::remove_dir_all(&path)?;
-            }
+            std::fs::remove_dir(&path).or_else(|_| std::fs::remove_dir_all(&path))
         } else {
-            std::fs::remove_file(&path)?;
+            std::fs::remove_file(&path)
+        };
+        // A child gone meanwhile is what was wanted. (Only the root's own absence is
+        // reported as not found: the caller takes that as already destroyed, and must not
+        // take a vanished child for it, leaving the root behind.)
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
     }
     if src {
@@ -618,6 +623,35 @@ mod tests {
         std::fs::create_dir_all(plain.join("run")).expect("a run directory");
         remove_env_root(&plain).expect("a root without an export is removed");
         assert!(!plain.exists());
+    }
+
+    /// Children that another process removes meanwhile are gone as wanted: the removal goes
+    /// on and the root goes, rather than stop on a child not found (which the destroy would
+    /// take for the root's own absence, and report done with the root still there).
+    #[test]
+    fn an_environment_root_goes_whole_while_its_children_vanish() {
+        let home = tempfile::tempdir().expect("a temporary home");
+        let root = home.path().join("qa");
+        for round in 0..30 {
+            let names: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+            std::fs::create_dir_all(root.join("src")).expect("an export");
+            for name in &names {
+                std::fs::write(root.join(name), "x").expect("a file");
+            }
+            // Removes the files too, in the order a listing is likely to give them.
+            let racer = {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    for name in names.iter().rev() {
+                        let _ = std::fs::remove_file(root.join(name));
+                    }
+                })
+            };
+            let removed = remove_env_root(&root);
+            racer.join().expect("the racing thread");
+            removed.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(!root.exists(), "round {round}: the root is left");
+        }
     }
 
     /// How `child` ended, waiting up to 10 s; killed (and the test failed) if it did not.
