@@ -48,7 +48,6 @@ def main():
     ap.add_argument("--profile-dir", default="")
     ap.add_argument("--load-start", default="?")
     ap.add_argument("--controller-conf", default="")
-    ap.add_argument("--pg-runs", default="?")
     ap.add_argument("--only", default="", help="the sections run, if not all (BENCH_ONLY)")
     args = ap.parse_args()
     samples, cpu, meta = load(args.results)
@@ -73,8 +72,8 @@ def main():
         "from one run of the script, benchmarks and baselines interleaved on the same machine. "
         "Times are wall clock of the whole command (process start to exit), as a user sees "
         "them (sections 3–5, 7, 8 and 10 say where their clock starts and stops): **median** "
-        f"(min–max) of {args.runs} runs unless a row says otherwise (section 6: "
-        f"{args.pg_runs} rounds).\n"
+        f"(min–max) of {args.runs} runs unless a row says otherwise (section 6 counts "
+        "rounds, its table says how many).\n"
     )
     if args.only:
         w(f"> **Partial run** (`BENCH_ONLY=\"{args.only}\"`): only {', '.join(args.only.split())} "
@@ -87,7 +86,7 @@ def main():
       "BENCH_ENVS=\"1000 10000\" bench/run   # the numbers of environments of sections 3 "
       "and 8 (the default;\n"
       "                               # section 10 takes the first)\n"
-      "BENCH_PG_RUNS=5 bench/run      # more rounds of section 6 (default 3; a sample is 100 "
+      "BENCH_PG_RUNS=7 bench/run      # more rounds of section 6 (default 5; a sample is 100 "
       "operations)\n"
       "BENCH_PG_URL=postgres://postgres@HOST:5432/postgres bench/run   # section 6's server "
       "(trust auth)\n"

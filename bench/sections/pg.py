@@ -513,6 +513,11 @@ def machine(r):
             f"`{pg_note.get('server', '?')}`; client tools: {pg_note.get('client', '?')} |"]
 
 
+def paired(slipway, baseline):
+    """Each round's slipway ÷ baseline, in round order (the i-th sample of each is round i)."""
+    return ", ".join(f"{a / b:.2f}×" for a, b in zip(slipway, baseline))
+
+
 def verdicts(r):
     samples, meta = r.samples, r.meta
     verdicts = []
@@ -534,6 +539,10 @@ def verdicts(r):
         fig += f". Drop: slipway {per_db(pgd)}, `dropdb` {per_db(ddb)}: **{rd:.2f}×**"
         if rod:
             fig += f" (`dropdb` + `dropuser` {per_db(rod)}: {med(pgd) / med(rod):.2f}×)"
+        # Each round runs every way once, minutes apart from the next round: a round's own
+        # ratio is free of the machine's drift between rounds, and their spread shows how
+        # far a verdict near the goal can be trusted.
+        fig += (f". Per round, create: {paired(pgc, cdb)}; drop: {paired(pgd, ddb)}")
         if ok_c and ok_d:
             verdict = f"**met** (create {rc:.2f}×, drop {rd:.2f}×)"
         else:

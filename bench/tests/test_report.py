@@ -80,6 +80,18 @@ class Harness(unittest.TestCase):
         self.assertIn("plan 500 ms vs 1.00 s: **0.50×**", text)
         self.assertIn("kube-apiserver v1.34.4", text)
 
+    def test_the_database_verdict_is_the_ratio_of_medians_with_each_rounds_own(self):
+        recs = [{"label": "pg/server", "unit": "note", "samples": [],
+                 "settings": {"server_version": "15.18"}, "server": "postgres@127.0.0.1"}]
+        for label, xs in (("pg/create/slipway", [2.2, 2.6, 2.4]),
+                          ("pg/create/createdb", [2.0, 2.0, 2.0]),
+                          ("pg/drop/slipway", [1.1, 1.0, 1.3]),
+                          ("pg/drop/dropdb", [1.0, 1.0, 1.0])):
+            recs.append({"label": label, "unit": "s", "samples": xs, "cpu": xs, "n": 100})
+        text = report(recs, only="pg")
+        self.assertIn("Per round, create: 1.10×, 1.30×, 1.20×; drop: 1.10×, 1.00×, 1.30×", text)
+        self.assertIn("**met** (create 1.20×, drop 1.10×)", text)
+
     def test_the_replicas_section_reports_ratios_and_the_failover_bound(self):
         recs = [{"label": "replicas/server", "unit": "note", "samples": [],
                  "settings": {"server_version": "15.18", "fsync": "off",
