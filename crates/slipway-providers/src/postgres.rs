@@ -35,9 +35,10 @@
 //!   able to drop it and make one of the same name in between (a superuser, or the owner and
 //!   a role with `CREATEDB` together) could have Slipway alter or drop theirs. The read may
 //!   be the one a connection made ahead asked (`sql::Ahead`), up to 50 ms earlier, never
-//!   before a statement of Slipway's own. Likewise a first create, which reads nothing (the
-//!   server refuses a second role or database of a name, so what it makes is ours), drops
-//!   by name the role it made a moment before when its database is not made.
+//!   before a statement of Slipway's own. A first create reads nothing (the server refuses a
+//!   second role or database of a name, so what it makes is ours); when its database is not
+//!   made, it drops the role it made a moment before only if that role still carries its
+//!   marker, checked and dropped in one statement.
 //! - Objects cloned from a `template` keep their owners: tables the admin created in the
 //!   template are the admin's in the clone, not the generated role's.
 //! - Extensions are created by the admin, in the new database, with `CREATE EXTENSION IF NOT

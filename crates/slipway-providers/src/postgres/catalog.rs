@@ -369,6 +369,31 @@ pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderE
     .map_err(|e| s.fail(e))
 }
 
+/// Drops the role `name` if it carries `marker` (its comment), the check and the drop in one
+/// statement run by the server: what a create drops again, best effort, of a role it has just
+/// made, when its database could not be made. By name alone, a role of that name someone made
+/// after dropping ours, between two round trips, would go too. (A PL/pgSQL block: some 0.7 ms
+/// on a new backend, which loads the language; the paths that use this are rare ones.)
+/// Fails, without `CASCADE`, while the role owns objects.
+pub(crate) fn drop_role_if_ours(
+    s: &mut Session<'_>,
+    name: &str,
+    marker: &str,
+) -> Result<(), ProviderError> {
+    let body = format!(
+        "BEGIN IF shobj_description(to_regrole(quote_ident({}))::oid, 'pg_authid') = {} \
+         THEN DROP ROLE {}; END IF; END",
+        literal(name)?,
+        literal(marker)?,
+        ident(name)?
+    );
+    s.execute(
+        &format!("drop role {name:?} if it is ours"),
+        &format!("DO {}", literal(&body)?),
+    )
+    .map_err(|e| s.fail(e))
+}
+
 /// Ends every other session on database `name`, then drops it if it exists.
 pub(crate) fn drop_database(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
     let database = ident(name)?;
@@ -407,4 +432,72 @@ fn terminate_sessions(s: &mut Session<'_>, name: &str) -> Result<(), ProviderErr
     )
     .map(drop)
     .map_err(|e| s.fail(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::postgres::sql::Server;
+
+    fn exists(name: &str) -> bool {
+        postgres::Client::connect(slipway_testkit::pg::ADMIN_URL, postgres::NoTls)
+            .unwrap()
+            .query_opt("select 1 from pg_roles where rolname = $1", &[&name])
+            .unwrap()
+            .is_some()
+    }
+
+    /// What a first create drops again goes only while it carries the marker: a role of the
+    /// name without it (someone's, made after ours went) stays, and so does a role marked
+    /// for another resource. Names and markers are quoted whatever they hold.
+    #[test]
+    fn a_role_is_dropped_again_only_while_it_carries_our_marker() {
+        let server = Server::parse("main", slipway_testkit::pg::ADMIN_URL).unwrap();
+        let mut s = server.connect().unwrap();
+        let suffix = std::process::id();
+        let ours = format!("swtest_ours_{suffix}");
+        let theirs = format!("swtest_theirs \"'{suffix}");
+        let marker = format!("slipway:test{suffix}:qa/db 'quoted' \\ too");
+        for name in [&ours, &theirs] {
+            s.execute("make", &format!("CREATE ROLE {}", ident(name).unwrap()))
+                .unwrap();
+        }
+        s.execute(
+            "mark",
+            &format!(
+                "COMMENT ON ROLE {} IS {}",
+                ident(&ours).unwrap(),
+                literal(&marker).unwrap()
+            ),
+        )
+        .unwrap();
+        s.execute(
+            "mark",
+            &format!(
+                "COMMENT ON ROLE {} IS {}",
+                ident(&theirs).unwrap(),
+                literal(&format!("{marker}-other")).unwrap()
+            ),
+        )
+        .unwrap();
+
+        drop_role_if_ours(&mut s, &theirs, &marker).unwrap();
+        assert!(exists(&theirs), "another marker: left alone");
+        drop_role_if_ours(&mut s, &ours, &marker).unwrap();
+        assert!(!exists(&ours), "ours: dropped");
+        drop_role_if_ours(&mut s, &ours, &marker).unwrap();
+        s.execute(
+            "unmark",
+            &format!("COMMENT ON ROLE {} IS NULL", ident(&theirs).unwrap()),
+        )
+        .unwrap();
+        drop_role_if_ours(&mut s, &theirs, &marker).unwrap();
+        assert!(exists(&theirs), "no marker: left alone");
+        s.execute(
+            "clean up",
+            &format!("DROP ROLE {}", ident(&theirs).unwrap()),
+        )
+        .unwrap();
+    }
 }

@@ -409,7 +409,7 @@ impl DatabaseProvider {
                     if let Err(e) = made {
                         if created_role {
                             // Best effort: `delete` finds it by its marker otherwise.
-                            let _ = catalog::drop_role(&mut s, &names.role);
+                            let _ = catalog::drop_role_if_ours(&mut s, &names.role, &marker);
                         }
                         return Err(e);
                     }
@@ -483,7 +483,7 @@ impl DatabaseProvider {
         let password = match hashed.literal(s) {
             Ok(password) => password,
             Err(e) => {
-                let _ = catalog::drop_role(s, &names.role);
+                let _ = catalog::drop_role_if_ours(s, &names.role, marker);
                 return Ok(First::Failed(e));
             }
         };
@@ -523,7 +523,7 @@ impl DatabaseProvider {
         };
         if let Some(failed) = failed {
             // Best effort: `delete` finds it by its marker otherwise.
-            let _ = catalog::drop_role(s, &names.role);
+            let _ = catalog::drop_role_if_ours(s, &names.role, marker);
             return Ok(failed);
         }
         // Both ours now. A password the second session could not set (it could not connect,
