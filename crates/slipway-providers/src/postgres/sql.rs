@@ -21,6 +21,16 @@ pub use slipway_core::redact::redact_url;
 use super::names::MAX_NAME_BYTES;
 use crate::{ProviderError, Retry};
 
+/// The setting every admin session to the admin URL's database starts with: every name its
+/// statements use (functions, operators, types, catalogs) is the system's. With the default
+/// `"$user", public`, a function of the same name in `public` (which any role may create in,
+/// on PostgreSQL 14 and older) can be the better match for a call
+/// (`shobj_description(oid, 'pg_authid')` takes `text` over `pg_catalog`'s `name`), and run
+/// as the admin: an environment's role, whose password its code holds, could plant one.
+/// (A session to an environment's database, where extensions are created in its default
+/// schema, keeps the URL's own settings; it runs no such calls.)
+const CATALOG_ONLY: &str = "-c search_path=pg_catalog";
+
 /// How long connecting may take before the server counts as unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,7 +127,11 @@ struct Answered {
 pub(crate) struct Server {
     /// The `NAME` of `[postgres.NAME]`.
     pub name: String,
+    /// How to reach the admin URL's database, names resolved in `pg_catalog` alone (see
+    /// [`CATALOG_ONLY`]).
     config: postgres::Config,
+    /// The admin URL's own `options`, for a session to another database.
+    options: Option<String>,
     /// The admin URL with its password hidden, for messages.
     pub shown: String,
     /// The admin password, removed from every message as a last line of defence.
@@ -175,6 +189,11 @@ impl Server {
             None => return Err(invalid("names no host".to_owned())),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
+        let options = config.get_options().map(str::to_owned);
+        config.options(&match &options {
+            Some(given) => format!("{given} {CATALOG_ONLY}"),
+            None => CATALOG_ONLY.to_owned(),
+        });
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name("slipway")
@@ -183,6 +202,7 @@ impl Server {
         Ok(Server {
             name: name.to_owned(),
             config,
+            options,
             shown,
             password,
             host,
@@ -286,7 +306,10 @@ impl Server {
             // To another database: never the admin connection made ahead.
             Some(database) => {
                 let mut config = self.config.clone();
-                config.dbname(database);
+                // An extension is created in the database's default schema: not `pg_catalog`.
+                config
+                    .dbname(database)
+                    .options(self.options.as_deref().unwrap_or_default());
                 config.connect(NoTls).map(|client| (client, None))
             }
             None => self
@@ -759,6 +782,60 @@ mod tests {
         assert!(role_found(&mut s, &ahead), "the answer given ahead");
         assert_eq!(backend_pid(&mut s), made);
         assert!(!role_found(&mut s, &ahead), "asked again: the role is gone");
+    }
+
+    /// A function planted in `public` of the admin database (where any role may create on
+    /// PostgreSQL 14 and older) that a look-up would call instead of the system's, as the
+    /// admin, is never called; a session to another database keeps the URL's own settings.
+    #[test]
+    fn an_admin_session_calls_the_systems_functions_whatever_public_holds() {
+        let db = slipway_testkit::pg::TestDatabase::create("swtest_planted");
+        let mut planter = db.connect();
+        planter
+            .batch_execute(
+                "create sequence public.calls; \
+                 create function public.shobj_description(oid, text) returns text \
+                 language sql as $$ select 'slipway:' || nextval('public.calls') $$",
+            )
+            .unwrap();
+        let calls = |c: &mut Client| -> i64 {
+            c.query_one(
+                "select case when is_called then last_value else 0 end from public.calls",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        };
+        let server =
+            Server::parse("main", &format!("{}?options=-c%20work_mem%3D8MB", db.url())).unwrap();
+        let mut s = server.connect().unwrap();
+        let (_, database) = super::super::catalog::role_and_database(
+            &mut s,
+            "postgres",
+            "template1",
+            "slipway:1",
+            super::super::catalog::Login::Skip,
+        )
+        .unwrap();
+        assert_eq!(
+            calls(&mut planter),
+            0,
+            "the planted function ran: {database:?}"
+        );
+        let setting = |s: &mut Session<'_>, name: &str| -> String {
+            s.query("show", "select current_setting($1)", &[name])
+                .unwrap()[0]
+                .get(0)
+        };
+        assert_eq!(setting(&mut s, "search_path"), "pg_catalog");
+        assert_eq!(
+            setting(&mut s, "work_mem"),
+            "8MB",
+            "the URL's own options stay"
+        );
+        let mut other = server.connect_to(Some(db.name())).unwrap();
+        assert_eq!(setting(&mut other, "search_path"), "\"$user\", public");
+        assert_eq!(setting(&mut other, "work_mem"), "8MB");
     }
 
     /// Any other statement first, other parameters, an answer older than `AHEAD_FRESH`, or
