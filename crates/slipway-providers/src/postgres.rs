@@ -38,7 +38,8 @@
 //!   before a statement of Slipway's own. A first create reads nothing (the server refuses a
 //!   second role or database of a name, so what it makes is ours); when its database is not
 //!   made, it drops the role it made a moment before only if that role still carries its
-//!   marker, checked and dropped in one statement.
+//!   marker, checked and dropped in one statement (the window between the check and the drop
+//!   is no longer a round trip, but not closed).
 //! - Objects cloned from a `template` keep their owners: tables the admin created in the
 //!   template are the admin's in the clone, not the generated role's.
 //! - Extensions are created by the admin, in the new database, with `CREATE EXTENSION IF NOT

@@ -372,7 +372,8 @@ pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderE
 /// Drops the role `name` if it carries `marker` (its comment), the check and the drop in one
 /// statement run by the server: what a create drops again, best effort, of a role it has just
 /// made, when its database could not be made. By name alone, a role of that name someone made
-/// after dropping ours, between two round trips, would go too. (A PL/pgSQL block: some 0.7 ms
+/// after dropping ours, between two round trips, would go too; in one statement, the window
+/// is narrowed to the two commands of one block. (A PL/pgSQL block: some 0.7 ms
 /// on a new backend, which loads the language; the paths that use this are rare ones.)
 /// Fails, without `CASCADE`, while the role owns objects.
 pub(crate) fn drop_role_if_ours(
@@ -460,8 +461,13 @@ mod tests {
         let theirs = format!("swtest_theirs \"'{suffix}");
         let marker = format!("slipway:test{suffix}:qa/db 'quoted' \\ too");
         for name in [&ours, &theirs] {
-            s.execute("make", &format!("CREATE ROLE {}", ident(name).unwrap()))
-                .unwrap();
+            // What a failed run of this test with the same pid left, first.
+            let name = ident(name).unwrap();
+            s.execute(
+                "make",
+                &format!("DROP ROLE IF EXISTS {name}; CREATE ROLE {name}"),
+            )
+            .unwrap();
         }
         s.execute(
             "mark",

@@ -398,21 +398,16 @@ impl DatabaseProvider {
                 First::Failed(e) => return Err(e),
             }
         } else {
-            let created_role =
-                catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
+            // One of the two is ours already: with the database absent, the role is ours (and
+            // stays, the database being made again for it); with the role absent, the
+            // database is ours (and goes back to the role made here).
+            catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
             match database.ownership {
                 Ownership::Absent => {
-                    let made = create_database(&mut s, names, config).and_then(|made| {
+                    create_database(&mut s, names, config).and_then(|made| {
                         made.then_some(())
                             .ok_or_else(|| made_meanwhile(server, names))
-                    });
-                    if let Err(e) = made {
-                        if created_role {
-                            // Best effort: `delete` finds it by its marker otherwise.
-                            let _ = catalog::drop_role_if_ours(&mut s, &names.role, &marker);
-                        }
-                        return Err(e);
-                    }
+                    })?;
                     s.execute(
                         &format!("comment on database {:?}", names.database),
                         &comment,
@@ -483,7 +478,7 @@ impl DatabaseProvider {
         let password = match hashed.literal(s) {
             Ok(password) => password,
             Err(e) => {
-                let _ = catalog::drop_role_if_ours(s, &names.role, marker);
+                drop_again(s, &names.role, marker);
                 return Ok(First::Failed(e));
             }
         };
@@ -523,13 +518,21 @@ impl DatabaseProvider {
         };
         if let Some(failed) = failed {
             // Best effort: `delete` finds it by its marker otherwise.
-            let _ = catalog::drop_role_if_ours(s, &names.role, marker);
+            drop_again(s, &names.role, marker);
             return Ok(failed);
         }
         // Both ours now. A password the second session could not set (it could not connect,
         // say) is set here; failing that too, a retry finds both and sets it again.
         login.or_else(|_| catalog::set_login(s, &names.role, &password))?;
         Ok(First::Made)
+    }
+}
+
+/// Drops again, best effort, the role `role` a first create just made: one left, if this
+/// fails, is found by its marker by the next try or a delete, and the failure is logged.
+fn drop_again(s: &mut sql::Session<'_>, role: &str, marker: &str) {
+    if let Err(e) = catalog::drop_role_if_ours(s, role, marker) {
+        tracing::warn!(role, error = %e, "the role a first create made could not be dropped again");
     }
 }
 
