@@ -533,7 +533,13 @@ pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
             continue;
         }
         let path = entry.path();
-        let removed = if entry.file_type()?.is_dir() {
+        // Where the listing gives no type (some file systems), it is asked of the child, which
+        // may be gone too.
+        let is_dir = match entry.file_type() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other?.is_dir(),
+        };
+        let removed = if is_dir {
             // Most are empty by now (a database's `run/`): one `rmdir`, not a walk, which
             // reports whatever stops it.
             std::fs::remove_dir(&path).or_else(|_| std::fs::remove_dir_all(&path))
