@@ -515,6 +515,7 @@ def machine(r):
 
 def paired(slipway, baseline):
     """Each round's slipway ÷ baseline, in round order (the i-th sample of each is round i)."""
+    assert len(slipway) == len(baseline), "one sample of each way per round"
     return ", ".join(f"{a / b:.2f}×" for a, b in zip(slipway, baseline))
 
 

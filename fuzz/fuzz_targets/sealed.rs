@@ -3,8 +3,10 @@
 //! PostgreSQL state) chooses it.
 //!
 //! For each input:
-//! 1. The input as a column's text: opening it does not panic, and a refusal is a short
-//!    message (it names a format, never echoes the value).
+//! 1. The input as a column's text, and as the base64 body of a v1 and a v2 value (the
+//!    fuzzer then shapes an age header, a nonce and a ciphertext byte by byte): opening it does
+//!    not panic; a refusal is a short message that names a format, never echoes the value;
+//!    a made-up value never opens.
 //! 2. The input as a plaintext: sealed (v2) and sealed with age to the key's recipient (v1,
 //!    as an earlier version wrote it), both open to it.
 //! 3. The v2 value with one character replaced (where and by what, from the input): unless the
@@ -23,7 +25,23 @@ use slipway_state::Sealer;
 struct Key {
     sealer: Sealer,
     recipient: age::x25519::Recipient,
+    path: String,
     _dir: tempfile::TempDir,
+}
+
+/// A refusal is short and never repeats the value: at most 400 bytes besides the key's
+/// `path`, which it names, and no 16 characters of `text` past its first 24 (a format's
+/// name, which it quotes).
+fn refused_briefly(why: &str, text: &str, path: &str) {
+    let why = why.replace(path, "<key>");
+    assert!(why.len() < 400, "a refusal of {} bytes: {why}", why.len());
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() > 24 {
+        for window in chars[24..].windows(16) {
+            let window: String = window.iter().collect();
+            assert!(!why.contains(&window), "the refusal echoes {window:?}: {why}");
+        }
+    }
 }
 
 fn key() -> &'static Key {
@@ -43,6 +61,7 @@ fn key() -> &'static Key {
         Key {
             sealer,
             recipient,
+            path: path.display().to_string(),
             _dir: dir,
         }
     })
@@ -53,7 +72,18 @@ fuzz_target!(|data: &[u8]| {
 
     let text = String::from_utf8_lossy(data);
     if let Err(why) = key.sealer.open(&text) {
-        assert!(why.len() < 400, "a refusal this long echoes its input: {why}");
+        refused_briefly(&why, &text, &key.path);
+    }
+    // The bytes as a value's body, which the fuzzer then shapes byte by byte: an age file's
+    // header (v1), a nonce and ciphertext (v2).
+    for prefix in ["sealed:v1:", "sealed:v2:"] {
+        let body = base64::engine::general_purpose::STANDARD_NO_PAD.encode(data);
+        let made_up = format!("{prefix}{body}");
+        let why = key
+            .sealer
+            .open(&made_up)
+            .expect_err("a made-up value never opens");
+        refused_briefly(&why, &made_up, &key.path);
     }
 
     let sealed = key.sealer.seal(data);
