@@ -532,8 +532,13 @@ impl PgConn {
             }
             if let Some(limit) = self.limit {
                 let ms = limit.as_millis().max(1);
+                // After the URL's own (a `search_path` of the state's schema, say), not instead.
+                let given = config
+                    .get_options()
+                    .map(|o| format!("{o} "))
+                    .unwrap_or_default();
                 config.options(&format!(
-                    "-c idle_in_transaction_session_timeout={ms} -c lock_timeout={ms}"
+                    "{given}-c idle_in_transaction_session_timeout={ms} -c lock_timeout={ms}"
                 ));
             }
             self.client = Some(config.connect(NoTls)?);

@@ -127,10 +127,13 @@ impl Store {
             }
             if dialect == Dialect::Postgres {
                 for table in NUMBERED {
-                    // The next id the target gives continues after the last one copied.
+                    // The next id the target gives continues after the last one copied. The
+                    // functions named with their schema: a `setval(text, …)` someone made in
+                    // `public` would be a better match for the text the other returns.
                     tx.rows(
                         &format!(
-                            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                            "SELECT pg_catalog.setval(\
+                             pg_catalog.pg_get_serial_sequence('{table}', 'id')::pg_catalog.regclass, \
                              COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
                         ),
                         params![],

@@ -44,8 +44,8 @@ fn foreign(comment: Option<&str>) -> Ownership {
 }
 
 /// [`role`]'s query.
-const ROLE: &str =
-    "select shobj_description(oid, 'pg_authid'), rolcanlogin from pg_roles where rolname = $1";
+const ROLE: &str = "select pg_catalog.shobj_description(oid, 'pg_authid'::pg_catalog.name), rolcanlogin \
+     from pg_roles where rolname = $1";
 
 /// [`role`] of `name`, asked by a connection made ahead (see [`Ahead`]).
 pub(crate) fn role_ahead(name: &str) -> Ahead {
@@ -115,15 +115,19 @@ pub(crate) enum Login {
 /// The query of [`role_and_database`], with `$login` the column of `rolcanlogin`: `$1` the
 /// role's name, `$2` the database's. The role is found by `to_regrole`, a lookup in the
 /// catalog's cache, on its quoted name; a name PostgreSQL would cut short (over 63 bytes)
-/// names no role.
+/// names no role. `shobj_description` is named with its schema, its second argument typed:
+/// an untyped one would make a `public.shobj_description(oid, text)` the better match
+/// wherever the session's `search_path` (`sql::CATALOG_ONLY`) did not reach the server.
 macro_rules! role_and_database_sql {
     ($login:literal) => {
         concat!(
-            "select current_setting('server_version_num')::int4, \
-                r.oid is not null, shobj_description(r.oid, 'pg_authid'), ",
+            "select current_setting('server_version_num')::int4, r.oid is not null, \
+                pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name), ",
             $login,
-            ", d.oid is not null, shobj_description(d.oid, 'pg_database'), \
-                pg_get_userbyid(d.datdba)::text, shobj_description(d.datdba, 'pg_authid') \
+            ", d.oid is not null, \
+                pg_catalog.shobj_description(d.oid, 'pg_database'::pg_catalog.name), \
+                pg_get_userbyid(d.datdba)::text, \
+                pg_catalog.shobj_description(d.datdba, 'pg_authid'::pg_catalog.name) \
              from (select case when octet_length($1) <= 63 \
                                then to_regrole(quote_ident($1))::oid end as oid) r \
              left join pg_database d on d.datname = $2"
@@ -199,8 +203,8 @@ impl DatabaseFound {
 pub(crate) fn slipway_made(s: &mut Session<'_>, name: &str) -> Result<Option<String>, PgError> {
     let rows = s.query(
         &format!("look up database {name:?}"),
-        "select shobj_description(d.oid, 'pg_database'), \
-                shobj_description(r.oid, 'pg_authid') \
+        "select pg_catalog.shobj_description(d.oid, 'pg_database'::pg_catalog.name), \
+                pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name) \
          from pg_database d left join pg_roles r on r.oid = d.datdba \
          where d.datname = $1",
         &[name],
@@ -382,7 +386,8 @@ pub(crate) fn drop_role_if_ours(
     marker: &str,
 ) -> Result<(), ProviderError> {
     let body = format!(
-        "BEGIN IF shobj_description(to_regrole(quote_ident({}))::oid, 'pg_authid') = {} \
+        "BEGIN IF pg_catalog.shobj_description(to_regrole(quote_ident({}))::oid, \
+         'pg_authid'::pg_catalog.name) = {} \
          THEN DROP ROLE {}; END IF; END",
         literal(name)?,
         literal(marker)?,
