@@ -176,6 +176,12 @@ pub struct PostgresServer {
     /// none. A database Slipway made (another environment's) is refused even when listed.
     #[serde(default)]
     pub templates: Vec<String>,
+    /// The extensions PostgreSQL does not mark trusted that `postgres.database` resources may
+    /// ask for: the admin creates those, and their scripts run with its rights in a database
+    /// the environment's code controls. Default: none (trusted extensions need no listing:
+    /// they are created as the environment's role, which could create them itself).
+    #[serde(default)]
+    pub extensions: Vec<String>,
 }
 
 impl PostgresServer {

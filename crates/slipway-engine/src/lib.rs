@@ -699,7 +699,9 @@ impl Engine {
             servers = servers.with_unavailable(&name, &why);
         }
         for (name, server) in &config.postgres {
-            servers = servers.with_templates(name, server.templates.clone());
+            servers = servers
+                .with_templates(name, server.templates.clone())
+                .with_extensions(name, server.extensions.clone());
         }
         let servers = Arc::new(servers);
         registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));

@@ -42,9 +42,12 @@
 //!   is no longer a round trip, but not closed).
 //! - Objects cloned from a `template` keep their owners: tables the admin created in the
 //!   template are the admin's in the clone, not the generated role's.
-//! - Extensions are created by the admin, in the new database, with `CREATE EXTENSION IF NOT
-//!   EXISTS`; removing one from `extensions` drops it without `CASCADE`, so it fails (terminally)
-//!   while objects use it.
+//! - Extensions are created in `public` of the environment's database, with `CREATE EXTENSION
+//!   IF NOT EXISTS`: one PostgreSQL marks trusted as the environment's role (its install
+//!   script runs in a database the environment's code controls, and the role could create it
+//!   itself), any other by the admin, and only when the operator lists it
+//!   (`[postgres.NAME] extensions`). Removing one from `extensions` drops it without
+//!   `CASCADE`, so it fails (terminally) while objects use it.
 
 mod catalog;
 mod database;
@@ -81,6 +84,8 @@ pub struct PgServers {
     unavailable: BTreeMap<String, String>,
     /// The databases each server allows as `template:`.
     templates: BTreeMap<String, Vec<String>>,
+    /// The untrusted extensions each server allows in `extensions:`.
+    extensions: BTreeMap<String, Vec<String>>,
     instance_id: String,
     /// Admin connections made ahead ([`PgServers::warm`]).
     warm: Arc<sql::Warm>,
@@ -110,6 +115,7 @@ impl PgServers {
             servers,
             unavailable: BTreeMap::new(),
             templates: BTreeMap::new(),
+            extensions: BTreeMap::new(),
             instance_id: instance_id.to_owned(),
             warm: Arc::default(),
         }
@@ -130,6 +136,19 @@ impl PgServers {
     pub fn with_templates(mut self, name: &str, templates: Vec<String>) -> Self {
         self.templates.insert(name.to_owned(), templates);
         self
+    }
+
+    /// Allows `postgres.database` resources on server `name` to ask for the extensions
+    /// `extensions` that PostgreSQL does not mark trusted (`[postgres.NAME] extensions`): the
+    /// admin creates those, so the operator says which. Trusted ones need no listing.
+    pub fn with_extensions(mut self, name: &str, extensions: Vec<String>) -> Self {
+        self.extensions.insert(name.to_owned(), extensions);
+        self
+    }
+
+    /// The untrusted extensions server `name` allows.
+    fn untrusted_extensions(&self, name: &str) -> &[String] {
+        self.extensions.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Why `template` may not be cloned on server `name`, if it may not.

@@ -73,14 +73,19 @@ impl Pg {
         let id = random_id();
         // The templates tests make (and one they never make) are allowed on `main`, as an
         // operator lists them in `[postgres.main] templates`; nothing else is.
-        let servers = Arc::new(PgServers::new(servers, &id).with_templates(
-            "main",
-            vec![
-                format!("swtest_tpl_{id}"),
-                format!("swtest_missing_{id}"),
-                long_template(&id),
-            ],
-        ));
+        let servers = Arc::new(
+            PgServers::new(servers, &id)
+                .with_templates(
+                    "main",
+                    vec![
+                        format!("swtest_tpl_{id}"),
+                        format!("swtest_missing_{id}"),
+                        long_template(&id),
+                    ],
+                )
+                // An untrusted extension, as an operator lists it in `[postgres.lenient] extensions`.
+                .with_extensions("lenient", vec!["pageinspect".to_owned()]),
+        );
         // Exactly what the engine does to register them.
         let mut registry = Registry::local();
         registry.register(DatabaseProvider::new(Arc::clone(&servers)));
@@ -454,6 +459,75 @@ fn update_adds_and_removes_extensions_and_keeps_the_password() {
     pg.database()
         .delete(pg.ctx("db"), Some(&removed.live))
         .expect("delete");
+}
+
+/// The owner and the schema of `extension` in the database at `url`, if it is there.
+fn extension_owner_and_schema(database: &str, extension: &str) -> Option<(String, String)> {
+    postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        postgres::NoTls,
+    )
+    .expect("connect to the database as admin")
+    .query_opt(
+        "select extowner::regrole::text, extnamespace::regnamespace::text \
+         from pg_extension where extname = $1",
+        &[&extension],
+    )
+    .expect("read the extension")
+    .map(|row| (row.get(0), row.get(1)))
+}
+
+/// An extension's install script runs in a database the environment's code controls: one
+/// PostgreSQL marks trusted is created as the environment's role (which could create it
+/// itself), one it does not only when the operator lists it for the server (then by the
+/// admin), and refused otherwise, naming the setting; both in `public`.
+#[test]
+fn trusted_extensions_are_the_roles_own_and_untrusted_ones_need_the_operators_list() {
+    let pg = Pg::with_servers(BTreeMap::from([
+        ("main".to_owned(), ADMIN.to_owned()),
+        ("lenient".to_owned(), ADMIN.to_owned()),
+    ]));
+    let created = pg
+        .database()
+        .create(
+            pg.ctx("db"),
+            &json!({"server": "main", "extensions": ["citext"]}),
+        )
+        .expect("create with a trusted extension");
+    let (database, user) = (output(&created, "database"), output(&created, "user"));
+    assert_eq!(
+        extension_owner_and_schema(&database, "citext"),
+        Some((user.clone(), "public".to_owned())),
+        "a trusted extension is its role's"
+    );
+
+    let untrusted = json!({"server": "main", "extensions": ["citext", "pageinspect"]});
+    let err = failure(
+        pg.database()
+            .update(pg.ctx("db"), &untrusted, &created.live),
+        "an untrusted extension no one listed",
+    );
+    assert!(!err.retryable(), "a refusal is terminal: {err}");
+    assert!(
+        err.to_string()
+            .contains("\"pageinspect\" is not marked trusted")
+            && err.to_string().contains("`[postgres.main] extensions`"),
+        "the error names the extension and the setting: {err}"
+    );
+    assert_eq!(extension_owner_and_schema(&database, "pageinspect"), None);
+
+    let other = pg
+        .database()
+        .create(
+            pg.ctx("other"),
+            &json!({"server": "lenient", "extensions": ["pageinspect"]}),
+        )
+        .expect("an untrusted extension the operator listed");
+    assert_eq!(
+        extension_owner_and_schema(&output(&other, "database"), "pageinspect"),
+        Some(("postgres".to_owned(), "public".to_owned())),
+        "made by the admin"
+    );
 }
 
 #[test]

@@ -367,6 +367,44 @@ resources:
     assert!(!database_exists(&db));
 }
 
+/// An extension PostgreSQL does not mark trusted is one only the admin may create, its
+/// install script running in a database the environment's code controls: the apply is
+/// refused, naming the setting, until the operator lists it in `[postgres.main] extensions`.
+#[test]
+fn an_untrusted_extension_waits_for_the_operators_list() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: ext\nenvironments:\n  qa: { track: main }\nresources:\n  \
+         db: { type: postgres.database, extensions: [citext, pageinspect] }\n",
+    )
+    .commit("a database with a trusted and an untrusted extension");
+    let refused = s.expect_code(&["apply", "--env", "qa", "--yes"], 1);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("\"pageinspect\" is not marked trusted")
+            && said.contains("`[postgres.main] extensions`"),
+        "{said}"
+    );
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(&s.config, format!("{config}extensions = ['pageinspect']\n"))
+        .expect("write the config");
+    s.ok(&["apply", "--env", "qa", "--yes"]);
+    let db = outputs(&s, "qa", "db")["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+    let installed: Vec<String> = admin_to(&db)
+        .query("select extname::text from pg_extension order by 1", &[])
+        .expect("list extensions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(installed, ["citext", "pageinspect", "plpgsql"]);
+    s.ok(&["destroy", "--env", "qa", "--yes"]);
+    assert!(!database_exists(&db));
+}
+
 /// Lists `templates` in the sandbox's `[postgres.main]` (its last table).
 fn allow_templates(s: &Sandbox, templates: &[&str]) {
     let config = std::fs::read_to_string(&s.config).expect("config");

@@ -362,7 +362,13 @@ impl DatabaseProvider {
             match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
                 First::Made => {
                     drop(s);
-                    reconcile_extensions(server, &names.database, &extensions, previous)?;
+                    reconcile_extensions(
+                        server,
+                        names,
+                        &extensions,
+                        previous,
+                        self.servers.untrusted_extensions(&server.name),
+                    )?;
                     return applied(server, names, password, extensions);
                 }
                 First::Taken => {}
@@ -433,7 +439,13 @@ impl DatabaseProvider {
             }
         }
         drop(s);
-        reconcile_extensions(server, &names.database, &extensions, previous)?;
+        reconcile_extensions(
+            server,
+            names,
+            &extensions,
+            previous,
+            self.servers.untrusted_extensions(&server.name),
+        )?;
         applied(server, names, password, extensions)
     }
 }
@@ -618,14 +630,22 @@ fn installed_extensions(s: &mut sql::Session<'_>) -> Result<BTreeSet<String>, Pr
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Creates the `wanted` extensions missing from `database`, and drops those of `previous` no
-/// longer wanted (without `CASCADE`).
+/// Creates the `wanted` extensions missing from the database of `names`, and drops those of
+/// `previous` no longer wanted (without `CASCADE`).
+///
+/// An extension's install script runs in a database the environment's code controls (its
+/// role owns it, and its `public` schema): one PostgreSQL marks trusted is created as that
+/// role (`SET ROLE`), which could create it itself, so Slipway lends it nothing; another only
+/// when the operator lists it in `allowed` (`[postgres.NAME] extensions`), by the admin, and
+/// refused otherwise, naming the setting. Either goes in `public`.
 fn reconcile_extensions(
     server: &Server,
-    database: &str,
+    names: &Names,
     wanted: &[String],
     previous: &[String],
+    allowed: &[String],
 ) -> Result<(), ProviderError> {
+    let database = &names.database;
     let removed: Vec<&String> = previous.iter().filter(|e| !wanted.contains(e)).collect();
     if wanted.is_empty() && removed.is_empty() {
         return Ok(());
@@ -633,9 +653,26 @@ fn reconcile_extensions(
     let mut s = server.connect_to(Some(database))?;
     let installed = installed_extensions(&mut s)?;
     for extension in wanted.iter().filter(|e| !installed.contains(*e)) {
+        let create = format!(
+            "CREATE EXTENSION IF NOT EXISTS {} SCHEMA public",
+            ident(extension)?
+        );
+        let statement = if trusted(&mut s, extension)? {
+            format!("SET ROLE {}; {create}; RESET ROLE", ident(&names.role)?)
+        } else if allowed.contains(extension) {
+            create
+        } else {
+            return Err(ProviderError::Config(format!(
+                "{TYPE}: extension {extension:?} is not marked trusted by PostgreSQL on server \
+                 {}: only the admin may create it, and its install script would run with the \
+                 admin's rights in a database the environment's code controls; list it in \
+                 the engine config's `[postgres.{}] extensions` to allow it",
+                server.name, server.name
+            )));
+        };
         s.execute(
             &format!("create extension {extension:?} in database {database:?}"),
-            &format!("CREATE EXTENSION IF NOT EXISTS {}", ident(extension)?),
+            &statement,
         )
         .map_err(|e| s.fail(e))?;
     }
@@ -650,6 +687,27 @@ fn reconcile_extensions(
         .map_err(|e| s.fail(e))?;
     }
     Ok(())
+}
+
+/// Whether PostgreSQL marks `extension` trusted (a database owner may create it), in the
+/// version `CREATE EXTENSION` installs: never before PostgreSQL 13, which has no such mark,
+/// nor for an extension the server does not have (its `CREATE` then says so). PostgreSQL
+/// checks the mark itself when the role creates it.
+fn trusted(s: &mut sql::Session<'_>, extension: &str) -> Result<bool, ProviderError> {
+    if s.server_version().map_err(|e| s.fail(e))? < 130000 {
+        return Ok(false);
+    }
+    let rows = s
+        .query(
+            &format!("read whether extension {extension:?} is trusted"),
+            "select v.trusted from pg_catalog.pg_available_extension_versions v \
+             join pg_catalog.pg_available_extensions e \
+               on e.name = v.name and e.default_version = v.version \
+             where v.name = $1",
+            &[extension],
+        )
+        .map_err(|e| s.fail(e))?;
+    Ok(rows.first().is_some_and(|row| row.get(0)))
 }
 
 fn applied(
