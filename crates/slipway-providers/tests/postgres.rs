@@ -516,18 +516,88 @@ fn trusted_extensions_are_the_roles_own_and_untrusted_ones_need_the_operators_li
     );
     assert_eq!(extension_owner_and_schema(&database, "pageinspect"), None);
 
+    // A trusted one first, then one the operator listed, on one session: the role is the
+    // admin's again after the first.
     let other = pg
         .database()
         .create(
             pg.ctx("other"),
-            &json!({"server": "lenient", "extensions": ["pageinspect"]}),
+            &json!({"server": "lenient", "extensions": ["citext", "pageinspect"]}),
         )
         .expect("an untrusted extension the operator listed");
+    let (database, user) = (output(&other, "database"), output(&other, "user"));
     assert_eq!(
-        extension_owner_and_schema(&output(&other, "database"), "pageinspect"),
+        extension_owner_and_schema(&database, "citext"),
+        Some((user, "public".to_owned()))
+    );
+    assert_eq!(
+        extension_owner_and_schema(&database, "pageinspect"),
         Some(("postgres".to_owned(), "public".to_owned())),
         "made by the admin"
     );
+
+    let err = failure(
+        pg.database().create(
+            pg.ctx("third"),
+            &json!({"server": "lenient", "extensions": [format!("swtest_none_{}", pg.id)]}),
+        ),
+        "an extension the server does not have",
+    );
+    assert!(
+        err.to_string()
+            .contains("is not available on server lenient"),
+        "{err}"
+    );
+}
+
+/// The environment's role owns its database and may set the database's `search_path`: a
+/// schema of its own first, `pg_catalog` after, so that its `pg_extension` (a view calling
+/// its function) would be read in place of the system's by the admin, who looks at the
+/// extensions on every observe. The admin's sessions resolve names in `pg_catalog` alone.
+#[test]
+fn the_admin_reads_the_systems_catalogs_whatever_search_path_the_database_sets() {
+    let pg = Pg::new();
+    let config = json!({"extensions": ["citext"]});
+    let created = pg.database().create(pg.ctx("db"), &config).expect("create");
+    let database = output(&created, "database");
+    // What the environment's code may do, as its role (here as the admin, for brevity).
+    let mut as_owner = postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        postgres::NoTls,
+    )
+    .expect("connect to the environment's database");
+    as_owner
+        .batch_execute(&format!(
+            "create schema planted; create sequence planted.calls; \
+             create function planted.spy() returns bigint language sql \
+               as 'select nextval(''planted.calls'')'; \
+             create view planted.pg_extension as \
+               select extname, planted.spy() as spied from pg_catalog.pg_extension; \
+             alter database {} set search_path = planted, pg_catalog",
+            quote(&database)
+        ))
+        .expect("plant a catalog and set the database's search_path");
+    assert_eq!(
+        pg.database()
+            .observe(pg.ctx("db"), &config, &created.live)
+            .expect("observe"),
+        Observation::InSync
+    );
+    pg.database()
+        .update(
+            pg.ctx("db"),
+            &json!({"extensions": ["citext", "hstore"]}),
+            &created.live,
+        )
+        .expect("an update that adds an extension");
+    let calls: i64 = as_owner
+        .query_one(
+            "select case when is_called then last_value else 0 end from planted.calls",
+            &[],
+        )
+        .expect("read the counter")
+        .get(0);
+    assert_eq!(calls, 0, "the planted view was read by the admin");
 }
 
 #[test]

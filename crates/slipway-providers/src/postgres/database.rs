@@ -653,11 +653,22 @@ fn reconcile_extensions(
     let mut s = server.connect_to(Some(database))?;
     let installed = installed_extensions(&mut s)?;
     for extension in wanted.iter().filter(|e| !installed.contains(*e)) {
-        let create = format!(
-            "CREATE EXTENSION IF NOT EXISTS {} SCHEMA public",
-            ident(extension)?
-        );
-        let statement = if trusted(&mut s, extension)? {
+        let Some(available) = available(&mut s, extension)? else {
+            return Err(ProviderError::Config(format!(
+                "{TYPE}: extension {extension:?} is not available on server {} \
+                 (`select name from pg_available_extensions` lists those it has)",
+                server.name
+            )));
+        };
+        // Where its control file says, or `public`: never the session's default schema.
+        let create = match available.schema {
+            Some(_) => format!("CREATE EXTENSION IF NOT EXISTS {}", ident(extension)?),
+            None => format!(
+                "CREATE EXTENSION IF NOT EXISTS {} SCHEMA public",
+                ident(extension)?
+            ),
+        };
+        let statement = if available.by_owner {
             format!("SET ROLE {}; {create}; RESET ROLE", ident(&names.role)?)
         } else if allowed.contains(extension) {
             create
@@ -689,25 +700,42 @@ fn reconcile_extensions(
     Ok(())
 }
 
-/// Whether PostgreSQL marks `extension` trusted (a database owner may create it), in the
-/// version `CREATE EXTENSION` installs: never before PostgreSQL 13, which has no such mark,
-/// nor for an extension the server does not have (its `CREATE` then says so). PostgreSQL
-/// checks the mark itself when the role creates it.
-fn trusted(s: &mut sql::Session<'_>, extension: &str) -> Result<bool, ProviderError> {
-    if s.server_version().map_err(|e| s.fail(e))? < 130000 {
-        return Ok(false);
-    }
+/// What the server says of an extension, in the version `CREATE EXTENSION` installs.
+struct Available {
+    /// The database's owner may create it: PostgreSQL marks it trusted (13 and later), or it
+    /// needs no superuser at all. (PostgreSQL checks this again when the role creates it.)
+    by_owner: bool,
+    /// The schema its control file fixes, if any.
+    schema: Option<String>,
+}
+
+/// [`Available`] of `extension`, or `None` when the server does not have it.
+fn available(
+    s: &mut sql::Session<'_>,
+    extension: &str,
+) -> Result<Option<Available>, ProviderError> {
+    let by_owner = if s.server_version().map_err(|e| s.fail(e))? >= 130000 {
+        "v.trusted or not v.superuser"
+    } else {
+        "not v.superuser"
+    };
     let rows = s
         .query(
-            &format!("read whether extension {extension:?} is trusted"),
-            "select v.trusted from pg_catalog.pg_available_extension_versions v \
-             join pg_catalog.pg_available_extensions e \
-               on e.name = v.name and e.default_version = v.version \
-             where v.name = $1",
+            &format!("read what the server says of extension {extension:?}"),
+            &format!(
+                "select {by_owner}, v.schema::text \
+                 from pg_catalog.pg_available_extension_versions v \
+                 join pg_catalog.pg_available_extensions e \
+                   on e.name = v.name and e.default_version = v.version \
+                 where v.name = $1"
+            ),
             &[extension],
         )
         .map_err(|e| s.fail(e))?;
-    Ok(rows.first().is_some_and(|row| row.get(0)))
+    Ok(rows.first().map(|row| Available {
+        by_owner: row.get(0),
+        schema: row.get(1),
+    }))
 }
 
 fn applied(

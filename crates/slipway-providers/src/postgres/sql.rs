@@ -21,14 +21,18 @@ pub use slipway_core::redact::redact_url;
 use super::names::MAX_NAME_BYTES;
 use crate::{ProviderError, Retry};
 
-/// The setting every admin session to the admin URL's database starts with: every name its
-/// statements use (functions, operators, types, catalogs) is the system's. With the default
-/// `"$user", public`, a function of the same name in `public` (which any role may create in,
-/// on PostgreSQL 14 and older) can be the better match for a call
-/// (`shobj_description(oid, 'pg_authid')` takes `text` over `pg_catalog`'s `name`), and run
-/// as the admin: an environment's role, whose password its code holds, could plant one.
-/// (A session to an environment's database, where extensions are created in its default
-/// schema, keeps the URL's own settings; it runs no such calls.)
+/// The setting every admin session starts with, added to the URL's own options: every name
+/// its statements use (functions, operators, types, catalogs) is the system's.
+/// - On the admin URL's database, with the default `"$user", public`, a function of the same
+///   name in `public` (which any role may create in, on PostgreSQL 14 and older) can be the
+///   better match for a call (`shobj_description(oid, 'pg_authid')` takes `text` over
+///   `pg_catalog`'s `name`), and run as the admin: an environment's role, whose password its
+///   code holds, could plant one.
+/// - On an environment's own database its role may even set the database's `search_path`
+///   (`ALTER DATABASE … SET search_path = its_schema, pg_catalog`), after which its
+///   `pg_extension` or `=` would be found before the system's. A setting the client sends at
+///   connection overrides the database's. (Extensions are created `SCHEMA public`, or in
+///   their control file's schema, never in the default one.)
 const CATALOG_ONLY: &str = "-c search_path=pg_catalog";
 
 /// How long connecting may take before the server counts as unreachable.
@@ -130,8 +134,6 @@ pub(crate) struct Server {
     /// How to reach the admin URL's database, names resolved in `pg_catalog` alone (see
     /// [`CATALOG_ONLY`]).
     config: postgres::Config,
-    /// The admin URL's own `options`, for a session to another database.
-    options: Option<String>,
     /// The admin URL with its password hidden, for messages.
     pub shown: String,
     /// The admin password, removed from every message as a last line of defence.
@@ -202,7 +204,6 @@ impl Server {
         Ok(Server {
             name: name.to_owned(),
             config,
-            options,
             shown,
             password,
             host,
@@ -306,10 +307,7 @@ impl Server {
             // To another database: never the admin connection made ahead.
             Some(database) => {
                 let mut config = self.config.clone();
-                // An extension is created in the database's default schema: not `pg_catalog`.
-                config
-                    .dbname(database)
-                    .options(self.options.as_deref().unwrap_or_default());
+                config.dbname(database);
                 config.connect(NoTls).map(|client| (client, None))
             }
             None => self
@@ -786,7 +784,8 @@ mod tests {
 
     /// A function planted in `public` of the admin database (where any role may create on
     /// PostgreSQL 14 and older) that a look-up would call instead of the system's, as the
-    /// admin, is never called; a session to another database keeps the URL's own settings.
+    /// admin, is never called; every admin session, to any database, resolves names in
+    /// `pg_catalog` alone, whatever the database's own setting, and keeps the URL's options.
     #[test]
     fn an_admin_session_calls_the_systems_functions_whatever_public_holds() {
         let db = slipway_testkit::pg::TestDatabase::create("swtest_planted");
@@ -833,8 +832,15 @@ mod tests {
             "8MB",
             "the URL's own options stay"
         );
+        // A database's own setting (its owner may make one) gives way to the session's.
+        planter
+            .batch_execute(&format!(
+                "alter database {} set search_path = public, pg_catalog",
+                db.name()
+            ))
+            .unwrap();
         let mut other = server.connect_to(Some(db.name())).unwrap();
-        assert_eq!(setting(&mut other, "search_path"), "\"$user\", public");
+        assert_eq!(setting(&mut other, "search_path"), "pg_catalog");
         assert_eq!(setting(&mut other, "work_mem"), "8MB");
     }
 
