@@ -112,6 +112,22 @@ pub enum StateError {
         understood: i64,
     },
 
+    /// The PostgreSQL state's schema table exists but belongs to a role the state's user is
+    /// not: someone made it before Slipway did, and Slipway would write to it (running its
+    /// triggers with the state user's rights).
+    #[error(
+        "refusing the state database {location}: its table slipway_schema was made by \
+         {owner:?}, not by this state's user or a role it belongs to; on PostgreSQL 14 and \
+         older any role may create tables in `public`: drop that table, and run `REVOKE CREATE \
+         ON SCHEMA public FROM PUBLIC` in this database (docs/secrets-and-databases.md)"
+    )]
+    ForeignSchemaTable {
+        /// The state database, its password hidden.
+        location: String,
+        /// The role that owns the table.
+        owner: String,
+    },
+
     /// A schema migration failed; the database stays at the previous version.
     #[error("failed to migrate the state database {location} to schema version {version}")]
     Migrate {
@@ -287,6 +303,7 @@ impl StateError {
             | StateError::WalUnavailable { .. }
             | StateError::NewerSchema { .. }
             | StateError::SchemaMoved { .. }
+            | StateError::ForeignSchemaTable { .. }
             | StateError::CorruptJson { .. }
             | StateError::InvalidValue { .. }
             | StateError::UnknownWord { .. }

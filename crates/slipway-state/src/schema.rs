@@ -403,18 +403,34 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         source,
     };
     if conn.dialect() == Dialect::Postgres {
-        let made: i64 = conn
+        let (made, foreign): (i64, Option<String>) = conn
             .query_one(
                 // In the schema the statements below create and read it in (not anywhere
-                // on the search path).
-                "SELECT COUNT(*) FROM pg_catalog.pg_class c \
+                // on the search path); with the owner of one a role this user is not (or
+                // belongs to), which only someone else can have made.
+                // (`pg_has_role` would vouch for anyone to a superuser.)
+                "WITH RECURSIVE mine(oid) AS (\
+                   SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user \
+                   UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m \
+                   JOIN mine ON m.member = mine.oid) \
+                 SELECT COUNT(*), MAX(CASE WHEN c.relowner IN (SELECT oid FROM mine) \
+                   THEN NULL ELSE pg_catalog.pg_get_userbyid(c.relowner)::text END) \
+                 FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = current_schema() AND c.relname = 'slipway_schema' \
-                 AND c.relkind = 'r'",
+                 WHERE n.nspname = pg_catalog.current_schema() \
+                 AND c.relname = 'slipway_schema' AND c.relkind = 'r'",
                 params![],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .map_err(open_error)?;
+        // Every other table of the state is made by a plain `CREATE TABLE`, which fails on
+        // one someone made first; this one alone is made `IF NOT EXISTS`, so it is checked.
+        if let Some(owner) = foreign {
+            return Err(StateError::ForeignSchemaTable {
+                location: location.to_owned(),
+                owner,
+            });
+        }
         // `IF NOT EXISTS` does not make two sessions creating the table at once safe (one
         // fails on the catalog's unique index): they take turns, under a lock of this
         // transaction's that no other statement of Slipway's takes. Any role that can connect

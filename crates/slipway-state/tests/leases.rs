@@ -390,3 +390,50 @@ fn every_home_on_a_shared_state_must_hold_the_key_it_was_sealed_with() {
         b"shared secret"
     );
 }
+
+/// A `slipway_schema` table someone else made in the state's schema before Slipway did
+/// (any role may create in `public` on PostgreSQL 14 and older) is refused, naming its owner:
+/// Slipway would write to it, its triggers running with the state user's rights. The state's
+/// user here is a superuser, for which PostgreSQL counts every role as its own.
+#[test]
+fn a_schema_table_someone_else_made_first_is_refused() {
+    let planter = slipway_testkit::pg::TestRole::create("swtest_planter", "LOGIN");
+    let database = slipway_testkit::pg::TestDatabase::create("slipway_state_planted");
+    let name = planter
+        .url()
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split('@').next())
+        .expect("the role's name")
+        .to_owned();
+    database
+        .connect()
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {name}"))
+        .expect("what PostgreSQL 14 grants every role");
+    let mut as_planter = ::postgres::Client::connect(
+        &format!("postgres://{name}@127.0.0.1:5432/{}", database.name()),
+        ::postgres::NoTls,
+    )
+    .expect("connect as the planter");
+    as_planter
+        .batch_execute(
+            "CREATE TABLE public.slipway_schema (id BIGINT PRIMARY KEY, version BIGINT NOT NULL)",
+        )
+        .expect("plant the table");
+    drop(as_planter);
+
+    let home = tempfile::tempdir().expect("a home");
+    let error = slipway_state::Store::open_postgres(home.path(), &database.url())
+        .expect_err("a planted schema table is refused");
+    let text = error.to_string();
+    assert!(
+        matches!(&error, slipway_state::StateError::ForeignSchemaTable { owner, .. } if *owner == name)
+            && text.contains("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+        "{text}"
+    );
+    let rows: i64 = database
+        .connect()
+        .query_one("SELECT COUNT(*) FROM public.slipway_schema", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "nothing was written to it");
+}
