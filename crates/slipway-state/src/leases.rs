@@ -27,11 +27,17 @@ use crate::StateError;
 use crate::db::{Dialect, Exec, Row, params};
 use crate::store::{Store, env_name, sql};
 
-/// The database's clock in unix milliseconds, as SQL.
+/// The database's clock in unix milliseconds, as SQL. On PostgreSQL both operands of `*`
+/// are `numeric`, so that the system's operator is an exact match: with `* 1000` (an
+/// `integer`) a `*(numeric, integer)` someone made in `public` (any role may, on PostgreSQL 14
+/// and older) would be a better match than the system's, and compute every lease's clock.
 pub(crate) fn now_sql(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
-        Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        Dialect::Postgres => {
+            "CAST(CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS NUMERIC) \
+             * CAST(1000 AS NUMERIC) AS BIGINT)"
+        }
     }
 }
 

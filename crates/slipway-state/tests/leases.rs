@@ -437,3 +437,33 @@ fn a_schema_table_someone_else_made_first_is_refused() {
         .get(0);
     assert_eq!(rows, 0, "nothing was written to it");
 }
+
+/// The leases' clock is the database's, computed with the system's operators: a
+/// `*(numeric, integer)` someone made in `public` (any role may, on PostgreSQL 14 and older)
+/// is never the better match, and never sets a heartbeat's time.
+#[test]
+fn the_database_clock_is_read_with_the_systems_operators() {
+    let database = slipway_testkit::pg::TestDatabase::create("slipway_state_clock");
+    database
+        .connect()
+        .batch_execute(
+            "CREATE FUNCTION public.stopped(numeric, integer) RETURNS numeric \
+               LANGUAGE sql AS 'SELECT 7::numeric'; \
+             CREATE OPERATOR public.* (LEFTARG = numeric, RIGHTARG = integer, \
+               FUNCTION = public.stopped)",
+        )
+        .expect("plant an operator");
+    let home = tempfile::tempdir().expect("a home");
+    let store =
+        slipway_state::Store::open_postgres(home.path(), &database.url()).expect("the state");
+    store.heartbeat("r1", None).expect("beat");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let beat = store.replicas().expect("list")[0].heartbeat_at;
+    assert!(
+        (beat - now_ms).abs() < 60_000,
+        "the heartbeat's time is the clock's, not the planted operator's: {beat}"
+    );
+}
