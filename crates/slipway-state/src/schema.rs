@@ -560,9 +560,13 @@ fn rehearsed(conn: &mut impl Exec) -> Result<bool, DbError> {
         Dialect::Sqlite => {
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'slipway_rehearsal'"
         }
+        // The catalogs, not `information_schema`: its columns are a domain, for which the
+        // system has no `=`, so one someone made in `public` would be the exact match.
         Dialect::Postgres => {
-            "SELECT COUNT(*) FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = 'slipway_rehearsal'"
+            "SELECT COUNT(*) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = pg_catalog.current_schema() \
+             AND c.relname = 'slipway_rehearsal' AND c.relkind = 'r'"
         }
     };
     conn.query_one(sql, params![], |row| row.get::<i64>(0))

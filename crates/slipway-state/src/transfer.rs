@@ -177,9 +177,14 @@ fn columns(conn: &mut impl Exec, table: &str) -> Result<Vec<String>, StateError>
             params![],
             |row| row.get::<String>(0),
         ),
+        // The catalogs, not `information_schema`: its columns are a domain, for which the
+        // system has no `=`, so one someone made in `public` would be the exact match.
         Dialect::Postgres => conn.query(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = ?1 ORDER BY ordinal_position",
+            "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = pg_catalog.current_schema() AND c.relname = ?1 \
+             AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             params![table],
             |row| row.get::<String>(0),
         ),

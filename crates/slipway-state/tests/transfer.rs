@@ -228,3 +228,49 @@ fn a_backup_taken_while_the_state_is_open_is_a_state_that_reads_the_same() {
         .expect_err("a backup never overwrites a file");
     assert!(matches!(again, StateError::Database { .. }), "{again:?}");
 }
+
+/// `information_schema`'s columns are a domain, for which the system has no `=`: an `=`
+/// someone made in `public` of the state database (any role may, on PostgreSQL 14 and older)
+/// would be the exact match for comparing them. Opening a PostgreSQL state and moving it
+/// in and out read the system's catalogs instead: the planted operators are never called.
+#[test]
+fn opening_and_moving_a_postgres_state_call_nothing_planted_in_public() {
+    let database = TestDatabase::create("slipway_planted");
+    let mut planter = database.connect();
+    planter
+        .batch_execute(
+            "CREATE SEQUENCE public.calls; \
+             CREATE FUNCTION public.spy(information_schema.sql_identifier, name) \
+               RETURNS boolean LANGUAGE sql \
+               AS 'SELECT nextval(''public.calls'') IS NULL OR $1::name = $2'; \
+             CREATE OPERATOR public.= (LEFTARG = information_schema.sql_identifier, \
+               RIGHTARG = name, FUNCTION = public.spy); \
+             CREATE FUNCTION public.spy2(information_schema.sql_identifier, \
+               information_schema.sql_identifier) RETURNS boolean LANGUAGE sql \
+               AS 'SELECT nextval(''public.calls'') IS NULL OR $1::name = $2::name'; \
+             CREATE OPERATOR public.= (LEFTARG = information_schema.sql_identifier, \
+               RIGHTARG = information_schema.sql_identifier, FUNCTION = public.spy2)",
+        )
+        .expect("plant the operators");
+    let home = tempfile::tempdir().expect("a home");
+    let sqlite = populated(home.path());
+    let pg = Store::open_postgres(home.path(), &database.url()).expect("open the PostgreSQL state");
+    sqlite.copy_to(&pg).expect("into PostgreSQL");
+    let back_home = tempfile::tempdir().expect("another home");
+    std::fs::copy(
+        home.path().join("state.key"),
+        back_home.path().join("state.key"),
+    )
+    .expect("the same key");
+    let back = Store::open(back_home.path()).expect("an empty SQLite state");
+    pg.copy_to(&back).expect("out of PostgreSQL");
+    assert_eq!(everything(&back), everything(&sqlite), "the same records");
+    let calls: i64 = planter
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.calls",
+            &[],
+        )
+        .expect("read the counter")
+        .get(0);
+    assert_eq!(calls, 0, "a planted operator was called");
+}
