@@ -116,16 +116,28 @@ pub enum StateError {
     /// not: someone made it before Slipway did, and Slipway would write to it (running its
     /// triggers with the state user's rights).
     #[error(
-        "refusing the state database {location}: its table slipway_schema was made by \
-         {owner:?}, not by this state's user or a role it belongs to; on PostgreSQL 14 and \
-         older any role may create tables in `public`: drop that table, and run `REVOKE CREATE \
-         ON SCHEMA public FROM PUBLIC` in this database (docs/secrets-and-databases.md)"
+        "refusing the state database {location}: {schema}.slipway_schema is owned by {owner}, \
+         not by this state's user (or is not a table); {}",
+        if *restored {
+            "if this state was restored by that role, give its tables to this user \
+             (ALTER TABLE ... OWNER TO, or REASSIGN OWNED BY)"
+        } else {
+            "no other table of Slipway's is there: someone made it before Slipway did (on \
+             PostgreSQL 14 and older any role may create in public); drop it, and run \
+             `REVOKE CREATE ON SCHEMA public FROM PUBLIC` in this database \
+             (docs/secrets-and-databases.md)"
+        }
     )]
     ForeignSchemaTable {
         /// The state database, its password hidden.
         location: String,
-        /// The role that owns the table.
+        /// The role that owns the relation.
         owner: String,
+        /// The state's schema.
+        schema: String,
+        /// Whether the state's other tables are there too (a restored state, not a planted
+        /// table).
+        restored: bool,
     },
 
     /// A schema migration failed; the database stays at the previous version.

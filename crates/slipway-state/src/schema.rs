@@ -403,33 +403,14 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         source,
     };
     if conn.dialect() == Dialect::Postgres {
-        let (made, foreign): (i64, Option<String>) = conn
-            .query_one(
-                // In the schema the statements below create and read it in (not anywhere
-                // on the search path); with the owner of one a role this user is not (or
-                // belongs to), which only someone else can have made.
-                // (`pg_has_role` would vouch for anyone to a superuser.)
-                "WITH RECURSIVE mine(oid) AS (\
-                   SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user \
-                   UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m \
-                   JOIN mine ON m.member = mine.oid) \
-                 SELECT COUNT(*), MAX(CASE WHEN c.relowner IN (SELECT oid FROM mine) \
-                   THEN NULL ELSE pg_catalog.pg_get_userbyid(c.relowner)::text END) \
-                 FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = pg_catalog.current_schema() \
-                 AND c.relname = 'slipway_schema' AND c.relkind = 'r'",
-                params![],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .map_err(open_error)?;
         // Every other table of the state is made by a plain `CREATE TABLE`, which fails on
-        // one someone made first; this one alone is made `IF NOT EXISTS`, so it is checked.
+        // one someone made first; this one alone is made `IF NOT EXISTS`, so whatever holds
+        // its name must be a table of this user's: checked here, and again under the lock
+        // below, between its `CREATE` and its `INSERT` (another role may hold that lock while
+        // it makes one).
+        let (made, foreign) = schema_table(conn).map_err(open_error)?;
         if let Some(owner) = foreign {
-            return Err(StateError::ForeignSchemaTable {
-                location: location.to_owned(),
-                owner,
-            });
+            return Err(foreign_schema_table(conn, location, owner));
         }
         // `IF NOT EXISTS` does not make two sessions creating the table at once safe (one
         // fails on the catalog's unique index): they take turns, under a lock of this
@@ -448,10 +429,23 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
              SELECT pg_advisory_xact_lock(7236832237734584697);\n\
              CREATE TABLE IF NOT EXISTS slipway_schema (\n\
              id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
+             DO 'BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname = pg_catalog.current_schema() AND c.relname = ''slipway_schema'' \
+               AND (c.relkind <> ''r'' OR c.relowner <> (SELECT oid FROM pg_catalog.pg_roles \
+                 WHERE rolname = current_user))) \
+             THEN RAISE EXCEPTION ''slipway_schema is not a table of this user''; END IF; END';\n\
              INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;\n\
              COMMIT;"
         })
-        .map_err(open_error)?;
+        .map_err(|source| {
+            // The failed statement left its transaction aborted: ended, then asked why.
+            let _ = conn.batch("ROLLBACK");
+            match schema_table(conn) {
+                Ok((_, Some(owner))) => foreign_schema_table(conn, location, owner),
+                _ => open_error(source),
+            }
+        })?;
     }
     let found = version(conn).map_err(open_error)?;
     refuse_newer(location, found)?;
@@ -552,6 +546,52 @@ fn refuse_newer(location: &str, found: i64) -> Result<(), StateError> {
         });
     }
     Ok(())
+}
+
+/// How many relations named `slipway_schema` the state's schema holds, and the owner of one
+/// that is not a table of the current user's (a view, a partitioned table, anything
+/// another role made: only the user's own are trusted, not those of roles it is granted,
+/// since the providers' admin may be granted every environment's role). Every comparison is
+/// exact, so nothing planted in `public` is called.
+fn schema_table(conn: &mut Conn) -> Result<(i64, Option<String>), DbError> {
+    conn.query_one(
+        "SELECT COUNT(*), MAX(CASE WHEN c.relkind = 'r' AND c.relowner = \
+           (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+           THEN NULL ELSE pg_catalog.pg_get_userbyid(c.relowner)::text END) \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = pg_catalog.current_schema() AND c.relname = 'slipway_schema'",
+        params![],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+}
+
+/// [`StateError::ForeignSchemaTable`] for `owner`'s `slipway_schema`, saying whether the
+/// state's other tables are there (a state restored by another role, to hand over) or not
+/// (a table planted before the first open, to drop).
+fn foreign_schema_table(conn: &mut Conn, location: &str, owner: String) -> StateError {
+    let restored = conn
+        .query_one(
+            "SELECT COUNT(*) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = pg_catalog.current_schema() AND c.relname = 'environments'",
+            params![],
+            |row| row.get::<i64>(0),
+        )
+        .is_ok_and(|n| n > 0);
+    let schema = conn
+        .query_one(
+            "SELECT pg_catalog.current_schema()::text",
+            params![],
+            |row| row.get::<String>(0),
+        )
+        .unwrap_or_else(|_| "public".to_owned());
+    StateError::ForeignSchemaTable {
+        location: location.to_owned(),
+        owner,
+        schema,
+        restored,
+    }
 }
 
 /// Whether a binary rehearsing the next schema migrated this database.

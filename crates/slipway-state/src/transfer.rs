@@ -184,7 +184,8 @@ fn columns(conn: &mut impl Exec, table: &str) -> Result<Vec<String>, StateError>
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = pg_catalog.current_schema() AND c.relname = ?1 \
-             AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+             AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
             params![table],
             |row| row.get::<String>(0),
         ),

@@ -450,7 +450,11 @@ fn the_database_clock_is_read_with_the_systems_operators() {
             "CREATE FUNCTION public.stopped(numeric, integer) RETURNS numeric \
                LANGUAGE sql AS 'SELECT 7::numeric'; \
              CREATE OPERATOR public.* (LEFTARG = numeric, RIGHTARG = integer, \
-               FUNCTION = public.stopped)",
+               FUNCTION = public.stopped); \
+             CREATE FUNCTION public.stopped_too(double precision, integer) \
+               RETURNS double precision LANGUAGE sql AS 'SELECT 7::double precision'; \
+             CREATE OPERATOR public.* (LEFTARG = double precision, RIGHTARG = integer, \
+               FUNCTION = public.stopped_too)",
         )
         .expect("plant an operator");
     let home = tempfile::tempdir().expect("a home");
@@ -466,4 +470,87 @@ fn the_database_clock_is_read_with_the_systems_operators() {
         (beat - now_ms).abs() < 60_000,
         "the heartbeat's time is the clock's, not the planted operator's: {beat}"
     );
+}
+
+/// The planter's other moves: a view of that name (or anything but a table) is refused as
+/// well; and a table made while the planter holds the lock the first open takes (any role
+/// may take it), after the open looked and before it creates the table `IF NOT EXISTS`, is
+/// refused under that lock, before anything is written to it.
+#[test]
+fn a_schema_view_or_a_table_made_under_the_open_lock_is_refused() {
+    let planter = slipway_testkit::pg::TestRole::create("swtest_planter", "LOGIN");
+    let name = planter
+        .url()
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split('@').next())
+        .expect("the role's name")
+        .to_owned();
+    let connect_as_planter = |database: &slipway_testkit::pg::TestDatabase| {
+        database
+            .connect()
+            .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {name}"))
+            .expect("what PostgreSQL 14 grants every role");
+        ::postgres::Client::connect(
+            &format!("postgres://{name}@127.0.0.1:5432/{}", database.name()),
+            ::postgres::NoTls,
+        )
+        .expect("connect as the planter")
+    };
+
+    let viewed = slipway_testkit::pg::TestDatabase::create("slipway_state_view");
+    connect_as_planter(&viewed)
+        .batch_execute("CREATE VIEW public.slipway_schema AS SELECT 1::bigint AS id")
+        .expect("plant a view");
+    let home = tempfile::tempdir().expect("a home");
+    let error = slipway_state::Store::open_postgres(home.path(), &viewed.url())
+        .expect_err("a view is refused");
+    assert!(
+        matches!(&error, slipway_state::StateError::ForeignSchemaTable { owner, restored: false, .. } if *owner == name),
+        "{error}"
+    );
+
+    let raced = slipway_testkit::pg::TestDatabase::create("slipway_state_race");
+    let mut as_planter = connect_as_planter(&raced);
+    as_planter
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7236832237734584697)")
+        .expect("hold the lock of the first open");
+    let url = raced.url();
+    let opening = std::thread::spawn(move || {
+        let home = tempfile::tempdir().expect("a home");
+        slipway_state::Store::open_postgres(home.path(), &url).map(drop)
+    });
+    let mut watcher = raced.connect();
+    slipway_testkit::wait::wait_for(
+        "the open to wait for the lock",
+        std::time::Duration::from_secs(20),
+        || {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .ok()?
+                .get(0);
+            (waiting > 0).then_some(())
+        },
+    );
+    as_planter
+        .batch_execute(
+            "CREATE TABLE public.slipway_schema (id BIGINT PRIMARY KEY, version BIGINT NOT NULL); \
+             COMMIT",
+        )
+        .expect("make the table, then let the open go on");
+    let error = opening
+        .join()
+        .expect("the opening thread")
+        .expect_err("the table made meanwhile is refused");
+    assert!(
+        matches!(&error, slipway_state::StateError::ForeignSchemaTable { owner, .. } if *owner == name),
+        "{error}"
+    );
+    let rows: i64 = watcher
+        .query_one("SELECT COUNT(*) FROM public.slipway_schema", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "nothing was written to it");
 }
