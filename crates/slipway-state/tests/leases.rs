@@ -391,20 +391,26 @@ fn every_home_on_a_shared_state_must_hold_the_key_it_was_sealed_with() {
     );
 }
 
-/// A `slipway_schema` table someone else made in the state's schema before Slipway did
-/// (any role may create in `public` on PostgreSQL 14 and older) is refused, naming its owner:
-/// Slipway would write to it, its triggers running with the state user's rights. The state's
-/// user here is a superuser, for which PostgreSQL counts every role as its own.
-#[test]
-fn a_schema_table_someone_else_made_first_is_refused() {
+/// A role that may log in, as an environment's on a shared server, and its name.
+fn planter() -> (slipway_testkit::pg::TestRole, String) {
     let planter = slipway_testkit::pg::TestRole::create("swtest_planter", "LOGIN");
-    let database = slipway_testkit::pg::TestDatabase::create("slipway_state_planted");
     let name = planter
         .url()
         .strip_prefix("postgres://")
         .and_then(|rest| rest.split('@').next())
         .expect("the role's name")
         .to_owned();
+    (planter, name)
+}
+
+/// A `slipway_schema` table someone else made in the state's schema before Slipway did
+/// (any role may create in `public` on PostgreSQL 14 and older) is refused, naming its owner:
+/// Slipway would write to it, its triggers running with the state user's rights. The state's
+/// user here is a superuser, for which PostgreSQL counts every role as its own.
+#[test]
+fn a_schema_table_someone_else_made_first_is_refused() {
+    let (_planter, name) = planter();
+    let database = slipway_testkit::pg::TestDatabase::create("slipway_state_planted");
     database
         .connect()
         .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {name}"))
@@ -478,13 +484,7 @@ fn the_database_clock_is_read_with_the_systems_operators() {
 /// refused under that lock, before anything is written to it.
 #[test]
 fn a_schema_view_or_a_table_made_under_the_open_lock_is_refused() {
-    let planter = slipway_testkit::pg::TestRole::create("swtest_planter", "LOGIN");
-    let name = planter
-        .url()
-        .strip_prefix("postgres://")
-        .and_then(|rest| rest.split('@').next())
-        .expect("the role's name")
-        .to_owned();
+    let (_planter, name) = planter();
     let connect_as_planter = |database: &slipway_testkit::pg::TestDatabase| {
         database
             .connect()

@@ -357,20 +357,23 @@ impl DatabaseProvider {
         // foreign database and a bad template fail on the template first), and it looks: to
         // refuse what is not ours by name, or take back what is; its failure is the answer
         // when the look finds both names free (or cannot look).
+        // Both names ours: the session ends, then the extensions (on a session of the new
+        // database's), then the record.
+        let finish = |s: sql::Session<'_>| {
+            drop(s);
+            reconcile_extensions(
+                server,
+                names,
+                &extensions,
+                previous,
+                self.servers.untrusted_extensions(&server.name),
+            )?;
+            applied(server, names, password, extensions)
+        };
         let mut failed_first = None;
         if create {
             match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
-                First::Made => {
-                    drop(s);
-                    reconcile_extensions(
-                        server,
-                        names,
-                        &extensions,
-                        previous,
-                        self.servers.untrusted_extensions(&server.name),
-                    )?;
-                    return applied(server, names, password, extensions);
-                }
+                First::Made => return finish(s),
                 First::Taken => {}
                 First::Failed(e) => failed_first = Some(e),
             }
@@ -438,15 +441,7 @@ impl DatabaseProvider {
                 }
             }
         }
-        drop(s);
-        reconcile_extensions(
-            server,
-            names,
-            &extensions,
-            previous,
-            self.servers.untrusted_extensions(&server.name),
-        )?;
-        applied(server, names, password, extensions)
+        finish(s)
     }
 }
 
