@@ -539,28 +539,29 @@ pub(crate) fn remove_env_root(root: &Path) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             other => other?.is_dir(),
         };
-        let removed = if is_dir {
+        // A child gone meanwhile is what was wanted. (Only the root's own absence is
+        // reported as not found: the caller takes that as already destroyed, and must not
+        // take a vanished child for it, leaving the root behind.)
+        gone(if is_dir {
             // Most are empty by now (a database's `run/`): one `rmdir`, not a walk, which
             // reports whatever stops it.
             std::fs::remove_dir(&path).or_else(|_| std::fs::remove_dir_all(&path))
         } else {
             std::fs::remove_file(&path)
-        };
-        // A child gone meanwhile is what was wanted. (Only the root's own absence is
-        // reported as not found: the caller takes that as already destroyed, and must not
-        // take a vanished child for it, leaving the root behind.)
-        match removed {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        })?;
     }
     if src {
-        match std::fs::remove_dir_all(root.join("src")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        gone(std::fs::remove_dir_all(root.join("src")))?;
     }
     std::fs::remove_dir(root)
+}
+
+/// A removal's `result`, with what was not there taken as removed.
+pub(crate) fn gone(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

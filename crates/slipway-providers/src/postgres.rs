@@ -105,6 +105,11 @@ impl fmt::Debug for PgServers {
     }
 }
 
+/// What the operator lists for server `name` in one of its settings (none if it lists nothing).
+fn listed<'a>(lists: &'a BTreeMap<String, Vec<String>>, name: &str) -> &'a [String] {
+    lists.get(name).map(Vec::as_slice).unwrap_or(&[])
+}
+
 impl PgServers {
     /// `servers` maps each server's name to its admin connection string (a
     /// `postgres://user:password@host:port/database` URL or a libpq key-value string);
@@ -148,12 +153,12 @@ impl PgServers {
 
     /// The untrusted extensions server `name` allows.
     fn untrusted_extensions(&self, name: &str) -> &[String] {
-        self.extensions.get(name).map(Vec::as_slice).unwrap_or(&[])
+        listed(&self.extensions, name)
     }
 
     /// Why `template` may not be cloned on server `name`, if it may not.
     fn template_refused(&self, name: &str, template: &str) -> Option<String> {
-        let allowed = self.templates.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let allowed = listed(&self.templates, name);
         if allowed.iter().any(|t| t == template) {
             return None;
         }

@@ -418,27 +418,25 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         // can take an advisory lock too (an environment's, on a shared server): it is taken
         // only while the table is missing, and waited for at most 30 s, then the open fails
         // rather than hang.
-        conn.batch(if made == 1 {
-            "BEGIN;\n\
-             SET LOCAL lock_timeout = '30s';\n\
-             INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;\n\
-             COMMIT;"
+        let insert =
+            "INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING";
+        let batch = if made == 1 {
+            format!("BEGIN; SET LOCAL lock_timeout = '30s'; {insert}; COMMIT;")
         } else {
-            "BEGIN;\n\
-             SET LOCAL lock_timeout = '30s';\n\
-             SELECT pg_advisory_xact_lock(7236832237734584697);\n\
-             CREATE TABLE IF NOT EXISTS slipway_schema (\n\
-             id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
-             DO 'BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_class c \
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-               WHERE n.nspname = pg_catalog.current_schema() AND c.relname = ''slipway_schema'' \
-               AND (c.relkind <> ''r'' OR c.relowner <> (SELECT oid FROM pg_catalog.pg_roles \
-                 WHERE rolname = current_user))) \
-             THEN RAISE EXCEPTION ''slipway_schema is not a table of this user''; END IF; END';\n\
-             INSERT INTO slipway_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;\n\
-             COMMIT;"
-        })
-        .map_err(|source| {
+            let check = format!(
+                "BEGIN IF EXISTS (SELECT {SCHEMA_TABLES} AND NOT ({OURS})) THEN \
+                 RAISE EXCEPTION 'slipway_schema is not a table of this user'; END IF; END"
+            );
+            format!(
+                "BEGIN; SET LOCAL lock_timeout = '30s';\n\
+                 SELECT pg_advisory_xact_lock(7236832237734584697);\n\
+                 CREATE TABLE IF NOT EXISTS slipway_schema (\n\
+                 id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);\n\
+                 DO '{}';\n{insert};\nCOMMIT;",
+                check.replace('\'', "''")
+            )
+        };
+        conn.batch(&batch).map_err(|source| {
             // The failed statement left its transaction aborted: ended, then asked why.
             let _ = conn.batch("ROLLBACK");
             match schema_table(conn) {
@@ -555,16 +553,23 @@ fn refuse_newer(location: &str, found: i64) -> Result<(), StateError> {
 /// exact, so nothing planted in `public` is called.
 fn schema_table(conn: &mut Conn) -> Result<(i64, Option<String>), DbError> {
     conn.query_one(
-        "SELECT COUNT(*), MAX(CASE WHEN c.relkind = 'r' AND c.relowner = \
-           (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) \
-           THEN NULL ELSE pg_catalog.pg_get_userbyid(c.relowner)::text END) \
-         FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = pg_catalog.current_schema() AND c.relname = 'slipway_schema'",
+        &format!(
+            "SELECT COUNT(*), MAX(CASE WHEN {OURS} THEN NULL \
+             ELSE pg_catalog.pg_get_userbyid(c.relowner)::text END) {SCHEMA_TABLES}"
+        ),
         params![],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )
 }
+
+/// The relations (`c`) named `slipway_schema` in the state's schema, as SQL.
+const SCHEMA_TABLES: &str = "FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = pg_catalog.current_schema() AND c.relname = 'slipway_schema'";
+
+/// Whether the relation `c` is a table of the current user's own, as SQL.
+const OURS: &str = "c.relkind = 'r' \
+     AND c.relowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)";
 
 /// [`StateError::ForeignSchemaTable`] for `owner`'s `slipway_schema`, saying whether the
 /// state's other tables are there (a state restored by another role, to hand over) or not

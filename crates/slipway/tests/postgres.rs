@@ -386,9 +386,8 @@ fn an_untrusted_extension_waits_for_the_operators_list() {
             && said.contains("`[postgres.main] extensions`"),
         "{said}"
     );
-    let config = std::fs::read_to_string(&s.config).expect("config");
-    std::fs::write(&s.config, format!("{config}extensions = ['pageinspect']\n"))
-        .expect("write the config");
+    // `[postgres.main]` is the configuration's last table.
+    util::world::append_config(&s, "extensions = ['pageinspect']\n");
     s.ok(&["apply", "--env", "qa", "--yes"]);
     let db = outputs(&s, "qa", "db")["database"]
         .as_str()

@@ -225,14 +225,7 @@ impl Engine {
             // No resource is left to run from an export: every one goes.
             self.collect_exports(&env)?;
             let root = self.home.join("envs").join(&env);
-            crate::isolation::remove_env_root(&root)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
+            crate::isolation::gone(crate::isolation::remove_env_root(&root))
                 .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
             // Its processes are stopped and its files gone: its uid may serve another. The
             // deployment, the uid, the record and the event: one transaction.

@@ -289,8 +289,7 @@ impl RolePassword {
 }
 
 /// Makes the role `name` exist with our marker, `login` and `password`: creates it (with its
-/// marker, in one transaction) when absent, or sets both on our existing one. Returns whether
-/// it created it.
+/// marker, in one transaction) when absent, or sets both on our existing one.
 ///
 /// # Assumptions
 /// The caller checked that any role of this name is ours.
@@ -301,14 +300,14 @@ pub(crate) fn ensure_role(
     marker: &str,
     login: bool,
     mut password: RolePassword,
-) -> Result<bool, ProviderError> {
+) -> Result<(), ProviderError> {
     let role = ident(name)?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
     let password = password.literal(s)?;
     let comment = format!("COMMENT ON ROLE {role} IS {}", literal(marker)?);
-    let (created, action, change) = match found.ownership {
-        Ownership::Absent => (true, "create", "CREATE"),
-        _ => (false, "update", "ALTER"),
+    let (action, change) = match found.ownership {
+        Ownership::Absent => ("create", "CREATE"),
+        _ => ("update", "ALTER"),
     };
     s.execute_atomically(
         &format!("{action} role {name:?}"),
@@ -317,8 +316,7 @@ pub(crate) fn ensure_role(
             comment,
         ],
     )
-    .map_err(|e| s.fail(e))?;
-    Ok(created)
+    .map_err(|e| s.fail(e))
 }
 
 /// Creates the role `name` with our marker (one transaction), unable to log in and without

@@ -353,10 +353,6 @@ impl DatabaseProvider {
             ident(&names.database)?,
             literal(&marker)?
         );
-        // A first create tries without looking. A name taken, or its database's failure (a
-        // foreign database and a bad template fail on the template first), and it looks: to
-        // refuse what is not ours by name, or take back what is; its failure is the answer
-        // when the look finds both names free (or cannot look).
         // Both names ours: the session ends, then the extensions (on a session of the new
         // database's), then the record.
         let finish = |s: sql::Session<'_>| {
@@ -370,6 +366,10 @@ impl DatabaseProvider {
             )?;
             applied(server, names, password, extensions)
         };
+        // A first create tries without looking. A name taken, or its database's failure (a
+        // foreign database and a bad template fail on the template first), and it looks: to
+        // refuse what is not ours by name, or take back what is; its failure is the answer
+        // when the look finds both names free (or cannot look).
         let mut failed_first = None;
         if create {
             match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
@@ -656,13 +656,15 @@ fn reconcile_extensions(
             )));
         };
         // Where its control file says, or `public`: never the session's default schema.
-        let create = match available.schema {
-            Some(_) => format!("CREATE EXTENSION IF NOT EXISTS {}", ident(extension)?),
-            None => format!(
-                "CREATE EXTENSION IF NOT EXISTS {} SCHEMA public",
-                ident(extension)?
-            ),
-        };
+        let create = format!(
+            "CREATE EXTENSION IF NOT EXISTS {}{}",
+            ident(extension)?,
+            if available.fixed_schema {
+                ""
+            } else {
+                " SCHEMA public"
+            }
+        );
         let statement = if available.by_owner {
             format!("SET ROLE {}; {create}; RESET ROLE", ident(&names.role)?)
         } else if allowed.contains(extension) {
@@ -700,8 +702,8 @@ struct Available {
     /// The database's owner may create it: PostgreSQL marks it trusted (13 and later), or it
     /// needs no superuser at all. (PostgreSQL checks this again when the role creates it.)
     by_owner: bool,
-    /// The schema its control file fixes, if any.
-    schema: Option<String>,
+    /// Its control file fixes its schema.
+    fixed_schema: bool,
 }
 
 /// [`Available`] of `extension`, or `None` when the server does not have it.
@@ -718,7 +720,7 @@ fn available(
         .query(
             &format!("read what the server says of extension {extension:?}"),
             &format!(
-                "select {by_owner}, v.schema::text \
+                "select {by_owner}, v.schema is not null \
                  from pg_catalog.pg_available_extension_versions v \
                  join pg_catalog.pg_available_extensions e \
                    on e.name = v.name and e.default_version = v.version \
@@ -729,7 +731,7 @@ fn available(
         .map_err(|e| s.fail(e))?;
     Ok(rows.first().map(|row| Available {
         by_owner: row.get(0),
-        schema: row.get(1),
+        fixed_schema: row.get(1),
     }))
 }
 
