@@ -1087,6 +1087,147 @@ fn a_foreign_database_or_role_of_our_name_is_refused_and_left_untouched() {
     assert!(role_exists(&name), "the foreign role is untouched");
 }
 
+/// The oid of the role `name`.
+fn role_oid(name: &str) -> u32 {
+    admin()
+        .query_one("select oid from pg_roles where rolname = $1", &[&name])
+        .expect("the role's oid")
+        .get(0)
+}
+
+/// `live` as a Slipway older than the role's oid in the record wrote it.
+fn without_role_oid(live: &Value) -> Value {
+    let mut live = live.clone();
+    live.as_object_mut()
+        .expect("a record is an object")
+        .remove("role_oid")
+        .expect("the record has the role's oid");
+    live
+}
+
+/// A delete with its record checks the role's oid the record keeps, not the markers; what
+/// it finds replaced since (a database or a role of the same name, made by someone else)
+/// it leaves alone all the same.
+#[test]
+fn a_delete_drops_by_the_recorded_oid_only_what_is_still_ours() {
+    let mut pg = Pg::new();
+    // An update records the oid too: a record older than it gets it on the next update.
+    let created = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let name = output(&created, "database");
+    assert_eq!(
+        created.live["role_oid"],
+        json!(role_oid(&name)),
+        "the create's record"
+    );
+    let updated = pg
+        .database()
+        .update(pg.ctx("db"), &json!({}), &without_role_oid(&created.live))
+        .expect("update");
+    assert_eq!(
+        updated.live["role_oid"],
+        json!(role_oid(&name)),
+        "the update's record"
+    );
+
+    // Our database dropped, and another made with its name, by another owner.
+    let impostor = format!("swtest_impostor_{}", pg.id);
+    pg.extra_roles.push(impostor.clone());
+    pg.extra_databases.push(name.clone());
+    let mut admin_session = admin();
+    for statement in [
+        format!("DROP DATABASE {} WITH (FORCE)", quote(&name)),
+        format!("CREATE ROLE {}", quote(&impostor)),
+        format!(
+            "CREATE DATABASE {} OWNER {}",
+            quote(&name),
+            quote(&impostor)
+        ),
+    ] {
+        admin_session
+            .batch_execute(&statement)
+            .expect("someone else's database of our name");
+    }
+    pg.database()
+        .delete(pg.ctx("db"), Some(&updated.live))
+        .expect("delete");
+    assert!(
+        database_exists(&name),
+        "the other owner's database is left alone"
+    );
+    assert!(!role_exists(&name), "our role is gone");
+    admin()
+        .batch_execute(&format!("DROP DATABASE {}", quote(&name)))
+        .expect("remove the impostor's database");
+
+    // Our role dropped (its database given away first), and another made with its name.
+    let created = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create again");
+    pg.extra_roles.push(name.clone());
+    admin()
+        .batch_execute(&format!(
+            "ALTER DATABASE {n} OWNER TO postgres; DROP ROLE {n}; CREATE ROLE {n}; \
+             COMMENT ON ROLE {n} IS 'someone else''s'",
+            n = quote(&name)
+        ))
+        .expect("replace our role");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&created.live))
+        .expect("delete");
+    assert!(role_exists(&name), "the other role is left alone");
+    assert!(
+        !database_exists(&name),
+        "our database, marked ours, is gone"
+    );
+}
+
+/// An environment's role owns its database, so its code may change the database's comment:
+/// that does not make the database outlive the environment, whether the record has the
+/// role's oid or is older than it (then the markers decide: the owner role carries ours).
+#[test]
+fn a_database_whose_role_changed_its_comment_is_dropped_with_its_environment() {
+    let pg = Pg::new();
+    for old_record in [false, true] {
+        let applied = pg
+            .database()
+            .create(pg.ctx("db"), &json!({}))
+            .expect("create");
+        let name = output(&applied, "database");
+        postgres::Client::connect(&output(&applied, "url"), postgres::NoTls)
+            .expect("the environment's code connects")
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {} IS 'mine now'",
+                quote(&name)
+            ))
+            .expect("its role may comment on its database");
+        let seen = pg
+            .database()
+            .observe(pg.ctx("db"), &json!({}), &applied.live)
+            .expect("observe");
+        assert_eq!(seen, Observation::InSync, "still ours");
+        let live = if old_record {
+            without_role_oid(&applied.live)
+        } else {
+            applied.live.clone()
+        };
+        pg.database()
+            .delete(pg.ctx("db"), Some(&live))
+            .expect("delete");
+        assert!(
+            !database_exists(&name),
+            "the database is gone (old record: {old_record})"
+        );
+        assert!(
+            !role_exists(&name),
+            "and its role (old record: {old_record})"
+        );
+    }
+}
+
 #[test]
 fn delete_without_a_record_removes_what_an_interrupted_create_left() {
     let pg = Pg::new();

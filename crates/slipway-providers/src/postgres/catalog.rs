@@ -26,6 +26,8 @@ pub(crate) struct RoleFound {
     pub ownership: Ownership,
     /// Whether it may log in, when it was asked (`None`: absent, or not asked).
     pub can_login: Option<bool>,
+    /// Its oid (`None`: absent).
+    pub oid: Option<u32>,
 }
 
 /// A database of our name.
@@ -44,8 +46,8 @@ fn foreign(comment: Option<&str>) -> Ownership {
 }
 
 /// [`role`]'s query.
-const ROLE: &str = "select pg_catalog.shobj_description(oid, 'pg_authid'::pg_catalog.name), rolcanlogin \
-     from pg_roles where rolname = $1";
+const ROLE: &str = "select pg_catalog.shobj_description(oid, 'pg_authid'::pg_catalog.name), rolcanlogin, \
+     oid from pg_roles where rolname = $1";
 
 /// [`role`] of `name`, asked by a connection made ahead (see [`Ahead`]).
 pub(crate) fn role_ahead(name: &str) -> Ahead {
@@ -60,13 +62,13 @@ pub(crate) fn role(s: &mut Session<'_>, name: &str, marker: &str) -> Result<Role
     let rows = s.query(&format!("look up role {name:?}"), ROLE, &[name])?;
     Ok(match rows.first() {
         None => RoleFound::ABSENT,
-        Some(row) => RoleFound::judged(row.get(0), row.get(1), marker),
+        Some(row) => RoleFound::judged(row.get(2), row.get(0), row.get(1), marker),
     })
 }
 
 /// The role called `role_name` (as [`role`]) and the database called `database_name`, each
-/// judged against `marker`; a database is ours with our marker, or with no comment and an
-/// owner role carrying our marker (an interrupted create). One round trip, which also keeps
+/// judged against `marker`; a database is ours with our marker, or when its owner role
+/// carries our marker (see the module's guarantees). One round trip, which also keeps
 /// the server's version for the session: a create asked three questions before it changed
 /// anything, and the first queries of a new backend are its slowest (each loads the catalogs
 /// it reads).
@@ -90,10 +92,9 @@ pub(crate) fn role_and_database(
         return Ok((RoleFound::ABSENT, DatabaseFound::ABSENT));
     };
     s.learned_version(row.get(0));
-    let role = if row.get(1) {
-        RoleFound::judged(row.get(2), row.get(3), marker)
-    } else {
-        RoleFound::ABSENT
+    let role = match row.get(1) {
+        Some(oid) => RoleFound::judged(oid, row.get(2), row.get(3), marker),
+        None => RoleFound::ABSENT,
     };
     let database = if row.get(4) {
         DatabaseFound::judged(row.get(5), row.get(6), row.get(7), marker)
@@ -121,7 +122,7 @@ pub(crate) enum Login {
 macro_rules! role_and_database_sql {
     ($login:literal) => {
         concat!(
-            "select current_setting('server_version_num')::int4, r.oid is not null, \
+            "select current_setting('server_version_num')::int4, r.oid, \
                 pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name), ",
             $login,
             ", d.oid is not null, \
@@ -147,6 +148,50 @@ pub(crate) fn role_and_database_ahead(role: &str, database: &str) -> Ahead {
     }
 }
 
+/// [`recorded_owner`]'s query: `$1` the role's name, `$2` the database's.
+const RECORDED_OWNER: &str = "select case when octet_length($1) <= 63 \
+                                   then to_regrole(quote_ident($1))::oid end, \
+            (select datdba from pg_database where datname = $2)";
+
+/// [`recorded_owner`] of `role` and `database`, asked by a connection made ahead (see
+/// [`Ahead`]): what a delete asks first.
+pub(crate) fn recorded_owner_ahead(role: &str, database: &str) -> Ahead {
+    Ahead {
+        sql: RECORDED_OWNER,
+        params: vec![role.to_owned(), database.to_owned()],
+    }
+}
+
+/// Whether the role called `role_name` is still the one of oid `oid` that a create recorded,
+/// and so ours (no one can give a role another's oid), and the database called
+/// `database_name` absent or owned by it, and so ours (see the module's guarantees): their
+/// ownership then, `None` otherwise, for the caller to look at the markers
+/// ([`role_and_database`]). It reads no comment: on a new backend it costs half that look-up
+/// (0.85 ms against 1.6 ms here, with 0.3 ms of it any query's round trip).
+pub(crate) fn recorded_owner(
+    s: &mut Session<'_>,
+    role_name: &str,
+    database_name: &str,
+    oid: u32,
+) -> Result<Option<(Ownership, Ownership)>, PgError> {
+    let rows = s.query(
+        &format!("look up role {role_name:?} and database {database_name:?}"),
+        RECORDED_OWNER,
+        &[role_name, database_name],
+    )?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    if row.get::<_, Option<u32>>(0) != Some(oid) {
+        return Ok(None);
+    }
+    Ok(match row.get::<_, Option<u32>>(1) {
+        None => Some((Ownership::Ours, Ownership::Absent)),
+        Some(owner) if owner == oid => Some((Ownership::Ours, Ownership::Ours)),
+        Some(_) => None,
+    })
+}
+
 /// [`role_and_database`] with it (`Login::Read`).
 const ROLE_AND_DATABASE_AND_LOGIN: &str =
     role_and_database_sql!("(select rolcanlogin from pg_roles where oid = r.oid)");
@@ -155,10 +200,16 @@ impl RoleFound {
     const ABSENT: RoleFound = RoleFound {
         ownership: Ownership::Absent,
         can_login: None,
+        oid: None,
     };
 
-    /// A role that exists, with its `comment` and its `rolcanlogin` (if read).
-    fn judged(comment: Option<String>, can_login: Option<bool>, marker: &str) -> RoleFound {
+    /// A role that exists, with its `oid`, its `comment` and its `rolcanlogin` (if read).
+    fn judged(
+        oid: u32,
+        comment: Option<String>,
+        can_login: Option<bool>,
+        marker: &str,
+    ) -> RoleFound {
         RoleFound {
             ownership: if comment.as_deref() == Some(marker) {
                 Ownership::Ours
@@ -166,6 +217,7 @@ impl RoleFound {
                 foreign(comment.as_deref())
             },
             can_login,
+            oid: Some(oid),
         }
     }
 }
@@ -183,10 +235,9 @@ impl DatabaseFound {
         owner_comment: Option<String>,
         marker: &str,
     ) -> DatabaseFound {
-        let ours = match comment.as_deref() {
-            Some(comment) => comment == marker,
-            None => owner_comment.as_deref() == Some(marker),
-        };
+        // Its owner, the environment's role, may change the database's comment: ours all the
+        // same, or its code could make it outlive the environment.
+        let ours = comment.as_deref() == Some(marker) || owner_comment.as_deref() == Some(marker);
         DatabaseFound {
             ownership: if ours {
                 Ownership::Ours
@@ -327,24 +378,36 @@ pub(crate) fn ensure_role(
 /// iterations (4,096 rounds of PBKDF2, a few milliseconds of its backend). Made this way, the
 /// role's password is set on a second session while the first creates its database.
 ///
-/// `false`, with nothing made, when a role of this name exists already (whoever's): the
-/// server refuses a second one, so a role this makes is ours whatever anyone else does.
+/// `None`, with nothing made, when a role of this name exists already (whoever's): the
+/// server refuses a second one, so a role this makes is ours whatever anyone else does. The
+/// role's oid otherwise, read in the same round trip (some 0.07 ms of the server's), which a
+/// delete checks instead of the marker ([`recorded_owner`]).
 pub(crate) fn create_role_without_login(
     s: &mut Session<'_>,
     name: &str,
     marker: &str,
-) -> Result<bool, ProviderError> {
+) -> Result<Option<u32>, ProviderError> {
     let role = ident(name)?;
-    match s.execute_atomically(
+    match s.execute_atomically_then(
         &format!("create role {name:?}"),
         &[
             format!("CREATE ROLE {role} NOLOGIN"),
             format!("COMMENT ON ROLE {role} IS {}", literal(marker)?),
         ],
+        &format!(
+            "SELECT pg_catalog.to_regrole({}::pg_catalog.text)::pg_catalog.oid",
+            literal(&role)?
+        ),
     ) {
-        Ok(()) => Ok(true),
+        Ok(oid) => match oid.as_deref().map(str::parse) {
+            Some(Ok(oid)) => Ok(Some(oid)),
+            _ => Err(s.server.error(
+                format!("the server did not say the oid of the role {name:?} it made: {oid:?}"),
+                Retry::Retryable,
+            )),
+        },
         // duplicate_object; unique_violation when another session makes it at the same time
-        Err(e) if matches!(e.code(), Some("42710" | "23505")) => Ok(false),
+        Err(e) if matches!(e.code(), Some("42710" | "23505")) => Ok(None),
         Err(e) => Err(s.fail(e)),
     }
 }

@@ -74,6 +74,10 @@ struct LiveDatabase {
     /// The extensions this resource created, so that an update drops only those.
     #[serde(default)]
     extensions: Vec<String>,
+    /// The role's oid, when the create or update knew it: a delete that finds the role of
+    /// this oid, and the database absent or its own, needs no marker (`recorded_owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role_oid: Option<u32>,
 }
 
 impl OnServer for DatabaseConfig {
@@ -128,14 +132,16 @@ impl Provider for DatabaseProvider {
     fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value) {
         // The server it names, or the only one; a reference (`${…}`) names none yet. Its
         // question is the one the change asks first: a create, the server's version (it
-        // looks nothing up unless a name is taken, see `first_create`); an update or a
-        // delete, the role and the database, of the names they use unless a live record says
-        // others (made by another home id, which the names include).
-        let ahead = if action == Action::Create {
-            sql::Ahead::server_version()
-        } else {
-            let names = self.servers.names_of(resource);
-            catalog::role_and_database_ahead(&names.role, &names.database)
+        // looks nothing up unless a name is taken, see `first_create`); an update, the role
+        // and the database with their markers; a delete, the role's oid and the database's
+        // owner (a record without the oid, older than it, looks at markers after). Of the
+        // names they use unless a live record says others (made by another home id, which
+        // the names include).
+        let names = self.servers.names_of(resource);
+        let ahead = match action {
+            Action::Create => sql::Ahead::server_version(),
+            Action::Delete => catalog::recorded_owner_ahead(&names.role, &names.database),
+            _ => catalog::role_and_database_ahead(&names.role, &names.database),
         };
         self.servers
             .warm(TYPE, config.get("server").and_then(Value::as_str), ahead);
@@ -175,22 +181,40 @@ impl Provider for DatabaseProvider {
     fn delete(&self, ctx: ResourceContext<'_>, live: Option<&Value>) -> Result<(), ProviderError> {
         let recorded = live
             .map(|live| parse_live::<LiveDatabase>(TYPE, live))
-            .transpose()?
-            .map(|recorded| (recorded.server.clone(), recorded.names()));
+            .transpose()?;
+        // The oid the record gives the role of `names` on `server`.
+        let recorded_oid = |server: &str, names: &Names| {
+            recorded
+                .as_ref()
+                .filter(|r| r.server == server && r.names() == *names)
+                .and_then(|r| r.role_oid)
+        };
+        let target = recorded.as_ref().map(|r| (r.server.clone(), r.names()));
         self.servers
-            .delete_each(ctx, TYPE, recorded, Names::clone, |s, names, marker| {
-                let (role, database) = catalog::role_and_database(
-                    s,
-                    &names.role,
-                    &names.database,
-                    marker,
-                    Login::Skip,
-                )
-                .map_err(|e| s.fail(e))?;
-                if database.ownership == Ownership::Ours {
+            .delete_each(ctx, TYPE, target, Names::clone, |s, names, marker| {
+                let by_oid = match recorded_oid(&s.server.name, names) {
+                    Some(oid) => catalog::recorded_owner(s, &names.role, &names.database, oid)
+                        .map_err(|e| s.fail(e))?,
+                    None => None,
+                };
+                let (role, database) = match by_oid {
+                    Some(found) => found,
+                    None => {
+                        let (role, database) = catalog::role_and_database(
+                            s,
+                            &names.role,
+                            &names.database,
+                            marker,
+                            Login::Skip,
+                        )
+                        .map_err(|e| s.fail(e))?;
+                        (role.ownership, database.ownership)
+                    }
+                };
+                if database == Ownership::Ours {
                     catalog::drop_database(s, &names.database)?;
                 }
-                if role.ownership == Ownership::Ours {
+                if role == Ownership::Ours {
                     catalog::drop_role(s, &names.role)?;
                 }
                 Ok(())
@@ -355,7 +379,7 @@ impl DatabaseProvider {
         );
         // Both names ours: the session ends, then the extensions (on a session of the new
         // database's), then the record.
-        let finish = |s: sql::Session<'_>| {
+        let finish = |s: sql::Session<'_>, role_oid: Option<u32>| {
             drop(s);
             reconcile_extensions(
                 server,
@@ -364,7 +388,7 @@ impl DatabaseProvider {
                 previous,
                 self.servers.untrusted_extensions(&server.name),
             )?;
-            applied(server, names, password, extensions)
+            applied(server, names, password, extensions, role_oid)
         };
         // A first create tries without looking. A name taken, or its database's failure (a
         // foreign database and a bad template fail on the template first), and it looks: to
@@ -373,7 +397,7 @@ impl DatabaseProvider {
         let mut failed_first = None;
         if create {
             match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
-                First::Made => return finish(s),
+                First::Made(role_oid) => return finish(s, Some(role_oid)),
                 First::Taken => {}
                 First::Failed(e) => failed_first = Some(e),
             }
@@ -402,7 +426,7 @@ impl DatabaseProvider {
             // Free a moment ago: taken meanwhile is someone else's doing, looked at again by
             // the next try.
             match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
-                First::Made => {}
+                First::Made(role_oid) => return finish(s, Some(role_oid)),
                 First::Taken => return Err(made_meanwhile(server, names)),
                 First::Failed(e) => return Err(e),
             }
@@ -441,14 +465,16 @@ impl DatabaseProvider {
                 }
             }
         }
-        finish(s)
+        // The oid of a role made again here is not read: a delete looks at its marker.
+        let role_oid = role.oid.filter(|_| role.ownership == Ownership::Ours);
+        finish(s, role_oid)
     }
 }
 
 /// What [`DatabaseProvider::first_create`] did.
 enum First {
-    /// The role and the database, both ours.
-    Made,
+    /// The role (of this oid) and the database, both ours.
+    Made(u32),
     /// A name is taken: nothing made, or the role it made dropped again as far as it could.
     Taken,
     /// The database failed so: the role it made dropped again as far as it could.
@@ -479,9 +505,9 @@ impl DatabaseProvider {
         // Asked first, as the connection made ahead asked it; the password's hashing goes on
         // meanwhile, until the role is made.
         s.server_version().map_err(|e| s.fail(e))?;
-        if !catalog::create_role_without_login(s, &names.role, marker)? {
+        let Some(role_oid) = catalog::create_role_without_login(s, &names.role, marker)? else {
             return Ok(First::Taken);
-        }
+        };
         let password = match hashed.literal(s) {
             Ok(password) => password,
             Err(e) => {
@@ -531,7 +557,7 @@ impl DatabaseProvider {
         // Both ours now. A password the second session could not set (it could not connect,
         // say) is set here; failing that too, a retry finds both and sets it again.
         login.or_else(|_| catalog::set_login(s, &names.role, &password))?;
-        Ok(First::Made)
+        Ok(First::Made(role_oid))
     }
 }
 
@@ -740,6 +766,7 @@ fn applied(
     names: &Names,
     password: &str,
     extensions: Vec<String>,
+    role_oid: Option<u32>,
 ) -> Result<Applied, ProviderError> {
     let live = LiveDatabase {
         server: server.name.clone(),
@@ -747,6 +774,7 @@ fn applied(
         role: names.role.clone(),
         password: password.to_owned(),
         extensions,
+        role_oid,
     };
     Ok(Applied {
         outputs: BTreeMap::from([

@@ -429,6 +429,32 @@ impl Session<'_> {
         self.execute(action, &statements.join(";\n"))
     }
 
+    /// As [`Session::execute_atomically`], with `query` last in the same round trip and
+    /// transaction: the first column of its first row, as text (`None`: no row, or null).
+    pub fn execute_atomically_then(
+        &mut self,
+        action: &str,
+        statements: &[String],
+        query: &str,
+    ) -> Result<Option<String>, PgError> {
+        self.answered = None;
+        if let Some(warm) = &self.server.warm {
+            warm.changed_now();
+        }
+        let sql = [statements, &[query.to_owned()]].concat().join(";\n");
+        let messages = self
+            .client
+            .simple_query(&sql)
+            .map_err(|source| self.statement_error(action, source))?;
+        Ok(messages
+            .iter()
+            .find_map(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+                _ => None,
+            })
+            .flatten())
+    }
+
     /// Keeps `version`, read with another query, as [`Session::server_version`]'s answer.
     pub fn learned_version(&mut self, version: i32) {
         self.version = Some(version);
@@ -761,7 +787,9 @@ mod tests {
     /// Whether the role of `ahead`'s look-up exists, as `s` finds it with that same query.
     fn role_found(s: &mut Session<'_>, ahead: &Ahead) -> bool {
         let params: Vec<&str> = ahead.params.iter().map(String::as_str).collect();
-        s.query("look up", ahead.sql, &params).unwrap()[0].get(1)
+        s.query("look up", ahead.sql, &params).unwrap()[0]
+            .get::<_, Option<u32>>(1)
+            .is_some()
     }
 
     /// The session's first query, when it is the one asked ahead, takes the answer: the test
@@ -881,7 +909,7 @@ mod tests {
             let params = [ahead.params[0].as_str(), "postgres"];
             let rows = s.query("look up", ahead.sql, &params).unwrap();
             assert!(
-                !rows[0].get::<_, bool>(1),
+                rows[0].get::<_, Option<u32>>(1).is_none(),
                 "other parameters are asked: role gone"
             );
             assert!(rows[0].get::<_, bool>(4), "and database postgres found");
