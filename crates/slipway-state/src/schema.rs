@@ -367,6 +367,15 @@ INSERT INTO slipway_rehearsal (id, note) VALUES (1, 'the next schema, rehearsed'
 ALTER TABLE environments ADD COLUMN rehearsal TEXT;
 "#;
 
+/// A new SQLite state's schema and rows at version `.0`: what the first `.0` migrations make,
+/// as the statements that make it again (the schema's own text, as SQLite keeps it, then the
+/// rows). A new home runs these instead of the migrations: some 30 `CREATE`s against twenty
+/// migrations, whose `ALTER TABLE`s each make SQLite read the whole schema again (2 ms against
+/// 4 to 7 here). A test makes it from the migrations and compares
+/// (`the_fresh_schema_is_what_the_migrations_make`); `SLIPWAY_BLESS=1` rewrites the file.
+/// Behind [`SCHEMA_VERSION`], it is followed by the migrations it lacks.
+const FRESH_SQLITE: (i64, &str) = (20, include_str!("schema_fresh_sqlite.sql"));
+
 /// The variable that makes a binary rehearse the next schema.
 const REHEARSE_VARIABLE: &str = "SLIPWAY_TEST_NEXT_SCHEMA";
 
@@ -460,18 +469,21 @@ pub(crate) fn migrate(conn: &mut Conn, location: &str) -> Result<(), StateError>
         });
     }
     let pending: Vec<&str> = migrations().collect();
-    apply_pending(conn, location, found, &pending)
+    let fresh = (conn.dialect() == Dialect::Sqlite).then_some(FRESH_SQLITE);
+    apply_pending(conn, location, found, &pending, fresh)
 }
 
 /// Takes the database from version `found` to `list.len()` by applying `list[found..]`, all
 /// in one transaction: a fresh state is made with one commit, not one per migration, and an
 /// upgrade that fails half way leaves the schema it found. Nothing (no write lock) when the
-/// database is already there.
+/// database is already there. A database at version 0 runs `fresh`'s statements, which make
+/// what `list[..fresh.0]` would (see [`FRESH_SQLITE`]), then the rest of `list`.
 fn apply_pending(
     conn: &mut Conn,
     location: &str,
     found: i64,
     list: &[&str],
+    fresh: Option<(i64, &str)>,
 ) -> Result<(), StateError> {
     let target = i64::try_from(list.len()).expect("the migration list is short");
     if found >= target {
@@ -487,9 +499,14 @@ fn apply_pending(
     conn.transaction(&["slipway_schema"], |tx| {
         let current = version(tx).map_err(failed(found + 1))?;
         refuse_newer(location, current)?;
+        let mut done = current;
+        if let Some((made, sql)) = fresh.filter(|(made, _)| current == 0 && *made <= target) {
+            tx.batch(sql).map_err(failed(made))?;
+            done = made;
+        }
         for (index, sql) in list.iter().enumerate() {
             let made = i64::try_from(index + 1).expect("the migration list is short");
-            if made > current {
+            if made > done {
                 tx.batch(sql).map_err(failed(made))?;
             }
         }
@@ -641,16 +658,16 @@ mod tests {
     #[test]
     fn pending_migrations_are_applied_from_the_version_found() {
         let mut conn = memory();
-        apply_pending(&mut conn, "test", 0, &[FIRST]).expect("migrate to 1");
+        apply_pending(&mut conn, "test", 0, &[FIRST], None).expect("migrate to 1");
         assert_eq!(version(&mut conn).expect("read the version"), 1);
-        apply_pending(&mut conn, "test", 1, &[FIRST, SECOND]).expect("migrate to 2");
+        apply_pending(&mut conn, "test", 1, &[FIRST, SECOND], None).expect("migrate to 2");
         assert_eq!(version(&mut conn).expect("read the version"), 2);
         assert_eq!(
             tables(&mut conn),
             ["one", "two"],
             "the first ran once, then the second"
         );
-        apply_pending(&mut conn, "test", 2, &[FIRST, SECOND]).expect("nothing to do");
+        apply_pending(&mut conn, "test", 2, &[FIRST, SECOND], None).expect("nothing to do");
         let rows: i64 = conn
             .query_one("SELECT COUNT(*) FROM one", params![], |row| row.get(0))
             .expect("count");
@@ -660,9 +677,9 @@ mod tests {
     #[test]
     fn an_upgrade_that_fails_half_way_leaves_the_schema_it_found() {
         let mut conn = memory();
-        apply_pending(&mut conn, "test", 0, &[FIRST]).expect("migrate to 1");
+        apply_pending(&mut conn, "test", 0, &[FIRST], None).expect("migrate to 1");
         let broken = "CREATE TABLE three (a INTEGER) STRICT; INSERT INTO nowhere VALUES (1);";
-        let error = apply_pending(&mut conn, "test", 1, &[FIRST, SECOND, broken])
+        let error = apply_pending(&mut conn, "test", 1, &[FIRST, SECOND, broken], None)
             .expect_err("the third migration fails");
         assert!(
             matches!(error, StateError::Migrate { version: 3, .. }),
@@ -674,5 +691,123 @@ mod tests {
             ["one"],
             "the second migration, which succeeded, is rolled back with the third"
         );
+    }
+
+    /// What `conn` holds, as statements that make it again: its schema's own text in the
+    /// order SQLite keeps it, then every row of every table (`sqlite_sequence` as the
+    /// `AUTOINCREMENT` tables' rows make it).
+    fn dump(conn: &mut Conn) -> String {
+        let schema: Vec<(String, String)> = conn
+            .query(
+                "SELECT name, sql || ';' FROM sqlite_master \
+                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
+                params![],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("read the schema");
+        let mut out: Vec<String> = schema.iter().map(|(_, sql)| sql.clone()).collect();
+        let tables: Vec<String> = conn
+            .query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
+                params![],
+                |row| row.get(0),
+            )
+            .expect("list the tables");
+        for table in tables {
+            let columns: Vec<String> = conn
+                .query(
+                    "SELECT name FROM pragma_table_info(?1) ORDER BY cid",
+                    params![table.as_str()],
+                    |row| row.get(0),
+                )
+                .expect("list the columns");
+            let values = columns
+                .iter()
+                .map(|c| format!("quote(\"{c}\")"))
+                .collect::<Vec<_>>()
+                .join(" || ', ' || ");
+            let rows: Vec<String> = conn
+                .query(
+                    &format!("SELECT {values} FROM \"{table}\" ORDER BY rowid"),
+                    params![],
+                    |row| row.get(0),
+                )
+                .expect("read the rows");
+            out.extend(
+                rows.iter()
+                    .map(|row| format!("INSERT INTO \"{table}\" VALUES ({row});")),
+            );
+        }
+        out.join("\n") + "\n"
+    }
+
+    /// Everything `conn` holds, `sqlite_sequence` included, to compare two databases.
+    fn contents(conn: &mut Conn) -> (String, Vec<String>, i64) {
+        let sequence = if tables(conn).iter().any(|t| t == "sqlite_sequence") {
+            conn.query(
+                "SELECT name || '=' || seq FROM sqlite_sequence ORDER BY name",
+                params![],
+                |row| row.get(0),
+            )
+            .expect("read sqlite_sequence")
+        } else {
+            Vec::new()
+        };
+        (
+            dump(conn),
+            sequence,
+            version(conn).expect("read the version"),
+        )
+    }
+
+    /// A new SQLite state is made by [`FRESH_SQLITE`]'s statements, not by the migrations:
+    /// they must make exactly what the migrations make, schema and rows, at the version they
+    /// say. Run with `SLIPWAY_BLESS=1` to write the file again after adding a migration (and
+    /// set `FRESH_SQLITE`'s version to the new [`SCHEMA_VERSION`]).
+    #[test]
+    fn the_fresh_schema_is_what_the_migrations_make() {
+        let (made, fresh) = FRESH_SQLITE;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/schema_fresh_sqlite.sql");
+        let mut migrated = memory();
+        apply_pending(&mut migrated, "test", 0, MIGRATIONS, None).expect("migrate");
+        let expected = format!(
+            "-- What the {SCHEMA_VERSION} migrations of schema.rs make (FRESH_SQLITE), written by\n\
+             -- `SLIPWAY_BLESS=1 cargo test -p slipway-state fresh_schema`, never by hand.\n{}",
+            dump(&mut migrated)
+        );
+        if std::env::var_os("SLIPWAY_BLESS").is_some() {
+            std::fs::write(path, &expected).expect("write the fresh schema");
+            return;
+        }
+        assert_eq!(
+            made, SCHEMA_VERSION,
+            "FRESH_SQLITE is at version {made} and the migrations at {SCHEMA_VERSION}: run \
+             `SLIPWAY_BLESS=1 cargo test -p slipway-state fresh_schema` and set its version"
+        );
+        assert!(
+            fresh == expected,
+            "{path} is not what the migrations make: run \
+             `SLIPWAY_BLESS=1 cargo test -p slipway-state fresh_schema`"
+        );
+        // Made by the statements, the database is the migrated one, sequences included.
+        let mut new = memory();
+        apply_pending(&mut new, "test", 0, MIGRATIONS, Some(FRESH_SQLITE)).expect("make fresh");
+        assert_eq!(contents(&mut new), contents(&mut migrated));
+        // Behind the migrations, the statements are followed by those they lack.
+        let next = "CREATE TABLE after_fresh (a INTEGER) STRICT;";
+        let longer: Vec<&str> = MIGRATIONS.iter().copied().chain([next]).collect();
+        let mut behind = memory();
+        apply_pending(&mut behind, "test", 0, &longer, Some(FRESH_SQLITE))
+            .expect("make fresh, then the next migration");
+        assert_eq!(
+            version(&mut behind).expect("read the version"),
+            SCHEMA_VERSION + 1
+        );
+        assert!(tables(&mut behind).iter().any(|t| t == "after_fresh"));
+        // Past them (a list shorter than the statements know), they are not used.
+        let mut short = memory();
+        apply_pending(&mut short, "test", 0, &[FIRST], Some(FRESH_SQLITE)).expect("migrate");
+        assert_eq!(tables(&mut short), ["one"]);
     }
 }
