@@ -11,13 +11,16 @@
 //!   cannot (`CREATE DATABASE` runs outside transactions), so a database counts as ours when it
 //!   has our marker, or when its owner is a role with our marker: what a create interrupted
 //!   between `CREATE DATABASE` and `COMMENT ON` leaves, and what the environment's code may
-//!   make of its database's comment (its role owns it). Only a superuser, or the admin, which
-//!   may act as our roles, can give one of our roles a database.
-//! - A role's marker cannot be changed by the role (that takes `CREATEROLE`), nor its oid by
-//!   anyone. A delete whose live record keeps the role's oid (a create's or an update's since
-//!   it was recorded) checks that oid instead of the markers: the role of that oid, and a
-//!   database of our name absent or owned by it, are ours; anything else is looked at by
-//!   marker.
+//!   make of its database's comment (its role owns it). Only a role that may act as ours
+//!   (a superuser, the admin, before PostgreSQL 16 any role with `CREATEROLE`) and may create
+//!   databases can give one of our roles a database.
+//! - A role's marker cannot be changed by the role (that takes `CREATEROLE`), nor its oid
+//!   (but by a superuser's `pg_upgrade`, which keeps the marker too). A delete whose live
+//!   record keeps the role's oid (a create's or an update's since it was recorded), for the
+//!   names this resource's objects have, checks that oid instead of the markers: the role of
+//!   that oid, and a database of our name absent or owned by it, are ours, whatever their
+//!   comments say now (the role Slipway made is dropped with its environment even if someone
+//!   re-commented it); anything else is looked at by marker.
 //! - Nothing else is ever adopted, altered or dropped: a database or role of the same name
 //!   without our marker makes `create` fail with a terminal error naming it, and `delete`
 //!   leaves it alone.

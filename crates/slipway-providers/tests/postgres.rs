@@ -1183,6 +1183,39 @@ fn a_delete_drops_by_the_recorded_oid_only_what_is_still_ours() {
         !database_exists(&name),
         "our database, marked ours, is gone"
     );
+    admin()
+        .batch_execute(&format!("DROP ROLE {}", quote(&name)))
+        .expect("remove the other role");
+
+    // A record naming another resource's objects, with their oid: the markers decide.
+    let other = pg
+        .database()
+        .create(pg.ctx("other"), &json!({}))
+        .expect("create another resource");
+    let other_name = output(&other, "database");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&other.live))
+        .expect("delete with a record of another resource's");
+    assert!(
+        database_exists(&other_name) && role_exists(&other_name),
+        "another resource's objects are left alone"
+    );
+
+    // Our role re-commented since, its oid the same: the role Slipway made goes.
+    let created = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create a third time");
+    admin()
+        .batch_execute(&format!("COMMENT ON ROLE {} IS 'detached'", quote(&name)))
+        .expect("re-comment our role");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&created.live))
+        .expect("delete");
+    assert!(
+        !database_exists(&name) && !role_exists(&name),
+        "the role of the recorded oid and its database are gone"
+    );
 }
 
 /// An environment's role owns its database, so its code may change the database's comment:

@@ -140,7 +140,7 @@ macro_rules! role_and_database_sql {
 const ROLE_AND_DATABASE: &str = role_and_database_sql!("null::bool");
 
 /// [`role_and_database`] of `role` and `database`, without the login, asked by a connection
-/// made ahead (see [`Ahead`]): what an update and a delete of a database ask first.
+/// made ahead (see [`Ahead`]): what an update of a database asks first.
 pub(crate) fn role_and_database_ahead(role: &str, database: &str) -> Ahead {
     Ahead {
         sql: ROLE_AND_DATABASE,
@@ -163,7 +163,8 @@ pub(crate) fn recorded_owner_ahead(role: &str, database: &str) -> Ahead {
 }
 
 /// Whether the role called `role_name` is still the one of oid `oid` that a create recorded,
-/// and so ours (no one can give a role another's oid), and the database called
+/// and so ours (only a superuser's binary upgrade, `pg_upgrade`, sets a role's oid; it
+/// keeps the role's comment too), and the database called
 /// `database_name` absent or owned by it, and so ours (see the module's guarantees): their
 /// ownership then, `None` otherwise, for the caller to look at the markers
 /// ([`role_and_database`]). It reads no comment: on a new backend it costs half that look-up

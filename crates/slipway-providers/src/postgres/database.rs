@@ -182,11 +182,14 @@ impl Provider for DatabaseProvider {
         let recorded = live
             .map(|live| parse_live::<LiveDatabase>(TYPE, live))
             .transpose()?;
-        // The oid the record gives the role of `names` on `server`.
+        // The oid the record gives the role of `names` on `server`, when those are the names
+        // this resource's objects have: a record naming others (another home id's, or one
+        // written wrong) is judged by the markers, which say whose the objects are.
+        let own = self.servers.names(ctx);
         let recorded_oid = |server: &str, names: &Names| {
             recorded
                 .as_ref()
-                .filter(|r| r.server == server && r.names() == *names)
+                .filter(|r| r.server == server && r.names() == *names && *names == own)
                 .and_then(|r| r.role_oid)
         };
         let target = recorded.as_ref().map(|r| (r.server.clone(), r.names()));
