@@ -28,6 +28,9 @@
 //!   `<run>/<name>.postgres.database.json` (or `.postgres.role.json`), so that `delete` with
 //!   `live: None` knows where an interrupted create may have left something, without having to
 //!   reach every configured server. A successful delete removes that file.
+//! - An environment's database lets in, besides its owner, only its environment's
+//!   `postgres.role`s (named by their records of intent, checked by marker), not `PUBLIC`
+//!   (see `catalog::let_in`).
 //! - Only names and values quoted by `sql::ident` and `sql::literal` reach SQL text;
 //!   everything else goes as a query parameter.
 //! - No message carries a server's admin password: URLs are shown through [`redact_url`], and
@@ -321,6 +324,11 @@ impl PgServers {
         names(&self.instance_id, resource.environment, resource.resource)
     }
 
+    /// The start of every marker of this home's objects in `ctx`'s environment.
+    fn environment_marker(&self, ctx: ResourceContext<'_>) -> String {
+        format!("slipway:{}:{}/", self.instance_id, ctx.environment)
+    }
+
     /// The comment that marks an object as this resource's.
     fn marker(&self, ctx: ResourceContext<'_>) -> String {
         format!(
@@ -389,6 +397,43 @@ impl Intent {
                 source,
             }),
         }
+    }
+
+    /// The names of the objects the resources of type `type_name` in `ctx`'s environment
+    /// made or may have made, on any server: each records its intent before it touches one,
+    /// and removes it once deleted. Only names of our making are taken (`[a-z0-9_]`, 63
+    /// bytes at most); the caller checks on the server that an object of the name is there,
+    /// and the environment's (by its marker), before it grants anything.
+    fn of_environment(
+        ctx: ResourceContext<'_>,
+        type_name: &str,
+    ) -> Result<Vec<String>, ProviderError> {
+        let suffix = format!(".{type_name}.json");
+        let entries = match std::fs::read_dir(&ctx.dirs.run) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(ProviderError::Io {
+                    context: format!("failed to list {}", ctx.dirs.run.display()),
+                    source,
+                });
+            }
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let file = entry.file_name().into_string().ok()?;
+                let name = file.strip_suffix(&suffix)?;
+                let ours = !name.is_empty()
+                    && name.len() <= MAX_NAME_BYTES
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                ours.then(|| name.to_owned())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// What a delete must look at: the recorded `(server, name)` first, then every server the

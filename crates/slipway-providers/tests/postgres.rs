@@ -368,6 +368,145 @@ fn each_environment_gets_its_own_database() {
         .expect("delete prod's");
 }
 
+/// Connects with the user and password of `url` to `database` instead of its own.
+fn connect_elsewhere(url: &str, database: &str) -> Result<postgres::Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse().expect("an output url parses");
+    config.dbname(database);
+    config.connect(postgres::NoTls)
+}
+
+/// Every role may connect to a new database by default: an environment's code, which holds
+/// its role's password, could then read another's catalog (its functions' source), and on
+/// PostgreSQL 14 and older create in its `public` what that environment's code calls.
+#[test]
+fn another_environments_role_cannot_connect_to_its_database() {
+    let pg = Pg::new();
+    let qa = pg
+        .database()
+        .create(pg.ctx_in(&env("qa"), "db"), &json!({}))
+        .expect("create in qa");
+    let prod = pg
+        .database()
+        .create(pg.ctx_in(&env("prod"), "db"), &json!({}))
+        .expect("create in prod");
+    let prod_db = output(&prod, "database");
+    let refused = |what: &str| {
+        let err = connect_elsewhere(&output(&qa, "url"), &prod_db)
+            .err()
+            .unwrap_or_else(|| panic!("qa's role connected to prod's database ({what})"));
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("42501"),
+            "permission denied ({what}): {err}"
+        );
+    };
+    refused("after a create");
+    connect_elsewhere(&output(&prod, "url"), &prod_db).expect("prod's own role connects");
+    connect_elsewhere(&output(&qa, "url"), &output(&qa, "database")).expect("and qa's to its own");
+
+    // A database made before this (every role could connect) is closed by its next update.
+    admin()
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {} TO PUBLIC",
+            quote(&prod_db)
+        ))
+        .expect("open it as it was");
+    connect_elsewhere(&output(&qa, "url"), &prod_db).expect("open, qa's role connects");
+    pg.database()
+        .update(pg.ctx_in(&env("prod"), "db"), &json!({}), &prod.live)
+        .expect("update");
+    refused("after an update");
+    pg.database()
+        .delete(pg.ctx_in(&env("prod"), "db"), Some(&prod.live))
+        .expect("delete prod's");
+    pg.database()
+        .delete(pg.ctx_in(&env("qa"), "db"), Some(&qa.live))
+        .expect("delete qa's");
+}
+
+/// The URL of the role `applied` (a `postgres.role`) to `database`.
+fn role_url(applied: &Applied, database: &str) -> String {
+    format!(
+        "postgres://{}:{}@127.0.0.1:5432/{database}",
+        output(applied, "user"),
+        output(applied, "password")
+    )
+}
+
+/// Whether `url` is refused for want of the `CONNECT` privilege.
+fn kept_out(url: &str) -> bool {
+    match postgres::Client::connect(url, postgres::NoTls) {
+        Ok(_) => false,
+        Err(e) => e.as_db_error().is_some_and(|e| e.code().code() == "42501"),
+    }
+}
+
+/// An environment's `postgres.role`s connect to its databases, made before them or after;
+/// another environment's role does not, even named in this one's records; and a role let in
+/// still goes with its resource.
+#[test]
+fn the_environments_own_roles_are_let_into_its_databases_and_no_other() {
+    let pg = Pg::new();
+    let (qa, prod) = (env("qa"), env("prod"));
+    let before = pg
+        .role()
+        .create(pg.ctx_in(&qa, "reader"), &json!({}))
+        .expect("a role of qa's");
+    // A record of a role that was never made (a create interrupted before it).
+    std::fs::write(
+        pg.env
+            .dirs
+            .run
+            .join("sw_qa_ghost_00000000.postgres.role.json"),
+        r#"{"servers":["main"]}"#,
+    )
+    .expect("write a record of intent");
+    let db = pg
+        .database()
+        .create(pg.ctx_in(&qa, "db"), &json!({}))
+        .expect("qa's database");
+    let name = output(&db, "database");
+    let after = pg
+        .role()
+        .create(pg.ctx_in(&qa, "late"), &json!({}))
+        .expect("a role of qa's made after its database");
+    // Another environment's role. (The test's environments share one `run` directory, so
+    // each names the other's objects in its records: only the markers tell them apart.)
+    let spy = pg
+        .role()
+        .create(pg.ctx_in(&prod, "spy"), &json!({}))
+        .expect("a role of prod's");
+    postgres::Client::connect(&role_url(&before, &name), postgres::NoTls)
+        .expect("a role made before the database connects");
+    postgres::Client::connect(&role_url(&after, &name), postgres::NoTls)
+        .expect("and one made after it");
+    assert!(kept_out(&role_url(&spy, &name)), "prod's role is kept out");
+
+    // An update lets them in again (a database made before this, or a role re-made).
+    pg.database()
+        .update(pg.ctx_in(&qa, "db"), &json!({}), &db.live)
+        .expect("update");
+    postgres::Client::connect(&role_url(&before, &name), postgres::NoTls)
+        .expect("still in after an update");
+    assert!(kept_out(&role_url(&spy, &name)), "prod's role still out");
+
+    // A role let in goes before the database: what it was granted is taken back first.
+    pg.role()
+        .delete(pg.ctx_in(&qa, "reader"), Some(&before.live))
+        .expect("delete a role let in");
+    assert!(!role_exists(&output(&before, "user")), "it is gone");
+    pg.database()
+        .delete(pg.ctx_in(&qa, "db"), Some(&db.live))
+        .expect("delete the database");
+    pg.role()
+        .delete(pg.ctx_in(&qa, "late"), Some(&after.live))
+        .expect("delete the other after it");
+    pg.role()
+        .delete(pg.ctx_in(&prod, "spy"), Some(&spy.live))
+        .expect("delete prod's");
+    assert!(!role_exists(&output(&after, "user")) && !role_exists(&output(&spy, "user")));
+}
+
 fn extension_installed(url: &str, extension: &str) -> bool {
     postgres::Client::connect(url, postgres::NoTls)
         .expect("connect with the url output")

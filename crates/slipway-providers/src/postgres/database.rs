@@ -15,7 +15,7 @@ use crate::{
     Action, Applied, Observation, Provider, ProviderError, ResourceContext, ResourceKey, Retry,
 };
 
-const TYPE: &str = "postgres.database";
+pub(super) const TYPE: &str = "postgres.database";
 
 /// Configuration of a `postgres.database` resource.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -375,11 +375,25 @@ impl DatabaseProvider {
                 Retry::Terminal,
             ));
         }
-        let comment = format!(
-            "COMMENT ON DATABASE {} IS {}",
-            ident(&names.database)?,
-            literal(&marker)?
+        // The database's marker, and its privileges: by default every role may connect to a
+        // new database (and make temporary tables in it), so another environment's role, whose
+        // password its code holds, could read its catalog (functions' source included) and, on
+        // PostgreSQL 14 and older, create in its `public` what its code would call. Only its
+        // owner (and whoever may act as it, or a superuser) connects. Two statements, one
+        // transaction, run wherever the marker is set: a create, and every update.
+        // The environment's `postgres.role`s connect to it all the same (see `catalog::let_in`).
+        let mut comment = format!(
+            "COMMENT ON DATABASE {db} IS {};\n\
+             REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC",
+            literal(&marker)?,
+            db = ident(&names.database)?,
         );
+        let roles = Intent::of_environment(ctx, super::role::TYPE)?;
+        let prefix = self.servers.environment_marker(ctx);
+        if let Some(grant) = catalog::let_in(&names.database, &roles, &prefix)? {
+            comment.push_str(";\n");
+            comment.push_str(&grant);
+        }
         // Both names ours: the session ends, then the extensions (on a session of the new
         // database's), then the record.
         let finish = |s: sql::Session<'_>, role_oid: Option<u32>| {
@@ -445,7 +459,10 @@ impl DatabaseProvider {
                             .ok_or_else(|| made_meanwhile(server, names))
                     })?;
                     s.execute(
-                        &format!("comment on database {:?}", names.database),
+                        &format!(
+                            "mark database {:?} and keep other roles out",
+                            names.database
+                        ),
                         &comment,
                     )
                     .map_err(|e| s.fail(e))?;
@@ -528,7 +545,10 @@ impl DatabaseProvider {
             let made = create_database(s, names, config).and_then(|made| {
                 if made {
                     s.execute(
-                        &format!("comment on database {:?}", names.database),
+                        &format!(
+                            "mark database {:?} and keep other roles out",
+                            names.database
+                        ),
                         comment,
                     )
                     .map_err(|e| s.fail(e))?;
