@@ -400,8 +400,8 @@ impl Intent {
     }
 
     /// The names of the objects the resources of type `type_name` in `ctx`'s environment
-    /// made or may have made, on any server: each records its intent before it touches one,
-    /// and removes it once deleted. Only names of our making are taken (`[a-z0-9_]`, 63
+    /// made or may have made through this node, on any server: each records its intent
+    /// before it touches one, and removes it once deleted (another replica's are not here). Only names of our making are taken (`[a-z0-9_]`, 63
     /// bytes at most); the caller checks on the server that an object of the name is there,
     /// and the environment's (by its marker), before it grants anything.
     fn of_environment(

@@ -412,10 +412,25 @@ fn another_environments_role_cannot_connect_to_its_database() {
         ))
         .expect("open it as it was");
     connect_elsewhere(&output(&qa, "url"), &prod_db).expect("open, qa's role connects");
+    let seen = pg
+        .database()
+        .observe(pg.ctx_in(&env("prod"), "db"), &json!({}), &prod.live)
+        .expect("observe");
+    assert!(
+        matches!(&seen, Observation::Drifted { reason } if reason.contains("lets every role connect")),
+        "an open database is drift, which self-heal's update closes: {seen:?}"
+    );
     pg.database()
         .update(pg.ctx_in(&env("prod"), "db"), &json!({}), &prod.live)
         .expect("update");
     refused("after an update");
+    assert_eq!(
+        pg.database()
+            .observe(pg.ctx_in(&env("prod"), "db"), &json!({}), &prod.live)
+            .expect("observe"),
+        Observation::InSync,
+        "closed, in sync"
+    );
     pg.database()
         .delete(pg.ctx_in(&env("prod"), "db"), Some(&prod.live))
         .expect("delete prod's");
@@ -441,13 +456,14 @@ fn kept_out(url: &str) -> bool {
     }
 }
 
-/// An environment's `postgres.role`s connect to its databases, made before them or after;
-/// another environment's role does not, even named in this one's records; and a role let in
-/// still goes with its resource.
+/// An environment's `postgres.role`s connect to its databases, made before them or after
+/// (found on the server: another replica may have made the database); another
+/// environment's role does not, even named in this one's records or of a name alike; and a
+/// role let in still goes with its resource.
 #[test]
 fn the_environments_own_roles_are_let_into_its_databases_and_no_other() {
     let pg = Pg::new();
-    let (qa, prod) = (env("qa"), env("prod"));
+    let (qa, qa2, prod) = (env("qa"), env("qa2"), env("prod"));
     let before = pg
         .role()
         .create(pg.ctx_in(&qa, "reader"), &json!({}))
@@ -466,6 +482,19 @@ fn the_environments_own_roles_are_let_into_its_databases_and_no_other() {
         .create(pg.ctx_in(&qa, "db"), &json!({}))
         .expect("qa's database");
     let name = output(&db, "database");
+    // Another environment's database, whose names start alike (`sw_qa2_…`).
+    let other = pg
+        .database()
+        .create(pg.ctx_in(&qa2, "db"), &json!({}))
+        .expect("qa2's database");
+    // As on a replica that did not make them, no record of either database here.
+    for made in [&db, &other] {
+        std::fs::remove_file(pg.env.dirs.run.join(format!(
+            "{}.postgres.database.json",
+            output(made, "database")
+        )))
+        .expect("remove a record of intent");
+    }
     let after = pg
         .role()
         .create(pg.ctx_in(&qa, "late"), &json!({}))
@@ -481,6 +510,10 @@ fn the_environments_own_roles_are_let_into_its_databases_and_no_other() {
     postgres::Client::connect(&role_url(&after, &name), postgres::NoTls)
         .expect("and one made after it");
     assert!(kept_out(&role_url(&spy, &name)), "prod's role is kept out");
+    assert!(
+        kept_out(&role_url(&after, &output(&other, "database"))),
+        "qa's role is kept out of qa2's database"
+    );
 
     // An update lets them in again (a database made before this, or a role re-made).
     pg.database()
@@ -504,6 +537,9 @@ fn the_environments_own_roles_are_let_into_its_databases_and_no_other() {
     pg.role()
         .delete(pg.ctx_in(&prod, "spy"), Some(&spy.live))
         .expect("delete prod's");
+    pg.database()
+        .delete(pg.ctx_in(&qa2, "db"), Some(&other.live))
+        .expect("delete qa2's");
     assert!(!role_exists(&output(&after, "user")) && !role_exists(&output(&spy, "user")));
 }
 

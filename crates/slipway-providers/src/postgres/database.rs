@@ -281,6 +281,11 @@ impl Provider for DatabaseProvider {
             Ownership::Ours if role.can_login == Some(false) => Some(format!(
                 "role \"{role_name}\" on server {on} can no longer log in"
             )),
+            Ownership::Ours if database.open == Some(true) => Some(format!(
+                "database \"{name}\" on server {on} lets every role connect (PostgreSQL's \
+                 default, which databases made by an older Slipway kept): the update takes \
+                 that back, and lets in the environment's own roles"
+            )),
             Ownership::Ours => None,
         };
         if let Some(reason) = drift {
@@ -381,19 +386,23 @@ impl DatabaseProvider {
         // PostgreSQL 14 and older, create in its `public` what its code would call. Only its
         // owner (and whoever may act as it, or a superuser) connects. Two statements, one
         // transaction, run wherever the marker is set: a create, and every update.
-        // The environment's `postgres.role`s connect to it all the same (see `catalog::let_in`).
-        let mut comment = format!(
+        // The environment's `postgres.role`s connect to it all the same (see `catalog::let_in`),
+        // those this node has records of, listed once the database exists: a role made
+        // meanwhile is then either listed here or finds the database itself.
+        let marked = format!(
             "COMMENT ON DATABASE {db} IS {};\n\
              REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC",
             literal(&marker)?,
             db = ident(&names.database)?,
         );
-        let roles = Intent::of_environment(ctx, super::role::TYPE)?;
         let prefix = self.servers.environment_marker(ctx);
-        if let Some(grant) = catalog::let_in(&names.database, &roles, &prefix)? {
-            comment.push_str(";\n");
-            comment.push_str(&grant);
-        }
+        let comment = || -> Result<String, ProviderError> {
+            let roles = Intent::of_environment(ctx, super::role::TYPE)?;
+            Ok(match catalog::let_in(&names.database, &roles, &prefix)? {
+                Some(grant) => format!("{marked};\n{grant}"),
+                None => marked.clone(),
+            })
+        };
         // Both names ours: the session ends, then the extensions (on a session of the new
         // database's), then the record.
         let finish = |s: sql::Session<'_>, role_oid: Option<u32>| {
@@ -463,7 +472,7 @@ impl DatabaseProvider {
                             "mark database {:?} and keep other roles out",
                             names.database
                         ),
-                        &comment,
+                        &comment()?,
                     )
                     .map_err(|e| s.fail(e))?;
                 }
@@ -478,7 +487,7 @@ impl DatabaseProvider {
                                 ident(&names.database)?,
                                 ident(&names.role)?
                             ),
-                            comment,
+                            comment()?,
                         ],
                     )
                     .map_err(|e| s.fail(e))?;
@@ -519,7 +528,7 @@ impl DatabaseProvider {
         config: &DatabaseConfig,
         hashed: &mut catalog::RolePassword,
         marker: &str,
-        comment: &str,
+        comment: &dyn Fn() -> Result<String, ProviderError>,
     ) -> Result<First, ProviderError> {
         let server = s.server;
         // Asked first, as the connection made ahead asked it; the password's hashing goes on
@@ -549,7 +558,7 @@ impl DatabaseProvider {
                             "mark database {:?} and keep other roles out",
                             names.database
                         ),
-                        comment,
+                        &comment()?,
                     )
                     .map_err(|e| s.fail(e))?;
                 }

@@ -56,6 +56,16 @@ pub fn names(instance_id: &str, environment: &str, resource: &str) -> Names {
     }
 }
 
+/// The start every name [`names`] makes in `environment` has, whatever the resource: `sw_`
+/// and the environment's readable part, of which a name keeps at least half its budget (one
+/// byte less when that cut ends on a `_`, which goes). Names of other environments may start
+/// alike (`qa` and `qa2`): it narrows a search, and the marker decides.
+pub(crate) fn environment_prefix(environment: &str) -> String {
+    let env = slug(environment);
+    let keep = env.len().min((MAX_NAME_BYTES - FIXED_BYTES) / 2 - 1);
+    format!("sw_{}", &env[..keep])
+}
+
 /// `text` lowercased, with every run of other characters than `[a-z0-9]` made one `_`, without
 /// a leading or trailing `_`; `x` if nothing is left.
 fn slug(text: &str) -> String {
@@ -178,6 +188,11 @@ mod tests {
                 "{} is plain", name.database
             );
             prop_assert_eq!(&name, &names(&id, &env, &res), "names are deterministic");
+            let prefix = environment_prefix(&env);
+            prop_assert!(
+                name.database.starts_with(&prefix),
+                "{} starts with its environment's prefix {prefix}", name.database
+            );
         }
 
         #[test]

@@ -126,19 +126,19 @@ impl Provider for RoleProvider {
             .transpose()?
             .map(|recorded| (recorded.server, recorded.role));
         let current = |names: &Names| names.role.clone();
-        let databases = Intent::of_environment(ctx, super::database::TYPE)?;
+        let names = super::names::environment_prefix(ctx.environment);
+        let prefix = self.servers.environment_marker(ctx);
         self.servers
             .delete_each(ctx, TYPE, recorded, current, |s, role, marker| {
                 let found = catalog::role(s, role, marker).map_err(|e| s.fail(e))?;
                 if found.ownership == Ownership::Ours {
                     // What its environment's databases granted it would keep it from going.
-                    if let Some(revoke) = catalog::keep_out(role, &databases)? {
-                        s.execute(
-                            &format!("take back what role {role:?} was let into"),
-                            &revoke,
-                        )
-                        .map_err(|e| s.fail(e))?;
-                    }
+                    let revoke = catalog::keep_out(role, &names, &prefix)?;
+                    s.execute(
+                        &format!("take back what role {role:?} was let into"),
+                        &revoke,
+                    )
+                    .map_err(|e| s.fail(e))?;
                     catalog::drop_role(s, role)?;
                 }
                 Ok(())
@@ -203,15 +203,16 @@ impl RoleProvider {
         catalog::ensure_role(&mut s, &found, role, &marker, login, hashed)?;
         // Its environment's databases let it in, as they did before they kept every other
         // role out (see `catalog::let_in`).
-        let databases = Intent::of_environment(ctx, super::database::TYPE)?;
-        let prefix = self.servers.environment_marker(ctx);
-        if let Some(grant) = catalog::let_in_to(role, &databases, &prefix)? {
-            s.execute(
-                &format!("let role {role:?} into its environment's databases"),
-                &grant,
-            )
-            .map_err(|e| s.fail(e))?;
-        }
+        let grant = catalog::let_in_to(
+            role,
+            &super::names::environment_prefix(ctx.environment),
+            &self.servers.environment_marker(ctx),
+        )?;
+        s.execute(
+            &format!("let role {role:?} into its environment's databases"),
+            &grant,
+        )
+        .map_err(|e| s.fail(e))?;
         let live = LiveRole {
             server: server.name.clone(),
             role: role.to_owned(),

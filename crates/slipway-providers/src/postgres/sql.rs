@@ -528,8 +528,18 @@ impl PgError {
         source.code().map(|c| c.code())
     }
 
-    /// Whether the same operation may succeed later: see [`retry_for`].
+    /// Whether the same operation may succeed later: see [`retry_for`]. Also an internal
+    /// error (XX000) that is two sessions changing one catalog row at once: a database's
+    /// privileges, changed by its own update and by a role of its environment made beside it
+    /// (`catalog::let_in`), say.
     pub fn retry(&self) -> Retry {
+        let (PgError::Connect { source, .. } | PgError::Statement { source, .. }) = self;
+        let concurrent = source.as_db_error().is_some_and(|db| {
+            db.code().code() == "XX000" && db.message().starts_with("tuple concurrently")
+        });
+        if concurrent {
+            return Retry::Retryable;
+        }
         retry_for(self.code())
     }
 }
