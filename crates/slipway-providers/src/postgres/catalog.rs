@@ -36,10 +36,6 @@ pub(crate) struct DatabaseFound {
     pub ownership: Ownership,
     /// Its owner role (empty when absent).
     pub owner: String,
-    /// Whether every role may connect to it or make temporary tables in it, when it was
-    /// asked (`None`: absent, or not asked): as PostgreSQL makes a database, and as
-    /// databases Slipway made before it kept other roles out are (see [`let_in`]).
-    pub open: Option<bool>,
 }
 
 fn foreign(comment: Option<&str>) -> Ownership {
@@ -101,7 +97,7 @@ pub(crate) fn role_and_database(
         None => RoleFound::ABSENT,
     };
     let database = if row.get(4) {
-        DatabaseFound::judged(row.get(5), row.get(6), row.get(7), row.get(8), marker)
+        DatabaseFound::judged(row.get(5), row.get(6), row.get(7), marker)
     } else {
         DatabaseFound::ABSENT
     };
@@ -124,7 +120,7 @@ pub(crate) enum Login {
 /// an untyped one would make a `public.shobj_description(oid, text)` the better match
 /// wherever the session's `search_path` (`sql::CATALOG_ONLY`) did not reach the server.
 macro_rules! role_and_database_sql {
-    ($login:literal, $open:literal) => {
+    ($login:literal) => {
         concat!(
             "select current_setting('server_version_num')::int4, r.oid, \
                 pg_catalog.shobj_description(r.oid, 'pg_authid'::pg_catalog.name), ",
@@ -132,9 +128,8 @@ macro_rules! role_and_database_sql {
             ", d.oid is not null, \
                 pg_catalog.shobj_description(d.oid, 'pg_database'::pg_catalog.name), \
                 pg_get_userbyid(d.datdba)::text, \
-                pg_catalog.shobj_description(d.datdba, 'pg_authid'::pg_catalog.name), ",
-            $open,
-            " from (select case when octet_length($1) <= 63 \
+                pg_catalog.shobj_description(d.datdba, 'pg_authid'::pg_catalog.name) \
+             from (select case when octet_length($1) <= 63 \
                                then to_regrole(quote_ident($1))::oid end as oid) r \
              left join pg_database d on d.datname = $2"
         )
@@ -142,7 +137,7 @@ macro_rules! role_and_database_sql {
 }
 
 /// [`role_and_database`] without whether the role may log in (`Login::Skip`).
-const ROLE_AND_DATABASE: &str = role_and_database_sql!("null::bool", "null::bool");
+const ROLE_AND_DATABASE: &str = role_and_database_sql!("null::bool");
 
 /// [`role_and_database`] of `role` and `database`, without the login, asked by a connection
 /// made ahead (see [`Ahead`]): what an update of a database asks first.
@@ -199,11 +194,8 @@ pub(crate) fn recorded_owner(
 }
 
 /// [`role_and_database`] with it (`Login::Read`).
-const ROLE_AND_DATABASE_AND_LOGIN: &str = role_and_database_sql!(
-    "(select rolcanlogin from pg_roles where oid = r.oid)",
-    "pg_catalog.has_database_privilege('public'::pg_catalog.name, d.oid, \
-     'CONNECT, TEMPORARY'::pg_catalog.text)"
-);
+const ROLE_AND_DATABASE_AND_LOGIN: &str =
+    role_and_database_sql!("(select rolcanlogin from pg_roles where oid = r.oid)");
 
 impl RoleFound {
     const ABSENT: RoleFound = RoleFound {
@@ -235,16 +227,13 @@ impl DatabaseFound {
     const ABSENT: DatabaseFound = DatabaseFound {
         ownership: Ownership::Absent,
         owner: String::new(),
-        open: None,
     };
 
-    /// A database that exists, with its `comment`, its `owner` role and that role's comment,
-    /// and whether it is `open` (if asked).
+    /// A database that exists, with its `comment`, its `owner` role and that role's comment.
     fn judged(
         comment: Option<String>,
         owner: Option<String>,
         owner_comment: Option<String>,
-        open: Option<bool>,
         marker: &str,
     ) -> DatabaseFound {
         // Its owner, the environment's role, may change the database's comment: ours all the
@@ -257,7 +246,6 @@ impl DatabaseFound {
                 foreign(comment.as_deref())
             },
             owner: owner.unwrap_or_default(),
-            open,
         }
     }
 }
@@ -446,12 +434,13 @@ pub(crate) fn let_in(
     prefix: &str,
 ) -> Result<Option<String>, ProviderError> {
     let database = ident(database)?;
-    let (length, prefix) = (prefix.len(), literal(prefix)?);
+    let prefix = literal(prefix)?;
     each_in_a_block(roles, |role| {
         Ok(format!(
             "IF pg_catalog.left(pg_catalog.shobj_description(pg_catalog.to_regrole({}::\
-             pg_catalog.text)::pg_catalog.oid, 'pg_authid'::pg_catalog.name), {length}) = \
-             {prefix} THEN GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {}; END IF;",
+             pg_catalog.text)::pg_catalog.oid, 'pg_authid'::pg_catalog.name), \
+             pg_catalog.length({prefix})) = {prefix} THEN \
+             GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {}; END IF;",
             literal(&ident(role)?)?,
             ident(role)?
         ))
@@ -468,52 +457,92 @@ pub(crate) fn let_in_to(role: &str, names: &str, prefix: &str) -> Result<String,
         "GRANT CONNECT, TEMPORARY ON DATABASE %I TO {}",
         ident(role)?.replace('%', "%%")
     );
-    in_the_environments_databases(names, prefix, &statement)
+    on_each_database(&the_environments_databases(names, prefix)?, &statement)
 }
 
-/// Takes back from the role `role` what every database of its environment (as [`let_in_to`]
-/// finds them) granted it, on the server: a role made before a database another replica
-/// made was let in by that database, of which this node has no record. See [`let_in`].
-pub(crate) fn keep_out(role: &str, names: &str, prefix: &str) -> Result<String, ProviderError> {
+/// Takes back from our role `role` every privilege it holds on any database of the server
+/// (found in their `datacl`, not in this node's records: another replica's database may have
+/// let it in), which would keep `DROP ROLE` from dropping it. See [`let_in`].
+pub(crate) fn keep_out(role: &str) -> Result<String, ProviderError> {
     let statement = format!(
-        "REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM {}",
+        "REVOKE ALL ON DATABASE %I FROM {}",
         ident(role)?.replace('%', "%%")
     );
-    in_the_environments_databases(names, prefix, &statement)
+    let query = format!(
+        "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database, \
+         pg_catalog.aclexplode(datacl) a \
+         WHERE a.grantee = pg_catalog.to_regrole({}::pg_catalog.text)::pg_catalog.oid",
+        literal(&ident(role)?)?
+    );
+    on_each_database(&query, &statement)
+}
+
+/// The query of the databases of the server whose name starts with `names` and whose
+/// owner's marker starts with `prefix`, `$1`-free. The names are narrowed with `LIKE`
+/// first (a scan of names, about a millisecond at 10,000 databases), the markers read only
+/// for those. `LIKE`'s own escape, a backslash, goes in a string that says it is one
+/// (`E''`), whatever `standard_conforming_strings` is.
+fn the_environments_databases(names: &str, prefix: &str) -> Result<String, ProviderError> {
+    Ok(format!(
+        "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database \
+         WHERE datname::pg_catalog.text LIKE {} \
+         AND pg_catalog.left(pg_catalog.shobj_description(datdba, 'pg_authid'::pg_catalog.name), \
+         pg_catalog.length({prefix})) = {prefix}",
+        like_prefix(names)?,
+        prefix = literal(prefix)?,
+    ))
+}
+
+/// `LIKE`'s pattern of the names that start with `start`, as a string literal.
+fn like_prefix(start: &str) -> Result<String, ProviderError> {
+    let escaped = start
+        .replace('\\', "\\\\")
+        .replace('_', "\\_")
+        .replace('%', "\\%");
+    Ok(format!(
+        "E{}",
+        literal(&format!("{escaped}%"))?.trim_start_matches('E')
+    ))
 }
 
 /// A `DO` block that runs `statement` (a `format` of `%I`, the database's name) on every
-/// database of the server whose name starts with `names` and whose owner's marker starts
-/// with `prefix`. The names are narrowed with `LIKE` first (a scan of names, about a
-/// millisecond at 10,000 databases), the markers read only for those.
-fn in_the_environments_databases(
-    names: &str,
-    prefix: &str,
-    statement: &str,
-) -> Result<String, ProviderError> {
-    let pattern = format!(
-        "{}%",
-        names
-            .replace('\\', "\\\\")
-            .replace('_', "\\_")
-            .replace('%', "\\%")
-    );
+/// database `query` lists; one dropped meanwhile is passed over.
+fn on_each_database(query: &str, statement: &str) -> Result<String, ProviderError> {
     let body = format!(
         "DECLARE d pg_catalog.text;\n\
          BEGIN\n\
-         FOR d IN SELECT datname::pg_catalog.text FROM pg_catalog.pg_database \
-         WHERE datname::pg_catalog.text LIKE {} ESCAPE '\\' \
-         AND pg_catalog.left(pg_catalog.shobj_description(datdba, 'pg_authid'::pg_catalog.name), \
-         {}) = {} LOOP\n\
-         EXECUTE pg_catalog.format({}, d);\n\
+         FOR d IN {query} LOOP\n\
+         BEGIN EXECUTE pg_catalog.format({}, d); \
+         EXCEPTION WHEN invalid_catalog_name THEN NULL; END;\n\
          END LOOP;\n\
          END",
-        literal(&pattern)?,
-        prefix.len(),
-        literal(prefix)?,
         literal(statement)?
     );
     Ok(format!("DO {}", literal(&body)?))
+}
+
+/// A database of `role`'s environment (as [`let_in_to`] finds them) that it may not connect
+/// to: one another replica made after the role, which could not let it in (see [`let_in`]).
+pub(crate) fn shut_out(
+    s: &mut Session<'_>,
+    role: &str,
+    names: &str,
+    prefix: &str,
+) -> Result<Option<String>, ProviderError> {
+    let query = format!(
+        "SELECT d FROM ({}) e(d) WHERE NOT pg_catalog.has_database_privilege({}::pg_catalog.name, \
+         d, 'CONNECT'::pg_catalog.text) LIMIT 1",
+        the_environments_databases(names, prefix)?,
+        literal(role)?
+    );
+    let rows = s
+        .query(
+            &format!("look up the databases role {role:?} may connect to"),
+            &query,
+            &[],
+        )
+        .map_err(|e| s.fail(e))?;
+    Ok(rows.first().map(|row| row.get(0)))
 }
 
 /// A `DO` block of `step`'s statement for each of `items`, `None` when there is none. The

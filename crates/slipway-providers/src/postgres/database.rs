@@ -281,11 +281,6 @@ impl Provider for DatabaseProvider {
             Ownership::Ours if role.can_login == Some(false) => Some(format!(
                 "role \"{role_name}\" on server {on} can no longer log in"
             )),
-            Ownership::Ours if database.open == Some(true) => Some(format!(
-                "database \"{name}\" on server {on} lets every role connect (PostgreSQL's \
-                 default, which databases made by an older Slipway kept): the update takes \
-                 that back, and lets in the environment's own roles"
-            )),
             Ownership::Ours => None,
         };
         if let Some(reason) = drift {

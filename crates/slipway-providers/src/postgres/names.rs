@@ -173,6 +173,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_environment_cut_after_its_prefix_keeps_it() {
+        // 24 letters, then a `_` where the cut falls (and goes), beside a long resource.
+        let env = format!("{}-bcdefghijklmnopqrstuvwxyz", "a".repeat(24));
+        let name = names("0123456789abcdef", &env, &"r".repeat(40));
+        assert_eq!(environment_prefix(&env), format!("sw_{}", "a".repeat(24)));
+        assert!(
+            name.database.starts_with(&environment_prefix(&env)),
+            "{}",
+            name.database
+        );
+    }
+
     proptest! {
         #[test]
         fn any_input_gives_a_valid_deterministic_name(
@@ -193,6 +206,17 @@ mod tests {
                 name.database.starts_with(&prefix),
                 "{} starts with its environment's prefix {prefix}", name.database
             );
+        }
+
+        /// Long environment names of the kind that are cut, with resource names long enough
+        /// to cut them (the case `environment_prefix` is about).
+        #[test]
+        fn every_name_starts_with_its_environments_prefix(
+            env in "[a-z0-9][a-z0-9_-]{18,62}", res in "[a-z0-9_-]{0,80}",
+        ) {
+            let name = names("0123456789abcdef", &env, &res);
+            let prefix = environment_prefix(&env);
+            prop_assert!(name.database.starts_with(&prefix), "{} / {prefix}", name.database);
         }
 
         #[test]

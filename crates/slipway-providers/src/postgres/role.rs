@@ -126,14 +126,12 @@ impl Provider for RoleProvider {
             .transpose()?
             .map(|recorded| (recorded.server, recorded.role));
         let current = |names: &Names| names.role.clone();
-        let names = super::names::environment_prefix(ctx.environment);
-        let prefix = self.servers.environment_marker(ctx);
         self.servers
             .delete_each(ctx, TYPE, recorded, current, |s, role, marker| {
                 let found = catalog::role(s, role, marker).map_err(|e| s.fail(e))?;
                 if found.ownership == Ownership::Ours {
                     // What its environment's databases granted it would keep it from going.
-                    let revoke = catalog::keep_out(role, &names, &prefix)?;
+                    let revoke = catalog::keep_out(role)?;
                     s.execute(
                         &format!("take back what role {role:?} was let into"),
                         &revoke,
@@ -177,7 +175,21 @@ impl Provider for RoleProvider {
                     format!("role \"{name}\" on server {on} can now log in")
                 },
             },
-            Ownership::Ours => Observation::InSync,
+            Ownership::Ours => match catalog::shut_out(
+                &mut s,
+                name,
+                &super::names::environment_prefix(ctx.environment),
+                &self.servers.environment_marker(ctx),
+            )? {
+                Some(database) => Observation::Drifted {
+                    reason: format!(
+                        "role \"{name}\" may not connect to its environment's database \
+                         \"{database}\" on server {on} (made by another replica after it): the \
+                         update lets it in"
+                    ),
+                },
+                None => Observation::InSync,
+            },
         })
     }
 }
