@@ -182,6 +182,11 @@ pub struct PostgresServer {
     /// they are created as the environment's role, which could create them itself).
     #[serde(default)]
     pub extensions: Vec<String>,
+    /// Roles every environment's database lets connect besides its owner and its
+    /// environment's roles (every other role is kept out): a pooler's `auth_user`, a
+    /// monitoring or backup role. Default: none.
+    #[serde(default)]
+    pub connect: Vec<String>,
 }
 
 impl PostgresServer {

@@ -701,7 +701,8 @@ impl Engine {
         for (name, server) in &config.postgres {
             servers = servers
                 .with_templates(name, server.templates.clone())
-                .with_extensions(name, server.extensions.clone());
+                .with_extensions(name, server.extensions.clone())
+                .with_connect(name, server.connect.clone());
         }
         let servers = Arc::new(servers);
         registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));

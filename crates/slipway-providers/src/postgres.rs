@@ -99,6 +99,8 @@ pub struct PgServers {
     templates: BTreeMap<String, Vec<String>>,
     /// The untrusted extensions each server allows in `extensions:`.
     extensions: BTreeMap<String, Vec<String>>,
+    /// The roles each server's environment databases let connect besides their own.
+    connect: BTreeMap<String, Vec<String>>,
     instance_id: String,
     /// Admin connections made ahead ([`PgServers::warm`]).
     warm: Arc<sql::Warm>,
@@ -134,6 +136,7 @@ impl PgServers {
             unavailable: BTreeMap::new(),
             templates: BTreeMap::new(),
             extensions: BTreeMap::new(),
+            connect: BTreeMap::new(),
             instance_id: instance_id.to_owned(),
             warm: Arc::default(),
         }
@@ -162,6 +165,19 @@ impl PgServers {
     pub fn with_extensions(mut self, name: &str, extensions: Vec<String>) -> Self {
         self.extensions.insert(name.to_owned(), extensions);
         self
+    }
+
+    /// Lets the roles `roles` connect to every environment's database on server `name`
+    /// (`[postgres.NAME] connect`), which keeps every other role out but its owner and its
+    /// environment's roles: a pooler's `auth_user`, a monitoring role.
+    pub fn with_connect(mut self, name: &str, roles: Vec<String>) -> Self {
+        self.connect.insert(name.to_owned(), roles);
+        self
+    }
+
+    /// The roles server `name`'s environment databases let connect besides their own.
+    fn connect(&self, name: &str) -> &[String] {
+        listed(&self.connect, name)
     }
 
     /// The untrusted extensions server `name` allows.

@@ -84,7 +84,9 @@ impl Pg {
                     ],
                 )
                 // An untrusted extension, as an operator lists it in `[postgres.lenient] extensions`.
-                .with_extensions("lenient", vec!["pageinspect".to_owned()]),
+                .with_extensions("lenient", vec!["pageinspect".to_owned()])
+                // A monitoring role, as an operator lists it in `[postgres.watched] connect`.
+                .with_connect("watched", vec![format!("swtest_monitor_{id}")]),
         );
         // Exactly what the engine does to register them.
         let mut registry = Registry::local();
@@ -579,6 +581,83 @@ fn the_environments_own_roles_are_let_into_its_databases_and_no_other() {
         .delete(pg.ctx_in(&qa, "db2"), Some(&db2.live))
         .expect("delete qa's second database");
     assert!(!role_exists(&output(&after, "user")) && !role_exists(&output(&spy, "user")));
+}
+
+/// A database's update and its environment's role's update change the database's
+/// privileges at once, over and over (an apply runs them side by side): each takes its turn,
+/// and none fails on the other's change (`tuple concurrently updated`).
+#[test]
+fn a_database_and_its_environments_role_change_its_privileges_in_turn() {
+    let pg = Pg::new();
+    let qa = env("qa");
+    let role = pg
+        .role()
+        .create(pg.ctx_in(&qa, "reader"), &json!({}))
+        .expect("a role");
+    let db = pg
+        .database()
+        .create(pg.ctx_in(&qa, "db"), &json!({}))
+        .expect("a database");
+    std::thread::scope(|scope| {
+        let roles = scope.spawn(|| {
+            for _ in 0..40 {
+                pg.role()
+                    .update(pg.ctx_in(&qa, "reader"), &json!({}), &role.live)
+                    .expect("the role's update");
+            }
+        });
+        for _ in 0..40 {
+            pg.database()
+                .update(pg.ctx_in(&qa, "db"), &json!({}), &db.live)
+                .expect("the database's update");
+        }
+        roles.join().expect("the role's thread");
+    });
+    postgres::Client::connect(&role_url(&role, &output(&db, "database")), postgres::NoTls)
+        .expect("the role is let in");
+}
+
+/// The roles the operator lists in `[postgres.NAME] connect` (a pooler, a monitoring role)
+/// connect to every environment's database of that server; a role it does not list stays
+/// out; a listed role that does not exist fails the change, naming it.
+#[test]
+fn the_roles_the_operator_lists_connect_to_every_environments_database() {
+    let mut pg = Pg::with_servers(BTreeMap::from([("watched".to_owned(), ADMIN.to_owned())]));
+    let monitor = format!("swtest_monitor_{}", pg.id);
+    let stranger = format!("swtest_stranger_{}", pg.id);
+    pg.extra_roles.extend([monitor.clone(), stranger.clone()]);
+    admin()
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN; CREATE ROLE {} LOGIN",
+            quote(&monitor),
+            quote(&stranger)
+        ))
+        .expect("a monitoring role, and another");
+    let db = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let name = output(&db, "database");
+    let url = |role: &str| format!("postgres://{role}@127.0.0.1:5432/{name}");
+    postgres::Client::connect(&url(&monitor), postgres::NoTls).expect("the listed role connects");
+    assert!(kept_out(&url(&stranger)), "another role is kept out");
+    admin()
+        .batch_execute(&format!(
+            "DROP OWNED BY {m}; DROP ROLE {m}",
+            m = quote(&monitor)
+        ))
+        .expect("drop the listed role");
+    let err = failure(
+        pg.database().update(pg.ctx("db"), &json!({}), &db.live),
+        "an update while a listed role is missing",
+    );
+    assert!(
+        err.to_string().contains(&monitor),
+        "the error names it: {err}"
+    );
+    pg.database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect("delete");
 }
 
 fn extension_installed(url: &str, extension: &str) -> bool {

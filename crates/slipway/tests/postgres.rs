@@ -429,3 +429,52 @@ fn fastrand_suffix() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0)
 }
+
+/// `[postgres.NAME] connect` in the engine config reaches every environment's database: the
+/// role it lists connects, another role does not.
+#[test]
+fn the_roles_the_engine_config_lists_connect_to_the_environments_database() {
+    let s = Sandbox::new();
+    let tag = s.dir.path().file_name().and_then(|n| n.to_str()).map(|n| {
+        n.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase()
+    });
+    let tag = tag.unwrap_or_default();
+    let (monitor, stranger) = (format!("swtest_mon_{tag}"), format!("swtest_str_{tag}"));
+    admin()
+        .batch_execute(&format!(
+            "CREATE ROLE \"{monitor}\" LOGIN; CREATE ROLE \"{stranger}\" LOGIN"
+        ))
+        .expect("a monitoring role, and another");
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: mon\nenvironments:\n  qa: { track: main }\nresources:\n  \
+         db: { type: postgres.database }\n",
+    )
+    .commit("a database");
+    // `[postgres.main]` is the configuration's last table.
+    util::world::append_config(&s, &format!("connect = ['{monitor}']\n"));
+    s.ok(&["apply", "--env", "qa", "--yes"]);
+    let db = outputs(&s, "qa", "db")["database"]
+        .as_str()
+        .expect("database")
+        .to_string();
+    let connects = |role: &str| {
+        postgres::Client::connect(
+            &format!("postgres://{role}@127.0.0.1:5432/{db}"),
+            postgres::NoTls,
+        )
+        .is_ok()
+    };
+    let (listed, other) = (connects(&monitor), connects(&stranger));
+    s.ok(&["destroy", "--env", "qa", "--yes"]);
+    admin()
+        .batch_execute(&format!(
+            "DROP ROLE \"{monitor}\"; DROP ROLE \"{stranger}\""
+        ))
+        .expect("remove the test's roles");
+    assert!(listed, "the listed role connects");
+    assert!(!other, "another role is kept out");
+}

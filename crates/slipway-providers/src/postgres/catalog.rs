@@ -484,14 +484,35 @@ pub(crate) fn keep_out(role: &str) -> Result<String, ProviderError> {
 /// (`E''`), whatever `standard_conforming_strings` is.
 fn the_environments_databases(names: &str, prefix: &str) -> Result<String, ProviderError> {
     Ok(format!(
-        "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database \
-         WHERE datname::pg_catalog.text LIKE {} \
+        "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database WHERE {}",
+        of_the_environment(names, prefix)?
+    ))
+}
+
+/// The condition on a row of `pg_database` of [`the_environments_databases`].
+fn of_the_environment(names: &str, prefix: &str) -> Result<String, ProviderError> {
+    Ok(format!(
+        "datname::pg_catalog.text LIKE {} \
          AND pg_catalog.left(pg_catalog.shobj_description(datdba, 'pg_authid'::pg_catalog.name), \
          pg_catalog.length({prefix})) = {prefix}",
         like_prefix(names)?,
         prefix = literal(prefix)?,
     ))
 }
+
+/// The statement that makes the changes of one database's privileges take turns, until the
+/// transaction ends: a database's own (its create or update) and its environment's roles'
+/// (made beside it, by the same apply) would otherwise change its row of `pg_database` at
+/// once, and one of them fail (`tuple concurrently updated`).
+pub(crate) fn privileges_in_turn(database: &str) -> Result<String, ProviderError> {
+    Ok(format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({PRIVILEGES_LOCK}, pg_catalog.hashtext({}))",
+        literal(database)?
+    ))
+}
+
+/// The first key of [`privileges_in_turn`]'s lock ("SLDP").
+const PRIVILEGES_LOCK: i32 = 0x534c_4450;
 
 /// `LIKE`'s pattern of the names that start with `start`, as a string literal.
 fn like_prefix(start: &str) -> Result<String, ProviderError> {
@@ -511,7 +532,8 @@ fn on_each_database(query: &str, statement: &str) -> Result<String, ProviderErro
     let body = format!(
         "DECLARE d pg_catalog.text;\n\
          BEGIN\n\
-         FOR d IN {query} LOOP\n\
+         FOR d IN {query} ORDER BY 1 LOOP\n\
+         PERFORM pg_catalog.pg_advisory_xact_lock({PRIVILEGES_LOCK}, pg_catalog.hashtext(d));\n\
          BEGIN EXECUTE pg_catalog.format({}, d); \
          EXCEPTION WHEN invalid_catalog_name THEN NULL; END;\n\
          END LOOP;\n\
@@ -529,10 +551,12 @@ pub(crate) fn shut_out(
     names: &str,
     prefix: &str,
 ) -> Result<Option<String>, ProviderError> {
+    // By oid: a database dropped meanwhile is then no error, but no row.
     let query = format!(
-        "SELECT d FROM ({}) e(d) WHERE NOT pg_catalog.has_database_privilege({}::pg_catalog.name, \
-         d, 'CONNECT'::pg_catalog.text) LIMIT 1",
-        the_environments_databases(names, prefix)?,
+        "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database WHERE {} \
+         AND NOT pg_catalog.has_database_privilege({}::pg_catalog.name, oid, \
+         'CONNECT'::pg_catalog.text) LIMIT 1",
+        of_the_environment(names, prefix)?,
         literal(role)?
     );
     let rows = s

@@ -384,12 +384,28 @@ impl DatabaseProvider {
         // The environment's `postgres.role`s connect to it all the same (see `catalog::let_in`),
         // those this node has records of, listed once the database exists: a role made
         // meanwhile is then either listed here or finds the database itself.
-        let marked = format!(
-            "COMMENT ON DATABASE {db} IS {};\n\
+        let mut marked = format!(
+            "{};\n\
+             COMMENT ON DATABASE {db} IS {};\n\
              REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC",
+            catalog::privileges_in_turn(&names.database)?,
             literal(&marker)?,
             db = ident(&names.database)?,
         );
+        // And the roles the operator lists (`[postgres.NAME] connect`): a missing one fails
+        // the change, naming it.
+        let listed = self.servers.connect(&server.name);
+        if !listed.is_empty() {
+            let roles = listed
+                .iter()
+                .map(|r| ident(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            marked.push_str(&format!(
+                ";\nGRANT CONNECT ON DATABASE {} TO {}",
+                ident(&names.database)?,
+                roles.join(", ")
+            ));
+        }
         let prefix = self.servers.environment_marker(ctx);
         let comment = || -> Result<String, ProviderError> {
             let roles = Intent::of_environment(ctx, super::role::TYPE)?;
@@ -477,6 +493,7 @@ impl DatabaseProvider {
                     s.execute_atomically(
                         &format!("give database {:?} back to its role", names.database),
                         &[
+                            catalog::privileges_in_turn(&names.database)?,
                             format!(
                                 "ALTER DATABASE {} OWNER TO {}",
                                 ident(&names.database)?,
