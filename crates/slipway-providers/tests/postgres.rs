@@ -660,6 +660,57 @@ fn the_roles_the_operator_lists_connect_to_every_environments_database() {
         .expect("delete");
 }
 
+/// An environment's code may connect to the admin URL's database as its role (every role may,
+/// unless the operator revoked it) and leave there what would keep its role from being
+/// dropped (a large object, default privileges): its destroy drops those with the role,
+/// instead of failing for ever.
+#[test]
+fn what_an_environments_role_left_in_the_admin_database_does_not_stop_its_destroy() {
+    let pg = Pg::new();
+    let db = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let reader = pg
+        .role()
+        .create(pg.ctx("reader"), &json!({}))
+        .expect("a role");
+    let mut objects = Vec::new();
+    for (user, password) in [
+        (output(&db, "user"), output(&db, "password")),
+        (output(&reader, "user"), output(&reader, "password")),
+    ] {
+        let mut admin_db = postgres::Client::connect(
+            &format!("postgres://{user}:{password}@127.0.0.1:5432/postgres"),
+            postgres::NoTls,
+        )
+        .expect("the role reaches the admin URL's database");
+        let object: u32 = admin_db
+            .query_one("select lo_create(0)", &[])
+            .expect("a large object")
+            .get(0);
+        admin_db
+            .batch_execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC")
+            .expect("default privileges");
+        objects.push(object);
+    }
+    pg.database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect("the database's delete");
+    pg.role()
+        .delete(pg.ctx("reader"), Some(&reader.live))
+        .expect("the role's delete");
+    assert!(!role_exists(&output(&db, "user")) && !role_exists(&output(&reader, "user")));
+    let left: i64 = admin()
+        .query_one(
+            "select count(*) from pg_largeobject_metadata where oid = any($1)",
+            &[&objects],
+        )
+        .expect("count large objects")
+        .get(0);
+    assert_eq!(left, 0, "what they left went with them");
+}
+
 fn extension_installed(url: &str, extension: &str) -> bool {
     postgres::Client::connect(url, postgres::NoTls)
         .expect("connect with the url output")

@@ -601,13 +601,25 @@ pub(crate) fn set_login(
     .map_err(|e| s.fail(e))
 }
 
-/// Drops the role `name` if it exists. Fails, without `CASCADE`, while it owns objects.
+/// Drops our role `name` if it exists. Fails while it owns objects, or holds privileges, in
+/// another database than the admin URL's: what it owns there, or was granted, goes with it.
+///
+/// Its environment's code logs in as it, and may connect to the admin URL's database (every
+/// role may, unless the operator revoked it): a large object, a table in `public` (before
+/// PostgreSQL 15), default privileges left there would keep `DROP ROLE` failing, and the
+/// environment from ever being destroyed. Only when it fails so (2BP01) is
+/// `DROP OWNED BY` run, in the same transaction as the `DROP ROLE` that follows: it drops
+/// what the role owns in this database, and revokes what it holds on shared objects.
 pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
-    s.execute(
-        &format!("drop role {name:?} (it must own nothing: drop or reassign its objects first)"),
-        &format!("DROP ROLE IF EXISTS {}", ident(name)?),
-    )
-    .map_err(|e| s.fail(e))
+    let role = ident(name)?;
+    let action =
+        format!("drop role {name:?} (it must own nothing: drop or reassign its objects first)");
+    match s.execute(&action, &format!("DROP ROLE IF EXISTS {role}")) {
+        Err(e) if e.code() == Some("2BP01") => s
+            .execute(&action, &format!("DROP OWNED BY {role};\nDROP ROLE {role}"))
+            .map_err(|e| s.fail(e)),
+        done => done.map_err(|e| s.fail(e)),
+    }
 }
 
 /// Drops the role `name` if it carries `marker` (its comment), the check and the drop in one
