@@ -29,8 +29,10 @@
 //!   `live: None` knows where an interrupted create may have left something, without having to
 //!   reach every configured server. A successful delete removes that file.
 //! - An environment's database lets in, besides its owner, only its environment's
-//!   `postgres.role`s (named by their records of intent, checked by marker), not `PUBLIC`
-//!   (see `catalog::let_in`).
+//!   `postgres.role`s (named by this node's records of intent, or finding it on the server
+//!   themselves; checked by marker either way) and the roles `[postgres.NAME] connect`
+//!   lists, not `PUBLIC`; it is made refusing every connection until then (see
+//!   `catalog::let_in`).
 //! - Only names and values quoted by `sql::ident` and `sql::literal` reach SQL text;
 //!   everything else goes as a query parameter.
 //! - No message carries a server's admin password: URLs are shown through [`redact_url`], and
@@ -168,8 +170,8 @@ impl PgServers {
     }
 
     /// Lets the roles `roles` connect to every environment's database on server `name`
-    /// (`[postgres.NAME] connect`), which keeps every other role out but its owner and its
-    /// environment's roles: a pooler's `auth_user`, a monitoring role.
+    /// (`[postgres.NAME] connect`) besides its owner and its environment's roles, the only
+    /// others it lets in: a pooler's `auth_user`, a monitoring role.
     pub fn with_connect(mut self, name: &str, roles: Vec<String>) -> Self {
         self.connect.insert(name.to_owned(), roles);
         self

@@ -711,6 +711,39 @@ fn what_an_environments_role_left_in_the_admin_database_does_not_stop_its_destro
     assert_eq!(left, 0, "what they left went with them");
 }
 
+/// A database is made refusing every connection until it is marked and closed to `PUBLIC`,
+/// so that no session opened in between outlives the `REVOKE`; one an interrupted create
+/// left so is opened by the next try, which takes it back.
+#[test]
+fn a_database_an_interrupted_create_left_refusing_connections_is_opened_by_the_next_try() {
+    let pg = Pg::new();
+    let applied = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let name = output(&applied, "database");
+    postgres::Client::connect(&output(&applied, "url"), postgres::NoTls).expect("open once made");
+    admin()
+        .batch_execute(&format!(
+            "ALTER DATABASE {n} ALLOW_CONNECTIONS false; COMMENT ON DATABASE {n} IS NULL",
+            n = quote(&name)
+        ))
+        .expect("as a create interrupted before its marker left it");
+    assert!(
+        postgres::Client::connect(&output(&applied, "url"), postgres::NoTls).is_err(),
+        "it refuses connections"
+    );
+    let again = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("the next try takes it back");
+    postgres::Client::connect(&output(&again, "url"), postgres::NoTls)
+        .expect("and opens it to its role");
+    pg.database()
+        .delete(pg.ctx("db"), Some(&again.live))
+        .expect("delete");
+}
+
 fn extension_installed(url: &str, extension: &str) -> bool {
     postgres::Client::connect(url, postgres::NoTls)
         .expect("connect with the url output")

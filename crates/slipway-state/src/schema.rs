@@ -698,15 +698,14 @@ mod tests {
     /// order SQLite keeps it, then every row of every table (`sqlite_sequence` as the
     /// `AUTOINCREMENT` tables' rows make it).
     fn dump(conn: &mut Conn) -> String {
-        let schema: Vec<(String, String)> = conn
+        let mut out: Vec<String> = conn
             .query(
-                "SELECT name, sql || ';' FROM sqlite_master \
+                "SELECT sql || ';' FROM sqlite_master \
                  WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
                 params![],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| row.get(0),
             )
             .expect("read the schema");
-        let mut out: Vec<String> = schema.iter().map(|(_, sql)| sql.clone()).collect();
         let tables: Vec<String> = conn
             .query(
                 "SELECT name FROM sqlite_master WHERE type = 'table' \
@@ -800,7 +799,11 @@ mod tests {
         new.batch("PRAGMA foreign_keys = ON")
             .expect("enforce foreign keys");
         apply_pending(&mut new, "test", 0, MIGRATIONS, Some(FRESH_SQLITE)).expect("make fresh");
-        assert_eq!(contents(&mut new), contents(&mut migrated));
+        assert_eq!(
+            contents(&mut new),
+            contents(&mut migrated),
+            "the file's database is the migrated one"
+        );
         // Behind the migrations, the statements are followed by those they lack.
         let next = "CREATE TABLE after_fresh (a INTEGER) STRICT;";
         let longer: Vec<&str> = MIGRATIONS.iter().copied().chain([next]).collect();
@@ -811,10 +814,17 @@ mod tests {
             version(&mut behind).expect("read the version"),
             SCHEMA_VERSION + 1
         );
-        assert!(tables(&mut behind).iter().any(|t| t == "after_fresh"));
+        assert!(
+            tables(&mut behind).iter().any(|t| t == "after_fresh"),
+            "the migration past the file ran"
+        );
         // Past them (a list shorter than the statements know), they are not used.
         let mut short = memory();
         apply_pending(&mut short, "test", 0, &[FIRST], Some(FRESH_SQLITE)).expect("migrate");
-        assert_eq!(tables(&mut short), ["one"]);
+        assert_eq!(
+            tables(&mut short),
+            ["one"],
+            "a shorter list does not use the file"
+        );
     }
 }

@@ -423,11 +423,11 @@ pub(crate) fn create_role_without_login(
 /// on PostgreSQL 14 and older, create in its `public` what its code calls. Its own
 /// environment's `postgres.role`s connected to it before and still do: the database lets in
 /// the roles already made that this node has records of intent of ([`let_in`], when it is
-/// made or updated: a `DO` block, some 0.7 ms on a new backend, only when there is one), a
-/// role the databases already made, found on the server ([`let_in_to`], when it is made or
-/// updated), and a role's delete takes back what they granted it ([`keep_out`]), or it could
-/// not be dropped. Whatever names them, the marker, which only the admin sets, says they are
-/// the environment's.
+/// made or updated: a `DO` block, some 0.7 ms on a new backend, only when there is one); a
+/// role is let into the databases already made, which it finds on the server
+/// ([`let_in_to`], when it is made or updated); a role's delete takes back what they granted
+/// it ([`drop_role`]'s `DROP OWNED BY`, or it could not be dropped). Whatever names them,
+/// the marker, which only the admin sets, says they are the environment's.
 pub(crate) fn let_in(
     database: &str,
     roles: &[String],
@@ -460,28 +460,12 @@ pub(crate) fn let_in_to(role: &str, names: &str, prefix: &str) -> Result<String,
     on_each_database(&the_environments_databases(names, prefix)?, &statement)
 }
 
-/// Takes back from our role `role` every privilege it holds on any database of the server
-/// (found in their `datacl`, not in this node's records: another replica's database may have
-/// let it in), which would keep `DROP ROLE` from dropping it. See [`let_in`].
-pub(crate) fn keep_out(role: &str) -> Result<String, ProviderError> {
-    let statement = format!(
-        "REVOKE ALL ON DATABASE %I FROM {}",
-        ident(role)?.replace('%', "%%")
-    );
-    let query = format!(
-        "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database, \
-         pg_catalog.aclexplode(datacl) a \
-         WHERE a.grantee = pg_catalog.to_regrole({}::pg_catalog.text)::pg_catalog.oid",
-        literal(&ident(role)?)?
-    );
-    on_each_database(&query, &statement)
-}
-
 /// The query of the databases of the server whose name starts with `names` and whose
 /// owner's marker starts with `prefix`, `$1`-free. The names are narrowed with `LIKE`
 /// first (a scan of names, about a millisecond at 10,000 databases), the markers read only
 /// for those. `LIKE`'s own escape, a backslash, goes in a string that says it is one
-/// (`E''`), whatever `standard_conforming_strings` is.
+/// (`E''`, which [`literal`] makes of a text with a backslash), whatever
+/// `standard_conforming_strings` is.
 fn the_environments_databases(names: &str, prefix: &str) -> Result<String, ProviderError> {
     Ok(format!(
         "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database WHERE {}",
@@ -520,14 +504,13 @@ fn like_prefix(start: &str) -> Result<String, ProviderError> {
         .replace('\\', "\\\\")
         .replace('_', "\\_")
         .replace('%', "\\%");
-    Ok(format!(
-        "E{}",
-        literal(&format!("{escaped}%"))?.trim_start_matches('E')
-    ))
+    literal(&format!("{escaped}%"))
 }
 
 /// A `DO` block that runs `statement` (a `format` of `%I`, the database's name) on every
-/// database `query` lists; one dropped meanwhile is passed over.
+/// database `query` lists, each under its [`privileges_in_turn`] lock, taken in the order of
+/// the names (two blocks over the same databases then wait for each other rather than
+/// deadlock); one dropped meanwhile is passed over.
 fn on_each_database(query: &str, statement: &str) -> Result<String, ProviderError> {
     let body = format!(
         "DECLARE d pg_catalog.text;\n\
@@ -601,8 +584,10 @@ pub(crate) fn set_login(
     .map_err(|e| s.fail(e))
 }
 
-/// Drops our role `name` if it exists. Fails while it owns objects, or holds privileges, in
-/// another database than the admin URL's: what it owns there, or was granted, goes with it.
+/// Drops our role `name` if it exists, with what it owns in the admin URL's database and the
+/// privileges it holds on databases. Fails, naming them, while it owns objects, or holds
+/// privileges on objects, in another database: `REASSIGN OWNED BY` or `DROP OWNED BY` there
+/// first.
 ///
 /// Its environment's code logs in as it, and may connect to the admin URL's database (every
 /// role may, unless the operator revoked it): a large object, a table in `public` (before
@@ -612,8 +597,10 @@ pub(crate) fn set_login(
 /// what the role owns in this database, and revokes what it holds on shared objects.
 pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
     let role = ident(name)?;
-    let action =
-        format!("drop role {name:?} (it must own nothing: drop or reassign its objects first)");
+    let action = format!(
+        "drop role {name:?} (it must own nothing in another database: drop or reassign what it \
+         owns there first, with `REASSIGN OWNED BY` or `DROP OWNED BY` in that database)"
+    );
     match s.execute(&action, &format!("DROP ROLE IF EXISTS {role}")) {
         Err(e) if e.code() == Some("2BP01") => s
             .execute(&action, &format!("DROP OWNED BY {role};\nDROP ROLE {role}"))

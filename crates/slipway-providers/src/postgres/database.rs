@@ -375,48 +375,65 @@ impl DatabaseProvider {
                 Retry::Terminal,
             ));
         }
-        // The database's marker, and its privileges: by default every role may connect to a
-        // new database (and make temporary tables in it), so another environment's role, whose
-        // password its code holds, could read its catalog (functions' source included) and, on
-        // PostgreSQL 14 and older, create in its `public` what its code would call. Only its
-        // owner (and whoever may act as it, or a superuser) connects. Two statements, one
-        // transaction, run wherever the marker is set: a create, and every update.
-        // The environment's `postgres.role`s connect to it all the same (see `catalog::let_in`),
-        // those this node has records of, listed once the database exists: a role made
-        // meanwhile is then either listed here or finds the database itself.
-        let mut marked = format!(
+        // The database's marker and its privileges, in one transaction, wherever the marker
+        // is set (a create, and every update), its privileges' changes in turn (see
+        // `catalog::privileges_in_turn`). By default every role may connect to a new database
+        // (and make temporary tables in it), so another environment's role, whose password its
+        // code holds, could read its catalog (functions' source included) and, on PostgreSQL
+        // 14 and older, create in its `public` what its code would call: `PUBLIC` loses both.
+        // A database is made refusing every connection (`create_database`), and lets them in
+        // here, once `PUBLIC` is out: no session opened in between outlives the `REVOKE`. Its
+        // environment's `postgres.role`s connect all the same (`catalog::let_in`): those this
+        // node has records of, listed once the database exists, so that a role made meanwhile
+        // is either listed here or finds the database itself.
+        let marked = format!(
             "{};\n\
              COMMENT ON DATABASE {db} IS {};\n\
-             REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC",
+             REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC;\n\
+             ALTER DATABASE {db} ALLOW_CONNECTIONS true",
             catalog::privileges_in_turn(&names.database)?,
             literal(&marker)?,
             db = ident(&names.database)?,
         );
-        // And the roles the operator lists (`[postgres.NAME] connect`): a missing one fails
-        // the change, naming it.
-        let listed = self.servers.connect(&server.name);
-        if !listed.is_empty() {
-            let roles = listed
-                .iter()
-                .map(|r| ident(r))
-                .collect::<Result<Vec<_>, _>>()?;
-            marked.push_str(&format!(
-                ";\nGRANT CONNECT ON DATABASE {} TO {}",
-                ident(&names.database)?,
-                roles.join(", ")
-            ));
-        }
         let prefix = self.servers.environment_marker(ctx);
-        let comment = || -> Result<String, ProviderError> {
+        let mark_and_close = || -> Result<String, ProviderError> {
             let roles = Intent::of_environment(ctx, super::role::TYPE)?;
             Ok(match catalog::let_in(&names.database, &roles, &prefix)? {
                 Some(grant) => format!("{marked};\n{grant}"),
                 None => marked.clone(),
             })
         };
+        // The roles the operator lists (`[postgres.NAME] connect`), let in once the database
+        // is marked and closed to the rest: one that does not exist fails the change, which
+        // leaves the database closed.
+        let listed = self.servers.connect(&server.name);
+        let let_listed_in = if listed.is_empty() {
+            None
+        } else {
+            let roles = listed
+                .iter()
+                .map(|r| ident(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(format!(
+                "GRANT CONNECT ON DATABASE {} TO {}",
+                ident(&names.database)?,
+                roles.join(", ")
+            ))
+        };
         // Both names ours: the session ends, then the extensions (on a session of the new
         // database's), then the record.
-        let finish = |s: sql::Session<'_>, role_oid: Option<u32>| {
+        let finish = |mut s: sql::Session<'_>, role_oid: Option<u32>| {
+            if let Some(grant) = &let_listed_in {
+                s.execute(
+                    &format!(
+                        "let in the roles `[postgres.{}] connect` lists (each must exist: create \
+                         it, or take it off the list)",
+                        server.name
+                    ),
+                    grant,
+                )
+                .map_err(|e| s.fail(e))?;
+            }
             drop(s);
             reconcile_extensions(
                 server,
@@ -433,7 +450,7 @@ impl DatabaseProvider {
         // when the look finds both names free (or cannot look).
         let mut failed_first = None;
         if create {
-            match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+            match self.first_create(&mut s, names, config, &mut hashed, &marker, &mark_and_close)? {
                 First::Made(role_oid) => return finish(s, Some(role_oid)),
                 First::Taken => {}
                 First::Failed(e) => failed_first = Some(e),
@@ -462,7 +479,7 @@ impl DatabaseProvider {
             }
             // Free a moment ago: taken meanwhile is someone else's doing, looked at again by
             // the next try.
-            match self.first_create(&mut s, names, config, &mut hashed, &marker, &comment)? {
+            match self.first_create(&mut s, names, config, &mut hashed, &marker, &mark_and_close)? {
                 First::Made(role_oid) => return finish(s, Some(role_oid)),
                 First::Taken => return Err(made_meanwhile(server, names)),
                 First::Failed(e) => return Err(e),
@@ -483,7 +500,7 @@ impl DatabaseProvider {
                             "mark database {:?} and keep other roles out",
                             names.database
                         ),
-                        &comment()?,
+                        &mark_and_close()?,
                     )
                     .map_err(|e| s.fail(e))?;
                 }
@@ -499,7 +516,7 @@ impl DatabaseProvider {
                                 ident(&names.database)?,
                                 ident(&names.role)?
                             ),
-                            comment()?,
+                            mark_and_close()?,
                         ],
                     )
                     .map_err(|e| s.fail(e))?;
@@ -540,7 +557,7 @@ impl DatabaseProvider {
         config: &DatabaseConfig,
         hashed: &mut catalog::RolePassword,
         marker: &str,
-        comment: &dyn Fn() -> Result<String, ProviderError>,
+        mark_and_close: &dyn Fn() -> Result<String, ProviderError>,
     ) -> Result<First, ProviderError> {
         let server = s.server;
         // Asked first, as the connection made ahead asked it; the password's hashing goes on
@@ -570,7 +587,7 @@ impl DatabaseProvider {
                             "mark database {:?} and keep other roles out",
                             names.database
                         ),
-                        &comment()?,
+                        &mark_and_close()?,
                     )
                     .map_err(|e| s.fail(e))?;
                 }
@@ -633,8 +650,9 @@ fn create_database(
     names: &Names,
     config: &DatabaseConfig,
 ) -> Result<bool, ProviderError> {
+    // Refusing every connection until it is marked and closed to `PUBLIC` (see `ensure`).
     let mut statement = format!(
-        "CREATE DATABASE {} OWNER {}",
+        "CREATE DATABASE {} OWNER {} ALLOW_CONNECTIONS false",
         ident(&names.database)?,
         ident(&names.role)?
     );

@@ -130,13 +130,8 @@ impl Provider for RoleProvider {
             .delete_each(ctx, TYPE, recorded, current, |s, role, marker| {
                 let found = catalog::role(s, role, marker).map_err(|e| s.fail(e))?;
                 if found.ownership == Ownership::Ours {
-                    // What its environment's databases granted it would keep it from going.
-                    let revoke = catalog::keep_out(role)?;
-                    s.execute(
-                        &format!("take back what role {role:?} was let into"),
-                        &revoke,
-                    )
-                    .map_err(|e| s.fail(e))?;
+                    // What its environment's databases granted it goes with it (see
+                    // `catalog::drop_role`).
                     catalog::drop_role(s, role)?;
                 }
                 Ok(())
@@ -184,8 +179,8 @@ impl Provider for RoleProvider {
                 Some(database) => Observation::Drifted {
                     reason: format!(
                         "role \"{name}\" may not connect to its environment's database \
-                         \"{database}\" on server {on} (made by another replica after it): the \
-                         update lets it in"
+                         \"{database}\" on server {on} (made after it by another replica, or \
+                         its owner revoked it): the update lets it in"
                     ),
                 },
                 None => Observation::InSync,

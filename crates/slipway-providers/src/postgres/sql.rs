@@ -529,9 +529,9 @@ impl PgError {
     }
 
     /// Whether the same operation may succeed later: see [`retry_for`]. Also an internal
-    /// error (XX000) that is two sessions changing one catalog row at once: a database's
-    /// privileges, changed by its own update and by a role of its environment made beside it
-    /// (`catalog::let_in`), say.
+    /// error (XX000) that is two sessions changing one catalog row at once: Slipway's own
+    /// changes of a database's privileges take turns (`catalog::privileges_in_turn`), but an
+    /// operator's `GRANT` at the same moment does not.
     pub fn retry(&self) -> Retry {
         let (PgError::Connect { source, .. } | PgError::Statement { source, .. }) = self;
         let concurrent = source.as_db_error().is_some_and(|db| {
