@@ -433,18 +433,26 @@ pub(crate) fn let_in(
     roles: &[String],
     prefix: &str,
 ) -> Result<Option<String>, ProviderError> {
+    if roles.is_empty() {
+        return Ok(None);
+    }
     let database = ident(database)?;
     let prefix = literal(prefix)?;
-    each_in_a_block(roles, |role| {
-        Ok(format!(
+    // The block's body goes as a string literal: every name and value in it quoted inside,
+    // then the whole quoted again.
+    let mut body = String::from("BEGIN\n");
+    for role in roles {
+        body.push_str(&format!(
             "IF pg_catalog.left(pg_catalog.shobj_description(pg_catalog.to_regrole({}::\
              pg_catalog.text)::pg_catalog.oid, 'pg_authid'::pg_catalog.name), \
              pg_catalog.length({prefix})) = {prefix} THEN \
-             GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {}; END IF;",
+             GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {}; END IF;\n",
             literal(&ident(role)?)?,
             ident(role)?
-        ))
-    })
+        ));
+    }
+    body.push_str("END");
+    Ok(Some(format!("DO {}", literal(&body)?)))
 }
 
 /// Lets the role `role` into every database of the server whose name starts with `names`
@@ -457,23 +465,19 @@ pub(crate) fn let_in_to(role: &str, names: &str, prefix: &str) -> Result<String,
         "GRANT CONNECT, TEMPORARY ON DATABASE %I TO {}",
         ident(role)?.replace('%', "%%")
     );
-    on_each_database(&the_environments_databases(names, prefix)?, &statement)
-}
-
-/// The query of the databases of the server whose name starts with `names` and whose
-/// owner's marker starts with `prefix`, `$1`-free. The names are narrowed with `LIKE`
-/// first (a scan of names, about a millisecond at 10,000 databases), the markers read only
-/// for those. `LIKE`'s own escape, a backslash, goes in a string that says it is one
-/// (`E''`, which [`literal`] makes of a text with a backslash), whatever
-/// `standard_conforming_strings` is.
-fn the_environments_databases(names: &str, prefix: &str) -> Result<String, ProviderError> {
-    Ok(format!(
+    let databases = format!(
         "SELECT datname::pg_catalog.text FROM pg_catalog.pg_database WHERE {}",
         of_the_environment(names, prefix)?
-    ))
+    );
+    on_each_database(&databases, &statement)
 }
 
-/// The condition on a row of `pg_database` of [`the_environments_databases`].
+/// The condition on a row of `pg_database` that it is a database of the server whose name
+/// starts with `names` and whose owner's marker starts with `prefix`. The names are narrowed
+/// with `LIKE` first (a scan of names, about a millisecond at 10,000 databases), the markers
+/// read only for those. `LIKE`'s own escape, a backslash, goes in a string that says it is
+/// one (`E''`, which [`literal`] makes of a text with a backslash), whatever
+/// `standard_conforming_strings` is.
 fn of_the_environment(names: &str, prefix: &str) -> Result<String, ProviderError> {
     Ok(format!(
         "datname::pg_catalog.text LIKE {} \
@@ -550,25 +554,6 @@ pub(crate) fn shut_out(
         )
         .map_err(|e| s.fail(e))?;
     Ok(rows.first().map(|row| row.get(0)))
-}
-
-/// A `DO` block of `step`'s statement for each of `items`, `None` when there is none. The
-/// block's body goes as a string literal: every name and value in it quoted by [`ident`]
-/// and [`literal`] inside, then the whole quoted again.
-fn each_in_a_block(
-    items: &[String],
-    step: impl Fn(&str) -> Result<String, ProviderError>,
-) -> Result<Option<String>, ProviderError> {
-    if items.is_empty() {
-        return Ok(None);
-    }
-    let mut body = String::from("BEGIN\n");
-    for item in items {
-        body.push_str(&step(item)?);
-        body.push('\n');
-    }
-    body.push_str("END");
-    Ok(Some(format!("DO {}", literal(&body)?)))
 }
 
 /// Lets our role `name` log in with `password` (a literal of [`RolePassword::literal`]).

@@ -378,10 +378,7 @@ impl Session<'_> {
     /// Runs one statement (or several, in one implicit transaction) with no parameters, by the
     /// simple query protocol: what utility statements like `CREATE DATABASE` need.
     pub fn execute(&mut self, action: &str, sql: &str) -> Result<(), PgError> {
-        self.answered = None;
-        if let Some(warm) = &self.server.warm {
-            warm.changed_now();
-        }
+        self.will_change();
         self.client
             .batch_execute(sql)
             .map_err(|source| self.statement_error(action, source))
@@ -437,10 +434,7 @@ impl Session<'_> {
         statements: &[String],
         query: &str,
     ) -> Result<Option<String>, PgError> {
-        self.answered = None;
-        if let Some(warm) = &self.server.warm {
-            warm.changed_now();
-        }
+        self.will_change();
         let sql = [statements, &[query.to_owned()]].concat().join(";\n");
         let messages = self
             .client
@@ -453,6 +447,15 @@ impl Session<'_> {
                 _ => None,
             })
             .flatten())
+    }
+
+    /// Before a statement that may change things: no later query takes an answer asked
+    /// ahead, on any session of these servers (see [`Session::query`]).
+    fn will_change(&mut self) {
+        self.answered = None;
+        if let Some(warm) = &self.server.warm {
+            warm.changed_now();
+        }
     }
 
     /// Keeps `version`, read with another query, as [`Session::server_version`]'s answer.
