@@ -137,7 +137,7 @@ pub fn open_engine_for(
     wait: crate::lease::Wait,
 ) -> Result<(Arc<Engine>, Option<crate::lease::CommandLease>)> {
     let config = engine_config(g)?;
-    let mut engine = open_engine(g)?;
+    let mut engine = open_engine_as(g, &config)?;
     crate::lease::prepare(&mut engine, &config)?;
     let engine = Arc::new(engine);
     let lease = crate::lease::take(&engine, env, &config, wait)?;
@@ -145,13 +145,17 @@ pub fn open_engine_for(
 }
 
 pub fn open_engine(g: &Global) -> Result<Engine> {
-    let config = engine_config(g)?;
+    open_engine_as(g, &engine_config(g)?)
+}
+
+/// The engine of `g`'s home, as `config` (`g`'s engine config, read once) says.
+fn open_engine_as(g: &Global, config: &Config) -> Result<Engine> {
     let exe = std::env::current_exe()
         .context("cannot find the slipway binary to run process supervisors")?;
     let supervisor: Vec<OsString> = vec![exe.into_os_string(), "__supervise".into()];
     let mut engine = Engine::open(&absolute(&g.home)?, config.engine(), supervisor)?;
     if engine.store().dialect() == slipway_state::Dialect::Postgres {
-        engine.on_node(crate::lease::node(&config));
+        engine.on_node(crate::lease::node(config));
     }
     Ok(engine)
 }
