@@ -711,6 +711,154 @@ fn what_an_environments_role_left_in_the_admin_database_does_not_stop_its_destro
     assert_eq!(left, 0, "what they left went with them");
 }
 
+/// Large objects, each in its database, unlinked as the admin when dropped (what a test left
+/// in `template1` would otherwise be in every database made after it).
+struct LargeObjects(Vec<(String, u32)>);
+
+impl LargeObjects {
+    /// Whether the object `oid` exists in `database`.
+    fn exists(database: &str, oid: u32) -> bool {
+        postgres::Client::connect(
+            &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            postgres::NoTls,
+        )
+        .expect("connect as the admin")
+        .query_opt(
+            "select 1 from pg_largeobject_metadata where oid = $1",
+            &[&oid],
+        )
+        .expect("look up a large object")
+        .is_some()
+    }
+}
+
+impl Drop for LargeObjects {
+    fn drop(&mut self) {
+        for (database, oid) in &self.0 {
+            if let Ok(mut c) = postgres::Client::connect(
+                &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+                postgres::NoTls,
+            ) {
+                let _ = c.execute(
+                    "select lo_unlink(oid) from pg_largeobject_metadata where oid = $1",
+                    &[oid],
+                );
+            }
+        }
+    }
+}
+
+/// An environment's code may connect, as its role, to `template1` and to every other database
+/// that lets `PUBLIC` in, and leave there what its role owns (a large object needs no
+/// privilege at all): none of it is in another environment's database made after (made from
+/// `template0`), and its destroy drops it everywhere, instead of failing for ever.
+#[test]
+fn what_an_environments_role_leaves_in_other_databases_reaches_no_other_environment_and_goes_with_it()
+ {
+    let pg = Pg::new();
+    let other = slipway_testkit::pg::TestDatabase::create("swtest_other");
+    let db = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let (user, password) = (output(&db, "user"), output(&db, "password"));
+    let mut left = LargeObjects(Vec::new());
+    for database in ["template1", other.name()] {
+        let object: u32 = postgres::Client::connect(
+            &format!("postgres://{user}:{password}@127.0.0.1:5432/{database}"),
+            postgres::NoTls,
+        )
+        .unwrap_or_else(|e| panic!("the role reaches {database}: {e}"))
+        .query_one("select lo_create(0)", &[])
+        .expect("a large object")
+        .get(0);
+        left.0.push((database.to_owned(), object));
+    }
+    let prod = env("prod");
+    let theirs = pg
+        .database()
+        .create(pg.ctx_in(&prod, "db"), &json!({}))
+        .expect("another environment's database, made after");
+    let planted = left.0[0].1;
+    assert!(
+        !LargeObjects::exists(&output(&theirs, "database"), planted),
+        "what qa's role left in template1 is in prod's database"
+    );
+
+    pg.database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect("the destroy of the environment that left them");
+    assert!(!role_exists(&user));
+    for (database, object) in &left.0 {
+        assert!(
+            !LargeObjects::exists(database, *object),
+            "what it left in {database} went with it"
+        );
+    }
+    pg.database()
+        .delete(pg.ctx_in(&prod, "db"), Some(&theirs.live))
+        .expect("delete");
+}
+
+/// What a `postgres.role` owns in its own environment's database is the environment's data (a
+/// migrator's tables, say): its delete never drops it, but fails, naming the database, until
+/// a person reassigns or drops it there. What it was granted there (all that is left then) goes
+/// with it.
+#[test]
+fn a_role_that_owns_tables_in_its_environments_database_is_not_dropped_with_them() {
+    let pg = Pg::new();
+    let db = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let migrator = pg
+        .role()
+        .create(pg.ctx("migrator"), &json!({}))
+        .expect("a role");
+    let database = output(&db, "database");
+    let (user, password) = (output(&migrator, "user"), output(&migrator, "password"));
+    postgres::Client::connect(&output(&db, "url"), postgres::NoTls)
+        .expect("the database's role")
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA public TO {}",
+            quote(&user)
+        ))
+        .expect("let the migrator create");
+    postgres::Client::connect(
+        &format!("postgres://{user}:{password}@127.0.0.1:5432/{database}"),
+        postgres::NoTls,
+    )
+    .expect("the migrator connects to its environment's database")
+    .batch_execute("create table kept (x int); insert into kept values (42)")
+    .expect("the migrator's table");
+
+    let refused = pg
+        .role()
+        .delete(pg.ctx("migrator"), Some(&migrator.live))
+        .expect_err("its table is kept");
+    assert!(
+        refused.to_string().contains(&database) && refused.to_string().contains("REASSIGN OWNED"),
+        "{refused}"
+    );
+    assert_eq!(admin_query_one(&database, "select x from kept"), 42);
+    assert!(role_exists(&user));
+
+    postgres::Client::connect(
+        &format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        postgres::NoTls,
+    )
+    .expect("the admin in the environment's database")
+    .batch_execute(&format!("REASSIGN OWNED BY {} TO postgres", quote(&user)))
+    .expect("a person hands the table on (its grant on `public` stays)");
+    pg.role()
+        .delete(pg.ctx("migrator"), Some(&migrator.live))
+        .expect("then the role goes");
+    assert_eq!(admin_query_one(&database, "select x from kept"), 42);
+    pg.database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect("delete");
+}
+
 /// A database is made refusing every connection until it is marked and closed to `PUBLIC`,
 /// so that no session opened in between outlives the `REVOKE`; one an interrupted create
 /// left so is opened by the next try, which takes it back.

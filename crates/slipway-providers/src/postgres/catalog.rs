@@ -569,29 +569,103 @@ pub(crate) fn set_login(
     .map_err(|e| s.fail(e))
 }
 
-/// Drops our role `name` if it exists, with what it owns in the admin URL's database and the
-/// privileges it holds on databases. Fails, naming them, while it owns objects, or holds
-/// privileges on objects, in another database: `REASSIGN OWNED BY` or `DROP OWNED BY` there
-/// first.
+/// Drops our role `name` of the environment whose databases carry `environment` (the
+/// environment's marker, see `PgServers::environment_marker`) if it exists, with what it
+/// owns and the privileges it holds in every other database, and the privileges it holds in
+/// its environment's own. Fails, naming them, while it owns objects in one of its
+/// environment's databases (the environment's data is never dropped for it: a migrator's
+/// tables, say), or has anything in a database the admin may not connect to:
+/// `REASSIGN OWNED BY` or `DROP OWNED BY` there first.
 ///
-/// Its environment's code logs in as it, and may connect to the admin URL's database (every
-/// role may, unless the operator revoked it): a large object, a table in `public` (before
-/// PostgreSQL 15), default privileges left there would keep `DROP ROLE` failing, and the
-/// environment from ever being destroyed. Only when it fails so (2BP01) is
-/// `DROP OWNED BY` run, in the same transaction as the `DROP ROLE` that follows: it drops
-/// what the role owns in this database, and revokes what it holds on shared objects.
-pub(crate) fn drop_role(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
+/// Its environment's code logs in as it, and may connect to every database that lets
+/// `PUBLIC` in (all but Slipway's, unless the operator revoked it): a large object (which
+/// any role may make), a table in `public` (before PostgreSQL 15) or default privileges left
+/// there would keep `DROP ROLE` failing, and the environment from ever being destroyed.
+/// Only when it fails so (2BP01) are they dropped: `DROP OWNED BY` on a session of each
+/// database it has them in (one that refuses connections has none: nothing could connect to
+/// make them), then in the same transaction as the `DROP ROLE` that follows, in the admin
+/// URL's database, which also revokes what it holds on shared objects. A database is its
+/// environment's when its comment, or its owner's, carries the environment's marker (its
+/// owner may change the database's comment, not its own).
+pub(crate) fn drop_role(
+    s: &mut Session<'_>,
+    name: &str,
+    environment: &str,
+) -> Result<(), ProviderError> {
     let role = ident(name)?;
     let action = format!(
-        "drop role {name:?} (it must own nothing in another database: drop or reassign what it \
-         owns there first, with `REASSIGN OWNED BY` or `DROP OWNED BY` in that database)"
+        "drop role {name:?} (what it owns in its environment's databases, or has in a \
+         database the admin may not connect to, is not dropped for it: drop or reassign it \
+         there first, with `REASSIGN OWNED BY` or `DROP OWNED BY` in that database)"
     );
     match s.execute(&action, &format!("DROP ROLE IF EXISTS {role}")) {
-        Err(e) if e.code() == Some("2BP01") => s
-            .execute(&action, &format!("DROP OWNED BY {role};\nDROP ROLE {role}"))
-            .map_err(|e| s.fail(e)),
-        done => done.map_err(|e| s.fail(e)),
+        Err(e) if e.code() == Some("2BP01") => {}
+        done => return done.map_err(|e| s.fail(e)),
     }
+    let regrole = format!("pg_catalog.to_regrole({})::pg_catalog.oid", literal(&role)?);
+    let of_the_environment = |oid: &str, catalog: &str| -> Result<String, ProviderError> {
+        Ok(format!(
+            "pg_catalog.left(COALESCE(pg_catalog.shobj_description({oid}, \
+             '{catalog}'::pg_catalog.name), ''), {}) OPERATOR(pg_catalog.=) {}",
+            environment.chars().count(),
+            literal(environment)?
+        ))
+    };
+    // By oid: a role or database dropped meanwhile is no error, but no row.
+    let elsewhere = format!(
+        "SELECT datname, own FROM (SELECT d.datname::pg_catalog.text AS datname, \
+         ({} OR {}) AS own, \
+         pg_catalog.bool_or(dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\") AS owns \
+         FROM pg_catalog.pg_shdepend dep JOIN pg_catalog.pg_database d ON d.oid = dep.dbid \
+         WHERE dep.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+         AND dep.refobjid = {regrole} AND d.datallowconn \
+         AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() \
+         GROUP BY d.oid, d.datname, d.datdba) found WHERE NOT (own AND owns) ORDER BY 1",
+        of_the_environment("d.oid", "pg_database")?,
+        of_the_environment("d.datdba", "pg_authid")?,
+    );
+    let databases = s
+        .query(
+            &format!("look up the other databases role {name:?} owns or holds something in"),
+            &elsewhere,
+            &[],
+        )
+        .map_err(|e| s.fail(e))?;
+    // In its environment's databases, only while it still owns nothing there, checked by
+    // the server in the statement that drops: its sessions may still make something.
+    let unless_it_owns = format!(
+        "DO {}",
+        literal(&format!(
+            "BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_shdepend \
+             WHERE dbid = (SELECT oid FROM pg_catalog.pg_database \
+             WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+             AND refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+             AND refobjid = {regrole} \
+             AND deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\") \
+             THEN DROP OWNED BY {role}; END IF; END"
+        ))?
+    );
+    for row in &databases {
+        let (database, own): (String, bool) = (row.get(0), row.get(1));
+        // One dropped meanwhile has nothing left; one the admin may not connect to keeps
+        // what it has, which the `DROP ROLE` below names.
+        let Ok(mut there) = s.server.connect_to(Some(&database)) else {
+            continue;
+        };
+        let statement = if own {
+            unless_it_owns.clone()
+        } else {
+            format!("DROP OWNED BY {role}")
+        };
+        there
+            .execute(
+                &format!("drop what role {name:?} has in database {database:?}"),
+                &statement,
+            )
+            .map_err(|e| there.fail(e))?;
+    }
+    s.execute(&action, &format!("DROP OWNED BY {role};\nDROP ROLE {role}"))
+        .map_err(|e| s.fail(e))
 }
 
 /// Drops the role `name` if it carries `marker` (its comment), the check and the drop in one

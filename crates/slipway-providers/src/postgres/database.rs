@@ -24,7 +24,7 @@ pub struct DatabaseConfig {
     /// The `[postgres.NAME]` server of the engine config; the only one if absent.
     #[serde(default)]
     pub server: Option<String>,
-    /// A database to clone instead of `template1`.
+    /// A database to clone instead of `template0` (see `create_database`).
     #[serde(default)]
     pub template: Option<String>,
     /// Extensions to create in the database.
@@ -193,6 +193,7 @@ impl Provider for DatabaseProvider {
                 .and_then(|r| r.role_oid)
         };
         let target = recorded.as_ref().map(|r| (r.server.clone(), r.names()));
+        let environment = self.servers.environment_marker(ctx);
         self.servers
             .delete_each(ctx, TYPE, target, Names::clone, |s, names, marker| {
                 let by_oid = match recorded_oid(&s.server.name, names) {
@@ -218,7 +219,7 @@ impl Provider for DatabaseProvider {
                     catalog::drop_database(s, &names.database)?;
                 }
                 if role == Ownership::Ours {
-                    catalog::drop_role(s, &names.role)?;
+                    catalog::drop_role(s, &names.role, &environment)?;
                 }
                 Ok(())
             })
@@ -656,13 +657,21 @@ fn create_database(
         ident(&names.database)?,
         ident(&names.role)?
     );
-    if let Some(template) = &config.template {
-        statement.push_str(&format!(" TEMPLATE {}", ident(template)?));
-        if s.server_version().map_err(|e| s.fail(e))? >= 150000 {
-            statement.push_str(match config.strategy.unwrap_or(Strategy::FileCopy) {
-                Strategy::FileCopy => " STRATEGY FILE_COPY",
-                Strategy::WalLog => " STRATEGY WAL_LOG",
-            });
+    // Without a template, `template0`, not PostgreSQL's default `template1`: every role may
+    // connect to `template1` (unless the operator revoked it), so every environment's code
+    // may, and what it left there (a large object, which any role may make; a function in
+    // `public`, before PostgreSQL 15) would be in every environment's database made after.
+    // Nothing connects to `template0`.
+    match &config.template {
+        None => statement.push_str(" TEMPLATE template0"),
+        Some(template) => {
+            statement.push_str(&format!(" TEMPLATE {}", ident(template)?));
+            if s.server_version().map_err(|e| s.fail(e))? >= 150000 {
+                statement.push_str(match config.strategy.unwrap_or(Strategy::FileCopy) {
+                    Strategy::FileCopy => " STRATEGY FILE_COPY",
+                    Strategy::WalLog => " STRATEGY WAL_LOG",
+                });
+            }
         }
     }
     let action = match &config.template {

@@ -126,13 +126,14 @@ impl Provider for RoleProvider {
             .transpose()?
             .map(|recorded| (recorded.server, recorded.role));
         let current = |names: &Names| names.role.clone();
+        let environment = self.servers.environment_marker(ctx);
         self.servers
             .delete_each(ctx, TYPE, recorded, current, |s, role, marker| {
                 let found = catalog::role(s, role, marker).map_err(|e| s.fail(e))?;
                 if found.ownership == Ownership::Ours {
                     // What its environment's databases granted it goes with it (see
                     // `catalog::drop_role`).
-                    catalog::drop_role(s, role)?;
+                    catalog::drop_role(s, role, &environment)?;
                 }
                 Ok(())
             })
