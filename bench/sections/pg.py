@@ -704,8 +704,11 @@ def write(r):
               + f". Of a destroy, {ms(fd)} ({fd / sd * 100:.0f} %) is the floor; the server's "
               f"part, {ms(sd - fd)}, compares with `dropdb`'s {ms(dd)}"
               + (f" and `dropdb` + `dropuser`'s {ms(rd)}" if rd is not None else "")
-              + ". The server's own work (copying `template1`, or removing the files, and the "
-              "WAL and fsyncs of either) is the same on both sides and dominates both. "
+              + ". The server's own work (copying a template, or removing the files, and the "
+              "WAL and fsyncs of either) is the same on both sides and dominates both: "
+              "since eca1053 Slipway clones `template0` and `createdb` "
+              "`template1`, two empty templates within 2 % of each other's size (7.5 and "
+              "7.6 MB here). "
               "Slipway's role has a password, which `createdb` makes none of: PostgreSQL "
               "checks a new password against the empty one by hashing `''` with the "
               "verifier's salt and 4,096 iterations, 3–7 ms of its backend here; since fd3648b "
