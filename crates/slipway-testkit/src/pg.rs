@@ -25,10 +25,12 @@ impl TestDatabase {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         // Each alone: CREATE DATABASE refuses to run inside a multi-statement transaction.
+        // From `template0`: a test may leave something in `template1` for a moment (one that
+        // tries what an environment's code could plant there).
         let mut admin = admin();
         for statement in [
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
+            format!("CREATE DATABASE {name} TEMPLATE template0"),
         ] {
             admin
                 .batch_execute(&statement)
