@@ -751,12 +751,20 @@ impl Drop for LargeObjects {
 /// An environment's code may connect, as its role, to `template1` and to every other database
 /// that lets `PUBLIC` in, and leave there what its role owns (a large object needs no
 /// privilege at all): none of it is in another environment's database made after (made from
-/// `template0`), and its destroy drops it everywhere, instead of failing for ever.
+/// `template0`), and its destroy drops it everywhere, instead of failing for ever. But not a
+/// table it made where others write (what an operator's `CREATE TABLE IF NOT EXISTS` then
+/// fills): that stops the destroy, named, until a person hands it on. Nor do the settings
+/// that database's owner gives its sessions hold for the admin's.
 #[test]
 fn what_an_environments_role_leaves_in_other_databases_reaches_no_other_environment_and_goes_with_it()
  {
     let pg = Pg::new();
     let other = slipway_testkit::pg::TestDatabase::create("swtest_other");
+    let mut operator = other.connect();
+    // As before PostgreSQL 15, or as an operator who lets everyone create there.
+    operator
+        .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .expect("let every role create");
     let db = pg
         .database()
         .create(pg.ctx("db"), &json!({}))
@@ -764,46 +772,113 @@ fn what_an_environments_role_leaves_in_other_databases_reaches_no_other_environm
     let (user, password) = (output(&db, "user"), output(&db, "password"));
     let mut left = LargeObjects(Vec::new());
     for database in ["template1", other.name()] {
-        let object: u32 = postgres::Client::connect(
+        let mut as_role = postgres::Client::connect(
             &format!("postgres://{user}:{password}@127.0.0.1:5432/{database}"),
             postgres::NoTls,
         )
-        .unwrap_or_else(|e| panic!("the role reaches {database}: {e}"))
-        .query_one("select lo_create(0)", &[])
-        .expect("a large object")
-        .get(0);
+        .unwrap_or_else(|e| panic!("the role reaches {database}: {e}"));
+        let object: u32 = as_role
+            .query_one("select lo_create(0)", &[])
+            .expect("a large object")
+            .get(0);
         left.0.push((database.to_owned(), object));
+        if database == other.name() {
+            as_role
+                .batch_execute("create table public.sessions (id int)")
+                .expect("a table where the operator writes");
+        }
     }
+    operator
+        .batch_execute(
+            "create table if not exists sessions (id int); insert into sessions values (7)",
+        )
+        .expect("the operator's application writes its sessions");
     let prod = env("prod");
     let theirs = pg
         .database()
         .create(pg.ctx_in(&prod, "db"), &json!({}))
         .expect("another environment's database, made after");
-    let planted = left.0[0].1;
+    let (template1, planted) = left.0[0].clone();
     assert!(
         !LargeObjects::exists(&output(&theirs, "database"), planted),
         "what qa's role left in template1 is in prod's database"
     );
 
+    let refused = pg
+        .database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect_err("the table someone wrote to is not dropped for it")
+        .to_string();
+    assert!(
+        refused.contains(&format!("in database {}", other.name())),
+        "{refused}"
+    );
+    assert!(
+        !LargeObjects::exists(&template1, planted),
+        "what it left in template1 went"
+    );
+    let kept: i32 = operator
+        .query_one("select id from sessions", &[])
+        .expect("the operator's row")
+        .get(0);
+    assert_eq!(kept, 7);
+
+    // A person hands the table on, and lets the role read it again; the database's owner
+    // would have every session read-only and run as someone else.
+    operator
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {user} TO postgres; GRANT SELECT ON sessions TO {user}; \
+             ALTER DATABASE {db} SET default_transaction_read_only = on; \
+             ALTER DATABASE {db} SET role = pg_monitor",
+            user = quote(&user),
+            db = quote(other.name()),
+        ))
+        .expect("hand it on");
     pg.database()
         .delete(pg.ctx("db"), Some(&db.live))
-        .expect("the destroy of the environment that left them");
+        .expect("then the destroy passes");
     assert!(!role_exists(&user));
-    for (database, object) in &left.0 {
-        assert!(
-            !LargeObjects::exists(database, *object),
-            "what it left in {database} went with it"
-        );
-    }
+    let kept: i32 = operator
+        .query_one("select id from sessions", &[])
+        .expect("the operator's row")
+        .get(0);
+    assert_eq!(kept, 7, "and the table stays");
     pg.database()
         .delete(pg.ctx_in(&prod, "db"), Some(&theirs.live))
         .expect("delete");
 }
 
+/// A database made without a template is cloned from `template0` (which nothing can leave
+/// anything in), with `template1`'s encoding and locale, as it had when it was cloned from
+/// `template1`.
+#[test]
+fn a_database_without_a_template_has_template1s_encoding_and_locale() {
+    let pg = Pg::new();
+    let db = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("create");
+    let locale = |name: &str| -> (String, String, String) {
+        let row = admin()
+            .query_one(
+                "select pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
+                 from pg_database where datname = $1",
+                &[&name],
+            )
+            .expect("a database's locale");
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(locale(&output(&db, "database")), locale("template1"));
+    pg.database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect("delete");
+}
+
 /// What a `postgres.role` owns in its own environment's database is the environment's data (a
-/// migrator's tables, say): its delete never drops it, but fails, naming the database, until
-/// a person reassigns or drops it there. What it was granted there (all that is left then) goes
-/// with it.
+/// migrator's tables, its large objects): its delete never drops it, but fails, naming the
+/// database, until a person reassigns or drops it there; even when the database's owner has
+/// changed the database's comment, which said whose it is. What it was granted there (all
+/// that is left then) goes with it.
 #[test]
 fn a_role_that_owns_tables_in_its_environments_database_is_not_dropped_with_them() {
     let pg = Pg::new();
@@ -820,36 +895,58 @@ fn a_role_that_owns_tables_in_its_environments_database_is_not_dropped_with_them
     postgres::Client::connect(&output(&db, "url"), postgres::NoTls)
         .expect("the database's role")
         .batch_execute(&format!(
-            "GRANT CREATE ON SCHEMA public TO {}",
-            quote(&user)
+            "GRANT CREATE ON SCHEMA public TO {user}; COMMENT ON DATABASE {database} IS 'mine'",
+            user = quote(&user),
+            database = quote(&database),
         ))
-        .expect("let the migrator create");
+        .expect("let the migrator create, and say nothing of Slipway");
     postgres::Client::connect(
         &format!("postgres://{user}:{password}@127.0.0.1:5432/{database}"),
         postgres::NoTls,
     )
     .expect("the migrator connects to its environment's database")
-    .batch_execute("create table kept (x int); insert into kept values (42)")
-    .expect("the migrator's table");
+    .batch_execute("create table kept (x int); insert into kept values (42); select lo_create(0)")
+    .expect("the migrator's table and large object");
 
     let refused = pg
         .role()
         .delete(pg.ctx("migrator"), Some(&migrator.live))
-        .expect_err("its table is kept");
+        .expect_err("its table is kept")
+        .to_string();
     assert!(
-        refused.to_string().contains(&database) && refused.to_string().contains("REASSIGN OWNED"),
+        refused.contains(&format!("objects in database {database}")),
         "{refused}"
     );
     assert_eq!(admin_query_one(&database, "select x from kept"), 42);
+    assert_eq!(
+        admin_query_one(
+            &database,
+            "select count(*)::int from pg_largeobject_metadata"
+        ),
+        1
+    );
     assert!(role_exists(&user));
 
-    postgres::Client::connect(
+    let mut person = postgres::Client::connect(
         &format!("postgres://postgres@127.0.0.1:5432/{database}"),
         postgres::NoTls,
     )
-    .expect("the admin in the environment's database")
-    .batch_execute(&format!("REASSIGN OWNED BY {} TO postgres", quote(&user)))
-    .expect("a person hands the table on (its grant on `public` stays)");
+    .expect("the admin in the environment's database");
+    person
+        .batch_execute("ALTER TABLE kept OWNER TO postgres")
+        .expect("a person hands the table on");
+    let refused = pg
+        .role()
+        .delete(pg.ctx("migrator"), Some(&migrator.live))
+        .expect_err("its large object is the environment's too")
+        .to_string();
+    assert!(
+        refused.contains(&format!("in database {database}")),
+        "{refused}"
+    );
+    person
+        .batch_execute(&format!("REASSIGN OWNED BY {} TO postgres", quote(&user)))
+        .expect("then the rest (its grant on `public` stays)");
     pg.role()
         .delete(pg.ctx("migrator"), Some(&migrator.live))
         .expect("then the role goes");

@@ -570,23 +570,26 @@ pub(crate) fn set_login(
 }
 
 /// Drops our role `name` of the environment whose databases carry `environment` (the
-/// environment's marker, see `PgServers::environment_marker`) if it exists, with what it
-/// owns and the privileges it holds in every other database, and the privileges it holds in
-/// its environment's own. Fails, naming them, while it owns objects in one of its
-/// environment's databases (the environment's data is never dropped for it: a migrator's
-/// tables, say), or has anything in a database the admin may not connect to:
-/// `REASSIGN OWNED BY` or `DROP OWNED BY` there first.
+/// environment's marker, see `PgServers::environment_marker`) if it exists, with the
+/// privileges it holds, and what it owns that holds nobody's data: its large objects and
+/// default privileges outside its environment's databases. Fails, naming the database,
+/// while it owns anything else there (a table someone else may have written to), anything
+/// in its environment's databases (the environment's data: a migrator's tables, say), or
+/// anything in a database the admin may not connect to: `REASSIGN OWNED BY` or
+/// `DROP OWNED BY` there first.
 ///
 /// Its environment's code logs in as it, and may connect to every database that lets
 /// `PUBLIC` in (all but Slipway's, unless the operator revoked it): a large object (which
-/// any role may make), a table in `public` (before PostgreSQL 15) or default privileges left
-/// there would keep `DROP ROLE` failing, and the environment from ever being destroyed.
-/// Only when it fails so (2BP01) are they dropped: `DROP OWNED BY` on a session of each
-/// database it has them in (one that refuses connections has none: nothing could connect to
-/// make them), then in the same transaction as the `DROP ROLE` that follows, in the admin
-/// URL's database, which also revokes what it holds on shared objects. A database is its
-/// environment's when its comment, or its owner's, carries the environment's marker (its
-/// owner may change the database's comment, not its own).
+/// any role may make) or default privileges left there would keep `DROP ROLE` failing, and
+/// the environment from ever being destroyed. Only when it fails so (2BP01): the role may no
+/// longer log in and its sessions end (where the admin may end them), then `DROP OWNED BY`
+/// runs on a session of each database it has something in (one that refuses connections
+/// has nothing: nothing could connect to make it), each time only if the server finds it
+/// owns nothing kept there, checked in the same statement, and last in the admin URL's
+/// database, with the `DROP ROLE`, where it also revokes what the role holds on shared
+/// objects (its databases' `CONNECT`). A database is its environment's when its comment, or
+/// its owner's, carries the environment's marker (its owner may change the database's
+/// comment, not its own).
 pub(crate) fn drop_role(
     s: &mut Session<'_>,
     name: &str,
@@ -594,15 +597,35 @@ pub(crate) fn drop_role(
 ) -> Result<(), ProviderError> {
     let role = ident(name)?;
     let action = format!(
-        "drop role {name:?} (what it owns in its environment's databases, or has in a \
-         database the admin may not connect to, is not dropped for it: drop or reassign it \
-         there first, with `REASSIGN OWNED BY` or `DROP OWNED BY` in that database)"
+        "drop role {name:?} (what it owns in its environment's databases, tables or other \
+         objects elsewhere, or anything in a database the admin may not connect to, is not \
+         dropped for it: drop or reassign it there first, with `REASSIGN OWNED BY` or \
+         `DROP OWNED BY` in that database)"
     );
     match s.execute(&action, &format!("DROP ROLE IF EXISTS {role}")) {
         Err(e) if e.code() == Some("2BP01") => {}
         done => return done.map_err(|e| s.fail(e)),
     }
     let regrole = format!("pg_catalog.to_regrole({})::pg_catalog.oid", literal(&role)?);
+    s.execute(
+        &format!("keep role {name:?} from logging in"),
+        &format!("ALTER ROLE {role} NOLOGIN"),
+    )
+    .map_err(|e| s.fail(e))?;
+    // An admin that is not a superuser may lack the right to end them (PostgreSQL 16 makes
+    // it a member of the roles it creates without their privileges): what they make
+    // meanwhile then fails the drop, which the next try repeats.
+    match s.query(
+        &format!("end the sessions of role {name:?}"),
+        &format!(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE usesysid OPERATOR(pg_catalog.=) {regrole}"
+        ),
+        &[],
+    ) {
+        Err(e) if e.code() == Some("42501") => {}
+        done => drop(done.map_err(|e| s.fail(e))?),
+    }
     let of_the_environment = |oid: &str, catalog: &str| -> Result<String, ProviderError> {
         Ok(format!(
             "pg_catalog.left(COALESCE(pg_catalog.shobj_description({oid}, \
@@ -613,14 +636,12 @@ pub(crate) fn drop_role(
     };
     // By oid: a role or database dropped meanwhile is no error, but no row.
     let elsewhere = format!(
-        "SELECT datname, own FROM (SELECT d.datname::pg_catalog.text AS datname, \
-         ({} OR {}) AS own, \
-         pg_catalog.bool_or(dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\") AS owns \
-         FROM pg_catalog.pg_shdepend dep JOIN pg_catalog.pg_database d ON d.oid = dep.dbid \
-         WHERE dep.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
-         AND dep.refobjid = {regrole} AND d.datallowconn \
-         AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() \
-         GROUP BY d.oid, d.datname, d.datdba) found WHERE NOT (own AND owns) ORDER BY 1",
+        "SELECT DISTINCT d.datname::pg_catalog.text, ({} OR {}) \
+         FROM pg_catalog.pg_shdepend dep JOIN pg_catalog.pg_database d \
+         ON d.oid OPERATOR(pg_catalog.=) dep.dbid \
+         WHERE dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+         AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} AND d.datallowconn \
+         AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() ORDER BY 1",
         of_the_environment("d.oid", "pg_database")?,
         of_the_environment("d.datdba", "pg_authid")?,
     );
@@ -631,41 +652,47 @@ pub(crate) fn drop_role(
             &[],
         )
         .map_err(|e| s.fail(e))?;
-    // In its environment's databases, only while it still owns nothing there, checked by
-    // the server in the statement that drops: its sessions may still make something.
-    let unless_it_owns = format!(
-        "DO {}",
-        literal(&format!(
-            "BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_shdepend \
-             WHERE dbid = (SELECT oid FROM pg_catalog.pg_database \
-             WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
-             AND refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
-             AND refobjid = {regrole} \
-             AND deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\") \
-             THEN DROP OWNED BY {role}; END IF; END"
-        ))?
-    );
+    // `DROP OWNED BY`, unless the role owns what is kept in the session's database: in its
+    // environment's, anything; elsewhere, anything but large objects and default privileges.
+    let unless_it_keeps = |own: bool| -> Result<String, ProviderError> {
+        let kept = if own {
+            ""
+        } else {
+            " AND classid OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog.pg_largeobject'::\
+             pg_catalog.regclass, 'pg_catalog.pg_default_acl'::pg_catalog.regclass])"
+        };
+        Ok(format!(
+            "DO {}",
+            literal(&format!(
+                "BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_shdepend \
+                 WHERE dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database \
+                 WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+                 AND refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                 AND refobjid OPERATOR(pg_catalog.=) {regrole} \
+                 AND deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\"{kept}) \
+                 THEN DROP OWNED BY {role}; END IF; END"
+            ))?
+        ))
+    };
     for row in &databases {
         let (database, own): (String, bool) = (row.get(0), row.get(1));
-        // One dropped meanwhile has nothing left; one the admin may not connect to keeps
+        // One dropped meanwhile has nothing left; one that refuses connections now keeps
         // what it has, which the `DROP ROLE` below names.
-        let Ok(mut there) = s.server.connect_to(Some(&database)) else {
+        let Some(mut there) = s.server.connect_to_open(&database)? else {
             continue;
-        };
-        let statement = if own {
-            unless_it_owns.clone()
-        } else {
-            format!("DROP OWNED BY {role}")
         };
         there
             .execute(
                 &format!("drop what role {name:?} has in database {database:?}"),
-                &statement,
+                &unless_it_keeps(own)?,
             )
             .map_err(|e| there.fail(e))?;
     }
-    s.execute(&action, &format!("DROP OWNED BY {role};\nDROP ROLE {role}"))
-        .map_err(|e| s.fail(e))
+    s.execute(
+        &action,
+        &format!("{};\nDROP ROLE {role}", unless_it_keeps(false)?),
+    )
+    .map_err(|e| s.fail(e))
 }
 
 /// Drops the role `name` if it carries `marker` (its comment), the check and the drop in one

@@ -661,9 +661,20 @@ fn create_database(
     // connect to `template1` (unless the operator revoked it), so every environment's code
     // may, and what it left there (a large object, which any role may make; a function in
     // `public`, before PostgreSQL 15) would be in every environment's database made after.
-    // Nothing connects to `template0`.
+    // Nothing connects to `template0`. With `template1`'s encoding and locale, which may
+    // differ (a `template1` made again in UTF-8 on a cluster made in SQL_ASCII).
     match &config.template {
-        None => statement.push_str(" TEMPLATE template0"),
+        None => {
+            statement.push_str(" TEMPLATE template0");
+            if let Some(locale) = s.template1_locale().map_err(|e| s.fail(e))? {
+                statement.push_str(&format!(
+                    " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                    literal(&locale.encoding)?,
+                    literal(&locale.collate)?,
+                    literal(&locale.ctype)?
+                ));
+            }
+        }
         Some(template) => {
             statement.push_str(&format!(" TEMPLATE {}", ident(template)?));
             if s.server_version().map_err(|e| s.fail(e))? >= 150000 {

@@ -35,6 +35,16 @@ use crate::{ProviderError, Retry};
 ///   their control file's schema, never in the default one.)
 const CATALOG_ONLY: &str = "-c search_path=pg_catalog";
 
+/// What an admin session to another database than the admin URL's sends besides
+/// [`CATALOG_ONLY`]: that database's owner, an environment's role for an environment's
+/// database, may set these for every session to it (`ALTER DATABASE … SET`), and would have
+/// the admin's statements run as itself (`role`), refuse to write, time out at once, or not
+/// connect at all (a library that does not load). A setting the client sends at connection
+/// overrides the database's.
+const ON_ANOTHER_DATABASE: &str = "-c role=none -c default_transaction_read_only=off \
+    -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+    -c local_preload_libraries= -c exit_on_error=off";
+
 /// How long connecting may take before the server counts as unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -104,8 +114,21 @@ pub(crate) struct Ahead {
     pub params: Vec<String>,
 }
 
-/// [`Session::server_version`]'s query.
-const SERVER_VERSION: &str = "select current_setting('server_version_num')::int4";
+/// [`Session::server_version`]'s query, which also reads `template1`'s encoding and locale
+/// ([`Session::template1_locale`]; nulls when there is no `template1`).
+const SERVER_VERSION: &str = "select current_setting('server_version_num')::int4, \
+    pg_catalog.pg_encoding_to_char(d.encoding)::pg_catalog.text, \
+    d.datcollate::pg_catalog.text, d.datctype::pg_catalog.text \
+    from (select 1) one left join pg_catalog.pg_database d \
+    on d.datname operator(pg_catalog.=) 'template1'";
+
+/// A database's encoding and locale, as `CREATE DATABASE` takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Locale {
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+}
 
 impl Ahead {
     /// The server's version ([`Session::server_version`]): what a first create asks before
@@ -303,36 +326,64 @@ impl Server {
 
     /// Connects as the admin to `database`, or to the admin URL's database.
     pub fn connect_to(&self, database: Option<&str>) -> Result<Session<'_>, ProviderError> {
-        let made = match database {
-            // To another database: never the admin connection made ahead.
+        self.try_connect_to(database)
+            .map_err(|source| self.connect_error(database, source))
+    }
+
+    /// Connects as the admin to `database`: `None` when it no longer exists, or does not
+    /// allow connections (`ALLOW_CONNECTIONS false`).
+    pub fn connect_to_open(&self, database: &str) -> Result<Option<Session<'_>>, ProviderError> {
+        match self.try_connect_to(Some(database)) {
+            Ok(session) => Ok(Some(session)),
+            // invalid_catalog_name; object_not_in_prerequisite_state ("not currently accepting
+            // connections")
+            Err(e)
+                if matches!(
+                    e.code().map(postgres::error::SqlState::code),
+                    Some("3D000" | "55000")
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(self.connect_error(Some(database), source)),
+        }
+    }
+
+    fn try_connect_to(&self, database: Option<&str>) -> Result<Session<'_>, postgres::Error> {
+        let (client, answered) = match database {
+            // To another database: never the admin connection made ahead, and what its owner
+            // set for its sessions does not hold for the admin's.
             Some(database) => {
                 let mut config = self.config.clone();
-                config.dbname(database);
-                config.connect(NoTls).map(|client| (client, None))
+                let options = config.get_options().unwrap_or_default().to_owned();
+                config
+                    .dbname(database)
+                    .options(&format!("{options} {ON_ANOTHER_DATABASE}"));
+                config.connect(NoTls).map(|client| (client, None))?
             }
             None => self
                 .take_warm()
-                .unwrap_or_else(|| self.config.connect(NoTls).map(|client| (client, None))),
+                .unwrap_or_else(|| self.config.connect(NoTls).map(|client| (client, None)))?,
         };
-        match made {
-            Ok((client, answered)) => Ok(Session {
-                server: self,
-                client,
-                version: None,
-                answered,
-            }),
-            Err(source) => {
-                let e = PgError::Connect {
-                    server: self.name.clone(),
-                    url: self.shown.clone(),
-                    target: database
-                        .map(|d| format!(" (database {d:?})"))
-                        .unwrap_or_default(),
-                    source,
-                };
-                Err(self.error(e.to_string(), e.retry()))
-            }
-        }
+        Ok(Session {
+            server: self,
+            client,
+            version: None,
+            template1: None,
+            answered,
+        })
+    }
+
+    fn connect_error(&self, database: Option<&str>, source: postgres::Error) -> ProviderError {
+        let e = PgError::Connect {
+            server: self.name.clone(),
+            url: self.shown.clone(),
+            target: database
+                .map(|d| format!(" (database {d:?})"))
+                .unwrap_or_default(),
+            source,
+        };
+        self.error(e.to_string(), e.retry())
     }
 
     /// A failure whose message has any trace of the admin password removed.
@@ -369,6 +420,8 @@ pub(crate) struct Session<'a> {
     client: Client,
     /// [`Session::server_version`], once asked.
     version: Option<i32>,
+    /// `template1`'s encoding and locale, once [`SERVER_VERSION`] has read them.
+    template1: Option<Option<Locale>>,
     /// The answer of the connection made ahead to its question, until the session's first
     /// statement: only that statement may take it (see [`Session::query`]).
     answered: Option<Answered>,
@@ -468,10 +521,30 @@ impl Session<'_> {
         if let Some(version) = self.version {
             return Ok(version);
         }
+        self.read_version()
+    }
+
+    fn read_version(&mut self) -> Result<i32, PgError> {
         let rows = self.query("read the server version", SERVER_VERSION, &[])?;
         let version = rows.first().map(|row| row.get(0)).unwrap_or(0);
         self.version = Some(version);
+        self.template1 = Some(rows.first().and_then(|row| {
+            Some(Locale {
+                encoding: row.get::<_, Option<String>>(1)?,
+                collate: row.get::<_, Option<String>>(2)?,
+                ctype: row.get::<_, Option<String>>(3)?,
+            })
+        }));
         Ok(version)
+    }
+
+    /// `template1`'s encoding and locale (`None` when the server has no `template1`): what
+    /// a database made without a template had when it was cloned from it.
+    pub fn template1_locale(&mut self) -> Result<Option<Locale>, PgError> {
+        if self.template1.is_none() {
+            self.read_version()?;
+        }
+        Ok(self.template1.clone().flatten())
     }
 
     fn statement_error(&self, action: &str, source: postgres::Error) -> PgError {
