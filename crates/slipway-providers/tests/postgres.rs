@@ -753,8 +753,9 @@ impl Drop for LargeObjects {
 /// privilege at all): none of it is in another environment's database made after (made from
 /// `template0`), and its destroy drops it everywhere, instead of failing for ever. But not a
 /// table it made where others write (what an operator's `CREATE TABLE IF NOT EXISTS` then
-/// fills): that stops the destroy, named, until a person hands it on. Nor do the settings
-/// that database's owner gives its sessions hold for the admin's.
+/// fills): that stops the destroy, named, before anything changes, until a person hands it
+/// on. Nor can another database's owner stop it: not with the settings it gives its
+/// sessions, nor by granting the role something in its database and closing it.
 #[test]
 fn what_an_environments_role_leaves_in_other_databases_reaches_no_other_environment_and_goes_with_it()
  {
@@ -770,24 +771,28 @@ fn what_an_environments_role_leaves_in_other_databases_reaches_no_other_environm
         .create(pg.ctx("db"), &json!({}))
         .expect("create");
     let (user, password) = (output(&db, "user"), output(&db, "password"));
-    let mut left = LargeObjects(Vec::new());
-    for database in ["template1", other.name()] {
-        let mut as_role = postgres::Client::connect(
+    let as_role = |database: &str| {
+        postgres::Client::connect(
             &format!("postgres://{user}:{password}@127.0.0.1:5432/{database}"),
             postgres::NoTls,
         )
-        .unwrap_or_else(|e| panic!("the role reaches {database}: {e}"));
-        let object: u32 = as_role
-            .query_one("select lo_create(0)", &[])
+        .unwrap_or_else(|e| panic!("the role reaches {database}: {e}"))
+    };
+    let mut left = LargeObjects(Vec::new());
+    let mut session = as_role("template1");
+    let object = |c: &mut postgres::Client| -> u32 {
+        c.query_one("select lo_create(0)", &[])
             .expect("a large object")
-            .get(0);
-        left.0.push((database.to_owned(), object));
-        if database == other.name() {
-            as_role
-                .batch_execute("create table public.sessions (id int)")
-                .expect("a table where the operator writes");
-        }
-    }
+            .get(0)
+    };
+    left.0.push(("template1".to_owned(), object(&mut session)));
+    let mut elsewhere = as_role(other.name());
+    left.0
+        .push((other.name().to_owned(), object(&mut elsewhere)));
+    elsewhere
+        .batch_execute("create table public.sessions (id int)")
+        .expect("a table where the operator writes");
+    drop(elsewhere);
     operator
         .batch_execute(
             "create table if not exists sessions (id int); insert into sessions values (7)",
@@ -814,35 +819,97 @@ fn what_an_environments_role_leaves_in_other_databases_reaches_no_other_environm
         "{refused}"
     );
     assert!(
-        !LargeObjects::exists(&template1, planted),
-        "what it left in template1 went"
+        LargeObjects::exists(&template1, planted),
+        "nothing changes while something is kept"
     );
+    session
+        .simple_query("select 1")
+        .expect("the role's sessions go on");
     let kept: i32 = operator
         .query_one("select id from sessions", &[])
         .expect("the operator's row")
         .get(0);
     assert_eq!(kept, 7);
 
-    // A person hands the table on, and lets the role read it again; the database's owner
-    // would have every session read-only and run as someone else.
+    // A person hands the table on (not the large object), and lets the role read it again;
+    // the database's owner would have every session read-only, run as someone else, and
+    // load a library that is not there.
     operator
         .batch_execute(&format!(
-            "REASSIGN OWNED BY {user} TO postgres; GRANT SELECT ON sessions TO {user}; \
+            "ALTER TABLE sessions OWNER TO postgres; GRANT SELECT ON sessions TO {user}; \
              ALTER DATABASE {db} SET default_transaction_read_only = on; \
-             ALTER DATABASE {db} SET role = pg_monitor",
+             ALTER DATABASE {db} SET role = pg_monitor; \
+             ALTER DATABASE {db} SET local_preload_libraries = 'swtest_nowhere'",
             user = quote(&user),
             db = quote(other.name()),
         ))
         .expect("hand it on");
+    // Prod's own role grants qa's something in prod's database, then closes it.
+    let prod_db = output(&theirs, "database");
+    postgres::Client::connect(&output(&theirs, "url"), postgres::NoTls)
+        .expect("prod's role")
+        .batch_execute(&format!(
+            "create table t (x int); grant select on t to {}",
+            quote(&user)
+        ))
+        .expect("a grant");
+    postgres::Client::connect(
+        &format!(
+            "postgres://{}:{}@127.0.0.1:5432/postgres",
+            output(&theirs, "user"),
+            output(&theirs, "password")
+        ),
+        postgres::NoTls,
+    )
+    .expect("prod's role, elsewhere")
+    .batch_execute(&format!(
+        "alter database {} allow_connections false",
+        quote(&prod_db)
+    ))
+    .expect("then the door shut");
     pg.database()
         .delete(pg.ctx("db"), Some(&db.live))
         .expect("then the destroy passes");
     assert!(!role_exists(&user));
+    assert!(
+        session.simple_query("select 1").is_err(),
+        "its session was ended"
+    );
+    assert!(
+        !LargeObjects::exists(&template1, planted),
+        "what it left in template1 went with it"
+    );
+    // The operator's session: a new one would meet the library that is not there.
+    let found: i64 = operator
+        .query_one(
+            "select count(*) from pg_largeobject_metadata where oid = $1",
+            &[&left.0[1].1],
+        )
+        .expect("look up")
+        .get(0);
+    assert_eq!(found, 0, "what it left in {} went with it", other.name());
     let kept: i32 = operator
         .query_one("select id from sessions", &[])
         .expect("the operator's row")
         .get(0);
     assert_eq!(kept, 7, "and the table stays");
+    let closed: bool = admin()
+        .query_one(
+            "select not datallowconn from pg_database where datname = $1",
+            &[&prod_db],
+        )
+        .expect("prod's database")
+        .get(0);
+    assert!(
+        closed,
+        "prod's database is closed again, as its owner left it"
+    );
+    admin()
+        .batch_execute(&format!(
+            "alter database {} allow_connections true",
+            quote(&prod_db)
+        ))
+        .expect("open it to delete it");
     pg.database()
         .delete(pg.ctx_in(&prod, "db"), Some(&theirs.live))
         .expect("delete");
@@ -914,7 +981,7 @@ fn a_role_that_owns_tables_in_its_environments_database_is_not_dropped_with_them
         .expect_err("its table is kept")
         .to_string();
     assert!(
-        refused.contains(&format!("objects in database {database}")),
+        refused.contains(&format!("in database {database}")),
         "{refused}"
     );
     assert_eq!(admin_query_one(&database, "select x from kept"), 42);

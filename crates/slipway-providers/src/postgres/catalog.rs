@@ -571,25 +571,27 @@ pub(crate) fn set_login(
 
 /// Drops our role `name` of the environment whose databases carry `environment` (the
 /// environment's marker, see `PgServers::environment_marker`) if it exists, with the
-/// privileges it holds, and what it owns that holds nobody's data: its large objects and
-/// default privileges outside its environment's databases. Fails, naming the database,
-/// while it owns anything else there (a table someone else may have written to), anything
-/// in its environment's databases (the environment's data: a migrator's tables, say), or
-/// anything in a database the admin may not connect to: `REASSIGN OWNED BY` or
-/// `DROP OWNED BY` there first.
+/// privileges it holds, and what it owns that holds nobody's data: its large objects that
+/// no other role may write (`lomacl`) and default privileges, outside its environment's
+/// databases. Fails, naming the databases, while it owns anything else there (a table
+/// someone else may have written to), anything in its environment's databases (the
+/// environment's data: a migrator's tables, say), or anything in a database the admin may
+/// not connect to: `REASSIGN OWNED BY` or `DROP OWNED BY` there first.
 ///
 /// Its environment's code logs in as it, and may connect to every database that lets
 /// `PUBLIC` in (all but Slipway's, unless the operator revoked it): a large object (which
 /// any role may make) or default privileges left there would keep `DROP ROLE` failing, and
-/// the environment from ever being destroyed. Only when it fails so (2BP01): the role may no
-/// longer log in and its sessions end (where the admin may end them), then `DROP OWNED BY`
-/// runs on a session of each database it has something in (one that refuses connections
-/// has nothing: nothing could connect to make it), each time only if the server finds it
-/// owns nothing kept there, checked in the same statement, and last in the admin URL's
-/// database, with the `DROP ROLE`, where it also revokes what the role holds on shared
-/// objects (its databases' `CONNECT`). A database is its environment's when its comment, or
-/// its owner's, carries the environment's marker (its owner may change the database's
-/// comment, not its own).
+/// the environment from ever being destroyed; another environment's role, owner of its
+/// database, may grant it something there. Only when `DROP ROLE` fails so (2BP01), and
+/// nothing is kept, as far as the shared catalog tells: the role may no longer log in, its
+/// sessions end (where the admin may end them), and `DROP OWNED BY` runs on a session of
+/// each database it has something in, each time only if the server finds nothing kept
+/// there, checked in the same statement; last in the admin URL's database, with the
+/// `DROP ROLE`, where it also revokes what the role holds on shared objects (its databases'
+/// `CONNECT`). A Slipway database whose owner made it refuse connections is opened for that
+/// and closed again. A database is an environment's when its comment, or its owner's,
+/// carries the environment's marker (its owner may change the database's comment, not its
+/// own).
 pub(crate) fn drop_role(
     s: &mut Session<'_>,
     name: &str,
@@ -607,6 +609,61 @@ pub(crate) fn drop_role(
         done => return done.map_err(|e| s.fail(e)),
     }
     let regrole = format!("pg_catalog.to_regrole({})::pg_catalog.oid", literal(&role)?);
+    let marked = |oid: &str, catalog: &str, marker: &str| -> Result<String, ProviderError> {
+        Ok(format!(
+            "pg_catalog.left(COALESCE(pg_catalog.shobj_description({oid}, \
+             '{catalog}'::pg_catalog.name), ''), {}) OPERATOR(pg_catalog.=) {}",
+            marker.chars().count(),
+            literal(marker)?
+        ))
+    };
+    let not_data = "dep.classid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::\
+                    pg_catalog.regclass, 'pg_catalog.pg_default_acl'::pg_catalog.regclass])";
+    // By oid: a role or database dropped meanwhile is no error, but no row.
+    let elsewhere = format!(
+        "SELECT datname, own, slipway, open, kept FROM (\
+         SELECT d.datname::pg_catalog.text AS datname, ({} OR {}) AS own, ({} OR {}) AS slipway, \
+         d.datallowconn AS open, pg_catalog.bool_or(dep.deptype OPERATOR(pg_catalog.=) \
+         'o'::pg_catalog.\"char\" AND NOT {not_data}) AS owns_data, \
+         pg_catalog.bool_or(dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\") AS owns \
+         FROM pg_catalog.pg_shdepend dep JOIN pg_catalog.pg_database d \
+         ON d.oid OPERATOR(pg_catalog.=) dep.dbid \
+         WHERE dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+         AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} \
+         AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() \
+         GROUP BY d.oid, d.datname, d.datdba, d.datallowconn) found, \
+         LATERAL (SELECT CASE WHEN own THEN owns ELSE owns_data END AS kept) k ORDER BY 1",
+        marked("d.oid", "pg_database", environment)?,
+        marked("d.datdba", "pg_authid", environment)?,
+        marked("d.oid", "pg_database", "slipway:")?,
+        marked("d.datdba", "pg_authid", "slipway:")?,
+    );
+    let databases = s
+        .query(
+            &format!("look up the other databases role {name:?} owns or holds something in"),
+            &elsewhere,
+            &[],
+        )
+        .map_err(|e| s.fail(e))?;
+    // Nothing changes while something is kept: the role logs in as before.
+    let kept: Vec<String> = databases
+        .iter()
+        .filter(|row| row.get::<_, bool>(4) || !(row.get::<_, bool>(3) || row.get(2)))
+        .map(|row| row.get(0))
+        .collect();
+    if !kept.is_empty() {
+        return Err(s.server.error(
+            format!(
+                "cannot drop role {name:?}: it owns what is kept in database {}, or has \
+                 something in one that refuses connections (its environment's data, or a \
+                 table or other object someone else may have written to): reassign or drop \
+                 it there first, with `REASSIGN OWNED BY` or `DROP OWNED BY` in that database, \
+                 then try again",
+                kept.join(", ")
+            ),
+            Retry::Terminal,
+        ));
+    }
     s.execute(
         &format!("keep role {name:?} from logging in"),
         &format!("ALTER ROLE {role} NOLOGIN"),
@@ -626,67 +683,69 @@ pub(crate) fn drop_role(
         Err(e) if e.code() == Some("42501") => {}
         done => drop(done.map_err(|e| s.fail(e))?),
     }
-    let of_the_environment = |oid: &str, catalog: &str| -> Result<String, ProviderError> {
-        Ok(format!(
-            "pg_catalog.left(COALESCE(pg_catalog.shobj_description({oid}, \
-             '{catalog}'::pg_catalog.name), ''), {}) OPERATOR(pg_catalog.=) {}",
-            environment.chars().count(),
-            literal(environment)?
-        ))
-    };
-    // By oid: a role or database dropped meanwhile is no error, but no row.
-    let elsewhere = format!(
-        "SELECT DISTINCT d.datname::pg_catalog.text, ({} OR {}) \
-         FROM pg_catalog.pg_shdepend dep JOIN pg_catalog.pg_database d \
-         ON d.oid OPERATOR(pg_catalog.=) dep.dbid \
-         WHERE dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
-         AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} AND d.datallowconn \
-         AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() ORDER BY 1",
-        of_the_environment("d.oid", "pg_database")?,
-        of_the_environment("d.datdba", "pg_authid")?,
-    );
-    let databases = s
-        .query(
-            &format!("look up the other databases role {name:?} owns or holds something in"),
-            &elsewhere,
-            &[],
-        )
-        .map_err(|e| s.fail(e))?;
     // `DROP OWNED BY`, unless the role owns what is kept in the session's database: in its
-    // environment's, anything; elsewhere, anything but large objects and default privileges.
+    // environment's, anything; elsewhere, anything but default privileges and large objects
+    // no other role may write.
     let unless_it_keeps = |own: bool| -> Result<String, ProviderError> {
         let kept = if own {
-            ""
+            String::new()
         } else {
-            " AND classid OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog.pg_largeobject'::\
-             pg_catalog.regclass, 'pg_catalog.pg_default_acl'::pg_catalog.regclass])"
+            format!(
+                " AND NOT ({}) ) OR EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata \
+                 WHERE lomowner OPERATOR(pg_catalog.=) {regrole} AND (lomacl IS NOT NULL \
+                 OR pg_catalog.current_setting('lo_compat_privileges')::pg_catalog.bool)",
+                not_data
+            )
         };
         Ok(format!(
             "DO {}",
             literal(&format!(
-                "BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_shdepend \
-                 WHERE dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database \
+                "BEGIN IF NOT (EXISTS (SELECT FROM pg_catalog.pg_shdepend dep \
+                 WHERE dep.dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database \
                  WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
-                 AND refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
-                 AND refobjid OPERATOR(pg_catalog.=) {regrole} \
-                 AND deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\"{kept}) \
+                 AND dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                 AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} \
+                 AND dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\"{kept})) \
                  THEN DROP OWNED BY {role}; END IF; END"
             ))?
         ))
     };
     for row in &databases {
-        let (database, own): (String, bool) = (row.get(0), row.get(1));
+        let (database, own, open): (String, bool, bool) = (row.get(0), row.get(1), row.get(3));
+        let opened = !open;
+        if opened {
+            s.execute(
+                &format!("let the admin into database {database:?} for a moment"),
+                &format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                    ident(&database)?
+                ),
+            )
+            .map_err(|e| s.fail(e))?;
+        }
         // One dropped meanwhile has nothing left; one that refuses connections now keeps
         // what it has, which the `DROP ROLE` below names.
-        let Some(mut there) = s.server.connect_to_open(&database)? else {
-            continue;
+        let cleaned = match s.server.connect_to_open(&database) {
+            Ok(Some(mut there)) => there
+                .execute(
+                    &format!("drop what role {name:?} has in database {database:?}"),
+                    &unless_it_keeps(own)?,
+                )
+                .map_err(|e| there.fail(e)),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         };
-        there
-            .execute(
-                &format!("drop what role {name:?} has in database {database:?}"),
-                &unless_it_keeps(own)?,
+        if opened {
+            s.execute(
+                &format!("close database {database:?} again"),
+                &format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+                    ident(&database)?
+                ),
             )
-            .map_err(|e| there.fail(e))?;
+            .map_err(|e| s.fail(e))?;
+        }
+        cleaned?;
     }
     s.execute(
         &action,

@@ -40,10 +40,19 @@ const CATALOG_ONLY: &str = "-c search_path=pg_catalog";
 /// database, may set these for every session to it (`ALTER DATABASE … SET`), and would have
 /// the admin's statements run as itself (`role`), refuse to write, time out at once, or not
 /// connect at all (a library that does not load). A setting the client sends at connection
-/// overrides the database's.
+/// overrides the database's. Waiting for a lock is bounded (a transaction its owner leaves
+/// open on what a statement must lock would hold it for ever): the statement then fails,
+/// retryable. The settings some versions lack are set once connected ([`SESSION_TIMEOUTS`]).
 const ON_ANOTHER_DATABASE: &str = "-c role=none -c default_transaction_read_only=off \
-    -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+    -c statement_timeout=0 -c lock_timeout=10s -c idle_in_transaction_session_timeout=0 \
     -c local_preload_libraries= -c exit_on_error=off";
+
+/// The timeouts a database's owner may set that end an idle session or a transaction
+/// (PostgreSQL 14 and 17), off, where the server has them: an unknown setting sent at
+/// connection would be refused.
+const SESSION_TIMEOUTS: &str = "SELECT pg_catalog.set_config(name, '0', false) \
+    FROM pg_catalog.pg_settings \
+    WHERE name OPERATOR(pg_catalog.=) ANY (ARRAY['idle_session_timeout', 'transaction_timeout'])";
 
 /// How long connecting may take before the server counts as unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -359,7 +368,9 @@ impl Server {
                 config
                     .dbname(database)
                     .options(&format!("{options} {ON_ANOTHER_DATABASE}"));
-                config.connect(NoTls).map(|client| (client, None))?
+                let mut client = config.connect(NoTls)?;
+                client.batch_execute(SESSION_TIMEOUTS)?;
+                (client, None)
             }
             None => self
                 .take_warm()
