@@ -714,11 +714,14 @@ pub(crate) fn drop_role(
         let (database, own, open): (String, bool, bool) = (row.get(0), row.get(1), row.get(3));
         let opened = !open;
         if opened {
+            // Closed to `PUBLIC` first, as every Slipway database is once made: one still
+            // being made (refusing connections until it is) lets in no stranger meanwhile.
             s.execute(
                 &format!("let the admin into database {database:?} for a moment"),
                 &format!(
-                    "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                    ident(&database)?
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC;\n\
+                     ALTER DATABASE {db} ALLOW_CONNECTIONS true",
+                    db = ident(&database)?
                 ),
             )
             .map_err(|e| s.fail(e))?;
