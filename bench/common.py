@@ -317,14 +317,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_answer(addr, host, want, poll, timeout=60, alive=None):
-    """Polls GET / until it answers 200 with body `want`. Returns (seconds, how many answers
-    before were not 200: refused connections, 404s, 502s; the old version answering 200 is
-    not counted)."""
+def wait_answer(addr, host, want, poll, timeout=60, alive=None, token=None):
+    """Polls GET / until it answers 200 with body `want` (with `token` as a bearer token: a
+    private preview's). Returns (seconds, how many answers before were not 200: refused
+    connections, 401s of a preview not made yet, 404s, 502s; the old version answering 200
+    is not counted)."""
     t0 = time.perf_counter()
     errors = 0
     while True:
-        status, body = request(addr, "GET", "/", host=host, timeout=5)
+        status, body = request(addr, "GET", "/", host=host, token=token, timeout=5)
         if status == 200 and body.strip() == want:
             return time.perf_counter() - t0, errors
         errors += status != 200

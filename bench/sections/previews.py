@@ -77,7 +77,9 @@ def cmd_previews(args):
             branched = time.perf_counter() - t0
             api(serve.addr, token, "POST", "/api/v1/refresh")
             refreshed = time.perf_counter() - t0
-            wait_answer(serve.addr, host, f"bench app {version}", poll, alive=serve.check_alive)
+            # A family's previews are private: a script or a test suite sends its API token.
+            wait_answer(serve.addr, host, f"bench app {version}", poll, alive=serve.check_alive,
+                        token=token)
             total = time.perf_counter() - t0
             d = finished_deployment(serve, token, env, sha)
             started, finished = wall_s(d["started_at"]) - w0, wall_s(d["finished_at"]) - w0
@@ -217,7 +219,9 @@ def write(r):
         "left).\n\n"
         "- **slipway**: `git branch feature/bench-N <commit>` in the served repository, "
         "`POST /api/v1/refresh`, then the preview URL `http://br-feature-bench-n."
-        "bench-preview.localhost:<port>/` through the serve port. Torn down by deleting the "
+        "bench-preview.localhost:<port>/` through the serve port, with a Slipway API token "
+        "(`Authorization: Bearer`, as a script or a test suite sends it: a family's previews "
+        "are private by default, and answer `401` without one). Torn down by deleting the "
         "branch and refreshing again (the environment is destroyed).\n"
         "- **script**: `bench/preview-by-hand.sh`, what a team would write: `git branch`, "
         "`git archive | tar -x` into a directory, the 3 processes started with `nohup`, "
