@@ -60,13 +60,21 @@ def first_byte(addr, host, path="/", timeout=120.0):
 
 def running_spec(home):
     """The supervisor's spec of the environment's web process (its instance slot that runs):
-    what it runs, with which environment, where."""
+    what it runs, with which environment, where. The engine sends it with the start, and the
+    supervisor keeps it in the process's state file (`web.json`, under `spec`); a spec file
+    beside it (`web.spec.json`) is what an engine writes for a spec too large to send."""
     run = os.path.join(home, "envs", "dev", "run")
-    for name in ("web.spec.json", "web@b.spec.json"):
-        path = os.path.join(run, name)
+    for slot in ("web", "web@b"):
+        path = os.path.join(run, f"{slot}.spec.json")
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
+        path = os.path.join(run, f"{slot}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                spec = json.load(f).get("spec")
+            if spec:
+                return spec
     sys.exit(f"measure.py: no spec of dev's web process in {run}")
 
 
