@@ -40,19 +40,21 @@ const CATALOG_ONLY: &str = "-c search_path=pg_catalog";
 /// database, may set these for every session to it (`ALTER DATABASE … SET`), and would have
 /// the admin's statements run as itself (`role`), refuse to write, time out at once, or not
 /// connect at all (a library that does not load). A setting the client sends at connection
-/// overrides the database's. Waiting for a lock is bounded (a transaction its owner leaves
-/// open on what a statement must lock would hold it for ever): the statement then fails,
-/// retryable. The settings some versions lack are set once connected ([`SESSION_TIMEOUTS`]).
+/// overrides the database's; the admin URL's own options, sent after these, still win.
+/// Waiting for a lock is bounded (a transaction its owner leaves open on what a statement
+/// must lock would hold it for ever): the statement then fails, retryable. The settings some
+/// versions lack are set once connected ([`SESSION_TIMEOUTS`]).
 const ON_ANOTHER_DATABASE: &str = "-c role=none -c default_transaction_read_only=off \
     -c statement_timeout=0 -c lock_timeout=10s -c idle_in_transaction_session_timeout=0 \
     -c local_preload_libraries= -c exit_on_error=off";
 
 /// The timeouts a database's owner may set that end an idle session or a transaction
-/// (PostgreSQL 14 and 17), off, where the server has them: an unknown setting sent at
-/// connection would be refused.
+/// (PostgreSQL 14 and 17), off where the database set them and the server has them (an
+/// unknown setting sent at connection would be refused).
 const SESSION_TIMEOUTS: &str = "SELECT pg_catalog.set_config(name, '0', false) \
     FROM pg_catalog.pg_settings \
-    WHERE name OPERATOR(pg_catalog.=) ANY (ARRAY['idle_session_timeout', 'transaction_timeout'])";
+    WHERE name OPERATOR(pg_catalog.=) ANY (ARRAY['idle_session_timeout', 'transaction_timeout']) \
+    AND source OPERATOR(pg_catalog.=) 'database'";
 
 /// How long connecting may take before the server counts as unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -365,9 +367,10 @@ impl Server {
             Some(database) => {
                 let mut config = self.config.clone();
                 let options = config.get_options().unwrap_or_default().to_owned();
+                // First: what the admin URL's own options say wins (the operator's).
                 config
                     .dbname(database)
-                    .options(&format!("{options} {ON_ANOTHER_DATABASE}"));
+                    .options(&format!("{ON_ANOTHER_DATABASE} {options}"));
                 let mut client = config.connect(NoTls)?;
                 client.batch_execute(SESSION_TIMEOUTS)?;
                 (client, None)
@@ -930,8 +933,14 @@ mod tests {
             .unwrap()
             .get(0)
         };
-        let server =
-            Server::parse("main", &format!("{}?options=-c%20work_mem%3D8MB", db.url())).unwrap();
+        let server = Server::parse(
+            "main",
+            &format!(
+                "{}?options=-c%20work_mem%3D8MB%20-c%20lock_timeout%3D3s",
+                db.url()
+            ),
+        )
+        .unwrap();
         let mut s = server.connect().unwrap();
         let (_, database) = super::super::catalog::role_and_database(
             &mut s,
@@ -957,16 +966,23 @@ mod tests {
             "8MB",
             "the URL's own options stay"
         );
-        // A database's own setting (its owner may make one) gives way to the session's.
+        // A database's own settings (its owner may make them) give way to the session's, and
+        // those to the URL's.
         planter
             .batch_execute(&format!(
-                "alter database {} set search_path = public, pg_catalog",
-                db.name()
+                "alter database {name} set search_path = public, pg_catalog; \
+                 alter database {name} set lock_timeout = '1ms'; \
+                 alter database {name} set statement_timeout = '1ms'; \
+                 alter database {name} set idle_session_timeout = '1s'",
+                name = db.name()
             ))
             .unwrap();
         let mut other = server.connect_to(Some(db.name())).unwrap();
         assert_eq!(setting(&mut other, "search_path"), "pg_catalog");
         assert_eq!(setting(&mut other, "work_mem"), "8MB");
+        assert_eq!(setting(&mut other, "lock_timeout"), "3s", "the URL's");
+        assert_eq!(setting(&mut other, "statement_timeout"), "0");
+        assert_eq!(setting(&mut other, "idle_session_timeout"), "0");
     }
 
     /// Any other statement first, other parameters, an answer older than `AHEAD_FRESH`, or
