@@ -480,10 +480,19 @@ pub(crate) fn let_in_to(role: &str, names: &str, prefix: &str) -> Result<String,
 /// `standard_conforming_strings` is.
 fn of_the_environment(names: &str, prefix: &str) -> Result<String, ProviderError> {
     Ok(format!(
-        "datname::pg_catalog.text LIKE {} \
-         AND pg_catalog.left(pg_catalog.shobj_description(datdba, 'pg_authid'::pg_catalog.name), \
-         pg_catalog.length({prefix})) = {prefix}",
+        "datname::pg_catalog.text LIKE {} AND {}",
         like_prefix(names)?,
+        comment_starts("datdba", "pg_authid", prefix)?,
+    ))
+}
+
+/// The condition that the comment of the shared object `oid` (an SQL expression) of
+/// `catalog` (`pg_database`, `pg_authid`) starts with `prefix` (false without a comment).
+fn comment_starts(oid: &str, catalog: &str, prefix: &str) -> Result<String, ProviderError> {
+    Ok(format!(
+        "pg_catalog.left(COALESCE(pg_catalog.shobj_description({oid}, \
+         '{catalog}'::pg_catalog.name), ''), pg_catalog.length({prefix})) \
+         OPERATOR(pg_catalog.=) {prefix}",
         prefix = literal(prefix)?,
     ))
 }
@@ -609,34 +618,31 @@ pub(crate) fn drop_role(
         done => return done.map_err(|e| s.fail(e)),
     }
     let regrole = format!("pg_catalog.to_regrole({})::pg_catalog.oid", literal(&role)?);
-    let marked = |oid: &str, catalog: &str, marker: &str| -> Result<String, ProviderError> {
+    // A database's comment, or its owner's (which its owner cannot change), says whose it is.
+    let marked = |prefix: &str| -> Result<String, ProviderError> {
         Ok(format!(
-            "pg_catalog.left(COALESCE(pg_catalog.shobj_description({oid}, \
-             '{catalog}'::pg_catalog.name), ''), {}) OPERATOR(pg_catalog.=) {}",
-            marker.chars().count(),
-            literal(marker)?
+            "({} OR {})",
+            comment_starts("d.oid", "pg_database", prefix)?,
+            comment_starts("d.datdba", "pg_authid", prefix)?
         ))
     };
+    // What the role owns that holds nobody's data.
     let not_data = "dep.classid OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog.pg_largeobject'::\
                     pg_catalog.regclass, 'pg_catalog.pg_default_acl'::pg_catalog.regclass])";
+    let owned = "dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\"";
     // By oid: a role or database dropped meanwhile is no error, but no row.
     let elsewhere = format!(
-        "SELECT datname, own, slipway, open, kept FROM (\
-         SELECT d.datname::pg_catalog.text AS datname, ({} OR {}) AS own, ({} OR {}) AS slipway, \
-         d.datallowconn AS open, pg_catalog.bool_or(dep.deptype OPERATOR(pg_catalog.=) \
-         'o'::pg_catalog.\"char\" AND NOT {not_data}) AS owns_data, \
-         pg_catalog.bool_or(dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\") AS owns \
+        "SELECT d.datname::pg_catalog.text AS name, {} AS own, {} AS slipway, \
+         d.datallowconn AS open, pg_catalog.bool_or({owned}) AS owns, \
+         pg_catalog.bool_or({owned} AND NOT {not_data}) AS owns_data \
          FROM pg_catalog.pg_shdepend dep JOIN pg_catalog.pg_database d \
          ON d.oid OPERATOR(pg_catalog.=) dep.dbid \
          WHERE dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
          AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} \
          AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database() \
-         GROUP BY d.oid, d.datname, d.datdba, d.datallowconn) found, \
-         LATERAL (SELECT CASE WHEN own THEN owns ELSE owns_data END AS kept) k ORDER BY 1",
-        marked("d.oid", "pg_database", environment)?,
-        marked("d.datdba", "pg_authid", environment)?,
-        marked("d.oid", "pg_database", "slipway:")?,
-        marked("d.datdba", "pg_authid", "slipway:")?,
+         GROUP BY d.oid, d.datname, d.datdba, d.datallowconn ORDER BY 1",
+        marked(environment)?,
+        marked("slipway:")?,
     );
     let databases = s
         .query(
@@ -645,11 +651,20 @@ pub(crate) fn drop_role(
             &[],
         )
         .map_err(|e| s.fail(e))?;
-    // Nothing changes while something is kept: the role logs in as before.
+    // Nothing changes while something is kept: the role logs in as before. Kept: in its
+    // environment's databases, anything it owns; elsewhere, what holds data; and anything in
+    // a database that refuses connections and is not Slipway's.
     let kept: Vec<String> = databases
         .iter()
-        .filter(|row| row.get::<_, bool>(4) || !(row.get::<_, bool>(3) || row.get(2)))
-        .map(|row| row.get(0))
+        .filter(|row| {
+            let owns_kept = if row.get("own") {
+                row.get("owns")
+            } else {
+                row.get("owns_data")
+            };
+            owns_kept || !(row.get::<_, bool>("open") || row.get("slipway"))
+        })
+        .map(|row| row.get("name"))
         .collect();
     if !kept.is_empty() {
         return Err(s.server.error(
@@ -687,31 +702,35 @@ pub(crate) fn drop_role(
     // environment's, anything; elsewhere, anything but default privileges and large objects
     // no other role may write.
     let unless_it_keeps = |own: bool| -> Result<String, ProviderError> {
+        let owns = |which: &str| {
+            format!(
+                "EXISTS (SELECT FROM pg_catalog.pg_shdepend dep \
+                 WHERE dep.dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database \
+                 WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
+                 AND dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                 AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} AND {owned}{which})"
+            )
+        };
         let kept = if own {
-            String::new()
+            owns("")
         } else {
             format!(
-                " AND NOT ({}) ) OR EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata \
+                "{} OR EXISTS (SELECT FROM pg_catalog.pg_largeobject_metadata \
                  WHERE lomowner OPERATOR(pg_catalog.=) {regrole} AND (lomacl IS NOT NULL \
-                 OR pg_catalog.current_setting('lo_compat_privileges')::pg_catalog.bool)",
-                not_data
+                 OR pg_catalog.current_setting('lo_compat_privileges')::pg_catalog.bool))",
+                owns(&format!(" AND NOT {not_data}"))
             )
         };
         Ok(format!(
             "DO {}",
             literal(&format!(
-                "BEGIN IF NOT (EXISTS (SELECT FROM pg_catalog.pg_shdepend dep \
-                 WHERE dep.dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database \
-                 WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
-                 AND dep.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
-                 AND dep.refobjid OPERATOR(pg_catalog.=) {regrole} \
-                 AND dep.deptype OPERATOR(pg_catalog.=) 'o'::pg_catalog.\"char\"{kept})) \
-                 THEN DROP OWNED BY {role}; END IF; END"
+                "BEGIN IF NOT ({kept}) THEN DROP OWNED BY {role}; END IF; END"
             ))?
         ))
     };
     for row in &databases {
-        let (database, own, open): (String, bool, bool) = (row.get(0), row.get(1), row.get(3));
+        let (database, own, open): (String, bool, bool) =
+            (row.get("name"), row.get("own"), row.get("open"));
         let opened = !open;
         if opened {
             // Closed to `PUBLIC` first, as every Slipway database is once made: one still
