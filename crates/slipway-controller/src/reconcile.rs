@@ -483,22 +483,30 @@ fn converge(
             }
         },
     };
-    // Never back to an older commit than the one running because this copy of the
-    // repository is behind (another replica deployed a newer one, or the last poll was
-    // before it): fetch, and follow the branch as it is now. A branch that really moved
-    // back (a force push) is followed. A person's trigger has just fetched.
-    let tip = match (&tip, &record.commit) {
-        (Some(sha), Some(running))
-            if sha != running
-                && !preview
-                && !record.pinned
-                && !trigger.from_person()
-                && inner.source.is_ancestor(sha, running).unwrap_or(true) =>
-        {
-            inner.fetch()?;
-            Some(inner.source.resolve_tracked(&reference)?.sha)
+    // Never back to an older commit than the one running, nor than the one last applied,
+    // because this copy of the repository is behind (another replica deployed a newer one,
+    // or the last poll was before it): fetch, and follow the branch as it is now. The one
+    // last applied counts even when its apply failed or was cut short (`desired_commit`):
+    // some of its changes ran, and going back to an ancestor would undo them. Read again
+    // under the lock: another replica may have applied since the record above was read.
+    // A branch that really moved back (a force push) is followed. A person's trigger has
+    // just fetched.
+    let behind = match tip.as_deref() {
+        Some(sha) if !preview && !record.pinned && !trigger.from_person() => {
+            let latest = store.environment(name)?;
+            let latest = latest.as_ref().unwrap_or(&record);
+            [latest.commit.as_deref(), latest.desired_commit.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|newer| newer != sha && inner.source.is_ancestor(sha, newer).unwrap_or(true))
         }
-        _ => tip,
+        _ => false,
+    };
+    let tip = if behind {
+        inner.fetch()?;
+        Some(inner.source.resolve_tracked(&reference)?.sha)
+    } else {
+        tip
     };
     let origin = Origin {
         source: inner.source.as_ref(),

@@ -57,6 +57,11 @@ resources:
 
 impl World {
     fn new() -> World {
+        World::polling(Duration::from_millis(200))
+    }
+
+    /// [`World::new`] fetching the repository every `poll` (after the first look on start).
+    fn polling(poll: Duration) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let bare = dir.path().join("origin.git");
         let work = dir.path().join("work");
@@ -87,7 +92,7 @@ impl World {
         let clock = Arc::new(HandClock::default());
         let options = Options {
             clock: clock.clone(),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: poll,
             drift_interval: Duration::from_millis(300),
             concurrency: 2,
             ..Options::default()
@@ -426,6 +431,54 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
     w.push("main", STACK, "drop the check");
     w.wait_sync("dev", SyncState::Synced, "a new commit is applied");
     assert!(count() > failed, "the new commit deploys");
+}
+
+#[test]
+fn a_controller_behind_its_branch_never_undoes_a_newer_commit_whose_apply_failed() {
+    // It fetches once an hour: after its first look, its idea of `main` stays at the first
+    // commit, as a replica's does that was cut off while another one applied.
+    let w = World::polling(Duration::from_secs(3600));
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    let first = w
+        .record("dev")
+        .and_then(|r| r.commit)
+        .expect("dev's commit");
+    // A newer commit changes the page, then runs a check that fails: its apply fails for
+    // good, half done. A person's sync fetches, so it is this commit that is applied.
+    let failing = STACK
+        .replace("greeting: hello", "greeting: bonjour")
+        .replace(
+            "resources:\n",
+            "resources:\n  check: { type: job, command: [\"false\"], depends_on: [page] }\n",
+        );
+    let newer = w.push("main", &failing, "bonjour, and a check that fails");
+    w.runtime
+        .block_on(w.controller.sync(&env_name("dev")))
+        .expect("sync");
+    let record = w.wait_sync("dev", SyncState::Failed, "the newer commit's apply fails");
+    assert_eq!(record.desired_commit.as_deref(), Some(newer.as_str()));
+    assert_eq!(record.commit.as_deref(), Some(first.as_str()));
+    assert_eq!(w.page("dev").as_deref(), Some("bonjour from dev"));
+
+    // Drift checks come every 300 ms. The page differs from what the first commit renders,
+    // but the first commit is older than the one last applied: the controller fetches and
+    // finds the newer one, instead of "repairing" the page back to the first commit's.
+    let store = w.controller.engine().store();
+    let deployments = || store.deployments(&env_name("dev"), 100).expect("store");
+    let attempt = deployments()
+        .into_iter()
+        .find(|d| d.commit == newer)
+        .expect("the newer commit's deployment")
+        .id;
+    let undone =
+        slipway_testkit::wait::poll(Duration::from_secs(3), Duration::from_millis(100), || {
+            let back = deployments()
+                .into_iter()
+                .find(|d| d.commit == first && d.id > attempt);
+            back.map(|d| (d.status, w.page("dev")))
+        });
+    assert_eq!(undone, None, "dev went back to the first commit");
+    assert_eq!(w.page("dev").as_deref(), Some("bonjour from dev"));
 }
 
 #[test]
