@@ -51,8 +51,10 @@ pub struct Recorded {
     pub type_name: String,
     /// Its status.
     pub status: ResourceStatus,
-    /// The desired config it was last applied with (templates unresolved).
-    pub config: Json,
+    /// The desired config it was last applied with (templates unresolved); `None` when it
+    /// is known to be the config desired now (the engine compares the stored text with it,
+    /// and parses nothing when they are the same).
+    pub config: Option<Json>,
     /// What it depended on then (deletes run dependents first).
     pub depends_on: BTreeSet<String>,
     /// Hash of its config with every reference resolved, when it was last applied.
@@ -226,7 +228,10 @@ pub fn plan(desired: &DesiredState, input: &PlanInput) -> Plan {
                 objects: Vec::new(),
             },
             Some(rec) => {
-                let mut field_diff = diff(&rec.config, &res.config, &res.type_name);
+                let mut field_diff = match &rec.config {
+                    Some(config) => diff(config, &res.config, &res.type_name),
+                    None => Vec::new(),
+                };
                 if res.source.is_some() && rec.source.is_some() && res.source != rec.source {
                     let short = |s: &Option<String>| {
                         s.as_deref()

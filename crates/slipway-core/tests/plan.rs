@@ -119,6 +119,63 @@ fn a_variable_change_updates_the_file_and_replaces_what_reads_it() {
     insta::assert_snapshot!(show(&p));
 }
 
+/// A recorded config known to be the desired one (`None`: the engine found its stored text
+/// to be the desired config's) plans as that config recorded would: only what is not the
+/// config (the source files, drift, a changed input) is still seen.
+#[test]
+fn a_config_known_to_be_as_desired_plans_as_the_config_itself() {
+    let before = desired(STACK, "dev", &[]);
+    let after = desired(
+        &STACK.replace("greeting: hello", "greeting: bonjour"),
+        "dev",
+        &[],
+    );
+    for d in [&before, &after] {
+        let as_recorded = plan(
+            d,
+            &PlanInput {
+                recorded: applied(d),
+                ..Default::default()
+            },
+        );
+        let mut known = applied(d);
+        for r in known.values_mut() {
+            r.config = None;
+        }
+        let p = plan(
+            d,
+            &PlanInput {
+                recorded: known,
+                ..Default::default()
+            },
+        );
+        assert_eq!(p, as_recorded);
+        assert!(!p.has_changes(), "{}", show(&p));
+    }
+    // A config recorded otherwise is still a change, and so is what reads its outputs.
+    let mut known = applied(&before);
+    for r in known.values_mut() {
+        r.config = None;
+    }
+    if let Some(r) = known.get_mut("config") {
+        r.config = Some(serde_json::json!({"path": "etc/old.toml"}));
+    }
+    let p = plan(
+        &before,
+        &PlanInput {
+            recorded: known,
+            ..Default::default()
+        },
+    );
+    let changed: Vec<&str> = p
+        .changes
+        .iter()
+        .filter(|c| c.action != slipway_core::plan::Action::Noop)
+        .map(|c| c.resource.as_str())
+        .collect();
+    assert_eq!(changed, ["config", "seed"], "{}", show(&p));
+}
+
 #[test]
 fn removed_resources_are_deleted_and_interrupted_ones_replaced() {
     let before = desired(STACK, "dev", &[]);

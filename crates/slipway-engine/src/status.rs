@@ -10,7 +10,7 @@ use slipway_core::vocab::{Access, Activity, EnvKind, Health, ShownStatus, SyncSt
 use slipway_providers::sandbox::Isolation;
 use slipway_state::{EnvironmentRecord, ResourceSummary};
 
-use crate::{Engine, EngineError, EnvelopeText, Handed, Observable};
+use crate::{Engine, EngineError, EnvelopeText, Observable};
 
 /// One resource as `status --output json` shows it (SPEC §6).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -367,10 +367,8 @@ impl Engine {
                     name: record.name,
                     type_name: record.type_name,
                     instance: envelope.instance.as_deref(),
-                    recorded: Handed::Text {
-                        resolved: envelope.resolved,
-                        handle: envelope.handle,
-                    },
+                    resolved: envelope.resolved,
+                    handle: envelope.handle,
                 };
                 let observed = match sandbox {
                     Ok(sandbox) => self.observe_in(

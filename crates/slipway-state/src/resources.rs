@@ -105,6 +105,8 @@ struct SummaryRow {
     outputs: Span,
     secret_outputs: Span,
     live: Span,
+    resolved_hash: Option<Span>,
+    depends_on: Span,
 }
 
 /// One resource of [`ResourceSummaries`].
@@ -122,10 +124,14 @@ pub struct ResourceSummary<'a> {
     pub status: ResourceStatus,
     /// The last error, when `status` is `failed`.
     pub error: Option<&'a str>,
+    /// Hash of its config with every reference resolved, when it was last applied
+    /// ([`ResourceRecord::resolved_hash`]).
+    pub resolved_hash: Option<&'a str>,
     config: &'a str,
     outputs: &'a str,
     secret_outputs: &'a str,
     live: &'a str,
+    depends_on: &'a str,
 }
 
 impl std::fmt::Debug for ResourceSummary<'_> {
@@ -145,6 +151,17 @@ impl<'a> ResourceSummary<'a> {
     /// The desired configuration, symbolic ([`ResourceRecord::config`]).
     pub fn config(&self) -> Result<serde_json::Value, StateError> {
         self.parse(self.config, "config")
+    }
+
+    /// Whether the stored configuration is `config`, as the store writes it: a reader that
+    /// holds the configuration it would compare with spares parsing the stored one.
+    pub fn config_is(&self, config: &serde_json::Value) -> bool {
+        crate::store::json_text_is(config, self.config)
+    }
+
+    /// What it depended on when last applied ([`ResourceRecord::depends_on`]).
+    pub fn depends_on(&self) -> Result<Vec<String>, StateError> {
+        self.parse(self.depends_on, "depends_on")
     }
 
     /// Its outputs, secret ones included ([`ResourceRecord::outputs`]).
@@ -198,10 +215,12 @@ impl ResourceSummaries {
             type_name: self.at(row.type_name),
             status: row.status,
             error: row.error.map(|span| self.at(span)),
+            resolved_hash: row.resolved_hash.map(|span| self.at(span)),
             config: self.at(row.config),
             outputs: self.at(row.outputs),
             secret_outputs: self.at(row.secret_outputs),
             live: self.at(row.live),
+            depends_on: self.at(row.depends_on),
         })
     }
 
@@ -262,6 +281,8 @@ impl ResourceSummaries {
                 let secret_outputs = required(text, 6)?;
                 let live = required(text, 7)?;
                 let error = column(text, &row, 8)?;
+                let resolved_hash = column(text, &row, 9)?;
+                let depends_on = required(text, 10)?;
                 rows.push(SummaryRow {
                     name,
                     type_name,
@@ -271,6 +292,8 @@ impl ResourceSummaries {
                     outputs,
                     secret_outputs,
                     live,
+                    resolved_hash,
+                    depends_on,
                 });
                 Ok(())
             })
@@ -342,8 +365,8 @@ fn push(text: &mut String, value: &str) -> Span {
 }
 
 /// The columns [`ResourceSummaries`] are read from.
-const SUMMARY_COLUMNS: &str =
-    "environment, name, type_name, status, config, outputs, secret_outputs, live, error";
+const SUMMARY_COLUMNS: &str = "environment, name, type_name, status, config, outputs, \
+                               secret_outputs, live, error, resolved_hash, depends_on";
 
 /// A row with its JSON columns still encoded.
 struct RawResource {

@@ -414,6 +414,29 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
         .expect("JSON values and string lists always serialize: their keys are strings")
 }
 
+/// Whether `text` is what [`to_json`] writes of `value`: compared as it is written, byte by
+/// byte, stopping at the first difference; nothing is parsed and nothing allocated.
+pub(crate) fn json_text_is<T: Serialize + ?Sized>(value: &T, text: &str) -> bool {
+    /// The part of the text not compared yet.
+    struct Rest<'a>(&'a [u8]);
+    impl std::io::Write for Rest<'_> {
+        fn write(&mut self, written: &[u8]) -> std::io::Result<usize> {
+            match self.0.strip_prefix(written) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(written.len())
+                }
+                None => Err(std::io::Error::other("the texts differ")),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rest = Rest(text.as_bytes());
+    serde_json::to_writer(&mut rest, value).is_ok() && rest.0.is_empty()
+}
+
 /// Decodes a JSON column, naming the record and column when the stored text is not valid.
 pub(crate) fn from_json<T: DeserializeOwned>(
     text: &str,
@@ -447,4 +470,55 @@ pub(crate) fn one_of(
 /// A `usize` limit as SQLite's signed integer; anything past `i64::MAX` means "all".
 pub(crate) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{json_text_is, to_json};
+    use proptest::prelude::*;
+    use serde_json::{Value as Json, json};
+
+    fn json_value() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            any::<f64>().prop_map(Json::from),
+            ".{0,8}".prop_map(Json::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Json::from),
+                prop::collection::btree_map(".{0,4}", inner, 0..4)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// A value's stored text is its own and no other's: not a prefix of it, not it with
+        /// anything after, not another value's, not the same value written another way.
+        #[test]
+        fn a_stored_text_is_its_value_and_no_other(value in json_value(), other in json_value()) {
+            let text = to_json(&value);
+            prop_assert!(json_text_is(&value, &text));
+            prop_assert_eq!(json_text_is(&value, &to_json(&other)), to_json(&other) == text);
+            if !text.is_empty() {
+                prop_assert!(!json_text_is(&value, &text[..text.len() - 1]));
+            }
+            let trailing = format!("{text} ");
+            prop_assert!(!json_text_is(&value, &trailing));
+            let pretty = serde_json::to_string_pretty(&value).expect("JSON");
+            prop_assert_eq!(json_text_is(&value, &pretty), pretty == text);
+        }
+    }
+
+    #[test]
+    fn texts_of_equal_values_written_otherwise_are_not_the_stored_text() {
+        let value = json!({"a": 1, "b": [true, null]});
+        assert!(json_text_is(&value, r#"{"a":1,"b":[true,null]}"#));
+        assert!(!json_text_is(&value, r#"{"b":[true,null],"a":1}"#));
+        assert!(!json_text_is(&value, r#"{"a": 1,"b":[true,null]}"#));
+        assert!(!json_text_is(&value, ""));
+    }
 }

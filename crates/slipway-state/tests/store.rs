@@ -1139,14 +1139,31 @@ fn a_damaged_json_column_is_reported_with_its_record(state: &TestState) {
     store
         .put_resource(&resource("prod", "api"))
         .expect("record api");
+    // What a plan reads of a record as the text stored, before any damage.
+    let summaries = store.resource_summaries(&env("prod")).expect("read");
+    let api = summaries.of("prod").next().expect("api is read");
+    assert_eq!(api.resolved_hash, Some("abc"));
+    assert_eq!(api.depends_on().expect("its dependencies"), ["db"]);
     state
-        .raw("UPDATE resources SET outputs = '{not json'", false)
-        .expect("damage the column");
+        .raw(
+            "UPDATE resources SET outputs = '{not json', depends_on = '[\"db\"'",
+            false,
+        )
+        .expect("damage the columns");
     let error = store
         .resource(&env("prod"), "api")
         .expect_err("damaged JSON is an error, not a panic");
     assert!(
         matches!(&error, StateError::CorruptJson { record, column: "outputs", .. }
+            if record == "resource prod/api"),
+        "the error names the record and column, got {error:?}"
+    );
+    // Read as text, a damaged column is an error once it is parsed, naming it too.
+    let summaries = store.resource_summaries(&env("prod")).expect("read");
+    let api = summaries.of("prod").next().expect("api is read");
+    let error = api.depends_on().expect_err("damaged JSON");
+    assert!(
+        matches!(&error, StateError::CorruptJson { record, column: "depends_on", .. }
             if record == "resource prod/api"),
         "the error names the record and column, got {error:?}"
     );

@@ -601,6 +601,57 @@ fn a_plan_of_thousands_of_resources_sees_each_change_and_nothing_else() {
     );
 }
 
+/// A plan reads each record as the text stored and parses only what it needs: a column
+/// damaged by hand is still an error naming the record and the column, never a panic, a
+/// silent drift or a guess; a live record that is JSON but no envelope reads as an empty one,
+/// as a status reads it.
+#[test]
+fn a_plan_names_a_damaged_record_and_its_column() {
+    let s = Sandbox::new();
+    s.commit_dev_stack(
+        "damage",
+        "  a: { type: file, path: a.txt, content: one }\n  \
+         b: { type: file, path: b.txt, content: \"${resources.a.path}\" }\n",
+        "two files",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(changed(&plan_json(&s, 0)), Vec::<String>::new());
+    let damage = |sql: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(s.home.join("state.db"))
+            .arg(sql)
+            .output()
+            .expect("sqlite3 runs");
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+    };
+    damage("CREATE TABLE saved AS SELECT * FROM resources");
+    let restore = || damage("DELETE FROM resources; INSERT INTO resources SELECT * FROM saved");
+    for (column, value) in [
+        ("live", "{not json"),
+        ("config", "{\"path\": "),
+        ("depends_on", "[\"a\""),
+        // `a`'s outputs are read: `b` references them.
+        ("outputs", "nope"),
+    ] {
+        let name = if column == "outputs" { "a" } else { "b" };
+        damage(&format!(
+            "UPDATE resources SET {column} = '{value}' WHERE name = '{name}'"
+        ));
+        let out = s.expect_code(&["plan", "--env", "dev"], 1);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("resource dev/{name}")) && err.contains(column),
+            "damaged {column}: the error names the record and the column: {err}"
+        );
+        restore();
+        assert_eq!(changed(&plan_json(&s, 0)), Vec::<String>::new());
+    }
+    // JSON, but no envelope: nothing recorded of the live object, which is no error.
+    damage("UPDATE resources SET live = '[1]' WHERE name = 'a'");
+    let out = s.run(&["plan", "--env", "dev"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 /// An environment gets the directories its resources use, and no more: a `file` gets its
 /// data and the engine's records, not the repository's export, which an environment that
 /// runs no code never reads (a new inode per file of the repository, for each environment).

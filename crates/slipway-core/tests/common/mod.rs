@@ -19,7 +19,7 @@ pub fn applied(desired: &DesiredState) -> BTreeMap<String, Recorded> {
                 Recorded {
                     type_name: r.type_name.clone(),
                     status: ResourceStatus::Ready,
-                    config: r.config.clone(),
+                    config: Some(r.config.clone()),
                     depends_on: r.depends_on.clone(),
                     resolved_hash: None,
                     source: r.source.clone(),
