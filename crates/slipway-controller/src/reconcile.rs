@@ -604,10 +604,16 @@ fn converge(
         && let Some(denied) = engine.window_denial(&prepared, now)?
     {
         // A wake is no deploy: asked to wake during the window, it starts what it ran (its
-        // new commit waits for the window like any other).
+        // new commit waits for the window like any other). Not when the last apply was of
+        // another commit and did not finish: some of that commit's changes ran, and applying
+        // the one before would undo them; it stays asleep until the window opens.
         if waking
             && let Some(running) = record.commit.as_deref()
             && running != prepared.commit.sha
+            && record
+                .desired_commit
+                .as_deref()
+                .is_none_or(|last| last == running)
         {
             let at = Origin {
                 source: inner.source.as_ref(),

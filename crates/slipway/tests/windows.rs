@@ -496,3 +496,96 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
         "the new commit is held, saying why: {message}"
     );
 }
+
+/// A preview whose newer commit failed half way (its page changed, then a check failed), then
+/// fell asleep, is woken inside a deny window: it does not "start what it ran" by applying
+/// the commit before, which would undo the newer commit's changes against its branch. It
+/// waits for the window, the newer commit's changes in place.
+#[test]
+fn a_preview_woken_inside_a_deny_window_after_a_failed_apply_does_not_go_back() {
+    let s = Sandbox::new();
+    let stack = |content: &str, check: bool| {
+        stack_file(
+            "nap",
+            r#"{ previews: { generate: { branches: ["feature/*"] }, sleep_after: 2s, windows: [{ kind: deny, schedule: "0 17 * * 5", duration: 1h }] } }"#,
+            &format!(
+                "  notes: {{ type: file, path: NOTES, content: \"{content}\" }}\n  \
+                 idle: {{ type: process, command: [\"python3\", \"-c\", \"import time; time.sleep(100000)\"] }}\n{}",
+                if check {
+                    "  check: { type: job, command: [\"false\"], depends_on: [notes] }\n"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
+    s.write("slipway.yaml", &stack("v1", false));
+    s.commit("v1");
+    git(&s.repo, &["branch", "feature/a"]);
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n",
+    );
+    let token = named_token(&s, "admin", "test");
+    // 30 s before the window opens: the preview deploys, its next commit fails half way.
+    let started = std::time::Instant::now();
+    let server = serve_at(&s, "@2026-12-04 16:59:30");
+    let env = "br-feature-a";
+    let pid = || supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64();
+    wait_for("the preview runs", Duration::from_secs(12), pid);
+    assert_eq!(notes(&s, env).as_deref(), Some("v1"));
+    let v2 = util::world::commit_on(
+        &s,
+        "feature/a",
+        "feature/a",
+        "v2 and a check that fails",
+        Some(&stack("v2", true)),
+        None,
+    );
+    let record = || {
+        let status = s.json(&["status", "--output", "json"]);
+        status_environment(&status, env).cloned()
+    };
+    wait_for(
+        "the second commit's apply fails after its notes",
+        Duration::from_secs(20),
+        || (record()?["sync"] == "failed" && notes(&s, env).as_deref() == Some("v2")).then_some(()),
+    );
+    wait_for("the preview falls asleep", Duration::from_secs(20), || {
+        (record()?["activity"] == "sleeping").then_some(())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(29),
+        "the failed apply and the sleep came before the window ({:?}): the test is too slow \
+         on this machine to show anything",
+        started.elapsed()
+    );
+    wait_for(
+        "the server's clock is past 17:00",
+        Duration::from_secs(40),
+        || (started.elapsed() >= Duration::from_secs(31)).then_some(()),
+    );
+    let (code, woken) = api_request(
+        &server.addr,
+        "POST",
+        &format!("/api/v1/environments/{env}/wake"),
+        &token,
+        None,
+    );
+    assert_eq!(code, 200, "{woken}");
+    // Watched for 4 s: the first commit is never applied again, and the notes stay v2's.
+    let history = || {
+        let history = s.json(&["history", "--env", env, "--output", "json"]);
+        history["deployments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let back =
+        slipway_testkit::wait::poll(Duration::from_secs(4), Duration::from_millis(200), || {
+            let newest = history().first().cloned()?;
+            (newest["commit"] != v2.as_str() || notes(&s, env).as_deref() != Some("v2"))
+                .then(|| (newest, notes(&s, env)))
+        });
+    assert_eq!(back, None, "the preview went back to the first commit");
+}
