@@ -1112,6 +1112,10 @@ impl Engine {
             let name = record.name.to_owned();
             if referenced.contains(record.name) {
                 outputs.push((name.clone(), record.outputs()?));
+            } else {
+                // Not needed here, but a damaged column is reported now, naming it, rather
+                // than met half way through an apply.
+                record.check_outputs()?;
             }
             let secret = record.secret_outputs()?;
             if !secret.is_empty() {

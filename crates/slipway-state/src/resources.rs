@@ -169,6 +169,13 @@ impl<'a> ResourceSummary<'a> {
         self.parse(self.outputs, "outputs")
     }
 
+    /// Checks that its outputs are JSON, as [`ResourceSummary::outputs`] would, without
+    /// building them: a reader that needs none of them still reports a damaged column.
+    pub fn check_outputs(&self) -> Result<(), StateError> {
+        self.parse::<serde::de::IgnoredAny>(self.outputs, "outputs")
+            .map(drop)
+    }
+
     /// The names of the outputs that are secret ([`ResourceRecord::secret_outputs`]).
     pub fn secret_outputs(&self) -> Result<Vec<String>, StateError> {
         self.parse(self.secret_outputs, "secret_outputs")

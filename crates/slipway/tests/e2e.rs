@@ -626,14 +626,15 @@ fn a_plan_names_a_damaged_record_and_its_column() {
     };
     damage("CREATE TABLE saved AS SELECT * FROM resources");
     let restore = || damage("DELETE FROM resources; INSERT INTO resources SELECT * FROM saved");
-    for (column, value) in [
-        ("live", "{not json"),
-        ("config", "{\"path\": "),
-        ("depends_on", "[\"a\""),
+    for (name, column, value) in [
+        ("b", "live", "{not json"),
+        ("b", "config", "{\"path\": "),
+        ("b", "depends_on", "[\"a\""),
         // `a`'s outputs are read: `b` references them.
-        ("outputs", "nope"),
+        ("a", "outputs", "nope"),
+        // `b`'s are not, and are still checked.
+        ("b", "outputs", "{\"path\""),
     ] {
-        let name = if column == "outputs" { "a" } else { "b" };
         damage(&format!(
             "UPDATE resources SET {column} = '{value}' WHERE name = '{name}'"
         ));
