@@ -58,7 +58,12 @@ def main():
         " + uncommitted changes under crates/" if dirty.strip() else ""
     )
     if args.built_from:
-        revision = args.built_from + f" (work tree at {head})"
+        # Named when it was built (the work tree may have changed during the run): what the
+        # tree was when the report was written is added only when it differs.
+        revision = args.built_from
+        if head not in args.built_from or (dirty.strip() and "uncommitted" not in revision):
+            now = head + (" with uncommitted changes under crates/" if dirty.strip() else "")
+            revision += f" (work tree at {now} when the report was written)"
     r = Report(samples, cpu, meta, args, m)
     w = r.w
 
