@@ -368,13 +368,18 @@ impl<'a> EnvelopeText<'a> {
     /// Reads `live` as [`Envelope::of`] reads its value: text that is not a whole envelope
     /// (a field of another type) reads as an empty one.
     pub(crate) fn of(live: &'a str) -> EnvelopeText<'a> {
-        EnvelopeText::parse(live).unwrap_or(EnvelopeText {
+        EnvelopeText::parse(live).unwrap_or_else(EnvelopeText::empty)
+    }
+
+    /// No envelope: nothing recorded of the live object.
+    fn empty() -> EnvelopeText<'a> {
+        EnvelopeText {
             handle: "null",
             src_commit: std::borrow::Cow::Borrowed(""),
             resolved: "null",
             instance: None,
             source: None,
-        })
+        }
     }
 
     /// Reads `live` as [`EnvelopeText::of`] does; `None` when it is not a whole envelope.
@@ -1045,7 +1050,7 @@ impl Engine {
                     // Text that is not JSON is damage, named as such; JSON that is no
                     // envelope reads as an empty one (as a status reads it).
                     record.live()?;
-                    EnvelopeText::of(text)
+                    EnvelopeText::empty()
                 }
             };
             envelopes.push((record, envelope));
