@@ -386,6 +386,16 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (resource, action, config);
     }
 
+    /// Told once an apply made the environment's directories (`dirs`), before any change of
+    /// this type runs in it and before the commit is exported into them: the provider may
+    /// start what the environment's changes will all wait for otherwise (the environment's
+    /// process supervisor), without waiting for it, so that its start overlaps the export.
+    /// Nothing to report: the changes themselves report any failure. The default does
+    /// nothing.
+    fn expect_changes_in(&self, settings: &ProviderSettings, dirs: &EnvDirs) {
+        let _ = (settings, dirs);
+    }
+
     /// What updating the live object recorded as `live` to `config` would do, object by
     /// object, without changing anything: for a type whose live state is many objects
     /// (`kubernetes.manifests`: a server-side dry run of each). `None`, the default, when the
@@ -486,6 +496,8 @@ pub trait DynProvider: Send + Sync {
     ) -> Result<Option<Vec<ObjectChange>>, ProviderError>;
     /// See [`Provider::expect_change`].
     fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value);
+    /// See [`Provider::expect_changes_in`].
+    fn expect_changes_in(&self, settings: &ProviderSettings, dirs: &EnvDirs);
 }
 
 fn decode<C: DeserializeOwned>(type_name: &str, config: &Value) -> Result<C, ProviderError> {
@@ -556,6 +568,9 @@ impl<P: Provider> DynProvider for P {
     }
     fn expect_change(&self, resource: ResourceKey<'_>, action: Action, config: &Value) {
         Provider::expect_change(self, resource, action, config);
+    }
+    fn expect_changes_in(&self, settings: &ProviderSettings, dirs: &EnvDirs) {
+        Provider::expect_changes_in(self, settings, dirs);
     }
 }
 

@@ -304,6 +304,19 @@ impl Provider for ProcessProvider {
         config.health.is_none() && config.restart == RestartPolicy::Always
     }
 
+    /// Starts the environment's supervisor if none answers, without waiting for it: it comes
+    /// up while the engine exports the commit and records its first changes, and the first
+    /// `start` finds it listening (it waited for the supervisor's start, a fifth of an apply
+    /// of a hundred processes). A supervisor woken for nothing exits after its idle time.
+    fn expect_changes_in(&self, settings: &crate::ProviderSettings, dirs: &crate::EnvDirs) {
+        if let Some((program, args)) = settings.supervisor.split_first()
+            && let Err(e) = environment::wake(&dirs.run, program, args)
+        {
+            // The first change asks again, and says what is wrong.
+            tracing::debug!(run = %dirs.run.display(), error = %e, "cannot wake the supervisor");
+        }
+    }
+
     fn create(
         &self,
         ctx: ResourceContext<'_>,

@@ -1106,6 +1106,104 @@ fn a_supervisor_whose_environment_directory_is_removed_stops_its_processes() {
     );
 }
 
+/// The live `slipway __supervise <run>` processes of `run` (zombies not counted).
+fn supervisors_of(run: &std::path::Path) -> Vec<Proc> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.len() >= 3
+            && args[1] == b"__supervise"
+            && args[2] == run.as_os_str().as_encoded_bytes()
+        {
+            found.extend(Proc::of(pid));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_supervisor_woken_ahead_serves_the_creates_that_follow_and_no_second_one_starts() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    // What an apply does once the environment's directories are made: it returns without
+    // waiting for the supervisor, and the creates follow at once, eight at a time.
+    env.process().expect_changes_in(&env.settings, &env.dirs);
+    let woken = supervisors_of(&env.dirs.run);
+    assert_eq!(woken.len(), 1, "one supervisor runs once woken: {woken:?}");
+    cleanup.groups.extend(woken.iter().copied());
+    let names: Vec<String> = (0..8).map(|i| format!("woken{i}")).collect();
+    for name in &names {
+        cleanup
+            .resources
+            .push(env.dirs.run.join(format!("{name}.json")));
+    }
+    let config = json!({"command": ["sleep", "4248001"]});
+    let applied: Vec<Applied> = std::thread::scope(|scope| {
+        let creating: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (env, config) = (&env, &config);
+                scope.spawn(move || {
+                    env.process()
+                        .create(env.ctx(name), config)
+                        .unwrap_or_else(|e| panic!("create {name} succeeds: {e}\n{}", env.report()))
+                })
+            })
+            .collect();
+        creating
+            .into_iter()
+            .map(|c| c.join().expect("a creating thread"))
+            .collect()
+    });
+    for (name, applied) in names.iter().zip(&applied) {
+        let child = child_in(&env.state(name).expect("a state file")).expect("a child");
+        cleanup.groups.push(child);
+        assert_eq!(
+            supervisor_of(applied),
+            woken[0],
+            "{name} is kept by the supervisor woken ahead"
+        );
+    }
+    // A create that found it not yet listening waited for it rather than start another
+    // (which would still be waiting for the run directory's lock now).
+    assert_eq!(
+        supervisors_of(&env.dirs.run),
+        woken,
+        "no second supervisor was started"
+    );
+    // Woken again while it runs: it answers, and nothing else starts.
+    env.process().expect_changes_in(&env.settings, &env.dirs);
+    assert_eq!(
+        supervisors_of(&env.dirs.run),
+        woken,
+        "still the one supervisor"
+    );
+    for (name, applied) in names.iter().zip(&applied) {
+        env.delete(name, Some(&applied.live), "delete");
+    }
+}
+
+#[test]
+fn waking_the_supervisor_of_an_environment_without_a_run_directory_starts_nothing() {
+    let env = TestEnv::new();
+    std::fs::remove_dir_all(&env.dirs.run).expect("remove run/");
+    env.process().expect_changes_in(&env.settings, &env.dirs);
+    assert!(
+        supervisors_of(&env.dirs.run).is_empty(),
+        "no supervisor for a directory that is not there"
+    );
+}
+
 #[test]
 fn concurrent_creates_each_get_a_recorded_process_of_one_supervisor() {
     let env = TestEnv::new();

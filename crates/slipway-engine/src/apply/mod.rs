@@ -16,14 +16,14 @@ mod swap;
 pub use destroy::DestroyOptions;
 
 use slipway_core::EnvName;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use slipway_core::plan::{Action, Change};
 use slipway_core::vocab::{DeploymentStatus, EventKind, Health, SyncState};
-use slipway_providers::Uses;
+use slipway_providers::{EnvDirs, Uses};
 use slipway_state::NewDeployment;
 
 use crate::{Engine, EngineError, EnvLock, Prepared};
@@ -137,6 +137,29 @@ impl Engine {
                     resource: &change.resource,
                 };
                 provider.expect_change(key, change.action, &desired.config);
+            }
+        }
+    }
+
+    /// Tells the provider of each type that `prepared` creates or updates resources of that
+    /// the environment's directories `dirs` are made (see `Provider::expect_changes_in`):
+    /// what they start (a process supervisor) then comes up while the commit is exported.
+    fn expect_changes_in(&self, prepared: &Prepared, dirs: &EnvDirs) {
+        let types: BTreeSet<&str> = prepared
+            .plan
+            .changes
+            .iter()
+            .filter(|change| {
+                matches!(
+                    change.action,
+                    Action::Create | Action::Update | Action::Replace
+                )
+            })
+            .map(|change| change.type_name.as_str())
+            .collect();
+        for type_name in types {
+            if let Some(provider) = self.registry.get(type_name) {
+                provider.expect_changes_in(&self.settings, dirs);
             }
         }
     }
@@ -447,10 +470,11 @@ impl Engine {
         let result = (|| -> Result<Vec<(String, Action, Outcome)>, EngineError> {
             let uses = exports::uses(&prepared.desired);
             self.prepare_dirs(&dirs, &sandbox, uses)?;
+            self.expect_changes_in(prepared, &dirs);
             if uses == Uses::All {
                 self.export_commit(prepared, source, &dirs)?;
             }
-            Ok(self.run_changes(prepared, options, progress))
+            self.run_changes(prepared, options, progress)
         })();
         let finished = slipway_state::now_ms();
         let results = match result {
@@ -564,8 +588,21 @@ impl Engine {
         prepared: &Prepared,
         options: &ApplyOptions,
         progress: &dyn Progress,
-    ) -> Vec<(String, Action, Outcome)> {
+    ) -> Result<Vec<(String, Action, Outcome)>, EngineError> {
         let env = &prepared.desired.environment.name;
+        // What finished resources produced (outputs, and the names of the secret ones), read
+        // before anything changes: a read that fails fails the apply with nothing done,
+        // rather than give the changes' references nothing to resolve against. The deletes
+        // below remove resources nothing kept refers to.
+        let records = self.store.resources(env)?;
+        let mut known: Known = (
+            records
+                .iter()
+                .map(|r| (r.name.clone(), r.outputs.clone()))
+                .collect(),
+            crate::secret_outputs(&records),
+        );
+        drop(records);
         // Deletes first, dependents before what they depend on, several at once.
         let deletes: Vec<String> = prepared
             .plan
@@ -603,15 +640,6 @@ impl Engine {
                 .map(|(name, deps)| (*name, deps.iter().copied())),
             options.parallelism,
         );
-        // What finished resources produced: outputs, and the names of the secret ones.
-        let records = self.store.resources(env).unwrap_or_default();
-        let mut known: Known = (
-            records
-                .iter()
-                .map(|r| (r.name.clone(), r.outputs.clone()))
-                .collect(),
-            crate::secret_outputs(&records),
-        );
         let outcomes = dag.run(
             progress,
             &mut known,
@@ -640,7 +668,7 @@ impl Engine {
             },
         );
         results.extend(outcomes.into_iter().map(|(n, o)| (n.to_string(), o)));
-        prepared
+        Ok(prepared
             .plan
             .changes
             .iter()
@@ -653,7 +681,7 @@ impl Engine {
                     }),
                 )
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -307,6 +307,66 @@ pub(crate) fn ask_carrying(
     }
 }
 
+/// The supervisors this process started without waiting for them ([`wake`]), by run
+/// directory, and when. Its lock is also held by whoever starts one: one start at a time in
+/// this process, as a parallel apply's threads would otherwise each start a supervisor for
+/// the same environment (all but one would find the run directory locked and exit, but each
+/// costs an exec).
+static STARTED: std::sync::Mutex<Woken> = std::sync::Mutex::new(Woken(Vec::new()));
+
+/// See [`STARTED`].
+struct Woken(Vec<(PathBuf, Instant)>);
+
+impl Woken {
+    /// How long one woken is waited for before another is started: what one takes to answer
+    /// when the previous one is still exiting.
+    const WAIT: Duration = Duration::from_secs(LOCK_WAIT.as_secs() + 1);
+
+    /// Whether a supervisor for `run` was started without waiting, under [`Woken::WAIT`] ago.
+    fn recently(&self, run: &Path) -> bool {
+        self.0
+            .iter()
+            .any(|(dir, at)| dir == run && at.elapsed() < Woken::WAIT)
+    }
+
+    fn forget(&mut self, run: &Path) {
+        self.0
+            .retain(|(dir, at)| dir != run && at.elapsed() < Woken::WAIT);
+    }
+}
+
+/// Starts the supervisor of `run` (`program args <run>`, detached) when none answers there,
+/// and returns without waiting for it to listen: a caller that asks it something next (with
+/// [`ask_starting`]) waits for that one rather than start another. A connection that sends
+/// nothing is what tells whether one answers; the supervisor drops it.
+pub(crate) fn wake(
+    run: &Path,
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+) -> io::Result<()> {
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if started.recently(run) {
+        return Ok(());
+    }
+    let dir = File::open(run)?;
+    match UnixStream::connect(via_fd(&dir, SOCKET)) {
+        Ok(_) => return Ok(()),
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(e);
+        }
+        Err(_) => {}
+    }
+    super::spawn_detached(program, args, run)?;
+    started.forget(run);
+    started.0.push((run.to_owned(), Instant::now()));
+    Ok(())
+}
+
 /// Why [`ask_starting`] got no answer.
 #[derive(Debug)]
 pub(crate) enum StartError {
@@ -328,15 +388,11 @@ pub(crate) fn ask_starting(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Answer, StartError> {
-    /// One start at a time in this process: a parallel apply's threads would otherwise each
-    /// start a supervisor for the same environment (all but one would find the run
-    /// directory locked and exit, but each costs an exec).
-    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     const START_TIMEOUT: Duration = Duration::from_secs(15);
     if let Some(answer) = ask_carrying(run, request, body, timeout).map_err(StartError::Io)? {
         return Ok(answer);
     }
-    let _one = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(answer) = ask_carrying(run, request, body, timeout).map_err(StartError::Io)? {
@@ -345,7 +401,12 @@ pub(crate) fn ask_starting(
         if Instant::now() >= deadline {
             return Err(StartError::Silent(START_TIMEOUT));
         }
-        super::spawn_detached(program, args, run).map_err(StartError::Spawn)?;
+        // One started for this directory a moment ago (woken ahead) is waited for, not
+        // started again: within the wait below, as if this thread had started it.
+        if !started.recently(run) {
+            super::spawn_detached(program, args, run).map_err(StartError::Spawn)?;
+        }
+        started.forget(run);
         // It answers once it holds the lock and listens: a few milliseconds, or up to
         // LOCK_WAIT when the previous one is still exiting.
         let mut answer = None;
