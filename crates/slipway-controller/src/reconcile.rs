@@ -465,6 +465,14 @@ fn converge(
     if trigger.from_person() && !record.pinned {
         inner.fetch()?;
     }
+    // The record as it is now, under the lock: another replica, or a person's apply, may
+    // have changed it since it was read above. Everything decided from here on is about what
+    // runs now: whether the commit is new (a deployment with nothing to change, pull
+    // requests planned again, a preview's time to live pushed back), whether the record is
+    // behind, and never going back past the commit last applied.
+    let Some(record) = store.environment(name)? else {
+        return Ok(Action::Done);
+    };
     if let PreviewHead::Unapproved(why) = &head {
         hold(inner, &record, why, json!({ "reason": "unapproved_head" }))?;
         return Ok(requeue);
@@ -487,15 +495,11 @@ fn converge(
     // because this copy of the repository is behind (another replica deployed a newer one,
     // or the last poll was before it): fetch, and follow the branch as it is now. The one
     // last applied counts even when its apply failed or was cut short (`desired_commit`):
-    // some of its changes ran, and going back to an ancestor would undo them. Read again
-    // under the lock: another replica may have applied since the record above was read.
-    // A branch that really moved back (a force push) is followed. A person's trigger has
+    // some of its changes ran, and going back to an ancestor would undo them. A branch that really moved back (a force push) is followed. A person's trigger has
     // just fetched.
     let behind = match tip.as_deref() {
         Some(sha) if !preview && !record.pinned && !trigger.from_person() => {
-            let latest = store.environment(name)?;
-            let latest = latest.as_ref().unwrap_or(&record);
-            [latest.commit.as_deref(), latest.desired_commit.as_deref()]
+            [record.commit.as_deref(), record.desired_commit.as_deref()]
                 .into_iter()
                 .flatten()
                 .any(|newer| newer != sha && inner.source.is_ancestor(sha, newer).unwrap_or(true))
@@ -522,7 +526,8 @@ fn converge(
     // the plan here spares observing every resource of every environment on every pass. Half
     // done work is never skipped: an apply that did not finish left the record `syncing` or
     // `failed`, not `synced` at this commit.
-    // (Not twice at the same tip: the look before the lock had the same record.)
+    // (Not twice at the same tip: the look before the lock had the record as it was then,
+    // which changes between the two only in a race, where the plan says what to do.)
     if trigger == Trigger::Timer
         && looked_at.as_deref() != origin.tip
         && engine.runs_as_rendered(&origin, &target, &record)
