@@ -469,10 +469,20 @@ fn converge(
     // have changed it since it was read above. Everything decided from here on is about what
     // runs now: whether the commit is new (a deployment with nothing to change, pull
     // requests planned again, a preview's time to live pushed back), whether the record is
-    // behind, and never going back past the commit last applied.
-    let Some(record) = store.environment(name)? else {
+    // behind, and never going back past the commit last applied. What was decided before
+    // the lock from the record then (what it follows, whether it sleeps, is queued or
+    // expired) is decided again from the top when it changed meanwhile (a pin, a sleep):
+    // nothing was done yet.
+    let Some(latest) = store.environment(name)? else {
         return Ok(Action::Done);
     };
+    if latest.follows().as_ref() != Some(&follows)
+        || latest.activity != record.activity
+        || latest.expires_at != record.expires_at
+    {
+        return Ok(Action::Superseded);
+    }
+    let record = latest;
     if let PreviewHead::Unapproved(why) = &head {
         hold(inner, &record, why, json!({ "reason": "unapproved_head" }))?;
         return Ok(requeue);

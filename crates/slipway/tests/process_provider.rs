@@ -1106,8 +1106,9 @@ fn a_supervisor_whose_environment_directory_is_removed_stops_its_processes() {
     );
 }
 
-/// The live `slipway __supervise <run>` processes of `run` (zombies not counted).
-fn supervisors_of(run: &std::path::Path) -> Vec<Proc> {
+/// The live processes (zombies not counted) with `run` among their arguments, and those
+/// arguments.
+fn processes_naming(run: &std::path::Path) -> Vec<(Proc, Vec<Vec<u8>>)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
@@ -1120,27 +1121,47 @@ fn supervisors_of(run: &std::path::Path) -> Vec<Proc> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.len() >= 3
-            && args[1] == b"__supervise"
-            && args[2] == run.as_os_str().as_encoded_bytes()
+        let args: Vec<Vec<u8>> = cmdline.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+        if args
+            .iter()
+            .any(|arg| arg.as_slice() == run.as_os_str().as_encoded_bytes())
+            && let Some(proc) = Proc::of(pid)
         {
-            found.extend(Proc::of(pid));
+            found.push((proc, args));
         }
     }
     found
 }
 
+/// The live `slipway __supervise <run>` processes of `run`.
+fn supervisors_of(run: &std::path::Path) -> Vec<Proc> {
+    processes_naming(run)
+        .into_iter()
+        .filter(|(_, args)| args.get(1).is_some_and(|verb| verb == b"__supervise"))
+        .map(|(proc, _)| proc)
+        .collect()
+}
+
 #[test]
 fn a_supervisor_woken_ahead_serves_the_creates_that_follow_and_no_second_one_starts() {
-    let env = TestEnv::new();
+    let mut env = TestEnv::new();
     let mut cleanup = Cleanup::default();
+    // A supervisor that takes a while to listen (a busy machine), so that the creates below
+    // find it woken but not answering yet: `sh` sleeps, then becomes `slipway __supervise`.
+    env.settings.supervisor = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "sleep 0.3; exec \"$1\" __supervise \"$2\"".into(),
+        "sh".into(),
+        env!("CARGO_BIN_EXE_slipway").into(),
+    ];
     // What an apply does once the environment's directories are made: it returns without
     // waiting for the supervisor, and the creates follow at once, eight at a time.
     env.process().expect_changes_in(&env.settings, &env.dirs);
-    let woken = supervisors_of(&env.dirs.run);
-    assert_eq!(woken.len(), 1, "one supervisor runs once woken: {woken:?}");
-    cleanup.groups.extend(woken.iter().copied());
+    assert!(
+        supervisors_of(&env.dirs.run).is_empty(),
+        "woken, it does not listen yet"
+    );
     let names: Vec<String> = (0..8).map(|i| format!("woken{i}")).collect();
     for name in &names {
         cleanup
@@ -1165,43 +1186,39 @@ fn a_supervisor_woken_ahead_serves_the_creates_that_follow_and_no_second_one_sta
             .map(|c| c.join().expect("a creating thread"))
             .collect()
     });
+    let supervisor = supervisor_of(&applied[0]);
+    cleanup.groups.push(supervisor);
     for (name, applied) in names.iter().zip(&applied) {
         let child = child_in(&env.state(name).expect("a state file")).expect("a child");
         cleanup.groups.push(child);
         assert_eq!(
             supervisor_of(applied),
-            woken[0],
-            "{name} is kept by the supervisor woken ahead"
+            supervisor,
+            "{name} is kept by the one supervisor"
         );
     }
-    // A create that found it not yet listening waited for it rather than start another
-    // (which would still be waiting for the run directory's lock now).
+    // The creates waited for the one woken rather than start another (which would still be
+    // waiting for the run directory's lock now, or sleeping in its `sh`).
     assert_eq!(
         supervisors_of(&env.dirs.run),
-        woken,
+        vec![supervisor],
         "no second supervisor was started"
+    );
+    assert_eq!(
+        processes_naming(&env.dirs.run).len(),
+        1,
+        "nor one on its way (its `sh` sleeping)"
     );
     // Woken again while it runs: it answers, and nothing else starts.
     env.process().expect_changes_in(&env.settings, &env.dirs);
     assert_eq!(
-        supervisors_of(&env.dirs.run),
-        woken,
-        "still the one supervisor"
+        processes_naming(&env.dirs.run).len(),
+        1,
+        "still the one supervisor, and none on its way"
     );
     for (name, applied) in names.iter().zip(&applied) {
         env.delete(name, Some(&applied.live), "delete");
     }
-}
-
-#[test]
-fn waking_the_supervisor_of_an_environment_without_a_run_directory_starts_nothing() {
-    let env = TestEnv::new();
-    std::fs::remove_dir_all(&env.dirs.run).expect("remove run/");
-    env.process().expect_changes_in(&env.settings, &env.dirs);
-    assert!(
-        supervisors_of(&env.dirs.run).is_empty(),
-        "no supervisor for a directory that is not there"
-    );
 }
 
 #[test]

@@ -40,7 +40,8 @@
 //!   allowed) is full, until a supervisor reads again. The next supervisor reads the same
 //!   pipe by opening the child's `/proc/<pid>/fd/1`.
 //! - The next supervisor (started by the engine's next request: a create, or an observe that
-//!   found the supervisor gone, e.g. the controller's drift pass) takes back every child whose
+//!   found the supervisor gone, e.g. the controller's drift pass; or woken ahead by an apply
+//!   about to start processes, [`wake`]) takes back every child whose
 //!   state file names a supervisor that is gone and that still runs, identified by pid *and*
 //!   start time, and starts again (per its restart policy) those that ended meanwhile. It
 //!   cannot reap or read the exit status of a child it adopted: it learns of its death through
@@ -307,63 +308,86 @@ pub(crate) fn ask_carrying(
     }
 }
 
-/// The supervisors this process started without waiting for them ([`wake`]), by run
-/// directory, and when. Its lock is also held by whoever starts one: one start at a time in
-/// this process, as a parallel apply's threads would otherwise each start a supervisor for
-/// the same environment (all but one would find the run directory locked and exit, but each
-/// costs an exec).
-static STARTED: std::sync::Mutex<Woken> = std::sync::Mutex::new(Woken(Vec::new()));
+/// The run directories whose supervisor this process is starting, or started without
+/// waiting for it ([`wake`]): each with the lock its starters take, and when one was last
+/// woken there. One start at a time per directory (a parallel apply's threads would otherwise
+/// each start a supervisor for the same environment: all but one would find the run
+/// directory locked and exit, but each costs an exec); other environments' starts do not
+/// wait for it (a controller applies several at once).
+type StartLock = Arc<std::sync::Mutex<Option<Instant>>>;
+static STARTS: std::sync::Mutex<Vec<(PathBuf, StartLock)>> = std::sync::Mutex::new(Vec::new());
 
-/// See [`STARTED`].
-struct Woken(Vec<(PathBuf, Instant)>);
+/// How long after it was woken a supervisor that does not answer yet is waited for rather
+/// than started again: it listens a few milliseconds after its exec, and exits for want of
+/// requests only after [`IDLE_EXIT`], far later. One that died or left meanwhile (after the
+/// release of the last process it took back) costs a wait this long.
+const WOKEN_FRESH: Duration = Duration::from_secs(1);
 
-impl Woken {
-    /// How long one woken is waited for before another is started: what one takes to answer
-    /// when the previous one is still exiting.
-    const WAIT: Duration = Duration::from_secs(LOCK_WAIT.as_secs() + 1);
-
-    /// Whether a supervisor for `run` was started without waiting, under [`Woken::WAIT`] ago.
-    fn recently(&self, run: &Path) -> bool {
-        self.0
-            .iter()
-            .any(|(dir, at)| dir == run && at.elapsed() < Woken::WAIT)
+/// The start lock of `run` (see [`STARTS`]); those nobody holds and that have no fresh wake
+/// are dropped on the way.
+fn start_lock(run: &Path) -> StartLock {
+    let mut starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
+    starts.retain(|(dir, lock)| {
+        dir == run
+            || Arc::strong_count(lock) > 1
+            || lock.try_lock().map_or(true, |woken| {
+                woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH)
+            })
+    });
+    if let Some((_, lock)) = starts.iter().find(|(dir, _)| dir == run) {
+        return Arc::clone(lock);
     }
+    let lock = StartLock::default();
+    starts.push((run.to_owned(), Arc::clone(&lock)));
+    lock
+}
 
-    fn forget(&mut self, run: &Path) {
-        self.0
-            .retain(|(dir, at)| dir != run && at.elapsed() < Woken::WAIT);
+/// Whether a supervisor answers on the socket of the run directory `dir`: a connection that
+/// sends nothing, which the supervisor drops.
+fn answers(dir: &File) -> io::Result<bool> {
+    match UnixStream::connect(via_fd(dir, SOCKET)) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
-/// Starts the supervisor of `run` (`program args <run>`, detached) when none answers there,
-/// and returns without waiting for it to listen: a caller that asks it something next (with
-/// [`ask_starting`]) waits for that one rather than start another. A connection that sends
-/// nothing is what tells whether one answers; the supervisor drops it.
+/// Starts the supervisor of `run` (`program args <run>`, detached) when none answers there
+/// and nobody in this process is starting one, and returns without waiting for it to listen:
+/// a caller that asks it something next ([`ask_starting`]) waits for that one, for
+/// [`WOKEN_FRESH`], rather than start another.
+///
+/// # Errors
+/// When `run` cannot be opened (the environment's directories are not made), its socket
+/// cannot be tried, or the supervisor program cannot be started.
 pub(crate) fn wake(
     run: &Path,
     program: &std::ffi::OsStr,
     args: &[std::ffi::OsString],
 ) -> io::Result<()> {
-    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-    if started.recently(run) {
+    let dir = File::open(run)?;
+    if answers(&dir)? {
         return Ok(());
     }
-    let dir = File::open(run)?;
-    match UnixStream::connect(via_fd(&dir, SOCKET)) {
-        Ok(_) => return Ok(()),
-        Err(e)
-            if !matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(e);
-        }
-        Err(_) => {}
+    let lock = start_lock(run);
+    let mut woken = match lock.try_lock() {
+        Ok(woken) => woken,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        // Another thread is starting it.
+        Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+    };
+    if woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH) {
+        return Ok(());
     }
     super::spawn_detached(program, args, run)?;
-    started.forget(run);
-    started.0.push((run.to_owned(), Instant::now()));
+    *woken = Some(Instant::now());
     Ok(())
 }
 
@@ -392,7 +416,8 @@ pub(crate) fn ask_starting(
     if let Some(answer) = ask_carrying(run, request, body, timeout).map_err(StartError::Io)? {
         return Ok(answer);
     }
-    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = start_lock(run);
+    let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(answer) = ask_carrying(run, request, body, timeout).map_err(StartError::Io)? {
@@ -401,26 +426,25 @@ pub(crate) fn ask_starting(
         if Instant::now() >= deadline {
             return Err(StartError::Silent(START_TIMEOUT));
         }
-        // One started for this directory a moment ago (woken ahead) is waited for, not
-        // started again: within the wait below, as if this thread had started it.
-        if !started.recently(run) {
-            super::spawn_detached(program, args, run).map_err(StartError::Spawn)?;
-        }
-        started.forget(run);
-        // It answers once it holds the lock and listens: a few milliseconds, or up to
-        // LOCK_WAIT when the previous one is still exiting.
+        // One woken for this directory a moment ago is waited for, not started again. One
+        // started here answers once it holds the directory's lock and listens: a few
+        // milliseconds, or up to LOCK_WAIT when the previous one is still exiting.
+        let wait_until_at = match woken.take() {
+            Some(at) if at.elapsed() < WOKEN_FRESH => at + WOKEN_FRESH,
+            _ => {
+                super::spawn_detached(program, args, run).map_err(StartError::Spawn)?;
+                Instant::now() + LOCK_WAIT + Duration::from_secs(1)
+            }
+        };
         let mut answer = None;
         let mut failed = None;
-        wait_until(
-            (Instant::now() + LOCK_WAIT + Duration::from_secs(1)).min(deadline),
-            || {
-                match ask_carrying(run, request, body, timeout) {
-                    Ok(found) => answer = found,
-                    Err(e) => failed = Some(e),
-                }
-                answer.is_some() || failed.is_some()
-            },
-        );
+        wait_until(wait_until_at.min(deadline), || {
+            match ask_carrying(run, request, body, timeout) {
+                Ok(found) => answer = found,
+                Err(e) => failed = Some(e),
+            }
+            answer.is_some() || failed.is_some()
+        });
         if let Some(e) = failed {
             return Err(StartError::Io(e));
         }
@@ -1670,6 +1694,59 @@ fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sh -c 'echo >> MARKER'`: a "supervisor" that only counts its starts.
+    fn counting(marker: &Path) -> (std::ffi::OsString, Vec<std::ffi::OsString>) {
+        (
+            "/bin/sh".into(),
+            vec![
+                "-c".into(),
+                format!("echo start >> '{}'", marker.display()).into(),
+            ],
+        )
+    }
+
+    fn starts(marker: &Path) -> usize {
+        std::fs::read_to_string(marker).map_or(0, |text| text.lines().count())
+    }
+
+    #[test]
+    fn a_wake_starts_the_supervisor_once_and_never_for_a_directory_that_is_not_there() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let marker = dir.path().join("started");
+        let (program, args) = counting(&marker);
+        let missing = dir.path().join("gone/run");
+        let e = wake(&missing, &program, &args).expect_err("no run directory");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert_eq!(starts(&marker), 0, "nothing started for it");
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).expect("run/");
+        // Nothing listens there: started, once however often it is woken meanwhile.
+        for _ in 0..3 {
+            wake(&run, &program, &args).expect("woken");
+        }
+        // `spawn_detached` returns once the program was exec'd; `sh` writes at once.
+        assert!(
+            wait_until(Instant::now() + Duration::from_secs(5), || starts(&marker)
+                >= 1),
+            "the supervisor program ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(starts(&marker), 1, "one start for three wakes");
+    }
+
+    #[test]
+    fn a_wake_starts_nothing_where_a_supervisor_answers() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let marker = dir.path().join("started");
+        let (program, args) = counting(&marker);
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).expect("run/");
+        let _listening = UnixListener::bind(run.join(SOCKET)).expect("a socket");
+        wake(&run, &program, &args).expect("woken");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(starts(&marker), 0, "it answers: nothing started");
+    }
 
     fn held(command: &[&str], dir: &Path) -> Held {
         let null = File::open("/dev/null").expect("/dev/null");
