@@ -1190,7 +1190,7 @@ impl Controller {
     /// acts on a home without a running controller.
     pub async fn reconcile_now(&self, env: &EnvName) -> Result<(), ControllerError> {
         let name = env.clone();
-        self.blocking(move |inner| reconcile::reconcile(inner, &name, Trigger::Manual).map(|_| ()))
+        self.blocking(move |inner| settled(inner, &name, Trigger::Manual).map(|_| ()))
             .await
     }
 
@@ -1366,7 +1366,7 @@ impl Controller {
     /// reconcile a wake is.
     pub async fn wake_now(&self, name: &EnvName) -> Result<(), ControllerError> {
         let name = name.clone();
-        self.blocking(move |inner| reconcile::reconcile(inner, &name, Trigger::Wake).map(|_| ()))
+        self.blocking(move |inner| settled(inner, &name, Trigger::Wake).map(|_| ()))
             .await
     }
 
@@ -1452,5 +1452,23 @@ pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget 
         ttl: record
             .ttl_ms
             .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+    }
+}
+
+/// The reconcile of `name` on the caller's task (the CLI's), run again at once when it ended
+/// superseded (what the environment follows, or whether it sleeps, changed while it decided,
+/// and nothing was done), as the queue runs it again: at most three times.
+fn settled(
+    inner: &Inner,
+    name: &EnvName,
+    trigger: Trigger,
+) -> Result<reconcile::Action, ControllerError> {
+    let mut tries = 1;
+    loop {
+        let action = reconcile::reconcile(inner, name, trigger)?;
+        if !matches!(action, reconcile::Action::Superseded) || tries == 3 {
+            return Ok(action);
+        }
+        tries += 1;
     }
 }

@@ -1146,14 +1146,17 @@ fn supervisors_of(run: &std::path::Path) -> Vec<Proc> {
 fn a_supervisor_woken_ahead_serves_the_creates_that_follow_and_no_second_one_starts() {
     let mut env = TestEnv::new();
     let mut cleanup = Cleanup::default();
-    // A supervisor that takes a while to listen (a busy machine), so that the creates below
-    // find it woken but not answering yet: `sh` sleeps, then becomes `slipway __supervise`.
+    // A supervisor that listens only once the test says so (a busy machine), so that the
+    // creates below find it woken but not answering yet: `sh` waits for the file `go`, then
+    // becomes `slipway __supervise <run>`.
+    let go = env.dirs.root.join("go");
     env.settings.supervisor = vec![
         "/bin/sh".into(),
         "-c".into(),
-        "sleep 0.3; exec \"$1\" __supervise \"$2\"".into(),
+        "while [ ! -e \"$2\" ]; do sleep 0.01; done; exec \"$1\" __supervise \"$3\"".into(),
         "sh".into(),
         env!("CARGO_BIN_EXE_slipway").into(),
+        go.clone().into(),
     ];
     // What an apply does once the environment's directories are made: it returns without
     // waiting for the supervisor, and the creates follow at once, eight at a time.
@@ -1181,6 +1184,10 @@ fn a_supervisor_woken_ahead_serves_the_creates_that_follow_and_no_second_one_sta
                 })
             })
             .collect();
+        // The creates ask while it does not listen; then it may (well within the second a
+        // woken supervisor is waited for).
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::write(&go, "").expect("write go");
         creating
             .into_iter()
             .map(|c| c.join().expect("a creating thread"))

@@ -383,7 +383,8 @@ pub(crate) fn wake(
         // Another thread is starting it.
         Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
     };
-    if woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH) {
+    // Woken a moment ago, or started by another thread between the look above and the lock.
+    if woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH) || answers(&dir)? {
         return Ok(());
     }
     super::spawn_detached(program, args, run)?;
