@@ -505,8 +505,8 @@ fn converge(
     // because this copy of the repository is behind (another replica deployed a newer one,
     // or the last poll was before it): fetch, and follow the branch as it is now. The one
     // last applied counts even when its apply failed or was cut short (`desired_commit`):
-    // some of its changes ran, and going back to an ancestor would undo them. A branch that really moved back (a force push) is followed. A person's trigger has
-    // just fetched.
+    // some of its changes ran, and going back to an ancestor would undo them. A branch that
+    // really moved back (a force push) is followed. A person's trigger has just fetched.
     let behind = match tip.as_deref() {
         Some(sha) if !preview && !record.pinned && !trigger.from_person() => {
             [record.commit.as_deref(), record.desired_commit.as_deref()]

@@ -1172,21 +1172,24 @@ fn a_supervisor_woken_ahead_serves_the_creates_that_follow_and_no_second_one_sta
             .push(env.dirs.run.join(format!("{name}.json")));
     }
     let config = json!({"command": ["sleep", "4248001"]});
+    // The creates start together, and the supervisor may listen only once they did.
+    let together = std::sync::Barrier::new(names.len() + 1);
     let applied: Vec<Applied> = std::thread::scope(|scope| {
         let creating: Vec<_> = names
             .iter()
             .map(|name| {
-                let (env, config) = (&env, &config);
+                let (env, config, together) = (&env, &config, &together);
                 scope.spawn(move || {
+                    together.wait();
                     env.process()
                         .create(env.ctx(name), config)
                         .unwrap_or_else(|e| panic!("create {name} succeeds: {e}\n{}", env.report()))
                 })
             })
             .collect();
-        // The creates ask while it does not listen; then it may (well within the second a
-        // woken supervisor is waited for).
-        std::thread::sleep(Duration::from_millis(50));
+        // The creates ask while it does not listen (its `sh` polls for `go` every 10 ms,
+        // then execs it), well within the second a woken supervisor is waited for.
+        together.wait();
         std::fs::write(&go, "").expect("write go");
         creating
             .into_iter()

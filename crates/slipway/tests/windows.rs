@@ -258,6 +258,30 @@ fn serve_at(s: &Sandbox, at: &str) -> Server {
     serve_from(command, Duration::from_secs(60)).0
 }
 
+/// Once the server's clock (started at `started`, `open_after` before the deny window opens,
+/// and running at the real pace) is inside the window, asks `env` to wake through the API.
+fn wake_once_open(
+    server: &Server,
+    token: &str,
+    env: &str,
+    started: std::time::Instant,
+    open_after: Duration,
+) {
+    wait_for(
+        "the server's clock is past 17:00",
+        Duration::from_secs(40),
+        || (started.elapsed() >= open_after).then_some(()),
+    );
+    let (code, woken) = api_request(
+        &server.addr,
+        "POST",
+        &format!("/api/v1/environments/{env}/wake"),
+        token,
+        None,
+    );
+    assert_eq!(code, 200, "{woken}");
+}
+
 fn prod(s: &Sandbox) -> Value {
     let status = s.json(&["status", "--env", "prod", "--output", "json"]);
     status["environments"][0].clone()
@@ -462,19 +486,7 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
     // A new commit on its branch while it sleeps; then the server's clock reaches 17:00 (it
     // started at 16:59:45 and runs at the real pace), and the window is open.
     util::world::commit_on(&s, "feature/a", "feature/a", "v2", Some(&stack("v2")), None);
-    wait_for(
-        "the server's clock is past 17:00",
-        Duration::from_secs(40),
-        || (started.elapsed() >= Duration::from_secs(16)).then_some(()),
-    );
-    let (code, woken) = api_request(
-        &server.addr,
-        "POST",
-        &format!("/api/v1/environments/{env}/wake"),
-        &token,
-        None,
-    );
-    assert_eq!(code, 200, "{woken}");
+    wake_once_open(&server, &token, env, started, Duration::from_secs(16));
     let again = wait_for(
         "the woken preview runs its process again",
         Duration::from_secs(30),
@@ -560,19 +572,7 @@ fn a_preview_woken_inside_a_deny_window_after_a_failed_apply_does_not_go_back() 
          on this machine to show anything",
         started.elapsed()
     );
-    wait_for(
-        "the server's clock is past 17:00",
-        Duration::from_secs(40),
-        || (started.elapsed() >= Duration::from_secs(31)).then_some(()),
-    );
-    let (code, woken) = api_request(
-        &server.addr,
-        "POST",
-        &format!("/api/v1/environments/{env}/wake"),
-        &token,
-        None,
-    );
-    assert_eq!(code, 200, "{woken}");
+    wake_once_open(&server, &token, env, started, Duration::from_secs(31));
     // Watched for 4 s: the first commit is never applied again, and the notes stay v2's.
     let history = || {
         let history = s.json(&["history", "--env", env, "--output", "json"]);

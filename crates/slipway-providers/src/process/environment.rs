@@ -1696,57 +1696,82 @@ fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<
 mod tests {
     use super::*;
 
-    /// `sh -c 'echo >> MARKER'`: a "supervisor" that only counts its starts.
-    fn counting(marker: &Path) -> (std::ffi::OsString, Vec<std::ffi::OsString>) {
-        (
-            "/bin/sh".into(),
-            vec![
-                "-c".into(),
-                format!("echo start >> '{}'", marker.display()).into(),
-            ],
-        )
+    /// A temporary directory with `run/`, and a "supervisor" (`sh -c 'echo start >>
+    /// MARKER'`) that only counts its starts in `MARKER`.
+    struct Counting {
+        dir: tempfile::TempDir,
+        run: PathBuf,
+        marker: PathBuf,
+        program: std::ffi::OsString,
+        args: Vec<std::ffi::OsString>,
     }
 
-    fn starts(marker: &Path) -> usize {
-        std::fs::read_to_string(marker).map_or(0, |text| text.lines().count())
+    impl Counting {
+        fn new() -> Counting {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let run = dir.path().join("run");
+            std::fs::create_dir(&run).expect("run/");
+            let marker = dir.path().join("started");
+            let args = vec![
+                "-c".into(),
+                format!("echo start >> '{}'", marker.display()).into(),
+            ];
+            Counting {
+                dir,
+                run,
+                marker,
+                program: "/bin/sh".into(),
+                args,
+            }
+        }
+
+        fn wake(&self, run: &Path) -> io::Result<()> {
+            wake(run, &self.program, &self.args)
+        }
+
+        /// How many times it was started, once every start has written: `wake` returns
+        /// after the exec, so a start not written yet is a live process naming the marker.
+        fn starts(&self) -> usize {
+            let marker = self.marker.as_os_str().as_encoded_bytes();
+            let running = || {
+                std::fs::read_dir("/proc")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|entry| {
+                        std::fs::read(entry.path().join("cmdline"))
+                            .is_ok_and(|cmdline| cmdline.windows(marker.len()).any(|w| w == marker))
+                    })
+            };
+            assert!(
+                wait_until(Instant::now() + Duration::from_secs(5), || !running()),
+                "the counting supervisors end"
+            );
+            std::fs::read_to_string(&self.marker).map_or(0, |text| text.lines().count())
+        }
     }
 
     #[test]
     fn a_wake_starts_the_supervisor_once_and_never_for_a_directory_that_is_not_there() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let marker = dir.path().join("started");
-        let (program, args) = counting(&marker);
-        let missing = dir.path().join("gone/run");
-        let e = wake(&missing, &program, &args).expect_err("no run directory");
+        let counting = Counting::new();
+        let e = counting
+            .wake(&counting.dir.path().join("gone/run"))
+            .expect_err("no run directory");
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
-        assert_eq!(starts(&marker), 0, "nothing started for it");
-        let run = dir.path().join("run");
-        std::fs::create_dir(&run).expect("run/");
-        // Nothing listens there: started, once however often it is woken meanwhile.
+        assert_eq!(counting.starts(), 0, "nothing started for it");
+        // Nothing listens in run/: started, once however often it is woken meanwhile.
         for _ in 0..3 {
-            wake(&run, &program, &args).expect("woken");
+            counting.wake(&counting.run).expect("woken");
         }
-        // `spawn_detached` returns once the program was exec'd; `sh` writes at once.
-        assert!(
-            wait_until(Instant::now() + Duration::from_secs(5), || starts(&marker)
-                >= 1),
-            "the supervisor program ran"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(starts(&marker), 1, "one start for three wakes");
+        assert_eq!(counting.starts(), 1, "one start for three wakes");
     }
 
     #[test]
     fn a_wake_starts_nothing_where_a_supervisor_answers() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let marker = dir.path().join("started");
-        let (program, args) = counting(&marker);
-        let run = dir.path().join("run");
-        std::fs::create_dir(&run).expect("run/");
-        let _listening = UnixListener::bind(run.join(SOCKET)).expect("a socket");
-        wake(&run, &program, &args).expect("woken");
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(starts(&marker), 0, "it answers: nothing started");
+        let counting = Counting::new();
+        let _listening = UnixListener::bind(counting.run.join(SOCKET)).expect("a socket");
+        counting.wake(&counting.run).expect("woken");
+        assert_eq!(counting.starts(), 0, "it answers: nothing started");
     }
 
     fn held(command: &[&str], dir: &Path) -> Held {
