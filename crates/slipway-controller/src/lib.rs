@@ -1187,11 +1187,19 @@ impl Controller {
     }
 
     /// Reconciles `env` now, on this task, instead of through the queue: for the CLI, which
-    /// acts on a home without a running controller.
-    pub async fn reconcile_now(&self, env: &EnvName) -> Result<(), ControllerError> {
+    /// acts on a home without a running controller. If another operation holds the
+    /// environment, this waits for it to end (calling `waiting` before, to say so), then
+    /// reconciles.
+    pub async fn reconcile_now(
+        &self,
+        env: &EnvName,
+        waiting: fn(&EnvName),
+    ) -> Result<(), ControllerError> {
         let name = env.clone();
-        self.blocking(move |inner| settled(inner, &name, Trigger::Manual).map(|_| ()))
-            .await
+        self.blocking(move |inner| {
+            settled(inner, &name, Trigger::Manual, &|| waiting(&name)).map(|_| ())
+        })
+        .await
     }
 
     /// Creates an ad-hoc environment and queues its first deployment.
@@ -1363,11 +1371,17 @@ impl Controller {
     }
 
     /// Wakes `name` now, on this task (for the CLI, without a running controller): the
-    /// reconcile a wake is.
-    pub async fn wake_now(&self, name: &EnvName) -> Result<(), ControllerError> {
+    /// reconcile a wake is; it waits as [`Controller::reconcile_now`] does.
+    pub async fn wake_now(
+        &self,
+        name: &EnvName,
+        waiting: fn(&EnvName),
+    ) -> Result<(), ControllerError> {
         let name = name.clone();
-        self.blocking(move |inner| settled(inner, &name, Trigger::Wake).map(|_| ()))
-            .await
+        self.blocking(move |inner| {
+            settled(inner, &name, Trigger::Wake, &|| waiting(&name)).map(|_| ())
+        })
+        .await
     }
 
     /// Puts `name` to sleep now, as a person asked (waiting for an operation on it to
@@ -1462,13 +1476,23 @@ fn settled(
     inner: &Inner,
     name: &EnvName,
     trigger: Trigger,
+    waiting: &dyn Fn(),
 ) -> Result<reconcile::Action, ControllerError> {
-    let mut tries = 1;
+    let mut superseded = 0;
     loop {
-        let action = reconcile::reconcile(inner, name, trigger)?;
-        if !matches!(action, reconcile::Action::Superseded) || tries == 3 {
-            return Ok(action);
+        match reconcile::reconcile(inner, name, trigger)? {
+            reconcile::Action::Superseded if superseded < 2 => superseded += 1,
+            // Another operation (a person's apply, a server's reconcile) holds it: what was
+            // asked is done once that ends, not skipped. The lock is only waited for here;
+            // the reconcile takes it again, and looks afresh at what the holder left.
+            reconcile::Action::Busy => {
+                drop(
+                    inner
+                        .engine
+                        .lock(name, slipway_engine::LockWait::Block(waiting))?,
+                );
+            }
+            action => return Ok(action),
         }
-        tries += 1;
     }
 }

@@ -710,6 +710,82 @@ fn an_environment_gets_the_directories_its_resources_use() {
     );
 }
 
+/// `env pin` (as the CLI's other reconciles: `env create`, `unpin`, `rollback`, `wake`) run
+/// while another operation holds the environment waits for it to end, says so, then does
+/// what was asked. It used to find the environment busy and report success, having done
+/// nothing.
+#[test]
+fn a_pin_waits_for_the_operation_holding_the_environment_then_deploys_the_pinned_commit() {
+    use std::io::BufRead;
+    let s = Sandbox::new();
+    let first = s.commit_dev_stack(
+        "held",
+        "  conf: { type: file, path: app.conf, content: one }\n",
+        "one",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    s.commit_dev_stack(
+        "held",
+        "  conf: { type: file, path: app.conf, content: two }\n",
+        "two",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let conf = s.home.join("envs/dev/data/app.conf");
+    let content = || std::fs::read_to_string(&conf).expect("the file");
+    assert_eq!(content(), "two");
+
+    // Another operation holds `dev`: its lock, taken as an apply takes it.
+    let held = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(s.home.join("locks/dev.lock"))
+        .expect("the lock file");
+    held.lock().expect("locked");
+    let mut pin = s
+        .cmd(&["env", "pin", "dev", "--commit", &first])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("slipway runs");
+    let mut stderr = std::io::BufReader::new(pin.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("stderr reads");
+        said.push_str(&line);
+        assert!(
+            read > 0,
+            "`env pin` ended without waiting for the operation holding `dev`: {said}"
+        );
+        if line.contains("waiting for another slipway operation on `dev` to finish") {
+            break;
+        }
+    }
+    assert!(
+        pin.try_wait().expect("waitable").is_none(),
+        "it waits while the lock is held"
+    );
+    assert_eq!(content(), "two", "nothing is changed under another's lock");
+
+    drop(held);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr reads");
+    let out = pin.wait_with_output().expect("it ends");
+    assert!(out.status.success(), "{said}{rest}");
+    assert_eq!(
+        content(),
+        "one",
+        "the pinned commit is deployed once the lock is free"
+    );
+    let status = s.json(&["status", "--env", "dev", "--output", "json"]);
+    assert_eq!(
+        status["environments"][0]["commit"],
+        first.as_str(),
+        "{status}"
+    );
+}
+
 /// The CLI turns mimalloc's huge pages off for itself (crates/slipway/src/alloc.rs), never
 /// through `prctl(PR_SET_THP_DISABLE)`, which every program it starts would inherit: an
 /// environment's code, and the supervisors, keep the machine's huge-page setting.

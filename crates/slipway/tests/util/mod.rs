@@ -404,7 +404,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The admin URL of the PostgreSQL server tests use (`.ci/run` starts one when none answers).
 /// A `slipway.yaml`: stack `stack` with `environments` (a YAML flow mapping) and `resources`
 /// (YAML lines indented by two spaces).
 pub fn stack_file(stack: &str, environments: &str, resources: &str) -> String {
@@ -486,6 +485,7 @@ pub fn stored_events(s: &Sandbox, kind: &str) -> Vec<slipway_state::EventRecord>
         .collect()
 }
 
+/// The admin URL of the PostgreSQL server tests use (`.ci/run` starts one when none answers).
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
