@@ -51,3 +51,7 @@ cargo test --workspace --locked "$@"
 
 # The API against its own OpenAPI document (Schemathesis, from PyPI into target/).
 bash scripts/schemathesis.sh
+
+# The benchmark harness's own checks (bench/tests: the report it writes from samples, and that
+# every command bench/run calls exists); no slipway binary, Python's standard library only.
+python3 -m unittest discover -s bench/tests

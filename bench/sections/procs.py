@@ -333,15 +333,36 @@ def verdicts(r):
         best_label = min(slip, key=lambda k: med(slip[k]))
         best = med(slip[best_label])
         x = best / med(floor)
-        faster = f"; {med(sv0) / best:.1f}× faster than supervisord `startsecs=0`" if sv0 else ""
+        # The issue reads the floor goal as "so ≥ 4× faster than supervisord `startsecs=0`,
+        # ≥ 12× its default": true where supervisord takes 8× the floor, as where the issue
+        # was measured. Both are reported against this run's supervisord, met or not.
+        derived = [
+            (name, med(runs) / best, want)
+            for name, runs, want in (("`startsecs=0`", sv0, 4.0), ("`startsecs=1`", sv1, 12.0))
+            if runs
+        ]
+        faster = "".join(
+            f"; {got:.1f}× faster than supervisord {name} (the issue's ≥ {want:g}×: "
+            f"{'met' if got >= want else 'missed'})"
+            for name, got, want in derived
+        )
+        if sv0:
+            faster += f"; supervisord `startsecs=0` took {med(sv0) / med(floor):.1f}× the floor here"
+        missed = [f"{got:.1f}× against {name}" for name, got, want in derived if got < want]
+        verdict = "**met**" if x <= FLOOR_GOAL_X else "**missed** (section 2 says where the time goes)"
+        if missed:
+            verdict += (
+                "; what the issue derived from it (≥ 4× / ≥ 12× faster than supervisord) is "
+                f"**missed** here: {', '.join(missed)}"
+            )
         verdicts.append(
             (
-                f"start 100 processes within {FLOOR_GOAL_X:g}× the fork+exec floor (issue 14; "
-                "so ≥ 4× faster than supervisord `startsecs=0`)",
+                f"start 100 processes within {FLOOR_GOAL_X:g}× the fork+exec floor (issue 14, "
+                "which reads it as ≥ 4× faster than supervisord `startsecs=0`, ≥ 12× than its "
+                "default)",
                 f"slipway {best_label.split('-')[-1]} {fmt_s(best)} against the floor "
                 f"{fmt_s(med(floor))}: **{x:.2f}×**{faster}",
-                "**met**" if x <= FLOOR_GOAL_X else "**missed** (section 2 says where the "
-                "time goes)",
+                verdict,
             )
         )
     pss = samples.get("procs/pss-slipway")

@@ -80,6 +80,21 @@ class Harness(unittest.TestCase):
         self.assertIn("plan 500 ms vs 1.00 s: **0.50×**", text)
         self.assertIn("kube-apiserver v1.34.4", text)
 
+    def test_the_floor_verdict_reports_what_the_issue_derived_from_it(self):
+        # Within 2× the floor, yet only 3× faster than a supervisord that takes 6× the floor:
+        # the ≥ 4× the issue expected from the floor goal is reported missed, not hidden.
+        recs = [{"label": label, "unit": "s", "samples": [v], "cpu": [v]}
+                for label, v in (("procs/slipway-p32", 0.12), ("procs/floor-spawn", 0.07),
+                                 ("procs/supervisord-startsecs0", 0.36),
+                                 ("procs/supervisord-startsecs1", 1.56))]
+        text = report(recs, only="procs")
+        row = next(line for line in text.splitlines() if "the fork+exec floor (issue 14" in line)
+        self.assertIn("**1.71×**", row)
+        self.assertIn("3.0× faster than supervisord `startsecs=0` (the issue's ≥ 4×: missed)", row)
+        self.assertIn("13.0× faster than supervisord `startsecs=1` (the issue's ≥ 12×: met)", row)
+        self.assertIn("| **met**; what the issue derived from it", row)
+        self.assertIn("**missed** here: 3.0× against `startsecs=0` |", row)
+
     def test_the_database_verdict_is_the_ratio_of_medians_with_each_rounds_own(self):
         recs = [{"label": "pg/server", "unit": "note", "samples": [],
                  "settings": {"server_version": "15.18"}, "server": "postgres@127.0.0.1"}]
