@@ -744,35 +744,57 @@ fn a_pin_waits_for_the_operation_holding_the_environment_then_deploys_the_pinned
     held.lock().expect("locked");
     let mut pin = s
         .cmd(&["env", "pin", "dev", "--commit", &first])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("slipway runs");
-    let mut stderr = std::io::BufReader::new(pin.stderr.take().expect("stderr"));
-    let mut said = String::new();
+    // Whatever fails below, the command does not outlive the test.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = pin.stderr.take().expect("stderr");
+    let mut pin = Killed(pin);
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if lines.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut heard = Vec::new();
     loop {
-        let mut line = String::new();
-        let read = stderr.read_line(&mut line).expect("stderr reads");
-        said.push_str(&line);
-        assert!(
-            read > 0,
-            "`env pin` ended without waiting for the operation holding `dev`: {said}"
-        );
-        if line.contains("waiting for another slipway operation on `dev` to finish") {
+        let line = said
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "`env pin` ended or went silent without waiting for the lock ({e}): {heard:?}"
+                )
+            });
+        let waits = line.contains("waiting for another slipway operation on `dev` to finish");
+        heard.push(line);
+        if waits {
             break;
         }
     }
     assert!(
-        pin.try_wait().expect("waitable").is_none(),
+        pin.0.try_wait().expect("waitable").is_none(),
         "it waits while the lock is held"
     );
     assert_eq!(content(), "two", "nothing is changed under another's lock");
 
     drop(held);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr reads");
-    let out = pin.wait_with_output().expect("it ends");
-    assert!(out.status.success(), "{said}{rest}");
+    let code = wait_for(
+        "`env pin` ends once the lock is free",
+        Duration::from_secs(60),
+        || pin.0.try_wait().expect("waitable"),
+    );
+    heard.extend(said.try_iter());
+    assert!(code.success(), "{heard:?}");
     assert_eq!(
         content(),
         "one",
