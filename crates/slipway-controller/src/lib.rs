@@ -1469,9 +1469,14 @@ pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget 
     }
 }
 
+/// How many reconciles in a row [`settled`] runs while each ends superseded.
+const SUPERSEDED_TRIES: u32 = 5;
+
 /// The reconcile of `name` on the caller's task (the CLI's), run again at once when it ended
 /// superseded (what the environment follows, or whether it sleeps, changed while it decided,
-/// and nothing was done), as the queue runs it again: at most three times.
+/// and nothing was done), as the queue runs it again. Each such end is a real change made
+/// meanwhile; after [`SUPERSEDED_TRIES`] in a row the person is told that nothing was done,
+/// never that it was.
 fn settled(
     inner: &Inner,
     name: &EnvName,
@@ -1481,7 +1486,16 @@ fn settled(
     let mut superseded = 0;
     loop {
         match reconcile::reconcile(inner, name, trigger)? {
-            reconcile::Action::Superseded if superseded < 2 => superseded += 1,
+            reconcile::Action::Superseded if superseded + 1 < SUPERSEDED_TRIES => {
+                superseded += 1;
+            }
+            reconcile::Action::Superseded => {
+                return Err(ControllerError::Conflict(format!(
+                    "`{name}` kept changing while this was decided (pinned, put to sleep, woken \
+                     or given another expiry by someone else, {SUPERSEDED_TRIES} times in a \
+                     row); nothing was done: run the command again"
+                )));
+            }
             // Another operation (a person's apply, a server's reconcile) holds it: what was
             // asked is done once that ends, not skipped. The lock is only waited for here;
             // the reconcile takes it again, and looks afresh at what the holder left.
