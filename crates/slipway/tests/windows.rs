@@ -471,8 +471,11 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
     let env = "br-feature-a";
     let pid = || supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64();
     let alive = |pid: i64| std::path::Path::new(&format!("/proc/{pid}")).exists();
-    let first = wait_for("the preview runs", Duration::from_secs(12), pid);
-    assert_eq!(notes(&s, env).as_deref(), Some("v1"));
+    // Its two resources are made side by side: the process may run before the file is
+    // written, and the deployment is whole once both are.
+    let first = wait_for("the preview runs", Duration::from_secs(12), || {
+        pid().filter(|_| notes(&s, env).as_deref() == Some("v1"))
+    });
     let activity = || {
         let status = s.json(&["status", "--output", "json"]);
         status_environment(&status, env).map(|e| e["activity"].clone())
@@ -544,8 +547,10 @@ fn a_preview_woken_inside_a_deny_window_after_a_failed_apply_does_not_go_back() 
     let server = serve_at(&s, "@2026-12-04 16:59:30");
     let env = "br-feature-a";
     let pid = || supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64();
-    wait_for("the preview runs", Duration::from_secs(12), pid);
-    assert_eq!(notes(&s, env).as_deref(), Some("v1"));
+    // As above: the process may run before the file beside it is written.
+    wait_for("the preview runs", Duration::from_secs(12), || {
+        pid().filter(|_| notes(&s, env).as_deref() == Some("v1"))
+    });
     let v2 = util::world::commit_on(
         &s,
         "feature/a",
