@@ -515,12 +515,7 @@ fn apply(g: &Global, repo: &RepoArgs, env: &EnvName, args: ApplyArgs) -> Result<
     });
     let (engine, _lease) = opened?;
     let repo = repo.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let lock = engine.lock(
-        env,
-        slipway_engine::LockWait::Block(&|| {
-            eprintln!("waiting for another slipway operation on `{env}` to finish...")
-        }),
-    )?;
+    let lock = engine.lock(env, slipway_engine::LockWait::Block(&|| waiting_for(env)))?;
     let prepared = engine.prepare_named(&repo.named(env)).map_err(explain)?;
     repo.warn_offline(&prepared.commit);
     if output == Output::Text {
@@ -629,12 +624,7 @@ fn destroy(
     output: Output,
 ) -> Result<ExitCode> {
     let (engine, _lease) = open_engine_for(g, env, wait)?;
-    let lock = engine.lock(
-        env,
-        slipway_engine::LockWait::Block(&|| {
-            eprintln!("waiting for another slipway operation on `{env}` to finish...")
-        }),
-    )?;
+    let lock = engine.lock(env, slipway_engine::LockWait::Block(&|| waiting_for(env)))?;
     // With `--yes` nothing of the CLI's own can refuse the destroy any more (an environment
     // that does not exist gets nothing started): what the deletes need starts now, while the
     // CLI reads and says what goes (see `Engine::expect_destroy`).
@@ -785,4 +775,10 @@ fn logs(
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+}
+
+/// Says that a command waits for another operation on `env` (an apply, a server's
+/// reconcile) to finish before it does what was asked.
+pub(crate) fn waiting_for(env: &EnvName) {
+    eprintln!("waiting for another slipway operation on `{env}` to finish...");
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use slipway_controller::{Controller, CreateEnvironment, Options};
 
-use crate::commands::{confirm, engine_config, env_name, open_engine, open_repo, who};
+use crate::commands::{confirm, engine_config, env_name, open_engine, open_repo, waiting_for, who};
 use crate::lease::Wait;
 use crate::{Cli, Command, EnvCommand, Global, Output, RepoArgs, TokenCommand, remote, render};
 use slipway_core::EnvName;
@@ -441,7 +441,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 } else {
                     eprintln!("created `{name}`; deploying...");
                 }
-                c.reconcile_now(&name, waiting).await?;
+                c.reconcile_now(&name, waiting_for).await?;
                 let status = c.engine().status(Some(&name))?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
@@ -486,7 +486,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let c = controller(g, &repo, Role::OneShot)?;
                 let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let record = c.pin(&name, commit).await?;
-                c.reconcile_now(&name, waiting).await?;
+                c.reconcile_now(&name, waiting_for).await?;
                 println!("`{name}` is pinned to {}", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));
             }
             EnvCommand::Unpin { name, repo } => {
@@ -494,7 +494,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let c = controller(g, &repo, Role::OneShot)?;
                 let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let record = c.unpin(&name).await?;
-                c.reconcile_now(&name, waiting).await?;
+                c.reconcile_now(&name, waiting_for).await?;
                 println!("`{name}` follows `{}` again", record.tracked_ref.as_deref().unwrap_or("?"));
             }
             EnvCommand::Sleep { name, repo, output } => {
@@ -515,7 +515,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 if c.engine().store().environment(&name)?.is_none() {
                     bail!("environment `{name}` does not exist; `slipway env list` shows them");
                 }
-                c.wake_now(&name, waiting).await?;
+                c.wake_now(&name, waiting_for).await?;
                 let status = c.engine().status(Some(&name))?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
@@ -527,19 +527,13 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let c = controller(g, &repo, Role::OneShot)?;
                 let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 let record = c.rollback(&name, to).await?;
-                c.reconcile_now(&name, waiting).await?;
+                c.reconcile_now(&name, waiting_for).await?;
                 println!("`{name}` is back at {} (deployment #{to}) and pinned there; `slipway env unpin {name}` follows its ref again", record.desired_commit.as_deref().map(slipway_engine::apply::short).unwrap_or("?"));
             }
         }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Says that a command waits for another operation on `env` (an apply, a server's
-/// reconcile) to finish before it does what was asked.
-fn waiting(env: &EnvName) {
-    eprintln!("waiting for another slipway operation on `{env}` to finish...");
 }
 
 /// A signed link, as `env link` prints it.
