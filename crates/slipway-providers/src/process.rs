@@ -957,7 +957,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let null = std::fs::File::open("/dev/null").expect("/dev/null");
         let held = spawn::test_held(
-            &spawn::test_program(&["sleep", "30"], dir.path()),
+            spawn::test_program(&["sleep", "30"], dir.path()),
             null.as_fd(),
         );
         let child = ProcessIdentity::of_child(held.pid()).expect("the child exists");

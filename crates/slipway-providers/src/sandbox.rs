@@ -522,7 +522,11 @@ impl Confinement {
         // SAFETY: `enter` only makes async-signal-safe system calls and allocates nothing
         // (see its contract); the closure runs in the forked child before exec.
         unsafe {
-            command.pre_exec(move || prepared.enter());
+            command.pre_exec(move || {
+                prepared
+                    .enter()
+                    .map_err(|e| io::Error::from_raw_os_error(e.into_raw()))
+            });
         }
         Ok(())
     }
@@ -615,41 +619,34 @@ impl Prepared {
     /// and when confined `no_new_privs`, umask 022, the Landlock ruleset and the seccomp
     /// filter.
     ///
-    /// # Safety
-    /// Only to be called in a child forked to exec: it makes only async-signal-safe system
-    /// calls (close_range, setsid, prctl, umask, landlock_restrict_self, seccomp) and
-    /// allocates nothing (`last_os_error` does not allocate), so it is sound after a fork of
-    /// a multi-threaded process; but it changes the calling process for good.
-    pub fn enter(&self) -> io::Result<()> {
+    /// Only to be called in a child made to exec: it changes the calling process for good.
+    /// It makes raw system calls only (close_range, setsid, prctl, umask,
+    /// landlock_restrict_self, seccomp), allocates nothing and touches nothing of the C
+    /// library's, `errno` included: so it is sound after a fork of a multi-threaded process,
+    /// and in a child that shares the supervisor's memory ([`crate::process`]'s spawn).
+    ///
+    /// # Errors
+    /// The `errno` of the call that failed.
+    pub fn enter(&self) -> Result<(), syscalls::Errno> {
         use nix::libc;
+        use syscalls::{Sysno, syscall};
         // SAFETY: system calls on descriptors and memory this process owns; see above.
         unsafe {
             // Descriptors the engine inherited without close-on-exec (a CI harness's pipes,
             // a terminal) must not reach the code. Close-on-exec rather than closed: the
             // exec-error channel and the ruleset's descriptor are still needed. A kernel
             // before 5.11 only loses this hygiene.
-            libc::syscall(
-                libc::SYS_close_range,
-                3,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let _ = syscall!(Sysno::close_range, 3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            syscall!(Sysno::setsid)?;
             if !self.confined {
                 return Ok(());
             }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            syscall!(Sysno::prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)?;
             // The engine's own umask (077) would make the code's files unreadable to the
             // programs it starts under another name; its directories are private anyway.
-            libc::umask(0o022);
-            if let Some(fd) = &self.ruleset
-                && libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0
-            {
-                return Err(io::Error::last_os_error());
+            let _ = syscall!(Sysno::umask, 0o022);
+            if let Some(fd) = &self.ruleset {
+                syscall!(Sysno::landlock_restrict_self, fd.as_raw_fd(), 0)?;
             }
             if let Some(program) = &self.filter {
                 // seccompiler's `sock_filter` is `#[repr(C)]` like the kernel's.
@@ -657,15 +654,12 @@ impl Prepared {
                     len: program.len() as u16,
                     filter: program.as_ptr() as *mut libc::sock_filter,
                 };
-                if libc::syscall(
-                    libc::SYS_seccomp,
+                syscall!(
+                    Sysno::seccomp,
                     libc::SECCOMP_SET_MODE_FILTER,
                     0,
-                    &fprog as *const libc::sock_fprog,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                    &fprog as *const libc::sock_fprog
+                )?;
             }
         }
         Ok(())

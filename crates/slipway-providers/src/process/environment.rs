@@ -1,10 +1,10 @@
 //! The supervisor of one environment's processes: one long-lived process per environment
-//! (`slipway __supervise <run dir>`) that forks every `process` child of the environment
+//! (`slipway __supervise <run dir>`) that starts every `process` child of the environment
 //! itself, watches them (a pidfd each, in one `poll` loop, on one thread), copies their output
-//! into their logs and restarts them with backoff. Starting a process costs a fork and an exec
+//! into their logs and restarts them with backoff. Starting a process costs a clone and an exec
 //! of the program, not an exec of Slipway; a hundred processes share one supervisor.
 //!
-//! Requests are served as they arrive, several at once: a `start` forks its child
+//! Requests are served as they arrive, several at once: a `start` clones its child
 //! ([`super::spawn`]), records it, lets it exec, and is answered (`ok` and the state recorded)
 //! once the loop learns that the exec happened or failed; meanwhile the loop reads and serves
 //! the other requests, so the exec of one child overlaps the start of the next. Everything a
@@ -52,7 +52,7 @@
 //!   back as running. It also removes what a writer killed mid-write left under its
 //!   temporary name (`<file>.tmp.<pid>`, the pid no longer running).
 //! - A child is recorded in its state file (pid and start time) before it runs anything: it
-//!   waits, forked and confined, until the supervisor has written the state file, and a
+//!   waits, cloned and confined, until the supervisor has written the state file, and a
 //!   supervisor killed before that leaves a child that exits without running its program.
 //!   A child that could not be recorded is not run.
 //! - A process whose spec is gone (its resource is being deleted: the engine removes its spec
@@ -60,7 +60,7 @@
 //!   started again, and its state file is not made again: after the write that a start the
 //!   engine asked for makes, a supervisor only replaces the file (`renameat2`
 //!   `RENAME_EXCHANGE`, which fails when it is gone; on a file system without it, a look
-//!   whether it exists and a rename), and then lets the child it forked exit without running
+//!   whether it exists and a rename), and then lets the child it cloned exit without running
 //!   anything. A `start` the engine asks for is written whole again, made if missing.
 //! - State files keep the per-resource format of [`SupervisorState`], with `scope:
 //!   environment`; a state file whose per-resource supervisor (a home from before) still runs
@@ -462,7 +462,7 @@ struct Watched {
     identity: ProcessIdentity,
     /// Becomes readable when it exits; `None` on a kernel without pidfds.
     pidfd: Option<OwnedFd>,
-    /// Ours to reap (we forked it); false if it was taken over from a supervisor that died.
+    /// Ours to reap (we cloned it); false if it was taken over from a supervisor that died.
     own: bool,
 }
 
@@ -1286,7 +1286,7 @@ impl EnvironmentSupervisor {
         Ok(prepared)
     }
 
-    /// Starts the child of `name` (its slot exists), confined as its spec says: forks it,
+    /// Starts the child of `name` (its slot exists), confined as its spec says: clones it,
     /// records it in the state file, and only then lets it exec. Whether the exec happened
     /// is learnt in the loop ([`EnvironmentSupervisor::settle`]).
     fn launch(&mut self, name: &str) {
@@ -1665,9 +1665,9 @@ fn output_of(child: ProcessIdentity) -> Option<File> {
     (output.metadata().is_ok_and(|m| m.file_type().is_fifo()) && child.is_alive()).then_some(output)
 }
 
-/// Forks the child of `slot`, held before its exec ([`spawn::fork_held`]), confined as
+/// Clones the child of `slot`, held before its exec ([`spawn::spawn_held`]), confined as
 /// `prepared`, its output into a pipe whose read end the slot keeps.
-fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<Held> {
+fn spawn_child(slot: &mut Slot, null: &File, prepared: &Rc<Prepared>) -> io::Result<Held> {
     let spec = &slot.spec;
     let program = Program::new(&spec.command, &spec.env, &spec.cwd)?;
     let (reader, writer) = io::pipe()?;
@@ -1686,7 +1686,7 @@ fn spawn_child(slot: &mut Slot, null: &File, prepared: &Prepared) -> io::Result<
         .write(true)
         .open(format!("/proc/self/fd/{}", writer.as_raw_fd()))?;
     drop(writer);
-    let held = spawn::fork_held(&program, null.as_fd(), both.as_fd(), prepared)?;
+    let held = spawn::spawn_held(program, null.as_fd(), both.as_fd(), prepared)?;
     // Our copy of the child's end goes now (with `both`): the child holds its own.
     slot.output = Some(reader);
     Ok(held)
@@ -1776,7 +1776,7 @@ mod tests {
 
     fn held(command: &[&str], dir: &Path) -> Held {
         let null = File::open("/dev/null").expect("/dev/null");
-        spawn::test_held(&spawn::test_program(command, dir), null.as_fd())
+        spawn::test_held(spawn::test_program(command, dir), null.as_fd())
     }
 
     #[test]
