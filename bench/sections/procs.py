@@ -478,8 +478,9 @@ def write(r):
               f"({med(direct) / med(floor):.2f}× the floor): each `start` is answered once its "
               "child is past its exec, so in a row they add up the supervisor's latency per "
               "start (about 1 ms), not its throughput; the engine's 8 requests at a time "
-              "overlap them. A start there is a fork of the "
-              "supervisor, the child's confinement (session, uid, Landlock; the ruleset and the "
+              "overlap them. A start there is a clone of the supervisor that shares its "
+              "memory until its exec (since 13513fc; a fork before, see below), the child's "
+              "confinement (session, uid, Landlock; the ruleset and the "
               "seccomp filter made once and kept), the state file written (the child waits "
               "for it before its exec, so that nothing runs unrecorded), the exec, and a "
               "socket round trip; the exec's outcome is read in the supervisor's loop while it "
@@ -527,7 +528,19 @@ def write(r):
               "For its first 20 ms one core "
               "is idle: the CLI starts, reads the commit and plans before the first process "
               "starts. On 2 cores the apply cannot take less than half that CPU: the floor "
-              "forks and execs from a process that does nothing else.\n")
+              "forks and execs from a process that does nothing else. ")
+            w("Since 13513fc the supervisor clones each child sharing its memory instead of "
+              "forking it: with forks, the copy of its page tables and the copy-on-write "
+              "faults of every page it wrote while a child waited to be recorded were half "
+              "of the supervisor's CPU, and the children's teardown of their copies at exec "
+              "most of theirs. A profile of five applies each (`perf record -a`, 2026-12-06, "
+              "100 processes, parallelism 32), e2beb08 against 13513fc: Slipway's CPU "
+              "(the CLI, the supervisor, the held children) 23% less (2,315 against 2,991 "
+              "samples), the held children's 57% less (319 against 748). The `sleep`s' own "
+              "exec and loading are then the largest part (45% of the CPU), and three fifths "
+              "of theirs is the dynamic loader, most of it glibc's CPU detection "
+              "(`init_cpu_features`: `cpuid`, which a virtual machine may trap), which the "
+              "floor pays as well.\n")
     if sv0 and slip:
         need = med(sv0) / PROCS_GOAL_X
         w(f"To be {PROCS_GOAL_X:g}× faster than supervisord (`startsecs=0`) here, slipway "
