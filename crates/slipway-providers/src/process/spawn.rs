@@ -735,8 +735,13 @@ fn link_ended(link: &mut UnixStream) -> bool {
     }
 }
 
-/// Waits for the child `pid`, which has exited or is about to (it only has `_exit` left).
+/// Ends and waits for the child `pid`, which never ran its program and has exited or is
+/// about to (its link closed, or its failure said). Killed first: a held child runs as the
+/// environment's uid, whose code may have stopped it (SIGSTOP), and a stopped child would
+/// keep this wait, and the supervisor's loop, forever.
 fn reap(pid: u32) {
+    // SAFETY: signals our own child, not reaped yet (so its pid is still its own).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     let mut status = 0;
     loop {
         // SAFETY: waits for our own child; `status` is ours.
@@ -1106,6 +1111,36 @@ mod tests {
         assert_eq!(live(), 0, "freed once past its exec");
         assert!(GIVEN_UP.with_borrow(Vec::is_empty));
         test_kill_and_reap(pid);
+    }
+
+    #[test]
+    fn giving_up_on_a_child_its_environment_stopped_does_not_hang() {
+        // A held child runs as the environment's uid (uid mode), whose code can stop it; a
+        // supervisor giving up on it must not wait for it forever.
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = File::create(dir.path().join("out")).expect("an output file");
+        let held = start(program(&["true"], dir.path()), &out);
+        let pid = held.pid();
+        // SAFETY: stops our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        // A watchdog ends the child if the wait has not returned within 10 s, so that the test
+        // fails rather than hangs.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            let fired = finished.recv_timeout(Duration::from_secs(10)).is_err();
+            if fired {
+                // SAFETY: kills the test's own child, not reaped while the wait is stuck.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            fired
+        });
+        held.abandon();
+        let _ = done.send(());
+        assert!(
+            !watchdog.join().expect("the watchdog"),
+            "abandon returned without the watchdog ending the stopped child"
+        );
+        assert_eq!(LIVE.get(), 0, "its memory freed");
     }
 
     #[test]
