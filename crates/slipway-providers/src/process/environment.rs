@@ -326,13 +326,17 @@ const WOKEN_FRESH: Duration = Duration::from_secs(1);
 /// The start lock of `run` (see [`STARTS`]); those nobody holds and that have no fresh wake
 /// are dropped on the way.
 fn start_lock(run: &Path) -> StartLock {
+    let fresh = |woken: Option<Instant>| woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH);
     let mut starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
     starts.retain(|(dir, lock)| {
         dir == run
             || Arc::strong_count(lock) > 1
-            || lock.try_lock().map_or(true, |woken| {
-                woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH)
-            })
+            || match lock.try_lock() {
+                Ok(woken) => fresh(*woken),
+                // A caller that panicked holding it left what it had: judged the same.
+                Err(std::sync::TryLockError::Poisoned(woken)) => fresh(*woken.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => true,
+            }
     });
     if let Some((_, lock)) = starts.iter().find(|(dir, _)| dir == run) {
         return Arc::clone(lock);
@@ -430,11 +434,13 @@ pub(crate) fn ask_starting(
         // One woken for this directory a moment ago is waited for, not started again. One
         // started here answers once it holds the directory's lock and listens: a few
         // milliseconds, or up to LOCK_WAIT when the previous one is still exiting.
-        let wait_until_at = match woken.take() {
+        let wait_until_at = match *woken {
             Some(at) if at.elapsed() < WOKEN_FRESH => at + WOKEN_FRESH,
             _ => {
                 super::spawn_detached(program, args, run).map_err(StartError::Spawn)?;
-                Instant::now() + LOCK_WAIT + Duration::from_secs(1)
+                let now = Instant::now();
+                *woken = Some(now);
+                now + LOCK_WAIT + Duration::from_secs(1)
             }
         };
         let mut answer = None;
@@ -446,12 +452,16 @@ pub(crate) fn ask_starting(
             }
             answer.is_some() || failed.is_some()
         });
+        // Failing here keeps the wake: the next caller waits for the supervisor on its way
+        // rather than start another.
         if let Some(e) = failed {
             return Err(StartError::Io(e));
         }
         if let Some(answer) = answer {
             return Ok(answer);
         }
+        // The one woken did not answer in time: the next turn starts one.
+        *woken = None;
     }
 }
 
@@ -1764,6 +1774,36 @@ mod tests {
             counting.wake(&counting.run).expect("woken");
         }
         assert_eq!(counting.starts(), 1, "one start for three wakes");
+    }
+
+    #[test]
+    fn a_start_lock_left_poisoned_is_dropped_like_any_other() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (poisoned, other) = (dir.path().join("a/run"), dir.path().join("b/run"));
+        let lock = start_lock(&poisoned);
+        let held = Arc::clone(&lock);
+        // A caller that panicked holding it (with no fresh wake).
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock().expect("not poisoned yet");
+            panic!("a caller panics holding the start lock");
+        })
+        .join();
+        assert!(lock.is_poisoned());
+        drop(lock);
+        let known = |run: &Path| {
+            STARTS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|(dir, _)| dir == run)
+        };
+        assert!(known(&poisoned));
+        // Another directory's start prunes what nobody holds.
+        drop(start_lock(&other));
+        assert!(
+            !known(&poisoned),
+            "the poisoned lock is dropped, not kept forever"
+        );
     }
 
     #[test]
