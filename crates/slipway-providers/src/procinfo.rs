@@ -210,11 +210,12 @@ impl ProcessIdentity {
 }
 
 /// Polls `done` until it returns true (then `true`) or `deadline` passes (then `false`, after
-/// one last check). The first checks come quickly (from 1 ms, doubling to 20 ms): most of what
-/// is waited for here (a supervisor writing its state, a process exiting) takes a few
-/// milliseconds, and a fixed 20 ms tick made starting 100 processes take half a second.
+/// one last check). The first checks come quickly (from 250 µs, doubling to 20 ms): most of
+/// what is waited for here (a supervisor writing its state or starting to listen, a process
+/// exiting) takes a few milliseconds, and a fixed 20 ms tick made starting 100 processes take
+/// half a second.
 pub(crate) fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    let mut tick = Duration::from_millis(1);
+    let mut tick = Duration::from_micros(250);
     loop {
         if done() {
             return true;
