@@ -269,7 +269,7 @@ impl Run<'_> {
             Stdout::Capture(_) => command.stdout(Stdio::piped()),
         };
         command.stderr(log_writer);
-        self.confinement.apply(&mut command)?;
+        let launch = self.confinement.apply(&mut command)?;
         if let Some(lease) = lease {
             // Registered by the child before it becomes the program: a replica frozen right
             // after the fork leaves nothing running that the watchdog does not bound.
@@ -279,7 +279,7 @@ impl Run<'_> {
                 command.pre_exec(move || registration.register());
             }
         }
-        let spawned = command.spawn();
+        let spawned = launch.spawn(&mut command);
         // The command holds our copies of the pipe's write end; the reader sees end of file
         // only once they are closed.
         drop(command);

@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::libc;
+
 use landlock::{
     ABI, Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope,
@@ -508,27 +510,88 @@ impl Confinement {
     /// system calls ([`Prepared::enter`]).
     ///
     /// The session and the descriptors apply in every mode, `none` included; the caller
-    /// must not also ask for a process group (`setsid` fails in a group leader).
+    /// must not also ask for a process group (`setsid` fails in a group leader), nor set a
+    /// uid or gid on `command`.
+    ///
+    /// The child takes the uid itself, after its session ([`Prepared::take_ids`]: never
+    /// dumpable meanwhile, with signals blocked): from the moment the environment's code may
+    /// signal it, stopping its group reaches it. Start `command` with [`Launch::spawn`]: a
+    /// child stopped between its uid and its exec (by the environment's code) would keep
+    /// `Command::spawn`, which waits for the exec, waiting for ever.
     ///
     /// # Errors
     /// When the Landlock ruleset cannot be built (a path cannot be opened), or when the
     /// engine runs as root and the sandbox has no uid of its own (the code would run as root,
     /// with every capability, which Landlock does not take away).
-    pub fn apply(&self, command: &mut Command) -> io::Result<()> {
+    pub fn apply(&self, command: &mut Command) -> io::Result<Launch> {
         let prepared = self.prepare()?;
-        if let Some((uid, gid)) = prepared.ids {
-            command.uid(uid).gid(gid);
-        }
-        // SAFETY: `enter` only makes async-signal-safe system calls and allocates nothing
-        // (see its contract); the closure runs in the forked child before exec.
+        // The child says its pid before it takes the uid, so that a start it never finishes
+        // can be ended ([`Launch::spawn`]). A socket, not a pipe: sent without SIGPIPE when
+        // nobody listens (a caller that starts the command itself).
+        let (reported, report) = match prepared.ids {
+            Some(_) => {
+                let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+                (Some(reader), Some(writer))
+            }
+            None => (None, None),
+        };
+        #[cfg(test)]
+        let stop_after_ids = STOP_AFTER_IDS.get();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls, allocating nothing (see `take_ids` and `enter`).
         unsafe {
             command.pre_exec(move || {
-                prepared
-                    .enter()
-                    .map_err(|e| io::Error::from_raw_os_error(e.into_raw()))
+                use syscalls::{Sysno, syscall};
+                let raw = |e: syscalls::Errno| io::Error::from_raw_os_error(e.into_raw());
+                syscall!(Sysno::setsid).map_err(raw)?;
+                if prepared.ids.is_some() {
+                    let (all, none): (u64, u64) = (!0, 0);
+                    syscall!(
+                        Sysno::rt_sigprocmask,
+                        libc::SIG_SETMASK,
+                        &all as *const u64,
+                        0,
+                        8
+                    )
+                    .map_err(raw)?;
+                    if let Some(report) = &report {
+                        let pid = syscall!(Sysno::getpid).map_err(raw)? as u32;
+                        let bytes = pid.to_ne_bytes();
+                        let _ = syscall!(
+                            Sysno::sendto,
+                            report.as_raw_fd(),
+                            bytes.as_ptr(),
+                            bytes.len(),
+                            libc::MSG_NOSIGNAL,
+                            0,
+                            0
+                        );
+                    }
+                    prepared.take_ids().map_err(raw)?;
+                    #[cfg(test)]
+                    if stop_after_ids {
+                        let _ = syscall!(
+                            Sysno::kill,
+                            syscall!(Sysno::getpid).unwrap_or(0),
+                            libc::SIGSTOP
+                        );
+                    }
+                    syscall!(
+                        Sysno::rt_sigprocmask,
+                        libc::SIG_SETMASK,
+                        &none as *const u64,
+                        0,
+                        8
+                    )
+                    .map_err(raw)?;
+                }
+                prepared.enter().map_err(raw)
             });
         }
-        Ok(())
+        Ok(Launch {
+            reported,
+            wait: LAUNCH_WAIT,
+        })
     }
 
     /// Everything of the confinement that is done in the parent: the refusal of root without
@@ -597,6 +660,112 @@ impl Confinement {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Whether this thread's next confined commands stop themselves once they took their uid.
+    static STOP_AFTER_IDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How long a confined child may take from its fork to its exec before [`Launch::spawn`] ends
+/// it: the steps between take microseconds; a child still there after this was stopped.
+const LAUNCH_WAIT: Duration = Duration::from_secs(10);
+
+/// A command made confined by [`Confinement::apply`], to be started with [`Launch::spawn`].
+#[derive(Debug)]
+pub struct Launch {
+    /// Where the child sends its pid (uid mode), before it takes the uid.
+    reported: Option<std::os::unix::net::UnixStream>,
+    wait: Duration,
+}
+
+/// Where a [`Launch::spawn`] stands, for its guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spawn {
+    Running,
+    Returned,
+    Killed,
+}
+
+impl Launch {
+    /// `command.spawn()`, ending the child when it has not got to its exec within
+    /// [`LAUNCH_WAIT`]. In uid mode the environment's code may stop the child once it runs as
+    /// the uid, before its exec; `Command::spawn` waits for that exec, so it would wait for
+    /// ever, and with it the reconcile (and the controller's worker, and the environment's
+    /// lock) that started a job, or the supervisor's health checks. A guard thread kills the
+    /// child then, and the start fails.
+    ///
+    /// # Errors
+    /// As `Command::spawn`, and when the child was ended that way.
+    pub fn spawn(self, command: &mut Command) -> io::Result<std::process::Child> {
+        use std::sync::{Arc, Condvar, Mutex, PoisonError};
+        let Some(reported) = self.reported else {
+            return command.spawn();
+        };
+        let watch = Arc::new((Mutex::new(Spawn::Running), Condvar::new()));
+        let guard = {
+            let watch = Arc::clone(&watch);
+            let wait = self.wait;
+            std::thread::Builder::new()
+                .name("slipway-launch".to_owned())
+                .spawn(move || {
+                    let (state, changed) = &*watch;
+                    let deadline = Instant::now() + wait;
+                    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    while *state == Spawn::Running {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        state = changed
+                            .wait_timeout(state, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    // Still in `spawn`, under the lock (it cannot return meanwhile and then
+                    // reap): the child has not exec'd, and is not reaped, so its pid is its.
+                    if *state == Spawn::Running
+                        && let Some(pid) = reported_pid(&reported)
+                    {
+                        // SAFETY: kills our own unreaped child.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                        *state = Spawn::Killed;
+                    }
+                })?
+        };
+        let spawned = command.spawn();
+        let killed = {
+            let (state, changed) = &*watch;
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let killed = *state == Spawn::Killed;
+            *state = Spawn::Returned;
+            changed.notify_all();
+            killed
+        };
+        let _ = guard.join();
+        let mut child = spawned?;
+        if killed {
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "the program did not get to its exec within {}s: it was stopped on its way \
+                 (by the environment's own code, or a debugger) and has been killed",
+                self.wait.as_secs_f64()
+            )));
+        }
+        Ok(child)
+    }
+}
+
+/// The pid a confined child sent before taking its uid, if it got there.
+fn reported_pid(reported: &std::os::unix::net::UnixStream) -> Option<u32> {
+    reported.set_nonblocking(true).ok()?;
+    // The child's send of 4 bytes arrives whole.
+    let mut bytes = [0u8; 4];
+    match io::Read::read(&mut &*reported, &mut bytes) {
+        Ok(4) => Some(u32::from_ne_bytes(bytes)),
+        _ => None,
+    }
+}
+
 /// A [`Confinement`] made ready in the parent ([`Confinement::prepare`]), to be entered in the
 /// child with [`Prepared::enter`].
 #[derive(Debug)]
@@ -614,13 +783,50 @@ impl Prepared {
         self.ids
     }
 
+    /// Takes [`Prepared::ids`] for good, if any: the gid, no supplementary groups, then the
+    /// uid as real, effective and saved uid. Only in a child made to exec, with its signals
+    /// blocked (see below), after its own session; raw system calls only, as
+    /// [`Prepared::enter`].
+    ///
+    /// The child's memory is the engine's (or the supervisor's), root's: a process of the uid
+    /// must never read or write it through this child (ptrace, `/proc/PID/mem`), nor have the
+    /// kernel dump it. Taking another effective uid marks the memory dumpable per
+    /// `fs.suid_dumpable`, which may be 1 ("debug"): so the saved uid stays root's (no process
+    /// of the uid passes ptrace's check on a process whose saved uid is not theirs) until
+    /// the memory is marked not dumpable, and the caller keeps signals blocked until then (a
+    /// signal that dumps core would dump it). A later exec makes the program's memory, its
+    /// own, dumpable as usual.
+    ///
+    /// # Errors
+    /// The `errno` of the call that failed.
+    pub fn take_ids(&self) -> Result<(), syscalls::Errno> {
+        use syscalls::{Sysno, syscall};
+        let Some((uid, gid)) = self.ids else {
+            return Ok(());
+        };
+        const KEEP: usize = u32::MAX as usize;
+        // SAFETY: system calls on this process's own credentials.
+        unsafe {
+            syscall!(Sysno::setgid, gid)?;
+            // Dropping root's privileges drops its supplementary groups too.
+            if syscall!(Sysno::getuid) == Ok(0) {
+                syscall!(Sysno::setgroups, 0, 0)?;
+            }
+            syscall!(Sysno::setresuid, uid, uid, KEEP)?;
+            syscall!(Sysno::prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0)?;
+            syscall!(Sysno::setresuid, KEEP, KEEP, uid)?;
+        }
+        Ok(())
+    }
+
     /// The confinement's part in the child, after it took its uid/gid and just before its
-    /// `exec`: the engine's inherited descriptors marked close-on-exec, a session of its own,
-    /// and when confined `no_new_privs`, umask 022, the Landlock ruleset and the seccomp
-    /// filter.
+    /// `exec`: the engine's inherited descriptors marked close-on-exec, and when confined
+    /// `no_new_privs`, umask 022, the Landlock ruleset and the seccomp filter. The child
+    /// makes its own session (`setsid`) before: the supervisor's first thing, before any
+    /// change of uid (see `process::spawn`); [`Confinement::apply`]'s just before this.
     ///
     /// Only to be called in a child made to exec: it changes the calling process for good.
-    /// It makes raw system calls only (close_range, setsid, prctl, umask,
+    /// It makes raw system calls only (close_range, prctl, umask,
     /// landlock_restrict_self, seccomp), allocates nothing and touches nothing of the C
     /// library's, `errno` included: so it is sound after a fork of a multi-threaded process,
     /// and in a child that shares the supervisor's memory ([`crate::process`]'s spawn).
@@ -637,7 +843,6 @@ impl Prepared {
             // exec-error channel and the ruleset's descriptor are still needed. A kernel
             // before 5.11 only loses this hygiene.
             let _ = syscall!(Sysno::close_range, 3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-            syscall!(Sysno::setsid)?;
             if !self.confined {
                 return Ok(());
             }
@@ -1317,6 +1522,77 @@ mod tests {
             );
         }
         assert!(!marker.exists(), "nothing ran");
+    }
+
+    /// A uid-mode confinement of `dir` as `uid` (gid the same), without Landlock.
+    fn as_uid(dir: &Path, uid: u32) -> Confinement {
+        let mut confined = confinement(dir, false);
+        confined.sandbox.isolation = Isolation::Uid;
+        confined.sandbox.ids = Some((uid, uid));
+        confined
+    }
+
+    #[test]
+    fn a_confined_child_takes_its_uid_whole_and_no_group() {
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut command = Command::new("python3");
+        command
+            .args([
+                "-c",
+                "import os; print(os.getresuid(), os.getresgid(), os.getgroups())",
+            ])
+            .stdout(std::process::Stdio::piped());
+        let launch = as_uid(dir.path(), 3_999_439)
+            .apply(&mut command)
+            .expect("uid mode, as root");
+        let out = launch
+            .spawn(&mut command)
+            .and_then(std::process::Child::wait_with_output)
+            .expect("python3 runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "(3999439, 3999439, 3999439) (3999439, 3999439, 3999439) []",
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_confined_child_stopped_before_its_exec_is_killed_and_its_start_fails() {
+        // The environment's code may stop a child as soon as it runs as its uid; the start
+        // (`Command::spawn` waits for the exec) must not wait for it for ever.
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut command = Command::new("true");
+        // Nothing of the test's: a child left stopped must not hold the harness's output.
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        STOP_AFTER_IDS.set(true);
+        let launch = as_uid(dir.path(), 3_999_441).apply(&mut command);
+        STOP_AFTER_IDS.set(false);
+        let mut launch = launch.expect("uid mode, as root");
+        launch.wait = Duration::from_millis(300);
+        // On a thread of its own: should the start wait for ever, the test fails, not hangs.
+        let (sent, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sent.send(launch.spawn(&mut command).map(|mut child| child.wait()));
+        });
+        let started = started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the start returned though its child was stopped before its exec");
+        let err = started.expect_err("the stopped child's start fails");
+        assert!(
+            err.to_string().contains("did not get to its exec"),
+            "the error says what happened: {err}"
+        );
     }
 
     #[test]

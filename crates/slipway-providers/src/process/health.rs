@@ -135,7 +135,7 @@ fn run_check(
         .stderr(Stdio::null());
     let mut child = confinement
         .apply(&mut check)
-        .and_then(|()| check.spawn())
+        .and_then(|launch| launch.spawn(&mut check))
         .map_err(|e| format!("health command `{shown}` failed to start: {e}"))?;
     let group = ProcessIdentity::of_child(child.id());
     // Whatever the check left in its group (`sh -c 'srv & exit 0'`) is killed once it has

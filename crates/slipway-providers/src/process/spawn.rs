@@ -233,6 +233,10 @@ struct Shared {
     parent_link: RawFd,
     link: RawFd,
     stack: Stack,
+    /// Tests: the child stops itself (SIGSTOP) once it has taken the environment's uid, as
+    /// the environment's code may stop it there.
+    #[cfg(test)]
+    stop_after_ids: bool,
 }
 
 /// The parent's hold of a child's [`Shared`]: freed by [`Memory::release`] once the child is
@@ -260,6 +264,44 @@ impl Memory {
 thread_local! {
     /// How many children's memories this thread made and has not freed.
     static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    /// What [`suid_dumpable`] reads on this thread instead of the system's setting.
+    static SUID_DUMPABLE: std::cell::Cell<Option<u8>> = const { std::cell::Cell::new(None) };
+    /// Whether this thread's next children stop themselves after taking their uid.
+    static STOP_AFTER_IDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The system's `fs.suid_dumpable` (0, 1 or 2), or `None` when it cannot be read.
+fn suid_dumpable() -> Option<u8> {
+    #[cfg(test)]
+    if let Some(value) = SUID_DUMPABLE.get() {
+        return Some(value);
+    }
+    let mut file = std::fs::File::open("/proc/sys/fs/suid_dumpable").ok()?;
+    let mut bytes = [0u8; 8];
+    let read = file.read(&mut bytes).ok()?;
+    std::str::from_utf8(bytes.get(..read)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a child entering `confinement` may share this process's memory until its exec.
+///
+/// Whether a memory may be read or written through `ptrace` or `/proc/PID/mem`, or dumped,
+/// is a mark of the memory, not of a process: every change of effective uid or gid of any
+/// process sharing it sets the mark to `fs.suid_dumpable`. A child taking the environment's
+/// uid on this memory would, for a moment, make it dumpable for every other child on it, one
+/// that took the uid already and waits for its `go` included (the environment's code can
+/// stop it there): with the setting at 1, a process of the uid could then open that child's
+/// `/proc/PID/mem` and write the supervisor's memory. At 0 (the kernel's default) the mark
+/// is only ever set to "not dumpable". So a child that changes its uid shares the memory only
+/// when the setting reads 0; otherwise it gets a copy of its own, as a fork's (slower, see
+/// docs/benchmarks.md section 2), on which its own drop keeps it out of reach. The setting is
+/// read at each start: root changing it between the read and the child's change of uid is
+/// the one case left.
+fn may_share_memory(confinement: &Prepared) -> bool {
+    confinement.ids().is_none() || suid_dumpable() == Some(0)
 }
 
 /// A child that exists and waits to be told to go ([`Held::go`]) before its exec.
@@ -322,6 +364,11 @@ pub(crate) fn spawn_held(
         .as_ref()
         .map_or(child_link.as_raw_fd(), |fd| fd.as_raw_fd());
     sweep_given_up();
+    let share = if may_share_memory(confinement) {
+        libc::CLONE_VM
+    } else {
+        0
+    };
     let shared = Box::new(Shared {
         program,
         confinement: Rc::clone(confinement),
@@ -330,6 +377,8 @@ pub(crate) fn spawn_held(
         parent_link: link.as_raw_fd(),
         link: child_link_fd,
         stack: Stack::new()?,
+        #[cfg(test)]
+        stop_after_ids: STOP_AFTER_IDS.get(),
     });
     let top = shared.stack.top();
     let shared = NonNull::from(Box::leak(shared));
@@ -357,12 +406,13 @@ pub(crate) fn spawn_held(
     };
     // SAFETY: the child runs `child_main` on its own stack, which only makes raw system calls
     // on `shared` (left alone here until the child is known to be out of it) and never
-    // returns (it execs or exits). Its exit signal is SIGCHLD, as a fork's.
+    // returns (it execs or exits). Its exit signal is SIGCHLD, as a fork's. Without
+    // CLONE_VM it runs on a copy of this memory, the stack included, as a forked child.
     let pid = unsafe {
         libc::clone(
             child_main,
             top,
-            libc::CLONE_VM | libc::SIGCHLD,
+            share | libc::SIGCHLD,
             shared.as_ptr().cast(),
         )
     };
@@ -439,6 +489,13 @@ unsafe fn child(shared: *mut Shared) -> ! {
         };
         // The parent's end must not be held here: its closing is how a dead parent is seen.
         let _ = syscall!(Sysno::close, s.parent_link);
+        // A session, so a process group, of its own before anything else: from the moment
+        // the environment's code may signal it (once it takes the uid), stopping its group
+        // reaches it. One stopped in the supervisor's group (setsid came after the uid
+        // once) could be neither killed by its group nor waited for.
+        if let Err(e) = syscall!(Sysno::setsid) {
+            fail(e);
+        }
         // No handler of the supervisor's may run here (it would run on the supervisor's
         // memory): every signal that has one goes back to its default, as does SIGPIPE
         // (ignored by Rust's runtime; an ignored signal stays ignored across an exec).
@@ -472,35 +529,17 @@ unsafe fn child(shared: *mut Shared) -> ! {
                 fail(e);
             }
         }
-        if let Some((uid, gid)) = s.confinement.ids() {
-            if let Err(e) = syscall!(Sysno::setgid, gid) {
-                fail(e);
-            }
-            // Dropping root's privileges drops its supplementary groups too.
-            if syscall!(Sysno::getuid) == Ok(0)
-                && let Err(e) = syscall!(Sysno::setgroups, 0, 0)
-            {
-                fail(e);
-            }
-            // This memory is the supervisor's (root's): a process of the uid must never be
-            // able to read or write it through this child (ptrace, /proc/PID/mem,
-            // process_vm_writev), nor make the kernel dump it or kill everyone sharing it
-            // with a core dump (before Linux 5.16). Taking another effective uid marks the
-            // memory dumpable per `fs.suid_dumpable`, which may be 1 ("debug"): so the saved
-            // uid stays root's (no process of the uid passes ptrace's check on a process
-            // whose saved uid is not theirs) until the memory is marked not dumpable, and
-            // signals stay blocked until then. A later exec makes the program's memory, its
-            // own, dumpable as usual.
-            const KEEP: usize = u32::MAX as usize;
-            if let Err(e) = syscall!(Sysno::setresuid, uid, uid, KEEP) {
-                fail(e);
-            }
-            if let Err(e) = syscall!(Sysno::prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0) {
-                fail(e);
-            }
-            if let Err(e) = syscall!(Sysno::setresuid, KEEP, KEEP, uid) {
-                fail(e);
-            }
+        // Its uid, never dumpable meanwhile (signals are blocked until after it).
+        if let Err(e) = s.confinement.take_ids() {
+            fail(e);
+        }
+        #[cfg(test)]
+        if s.stop_after_ids && s.confinement.ids().is_some() {
+            let _ = syscall!(
+                Sysno::kill,
+                syscall!(Sysno::getpid).unwrap_or(0),
+                libc::SIGSTOP
+            );
         }
         let none: u64 = 0;
         let _ = syscall!(
@@ -1107,7 +1146,11 @@ mod tests {
             !child.is_held()
         });
         assert!(!child.is_held(), "it got past its exec");
-        sweep_given_up();
+        // The exec renames the child a moment before it closes the child's end of the link.
+        crate::procinfo::wait_until(Instant::now() + Duration::from_secs(10), || {
+            sweep_given_up();
+            live() == 0
+        });
         assert_eq!(live(), 0, "freed once past its exec");
         assert!(GIVEN_UP.with_borrow(Vec::is_empty));
         test_kill_and_reap(pid);
@@ -1143,18 +1186,18 @@ mod tests {
         assert_eq!(LIVE.get(), 0, "its memory freed");
     }
 
-    #[test]
-    fn a_held_child_under_another_uid_takes_it_whole_and_its_memory_is_not_dumpable() {
+    /// `true` held under uid mode as `uid` (gid the same), or `None` (said) when this test
+    /// does not run as root.
+    fn held_as(uid: u32) -> Option<Held> {
         use crate::sandbox::{Isolation, Sandbox};
         if !crate::sandbox::running_as_root() {
             eprintln!("skipped: needs root (uid mode)");
-            return;
+            return None;
         }
-        let (uid, gid) = (3_999_431, 3_999_431);
         let confinement = Confinement {
             sandbox: Sandbox {
                 isolation: Isolation::Uid,
-                ids: Some((uid, gid)),
+                ids: Some((uid, uid)),
                 landlock: false,
                 lease: None,
             },
@@ -1171,21 +1214,38 @@ mod tests {
             &prepared,
         )
         .expect("clone");
-        let pid = held.pid();
-        // Past its uid and confinement, it waits to be told to go.
-        let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)
-                        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                })
-                .unwrap_or_default()
-        };
+        Some(held)
+    }
+
+    /// The value of the line `name` of `/proc/PID/status`, blanks made single spaces.
+    fn status_field(pid: u32, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until every uid of `pid` is `uid`, and says whether they got there.
+    fn took_uid(pid: u32, uid: u32) -> bool {
         crate::procinfo::wait_until(Instant::now() + Duration::from_secs(10), || {
-            field("Uid:") == format!("{uid} {uid} {uid} {uid}")
-        });
+            status_field(pid, "Uid:") == format!("{uid} {uid} {uid} {uid}")
+        })
+    }
+
+    #[test]
+    fn a_held_child_under_another_uid_takes_it_whole_and_its_memory_is_not_dumpable() {
+        let (uid, gid) = (3_999_431, 3_999_431);
+        let Some(held) = held_as(uid) else {
+            return;
+        };
+        let pid = held.pid();
+        let field = |name: &str| status_field(pid, name);
+        // Past its uid and confinement, it waits to be told to go.
+        took_uid(pid, uid);
         assert_eq!(
             field("Uid:"),
             format!("{uid} {uid} {uid} {uid}"),
@@ -1197,6 +1257,120 @@ mod tests {
         // uid may read or write it through the child, whatever `fs.suid_dumpable` says.
         // SAFETY: PR_GET_DUMPABLE only reads.
         assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 0);
+        held.abandon();
+        assert_eq!(LIVE.get(), 0);
+    }
+
+    /// Whether `pid` shares this process's memory (`kcmp(KCMP_VM)`).
+    fn shares_our_memory(pid: u32) -> bool {
+        const KCMP_VM: libc::c_long = 1;
+        // SAFETY: kcmp only compares two processes' kernel objects.
+        let compared = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                libc::getpid() as libc::c_long,
+                libc::c_long::from(pid as i32),
+                KCMP_VM,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        };
+        assert!(compared >= 0, "kcmp: {}", io::Error::last_os_error());
+        compared == 0
+    }
+
+    #[test]
+    fn a_child_taking_a_uid_shares_the_memory_only_while_dumps_of_other_uids_are_off() {
+        // Every change of uid on a memory marks it per `fs.suid_dumpable`: at 1 or 2 a child
+        // taking the uid on the supervisor's memory would open it, for a moment, to a child
+        // of the environment that took the uid already.
+        for (setting, shared) in [
+            (Some(0), true),
+            (Some(1), false),
+            (Some(2), false),
+            (None, false),
+        ] {
+            SUID_DUMPABLE.set(setting.or(Some(9)));
+            let held = held_as(3_999_433);
+            SUID_DUMPABLE.set(None);
+            let Some(held) = held else {
+                return;
+            };
+            let pid = held.pid();
+            assert!(
+                took_uid(pid, 3_999_433),
+                "setting {setting:?}: it took the uid"
+            );
+            assert_eq!(
+                shares_our_memory(pid),
+                shared,
+                "setting {setting:?}: the child shares the supervisor's memory"
+            );
+            // Its memory, shared or its own, is not dumpable: its `/proc` files (the directory
+            // aside) are root's.
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(format!("/proc/{pid}/environ")).map(|m| m.uid());
+            assert_eq!(
+                owner.ok(),
+                Some(0),
+                "setting {setting:?}: its environ is root's"
+            );
+            held.abandon();
+        }
+        // A child that keeps this process's uid shares the memory whatever the setting.
+        SUID_DUMPABLE.set(Some(1));
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = File::create(dir.path().join("out")).expect("an output file");
+        let held = start(program(&["true"], dir.path()), &out);
+        SUID_DUMPABLE.set(None);
+        assert!(
+            shares_our_memory(held.pid()),
+            "no uid taken: the memory is shared"
+        );
+        held.abandon();
+        assert_eq!(LIVE.get(), 0);
+    }
+
+    #[test]
+    fn a_held_child_stopped_once_it_took_its_uid_is_in_a_group_of_its_own() {
+        // The environment's code may stop a child as soon as the child runs as its uid: the
+        // supervisor stops it by its process group, so the group must be its own by then.
+        STOP_AFTER_IDS.set(true);
+        let held = held_as(3_999_435);
+        STOP_AFTER_IDS.set(false);
+        let Some(held) = held else {
+            return;
+        };
+        let pid = held.pid();
+        let state = || status_field(pid, "State:");
+        assert!(
+            crate::procinfo::wait_until(Instant::now() + Duration::from_secs(10), || {
+                state().starts_with('T')
+            }),
+            "it stopped itself: {}",
+            state()
+        );
+        // SAFETY: getsid and killpg on our own child and its group.
+        unsafe {
+            assert_eq!(
+                libc::getsid(pid as libc::pid_t),
+                pid as libc::pid_t,
+                "its session"
+            );
+            assert_eq!(
+                libc::killpg(pid as libc::pid_t, libc::SIGKILL),
+                0,
+                "its group is reached: {}",
+                io::Error::last_os_error()
+            );
+        }
+        assert!(
+            crate::procinfo::wait_until(Instant::now() + Duration::from_secs(10), || {
+                state().starts_with('Z')
+            }),
+            "killed by its group: {}",
+            state()
+        );
         held.abandon();
         assert_eq!(LIVE.get(), 0);
     }

@@ -441,10 +441,10 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(writer.try_clone()?)
             .stderr(writer);
-        if let Some(confinement) = &self.spec.confinement {
-            confinement.apply(&mut command)?;
-        }
-        let spawned = command.spawn();
+        let spawned = match &self.spec.confinement {
+            Some(confinement) => confinement.apply(&mut command)?.spawn(&mut command),
+            None => command.spawn(),
+        };
         // Close our copies of the pipe's write end, or the copier never sees end of file.
         drop(command);
         let child = spawned?;
