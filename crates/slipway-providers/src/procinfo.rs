@@ -25,7 +25,8 @@ pub(crate) struct ProcessIdentity {
 /// until its exec gives it its program's: the child of a state file that says `exec_pending`
 /// is still on its way to its exec while it bears this name. Under 16 bytes, the kernel's
 /// limit. A program may take this name itself (`prctl`); it then only misleads about itself:
-/// it is shown as starting, not ready.
+/// it is shown as starting, not ready. A confined command's child takes it too, in uid mode,
+/// until its exec ([`crate::sandbox::Launch::spawn`] kills only a child that bears it).
 pub(crate) const HELD_NAME: &std::ffi::CStr = c"slipway-held";
 
 /// What `/proc/<pid>/stat` says about a process, for the fields we use.

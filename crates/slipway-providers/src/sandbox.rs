@@ -511,7 +511,8 @@ impl Confinement {
     ///
     /// The session and the descriptors apply in every mode, `none` included; the caller
     /// must not also ask for a process group (`setsid` fails in a group leader), nor set a
-    /// uid or gid on `command`.
+    /// uid or gid on `command`, and sets its working directory before (in uid mode the child
+    /// enters it as the uid).
     ///
     /// The child takes the uid itself, after its session ([`Prepared::take_ids`]: never
     /// dumpable meanwhile, with signals blocked): from the moment the environment's code may
@@ -535,6 +536,19 @@ impl Confinement {
             }
             None => (None, None),
         };
+        // In uid mode the child changes its directory once it has the uid (`Command` would
+        // do it as root, before): the command's own is taken, and `Command` left at `/`.
+        let cwd = match (prepared.ids, command.get_current_dir()) {
+            (Some(_), Some(dir)) => {
+                let dir = std::path::absolute(dir)?;
+                let cwd =
+                    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+                        .map_err(|_| io::Error::other("a working directory holds a NUL byte"))?;
+                command.current_dir("/");
+                Some(cwd)
+            }
+            _ => None,
+        };
         #[cfg(test)]
         let stop_after_ids = STOP_AFTER_IDS.get();
         // SAFETY: the closure runs in the forked child before exec and only makes
@@ -555,6 +569,10 @@ impl Confinement {
                     )
                     .map_err(raw)?;
                     if let Some(report) = &report {
+                        // Named so until its exec, which names it after its program: how the
+                        // guard tells one that has not got there.
+                        let held = crate::procinfo::HELD_NAME.as_ptr();
+                        syscall!(Sysno::prctl, libc::PR_SET_NAME, held, 0, 0, 0).map_err(raw)?;
                         let pid = syscall!(Sysno::getpid).map_err(raw)? as u32;
                         let bytes = pid.to_ne_bytes();
                         let _ = syscall!(
@@ -568,6 +586,10 @@ impl Confinement {
                         );
                     }
                     prepared.take_ids().map_err(raw)?;
+                    // The working directory is reached with the uid's rights, not root's.
+                    if let Some(cwd) = &cwd {
+                        syscall!(Sysno::chdir, cwd.as_ptr()).map_err(raw)?;
+                    }
                     #[cfg(test)]
                     if stop_after_ids {
                         let _ = syscall!(
@@ -721,10 +743,17 @@ impl Launch {
                             .unwrap_or_else(PoisonError::into_inner)
                             .0;
                     }
-                    // Still in `spawn`, under the lock (it cannot return meanwhile and then
-                    // reap): the child has not exec'd, and is not reaped, so its pid is its.
+                    // Still in `spawn`, under the lock. Killed only if it still bears the
+                    // name it took before its pid was sent, so not past its exec: its
+                    // `spawn` may also wait on a copy of its exec-error pipe that another
+                    // thread's child, forked meanwhile and stopped by another environment's
+                    // code, holds (that one is killed by its own guard). Not reaped: `spawn`
+                    // reaps only once its child reported a failed exec, a child that did not
+                    // wait here (the one case left: one stopped for exactly the wait, then
+                    // failing its exec at the deadline, its pid taken again meanwhile).
                     if *state == Spawn::Running
                         && let Some(pid) = reported_pid(&reported)
+                        && crate::procinfo::stat(pid).is_some_and(|s| s.held)
                     {
                         // SAFETY: kills our own unreaped child.
                         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -996,9 +1025,9 @@ pub fn kill_everything_of(uid: u32, gid: u32, spare: Option<u32>) -> io::Result<
 fn fork_killer(uid: u32, gid: u32, real: u32, saved: u32) -> io::Result<nix::unistd::Pid> {
     // Not `Command`: its spawn returns only once the child is past its exec, so a child
     // stopped before that would block it, beyond any time limit.
-    // SAFETY: the child calls only async-signal-safe functions (close_range, setgroups,
-    // setresgid, setresuid, kill, _exit) and allocates nothing; this process may have other
-    // threads.
+    // SAFETY: the child calls only async-signal-safe functions (close_range, sigfillset,
+    // sigprocmask, setgroups, setresgid, setresuid, prctl, kill, _exit) and allocates nothing;
+    // this process may have other threads.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Child => {
             use nix::libc;
@@ -1006,9 +1035,19 @@ fn fork_killer(uid: u32, gid: u32, real: u32, saved: u32) -> io::Result<nix::uni
             unsafe {
                 // The engine's descriptors (its state, its sockets) are not the killer's.
                 libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+                // This memory is a copy of the engine's (every environment's secrets): as in
+                // `Prepared::take_ids`, the saved uid stays root's until it is marked not
+                // dumpable (a change of uid marks it per `fs.suid_dumpable`), with signals
+                // blocked (a signal that dumps core would dump it); they stay blocked.
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+                let keep = u32::MAX;
                 let taken = libc::setgroups(0, std::ptr::null()) == 0
                     && libc::setresgid(gid, gid, gid) == 0
-                    && libc::setresuid(real, uid, saved) == 0;
+                    && libc::setresuid(real, uid, keep) == 0
+                    && libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+                    && libc::setresuid(keep, keep, saved) == 0;
                 if !taken {
                     libc::_exit(2);
                 }
@@ -1558,6 +1597,42 @@ mod tests {
             "(3999439, 3999439, 3999439) (3999439, 3999439, 3999439) []",
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_confined_child_enters_its_working_directory_with_the_uid_s_rights() {
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        // Root's and 0700: the uid cannot enter it.
+        let closed = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(
+            closed.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        for (cwd, enters) in [(closed.path(), false), (Path::new("/usr"), true)] {
+            let mut command = Command::new("pwd");
+            command
+                .current_dir(cwd)
+                .stdout(std::process::Stdio::piped());
+            let launch = as_uid(closed.path(), 3_999_443)
+                .apply(&mut command)
+                .expect("uid mode, as root");
+            let out = launch
+                .spawn(&mut command)
+                .and_then(std::process::Child::wait_with_output);
+            match (out, enters) {
+                (Ok(out), true) => assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    "/usr",
+                    "{out:?}"
+                ),
+                (Err(e), false) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}"),
+                (out, _) => panic!("{}: entered {enters} expected, got {out:?}", cwd.display()),
+            }
+        }
     }
 
     #[test]
