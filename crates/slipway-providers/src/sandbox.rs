@@ -694,6 +694,7 @@ const LAUNCH_WAIT: Duration = Duration::from_secs(10);
 
 /// A command made confined by [`Confinement::apply`], to be started with [`Launch::spawn`].
 #[derive(Debug)]
+#[must_use = "start the command with `Launch::spawn`, which ends a child stopped before its exec"]
 pub struct Launch {
     /// Where the child sends its pid (uid mode), before it takes the uid.
     reported: Option<std::os::unix::net::UnixStream>,
@@ -1472,8 +1473,8 @@ mod tests {
         let run = |script: &str| {
             let mut command = Command::new("/bin/sh");
             command.args(["-c", script]);
-            confinement.apply(&mut command).expect("the sandbox builds");
-            command.output().expect("sh runs")
+            let launch = confinement.apply(&mut command).expect("the sandbox builds");
+            output(launch, &mut command)
         };
         let src = run(&format!("cat {}/src/code", dir.path().display()));
         assert_eq!(
@@ -1534,8 +1535,8 @@ mod tests {
                 "-c",
                 &format!("import socket; socket.socket().bind(('127.0.0.1', {port}))"),
             ]);
-            confinement.apply(&mut command).expect("the sandbox builds");
-            command.output().expect("python3 runs").status.success()
+            let launch = confinement.apply(&mut command).expect("the sandbox builds");
+            output(launch, &mut command).status.success()
         };
         assert!(bind(allowed), "the allocated port can be bound");
         assert!(!bind(other), "another port cannot be bound");
@@ -1561,6 +1562,19 @@ mod tests {
             );
         }
         assert!(!marker.exists(), "nothing ran");
+    }
+
+    /// `command`, made confined as `launch`, run to its end with its output captured (as
+    /// `Command::output`, through the launch's guard).
+    fn output(launch: Launch, command: &mut Command) -> std::process::Output {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        launch
+            .spawn(command)
+            .and_then(std::process::Child::wait_with_output)
+            .expect("the program runs")
     }
 
     /// A uid-mode confinement of `dir` as `uid` (gid the same), without Landlock.
@@ -1703,8 +1717,8 @@ mod tests {
         for confinement in modes {
             let mut command = Command::new("python3");
             command.args(["-c", &script]);
-            confinement.apply(&mut command).expect("the sandbox builds");
-            let out = command.output().expect("python3 runs");
+            let launch = confinement.apply(&mut command).expect("the sandbox builds");
+            let out = output(launch, &mut command);
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout).trim(),
                 "True refused closed",
@@ -1747,8 +1761,8 @@ mod tests {
         let run = |confinement: &Confinement| {
             let mut command = Command::new("python3");
             command.args(["-c", &script]);
-            confinement.apply(&mut command).expect("the sandbox builds");
-            let out = command.output().expect("python3 runs");
+            let launch = confinement.apply(&mut command).expect("the sandbox builds");
+            let out = output(launch, &mut command);
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
         };
         assert_eq!(
