@@ -530,7 +530,8 @@ def write(r):
               "starts. On 2 cores the apply cannot take less than half that CPU: the floor "
               "forks and execs from a process that does nothing else. ")
             w("Since 13513fc the supervisor clones each child sharing its memory instead of "
-              "forking it: with forks, the copy of its page tables and the copy-on-write "
+              "forking it (in uid mode, since 6a07355, only while `fs.suid_dumpable` reads 0, "
+              "as on this machine; at 1 or 2 a child gets a copy, as a fork): with forks, the copy of its page tables and the copy-on-write "
               "faults of every page it wrote while a child waited to be recorded were half "
               "of the supervisor's CPU, and the children's teardown of their copies at exec "
               "most of theirs. A profile of five applies each (`perf record -a`, 2026-12-06, "
