@@ -558,33 +558,24 @@ impl Confinement {
                 use syscalls::{Sysno, syscall};
                 let raw = |e: syscalls::Errno| io::Error::from_raw_os_error(e.into_raw());
                 syscall!(Sysno::setsid).map_err(raw)?;
-                if prepared.ids.is_some() {
-                    let (all, none): (u64, u64) = (!0, 0);
-                    syscall!(
-                        Sysno::rt_sigprocmask,
-                        libc::SIG_SETMASK,
-                        &all as *const u64,
+                // Made in uid mode only: then the uid is taken here.
+                if let Some(report) = &report {
+                    set_signal_mask(!0).map_err(raw)?;
+                    // Named so until its exec, which names it after its program: how the
+                    // guard tells one that has not got there.
+                    let held = crate::procinfo::HELD_NAME.as_ptr();
+                    syscall!(Sysno::prctl, libc::PR_SET_NAME, held, 0, 0, 0).map_err(raw)?;
+                    let pid = syscall!(Sysno::getpid).map_err(raw)? as u32;
+                    let bytes = pid.to_ne_bytes();
+                    let _ = syscall!(
+                        Sysno::sendto,
+                        report.as_raw_fd(),
+                        bytes.as_ptr(),
+                        bytes.len(),
+                        libc::MSG_NOSIGNAL,
                         0,
-                        8
-                    )
-                    .map_err(raw)?;
-                    if let Some(report) = &report {
-                        // Named so until its exec, which names it after its program: how the
-                        // guard tells one that has not got there.
-                        let held = crate::procinfo::HELD_NAME.as_ptr();
-                        syscall!(Sysno::prctl, libc::PR_SET_NAME, held, 0, 0, 0).map_err(raw)?;
-                        let pid = syscall!(Sysno::getpid).map_err(raw)? as u32;
-                        let bytes = pid.to_ne_bytes();
-                        let _ = syscall!(
-                            Sysno::sendto,
-                            report.as_raw_fd(),
-                            bytes.as_ptr(),
-                            bytes.len(),
-                            libc::MSG_NOSIGNAL,
-                            0,
-                            0
-                        );
-                    }
+                        0
+                    );
                     prepared.take_ids().map_err(raw)?;
                     // The working directory is reached with the uid's rights, not root's.
                     if let Some(cwd) = &cwd {
@@ -592,20 +583,9 @@ impl Confinement {
                     }
                     #[cfg(test)]
                     if stop_after_ids {
-                        let _ = syscall!(
-                            Sysno::kill,
-                            syscall!(Sysno::getpid).unwrap_or(0),
-                            libc::SIGSTOP
-                        );
+                        stop_self();
                     }
-                    syscall!(
-                        Sysno::rt_sigprocmask,
-                        libc::SIG_SETMASK,
-                        &none as *const u64,
-                        0,
-                        8
-                    )
-                    .map_err(raw)?;
+                    set_signal_mask(0).map_err(raw)?;
                 }
                 prepared.enter().map_err(raw)
             });
@@ -785,6 +765,65 @@ impl Launch {
     }
 }
 
+/// Takes `gid` (real, effective and saved), no supplementary groups (as root), and the
+/// uids `real`, `effective` and `saved`, in a child that never returns to the engine's
+/// code: never dumpable meanwhile ([`Prepared::take_ids`] says why; the caller blocks
+/// signals). Raw system calls only.
+///
+/// # Errors
+/// The `errno` of the call that failed.
+pub(crate) fn take_uid(
+    gid: u32,
+    real: u32,
+    effective: u32,
+    saved: u32,
+) -> Result<(), syscalls::Errno> {
+    use syscalls::{Sysno, syscall};
+    const KEEP: usize = u32::MAX as usize;
+    // SAFETY: system calls on this process's own credentials.
+    unsafe {
+        syscall!(Sysno::setresgid, gid, gid, gid)?;
+        // Dropping root's privileges drops its supplementary groups too.
+        if syscall!(Sysno::getuid) == Ok(0) {
+            syscall!(Sysno::setgroups, 0, 0)?;
+        }
+        syscall!(Sysno::setresuid, real, effective, KEEP)?;
+        syscall!(Sysno::prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0)?;
+        syscall!(Sysno::setresuid, KEEP, KEEP, saved)?;
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's signal mask to `mask` (bit `n - 1` for signal `n`; SIGKILL and
+/// SIGSTOP cannot be blocked): a raw system call, for a child before its exec.
+///
+/// # Errors
+/// The `errno` of the call.
+pub(crate) fn set_signal_mask(mask: u64) -> Result<(), syscalls::Errno> {
+    // SAFETY: reads the mask we pass; the kernel's set is 8 bytes on the architectures
+    // Slipway builds for.
+    unsafe {
+        syscalls::syscall!(
+            syscalls::Sysno::rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const u64,
+            0,
+            8
+        )
+    }
+    .map(|_| ())
+}
+
+/// Tests: the calling process stops itself (SIGSTOP), as the environment's code may stop it.
+#[cfg(test)]
+pub(crate) fn stop_self() {
+    // SAFETY: signals this process.
+    unsafe {
+        let pid = syscalls::syscall!(syscalls::Sysno::getpid).unwrap_or(0);
+        let _ = syscalls::syscall!(syscalls::Sysno::kill, pid, libc::SIGSTOP);
+    }
+}
+
 /// The pid a confined child sent before taking its uid, if it got there.
 fn reported_pid(reported: &std::os::unix::net::UnixStream) -> Option<u32> {
     reported.set_nonblocking(true).ok()?;
@@ -830,23 +869,10 @@ impl Prepared {
     /// # Errors
     /// The `errno` of the call that failed.
     pub fn take_ids(&self) -> Result<(), syscalls::Errno> {
-        use syscalls::{Sysno, syscall};
-        let Some((uid, gid)) = self.ids else {
-            return Ok(());
-        };
-        const KEEP: usize = u32::MAX as usize;
-        // SAFETY: system calls on this process's own credentials.
-        unsafe {
-            syscall!(Sysno::setgid, gid)?;
-            // Dropping root's privileges drops its supplementary groups too.
-            if syscall!(Sysno::getuid) == Ok(0) {
-                syscall!(Sysno::setgroups, 0, 0)?;
-            }
-            syscall!(Sysno::setresuid, uid, uid, KEEP)?;
-            syscall!(Sysno::prctl, libc::PR_SET_DUMPABLE, 0, 0, 0, 0)?;
-            syscall!(Sysno::setresuid, KEEP, KEEP, uid)?;
+        match self.ids {
+            Some((uid, gid)) => take_uid(gid, uid, uid, uid),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The confinement's part in the child, after it took its uid/gid and just before its
@@ -1026,9 +1052,9 @@ pub fn kill_everything_of(uid: u32, gid: u32, spare: Option<u32>) -> io::Result<
 fn fork_killer(uid: u32, gid: u32, real: u32, saved: u32) -> io::Result<nix::unistd::Pid> {
     // Not `Command`: its spawn returns only once the child is past its exec, so a child
     // stopped before that would block it, beyond any time limit.
-    // SAFETY: the child calls only async-signal-safe functions (close_range, sigfillset,
-    // sigprocmask, setgroups, setresgid, setresuid, prctl, kill, _exit) and allocates nothing;
-    // this process may have other threads.
+    // SAFETY: the child makes only system calls (close_range, rt_sigprocmask, setresgid,
+    // setgroups, setresuid, prctl, kill, _exit) and allocates nothing; this process may have
+    // other threads.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Child => {
             use nix::libc;
@@ -1036,19 +1062,10 @@ fn fork_killer(uid: u32, gid: u32, real: u32, saved: u32) -> io::Result<nix::uni
             unsafe {
                 // The engine's descriptors (its state, its sockets) are not the killer's.
                 libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-                // This memory is a copy of the engine's (every environment's secrets): as in
-                // `Prepared::take_ids`, the saved uid stays root's until it is marked not
-                // dumpable (a change of uid marks it per `fs.suid_dumpable`), with signals
+                // This memory is a copy of the engine's (every environment's secrets): taken
+                // as a confined child takes its uid, never dumpable meanwhile, with signals
                 // blocked (a signal that dumps core would dump it); they stay blocked.
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-                let keep = u32::MAX;
-                let taken = libc::setgroups(0, std::ptr::null()) == 0
-                    && libc::setresgid(gid, gid, gid) == 0
-                    && libc::setresuid(real, uid, keep) == 0
-                    && libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-                    && libc::setresuid(keep, keep, saved) == 0;
+                let taken = set_signal_mask(!0).is_ok() && take_uid(gid, real, uid, saved).is_ok();
                 if !taken {
                     libc::_exit(2);
                 }
