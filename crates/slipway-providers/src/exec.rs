@@ -236,6 +236,7 @@ fn applied(config: &ExecConfig, op: Op, reply: ApplyReply) -> Result<Applied, Pr
         outputs: reply.outputs,
         secret_outputs: reply.secret_outputs,
         live: crate::to_json(&LiveExec { state: reply.state }, "the exec state")?,
+        ready: false,
     })
 }
 

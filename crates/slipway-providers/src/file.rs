@@ -377,6 +377,7 @@ fn applied(
         outputs: BTreeMap::from([("path".to_owned(), json!(path.display().to_string()))]),
         secret_outputs: Vec::new(),
         live: crate::to_json(&live, "the file's path")?,
+        ready: false,
     })
 }
 

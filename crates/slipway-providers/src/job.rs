@@ -140,6 +140,7 @@ impl Provider for JobProvider {
                 "finished_at": finished_at,
                 "duration_ms": finished.duration.as_millis() as u64,
             }),
+            ready: false,
         })
     }
 

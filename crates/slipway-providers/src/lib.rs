@@ -217,6 +217,10 @@ pub struct Applied {
     pub secret_outputs: Vec<String>,
     /// Provider-private handle on the live object.
     pub live: Value,
+    /// Whether the provider saw the object ready as it made it, waiting for nothing (what
+    /// [`Provider::ready_at_once`] allows): the engine then records it ready without asking
+    /// [`Provider::wait_ready`] first. `false` is always safe: the engine asks.
+    pub ready: bool,
 }
 
 /// What observing a recorded live object found.

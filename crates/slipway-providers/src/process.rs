@@ -363,6 +363,9 @@ impl Provider for ProcessProvider {
                 ask_start(ctx, &spec, &bytes)?
             }
         };
+        // What `wait_ready` would find at once, from what the supervisor (alive: it just
+        // answered, or kept the process) recorded a moment ago; the child itself looked at.
+        let ready = self.ready_at_once(config) && ready_without_check(&state);
         let live = LiveProcess {
             supervisor_pid: state.supervisor.pid,
             supervisor_start: state.supervisor.start,
@@ -388,6 +391,7 @@ impl Provider for ProcessProvider {
             outputs,
             secret_outputs: Vec::new(),
             live: crate::to_json(&live, "the process record")?,
+            ready,
         })
     }
 
@@ -603,6 +607,14 @@ impl Provider for ProcessProvider {
             std::thread::sleep(interval.min(ramp).min(deadline - now));
         }
     }
+}
+
+/// Whether the process of `state` (its supervisor's record, the supervisor alive) counts as
+/// ready when it has no health check: it runs, has not crashed too often, and its policy
+/// restarts it (the caller checks that). `wait_ready` decides the same from the state file.
+fn ready_without_check(state: &SupervisorState) -> bool {
+    // Not down: running (so neither exited nor backing off), past its exec.
+    state.exits < CRASHES_BEFORE_READY && describe_down(state).is_none()
 }
 
 /// Why the child of a live supervisor is not running, or `None` if it is.

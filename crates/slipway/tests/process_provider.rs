@@ -718,6 +718,47 @@ fn restart_never_leaves_an_exited_process_drifted() {
     env.delete("once", Some(&applied.live), "delete");
 }
 
+/// `Applied::ready` lets the engine skip `wait_ready`: only a process that runs, past its
+/// exec, with nothing left to wait for (no health check, restarted whatever its exit) may say
+/// so; anything else is asked as before.
+#[test]
+fn a_process_is_ready_as_created_only_when_nothing_is_left_to_wait_for() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let cases = [
+        ("plain", json!({"command": ["sleep", "4243001"]}), true),
+        (
+            "checked",
+            json!({"command": ["sleep", "4243002"], "health": {"command": ["true"]}}),
+            false,
+        ),
+        (
+            "once",
+            json!({"command": ["sleep", "4243003"], "restart": "never"}),
+            false,
+        ),
+        (
+            "ghost",
+            json!({"command": ["no-such-program-slipway"]}),
+            false,
+        ),
+    ];
+    for (resource, config, ready) in &cases {
+        let applied = env.create(&mut cleanup, resource, config);
+        assert_eq!(
+            applied.ready,
+            *ready,
+            "{resource}: {config}\n{}",
+            env.report()
+        );
+        if *ready {
+            // What the engine no longer asks would have said the same.
+            env.wait_ready(resource, config, &applied);
+        }
+        env.delete(resource, Some(&applied.live), "delete");
+    }
+}
+
 #[test]
 fn the_process_log_is_rotated_at_its_size_cap() {
     let mut env = TestEnv::new();

@@ -316,11 +316,13 @@ impl Engine {
         redactor.add_outputs(&record.outputs, &record.secret_outputs);
         // Record the handle before waiting, so a process that never gets healthy is still
         // known (and stopped by the next apply or destroy). What may be ready at once is asked
-        // first with no time to wait: ready, it is recorded with the ready state in one write.
-        let ready = provider.ready_at_once(&resolved)
-            && provider
-                .wait_ready(ctx, &resolved, &applied, Instant::now())
-                .is_ok();
+        // first with no time to wait (unless the provider saw it ready as it made it): ready,
+        // it is recorded with the ready state in one write.
+        let ready = applied.ready
+            || (provider.ready_at_once(&resolved)
+                && provider
+                    .wait_ready(ctx, &resolved, &applied, Instant::now())
+                    .is_ok());
         if !ready {
             record.updated_at = slipway_state::now_ms();
             self.store.put_resource(&record)?;

@@ -363,6 +363,7 @@ impl KubernetesProvider {
             ]),
             secret_outputs: Vec::new(),
             live: crate::to_json(&inventory, "the inventory")?,
+            ready: false,
         })
     }
 }

@@ -872,5 +872,6 @@ fn applied(
         ]),
         secret_outputs: vec!["password".to_owned(), "url".to_owned()],
         live: serde_json::to_value(&live).expect("a record of strings serializes"),
+        ready: false,
     })
 }

@@ -236,6 +236,7 @@ impl RoleProvider {
             ]),
             secret_outputs: vec!["password".to_owned()],
             live: serde_json::to_value(&live).expect("a record of strings serializes"),
+            ready: false,
         })
     }
 }
