@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -269,16 +269,15 @@ impl Run<'_> {
             Stdout::Capture(_) => command.stdout(Stdio::piped()),
         };
         command.stderr(log_writer);
-        let launch = self.confinement.apply(&mut command)?;
-        if let Some(lease) = lease {
-            // Registered by the child before it becomes the program: a replica frozen right
-            // after the fork leaves nothing running that the watchdog does not bound.
-            let registration = lease.watchdog.registration(&lease.environment)?;
-            // SAFETY: `register` is async-signal-safe (one `write`, no allocation).
-            unsafe {
-                command.pre_exec(move || registration.register());
-            }
-        }
+        // Registered by the child before it becomes the program: a replica frozen right after
+        // the fork leaves nothing running that the watchdog does not bound.
+        let registration = match lease {
+            Some(lease) => Some(lease.watchdog.registration(&lease.environment)?),
+            None => None,
+        };
+        let launch = self
+            .confinement
+            .apply_registered(&mut command, registration)?;
         let spawned = launch.spawn(&mut command);
         // The command holds our copies of the pipe's write end; the reader sees end of file
         // only once they are closed.

@@ -37,7 +37,7 @@
 
 pub(crate) mod environment;
 pub(crate) mod health;
-mod spawn;
+pub(crate) mod spawn;
 pub(crate) mod supervisor;
 
 use std::collections::BTreeMap;

@@ -525,10 +525,35 @@ impl Confinement {
     /// engine runs as root and the sandbox has no uid of its own (the code would run as root,
     /// with every capability, which Landlock does not take away).
     pub fn apply(&self, command: &mut Command) -> io::Result<Launch> {
+        self.apply_registered(command, None)
+    }
+
+    /// [`Confinement::apply`], the child also telling the replica's watchdog about itself
+    /// (`registration`) once confined, just before its exec.
+    ///
+    /// In uid mode the child execs the program itself (`execvp`'s search over the `PATH` the
+    /// command sets) with the environment the command sets and nothing else (every caller
+    /// clears it first), after it closed every descriptor it was forked with but its
+    /// standard ones, its report's, its ruleset's and its registration's: until its exec it
+    /// may be held by the environment's code (stopped, or its exec slowed), and a copy it held
+    /// of what the engine's other threads had open at its fork (another start's exec-error
+    /// channel, another environment's maybe; a pipe to another command's output; a
+    /// connection) would keep that start, that read or that connection waiting for it.
+    /// `Command`'s own exec-error channel goes with the rest, so the child reports how its
+    /// start ended on its own ([`Launch::spawn`]).
+    ///
+    /// # Errors
+    /// As [`Confinement::apply`], and in uid mode when the command's program, arguments or
+    /// environment are not UTF-8.
+    pub(crate) fn apply_registered(
+        &self,
+        command: &mut Command,
+        registration: Option<crate::watchdog::Registration>,
+    ) -> io::Result<Launch> {
         let prepared = self.prepare()?;
-        // The child says its pid before it takes the uid, so that a start it never finishes
-        // can be ended ([`Launch::spawn`]). A socket, not a pipe: sent without SIGPIPE when
-        // nobody listens (a caller that starts the command itself).
+        // In uid mode the child says its pid before it takes the uid, so that a start it
+        // never finishes can be ended, then an errno if it could not exec, and nothing once it
+        // did ([`Launch::spawn`]). A socket, not a pipe: sent without SIGPIPE.
         let (reported, report) = match prepared.ids {
             Some(_) => {
                 let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
@@ -549,49 +574,107 @@ impl Confinement {
             }
             _ => None,
         };
+        let program = match prepared.ids {
+            Some(_) => Some(Execed(program_of(command)?)),
+            None => None,
+        };
+        let report_fd = report.as_ref().map_or(-1, |r| r.as_raw_fd());
+        let keep = [
+            report_fd,
+            prepared.ruleset.as_ref().map_or(-1, |r| r.as_raw_fd()),
+            registration.map_or(-1, |r| r.fd()),
+        ];
         #[cfg(test)]
         let stop_after_ids = STOP_AFTER_IDS.get();
+        #[cfg(test)]
+        let sleep_after_ids = SLEEP_AFTER_IDS.get();
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls, allocating nothing (see `take_ids` and `enter`).
+        // async-signal-safe system calls, allocating nothing (see `take_ids`, `enter`,
+        // `close_inherited`, `Registration::register` and `Program::exec`).
         unsafe {
             command.pre_exec(move || {
-                use syscalls::{Sysno, syscall};
-                let raw = |e: syscalls::Errno| io::Error::from_raw_os_error(e.into_raw());
+                use syscalls::{Errno, Sysno, syscall};
+                let raw = |e: Errno| io::Error::from_raw_os_error(e.into_raw());
                 syscall!(Sysno::setsid).map_err(raw)?;
-                // Made in uid mode only: then the uid is taken here.
-                if let Some(report) = &report {
-                    set_signal_mask(!0).map_err(raw)?;
-                    // Named so until its exec, which names it after its program: how the
-                    // guard tells one that has not got there.
-                    let held = crate::procinfo::HELD_NAME.as_ptr();
-                    syscall!(Sysno::prctl, libc::PR_SET_NAME, held, 0, 0, 0).map_err(raw)?;
-                    let pid = syscall!(Sysno::getpid).map_err(raw)? as u32;
-                    let bytes = pid.to_ne_bytes();
+                let Some(Execed(program)) = &program else {
+                    prepared.enter().map_err(raw)?;
+                    return match registration {
+                        Some(registration) => registration.register(),
+                        None => Ok(()),
+                    };
+                };
+                // uid mode. From here on nothing is given back to `Command`: its channel is
+                // closed with the rest; a failure is said on the report, and the child ends.
+                close_inherited(&keep);
+                let fail = |e: Errno| -> ! {
+                    let bytes = e.into_raw().to_ne_bytes();
                     let _ = syscall!(
                         Sysno::sendto,
-                        report.as_raw_fd(),
+                        report_fd,
                         bytes.as_ptr(),
                         bytes.len(),
                         libc::MSG_NOSIGNAL,
                         0,
                         0
                     );
-                    prepared.take_ids().map_err(raw)?;
-                    // The working directory is reached with the uid's rights, not root's.
-                    if let Some(cwd) = &cwd {
-                        syscall!(Sysno::chdir, cwd.as_ptr()).map_err(raw)?;
+                    loop {
+                        let _ = syscall!(Sysno::exit_group, 127);
                     }
-                    #[cfg(test)]
-                    if stop_after_ids {
-                        stop_self();
-                    }
-                    set_signal_mask(0).map_err(raw)?;
+                };
+                if let Err(e) = set_signal_mask(!0) {
+                    fail(e);
                 }
-                prepared.enter().map_err(raw)
+                // Named so until its exec, which names it after its program: how the guard
+                // tells one that has not got there.
+                let held = crate::procinfo::HELD_NAME.as_ptr();
+                if let Err(e) = syscall!(Sysno::prctl, libc::PR_SET_NAME, held, 0, 0, 0) {
+                    fail(e);
+                }
+                let pid = syscall!(Sysno::getpid).unwrap_or(0) as u32;
+                let bytes = pid.to_ne_bytes();
+                let _ = syscall!(
+                    Sysno::sendto,
+                    report_fd,
+                    bytes.as_ptr(),
+                    bytes.len(),
+                    libc::MSG_NOSIGNAL,
+                    0,
+                    0
+                );
+                if let Err(e) = prepared.take_ids() {
+                    fail(e);
+                }
+                // The working directory is reached with the uid's rights, not root's.
+                if let Some(cwd) = &cwd
+                    && let Err(e) = syscall!(Sysno::chdir, cwd.as_ptr())
+                {
+                    fail(e);
+                }
+                #[cfg(test)]
+                if stop_after_ids {
+                    stop_self();
+                }
+                #[cfg(test)]
+                if let Some(pause) = sleep_after_ids {
+                    let _ = syscall!(Sysno::nanosleep, &pause as *const libc::timespec, 0);
+                }
+                if let Err(e) = set_signal_mask(0) {
+                    fail(e);
+                }
+                if let Err(e) = prepared.enter() {
+                    fail(e);
+                }
+                if let Some(registration) = registration
+                    && let Err(e) = registration.register()
+                {
+                    fail(Errno::new(e.raw_os_error().unwrap_or(libc::EIO)));
+                }
+                fail(program.exec())
             });
         }
         Ok(Launch {
             reported,
+            report,
             wait: LAUNCH_WAIT,
         })
     }
@@ -666,6 +749,10 @@ impl Confinement {
 thread_local! {
     /// Whether this thread's next confined commands stop themselves once they took their uid.
     static STOP_AFTER_IDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How long this thread's next confined commands sleep once they took their uid (held
+    /// before their exec, not stopped).
+    static SLEEP_AFTER_IDS: std::cell::Cell<Option<libc::timespec>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// How long a confined child may take from its fork to its exec before [`Launch::spawn`] ends
@@ -680,39 +767,44 @@ const LAUNCH_LOOKS: (Duration, Duration) = (Duration::from_millis(2), Duration::
 #[derive(Debug)]
 #[must_use = "start the command with `Launch::spawn`, which ends a child stopped before its exec"]
 pub struct Launch {
-    /// Where the child sends its pid (uid mode), before it takes the uid.
+    /// Where the child says how its start ends (uid mode): its pid before it takes the uid,
+    /// then an errno if it cannot exec; the end of the stream once it did.
     reported: Option<std::os::unix::net::UnixStream>,
+    /// This process's copy of the child's end, closed once the child is forked.
+    report: Option<std::os::unix::net::UnixStream>,
     wait: Duration,
 }
 
-/// Where a [`Launch::spawn`] stands, for its guard.
+/// How a [`Launch::spawn`] in uid mode ended, as its guard saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spawn {
+    /// Not known yet.
     Running,
-    Returned,
-    /// Killed once seen stopped (`true`), or at the end of the wait.
+    /// The child is past its exec.
+    Execed,
+    /// The child could not exec (its errno).
+    Failed(i32),
+    /// Killed before its exec: once seen stopped by a signal (`true`), or at the end of the
+    /// wait.
     Killed(bool),
+    /// The child ended before it said anything (or was never forked).
+    Vanished,
 }
 
 impl Launch {
-    /// `command.spawn()`, ending the child when it has not got to its exec within
-    /// [`LAUNCH_WAIT`], or as soon as it is seen stopped before it. In uid mode the
-    /// environment's code may stop the child once it runs as the uid, before its exec;
-    /// `Command::spawn` waits for that exec, so it would wait for ever, and with it the
-    /// reconcile (and the controller's worker, and the environment's lock) that started a job,
-    /// or the supervisor's health checks. A guard thread kills the child then, and the start
-    /// fails.
-    ///
-    /// Seen stopped by a signal, it is killed at once (within [`LAUNCH_LOOKS`]'s longest
-    /// wait); held otherwise (its exec slowed), at the end of the wait. Until then it holds
-    /// copies of what other threads had open at its fork, among them the exec-error channels
-    /// of their starts under way (another environment's, maybe), which wait for it too.
+    /// `command.spawn()`, and in uid mode the child's own account of its exec; the child is
+    /// ended when it has not got to its exec within [`LAUNCH_WAIT`], or as soon as it is seen
+    /// stopped by a signal before it (within [`LAUNCH_LOOKS`]'s longest wait). In uid mode
+    /// the environment's code may stop the child once it runs as the uid, before its exec:
+    /// waiting for that exec would hold the reconcile (and the controller's worker, and the
+    /// environment's lock) that started a job, or the supervisor's health checks, for ever.
+    /// A guard thread reads the child's report, and kills it then; the start fails.
     ///
     /// # Errors
-    /// As `Command::spawn`, and when the child was ended that way.
+    /// As `Command::spawn`; the child's errno when it could not exec; and when it was ended.
     pub fn spawn(self, command: &mut Command) -> io::Result<std::process::Child> {
         use std::sync::{Arc, Condvar, Mutex, PoisonError};
-        let Some(reported) = self.reported else {
+        let (Some(reported), Some(report)) = (self.reported, self.report) else {
             return command.spawn();
         };
         let watch = Arc::new((Mutex::new(Spawn::Running), Condvar::new()));
@@ -722,84 +814,259 @@ impl Launch {
             std::thread::Builder::new()
                 .name("slipway-launch".to_owned())
                 .spawn(move || {
+                    let ended = watch_launch(&reported, Instant::now() + wait);
                     let (state, changed) = &*watch;
-                    let deadline = Instant::now() + wait;
-                    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                    let (mut pause, longest) = LAUNCH_LOOKS;
-                    let mut pid = None;
-                    let mut stopped = false;
-                    while *state == Spawn::Running {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        state = changed
-                            .wait_timeout(state, pause.min(left))
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                        pause = (pause * 2).min(longest);
-                        // Stopped by a signal (`T`) while it still bears the held name:
-                        // nothing else holds it there. Not `t`: under a tracer (an operator's
-                        // `strace -f`) a child stops at each of its system calls.
-                        pid = pid.or_else(|| reported_pid(&reported));
-                        if *state == Spawn::Running
-                            && let Some(pid) = pid
-                            && crate::procinfo::stat(pid).is_some_and(|s| s.held && s.state == 'T')
-                        {
-                            stopped = true;
-                            break;
-                        }
-                    }
-                    // Still in `spawn`, under the lock. Killed only if it still bears the
-                    // name it took before its pid was sent, so not past its exec. Not reaped:
-                    // `spawn` reaps only once its child reported a failed exec, a child that
-                    // did not wait here (the one case left: a child that failed its exec and
-                    // was reaped in the microseconds before `spawn` takes the lock, its pid
-                    // taken meanwhile by another held child, stopped: which its own guard
-                    // would kill anyway).
-                    if *state == Spawn::Running
-                        && let Some(pid) = pid.or_else(|| reported_pid(&reported))
-                        && crate::procinfo::stat(pid).is_some_and(|s| s.held)
-                    {
-                        // SAFETY: kills our own unreaped child.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                        *state = Spawn::Killed(stopped);
-                    }
+                    *state.lock().unwrap_or_else(PoisonError::into_inner) = ended;
+                    changed.notify_all();
                 })?
         };
+        // Returns once the child closed its copy of `Command`'s channel, right after its fork
+        // (or once it failed before: then with the error).
         let spawned = command.spawn();
-        let killed = {
+        // Ours goes, so that the end of the stream is the child's exec (or its death).
+        drop(report);
+        let ended = {
             let (state, changed) = &*watch;
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            let killed = match *state {
-                Spawn::Killed(stopped) => Some(stopped),
-                _ => None,
-            };
-            *state = Spawn::Returned;
-            changed.notify_all();
-            killed
+            while *state == Spawn::Running {
+                state = changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            *state
         };
         let _ = guard.join();
         let mut child = spawned?;
-        if let Some(stopped) = killed {
-            let _ = child.wait();
-            let how = if stopped {
-                "it was stopped on its way (by a signal: the environment's own code, or a \
-                 debugger)"
-                    .to_owned()
-            } else {
-                format!(
-                    "it was still on its way after {}s (held by the environment's own code, \
-                     or a debugger)",
-                    self.wait.as_secs_f64()
+        let failed = match ended {
+            Spawn::Running | Spawn::Execed => return Ok(child),
+            Spawn::Failed(errno) => io::Error::from_raw_os_error(errno),
+            Spawn::Killed(true) => io::Error::other(
+                "the program did not get to its exec: it was stopped on its way (by a signal: \
+                 the environment's own code, or a debugger), and has been killed",
+            ),
+            Spawn::Killed(false) => io::Error::other(format!(
+                "the program did not get to its exec: it was still on its way after {}s (held \
+                 by the environment's own code, or a debugger), and has been killed",
+                self.wait.as_secs_f64()
+            )),
+            Spawn::Vanished => io::Error::other(
+                "the program's start ended before it said whether it ran (its process was \
+                 killed)",
+            ),
+        };
+        let _ = child.wait();
+        Err(failed)
+    }
+}
+
+/// Reads a uid-mode child's report on `reported` until it says how its start ended (see
+/// [`Launch`]), killing the child if it is seen stopped by a signal before its exec, or is
+/// still before it at `deadline`.
+fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) -> Spawn {
+    let (mut pause, longest) = LAUNCH_LOOKS;
+    // The pid (4 bytes), then an errno (4 bytes).
+    let mut said = [0u8; 8];
+    let mut got = 0;
+    let pid = |said: &[u8; 8], got: usize| {
+        (got >= 4).then(|| u32::from_ne_bytes([said[0], said[1], said[2], said[3]]))
+    };
+    let kill = |pid: u32| {
+        // SAFETY: our own child, not reaped: `Command::spawn` reaps only a child that said
+        // through its channel that its exec failed, and this child closed that channel.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [libc::pollfd {
+            fd: reported.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let timeout = libc::c_int::try_from(pause.min(left).as_millis()).unwrap_or(50);
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) };
+        if ready > 0 {
+            // SAFETY: reads into the unread rest of `said`.
+            let read = unsafe {
+                libc::recv(
+                    reported.as_raw_fd(),
+                    said[got..].as_mut_ptr().cast(),
+                    said.len() - got,
+                    libc::MSG_DONTWAIT,
                 )
             };
-            return Err(io::Error::other(format!(
-                "the program did not get to its exec: {how}, and has been killed"
-            )));
+            // The end of the stream: past its exec, unless it died before (it still bears
+            // the held name, as a zombie too).
+            let ended = |got: usize| match pid(&said, got) {
+                Some(pid) if !crate::procinfo::stat(pid).is_some_and(|s| s.held) => Spawn::Execed,
+                _ => Spawn::Vanished,
+            };
+            match read {
+                0 => return ended(got),
+                n if n > 0 => {
+                    got += n as usize;
+                    if got == said.len() {
+                        return Spawn::Failed(i32::from_ne_bytes([
+                            said[4], said[5], said[6], said[7],
+                        ]));
+                    }
+                    continue;
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) {
+                        // The stream broke (reset).
+                        return ended(got);
+                    }
+                }
+            }
         }
-        Ok(child)
+        pause = (pause * 2).min(longest);
+        let Some(pid) = pid(&said, got) else {
+            if left.is_zero() {
+                // Never said its pid within the wait: nothing to kill by name.
+                return Spawn::Vanished;
+            }
+            continue;
+        };
+        // It named itself before it said its pid: without the name (and alive) it is past
+        // its exec; a stop (`T`, not a tracer's `t`) is a signal's.
+        match crate::procinfo::stat(pid) {
+            Some(s) if s.held && s.state == 'T' => {
+                kill(pid);
+                return Spawn::Killed(true);
+            }
+            Some(s) if s.held && left.is_zero() => {
+                kill(pid);
+                return Spawn::Killed(false);
+            }
+            Some(s) if !s.held && !matches!(s.state, 'Z' | 'X' | 'x') => return Spawn::Execed,
+            _ if left.is_zero() => return Spawn::Vanished,
+            _ => {}
+        }
     }
+}
+
+/// Closes, in a child between its fork and its exec, every descriptor it was forked with but
+/// its standard ones and those in `keep`: what the engine's other threads had open at the
+/// fork, which a child held before its exec would otherwise keep open for as long as it is
+/// held. Raw system calls only, nothing allocated: lists `/proc/self/fd` (without it,
+/// closes nothing; its exec closes them all anyway).
+pub(crate) fn close_inherited(keep: &[i32]) {
+    use syscalls::{Sysno, syscall};
+    // SAFETY: opens, lists and closes descriptors of this process only, into buffers on the
+    // stack.
+    unsafe {
+        let Ok(dir) = syscall!(
+            Sysno::openat,
+            libc::AT_FDCWD,
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC
+        ) else {
+            return;
+        };
+        let dir = dir as i32;
+        // Closed after each listing, not during it: the listing is made as it is read.
+        loop {
+            let mut doomed = [0i32; 256];
+            let mut found = 0;
+            each_descriptor(dir, |fd| {
+                if fd > 2 && fd != dir && !keep.contains(&fd) && found < doomed.len() {
+                    doomed[found] = fd;
+                    found += 1;
+                }
+            });
+            for fd in &doomed[..found] {
+                let _ = syscall!(Sysno::close, *fd);
+            }
+            if found < doomed.len() {
+                break;
+            }
+        }
+        let _ = syscall!(Sysno::close, dir);
+    }
+}
+
+/// Calls `each` with every descriptor number listed in the open directory `dir`
+/// (`/proc/self/fd`), from its start. Raw system calls, a buffer on the stack.
+fn each_descriptor(dir: i32, mut each: impl FnMut(i32)) {
+    use syscalls::{Sysno, syscall};
+    // SAFETY: reads the directory into a buffer on the stack, within its length.
+    unsafe {
+        if syscall!(Sysno::lseek, dir, 0, libc::SEEK_SET).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 2048];
+        while let Ok(read) = syscall!(Sysno::getdents64, dir, buf.as_mut_ptr(), buf.len()) {
+            if read == 0 {
+                return;
+            }
+            // `linux_dirent64`: inode (8 bytes), offset (8), record length (2), type (1),
+            // then the name, ended by a NUL.
+            let mut at = 0;
+            while at + 19 < read {
+                let length = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+                if length == 0 || at + length > read {
+                    return;
+                }
+                let mut fd: i32 = 0;
+                let mut digits = 0;
+                for &b in &buf[at + 19..at + length] {
+                    match b {
+                        b'0'..=b'9' if digits < 9 => {
+                            fd = fd * 10 + i32::from(b - b'0');
+                            digits += 1;
+                        }
+                        0 => break,
+                        _ => {
+                            digits = 0;
+                            break;
+                        }
+                    }
+                }
+                if digits > 0 {
+                    each(fd);
+                }
+                at += length;
+            }
+        }
+    }
+}
+
+/// What a uid-mode child execs itself, made in the parent.
+struct Execed(crate::process::spawn::Program);
+
+// SAFETY: made in the parent and only read by the forked child (its copy); the parent never
+// touches it after (the pointers it holds point into its own strings).
+unsafe impl Send for Execed {}
+// SAFETY: as above.
+unsafe impl Sync for Execed {}
+
+/// The program, arguments and environment `command` sets, for the child to exec itself: the
+/// environment is only what it sets (every caller clears it first).
+///
+/// # Errors
+/// When one of them is not UTF-8, or holds a NUL byte.
+fn program_of(command: &Command) -> io::Result<crate::process::spawn::Program> {
+    let text = |s: &std::ffi::OsStr| {
+        s.to_str().map(str::to_owned).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{s:?} is not UTF-8: a confined command is made of text"),
+            )
+        })
+    };
+    let mut words = vec![text(command.get_program())?];
+    for arg in command.get_args() {
+        words.push(text(arg)?);
+    }
+    let env = command
+        .get_envs()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .map(|(key, value)| Ok((text(key)?, text(value)?)))
+        .collect::<io::Result<Vec<(String, String)>>>()?;
+    crate::process::spawn::Program::new(&words, env.iter().map(|(k, v)| (k, v)), Path::new("/"))
 }
 
 /// Takes `gid` (real, effective and saved), no supplementary groups (as root), and the
@@ -858,17 +1125,6 @@ pub(crate) fn stop_self() {
     unsafe {
         let pid = syscalls::syscall!(syscalls::Sysno::getpid).unwrap_or(0);
         let _ = syscalls::syscall!(syscalls::Sysno::kill, pid, libc::SIGSTOP);
-    }
-}
-
-/// The pid a confined child sent before taking its uid, if it got there.
-fn reported_pid(reported: &std::os::unix::net::UnixStream) -> Option<u32> {
-    reported.set_nonblocking(true).ok()?;
-    // The child's send of 4 bytes arrives whole.
-    let mut bytes = [0u8; 4];
-    match io::Read::read(&mut &*reported, &mut bytes) {
-        Ok(4) => Some(u32::from_ne_bytes(bytes)),
-        _ => None,
     }
 }
 
@@ -1750,6 +2006,139 @@ mod tests {
             panic!("the start did not return within 20 s though its child was stopped");
         };
         Some(started.expect_err("the stopped child's start fails"))
+    }
+
+    /// A child held before its exec (the environment's code may stop it, or slow its exec)
+    /// holds nothing the engine's other threads had open at its fork: not a pipe being set
+    /// up for another command, not a connection. Its own start still goes on.
+    #[test]
+    fn a_child_held_before_its_exec_holds_no_descriptor_of_the_engine_s_other_work() {
+        use std::os::unix::fs::MetadataExt;
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        const UID: u32 = 3_999_447;
+        // Another thread's work at the fork: a pipe with both its ends, a connection.
+        let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        let inode = |fd: i32| {
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .expect("stat")
+                .ino()
+        };
+        let foreign = [
+            format!("pipe:[{}]", inode(reader.as_raw_fd())),
+            format!("socket:[{}]", inode(ours.as_raw_fd())),
+            format!("socket:[{}]", inode(theirs.as_raw_fd())),
+        ];
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut command = Command::new("true");
+        command
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        SLEEP_AFTER_IDS.set(Some(libc::timespec {
+            tv_sec: 2,
+            tv_nsec: 0,
+        }));
+        let launch = as_uid(dir.path(), UID).apply(&mut command);
+        SLEEP_AFTER_IDS.set(None);
+        let launch = launch.expect("uid mode, as root");
+        let started = std::thread::spawn(move || launch.spawn(&mut command)?.wait());
+        // The child, held: the process of the uid that still bears the held name.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let child = loop {
+            let found = std::fs::read_dir("/proc")
+                .expect("/proc")
+                .find_map(|entry| {
+                    let path = entry.ok()?.path();
+                    let status = std::fs::read_to_string(path.join("status")).ok()?;
+                    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+                    let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?;
+                    (uid.split_whitespace().next() == Some(&UID.to_string())
+                        && name.trim() == "slipway-held")
+                        .then_some(path)
+                });
+            if let Some(child) = found {
+                break child;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no held child of uid {UID} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let held: Vec<String> = std::fs::read_dir(child.join("fd"))
+            .expect("the child's descriptors")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .collect();
+        for what in &foreign {
+            assert!(
+                !held.contains(what),
+                "the held child keeps {what}: {held:?}"
+            );
+        }
+        let status = started
+            .join()
+            .expect("the start's thread")
+            .expect("started");
+        assert!(status.success(), "its own start went on: {status}");
+        drop((reader, writer, ours, theirs));
+    }
+
+    /// In uid mode the child execs the program itself: as `execvp` would (a missing program
+    /// fails the start with `ENOENT`; a file without a `#!` line runs under `/bin/sh`), with
+    /// only the environment the command sets.
+    #[test]
+    fn a_uid_mode_child_execs_as_execvp_would_with_only_its_own_environment() {
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut missing = Command::new("no-such-program-slipway");
+        missing.env_clear().env("PATH", "/usr/bin:/bin");
+        let launch = as_uid(dir.path(), 3_999_448)
+            .apply(&mut missing)
+            .expect("uid mode, as root");
+        let err = launch
+            .spawn(&mut missing)
+            .expect_err("a program that does not exist fails its start");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+
+        // A script without `#!`, readable and runnable by anyone, in a directory anyone may
+        // enter.
+        let bin = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(
+            bin.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let script = bin.path().join("hello");
+        std::fs::write(&script, "echo \"ran $GREETING ${HOME:-unset}\"\n").expect("write");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let mut command = Command::new("hello");
+        command
+            .env_clear()
+            .env("PATH", format!("/nonexistent:{}", bin.path().display()))
+            .env("GREETING", "hi")
+            .stdout(std::process::Stdio::piped());
+        let launch = as_uid(dir.path(), 3_999_448)
+            .apply(&mut command)
+            .expect("uid mode, as root");
+        let out = launch
+            .spawn(&mut command)
+            .and_then(std::process::Child::wait_with_output)
+            .expect("the script runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ran hi unset\n",
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -320,6 +320,11 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
+    /// The descriptor it writes to, which a child must keep until it registers.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
     /// Writes `watch PID 0 AT` for the calling process, in one `write`. Async-signal-safe: no
     /// allocation, no lock, so it may run in a child forked from a threaded process.
     ///

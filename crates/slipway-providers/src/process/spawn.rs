@@ -555,27 +555,37 @@ unsafe fn child(shared: *mut Shared) -> ! {
                 _ => exit(127),
             }
         }
-        // execvp's search, on the paths made in the parent: a missing or unreachable
-        // candidate is passed over, any other failure ends the search; EACCES is what is
-        // said when one was refused and none ran.
-        let (argv, envp) = (program.argv.as_ptr(), program.envp.as_ptr());
+        fail(program.exec())
+    }
+}
+
+impl Program {
+    /// Execs the program as `execvp` would, on the paths made in the parent: a missing or
+    /// unreachable candidate is passed over, any other failure ends the search; EACCES is
+    /// what is said when one was refused and none ran. Returns only when none ran, with why.
+    ///
+    /// # Safety
+    /// In a child before its exec, alone on this `Program`: raw system calls, nothing
+    /// allocated; `shell_argv` is written through its cell.
+    pub(crate) unsafe fn exec(&self) -> Errno {
+        let (argv, envp) = (self.argv.as_ptr(), self.envp.as_ptr());
         let mut refused = false;
         let mut last = Errno::ENOENT;
-        for candidate in &program.candidates {
-            let mut e = match syscall!(Sysno::execve, candidate.as_ptr(), argv, envp) {
-                Err(e) => e,
-                Ok(_) => Errno::ENOEXEC,
-            };
+        for candidate in &self.candidates {
+            // SAFETY: NUL-terminated strings and null-terminated arrays made in the parent.
+            let tried = unsafe { syscall!(Sysno::execve, candidate.as_ptr(), argv, envp) };
+            let mut e = tried.err().unwrap_or(Errno::ENOEXEC);
             if e == Errno::ENOEXEC {
                 // A file without a `#!` line: the shell runs it.
-                let shell_argv = &mut *program.shell_argv.get();
+                // SAFETY: this child alone uses the cell (see above).
+                let shell_argv = unsafe { &mut *self.shell_argv.get() };
                 if let Some(slot) = shell_argv.get_mut(1) {
                     *slot = candidate.as_ptr();
                 }
-                e = match syscall!(Sysno::execve, SHELL.as_ptr(), shell_argv.as_ptr(), envp) {
-                    Err(e) => e,
-                    Ok(_) => Errno::ENOEXEC,
-                };
+                // SAFETY: as above.
+                let tried =
+                    unsafe { syscall!(Sysno::execve, SHELL.as_ptr(), shell_argv.as_ptr(), envp) };
+                e = tried.err().unwrap_or(Errno::ENOEXEC);
             }
             match e {
                 Errno::EACCES => refused = true,
@@ -584,11 +594,11 @@ unsafe fn child(shared: *mut Shared) -> ! {
                 | Errno::ENOTDIR
                 | Errno::ENODEV
                 | Errno::ETIMEDOUT => {}
-                other => fail(other),
+                other => return other,
             }
             last = e;
         }
-        fail(if refused { Errno::EACCES } else { last })
+        if refused { Errno::EACCES } else { last }
     }
 }
 
