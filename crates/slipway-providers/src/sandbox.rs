@@ -579,6 +579,13 @@ impl Confinement {
             None => None,
         };
         let report_fd = report.as_ref().map_or(-1, |r| r.as_raw_fd());
+        let report_ino = match &report {
+            Some(_) => {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/self/fd/{report_fd}"))?.ino()
+            }
+            None => 0,
+        };
         let keep = [
             report_fd,
             prepared.ruleset.as_ref().map_or(-1, |r| r.as_raw_fd()),
@@ -595,6 +602,17 @@ impl Confinement {
             command.pre_exec(move || {
                 use syscalls::{Errno, Sysno, syscall};
                 let raw = |e: Errno| io::Error::from_raw_os_error(e.into_raw());
+                // The report this `Launch` made, not whatever has its number now (a
+                // `Command` started again, or without its `Launch`): `Command`'s channel
+                // still says so.
+                if program.is_some() {
+                    let mut st: libc::stat = std::mem::zeroed();
+                    let same = syscall!(Sysno::fstat, report_fd, &mut st as *mut libc::stat)
+                        .is_ok_and(|_| st.st_ino == report_ino);
+                    if !same {
+                        return Err(raw(Errno::EBADF));
+                    }
+                }
                 syscall!(Sysno::setsid).map_err(raw)?;
                 let Some(Execed(program)) = &program else {
                     prepared.enter().map_err(raw)?;
@@ -607,16 +625,7 @@ impl Confinement {
                 // closed with the rest; a failure is said on the report, and the child ends.
                 close_inherited(&keep);
                 let fail = |e: Errno| -> ! {
-                    let bytes = e.into_raw().to_ne_bytes();
-                    let _ = syscall!(
-                        Sysno::sendto,
-                        report_fd,
-                        bytes.as_ptr(),
-                        bytes.len(),
-                        libc::MSG_NOSIGNAL,
-                        0,
-                        0
-                    );
+                    say(report_fd, ERRNO, e.into_raw() as u32);
                     loop {
                         let _ = syscall!(Sysno::exit_group, 127);
                     }
@@ -630,17 +639,7 @@ impl Confinement {
                 if let Err(e) = syscall!(Sysno::prctl, libc::PR_SET_NAME, held, 0, 0, 0) {
                     fail(e);
                 }
-                let pid = syscall!(Sysno::getpid).unwrap_or(0) as u32;
-                let bytes = pid.to_ne_bytes();
-                let _ = syscall!(
-                    Sysno::sendto,
-                    report_fd,
-                    bytes.as_ptr(),
-                    bytes.len(),
-                    libc::MSG_NOSIGNAL,
-                    0,
-                    0
-                );
+                say(report_fd, PID, syscall!(Sysno::getpid).unwrap_or(0) as u32);
                 if let Err(e) = prepared.take_ids() {
                     fail(e);
                 }
@@ -775,19 +774,41 @@ pub struct Launch {
     wait: Duration,
 }
 
+/// A uid-mode child's report ([`Launch`]): records of a tag byte and a number.
+const PID: u8 = b'p';
+const ERRNO: u8 = b'e';
+const RECORD: usize = 5;
+
+/// Sends one report record, in a child before its exec (a raw system call, no SIGPIPE).
+fn say(report: i32, tag: u8, value: u32) {
+    let v = value.to_ne_bytes();
+    let record = [tag, v[0], v[1], v[2], v[3]];
+    // SAFETY: sends a buffer on the stack.
+    let _ = unsafe {
+        syscalls::syscall!(
+            syscalls::Sysno::sendto,
+            report,
+            record.as_ptr(),
+            RECORD,
+            libc::MSG_NOSIGNAL,
+            0,
+            0
+        )
+    };
+}
+
 /// How a [`Launch::spawn`] in uid mode ended, as its guard saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spawn {
-    /// Not known yet.
-    Running,
-    /// The child is past its exec.
+    /// The child is past its exec (or at least said its pid, then closed its report: an exec,
+    /// as `Command` counts one).
     Execed,
     /// The child could not exec (its errno).
     Failed(i32),
     /// Killed before its exec: once seen stopped by a signal (`true`), or at the end of the
     /// wait.
     Killed(bool),
-    /// The child ended before it said anything (or was never forked).
+    /// The child never said its pid (it ended first, or was never forked).
     Vanished,
 }
 
@@ -803,40 +824,22 @@ impl Launch {
     /// # Errors
     /// As `Command::spawn`; the child's errno when it could not exec; and when it was ended.
     pub fn spawn(self, command: &mut Command) -> io::Result<std::process::Child> {
-        use std::sync::{Arc, Condvar, Mutex, PoisonError};
         let (Some(reported), Some(report)) = (self.reported, self.report) else {
             return command.spawn();
         };
-        let watch = Arc::new((Mutex::new(Spawn::Running), Condvar::new()));
-        let guard = {
-            let watch = Arc::clone(&watch);
-            let wait = self.wait;
-            std::thread::Builder::new()
-                .name("slipway-launch".to_owned())
-                .spawn(move || {
-                    let ended = watch_launch(&reported, Instant::now() + wait);
-                    let (state, changed) = &*watch;
-                    *state.lock().unwrap_or_else(PoisonError::into_inner) = ended;
-                    changed.notify_all();
-                })?
-        };
+        let wait = self.wait;
+        let guard = std::thread::Builder::new()
+            .name("slipway-launch".to_owned())
+            .spawn(move || watch_launch(&reported, Instant::now() + wait))?;
         // Returns once the child closed its copy of `Command`'s channel, right after its fork
         // (or once it failed before: then with the error).
         let spawned = command.spawn();
-        // Ours goes, so that the end of the stream is the child's exec (or its death).
+        // Ours goes, so that the end of the stream is the child's exec (or its end).
         drop(report);
-        let ended = {
-            let (state, changed) = &*watch;
-            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            while *state == Spawn::Running {
-                state = changed.wait(state).unwrap_or_else(PoisonError::into_inner);
-            }
-            *state
-        };
-        let _ = guard.join();
+        let ended = guard.join().unwrap_or(Spawn::Vanished);
         let mut child = spawned?;
         let failed = match ended {
-            Spawn::Running | Spawn::Execed => return Ok(child),
+            Spawn::Execed => return Ok(child),
             Spawn::Failed(errno) => io::Error::from_raw_os_error(errno),
             Spawn::Killed(true) => io::Error::other(
                 "the program did not get to its exec: it was stopped on its way (by a signal: \
@@ -845,13 +848,15 @@ impl Launch {
             Spawn::Killed(false) => io::Error::other(format!(
                 "the program did not get to its exec: it was still on its way after {}s (held \
                  by the environment's own code, or a debugger), and has been killed",
-                self.wait.as_secs_f64()
+                wait.as_secs_f64()
             )),
             Spawn::Vanished => io::Error::other(
                 "the program's start ended before it said whether it ran (its process was \
                  killed)",
             ),
         };
+        // Whatever it is doing, it is not the started program: it goes, then is reaped.
+        let _ = child.kill();
         let _ = child.wait();
         Err(failed)
     }
@@ -862,16 +867,20 @@ impl Launch {
 /// still before it at `deadline`.
 fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) -> Spawn {
     let (mut pause, longest) = LAUNCH_LOOKS;
-    // The pid (4 bytes), then an errno (4 bytes).
-    let mut said = [0u8; 8];
+    let mut record = [0u8; RECORD];
     let mut got = 0;
-    let pid = |said: &[u8; 8], got: usize| {
-        (got >= 4).then(|| u32::from_ne_bytes([said[0], said[1], said[2], said[3]]))
-    };
+    let mut pid: Option<u32> = None;
     let kill = |pid: u32| {
         // SAFETY: our own child, not reaped: `Command::spawn` reaps only a child that said
-        // through its channel that its exec failed, and this child closed that channel.
+        // through its channel that its exec failed, and this child closed that channel
+        // before it said its pid.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    };
+    // The end of the stream: an exec, once it said its pid (the program may name itself
+    // anything, the held name included: its name proves nothing past its exec).
+    let ended = |pid: Option<u32>| match pid {
+        Some(_) => Spawn::Execed,
+        None => Spawn::Vanished,
     };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -884,29 +893,27 @@ fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) ->
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) };
         if ready > 0 {
-            // SAFETY: reads into the unread rest of `said`.
+            // SAFETY: reads into the unread rest of `record`.
             let read = unsafe {
                 libc::recv(
                     reported.as_raw_fd(),
-                    said[got..].as_mut_ptr().cast(),
-                    said.len() - got,
+                    record[got..].as_mut_ptr().cast(),
+                    RECORD - got,
                     libc::MSG_DONTWAIT,
                 )
             };
-            // The end of the stream: past its exec, unless it died before (it still bears
-            // the held name, as a zombie too).
-            let ended = |got: usize| match pid(&said, got) {
-                Some(pid) if !crate::procinfo::stat(pid).is_some_and(|s| s.held) => Spawn::Execed,
-                _ => Spawn::Vanished,
-            };
             match read {
-                0 => return ended(got),
+                0 => return ended(pid),
                 n if n > 0 => {
                     got += n as usize;
-                    if got == said.len() {
-                        return Spawn::Failed(i32::from_ne_bytes([
-                            said[4], said[5], said[6], said[7],
-                        ]));
+                    if got == RECORD {
+                        got = 0;
+                        let value =
+                            u32::from_ne_bytes([record[1], record[2], record[3], record[4]]);
+                        match record[0] {
+                            PID => pid = Some(value),
+                            _ => return Spawn::Failed(value as i32),
+                        }
                     }
                     continue;
                 }
@@ -917,21 +924,21 @@ fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) ->
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) {
                         // The stream broke (reset).
-                        return ended(got);
+                        return ended(pid);
                     }
                 }
             }
         }
         pause = (pause * 2).min(longest);
-        let Some(pid) = pid(&said, got) else {
+        let Some(pid) = pid else {
             if left.is_zero() {
-                // Never said its pid within the wait: nothing to kill by name.
+                // Never said its pid within the wait.
                 return Spawn::Vanished;
             }
             continue;
         };
-        // It named itself before it said its pid: without the name (and alive) it is past
-        // its exec; a stop (`T`, not a tracer's `t`) is a signal's.
+        // It named itself before it said its pid: without the name it is past its exec (an
+        // exit since included); a stop (`T`, not a tracer's `t`) is a signal's.
         match crate::procinfo::stat(pid) {
             Some(s) if s.held && s.state == 'T' => {
                 kill(pid);
@@ -941,8 +948,8 @@ fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) ->
                 kill(pid);
                 return Spawn::Killed(false);
             }
-            Some(s) if !s.held && !matches!(s.state, 'Z' | 'X' | 'x') => return Spawn::Execed,
-            _ if left.is_zero() => return Spawn::Vanished,
+            Some(s) if !s.held => return Spawn::Execed,
+            None => return Spawn::Vanished,
             _ => {}
         }
     }
@@ -1007,7 +1014,7 @@ fn each_descriptor(dir: i32, mut each: impl FnMut(i32)) {
             let mut at = 0;
             while at + 19 < read {
                 let length = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
-                if length == 0 || at + length > read {
+                if length < 19 || at + length > read {
                     return;
                 }
                 let mut fd: i32 = 0;
@@ -2139,6 +2146,75 @@ mod tests {
             "ran hi unset\n",
             "{out:?}"
         );
+    }
+
+    /// A program may take any name, the held one included: its start still returns once it
+    /// exec'd (waiting for it to end would hold the reconcile that started it).
+    #[test]
+    fn a_program_named_as_a_held_child_is_started_and_not_waited_for() {
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        let bin = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(
+            bin.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let named = bin.path().join("slipway-held");
+        std::fs::copy("/bin/sleep", &named).expect("a copy of sleep");
+        let mut command = Command::new(&named);
+        command
+            .arg("600")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let launch = as_uid(bin.path(), 3_999_449)
+            .apply(&mut command)
+            .expect("uid mode, as root");
+        let (sent, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sent.send(launch.spawn(&mut command));
+        });
+        let mut child = started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the start returned while its program runs")
+            .expect("started");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The report a child writes to is the one its `Launch` made: a `Command` started again
+    /// (its `Launch` spent) fails instead of writing to whatever has that number now.
+    #[test]
+    fn a_command_started_again_without_its_launch_fails() {
+        if !running_as_root() {
+            eprintln!("not root: uid mode cannot be checked");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut command = Command::new("true");
+        command
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let launch = as_uid(dir.path(), 3_999_450)
+            .apply(&mut command)
+            .expect("uid mode, as root");
+        let status = launch
+            .spawn(&mut command)
+            .and_then(|mut child| child.wait())
+            .expect("the first start");
+        assert!(status.success(), "{status}");
+        // Something else takes the number the report had.
+        let (_a, _b) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        let err = command
+            .spawn()
+            .expect_err("a second start without its launch");
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
     }
 
     #[test]
