@@ -1937,12 +1937,7 @@ mod tests {
             return;
         }
         // Root's and 0700: the uid cannot enter it.
-        let closed = tempfile::tempdir().expect("a temp dir");
-        std::fs::set_permissions(
-            closed.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .expect("chmod");
+        let closed = dir_with_mode(0o700);
         for (cwd, enters) in [(closed.path(), false), (Path::new("/usr"), true)] {
             let mut command = Command::new("pwd");
             command
@@ -1964,6 +1959,17 @@ mod tests {
                 (out, _) => panic!("{}: entered {enters} expected, got {out:?}", cwd.display()),
             }
         }
+    }
+
+    /// A new temporary directory of mode `mode` (root's, as the tests run).
+    fn dir_with_mode(mode: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .expect("chmod");
+        dir
     }
 
     /// The uid of the children that stop themselves.
@@ -2118,12 +2124,7 @@ mod tests {
 
         // A script without `#!`, readable and runnable by anyone, in a directory anyone may
         // enter.
-        let bin = tempfile::tempdir().expect("a temp dir");
-        std::fs::set_permissions(
-            bin.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
+        let bin = dir_with_mode(0o755);
         let script = bin.path().join("hello");
         std::fs::write(&script, "echo \"ran $GREETING ${HOME:-unset}\"\n").expect("write");
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -2156,12 +2157,7 @@ mod tests {
             eprintln!("not root: uid mode cannot be checked");
             return;
         }
-        let bin = tempfile::tempdir().expect("a temp dir");
-        std::fs::set_permissions(
-            bin.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
+        let bin = dir_with_mode(0o755);
         let named = bin.path().join("slipway-held");
         std::fs::copy("/bin/sleep", &named).expect("a copy of sleep");
         let mut command = Command::new(&named);
