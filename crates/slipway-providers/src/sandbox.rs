@@ -579,12 +579,13 @@ impl Confinement {
             None => None,
         };
         let report_fd = report.as_ref().map_or(-1, |r| r.as_raw_fd());
-        let report_ino = match &report {
-            Some(_) => {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::metadata(format!("/proc/self/fd/{report_fd}"))?.ino()
+        // The report's identity (device and inode), which the child checks before it writes.
+        let report_id = match &report {
+            Some(report) => {
+                let st = nix::sys::stat::fstat(report)?;
+                (st.st_dev, st.st_ino)
             }
-            None => 0,
+            None => (0, 0),
         };
         let keep = [
             report_fd,
@@ -608,7 +609,7 @@ impl Confinement {
                 if program.is_some() {
                     let mut st: libc::stat = std::mem::zeroed();
                     let same = syscall!(Sysno::fstat, report_fd, &mut st as *mut libc::stat)
-                        .is_ok_and(|_| st.st_ino == report_ino);
+                        .is_ok_and(|_| (st.st_dev, st.st_ino) == report_id);
                     if !same {
                         return Err(raw(Errno::EBADF));
                     }
@@ -889,7 +890,9 @@ fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) ->
             events: libc::POLLIN,
             revents: 0,
         }];
-        let timeout = libc::c_int::try_from(pause.min(left).as_millis()).unwrap_or(50);
+        // Rounded up: a wait of under a millisecond is not a wait of none.
+        let timeout =
+            libc::c_int::try_from(pause.min(left).as_micros().div_ceil(1000)).unwrap_or(50);
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) };
         if ready > 0 {
@@ -949,7 +952,9 @@ fn watch_launch(reported: &std::os::unix::net::UnixStream, deadline: Instant) ->
                 return Spawn::Killed(false);
             }
             Some(s) if !s.held => return Spawn::Execed,
-            None => return Spawn::Vanished,
+            // Unreadable (no `/proc`, no descriptor left): it is our unreaped child, so it
+            // exists; only the deadline decides then.
+            None if left.is_zero() => return Spawn::Vanished,
             _ => {}
         }
     }
