@@ -627,9 +627,7 @@ impl Confinement {
                 close_inherited(&keep);
                 let fail = |e: Errno| -> ! {
                     say(report_fd, ERRNO, e.into_raw() as u32);
-                    loop {
-                        let _ = syscall!(Sysno::exit_group, 127);
-                    }
+                    crate::process::spawn::exit(127)
                 };
                 if let Err(e) = set_signal_mask(!0) {
                     fail(e);
@@ -1909,8 +1907,7 @@ mod tests {
 
     #[test]
     fn a_confined_child_takes_its_uid_whole_and_no_group() {
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return;
         }
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -1937,8 +1934,7 @@ mod tests {
 
     #[test]
     fn a_confined_child_enters_its_working_directory_with_the_uid_s_rights() {
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return;
         }
         // Root's and 0700: the uid cannot enter it.
@@ -1966,6 +1962,29 @@ mod tests {
         }
     }
 
+    /// Whether uid mode can be checked here (it needs root); says so when it cannot.
+    fn uid_mode_checkable() -> bool {
+        let root = running_as_root();
+        if !root {
+            eprintln!("not root: uid mode cannot be checked");
+        }
+        root
+    }
+
+    /// Tests' commands: no standard stream of the harness's (a child left stopped must not
+    /// hold its output).
+    trait Silent {
+        fn silent(&mut self) -> &mut Self;
+    }
+
+    impl Silent for Command {
+        fn silent(&mut self) -> &mut Self {
+            self.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+        }
+    }
+
     /// A new temporary directory of mode `mode` (root's, as the tests run).
     fn dir_with_mode(mode: u32) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -1984,17 +2003,13 @@ mod tests {
     /// environment's code may stop it), its guard waiting `wait` at most; `None` when not root
     /// (uid mode cannot be checked).
     fn start_stopped_before_its_exec(wait: Duration) -> Option<io::Error> {
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut command = Command::new("true");
         // Nothing of the test's: a child left stopped must not hold the harness's output.
-        command
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        command.silent();
         STOP_AFTER_IDS.set(true);
         let launch = as_uid(dir.path(), STOPPED_UID).apply(&mut command);
         STOP_AFTER_IDS.set(false);
@@ -2032,8 +2047,7 @@ mod tests {
     #[test]
     fn a_child_held_before_its_exec_holds_no_descriptor_of_the_engine_s_other_work() {
         use std::os::unix::fs::MetadataExt;
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return;
         }
         const UID: u32 = 3_999_447;
@@ -2052,11 +2066,7 @@ mod tests {
         ];
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut command = Command::new("true");
-        command
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        command.env_clear().silent();
         SLEEP_AFTER_IDS.set(Some(libc::timespec {
             tv_sec: 2,
             tv_nsec: 0,
@@ -2112,8 +2122,7 @@ mod tests {
     /// only the environment the command sets.
     #[test]
     fn a_uid_mode_child_execs_as_execvp_would_with_only_its_own_environment() {
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return;
         }
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -2158,20 +2167,14 @@ mod tests {
     /// exec'd (waiting for it to end would hold the reconcile that started it).
     #[test]
     fn a_program_named_as_a_held_child_is_started_and_not_waited_for() {
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return;
         }
         let bin = dir_with_mode(0o755);
         let named = bin.path().join("slipway-held");
         std::fs::copy("/bin/sleep", &named).expect("a copy of sleep");
         let mut command = Command::new(&named);
-        command
-            .arg("600")
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        command.arg("600").env_clear().silent();
         let launch = as_uid(bin.path(), 3_999_449)
             .apply(&mut command)
             .expect("uid mode, as root");
@@ -2191,17 +2194,12 @@ mod tests {
     /// (its `Launch` spent) fails instead of writing to whatever has that number now.
     #[test]
     fn a_command_started_again_without_its_launch_fails() {
-        if !running_as_root() {
-            eprintln!("not root: uid mode cannot be checked");
+        if !uid_mode_checkable() {
             return;
         }
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut command = Command::new("true");
-        command
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        command.env_clear().silent();
         let launch = as_uid(dir.path(), 3_999_450)
             .apply(&mut command)
             .expect("uid mode, as root");

@@ -457,8 +457,8 @@ extern "C" fn child_main(shared: *mut c_void) -> c_int {
     unsafe { child(shared.cast()) }
 }
 
-/// Ends the child (its thread group is itself alone).
-fn exit(code: usize) -> ! {
+/// Ends a child before its exec (its thread group is itself alone): a raw system call.
+pub(crate) fn exit(code: usize) -> ! {
     loop {
         // SAFETY: exit_group does not return.
         let _ = unsafe { syscall!(Sysno::exit_group, code) };
