@@ -101,29 +101,50 @@ fn seen(inner: &Inner, name: &EnvName) -> Option<i64> {
 }
 
 /// Writes the requests seen since the last time to the state (every [`FLUSH_EVERY`], from
-/// the controller's timer). Kept in memory when the write fails, for the next time.
+/// the controller's timer). Each stays in memory until the state has it: a reconcile that
+/// looks meanwhile finds it in one or the other ([`settled`]). Kept in memory when the write
+/// fails, for the next time.
 pub(crate) fn flush(inner: &Inner) {
-    let taken: BTreeMap<EnvName, i64> = std::mem::take(
-        &mut *inner
+    let lock = || {
+        inner
             .seen
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
-    if taken.is_empty() {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let seen: Vec<(EnvName, i64)> = lock().iter().map(|(n, at)| (n.clone(), *at)).collect();
+    if seen.is_empty() {
         return;
     }
-    let seen: Vec<(EnvName, i64)> = taken.iter().map(|(n, at)| (n.clone(), *at)).collect();
-    if let Err(e) = inner.engine.store().record_requests(&seen) {
-        tracing::warn!(error = %e, "recording the preview requests seen failed; kept for later");
-        let mut now = inner
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (name, at) in taken {
-            let kept = now.entry(name).or_insert(at);
-            *kept = (*kept).max(at);
+    match inner.engine.store().record_requests(&seen) {
+        Ok(()) => forget_written(&mut lock(), &seen),
+        Err(e) => {
+            tracing::warn!(error = %e, "recording the preview requests seen failed; kept for later");
         }
     }
+}
+
+/// Forgets the requests of `written` that the state now has; one seen since (later) stays.
+fn forget_written(seen: &mut BTreeMap<EnvName, i64>, written: &[(EnvName, i64)]) {
+    for (name, at) in written {
+        if seen.get(name).is_some_and(|now| now <= at) {
+            seen.remove(name);
+        }
+    }
+}
+
+/// What is due for environment `name` at `now`, from memory and then the state, read in
+/// that order: a request that [`flush`] moves from one to the other meanwhile is in the state
+/// by the time it is gone from memory. `None` when the environment is gone.
+fn settled(
+    seen: impl FnOnce() -> Option<i64>,
+    read: impl FnOnce() -> Result<Option<EnvironmentRecord>, ControllerError>,
+    now: i64,
+) -> Result<Option<(EnvironmentRecord, Option<i64>, Due)>, ControllerError> {
+    let seen = seen();
+    Ok(read()?.map(|record| {
+        let due = due(&record, seen, now);
+        (record, seen, due)
+    }))
 }
 
 /// The environments with something due now (see [`due`]): what the timer queues.
@@ -147,7 +168,20 @@ pub(crate) fn check(
 ) -> Result<Option<Action>, ControllerError> {
     let name = &record.name;
     let now = inner.now();
-    let due = due(record, seen(inner, name), now);
+    if !due(record, seen(inner, name), now).any() {
+        return Ok(None);
+    }
+    // Something is due by the record the reconcile read: decided again from the state as it
+    // is now (a request written since that read is in the state, no longer in memory).
+    let Some((fresh, seen, due)) = settled(
+        || seen(inner, name),
+        || Ok(inner.engine.store().environment(name)?),
+        now,
+    )?
+    else {
+        return Ok(Some(Action::Done));
+    };
+    let record = &fresh;
     if due.expire {
         let idle = humantime::format_duration(ms(record.idle_ttl_ms.unwrap_or(0)));
         let options = DestroyOptions::new(WHO, Confirmation::Absent);
@@ -162,7 +196,7 @@ pub(crate) fn check(
     }
     if due.warn {
         let idle_ttl = record.idle_ttl_ms.unwrap_or(0);
-        let since = record.idle_since(seen(inner, name));
+        let since = record.idle_since(seen);
         let left = since.saturating_add(idle_ttl).saturating_sub(now).max(0);
         inner
             .engine
@@ -331,6 +365,60 @@ mod tests {
         assert!(at(&r, 18_500).warn, "and the next idle spell warns again");
         r.commit = None;
         assert!(!at(&r, 99_000).expire, "nothing deployed yet: no idle time");
+    }
+
+    /// A flush writes the requests it read, then forgets them: one seen meanwhile, later, is
+    /// still to be written; one not written yet is still in memory.
+    #[test]
+    fn a_request_stays_in_memory_until_the_state_has_it() {
+        let name = |n: &str| EnvName::parse(n).expect("a valid name");
+        let mut seen = BTreeMap::from([(name("pr-1"), 10), (name("pr-2"), 20)]);
+        let written = vec![(name("pr-1"), 10), (name("pr-2"), 20)];
+        // Between the write and the forgetting, pr-2 got another request; pr-3 its first.
+        seen.insert(name("pr-2"), 25);
+        seen.insert(name("pr-3"), 30);
+        forget_written(&mut seen, &written);
+        assert_eq!(
+            seen,
+            BTreeMap::from([(name("pr-2"), 25), (name("pr-3"), 30)]),
+            "only what the state has is forgotten"
+        );
+    }
+
+    /// A flush that moves a request from memory to the state between the two looks of a
+    /// reconcile: whichever look comes first sees the world before it, the second after.
+    /// Read memory first, then the state, the request is seen in one of them; the other way
+    /// round, in neither, and an environment in use was destroyed as idle.
+    #[test]
+    fn a_request_being_flushed_is_seen_by_the_idle_check() {
+        let mut stale = record(None, Some(10_000));
+        stale.last_request_at = Some(1_000);
+        let mut written = stale.clone();
+        written.last_request_at = Some(10_500);
+        let flushed = std::cell::Cell::new(false);
+        let seen = || {
+            let before = !flushed.replace(true);
+            before.then_some(10_500)
+        };
+        let read = || {
+            let before = !flushed.replace(true);
+            Ok(Some(if before {
+                stale.clone()
+            } else {
+                written.clone()
+            }))
+        };
+        let (_, _, decided) = settled(seen, read, 12_000)
+            .expect("read")
+            .expect("the environment exists");
+        assert!(
+            !decided.expire && !decided.warn,
+            "a request 1.5 s ago keeps it: {decided:?}"
+        );
+        assert!(
+            due(&stale, None, 12_000).expire,
+            "the stale record alone would have destroyed it"
+        );
     }
 
     /// The store picks the candidates (`Store::idling_environments`): awake past
