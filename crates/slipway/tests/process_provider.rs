@@ -349,7 +349,7 @@ fn a_process_becomes_ready_serves_http_and_reports_its_url() {
     let child = child_in(&env.state("api").expect("state file")).expect("a child is recorded");
     env.delete("api", Some(&applied.live), "delete");
     assert!(
-        !supervisor_of(&applied).alive(),
+        eventually(Duration::from_secs(15), || !supervisor_of(&applied).alive()),
         "delete stops the supervisor"
     );
     assert!(!child.alive(), "delete stops the child");
@@ -545,7 +545,7 @@ fn delete_without_a_record_finds_and_stops_what_create_started() {
     // As if the CLI was killed after create returned but before the engine recorded it.
     env.delete("api", None, "delete(None)");
     assert!(
-        !supervisor_of(&applied).alive(),
+        eventually(Duration::from_secs(15), || !supervisor_of(&applied).alive()),
         "delete(None) stops the supervisor it finds in the state file"
     );
     assert!(!child.alive(), "delete(None) stops the child");
@@ -658,6 +658,15 @@ fn a_process_that_never_passes_its_health_check_times_out_with_the_reason() {
         "ready_timeout": "1500ms",
     });
     let applied = env.create(&mut cleanup, "api", &config);
+    // Listening before the wait begins: on a busy machine its first 1.5 s could pass before
+    // the server binds its port, and the last check would say "refused", not 404.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            http_get(env.port(), "/missing").is_ok_and(|(status, _)| status == 404)
+        }),
+        "the server answers 404 for /missing:\n{}",
+        env.report()
+    );
     let err = env
         .try_wait_ready("api", &config, &applied, Duration::from_secs(60))
         .expect_err("a 404 health check never passes");

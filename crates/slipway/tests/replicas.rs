@@ -731,7 +731,11 @@ fn a_one_shot_command_on_the_shared_state_holds_the_lease_while_it_runs_and_neve
         slow.wait().expect("the command ends").success(),
         "the slow apply succeeds"
     );
-    assert!(samples > 40, "the lease was watched while the command ran");
+    // Ten looks at least (a second), whatever the replica's start took of the job's 7 s.
+    assert!(
+        samples >= 10,
+        "the lease was watched while the command ran: {samples} looks"
+    );
     slipway_testkit::wait::wait_for_explained(
         "r1 brings every environment to the slow change, e1 last",
         Duration::from_secs(90),

@@ -21,6 +21,37 @@ pub struct Sandbox {
     pub repo: PathBuf,
     pub home: PathBuf,
     pub config: PathBuf,
+    /// Its slot of ports and uids, held until everything it started is killed (`Drop`).
+    _slot: std::fs::File,
+}
+
+/// How many sandboxes may exist at once, on the whole machine: each has 20 ports from 21000
+/// and 20 uids from 300000.
+const SLOTS: u32 = 400;
+
+/// A slot no other sandbox holds, in this process or another, with the lock that holds it: a
+/// slot counted from a number per process and sandbox was shared when one test kept its
+/// sandbox while the other thread made ten more, and the two engines then shared uids (one's
+/// destroy killed the other's processes).
+fn claim_slot() -> (u32, std::fs::File) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join("slipway-test-slots");
+    std::fs::create_dir_all(&dir).expect("the directory of sandbox slots");
+    let first = (std::process::id() % 40) * 10 + NEXT.fetch_add(1, Ordering::Relaxed);
+    for n in (0..SLOTS).map(|i| (first + i) % SLOTS) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(n.to_string()))
+            .expect("a sandbox slot's lock file");
+        match file.try_lock() {
+            Ok(()) => return (n, file),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => panic!("locking sandbox slot {n}: {e}"),
+        }
+    }
+    panic!("all {SLOTS} sandbox slots are held")
 }
 
 impl Sandbox {
@@ -38,9 +69,9 @@ impl Sandbox {
         std::fs::create_dir_all(&repo).expect("mkdir repo");
         git(&repo, &["init", "-q", "-b", "main"]);
         // Tests run in parallel: each sandbox allocates from its own port range, so that two
-        // engines never both find a port free and race to bind it.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let slot = (std::process::id() % 40) * 200 + NEXT.fetch_add(1, Ordering::Relaxed) % 10 * 20;
+        // engines never both find a port free and race to bind it, and its own uids.
+        let (slot, slot_lock) = claim_slot();
+        let slot = slot * 20;
         let low = 21000 + slot;
         let config = dir.path().join("engine.toml");
         // Every sandbox may use this machine's PostgreSQL (the quickstart has a database);
@@ -62,6 +93,7 @@ impl Sandbox {
             repo,
             home,
             config,
+            _slot: slot_lock,
         }
     }
 
