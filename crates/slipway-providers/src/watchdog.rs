@@ -524,13 +524,15 @@ mod tests {
     #[test]
     fn a_lease_that_ran_out_while_a_group_ran_counts_as_lapsed_after_it_is_renewed() {
         // Nothing here reads what the watchdog is told: `cat` stands in for it.
-        let watchdog = Watchdog::start(&["cat".into()], Duration::from_millis(300))
-            .expect("a stand-in watchdog");
-        watchdog.renewed("qa", Instant::now(), Duration::from_millis(300));
+        // 3 s: a busy machine may stall the test between two lines for a good part of it.
+        let lease = Duration::from_secs(3);
+        let watchdog = Watchdog::start(&["cat".into()], lease).expect("a stand-in watchdog");
+        let renewed = Instant::now();
+        watchdog.renewed("qa", renewed, lease);
         let group = ProcessIdentity::current();
         let watched = watchdog.watch("qa", group).expect("the lease is held");
         assert!(!watched.lapsed(), "the lease is held");
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep((renewed + lease).saturating_duration_since(Instant::now()));
         assert!(watched.lapsed(), "its time is up");
         watchdog.renewed("qa", Instant::now(), Duration::from_secs(30));
         assert!(!watched.remaining().is_zero(), "held again");
@@ -549,9 +551,10 @@ mod tests {
     /// cannot start: a job refused so is retried, never parked.
     #[test]
     fn a_lease_lapsed_between_registration_and_watch_is_a_refusal_for_the_lease() {
-        let watchdog = Watchdog::start(&["cat".into()], Duration::from_millis(200))
-            .expect("a stand-in watchdog");
-        watchdog.renewed("qa", Instant::now(), Duration::from_millis(200));
+        // 2 s: time enough on a busy machine for the first registration below.
+        let lease = Duration::from_secs(2);
+        let watchdog = Watchdog::start(&["cat".into()], lease).expect("a stand-in watchdog");
+        watchdog.renewed("qa", Instant::now(), lease);
         let registration = watchdog.registration("qa");
         assert!(
             registration.is_ok(),

@@ -572,7 +572,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // Paused time: the deadlines race nothing but the test's own timers.
+    #[tokio::test(start_paused = true)]
     async fn a_body_sent_a_byte_at_a_time_fails_at_its_deadline_however_often_bytes_come() {
         let (feed, fed) = tokio::sync::mpsc::unbounded_channel();
         let flag = Arc::new(AtomicBool::new(false));
@@ -588,7 +589,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let read = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
         let error = read
             .expect("the body ends by its deadline, not when the client stops")
@@ -609,7 +610,8 @@ mod tests {
         trickle.abort();
     }
 
-    #[tokio::test]
+    // Paused time: the deadlines race nothing but the test's own timers.
+    #[tokio::test(start_paused = true)]
     async fn a_body_that_keeps_the_minimum_rate_gets_more_time_and_one_that_comes_at_once_passes() {
         // 1000 bytes every 50 ms (20 kB/s) against a minimum of 10 kB/s: past the 200 ms
         // timeout, each part buys another 100 ms.
@@ -653,7 +655,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // Paused time: the deadlines race nothing but the test's own timers.
+    #[tokio::test(start_paused = true)]
     async fn a_write_the_client_never_reads_fails_after_the_write_timeout() {
         let (ours, mut theirs) = tokio::io::duplex(64);
         let mut conn = WriteBounded::new(ours, Duration::from_millis(300));
@@ -672,7 +675,7 @@ mod tests {
             .expect("a client that reads, slowly, is written to");
         let _theirs = reader.await.expect("reader");
         // Then it stops reading.
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let written = tokio::time::timeout(Duration::from_secs(5), conn.write_all(&[b'y'; 1024]))
             .await
             .expect("the write ends by the write timeout");

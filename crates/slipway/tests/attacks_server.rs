@@ -367,8 +367,9 @@ fn thousands_of_half_open_connections_do_not_take_the_server_down() {
         "the server keeps at most max_connections (1024) connections open, not one per attacker: {open_files} files"
     );
 
-    // Meanwhile every kind of request still answers, promptly.
-    let deadline = Duration::from_secs(3);
+    // Meanwhile every kind of request still answers, promptly (10 s: a busy machine's
+    // "at once"; held by the attack, they would wait for as long as it lasts).
+    let deadline = Duration::from_secs(10);
     let timed = |what: &str, f: &dyn Fn() -> Option<Reply>| {
         let t = Instant::now();
         let reply = f().unwrap_or_else(|| panic!("{what} answers under the attack"));
@@ -473,7 +474,7 @@ fn responses_that_never_end_cannot_hold_every_connection() {
     .expect("the API answers");
     assert_eq!(api.status, 200);
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_secs(10),
         "/healthz and the API answer at once while preview responses hang: {:?}",
         t.elapsed()
     );
