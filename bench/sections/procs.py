@@ -546,6 +546,18 @@ def write(r):
               "running is recorded ready without `wait_ready`, which read the state file back "
               "(10% of the CLI's CPU): interleaved, 15 rounds each way, 98.5 → 94.9 and "
               "105.7 → 104.1 ms. ")
+            w("A profile of one apply at ab0767d (`perf record -a --call-graph dwarf`, "
+              "2026-12-06, 100 processes, parallelism 8, a new home): of the samples on the 2 "
+              "cores, the `sleep`s' exec 32%, the supervisor and its held children 27%, the "
+              "CLI 24%, idle 15%. The CLI runs alone for its first 16 ms (its exec, the new "
+              "schema, the commit, the plan, the environment's record and directories, after "
+              "which it wakes the supervisor); from then on both cores are busy. The inode "
+              "search was 32% of the supervisor's CPU. Measured and not kept: the run "
+              "directory on a tmpfs (one mounted on `envs/dev/run`, 15 interleaved rounds: "
+              "130.1 → 119.1 ms, 2.09× → 1.91× the floor). Runtime state belongs on a tmpfs "
+              "(`/run`, `$XDG_RUNTIME_DIR`, as containerd keeps its `state` directory), but on "
+              "this machine neither is one: the only tmpfs is `/dev/shm`, which every user "
+              "shares and where state files carrying an environment's secrets do not belong. ")
             w("Since 13513fc the supervisor clones each child sharing its memory instead of "
               "forking it (in uid mode, since 6a07355, only while `fs.suid_dumpable` reads 0, "
               "as on this machine; at 1 or 2 a child gets a copy, as a fork): with forks, the copy of its page tables and the copy-on-write "
