@@ -557,7 +557,15 @@ def write(r):
               "130.1 → 119.1 ms, 2.09× → 1.91× the floor). Runtime state belongs on a tmpfs "
               "(`/run`, `$XDG_RUNTIME_DIR`, as containerd keeps its `state` directory), but on "
               "this machine neither is one: the only tmpfs is `/dev/shm`, which every user "
-              "shares and where state files carrying an environment's secrets do not belong. ")
+              "shares and where state files carrying an environment's secrets do not belong. "
+              "How much the file system's recent deletions decide: three partial runs of this "
+              "section back to back (`BENCH_ONLY=procs`, 2026-12-06, at 0f33a69) gave 1.80×, "
+              "2.56× and 2.88× the floor, slipway's median rising 105 → 125 → 141 ms and the "
+              "supervisor's alone 98 → 115 → 136 ms while the floor stayed at 49–58 ms, and a "
+              "new file costing 379 then 595 µs in the last two (each run's rounds free "
+              "thousands of inodes). Running `sync` and waiting 5.5 s before each timed apply "
+              "and each floor did not take it away (7 rounds each way, outside the benchmark: "
+              "2.10× settled against 2.21× and 1.98× not), so the benchmark does not do it. ")
             w("Since 13513fc the supervisor clones each child sharing its memory instead of "
               "forking it (in uid mode, since 6a07355, only while `fs.suid_dumpable` reads 0, "
               "as on this machine; at 1 or 2 a child gets a copy, as a fork): with forks, the copy of its page tables and the copy-on-write "
