@@ -105,9 +105,18 @@ fn seen(inner: &Inner, name: &EnvName) -> Option<i64> {
 /// looks meanwhile finds it in one or the other ([`settled`]). Kept in memory when the write
 /// fails, for the next time.
 pub(crate) fn flush(inner: &Inner) {
+    flush_with(&inner.seen, |seen| {
+        inner.engine.store().record_requests(seen)
+    });
+}
+
+/// [`flush`] of the requests in `memory`, written with `write`.
+fn flush_with(
+    memory: &std::sync::Mutex<BTreeMap<EnvName, i64>>,
+    write: impl FnOnce(&[(EnvName, i64)]) -> Result<(), slipway_state::StateError>,
+) {
     let lock = || {
-        inner
-            .seen
+        memory
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
@@ -115,7 +124,7 @@ pub(crate) fn flush(inner: &Inner) {
     if seen.is_empty() {
         return;
     }
-    match inner.engine.store().record_requests(&seen) {
+    match write(&seen) {
         Ok(()) => forget_written(&mut lock(), &seen),
         Err(e) => {
             tracing::warn!(error = %e, "recording the preview requests seen failed; kept for later");
@@ -150,12 +159,19 @@ fn settled(
 /// The environments with something due now (see [`due`]): what the timer queues.
 pub(crate) fn due_now(inner: &Inner) -> Result<Vec<EnvName>, ControllerError> {
     let now = inner.now();
+    // Memory before the state, as `settled` reads them: a request being flushed meanwhile
+    // is in one of the two (the other order queued a reconcile for nothing).
+    let seen = inner
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     Ok(inner
         .engine
         .store()
         .idling_environments(now)?
         .into_iter()
-        .filter(|record| due(record, seen(inner, &record.name), now).any())
+        .filter(|record| due(record, seen.get(&record.name).copied(), now).any())
         .map(|record| record.name)
         .collect())
 }
@@ -173,7 +189,7 @@ pub(crate) fn check(
     }
     // Something is due by the record the reconcile read: decided again from the state as it
     // is now (a request written since that read is in the state, no longer in memory).
-    let Some((fresh, seen, due)) = settled(
+    let Some((fresh, seen_now, due)) = settled(
         || seen(inner, name),
         || Ok(inner.engine.store().environment(name)?),
         now,
@@ -182,21 +198,40 @@ pub(crate) fn check(
         return Ok(Some(Action::Done));
     };
     let record = &fresh;
+    // Under the environment's lock, what is due is looked at once more: a request or an
+    // extension that came while the lock was awaited calls it off.
+    let still_due = |what: fn(Due) -> bool| {
+        move || -> Result<Option<EnvironmentRecord>, ControllerError> {
+            Ok(settled(
+                || seen(inner, name),
+                || Ok(inner.engine.store().environment(name)?),
+                inner.now(),
+            )?
+            .and_then(|(now, _, due)| what(due).then_some(now)))
+        }
+    };
+    let called_off = Action::Requeue(inner.options.requeue_interval);
     if due.expire {
         let idle = humantime::format_duration(ms(record.idle_ttl_ms.unwrap_or(0)));
         let options = DestroyOptions::new(WHO, Confirmation::Absent);
         let why = format!("no request through its preview URL for {idle} (idle_ttl)");
-        reconcile::expired(
-            inner,
-            record,
-            &format!("{name} was idle for {idle} and was destroyed (idle_ttl)"),
-        );
-        reconcile::destroy(inner, name, &options, &why)?;
-        return Ok(Some(Action::Done));
+        let expiring = still_due(|due| due.expire);
+        let destroyed = reconcile::destroy_if(inner, name, &options, &why, &|| {
+            let Some(now) = expiring()? else {
+                return Ok(false);
+            };
+            reconcile::expired(
+                inner,
+                &now,
+                &format!("{name} was idle for {idle} and was destroyed (idle_ttl)"),
+            );
+            Ok(true)
+        })?;
+        return Ok(Some(if destroyed { Action::Done } else { called_off }));
     }
     if due.warn {
         let idle_ttl = record.idle_ttl_ms.unwrap_or(0);
-        let since = record.idle_since(seen);
+        let since = record.idle_since(seen_now);
         let left = since.saturating_add(idle_ttl).saturating_sub(now).max(0);
         inner
             .engine
@@ -216,13 +251,15 @@ pub(crate) fn check(
     }
     if due.sleep {
         let idle = humantime::format_duration(ms(record.sleep_after_ms.unwrap_or(0)));
+        let sleeping = still_due(|due| due.sleep);
         return match sleep(
             inner,
             name,
             &format!("no request through its preview URL for {idle} (sleep_after)"),
             slipway_engine::LockWait::Fail,
+            &|| Ok(sleeping()?.is_some()),
         ) {
-            Ok(_) => Ok(Some(Action::Requeue(inner.options.requeue_interval))),
+            Ok(_) => Ok(Some(called_off)),
             Err(ControllerError::Engine(EngineError::Locked(_))) => Ok(Some(Action::Busy)),
             Err(e) => Err(e),
         };
@@ -230,13 +267,15 @@ pub(crate) fn check(
     Ok(None)
 }
 
-/// Stops `name`'s processes under its lock and records it `sleeping`, saying `why`. An
-/// environment asleep already is left as it is.
+/// Stops `name`'s processes under its lock and records it `sleeping`, saying `why`, if
+/// `still` agrees once the lock is held (a request since calls an idle sleep off). An
+/// environment asleep already, or one `still` spares, is left as it is.
 pub(crate) fn sleep(
     inner: &Inner,
     name: &EnvName,
     why: &str,
     wait: slipway_engine::LockWait<'_>,
+    still: &dyn Fn() -> Result<bool, ControllerError>,
 ) -> Result<EnvironmentRecord, ControllerError> {
     let engine = &inner.engine;
     let lock = engine.lock(name, wait)?;
@@ -244,7 +283,7 @@ pub(crate) fn sleep(
     let Some(record) = engine.store().environment(name)? else {
         return Err(ControllerError::NotFound(name.to_string()));
     };
-    if record.activity == Activity::Sleeping {
+    if record.activity == Activity::Sleeping || !still()? {
         return Ok(record);
     }
     if record.commit.is_none() {
@@ -365,6 +404,41 @@ mod tests {
         assert!(at(&r, 18_500).warn, "and the next idle spell warns again");
         r.commit = None;
         assert!(!at(&r, 99_000).expire, "nothing deployed yet: no idle time");
+    }
+
+    /// While a flush writes the requests, they are still in memory; once written, they are
+    /// not, but one seen meanwhile is; a write that fails forgets nothing.
+    #[test]
+    fn a_flush_forgets_a_request_only_once_it_is_written() {
+        let name = |n: &str| EnvName::parse(n).expect("a valid name");
+        let memory = std::sync::Mutex::new(BTreeMap::from([(name("pr-1"), 10)]));
+        flush_with(&memory, |writing| {
+            assert_eq!(writing, [(name("pr-1"), 10)]);
+            let mut now = memory.lock().expect("memory");
+            assert_eq!(
+                now.get(&name("pr-1")),
+                Some(&10),
+                "a request being written is still in memory"
+            );
+            now.insert(name("pr-2"), 20);
+            Ok(())
+        });
+        assert_eq!(
+            *memory.lock().expect("memory"),
+            BTreeMap::from([(name("pr-2"), 20)]),
+            "what was written is forgotten, what came meanwhile is not"
+        );
+        flush_with(&memory, |_| {
+            Err(slipway_state::StateError::NotFound {
+                what: "environment",
+                key: "pr-2".into(),
+            })
+        });
+        assert_eq!(
+            *memory.lock().expect("memory"),
+            BTreeMap::from([(name("pr-2"), 20)]),
+            "a failed write forgets nothing"
+        );
     }
 
     /// A flush writes the requests it read, then forgets them: one seen meanwhile, later, is

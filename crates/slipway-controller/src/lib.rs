@@ -1395,6 +1395,7 @@ impl Controller {
                 &target,
                 "asked by hand",
                 slipway_engine::LockWait::Block(&|| {}),
+                &|| Ok(true),
             )
         })
         .await

@@ -264,6 +264,19 @@ pub(crate) fn destroy(
     options: &DestroyOptions,
     why: &str,
 ) -> Result<(), ControllerError> {
+    destroy_if(inner, name, options, why, &|| Ok(true)).map(drop)
+}
+
+/// [`destroy`], if `still` agrees once the environment's lock is held: it decides from what
+/// holds then (a request or an extension that came while the lock was awaited calls an idle
+/// expiry off). Whether it was destroyed.
+pub(crate) fn destroy_if(
+    inner: &Inner,
+    name: &EnvName,
+    options: &DestroyOptions,
+    why: &str,
+    still: &dyn Fn() -> Result<bool, ControllerError>,
+) -> Result<bool, ControllerError> {
     let engine = &inner.engine;
     let Some(record) = engine.store().environment(name)? else {
         return Err(ControllerError::NotFound(name.to_string()));
@@ -280,9 +293,12 @@ pub(crate) fn destroy(
         if let Err(e) = crate::slots::queue_moved(inner, &[]) {
             tracing::warn!(error = %e, "queueing the plan comments of queued previews failed");
         }
-        return Ok(());
+        return Ok(true);
     }
     let lock = engine.lock(name, slipway_engine::LockWait::Block(&|| {}))?;
+    if !still()? {
+        return Ok(false);
+    }
     let options = DestroyOptions {
         reason: Some(why.to_string()),
         ..options.clone()
@@ -299,7 +315,7 @@ pub(crate) fn destroy(
     if crate::slots::capped(&record) {
         crate::slots::fill_now(inner);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The reconcile of one environment: idempotent, safe to re-run after a crash at any line.

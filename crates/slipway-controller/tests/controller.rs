@@ -744,18 +744,88 @@ fn events_of(w: &World, env: &str) -> Vec<slipway_state::EventRecord> {
         .expect("events")
 }
 
-#[test]
-fn idle_expiry_warns_first_and_a_request_or_an_extension_puts_it_off() {
-    let w = World::new();
-    let idle = STACK.replace(
+/// The stack with `idle_ttl: 1h` for its previews instead of a `ttl`.
+fn idle_stack() -> String {
+    STACK.replace(
         "previews: { generate: { branches: [\"feature/*\"] }, ttl: 1h }",
         "previews: { generate: { branches: [\"feature/*\"] }, idle_ttl: 1h }",
-    );
+    )
+}
+
+/// A world whose previews have `idle_ttl: 1h`, and its preview of `feature/idle`, deployed:
+/// its name and record.
+fn idle_preview() -> (World, &'static str, slipway_state::EnvironmentRecord) {
+    let w = World::new();
+    let idle = idle_stack();
     // The family is the default branch's: there first.
     w.push("main", &idle, "previews live as long as they are used");
     w.push("feature/idle", &idle, "a preview");
     let env = "br-feature-idle";
     let record = w.wait_sync(env, SyncState::Synced, "the preview is deployed");
+    (w, env, record)
+}
+
+/// Whether a process waits for an flock on the file of inode `ino` (`/proc/locks` lists a
+/// waiter after `->`).
+fn lock_awaited(ino: u64) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    locks.lines().any(|line| {
+        line.contains("->")
+            && line
+                .split_whitespace()
+                .any(|field| field.rsplit(':').next() == Some(ino.to_string().as_str()))
+    })
+}
+
+/// An idle expiry decided while someone held the preview's lock (an apply by hand) waited for
+/// the lock and then destroyed it, though a request through its preview URL had come
+/// meanwhile: what was due is now looked at again under the lock.
+#[test]
+fn a_request_while_an_idle_expiry_waits_for_the_lock_calls_it_off() {
+    use std::os::unix::fs::MetadataExt;
+
+    let (w, env, _) = idle_preview();
+    let other = Engine::open(&w.home, EngineConfig::default(), vec![]).expect("engine");
+    let lock = other
+        .lock(&env_name(env), slipway_engine::LockWait::Fail)
+        .expect("the preview's lock");
+    let ino = std::fs::metadata(w.home.join(format!("locks/{env}.lock")))
+        .expect("its lock file")
+        .ino();
+
+    // 61 minutes without a request: past its idle_ttl, the expiry waits for the lock.
+    w.clock.advance(Duration::from_secs(61 * 60));
+    wait_for("the idle expiry waits for the lock", T, || {
+        lock_awaited(ino).then_some(())
+    });
+    w.controller.saw_request(&env_name(env));
+    wait_for("the request is written to the state", T, || {
+        w.record(env)?.last_request_at.map(|_| ())
+    });
+    drop(lock);
+    wait_for("the expiry has had the lock", T, || {
+        (!lock_awaited(ino)).then_some(())
+    });
+    let kept = Instant::now();
+    while kept.elapsed() < Duration::from_secs(3) {
+        assert!(
+            w.record(env).is_some(),
+            "a preview used while its expiry waited is not destroyed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !events_of(&w, env)
+            .iter()
+            .any(|e| e.kind == EventKind::EnvironmentExpired),
+        "nor said to be"
+    );
+}
+
+#[test]
+fn idle_expiry_warns_first_and_a_request_or_an_extension_puts_it_off() {
+    let (w, env, record) = idle_preview();
+    let idle = idle_stack();
     assert_eq!(
         record.idle_ttl_ms,
         Some(3_600_000),
