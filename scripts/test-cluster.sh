@@ -63,11 +63,21 @@ done
 # The pid in DIR/NAME.pid when that process is alive and is ours (its command line names DIR,
 # so that a pid reused by another process is never signalled).
 live_pid() {
-  local f="$DIR/$1.pid" pid args
+  local f="$DIR/$1.pid" pid args i state
   [ -f "$f" ] || return 1
   pid="$(cat "$f")"
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
   args="$(tr '\0' '\n' <"/proc/$pid/cmdline")" || return 1
+  # Empty while it execs (the new program's arguments are set up after its memory is): a
+  # component just started was taken for one that had exited, and the cluster was torn down.
+  # Empty for good once it is a zombie.
+  for i in $(seq 1 40); do
+    [ -z "$args" ] || break
+    state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null)"
+    case "$state" in "" | Z | X) return 1 ;; esac
+    sleep 0.05
+    args="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  done
   # An argument that is DIR or a path under it (/tmp/c1 must not match /tmp/c10's processes).
   { grep -qxF -- "$DIR" <<<"$args" || grep -qF -- "$DIR/" <<<"$args"; } || return 1
   echo "$pid"
@@ -233,6 +243,26 @@ start() {
   echo $! >"$DIR/$name.pid"
 }
 
+# How component NAME, a child of this script, ended (its exit status, or the signal that
+# killed it), into ENDED: not in a command substitution, whose subshell cannot wait for it.
+ended() {
+  local pid
+  ENDED="no pid file"
+  pid="$(cat "$DIR/$1.pid" 2>/dev/null)" || return 0
+  if kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+    ENDED="pid $pid still runs, not as ours"
+    return 0
+  fi
+  # (set -e: a status that is not 0 must not end the script here.)
+  ENDED=0
+  wait "$pid" 2>/dev/null || ENDED=$?
+  if [ "$ENDED" -gt 128 ]; then
+    ENDED="killed by signal $((ENDED - 128))"
+  else
+    ENDED="exit status $ENDED"
+  fi
+}
+
 fail_start() {
   local name
   say "$1; the last lines of the logs:"
@@ -350,7 +380,10 @@ up() {
   for i in $(seq 1 600); do
     [ "$(api_ok /readyz)" = ok ] && break
     for name in etcd kube-apiserver; do
-      live_pid "$name" >/dev/null || fail_start "$name exited while starting"
+      live_pid "$name" >/dev/null || {
+        ended "$name"
+        fail_start "$name exited while starting ($ENDED)"
+      }
     done
     [ "$i" -lt 600 ] || fail_start "kube-apiserver not ready after 120 s"
     sleep 0.2
@@ -373,7 +406,10 @@ up() {
   for i in $(seq 1 600); do
     # Ready for tests: the controllers run (the serviceaccount controller has made `default`).
     kcm_ok && api_ok /api/v1/namespaces/default/serviceaccounts/default >/dev/null && break
-    live_pid kube-controller-manager >/dev/null || fail_start "kube-controller-manager exited while starting"
+    live_pid kube-controller-manager >/dev/null || {
+      ended kube-controller-manager
+      fail_start "kube-controller-manager exited while starting ($ENDED)"
+    }
     [ "$i" -lt 600 ] || fail_start "kube-controller-manager not ready after 120 s"
     sleep 0.2
   done
