@@ -152,6 +152,18 @@ pub enum StateError {
         source: DbError,
     },
 
+    /// Making the schema of a new state database failed; nothing of it was kept.
+    #[error("failed to create the schema (version {version}) of the new state database {location}")]
+    CreateSchema {
+        /// The database file, or PostgreSQL's URL without its password.
+        location: String,
+        /// The version the schema would have been.
+        version: i64,
+        /// Why it failed (an object of that name already there: a database of something else).
+        #[source]
+        source: DbError,
+    },
+
     /// A query failed.
     #[error("failed to {operation}")]
     Database {
@@ -309,6 +321,7 @@ impl StateError {
         match self {
             StateError::Open { source, .. }
             | StateError::Migrate { source, .. }
+            | StateError::CreateSchema { source, .. }
             | StateError::Database { source, .. } => source.retryable(),
             StateError::PortsExhausted { .. } | StateError::UidsExhausted { .. } => true,
             StateError::CreateHome { .. }

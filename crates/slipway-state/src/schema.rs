@@ -502,7 +502,11 @@ fn apply_pending(
         refuse_newer(location, current)?;
         let mut done = current;
         if let Some((made, sql)) = fresh.filter(|(made, _)| current == 0 && *made <= target) {
-            tx.batch(sql).map_err(failed(made))?;
+            tx.batch(sql).map_err(|source| StateError::CreateSchema {
+                location: location.to_owned(),
+                version: made,
+                source,
+            })?;
             done = made;
         }
         for (index, sql) in list.iter().enumerate() {
@@ -818,6 +822,22 @@ mod tests {
             tables(&mut behind).iter().any(|t| t == "after_fresh"),
             "the migration past the file ran"
         );
+        // A database at version 0 that has one of the tables already (another program's)
+        // is not one whose migration to version `made` failed: it says so, and keeps nothing.
+        let mut foreign = memory();
+        foreign
+            .batch("CREATE TABLE environments (theirs INTEGER)")
+            .expect("another program's table");
+        let error = apply_pending(&mut foreign, "theirs.db", 0, MIGRATIONS, Some(FRESH_SQLITE))
+            .expect_err("the schema cannot be made over it");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "failed to create the schema (version {}) of the new state database theirs.db",
+                FRESH_SQLITE.0
+            )
+        );
+        assert_eq!(tables(&mut foreign), ["environments"], "nothing was kept");
         // Past them (a list shorter than the statements know), they are not used.
         let mut short = memory();
         apply_pending(&mut short, "test", 0, &[FIRST], Some(FRESH_SQLITE)).expect("migrate");
