@@ -362,9 +362,25 @@ pub(crate) fn reconcile(
     if record.expires_at.is_some_and(|at| at <= inner.now()) {
         // Never confirmed: a protected environment does not expire (see above).
         let options = DestroyOptions::new(WHO, Confirmation::Absent);
-        expired(inner, &record, &format!("{name} expired and was destroyed"));
-        destroy(inner, name, &options, "its time to live has passed")?;
-        return Ok(Action::Done);
+        // Looked at again under the lock: an extension while the destroy waited for it (an
+        // apply held it) moved the expiry.
+        let destroyed = destroy_if(
+            inner,
+            name,
+            &options,
+            "its time to live has passed",
+            &|| {
+                let Some(now) = store.environment(name)? else {
+                    return Ok(false);
+                };
+                if !(now.expires_at.is_some_and(|at| at <= inner.now()) && expires(&now)) {
+                    return Ok(false);
+                }
+                expired(inner, &now, &format!("{name} expired and was destroyed"));
+                Ok(true)
+            },
+        )?;
+        return Ok(if destroyed { Action::Done } else { requeue });
     }
     // Waiting for a slot: nothing is rendered, allocated or started for it until the
     // controller gives it one (`slots::fill`) and queues it again.

@@ -765,15 +765,67 @@ fn idle_preview() -> (World, &'static str, slipway_state::EnvironmentRecord) {
     (w, env, record)
 }
 
+/// An environment's lock, held by another engine on the same home (as an apply by hand holds
+/// it), and the inode of its lock file.
+struct HeldLock {
+    lock: slipway_engine::EnvLock,
+    ino: u64,
+    _engine: Engine,
+}
+
+impl HeldLock {
+    fn take(w: &World, env: &str) -> HeldLock {
+        use std::os::unix::fs::MetadataExt;
+        let engine = Engine::open(&w.home, EngineConfig::default(), vec![]).expect("engine");
+        let lock = engine
+            .lock(&env_name(env), slipway_engine::LockWait::Fail)
+            .expect("the environment's lock");
+        let ino = std::fs::metadata(w.home.join(format!("locks/{env}.lock")))
+            .expect("its lock file")
+            .ino();
+        HeldLock {
+            lock,
+            ino,
+            _engine: engine,
+        }
+    }
+
+    fn wait_for_a_waiter(&self, what: &str) {
+        wait_for(what, T, || lock_awaited(self.ino).then_some(()));
+    }
+
+    /// Lets it go, waits until the one waiting had it, and sees `env` kept for 3 s, with no
+    /// expiry event: `what` was not destroyed.
+    fn release_and_see_kept(self, w: &World, env: &str, what: &str) {
+        let ino = self.ino;
+        drop(self.lock);
+        wait_for("the expiry has had the lock", T, || {
+            (!lock_awaited(ino)).then_some(())
+        });
+        let kept = Instant::now();
+        while kept.elapsed() < Duration::from_secs(3) {
+            assert!(w.record(env).is_some(), "{what} is not destroyed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !events_of(w, env)
+                .iter()
+                .any(|e| e.kind == EventKind::EnvironmentExpired),
+            "{what} is not said to be destroyed"
+        );
+    }
+}
+
 /// Whether a process waits for an flock on the file of inode `ino` (`/proc/locks` lists a
 /// waiter after `->`).
 fn lock_awaited(ino: u64) -> bool {
     let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    let ino = ino.to_string();
     locks.lines().any(|line| {
         line.contains("->")
             && line
                 .split_whitespace()
-                .any(|field| field.rsplit(':').next() == Some(ino.to_string().as_str()))
+                .any(|field| field.rsplit(':').next() == Some(ino.as_str()))
     })
 }
 
@@ -782,44 +834,39 @@ fn lock_awaited(ino: u64) -> bool {
 /// meanwhile: what was due is now looked at again under the lock.
 #[test]
 fn a_request_while_an_idle_expiry_waits_for_the_lock_calls_it_off() {
-    use std::os::unix::fs::MetadataExt;
-
     let (w, env, _) = idle_preview();
-    let other = Engine::open(&w.home, EngineConfig::default(), vec![]).expect("engine");
-    let lock = other
-        .lock(&env_name(env), slipway_engine::LockWait::Fail)
-        .expect("the preview's lock");
-    let ino = std::fs::metadata(w.home.join(format!("locks/{env}.lock")))
-        .expect("its lock file")
-        .ino();
+    let held = HeldLock::take(&w, env);
 
     // 61 minutes without a request: past its idle_ttl, the expiry waits for the lock.
     w.clock.advance(Duration::from_secs(61 * 60));
-    wait_for("the idle expiry waits for the lock", T, || {
-        lock_awaited(ino).then_some(())
-    });
+    held.wait_for_a_waiter("the idle expiry waits for the lock");
     w.controller.saw_request(&env_name(env));
     wait_for("the request is written to the state", T, || {
         w.record(env)?.last_request_at.map(|_| ())
     });
-    drop(lock);
-    wait_for("the expiry has had the lock", T, || {
-        (!lock_awaited(ino)).then_some(())
-    });
-    let kept = Instant::now();
-    while kept.elapsed() < Duration::from_secs(3) {
-        assert!(
-            w.record(env).is_some(),
-            "a preview used while its expiry waited is not destroyed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        !events_of(&w, env)
-            .iter()
-            .any(|e| e.kind == EventKind::EnvironmentExpired),
-        "nor said to be"
-    );
+    held.release_and_see_kept(&w, env, "a preview used while its expiry waited");
+}
+
+/// The same for a time to live: an extension while the expiry waits for the lock (an apply
+/// by hand held it) keeps the preview.
+#[test]
+fn an_extension_while_an_expiry_waits_for_the_lock_calls_it_off() {
+    let w = World::new();
+    w.push("main", STACK, "previews live an hour");
+    w.push("feature/ttl", STACK, "a preview");
+    let env = "br-feature-ttl";
+    w.wait_sync(env, SyncState::Synced, "the preview is deployed");
+    let held = HeldLock::take(&w, env);
+
+    w.clock.advance(Duration::from_secs(61 * 60));
+    held.wait_for_a_waiter("the expiry waits for the lock");
+    w.runtime
+        .block_on(
+            w.controller
+                .extend(&env_name(env), Duration::from_secs(3600)),
+        )
+        .expect("extend");
+    held.release_and_see_kept(&w, env, "a preview extended while its expiry waited");
 }
 
 #[test]
