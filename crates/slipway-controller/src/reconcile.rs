@@ -350,13 +350,16 @@ pub(crate) fn reconcile(
             )
         };
         event(inner, name, EventKind::ExpiryHeld, &why);
-        let mut fresh = record.clone();
-        fresh.expires_at = None;
-        fresh.ttl_ms = None;
-        fresh.message = Some(format!("held: {why}"));
-        fresh.sync = SyncState::Failed;
-        fresh.updated_at = inner.now();
-        store.upsert_environment(&fresh)?;
+        // Read and written in one transaction: the record read above, before any lock, may be
+        // behind (a pin, a sleep since), and writing it whole would undo that.
+        let now = inner.now();
+        store.modify_environment(name, |fresh| {
+            fresh.expires_at = None;
+            fresh.ttl_ms = None;
+            fresh.message = Some(format!("held: {why}"));
+            fresh.sync = SyncState::Failed;
+            fresh.updated_at = now;
+        })?;
         return Ok(requeue);
     }
     if record.expires_at.is_some_and(|at| at <= inner.now()) {
