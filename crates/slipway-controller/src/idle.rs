@@ -210,24 +210,27 @@ pub(crate) fn check(
             .and_then(|(now, _, due)| what(due).then_some(now)))
         }
     };
-    let called_off = Action::Requeue(inner.options.requeue_interval);
     if due.expire {
         let idle = humantime::format_duration(ms(record.idle_ttl_ms.unwrap_or(0)));
         let options = DestroyOptions::new(WHO, Confirmation::Absent);
         let why = format!("no request through its preview URL for {idle} (idle_ttl)");
         let expiring = still_due(|due| due.expire);
-        let destroyed = reconcile::destroy_if(inner, name, &options, &why, &|| {
-            let Some(now) = expiring()? else {
-                return Ok(false);
-            };
-            reconcile::expired(
-                inner,
-                &now,
-                &format!("{name} was idle for {idle} and was destroyed (idle_ttl)"),
-            );
-            Ok(true)
-        })?;
-        return Ok(Some(if destroyed { Action::Done } else { called_off }));
+        let announce = || {
+            if let Ok(Some(now)) = inner.engine.store().environment(name) {
+                reconcile::expired(
+                    inner,
+                    &now,
+                    &format!("{name} was idle for {idle} and was destroyed (idle_ttl)"),
+                );
+            }
+        };
+        let still = || Ok(expiring()?.is_some());
+        if reconcile::destroy_if(inner, name, &options, &why, &still, &announce)? {
+            return Ok(Some(Action::Done));
+        }
+        // Called off (used meanwhile): the reconcile goes on, and wakes it if a request
+        // asked for that.
+        return Ok(None);
     }
     if due.warn {
         let idle_ttl = record.idle_ttl_ms.unwrap_or(0);
@@ -259,7 +262,7 @@ pub(crate) fn check(
             slipway_engine::LockWait::Fail,
             &|| Ok(sleeping()?.is_some()),
         ) {
-            Ok(_) => Ok(Some(called_off)),
+            Ok(_) => Ok(Some(Action::Requeue(inner.options.requeue_interval))),
             Err(ControllerError::Engine(EngineError::Locked(_))) => Ok(Some(Action::Busy)),
             Err(e) => Err(e),
         };

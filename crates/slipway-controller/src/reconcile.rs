@@ -264,25 +264,39 @@ pub(crate) fn destroy(
     options: &DestroyOptions,
     why: &str,
 ) -> Result<(), ControllerError> {
-    destroy_if(inner, name, options, why, &|| Ok(true)).map(drop)
+    destroy_if(inner, name, options, why, &|| Ok(true), &|| {}).map(drop)
 }
 
-/// [`destroy`], if `still` agrees once the environment's lock is held: it decides from what
-/// holds then (a request or an extension that came while the lock was awaited calls an idle
-/// expiry off). Whether it was destroyed.
+/// [`destroy`], if `still` agrees when it is done: a queued environment's as it leaves the
+/// queue, any other's once its lock is held, deciding from what holds then (a request or an
+/// extension that came while the lock was awaited calls an expiry off). `announce` runs once,
+/// right before (an expiry's event). Whether it was destroyed.
 pub(crate) fn destroy_if(
     inner: &Inner,
     name: &EnvName,
     options: &DestroyOptions,
     why: &str,
     still: &dyn Fn() -> Result<bool, ControllerError>,
+    announce: &dyn Fn(),
 ) -> Result<bool, ControllerError> {
     let engine = &inner.engine;
     let Some(record) = engine.store().environment(name)? else {
         return Err(ControllerError::NotFound(name.to_string()));
     };
+    let announced = std::cell::Cell::new(false);
+    let announce = || {
+        if !announced.replace(true) {
+            announce();
+        }
+    };
     // Still waiting for a slot: nothing of it exists but its record, which leaves the queue
     // (those behind it move up). Had it just got its slot, it is destroyed as any other.
+    if record.activity == Activity::Queued {
+        if !still()? {
+            return Ok(false);
+        }
+        announce();
+    }
     if record.activity == Activity::Queued && engine.store().leave_queue(name)? {
         event(
             inner,
@@ -299,6 +313,7 @@ pub(crate) fn destroy_if(
     if !still()? {
         return Ok(false);
     }
+    announce();
     let options = DestroyOptions {
         reason: Some(why.to_string()),
         ..options.clone()
@@ -366,24 +381,21 @@ pub(crate) fn reconcile(
         // Never confirmed: a protected environment does not expire (see above).
         let options = DestroyOptions::new(WHO, Confirmation::Absent);
         // Looked at again under the lock: an extension while the destroy waited for it (an
-        // apply held it) moved the expiry.
-        let destroyed = destroy_if(
-            inner,
-            name,
-            &options,
-            "its time to live has passed",
-            &|| {
-                let Some(now) = store.environment(name)? else {
-                    return Ok(false);
-                };
-                if !(now.expires_at.is_some_and(|at| at <= inner.now()) && expires(&now)) {
-                    return Ok(false);
-                }
+        // apply held it) moved the expiry, and the reconcile goes on.
+        let still = || -> Result<bool, ControllerError> {
+            Ok(store.environment(name)?.is_some_and(|now| {
+                now.expires_at.is_some_and(|at| at <= inner.now()) && expires(&now)
+            }))
+        };
+        let announce = || {
+            if let Ok(Some(now)) = store.environment(name) {
                 expired(inner, &now, &format!("{name} expired and was destroyed"));
-                Ok(true)
-            },
-        )?;
-        return Ok(if destroyed { Action::Done } else { requeue });
+            }
+        };
+        let why = "its time to live has passed";
+        if destroy_if(inner, name, &options, why, &still, &announce)? {
+            return Ok(Action::Done);
+        }
     }
     // Waiting for a slot: nothing is rendered, allocated or started for it until the
     // controller gives it one (`slots::fill`) and queues it again.
