@@ -201,13 +201,13 @@ pub(crate) fn check(
     // Under the environment's lock, what is due is looked at once more: a request or an
     // extension that came while the lock was awaited calls it off.
     let still_due = |what: fn(Due) -> bool| {
-        move || -> Result<Option<EnvironmentRecord>, ControllerError> {
+        move || -> Result<bool, ControllerError> {
             Ok(settled(
                 || seen(inner, name),
                 || Ok(inner.engine.store().environment(name)?),
                 inner.now(),
             )?
-            .and_then(|(now, _, due)| what(due).then_some(now)))
+            .is_some_and(|(_, _, due)| what(due)))
         }
     };
     if due.expire {
@@ -224,8 +224,7 @@ pub(crate) fn check(
                 );
             }
         };
-        let still = || Ok(expiring()?.is_some());
-        if reconcile::destroy_if(inner, name, &options, &why, &still, &announce)? {
+        if reconcile::destroy_if(inner, name, &options, &why, &expiring, &announce)? {
             return Ok(Some(Action::Done));
         }
         // Called off (used meanwhile): the reconcile goes on, and wakes it if a request
@@ -260,7 +259,7 @@ pub(crate) fn check(
             name,
             &format!("no request through its preview URL for {idle} (sleep_after)"),
             slipway_engine::LockWait::Fail,
-            &|| Ok(sleeping()?.is_some()),
+            &sleeping,
         ) {
             Ok(_) => Ok(Some(Action::Requeue(inner.options.requeue_interval))),
             Err(ControllerError::Engine(EngineError::Locked(_))) => Ok(Some(Action::Busy)),

@@ -1921,10 +1921,7 @@ mod tests {
         let launch = as_uid(dir.path(), 3_999_439)
             .apply(&mut command)
             .expect("uid mode, as root");
-        let out = launch
-            .spawn(&mut command)
-            .and_then(std::process::Child::wait_with_output)
-            .expect("python3 runs");
+        let out = output(launch, &mut command);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             "(3999439, 3999439, 3999439) (3999439, 3999439, 3999439) []",
@@ -2152,10 +2149,7 @@ mod tests {
         let launch = as_uid(dir.path(), 3_999_448)
             .apply(&mut command)
             .expect("uid mode, as root");
-        let out = launch
-            .spawn(&mut command)
-            .and_then(std::process::Child::wait_with_output)
-            .expect("the script runs");
+        let out = output(launch, &mut command);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "ran hi unset\n",

@@ -532,7 +532,10 @@ mod tests {
         let group = ProcessIdentity::current();
         let watched = watchdog.watch("qa", group).expect("the lease is held");
         assert!(!watched.lapsed(), "the lease is held");
-        std::thread::sleep((renewed + lease).saturating_duration_since(Instant::now()));
+        let deadline = renewed + lease + Duration::from_secs(10);
+        while !watched.lapsed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(watched.lapsed(), "its time is up");
         watchdog.renewed("qa", Instant::now(), Duration::from_secs(30));
         assert!(!watched.remaining().is_zero(), "held again");
