@@ -449,7 +449,13 @@ impl Engine {
         self.settle_sweep();
         let envs = self.home.join("envs");
         mkdir(&envs)?;
-        chmod(&envs, 0o711)?;
+        // Only when it differs: a `chmod` writes the ctime, which would make the next open
+        // look at every environment again (`secure_home`).
+        let meta = std::fs::metadata(&envs).map_err(EngineError::io(format!(
+            "cannot inspect {}",
+            envs.display()
+        )))?;
+        chmod_unless(&envs, &meta, 0o711)?;
         let src = dirs.root.join("src");
         let tmp = dirs.tmp();
         // The root first: each below it is made in it.
@@ -1063,6 +1069,68 @@ mod tests {
                 .expect("noted")
                 .contains(&format!(" {ino} ")),
             "the note names this envs/"
+        );
+    }
+
+    /// Applying an environment that exists leaves `envs/` as it was, so the next open does
+    /// not look at every environment again (30,000 `stat`s at 10,000 of them); one that came
+    /// is looked at.
+    #[test]
+    fn applying_an_environment_again_does_not_make_the_next_open_look_at_them_all() {
+        use std::os::unix::fs::MetadataExt;
+        let home = tempfile::tempdir().expect("a temporary home");
+        let envs = home.path().join("envs");
+        let ctime = |p: &Path| {
+            let m = std::fs::symlink_metadata(p).expect("stat");
+            (m.ctime(), m.ctime_nsec())
+        };
+        // A write within the same tick of the kernel's clock would not show in the ctime: wait
+        // until a file written now (outside the home) gets a later one than `envs/`'s.
+        let elsewhere = tempfile::tempdir().expect("a directory for the probe");
+        let probe = elsewhere.path().join("probe");
+        let next_tick = || {
+            let after = ctime(&envs);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while {
+                std::fs::write(&probe, "tick").expect("write a probe");
+                ctime(&probe) <= after
+            } {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the clock does not move"
+                );
+                std::thread::yield_now();
+            }
+        };
+        let prepare = |name: &str| {
+            let engine = Engine::open(home.path(), crate::EngineConfig::default(), vec![])
+                .expect("an engine");
+            let env = EnvName::parse(name).expect("a name");
+            engine
+                .prepare_dirs(
+                    &engine.env_dirs(&env, "abc", ""),
+                    &sandbox::UNCONFINED,
+                    Uses::Run,
+                )
+                .expect("prepare");
+        };
+        prepare("qa");
+        secure_now(home.path()).expect("the look at the new environment");
+        assert!(
+            secure_home(home.path()).expect("open").is_none(),
+            "nothing is due once it was looked at"
+        );
+        next_tick();
+        prepare("qa");
+        assert!(
+            secure_home(home.path()).expect("open").is_none(),
+            "applying qa again leaves nothing due"
+        );
+        next_tick();
+        prepare("dev");
+        assert!(
+            secure_home(home.path()).expect("open").is_some(),
+            "a new environment is looked at"
         );
     }
 
