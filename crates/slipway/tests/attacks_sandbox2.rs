@@ -22,16 +22,6 @@ fn report(s: &Sandbox, env: &str, name: &str) -> Value {
     serde_json::from_str(&text).expect("the report is JSON")
 }
 
-/// The state letter and start time (in ticks since boot) of process `pid`, if it exists.
-fn state_and_start(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // After the state, the start time is the 19th field (the 22nd of the line).
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
-}
-
 fn owner(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -200,7 +190,7 @@ fn a_failing_delete_does_not_keep_the_environments_daemons_alive() {
             .find(|(_, line)| line.contains("immortal-"))
     };
     let (pid, _) = wait_for("the daemon runs", T, || daemon(&s));
-    let started = state_and_start(pid).expect("the daemon's stat").1;
+    let daemon = Process::of(pid).expect("the daemon runs");
     let out = s.run(&["destroy", "--env", "dev", "--yes"]);
     assert!(
         !out.status.success(),
@@ -209,14 +199,9 @@ fn a_failing_delete_does_not_keep_the_environments_daemons_alive() {
     );
     // Its command line empties before it is a zombie, and a busy machine may give its pid to
     // another process at once: what counts is that this process, pid and start, ends.
-    wait_for(
-        "the daemon is killed although a delete failed",
-        T,
-        || match state_and_start(pid) {
-            Some((state, start)) => (state == 'Z' || start != started).then_some(()),
-            None => Some(()),
-        },
-    );
+    wait_for("the daemon is killed although a delete failed", T, || {
+        (!daemon.runs()).then_some(())
+    });
     let status = s.json(&["status", "--output", "json"]);
     assert!(
         status_environment(&status, "dev").is_some(),

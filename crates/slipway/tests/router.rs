@@ -59,10 +59,6 @@ fn router_pid(s: &Sandbox) -> i32 {
         .expect("the lock file holds the router's pid")
 }
 
-fn alive(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn page(port: u16) -> Option<String> {
     http_get_host(port, "main.shop.localhost", "/greeting.txt")
 }
@@ -140,6 +136,7 @@ fn preview_requests_never_fail_across_a_term_and_a_kill_9_of_serve() {
     let (s, mut server, port) = served();
     let token = role_token(&s, "viewer");
     let router = router_pid(&s);
+    let running = Process::of(router).expect("the router runs");
     let requests = Loop::start(port);
     requests.crosses(20, "the loop runs with serve up");
 
@@ -205,7 +202,7 @@ fn preview_requests_never_fail_across_a_term_and_a_kill_9_of_serve() {
         "the loop crossed both restarts: {answered}"
     );
     assert_eq!(router_pid(&s), router, "one router served throughout");
-    assert!(alive(router), "the router is still running");
+    assert!(running.runs(), "the router is still running");
 }
 
 #[test]
@@ -256,10 +253,10 @@ fn event_streams_pass_through_the_router_and_its_sockets_are_the_engine_users_al
     );
 
     // The router stops by itself once its home is gone.
-    let router = router_pid(&s);
+    let router = Process::of(router_pid(&s)).expect("the router runs");
     drop(server);
     std::fs::remove_dir_all(&s.home).expect("remove the home");
-    wait_until("the router of a removed home stops", T, || !alive(router));
+    wait_until("the router of a removed home stops", T, || !router.runs());
 }
 
 fn nix_uid() -> u32 {
@@ -302,5 +299,5 @@ fn a_killed_router_is_started_again_by_serve_on_the_same_port_and_a_second_serve
 fn alive_router(s: &Sandbox) -> Option<i32> {
     let text = std::fs::read_to_string(s.home.join("run/router/router.lock")).ok()?;
     let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
-    alive(pid).then_some(pid)
+    Process::of(pid).map(|_| pid)
 }

@@ -99,18 +99,9 @@ fn generated(server: &Server, token: &str) -> Option<Value> {
     }
 }
 
-/// The pid of the environment's web process while it runs.
-fn web_pid(s: &Sandbox) -> Option<i64> {
-    supervisor_state(&s.home, ENV, "web")?["child"]["pid"].as_i64()
-}
-
-/// Whether `pid` runs (a zombie, stopped but not reaped yet by its parent, does not).
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // `PID (COMM) STATE ...`: the state follows the last `)`.
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-    })
+/// The environment's web process while it runs.
+fn web_pid(s: &Sandbox) -> Option<Process> {
+    Process::of(supervisor_state(&s.home, ENV, "web")?["child"]["pid"].as_i64()?)
 }
 
 /// `METHOD /path` through the preview URL with `body`: (status, body).
@@ -152,7 +143,7 @@ fn a_preview_sleeps_when_unused_and_a_request_wakes_it_with_its_body_and_files_i
 
     // No request for two seconds: its process stops; its files stay; it says so.
     let env = wait_asleep(&server, &token, "the unused preview falls asleep");
-    wait_for("its process is gone", T, || (!alive(first)).then_some(()));
+    wait_for("its process is gone", T, || (!first.runs()).then_some(()));
     assert_ne!(
         env["health"], "degraded",
         "a sleeping environment is not degraded: {env}"
@@ -286,7 +277,7 @@ fn a_person_puts_an_environment_to_sleep_and_wakes_it_by_hand() {
         "`env sleep` answers with it asleep: {slept}"
     );
     assert!(
-        !alive(first),
+        !first.runs(),
         "its process is stopped when `env sleep` returns"
     );
     assert!(
@@ -316,7 +307,7 @@ fn a_person_puts_an_environment_to_sleep_and_wakes_it_by_hand() {
         "the API answers once it is awake: {woken}"
     );
     let pid = web_pid(&s).expect("a process again");
-    assert!(alive(pid) && pid != first, "a new process runs");
+    assert!(pid.runs() && pid != first, "a new process runs");
     let (code, page) = preview(&server, "GET", "/", "");
     assert_eq!(code, 200, "it serves at once: {page}");
 
@@ -417,7 +408,7 @@ fn an_unused_preview_is_destroyed_after_idle_ttl_with_a_warning_first_and_reques
         );
         (code == 404).then_some(())
     });
-    wait_for("its process is gone", T, || (!alive(pid)).then_some(()));
+    wait_for("its process is gone", T, || (!pid.runs()).then_some(()));
     let kinds = event_kinds(&s);
     let warned = kinds.iter().position(|k| k == "environment.idle");
     let expired = kinds.iter().position(|k| k == "environment.expired");

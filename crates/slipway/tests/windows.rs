@@ -469,8 +469,7 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
     let started = std::time::Instant::now();
     let server = serve_at(&s, "@2026-12-04 16:59:45");
     let env = "br-feature-a";
-    let pid = || supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64();
-    let alive = |pid: i64| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let pid = || Process::of(supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64()?);
     // Its two resources are made side by side: the process may run before the file is
     // written, and the deployment is whole once both are.
     let first = wait_for("the preview runs", Duration::from_secs(12), || {
@@ -484,7 +483,7 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
         (activity()? == "sleeping").then_some(())
     });
     wait_for("its process stops", Duration::from_secs(20), || {
-        (!alive(first)).then_some(())
+        (!first.runs()).then_some(())
     });
     // A new commit on its branch while it sleeps; then the server's clock reaches 17:00 (it
     // started at 16:59:45 and runs at the real pace), and the window is open.
@@ -495,7 +494,7 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
         Duration::from_secs(30),
         pid,
     );
-    assert!(alive(again) && again != first, "a new process runs");
+    assert!(again.runs() && again != first, "a new process runs");
     assert_eq!(
         notes(&s, env).as_deref(),
         Some("v1"),
