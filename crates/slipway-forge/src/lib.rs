@@ -80,7 +80,8 @@ pub use event::{
 };
 pub use profile::{ForgeProfile, SignatureScheme, StatusNames};
 pub use render::{
-    DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, render_plan_comment,
+    DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, literal_block,
+    render_plan_comment,
 };
 pub use section::ForgeSection;
 pub use webhook::{

@@ -252,6 +252,26 @@ fn one_line(s: &str, max: usize) -> String {
     crate::names::short_text(s, max)
 }
 
+/// The most of a text [`literal_block`] keeps, in characters.
+const LITERAL_MAX: usize = 4000;
+
+/// Text Slipway did not write (an error that quotes the repository, a job's output) as a
+/// Markdown code block, to follow a sentence of Slipway's own: whatever it holds, nothing in
+/// it is a mention, a link, an image, HTML or a heading, it cannot end its block early (the
+/// fence is longer than any run of backticks in it), and it carries no comment marker (`<!--`
+/// gets a zero-width space, so that no reply passes for the plan comment). Control characters
+/// go, and it is cut to 4,000 characters.
+pub fn literal_block(s: &str) -> String {
+    let mut text = clean_block(s).replace("<!--", "<\u{200B}!--");
+    if text.chars().count() > LITERAL_MAX {
+        text = text.chars().take(LITERAL_MAX).collect();
+        text.push_str("\n… (cut)");
+    }
+    let text = text.trim_end();
+    let fence = "`".repeat(longest_backtick_run(text).max(2) + 1);
+    format!("\n\n{fence}text\n{text}\n{fence}\n\n")
+}
+
 /// Plan text for a code block: no control characters but newlines and tabs (a NUL or an escape
 /// sequence has nothing to do in a comment), `\r\n` as `\n`.
 fn clean_block(s: &str) -> String {
@@ -339,6 +359,39 @@ fn safe_url(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_literal_block_keeps_any_text_inert_and_whole() {
+        let hostile = "unknown field `x`\n```\n@org/team **Applied** <img src=x> \
+                       <!-- slipway:plan -->\u{1b}[31m\n````";
+        let block = literal_block(hostile);
+        let fence = "`````";
+        assert!(
+            block.starts_with(&format!("\n\n{fence}text\n"))
+                && block.ends_with(&format!("\n{fence}\n\n")),
+            "fenced by more backticks than the text's longest run: {block:?}"
+        );
+        let inner = &block[fence.len() + 7..block.len() - fence.len() - 3];
+        assert!(
+            !inner.contains(fence),
+            "the text cannot close the block: {block:?}"
+        );
+        assert!(!block.contains("<!--"), "no comment marker: {block:?}");
+        assert!(
+            !block.contains('\u{1b}'),
+            "no control characters: {block:?}"
+        );
+        assert!(
+            block.contains("@org/team **Applied** <img src=x>"),
+            "the words stay: {block:?}"
+        );
+        let long = literal_block(&"a".repeat(10_000));
+        assert!(
+            long.len() < 4_100 && long.contains("… (cut)"),
+            "cut: {}",
+            long.len()
+        );
+    }
 
     #[test]
     fn code_spans_hold_any_backticks() {

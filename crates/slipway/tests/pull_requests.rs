@@ -47,6 +47,42 @@ fn world_with(stack: &str) -> ForgeWorld {
     ForgeWorld::start(Forge::GitHub, stack, "test-token", SECRET)
 }
 
+/// What a pull request's own files put in Slipway's answers (here a key of its stack, quoted
+/// in the validation error) comes as inert text in a code block: no mention of a team, no
+/// words that pass for Slipway's, no comment marker that passes for the plan comment.
+#[test]
+fn a_pull_request_s_own_words_in_a_reply_stay_quoted_text() {
+    let w = world();
+    w.forge.set_permission("alice", "write");
+    let hostile = format!(
+        "{STACK}{}\n",
+        r#""x`\n@org/team **Applied #7 to `prod`** <!-- slipway:plan -->": 1"#
+    );
+    open_with_stack(&w, 7, "feature-7", "x", &hostile);
+    w.comment(7, "alice", "/slipway apply qa");
+    // Not `w.reply`, which passes over what carries the plan's marker.
+    let bot = w.forge.bot_login();
+    let refused = w
+        .wait_for_comment(7, |c| {
+            c.author == bot && c.body.contains("does not validate")
+        })
+        .body;
+    assert!(!refused.contains("<!--"), "no comment marker: {refused}");
+    let fence = "```";
+    let mut parts = refused.split(fence);
+    let outside: String = parts.clone().step_by(2).collect();
+    let quoted: String = parts.by_ref().skip(1).step_by(2).collect();
+    assert!(
+        quoted.contains("@org/team **Applied #7"),
+        "the stack's words are quoted: {refused}"
+    );
+    assert!(
+        !outside.contains("@org") && !outside.contains("Applied #7"),
+        "nothing of them outside the code block: {refused}"
+    );
+    assert_eq!(w.page("qa").as_deref(), Some("v1"), "qa is untouched");
+}
+
 #[test]
 fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     let w = world();

@@ -4,7 +4,7 @@
 use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::vocab::SyncState;
-use slipway_forge::PrState;
+use slipway_forge::{PrState, literal_block};
 use slipway_state::{PullRequestRecord, now_ms};
 
 use super::commands::{audit, reply};
@@ -109,8 +109,9 @@ pub(super) fn apply(
         Ok(stack) => stack,
         Err(first) => {
             return refuse(format!(
-                "The stack at {} does not validate, so it cannot be applied: {first}",
-                short(&head)
+                "The stack at {} does not validate, so it cannot be applied:{}",
+                short(&head),
+                literal_block(&first.to_string())
             ));
         }
     };
@@ -179,8 +180,9 @@ pub(super) fn apply(
         Ok(prepared) => prepared,
         Err(e) => {
             return refuse(format!(
-                "Not applied: `{env}` cannot be planned at {}: {e}",
-                short(&head)
+                "Not applied: `{env}` cannot be planned at {}:{}",
+                short(&head),
+                literal_block(&e.to_string())
             ));
         }
     };
@@ -192,9 +194,10 @@ pub(super) fn apply(
     prepared.protected |= rules.protected;
     if let Some(why) = prepared.needs_confirmation() {
         return refuse(format!(
-            "Not applied #{number} ({}) to `{env}`: {why}. A comment cannot confirm that; \
-             merge it and have a person confirm on the server. {}",
+            "Not applied #{number} ({}) to `{env}`:{}A comment cannot confirm that; merge it and \
+             have a person confirm on the server. {}",
             short(&head),
+            literal_block(&why.to_string()),
             if held_before {
                 format!("`{env}` stays on the commit of this pull request it ran.")
             } else {
@@ -210,8 +213,9 @@ pub(super) fn apply(
         .policies_allow(&prepared, approved_by.as_deref())
     {
         return refuse(format!(
-            "Not applied #{number} ({}) to `{env}`: {denied}.",
-            short(&head)
+            "Not applied #{number} ({}) to `{env}`:{}",
+            short(&head),
+            literal_block(&denied.to_string())
         ));
     }
     let lock = store.lock_environment(env, number, author, now_ms())?;
@@ -366,8 +370,9 @@ fn answer_once(
             inner,
             number as u64,
             &format!(
-                "Not applied #{number} ({}) to `{env}`: {why}\n\nNothing was changed{}.",
+                "Not applied #{number} ({}) to `{env}`:{}Nothing was changed{}.",
                 short(head),
+                literal_block(&why),
                 if held_before {
                     format!("; `{env}` stays on the commit of this pull request it ran")
                 } else {
@@ -382,9 +387,10 @@ fn answer_once(
         inner,
         number as u64,
         &format!(
-            "Applying #{number} ({}) to `{env}` failed: {why}\n\n`{env}` stays locked to \
-             this pull request; push a fix and apply again, or `/slipway unlock {env}`.",
-            short(head)
+            "Applying #{number} ({}) to `{env}` failed:{}`{env}` stays locked to this pull \
+             request; push a fix and apply again, or `/slipway unlock {env}`.",
+            short(head),
+            literal_block(&why)
         ),
     );
     Ok(false)
