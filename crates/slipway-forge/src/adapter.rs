@@ -253,9 +253,18 @@ impl<W: Wire> Forge for Adapter<W> {
         let path = W::open_pull_requests_path(&self.repo);
         let prs: Vec<W::PullRequest> = self.api.get_all(&path)?;
         let list = path.split('?').next().unwrap_or_default();
-        prs.iter()
-            .map(|pr| self.wire.info(&self.api, &self.repo, pr, list))
-            .collect()
+        // One that cannot be read (a branch name Slipway refuses, which git may take) is left
+        // out, and said in the log: it must not keep the others from being caught up.
+        Ok(prs
+            .iter()
+            .filter_map(|pr| match self.wire.info(&self.api, &self.repo, pr, list) {
+                Ok(info) => Some(info),
+                Err(error) => {
+                    tracing::warn!(%error, "a pull request the forge lists open is left out");
+                    None
+                }
+            })
+            .collect())
     }
 
     fn has_deployments(&self) -> bool {

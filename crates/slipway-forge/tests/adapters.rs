@@ -199,6 +199,36 @@ fn github_upsert_comment_creates_once_then_edits_in_place() {
     );
 }
 
+/// A pull request the adapter cannot read (here a branch name with a character git takes and
+/// Slipway refuses) is left out of the open ones rather than made an error for all of them:
+/// catching up after missed webhooks goes on for the others.
+#[test]
+fn one_pull_request_that_cannot_be_read_leaves_the_others_listed() {
+    let api = OpenApi::github();
+    let server = Server::start(move |req| {
+        let mut reply = api
+            .example_reply(&req.method, &req.path)
+            .unwrap_or_else(not_found);
+        if req.method == "GET" && req.path.ends_with("/pulls") {
+            let mut prs: Vec<Value> = serde_json::from_str(&reply.body).expect("a list");
+            let mut odd = prs[0].clone();
+            odd["number"] = json!(1348);
+            odd["head"]["ref"] = json!("a\u{3000}b");
+            prs.push(odd);
+            reply.body = Value::from(prs).to_string();
+        }
+        reply
+    });
+    let gh = forge(ForgeKind::GitHub, &server, "octocat/Hello-World");
+    let open = gh.open_pull_requests().expect("the list is read");
+    let numbers: Vec<u64> = open.iter().map(|p| p.number).collect();
+    assert_eq!(
+        numbers,
+        [1347],
+        "the readable one is listed, the other left out"
+    );
+}
+
 #[test]
 fn github_calls_match_githubs_api_description() {
     let api = OpenApi::github();
