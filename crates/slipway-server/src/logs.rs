@@ -10,6 +10,7 @@
 //! file: the name in the path is never joined to a path otherwise, so `../` and the like find
 //! nothing (404).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -225,7 +226,7 @@ struct Followed {
     /// How far it was read.
     offset: u64,
     /// Lines read, not sent yet.
-    pending: std::collections::VecDeque<String>,
+    pending: VecDeque<String>,
     /// The start of a line whose end is not written yet.
     partial: Vec<u8>,
     stop: StopSignal,
@@ -252,13 +253,27 @@ impl Followed {
             return;
         }
         self.offset += bytes.len() as u64;
-        self.partial.extend_from_slice(&bytes);
-        if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
-            let whole: Vec<u8> = self.partial.drain(..=end).collect();
-            for line in String::from_utf8_lossy(&whole).lines() {
-                self.pending.push_back(line.to_owned());
-            }
+        split_lines(&mut self.partial, &mut self.pending, &bytes);
+    }
+}
+
+/// A line longer than this is sent without waiting for its end, as the log's writer writes
+/// it: a process that never ends a line must not grow what each follower holds.
+const MAX_PARTIAL: usize = 64 * 1024;
+
+/// Adds `bytes` to `partial` (the start of a line), and moves every whole line, and every
+/// [`MAX_PARTIAL`] bytes of a line that has no end yet, to `pending`.
+fn split_lines(partial: &mut Vec<u8>, pending: &mut VecDeque<String>, bytes: &[u8]) {
+    partial.extend_from_slice(bytes);
+    if let Some(end) = partial.iter().rposition(|&b| b == b'\n') {
+        let whole: Vec<u8> = partial.drain(..=end).collect();
+        for line in String::from_utf8_lossy(&whole).lines() {
+            pending.push_back(line.to_owned());
         }
+    }
+    while partial.len() >= MAX_PARTIAL {
+        let piece: Vec<u8> = partial.drain(..MAX_PARTIAL).collect();
+        pending.push_back(String::from_utf8_lossy(&piece).into_owned());
     }
 }
 
@@ -291,4 +306,34 @@ fn lines(followed: Followed) -> impl Stream<Item = Result<Event, Infallible>> {
             f = moved;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whole lines go as they end; a line that never ends goes in pieces of at most
+    /// [`MAX_PARTIAL`] bytes, so that a follower never holds more of it.
+    #[test]
+    fn a_line_without_its_end_is_sent_in_pieces_and_never_held_whole() {
+        let (mut partial, mut pending) = (Vec::new(), VecDeque::new());
+        split_lines(&mut partial, &mut pending, b"one\ntwo\nthr");
+        assert_eq!(pending, ["one", "two"]);
+        assert_eq!(partial, b"thr");
+        split_lines(&mut partial, &mut pending, b"ee\n");
+        assert_eq!(pending, ["one", "two", "three"]);
+        assert!(partial.is_empty());
+        pending.clear();
+        for _ in 0..80 {
+            split_lines(&mut partial, &mut pending, &[b'x'; 4096]);
+            assert!(partial.len() < MAX_PARTIAL, "held: {}", partial.len());
+        }
+        assert_eq!(pending.len(), 80 * 4096 / MAX_PARTIAL);
+        assert!(pending.iter().all(|p| p.len() == MAX_PARTIAL));
+        split_lines(&mut partial, &mut pending, b"\n");
+        assert_eq!(
+            pending.back().map(String::len),
+            Some(80 * 4096 % MAX_PARTIAL)
+        );
+    }
 }

@@ -580,7 +580,7 @@ pub fn strip_slipway_set_cookie(headers: &mut HeaderMap) {
         .iter()
         .filter(|value| {
             let text = String::from_utf8_lossy(value.as_bytes());
-            let name = text.split(['=', ';']).next().unwrap_or("").trim();
+            let name = name_sent_back(&text);
             name != crate::session::COOKIE_NAME && name != crate::preview_access::COOKIE
         })
         .cloned()
@@ -588,6 +588,20 @@ pub fn strip_slipway_set_cookie(headers: &mut HeaderMap) {
     headers.remove(header::SET_COOKIE);
     for value in kept {
         headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// The name a browser sends the cookie of a `Set-Cookie` value back under: its name, or for a
+/// cookie without one (`=slipway_session=x`, or `slipway_session` alone), the start of its
+/// value, which the browser sends back bare and a server then reads as a name.
+fn name_sent_back(set_cookie: &str) -> &str {
+    let pair = set_cookie.split(';').next().unwrap_or("").trim();
+    match pair.split_once('=') {
+        Some((name, value)) if name.trim().is_empty() => {
+            value.split('=').next().unwrap_or("").trim()
+        }
+        Some((name, _)) => name.trim(),
+        None => pair,
     }
 }
 
@@ -667,11 +681,13 @@ async fn gate(
     main_host: Option<&str>,
 ) -> Option<Response> {
     let (c, e) = (previews.controller.clone(), env.clone());
-    let record = tokio::task::spawn_blocking(move || c.engine().store().environment(&e))
-        .await
-        .ok()?
-        .ok()
-        .flatten()?;
+    let read = tokio::task::spawn_blocking(move || c.engine().store().environment(&e)).await;
+    // A state that cannot be read lets nobody in, though the lookup that follows might read
+    // it (PostgreSQL back a moment later).
+    let record = match read {
+        Ok(Ok(record)) => record?,
+        Ok(Err(_)) | Err(_) => return Some(crate::preview_access::unavailable()),
+    };
     if record.stack != stack || record.access() != slipway_core::vocab::Access::Private {
         return None;
     }
@@ -1066,9 +1082,17 @@ mod tests {
         let mut map = headers(&[
             ("set-cookie", "slipway_session=planted; Domain=localhost"),
             ("set-cookie", "app=ok; Path=/"),
+            // Without a name, sent back by a browser as `slipway_session=planted`.
+            ("set-cookie", "=slipway_session=planted; Domain=localhost"),
+            ("set-cookie", " = slipway_session=planted"),
+            ("set-cookie", "slipway_session; Path=/"),
+            ("set-cookie", "=app=fine"),
         ]);
         strip_slipway_set_cookie(&mut map);
-        assert_eq!(values(&map, "set-cookie"), vec!["app=ok; Path=/"]);
+        assert_eq!(
+            values(&map, "set-cookie"),
+            vec!["app=ok; Path=/", "=app=fine"]
+        );
     }
 
     #[test]

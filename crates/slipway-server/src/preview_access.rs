@@ -110,6 +110,16 @@ pub(crate) async fn admit(
     verdict.map_err(|denied| refusal(denied, env, stack, headers, main_host, path))
 }
 
+/// The answer when whether a request may reach a private preview cannot be told: the state
+/// cannot be read. A 503 to retry, never the preview.
+pub(crate) fn unavailable() -> Response {
+    let body = serde_json::json!({
+        "error": "the state store cannot be read just now",
+        "hint": "try again shortly; GET /healthz says whether this server reaches its state",
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
 /// `GET AUTH_PATH?link=...&next=/path` on a preview host: the link checked, the preview
 /// cookie set, and the browser sent on to `next`.
 pub(crate) async fn take_link(
@@ -344,13 +354,7 @@ fn refusal(
         Denied::Nothing => "this preview is private".to_string(),
         Denied::Link(refused) => format!("this preview is private, and {refused}"),
         Denied::Token => "this preview is private, and the token sent is unknown or revoked".into(),
-        Denied::Unavailable => {
-            let body = serde_json::json!({
-                "error": "the state store cannot be read just now",
-                "hint": "try again shortly; GET /healthz says whether this server reaches its state",
-            });
-            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-        }
+        Denied::Unavailable => return unavailable(),
     };
     let sign_in = main_host.map(|host| {
         format!(
