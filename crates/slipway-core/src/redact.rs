@@ -1,6 +1,31 @@
 //! Connection strings fit for messages and logs: a PostgreSQL URL or key-value string with
 //! its password hidden, wherever it was written.
 
+/// The texts to hide for the secret `value`: the value (4 characters or more: shorter ones
+/// would shred ordinary words), and for a value of several lines (a PEM key, a JSON
+/// credential) each of its lines that could be a secret on its own too, since logs are written
+/// and read a line at a time, where the whole may never appear in one piece. A line counts
+/// trimmed, and only with at least [`LINE_MIN`] letters or digits, so that an indent or a `},`
+/// of a JSON secret hides nothing else. (A line that is not secret by itself, such as
+/// `-----BEGIN PRIVATE KEY-----`, is hidden as well.)
+pub fn hidden_texts(value: &str) -> Vec<&str> {
+    let mut texts = Vec::new();
+    if value.chars().count() >= 4 {
+        texts.push(value);
+    }
+    if value.contains('\n') {
+        texts.extend(value.lines().map(str::trim).filter(|line| {
+            line.chars().filter(|c| c.is_alphanumeric()).count() >= LINE_MIN && *line != value
+        }));
+    }
+    texts.dedup();
+    texts
+}
+
+/// The fewest letters and digits a line of a secret of several lines needs to be hidden on
+/// its own (see [`hidden_texts`]).
+pub const LINE_MIN: usize = 8;
+
 /// A connection string with its password hidden, fit for messages and logs.
 ///
 /// A URL keeps its shape with `***` for the password (in the user info and in a `password=`
@@ -101,6 +126,30 @@ fn find_password_key(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_of_several_lines_is_hidden_line_by_line_too() {
+        let pem =
+            "-----BEGIN PRIVATE KEY-----\r\nMIIEvQIBADANBgkq\r\nabc\r\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            hidden_texts(pem),
+            [
+                pem,
+                "-----BEGIN PRIVATE KEY-----",
+                "MIIEvQIBADANBgkq",
+                "-----END PRIVATE KEY-----"
+            ],
+            "each line with 8 letters or digits, trimmed"
+        );
+        let json = "{\n    \"type\": \"x\",\n    \"private_key\": \"k3y-m4teri4l\"\n    \n  },\n}";
+        assert_eq!(
+            hidden_texts(json),
+            [json, "\"private_key\": \"k3y-m4teri4l\""],
+            "no indent, brace or short line of it"
+        );
+        assert_eq!(hidden_texts("hunter2-long"), ["hunter2-long"]);
+        assert!(hidden_texts("abc").is_empty(), "too short to hide");
+    }
 
     #[test]
     fn passwords_never_show_in_redacted_urls() {

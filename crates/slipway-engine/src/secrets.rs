@@ -214,17 +214,21 @@ impl std::fmt::Debug for Redactor {
 pub const REDACTED: &str = "<redacted>";
 
 impl Redactor {
-    /// Adds a value to hide.
+    /// Adds a value to hide (and each line of one of several lines: see
+    /// [`slipway_core::redact::hidden_texts`]).
     pub fn add(&self, value: &str) {
-        if value.chars().count() < 4 {
+        let texts = slipway_core::redact::hidden_texts(value);
+        if texts.is_empty() {
             return;
         }
         let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        if !values.iter().any(|v| v == value) {
-            values.push(value.to_string());
-            // Longest first, so that a secret containing another is hidden whole.
-            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for text in texts {
+            if !values.iter().any(|v| v == text) {
+                values.push(text.to_string());
+            }
         }
+        // Longest first, so that a secret containing another is hidden whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
     /// Adds the values of the outputs named secret.
@@ -447,6 +451,19 @@ mod tests {
         // A ciphertext from before bindings: taken as it is.
         let legacy = encrypt(b"old", std::slice::from_ref(&recipient)).expect("encrypt");
         assert_eq!(open("t", legacy, "dev", "dev").as_deref(), Ok("old"));
+    }
+
+    /// A secret of several lines printed a line at a time (as logs are read) is hidden.
+    #[test]
+    fn the_redactor_hides_each_line_of_a_secret_of_several_lines() {
+        let r = Redactor::default();
+        r.add("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0BAQEF\n-----END PRIVATE KEY-----\n");
+        assert_eq!(r.redact("key line: hkiG9w0BAQEF"), "key line: <redacted>");
+        assert_eq!(
+            r.redact("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0BAQEF\n-----END PRIVATE KEY-----\n"),
+            "<redacted>",
+            "whole, it goes whole"
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ const MAX_PENDING: usize = 64 * 1024;
 fn redact_bytes(bytes: &[u8], values: &[Vec<u8>]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for value in values {
-        if value.is_empty() || out.len() < value.len() {
+        // Most values are in no write (a secret of several lines adds one per line): looked
+        // for first, and the bytes copied only for one that is there.
+        if value.is_empty() || memchr::memmem::find(&out, value).is_none() {
             continue;
         }
         let mut next = Vec::with_capacity(out.len());
@@ -133,12 +135,13 @@ impl CappedLog {
         Ok(self.file.as_mut().expect("opened just above"))
     }
 
-    /// Replaces each of `values` (4 characters or longer) with `<redacted>` in what is
-    /// written from now on.
+    /// Replaces each of `values` (4 characters or longer; each line of one of several lines
+    /// too: [`slipway_core::redact::hidden_texts`]) with `<redacted>` in what is written from
+    /// now on.
     pub fn redacting(mut self, values: &[String]) -> CappedLog {
         let mut redact: Vec<Vec<u8>> = values
             .iter()
-            .filter(|v| v.chars().count() >= 4)
+            .flat_map(|v| slipway_core::redact::hidden_texts(v))
             .map(|v| v.as_bytes().to_vec())
             .collect();
         redact.sort_by_key(|v| std::cmp::Reverse(v.len()));
@@ -441,6 +444,25 @@ mod tests {
             text,
             "password=<redacted> ok\nab stays: too short to redact\nlast <redacted>"
         );
+    }
+
+    /// A secret of several lines that the process prints a line at a time (each written
+    /// before the next is printed) never reaches the file.
+    #[test]
+    fn a_secret_of_several_lines_printed_line_by_line_is_redacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pem.log");
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0BAQEF\n-----END PRIVATE KEY-----";
+        let mut log = CappedLog::open(&path, 1 << 20)
+            .expect("open log")
+            .redacting(&[key.into()]);
+        for line in key.lines() {
+            log.write_all(format!("{line}\n").as_bytes())
+                .expect("write");
+        }
+        log.flush_pending();
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "<redacted>\n".repeat(4), "{text}");
     }
 
     #[test]
