@@ -261,8 +261,10 @@ impl Followed {
 /// it: a process that never ends a line must not grow what each follower holds.
 const MAX_PARTIAL: usize = 64 * 1024;
 
-/// Adds `bytes` to `partial` (the start of a line), and moves every whole line, and every
-/// [`MAX_PARTIAL`] bytes of a line that has no end yet, to `pending`.
+/// Adds `bytes` to `partial` (the start of a line), and moves every whole line to `pending`,
+/// and, of a line with no end yet, pieces of at most [`MAX_PARTIAL`] bytes (cut between two
+/// characters) while more than that is held: the rest, never empty, ends the line when its
+/// end comes.
 fn split_lines(partial: &mut Vec<u8>, pending: &mut VecDeque<String>, bytes: &[u8]) {
     partial.extend_from_slice(bytes);
     if let Some(end) = partial.iter().rposition(|&b| b == b'\n') {
@@ -271,8 +273,13 @@ fn split_lines(partial: &mut Vec<u8>, pending: &mut VecDeque<String>, bytes: &[u
             pending.push_back(line.to_owned());
         }
     }
-    while partial.len() >= MAX_PARTIAL {
-        let piece: Vec<u8> = partial.drain(..MAX_PARTIAL).collect();
+    while partial.len() > MAX_PARTIAL {
+        // Not inside a character: back over its continuation bytes (`10xxxxxx`).
+        let mut cut = MAX_PARTIAL;
+        while cut > MAX_PARTIAL - 4 && partial[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        let piece: Vec<u8> = partial.drain(..cut).collect();
         pending.push_back(String::from_utf8_lossy(&piece).into_owned());
     }
 }
@@ -313,7 +320,8 @@ mod tests {
     use super::*;
 
     /// Whole lines go as they end; a line that never ends goes in pieces of at most
-    /// [`MAX_PARTIAL`] bytes, so that a follower never holds more of it.
+    /// [`MAX_PARTIAL`] bytes, each cut between two characters, so that a follower never holds
+    /// more of it; its end ends the last piece, never an empty line of its own.
     #[test]
     fn a_line_without_its_end_is_sent_in_pieces_and_never_held_whole() {
         let (mut partial, mut pending) = (Vec::new(), VecDeque::new());
@@ -324,16 +332,31 @@ mod tests {
         assert_eq!(pending, ["one", "two", "three"]);
         assert!(partial.is_empty());
         pending.clear();
+        // Five times the limit, in writes of 4 KiB: four pieces sent, the fifth held.
         for _ in 0..80 {
             split_lines(&mut partial, &mut pending, &[b'x'; 4096]);
-            assert!(partial.len() < MAX_PARTIAL, "held: {}", partial.len());
+            assert!(partial.len() <= MAX_PARTIAL, "held: {}", partial.len());
         }
-        assert_eq!(pending.len(), 80 * 4096 / MAX_PARTIAL);
-        assert!(pending.iter().all(|p| p.len() == MAX_PARTIAL));
+        assert_eq!(pending.len(), 4);
         split_lines(&mut partial, &mut pending, b"\n");
+        assert_eq!(pending.len(), 5, "the end closes the fifth piece");
+        assert!(pending.iter().all(|p| p.len() == MAX_PARTIAL));
+        pending.clear();
+        // Two-byte characters across the cut: every piece is whole characters.
+        split_lines(&mut partial, &mut pending, b"x");
+        for _ in 0..(MAX_PARTIAL / 2 + 10) {
+            split_lines(&mut partial, &mut pending, "é".as_bytes());
+        }
+        split_lines(&mut partial, &mut pending, b"\n");
+        assert_eq!(pending.len(), 2);
+        assert!(
+            pending.iter().all(|p| !p.contains('\u{FFFD}')),
+            "no character cut in two"
+        );
         assert_eq!(
-            pending.back().map(String::len),
-            Some(80 * 4096 % MAX_PARTIAL)
+            pending[0].len(),
+            MAX_PARTIAL - 1,
+            "cut before the character"
         );
     }
 }
