@@ -171,8 +171,10 @@ fn extra_arguments(verb: &str, extra: &[&str]) -> CommandError {
 }
 
 /// At most 40 characters of the user's text, for an error message.
+/// (No comment marker survives: `<!--` gets a zero-width space, so that no reply passes for
+/// the plan comment.)
 fn clip(s: &str) -> String {
-    crate::names::short_text(s, 40)
+    crate::names::short_text(s, 40).replace("<!--", "<\u{200B}!--")
 }
 
 #[cfg(test)]
@@ -280,5 +282,10 @@ mod tests {
         );
         let err = parse_command("/slipway apply a`b").expect_err("not an env");
         assert_eq!(err.problem(), "Sorry, ``a`b`` is not an environment name.");
+        let err = parse_command("/slipway help <!--x").expect_err("an extra argument");
+        assert!(
+            !err.to_string().contains("<!--"),
+            "no comment marker: {err}"
+        );
     }
 }

@@ -263,13 +263,25 @@ const LITERAL_MAX: usize = 4000;
 /// go, and it is cut to 4,000 characters.
 pub fn literal_block(s: &str) -> String {
     let mut text = clean_block(s).replace("<!--", "<\u{200B}!--");
+    // No two backticks in a row, and no line that starts with `/`: the fence is then always
+    // three backticks, and nothing in the block looks like the end of a code block or a
+    // quick action (`/approve`) to a reader that scans the raw text (older GitLab does).
+    while text.contains("``") {
+        text = text.replace("``", "`\u{200B}`");
+    }
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| match line.strip_prefix('/') {
+            Some(rest) => format!("\u{200B}/{rest}"),
+            None => line.to_owned(),
+        })
+        .collect();
+    let mut text = text.join("\n");
     if text.chars().count() > LITERAL_MAX {
         text = text.chars().take(LITERAL_MAX).collect();
         text.push_str("\n… (cut)");
     }
-    let text = text.trim_end();
-    let fence = "`".repeat(longest_backtick_run(text).max(2) + 1);
-    format!("\n\n{fence}text\n{text}\n{fence}\n\n")
+    format!("\n\n```text\n{}\n```\n\n", text.trim_end())
 }
 
 /// Plan text for a code block: no control characters but newlines and tabs (a NUL or an escape
@@ -362,19 +374,20 @@ mod tests {
 
     #[test]
     fn a_literal_block_keeps_any_text_inert_and_whole() {
-        let hostile = "unknown field `x`\n```\n@org/team **Applied** <img src=x> \
+        let hostile = "unknown field `x`\n```\n/approve\n  /merge\n@org/team **Applied** <img src=x> \
                        <!-- slipway:plan -->\u{1b}[31m\n````";
         let block = literal_block(hostile);
-        let fence = "`````";
+        let inner = block
+            .strip_prefix("\n\n```text\n")
+            .and_then(|b| b.strip_suffix("\n```\n\n"))
+            .unwrap_or_else(|| panic!("fenced by three backticks: {block:?}"));
         assert!(
-            block.starts_with(&format!("\n\n{fence}text\n"))
-                && block.ends_with(&format!("\n{fence}\n\n")),
-            "fenced by more backticks than the text's longest run: {block:?}"
+            !inner.contains("``"),
+            "nothing in it can end the block: {block:?}"
         );
-        let inner = &block[fence.len() + 7..block.len() - fence.len() - 3];
         assert!(
-            !inner.contains(fence),
-            "the text cannot close the block: {block:?}"
+            inner.lines().all(|l| !l.starts_with('/')),
+            "no line reads as a quick action: {block:?}"
         );
         assert!(!block.contains("<!--"), "no comment marker: {block:?}");
         assert!(
