@@ -254,17 +254,19 @@ impl<W: Wire> Forge for Adapter<W> {
         let prs: Vec<W::PullRequest> = self.api.get_all(&path)?;
         let list = path.split('?').next().unwrap_or_default();
         // One that cannot be read (a branch name Slipway refuses, which git may take) is left
-        // out, and said in the log: it must not keep the others from being caught up.
-        Ok(prs
-            .iter()
-            .filter_map(|pr| match self.wire.info(&self.api, &self.repo, pr, list) {
-                Ok(info) => Some(info),
+        // out, and said in the log: it must not keep the others from being caught up. A call
+        // that may work later (GitLab reads more of each) fails the list, to be tried again.
+        let mut open = Vec::with_capacity(prs.len());
+        for pr in &prs {
+            match self.wire.info(&self.api, &self.repo, pr, list) {
+                Ok(info) => open.push(info),
+                Err(error) if error.retryable() => return Err(error),
                 Err(error) => {
                     tracing::warn!(%error, "a pull request the forge lists open is left out");
-                    None
                 }
-            })
-            .collect())
+            }
+        }
+        Ok(open)
     }
 
     fn has_deployments(&self) -> bool {
