@@ -101,7 +101,7 @@ fn generated(server: &Server, token: &str) -> Option<Value> {
 
 /// The environment's web process while it runs.
 fn web_pid(s: &Sandbox) -> Option<Process> {
-    Process::of(supervisor_state(&s.home, ENV, "web")?["child"]["pid"].as_i64()?)
+    Process::recorded(&supervisor_state(&s.home, ENV, "web")?["child"])
 }
 
 /// `METHOD /path` through the preview URL with `body`: (status, body).

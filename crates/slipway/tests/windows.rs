@@ -469,7 +469,7 @@ fn a_preview_woken_inside_a_deny_window_starts_what_it_ran_and_its_new_commit_wa
     let started = std::time::Instant::now();
     let server = serve_at(&s, "@2026-12-04 16:59:45");
     let env = "br-feature-a";
-    let pid = || Process::of(supervisor_state(&s.home, env, "idle")?["child"]["pid"].as_i64()?);
+    let pid = || Process::recorded(&supervisor_state(&s.home, env, "idle")?["child"]);
     // Its two resources are made side by side: the process may run before the file is
     // written, and the deployment is whole once both are.
     let first = wait_for("the preview runs", Duration::from_secs(12), || {

@@ -557,6 +557,16 @@ impl Process {
         (!matches!(state, 'Z' | 'X')).then_some(Process { pid, start })
     }
 
+    /// The process a supervisor's state file records as its child (`child.pid`,
+    /// `child.start`), if that one runs now: not whatever has its pid since.
+    pub fn recorded(child: &Value) -> Option<Process> {
+        let process = Process {
+            pid: child["pid"].as_i64()?,
+            start: child["start"].as_u64()?,
+        };
+        process.runs().then_some(process)
+    }
+
     /// Whether it still runs: its pid has the same start time, and is not a zombie.
     pub fn runs(&self) -> bool {
         state_and_start(self.pid)
