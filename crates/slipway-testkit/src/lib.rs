@@ -14,6 +14,8 @@
 //!   against it, and a stand-in for the kubelet's status updates.
 //! - [`pg`]: a throwaway PostgreSQL database per test, on the test server.
 //! - [`proxy`]: a TCP proxy a test can sever, for network partitions.
+//! - [`process`]: a process named by pid and start time, so that a reused pid is not taken
+//!   for it.
 //! - [`forge`]: ONE fake forge, [`forge::FakeForge`], parameterised by forge
 //!   ([`forge::Forge`]): one state (pull requests, comments, reviews and approvals, statuses,
 //!   roles, the request log [`forge::Recorded`]) and one set of test-side methods, with
@@ -60,6 +62,7 @@ pub mod git;
 pub mod http;
 pub mod openapi;
 pub mod pg;
+pub mod process;
 pub mod proxy;
 pub mod stack;
 pub mod wait;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use slipway_providers::{
     Applied, DynProvider, Observation, ProviderError, ProviderSettings, Registry, Retry,
 };
+use slipway_testkit::process::Process;
 
 /// An HTTP server with a `/healthz`, answering `ok <SLIPWAY_RESOURCE> <GREETING>` on `/`.
 const SERVER: &str = r#"
@@ -162,7 +163,7 @@ impl TestEnv {
 #[derive(Default)]
 struct Cleanup {
     resources: Vec<PathBuf>,
-    groups: Vec<Proc>,
+    groups: Vec<Process>,
 }
 
 impl Drop for Cleanup {
@@ -173,48 +174,16 @@ impl Drop for Cleanup {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             {
-                procs.extend(Proc::from_json(&state["supervisor"]));
-                procs.extend(Proc::from_json(&state["child"]));
+                procs.extend(Process::from_json(&state["supervisor"]));
+                procs.extend(Process::from_json(&state["child"]));
             }
         }
         for proc in procs {
-            if proc.alive() {
+            if proc.runs() {
                 kill("-KILL", &format!("-{}", proc.pid));
                 kill("-KILL", &proc.pid.to_string());
             }
         }
-    }
-}
-
-/// A process named by pid and start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
-    pid: u32,
-    start: u64,
-}
-
-impl Proc {
-    fn from_json(v: &Value) -> Option<Proc> {
-        Some(Proc {
-            pid: v["pid"].as_u64()? as u32,
-            start: v["start"].as_u64()?,
-        })
-    }
-
-    fn of(pid: u32) -> Option<Proc> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        if matches!(fields[0], "Z" | "X") {
-            return None;
-        }
-        Some(Proc {
-            pid,
-            start: fields[22 - 3].parse().ok()?,
-        })
-    }
-
-    fn alive(&self) -> bool {
-        Proc::of(self.pid) == Some(*self)
     }
 }
 
@@ -265,8 +234,8 @@ fn server_config() -> Value {
     })
 }
 
-fn supervisor_of(applied: &Applied) -> Proc {
-    Proc {
+fn supervisor_of(applied: &Applied) -> Process {
+    Process {
         pid: applied.live["supervisor_pid"]
             .as_u64()
             .expect("supervisor_pid") as u32,
@@ -276,8 +245,8 @@ fn supervisor_of(applied: &Applied) -> Proc {
     }
 }
 
-fn child_in(state: &Value) -> Option<Proc> {
-    Proc::from_json(&state["child"])
+fn child_in(state: &Value) -> Option<Process> {
+    Process::from_json(&state["child"])
 }
 
 /// Sends `bytes` to the supervisor's socket `socket` as they are, and returns all it answers
@@ -295,13 +264,13 @@ fn ask_socket(socket: &std::path::Path, bytes: &[u8]) -> String {
 }
 
 /// The child of `resource` that replaced `before`, once one runs (within `wait`).
-fn restarted(env: &TestEnv, resource: &str, before: Proc, wait: Duration) -> Option<Proc> {
+fn restarted(env: &TestEnv, resource: &str, before: Process, wait: Duration) -> Option<Process> {
     let mut after = None;
     eventually(wait, || {
         after = env
             .state(resource)
             .and_then(|s| child_in(&s))
-            .filter(|c| *c != before && c.alive());
+            .filter(|c| *c != before && c.runs());
         after.is_some()
     });
     after
@@ -349,10 +318,10 @@ fn a_process_becomes_ready_serves_http_and_reports_its_url() {
     let child = child_in(&env.state("api").expect("state file")).expect("a child is recorded");
     env.delete("api", Some(&applied.live), "delete");
     assert!(
-        eventually(Duration::from_secs(15), || !supervisor_of(&applied).alive()),
+        eventually(Duration::from_secs(15), || !supervisor_of(&applied).runs()),
         "delete stops the supervisor"
     );
-    assert!(!child.alive(), "delete stops the child");
+    assert!(!child.runs(), "delete stops the child");
     assert!(
         port_is_free(port),
         "after delete the resource's port is free"
@@ -425,7 +394,7 @@ fn a_delete_stops_the_child_restarted_after_the_engine_read_its_state() {
 
     env.delete("api", Some(&applied.live), "delete");
     assert!(
-        eventually(Duration::from_secs(10), || !second.alive()),
+        eventually(Duration::from_secs(10), || !second.runs()),
         "the child the supervisor let go of is stopped, though no state the engine read named \
          it:\n{}",
         env.report()
@@ -465,15 +434,15 @@ fn observe_reports_a_restarting_child_as_drifted_and_a_dead_supervisor_as_missin
 
     kill("-KILL", &supervisor_of(&applied).pid.to_string());
     assert!(
-        eventually(Duration::from_secs(5), || !supervisor_of(&applied).alive()),
+        eventually(Duration::from_secs(5), || !supervisor_of(&applied).runs()),
         "the supervisor is dead"
     );
     // Observing finds it gone and has a new supervisor take the process back at once.
     let observed = env.observe("flaky", &config, &applied.live);
     let successor = env
         .state("flaky")
-        .and_then(|s| Proc::from_json(&s["supervisor"]))
-        .filter(|s| *s != supervisor_of(&applied) && s.alive());
+        .and_then(|s| Process::from_json(&s["supervisor"]))
+        .filter(|s| *s != supervisor_of(&applied) && s.runs());
     assert!(
         successor.is_some() && !matches!(observed, Ok(Observation::Missing { .. })),
         "a process whose supervisor is gone is taken back by a new one: {observed:?}\n{}",
@@ -509,11 +478,11 @@ fn delete_after_the_supervisor_was_killed_stops_the_child_group_and_frees_the_po
 
     kill("-KILL", &supervisor_of(&applied).pid.to_string());
     assert!(
-        eventually(Duration::from_secs(5), || !supervisor_of(&applied).alive()),
+        eventually(Duration::from_secs(5), || !supervisor_of(&applied).runs()),
         "the supervisor is dead"
     );
     assert!(
-        child.alive(),
+        child.runs(),
         "the child outlives a SIGKILLed supervisor (nothing stopped it yet)"
     );
     assert!(
@@ -523,7 +492,7 @@ fn delete_after_the_supervisor_was_killed_stops_the_child_group_and_frees_the_po
 
     env.delete("api", Some(&applied.live), "delete");
     assert!(
-        !child.alive(),
+        !child.runs(),
         "delete stops the orphaned child by its recorded pid and start time"
     );
     assert!(
@@ -545,10 +514,10 @@ fn delete_without_a_record_finds_and_stops_what_create_started() {
     // As if the CLI was killed after create returned but before the engine recorded it.
     env.delete("api", None, "delete(None)");
     assert!(
-        eventually(Duration::from_secs(15), || !supervisor_of(&applied).alive()),
+        eventually(Duration::from_secs(15), || !supervisor_of(&applied).runs()),
         "delete(None) stops the supervisor it finds in the state file"
     );
-    assert!(!child.alive(), "delete(None) stops the child");
+    assert!(!child.runs(), "delete(None) stops the child");
     assert!(
         port_is_free(env.port()),
         "the port is free after delete(None)"
@@ -567,7 +536,7 @@ fn a_pid_with_another_start_time_is_never_adopted_or_signalled() {
         .process_group(0)
         .spawn()
         .expect("start a bystander");
-    let real = Proc::of(bystander.id()).expect("the bystander runs");
+    let real = Process::of(bystander.id()).expect("the bystander runs");
     cleanup.groups.push(real);
     let forged = json!({
         "supervisor_pid": real.pid,
@@ -592,13 +561,13 @@ fn a_pid_with_another_start_time_is_never_adopted_or_signalled() {
     std::fs::write(&state_file, forged_state.to_string()).expect("forge a state file");
     env.delete("api", None, "delete with a forged state file");
     assert!(
-        real.alive(),
+        real.runs(),
         "delete(None) never signals a pid whose start time differs"
     );
     std::fs::write(&state_file, forged_state.to_string()).expect("forge a state file");
     env.delete("api", Some(&forged), "delete with a forged record");
     assert!(
-        real.alive(),
+        real.runs(),
         "a process whose start time differs is never signalled"
     );
     assert!(
@@ -696,7 +665,7 @@ fn a_child_ignoring_sigterm_is_killed_after_the_stop_grace() {
     let child = child_in(&env.state("stubborn").expect("state")).expect("a child");
     let started = Instant::now();
     env.delete("stubborn", Some(&applied.live), "delete");
-    assert!(!child.alive(), "a child ignoring SIGTERM is SIGKILLed");
+    assert!(!child.runs(), "a child ignoring SIGTERM is SIGKILLed");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "delete waits about the stop grace, not forever ({:?})",
@@ -907,18 +876,18 @@ fn a_killed_environment_supervisor_leaves_its_processes_running_and_the_next_tak
 
     kill("-KILL", &supervisor.pid.to_string());
     assert!(
-        eventually(Duration::from_secs(5), || !supervisor.alive()),
+        eventually(Duration::from_secs(5), || !supervisor.runs()),
         "the supervisor is dead"
     );
     // One of its processes dies while nothing supervises it.
     kill("-KILL", &doomed_child.pid.to_string());
     assert!(
-        eventually(Duration::from_secs(5), || !doomed_child.alive()),
+        eventually(Duration::from_secs(5), || !doomed_child.runs()),
         "the unsupervised process is dead"
     );
     let written = env.log("chatty").len();
     assert!(
-        chatty_child.alive(),
+        chatty_child.runs(),
         "a SIGKILLed supervisor stops none of its processes"
     );
 
@@ -932,9 +901,9 @@ fn a_killed_environment_supervisor_leaves_its_processes_running_and_the_next_tak
         env.report()
     );
     let state = env.state("chatty").expect("state");
-    let successor = Proc::from_json(&state["supervisor"]).expect("a supervisor");
+    let successor = Process::from_json(&state["supervisor"]).expect("a supervisor");
     assert!(
-        successor != supervisor && successor.alive(),
+        successor != supervisor && successor.runs(),
         "a new supervisor keeps it: {state}"
     );
     assert_eq!(
@@ -942,7 +911,7 @@ fn a_killed_environment_supervisor_leaves_its_processes_running_and_the_next_tak
         Some(chatty_child),
         "the running process is taken back (same pid and start time), not restarted: {state}"
     );
-    assert!(chatty_child.alive(), "and it still runs");
+    assert!(chatty_child.runs(), "and it still runs");
     assert_eq!(state["scope"], "environment", "{state}");
     let again = restarted(&env, "doomed", doomed_child, Duration::from_secs(10));
     assert!(
@@ -978,9 +947,9 @@ fn a_killed_environment_supervisor_leaves_its_processes_running_and_the_next_tak
 
     env.delete("chatty", Some(&applied.live), "delete chatty");
     env.delete("doomed", Some(&doomed_applied.live), "delete doomed");
-    assert!(!chatty_child.alive(), "delete stops a taken-back process");
+    assert!(!chatty_child.runs(), "delete stops a taken-back process");
     assert!(
-        eventually(Duration::from_secs(5), || !successor.alive()),
+        eventually(Duration::from_secs(5), || !successor.runs()),
         "the supervisor exits with its last process"
     );
 }
@@ -1034,7 +1003,7 @@ fn the_supervisor_answers_only_the_engines_uid() {
         "a request from another uid is refused: {out:?}"
     );
     assert!(
-        child.alive() && env.state("api").is_some(),
+        child.runs() && env.state("api").is_some(),
         "and changes nothing"
     );
     env.delete("api", Some(&applied.live), "delete");
@@ -1081,7 +1050,7 @@ fn a_process_of_a_per_resource_supervisor_from_before_keeps_working_and_is_taken
         eventually(Duration::from_secs(10), || {
             state = env
                 .state("old")
-                .filter(|s| s["phase"] == "running" && child_in(s).is_some_and(|c| c.alive()));
+                .filter(|s| s["phase"] == "running" && child_in(s).is_some_and(|c| c.runs()));
             state.is_some()
         }),
         "the per-resource supervisor starts its process:\n{}",
@@ -1092,7 +1061,7 @@ fn a_process_of_a_per_resource_supervisor_from_before_keeps_working_and_is_taken
         state.get("scope").is_none(),
         "its state file is in the format from before: {state}"
     );
-    let old_supervisor = Proc::from_json(&state["supervisor"]).expect("its supervisor");
+    let old_supervisor = Process::from_json(&state["supervisor"]).expect("its supervisor");
     let child = child_in(&state).expect("its child");
     cleanup.groups.push(child);
     // What an older engine recorded.
@@ -1129,14 +1098,14 @@ fn a_process_of_a_per_resource_supervisor_from_before_keeps_working_and_is_taken
     let state = env.state("old").expect("state");
     assert_eq!(state["scope"], "environment", "taken back: {state}");
     assert_eq!(child_in(&state), Some(child), "not restarted: {state}");
-    assert!(child.alive(), "it still runs");
+    assert!(child.runs(), "it still runs");
     assert_eq!(
         env.observe("old", &config, &recorded).expect("observe"),
         Observation::InSync,
         "and is in sync under its new supervisor"
     );
     env.delete("old", Some(&recorded), "delete");
-    assert!(!child.alive(), "delete stops it");
+    assert!(!child.runs(), "delete stops it");
 }
 
 #[test]
@@ -1150,15 +1119,15 @@ fn a_supervisor_whose_environment_directory_is_removed_stops_its_processes() {
     cleanup.groups.extend([child, supervisor]);
     std::fs::remove_dir_all(&env.dirs.root).expect("remove the environment's directory");
     assert!(
-        eventually(Duration::from_secs(10), || !child.alive()
-            && !supervisor.alive()),
+        eventually(Duration::from_secs(10), || !child.runs()
+            && !supervisor.runs()),
         "with its environment's directory gone, the supervisor stops its process and exits"
     );
 }
 
 /// The live processes (zombies not counted) with `run` among their arguments, and those
 /// arguments.
-fn processes_naming(run: &std::path::Path) -> Vec<(Proc, Vec<Vec<u8>>)> {
+fn processes_naming(run: &std::path::Path) -> Vec<(Process, Vec<Vec<u8>>)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
@@ -1175,7 +1144,7 @@ fn processes_naming(run: &std::path::Path) -> Vec<(Proc, Vec<Vec<u8>>)> {
         if args
             .iter()
             .any(|arg| arg.as_slice() == run.as_os_str().as_encoded_bytes())
-            && let Some(proc) = Proc::of(pid)
+            && let Some(proc) = Process::of(pid)
         {
             found.push((proc, args));
         }
@@ -1184,7 +1153,7 @@ fn processes_naming(run: &std::path::Path) -> Vec<(Proc, Vec<Vec<u8>>)> {
 }
 
 /// The live `slipway __supervise <run>` processes of `run`.
-fn supervisors_of(run: &std::path::Path) -> Vec<Proc> {
+fn supervisors_of(run: &std::path::Path) -> Vec<Process> {
     processes_naming(run)
         .into_iter()
         .filter(|(_, args)| args.get(1).is_some_and(|verb| verb == b"__supervise"))
@@ -1330,13 +1299,13 @@ fn concurrent_creates_each_get_a_recorded_process_of_one_supervisor() {
         let state = env.state(name).expect("a state file");
         let child = child_in(&state).expect("a child");
         assert_eq!(
-            Proc::from_json(
+            Process::from_json(
                 &json!({"pid": applied.live["child_pid"], "start": applied.live["child_start"]})
             ),
             Some(child),
             "what create returned is what the state file records: {state}"
         );
-        assert!(child.alive(), "{name}'s process runs: {state}");
+        assert!(child.runs(), "{name}'s process runs: {state}");
         children.push(child);
     }
     children.sort_by_key(|c| c.pid);
@@ -1347,7 +1316,7 @@ fn concurrent_creates_each_get_a_recorded_process_of_one_supervisor() {
         env.delete(name, Some(&applied.live), "delete");
     }
     assert!(
-        children.iter().all(|c| !c.alive()),
+        children.iter().all(|c| !c.runs()),
         "delete stops every one of them"
     );
 }
@@ -1447,7 +1416,7 @@ fn a_start_sends_its_spec_which_only_the_state_file_keeps_and_a_successor_reads(
     // Its supervisor dies: the next one has nothing but the state file to go by.
     let supervisor = supervisor_of(&applied);
     kill("-KILL", &supervisor.pid.to_string());
-    assert!(eventually(Duration::from_secs(5), || !supervisor.alive()));
+    assert!(eventually(Duration::from_secs(5), || !supervisor.runs()));
     assert_eq!(
         env.observe("api", &config, &applied.live).expect("observe"),
         Observation::InSync,
@@ -1455,7 +1424,7 @@ fn a_start_sends_its_spec_which_only_the_state_file_keeps_and_a_successor_reads(
         env.report()
     );
     let state = env.state("api").expect("state");
-    assert_ne!(Proc::from_json(&state["supervisor"]), Some(supervisor));
+    assert_ne!(Process::from_json(&state["supervisor"]), Some(supervisor));
     assert_eq!(child_in(&state), Some(child), "the same child: {state}");
     assert_eq!(
         state["spec"]["env"]["TOKEN"], "s3cr3t-carried",
@@ -1468,9 +1437,9 @@ fn a_start_sends_its_spec_which_only_the_state_file_keeps_and_a_successor_reads(
     let replaced = env.create(&mut cleanup, "api", &changed);
     let new_child = child_in(&env.state("api").expect("state")).expect("a child");
     cleanup.groups.push(new_child);
-    assert!(new_child != child && !child.alive(), "replaced");
+    assert!(new_child != child && !child.runs(), "replaced");
     env.delete("api", Some(&replaced.live), "delete");
-    assert!(!new_child.alive(), "stopped by the delete");
+    assert!(!new_child.runs(), "stopped by the delete");
 }
 
 #[test]
@@ -1501,7 +1470,7 @@ fn a_process_whose_state_file_the_engine_removed_is_never_started_again() {
     // supervises nothing, and exits once idle for `IDLE_EXIT` (5 s); one that restarts it
     // never does.
     let supervisor = supervisor_of(&applied);
-    eventually(Duration::from_secs(20), || !supervisor.alive());
+    eventually(Duration::from_secs(20), || !supervisor.runs());
     assert_eq!(
         count(),
         removed_at,
@@ -1565,7 +1534,7 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
     let answer = ask(b"start api +100\n{\"half\":");
     assert_eq!(answer, "", "a request never finished is dropped");
     // None of it touched the process, and the supervisor still serves the engine.
-    assert!(child.alive(), "the process runs on");
+    assert!(child.runs(), "the process runs on");
     assert_eq!(
         child_in(&env.state("api").expect("state")),
         Some(child),
@@ -1578,7 +1547,7 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
     env.create(&mut cleanup, "api", &config);
     assert_eq!(child_in(&env.state("api").expect("state")), Some(child));
     env.delete("api", Some(&applied.live), "delete");
-    assert!(!child.alive());
+    assert!(!child.runs());
 }
 
 /// A supervisor as they were before a `start` could carry its spec: it reads the request's
@@ -1659,8 +1628,8 @@ fn a_supervisor_from_before_gets_the_spec_in_its_file() {
     let child = child_in(&state).expect("a child");
     cleanup.groups.push(child);
     assert_eq!(
-        Proc::from_json(&state["supervisor"]),
-        Proc::of(old.id()),
+        Process::from_json(&state["supervisor"]),
+        Process::of(old.id()),
         "started by the supervisor from before: {state}"
     );
     let requests = std::fs::read_to_string(&log).expect("its log");
@@ -1684,10 +1653,10 @@ fn a_supervisor_from_before_gets_the_spec_in_its_file() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "the spec file holds secrets: 0600");
-    assert!(child.alive(), "its process runs");
+    assert!(child.runs(), "its process runs");
 
     env.delete("api", Some(&applied.live), "delete");
-    assert!(!child.alive(), "stopped by the delete");
+    assert!(!child.runs(), "stopped by the delete");
     assert!(!spec_file.exists(), "its spec file is removed");
     // It exits on the `release` of its last process: waited for, not forever.
     let released = eventually(Duration::from_secs(20), || {
@@ -1719,7 +1688,7 @@ fn a_delete_cut_short_leaves_the_state_file_set_aside_and_the_next_one_stops_its
     cleanup.groups.push(child);
     let supervisor = supervisor_of(&applied);
     kill("-KILL", &supervisor.pid.to_string());
-    assert!(eventually(Duration::from_secs(5), || !supervisor.alive()));
+    assert!(eventually(Duration::from_secs(5), || !supervisor.runs()));
     std::fs::rename(
         env.dirs.run.join("api.json"),
         env.dirs.run.join("api.json.deleting"),
@@ -1728,7 +1697,7 @@ fn a_delete_cut_short_leaves_the_state_file_set_aside_and_the_next_one_stops_its
     // The engine's record of it is lost too (a create that never recorded it).
     env.delete("api", None, "delete again");
     assert!(
-        eventually(Duration::from_secs(10), || !child.alive()),
+        eventually(Duration::from_secs(10), || !child.runs()),
         "the child named only in the file set aside is stopped"
     );
     assert!(
@@ -1755,7 +1724,7 @@ fn a_start_of_the_same_spec_writes_its_state_file_again_if_it_went_missing() {
     assert_eq!(child_in(&state), Some(child), "the same child: {state}");
     assert_eq!(state["spec"].to_string(), spec, "carrying its spec");
     env.delete("api", Some(&applied.live), "delete");
-    assert!(!child.alive());
+    assert!(!child.runs());
 }
 
 #[test]
@@ -1770,7 +1739,7 @@ fn a_successor_removes_what_a_writer_killed_mid_write_left_under_its_temporary_n
     cleanup.groups.push(child);
     let supervisor = supervisor_of(&applied);
     kill("-KILL", &supervisor.pid.to_string());
-    assert!(eventually(Duration::from_secs(5), || !supervisor.alive()));
+    assert!(eventually(Duration::from_secs(5), || !supervisor.runs()));
     let dead = env
         .dirs
         .run

@@ -541,49 +541,8 @@ pub fn http_get_host(port: u16, host: &str, path: &str) -> Option<String> {
     (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_string())
 }
 
-/// One process, by pid and start time: a pid the kernel gives to another process once this
-/// one ends (soon, on a busy machine with a small `pid_max`) is not taken for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Process {
-    pub pid: i64,
-    start: u64,
-}
-
-impl Process {
-    /// The process running as `pid` now, if one does (a zombie does not run).
-    pub fn of(pid: impl Into<i64>) -> Option<Process> {
-        let pid = pid.into();
-        let (state, start) = state_and_start(pid)?;
-        (!matches!(state, 'Z' | 'X')).then_some(Process { pid, start })
-    }
-
-    /// The process a supervisor's state file records as its child (`child.pid`,
-    /// `child.start`), if that one runs now: not whatever has its pid since.
-    pub fn recorded(child: &Value) -> Option<Process> {
-        let process = Process {
-            pid: child["pid"].as_i64()?,
-            start: child["start"].as_u64()?,
-        };
-        process.runs().then_some(process)
-    }
-
-    /// Whether it still runs: its pid has the same start time, and is not a zombie.
-    pub fn runs(&self) -> bool {
-        state_and_start(self.pid)
-            .is_some_and(|(state, start)| start == self.start && !matches!(state, 'Z' | 'X'))
-    }
-}
-
-/// The state letter and start time (in ticks since boot) of process `pid`, if it exists.
-fn state_and_start(pid: i64) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `PID (COMM) STATE ...`: the command may hold anything, so fields follow the last `)`.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // After the state, the start time is the 19th field (the 22nd of the line).
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
-}
+/// One process by pid and start time (see [`slipway_testkit::process`]).
+pub use slipway_testkit::process::Process;
 
 pub fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
