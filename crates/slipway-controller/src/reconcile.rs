@@ -296,18 +296,18 @@ pub(crate) fn destroy_if(
             return Ok(false);
         }
         announce();
-    }
-    if record.activity == Activity::Queued && engine.store().leave_queue(name)? {
-        event(
-            inner,
-            name,
-            EventKind::EnvironmentDestroyed,
-            &format!("{name} left the queue before it ran: {why}"),
-        );
-        if let Err(e) = crate::slots::queue_moved(inner, &[]) {
-            tracing::warn!(error = %e, "queueing the plan comments of queued previews failed");
+        if engine.store().leave_queue(name)? {
+            event(
+                inner,
+                name,
+                EventKind::EnvironmentDestroyed,
+                &format!("{name} left the queue before it ran: {why}"),
+            );
+            if let Err(e) = crate::slots::queue_moved(inner, &[]) {
+                tracing::warn!(error = %e, "queueing the plan comments of queued previews failed");
+            }
+            return Ok(true);
         }
-        return Ok(true);
     }
     let lock = engine.lock(name, slipway_engine::LockWait::Block(&|| {}))?;
     if !still()? {

@@ -170,11 +170,10 @@ fn extra_arguments(verb: &str, extra: &[&str]) -> CommandError {
     ))
 }
 
-/// At most 40 characters of the user's text, for an error message.
-/// (No comment marker survives: `<!--` gets a zero-width space, so that no reply passes for
-/// the plan comment.)
+/// At most 40 characters of the user's text, for an error message, with no comment marker
+/// ([`crate::render::without_markers`]).
 fn clip(s: &str) -> String {
-    crate::names::short_text(s, 40).replace("<!--", "<\u{200B}!--")
+    crate::render::without_markers(&crate::names::short_text(s, 40))
 }
 
 #[cfg(test)]

@@ -257,12 +257,11 @@ const LITERAL_MAX: usize = 4000;
 
 /// Text Slipway did not write (an error that quotes the repository, a job's output) as a
 /// Markdown code block, to follow a sentence of Slipway's own: whatever it holds, nothing in
-/// it is a mention, a link, an image, HTML or a heading, it cannot end its block early (the
-/// fence is longer than any run of backticks in it), and it carries no comment marker (`<!--`
-/// gets a zero-width space, so that no reply passes for the plan comment). Control characters
-/// go, and it is cut to 4,000 characters.
+/// it is a mention, a link, an image, HTML or a heading, it cannot end its block early (no
+/// two backticks in a row are left in it), and it carries no comment marker
+/// ([`without_markers`]). Control characters go, and it is cut to 4,000 characters.
 pub fn literal_block(s: &str) -> String {
-    let mut text = clean_block(s).replace("<!--", "<\u{200B}!--");
+    let mut text = without_markers(&clean_block(s));
     // No two backticks in a row, and no line that starts with `/`: the fence is then always
     // three backticks, and nothing in the block looks like the end of a code block or a
     // quick action (`/approve`) to a reader that scans the raw text (older GitLab does).
@@ -282,6 +281,12 @@ pub fn literal_block(s: &str) -> String {
         text.push_str("\n… (cut)");
     }
     format!("\n\n```text\n{}\n```\n\n", text.trim_end())
+}
+
+/// `s` with a zero-width space in each `<!--`, so that no reply carrying a user's text passes
+/// for the plan comment, which its hidden marker names.
+pub(crate) fn without_markers(s: &str) -> String {
+    s.replace("<!--", "<\u{200B}!--")
 }
 
 /// Plan text for a code block: no control characters but newlines and tabs (a NUL or an escape
