@@ -57,12 +57,47 @@ fn setup(inner: &Inner) -> Result<&ForgeSetup, ControllerError> {
 /// Handles one verified event.
 pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp, ControllerError> {
     match forge_event {
-        ForgeEvent::Push { .. } => Ok(FollowUp {
-            refresh: true,
-            ..FollowUp::default()
-        }),
-        ForgeEvent::PullRequest { action, mut pr } => match action {
+        ForgeEvent::Push {
+            git_ref,
+            before,
+            after,
+            deleted,
+            pusher,
+            ..
+        } => {
+            if let (Some(pusher), false) = (pusher, deleted) {
+                let created = !before.is_empty() && before.bytes().all(|b| b == b'0');
+                inner
+                    .engine
+                    .store()
+                    .record_push(&git_ref, &after, &pusher, now_ms(), created)?;
+            }
+            Ok(FollowUp {
+                refresh: true,
+                ..FollowUp::default()
+            })
+        }
+        ForgeEvent::PullRequest {
+            action,
+            mut pr,
+            sender,
+        } => match action {
             PrAction::Opened | PrAction::Reopened | PrAction::Synchronized => {
+                // Who pushed the head: the sender of a push to the pull request; for a fork's,
+                // whose branch pushes this repository never sees, the opener (its author) of
+                // the head it was opened with. A same-repository branch's pushes come as push
+                // webhooks; a reopen's sender pushed nothing.
+                let pushed =
+                    action == PrAction::Synchronized || (action == PrAction::Opened && pr.is_fork);
+                if let (Some(sender), true) = (&sender, pushed) {
+                    inner.engine.store().record_push(
+                        &format!("pull/{}", pr.number),
+                        &pr.head_sha,
+                        sender,
+                        now_ms(),
+                        false,
+                    )?;
+                }
                 pr.author = real_author(inner, &pr)?;
                 opened(inner, &pr)?;
                 Ok(FollowUp {
@@ -362,10 +397,33 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
         .pull_request(number as i64)?
         .map(|r| r.stale_approvers)
         .unwrap_or_default();
-    let approved = qualified_approval(forge.as_ref(), &approvals, &details.info.author, |a| {
-        a.counts_for(&details.info.head_sha, &stale)
-    })?
-    .is_some();
+    let info = &details.info;
+    let pushers = pushers_of(
+        inner,
+        number as i64,
+        info.is_fork,
+        &info.head_ref,
+        &info.head_sha,
+    )?;
+    let approved = match unknown_pusher(&pushers, &info.author, &info.head_sha) {
+        Some(why) => {
+            event(
+                inner,
+                &EnvName::pull_request(number),
+                EventKind::PullRequestMerged,
+                &format!("#{number} is merged as not approved: {why}"),
+            );
+            false
+        }
+        None => qualified_approval(
+            forge.as_ref(),
+            &approvals,
+            &info.author,
+            &pushers.all,
+            |a| a.counts_for(&info.head_sha, &stale),
+        )?
+        .is_some(),
+    };
     inner
         .engine
         .store()
@@ -387,16 +445,62 @@ pub(crate) fn approval_counts(reviewer: &str, author: &str, has_write_access: bo
     has_write_access && !reviewer.eq_ignore_ascii_case(author)
 }
 
+/// Who pushed to pull request `number`, whose head is `head`: its webhooks' senders, and the
+/// pushers of its branch (this repository's, not a fork's).
+pub(crate) fn pushers_of(
+    inner: &Inner,
+    number: i64,
+    is_fork: bool,
+    head_ref: &str,
+    head: &str,
+) -> Result<slipway_state::Pushers, ControllerError> {
+    let branch = (!is_fork).then_some(head_ref);
+    Ok(inner.engine.store().pushers_of(number, branch, head)?)
+}
+
+/// Why no approval can count for `head`, a pull request by `author` that `pushers` pushed to:
+/// nobody is known to have pushed it (its push's webhook never reached Slipway), or an
+/// automation account other than the author pushed to it (it pushes for whoever set it off,
+/// who may be the reviewer). `None` when approvals may count.
+pub(crate) fn unknown_pusher(
+    pushers: &slipway_state::Pushers,
+    author: &str,
+    head: &str,
+) -> Option<String> {
+    if pushers.of_head.is_empty() {
+        return Some(format!(
+            "nobody is known to have pushed {}: its push's webhook has not reached Slipway, \
+             so an approval of it cannot be told apart from its pusher's; the webhook of the \
+             next push to it is",
+            short(head)
+        ));
+    }
+    let bot = pushers
+        .all
+        .iter()
+        .find(|p| slipway_forge::is_bot(p) && !p.eq_ignore_ascii_case(author))?;
+    Some(format!(
+        "@{bot} pushed to it, an automation account that pushes for whoever sets it off, who \
+         may be its reviewer; a pull request pushed to by one other than its author is \
+         applied after merge, or as a new pull request"
+    ))
+}
+
 /// The first of `approvals` that `relevant` keeps (for the right commit) and that counts
-/// ([`approval_counts`]); write access is asked of the forge for those only.
+/// ([`approval_counts`]), and whose reviewer never pushed to it (`pushers`: someone who
+/// pushed to another's pull request does not approve their own push, nor what was pushed on
+/// top of it); write access is asked of the forge for those only.
 fn qualified_approval(
     forge: &dyn Forge,
     approvals: &[slipway_forge::Approval],
     author: &str,
+    pushers: &[String],
     relevant: impl Fn(&slipway_forge::Approval) -> bool,
 ) -> Result<Option<String>, ControllerError> {
     for a in approvals.iter().filter(|a| relevant(a)) {
-        if a.author.eq_ignore_ascii_case(author) {
+        if a.author.eq_ignore_ascii_case(author)
+            || pushers.iter().any(|p| p.eq_ignore_ascii_case(&a.author))
+        {
             continue;
         }
         let writes = forge.has_write_access(&a.author)?;

@@ -170,6 +170,10 @@ pub enum ForgeEvent {
         after: String,
         /// The ref was deleted.
         deleted: bool,
+        /// Who pushed (GitHub and Gitea `sender`, GitLab `user_username`), when the payload
+        /// names a valid login: the pull-request gate never counts a pusher's approval of
+        /// what they pushed.
+        pusher: Option<String>,
     },
     /// A pull (merge) request was opened, updated, closed, merged, etc.
     PullRequest {
@@ -177,6 +181,10 @@ pub enum ForgeEvent {
         action: PrAction,
         /// The pull request as it is after the action.
         pr: PullRequestInfo,
+        /// Who made it happen (GitHub and Gitea `sender`, GitLab `user`), when the payload
+        /// names a valid login. For [`PrAction::Synchronized`] that is who pushed the new
+        /// head; for [`PrAction::Opened`], who opened it.
+        sender: Option<String>,
     },
     /// Someone reviewed a pull request.
     Review {
@@ -355,24 +363,68 @@ impl PullRequestInfo {
     }
 }
 
-/// A push payload's fields, which every forge names alike.
+/// A push payload's fields, which every forge names alike, and who pushed, which they do not.
 #[derive(serde::Deserialize)]
 pub(crate) struct PushPayload {
     #[serde(rename = "ref")]
     git_ref: String,
     before: String,
     after: String,
+    /// GitHub and Gitea: the account that pushed.
+    #[serde(default)]
+    sender: Option<Sender>,
+    /// GitLab: the pusher's username.
+    #[serde(default)]
+    user_username: Option<String>,
+}
+
+/// A payload's `sender`: `login` on GitHub and Gitea (Gitea also sends `username`).
+#[derive(serde::Deserialize)]
+pub(crate) struct Sender {
+    #[serde(default)]
+    login: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+impl Sender {
+    /// The sender's login, when it is one.
+    pub(crate) fn login(&self) -> Option<String> {
+        valid_login(
+            self.login
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .or(self.username.as_deref()),
+        )
+    }
+}
+
+/// `login` when it is a valid login. Who acted is never a reason to refuse a delivery: an
+/// odd one is left unknown, which the gate reads as "not known who pushed" and refuses on.
+pub(crate) fn valid_login(login: Option<&str>) -> Option<String> {
+    login
+        .filter(|l| crate::names::is_login(l))
+        .map(str::to_owned)
 }
 
 impl PushPayload {
     /// The checked [`ForgeEvent::Push`].
     pub(crate) fn event(&self) -> Result<ForgeEvent, String> {
-        push_event(&self.git_ref, &self.before, &self.after)
+        let pusher = match &self.sender {
+            Some(sender) => sender.login(),
+            None => valid_login(self.user_username.as_deref()),
+        };
+        push_event(&self.git_ref, &self.before, &self.after, pusher)
     }
 }
 
 /// Builds a checked [`ForgeEvent::Push`] from a push payload's fields.
-pub(crate) fn push_event(git_ref: &str, before: &str, after: &str) -> Result<ForgeEvent, String> {
+pub(crate) fn push_event(
+    git_ref: &str,
+    before: &str,
+    after: &str,
+    pusher: Option<String>,
+) -> Result<ForgeEvent, String> {
     use crate::names;
     if !git_ref.starts_with("refs/") || !names::is_ref_name(git_ref) {
         return Err(format!(
@@ -395,6 +447,7 @@ pub(crate) fn push_event(git_ref: &str, before: &str, after: &str) -> Result<For
         before: before.to_owned(),
         after: after.to_owned(),
         deleted: names::is_null_object_id(after),
+        pusher,
     })
 }
 

@@ -66,6 +66,8 @@ struct DeletePayload {
     #[serde(rename = "ref")]
     git_ref: String,
     ref_type: String,
+    #[serde(default)]
+    sender: Option<event::Sender>,
 }
 
 #[derive(Deserialize)]
@@ -103,7 +105,8 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
             } else {
                 format!("refs/heads/{}", p.git_ref)
             };
-            event::push_event(&full, "", &"0".repeat(40)).map_err(malformed)
+            let pusher = p.sender.as_ref().and_then(event::Sender::login);
+            event::push_event(&full, "", &"0".repeat(40), pusher).map_err(malformed)
         }
         "pull_request" => {
             let p: PullRequestPayload<User> = decode("gitea pull_request", body)?;
@@ -116,7 +119,8 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
                 other => PrAction::Other(short_text(other, 40)),
             };
             let pr = p.pull_request.info().map_err(malformed)?;
-            Ok(ForgeEvent::PullRequest { action, pr })
+            let sender = p.sender.as_ref().and_then(event::Sender::login);
+            Ok(ForgeEvent::PullRequest { action, pr, sender })
         }
         // `X-Gitea-Event` names review events `pull_request_approved` & co.;
         // `X-Gitea-Event-Type` spells them `pull_request_review_approved`.

@@ -84,7 +84,8 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
                 other => PrAction::Other(other.to_owned()),
             };
             let pr = p.pull_request.info().map_err(malformed)?;
-            Ok(ForgeEvent::PullRequest { action, pr })
+            let sender = p.sender.as_ref().and_then(event::Sender::login);
+            Ok(ForgeEvent::PullRequest { action, pr, sender })
         }
         "pull_request_review" => {
             let p: ReviewPayload = decode("github pull_request_review", body)?;

@@ -183,7 +183,8 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
                 ),
             };
             pr.check().map_err(malformed)?;
-            Ok(ForgeEvent::PullRequest { action, pr })
+            let sender = event::valid_login(Some(&p.user.username));
+            Ok(ForgeEvent::PullRequest { action, pr, sender })
         }
         "Note Hook" | "Confidential Note Hook" => {
             let p: NotePayload = decode("gitlab note", body)?;

@@ -78,6 +78,7 @@ pub use event::{
     Delivery, ExpectedRepository, ForgeEvent, ForgeKind, PrAction, PullRequestInfo, RepositoryRef,
     ReviewState, UnknownForge,
 };
+pub use names::is_bot;
 pub use profile::{ForgeProfile, SignatureScheme, StatusNames};
 pub use render::{
     DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, literal_block,

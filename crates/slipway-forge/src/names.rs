@@ -46,6 +46,24 @@ pub(crate) fn is_login(s: &str) -> bool {
         && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
+/// Whether `login` is an automation account that acts for whoever set it off, not a person:
+/// a GitHub App (`NAME[bot]`, GitHub Actions' `github-actions[bot]` included), GitLab's
+/// project and group access-token users (`project_ID_bot_…`, `group_ID_bot_…`), Gitea
+/// Actions' `gitea-actions`. A push by one tells nothing of the person behind it.
+pub fn is_bot(login: &str) -> bool {
+    let lower = login.to_ascii_lowercase();
+    let token_user = |kind: &str| {
+        lower
+            .strip_prefix(kind)
+            .and_then(|rest| rest.split_once("_bot"))
+            .is_some_and(|(id, _)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    };
+    lower.ends_with("[bot]")
+        || lower == "gitea-actions"
+        || token_user("project_")
+        || token_user("group_")
+}
+
 /// A repository path: `owner/name` (GitLab: `group/subgroup/project`), each part of
 /// `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub(crate) fn is_repository_path(s: &str) -> bool {
@@ -100,6 +118,30 @@ pub(crate) fn is_numeric_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bots_are_told_from_people() {
+        for bot in [
+            "github-actions[bot]",
+            "dependabot[bot]",
+            "Renovate[BOT]",
+            "project_42_bot_3f1a",
+            "group_7_bot",
+            "gitea-actions",
+        ] {
+            assert!(is_bot(bot), "{bot}");
+        }
+        for person in [
+            "alice",
+            "bot",
+            "robotnik",
+            "project_bot",
+            "project_x_bot",
+            "group__bot1",
+        ] {
+            assert!(!is_bot(person), "{person}");
+        }
+    }
 
     #[test]
     fn object_ids_are_40_or_64_hex_digits() {

@@ -133,6 +133,8 @@ impl<U: WireUser> PullRequest<U> {
 pub(crate) struct PullRequestPayload<U> {
     pub(crate) action: String,
     pub(crate) pull_request: PullRequest<U>,
+    #[serde(default)]
+    pub(crate) sender: Option<crate::event::Sender>,
 }
 
 #[derive(Deserialize)]

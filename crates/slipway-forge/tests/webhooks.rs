@@ -176,6 +176,7 @@ fn every_github_pull_request_example_is_verified_and_parsed() {
             ForgeEvent::PullRequest {
                 action: expected_action,
                 pr: expected_pr(&example["pull_request"]),
+                sender: Some(s(&example["sender"]["login"])),
             },
             "{name}"
         );
@@ -325,6 +326,7 @@ fn every_github_push_example_is_verified_and_parsed() {
                 before: s(&example["before"]),
                 after: s(&example["after"]),
                 deleted,
+                pusher: Some(s(&example["sender"]["login"])),
             },
             "{name}"
         );
@@ -721,6 +723,7 @@ fn gitlab_documented_payloads() {
             before: "95790bf891e76fee5e1747ab589903a6a1f80f22".into(),
             after: "da1560886d4f094c3e6c9ef40349f7d38b5d27d7".into(),
             deleted: false,
+            pusher: Some("jsmith".into()),
         }
     );
 
@@ -759,7 +762,8 @@ fn gitlab_documented_payloads() {
         gitlab("Merge Request Hook", &open).expect("open").event,
         ForgeEvent::PullRequest {
             action: PrAction::Opened,
-            pr: expected_pr.clone()
+            pr: expected_pr.clone(),
+            sender: Some("root".into()),
         }
     );
 
@@ -905,6 +909,7 @@ fn gitea_payloads() {
             before: "28e1879d029cb852e4844d9c718537df08844e03".into(),
             after: "bffeb74224043ba2feb48d137756c8a9331c449a".into(),
             deleted: false,
+            pusher: Some("gitea".into()),
         }
     );
     assert_eq!(
@@ -917,6 +922,7 @@ fn gitea_payloads() {
             before: String::new(),
             after: "0".repeat(40),
             deleted: true,
+            pusher: Some("user1".into()),
         }
     );
 
@@ -938,14 +944,15 @@ fn gitea_payloads() {
         gitea("pull_request", &opened).expect("opened").event,
         ForgeEvent::PullRequest {
             action: PrAction::Opened,
-            pr: expected
+            pr: expected,
+            sender: Some("user1".into()),
         }
     );
     let with = |f: &dyn Fn(&mut Value)| {
         let mut p = opened.clone();
         f(&mut p);
         match gitea("pull_request", &p).expect("pull_request").event {
-            ForgeEvent::PullRequest { action, pr } => (action, pr),
+            ForgeEvent::PullRequest { action, pr, .. } => (action, pr),
             other => panic!("a pull request event, not {other:?}"),
         }
     };

@@ -51,7 +51,7 @@ mod store;
 mod tokens;
 mod transfer;
 
-pub use pulls::{LockRecord, MergedCommit, PULL_REQUEST_STATES, PullRequestRecord};
+pub use pulls::{LockRecord, MergedCommit, PULL_REQUEST_STATES, PullRequestRecord, Pushers};
 pub use seal::Sealer;
 
 pub use audit::{AUDIT_OUTCOMES, AuditRecord, NewAudit};

@@ -67,6 +67,16 @@ fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
     })
 }
 
+/// Who pushed to a pull request, as [`Store::pushers_of`] knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pushers {
+    /// Who pushed its head commit, sorted: empty when no push of it was seen.
+    pub of_head: Vec<String>,
+    /// Everyone who pushed any commit to it or to its branch (since the branch was last
+    /// made), sorted.
+    pub all: Vec<String>,
+}
+
 /// An environment locked to a pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
@@ -136,6 +146,67 @@ impl Store {
             )
             .map_err(sql(format!("record the policy approval of #{number}")))?;
         Ok(())
+    }
+
+    /// Records that `pusher` pushed commit `sha` to `source`: a branch's full ref
+    /// (`refs/heads/NAME`, from a push webhook) or `pull/N` (pull request N, from its
+    /// `synchronize` webhook, or a fork's `opened`). A push that `created` the branch starts
+    /// its record over: who pushed to an earlier branch of that name is forgotten. Recording
+    /// the same push again changes nothing.
+    pub fn record_push(
+        &self,
+        source: &str,
+        sha: &str,
+        pusher: &str,
+        at: i64,
+        created: bool,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .transaction(&["head_pushes"], |tx| {
+                if created {
+                    tx.execute("DELETE FROM head_pushes WHERE source = ?1", params![source])?;
+                }
+                tx.execute(
+                    "INSERT INTO head_pushes (source, sha, pusher, at) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (source, sha, pusher) DO NOTHING",
+                    params![source, sha, pusher, at],
+                )
+            })
+            .map_err(sql(format!("record who pushed {sha} to {source}")))?;
+        Ok(())
+    }
+
+    /// Who pushed to pull request `number`, whose head is `head`: through the pull request
+    /// itself, or to its branch `branch` (`None` for a fork's, whose pushes this repository
+    /// never sees).
+    pub fn pushers_of(
+        &self,
+        number: i64,
+        branch: Option<&str>,
+        head: &str,
+    ) -> Result<Pushers, StateError> {
+        let pull = format!("pull/{number}");
+        let branch = branch.map(|b| format!("refs/heads/{b}"));
+        let rows: Vec<(String, String)> = self
+            .conn()
+            .query(
+                "SELECT pusher, sha FROM head_pushes WHERE source = ?1 OR source = ?2",
+                params![pull, branch],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(sql(format!("read who pushed to #{number}")))?;
+        let mut pushers = Pushers::default();
+        for (pusher, sha) in rows {
+            if sha == head {
+                pushers.of_head.push(pusher.clone());
+            }
+            pushers.all.push(pusher);
+        }
+        for list in [&mut pushers.of_head, &mut pushers.all] {
+            list.sort();
+            list.dedup();
+        }
+        Ok(pushers)
     }
 
     /// Who approved the soft policy denials of pull request `number` at `head_sha`, if anyone.
@@ -376,6 +447,78 @@ mod tests {
             stale_approvers: Vec::new(),
             labels: Vec::new(),
         }
+    }
+
+    #[test]
+    fn who_pushed_is_asked_of_the_pull_request_and_of_its_own_branch_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+        let push = |source: &str, sha: &str, who: &str, at: i64, created: bool| {
+            store
+                .record_push(source, sha, who, at, created)
+                .expect("record a push");
+        };
+        push("refs/heads/feature/x", &a, "mallory", 10, true);
+        push("pull/7", &b, "alice", 11, false);
+        push("pull/7", &b, "alice", 12, false);
+        // Pushed elsewhere: another branch, another pull request.
+        push("refs/heads/other", &b, "eve", 13, false);
+        push("pull/8", &b, "trent", 14, false);
+        let pushers = store.pushers_of(7, Some("feature/x"), &b).expect("read");
+        assert_eq!(pushers.of_head, ["alice"], "who pushed the head");
+        assert_eq!(
+            pushers.all,
+            ["alice", "mallory"],
+            "everyone who pushed to it or its branch, whatever commit"
+        );
+        let fork = store.pushers_of(7, None, &b).expect("read");
+        assert_eq!(
+            fork.all,
+            ["alice"],
+            "a fork's branch is not this repository's branch of the same name"
+        );
+        assert_eq!(
+            store.pushers_of(9, Some("main"), &a).expect("read"),
+            Pushers::default()
+        );
+
+        // The branch made again (deleted, then pushed anew) starts over.
+        push("refs/heads/feature/x", &c, "bob", 20, true);
+        let pushers = store.pushers_of(7, Some("feature/x"), &c).expect("read");
+        assert_eq!(
+            (pushers.of_head, pushers.all),
+            (
+                vec!["bob".to_owned()],
+                vec!["alice".to_owned(), "bob".to_owned()]
+            )
+        );
+
+        // Pruned once old, except what an open pull request asks about.
+        let mut open = pr(7);
+        open.head_ref = "feature/x".into();
+        store.upsert_pull_request(&open).expect("record");
+        let pruned = store
+            .prune(&crate::Retention {
+                deliveries_before: Some(100),
+                ..crate::Retention::default()
+            })
+            .expect("prune");
+        assert_eq!(pruned.pushes, 2, "the pushes to `other` and to #8");
+        assert!(
+            store
+                .pushers_of(8, Some("other"), &b)
+                .expect("read")
+                .all
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .pushers_of(7, Some("feature/x"), &c)
+                .expect("read")
+                .all,
+            ["alice", "bob"]
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub struct Retention {
     pub audit_before: Option<i64>,
     /// Events recorded before this.
     pub events_before: Option<i64>,
-    /// Webhook deliveries received before this.
+    /// Webhook deliveries received before this, and who pushed commits seen before this
+    /// (except to open pull requests and their branches, which the gate still asks about).
     pub deliveries_before: Option<i64>,
 }
 
@@ -27,6 +28,8 @@ pub struct Pruned {
     pub events: usize,
     /// Webhook deliveries.
     pub deliveries: usize,
+    /// Pushes recorded (who pushed a commit), other than to open pull requests.
+    pub pushes: usize,
 }
 
 /// Rows deleted per statement: the store's lock is released between batches, so a large
@@ -56,7 +59,23 @@ impl Store {
                 }
             }
         };
+        let pushes = match retention.deliveries_before {
+            // Few rows (one per push webhook): one statement.
+            Some(before) => {
+                self.conn()
+                    .execute(
+                        "DELETE FROM head_pushes WHERE at < ?1 AND source NOT IN \
+                     (SELECT 'pull/' || number FROM pull_requests WHERE state = 'open' \
+                      UNION SELECT 'refs/heads/' || head_ref FROM pull_requests \
+                      WHERE state = 'open')",
+                        params![before],
+                    )
+                    .map_err(sql("prune old rows of head_pushes"))? as usize
+            }
+            None => 0,
+        };
         Ok(Pruned {
+            pushes,
             audit: batches("audit", "at", retention.audit_before, "id")?,
             events: batches("events", "at", retention.events_before, "id")?,
             deliveries: batches(
@@ -114,7 +133,8 @@ mod tests {
             Pruned {
                 audit: 2,
                 events: 1,
-                deliveries: 0
+                deliveries: 0,
+                pushes: 0,
             },
             "only rows older than each table's cut-off are deleted"
         );

@@ -350,6 +350,25 @@ CREATE TABLE sealed_formats (
 ) STRICT;
 INSERT INTO sealed_formats (format) VALUES ('v1'), ('v2');
 "#,
+    // Who pushed each head (security): the pull-request gate never counts an approval by
+    // someone who pushed the commit it approves. `source` is where the push was seen: a
+    // branch's full ref (a push webhook) or `pull/N` (a pull request's `synchronize`, or its
+    // `opened` by its author). Every pusher of a commit is kept, not only the last. The heads
+    // of the pull requests open when a state is upgraded are taken as their authors' pushes
+    // (what the gate assumed until then), so that an upgrade does not hold every one of them
+    // until its next push; a new state has none.
+    r#"
+CREATE TABLE head_pushes (
+    source         TEXT NOT NULL,
+    sha            TEXT NOT NULL,
+    pusher         TEXT NOT NULL,
+    at             INTEGER NOT NULL,
+    PRIMARY KEY (source, sha, pusher)
+) STRICT;
+INSERT INTO head_pushes (source, sha, pusher, at)
+    SELECT 'pull/' || number, head_sha, author, updated_at FROM pull_requests
+    WHERE state = 'open';
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.
@@ -369,13 +388,13 @@ ALTER TABLE environments ADD COLUMN rehearsal TEXT;
 
 /// A new SQLite state's schema and rows at version `.0`: what the first `.0` migrations make,
 /// as the statements that make it again (the schema's own text, as SQLite keeps it, then the
-/// rows). A new home runs these instead of the migrations: some 30 `CREATE`s against twenty
+/// rows). A new home runs these instead of the migrations: some 30 `CREATE`s against twenty-one
 /// migrations, whose `ALTER TABLE`s each make SQLite read the whole schema again (2 ms against
 /// 4 to 7 here). A test makes it from the migrations and compares
 /// (`the_fresh_schema_is_what_the_migrations_make`); `SLIPWAY_BLESS=1` rewrites the file.
 /// Behind [`SCHEMA_VERSION`], it is followed by the migrations it lacks. (So a migration
 /// must make the same rows wherever it runs: no time, no random value.)
-const FRESH_SQLITE: (i64, &str) = (20, include_str!("schema_fresh_sqlite.sql"));
+const FRESH_SQLITE: (i64, &str) = (21, include_str!("schema_fresh_sqlite.sql"));
 
 /// The variable that makes a binary rehearse the next schema.
 const REHEARSE_VARIABLE: &str = "SLIPWAY_TEST_NEXT_SCHEMA";

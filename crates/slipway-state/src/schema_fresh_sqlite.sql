@@ -1,4 +1,4 @@
--- What the 20 migrations of schema.rs make (FRESH_SQLITE), written by
+-- What the 21 migrations of schema.rs make (FRESH_SQLITE), written by
 -- `SLIPWAY_BLESS=1 cargo test -p slipway-state fresh_schema`, never by hand.
 CREATE TABLE environments (
     name           TEXT PRIMARY KEY NOT NULL,
@@ -195,6 +195,13 @@ CREATE TABLE policy_approvals (
 ) STRICT;
 CREATE TABLE sealed_formats (
     format         TEXT PRIMARY KEY NOT NULL
+) STRICT;
+CREATE TABLE head_pushes (
+    source         TEXT NOT NULL,
+    sha            TEXT NOT NULL,
+    pusher         TEXT NOT NULL,
+    at             INTEGER NOT NULL,
+    PRIMARY KEY (source, sha, pusher)
 ) STRICT;
 INSERT INTO "sealed_formats" VALUES ('v1');
 INSERT INTO "sealed_formats" VALUES ('v2');

@@ -33,6 +33,7 @@ const TABLES: &[&str] = &[
     "notify_last",
     "notify_outbox",
     "policy_approvals",
+    "head_pushes",
 ];
 
 /// The tables whose `id` the database numbers (a PostgreSQL identity column, whose sequence

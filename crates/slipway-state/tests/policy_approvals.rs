@@ -1,6 +1,7 @@
 //! A policy owner's `/slipway approve-policies`, on SQLite and PostgreSQL: it holds for the
 //! pull request's head commit it was given for, never for another commit or pull request; and
-//! a pull request's labels, which policies read.
+//! a pull request's labels, which policies read; and who pushed its heads, whose approvals
+//! of their own push do not count.
 
 use slipway_state::Store;
 
@@ -10,6 +11,7 @@ use common::TestState;
 matrix!(
     an_approval_holds_for_its_pull_request_and_head_commit_only,
     a_pull_requests_labels_round_trip_and_follow_the_forge,
+    an_upgrade_takes_the_open_heads_as_their_authors_pushes,
 );
 
 const HEAD: &str = "1111111111111111111111111111111111111111";
@@ -46,6 +48,64 @@ fn an_approval_holds_for_its_pull_request_and_head_commit_only(state: &TestState
         store.policies_approved(7, HEAD).expect("read").as_deref(),
         Some("alice")
     );
+}
+
+/// A pull request as the tests record it: `number` by `author`, `state`, at `head`.
+fn pull_request(
+    number: i64,
+    author: &str,
+    state: &str,
+    head: &str,
+) -> slipway_state::PullRequestRecord {
+    slipway_state::PullRequestRecord {
+        number,
+        title: "t".into(),
+        author: author.into(),
+        head_sha: head.into(),
+        head_ref: format!("feature-{number}"),
+        base_ref: "main".into(),
+        is_fork: false,
+        state: state.into(),
+        preview_allowed: true,
+        url: String::new(),
+        updated_at: 1,
+        stale_approvers: Vec::new(),
+        labels: Vec::new(),
+    }
+}
+
+/// A state from before pushers were recorded (schema 20): the heads of the pull requests open
+/// then count as their authors' pushes, so that none is held until its next push; closed ones
+/// get nothing.
+fn an_upgrade_takes_the_open_heads_as_their_authors_pushes(state: &TestState) {
+    let store: Store = state.open();
+    store
+        .upsert_pull_request(&pull_request(3, "alice", "open", HEAD))
+        .expect("record");
+    store
+        .upsert_pull_request(&pull_request(4, "bob", "closed", NEXT))
+        .expect("record");
+    drop(store);
+    state
+        .raw("DROP TABLE head_pushes;", false)
+        .expect("make the state a schema 20 one");
+    state.set_schema_version(20);
+    let store = state.open();
+    let open = store.pushers_of(3, Some("feature-3"), HEAD).expect("read");
+    assert_eq!(
+        (open.of_head, open.all),
+        (vec!["alice".to_owned()], vec!["alice".to_owned()])
+    );
+    assert_eq!(
+        store.pushers_of(4, Some("feature-4"), NEXT).expect("read"),
+        slipway_state::Pushers::default()
+    );
+    store
+        .record_push("pull/3", NEXT, "mallory", 2, false)
+        .expect("record a push");
+    let moved = store.pushers_of(3, None, NEXT).expect("read");
+    assert_eq!(moved.of_head, ["mallory"]);
+    assert_eq!(moved.all, ["alice", "mallory"]);
 }
 
 fn a_pull_requests_labels_round_trip_and_follow_the_forge(state: &TestState) {

@@ -14,6 +14,9 @@
 //! - A pull request missing from the forge's (page-capped) list of open ones, or whose details
 //!   could not be read, was taken for closed: its locks released.
 //! - A captured signed `closed` delivery, replayed under a fresh delivery id, released a lock.
+//! - Someone with write access pushed to another's pull request (or to its branch before it
+//!   was opened), approved that head, and applied it: only the author's approval was left
+//!   out.
 
 mod util;
 
@@ -26,7 +29,7 @@ use slipway_testkit::http::{Reply, Request, Server as HttpServer};
 use util::fake_github::{self as gh, issue_comment_payload, pull_request_payload};
 use util::fake_gitlab::{self as gl, DEVELOPER};
 use util::world::{self, Served};
-use util::{FakeForge, Forge, PrSpec, PrState};
+use util::{Event, FakeForge, Forge, PrSpec, PrState};
 use util::{Sandbox, git, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -189,7 +192,27 @@ impl Engine {
         assert!(reply.contains("\"handled\":true"), "{event}: {reply}");
     }
 
+    /// Opens `spec` on the fake and tells Slipway as GitHub would: its author's push of its
+    /// branch (unless it is a fork's), then the opening; waits for the plan.
     fn gh_open(&self, forge: &FakeForge, spec: PrSpec) {
+        let pushed = (!spec.fork).then(|| {
+            gh::push_payload_by(
+                &spec.head_ref,
+                &"0".repeat(40),
+                &spec.head_sha,
+                &spec.author,
+            )
+        });
+        if let Some(pushed) = pushed {
+            // The same push of a branch that two pull requests share is one delivery.
+            let (status, reply) = self.gh_deliver("push", &fresh_id(), &pushed);
+            assert_eq!(status, 202, "push: {reply}");
+        }
+        self.gh_opened(forge, spec);
+    }
+
+    /// Opens `spec` on the fake and tells Slipway of the opening only; waits for the plan.
+    fn gh_opened(&self, forge: &FakeForge, spec: PrSpec) {
         let number = spec.number;
         forge.add_pr(spec);
         self.gh_accepted(
@@ -645,4 +668,140 @@ fn a_replayed_delivery_under_a_fresh_id_is_not_handled() {
     );
     assert!(w.locked("qa"), "qa stays locked to #9");
     assert_eq!(w.page("qa").as_deref(), Some("applied"));
+}
+
+/// Whoever pushed to a pull request cannot approve it. Mallory has write access: she pushes
+/// her commit to Alice's pull request, approves it (she is not its author) and applies it to
+/// `prod`, whose rules ask for an approval. Or Alice pushes on top of it first; or Mallory
+/// pushes to Alice's branch before Alice opens the pull request. Each time her approval is of
+/// her own push, and does not count. A push by an automation account (a workflow Mallory
+/// wrote) makes no approval count. A head that no webhook showed being pushed has no known
+/// pusher: nobody's approval counts for it until its push is seen. A reviewer who pushed
+/// nothing approves as before.
+#[test]
+fn whoever_pushed_the_head_cannot_approve_it() {
+    let forge = FakeForge::start(Forge::GitHub, BOT);
+    let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
+    for user in ["alice", "mallory", "carol"] {
+        forge.set_permission(user, "write");
+    }
+    w.serves("prod", "v1");
+    // `who`'s `/slipway apply prod` on `n` is refused for want of an approval, saying `why`.
+    let refused = |n: u64, who: &str, why: &str| {
+        let answer = w.gh_command(&forge, n, who, "/slipway apply prod");
+        assert!(
+            answer.contains("apply requirements are not met") && answer.contains(why),
+            "#{n}: {answer}"
+        );
+        assert_eq!(
+            w.page("prod").as_deref(),
+            Some("v1"),
+            "#{n}: prod runs main"
+        );
+        assert!(!w.locked("prod"), "#{n}: prod is not locked");
+    };
+    // Alice's pull request `n` from `feature-n`, at a commit setting `text`: opened as GitHub
+    // tells it (her push of the branch first) when `pushed`, or the opening alone.
+    let open = |n: u64, text: &str, pushed: bool| {
+        let branch = format!("feature-{n}");
+        let head = w.commit_on("main", &branch, text, Some(&format!("refs/pull/{n}/head")));
+        let spec = PrSpec {
+            head_ref: branch,
+            ..PrSpec::new(n, &head)
+        };
+        if pushed {
+            w.gh_open(&forge, spec);
+        } else {
+            w.gh_opened(&forge, spec);
+        }
+        head
+    };
+    // A commit setting `text` on `n`'s branch; its `synchronize` sent by `by` (`None`: the
+    // author) unless `by` is `Some("")`, when no webhook tells of it.
+    let push = |n: u64, text: &str, by: Option<&str>| {
+        let branch = format!("feature-{n}");
+        let before = forge.pr(n).head_sha;
+        let head = w.commit_on(&branch, &branch, text, Some(&format!("refs/pull/{n}/head")));
+        forge.set_head(n, &head);
+        if by != Some("") {
+            let event = Event::Pushed {
+                before,
+                by: by.map(str::to_owned),
+            };
+            let pushed = forge.delivery(&forge.pr(n), &event);
+            w.gh_accepted(pushed.event, &pushed.body);
+            forge.wait_for_comment(
+                n,
+                |c| c.body.contains(MARKER) && c.body.contains(&head[..12]),
+                T,
+            );
+        }
+        head
+    };
+    let pusher = "whoever pushed to it";
+    let unknown = "nobody is known to have pushed";
+
+    // Mallory pushes to Alice's open pull request, approves her push, and applies it.
+    open(1, "alice's", true);
+    let h = push(1, "mallory's", Some("mallory"));
+    forge.approve(1, "mallory", &h);
+    refused(1, "mallory", pusher);
+    // Alice pushes on top of Mallory's commit (say GitHub's "Update branch"): the head is
+    // Alice's push, and it still carries Mallory's code, which Mallory cannot approve.
+    let h = push(1, "alice's on top", None);
+    forge.approve(1, "mallory", &h);
+    refused(1, "mallory", pusher);
+
+    // Mallory pushes to Alice's branch before Alice opens the pull request.
+    let h = w.commit_on(
+        "main",
+        "feature-2",
+        "mallory's too",
+        Some("refs/pull/2/head"),
+    );
+    w.gh_accepted(
+        "push",
+        &gh::push_payload_by("feature-2", &"0".repeat(40), &h, "mallory"),
+    );
+    w.gh_opened(
+        &forge,
+        PrSpec {
+            head_ref: "feature-2".into(),
+            ..PrSpec::new(2, &h)
+        },
+    );
+    forge.approve(2, "mallory", &h);
+    refused(2, "alice", pusher);
+
+    // A workflow Mallory wrote pushes to Alice's pull request as `github-actions[bot]`: an
+    // automation account pushes for whoever set it off, so no approval counts, not even
+    // Carol's.
+    open(4, "alice's 4", true);
+    let h = push(4, "the bot's", Some("github-actions[bot]"));
+    forge.approve(4, "carol", &h);
+    refused(
+        4,
+        "alice",
+        "@github-actions[bot] pushed to it, an automation account",
+    );
+
+    // Alice opens a pull request whose branch's push never reached Slipway: opening it says
+    // nothing of who pushed it (Mallory may have), so Carol's approval does not count yet.
+    let h = open(5, "pushed unseen", false);
+    forge.approve(5, "carol", &h);
+    refused(5, "alice", unknown);
+
+    // Alice's new head reaches the forge, and no webhook of its push reaches Slipway: Carol's
+    // approval of it cannot be told from its pusher's.
+    let before = open(3, "alice's 3", true);
+    let h = push(3, "reviewed", Some(""));
+    forge.approve(3, "carol", &h);
+    refused(3, "alice", unknown);
+    // Its webhook comes: Alice pushed it, and Carol's approval counts.
+    let pushed = forge.delivery(&forge.pr(3), &Event::Pushed { before, by: None });
+    w.gh_accepted(pushed.event, &pushed.body);
+    let answer = w.gh_command(&forge, 3, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #3"), "{answer}");
+    w.serves("prod", "reviewed");
+    assert!(w.locked("prod"));
 }

@@ -80,10 +80,15 @@ impl World {
         world::commit_on(&self.s, from, branch, text, stack, pr_ref.as_deref())
     }
 
-    /// Opens PR `spec` and waits for its plan comment.
+    /// Opens PR `spec` (its branch pushed by its author first, unless it is a fork's) and
+    /// waits for its plan comment.
     fn open(&self, spec: PrSpec) {
         let number = spec.number;
+        let fork = spec.fork;
         self.forge.add_pr(spec);
+        if !fork {
+            self.pushed_branch(number);
+        }
         self.accepted(
             "pull_request",
             &pull_request_payload("opened", &self.forge.pr(number), false, None),

@@ -213,6 +213,8 @@ impl World {
             &["update-ref", &format!("refs/pull/{number}/head"), &head],
         );
         self.forge.add_pr(PrSpec::new(number, &head));
+        // Its author pushed its branch: the push webhook says who.
+        self.pushed_branch(number);
         self.accepted(
             "pull_request",
             &pull_request_payload("opened", &self.forge.pr(number), false, None),

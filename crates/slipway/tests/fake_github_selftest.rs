@@ -637,6 +637,7 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
                 ForgeEvent::PullRequest {
                     action: expected,
                     pr: info(pr),
+                    sender: Some(pr.author.clone()),
                 },
                 "{action} merged={merged} #{}",
                 pr.number
@@ -703,7 +704,7 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
         ("gone", sha('4'), sha('0'), "refs/heads/gone"),
         ("refs/tags/v1", sha('0'), sha('5'), "refs/tags/v1"),
     ] {
-        let body = push_payload(branch, &before, &after);
+        let body = push_payload_by(branch, &before, &after, "mallory");
         let deleted = after == sha('0');
         assert_eq!(
             deliver("push", &body),
@@ -713,6 +714,7 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
                 before: before.clone(),
                 after: after.clone(),
                 deleted,
+                pusher: Some("mallory".into()),
             }
         );
         let v: Value = serde_json::from_slice(&body).expect("JSON");

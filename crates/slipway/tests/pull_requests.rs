@@ -379,6 +379,31 @@ fn require_pr_takes_only_commits_merged_through_an_approved_pull_request() {
     });
     assert!(held.contains("require_pr"), "{held}");
     assert_eq!(w.page("prod").as_deref(), Some("reviewed"));
+
+    // Carol pushes to Alice's pull request and approves her own push: it is merged as not
+    // approved, and prod holds that merge.
+    let first = w.push_pr(5, "feature-5", "alice's");
+    open(&w, 5, "feature-5", &first);
+    let pushed = w.push_pr(5, "feature-5", "carol's");
+    let sync = w.pushed_as(5, &pushed, Some("carol"));
+    w.accepted(sync.event, &sync.body);
+    w.forge.wait_for_comment(
+        5,
+        |c| c.body.contains(MARKER) && c.body.contains(&pushed[..12]),
+        T,
+    );
+    w.forge.approve(5, "carol", &pushed);
+    let (merge, merged) = w.merge_into(5, "feature-5", "main");
+    w.accepted(merged.event, &merged.body);
+    let held = wait_for("prod holds the merge of carol's own push", T, || {
+        let prod = w.environment("prod");
+        prod["message"]
+            .as_str()
+            .filter(|m| m.contains(&merge[..12]))
+            .map(str::to_string)
+    });
+    assert!(held.contains("merged without an approval"), "{held}");
+    assert_eq!(w.page("prod").as_deref(), Some("reviewed"));
 }
 
 #[test]

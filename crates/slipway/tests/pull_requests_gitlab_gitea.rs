@@ -429,7 +429,7 @@ fn the_deliveries_parse_as_the_flow_expects(fake: &FakeForge, kind: ForgeKind) {
         )
     };
     let opened = hook(&pr1, Event::Opened);
-    let ForgeEvent::PullRequest { action, pr } = opened else {
+    let ForgeEvent::PullRequest { action, pr, sender } = opened else {
         panic!("{opened:?}")
     };
     assert_eq!(action, PrAction::Opened);
@@ -445,9 +445,15 @@ fn the_deliveries_parse_as_the_flow_expects(fake: &FakeForge, kind: ForgeKind) {
     assert_eq!((pr.author.as_str(), pr.is_fork), ("alice", false));
     assert_eq!(pr.base_repo_full_name, "acme/shop");
     assert_eq!(pr.url, fake.pr_url(1));
+    assert_eq!(sender.as_deref(), Some("alice"), "who opened it");
     let before = sha('a');
-    let pushed = hook(&pr1, Event::Pushed { before });
+    let by = Some("mallory".to_owned());
+    let pushed = hook(&pr1, Event::Pushed { before, by });
     assert_eq!(pr_action(&pushed), &PrAction::Synchronized);
+    let ForgeEvent::PullRequest { sender, .. } = &pushed else {
+        panic!("{pushed:?}")
+    };
+    assert_eq!(sender.as_deref(), Some("mallory"), "who pushed");
     let merge_sha = sha('d');
     let merged = hook(&pr1, Event::Merged { merge_sha });
     assert_eq!(pr_action(&merged), &PrAction::Merged);

@@ -9,7 +9,9 @@ use slipway_state::{PullRequestRecord, now_ms};
 
 use super::commands::{audit, reply};
 use super::plans::fetched_head;
-use super::{FollowUp, origin_at, qualified_approval, set_head, setup, short};
+use super::{
+    FollowUp, origin_at, pushers_of, qualified_approval, set_head, setup, short, unknown_pusher,
+};
 use crate::{ControllerError, Inner};
 
 /// The rules `/slipway apply ENV` judges a pull request by: those of the branch ENV tracks
@@ -146,14 +148,23 @@ pub(super) fn apply(
         let approvals = forge.approvals(number as u64)?;
         // An approval counts for the head it names; one that names none (GitLab) counts
         // unless its reviewer had approved before the last push (and so approved older code).
-        // Only a reviewer with write access who is not the author approves.
-        let current = qualified_approval(forge.as_ref(), &approvals, &record.author, |a| {
-            a.counts_for(&head, &record.stale_approvers)
-        })?;
-        if current.is_none() {
+        // Only a reviewer with write access who is neither the author nor a pusher of the
+        // head approves; while nobody is known to have pushed it, nobody does.
+        let pushers = pushers_of(inner, number, record.is_fork, &record.head_ref, &head)?;
+        if let Some(why) = unknown_pusher(&pushers, &record.author, &head) {
+            unmet.push(format!("approved ({why})"));
+        } else if qualified_approval(
+            forge.as_ref(),
+            &approvals,
+            &record.author,
+            &pushers.all,
+            |a| a.counts_for(&head, &record.stale_approvers),
+        )?
+        .is_none()
+        {
             unmet.push(
                 "approved (no approval of the head commit by a reviewer with write access \
-                 other than its author)"
+                 other than its author and whoever pushed to it)"
                     .to_string(),
             );
         }

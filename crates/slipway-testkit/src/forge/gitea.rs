@@ -571,6 +571,7 @@ const PULL_REQUEST_EXAMPLE: &str =
     include_str!("../../../slipway-forge/tests/fixtures/gitea/pull_request_opened.json");
 const ISSUE_COMMENT_EXAMPLE: &str =
     include_str!("../../../slipway-forge/tests/fixtures/gitea/issue_comment_pull.json");
+const PUSH_EXAMPLE: &str = include_str!("../../../slipway-forge/tests/fixtures/gitea/push.json");
 const REVIEW_EXAMPLE: &str =
     include_str!("../../../slipway-forge/tests/fixtures/gitea/pull_request_review_approved.json");
 /// The repository of every fixture.
@@ -663,6 +664,31 @@ fn set_pull_request(
     } else {
         head["label"] = json!(pr.head_ref);
     }
+}
+
+/// A `push` delivery (`X-Gitea-Event: push`) from the fixture: `branch` of [`REPO`] moved from
+/// `before` to `after` by `pusher`.
+pub fn push_payload(branch: &str, before: &str, after: &str, pusher: &str) -> Vec<u8> {
+    let mut v = example(PUSH_EXAMPLE);
+    rebrand(&mut v, &REBRAND);
+    v["ref"] = json!(format!("refs/heads/{branch}"));
+    v["before"] = json!(before);
+    v["after"] = json!(after);
+    v["compare_url"] = json!(format!("{WEB}/{REPO}/compare/{before}...{after}"));
+    let repo = &mut v["repository"];
+    repo["full_name"] = json!(REPO);
+    repo["name"] = json!(NAME);
+    repo["id"] = json!(REPO_ID);
+    set_user(&mut repo["owner"], OWNER);
+    if let Some(commits) = v["commits"].as_array_mut() {
+        commits.truncate(1);
+        if let Some(c) = commits.first_mut() {
+            c["id"] = json!(after);
+        }
+    }
+    set_user(&mut v["pusher"], pusher);
+    set_user(&mut v["sender"], pusher);
+    to_bytes(&v)
 }
 
 /// A `pull_request` delivery (`X-Gitea-Event: pull_request`) from the fixture, for pull request
@@ -816,6 +842,11 @@ const EVENTS: PullRequestEvents = PullRequestEvents {
     commented: |pr, comment| Delivery {
         event: "issue_comment",
         body: issue_comment_payload(pr, comment),
+    },
+    set_user,
+    push: |branch, before, after, pusher| Delivery {
+        event: "push",
+        body: push_payload(branch, before, after, pusher),
     },
 };
 

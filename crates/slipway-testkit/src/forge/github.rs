@@ -1319,8 +1319,13 @@ pub fn pull_request_review_payload(
 
 /// A `push` delivery of `branch` (a name, or a full `refs/…` ref) from `before` to `after`,
 /// from GitHub's example of a branch push: `created` when `before` is all zeros, `deleted`
-/// (no commits, `head_commit: null`) when `after` is.
+/// (no commits, `head_commit: null`) when `after` is. Pushed by [`OWNER`].
 pub fn push_payload(branch: &str, before: &str, after: &str) -> Vec<u8> {
+    push_payload_by(branch, before, after, OWNER)
+}
+
+/// [`push_payload`], pushed by `pusher` (its `sender` and `pusher`).
+pub fn push_payload_by(branch: &str, before: &str, after: &str, pusher: &str) -> Vec<u8> {
     let mut v = webhook_example("push", |x| {
         x["ref"]
             .as_str()
@@ -1358,6 +1363,8 @@ pub fn push_payload(branch: &str, before: &str, after: &str) -> Vec<u8> {
         v["head_commit"]["timestamp"] = json!(now_iso());
         v["commits"] = json!([v["head_commit"].clone()]);
     }
+    set_user(&mut v["sender"], pusher);
+    v["pusher"] = json!({"name": pusher, "email": format!("{pusher}@users.noreply.github.com")});
     to_bytes(&v)
 }
 
@@ -1434,6 +1441,11 @@ const EVENTS: PullRequestEvents = PullRequestEvents {
     commented: |pr, comment| Delivery {
         event: "issue_comment",
         body: issue_comment_payload(pr.number, &comment.author, &comment.body),
+    },
+    set_user,
+    push: |branch, before, after, pusher| Delivery {
+        event: "push",
+        body: push_payload_by(branch, before, after, pusher),
     },
 };
 

@@ -818,6 +818,7 @@ fn member_json(username: &str, access_level: u32) -> Value {
 const MERGE_REQUEST_EXAMPLE: &str =
     include_str!("../../../slipway-forge/tests/fixtures/gitlab/merge_request_open.json");
 /// GitLab's documented example of a comment on a merge request.
+const PUSH_EXAMPLE: &str = include_str!("../../../slipway-forge/tests/fixtures/gitlab/push.json");
 const NOTE_EXAMPLE: &str =
     include_str!("../../../slipway-forge/tests/fixtures/gitlab/note_merge_request.json");
 
@@ -983,6 +984,28 @@ pub fn merge_request_payload(
     to_bytes(&v)
 }
 
+/// A `Push Hook` delivery from GitLab's documented example: `branch` of [`PROJECT`] moved from
+/// `before` to `after` by `pusher`.
+pub fn push_payload(branch: &str, before: &str, after: &str, pusher: &str) -> Vec<u8> {
+    let mut v = example(PUSH_EXAMPLE);
+    rebrand(&mut v);
+    v["ref"] = json!(format!("refs/heads/{branch}"));
+    v["before"] = json!(before);
+    v["after"] = json!(after);
+    v["checkout_sha"] = json!(after);
+    v["user_username"] = json!(pusher);
+    v["user_name"] = json!(pusher);
+    v["user_id"] = json!(super::stable_id(pusher, 1));
+    if let Some(commits) = v["commits"].as_array_mut() {
+        commits.truncate(1);
+        if let Some(c) = commits.first_mut() {
+            c["id"] = json!(after);
+        }
+    }
+    v["total_commits_count"] = json!(1);
+    to_bytes(&v)
+}
+
 /// A `Note Hook` delivery from GitLab's documented example of a comment on a merge request:
 /// `note` (from [`FakeForge::add_comment`]: its id, author and body) on merge request `mr`.
 pub fn note_payload(mr: &PrSpec, note: &Comment) -> Vec<u8> {
@@ -1052,15 +1075,30 @@ fn delivery(mr: &PrSpec, event: &Event) -> Delivery {
             HOOK,
             merge_request_payload("update", mr, author, None, None),
         ),
-        Event::Pushed { before } => (
+        Event::Pushed { before, by } => (
             HOOK,
-            merge_request_payload("update", mr, author, Some(before), None),
+            merge_request_payload(
+                "update",
+                mr,
+                by.as_deref().unwrap_or(author),
+                Some(before),
+                None,
+            ),
         ),
         Event::Approved { reviewer } => (
             HOOK,
             merge_request_payload("approved", mr, reviewer, None, None),
         ),
         Event::Commented { comment } => ("Note Hook", note_payload(mr, comment)),
+        Event::BranchPushed { before, by } => (
+            "Push Hook",
+            push_payload(
+                &mr.head_ref,
+                before,
+                &mr.head_sha,
+                by.as_deref().unwrap_or(author),
+            ),
+        ),
         Event::Closed => (HOOK, merge_request_payload("close", mr, author, None, None)),
         Event::Merged { merge_sha } => (
             HOOK,

@@ -570,6 +570,10 @@ pub struct PullRequestEvents {
     pub approved: fn(pr: &PrSpec, reviewer: &str) -> Delivery,
     /// The delivery of `comment` on `pr`.
     pub commented: fn(pr: &PrSpec, comment: &Comment) -> Delivery,
+    /// Makes a payload's user object (`sender`) `login`'s.
+    pub set_user: fn(&mut serde_json::Value, &str),
+    /// The forge's `push` delivery of `branch` from `before` to `after` by `pusher`.
+    pub push: fn(branch: &str, before: &str, after: &str, pusher: &str) -> Delivery,
 }
 
 impl PullRequestEvents {
@@ -581,12 +585,23 @@ impl PullRequestEvents {
             Event::Labelled => (self.label_action, None),
             Event::Closed => ("closed", None),
             Event::Merged { merge_sha } => ("closed", Some(merge_sha.as_str())),
+            Event::BranchPushed { before, by } => {
+                let pusher = by.as_deref().unwrap_or(&pr.author);
+                return (self.push)(&pr.head_ref, before, &pr.head_sha, pusher);
+            }
             Event::Approved { reviewer } => return (self.approved)(pr, reviewer),
             Event::Commented { comment } => return (self.commented)(pr, comment),
         };
+        let mut body = (self.pull_request)(action, pr, merge_sha.is_some(), merge_sha);
+        if let Event::Pushed { by: Some(who), .. } = event {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).expect("a payload of the fake is JSON");
+            (self.set_user)(&mut v["sender"], who);
+            body = serde_json::to_vec(&v).expect("serialize a payload");
+        }
         Delivery {
             event: "pull_request",
-            body: (self.pull_request)(action, pr, merge_sha.is_some(), merge_sha),
+            body,
         }
     }
 }

@@ -161,6 +161,16 @@ pub enum Event {
     Pushed {
         /// The head before the push.
         before: String,
+        /// Who pushed (the delivery's sender); `None`: its author.
+        by: Option<String>,
+    },
+    /// Its branch (a branch of the repository, not a fork's) was pushed to its head from
+    /// `before` (all zeros: the branch was made): a push delivery, not a pull request's.
+    BranchPushed {
+        /// The branch's commit before the push.
+        before: String,
+        /// Who pushed; `None`: its author.
+        by: Option<String>,
     },
     /// `reviewer` approved it.
     Approved {

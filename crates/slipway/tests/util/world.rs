@@ -306,18 +306,46 @@ impl ForgeWorld {
         self.forge.delivery(&spec, &event)
     }
 
-    /// Pull request `n` from `branch` at `sha` is opened: the fake has it, and the delivery.
+    /// Pull request `n` from `branch` at `sha` is opened: the fake has it, its author's push
+    /// of `branch` (made at `sha`) is delivered now, as the forge delivers a push, and the
+    /// delivery of the opening is returned.
     pub fn opened(&self, n: u64, branch: &str, sha: &str) -> Delivery {
         self.add(n, branch, sha);
+        self.pushed_branch(n);
         self.forge.delivery(&self.forge.pr(n), &Event::Opened)
     }
 
-    /// Its branch is pushed to: the head is now `sha`.
+    /// Delivers the push of pull request `n`'s branch, made at its head by its author (a
+    /// second delivery of the same push, for two pull requests of one branch, is acknowledged
+    /// as a duplicate).
+    pub fn pushed_branch(&self, n: u64) {
+        let d = self.branch_pushed(n, None);
+        let (status, reply) = self.send(&d);
+        assert_eq!(status, 202, "{} {}: {reply}", self.kind().name(), d.event);
+    }
+
+    /// The push delivery of pull request `n`'s branch, made at its head by `who` (`None`: its
+    /// author).
+    pub fn branch_pushed(&self, n: u64, who: Option<&str>) -> Delivery {
+        let event = Event::BranchPushed {
+            before: "0".repeat(40),
+            by: who.map(str::to_owned),
+        };
+        self.forge.delivery(&self.forge.pr(n), &event)
+    }
+
+    /// Its branch is pushed to by its author: the head is now `sha`.
     pub fn pushed(&self, n: u64, sha: &str) -> Delivery {
+        self.pushed_as(n, sha, None)
+    }
+
+    /// Its branch is pushed to by `who` (`None`: its author): the head is now `sha`.
+    pub fn pushed_as(&self, n: u64, sha: &str, who: Option<&str>) -> Delivery {
         let before = self.forge.pr(n).head_sha;
         self.forge.set_head(n, sha);
+        let by = who.map(str::to_owned);
         self.forge
-            .delivery(&self.forge.pr(n), &Event::Pushed { before })
+            .delivery(&self.forge.pr(n), &Event::Pushed { before, by })
     }
 
     /// Someone with triage access sets its labels to `labels`.
