@@ -222,6 +222,7 @@ fn set_head(
     record.stale_approvers.sort();
     record.stale_approvers.dedup();
     record.head_sha = head.to_string();
+    record.head_seen_at = Some(now_ms());
     Ok(())
 }
 
@@ -253,6 +254,7 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
             .map(|k| k.stale_approvers.clone())
             .unwrap_or_default(),
         labels: pr.labels.clone(),
+        head_seen_at: known.as_ref().map_or(Some(now_ms()), |k| k.head_seen_at),
     };
     let fork_allow = setup(inner).map(|s| s.fork_allow.as_slice()).unwrap_or(&[]);
     // Judged at the pull request's new head.
@@ -647,6 +649,7 @@ mod tests {
             updated_at: 0,
             stale_approvers: Vec::new(),
             labels: Vec::new(),
+            head_seen_at: None,
         };
         let a = "a".repeat(40);
         let b = "b".repeat(40);

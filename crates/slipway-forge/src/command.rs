@@ -16,11 +16,13 @@ Usage (one command per comment, on its first line):
 - `/slipway plan [ENV]`: plan this pull request for ENV, or for every environment it changes
 - `/slipway apply ENV`: apply this pull request to ENV (once its apply requirements hold)
 - `/slipway unlock ENV`: release ENV's lock held by this pull request
-- `/slipway preview`: build a preview environment for this pull request (maintainers, for forks)
-- `/slipway approve-policies`: let this head commit through the soft policies that deny it (policy owners)
+- `/slipway preview [COMMIT]`: build a preview environment for this pull request's head (maintainers, for forks)
+- `/slipway approve-policies [COMMIT]`: let this head commit through the soft policies that deny it (policy owners)
 - `/slipway help`: show this message
 
-ENV is an environment name: 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`.";
+ENV is an environment name: 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`.
+COMMIT is the head commit you reviewed (its first 7 or more hex digits): nothing is approved \
+if the head is another one. Without it, a head pushed in the last minute is not approved.";
 
 /// A command read from a comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +43,15 @@ pub enum Command {
         env: EnvName,
     },
     /// Build a preview environment (a maintainer's say-so for a fork).
-    Preview,
+    Preview {
+        /// The head commit the maintainer reviewed, if they named it.
+        commit: Option<CommitPrefix>,
+    },
     /// Approve the soft policy denials of the pull request's head commit (a policy owner's).
-    ApprovePolicies,
+    ApprovePolicies {
+        /// The head commit the owner reviewed, if they named it.
+        commit: Option<CommitPrefix>,
+    },
     /// Show the usage.
     Help,
 }
@@ -56,10 +64,40 @@ impl fmt::Display for Command {
             Command::Plan { env: Some(env) } => write!(f, "/slipway plan {env}"),
             Command::Apply { env } => write!(f, "/slipway apply {env}"),
             Command::Unlock { env } => write!(f, "/slipway unlock {env}"),
-            Command::Preview => f.write_str("/slipway preview"),
-            Command::ApprovePolicies => f.write_str("/slipway approve-policies"),
+            Command::Preview { commit: None } => f.write_str("/slipway preview"),
+            Command::Preview {
+                commit: Some(commit),
+            } => write!(f, "/slipway preview {commit}"),
+            Command::ApprovePolicies { commit: None } => f.write_str("/slipway approve-policies"),
+            Command::ApprovePolicies {
+                commit: Some(commit),
+            } => write!(f, "/slipway approve-policies {commit}"),
             Command::Help => f.write_str("/slipway help"),
         }
+    }
+}
+
+/// A commit a command names: 7 to 64 hexadecimal digits, kept in lower case, the start of
+/// (or the whole) commit id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPrefix(String);
+
+impl CommitPrefix {
+    /// Reads `word` as a commit prefix; `None` when it is not 7 to 64 hex digits.
+    pub fn parse(word: &str) -> Option<CommitPrefix> {
+        ((7..=64).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| CommitPrefix(word.to_ascii_lowercase()))
+    }
+
+    /// Whether `sha`, a full commit id, is the commit this names.
+    pub fn names(&self, sha: &str) -> bool {
+        sha.len() >= self.0.len() && sha[..self.0.len()].eq_ignore_ascii_case(&self.0)
+    }
+}
+
+impl fmt::Display for CommitPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -137,9 +175,19 @@ pub fn parse_command(body: &str) -> Result<Option<Command>, CommandError> {
             }
             _ => return Err(extra_arguments(verb, &args[1..])),
         },
-        "preview" | "help" | "approve-policies" => match args {
-            [] if verb == "preview" => Command::Preview,
-            [] if verb == "approve-policies" => Command::ApprovePolicies,
+        "preview" | "approve-policies" => {
+            let commit = match args {
+                [] => None,
+                [word] => Some(commit(word)?),
+                _ => return Err(extra_arguments(verb, &args[1..])),
+            };
+            if verb == "preview" {
+                Command::Preview { commit }
+            } else {
+                Command::ApprovePolicies { commit }
+            }
+        }
+        "help" => match args {
             [] => Command::Help,
             _ => return Err(extra_arguments(verb, args)),
         },
@@ -158,6 +206,17 @@ fn env_name(word: &str) -> Result<EnvName, CommandError> {
     EnvName::parse(word).map_err(|_| {
         CommandError::new(format!(
             "Sorry, {} is not an environment name.",
+            inline_code(&clip(word))
+        ))
+    })
+}
+
+/// Checks a commit prefix (see [`CommitPrefix`]).
+fn commit(word: &str) -> Result<CommitPrefix, CommandError> {
+    CommitPrefix::parse(word).ok_or_else(|| {
+        CommandError::new(format!(
+            "Sorry, {} is not a commit: name the head commit you reviewed by its first 7 or \
+             more hex digits.",
             inline_code(&clip(word))
         ))
     })
@@ -209,7 +268,19 @@ mod tests {
                 Command::Apply { env: env("prod") },
             ),
             ("/slipway unlock qa", Command::Unlock { env: env("qa") }),
-            ("/slipway preview", Command::Preview),
+            ("/slipway preview", Command::Preview { commit: None }),
+            (
+                "/slipway preview 1A2b3C4",
+                Command::Preview {
+                    commit: CommitPrefix::parse("1a2b3c4"),
+                },
+            ),
+            (
+                &format!("/slipway approve-policies {}", "f".repeat(64)),
+                Command::ApprovePolicies {
+                    commit: CommitPrefix::parse(&"f".repeat(64)),
+                },
+            ),
             ("/slipway help", Command::Help),
             (
                 &format!("/slipway apply {}", "a".repeat(63)),
@@ -258,6 +329,11 @@ mod tests {
             "/slipway apply prod\u{a0}x",
             "/slipway plan a b",
             "/slipway preview now",
+            "/slipway preview 123456",
+            "/slipway preview 1234567g",
+            "/slipway preview 1234567 1234567",
+            &format!("/slipway approve-policies {}", "a".repeat(65)),
+            "/slipway approve-policies HEAD",
             "/slipway help me",
             "/slipway destroy prod",
             "/slipway Plan",

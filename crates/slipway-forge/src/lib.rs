@@ -71,7 +71,7 @@ pub use api::{
     PullRequestDetails, StatusState,
 };
 pub use approvals::Approval;
-pub use command::{Command, CommandError, USAGE, parse_command};
+pub use command::{Command, CommandError, CommitPrefix, USAGE, parse_command};
 pub use config::{ConfigError, ForgeConfig, Secret};
 pub use error::ForgeError;
 pub use event::{

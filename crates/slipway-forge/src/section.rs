@@ -2,6 +2,7 @@
 //! where the credentials are (environment variables, never the file itself).
 
 use std::num::NonZeroU64;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -28,4 +29,17 @@ pub struct ForgeSection {
     /// Logins whose pull requests from forks get previews.
     #[serde(default)]
     pub fork_allow: Vec<String>,
+    /// How long after Slipway first sees a pull request's head a `/slipway preview` or
+    /// `/slipway approve-policies` that names no commit still refuses to approve it (default
+    /// 60 s): its author may not have seen that push. One that names the commit is taken at
+    /// once.
+    #[serde(
+        default = "default_fresh_head",
+        deserialize_with = "slipway_core::duration::deserialize"
+    )]
+    pub fresh_head: Duration,
+}
+
+fn default_fresh_head() -> Duration {
+    Duration::from_secs(60)
 }

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use slipway_core::EnvName;
 use slipway_forge::{
-    Command, DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions, USAGE,
-    parse_command, render_plan_comment,
+    Command, CommitPrefix, DEFAULT_PLAN_MARKER, EnvPlan, GITHUB_COMMENT_LIMIT, PlanCommentOptions,
+    USAGE, parse_command, render_plan_comment,
 };
 
 fn is_dns_label(s: &str) -> bool {
@@ -34,8 +34,12 @@ fn command() -> impl Strategy<Value = Command> {
         proptest::option::of(checked_env_name()).prop_map(|env| Command::Plan { env }),
         checked_env_name().prop_map(|env| Command::Apply { env }),
         checked_env_name().prop_map(|env| Command::Unlock { env }),
-        Just(Command::Preview),
-        Just(Command::ApprovePolicies),
+        proptest::option::of("[0-9a-f]{7,64}").prop_map(|c| Command::Preview {
+            commit: c.as_deref().and_then(CommitPrefix::parse)
+        }),
+        proptest::option::of("[0-9a-f]{7,64}").prop_map(|c| Command::ApprovePolicies {
+            commit: c.as_deref().and_then(CommitPrefix::parse)
+        }),
         Just(Command::Help),
     ]
 }
@@ -196,14 +200,24 @@ fn commands_from_the_table() {
             "/slipway unlock prod",
             Ok(Some(Command::Unlock { env: env("prod") })),
         ),
-        ("/slipway preview", Ok(Some(Command::Preview))),
+        (
+            "/slipway preview",
+            Ok(Some(Command::Preview { commit: None })),
+        ),
         (
             "/slipway approve-policies",
-            Ok(Some(Command::ApprovePolicies)),
+            Ok(Some(Command::ApprovePolicies { commit: None })),
         ),
         (
             "/slipway approve-policies prod",
-            Err("Sorry, `/slipway approve-policies` does not take `prod`."),
+            Err(
+                "Sorry, `prod` is not a commit: name the head commit you reviewed by its first 7 \
+                 or more hex digits.",
+            ),
+        ),
+        (
+            "/slipway preview abc1234 prod",
+            Err("Sorry, `/slipway preview` does not take `prod`."),
         ),
         ("/slipway help", Ok(Some(Command::Help))),
         ("Looks good to me!", Ok(None)),

@@ -1781,6 +1781,7 @@ fn the_pull_request_list_shows_open_ones_with_their_preview_and_locks() {
         updated_at: slipway_state::now_ms(),
         stale_approvers: Vec::new(),
         labels: Vec::new(),
+        head_seen_at: None,
     };
     let main = store
         .environment(&env("main"))

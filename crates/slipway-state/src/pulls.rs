@@ -44,10 +44,15 @@ pub struct PullRequestRecord {
     /// Its labels' names as the forge last said, sorted (policies read them).
     #[serde(default)]
     pub labels: Vec<String>,
+    /// When Slipway first saw its head, unix milliseconds (`None` for a record from before
+    /// this was kept): an approval by comment that names no commit is not taken for a head
+    /// this recent, which the person may not have seen.
+    #[serde(default)]
+    pub head_seen_at: Option<i64>,
 }
 
 const COLUMNS: &str = "number, title, author, head_sha, head_ref, base_ref, is_fork, state, \
-                       preview_allowed, url, updated_at, stale_approvers, labels";
+                       preview_allowed, url, updated_at, stale_approvers, labels, head_seen_at";
 
 fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
     Ok(PullRequestRecord {
@@ -64,6 +69,7 @@ fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
         updated_at: row.get(10)?,
         stale_approvers: serde_json::from_str(&row.get::<String>(11)?).unwrap_or_default(),
         labels: serde_json::from_str(&row.get::<String>(12)?).unwrap_or_default(),
+        head_seen_at: row.get(13)?,
     })
 }
 
@@ -100,14 +106,15 @@ impl Store {
                 // [`Store::pull_request_opened_base`].
                 &format!(
                     "INSERT INTO pull_requests ({COLUMNS}, opened_base) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?6) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?6) \
                      ON CONFLICT (number) DO UPDATE SET title = excluded.title, \
                        author = excluded.author, head_sha = excluded.head_sha, \
                        head_ref = excluded.head_ref, base_ref = excluded.base_ref, \
                        is_fork = excluded.is_fork, state = excluded.state, \
                        preview_allowed = excluded.preview_allowed, url = excluded.url, \
                        updated_at = excluded.updated_at, \
-                       stale_approvers = excluded.stale_approvers, labels = excluded.labels"
+                       stale_approvers = excluded.stale_approvers, labels = excluded.labels, \
+                       head_seen_at = excluded.head_seen_at"
                 ),
                 params![
                     pr.number,
@@ -123,6 +130,7 @@ impl Store {
                     pr.updated_at,
                     crate::store::to_json(&pr.stale_approvers),
                     crate::store::to_json(&pr.labels),
+                    pr.head_seen_at,
                 ],
             )
             .map_err(sql(format!("record pull request #{}", pr.number)))?;
@@ -446,6 +454,7 @@ mod tests {
             updated_at: 1,
             stale_approvers: Vec::new(),
             labels: Vec::new(),
+            head_seen_at: None,
         }
     }
 

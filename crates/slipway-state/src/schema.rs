@@ -356,7 +356,9 @@ INSERT INTO sealed_formats (format) VALUES ('v1'), ('v2');
     // `opened` by its author). Every pusher of a commit is kept, not only the last. The heads
     // of the pull requests open when a state is upgraded are taken as their authors' pushes
     // (what the gate assumed until then), so that an upgrade does not hold every one of them
-    // until its next push; a new state has none.
+    // until its next push; a new state has none. And when each pull request's head was
+    // first seen: a `/slipway preview` or `approve-policies` naming no commit does not take a
+    // head newer than its author can have read.
     r#"
 CREATE TABLE head_pushes (
     source         TEXT NOT NULL,
@@ -368,6 +370,7 @@ CREATE TABLE head_pushes (
 INSERT INTO head_pushes (source, sha, pusher, at)
     SELECT 'pull/' || number, head_sha, author, updated_at FROM pull_requests
     WHERE state = 'open';
+ALTER TABLE pull_requests ADD COLUMN head_seen_at INTEGER;
 "#,
 ];
 

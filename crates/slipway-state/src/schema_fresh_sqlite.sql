@@ -99,7 +99,7 @@ CREATE TABLE pull_requests (
     url             TEXT NOT NULL,
     updated_at      INTEGER NOT NULL,
     stale_approvers TEXT NOT NULL DEFAULT '[]'
-, opened_base TEXT, labels TEXT NOT NULL DEFAULT '[]') STRICT;
+, opened_base TEXT, labels TEXT NOT NULL DEFAULT '[]', head_seen_at INTEGER) STRICT;
 CREATE TABLE deliveries (
     id             TEXT PRIMARY KEY,
     received_at    INTEGER NOT NULL

@@ -71,6 +71,7 @@ fn pull_request(
         updated_at: 1,
         stale_approvers: Vec::new(),
         labels: Vec::new(),
+        head_seen_at: None,
     }
 }
 
@@ -87,7 +88,10 @@ fn an_upgrade_takes_the_open_heads_as_their_authors_pushes(state: &TestState) {
         .expect("record");
     drop(store);
     state
-        .raw("DROP TABLE head_pushes;", false)
+        .raw(
+            "DROP TABLE head_pushes; ALTER TABLE pull_requests DROP COLUMN head_seen_at;",
+            false,
+        )
         .expect("make the state a schema 20 one");
     state.set_schema_version(20);
     let store = state.open();
@@ -99,6 +103,15 @@ fn an_upgrade_takes_the_open_heads_as_their_authors_pushes(state: &TestState) {
     assert_eq!(
         store.pushers_of(4, Some("feature-4"), NEXT).expect("read"),
         slipway_state::Pushers::default()
+    );
+    assert_eq!(
+        store
+            .pull_request(3)
+            .expect("read")
+            .expect("there")
+            .head_seen_at,
+        None,
+        "when its head was first seen is not known"
     );
     store
         .record_push("pull/3", NEXT, "mallory", 2, false)
@@ -124,10 +137,13 @@ fn a_pull_requests_labels_round_trip_and_follow_the_forge(state: &TestState) {
         updated_at: 1,
         stale_approvers: Vec::new(),
         labels: vec!["preview".into(), "it's \"quoted\", ünïcode".into()],
+        head_seen_at: None,
     };
+    pr.head_seen_at = Some(1_234);
     store.upsert_pull_request(&pr).expect("record");
     let read = store.pull_request(3).expect("read").expect("there");
     assert_eq!(read.labels, pr.labels);
+    assert_eq!(read.head_seen_at, Some(1_234));
     // Taken off on the forge: the next record says so.
     pr.labels.clear();
     store.upsert_pull_request(&pr).expect("again");

@@ -749,7 +749,8 @@ fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind(state: &T
              ALTER TABLE environments DROP COLUMN idle_warned_at; \
              DROP TABLE notify_cursor; DROP TABLE notify_last; DROP TABLE notify_outbox; \
              DROP TABLE policy_approvals; ALTER TABLE pull_requests DROP COLUMN labels; \
-             DROP TABLE sealed_formats; DROP TABLE head_pushes;",
+             DROP TABLE sealed_formats; DROP TABLE head_pushes; \
+             ALTER TABLE pull_requests DROP COLUMN head_seen_at;",
             false,
         )
         .expect("write the engine's old destroy event");

@@ -299,7 +299,16 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
         head_ref: "fork-work".into(),
         ..PrSpec::new(3, &approved)
     });
+    // A head pushed moments ago may not be what the maintainer read: not approved unnamed.
     let answer = w.command(3, "alice", "/slipway preview");
+    assert!(
+        answer.contains("Nothing was approved")
+            && answer.contains(&format!("`/slipway preview {}`", &approved[..12])),
+        "{answer}"
+    );
+    assert!(w.page("pr-3").is_none(), "no preview yet");
+    // Named, it is.
+    let answer = w.command(3, "alice", &format!("/slipway preview {}", &approved[..7]));
     assert!(answer.contains("allowed a preview"), "{answer}");
     w.serves("pr-3", "looked at");
 
@@ -340,8 +349,17 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
     assert!(answer.contains("only people with write access"), "{answer}");
     assert_eq!(w.page("pr-3").as_deref(), Some("looked at"));
 
+    // A maintainer who read the first head approves it by name after the push landed: the
+    // push is not approved with it.
+    let answer = w.command(3, "alice", &format!("/slipway preview {}", &approved[..12]));
+    assert!(
+        answer.contains("Nothing was approved") && answer.contains(&pushed[..12]),
+        "{answer}"
+    );
+    assert_eq!(w.environment("pr-3")["commit"], approved.as_str());
+
     // The legitimate path: a maintainer looks at the new head and approves it.
-    let answer = w.command(3, "alice", "/slipway preview");
+    let answer = w.command(3, "alice", &format!("/slipway preview {pushed}"));
     assert!(answer.contains(&pushed[..12]), "{answer}");
     w.serves("pr-3", "reads your secrets");
 }

@@ -538,8 +538,20 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
     // Someone with write access who is not a policy owner cannot approve.
     w.comment(1, "mallory", "/slipway approve-policies");
     w.reply(1, "only the policy owners");
-    // An owner approves this head: the preview is deployed.
+    // An owner approves this head, pushed moments ago: only by naming it (she may not have
+    // read a head pushed just before her comment).
     w.comment(1, "olivia", "/slipway approve-policies");
+    let refused = w.reply(1, "Nothing was approved");
+    assert!(
+        refused.contains(&format!("`/slipway approve-policies {}`", &head[..12])),
+        "{refused}"
+    );
+    assert_eq!(w.page("pr-1"), None, "nothing of the preview runs");
+    w.comment(
+        1,
+        "olivia",
+        &format!("/slipway approve-policies {}", &head[..7]),
+    );
     let approved = w.reply(1, "approved the soft policy denials");
     assert!(approved.contains(&head[..12]), "{approved}");
     w.serves("pr-1", "big");

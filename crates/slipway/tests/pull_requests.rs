@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use util::fake_github::{pull_request_payload, send_webhook, send_webhook_raw};
 use util::world::{ForgeWorld, GitHubDelivered, Served};
-use util::{Forge, PrSpec};
+use util::{FakeForge, Forge, PrSpec};
 use util::{http_get_host, start_serve_with, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
@@ -276,7 +276,13 @@ fn hostile_webhooks_and_commands_are_refused_and_audited() {
 
 #[test]
 fn a_fork_gets_plans_but_no_preview_until_a_maintainer_says_so() {
-    let w = world();
+    // Any head is old enough for a command naming no commit (`fresh_head = "0s"`; the
+    // default's refusal is in attacks_gate.rs).
+    let forge = FakeForge::start(Forge::GitHub, "slipway-bot");
+    let api = forge.url();
+    let section = "repository = \"acme/shop\"\nfresh_head = \"0s\"";
+    let w = ForgeWorld::serve(forge, STACK, &api, section, "test-token", SECRET, |_| {});
+    w.serves("prod", "v1");
     w.forge.set_permission("alice", "write");
     let sha = w.push_pr(3, "fork-work", "from a fork");
     w.forge.add_pr(PrSpec {

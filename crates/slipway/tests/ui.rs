@@ -768,6 +768,7 @@ fn a_viewer_sees_everything_but_no_action_and_logging_out_ends_the_session() {
             updated_at: slipway_state::now_ms(),
             stale_approvers: Vec::new(),
             labels: Vec::new(),
+            head_seen_at: None,
         })
         .expect("record a pull request");
     store

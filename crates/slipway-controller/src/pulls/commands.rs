@@ -1,9 +1,11 @@
-//! Comment commands (`/slipway plan|apply|unlock|preview|help`): parsed strictly, honoured only
-//! from people with write access, each audited and answered on the pull request.
+//! Comment commands (`/slipway plan|apply|unlock|preview|approve-policies|help`): parsed
+//! strictly, honoured only from people with write access, each audited and answered on the
+//! pull request. One that approves a head (`preview`, `approve-policies`) approves the commit
+//! it names, or, naming none, a head that is not too new to have been seen.
 
 use slipway_core::EnvName;
 use slipway_core::vocab::EventKind;
-use slipway_forge::{Command, parse_command};
+use slipway_forge::{Command, CommitPrefix, parse_command};
 use slipway_state::now_ms;
 
 use super::handoff::{Route, Work, route};
@@ -183,11 +185,22 @@ pub(super) fn run(
             post_plans(inner, &record, env.as_ref(), super::Announce::Pending)?;
             Ok(FollowUp::default())
         }
-        Command::Preview => {
-            // The approval is for the code the maintainer saw: the head the forge shows now.
+        Command::Preview { commit } => {
+            // The approval is for the code the maintainer saw: the head the forge shows now,
+            // if it is the one they named or, naming none, if it is not too new to have
+            // been seen.
             let head = forge.pull_request(number)?.info.head_sha;
             if !record.preview_allowed || record.head_sha != head {
-                set_head(inner, &mut record, &head)?;
+                // Only a fork's code needs the say-so; any other head is just recorded.
+                let named = if record.is_fork {
+                    commit.as_ref()
+                } else {
+                    None
+                };
+                let unseen = unseen_head(inner, &mut record, &head, named, "preview")?;
+                if let Some(why) = unseen.filter(|_| record.is_fork) {
+                    return Ok(refused(inner, author, "pr.preview", number, &why));
+                }
                 record.preview_allowed = true;
                 record.updated_at = now_ms();
                 store.upsert_pull_request(&record)?;
@@ -244,8 +257,63 @@ pub(super) fn run(
             }
         }
         Command::Apply { env } => apply(inner, &mut record, &env, author, handoff),
-        Command::ApprovePolicies => approve_policies(inner, &mut record, author),
+        Command::ApprovePolicies { commit } => {
+            approve_policies(inner, &mut record, author, commit.as_ref())
+        }
     }
+}
+
+/// Audits `author`'s `action` on pull request `number` as refused, and answers `why` there.
+fn refused(inner: &Inner, author: &str, action: &str, number: u64, why: &str) -> FollowUp {
+    audit(inner, author, action, &format!("#{number}"), "refused", why);
+    reply(inner, number, why);
+    FollowUp::default()
+}
+
+/// Records `head`, the forge's head of `record` now, and says why a `/slipway VERB` that
+/// approves it must not: it names another commit, or names none and the head is newer than
+/// `[forge.NAME] fresh_head` (or newer than what Slipway had when the command came): long
+/// enough for a person reading the pull request to have seen the push land, so that a push
+/// raced in between someone's reading and their comment is not approved unseen. `None`:
+/// approve.
+fn unseen_head(
+    inner: &Inner,
+    record: &mut slipway_state::PullRequestRecord,
+    head: &str,
+    named: Option<&CommitPrefix>,
+    verb: &str,
+) -> Result<Option<String>, ControllerError> {
+    let moved = record.head_sha != head;
+    if moved {
+        set_head(inner, record, head)?;
+        record.updated_at = now_ms();
+        inner.engine.store().upsert_pull_request(record)?;
+    }
+    let again = format!("`/slipway {verb} {}`", short(head));
+    let fresh = i64::try_from(setup(inner)?.fresh_head.as_millis()).unwrap_or(i64::MAX);
+    Ok(match named {
+        Some(commit) if !commit.names(head) => Some(format!(
+            "Nothing was approved: the head of this pull request is {}, not `{commit}`. Look at \
+             {} and, if it is what you meant to approve, comment {again}.",
+            short(head),
+            short(head)
+        )),
+        Some(_) => None,
+        None if moved
+            || record
+                .head_seen_at
+                .is_some_and(|seen| now_ms().saturating_sub(seen) < fresh) =>
+        {
+            Some(format!(
+                "Nothing was approved: the head of this pull request, {}, was pushed moments \
+                 ago, maybe after you read it. Look at {} and, if it is what you meant to \
+                 approve, name it: {again}.",
+                short(head),
+                short(head)
+            ))
+        }
+        None => None,
+    })
 }
 
 /// `/slipway approve-policies`: a policy owner (`[policies] owners`, forge logins) lets the
@@ -255,6 +323,7 @@ fn approve_policies(
     inner: &Inner,
     record: &mut slipway_state::PullRequestRecord,
     author: &str,
+    commit: Option<&CommitPrefix>,
 ) -> Result<FollowUp, ControllerError> {
     let number = record.number as u64;
     let owners = &inner.engine.config().policies.owners;
@@ -278,10 +347,8 @@ fn approve_policies(
         return Ok(FollowUp::default());
     }
     let head = setup(inner)?.forge.pull_request(number)?.info.head_sha;
-    if record.head_sha != head {
-        set_head(inner, record, &head)?;
-        record.updated_at = now_ms();
-        inner.engine.store().upsert_pull_request(record)?;
+    if let Some(why) = unseen_head(inner, record, &head, commit, "approve-policies")? {
+        return Ok(refused(inner, author, "policies.approve", number, &why));
     }
     inner
         .engine

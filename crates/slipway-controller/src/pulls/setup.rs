@@ -15,6 +15,8 @@ pub struct ForgeSetup {
     pub kind: ForgeKind,
     /// Authors whose pull requests from forks get a preview environment anyway.
     pub fork_allow: Vec<String>,
+    /// How recent a head a command naming no commit does not approve (`fresh_head`).
+    pub fresh_head: std::time::Duration,
 }
 
 /// Connects to the forge of the configuration's `[forge.NAME]` (`github`, `gitlab`, `gitea`
@@ -70,5 +72,6 @@ pub fn setup_from_config(
         verifier,
         kind,
         fork_allow: section.fork_allow.clone(),
+        fresh_head: section.fresh_head,
     }))
 }
