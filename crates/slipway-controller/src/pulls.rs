@@ -59,18 +59,16 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
     match forge_event {
         ForgeEvent::Push {
             git_ref,
-            before,
             after,
             deleted,
             pusher,
             ..
         } => {
             if let (Some(pusher), false) = (pusher, deleted) {
-                let created = !before.is_empty() && before.bytes().all(|b| b == b'0');
                 inner
                     .engine
                     .store()
-                    .record_push(&git_ref, &after, &pusher, now_ms(), created)?;
+                    .record_push(&git_ref, &after, &pusher, now_ms())?;
             }
             Ok(FollowUp {
                 refresh: true,
@@ -95,7 +93,6 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                         &pr.head_sha,
                         sender,
                         now_ms(),
-                        false,
                     )?;
                 }
                 pr.author = real_author(inner, &pr)?;
@@ -192,8 +189,9 @@ fn real_author(inner: &Inner, pr: &PullRequestInfo) -> Result<String, Controller
 /// its stale approvers: an approval that names no commit (GitLab keeps them across pushes) was
 /// given for an older head. Every path that changes a recorded head goes through here (an
 /// event, `/slipway preview`, `/slipway apply`, the catch-up pass), whichever sees the new
-/// head first. Errors when the forge cannot list the approvals: the head is then not moved,
-/// and the next event or catch-up pass tries again.
+/// head first. A fork's preview approval was for the old head: it goes with it (unless its
+/// author is in `fork_allow`). Errors when the forge cannot list the approvals: the head is
+/// then not moved, and the next event or catch-up pass tries again.
 fn set_head(
     inner: &Inner,
     record: &mut PullRequestRecord,
@@ -223,6 +221,7 @@ fn set_head(
     record.stale_approvers.dedup();
     record.head_sha = head.to_string();
     record.head_seen_at = Some(now_ms());
+    record.preview_allowed = preview_allowed(record, &setup(inner)?.fork_allow, None);
     Ok(())
 }
 
@@ -362,11 +361,31 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
     // the merge's approval below).
     set_head(inner, &mut record, &pr.head_sha)?;
     store.upsert_pull_request(&record)?;
-    if merged {
-        let details = setup(inner)?.forge.pull_request(pr.number)?;
-        record_merge(inner, &details)?;
-    }
+    // Its locks go whatever happens to the record of the merge: the pull request is recorded
+    // closed, so nothing would release them later.
+    let recorded = if merged {
+        setup(inner)?
+            .forge
+            .pull_request(pr.number)
+            .map_err(ControllerError::from)
+            .and_then(|details| record_merge(inner, &details))
+    } else {
+        Ok(())
+    };
     let released = release(inner, pr.number as i64)?;
+    if let Err(e) = recorded {
+        // Not recorded, a merge counts as not approved (`require_pr` holds its commit).
+        event(
+            inner,
+            &EnvName::pull_request(pr.number),
+            EventKind::PullRequestFailed,
+            &format!(
+                "#{} is merged, but its merge could not be recorded, so it counts as not \
+                 approved: {e}",
+                pr.number
+            ),
+        );
+    }
     Ok(FollowUp {
         refresh: true,
         reconcile: released,
@@ -407,7 +426,8 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
         &info.head_ref,
         &info.head_sha,
     )?;
-    let approved = match unknown_pusher(&pushers, &info.author, &info.head_sha) {
+    let trusted = &setup(inner)?.trusted_bots;
+    let approved = match unknown_pusher(&pushers, &info.author, trusted, &info.head_sha) {
         Some(why) => {
             event(
                 inner,
@@ -462,11 +482,12 @@ pub(crate) fn pushers_of(
 
 /// Why no approval can count for `head`, a pull request by `author` that `pushers` pushed to:
 /// nobody is known to have pushed it (its push's webhook never reached Slipway), or an
-/// automation account other than the author pushed to it (it pushes for whoever set it off,
-/// who may be the reviewer). `None` when approvals may count.
+/// automation account other than the author and the `trusted` ones pushed to it (it pushes
+/// for whoever set it off, who may be the reviewer). `None` when approvals may count.
 pub(crate) fn unknown_pusher(
     pushers: &slipway_state::Pushers,
     author: &str,
+    trusted: &[String],
     head: &str,
 ) -> Option<String> {
     if pushers.of_head.is_empty() {
@@ -477,14 +498,15 @@ pub(crate) fn unknown_pusher(
             short(head)
         ));
     }
-    let bot = pushers
-        .all
-        .iter()
-        .find(|p| slipway_forge::is_bot(p) && !p.eq_ignore_ascii_case(author))?;
+    let bot = pushers.all.iter().find(|p| {
+        slipway_forge::is_bot(p)
+            && !p.eq_ignore_ascii_case(author)
+            && !trusted.iter().any(|t| t.eq_ignore_ascii_case(p))
+    })?;
     Some(format!(
         "@{bot} pushed to it, an automation account that pushes for whoever sets it off, who \
-         may be its reviewer; a pull request pushed to by one other than its author is \
-         applied after merge, or as a new pull request"
+         may be its reviewer; open a new pull request without its push, or trust it in \
+         `[forge] trusted_bots` if it only ever pushes for the author"
     ))
 }
 

@@ -21,8 +21,9 @@ Usage (one command per comment, on its first line):
 - `/slipway help`: show this message
 
 ENV is an environment name: 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`.
-COMMIT is the head commit you reviewed (its first 7 or more hex digits): nothing is approved \
-if the head is another one. Without it, a head pushed in the last minute is not approved.";
+COMMIT is the head commit you reviewed, by its whole id: nothing is approved if the head is \
+another one. Without it (or with only its first digits), a head pushed moments before the \
+command is not approved.";
 
 /// A command read from a comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +78,8 @@ impl fmt::Display for Command {
     }
 }
 
-/// A commit a command names: 7 to 64 hexadecimal digits, kept in lower case, the start of
-/// (or the whole) commit id.
+/// A commit a command names: 7 to 64 hexadecimal digits, kept in lower case, the whole commit
+/// id or its start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitPrefix(String);
 
@@ -89,9 +90,18 @@ impl CommitPrefix {
             .then(|| CommitPrefix(word.to_ascii_lowercase()))
     }
 
-    /// Whether `sha`, a full commit id, is the commit this names.
+    /// Whether `sha`, a whole commit id, starts with this.
     pub fn names(&self, sha: &str) -> bool {
-        sha.len() >= self.0.len() && sha[..self.0.len()].eq_ignore_ascii_case(&self.0)
+        sha.len() >= self.0.len()
+            && sha
+                .get(..self.0.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(&self.0))
+    }
+
+    /// Whether this is all of `sha`, a whole commit id (not only its start, which a commit
+    /// made to look alike can share).
+    pub fn is_whole(&self, sha: &str) -> bool {
+        self.0.len() == sha.len() && self.names(sha)
     }
 }
 
@@ -245,6 +255,22 @@ mod tests {
 
     fn cmd(s: &str) -> Option<Command> {
         parse_command(s).expect("a valid command")
+    }
+
+    #[test]
+    fn a_named_commit_is_the_whole_id_or_its_start() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let whole = CommitPrefix::parse(&sha.to_ascii_uppercase()).expect("40 hex digits");
+        assert!(whole.names(sha) && whole.is_whole(sha));
+        let start = CommitPrefix::parse("0123456").expect("7 hex digits");
+        assert!(start.names(sha) && !start.is_whole(sha));
+        assert!(!CommitPrefix::parse("1123456").expect("hex").names(sha));
+        let sha256 = "a".repeat(64);
+        assert!(CommitPrefix::parse(&sha256).expect("64").is_whole(&sha256));
+        assert!(!whole.names("0123"), "longer than the id");
+        for bad in ["", "012345", "012345g", "+123456", &"a".repeat(65)] {
+            assert_eq!(CommitPrefix::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -259,8 +259,10 @@ impl<F: Flavor> Wire for GitHubLike<F> {
     }
 
     fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {
+        // The newest reviews: a pull request padded with old ones cannot push a reviewer's
+        // latest verdict past the pages read.
         let reviews: Vec<F::Review> =
-            api.get_all(&format!("{}/pulls/{number}/reviews", repo.path))?;
+            api.get_newest(&format!("{}/pulls/{number}/reviews", repo.path))?;
         Ok(reviews.into_iter().filter_map(F::verdict).collect())
     }
 

@@ -38,6 +38,11 @@ pub struct ForgeSection {
         deserialize_with = "slipway_core::duration::deserialize"
     )]
     pub fresh_head: Duration,
+    /// Automation accounts trusted to push to pull requests (an autofix bot that pushes only
+    /// for their authors, `pre-commit-ci[bot]`): their pushes do not stop approvals from
+    /// counting, as another bot's do. They still never approve what they pushed.
+    #[serde(default)]
+    pub trusted_bots: Vec<String>,
 }
 
 fn default_fresh_head() -> Duration {

@@ -356,7 +356,7 @@ fn github_write_access_for_strangers_and_hostile_logins() {
 }
 
 #[test]
-fn github_lists_follow_link_next_and_stop_at_the_page_limit() {
+fn github_lists_follow_link_next_and_reviews_are_read_from_their_newest_pages() {
     let api = OpenApi::github();
     let server = Server::start(move |req| {
         let example = api
@@ -366,9 +366,22 @@ fn github_lists_follow_link_next_and_stop_at_the_page_limit() {
             .query("page")
             .and_then(|p| p.parse().ok())
             .expect("a page");
-        // Pull 1 has three pages; pull 2 claims a next page forever.
+        // Pull 1 has three pages; pull 2 claims a next page forever; pull 3 has eight, and
+        // says which is the last.
         let more = req.path.contains("/pulls/2/") || page < 3;
-        if more {
+        if req.path.contains("/pulls/3/") {
+            let link = |page: u32, rel: &str| {
+                format!(
+                    "<https://api.github.com{}?per_page=100&page={page}>; rel=\"{rel}\"",
+                    req.path
+                )
+            };
+            let mut links = vec![link(1, "first")];
+            if page < 8 {
+                links.extend([link(page + 1, "next"), link(8, "last")]);
+            }
+            example.with_header("Link", &links.join(", "))
+        } else if more {
             let next = format!(
                 "<{}{}?per_page=100&page={}>; rel=\"next\"",
                 "https://api.github.com",
@@ -396,8 +409,29 @@ fn github_lists_follow_link_next_and_stop_at_the_page_limit() {
         .collect();
     assert_eq!(pages, ["1", "2", "3"]);
 
-    gh.approvals(2).expect("bounded");
-    assert_eq!(server.take().len(), 5, "at most max_pages pages are read");
+    // Reviews: a reviewer's latest verdict counts, so the newest pages are the ones read.
+    let endless = gh.approvals(2).expect_err("a list that never ends");
+    assert!(
+        endless.to_string().contains("read up to 10 pages"),
+        "{endless}"
+    );
+    assert_eq!(
+        server.take().len(),
+        10,
+        "at most twice max_pages pages are read"
+    );
+
+    gh.approvals(3).expect("the newest pages");
+    let pages: Vec<String> = server
+        .take()
+        .iter()
+        .map(|r| r.query("page").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        pages,
+        ["1", "4", "5", "6", "7", "8"],
+        "the first page tells the last; the last max_pages pages are read"
+    );
 }
 
 #[test]

@@ -78,8 +78,8 @@ fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
 pub struct Pushers {
     /// Who pushed its head commit, sorted: empty when no push of it was seen.
     pub of_head: Vec<String>,
-    /// Everyone who pushed any commit to it or to its branch (since the branch was last
-    /// made), sorted.
+    /// Everyone who pushed any commit to it or to its branch (a branch of that name, ever:
+    /// within the retention of deliveries), sorted.
     pub all: Vec<String>,
 }
 
@@ -158,28 +158,23 @@ impl Store {
 
     /// Records that `pusher` pushed commit `sha` to `source`: a branch's full ref
     /// (`refs/heads/NAME`, from a push webhook) or `pull/N` (pull request N, from its
-    /// `synchronize` webhook, or a fork's `opened`). A push that `created` the branch starts
-    /// its record over: who pushed to an earlier branch of that name is forgotten. Recording
-    /// the same push again changes nothing.
+    /// `synchronize` webhook, or a fork's `opened`). Nothing is forgotten when a branch is
+    /// deleted and made again (deliveries may come in any order, so a record started over
+    /// could lose a push made after the new branch): who pushed to a branch of that name
+    /// before still counts. Recording the same push again changes nothing.
     pub fn record_push(
         &self,
         source: &str,
         sha: &str,
         pusher: &str,
         at: i64,
-        created: bool,
     ) -> Result<(), StateError> {
         self.conn()
-            .transaction(&["head_pushes"], |tx| {
-                if created {
-                    tx.execute("DELETE FROM head_pushes WHERE source = ?1", params![source])?;
-                }
-                tx.execute(
-                    "INSERT INTO head_pushes (source, sha, pusher, at) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (source, sha, pusher) DO NOTHING",
-                    params![source, sha, pusher, at],
-                )
-            })
+            .execute(
+                "INSERT INTO head_pushes (source, sha, pusher, at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (source, sha, pusher) DO NOTHING",
+                params![source, sha, pusher, at],
+            )
             .map_err(sql(format!("record who pushed {sha} to {source}")))?;
         Ok(())
     }
@@ -463,17 +458,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
-        let push = |source: &str, sha: &str, who: &str, at: i64, created: bool| {
+        let push = |source: &str, sha: &str, who: &str, at: i64| {
             store
-                .record_push(source, sha, who, at, created)
+                .record_push(source, sha, who, at)
                 .expect("record a push");
         };
-        push("refs/heads/feature/x", &a, "mallory", 10, true);
-        push("pull/7", &b, "alice", 11, false);
-        push("pull/7", &b, "alice", 12, false);
+        push("refs/heads/feature/x", &a, "mallory", 10);
+        push("pull/7", &b, "alice", 11);
+        push("pull/7", &b, "alice", 12);
         // Pushed elsewhere: another branch, another pull request.
-        push("refs/heads/other", &b, "eve", 13, false);
-        push("pull/8", &b, "trent", 14, false);
+        push("refs/heads/other", &b, "eve", 13);
+        push("pull/8", &b, "trent", 14);
         let pushers = store.pushers_of(7, Some("feature/x"), &b).expect("read");
         assert_eq!(pushers.of_head, ["alice"], "who pushed the head");
         assert_eq!(
@@ -492,16 +487,11 @@ mod tests {
             Pushers::default()
         );
 
-        // The branch made again (deleted, then pushed anew) starts over.
-        push("refs/heads/feature/x", &c, "bob", 20, true);
+        // The branch made again (deleted, then pushed anew) keeps who pushed to it before.
+        push("refs/heads/feature/x", &c, "bob", 20);
         let pushers = store.pushers_of(7, Some("feature/x"), &c).expect("read");
-        assert_eq!(
-            (pushers.of_head, pushers.all),
-            (
-                vec!["bob".to_owned()],
-                vec!["alice".to_owned(), "bob".to_owned()]
-            )
-        );
+        assert_eq!(pushers.of_head, ["bob"]);
+        assert_eq!(pushers.all, ["alice", "bob", "mallory"]);
 
         // Pruned once old, except what an open pull request asks about.
         let mut open = pr(7);
@@ -526,7 +516,7 @@ mod tests {
                 .pushers_of(7, Some("feature/x"), &c)
                 .expect("read")
                 .all,
-            ["alice", "bob"]
+            ["alice", "bob", "mallory"]
         );
     }
 

@@ -114,7 +114,7 @@ fn an_upgrade_takes_the_open_heads_as_their_authors_pushes(state: &TestState) {
         "when its head was first seen is not known"
     );
     store
-        .record_push("pull/3", NEXT, "mallory", 2, false)
+        .record_push("pull/3", NEXT, "mallory", 2)
         .expect("record a push");
     let moved = store.pushers_of(3, None, NEXT).expect("read");
     assert_eq!(moved.of_head, ["mallory"]);

@@ -14,6 +14,8 @@
 //! - A pull request missing from the forge's (page-capped) list of open ones, or whose details
 //!   could not be read, was taken for closed: its locks released.
 //! - A captured signed `closed` delivery, replayed under a fresh delivery id, released a lock.
+//! - A pull request padded with 2,000 comment reviews pushed a reviewer's later "changes
+//!   requested" past the pages Slipway read (20), so that their earlier approval stood.
 //! - Someone with write access pushed to another's pull request (or to its branch before it
 //!   was opened), approved that head, and applied it: only the author's approval was left
 //!   out.
@@ -626,6 +628,61 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
     w.serves("qa", "v1");
 }
 
+/// A merge whose reviews cannot be read when its webhook comes (the forge fails, or the list
+/// never ends) still releases the environments the pull request locked: it is recorded closed
+/// first, so nothing would release them later. The merge counts as not approved, and an
+/// event says so.
+#[test]
+fn a_merge_whose_reviews_cannot_be_read_still_releases_its_locks() {
+    let forge = FakeForge::start(Forge::GitHub, BOT);
+    let proxy = Proxy::start(&forge.url());
+    let w = Engine::start("github", &proxy.url(), "GITHUB_TOKEN", "");
+    forge.set_permission("alice", "write");
+    w.serves("qa", "v1");
+    let head = w.commit_on("main", "feature-6", "locked in", Some("refs/pull/6/head"));
+    w.gh_open(
+        &forge,
+        PrSpec {
+            head_ref: "feature-6".into(),
+            ..PrSpec::new(6, &head)
+        },
+    );
+    let answer = w.gh_command(&forge, 6, "alice", "/slipway apply qa");
+    assert!(answer.contains("Applied #6"), "{answer}");
+    assert!(w.locked("qa"));
+
+    proxy
+        .failing
+        .lock()
+        .expect("no panics while held")
+        .push("/pulls/6/reviews".into());
+    let merge = git(&w.s.repo, &["rev-parse", "main"]);
+    forge.set_state(
+        6,
+        PrState::Merged {
+            merge_sha: merge.trim().to_owned(),
+        },
+    );
+    w.gh_accepted(
+        "pull_request",
+        &pull_request_payload("closed", &forge.pr(6), true, Some(merge.trim())),
+    );
+    wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
+    let events = slipway_state::Store::open(&w.s.home)
+        .expect("store")
+        .events(&slipway_state::EventQuery {
+            limit: 100,
+            ..slipway_state::EventQuery::default()
+        })
+        .expect("events");
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains("its merge could not be recorded, so it counts as not approved")),
+        "{events:?}"
+    );
+}
+
 /// The delivery id is not covered by the signature: a captured `closed` delivery, replayed
 /// under a fresh id after the pull request was reopened and applied again, released its lock.
 /// Now a body seen before is a duplicate, whatever its id.
@@ -675,13 +732,15 @@ fn a_replayed_delivery_under_a_fresh_id_is_not_handled() {
 /// `prod`, whose rules ask for an approval. Or Alice pushes on top of it first; or Mallory
 /// pushes to Alice's branch before Alice opens the pull request. Each time her approval is of
 /// her own push, and does not count. A push by an automation account (a workflow Mallory
-/// wrote) makes no approval count. A head that no webhook showed being pushed has no known
-/// pusher: nobody's approval counts for it until its push is seen. A reviewer who pushed
-/// nothing approves as before.
+/// wrote) makes no approval count, unless the operator trusts it (`trusted_bots`). A head
+/// that no webhook showed being pushed has no known pusher: nobody's approval counts for it
+/// until its push is seen. A reviewer who pushed nothing approves as before.
 #[test]
 fn whoever_pushed_the_head_cannot_approve_it() {
     let forge = FakeForge::start(Forge::GitHub, BOT);
-    let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
+    // An autofix bot the operator trusts to push only for the author.
+    let trusted = "trusted_bots = [\"pre-commit-ci[bot]\"]\n";
+    let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", trusted);
     for user in ["alice", "mallory", "carol"] {
         forge.set_permission(user, "write");
     }
@@ -797,11 +856,58 @@ fn whoever_pushed_the_head_cannot_approve_it() {
     let h = push(3, "reviewed", Some(""));
     forge.approve(3, "carol", &h);
     refused(3, "alice", unknown);
-    // Its webhook comes: Alice pushed it, and Carol's approval counts.
+    // Its webhook comes: Alice pushed it. Then the trusted bot pushes a fix on top; Carol
+    // approves that, and her approval counts.
     let pushed = forge.delivery(&forge.pr(3), &Event::Pushed { before, by: None });
     w.gh_accepted(pushed.event, &pushed.body);
+    let h = push(3, "reviewed and tidied", Some("pre-commit-ci[bot]"));
+    forge.approve(3, "carol", &h);
     let answer = w.gh_command(&forge, 3, "alice", "/slipway apply prod");
     assert!(answer.contains("Applied #3"), "{answer}");
-    w.serves("prod", "reviewed");
+    w.serves("prod", "reviewed and tidied");
     assert!(w.locked("prod"));
+}
+
+/// A reviewer's latest verdict counts, however many reviews come before it. Carol approves
+/// Alice's pull request, then Alice pads it with 2,050 comment reviews (anyone may leave
+/// those, its author included), then Carol asks for changes. The reviews were read from the
+/// first page up to 20 pages of 100: Carol's change request was past them, and her approval
+/// stood. The newest 20 pages are read now: Carol's approval is the one left out, and a later
+/// approval by Dave still counts.
+#[test]
+fn a_pull_request_padded_with_reviews_cannot_hide_a_later_change_request() {
+    let forge = FakeForge::start(Forge::GitHub, BOT);
+    let w = Engine::start("github", &forge.url(), "GITHUB_TOKEN", "");
+    for user in ["alice", "carol", "dave"] {
+        forge.set_permission(user, "write");
+    }
+    w.serves("prod", "v1");
+    let head = w.commit_on("main", "feature-1", "padded", Some("refs/pull/1/head"));
+    w.gh_open(
+        &forge,
+        PrSpec {
+            head_ref: "feature-1".into(),
+            ..PrSpec::new(1, &head)
+        },
+    );
+    forge.approve(1, "carol", &head);
+    for _ in 0..2_050 {
+        forge.review(1, "alice", "COMMENTED", &head);
+    }
+    forge.review(1, "carol", "CHANGES_REQUESTED", &head);
+    let answer = w.gh_command(&forge, 1, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met") && answer.contains("approved"),
+        "carol asked for changes after her approval: {answer}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"), "prod runs main");
+    assert!(!w.locked("prod"));
+
+    forge.approve(1, "dave", &head);
+    let answer = w.gh_command(&forge, 1, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("Applied #1"),
+        "dave's approval counts: {answer}"
+    );
+    w.serves("prod", "padded");
 }

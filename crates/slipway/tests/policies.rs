@@ -491,7 +491,7 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
     use util::world::{GitHubDelivered, STACK, Served};
     let w = github_world(
         ("policies/preview-size.rego", PREVIEW_SIZE),
-        "owners = [\"olivia\"]\n",
+        "owners = [\"olivia\", \"alice\"]\n",
     );
     w.forge.set_permission("olivia", "write");
     w.forge.set_permission("mallory", "write");
@@ -538,20 +538,20 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
     // Someone with write access who is not a policy owner cannot approve.
     w.comment(1, "mallory", "/slipway approve-policies");
     w.reply(1, "only the policy owners");
+    // Nor can an owner who opened it (it takes two people).
+    w.forge.set_permission("alice", "write");
+    w.comment(1, "alice", &format!("/slipway approve-policies {head}"));
+    w.reply(1, "you opened or pushed to this pull request");
     // An owner approves this head, pushed moments ago: only by naming it (she may not have
     // read a head pushed just before her comment).
     w.comment(1, "olivia", "/slipway approve-policies");
     let refused = w.reply(1, "Nothing was approved");
     assert!(
-        refused.contains(&format!("`/slipway approve-policies {}`", &head[..12])),
+        refused.contains(&format!("`/slipway approve-policies {head}`")),
         "{refused}"
     );
     assert_eq!(w.page("pr-1"), None, "nothing of the preview runs");
-    w.comment(
-        1,
-        "olivia",
-        &format!("/slipway approve-policies {}", &head[..7]),
-    );
+    w.comment(1, "olivia", &format!("/slipway approve-policies {head}"));
     let approved = w.reply(1, "approved the soft policy denials");
     assert!(approved.contains(&head[..12]), "{approved}");
     w.serves("pr-1", "big");

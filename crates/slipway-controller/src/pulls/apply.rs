@@ -151,7 +151,8 @@ pub(super) fn apply(
         // Only a reviewer with write access who is neither the author nor a pusher of the
         // head approves; while nobody is known to have pushed it, nobody does.
         let pushers = pushers_of(inner, number, record.is_fork, &record.head_ref, &head)?;
-        if let Some(why) = unknown_pusher(&pushers, &record.author, &head) {
+        let trusted = &setup(inner)?.trusted_bots;
+        if let Some(why) = unknown_pusher(&pushers, &record.author, trusted, &head) {
             unmet.push(format!("approved ({why})"));
         } else if qualified_approval(
             forge.as_ref(),

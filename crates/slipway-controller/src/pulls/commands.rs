@@ -271,11 +271,11 @@ fn refused(inner: &Inner, author: &str, action: &str, number: u64, why: &str) ->
 }
 
 /// Records `head`, the forge's head of `record` now, and says why a `/slipway VERB` that
-/// approves it must not: it names another commit, or names none and the head is newer than
-/// `[forge.NAME] fresh_head` (or newer than what Slipway had when the command came): long
-/// enough for a person reading the pull request to have seen the push land, so that a push
-/// raced in between someone's reading and their comment is not approved unseen. `None`:
-/// approve.
+/// approves it must not. Its whole commit id (`named`) approves it at once. A shortened one
+/// must be its start, and is then taken as naming none, since a commit made to start alike is
+/// cheap to find: such a command does not approve a head newer than `[forge.NAME] fresh_head`,
+/// or newer than what Slipway had when the command came, so that a push raced in between a
+/// person's reading and their comment is not approved unseen. `None`: approve.
 fn unseen_head(
     inner: &Inner,
     record: &mut slipway_state::PullRequestRecord,
@@ -289,30 +289,27 @@ fn unseen_head(
         record.updated_at = now_ms();
         inner.engine.store().upsert_pull_request(record)?;
     }
-    let again = format!("`/slipway {verb} {}`", short(head));
+    // The whole id: what a person copies from the commit they read.
+    let again = format!("`/slipway {verb} {head}`");
     let fresh = i64::try_from(setup(inner)?.fresh_head.as_millis()).unwrap_or(i64::MAX);
+    let recent = moved
+        || record
+            .head_seen_at
+            .is_some_and(|seen| now_ms().saturating_sub(seen) < fresh);
     Ok(match named {
         Some(commit) if !commit.names(head) => Some(format!(
             "Nothing was approved: the head of this pull request is {}, not `{commit}`. Look at \
-             {} and, if it is what you meant to approve, comment {again}.",
-            short(head),
+             it and, if it is what you meant to approve, comment {again}.",
             short(head)
         )),
-        Some(_) => None,
-        None if moved
-            || record
-                .head_seen_at
-                .is_some_and(|seen| now_ms().saturating_sub(seen) < fresh) =>
-        {
-            Some(format!(
-                "Nothing was approved: the head of this pull request, {}, was pushed moments \
-                 ago, maybe after you read it. Look at {} and, if it is what you meant to \
-                 approve, name it: {again}.",
-                short(head),
-                short(head)
-            ))
-        }
-        None => None,
+        Some(commit) if commit.is_whole(head) => None,
+        _ if recent => Some(format!(
+            "Nothing was approved: the head of this pull request, {}, was pushed moments ago, \
+             maybe after you read it. Look at it and, if it is what you meant to approve, name \
+             its whole id: {again}.",
+            short(head)
+        )),
+        _ => None,
     })
 }
 
@@ -348,6 +345,23 @@ fn approve_policies(
     }
     let head = setup(inner)?.forge.pull_request(number)?.info.head_sha;
     if let Some(why) = unseen_head(inner, record, &head, commit, "approve-policies")? {
+        return Ok(refused(inner, author, "policies.approve", number, &why));
+    }
+    // Two people: an owner does not let their own code through.
+    let pushers = super::pushers_of(
+        inner,
+        record.number,
+        record.is_fork,
+        &record.head_ref,
+        &head,
+    )?;
+    if record.author.eq_ignore_ascii_case(author)
+        || pushers.all.iter().any(|p| p.eq_ignore_ascii_case(author))
+    {
+        let why = format!(
+            "Sorry @{author}, you opened or pushed to this pull request: another policy owner \
+             approves its policies."
+        );
         return Ok(refused(inner, author, "policies.approve", number, &why));
     }
     inner

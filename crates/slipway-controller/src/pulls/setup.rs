@@ -17,6 +17,8 @@ pub struct ForgeSetup {
     pub fork_allow: Vec<String>,
     /// How recent a head a command naming no commit does not approve (`fresh_head`).
     pub fresh_head: std::time::Duration,
+    /// Automation accounts whose pushes leave approvals counting (`trusted_bots`).
+    pub trusted_bots: Vec<String>,
 }
 
 /// Connects to the forge of the configuration's `[forge.NAME]` (`github`, `gitlab`, `gitea`
@@ -73,5 +75,6 @@ pub fn setup_from_config(
         kind,
         fork_allow: section.fork_allow.clone(),
         fresh_head: section.fresh_head,
+        trusted_bots: section.trusted_bots.clone(),
     }))
 }
