@@ -8,9 +8,12 @@
 //!   that connects and sends nothing, or half a head, is gone after that long.
 //! - At most [`Limits::max_connections`] are open. A new connection beyond that closes the
 //!   oldest idle one (no request in flight: one still to send its first head, or a kept-alive
-//!   one between requests) to make room; when every open connection has a request in flight,
-//!   the new one is closed at once. So idle or half-open connections, however many, never
-//!   keep a client with a request to make (a health check, a webhook) out.
+//!   one between requests) to make room; without one, the one whose request body has waited
+//!   longest for its client, once it has waited [`STALLED_BODY`] (a client that announces a
+//!   body and never sends it is as idle as one that sends nothing); when every open
+//!   connection is busy otherwise, the new one is closed at once. So idle, half-open or
+//!   stalled connections, however many, never keep a client with a request to make (a
+//!   health check, a webhook) out.
 //! - A request's body must arrive within [`Limits::body_timeout`] of when it is first read,
 //!   plus a second for every [`Limits::body_min_rate`] bytes received: a total deadline, not
 //!   one reset by each byte, so a client that sends its body a byte at a time holds a
@@ -30,7 +33,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,8 +69,22 @@ pub(crate) struct Limits {
 struct Tracked {
     /// Requests being handled or whose response is still being sent.
     in_flight: AtomicUsize,
+    /// Since when its request's body has been waited for with nothing arriving
+    /// ([`since_start`] + 1), or 0.
+    body_wait: AtomicU64,
     /// Fired to close the connection at once.
     close: Notify,
+}
+
+/// How long a request body must have waited for its client, with nothing arriving, before
+/// its connection may be closed to make room for a new one.
+pub(crate) const STALLED_BODY: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call, on a monotonic clock.
+fn since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The open connections, oldest first.
@@ -78,14 +95,28 @@ struct Registry {
 }
 
 impl Registry {
-    /// Closes the oldest connection with no request in flight; false when there is none.
-    fn evict_idle(&mut self) -> bool {
+    /// Closes the oldest connection with no request in flight, or else the one whose request
+    /// body has waited longest for its client, at least `stalled`; false when there is none.
+    fn evict_idle(&mut self, stalled: Duration) -> bool {
         let idle = self
             .open
             .iter()
             .find(|(_, t)| t.in_flight.load(Ordering::Acquire) == 0)
             .map(|(id, _)| *id);
-        match idle.and_then(|id| self.open.remove(&id)) {
+        let stalled = || {
+            let now = since_start();
+            let long_enough = u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX);
+            self.open
+                .iter()
+                .filter_map(|(id, t)| {
+                    let since = t.body_wait.load(Ordering::Acquire);
+                    (since != 0 && now.saturating_sub(since - 1) >= long_enough)
+                        .then_some((since, *id))
+                })
+                .min()
+                .map(|(_, id)| id)
+        };
+        match idle.or_else(stalled).and_then(|id| self.open.remove(&id)) {
             Some(tracked) => {
                 // `notify_one` keeps the permit if the task is not waiting yet.
                 tracked.close.notify_one();
@@ -135,6 +166,21 @@ struct Bounded<B> {
     /// Set once the body has been read to its end: until then the connection cannot carry
     /// another request (see [`close_unless_read`]).
     ended: Arc<AtomicBool>,
+    /// Its connection, told when the body waits for its client ([`Tracked::body_wait`]).
+    tracked: Arc<Tracked>,
+}
+
+impl<B> Bounded<B> {
+    /// The body no longer waits for its client.
+    fn arrived(&self) {
+        self.tracked.body_wait.store(0, Ordering::Release);
+    }
+}
+
+impl<B> Drop for Bounded<B> {
+    fn drop(&mut self) {
+        self.arrived();
+    }
 }
 
 impl<B> Bounded<B> {
@@ -143,6 +189,7 @@ impl<B> Bounded<B> {
         limits: &Limits,
         timed_out: Arc<AtomicBool>,
         ended: Arc<AtomicBool>,
+        tracked: Arc<Tracked>,
     ) -> Bounded<B> {
         Bounded {
             inner,
@@ -153,6 +200,7 @@ impl<B> Bounded<B> {
             deadline: None,
             timed_out,
             ended,
+            tracked,
         }
     }
 
@@ -204,17 +252,29 @@ where
         // (a handler, or a preview's application, may read slowly).
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.arrived();
                 if let Some(data) = frame.data_ref() {
                     this.received = this.received.saturating_add(data.len() as u64);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
+                this.arrived();
                 this.ended.store(true, Ordering::Release);
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.arrived();
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Pending => {
+                // Waiting for the client from now, unless since earlier.
+                let _ = this.tracked.body_wait.compare_exchange(
+                    0,
+                    since_start().saturating_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 let deadline = this.deadline(started);
                 let sleep = this
                     .deadline
@@ -403,7 +463,7 @@ pub(crate) async fn serve(
                     // accepted): make room, and do not spin on the error.
                     // ENFILE (23) and EMFILE (24) on Linux.
                     if matches!(e.raw_os_error(), Some(23 | 24)) {
-                        lock(&registry).evict_idle();
+                        lock(&registry).evict_idle(STALLED_BODY);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -412,7 +472,9 @@ pub(crate) async fn serve(
         };
         let (id, tracked) = {
             let mut registry = lock(&registry);
-            if registry.open.len() >= limits.max_connections.max(1) && !registry.evict_idle() {
+            if registry.open.len() >= limits.max_connections.max(1)
+                && !registry.evict_idle(STALLED_BODY)
+            {
                 // Every open connection is busy with a request: this one is told so and
                 // closed, rather than left waiting (a fresh socket's send buffer is empty, so
                 // the answer is written at once or not at all).
@@ -474,6 +536,7 @@ async fn connection(
                 &limits,
                 timed_out.clone(),
                 ended.clone(),
+                counted.clone(),
             ))
         });
         let in_flight = InFlight::new(&counted);
@@ -582,6 +645,7 @@ mod tests {
             &limits(Duration::from_millis(400), 0),
             flag.clone(),
             Arc::default(),
+            Arc::new(Tracked::default()),
         );
         // A byte every 50 ms: no stall ever lasts near the timeout.
         let trickle = tokio::spawn(async move {
@@ -622,6 +686,7 @@ mod tests {
             &limits(Duration::from_millis(200), 10_000),
             flag.clone(),
             Arc::default(),
+            Arc::new(Tracked::default()),
         );
         tokio::spawn(async move {
             for _ in 0..20 {
@@ -646,6 +711,7 @@ mod tests {
             &limits(Duration::from_millis(200), 0),
             flag,
             ended.clone(),
+            Arc::new(Tracked::default()),
         );
         let bytes = body.collect().await.expect("a prompt body").to_bytes();
         assert_eq!(&bytes[..], b"{}");
@@ -750,18 +816,104 @@ mod tests {
             registry.open.insert(id, Arc::new(Tracked::default()));
         }
         let busy = InFlight::new(&registry.open[&0]);
-        assert!(registry.evict_idle(), "an idle connection makes room");
+        assert!(
+            registry.evict_idle(STALLED_BODY),
+            "an idle connection makes room"
+        );
         assert_eq!(
             registry.open.keys().copied().collect::<Vec<_>>(),
             vec![0, 2],
             "the oldest idle one (1) went, not the older busy one (0)"
         );
-        assert!(registry.evict_idle());
+        assert!(registry.evict_idle(STALLED_BODY));
         assert!(
-            !registry.evict_idle(),
+            !registry.evict_idle(STALLED_BODY),
             "with every connection busy, none is evicted"
         );
         drop(busy);
-        assert!(registry.evict_idle(), "once its request is done it is idle");
+        assert!(
+            registry.evict_idle(STALLED_BODY),
+            "once its request is done it is idle"
+        );
+    }
+
+    #[test]
+    fn a_connection_whose_body_waits_long_enough_is_evicted_when_none_is_idle() {
+        let mut registry = Registry::default();
+        let mut busy = Vec::new();
+        for id in 0..3 {
+            let tracked = Arc::new(Tracked::default());
+            busy.push(InFlight::new(&tracked));
+            registry.open.insert(id, tracked);
+        }
+        assert!(!registry.evict_idle(Duration::ZERO), "all busy, none waits");
+        // Waiting since the clock's start (2), and since a moment later (1).
+        let _ = since_start();
+        registry.open[&2].body_wait.store(1, Ordering::Release);
+        assert!(
+            !registry.evict_idle(Duration::from_secs(3600)),
+            "a body that has waited less than the limit is left alone"
+        );
+        registry.open[&1].body_wait.store(2, Ordering::Release);
+        assert!(registry.evict_idle(Duration::ZERO));
+        assert_eq!(
+            registry.open.keys().copied().collect::<Vec<_>>(),
+            vec![0, 1],
+            "the one that has waited longest (2) went"
+        );
+    }
+
+    /// Connections that announce a body and never send it fill every slot: a request that
+    /// comes then is served all the same, in the place of the one that has waited longest.
+    #[tokio::test]
+    async fn bodies_that_never_come_do_not_keep_a_request_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(|body: Bytes| async move { format!("{}", body.len()) }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut limits = limits(Duration::from_secs(60), 0);
+        limits.max_connections = 2;
+        let server = tokio::spawn(serve(listener, router, limits, async move {
+            let _ = stopped.await;
+        }));
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            client
+                .write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+                .await
+                .expect("head");
+            stalled.push(client);
+        }
+        // The bodies wait past the limit (a wait, not a measurement).
+        tokio::time::sleep(STALLED_BODY + Duration::from_millis(300)).await;
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+            .await
+            .expect("an answer")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The first stalled connection was closed to make room.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stalled[0].read_to_end(&mut rest))
+                .await
+                .expect("the oldest stalled connection is closed");
+        assert!(closed.is_ok() || rest.is_empty());
+        let _ = stop.send(());
+        server.await.expect("serve ends");
     }
 }

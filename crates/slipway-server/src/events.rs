@@ -11,11 +11,12 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +24,7 @@ use slipway_controller::Controller;
 use slipway_core::vocab::EventKind;
 use slipway_state::{EventQuery, EventRecord};
 
+use crate::auth::Principal;
 use crate::body::{QueryArgs, cursor, parse_name, printable};
 use crate::error::ApiError;
 use crate::openapi::schema_of;
@@ -44,7 +46,8 @@ pub(crate) fn routes() -> Vec<Route> {
             .reply(Reply::EventStream {
                 schema: schema_of::<EventView>,
                 description: "An endless stream of events; comments (`:`) keep it alive.",
-            }),
+            })
+            .errors(&[(StatusCode::TOO_MANY_REQUESTS, crate::streams::TOO_MANY)]),
     ]
 }
 
@@ -79,10 +82,12 @@ struct EventView<'a> {
 
 async fn stream(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     QueryArgs(query): QueryArgs<EventsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let environment = query.environment.as_deref().map(parse_name).transpose()?;
+    let slot = app.streams.take(&caller.token_hash)?;
     let from_query = cursor("after", query.after)?;
     let resume = match headers.get("last-event-id") {
         Some(value) => {
@@ -111,8 +116,12 @@ async fn stream(
         stop: app.stop.clone(),
         poll: app.options.event_poll_interval,
     };
-    let sse =
-        Sse::new(events(tail)).keep_alive(KeepAlive::new().interval(app.options.event_keep_alive));
+    // The slot is the stream's: given back when the response is dropped.
+    let events = events(tail).map(move |event| {
+        let _ = &slot;
+        event
+    });
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(app.options.event_keep_alive));
     // Proxies such as nginx buffer responses unless told not to.
     let no_buffering = [(
         HeaderName::from_static("x-accel-buffering"),

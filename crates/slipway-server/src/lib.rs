@@ -60,6 +60,7 @@ mod preview_access;
 mod pulls;
 mod routes;
 mod session;
+mod streams;
 mod ui;
 mod wake;
 mod webhooks;
@@ -164,6 +165,8 @@ pub(crate) struct AppState {
     pub openapi: Arc<serde_json::Value>,
     /// The client that forwards a change to the replica working on its environment.
     pub forwarder: forward::Forwarder,
+    /// The event and log streams each token holds.
+    pub streams: Arc<streams::Streams>,
 }
 
 impl AppState {

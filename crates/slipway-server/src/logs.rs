@@ -16,18 +16,19 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::{Extension, Json};
+use futures_util::{Stream, StreamExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use slipway_controller::Controller;
 use slipway_core::EnvName;
 use slipway_engine::secrets::Redactor;
 
+use crate::auth::Principal;
 use crate::body::{EnvResourcePath, QueryArgs, printable};
 use crate::error::ApiError;
 use crate::openapi::schema_of;
@@ -68,7 +69,10 @@ pub(crate) fn routes() -> Vec<Route> {
                 schema: schema_of::<LogLine>,
                 description: "An endless stream of lines; comments (`:`) keep it alive.",
             })
-            .errors(&[(StatusCode::NOT_FOUND, NOT_FOUND)]),
+            .errors(&[
+                (StatusCode::NOT_FOUND, NOT_FOUND),
+                (StatusCode::TOO_MANY_REQUESTS, crate::streams::TOO_MANY),
+            ]),
     ]
 }
 
@@ -191,10 +195,12 @@ async fn tail(
 
 async fn follow(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     EnvResourcePath(env, resource): EnvResourcePath,
     QueryArgs(query): QueryArgs<TailQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let n = tail_of(&query)?;
+    let slot = app.streams.take(&caller.token_hash)?;
     let (path, redactor, first, offset) = app
         .blocking(move |c| {
             let (path, redactor) = log_of(c, &env, &resource)?;
@@ -210,8 +216,12 @@ async fn follow(
         partial: Vec::new(),
         stop: app.stop.clone(),
     };
-    let sse = Sse::new(lines(followed))
-        .keep_alive(KeepAlive::new().interval(app.options.event_keep_alive));
+    // The slot is the stream's: given back when the response is dropped.
+    let lines = lines(followed).map(move |line| {
+        let _ = &slot;
+        line
+    });
+    let sse = Sse::new(lines).keep_alive(KeepAlive::new().interval(app.options.event_keep_alive));
     let no_buffering = [(
         HeaderName::from_static("x-accel-buffering"),
         HeaderValue::from_static("no"),

@@ -224,12 +224,16 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
     let routes = table();
     let openapi = Arc::new(crate::openapi::document(&routes));
     let body_limit = options.body_limit;
+    let options_max_connections = options.max_connections;
     let state = AppState {
         controller,
         options: Arc::new(options),
         stop,
         openapi,
         forwarder: crate::forward::Forwarder::new(),
+        // A sixteenth of the connections per token (64 of 1,024): one token's streams never
+        // fill them.
+        streams: crate::streams::Streams::new(options_max_connections / 16),
     };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for route in routes {

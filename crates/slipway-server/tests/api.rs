@@ -2094,3 +2094,44 @@ fn hostile_input_is_refused_with_a_client_error() {
         "no hostile call created an environment"
     );
 }
+
+/// Each event or log stream is a connection held for as long as its client reads: one token
+/// holds at most a sixteenth of `max_connections` of them (64 of 1,024), so that a viewer's
+/// token cannot hold every connection. A closed stream gives its place back, and another
+/// token has places of its own.
+#[test]
+fn one_token_holds_at_most_a_sixteenth_of_the_connections_in_streams() {
+    let f = Fixture::new();
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let response = f.events("/api/v1/events", &[]);
+        assert_eq!(response.status().as_u16(), 200);
+        open.push(response);
+    }
+    let refused = f.events("/api/v1/events", &[]);
+    assert_eq!(
+        refused.status().as_u16(),
+        429,
+        "the 65th stream of one token"
+    );
+    let body = refused
+        .into_body()
+        .read_to_string()
+        .expect("the refusal's body");
+    assert!(body.contains("max_connections"), "{body}");
+    let other = f
+        .agent
+        .get(f.url("/api/v1/events"))
+        .header("Authorization", format!("Bearer {}", f.token("admin")))
+        .call()
+        .expect("another token's stream");
+    assert_eq!(
+        other.status().as_u16(),
+        200,
+        "another token has its own places"
+    );
+    drop(open.pop());
+    f.wait_for("a closed stream gives its place back", || {
+        (f.events("/api/v1/events", &[]).status().as_u16() == 200).then_some(())
+    });
+}

@@ -504,6 +504,42 @@ fn responses_that_never_end_cannot_hold_every_connection() {
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
+/// Anyone may POST a webhook. The attack: fill every connection with webhook requests that
+/// announce a body and never send it (each waits `body_timeout` for it, 30 s by default, and
+/// is then sent again). A connection whose body has waited a second is taken for a new one
+/// when none is idle: `/healthz` and the API still answer.
+#[test]
+fn webhook_bodies_that_never_come_cannot_hold_every_connection() {
+    let (s, token) = setup("max_connections = 20\n");
+    let server = start_serve(&s);
+    let port = server.port();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            c,
+            "POST /webhooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: push\r\n\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        )
+        .expect("send the head");
+        stalled.push(c);
+    }
+    // Their bodies wait past a second (a wait, not a measurement).
+    std::thread::sleep(Duration::from_millis(1500));
+    let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
+    assert_eq!(health.status, 200);
+    let api = get(
+        port,
+        "127.0.0.1",
+        "/api/v1/environments",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .expect("the API answers");
+    assert_eq!(api.status, 200);
+    drop(stalled);
+    drop(server);
+}
+
 #[test]
 fn bodies_sent_a_byte_at_a_time_cannot_hold_every_connection() {
     const TRICKLERS: usize = 300;
