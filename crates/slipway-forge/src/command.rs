@@ -225,8 +225,8 @@ fn env_name(word: &str) -> Result<EnvName, CommandError> {
 fn commit(word: &str) -> Result<CommitPrefix, CommandError> {
     CommitPrefix::parse(word).ok_or_else(|| {
         CommandError::new(format!(
-            "Sorry, {} is not a commit: name the head commit you reviewed by its first 7 or \
-             more hex digits.",
+            "Sorry, {} is not a commit: name the head commit you reviewed by its whole id (40 \
+             or 64 hex digits).",
             inline_code(&clip(word))
         ))
     })

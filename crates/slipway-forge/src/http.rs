@@ -21,6 +21,13 @@ pub(crate) struct Api {
     scrubber: Scrubber,
 }
 
+/// What an answer says of the list it is a page of: its `Link` header, and the number of
+/// items in the whole list (`X-Total-Count`, Gitea's and GitLab's).
+pub(crate) struct Paging {
+    pub(crate) link: Option<String>,
+    pub(crate) total: Option<u64>,
+}
+
 /// The largest API answer read: lists of 100 pull requests run to a few MiB on GitHub.
 const MAX_RESPONSE_BYTES: u64 = 32 << 20;
 
@@ -136,7 +143,7 @@ impl Api {
         method: Method,
         path: &str,
         json: Option<&serde_json::Value>,
-    ) -> Result<(Option<String>, String), ForgeError> {
+    ) -> Result<(Paging, String), ForgeError> {
         let url = format!("{}{}", self.base, path);
         let result = match (method, json) {
             (Method::Get, _) => self.headers(self.agent.get(&url)).call(),
@@ -164,7 +171,10 @@ impl Api {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let link = header("link");
+        let paging = Paging {
+            link: header("link"),
+            total: header("x-total-count").and_then(|t| t.trim().parse().ok()),
+        };
         let location = header("location");
         let rate_limited = header("x-ratelimit-remaining").as_deref() == Some("0");
         let body = response
@@ -178,7 +188,7 @@ impl Api {
                 reason: self.redact(&e.to_string()),
             })?;
         if (200..300).contains(&status) {
-            return Ok((link, body));
+            return Ok((paging, body));
         }
         if (300..400).contains(&status) {
             let location = location.map_or_else(

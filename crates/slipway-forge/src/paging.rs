@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::error::ForgeError;
-use crate::http::{Api, Method};
+use crate::http::{Api, Method, Paging};
 
 /// One page of a list, whether the forge says there is another, and the number of its last
 /// page when the forge says (`Link: <…page=N…>; rel="last"`).
@@ -42,7 +42,8 @@ impl Api {
     /// The newest items of a list the forge gives oldest first, where a later item overrides
     /// an earlier one (reviews: a reviewer's latest verdict counts): all of them when the list
     /// has at most `max_pages` pages; else its last `max_pages` pages, found from the `Link`
-    /// header's `rel="last"` (or, without one, by reading on and keeping the last pages read).
+    /// header's `rel="last"` or the `X-Total-Count` header (or, without either, by reading on
+    /// and keeping the last pages read).
     /// A list padded past the cap so loses its oldest items, never its newest.
     ///
     /// # Errors
@@ -67,7 +68,12 @@ impl Api {
         };
         loop {
             let short = current.items.len() < per_page;
-            let more = current.link_next.unwrap_or(!short);
+            // The `Link` header says, else the count (up to the last page), else a short page.
+            let more = match (current.link_next, current.last) {
+                (Some(next), _) => next,
+                (None, Some(last)) => page < last,
+                (None, None) => !short,
+            };
             window.push_back(current.items);
             if window.len() > self.max_pages as usize {
                 window.pop_front();
@@ -91,10 +97,17 @@ impl Api {
     }
 
     fn get_page<T: DeserializeOwned>(&self, path: &str) -> Result<Page<T>, ForgeError> {
-        let (link, body) = self.call(Method::Get, path, None)?;
+        let (Paging { link, total }, body) = self.call(Method::Get, path, None)?;
         let items: Vec<T> = self.decode(Method::Get, path, &body)?;
         let link_next = link.as_deref().map(has_next_link);
-        let last = link.as_deref().and_then(last_page);
+        // The last page as the `Link` header names it, or else as the total count implies
+        // (Gitea lists reviews with `X-Total-Count` and no `Link`).
+        let per_page = self.profile.page_size as u64;
+        let last = link.as_deref().and_then(last_page).or_else(|| {
+            total
+                .map(|total| total.div_ceil(per_page).max(1))
+                .and_then(|pages| u32::try_from(pages).ok())
+        });
         Ok(Page {
             items,
             link_next,

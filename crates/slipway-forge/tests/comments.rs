@@ -211,8 +211,8 @@ fn commands_from_the_table() {
         (
             "/slipway approve-policies prod",
             Err(
-                "Sorry, `prod` is not a commit: name the head commit you reviewed by its first 7 \
-                 or more hex digits.",
+                "Sorry, `prod` is not a commit: name the head commit you reviewed by its whole id \
+                 (40 or 64 hex digits).",
             ),
         ),
         (

@@ -231,9 +231,13 @@ pub(crate) fn build(controller: Controller, options: ServerOptions, stop: StopSi
         stop,
         openapi,
         forwarder: crate::forward::Forwarder::new(),
-        // A sixteenth of the connections per token (64 of 1,024): one token's streams never
-        // fill them.
-        streams: crate::streams::Streams::new(options_max_connections / 16),
+        // A sixteenth of the connections per token (64 of 1,024), 8 at least for a browser's
+        // few tabs, half of them at most: one token's streams never fill them.
+        streams: crate::streams::Streams::new(
+            (options_max_connections / 16)
+                .max(8)
+                .min((options_max_connections / 2).max(1)),
+        ),
     };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for route in routes {

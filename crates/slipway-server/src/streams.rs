@@ -59,7 +59,7 @@ impl Streams {
             )
             .hint(
                 "close a stream (a browser tab) first; [server] max_connections sets the limit \
-                 (a sixteenth of it per token)",
+                 (a sixteenth of it per token, 8 at least)",
             ));
         }
         *count += 1;

@@ -9,6 +9,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -505,9 +506,9 @@ fn responses_that_never_end_cannot_hold_every_connection() {
 }
 
 /// Anyone may POST a webhook. The attack: fill every connection with webhook requests that
-/// announce a body and never send it (each waits `body_timeout` for it, 30 s by default, and
-/// is then sent again). A connection whose body has waited a second is taken for a new one
-/// when none is idle: `/healthz` and the API still answer.
+/// announce a body and trickle it a byte at a time (each may take `body_timeout`, 30 s by
+/// default, and is then sent again). A connection whose body has come slower than 1 KiB/s for
+/// a second is taken for a new one when none is idle: `/healthz` and the API still answer.
 #[test]
 fn webhook_bodies_that_never_come_cannot_hold_every_connection() {
     let (s, token) = setup("max_connections = 20\n");
@@ -524,7 +525,24 @@ fn webhook_bodies_that_never_come_cannot_hold_every_connection() {
         .expect("send the head");
         stalled.push(c);
     }
-    // Their bodies wait past a second (a wait, not a measurement).
+    let trickling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trickler = {
+        let streams: Vec<TcpStream> = stalled
+            .iter()
+            .map(|c| c.try_clone().expect("clone"))
+            .collect();
+        let trickling = trickling.clone();
+        std::thread::spawn(move || {
+            let mut streams = streams;
+            while trickling.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in &mut streams {
+                    let _ = c.write_all(b" ");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Their bodies trickle past a second (a wait, not a measurement).
     std::thread::sleep(Duration::from_millis(1500));
     let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
     assert_eq!(health.status, 200);
@@ -536,6 +554,8 @@ fn webhook_bodies_that_never_come_cannot_hold_every_connection() {
     )
     .expect("the API answers");
     assert_eq!(api.status, 200);
+    trickling.store(false, std::sync::atomic::Ordering::Relaxed);
+    trickler.join().expect("the trickler ends");
     drop(stalled);
     drop(server);
 }

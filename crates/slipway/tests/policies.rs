@@ -593,6 +593,16 @@ fn a_pull_request_is_held_by_the_default_branchs_policy_until_an_owner_approves_
         Some("big"),
         "the approved commit keeps running"
     );
+
+    // Olivia pushes to the pull request and approves her push by name before its webhook
+    // comes: who pushed it is not known yet, so nothing is approved (once known, she is its
+    // pusher, and cannot approve it either).
+    let hers = push_to_pull_1(&w, "feature-big", "olivia's");
+    w.forge.set_head(1, &hers);
+    w.comment(1, "olivia", &format!("/slipway approve-policies {hers}"));
+    let refused = w.reply(1, "nobody is known to have pushed");
+    assert!(refused.contains("Nothing was approved"), "{refused}");
+    assert_eq!(w.page("pr-1").as_deref(), Some("big"));
 }
 
 #[test]

@@ -355,6 +355,13 @@ fn approve_policies(
         &record.head_ref,
         &head,
     )?;
+    // Who pushed the head must be known (the push's webhook may come after the comment's),
+    // and no bot may have pushed for someone: as for `/slipway apply`'s `approved`.
+    let trusted = &setup(inner)?.trusted_bots;
+    if let Some(why) = super::unknown_pusher(&pushers, &record.author, trusted, &head) {
+        let why = format!("Nothing was approved: {why}.");
+        return Ok(refused(inner, author, "policies.approve", number, &why));
+    }
     if record.author.eq_ignore_ascii_case(author)
         || pushers.all.iter().any(|p| p.eq_ignore_ascii_case(author))
     {
