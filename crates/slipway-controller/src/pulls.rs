@@ -627,8 +627,23 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         follow.reconcile.extend(release(inner, known.number)?);
         follow.refresh = true;
     }
+    // Merges whose record failed when their webhook came (`closed`: the forge could not
+    // answer then) are tried again for a day, so that a passing error does not hold their
+    // commit from `require_pr` environments for good.
+    for number in store.merges_unrecorded(now_ms() - MERGE_RETRY_MS)? {
+        if let Ok(details) = forge.pull_request(number as u64)
+            && details.state == PrState::Merged
+            && details.merge_commit_sha.is_some()
+        {
+            // Failing again, it is tried at the next pass.
+            let _ = record_merge(inner, &details);
+        }
+    }
     Ok(follow)
 }
+
+/// How long after its merge a merge that could not be recorded is tried again.
+const MERGE_RETRY_MS: i64 = 24 * 3600 * 1000;
 
 /// Where `reference` (a commit id, or a branch with `tip: None`) is read from.
 fn origin_at<'a>(inner: &'a Inner, reference: &'a str) -> Origin<'a> {

@@ -156,6 +156,21 @@ impl Store {
         Ok(())
     }
 
+    /// The pull requests recorded merged at or after `since` (unix milliseconds) whose merge
+    /// commit is not recorded: its record failed (the forge could not answer then), to try
+    /// again.
+    pub fn merges_unrecorded(&self, since: i64) -> Result<Vec<i64>, StateError> {
+        self.conn()
+            .query(
+                "SELECT number FROM pull_requests p WHERE state = 'merged' AND updated_at >= ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM merged_commits m WHERE m.pull_request = p.number) \
+                 ORDER BY number",
+                params![since],
+                |row| row.get(0),
+            )
+            .map_err(sql("read the merges not recorded"))
+    }
+
     /// Records that `pusher` pushed commit `sha` to `source`: a branch's full ref
     /// (`refs/heads/NAME`, from a push webhook) or `pull/N` (pull request N, from its
     /// `synchronize` webhook, or a fork's `opened`). Nothing is forgotten when a branch is

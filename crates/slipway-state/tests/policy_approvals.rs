@@ -12,6 +12,7 @@ matrix!(
     an_approval_holds_for_its_pull_request_and_head_commit_only,
     a_pull_requests_labels_round_trip_and_follow_the_forge,
     an_upgrade_takes_the_open_heads_as_their_authors_pushes,
+    a_merge_not_recorded_is_listed_until_it_is,
 );
 
 const HEAD: &str = "1111111111111111111111111111111111111111";
@@ -155,4 +156,30 @@ fn a_pull_requests_labels_round_trip_and_follow_the_forge(state: &TestState) {
             .labels
             .is_empty()
     );
+}
+
+/// A pull request recorded merged whose merge commit is not recorded (its record failed) is
+/// listed for another try, if it was merged since the time asked; once recorded, it is not.
+fn a_merge_not_recorded_is_listed_until_it_is(state: &TestState) {
+    let store: Store = state.open();
+    let mut merged = pull_request(5, "alice", "merged", HEAD);
+    merged.updated_at = 1_000;
+    store.upsert_pull_request(&merged).expect("record");
+    let mut old = pull_request(6, "alice", "merged", NEXT);
+    old.updated_at = 10;
+    store.upsert_pull_request(&old).expect("record");
+    store
+        .upsert_pull_request(&pull_request(7, "alice", "open", NEXT))
+        .expect("record");
+    assert_eq!(store.merges_unrecorded(500).expect("read"), [5]);
+    store
+        .record_merged_commit(&slipway_state::MergedCommit {
+            sha: "3".repeat(40),
+            pull_request: 5,
+            approved: false,
+            at: 1_100,
+            base_ref: Some("main".into()),
+        })
+        .expect("record the merge");
+    assert!(store.merges_unrecorded(500).expect("read").is_empty());
 }

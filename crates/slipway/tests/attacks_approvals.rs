@@ -630,13 +630,18 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
 
 /// A merge whose reviews cannot be read when its webhook comes (the forge fails, or the list
 /// never ends) still releases the environments the pull request locked: it is recorded closed
-/// first, so nothing would release them later. The merge counts as not approved, and an
-/// event says so.
+/// first, so nothing would release them later. The merge counts as not approved until it is
+/// recorded: an event says so, and the catch-up pass records it once the forge answers.
 #[test]
 fn a_merge_whose_reviews_cannot_be_read_still_releases_its_locks() {
     let forge = FakeForge::start(Forge::GitHub, BOT);
     let proxy = Proxy::start(&forge.url());
-    let w = Engine::start("github", &proxy.url(), "GITHUB_TOKEN", "");
+    let w = Engine::start(
+        "github",
+        &proxy.url(),
+        "GITHUB_TOKEN",
+        "[repo]\npoll_interval = \"1s\"\n",
+    );
     forge.set_permission("alice", "write");
     w.serves("qa", "v1");
     let head = w.commit_on("main", "feature-6", "locked in", Some("refs/pull/6/head"));
@@ -681,6 +686,15 @@ fn a_merge_whose_reviews_cannot_be_read_still_releases_its_locks() {
             .contains("its merge could not be recorded, so it counts as not approved")),
         "{events:?}"
     );
+    let store = slipway_state::Store::open(&w.s.home).expect("store");
+    assert!(store.merged_commit(merge.trim()).expect("read").is_none());
+
+    // The forge answers again: the next catch-up pass records the merge.
+    proxy.failing.lock().expect("no panics while held").clear();
+    let recorded = wait_for("the merge is recorded", T, || {
+        store.merged_commit(merge.trim()).expect("read")
+    });
+    assert_eq!(recorded.pull_request, 6);
 }
 
 /// The delivery id is not covered by the signature: a captured `closed` delivery, replayed
