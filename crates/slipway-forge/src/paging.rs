@@ -119,38 +119,35 @@ impl Api {
 /// The `page` number of an RFC 8288 `Link` header's `rel="last"` link, read from its URL's
 /// query (the URL itself is never followed).
 fn last_page(link: &str) -> Option<u32> {
+    let url = link_of(link, "last")?
+        .strip_prefix('<')?
+        .strip_suffix('>')?;
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("page="))
+        .and_then(|n| n.parse().ok())
+}
+
+/// The target (`<…>` included) of an RFC 8288 `Link` header's link of relation `rel`.
+fn link_of<'a>(link: &'a str, rel: &str) -> Option<&'a str> {
     link.split(',').find_map(|part| {
         let mut pieces = part.split(';');
         let target = pieces.next()?.trim();
-        let is_last = pieces.any(|param| {
-            param
-                .trim()
-                .strip_prefix("rel=")
-                .is_some_and(|v| v.trim_matches('"').split_whitespace().any(|r| r == "last"))
-        });
-        if !is_last {
-            return None;
-        }
-        let url = target.strip_prefix('<')?.strip_suffix('>')?;
-        let query = url.split_once('?')?.1.split('#').next()?;
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("page="))
-            .and_then(|n| n.parse().ok())
+        pieces
+            .any(|param| {
+                param
+                    .trim()
+                    .strip_prefix("rel=")
+                    .is_some_and(|v| v.trim_matches('"').split_whitespace().any(|r| r == rel))
+            })
+            .then_some(target)
     })
 }
 
 /// Whether an RFC 8288 `Link` header has a `rel="next"` link.
 fn has_next_link(link: &str) -> bool {
-    link.split(',').any(|part| {
-        part.split(';').skip(1).any(|param| {
-            let param = param.trim();
-            param
-                .strip_prefix("rel=")
-                .map(|v| v.trim_matches('"').split_whitespace().any(|r| r == "next"))
-                .unwrap_or(false)
-        })
-    })
+    link_of(link, "next").is_some()
 }
 
 #[cfg(test)]

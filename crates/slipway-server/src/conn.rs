@@ -877,8 +877,11 @@ mod tests {
         registry.open[&0]
             .body_bytes
             .store(u64::MAX / 2, Ordering::Release);
-        // Some time for the others to have come slower than the least rate.
-        std::thread::sleep(Duration::from_millis(20));
+        // Until the clock moves, nothing has waited at all (so nothing is slow yet).
+        let stored = since_start();
+        while since_start() == stored {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(registry.evict_idle(Duration::ZERO, 0));
         assert_eq!(
             registry.open.keys().copied().collect::<Vec<_>>(),
@@ -916,20 +919,30 @@ mod tests {
                 .expect("head");
             stalled.push(client);
         }
-        // The bodies wait past the limit (a wait, not a measurement).
-        tokio::time::sleep(STALLED_BODY + Duration::from_millis(300)).await;
-        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        client
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("send");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
-            .await
-            .expect("an answer")
-            .expect("read");
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Refused (503) while the bodies have waited less than the limit; once they have, the
+        // request takes the place of the one that waited longest.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send");
+            // A refused one may be reset before its 503 is read: not an answer either way.
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+                .await
+                .expect("an answer or a close");
+            let answer = String::from_utf8_lossy(&answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still refused after the bodies stalled: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // The first stalled connection was closed to make room.
         // Read to its end (or reset): the wait ends only if the server closed it.
         let mut rest = Vec::new();

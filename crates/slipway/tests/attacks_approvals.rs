@@ -574,11 +574,9 @@ fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
     assert!(plan.body.contains("pr-5"), "{}", plan.body);
 }
 
-/// The catch-up pass took a pull request missing from the forge's list of open ones (which a
-/// forge cuts after so many pages) for closed, and so did it when the forge could not answer
-/// for it: its lock was released. Now only the forge's answer that it is closed releases it.
-#[test]
-fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says_closed() {
+/// A fake GitHub behind a [`Proxy`], and `slipway serve` polling every second, with `qa`
+/// applied from pull request `n` (branch `feature-n`, `locked in`) and locked to it.
+fn qa_locked_by(n: u64) -> (FakeForge, Proxy, Engine) {
     let forge = FakeForge::start(Forge::GitHub, BOT);
     let proxy = Proxy::start(&forge.url());
     let w = Engine::start(
@@ -589,17 +587,28 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
     );
     forge.set_permission("alice", "write");
     w.serves("qa", "v1");
-    let head = w.commit_on("main", "feature-8", "locked in", Some("refs/pull/8/head"));
+    let branch = format!("feature-{n}");
+    let pr_ref = format!("refs/pull/{n}/head");
+    let head = w.commit_on("main", &branch, "locked in", Some(&pr_ref));
     w.gh_open(
         &forge,
         PrSpec {
-            head_ref: "feature-8".into(),
-            ..PrSpec::new(8, &head)
+            head_ref: branch,
+            ..PrSpec::new(n, &head)
         },
     );
-    let answer = w.gh_command(&forge, 8, "alice", "/slipway apply qa");
-    assert!(answer.contains("Applied #8"), "{answer}");
+    let answer = w.gh_command(&forge, n, "alice", "/slipway apply qa");
+    assert!(answer.contains(&format!("Applied #{n}")), "{answer}");
     assert!(w.locked("qa"));
+    (forge, proxy, w)
+}
+
+/// The catch-up pass took a pull request missing from the forge's list of open ones (which a
+/// forge cuts after so many pages) for closed, and so did it when the forge could not answer
+/// for it: its lock was released. Now only the forge's answer that it is closed releases it.
+#[test]
+fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says_closed() {
+    let (forge, proxy, w) = qa_locked_by(8);
 
     // #8 falls off the list (as past the last page fetched); the forge says it is open.
     proxy.hidden.lock().expect("no panics while held").insert(8);
@@ -634,27 +643,7 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
 /// recorded: an event says so, and the catch-up pass records it once the forge answers.
 #[test]
 fn a_merge_whose_reviews_cannot_be_read_still_releases_its_locks() {
-    let forge = FakeForge::start(Forge::GitHub, BOT);
-    let proxy = Proxy::start(&forge.url());
-    let w = Engine::start(
-        "github",
-        &proxy.url(),
-        "GITHUB_TOKEN",
-        "[repo]\npoll_interval = \"1s\"\n",
-    );
-    forge.set_permission("alice", "write");
-    w.serves("qa", "v1");
-    let head = w.commit_on("main", "feature-6", "locked in", Some("refs/pull/6/head"));
-    w.gh_open(
-        &forge,
-        PrSpec {
-            head_ref: "feature-6".into(),
-            ..PrSpec::new(6, &head)
-        },
-    );
-    let answer = w.gh_command(&forge, 6, "alice", "/slipway apply qa");
-    assert!(answer.contains("Applied #6"), "{answer}");
-    assert!(w.locked("qa"));
+    let (forge, proxy, w) = qa_locked_by(6);
 
     proxy
         .failing

@@ -96,6 +96,20 @@ fn get(port: u16, host: &str, path: &str, extra: &str) -> Option<Reply> {
 }
 
 /// Starts serve and waits until the preview URL of `dev` answers.
+/// `/healthz` and the API (with `token`) answer `200`.
+fn health_and_api_answer(port: u16, token: &str) {
+    let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
+    assert_eq!(health.status, 200);
+    let api = get(
+        port,
+        "127.0.0.1",
+        "/api/v1/environments",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .expect("the API answers");
+    assert_eq!(api.status, 200);
+}
+
 fn serve_dev(s: &Sandbox) -> (Server, u16, String) {
     let server = start_serve(s);
     let port = server.port();
@@ -464,16 +478,7 @@ fn responses_that_never_end_cannot_hold_every_connection() {
         "half the connections at most are held by preview requests; the rest are refused"
     );
     let t = Instant::now();
-    let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
-    assert_eq!(health.status, 200);
-    let api = get(
-        port,
-        "127.0.0.1",
-        "/api/v1/environments",
-        &format!("Authorization: Bearer {token}\r\n"),
-    )
-    .expect("the API answers");
-    assert_eq!(api.status, 200);
+    health_and_api_answer(port, &token);
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "/healthz and the API answer at once while preview responses hang: {:?}",
@@ -542,18 +547,11 @@ fn webhook_bodies_that_never_come_cannot_hold_every_connection() {
             }
         })
     };
-    // Their bodies trickle past a second (a wait, not a measurement).
-    std::thread::sleep(Duration::from_millis(1500));
-    let health = get(port, "127.0.0.1", "/healthz", "").expect("/healthz answers");
-    assert_eq!(health.status, 200);
-    let api = get(
-        port,
-        "127.0.0.1",
-        "/api/v1/environments",
-        &format!("Authorization: Bearer {token}\r\n"),
-    )
-    .expect("the API answers");
-    assert_eq!(api.status, 200);
+    // Once their bodies have trickled for a second, a new request takes one's place.
+    wait_for("/healthz answers while bodies trickle", T, || {
+        get(port, "127.0.0.1", "/healthz", "").filter(|r| r.status == 200)
+    });
+    health_and_api_answer(port, &token);
     trickling.store(false, std::sync::atomic::Ordering::Relaxed);
     trickler.join().expect("the trickler ends");
     drop(stalled);
