@@ -13,7 +13,9 @@
 //!   [`Reader`] (an object-database handle and a buffer): no answer is shared between threads.
 //! - What is on disk at each call is what is read: a fetch that added packs or moved refs
 //!   meanwhile is seen (the object database rescans its packs when an object is missing;
-//!   loose and packed refs are read again).
+//!   loose and packed refs are read again), and an object is absent only when views of the
+//!   object database opened afresh say so too: a repack (`git gc --auto` after a fetch) that
+//!   moves objects under a read does not make one look absent.
 //! - Objects are read as stored: `refs/replace/` refs, which anyone who can push refs to a
 //!   mirror could create, are ignored, as the CLI did with `GIT_NO_REPLACE_OBJECTS=1`. Only the
 //!   repository's own configuration is read (no global or system file, no environment
@@ -42,6 +44,18 @@ const MAX_SYMREF_HOPS: usize = 5;
 
 /// How many annotated tags one peel goes through.
 const MAX_TAG_HOPS: usize = 32;
+
+/// How many times an object the shared view of the object database says is absent is looked
+/// for again, each time in a view opened afresh, before it is taken as absent.
+///
+/// A miss is not always true: while `git gc --auto` (which a fetch may start in the
+/// background) or `git repack` moves loose objects into a pack and removes them, gitoxide can
+/// answer "absent" for an object that is there, as when a loose file goes between its check
+/// and its read. Git answers such a miss by listing the packs again and looking once more
+/// (`reprepare_packed_git`); a fresh view does that here. Two, because a fresh view can still
+/// list the packs just before a repack's new pack lands and then miss the loose file it
+/// removes.
+const MISS_LOOKUPS: usize = 2;
 
 /// A repository opened for reading in process.
 pub(crate) struct Store {
@@ -107,6 +121,19 @@ impl Store {
         self.repo.work_tree.clone()
     }
 
+    /// A view of the object database opened afresh from the disk: no pack list nor index
+    /// shared with the other readers.
+    fn fresh_objects(&self) -> Result<ObjectsHandle, GitError> {
+        let repo =
+            options()
+                .open(self.repo.git_dir())
+                .map_err(|error| GitError::NotARepository {
+                    path: self.repo.git_dir().to_path_buf(),
+                    detail: format!("{error:#}"),
+                })?;
+        Ok(repo.objects.to_handle_arc())
+    }
+
     /// A reader for one call, on this thread.
     pub(crate) fn reader(&self) -> Reader<'_> {
         Reader {
@@ -133,10 +160,13 @@ pub(crate) struct CommitObject {
     pub(crate) summary: String,
 }
 
+/// A handle on an object database.
+type ObjectsHandle = gix::odb::store::Handle<std::sync::Arc<gix::odb::Store>>;
+
 /// Reads objects and references for one call.
 pub(crate) struct Reader<'a> {
     store: &'a Store,
-    objects: gix::odb::store::Handle<std::sync::Arc<gix::odb::Store>>,
+    objects: ObjectsHandle,
     hash: gix::hash::Kind,
     buf: Vec<u8>,
 }
@@ -162,10 +192,22 @@ impl Reader<'_> {
         if id.is_empty_tree() {
             return Ok(Some((Kind::Tree, 0)));
         }
-        self.objects
-            .try_header(&id)
-            .map(|header| header.map(|header| (header.kind, header.size)))
-            .map_err(|source| self.failed(format!("read the header of object {oid}"), source))
+        let header = |objects: &ObjectsHandle| {
+            objects
+                .try_header(&id)
+                .map(|header| header.map(|header| (header.kind, header.size)))
+                .map_err(|source| self.failed(format!("read the header of object {oid}"), source))
+        };
+        if let Some(found) = header(&self.objects)? {
+            return Ok(Some(found));
+        }
+        // Absent, says the shared view: confirmed on fresh ones (see [`MISS_LOOKUPS`]).
+        for _ in 0..MISS_LOOKUPS {
+            if let Some(found) = header(&self.store.fresh_objects()?)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// An object's kind and content; `None` when it is absent. Callers check its size with
@@ -178,6 +220,31 @@ impl Reader<'_> {
     fn object_by_id(&mut self, id: &ObjectId) -> Result<Option<(Kind, &[u8])>, GitError> {
         if id.is_empty_tree() {
             return Ok(Some((Kind::Tree, &[])));
+        }
+        let mut lookups = 0;
+        loop {
+            let found = self
+                .objects
+                .try_find(id, &mut self.buf)
+                .map_err(|source| {
+                    failed(&self.store.location, format!("read object {id}"), source)
+                })?
+                .map(|data| (data.kind, data.data.as_ptr(), data.data.len()));
+            match found {
+                // The object is the buffer's content, as gitoxide reads it.
+                Some((kind, at, len)) if at == self.buf.as_ptr() && len <= self.buf.len() => {
+                    return Ok(Some((kind, &self.buf[..len])));
+                }
+                // Somewhere else: read it again below, keeping where it is.
+                Some(_) => break,
+                None if lookups == MISS_LOOKUPS => return Ok(None),
+                // Absent, says this view: confirmed on a fresh one (see [`MISS_LOOKUPS`]),
+                // which the rest of this call then reads.
+                None => {
+                    lookups += 1;
+                    self.objects = self.store.fresh_objects()?;
+                }
+            }
         }
         match self.objects.try_find(id, &mut self.buf) {
             Ok(Some(data)) => Ok(Some((data.kind, data.data))),
@@ -470,6 +537,164 @@ mod tests {
         assert!(
             parse_commit(b"parent x\ntree y\n\n").is_none(),
             "no tree line first: not a commit"
+        );
+    }
+
+    /// `git -C dir args…`, which must succeed; its output, trimmed.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// A repository at `dir/src` whose one commit has the file `f`, packed.
+    fn packed_repo(dir: &Path) -> PathBuf {
+        let src = dir.join("src");
+        std::fs::create_dir(&src).expect("made");
+        git(&src, &["init", "-q", "-b", "main"]);
+        git(&src, &["config", "user.email", "a@example.com"]);
+        git(&src, &["config", "user.name", "A"]);
+        std::fs::write(src.join("f"), "0").expect("written");
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-qm", "0"]);
+        git(&src, &["repack", "-a", "-d", "-q"]);
+        src
+    }
+
+    /// Commits `name` with `content` and packs it (`git repack -d`: the loose objects go into
+    /// a new pack and are removed); the blob's id.
+    fn commit_packed(src: &Path, name: &str, content: &str) -> String {
+        std::fs::write(src.join(name), content).expect("written");
+        git(src, &["add", "."]);
+        git(src, &["commit", "-qm", name]);
+        git(src, &["repack", "-d", "-q"]);
+        git(src, &["rev-parse", &format!("HEAD:{name}")])
+    }
+
+    #[test]
+    fn an_object_a_stale_view_misses_is_found_in_a_fresh_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = packed_repo(dir.path());
+        let store = Store::open(&src.join(".git"), "src").expect("opened");
+        let first = git(&src, &["rev-parse", "HEAD:f"]);
+        // A view that will not see what lands after it read its packs: what gitoxide's shared
+        // view can be for a moment while a repack moves objects (as `git gc --auto` does after
+        // a fetch), made lasting here.
+        let mut reader = store.reader();
+        assert!(reader.object(&first).expect("read").is_some(), "f is read");
+        reader.objects.refresh_never();
+        let mut header_reader = store.reader();
+        assert!(header_reader.header(&first).expect("read").is_some());
+        header_reader.objects.refresh_never();
+
+        let landed = commit_packed(&src, "g", "1");
+        let object = reader.object(&landed).expect("read");
+        assert_eq!(
+            object.map(|(kind, data)| (kind, data.to_vec())),
+            Some((Kind::Blob, b"1".to_vec())),
+            "a blob in a pack the view has not listed is found, whole"
+        );
+        assert_eq!(
+            header_reader.header(&landed).expect("read"),
+            Some((Kind::Blob, 1)),
+            "and so is its header"
+        );
+        // What is absent is still absent.
+        let absent = "0123456789abcdef0123456789abcdef01234567";
+        assert!(
+            reader.object(absent).expect("read").is_none(),
+            "no such object"
+        );
+        assert!(header_reader.header(absent).expect("read").is_none());
+    }
+
+    /// A stress of the shared view against a repository being fetched into and repacked: two
+    /// threads read every blob fetched so far while the main thread fetches 300 commits into a
+    /// mirror, repacking it every 25. Before [`MISS_LOOKUPS`], about one read in 16 million
+    /// said a present blob was absent (seen twice in CI as a plan's "object … is missing from
+    /// the repository"). Half a minute on 2 cores and probabilistic, so it is run by hand:
+    /// `cargo test -p slipway-git --lib -- --ignored`.
+    #[test]
+    #[ignore = "a half-minute stress, run by hand"]
+    fn reads_find_every_object_while_the_repository_is_fetched_into_and_repacked() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = packed_repo(dir.path());
+        let mirror = dir.path().join("mirror");
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                "src",
+                mirror.to_str().expect("utf-8"),
+            ],
+        );
+        let store = Arc::new(Store::open(&mirror, "mirror").expect("opened"));
+        let known = Arc::new(Mutex::new(vec![git(&src, &["rev-parse", "HEAD:f"])]));
+        let done = Arc::new(AtomicBool::new(false));
+        let misses = Arc::new(Mutex::new(Vec::<String>::new()));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, known, done, misses) =
+                    (store.clone(), known.clone(), done.clone(), misses.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !done.load(Ordering::Relaxed) {
+                        let oids = known.lock().expect("not poisoned").clone();
+                        let mut reader = store.reader();
+                        for oid in oids.iter().rev().take(50) {
+                            reads += 1;
+                            if !matches!(reader.object(oid), Ok(Some(_))) {
+                                misses.lock().expect("not poisoned").push(oid.clone());
+                            }
+                        }
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 1..=300 {
+            // Every third commit is fetched as a pack (more objects than git unpacks), the
+            // others as loose objects.
+            let files = if i % 3 == 0 { 150 } else { 3 };
+            for j in 0..files {
+                std::fs::write(src.join(format!("g{j}")), format!("{i}-{j}")).expect("written");
+            }
+            git(&src, &["add", "."]);
+            git(&src, &["commit", "-qm", &i.to_string()]);
+            let blob = git(&src, &["rev-parse", "HEAD:g0"]);
+            git(&mirror, &["fetch", "-q", "--prune", "origin"]);
+            known.lock().expect("not poisoned").push(blob);
+            if i % 25 == 0 {
+                git(&mirror, &["repack", "-a", "-d", "-q"]);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let reads: u64 = readers
+            .into_iter()
+            .map(|reader| reader.join().expect("no panic"))
+            .sum();
+        let misses = misses.lock().expect("not poisoned");
+        assert!(
+            misses.is_empty(),
+            "{} of {reads} reads missed a present object: {:?}",
+            misses.len(),
+            &misses[..misses.len().min(5)]
         );
     }
 }
