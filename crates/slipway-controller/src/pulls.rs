@@ -165,8 +165,9 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
             author,
             body,
             is_pull_request: true,
+            created_at,
             ..
-        } => comment(inner, pr_number, &author, &body),
+        } => comment(inner, pr_number, &author, &body, created_at),
         ForgeEvent::Comment { .. }
         | ForgeEvent::Review { .. }
         | ForgeEvent::Ping

@@ -208,6 +208,11 @@ pub enum ForgeEvent {
         body: String,
         /// The comment is on a pull request, not on an issue.
         is_pull_request: bool,
+        /// When the forge says the comment was made, unix milliseconds by the forge's clock;
+        /// `None` when the payload does not say or says it in a form not read here. A
+        /// command's freshness rules judge the head against it: a delivery can come long
+        /// after the comment.
+        created_at: Option<i64>,
     },
     /// The forge checks that the hook works (GitHub's `ping`).
     Ping,
@@ -451,6 +456,22 @@ pub(crate) fn push_event(
     })
 }
 
+/// A time as forges write it in payloads, as unix milliseconds: RFC 3339
+/// (`2019-05-15T15:20:33Z`, `2017-03-13T13:52:11-04:00`), or GitLab's `2015-05-17 18:08:09
+/// UTC` and `2015-05-17 18:08:09 +0200`. `None` for anything else.
+pub(crate) fn unix_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let timestamp = match text.strip_suffix(" UTC") {
+        Some(utc) => format!("{utc}Z").parse::<jiff::Timestamp>().ok(),
+        None => text.parse::<jiff::Timestamp>().ok().or_else(|| {
+            jiff::fmt::strtime::parse("%Y-%m-%d %H:%M:%S %z", text)
+                .and_then(|parsed| parsed.to_timestamp())
+                .ok()
+        }),
+    };
+    timestamp.map(|t| t.as_millisecond())
+}
+
 /// Checks a login from a payload.
 pub(crate) fn checked_login(what: &str, login: &str) -> Result<String, String> {
     if crate::names::is_login(login) {
@@ -460,5 +481,38 @@ pub(crate) fn checked_login(what: &str, login: &str) -> Result<String, String> {
             "{what} {:?} is not a login",
             crate::names::short_text(login, 80)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_ms;
+
+    #[test]
+    fn a_comment_time_is_read_in_every_form_the_forges_write() {
+        // GitHub and Gitea: RFC 3339, in UTC or with an offset; GitLab's API: with a fraction.
+        assert_eq!(unix_ms("2019-05-15T15:20:33Z"), Some(1_557_933_633_000));
+        assert_eq!(
+            unix_ms("2019-05-15T17:20:33+02:00"),
+            Some(1_557_933_633_000)
+        );
+        assert_eq!(unix_ms("2019-06-05T14:32:20.211Z"), Some(1_559_745_140_211));
+        // GitLab's webhooks.
+        assert_eq!(unix_ms("2019-05-15 15:20:33 UTC"), Some(1_557_933_633_000));
+        assert_eq!(
+            unix_ms("2019-05-15 17:20:33 +0200"),
+            Some(1_557_933_633_000)
+        );
+        for unreadable in [
+            "",
+            "yesterday",
+            "2019-05-15",
+            "2019-05-15T15:20:33",
+            "2019-13-45T99:99:99Z",
+            "1557933633",
+            " UTC",
+        ] {
+            assert_eq!(unix_ms(unreadable), None, "{unreadable:?}");
+        }
     }
 }

@@ -112,6 +112,9 @@ struct NoteAttributes {
     noteable_type: String,
     #[serde(default)]
     action: Option<String>,
+    /// `2015-05-17 18:21:36 UTC` in GitLab's examples; RFC 3339 elsewhere.
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +216,7 @@ pub(crate) fn parse_event(event: &str, body: &[u8]) -> Result<ForgeEvent, Webhoo
                 author,
                 body: a.note.clone(),
                 is_pull_request,
+                created_at: a.created_at.as_deref().and_then(event::unix_ms),
             })
         }
         other => Ok(ForgeEvent::Ignored {

@@ -155,6 +155,9 @@ pub(crate) struct Comment<U> {
     #[serde(default)]
     body: Option<String>,
     user: Option<U>,
+    /// RFC 3339.
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 impl<U: WireUser> Comment<U> {
@@ -197,6 +200,7 @@ impl<U: WireUser> CommentPayload<U> {
             author,
             body: self.comment.body.unwrap_or_default(),
             is_pull_request: self.is_pull || self.issue.pull_request.is_some_and(|v| !v.is_null()),
+            created_at: self.comment.created_at.as_deref().and_then(event::unix_ms),
         })
     }
 }

@@ -31,7 +31,8 @@ pub struct ForgeSection {
     pub fork_allow: Vec<String>,
     /// How long after Slipway first sees a pull request's head a `/slipway preview` or
     /// `/slipway approve-policies` that names no commit still refuses to approve it (default
-    /// 60 s): its author may not have seen that push. One that names the commit is taken at
+    /// 60 s), counted to when the comment was made (as the forge says) and to when it is
+    /// handled: its author may not have seen that push. One that names the commit is taken at
     /// once.
     #[serde(
         default = "default_fresh_head",

@@ -365,6 +365,13 @@ fn every_github_issue_comment_example_is_verified_and_parsed() {
                 author: s(&example["comment"]["user"]["login"]),
                 body: s(&example["comment"]["body"]),
                 is_pull_request: example["issue"].get("pull_request").is_some(),
+                // RFC 3339 in GitHub's examples, e.g. `2019-05-15T15:20:33Z`.
+                created_at: Some(
+                    s(&example["comment"]["created_at"])
+                        .parse::<jiff::Timestamp>()
+                        .expect("an RFC 3339 time")
+                        .as_millisecond(),
+                ),
             }
         } else {
             ForgeEvent::Ignored {
@@ -834,6 +841,8 @@ fn gitlab_documented_payloads() {
             author: "root".into(),
             body: "This MR needs work.".into(),
             is_pull_request: true,
+            // `2015-05-17 18:21:36 UTC`.
+            created_at: Some(1_431_886_896_000),
         }
     );
     assert_eq!(
@@ -846,6 +855,8 @@ fn gitlab_documented_payloads() {
             author: "root".into(),
             body: "Hello world".into(),
             is_pull_request: false,
+            // `2015-05-17 17:06:40 UTC`.
+            created_at: Some(1_431_882_400_000),
         }
     );
     assert_eq!(
@@ -1006,6 +1017,8 @@ fn gitea_payloads() {
         author: "user1".into(),
         body: "changes requested".into(),
         is_pull_request: true,
+        // `2017-03-13T13:52:11-04:00`: Gitea writes its offset.
+        created_at: Some(1_489_427_531_000),
     };
     assert_eq!(
         gitea("issue_comment", &comment).expect("comment").event,

@@ -366,6 +366,81 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
     w.serves("pr-3", "reads your secrets");
 }
 
+/// A command naming no commit is judged by when its comment was made, not by when it came: a
+/// delivery that comes minutes late (a backlog, a redelivery) does not approve a head pushed
+/// after the comment, however old that head is by then.
+#[test]
+fn a_late_delivery_does_not_approve_a_head_pushed_after_its_comment() {
+    let forge = util::FakeForge::start(Forge::GitHub, "slipway-bot");
+    let api = forge.url();
+    // A head is old enough after a second here (a minute by default).
+    let section = "repository = \"acme/shop\"\nfresh_head = \"1s\"";
+    let w = World(ForgeWorld::serve(
+        forge,
+        STACK,
+        &api,
+        section,
+        "test-token",
+        SECRET,
+        |_| {},
+    ));
+    w.forge.set_permission("alice", "write");
+    w.serves("qa", "v1");
+    let read = w.commit_on("main", "fork-work", "looked at", None, Some(3));
+    w.open(PrSpec {
+        author: "mallory".into(),
+        fork: true,
+        head_ref: "fork-work".into(),
+        ..PrSpec::new(3, &read)
+    });
+    // alice reads the head and comments `/slipway preview`, naming none; the delivery of her
+    // comment is held up somewhere.
+    let late = util::fake_github::issue_comment_payload(3, "alice", "/slipway preview");
+    // Meanwhile the fork's author pushes, and Slipway sees it at once.
+    let pushed = w.commit_on(
+        "fork-work",
+        "fork-work",
+        "reads your secrets",
+        None,
+        Some(3),
+    );
+    w.forge.set_head(3, &pushed);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.forge.pr(3), false, None),
+    );
+    w.forge.wait_for_comment(
+        3,
+        |c| c.body.contains(MARKER) && c.body.contains(&pushed[..12]),
+        T,
+    );
+    // The new head grows older than `fresh_head` (with a margin for the comment times'
+    // whole seconds) before alice's comment comes.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let answered = w.forge.comments(3).iter().map(|c| c.id).max().unwrap_or(0);
+    w.accepted("issue_comment", &late);
+    let answer = w
+        .forge
+        .wait_for_comment(
+            3,
+            |c| c.id > answered && c.author == "slipway-bot" && !c.body.contains(MARKER),
+            T,
+        )
+        .body;
+    assert!(
+        answer.contains("Nothing was approved")
+            && answer.contains(&pushed[..12])
+            && answer.contains(&format!("`/slipway preview {pushed}`")),
+        "{answer}"
+    );
+    assert!(w.page("pr-3").is_none(), "no preview of the pushed head");
+
+    // The same command made now, long after the push was seen, approves it.
+    let answer = w.command(3, "alice", "/slipway preview");
+    assert!(answer.contains("allowed a preview"), "{answer}");
+    w.serves("pr-3", "reads your secrets");
+}
+
 /// [`STACK`] with `require_pr` on prod, serving pull request #1 (`reviewed`), approved by
 /// carol and merged: the world, that stack, and the merge commit.
 fn reviewed_under_require_pr() -> (World, String, String) {

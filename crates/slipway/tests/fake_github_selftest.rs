@@ -667,14 +667,17 @@ fn every_payload_verifies_and_parses_into_the_patched_event() {
         panic!("comments");
     };
     assert_ne!(a, b, "each comment has its own id");
+    let first_event = deliver("issue_comment", &first);
+    let created_at = util::made_just_now(&first_event);
     assert_eq!(
-        deliver("issue_comment", &first),
+        first_event,
         ForgeEvent::Comment {
             pr_number: 42,
             comment_id: a,
             author: "alice".into(),
             body: "/slipway apply prod".into(),
             is_pull_request: true,
+            created_at,
         }
     );
 

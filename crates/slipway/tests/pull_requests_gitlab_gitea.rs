@@ -476,6 +476,7 @@ fn the_deliveries_parse_as_the_flow_expects(fake: &FakeForge, kind: ForgeKind) {
     let comment = fake.add_comment(1, "alice", "/slipway plan");
     let id = comment.id;
     let commented = hook(&pr1, Event::Commented { comment });
+    let created_at = util::made_just_now(&commented);
     assert_eq!(
         commented,
         ForgeEvent::Comment {
@@ -483,7 +484,8 @@ fn the_deliveries_parse_as_the_flow_expects(fake: &FakeForge, kind: ForgeKind) {
             comment_id: id,
             author: "alice".into(),
             body: "/slipway plan".into(),
-            is_pull_request: true
+            is_pull_request: true,
+            created_at,
         }
     );
 }

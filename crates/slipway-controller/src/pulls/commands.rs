@@ -48,6 +48,7 @@ pub(super) fn comment(
     number: u64,
     author: &str,
     body: &str,
+    said_at: Option<i64>,
 ) -> Result<FollowUp, ControllerError> {
     let command = match parse_command(body) {
         Ok(None) => return Ok(FollowUp::default()),
@@ -119,7 +120,7 @@ pub(super) fn comment(
         &command.to_string(),
     );
     let (Command::Apply { env } | Command::Unlock { env }) = &command else {
-        return run(inner, number, author, command, None);
+        return run(inner, number, author, command, said_at, None);
     };
     // What it changes of the environment is done under its lease, by the replica that works
     // on it: here, or handed over to that replica (see `handoff`).
@@ -131,7 +132,7 @@ pub(super) fn comment(
     match route(inner, env, &work)? {
         Route::Here { claimed } => {
             let env = env.clone();
-            let done = run(inner, number, author, command, None);
+            let done = run(inner, number, author, command, said_at, None);
             if claimed {
                 requests::release(inner, &env);
             }
@@ -157,13 +158,15 @@ pub(super) fn comment(
 }
 
 /// Runs `command`, checked (parsed, its author's write access), on pull request `number`,
-/// on the replica that works on the environment it changes; `handoff`: the id of the work it
-/// was handed over as (see `handoff`), finished when an apply is answered.
+/// on the replica that works on the environment it changes; `said_at`: when the forge says the
+/// comment was made (unix ms), if it says; `handoff`: the id of the work it was handed over as
+/// (see `handoff`), finished when an apply is answered.
 pub(super) fn run(
     inner: &Inner,
     number: u64,
     author: &str,
     command: Command,
+    said_at: Option<i64>,
     handoff: Option<i64>,
 ) -> Result<FollowUp, ControllerError> {
     let forge = &setup(inner)?.forge;
@@ -197,7 +200,7 @@ pub(super) fn run(
                 } else {
                     None
                 };
-                let unseen = unseen_head(inner, &mut record, &head, named, "preview")?;
+                let unseen = unseen_head(inner, &mut record, &head, named, "preview", said_at)?;
                 if let Some(why) = unseen.filter(|_| record.is_fork) {
                     return Ok(refused(inner, author, "pr.preview", number, &why));
                 }
@@ -258,7 +261,7 @@ pub(super) fn run(
         }
         Command::Apply { env } => apply(inner, &mut record, &env, author, handoff),
         Command::ApprovePolicies { commit } => {
-            approve_policies(inner, &mut record, author, commit.as_ref())
+            approve_policies(inner, &mut record, author, commit.as_ref(), said_at)
         }
     }
 }
@@ -275,13 +278,17 @@ fn refused(inner: &Inner, author: &str, action: &str, number: u64, why: &str) ->
 /// must be its start, and is then taken as naming none, since a commit made to start alike is
 /// cheap to find: such a command does not approve a head newer than `[forge.NAME] fresh_head`,
 /// or newer than what Slipway had when the command came, so that a push raced in between a
-/// person's reading and their comment is not approved unseen. `None`: approve.
+/// person's reading and their comment is not approved unseen. Newer is judged against the
+/// comment's time as the forge gives it (`said_at`, unix ms) as well as against now: a
+/// delivery can come minutes after its comment (a queue, a redelivery), by which time a head
+/// pushed after the comment looks old. `None`: approve.
 fn unseen_head(
     inner: &Inner,
     record: &mut slipway_state::PullRequestRecord,
     head: &str,
     named: Option<&CommitPrefix>,
     verb: &str,
+    said_at: Option<i64>,
 ) -> Result<Option<String>, ControllerError> {
     let moved = record.head_sha != head;
     if moved {
@@ -292,10 +299,15 @@ fn unseen_head(
     // The whole id: what a person copies from the commit they read.
     let again = format!("`/slipway {verb} {head}`");
     let fresh = i64::try_from(setup(inner)?.fresh_head.as_millis()).unwrap_or(i64::MAX);
+    // Seen less than `fresh` before the comment, or after it (the forge's clock against
+    // Slipway's: a skew of a few seconds moves the line by as much). Forges give whole
+    // seconds: the comment may have been made up to a second after the time it shows.
+    let near_the_comment =
+        |seen: i64| said_at.is_some_and(|at| at.saturating_add(999).saturating_sub(seen) < fresh);
     let recent = moved
         || record
             .head_seen_at
-            .is_some_and(|seen| now_ms().saturating_sub(seen) < fresh);
+            .is_some_and(|seen| now_ms().saturating_sub(seen) < fresh || near_the_comment(seen));
     Ok(match named {
         Some(commit) if !commit.names(head) => Some(format!(
             "Nothing was approved: the head of this pull request is {}, not `{commit}`. Look at \
@@ -304,9 +316,9 @@ fn unseen_head(
         )),
         Some(commit) if commit.is_whole(head) => None,
         _ if recent => Some(format!(
-            "Nothing was approved: the head of this pull request, {}, was pushed moments ago, \
-             maybe after you read it. Look at it and, if it is what you meant to approve, name \
-             its whole id: {again}.",
+            "Nothing was approved: the head of this pull request, {}, was pushed moments \
+             before your comment or after it, so it may not be what you read. Look at it and, \
+             if it is what you meant to approve, name its whole id: {again}.",
             short(head)
         )),
         _ => None,
@@ -321,6 +333,7 @@ fn approve_policies(
     record: &mut slipway_state::PullRequestRecord,
     author: &str,
     commit: Option<&CommitPrefix>,
+    said_at: Option<i64>,
 ) -> Result<FollowUp, ControllerError> {
     let number = record.number as u64;
     let owners = &inner.engine.config().policies.owners;
@@ -344,7 +357,7 @@ fn approve_policies(
         return Ok(FollowUp::default());
     }
     let head = setup(inner)?.forge.pull_request(number)?.info.head_sha;
-    if let Some(why) = unseen_head(inner, record, &head, commit, "approve-policies")? {
+    if let Some(why) = unseen_head(inner, record, &head, commit, "approve-policies", said_at)? {
         return Ok(refused(inner, author, "policies.approve", number, &why));
     }
     // Two people: an owner does not let their own code through.

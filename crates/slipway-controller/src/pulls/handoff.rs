@@ -148,7 +148,9 @@ pub(crate) fn run(inner: &Inner, taken: &Taken) -> Result<FollowUp, ControllerEr
             author,
             command,
         } => match parse_command(command) {
-            Ok(Some(command)) => commands::run(inner, *number, author, command, Some(taken.id)),
+            Ok(Some(command)) => {
+                commands::run(inner, *number, author, command, None, Some(taken.id))
+            }
             _ => Ok(FollowUp::default()),
         },
         Work::Released { number } => released(inner, env, *number),

@@ -764,6 +764,10 @@ pub fn issue_comment_payload(pr: &PrSpec, comment: &Comment) -> Vec<u8> {
     c["html_url"] = json!(format!("{html}#issuecomment-{}", comment.id));
     c["pull_request_url"] = json!(html);
     c["body"] = json!(comment.body);
+    // Made now (the fixture's are from 2017).
+    let now = now_iso();
+    c["created_at"] = json!(now);
+    c["updated_at"] = json!(now);
     set_user(&mut c["user"], &comment.author);
     set_user(&mut v["sender"], &comment.author);
     to_bytes(&v)

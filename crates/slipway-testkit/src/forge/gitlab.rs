@@ -1020,6 +1020,8 @@ pub fn note_payload(mr: &PrSpec, note: &Comment) -> Vec<u8> {
     a["noteable_id"] = json!(mr_global_id(mr.number));
     a["system"] = json!(note.system);
     a["action"] = json!("create");
+    // Made now, in the form of GitLab's example (`2015-05-17 18:21:36 UTC`).
+    a["created_at"] = json!(super::now_iso().replace('T', " ").replace('Z', " UTC"));
     a["url"] = json!(format!("{}#note_{}", web_url(mr.number), note.id));
     set_merge_request(&mut v["merge_request"], mr, "opened");
     set_user(&mut v["user"], &note.author);

@@ -718,3 +718,21 @@ pub use slipway_testkit::forge::{
 };
 pub use slipway_testkit::git::git;
 pub use slipway_testkit::wait::{wait_for, wait_for_explained};
+
+/// The time a comment event says its comment was made, checked to be about now (within two
+/// minutes): the fakes write it, in each forge's own form (GitLab's `… UTC`, RFC 3339), when
+/// they make the delivery.
+pub fn made_just_now(event: &slipway_forge::ForgeEvent) -> Option<i64> {
+    let slipway_forge::ForgeEvent::Comment { created_at, .. } = event else {
+        panic!("not a comment: {event:?}")
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    assert!(
+        created_at.is_some_and(|at| (now - at).abs() < 120_000),
+        "made just now: {created_at:?}"
+    );
+    *created_at
+}
