@@ -43,6 +43,8 @@ if ! need kubectl && ! apt_install kubectl 2>/dev/null; then
   export PATH
 fi
 { need openssl && need curl; } || apt_install openssl curl
+# `ip`, for the server's test of a client that vanishes (its loopback taken down).
+need ip || apt_install iproute2
 SLIPWAY_K8S_BIN="$(bash tools/k8s/build.sh)"
 export SLIPWAY_K8S_BIN
 export SLIPWAY_TEST_CLUSTER_SCRIPT="$PWD/scripts/test-cluster.sh"

@@ -26,6 +26,9 @@
 //! - A response must keep leaving: a write to the client that makes no progress for
 //!   [`Limits::write_timeout`] closes the connection, so a client that never reads its
 //!   response (an event stream, a preview's streamed body) does not keep it busy forever.
+//!   Nor does one that vanished without closing (a laptop asleep, a network gone): what it
+//!   no longer acknowledges is given up on after as long (`TCP_USER_TIMEOUT`), although an
+//!   event stream's keep-alive comments would never fill the kernel's buffer for it.
 //! - Each request carries its peer's address ([`axum::extract::ConnectInfo`]).
 //! - On shutdown, idle connections close at once and busy ones finish their request, within
 //!   a grace period (then they are closed).
@@ -505,6 +508,10 @@ pub(crate) async fn serve(
             (id, tracked)
         };
         let _ = stream.set_nodelay(true);
+        // A peer that vanished acknowledges nothing: a write to it lands in the kernel's
+        // buffer and succeeds, so only TCP can tell. It gives up on data unacknowledged for
+        // the write timeout (the system's default is some 15 minutes of retransmissions).
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(limits.write_timeout));
         let registry = registry.clone();
         let router = router.clone();
         let stopping = stopping.clone();
@@ -951,5 +958,100 @@ mod tests {
             .expect("the oldest stalled connection is closed");
         let _ = stop.send(());
         server.await.expect("serve ends");
+    }
+
+    /// Sets its flag when dropped.
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    /// A client that vanished without closing (no FIN nor RST: a laptop asleep, a network
+    /// gone) acknowledges nothing more, and an endless response to it (an event stream's
+    /// keep-alive comments) fits in the kernel's buffer for hours: no write stalls, so only
+    /// TCP can tell, and by default it tries for some 15 minutes. The server's connections
+    /// give up after the write timeout. The vanishing is real: the test's thread (the
+    /// runtime's, a current-thread one) has a network namespace of its own, whose loopback
+    /// goes down under the connection. Root only, as CI runs.
+    #[tokio::test]
+    async fn a_response_to_a_client_that_vanished_ends_after_the_write_timeout() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a network namespace of its own needs root");
+            return;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace");
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip runs");
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&["link", "set", "lo", "up"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ended = Arc::new(AtomicBool::new(false));
+        let router = {
+            let ended = ended.clone();
+            Router::new().route(
+                "/stream",
+                axum::routing::get(move || {
+                    let flag = DropFlag(ended.clone());
+                    async move {
+                        // A keep-alive comment every 100 ms, for ever; the flag goes with it.
+                        let comments = futures_util::stream::unfold(flag, |flag| async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Some((Ok::<_, Infallible>(Bytes::from_static(b":\n")), flag))
+                        });
+                        axum::body::Body::from_stream(comments)
+                    }
+                }),
+            )
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            Limits {
+                write_timeout: Duration::from_secs(1),
+                ..limits(Duration::from_secs(5), 0)
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.windows(2).any(|w| w == b":\n") {
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("the stream flows")
+                .expect("read");
+            assert!(read > 0, "the stream ended early");
+            got.extend_from_slice(&buf[..read]);
+        }
+        // The client vanishes: nothing it sent or would acknowledge gets through any more.
+        ip(&["link", "set", "lo", "down"]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !ended.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            ended.load(Ordering::Acquire),
+            "the response to a vanished client still runs 30 s later"
+        );
+        drop(client);
+        let _ = stop.send(());
+        server.await.expect("the server stops");
     }
 }
