@@ -96,7 +96,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                     )?;
                 }
                 pr.author = real_author(inner, &pr)?;
-                opened(inner, &pr)?;
+                opened(inner, &pr, pushed)?;
                 Ok(FollowUp {
                     refresh: true,
                     ..FollowUp::default()
@@ -132,7 +132,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                             }
                         ),
                     );
-                    opened(inner, &pr)?;
+                    opened(inner, &pr, false)?;
                     return Ok(FollowUp {
                         refresh: true,
                         reconcile: crate::gate::environments_of(inner, pr.number as i64)?,
@@ -153,7 +153,7 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                         pr.number, pr.base_ref
                     ),
                 );
-                opened(inner, &pr)?;
+                opened(inner, &pr, false)?;
                 Ok(FollowUp {
                     refresh: true,
                     ..FollowUp::default()
@@ -281,10 +281,15 @@ pub(crate) fn preview_allowed(
 }
 
 /// A pull request was opened or its head moved: record it, check the fetched head, and post
-/// its plans.
-fn opened(inner: &Inner, pr: &PullRequestInfo) -> Result<(), ControllerError> {
+/// its plans. `pushed`: a push made the head (a webhook said so), which counts as seen now
+/// even when it is the head already recorded: a head pushed back to an earlier commit (whose
+/// push away from it went unseen) is as new to a reader as any.
+fn opened(inner: &Inner, pr: &PullRequestInfo, pushed: bool) -> Result<(), ControllerError> {
     let mut record = record_of(inner, pr, "open");
     set_head(inner, &mut record, &pr.head_sha)?;
+    if pushed {
+        record.head_seen_at = Some(now_ms());
+    }
     inner.engine.store().upsert_pull_request(&record)?;
     event(
         inner,
@@ -571,7 +576,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             .as_ref()
             .is_none_or(|k| k.head_sha != pr.head_sha || k.state != "open" || k.labels != pr.labels)
         {
-            if let Err(e) = opened(inner, pr) {
+            if let Err(e) = opened(inner, pr, false) {
                 event(
                     inner,
                     &EnvName::pull_request(pr.number),

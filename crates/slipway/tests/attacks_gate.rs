@@ -441,6 +441,85 @@ fn a_late_delivery_does_not_approve_a_head_pushed_after_its_comment() {
     w.serves("pr-3", "reads your secrets");
 }
 
+/// A head pushed back to an earlier commit is new to a reader too: the fork's author pushes
+/// new code whose webhook is lost, a maintainer reads it and comments `/slipway preview`
+/// naming no commit, and the author pushes the old head back before the comment is handled.
+/// Slipway had recorded that old head long ago; the push back counts as seen now.
+#[test]
+fn a_head_pushed_back_to_an_old_commit_is_not_approved_unseen() {
+    let forge = util::FakeForge::start(Forge::GitHub, "slipway-bot");
+    let api = forge.url();
+    let section = "repository = \"acme/shop\"\nfresh_head = \"1s\"";
+    let w = World(ForgeWorld::serve(
+        forge,
+        STACK,
+        &api,
+        section,
+        "test-token",
+        SECRET,
+        |_| {},
+    ));
+    w.forge.set_permission("alice", "write");
+    w.serves("qa", "v1");
+    let first = w.commit_on("main", "fork-work", "never reviewed", None, Some(3));
+    w.open(PrSpec {
+        author: "mallory".into(),
+        fork: true,
+        head_ref: "fork-work".into(),
+        ..PrSpec::new(3, &first)
+    });
+    // The first head grows old.
+    std::thread::sleep(Duration::from_millis(2_500));
+    // A new head, whose webhook never comes; alice reads it and comments.
+    let read = w.commit_on("fork-work", "fork-work", "looked at", None, Some(3));
+    w.forge.set_head(3, &read);
+    let comment = util::fake_github::issue_comment_payload(3, "alice", "/slipway preview");
+    // The first head is pushed back, and its webhook comes before alice's comment.
+    w.forge.set_head(3, &first);
+    // Each push handled is an event of the pull request's ("#3 … at <head>").
+    let store = slipway_state::Store::open(&w.s.home).expect("store");
+    let updates = || {
+        let query = slipway_state::EventQuery {
+            limit: 1000,
+            ..slipway_state::EventQuery::default()
+        };
+        let events = store.events(&query).expect("events");
+        events
+            .iter()
+            .filter(|e| {
+                e.message
+                    .starts_with(&format!("#3 {}", w.forge.pr(3).title))
+            })
+            .count()
+    };
+    let before = updates();
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.forge.pr(3), false, None),
+    );
+    wait_for("the push back is handled", T, || {
+        (updates() > before).then_some(())
+    });
+    let answered = w.forge.comments(3).iter().map(|c| c.id).max().unwrap_or(0);
+    w.accepted("issue_comment", &comment);
+    let answer = w
+        .forge
+        .wait_for_comment(
+            3,
+            |c| c.id > answered && c.author == "slipway-bot" && !c.body.contains(MARKER),
+            T,
+        )
+        .body;
+    assert!(
+        answer.contains("Nothing was approved") && answer.contains(&first[..12]),
+        "{answer}"
+    );
+    assert!(
+        w.page("pr-3").is_none(),
+        "no preview of the head pushed back"
+    );
+}
+
 /// [`STACK`] with `require_pr` on prod, serving pull request #1 (`reviewed`), approved by
 /// carol and merged: the world, that stack, and the merge commit.
 fn reviewed_under_require_pr() -> (World, String, String) {
