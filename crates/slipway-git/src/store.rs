@@ -146,6 +146,7 @@ impl Store {
             objects: self.repo.objects.to_handle_arc(),
             hash: self.repo.objects.object_hash(),
             buf: Vec::new(),
+            packed_refreshed: std::cell::Cell::new(false),
         }
     }
 }
@@ -174,6 +175,8 @@ pub(crate) struct Reader<'a> {
     objects: ObjectsHandle,
     hash: gix::hash::Kind,
     buf: Vec<u8>,
+    /// `packed-refs` was read afresh for a missed ref in this call (once is enough).
+    packed_refreshed: std::cell::Cell<bool>,
 }
 
 impl Reader<'_> {
@@ -313,7 +316,11 @@ impl Reader<'_> {
             return Ok(Some(found));
         }
         // Absent, or moved into a `packed-refs` that gitoxide's copy predates (see
-        // [`Reader::fresh_packed_refs`]): looked for once more in the file as it is.
+        // [`Reader::fresh_packed_refs`]): looked for once more in the file as it is, once a
+        // call (a name is looked up under several prefixes, most of them absent).
+        if self.packed_refreshed.replace(true) {
+            return Ok(None);
+        }
         self.fresh_packed_refs()?;
         self.reference_once(name)
     }
@@ -322,15 +329,21 @@ impl Reader<'_> {
     /// only when the file's modification time changed, which the kernel keeps in ticks of a
     /// few milliseconds: a `git pack-refs` (run by `git gc`, which a fetch may start in the
     /// background) rewriting it within the tick of the last load would not be seen, and the
-    /// loose refs it then removes would be found nowhere. Not seen happen; cheap on a miss.
+    /// loose refs it then removes would be found nowhere (gitoxide reloads it only when its
+    /// time grew). Not seen happen; a read of one file.
     fn fresh_packed_refs(&self) -> Result<(), GitError> {
         let refs = &self.store.repo.refs;
-        if std::fs::symlink_metadata(refs.packed_refs_path()).is_err() {
+        let packed = refs.packed_refs_path();
+        if std::fs::metadata(&packed).is_err() {
             // None (or none readable): nothing to read again.
             return Ok(());
         }
-        refs.force_refresh_packed_buffer()
-            .map_err(|source| self.failed("read packed-refs".to_owned(), source))
+        match refs.force_refresh_packed_buffer() {
+            Ok(()) => Ok(()),
+            // Gone meanwhile: there is nothing to read.
+            Err(_) if std::fs::metadata(&packed).is_err() => Ok(()),
+            Err(source) => Err(self.failed("read packed-refs".to_owned(), source)),
+        }
     }
 
     fn reference_once(&self, name: &str) -> Result<Option<String>, GitError> {
@@ -384,16 +397,19 @@ impl Reader<'_> {
         Ok(found)
     }
 
-    /// Every branch (`refs/heads/*`) with the object it points at, unsorted. A ref that
-    /// cannot be read is skipped, as `git for-each-ref` skips it with a warning.
+    /// Every branch (`refs/heads/*`) with the object it points at, unsorted, or an error:
+    /// never a listing that may miss one. The controller takes a branch missing from it for
+    /// deleted, and destroys its environments.
     ///
-    /// Listed again while `packed-refs` changes under the listing, or a loose ref goes
-    /// between the listing of its directory and its read: `git pack-refs` (run by `git gc`,
-    /// which a fetch may start in the background) writes the refs it moves into a new
-    /// `packed-refs` and then removes their loose files, and a listing across the two misses
-    /// what moved (gitoxide skips a packed ref whose loose file it failed to read). The
-    /// controller would take those branches for deleted, and destroy their environments: a
-    /// stress of 200 `git pack-refs` saw about one listing in 100 miss a branch.
+    /// Listed again (after a pause growing from a millisecond) while `packed-refs` changes
+    /// under the listing, or a ref cannot be read: `git pack-refs` (run by `git gc`, which a
+    /// fetch may start in the background) writes the refs it moves into a new `packed-refs`
+    /// and then removes their loose files one by one, and a listing across the two misses
+    /// what moved (gitoxide skips the packed entry of a loose ref it failed to read): a
+    /// stress of 200 `git pack-refs` saw about one listing in 100 miss a branch. Unlike `git
+    /// for-each-ref`, which warns and goes on, a ref still unreadable after
+    /// [`MAX_BRANCH_LISTINGS`] is an error: a moved ref and a broken one cannot be told
+    /// apart here.
     pub(crate) fn branches(&self) -> Result<Vec<(String, String)>, GitError> {
         let packed = self.store.repo.refs.packed_refs_path();
         let stamp = || {
@@ -405,27 +421,41 @@ impl Reader<'_> {
         let mut listings = 0;
         loop {
             let before = stamp();
+            // gitoxide's copy of `packed-refs` may predate a rewrite within one tick of the
+            // file's time (see [`Reader::fresh_packed_refs`]).
+            self.fresh_packed_refs()?;
             let (branches, unread) = self.list_branches()?;
             listings += 1;
             // A new `packed-refs` is renamed into place before any loose file goes: the
             // same one before and after means none went during the listing. A loose ref
             // removed between the listing of its directory and its read is unread, and its
-            // packed entry is then skipped with it: listed again. One unreadable for good
-            // (a broken file) is skipped after the last listing, as `git for-each-ref` skips
-            // it with a warning.
-            if stamp() == before && (unread == 0 || listings == MAX_BRANCH_LISTINGS) {
+            // packed entry is skipped with it.
+            let changed = stamp() != before;
+            if !changed && unread == 0 {
                 return Ok(branches);
             }
             if listings == MAX_BRANCH_LISTINGS {
                 // A listing that may miss branches is not an answer: the caller tries later.
-                return Err(self.failed(
-                    "list the branches".to_owned(),
-                    std::io::Error::other(format!(
+                let why = if unread > 0 {
+                    format!(
+                        "{unread} ref(s) under refs/heads could not be read in each of \
+                         {listings} listings (a broken ref file, or refs being packed)"
+                    )
+                } else {
+                    format!(
                         "{} changed under each of {listings} listings",
                         packed.display()
-                    )),
+                    )
+                };
+                // The reason in the message itself: the engine shows errors without their
+                // sources.
+                return Err(self.failed(
+                    format!("list the branches ({why})"),
+                    std::io::Error::other(why),
                 ));
             }
+            // `git pack-refs` removes the loose files in a moment: wait it out.
+            std::thread::sleep(std::time::Duration::from_millis(1 << listings));
         }
     }
 
@@ -823,5 +853,33 @@ mod tests {
             missed.len(),
             &missed[..missed.len().min(5)]
         );
+    }
+
+    #[test]
+    fn a_branch_that_cannot_be_read_fails_the_listing_rather_than_vanish_from_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = packed_repo(dir.path());
+        git(&src, &["branch", "kept"]);
+        let store = Store::open(&src.join(".git"), "src").expect("opened");
+        let mut listed: Vec<String> = store
+            .reader()
+            .branches()
+            .expect("listed")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, ["kept", "main"]);
+        // A loose ref file that is not a ref: the branch may exist, the listing cannot say.
+        std::fs::write(src.join(".git/refs/heads/broken"), "not a ref\n").expect("written");
+        let error = store
+            .reader()
+            .branches()
+            .expect_err("a listing that may miss a branch is not an answer");
+        assert!(
+            error.to_string().contains("could not be read"),
+            "says why: {error}"
+        );
+        assert!(error.retryable(), "tried again later: {error:?}");
     }
 }
