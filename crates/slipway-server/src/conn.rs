@@ -973,16 +973,36 @@ mod tests {
     /// gone) acknowledges nothing more, and an endless response to it (an event stream's
     /// keep-alive comments) fits in the kernel's buffer for hours: no write stalls, so only
     /// TCP can tell, and by default it tries for some 15 minutes. The server's connections
-    /// give up after the write timeout. The vanishing is real: the test's thread (the
-    /// runtime's, a current-thread one) has a network namespace of its own, whose loopback
-    /// goes down under the connection. Root only, as CI runs.
-    #[tokio::test]
-    async fn a_response_to_a_client_that_vanished_ends_after_the_write_timeout() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: a network namespace of its own needs root");
-            return;
+    /// give up after the write timeout. The vanishing is real: a thread of the test's own,
+    /// with a network namespace of its own, runs the server and the client, and takes its
+    /// loopback down under the connection. Skipped where no such namespace can be made (not
+    /// root, or a container without `CAP_SYS_ADMIN`) or without `ip`; CI runs as root.
+    #[test]
+    fn a_response_to_a_client_that_vanished_ends_after_the_write_timeout() {
+        let skipped = std::thread::spawn(|| {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                return Some(format!("no network namespace of its own ({e})"));
+            }
+            if let Err(e) = std::process::Command::new("ip").arg("-V").output() {
+                return Some(format!("no `ip` ({e})"));
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(vanished_client_in_this_namespace());
+            None
+        })
+        .join()
+        .expect("the test's thread");
+        if let Some(why) = skipped {
+            eprintln!("skipped: {why}");
         }
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace");
+    }
+
+    /// [`a_response_to_a_client_that_vanished_ends_after_the_write_timeout`], on a thread in a
+    /// network namespace of its own.
+    async fn vanished_client_in_this_namespace() {
         let ip = |args: &[&str]| {
             let status = std::process::Command::new("ip")
                 .args(args)
