@@ -299,15 +299,7 @@ fn unseen_head(
     // The whole id: what a person copies from the commit they read.
     let again = format!("`/slipway {verb} {head}`");
     let fresh = i64::try_from(setup(inner)?.fresh_head.as_millis()).unwrap_or(i64::MAX);
-    // Seen less than `fresh` before the comment, or after it (the forge's clock against
-    // Slipway's: a skew of a few seconds moves the line by as much). Forges give whole
-    // seconds: the comment may have been made up to a second after the time it shows.
-    let near_the_comment =
-        |seen: i64| said_at.is_some_and(|at| at.saturating_add(999).saturating_sub(seen) < fresh);
-    let recent = moved
-        || record
-            .head_seen_at
-            .is_some_and(|seen| now_ms().saturating_sub(seen) < fresh || near_the_comment(seen));
+    let recent = moved || too_fresh(record.head_seen_at, said_at, now_ms(), fresh);
     Ok(match named {
         Some(commit) if !commit.names(head) => Some(format!(
             "Nothing was approved: the head of this pull request is {}, not `{commit}`. Look at \
@@ -322,6 +314,20 @@ fn unseen_head(
             short(head)
         )),
         _ => None,
+    })
+}
+
+/// Whether a head Slipway saw at `seen` is too fresh for a command naming no commit, made at
+/// `said_at` (as the forge says; `None`: it does not) and handled `now` (unix ms): seen less
+/// than `fresh` before the command was handled, or before the comment was made, or after it.
+/// The comment's time is the forge's clock against Slipway's: a skew of a few seconds moves
+/// the line by as much. Forges give whole seconds: the comment may have been made up to a
+/// second after the time it shows. A head never seen (a record from before the time was kept)
+/// is not too fresh.
+fn too_fresh(seen: Option<i64>, said_at: Option<i64>, now: i64, fresh: i64) -> bool {
+    seen.is_some_and(|seen| {
+        now.saturating_sub(seen) < fresh
+            || said_at.is_some_and(|at| at.saturating_add(999).saturating_sub(seen) < fresh)
     })
 }
 
@@ -413,4 +419,66 @@ fn approve_policies(
         reconcile: crate::gate::environments_of(inner, record.number)?,
         ..FollowUp::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_fresh;
+
+    const MINUTE: i64 = 60_000;
+
+    #[test]
+    fn a_head_is_too_fresh_near_the_comment_or_near_its_handling() {
+        let now = 1_000 * MINUTE;
+        // Handled at once: judged by now, as before the comment's time was known.
+        assert!(too_fresh(Some(now - 59_000), None, now, MINUTE));
+        assert!(!too_fresh(Some(now - MINUTE), None, now, MINUTE));
+        // Handled late: a head seen ten minutes ago, after a comment made eleven minutes ago.
+        let said = now - 11 * MINUTE;
+        assert!(too_fresh(Some(now - 10 * MINUTE), Some(said), now, MINUTE));
+        // Seen a minute or more before the comment: old enough, however late it came.
+        assert!(!too_fresh(Some(said - MINUTE), Some(said), now, MINUTE));
+        // The comment shows whole seconds, and is taken as made at the end of its second: a
+        // head seen up to 999 ms less than a minute before the shown time is old enough (the
+        // window shrinks by under a second), one more millisecond is not.
+        assert!(!too_fresh(
+            Some(said - MINUTE + 999),
+            Some(said),
+            now,
+            MINUTE
+        ));
+        assert!(too_fresh(
+            Some(said - MINUTE + 1_000),
+            Some(said),
+            now,
+            MINUTE
+        ));
+        // `fresh_head = "0s"`: only a head seen after the comment's second is refused.
+        assert!(!too_fresh(Some(said + 999), Some(said), now, 0));
+        assert!(too_fresh(Some(said + 1_000), Some(said), now, 0));
+        // A comment dated later (a forge clock ahead) makes heads look older to it; the time
+        // of handling still refuses a head fresh now.
+        assert!(!too_fresh(
+            Some(now - 2 * MINUTE),
+            Some(now + MINUTE),
+            now,
+            MINUTE
+        ));
+        assert!(too_fresh(
+            Some(now - 10_000),
+            Some(now + MINUTE),
+            now,
+            MINUTE
+        ));
+        // Never seen (a record older than the time): not too fresh; extremes do not wrap.
+        assert!(!too_fresh(None, Some(said), now, MINUTE));
+        assert!(too_fresh(
+            Some(i64::MIN),
+            Some(i64::MAX),
+            i64::MIN,
+            i64::MAX
+        ));
+        // Seen after now (Slipway's clock stepped back): too fresh.
+        assert!(too_fresh(Some(i64::MAX), None, i64::MIN, 0));
+    }
 }
