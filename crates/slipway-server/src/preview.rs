@@ -732,6 +732,16 @@ async fn proxy(
     {
         return refused;
     }
+    // The permit first: a request for a sleeping environment waits for its wake (up to
+    // `WAKE_WAIT`) within the preview share too, or requests to a preview that wakes slowly
+    // (anyone's branch decides how slowly) could hold every connection.
+    let Ok(permit) = previews.in_flight.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests through preview URLs are in flight".into(),
+            "try again shortly; [server] max_connections sets the limit (half of it)".into(),
+        );
+    };
     let created;
     let upstream = match lookup(&previews.controller, &env, &stack, forwarded).await {
         Lookup::Found {
@@ -764,13 +774,6 @@ async fn proxy(
                 "try again shortly; GET /healthz says whether this server reaches its state".into(),
             );
         }
-    };
-    let Ok(permit) = previews.in_flight.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests through preview URLs are in flight".into(),
-            "try again shortly; [server] max_connections sets the limit (half of it)".into(),
-        );
     };
     let mut request = request;
     let upgrade = upgrade_protocol(request.headers());

@@ -443,3 +443,106 @@ fn a_branch_cannot_lengthen_its_own_sleep_after() {
         "the preview sleeps after the default branch's 2s, not its own 1000d",
     );
 }
+
+/// [`APP`], but every start after the first takes two minutes before it listens: a wake that
+/// the branch's own code makes slow.
+const SLOW_TO_WAKE_APP: &str = r#"import os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+starts = os.path.join(os.environ["SLIPWAY_DATA_DIR"], "starts.txt")
+if os.path.exists(starts):
+    time.sleep(120)
+with open(starts, "a") as f:
+    f.write(f"{os.getpid()}\n")
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// Anyone who can reach a preview URL can make requests wait for its wake, up to a minute
+/// each, and the branch's code decides how slowly it wakes. Those requests wait within the
+/// preview share (half of `max_connections`): past it they are refused at once, and
+/// `/healthz` and the API still answer while a slow wake holds the rest.
+#[test]
+fn requests_waiting_for_a_slow_wake_cannot_hold_every_connection() {
+    let s = Sandbox::new();
+    s.write("app.py", SLOW_TO_WAKE_APP);
+    s.write("slipway.yaml", &stack("1h"));
+    s.commit("stack");
+    git(&s.repo, &["branch", "feature/a"]);
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"300ms\"\n[controller]\ndrift_interval = \"500ms\"\n\
+         [server]\nmax_connections = 20\nheader_timeout = \"2s\"\n",
+    );
+    let token = named_token(&s, "admin", "test");
+    let server = start_serve(&s);
+    wait_for("the preview runs its web process", T, || web_pid(&s));
+    wait_for("the preview is synced", T, || {
+        (environment(&server, &token)["sync"] == "synced").then_some(())
+    });
+    s.json(&["env", "sleep", ENV, "--output", "json"]);
+
+    // The attack: 20 requests to the sleeping preview, one per connection.
+    let (answered, answers) = std::sync::mpsc::channel();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut c = std::net::TcpStream::connect(&server.addr).expect("connect");
+        write!(
+            c,
+            "GET / HTTP/1.1\r\nHost: {ENV}.nap.localhost:{}\r\n\r\n",
+            server.port()
+        )
+        .expect("send");
+        let mut reader = c.try_clone().expect("clone");
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            reader
+                .set_read_timeout(Some(Duration::from_secs(150)))
+                .expect("a timeout");
+            let mut status = [0u8; 12];
+            let line = reader
+                .read_exact(&mut status)
+                .map(|()| String::from_utf8_lossy(&status).into_owned());
+            let _ = answered.send(line.unwrap_or_else(|e| format!("no answer: {e}")));
+        });
+        held.push(c);
+    }
+    // Half are refused at once; the other half wait for the wake, which is slow.
+    let mut refused = 0;
+    while refused < 10 {
+        let answer = answers
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("only {refused} requests were answered at once"));
+        assert_eq!(
+            answer, "HTTP/1.1 503",
+            "a request past the share is refused"
+        );
+        refused += 1;
+    }
+    assert!(
+        answers.recv_timeout(Duration::from_secs(1)).is_err(),
+        "the other ten wait for the wake"
+    );
+    // Meanwhile the server answers everyone else.
+    let health = wait_for("/healthz answers while requests wait for a wake", T, || {
+        let mut c = std::net::TcpStream::connect(&server.addr).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(c, "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        (answer.split_whitespace().nth(1) == Some("200")).then_some(answer)
+    });
+    assert!(health.contains("\"ok\""), "{health}");
+    assert_eq!(
+        environment(&server, &token)["name"],
+        ENV,
+        "the API answers too"
+    );
+    drop(held);
+}
