@@ -96,7 +96,9 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
                     )?;
                 }
                 pr.author = real_author(inner, &pr)?;
-                opened(inner, &pr, pushed)?;
+                // A reopened pull request's head may have been pushed while it was closed
+                // (GitLab and Gitea send no push event then): seen now too.
+                opened(inner, &pr, pushed || action == PrAction::Reopened)?;
                 Ok(FollowUp {
                     refresh: true,
                     ..FollowUp::default()

@@ -10,8 +10,9 @@
 //! wake at a time per environment, which every request meanwhile joins
 //! ([`Controller::wake_for_request`]); a request waits at most [`WAKE_WAIT`], then gets `503`
 //! with `Retry-After` (the wake goes on), and waits holding its permit of the preview share,
-//! so that requests to a preview that wakes slowly cannot hold every connection. A request for a sleeping environment that runs on
-//! another replica's node is forwarded there, as any request is, and woken by that replica.
+//! so that requests to a preview that wakes slowly cannot hold every connection. A request
+//! for a sleeping environment that runs on another replica's node is forwarded there, as any
+//! request is, and woken by that replica.
 
 use std::future::Future;
 use std::time::Duration;

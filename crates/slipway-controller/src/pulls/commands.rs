@@ -321,13 +321,21 @@ fn unseen_head(
 /// `said_at` (as the forge says; `None`: it does not) and handled `now` (unix ms): seen less
 /// than `fresh` before the command was handled, or before the comment was made, or after it.
 /// The comment's time is the forge's clock against Slipway's: a skew of a few seconds moves
-/// the line by as much. Forges give whole seconds: the comment may have been made up to a
-/// second after the time it shows. A head never seen (a record from before the time was kept)
-/// is not too fresh.
+/// the line by as much. GitHub and Gitea give whole seconds, so a time without milliseconds is
+/// taken as the end of its second (the comment may have been made up to 999 ms after the time
+/// it shows: "after it" is to the second there); GitLab's milliseconds are taken as they are.
+/// A head never seen (a record from before the time was kept) is not too fresh.
 fn too_fresh(seen: Option<i64>, said_at: Option<i64>, now: i64, fresh: i64) -> bool {
+    let latest = |at: i64| {
+        if at.rem_euclid(1_000) == 0 {
+            at.saturating_add(999)
+        } else {
+            at
+        }
+    };
     seen.is_some_and(|seen| {
         now.saturating_sub(seen) < fresh
-            || said_at.is_some_and(|at| at.saturating_add(999).saturating_sub(seen) < fresh)
+            || said_at.is_some_and(|at| latest(at).saturating_sub(seen) < fresh)
     })
 }
 
@@ -470,15 +478,34 @@ mod tests {
             now,
             MINUTE
         ));
-        // Never seen (a record older than the time): not too fresh; extremes do not wrap.
-        assert!(!too_fresh(None, Some(said), now, MINUTE));
+        // A time with milliseconds (GitLab) is taken as it is.
+        assert!(too_fresh(Some(said + 501), Some(said + 500), now, 0));
         assert!(too_fresh(
-            Some(i64::MIN),
-            Some(i64::MAX),
-            i64::MIN,
-            i64::MAX
+            Some(said - MINUTE + 501),
+            Some(said + 500),
+            now,
+            MINUTE
         ));
+        // Never seen (a record older than the time): not too fresh.
+        assert!(!too_fresh(None, Some(said), now, MINUTE));
         // Seen after now (Slipway's clock stepped back): too fresh.
         assert!(too_fresh(Some(i64::MAX), None, i64::MIN, 0));
+        // Extremes do not wrap, in either clause.
+        assert!(!too_fresh(
+            Some(i64::MIN),
+            Some(i64::MAX),
+            i64::MAX,
+            i64::MAX
+        ));
+        // A whole second at the very end of time: its 999 ms saturate.
+        let last_second = i64::MAX - i64::MAX.rem_euclid(1_000);
+        assert!(!too_fresh(
+            Some(i64::MIN),
+            Some(last_second),
+            i64::MAX,
+            i64::MAX
+        ));
+        // Seen at the very time of a comment given to the millisecond: too fresh.
+        assert!(too_fresh(Some(i64::MIN), Some(i64::MIN), i64::MAX, 1));
     }
 }
