@@ -401,10 +401,10 @@ impl Reader<'_> {
     /// never a listing that may miss one. The controller takes a branch missing from it for
     /// deleted, and destroys its environments.
     ///
-    /// Listed again (after a pause growing from a millisecond) while `packed-refs` changes
-    /// under the listing, or a ref cannot be read: `git pack-refs` (run by `git gc`, which a
-    /// fetch may start in the background) writes the refs it moves into a new `packed-refs`
-    /// and then removes their loose files one by one, and a listing across the two misses
+    /// Listed again (after a pause doubling from 10 ms: 150 ms in all) while `packed-refs`
+    /// changes under the listing, or a ref cannot be read: `git pack-refs` (run by `git gc`,
+    /// which a fetch may start in the background) writes the refs it moves into a new
+    /// `packed-refs` and then removes their loose files one by one, and a listing across the two misses
     /// what moved (gitoxide skips the packed entry of a loose ref it failed to read): a
     /// stress of 200 `git pack-refs` saw about one listing in 100 miss a branch. Unlike `git
     /// for-each-ref`, which warns and goes on, a ref still unreadable after
@@ -455,7 +455,7 @@ impl Reader<'_> {
                 ));
             }
             // `git pack-refs` removes the loose files in a moment: wait it out.
-            std::thread::sleep(std::time::Duration::from_millis(1 << listings));
+            std::thread::sleep(std::time::Duration::from_millis(5 << listings));
         }
     }
 
