@@ -398,6 +398,9 @@ struct Run<'a> {
     ctx: ResourceContext<'a>,
     namespace: &'a str,
     discovered: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+    /// The API groups of the CRDs this run established, and until when discovery may still
+    /// say it does not serve them (see [`Run::discover`]).
+    establishing: Mutex<(BTreeSet<String>, Option<Instant>)>,
 }
 
 impl<'a> Run<'a> {
@@ -413,7 +416,15 @@ impl<'a> Run<'a> {
             ctx,
             namespace,
             discovered: Mutex::new(HashMap::new()),
+            establishing: Mutex::new((BTreeSet::new(), None)),
         }
+    }
+
+    /// Whether a kind of `group` that discovery says is not served may yet be: a CRD of
+    /// that group was established by this run less than [`ESTABLISH_WAIT`] ago.
+    fn served_soon(&self, group: &str) -> bool {
+        let establishing = self.establishing.lock().expect("not poisoned");
+        establishing.0.contains(group) && establishing.1.is_some_and(|until| Instant::now() < until)
     }
 
     fn client(&self) -> kube::Client {
@@ -429,27 +440,37 @@ impl<'a> Run<'a> {
         if let Some(found) = self.discovered.lock().expect("not poisoned").get(&gvk) {
             return Ok(found.clone());
         }
-        let found = kube::discovery::pinned_kind(&self.client(), &gvk)
-            .await
-            .map_err(|e| match &e {
-                kube::Error::Discovery(_) => failed(
-                    format!(
-                        "{source}: the cluster `{}` has no kind {} in {} (is its CRD applied?)",
-                        self.cluster.name, reference.kind, reference.api_version
-                    ),
-                    Retry::Retryable,
+        let found = loop {
+            let found = kube::discovery::pinned_kind(&self.client(), &gvk).await;
+            // A CRD `Established` a moment ago may not be served by discovery yet (the API
+            // server's handler for it comes up a little later): asked again, as kubectl does.
+            let not_served_yet = matches!(&found, Err(kube::Error::Discovery(_)))
+                || matches!(&found, Err(kube::Error::Api(status)) if status.code == 404);
+            if not_served_yet && self.served_soon(&gvk.group) {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            break found;
+        };
+        let found = found.map_err(|e| match &e {
+            kube::Error::Discovery(_) => failed(
+                format!(
+                    "{source}: the cluster `{}` has no kind {} in {} (is its CRD applied?)",
+                    self.cluster.name, reference.kind, reference.api_version
                 ),
-                kube::Error::Api(status) if status.code == 404 => failed(
-                    format!(
-                        "{source}: the cluster `{}` does not serve {} (is its CRD applied?)",
-                        self.cluster.name, reference.api_version
-                    ),
-                    Retry::Retryable,
+                Retry::Retryable,
+            ),
+            kube::Error::Api(status) if status.code == 404 => failed(
+                format!(
+                    "{source}: the cluster `{}` does not serve {} (is its CRD applied?)",
+                    self.cluster.name, reference.api_version
                 ),
-                _ => self
-                    .cluster
-                    .error(&format!("{source}: discovering {}", reference.kind), &e),
-            })?;
+                Retry::Retryable,
+            ),
+            _ => self
+                .cluster
+                .error(&format!("{source}: discovering {}", reference.kind), &e),
+        })?;
         self.discovered
             .lock()
             .expect("not poisoned")
@@ -733,6 +754,15 @@ impl<'a> Run<'a> {
             self.check_owner(&prepared).await?;
             self.send(&prepared).await?;
             self.wait_established(&prepared).await?;
+            if let Some(group) = manifest
+                .object
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+            {
+                let mut establishing = self.establishing.lock().expect("not poisoned");
+                establishing.0.insert(group.to_owned());
+                establishing.1 = Some(Instant::now() + ESTABLISH_WAIT);
+            }
             applied.push(prepared);
         }
         // New kinds are served now: ask discovery again.
