@@ -126,6 +126,14 @@ impl World {
     /// Posts `command` on `pr` as `author` and returns Slipway's answer to it (the first new
     /// comment of Slipway's that is not the plan).
     fn command(&self, pr: u64, author: &str, command: &str) -> String {
+        self.answer_to(
+            pr,
+            &util::fake_github::issue_comment_payload(pr, author, command),
+        )
+    }
+
+    /// Delivers `comment` (an `issue_comment` payload) on `pr` and returns Slipway's answer.
+    fn answer_to(&self, pr: u64, comment: &[u8]) -> String {
         let seen = self
             .forge
             .comments(pr)
@@ -133,7 +141,7 @@ impl World {
             .map(|c| c.id)
             .max()
             .unwrap_or(0);
-        self.comment(pr, author, command);
+        self.accepted("issue_comment", comment);
         self.forge
             .wait_for_comment(
                 pr,
@@ -141,6 +149,51 @@ impl World {
                 T,
             )
             .body
+    }
+
+    /// [`STACK`] with a `fresh_head` of one second (a minute by default), qa serving v1, and
+    /// alice a maintainer.
+    fn fresh_after_a_second() -> World {
+        let forge = util::FakeForge::start(Forge::GitHub, "slipway-bot");
+        let api = forge.url();
+        let section = "repository = \"acme/shop\"\nfresh_head = \"1s\"";
+        let w = World(ForgeWorld::serve(
+            forge,
+            STACK,
+            &api,
+            section,
+            "test-token",
+            SECRET,
+            |_| {},
+        ));
+        w.forge.set_permission("alice", "write");
+        w.serves("qa", "v1");
+        w
+    }
+
+    /// mallory's pull request `number` from her fork's `fork-work` at `head`, opened.
+    fn open_fork(&self, number: u64, head: &str) {
+        self.open(PrSpec {
+            author: "mallory".into(),
+            fork: true,
+            head_ref: "fork-work".into(),
+            ..PrSpec::new(number, head)
+        });
+    }
+
+    /// Waits until Slipway saw the head of pull request `number` at least `age` ago, by the
+    /// time it recorded.
+    fn head_older_than(&self, number: u64, age: Duration) {
+        let store = slipway_state::Store::open(&self.s.home).expect("store");
+        let age = i64::try_from(age.as_millis()).expect("a short age");
+        wait_for("the head grows old", T, || {
+            let seen = store.pull_request(number as i64).ok()??.head_seen_at?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as i64;
+            (now - seen >= age).then_some(())
+        });
     }
 
     /// Waits until `env`'s message mentions every one of `needles`, and returns it.
@@ -293,12 +346,7 @@ fn require_pr_counts_only_approvals_by_maintainers() {
 fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
     let w = World::new();
     let approved = w.commit_on("main", "fork-work", "looked at", None, Some(3));
-    w.open(PrSpec {
-        author: "mallory".into(),
-        fork: true,
-        head_ref: "fork-work".into(),
-        ..PrSpec::new(3, &approved)
-    });
+    w.open_fork(3, &approved);
     // A head pushed moments ago may not be what the maintainer read: not approved unnamed.
     let answer = w.command(3, "alice", "/slipway preview");
     assert!(
@@ -371,28 +419,9 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
 /// after the comment, however old that head is by then.
 #[test]
 fn a_late_delivery_does_not_approve_a_head_pushed_after_its_comment() {
-    let forge = util::FakeForge::start(Forge::GitHub, "slipway-bot");
-    let api = forge.url();
-    // A head is old enough after a second here (a minute by default).
-    let section = "repository = \"acme/shop\"\nfresh_head = \"1s\"";
-    let w = World(ForgeWorld::serve(
-        forge,
-        STACK,
-        &api,
-        section,
-        "test-token",
-        SECRET,
-        |_| {},
-    ));
-    w.forge.set_permission("alice", "write");
-    w.serves("qa", "v1");
+    let w = World::fresh_after_a_second();
     let read = w.commit_on("main", "fork-work", "looked at", None, Some(3));
-    w.open(PrSpec {
-        author: "mallory".into(),
-        fork: true,
-        head_ref: "fork-work".into(),
-        ..PrSpec::new(3, &read)
-    });
+    w.open_fork(3, &read);
     // alice reads the head and comments `/slipway preview`, naming none; the delivery of her
     // comment is held up somewhere.
     let late = util::fake_github::issue_comment_payload(3, "alice", "/slipway preview");
@@ -416,17 +445,8 @@ fn a_late_delivery_does_not_approve_a_head_pushed_after_its_comment() {
     );
     // The new head grows older than `fresh_head` (with a margin for the comment times'
     // whole seconds) before alice's comment comes.
-    std::thread::sleep(Duration::from_millis(2_500));
-    let answered = w.forge.comments(3).iter().map(|c| c.id).max().unwrap_or(0);
-    w.accepted("issue_comment", &late);
-    let answer = w
-        .forge
-        .wait_for_comment(
-            3,
-            |c| c.id > answered && c.author == "slipway-bot" && !c.body.contains(MARKER),
-            T,
-        )
-        .body;
+    w.head_older_than(3, Duration::from_millis(2_500));
+    let answer = w.answer_to(3, &late);
     assert!(
         answer.contains("Nothing was approved")
             && answer.contains(&pushed[..12])
@@ -447,29 +467,11 @@ fn a_late_delivery_does_not_approve_a_head_pushed_after_its_comment() {
 /// Slipway had recorded that old head long ago; the push back counts as seen now.
 #[test]
 fn a_head_pushed_back_to_an_old_commit_is_not_approved_unseen() {
-    let forge = util::FakeForge::start(Forge::GitHub, "slipway-bot");
-    let api = forge.url();
-    let section = "repository = \"acme/shop\"\nfresh_head = \"1s\"";
-    let w = World(ForgeWorld::serve(
-        forge,
-        STACK,
-        &api,
-        section,
-        "test-token",
-        SECRET,
-        |_| {},
-    ));
-    w.forge.set_permission("alice", "write");
-    w.serves("qa", "v1");
+    let w = World::fresh_after_a_second();
     let first = w.commit_on("main", "fork-work", "never reviewed", None, Some(3));
-    w.open(PrSpec {
-        author: "mallory".into(),
-        fork: true,
-        head_ref: "fork-work".into(),
-        ..PrSpec::new(3, &first)
-    });
+    w.open_fork(3, &first);
     // The first head grows old.
-    std::thread::sleep(Duration::from_millis(2_500));
+    w.head_older_than(3, Duration::from_millis(2_500));
     // A new head, whose webhook never comes; alice reads it and comments.
     let read = w.commit_on("fork-work", "fork-work", "looked at", None, Some(3));
     w.forge.set_head(3, &read);
@@ -500,16 +502,7 @@ fn a_head_pushed_back_to_an_old_commit_is_not_approved_unseen() {
     wait_for("the push back is handled", T, || {
         (updates() > before).then_some(())
     });
-    let answered = w.forge.comments(3).iter().map(|c| c.id).max().unwrap_or(0);
-    w.accepted("issue_comment", &comment);
-    let answer = w
-        .forge
-        .wait_for_comment(
-            3,
-            |c| c.id > answered && c.author == "slipway-bot" && !c.body.contains(MARKER),
-            T,
-        )
-        .body;
+    let answer = w.answer_to(3, &comment);
     assert!(
         answer.contains("Nothing was approved") && answer.contains(&first[..12]),
         "{answer}"

@@ -531,12 +531,7 @@ fn requests_waiting_for_a_slow_wake_cannot_hold_every_connection() {
     );
     // Meanwhile the server answers everyone else.
     let health = wait_for("/healthz answers while requests wait for a wake", T, || {
-        let mut c = std::net::TcpStream::connect(&server.addr).ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(c, "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-        let mut answer = String::new();
-        let _ = c.read_to_string(&mut answer);
-        (answer.split_whitespace().nth(1) == Some("200")).then_some(answer)
+        http_get_host(server.port(), "127.0.0.1", "/healthz")
     });
     assert!(health.contains("\"ok\""), "{health}");
     assert_eq!(
