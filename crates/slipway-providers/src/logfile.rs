@@ -66,6 +66,31 @@ fn redact_bytes(bytes: &[u8], values: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// Where a line longer than [`MAX_PENDING`] is cut, to write its start now: before its last
+/// bytes that could begin a value still to come (as many as the longest value has, less one),
+/// and moved past any value found across that point, so that no value is split between what
+/// is written now and what waits (a value split so is redacted in neither part). `values` are
+/// longest first, none empty. What waits is then at most the longest value.
+fn long_line_cut(pending: &[u8], values: &[Vec<u8>]) -> usize {
+    let longest = values.first().map_or(1, Vec::len);
+    let mut cut = pending.len().saturating_sub(longest - 1);
+    // A value starting before `cut` ends within `pending`: at least `longest - 1` bytes follow.
+    loop {
+        let across = values
+            .iter()
+            .filter_map(|value| {
+                (cut.saturating_sub(value.len() - 1)..cut)
+                    .find(|&start| pending[start..].starts_with(value))
+                    .map(|start| start + value.len())
+            })
+            .max();
+        match across {
+            Some(end) => cut = end,
+            None => return cut,
+        }
+    }
+}
+
 /// A log shared by the threads copying a child's output.
 pub(crate) type SharedLog = Arc<Mutex<CappedLog>>;
 
@@ -183,7 +208,7 @@ impl CappedLog {
         self.pending.extend_from_slice(buf);
         let cut = match self.pending.iter().rposition(|&b| b == b'\n') {
             Some(i) => i + 1,
-            None if self.pending.len() > MAX_PENDING => self.pending.len(),
+            None if self.pending.len() > MAX_PENDING => long_line_cut(&self.pending, &self.redact),
             None => return Ok(()),
         };
         let rest = self.pending.split_off(cut);
@@ -444,6 +469,107 @@ mod tests {
             text,
             "password=<redacted> ok\nab stays: too short to redact\nlast <redacted>"
         );
+    }
+
+    /// A line longer than the most held back is written in parts as it comes, and a secret
+    /// across the point where it is cut, or begun just before it, is still redacted whole.
+    #[test]
+    fn a_secret_is_redacted_across_the_cut_of_a_long_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("long.log");
+        let secret = "s3cr3t-value-1234";
+        let mut log = CappedLog::open(&path, 1 << 20)
+            .expect("open log")
+            .redacting(&[secret.into()]);
+        // The file as how many `x` it starts with and what follows them.
+        let written = || {
+            let text = std::fs::read_to_string(&path).expect("read");
+            let rest = text.trim_start_matches('x').to_owned();
+            (text.len() - rest.len(), rest)
+        };
+        let long = "x".repeat(MAX_PENDING);
+
+        // Begun at the end of one write, ended by the next.
+        log.write_all(format!("{long}s3cr3").as_bytes())
+            .expect("write");
+        assert_eq!(
+            written(),
+            (MAX_PENDING + 5 - (secret.len() - 1), String::new()),
+            "the line's start is written; the secret's start, and what could begin it, wait"
+        );
+        log.write_all(b"t-value-1234 and more\n").expect("write");
+        assert_eq!(written(), (MAX_PENDING, "<redacted> and more\n".into()));
+
+        // Whole in one write, across the point where its last bytes would be held back.
+        std::fs::write(&path, "").expect("truncate");
+        let mut log = CappedLog::open(&path, 1 << 20)
+            .expect("open log")
+            .redacting(&[secret.into()]);
+        log.write_all(format!("{long}{secret}yy").as_bytes())
+            .expect("write");
+        assert_eq!(written(), (MAX_PENDING, "<redacted>".into()));
+        log.flush_pending();
+        assert_eq!(written(), (MAX_PENDING, "<redacted>yy".into()));
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// However the output is cut into writes, and however long its lines, the log holds
+        /// what redacting the whole output at once gives. (The secret overlaps no copy of
+        /// itself, so that this is one text.)
+        #[test]
+        fn a_log_is_redacted_as_the_whole_output_would_be(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    3 => (0usize..70_000).prop_map(|n| "x".repeat(n)),
+                    1 => (1usize..17).prop_map(|n| "s3cr3t-value-1234"[..n].to_owned()),
+                    2 => proptest::strategy::Just("s3cr3t-value-1234".to_owned()),
+                    1 => proptest::strategy::Just("\n".to_owned()),
+                ],
+                0..12,
+            ),
+            // Where a write ends: in which piece, and where in it.
+            cuts in proptest::collection::vec((0usize..12, 0usize..70_000), 0..16),
+        ) {
+            let secret = "s3cr3t-value-1234";
+            let output = pieces.concat();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("p.log");
+            let mut log = CappedLog::open(&path, 1 << 30)
+                .expect("open log")
+                .redacting(&[secret.into()]);
+            let starts: Vec<usize> = pieces
+                .iter()
+                .scan(0, |at, piece| {
+                    *at += piece.len();
+                    Some(*at - piece.len())
+                })
+                .collect();
+            let mut cuts: Vec<usize> = cuts
+                .into_iter()
+                .filter(|&(piece, _)| piece < pieces.len())
+                .map(|(piece, at)| starts[piece] + at % (pieces[piece].len() + 1))
+                .collect();
+            cuts.push(output.len());
+            cuts.sort_unstable();
+            let mut from = 0;
+            for cut in cuts {
+                log.write_all(&output.as_bytes()[from..cut]).expect("write");
+                from = cut;
+            }
+            log.flush_pending();
+            let text = std::fs::read_to_string(&path).expect("read");
+            proptest::prop_assert!(
+                text == output.replace(secret, "<redacted>"),
+                "{} secrets in the output, {} redacted, {} left",
+                output.matches(secret).count(),
+                text.matches("<redacted>").count(),
+                text.matches(secret).count()
+            );
+        }
     }
 
     /// A secret of several lines that the process prints a line at a time (each written
