@@ -228,13 +228,15 @@ fn set_head(
     Ok(())
 }
 
-fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRecord {
-    let known = inner
-        .engine
-        .store()
-        .pull_request(pr.number as i64)
-        .ok()
-        .flatten();
+fn record_of(
+    inner: &Inner,
+    pr: &PullRequestInfo,
+    state: &str,
+) -> Result<PullRequestRecord, ControllerError> {
+    // A record that cannot be read is an error, not a pull request seen for the first time:
+    // written back as new, it would lose the approvers a push made stale (who would count
+    // again) and when its head was seen.
+    let known = inner.engine.store().pull_request(pr.number as i64)?;
     // The head (and who approved before it) stays what was known: callers move it with
     // `set_head`.
     let mut record = PullRequestRecord {
@@ -265,7 +267,7 @@ fn record_of(inner: &Inner, pr: &PullRequestInfo, state: &str) -> PullRequestRec
         ..record.clone()
     };
     record.preview_allowed = preview_allowed(&at_head, fork_allow, known.as_ref());
-    record
+    Ok(record)
 }
 
 /// Whether pull request `pr` may have a preview environment at its head: not from a fork, or
@@ -287,7 +289,7 @@ pub(crate) fn preview_allowed(
 /// even when it is the head already recorded: a head pushed back to an earlier commit (whose
 /// push away from it went unseen) is as new to a reader as any.
 fn opened(inner: &Inner, pr: &PullRequestInfo, pushed: bool) -> Result<(), ControllerError> {
-    let mut record = record_of(inner, pr, "open");
+    let mut record = record_of(inner, pr, "open")?;
     set_head(inner, &mut record, &pr.head_sha)?;
     if pushed {
         record.head_seen_at = Some(now_ms());
@@ -364,7 +366,7 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
             None => real_author(inner, &pr)?,
         };
     }
-    let mut record = record_of(inner, &pr, if merged { "merged" } else { "closed" });
+    let mut record = record_of(inner, &pr, if merged { "merged" } else { "closed" })?;
     // A push just before the close: approvals from before it are stale (for a reopen, and for
     // the merge's approval below).
     set_head(inner, &mut record, &pr.head_sha)?;

@@ -1,7 +1,7 @@
 //! Pull requests as the controller knows them, webhook deliveries already handled, and the
 //! locks `/slipway apply ENV` takes on an environment for one pull request.
 
-use crate::db::{DbError, Exec, Row, params};
+use crate::db::{DbError, DecodeError, Exec, Row, params};
 use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
@@ -67,9 +67,19 @@ fn from_row(row: &Row) -> Result<PullRequestRecord, DbError> {
         preview_allowed: row.get(8)?,
         url: row.get(9)?,
         updated_at: row.get(10)?,
-        stale_approvers: serde_json::from_str(&row.get::<String>(11)?).unwrap_or_default(),
-        labels: serde_json::from_str(&row.get::<String>(12)?).unwrap_or_default(),
+        // Unreadable, the list of approvers a push made stale is an error, not an empty list:
+        // written back empty, they would count again.
+        stale_approvers: json_list(row, 11)?,
+        labels: json_list(row, 12)?,
         head_seen_at: row.get(13)?,
+    })
+}
+
+/// Column `index` of `row`: a JSON list of texts.
+fn json_list(row: &Row, index: usize) -> Result<Vec<String>, DbError> {
+    serde_json::from_str(&row.get::<String>(index)?).map_err(|e| DbError::Decode {
+        index,
+        reason: DecodeError::Type(format!("expected a JSON list of texts: {e}")),
     })
 }
 
@@ -591,6 +601,37 @@ mod tests {
 
     /// A merge remembers the branch it went into (`require_pr` counts only merges into the
     /// tracked branch); a row recorded before that was kept reads as into no branch.
+    /// A record whose list of stale approvers cannot be read is an error: read as empty, it
+    /// would be written back so, and the approvals a push made stale would count again.
+    #[test]
+    fn a_record_whose_stale_approvers_cannot_be_read_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let record = PullRequestRecord {
+            stale_approvers: vec!["alice".into()],
+            ..pr(7)
+        };
+        store.upsert_pull_request(&record).expect("record");
+        assert_eq!(store.pull_request(7).expect("read"), Some(record));
+        store
+            .conn()
+            .execute(
+                "UPDATE pull_requests SET stale_approvers = 'alice' WHERE number = 7",
+                &[],
+            )
+            .expect("damage the record");
+        let error = store.pull_request(7).expect_err("an unreadable record");
+        let cause = std::error::Error::source(&error).map(ToString::to_string);
+        assert!(
+            error.to_string().contains("pull request #7")
+                && cause
+                    .as_deref()
+                    .is_some_and(|c| c.contains("a JSON list of texts")),
+            "{error}: {cause:?}"
+        );
+        assert!(store.pull_requests(None).is_err(), "the listing too");
+    }
+
     #[test]
     fn a_merged_commit_keeps_its_base_branch() {
         let dir = tempfile::tempdir().expect("tempdir");
