@@ -179,11 +179,6 @@ for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
 rmdir "$tmp"
 echo "$stamp" >"$out/.stamp"
 say "built in $((SECONDS - start)) s into $out"
-# The Go build cache (about 3 GB) serves only a rebuild after go.mod changes: dropped, so that
-# a CI run's disk holds the binaries, not their objects. SLIPWAY_K8S_KEEP_GOCACHE=1 keeps it.
-if [ -z "${SLIPWAY_K8S_KEEP_GOCACHE:-}" ]; then
-  go clean -cache 2>/dev/null || rm -rf "$GOCACHE"
-fi
 if [ -n "$cache" ] && mkdir -p "$cache_root" 2>/dev/null; then
   part="$(mktemp -d "$cache_root/.partial.XXXXXX")"
   for b in "${bins[@]}"; do cp "$out/$b" "$part/$b"; done
