@@ -31,8 +31,8 @@ pub(crate) struct CappedLog {
     len: u64,
     /// Notes held back until something else is written ([`CappedLog::note_deferred`]).
     deferred: Vec<u8>,
-    /// Values replaced by `<redacted>` before they reach the file, longest first.
-    redact: Vec<Vec<u8>>,
+    /// Values replaced by `<redacted>` before they reach the file.
+    hidden: Hidden,
     /// With redaction on, output is written by whole lines (so that a value split across two
     /// reads is still found): the start of a line not yet ended.
     pending: Vec<u8>,
@@ -41,53 +41,106 @@ pub(crate) struct CappedLog {
 /// A line longer than this is written without waiting for its end.
 const MAX_PENDING: usize = 64 * 1024;
 
-/// `bytes` with every occurrence of each value replaced by `<redacted>`.
-fn redact_bytes(bytes: &[u8], values: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    for value in values {
-        // Most values are in no write (a secret of several lines adds one per line): looked
-        // for first, and the bytes copied only for one that is there.
-        if value.is_empty() || memchr::memmem::find(&out, value).is_none() {
-            continue;
-        }
-        let mut next = Vec::with_capacity(out.len());
-        let mut i = 0;
-        while i < out.len() {
-            if out[i..].starts_with(value) {
-                next.extend_from_slice(b"<redacted>");
-                i += value.len();
-            } else {
-                next.push(out[i]);
-                i += 1;
-            }
-        }
-        out = next;
-    }
-    out
+/// The values a log replaces by `<redacted>`, and how they are found: the output is scanned
+/// from its start, the longest value found at a place is replaced, and the scan goes on after
+/// it (aho-corasick's leftmost-longest). Each value is 4 characters or longer; a secret of
+/// several lines adds each of its lines ([`slipway_core::redact::hidden_texts`]).
+#[derive(Debug, Default)]
+struct Hidden {
+    /// Longest first.
+    values: Vec<Vec<u8>>,
+    /// `None` when there is no value.
+    finder: Option<aho_corasick::AhoCorasick>,
+    /// The length of the longest value with no line end in it: as much of one as a line can
+    /// hold.
+    longest_in_line: usize,
 }
 
-/// Where a line longer than [`MAX_PENDING`] is cut, to write its start now: before its last
-/// bytes that could begin a value still to come (as many as the longest value has, less one),
-/// and moved past any value found across that point, so that no value is split between what
-/// is written now and what waits (a value split so is redacted in neither part). `values` are
-/// longest first, none empty. What waits is then at most the longest value.
-fn long_line_cut(pending: &[u8], values: &[Vec<u8>]) -> usize {
-    let longest = values.first().map_or(1, Vec::len);
-    let mut cut = pending.len().saturating_sub(longest - 1);
-    // A value starting before `cut` ends within `pending`: at least `longest - 1` bytes follow.
-    loop {
-        let across = values
+impl Hidden {
+    fn new(values: &[String]) -> Hidden {
+        let mut values: Vec<Vec<u8>> = values
             .iter()
-            .filter_map(|value| {
-                (cut.saturating_sub(value.len() - 1)..cut)
-                    .find(|&start| pending[start..].starts_with(value))
-                    .map(|start| start + value.len())
-            })
-            .max();
-        match across {
-            Some(end) => cut = end,
-            None => return cut,
+            .flat_map(|v| slipway_core::redact::hidden_texts(v))
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        // Values this many (and bytes so few) always build.
+        let finder = (!values.is_empty()).then(|| {
+            aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&values)
+                .expect("an automaton of the secrets' values")
+        });
+        let longest_in_line = values
+            .iter()
+            .filter(|v| !v.contains(&b'\n'))
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        Hidden {
+            values,
+            finder,
+            longest_in_line,
         }
+    }
+
+    /// `bytes` with the values in them replaced by `<redacted>`.
+    fn redact(&self, bytes: &[u8]) -> Vec<u8> {
+        let Some(finder) = &self.finder else {
+            return bytes.to_vec();
+        };
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        for found in finder.find_iter(bytes) {
+            out.extend_from_slice(&bytes[at..found.start()]);
+            out.extend_from_slice(b"<redacted>");
+            at = found.end();
+        }
+        out.extend_from_slice(&bytes[at..]);
+        out
+    }
+
+    /// Where `pending`, the start of a line longer than [`MAX_PENDING`] whose end has not
+    /// come, is cut to write that much now: at the first place the scan reaches from which a
+    /// value could go on past what has come (the line's next bytes may finish it, or make a
+    /// longer one of a value found there), so that the scan of what is written now and of
+    /// what waits finds what the scan of the whole line would, and no value is split between
+    /// the two. What waits is shorter than the longest value.
+    fn line_cut(&self, pending: &[u8]) -> usize {
+        let Some(finder) = &self.finder else {
+            return pending.len();
+        };
+        // Every value that starts before this fits in what has come: the scan's choices
+        // there are final.
+        let settled = pending
+            .len()
+            .saturating_sub(self.longest_in_line.saturating_sub(1));
+        let mut at = 0;
+        for found in finder.find_iter(pending) {
+            if found.start() >= settled {
+                break;
+            }
+            at = found.end();
+        }
+        let mut at = at.max(settled);
+        while at < pending.len() {
+            let rest = &pending[at..];
+            if self
+                .values
+                .iter()
+                .any(|v| v.len() > rest.len() && v.starts_with(rest))
+            {
+                return at;
+            }
+            // Past the longest value found here (values are longest first), or one byte.
+            at += self
+                .values
+                .iter()
+                .find(|v| rest.starts_with(v))
+                .map_or(1, Vec::len);
+        }
+        pending.len()
     }
 }
 
@@ -109,7 +162,7 @@ impl CappedLog {
             file: Some(file),
             len,
             deferred: Vec::new(),
-            redact: Vec::new(),
+            hidden: Hidden::default(),
             pending: Vec::new(),
         })
     }
@@ -140,7 +193,7 @@ impl CappedLog {
             file,
             len,
             deferred: Vec::new(),
-            redact: Vec::new(),
+            hidden: Hidden::default(),
             pending: Vec::new(),
         })
     }
@@ -164,14 +217,7 @@ impl CappedLog {
     /// too: [`slipway_core::redact::hidden_texts`]) with `<redacted>` in what is written from
     /// now on.
     pub fn redacting(mut self, values: &[String]) -> CappedLog {
-        let mut redact: Vec<Vec<u8>> = values
-            .iter()
-            .flat_map(|v| slipway_core::redact::hidden_texts(v))
-            .map(|v| v.as_bytes().to_vec())
-            .collect();
-        redact.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        redact.dedup();
-        self.redact = redact;
+        self.hidden = Hidden::new(values);
         self
     }
 
@@ -179,7 +225,7 @@ impl CappedLog {
     pub fn flush_pending(&mut self) {
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
-            let _ = self.write_raw(&redact_bytes(&pending, &self.redact));
+            let _ = self.write_raw(&self.hidden.redact(&pending));
         }
     }
 
@@ -202,18 +248,18 @@ impl CappedLog {
     /// Appends `buf` (redacted, by whole lines, when redaction is on), rotating as often as
     /// needed so that no generation exceeds the cap.
     pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.redact.is_empty() {
+        if self.hidden.values.is_empty() {
             return self.write_raw(buf);
         }
         self.pending.extend_from_slice(buf);
         let cut = match self.pending.iter().rposition(|&b| b == b'\n') {
             Some(i) => i + 1,
-            None if self.pending.len() > MAX_PENDING => long_line_cut(&self.pending, &self.redact),
+            None if self.pending.len() > MAX_PENDING => self.hidden.line_cut(&self.pending),
             None => return Ok(()),
         };
         let rest = self.pending.split_off(cut);
         let lines = std::mem::replace(&mut self.pending, rest);
-        self.write_raw(&redact_bytes(&lines, &self.redact))
+        self.write_raw(&self.hidden.redact(&lines))
     }
 
     fn write_raw(&mut self, mut buf: &[u8]) -> io::Result<()> {
@@ -250,7 +296,7 @@ impl CappedLog {
             let _ = self.write_all(line.as_bytes());
         } else {
             self.deferred
-                .extend_from_slice(&redact_bytes(line.as_bytes(), &self.redact));
+                .extend_from_slice(&self.hidden.redact(line.as_bytes()));
         }
     }
 
@@ -494,53 +540,69 @@ mod tests {
             .expect("write");
         assert_eq!(
             written(),
-            (MAX_PENDING + 5 - (secret.len() - 1), String::new()),
-            "the line's start is written; the secret's start, and what could begin it, wait"
+            (MAX_PENDING, String::new()),
+            "the line's start is written; what could begin the secret waits"
         );
         log.write_all(b"t-value-1234 and more\n").expect("write");
         assert_eq!(written(), (MAX_PENDING, "<redacted> and more\n".into()));
 
-        // Whole in one write, across the point where its last bytes would be held back.
+        // Whole in one write, then the start of another copy: the first is written redacted,
+        // and what could begin the second waits.
         std::fs::write(&path, "").expect("truncate");
         let mut log = CappedLog::open(&path, 1 << 20)
             .expect("open log")
             .redacting(&[secret.into()]);
-        log.write_all(format!("{long}{secret}yy").as_bytes())
+        log.write_all(format!("{long}{secret}yys3cr3t-v").as_bytes())
             .expect("write");
-        assert_eq!(written(), (MAX_PENDING, "<redacted>".into()));
-        log.flush_pending();
         assert_eq!(written(), (MAX_PENDING, "<redacted>yy".into()));
+        log.write_all(b"alue-1234").expect("write");
+        log.flush_pending();
+        assert_eq!(written(), (MAX_PENDING, "<redacted>yy<redacted>".into()));
     }
 
     use proptest::strategy::Strategy as _;
 
+    /// Values that overlap themselves and one another, or begin one another.
+    const OVERLAPPING: [&str; 6] = [
+        "s3cr3t-value-1234",
+        "s3cr3t-v",
+        "value-12",
+        "1234s3",
+        "aaaa",
+        "abab",
+    ];
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
 
         /// However the output is cut into writes, and however long its lines, the log holds
-        /// what redacting the whole output at once gives. (The secret overlaps no copy of
-        /// itself, so that this is one text.)
+        /// what redacting the whole output at once gives, with values that overlap.
         #[test]
         fn a_log_is_redacted_as_the_whole_output_would_be(
             pieces in proptest::collection::vec(
                 proptest::prop_oneof![
                     3 => (0usize..70_000).prop_map(|n| "x".repeat(n)),
-                    1 => (1usize..17).prop_map(|n| "s3cr3t-value-1234"[..n].to_owned()),
-                    2 => proptest::strategy::Just("s3cr3t-value-1234".to_owned()),
+                    1 => (1usize..7).prop_map(|n| "ab".repeat(n)),
+                    1 => (1usize..9).prop_map(|n| "a".repeat(n)),
+                    1 => (0usize..6, 1usize..17).prop_map(|(v, n)| {
+                        let value = OVERLAPPING[v];
+                        value[..n.min(value.len())].to_owned()
+                    }),
+                    2 => (0usize..6).prop_map(|v| OVERLAPPING[v].to_owned()),
                     1 => proptest::strategy::Just("\n".to_owned()),
                 ],
-                0..12,
+                0..16,
             ),
             // Where a write ends: in which piece, and where in it.
-            cuts in proptest::collection::vec((0usize..12, 0usize..70_000), 0..16),
+            cuts in proptest::collection::vec((0usize..16, 0usize..70_000), 0..20),
         ) {
-            let secret = "s3cr3t-value-1234";
+            let values: Vec<String> = OVERLAPPING.iter().map(|v| (*v).to_owned()).collect();
             let output = pieces.concat();
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("p.log");
             let mut log = CappedLog::open(&path, 1 << 30)
                 .expect("open log")
-                .redacting(&[secret.into()]);
+                .redacting(&values);
             let starts: Vec<usize> = pieces
                 .iter()
                 .scan(0, |at, piece| {
@@ -562,14 +624,41 @@ mod tests {
             }
             log.flush_pending();
             let text = std::fs::read_to_string(&path).expect("read");
+            let whole = String::from_utf8(Hidden::new(&values).redact(output.as_bytes()))
+                .expect("text");
+            let first = text
+                .bytes()
+                .zip(whole.bytes())
+                .position(|(a, b)| a != b)
+                .unwrap_or(text.len().min(whole.len()));
             proptest::prop_assert!(
-                text == output.replace(secret, "<redacted>"),
-                "{} secrets in the output, {} redacted, {} left",
-                output.matches(secret).count(),
-                text.matches("<redacted>").count(),
-                text.matches(secret).count()
+                text == whole,
+                "the log differs from the whole output redacted at byte {first}: {:?} against {:?}",
+                &text[first.saturating_sub(20)..(first + 30).min(text.len())],
+                &whole[first.saturating_sub(20)..(first + 30).min(whole.len())]
             );
         }
+    }
+
+    /// A value that overlaps itself, found across the cut of a long line, is redacted as the
+    /// whole line would be, and nothing of a second copy overlapping it goes out in clear.
+    #[test]
+    fn a_value_overlapping_itself_across_the_cut_of_a_long_line_is_redacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("self.log");
+        let mut log = CappedLog::open(&path, 1 << 20)
+            .expect("open log")
+            .redacting(&["aaaa".into()]);
+        let long = "x".repeat(MAX_PENDING);
+        log.write_all(format!("{long}aaaaaa").as_bytes())
+            .expect("write");
+        log.write_all(b"aa\n").expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text.trim_start_matches('x'),
+            "<redacted><redacted>\n",
+            "as the whole line redacted at once"
+        );
     }
 
     /// A secret of several lines that the process prints a line at a time (each written
