@@ -358,10 +358,33 @@ pub(crate) fn replan(inner: &Inner, number: i64) -> Result<(), ControllerError> 
 fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp, ControllerError> {
     let store = inner.engine.store();
     let mut pr = pr.clone();
+    let known = match store.pull_request(pr.number as i64) {
+        Ok(known) => known,
+        Err(e) => {
+            // Its record is damaged, and is not written over; its locks still go (nothing
+            // would release them later), and a merge counts as not approved.
+            let released = release(inner, pr.number as i64)?;
+            event(
+                inner,
+                &EnvName::pull_request(pr.number),
+                EventKind::PullRequestFailed,
+                &format!(
+                    "#{} is closed, but its record cannot be read, so it is left as it is: \
+                     its locks are released, and a merge counts as not approved: {e}",
+                    pr.number
+                ),
+            );
+            return Ok(FollowUp {
+                refresh: true,
+                reconcile: released,
+                ..FollowUp::default()
+            });
+        }
+    };
     if !setup(inner)?.kind.profile().webhook_names_pr_author {
         // GitLab's payload names who closed it, not its author (who decides a fork's preview
         // when it is reopened at this head).
-        pr.author = match store.pull_request(pr.number as i64)? {
+        pr.author = match known {
             Some(known) => known.author,
             None => real_author(inner, &pr)?,
         };
@@ -575,7 +598,19 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
     let mut follow = FollowUp::default();
     let listed: BTreeSet<i64> = open.iter().map(|p| p.number as i64).collect();
     for pr in &open {
-        let known = store.pull_request(pr.number as i64)?;
+        let known = match store.pull_request(pr.number as i64) {
+            Ok(known) => known,
+            // A damaged record stops only its own pull request.
+            Err(e) => {
+                event(
+                    inner,
+                    &EnvName::pull_request(pr.number),
+                    EventKind::PullRequestFailed,
+                    &e.to_string(),
+                );
+                continue;
+            }
+        };
         if known
             .as_ref()
             .is_none_or(|k| k.head_sha != pr.head_sha || k.state != "open" || k.labels != pr.labels)

@@ -32,7 +32,7 @@ use util::fake_github::{self as gh, issue_comment_payload, pull_request_payload}
 use util::fake_gitlab::{self as gl, DEVELOPER};
 use util::world::{self, Served};
 use util::{Event, FakeForge, Forge, PrSpec, PrState};
-use util::{Sandbox, git, wait_for};
+use util::{Sandbox, git, stored_events, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -635,6 +635,55 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
     proxy.failing.lock().expect("no panics while held").clear();
     wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
     w.serves("qa", "v1");
+}
+
+/// A pull request whose record is damaged (its list of approvers a push made stale is not
+/// JSON) was read as one seen for the first time and written back so: those approvals
+/// counted again. Then, read strictly, it stopped its own close from releasing its lock. Now
+/// the record is left as it is, its close still releases its lock, and other pull requests
+/// go on.
+#[test]
+fn a_damaged_pull_request_record_is_not_written_over_and_its_close_releases_its_lock() {
+    let (forge, _proxy, w) = qa_locked_by(5);
+    let sql = |statement: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(w.s.home.join("state.db"))
+            .arg(statement)
+            .output()
+            .expect("sqlite3 runs");
+        assert!(out.status.success(), "{statement}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    sql("UPDATE pull_requests SET stale_approvers = 'bob' WHERE number = 5");
+
+    // Another pull request is planned as ever.
+    let head = w.commit_on("main", "feature-7", "other", Some("refs/pull/7/head"));
+    w.gh_open(
+        &forge,
+        PrSpec {
+            head_ref: "feature-7".into(),
+            ..PrSpec::new(7, &head)
+        },
+    );
+
+    forge.set_state(5, PrState::Closed);
+    w.gh_accepted(
+        "pull_request",
+        &pull_request_payload("closed", &forge.pr(5), false, None),
+    );
+    wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
+    assert_eq!(
+        sql("SELECT stale_approvers FROM pull_requests WHERE number = 5"),
+        "bob",
+        "the damaged record is not written over"
+    );
+    let events = stored_events(&w.s, "pull_request.failed");
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains("#5 is closed, but its record cannot be read")),
+        "{events:?}"
+    );
 }
 
 /// A merge whose reviews cannot be read when its webhook comes (the forge fails, or the list
