@@ -14,7 +14,7 @@ use crate::render::inline_code;
 pub const USAGE: &str = "\
 Usage (one command per comment, on its first line):
 - `/slipway plan [ENV]`: plan this pull request for ENV, or for every environment it changes
-- `/slipway apply ENV`: apply this pull request to ENV (once its apply requirements hold)
+- `/slipway apply ENV [COMMIT]`: apply this pull request's head to ENV (once its apply requirements hold; for a fork, a maintainer's say-so for that head)
 - `/slipway unlock ENV`: release ENV's lock held by this pull request
 - `/slipway preview [COMMIT]`: build a preview environment for this pull request's head (maintainers, for forks)
 - `/slipway approve-policies [COMMIT]`: let this head commit through the soft policies that deny it (policy owners)
@@ -37,6 +37,8 @@ pub enum Command {
     Apply {
         /// The environment.
         env: EnvName,
+        /// The head commit the maintainer reviewed, if they named it (for a fork's).
+        commit: Option<CommitPrefix>,
     },
     /// Release an environment's lock held by the pull request.
     Unlock {
@@ -63,7 +65,11 @@ impl fmt::Display for Command {
         match self {
             Command::Plan { env: None } => f.write_str("/slipway plan"),
             Command::Plan { env: Some(env) } => write!(f, "/slipway plan {env}"),
-            Command::Apply { env } => write!(f, "/slipway apply {env}"),
+            Command::Apply { env, commit: None } => write!(f, "/slipway apply {env}"),
+            Command::Apply {
+                env,
+                commit: Some(commit),
+            } => write!(f, "/slipway apply {env} {commit}"),
             Command::Unlock { env } => write!(f, "/slipway unlock {env}"),
             Command::Preview { commit: None } => f.write_str("/slipway preview"),
             Command::Preview {
@@ -175,14 +181,20 @@ pub fn parse_command(body: &str) -> Result<Option<Command>, CommandError> {
                      `/slipway {verb} staging`."
                 )));
             }
-            [env] => {
-                let env = env_name(env)?;
-                if verb == "apply" {
-                    Command::Apply { env }
-                } else {
-                    Command::Unlock { env }
+            [env] if verb == "apply" => Command::Apply {
+                env: env_name(env)?,
+                commit: None,
+            },
+            // A second word that is not a commit is refused as any extra word is.
+            [env, word] if verb == "apply" && CommitPrefix::parse(word).is_some() => {
+                Command::Apply {
+                    env: env_name(env)?,
+                    commit: CommitPrefix::parse(word),
                 }
             }
+            [env] => Command::Unlock {
+                env: env_name(env)?,
+            },
             _ => return Err(extra_arguments(verb, &args[1..])),
         },
         "preview" | "approve-policies" => {
@@ -291,7 +303,17 @@ mod tests {
             ),
             (
                 "\n\n/slipway apply prod\nthanks!",
-                Command::Apply { env: env("prod") },
+                Command::Apply {
+                    env: env("prod"),
+                    commit: None,
+                },
+            ),
+            (
+                "/slipway apply qa 1A2b3C4",
+                Command::Apply {
+                    env: env("qa"),
+                    commit: CommitPrefix::parse("1a2b3c4"),
+                },
             ),
             ("/slipway unlock qa", Command::Unlock { env: env("qa") }),
             ("/slipway preview", Command::Preview { commit: None }),
@@ -312,6 +334,7 @@ mod tests {
                 &format!("/slipway apply {}", "a".repeat(63)),
                 Command::Apply {
                     env: env(&"a".repeat(63)),
+                    commit: None,
                 },
             ),
         ];

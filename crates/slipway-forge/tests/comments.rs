@@ -32,7 +32,12 @@ fn env(name: &str) -> EnvName {
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         proptest::option::of(checked_env_name()).prop_map(|env| Command::Plan { env }),
-        checked_env_name().prop_map(|env| Command::Apply { env }),
+        (checked_env_name(), proptest::option::of("[0-9a-f]{7,64}")).prop_map(|(env, c)| {
+            Command::Apply {
+                env,
+                commit: c.as_deref().and_then(CommitPrefix::parse),
+            }
+        }),
         checked_env_name().prop_map(|env| Command::Unlock { env }),
         proptest::option::of("[0-9a-f]{7,64}").prop_map(|c| Command::Preview {
             commit: c.as_deref().and_then(CommitPrefix::parse)
@@ -73,7 +78,7 @@ proptest! {
         if let Ok(Some(cmd)) = parse_command(&text) {
             prop_assert_eq!(parse_command(&cmd.to_string()), Ok(Some(cmd.clone())));
             match &cmd {
-                Command::Plan { env: Some(env) } | Command::Apply { env } | Command::Unlock { env } => {
+                Command::Plan { env: Some(env) } | Command::Apply { env, .. } | Command::Unlock { env } => {
                     prop_assert!(is_dns_label(env), "accepted env {:?} is a DNS label", env);
                 }
                 _ => {}
@@ -194,7 +199,21 @@ fn commands_from_the_table() {
         ),
         (
             "/slipway apply prod",
-            Ok(Some(Command::Apply { env: env("prod") })),
+            Ok(Some(Command::Apply {
+                env: env("prod"),
+                commit: None,
+            })),
+        ),
+        (
+            "/slipway apply prod 0123456789abcdef0123456789abcdef01234567",
+            Ok(Some(Command::Apply {
+                env: env("prod"),
+                commit: CommitPrefix::parse("0123456789abcdef0123456789abcdef01234567"),
+            })),
+        ),
+        (
+            "/slipway apply prod 0123456 now",
+            Err("Sorry, `/slipway apply` does not take `0123456 now`."),
         ),
         (
             "/slipway unlock prod",

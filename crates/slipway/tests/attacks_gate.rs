@@ -414,6 +414,62 @@ fn a_fork_preview_runs_only_the_commit_a_maintainer_approved() {
     w.serves("pr-3", "reads your secrets");
 }
 
+/// A maintainer's `/slipway apply qa` on a fork's pull request applied whatever head the fork
+/// had when the comment was handled: its author, pushing between the maintainer's read and
+/// the handling (a late delivery gives minutes), had code nobody read deployed to qa, with
+/// qa's secrets. Now a fork's head is applied as `/slipway preview` approves one: named by
+/// its whole id, or not pushed moments before the comment or after it.
+#[test]
+fn a_fork_head_pushed_after_the_maintainers_read_is_not_applied() {
+    let w = World::fresh_after_a_second();
+    let read = w.commit_on("main", "fork-work", "looked at", None, Some(4));
+    w.open_fork(4, &read);
+    w.head_older_than(4, Duration::from_millis(2_500));
+    // alice reads the head and comments `/slipway apply qa`; the delivery is held up.
+    let late = util::fake_github::issue_comment_payload(4, "alice", "/slipway apply qa");
+    // Meanwhile the fork's author pushes, and Slipway sees it at once.
+    let pushed = w.commit_on(
+        "fork-work",
+        "fork-work",
+        "reads your secrets",
+        None,
+        Some(4),
+    );
+    w.forge.set_head(4, &pushed);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.forge.pr(4), false, None),
+    );
+    w.forge.wait_for_comment(
+        4,
+        |c| c.body.contains(MARKER) && c.body.contains(&pushed[..12]),
+        T,
+    );
+    w.head_older_than(4, Duration::from_millis(2_500));
+    let answer = w.answer_to(4, &late);
+    assert!(
+        answer.contains("Nothing was applied")
+            && answer.contains(&pushed[..12])
+            && answer.contains(&format!("`/slipway apply qa {pushed}`")),
+        "{answer}"
+    );
+    assert!(!w.locked("qa"), "qa is not locked");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"), "qa runs main's code");
+
+    // Naming the head alice read, now not the head, applies nothing either.
+    let answer = w.command(4, "alice", &format!("/slipway apply qa {read}"));
+    assert!(
+        answer.contains("Nothing was applied") && answer.contains(&pushed[..12]),
+        "{answer}"
+    );
+    assert!(!w.locked("qa"));
+
+    // The legitimate path: alice reads the new head and names it.
+    let answer = w.command(4, "alice", &format!("/slipway apply qa {pushed}"));
+    assert!(answer.contains("Applied #4"), "{answer}");
+    w.serves("qa", "reads your secrets");
+}
+
 /// A command naming no commit is judged by when its comment was made, not by when it came: a
 /// delivery that comes minutes late (a backlog, a redelivery) does not approve a head pushed
 /// after the comment, however old that head is by then.

@@ -4,10 +4,10 @@
 use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::vocab::SyncState;
-use slipway_forge::{PrState, literal_block};
+use slipway_forge::{CommitPrefix, PrState, literal_block};
 use slipway_state::{PullRequestRecord, now_ms};
 
-use super::commands::{audit, reply};
+use super::commands::{audit, reply, unseen_head};
 use super::plans::fetched_head;
 use super::{
     FollowUp, origin_at, pushers_of, qualified_approval, set_head, setup, short, unknown_pusher,
@@ -30,15 +30,28 @@ pub(crate) fn apply_rules(
     rules
 }
 
+/// What the comment of a `/slipway apply` said besides the environment.
+pub(super) struct Said<'a> {
+    /// The head commit its author named, if they did.
+    pub commit: Option<&'a CommitPrefix>,
+    /// When the forge says it was made (unix ms), if it says.
+    pub at: Option<i64>,
+}
+
 /// `/slipway apply ENV`: the pull request's head goes to ENV before merge, when the pull
 /// request is into the branch ENV tracks, ENV's apply requirements hold and no other pull
 /// request holds it; ENV is then locked to this pull request (and stays on its head) until it
 /// is merged or closed, or unlocked. Refused or held, it leaves no lock and no pin behind.
+/// A fork's head is applied on a maintainer's say-so for the code they read: the head they
+/// named, or one not pushed moments before their comment or after it (as `/slipway preview`).
+/// Anyone else's pull request is as much its author's to apply (they can comment as they
+/// push); a commit named there must still be the head.
 pub(super) fn apply(
     inner: &Inner,
     record: &mut PullRequestRecord,
     env: &EnvName,
     author: &str,
+    said: Said<'_>,
     handoff: Option<i64>,
 ) -> Result<FollowUp, ControllerError> {
     let number = record.number;
@@ -52,6 +65,18 @@ pub(super) fn apply(
     let details = forge.pull_request(number as u64)?;
     if details.state != PrState::Open {
         return refuse(format!("#{number} is not open; nothing was applied."));
+    }
+    let head = &details.info.head_sha;
+    let fork = record.is_fork;
+    let unseen = if fork || said.commit.is_some() {
+        let verb = format!("apply {env}");
+        unseen_head(inner, record, head, said.commit, &verb, said.at)?
+            .filter(|_| fork || said.commit.is_some_and(|c| !c.names(head)))
+    } else {
+        None
+    };
+    if let Some(why) = unseen {
+        return refuse(why);
     }
     if details.info.head_sha != record.head_sha
         || details.info.base_ref != record.base_ref

@@ -119,7 +119,7 @@ pub(super) fn comment(
         "allowed",
         &command.to_string(),
     );
-    let (Command::Apply { env } | Command::Unlock { env }) = &command else {
+    let (Command::Apply { env, .. } | Command::Unlock { env }) = &command else {
         return run(inner, number, author, command, said_at, None);
     };
     // What it changes of the environment is done under its lease, by the replica that works
@@ -128,6 +128,7 @@ pub(super) fn comment(
         number,
         author: author.to_owned(),
         command: command.to_string(),
+        said_at,
     };
     match route(inner, env, &work)? {
         Route::Here { claimed } => {
@@ -259,7 +260,17 @@ pub(super) fn run(
                 Ok(FollowUp::default())
             }
         }
-        Command::Apply { env } => apply(inner, &mut record, &env, author, handoff),
+        Command::Apply { env, commit } => apply(
+            inner,
+            &mut record,
+            &env,
+            author,
+            super::apply::Said {
+                commit: commit.as_ref(),
+                at: said_at,
+            },
+            handoff,
+        ),
         Command::ApprovePolicies { commit } => {
             approve_policies(inner, &mut record, author, commit.as_ref(), said_at)
         }
@@ -282,7 +293,7 @@ fn refused(inner: &Inner, author: &str, action: &str, number: u64, why: &str) ->
 /// comment's time as the forge gives it (`said_at`, unix ms) as well as against now: a
 /// delivery can come minutes after its comment (a queue, a redelivery), by which time a head
 /// pushed after the comment looks old. `None`: approve.
-fn unseen_head(
+pub(super) fn unseen_head(
     inner: &Inner,
     record: &mut slipway_state::PullRequestRecord,
     head: &str,
@@ -300,17 +311,23 @@ fn unseen_head(
     let again = format!("`/slipway {verb} {head}`");
     let fresh = i64::try_from(setup(inner)?.fresh_head.as_millis()).unwrap_or(i64::MAX);
     let recent = moved || too_fresh(record.head_seen_at, said_at, now_ms(), fresh);
+    // What the command would have done, and did not.
+    let (nothing, meant) = if verb.starts_with("apply") {
+        ("Nothing was applied", "apply")
+    } else {
+        ("Nothing was approved", "approve")
+    };
     Ok(match named {
         Some(commit) if !commit.names(head) => Some(format!(
-            "Nothing was approved: the head of this pull request is {}, not `{commit}`. Look at \
-             it and, if it is what you meant to approve, comment {again}.",
+            "{nothing}: the head of this pull request is {}, not `{commit}`. Look at it and, \
+             if it is what you meant to {meant}, comment {again}.",
             short(head)
         )),
         Some(commit) if commit.is_whole(head) => None,
         _ if recent => Some(format!(
-            "Nothing was approved: the head of this pull request, {}, was pushed moments \
-             before your comment or after it, so it may not be what you read. Look at it and, \
-             if it is what you meant to approve, name its whole id: {again}.",
+            "{nothing}: the head of this pull request, {}, was pushed moments before your \
+             comment or after it, so it may not be what you read. Look at it and, if it is \
+             what you meant to {meant}, name its whole id: {again}.",
             short(head)
         )),
         _ => None,

@@ -43,6 +43,11 @@ pub(crate) enum Work {
         author: String,
         /// As typed (`Command`'s `Display`, which `parse_command` reads back).
         command: String,
+        /// When the forge says the comment was made (unix ms), if it says: the replica that
+        /// runs it judges how fresh the head is by it too. Missing in work handed over by an
+        /// earlier release.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        said_at: Option<i64>,
     },
     /// Pull request `number`, closed or merged, released its lock on the environment: it
     /// follows its branch again, unless another pull request locked it since.
@@ -147,9 +152,10 @@ pub(crate) fn run(inner: &Inner, taken: &Taken) -> Result<FollowUp, ControllerEr
             number,
             author,
             command,
+            said_at,
         } => match parse_command(command) {
             Ok(Some(command)) => {
-                commands::run(inner, *number, author, command, None, Some(taken.id))
+                commands::run(inner, *number, author, command, *said_at, Some(taken.id))
             }
             _ => Ok(FollowUp::default()),
         },
@@ -211,12 +217,31 @@ mod tests {
                 number: 7,
                 author: "alice".into(),
                 command: "/slipway apply qa".into(),
+                said_at: Some(1_700_000_000_000),
+            },
+            Work::Command {
+                number: 7,
+                author: "alice".into(),
+                command: "/slipway apply qa".into(),
+                said_at: None,
             },
             Work::Released { number: 7 },
         ] {
             let written = serde_json::to_value(&work).expect("written");
             assert_eq!(serde_json::from_value::<Work>(written).expect("read"), work);
         }
+        assert_eq!(
+            serde_json::from_value::<Work>(serde_json::json!({
+                "kind": "command", "number": 7, "author": "alice", "command": "/slipway apply qa"
+            }))
+            .expect("work an earlier release handed over"),
+            Work::Command {
+                number: 7,
+                author: "alice".into(),
+                command: "/slipway apply qa".into(),
+                said_at: None,
+            }
+        );
         assert_eq!(
             serde_json::to_value(Work::Released { number: 3 }).expect("written"),
             serde_json::json!({"kind": "released", "number": 3}),
