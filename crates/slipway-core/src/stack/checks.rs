@@ -230,6 +230,24 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                                     output_error(target_type, &ports_of[name], output)
                                 {
                                     cx.err(at, format!("`{r}`: {why}"), None);
+                                } else if !secrets_allowed
+                                    && is_secret_output(target_type, output)
+                                {
+                                    // Anywhere else in a manifest its value is shown: in the
+                                    // plan's objects, and in what the cluster says of them
+                                    // (a dry run's error quotes the value it refuses).
+                                    cx.err(
+                                        at,
+                                        format!(
+                                            "`{r}` is a secret output, used outside a Secret's \
+                                             `stringData`"
+                                        ),
+                                        Some(
+                                            "a manifest may use a secret output only in a \
+                                             `kind: Secret` object's `stringData`, which no plan \
+                                             shows; a workload reads it from that Secret",
+                                        ),
+                                    );
                                 }
                             } else {
                                 cx.err(
@@ -310,6 +328,13 @@ fn own_ports(res: &ResourceDef) -> BTreeSet<String> {
             .collect(),
         _ => BTreeSet::new(),
     }
+}
+
+/// Whether `output` of a resource of type `type_name` is one whose value is a secret (a
+/// database's `password` and `url`).
+fn is_secret_output(type_name: &str, output: &[String]) -> bool {
+    types::lookup(type_name)
+        .is_some_and(|t| matches!(output, [o] if t.secret_outputs.contains(&o.as_str())))
 }
 
 fn output_error(type_name: &str, ports: &BTreeSet<String>, output: &[String]) -> Option<String> {
