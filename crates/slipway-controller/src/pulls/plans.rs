@@ -197,7 +197,10 @@ pub(crate) fn post_plans(
                     }
                     Ok(p)
                 });
-                plans.push(match prepared {
+                // A plan's reasons quote what a provider or a cluster said, which may hold a
+                // value the environment keeps secret: the comment is public.
+                let redactor = inner.engine.redactor(&target.name)?;
+                let plan = match prepared {
                     Ok(prepared) => {
                         let approved = inner
                             .engine
@@ -232,7 +235,8 @@ pub(crate) fn post_plans(
                         queued: None,
                         policy: None,
                     },
-                });
+                };
+                plans.push(redacted(plan, &redactor));
             }
         }
     }
@@ -267,6 +271,20 @@ pub(crate) fn post_plans(
         );
     }
     Ok(())
+}
+
+/// `plan` with every value `redactor` knows replaced, in all it says that came from elsewhere.
+fn redacted(plan: EnvPlan, redactor: &slipway_engine::secrets::Redactor) -> EnvPlan {
+    if redactor.is_empty() {
+        return plan;
+    }
+    EnvPlan {
+        summary_line: redactor.redact(&plan.summary_line),
+        detail_text: redactor.redact(&plan.detail_text),
+        error: plan.error.map(|e| redactor.redact(&e)),
+        policy: plan.policy.map(|p| redactor.redact(&p)),
+        ..plan
+    }
 }
 
 /// Why `target`'s preview waits, with its place, if it is queued (`preview queued: 2nd in
@@ -445,4 +463,43 @@ fn comment_url(
             .map(|link| link.url)
             .unwrap_or(url),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use slipway_engine::secrets::Redactor;
+    use slipway_forge::EnvPlan;
+
+    use super::redacted;
+
+    /// What a plan comment quotes from a provider or a cluster (a dry run refusing a value
+    /// quotes it) is redacted before it is posted; what Slipway wrote itself is kept.
+    #[test]
+    fn a_plan_comment_quotes_no_secret_value() {
+        let redactor = Redactor::default();
+        redactor.add("pg-pass-0123456789");
+        let plan = EnvPlan {
+            env: "prod".into(),
+            summary_line: "1 to change".into(),
+            detail_text: "~ app: the server's dry run could not be made: Unsupported value: \
+                          \"pg-pass-0123456789\""
+                .into(),
+            error: Some("failed near pg-pass-0123456789".into()),
+            preview_url: Some("http://prod.shop.localhost:7300/".into()),
+            queued: None,
+            policy: Some("denied: pg-pass-0123456789 is weak".into()),
+        };
+        let shown = redacted(plan.clone(), &redactor);
+        let all = format!("{shown:?}");
+        assert!(!all.contains("pg-pass-0123456789"), "{all}");
+        assert!(
+            shown
+                .detail_text
+                .contains("Unsupported value: \"<redacted>\"")
+        );
+        assert_eq!(shown.preview_url, plan.preview_url);
+        assert_eq!(shown.summary_line, plan.summary_line);
+        // Nothing known, nothing changed.
+        assert_eq!(redacted(plan.clone(), &Redactor::default()), plan);
+    }
 }
