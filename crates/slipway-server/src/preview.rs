@@ -676,6 +676,7 @@ async fn gate(
     previews: &Previews,
     env: &EnvName,
     stack: &str,
+    method: &axum::http::Method,
     headers: &HeaderMap,
     path: &str,
     main_host: Option<&str>,
@@ -691,9 +692,49 @@ async fn gate(
     if record.stack != stack || record.access() != slipway_core::vocab::Access::Private {
         return None;
     }
+    if let Some(refused) = foreign_origin(method, headers) {
+        return Some(refused);
+    }
     crate::preview_access::admit(&previews.controller, env, stack, headers, main_host, path)
         .await
         .err()
+}
+
+/// The answer to a request a page of another origin made to a private preview with the
+/// visitor's preview cookie, and that could change something or read the answer: a method
+/// other than GET, HEAD and OPTIONS, or a WebSocket handshake (which no CORS rule guards),
+/// with an `Origin` that is not the preview's own. The preview cookie goes with requests
+/// from every page of the same site, and the previews of a stack share one
+/// (`pr-1.shop.localhost` and `pr-2.shop.localhost`): without this, the code of any branch
+/// with a preview could act in the visitor's name on the private previews they opened.
+/// `None` to go on. A request without `Origin` is no browser's cross-origin request.
+fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Response> {
+    use axum::http::Method;
+    let changes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || upgrade_protocol(headers).is_some();
+    let origin = headers.get(header::ORIGIN)?;
+    if !changes {
+        return None;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let own = origin
+        .to_str()
+        .ok()
+        .and_then(|o| {
+            o.strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+        })
+        .zip(host)
+        .is_some_and(|(from, host)| from.eq_ignore_ascii_case(host));
+    (!own).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "a page of another origin may not send this request to a private preview".into(),
+            "a private preview takes requests that change something, and WebSockets, only from \
+             its own pages (its `Origin`)"
+                .into(),
+        )
+    })
 }
 
 /// `X-Robots-Tag`, on every answer of a preview host.
@@ -724,6 +765,7 @@ async fn proxy(
         &previews,
         &env,
         &stack,
+        request.method(),
         request.headers(),
         &asked,
         main_host.as_deref(),

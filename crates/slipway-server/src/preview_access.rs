@@ -49,6 +49,9 @@ pub const LINK_HEADER: &str = "x-slipway-link";
 /// (`?env=E&stack=S&next=/path`).
 pub const SIGN_IN_PATH: &str = "/.slipway/preview-sign-in";
 
+/// The most links one request is checked with (its link headers and preview cookies).
+const MAX_LINKS: usize = 32;
+
 /// How long a link made for a replica it forwards a request to holds.
 pub(crate) const FORWARD_LINK: Duration = Duration::from_secs(60);
 
@@ -80,7 +83,10 @@ pub(crate) async fn admit(
         .filter_map(|v| v.to_str().ok())
         .map(str::to_string)
         .chain(cookie_values(headers, COOKIE))
-        .take(4)
+        // Checking one costs an HMAC (the state is read only for one that holds), and a page
+        // of a sibling preview can set cookies of this name for the whole stack's domain:
+        // enough are read that a few planted ones do not hide the visitor's own.
+        .take(MAX_LINKS)
         .collect();
     let token = slipway_token(headers);
     let (c, e, s) = (controller.clone(), env.clone(), stack.to_string());

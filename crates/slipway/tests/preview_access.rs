@@ -54,9 +54,20 @@ resources:
     expose: http
 "#;
 
-/// One raw HTTP/1.0 exchange with the server: (status, headers by lower-case name, body).
+/// One raw HTTP/1.0 GET to the server: (status, headers by lower-case name, body).
 fn exchange(
     port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, BTreeMap<String, Vec<String>>, String) {
+    exchange_as(port, "GET", host, path, headers)
+}
+
+/// [`exchange`] with another method.
+fn exchange_as(
+    port: u16,
+    method: &str,
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -65,7 +76,7 @@ fn exchange(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -251,6 +262,72 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         seen["cookie"], "theme=dark; cart=3",
         "the application gets its own cookies and never the preview cookie"
     );
+    // A page of another origin cannot send a request that changes something, nor open a
+    // WebSocket, with the visitor's cookie: the previews of a stack share a site, so the
+    // cookie goes with the requests of a sibling preview's page, whose code any branch
+    // writes. Reading pages, and the preview's own pages, still work.
+    let sibling = format!("http://br-feature-b.shop.localhost:{port}");
+    let own = format!("http://{private}");
+    let post = |origin: &str| {
+        exchange_as(
+            port,
+            "POST",
+            &private,
+            "/",
+            &[
+                ("Cookie", &value),
+                ("Origin", origin),
+                ("Content-Length", "0"),
+            ],
+        )
+    };
+    let (status, _, body) = post(&sibling);
+    assert_eq!(status, 403, "a sibling's POST is refused: {body}");
+    assert!(body.contains("another origin"), "{body}");
+    assert_eq!(post("null").0, 403, "so is an opaque origin's");
+    assert_eq!(
+        post(&own).0,
+        501,
+        "the preview's own POST reaches the app (which answers 501 to a POST)"
+    );
+    let websocket = |origin: &str| {
+        exchange(
+            port,
+            &private,
+            "/ws",
+            &[
+                ("Cookie", &value),
+                ("Origin", origin),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "13"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+        )
+        .0
+    };
+    assert_eq!(websocket(&sibling), 403, "a sibling's WebSocket is refused");
+    assert_ne!(websocket(&own), 403, "the preview's own is not");
+    let (status, _, _) = exchange(
+        port,
+        &private,
+        "/",
+        &[("Cookie", &value), ("Origin", &sibling)],
+    );
+    assert_eq!(
+        status, 200,
+        "a GET from elsewhere (a link followed) is let in"
+    );
+    // Cookies of the name that a sibling's page planted for the stack's whole domain (sent
+    // first) do not hide the visitor's own.
+    let planted: Vec<String> = (0..8).map(|i| format!("slipway_preview=junk{i}")).collect();
+    let planted = format!("{}; {value}", planted.join("; "));
+    let (status, _, body) = exchange(port, &private, "/", &[("Cookie", &planted)]);
+    assert_eq!(
+        status, 200,
+        "the visitor's own cookie still opens it: {body}"
+    );
+
     // The application cannot plant the router's cookie.
     let (status, headers, _) = exchange(port, &private, "/plant", &[("Cookie", &value)]);
     assert_eq!(status, 200);
