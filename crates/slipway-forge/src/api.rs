@@ -109,8 +109,10 @@ pub struct PreviewDeployment {
 pub struct PullRequestDetails {
     /// What every forge says about a pull request.
     pub info: PullRequestInfo,
-    /// Whether it can be merged without conflicts; `None` while the forge is still computing
-    /// it (GitHub computes it lazily: ask again a few seconds later).
+    /// Whether the forge says it can be merged now: nothing conflicts and (GitHub, GitLab)
+    /// what the base branch's protection requires holds, its required checks included;
+    /// `None` while the forge is still computing it (GitHub computes it lazily: ask again a
+    /// few seconds later; GitLab while a required pipeline runs).
     pub mergeable: Option<bool>,
     /// Open, closed or merged.
     pub state: PrState,

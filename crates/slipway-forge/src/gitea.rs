@@ -162,6 +162,7 @@ impl Flavor for Gitea {
     const COMMENTS_PAGED: bool = false;
     // Gitea has no deployments API.
     const DEPLOYMENTS: bool = false;
+    const CHECKS_APART: bool = true;
 
     type Review = Review;
     type Permission = Permission;

@@ -132,6 +132,7 @@ impl Flavor for GitHub {
     type User = User;
     const COMMENTS_PAGED: bool = true;
     const DEPLOYMENTS: bool = true;
+    const CHECKS_APART: bool = false;
 
     type Review = Review;
     type Permission = Permission;

@@ -399,18 +399,28 @@ impl Wire for GitLab {
 
     fn state(mr: MergeRequest) -> (PrState, Option<bool>, Option<String>) {
         let state = PrState::of(mr.state == "merged", mr.state != "closed");
+        // `detailed_merge_status` (GitLab 15.6 on) says what blocks the merge, a failed
+        // pipeline the project requires included; `merge_status` only whether it conflicts,
+        // so it is read only where the other is missing.
         let mergeable = if mr.has_conflicts == Some(true) {
             Some(false)
         } else {
             match (
-                mr.merge_status.as_deref(),
                 mr.detailed_merge_status.as_deref(),
+                mr.merge_status.as_deref(),
             ) {
-                (Some("can_be_merged"), _) | (_, Some("mergeable")) => Some(true),
-                (Some("cannot_be_merged"), _) | (_, Some("conflict" | "broken_status")) => {
-                    Some(false)
-                }
-                _ => None,
+                (Some("mergeable"), _) => Some(true),
+                (
+                    Some(
+                        "checking" | "unchecked" | "preparing" | "approvals_syncing"
+                        | "ci_still_running",
+                    ),
+                    _,
+                ) => None,
+                (Some(_), _) => Some(false),
+                (None, Some("can_be_merged")) => Some(true),
+                (None, Some("cannot_be_merged")) => Some(false),
+                (None, _) => None,
             }
         };
         // A squash merge's commit on the base branch is the squash commit.

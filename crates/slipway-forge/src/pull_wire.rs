@@ -65,6 +65,11 @@ pub(crate) struct PullRequest<U> {
     merged_at: Option<String>,
     #[serde(default)]
     mergeable: Option<bool>,
+    /// GitHub's verdict with the base branch's protection (its required checks and reviews):
+    /// `clean`, `unstable` (a check that is not required fails), `has_hooks`, `blocked`,
+    /// `behind`, `dirty`, `draft`, `unknown`. Gitea has none.
+    #[serde(default)]
+    mergeable_state: Option<String>,
     #[serde(default)]
     merge_commit_sha: Option<String>,
     /// GitHub and Gitea alike: `[{"name": ...}, ...]`; `null` or absent on some Gitea objects.
@@ -122,10 +127,18 @@ impl<U: WireUser> PullRequest<U> {
         self.merged.unwrap_or(self.merged_at.is_some())
     }
 
-    /// Its state, whether it can be merged, and its merge commit.
+    /// Its state, whether it can be merged, and its merge commit. On GitHub, what the base
+    /// branch's protection requires counts (a failing required check is `blocked`), as
+    /// Atlantis reads it; `mergeable` alone says only that nothing conflicts.
     pub(crate) fn state(self) -> (PrState, Option<bool>, Option<String>) {
         let state = PrState::of(self.merged(), self.state == "open");
-        (state, self.mergeable, self.merge_commit_sha)
+        let mergeable = match self.mergeable_state.as_deref() {
+            None | Some("clean" | "unstable" | "has_hooks") => self.mergeable,
+            Some("blocked" | "behind" | "dirty" | "draft") => Some(false),
+            // `unknown`, or a word this release does not know: not decided.
+            Some(_) => None,
+        };
+        (state, mergeable, self.merge_commit_sha)
     }
 }
 
@@ -213,6 +226,10 @@ pub(crate) trait Flavor: Default + Send + Sync + 'static {
     const COMMENTS_PAGED: bool;
     /// It has GitHub's Deployments API.
     const DEPLOYMENTS: bool;
+    /// Whether a pull request can be merged says nothing of its checks (Gitea's `mergeable`
+    /// is about conflicts only): the head commit's combined status is read as well. GitHub's
+    /// `mergeable_state` says it with the branch's protection.
+    const CHECKS_APART: bool;
 
     /// A review, as `GET …/pulls/{number}/reviews` lists them.
     type Review: DeserializeOwned;
@@ -260,6 +277,24 @@ impl<F: Flavor> Wire for GitHubLike<F> {
 
     fn state(pr: Self::PullRequest) -> (PrState, Option<bool>, Option<String>) {
         pr.state()
+    }
+
+    fn checks_green(api: &Api, repo: &Repository, sha: &str) -> Result<Option<bool>, ForgeError> {
+        if !F::CHECKS_APART {
+            return Ok(Some(true));
+        }
+        #[derive(Deserialize)]
+        struct Combined {
+            #[serde(default)]
+            state: Option<String>,
+        }
+        let combined: Combined = api.get(&format!("{}/commits/{sha}/status", repo.path))?;
+        Ok(match combined.state.as_deref() {
+            // No status at all, or every one green.
+            None | Some("" | "success") => Some(true),
+            Some("pending") => None,
+            Some(_) => Some(false),
+        })
     }
 
     fn reviews(api: &Api, repo: &Repository, number: u64) -> Result<Vec<Verdict>, ForgeError> {

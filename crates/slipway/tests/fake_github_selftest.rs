@@ -207,6 +207,12 @@ fn every_forge_method_works_against_the_fake() {
     assert_eq!(f.pull_request(1).expect("pull 1").mergeable, None);
     gh.set_mergeable(1, Some(false));
     assert_eq!(f.pull_request(1).expect("pull 1").mergeable, Some(false));
+    // No conflict, but a check the base branch requires fails: `blocked`, not mergeable.
+    gh.set_mergeable(1, Some(true));
+    gh.set_checks_failing(1, true);
+    assert_eq!(f.pull_request(1).expect("pull 1").mergeable, Some(false));
+    gh.set_checks_failing(1, false);
+    assert_eq!(f.pull_request(1).expect("pull 1").mergeable, Some(true));
     gh.set_head(1, &sha('f'));
     assert_eq!(f.pull_request(1).expect("pull 1").info.head_sha, sha('f'));
     let fork = f.pull_request(2).expect("pull 2").info;

@@ -137,6 +137,19 @@ fn a_pull_request_is_planned_previewed_applied_locked_and_merged() {
     assert!(refused.contains("approved"), "{refused}");
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 
+    // Approved, but a check that main's protection requires fails: GitHub says `blocked`,
+    // and prod's `mergeable` requirement is not met.
+    w.forge.approve(1, "carol", &second);
+    w.forge.set_checks_failing(1, true);
+    w.comment(1, "alice", "/slipway apply prod");
+    let refused = w.reply(1, "a check or review the base branch requires");
+    assert!(
+        refused.contains("apply requirements are not met") && !refused.contains("approved ("),
+        "{refused}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+    w.forge.set_checks_failing(1, false);
+
     // Approved: applied, and prod is locked to #1.
     w.forge.approve(1, "carol", &second);
     w.comment(1, "alice", "/slipway apply prod");

@@ -198,8 +198,12 @@ pub(super) fn apply(
     if rules.apply_requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true)
     {
         unmet.push(match details.mergeable {
-            Some(false) => "mergeable (it has conflicts or failing required checks)".to_string(),
-            _ => "mergeable (the forge has not decided yet; try again in a moment)".to_string(),
+            Some(false) => "mergeable (the forge says it cannot be merged now: a conflict, or a \
+                            check or review the base branch requires)"
+                .to_string(),
+            _ => "mergeable (the forge has not decided yet, or a required check still runs; try \
+                  again in a moment)"
+                .to_string(),
         });
     }
     if !unmet.is_empty() {

@@ -257,7 +257,7 @@ impl Cx {
                         if APPLY_REQUIREMENTS.contains(&r.as_str()) {
                             list.push(r);
                         } else {
-                            self.err(pos, format!("unknown apply requirement `{r}`"), Some("the requirements are `approved` (a reviewer approved the head commit) and `mergeable` (the forge says it merges cleanly)"));
+                            self.err(pos, format!("unknown apply requirement `{r}`"), Some("the requirements are `approved` (a reviewer approved the head commit) and `mergeable` (the forge says it can be merged now, its checks green)"));
                         }
                     }
                     env.requirements = Some(list);

@@ -82,6 +82,7 @@ pub fn pr_id(number: u64) -> u64 {
 /// | `POST /repos/acme/shop/issues/{index}/comments` | `201`, a comment by the bot |
 /// | `GET`/`PATCH /repos/acme/shop/issues/comments/{id}` | the comment; `PATCH` edits it (`403` unless the bot wrote it) |
 /// | `POST /repos/acme/shop/statuses/{sha}` | `201`, the status |
+/// | `GET /repos/acme/shop/commits/{sha}/status` | the combined status: the latest of each context, and a failing `ci/tests` on the head of a pull request whose checks fail |
 /// | `GET /repos/acme/shop/pulls?state=open\|closed\|all` | newest first, paginated (default `open`) |
 /// | `GET /repos/acme/shop/pulls/{index}` | the pull request, with `mergeable` and `merged` |
 /// | `GET /repos/acme/shop/pulls/{index}/reviews` | its reviews, oldest first, paginated |
@@ -133,6 +134,7 @@ fn op_id(op: &Op) -> &'static str {
         Op::GetComment(_) => "issueGetComment",
         Op::UpdateComment(_) => "issueEditComment",
         Op::CreateStatus(_) => "repoCreateStatus",
+        Op::GetCombinedStatus(_) => "repoGetCombinedStatusByRef",
         Op::ListPulls => "repoListPullRequests",
         Op::GetPull(_) => "repoGetPullRequest",
         Op::ListReviews(_) => "repoListPullReviews",
@@ -226,6 +228,7 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             }
         }
         Op::CreateStatus(sha) => create_status(core, st, sha, json),
+        Op::GetCombinedStatus(sha) => combined_status(core, st, sha),
         Op::ListPulls => {
             let Some(prs) = st.prs_in(param("state").unwrap_or("open")) else {
                 return message(422, "[State]: invalid state");
@@ -542,6 +545,55 @@ fn status_json(bot: &str, s: &StoredStatus) -> Value {
         "created_at": s.created_at,
         "updated_at": s.created_at,
     })
+}
+
+/// `CombinedStatus` (`modules/structs/status.go`) of commit `sha`: the latest status of each
+/// context, and a failing `ci/tests` for the head of a pull request whose checks fail. Its
+/// `state` is the worst of them (`failure` or `error`, then `pending`, then `warning`,
+/// `success`), and empty without any, as Gitea answers.
+fn combined_status(core: &Core, st: &State, sha: &str) -> Reply {
+    let sha = sha.to_ascii_lowercase();
+    let mut latest: Vec<&StoredStatus> = Vec::new();
+    for s in st.statuses.iter().rev().filter(|s| s.sha == sha) {
+        if !latest.iter().any(|l| l.status.context == s.status.context) {
+            latest.push(s);
+        }
+    }
+    let mut statuses: Vec<Value> = latest
+        .iter()
+        .map(|s| status_json(&core.bot_login, s))
+        .collect();
+    let failing = st
+        .prs
+        .iter()
+        .any(|p| p.checks_failing && p.spec.head_sha.eq_ignore_ascii_case(&sha));
+    if failing {
+        statuses.push(json!({
+            "id": 1, "status": "failure", "context": "ci/tests", "description": "tests failed",
+            "target_url": "", "url": format!("{WEB}/api/v1/repos/{REPO}/statuses/{sha}"),
+            "creator": user_json(&core.bot_login), "created_at": now_iso(), "updated_at": now_iso(),
+        }));
+    }
+    let states: Vec<&str> = statuses
+        .iter()
+        .filter_map(|s| s["status"].as_str())
+        .collect();
+    let worst = ["failure", "error", "pending", "warning", "success"]
+        .into_iter()
+        .find(|w| states.contains(w))
+        .unwrap_or("");
+    Reply::json(
+        200,
+        json!({
+            "state": worst,
+            "sha": sha,
+            "total_count": statuses.len(),
+            "statuses": statuses,
+            "repository": null,
+            "commit_url": format!("{WEB}/api/v1/repos/{REPO}/commits/{sha}"),
+            "url": format!("{WEB}/api/v1/repos/{REPO}/commits/{sha}/status"),
+        }),
+    )
 }
 
 /// `PullReview` (`modules/structs/pull_review.go`).

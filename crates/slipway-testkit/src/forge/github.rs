@@ -228,6 +228,8 @@ pub(super) enum Op {
     GetComment(u64),
     UpdateComment(u64),
     CreateStatus(String),
+    /// Gitea's combined status of a commit (GitHub's adapter reads `mergeable_state`).
+    GetCombinedStatus(String),
     ListPulls,
     GetPull(u64),
     ListReviews(u64),
@@ -246,6 +248,8 @@ impl Op {
             Op::GetComment(_) => "issues/get-comment",
             Op::UpdateComment(_) => "issues/update-comment",
             Op::CreateStatus(_) => "repos/create-commit-status",
+            // Never matched (see `match_op`): the fake answers it as Gitea only.
+            Op::GetCombinedStatus(_) => "(not in the fake GitHub)",
             Op::ListPulls => "pulls/list",
             Op::GetPull(_) => "pulls/get",
             Op::ListReviews(_) => "pulls/list-reviews",
@@ -264,6 +268,7 @@ fn match_op(method: &str, segments: &[String]) -> Option<Op> {
             .then(|| n.parse().ok())
             .flatten()
     })
+    .filter(|op| !matches!(op, Op::GetCombinedStatus(_)))
 }
 
 /// The operation of `method` on the path `segments`, its numbers read by `num`.
@@ -285,6 +290,9 @@ pub(super) fn match_op_with(
                 ("POST", ["issues", n, "comments"]) => Some(Op::CreateComment(num(n)?)),
                 ("POST", ["statuses", sha]) if !sha.is_empty() => {
                     Some(Op::CreateStatus((*sha).to_owned()))
+                }
+                ("GET", ["commits", sha, "status"]) if !sha.is_empty() => {
+                    Some(Op::GetCombinedStatus((*sha).to_owned()))
                 }
                 ("GET", ["pulls"]) => Some(Op::ListPulls),
                 ("GET", ["pulls", n]) => Some(Op::GetPull(num(n)?)),
@@ -384,6 +392,7 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             Reply::json(200, comment_json(api, st, c))
         }
         Op::CreateStatus(sha) => create_status(core, st, sha, json.unwrap_or(&Value::Null)),
+        Op::GetCombinedStatus(_) => not_found(),
         Op::ListPulls => {
             let Some(prs) = st.prs_in(call.param("state").unwrap_or("open")) else {
                 return invalid("PullRequest", "state", "invalid", None);
@@ -931,6 +940,8 @@ fn pr_json(api: &str, st: &State, pr: &Pr, full: bool) -> Value {
     if full {
         let mergeable_state = match pr.mergeable {
             _ if shown.state == "closed" => "unknown",
+            // The base branch's protection requires a check that fails.
+            Some(true) if pr.checks_failing => "blocked",
             Some(true) => "clean",
             Some(false) => "dirty",
             None => "unknown",

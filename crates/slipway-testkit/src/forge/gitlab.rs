@@ -602,6 +602,8 @@ fn project_json(path: &str, id: u64, forked: bool) -> Value {
 
 fn merge_status(mr: &Pr) -> (&'static str, &'static str, bool) {
     match mr.mergeable {
+        // No conflict (so `merge_status` says it can be merged), but the pipeline failed.
+        Some(true) if mr.checks_failing => ("can_be_merged", "ci_must_pass", false),
         Some(true) => ("can_be_merged", "mergeable", false),
         Some(false) => ("cannot_be_merged", "conflict", true),
         None => ("checking", "checking", false),

@@ -281,6 +281,9 @@ pub struct Pr {
     pub state: PrState,
     /// `None`: the forge is still computing it.
     pub mergeable: Option<bool>,
+    /// A check its head commit must pass fails (GitHub shows it `blocked` by the branch's
+    /// protection, GitLab `ci_must_pass`, Gitea a failing commit status `ci/tests`).
+    pub checks_failing: bool,
     /// ISO 8601.
     pub created_at: String,
     /// ISO 8601.
@@ -787,6 +790,7 @@ impl FakeForge {
             spec,
             state: PrState::Open,
             mergeable: Some(true),
+            checks_failing: false,
             created_at: now.clone(),
             updated_at: now,
             closed_at: None,
@@ -855,6 +859,11 @@ impl FakeForge {
     /// (Gitea shows it as `false`).
     pub fn set_mergeable(&self, number: u64, mergeable: Option<bool>) {
         self.lock().pr_mut(number, self.dialect()).mergeable = mergeable;
+    }
+
+    /// Whether a check that pull request `number`'s head must pass fails.
+    pub fn set_checks_failing(&self, number: u64, failing: bool) {
+        self.lock().pr_mut(number, self.dialect()).checks_failing = failing;
     }
 
     /// `reviewer` approves pull request `number` at `commit_sha` (GitLab's approvals name no
