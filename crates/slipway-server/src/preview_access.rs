@@ -223,10 +223,10 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
         let Ok(Some(found)) = crate::session::find(store, &session) else {
             return Ok(None);
         };
-        match store.token_by_hash(&found.token_hash) {
-            Ok(Some(token)) if token.is_active() => {}
+        let token = match store.token_by_hash(&found.token_hash) {
+            Ok(Some(token)) if token.is_active() => token,
             _ => return Ok(None),
-        }
+        };
         let record = match store.environment(&env) {
             Ok(Some(record)) if record.stack == stack => record,
             _ => return Err(()),
@@ -234,7 +234,22 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
         let until = found
             .expires_at
             .min(now_ms().saturating_add(MAX_LINK.as_millis() as i64));
-        c.link_until(&record, until).map(Some).map_err(|_| ())
+        let link = c.link_until(&record, until).map_err(|_| ())?;
+        // A link is a bearer credential that anyone holding it may use: who was given one,
+        // for which preview and how long, is audited as a link made through the API is.
+        let _ = store.record_audit(&slipway_state::NewAudit {
+            at: now_ms(),
+            who: token.name,
+            action: "environment.link".into(),
+            target: Some(env.to_string()),
+            outcome: "ok".into(),
+            detail: format!(
+                "preview sign-in ({} token), until {}",
+                token.role,
+                crate::rfc3339(until)
+            ),
+        });
+        Ok(Some(link))
     })
     .await
     .unwrap_or(Err(()));

@@ -450,6 +450,21 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
     let (status, headers, _) = exchange(port, &host, &path, &[]);
     assert_eq!(status, 303);
     assert_eq!(header(&headers, "location"), Some("/cart"));
+    // The link it handed out is a bearer credential: audited, by whose session.
+    let audited = slipway_state::Store::open(&s.home)
+        .expect("store")
+        .audit(100, None)
+        .expect("audit");
+    assert!(
+        audited
+            .iter()
+            .map(|e| &e.entry)
+            .any(|e| e.action == "environment.link"
+                && e.who == "viewer"
+                && e.target.as_deref() == Some("br-feature-a")
+                && e.detail.contains("preview sign-in")),
+        "{audited:?}"
+    );
     // Without a session: to the UI's login, which comes back to the sign-in.
     let (status, headers, _) = exchange(port, &main_host, asked, &[]);
     assert_eq!(status, 303);
