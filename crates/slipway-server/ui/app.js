@@ -420,7 +420,7 @@
     }, REPLICAS_REFRESH_MS);
     try {
       state.me = await api("GET", "/api/v1/whoami");
-      loggedIn();
+      loggedIn(false);
     } catch (error) {
       if (!(error instanceof ApiError && error.status === 401)) {
         showLogin(describe(error));
@@ -433,23 +433,49 @@
   // only: `next` is no open redirect).
   const SIGN_IN = "/.slipway/preview-sign-in?";
 
-  function continueSignIn() {
+  /** The preview sign-in this page was asked to go on to once logged in (`?next=`), if any. */
+  function signInNext() {
     const next = new URLSearchParams(location.search).get("next");
-    if (next && next.startsWith(SIGN_IN)) {
-      location.replace(next);
-      return true;
-    }
-    return false;
+    return next && next.startsWith(SIGN_IN) ? next : null;
   }
 
-  function loggedIn() {
-    if (continueSignIn()) return;
+  /**
+   * Logged in: `fresh` when the person has just submitted the login form. A private
+   * preview's sign-in sent them to it (`?next=`), and goes on at once. Already logged in, a
+   * page asking to go on is any site's link (the URL is plain): the person is asked, so that
+   * the code of one preview cannot sign its visitor in to another's.
+   */
+  function loggedIn(fresh) {
+    const next = signInNext();
+    if (next && fresh) {
+      location.replace(next);
+      return;
+    }
     $("#who").hidden = false;
     clear($("#who")).append(h("span", { id: "who-name" }, state.me.name), " ", h("span", { class: "tag", id: "who-role" }, state.me.role));
     $("#logout").hidden = false;
     $("#nav").hidden = false;
     connect();
-    route();
+    if (next) {
+      history.replaceState(null, "", location.pathname + location.hash);
+      showContinue(next);
+    } else {
+      route();
+    }
+  }
+
+  function showContinue(next) {
+    closeViewStreams();
+    state.view = { name: "continue" };
+    clear($("#main")).append(
+      h("h1", {}, "Open a private preview?"),
+      h("p", { id: "continue-note" }, "A link asks to sign you in to a private preview. Go on only if you meant to open it."),
+      h("div", { class: "row" },
+        h("a", { id: "continue-sign-in", class: "button", href: next }, "Open the preview"),
+        " ",
+        h("a", { id: "continue-dashboard", href: "#/" }, "Go to the dashboard"),
+      ),
+    );
   }
 
   function loggedOut(why) {
@@ -506,7 +532,7 @@
         input.value = "";
         state.me = { name: session.name, role: session.role, csrf: session.csrf, via: "session" };
         if (location.hash.startsWith("#/login")) location.hash = "#/";
-        loggedIn();
+        loggedIn(true);
       } catch (err) {
         error.append(err instanceof ApiError && err.status === 401 ? "That token is unknown or revoked." : describe(err));
         submit.disabled = false;

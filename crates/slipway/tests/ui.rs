@@ -1466,6 +1466,28 @@ fn a_private_preview_signs_a_person_in_through_the_ui_and_shares_a_link() {
         "the preview host keeps the link in its cookie"
     );
 
+    // Logged in already, a link asking the UI to go on to a preview's sign-in (any page can
+    // make one: a sibling preview's, to sign its visitor in to this one) goes on only on the
+    // person's click.
+    browser.goto(
+        "/?next=%2F.slipway%2Fpreview-sign-in%3Fenv%3Dbr-feature-login%26stack%3Dshop%26next%3D%252F%253Fasked",
+    );
+    browser.wait_until_exists("the UI asks before going on", PAGE, "#continue-sign-in");
+    let here = browser.js("return location.href;", vec![]);
+    assert_eq!(
+        here.as_str(),
+        Some(format!("http://localhost:{port}/").as_str()),
+        "still on the UI, its `next` dropped"
+    );
+    assert_accessible(&browser, "the question before a preview's sign-in");
+    browser.click("#continue-sign-in");
+    browser.wait_for("the preview opens on the click", DEPLOY, |b| {
+        let at = b.js("return location.href;", vec![]);
+        at.as_str()
+            .is_some_and(|at| at.starts_with(&format!("{preview}/?asked")))
+            .then_some(())
+    });
+
     // The environment page says it is private, and shares a link.
     browser.goto("/#/env/br-feature-login");
     browser.wait_until_exists("the environment page", PAGE, "#env-access");
