@@ -361,22 +361,9 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
     let known = match store.pull_request(pr.number as i64) {
         Ok(known) => known,
         Err(e) => {
-            // Its record is damaged, and is not written over; its locks still go (nothing
-            // would release them later), and a merge counts as not approved.
-            let released = release(inner, pr.number as i64)?;
-            event(
-                inner,
-                &EnvName::pull_request(pr.number),
-                EventKind::PullRequestFailed,
-                &format!(
-                    "#{} is closed, but its record cannot be read, so it is left as it is: \
-                     its locks are released, and a merge counts as not approved: {e}",
-                    pr.number
-                ),
-            );
             return Ok(FollowUp {
                 refresh: true,
-                reconcile: released,
+                reconcile: release_unreadable(inner, pr.number as i64, &format!(": {e}"))?,
                 ..FollowUp::default()
             });
         }
@@ -424,6 +411,27 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
         reconcile: released,
         ..FollowUp::default()
     })
+}
+
+/// Pull request `number`, closed, whose record is damaged: the record is not written over,
+/// its locks still go (nothing would release them later), and a merge counts as not
+/// approved; an event says so, with `why` after it. The environments to reconcile.
+fn release_unreadable(
+    inner: &Inner,
+    number: i64,
+    why: &str,
+) -> Result<Vec<EnvName>, ControllerError> {
+    let released = release(inner, number)?;
+    event(
+        inner,
+        &EnvName::pull_request(number),
+        EventKind::PullRequestFailed,
+        &format!(
+            "#{number} is closed, but its record cannot be read, so it is left as it is: its \
+             locks are released, and a merge counts as not approved{why}"
+        ),
+    );
+    Ok(released)
 }
 
 /// Remembers the commit a merged pull request made, and whether it was approved then: what
@@ -626,7 +634,23 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             follow.refresh = true;
         }
     }
-    for known in store.pull_requests(Some("open"))? {
+    let (recorded_open, unreadable) = store.pull_requests_and_unreadable(Some("open"))?;
+    // Damaged records of pull requests the forge says are closed: their locks go, and the
+    // records stay as they are (as a close webhook does for one, see `closed`).
+    for number in unreadable {
+        if listed.contains(&number) {
+            continue;
+        }
+        if let Ok(details) = forge.pull_request(number as u64)
+            && details.state != PrState::Open
+        {
+            follow
+                .reconcile
+                .extend(release_unreadable(inner, number, "")?);
+            follow.refresh = true;
+        }
+    }
+    for known in recorded_open {
         if listed.contains(&known.number) {
             continue;
         }

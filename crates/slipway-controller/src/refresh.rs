@@ -24,7 +24,22 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
     // are known like a branch's), checked against the head the forge announced.
     let mut pulls = Vec::new();
     if let Some(setup) = inner.forge.get() {
-        for pr in inner.engine.store().pull_requests(Some("open"))? {
+        let (open, unreadable) = inner
+            .engine
+            .store()
+            .pull_requests_and_unreadable(Some("open"))?;
+        // A pull request whose record is damaged: its preview, if one runs, is kept as it is
+        // (nothing new is deployed for it, and it is not destroyed as if it were closed).
+        for number in unreadable {
+            let env = EnvName::pull_request(number as u64);
+            if inner.engine.store().environment(&env)?.is_some() {
+                pulls.push(discover::PullHead {
+                    number: number as u64,
+                    reference: setup.forge.pr_head_ref(number as u64),
+                });
+            }
+        }
+        for pr in open {
             let reference = setup.forge.pr_head_ref(pr.number as u64);
             let head = if pr.preview_allowed {
                 inner.source.resolve(&reference).ok()

@@ -283,6 +283,16 @@ impl Store {
     /// damaged row) is left out, so that it stops nothing but its own pull request: reading
     /// it alone ([`Store::pull_request`]) says why, and so does every event about it.
     pub fn pull_requests(&self, state: Option<&str>) -> Result<Vec<PullRequestRecord>, StateError> {
+        Ok(self.pull_requests_and_unreadable(state)?.0)
+    }
+
+    /// [`Store::pull_requests`], and the numbers of those in `state` whose record cannot be
+    /// read: what works on every pull request leaves them as they are (a preview of one is
+    /// not destroyed for want of its record), or judges them by the forge alone.
+    pub fn pull_requests_and_unreadable(
+        &self,
+        state: Option<&str>,
+    ) -> Result<(Vec<PullRequestRecord>, Vec<i64>), StateError> {
         let rows = self
             .conn()
             .query(
@@ -291,10 +301,19 @@ impl Store {
                      ORDER BY number"
                 ),
                 params![state],
-                |row| Ok(from_row(row).ok()),
+                |row| Ok(from_row(row).map_err(|_| row.get::<i64>(0))),
             )
             .map_err(sql("list pull requests"))?;
-        Ok(rows.into_iter().flatten().collect())
+        let mut readable = Vec::new();
+        let mut unreadable = Vec::new();
+        for row in rows {
+            match row {
+                Ok(record) => readable.push(record),
+                Err(Ok(number)) => unreadable.push(number),
+                Err(Err(e)) => return Err(sql("list pull requests")(e)),
+            }
+        }
+        Ok((readable, unreadable))
     }
 
     /// Remembers a webhook delivery. Returns `false` when it was seen before (a redelivery,
@@ -636,6 +655,13 @@ mod tests {
             store.pull_requests(None).expect("list"),
             vec![pr(8)],
             "the listing leaves it out, and lists the others"
+        );
+        assert_eq!(
+            store
+                .pull_requests_and_unreadable(Some("open"))
+                .expect("list"),
+            (vec![pr(8)], vec![7]),
+            "and says which it left out"
         );
     }
 

@@ -637,24 +637,62 @@ fn a_pull_request_missing_from_the_open_list_keeps_its_lock_until_the_forge_says
     w.serves("qa", "v1");
 }
 
-/// A pull request whose record is damaged (its list of approvers a push made stale is not
-/// JSON) was read as one seen for the first time and written back so: those approvals
-/// counted again. Then, read strictly, it stopped its own close from releasing its lock. Now
-/// the record is left as it is, its close still releases its lock, and other pull requests
-/// go on.
+/// `sql` run on the state of `w` (SQLite), its output.
+fn sql(w: &Engine, statement: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(w.s.home.join("state.db"))
+        .arg(statement)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(out.status.success(), "{statement}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// [`qa_locked_by`] `n`, whose record is then damaged (its list of approvers a push made
+/// stale is not JSON), after which the catch-up pass and discovery ran a few times.
+fn damaged_record_locking_qa(n: u64) -> (FakeForge, Proxy, Engine) {
+    let (forge, proxy, w) = qa_locked_by(n);
+    sql(
+        &w,
+        &format!("UPDATE pull_requests SET stale_approvers = 'bob' WHERE number = {n}"),
+    );
+    proxy.wait_for_more("/repos/acme/shop/pulls", 3);
+    (forge, proxy, w)
+}
+
+/// The record is left as it was, and an event says why.
+fn left_as_it_was(w: &Engine, n: u64) {
+    assert_eq!(
+        sql(
+            w,
+            &format!("SELECT stale_approvers FROM pull_requests WHERE number = {n}")
+        ),
+        "bob",
+        "the damaged record is not written over"
+    );
+    let events = stored_events(&w.s, "pull_request.failed");
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains(&format!("#{n} is closed, but its record cannot be read"))),
+        "{events:?}"
+    );
+}
+
+/// A pull request whose record is damaged was read as one seen for the first time and written
+/// back so: the approvals a push had made stale counted again. Then, read strictly, it
+/// stopped every pull request's listing (and discovery of every environment), and its own
+/// close from releasing its lock. Now the record is left as it is, other pull requests go on,
+/// its preview is not destroyed as if it were closed, and its close releases its lock.
 #[test]
 fn a_damaged_pull_request_record_is_not_written_over_and_its_close_releases_its_lock() {
-    let (forge, _proxy, w) = qa_locked_by(5);
-    let sql = |statement: &str| {
-        let out = std::process::Command::new("sqlite3")
-            .arg(w.s.home.join("state.db"))
-            .arg(statement)
-            .output()
-            .expect("sqlite3 runs");
-        assert!(out.status.success(), "{statement}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    sql("UPDATE pull_requests SET stale_approvers = 'bob' WHERE number = 5");
+    let (forge, _proxy, w) = damaged_record_locking_qa(5);
+    assert!(
+        w.environments().contains(&"pr-5".to_owned()),
+        "its preview runs on: {:?}",
+        w.environments()
+    );
+    assert!(w.locked("qa"), "its lock holds while it is open");
 
     // Another pull request is planned as ever.
     let head = w.commit_on("main", "feature-7", "other", Some("refs/pull/7/head"));
@@ -672,18 +710,17 @@ fn a_damaged_pull_request_record_is_not_written_over_and_its_close_releases_its_
         &pull_request_payload("closed", &forge.pr(5), false, None),
     );
     wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
-    assert_eq!(
-        sql("SELECT stale_approvers FROM pull_requests WHERE number = 5"),
-        "bob",
-        "the damaged record is not written over"
-    );
-    let events = stored_events(&w.s, "pull_request.failed");
-    assert!(
-        events.iter().any(|e| e
-            .message
-            .contains("#5 is closed, but its record cannot be read")),
-        "{events:?}"
-    );
+    left_as_it_was(&w, 5);
+}
+
+/// The same pull request closed while its webhook was missed: the catch-up pass, which asks
+/// the forge, releases its lock.
+#[test]
+fn a_damaged_pull_request_record_closed_unseen_releases_its_lock_at_catch_up() {
+    let (forge, _proxy, w) = damaged_record_locking_qa(4);
+    forge.set_state(4, PrState::Closed);
+    wait_for("qa is released", T, || (!w.locked("qa")).then_some(()));
+    left_as_it_was(&w, 4);
 }
 
 /// A merge whose reviews cannot be read when its webhook comes (the forge fails, or the list
