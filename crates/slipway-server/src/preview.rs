@@ -716,6 +716,15 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
     if !changes {
         return None;
     }
+    // The host names, not their ports: a reverse proxy in front of the router often sends
+    // `Host` without the port the browser used (nginx's `$host`), and no other origin serves
+    // the preview's own name.
+    let name = |authority: &str| {
+        let name = authority
+            .rsplit_once(':')
+            .map_or(authority, |(name, _)| name);
+        name.trim_end_matches('.').to_ascii_lowercase()
+    };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let own = origin
         .to_str()
@@ -724,8 +733,9 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
             o.strip_prefix("http://")
                 .or_else(|| o.strip_prefix("https://"))
         })
+        .filter(|from| !from.contains('/'))
         .zip(host)
-        .is_some_and(|(from, host)| from.eq_ignore_ascii_case(host));
+        .is_some_and(|(from, host)| name(from) == name(host));
     (!own).then(|| {
         error(
             StatusCode::FORBIDDEN,

@@ -290,6 +290,29 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         501,
         "the preview's own POST reaches the app (which answers 501 to a POST)"
     );
+    // Behind a reverse proxy that drops the port from `Host`, the preview's own pages still
+    // send theirs; another name is still another origin.
+    let proxied = |origin: &str| {
+        exchange_as(
+            port,
+            "POST",
+            "br-feature-a.shop.localhost",
+            "/",
+            &[
+                ("Cookie", &value),
+                ("Origin", origin),
+                ("Content-Length", "0"),
+            ],
+        )
+        .0
+    };
+    assert_eq!(
+        proxied(&own),
+        501,
+        "the same name on another port is its own"
+    );
+    assert_eq!(proxied(&format!("{own}/")), 403, "not with a path after it");
+    assert_eq!(proxied(&sibling), 403);
     let websocket = |origin: &str| {
         exchange(
             port,
