@@ -239,18 +239,17 @@ impl<W: Wire> Forge for Adapter<W> {
         let pr: W::PullRequest = self.api.get(&path)?;
         let info = self.wire.info(&self.api, &self.repo, &pr, &path)?;
         let (state, mergeable, merge_commit_sha) = W::state(pr);
-        let mergeable = match mergeable {
-            Some(true) if state == PrState::Open => {
-                W::checks_green(&self.api, &self.repo, &info.head_sha)?
-            }
-            other => other,
-        };
         Ok(PullRequestDetails::new(
             info,
             state,
             mergeable,
             merge_commit_sha,
         ))
+    }
+
+    fn checks_green(&self, sha: &str) -> Result<Option<bool>, ForgeError> {
+        check_sha(sha)?;
+        W::checks_green(&self.api, &self.repo, sha)
     }
 
     fn approvals(&self, number: u64) -> Result<Vec<Approval>, ForgeError> {

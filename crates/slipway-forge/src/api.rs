@@ -110,9 +110,10 @@ pub struct PullRequestDetails {
     /// What every forge says about a pull request.
     pub info: PullRequestInfo,
     /// Whether the forge says it can be merged now: nothing conflicts and (GitHub, GitLab)
-    /// what the base branch's protection requires holds, its required checks included;
-    /// `None` while the forge is still computing it (GitHub computes it lazily: ask again a
-    /// few seconds later; GitLab while a required pipeline runs).
+    /// what the base branch's protection requires holds, its required checks included (for
+    /// Gitea, see [`Forge::checks_green`]); `None` while the forge is still computing it
+    /// (GitHub computes it lazily: ask again a few seconds later; GitLab while a required
+    /// pipeline runs).
     pub mergeable: Option<bool>,
     /// Open, closed or merged.
     pub state: PrState,
@@ -205,6 +206,15 @@ pub trait Forge: Send + Sync {
 
     /// Reads pull request `number`.
     fn pull_request(&self, number: u64) -> Result<PullRequestDetails, ForgeError>;
+
+    /// Whether the checks of commit `sha`, the head of a pull request the forge says merges
+    /// cleanly, are green, where [`PullRequestDetails::mergeable`] does not say (Gitea's is
+    /// about conflicts only; GitHub's and GitLab's say it with the branch's protection).
+    /// Slipway's own statuses (`slipway/…`) do not count. `None`: some still run.
+    fn checks_green(&self, sha: &str) -> Result<Option<bool>, ForgeError> {
+        let _ = sha;
+        Ok(Some(true))
+    }
 
     /// Reviewers whose latest verdict (approve, request changes or dismissed; plain comments do
     /// not count) is an approval.

@@ -284,16 +284,34 @@ impl<F: Flavor> Wire for GitHubLike<F> {
             return Ok(Some(true));
         }
         #[derive(Deserialize)]
+        struct Status {
+            #[serde(default)]
+            status: Option<String>,
+            #[serde(default)]
+            context: Option<String>,
+        }
+        #[derive(Deserialize)]
         struct Combined {
             #[serde(default)]
-            state: Option<String>,
+            statuses: Option<Vec<Status>>,
         }
+        // The latest status of each context; Slipway's own (`slipway/plan`, failing for a
+        // preview's plan or pending while it plans) judges nothing here.
         let combined: Combined = api.get(&format!("{}/commits/{sha}/status", repo.path))?;
-        Ok(match combined.state.as_deref() {
-            // No status at all, or every one green.
-            None | Some("" | "success") => Some(true),
-            Some("pending") => None,
-            Some(_) => Some(false),
+        let states: Vec<String> = combined
+            .statuses
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.context.as_deref().unwrap_or("").starts_with("slipway/"))
+            .map(|s| s.status.unwrap_or_default())
+            .collect();
+        Ok(if states.iter().any(|s| s == "failure" || s == "error") {
+            Some(false)
+        } else if states.iter().any(|s| s == "pending") {
+            None
+        } else {
+            // Green (`success`, and `warning`, which Gitea's merge lets through), or none.
+            Some(true)
         })
     }
 

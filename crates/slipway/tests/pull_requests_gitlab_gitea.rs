@@ -408,11 +408,19 @@ fn the_adapter_reads_pull_requests_as_the_fake_has_them(
     fake.set_mergeable(1, Some(true));
     // No conflict, but a check fails: GitLab's `merge_status` says it can be merged and its
     // `detailed_merge_status` that the pipeline must pass; Gitea's `mergeable` is true and
-    // the head's combined status `failure`. Not mergeable either way.
+    // a status of the head `failure`. Not mergeable either way, as an apply judges it.
+    let mergeable_now = || {
+        let pr = forge.pull_request(1).expect("pr");
+        match pr.mergeable {
+            Some(true) => forge.checks_green(&pr.info.head_sha).expect("checks"),
+            other => other,
+        }
+    };
+    assert_eq!(mergeable_now(), Some(true));
     fake.set_checks_failing(1, true);
-    assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(false));
+    assert_eq!(mergeable_now(), Some(false));
     fake.set_checks_failing(1, false);
-    assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(true));
+    assert_eq!(mergeable_now(), Some(true));
     fake.set_state(
         1,
         PrState::Merged {
@@ -632,18 +640,11 @@ fn the_fake_gitea_answers_what_the_gitea_adapter_expects() {
         (status.context.as_str(), status.state.as_str()),
         ("slipway/plan", "error")
     );
-    // A status in error is a check that is not green: Gitea's `mergeable` says only that
-    // nothing conflicts, and the adapter reads the head's combined status too.
-    assert_eq!(forge.pull_request(1).expect("pr").mergeable, Some(false));
-    forge
-        .set_status(&CommitStatus {
-            sha: sha('a'),
-            context: "slipway/plan".into(),
-            state: StatusState::Success,
-            description: "planned".into(),
-            target_url: None,
-        })
-        .expect("status");
+    // Slipway's own status judges nothing of the checks, in error or pending.
+    assert_eq!(forge.checks_green(&sha('a')).expect("checks"), Some(true));
+    gt.set_checks_failing(1, true);
+    assert_eq!(forge.checks_green(&sha('a')).expect("checks"), Some(false));
+    gt.set_checks_failing(1, false);
 
     the_adapter_reads_pull_requests_as_the_fake_has_them(&gt, forge.as_ref());
 

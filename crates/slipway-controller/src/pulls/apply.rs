@@ -195,9 +195,14 @@ pub(super) fn apply(
             );
         }
     }
-    if rules.apply_requirements.iter().any(|r| r == "mergeable") && details.mergeable != Some(true)
-    {
-        unmet.push(match details.mergeable {
+    let mergeable = match details.mergeable {
+        Some(true) if rules.apply_requirements.iter().any(|r| r == "mergeable") => {
+            forge.checks_green(&head)?
+        }
+        other => other,
+    };
+    if rules.apply_requirements.iter().any(|r| r == "mergeable") && mergeable != Some(true) {
+        unmet.push(match mergeable {
             Some(false) => "mergeable (the forge says it cannot be merged now: a conflict, or a \
                             check or review the base branch requires)"
                 .to_string(),
