@@ -225,10 +225,12 @@ pub(super) fn apply(
     ) {
         Ok(prepared) => prepared,
         Err(e) => {
+            // What a provider or a cluster said may quote a secret value: the reply is public.
+            let said = inner.engine.redactor(env)?.redact(&e.to_string());
             return refuse(format!(
                 "Not applied: `{env}` cannot be planned at {}:{}",
                 short(&head),
-                literal_block(&e.to_string())
+                literal_block(&said)
             ));
         }
     };

@@ -215,7 +215,7 @@ pub(crate) fn post_plans(
                             summary_line: summary(&prepared.plan),
                             detail_text: format!(
                                 "{}{}",
-                                detail(&prepared.plan),
+                                detail(&prepared.plan, &redactor),
                                 policy_detail(&prepared)
                             ),
                             error: None,
@@ -393,7 +393,9 @@ pub fn summary(plan: &Plan) -> String {
 
 /// The plan as text: one line per change, then its field changes. Values are the stack's
 /// (references such as `${secrets.X}` unresolved), so no secret can appear.
-pub fn detail(plan: &Plan) -> String {
+/// The values are redacted with `redactor` before they are quoted and cut to 200 characters:
+/// a value quoted (its `"` and `\` escaped) or cut is no longer found in the text.
+pub fn detail(plan: &Plan, redactor: &slipway_engine::secrets::Redactor) -> String {
     let mut out = String::new();
     for c in plan.changes.iter().filter(|c| c.action != Change::Noop) {
         let sign = match c.action {
@@ -405,13 +407,13 @@ pub fn detail(plan: &Plan) -> String {
         };
         out.push_str(&format!("{sign} {} ({})", c.resource, c.type_name));
         if let Some(reason) = &c.reason {
-            out.push_str(&format!(": {reason}"));
+            out.push_str(&format!(": {}", redactor.redact(&reason.to_string())));
         }
         out.push('\n');
         for f in &c.diff {
             let show = |v: &Option<serde_json::Value>| {
                 v.as_ref().map_or("(none)".to_string(), |v| {
-                    let text = v.to_string();
+                    let text = redact_value(v, redactor).to_string();
                     if text.chars().count() > 200 {
                         format!("{}…", text.chars().take(200).collect::<String>())
                     } else {
@@ -433,6 +435,27 @@ pub fn detail(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// `value` with every text in it redacted.
+fn redact_value(
+    value: &serde_json::Value,
+    redactor: &slipway_engine::secrets::Redactor,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(redactor.redact(text)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| redact_value(v, redactor)).collect())
+        }
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (redactor.redact(k), redact_value(v, redactor)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// What a plan comment shows for the preview of `env`: the preview URL, or for a private
@@ -470,7 +493,7 @@ mod tests {
     use slipway_engine::secrets::Redactor;
     use slipway_forge::EnvPlan;
 
-    use super::redacted;
+    use super::{detail, redacted};
 
     /// What a plan comment quotes from a provider or a cluster (a dry run refusing a value
     /// quotes it) is redacted before it is posted; what Slipway wrote itself is kept.
@@ -501,5 +524,47 @@ mod tests {
         assert_eq!(shown.summary_line, plan.summary_line);
         // Nothing known, nothing changed.
         assert_eq!(redacted(plan.clone(), &Redactor::default()), plan);
+    }
+
+    /// A value is redacted before the plan's text quotes it (escaping its `"` and `\`) and
+    /// cuts it to 200 characters: neither hides it from the redactor.
+    #[test]
+    fn a_plan_detail_quotes_values_redacted() {
+        use slipway_core::plan::{Action, Change, FieldChange, Plan};
+        let secret = "pa\"ss\\word-0123456789";
+        let redactor = Redactor::default();
+        redactor.add(secret);
+        // Cut 8 characters into where the secret was.
+        let long = format!("{}{secret}", "x".repeat(180));
+        let plan = Plan {
+            environment: "prod".into(),
+            commit: "0".repeat(40),
+            changes: vec![Change {
+                resource: "app".into(),
+                type_name: "process".into(),
+                action: Action::Update,
+                diff: vec![FieldChange {
+                    path: "env.TOKEN".into(),
+                    before: Some(serde_json::json!(secret)),
+                    after: Some(serde_json::json!({ "nested": [long] })),
+                    forces_replace: false,
+                }],
+                reason: None,
+                objects: Vec::new(),
+            }],
+        };
+        let shown = detail(&plan, &redactor);
+        assert!(
+            !shown.contains("word-0123") && !shown.contains("pa\\\"ss"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"<redacted>\" → {\"nested\":[\"xxx"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("x<redac") && !shown.contains("xpa"),
+            "the cut shows no start of it: {shown}"
+        );
     }
 }
