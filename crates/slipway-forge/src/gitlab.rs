@@ -444,8 +444,58 @@ impl Wire for GitLab {
         // GitLab lists who approves now, not a history of verdicts; its approvals name no
         // commit.
         let a: Approvals = api.get(&format!("{}/merge_requests/{number}/approvals", repo.path))?;
+        if a.approved_by.is_empty() {
+            return Ok(Vec::new());
+        }
+        // So an approval counts only when it was given after the merge request's last push,
+        // by GitLab's own clock: the newest of its diff versions (one per push) against the
+        // approver's latest "approved" system note. Slipway also marks approvers stale as it
+        // sees the head move, but a push (or a push back to a head it saw long ago) whose
+        // webhook comes late or never is seen here.
+        #[derive(Deserialize)]
+        struct Version {
+            created_at: String,
+        }
+        #[derive(Deserialize)]
+        struct TimedNote {
+            body: String,
+            author: Option<UserName>,
+            #[serde(default)]
+            system: bool,
+            created_at: String,
+        }
+        let versions: Vec<Version> =
+            api.get(&format!("{}/merge_requests/{number}/versions", repo.path))?;
+        let Some(pushed) = versions
+            .iter()
+            .filter_map(|v| event::unix_ms(&v.created_at))
+            .max()
+        else {
+            // No push GitLab can date: no approval can be judged newer than it.
+            return Ok(Vec::new());
+        };
+        // Newest first: a merge request padded with notes past the pages read loses its
+        // oldest, whose approvals are older than any push worth judging anyway.
+        let notes: Vec<TimedNote> = api.get_all(&format!(
+            "{}/merge_requests/{number}/notes?sort=desc&order_by=created_at",
+            repo.path
+        ))?;
+        let approved_at = |user: &str| {
+            notes
+                .iter()
+                .filter(|n| {
+                    n.system
+                        && n.body == "approved this merge request"
+                        && n.author
+                            .as_ref()
+                            .is_some_and(|a| a.username.eq_ignore_ascii_case(user))
+                })
+                .filter_map(|n| event::unix_ms(&n.created_at))
+                .max()
+        };
         Ok(a.approved_by
             .into_iter()
+            .filter(|a| approved_at(&a.user.username).is_some_and(|at| at > pushed))
             .map(|a| Verdict {
                 author: a.user.username,
                 state: ReviewState::Approved,

@@ -384,6 +384,62 @@ fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
     w.serves("prod", "unreviewed");
 }
 
+/// GitLab's approvals name no commit, and Slipway marked an approver stale only as it saw the
+/// head move. An author who pushed harmless code over their merge request's head, had it
+/// approved, and pushed the old head back, with both webhooks late (or lost), had the
+/// approval count for the old head: it was still the head Slipway recorded. Now an approval
+/// counts only when GitLab's own times put it after the last push (its diff versions).
+#[test]
+fn gitlab_an_approval_does_not_survive_a_push_back_whose_webhook_is_late() {
+    let forge = FakeForge::start(Forge::GitLab, BOT);
+    let proxy = Proxy::start(&forge.url());
+    let w = Engine::start("gitlab", &proxy.url(), "GITLAB_TOKEN", "");
+    for user in ["alice", "bob"] {
+        forge.set_permission(user, DEVELOPER);
+    }
+    w.serves("prod", "v1");
+    let first = w.commit_on("main", "feature-5", "first", Some(&mr_ref(5)));
+    forge.add_pr(PrSpec::new(5, &first));
+    w.gl_event(&forge, "open", 5, "alice", None);
+    w.gl_planned(&forge, &first);
+    // alice pushes code nobody reads; Slipway sees it, and who pushed it.
+    let unread = w.commit_on(
+        "feature-5",
+        "feature-5",
+        "nobody read this",
+        Some(&mr_ref(5)),
+    );
+    forge.set_head(5, &unread);
+    w.gl_event(&forge, "update", 5, "alice", Some(&first));
+    w.gl_planned(&forge, &unread);
+    // alice pushes harmless code (its webhook late), bob reads and approves it, and alice
+    // pushes the first head back (its webhook late too).
+    let harmless = w.commit_on("feature-5", "feature-5", "harmless", Some(&mr_ref(5)));
+    forge.set_head(5, &harmless);
+    forge.approve(5, "bob", &harmless);
+    git(&w.s.repo, &["update-ref", &mr_ref(5), &unread]);
+    git(&w.s.repo, &["update-ref", "refs/heads/feature-5", &unread]);
+    forge.set_head(5, &unread);
+    let answer = w.gl_command(&forge, 5, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met")
+            && answer.contains("no approval of the head commit"),
+        "bob approved the harmless head, not the one pushed back after it: {answer}"
+    );
+    assert_eq!(
+        w.page("prod").as_deref(),
+        Some("v1"),
+        "prod runs main's code"
+    );
+
+    // The legitimate path: bob reads the head as it is, and approves again.
+    forge.dismiss(5, "bob");
+    forge.approve(5, "bob", &unread);
+    let answer = w.gl_command(&forge, 5, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #5"), "{answer}");
+    w.serves("prod", "nobody read this");
+}
+
 /// A pull request from a branch carrying commits nobody reviewed (`dev`) into `dev` shows only
 /// a small diff; a maintainer approves it; its base is then changed to `main`, so that it
 /// carries dev's commits too. The approval, tied only to the head commit, counted, and

@@ -121,6 +121,7 @@ fn state_name(state: &PrState) -> &'static str {
 /// | `GET`/`POST /projects/:id/merge_requests/:iid/notes` | notes (`sort`, `order_by`; newest first by default), paginated; `POST`: `201`, a note by the bot |
 /// | `GET`/`PUT /projects/:id/merge_requests/:iid/notes/:note_id` | the note; `PUT` edits it (`403` unless the bot wrote it) |
 /// | `GET /projects/:id/merge_requests/:iid/approvals` | who approved |
+/// | `GET /projects/:id/merge_requests/:iid/versions` | its diff versions, one per push (its head and when), newest first, paginated |
 /// | `POST /projects/:id/statuses/:sha` | `201`, the commit status |
 /// | `GET /projects/:id/members/all/:user_id` | the member with their access level; `404` for a non-member |
 ///
@@ -166,6 +167,7 @@ enum Op {
     GetNote(u64, u64),
     UpdateNote(u64, u64),
     GetApprovals(u64),
+    ListVersions(u64),
     CreateStatus(String),
     GetMember(String),
 }
@@ -185,6 +187,7 @@ impl Op {
                 "PUT /projects/:id/merge_requests/:merge_request_iid/notes/:note_id"
             }
             Op::GetApprovals(_) => "GET /projects/:id/merge_requests/:merge_request_iid/approvals",
+            Op::ListVersions(_) => "GET /projects/:id/merge_requests/:merge_request_iid/versions",
             Op::CreateStatus(_) => "POST /projects/:id/statuses/:sha",
             Op::GetMember(_) => "GET /projects/:id/members/all/:user_id",
         }
@@ -216,6 +219,7 @@ fn match_op(method: &str, segments: &[String]) -> Option<Op> {
                 Some(Op::UpdateNote(num(iid)?, num(id)?))
             }
             ("GET", ["merge_requests", iid, "approvals"]) => Some(Op::GetApprovals(num(iid)?)),
+            ("GET", ["merge_requests", iid, "versions"]) => Some(Op::ListVersions(num(iid)?)),
             ("POST", ["statuses", sha]) if !sha.is_empty() => {
                 Some(Op::CreateStatus((*sha).to_owned()))
             }
@@ -380,6 +384,13 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
         }
         Op::GetApprovals(iid) => match st.pr(*iid) {
             Some(m) => Reply::json(200, approvals_json(st, m)),
+            None => message(404, "404 Not found"),
+        },
+        Op::ListVersions(iid) => match st.pr(*iid) {
+            Some(m) => {
+                let items = versions_json(m);
+                paginate(&core.base_url, path, query, items)
+            }
             None => message(404, "404 Not found"),
         },
         Op::CreateStatus(sha) => create_status(core, st, sha, json),
@@ -713,6 +724,30 @@ fn mr_json(st: &State, mr: &Pr, full: bool) -> Value {
 }
 
 /// `doc/api/notes.md`'s note.
+/// `doc/api/merge_requests.md`'s diff versions of a merge request, one per push, newest
+/// first.
+fn versions_json(mr: &Pr) -> Vec<Value> {
+    let base = "0".repeat(40);
+    mr.versions
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, (sha, at))| {
+            json!({
+                "id": 110 + i,
+                "head_commit_sha": sha,
+                "base_commit_sha": base,
+                "start_commit_sha": base,
+                "created_at": super::iso_ms(*at),
+                "merge_request_id": mr_global_id(mr.spec.number),
+                "state": "collected",
+                "real_size": "1",
+                "patch_id_sha": sha,
+            })
+        })
+        .collect()
+}
+
 fn note_json(n: &StoredComment) -> Value {
     json!({
         "id": n.id,
@@ -720,7 +755,7 @@ fn note_json(n: &StoredComment) -> Value {
         "body": n.body,
         "attachment": null,
         "author": user_json(&n.author),
-        "created_at": n.created_at,
+        "created_at": super::iso_ms(n.created_ms),
         "updated_at": n.updated_at,
         "system": n.system,
         "noteable_id": mr_global_id(n.pr),

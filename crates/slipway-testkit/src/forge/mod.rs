@@ -455,9 +455,27 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `ms` (since the Unix epoch) as ISO 8601 in UTC with milliseconds, as GitLab writes its
+/// times: `2024-05-01T12:34:56.789Z`.
+pub fn iso_ms(ms: i64) -> String {
+    let secs = u64::try_from(ms.div_euclid(1_000)).unwrap_or(0);
+    iso(secs).replace('Z', &format!(".{:03}Z", ms.rem_euclid(1_000)))
+}
+
 /// Now, as ISO 8601 in UTC: `2024-05-01T12:34:56Z`.
 pub fn now_iso() -> String {
-    let secs = unix_now();
+    iso(unix_now())
+}
+
+/// `secs` (since the Unix epoch) as ISO 8601 in UTC: `2024-05-01T12:34:56Z`.
+fn iso(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days as i64 + 719_468;

@@ -284,6 +284,9 @@ pub struct Pr {
     /// A check its head commit must pass fails (GitHub shows it `blocked` by the branch's
     /// protection, GitLab `ci_must_pass`, Gitea a failing commit status `ci/tests`).
     pub checks_failing: bool,
+    /// Each head it had, with when it was pushed (unix ms), oldest first: GitLab's diff
+    /// versions.
+    pub versions: Vec<(String, i64)>,
     /// ISO 8601.
     pub created_at: String,
     /// ISO 8601.
@@ -342,6 +345,8 @@ pub struct StoredComment {
     pub edits: u32,
     /// ISO 8601.
     pub created_at: String,
+    /// The same, in milliseconds since the Unix epoch (GitLab shows them).
+    pub created_ms: i64,
     /// ISO 8601.
     pub updated_at: String,
 }
@@ -454,6 +459,7 @@ impl State {
             system,
             edits: 0,
             created_at: now.clone(),
+            created_ms: super::unix_now_ms(),
             updated_at: now,
         });
         id
@@ -786,11 +792,13 @@ impl FakeForge {
         st.know(&spec.author);
         st.prs.retain(|p| p.spec.number != spec.number);
         st.reviews.retain(|r| r.pr != spec.number);
+        let head = spec.head_sha.clone();
         st.prs.push(Pr {
             spec,
             state: PrState::Open,
             mergeable: Some(true),
             checks_failing: false,
+            versions: vec![(head, super::unix_now_ms())],
             created_at: now.clone(),
             updated_at: now,
             closed_at: None,
@@ -816,6 +824,7 @@ impl FakeForge {
         let pr = st.pr_mut(number, dialect);
         pr.spec.head_sha = sha.to_owned();
         pr.updated_at = now;
+        pr.versions.push((sha.to_owned(), super::unix_now_ms()));
         let author = pr.spec.author.clone();
         if dialect.approval_toggles {
             let short: String = sha.chars().take(8).collect();
