@@ -716,16 +716,25 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
     if !changes {
         return None;
     }
-    // The host names, not their ports: a reverse proxy in front of the router often sends
-    // `Host` without the port the browser used (nginx's `$host`), and no other origin serves
-    // the preview's own name.
-    let name = |authority: &str| {
-        let name = authority
-            .rsplit_once(':')
-            .map_or(authority, |(name, _)| name);
-        name.trim_end_matches('.').to_ascii_lowercase()
+    // Host and port, as the browser sent them. A reverse proxy in front of the router may
+    // send `Host` without the port the browser used (nginx's `$host`): then the names alone
+    // are compared. (Not always: on this machine every preview's process listens on a port
+    // of 127.0.0.1, which `*.localhost` reaches, so `pr-1.shop.localhost:<pr-2's port>` is
+    // pr-2's code under pr-1's name.)
+    let split = |authority: &str| {
+        let (name, port) = match authority.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
+            _ => (authority, None),
+        };
+        (
+            name.trim_end_matches('.').to_ascii_lowercase(),
+            port.map(str::to_owned),
+        )
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(split);
     let own = origin
         .to_str()
         .ok()
@@ -734,8 +743,11 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
                 .or_else(|| o.strip_prefix("https://"))
         })
         .filter(|from| !from.contains('/'))
+        .map(split)
         .zip(host)
-        .is_some_and(|(from, host)| name(from) == name(host));
+        .is_some_and(|((from, from_port), (host, host_port))| {
+            from == host && (host_port.is_none() || from_port == host_port)
+        });
     (!own).then(|| {
         error(
             StatusCode::FORBIDDEN,

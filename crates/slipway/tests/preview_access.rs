@@ -306,13 +306,13 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         )
         .0
     };
-    assert_eq!(
-        proxied(&own),
-        501,
-        "the same name on another port is its own"
-    );
+    assert_eq!(proxied(&own), 501, "the same name, Host without its port");
     assert_eq!(proxied(&format!("{own}/")), 403, "not with a path after it");
     assert_eq!(proxied(&sibling), 403);
+    // With the port in Host, another port of the same name is another origin: on this
+    // machine `pr-1.shop.localhost:<another preview's port>` is that preview's code.
+    let other_port = format!("http://br-feature-a.shop.localhost:{}", port + 1);
+    assert_eq!(post(&other_port).0, 403, "another port is another origin");
     let websocket = |origin: &str| {
         exchange(
             port,
