@@ -216,6 +216,10 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
     let Some(session) = crate::session::session_cookie(&request.headers) else {
         return to_login(&env, &stack, &next);
     };
+    if !asked_by_a_person(&request.headers) {
+        // The UI asks the person first (it is logged in: the session came along).
+        return to_login(&env, &stack, &next);
+    }
     let (asked, stack_asked) = (env.clone(), stack.clone());
     let c = controller.clone();
     let made = tokio::task::spawn_blocking(move || {
@@ -271,6 +275,24 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
                 "hint": "`slipway env list` shows the environments",
             });
             (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// Whether a request for the sign-in is one a person made, as the browser's fetch metadata
+/// says: from Slipway's own pages, typed or bookmarked (`Sec-Fetch-Site: same-origin` or
+/// `none`), or a link they clicked elsewhere, opened as a page (`Sec-Fetch-User: ?1`,
+/// `Sec-Fetch-Dest: document`: the private preview's own page links here). Not a frame, an
+/// image or a script's navigation from another page: the previews of a stack share a site
+/// with Slipway's own host, so its session cookie goes with their requests too, and the code
+/// of any branch could sign its visitor in to another's private preview. A client that
+/// sends no fetch metadata (not a browser, or an old one) is taken as a person.
+fn asked_by_a_person(headers: &HeaderMap) -> bool {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match value("sec-fetch-site") {
+        None | Some("same-origin" | "none") => true,
+        Some(_) => {
+            value("sec-fetch-user") == Some("?1") && value("sec-fetch-dest") == Some("document")
         }
     }
 }

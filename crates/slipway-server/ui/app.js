@@ -467,9 +467,12 @@
   function showContinue(next) {
     closeViewStreams();
     state.view = { name: "continue" };
+    const asked = new URL(next, location.origin).searchParams;
     clear($("#main")).append(
       h("h1", {}, "Open a private preview?"),
-      h("p", { id: "continue-note" }, "A link asks to sign you in to a private preview. Go on only if you meant to open it."),
+      h("p", { id: "continue-note" }, "A link asks to sign you in to the private preview of ",
+        h("code", { id: "continue-env" }, asked.get("env") || "?"), " (stack ", h("code", {}, asked.get("stack") || "?"),
+        "). Go on only if you meant to open it."),
       h("div", { class: "row" },
         h("a", { id: "continue-sign-in", class: "button", href: next }, "Open the preview"),
         " ",

@@ -488,6 +488,38 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
                 && e.detail.contains("preview sign-in")),
         "{audited:?}"
     );
+    // A sibling preview's page that loads the sign-in in a frame, or sends the browser there
+    // by script (the previews share a site with this host, so the session goes along), gets
+    // no link: the UI asks the person first. A person's click on a page's link goes on.
+    let framed = [
+        ("Cookie", session_cookie.as_str()),
+        ("Sec-Fetch-Site", "same-site"),
+        ("Sec-Fetch-Mode", "navigate"),
+        ("Sec-Fetch-Dest", "iframe"),
+    ];
+    let (status, headers, _) = exchange(port, &main_host, asked, &framed);
+    assert_eq!(status, 303);
+    let to = header(&headers, "location").expect("to the UI");
+    assert!(
+        to.starts_with("/?next=%2F.slipway%2Fpreview-sign-in%3F"),
+        "the UI, which asks: {to}"
+    );
+    let clicked = [
+        ("Cookie", session_cookie.as_str()),
+        ("Sec-Fetch-Site", "same-site"),
+        ("Sec-Fetch-Mode", "navigate"),
+        ("Sec-Fetch-Dest", "document"),
+        ("Sec-Fetch-User", "?1"),
+    ];
+    let (status, headers, _) = exchange(port, &main_host, asked, &clicked);
+    assert_eq!(status, 303);
+    let to = header(&headers, "location").expect("to the preview");
+    assert!(
+        to.starts_with(&format!(
+            "http://br-feature-a.shop.localhost:{port}/.slipway/auth?link="
+        )),
+        "a person's click goes on: {to}"
+    );
     // Without a session: to the UI's login, which comes back to the sign-in.
     let (status, headers, _) = exchange(port, &main_host, asked, &[]);
     assert_eq!(status, 303);

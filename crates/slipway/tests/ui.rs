@@ -1473,6 +1473,11 @@ fn a_private_preview_signs_a_person_in_through_the_ui_and_shares_a_link() {
         "/?next=%2F.slipway%2Fpreview-sign-in%3Fenv%3Dbr-feature-login%26stack%3Dshop%26next%3D%252F%253Fasked",
     );
     browser.wait_until_exists("the UI asks before going on", PAGE, "#continue-sign-in");
+    assert_eq!(
+        browser.text("#continue-env").as_deref(),
+        Some("br-feature-login"),
+        "it names the preview"
+    );
     let here = browser.js("return location.href;", vec![]);
     assert_eq!(
         here.as_str(),
