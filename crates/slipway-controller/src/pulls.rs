@@ -363,7 +363,12 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
         Err(e) => {
             return Ok(FollowUp {
                 refresh: true,
-                reconcile: release_unreadable(inner, pr.number as i64, &format!(": {e}"))?,
+                reconcile: release_unreadable(
+                    inner,
+                    pr.number as i64,
+                    if merged { "merged" } else { "closed" },
+                    &format!(": {e}"),
+                )?,
                 ..FollowUp::default()
             });
         }
@@ -413,15 +418,18 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
     })
 }
 
-/// Pull request `number`, closed, whose record is damaged: the record is not written over,
-/// its locks still go (nothing would release them later), and a merge counts as not
-/// approved; an event says so, with `why` after it. The environments to reconcile.
+/// Pull request `number`, closed (or merged: `state`), whose record is damaged: the record is
+/// not written over but for its state (so that its preview goes, and this is done once), its
+/// locks still go (nothing would release them later), and a merge counts as not approved;
+/// an event says so, with `why` after it. The environments to reconcile.
 fn release_unreadable(
     inner: &Inner,
     number: i64,
+    state: &str,
     why: &str,
 ) -> Result<Vec<EnvName>, ControllerError> {
     let released = release(inner, number)?;
+    inner.engine.store().set_pull_request_state(number, state)?;
     event(
         inner,
         &EnvName::pull_request(number),
@@ -644,9 +652,14 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         if let Ok(details) = forge.pull_request(number as u64)
             && details.state != PrState::Open
         {
+            let state = if details.state == PrState::Merged {
+                "merged"
+            } else {
+                "closed"
+            };
             follow
                 .reconcile
-                .extend(release_unreadable(inner, number, "")?);
+                .extend(release_unreadable(inner, number, state, "")?);
             follow.refresh = true;
         }
     }

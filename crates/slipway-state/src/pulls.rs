@@ -316,6 +316,20 @@ impl Store {
         Ok((readable, unreadable))
     }
 
+    /// Sets only the state of pull request `number` (a record that cannot be read as a whole
+    /// is not written over). Whether it was recorded.
+    pub fn set_pull_request_state(&self, number: i64, state: &str) -> Result<bool, StateError> {
+        one_of("pull request state", state, PULL_REQUEST_STATES)?;
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE pull_requests SET state = ?1, updated_at = ?2 WHERE number = ?3",
+                params![state, crate::now_ms(), number],
+            )
+            .map_err(sql(format!("record pull request #{number} {state}")))?;
+        Ok(changed == 1)
+    }
+
     /// Remembers a webhook delivery. Returns `false` when it was seen before (a redelivery,
     /// or a replay), so that each is handled once.
     pub fn record_delivery(&self, id: &str, at: i64) -> Result<bool, StateError> {
