@@ -123,11 +123,14 @@ pub(crate) fn mark_failed(
     record: &EnvironmentRecord,
     message: &str,
 ) -> Result<(), ControllerError> {
+    // What a provider or a cluster said may quote a value the environment keeps secret, and
+    // the message is shown to every viewer, and quoted in pull requests' replies.
+    let message = inner.engine.redactor(&record.name)?.redact(message);
     inner.engine.store().set_environment_status(
         &record.name,
         SyncState::Failed,
         record.health,
-        Some(message),
+        Some(&message),
         inner.now(),
     )?;
     Ok(())

@@ -295,23 +295,42 @@ impl<F: Flavor> Wire for GitHubLike<F> {
             #[serde(default)]
             statuses: Option<Vec<Status>>,
         }
-        // The latest status of each context; Slipway's own (`slipway/plan`, failing for a
-        // preview's plan or pending while it plans) judges nothing here.
-        let combined: Combined = api.get(&format!("{}/commits/{sha}/status", repo.path))?;
-        let states: Vec<String> = combined
-            .statuses
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| !s.context.as_deref().unwrap_or("").starts_with("slipway/"))
-            .map(|s| s.status.unwrap_or_default())
-            .collect();
-        Ok(if states.iter().any(|s| s == "failure" || s == "error") {
-            Some(false)
-        } else if states.iter().any(|s| s == "pending") {
+        // The latest status of each context, page by page; Slipway's own (`slipway/plan`,
+        // failing for a preview's plan or pending while it plans) judges nothing here.
+        const LIMIT: usize = 50;
+        let mut states: Vec<String> = Vec::new();
+        for page in 1..=10 {
+            let combined: Combined = api.get(&format!(
+                "{}/commits/{sha}/status?page={page}&limit={LIMIT}",
+                repo.path
+            ))?;
+            let statuses = combined.statuses.unwrap_or_default();
+            let last = statuses.len() < LIMIT;
+            states.extend(
+                statuses
+                    .into_iter()
+                    .filter(|s| !s.context.as_deref().unwrap_or("").starts_with("slipway/"))
+                    .map(|s| s.status.unwrap_or_default()),
+            );
+            if last {
+                break;
+            }
+            if page == 10 {
+                // More contexts than are read: not decided, rather than green unread.
+                return Ok(None);
+            }
+        }
+        Ok(if states.iter().all(|s| s == "success" || s == "warning") {
+            // Green (`warning` too, which Gitea's merge lets through), or none at all.
+            Some(true)
+        } else if states
+            .iter()
+            .all(|s| s == "success" || s == "warning" || s == "pending")
+        {
             None
         } else {
-            // Green (`success`, and `warning`, which Gitea's merge lets through), or none.
-            Some(true)
+            // `failure`, `error`, or a word this release does not know.
+            Some(false)
         })
     }
 
