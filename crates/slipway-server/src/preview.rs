@@ -638,11 +638,30 @@ pub async fn route(State(previews): State<Previews>, request: Request, next: Nex
         .and_then(parse_host)
         .map(|(e, s)| (e, s.to_string()))
     else {
-        if request.uri().path() == crate::preview_access::SIGN_IN_PATH
-            && request.method() == axum::http::Method::GET
-        {
-            let (parts, _) = request.into_parts();
-            return crate::preview_access::sign_in(&previews.controller, &parts).await;
+        if request.uri().path() == crate::preview_access::SIGN_IN_PATH {
+            let (parts, body) = request.into_parts();
+            return match parts.method {
+                axum::http::Method::GET => {
+                    crate::preview_access::sign_in(&previews.controller, &parts, None).await
+                }
+                axum::http::Method::POST => {
+                    // A form of four short fields.
+                    let Ok(form) = axum::body::to_bytes(body, 8 * 1024).await else {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "the sign-in's form is larger than 8 KiB".into(),
+                            "it carries `env`, `stack`, `next` and `csrf`".into(),
+                        );
+                    };
+                    let form = String::from_utf8_lossy(&form);
+                    crate::preview_access::sign_in(&previews.controller, &parts, Some(&form)).await
+                }
+                _ => error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "the sign-in takes GET (from a preview's page) and POST (from the UI)".into(),
+                    "open the preview's URL in a browser".into(),
+                ),
+            };
         }
         return next.run(request).await;
     };

@@ -11,11 +11,11 @@
 //!
 //! Anything else gets `401`: for a browser (`Accept: text/html`) a page saying the preview is
 //! private with a link to sign in through Slipway; for other clients JSON saying how to get
-//! in. The sign-in ([`SIGN_IN_PATH`], on the server's own host) needs the web UI's session:
-//! with one, it makes a link holding until the session ends (at most
-//! [`slipway_controller::links::MAX_LINK`]), and sends the browser to the preview host's
-//! [`AUTH_PATH`], which sets the preview cookie and sends it on to the page it asked for;
-//! without one, it sends the browser to the UI's login, which comes back once signed in.
+//! in. The sign-in ([`SIGN_IN_PATH`], on the server's own host) needs the web UI's session
+//! and a `POST` from the UI with its CSRF token (see [`sign_in`]): it makes a link holding
+//! until the session ends (at most [`slipway_controller::links::MAX_LINK`]), and sends the
+//! browser to the preview host's [`AUTH_PATH`], which sets the preview cookie and sends it
+//! on to the page it asked for; a `GET` (the private page's link) goes through the UI.
 //!
 //! # What never reaches the application
 //! The preview cookie, [`LINK_HEADER`] and Slipway tokens are removed before a request is
@@ -193,16 +193,28 @@ pub(crate) async fn take_link(
     }
 }
 
-/// `GET SIGN_IN_PATH?env=E&stack=S&next=/path` on the server's own host: with the web UI's
-/// session, a link to the preview; without, the UI's login, which comes back here.
-pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Response {
-    let query = request.uri.query().unwrap_or("");
-    let (mut env, mut stack, mut next) = (None, None, None);
-    for (key, value) in form_urlencoded::parse(query.as_bytes()).take(8) {
+/// The sign-in, on the server's own host. `GET SIGN_IN_PATH?env=E&stack=S&next=/path` (the
+/// link of a private preview's page) sends the browser to the UI: its login without a
+/// session, which then comes back here; with one, a question the person answers. Only
+/// `POST SIGN_IN_PATH` from the UI, its form (`env`, `stack`, `next` and the session's
+/// `csrf`) in `form`, makes the link, holding until the session ends, and sends the browser
+/// to the preview host's [`AUTH_PATH`]. The previews of a stack share a site with this host,
+/// so the `SameSite=Strict` session cookie goes with any request a preview's page makes
+/// here (a frame, an image, a script's navigation, a form): only the session's CSRF token,
+/// which no other page can read, says the person asked.
+pub(crate) async fn sign_in(
+    controller: &Controller,
+    request: &Parts,
+    form: Option<&str>,
+) -> Response {
+    let fields = form.unwrap_or_else(|| request.uri.query().unwrap_or(""));
+    let (mut env, mut stack, mut next, mut csrf) = (None, None, None, None);
+    for (key, value) in form_urlencoded::parse(fields.as_bytes()).take(8) {
         match key.as_ref() {
             "env" if env.is_none() => env = Some(value.into_owned()),
             "stack" if stack.is_none() => stack = Some(value.into_owned()),
             "next" if next.is_none() => next = Some(value.into_owned()),
+            "csrf" if csrf.is_none() => csrf = Some(value.into_owned()),
             _ => {}
         }
     }
@@ -213,13 +225,11 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
         return bad_request("`stack` names no stack: a DNS label such as `shop`");
     };
     let next = safe_next(next.as_deref());
-    let Some(session) = crate::session::session_cookie(&request.headers) else {
+    let session = crate::session::session_cookie(&request.headers);
+    let (Some(session), Some(csrf), Some(_)) = (session, csrf, form) else {
+        // The UI: its login, or its question with the form that comes back here.
         return to_login(&env, &stack, &next);
     };
-    if !asked_by_a_person(&request.headers) {
-        // The UI asks the person first (it is logged in: the session came along).
-        return to_login(&env, &stack, &next);
-    }
     let (asked, stack_asked) = (env.clone(), stack.clone());
     let c = controller.clone();
     let made = tokio::task::spawn_blocking(move || {
@@ -227,6 +237,9 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
         let Ok(Some(found)) = crate::session::find(store, &session) else {
             return Ok(None);
         };
+        if !crate::session::same_secret(&csrf, &found.csrf) {
+            return Ok(None);
+        }
         let token = match store.token_by_hash(&found.token_hash) {
             Ok(Some(token)) if token.is_active() => token,
             _ => return Ok(None),
@@ -266,7 +279,7 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
                     .append_pair("next", &next)
                     .finish()
             );
-            see_other(&to)
+            onward(&to)
         }
         Ok(None) => to_login(&asked, &stack_asked, &next),
         Err(()) => {
@@ -275,24 +288,6 @@ pub(crate) async fn sign_in(controller: &Controller, request: &Parts) -> Respons
                 "hint": "`slipway env list` shows the environments",
             });
             (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
-        }
-    }
-}
-
-/// Whether a request for the sign-in is one a person made, as the browser's fetch metadata
-/// says: from Slipway's own pages, typed or bookmarked (`Sec-Fetch-Site: same-origin` or
-/// `none`), or a link they clicked elsewhere, opened as a page (`Sec-Fetch-User: ?1`,
-/// `Sec-Fetch-Dest: document`: the private preview's own page links here). Not a frame, an
-/// image or a script's navigation from another page: the previews of a stack share a site
-/// with Slipway's own host, so its session cookie goes with their requests too, and the code
-/// of any branch could sign its visitor in to another's private preview. A client that
-/// sends no fetch metadata (not a browser, or an old one) is taken as a person.
-fn asked_by_a_person(headers: &HeaderMap) -> bool {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match value("sec-fetch-site") {
-        None | Some("same-origin" | "none") => true,
-        Some(_) => {
-            value("sec-fetch-user") == Some("?1") && value("sec-fetch-dest") == Some("document")
         }
     }
 }
@@ -314,6 +309,35 @@ fn to_login(env: &EnvName, stack: &str, next: &str) -> Response {
             .finish()
     );
     see_other(&to)
+}
+
+/// The answer to the UI's form: a page that goes on to `to` (the preview host) at once. Not a
+/// redirect: the UI's `form-action 'self'` would stop the browser at one to another host.
+fn onward(to: &str) -> Response {
+    let to = escape(to);
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={to}\">\
+         <title>Opening the preview</title></head>\
+         <body><p><a href=\"{to}\">Open the preview</a></p></body></html>\n"
+    );
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 fn see_other(to: &str) -> Response {

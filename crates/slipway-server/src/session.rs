@@ -137,10 +137,14 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
 
 /// Whether the request carries `expected` in [`CSRF_HEADER`], compared in constant time.
 pub(crate) fn csrf_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(sent) = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) else {
-        return false;
-    };
-    let expected = expected.as_bytes();
+    headers
+        .get(CSRF_HEADER)
+        .is_some_and(|sent| same_secret(sent.as_bytes(), expected))
+}
+
+/// Whether `sent` is `expected`, compared in constant time.
+pub(crate) fn same_secret(sent: impl AsRef<[u8]>, expected: &str) -> bool {
+    let (sent, expected) = (sent.as_ref(), expected.as_bytes());
     if sent.len() != expected.len() {
         return false;
     }

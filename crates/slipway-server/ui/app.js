@@ -448,7 +448,10 @@
   function loggedIn(fresh) {
     const next = signInNext();
     if (next && fresh) {
-      location.replace(next);
+      const form = signInForm(next);
+      form.hidden = true;
+      document.body.append(form);
+      form.submit();
       return;
     }
     $("#who").hidden = false;
@@ -464,20 +467,39 @@
     }
   }
 
+  /**
+   * The form that signs this session in to the preview `next` (a sign-in URL) asks for: a
+   * `POST` with the session's CSRF token, which no other page can read (a preview's page can
+   * make the browser send the session cookie to the sign-in, never the token).
+   */
+  function signInForm(next) {
+    const asked = new URL(next, location.origin).searchParams;
+    const form = h("form", { method: "post", action: SIGN_IN.slice(0, -1), id: "continue-form" });
+    for (const name of ["env", "stack", "next"]) {
+      form.append(h("input", { type: "hidden", name, value: asked.get(name) || "" }));
+    }
+    form.append(h("input", { type: "hidden", name: "csrf", value: (state.me && state.me.csrf) || "" }));
+    return form;
+  }
+
   function showContinue(next) {
     closeViewStreams();
     state.view = { name: "continue" };
     const asked = new URL(next, location.origin).searchParams;
+    const form = signInForm(next);
+    form.append(
+      h("div", { class: "row" },
+        h("button", { id: "continue-sign-in", type: "submit" }, "Open the preview"),
+        " ",
+        h("a", { id: "continue-dashboard", href: "#/" }, "Go to the dashboard"),
+      ),
+    );
     clear($("#main")).append(
       h("h1", {}, "Open a private preview?"),
       h("p", { id: "continue-note" }, "A link asks to sign you in to the private preview of ",
         h("code", { id: "continue-env" }, asked.get("env") || "?"), " (stack ", h("code", {}, asked.get("stack") || "?"),
         "). Go on only if you meant to open it."),
-      h("div", { class: "row" },
-        h("a", { id: "continue-sign-in", class: "button", href: next }, "Open the preview"),
-        " ",
-        h("a", { id: "continue-dashboard", href: "#/" }, "Go to the dashboard"),
-      ),
+      form,
     );
   }
 

@@ -72,6 +72,18 @@ fn exchange_as(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, BTreeMap<String, Vec<String>>, String) {
+    exchange_with_body(port, method, host, path, headers, "")
+}
+
+/// [`exchange_as`] with a body (its `Content-Length` added when there is one).
+fn exchange_with_body(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, BTreeMap<String, Vec<String>>, String) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -80,7 +92,11 @@ fn exchange_as(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).expect("send");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
@@ -456,13 +472,60 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         assert!(answer["hint"].is_string(), "{answer}");
     }
 
-    // A person signed in to the UI: the sign-in hands a link to the preview host.
-    let session_cookie = session_cookie(&server.addr, &viewer);
+    // A person signed in to the UI. The preview's page links to the sign-in, which sends the
+    // browser to the UI: the session cookie came along, but it would from any preview's page
+    // too (the previews share a site with this host: a frame, an image, a script).
+    let (session_cookie, csrf) = session(&server.addr, &viewer);
     let main_host = format!("localhost:{port}");
     let asked = "/.slipway/preview-sign-in?env=br-feature-a&stack=shop&next=%2Fcart";
     let (status, headers, _) = exchange(port, &main_host, asked, &[("Cookie", &session_cookie)]);
     assert_eq!(status, 303);
-    let to = header(&headers, "location").expect("sent on").to_string();
+    let to = header(&headers, "location").expect("to the UI");
+    assert!(
+        to.starts_with("/?next=%2F.slipway%2Fpreview-sign-in%3F"),
+        "the UI, which asks: {to}"
+    );
+    let with_token = format!("{asked}&csrf={csrf}");
+    let (status, headers, _) = exchange(
+        port,
+        &main_host,
+        &with_token,
+        &[("Cookie", &session_cookie)],
+    );
+    assert_eq!(
+        (
+            status,
+            header(&headers, "location").is_some_and(|l| l.starts_with("/?next="))
+        ),
+        (303, true),
+        "a GET makes no link, whatever it carries"
+    );
+    // The UI's form: a POST with the session's CSRF token, which no other page can read.
+    let form = |csrf: &str| format!("env=br-feature-a&stack=shop&next=%2Fcart&csrf={csrf}");
+    let post = |body: &str| {
+        exchange_with_body(
+            port,
+            "POST",
+            &main_host,
+            "/.slipway/preview-sign-in",
+            &[
+                ("Cookie", session_cookie.as_str()),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            body,
+        )
+    };
+    let (status, headers, _) = post(&form("not-the-token"));
+    assert_eq!(status, 303, "a form without the token is sent to the UI");
+    assert!(header(&headers, "location").is_some_and(|l| l.starts_with("/?next=")));
+    let (status, _, page) = post(&form(&csrf));
+    assert_eq!(status, 200, "{page}");
+    let to = page
+        .split("url=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page goes on to the preview")
+        .replace("&amp;", "&");
     assert!(
         to.starts_with(&format!(
             "http://br-feature-a.shop.localhost:{port}/.slipway/auth?link="
@@ -488,38 +551,6 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
                 && e.detail.contains("preview sign-in")),
         "{audited:?}"
     );
-    // A sibling preview's page that loads the sign-in in a frame, or sends the browser there
-    // by script (the previews share a site with this host, so the session goes along), gets
-    // no link: the UI asks the person first. A person's click on a page's link goes on.
-    let framed = [
-        ("Cookie", session_cookie.as_str()),
-        ("Sec-Fetch-Site", "same-site"),
-        ("Sec-Fetch-Mode", "navigate"),
-        ("Sec-Fetch-Dest", "iframe"),
-    ];
-    let (status, headers, _) = exchange(port, &main_host, asked, &framed);
-    assert_eq!(status, 303);
-    let to = header(&headers, "location").expect("to the UI");
-    assert!(
-        to.starts_with("/?next=%2F.slipway%2Fpreview-sign-in%3F"),
-        "the UI, which asks: {to}"
-    );
-    let clicked = [
-        ("Cookie", session_cookie.as_str()),
-        ("Sec-Fetch-Site", "same-site"),
-        ("Sec-Fetch-Mode", "navigate"),
-        ("Sec-Fetch-Dest", "document"),
-        ("Sec-Fetch-User", "?1"),
-    ];
-    let (status, headers, _) = exchange(port, &main_host, asked, &clicked);
-    assert_eq!(status, 303);
-    let to = header(&headers, "location").expect("to the preview");
-    assert!(
-        to.starts_with(&format!(
-            "http://br-feature-a.shop.localhost:{port}/.slipway/auth?link="
-        )),
-        "a person's click goes on: {to}"
-    );
     // Without a session: to the UI's login, which comes back to the sign-in.
     let (status, headers, _) = exchange(port, &main_host, asked, &[]);
     assert_eq!(status, 303);
@@ -530,16 +561,13 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
     );
 
     // Hostile input: no open redirect, no environment but a DNS label.
-    let (status, headers, _) = exchange(
-        port,
-        &main_host,
-        "/.slipway/preview-sign-in?env=br-feature-a&stack=shop&next=%2F%2Fevil.example%2F",
-        &[("Cookie", &session_cookie)],
-    );
-    assert_eq!(status, 303);
+    let (status, _, page) = post(&format!(
+        "env=br-feature-a&stack=shop&next=%2F%2Fevil.example%2F&csrf={csrf}"
+    ));
+    assert_eq!(status, 200);
     assert!(
-        header(&headers, "location").is_some_and(|l| l.ends_with("&next=%2F")),
-        "`//evil.example/` becomes `/`: {headers:?}"
+        page.contains("&amp;next=%2F\""),
+        "`//evil.example/` becomes `/`: {page}"
     );
     let (status, headers, _) = exchange(
         port,
@@ -560,16 +588,19 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         let (status, _, body) = exchange(port, &main_host, asked, &[("Cookie", &session_cookie)]);
         assert_eq!(status, 400, "{asked}: {body}");
     }
-    let (status, _, _) = exchange(
-        port,
-        &main_host,
-        "/.slipway/preview-sign-in?env=nope&stack=shop",
-        &[("Cookie", &session_cookie)],
-    );
+    let (status, _, _) = post(&format!("env=nope&stack=shop&csrf={csrf}"));
     assert_eq!(
         status, 404,
         "an environment that does not exist gets no link"
     );
+    let (status, _, _) = exchange_as(
+        port,
+        "PUT",
+        &main_host,
+        "/.slipway/preview-sign-in",
+        &[("Cookie", &session_cookie)],
+    );
+    assert_eq!(status, 405, "nor another method");
 
     // A link made by the CLI on the home, without the server, holds too.
     let local = s.json(&["env", "link", "br-feature-a", "--output", "json"]);
@@ -583,7 +614,8 @@ fn testkit_git(s: &Sandbox, args: &[&str]) {
 }
 
 /// A browser session of `token`'s, as the `Cookie` header's `name=value`.
-fn session_cookie(addr: &str, token: &str) -> String {
+/// A UI session made with `token`: its cookie (`name=value`) and its CSRF token.
+fn session(addr: &str, token: &str) -> (String, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     write!(
         stream,
@@ -593,7 +625,7 @@ fn session_cookie(addr: &str, token: &str) -> String {
     .expect("send");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
-    answer
+    let cookie = answer
         .lines()
         .find_map(|l| {
             l.strip_prefix("set-cookie: ")
@@ -601,7 +633,11 @@ fn session_cookie(addr: &str, token: &str) -> String {
         })
         .and_then(|c| c.split(';').next())
         .expect("a session cookie")
-        .to_string()
+        .to_string();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let session: Value = serde_json::from_str(body).expect("the session's JSON");
+    let csrf = session["csrf"].as_str().expect("a CSRF token").to_string();
+    (cookie, csrf)
 }
 
 /// A stranger's request to a private preview that sleeps gets its `401` and wakes nothing:
