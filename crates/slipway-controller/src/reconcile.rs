@@ -125,7 +125,14 @@ pub(crate) fn mark_failed(
 ) -> Result<(), ControllerError> {
     // What a provider or a cluster said may quote a value the environment keeps secret, and
     // the message is shown to every viewer, and quoted in pull requests' replies.
-    let message = inner.engine.redactor(&record.name)?.redact(message);
+    let message = match inner.engine.redactor(&record.name) {
+        Ok(redactor) => redactor.redact(message),
+        // Not to be shown unredacted, and the failure still recorded.
+        Err(e) => format!(
+            "failed; its message is withheld, as the environment's secret values cannot be \
+             read to redact it: {e}"
+        ),
+    };
     inner.engine.store().set_environment_status(
         &record.name,
         SyncState::Failed,

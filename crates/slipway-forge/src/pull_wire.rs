@@ -299,34 +299,34 @@ impl<F: Flavor> Wire for GitHubLike<F> {
         // failing for a preview's plan or pending while it plans) judges nothing here.
         const LIMIT: usize = 50;
         let mut states: Vec<String> = Vec::new();
+        // Until a page comes back empty: a server whose most items a page (`[api]
+        // MAX_RESPONSE_ITEMS`) is below the limit asked answers shorter pages before the last.
         for page in 1..=10 {
             let combined: Combined = api.get(&format!(
                 "{}/commits/{sha}/status?page={page}&limit={LIMIT}",
                 repo.path
             ))?;
             let statuses = combined.statuses.unwrap_or_default();
-            let last = statuses.len() < LIMIT;
+            if statuses.is_empty() {
+                break;
+            }
             states.extend(
                 statuses
                     .into_iter()
                     .filter(|s| !s.context.as_deref().unwrap_or("").starts_with("slipway/"))
                     .map(|s| s.status.unwrap_or_default()),
             );
-            if last {
-                break;
-            }
             if page == 10 {
                 // More contexts than are read: not decided, rather than green unread.
                 return Ok(None);
             }
         }
-        Ok(if states.iter().all(|s| s == "success" || s == "warning") {
-            // Green (`warning` too, which Gitea's merge lets through), or none at all.
+        // Green: `success`, and `warning` and `skipped` (a job an `if:` left out), which
+        // Gitea's merge lets through.
+        let green = |s: &String| matches!(s.as_str(), "success" | "warning" | "skipped");
+        Ok(if states.iter().all(green) {
             Some(true)
-        } else if states
-            .iter()
-            .all(|s| s == "success" || s == "warning" || s == "pending")
-        {
+        } else if states.iter().all(|s| green(s) || s == "pending") {
             None
         } else {
             // `failure`, `error`, or a word this release does not know.

@@ -735,11 +735,12 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
     if !changes {
         return None;
     }
-    // Host and port, as the browser sent them. A reverse proxy in front of the router may
-    // send `Host` without the port the browser used (nginx's `$host`): then the names alone
-    // are compared. (Not always: on this machine every preview's process listens on a port
-    // of 127.0.0.1, which `*.localhost` reaches, so `pr-1.shop.localhost:<pr-2's port>` is
-    // pr-2's code under pr-1's name.)
+    // Name and port, each port as the browser means it: absent, the default of the Origin's
+    // scheme (80, 443), in `Host` as in `Origin`. On this machine every preview's process
+    // listens on a port of 127.0.0.1, which `*.localhost` reaches, so a page at
+    // `pr-1.shop.localhost:<pr-2's port>` is pr-2's code under pr-1's name: the port counts.
+    // A reverse proxy in front of the router must pass `Host` as the browser sent it
+    // (nginx's `$http_host`, not `$host`, when it listens on another port than 80 or 443).
     let split = |authority: &str| {
         let (name, port) = match authority.rsplit_once(':') {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
@@ -747,7 +748,7 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
         };
         (
             name.trim_end_matches('.').to_ascii_lowercase(),
-            port.map(str::to_owned),
+            port.and_then(|p| p.parse::<u16>().ok()),
         )
     };
     let host = headers
@@ -758,14 +759,15 @@ fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Re
         .to_str()
         .ok()
         .and_then(|o| {
-            o.strip_prefix("http://")
-                .or_else(|| o.strip_prefix("https://"))
+            let (default, rest) = match o.strip_prefix("http://") {
+                Some(rest) => (80, rest),
+                None => (443, o.strip_prefix("https://")?),
+            };
+            (!rest.contains('/')).then(|| (default, split(rest)))
         })
-        .filter(|from| !from.contains('/'))
-        .map(split)
         .zip(host)
-        .is_some_and(|((from, from_port), (host, host_port))| {
-            from == host && (host_port.is_none() || from_port == host_port)
+        .is_some_and(|((default, (from, from_port)), (host, host_port))| {
+            from == host && from_port.unwrap_or(default) == host_port.unwrap_or(default)
         });
     (!own).then(|| {
         error(

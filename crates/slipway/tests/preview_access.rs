@@ -306,8 +306,8 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         501,
         "the preview's own POST reaches the app (which answers 501 to a POST)"
     );
-    // Behind a reverse proxy that drops the port from `Host`, the preview's own pages still
-    // send theirs; another name is still another origin.
+    // Behind a reverse proxy on the default port, `Host` and `Origin` carry none: the same
+    // origin. A port in one and none in the other is the default port against another.
     let proxied = |origin: &str| {
         exchange_as(
             port,
@@ -322,11 +322,26 @@ fn a_private_preview_opens_for_links_tokens_and_signed_in_people_only() {
         )
         .0
     };
-    assert_eq!(proxied(&own), 501, "the same name, Host without its port");
-    assert_eq!(proxied(&format!("{own}/")), 403, "not with a path after it");
-    assert_eq!(proxied(&sibling), 403);
-    // With the port in Host, another port of the same name is another origin: on this
-    // machine `pr-1.shop.localhost:<another preview's port>` is that preview's code.
+    assert_eq!(
+        proxied("http://br-feature-a.shop.localhost"),
+        501,
+        "port 80 both"
+    );
+    assert_eq!(proxied("http://br-feature-a.shop.localhost:80"), 501);
+    assert_eq!(proxied(&own), 403, "port {port} against 80");
+    assert_eq!(
+        proxied("https://br-feature-a.shop.localhost"),
+        501,
+        "a proxy ending TLS on 443 sends no port either"
+    );
+    assert_eq!(
+        proxied("http://br-feature-a.shop.localhost/"),
+        403,
+        "not with a path"
+    );
+    assert_eq!(proxied("http://br-feature-b.shop.localhost"), 403);
+    // Another port of the same name is another origin: on this machine
+    // `pr-1.shop.localhost:<another preview's port>` is that preview's code.
     let other_port = format!("http://br-feature-a.shop.localhost:{}", port + 1);
     assert_eq!(post(&other_port).0, 403, "another port is another origin");
     let websocket = |origin: &str| {

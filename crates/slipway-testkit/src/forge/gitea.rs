@@ -228,7 +228,14 @@ fn answer(core: &Core, st: &mut State, call: &Call<'_, Op>) -> Reply {
             }
         }
         Op::CreateStatus(sha) => create_status(core, st, sha, json),
-        Op::GetCombinedStatus(sha) => combined_status(core, st, sha),
+        Op::GetCombinedStatus(sha) => {
+            let number = |name: &str, default: usize| {
+                param(name)
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(default)
+            };
+            combined_status(core, st, sha, number("page", 1), number("limit", 30))
+        }
         Op::ListPulls => {
             let Some(prs) = st.prs_in(param("state").unwrap_or("open")) else {
                 return message(422, "[State]: invalid state");
@@ -548,10 +555,11 @@ fn status_json(bot: &str, s: &StoredStatus) -> Value {
 }
 
 /// `CombinedStatus` (`modules/structs/status.go`) of commit `sha`: the latest status of each
-/// context, and a failing `ci/tests` for the head of a pull request whose checks fail. Its
-/// `state` is the worst of them (`failure` or `error`, then `pending`, then `warning`,
-/// `success`), and empty without any, as Gitea answers.
-fn combined_status(core: &Core, st: &State, sha: &str) -> Reply {
+/// context, and a failing `ci/tests` for the head of a pull request whose checks fail, on
+/// page `page` of `limit` (at most 50, Gitea's default `MAX_RESPONSE_ITEMS`). Its `state` is
+/// the worst of them all (`failure` or `error`, then `pending`, then `warning`, `success`),
+/// and empty without any, as Gitea answers.
+fn combined_status(core: &Core, st: &State, sha: &str, page: usize, limit: usize) -> Reply {
     let sha = sha.to_ascii_lowercase();
     let mut latest: Vec<&StoredStatus> = Vec::new();
     for s in st.statuses.iter().rev().filter(|s| s.sha == sha) {
@@ -582,12 +590,19 @@ fn combined_status(core: &Core, st: &State, sha: &str) -> Reply {
         .into_iter()
         .find(|w| states.contains(w))
         .unwrap_or("");
+    let total = statuses.len();
+    let limit = limit.clamp(1, 50);
+    let statuses: Vec<Value> = statuses
+        .into_iter()
+        .skip(page.saturating_sub(1).saturating_mul(limit))
+        .take(limit)
+        .collect();
     Reply::json(
         200,
         json!({
             "state": worst,
             "sha": sha,
-            "total_count": statuses.len(),
+            "total_count": total,
             "statuses": statuses,
             "repository": null,
             "commit_url": format!("{WEB}/api/v1/repos/{REPO}/commits/{sha}"),
