@@ -454,7 +454,8 @@ impl Wire for GitLab {
         // webhook comes late or never is seen here.
         #[derive(Deserialize)]
         struct Version {
-            created_at: String,
+            #[serde(default)]
+            created_at: Option<String>,
         }
         #[derive(Deserialize)]
         struct TimedNote {
@@ -462,13 +463,14 @@ impl Wire for GitLab {
             author: Option<UserName>,
             #[serde(default)]
             system: bool,
-            created_at: String,
+            #[serde(default)]
+            created_at: Option<String>,
         }
         let versions: Vec<Version> =
             api.get(&format!("{}/merge_requests/{number}/versions", repo.path))?;
         let Some(pushed) = versions
             .iter()
-            .filter_map(|v| event::unix_ms(&v.created_at))
+            .filter_map(|v| event::unix_ms(v.created_at.as_deref()?))
             .max()
         else {
             // No push GitLab can date: no approval can be judged newer than it.
@@ -490,7 +492,7 @@ impl Wire for GitLab {
                             .as_ref()
                             .is_some_and(|a| a.username.eq_ignore_ascii_case(user))
                 })
-                .filter_map(|n| event::unix_ms(&n.created_at))
+                .filter_map(|n| event::unix_ms(n.created_at.as_deref()?))
                 .max()
         };
         Ok(a.approved_by

@@ -588,6 +588,9 @@ fn gitlab_adapter_calls() {
     let notes = Arc::new(Mutex::new(vec![
         json!({"id": 301, "body": "merged main", "author": {"username": "slipway-bot"}, "system": true}),
         json!({"id": 302, "body": format!("{MARKER}\nnot ours"), "author": {"username": "mallory"}, "system": false}),
+        // Approvals count when given after the last push (the newest version, below).
+        json!({"id": 303, "body": "approved this merge request", "author": {"username": "reviewer"}, "system": true, "created_at": "2026-01-01T10:00:01.250Z"}),
+        json!({"id": 304, "body": "approved this merge request", "author": {"username": "early"}, "system": true, "created_at": "2026-01-01T09:59:59.999Z"}),
     ]));
     let state = Arc::clone(&notes);
     let server = Server::start(move |req| {
@@ -632,8 +635,18 @@ fn gitlab_adapter_calls() {
                 200,
                 &json!({
                     "id": 5, "iid": 7, "project_id": 15, "approved": true,
-                    "approved_by": [{"user": {"id": 3, "username": "reviewer", "name": "Reviewer"}}]
+                    "approved_by": [
+                        {"user": {"id": 3, "username": "reviewer", "name": "Reviewer"}},
+                        {"user": {"id": 4, "username": "early", "name": "Early"}}
+                    ]
                 }),
+            ),
+            ("GET", "/projects/my-group%2Fmy-project/merge_requests/7/versions") => Reply::json(
+                200,
+                &json!([
+                    {"id": 2, "head_commit_sha": "8888888888888888888888888888888888888888", "created_at": "2026-01-01T10:00:00.000Z"},
+                    {"id": 1, "head_commit_sha": "7777777777777777777777777777777777777777", "created_at": "2026-01-01T09:00:00.000Z"}
+                ]),
             ),
             ("GET", "/users") => match req.query("username") {
                 Some("dev") => Reply::json(200, &json!([{"id": 21, "username": "dev"}])),
@@ -741,7 +754,8 @@ fn gitlab_adapter_calls() {
         [Approval {
             author: "reviewer".into(),
             commit_sha: None
-        }]
+        }],
+        "an approval given before the last push counts for no head"
     );
     assert!(
         gl.has_write_access("dev").expect("developer"),
