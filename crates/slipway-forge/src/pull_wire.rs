@@ -299,6 +299,7 @@ impl<F: Flavor> Wire for GitHubLike<F> {
         // failing for a preview's plan or pending while it plans) judges nothing here.
         const LIMIT: usize = 50;
         let mut states: Vec<String> = Vec::new();
+        let mut first_context: Option<String> = None;
         // Until a page comes back empty: a server whose most items a page (`[api]
         // MAX_RESPONSE_ITEMS`) is below the limit asked answers shorter pages before the last.
         for page in 1..=10 {
@@ -309,6 +310,14 @@ impl<F: Flavor> Wire for GitHubLike<F> {
             let statuses = combined.statuses.unwrap_or_default();
             if statuses.is_empty() {
                 break;
+            }
+            // A server that does not page answers the first page again: it was all.
+            let first = statuses.first().and_then(|s| s.context.clone());
+            if page > 1 && first == first_context {
+                break;
+            }
+            if page == 1 {
+                first_context = first;
             }
             states.extend(
                 statuses

@@ -482,14 +482,26 @@
     return form;
   }
 
+  /** What the login page says of the preview a sign-in will open: which one, and where. */
+  function previewNote(next) {
+    const asked = new URL(next, location.origin).searchParams;
+    return h("p", { id: "preview-note" }, "Logging in opens the private preview of ",
+      h("code", {}, asked.get("env") || "?"), " (stack ", h("code", {}, asked.get("stack") || "?"),
+      "), at ", h("code", {}, asked.get("next") || "/"), ".");
+  }
+
   function showContinue(next) {
     closeViewStreams();
     state.view = { name: "continue" };
     const asked = new URL(next, location.origin).searchParams;
     const form = signInForm(next);
+    // Enabled a moment after it shows: a click meant for another page (one that moved its
+    // opener here under the pointer) does not land on it.
+    const open = h("button", { id: "continue-sign-in", type: "submit", disabled: true }, "Open the preview");
+    setTimeout(() => { open.disabled = false; }, 1000);
     form.append(
       h("div", { class: "row" },
-        h("button", { id: "continue-sign-in", type: "submit" }, "Open the preview"),
+        open,
         " ",
         h("a", { id: "continue-dashboard", href: "#/" }, "Go to the dashboard"),
       ),
@@ -538,9 +550,7 @@
       "form",
       { class: "panel login", id: "login" },
       h("h1", { tabindex: "-1" }, "Log in to Slipway"),
-      (new URLSearchParams(location.search).get("next") || "").startsWith(SIGN_IN)
-        ? h("p", { id: "preview-note" }, "A private preview asked you to sign in; once you have, it opens.")
-        : null,
+      signInNext() ? previewNote(signInNext()) : null,
       h("label", { for: "token" }, "API token"),
       input,
       h("p", { class: "hint", id: "token-hint" }, "A token made with ", h("code", {}, "slipway token create --role developer"), ". It is exchanged for a session cookie and not kept by this page."),

@@ -1448,6 +1448,13 @@ fn a_private_preview_signs_a_person_in_through_the_ui_and_shares_a_link() {
     // Signing in goes through the UI's login and comes back to the page asked for.
     browser.click("main a[href*='preview-sign-in']");
     browser.wait_until_exists("the UI's login, told why", PAGE, "#login #preview-note");
+    assert!(
+        browser
+            .text("#preview-note")
+            .is_some_and(|t| t.contains("br-feature-login") && t.contains("/?from=sign-in")),
+        "it names the preview and the page: {:?}",
+        browser.text("#preview-note")
+    );
     browser.fill("#token", &admin);
     browser.click("#login-submit");
     browser.wait_for("the browser is back on the preview's page", DEPLOY, |b| {
@@ -1485,6 +1492,13 @@ fn a_private_preview_signs_a_person_in_through_the_ui_and_shares_a_link() {
         "still on the UI, its `next` dropped"
     );
     assert_accessible(&browser, "the question before a preview's sign-in");
+    browser.wait_for("its button is enabled a moment after", PAGE, |b| {
+        let enabled = b.js(
+            "return !document.querySelector('#continue-sign-in').disabled;",
+            vec![],
+        );
+        (enabled.as_bool() == Some(true)).then_some(())
+    });
     browser.click("#continue-sign-in");
     browser.wait_for("the preview opens on the click", DEPLOY, |b| {
         let at = b.js("return location.href;", vec![]);
