@@ -363,12 +363,7 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
         Err(e) => {
             return Ok(FollowUp {
                 refresh: true,
-                reconcile: release_unreadable(
-                    inner,
-                    pr.number as i64,
-                    if merged { "merged" } else { "closed" },
-                    &format!(": {e}"),
-                )?,
+                reconcile: release_unreadable(inner, pr.number as i64, merged, &format!(": {e}"))?,
                 ..FollowUp::default()
             });
         }
@@ -381,7 +376,7 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
             None => real_author(inner, &pr)?,
         };
     }
-    let mut record = record_of(inner, &pr, if merged { "merged" } else { "closed" })?;
+    let mut record = record_of(inner, &pr, ended(merged))?;
     // A push just before the close: approvals from before it are stale (for a reopen, and for
     // the merge's approval below).
     set_head(inner, &mut record, &pr.head_sha)?;
@@ -418,18 +413,26 @@ fn closed(inner: &Inner, pr: &PullRequestInfo, merged: bool) -> Result<FollowUp,
     })
 }
 
-/// Pull request `number`, closed (or merged: `state`), whose record is damaged: the record is
-/// not written over but for its state (so that its preview goes, and this is done once), its
+/// The recorded state of a pull request that ended: `merged`, or `closed`.
+fn ended(merged: bool) -> &'static str {
+    if merged { "merged" } else { "closed" }
+}
+
+/// Pull request `number`, closed (or `merged`), whose record is damaged: the record is not
+/// written over but for its state (so that its preview goes, and this is done once), its
 /// locks still go (nothing would release them later), and a merge counts as not approved;
 /// an event says so, with `why` after it. The environments to reconcile.
 fn release_unreadable(
     inner: &Inner,
     number: i64,
-    state: &str,
+    merged: bool,
     why: &str,
 ) -> Result<Vec<EnvName>, ControllerError> {
     let released = release(inner, number)?;
-    inner.engine.store().set_pull_request_state(number, state)?;
+    inner
+        .engine
+        .store()
+        .set_pull_request_state(number, ended(merged))?;
     event(
         inner,
         &EnvName::pull_request(number),
@@ -612,18 +615,21 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
     let open = forge.open_pull_requests()?;
     let store = inner.engine.store();
     let mut follow = FollowUp::default();
+    let failed = |number: i64, why: &str| {
+        event(
+            inner,
+            &EnvName::pull_request(number),
+            EventKind::PullRequestFailed,
+            why,
+        );
+    };
     let listed: BTreeSet<i64> = open.iter().map(|p| p.number as i64).collect();
     for pr in &open {
         let known = match store.pull_request(pr.number as i64) {
             Ok(known) => known,
             // A damaged record stops only its own pull request.
             Err(e) => {
-                event(
-                    inner,
-                    &EnvName::pull_request(pr.number),
-                    EventKind::PullRequestFailed,
-                    &e.to_string(),
-                );
+                failed(pr.number as i64, &e.to_string());
                 continue;
             }
         };
@@ -632,12 +638,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             .is_none_or(|k| k.head_sha != pr.head_sha || k.state != "open" || k.labels != pr.labels)
         {
             if let Err(e) = opened(inner, pr, false) {
-                event(
-                    inner,
-                    &EnvName::pull_request(pr.number),
-                    EventKind::PullRequestFailed,
-                    &e.to_string(),
-                );
+                failed(pr.number as i64, &e.to_string());
             }
             follow.refresh = true;
         }
@@ -652,14 +653,10 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         if let Ok(details) = forge.pull_request(number as u64)
             && details.state != PrState::Open
         {
-            let state = if details.state == PrState::Merged {
-                "merged"
-            } else {
-                "closed"
-            };
+            let merged = details.state == PrState::Merged;
             follow
                 .reconcile
-                .extend(release_unreadable(inner, number, state, "")?);
+                .extend(release_unreadable(inner, number, merged, "")?);
             follow.refresh = true;
         }
     }
@@ -673,10 +670,8 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
             Ok(details) if details.state != PrState::Open => details,
             Ok(_) => continue,
             Err(e) => {
-                event(
-                    inner,
-                    &EnvName::pull_request(known.number),
-                    EventKind::PullRequestFailed,
+                failed(
+                    known.number,
                     &format!(
                         "#{} is not in the forge's list of open pull requests, and the forge \
                          cannot say whether it is closed ({e}); its locks stay until it can",
@@ -688,12 +683,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         };
         let mut gone = known.clone();
         if let Err(e) = set_head(inner, &mut gone, &details.info.head_sha) {
-            event(
-                inner,
-                &EnvName::pull_request(known.number),
-                EventKind::PullRequestFailed,
-                &e.to_string(),
-            );
+            failed(known.number, &e.to_string());
             continue;
         }
         // The stale approvers are recorded before the merge's approval is judged; the state
@@ -704,7 +694,7 @@ pub(crate) fn catch_up(inner: &Inner) -> Result<FollowUp, ControllerError> {
         if merged {
             record_merge(inner, &details)?;
         }
-        gone.state = if merged { "merged" } else { "closed" }.into();
+        gone.state = ended(merged).into();
         store.upsert_pull_request(&gone)?;
         follow.reconcile.extend(release(inner, known.number)?);
         follow.refresh = true;

@@ -211,10 +211,7 @@ pub trait Forge: Send + Sync {
     /// cleanly, are green, where [`PullRequestDetails::mergeable`] does not say (Gitea's is
     /// about conflicts only; GitHub's and GitLab's say it with the branch's protection).
     /// Slipway's own statuses (`slipway/…`) do not count. `None`: some still run.
-    fn checks_green(&self, sha: &str) -> Result<Option<bool>, ForgeError> {
-        let _ = sha;
-        Ok(Some(true))
-    }
+    fn checks_green(&self, sha: &str) -> Result<Option<bool>, ForgeError>;
 
     /// Reviewers whose latest verdict (approve, request changes or dismissed; plain comments do
     /// not count) is an approval.

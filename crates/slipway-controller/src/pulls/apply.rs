@@ -66,12 +66,12 @@ pub(super) fn apply(
     if details.state != PrState::Open {
         return refuse(format!("#{number} is not open; nothing was applied."));
     }
-    let head = &details.info.head_sha;
+    let shown = &details.info.head_sha;
     let fork = record.is_fork;
     let unseen = if fork || said.commit.is_some() {
         let verb = format!("apply {env}");
-        unseen_head(inner, record, head, said.commit, &verb, said.at)?
-            .filter(|_| fork || said.commit.is_some_and(|c| !c.names(head)))
+        unseen_head(inner, record, shown, said.commit, &verb, said.at)?
+            .filter(|_| fork || said.commit.is_some_and(|c| !c.names(shown)))
     } else {
         None
     };
