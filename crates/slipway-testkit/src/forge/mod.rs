@@ -455,11 +455,22 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, later than every earlier answer in this process: two
+/// events the fake records one after the other (a push, then an approval) never share a time,
+/// as two writes to GitLab's database a request apart do not. A rule judging one event newer
+/// than another by these times is then tested, not the clock's resolution.
 pub fn unix_now_ms() -> i64 {
-    SystemTime::now()
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let previous = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or_else(|last| last);
+    now.max(previous.saturating_add(1))
 }
 
 /// `ms` (since the Unix epoch) as ISO 8601 in UTC with milliseconds, as GitLab writes its
