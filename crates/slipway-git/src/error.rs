@@ -190,6 +190,21 @@ pub enum GitError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// An object a commit refers to is not in the repository. Git writes a fetched commit's
+    /// objects one at a time and moves its refs last, so a commit named from elsewhere (a
+    /// webhook's head) can be read before the tree or blobs its fetch is still writing; or the
+    /// repository is damaged.
+    #[error(
+        "{object} is missing from {repository}; a fetch may still be bringing it (it is read \
+         again on the next try), or the repository is damaged"
+    )]
+    MissingObject {
+        /// `object ID`, and the path it is at when known: `object ID of PATH`.
+        object: String,
+        /// The repository (credentials redacted).
+        repository: String,
+    },
+
     /// Git printed something this crate does not understand.
     #[error("unexpected output from `git {command}`: {detail}")]
     Protocol {
@@ -209,6 +224,9 @@ impl GitError {
             // A fetch or a repack may have replaced a pack under the read; a repository that
             // is corrupt fails again, under the caller's backoff.
             GitError::Read { .. } => true,
+            // A fetch had not finished writing it; a damaged repository fails again, under
+            // the caller's backoff.
+            GitError::MissingObject { .. } => true,
             GitError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

@@ -112,11 +112,7 @@ pub(crate) fn list_tree(
                 let size = match reader.header(&oid)? {
                     Some((Kind::Blob, size)) => size,
                     Some((kind, _)) => return Err(malformed(format!("{path} is a {kind}"))),
-                    None => {
-                        return Err(malformed(format!(
-                            "object {oid} of {path} is missing from the repository"
-                        )));
-                    }
+                    None => return Err(reader.missing(format!("object {oid} of {path}"))),
                 };
                 listed.push(Listed {
                     mode,

@@ -246,11 +246,7 @@ pub(crate) fn symlink_target(
     let size = match reader.header(oid)? {
         Some((Kind::Blob, size)) => size,
         Some((kind, _)) => return Err(protocol(format!("{oid} is a {kind}, not a blob"))),
-        None => {
-            return Err(protocol(format!(
-                "object {oid} is missing from the repository"
-            )));
-        }
+        None => return Err(reader.missing(format!("object {oid}"))),
     };
     if size > IN_PROCESS_LIMIT {
         // Absurd for a symlink, and too large to read here: the first bytes are enough to

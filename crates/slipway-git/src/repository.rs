@@ -64,7 +64,102 @@ struct Fetches {
     succeeded: Mutex<u64>,
 }
 
+impl Fetches {
+    /// Returns once no fetch of this process runs in the repository (at once when none does):
+    /// every object the last one brought is written then.
+    fn settle(&self) {
+        drop(
+            self.succeeded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+}
+
 impl GitRepository {
+    /// `read` of a commit's files, done again once the fetch this process is running in the
+    /// mirror ends, when it found one of the commit's objects missing.
+    ///
+    /// Git writes the objects a fetch brings one at a time (the commit before its tree) and
+    /// moves the refs last. A commit named from elsewhere (a webhook's or the forge's head,
+    /// which the controller reads at once) can so be found while its tree is not written yet:
+    /// such a read failed and, cached with the commit, kept failing (a CI run saw a pull
+    /// request's head "not validate" for good). Waiting for the fetch that brings it is what
+    /// makes the object there; a read that still misses one says so
+    /// ([`GitError::MissingObject`], which callers try again later).
+    fn settled<T>(&self, mut read: impl FnMut() -> Result<T, GitError>) -> Result<T, GitError> {
+        match read() {
+            Err(GitError::MissingObject { .. }) if self.mirror.is_some() => {
+                self.fetches.settle();
+                read()
+            }
+            done => done,
+        }
+    }
+
+    /// [`Source::read_file`], without [`GitRepository::settled`].
+    fn read_file_once(
+        &self,
+        commit: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, GitError> {
+        let mut reader = self.store.reader();
+        let mut tree = ObjectTree {
+            reader: &mut reader,
+            git: &self.git,
+            commit,
+            repository: &self.location,
+            trees: HashMap::new(),
+        };
+        let (oid, real_path) = match resolve(&mut tree, path)? {
+            Resolved::Missing => return Ok(None),
+            Resolved::Found {
+                target: Target::File { oid, .. },
+                real_path,
+            } => (oid, real_path),
+            Resolved::Found {
+                target: Target::Dir(_),
+                ..
+            } => {
+                return Err(GitError::NotAFile {
+                    path: path.to_owned(),
+                    kind: "directory",
+                });
+            }
+            Resolved::Found {
+                target: Target::Submodule,
+                ..
+            } => {
+                return Err(GitError::NotAFile {
+                    path: path.to_owned(),
+                    kind: "submodule",
+                });
+            }
+        };
+        let size = match reader.header(&oid)? {
+            Some((Kind::Blob, size)) => size,
+            Some((kind, _)) => {
+                return Err(GitError::Protocol {
+                    command: "cat-file".to_owned(),
+                    detail: format!("{real_path} is a {kind}, not a blob"),
+                });
+            }
+            None => return Err(reader.missing(format!("object {oid} of {real_path}"))),
+        };
+        if size > limit {
+            // Only the header was read: the content never is.
+            return Err(GitError::TooLarge {
+                path: path.to_owned(),
+                size,
+                limit,
+            });
+        }
+        reader
+            .expect(&oid, Kind::Blob)
+            .map(|content| Some(content.to_vec()))
+    }
+
     /// Opens `spec`: a local path (a work tree, a directory inside one, or a bare repository),
     /// or a `file://`, `https://` or `ssh://` URL or scp-like `user@host:path`, which is
     /// mirrored into `cache_dir` (cloned on first use, reused after; see
@@ -530,90 +625,37 @@ impl Source for GitRepository {
     fn read_file(&self, commit: &str, path: &str, limit: u64) -> Result<Option<Vec<u8>>, GitError> {
         check_commit(commit)?;
         check_path(path)?;
-        let mut reader = self.store.reader();
-        let mut tree = ObjectTree {
-            reader: &mut reader,
-            git: &self.git,
-            commit,
-            repository: &self.location,
-            trees: HashMap::new(),
-        };
-        let (oid, real_path) = match resolve(&mut tree, path)? {
-            Resolved::Missing => return Ok(None),
-            Resolved::Found {
-                target: Target::File { oid, .. },
-                real_path,
-            } => (oid, real_path),
-            Resolved::Found {
-                target: Target::Dir(_),
-                ..
-            } => {
-                return Err(GitError::NotAFile {
-                    path: path.to_owned(),
-                    kind: "directory",
-                });
-            }
-            Resolved::Found {
-                target: Target::Submodule,
-                ..
-            } => {
-                return Err(GitError::NotAFile {
-                    path: path.to_owned(),
-                    kind: "submodule",
-                });
-            }
-        };
-        let size = match reader.header(&oid)? {
-            Some((Kind::Blob, size)) => size,
-            found => {
-                return Err(GitError::Protocol {
-                    command: "cat-file".to_owned(),
-                    detail: match found {
-                        Some((kind, _)) => format!("{real_path} is a {kind}, not a blob"),
-                        None => {
-                            format!("object {oid} of {real_path} is missing from the repository")
-                        }
-                    },
-                });
-            }
-        };
-        if size > limit {
-            // Only the header was read: the content never is.
-            return Err(GitError::TooLarge {
-                path: path.to_owned(),
-                size,
-                limit,
-            });
-        }
-        reader
-            .expect(&oid, Kind::Blob)
-            .map(|content| Some(content.to_vec()))
+        self.settled(|| self.read_file_once(commit, path, limit))
     }
 
     fn list_files(&self, commit: &str, under: &str) -> Result<Vec<TreeEntry>, GitError> {
         check_commit(commit)?;
-        Ok(list_tree(
-            &mut self.store.reader(),
-            commit,
-            &self.location,
-            under,
-            false,
-        )?
-        .iter()
-        .filter_map(|entry| entry.tree_entry())
-        .collect())
+        self.settled(|| {
+            Ok(list_tree(
+                &mut self.store.reader(),
+                commit,
+                &self.location,
+                under,
+                false,
+            )?
+            .iter()
+            .filter_map(|entry| entry.tree_entry())
+            .collect())
+        })
     }
 
     fn export(&self, commit: &str, subdir: &str, dest: &Path) -> Result<(), GitError> {
         check_commit(commit)?;
-        export(
-            &mut self.store.reader(),
-            &self.git,
-            commit,
-            &self.location,
-            subdir,
-            dest,
-        )
+        self.settled(|| {
+            export(
+                &mut self.store.reader(),
+                &self.git,
+                commit,
+                &self.location,
+                subdir,
+                dest,
+            )
+        })
     }
 
     fn branches(&self) -> Result<Vec<Branch>, GitError> {
@@ -778,5 +820,52 @@ mod tests {
         });
         assert!(has_branch(&mirror, "late"), "the caller fetched again");
         assert_eq!(mirror.fetches.begun.load(SeqCst), number + 1);
+    }
+
+    /// A commit named from elsewhere (a webhook's head) read while the fetch bringing it has
+    /// written the commit but not yet its tree and blob: the read waits for that fetch to end,
+    /// and finds the file. Before, it failed with the tree "missing", and the stack loaded
+    /// from it was cached as broken.
+    #[test]
+    fn a_commit_read_while_its_fetch_writes_it_is_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (source, mirror) = mirrored(dir.path());
+        source.write("a", "2").commit("two");
+        let loose = |objects: &Path, oid: &str| objects.join(&oid[..2]).join(&oid[2..]);
+        let copy = |oid: &str| {
+            let to = loose(&mirror.git_dir().join("objects"), oid);
+            std::fs::create_dir_all(to.parent().expect("a parent")).expect("made");
+            std::fs::copy(loose(&source.path.join(".git/objects"), oid), to).expect("copied");
+        };
+        let commit = source.head();
+        let rest = [source.rev_parse("HEAD^{tree}"), source.rev_parse("HEAD:a")];
+        copy(&commit);
+        let (locked, fetching) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                // A fetch under way: it holds the lock while it writes the rest.
+                let _fetch = mirror.fetches.succeeded.lock().expect("not poisoned");
+                locked.send(()).expect("the reader waits");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                for oid in &rest {
+                    copy(oid);
+                }
+            });
+            fetching.recv().expect("locked");
+            let read = mirror.read_file(&commit, "a", 1024);
+            writer.join().expect("no panic");
+            assert_eq!(read.expect("read").as_deref(), Some(&b"2"[..]));
+        });
+        // With no fetch under way, a tree that never comes is missing, and the error says so.
+        source.write("a", "3").commit("three");
+        let third = source.head();
+        copy(&third);
+        match mirror.read_file(&third, "a", 1024) {
+            Err(error @ GitError::MissingObject { .. }) => {
+                assert!(error.retryable(), "tried again later");
+                assert!(error.to_string().contains("a fetch may still"), "{error}");
+            }
+            other => panic!("not missing: {other:?}"),
+        }
     }
 }

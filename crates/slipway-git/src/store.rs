@@ -133,6 +133,14 @@ impl Store {
         Ok(fresh.repo.objects.to_handle_arc())
     }
 
+    /// [`GitError::MissingObject`] for `object` (`object ID`, or `object ID of PATH`).
+    fn missing(&self, object: String) -> GitError {
+        GitError::MissingObject {
+            object,
+            repository: self.location.clone(),
+        }
+    }
+
     /// A reader for one call, on this thread.
     pub(crate) fn reader(&self) -> Reader<'_> {
         Reader {
@@ -259,14 +267,18 @@ impl Reader<'_> {
         }
     }
 
+    /// [`GitError::MissingObject`] for `object` (`object ID`, or `object ID of PATH`).
+    pub(crate) fn missing(&self, object: String) -> GitError {
+        self.store.missing(object)
+    }
+
     /// The object `oid` must be, of `kind`.
     pub(crate) fn expect(&mut self, oid: &str, kind: Kind) -> Result<&[u8], GitError> {
+        let store = self.store;
         match self.object(oid)? {
             Some((found, data)) if found == kind => Ok(data),
             Some((found, _)) => Err(malformed(format!("{oid} is a {found}, not a {kind}"))),
-            None => Err(malformed(format!(
-                "object {oid} is missing from the repository"
-            ))),
+            None => Err(store.missing(format!("object {oid}"))),
         }
     }
 
