@@ -964,7 +964,7 @@ impl Engine {
         if let Some(hit) = self.cache.get(&commit.sha, origin.folder) {
             return Ok(hit);
         }
-        let loaded = source::load_at(origin.source, commit, origin.folder);
+        let loaded = source::load_at(origin.source, commit, origin.folder)?;
         let sources = match loaded
             .loaded
             .stack

@@ -13,9 +13,54 @@ pub const MAX_STACK_FILE: u64 = 4 * 1024 * 1024;
 /// The files of one commit, read through a [`Source`].
 pub struct CommitFiles<'a> {
     /// Where to read.
-    pub source: &'a dyn Source,
+    source: &'a dyn Source,
     /// The full sha.
-    pub commit: &'a str,
+    commit: &'a str,
+    /// The first read that failed for a reason of the moment, not of the commit's content (a
+    /// fetch still writing the commit's objects, an I/O error, git that could not start).
+    failed: std::cell::RefCell<Option<GitError>>,
+}
+
+impl<'a> CommitFiles<'a> {
+    /// The files of `commit` (a full sha) in `source`.
+    pub fn new(source: &'a dyn Source, commit: &'a str) -> CommitFiles<'a> {
+        CommitFiles {
+            source,
+            commit,
+            failed: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// The first read that failed for a reason of the moment: what the commit loads to is then
+    /// unknown, not what the failure made of it.
+    pub fn failed(self) -> Option<GitError> {
+        self.failed.into_inner()
+    }
+
+    /// `error` as the core sees it, kept when it is of the moment.
+    fn seen(&self, error: GitError) -> FileError {
+        let text = error.to_string();
+        if !of_the_commit(&error) {
+            self.failed.borrow_mut().get_or_insert(error);
+        }
+        FileError::Other(text)
+    }
+}
+
+/// Whether `error` says what the commit holds (and so what it loads to, for good), rather
+/// than what reading it met this time.
+fn of_the_commit(error: &GitError) -> bool {
+    matches!(
+        error,
+        GitError::TooLarge { .. }
+            | GitError::UnsafePath { .. }
+            | GitError::SymlinkEscapes { .. }
+            | GitError::TooManySymlinks { .. }
+            | GitError::NotAFile { .. }
+            | GitError::PathNotFound { .. }
+            // An object of another kind than its tree entry says (a tree where a blob is).
+            | GitError::Protocol { .. }
+    )
 }
 
 impl Files for CommitFiles<'_> {
@@ -27,7 +72,7 @@ impl Files for CommitFiles<'_> {
             Err(e @ (GitError::UnsafePath { .. } | GitError::SymlinkEscapes { .. })) => {
                 Err(FileError::Unsafe(e.to_string()))
             }
-            Err(e) => Err(FileError::Other(e.to_string())),
+            Err(e) => Err(self.seen(e)),
         }
     }
 
@@ -41,7 +86,7 @@ impl Files for CommitFiles<'_> {
                     .map(|e| e.path)
                     .collect()
             })
-            .map_err(|e| FileError::Other(e.to_string()))
+            .map_err(|e| self.seen(e))
     }
 }
 
@@ -101,7 +146,7 @@ pub fn load_commit(
     folder: &str,
 ) -> Result<LoadedCommit, GitError> {
     let commit = source.resolve(reference)?;
-    Ok(load_at(source, commit, folder))
+    load_at(source, commit, folder)
 }
 
 /// [`load_commit`] for a tracked ref (the controller's default ref, an environment's
@@ -113,26 +158,33 @@ pub fn load_tracked(
     folder: &str,
 ) -> Result<LoadedCommit, GitError> {
     let commit = source.resolve_tracked(reference)?;
-    Ok(load_at(source, commit, folder))
+    load_at(source, commit, folder)
 }
 
 /// Loads the stack at an already resolved commit.
-pub fn load_at(source: &dyn Source, commit: Commit, folder: &str) -> LoadedCommit {
+///
+/// # Errors
+/// The first read that failed for a reason of the moment (a missing object, an I/O error): the
+/// stack's diagnostics would otherwise blame the commit for it ("`slipway.yaml` cannot be
+/// read"), and a cache keep that for good. What the commit holds (a file too large, a
+/// symlink out of the repository, invalid YAML) is a diagnostic.
+pub fn load_at(
+    source: &dyn Source,
+    commit: Commit,
+    folder: &str,
+) -> Result<LoadedCommit, GitError> {
     let entry = format!("{folder}slipway.yaml");
-    let loaded = slipway_core::stack::load(
-        &CommitFiles {
-            source,
-            commit: &commit.sha,
-        },
-        &entry,
-        &LoadLimits::default(),
-    );
-    LoadedCommit {
+    let files = CommitFiles::new(source, &commit.sha);
+    let loaded = slipway_core::stack::load(&files, &entry, &LoadLimits::default());
+    if let Some(failed) = files.failed() {
+        return Err(failed);
+    }
+    Ok(LoadedCommit {
         commit,
         loaded,
         entry,
         folder: folder.to_string(),
-    }
+    })
 }
 
 /// Whether any of `resources` runs code from the repository (and so has a source hash).
@@ -182,4 +234,94 @@ pub fn source_hashes(
         out.insert(name.clone(), hash);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use slipway_git::GitRepository;
+
+    use super::*;
+
+    const STACK: &str = "version: 1\nstack: shop\nenvironments:\n  qa: { track: main }\n";
+
+    /// `git -C dir args…`, which must succeed; its output, trimmed.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// Commits everything in the work tree at `dir`.
+    fn commit_all(dir: &Path, message: &str) {
+        git(dir, &["add", "."]);
+        let identity = ["-c", "user.name=A", "-c", "user.email=a@example.com"];
+        git(dir, &[&identity[..], &["commit", "-qm", message]].concat());
+    }
+
+    /// A repository in `dir` with `slipway.yaml` = [`STACK`], committed (loose objects).
+    fn repository(dir: &Path) -> (GitRepository, Commit) {
+        git(dir, &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.join("slipway.yaml"), STACK).expect("written");
+        commit_all(dir, "one");
+        let repository =
+            GitRepository::open(dir.to_str().expect("utf-8"), &dir.join("cache")).expect("opened");
+        let commit = repository.resolve("main").expect("resolved");
+        (repository, commit)
+    }
+
+    /// The file of loose object `oid` in the repository at `dir`.
+    fn loose(dir: &Path, oid: &str) -> PathBuf {
+        dir.join(".git/objects").join(&oid[..2]).join(&oid[2..])
+    }
+
+    /// A commit whose tree is not there yet (a fetch still writing it) fails to load, as a
+    /// failure of the moment: loaded, it would say the stack cannot be read, and a cache would
+    /// keep that for the commit. Once the tree is there, the stack loads.
+    #[test]
+    fn a_missing_object_fails_the_load_rather_than_the_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repository, commit) = repository(dir.path());
+        let tree = loose(dir.path(), &git(dir.path(), &["rev-parse", "HEAD^{tree}"]));
+        let aside = dir.path().join("tree-aside");
+        std::fs::rename(&tree, &aside).expect("moved");
+        match load_at(&repository, commit.clone(), "") {
+            Err(GitError::MissingObject { .. }) => {}
+            Err(other) => panic!("failed otherwise: {other}"),
+            Ok(loaded) => panic!("loaded: {:?}", loaded.valid_stack().err()),
+        }
+        std::fs::rename(&aside, &tree).expect("moved back");
+        let loaded = load_at(&repository, commit, "").expect("loaded");
+        assert!(
+            loaded.valid_stack().is_ok(),
+            "{:?}",
+            loaded.valid_stack().err()
+        );
+    }
+
+    /// What the commit holds stays a diagnostic of the stack: `slipway.yaml` a directory.
+    #[test]
+    fn what_the_commit_holds_is_a_diagnostic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repository, _) = repository(dir.path());
+        git(dir.path(), &["rm", "-q", "slipway.yaml"]);
+        std::fs::create_dir(dir.path().join("slipway.yaml")).expect("made");
+        std::fs::write(dir.path().join("slipway.yaml/x"), STACK).expect("written");
+        commit_all(dir.path(), "two");
+        let commit = repository.resolve("main").expect("resolved");
+        let loaded = load_at(&repository, commit, "").expect("loaded");
+        let error = loaded.valid_stack().expect_err("not a stack");
+        assert!(error.contains("directory"), "{error}");
+    }
 }
