@@ -30,6 +30,10 @@ pub(crate) struct Repo {
 
 #[derive(Deserialize)]
 pub(crate) struct Branch {
+    /// GitHub: `owner:branch`; Gitea: the branch, or empty for a pull request of its AGit
+    /// flow (see [`PullRequest::info`]).
+    #[serde(default)]
+    label: Option<String>,
     #[serde(rename = "ref")]
     git_ref: String,
     sha: String,
@@ -100,7 +104,7 @@ impl<U: WireUser> PullRequest<U> {
                 (Some(h), Some(b)) => h != b,
                 _ => !head.full_name.eq_ignore_ascii_case(&base_repo.full_name),
             },
-        };
+        } || self.is_agit();
         let info = PullRequestInfo {
             number: self.number,
             title: self.title.clone(),
@@ -120,6 +124,17 @@ impl<U: WireUser> PullRequest<U> {
         };
         info.check()?;
         Ok(info)
+    }
+
+    /// Whether it is a Gitea (Forgejo) pull request of the AGit flow, which anyone who can
+    /// *read* the repository opens by pushing to `refs/for/<base>/<topic>`. Its head then lives
+    /// in the base repository (at `refs/pull/N/head`), so it looks like a branch of it, but
+    /// nobody with write access pushed it: it is someone else's code, as a fork's is. Gitea
+    /// shows it with an empty head `label`, and its head `ref` is that ref (or the topic, in
+    /// lists, when a branch of that name exists). A head `ref` under `refs/` is no branch
+    /// anyone pushed either (GitHub refuses such branch names).
+    fn is_agit(&self) -> bool {
+        self.head.label.as_deref() == Some("") || self.head.git_ref.starts_with("refs/")
     }
 
     /// `merged` where the object has it (webhooks, `pulls/get`), else `merged_at` (lists).
@@ -358,5 +373,58 @@ impl<F: Flavor> Wire for GitHubLike<F> {
             path_segment(user)
         ))?;
         Ok(permission.as_ref().is_some_and(F::writes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PullRequest;
+    use crate::gitea::User;
+
+    /// A Gitea pull request into `acme/shop` (id 7) whose head is `head`, as Gitea's
+    /// `convert.ToAPIPullRequest` writes one.
+    fn gitea_pr(head: serde_json::Value) -> PullRequest<User> {
+        let repo = serde_json::json!({"id": 7, "full_name": "acme/shop"});
+        serde_json::from_value(serde_json::json!({
+            "number": 12,
+            "title": "Change",
+            "user": {"login": "mallory", "username": "mallory"},
+            "html_url": "https://gitea.example/acme/shop/pulls/12",
+            "state": "open",
+            "base": {"label": "main", "ref": "main", "sha": "b".repeat(40), "repo_id": 7, "repo": repo},
+            "head": head,
+        }))
+        .expect("a pull request")
+    }
+
+    /// An AGit pull request (`git push origin HEAD:refs/for/main/topic`, which needs only read
+    /// access) is someone else's code, as a fork's is, though its head is in the repository.
+    #[test]
+    fn a_gitea_agit_pull_request_counts_as_a_fork() {
+        let repo = serde_json::json!({"id": 7, "full_name": "acme/shop"});
+        let sha = "a".repeat(40);
+        // One pull request (the API's `pulls/12`, webhooks): the head is the forge's ref.
+        let single = gitea_pr(serde_json::json!({
+            "label": "", "ref": "refs/pull/12/head", "sha": sha, "repo_id": 7, "repo": repo,
+        }));
+        let info = single.info().expect("valid");
+        assert!(
+            info.is_fork,
+            "an AGit head is not a branch anyone with write access pushed"
+        );
+        assert_eq!(info.head_repo_full_name.as_deref(), Some("acme/shop"));
+        // A list, where Gitea names the topic when a branch of that name exists.
+        let listed = gitea_pr(serde_json::json!({
+            "label": "", "ref": "release", "sha": sha, "repo_id": 7, "repo": repo,
+        }));
+        assert!(
+            listed.info().expect("valid").is_fork,
+            "an existing branch's name"
+        );
+        // A branch of the repository (Gitea's own flow) is not a fork.
+        let branch = gitea_pr(serde_json::json!({
+            "label": "feature-12", "ref": "feature-12", "sha": sha, "repo_id": 7, "repo": repo,
+        }));
+        assert!(!branch.info().expect("valid").is_fork);
     }
 }
