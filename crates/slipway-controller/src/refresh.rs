@@ -106,11 +106,21 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
             out.push((record.name.clone(), Trigger::Poll));
         }
     }
-    let cached = inner.engine.load_tracked(
+    let cached = match inner.engine.load_tracked(
         inner.source.as_ref(),
         &inner.options.default_ref,
         &inner.folder,
-    )?;
+    ) {
+        Ok(cached) => cached,
+        // The commit could not be read this time (a fetch still writing it): the set of
+        // environments is looked at again on the next poll; those whose branch moved are
+        // reconciled now all the same.
+        Err(e) if e.retryable() => {
+            tracing::warn!(error = %e, "the default branch's stack could not be read; the set of environments is left as it is");
+            return Ok(out);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let loaded = &cached.loaded;
     let stack = match loaded.valid_stack() {
         Ok(stack) => stack,

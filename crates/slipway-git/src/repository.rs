@@ -64,15 +64,25 @@ struct Fetches {
     succeeded: Mutex<u64>,
 }
 
+/// How long a read that missed an object waits for the fetch under way ([`Fetches::settle`]):
+/// a fetch that hangs on the network must not hold every read of a damaged mirror.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Fetches {
-    /// Returns once no fetch of this process runs in the repository (at once when none does):
-    /// every object the last one brought is written then.
+    /// Returns once no fetch of this process runs in the repository (at once when none does),
+    /// or after [`SETTLE_WAIT`]: every object the last one brought is written then.
     fn settle(&self) {
-        drop(
-            self.succeeded
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            match self.succeeded.try_lock() {
+                Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => return,
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
@@ -85,8 +95,8 @@ impl GitRepository {
     /// which the controller reads at once) can so be found while its tree is not written yet:
     /// such a read failed and, cached with the commit, kept failing (a CI run saw a pull
     /// request's head "not validate" for good). Waiting for the fetch that brings it is what
-    /// makes the object there; a read that still misses one says so
-    /// ([`GitError::MissingObject`], which callers try again later).
+    /// makes the object there (waited for up to [`SETTLE_WAIT`]); a read that still misses one
+    /// says so ([`GitError::MissingObject`], which callers try again later).
     fn settled<T>(&self, mut read: impl FnMut() -> Result<T, GitError>) -> Result<T, GitError> {
         match read() {
             Err(GitError::MissingObject { .. }) if self.mirror.is_some() => {
@@ -94,6 +104,26 @@ impl GitRepository {
                 read()
             }
             done => done,
+        }
+    }
+
+    /// [`Source::resolve`], without waiting for a fetch.
+    fn resolve_once(&self, reference: &str) -> Result<Commit, GitError> {
+        // The name before any revision suffix (`main~1`, `v1^{commit}`) must name one ref.
+        let end = reference.find(['^', '~']).unwrap_or(reference.len());
+        let (name, suffix) = reference.split_at(end);
+        let mut reader = self.store.reader();
+        let sha = match self.named_ref(&mut reader, name)? {
+            // Its full name: exactly that ref is read.
+            Some(refname) => self.revision(&mut reader, &refname, true, suffix)?,
+            None => self.revision(&mut reader, name, false, suffix)?,
+        };
+        match sha {
+            Some(sha) => self.commit_info(&mut reader, &sha),
+            None => Err(GitError::ReferenceNotFound {
+                reference: reference.to_owned(),
+                repository: self.location.clone(),
+            }),
         }
     }
 
@@ -595,21 +625,16 @@ impl Source for GitRepository {
 
     fn resolve(&self, reference: &str) -> Result<Commit, GitError> {
         check_reference(reference)?;
-        // The name before any revision suffix (`main~1`, `v1^{commit}`) must name one ref.
-        let end = reference.find(['^', '~']).unwrap_or(reference.len());
-        let (name, suffix) = reference.split_at(end);
-        let mut reader = self.store.reader();
-        let sha = match self.named_ref(&mut reader, name)? {
-            // Its full name: exactly that ref is read.
-            Some(refname) => self.revision(&mut reader, &refname, true, suffix)?,
-            None => self.revision(&mut reader, name, false, suffix)?,
-        };
-        match sha {
-            Some(sha) => self.commit_info(&mut reader, &sha),
-            None => Err(GitError::ReferenceNotFound {
-                reference: reference.to_owned(),
-                repository: self.location.clone(),
-            }),
+        match self.resolve_once(reference) {
+            // A commit named by its id (a webhook's head) that a fetch under way has not
+            // written yet: there once the fetch ends (see [`GitRepository::settled`]).
+            Err(GitError::ReferenceNotFound { .. } | GitError::CommitNotFound { .. })
+                if self.mirror.is_some() && is_full_commit_id(reference) =>
+            {
+                self.fetches.settle();
+                self.resolve_once(reference)
+            }
+            done => done,
         }
     }
 
@@ -839,23 +864,38 @@ mod tests {
         };
         let commit = source.head();
         let rest = [source.rev_parse("HEAD^{tree}"), source.rev_parse("HEAD:a")];
-        copy(&commit);
-        let (locked, fetching) = std::sync::mpsc::channel();
-        std::thread::scope(|s| {
-            let writer = s.spawn(|| {
-                // A fetch under way: it holds the lock while it writes the rest.
-                let _fetch = mirror.fetches.succeeded.lock().expect("not poisoned");
-                locked.send(()).expect("the reader waits");
-                std::thread::sleep(std::time::Duration::from_millis(200));
+        // `read` on this thread while a fetch under way (holding the lock) does `write` a
+        // moment later.
+        let while_fetching = |write: &(dyn Fn() + Sync), read: &dyn Fn()| {
+            let (locked, fetching) = std::sync::mpsc::channel();
+            std::thread::scope(|s| {
+                let writer = s.spawn(|| {
+                    let _fetch = mirror.fetches.succeeded.lock().expect("not poisoned");
+                    locked.send(()).expect("the reader waits");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    write();
+                });
+                fetching.recv().expect("locked");
+                read();
+                writer.join().expect("no panic");
+            });
+        };
+        // Named by its id before the fetch wrote it: found once it did.
+        while_fetching(&|| copy(&commit), &|| {
+            assert_eq!(mirror.resolve(&commit).expect("resolved").sha, commit);
+        });
+        // Its tree and blob not written yet: read once they are.
+        while_fetching(
+            &|| {
                 for oid in &rest {
                     copy(oid);
                 }
-            });
-            fetching.recv().expect("locked");
-            let read = mirror.read_file(&commit, "a", 1024);
-            writer.join().expect("no panic");
-            assert_eq!(read.expect("read").as_deref(), Some(&b"2"[..]));
-        });
+            },
+            &|| {
+                let read = mirror.read_file(&commit, "a", 1024);
+                assert_eq!(read.expect("read").as_deref(), Some(&b"2"[..]));
+            },
+        );
         // With no fetch under way, a tree that never comes is missing, and the error says so.
         source.write("a", "3").commit("three");
         let third = source.head();

@@ -134,7 +134,15 @@ pub(crate) fn post_plans(
         }
     };
     // Through the engine's commit cache: the plans below prepare from the same load.
-    let cached = inner.engine.load(&origin_at(inner, &head))?;
+    let cached = match inner.engine.load(&origin_at(inner, &head)) {
+        Ok(cached) => cached,
+        // Not read this time (a fetch still writing it): the status says so rather than
+        // "planning" for good.
+        Err(e) => {
+            status(StatusState::Error, &e.to_string());
+            return Err(e.into());
+        }
+    };
     let mut plans = Vec::new();
     // The environments whose plan the policies block.
     let mut blocked: Vec<String> = Vec::new();
