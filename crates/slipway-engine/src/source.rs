@@ -310,6 +310,40 @@ mod tests {
         );
     }
 
+    /// The engine's commit cache keeps no load that failed this way: once the tree is there,
+    /// the same commit loads.
+    #[test]
+    fn the_commit_cache_keeps_no_failed_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).expect("made");
+        let (repository, commit) = repository(&repo);
+        let engine = crate::Engine::open(
+            &dir.path().join("home"),
+            crate::EngineConfig::default(),
+            Vec::new(),
+        )
+        .expect("an engine");
+        let origin = crate::Origin {
+            source: &repository,
+            repo: "repo",
+            reference: &commit.sha,
+            folder: "",
+            tip: Some(&commit.sha),
+        };
+        let tree = loose(&repo, &git(&repo, &["rev-parse", "HEAD^{tree}"]));
+        let aside = dir.path().join("tree-aside");
+        std::fs::rename(&tree, &aside).expect("moved");
+        assert!(engine.load(&origin).is_err(), "the tree is missing");
+        std::fs::rename(&aside, &tree).expect("moved back");
+        let cached = engine.load(&origin).expect("loaded");
+        assert!(
+            cached.loaded.valid_stack().is_ok(),
+            "{:?}",
+            cached.loaded.valid_stack().err()
+        );
+    }
+
     /// What the commit holds stays a diagnostic of the stack: `slipway.yaml` a directory.
     #[test]
     fn what_the_commit_holds_is_a_diagnostic() {
