@@ -62,6 +62,10 @@ struct Fetches {
     begun: std::sync::atomic::AtomicU64,
     /// Held while one runs: the number of the last one that succeeded.
     succeeded: Mutex<u64>,
+    /// How many reads have begun waiting in [`Fetches::settle`]: what a test waits on before
+    /// the fetch it plays writes what they missed.
+    #[cfg(test)]
+    settling: std::sync::atomic::AtomicU64,
 }
 
 /// How long a read that missed an object waits for the fetch under way ([`Fetches::settle`]):
@@ -72,6 +76,9 @@ impl Fetches {
     /// Returns once no fetch of this process runs in the repository (at once when none does),
     /// or after [`SETTLE_WAIT`]: every object the last one brought is written then.
     fn settle(&self) {
+        #[cfg(test)]
+        self.settling
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let deadline = std::time::Instant::now() + SETTLE_WAIT;
         loop {
             match self.succeeded.try_lock() {
@@ -97,9 +104,19 @@ impl GitRepository {
     /// request's head "not validate" for good). Waiting for the fetch that brings it is what
     /// makes the object there (waited for up to [`SETTLE_WAIT`]); a read that still misses one
     /// says so ([`GitError::MissingObject`], which callers try again later).
-    fn settled<T>(&self, mut read: impl FnMut() -> Result<T, GitError>) -> Result<T, GitError> {
+    fn settled<T>(&self, read: impl FnMut() -> Result<T, GitError>) -> Result<T, GitError> {
+        self.settled_when(|e| matches!(e, GitError::MissingObject { .. }), read)
+    }
+
+    /// `read`, done again once the fetch under way in the mirror ends, when it failed as
+    /// `missed` says a fetch could be the cause.
+    fn settled_when<T>(
+        &self,
+        missed: impl Fn(&GitError) -> bool,
+        mut read: impl FnMut() -> Result<T, GitError>,
+    ) -> Result<T, GitError> {
         match read() {
-            Err(GitError::MissingObject { .. }) if self.mirror.is_some() => {
+            Err(e) if self.mirror.is_some() && missed(&e) => {
                 self.fetches.settle();
                 read()
             }
@@ -625,17 +642,16 @@ impl Source for GitRepository {
 
     fn resolve(&self, reference: &str) -> Result<Commit, GitError> {
         check_reference(reference)?;
-        match self.resolve_once(reference) {
-            // A commit named by its id (a webhook's head) that a fetch under way has not
-            // written yet: there once the fetch ends (see [`GitRepository::settled`]).
-            Err(GitError::ReferenceNotFound { .. } | GitError::CommitNotFound { .. })
-                if self.mirror.is_some() && is_full_commit_id(reference) =>
-            {
-                self.fetches.settle();
-                self.resolve_once(reference)
-            }
-            done => done,
-        }
+        // A commit named by its id (a webhook's head) that a fetch under way has not written
+        // yet: there once the fetch ends (see [`GitRepository::settled`]).
+        let unwritten = |e: &GitError| {
+            is_full_commit_id(reference)
+                && matches!(
+                    e,
+                    GitError::ReferenceNotFound { .. } | GitError::CommitNotFound { .. }
+                )
+        };
+        self.settled_when(unwritten, || self.resolve_once(reference))
     }
 
     fn resolve_tracked(&self, reference: &str) -> Result<Commit, GitError> {
@@ -864,15 +880,23 @@ mod tests {
         };
         let commit = source.head();
         let rest = [source.rev_parse("HEAD^{tree}"), source.rev_parse("HEAD:a")];
-        // `read` on this thread while a fetch under way (holding the lock) does `write` a
-        // moment later.
+        // `read` on this thread while a fetch under way (holding the lock) does `write` once
+        // the read missed and waits for it.
         let while_fetching = |write: &(dyn Fn() + Sync), read: &dyn Fn()| {
             let (locked, fetching) = std::sync::mpsc::channel();
+            let waiting = mirror.fetches.settling.load(SeqCst);
             std::thread::scope(|s| {
                 let writer = s.spawn(|| {
                     let _fetch = mirror.fetches.succeeded.lock().expect("not poisoned");
                     locked.send(()).expect("the reader waits");
-                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                    while mirror.fetches.settling.load(SeqCst) == waiting {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the read never waited for the fetch"
+                        );
+                        std::thread::yield_now();
+                    }
                     write();
                 });
                 fetching.recv().expect("locked");

@@ -274,6 +274,37 @@ impl Engine {
             .body
     }
 
+    /// Merge request `iid`, from `branch` at a new commit off `main` with `text`, opened by
+    /// `author` and planned: its head.
+    fn gl_opened(
+        &self,
+        forge: &FakeForge,
+        iid: u64,
+        branch: &str,
+        text: &str,
+        author: &str,
+    ) -> String {
+        let head = self.commit_on("main", branch, text, Some(&mr_ref(iid)));
+        forge.add_pr(PrSpec {
+            head_ref: branch.into(),
+            ..PrSpec::new(iid, &head)
+        });
+        self.gl_event(forge, "open", iid, author, None);
+        self.gl_planned(forge, &head);
+        head
+    }
+
+    /// `pusher` pushes a new commit with `text` to merge request `iid`'s branch, its webhook
+    /// delivered, and Slipway plans it: the new head.
+    fn gl_pushed(&self, forge: &FakeForge, iid: u64, text: &str, pusher: &str) -> String {
+        let pr = forge.pr(iid);
+        let head = self.commit_on(&pr.head_ref, &pr.head_ref, text, Some(&mr_ref(iid)));
+        forge.set_head(iid, &head);
+        self.gl_event(forge, "update", iid, pusher, Some(&pr.head_sha));
+        self.gl_planned(forge, &head);
+        head
+    }
+
     /// Waits until Slipway planned `sha` (its `slipway/plan` status is final).
     fn gl_planned(&self, forge: &FakeForge, sha: &str) {
         forge.wait_for_status(
@@ -319,10 +350,7 @@ fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
     w.serves("prod", "v1");
 
     // bob reviews alice's merge request at h1 and approves it.
-    let h1 = w.commit_on("main", "feature-1", "reviewed", Some(&mr_ref(1)));
-    forge.add_pr(PrSpec::new(1, &h1));
-    w.gl_event(&forge, "open", 1, "alice", None);
-    w.gl_planned(&forge, &h1);
+    let h1 = w.gl_opened(&forge, 1, "feature-1", "reviewed", "alice");
     forge.approve(1, "bob", &forge.pr(1).head_sha);
     // alice pushes h2 and at once asks for a preview, before GitLab's update webhook comes.
     let h2 = w.commit_on("feature-1", "feature-1", "unreviewed", Some(&mr_ref(1)));
@@ -348,13 +376,7 @@ fn gitlab_an_approval_of_an_old_head_never_counts_for_a_new_one() {
 
     // The forge cannot list the approvals when the next push's webhook comes: the head is not
     // moved on half the facts, and the next look at the merge request (here the apply) moves it.
-    let h3 = w.commit_on("main", "feature-3", "reviewed 3", Some(&mr_ref(3)));
-    forge.add_pr(PrSpec {
-        head_ref: "feature-3".into(),
-        ..PrSpec::new(3, &h3)
-    });
-    w.gl_event(&forge, "open", 3, "alice", None);
-    w.gl_planned(&forge, &h3);
+    let h3 = w.gl_opened(&forge, 3, "feature-3", "reviewed 3", "alice");
     forge.approve(3, "bob", &forge.pr(3).head_sha);
     let h4 = w.commit_on("feature-3", "feature-3", "unreviewed 3", Some(&mr_ref(3)));
     forge.set_head(3, &h4);
@@ -398,20 +420,9 @@ fn gitlab_an_approval_does_not_survive_a_push_back_whose_webhook_is_late() {
         forge.set_permission(user, DEVELOPER);
     }
     w.serves("prod", "v1");
-    let first = w.commit_on("main", "feature-5", "first", Some(&mr_ref(5)));
-    forge.add_pr(PrSpec::new(5, &first));
-    w.gl_event(&forge, "open", 5, "alice", None);
-    w.gl_planned(&forge, &first);
+    w.gl_opened(&forge, 5, "feature-5", "first", "alice");
     // alice pushes code nobody reads; Slipway sees it, and who pushed it.
-    let unread = w.commit_on(
-        "feature-5",
-        "feature-5",
-        "nobody read this",
-        Some(&mr_ref(5)),
-    );
-    forge.set_head(5, &unread);
-    w.gl_event(&forge, "update", 5, "alice", Some(&first));
-    w.gl_planned(&forge, &unread);
+    let unread = w.gl_pushed(&forge, 5, "nobody read this", "alice");
     // alice pushes harmless code (its webhook late), bob reads and approves it, and alice
     // pushes the first head back (its webhook late too).
     let harmless = w.commit_on("feature-5", "feature-5", "harmless", Some(&mr_ref(5)));
@@ -538,20 +549,9 @@ fn gitlab_the_author_is_not_whoever_triggered_the_webhook() {
     forge.set_permission("bob", DEVELOPER);
     w.serves("prod", "v1");
 
-    let h1 = w.commit_on("main", "feature-2", "alice's", Some(&mr_ref(2)));
-    forge.add_pr(PrSpec::new(2, &h1));
-    w.gl_event(&forge, "open", 2, "alice", None);
-    w.gl_planned(&forge, &h1);
+    w.gl_opened(&forge, 2, "feature-2", "alice's", "alice");
     // bob pushes a fixup to alice's branch: the update webhook's `user` is bob.
-    let h2 = w.commit_on(
-        "feature-2",
-        "feature-2",
-        "with bob's fixup",
-        Some(&mr_ref(2)),
-    );
-    forge.set_head(2, &h2);
-    w.gl_event(&forge, "update", 2, "bob", Some(&h1));
-    w.gl_planned(&forge, &h2);
+    w.gl_pushed(&forge, 2, "with bob's fixup", "bob");
     // alice approves her own merge request (GitLab allows it unless the project forbids it).
     forge.approve(2, "alice", &forge.pr(2).head_sha);
     let answer = w.gl_command(&forge, 2, "alice", "/slipway apply prod");
