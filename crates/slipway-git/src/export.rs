@@ -121,7 +121,8 @@ fn write_tree(
     }
     if !large.is_empty() {
         let oids: Vec<String> = large.iter().map(|(_, oid, _)| oid.clone()).collect();
-        stream_objects(git, &oids, |index, _header, content| {
+        let missing = |oid: &str| reader.missing(format!("object {oid}"));
+        stream_objects(git, &oids, missing, |index, _header, content| {
             let (path, _, executable) = &large[index];
             write_file(path, *executable, content)
         })?;

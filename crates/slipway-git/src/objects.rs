@@ -37,10 +37,12 @@ fn spawn_batch(git: &Git) -> Result<(Child, ChildStdin, ChildStdout), GitError> 
 
 /// Streams the content of `oids`, in order, each to `sink(index, header, content)`, through
 /// one process: a thread writes the requests while this one reads the answers, so neither pipe
-/// can fill up and block the other.
+/// can fill up and block the other. An object git does not find is `missing(oid)`'s error
+/// (the store's [`GitError::MissingObject`], which callers read again later).
 pub(crate) fn stream_objects(
     git: &Git,
     oids: &[String],
+    missing: impl Fn(&str) -> GitError,
     mut sink: impl FnMut(usize, &Header, &mut dyn Read) -> Result<(), GitError>,
 ) -> Result<(), GitError> {
     let (mut child, stdin, stdout) = spawn_batch(git)?;
@@ -56,9 +58,7 @@ pub(crate) fn stream_objects(
         let mut stdout = BufReader::new(stdout);
         let read = (|| {
             for (index, oid) in oids.iter().enumerate() {
-                let header = read_header(&mut stdout)?.ok_or_else(|| {
-                    protocol(format!("object {oid} is missing from the repository"))
-                })?;
+                let header = read_header(&mut stdout)?.ok_or_else(|| missing(oid))?;
                 if header.oid != *oid {
                     return Err(protocol(format!("asked for {oid}, got {}", header.oid)));
                 }
@@ -252,7 +252,8 @@ pub(crate) fn symlink_target(
         // Absurd for a symlink, and too large to read here: the first bytes are enough to
         // refuse it, read through git.
         let mut prefix = Vec::new();
-        stream_objects(git, &[oid.to_owned()], |_, _, content| {
+        let missing = |oid: &str| reader.missing(format!("object {oid}"));
+        stream_objects(git, &[oid.to_owned()], missing, |_, _, content| {
             content
                 .take(MAX_TARGET_LEN as u64 + 1)
                 .read_to_end(&mut prefix)

@@ -735,6 +735,32 @@ mod tests {
         assert!(header_reader.header(absent).expect("read").is_none());
     }
 
+    #[test]
+    fn an_object_streamed_through_git_that_is_not_there_is_missing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = packed_repo(dir.path());
+        let store = Store::open(&src.join(".git"), "src").expect("opened");
+        let reader = store.reader();
+        let present = git(&src, &["rev-parse", "HEAD:f"]);
+        let absent = "0123456789abcdef0123456789abcdef01234567".to_owned();
+        let mut read = Vec::new();
+        let error = crate::objects::stream_objects(
+            &crate::command::Git::bound(src.join(".git")),
+            &[present, absent],
+            |oid| reader.missing(format!("object {oid}")),
+            |_, _, content| {
+                content.read_to_end(&mut read).expect("read");
+                Ok(())
+            },
+        )
+        .expect_err("the second is not there");
+        assert_eq!(read, b"0", "the first is streamed");
+        assert!(
+            matches!(error, GitError::MissingObject { .. }) && error.retryable(),
+            "{error}"
+        );
+    }
+
     /// A stress of the shared view against a repository being fetched into and repacked: two
     /// threads read every blob fetched so far while the main thread fetches 300 commits into a
     /// mirror, repacking it every 25. Before [`MISS_LOOKUPS`], about one read in 16 million
