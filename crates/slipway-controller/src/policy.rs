@@ -12,7 +12,7 @@ use slipway_core::EnvName;
 use slipway_core::vocab::{EventKind, SyncState};
 
 use crate::queue::Finished;
-use crate::reconcile::event;
+use crate::reconcile::{event, shown};
 use crate::{ControllerError, Inner};
 
 /// What the queue does after a reconcile failed with `error`.
@@ -36,7 +36,7 @@ pub(crate) fn record_failure(inner: &Inner, env: &EnvName, error: &ControllerErr
     let Ok(Some(record)) = store.environment(env) else {
         return;
     };
-    let message = error.to_string();
+    let message = shown(inner, env, &error.to_string());
     if record.message.as_deref() == Some(message.as_str()) {
         return;
     }

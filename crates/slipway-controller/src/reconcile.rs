@@ -123,16 +123,7 @@ pub(crate) fn mark_failed(
     record: &EnvironmentRecord,
     message: &str,
 ) -> Result<(), ControllerError> {
-    // What a provider or a cluster said may quote a value the environment keeps secret, and
-    // the message is shown to every viewer, and quoted in pull requests' replies.
-    let message = match inner.engine.redactor(&record.name) {
-        Ok(redactor) => redactor.redact(message),
-        // Not to be shown unredacted, and the failure still recorded.
-        Err(e) => format!(
-            "failed; its message is withheld, as the environment's secret values cannot be \
-             read to redact it: {e}"
-        ),
-    };
+    let message = shown(inner, &record.name, message);
     inner.engine.store().set_environment_status(
         &record.name,
         SyncState::Failed,
@@ -141,6 +132,20 @@ pub(crate) fn mark_failed(
         inner.now(),
     )?;
     Ok(())
+}
+
+/// `message` about `env` as it may be shown: what a provider or a cluster said may quote a
+/// value the environment keeps secret, and an environment's message and events are shown to
+/// every viewer, and quoted in pull requests' replies.
+pub(crate) fn shown(inner: &Inner, env: &EnvName, message: &str) -> String {
+    match inner.engine.redactor(env) {
+        Ok(redactor) => redactor.redact(message),
+        // Not to be shown unredacted, and the failure still recorded.
+        Err(e) => format!(
+            "failed; its message is withheld, as the environment's secret values cannot be \
+             read to redact it: {e}"
+        ),
+    }
 }
 
 /// Marks `record`'s environment as holding a change back, saying why (a `change.held` event
@@ -552,8 +557,11 @@ fn converge(
         None => match inner.source.resolve_tracked(&reference) {
             Ok(commit) => Some(commit.sha),
             Err(e) => {
-                let message = e.to_string();
-                mark_failed(inner, &record, &message)?;
+                // A fault of the moment leaves the environment as it runs; the failure is
+                // recorded with the retries (`policy::record_failure`).
+                if !e.retryable() {
+                    mark_failed(inner, &record, &e.to_string())?;
+                }
                 return Err(e.into());
             }
         },
@@ -631,7 +639,9 @@ fn converge(
                 };
                 report_once(inner, Some(name), cause, &message);
             }
-            mark_failed(inner, &record, &message)?;
+            if !e.retryable() {
+                mark_failed(inner, &record, &message)?;
+            }
             return Err(e.into());
         }
     };

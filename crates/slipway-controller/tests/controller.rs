@@ -434,6 +434,55 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
 }
 
 #[test]
+fn a_commit_that_cannot_be_read_for_the_moment_leaves_the_environment_running_not_failed() {
+    // No poll: the test fetches into the controller's mirror itself.
+    let w = World::polling(Duration::from_secs(3600));
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    let next = w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: bonjour"),
+        "bonjour",
+    );
+    let repos = w.home.join("repos");
+    let mirror = std::fs::read_dir(&repos)
+        .expect("the mirrors")
+        .map(|entry| entry.expect("an entry").path())
+        .find(|path| path.is_dir())
+        .expect("the controller's mirror");
+    git(&mirror, &["fetch", "-q", "--prune", "origin"]);
+    // The stack file of the new commit goes missing, as it is while a fetch is still writing
+    // it, or in a damaged mirror until it is mended.
+    let blob = git(&mirror, &["rev-parse", &format!("{next}:slipway.yaml")]);
+    let loose = mirror.join("objects").join(&blob[..2]).join(&blob[2..]);
+    let bytes = std::fs::read(&loose).expect("a fetch of one commit leaves loose objects");
+    std::fs::remove_file(&loose).expect("removed");
+
+    // What a poll does once its fetch is done: the branch moved, dev follows it.
+    w.runtime.block_on(w.controller.refresh()).expect("refresh");
+    let record = wait_for("dev says why it did not move", T, || {
+        w.record("dev")
+            .filter(|r| r.message.as_deref().is_some_and(|m| m.contains("missing")))
+    });
+    assert_eq!(record.sync, SyncState::Synced, "{:?}", record.message);
+    assert_eq!(w.page("dev").as_deref(), Some("hello from dev"));
+    assert!(
+        events_of(&w, "dev")
+            .iter()
+            .any(|e| e.kind == EventKind::ReconcileFailed
+                && e.message.contains("retried with backoff")),
+        "the failure is in the event log"
+    );
+
+    std::fs::write(&loose, bytes).expect("put back");
+    w.wait_page("dev", "bonjour from dev", "a retry applies the commit");
+    let record = wait_for("dev records the commit", T, || {
+        w.record("dev")
+            .filter(|r| r.commit.as_deref() == Some(next.as_str()))
+    });
+    assert_eq!(record.sync, SyncState::Synced);
+}
+
+#[test]
 fn a_controller_behind_its_branch_never_undoes_a_newer_commit_whose_apply_failed() {
     // It fetches once an hour: after its first look, its idea of `main` stays at the first
     // commit, as a replica's does that was cut off while another one applied.
