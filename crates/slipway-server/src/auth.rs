@@ -129,17 +129,19 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
         Err(refusal) => return refuse(&guard, ANONYMOUS, target.as_deref(), refusal).await,
     };
     if let Credential::Session { csrf, .. } = &principal.via
-        && route.audited
-        && !crate::session::csrf_matches(&parts.headers, csrf)
+        && !crate::session::csrf_sent(&parts, csrf)
     {
-        // A cross-site request can make a browser send the cookie (SameSite aside) but
-        // cannot read or guess the session's CSRF token, nor set a custom header.
+        // The cookie alone proves nothing, reads included: a cross-site request can make a
+        // browser send it (SameSite aside), and a browser sends it to every port of the
+        // host, so to any process an environment runs there that the browser is sent to.
+        // Neither can read or guess the session's CSRF token, which the UI keeps in its own
+        // origin's storage.
         let refusal = ApiError::client(
             StatusCode::FORBIDDEN,
             "a call made with the session cookie must send the session's CSRF token",
         )
         .hint(
-            "send the `csrf` of POST /api/v1/session (or GET /api/v1/whoami) in `X-Slipway-CSRF`, or authenticate with `Authorization: Bearer <token>`",
+            "send the `csrf` of POST /api/v1/session in `X-Slipway-CSRF` (a GET may send it as `?csrf=`, as an EventSource must), or authenticate with `Authorization: Bearer <token>`",
         );
         return refuse(&guard, &principal.name, target.as_deref(), refusal).await;
     }

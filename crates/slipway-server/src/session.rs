@@ -4,13 +4,16 @@
 //! - `POST /api/v1/session` with `Authorization: Bearer <token>` starts a session: the answer
 //!   sets the cookie `slipway_session` (`HttpOnly; SameSite=Strict; Path=/`) and carries a
 //!   CSRF token. The API token itself is never stored in the browser.
-//! - The guard accepts the cookie when no `Authorization` header is sent. A mutating call
-//!   (`POST`, `DELETE`) made with the cookie must also send the session's CSRF token in
-//!   `X-Slipway-CSRF`, else it is refused with `403` before its handler runs. A forged form
-//!   post carries the cookie (at most: `SameSite=Strict` already keeps it off cross-site
-//!   requests) but cannot know the header's value, nor set a custom header.
-//! - `GET /api/v1/whoami` says who the caller is and, for a session, gives its CSRF token again
-//!   (a page reloaded has lost it); a cross-origin page cannot read that answer.
+//! - The guard accepts the cookie when no `Authorization` header is sent, and only with the
+//!   session's CSRF token: every call made with the cookie, reads included, sends it in
+//!   `X-Slipway-CSRF` (a `GET` may send it as the query's `csrf`, as an `EventSource` must),
+//!   else it is refused with `403` before its handler runs. A forged form post carries the
+//!   cookie (at most: `SameSite=Strict` already keeps it off cross-site requests) but cannot
+//!   know the token, nor set a custom header. Reads need it too because a browser sends the
+//!   cookie to every port of the host, so to any process of an environment listening there
+//!   that a branch's page sends the browser to; the UI keeps the token in its origin's
+//!   `localStorage`, which no other port's page can read.
+//! - `GET /api/v1/whoami` says who the caller is and, for a session, its CSRF token.
 //! - `DELETE /api/v1/session` ends the session and clears the cookie.
 //!
 //! Sessions are kept in the state store (`slipway_state`'s `browser_sessions`), not in the
@@ -46,7 +49,8 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header::{COOKIE, SET_COOKIE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use schemars::JsonSchema;
@@ -142,6 +146,25 @@ pub(crate) fn csrf_matches(headers: &HeaderMap, expected: &str) -> bool {
         .is_some_and(|sent| same_secret(sent.as_bytes(), expected))
 }
 
+/// Whether the request carries `expected` in [`CSRF_HEADER`], or, for a `GET` or `HEAD`, in
+/// its query's `csrf` (an `EventSource` cannot send a header), compared in constant time.
+pub(crate) fn csrf_sent(request: &Parts, expected: &str) -> bool {
+    if csrf_matches(&request.headers, expected) {
+        return true;
+    }
+    if !matches!(request.method, Method::GET | Method::HEAD) {
+        return false;
+    }
+    // A token is base64url: sent as it is, never percent-encoded.
+    request
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("csrf="))
+        .any(|sent| same_secret(sent, expected))
+}
+
 /// Whether `sent` is `expected`, compared in constant time.
 pub(crate) fn same_secret(sent: impl AsRef<[u8]>, expected: &str) -> bool {
     let (sent, expected) = (sent.as_ref(), expected.as_bytes());
@@ -170,7 +193,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("createSession", "session.create")
             .summary(
                 "Start a browser session",
-                "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every `POST` or `DELETE` made with the cookie; without it such calls are refused with 403. The session lasts 12 hours and ends with the token's revocation; it is kept in the state, so every replica sharing it accepts the cookie and a restart keeps it.",
+                "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every call made with the cookie, reads included (a GET may send it as the query's `csrf`, as an EventSource must); without it such calls are refused with 403: a browser sends the cookie to every port of the host, where environments' processes listen. The session lasts 12 hours and ends with the token's revocation; it is kept in the state, so every replica sharing it accepts the cookie and a restart keeps it.",
             )
             .json::<SessionView>(StatusCode::CREATED, "The session started; the cookie is set."),
         Route::delete("/api/v1/session", logout)
@@ -197,7 +220,7 @@ struct SessionView {
     /// The token's name.
     name: String,
     role: Role,
-    /// Send it in `X-Slipway-CSRF` with every POST or DELETE made with the cookie.
+    /// Send it in `X-Slipway-CSRF` with every call made with the cookie.
     csrf: String,
     #[schemars(extend("format" = "date-time"))]
     expires_at: String,

@@ -1607,19 +1607,47 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
     assert_eq!(session["name"], "admin-token");
     assert_eq!(session["role"], "admin");
 
-    // Reads need only the cookie (an EventSource cannot send headers).
+    // The cookie alone reads nothing either: a browser sends it to every port of the host,
+    // so to a process of an environment that a page sends the browser to.
+    for path in ["/api/v1/whoami", "/api/v1/environments", "/api/v1/events"] {
+        let reply = f
+            .raw("GET", path, &[("Cookie", &cookie)], None)
+            .expect(403, "a read with the cookie alone");
+        assert!(!reply.body.contains(&csrf), "{path} gives no token away");
+    }
     let who = f
-        .raw("GET", "/api/v1/whoami", &[("Cookie", &cookie)], None)
-        .expect(200, "the cookie authenticates a read");
+        .raw(
+            "GET",
+            "/api/v1/whoami",
+            &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
+            None,
+        )
+        .expect(200, "the cookie with its token authenticates a read");
     assert_matches_schema(&doc, "GET", "/api/v1/whoami", 200, &who.json());
     assert_eq!(who.json()["via"], "session");
-    assert_eq!(
-        who.json()["csrf"],
-        csrf,
-        "whoami gives a reloaded page its CSRF token again"
-    );
-    let list = f.raw("GET", "/api/v1/environments", &[("Cookie", &cookie)], None);
-    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(who.json()["csrf"], csrf);
+    // A GET may carry the token in its query, as an EventSource must; a change may not.
+    f.raw(
+        "GET",
+        &format!("/api/v1/environments?csrf={csrf}"),
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .expect(200, "a read with the token in its query");
+    f.raw(
+        "GET",
+        "/api/v1/environments?csrf=not-the-token",
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .expect(403, "a read with a wrong token in its query");
+    f.raw(
+        "POST",
+        &format!("/api/v1/environments/main/sync?csrf={csrf}"),
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .expect(403, "a change with the token in its query");
 
     // A change with the cookie but without the CSRF token, with a wrong one, or as a forged
     // HTML form would post it, is refused before its handler runs.

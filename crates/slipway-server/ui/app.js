@@ -2,9 +2,12 @@
 //
 // A client of the same HTTP API as the CLI (/api/v1, described by /api/v1/openapi.json). It
 // logs in by exchanging an API token for a session cookie (POST /api/v1/session); the token is
-// not kept by the page. Every POST and DELETE sends the session's CSRF token in
-// X-Slipway-CSRF. Live updates come from the server-sent events of /api/v1/events: an event
-// names the environment it concerns, and that environment is read again.
+// not kept by the page. Every call sends the session's CSRF token in X-Slipway-CSRF (an
+// EventSource, which cannot send a header, as `?csrf=`): the cookie alone is refused, since a
+// browser sends it to every port of this host, where an environment's processes may listen.
+// The token is kept in this origin's localStorage, which no other port's page can read. Live
+// updates come from the server-sent events of /api/v1/events: an event names the environment
+// it concerns, and that environment is read again.
 //
 // The page is built with DOM calls and text nodes only (no HTML parsed from strings), and the server's
 // Content-Security-Policy forbids any script but this file.
@@ -257,6 +260,36 @@
     }
   }
 
+  /** Where the session's CSRF token is kept: this origin's own storage, port included. */
+  const CSRF_KEY = "slipway.csrf";
+
+  /** The session's CSRF token: the one stored (another tab may have logged in again since). */
+  function csrfToken() {
+    let stored = null;
+    try {
+      stored = localStorage.getItem(CSRF_KEY);
+    } catch (_) {
+      // Storage refused (a private window's policy): the token this page was given.
+    }
+    return stored || (state.me && state.me.csrf) || null;
+  }
+
+  function keepCsrf(token) {
+    try {
+      if (token) localStorage.setItem(CSRF_KEY, token);
+      else localStorage.removeItem(CSRF_KEY);
+    } catch (_) {
+      // Kept in `state.me` only: a reload logs in again.
+    }
+  }
+
+  /** `path` with the session's CSRF token, for an EventSource (which sends no header). */
+  function streamPath(path) {
+    const token = csrfToken();
+    if (!token) return path;
+    return `${path}${path.includes("?") ? "&" : "?"}csrf=${encodeURIComponent(token)}`;
+  }
+
   function describe(error) {
     if (error instanceof ApiError) return error.hint ? `${error.message} (${error.hint})` : error.message;
     return `cannot reach the server: ${error.message || error}`;
@@ -264,7 +297,9 @@
 
   async function api(method, path, body, extraHeaders) {
     const headers = Object.assign({ Accept: "application/json" }, extraHeaders || {});
-    if (method !== "GET" && state.me && state.me.csrf) headers["X-Slipway-CSRF"] = state.me.csrf;
+    const bearer = extraHeaders && extraHeaders.Authorization;
+    const csrf = csrfToken();
+    if (csrf && !bearer) headers["X-Slipway-CSRF"] = csrf;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, {
       method,
@@ -282,7 +317,7 @@
         data = { error: text.slice(0, 300) };
       }
     }
-    if (response.status === 401 && !(extraHeaders && extraHeaders.Authorization)) {
+    if (response.status === 401 && !bearer) {
       loggedOut(state.me ? "Your session has ended (logged out, expired, or its token revoked): log in again." : "");
     }
     if (!response.ok) throw new ApiError(response.status, data);
@@ -418,11 +453,21 @@
       const wanted = state.replicas.length > 0 || (state.view && state.view.name === "replicas");
       if (state.me && wanted && document.visibilityState === "visible") refreshReplicas();
     }, REPLICAS_REFRESH_MS);
+    if (!csrfToken()) {
+      // No session this page can prove (the cookie alone is refused): log in.
+      showLogin("");
+      return;
+    }
     try {
       state.me = await api("GET", "/api/v1/whoami");
+      keepCsrf(state.me.csrf);
       loggedIn(false);
     } catch (error) {
-      if (!(error instanceof ApiError && error.status === 401)) {
+      if (error instanceof ApiError && error.status === 403) {
+        // A token of a session that ended here or was replaced: log in again.
+        keepCsrf(null);
+        showLogin("");
+      } else if (!(error instanceof ApiError && error.status === 401)) {
         showLogin(describe(error));
       }
     }
@@ -478,7 +523,7 @@
     for (const name of ["env", "stack", "next"]) {
       form.append(h("input", { type: "hidden", name, value: asked.get(name) || "" }));
     }
-    form.append(h("input", { type: "hidden", name: "csrf", value: (state.me && state.me.csrf) || "" }));
+    form.append(h("input", { type: "hidden", name: "csrf", value: csrfToken() || "" }));
     return form;
   }
 
@@ -520,6 +565,7 @@
     state.streamOpen = false;
     state.stream = null;
     state.me = null;
+    keepCsrf(null);
     setEnvs([]);
     state.rows.clear();
     state.loaded = false;
@@ -566,6 +612,7 @@
         const session = await api("POST", "/api/v1/session", undefined, { Authorization: `Bearer ${token}` });
         input.value = "";
         state.me = { name: session.name, role: session.role, csrf: session.csrf, via: "session" };
+        keepCsrf(session.csrf);
         if (location.hash.startsWith("#/login")) location.hash = "#/";
         loggedIn(true);
       } catch (err) {
@@ -600,7 +647,7 @@
     if (state.stream) state.stream.close();
     // After a drop, resume after the last event seen: nothing is lost, nothing seen twice.
     const url = state.lastEventId === null ? "/api/v1/events" : `/api/v1/events?after=${state.lastEventId}`;
-    const stream = new EventSource(url);
+    const stream = new EventSource(streamPath(url));
     state.stream = stream;
     live("reconnecting", "connecting");
     stream.onopen = () => {
@@ -1542,7 +1589,7 @@
     refreshEnvPage(true);
     // This environment's events, from the first: drift, deployments, changes. Live after that.
     const view = state.view;
-    const stream = new EventSource(`/api/v1/events?environment=${encodeURIComponent(name)}&after=0`);
+    const stream = new EventSource(streamPath(`/api/v1/events?environment=${encodeURIComponent(name)}&after=0`));
     view.stream = stream;
     stream.onmessage = (message) => {
       try {
@@ -1754,7 +1801,7 @@
     dialog(`Log of ${resource}`, (close) => {
       const out = h("pre", { class: "log", id: "log-lines", tabindex: "0", "aria-label": `The log of ${resource} in ${envName}` });
       const status = h("p", { class: "muted", id: "log-state", role: "status" }, "Connecting…");
-      const stream = new EventSource(path);
+      const stream = new EventSource(streamPath(path));
       stream.onopen = () => {
         clear(out);
         status.textContent = "Live: new lines appear as they are written.";

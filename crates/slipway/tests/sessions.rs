@@ -142,7 +142,12 @@ fn a_session_started_on_one_replica_is_good_on_the_other_and_a_logout_on_either_
     );
 
     // r2 never saw the login, and knows the session.
-    let who = call(&r2.addr, "GET", "/api/v1/whoami", &[("Cookie", &cookie)]);
+    let who = call(
+        &r2.addr,
+        "GET",
+        "/api/v1/whoami",
+        &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
+    );
     assert_eq!(who.status, 200, "r2 answers r1's session: {who:?}");
     assert_eq!(who.json["via"], "session", "{who:?}");
     assert_eq!(who.json["role"], "admin", "{who:?}");
@@ -198,7 +203,12 @@ fn a_session_started_on_one_replica_is_good_on_the_other_and_a_logout_on_either_
     // The other way round: a session started on r2 is ended by a logout on r1.
     let (id, csrf) = log_in(&r2.addr, token);
     let cookie = cookie_header(&id);
-    let who = call(&r1.addr, "GET", "/api/v1/whoami", &[("Cookie", &cookie)]);
+    let who = call(
+        &r1.addr,
+        "GET",
+        "/api/v1/whoami",
+        &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
+    );
     assert_eq!(who.status, 200, "r1 answers r2's session: {who:?}");
     let ended = call(
         &r1.addr,
@@ -228,7 +238,7 @@ fn a_session_survives_a_restart_of_the_server() {
         &server.addr,
         "GET",
         "/api/v1/whoami",
-        &[("Cookie", &cookie)],
+        &[("Cookie", &cookie), ("X-Slipway-CSRF", &csrf)],
     );
     assert_eq!(
         who.status, 200,
@@ -284,8 +294,14 @@ fn a_forged_ended_malformed_or_revoked_session_is_refused_with_401() {
     }
 
     // A session whose end has passed (its row is still there).
-    let (id, _) = log_in(&server.addr, token);
-    assert_eq!(whoami(&cookie_header(&id)).status, 200, "a live session");
+    let (id, csrf) = log_in(&server.addr, token);
+    let live = call(
+        &server.addr,
+        "GET",
+        "/api/v1/whoami",
+        &[("Cookie", &cookie_header(&id)), ("X-Slipway-CSRF", &csrf)],
+    );
+    assert_eq!(live.status, 200, "a live session");
     database
         .connect()
         .execute(

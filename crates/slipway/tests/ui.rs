@@ -89,24 +89,32 @@ fn api(server: &Server, token: &str, path: &str) -> (u16, Value) {
 /// A request as a forger would send it: the stolen session cookie, a form body, and no
 /// (or a wrong) CSRF header. Returns the status and body.
 fn forged_post(server: &Server, path: &str, cookie: &str, csrf: Option<&str>) -> (u16, String) {
+    let csrf = csrf
+        .map(|c| format!("X-Slipway-CSRF: {c}\r\n"))
+        .unwrap_or_default();
+    let body = "deployment=1";
+    raw_call(
+        server,
+        &format!(
+            "POST {path} HTTP/1.0\r\nHost: {}\r\nCookie: slipway_session={cookie}\r\n{csrf}\
+             Origin: http://evil.invalid\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            server.addr,
+            body.len()
+        ),
+    )
+}
+
+/// Sends `request` as it is; the answer's status and the whole answer.
+fn raw_call(server: &Server, request: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(&server.addr).expect("connect to the API");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("set a timeout");
-    let csrf = csrf
-        .map(|c| format!("X-Slipway-CSRF: {c}\r\n"))
-        .unwrap_or_default();
-    let body = "deployment=1";
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: {}\r\nCookie: slipway_session={cookie}\r\n{csrf}\
-         Origin: http://evil.invalid\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    )
-    .expect("send the request");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read the answer");
     let status = answer
@@ -1416,6 +1424,113 @@ fn every_page_passes_axe_core_light_and_dark_on_a_desktop_and_a_phone() {
 /// A private preview in a browser: a stranger's 401 page links to the sign-in, which goes
 /// through the UI's login and lands on the page asked for; the environment page says the
 /// preview is private and makes a signed link.
+/// A process that answers every GET with the `Cookie` header it was sent: an environment's
+/// app on another port of the host, as any branch can run. Killed when dropped.
+struct CookieEcho {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl CookieEcho {
+    fn start() -> CookieEcho {
+        use std::io::BufRead;
+        const ECHO: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ('cookie: ' + (self.headers.get('Cookie') or '')).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/plain')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print(s.server_port, flush=True)
+s.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", ECHO])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("the echo says its port");
+        let port = line.trim().parse().expect("a port");
+        CookieEcho { child, port }
+    }
+}
+
+impl Drop for CookieEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `method path` with the session cookie alone, as a process that was sent it would call.
+fn with_cookie_alone(server: &Server, method: &str, path: &str, cookie: &str) -> (u16, String) {
+    raw_call(
+        server,
+        &format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nCookie: {cookie}\r\n\
+             Content-Length: 0\r\n\r\n",
+            server.addr
+        ),
+    )
+}
+
+#[test]
+fn a_page_on_another_port_of_the_host_is_sent_the_session_cookie_and_can_do_nothing_with_it() {
+    let (s, _) = setup();
+    let admin = token(&s, "admin", "ada");
+    let server = start_serve(&s);
+    let browser = Browser::start(
+        &s.dir.path().join("browser"),
+        &format!("http://{}", server.addr),
+    );
+    log_in(&browser, &admin, "ada");
+    // A preview's page sends the browser to its app's own port on the same host: a browser
+    // sends a host's cookies to all its ports, so the app is sent the session cookie.
+    let echo = CookieEcho::start();
+    browser.js(
+        "setTimeout(() => { location.href = arguments[0]; }, 0);",
+        vec![json!(format!("http://127.0.0.1:{}/", echo.port))],
+    );
+    let sent = browser.wait_for("the app's page is open", PAGE, |b| {
+        b.text("body").filter(|t| t.starts_with("cookie:"))
+    });
+    let cookie = sent
+        .trim_start_matches("cookie:")
+        .split(';')
+        .map(str::trim)
+        .find(|c| c.starts_with("slipway_session="))
+        .unwrap_or_else(|| panic!("the cookie goes to the other port: {sent}"))
+        .to_string();
+    // What the app can do with it: nothing, a read included.
+    for path in ["/api/v1/whoami", "/api/v1/environments", "/api/v1/audit"] {
+        let (status, answer) = with_cookie_alone(&server, "GET", path, &cookie);
+        assert_eq!(status, 403, "GET {path}: {answer}");
+    }
+    let (status, answer) = with_cookie_alone(
+        &server,
+        "DELETE",
+        "/api/v1/environments/main?confirm=main",
+        &cookie,
+    );
+    assert_eq!(status, 403, "{answer}");
+    // The person, back on the UI, is still logged in.
+    browser.goto("/");
+    browser.wait_for("ada is still logged in", PAGE, |b| {
+        (b.text("#who-name").as_deref() == Some("ada")).then_some(())
+    });
+    let (status, _) = api(&server, &admin, "/api/v1/environments/main");
+    assert_eq!(status, 200, "main is still there");
+}
+
 #[test]
 fn a_private_preview_signs_a_person_in_through_the_ui_and_shares_a_link() {
     let (s, _) = setup();
