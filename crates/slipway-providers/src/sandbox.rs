@@ -299,10 +299,21 @@ const PATH_ATTRIBUTE_SYSCALLS: &[i64] = &[
     466, // removexattrat (Linux 6.13)
 ];
 
+/// System calls refused (`EPERM`) in landlock mode: io_uring's. An operation submitted
+/// through a ring (`IORING_OP_SOCKET`, `IORING_OP_CONNECT`, `IORING_OP_OPENAT`…) is done by
+/// the kernel without the system call seccomp would see, so with a ring the code could make
+/// the unix socket the filter refuses, and connect to a supervisor's socket. Docker's default
+/// profile refuses them too; programs that use io_uring fall back to plain system calls.
+const IO_URING_SYSCALLS: &[i64] = &[
+    nix::libc::SYS_io_uring_setup,
+    nix::libc::SYS_io_uring_enter,
+    nix::libc::SYS_io_uring_register,
+];
+
 /// The seccomp filter of landlock mode: no unix socket can be created (so none of the
 /// engine's uid can be connected to: its systemd user bus, `docker.sock`, PostgreSQL's peer
-/// authentication), and none of [`PATH_ATTRIBUTE_SYSCALLS`]. Built in the parent, once: it
-/// is the same for every environment.
+/// authentication, a supervisor's socket), and none of [`PATH_ATTRIBUTE_SYSCALLS`] nor
+/// [`IO_URING_SYSCALLS`]. Built in the parent, once: it is the same for every environment.
 fn landlock_mode_filter() -> io::Result<std::sync::Arc<seccompiler::BpfProgram>> {
     static FILTER: std::sync::OnceLock<Result<std::sync::Arc<seccompiler::BpfProgram>, String>> =
         std::sync::OnceLock::new();
@@ -335,7 +346,7 @@ fn build_landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
     .map_err(failed)?;
     let mut rules = std::collections::BTreeMap::new();
     rules.insert(nix::libc::SYS_socket, vec![unix]);
-    for syscall in PATH_ATTRIBUTE_SYSCALLS {
+    for syscall in PATH_ATTRIBUTE_SYSCALLS.iter().chain(IO_URING_SYSCALLS) {
         // No condition: refused whatever the arguments.
         rules.insert(*syscall, Vec::new());
     }
@@ -2301,10 +2312,14 @@ mod tests {
              libc = ctypes.CDLL(None, use_errno=True)\n\
              x32 = libc.syscall(0x40000029, 1, 1, 0)\n\
              x32 = os.strerror(ctypes.get_errno()) if x32 < 0 else 'ok'\n\
+             params = ctypes.create_string_buffer(120)\n\
+             ring = libc.syscall({io_uring_setup}, 4, params)\n\
+             ring = os.strerror(ctypes.get_errno()) if ring < 0 else 'ok'\n\
              print(t(lambda: socket.socket(socket.AF_UNIX)), t(lambda: os.chmod(p, 0o600)),\n\
                    t(lambda: os.chown(p, -1, -1)), t(lambda: os.setxattr(p, 'user.x', b'1')),\n\
                    t(lambda: os.fchmod(fd, 0o600)), t(lambda: socket.socket().close()), x32,\n\
-                   sep='|')",
+                   ring, sep='|')",
+            io_uring_setup = nix::libc::SYS_io_uring_setup,
             data = data.display()
         );
         let run = |confinement: &Confinement| {
@@ -2317,10 +2332,10 @@ mod tests {
         assert_eq!(
             run(&landlocked),
             "Operation not permitted|Operation not permitted|Operation not permitted|\
-             Operation not permitted|ok|ok|Operation not permitted",
-            "in landlock mode no unix socket is made (not through x32 either) and no mode, \
-             owner or attribute is changed by path; fchmod on its own descriptor and TCP \
-             sockets still work"
+             Operation not permitted|ok|ok|Operation not permitted|Operation not permitted",
+            "in landlock mode no unix socket is made (not through x32 nor an io_uring either) \
+             and no mode, owner or attribute is changed by path; fchmod on its own descriptor \
+             and TCP sockets still work"
         );
         let mut uid_mode = landlocked.clone();
         uid_mode.sandbox.isolation = Isolation::Uid;
