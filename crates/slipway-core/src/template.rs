@@ -175,24 +175,31 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Substitutes the references that `resolve` knows, keeping the others as references.
-/// The result is again a template.
+/// The result is again a template, which reads back as exactly that literal text and those
+/// kept references: the literal text between two kept references (text and values together)
+/// is escaped as one piece, since pieces escaped one by one can join into a reference (a
+/// value `$` before the text `{secrets.S}` would make `${secrets.S}`, which nobody wrote).
 pub fn substitute(
     segments: &[Segment],
     mut resolve: impl FnMut(&Reference) -> Option<String>,
 ) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
+    let mut literal = String::new();
     for segment in segments {
         match segment {
-            Segment::Text(t) => push_escaped(&mut out, t),
+            Segment::Text(t) => literal.push_str(t),
             Segment::Ref(r, _) => match resolve(r) {
-                Some(value) => push_escaped(&mut out, &value),
+                Some(value) => literal.push_str(&value),
                 None => {
-                    use std::fmt::Write;
+                    push_escaped(&mut out, &literal);
+                    literal.clear();
                     write!(out, "{r}").expect("writing to a String cannot fail");
                 }
             },
         }
     }
+    push_escaped(&mut out, &literal);
     out
 }
 
@@ -239,6 +246,68 @@ mod tests {
                 proptest::prop_assert_eq!(substitute(&segments, |_| None), text);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// What a substitution gives reads back as the values put in and the references kept,
+        /// never as a reference made of a value and the text beside it.
+        #[test]
+        fn a_substitution_reads_back_as_what_was_put_in(
+            before in "[a-z$\\{}]{0,6}",
+            first in "[a-z$\\{}.]{0,6}",
+            between in "[a-z$\\{}.]{0,12}",
+            second in "[a-z$\\{}.]{0,6}",
+        ) {
+            // Literal text as a template writes it, around two variables and a secret kept (a
+            // template cannot write a `$` right before a reference).
+            proptest::prop_assume!(!before.ends_with('$') && !between.ends_with('$'));
+            let template = format!(
+                "{}${{vars.a}}{}${{vars.b}}${{secrets.s}}",
+                escape(&before),
+                escape(&between)
+            );
+            let segments = parse(&template).expect("an escaped text parses");
+            let values = |r: &Reference| match r {
+                Reference::Var(name) if name == "a" => Some(first.clone()),
+                Reference::Var(name) if name == "b" => Some(second.clone()),
+                _ => None,
+            };
+            let again = parse(&substitute(&segments, values)).expect("it parses again");
+            let kept: Vec<&Reference> = again
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Ref(r, _) => Some(r),
+                    Segment::Text(_) => None,
+                })
+                .collect();
+            // A literal `$` right before a kept reference cannot be written in a template:
+            // such a value turns the reference into text (it is never resolved), and makes
+            // none.
+            let secret = Reference::Secret("s".into());
+            let literal = format!("{before}{first}{between}{second}");
+            if literal.ends_with('$') {
+                proptest::prop_assert!(kept.is_empty(), "{:?}", again);
+            } else {
+                proptest::prop_assert_eq!(kept, vec![&secret]);
+                let text = resolve(&again, |_| Some(String::new())).expect("resolves");
+                proptest::prop_assert_eq!(text, literal);
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_and_the_text_beside_it_make_no_reference() {
+        let segments = parse("${vars.d}{secrets.S} $${vars.d}").expect("parses");
+        let out = substitute(&segments, |_| Some("$".into()));
+        let again = parse(&out).expect("parses again");
+        assert!(
+            again.iter().all(|s| matches!(s, Segment::Text(_))),
+            "no reference: {again:?}"
+        );
+        assert_eq!(
+            resolve(&again, |_| None).expect("nothing to resolve"),
+            "${secrets.S} ${vars.d}"
+        );
     }
 
     #[test]
