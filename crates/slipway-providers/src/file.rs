@@ -194,7 +194,14 @@ struct LiveFile {
     /// Permission bits written.
     #[serde(default)]
     mode: Option<u32>,
+    /// The content's length in bytes (absent in records made before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
 }
+
+/// The largest file a look reads to hash, when its record keeps no size: a larger one is no
+/// content a stack wrote here (a process may make its file a sparse 16 TiB), and is drift.
+const MAX_UNSIZED_LOOK: u64 = 1 << 30;
 
 /// The record of what an interrupted create may have left behind.
 #[derive(Debug, Serialize, Deserialize)]
@@ -291,7 +298,7 @@ impl FileProvider {
     ) -> Result<Observation, ProviderError> {
         let found = match self.quick_look(ctx, &recorded.path) {
             Some(found) => found,
-            None => self.look(ctx, &recorded.path)?,
+            None => self.look(ctx, &recorded.path, recorded.size)?,
         };
         let found = match found {
             Ok(found) => found,
@@ -312,7 +319,7 @@ impl FileProvider {
             }
             Err((Unreadable::Error(e), _)) => return Err(e),
         };
-        if from_hex(&recorded.sha256) != Some(found.sha256) {
+        if found.sha256.is_none() || from_hex(&recorded.sha256) != found.sha256 {
             return Ok(Observation::Drifted {
                 reason: "content changed on disk".to_owned(),
             });
@@ -343,17 +350,22 @@ impl FileProvider {
         let st = fstatat(&*dir, relative.file_name()?, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
         (is_type(st.st_mode, SFlag::S_IFREG) && Fingerprint::of(&st) == known.fingerprint)
             .then_some(Ok(Found {
-                sha256: known.sha256,
+                sha256: Some(known.sha256),
                 mode: st.st_mode & 0o7777,
             }))
     }
 
     /// The file read and hashed (and its hash remembered), without following a symlink; or
     /// why it cannot be, with the path to name.
-    fn look(&self, ctx: ResourceContext<'_>, recorded: &str) -> Result<Look, ProviderError> {
+    fn look(
+        &self,
+        ctx: ResourceContext<'_>,
+        recorded: &str,
+        size: Option<u64>,
+    ) -> Result<Look, ProviderError> {
         let target = live_path(ctx, Path::new(recorded))?;
         Ok(target
-            .look(&ctx.dirs.data, recorded, &self.hashed)
+            .look(&ctx.dirs.data, recorded, size, &self.hashed)
             .map_err(|why| (why, ctx.dirs.data.join(&target.relative))))
     }
 }
@@ -372,6 +384,7 @@ fn applied(
         path: path.clone(),
         sha256: hex_sha256(content.as_bytes()),
         mode: Some(mode),
+        size: Some(content.len() as u64),
     };
     Ok(Applied {
         outputs: BTreeMap::from([("path".to_owned(), json!(path.display().to_string()))]),
@@ -517,8 +530,9 @@ struct DataPath {
 
 /// What a file's current state on disk is.
 struct Found {
-    /// The SHA-256 of its content.
-    sha256: [u8; 32],
+    /// The SHA-256 of its content; `None` when it was not read, its size being another than
+    /// the content's.
+    sha256: Option<[u8; 32]>,
     mode: u32,
 }
 
@@ -532,6 +546,8 @@ struct LiveRef<'a> {
     sha256: Cow<'a, str>,
     #[serde(default)]
     mode: Option<u32>,
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 /// Why a file could not be read.
@@ -741,8 +757,17 @@ impl DataPath {
 
     /// The file's content hash and mode, read without following symlinks, and remembered in
     /// `hashed`: `recorded` is its absolute path (the data directory's joined with this one,
-    /// as the live record has it).
-    fn look(&self, data: &Path, recorded: &str, hashed: &Hashed) -> Result<Found, Unreadable> {
+    /// as the live record has it). Not read (no hash) when its size is not `size`, the
+    /// content's (more than [`MAX_UNSIZED_LOOK`] when that is not known): it differs, and
+    /// reading a file the environment's code may have made huge is what it must not make
+    /// the controller do.
+    fn look(
+        &self,
+        data: &Path,
+        recorded: &str,
+        size: Option<u64>,
+        hashed: &Hashed,
+    ) -> Result<Found, Unreadable> {
         let fd = match open_plain(Path::new(recorded), OFlag::O_RDONLY | OFlag::O_NONBLOCK) {
             Some(fd) => fd,
             None => self.open_checked(data)?,
@@ -750,25 +775,41 @@ impl DataPath {
         // Read before the `fstat`: what `Fingerprint::settled` compares the change time with.
         let taken = SystemTime::now();
         let st = self.stat(data, &fd)?;
-        // Sized by the stat in hand, and read through `take`: `File::read_to_end` would ask
-        // for the size and the position again (a listing observes thousands of files).
-        let size = usize::try_from(st.st_size).unwrap_or(0);
-        let mut content = Vec::with_capacity(size.saturating_add(1));
-        File::from(fd)
-            .take(u64::MAX)
-            .read_to_end(&mut content)
-            .map_err(|source| {
-                Unreadable::Error(ProviderError::Io {
-                    context: format!("failed to read {}", self.shown(data, usize::MAX).display()),
-                    source,
-                })
-            })?;
-        let sha256: [u8; 32] = Sha256::digest(&content).into();
+        let found = st.st_size as u64;
+        if size.map_or(found > MAX_UNSIZED_LOOK, |size| found != size) {
+            return Ok(Found {
+                sha256: None,
+                mode: st.st_mode & 0o7777,
+            });
+        }
+        // Hashed as it is read, in pieces: the file may have grown since the `fstat`. Read
+        // with `read` on a buffer rather than `File::read_to_end`, which would ask for the size
+        // and the position again (a listing observes thousands of files).
+        let mut file = File::from(fd);
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; (found as usize).clamp(1, 1 << 16) + 1];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Unreadable::Error(ProviderError::Io {
+                        context: format!(
+                            "failed to read {}",
+                            self.shown(data, usize::MAX).display()
+                        ),
+                        source,
+                    }));
+                }
+            }
+        }
+        let sha256: [u8; 32] = hasher.finalize().into();
         // The content read after that `fstat`: a write since then changed the file's `ctime`,
         // so this fingerprint is not the one a later look finds.
         hashed.remember(recorded, Fingerprint::of(&st), taken, sha256);
         Ok(Found {
-            sha256,
+            sha256: Some(sha256),
             mode: st.st_mode & 0o7777,
         })
     }

@@ -115,6 +115,52 @@ fn observe_reports_edits_mode_changes_and_removal() {
 }
 
 #[test]
+fn a_file_made_huge_by_the_environment_is_drift_and_is_not_read() {
+    let env = TestEnv::new();
+    let registry = Registry::local();
+    let file = provider(&registry);
+    let config = json!({"path": "etc/app.toml", "content": "a = 1\n"});
+    let applied = file.create(env.ctx("config"), &config).expect("create");
+    let path = env.dirs.data.join("etc/app.toml");
+    // What the environment's own process may do to its file: a sparse 1 TiB, no disk used.
+    // Read whole into memory, it would abort the controller.
+    let huge = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    huge.set_len(1 << 40).expect("a sparse file");
+    let drifted = Observation::Drifted {
+        reason: "content changed on disk".to_owned(),
+    };
+    assert_eq!(
+        file.observe(env.ctx("config"), &config, &applied.live)
+            .expect("observe"),
+        drifted
+    );
+    // A record kept before sizes were: the same, past the largest file it reads.
+    let mut older = applied.live.clone();
+    older
+        .as_object_mut()
+        .expect("a live record is an object")
+        .remove("size")
+        .expect("it keeps the size now");
+    assert_eq!(
+        file.observe(env.ctx("config"), &config, &older)
+            .expect("observe"),
+        drifted
+    );
+    huge.set_len(0).expect("truncated");
+    std::fs::write(&path, "a = 1\n").expect("the content again");
+    for live in [&applied.live, &older] {
+        assert_eq!(
+            file.observe(env.ctx("config"), &config, live)
+                .expect("observe"),
+            Observation::InSync
+        );
+    }
+}
+
+#[test]
 fn update_rewrites_in_place_and_moves_a_renamed_file() {
     let env = TestEnv::new();
     let registry = Registry::local();
