@@ -218,7 +218,7 @@ pub(crate) fn create_adhoc(
     let now = inner.now();
     let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
     let record = EnvironmentRecord {
-        tracked_ref: Some(request.reference.clone()),
+        tracked_ref: Some(followed_ref(inner, &request.reference, &loaded.commit.sha)?),
         desired_commit: Some(loaded.commit.sha.clone()),
         owner: request.owner.clone(),
         ttl_ms,
@@ -485,6 +485,25 @@ fn pin_rules(
         }
     }
     Ok(rules)
+}
+
+/// What an ad-hoc environment made from `reference` (which resolved to `sha`) follows: the
+/// branch of that name when it is one, at `sha`; else (a tag, a commit id, `main~2`) the
+/// commit itself, by its whole id. Environments follow their ref as a branch first
+/// ([`slipway_git::Source::resolve_tracked`], and the poll's tips, by branch name): one kept
+/// as `v1.0` or `1a2b3c` would run whatever a branch anyone may push under that name holds.
+fn followed_ref(inner: &Inner, reference: &str, sha: &str) -> Result<String, ControllerError> {
+    let named = [Some(reference), reference.strip_prefix("origin/")];
+    let branches = inner.source.branches()?;
+    Ok(named
+        .into_iter()
+        .flatten()
+        .find(|name| {
+            slipway_git::names_a_branch(name)
+                && branches.iter().any(|b| b.name == *name && b.sha == sha)
+        })
+        .unwrap_or(sha)
+        .to_string())
 }
 
 pub(crate) fn unpin(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, ControllerError> {

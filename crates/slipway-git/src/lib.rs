@@ -34,5 +34,5 @@ mod store;
 
 pub use error::GitError;
 pub use export::remove_export;
-pub use repository::GitRepository;
+pub use repository::{GitRepository, names_a_branch};
 pub use source::{Branch, Commit, EntryKind, Source, TreeEntry};

@@ -532,7 +532,7 @@ impl GitRepository {
     /// The commit at the tip of branch `name` (`refs/heads/<name>`; in a mirror, the remote's
     /// branch, also when named `origin/<name>`), or `None` when there is no such branch.
     fn branch_tip(&self, reader: &mut Reader<'_>, name: &str) -> Result<Option<String>, GitError> {
-        if !is_plain_ref_name(name) || is_root_ref(name) || name.starts_with("refs/") {
+        if !names_a_branch(name) {
             return Ok(None);
         }
         let mut candidates = Vec::new();
@@ -621,6 +621,19 @@ fn is_full_commit_id(name: &str) -> bool {
     check_commit(name).is_ok()
 }
 
+/// Whether a branch named `name` can be followed by that name: a plain ref name that is not
+/// `HEAD`, not a full ref name (`refs/…`) and not a whole commit id. A branch named otherwise
+/// (git lets anyone who can push create `refs/heads/refs/tags/v1` or one named like a
+/// commit id) would stand for the tag, the ref or the commit of that name wherever branches
+/// are looked up by name: [`Source::branches`] leaves it out, and [`Source::resolve_tracked`]
+/// never takes it.
+pub fn names_a_branch(name: &str) -> bool {
+    is_plain_ref_name(name)
+        && !is_root_ref(name)
+        && !name.starts_with("refs/")
+        && !is_full_commit_id(name)
+}
+
 impl Source for GitRepository {
     fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
         check_commit(ancestor)?;
@@ -705,7 +718,7 @@ impl Source for GitRepository {
             .reader()
             .branches()?
             .into_iter()
-            .filter(|(name, sha)| !name.is_empty() && check_commit(sha).is_ok())
+            .filter(|(name, sha)| names_a_branch(name) && check_commit(sha).is_ok())
             .map(|(name, sha)| Branch { name, sha })
             .collect();
         branches.sort_by(|a, b| a.name.cmp(&b.name));

@@ -63,6 +63,8 @@ pub trait Source: Send + Sync {
 
     /// Every branch with the commit it points at, sorted by name. Branch names are attacker
     /// input (anyone who can push names them): callers must not trust them as identifiers.
+    /// A branch that cannot be followed by its name ([`crate::names_a_branch`]: one named
+    /// `refs/…` or like a whole commit id) is left out.
     fn branches(&self) -> Result<Vec<Branch>, GitError>;
 
     /// Whether commit `ancestor` is `descendant` or in its history (both full commit ids):

@@ -971,6 +971,47 @@ fn branches_are_listed_with_their_tips_even_with_hostile_names() {
 /// push a tag would replace the branch. A tracked ref is the branch; a name a person gives
 /// that means both is an error naming both.
 #[test]
+fn a_branch_named_like_a_full_ref_or_a_commit_id_stands_for_neither() {
+    let fixture = Fixture::new();
+    let good = fixture.write("a", "good").commit("good");
+    git(&fixture.repo, &["tag", "v1", &good]);
+    git(&fixture.repo, &["checkout", "-q", "-b", "evil"]);
+    let evil = fixture.write("a", "evil").commit("evil");
+    git(&fixture.repo, &["checkout", "-q", "main"]);
+    // Branches anyone who can push may create: `refs/heads/refs/tags/v1`, and one named as
+    // the good commit's id.
+    for name in ["refs/tags/v1", good.as_str()] {
+        git(
+            &fixture.repo,
+            &["update-ref", &format!("refs/heads/{name}"), &evil],
+        );
+    }
+    let url = format!("file://{}", fixture.repo.display());
+    let local = fixture.open();
+    let mirror = GitRepository::open(&url, &fixture.cache()).expect("mirror a file:// URL");
+    for (what, repo) in [("local", &local), ("mirror", &mirror)] {
+        let names: Vec<String> = repo
+            .branches()
+            .expect("branches")
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, ["evil", "main"], "{what}");
+        for name in ["refs/tags/v1", good.as_str()] {
+            assert_eq!(
+                repo.resolve_tracked(name).expect("resolved").sha,
+                good,
+                "{what}: {name} is the tag, the commit"
+            );
+        }
+    }
+    assert!(slipway_git::names_a_branch("feature/login"));
+    for name in ["HEAD", "refs/heads/main", good.as_str(), "main~1"] {
+        assert!(!slipway_git::names_a_branch(name), "{name}");
+    }
+}
+
+#[test]
 fn a_tag_named_like_a_branch_never_replaces_it() {
     let fixture = Fixture::new();
     let good = fixture.write("a", "good").commit("good");

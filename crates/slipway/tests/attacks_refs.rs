@@ -18,7 +18,7 @@ use serde_json::json;
 use util::fake_github::{pull_request_payload, push_payload};
 use util::world::{self, ForgeWorld, GitHubDelivered, append_config, environment, page, serves};
 use util::{FakeForge, Forge, PrSpec};
-use util::{Sandbox, api_request, git, role_token, start_serve, wait_for};
+use util::{Sandbox, api_request, git, role_token, start_serve, stored_events, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -256,6 +256,61 @@ impl World {
 /// the branch prod tracks; qa, which has no `require_pr`, shows the commit did reach main.
 /// Then a deployer's pin cannot take what the reconcile holds: a direct push, or that merge
 /// commit, are refused naming `require_pr`; a rollback to an earlier deployment still works.
+/// Ad-hoc environments made from a tag and from an abbreviated commit id stay at that
+/// commit: a branch pushed later under the tag's name or the id's (anyone who can push may)
+/// replaces it neither on a poll nor on a person's sync. Each used to be kept as the name
+/// given, and names are looked up as branches first.
+#[test]
+fn a_branch_named_like_an_ad_hoc_environments_tag_or_commit_id_never_replaces_it() {
+    let s = Sandbox::new();
+    s.write("slipway.yaml", STACK)
+        .write("greeting.txt", "v1")
+        .commit("v1");
+    append_config(&s, "[repo]\npoll_interval = \"1h\"\n");
+    let developer = role_token(&s, "developer");
+    let server = start_serve(&s);
+    serves(server.port(), "prod", "v1");
+    let v1 = git(&s.repo, &["rev-parse", "HEAD"]);
+    git(&s.repo, &["tag", "v1.0", &v1]);
+    let call = |method: &str, path: &str, body: serde_json::Value| {
+        let (status, answer) = api_request(&server.addr, method, path, &developer, Some(body));
+        assert!(status / 100 == 2, "{method} {path}: {status} {answer}");
+        answer
+    };
+    let short = &v1[..10];
+    for (env, reference) in [("demo-tag", "v1.0"), ("demo-id", short)] {
+        call(
+            "POST",
+            "/api/v1/environments",
+            json!({"name": env, "ref": reference, "like": "previews"}),
+        );
+        runs(&s, env, &v1, "made from the tag, and from the commit's id");
+    }
+
+    // The attack: branches named `v1.0` and like the commit's id, at a commit of its own.
+    let evil = commit_on(&s, "main", "v1.0", "evil");
+    git(&s.repo, &["branch", short, &evil]);
+    call("POST", "/api/v1/refresh", json!({}));
+    let unchanged = |env: &str| {
+        stored_events(&s, "sync.unchanged")
+            .iter()
+            .filter(|e| e.environment.as_ref().is_some_and(|n| n.as_str() == env))
+            .count()
+    };
+    for env in ["demo-tag", "demo-id"] {
+        let before = unchanged(env);
+        call(
+            "POST",
+            &format!("/api/v1/environments/{env}/sync"),
+            json!({}),
+        );
+        wait_for(&format!("{env}'s sync is done"), T, || {
+            (unchanged(env) > before).then_some(())
+        });
+        assert_eq!(environment(&s, env)["commit"], v1.as_str(), "{env}");
+    }
+}
+
 #[test]
 fn require_pr_takes_only_merges_into_the_tracked_branch_and_a_pin_cannot_skip_it() {
     let w = World::new();
