@@ -56,6 +56,7 @@ fn of_the_commit(error: &GitError) -> bool {
             | GitError::UnsafePath { .. }
             | GitError::SymlinkEscapes { .. }
             | GitError::TooManySymlinks { .. }
+            | GitError::TreeTooLarge { .. }
             | GitError::NotAFile { .. }
             | GitError::PathNotFound { .. }
             // An object of another kind than its tree entry says (a tree where a blob is).

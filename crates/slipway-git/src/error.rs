@@ -148,6 +148,21 @@ pub enum GitError {
         limit: u64,
     },
 
+    /// A commit's tree larger than Slipway reads: more entries than
+    /// [`crate::MAX_TREE_ENTRIES`], more bytes in its files than [`crate::MAX_EXPORT_BYTES`], or
+    /// a tree object too large to read. Git stores a tree repeated under many names once, so a
+    /// push of a few kilobytes can name a billion files.
+    #[error(
+        "the tree of commit {commit} is too large: {detail}; split the repository, or keep \
+         what Slipway does not deploy out of it"
+    )]
+    TreeTooLarge {
+        /// The commit.
+        commit: String,
+        /// What was over which limit.
+        detail: String,
+    },
+
     /// A path that names a directory or a submodule where a file was expected.
     #[error("`{path}` is a {kind}, not a file")]
     NotAFile {
@@ -247,6 +262,7 @@ impl GitError {
             | GitError::SymlinkEscapes { .. }
             | GitError::TooManySymlinks { .. }
             | GitError::TooLarge { .. }
+            | GitError::TreeTooLarge { .. }
             | GitError::NotAFile { .. }
             | GitError::PathNotFound { .. }
             | GitError::Protocol { .. } => false,

@@ -1,6 +1,8 @@
 //! Listing a commit's tree in process, as `git ls-tree -r -l` would, checking every path on the
 //! way.
 
+use std::collections::HashMap;
+
 use gix::objs::Kind;
 
 use crate::GitError;
@@ -8,7 +10,23 @@ use crate::error::{printable, printable_bytes};
 use crate::objects::parse_tree;
 use crate::path::check_tree_path;
 use crate::source::{EntryKind, TreeEntry};
-use crate::store::Reader;
+use crate::store::{IN_PROCESS_LIMIT, Reader};
+
+/// The most entries (files, directories, symlinks, submodules) a listing of a commit holds:
+/// more than the largest repositories' checkouts (Chromium's holds about 450,000 files).
+pub const MAX_TREE_ENTRIES: usize = 1_000_000;
+
+/// The most bytes the files of a listing add up to (an export writes them all).
+pub const MAX_EXPORT_BYTES: u64 = 8 << 30;
+
+/// How many blob sizes a listing keeps at once.
+const SIZES_KEPT: usize = 4096;
+
+/// How many entries of the trees it read a listing keeps at once.
+const TREE_ENTRIES_KEPT: usize = 16_384;
+
+/// A tree's entry as [`parse_tree`] gives it: `(mode, name, oid)`.
+type TreeLine = (u32, Vec<u8>, String);
 
 /// One entry of a listing, as `git ls-tree -r -l [-t]` prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +67,8 @@ impl Listed {
 /// [`GitError::CommitNotFound`] when `commit` is absent or not a commit;
 /// [`GitError::UnsafePath`] for a path that is not UTF-8 or could escape a checkout (`..`,
 /// `.git`, an entry name with a `/`, ...): git's own checkout refuses those trees too.
+/// [`GitError::TreeTooLarge`] past [`MAX_TREE_ENTRIES`] or [`MAX_EXPORT_BYTES`], or for a tree
+/// object over [`crate::store::IN_PROCESS_LIMIT`]: the tree is refused, not read to its end.
 pub(crate) fn list_tree(
     reader: &mut Reader<'_>,
     commit: &str,
@@ -64,18 +84,56 @@ pub(crate) fn list_tree(
         })?
         .tree;
     let oid_len = reader.oid_len();
+    let too_large = |detail: String| GitError::TreeTooLarge {
+        commit: commit.to_owned(),
+        detail,
+    };
+    // The trees last read, by id, up to [`TREE_ENTRIES_KEPT`] entries in all: a tree named
+    // under many directories (as in a tree made to look huge) is read once.
+    let mut trees: HashMap<String, Vec<TreeLine>> = HashMap::new();
+    let mut kept = 0usize;
+    let mut tree = |reader: &mut Reader<'_>, oid: &str| -> Result<Vec<TreeLine>, GitError> {
+        if let Some(entries) = trees.get(oid) {
+            return Ok(entries.clone());
+        }
+        if let Some((_, size)) = reader.header(oid)?
+            && size > IN_PROCESS_LIMIT
+        {
+            return Err(too_large(format!(
+                "one of its trees is {size} bytes, over the {IN_PROCESS_LIMIT} read at once"
+            )));
+        }
+        let entries = parse_tree(reader.expect(oid, Kind::Tree)?, oid_len)?;
+        if kept + entries.len() > TREE_ENTRIES_KEPT {
+            trees.clear();
+            kept = 0;
+        }
+        if entries.len() <= TREE_ENTRIES_KEPT {
+            kept += entries.len();
+            trees.insert(oid.to_owned(), entries.clone());
+        }
+        Ok(entries)
+    };
     let mut listed = Vec::new();
+    let (mut seen, mut bytes) = (0usize, 0u64);
+    // The sizes of the last blobs met: a blob named many times (as in a tree made to look
+    // huge) is looked up once, not once per name (a loose object is a file to open).
+    let mut sizes = HashMap::new();
     // Depth first without recursion, so that a hostile tree nested a million deep cannot
     // overflow the stack: (the directory's path, its entries not yet listed).
-    let mut stack = vec![(
-        String::new(),
-        parse_tree(reader.expect(&root, Kind::Tree)?, oid_len)?.into_iter(),
-    )];
+    let mut stack = vec![(String::new(), tree(reader, &root)?.into_iter())];
     while let Some((dir, entries)) = stack.last_mut() {
         let Some((mode, name, oid)) = entries.next() else {
             stack.pop();
             continue;
         };
+        // Every entry walked counts, listed or on the way to `under`.
+        seen += 1;
+        if seen > MAX_TREE_ENTRIES {
+            return Err(too_large(format!(
+                "it holds more than {MAX_TREE_ENTRIES} entries"
+            )));
+        }
         let path = entry_path(dir, name)?;
         let wanted = path.starts_with(under);
         match mode & 0o170_000 {
@@ -85,13 +143,13 @@ pub(crate) fn list_tree(
                     && under.starts_with(path.as_str())
                     && under.as_bytes()[path.len()] == b'/'
                 {
-                    let entries = parse_tree(reader.expect(&oid, Kind::Tree)?, oid_len)?;
+                    let entries = tree(reader, &oid)?;
                     stack.push((path, entries.into_iter()));
                 }
             }
             _ if !wanted => {}
             0o040_000 => {
-                let entries = parse_tree(reader.expect(&oid, Kind::Tree)?, oid_len)?;
+                let entries = tree(reader, &oid)?;
                 if with_trees {
                     listed.push(Listed {
                         mode,
@@ -109,11 +167,29 @@ pub(crate) fn list_tree(
                 path,
             }),
             _ => {
-                let size = match reader.header(&oid)? {
-                    Some((Kind::Blob, size)) => size,
-                    Some((kind, _)) => return Err(malformed(format!("{path} is a {kind}"))),
-                    None => return Err(reader.missing(format!("object {oid} of {path}"))),
+                let size = match sizes.get(&oid) {
+                    Some(size) => *size,
+                    None => {
+                        let size = match reader.header(&oid)? {
+                            Some((Kind::Blob, size)) => size,
+                            Some((kind, _)) => {
+                                return Err(malformed(format!("{path} is a {kind}")));
+                            }
+                            None => return Err(reader.missing(format!("object {oid} of {path}"))),
+                        };
+                        if sizes.len() == SIZES_KEPT {
+                            sizes.clear();
+                        }
+                        sizes.insert(oid.clone(), size);
+                        size
+                    }
                 };
+                bytes = bytes.saturating_add(size);
+                if bytes > MAX_EXPORT_BYTES {
+                    return Err(too_large(format!(
+                        "its files add up to more than {MAX_EXPORT_BYTES} bytes"
+                    )));
+                }
                 listed.push(Listed {
                     mode,
                     oid,

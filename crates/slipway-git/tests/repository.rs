@@ -759,6 +759,55 @@ fn a_tree_entry_named_dot_dot_is_refused() {
     assert!(!dest.exists(), "nothing is exported");
 }
 
+/// A tree of `width` entries, each `entry` (an `ls-tree` line without its name), named
+/// `n0`, `n1`, ...
+fn wide_tree(fixture: &Fixture, entry: &str, width: usize) -> String {
+    let lines: String = (0..width).map(|i| format!("{entry}\tn{i}\n")).collect();
+    mktree(fixture, &lines)
+}
+
+#[test]
+fn a_tree_that_names_one_object_a_million_times_is_refused_before_it_is_walked() {
+    let fixture = Fixture::new();
+    let repo = fixture.open();
+    // A few kilobytes that name ten million files: git stores a repeated tree once.
+    let mut tree = wide_tree(
+        &fixture,
+        &format!("100644 blob {}", blob(&fixture, "x")),
+        10,
+    );
+    for _ in 0..6 {
+        tree = wide_tree(&fixture, &format!("040000 tree {tree}"), 10);
+    }
+    let many = git(&fixture.repo, &["commit-tree", "-m", "many", &tree]);
+    // Nine gigabytes of files from one blob of 9 MiB.
+    let big = {
+        let path = fixture.root.path().join("big");
+        std::fs::write(&path, vec![0u8; 9 << 20]).expect("written");
+        git(
+            &fixture.repo,
+            &["hash-object", "-w", path.to_str().expect("utf-8")],
+        )
+    };
+    let tree = wide_tree(&fixture, &format!("100644 blob {big}"), 1024);
+    let heavy = git(&fixture.repo, &["commit-tree", "-m", "heavy", &tree]);
+    for (commit, what) in [(&many, "entries"), (&heavy, "bytes")] {
+        let listed = repo.list_files(commit, "");
+        assert!(
+            matches!(&listed, Err(GitError::TreeTooLarge { detail, .. }) if detail.contains(what)),
+            "{listed:?}"
+        );
+        assert!(!listed.unwrap_err().retryable());
+        let dest = fixture.dest(what);
+        let exported = repo.export(commit, "", &dest);
+        assert!(
+            matches!(exported, Err(GitError::TreeTooLarge { .. })),
+            "{exported:?}"
+        );
+        assert!(!dest.exists(), "nothing is exported");
+    }
+}
+
 #[test]
 fn a_symlink_and_a_directory_of_the_same_name_are_refused() {
     // Written naively, the symlink `x -> <outside>` and then `x/passwd` would write outside
