@@ -14,7 +14,7 @@ use slipway_core::render::EnvKind;
 use slipway_providers::sandbox::{self, Isolation, Sandbox};
 use slipway_providers::{EnvDirs, Uses};
 
-use crate::config::IsolationSetting;
+use crate::config::{EngineConfig, IsolationSetting};
 use crate::{Engine, EngineError};
 
 /// The isolation the configuration asks for, as this process can give it.
@@ -48,6 +48,56 @@ pub(crate) fn effective(setting: IsolationSetting) -> Result<Isolation, EngineEr
                 .into(),
         )),
     }
+}
+
+/// Refuses, in landlock mode, a credential file of the configuration that environments' code
+/// could read: that code runs as the engine's uid, and the system directories (`/etc`,
+/// `/opt`, ...) are open to it for reading. Uid mode needs no such check: its code runs as
+/// another uid, which file modes keep out.
+pub(crate) fn check_credentials_out_of_reach(
+    isolation: Isolation,
+    config: &EngineConfig,
+) -> Result<(), EngineError> {
+    if isolation != Isolation::Landlock {
+        return Ok(());
+    }
+    for (what, path) in credential_files(config) {
+        if let Some(dir) = sandbox::readable_by_confined_code(&path) {
+            return Err(EngineError::Environment(format!(
+                "{what} {} is under {dir}, which environments' code can read in landlock mode \
+                 (it runs as this engine's user): move it out of the system directories (into \
+                 the home, or /var/lib/slipway, mode 0600), or run the engine as root, where \
+                 each environment runs as a user of its own",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The files holding credentials the configuration names: URL files, kubeconfigs and the key
+/// and token files those name.
+fn credential_files(config: &EngineConfig) -> Vec<(String, PathBuf)> {
+    let mut files = Vec::new();
+    if let Some(file) = &config.state.url_file {
+        files.push(("[state] url_file".to_owned(), PathBuf::from(file)));
+    }
+    for (name, server) in &config.postgres {
+        if let Some(file) = &server.url_file {
+            files.push((format!("[postgres.{name}] url_file"), PathBuf::from(file)));
+        }
+    }
+    for (name, cluster) in &config.kubernetes {
+        for (i, path) in cluster.credential_files(name).into_iter().enumerate() {
+            let what = if i == 0 {
+                format!("[kubernetes.{name}] kubeconfig")
+            } else {
+                format!("a file [kubernetes.{name}]'s kubeconfig names,")
+            };
+            files.push((what, path));
+        }
+    }
+    files
 }
 
 fn chmod(path: &Path, mode: u32) -> Result<(), EngineError> {
@@ -682,6 +732,57 @@ mod tests {
     }
 
     /// An engine in a new home, when this runs as root (else `None`: the test is skipped).
+    #[test]
+    fn a_credential_file_landlocked_code_could_read_is_refused() {
+        use slipway_providers::kubernetes::ClusterConfig;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let cluster = |path: &Path| ClusterConfig {
+            kubeconfig: Some(path.to_path_buf()),
+            ..ClusterConfig::default()
+        };
+        let with = |kubeconfig: &Path, url_file: &Path| {
+            let mut config = EngineConfig::default();
+            config.kubernetes.insert("main".into(), cluster(kubeconfig));
+            config.state.url_file = Some(url_file.display().to_string());
+            config
+        };
+        let kept = dir.path().join("kubeconfig");
+        std::fs::write(&kept, "apiVersion: v1\nkind: Config\n").expect("written");
+        let url = dir.path().join("url");
+        std::fs::write(&url, "postgres://x@h/db").expect("written");
+        let reach = |config: &EngineConfig| {
+            check_credentials_out_of_reach(Isolation::Landlock, config)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(reach(&with(&kept, &url)), None, "files in a private place");
+        // Under /etc: by its path, through a symlink, or named by the kubeconfig.
+        let linked = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &linked).expect("a link");
+        let naming = dir.path().join("naming");
+        std::fs::write(
+            &naming,
+            "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    \
+             tokenFile: /etc/hostname\n",
+        )
+        .expect("written");
+        let etc = Path::new("/etc/hostname");
+        for config in [
+            with(etc, &url),
+            with(&kept, etc),
+            with(&linked, &url),
+            with(&naming, &url),
+        ] {
+            let refused =
+                reach(&config).unwrap_or_else(|| panic!("refused: {:?}", config.kubernetes));
+            assert!(refused.contains("/etc"), "{refused}");
+            assert!(
+                check_credentials_out_of_reach(Isolation::Uid, &config).is_ok(),
+                "uid mode keeps the code out by file modes"
+            );
+        }
+    }
+
     fn engine_as_root() -> Option<(tempfile::TempDir, Engine)> {
         if !sandbox::running_as_root() {
             eprintln!("skipped: needs root to take another uid");

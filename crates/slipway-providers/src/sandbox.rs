@@ -268,6 +268,18 @@ const SYSTEM_READ: &[&str] = &[
     "/run/systemd/resolve",
 ];
 
+/// The system directory under which `path` lies, when code confined in landlock mode (which
+/// runs as the engine's uid) may read it: a credential there is not kept from it. Symlinks
+/// are followed as far as they lead.
+pub fn readable_by_confined_code(path: &Path) -> Option<&'static str> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let real = path.canonicalize().unwrap_or(path);
+    SYSTEM_READ
+        .iter()
+        .copied()
+        .find(|dir| real.starts_with(dir))
+}
+
 /// Device files the code may also write (`> /dev/null` opens with `O_TRUNC`). Not `/dev/tty`:
 /// the code runs in its own session, without a controlling terminal, and must never reach
 /// the operator's (a `sudo slipway destroy` in a terminal could be typed into with TIOCSTI).

@@ -44,6 +44,28 @@ impl ClusterConfig {
         }
     }
 
+    /// The files holding this cluster's credentials: the kubeconfig first, then the client
+    /// keys and token files it names (none when it cannot be read or is not set).
+    pub fn credential_files(&self, name: &str) -> Vec<PathBuf> {
+        let Ok(path) = self.kubeconfig_path(name) else {
+            return Vec::new();
+        };
+        let mut files = Vec::new();
+        if let Ok(kubeconfig) = kube::config::Kubeconfig::read_from(&path) {
+            for user in kubeconfig.auth_infos {
+                let Some(info) = user.auth_info else { continue };
+                files.extend(
+                    [info.client_key, info.token_file]
+                        .into_iter()
+                        .flatten()
+                        .map(PathBuf::from),
+                );
+            }
+        }
+        files.insert(0, path);
+        files
+    }
+
     /// The kubeconfig file, read from where the configuration says.
     pub fn kubeconfig_path(&self, name: &str) -> Result<PathBuf, String> {
         self.check(name)?;
