@@ -264,8 +264,12 @@ impl Engine {
 /// `${secrets.NAME}` references there, never values).
 fn redacted(config: &Json) -> Json {
     let mut config = config.clone();
-    if let Some(objects) = config.get_mut("manifests").and_then(Json::as_array_mut) {
-        for object in objects {
+    if let Some(items) = config.get_mut("manifests").and_then(Json::as_array_mut) {
+        // Each item is `{source, object}` (where it was read, and the object).
+        for item in items {
+            let Some(object) = item.get_mut(slipway_core::stack::manifests::OBJECT) else {
+                continue;
+            };
             if object.get("kind").and_then(Json::as_str) != Some("Secret") {
                 continue;
             }
@@ -443,4 +447,31 @@ pub fn plan_schema() -> Json {
             "offline": {"type": "object"}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secrets_values_are_hidden_from_policies_and_the_rest_is_not() {
+        let config = serde_json::json!({
+            "cluster": "main",
+            "manifests": [
+                {"source": "k8s/s.yaml:1:1", "object": {
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                    "data": {"password": "aHVudGVyMg=="}, "stringData": {"token": "t0ken"}}},
+                {"source": "k8s/c.yaml:1:1", "object": {
+                    "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                    "data": {"level": "info"}}},
+            ],
+        });
+        let shown = redacted(&config).to_string();
+        assert!(
+            !shown.contains("aHVudGVyMg==") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+        assert!(shown.contains("\"level\":\"info\""), "{shown}");
+    }
 }
