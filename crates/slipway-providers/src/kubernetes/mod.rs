@@ -64,6 +64,19 @@ pub const LABEL_RESOURCE: &str = "slipway.dev/resource";
 const DELETE_WAIT: Duration = Duration::from_secs(120);
 /// How long a CRD may take to be established.
 const ESTABLISH_WAIT: Duration = Duration::from_secs(60);
+/// The longest `wait` a resource may ask for; more is cut to it.
+pub const MAX_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// When a wait for the objects to be healthy gives up: `wait` from `now` when the resource
+/// says (at most [`MAX_WAIT`]: the repository's `wait` holds a controller's worker as long as
+/// it says, and a branch could ask for a century on an object that never becomes healthy),
+/// else the apply's `deadline`.
+fn ready_deadline(wait: Option<&str>, deadline: Instant, now: Instant) -> Instant {
+    match wait.and_then(slipway_core::duration::parse) {
+        Some(wait) => now + wait.min(MAX_WAIT),
+        None => deadline,
+    }
+}
 const POLL: Duration = Duration::from_millis(200);
 
 /// The order in which kinds are applied (as Helm installs them); kinds not listed (custom
@@ -1375,14 +1388,7 @@ impl Provider for Arc<KubernetesProvider> {
         deadline: Instant,
     ) -> Result<(), ProviderError> {
         let inventory = parse_inventory(&applied.live)?;
-        let deadline = match config
-            .wait
-            .as_deref()
-            .and_then(slipway_core::duration::parse)
-        {
-            Some(wait) => Instant::now() + wait,
-            None => deadline,
-        };
+        let deadline = ready_deadline(config.wait.as_deref(), deadline, Instant::now());
         let cluster = self.cluster(&inventory.cluster)?;
         let run = Run::new(self, &cluster, ctx, &inventory.namespace);
         self.block_on(async {
@@ -1415,6 +1421,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_wait_the_repository_asks_for_is_cut_to_the_most_there_is() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(60);
+        assert_eq!(ready_deadline(None, deadline, now), deadline);
+        assert_eq!(
+            ready_deadline(Some("2m"), deadline, now),
+            now + Duration::from_secs(120),
+            "longer than the apply's deadline, as asked"
+        );
+        assert_eq!(
+            ready_deadline(Some("36500d"), deadline, now),
+            now + MAX_WAIT
+        );
+    }
 
     #[test]
     fn an_immutable_field_is_named_from_the_servers_message() {
