@@ -72,7 +72,10 @@ fn accepted(delivery: String, event: String, handled: bool, duplicate: bool) -> 
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
-fn audit(app: &AppState, who: &str, target: &str, outcome: &str, detail: String) {
+/// Writes the audit entry of a delivery, on a blocking thread: the store may wait (SQLite's
+/// lock held by a CLI, PostgreSQL's round trip), and anyone can post to a webhook, as fast as
+/// they like: no runtime worker waits for the store.
+async fn audit(app: &AppState, who: &str, target: &str, outcome: &str, detail: String) {
     let entry = NewAudit {
         at: now_ms(),
         who: who.into(),
@@ -81,29 +84,41 @@ fn audit(app: &AppState, who: &str, target: &str, outcome: &str, detail: String)
         outcome: outcome.into(),
         detail,
     };
-    let store = app.controller.engine().store();
-    let _ = if outcome == "refused" {
-        // Anyone can post a bad signature: identical refusals fold into one entry a minute.
-        store.record_refusal(&entry, crate::auth::REFUSAL_WINDOW_MS)
-    } else {
-        store.record_audit(&entry)
-    };
+    let _ = app
+        .blocking(move |controller| {
+            let store = controller.engine().store();
+            let _ = if entry.outcome == "refused" {
+                // Anyone can post a bad signature: identical refusals fold into one entry a
+                // minute.
+                store.record_refusal(&entry, crate::auth::REFUSAL_WINDOW_MS)
+            } else {
+                store.record_audit(&entry)
+            };
+            Ok(())
+        })
+        .await;
 }
 
 /// Audits a replayed delivery: signed, but possibly resent by anyone who recorded it, so
 /// folded like a refusal (the delivery id is in the detail, so each id is one entry a minute).
-fn audit_duplicate(app: &AppState, who: &str, target: &str, detail: String) {
-    let _ = app.controller.engine().store().record_refusal(
-        &NewAudit {
-            at: now_ms(),
-            who: who.into(),
-            action: "webhook.receive".into(),
-            target: Some(target.into()),
-            outcome: "ok".into(),
-            detail,
-        },
-        crate::auth::REFUSAL_WINDOW_MS,
-    );
+async fn audit_duplicate(app: &AppState, who: &str, target: &str, detail: String) {
+    let entry = NewAudit {
+        at: now_ms(),
+        who: who.into(),
+        action: "webhook.receive".into(),
+        target: Some(target.into()),
+        outcome: "ok".into(),
+        detail,
+    };
+    let _ = app
+        .blocking(move |controller| {
+            let _ = controller
+                .engine()
+                .store()
+                .record_refusal(&entry, crate::auth::REFUSAL_WINDOW_MS);
+            Ok(())
+        })
+        .await;
 }
 
 fn kind_name(event: &ForgeEvent) -> String {
@@ -139,7 +154,8 @@ async fn receive(
                 &target,
                 "refused",
                 format!("{}: {}", status.as_u16(), rejection.body_text()),
-            );
+            )
+            .await;
             return Err(ApiError::client(status, rejection.body_text()));
         }
     };
@@ -150,7 +166,8 @@ async fn receive(
             &target,
             "refused",
             "no forge is configured".into(),
-        );
+        )
+        .await;
         return Err(ApiError::client(
             StatusCode::SERVICE_UNAVAILABLE,
             "this controller has no forge configured",
@@ -164,7 +181,8 @@ async fn receive(
             &target,
             "refused",
             format!("configured for {}", configured.as_str()),
-        );
+        )
+        .await;
         return Err(ApiError::not_found(format!(
             "this controller takes webhooks from {}, at /webhooks/{}",
             configured.as_str(),
@@ -181,7 +199,8 @@ async fn receive(
                 &target,
                 "refused",
                 format!("{}: {e}", status.as_u16()),
-            );
+            )
+            .await;
             return Err(ApiError::client(status, e.to_string()));
         }
     };
@@ -211,7 +230,8 @@ async fn receive(
             &who,
             &target,
             format!("duplicate delivery {} ({event}) ignored", delivery.id),
-        );
+        )
+        .await;
         return Ok(accepted(delivery.id, event, false, true));
     }
     if let Some(other) = &delivery.other_repository {
@@ -231,7 +251,8 @@ async fn receive(
                 delivery.id,
                 kind.as_str()
             ),
-        );
+        )
+        .await;
         return Ok(accepted(delivery.id, event, false, false));
     }
     let handled = !matches!(
@@ -252,7 +273,8 @@ async fn receive(
                 " acknowledged, not used"
             }
         ),
-    );
+    )
+    .await;
     if handled {
         let controller = app.controller.clone();
         let forge_event = delivery.event;

@@ -761,6 +761,74 @@ fn hammer(port: u16, request: &str, n: usize) {
     }
 }
 
+/// Unsigned webhooks (anyone may post them) while the state is locked, as a CLI's apply holds
+/// SQLite's write lock: each waits to record its refusal, and none of them holds a worker of
+/// the server meanwhile. They used to, all of them: every other request waited five seconds
+/// (SQLite's busy timeout) for each round of them.
+#[test]
+fn unsigned_webhooks_waiting_for_a_locked_state_do_not_stall_the_server() {
+    use std::io::BufRead;
+    let (s, _token) = setup("");
+    let server = start_serve(&s);
+    let port = server.port();
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .arg(s.home.join("state.db"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the lock is taken");
+    assert_eq!(line.trim(), "locked");
+    // Sixteen at once (more than the server has workers), each sent whole before the read.
+    const POSTS: usize = 16;
+    let sent = Arc::new(std::sync::Barrier::new(POSTS + 1));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posts: Vec<_> = (0..POSTS)
+        .map(|_| {
+            let (sent, answered) = (sent.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                c.write_all(
+                    b"POST /webhooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                      Content-Type: application/json\r\nContent-Length: 2\r\n\
+                      Connection: close\r\n\r\n{}",
+                )
+                .expect("send");
+                sent.wait();
+                let mut answer = Vec::new();
+                let _ = c.read_to_end(&mut answer);
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    sent.wait();
+    // The server answers meanwhile, before any of them could record its refusal: with its
+    // workers waiting on the store, it answered only once some gave up (a busy timeout).
+    let page = get(port, "127.0.0.1", "/api/v1/openapi.json", "").expect("an answer");
+    assert_eq!(page.status, 200);
+    let before = answered.load(std::sync::atomic::Ordering::SeqCst);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    for post in posts {
+        post.join().expect("the poster ends");
+    }
+    assert_eq!(
+        before, 0,
+        "answered while every webhook still waited for the store"
+    );
+}
+
 #[test]
 fn refused_requests_and_repeated_events_add_a_bounded_number_of_rows() {
     const SECRET: &str = "attack-webhook-secret";
