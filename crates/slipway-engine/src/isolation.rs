@@ -75,10 +75,13 @@ pub(crate) fn check_credentials_out_of_reach(
     Ok(())
 }
 
-/// The files holding credentials the configuration names: URL files, kubeconfigs and the key
-/// and token files those name.
+/// The files holding credentials the configuration names: the age identity, URL files,
+/// kubeconfigs and the key and token files those name.
 fn credential_files(config: &EngineConfig) -> Vec<(String, PathBuf)> {
     let mut files = Vec::new();
+    if let Some(file) = &config.secrets.identity_file {
+        files.push(("[secrets] identity_file".to_owned(), PathBuf::from(file)));
+    }
     if let Some(file) = &config.state.url_file {
         files.push(("[state] url_file".to_owned(), PathBuf::from(file)));
     }
@@ -772,6 +775,11 @@ mod tests {
             with(&kept, etc),
             with(&linked, &url),
             with(&naming, &url),
+            {
+                let mut config = with(&kept, &url);
+                config.secrets.identity_file = Some("/etc/hostname".into());
+                config
+            },
         ] {
             let refused =
                 reach(&config).unwrap_or_else(|| panic!("refused: {:?}", config.kubernetes));
