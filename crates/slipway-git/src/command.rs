@@ -51,6 +51,9 @@ pub(crate) struct Git {
     git_dir: Option<PathBuf>,
     /// A URL whose credentials must not appear in errors.
     secret_url: Option<(String, String)>,
+    /// An HTTP header git sends to the remote (its credentials), given through git's
+    /// environment: never in an argument.
+    header: Option<String>,
 }
 
 impl Git {
@@ -59,6 +62,7 @@ impl Git {
         Git {
             git_dir: None,
             secret_url: None,
+            header: None,
         }
     }
 
@@ -67,6 +71,7 @@ impl Git {
         Git {
             git_dir: Some(git_dir),
             secret_url: None,
+            header: None,
         }
     }
 
@@ -75,6 +80,14 @@ impl Git {
         if url != redacted {
             self.secret_url = Some((url.to_owned(), redacted.to_owned()));
         }
+        self
+    }
+
+    /// Sends `header` (`Name: value`) with git's HTTP requests. It is passed in git's
+    /// environment (`GIT_CONFIG_*`), which only this user and root may read, never in its
+    /// arguments, which anyone on the machine may.
+    pub(crate) fn with_header(mut self, header: Option<String>) -> Git {
+        self.header = header;
         self
     }
 
@@ -103,6 +116,12 @@ impl Git {
             .env("LC_ALL", "C");
         for setting in CONFIG {
             command.arg("-c").arg(setting);
+        }
+        if let Some(header) = &self.header {
+            command
+                .env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_VALUE_0", header);
         }
         if let Some(dir) = &self.git_dir {
             let mut flag = OsString::from("--git-dir=");

@@ -35,8 +35,10 @@ use crate::store::{Reader, Store};
 ///
 /// # Caveats
 /// A network fetch has no timeout of its own: configure ssh (`ServerAliveInterval`) or
-/// `http.lowSpeedLimit` in the user's git configuration. Credentials in a URL end up in the
-/// mirror's configuration on disk: prefer a credential helper.
+/// `http.lowSpeedLimit` in the user's git configuration. Credentials in an https URL are given
+/// to git as an `Authorization` header in its environment, never as an argument nor in the
+/// mirror's configuration; they still sit wherever the URL was written: prefer a credential
+/// helper.
 #[derive(Debug)]
 pub struct GitRepository {
     git: Git,
@@ -265,7 +267,9 @@ impl GitRepository {
         if !dir.is_dir() {
             // Clone beside it, then rename: a killed clone never looks like a mirror.
             let partial = partial_sibling(&dir);
-            let git = Git::unbound().redacting(&remote.url, &remote.redacted);
+            let git = Git::unbound()
+                .redacting(&remote.spec, &remote.redacted)
+                .with_header(remote.header.clone());
             let mut args = vec![
                 "clone".as_ref(),
                 "--mirror".as_ref(),
@@ -293,9 +297,15 @@ impl GitRepository {
                 }
             }
         }
+        let git = Git::bound(dir.clone())
+            .redacting(&remote.spec, &remote.redacted)
+            .with_header(remote.header.clone());
+        if remote.header.is_some() {
+            forget_credentials(&git, &dir, &remote)?;
+        }
         let store = Store::open(&dir, &remote.redacted)?;
         Ok(GitRepository {
-            git: Git::bound(dir).redacting(&remote.url, &remote.redacted),
+            git,
             store,
             location: remote.redacted.clone(),
             mirror: Some(remote),
@@ -601,6 +611,31 @@ fn ambiguous_id(reference: &str, repository: &str) -> GitError {
     }
 }
 
+/// Takes the credentials out of the URL a mirror cloned before they were kept out of it: git
+/// hands the configured URL to its remote helper as an argument, which anyone on the machine
+/// may read in `/proc`. Costs a read of the mirror's configuration, only for a URL with
+/// credentials.
+fn forget_credentials(git: &Git, dir: &Path, remote: &RemoteUrl) -> Result<(), GitError> {
+    let config = std::fs::read_to_string(dir.join("config")).unwrap_or_default();
+    let kept = config
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("url = "))
+        .any(|url| url != remote.url);
+    if !kept {
+        return Ok(());
+    }
+    let output = git.output(["config", "remote.origin.url", remote.url.as_str()], None)?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(GitError::Remote {
+            action: "set the mirror's URL",
+            url: remote.redacted.clone(),
+            stderr: git.stderr(&output.stderr),
+        })
+    }
+}
+
 /// Whether `name` could be a ref name as it is (no revision suffix, no glob character).
 fn is_plain_ref_name(name: &str) -> bool {
     !name.is_empty()
@@ -825,6 +860,45 @@ mod tests {
     fn has_branch(mirror: &GitRepository, name: &str) -> bool {
         let branches = mirror.branches().expect("list the branches");
         branches.iter().any(|b| b.name == name)
+    }
+
+    /// A mirror cloned while its URL's credentials were kept in its configuration: opened
+    /// again, the URL there loses them (git would hand it to its remote helper as an argument).
+    #[test]
+    fn a_mirror_made_with_credentials_in_its_url_forgets_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = Repo::init(&dir.path().join("source"));
+        source.write("a", "1").commit("one");
+        let url = "https://x-token:SECRET@127.0.0.1:9/acme/shop.git";
+        let Ok(Location::Remote(remote)) = spec::parse(url) else {
+            panic!("a remote");
+        };
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).expect("mkdir");
+        let mirror = cache.join(spec::mirror_name(&remote));
+        source.git(&[
+            "clone",
+            "-q",
+            "--mirror",
+            source.path.to_str().expect("utf-8"),
+            mirror.to_str().expect("utf-8"),
+        ]);
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&mirror)
+                .args(args)
+                .output()
+                .expect("git runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        git(&["config", "remote.origin.url", url]);
+        let opened = GitRepository::open(url, &cache).expect("the mirror there");
+        assert_eq!(
+            git(&["config", "remote.origin.url"]),
+            "https://127.0.0.1:9/acme/shop.git"
+        );
+        assert!(!opened.location().contains("SECRET"));
     }
 
     /// Callers that ask at once share fetches, and each finds what was pushed before it asked.

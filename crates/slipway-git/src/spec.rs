@@ -19,10 +19,73 @@ pub(crate) enum Location {
 /// A remote URL accepted by [`parse`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RemoteUrl {
-    /// The URL as given, credentials included: only ever passed to git.
+    /// The URL as given, credentials included: what the mirror's name is made from.
+    pub(crate) spec: String,
+    /// The URL git is given: an https URL's credentials taken out (they go in
+    /// [`RemoteUrl::header`]), so that they are in no process's arguments (which anyone on
+    /// the machine may read in `/proc`, environments' code included) nor in the mirror's
+    /// configuration (whose URL git hands its remote helper as an argument).
     pub(crate) url: String,
     /// The URL for messages and directory names: credentials replaced by `***`.
     pub(crate) redacted: String,
+    /// For an https URL with credentials: the `Authorization` header they make, which git is
+    /// given through its environment (`http.extraHeader`).
+    pub(crate) header: Option<String>,
+}
+
+/// `url` without an https URL's user-info, and the `Authorization: Basic` header it made.
+fn without_credentials(url: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Some(scheme_end) = url.find("://") else {
+        return (url.to_owned(), None);
+    };
+    if !url[..scheme_end].eq_ignore_ascii_case("https") {
+        return (url.to_owned(), None);
+    }
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |slash| authority_start + slash);
+    let Some(at) = url[authority_start..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let userinfo = percent_decoded(&url[authority_start..authority_start + at]);
+    // A token given as the user name alone is sent with an empty password, as git sends it.
+    let mut pair = userinfo;
+    if !pair.contains(&b':') {
+        pair.push(b':');
+    }
+    let header = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(&pair)
+    );
+    let clean = format!(
+        "{}{}",
+        &url[..authority_start],
+        &url[authority_start + at + 1..]
+    );
+    (clean, Some(header))
+}
+
+/// `text` with its `%XX` escapes undone (a malformed one is kept as it is).
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 const SCHEMES: &[&str] = &["file", "https", "ssh"];
@@ -76,9 +139,12 @@ pub(crate) fn parse(spec: &str) -> Result<Location, GitError> {
         if scheme != "file" && host.is_empty() {
             return Err(refuse("it has no host".to_owned()));
         }
+        let (url, header) = without_credentials(spec);
         return Ok(Location::Remote(RemoteUrl {
-            url: spec.to_owned(),
+            spec: spec.to_owned(),
+            url,
             redacted: redact(spec),
+            header,
         }));
     }
     // Git's rule for scp-like `[user@]host:path`: a colon before any slash.
@@ -99,8 +165,10 @@ pub(crate) fn parse(spec: &str) -> Result<Location, GitError> {
             ));
         }
         return Ok(Location::Remote(RemoteUrl {
+            spec: spec.to_owned(),
             url: spec.to_owned(),
             redacted: spec.to_owned(),
+            header: None,
         }));
     }
     Ok(Location::Local(PathBuf::from(spec)))
@@ -159,7 +227,7 @@ pub(crate) fn mirror_name(remote: &RemoteUrl) -> String {
         }
     }
     let slug = slug.trim_end_matches('-');
-    let digest = Sha256::digest(remote.url.as_bytes());
+    let digest = Sha256::digest(remote.spec.as_bytes());
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     if slug.is_empty() {
         format!("{hash}.git")
@@ -232,6 +300,40 @@ mod tests {
                 parse(spec)
             );
         }
+    }
+
+    #[test]
+    fn an_https_urls_credentials_become_a_header_and_leave_the_url() {
+        use base64::Engine as _;
+        let basic = |pair: &str| {
+            Some(format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+        };
+        let r = remote("https://x-token:s3cr%40t@github.com/acme/shop.git");
+        assert_eq!(r.url, "https://github.com/acme/shop.git");
+        assert_eq!(r.header, basic("x-token:s3cr@t"));
+        let r = remote("https://ghp_TOKEN@github.com/acme/shop.git");
+        assert_eq!(r.url, "https://github.com/acme/shop.git");
+        assert_eq!(
+            r.header,
+            basic("ghp_TOKEN:"),
+            "a token as the user, no password"
+        );
+        for plain in [
+            "https://github.com/acme/shop.git",
+            "ssh://git@host/acme/shop.git",
+            "git@host:acme/shop.git",
+        ] {
+            let r = remote(plain);
+            assert_eq!((r.url.as_str(), r.header), (plain, None));
+        }
+        assert_ne!(
+            mirror_name(&remote("https://a@h/r.git")),
+            mirror_name(&remote("https://b@h/r.git")),
+            "each credential keeps a mirror of its own, as before"
+        );
     }
 
     #[test]

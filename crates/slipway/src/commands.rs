@@ -174,7 +174,7 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
 pub struct Repo {
     /// The repository (a URL is mirrored into the home, and fetched).
     pub repository: GitRepository,
-    /// How the user named it.
+    /// How the user named it (a URL's credentials redacted).
     pub spec: String,
     /// `--ref`, if given.
     pub reference: Option<String>,
@@ -240,6 +240,13 @@ pub fn open_repo(g: &Global, repo: &RepoArgs) -> Result<Repo> {
         repo.path.clone()
     };
     let folder = source::folder_of(&path).map_err(|why| anyhow::anyhow!("--path: {why}"))?;
+    // Shown in messages and kept in every environment's record (which any viewer reads):
+    // a URL's credentials redacted.
+    let spec = if opened.repository.is_mirror() {
+        opened.repository.location().to_owned()
+    } else {
+        spec
+    };
     Ok(Repo {
         repository: opened.repository,
         spec,

@@ -311,6 +311,78 @@ fn a_branch_named_like_an_ad_hoc_environments_tag_or_commit_id_never_replaces_it
     }
 }
 
+/// A repository URL with a token in it (`https://x-token:TOKEN@host/...`): git is never
+/// given the token as an argument, which anyone on the machine (a branch's code included)
+/// reads in `/proc/PID/cmdline` while a clone or fetch runs; it gets it in its environment,
+/// as an `Authorization` header. Nor does a message print it. A `git` on PATH records what it
+/// is given.
+#[test]
+fn a_token_in_the_repository_url_is_in_no_process_arguments() {
+    use base64::Engine as _;
+    let s = Sandbox::new();
+    let bin = s.dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let log = s.dir.path().join("git.log");
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .expect("sh runs")
+            .stdout,
+    )
+    .expect("utf-8");
+    let wrapper = bin.join("git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf 'args: %s\\n' \"$*\" >> '{log}'\n\
+             printf 'header: %s\\n' \"$GIT_CONFIG_VALUE_0\" >> '{log}'\nexec {real} \"$@\"\n",
+            log = log.display(),
+            real = real.trim()
+        ),
+    )
+    .expect("written");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Nothing listens on port 9: the clone fails, once git has been given the URL.
+    let out = s
+        .cmd(&[
+            "validate",
+            "--repo",
+            "https://x-token:s3cr%40t-TOKEN@127.0.0.1:9/acme/shop.git",
+        ])
+        .env("PATH", &path)
+        .output()
+        .expect("slipway runs");
+    assert!(!out.status.success(), "nothing to clone from");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logged = std::fs::read_to_string(&log).expect("git ran");
+    for text in [&said, &logged] {
+        assert!(!text.contains("TOKEN") && !text.contains("s3cr"), "{text}");
+    }
+    assert!(
+        logged.contains("https://127.0.0.1:9/acme/shop.git"),
+        "git is given the URL without its credentials: {logged}"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode("x-token:s3cr@t-TOKEN");
+    assert!(
+        logged.contains(&format!("header: Authorization: Basic {basic}")),
+        "and the credentials in its environment: {logged}"
+    );
+}
+
 #[test]
 fn require_pr_takes_only_merges_into_the_tracked_branch_and_a_pin_cannot_skip_it() {
     let w = World::new();
