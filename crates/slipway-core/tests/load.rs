@@ -205,6 +205,25 @@ fn a_branch_cannot_make_the_loader_read_gigabytes_of_manifests() {
         "seven files fit: {:?}",
         loaded.diagnostics
     );
+    // The budget is the stack's: a hundred resources naming the same seven files do not get
+    // a budget each (3 GiB read and parsed).
+    let many: String = (0..100)
+        .map(|i| {
+            format!(
+                "  r{i}: {{ type: kubernetes.manifests, cluster: main, manifests: [\"k8s/*.yaml\"] }}\n"
+            )
+        })
+        .collect();
+    files.0.insert(
+        "slipway.yaml".into(),
+        format!("version: 1\nstack: shop\nenvironments: {{ dev: {{ track: main }} }}\nresources:\n{many}"),
+    );
+    let loaded = load(&files, "slipway.yaml", &LoadLimits::default());
+    let errors: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("more than 32 MiB of manifests"),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -21,9 +21,12 @@ use crate::yaml::{self, Node, Value};
 pub const MAX_OBJECTS: usize = 5_000;
 /// Most manifest files one resource may read.
 pub const MAX_FILES: usize = 1_000;
-/// Most bytes of manifests one resource may read, all files together: whoever pushes a
-/// branch chooses the globs, and must not make the controller parse gigabytes.
+/// Most bytes of manifests a stack may read, all its resources' files together (a file named
+/// by several resources counting for each): whoever pushes a branch chooses the globs, and
+/// must not make the controller parse gigabytes.
 pub const MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Most objects all the manifests of a stack may hold.
+pub const MAX_STACK_OBJECTS: usize = 20_000;
 
 /// A manifest object's keys holding where it was written and the object itself.
 pub const SOURCE: &str = "source";
@@ -39,6 +42,10 @@ pub(super) fn expand(
     limits: &LoadLimits,
 ) {
     let mut listing: Option<Result<Vec<String>, String>> = None;
+    // One budget for the whole stack: a file named by many resources is read for each, and a
+    // budget per resource let a hundred resources make the loader hold gigabytes.
+    let mut budget = MAX_BYTES;
+    let (mut stack_objects, mut over) = (0usize, false);
     for res in stack.resources.values_mut() {
         let Some(rtype) = types::lookup(&res.type_name) else {
             continue;
@@ -74,18 +81,26 @@ pub(super) fn expand(
             };
             let chosen = matching_files(cx, node, base, paths, field.name);
             let mut objects = Vec::new();
-            let mut budget = MAX_BYTES;
             for path in chosen {
+                if over {
+                    // Said once, at the resource that reached it.
+                    break;
+                }
                 if !read_objects(cx, files, &path, limits, &mut budget, &mut objects) {
+                    over = true;
                     cx.file = res.location.file.clone();
                     cx.err(
                         node.pos,
                         format!(
-                            "`{}` names more than {} MiB of manifests",
+                            "`{}` reaches more than {} MiB of manifests in the stack, all its \
+                             resources together",
                             field.name,
                             MAX_BYTES >> 20
                         ),
-                        Some("split them over several resources"),
+                        Some(
+                            "keep what a stack deploys under that; a file named by several \
+                             resources counts for each",
+                        ),
                     );
                     break;
                 }
@@ -99,6 +114,17 @@ pub(super) fn expand(
                     objects.truncate(MAX_OBJECTS);
                     break;
                 }
+            }
+            stack_objects += objects.len();
+            if stack_objects > MAX_STACK_OBJECTS && !over {
+                over = true;
+                cx.file = res.location.file.clone();
+                cx.err(
+                    node.pos,
+                    format!("the stack's manifests hold more than {MAX_STACK_OBJECTS} objects"),
+                    Some("split the stack"),
+                );
+                objects.clear();
             }
             *node = Node {
                 pos: node.pos,
