@@ -564,8 +564,12 @@ impl Provider for ProcessProvider {
                         "it has not run long enough yet to be called ready".to_owned()
                     }
                     Some(health) => {
+                        // No longer than the wait has left: a check's own `timeout` is the
+                        // repository's, and a server that accepts and never answers would
+                        // hold the apply (its lock, a controller's worker) that long.
+                        let left = deadline.saturating_duration_since(Instant::now());
                         match health.check.check(
-                            health.timeout,
+                            health.timeout.min(left.max(Duration::from_millis(100))),
                             &resolved.cwd,
                             &resolved.env,
                             &Confinement::of(ctx),

@@ -652,6 +652,37 @@ fn a_process_that_never_passes_its_health_check_times_out_with_the_reason() {
     env.delete("api", Some(&applied.live), "delete");
 }
 
+/// A health check whose `timeout` (the repository's) is an hour, against a server that
+/// accepts and never answers: the wait gives up at its own deadline all the same. It used to
+/// wait out the hour, holding the apply, its lock and a controller's worker.
+#[test]
+fn a_health_checks_own_timeout_does_not_outlast_the_wait() {
+    let env = TestEnv::new();
+    let mut cleanup = Cleanup::default();
+    let silent = "import os, socket\n\
+                  s = socket.socket()\n\
+                  s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.bind(('127.0.0.1', int(os.environ['PORT_HTTP'])))\n\
+                  s.listen(64)\n\
+                  held = []\n\
+                  while True:\n    held.append(s.accept())\n";
+    let config = json!({
+        "command": ["python3", "-c", silent],
+        "ports": ["http"],
+        "health": {"http": "/", "timeout": "1h", "interval": "100ms"},
+        "ready_timeout": "1500ms",
+    });
+    let applied = env.create(&mut cleanup, "api", &config);
+    let err = env
+        .try_wait_ready("api", &config, &applied, Duration::from_secs(60))
+        .expect_err("a server that never answers never passes");
+    assert!(
+        err.to_string().contains("did not become ready within"),
+        "{err}"
+    );
+    env.delete("api", Some(&applied.live), "delete");
+}
+
 #[test]
 fn a_child_ignoring_sigterm_is_killed_after_the_stop_grace() {
     let env = TestEnv::new();
