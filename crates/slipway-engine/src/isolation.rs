@@ -56,10 +56,21 @@ pub(crate) fn effective(setting: IsolationSetting) -> Result<Isolation, EngineEr
 /// another uid, which file modes keep out.
 pub(crate) fn check_credentials_out_of_reach(
     isolation: Isolation,
+    home: &Path,
     config: &EngineConfig,
 ) -> Result<(), EngineError> {
     if isolation != Isolation::Landlock {
         return Ok(());
+    }
+    // The home holds the age key, the state's key and every environment's files.
+    if let Some(dir) = sandbox::readable_by_confined_code(home) {
+        return Err(EngineError::Environment(format!(
+            "the home {} is under {dir}, which environments' code can read in landlock mode \
+             (it runs as this engine's user): its keys and every environment's files would be \
+             theirs to read; put the home elsewhere (--home, SLIPWAY_HOME; /var/lib/slipway), \
+             or run the engine as root, where each environment runs as a user of its own",
+            home.display()
+        )));
     }
     for (what, path) in credential_files(config) {
         if let Some(dir) = sandbox::readable_by_confined_code(&path) {
@@ -754,7 +765,7 @@ mod tests {
         let url = dir.path().join("url");
         std::fs::write(&url, "postgres://x@h/db").expect("written");
         let reach = |config: &EngineConfig| {
-            check_credentials_out_of_reach(Isolation::Landlock, config)
+            check_credentials_out_of_reach(Isolation::Landlock, dir.path(), config)
                 .err()
                 .map(|e| e.to_string())
         };
@@ -785,10 +796,17 @@ mod tests {
                 reach(&config).unwrap_or_else(|| panic!("refused: {:?}", config.kubernetes));
             assert!(refused.contains("/etc"), "{refused}");
             assert!(
-                check_credentials_out_of_reach(Isolation::Uid, &config).is_ok(),
+                check_credentials_out_of_reach(Isolation::Uid, dir.path(), &config).is_ok(),
                 "uid mode keeps the code out by file modes"
             );
         }
+        let home = check_credentials_out_of_reach(
+            Isolation::Landlock,
+            Path::new("/opt/slipway"),
+            &EngineConfig::default(),
+        )
+        .expect_err("a home under /opt");
+        assert!(home.to_string().contains("/opt"), "{home}");
     }
 
     fn engine_as_root() -> Option<(tempfile::TempDir, Engine)> {

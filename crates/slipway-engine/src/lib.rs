@@ -611,7 +611,7 @@ impl Engine {
             home.display()
         )))?;
         let isolation = isolation::effective(config.local.isolation)?;
-        isolation::check_credentials_out_of_reach(isolation, &config)?;
+        isolation::check_credentials_out_of_reach(isolation, home, &config)?;
         let store = match config
             .state
             .resolve_url()
