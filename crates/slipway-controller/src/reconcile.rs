@@ -545,6 +545,18 @@ fn converge(
         return Ok(Action::Superseded);
     }
     let record = latest;
+    // A person's override of the deploy windows is for the reconcile their sync asked for,
+    // whatever becomes of it (held, failed, applied): taken here, once this one holds the
+    // environment, never left for a later reconcile of a commit nobody overrode for.
+    let override_window = if trigger.from_person() {
+        inner
+            .window_overrides
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+    } else {
+        None
+    };
     if let PreviewHead::Unapproved(why) = &head {
         hold(inner, &record, why, json!({ "reason": "unapproved_head" }))?;
         return Ok(requeue);
@@ -676,11 +688,6 @@ fn converge(
     }
     // A deploy window that denies the change now: held, not failed by a fault, and looked
     // at again as the window opens (unless a person overrode it for this sync).
-    let override_window = inner
-        .window_overrides
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(name);
     let now = inner.now();
     if override_window.is_none()
         && let Some(denied) = engine.window_denial(&prepared, now)?
