@@ -35,6 +35,14 @@ use crate::{ProviderError, Retry};
 ///   their control file's schema, never in the default one.)
 const CATALOG_ONLY: &str = "-c search_path=pg_catalog";
 
+/// What an admin session to the admin URL's database sends first (the URL's own options,
+/// after it, win): waiting for a lock is bounded. Any role that can connect there, an
+/// environment's whose password its code holds, can take the advisory locks Slipway takes
+/// (`pg_advisory_lock`, the names are readable), or hold a catalog row of its own in an open
+/// transaction: an unbounded wait hung the apply, the environment's lock and a controller's
+/// worker for ever. The statement fails instead (55P03, retryable).
+const ADMIN_LOCK_WAIT: &str = "-c lock_timeout=10s";
+
 /// What an admin session to another database than the admin URL's sends besides
 /// [`CATALOG_ONLY`]: that database's owner, an environment's role for an environment's
 /// database, may set these for every session to it (`ALTER DATABASE … SET`), and would have
@@ -227,8 +235,8 @@ impl Server {
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let options = config.get_options().map(str::to_owned);
         config.options(&match &options {
-            Some(given) => format!("{given} {CATALOG_ONLY}"),
-            None => CATALOG_ONLY.to_owned(),
+            Some(given) => format!("{ADMIN_LOCK_WAIT} {given} {CATALOG_ONLY}"),
+            None => format!("{ADMIN_LOCK_WAIT} {CATALOG_ONLY}"),
         });
         config
             .connect_timeout(CONNECT_TIMEOUT)
