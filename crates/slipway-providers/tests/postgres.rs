@@ -617,6 +617,60 @@ fn a_database_and_its_environments_role_change_its_privileges_in_turn() {
         .expect("the role is let in");
 }
 
+/// A database its environment's role made a template (which needs only ownership) is
+/// dropped with its environment all the same: `DROP DATABASE` refuses a template, and the
+/// database and its role's login outlived the environment.
+#[test]
+fn a_database_its_role_made_a_template_goes_with_its_environment() {
+    let pg = Pg::new();
+    let db = pg
+        .database()
+        .create(pg.ctx("db"), &json!({}))
+        .expect("a database");
+    let name = output(&db, "database");
+    let mut owner = postgres::Client::connect(&role_url(&db, &name), postgres::NoTls)
+        .expect("the role connects");
+    owner
+        .batch_execute(&format!("ALTER DATABASE {} IS_TEMPLATE true", quote(&name)))
+        .expect("the owner may");
+    drop(owner);
+    pg.database()
+        .delete(pg.ctx("db"), Some(&db.live))
+        .expect("the delete");
+    assert!(!database_exists(&name), "{name} is gone");
+    assert!(!role_exists(&output(&db, "user")), "and its role");
+}
+
+/// A session that holds the lock Slipway takes to change a database's privileges (any role
+/// that can connect to the admin's database may: an environment's code, with its role's
+/// password): the change fails after a bounded wait, retryable, where it waited for ever.
+#[test]
+fn a_lock_held_by_another_session_fails_a_change_after_a_while_rather_than_hang_it() {
+    let pg = Pg::new();
+    let qa = env("qa");
+    let db = pg
+        .database()
+        .create(pg.ctx_in(&qa, "db"), &json!({}))
+        .expect("a database");
+    let mut holder = admin();
+    holder
+        .execute(
+            "SELECT pg_catalog.pg_advisory_lock(1397507152, pg_catalog.hashtext($1))",
+            &[&output(&db, "database")],
+        )
+        .expect("the lock is taken");
+    let error = failure(
+        pg.database()
+            .update(pg.ctx_in(&qa, "db"), &json!({}), &db.live),
+        "the update waits for the lock",
+    );
+    assert!(error.retryable(), "{error}");
+    drop(holder);
+    pg.database()
+        .update(pg.ctx_in(&qa, "db"), &json!({}), &db.live)
+        .expect("the lock gone, the update goes through");
+}
+
 /// The roles the operator lists in `[postgres.NAME] connect` (a pooler, a monitoring role)
 /// connect to every environment's database of that server; a role it does not list stays
 /// out; a listed role that does not exist fails the change, naming it.

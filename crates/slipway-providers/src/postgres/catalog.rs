@@ -807,6 +807,23 @@ pub(crate) fn drop_role_if_ours(
 pub(crate) fn drop_database(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
     let database = ident(name)?;
     let action = format!("drop database {name:?}");
+    // Its owner, the environment's role, may have made it a template (`ALTER DATABASE …
+    // IS_TEMPLATE true` needs only ownership), which `DROP DATABASE` refuses for good: the
+    // database, and its role's login, would outlive the environment.
+    let template = s
+        .query(
+            &action,
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1 AND datistemplate",
+            &[name],
+        )
+        .map_err(|e| s.fail(e))?;
+    if !template.is_empty() {
+        s.execute(
+            &action,
+            &format!("ALTER DATABASE {database} IS_TEMPLATE false"),
+        )
+        .map_err(|e| s.fail(e))?;
+    }
     let version = s.server_version().map_err(|e| s.fail(e))?;
     if version >= 130000 {
         // `FORCE` ends the sessions, atomically with the drop: no query of its own first.
