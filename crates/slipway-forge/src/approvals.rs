@@ -29,6 +29,14 @@ impl Approval {
     }
 }
 
+/// The commit a review of a forge that names one (GitHub, Gitea) was given on. That forge
+/// answers `null` once the commit is gone (force-pushed away and collected): such an approval
+/// is of no commit there is, never "of no commit in particular" (GitLab's), which would count
+/// for whatever the head is then.
+pub(crate) fn named_commit(commit: Option<String>) -> String {
+    commit.unwrap_or_default()
+}
+
 /// One review's verdict, as a forge lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Verdict {

@@ -182,7 +182,7 @@ impl Flavor for Gitea {
         Some(Verdict {
             author: r.user?.name(),
             state,
-            commit_sha: r.commit_id,
+            commit_sha: Some(crate::approvals::named_commit(r.commit_id)),
         })
     }
 

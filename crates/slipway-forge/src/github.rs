@@ -141,7 +141,7 @@ impl Flavor for GitHub {
         Some(Verdict {
             state: review_state(&r.state)?,
             author: r.user?.login,
-            commit_sha: r.commit_id,
+            commit_sha: Some(crate::approvals::named_commit(r.commit_id)),
         })
     }
 
@@ -158,4 +158,28 @@ pub(crate) struct Permission {
     permission: String,
     #[serde(default)]
     role_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pull_wire::Flavor;
+
+    #[test]
+    fn an_approval_github_names_no_commit_for_counts_for_no_head() {
+        // GitHub answers `commit_id: null` once the reviewed commit is gone (force-pushed
+        // away, then collected): that approval was of older code.
+        let head = "b".repeat(40);
+        for commit in [serde_json::Value::Null, serde_json::json!("a".repeat(40))] {
+            let review: Review = serde_json::from_value(serde_json::json!({
+                "state": "APPROVED",
+                "user": {"login": "carol"},
+                "commit_id": commit,
+            }))
+            .expect("a review");
+            let verdict = GitHub::verdict(review).expect("a verdict");
+            let approvals = crate::approvals::latest_approvals([verdict]);
+            assert!(!approvals[0].counts_for(&head, &[]), "{commit}");
+        }
+    }
 }
