@@ -634,17 +634,25 @@ fn slack(n: &Notification) -> serde_json::Value {
     text.push_str(&slack_escape(&n.message));
     let fallback = format!("{headline}: {}", slack_escape(&n.message));
     let (text, fallback) = (cut(&text, SLACK_TEXT), cut(&fallback, SLACK_TEXT));
+    // `verbatim`: Slack would otherwise make links of bare URLs and names of channels in the
+    // text (an author's name, a job's message: the branch's words); only the `<…|…>` link
+    // Slipway writes is one.
     let mut blocks = vec![serde_json::json!({
         "type": "section",
-        "text": { "type": "mrkdwn", "text": text },
+        "text": { "type": "mrkdwn", "text": text, "verbatim": true },
     })];
     if !facts.is_empty() {
         blocks.push(serde_json::json!({
             "type": "context",
-            "elements": [{ "type": "mrkdwn", "text": facts.join(" · ") }],
+            "elements": [{ "type": "mrkdwn", "text": facts.join(" · "), "verbatim": true }],
         }));
     }
-    serde_json::json!({ "text": fallback, "blocks": blocks })
+    serde_json::json!({
+        "text": fallback,
+        "blocks": blocks,
+        "unfurl_links": false,
+        "unfurl_media": false,
+    })
 }
 
 /// Slack's limit on a section's text, in characters (less a margin for the ellipsis).
@@ -711,6 +719,15 @@ mod tests {
         }
         assert!(body.contains("&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;"));
         assert!(body.contains("<http://br-x.shop.localhost:7300/|open the preview>"));
+        // Nor does Slack make a link of a bare URL in the branch's words.
+        let message = render(&hostile(), NotifyFormat::Slack);
+        for text in [
+            &message["blocks"][0]["text"],
+            &message["blocks"][1]["elements"][0],
+        ] {
+            assert_eq!(text["verbatim"], true, "{text}");
+        }
+        assert_eq!(message["unfurl_links"], false);
     }
 
     #[test]
