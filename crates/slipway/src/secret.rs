@@ -134,10 +134,25 @@ fn check_env(env: Option<&str>) -> Result<()> {
 }
 
 fn write(t: &Target) -> Result<()> {
+    use std::io::Write;
     let path = t.root.join(&t.file);
     let text = secrets::write_file(&t.entries);
     let temp = path.with_extension("yaml.tmp");
-    std::fs::write(&temp, text).with_context(|| format!("cannot write {}", temp.display()))?;
+    // Made anew, never opened through what is there: the checkout is a branch's, which may
+    // hold a symlink of that name to any file of the person running this (`~/.ssh/...`).
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", temp.display())),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .with_context(|| format!("cannot write {}", temp.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", temp.display()))?;
+    drop(file);
     std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -187,11 +202,13 @@ fn set(name: &str, env: Option<&str>, path: &str) -> Result<ExitCode> {
         None => entry.value = Some(ciphertext),
     }
     write(&t)?;
+    // Who can read it, by name: the recipients are the checkout's `slipway.yaml`, a branch's
+    // maybe, which may have added one of its own.
     eprintln!(
-        "set secret `{name}`{} in {} (encrypted to {} recipient(s)); commit it to deploy",
+        "set secret `{name}`{} in {}, encrypted to {}; commit it to deploy",
         env.map(|e| format!(" for `{e}`")).unwrap_or_default(),
         t.file,
-        t.recipients.len()
+        t.recipients.join(", ")
     );
     Ok(ExitCode::SUCCESS)
 }

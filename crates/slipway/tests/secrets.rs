@@ -39,6 +39,38 @@ fn is_state_file(path: &std::path::Path) -> bool {
             .is_some_and(|dir| dir == "run")
 }
 
+/// A branch's checkout holding `slipway.secrets.yaml.tmp`, a symlink to a file of the person
+/// who sets a secret there: the file is left alone (it was overwritten with the secrets'
+/// YAML), and the secret is set.
+#[test]
+fn setting_a_secret_writes_through_no_symlink_the_checkout_holds() {
+    let s = Sandbox::new();
+    let keygen = s.ok(&["secret", "keygen"]);
+    let recipient = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    s.write(
+        "slipway.yaml",
+        &format!(
+            "version: 1\nstack: vault\nsecrets: {{ recipients: [{recipient}] }}\n\
+             environments: {{ dev: {{ track: main }} }}\nresources: {{}}\n"
+        ),
+    );
+    let precious = s.dir.path().join("id_ed25519");
+    std::fs::write(&precious, "the person's own key").expect("written");
+    std::os::unix::fs::symlink(&precious, s.repo.join("slipway.secrets.yaml.tmp"))
+        .expect("a symlink");
+    s.commit("a stack, and a trap");
+    s.set_secret("api_token", None, "s3cret");
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("still there"),
+        "the person's own key"
+    );
+    let file = std::fs::read_to_string(s.repo.join("slipway.secrets.yaml")).expect("written");
+    assert!(
+        file.contains("api_token") && !file.contains("s3cret"),
+        "{file}"
+    );
+}
+
 #[test]
 fn secrets_are_set_listed_decrypted_at_apply_and_never_shown() {
     let s = Sandbox::new();
