@@ -831,7 +831,9 @@ fn converge(
         })
         .collect();
     if same_commit && !drifted.is_empty() {
-        let message = format!("drift: {}", drifted.join("; "));
+        // A drift's reason is a provider's, an exec program's own words among them, which may
+        // quote a value the environment keeps secret: shown as every message is.
+        let message = shown(inner, name, &format!("drift: {}", drifted.join("; ")));
         inner.metrics.drift_detected(drifted.len());
         if !prepared.self_heal {
             // Unrepaired drift is seen again on every drift check: one event while it lasts.

@@ -321,6 +321,95 @@ mod tests {
         }
     }
 
+    /// Fails every delete quoting the password its resource made.
+    struct Leaky;
+
+    impl Provider for Leaky {
+        type Config = Value;
+        const TYPE: &'static str = "test.leaky";
+
+        fn create(&self, _: ResourceContext<'_>, _: &Value) -> Result<Applied, ProviderError> {
+            unreachable!("the test creates nothing")
+        }
+
+        fn update(
+            &self,
+            _: ResourceContext<'_>,
+            _: &Value,
+            _: &Value,
+        ) -> Result<Applied, ProviderError> {
+            unreachable!("the test updates nothing")
+        }
+
+        fn delete(&self, _: ResourceContext<'_>, _: Option<&Value>) -> Result<(), ProviderError> {
+            Err(ProviderError::Failed {
+                message: "cannot drop: password hunter2-s3cret refused".into(),
+                log_tail: Some("login hunter2-s3cret".into()),
+                retry: slipway_providers::Retry::Terminal,
+            })
+        }
+
+        fn observe(
+            &self,
+            _: ResourceContext<'_>,
+            _: &Value,
+            _: &Value,
+        ) -> Result<Observation, ProviderError> {
+            unreachable!("the test observes nothing")
+        }
+    }
+
+    #[test]
+    fn a_failed_delete_says_nothing_of_the_values_its_resource_keeps_secret() {
+        let home = tempfile::tempdir().expect("a temporary home");
+        let mut engine =
+            Engine::open(home.path(), EngineConfig::default(), vec![]).expect("an engine");
+        engine.registry.register(Leaky);
+        let env = EnvName::parse("qa").expect("a name");
+        engine
+            .store
+            .upsert_environment(&EnvironmentRecord::new(
+                env.clone(),
+                EnvKind::Static,
+                "shop".into(),
+                String::new(),
+                0,
+            ))
+            .expect("qa");
+        engine
+            .store
+            .put_resource(&ResourceRecord {
+                environment: env.clone(),
+                name: "db".into(),
+                type_name: "test.leaky".into(),
+                status: ResourceStatus::Ready,
+                config: json!({}),
+                resolved_hash: None,
+                outputs: json!({"password": "hunter2-s3cret", "user": "u"}),
+                secret_outputs: vec!["password".into()],
+                live: json!({}),
+                depends_on: Vec::new(),
+                error: None,
+                updated_at: 0,
+                sensitive: false,
+            })
+            .expect("its resource");
+        let error = engine
+            .delete_resource(&env, "db")
+            .expect_err("the delete fails");
+        assert!(!error.message.contains("hunter2"), "{}", error.message);
+        let kept = engine
+            .store
+            .resource(&env, "db")
+            .expect("read")
+            .and_then(|r| r.error)
+            .expect("the failure is kept");
+        assert!(
+            !kept.contains("hunter2") && kept.contains("cannot drop"),
+            "{kept}"
+        );
+    }
+
     #[test]
     fn a_destroy_its_protection_refuses_expects_nothing_of_its_providers() {
         let home = tempfile::tempdir().expect("a temporary home");

@@ -368,7 +368,18 @@ impl Engine {
         let instance = envelope.instance(name);
         let sandbox = self.sandbox(env)?;
         let stack = self.stack_of(env)?;
-        let ctx = self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox);
+        // What the delete says (an exec program's error, a log's tail) may quote a value the
+        // resource was given or made: redacted like a create's or an update's, and the
+        // provider told those values (an exec program's log is redacted as it is written).
+        let redactor = crate::secrets::Redactor::default();
+        redactor.add_outputs(&record.outputs, &record.secret_outputs);
+        for value in &envelope.redact {
+            redactor.add(value);
+        }
+        let ctx = ResourceContext {
+            redact: &envelope.redact,
+            ..self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox)
+        };
         let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);
         let mut result = provider.delete(ctx, handle);
         if result.is_ok()
@@ -390,7 +401,7 @@ impl Engine {
                 None,
             );
         }
-        result.map_err(StepError::from)
+        result.map_err(|e| StepError::from(e).redacted(&redactor))
     }
 }
 
