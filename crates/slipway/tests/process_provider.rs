@@ -1526,7 +1526,20 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
     let socket = env.dirs.run.join("supervise.sock");
     let ask = |bytes: &[u8]| ask_socket(&socket, bytes);
     let spec = env.state("api").expect("state")["spec"].to_string();
-    let cases: Vec<(Vec<u8>, &str)> = vec![
+    // A spec whose state file or log is not the resource's own: the supervisor, which writes
+    // outside any sandbox, would replace or append to any file of its user's.
+    let elsewhere = env.dirs.root.join("elsewhere");
+    let naming = |field: &str, path: &std::path::Path| {
+        let mut spec = env.state("api").expect("state")["spec"].clone();
+        spec[field] = json!(path.display().to_string());
+        let spec = spec.to_string();
+        format!("start api +{}\n{spec}", spec.len()).into_bytes()
+    };
+    let mut cases: Vec<(Vec<u8>, &str)> = vec![
+        (naming("state", &elsewhere), "not api's own"),
+        (naming("log", &elsewhere), "not api's own"),
+    ];
+    cases.extend(vec![
         (b"start api +abc\n{}".to_vec(), "+LENGTH"),
         (b"start api +0\n".to_vec(), "+LENGTH"),
         (b"start api +99999999\n{}".to_vec(), "+LENGTH"),
@@ -1552,7 +1565,7 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
             "a request is",
         ),
         (vec![b'x'; 5000], "at most 4096 bytes"),
-    ];
+    ]);
     for (request, expected) in &cases {
         let answer = ask(request);
         assert!(
@@ -1575,6 +1588,7 @@ fn hostile_requests_get_an_error_and_the_supervisor_serves_on() {
         !env.dirs.run.join("other.json").exists(),
         "nothing was started for another resource"
     );
+    assert!(!elsewhere.exists(), "nothing was written elsewhere");
     env.create(&mut cleanup, "api", &config);
     assert_eq!(child_in(&env.state("api").expect("state")), Some(child));
     env.delete("api", Some(&applied.live), "delete");

@@ -1177,6 +1177,21 @@ impl EnvironmentSupervisor {
         if spec.resource != name || spec.command.is_empty() {
             return Err(format!("{origin} is not the spec of {name}"));
         }
+        // What the spec names to write is this environment's own: its state file in the run
+        // directory, its log in the logs directory beside it. The supervisor writes outside
+        // any sandbox: a spec naming another path (only the engine can reach this socket, and
+        // nothing can that should not) would have it replace or append to any file of its
+        // user's.
+        let logs = self.run.parent().map(|root| root.join("logs"));
+        if name.contains('/')
+            || name.starts_with('.')
+            || spec.state != state_path(&self.run, name)
+            || logs.is_none_or(|logs| spec.log != logs.join(format!("{name}.log")))
+        {
+            return Err(format!(
+                "{origin} names files that are not {name}'s own (its state, its log)"
+            ));
+        }
         if let Some(slot) = self.slots.get_mut(name) {
             if slot.spec_bytes == spec_bytes && slot.state.phase != Phase::Exited {
                 // The engine asked: its state file is written again, made if it went missing
