@@ -559,11 +559,35 @@ pub fn history_text(env: &str, deployments: &[DeploymentRecord]) {
 }
 
 pub fn log_line(name: &str, line: &str, prefix: bool) {
+    let line = if std::io::stdout().is_terminal() {
+        for_terminal(line)
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    };
     if prefix {
         println!("{CYAN}{name:>12}{CYAN:#} | {line}");
     } else {
         println!("{line}");
     }
+}
+
+/// `line` as a terminal may show it: its control characters (but tab) written as escapes.
+/// A log is the environment's code's words, a branch's: an escape sequence in it would
+/// otherwise act on the terminal of whoever reads it (set the clipboard, move the cursor to
+/// hide or forge lines). Piped, a log is printed as it was written.
+pub fn for_terminal(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Progress on stderr: a spinner on a terminal, plain lines otherwise.
@@ -709,5 +733,20 @@ pub fn comparison_text(c: &Comparison) {
                 environment,
             } => println!("  resource {resource}: only in `{environment}`"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_logs_escape_sequences_reach_no_terminal() {
+        // Set the clipboard (OSC 52), then erase the line (CSI, in its 8-bit form).
+        let shown = super::for_terminal("ok \u{1b}]52;c;aGk=\u{7} \u{9b}2K\tend");
+        assert!(!shown.contains(['\u{1b}', '\u{7}', '\u{9b}']), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]52;c;aGk=") && shown.ends_with("\tend"));
+        assert_eq!(
+            super::for_terminal("plain, with a tab\t"),
+            "plain, with a tab\t"
+        );
     }
 }
