@@ -43,6 +43,10 @@ const CONFIG: &[&str] = &[
     "protocol.file.allow=always",
     "protocol.https.allow=always",
     "protocol.ssh.allow=always",
+    // A remote that stalls (under 1 KiB/s for a minute) fails the fetch, rather than hold
+    // the mirror's fetch lock, and every caller waiting on it, for ever.
+    "http.lowSpeedLimit=1024",
+    "http.lowSpeedTime=60",
 ];
 
 /// How to run git against one repository (or none, to probe a path).

@@ -34,8 +34,8 @@ use crate::store::{Reader, Store};
 /// only, and runs nothing.
 ///
 /// # Caveats
-/// A network fetch has no timeout of its own: configure ssh (`ServerAliveInterval`) or
-/// `http.lowSpeedLimit` in the user's git configuration. Credentials in an https URL are given
+/// An https fetch that stalls (under 1 KiB/s for a minute) fails; an ssh one has no timeout
+/// of its own: configure ssh (`ServerAliveInterval`) in the user's ssh configuration. Credentials in an https URL are given
 /// to git as an `Authorization` header in its environment, never as an argument nor in the
 /// mirror's configuration; they still sit wherever the URL was written: prefer a credential
 /// helper.
