@@ -28,9 +28,11 @@
 //! - Session ids and CSRF tokens are 256 random bits from the operating system; sessions are
 //!   kept by the SHA-256 of their id (the store never sees the id written), and CSRF tokens
 //!   compared in constant time.
-//! - A session lasts [`LIFETIME`] from login. At most [`MAX_SESSIONS`] are kept: each login
-//!   deletes the ended ones, and at the bound those that end soonest (their users log in
-//!   again), so a flood of logins cannot grow the table without end.
+//! - A session lasts [`LIFETIME`] from login. A token keeps at most 32 (a login past that
+//!   ends its own oldest: one token's flood of logins pushes nobody else out), and at most
+//!   [`MAX_SESSIONS`] are kept in all: each login deletes the ended ones, and at the bound
+//!   those that end soonest (their users log in again), so a flood of logins cannot grow the
+//!   table without end.
 //! - A cookie that is not a session id this server could have made (43 base64url
 //!   characters) is refused with `401` before the store is asked.
 //! - Sessions are not an environment's state: starting or ending one proves no lease, so

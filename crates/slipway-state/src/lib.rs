@@ -67,7 +67,7 @@ pub use notify::{Listener, Wake};
 pub use resources::{ResourceRecord, ResourceSummaries, ResourceSummary};
 pub use retention::{Pruned, Retention};
 pub use schema::SCHEMA_VERSION;
-pub use sessions::SessionRecord;
+pub use sessions::{SESSIONS_PER_TOKEN, SessionRecord};
 pub use slots::{Admitted, Caps, Promoted, queue_positions};
 pub use store::Store;
 pub use tokens::{ROLES, TOKEN_PREFIX, TokenRecord, hash_token, new_token};

@@ -50,10 +50,14 @@ fn from_row(row: &Row) -> Result<SessionRecord, DbError> {
     })
 }
 
+/// The most sessions one token keeps: a login past it ends that token's oldest session.
+pub const SESSIONS_PER_TOKEN: i64 = 32;
+
 impl Store {
     /// Records `session` under the hash of `id`, as of its `created_at`: first deletes the
-    /// sessions ended by then and, when `keep` or more remain, the tenth of `keep` (at least
-    /// as many as exceed it) that end soonest; all in one transaction.
+    /// sessions ended by then, its token's oldest past [`SESSIONS_PER_TOKEN`] less one and,
+    /// when `keep` or more remain, the tenth of `keep` (at least as many as exceed it) that
+    /// end soonest; all in one transaction.
     ///
     /// # Errors
     /// [`StateError::Database`] when `id` is already recorded (ids are random: never in
@@ -74,6 +78,16 @@ impl Store {
                 params![now],
             )
             .map_err(sql("delete ended browser sessions"))?;
+            // One token's logins make room among its own sessions first: at the bound, the
+            // sessions that end soonest go, and a token that could log in without end (a
+            // viewer's) would otherwise push everyone else's out.
+            tx.execute(
+                "DELETE FROM browser_sessions WHERE token_hash = ?1 AND id_hash NOT IN \
+                 (SELECT id_hash FROM browser_sessions WHERE token_hash = ?1 \
+                 ORDER BY created_at DESC, id_hash DESC LIMIT ?2)",
+                params![session.token_hash.as_str(), SESSIONS_PER_TOKEN - 1],
+            )
+            .map_err(sql("drop a token's oldest browser sessions"))?;
             let count: i64 = tx
                 .query_one("SELECT COUNT(*) FROM browser_sessions", params![], |row| {
                     row.get(0)

@@ -14,6 +14,7 @@ matrix!(
     the_sessions_kept_are_bounded_dropping_ended_ones_then_those_that_end_soonest,
     sessions_are_written_without_a_lease_and_refused_once_the_schema_moved,
     hostile_ids_are_looked_up_without_an_error,
+    one_tokens_logins_never_push_another_tokens_session_out,
 );
 
 /// A session of `token` from `at` to `at + lifetime`.
@@ -230,4 +231,40 @@ fn hostile_ids_are_looked_up_without_an_error(state: &TestState) {
         .start_session(&long, &session("slw_a", 1_000, 500), 100)
         .expect("even a long id is stored as its 64-character hash");
     assert!(store.session(&long, 1_100).expect("look up").is_some());
+}
+
+/// One token's logins (a viewer's, as many as it likes) make room among its own sessions: an
+/// admin's session, the one that ends soonest, outlives a flood of them. It used to be the
+/// first to go once the flood reached the bound.
+fn one_tokens_logins_never_push_another_tokens_session_out(state: &TestState) {
+    let store = state.open();
+    store
+        .start_session("admin", &session("slw_admin", 1_000, 500), 100)
+        .expect("the admin logs in");
+    for i in 0..300 {
+        store
+            .start_session(
+                &format!("v{i}"),
+                &session("slw_viewer", 1_000 + i, 5_000),
+                100,
+            )
+            .expect("a viewer's login");
+    }
+    assert!(store.session("admin", 1_400).expect("look up").is_some());
+    let kept = (0..300)
+        .filter(|i| {
+            store
+                .session(&format!("v{i}"), 1_400)
+                .expect("look up")
+                .is_some()
+        })
+        .count();
+    assert_eq!(
+        kept,
+        usize::try_from(slipway_state::SESSIONS_PER_TOKEN).expect("small")
+    );
+    assert!(
+        store.session("v299", 1_400).expect("look up").is_some(),
+        "the newest are kept"
+    );
 }
