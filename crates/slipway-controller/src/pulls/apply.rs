@@ -253,6 +253,24 @@ pub(super) fn apply(
             }
         ));
     }
+    // The deploy windows of ENV's rules (its branch's head's among them, in force yet or
+    // not): a change waits for them, and a comment is no deployer's override.
+    let verdict = rules.windows.verdict(inner.now());
+    if !verdict.allowed() && prepared.plan.has_changes() {
+        let denied = slipway_engine::WindowDenied {
+            environment: env.clone(),
+            verdict,
+        };
+        return refuse(format!(
+            "Not applied #{number} ({}) to `{env}`: {denied}. {}",
+            short(&head),
+            if held_before {
+                format!("`{env}` stays on the commit of this pull request it ran.")
+            } else {
+                format!("`{env}` is not locked.")
+            }
+        ));
+    }
     // The policies of the default branch, judging this pull request's code: refused here,
     // with their word, before the environment is locked to it.
     let approved_by = crate::gate::judge_for_pull(inner, &mut prepared, record)?;
