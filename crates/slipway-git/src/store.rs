@@ -43,6 +43,10 @@ pub(crate) const IN_PROCESS_LIMIT: u64 = 32 * 1024 * 1024;
 /// How many symbolic refs one lookup follows (git stops at 5 too).
 const MAX_SYMREF_HOPS: usize = 5;
 
+/// The largest annotated tag read (a tag object is its target, its name, its tagger and its
+/// message).
+const MAX_TAG_BYTES: u64 = 1 << 20;
+
 /// How many annotated tags one peel goes through.
 const MAX_TAG_HOPS: usize = 32;
 
@@ -284,6 +288,17 @@ impl Reader<'_> {
 
     /// The commit `oid`, parsed; `None` when it is absent or not a commit.
     pub(crate) fn commit(&mut self, oid: &str) -> Result<Option<CommitObject>, GitError> {
+        // Its size first: a commit's message is anyone's who can push one, and a commit of
+        // gigabytes is no commit to read into memory.
+        match self.header(oid)? {
+            Some((Kind::Commit, size)) if size > IN_PROCESS_LIMIT => {
+                return Err(malformed(format!(
+                    "commit {oid} is {size} bytes, more than is read at once"
+                )));
+            }
+            Some((Kind::Commit, _)) => {}
+            _ => return Ok(None),
+        }
         match self.object(oid)? {
             Some((Kind::Commit, data)) => parse_commit(data)
                 .map(Some)
@@ -297,6 +312,17 @@ impl Reader<'_> {
     pub(crate) fn peel_to_commit(&mut self, oid: &str) -> Result<Option<String>, GitError> {
         let mut id = self.id(oid)?;
         for _ in 0..MAX_TAG_HOPS {
+            // What the ref names is known by its header: a commit is not read, nor a blob or
+            // a tree (a tag anyone may push can name a blob of gigabytes), and a tag is read
+            // only when it is of a tag's size.
+            match self.header(&id.to_string())? {
+                Some((Kind::Commit, _)) => return Ok(Some(id.to_string())),
+                Some((Kind::Tag, size)) if size <= MAX_TAG_BYTES => {}
+                Some((Kind::Tag, size)) => {
+                    return Err(malformed(format!("tag {id} is {size} bytes")));
+                }
+                _ => return Ok(None),
+            }
             match self.object_by_id(&id)? {
                 Some((Kind::Commit, _)) => return Ok(Some(id.to_string())),
                 Some((Kind::Tag, data)) => {

@@ -809,6 +809,41 @@ fn a_tree_that_names_one_object_a_million_times_is_refused_before_it_is_walked()
 }
 
 #[test]
+fn a_commit_or_a_tag_of_gigabytes_is_not_read_into_memory() {
+    let fixture = Fixture::new();
+    fixture.write("a", "1").commit("one");
+    let repo = fixture.open();
+    // A commit whose message is 33 MiB (anyone who can push may make one): refused, not
+    // parsed.
+    let message = fixture.root.path().join("message");
+    std::fs::write(&message, vec![b'x'; 33 << 20]).expect("written");
+    let tree = git(&fixture.repo, &["rev-parse", "HEAD^{tree}"]);
+    let huge = git(
+        &fixture.repo,
+        &["commit-tree", "-F", message.to_str().expect("utf-8"), &tree],
+    );
+    // (Not printed when it fails: its summary would be the whole message.)
+    let refused = repo
+        .resolve(&huge)
+        .map(|_| ())
+        .expect_err("too large to read");
+    assert!(
+        refused.to_string().contains("more than is read at once"),
+        "{refused}"
+    );
+    // A tag named like a branch pointing at a blob of 40 MiB: not a commit, found so by
+    // its header.
+    let big = fixture.root.path().join("big");
+    std::fs::write(&big, vec![0u8; 40 << 20]).expect("written");
+    let blob = git(
+        &fixture.repo,
+        &["hash-object", "-w", big.to_str().expect("utf-8")],
+    );
+    git(&fixture.repo, &["tag", "bigtag", &blob]);
+    assert!(repo.resolve("bigtag").is_err(), "a blob is no commit");
+}
+
+#[test]
 fn a_symlink_and_a_directory_of_the_same_name_are_refused() {
     // Written naively, the symlink `x -> <outside>` and then `x/passwd` would write outside
     // the export.
