@@ -32,6 +32,30 @@ pub struct ClusterConfig {
 /// Cluster-scoped kinds allowed when the configuration says nothing.
 pub const DEFAULT_CLUSTER_SCOPED: &[&str] = &["CustomResourceDefinition"];
 
+/// Kubernetes' own cluster-scoped kinds and the API group each is served from: a kind listed
+/// in `cluster_scoped` by its name alone is that group's.
+pub const BUILT_IN_CLUSTER_SCOPED: &[(&str, &str)] = &[
+    ("CustomResourceDefinition", "apiextensions.k8s.io"),
+    ("Namespace", ""),
+    ("PersistentVolume", ""),
+    ("ClusterRole", "rbac.authorization.k8s.io"),
+    ("ClusterRoleBinding", "rbac.authorization.k8s.io"),
+    ("StorageClass", "storage.k8s.io"),
+    ("CSIDriver", "storage.k8s.io"),
+    ("PriorityClass", "scheduling.k8s.io"),
+    ("IngressClass", "networking.k8s.io"),
+    ("RuntimeClass", "node.k8s.io"),
+    (
+        "ValidatingWebhookConfiguration",
+        "admissionregistration.k8s.io",
+    ),
+    (
+        "MutatingWebhookConfiguration",
+        "admissionregistration.k8s.io",
+    ),
+    ("APIService", "apiregistration.k8s.io"),
+];
+
 impl ClusterConfig {
     /// Refuses a section with other than exactly one source for its kubeconfig.
     pub fn check(&self, name: &str) -> Result<(), String> {
@@ -81,10 +105,26 @@ impl ClusterConfig {
     }
 
     /// Whether objects of `kind` may be created outside the environment's namespace.
-    pub fn allows_cluster_scoped(&self, kind: &str) -> bool {
+    ///
+    /// A listed `KIND` is that kind of the API group Kubernetes serves it from when it is one
+    /// of Kubernetes' own ([`BUILT_IN_CLUSTER_SCOPED`]: `CustomResourceDefinition` is
+    /// `apiextensions.k8s.io`'s, never a branch's own CRD of a cluster-scoped kind of that name
+    /// in a group of its own), any group's otherwise; `GROUP/KIND` is that group's only.
+    pub fn allows_cluster_scoped(&self, api_version: &str, kind: &str) -> bool {
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        let listed = |entry: &str| match entry.split_once('/') {
+            Some((g, k)) => g == group && k == kind,
+            None => {
+                entry == kind
+                    && BUILT_IN_CLUSTER_SCOPED
+                        .iter()
+                        .find(|(k, _)| *k == kind)
+                        .is_none_or(|(_, g)| *g == group)
+            }
+        };
         match &self.cluster_scoped {
-            Some(kinds) => kinds.iter().any(|k| k == kind),
-            None => DEFAULT_CLUSTER_SCOPED.contains(&kind),
+            Some(kinds) => kinds.iter().any(|k| listed(k)),
+            None => DEFAULT_CLUSTER_SCOPED.iter().any(|k| listed(k)),
         }
     }
 }
@@ -264,14 +304,26 @@ mod tests {
 
     #[test]
     fn only_listed_kinds_may_be_cluster_scoped() {
+        let crd = "apiextensions.k8s.io/v1";
         let default = ClusterConfig::default();
-        assert!(default.allows_cluster_scoped("CustomResourceDefinition"));
-        assert!(!default.allows_cluster_scoped("ClusterRoleBinding"));
-        assert!(!default.allows_cluster_scoped("Namespace"));
+        assert!(default.allows_cluster_scoped(crd, "CustomResourceDefinition"));
+        assert!(
+            !default.allows_cluster_scoped("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")
+        );
+        assert!(!default.allows_cluster_scoped("v1", "Namespace"));
+        // A branch's own CRD of a cluster-scoped kind named like Kubernetes' own.
+        assert!(!default.allows_cluster_scoped("evil.example.com/v1", "CustomResourceDefinition"));
         let none = ClusterConfig {
             cluster_scoped: Some(vec![]),
             ..Default::default()
         };
-        assert!(!none.allows_cluster_scoped("CustomResourceDefinition"));
+        assert!(!none.allows_cluster_scoped(crd, "CustomResourceDefinition"));
+        let listed = ClusterConfig {
+            cluster_scoped: Some(vec!["Widget".into(), "acme.example/Gadget".into()]),
+            ..Default::default()
+        };
+        assert!(listed.allows_cluster_scoped("acme.example/v1", "Widget"));
+        assert!(listed.allows_cluster_scoped("acme.example/v2", "Gadget"));
+        assert!(!listed.allows_cluster_scoped("evil.example/v1", "Gadget"));
     }
 }

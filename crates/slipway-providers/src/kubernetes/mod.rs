@@ -547,7 +547,11 @@ impl<'a> Run<'a> {
                 object["metadata"]["namespace"] = json!(self.namespace);
             }
             Scope::Cluster => {
-                if !self.cluster.config.allows_cluster_scoped(&reference.kind) {
+                if !self
+                    .cluster
+                    .config
+                    .allows_cluster_scoped(&reference.api_version, &reference.kind)
+                {
                     return Err(failed(
                         format!(
                             "{source}: {reference} is cluster-scoped, and the cluster `{}` does \
