@@ -368,6 +368,36 @@ impl Store {
         .map_err(sql(format!("read the lock of {environment}")))
     }
 
+    /// [`Store::lock_environment`], only while pull request `pr` is recorded open, in the same
+    /// statement: `None` when it is not (and no lock is there). A close handled meanwhile (on
+    /// any replica) has released its locks: a lock taken after it would stay for ever.
+    ///
+    /// # Errors
+    /// [`StateError::Database`] when the database fails.
+    pub fn lock_environment_while_open(
+        &self,
+        environment: &EnvName,
+        pr: i64,
+        who: &str,
+        at: i64,
+    ) -> Result<Option<LockRecord>, StateError> {
+        let mut conn = self.conn();
+        conn.execute(
+            "INSERT INTO locks (environment, pull_request, who, at) \
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS \
+             (SELECT 1 FROM pull_requests WHERE number = ?2 AND state = 'open') \
+             ON CONFLICT DO NOTHING",
+            params![environment.as_str(), pr, who, at],
+        )
+        .map_err(sql(format!("lock {environment}")))?;
+        conn.query_opt(
+            "SELECT environment, pull_request, who, at FROM locks WHERE environment = ?1",
+            params![environment.as_str()],
+            lock_from_row,
+        )
+        .map_err(sql(format!("read the lock of {environment}")))
+    }
+
     /// The lock on `environment`, if any.
     pub fn environment_lock(
         &self,
@@ -513,6 +543,37 @@ mod tests {
             labels: Vec::new(),
             head_seen_at: None,
         }
+    }
+
+    #[test]
+    fn an_environment_is_locked_to_a_pull_request_only_while_it_is_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.upsert_pull_request(&pr(7)).expect("#7, open");
+        store
+            .upsert_pull_request(&PullRequestRecord {
+                state: "closed".into(),
+                ..pr(8)
+            })
+            .expect("#8, closed");
+        let qa = env("qa");
+        assert_eq!(
+            store
+                .lock_environment_while_open(&qa, 8, "a", 1)
+                .expect("locks"),
+            None,
+            "a closed pull request takes no lock"
+        );
+        assert_eq!(store.environment_lock(&qa).expect("read"), None);
+        let held = store
+            .lock_environment_while_open(&qa, 7, "a", 2)
+            .expect("locks")
+            .expect("an open one does");
+        assert_eq!(held.pull_request, 7);
+        let other = store
+            .lock_environment_while_open(&qa, 7 + 2, "b", 3)
+            .expect("locks");
+        assert_eq!(other.map(|l| l.pull_request), Some(7), "the holder stays");
     }
 
     #[test]

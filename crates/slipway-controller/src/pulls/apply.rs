@@ -284,7 +284,11 @@ pub(super) fn apply(
             literal_block(&denied.to_string())
         ));
     }
-    let lock = store.lock_environment(env, number, author, now_ms())?;
+    let Some(lock) = store.lock_environment_while_open(env, number, author, now_ms())? else {
+        return refuse(format!(
+            "#{number} was closed while it was applied; nothing was applied to `{env}`."
+        ));
+    };
     if lock.pull_request != number {
         return refuse(format!(
             "Not applied: `{env}` is locked by #{} (applied by @{}). It is released when #{} \
