@@ -1677,17 +1677,37 @@ fn drain(slot: &mut Slot) {
 }
 
 /// A read end of the output pipe of `child` (a process we did not start: taken over), through
-/// `/proc/<pid>/fd/1`; `None` if its standard output is not a pipe (or it is gone).
+/// `/proc/<pid>/fd/1`; `None` if its standard output is not an unnamed pipe (or it is gone).
+///
+/// What the child holds as its output is the environment's code's to choose: it could have
+/// put there a named FIFO of another environment's, or a device (reopened by the supervisor,
+/// outside any sandbox, it would be read into this log, or opened with the supervisor's
+/// rights). So it is first taken as a path only (`O_PATH`: nothing is opened), and reopened
+/// for reading only if it is a pipe of the kernel's pipe file system, as the one a supervisor
+/// makes for its child is, never a FIFO of some directory.
 fn output_of(child: ProcessIdentity) -> Option<File> {
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(format!("/proc/{}/fd/1", child.pid))
+        .ok()?;
+    let found = held.metadata().ok()?;
+    let pipes = {
+        let (reader, _writer) = io::pipe().ok()?;
+        File::from(OwnedFd::from(reader)).metadata().ok()?.dev()
+    };
+    if !found.file_type().is_fifo() || found.dev() != pipes {
+        // A file, a named FIFO, a device: a child whose output went there keeps it.
+        return None;
+    }
     let output = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(format!("/proc/{}/fd/1", child.pid))
+        .open(format!("/proc/self/fd/{}", held.as_raw_fd()))
         .ok()?;
-    // Only a pipe is read: a child whose output went to a file keeps it to itself. And the
-    // pid must still be that child's.
-    (output.metadata().is_ok_and(|m| m.file_type().is_fifo()) && child.is_alive()).then_some(output)
+    // The pid must still be that child's.
+    child.is_alive().then_some(output)
 }
 
 /// Clones the child of `slot`, held before its exec ([`spawn::spawn_held`]), confined as
@@ -1774,6 +1794,36 @@ mod tests {
             );
             std::fs::read_to_string(&self.marker).map_or(0, |text| text.lines().count())
         }
+    }
+
+    #[test]
+    fn only_an_unnamed_pipe_is_taken_back_as_a_childs_output() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let fifo = dir.path().join("other-env.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("a FIFO");
+        // Opened for reading and writing, so that the open does not wait for a peer.
+        let named = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .expect("the FIFO opened");
+        let (reader, writer) = io::pipe().expect("a pipe");
+        for (stdout, taken) in [
+            (std::process::Stdio::from(named), false),
+            (std::process::Stdio::from(OwnedFd::from(writer)), true),
+        ] {
+            let mut child = std::process::Command::new("sleep")
+                .arg("30")
+                .stdout(stdout)
+                .spawn()
+                .expect("sleep runs");
+            let identity = crate::procinfo::ProcessIdentity::of(child.id()).expect("known");
+            assert_eq!(output_of(identity).is_some(), taken, "taken: {taken}");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(reader);
     }
 
     #[test]
