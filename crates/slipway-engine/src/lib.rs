@@ -851,7 +851,7 @@ impl Engine {
                 .map_err(EngineError::Secret)?;
         let (input, resolved) = self.plan_input(&desired, &secrets, observed)?;
         let mut plan = plan::plan(&desired, &input);
-        self.preview_objects(&desired, &mut plan, &resolved);
+        self.preview_objects(&desired, &mut plan, &resolved, &secrets);
         let count = input.recorded.len();
         discard((input, resolved), count);
         let declared = Rules::declared(def, target.kind);
@@ -991,13 +991,26 @@ impl Engine {
     /// Asks the providers of the resources `plan` updates what the update does to each of
     /// their live objects (a Kubernetes server-side dry run), and adds it to the plan. A
     /// preview that fails leaves the configuration's diff alone and says why.
+    ///
+    /// What a preview says (an object's fields before and after, the server's refusal) may
+    /// hold a value the environment keeps secret, through a field of its own (an exec
+    /// program's secret output in a ConfigMap): redacted of the environment's secrets and
+    /// secret outputs, as the plan is shown to viewers and kept in the deployment's record.
     fn preview_objects(
         &self,
         desired: &DesiredState,
         plan: &mut slipway_core::plan::Plan,
         resolved: &BTreeMap<String, Json>,
+        secrets: &BTreeMap<String, secrets::SecretValue>,
     ) {
         let env = &desired.environment.name;
+        let Ok(redactor) = self.redactor(env) else {
+            // Not shown unredacted: the configuration's diff stays.
+            return;
+        };
+        for value in secrets.values() {
+            redactor.add(value.expose());
+        }
         for change in plan
             .changes
             .iter_mut()
@@ -1022,13 +1035,14 @@ impl Engine {
             let instance = envelope.instance(&change.resource);
             let ctx = self.resource_context(&desired.stack, env, instance, &dirs, &ports, &sandbox);
             match provider.preview(ctx, config, &envelope.handle) {
-                Ok(Some(objects)) => change.objects = objects,
+                Ok(Some(objects)) => change.objects = redacted_objects(&redactor, objects),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(resource = %change.resource, error = %e, "no dry run");
+                    let said = redactor.redact(&e.to_string());
+                    tracing::warn!(resource = %change.resource, error = %said, "no dry run");
                     if change.reason.is_none() {
                         change.reason = Some(slipway_core::vocab::Reason::Other(format!(
-                            "the server's dry run could not be made: {e}"
+                            "the server's dry run could not be made: {said}"
                         )));
                     }
                 }
@@ -1398,9 +1412,55 @@ pub(crate) fn refuse_queued(record: &EnvironmentRecord) -> Result<(), EngineErro
     )))
 }
 
+/// `objects` with every text in them redacted of `redactor`'s values; none when they cannot
+/// be (the configuration's diff then stands alone).
+fn redacted_objects(
+    redactor: &secrets::Redactor,
+    objects: Vec<slipway_core::plan::ObjectChange>,
+) -> Vec<slipway_core::plan::ObjectChange> {
+    fn walk(value: &mut Json, redactor: &secrets::Redactor) {
+        match value {
+            Json::String(text) => *text = redactor.redact(text),
+            Json::Array(items) => items.iter_mut().for_each(|v| walk(v, redactor)),
+            Json::Object(map) => map.values_mut().for_each(|v| walk(v, redactor)),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&objects) else {
+        return Vec::new();
+    };
+    walk(&mut value, redactor);
+    serde_json::from_value(value).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_dry_run_shows_of_a_secret_is_redacted() {
+        use slipway_core::plan::{Action, FieldChange, ObjectChange};
+        let redactor = secrets::Redactor::default();
+        redactor.add("t0ken-from-vault");
+        let objects = vec![ObjectChange {
+            object: "ConfigMap/app".into(),
+            source: Some("k8s/app.yaml:1:1".into()),
+            action: Action::Update,
+            diff: vec![FieldChange {
+                path: "data.token".into(),
+                before: Some(serde_json::json!("old")),
+                after: Some(serde_json::json!({"nested": ["Bearer t0ken-from-vault"]})),
+                forces_replace: false,
+            }],
+            reason: Some("rejected: t0ken-from-vault".into()),
+        }];
+        let shown = serde_json::to_string(&redacted_objects(&redactor, objects)).expect("json");
+        assert!(!shown.contains("t0ken-from-vault"), "{shown}");
+        assert!(
+            shown.contains("ConfigMap/app") && shown.contains("old"),
+            "{shown}"
+        );
+    }
     use serde_json::json;
 
     /// Below the threshold and above it (on the cores): every item `f` keeps, in order.
