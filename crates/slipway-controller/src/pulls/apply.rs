@@ -430,7 +430,17 @@ fn answer_once(
         if !held_before {
             store.unlock_environment(env, number)?;
         }
+        // Only what this apply did is undone: a close or an unlock handled meanwhile released
+        // the environment to follow its branch (unpinned, the lock gone), and re-pinning it to
+        // the head it ran before would leave it pinned, with no lock, for good.
+        let released = held_before
+            && store
+                .environment_lock(env)?
+                .is_none_or(|l| l.pull_request != number);
         store.modify_environment(env, |e| {
+            if released || !e.pinned {
+                return;
+            }
             e.pinned = pending.before_pinned;
             e.desired_commit = pending.before_desired.clone();
             e.updated_at = now_ms();
