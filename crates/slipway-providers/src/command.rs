@@ -297,29 +297,38 @@ impl Run<'_> {
             _ => None,
         };
 
-        if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), self.stdin) {
-            std::thread::spawn(move || {
-                // A program that exits without reading its input is judged by its reply, not
-                // by a broken pipe here.
-                let _ = stdin.write_all(&bytes);
-            });
+        // The threads serving the pipes end once the run is over (`stop`), even when a
+        // process that escaped the program's group (setsid) holds the pipes open for ever.
+        let stop = Arc::new(AtomicBool::new(false));
+        if let (Some(stdin), Some(bytes)) = (child.stdin.take(), self.stdin) {
+            let mut stdin = Stoppable::new(stdin, Arc::clone(&stop));
+            let _ = std::thread::Builder::new()
+                .name(PIPE_THREAD.into())
+                .spawn(move || {
+                    // A program that exits without reading its input is judged by its reply,
+                    // not by a broken pipe here.
+                    let _ = stdin.write_all(&bytes);
+                });
         }
 
         let tail = Arc::new(Mutex::new(TailBuffer::new(16 * 1024)));
         let (done_tx, done_rx) = mpsc::channel::<()>();
-        let log_copier = {
+        {
             let log = Arc::clone(self.log);
             let tail = Arc::clone(&tail);
             let done = done_tx.clone();
-            std::thread::spawn(move || {
-                copy_to_log(log_reader, &log, |chunk| {
-                    tail.lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .push(chunk)
-                });
-                let _ = done.send(());
-            })
-        };
+            let log_reader = Stoppable::new(log_reader, Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name(PIPE_THREAD.into())
+                .spawn(move || {
+                    copy_to_log(log_reader, &log, |chunk| {
+                        tail.lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .push(chunk)
+                    });
+                    let _ = done.send(());
+                })?;
+        }
         let captured = Arc::new(Mutex::new(Vec::new()));
         let overflow = Arc::new(AtomicBool::new(false));
         let mut readers = 1;
@@ -328,10 +337,13 @@ impl Run<'_> {
             let captured = Arc::clone(&captured);
             let overflow = Arc::clone(&overflow);
             let done = done_tx.clone();
-            std::thread::spawn(move || {
-                capture(stdout, limit, &captured, &overflow);
-                let _ = done.send(());
-            });
+            let stdout = Stoppable::new(stdout, Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name(PIPE_THREAD.into())
+                .spawn(move || {
+                    capture(stdout, limit, &captured, &overflow);
+                    let _ = done.send(());
+                })?;
         }
         drop(done_tx);
 
@@ -390,7 +402,9 @@ impl Run<'_> {
                 break;
             }
         }
-        drop(log_copier);
+        // Those still reading (or writing the request) end now: they hold no thread, nor
+        // the memory of the request, past the run.
+        stop.store(true, Ordering::SeqCst);
         let stdout = std::mem::take(&mut *captured.lock().unwrap_or_else(|p| p.into_inner()));
         let log_tail = tail
             .lock()
@@ -407,6 +421,82 @@ impl Run<'_> {
 
 /// Reads `reader` into `into` until end of file, or until more than `limit` bytes came (then
 /// sets `overflow` and stops reading).
+/// The name of the threads that serve a run's pipes.
+const PIPE_THREAD: &str = "slipway-pipe";
+
+/// One end of a pipe to a program, served until `stop` is set: each read or write waits for
+/// the pipe a tenth of a second at a time, and once `stop` is set a read ends as at the end of
+/// the output and a write fails. A process that escaped the program's group (setsid) may hold
+/// the other end open for ever; the thread serving this one ends with the run all the same.
+struct Stoppable<F> {
+    pipe: F,
+    stop: Arc<AtomicBool>,
+}
+
+impl<F: std::os::fd::AsRawFd> Stoppable<F> {
+    fn new(pipe: F, stop: Arc<AtomicBool>) -> Stoppable<F> {
+        let fd = pipe.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this value owns.
+        unsafe {
+            let flags = nix::libc::fcntl(fd, nix::libc::F_GETFL);
+            nix::libc::fcntl(fd, nix::libc::F_SETFL, flags | nix::libc::O_NONBLOCK);
+        }
+        Stoppable { pipe, stop }
+    }
+
+    /// Waits until the pipe is ready for `events`: `false` once `stop` is set.
+    fn ready(&self, events: nix::libc::c_short) -> bool {
+        let mut poll = nix::libc::pollfd {
+            fd: self.pipe.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            // SAFETY: one pollfd, ours, for 100 ms.
+            if unsafe { nix::libc::poll(&mut poll, 1, 100) } != 0 {
+                return true;
+            }
+        }
+    }
+}
+
+impl<F: Read + std::os::fd::AsRawFd> Read for Stoppable<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.pipe.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.ready(nix::libc::POLLIN) {
+                        return Ok(0);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<F: Write + std::os::fd::AsRawFd> Write for Stoppable<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.pipe.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.ready(nix::libc::POLLOUT) {
+                        return Err(io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.pipe.flush()
+    }
+}
+
 fn capture(mut reader: impl Read, limit: usize, into: &Mutex<Vec<u8>>, overflow: &AtomicBool) {
     let mut buf = [0u8; 8192];
     loop {
