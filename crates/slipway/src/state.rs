@@ -75,6 +75,17 @@ pub fn run(g: &Global, command: StateCommand) -> Result<ExitCode> {
         }
         StateCommand::Backup { file, output } => {
             let file = absolute(&file)?;
+            // The home's SQLite file is not the state when [state] names PostgreSQL: at most
+            // the copy `state migrate` left, stale since; a backup of it restored would lose
+            // every change made since.
+            let state = engine_config(g)?.engine().state;
+            if state.url.is_some() || state.url_env.is_some() || state.url_file.is_some() {
+                bail!(
+                    "this engine's state is in PostgreSQL ([state] in the engine configuration), \
+                     not in {}: back it up with pg_dump (docs/operations.md)",
+                    home.join("state.db").display()
+                );
+            }
             if file.exists() {
                 bail!(
                     "{} exists; a backup never overwrites a file",

@@ -221,6 +221,20 @@ fn a_postgres_state_round_trips_through_pg_dump_and_pg_restore() {
     s.ok(&["state", "migrate", "--to", &original.url()]);
     let original_url = original.url();
     use_state(&s, &original_url);
+    // Not `state backup`: it would copy the home's SQLite file, stale since the migration.
+    let refused = s.expect_code(
+        &[
+            "state",
+            "backup",
+            s.dir.path().join("b.db").to_str().expect("utf-8"),
+        ],
+        1,
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("pg_dump"),
+        "{refused:?}"
+    );
+    assert!(!s.dir.path().join("b.db").exists());
     let before = history(&s);
     let shown = status(&s);
     assert_eq!(before.len(), 2, "{before:?}");
