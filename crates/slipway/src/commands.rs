@@ -284,15 +284,24 @@ fn init(dir: &Path) -> Result<ExitCode> {
             );
         }
     }
+    // Each file made anew, never written through what is there: a folder someone else
+    // prepared may hold a symlink of that name to a file of the person running this.
+    let create = |path: &Path, content: &str| -> Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(content.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
     for (name, content) in FILES {
-        std::fs::write(dir.join(name), content)
-            .with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+        create(&dir.join(name), content)?;
     }
     // The engine's default home is `.slipway/` in the current directory: keep it out of Git.
     let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
-        std::fs::write(&ignore, ".slipway/\n")
-            .with_context(|| format!("cannot write {}", ignore.display()))?;
+    if std::fs::symlink_metadata(&ignore).is_err() {
+        create(&ignore, ".slipway/\n")?;
     }
     let shown = dir.display();
     eprintln!(

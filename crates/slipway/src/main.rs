@@ -52,7 +52,8 @@ pub struct Global {
     /// `env` commands and `status` then use its API instead of the local home.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     server: Option<String>,
-    /// The API token for --server.
+    /// The API token for --server. Prefer SLIPWAY_TOKEN: a command's arguments are readable
+    /// by every process on the machine.
     #[arg(
         long,
         global = true,
@@ -512,6 +513,14 @@ fn main() -> ExitCode {
         nix::libc::umask(0o077);
     }
     let cli = Cli::parse();
+    if std::env::args_os().any(|a| a == "--token" || a.to_string_lossy().starts_with("--token=")) {
+        // Too late to hide it, but not to say so.
+        eprintln!(
+            "warning: --token puts the token in this command's arguments, which every process \
+             on this machine can read (/proc/PID/cmdline), environments' code included; set \
+             SLIPWAY_TOKEN instead"
+        );
+    }
     if let Command::Supervise { spec } = &cli.command {
         // The process supervisor, detached from any CLI invocation (see
         // slipway_providers::process).

@@ -456,6 +456,43 @@ fn yaml_to_json(text: &str) -> Value {
     serde_saphyr::from_str(text).expect("the YAML parses")
 }
 
+/// `--token` is read, and said to be readable by every process on the machine; the token
+/// in `SLIPWAY_TOKEN` is not said so.
+#[test]
+fn a_token_given_as_an_argument_is_warned_about() {
+    let s = Sandbox::new();
+    let said = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).to_string();
+    let warning = "--token puts the token in this command's arguments";
+    let argued = said(s.run(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "slw_example",
+        "status",
+    ]));
+    assert!(argued.contains(warning), "{argued}");
+    let env = said(
+        s.cmd(&["--server", "http://127.0.0.1:9", "status"])
+            .env("SLIPWAY_TOKEN", "slw_example")
+            .output()
+            .expect("slipway runs"),
+    );
+    assert!(!env.contains(warning), "{env}");
+}
+
+/// A folder someone else prepared, holding a dangling symlink named like a file `init`
+/// writes: the file it points to is not made (it was, with the scaffold's content).
+#[test]
+fn init_writes_through_no_symlink_the_folder_holds() {
+    let s = Sandbox::new();
+    let folder = s.dir.path().join("prepared");
+    std::fs::create_dir(&folder).expect("mkdir");
+    let target = s.dir.path().join("operators-profile");
+    std::os::unix::fs::symlink(&target, folder.join("migrate.sql")).expect("a symlink");
+    let out = s.expect_code(&["init", folder.to_str().expect("utf-8")], 1);
+    assert!(!target.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn init_scaffolds_a_stack_that_validates_and_applies() {
     let s = Sandbox::new();
