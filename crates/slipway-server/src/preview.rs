@@ -720,17 +720,18 @@ async fn gate(
 }
 
 /// The answer to a request a page of another origin made to a private preview with the
-/// visitor's preview cookie, and that could change something or read the answer: a method
-/// other than GET, HEAD and OPTIONS, or a WebSocket handshake (which no CORS rule guards),
-/// with an `Origin` that is not the preview's own. The preview cookie goes with requests
+/// visitor's preview cookie, and that could change something or read the answer: any method
+/// but OPTIONS (a script's GET carries `Origin`, and an application that answers CORS with
+/// credentials would let that page read it; a link followed, an image, a form's GET carry
+/// none), or a WebSocket handshake (which no CORS rule guards), with an `Origin` that is not
+/// the preview's own. The preview cookie goes with requests
 /// from every page of the same site, and the previews of a stack share one
 /// (`pr-1.shop.localhost` and `pr-2.shop.localhost`): without this, the code of any branch
 /// with a preview could act in the visitor's name on the private previews they opened.
 /// `None` to go on. A request without `Origin` is no browser's cross-origin request.
 fn foreign_origin(method: &axum::http::Method, headers: &HeaderMap) -> Option<Response> {
     use axum::http::Method;
-    let changes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        || upgrade_protocol(headers).is_some();
+    let changes = *method != Method::OPTIONS || upgrade_protocol(headers).is_some();
     let origin = headers.get(header::ORIGIN)?;
     if !changes {
         return None;
