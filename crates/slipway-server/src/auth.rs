@@ -141,7 +141,7 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
             "a call made with the session cookie must send the session's CSRF token",
         )
         .hint(
-            "send the `csrf` of POST /api/v1/session in `X-Slipway-CSRF` (a GET may send it as `?csrf=`, as an EventSource must), or authenticate with `Authorization: Bearer <token>`",
+            "send the `csrf` of POST /api/v1/session in `X-Slipway-CSRF` (an event stream's GET may send it as `?csrf=`, as an EventSource must), or authenticate with `Authorization: Bearer <token>`",
         );
         return refuse(&guard, &principal.name, target.as_deref(), refusal).await;
     }

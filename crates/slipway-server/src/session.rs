@@ -6,7 +6,8 @@
 //!   CSRF token. The API token itself is never stored in the browser.
 //! - The guard accepts the cookie when no `Authorization` header is sent, and only with the
 //!   session's CSRF token: every call made with the cookie, reads included, sends it in
-//!   `X-Slipway-CSRF` (a `GET` may send it as the query's `csrf`, as an `EventSource` must),
+//!   `X-Slipway-CSRF` (an event stream's `GET` may send it as the query's `csrf`, as an
+//!   `EventSource` must),
 //!   else it is refused with `403` before its handler runs. A forged form post carries the
 //!   cookie (at most: `SameSite=Strict` already keeps it off cross-site requests) but cannot
 //!   know the token, nor set a custom header. Reads need it too because a browser sends the
@@ -148,13 +149,17 @@ pub(crate) fn csrf_matches(headers: &HeaderMap, expected: &str) -> bool {
         .is_some_and(|sent| same_secret(sent.as_bytes(), expected))
 }
 
-/// Whether the request carries `expected` in [`CSRF_HEADER`], or, for a `GET` or `HEAD`, in
-/// its query's `csrf` (an `EventSource` cannot send a header), compared in constant time.
+/// Whether the request carries `expected` in [`CSRF_HEADER`], or, for a `GET` of an event
+/// stream (`/api/v1/events`, a log's `…/follow`: an `EventSource` cannot send a header), in
+/// its query's `csrf`, compared in constant time. Only there: a query is what proxies log.
 pub(crate) fn csrf_sent(request: &Parts, expected: &str) -> bool {
     if csrf_matches(&request.headers, expected) {
         return true;
     }
-    if !matches!(request.method, Method::GET | Method::HEAD) {
+    let path = request.uri.path();
+    let stream = path == "/api/v1/events"
+        || (path.starts_with("/api/v1/environments/") && path.ends_with("/follow"));
+    if request.method != Method::GET || !stream {
         return false;
     }
     // A token is base64url: sent as it is, never percent-encoded.
@@ -195,7 +200,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .id("createSession", "session.create")
             .summary(
                 "Start a browser session",
-                "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every call made with the cookie, reads included (a GET may send it as the query's `csrf`, as an EventSource must); without it such calls are refused with 403: a browser sends the cookie to every port of the host, where environments' processes listen. The session lasts 12 hours and ends with the token's revocation; it is kept in the state, so every replica sharing it accepts the cookie and a restart keeps it.",
+                "Exchanges the bearer token of the call for a session cookie (`slipway_session`: HttpOnly, SameSite=Strict), as the web UI's login does. The answer's `csrf` must be sent in `X-Slipway-CSRF` with every call made with the cookie, reads included (an event stream's GET may send it as the query's `csrf`, as an EventSource must); without it such calls are refused with 403: a browser sends the cookie to every port of the host, where environments' processes listen. The session lasts 12 hours and ends with the token's revocation; it is kept in the state, so every replica sharing it accepts the cookie and a restart keeps it.",
             )
             .json::<SessionView>(StatusCode::CREATED, "The session started; the cookie is set."),
         Route::delete("/api/v1/session", logout)

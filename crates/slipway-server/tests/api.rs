@@ -1626,21 +1626,16 @@ fn a_browser_session_needs_its_csrf_token_for_every_change() {
     assert_matches_schema(&doc, "GET", "/api/v1/whoami", 200, &who.json());
     assert_eq!(who.json()["via"], "session");
     assert_eq!(who.json()["csrf"], csrf);
-    // A GET may carry the token in its query, as an EventSource must; a change may not.
+    // Only an event stream's GET may carry the token in its query, as an EventSource must (a
+    // query is what proxies log): not another read, nor a change. (The UI's Chromium tests
+    // follow the event stream with it.)
     f.raw(
         "GET",
         &format!("/api/v1/environments?csrf={csrf}"),
         &[("Cookie", &cookie)],
         None,
     )
-    .expect(200, "a read with the token in its query");
-    f.raw(
-        "GET",
-        "/api/v1/environments?csrf=not-the-token",
-        &[("Cookie", &cookie)],
-        None,
-    )
-    .expect(403, "a read with a wrong token in its query");
+    .expect(403, "a read with the token in its query");
     f.raw(
         "POST",
         &format!("/api/v1/environments/main/sync?csrf={csrf}"),
