@@ -180,6 +180,7 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> R
         listener
             .set_nonblocking(true)
             .context("cannot make the listener non-blocking")?;
+        hold_ipv6_loopback(&listener.local_addr()?);
         Listening::Alone(listener)
     };
     let port = match &listening {
@@ -721,6 +722,52 @@ fn compare(
         Output::Text => render::comparison_text(&comparison),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When Slipway listens on IPv4's loopback, holds the same port of IPv6's (`[::1]`) for the
+/// life of the process, bound and never listening. Browsers reach `localhost` and
+/// `*.localhost` at `::1` first: a program of an environment that took that port there (on a
+/// kernel whose sandbox does not confine binds) would be the UI's origin and every preview's,
+/// with the session's token and the preview links sent to it. Bound without listening, it
+/// refuses connections, and browsers go on to 127.0.0.1. Taken already by another program:
+/// said on stderr.
+pub(crate) fn hold_ipv6_loopback(listening: &std::net::SocketAddr) {
+    use nix::libc;
+    if listening.ip() != std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+        return;
+    }
+    let port = listening.port();
+    // SAFETY: a new socket of ours; on failure (no IPv6 here: no `::1` to take either) there
+    // is nothing to hold.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return;
+    }
+    let mut at: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    at.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    at.sin6_port = port.to_be();
+    at.sin6_addr.s6_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+    // SAFETY: `at` is a sockaddr_in6 of its own size, for the socket made above.
+    let bound = unsafe {
+        libc::bind(
+            fd,
+            std::ptr::from_ref(&at).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if bound == 0 {
+        // Held until the process ends.
+        return;
+    }
+    let error = std::io::Error::last_os_error();
+    // SAFETY: closing the socket made above, held by nothing else.
+    unsafe { libc::close(fd) };
+    if error.raw_os_error() == Some(libc::EADDRINUSE) {
+        eprintln!(
+            "warning: [::1]:{port} is taken by another program: browsers that reach \
+             `localhost` at ::1 reach it instead of Slipway; stop it, or listen on another port"
+        );
+    }
 }
 
 /// Whether a `postgres://user:password@host/db` URL carries a password.

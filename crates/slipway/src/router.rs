@@ -234,6 +234,7 @@ fn route(g: &Global, listen: &str) -> Result<ExitCode> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
+    crate::control::hold_ipv6_loopback(&listener.local_addr()?);
     let port = listener.local_addr()?.port();
     let controller = routing_controller(g, &config, port)?;
     lock.set_len(0)?;

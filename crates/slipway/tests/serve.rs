@@ -163,6 +163,27 @@ fn serve_follows_pushes_and_branches_repairs_drift_and_survives_sigkill() {
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
+/// The port serve listens on at 127.0.0.1 is held at `[::1]` too, where browsers reach
+/// `localhost` first: no program of an environment can be the UI's origin there.
+#[test]
+fn the_servers_port_on_ipv6_loopback_is_nobody_elses() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let (s, _) = setup();
+    let server = start_serve(&s);
+    let taken = std::net::TcpListener::bind(("::1", server.port()));
+    assert!(
+        taken
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse),
+        "{taken:?}"
+    );
+    // And a browser going to ::1 first is refused there, not served by someone else.
+    assert!(std::net::TcpStream::connect(("::1", server.port())).is_err());
+}
+
 #[test]
 fn env_commands_work_through_the_api_with_roles() {
     let (s, admin) = setup();
