@@ -106,6 +106,21 @@ impl Store {
                 .map_err(sql(format!("read {table}")))?;
             batches.push((*table, columns, rows));
         }
+        // The last id SQLite gave each numbered table, kept even when retention deleted every
+        // row: the target's numbering goes on after it, or ids that a notification cursor or
+        // an API client's `after` hold would be given again, and what they name skipped.
+        let mut given = std::collections::BTreeMap::new();
+        if source.dialect() == Dialect::Sqlite {
+            let rows = source
+                .rows("SELECT name, seq FROM sqlite_sequence", params![])
+                .map_err(sql("read the ids given"))?;
+            for row in rows {
+                let (Ok(name), Ok(seq)) = (row.get::<String>(0), row.get::<i64>(1)) else {
+                    continue;
+                };
+                given.insert(name, seq);
+            }
+        }
         drop(source);
         let dialect = target_conn.dialect();
         target_conn.transaction(TABLES, |tx| {
@@ -128,14 +143,17 @@ impl Store {
             }
             if dialect == Dialect::Postgres {
                 for table in NUMBERED {
-                    // The next id the target gives continues after the last one copied. The
-                    // functions named with their schema: a `setval(text, …)` someone made in
-                    // `public` would be a better match for the text the other returns.
+                    // The next id the target gives continues after the last one copied, and
+                    // the last one the source gave. The functions named with their schema: a
+                    // `setval(text, …)` someone made in `public` would be a better match for
+                    // the text the other returns.
+                    let given = given.get(*table).copied().unwrap_or(0);
                     tx.rows(
                         &format!(
                             "SELECT pg_catalog.setval(\
                              pg_catalog.pg_get_serial_sequence('{table}', 'id')::pg_catalog.regclass, \
-                             COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+                             GREATEST(COALESCE((SELECT MAX(id) FROM {table}), 0), {given}) + 1, \
+                             false)"
                         ),
                         params![],
                     )

@@ -166,6 +166,43 @@ fn a_sqlite_state_moves_into_postgres_whole_and_numbering_continues() {
     );
 }
 
+/// Retention deleted every event before the move: the ids go on after the last one SQLite
+/// gave all the same (a notification cursor holds it), rather than start again at 1.
+#[test]
+fn numbering_continues_after_ids_retention_deleted() {
+    let home = tempfile::tempdir().expect("a home");
+    let sqlite = populated(home.path());
+    let last = sqlite
+        .record_event(
+            None,
+            slipway_core::vocab::EventKind::WebhookFailed,
+            "m",
+            &json!({}),
+            8,
+        )
+        .expect("an event");
+    let pruned = sqlite
+        .prune(&slipway_state::Retention {
+            events_before: Some(i64::MAX),
+            ..slipway_state::Retention::default()
+        })
+        .expect("prune");
+    assert!(pruned.events > 0, "{pruned:?}");
+    let database = TestDatabase::create("slipway_migrate_ids");
+    let pg = Store::open_postgres(home.path(), &database.url()).expect("open the PostgreSQL state");
+    sqlite.copy_to(&pg).expect("copy");
+    let next = pg
+        .record_event(
+            None,
+            slipway_core::vocab::EventKind::WebhookFailed,
+            "m",
+            &json!({}),
+            9,
+        )
+        .expect("an event after the move");
+    assert!(next > last, "{next} after {last}");
+}
+
 #[test]
 fn a_move_into_a_state_that_has_history_is_refused_and_changes_nothing() {
     let home = tempfile::tempdir().expect("a home");
