@@ -483,6 +483,66 @@ fn a_commit_that_cannot_be_read_for_the_moment_leaves_the_environment_running_no
 }
 
 #[test]
+fn a_window_override_is_for_the_sync_that_asked_for_it_only() {
+    // No poll: the test says when the controller looks at the branch.
+    let w = World::polling(Duration::from_secs(3600));
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    // A commit that puts dev under a freeze that always holds, landed by a deployer's
+    // override (the freeze holds the commit that brings it too).
+    let frozen = STACK.replace(
+        "dev: { track: main }",
+        "dev: { track: main, windows: [{ kind: deny, schedule: \"0 0 * * *\", duration: 24h }] }",
+    );
+    w.push(
+        "main",
+        &frozen.replace("greeting: hello", "greeting: frozen"),
+        "freeze",
+    );
+    w.runtime
+        .block_on(
+            w.controller
+                .sync_overriding_window(&env_name("dev"), "dora"),
+        )
+        .expect("sync with an override");
+    w.wait_page("dev", "frozen from dev", "the freeze lands");
+    // A deployer overrides the freeze to sync a commit that cannot deploy anyway (invalid):
+    // its reconcile is held before the window is looked at.
+    w.push("main", "version: 1\nstack: ctl\nresources: [", "broken");
+    w.runtime
+        .block_on(
+            w.controller
+                .sync_overriding_window(&env_name("dev"), "dora"),
+        )
+        .expect("sync with an override");
+    wait_for("the broken commit is refused", T, || {
+        w.record("dev").filter(|r| {
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("not valid"))
+        })
+    });
+    // Then a commit nobody overrode the window for: the freeze holds it.
+    w.push(
+        "main",
+        &frozen.replace("greeting: hello", "greeting: thawed"),
+        "fix",
+    );
+    w.runtime.block_on(w.controller.refresh()).expect("refresh");
+    let held = wait_for("the new commit is held by the window", T, || {
+        w.record("dev").filter(|r| {
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("inside the deploy window"))
+        })
+    });
+    assert_eq!(
+        w.page("dev").as_deref(),
+        Some("frozen from dev"),
+        "{held:?}"
+    );
+}
+
+#[test]
 fn a_controller_behind_its_branch_never_undoes_a_newer_commit_whose_apply_failed() {
     // It fetches once an hour: after its first look, its idea of `main` stays at the first
     // commit, as a replica's does that was cut off while another one applied.
