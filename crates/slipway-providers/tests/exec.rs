@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Reaper, TestEnv, eventually, fixture, pid_running};
+use common::{Reaper, TestEnv, eventually, fixture, hostile, pid_running};
 use serde_json::{Value, json};
 use slipway_providers::{DynProvider, Observation, ProviderError, Registry, Retry};
 
@@ -127,16 +127,6 @@ fn delete_without_a_record_asks_the_program_with_a_null_state() {
             env.report()
         );
     });
-}
-
-fn hostile(mode: &str, extra: &[&str], timeout: &str) -> Value {
-    let mut program = vec![
-        "python3".to_owned(),
-        fixture("hostile_provider.py"),
-        mode.to_owned(),
-    ];
-    program.extend(extra.iter().map(|s| s.to_string()));
-    json!({"program": program, "timeout": timeout})
 }
 
 fn failure(env: &TestEnv, config: Value) -> (String, Option<String>, Retry) {

@@ -5,19 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, eventually, fixture, pid_running};
-use serde_json::{Value, json};
+use common::{TestEnv, eventually, hostile, pid_running};
 use slipway_providers::Registry;
-
-fn hostile(mode: &str, extra: &[&str], timeout: &str) -> Value {
-    let mut program = vec![
-        "python3".to_owned(),
-        fixture("hostile_provider.py"),
-        mode.to_owned(),
-    ];
-    program.extend(extra.iter().map(|s| s.to_string()));
-    json!({"program": program, "timeout": timeout})
-}
 
 /// The threads of this process that serve programs' pipes, by name.
 fn pipe_threads() -> usize {

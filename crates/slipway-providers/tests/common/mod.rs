@@ -170,3 +170,15 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// An `exec` resource's configuration running `fixtures/hostile_provider.py` in `mode` (its
+/// further arguments `extra`), with `timeout`.
+pub fn hostile(mode: &str, extra: &[&str], timeout: &str) -> serde_json::Value {
+    let mut program = vec![
+        "python3".to_owned(),
+        fixture("hostile_provider.py"),
+        mode.to_owned(),
+    ];
+    program.extend(extra.iter().map(|s| s.to_string()));
+    serde_json::json!({"program": program, "timeout": timeout})
+}
