@@ -1004,13 +1004,19 @@ impl Engine {
         secrets: &BTreeMap<String, secrets::SecretValue>,
     ) {
         let env = &desired.environment.name;
-        let Ok(redactor) = self.redactor(env) else {
-            // Not shown unredacted: the configuration's diff stays.
-            return;
+        // Made once a preview says something (most plans ask none: it reads every record).
+        let redactor = std::cell::OnceCell::new();
+        let redactor = || {
+            redactor
+                .get_or_init(|| {
+                    let redactor = self.redactor(env).ok()?;
+                    for value in secrets.values() {
+                        redactor.add(value.expose());
+                    }
+                    Some(redactor)
+                })
+                .as_ref()
         };
-        for value in secrets.values() {
-            redactor.add(value.expose());
-        }
         for change in plan
             .changes
             .iter_mut()
@@ -1035,10 +1041,22 @@ impl Engine {
             let instance = envelope.instance(&change.resource);
             let ctx = self.resource_context(&desired.stack, env, instance, &dirs, &ports, &sandbox);
             match provider.preview(ctx, config, &envelope.handle) {
-                Ok(Some(objects)) => change.objects = redacted_objects(&redactor, objects),
+                // Not shown unredacted: without the redactor, the configuration's diff stays.
+                Ok(Some(objects)) => {
+                    if let Some(redactor) = redactor() {
+                        change.objects = redacted_objects(redactor, objects);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
-                    let said = redactor.redact(&e.to_string());
+                    let said = redactor().map_or_else(
+                        || {
+                            "its message is withheld, as the secret values to redact it cannot \
+                            be read"
+                                .to_owned()
+                        },
+                        |redactor| redactor.redact(&e.to_string()),
+                    );
                     tracing::warn!(resource = %change.resource, error = %said, "no dry run");
                     if change.reason.is_none() {
                         change.reason = Some(slipway_core::vocab::Reason::Other(format!(

@@ -1,7 +1,7 @@
 //! Listing a commit's tree in process, as `git ls-tree -r -l` would, checking every path on the
 //! way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use gix::objs::Kind;
 
@@ -90,7 +90,10 @@ pub(crate) fn list_tree(
     };
     // The trees last read, by id, up to [`TREE_ENTRIES_KEPT`] entries in all: a tree named
     // under many directories (as in a tree made to look huge) is read once.
+    // Kept from its second reading on: in a repository's own trees none is read twice, and
+    // keeping a copy of each would double what a listing allocates.
     let mut trees: HashMap<String, Vec<TreeLine>> = HashMap::new();
+    let mut read_once: HashSet<String> = HashSet::new();
     let mut kept = 0usize;
     let mut tree = |reader: &mut Reader<'_>, oid: &str| -> Result<Vec<TreeLine>, GitError> {
         if let Some(entries) = trees.get(oid) {
@@ -104,6 +107,9 @@ pub(crate) fn list_tree(
             )));
         }
         let entries = parse_tree(reader.expect(oid, Kind::Tree)?, oid_len)?;
+        if read_once.insert(oid.to_owned()) {
+            return Ok(entries);
+        }
         if kept + entries.len() > TREE_ENTRIES_KEPT {
             trees.clear();
             kept = 0;
