@@ -39,14 +39,21 @@ fn is_state_file(path: &std::path::Path) -> bool {
             .is_some_and(|dir| dir == "run")
 }
 
+/// `slipway secret keygen` in `s`: the engine's age recipient it prints.
+fn keygen(s: &Sandbox) -> String {
+    let keygen = s.ok(&["secret", "keygen"]);
+    let recipient = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    assert!(recipient.starts_with("age1"), "{}", text(&keygen));
+    recipient
+}
+
 /// A branch's checkout holding `slipway.secrets.yaml.tmp`, a symlink to a file of the person
 /// who sets a secret there: the file is left alone (it was overwritten with the secrets'
 /// YAML), and the secret is set.
 #[test]
 fn setting_a_secret_writes_through_no_symlink_the_checkout_holds() {
     let s = Sandbox::new();
-    let keygen = s.ok(&["secret", "keygen"]);
-    let recipient = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    let recipient = keygen(&s);
     s.write(
         "slipway.yaml",
         &format!(
@@ -74,9 +81,7 @@ fn setting_a_secret_writes_through_no_symlink_the_checkout_holds() {
 #[test]
 fn secrets_are_set_listed_decrypted_at_apply_and_never_shown() {
     let s = Sandbox::new();
-    let keygen = s.ok(&["secret", "keygen"]);
-    let recipient = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
-    assert!(recipient.starts_with("age1"), "{}", text(&keygen));
+    let recipient = keygen(&s);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -290,8 +295,7 @@ resources:
 #[test]
 fn a_missing_or_wrong_key_is_a_clear_error_naming_the_secret() {
     let s = Sandbox::new();
-    let keygen = s.ok(&["secret", "keygen"]);
-    let recipient = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    let recipient = keygen(&s);
     s.write(
         "slipway.yaml",
         &format!(
