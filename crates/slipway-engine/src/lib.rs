@@ -573,6 +573,26 @@ pub enum LockWait<'a> {
     Block(&'a dyn Fn()),
 }
 
+/// Refuses a home holding a file git tracks. The default home, `.slipway/`, sits in the
+/// work tree of the repository it deploys (ignored by the `.gitignore` `slipway init`
+/// writes): a checkout of a branch that commits `.slipway/state.db` writes it over the
+/// ignored one, and the engine would then trust that branch's tokens, keys and records
+/// (`serve` would let its tokens in). Checked before anything in the home is read.
+///
+/// # Errors
+/// [`EngineError::Environment`] naming the tracked file and the fix.
+pub fn refuse_tracked_home(home: &Path) -> Result<(), EngineError> {
+    let Some(tracked) = slipway_git::tracked_under(home) else {
+        return Ok(());
+    };
+    Err(EngineError::Environment(format!(
+        "the home {} holds `{}`, which the git work tree {} tracks: a checkout of a branch          that commits files there replaces the engine's state and keys with that branch's.          Check out a branch that does not track them (and check that the state is yours),          or use a home outside the work tree (--home, SLIPWAY_HOME)",
+        home.display(),
+        tracked.file,
+        tracked.work_tree.display()
+    )))
+}
+
 /// The engine, over one home directory.
 pub struct Engine {
     home: PathBuf,
@@ -610,6 +630,7 @@ impl Engine {
             "cannot create the home {}",
             home.display()
         )))?;
+        refuse_tracked_home(home)?;
         let isolation = isolation::effective(config.local.isolation)?;
         isolation::check_credentials_out_of_reach(isolation, home, &config)?;
         let store = match config

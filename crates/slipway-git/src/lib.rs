@@ -31,9 +31,11 @@ mod repository;
 mod source;
 mod spec;
 mod store;
+mod worktree;
 
 pub use error::GitError;
 pub use export::remove_export;
 pub use listing::{MAX_EXPORT_BYTES, MAX_TREE_ENTRIES};
 pub use repository::{GitRepository, names_a_branch};
 pub use source::{Branch, Commit, EntryKind, Source, TreeEntry};
+pub use worktree::{Tracked, tracked_under};

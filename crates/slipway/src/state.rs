@@ -34,6 +34,7 @@ pub fn run(g: &Global, command: StateCommand) -> Result<ExitCode> {
                     home.display()
                 );
             }
+            slipway_engine::refuse_tracked_home(&home)?;
             let source = Store::open(&home)?;
             let target = Store::open_postgres(&home, &url)?;
             let copied = source.copy_to(&target).with_context(|| {
@@ -92,6 +93,7 @@ pub fn run(g: &Global, command: StateCommand) -> Result<ExitCode> {
                     file.display()
                 );
             }
+            slipway_engine::refuse_tracked_home(&home)?;
             let store = Store::open(&home)?;
             store.backup(&file)?;
             match output {

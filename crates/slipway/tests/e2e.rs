@@ -493,6 +493,37 @@ fn init_writes_through_no_symlink_the_folder_holds() {
     assert!(!target.exists(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The default home, `.slipway/` in the work tree, ignored: a branch that commits
+/// `.slipway/state.db` has a checkout write it over the operator's (git overwrites ignored
+/// files), with the branch's tokens and keys. The engine refuses such a home before reading it.
+#[test]
+fn a_home_a_checked_out_branch_tracks_is_refused() {
+    let s = Sandbox::new();
+    s.ok(&["init", "."]);
+    s.commit("init");
+    let in_tree = |args: &[&str]| {
+        let mut command = s.cmd(args);
+        command.env_remove("SLIPWAY_HOME");
+        command.output().expect("slipway runs")
+    };
+    assert!(in_tree(&["status"]).status.success(), "the default home");
+    let state = s.repo.join(".slipway/state.db");
+    assert!(state.is_file(), "the default home is in the work tree");
+
+    git(&s.repo, &["checkout", "-qb", "hostile"]);
+    git(&s.repo, &["add", "-f", ".slipway/state.db"]);
+    git(&s.repo, &["commit", "-qm", "the state, with my tokens"]);
+    let before = std::fs::read(&state).expect("the state");
+    let refused = in_tree(&["status"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("`.slipway/state.db`"), "{said}");
+    assert!(said.contains("--home"), "the fix: {said}");
+    assert_eq!(std::fs::read(&state).expect("the state"), before, "unread");
+    // A home outside the work tree is the engine's alone.
+    s.ok(&["status"]);
+}
+
 #[test]
 fn init_scaffolds_a_stack_that_validates_and_applies() {
     let s = Sandbox::new();
