@@ -568,14 +568,10 @@ fn converge(
         None if record.pinned => None,
         None => match inner.source.resolve_tracked(&reference) {
             Ok(commit) => Some(commit.sha),
-            Err(e) => {
-                // A fault of the moment leaves the environment as it runs; the failure is
-                // recorded with the retries (`policy::record_failure`).
-                if !e.retryable() {
-                    mark_failed(inner, &record, &e.to_string())?;
-                }
-                return Err(e.into());
-            }
+            // Recorded by the error policy (`policy::record_failure`): a fault of the moment
+            // leaves the environment as it runs; one that lasts (the branch was deleted)
+            // fails it, with a `reconcile.failed` event, which notifies.
+            Err(e) => return Err(e.into()),
         },
     };
     // Never back to an older commit than the one running, nor than the one last applied,
@@ -651,9 +647,7 @@ fn converge(
                 };
                 report_once(inner, Some(name), cause, &message);
             }
-            if !e.retryable() {
-                mark_failed(inner, &record, &message)?;
-            }
+            // Recorded, with its event, by the error policy (as above).
             return Err(e.into());
         }
     };

@@ -483,6 +483,37 @@ fn a_commit_that_cannot_be_read_for_the_moment_leaves_the_environment_running_no
 }
 
 #[test]
+fn a_tracked_branch_deleted_fails_its_environment_with_an_event_that_notifies() {
+    let w = World::new();
+    let with_release = STACK.replace(
+        "  dev: { track: main }\n",
+        "  dev: { track: main }\n  release: { track: release }\n",
+    );
+    w.push("release", &with_release, "the release branch");
+    w.push("main", &with_release, "release tracks its branch");
+    w.wait_page("release", "hello from release", "release runs its branch");
+
+    git(&w.work, &["push", "-q", "origin", "--delete", "release"]);
+    let record = wait_for("release fails", T, || {
+        w.record("release").filter(|r| r.sync == SyncState::Failed)
+    });
+    let message = record.message.expect("why");
+    assert!(message.contains("release"), "{message}");
+    let failed: Vec<_> = events_of(&w, "release")
+        .into_iter()
+        .filter(|e| e.kind == EventKind::ReconcileFailed)
+        .collect();
+    // The event is what notifications are made of (`NotifyKind::of`).
+    assert_eq!(failed.len(), 1, "one event while the failure lasts");
+    assert!(
+        failed[0].message.contains("not retried"),
+        "{}",
+        failed[0].message
+    );
+    assert_eq!(w.page("release").as_deref(), Some("hello from release"));
+}
+
+#[test]
 fn a_window_override_is_for_the_sync_that_asked_for_it_only() {
     // No poll: the test says when the controller looks at the branch.
     let w = World::polling(Duration::from_secs(3600));
