@@ -11,7 +11,7 @@ mod util;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use slipway_testkit::cluster::Cluster;
 use slipway_testkit::wait::wait_for;
 use util::Sandbox;
@@ -276,15 +276,33 @@ fn a_crd_and_its_custom_resource_apply_in_one_set_and_destroy_removes_both() {
     let s = sandbox(k);
     let group = "kcrd.example.com";
     // The custom resource comes first in the files: the order is Slipway's to make.
+    let name = format!("  name: widgets.{group}\n");
+    let noted = format!("{name}  annotations: {{ example.com/note: first }}\n");
     s.write("slipway.yaml", &stack("kcrd", ""))
         .write("k8s/a-widget.yaml", &widget(group))
-        .write("k8s/b-crd.yaml", &widget_crd(group))
+        .write("k8s/b-crd.yaml", &widget_crd(group).replace(&name, &noted))
         .commit("a CRD and a widget");
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let crd = k
         .get("", "crd", &format!("widgets.{group}"))
         .expect("the CRD is applied");
     assert_eq!(label(&crd, "slipway.dev/environment"), Some("dev"));
+    assert_eq!(crd["metadata"]["annotations"]["example.com/note"], "first");
+    // Created by a POST (see `send_cluster_scoped`), and still Slipway's apply's to change:
+    // a field the manifests drop goes.
+    s.write("k8s/b-crd.yaml", &widget_crd(group))
+        .commit("no note");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let crd = k
+        .get("", "crd", &format!("widgets.{group}"))
+        .expect("the CRD stays");
+    assert!(
+        crd["metadata"]["annotations"]
+            .get("example.com/note")
+            .is_none(),
+        "{}",
+        crd["metadata"]["annotations"]
+    );
     let w = k
         .get("kcrd-dev", &format!("widgets.{group}"), "w")
         .expect("the widget is applied");
@@ -465,6 +483,42 @@ fn an_immutable_field_change_replaces_the_object() {
         "a new job"
     );
     assert!(second["spec"]["template"].to_string().contains("echo v2"));
+}
+
+/// A cluster-scoped object is replaced the same way, and made again as its own (by a POST,
+/// see `send_cluster_scoped`).
+#[test]
+fn an_immutable_field_change_replaces_a_cluster_scoped_object() {
+    let k = cluster();
+    let s = sandbox(k);
+    let mut config = std::fs::read_to_string(&s.config).expect("the engine config");
+    config.push_str("cluster_scoped = [\"ClusterRoleBinding\"]\n");
+    std::fs::write(&s.config, config).expect("write the engine config");
+    let binding = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+                   metadata: { name: kimmc-readers }\n\
+                   roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view }\n\
+                   subjects: [{ kind: Group, name: readers, apiGroup: rbac.authorization.k8s.io }]\n";
+    s.write("slipway.yaml", &stack("kimmc", ""))
+        .write("k8s/binding.yaml", binding)
+        .commit("a binding");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let first = k
+        .get("", "clusterrolebinding", "kimmc-readers")
+        .expect("applied");
+    s.write(
+        "k8s/binding.yaml",
+        &binding.replace("name: view", "name: edit"),
+    )
+    .commit("its roleRef changes: immutable");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let second = k
+        .get("", "clusterrolebinding", "kimmc-readers")
+        .expect("applied again");
+    assert_ne!(first["metadata"]["uid"], second["metadata"]["uid"]);
+    assert_eq!(second["roleRef"]["name"], "edit");
+    assert_eq!(label(&second, "slipway.dev/environment"), Some("dev"));
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(k.get("", "clusterrolebinding", "kimmc-readers").is_none());
 }
 
 #[test]
@@ -692,4 +746,93 @@ fn the_controller_deploys_and_repairs_drift_by_another_manager_by_itself() {
         Duration::from_secs(60),
         || greeting().filter(|g| g == "hello from dev"),
     );
+}
+
+/// Two environments naming one namespace, applied at the same moment, as a branch can make
+/// its own preview do against a namespace another environment is creating: both found it
+/// absent, and the second's apply relabelled the first's namespace as its own, which the
+/// first then filled (its Secrets readable by the second's RoleBindings there). The first to
+/// create it has it; the other is refused, every time.
+#[test]
+fn two_environments_racing_for_one_namespace_never_share_it() {
+    use slipway_providers::kubernetes::{ClusterConfig, KubernetesProvider};
+    use slipway_providers::{EnvDirs, Provider, ProviderSettings, ResourceContext};
+
+    let k = cluster();
+    let provider = KubernetesProvider::new(
+        [(
+            "test".to_owned(),
+            ClusterConfig {
+                kubeconfig: Some(k.kubeconfig()),
+                ..ClusterConfig::default()
+            },
+        )]
+        .into(),
+        "race-instance",
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dirs = EnvDirs {
+        root: dir.path().to_path_buf(),
+        src: dir.path().join("src"),
+        data: dir.path().join("data"),
+        logs: dir.path().join("logs"),
+        run: dir.path().join("run"),
+        opened: slipway_providers::OpenDirs::default(),
+    };
+    let settings = ProviderSettings::default();
+    let ports = std::collections::BTreeMap::new();
+    for round in 0..6 {
+        let namespace = format!("krace-{round}");
+        let config: slipway_providers::kubernetes::Config = serde_json::from_value(json!({
+            "cluster": "test",
+            "namespace": namespace,
+            "manifests": [{"source": "k8s/cm.yaml:1:1", "object": {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings"}, "data": {"a": "b"},
+            }}],
+        }))
+        .expect("a configuration");
+        let racers = ["racer-a", "racer-b"]
+            .map(|name| slipway_core::EnvName::parse(&format!("{name}-{round}")).expect("a name"));
+        let start = std::sync::Barrier::new(racers.len());
+        let outcomes: Vec<(String, bool)> = std::thread::scope(|scope| {
+            let runs: Vec<_> = racers
+                .iter()
+                .map(|env| {
+                    let (provider, config, start) = (&provider, &config, &start);
+                    let (dirs, settings, ports) = (&dirs, &settings, &ports);
+                    scope.spawn(move || {
+                        let ctx = ResourceContext {
+                            environment: env,
+                            stack: "krace",
+                            resource: "app",
+                            dirs,
+                            ports,
+                            settings,
+                            redact: &[],
+                            sandbox: &slipway_providers::sandbox::UNCONFINED,
+                        };
+                        start.wait();
+                        (env.to_string(), provider.create(ctx, config).is_ok())
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().expect("a racer"))
+                .collect()
+        });
+        let winners: Vec<&str> = outcomes
+            .iter()
+            .filter(|(_, won)| *won)
+            .map(|(env, _)| env.as_str())
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        let live = k.get("", "namespace", &namespace).expect("the namespace");
+        assert_eq!(
+            label(&live, "slipway.dev/environment"),
+            Some(winners[0]),
+            "round {round}: the namespace is its creator's"
+        );
+        k.kubectl(&["delete", "namespace", &namespace, "--wait=false"]);
+    }
 }

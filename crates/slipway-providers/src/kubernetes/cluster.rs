@@ -247,13 +247,15 @@ pub(crate) fn api_code(error: &kube::Error) -> Option<u16> {
 }
 
 /// Whether the API server refused a change because a field cannot change once set (a Job's
-/// template, a Service's `clusterIP`, a Deployment's selector): the object is then replaced.
+/// template, a Service's `clusterIP`, a Deployment's selector, a binding's `roleRef`): the
+/// object is then replaced.
 pub(crate) fn is_immutable(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(status) => {
             status.code == 422
-                && (status.message.contains("immutable")
-                    || status.message.contains("may not change"))
+                && ["immutable", "may not change", "cannot change"]
+                    .iter()
+                    .any(|said| status.message.contains(said))
         }
         _ => false,
     }

@@ -10,7 +10,8 @@
 //! environment's (labelled by this home, environment and resource; an existing namespace of
 //! anyone else is refused, `kube-system` included), cluster-scoped objects are refused unless
 //! the cluster's configuration lists their kind (default: CRDs only), and an existing
-//! cluster-scoped object that another environment owns is never taken over. What the
+//! cluster-scoped object that another environment owns is never taken over (one absent is
+//! created by a POST, which fails if another environment made it meanwhile). What the
 //! credentials can do beyond that is for the cluster's RBAC to bound (docs/kubernetes.md has
 //! the ClusterRole the controller needs).
 //!
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
 use serde::{Deserialize, Serialize};
@@ -208,6 +209,36 @@ enum DryRun {
         live: Value,
         would: Value,
     },
+}
+
+/// Whether a cluster-scoped object is there (see [`Run::check_owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Absent,
+    Ours,
+}
+
+/// How many times a cluster-scoped object found absent is created before giving up (each
+/// failure is another environment making it meanwhile, then it going).
+const CLAIM_TRIES: usize = 3;
+
+/// The merge patch that hands what `created`'s POST set to [`FIELD_MANAGER`]'s server-side
+/// apply (its `Update` entry of `managedFields` made an `Apply` one), on the version the POST
+/// made; `None` when it has no such entry.
+fn managed_by_apply(created: &Value) -> Option<Value> {
+    let version = created.pointer("/metadata/resourceVersion")?.clone();
+    let mut entries = created
+        .pointer("/metadata/managedFields")?
+        .as_array()?
+        .clone();
+    let mut handed = false;
+    for entry in &mut entries {
+        if entry["manager"] == FIELD_MANAGER && entry["operation"] == "Update" {
+            entry["operation"] = json!("Apply");
+            handed = true;
+        }
+    }
+    handed.then(|| json!({"metadata": {"resourceVersion": version, "managedFields": entries}}))
 }
 
 /// An object ready to send: resolved against discovery, labelled, placed.
@@ -582,8 +613,9 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Refuses to touch an existing object that this resource does not own.
-    async fn check_owner(&self, prepared: &Prepared) -> Result<(), ProviderError> {
+    /// Refuses to touch an existing object that this resource does not own; says whether
+    /// there is one.
+    async fn check_owner(&self, prepared: &Prepared) -> Result<Found, ProviderError> {
         let api = self.api_for(&prepared.reference, &prepared.resource);
         let existing = api.get_opt(&prepared.reference.name).await.map_err(|e| {
             self.cluster.error(
@@ -611,21 +643,125 @@ impl<'a> Run<'a> {
                     Retry::Terminal,
                 ));
             }
+            return Ok(Found::Ours);
         }
-        Ok(())
+        Ok(Found::Absent)
+    }
+
+    /// Applies a cluster-scoped object: one nobody has is created, one this resource owns
+    /// is applied. Two environments naming the same object at once both find it absent;
+    /// a server-side apply would then let the second relabel the first's object as its own
+    /// (and have its objects, or a namespace, handed over), so it is created by a POST,
+    /// which the server refuses when the name was taken meanwhile, and whose it is is read
+    /// again.
+    async fn send_cluster_scoped(&self, prepared: &Prepared) -> Result<Value, ProviderError> {
+        let api = self.api_for(&prepared.reference, &prepared.resource);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let what = format!("{}: creating {}", prepared.source, prepared.reference);
+        for _ in 0..CLAIM_TRIES {
+            match self.check_owner(prepared).await? {
+                Found::Ours => match prepared.apply_with(&api, &params).await {
+                    Ok(applied) => return Ok(serde_json::to_value(applied).unwrap_or(Value::Null)),
+                    // Replaced: deleted here, and created again by the next turn (never
+                    // applied to a name left free meanwhile, as `send` would).
+                    Err(e) if is_immutable(&e) => {
+                        tracing::info!(object = %prepared.reference, "an immutable field changed: replacing");
+                        self.delete_and_wait(&prepared.reference, &prepared.resource)
+                            .await?;
+                    }
+                    Err(e) => {
+                        let applying =
+                            format!("{}: applying {}", prepared.source, prepared.reference);
+                        return Err(self.cluster.error(&applying, &e));
+                    }
+                },
+                Found::Absent => {
+                    if let Some(created) = self.create(&api, &prepared.object, &what).await? {
+                        return Ok(created);
+                    }
+                }
+            }
+        }
+        Err(failed(
+            format!("{what}: the object came and went while it was being created"),
+            Retry::Retryable,
+        ))
+    }
+
+    /// Creates `object` through `api` (a POST), or `None` when the server says it exists.
+    /// What the POST set is then handed to this field manager's server-side apply: a POST
+    /// records it as owned by an update, which the next apply does not take back, so a
+    /// field later removed from the manifests would stay.
+    async fn create(
+        &self,
+        api: &Api<DynamicObject>,
+        object: &Value,
+        what: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        let typed: DynamicObject = serde_json::from_value(object.clone())
+            .map_err(|e| ProviderError::Config(format!("{what}: {e}")))?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let created = match api.create(&params, &typed).await {
+            Ok(created) => serde_json::to_value(created).unwrap_or(Value::Null),
+            Err(e) if api_code(&e) == Some(409) => return Ok(None),
+            Err(e) => return Err(self.cluster.error(what, &e)),
+        };
+        let name = typed.metadata.name.as_deref().unwrap_or_default();
+        let Some(handed) = managed_by_apply(&created) else {
+            return Ok(Some(created));
+        };
+        // On the version the POST made only: a change meanwhile keeps the update's entry,
+        // which costs only the removal of a field this manager alone set.
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&handed))
+            .await
+        {
+            Ok(patched) => Ok(Some(serde_json::to_value(patched).unwrap_or(Value::Null))),
+            Err(e) => {
+                tracing::warn!(object = what, error = %e, "created, its fields left owned by an update");
+                Ok(Some(created))
+            }
+        }
     }
 
     async fn ensure_namespace(&self) -> Result<(), ProviderError> {
         let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
         let api: Api<DynamicObject> = Api::all_with(self.client(), &resource);
         let what = format!("namespace `{}`", self.namespace);
+        let mut object = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": self.namespace, "labels": {}},
+        });
+        for (key, value) in self.provider.labels(&self.ctx) {
+            object["metadata"]["labels"][key] = json!(value);
+        }
         let deadline = Instant::now() + DELETE_WAIT;
+        let mut created = 0;
         loop {
             let existing = api
                 .get_opt(self.namespace)
                 .await
                 .map_err(|e| self.cluster.error(&format!("reading {what}"), &e))?;
-            let Some(existing) = existing else { break };
+            // Made by a POST, refused when another environment made it meanwhile (see
+            // `send_cluster_scoped`): then read again, to say whose it is.
+            let Some(existing) = existing else {
+                created += 1;
+                let creating = format!("creating {what}");
+                if self.create(&api, &object, &creating).await?.is_some() {
+                    return Ok(());
+                }
+                if created == CLAIM_TRIES {
+                    return Err(failed(
+                        format!("{creating}: it came and went while it was being created"),
+                        Retry::Retryable,
+                    ));
+                }
+                continue;
+            };
             let existing = serde_json::to_value(existing).unwrap_or(Value::Null);
             if !self.provider.owns(&self.ctx, &existing) {
                 return Err(failed(
@@ -648,14 +784,6 @@ impl<'a> Run<'a> {
                 ));
             }
             tokio::time::sleep(POLL).await;
-        }
-        let mut object = json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": self.namespace, "labels": {}},
-        });
-        for (key, value) in self.provider.labels(&self.ctx) {
-            object["metadata"]["labels"][key] = json!(value);
         }
         api.patch(
             self.namespace,
@@ -768,8 +896,7 @@ impl<'a> Run<'a> {
         let mut applied = Vec::new();
         for manifest in crds {
             let prepared = self.prepare(manifest).await?;
-            self.check_owner(&prepared).await?;
-            self.send(&prepared).await?;
+            self.send_cluster_scoped(&prepared).await?;
             self.wait_established(&prepared).await?;
             if let Some(group) = manifest
                 .object
@@ -800,9 +927,10 @@ impl<'a> Run<'a> {
             }
             stream::iter(group.iter().map(|object| async move {
                 if object.reference.namespace.is_none() {
-                    self.check_owner(object).await?;
+                    self.send_cluster_scoped(object).await
+                } else {
+                    self.send(object).await
                 }
-                self.send(object).await
             }))
             .buffered(IN_FLIGHT)
             .try_collect::<Vec<_>>()
