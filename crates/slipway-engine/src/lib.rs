@@ -1290,20 +1290,51 @@ impl Engine {
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
             .min(8);
-        if ready.len() < ALONE || threads < 2 {
-            return observe(ready).into_iter().collect();
+        let mut observed: BTreeMap<String, Observed> = if ready.len() < ALONE || threads < 2 {
+            observe(ready).into_iter().collect()
+        } else {
+            let chunk = ready.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = ready
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || observe(part)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("an observation does not panic"))
+                    .collect()
+            })
+        };
+        let mut redactor = None;
+        for observation in observed.values_mut() {
+            self.redact_observed(env, observation, &mut redactor);
         }
-        let chunk = ready.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = ready
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || observe(part)))
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("an observation does not panic"))
-                .collect()
-        })
+        observed
+    }
+
+    /// Redacts the reason `observed` gives of the environment's secret values: it is a
+    /// provider's words (an exec program's own among them), which may quote them, and it is
+    /// shown to every viewer, in plans and in pull requests' comments. `redactor` is made
+    /// for the first reason to redact (it reads every resource record of the environment);
+    /// one that cannot be made withholds the reason.
+    pub(crate) fn redact_observed(
+        &self,
+        env: &EnvName,
+        observed: &mut Observed,
+        redactor: &mut Option<Result<secrets::Redactor, String>>,
+    ) {
+        let (Observed::Drifted(why) | Observed::Missing(why)) = observed else {
+            return;
+        };
+        let redactor =
+            redactor.get_or_insert_with(|| self.redactor(env).map_err(|e| e.to_string()));
+        *why = match redactor {
+            Ok(redactor) => redactor.redact(why),
+            Err(e) => format!(
+                "its reason is withheld, as the environment's secret values cannot be read to \
+                 redact it: {e}"
+            ),
+        };
     }
 
     /// Observes one recorded resource through its provider, with the environment's recorded

@@ -330,6 +330,8 @@ impl Engine {
         // Made when the first resource is observed: an environment with nothing to observe
         // is not given a uid for it.
         let mut sandbox = None;
+        // Made for the first reason a provider gives (see `Engine::redact_observed`).
+        let mut redactor = None;
         let none = BTreeMap::new();
         // The environment's directories at the commit its resources run from: the same for
         // all of them but after a failed apply.
@@ -370,7 +372,7 @@ impl Engine {
                     resolved: envelope.resolved,
                     handle: envelope.handle,
                 };
-                let observed = match sandbox {
+                let mut observed = match sandbox {
                     Ok(sandbox) => self.observe_in(
                         &env.stack,
                         sandbox,
@@ -381,6 +383,7 @@ impl Engine {
                     ),
                     Err(why) => Observed::Drifted(why.clone()),
                 };
+                self.redact_observed(&env.name, &mut observed, &mut redactor);
                 match observed {
                     Observed::InSync => {}
                     Observed::Drifted(why) => {

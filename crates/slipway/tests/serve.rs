@@ -499,3 +499,63 @@ fn a_file_edited_after_a_listing_shows_drifted_in_the_next_one() {
     drop(server);
     let _ = s.run(&["destroy", "--env", "dev", "--yes"]);
 }
+
+/// An exec program that makes a secret token, and says at every read that it drifted, quoting
+/// it (as a program's own words may).
+const TATTLER: &str = r#"import json, sys
+request = json.load(sys.stdin)
+token = "tok-" + "wh1sp3r-" + request["environment"]
+if request["op"] in ("create", "update"):
+    print(json.dumps({"outputs": {"token": token}, "secret_outputs": ["token"], "state": {}}))
+elif request["op"] == "read":
+    print(json.dumps({"status": "drifted", "reason": "token " + token + " was rotated"}))
+else:
+    print("{}")
+"#;
+
+/// A drift's reason, the provider's words, is redacted of the environment's secret values
+/// before it is the environment's message and its `drift.detected` event, which every viewer
+/// reads and notifications carry.
+#[test]
+fn a_drift_s_reason_quoting_a_secret_is_redacted() {
+    let s = Sandbox::new();
+    s.write("tattler.py", TATTLER);
+    s.commit_stack(
+        "tattle",
+        "{ dev: { track: main, self_heal: false } }",
+        "  tok: { type: exec, program: [\"python3\", \"tattler.py\"] }\n",
+        "an exec resource whose reads quote its secret",
+    );
+    util::world::append_config(
+        &s,
+        "[repo]\npoll_interval = \"1h\"\n[controller]\ndrift_interval = \"300ms\"\n",
+    );
+    let secret = "tok-wh1sp3r-dev";
+    let server = start_serve(&s);
+    let token = named_token(&s, "viewer", "reader");
+    let message = wait_for("dev reports its drift", T, || {
+        let (code, dev) = api_request(
+            &server.addr,
+            "GET",
+            "/api/v1/environments/dev",
+            &token,
+            None,
+        );
+        assert!(code == 200 || code == 404, "dev answers: {dev}");
+        let message = dev["message"].as_str().unwrap_or_default().to_owned();
+        let tok = status_resource(&dev, "tok").cloned().unwrap_or(Value::Null);
+        message.contains("drift").then_some((message, tok))
+    });
+    let (message, tok) = message;
+    assert_eq!(tok["status"], "drifted", "{tok}");
+    assert!(!tok.to_string().contains(secret), "{tok}");
+    assert!(!message.contains(secret), "{message}");
+    assert!(message.contains("was rotated"), "{message}");
+    let events = stored_events(&s, "drift.detected");
+    assert!(!events.is_empty(), "the drift's event");
+    for event in events {
+        assert!(!event.message.contains(secret), "{}", event.message);
+    }
+    drop(server);
+    let _ = s.run(&["destroy", "--env", "dev", "--yes"]);
+}
