@@ -445,6 +445,29 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 }
 
+/// `/slipway apply` is judged by the deploy windows of the environment's rules as its
+/// branch's head has them, in force yet or not: a pull request opened from a main before a
+/// freeze is not applied inside it (a comment is no deployer's override).
+#[test]
+fn a_pull_request_from_before_a_freeze_is_not_applied_inside_it() {
+    let w = world();
+    w.forge.set_permission("alice", "write");
+    let head = w.push_pr(4, "feature-4", "pr4");
+    open(&w, 4, "feature-4", &head);
+    w.forge.wait_for_comment(4, |c| c.body.contains(MARKER), T);
+    // main's head freezes qa, for the hour from every minute (held: qa stays on v1).
+    let frozen = STACK.replace(
+        "qa: { track: main }",
+        "qa: { track: main, windows: [{ kind: deny, schedule: \"* * * * *\", duration: 1h }] }",
+    );
+    util::world::commit_on(&w.s, "main", "main", "v1", Some(&frozen), None);
+    w.comment(4, "alice", "/slipway apply qa");
+    let refused = w.reply(4, "Not applied #4");
+    assert!(refused.contains("takes no change now"), "{refused}");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"));
+    assert!(!w.locked("qa"), "not locked to #4");
+}
+
 #[test]
 fn an_apply_that_takes_a_while_holds_up_no_other_webhook_and_is_answered_when_it_ends() {
     let w = world();
