@@ -70,10 +70,13 @@ impl Value {
 /// Bounds on what one file may contain.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest nesting of lists and mappings.
+    /// Largest nesting of lists and mappings, counting what an alias copies.
     pub max_depth: usize,
     /// Most nodes in the tree, counting every node an alias copies.
     pub max_nodes: usize,
+    /// Most bytes of scalar text in the tree, counting every scalar an alias copies: a
+    /// string of a megabyte under a thousand aliases is a gigabyte.
+    pub max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -81,8 +84,29 @@ impl Default for Limits {
         Limits {
             max_depth: 64,
             max_nodes: 1_000_000,
+            max_bytes: 64 << 20,
         }
     }
+}
+
+/// What several files may expand to together (the files of one stack), aliases included:
+/// each parse given it takes what its file expands to. Each file's own [`Limits`] still
+/// bound it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Nodes left.
+    pub nodes: usize,
+    /// Bytes of scalar text left.
+    pub bytes: usize,
+}
+
+impl Budget {
+    /// What a stack's files (`slipway.yaml`, its includes, its manifests, its secrets file)
+    /// may expand to together.
+    pub const STACK: Budget = Budget {
+        nodes: 4_000_000,
+        bytes: 256 << 20,
+    };
 }
 
 /// A problem in the YAML text itself.
@@ -121,7 +145,13 @@ fn pos_of(span: &Span) -> Pos {
 /// Parses one YAML document. Returns the tree when the text is well-formed, and every error
 /// found (parsing stops at the first syntax error; duplicate keys are all reported).
 pub fn parse(text: &str, limits: Limits) -> (Option<Node>, Vec<YamlError>) {
-    let (mut roots, errors) = parse_stream(text, limits, false);
+    let mut alone = Budget::STACK;
+    parse_in(text, limits, &mut alone)
+}
+
+/// [`parse`], taking what the file expands to from `budget`.
+pub fn parse_in(text: &str, limits: Limits, budget: &mut Budget) -> (Option<Node>, Vec<YamlError>) {
+    let (mut roots, errors) = parse_stream(text, limits, budget, false);
     (roots.pop(), errors)
 }
 
@@ -129,55 +159,89 @@ pub fn parse(text: &str, limits: Limits) -> (Option<Node>, Vec<YamlError>) {
 /// Returns every non-empty document when the whole text is well-formed (anchors do not cross
 /// documents; `limits` bound the stream as a whole), and every error found.
 pub fn parse_documents(text: &str, limits: Limits) -> (Vec<Node>, Vec<YamlError>) {
-    parse_stream(text, limits, true)
+    let mut alone = Budget::STACK;
+    parse_documents_in(text, limits, &mut alone)
 }
 
-fn parse_stream(text: &str, limits: Limits, multi: bool) -> (Vec<Node>, Vec<YamlError>) {
+/// [`parse_documents`], taking what the stream expands to from `budget`.
+pub fn parse_documents_in(
+    text: &str,
+    limits: Limits,
+    budget: &mut Budget,
+) -> (Vec<Node>, Vec<YamlError>) {
+    parse_stream(text, limits, budget, true)
+}
+
+fn parse_stream(
+    text: &str,
+    limits: Limits,
+    budget: &mut Budget,
+    multi: bool,
+) -> (Vec<Node>, Vec<YamlError>) {
     let mut builder = Builder {
         limits,
+        left: *budget,
         stack: Vec::new(),
         anchors: HashMap::new(),
         nodes: 0,
+        bytes: 0,
         root: None,
         roots: Vec::new(),
         errors: Vec::new(),
         documents: 0,
         multi,
     };
-    for event in Parser::new_from_str(text) {
-        match event {
-            Ok((event, span)) => {
-                if let Err(fatal) = builder.on_event(event, &span) {
-                    builder.errors.push(fatal);
-                    return (Vec::new(), builder.errors);
+    let parsed = builder.build(text);
+    budget.nodes = budget.nodes.saturating_sub(builder.nodes);
+    budget.bytes = budget.bytes.saturating_sub(builder.bytes);
+    match parsed {
+        Ok(()) => (builder.roots, builder.errors),
+        Err(()) => (Vec::new(), builder.errors),
+    }
+}
+
+impl Builder {
+    /// Builds the trees of `text`; `Err` when it stopped at a fatal error (in `errors`).
+    fn build(&mut self, text: &str) -> Result<(), ()> {
+        for event in Parser::new_from_str(text) {
+            match event {
+                Ok((event, span)) => {
+                    if let Err(fatal) = self.on_event(event, &span) {
+                        self.errors.push(fatal);
+                        return Err(());
+                    }
+                }
+                Err(e) => {
+                    let m = e.marker();
+                    self.errors.push(YamlError {
+                        pos: Pos::new(
+                            u32::try_from(m.line()).unwrap_or(u32::MAX),
+                            u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
+                        ),
+                        message: format!("invalid YAML: {}", e.info()),
+                        hint: Some("check the indentation and quoting around this position".into()),
+                    });
+                    return Err(());
                 }
             }
-            Err(e) => {
-                let m = e.marker();
-                builder.errors.push(YamlError {
-                    pos: Pos::new(
-                        u32::try_from(m.line()).unwrap_or(u32::MAX),
-                        u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
-                    ),
-                    message: format!("invalid YAML: {}", e.info()),
-                    hint: Some("check the indentation and quoting around this position".into()),
-                });
-                return (Vec::new(), builder.errors);
-            }
         }
+        self.end_document();
+        if !self.errors.is_empty() {
+            self.roots.clear();
+        }
+        Ok(())
     }
-    builder.end_document();
-    if !builder.errors.is_empty() {
-        builder.roots.clear();
-    }
-    (builder.roots, builder.errors)
 }
 
 struct Builder {
     limits: Limits,
+    /// What is left of the budget the parse was given, when it began.
+    left: Budget,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
+    /// Nodes and bytes of scalar text made so far, aliases' copies included.
     nodes: usize,
+    bytes: usize,
     root: Option<Node>,
     roots: Vec<Node>,
     errors: Vec<YamlError>,
@@ -210,6 +274,7 @@ impl Builder {
                         hint: Some("remove the tag; slipway.yaml uses plain YAML values".into()),
                     });
                 }
+                self.count(0, text.len(), pos)?;
                 let value = if style == ScalarStyle::Plain {
                     resolve_plain(&text, pos)?
                 } else {
@@ -267,18 +332,20 @@ impl Builder {
                 }
             }
             Event::Alias(id) => {
-                let Some(node) = self.anchors.get(&id).cloned() else {
+                let Some(anchored) = self.anchors.get(&id) else {
                     return Err(YamlError {
                         pos,
                         message: "alias to an unknown anchor".into(),
                         hint: None,
                     });
                 };
-                let size = count_nodes(&node);
-                self.nodes = self.nodes.saturating_add(size);
-                if self.nodes > self.limits.max_nodes {
-                    return Err(self.too_many(pos));
+                // Measured before it is copied: the copy is what a bomb makes.
+                let size = measure(anchored);
+                if self.stack.len().saturating_add(size.height) > self.limits.max_depth {
+                    return Err(self.too_deep(pos, true));
                 }
+                let node = anchored.clone();
+                self.count(size.nodes, size.bytes, pos)?;
                 self.attach(node)?;
             }
             Event::DocumentEnd => self.end_document(),
@@ -300,13 +367,22 @@ impl Builder {
         self.anchors.clear();
     }
 
+    /// `aliased`: the depth is reached by what an alias copies.
+    fn too_deep(&self, pos: Pos, aliased: bool) -> YamlError {
+        YamlError {
+            pos,
+            message: format!(
+                "nesting deeper than {} levels{}",
+                self.limits.max_depth,
+                if aliased { " (aliases included)" } else { "" }
+            ),
+            hint: Some("flatten the structure".into()),
+        }
+    }
+
     fn enter(&mut self, pos: Pos) -> Result<(), YamlError> {
         if self.stack.len() >= self.limits.max_depth {
-            return Err(YamlError {
-                pos,
-                message: format!("nesting deeper than {} levels", self.limits.max_depth),
-                hint: Some("flatten the structure".into()),
-            });
+            return Err(self.too_deep(pos, false));
         }
         Ok(())
     }
@@ -324,11 +400,43 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, node: Node, anchor: usize) -> Result<(), YamlError> {
-        self.nodes += 1;
+    /// Counts `nodes` more nodes and `bytes` more bytes of scalar text against the file's
+    /// limits and the budget.
+    fn count(&mut self, nodes: usize, bytes: usize, pos: Pos) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(nodes);
+        self.bytes = self.bytes.saturating_add(bytes);
         if self.nodes > self.limits.max_nodes {
-            return Err(self.too_many(node.pos));
+            return Err(self.too_many(pos));
         }
+        if self.bytes > self.limits.max_bytes {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "the document expands to more than {} MiB of text (aliases included)",
+                    self.limits.max_bytes >> 20
+                ),
+                hint: Some(
+                    "this looks like an alias bomb; write the values out or split the file".into(),
+                ),
+            });
+        }
+        if self.nodes > self.left.nodes || self.bytes > self.left.bytes {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "the stack's files together expand to more than {} values or {} MiB of \
+                     text (aliases included)",
+                    Budget::STACK.nodes,
+                    Budget::STACK.bytes >> 20
+                ),
+                hint: Some("make the stack smaller: fewer or smaller files".into()),
+            });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, node: Node, anchor: usize) -> Result<(), YamlError> {
+        self.count(1, 0, node.pos)?;
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
@@ -380,17 +488,42 @@ impl Builder {
     }
 }
 
-fn count_nodes(node: &Node) -> usize {
-    match &node.value {
-        Value::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| count_nodes(k) + count_nodes(v))
-                .sum::<usize>()
-        }
-        _ => 1,
+/// What a tree holds: its nodes, its bytes of scalar text and its height (0 for a scalar).
+#[derive(Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+    height: usize,
+}
+
+impl Size {
+    fn add(&mut self, part: &Size) {
+        self.nodes = self.nodes.saturating_add(part.nodes);
+        self.bytes = self.bytes.saturating_add(part.bytes);
+        self.height = self.height.max(part.height + 1);
     }
+}
+
+/// The [`Size`] of `node` (its recursion is as deep as the tree, which the parse bounds).
+fn measure(node: &Node) -> Size {
+    let mut size = Size {
+        nodes: 1,
+        ..Size::default()
+    };
+    match &node.value {
+        Value::Seq(items) => items.iter().for_each(|item| size.add(&measure(item))),
+        Value::Map(entries) => {
+            for (key, value) in entries {
+                size.add(&measure(key));
+                size.add(&measure(value));
+            }
+        }
+        Value::Str(text) => size.bytes = text.len(),
+        Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
+            size.bytes = scalar_text(&node.value).len();
+        }
+    }
+    size
 }
 
 /// The text of a scalar as a mapping key would be compared.
@@ -586,6 +719,56 @@ mod tests {
             errors[0].message.contains("expands to more than"),
             "{errors:?}"
         );
+    }
+
+    /// Few nodes, each a copy of one long string: counted by their bytes, before they are
+    /// copied (this asked for a gigabyte, and a few megabytes of text for a terabyte).
+    #[test]
+    fn a_long_string_under_many_aliases_is_refused() {
+        let text = format!(
+            "a: &a \"{}\"\nb: [{}]\n",
+            "x".repeat(65_536),
+            "*a,".repeat(16_384)
+        );
+        let (node, errors) = parse(&text, Limits::default());
+        assert!(node.is_none());
+        assert!(errors[0].message.contains("MiB of text"), "{errors:?}");
+    }
+
+    /// An alias copies a tree as deep as its anchor's: nested under more levels, it is
+    /// deeper than any one of the file's lists (a chain of them made thousands of levels,
+    /// which every recursive walk of the tree would overflow its stack on).
+    #[test]
+    fn nesting_made_by_aliases_is_refused() {
+        let mut text = String::from("a0: &a0 [x]\n");
+        for i in 1..40 {
+            let open = "[".repeat(60);
+            let close = "]".repeat(60);
+            text.push_str(&format!("a{i}: &a{i} {open}*a{}{close}\n", i - 1));
+        }
+        let (node, errors) = parse(&text, Limits::default());
+        assert!(node.is_none());
+        assert!(errors[0].message.contains("nesting deeper"), "{errors:?}");
+        // Within the bound, an alias nests as its anchor does.
+        let (node, errors) = parse("a: &a [[x]]\nb: [*a]\n", Limits::default());
+        assert!(node.is_some() && errors.is_empty(), "{errors:?}");
+    }
+
+    /// Files parsed with one budget take from it: the stack's files together are bounded,
+    /// not each alone.
+    #[test]
+    fn one_budget_bounds_several_files() {
+        let file = format!("a: [{}]\n", "x, ".repeat(600));
+        let mut budget = Budget {
+            nodes: 1_000,
+            bytes: 1 << 20,
+        };
+        let (first, errors) = parse_in(&file, Limits::default(), &mut budget);
+        assert!(first.is_some() && errors.is_empty(), "{errors:?}");
+        assert!(budget.nodes < 400, "{budget:?}");
+        let (second, errors) = parse_in(&file, Limits::default(), &mut budget);
+        assert!(second.is_none());
+        assert!(errors[0].message.contains("together"), "{errors:?}");
     }
 
     #[test]

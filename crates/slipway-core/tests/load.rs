@@ -226,6 +226,46 @@ fn a_branch_cannot_make_the_loader_read_gigabytes_of_manifests() {
     );
 }
 
+/// Each file's expansion is bounded, and so are the stack's files together: small files
+/// that each expand to near a file's limit (aliases of aliases), named a thousand times over,
+/// made the loader hold billions of values.
+#[test]
+fn the_stack_s_files_together_are_bounded_by_what_they_expand_to() {
+    // Each manifest file: a ConfigMap whose one field copies 10 x 10 x 10 values.
+    let object = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: NAME }\ndata: { a: b }\n\
+                  x: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n\
+                  y: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                  z: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n";
+    let mut files = one(
+        "version: 1\nstack: shop\nenvironments: { dev: { track: main } }\nresources:\n  app: { type: kubernetes.manifests, cluster: main, manifests: [\"k8s/*.yaml\"] }\n",
+    );
+    for i in 0..6 {
+        files.0.insert(
+            format!("k8s/{i}.yaml"),
+            object.replace("NAME", &format!("m{i}")),
+        );
+    }
+    let limits = LoadLimits {
+        budget: slipway_core::yaml::Budget {
+            nodes: 5_000,
+            bytes: 1 << 20,
+        },
+        ..LoadLimits::default()
+    };
+    let loaded = load(&files, "slipway.yaml", &limits);
+    let errors: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        errors.iter().any(|e| e.contains("together expand to more")),
+        "{errors:?}"
+    );
+    // Three of them fit.
+    files
+        .0
+        .retain(|path, _| !path.starts_with("k8s/") || path.as_str() < "k8s/3");
+    let loaded = load(&files, "slipway.yaml", &limits);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+}
+
 #[test]
 fn preview_fields_are_read_with_their_defaults() {
     let loaded = load(

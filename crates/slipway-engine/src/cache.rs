@@ -17,6 +17,10 @@ pub struct Cached {
 
 /// How many (commit, folder) pairs are kept; the oldest goes first.
 const CAPACITY: usize = 64;
+/// How many YAML values the kept stacks may hold together (`Loaded::expanded`): a stack of
+/// thousands of manifests holds millions, and 64 of them would be gigabytes. The oldest go
+/// first; the newest is kept whatever its size.
+const WEIGHT: usize = 8_000_000;
 
 /// `(commit, folder)`: the cache's key.
 type Key = (String, String);
@@ -46,9 +50,62 @@ impl CommitCache {
         if entries.iter().any(|((s, f), _)| s == sha && f == folder) {
             return;
         }
-        if entries.len() >= CAPACITY {
-            entries.pop_front();
+        let weight = |cached: &Cached| cached.loaded.loaded.expanded;
+        let mut total = entries.iter().map(|(_, c)| weight(c)).sum::<usize>() + weight(&cached);
+        while entries.len() >= CAPACITY || (total > WEIGHT && !entries.is_empty()) {
+            if let Some((_, oldest)) = entries.pop_front() {
+                total -= weight(&oldest);
+            }
         }
         entries.push_back(((sha.to_string(), folder.to_string()), cached));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expanded_to(sha: &str, expanded: usize) -> Arc<Cached> {
+        Arc::new(Cached {
+            loaded: LoadedCommit {
+                commit: slipway_git::Commit {
+                    sha: sha.to_owned(),
+                    summary: String::new(),
+                    author: String::new(),
+                    time: 0,
+                },
+                loaded: slipway_core::stack::Loaded {
+                    stack: None,
+                    diagnostics: Vec::new(),
+                    expanded,
+                },
+                entry: "slipway.yaml".to_owned(),
+                folder: String::new(),
+            },
+            sources: BTreeMap::new(),
+        })
+    }
+
+    /// A few big stacks (branches of thousands of manifests each) push the oldest out: the
+    /// cache holds stacks of millions of values, not 64 of them.
+    #[test]
+    fn the_cache_is_bounded_by_what_its_stacks_hold() {
+        let cache = CommitCache::default();
+        for (sha, expanded) in [("a", 10), ("b", WEIGHT / 2), ("c", WEIGHT / 2)] {
+            cache.put(sha, "", expanded_to(sha, expanded));
+        }
+        assert!(cache.get("a", "").is_none(), "the oldest went");
+        assert!(cache.get("b", "").is_some() && cache.get("c", "").is_some());
+        // The newest is kept, however big.
+        cache.put("d", "", expanded_to("d", WEIGHT * 2));
+        assert!(cache.get("d", "").is_some());
+        assert!(cache.get("c", "").is_none());
+        // Small ones are kept by the number.
+        for i in 0..CAPACITY + 1 {
+            let sha = format!("s{i}");
+            cache.put(&sha, "", expanded_to(&sha, 1));
+        }
+        assert!(cache.get("s0", "").is_none());
+        assert!(cache.get(&format!("s{CAPACITY}"), "").is_some());
     }
 }

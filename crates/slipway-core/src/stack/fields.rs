@@ -17,6 +17,9 @@ use crate::yaml::{Node, Value};
 pub(super) struct Cx {
     pub(super) diags: Vec<Diagnostic>,
     pub(super) file: String,
+    /// What the stack's YAML files may still expand to, together (each file's parse takes
+    /// from it: `slipway.yaml`, its includes, its manifests).
+    pub(super) budget: crate::yaml::Budget,
 }
 
 impl Cx {

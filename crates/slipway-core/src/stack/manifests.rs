@@ -242,7 +242,7 @@ fn read_objects(
         return false;
     };
     *budget = left;
-    let (docs, errors) = yaml::parse_documents(&text, limits.yaml);
+    let (docs, errors) = yaml::parse_documents_in(&text, limits.yaml, &mut cx.budget);
     for e in errors {
         cx.err(e.pos, e.message, e.hint.as_deref());
     }

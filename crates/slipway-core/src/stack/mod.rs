@@ -61,6 +61,8 @@ pub enum FileError {
 pub struct LoadLimits {
     /// Bounds on each file's YAML.
     pub yaml: yaml::Limits,
+    /// What the stack's YAML files may expand to together.
+    pub budget: yaml::Budget,
     /// Most files (slipway.yaml and its includes).
     pub max_files: usize,
     /// Most resources in the stack.
@@ -71,6 +73,7 @@ impl Default for LoadLimits {
     fn default() -> Self {
         LoadLimits {
             yaml: yaml::Limits::default(),
+            budget: yaml::Budget::STACK,
             max_files: 256,
             max_resources: 100_000,
         }
@@ -205,6 +208,9 @@ pub struct Loaded {
     pub stack: Option<Stack>,
     /// Every problem, sorted by file and position.
     pub diagnostics: Vec<Diagnostic>,
+    /// How many YAML values the stack's files expanded to (aliases' copies included): a
+    /// measure of what the loaded stack holds, for caches.
+    pub expanded: usize,
 }
 
 impl Loaded {
@@ -281,6 +287,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
     let mut cx = Cx {
         diags: Vec::new(),
         file: entry.to_string(),
+        budget: limits.budget,
     };
     let mut stack = Stack {
         version: 0,
@@ -326,7 +333,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         };
         stack.files.push(path.clone());
         cx.file = path.clone();
-        let (root, errors) = yaml::parse(&text, limits.yaml);
+        let (root, errors) = yaml::parse_in(&text, limits.yaml, &mut cx.budget);
         if root.is_none() && errors.is_empty() {
             cx.err(
                 Pos::new(1, 1),
@@ -475,6 +482,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         return Loaded {
             stack: None,
             diagnostics,
+            expanded: limits.budget.nodes.saturating_sub(cx.budget.nodes),
         };
     }
     if raw_resources.len() > limits.max_resources {
@@ -526,6 +534,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
     Loaded {
         stack: Some(stack),
         diagnostics,
+        expanded: limits.budget.nodes.saturating_sub(cx.budget.nodes),
     }
 }
 
