@@ -122,10 +122,14 @@ impl Engine {
                 folder: origin.folder,
                 tip: Some(sha),
             };
-            // A commit that cannot be read here (another repository, gone): the record's
-            // protection still holds.
-            let Ok(cached) = self.load_cached(&at) else {
-                continue;
+            // A commit that cannot be read here for good (another repository, gone): the
+            // record's protection still holds. One that cannot be read for the moment (an
+            // object a fetch is still writing, a lock) fails the judgement, to be made again:
+            // never judged by the newer commit's rules alone.
+            let cached = match self.load_cached(&at) {
+                Ok(cached) => cached,
+                Err(e) if e.retryable() => return Err(e),
+                Err(_) => continue,
             };
             if let Some(def) = cached
                 .loaded

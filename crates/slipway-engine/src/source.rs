@@ -345,6 +345,68 @@ mod tests {
         );
     }
 
+    /// The rules in force are never judged without a commit in force that cannot be read
+    /// for the moment: `qa` runs a commit that requires pull requests, and the branch's head
+    /// (whoever pushed it) drops the rule; while the running commit's tree is missing (a
+    /// fetch still writing it), the judgement fails, to be made again, rather than
+    /// going by the head's rules alone.
+    #[test]
+    fn rules_in_force_wait_for_a_commit_in_force_that_cannot_be_read_for_the_moment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).expect("made");
+        let (repository, _) = repository(&repo);
+        std::fs::write(
+            repo.join("slipway.yaml"),
+            STACK.replace("{ track: main }", "{ track: main, require_pr: true }"),
+        )
+        .expect("written");
+        commit_all(&repo, "qa requires pull requests");
+        let running = repository.resolve("main").expect("resolved");
+        std::fs::write(repo.join("slipway.yaml"), STACK).expect("written");
+        commit_all(&repo, "no more");
+        let engine = crate::Engine::open(
+            &dir.path().join("home"),
+            crate::EngineConfig::default(),
+            Vec::new(),
+        )
+        .expect("an engine");
+        let qa = slipway_core::EnvName::parse("qa").expect("a name");
+        let mut record = slipway_state::EnvironmentRecord::new(
+            qa.clone(),
+            slipway_core::render::EnvKind::Static,
+            "shop".into(),
+            String::new(),
+            0,
+        );
+        record.commit = Some(running.sha.clone());
+        engine.store.upsert_environment(&record).expect("recorded");
+        let head = repository.resolve("main").expect("resolved");
+        let origin = crate::Origin {
+            source: &repository,
+            repo: "repo",
+            reference: "main",
+            folder: "",
+            tip: Some(&head.sha),
+        };
+        let tree = loose(
+            &repo,
+            &git(&repo, &["rev-parse", &format!("{}^{{tree}}", running.sha)]),
+        );
+        let aside = dir.path().join("tree-aside");
+        std::fs::rename(&tree, &aside).expect("moved");
+        match engine.rules_in_force(&origin, &qa, "qa") {
+            Err(e) => assert!(e.retryable(), "{e}"),
+            Ok(rules) => panic!("judged without the commit in force: {rules:?}"),
+        }
+        std::fs::rename(&aside, &tree).expect("moved back");
+        let rules = engine
+            .rules_in_force(&origin, &qa, "qa")
+            .expect("read")
+            .expect("in force");
+        assert!(rules.require_pr, "{rules:?}");
+    }
+
     /// What the commit holds stays a diagnostic of the stack: `slipway.yaml` a directory.
     #[test]
     fn what_the_commit_holds_is_a_diagnostic() {
