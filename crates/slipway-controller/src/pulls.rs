@@ -479,7 +479,24 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
         &info.head_sha,
     )?;
     let trusted = &setup(inner)?.trusted_bots;
-    let approved = match unknown_pusher(&pushers, &info.author, trusted, &info.head_sha) {
+    // Approvals were given against the base it was opened into: retargeted (from an
+    // unreviewed branch to `main`), it merged that branch's commits, which nobody approved
+    // (`/slipway apply` refuses it for the same reason).
+    let opened_base = inner
+        .engine
+        .store()
+        .pull_request_opened_base(number as i64)?
+        .unwrap_or_else(|| info.base_ref.clone());
+    let retargeted = (opened_base != info.base_ref).then(|| {
+        format!(
+            "it was opened into `{opened_base}` and merged into `{}`, and its approvals were \
+             given against `{opened_base}`",
+            info.base_ref
+        )
+    });
+    let approved = match retargeted
+        .or_else(|| unknown_pusher(&pushers, &info.author, trusted, &info.head_sha))
+    {
         Some(why) => {
             event(
                 inner,

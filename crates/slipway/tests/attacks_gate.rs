@@ -338,6 +338,39 @@ fn require_pr_counts_only_approvals_by_maintainers() {
     w.serves("prod", "reviewed");
 }
 
+/// A pull request reviewed against an unreviewed branch, then retargeted to `main` and
+/// merged there, brought that branch's commits (which nobody approved) into `main` with its
+/// approval: `require_pr` took the merge. Its merge counts as not approved now, as
+/// `/slipway apply` already refused it.
+#[test]
+fn a_pull_request_retargeted_after_its_approval_merges_as_not_approved() {
+    let w = World::with_stack(&STACK.replace(
+        "prod: { track: main, protected: true }",
+        "prod: { track: main, protected: true, require_pr: true }",
+    ));
+    w.serves("qa", "v1");
+    // The backdoor on a branch nobody reviews; the pull request's own diff is small.
+    w.commit_on("main", "dev", "backdoor", None, None);
+    let head = w.commit_on("dev", "feature-5", "backdoor and typo", None, Some(5));
+    w.open(PrSpec {
+        head_ref: "feature-5".into(),
+        base_ref: "dev".into(),
+        ..PrSpec::new(5, &head)
+    });
+    // Retargeted to main (the fake forgets reviews then: approved again, as a review given
+    // against `dev` stays on GitHub), then merged there.
+    w.forge.add_pr(PrSpec {
+        head_ref: "feature-5".into(),
+        ..PrSpec::new(5, &head)
+    });
+    w.forge.approve(5, "carol", &head);
+    let merge = w.merge(5, "feature-5");
+    w.serves("qa", "backdoor and typo");
+    let held = w.held("prod", &[&merge[..12], "require_pr"]);
+    assert!(held.contains("without an approval"), "{held}");
+    assert!(w.page("prod").is_none(), "nothing runs in prod");
+}
+
 /// §2.3: a maintainer's `/slipway preview` on a fork's pull request approved the fork forever:
 /// its author pushed new code afterwards and it was deployed. Now the approval is for that
 /// head commit: a new push gets plans, and the preview keeps the approved commit until a
