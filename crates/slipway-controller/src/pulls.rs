@@ -531,9 +531,11 @@ fn record_merge(inner: &Inner, details: &PullRequestDetails) -> Result<(), Contr
 }
 
 /// Whether an approval by `reviewer` counts on a pull request by `author`: only from someone
-/// with write access (anyone may leave an approving review), and never the author's own.
+/// with write access (anyone may leave an approving review), never the author's own, and
+/// never an automation account's, which approves for whoever set it off (a pipeline of the
+/// author's branch holding a project's access token).
 pub(crate) fn approval_counts(reviewer: &str, author: &str, has_write_access: bool) -> bool {
-    has_write_access && !reviewer.eq_ignore_ascii_case(author)
+    has_write_access && !reviewer.eq_ignore_ascii_case(author) && !slipway_forge::is_bot(reviewer)
 }
 
 /// Who pushed to pull request `number`, whose head is `head`: its webhooks' senders, and the
@@ -592,6 +594,7 @@ fn qualified_approval(
 ) -> Result<Option<String>, ControllerError> {
     for a in approvals.iter().filter(|a| relevant(a)) {
         if a.author.eq_ignore_ascii_case(author)
+            || slipway_forge::is_bot(&a.author)
             || pushers.iter().any(|p| p.eq_ignore_ascii_case(&a.author))
         {
             continue;
@@ -817,5 +820,16 @@ mod tests {
             !approval_counts("Alice", "alice", true),
             "logins are compared as the forges do, without case"
         );
+        for bot in [
+            "project_7_bot_ci",
+            "group_3_bot_x",
+            "renovate[bot]",
+            "gitea-actions",
+        ] {
+            assert!(
+                !approval_counts(bot, "alice", true),
+                "{bot}: an automation account approves for whoever set it off"
+            );
+        }
     }
 }

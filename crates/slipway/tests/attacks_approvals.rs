@@ -332,6 +332,33 @@ fn mr_ref(iid: u64) -> String {
     format!("refs/merge-requests/{iid}/head")
 }
 
+/// A project access token's user is a member with Developer access: a pipeline of the
+/// author's own branch that holds the token approved the merge request as that user, and
+/// the author's `/slipway apply prod` passed "approved" alone. An automation account's
+/// approval counts for nothing.
+#[test]
+fn gitlab_an_access_token_s_approval_does_not_count() {
+    let forge = FakeForge::start(Forge::GitLab, BOT);
+    let w = Engine::start("gitlab", &forge.url(), "GITLAB_TOKEN", "");
+    for user in ["alice", "bob", "project_7_bot_ci"] {
+        forge.set_permission(user, DEVELOPER);
+    }
+    w.serves("prod", "v1");
+    w.gl_opened(&forge, 3, "feature-3", "first", "alice");
+    let head = w.gl_pushed(&forge, 3, "approved by a pipeline", "alice");
+    forge.approve(3, "project_7_bot_ci", &head);
+    let answer = w.gl_command(&forge, 3, "alice", "/slipway apply prod");
+    assert!(
+        answer.contains("apply requirements are not met") && answer.contains("automation"),
+        "{answer}"
+    );
+    assert_eq!(w.page("prod").as_deref(), Some("v1"));
+    // A person's approval counts.
+    forge.approve(3, "bob", &head);
+    let answer = w.gl_command(&forge, 3, "alice", "/slipway apply prod");
+    assert!(answer.contains("Applied #3"), "{answer}");
+}
+
 /// GitLab's approvals name no commit: Slipway remembers who had approved when the head moved.
 /// It did so only when the push's own webhook moved the recorded head: a `/slipway preview`
 /// handled first (it records the head the forge shows) moved it without, so the reviewer of

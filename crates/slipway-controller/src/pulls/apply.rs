@@ -190,7 +190,7 @@ pub(super) fn apply(
         {
             unmet.push(
                 "approved (no approval of the head commit by a reviewer with write access \
-                 other than its author and whoever pushed to it)"
+                 other than its author, whoever pushed to it and automation accounts)"
                     .to_string(),
             );
         }
