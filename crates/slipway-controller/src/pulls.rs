@@ -224,7 +224,9 @@ fn set_head(
     record.stale_approvers.dedup();
     record.head_sha = head.to_string();
     record.head_seen_at = Some(now_ms());
-    record.preview_allowed = preview_allowed(record, &setup(inner)?.fork_allow, None);
+    let fork_allow = &setup(inner)?.fork_allow;
+    let pushers = fork_pushers(inner, record)?;
+    record.preview_allowed = preview_allowed(record, fork_allow, &pushers, None);
     Ok(())
 }
 
@@ -266,21 +268,35 @@ fn record_of(
         head_sha: pr.head_sha.clone(),
         ..record.clone()
     };
-    record.preview_allowed = preview_allowed(&at_head, fork_allow, known.as_ref());
+    let pushers = fork_pushers(inner, &at_head)?;
+    record.preview_allowed = preview_allowed(&at_head, fork_allow, &pushers, known.as_ref());
     Ok(record)
 }
 
+/// Everyone seen pushing to fork pull request `pr` (none for another pull request: its
+/// pushes do not decide its preview).
+fn fork_pushers(inner: &Inner, pr: &PullRequestRecord) -> Result<Vec<String>, ControllerError> {
+    if !pr.is_fork {
+        return Ok(Vec::new());
+    }
+    Ok(pushers_of(inner, pr.number, true, &pr.head_ref, &pr.head_sha)?.all)
+}
+
 /// Whether pull request `pr` may have a preview environment at its head: not from a fork, or
-/// by an author `fork_allow` lists now, or approved by a maintainer's
-/// `/slipway preview` for this very head. The approval vouched for the code the maintainer
-/// saw: a new push from the fork stops at plans until someone approves it again.
+/// by an author `fork_allow` lists now who is the only one seen pushing to it (`pushers`,
+/// everyone seen pushing to it: a listed author's pull request from a fork where others
+/// push is not theirs alone), or approved by a maintainer's `/slipway preview` for this very
+/// head. The approval vouched for the code the maintainer saw: a new push from the fork
+/// stops at plans until someone approves it again.
 pub(crate) fn preview_allowed(
     pr: &PullRequestRecord,
     fork_allow: &[String],
+    pushers: &[String],
     known: Option<&PullRequestRecord>,
 ) -> bool {
+    let allowed = |login: &String| fork_allow.iter().any(|a| a.eq_ignore_ascii_case(login));
     !pr.is_fork
-        || fork_allow.iter().any(|a| a == &pr.author)
+        || (allowed(&pr.author) && pushers.iter().all(allowed))
         || known.is_some_and(|k| k.preview_allowed && k.head_sha == pr.head_sha)
 }
 
@@ -783,24 +799,34 @@ mod tests {
         let a = "a".repeat(40);
         let b = "b".repeat(40);
         let none: &[String] = &[];
+        let listed = ["mallory".to_string()];
         assert!(
-            preview_allowed(&at(&a, false, false), none, None),
+            preview_allowed(&at(&a, false, false), none, none, None),
             "not a fork"
         );
         assert!(
-            !preview_allowed(&at(&a, true, false), none, None),
+            !preview_allowed(&at(&a, true, false), none, none, None),
             "a fork, unapproved"
         );
         assert!(
-            preview_allowed(&at(&a, true, false), &["mallory".to_string()], None),
-            "fork_allow lists its author"
+            preview_allowed(&at(&a, true, false), &listed, &listed, None),
+            "fork_allow lists its author, its only pusher"
         );
         assert!(
-            preview_allowed(&at(&a, true, false), none, Some(&at(&a, true, true))),
+            !preview_allowed(
+                &at(&a, true, false),
+                &listed,
+                &["mallory".to_string(), "trudy".to_string()],
+                None
+            ),
+            "someone fork_allow does not list pushed to it too"
+        );
+        assert!(
+            preview_allowed(&at(&a, true, false), none, none, Some(&at(&a, true, true))),
             "approved at this head"
         );
         assert!(
-            !preview_allowed(&at(&b, true, false), none, Some(&at(&a, true, true))),
+            !preview_allowed(&at(&b, true, false), none, none, Some(&at(&a, true, true))),
             "a new push is not approved by the approval of the old head"
         );
     }
