@@ -46,8 +46,10 @@ pub(crate) struct Membership {
     live: Mutex<Vec<String>>,
     /// The leases held, with their epochs.
     held: Mutex<BTreeMap<EnvName, i64>>,
-    /// The environments being reconciled now (never released mid-reconcile).
-    working: Mutex<BTreeSet<EnvName>>,
+    /// The environments being worked on now (never released mid-reconcile), with how many
+    /// workers each: a person's request handled while a reconcile runs takes and is done
+    /// with the same environment, and must not mark it idle under the reconcile.
+    working: Mutex<BTreeMap<EnvName, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -130,12 +132,28 @@ impl Membership {
         // Marked busy first: a beat running meanwhile (which may rank the environment to
         // another replica as the live set changes) must not let go of a lease this is about
         // to work under.
-        lock(&self.working).insert(environment.clone());
+        *lock(&self.working).entry(environment.clone()).or_default() += 1;
         let taken = self.take_marked(engine, options, metrics, environment);
         if !matches!(taken, Ok(true)) {
-            lock(&self.working).remove(environment);
+            self.stop_working(environment);
         }
         taken
+    }
+
+    /// One worker fewer on `environment`.
+    fn stop_working(&self, environment: &EnvName) {
+        let mut working = lock(&self.working);
+        if let Some(count) = working.get_mut(environment) {
+            *count -= 1;
+            if *count == 0 {
+                working.remove(environment);
+            }
+        }
+    }
+
+    /// Whether a worker is on `environment`.
+    fn is_working(&self, environment: &EnvName) -> bool {
+        lock(&self.working).contains_key(environment)
     }
 
     fn take_marked(
@@ -194,7 +212,7 @@ impl Membership {
         metrics: &Metrics,
         environment: &EnvName,
     ) {
-        lock(&self.working).remove(environment);
+        self.stop_working(environment);
         let Some(epoch) = lock(&self.held).get(environment).copied() else {
             // Lost while it was being worked on (counted then): the fence kept for the
             // reconcile goes now.
@@ -241,7 +259,7 @@ impl Membership {
         if let Some(watchdog) = engine.watchdog() {
             watchdog.released(environment.as_str());
         }
-        if !lock(&self.working).contains(environment) {
+        if !self.is_working(environment) {
             engine.store().unhold(environment);
         }
     }
@@ -274,7 +292,7 @@ impl Membership {
             .map(|(e, epoch)| (e.clone(), *epoch))
             .collect();
         for (environment, epoch) in held {
-            let busy = lock(&self.working).contains(&environment);
+            let busy = self.is_working(&environment);
             // Destroyed (by another replica, or while this one was down and took it back on
             // start): nothing to work on; held on, its local copy would never be swept.
             let destroyed = !recorded.contains(&environment);
@@ -314,9 +332,8 @@ impl Membership {
                 self.forget(engine, metrics, &environment);
             }
         }
-        let swept = engine.sweep_departed(|e| {
-            lock(&self.held).contains_key(e) || lock(&self.working).contains(e)
-        });
+        let swept =
+            engine.sweep_departed(|e| lock(&self.held).contains_key(e) || self.is_working(e));
         match swept {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(
@@ -387,6 +404,67 @@ mod tests {
             !home.path().join("envs/gone").exists(),
             "the copy of a destroyed environment is swept"
         );
+    }
+
+    /// A person's request about an environment handled while its reconcile runs (a sync, an
+    /// extension, a pull request's command) was done with it, and marked it idle under the
+    /// reconcile: a replica joining then had the lease released mid-reconcile, whose writes
+    /// went on unfenced beside the new holder's.
+    #[test]
+    fn a_request_done_during_a_reconcile_does_not_release_its_lease() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(home.path(), slipway_engine::EngineConfig::default(), vec![])
+            .expect("engine");
+        let store = engine.store();
+        // A name the two replicas rank to r2 once it joins.
+        let pair = ["r1".to_string(), "r2".to_string()];
+        let name = (0..)
+            .map(|i| format!("env-{i}"))
+            .find(|name| rendezvous(name, &pair) == Some("r2"))
+            .expect("some name ranks to r2");
+        let env = EnvName::parse(&name).expect("a name");
+        store
+            .upsert_environment(&slipway_state::EnvironmentRecord::new(
+                env.clone(),
+                slipway_core::vocab::EnvKind::Static,
+                "shop".into(),
+                "file:///repo".into(),
+                0,
+            ))
+            .expect("record");
+        let options = ReplicaOptions {
+            name: "r1".into(),
+            lease: Duration::from_secs(30),
+            advertise: None,
+        };
+        let metrics = Metrics::default();
+        let membership = Membership::default();
+        membership.beat(&engine, &options, &metrics).expect("beat");
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("the reconcile")
+        );
+        // The request, start to end, while the reconcile runs.
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("the request")
+        );
+        membership.done(&engine, &options, &metrics, &env);
+        // r2 joins: the environment is now its to take, once r1 is done with it.
+        store.heartbeat("r2", None).expect("r2's beat");
+        membership.beat(&engine, &options, &metrics).expect("beat");
+        let lease = store.lease(&env).expect("read").expect("a lease row");
+        assert!(lease.expires_at > 0 && lease.holder == "r1", "{lease:?}");
+        assert!(
+            membership.epoch(&env).is_some(),
+            "held while the reconcile runs"
+        );
+        // The reconcile ends: let go at the next beat.
+        membership.done(&engine, &options, &metrics, &env);
+        membership.beat(&engine, &options, &metrics).expect("beat");
+        assert!(membership.epoch(&env).is_none(), "handed over");
     }
 
     #[test]
