@@ -288,6 +288,11 @@ pub(crate) struct Inner {
     /// Environments whose last apply failed for good: not applied again before a new commit
     /// or a person asks (the error policy's wait).
     pub parked: Mutex<std::collections::BTreeMap<EnvName, policy::Parked>>,
+    /// Environments whose destroy by the controller (an expiry, an idle one, a branch gone)
+    /// failed: how many times in a row, and when it is tried again. Its resources' delete is
+    /// a branch's code (an exec program) that may fail for ever: tried every second (as the
+    /// expiry ticks), each attempt recorded a deployment, an event and a notification.
+    pub destroy_failures: Mutex<std::collections::BTreeMap<EnvName, reconcile::Failures>>,
     /// Who overrode the deploy window of an environment for its next reconcile (a sync
     /// asked with `override_window` by a deployer): taken by that reconcile.
     pub window_overrides: Mutex<std::collections::BTreeMap<EnvName, String>>,
@@ -422,6 +427,7 @@ impl Controller {
                 forge_serial: tokio::sync::Mutex::new(()),
                 applies: Mutex::new(std::collections::BTreeMap::new()),
                 parked: Mutex::new(std::collections::BTreeMap::new()),
+                destroy_failures: Mutex::new(std::collections::BTreeMap::new()),
                 window_overrides: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),
                 stepped_aside: std::sync::atomic::AtomicBool::new(false),

@@ -298,6 +298,19 @@ pub(crate) fn destroy_if(
     let Some(record) = engine.store().environment(name)? else {
         return Err(ControllerError::NotFound(name.to_string()));
     };
+    // A destroy that failed waits for its backoff, and is announced once; a person's asks now.
+    let failed_before = lock_failures(inner).get(name).copied();
+    if let Some(failures) = failed_before
+        && failures.retry_at > inner.now()
+        && options.who == WHO
+    {
+        return Err(failures.error(name));
+    }
+    let announce = || {
+        if failed_before.is_none() {
+            announce();
+        }
+    };
     let announced = std::cell::Cell::new(false);
     let announce = || {
         if !announced.replace(true) {
@@ -336,16 +349,62 @@ pub(crate) fn destroy_if(
     let report = engine.destroy(&lock, &options, &())?;
     drop(lock);
     if !report.succeeded() {
-        return Err(ControllerError::Invalid(format!(
-            "some resources of `{name}` could not be deleted; it is marked failed and will be retried"
-        )));
+        let failures = Failures::after(failed_before, inner.now());
+        lock_failures(inner).insert(name.clone(), failures);
+        return Err(failures.error(name));
     }
+    lock_failures(inner).remove(name);
     // A slot freed: the first queued environment it fits takes it now (and if this process
     // dies first, the next refresh gives it).
     if crate::slots::capped(&record) {
         crate::slots::fill_now(inner);
     }
     Ok(true)
+}
+
+/// Destroys of one environment that failed in a row (see `Inner::destroy_failures`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failures {
+    /// How many.
+    count: u32,
+    /// When the next is tried (ms since the epoch, the controller's clock).
+    retry_at: i64,
+}
+
+impl Failures {
+    /// The first wait; each failure doubles it, up to [`Failures::LONGEST`].
+    const FIRST: Duration = Duration::from_secs(30);
+    const LONGEST: Duration = Duration::from_secs(3600);
+
+    /// After another failure at `now`, following `before`.
+    fn after(before: Option<Failures>, now: i64) -> Failures {
+        let count = before.map_or(1, |b| b.count.saturating_add(1));
+        let wait = Self::FIRST
+            .saturating_mul(1 << (count - 1).min(10))
+            .min(Self::LONGEST);
+        Failures {
+            count,
+            retry_at: now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// What the reconcile says meanwhile: the same words until it succeeds (the error
+    /// policy records a message once while it lasts).
+    fn error(self, name: &EnvName) -> ControllerError {
+        ControllerError::Invalid(format!(
+            "some resources of `{name}` could not be deleted; it is marked failed and tried \
+             again with backoff (up to an hour apart)"
+        ))
+    }
+}
+
+fn lock_failures(
+    inner: &Inner,
+) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<EnvName, Failures>> {
+    inner
+        .destroy_failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The reconcile of one environment: idempotent, safe to re-run after a crash at any line.

@@ -433,6 +433,68 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
     assert!(count() > failed, "the new commit deploys");
 }
 
+/// An expired environment whose destroy fails (a delete that fails for ever: a branch's exec
+/// program may) was destroyed again every second, each time with a deployment, an
+/// `environment.expired` event and its notification. Now it waits for a backoff, and the
+/// expiry is announced once.
+#[test]
+fn an_expiry_whose_destroy_fails_is_tried_again_with_backoff_and_announced_once() {
+    let w = World::new();
+    w.push("feature/stuck", STACK, "a feature");
+    let env = "br-feature-stuck";
+    w.wait_page(
+        env,
+        "hello from br-feature-stuck",
+        "the branch's environment runs",
+    );
+    // Its file's marker made a directory: the delete fails (whoever the engine runs as).
+    let marker = w.home.join("envs").join(env).join("run/page.file.json");
+    std::fs::remove_file(&marker).expect("the marker");
+    std::fs::create_dir_all(marker.join("stuck")).expect("a directory in its place");
+    w.clock.advance(Duration::from_secs(2 * 3600));
+    let store = w.controller.engine().store();
+    let attempts = || {
+        let destroys = store
+            .deployments(&env_name(env), 100)
+            .expect("store")
+            .into_iter()
+            .filter(|d| d.reference.as_deref() == Some("destroy"))
+            .count();
+        let expired = events_of(&w, env)
+            .iter()
+            .filter(|e| e.kind == EventKind::EnvironmentExpired)
+            .count();
+        (destroys, expired)
+    };
+    wait_for("the first destroy fails", T, || {
+        w.record(env).filter(|r| {
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("could not be deleted"))
+        })
+    });
+    let first = attempts();
+    assert_eq!(first, (1, 1), "one destroy, announced once");
+    // The expiry ticks every second; watched for 4 s, failing as soon as a retry shows.
+    let retried =
+        slipway_testkit::wait::poll(Duration::from_secs(4), Duration::from_millis(100), || {
+            let now = attempts();
+            (now != first).then_some(now)
+        });
+    assert_eq!(retried, None, "no retry before the backoff");
+    // Mended, and the backoff past: destroyed, with no second announcement.
+    std::fs::remove_dir_all(&marker).expect("mended");
+    w.clock.advance(Duration::from_secs(60));
+    wait_for("the retry destroys it", T, || {
+        w.record(env).is_none().then_some(())
+    });
+    let expired = events_of(&w, env)
+        .iter()
+        .filter(|e| e.kind == EventKind::EnvironmentExpired)
+        .count();
+    assert_eq!(expired, 1, "announced once");
+}
+
 #[test]
 fn a_commit_that_cannot_be_read_for_the_moment_leaves_the_environment_running_not_failed() {
     // No poll: the test fetches into the controller's mirror itself.
