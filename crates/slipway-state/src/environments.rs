@@ -465,7 +465,10 @@ impl Store {
                      ((idle_ttl_ms IS NOT NULL AND {}) \
                       OR (sleep_after_ms IS NOT NULL AND activity = 'awake' AND {})) \
                      ORDER BY name",
-                    past("(idle_ttl_ms * 4 / 5)"),
+                    // Divided first: a limit of millions of years, which a branch may write,
+                    // multiplied first overflows PostgreSQL's bigint (and fails the whole
+                    // listing). Rounded down, the point is never later than 80%.
+                    past("(idle_ttl_ms / 5 * 4)"),
                     past("sleep_after_ms"),
                 ),
                 params![now],

@@ -63,6 +63,7 @@ matrix!(
     names_expiries_and_counts_by_state_are_read_without_the_records,
     a_range_of_environments_and_the_queued_ones_are_read_alone,
     the_environments_that_may_idle_are_those_near_their_time_and_no_other,
+    an_idle_limit_of_centuries_breaks_no_listing,
 );
 
 /// A fresh SQLite store, for what only SQLite has (its file, WAL, other processes).
@@ -2154,6 +2155,34 @@ fn the_environments_that_may_idle_are_those_near_their_time_and_no_other(state: 
             .collect();
         assert_eq!(picked, expected, "at {now}");
     }
+}
+
+/// A branch may write an `idle_ttl` of millions of years (the duration grammar allows it):
+/// its 80% point was computed in SQL by multiplying first, which overflowed PostgreSQL's
+/// bigint and failed the listing for every environment, every second (none slept or
+/// expired again). Listed as any other.
+fn an_idle_limit_of_centuries_breaks_no_listing(state: &TestState) {
+    let store = state.open();
+    for (name, limit) in [("forever", i64::MAX), ("eons", 2_592_000_000_000_000_000)] {
+        let mut record = environment(name);
+        record.kind = EnvKind::Generated;
+        record.commit = Some("a".repeat(40));
+        record.idle_ttl_ms = Some(limit);
+        record.sleep_after_ms = Some(limit);
+        store.upsert_environment(&record).expect("record");
+    }
+    let mut soon = environment("soon");
+    soon.kind = EnvKind::Generated;
+    soon.commit = Some("a".repeat(40));
+    soon.idle_ttl_ms = Some(1_000);
+    store.upsert_environment(&soon).expect("record");
+    let picked: Vec<String> = store
+        .idling_environments(soon.created_at + 5_000)
+        .expect("listed")
+        .into_iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    assert_eq!(picked, ["soon"]);
 }
 
 /// The WAL stays short: every command that opens the store first (each CLI call, when no
