@@ -471,6 +471,11 @@ impl Builder {
     fn check_duplicates(&mut self, entries: &[(Node, Node)]) {
         let mut seen: HashMap<String, Pos> = HashMap::new();
         for (key, _) in entries {
+            // A file of a megabyte can repeat a key a hundred thousand times: the first
+            // thousand problems say enough.
+            if self.errors.len() >= 1_000 {
+                return;
+            }
             let name = scalar_text(&key.value);
             if let Some(first) = seen.get(&name) {
                 self.errors.push(YamlError {

@@ -266,6 +266,48 @@ fn the_stack_s_files_together_are_bounded_by_what_they_expand_to() {
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
 }
 
+/// A stack of many resources naming an unknown one many times: each mention was compared
+/// with every name and got a hint listing them all (gigabytes of hints, minutes of work, from
+/// a file of a megabyte). The problems kept, the hints looked for and the names listed are
+/// bounded; the first problems say what is wrong.
+#[test]
+fn many_unknown_names_make_a_bounded_report() {
+    let mut yaml = String::from(
+        "version: 1\nstack: shop\nenvironments: { dev: { track: main } }\nresources:\n",
+    );
+    for i in 0..2_000 {
+        yaml.push_str(&format!("  r{i:05}: {{ type: job, command: [x] }}\n"));
+    }
+    let unknown: Vec<String> = (0..3_000).map(|i| format!("q{i}")).collect();
+    yaml.push_str(&format!(
+        "  last: {{ type: job, command: [x], depends_on: [{}] }}\n",
+        unknown.join(", ")
+    ));
+    let loaded = load(&one(&yaml), "slipway.yaml", &LoadLimits::default());
+    assert!(loaded.has_errors());
+    assert!(
+        loaded.diagnostics.len() <= 1_001,
+        "{}",
+        loaded.diagnostics.len()
+    );
+    let hints: usize = loaded
+        .diagnostics
+        .iter()
+        .map(|d| d.hint.as_ref().map_or(0, String::len))
+        .sum();
+    assert!(hints < 200_000, "{hints} bytes of hints");
+    let said: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        said.iter().any(|d| d.contains("unknown resource `q0`")),
+        "the first is said"
+    );
+    assert!(
+        said.iter()
+            .any(|d| d.contains("more problems are not shown")),
+        "and that there are more"
+    );
+}
+
 #[test]
 fn preview_fields_are_read_with_their_defaults() {
     let loaded = load(

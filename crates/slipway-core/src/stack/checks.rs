@@ -110,10 +110,11 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                                 Some("remove it from `depends_on`"),
                             );
                         } else if !names.contains(dep) {
+                            let hint = cx.suggest(dep, &names, "resource");
                             cx.err(
                                 item.pos,
                                 format!("`depends_on` names unknown resource `{dep}`"),
-                                Some(&suggest(dep, &names, "resource")),
+                                Some(&hint),
                             );
                         }
                     }
@@ -177,11 +178,10 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                     };
                     let at = Pos::new(pos.line, pos.col + offset_col(s, offset));
                     match &r {
-                        Reference::Var(v) if !vars.contains(v) => cx.err(
-                            at,
-                            format!("unknown variable `{v}` in `{r}`"),
-                            Some(&suggest(v, &vars, "variable")),
-                        ),
+                        Reference::Var(v) if !vars.contains(v) => {
+                            let hint = cx.suggest(v, &vars, "variable");
+                            cx.err(at, format!("unknown variable `{v}` in `{r}`"), Some(&hint));
+                        }
                         Reference::Env(a) if !ENV_ATTRS.contains(&a.as_str()) => cx.err(
                             at,
                             format!("unknown environment attribute `{a}` in `{r}`"),
@@ -250,10 +250,11 @@ pub(super) fn check_references(cx: &mut Cx, stack: &mut Stack) {
                                     );
                                 }
                             } else {
+                                let hint = cx.suggest(name, &names, "resource");
                                 cx.err(
                                     at,
                                     format!("unknown resource `{name}` in `{r}`"),
-                                    Some(&suggest(name, &names, "resource")),
+                                    Some(&hint),
                                 );
                             }
                         }
@@ -300,21 +301,6 @@ fn check_health_ports(cx: &mut Cx, node: &Node, own: &BTreeSet<String>, name: &s
 
 fn offset_col(s: &str, byte_offset: usize) -> u32 {
     u32::try_from(s.get(..byte_offset).map(|p| p.chars().count()).unwrap_or(0)).unwrap_or(0)
-}
-
-fn suggest(word: &str, names: &BTreeSet<String>, what: &str) -> String {
-    match did_you_mean(word, names.iter().map(String::as_str)) {
-        Some(s) => format!("did you mean `{s}`?"),
-        None if names.is_empty() => format!("no {what} is declared"),
-        None => format!(
-            "the {what}s are: {}",
-            names
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }
 
 fn own_ports(res: &ResourceDef) -> BTreeSet<String> {

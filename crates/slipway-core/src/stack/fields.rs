@@ -20,13 +20,71 @@ pub(super) struct Cx {
     /// What the stack's YAML files may still expand to, together (each file's parse takes
     /// from it: `slipway.yaml`, its includes, its manifests).
     pub(super) budget: crate::yaml::Budget,
+    /// Problems past [`MAX_DIAGNOSTICS`], counted rather than kept.
+    pub(super) dropped: usize,
+    /// How many "did you mean" hints were looked for (see [`Cx::suggest`]).
+    pub(super) suggested: usize,
 }
+
+/// Most problems a load keeps: a file of a megabyte can name a missing resource a hundred
+/// thousand times, and each kept problem is kept, sorted, rendered and sent.
+pub(super) const MAX_DIAGNOSTICS: usize = 1_000;
+
+/// Most "did you mean" hints looked for in one load: each compares the word with every
+/// name, and a stack of thousands of names with thousands of unknown ones is millions of
+/// comparisons.
+const MAX_SUGGESTIONS: usize = 100;
+
+/// Most names a hint lists.
+const MAX_LISTED: usize = 20;
 
 impl Cx {
     pub(super) fn err(&mut self, pos: Pos, message: String, hint: Option<&str>) {
+        if self.diags.len() >= MAX_DIAGNOSTICS {
+            self.dropped += 1;
+            return;
+        }
         let mut d = Diagnostic::error(&self.file, pos, message);
         d.hint = hint.map(str::to_string);
         self.diags.push(d);
+    }
+
+    /// The problems found, with one saying how many more there were.
+    pub(super) fn into_diagnostics(mut self, entry: &str) -> Vec<Diagnostic> {
+        self.diags.truncate(MAX_DIAGNOSTICS);
+        if self.dropped > 0 {
+            let mut more = Diagnostic::error(
+                entry,
+                Pos::new(1, 1),
+                format!(
+                    "{} more problems are not shown (the first {MAX_DIAGNOSTICS} are)",
+                    self.dropped
+                ),
+            );
+            more.hint = Some("fix these, and validate again".into());
+            self.diags.push(more);
+        }
+        self.diags
+    }
+
+    /// A hint for `word`, which is none of `names` (the `what`s the stack declares): the
+    /// nearest name, or the names.
+    pub(super) fn suggest(&mut self, word: &str, names: &BTreeSet<String>, what: &str) -> String {
+        if names.is_empty() {
+            return format!("no {what} is declared");
+        }
+        if self.suggested >= MAX_SUGGESTIONS || self.diags.len() >= MAX_DIAGNOSTICS {
+            return format!("check the {what}'s name");
+        }
+        self.suggested += 1;
+        if let Some(near) = did_you_mean(word, names.iter().map(String::as_str)) {
+            return format!("did you mean `{near}`?");
+        }
+        let mut listed: Vec<&str> = names.iter().take(MAX_LISTED).map(String::as_str).collect();
+        if names.len() > MAX_LISTED {
+            listed.push("…");
+        }
+        format!("the {what}s are: {}", listed.join(", "))
     }
 
     pub(super) fn type_err(&mut self, node: &Node, what: &str, expected: &str, hint: Option<&str>) {

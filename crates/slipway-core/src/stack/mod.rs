@@ -288,6 +288,8 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         diags: Vec::new(),
         file: entry.to_string(),
         budget: limits.budget,
+        dropped: 0,
+        suggested: 0,
     };
     let mut stack = Stack {
         version: 0,
@@ -477,12 +479,13 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         }
     }
     if !parsed_entry {
-        let mut diagnostics = cx.diags;
+        let expanded = limits.budget.nodes.saturating_sub(cx.budget.nodes);
+        let mut diagnostics = cx.into_diagnostics(entry);
         diagnostics.sort();
         return Loaded {
             stack: None,
             diagnostics,
-            expanded: limits.budget.nodes.saturating_sub(cx.budget.nodes),
+            expanded,
         };
     }
     if raw_resources.len() > limits.max_resources {
@@ -528,13 +531,14 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
     check_environments(&mut cx, &stack);
     check_references(&mut cx, &mut stack);
     check_cycles(&mut cx, &stack);
-    let mut diagnostics = cx.diags;
+    let expanded = limits.budget.nodes.saturating_sub(cx.budget.nodes);
+    let mut diagnostics = cx.into_diagnostics(entry);
     diagnostics.sort();
     diagnostics.dedup();
     Loaded {
         stack: Some(stack),
         diagnostics,
-        expanded: limits.budget.nodes.saturating_sub(cx.budget.nodes),
+        expanded,
     }
 }
 
