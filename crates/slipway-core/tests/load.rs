@@ -308,6 +308,31 @@ fn many_unknown_names_make_a_bounded_report() {
     );
 }
 
+/// A manifest's file name is where its objects come from, not a template: a file named
+/// `${secrets.DB}.yaml` had the secret substituted into every message and plan naming it.
+#[test]
+fn a_manifest_s_file_name_is_never_rendered() {
+    let mut files = one(
+        "version: 1\nstack: shop\nvariables: { greeting: hello }\nenvironments: { dev: { track: main } }\nresources:\n  app: { type: kubernetes.manifests, cluster: main, manifests: [\"k8s/*.yaml\"] }\n",
+    );
+    files.0.insert(
+        "k8s/${vars.greeting}.yaml".into(),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\ndata: { a: b }\n".into(),
+    );
+    let loaded = load(&files, "slipway.yaml", &LoadLimits::default());
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let stack = loaded.stack.as_ref().expect("a stack");
+    let desired = render_env(stack, "dev", "dev", EnvKind::Static, &"a".repeat(40));
+    // (Rendered text keeps a literal `${` escaped until the engine's last pass.)
+    let source = desired.resources["app"].config["manifests"][0]["source"]
+        .as_str()
+        .expect("its source");
+    assert!(
+        source.ends_with("{vars.greeting}.yaml:1:1") && !source.contains("hello"),
+        "{source}"
+    );
+}
+
 #[test]
 fn preview_fields_are_read_with_their_defaults() {
     let loaded = load(

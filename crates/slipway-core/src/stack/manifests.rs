@@ -251,7 +251,15 @@ fn read_objects(
             cx.err(doc.pos, why, Some("each YAML document of a manifest is one object with `apiVersion`, `kind` and `metadata.name`"));
             continue;
         }
-        let source = format!("{path}:{}:{}", doc.pos.line, doc.pos.col);
+        // Rendered as every string of the resource is: a file named `${secrets.X}.yaml` would
+        // have had a secret substituted into where its objects come from (messages, plans),
+        // past the rule that secrets go only in a Secret's `stringData`. Its name is literal.
+        let source = format!(
+            "{}:{}:{}",
+            crate::template::escape(path),
+            doc.pos.line,
+            doc.pos.col
+        );
         let pos = doc.pos;
         let str_node = |s: &str| Node {
             pos,
