@@ -218,6 +218,10 @@ enum Found {
     Ours,
 }
 
+/// How many times the hand-over of a created object's fields to the apply is tried (each
+/// failure is a change to the object meanwhile).
+const HAND_OVER_TRIES: usize = 5;
+
 /// How many times a cluster-scoped object found absent is created before giving up (each
 /// failure is another environment making it meanwhile, then it going).
 const CLAIM_TRIES: usize = 3;
@@ -710,21 +714,31 @@ impl<'a> Run<'a> {
             Err(e) => return Err(self.cluster.error(what, &e)),
         };
         let name = typed.metadata.name.as_deref().unwrap_or_default();
-        let Some(handed) = managed_by_apply(&created) else {
-            return Ok(Some(created));
-        };
-        // On the version the POST made only: a change meanwhile keeps the update's entry,
-        // which costs only the removal of a field this manager alone set.
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&handed))
-            .await
-        {
-            Ok(patched) => Ok(Some(serde_json::to_value(patched).unwrap_or(Value::Null))),
-            Err(e) => {
-                tracing::warn!(object = what, error = %e, "created, its fields left owned by an update");
-                Ok(Some(created))
+        // On the version read only (a merge patch naming it): a change since (a CRD's status,
+        // which its controller writes at once) is read, and the hand-over made again.
+        let mut current = created;
+        for _ in 0..HAND_OVER_TRIES {
+            let Some(handed) = managed_by_apply(&current) else {
+                return Ok(Some(current));
+            };
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&handed))
+                .await
+            {
+                Ok(patched) => {
+                    return Ok(Some(serde_json::to_value(patched).unwrap_or(Value::Null)));
+                }
+                Err(e) if api_code(&e) == Some(409) => match api.get_opt(name).await {
+                    Ok(Some(fresh)) => current = serde_json::to_value(fresh).unwrap_or(Value::Null),
+                    _ => break,
+                },
+                Err(e) => {
+                    tracing::warn!(object = what, error = %e, "created, its fields left owned by an update");
+                    break;
+                }
             }
         }
+        Ok(Some(current))
     }
 
     async fn ensure_namespace(&self) -> Result<(), ProviderError> {
