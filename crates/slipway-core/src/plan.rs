@@ -404,13 +404,47 @@ fn manifest_diff(
     let a = manifest_objects(after);
     let ids: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
     for id in ids {
-        walk(
-            &format!("{key}[{id}]"),
-            b.get(id).copied(),
-            a.get(id).copied(),
-            forces,
-            out,
-        );
+        let (before, after) = (b.get(id).copied(), a.get(id).copied());
+        let path = format!("{key}[{id}]");
+        let is_secret = |o: Option<&Json>| o.is_some_and(|o| o["kind"] == "Secret");
+        if !is_secret(before) && !is_secret(after) {
+            walk(&path, before, after, forces, out);
+            continue;
+        }
+        // A Secret's values are compared, never shown (see `redact_secret`): its changes
+        // are said with `<redacted>` in their place.
+        let mut changes = Vec::new();
+        walk(&path, before, after, forces, &mut changes);
+        let data = [format!("{path}.data"), format!("{path}.stringData")];
+        for mut change in changes {
+            let under_data = data
+                .iter()
+                .any(|d| change.path == *d || change.path.starts_with(&format!("{d}.")));
+            for value in [&mut change.before, &mut change.after]
+                .into_iter()
+                .flatten()
+            {
+                if change.path == path {
+                    crate::stack::manifests::redact_secret(value);
+                } else if under_data {
+                    *value = redact_values(value);
+                }
+            }
+            out.push(change);
+        }
+    }
+}
+
+/// `value` with every string or number in it replaced by `<redacted>`.
+fn redact_values(value: &Json) -> Json {
+    match value {
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), redact_values(v)))
+                .collect(),
+        ),
+        Json::Null => Json::Null,
+        _ => Json::String("<redacted>".into()),
     }
 }
 

@@ -290,3 +290,55 @@ fn a_failed_job_is_drift_to_repair_and_other_failures_are_retried() {
     );
     assert_eq!(reason("docs"), "the previous apply failed");
 }
+
+/// A Secret's literal values (the repository may hold them: `data` in base64) are compared,
+/// so that a change to them is planned, and never shown: plans and policy input are read by
+/// people who may not read the repository. Other objects' values are shown.
+#[test]
+fn a_secret_s_values_are_compared_never_shown() {
+    use serde_json::{Value, json};
+    use slipway_core::plan::diff;
+    let config = |password: &str| {
+        json!({"cluster": "main", "manifests": [
+            {"source": "k8s/s.yaml:1:1", "object": {"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "db"}, "data": {"password": password}}},
+            {"source": "k8s/c.yaml:1:1", "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings"}, "data": {"shown": password}}},
+        ]})
+    };
+    let created = diff(
+        &Value::Null,
+        &config("aHVudGVyMg=="),
+        "kubernetes.manifests",
+    );
+    let updated = diff(
+        &config("aHVudGVyMg=="),
+        &config("czNjcjN0"),
+        "kubernetes.manifests",
+    );
+    for (what, changes) in [("created", &created), ("updated", &updated)] {
+        let secret: Vec<_> = changes
+            .iter()
+            .filter(|c| c.path.starts_with("manifests[Secret/db]"))
+            .collect();
+        assert!(
+            !secret.is_empty(),
+            "{what}: the Secret is planned: {changes:?}"
+        );
+        let shown = serde_json::to_string(&secret).expect("json");
+        assert!(
+            !shown.contains("aHVudGVyMg==") && !shown.contains("czNjcjN0"),
+            "{what}: {shown}"
+        );
+        let settings = serde_json::to_string(changes).expect("json");
+        assert!(
+            settings.contains("ConfigMap/settings"),
+            "{what}: {settings}"
+        );
+    }
+    let shown = serde_json::to_string(&updated).expect("json");
+    assert!(
+        shown.contains("czNjcjN0"),
+        "the ConfigMap's value is shown: {shown}"
+    );
+}

@@ -267,18 +267,8 @@ fn redacted(config: &Json) -> Json {
     if let Some(items) = config.get_mut("manifests").and_then(Json::as_array_mut) {
         // Each item is `{source, object}` (where it was read, and the object).
         for item in items {
-            let Some(object) = item.get_mut(slipway_core::stack::manifests::OBJECT) else {
-                continue;
-            };
-            if object.get("kind").and_then(Json::as_str) != Some("Secret") {
-                continue;
-            }
-            for key in ["data", "stringData"] {
-                if let Some(map) = object.get_mut(key).and_then(Json::as_object_mut) {
-                    for value in map.values_mut() {
-                        *value = Json::String("<redacted>".into());
-                    }
-                }
+            if let Some(object) = item.get_mut(slipway_core::stack::manifests::OBJECT) {
+                slipway_core::stack::manifests::redact_secret(object);
             }
         }
     }

@@ -33,6 +33,25 @@ pub const SOURCE: &str = "source";
 /// See [`SOURCE`].
 pub const OBJECT: &str = "object";
 
+/// Hides the values of `object`'s `data` and `stringData` when it is a Kubernetes `Secret`:
+/// they may be literal in the repository, and plans, policies and the API are read by people
+/// who may not read it. Whether it changed stays known (the caller compares before hiding).
+pub fn redact_secret(object: &mut serde_json::Value) {
+    if object.get("kind").and_then(serde_json::Value::as_str) != Some("Secret") {
+        return;
+    }
+    for key in ["data", "stringData"] {
+        if let Some(map) = object
+            .get_mut(key)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for value in map.values_mut() {
+                *value = serde_json::Value::String("<redacted>".into());
+            }
+        }
+    }
+}
+
 /// Replaces the globs of every manifests field with the objects they name.
 pub(super) fn expand(
     cx: &mut Cx,
