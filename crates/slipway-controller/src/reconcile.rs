@@ -178,7 +178,9 @@ fn preview_head(inner: &Inner, record: &EnvironmentRecord) -> Result<PreviewHead
     let (Some(setup), Some(reference)) = (inner.forge.get(), record.tracked_ref.as_deref()) else {
         return Ok(PreviewHead::NotAPullRequest);
     };
-    if record.kind != EnvKind::Generated || !reference.starts_with("refs/") {
+    // Pinned (a person's pin or rollback, to stop a bad head): it runs its pin, not the
+    // pull request's head, until unpinned.
+    if record.kind != EnvKind::Generated || !reference.starts_with("refs/") || record.pinned {
         return Ok(PreviewHead::NotAPullRequest);
     }
     // The one pull request whose head ref this is (`refs/pull/N/head`,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use util::fake_github::{pull_request_payload, send_webhook, send_webhook_raw};
 use util::world::{ForgeWorld, GitHubDelivered, Served};
 use util::{FakeForge, Forge, PrSpec};
-use util::{http_get_host, start_serve_with, wait_for};
+use util::{api_request, http_get_host, role_token, start_serve_with, wait_for};
 
 const SECRET: &str = "webhook-secret-for-tests";
 const T: Duration = Duration::from_secs(60);
@@ -443,6 +443,48 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
         "main's rules apply: {refused}"
     );
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
+}
+
+/// A person's pin of a pull request's preview (or a rollback), to stop a bad head, holds: the
+/// preview runs its pin, not the pull request's head, until unpinned (the reconcile ran the
+/// head, and recorded it as the new pin).
+#[test]
+fn a_pinned_preview_runs_its_pin_not_the_pull_request_s_head() {
+    let w = world();
+    let first = w.push_pr(3, "feature-3", "pr3-a");
+    open(&w, 3, "feature-3", &first);
+    w.serves("pr-3", "pr3-a");
+    let deployer = role_token(&w.s, "deployer");
+    let call = |path: &str, body: serde_json::Value| {
+        let (code, answer) = api_request(w.addr(), "POST", path, &deployer, Some(body));
+        assert!((200..300).contains(&code), "{path}: {code} {answer}");
+    };
+    call(
+        "/api/v1/environments/pr-3/pin",
+        serde_json::json!({ "commit": first }),
+    );
+    let second = w.push_pr(3, "feature-3", "pr3-b");
+    w.forge.set_head(3, &second);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.forge.pr(3), false, None),
+    );
+    w.forge.wait_for_comment(
+        3,
+        |c| c.body.contains(MARKER) && c.body.contains(&second[..12]),
+        T,
+    );
+    call("/api/v1/environments/pr-3/sync", serde_json::json!({}));
+    let moved =
+        slipway_testkit::wait::poll(Duration::from_secs(4), Duration::from_millis(100), || {
+            (w.page("pr-3").as_deref() == Some("pr3-b")).then_some(())
+        });
+    assert_eq!(moved, None, "the pinned preview stays on its pin");
+    let record = w.environment("pr-3");
+    assert_eq!(record["pinned"], true, "{record}");
+    // Unpinned, it follows the pull request's head again.
+    call("/api/v1/environments/pr-3/unpin", serde_json::json!({}));
+    w.serves("pr-3", "pr3-b");
 }
 
 /// `/slipway apply` is judged by the deploy windows of the environment's rules as its
