@@ -341,6 +341,31 @@ pub(crate) fn escape_markdown(s: &str) -> String {
             _ => out.push(c),
         }
     }
+    unlinked(&out)
+}
+
+/// `s` with what the forges would make a link of (`scheme://`, `www.`) broken by a zero-width
+/// space: a branch's words in a cell of Slipway's comment (a key of its stack quoted in an
+/// error) would otherwise be a link there, in Slipway's voice.
+fn unlinked(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if rest.starts_with("://") {
+            out.push_str(":\u{200B}//");
+            rest = &rest[3..];
+        } else if rest
+            .get(..4)
+            .is_some_and(|w| w.eq_ignore_ascii_case("www."))
+        {
+            out.push_str(&rest[..3]);
+            out.push_str("\u{200B}.");
+            rest = &rest[4..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
     out
 }
 
@@ -357,7 +382,7 @@ pub(crate) fn escape_html(s: &str) -> String {
             _ => out.push(c),
         }
     }
-    out
+    unlinked(&out)
 }
 
 /// `url` if it is a plain `http(s)` URL that cannot break out of a Markdown link.
@@ -437,5 +462,16 @@ mod tests {
             "a\\|b \\<img\\> @\u{200B}team"
         );
         assert_eq!(escape_html("</summary>@x"), "&lt;/summary&gt;@\u{200B}x");
+        // Nothing a forge would link: a scheme, `www.` in any case.
+        for escaped in [
+            escape_markdown("see https://evil.example/x and WWW.evil.example, é://"),
+            escape_html("https://evil.example/x www.evil.example"),
+        ] {
+            assert!(
+                !escaped.contains("://") && !escaped.to_ascii_lowercase().contains("www."),
+                "{escaped}"
+            );
+            assert!(escaped.replace('\u{200B}', "").contains("evil.example"));
+        }
     }
 }
