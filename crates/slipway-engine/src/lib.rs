@@ -593,6 +593,12 @@ pub fn refuse_tracked_home(home: &Path) -> Result<(), EngineError> {
     )))
 }
 
+/// How long one pass of observations (an environment's, for a plan or a status) may take:
+/// looks past it fail, as drift of the moment. An exec program's `read` is the branch's code,
+/// and a plan waits on every one (a pull request's, while the controller's forge events
+/// wait); each is bounded too (`slipway_providers::exec::MAX_READ`).
+pub const OBSERVE_PASS: Duration = Duration::from_secs(120);
+
 /// The engine, over one home directory.
 pub struct Engine {
     home: PathBuf,
@@ -647,6 +653,7 @@ impl Engine {
             stop_grace: config.local.stop_grace,
             ready_timeout: config.local.ready_timeout,
             log_max_bytes: config.local.log_max_bytes,
+            observe_until: None,
         };
         let mut registry = Registry::local();
         let mut urls = BTreeMap::new();
@@ -1255,6 +1262,7 @@ impl Engine {
         let context = self
             .sandbox(env)
             .and_then(|sandbox| Ok((sandbox, self.stack_of(env)?)));
+        let settings = self.observation_settings();
         let mut dirs: BTreeMap<&str, EnvDirs> = BTreeMap::new();
         for (_, envelope) in ready {
             dirs.entry(&envelope.src_commit)
@@ -1278,7 +1286,9 @@ impl Engine {
                                     handle: envelope.handle,
                                 };
                                 let dirs = &dirs[&*envelope.src_commit];
-                                self.observe_in(stack, sandbox, env, dirs, &resource, ports)
+                                self.observe_in(
+                                    &settings, stack, sandbox, env, dirs, &resource, ports,
+                                )
                             }
                             Err(e) => Observed::Drifted(format!("cannot observe: {e}")),
                         }
@@ -1337,11 +1347,26 @@ impl Engine {
         };
     }
 
+    /// The settings a pass of observations runs with: the engine's, ending by
+    /// [`OBSERVE_PASS`] from now.
+    pub(crate) fn observation_settings(&self) -> ProviderSettings {
+        ProviderSettings {
+            observe_until: Some(std::time::Instant::now() + OBSERVE_PASS),
+            ..self.settings.clone()
+        }
+    }
+
     /// Observes one recorded resource through its provider, with the environment's recorded
-    /// stack, its directories (at the commit the resource runs from), its sandbox and the
-    /// resource's ports (of both instance slots) in hand: read once for all of them.
+    /// stack, its directories (at the commit the resource runs from), its sandbox, the
+    /// resource's ports (of both instance slots) and the pass's settings
+    /// ([`Engine::observation_settings`]) in hand: read once for all of them.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is read once for a whole pass"
+    )]
     pub(crate) fn observe_in(
         &self,
+        settings: &ProviderSettings,
         stack: &str,
         sandbox: &slipway_providers::sandbox::Sandbox,
         env: &EnvName,
@@ -1355,7 +1380,8 @@ impl Engine {
         let instance = resource.instance.unwrap_or(resource.name);
         let slot = u8::from(instance != resource.name);
         let ports = slot_ports(all_ports, slot);
-        let ctx = self.resource_context(stack, env, instance, dirs, &ports, sandbox);
+        let mut ctx = self.resource_context(stack, env, instance, dirs, &ports, sandbox);
+        ctx.settings = settings;
         match provider.observe_recorded(ctx, resource.resolved, resource.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),

@@ -332,6 +332,8 @@ impl Engine {
         let mut sandbox = None;
         // Made for the first reason a provider gives (see `Engine::redact_observed`).
         let mut redactor = None;
+        // Made for the first resource observed: the pass's deadline counts from then.
+        let mut settings = None;
         let none = BTreeMap::new();
         // The environment's directories at the commit its resources run from: the same for
         // all of them but after a failed apply.
@@ -374,6 +376,7 @@ impl Engine {
                 };
                 let mut observed = match sandbox {
                     Ok(sandbox) => self.observe_in(
+                        settings.get_or_insert_with(|| self.observation_settings()),
                         &env.stack,
                         sandbox,
                         &env.name,

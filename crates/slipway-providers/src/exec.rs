@@ -44,7 +44,8 @@ pub struct ExecConfig {
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// How long one operation may take; the engine's `ready_timeout` if absent.
+    /// How long one operation may take; the engine's `ready_timeout` if absent (a `read` at
+    /// most [`MAX_READ`], and within its pass's deadline).
     #[serde(default, deserialize_with = "slipway_core::duration::optional")]
     pub timeout: Option<Duration>,
 }
@@ -292,6 +293,9 @@ fn recorded_config(ctx: ResourceContext<'_>) -> Result<Option<ExecConfig>, Provi
     }))
 }
 
+/// The longest a `read` may take, whatever the resource's `timeout`.
+pub const MAX_READ: Duration = Duration::from_secs(30);
+
 /// Runs the program for one operation and decodes its reply.
 fn call<R: serde::de::DeserializeOwned>(
     ctx: ResourceContext<'_>,
@@ -323,7 +327,28 @@ fn call<R: serde::de::DeserializeOwned>(
         .into_bytes();
     stdin.push(b'\n');
     let env = command::child_env(ctx, &config.env);
-    let timeout = config.timeout.unwrap_or(ctx.settings.ready_timeout);
+    let mut timeout = config.timeout.unwrap_or(ctx.settings.ready_timeout);
+    if op == Op::Read {
+        // A look, not a change: bounded whatever the resource says (its `timeout` is the
+        // branch's, and a read runs at every plan, status and drift pass, a pull request's
+        // plan while the controller's forge events wait), and within the pass's deadline.
+        timeout = timeout.min(MAX_READ);
+        if let Some(until) = ctx.settings.observe_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProviderError::Failed {
+                    message: format!(
+                        "exec program `{}` was not asked to read: the pass of observations ran \
+                         out of time",
+                        command::show_command(&config.program)
+                    ),
+                    log_tail: None,
+                    retry: Retry::Retryable,
+                });
+            }
+            timeout = timeout.min(left);
+        }
+    }
     let log = CappedLog::open_shared(
         ctx.dirs,
         ctx.resource,

@@ -152,6 +152,10 @@ pub struct ProviderSettings {
     pub ready_timeout: Duration,
     /// A log file is rotated (one old generation kept) when it grows past this size.
     pub log_max_bytes: u64,
+    /// When the pass of observations made with these settings ends: a look at a resource
+    /// that would go past it (an exec program's `read`, the branch's code) fails instead.
+    /// `None`: no pass deadline (each look still has its own bound).
+    pub observe_until: Option<std::time::Instant>,
 }
 
 impl Default for ProviderSettings {
@@ -161,6 +165,7 @@ impl Default for ProviderSettings {
             stop_grace: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(60),
             log_max_bytes: 10 * 1024 * 1024,
+            observe_until: None,
         }
     }
 }

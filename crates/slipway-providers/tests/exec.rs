@@ -257,6 +257,55 @@ fn a_hanging_program_is_stopped_at_its_timeout_with_its_children() {
     );
 }
 
+/// A read is a look: it runs at every plan, status and drift pass (a pull request's plan while
+/// the controller's forge events wait), so neither the resource's `timeout` (the branch's: an
+/// hour here) nor a hanging program holds it past the pass's deadline, and a read due after
+/// the deadline is not begun.
+#[test]
+fn a_read_ends_by_the_pass_s_deadline_whatever_the_resource_s_timeout() {
+    let env = TestEnv::new();
+    let pid_file = env.dirs.data.join("read.pid");
+    let pid_arg = pid_file.display().to_string();
+    let config = hostile("hang_on_read", &[&pid_arg], "1h");
+    with_registry(|exec| {
+        let created = exec
+            .create(env.ctx("slow"), &config)
+            .expect("created at once");
+        let mut settings = env.settings.clone();
+        settings.observe_until = Some(Instant::now() + Duration::from_secs(1));
+        let mut ctx = env.ctx("slow");
+        ctx.settings = &settings;
+        let started = Instant::now();
+        let err = exec
+            .observe(ctx, &config, &created.live)
+            .expect_err("the read is stopped");
+        let took = started.elapsed();
+        assert!(err.retryable(), "{err}");
+        assert!(
+            took < Duration::from_secs(15),
+            "stopped by the deadline ({took:?})"
+        );
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .expect("the read ran")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let _reaper = Reaper(vec![pid]);
+        assert!(eventually(Duration::from_secs(5), || !pid_running(pid)));
+
+        // Past the deadline: not begun.
+        std::fs::remove_file(&pid_file).expect("removed");
+        settings.observe_until = Some(Instant::now());
+        let mut ctx = env.ctx("slow");
+        ctx.settings = &settings;
+        let err = exec
+            .observe(ctx, &config, &created.live)
+            .expect_err("not read");
+        assert!(err.to_string().contains("ran out of time"), "{err}");
+        assert!(!pid_file.exists(), "the program was not run");
+    });
+}
+
 #[test]
 fn exec_configuration_is_checked() {
     let env = TestEnv::new();
