@@ -293,6 +293,10 @@ pub(crate) struct Inner {
     /// a branch's code (an exec program) that may fail for ever: tried every second (as the
     /// expiry ticks), each attempt recorded a deployment, an event and a notification.
     pub destroy_failures: Mutex<std::collections::BTreeMap<EnvName, reconcile::Failures>>,
+    /// When Slipway last answered a refused or malformed command of an author on a pull
+    /// request (lowercased login, number): anyone may comment on a public repository, and
+    /// each answer is a comment in Slipway's name and a call against its token's limits.
+    pub refusals: Mutex<std::collections::BTreeMap<(String, u64), i64>>,
     /// Who overrode the deploy window of an environment for its next reconcile (a sync
     /// asked with `override_window` by a deployer): taken by that reconcile.
     pub window_overrides: Mutex<std::collections::BTreeMap<EnvName, String>>,
@@ -428,6 +432,7 @@ impl Controller {
                 applies: Mutex::new(std::collections::BTreeMap::new()),
                 parked: Mutex::new(std::collections::BTreeMap::new()),
                 destroy_failures: Mutex::new(std::collections::BTreeMap::new()),
+                refusals: Mutex::new(std::collections::BTreeMap::new()),
                 window_overrides: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),
                 stepped_aside: std::sync::atomic::AtomicBool::new(false),

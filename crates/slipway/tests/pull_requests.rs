@@ -445,6 +445,38 @@ fn a_pull_request_cannot_lower_its_own_apply_requirements() {
     assert_eq!(w.page("prod").as_deref(), Some("v1"));
 }
 
+/// Anyone may comment on a public repository: a flood of commands from someone without
+/// write access got one answer each, in Slipway's name and against its token's limits on
+/// comments (which then stopped plans on every pull request). One answer, each audited.
+#[test]
+fn a_flood_of_refused_commands_gets_one_answer() {
+    let w = world();
+    let head = w.push_pr(9, "feature-9", "pr9");
+    open(&w, 9, "feature-9", &head);
+    w.forge.wait_for_comment(9, |c| c.body.contains(MARKER), T);
+    for _ in 0..20 {
+        w.comment(9, "mallory", "/slipway apply prod");
+    }
+    let refused = || -> u64 {
+        w.audit()
+            .iter()
+            .filter(|e| {
+                e["action"] == "pr.command"
+                    && e["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("without write access"))
+            })
+            .map(|e| e["count"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    wait_for("every command is audited", T, || {
+        (refused() == 20).then_some(())
+    });
+    let answers = w.bot_replies(9);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].contains("mallory"), "{answers:?}");
+}
+
 /// A person's pin of a pull request's preview (or a rollback), to stop a bad head, holds: the
 /// preview runs its pin, not the pull request's head, until unpinned (the reconcile ran the
 /// head, and recorded it as the new pin).

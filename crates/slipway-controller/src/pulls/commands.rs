@@ -25,6 +25,46 @@ pub(super) fn reply(inner: &Inner, pr: u64, body: &str) {
     }
 }
 
+/// How long after refusing a command of an author without write access on a pull request
+/// Slipway stays silent on their next ones (each is still audited).
+const REFUSAL_QUIET_MS: i64 = 10 * 60 * 1000;
+
+/// The same, for a malformed command (a maintainer's typo among them: answered again soon).
+const MALFORMED_QUIET_MS: i64 = 60 * 1000;
+
+/// Most (author, pull request) pairs remembered as answered: past it, the oldest go.
+const REFUSALS_KEPT: usize = 10_000;
+
+/// Answers `author`'s refused or malformed command on `pr` with `body`, unless they were
+/// answered so less than `quiet_ms` ago: a flood of comments gets one answer, not a flood of
+/// Slipway's (which would also spend the token's limits on comments, and hold the forge
+/// events' queue).
+fn refuse(inner: &Inner, pr: u64, author: &str, body: &str, quiet_ms: i64) {
+    let now = now_ms();
+    {
+        let mut refusals = inner
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (author.to_ascii_lowercase(), pr);
+        if refusals.get(&key).is_some_and(|at| now - at < quiet_ms) {
+            return;
+        }
+        refusals.retain(|_, at| now - *at < REFUSAL_QUIET_MS);
+        if refusals.len() >= REFUSALS_KEPT {
+            let oldest = refusals
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                refusals.remove(&oldest);
+            }
+        }
+        refusals.insert(key, now);
+    }
+    reply(inner, pr, body);
+}
+
 pub(super) fn audit(
     inner: &Inner,
     who: &str,
@@ -62,7 +102,7 @@ pub(super) fn comment(
                 "refused",
                 "malformed command",
             );
-            reply(inner, number, &e.to_string());
+            refuse(inner, number, author, &e.to_string(), MALFORMED_QUIET_MS);
             return Ok(FollowUp::default());
         }
     };
@@ -101,13 +141,15 @@ pub(super) fn comment(
             "refused",
             &format!("`{command}` without write access"),
         );
-        reply(
+        refuse(
             inner,
             number,
+            author,
             &format!(
                 "Sorry @{author}, only people with write access to this repository can run \
                  `{command}`."
             ),
+            REFUSAL_QUIET_MS,
         );
         return Ok(FollowUp::default());
     }
