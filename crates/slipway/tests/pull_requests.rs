@@ -477,6 +477,41 @@ fn a_flood_of_refused_commands_gets_one_answer() {
     assert!(answers[0].contains("mallory"), "{answers:?}");
 }
 
+/// A signed comment delivered again long after it was said (captured, and replayed once its
+/// delivery id was no longer kept; a redelivery days later) is not acted on: the pull
+/// request's head and rules are not those its author saw. A fresh one is.
+#[test]
+fn a_command_said_long_before_its_delivery_is_not_acted_on() {
+    let w = world();
+    w.forge.set_permission("alice", "write");
+    let head = w.push_pr(8, "feature-8", "pr8");
+    open(&w, 8, "feature-8", &head);
+    w.forge.wait_for_comment(8, |c| c.body.contains(MARKER), T);
+    let mut old: Value = serde_json::from_slice(&util::fake_github::issue_comment_payload(
+        8,
+        "alice",
+        "/slipway apply qa",
+    ))
+    .expect("json");
+    old["comment"]["created_at"] = serde_json::json!("2025-12-01T10:00:00Z");
+    old["comment"]["updated_at"] = serde_json::json!("2025-12-01T10:00:00Z");
+    w.accepted("issue_comment", &serde_json::to_vec(&old).expect("json"));
+    wait_for("the old command is audited", T, || {
+        w.audit()
+            .iter()
+            .any(|e| {
+                e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("over an hour before"))
+            })
+            .then_some(())
+    });
+    assert!(!w.locked("qa"), "not applied");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"));
+    w.comment(8, "alice", "/slipway apply qa");
+    w.reply(8, "Applied #8");
+}
+
 /// A person's pin of a pull request's preview (or a rollback), to stop a bad head, holds: the
 /// preview runs its pin, not the pull request's head, until unpinned (the reconcile ran the
 /// head, and recorded it as the new pin).

@@ -25,6 +25,9 @@ pub(super) fn reply(inner: &Inner, pr: u64, body: &str) {
     }
 }
 
+/// The oldest a command may be when it is delivered (by the forge's time of the comment).
+const MAX_AGE_MS: i64 = 60 * 60 * 1000;
+
 /// How long after refusing a command of an author without write access on a pull request
 /// Slipway stays silent on their next ones (each is still audited).
 const REFUSAL_QUIET_MS: i64 = 10 * 60 * 1000;
@@ -92,6 +95,20 @@ pub(super) fn comment(
 ) -> Result<FollowUp, ControllerError> {
     let command = match parse_command(body) {
         Ok(None) => return Ok(FollowUp::default()),
+        Ok(Some(_)) if said_at.is_some_and(|at| now_ms().saturating_sub(at) > MAX_AGE_MS) => {
+            // A delivery of an old comment (a signed one captured and sent again once its id
+            // left the deliveries kept, or a redelivery days later) is not acted on: the pull
+            // request's head and rules are not those its author saw.
+            audit(
+                inner,
+                author,
+                "pr.command",
+                &format!("#{number}"),
+                "refused",
+                "a command said over an hour before it was delivered",
+            );
+            return Ok(FollowUp::default());
+        }
         Ok(Some(command)) => command,
         Err(e) => {
             audit(
