@@ -594,10 +594,11 @@ pub fn refuse_tracked_home(home: &Path) -> Result<(), EngineError> {
 }
 
 /// How long one pass of observations (an environment's, for a plan or a status) may take:
-/// looks past it fail, as drift of the moment. An exec program's `read` is the branch's code,
-/// and a plan waits on every one (a pull request's, while the controller's forge events
-/// wait); each is bounded too (`slipway_providers::exec::MAX_READ`).
-pub const OBSERVE_PASS: Duration = Duration::from_secs(120);
+/// the resources not looked at by then are taken as recorded (not drift: nothing is
+/// repaired for want of a look), and a look running then is stopped. An exec program's
+/// `read` is the branch's code, and a plan waits on every one (a pull request's, while the
+/// controller's forge events wait); each is bounded too (`slipway_providers::exec::MAX_READ`).
+pub const OBSERVE_PASS: Duration = Duration::from_secs(300);
 
 /// The engine, over one home directory.
 pub struct Engine {
@@ -1377,6 +1378,13 @@ impl Engine {
         let Some(provider) = self.registry.get(resource.type_name) else {
             return Observed::InSync;
         };
+        if settings
+            .observe_until
+            .is_some_and(|until| std::time::Instant::now() >= until)
+        {
+            tracing::warn!(environment = %env, resource = resource.name, "not observed: the pass of observations ran out of time; taken as recorded");
+            return Observed::InSync;
+        }
         let instance = resource.instance.unwrap_or(resource.name);
         let slot = u8::from(instance != resource.name);
         let ports = slot_ports(all_ports, slot);

@@ -294,7 +294,7 @@ fn recorded_config(ctx: ResourceContext<'_>) -> Result<Option<ExecConfig>, Provi
 }
 
 /// The longest a `read` may take, whatever the resource's `timeout`.
-pub const MAX_READ: Duration = Duration::from_secs(30);
+pub const MAX_READ: Duration = Duration::from_secs(120);
 
 /// Runs the program for one operation and decodes its reply.
 fn call<R: serde::de::DeserializeOwned>(
