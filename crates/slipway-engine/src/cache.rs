@@ -17,10 +17,14 @@ pub struct Cached {
 
 /// How many (commit, folder) pairs are kept; the oldest goes first.
 const CAPACITY: usize = 64;
-/// How many YAML values the kept stacks may hold together (`Loaded::expanded`): a stack of
-/// thousands of manifests holds millions, and 64 of them would be gigabytes. The oldest go
-/// first; the newest is kept whatever its size.
+/// What the kept stacks may hold together, in YAML values (`Loaded::expanded`), a value
+/// counting too for every [`BYTES_PER_VALUE`] bytes of text (`Loaded::expanded_bytes`): a
+/// stack of thousands of manifests holds millions of values, one of a few aliased strings
+/// hundreds of megabytes, and 64 of either would be gigabytes. The oldest go first; the
+/// newest is kept whatever its size.
 const WEIGHT: usize = 8_000_000;
+/// See [`WEIGHT`]: about what a value takes.
+const BYTES_PER_VALUE: usize = 64;
 
 /// `(commit, folder)`: the cache's key.
 type Key = (String, String);
@@ -50,7 +54,12 @@ impl CommitCache {
         if entries.iter().any(|((s, f), _)| s == sha && f == folder) {
             return;
         }
-        let weight = |cached: &Cached| cached.loaded.loaded.expanded;
+        let weight = |cached: &Cached| {
+            let loaded = &cached.loaded.loaded;
+            loaded
+                .expanded
+                .saturating_add(loaded.expanded_bytes / BYTES_PER_VALUE)
+        };
         let mut total = entries.iter().map(|(_, c)| weight(c)).sum::<usize>() + weight(&cached);
         while entries.len() >= CAPACITY || (total > WEIGHT && !entries.is_empty()) {
             if let Some((_, oldest)) = entries.pop_front() {
@@ -66,6 +75,10 @@ mod tests {
     use super::*;
 
     fn expanded_to(sha: &str, expanded: usize) -> Arc<Cached> {
+        text_of(sha, expanded, 0)
+    }
+
+    fn text_of(sha: &str, expanded: usize, expanded_bytes: usize) -> Arc<Cached> {
         Arc::new(Cached {
             loaded: LoadedCommit {
                 commit: slipway_git::Commit {
@@ -78,6 +91,7 @@ mod tests {
                     stack: None,
                     diagnostics: Vec::new(),
                     expanded,
+                    expanded_bytes,
                 },
                 entry: "slipway.yaml".to_owned(),
                 folder: String::new(),
@@ -107,5 +121,12 @@ mod tests {
         }
         assert!(cache.get("s0", "").is_none());
         assert!(cache.get(&format!("s{CAPACITY}"), "").is_some());
+        // Few values, each a long string's copy: weighed by their text too.
+        cache.put("t", "", text_of("t", 10, WEIGHT * BYTES_PER_VALUE));
+        assert!(cache.get("t", "").is_some());
+        assert!(
+            cache.get(&format!("s{CAPACITY}"), "").is_none(),
+            "pushed out"
+        );
     }
 }

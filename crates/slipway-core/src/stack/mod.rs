@@ -211,6 +211,8 @@ pub struct Loaded {
     /// How many YAML values the stack's files expanded to (aliases' copies included): a
     /// measure of what the loaded stack holds, for caches.
     pub expanded: usize,
+    /// How many bytes of scalar text they expanded to (aliases' copies included).
+    pub expanded_bytes: usize,
 }
 
 impl Loaded {
@@ -480,12 +482,14 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
     }
     if !parsed_entry {
         let expanded = limits.budget.nodes.saturating_sub(cx.budget.nodes);
+        let expanded_bytes = limits.budget.bytes.saturating_sub(cx.budget.bytes);
         let mut diagnostics = cx.into_diagnostics(entry);
         diagnostics.sort();
         return Loaded {
             stack: None,
             diagnostics,
             expanded,
+            expanded_bytes,
         };
     }
     if raw_resources.len() > limits.max_resources {
@@ -532,6 +536,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
     check_references(&mut cx, &mut stack);
     check_cycles(&mut cx, &stack);
     let expanded = limits.budget.nodes.saturating_sub(cx.budget.nodes);
+    let expanded_bytes = limits.budget.bytes.saturating_sub(cx.budget.bytes);
     let mut diagnostics = cx.into_diagnostics(entry);
     diagnostics.sort();
     diagnostics.dedup();
@@ -539,6 +544,7 @@ pub fn load(files: &dyn Files, entry: &str, limits: &LoadLimits) -> Loaded {
         stack: Some(stack),
         diagnostics,
         expanded,
+        expanded_bytes,
     }
 }
 
