@@ -308,6 +308,25 @@ fn many_unknown_names_make_a_bounded_report() {
     );
 }
 
+/// A hint compares a word with names at the cost of both lengths: a word or a name of
+/// megabytes (an alias of a long string makes one for free) is no typo, and is neither
+/// compared nor listed.
+#[test]
+fn a_long_word_or_name_makes_no_hint_work() {
+    let long = "x".repeat(100_000);
+    let yaml = format!(
+        "version: 1\nstack: shop\nenvironments: {{ dev: {{ track: main }} }}\nresources:\n  ? {long}\n  : {{ type: job, command: [x] }}\n  last: {{ type: job, command: [x], depends_on: [y{long}, q] }}\n"
+    );
+    let loaded = load(&one(&yaml), "slipway.yaml", &LoadLimits::default());
+    assert!(loaded.has_errors());
+    let hints: usize = loaded
+        .diagnostics
+        .iter()
+        .map(|d| d.hint.as_ref().map_or(0, String::len))
+        .sum();
+    assert!(hints < 10_000, "{hints} bytes of hints");
+}
+
 /// A manifest's file name is where its objects come from, not a template: a file named
 /// `${secrets.DB}.yaml` had the secret substituted into every message and plan naming it.
 #[test]

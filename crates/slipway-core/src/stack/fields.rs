@@ -38,6 +38,9 @@ const MAX_SUGGESTIONS: usize = 100;
 /// Most names a hint lists.
 const MAX_LISTED: usize = 20;
 
+/// The longest name a hint compares or lists (bytes; a valid name has at most 63).
+const MAX_NAME: usize = 64;
+
 impl Cx {
     pub(super) fn err(&mut self, pos: Pos, message: String, hint: Option<&str>) {
         if self.diags.len() >= MAX_DIAGNOSTICS {
@@ -73,14 +76,26 @@ impl Cx {
         if names.is_empty() {
             return format!("no {what} is declared");
         }
-        if self.suggested >= MAX_SUGGESTIONS || self.diags.len() >= MAX_DIAGNOSTICS {
+        // A comparison costs the product of the two lengths: names are at most 63
+        // characters, and a word or a name longer (an invalid one, kept with its error) is
+        // no typo of one.
+        let short = |name: &&String| name.len() <= MAX_NAME;
+        if self.suggested >= MAX_SUGGESTIONS
+            || self.diags.len() >= MAX_DIAGNOSTICS
+            || word.len() > MAX_NAME
+        {
             return format!("check the {what}'s name");
         }
         self.suggested += 1;
-        if let Some(near) = did_you_mean(word, names.iter().map(String::as_str)) {
+        if let Some(near) = did_you_mean(word, names.iter().filter(short).map(String::as_str)) {
             return format!("did you mean `{near}`?");
         }
-        let mut listed: Vec<&str> = names.iter().take(MAX_LISTED).map(String::as_str).collect();
+        let mut listed: Vec<&str> = names
+            .iter()
+            .filter(short)
+            .take(MAX_LISTED)
+            .map(String::as_str)
+            .collect();
         if names.len() > MAX_LISTED {
             listed.push("…");
         }
