@@ -225,8 +225,8 @@ fn set_head(
     record.head_sha = head.to_string();
     record.head_seen_at = Some(now_ms());
     let fork_allow = &setup(inner)?.fork_allow;
-    let pushers = fork_pushers(inner, record)?;
-    record.preview_allowed = preview_allowed(record, fork_allow, &pushers, None);
+    let outsiders = fork_pushers(inner, record)?;
+    record.preview_allowed = preview_allowed(record, fork_allow, outsiders.as_deref(), None);
     Ok(())
 }
 
@@ -268,35 +268,59 @@ fn record_of(
         head_sha: pr.head_sha.clone(),
         ..record.clone()
     };
-    let pushers = fork_pushers(inner, &at_head)?;
-    record.preview_allowed = preview_allowed(&at_head, fork_allow, &pushers, known.as_ref());
+    let outsiders = fork_pushers(inner, &at_head)?;
+    record.preview_allowed =
+        preview_allowed(&at_head, fork_allow, outsiders.as_deref(), known.as_ref());
     Ok(record)
 }
 
-/// Everyone seen pushing to fork pull request `pr` (none for another pull request: its
-/// pushes do not decide its preview).
-fn fork_pushers(inner: &Inner, pr: &PullRequestRecord) -> Result<Vec<String>, ControllerError> {
+/// Who seen pushing to fork pull request `pr` has no write access to the repository (a
+/// maintainer's "Update branch" or fixup is theirs to vouch for); `None` when nobody is
+/// known to have pushed its head (its push's webhook never came: anyone's, for all Slipway
+/// knows). Nobody for another pull request: its pushes do not decide its preview.
+fn fork_pushers(
+    inner: &Inner,
+    pr: &PullRequestRecord,
+) -> Result<Option<Vec<String>>, ControllerError> {
     if !pr.is_fork {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
-    Ok(pushers_of(inner, pr.number, true, &pr.head_ref, &pr.head_sha)?.all)
+    let pushers = pushers_of(inner, pr.number, true, &pr.head_ref, &pr.head_sha)?;
+    if pushers.of_head.is_empty() {
+        return Ok(None);
+    }
+    let forge = &setup(inner)?.forge;
+    let mut outsiders = Vec::new();
+    for pusher in pushers.all {
+        // Asked only of those `fork_allow` does not list; an answer the forge cannot give
+        // counts as none.
+        let listed = setup(inner)?
+            .fork_allow
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&pusher));
+        if !listed && !forge.has_write_access(&pusher).unwrap_or(false) {
+            outsiders.push(pusher);
+        }
+    }
+    Ok(Some(outsiders))
 }
 
 /// Whether pull request `pr` may have a preview environment at its head: not from a fork, or
-/// by an author `fork_allow` lists now who is the only one seen pushing to it (`pushers`,
-/// everyone seen pushing to it: a listed author's pull request from a fork where others
-/// push is not theirs alone), or approved by a maintainer's `/slipway preview` for this very
-/// head. The approval vouched for the code the maintainer saw: a new push from the fork
-/// stops at plans until someone approves it again.
+/// by an author `fork_allow` lists now, while everyone else seen pushing to it is listed or
+/// has write access (`outsiders`, those who are neither: a listed author's pull request from
+/// a fork where others push is not theirs alone; `None`: its head's pusher is unknown), or
+/// approved by a maintainer's `/slipway preview` for this very head. The approval vouched
+/// for the code the maintainer saw: a new push from the fork stops at plans until someone
+/// approves it again.
 pub(crate) fn preview_allowed(
     pr: &PullRequestRecord,
     fork_allow: &[String],
-    pushers: &[String],
+    outsiders: Option<&[String]>,
     known: Option<&PullRequestRecord>,
 ) -> bool {
     let allowed = |login: &String| fork_allow.iter().any(|a| a.eq_ignore_ascii_case(login));
     !pr.is_fork
-        || (allowed(&pr.author) && pushers.iter().all(allowed))
+        || (allowed(&pr.author) && outsiders.is_some_and(|o| o.iter().all(allowed)))
         || known.is_some_and(|k| k.preview_allowed && k.head_sha == pr.head_sha)
 }
 
@@ -800,33 +824,48 @@ mod tests {
         let b = "b".repeat(40);
         let none: &[String] = &[];
         let listed = ["mallory".to_string()];
+        let nobody: Option<&[String]> = Some(&[]);
         assert!(
-            preview_allowed(&at(&a, false, false), none, none, None),
+            preview_allowed(&at(&a, false, false), none, nobody, None),
             "not a fork"
         );
         assert!(
-            !preview_allowed(&at(&a, true, false), none, none, None),
+            !preview_allowed(&at(&a, true, false), none, nobody, None),
             "a fork, unapproved"
         );
         assert!(
-            preview_allowed(&at(&a, true, false), &listed, &listed, None),
+            preview_allowed(&at(&a, true, false), &listed, Some(&listed), None),
             "fork_allow lists its author, its only pusher"
         );
         assert!(
             !preview_allowed(
                 &at(&a, true, false),
                 &listed,
-                &["mallory".to_string(), "trudy".to_string()],
+                Some(&["mallory".to_string(), "trudy".to_string()]),
                 None
             ),
-            "someone fork_allow does not list pushed to it too"
+            "someone fork_allow does not list (nor a maintainer) pushed to it too"
         );
         assert!(
-            preview_allowed(&at(&a, true, false), none, none, Some(&at(&a, true, true))),
+            !preview_allowed(&at(&a, true, false), &listed, None, None),
+            "nobody is known to have pushed its head"
+        );
+        assert!(
+            preview_allowed(
+                &at(&a, true, false),
+                none,
+                nobody,
+                Some(&at(&a, true, true))
+            ),
             "approved at this head"
         );
         assert!(
-            !preview_allowed(&at(&b, true, false), none, none, Some(&at(&a, true, true))),
+            !preview_allowed(
+                &at(&b, true, false),
+                none,
+                nobody,
+                Some(&at(&a, true, true))
+            ),
             "a new push is not approved by the approval of the old head"
         );
     }

@@ -657,11 +657,18 @@ fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
     assert!(plan.body.contains("pr-5"), "{}", plan.body);
     w.serves("pr-5", "from bob's fork");
 
+    // A maintainer's push to it (an "Update branch", a fixup) is theirs to vouch for.
+    forge.set_permission("carol", DEVELOPER);
+    let fixed = w.commit_on("bob-work", "bob-work", "with carol's fixup", Some(&mr_ref(5)));
+    forge.set_head(5, &fixed);
+    w.gl_event(&forge, "update", 5, "carol", Some(&head));
+    w.serves("pr-5", "with carol's fixup");
+
     // Someone else pushes to bob's fork (a collaborator there, or bob's merge request from
     // their fork): fork_allow vouches for bob's code, not theirs.
     let pushed = w.commit_on("bob-work", "bob-work", "mallory's code", Some(&mr_ref(5)));
     forge.set_head(5, &pushed);
-    w.gl_event(&forge, "update", 5, "mallory", Some(&head));
+    w.gl_event(&forge, "update", 5, "mallory", Some(&fixed));
     w.gl_planned(&forge, &pushed);
     wait_for("pr-5 holds mallory's push", T, || {
         w.environment("pr-5")["message"]
@@ -669,7 +676,7 @@ fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
             .filter(|m| m.contains("nobody approved"))
             .map(str::to_owned)
     });
-    assert_eq!(w.page("pr-5").as_deref(), Some("from bob's fork"));
+    assert_eq!(w.page("pr-5").as_deref(), Some("with carol's fixup"));
 }
 
 /// A fake GitHub behind a [`Proxy`], and `slipway serve` polling every second, with `qa`
