@@ -586,7 +586,10 @@ pub fn refuse_tracked_home(home: &Path) -> Result<(), EngineError> {
         return Ok(());
     };
     Err(EngineError::Environment(format!(
-        "the home {} holds `{}`, which the git work tree {} tracks: a checkout of a branch          that commits files there replaces the engine's state and keys with that branch's.          Check out a branch that does not track them (and check that the state is yours),          or use a home outside the work tree (--home, SLIPWAY_HOME)",
+        "the home {} holds `{}`, which the git work tree {} tracks: a checkout of a branch \
+         that commits files there replaces the engine's state and keys with that branch's. \
+         Check out a branch that does not track them (and check that the state is yours), \
+         or use a home outside the work tree (--home, SLIPWAY_HOME)",
         home.display(),
         tracked.file,
         tracked.work_tree.display()

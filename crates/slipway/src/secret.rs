@@ -21,6 +21,8 @@ pub fn run(g: &Global, command: SecretCommand) -> Result<ExitCode> {
         SecretCommand::Recipient => {
             let config = engine_config(g)?;
             let home = crate::commands::absolute(&g.home)?;
+            // The age key a branch committed into the home would be the recipient printed.
+            slipway_engine::refuse_tracked_home(&home)?;
             println!(
                 "{}",
                 engine_secrets::recipient(&config.secrets, &home).map_err(anyhow::Error::msg)?
@@ -41,6 +43,7 @@ fn keygen(g: &Global) -> Result<ExitCode> {
         );
     }
     let home = crate::commands::absolute(&g.home)?;
+    slipway_engine::refuse_tracked_home(&home)?;
     let path = engine_secrets::default_identity_path(&config.secrets, &home);
     let recipient = engine_secrets::keygen(&path).map_err(anyhow::Error::msg)?;
     println!("{recipient}");

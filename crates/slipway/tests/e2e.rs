@@ -520,6 +520,10 @@ fn a_home_a_checked_out_branch_tracks_is_refused() {
     assert!(said.contains("`.slipway/state.db`"), "{said}");
     assert!(said.contains("--home"), "the fix: {said}");
     assert_eq!(std::fs::read(&state).expect("the state"), before, "unread");
+    // Nor is a recipient printed from the home's age key (the branch's, committed there).
+    let recipient = in_tree(&["secret", "recipient"]);
+    assert_eq!(recipient.status.code(), Some(1), "{}", text(&recipient));
+    assert!(String::from_utf8_lossy(&recipient.stderr).contains("tracks"));
     // A home outside the work tree is the engine's alone.
     s.ok(&["status"]);
 }
