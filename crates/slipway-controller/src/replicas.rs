@@ -215,8 +215,10 @@ impl Membership {
         self.stop_working(environment);
         let Some(epoch) = lock(&self.held).get(environment).copied() else {
             // Lost while it was being worked on (counted then): the fence kept for the
-            // reconcile goes now.
-            engine.store().unhold(environment);
+            // reconcile goes now, once no other worker is on it.
+            if !self.is_working(environment) {
+                engine.store().unhold(environment);
+            }
             return;
         };
         if !self.renew(engine, options, environment, epoch) {

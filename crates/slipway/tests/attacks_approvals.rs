@@ -659,7 +659,12 @@ fn gitlab_a_fork_is_not_vouched_for_by_whoever_reopened_it() {
 
     // A maintainer's push to it (an "Update branch", a fixup) is theirs to vouch for.
     forge.set_permission("carol", DEVELOPER);
-    let fixed = w.commit_on("bob-work", "bob-work", "with carol's fixup", Some(&mr_ref(5)));
+    let fixed = w.commit_on(
+        "bob-work",
+        "bob-work",
+        "with carol's fixup",
+        Some(&mr_ref(5)),
+    );
     forge.set_head(5, &fixed);
     w.gl_event(&forge, "update", 5, "carol", Some(&head));
     w.serves("pr-5", "with carol's fixup");

@@ -39,17 +39,18 @@ const MALFORMED_QUIET_MS: i64 = 60 * 1000;
 const REFUSALS_KEPT: usize = 10_000;
 
 /// Answers `author`'s refused or malformed command on `pr` with `body`, unless they were
-/// answered so less than `quiet_ms` ago: a flood of comments gets one answer, not a flood of
-/// Slipway's (which would also spend the token's limits on comments, and hold the forge
-/// events' queue).
-fn refuse(inner: &Inner, pr: u64, author: &str, body: &str, quiet_ms: i64) {
+/// answered so less than `quiet_ms` ago (on this pull request, or on any when `anywhere`): a
+/// flood of comments gets one answer, not a flood of Slipway's (which would also spend the
+/// token's limits on comments, and hold the forge events' queue).
+fn refuse(inner: &Inner, pr: u64, author: &str, body: &str, quiet_ms: i64, anywhere: bool) {
     let now = now_ms();
     {
         let mut refusals = inner
             .refusals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (author.to_ascii_lowercase(), pr);
+        // Pull requests are numbered from 1: 0 stands for any.
+        let key = (author.to_ascii_lowercase(), if anywhere { 0 } else { pr });
         if refusals.get(&key).is_some_and(|at| now - at < quiet_ms) {
             return;
         }
@@ -119,7 +120,17 @@ pub(super) fn comment(
                 "refused",
                 "malformed command",
             );
-            refuse(inner, number, author, &e.to_string(), MALFORMED_QUIET_MS);
+            // Answered before anyone's access is asked (a maintainer's typo): once a minute
+            // for the author on any pull request, so that one account cannot make Slipway
+            // comment on every pull request at once.
+            refuse(
+                inner,
+                number,
+                author,
+                &e.to_string(),
+                MALFORMED_QUIET_MS,
+                true,
+            );
             return Ok(FollowUp::default());
         }
     };
@@ -167,6 +178,7 @@ pub(super) fn comment(
                  `{command}`."
             ),
             REFUSAL_QUIET_MS,
+            false,
         );
         return Ok(FollowUp::default());
     }
