@@ -1208,7 +1208,16 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let name = env.clone();
         self.blocking(move |inner| {
-            settled(inner, &name, Trigger::Manual, &|| waiting(&name)).map(|_| ())
+            let done = settled(inner, &name, Trigger::Manual, &|| waiting(&name)).map(|_| ());
+            // Recorded as the queue records a reconcile's failure (the status, and an event
+            // that notifies), which the reconcile leaves to the error policy; the person is
+            // told too. A change made meanwhile by someone else is no failure of it.
+            if let Err(e) = &done
+                && !matches!(e, ControllerError::Conflict(_))
+            {
+                policy::record_failure(inner, &name, e);
+            }
+            done
         })
         .await
     }

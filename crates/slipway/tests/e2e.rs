@@ -917,3 +917,28 @@ fn programs_the_cli_starts_keep_the_machine_s_huge_pages() {
         assert!(!status.contains("THP_enabled:\t0"), "{status}");
     }
 }
+
+/// A person's command that reconciles at once (`env unpin`, `env pin`, `env create`) records
+/// a failure that lasts as the controller's queue does: the environment is marked failed,
+/// with a `reconcile.failed` event (what notifications are made of), not only printed.
+#[test]
+fn a_failure_that_lasts_under_a_person_s_command_marks_the_environment_failed() {
+    let s = Sandbox::new();
+    s.commit_stack(
+        "lasting",
+        "{ rel: { track: release } }",
+        "  note: { type: file, path: note.txt, content: \"hi\" }\n",
+        "rel tracks release",
+    );
+    git(&s.repo, &["branch", "release"]);
+    s.ok(&["apply", "--env", "rel", "--ref", "release", "--yes"]);
+    s.ok(&["env", "pin", "rel"]);
+    let status = s.json(&["status", "--env", "rel", "--output", "json"]);
+    assert_eq!(status["environments"][0]["sync"], "synced", "{status}");
+    git(&s.repo, &["branch", "-D", "release"]);
+    let out = s.run(&["env", "unpin", "rel"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let status = s.json(&["status", "--env", "rel", "--output", "json"]);
+    assert_eq!(status["environments"][0]["sync"], "failed", "{status}");
+    assert_eq!(stored_events(&s, "reconcile.failed").len(), 1);
+}
