@@ -81,6 +81,28 @@ pub(crate) fn handle(inner: &Inner, forge_event: ForgeEvent) -> Result<FollowUp,
             sender,
         } => match action {
             PrAction::Opened | PrAction::Reopened | PrAction::Synchronized => {
+                // A late delivery (an `opened` or a push redelivered after the close) would
+                // reopen a closed pull request's record and make its preview again: the
+                // forge is asked whether it is still closed, only then.
+                if action != PrAction::Reopened
+                    && inner
+                        .engine
+                        .store()
+                        .pull_request(pr.number as i64)?
+                        .is_some_and(|known| known.state != "open")
+                    && setup(inner)?.forge.pull_request(pr.number)?.state != PrState::Open
+                {
+                    event(
+                        inner,
+                        &EnvName::pull_request(pr.number),
+                        EventKind::PullRequestUpdated,
+                        &format!(
+                            "#{} is closed: a late delivery about it is not acted on",
+                            pr.number
+                        ),
+                    );
+                    return Ok(FollowUp::default());
+                }
                 // Who pushed the head: the sender of a push to the pull request; for a fork's,
                 // whose branch pushes this repository never sees, the opener (its author) of
                 // the head it was opened with. A same-repository branch's pushes come as push

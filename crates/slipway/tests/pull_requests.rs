@@ -512,6 +512,43 @@ fn a_command_said_long_before_its_delivery_is_not_acted_on() {
     w.reply(8, "Applied #8");
 }
 
+/// A delivery that comes late, after the pull request was closed (a push's `synchronize`
+/// redelivered, an `opened` delayed), reopened its record and made its preview again until
+/// the next catch-up pass. The forge is asked, and a closed pull request stays closed.
+#[test]
+fn a_late_delivery_after_the_close_does_not_reopen_the_pull_request() {
+    let w = world();
+    let head = w.push_pr(6, "feature-6", "pr6");
+    open(&w, 6, "feature-6", &head);
+    w.serves("pr-6", "pr6");
+    w.forge.set_state(6, util::PrState::Closed);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("closed", &w.forge.pr(6), false, None),
+    );
+    wait_for("pr-6 is destroyed", T, || {
+        w.s.json(&["status", "--output", "json"])["environments"]
+            .as_array()
+            .is_some_and(|envs| envs.iter().all(|e| e["name"] != "pr-6"))
+            .then_some(())
+    });
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("synchronize", &w.forge.pr(6), false, None),
+    );
+    wait_for("the late delivery is answered", T, || {
+        util::stored_events(&w.s, "pull_request.updated")
+            .iter()
+            .any(|e| e.message.contains("late delivery"))
+            .then_some(())
+    });
+    let status = w.s.json(&["status", "--output", "json"]);
+    assert!(
+        !status.to_string().contains("\"pr-6\""),
+        "no preview for a closed pull request: {status}"
+    );
+}
+
 /// A person's pin of a pull request's preview (or a rollback), to stop a bad head, holds: the
 /// preview runs its pin, not the pull request's head, until unpinned (the reconcile ran the
 /// head, and recorded it as the new pin).
