@@ -311,16 +311,16 @@ fn fork_pushers(
     if pushers.of_head.is_empty() {
         return Ok(None);
     }
-    let forge = &setup(inner)?.forge;
+    let setup = setup(inner)?;
     let mut outsiders = Vec::new();
     for pusher in pushers.all {
         // Asked only of those `fork_allow` does not list; an answer the forge cannot give
         // counts as none.
-        let listed = setup(inner)?
+        let listed = setup
             .fork_allow
             .iter()
             .any(|a| a.eq_ignore_ascii_case(&pusher));
-        if !listed && !forge.has_write_access(&pusher).unwrap_or(false) {
+        if !listed && !setup.forge.has_write_access(&pusher).unwrap_or(false) {
             outsiders.push(pusher);
         }
     }

@@ -358,19 +358,18 @@ impl Membership {
 mod tests {
     use super::*;
 
-    /// Another replica destroyed an environment this one held a lease of (taken back as it
-    /// restarted, or held since): the next beat lets the lease go, and the environment's
-    /// directory on this node, no longer anyone's, is removed. Held on, it never was.
-    #[test]
-    fn a_lease_of_an_environment_destroyed_elsewhere_is_let_go_and_its_copy_swept() {
-        let home = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::open(home.path(), slipway_engine::EngineConfig::default(), vec![])
-            .expect("engine");
-        let store = engine.store();
-        let gone = EnvName::parse("gone").expect("a name");
-        store
+    /// An engine at `home` that records the static environment `env`, and replica r1 (its
+    /// options, metrics and membership) after a first beat, alone.
+    fn r1_alone_with(
+        home: &std::path::Path,
+        env: &EnvName,
+    ) -> (Engine, ReplicaOptions, Metrics, Membership) {
+        let engine =
+            Engine::open(home, slipway_engine::EngineConfig::default(), vec![]).expect("engine");
+        engine
+            .store()
             .upsert_environment(&slipway_state::EnvironmentRecord::new(
-                gone.clone(),
+                env.clone(),
                 slipway_core::vocab::EnvKind::Static,
                 "shop".into(),
                 "file:///repo".into(),
@@ -385,6 +384,18 @@ mod tests {
         let metrics = Metrics::default();
         let membership = Membership::default();
         membership.beat(&engine, &options, &metrics).expect("beat");
+        (engine, options, metrics, membership)
+    }
+
+    /// Another replica destroyed an environment this one held a lease of (taken back as it
+    /// restarted, or held since): the next beat lets the lease go, and the environment's
+    /// directory on this node, no longer anyone's, is removed. Held on, it never was.
+    #[test]
+    fn a_lease_of_an_environment_destroyed_elsewhere_is_let_go_and_its_copy_swept() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let gone = EnvName::parse("gone").expect("a name");
+        let (engine, options, metrics, membership) = r1_alone_with(home.path(), &gone);
+        let store = engine.store();
         assert!(
             membership
                 .take(&engine, &options, &metrics, &gone)
@@ -415,9 +426,6 @@ mod tests {
     #[test]
     fn a_request_done_during_a_reconcile_does_not_release_its_lease() {
         let home = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::open(home.path(), slipway_engine::EngineConfig::default(), vec![])
-            .expect("engine");
-        let store = engine.store();
         // A name the two replicas rank to r2 once it joins.
         let pair = ["r1".to_string(), "r2".to_string()];
         let name = (0..)
@@ -425,23 +433,8 @@ mod tests {
             .find(|name| rendezvous(name, &pair) == Some("r2"))
             .expect("some name ranks to r2");
         let env = EnvName::parse(&name).expect("a name");
-        store
-            .upsert_environment(&slipway_state::EnvironmentRecord::new(
-                env.clone(),
-                slipway_core::vocab::EnvKind::Static,
-                "shop".into(),
-                "file:///repo".into(),
-                0,
-            ))
-            .expect("record");
-        let options = ReplicaOptions {
-            name: "r1".into(),
-            lease: Duration::from_secs(30),
-            advertise: None,
-        };
-        let metrics = Metrics::default();
-        let membership = Membership::default();
-        membership.beat(&engine, &options, &metrics).expect("beat");
+        let (engine, options, metrics, membership) = r1_alone_with(home.path(), &env);
+        let store = engine.store();
         assert!(
             membership
                 .take(&engine, &options, &metrics, &env)
