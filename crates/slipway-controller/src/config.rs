@@ -18,6 +18,9 @@ pub struct ControllerConfig {
     pub requeue_interval: Duration,
     /// Most environments reconciled at once.
     pub concurrency: usize,
+    /// Workers beyond `concurrency` that only static environments take: environments made
+    /// from branches, however long their jobs run, never hold them.
+    pub static_concurrency: usize,
     /// How long audit entries and events are kept; older ones are deleted hourly.
     #[serde(deserialize_with = "slipway_core::duration::positive")]
     pub retention: Duration,
@@ -46,6 +49,7 @@ impl Default for ControllerConfig {
             drift_interval: defaults.drift_interval,
             requeue_interval: defaults.requeue_interval,
             concurrency: defaults.concurrency,
+            static_concurrency: defaults.static_concurrency,
             retention: Duration::from_secs(90 * 24 * 3600),
             delivery_retention: Duration::from_secs(365 * 24 * 3600),
             replica: None,
@@ -79,6 +83,7 @@ impl ControllerConfig {
             drift_interval: self.drift_interval,
             requeue_interval: self.requeue_interval,
             concurrency: self.concurrency.max(1),
+            static_concurrency: self.static_concurrency,
             parallelism,
             retention: Some(self.retention),
             delivery_retention: Some(self.delivery_retention),

@@ -3,8 +3,9 @@
 //! Start with [`Controller`]: build it over an [`Engine`](slipway_engine::Engine) and a
 //! repository, then `run` it. It is the kube-runtime / Flux shape: every reason to look at an
 //! environment is one closed [`Trigger`]; triggers land in a [`queue::Queue`] with one slot per
-//! environment; workers take due environments, at most `concurrency` at once and one
-//! operation per environment, and run the idempotent [`reconcile`](Controller) on a blocking
+//! environment; workers take due environments, at most `concurrency` at once (and
+//! `static_concurrency` more that only static environments take) and one operation per
+//! environment, and run the idempotent [`reconcile`](Controller) on a blocking
 //! thread; the result is a requeue (the periodic safety net) or, on error, a retry with
 //! exponential backoff and jitter. A failing environment never blocks another.
 //!
@@ -105,6 +106,10 @@ pub struct Options {
     pub requeue_interval: Duration,
     /// Most environments reconciled at once.
     pub concurrency: usize,
+    /// Workers beyond `concurrency` that only static environments take (declared with
+    /// `track:`, taken from the default branch): however long the reconciles of environments
+    /// made from branches run, they never hold these.
+    pub static_concurrency: usize,
     /// The longest retry backoff.
     pub max_backoff: Duration,
     /// The ref whose `slipway.yaml` says which environments exist.
@@ -134,6 +139,7 @@ impl Default for Options {
             drift_interval: Duration::from_secs(30),
             requeue_interval: Duration::from_secs(300),
             concurrency: 4,
+            static_concurrency: 2,
             max_backoff: Duration::from_secs(300),
             default_ref: "HEAD".into(),
             parallelism: 8,
@@ -388,6 +394,13 @@ impl Inner {
 
 /// A task that stops when `run` returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+/// The workers' permits: `concurrency` for any environment, `static_concurrency` for static
+/// ones only.
+struct Workers {
+    any: Arc<tokio::sync::Semaphore>,
+    statics: Arc<tokio::sync::Semaphore>,
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -791,6 +804,15 @@ impl Controller {
             let receivers = self.inner.receivers.get().cloned().unwrap_or_default();
             AbortOnDrop(tokio::spawn(notify::run(self.clone(), receivers)))
         });
+        // Static environments have workers of their own from the start (discovery says it
+        // again as it records new ones).
+        if let Ok(statics) = self.inner.engine.store().static_environment_names() {
+            self.inner
+                .queue
+                .lock()
+                .expect("the queue lock is never poisoned")
+                .set_statics(statics.into_iter().collect());
+        }
         if let Ok(envs) = self.inner.engine.store().environment_names() {
             self.enqueue_all(&envs, Trigger::Timer);
         }
@@ -823,21 +845,31 @@ impl Controller {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer.tick().await;
         }
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(
-            self.inner.options.concurrency.max(1),
-        ));
+        let workers = Workers {
+            any: Arc::new(tokio::sync::Semaphore::new(
+                self.inner.options.concurrency.max(1),
+            )),
+            statics: Arc::new(tokio::sync::Semaphore::new(
+                self.inner.options.static_concurrency,
+            )),
+        };
         loop {
-            self.start_due(&semaphore);
+            self.start_due(&workers);
             // With every worker busy, a due environment cannot start before one finishes (and
             // wakes this loop): sleeping until its due time, already past, would spin.
-            let next = if semaphore.available_permits() == 0 {
-                None
-            } else {
-                self.inner
+            let next = {
+                let queue = self
+                    .inner
                     .queue
                     .lock()
-                    .expect("the queue lock is never poisoned")
-                    .next_due()
+                    .expect("the queue lock is never poisoned");
+                if workers.any.available_permits() > 0 {
+                    queue.next_due()
+                } else if workers.statics.available_permits() > 0 {
+                    queue.next_due_static()
+                } else {
+                    None
+                }
             };
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
@@ -946,19 +978,31 @@ impl Controller {
         }
     }
 
-    /// Starts every due environment there is a worker for.
-    fn start_due(&self, semaphore: &Arc<tokio::sync::Semaphore>) {
+    /// Starts every due environment there is a worker for: a static one on a worker of
+    /// their own if one is free, any other (or a static one when none is) on the others.
+    fn start_due(&self, workers: &Workers) {
         loop {
-            let Ok(permit) = semaphore.clone().try_acquire_owned() else {
-                return;
-            };
-            let next = self
+            let now = Instant::now();
+            let mut queue = self
                 .inner
                 .queue
                 .lock()
-                .expect("the queue lock is never poisoned")
-                .pop_due(Instant::now());
-            let Some((env, trigger)) = next else { return };
+                .expect("the queue lock is never poisoned");
+            let started = match workers.statics.clone().try_acquire_owned() {
+                Ok(permit) => queue.pop_due_static(now).map(|next| (next, permit)),
+                Err(_) => None,
+            };
+            let started = match started {
+                Some(started) => Some(started),
+                None => match workers.any.clone().try_acquire_owned() {
+                    Ok(permit) => queue.pop_due(now).map(|next| (next, permit)),
+                    Err(_) => None,
+                },
+            };
+            drop(queue);
+            let Some(((env, trigger), permit)) = started else {
+                return;
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 this.work(env, trigger).await;

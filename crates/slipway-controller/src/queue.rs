@@ -1,5 +1,9 @@
 //! The work queue: one slot per environment (kube-runtime's scheduler shape). Pure: time is
 //! passed in, so it is tested without a clock.
+//!
+//! Static environments (declared with `track:`) are indexed apart from the others, so that
+//! workers of their own take them first: whoever pushes a branch decides how long its
+//! environment's reconcile runs (its jobs' `timeout`), and must not hold up prod's.
 
 use slipway_core::EnvName;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,8 +37,12 @@ struct Slot {
 pub struct Queue {
     /// Every queued environment, running or not.
     slots: BTreeMap<EnvName, Slot>,
-    /// The queued environments that are not running, by due time: what can start.
+    /// The queued environments that are not running and not static, by due time.
     index: BTreeSet<(Instant, EnvName)>,
+    /// The same for static environments: what their own workers can start.
+    static_index: BTreeSet<(Instant, EnvName)>,
+    /// Which environments are static ([`Queue::set_statics`]).
+    statics: BTreeSet<EnvName>,
     running: BTreeSet<EnvName>,
     failures: BTreeMap<EnvName, u32>,
 }
@@ -47,6 +55,11 @@ impl Queue {
     /// person's request landing on a slot it holds must not be lost to it.
     pub fn push(&mut self, env: &EnvName, trigger: Trigger, due: Instant) {
         let startable = !self.running.contains(env);
+        let index = if self.statics.contains(env) {
+            &mut self.static_index
+        } else {
+            &mut self.index
+        };
         match self.slots.get_mut(env) {
             Some(slot) if slot.due <= due => {
                 if slot.trigger == Trigger::Timer {
@@ -55,8 +68,8 @@ impl Queue {
             }
             Some(slot) => {
                 if startable {
-                    self.index.remove(&(slot.due, env.clone()));
-                    self.index.insert((due, env.clone()));
+                    index.remove(&(slot.due, env.clone()));
+                    index.insert((due, env.clone()));
                 }
                 let trigger = if trigger == Trigger::Timer {
                     slot.trigger
@@ -68,16 +81,45 @@ impl Queue {
             None => {
                 self.slots.insert(env.clone(), Slot { due, trigger });
                 if startable {
-                    self.index.insert((due, env.clone()));
+                    index.insert((due, env.clone()));
                 }
             }
+        }
+    }
+
+    /// Says which environments are static (every other is not), moving those queued whose
+    /// kind this changes to the other index.
+    pub fn set_statics(&mut self, statics: BTreeSet<EnvName>) {
+        let old = std::mem::take(&mut self.statics);
+        for env in old.symmetric_difference(&statics) {
+            let Some(slot) = self.slots.get(env) else {
+                continue;
+            };
+            let key = (slot.due, env.clone());
+            if self.index.remove(&key) {
+                self.static_index.insert(key);
+            } else if self.static_index.remove(&key) {
+                self.index.insert(key);
+            }
+        }
+        self.statics = statics;
+    }
+
+    /// Says that `env` is static too.
+    pub fn add_static(&mut self, env: &EnvName) {
+        if !self.statics.contains(env) {
+            let mut statics = self.statics.clone();
+            statics.insert(env.clone());
+            self.set_statics(statics);
         }
     }
 
     /// Removes `env` from the queue (it was destroyed).
     pub fn forget(&mut self, env: &EnvName) {
         if let Some(slot) = self.slots.remove(env) {
-            self.index.remove(&(slot.due, env.clone()));
+            let key = (slot.due, env.clone());
+            self.index.remove(&key);
+            self.static_index.remove(&key);
         }
         self.failures.remove(env);
     }
@@ -85,11 +127,29 @@ impl Queue {
     /// The earliest due environment that is not running, if it is due by `now`; it is marked
     /// running until [`Queue::done`].
     pub fn pop_due(&mut self, now: Instant) -> Option<(EnvName, Trigger)> {
-        let (due, _) = self.index.first()?;
+        let statics_first = match (self.static_index.first(), self.index.first()) {
+            (Some(a), Some(b)) => a <= b,
+            (a, _) => a.is_some(),
+        };
+        self.pop_from(statics_first, now)
+    }
+
+    /// [`Queue::pop_due`] of static environments only.
+    pub fn pop_due_static(&mut self, now: Instant) -> Option<(EnvName, Trigger)> {
+        self.pop_from(true, now)
+    }
+
+    fn pop_from(&mut self, statics: bool, now: Instant) -> Option<(EnvName, Trigger)> {
+        let index = if statics {
+            &mut self.static_index
+        } else {
+            &mut self.index
+        };
+        let (due, _) = index.first()?;
         if *due > now {
             return None;
         }
-        let (_, env) = self.index.pop_first().expect("the first entry exists");
+        let (_, env) = index.pop_first().expect("the first entry exists");
         let slot = self
             .slots
             .remove(&env)
@@ -100,7 +160,16 @@ impl Queue {
 
     /// When the next queued environment that is not running is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.index.first().map(|(due, _)| *due)
+        let due = |index: &BTreeSet<(Instant, EnvName)>| index.first().map(|(due, _)| *due);
+        match (due(&self.static_index), due(&self.index)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Queue::next_due`] of static environments only.
+    pub fn next_due_static(&self) -> Option<Instant> {
+        self.static_index.first().map(|(due, _)| *due)
     }
 
     /// Marks `env` finished. For [`Finished::Retry`], returns the backoff before the retry
@@ -110,7 +179,12 @@ impl Queue {
         self.running.remove(env);
         // A request made while it ran can start now.
         if let Some(slot) = self.slots.get(env) {
-            self.index.insert((slot.due, env.clone()));
+            let index = if self.statics.contains(env) {
+                &mut self.static_index
+            } else {
+                &mut self.index
+            };
+            index.insert((slot.due, env.clone()));
         }
         if finished != Finished::Retry {
             self.failures.remove(env);
@@ -203,6 +277,38 @@ mod tests {
             Some((env("a"), Trigger::Manual)),
             "the request made meanwhile runs next"
         );
+    }
+
+    #[test]
+    fn static_environments_are_started_apart_from_the_others() {
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        q.push(&env("br-a"), Trigger::Poll, t0);
+        q.push(&env("prod"), Trigger::Push, t0 + Duration::from_secs(1));
+        q.push(&env("qa"), Trigger::Push, t0 + Duration::from_secs(2));
+        // Queued before it was known to be static: moved when it is.
+        q.set_statics([env("prod"), env("qa")].into());
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(q.next_due_static(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(q.pop_due_static(later), Some((env("prod"), Trigger::Push)));
+        assert_eq!(q.next_due(), Some(t0), "the earliest of either kind");
+        assert_eq!(q.pop_due(later), Some((env("br-a"), Trigger::Poll)));
+        q.push(&env("br-a"), Trigger::Timer, t0);
+        q.done(&env("br-a"), Finished::Succeeded, Duration::from_secs(60));
+        assert_eq!(
+            q.pop_due_static(later),
+            Some((env("qa"), Trigger::Push)),
+            "a branch's environment is never started as a static one"
+        );
+        assert_eq!(q.pop_due_static(later), None);
+        // No longer static (its name now a generated environment's): the other index.
+        q.push(&env("qa"), Trigger::Timer, t0);
+        q.done(&env("qa"), Finished::Succeeded, Duration::from_secs(60));
+        q.set_statics([env("prod")].into());
+        assert_eq!(q.pop_due_static(later), None);
+        assert!(q.pop_due(later).is_some());
+        assert!(q.pop_due(later).is_some());
+        assert_eq!(q.pop_due(later), None, "both taken: br-a and qa");
     }
 
     #[test]

@@ -90,6 +90,18 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
         .into_iter()
         .map(|r| (r.name.clone(), r))
         .collect();
+    // Static environments have workers of their own (`Options::static_concurrency`).
+    inner
+        .queue
+        .lock()
+        .expect("the queue lock is never poisoned")
+        .set_statics(
+            records
+                .values()
+                .filter(|r| r.kind == EnvKind::Static)
+                .map(|r| r.name.clone())
+                .collect(),
+        );
     let tips: HashMap<&str, &str> = branches
         .iter()
         .map(|b| (b.name.as_str(), b.sha.as_str()))
@@ -192,6 +204,13 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
                     Some(admitted) => {
                         slots::started(inner, admitted.promoted)?;
                         let record = admitted.record;
+                        if record.kind == EnvKind::Static {
+                            inner
+                                .queue
+                                .lock()
+                                .expect("the queue lock is never poisoned")
+                                .add_static(&record.name);
+                        }
                         let what = if w.kind == EnvKind::Generated {
                             format!("for branch `{}`", w.tracked_ref)
                         } else {

@@ -240,6 +240,64 @@ fn tracked_environments_follow_pushes_and_branches_come_and_go() {
 }
 
 #[test]
+fn branches_whose_jobs_hold_every_worker_do_not_hold_up_static_environments() {
+    let w = World::new();
+    let branches = ["br-feature-a", "br-feature-b"];
+    // A job's `HOME` is its data directory, the one place it may write.
+    let data = |env: &str| w.home.join("envs").join(env).join("data");
+    // Whatever happens, the jobs are let go before the world stops (its drop waits for them).
+    let _release = Release(branches.iter().map(|env| data(env).join("go")).collect());
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    // Whoever pushes a branch decides how long its reconcile takes: a job that runs until
+    // the test lets it go, on as many branches as there are workers (2).
+    let holding = STACK.replace(
+        "resources:\n",
+        "resources:\n  hold: { type: job, timeout: 1h, depends_on: [page], command: [sh, -c, \
+         'echo run >> \"$HOME/started\"; \
+         until [ -e \"$HOME/go\" ] || [ ! -d \"$HOME\" ]; do sleep 0.1; done'] }\n",
+    );
+    for branch in ["feature/a", "feature/b"] {
+        w.push(branch, &holding, "a job that holds its worker");
+    }
+    wait_for("both branches' jobs run", T, || {
+        let started = |env: &&str| data(env).join("started").exists();
+        branches.iter().all(started).then_some(())
+    });
+    // Both workers are held; dev, a static environment, deploys a push to main all the same.
+    w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: bonjour"),
+        "bonjour",
+    );
+    w.wait_page(
+        "dev",
+        "bonjour from dev",
+        "dev deploys while branches hold the workers",
+    );
+    drop(_release);
+    for env in branches {
+        w.wait_sync(
+            env,
+            SyncState::Synced,
+            "the branch's job finishes once let go",
+        );
+        let runs = std::fs::read_to_string(data(env).join("started")).expect("runs");
+        assert_eq!(runs, "run\n", "{env}'s job ran once");
+    }
+}
+
+/// Writes its files when dropped.
+struct Release(Vec<PathBuf>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let _ = std::fs::write(file, "");
+        }
+    }
+}
+
+#[test]
 fn a_sync_that_finds_nothing_to_change_says_so_in_the_event_log() {
     let w = World::new();
     w.wait_page("dev", "hello from dev", "dev is deployed");

@@ -428,6 +428,17 @@ impl Store {
             .map_err(sql("list the environments' names"))
     }
 
+    /// The names of the static environments (declared with `track:`), by name.
+    pub fn static_environment_names(&self) -> Result<Vec<EnvName>, StateError> {
+        self.conn()
+            .query(
+                "SELECT name FROM environments WHERE kind = ?1 ORDER BY name",
+                params![EnvKind::Static.as_str()],
+                |row| env_name(row, 0),
+            )
+            .map_err(sql("list the static environments' names"))
+    }
+
     /// The environments whose expiry is at or before `now` (unix milliseconds), by name:
     /// what the controller looks for every second, without reading every record.
     pub fn expired_environments(&self, now: i64) -> Result<Vec<EnvName>, StateError> {

@@ -145,11 +145,26 @@ ports = "20000-29999"
     }
 
     #[test]
+    fn static_environments_workers_are_configured_apart() {
+        let config =
+            Config::parse("[controller]\nconcurrency = 8\nstatic_concurrency = 0").expect("parses");
+        let options = config.controller.options(Duration::from_secs(15), 8);
+        assert_eq!((options.concurrency, options.static_concurrency), (8, 0));
+    }
+
+    #[test]
     fn no_file_means_every_default() {
         let config = Config::parse("").expect("an empty file parses");
         assert_eq!(config.server.listen, "127.0.0.1:7300");
         assert_eq!(config.server.header_timeout, Duration::from_secs(10));
         assert_eq!(config.controller.drift_interval, Duration::from_secs(30));
+        assert_eq!(
+            (
+                config.controller.concurrency,
+                config.controller.static_concurrency
+            ),
+            (4, 2)
+        );
         assert_eq!(
             config.controller.retention,
             Duration::from_secs(90 * 86_400)
@@ -176,6 +191,10 @@ ports = "20000-29999"
             ("[server]\nheader_timeout = \"0s\"", "header_timeout"),
             ("[server]\npreview_timeout = \"1 m\"", "preview_timeout"),
             ("[controller]\nretention = \"forever\"", "retention"),
+            (
+                "[controller]\nstatic_concurrency = -1",
+                "static_concurrency",
+            ),
             ("[environments]\nmax_ttl = \"0s\"", "max_ttl"),
             (
                 "[forge.github]\nrepository = \"a/b\"\ntoken = \"x\"",
