@@ -299,6 +299,11 @@ pub(crate) struct Inner {
     /// a branch's code (an exec program) that may fail for ever: tried every second (as the
     /// expiry ticks), each attempt recorded a deployment, an event and a notification.
     pub destroy_failures: Mutex<std::collections::BTreeMap<EnvName, reconcile::Failures>>,
+    /// Generated environments the last discovery found no branch or open pull request for,
+    /// with why: destroyed by a worker (`reconcile`), not by discovery itself, whose destroy
+    /// would run the branch's `delete` programs for as long as they say and hold up every
+    /// discovery, and so every new branch, behind it.
+    pub unwanted: Mutex<std::collections::BTreeMap<EnvName, String>>,
     /// When Slipway last answered a refused or malformed command of an author on a pull
     /// request (lowercased login, number): anyone may comment on a public repository, and
     /// each answer is a comment in Slipway's name and a call against its token's limits.
@@ -445,6 +450,7 @@ impl Controller {
                 applies: Mutex::new(std::collections::BTreeMap::new()),
                 parked: Mutex::new(std::collections::BTreeMap::new()),
                 destroy_failures: Mutex::new(std::collections::BTreeMap::new()),
+                unwanted: Mutex::new(std::collections::BTreeMap::new()),
                 refusals: Mutex::new(std::collections::BTreeMap::new()),
                 window_overrides: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),

@@ -351,8 +351,19 @@ pub(crate) fn destroy_if(
     let report = engine.destroy(&lock, &options, &())?;
     drop(lock);
     if !report.succeeded() {
-        let failures = Failures::after(failed_before, inner.now());
+        let now = inner.now();
+        let failures = Failures::after(failed_before, now);
         lock_failures(inner).insert(name.clone(), failures);
+        let wait = failures.retry_at.saturating_sub(now) / 1000;
+        event(
+            inner,
+            name,
+            EventKind::DestroyFailed,
+            &format!(
+                "destroying {name} ({why}) failed: some resources could not be deleted; \
+                 tried again in {wait} s"
+            ),
+        );
         return Err(failures.error(name));
     }
     lock_failures(inner).remove(name);
@@ -470,6 +481,26 @@ pub(crate) fn reconcile(
         };
         let why = "its time to live has passed";
         if destroy_if(inner, name, &options, why, &still, &announce)? {
+            return Ok(Action::Done);
+        }
+    }
+    // Its branch is gone, or its pull request closed (the last discovery said): destroyed,
+    // unless the branch came back while the destroy waited for the lock.
+    let unwanted = |name: &EnvName| {
+        inner
+            .unwanted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    };
+    if record.kind == EnvKind::Generated
+        && let Some(why) = unwanted(name)
+    {
+        // A generated environment is never protected: nothing here needs a person.
+        let options = DestroyOptions::new(WHO, Confirmation::Given);
+        let still = || Ok(unwanted(name).is_some());
+        if destroy_if(inner, name, &options, &why, &still, &|| {})? {
             return Ok(Action::Done);
         }
     }

@@ -9,14 +9,13 @@ use slipway_core::render::EnvKind;
 use slipway_core::vocab::{Activity, EventKind};
 use slipway_state::EnvironmentRecord;
 
-use slipway_engine::Confirmation;
-
-use crate::reconcile::{Cause, WHO, destroy, event, mark_failed, report_once};
-use crate::{ControllerError, DestroyOptions, Inner, Trigger, discover, short, slots};
+use crate::reconcile::{Cause, event, mark_failed, report_once};
+use crate::{ControllerError, Inner, Trigger, discover, short, slots};
 
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
 /// what it asks for: new static and generated environments are recorded, generated ones whose
-/// branch is gone are destroyed. Returns the environments to reconcile, with why.
+/// branch is gone are marked to be destroyed (`Inner::unwanted`, by the reconcile). Returns
+/// the environments to reconcile, with why.
 pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
     inner.fetch()?;
     let mut branches = inner.source.branches()?;
@@ -276,8 +275,10 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
             out.push((w.name.clone(), Trigger::Poll));
         }
     }
-    // Generated environments whose branch no longer matches: destroy them.
+    // Generated environments whose branch no longer matches: a worker destroys them (see
+    // `Inner::unwanted`); one wanted again meanwhile is not.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    let mut unwanted = BTreeMap::new();
     for record in records.values() {
         if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
             let tracked = record.tracked_ref.as_deref().unwrap_or("?");
@@ -286,20 +287,14 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
             } else {
                 format!("branch `{tracked}` is gone")
             };
-            // A generated environment is never protected: nothing here needs a person.
-            let options = DestroyOptions::new(WHO, Confirmation::Given);
-            match destroy(inner, &record.name, &options, &why) {
-                // Destroyed meanwhile (by a person, or another replica): gone, as asked.
-                Ok(()) | Err(ControllerError::NotFound(_)) => {}
-                Err(e) => event(
-                    inner,
-                    &record.name,
-                    EventKind::DestroyFailed,
-                    &e.to_string(),
-                ),
-            }
+            out.push((record.name.clone(), Trigger::Poll));
+            unwanted.insert(record.name.clone(), why);
         }
     }
+    *inner
+        .unwanted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = unwanted;
     // Slots that freed (a destroy whose promotion did not happen: a controller killed in
     // between) or a cap raised by the default ref's new commit: the first queued take them.
     let started = slots::fill(inner, &caps)?;

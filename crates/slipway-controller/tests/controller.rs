@@ -286,6 +286,60 @@ fn branches_whose_jobs_hold_every_worker_do_not_hold_up_static_environments() {
     }
 }
 
+/// An exec provider whose `delete` runs until the test lets it go (`go` in its `HOME`, the
+/// environment's data directory, or that directory gone).
+const HANGING_DELETE: &str = r#"import json, os, sys, time
+request = json.load(sys.stdin)
+home = os.environ["HOME"]
+if request["op"] == "delete":
+    open(os.path.join(home, "deleting"), "w").close()
+    while os.path.isdir(home) and not os.path.exists(os.path.join(home, "go")):
+        time.sleep(0.1)
+    print("{}")
+elif request["op"] == "read":
+    print(json.dumps({"status": "in_sync"}))
+else:
+    print(json.dumps({"outputs": {}}))
+"#;
+
+#[test]
+fn a_gone_branch_whose_delete_hangs_holds_up_no_other_branch() {
+    let w = World::new();
+    let stuck = "br-feature-stuck";
+    let data = w.home.join("envs").join(stuck).join("data");
+    let _release = Release(vec![data.join("go")]);
+    std::fs::write(w.work.join("hang.py"), HANGING_DELETE).expect("write");
+    let stack = STACK.replace(
+        "resources:\n",
+        "resources:\n  hang: { type: exec, program: [python3, hang.py], timeout: 1h }\n",
+    );
+    w.push("feature/stuck", &stack, "a delete that hangs");
+    w.wait_sync(stuck, SyncState::Synced, "the branch's environment runs");
+    git(
+        &w.work,
+        &["push", "-q", "origin", "--delete", "feature/stuck"],
+    );
+    wait_for("its destroy runs the delete", T, || {
+        data.join("deleting").exists().then_some(())
+    });
+    // Discovery goes on meanwhile: a new branch gets its environment, and a person's
+    // refresh returns.
+    w.push("feature/next", STACK, "another branch");
+    w.wait_page(
+        "br-feature-next",
+        "hello from br-feature-next",
+        "a new branch is deployed while a destroy hangs",
+    );
+    w.runtime
+        .block_on(async { tokio::time::timeout(T, w.controller.refresh()).await })
+        .expect("a refresh returns while a destroy hangs")
+        .expect("the refresh succeeds");
+    std::fs::write(data.join("go"), "").expect("release");
+    wait_for("the gone branch's environment is destroyed", T, || {
+        w.record(stuck).is_none().then_some(())
+    });
+}
+
 /// Writes its files when dropped.
 struct Release(Vec<PathBuf>);
 
