@@ -389,7 +389,31 @@ pub(crate) fn pin(
         EventKind::EnvironmentPinned,
         &format!("{name} pinned to {}", short(&sha)),
     );
+    end_lock(inner, name, &format!("pinned `{name}` to {}", short(&sha)))?;
     Ok(record)
+}
+
+/// A person's pin, rollback or unpin of `name` ends a pull request's hold on it: its lock is
+/// released (what the person chose stays), so that the pull request's close or its
+/// `/slipway unlock` does not move the environment off it (back to the branch's tip a
+/// rollback left, say).
+fn end_lock(inner: &Inner, name: &EnvName, what: &str) -> Result<(), ControllerError> {
+    let store = inner.engine.store();
+    if let Some(lock) = store.environment_lock(name)?
+        && store.unlock_environment(name, lock.pull_request)?
+    {
+        let number = lock.pull_request;
+        event(
+            inner,
+            name,
+            EventKind::LockReleased,
+            &format!(
+                "the lock of #{number} is released: a person {what}, and closing #{number} no \
+                 longer moves it"
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Whether `record`'s environment may be pinned (or rolled back) to `sha`. Under `protected`
@@ -520,6 +544,7 @@ pub(crate) fn unpin(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, 
             record.tracked_ref.as_deref().unwrap_or("?")
         ),
     );
+    end_lock(inner, name, &format!("unpinned `{name}`"))?;
     Ok(record)
 }
 

@@ -591,6 +591,52 @@ fn a_pinned_preview_runs_its_pin_not_the_pull_request_s_head() {
     w.serves("pr-3", "pr3-b");
 }
 
+/// A deployer's pin (or rollback) of an environment a pull request locked ends the lock:
+/// the pull request's close no longer unpins it, back to the branch's tip the deployer left.
+#[test]
+fn a_deployer_s_pin_of_a_locked_environment_outlasts_the_pull_request() {
+    let w = world();
+    w.forge.set_permission("alice", "write");
+    let v1 = w.environment("qa")["commit"]
+        .as_str()
+        .expect("qa's commit")
+        .to_string();
+    let head = w.push_pr(1, "feature-1", "pr1");
+    open(&w, 1, "feature-1", &head);
+    w.forge.wait_for_comment(1, |c| c.body.contains(MARKER), T);
+    w.comment(1, "alice", "/slipway apply qa");
+    w.reply(1, "Applied #1");
+    w.serves("qa", "pr1");
+    assert!(w.locked("qa"));
+    // The deployer takes qa back to what it ran; main moves on meanwhile.
+    let deployer = role_token(&w.s, "deployer");
+    let (code, answer) = api_request(
+        w.addr(),
+        "POST",
+        "/api/v1/environments/qa/pin",
+        &deployer,
+        Some(serde_json::json!({ "commit": v1 })),
+    );
+    assert!((200..300).contains(&code), "{code} {answer}");
+    w.serves("qa", "v1");
+    assert!(!w.locked("qa"), "the pin ended #1's lock");
+    util::world::commit_on(&w.s, "main", "main", "v2", None, None);
+    w.serves("prod", "v2");
+    // #1 closes: its preview goes, and qa stays where the deployer put it.
+    w.forge.set_state(1, util::PrState::Closed);
+    w.accepted(
+        "pull_request",
+        &pull_request_payload("closed", &w.forge.pr(1), false, None),
+    );
+    wait_for("pr-1 is destroyed", T, || {
+        (!w.environments().contains(&"pr-1".to_string())).then_some(())
+    });
+    let qa = w.environment("qa");
+    assert_eq!(qa["pinned"], true, "{qa}");
+    assert_eq!(qa["desired_commit"], v1.as_str(), "{qa}");
+    assert_eq!(w.page("qa").as_deref(), Some("v1"));
+}
+
 /// `/slipway apply` is judged by the deploy windows of the environment's rules as its
 /// branch's head has them, in force yet or not: a pull request opened from a main before a
 /// freeze is not applied inside it (a comment is no deployer's override).
