@@ -597,10 +597,10 @@ fn a_pinned_preview_runs_its_pin_not_the_pull_request_s_head() {
 fn a_deployer_s_pin_of_a_locked_environment_outlasts_the_pull_request() {
     let w = world();
     w.forge.set_permission("alice", "write");
-    let v1 = w.environment("qa")["commit"]
-        .as_str()
-        .expect("qa's commit")
-        .to_string();
+    // Served once its process is up; recorded once its deployment is done.
+    let v1 = wait_for("qa's commit is recorded", T, || {
+        w.environment("qa")["commit"].as_str().map(str::to_string)
+    });
     let head = w.push_pr(1, "feature-1", "pr1");
     open(&w, 1, "feature-1", &head);
     w.forge.wait_for_comment(1, |c| c.body.contains(MARKER), T);

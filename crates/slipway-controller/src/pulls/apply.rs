@@ -438,7 +438,8 @@ fn answer_once(
                 .environment_lock(env)?
                 .is_none_or(|l| l.pull_request != number);
         store.modify_environment(env, |e| {
-            if released || !e.pinned {
+            // A person's pin meanwhile (which ended the lock) stays where they put it.
+            if released || !e.pinned || e.desired_commit.as_deref() != Some(head.as_str()) {
                 return;
             }
             e.pinned = pending.before_pinned;
