@@ -303,7 +303,7 @@ pub(crate) struct Inner {
     /// with why: destroyed by a worker (`reconcile`), not by discovery itself, whose destroy
     /// would run the branch's `delete` programs for as long as they say and hold up every
     /// discovery, and so every new branch, behind it.
-    pub unwanted: Mutex<std::collections::BTreeMap<EnvName, String>>,
+    pub unwanted: Mutex<std::collections::BTreeMap<EnvName, Unwanted>>,
     /// When Slipway last answered a refused or malformed command of an author on a pull
     /// request (lowercased login, number): anyone may comment on a public repository, and
     /// each answer is a comment in Slipway's name and a call against its token's limits.
@@ -395,6 +395,16 @@ impl Inner {
             .insert(key, (fetches, family.clone()));
         family
     }
+}
+
+/// Why discovery wants a generated environment destroyed (`Inner::unwanted`).
+#[derive(Debug, Clone)]
+pub(crate) struct Unwanted {
+    /// What the destroy says.
+    pub why: String,
+    /// The ref it follows, when that was gone: should a fetch since see it again (a branch
+    /// pushed anew), the environment is kept, whatever an older discovery said.
+    pub gone: Option<String>,
 }
 
 /// A task that stops when `run` returns.

@@ -8,7 +8,7 @@
 //!   The preview environment `pr-<n>` itself comes from discovery, for generated families with
 //!   `pull_requests: true`, unless the code comes from a fork nobody vouched for.
 //! - Closed or merged: its locks are released (those environments follow their branch again)
-//!   and discovery destroys its preview.
+//!   and discovery marks its preview, which a worker then destroys.
 //! - Comment commands (`/slipway plan|apply|unlock|preview|help`), parsed strictly and only
 //!   honoured from people with write access.
 

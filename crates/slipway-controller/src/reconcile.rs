@@ -206,7 +206,7 @@ fn preview_head(inner: &Inner, record: &EnvironmentRecord) -> Result<PreviewHead
             p.number,
             &p.head_sha[..12.min(p.head_sha.len())]
         )),
-        // Closed: discovery destroys it; meanwhile nothing new runs.
+        // Closed: discovery marks it, and a worker destroys it; meanwhile nothing new runs.
         None => PreviewHead::Unapproved(format!(
             "the pull request of `{reference}` is not open; nothing new is deployed"
         )),
@@ -326,16 +326,7 @@ pub(crate) fn destroy_if(
             return Ok(false);
         }
         announce();
-        if engine.store().leave_queue(name)? {
-            event(
-                inner,
-                name,
-                EventKind::EnvironmentDestroyed,
-                &format!("{name} left the queue before it ran: {why}"),
-            );
-            if let Err(e) = crate::slots::queue_moved(inner, &[]) {
-                tracing::warn!(error = %e, "queueing the plan comments of queued previews failed");
-            }
+        if leave_queue(inner, name, why)? {
             return Ok(true);
         }
     }
@@ -354,14 +345,18 @@ pub(crate) fn destroy_if(
         let now = inner.now();
         let failures = Failures::after(failed_before, now);
         lock_failures(inner).insert(name.clone(), failures);
-        let wait = failures.retry_at.saturating_sub(now) / 1000;
+        let next = if options.who == WHO {
+            let wait = failures.retry_at.saturating_sub(now) / 1000;
+            format!("tried again in {wait} s")
+        } else {
+            "run it again".to_string()
+        };
         event(
             inner,
             name,
             EventKind::DestroyFailed,
             &format!(
-                "destroying {name} ({why}) failed: some resources could not be deleted; \
-                 tried again in {wait} s"
+                "destroying {name} ({why}) failed: some resources could not be deleted; {next}"
             ),
         );
         return Err(failures.error(name));
@@ -371,6 +366,28 @@ pub(crate) fn destroy_if(
     // dies first, the next refresh gives it).
     if crate::slots::capped(&record) {
         crate::slots::fill_now(inner);
+    }
+    Ok(true)
+}
+
+/// Takes `name` out of its family's queue of environments waiting for a slot (nothing of it
+/// exists but its record, so nothing runs): whether it was still waiting there.
+pub(crate) fn leave_queue(
+    inner: &Inner,
+    name: &EnvName,
+    why: &str,
+) -> Result<bool, ControllerError> {
+    if !inner.engine.store().leave_queue(name)? {
+        return Ok(false);
+    }
+    event(
+        inner,
+        name,
+        EventKind::EnvironmentDestroyed,
+        &format!("{name} left the queue before it ran: {why}"),
+    );
+    if let Err(e) = crate::slots::queue_moved(inner, &[]) {
+        tracing::warn!(error = %e, "queueing the plan comments of queued previews failed");
     }
     Ok(true)
 }
@@ -487,12 +504,20 @@ pub(crate) fn reconcile(
     // Its branch is gone, or its pull request closed (the last discovery said): destroyed,
     // unless the branch came back while the destroy waited for the lock.
     let unwanted = |name: &EnvName| {
-        inner
+        let marked = inner
             .unwanted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .cloned()
+            .cloned()?;
+        let back = marked.gone.is_some_and(|gone| {
+            inner
+                .tips
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(&gone)
+        });
+        (!back).then_some(marked.why)
     };
     if record.kind == EnvKind::Generated
         && let Some(why) = unwanted(name)

@@ -9,7 +9,7 @@ use slipway_core::render::EnvKind;
 use slipway_core::vocab::{Activity, EventKind};
 use slipway_state::EnvironmentRecord;
 
-use crate::reconcile::{Cause, event, mark_failed, report_once};
+use crate::reconcile::{Cause, event, leave_queue, mark_failed, report_once};
 use crate::{ControllerError, Inner, Trigger, discover, short, slots};
 
 /// Fetches, reads the stack at the default ref, and makes the recorded environments match
@@ -17,6 +17,23 @@ use crate::{ControllerError, Inner, Trigger, discover, short, slots};
 /// branch is gone are marked to be destroyed (`Inner::unwanted`, by the reconcile). Returns
 /// the environments to reconcile, with why.
 pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
+    let mut unwanted = BTreeMap::new();
+    let found = discover_all(inner, &mut unwanted);
+    // Only a discovery that saw the whole set names environments to destroy; one that
+    // stopped short (the default branch unreadable or invalid, an error) leaves none marked:
+    // a branch pushed again meanwhile must not be destroyed on an older pass's word.
+    *inner
+        .unwanted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = unwanted;
+    found
+}
+
+/// [`discover`], filling `unwanted` when it looks at every environment.
+fn discover_all(
+    inner: &Inner,
+    unwanted: &mut BTreeMap<EnvName, crate::Unwanted>,
+) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
     inner.fetch()?;
     let mut branches = inner.source.branches()?;
     // Open pull requests allowed a preview: their head refs join the branches (so their tips
@@ -278,23 +295,30 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
     // Generated environments whose branch no longer matches: a worker destroys them (see
     // `Inner::unwanted`); one wanted again meanwhile is not.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
-    let mut unwanted = BTreeMap::new();
+    let mut found = BTreeMap::new();
     for record in records.values() {
         if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
             let tracked = record.tracked_ref.as_deref().unwrap_or("?");
-            let why = if tracked.starts_with("refs/") {
-                format!("its pull request is closed or merged ({tracked})")
-            } else {
-                format!("branch `{tracked}` is gone")
+            // Its ref gone: destroyed only while it stays gone (`Unwanted::gone`). Still
+            // there, it no longer matches what the default branch generates.
+            let gone = (!tips.contains_key(tracked)).then(|| tracked.to_string());
+            let why = match (tracked.starts_with("refs/"), gone.is_some()) {
+                (true, true) => format!("its pull request is closed or merged ({tracked})"),
+                (false, true) => format!("branch `{tracked}` is gone"),
+                (_, false) => {
+                    format!("`{tracked}` no longer matches a family of the default branch's stack")
+                }
             };
+            // One still waiting for a slot leaves the queue now (nothing of it runs), so
+            // that the slots filled below are not given to it.
+            if record.activity == Activity::Queued && leave_queue(inner, &record.name, &why)? {
+                continue;
+            }
             out.push((record.name.clone(), Trigger::Poll));
-            unwanted.insert(record.name.clone(), why);
+            found.insert(record.name.clone(), crate::Unwanted { why, gone });
         }
     }
-    *inner
-        .unwanted
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = unwanted;
+    *unwanted = found;
     // Slots that freed (a destroy whose promotion did not happen: a controller killed in
     // between) or a cap raised by the default ref's new commit: the first queued take them.
     let started = slots::fill(inner, &caps)?;

@@ -340,6 +340,68 @@ fn a_gone_branch_whose_delete_hangs_holds_up_no_other_branch() {
     });
 }
 
+#[test]
+fn a_branch_pushed_again_is_not_destroyed_on_an_older_discovery_s_word() {
+    let w = World::new();
+    let env = "br-feature-back";
+    w.push("feature/back", STACK, "a feature");
+    w.wait_page(
+        env,
+        "hello from br-feature-back",
+        "the branch's environment runs",
+    );
+    // Its file's marker made a directory: its destroy fails, and waits for its backoff.
+    let marker = w.home.join("envs").join(env).join("run/page.file.json");
+    std::fs::remove_file(&marker).expect("the marker");
+    std::fs::create_dir_all(marker.join("stuck")).expect("a directory in its place");
+    git(
+        &w.work,
+        &["push", "-q", "origin", "--delete", "feature/back"],
+    );
+    wait_for("the destroy fails", T, || {
+        events_of(&w, env)
+            .iter()
+            .any(|e| e.kind == EventKind::DestroyFailed)
+            .then_some(())
+    });
+    // The branch comes back, and main's stack turns invalid: discovery stops short of the
+    // set of environments (and says so) with the branch in its fetch.
+    git(
+        &w.work,
+        &["push", "-q", "origin", "HEAD:refs/heads/feature/back"],
+    );
+    w.push("main", "version: 1\nstack: [", "broken");
+    wait_for("discovery finds main's stack invalid", T, || {
+        let all = w
+            .controller
+            .engine()
+            .store()
+            .events(&slipway_state::EventQuery {
+                environment: None,
+                after_id: None,
+                limit: 1000,
+            })
+            .expect("events");
+        all.iter()
+            .any(|e| {
+                e.message
+                    .contains("is not valid; the set of environments is left")
+            })
+            .then_some(())
+    });
+    // Mended, and its backoff past: the destroy would succeed now.
+    std::fs::remove_dir_all(&marker).expect("mended");
+    w.clock.advance(Duration::from_secs(120));
+    let destroyed =
+        slipway_testkit::wait::poll(Duration::from_secs(4), Duration::from_millis(100), || {
+            w.record(env).is_none().then_some(())
+        });
+    assert_eq!(
+        destroyed, None,
+        "a branch that is back keeps its environment"
+    );
+}
+
 /// Writes its files when dropped.
 struct Release(Vec<PathBuf>);
 
