@@ -146,6 +146,22 @@ impl World {
         wait_for(what, T, || self.record(env).filter(|r| r.sync == sync))
     }
 
+    /// Pushes `branch`, waits for its environment `env`, and makes its file undeletable: its
+    /// marker made a directory, the delete fails (whoever the engine runs as). The marker,
+    /// to mend it with `remove_dir_all`.
+    fn undeletable(&self, branch: &str, env: &str) -> PathBuf {
+        self.push(branch, STACK, "a feature");
+        self.wait_page(
+            env,
+            &format!("hello from {env}"),
+            "the branch's environment runs",
+        );
+        let marker = self.home.join("envs").join(env).join("run/page.file.json");
+        std::fs::remove_file(&marker).expect("the marker");
+        std::fs::create_dir_all(marker.join("stuck")).expect("a directory in its place");
+        marker
+    }
+
     fn page(&self, env: &str) -> Option<String> {
         std::fs::read_to_string(self.home.join("envs").join(env).join("data/page.txt")).ok()
     }
@@ -344,16 +360,8 @@ fn a_gone_branch_whose_delete_hangs_holds_up_no_other_branch() {
 fn a_branch_pushed_again_is_not_destroyed_on_an_older_discovery_s_word() {
     let w = World::new();
     let env = "br-feature-back";
-    w.push("feature/back", STACK, "a feature");
-    w.wait_page(
-        env,
-        "hello from br-feature-back",
-        "the branch's environment runs",
-    );
-    // Its file's marker made a directory: its destroy fails, and waits for its backoff.
-    let marker = w.home.join("envs").join(env).join("run/page.file.json");
-    std::fs::remove_file(&marker).expect("the marker");
-    std::fs::create_dir_all(marker.join("stuck")).expect("a directory in its place");
+    // Its destroy fails, and waits for its backoff.
+    let marker = w.undeletable("feature/back", env);
     git(
         &w.work,
         &["push", "-q", "origin", "--delete", "feature/back"],
@@ -614,17 +622,8 @@ fn an_apply_that_failed_for_good_waits_for_a_new_commit_instead_of_retrying() {
 #[test]
 fn an_expiry_whose_destroy_fails_is_tried_again_with_backoff_and_announced_once() {
     let w = World::new();
-    w.push("feature/stuck", STACK, "a feature");
     let env = "br-feature-stuck";
-    w.wait_page(
-        env,
-        "hello from br-feature-stuck",
-        "the branch's environment runs",
-    );
-    // Its file's marker made a directory: the delete fails (whoever the engine runs as).
-    let marker = w.home.join("envs").join(env).join("run/page.file.json");
-    std::fs::remove_file(&marker).expect("the marker");
-    std::fs::create_dir_all(marker.join("stuck")).expect("a directory in its place");
+    let marker = w.undeletable("feature/stuck", env);
     w.clock.advance(Duration::from_secs(2 * 3600));
     let store = w.controller.engine().store();
     let attempts = || {
