@@ -128,6 +128,7 @@ impl Backend {
                     hash: format!("{i:064x}"),
                     reference: Some("refs/heads/main".to_owned()),
                     plan: serde_json::json!({ "changes": [{ "resource": "a", "action": "update" }] }),
+                    rules: None,
                     who: "bench".to_owned(),
                     at: now,
                 })?;

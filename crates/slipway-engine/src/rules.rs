@@ -23,7 +23,7 @@
 use slipway_core::EnvName;
 use slipway_core::render::EnvKind;
 use slipway_core::stack::EnvironmentDef;
-use slipway_core::windows::Windows;
+use slipway_core::windows::{Window, WindowKind, Windows};
 
 use crate::{Engine, EngineError, Origin};
 
@@ -69,6 +69,75 @@ impl Rules {
             apply_requirements,
             windows: self.windows.stronger(&other.windows),
         }
+    }
+}
+
+/// One window as a deployment records it (see [`Rules::to_record`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecordedWindow {
+    kind: String,
+    schedule: String,
+    duration_ms: u64,
+    duration: String,
+    time_zone: String,
+}
+
+/// [`Rules`] as a deployment records them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    protected: bool,
+    require_pr: bool,
+    apply_requirements: Vec<String>,
+    windows: Vec<RecordedWindow>,
+}
+
+impl Rules {
+    /// What a deployment records of the rules its commit declares, so that they stay in
+    /// force when the commit can no longer be read ([`Engine::rules_in_force`]).
+    pub fn to_record(&self) -> serde_json::Value {
+        let recorded = Recorded {
+            protected: self.protected,
+            require_pr: self.require_pr,
+            apply_requirements: self.apply_requirements.clone(),
+            windows: self
+                .windows
+                .iter()
+                .map(|w| RecordedWindow {
+                    kind: w.kind().as_str().to_string(),
+                    schedule: w.schedule().to_string(),
+                    duration_ms: u64::try_from(w.duration().as_millis()).unwrap_or(u64::MAX),
+                    duration: w.duration_text().to_string(),
+                    time_zone: w.time_zone().to_string(),
+                })
+                .collect(),
+        };
+        serde_json::to_value(recorded).expect("rules always serialize")
+    }
+
+    /// The rules [`Rules::to_record`] wrote; `None` for anything else (a record this
+    /// version cannot read is no rule, and the record's `protected` still holds).
+    pub fn from_record(value: &serde_json::Value) -> Option<Rules> {
+        let recorded: Recorded = serde_json::from_value(value.clone()).ok()?;
+        let windows = recorded
+            .windows
+            .iter()
+            .map(|w| {
+                Window::new(
+                    WindowKind::parse(&w.kind)?,
+                    &w.schedule,
+                    std::time::Duration::from_millis(w.duration_ms),
+                    &w.duration,
+                    &w.time_zone,
+                )
+                .ok()
+            })
+            .collect::<Option<Vec<Window>>>()?;
+        Some(Rules {
+            protected: recorded.protected,
+            require_pr: recorded.require_pr,
+            apply_requirements: recorded.apply_requirements,
+            windows: Windows::of(&windows),
+        })
     }
 }
 
@@ -123,13 +192,25 @@ impl Engine {
                 tip: Some(sha),
             };
             // A commit that cannot be read here for good (another repository, gone): the
-            // record's protection still holds. One that cannot be read for the moment (an
-            // object a fetch is still writing, a lock) fails the judgement, to be made again:
-            // never judged by the newer commit's rules alone.
+            // rules its deployment recorded hold, and the record's protection. One that
+            // cannot be read for the moment (an object a fetch is still writing, a lock)
+            // fails the judgement, to be made again: never judged by the newer commit's
+            // rules alone.
             let cached = match self.load_cached(&at) {
                 Ok(cached) => cached,
                 Err(e) if e.retryable() => return Err(e),
-                Err(_) => continue,
+                Err(_) => {
+                    if let Some(recorded) = self
+                        .store
+                        .deployment_rules(name, sha)?
+                        .as_ref()
+                        .and_then(Rules::from_record)
+                    {
+                        rules = rules.stronger(&recorded);
+                        read = true;
+                    }
+                    continue;
+                }
             };
             if let Some(def) = cached
                 .loaded
@@ -163,6 +244,43 @@ mod tests {
             apply_requirements: reqs.iter().map(|s| s.to_string()).collect(),
             windows: Windows::default(),
         }
+    }
+
+    #[test]
+    fn recorded_rules_read_back_as_they_were() {
+        use slipway_core::windows::{Window, WindowKind};
+        let window = |kind, schedule: &str| {
+            Window::new(
+                kind,
+                schedule,
+                std::time::Duration::from_secs(3600),
+                "1h",
+                "Europe/Paris",
+            )
+            .expect("a window")
+        };
+        let declared = Rules {
+            protected: true,
+            require_pr: true,
+            apply_requirements: vec!["approved".into(), "mergeable".into()],
+            windows: Windows::of(&[
+                window(WindowKind::Deny, "0 17 * * 5"),
+                window(WindowKind::Allow, "0 9 * * 1-5"),
+            ]),
+        };
+        let record = declared.to_record();
+        assert_eq!(Rules::from_record(&record), Some(declared));
+        assert_eq!(
+            Rules::from_record(&serde_json::json!({"require_pr": true})),
+            None
+        );
+        let mut bad = record.clone();
+        bad["windows"][0]["schedule"] = "61 * * * *".into();
+        assert_eq!(
+            Rules::from_record(&bad),
+            None,
+            "an unreadable window is no rule"
+        );
     }
 
     #[test]

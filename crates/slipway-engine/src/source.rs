@@ -345,15 +345,19 @@ mod tests {
         );
     }
 
-    /// The rules in force are never judged without a commit in force that cannot be read
-    /// for the moment: `qa` runs a commit that requires pull requests, and the branch's head
-    /// (whoever pushed it) drops the rule; while the running commit's tree is missing (a
-    /// fetch still writing it), the judgement fails, to be made again, rather than
-    /// going by the head's rules alone.
-    #[test]
-    fn rules_in_force_wait_for_a_commit_in_force_that_cannot_be_read_for_the_moment() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = dir.path().join("repo");
+    /// A repository whose `qa` requires pull requests in its first commit and no longer in
+    /// the second (main's head), and an engine whose `qa` runs the first: the repository's
+    /// directory, the repository, the engine, `qa` and the commit it runs.
+    fn qa_running_require_pr(
+        dir: &Path,
+    ) -> (
+        PathBuf,
+        GitRepository,
+        crate::Engine,
+        slipway_core::EnvName,
+        Commit,
+    ) {
+        let repo = dir.join("repo");
         std::fs::create_dir(&repo).expect("made");
         let (repository, _) = repository(&repo);
         std::fs::write(
@@ -366,7 +370,7 @@ mod tests {
         std::fs::write(repo.join("slipway.yaml"), STACK).expect("written");
         commit_all(&repo, "no more");
         let engine = crate::Engine::open(
-            &dir.path().join("home"),
+            &dir.join("home"),
             crate::EngineConfig::default(),
             Vec::new(),
         )
@@ -381,6 +385,18 @@ mod tests {
         );
         record.commit = Some(running.sha.clone());
         engine.store.upsert_environment(&record).expect("recorded");
+        (repo, repository, engine, qa, running)
+    }
+
+    /// The rules in force are never judged without a commit in force that cannot be read
+    /// for the moment: `qa` runs a commit that requires pull requests, and the branch's head
+    /// (whoever pushed it) drops the rule; while the running commit's tree is missing (a
+    /// fetch still writing it), the judgement fails, to be made again, rather than
+    /// going by the head's rules alone.
+    #[test]
+    fn rules_in_force_wait_for_a_commit_in_force_that_cannot_be_read_for_the_moment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repo, repository, engine, qa, running) = qa_running_require_pr(dir.path());
         let head = repository.resolve("main").expect("resolved");
         let origin = crate::Origin {
             source: &repository,
@@ -403,6 +419,46 @@ mod tests {
         let rules = engine
             .rules_in_force(&origin, &qa, "qa")
             .expect("read")
+            .expect("in force");
+        assert!(rules.require_pr, "{rules:?}");
+    }
+
+    /// A commit in force gone for good (a force push, then the mirror's gc) is not passed
+    /// over: the rules its deployment recorded hold, whatever the branch's head says.
+    #[test]
+    fn rules_in_force_of_a_commit_gone_for_good_are_those_its_deployment_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repo, repository, engine, qa, running) = qa_running_require_pr(dir.path());
+        let declared = crate::rules::Rules {
+            require_pr: true,
+            ..Default::default()
+        };
+        engine
+            .store
+            .begin_deployment(&slipway_state::NewDeployment {
+                environment: qa.clone(),
+                commit: running.sha.clone(),
+                hash: "h".into(),
+                reference: Some("main".into()),
+                plan: serde_json::json!({}),
+                rules: Some(declared.to_record()),
+                who: "controller".into(),
+                at: 0,
+            })
+            .expect("a deployment");
+        let head = repository.resolve("main").expect("resolved");
+        let origin = crate::Origin {
+            source: &repository,
+            repo: "repo",
+            reference: "main",
+            folder: "",
+            tip: Some(&head.sha),
+        };
+        // The running commit itself is gone.
+        std::fs::remove_file(loose(&repo, &running.sha)).expect("removed");
+        let rules = engine
+            .rules_in_force(&origin, &qa, "qa")
+            .expect("judged")
             .expect("in force");
         assert!(rules.require_pr, "{rules:?}");
     }

@@ -63,6 +63,9 @@ pub struct NewDeployment {
     pub reference: Option<String>,
     /// The plan about to be applied.
     pub plan: serde_json::Value,
+    /// The rules its commit declares for the environment, when it is a static one (see
+    /// [`Store::deployment_rules`]).
+    pub rules: Option<serde_json::Value>,
     /// Who or what started it.
     pub who: String,
     /// When it starts, unix milliseconds.
@@ -113,8 +116,8 @@ impl Store {
         self.write_env(Some(&new.environment), &[], |tx| {
             tx.query_one(
                 "INSERT INTO deployments (environment, commit_sha, hash, reference, plan, \
-                                          status, who, started_at, summary) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null') RETURNING id",
+                                          status, who, started_at, summary, rules) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, 'null', ?8) RETURNING id",
                 params![
                     new.environment,
                     new.commit,
@@ -123,6 +126,7 @@ impl Store {
                     to_json(&new.plan),
                     new.who,
                     new.at,
+                    new.rules.as_ref().map(to_json),
                 ],
                 |row| row.get(0),
             )
@@ -285,6 +289,26 @@ impl Store {
                 },
             )
             .map_err(sql(format!("list the deployments of {environment}")))
+    }
+
+    /// The rules recorded with the latest deployment of `commit` to `environment` that has
+    /// them (see [`NewDeployment::rules`]); `None` when none has.
+    pub fn deployment_rules(
+        &self,
+        environment: &EnvName,
+        commit: &str,
+    ) -> Result<Option<serde_json::Value>, StateError> {
+        let text: Option<String> = self
+            .conn()
+            .query_opt(
+                "SELECT rules FROM deployments WHERE environment = ?1 AND commit_sha = ?2 \
+                 AND rules IS NOT NULL ORDER BY id DESC LIMIT 1",
+                params![environment, commit],
+                |row| row.get(0),
+            )
+            .map_err(sql(format!("read the rules deployed to {environment}")))?;
+        text.map(|t| from_json(&t, || format!("a deployment of {environment}"), "rules"))
+            .transpose()
     }
 
     /// The latest `limit` deployments of an environment, newest first.

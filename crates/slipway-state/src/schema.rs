@@ -372,6 +372,13 @@ INSERT INTO head_pushes (source, sha, pusher, at)
     WHERE state = 'open';
 ALTER TABLE pull_requests ADD COLUMN head_seen_at INTEGER;
 "#,
+    // The rules a static environment's deployed commit declares (`protected`, `require_pr`,
+    // `apply_requirements`, `windows`; JSON, the engine's `Rules::to_record`), recorded with
+    // its deployment: they stay in force when that commit can no longer be read (a force
+    // push, then the mirror's gc), rather than being passed over.
+    r#"
+ALTER TABLE deployments ADD COLUMN rules TEXT;
+"#,
 ];
 
 /// The schema version this binary writes: the number of migrations it knows.
@@ -397,7 +404,7 @@ ALTER TABLE environments ADD COLUMN rehearsal TEXT;
 /// (`the_fresh_schema_is_what_the_migrations_make`); `SLIPWAY_BLESS=1` rewrites the file.
 /// Behind [`SCHEMA_VERSION`], it is followed by the migrations it lacks. (So a migration
 /// must make the same rows wherever it runs: no time, no random value.)
-const FRESH_SQLITE: (i64, &str) = (21, include_str!("schema_fresh_sqlite.sql"));
+const FRESH_SQLITE: (i64, &str) = (22, include_str!("schema_fresh_sqlite.sql"));
 
 /// The variable that makes a binary rehearse the next schema.
 const REHEARSE_VARIABLE: &str = "SLIPWAY_TEST_NEXT_SCHEMA";

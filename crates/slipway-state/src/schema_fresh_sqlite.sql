@@ -1,4 +1,4 @@
--- What the 21 migrations of schema.rs make (FRESH_SQLITE), written by
+-- What the 22 migrations of schema.rs make (FRESH_SQLITE), written by
 -- `SLIPWAY_BLESS=1 cargo test -p slipway-state fresh_schema`, never by hand.
 CREATE TABLE environments (
     name           TEXT PRIMARY KEY NOT NULL,
@@ -32,7 +32,7 @@ CREATE TABLE deployments (
     started_at     INTEGER NOT NULL,
     finished_at    INTEGER,
     summary        TEXT NOT NULL
-) STRICT;
+, rules TEXT) STRICT;
 CREATE INDEX deployments_by_environment ON deployments (environment, id);
 CREATE TABLE resources (
     environment    TEXT NOT NULL

@@ -90,7 +90,8 @@ fn an_upgrade_takes_the_open_heads_as_their_authors_pushes(state: &TestState) {
     drop(store);
     state
         .raw(
-            "DROP TABLE head_pushes; ALTER TABLE pull_requests DROP COLUMN head_seen_at;",
+            "DROP TABLE head_pushes; ALTER TABLE pull_requests DROP COLUMN head_seen_at; \
+             ALTER TABLE deployments DROP COLUMN rules;",
             false,
         )
         .expect("make the state a schema 20 one");

@@ -146,6 +146,7 @@ fn deployment(environment: &str, at: i64) -> NewDeployment {
         hash: "h1".to_owned(),
         reference: Some("main".to_owned()),
         plan: json!({"changes": []}),
+        rules: None,
         who: "controller".to_owned(),
         at,
     }
@@ -751,7 +752,8 @@ fn a_destroy_recorded_under_its_old_name_reads_as_the_one_destroy_kind(state: &T
              DROP TABLE notify_cursor; DROP TABLE notify_last; DROP TABLE notify_outbox; \
              DROP TABLE policy_approvals; ALTER TABLE pull_requests DROP COLUMN labels; \
              DROP TABLE sealed_formats; DROP TABLE head_pushes; \
-             ALTER TABLE pull_requests DROP COLUMN head_seen_at;",
+             ALTER TABLE pull_requests DROP COLUMN head_seen_at; \
+             ALTER TABLE deployments DROP COLUMN rules;",
             false,
         )
         .expect("write the engine's old destroy event");

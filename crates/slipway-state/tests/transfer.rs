@@ -63,6 +63,7 @@ fn populated(home: &std::path::Path) -> Store {
                 hash: "h".into(),
                 reference: Some("main".into()),
                 plan: json!({"changes": []}),
+                rules: Some(json!({"require_pr": true})),
                 who: "controller".into(),
                 at,
             })
@@ -155,6 +156,7 @@ fn a_sqlite_state_moves_into_postgres_whole_and_numbering_continues() {
             hash: "h2".into(),
             reference: None,
             plan: json!({}),
+            rules: None,
             who: "controller".into(),
             at: 40,
         })

@@ -942,3 +942,39 @@ fn a_failure_that_lasts_under_a_person_s_command_marks_the_environment_failed() 
     assert_eq!(status["environments"][0]["sync"], "failed", "{status}");
     assert_eq!(stored_events(&s, "reconcile.failed").len(), 1);
 }
+
+/// A static environment's deployment records the rules its commit declares, so that they
+/// stay in force should that commit ever be gone (a force push, then the mirror's gc); an
+/// ad-hoc environment's records none.
+#[test]
+fn a_static_environments_deployment_records_the_rules_of_its_commit() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        "version: 1\nstack: shop\nenvironments:\n  prod: { track: main, protected: true, \
+         apply_requirements: [approved], windows: [{ kind: allow, schedule: \"* * * * *\", \
+         duration: 1h }] }\n  previews: { generate: { branches: [\"feature/*\"] } }\nresources:\n  page: { type: file, path: page.txt, content: hi }\n",
+    )
+    .commit("v1");
+    let sha = git(&s.repo, &["rev-parse", "HEAD"]);
+    s.ok(&["apply", "--env", "prod", "--yes"]);
+    s.ok(&[
+        "env", "create", "scratch", "--ref", "main", "--like", "previews",
+    ]);
+    let store = slipway_state::Store::open(&s.home).expect("open the store");
+    let name = |n: &str| slipway_core::EnvName::parse(n).expect("a name");
+    let recorded = store
+        .deployment_rules(&name("prod"), &sha)
+        .expect("read")
+        .expect("recorded");
+    let rules = slipway_engine::Rules::from_record(&recorded).expect("readable");
+    assert!(rules.protected, "{recorded}");
+    assert_eq!(rules.apply_requirements, ["approved"], "{recorded}");
+    assert!(!rules.windows.is_empty(), "{recorded}");
+    assert_eq!(
+        store
+            .deployment_rules(&name("scratch"), &sha)
+            .expect("read"),
+        None
+    );
+}

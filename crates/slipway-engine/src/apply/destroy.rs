@@ -173,6 +173,7 @@ impl Engine {
             hash: String::new(),
             reference: Some("destroy".into()),
             plan: serde_json::to_value(&plan).expect("a plan is always serializable"),
+            rules: None,
             who: who.to_string(),
             at: now,
         })?;

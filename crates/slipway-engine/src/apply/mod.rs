@@ -451,6 +451,10 @@ impl Engine {
             hash: prepared.desired.hash.clone(),
             reference: Some(prepared.reference.clone()),
             plan: plan_json,
+            // A static environment's rules stay in force with its deployment, should its
+            // commit ever be gone.
+            rules: (prepared.desired.environment.kind == slipway_core::render::EnvKind::Static)
+                .then(|| prepared.declared.to_record()),
             who: options.who.clone(),
             at: now,
         })?;
