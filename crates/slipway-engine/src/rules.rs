@@ -196,29 +196,28 @@ impl Engine {
             // cannot be read for the moment (an object a fetch is still writing, a lock)
             // fails the judgement, to be made again: never judged by the newer commit's
             // rules alone.
-            let cached = match self.load_cached(&at) {
-                Ok(cached) => cached,
+            let declared = match self.load_cached(&at) {
+                Ok(cached) => cached
+                    .loaded
+                    .valid_stack()
+                    .ok()
+                    .and_then(|s| s.environments.get(definition))
+                    .map(|def| Rules::declared(def, EnvKind::Static)),
                 Err(e) if e.retryable() => return Err(e),
-                Err(_) => {
-                    if let Some(recorded) = self
-                        .store
-                        .deployment_rules(name, sha)?
-                        .as_ref()
-                        .and_then(Rules::from_record)
-                    {
-                        rules = rules.stronger(&recorded);
-                        read = true;
-                    }
-                    continue;
-                }
+                Err(_) => None,
             };
-            if let Some(def) = cached
-                .loaded
-                .valid_stack()
-                .ok()
-                .and_then(|s| s.environments.get(definition))
-            {
-                rules = rules.stronger(&Rules::declared(def, EnvKind::Static));
+            // Its stack not read (gone, or no longer valid to this version): the rules its
+            // deployment recorded.
+            let declared = match declared {
+                Some(declared) => Some(declared),
+                None => self
+                    .store
+                    .deployment_rules(name, sha)?
+                    .as_ref()
+                    .and_then(Rules::from_record),
+            };
+            if let Some(declared) = declared {
+                rules = rules.stronger(&declared);
                 read = true;
             }
         }

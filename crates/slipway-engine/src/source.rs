@@ -423,8 +423,9 @@ mod tests {
         assert!(rules.require_pr, "{rules:?}");
     }
 
-    /// A commit in force gone for good (a force push, then the mirror's gc) is not passed
-    /// over: the rules its deployment recorded hold, whatever the branch's head says.
+    /// A commit in force gone for good (a force push, then the mirror's gc), or whose stack
+    /// no longer loads, is not passed over: the rules its deployment recorded hold, whatever
+    /// the branch's head says.
     #[test]
     fn rules_in_force_of_a_commit_gone_for_good_are_those_its_deployment_recorded() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -433,18 +434,19 @@ mod tests {
             require_pr: true,
             ..Default::default()
         };
+        let deployment = slipway_state::NewDeployment {
+            environment: qa.clone(),
+            commit: running.sha.clone(),
+            hash: "h".into(),
+            reference: Some("main".into()),
+            plan: serde_json::json!({}),
+            rules: Some(declared.to_record()),
+            who: "controller".into(),
+            at: 0,
+        };
         engine
             .store
-            .begin_deployment(&slipway_state::NewDeployment {
-                environment: qa.clone(),
-                commit: running.sha.clone(),
-                hash: "h".into(),
-                reference: Some("main".into()),
-                plan: serde_json::json!({}),
-                rules: Some(declared.to_record()),
-                who: "controller".into(),
-                at: 0,
-            })
+            .begin_deployment(&deployment)
             .expect("a deployment");
         let head = repository.resolve("main").expect("resolved");
         let origin = crate::Origin {
@@ -456,6 +458,27 @@ mod tests {
         };
         // The running commit itself is gone.
         std::fs::remove_file(loose(&repo, &running.sha)).expect("removed");
+        let rules = engine
+            .rules_in_force(&origin, &qa, "qa")
+            .expect("judged")
+            .expect("in force");
+        assert!(rules.require_pr, "{rules:?}");
+        // Or it is there, and its stack no longer loads (this version refuses it).
+        std::fs::write(repo.join("slipway.yaml"), "version: 1\nstack: [").expect("written");
+        commit_all(&repo, "a stack this version refuses");
+        let refused = repository.resolve("main").expect("resolved");
+        let mut record = engine.store.environment(&qa).expect("read").expect("there");
+        record.commit = Some(refused.sha.clone());
+        engine.store.upsert_environment(&record).expect("recorded");
+        engine
+            .store
+            .begin_deployment(&slipway_state::NewDeployment {
+                commit: refused.sha.clone(),
+                rules: Some(declared.to_record()),
+                at: 1,
+                ..deployment
+            })
+            .expect("a deployment");
         let rules = engine
             .rules_in_force(&origin, &qa, "qa")
             .expect("judged")
