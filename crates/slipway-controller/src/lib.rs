@@ -304,6 +304,10 @@ pub(crate) struct Inner {
     /// would run the branch's `delete` programs for as long as they say and hold up every
     /// discovery, and so every new branch, behind it.
     pub unwanted: Mutex<std::collections::BTreeMap<EnvName, Unwanted>>,
+    /// Discovery passes (`refresh::discover`): one at a time, and who they served.
+    pub discovery: Mutex<Discovery>,
+    /// Signalled when a discovery pass ends.
+    pub discovered: std::sync::Condvar,
     /// When Slipway last answered a refused or malformed command of an author on a pull
     /// request (lowercased login, number): anyone may comment on a public repository, and
     /// each answer is a comment in Slipway's name and a call against its token's limits.
@@ -397,6 +401,17 @@ impl Inner {
     }
 }
 
+/// Discovery passes asked for and done (`Inner::discovery`).
+#[derive(Debug, Default)]
+pub(crate) struct Discovery {
+    /// How many callers asked for a pass.
+    pub asked: u64,
+    /// Callers up to this number were served by a pass that began after they asked.
+    pub done: u64,
+    /// Whether a pass runs now.
+    pub running: bool,
+}
+
 /// Why discovery wants a generated environment destroyed (`Inner::unwanted`).
 #[derive(Debug, Clone)]
 pub(crate) struct Unwanted {
@@ -461,6 +476,8 @@ impl Controller {
                 parked: Mutex::new(std::collections::BTreeMap::new()),
                 destroy_failures: Mutex::new(std::collections::BTreeMap::new()),
                 unwanted: Mutex::new(std::collections::BTreeMap::new()),
+                discovery: Mutex::new(Discovery::default()),
+                discovered: std::sync::Condvar::new(),
                 refusals: Mutex::new(std::collections::BTreeMap::new()),
                 window_overrides: Mutex::new(std::collections::BTreeMap::new()),
                 membership: replicas::Membership::default(),

@@ -17,6 +17,45 @@ use crate::{ControllerError, Inner, Trigger, discover, short, slots};
 /// branch is gone are marked to be destroyed (`Inner::unwanted`, by the reconcile). Returns
 /// the environments to reconcile, with why.
 pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
+    // One pass at a time (each poll tick, webhook and person asks for one): an older pass
+    // finishing after a newer one would write its older tips and marks over the newer's,
+    // and destroy a branch's environment that the newer saw come back. A caller waits until
+    // a pass begun after it asked is done: its own, or one that served several callers
+    // (which queues what it found).
+    let lock = || {
+        inner
+            .discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let mut state = lock();
+    state.asked += 1;
+    let mine = state.asked;
+    while state.running {
+        state = inner
+            .discovered
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.done >= mine {
+            return Ok(Vec::new());
+        }
+    }
+    state.running = true;
+    let covers = state.asked;
+    drop(state);
+    let result = discover_once(inner);
+    let mut state = lock();
+    state.running = false;
+    if result.is_ok() {
+        state.done = covers;
+    }
+    drop(state);
+    inner.discovered.notify_all();
+    result
+}
+
+/// One pass of [`discover`].
+fn discover_once(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, ControllerError> {
     let mut unwanted = BTreeMap::new();
     let found = discover_all(inner, &mut unwanted);
     // Only a discovery that saw the whole set names environments to destroy; one that

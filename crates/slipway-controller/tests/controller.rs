@@ -374,11 +374,16 @@ fn a_branch_pushed_again_is_not_destroyed_on_an_older_discovery_s_word() {
     });
     // The branch comes back, and main's stack turns invalid: discovery stops short of the
     // set of environments (and says so) with the branch in its fetch.
+    // One push: no discovery sees the branch back while main's stack is still valid.
+    let back = git(&w.work, &["rev-parse", "HEAD"]);
+    git(&w.work, &["checkout", "-q", "-B", "main"]);
+    std::fs::write(w.work.join("slipway.yaml"), "version: 1\nstack: [").expect("write");
+    git(&w.work, &["commit", "-qam", "broken"]);
+    let again = format!("{back}:refs/heads/feature/back");
     git(
         &w.work,
-        &["push", "-q", "origin", "HEAD:refs/heads/feature/back"],
+        &["push", "-q", "-f", "--atomic", "origin", "main", &again],
     );
-    w.push("main", "version: 1\nstack: [", "broken");
     wait_for("discovery finds main's stack invalid", T, || {
         let all = w
             .controller
