@@ -107,10 +107,13 @@ impl Queue {
 
     /// Says that `env` is static too.
     pub fn add_static(&mut self, env: &EnvName) {
-        if !self.statics.contains(env) {
-            let mut statics = self.statics.clone();
-            statics.insert(env.clone());
-            self.set_statics(statics);
+        if self.statics.insert(env.clone())
+            && let Some(slot) = self.slots.get(env)
+        {
+            let key = (slot.due, env.clone());
+            if self.index.remove(&key) {
+                self.static_index.insert(key);
+            }
         }
     }
 
@@ -309,6 +312,13 @@ mod tests {
         assert!(q.pop_due(later).is_some());
         assert!(q.pop_due(later).is_some());
         assert_eq!(q.pop_due(later), None, "both taken: br-a and qa");
+        // Recorded static after it was queued: moved to the static index.
+        q.push(&env("preprod"), Trigger::Poll, t0);
+        q.add_static(&env("preprod"));
+        assert_eq!(
+            q.pop_due_static(later),
+            Some((env("preprod"), Trigger::Poll))
+        );
     }
 
     #[test]

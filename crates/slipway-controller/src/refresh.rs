@@ -41,17 +41,40 @@ pub(crate) fn discover(inner: &Inner) -> Result<Vec<(EnvName, Trigger)>, Control
         }
     }
     state.running = true;
-    let covers = state.asked;
+    let mut pass = Pass {
+        inner,
+        covers: state.asked,
+        succeeded: false,
+    };
     drop(state);
     let result = discover_once(inner);
-    let mut state = lock();
-    state.running = false;
-    if result.is_ok() {
-        state.done = covers;
-    }
-    drop(state);
-    inner.discovered.notify_all();
+    pass.succeeded = result.is_ok();
+    drop(pass);
     result
+}
+
+/// The running discovery pass: it ends when this drops, a panic's unwinding included (the
+/// next caller then runs one), serving the callers it covers when it succeeded.
+struct Pass<'a> {
+    inner: &'a Inner,
+    covers: u64,
+    succeeded: bool,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .inner
+            .discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.running = false;
+        if self.succeeded {
+            state.done = self.covers;
+        }
+        drop(state);
+        self.inner.discovered.notify_all();
+    }
 }
 
 /// One pass of [`discover`].
@@ -334,7 +357,6 @@ fn discover_all(
     // Generated environments whose branch no longer matches: a worker destroys them (see
     // `Inner::unwanted`); one wanted again meanwhile is not.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
-    let mut found = BTreeMap::new();
     for record in records.values() {
         if record.kind == EnvKind::Generated && !wanted_names.contains(record.name.as_str()) {
             let tracked = record.tracked_ref.as_deref().unwrap_or("?");
@@ -354,10 +376,9 @@ fn discover_all(
                 continue;
             }
             out.push((record.name.clone(), Trigger::Poll));
-            found.insert(record.name.clone(), crate::Unwanted { why, gone });
+            unwanted.insert(record.name.clone(), crate::Unwanted { why, gone });
         }
     }
-    *unwanted = found;
     // Slots that freed (a destroy whose promotion did not happen: a controller killed in
     // between) or a cap raised by the default ref's new commit: the first queued take them.
     let started = slots::fill(inner, &caps)?;
