@@ -50,6 +50,11 @@ pub(crate) struct Membership {
     /// workers each: a person's request handled while a reconcile runs takes and is done
     /// with the same environment, and must not mark it idle under the reconcile.
     working: Mutex<BTreeMap<EnvName, usize>>,
+    /// The environments whose lease this replica lost while a worker was on them: not taken
+    /// again until those workers end. The store checks a write against the one fence this
+    /// replica holds for an environment; a new holding's would let the writes of a reconcile
+    /// begun under the lost one through, over what the replica that held it between did.
+    draining: Mutex<BTreeSet<EnvName>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +156,11 @@ impl Membership {
         }
     }
 
+    /// Whether a worker is still on `environment` under a lease this replica lost.
+    pub(crate) fn is_draining(&self, environment: &EnvName) -> bool {
+        lock(&self.draining).contains(environment)
+    }
+
     /// Whether a worker is on `environment`.
     fn is_working(&self, environment: &EnvName) -> bool {
         lock(&self.working).contains_key(environment)
@@ -172,10 +182,35 @@ impl Membership {
         ) {
             return Ok(false);
         }
+        // Held from the lease's read to its fence, so that two workers taking the same
+        // environment at once agree on which holding is lost.
+        let mut held = lock(&self.held);
+        if lock(&self.draining).contains(environment) {
+            return Ok(false);
+        }
         let asked = Instant::now();
         let Some(lease) = store.acquire_lease(environment, &options.name, options.lease)? else {
             return Ok(false);
         };
+        let previous = held.get(environment).copied();
+        if previous.is_some_and(|epoch| epoch != lease.epoch) {
+            // A holding this replica thought it still had ended without it (it stalled or
+            // was cut off, and another replica took over): lost.
+            metrics.lease_lost();
+            tracing::info!(environment = %environment, epoch = previous, "lost the lease");
+            if lock(&self.working)
+                .get(environment)
+                .is_some_and(|&workers| workers > 1)
+            {
+                // Another worker is still on it under the lost holding: the new one waits
+                // until it ends (its writes are refused meanwhile).
+                store.release_lease(environment, &options.name, lease.epoch)?;
+                held.remove(environment);
+                metrics.leases(held.len());
+                lock(&self.draining).insert(environment.clone());
+                return Ok(false);
+            }
+        }
         if let Some(watchdog) = engine.watchdog() {
             watchdog.renewed(environment.as_str(), asked, options.lease);
         }
@@ -186,18 +221,9 @@ impl Membership {
                 epoch: lease.epoch,
             },
         );
-        let mut held = lock(&self.held);
-        match held.insert(environment.clone(), lease.epoch) {
-            Some(epoch) if epoch == lease.epoch => {}
-            previous => {
-                // A holding this replica thought it still had ended without it (it stalled
-                // or was cut off, and another replica took over): lost, then taken anew.
-                if previous.is_some() {
-                    metrics.lease_lost();
-                }
-                metrics.lease_acquired();
-                tracing::info!(environment = %environment, epoch = lease.epoch, "took the lease");
-            }
+        if held.insert(environment.clone(), lease.epoch) != Some(lease.epoch) {
+            metrics.lease_acquired();
+            tracing::info!(environment = %environment, epoch = lease.epoch, "took the lease");
         }
         metrics.leases(held.len());
         Ok(true)
@@ -213,12 +239,12 @@ impl Membership {
         environment: &EnvName,
     ) {
         self.stop_working(environment);
-        let Some(epoch) = lock(&self.held).get(environment).copied() else {
+        let epoch = lock(&self.held).get(environment).copied();
+        let Some(epoch) = epoch else {
             // Lost while it was being worked on (counted then): the fence kept for the
-            // reconcile goes now, once no other worker is on it.
-            if !self.is_working(environment) {
-                engine.store().unhold(environment);
-            }
+            // reconcile goes now, once no other worker is on it, and the environment may be
+            // taken anew.
+            self.drained(engine, environment);
             return;
         };
         if !self.renew(engine, options, environment, epoch) {
@@ -237,12 +263,17 @@ impl Membership {
         epoch: i64,
     ) -> bool {
         let asked = Instant::now();
-        let renewed = engine
-            .store()
+        let store = engine.store();
+        let lease = store
             .acquire_lease(environment, &options.name, options.lease)
             .ok()
-            .flatten()
-            .is_some_and(|lease| lease.epoch == epoch);
+            .flatten();
+        let renewed = lease.as_ref().is_some_and(|lease| lease.epoch == epoch);
+        if let Some(lease) = lease.filter(|_| !renewed) {
+            // Expired, and so taken anew: a holding nobody here works under, which would keep
+            // the other replicas out until it expires.
+            let _ = store.release_lease(environment, &options.name, lease.epoch);
+        }
         if renewed && let Some(watchdog) = engine.watchdog() {
             watchdog.renewed(environment.as_str(), asked, options.lease);
         }
@@ -257,12 +288,23 @@ impl Membership {
         let mut held = lock(&self.held);
         held.remove(environment);
         metrics.leases(held.len());
+        if self.is_working(environment) {
+            lock(&self.draining).insert(environment.clone());
+        }
         drop(held);
         if let Some(watchdog) = engine.watchdog() {
             watchdog.released(environment.as_str());
         }
-        if !self.is_working(environment) {
+        self.drained(engine, environment);
+    }
+
+    /// Once no worker is on `environment`, which this replica no longer holds: its fence
+    /// goes (its writes are refused again) and it may be taken anew.
+    fn drained(&self, engine: &Engine, environment: &EnvName) {
+        let held = lock(&self.held);
+        if !held.contains_key(environment) && !self.is_working(environment) {
             engine.store().unhold(environment);
+            lock(&self.draining).remove(environment);
         }
     }
 
@@ -460,6 +502,82 @@ mod tests {
         membership.done(&engine, &options, &metrics, &env);
         membership.beat(&engine, &options, &metrics).expect("beat");
         assert!(membership.epoch(&env).is_none(), "handed over");
+    }
+
+    /// A reconcile ran under a lease this replica then lost (it stalled; another replica held
+    /// the environment and let go), and a person's request took the environment anew while
+    /// it still ran. The store checks one fence per environment: the new holding's let the
+    /// old reconcile's writes through, over what the other replica had done.
+    #[test]
+    fn a_reconcile_under_a_lost_lease_stays_fenced_when_the_environment_is_asked_for_again() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let env = EnvName::parse("shop").expect("a name");
+        let (mut engine, options, metrics, membership) = r1_alone_with(home.path(), &env);
+        engine.require_leases();
+        let write = |engine: &Engine| {
+            engine.store().record_event(
+                Some(&env),
+                slipway_core::vocab::EventKind::ApplyStarted,
+                "a write",
+                &serde_json::Value::Null,
+                0,
+            )
+        };
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("the reconcile")
+        );
+        write(&engine).expect("written under the lease");
+        // r1 stalls: its holding (epoch 1) ends, r2 holds the environment and lets go.
+        let store = engine.store();
+        assert!(store.release_lease(&env, "r1", 1).expect("expire"));
+        let r2 = store
+            .acquire_lease(&env, "r2", Duration::from_secs(30))
+            .expect("read")
+            .expect("r2 takes it");
+        assert!(store.release_lease(&env, "r2", r2.epoch).expect("let go"));
+
+        // The request, while the reconcile still runs: refused, and nothing taken.
+        assert!(
+            !membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("the request"),
+            "not taken anew while a worker is on the lost holding"
+        );
+        assert!(membership.is_draining(&env));
+        assert!(
+            write(&engine).is_err_and(|e| e.is_fenced()),
+            "the old reconcile's writes are refused"
+        );
+        let lease = store.lease(&env).expect("read").expect("a row");
+        assert_eq!(
+            lease.expires_at, 0,
+            "free for whoever should hold it: {lease:?}"
+        );
+        // The next beat neither takes it back nor lets the fence go under the reconcile.
+        let queued = membership.beat(&engine, &options, &metrics).expect("beat");
+        assert!(write(&engine).is_err_and(|e| e.is_fenced()));
+        // Queued as this replica's share: still not taken while the reconcile runs.
+        assert_eq!(queued, vec![env.clone()]);
+        assert!(
+            !membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("the queue's")
+        );
+        assert!(write(&engine).is_err_and(|e| e.is_fenced()));
+
+        // The reconcile ends: the environment is taken anew, and written under the new lease.
+        membership.done(&engine, &options, &metrics, &env);
+        assert!(!membership.is_draining(&env));
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("taken anew")
+        );
+        write(&engine).expect("written under the new lease");
+        assert!(membership.epoch(&env) > Some(r2.epoch));
+        membership.done(&engine, &options, &metrics, &env);
     }
 
     #[test]

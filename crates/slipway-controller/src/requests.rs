@@ -106,6 +106,11 @@ fn elsewhere(
             alive: holding || alive(&holder),
             replica: holder,
         },
+        _ if inner.membership.is_draining(name) => ControllerError::Conflict(format!(
+            "environment `{name}` is still being worked on under a lease this replica lost (it \
+             stalled or was cut off from the database); nothing was changed: retry once that \
+             work ends, in a moment"
+        )),
         // Free a moment ago and this replica's to take, yet not taken: another replica took
         // it in between, or it is changing hands as replicas join or leave.
         _ => ControllerError::Conflict(format!(
