@@ -272,18 +272,61 @@ fn write_change(inner: &Inner, record: &EnvironmentRecord) -> Result<(), Control
     let written = inner
         .engine
         .store()
-        .update_environment(&record.name, |current| {
-            let mut record = record.clone();
-            if let Some(current) = current {
-                record.activity = current.activity;
-                record.activity_since = current.activity_since;
-                record.queued_at = current.queued_at;
-            }
-            Ok::<_, std::convert::Infallible>(record)
-        })?;
+        .update_environment(&record.name, |current| keeping_activity(record, current))?;
     match written {
         Ok(_) => Ok(()),
         Err(never) => match never {},
+    }
+}
+
+/// `record` with the activity `current` (the store's now) says.
+fn keeping_activity(
+    record: &EnvironmentRecord,
+    current: Option<EnvironmentRecord>,
+) -> Result<EnvironmentRecord, std::convert::Infallible> {
+    let mut record = record.clone();
+    if let Some(current) = current {
+        record.activity = current.activity;
+        record.activity_since = current.activity_since;
+        record.queued_at = current.queued_at;
+    }
+    Ok(record)
+}
+
+/// [`write_change`] of a person's pin, rollback or unpin (`what` they did), which ends a
+/// pull request's hold on the environment in the same transaction: its lock is released
+/// (what the person chose stays), so that the pull request's close or its `/slipway unlock`
+/// does not move the environment off it (back to the branch's tip a rollback left, say). A
+/// `/slipway apply` pinning it at the same moment comes wholly before or after. Returns the
+/// pull request whose lock ended, for [`lock_ended`].
+fn write_change_ending_lock(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+) -> Result<Option<i64>, ControllerError> {
+    let written = inner
+        .engine
+        .store()
+        .update_environment_ending_lock(&record.name, |current| {
+            keeping_activity(record, current)
+        })?;
+    match written {
+        Ok((_, ended)) => Ok(ended),
+        Err(never) => match never {},
+    }
+}
+
+/// Says that a person's change (`what` they did) ended pull request `ended`'s lock of `name`.
+fn lock_ended(inner: &Inner, name: &EnvName, ended: Option<i64>, what: &str) {
+    if let Some(number) = ended {
+        event(
+            inner,
+            name,
+            EventKind::LockReleased,
+            &format!(
+                "the lock of #{number} is released: a person {what}, and closing #{number} no \
+                 longer moves it"
+            ),
+        );
     }
 }
 
@@ -387,38 +430,20 @@ pub(crate) fn pin(
     record.pinned = true;
     record.desired_commit = Some(sha.clone());
     record.updated_at = inner.now();
-    write_change(inner, &record)?;
+    let ended = write_change_ending_lock(inner, &record)?;
     event(
         inner,
         name,
         EventKind::EnvironmentPinned,
         &format!("{name} pinned to {}", short(&sha)),
     );
-    end_lock(inner, name, &format!("pinned `{name}` to {}", short(&sha)))?;
+    lock_ended(
+        inner,
+        name,
+        ended,
+        &format!("pinned `{name}` to {}", short(&sha)),
+    );
     Ok(record)
-}
-
-/// A person's pin, rollback or unpin of `name` ends a pull request's hold on it: its lock is
-/// released (what the person chose stays), so that the pull request's close or its
-/// `/slipway unlock` does not move the environment off it (back to the branch's tip a
-/// rollback left, say).
-fn end_lock(inner: &Inner, name: &EnvName, what: &str) -> Result<(), ControllerError> {
-    let store = inner.engine.store();
-    if let Some(lock) = store.environment_lock(name)?
-        && store.unlock_environment(name, lock.pull_request)?
-    {
-        let number = lock.pull_request;
-        event(
-            inner,
-            name,
-            EventKind::LockReleased,
-            &format!(
-                "the lock of #{number} is released: a person {what}, and closing #{number} no \
-                 longer moves it"
-            ),
-        );
-    }
-    Ok(())
 }
 
 /// Whether `record`'s environment may be pinned (or rolled back) to `sha`. Under `protected`
@@ -539,7 +564,7 @@ pub(crate) fn unpin(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, 
     let mut record = existing(inner, name)?;
     record.pinned = false;
     record.updated_at = inner.now();
-    write_change(inner, &record)?;
+    let ended = write_change_ending_lock(inner, &record)?;
     event(
         inner,
         name,
@@ -549,7 +574,7 @@ pub(crate) fn unpin(inner: &Inner, name: &EnvName) -> Result<EnvironmentRecord, 
             record.tracked_ref.as_deref().unwrap_or("?")
         ),
     );
-    end_lock(inner, name, &format!("unpinned `{name}`"))?;
+    lock_ended(inner, name, ended, &format!("unpinned `{name}`"));
     Ok(record)
 }
 

@@ -338,20 +338,7 @@ impl Store {
         name: &EnvName,
         change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
     ) -> Result<Result<EnvironmentRecord, E>, StateError> {
-        self.write_env(Some(name), &[], |tx| {
-            let current = read_one(tx, name)?;
-            match change(current) {
-                Ok(record) => {
-                    assert_eq!(
-                        &record.name, name,
-                        "an update writes the environment it read"
-                    );
-                    write_row(tx, &record, UPDATE_ALL)?;
-                    Ok(Ok(record))
-                }
-                Err(refused) => Ok(Err(refused)),
-            }
-        })
+        self.write_env(Some(name), &[], |tx| update_in(tx, name, change))
     }
 
     /// Changes environment `name` with `change`, read and written in one transaction (see
@@ -565,6 +552,26 @@ impl Store {
 
 /// Deletes the environment `name` (its resources and ports with it), in `tx`; whether it
 /// existed. One statement: SQLite applies the cascade inside it.
+/// [`Store::update_environment`] through `tx`.
+pub(crate) fn update_in<E>(
+    tx: &mut impl Exec,
+    name: &EnvName,
+    change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
+) -> Result<Result<EnvironmentRecord, E>, StateError> {
+    let current = read_one(tx, name)?;
+    match change(current) {
+        Ok(record) => {
+            assert_eq!(
+                &record.name, name,
+                "an update writes the environment it read"
+            );
+            write_row(tx, &record, UPDATE_ALL)?;
+            Ok(Ok(record))
+        }
+        Err(refused) => Ok(Err(refused)),
+    }
+}
+
 pub(crate) fn delete_environment_in(
     tx: &mut impl Exec,
     name: &EnvName,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use slipway_core::EnvName;
 
 use crate::StateError;
+use crate::environments::{EnvironmentRecord, update_in};
 use crate::store::{Store, env_name, one_of, sql};
 
 /// Pull request states.
@@ -434,6 +435,56 @@ impl Store {
             )
             .map_err(sql(format!("unlock {environment}")))?;
         Ok(deleted == 1)
+    }
+
+    /// [`Store::update_environment`] for a person's pin, rollback or unpin, which ends a pull
+    /// request's lock on the environment in the same transaction (what the person chose
+    /// stays; the pull request's close no longer moves it). Returns the record written and
+    /// the pull request whose lock ended. One transaction, so that a `/slipway apply` pinning
+    /// the environment ([`Store::update_environment_locked_by`]) comes wholly before or after.
+    pub fn update_environment_ending_lock<E>(
+        &self,
+        name: &EnvName,
+        change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
+    ) -> Result<Result<(EnvironmentRecord, Option<i64>), E>, StateError> {
+        self.write_env(Some(name), &["environments", "locks"], |tx| {
+            let written = match update_in(tx, name, change)? {
+                Ok(record) => record,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let ended = tx
+                .query(
+                    "DELETE FROM locks WHERE environment = ?1 RETURNING pull_request",
+                    params![name.as_str()],
+                    |row| row.get::<i64>(0),
+                )
+                .map_err(sql(format!("unlock {name}")))?;
+            Ok(Ok((written, ended.into_iter().next())))
+        })
+    }
+
+    /// [`Store::update_environment`] made only while pull request `pr` holds the
+    /// environment's lock, checked in the same transaction; `None` (nothing written) when it
+    /// does not: a person's pin or unpin ended it, or the pull request was closed or unlocked.
+    pub fn update_environment_locked_by<E>(
+        &self,
+        name: &EnvName,
+        pr: i64,
+        change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
+    ) -> Result<Option<Result<EnvironmentRecord, E>>, StateError> {
+        self.write_env(Some(name), &["environments", "locks"], |tx| {
+            let held = tx
+                .query(
+                    "SELECT pull_request FROM locks WHERE environment = ?1 AND pull_request = ?2",
+                    params![name.as_str(), pr],
+                    |row| row.get::<i64>(0),
+                )
+                .map_err(sql(format!("read the lock of {name}")))?;
+            if held.is_empty() {
+                return Ok(None);
+            }
+            update_in(tx, name, change).map(Some)
+        })
     }
 
     /// Releases every lock `pr` holds; returns the environments it held.

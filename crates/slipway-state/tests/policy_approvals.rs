@@ -6,7 +6,7 @@
 use slipway_state::Store;
 
 mod common;
-use common::TestState;
+use common::{TestState, pull_request};
 
 matrix!(
     an_approval_holds_for_its_pull_request_and_head_commit_only,
@@ -49,31 +49,6 @@ fn an_approval_holds_for_its_pull_request_and_head_commit_only(state: &TestState
         store.policies_approved(7, HEAD).expect("read").as_deref(),
         Some("alice")
     );
-}
-
-/// A pull request as the tests record it: `number` by `author`, `state`, at `head`.
-fn pull_request(
-    number: i64,
-    author: &str,
-    state: &str,
-    head: &str,
-) -> slipway_state::PullRequestRecord {
-    slipway_state::PullRequestRecord {
-        number,
-        title: "t".into(),
-        author: author.into(),
-        head_sha: head.into(),
-        head_ref: format!("feature-{number}"),
-        base_ref: "main".into(),
-        is_fork: false,
-        state: state.into(),
-        preview_allowed: true,
-        url: String::new(),
-        updated_at: 1,
-        stale_approvers: Vec::new(),
-        labels: Vec::new(),
-        head_seen_at: None,
-    }
 }
 
 /// A state from before pushers were recorded (schema 20): the heads of the pull requests open

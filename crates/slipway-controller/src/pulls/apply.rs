@@ -297,10 +297,12 @@ pub(super) fn apply(
         ));
     }
     // Stay on the pull request's head: the environment is pinned to it until the lock goes.
-    // Read and written at once: a reconcile finishing meanwhile keeps what it recorded.
+    // Read and written at once: a reconcile finishing meanwhile keeps what it recorded. Only
+    // while the lock is still this pull request's, in the same transaction: a person's pin,
+    // rollback or unpin ends it, and what they chose stays.
     let last_deployment = store.deployment_refs(env, 1)?.first().map(|d| d.id);
     let mut before = None;
-    let Ok(_) = store.update_environment(env, |recorded| {
+    let pinned = store.update_environment_locked_by(env, number, |recorded| {
         let mut environment = recorded.unwrap_or(existing);
         before = Some((environment.pinned, environment.desired_commit.clone()));
         environment.pinned = true;
@@ -308,6 +310,15 @@ pub(super) fn apply(
         environment.updated_at = now_ms();
         Ok::<_, std::convert::Infallible>(environment)
     })?;
+    if pinned.is_none() {
+        return refuse(format!(
+            "Not applied #{number} ({}) to `{env}`: a person pinned, rolled back or unpinned \
+             `{env}` while this was decided (which ends a pull request's lock), or #{number} \
+             was closed or unlocked. `{env}` stays as they left it, and is not locked; comment \
+             `/slipway apply {env}` again to apply #{number} over it.",
+            short(&head)
+        ));
+    }
     let (before_pinned, before_desired) = before.expect("the update read the environment");
     let pending = PendingApply {
         number,

@@ -141,3 +141,28 @@ macro_rules! matrix {
         }
     };
 }
+
+/// A pull request as the tests record it: `number` by `author`, `state`, at `head`.
+pub fn pull_request(
+    number: i64,
+    author: &str,
+    state: &str,
+    head: &str,
+) -> slipway_state::PullRequestRecord {
+    slipway_state::PullRequestRecord {
+        number,
+        title: "t".into(),
+        author: author.into(),
+        head_sha: head.into(),
+        head_ref: format!("feature-{number}"),
+        base_ref: "main".into(),
+        is_fork: false,
+        state: state.into(),
+        preview_allowed: true,
+        url: String::new(),
+        updated_at: 1,
+        stale_approvers: Vec::new(),
+        labels: Vec::new(),
+        head_seen_at: None,
+    }
+}
