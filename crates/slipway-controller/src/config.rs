@@ -21,6 +21,10 @@ pub struct ControllerConfig {
     /// Workers beyond `concurrency` that only static environments take: environments made
     /// from branches, however long their jobs run, never hold them.
     pub static_concurrency: usize,
+    /// How many of `concurrency` one person's environments may take at once (who pushed a
+    /// branch, opened a pull request or made an ad-hoc environment); default: half of
+    /// `concurrency`, at least one; 0: no limit.
+    pub author_concurrency: Option<usize>,
     /// How long audit entries and events are kept; older ones are deleted hourly.
     #[serde(deserialize_with = "slipway_core::duration::positive")]
     pub retention: Duration,
@@ -50,6 +54,7 @@ impl Default for ControllerConfig {
             requeue_interval: defaults.requeue_interval,
             concurrency: defaults.concurrency,
             static_concurrency: defaults.static_concurrency,
+            author_concurrency: defaults.author_concurrency,
             retention: Duration::from_secs(90 * 24 * 3600),
             delivery_retention: Duration::from_secs(365 * 24 * 3600),
             replica: None,
@@ -84,6 +89,7 @@ impl ControllerConfig {
             requeue_interval: self.requeue_interval,
             concurrency: self.concurrency.max(1),
             static_concurrency: self.static_concurrency,
+            author_concurrency: self.author_concurrency,
             parallelism,
             retention: Some(self.retention),
             delivery_retention: Some(self.delivery_retention),

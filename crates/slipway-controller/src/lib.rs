@@ -110,6 +110,12 @@ pub struct Options {
     /// `track:`, taken from the default branch): however long the reconciles of environments
     /// made from branches run, they never hold these.
     pub static_concurrency: usize,
+    /// How many of the environments reconciled at once may be one person's (who pushed a
+    /// branch, opened a pull request or made an ad-hoc environment; static environments are
+    /// nobody's): whoever pushes many branches whose jobs run long holds that many workers,
+    /// and the next person's preview still starts. `None`: half of `concurrency` (at least
+    /// one); 0: no limit.
+    pub author_concurrency: Option<usize>,
     /// The longest retry backoff.
     pub max_backoff: Duration,
     /// The ref whose `slipway.yaml` says which environments exist.
@@ -132,6 +138,14 @@ pub struct Options {
     pub comment_links: Duration,
 }
 
+impl Options {
+    /// [`Options::author_concurrency`] as the queue takes it (0: no limit).
+    pub fn author_limit(&self) -> usize {
+        self.author_concurrency
+            .unwrap_or_else(|| self.concurrency.max(1).div_ceil(2))
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -140,6 +154,7 @@ impl Default for Options {
             requeue_interval: Duration::from_secs(300),
             concurrency: 4,
             static_concurrency: 2,
+            author_concurrency: None,
             max_backoff: Duration::from_secs(300),
             default_ref: "HEAD".into(),
             parallelism: 8,
@@ -458,6 +473,8 @@ impl Controller {
             .replica
             .as_ref()
             .map(|r| format!("{}#{:016x}", r.name, fastrand::u64(..)));
+        let mut queue = queue::Queue::default();
+        queue.set_person_limit(options.author_limit());
         Controller {
             inner: Arc::new(Inner {
                 engine,
@@ -465,7 +482,7 @@ impl Controller {
                 repo_label: repo_label.to_string(),
                 folder: folder.to_string(),
                 options,
-                queue: Mutex::new(queue::Queue::default()),
+                queue: Mutex::new(queue),
                 wake: Notify::new(),
                 metrics: Metrics::default(),
                 tips: Mutex::new(std::collections::BTreeMap::new()),

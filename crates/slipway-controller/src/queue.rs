@@ -4,6 +4,11 @@
 //! Static environments (declared with `track:`) are indexed apart from the others, so that
 //! workers of their own take them first: whoever pushes a branch decides how long its
 //! environment's reconcile runs (its jobs' `timeout`), and must not hold up prod's.
+//!
+//! The others belong to people ([`Queue::set_people`]: who pushed a branch, opened a pull
+//! request or made an ad-hoc environment), and one person's run at most
+//! [`Queue::set_person_limit`] at once: whoever pushes ten branches whose jobs run for an
+//! hour holds that many workers, not all, and the next person's preview still starts.
 
 use slipway_core::EnvName;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +50,14 @@ pub struct Queue {
     statics: BTreeSet<EnvName>,
     running: BTreeSet<EnvName>,
     failures: BTreeMap<EnvName, u32>,
+    /// Whose each environment that is not static is, when known ([`Queue::set_people`]).
+    people: BTreeMap<EnvName, String>,
+    /// The running environments that count against a person, and whose.
+    running_people: BTreeMap<EnvName, String>,
+    /// How many environments each person has running.
+    per_person: BTreeMap<String, usize>,
+    /// How many environments one person may have running at once (0: no limit).
+    person_limit: usize,
 }
 
 impl Queue {
@@ -117,6 +130,42 @@ impl Queue {
         }
     }
 
+    /// Says whose each environment that is not static is (every other is nobody's: no limit
+    /// holds it); those running keep counting against whoever they were started for.
+    pub fn set_people(&mut self, people: BTreeMap<EnvName, String>) {
+        self.people = people;
+    }
+
+    /// Says whose `env` is, as [`Queue::set_people`] does for all.
+    pub fn set_person(&mut self, env: &EnvName, person: String) {
+        self.people.insert(env.clone(), person);
+    }
+
+    /// How many environments one person may have running at once (0: no limit).
+    pub fn set_person_limit(&mut self, limit: usize) {
+        self.person_limit = limit;
+    }
+
+    /// Whether `env` may start now as far as its person's limit goes.
+    fn person_may_start(&self, env: &EnvName) -> bool {
+        self.person_limit == 0
+            || self.people.get(env).is_none_or(|person| {
+                self.per_person.get(person).copied().unwrap_or(0) < self.person_limit
+            })
+    }
+
+    /// The first entry of the index (static or not) that may start, by due time: in the
+    /// other index, one whose person is at their limit is passed over (the entries passed
+    /// are that person's own, at most as many as they queued).
+    fn first_startable(&self, statics: bool) -> Option<&(Instant, EnvName)> {
+        if statics {
+            return self.static_index.first();
+        }
+        self.index
+            .iter()
+            .find(|(_, env)| self.person_may_start(env))
+    }
+
     /// Removes `env` from the queue (it was destroyed).
     pub fn forget(&mut self, env: &EnvName) {
         if let Some(slot) = self.slots.remove(env) {
@@ -130,7 +179,7 @@ impl Queue {
     /// The earliest due environment that is not running, if it is due by `now`; it is marked
     /// running until [`Queue::done`].
     pub fn pop_due(&mut self, now: Instant) -> Option<(EnvName, Trigger)> {
-        let statics_first = match (self.static_index.first(), self.index.first()) {
+        let statics_first = match (self.first_startable(true), self.first_startable(false)) {
             (Some(a), Some(b)) => a <= b,
             (a, _) => a.is_some(),
         };
@@ -143,28 +192,37 @@ impl Queue {
     }
 
     fn pop_from(&mut self, statics: bool, now: Instant) -> Option<(EnvName, Trigger)> {
+        let first = self.first_startable(statics)?.clone();
+        if first.0 > now {
+            return None;
+        }
         let index = if statics {
             &mut self.static_index
         } else {
             &mut self.index
         };
-        let (due, _) = index.first()?;
-        if *due > now {
-            return None;
-        }
-        let (_, env) = index.pop_first().expect("the first entry exists");
+        index.remove(&first);
+        let (_, env) = first;
         let slot = self
             .slots
             .remove(&env)
             .expect("every indexed environment has a slot");
         self.running.insert(env.clone());
+        if !self.statics.contains(&env)
+            && let Some(person) = self.people.get(&env)
+        {
+            *self.per_person.entry(person.clone()).or_default() += 1;
+            self.running_people.insert(env.clone(), person.clone());
+        }
         Some((env, slot.trigger))
     }
 
-    /// When the next queued environment that is not running is due.
+    /// When the next queued environment that is not running, and may start, is due (one
+    /// whose person is at their limit waits for one of theirs to end, which wakes the
+    /// scheduler).
     pub fn next_due(&self) -> Option<Instant> {
-        let due = |index: &BTreeSet<(Instant, EnvName)>| index.first().map(|(due, _)| *due);
-        match (due(&self.static_index), due(&self.index)) {
+        let due = |statics| self.first_startable(statics).map(|(due, _)| *due);
+        match (due(true), due(false)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -180,6 +238,14 @@ impl Queue {
     /// spread out); otherwise resets it.
     pub fn done(&mut self, env: &EnvName, finished: Finished, max: Duration) -> Option<Duration> {
         self.running.remove(env);
+        if let Some(person) = self.running_people.remove(env)
+            && let Some(count) = self.per_person.get_mut(&person)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_person.remove(&person);
+            }
+        }
         // A request made while it ran can start now.
         if let Some(slot) = self.slots.get(env) {
             let index = if self.statics.contains(env) {
@@ -319,6 +385,65 @@ mod tests {
             q.pop_due_static(later),
             Some((env("preprod"), Trigger::Poll))
         );
+    }
+
+    #[test]
+    fn one_persons_environments_take_at_most_their_limit_of_workers() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(5);
+        let mut q = Queue::default();
+        q.set_person_limit(2);
+        // Mallory's four branches are due first, then Alice's, then one nobody is known for.
+        for (i, name) in ["br-m1", "br-m2", "br-m3", "br-m4", "br-alice", "br-x"]
+            .into_iter()
+            .enumerate()
+        {
+            q.push(
+                &env(name),
+                Trigger::Poll,
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        q.set_people(
+            [
+                (env("br-m1"), "mallory".to_string()),
+                (env("br-m2"), "mallory".to_string()),
+                (env("br-m3"), "mallory".to_string()),
+                (env("br-m4"), "mallory".to_string()),
+            ]
+            .into(),
+        );
+        q.set_person(&env("br-alice"), "alice".into());
+        let mut popped = || q.pop_due(later).map(|(env, _)| env.to_string());
+        assert_eq!(popped().as_deref(), Some("br-m1"));
+        assert_eq!(popped().as_deref(), Some("br-m2"));
+        assert_eq!(
+            popped().as_deref(),
+            Some("br-alice"),
+            "mallory is at her limit: the next person's goes first"
+        );
+        assert_eq!(popped().as_deref(), Some("br-x"), "nobody's: no limit");
+        assert_eq!(popped(), None, "only mallory's are left");
+        assert_eq!(
+            q.next_due(),
+            None,
+            "nothing may start until one of hers ends"
+        );
+        // Whose it is changes while it runs: it counts for whom it was started.
+        q.set_person(&env("br-m1"), "alice".into());
+        q.done(&env("br-m1"), Finished::Succeeded, Duration::from_secs(60));
+        assert_eq!(q.next_due(), Some(t0 + Duration::from_millis(2)));
+        assert_eq!(
+            q.pop_due(later).map(|(env, _)| env),
+            Some(env("br-m3")),
+            "one of hers ended: her next starts"
+        );
+        assert_eq!(q.pop_due(later), None);
+        // Static environments are nobody's.
+        q.push(&env("prod"), Trigger::Push, t0);
+        q.set_person(&env("prod"), "mallory".into());
+        q.add_static(&env("prod"));
+        assert_eq!(q.pop_due(later).map(|(env, _)| env), Some(env("prod")));
     }
 
     #[test]

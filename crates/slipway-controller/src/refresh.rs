@@ -184,6 +184,17 @@ fn discover_all(
         .iter()
         .map(|b| (b.name.as_str(), b.sha.as_str()))
         .collect();
+    let people = People::read(inner, &tips)?;
+    inner
+        .queue
+        .lock()
+        .expect("the queue lock is never poisoned")
+        .set_people(
+            records
+                .values()
+                .filter_map(|r| Some((r.name.clone(), people.of(r)?)))
+                .collect(),
+        );
     let mut out = Vec::new();
     // Environments whose branch moved are reconciled whatever the default ref says, so a
     // poisoned commit on their branch is reported on them.
@@ -282,13 +293,16 @@ fn discover_all(
                     Some(admitted) => {
                         slots::started(inner, admitted.promoted)?;
                         let record = admitted.record;
+                        let mut queue = inner
+                            .queue
+                            .lock()
+                            .expect("the queue lock is never poisoned");
                         if record.kind == EnvKind::Static {
-                            inner
-                                .queue
-                                .lock()
-                                .expect("the queue lock is never poisoned")
-                                .add_static(&record.name);
+                            queue.add_static(&record.name);
+                        } else if let Some(person) = people.of(&record) {
+                            queue.set_person(&record.name, person);
                         }
+                        drop(queue);
                         let what = if w.kind == EnvKind::Generated {
                             format!("for branch `{}`", w.tracked_ref)
                         } else {
@@ -387,6 +401,49 @@ fn discover_all(
     }
     out.extend(started.into_iter().map(|name| (name, Trigger::Poll)));
     Ok(out)
+}
+
+/// Whose the environments are, for the queue's limit per person
+/// (`Options::author_concurrency`).
+struct People {
+    /// Who pushed each branch's tip (else to it last), from the forge's push webhooks.
+    pushers: HashMap<String, String>,
+    /// The authors of the open pull requests' environments.
+    authors: HashMap<EnvName, String>,
+}
+
+impl People {
+    fn read(inner: &Inner, tips: &HashMap<&str, &str>) -> Result<People, ControllerError> {
+        let store = inner.engine.store();
+        Ok(People {
+            pushers: store.branch_pushers(tips)?,
+            authors: store
+                .pull_requests(Some("open"))?
+                .into_iter()
+                .filter_map(|pr| {
+                    Some((
+                        EnvName::pull_request(u64::try_from(pr.number).ok()?),
+                        pr.author,
+                    ))
+                })
+                .collect(),
+        })
+    }
+
+    /// Whose `record` is: a pull request's environment its author's, a branch's its pusher's,
+    /// an ad-hoc one its owner's. Static environments, and those nobody is known for (no
+    /// forge, or its push's webhook not come yet), are nobody's: no limit holds them.
+    fn of(&self, record: &EnvironmentRecord) -> Option<String> {
+        match record.kind {
+            EnvKind::Static => None,
+            EnvKind::Generated => self
+                .authors
+                .get(&record.name)
+                .cloned()
+                .or_else(|| self.pushers.get(record.tracked_ref.as_deref()?).cloned()),
+            EnvKind::Adhoc => record.owner.clone(),
+        }
+    }
 }
 
 /// Whether generated environment `name` expired at commit `tip` (its branch's tip now).

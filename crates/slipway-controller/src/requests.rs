@@ -257,6 +257,14 @@ pub(crate) fn create_adhoc(
         ),
     );
     let mut record = admitted.record;
+    // Its first deployment counts against its owner's workers, as every later one.
+    if let Some(owner) = &record.owner {
+        inner
+            .queue
+            .lock()
+            .expect("the queue lock is never poisoned")
+            .set_person(name, owner.clone());
+    }
     if record.activity == slipway_core::vocab::Activity::Queued {
         let said = crate::slots::announce_queued(inner, &caps, &record, admitted.position);
         record.message = Some(said);

@@ -123,12 +123,26 @@ impl World {
     }
 
     fn push(&self, branch: &str, stack: &str, message: &str) -> String {
+        self.push_by(None, branch, stack, message)
+    }
+
+    /// [`World::push`] by `pusher`, recorded as the forge's push webhook would record it (here
+    /// before the push, so that no discovery sees the branch without it).
+    fn push_by(&self, pusher: Option<&str>, branch: &str, stack: &str, message: &str) -> String {
         git(&self.work, &["checkout", "-q", "-B", branch]);
         std::fs::write(self.work.join("slipway.yaml"), stack).expect("write");
         git(&self.work, &["add", "-A"]);
         git(&self.work, &["commit", "-qm", message, "--allow-empty"]);
+        let sha = git(&self.work, &["rev-parse", "HEAD"]);
+        if let Some(pusher) = pusher {
+            self.controller
+                .engine()
+                .store()
+                .record_push(&format!("refs/heads/{branch}"), &sha, pusher, 1)
+                .expect("record the push");
+        }
         git(&self.work, &["push", "-q", "-f", "origin", branch]);
-        git(&self.work, &["rev-parse", "HEAD"])
+        sha
     }
 
     /// Waits until `env` serves `text`; `what` says what that shows.
@@ -265,13 +279,9 @@ fn branches_whose_jobs_hold_every_worker_do_not_hold_up_static_environments() {
     let _release = Release(branches.iter().map(|env| data(env).join("go")).collect());
     w.wait_page("dev", "hello from dev", "dev runs the first commit");
     // Whoever pushes a branch decides how long its reconcile takes: a job that runs until
-    // the test lets it go, on as many branches as there are workers (2).
-    let holding = STACK.replace(
-        "resources:\n",
-        "resources:\n  hold: { type: job, timeout: 1h, depends_on: [page], command: [sh, -c, \
-         'echo run >> \"$HOME/started\"; \
-         until [ -e \"$HOME/go\" ] || [ ! -d \"$HOME\" ]; do sleep 0.1; done'] }\n",
-    );
+    // the test lets it go, on as many branches as there are workers (2), pushed by nobody
+    // known (no limit per person holds them).
+    let holding = holding_stack();
     for branch in ["feature/a", "feature/b"] {
         w.push(branch, &holding, "a job that holds its worker");
     }
@@ -300,6 +310,62 @@ fn branches_whose_jobs_hold_every_worker_do_not_hold_up_static_environments() {
         let runs = std::fs::read_to_string(data(env).join("started")).expect("runs");
         assert_eq!(runs, "run\n", "{env}'s job ran once");
     }
+}
+
+/// [`STACK`] with a job that runs until the test lets it go (`go` in its `HOME`, the
+/// environment's data directory, or that directory gone), having said so (`started`).
+fn holding_stack() -> String {
+    STACK.replace(
+        "resources:\n",
+        "resources:\n  hold: { type: job, timeout: 1h, depends_on: [page], command: [sh, -c, \
+         'echo run >> \"$HOME/started\"; \
+         until [ -e \"$HOME/go\" ] || [ ! -d \"$HOME\" ]; do sleep 0.1; done'] }\n",
+    )
+}
+
+/// One person's branches take at most their share of the workers (`author_concurrency`,
+/// half of the 2 here): whoever pushes branches whose jobs run for an hour does not hold up
+/// the next person's preview.
+#[test]
+fn one_persons_branches_leave_workers_for_the_next_persons() {
+    let w = World::new();
+    let mallorys = ["br-feature-a", "br-feature-b"];
+    let data = |env: &str| w.home.join("envs").join(env).join("data");
+    let _release = Release(mallorys.iter().map(|env| data(env).join("go")).collect());
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    for branch in ["feature/a", "feature/b"] {
+        w.push_by(
+            Some("mallory"),
+            branch,
+            &holding_stack(),
+            "a job that holds its worker",
+        );
+    }
+    let started = || {
+        mallorys
+            .iter()
+            .filter(|env| data(env).join("started").exists())
+            .count()
+    };
+    wait_for("one of mallory's jobs runs", T, || {
+        (started() > 0).then_some(())
+    });
+    w.push_by(Some("alice"), "feature/c", STACK, "alice's feature");
+    w.wait_page(
+        "br-feature-c",
+        "hello from br-feature-c",
+        "alice's preview deploys while mallory's branches hold their share",
+    );
+    assert_eq!(started(), 1, "mallory's second branch waits for her first");
+    // Let go, her first ends and her second runs (its data directory made only then).
+    drop(_release);
+    for env in mallorys {
+        wait_for("mallory's jobs run in turn once let go", T, || {
+            let _ = std::fs::write(data(env).join("go"), "");
+            w.record(env).filter(|r| r.sync == SyncState::Synced)
+        });
+    }
+    assert_eq!(started(), 2);
 }
 
 /// An exec provider whose `delete` runs until the test lets it go (`go` in its `HOME`, the

@@ -238,6 +238,48 @@ impl Store {
         Ok(pushers)
     }
 
+    /// Who pushed to each branch, by branch name: for each, the person who pushed `tips`'
+    /// commit of it (the first by name, when several did), else the one who pushed to it
+    /// last. Branches nobody is known to have pushed to are left out.
+    pub fn branch_pushers(
+        &self,
+        tips: &std::collections::HashMap<&str, &str>,
+    ) -> Result<std::collections::HashMap<String, String>, StateError> {
+        let rows: Vec<(String, String, String, i64)> = self
+            .conn()
+            .query(
+                "SELECT source, sha, pusher, at FROM head_pushes WHERE source LIKE 'refs/heads/%' \
+                 ORDER BY source, at, pusher",
+                params![],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .map_err(sql("read who pushed to the branches"))?;
+        let mut found: std::collections::HashMap<String, (bool, String)> = Default::default();
+        for (source, sha, pusher, _) in rows {
+            let Some(branch) = source.strip_prefix("refs/heads/") else {
+                continue;
+            };
+            let of_tip = tips.get(branch).is_some_and(|tip| *tip == sha);
+            match found.get_mut(branch) {
+                // The tip's pusher stays; among the tip's, the first by name.
+                Some((true, known)) => {
+                    if of_tip && pusher < *known {
+                        *known = pusher;
+                    }
+                }
+                // Rows come by time: a later push, or the tip's, takes over.
+                Some(entry) => *entry = (of_tip, pusher),
+                None => {
+                    found.insert(branch.to_string(), (of_tip, pusher));
+                }
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|(branch, (_, pusher))| (branch, pusher))
+            .collect())
+    }
+
     /// Who approved the soft policy denials of pull request `number` at `head_sha`, if anyone.
     pub fn policies_approved(
         &self,
@@ -625,6 +667,43 @@ mod tests {
             .lock_environment_while_open(&qa, 7 + 2, "b", 3)
             .expect("locks");
         assert_eq!(other.map(|l| l.pull_request), Some(7), "the holder stays");
+    }
+
+    #[test]
+    fn a_branch_is_its_tips_pushers_else_its_last_pushers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+        for (source, sha, who, at) in [
+            ("refs/heads/x", &a, "mallory", 10),
+            ("refs/heads/x", &a, "carol", 11),
+            ("refs/heads/x", &b, "alice", 20),
+            ("pull/7", &c, "bob", 30),
+            ("refs/heads/feature/y", &c, "bob", 5),
+        ] {
+            store.record_push(source, sha, who, at).expect("record");
+        }
+        let pushers = |tips: &[(&str, &str)]| {
+            let tips = tips.iter().copied().collect();
+            let mut found: Vec<(String, String)> = store
+                .branch_pushers(&tips)
+                .expect("read")
+                .into_iter()
+                .collect();
+            found.sort();
+            found
+        };
+        let pair = |b: &str, who: &str| (b.to_string(), who.to_string());
+        assert_eq!(
+            pushers(&[("x", &a)]),
+            [pair("feature/y", "bob"), pair("x", "carol")],
+            "the tip's pushers (the first by name), whoever pushed later"
+        );
+        assert_eq!(
+            pushers(&[("x", &c)]),
+            [pair("feature/y", "bob"), pair("x", "alice")],
+            "a tip nobody is known to have pushed: the last pusher"
+        );
     }
 
     #[test]

@@ -150,6 +150,16 @@ ports = "20000-29999"
             Config::parse("[controller]\nconcurrency = 8\nstatic_concurrency = 0").expect("parses");
         let options = config.controller.options(Duration::from_secs(15), 8);
         assert_eq!((options.concurrency, options.static_concurrency), (8, 0));
+        assert_eq!(options.author_limit(), 4, "one person: half the workers");
+        let config =
+            Config::parse("[controller]\nconcurrency = 3\nauthor_concurrency = 0").expect("parses");
+        let options = config.controller.options(Duration::from_secs(15), 8);
+        assert_eq!(options.author_limit(), 0, "no limit");
+        let options = Config::parse("[controller]\nconcurrency = 3")
+            .expect("parses")
+            .controller
+            .options(Duration::from_secs(15), 8);
+        assert_eq!(options.author_limit(), 2);
     }
 
     #[test]
@@ -194,6 +204,10 @@ ports = "20000-29999"
             (
                 "[controller]\nstatic_concurrency = -1",
                 "static_concurrency",
+            ),
+            (
+                "[controller]\nauthor_concurrency = -1",
+                "author_concurrency",
             ),
             ("[environments]\nmax_ttl = \"0s\"", "max_ttl"),
             (
