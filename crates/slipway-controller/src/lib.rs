@@ -383,36 +383,46 @@ impl Inner {
 
     /// [`Engine::family_in_force`] of `definition` at `branch`, read once per fetch: every
     /// reconcile of a family's environment asks it, and with 10,000 of them resolving the
-    /// branch and reading its stack each time was a sixth of a reconcile pass.
+    /// branch and reading its stack each time was a sixth of a reconcile pass. While the
+    /// branch cannot be read (a fetch still writing, a `slipway.yaml` pushed broken), what was
+    /// read last holds; never read, it is an error, and the reconcile waits.
     pub fn family_in_force(
         &self,
         branch: &str,
         definition: &str,
         kind: slipway_core::vocab::EnvKind,
-    ) -> slipway_engine::FamilyInForce {
+    ) -> Result<slipway_engine::FamilyInForce, EngineError> {
+        let families = || {
+            self.families
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         let fetches = self.fetches.load(std::sync::atomic::Ordering::Acquire);
         let key = (branch.to_owned(), definition.to_owned(), kind);
-        if let Some((at, family)) = self
-            .families
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
+        if let Some((at, family)) = families().get(&key)
             && *at == fetches
         {
-            return family.clone();
+            return Ok(family.clone());
         }
-        let family = self.engine.family_in_force(
+        match self.engine.family_in_force(
             self.source.as_ref(),
             branch,
             &self.folder,
             definition,
             kind,
-        );
-        self.families
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, (fetches, family.clone()));
-        family
+        ) {
+            Ok(family) => {
+                families().insert(key, (fetches, family.clone()));
+                Ok(family)
+            }
+            Err(e) => match families().get(&key) {
+                Some((_, family)) => {
+                    tracing::warn!(branch, definition, error = %e, "what the branch sets for a family cannot be read; what was read last holds");
+                    Ok(family.clone())
+                }
+                None => Err(e),
+            },
+        }
     }
 }
 
@@ -1554,20 +1564,23 @@ pub(crate) use slipway_engine::apply::short;
 /// and a family private there keeps it private (`EnvTarget::access_in_force`). A static
 /// environment pinned to a commit (a rollback, a pull request's `/slipway apply`) stays as
 /// private as its branch says: an older or unmerged commit cannot open it to everyone.
-pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget {
+pub(crate) fn target_of(
+    inner: &Inner,
+    record: &EnvironmentRecord,
+) -> Result<EnvTarget, EngineError> {
     use slipway_core::vocab::EnvKind;
     let definition = record.definition.as_deref().unwrap_or(record.name.as_str());
     let family = match (record.kind, record.tracked_ref.as_deref()) {
         (EnvKind::Static, Some(branch)) if record.pinned => slipway_engine::FamilyInForce {
             access: inner
-                .family_in_force(branch, definition, EnvKind::Static)
+                .family_in_force(branch, definition, EnvKind::Static)?
                 .access,
             ..Default::default()
         },
         (EnvKind::Static, _) => Default::default(),
-        (kind, _) => inner.family_in_force(&inner.options.default_ref, definition, kind),
+        (kind, _) => inner.family_in_force(&inner.options.default_ref, definition, kind)?,
     };
-    EnvTarget {
+    Ok(EnvTarget {
         idle_limits: family.idle_limits,
         access_in_force: family.access,
         windows_in_force: family.windows,
@@ -1581,7 +1594,7 @@ pub(crate) fn target_of(inner: &Inner, record: &EnvironmentRecord) -> EnvTarget 
         ttl: record
             .ttl_ms
             .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-    }
+    })
 }
 
 /// How many reconciles in a row [`settled`] runs while each ends superseded.

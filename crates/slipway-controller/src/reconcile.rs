@@ -628,7 +628,9 @@ fn converge(
             folder: &inner.folder,
             tip: Some(tip),
         };
-        if engine.runs_as_rendered(&origin, &target_of(inner, &record), &record) {
+        if target_of(inner, &record)
+            .is_ok_and(|target| engine.runs_as_rendered(&origin, &target, &record))
+        {
             return Ok(requeue);
         }
         looked_at = Some(tip.to_owned());
@@ -719,7 +721,7 @@ fn converge(
         folder: &inner.folder,
         tip: tip.as_deref(),
     };
-    let target = target_of(inner, &record);
+    let target = target_of(inner, &record)?;
     // The periodic look (and the one on start) at an environment that runs, in full, what
     // its commit renders to now: nothing to plan but drift, which the drift interval looks
     // for (`Trigger::Drift`; a drift tick landing on a queued timer takes its slot). Skipping

@@ -819,6 +819,69 @@ fn a_tracked_branch_deleted_fails_its_environment_with_an_event_that_notifies() 
     assert_eq!(w.page("release").as_deref(), Some("hello from release"));
 }
 
+/// A family frozen at the default branch holds its previews whatever their branch says. A
+/// `slipway.yaml` pushed broken to the default branch does not lift the freeze: what was read
+/// there last holds, and a controller that never read it waits rather than deploy.
+#[test]
+fn a_broken_default_branch_does_not_lift_its_familys_freeze() {
+    // No poll: the test says when the controller looks at the branches.
+    let w = World::polling(Duration::from_secs(3600));
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    let previews = "previews: { generate: { branches: [\"feature/*\"] }, ttl: 1h }";
+    let frozen = STACK.replace(
+        previews,
+        "previews: { generate: { branches: [\"feature/*\"] }, ttl: 1h, \
+         windows: [{ kind: deny, schedule: \"0 0 * * *\", duration: 24h }] }",
+    );
+    assert_ne!(frozen, STACK);
+    w.push("main", &frozen, "previews frozen");
+    // The branch's own copy of the stack has no freeze.
+    w.push("feature/x", STACK, "a feature");
+    w.runtime.block_on(w.controller.refresh()).expect("refresh");
+    let env = env_name("br-feature-x");
+    let held = |w: &World| {
+        w.record("br-feature-x").filter(|r| {
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("held:") && m.contains("window"))
+        })
+    };
+    wait_for("the freeze at main holds the preview", T, || held(&w));
+
+    w.push("main", "version: 1\nstack: ctl\nresources: [", "broken");
+    w.push(
+        "feature/x",
+        &STACK.replace("greeting: hello", "greeting: again"),
+        "again",
+    );
+    w.runtime.block_on(w.controller.refresh()).expect("refresh");
+    w.runtime
+        .block_on(w.controller.reconcile_now(&env, |_| {}))
+        .expect("a held change is no failure");
+    assert_eq!(w.page("br-feature-x"), None, "still held");
+    assert!(held(&w).is_some());
+
+    // A controller that never read the default branch valid: the preview waits, saying why.
+    let fresh = Controller::new(
+        w.controller.engine().clone(),
+        w.controller.source().clone(),
+        w.controller.repo_label(),
+        "",
+        Options::default(),
+    );
+    let refused = w
+        .runtime
+        .block_on(fresh.reconcile_now(&env, |_| {}))
+        .expect_err("nothing is known of the family's windows");
+    assert!(
+        refused
+            .to_string()
+            .contains("is not valid, so the deploy windows"),
+        "{refused}"
+    );
+    assert_eq!(w.page("br-feature-x"), None, "still held");
+}
+
 #[test]
 fn a_window_override_is_for_the_sync_that_asked_for_it_only() {
     // No poll: the test says when the controller looks at the branch.

@@ -217,7 +217,7 @@ impl Engine {
                     named.folder,
                     &target.definition,
                     target.kind,
-                );
+                )?;
                 target.idle_limits = family.idle_limits;
                 target.access_in_force = family.access;
                 target.windows_in_force = family.windows;
@@ -257,7 +257,7 @@ impl Engine {
                         named.folder,
                         &w.definition,
                         EnvKind::Generated,
-                    );
+                    )?;
                     (
                         EnvTarget {
                             name: w.name,
@@ -280,7 +280,9 @@ impl Engine {
     /// What the `environments:` entry `definition` at `reference` (the default branch: what is
     /// in force for a family, whatever a branch of it says) sets for its environments: its
     /// `sleep_after` and `idle_ttl`, its `access` when written there, and its deploy
-    /// windows; nothing when it cannot be read.
+    /// windows; nothing when the stack there no longer defines it. A stack that cannot be
+    /// read, or is not valid, is an error: its freeze or its `access: private` must not be
+    /// passed over because someone pushed a broken `slipway.yaml` there.
     pub fn family_in_force(
         &self,
         source: &dyn Source,
@@ -288,20 +290,29 @@ impl Engine {
         folder: &str,
         definition: &str,
         kind: EnvKind,
-    ) -> FamilyInForce {
-        self.load_tracked(source, reference, folder)
-            .or_else(|_| self.load_ref(source, reference, folder))
-            .ok()
-            .and_then(|cached| {
-                let stack = cached.loaded.valid_stack().ok()?;
-                let def = stack.environments.get(definition)?;
-                Some(FamilyInForce {
-                    idle_limits: (def.sleep_after, def.idle_ttl),
-                    access: Some(def.access(kind)),
-                    windows: slipway_core::windows::Windows::of(&def.windows),
-                })
+    ) -> Result<FamilyInForce, EngineError> {
+        let cached = match self.load_tracked(source, reference, folder) {
+            Ok(cached) => cached,
+            Err(_) => self.load_ref(source, reference, folder)?,
+        };
+        let stack = cached.loaded.valid_stack().map_err(|first| {
+            EngineError::Environment(format!(
+                "{} at {} ({reference}) is not valid, so the deploy windows, access and idle \
+                 limits it sets for `{definition}`'s environments cannot be read: {first}; \
+                 fix it there",
+                cached.loaded.entry,
+                crate::apply::short(&cached.loaded.commit.sha),
+            ))
+        })?;
+        Ok(stack
+            .environments
+            .get(definition)
+            .map(|def| FamilyInForce {
+                idle_limits: (def.sleep_after, def.idle_ttl),
+                access: Some(def.access(kind)),
+                windows: slipway_core::windows::Windows::of(&def.windows),
             })
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// The generated environments `stack` makes of `source`'s branches, named as the

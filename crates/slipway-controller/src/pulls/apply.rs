@@ -219,10 +219,9 @@ pub(super) fn apply(
     }
     // A protected environment's destroys need a person's typed confirmation, which a comment
     // is not: refuse before taking the lock.
-    let mut prepared = match inner.engine.prepare(
-        &origin_at(inner, &head),
-        &crate::target_of(inner, &existing),
-    ) {
+    let mut prepared = match crate::target_of(inner, &existing)
+        .and_then(|target| inner.engine.prepare(&origin_at(inner, &head), &target))
+    {
         Ok(prepared) => prepared,
         Err(e) => {
             // What a provider or a cluster said may quote a secret value: the reply is public.
