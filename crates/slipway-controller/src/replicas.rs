@@ -140,9 +140,16 @@ impl Membership {
         *lock(&self.working).entry(environment.clone()).or_default() += 1;
         let taken = self.take_marked(engine, options, metrics, environment);
         if !matches!(taken, Ok(true)) {
-            self.stop_working(environment);
+            self.leave(engine, environment);
         }
         taken
+    }
+
+    /// A worker that did not take `environment` after all leaves it: it may have been the
+    /// last one a lost holding waited for (counted when the beat found it lost).
+    fn leave(&self, engine: &Engine, environment: &EnvName) {
+        self.stop_working(environment);
+        self.drained(engine, environment);
     }
 
     /// One worker fewer on `environment`.
@@ -239,17 +246,22 @@ impl Membership {
         environment: &EnvName,
     ) {
         self.stop_working(environment);
-        let epoch = lock(&self.held).get(environment).copied();
-        let Some(epoch) = epoch else {
+        let held = lock(&self.held);
+        let Some(epoch) = held.get(environment).copied() else {
+            drop(held);
             // Lost while it was being worked on (counted then): the fence kept for the
             // reconcile goes now, once no other worker is on it, and the environment may be
             // taken anew.
             self.drained(engine, environment);
             return;
         };
-        if !self.renew(engine, options, environment, epoch) {
+        // Renewed with `held` locked: a worker taking the environment anew meanwhile (this
+        // holding expired) would otherwise have its new lease let go by this renewal.
+        let renewed = self.renew(engine, options, environment, epoch);
+        drop(held);
+        if !renewed {
             metrics.lease_lost();
-            self.forget(engine, metrics, environment);
+            self.forget(engine, metrics, environment, epoch);
         }
     }
 
@@ -280,12 +292,16 @@ impl Membership {
         renewed
     }
 
-    /// Lets go of `environment`: its commands are killed now. A reconcile of it still
-    /// running keeps proving the lost lease, so that its writes are refused (without a
-    /// lease to prove, a write is let through when no other replica holds one); the fence
-    /// goes once it ends ([`Membership::done`]).
-    fn forget(&self, engine: &Engine, metrics: &Metrics, environment: &EnvName) {
+    /// Lets go of `environment`'s holding at `epoch`: its commands are killed now. A
+    /// reconcile of it still running keeps proving the lost lease, so that its writes are
+    /// refused (without a lease to prove, a write is let through when no other replica holds
+    /// one); the fence goes once it ends ([`Membership::done`]). A holding taken anew since
+    /// (another epoch) is not this one: it stays.
+    fn forget(&self, engine: &Engine, metrics: &Metrics, environment: &EnvName, epoch: i64) {
         let mut held = lock(&self.held);
+        if held.get(environment) != Some(&epoch) {
+            return;
+        }
         held.remove(environment);
         metrics.leases(held.len());
         if self.is_working(environment) {
@@ -344,7 +360,7 @@ impl Membership {
             {
                 store.release_lease(&environment, &options.name, epoch)?;
                 metrics.lease_handed_over();
-                self.forget(engine, metrics, &environment);
+                self.forget(engine, metrics, &environment, epoch);
                 continue;
             }
             let asked = Instant::now();
@@ -373,7 +389,7 @@ impl Membership {
                 }
                 metrics.lease_lost();
                 tracing::info!(environment = %environment, epoch, "lost the lease");
-                self.forget(engine, metrics, &environment);
+                self.forget(engine, metrics, &environment, epoch);
             }
         }
         let swept =
@@ -427,6 +443,18 @@ mod tests {
         let membership = Membership::default();
         membership.beat(&engine, &options, &metrics).expect("beat");
         (engine, options, metrics, membership)
+    }
+
+    /// r1's holding of `env` (epoch 1) ends behind its back: r2 takes the environment, then
+    /// lets it go. r2's lease.
+    fn taken_over(store: &Store, env: &EnvName) -> slipway_state::Lease {
+        assert!(store.release_lease(env, "r1", 1).expect("expire"));
+        let r2 = store
+            .acquire_lease(env, "r2", Duration::from_secs(30))
+            .expect("read")
+            .expect("r2 takes it");
+        assert!(store.release_lease(env, "r2", r2.epoch).expect("let go"));
+        r2
     }
 
     /// Another replica destroyed an environment this one held a lease of (taken back as it
@@ -531,12 +559,7 @@ mod tests {
         write(&engine).expect("written under the lease");
         // r1 stalls: its holding (epoch 1) ends, r2 holds the environment and lets go.
         let store = engine.store();
-        assert!(store.release_lease(&env, "r1", 1).expect("expire"));
-        let r2 = store
-            .acquire_lease(&env, "r2", Duration::from_secs(30))
-            .expect("read")
-            .expect("r2 takes it");
-        assert!(store.release_lease(&env, "r2", r2.epoch).expect("let go"));
+        let r2 = taken_over(store, &env);
 
         // The request, while the reconcile still runs: refused, and nothing taken.
         assert!(
@@ -577,6 +600,46 @@ mod tests {
         );
         write(&engine).expect("written under the new lease");
         assert!(membership.epoch(&env) > Some(r2.epoch));
+        membership.done(&engine, &options, &metrics, &env);
+    }
+
+    /// A worker about to take an environment (counted as working) when the beat finds its
+    /// lease lost, then refused as the environment drains: the last one on it. Leaving, it
+    /// lets the environment be taken again; it stayed refused for good before.
+    #[test]
+    fn a_worker_that_takes_nothing_is_not_waited_for_by_a_lost_holding() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let env = EnvName::parse("shop").expect("a name");
+        let (mut engine, options, metrics, membership) = r1_alone_with(home.path(), &env);
+        engine.require_leases();
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("take")
+        );
+        membership.done(&engine, &options, &metrics, &env);
+        // A worker's take has begun (counted), when r1's holding ends behind its back.
+        *lock(&membership.working).entry(env.clone()).or_default() += 1;
+        taken_over(engine.store(), &env);
+        membership.beat(&engine, &options, &metrics).expect("beat");
+        assert!(
+            membership.is_draining(&env),
+            "the beat found it lost, a worker on it"
+        );
+        // The worker is refused (it drains), and leaves.
+        assert!(
+            !membership
+                .take_marked(&engine, &options, &metrics, &env)
+                .expect("take")
+        );
+        membership.leave(&engine, &env);
+        assert!(!membership.is_draining(&env));
+        assert!(
+            membership
+                .take(&engine, &options, &metrics, &env)
+                .expect("take"),
+            "taken again"
+        );
         membership.done(&engine, &options, &metrics, &env);
     }
 
