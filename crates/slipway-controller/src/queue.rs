@@ -130,10 +130,16 @@ impl Queue {
         }
     }
 
-    /// Says whose each environment that is not static is (every other is nobody's: no limit
-    /// holds it); those running keep counting against whoever they were started for.
-    pub fn set_people(&mut self, people: BTreeMap<EnvName, String>) {
-        self.people = people;
+    /// Says whose each of these environments is (`None`: nobody's, no limit holds it); the
+    /// others stay as they were. Those running keep counting against whoever they were
+    /// started for.
+    pub fn set_people(&mut self, people: impl IntoIterator<Item = (EnvName, Option<String>)>) {
+        for (env, person) in people {
+            match person {
+                Some(person) => self.people.insert(env, person),
+                None => self.people.remove(&env),
+            };
+        }
     }
 
     /// Says whose `env` is, as [`Queue::set_people`] does for all.
@@ -156,7 +162,8 @@ impl Queue {
 
     /// The first entry of the index (static or not) that may start, by due time: in the
     /// other index, one whose person is at their limit is passed over (the entries passed
-    /// are that person's own, at most as many as they queued).
+    /// are those of the people at their limit, at most as many as those people queued: the
+    /// families' `max_environments` and the home's cap bound them).
     fn first_startable(&self, statics: bool) -> Option<&(Instant, EnvName)> {
         if statics {
             return self.static_index.first();
@@ -174,6 +181,7 @@ impl Queue {
             self.static_index.remove(&key);
         }
         self.failures.remove(env);
+        self.people.remove(env);
     }
 
     /// The earliest due environment that is not running, if it is due by `now`; it is marked
@@ -405,13 +413,7 @@ mod tests {
             );
         }
         q.set_people(
-            [
-                (env("br-m1"), "mallory".to_string()),
-                (env("br-m2"), "mallory".to_string()),
-                (env("br-m3"), "mallory".to_string()),
-                (env("br-m4"), "mallory".to_string()),
-            ]
-            .into(),
+            ["br-m1", "br-m2", "br-m3", "br-m4"].map(|e| (env(e), Some("mallory".to_string()))),
         );
         q.set_person(&env("br-alice"), "alice".into());
         let mut popped = || q.pop_due(later).map(|(env, _)| env.to_string());

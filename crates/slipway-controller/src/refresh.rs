@@ -189,12 +189,7 @@ fn discover_all(
         .queue
         .lock()
         .expect("the queue lock is never poisoned")
-        .set_people(
-            records
-                .values()
-                .filter_map(|r| Some((r.name.clone(), people.of(r)?)))
-                .collect(),
-        );
+        .set_people(records.values().map(|r| (r.name.clone(), people.of(r))));
     let mut out = Vec::new();
     // Environments whose branch moved are reconciled whatever the default ref says, so a
     // poisoned commit on their branch is reported on them.
@@ -406,43 +401,68 @@ fn discover_all(
 /// Whose the environments are, for the queue's limit per person
 /// (`Options::author_concurrency`).
 struct People {
-    /// Who pushed each branch's tip (else to it last), from the forge's push webhooks.
+    /// Who pushed each source's tip, else to it last (`refs/heads/NAME`, `pull/N`), from the
+    /// forge's webhooks.
     pushers: HashMap<String, String>,
-    /// The authors of the open pull requests' environments.
-    authors: HashMap<EnvName, String>,
+    /// The open pull requests' environments: their own source, their branch's (this
+    /// repository's), and their author.
+    pulls: HashMap<EnvName, (String, Option<String>, String)>,
+    /// Whether a forge's webhooks say who pushes: then nobody known is someone unknown.
+    forge: bool,
 }
+
+/// Whose the environments are that a forge's webhooks named nobody for (a push whose
+/// webhook has not arrived, a sender the forge did not name): one person, so that pushes
+/// made unknown get no more workers than anyone's. No forge login has parentheses or spaces.
+const UNKNOWN: &str = "(someone unknown)";
 
 impl People {
     fn read(inner: &Inner, tips: &HashMap<&str, &str>) -> Result<People, ControllerError> {
         let store = inner.engine.store();
+        let open = store.pull_requests(Some("open"))?;
+        let mut heads: HashMap<String, String> = tips
+            .iter()
+            .map(|(branch, sha)| (format!("refs/heads/{branch}"), sha.to_string()))
+            .collect();
+        let mut pulls = HashMap::new();
+        for pr in open {
+            let Ok(number) = u64::try_from(pr.number) else {
+                continue;
+            };
+            let own = format!("pull/{number}");
+            heads.insert(own.clone(), pr.head_sha.clone());
+            let branch = (!pr.is_fork).then(|| format!("refs/heads/{}", pr.head_ref));
+            pulls.insert(EnvName::pull_request(number), (own, branch, pr.author));
+        }
         Ok(People {
-            pushers: store.branch_pushers(tips)?,
-            authors: store
-                .pull_requests(Some("open"))?
-                .into_iter()
-                .filter_map(|pr| {
-                    Some((
-                        EnvName::pull_request(u64::try_from(pr.number).ok()?),
-                        pr.author,
-                    ))
-                })
-                .collect(),
+            pushers: store.pushers(&heads)?,
+            pulls,
+            forge: inner.forge.get().is_some(),
         })
     }
 
-    /// Whose `record` is: a pull request's environment its author's, a branch's its pusher's,
-    /// an ad-hoc one its owner's. Static environments, and those nobody is known for (no
-    /// forge, or its push's webhook not come yet), are nobody's: no limit holds them.
+    /// Whose `record` is: a pull request's environment its head's pusher's (else its
+    /// author's), a branch's its pusher's, an ad-hoc one its owner's. Static environments are
+    /// nobody's (no limit holds them), and so are those nobody is known for without a forge.
     fn of(&self, record: &EnvironmentRecord) -> Option<String> {
-        match record.kind {
-            EnvKind::Static => None,
-            EnvKind::Generated => self
-                .authors
-                .get(&record.name)
-                .cloned()
-                .or_else(|| self.pushers.get(record.tracked_ref.as_deref()?).cloned()),
+        let found = match record.kind {
+            EnvKind::Static => return None,
+            EnvKind::Generated => match self.pulls.get(&record.name) {
+                Some((own, branch, author)) => self
+                    .pushers
+                    .get(own)
+                    .or_else(|| self.pushers.get(branch.as_ref()?))
+                    .or(Some(author))
+                    .cloned(),
+                None => record
+                    .tracked_ref
+                    .as_deref()
+                    .and_then(|branch| self.pushers.get(&format!("refs/heads/{branch}")))
+                    .cloned(),
+            },
             EnvKind::Adhoc => record.owner.clone(),
-        }
+        };
+        found.or_else(|| self.forge.then(|| UNKNOWN.to_string()))
     }
 }
 
@@ -454,4 +474,97 @@ fn expired_at(store: &slipway_state::Store, name: &EnvName, tip: Option<&str>) -
         .ok()
         .flatten()
         .is_some_and(|e| e.data["commit"].as_str() == Some(tip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, kind: EnvKind, tracked: &str, owner: Option<&str>) -> EnvironmentRecord {
+        EnvironmentRecord {
+            tracked_ref: Some(tracked.into()),
+            owner: owner.map(str::to_string),
+            ..EnvironmentRecord::new(
+                EnvName::parse(name).expect("a name"),
+                kind,
+                "shop".into(),
+                "file:///repo".into(),
+                0,
+            )
+        }
+    }
+
+    /// Whoever pushes a pull request's head is charged for its environment, not its author
+    /// (anyone may push to a pull request of this repository); with a forge, a push nobody is
+    /// known for is charged to one person, unknown.
+    #[test]
+    fn an_environment_is_whoever_pushed_what_it_runs() {
+        let pushers: HashMap<String, String> = [
+            ("refs/heads/feature/x", "mallory"),
+            ("refs/heads/shared", "mallory"),
+            ("pull/9", "carol"),
+        ]
+        .map(|(s, p)| (s.to_string(), p.to_string()))
+        .into();
+        let pulls: HashMap<EnvName, (String, Option<String>, String)> = [
+            // Alice's pull request, which Mallory pushed to through its branch.
+            (8, Some("refs/heads/shared"), "alice"),
+            // A fork's, pushed through the pull request.
+            (9, None, "dave"),
+            // Nobody known pushed to it: its author.
+            (10, Some("refs/heads/quiet"), "erin"),
+        ]
+        .map(|(n, branch, author)| {
+            (
+                EnvName::pull_request(n),
+                (
+                    format!("pull/{n}"),
+                    branch.map(str::to_string),
+                    author.to_string(),
+                ),
+            )
+        })
+        .into();
+        let people = People {
+            pushers,
+            pulls,
+            forge: true,
+        };
+        let of = |name, kind, tracked, owner| people.of(&record(name, kind, tracked, owner));
+        let generated = EnvKind::Generated;
+        assert_eq!(
+            of("br-feature-x", generated, "feature/x", None).as_deref(),
+            Some("mallory")
+        );
+        assert_eq!(
+            of("pr-8", generated, "refs/pull/8/head", None).as_deref(),
+            Some("mallory")
+        );
+        assert_eq!(
+            of("pr-9", generated, "refs/pull/9/head", None).as_deref(),
+            Some("carol")
+        );
+        assert_eq!(
+            of("pr-10", generated, "refs/pull/10/head", None).as_deref(),
+            Some("erin")
+        );
+        assert_eq!(
+            of("br-new", generated, "new", None).as_deref(),
+            Some(UNKNOWN)
+        );
+        assert_eq!(
+            of("scratch", EnvKind::Adhoc, "main", Some("alice")).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(of("prod", EnvKind::Static, "main", None), None);
+        let people = People {
+            forge: false,
+            ..people
+        };
+        assert_eq!(
+            people.of(&record("br-new", generated, "new", None)),
+            None,
+            "without a forge nobody is known: nobody's"
+        );
+    }
 }

@@ -280,7 +280,9 @@ fn write_change(inner: &Inner, record: &EnvironmentRecord) -> Result<(), Control
     let written = inner
         .engine
         .store()
-        .update_environment(&record.name, |current| keeping_activity(record, current))?;
+        .update_environment(&record.name, |current| {
+            Ok::<_, std::convert::Infallible>(keeping_activity(record, current))
+        })?;
     match written {
         Ok(_) => Ok(()),
         Err(never) => match never {},
@@ -291,14 +293,14 @@ fn write_change(inner: &Inner, record: &EnvironmentRecord) -> Result<(), Control
 fn keeping_activity(
     record: &EnvironmentRecord,
     current: Option<EnvironmentRecord>,
-) -> Result<EnvironmentRecord, std::convert::Infallible> {
+) -> EnvironmentRecord {
     let mut record = record.clone();
     if let Some(current) = current {
         record.activity = current.activity;
         record.activity_since = current.activity_since;
         record.queued_at = current.queued_at;
     }
-    Ok(record)
+    record
 }
 
 /// [`write_change`] of a person's pin, rollback or unpin (`what` they did), which ends a
@@ -311,16 +313,13 @@ fn write_change_ending_lock(
     inner: &Inner,
     record: &EnvironmentRecord,
 ) -> Result<Option<i64>, ControllerError> {
-    let written = inner
+    let (_, ended) = inner
         .engine
         .store()
         .update_environment_ending_lock(&record.name, |current| {
             keeping_activity(record, current)
         })?;
-    match written {
-        Ok((_, ended)) => Ok(ended),
-        Err(never) => match never {},
-    }
+    Ok(ended)
 }
 
 /// Says that a person's change (`what` they did) ended pull request `ended`'s lock of `name`.

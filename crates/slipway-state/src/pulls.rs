@@ -238,29 +238,26 @@ impl Store {
         Ok(pushers)
     }
 
-    /// Who pushed to each branch, by branch name: for each, the person who pushed `tips`'
-    /// commit of it (the first by name, when several did), else the one who pushed to it
-    /// last. Branches nobody is known to have pushed to are left out.
-    pub fn branch_pushers(
+    /// Who pushed to each source [`Store::record_push`] names (`refs/heads/NAME`, `pull/N`):
+    /// for each, the person who pushed `tips`' commit of it (the first by name, when several
+    /// did), else the one who pushed to it last. Sources nobody is known to have pushed to
+    /// are left out.
+    pub fn pushers(
         &self,
-        tips: &std::collections::HashMap<&str, &str>,
+        tips: &std::collections::HashMap<String, String>,
     ) -> Result<std::collections::HashMap<String, String>, StateError> {
-        let rows: Vec<(String, String, String, i64)> = self
+        let rows: Vec<(String, String, String)> = self
             .conn()
             .query(
-                "SELECT source, sha, pusher, at FROM head_pushes WHERE source LIKE 'refs/heads/%' \
-                 ORDER BY source, at, pusher",
+                "SELECT source, sha, pusher FROM head_pushes ORDER BY source, at, pusher",
                 params![],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
-            .map_err(sql("read who pushed to the branches"))?;
+            .map_err(sql("read who pushed"))?;
         let mut found: std::collections::HashMap<String, (bool, String)> = Default::default();
-        for (source, sha, pusher, _) in rows {
-            let Some(branch) = source.strip_prefix("refs/heads/") else {
-                continue;
-            };
-            let of_tip = tips.get(branch).is_some_and(|tip| *tip == sha);
-            match found.get_mut(branch) {
+        for (source, sha, pusher) in rows {
+            let of_tip = tips.get(&source).is_some_and(|tip| *tip == sha);
+            match found.get_mut(&source) {
                 // The tip's pusher stays; among the tip's, the first by name.
                 Some((true, known)) => {
                     if of_tip && pusher < *known {
@@ -270,13 +267,13 @@ impl Store {
                 // Rows come by time: a later push, or the tip's, takes over.
                 Some(entry) => *entry = (of_tip, pusher),
                 None => {
-                    found.insert(branch.to_string(), (of_tip, pusher));
+                    found.insert(source, (of_tip, pusher));
                 }
             }
         }
         Ok(found
             .into_iter()
-            .map(|(branch, (_, pusher))| (branch, pusher))
+            .map(|(source, (_, pusher))| (source, pusher))
             .collect())
     }
 
@@ -484,16 +481,13 @@ impl Store {
     /// stays; the pull request's close no longer moves it). Returns the record written and
     /// the pull request whose lock ended. One transaction, so that a `/slipway apply` pinning
     /// the environment ([`Store::update_environment_locked_by`]) comes wholly before or after.
-    pub fn update_environment_ending_lock<E>(
+    pub fn update_environment_ending_lock(
         &self,
         name: &EnvName,
-        change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
-    ) -> Result<Result<(EnvironmentRecord, Option<i64>), E>, StateError> {
-        self.write_env(Some(name), &["environments", "locks"], |tx| {
-            let written = match update_in(tx, name, change)? {
-                Ok(record) => record,
-                Err(refused) => return Ok(Err(refused)),
-            };
+        change: impl FnOnce(Option<EnvironmentRecord>) -> EnvironmentRecord,
+    ) -> Result<(EnvironmentRecord, Option<i64>), StateError> {
+        self.write_env(Some(name), &[], |tx| {
+            lock_environment_row(tx, name)?;
             let ended = tx
                 .query(
                     "DELETE FROM locks WHERE environment = ?1 RETURNING pull_request",
@@ -501,20 +495,25 @@ impl Store {
                     |row| row.get::<i64>(0),
                 )
                 .map_err(sql(format!("unlock {name}")))?;
-            Ok(Ok((written, ended.into_iter().next())))
+            let written = update_in(tx, name, |current| {
+                Ok::<_, std::convert::Infallible>(change(current))
+            })?;
+            let Ok(written) = written;
+            Ok((written, ended.into_iter().next()))
         })
     }
 
     /// [`Store::update_environment`] made only while pull request `pr` holds the
-    /// environment's lock, checked in the same transaction; `None` (nothing written) when it
-    /// does not: a person's pin or unpin ended it, or the pull request was closed or unlocked.
+    /// environment's lock, checked in the same transaction; `None` (nothing written) when it does not: a person's pin or
+    /// unpin ended it, or the pull request was closed or unlocked.
     pub fn update_environment_locked_by<E>(
         &self,
         name: &EnvName,
         pr: i64,
         change: impl FnOnce(Option<EnvironmentRecord>) -> Result<EnvironmentRecord, E>,
     ) -> Result<Option<Result<EnvironmentRecord, E>>, StateError> {
-        self.write_env(Some(name), &["environments", "locks"], |tx| {
+        self.write_env(Some(name), &[], |tx| {
+            lock_environment_row(tx, name)?;
             let held = tx
                 .query(
                     "SELECT pull_request FROM locks WHERE environment = ?1 AND pull_request = ?2",
@@ -542,6 +541,24 @@ impl Store {
         envs.sort();
         Ok(envs)
     }
+}
+
+/// Locks environment `name`'s row until the transaction ends, on PostgreSQL (SQLite's write
+/// lock is the transaction's): a person's pin and an apply's pin each take it before they
+/// read or change the pull request's lock, so that one comes wholly after the other (under
+/// READ COMMITTED, a lock row an apply inserts is otherwise unseen by a person's `DELETE`
+/// already running, which then pins over the apply's pin and leaves its lock). Every writer
+/// of the environment takes its lease's row first (when leases are required), then this one.
+fn lock_environment_row(tx: &mut impl Exec, name: &EnvName) -> Result<(), StateError> {
+    if tx.dialect() == crate::db::Dialect::Postgres {
+        tx.query(
+            "SELECT name FROM environments WHERE name = ?1 FOR UPDATE",
+            params![name.as_str()],
+            |row| row.get::<String>(0),
+        )
+        .map_err(sql(format!("lock environment {name}")))?;
+    }
+    Ok(())
 }
 
 /// A commit a merged pull request made on its base branch.
@@ -670,7 +687,7 @@ mod tests {
     }
 
     #[test]
-    fn a_branch_is_its_tips_pushers_else_its_last_pushers() {
+    fn a_source_is_its_tips_pushers_else_its_last_pushers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
@@ -679,29 +696,29 @@ mod tests {
             ("refs/heads/x", &a, "carol", 11),
             ("refs/heads/x", &b, "alice", 20),
             ("pull/7", &c, "bob", 30),
-            ("refs/heads/feature/y", &c, "bob", 5),
+            ("pull/7", &a, "dan", 40),
         ] {
             store.record_push(source, sha, who, at).expect("record");
         }
         let pushers = |tips: &[(&str, &str)]| {
-            let tips = tips.iter().copied().collect();
-            let mut found: Vec<(String, String)> = store
-                .branch_pushers(&tips)
-                .expect("read")
-                .into_iter()
+            let tips = tips
+                .iter()
+                .map(|(source, sha)| (source.to_string(), sha.to_string()))
                 .collect();
+            let mut found: Vec<(String, String)> =
+                store.pushers(&tips).expect("read").into_iter().collect();
             found.sort();
             found
         };
         let pair = |b: &str, who: &str| (b.to_string(), who.to_string());
         assert_eq!(
-            pushers(&[("x", &a)]),
-            [pair("feature/y", "bob"), pair("x", "carol")],
+            pushers(&[("refs/heads/x", &a), ("pull/7", &c)]),
+            [pair("pull/7", "bob"), pair("refs/heads/x", "carol")],
             "the tip's pushers (the first by name), whoever pushed later"
         );
         assert_eq!(
-            pushers(&[("x", &c)]),
-            [pair("feature/y", "bob"), pair("x", "alice")],
+            pushers(&[("refs/heads/x", &c)]),
+            [pair("pull/7", "dan"), pair("refs/heads/x", "alice")],
             "a tip nobody is known to have pushed: the last pusher"
         );
     }

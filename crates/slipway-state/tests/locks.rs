@@ -55,12 +55,12 @@ fn apply_pin(store: &Store) -> bool {
 
 /// A person's pin of `qa`: the pull request whose lock it ended.
 fn person_pin(store: &Store) -> Option<i64> {
-    let Ok((_, ended)) = store
+    let (_, ended) = store
         .update_environment_ending_lock(&qa(), |recorded| {
             let mut e = recorded.expect("qa is recorded");
             e.pinned = true;
             e.desired_commit = Some(PERSON.into());
-            Ok::<_, std::convert::Infallible>(e)
+            e
         })
         .expect("write");
     ended
