@@ -415,13 +415,16 @@ impl Inner {
                 families().insert(key, (fetches, family.clone()));
                 Ok(family)
             }
-            Err(e) => match families().get(&key) {
-                Some((_, family)) => {
-                    tracing::warn!(branch, definition, error = %e, "what the branch sets for a family cannot be read; what was read last holds");
-                    Ok(family.clone())
-                }
-                None => Err(e),
-            },
+            Err(e) => {
+                let mut families = families();
+                let Some((at, family)) = families.get_mut(&key) else {
+                    return Err(e);
+                };
+                // Kept for this fetch: read again (and said again) after the next one.
+                *at = fetches;
+                tracing::warn!(branch, definition, error = %e, "what the branch sets for a family cannot be read; what was read last holds");
+                Ok(family.clone())
+            }
         }
     }
 }
@@ -1563,7 +1566,8 @@ pub(crate) use slipway_engine::apply::short;
 /// and `idle_ttl` are at most its family's at the default branch (`EnvTarget::idle_limits`),
 /// and a family private there keeps it private (`EnvTarget::access_in_force`). A static
 /// environment pinned to a commit (a rollback, a pull request's `/slipway apply`) stays as
-/// private as its branch says: an older or unmerged commit cannot open it to everyone.
+/// private as its branch says (once read): an older or unmerged commit cannot open it to
+/// everyone.
 pub(crate) fn target_of(
     inner: &Inner,
     record: &EnvironmentRecord,
@@ -1571,10 +1575,14 @@ pub(crate) fn target_of(
     use slipway_core::vocab::EnvKind;
     let definition = record.definition.as_deref().unwrap_or(record.name.as_str());
     let family = match (record.kind, record.tracked_ref.as_deref()) {
+        // Its branch unreadable (deleted, or its stack broken) and never read: the pinned
+        // commit's own access. A rollback in an incident must not fail on it, nor make a
+        // public prod private.
         (EnvKind::Static, Some(branch)) if record.pinned => slipway_engine::FamilyInForce {
             access: inner
-                .family_in_force(branch, definition, EnvKind::Static)?
-                .access,
+                .family_in_force(branch, definition, EnvKind::Static)
+                .ok()
+                .and_then(|family| family.access),
             ..Default::default()
         },
         (EnvKind::Static, _) => Default::default(),

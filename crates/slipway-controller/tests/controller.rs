@@ -882,6 +882,36 @@ fn a_broken_default_branch_does_not_lift_its_familys_freeze() {
     assert_eq!(w.page("br-feature-x"), None, "still held");
 }
 
+/// A rollback in an incident while the tracked branch's `slipway.yaml` is broken: the pinned
+/// commit deploys (whose access the branch, unreadable, cannot be asked).
+#[test]
+fn a_rollback_deploys_while_the_tracked_branch_is_broken() {
+    let w = World::new();
+    w.wait_page("dev", "hello from dev", "dev runs the first commit");
+    let first = w
+        .record("dev")
+        .and_then(|r| r.commit)
+        .expect("dev's commit");
+    w.push(
+        "main",
+        &STACK.replace("greeting: hello", "greeting: bonjour"),
+        "bonjour",
+    );
+    w.wait_page("dev", "bonjour from dev", "dev deploys the push");
+    w.push("main", "version: 1\nstack: ctl\nresources: [", "broken");
+    wait_for("dev reports the broken commit", T, || {
+        w.record("dev").filter(|r| {
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("not valid"))
+        })
+    });
+    w.runtime
+        .block_on(w.controller.pin(&env_name("dev"), Some(first)))
+        .expect("pin");
+    w.wait_page("dev", "hello from dev", "the rollback deploys");
+}
+
 #[test]
 fn a_window_override_is_for_the_sync_that_asked_for_it_only() {
     // No poll: the test says when the controller looks at the branch.
