@@ -402,8 +402,8 @@ fn discover_all(
 /// (`Options::author_concurrency`).
 struct People {
     /// Who pushed each source's tip, else to it last (`refs/heads/NAME`, `pull/N`), from the
-    /// forge's webhooks.
-    pushers: HashMap<String, String>,
+    /// forge's webhooks, and whether they pushed the tip.
+    pushers: HashMap<String, (String, bool)>,
     /// The open pull requests' environments: their own source, their branch's (this
     /// repository's), and their author.
     pulls: HashMap<EnvName, (String, Option<String>, String)>,
@@ -448,17 +448,27 @@ impl People {
         let found = match record.kind {
             EnvKind::Static => return None,
             EnvKind::Generated => match self.pulls.get(&record.name) {
-                Some((own, branch, author)) => self
-                    .pushers
-                    .get(own)
-                    .or_else(|| self.pushers.get(branch.as_ref()?))
-                    .or(Some(author))
-                    .cloned(),
+                // Through the pull request or its branch: whoever pushed its head, else
+                // whoever pushed to it last, else its author.
+                Some((own, branch, author)) => {
+                    let found: Vec<&(String, bool)> = [Some(own), branch.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|source| self.pushers.get(source))
+                        .collect();
+                    found
+                        .iter()
+                        .find(|(_, of_tip)| *of_tip)
+                        .or(found.first())
+                        .map(|(pusher, _)| pusher)
+                        .or(Some(author))
+                        .cloned()
+                }
                 None => record
                     .tracked_ref
                     .as_deref()
                     .and_then(|branch| self.pushers.get(&format!("refs/heads/{branch}")))
-                    .cloned(),
+                    .map(|(pusher, _)| pusher.clone()),
             },
             EnvKind::Adhoc => record.owner.clone(),
         };
@@ -499,12 +509,14 @@ mod tests {
     /// known for is charged to one person, unknown.
     #[test]
     fn an_environment_is_whoever_pushed_what_it_runs() {
-        let pushers: HashMap<String, String> = [
-            ("refs/heads/feature/x", "mallory"),
-            ("refs/heads/shared", "mallory"),
-            ("pull/9", "carol"),
+        let pushers: HashMap<String, (String, bool)> = [
+            ("refs/heads/feature/x", "mallory", true),
+            ("refs/heads/shared", "mallory", true),
+            // Pushed an older head of #8: its branch's tip is Mallory's.
+            ("pull/8", "carol", false),
+            ("pull/9", "carol", false),
         ]
-        .map(|(s, p)| (s.to_string(), p.to_string()))
+        .map(|(s, p, tip)| (s.to_string(), (p.to_string(), tip)))
         .into();
         let pulls: HashMap<EnvName, (String, Option<String>, String)> = [
             // Alice's pull request, which Mallory pushed to through its branch.

@@ -352,6 +352,14 @@ impl Membership {
             .map(|(e, epoch)| (e.clone(), *epoch))
             .collect();
         for (environment, epoch) in held {
+            // `held` is locked from the check to the decision: a worker taking the
+            // environment meanwhile (which takes it for its lease) sees this beat's outcome,
+            // never a lease this beat lets go under it.
+            let guard = lock(&self.held);
+            if guard.get(&environment) != Some(&epoch) {
+                // Taken anew, or let go, since the list was read: not this holding.
+                continue;
+            }
             let busy = self.is_working(&environment);
             // Destroyed (by another replica, or while this one was down and took it back on
             // start): nothing to work on; held on, its local copy would never be swept.
@@ -359,38 +367,29 @@ impl Membership {
             if !busy && (destroyed || !self.should_hold(store, &options.name, &environment, &bound))
             {
                 store.release_lease(&environment, &options.name, epoch)?;
+                drop(guard);
                 metrics.lease_handed_over();
                 self.forget(engine, metrics, &environment, epoch);
                 continue;
             }
             let asked = Instant::now();
             let renewed = store.acquire_lease(&environment, &options.name, options.lease)?;
-            if let (Some(lease), Some(watchdog)) = (&renewed, engine.watchdog())
-                && lease.epoch == epoch
-            {
-                watchdog.renewed(environment.as_str(), asked, options.lease);
-            }
-            if renewed.as_ref().is_none_or(|lease| lease.epoch != epoch) {
-                // A worker of this replica may have taken the environment anew since `held`
-                // was read (the holding of `epoch` had expired): that newer holding is this
-                // replica's, proved, and neither lost nor to be released.
-                if let Some(lease) = &renewed
-                    && lock(&self.held).get(&environment) == Some(&lease.epoch)
-                {
-                    if let Some(watchdog) = engine.watchdog() {
-                        watchdog.renewed(environment.as_str(), asked, options.lease);
-                    }
-                    continue;
+            if renewed.as_ref().is_some_and(|lease| lease.epoch == epoch) {
+                if let Some(watchdog) = engine.watchdog() {
+                    watchdog.renewed(environment.as_str(), asked, options.lease);
                 }
-                // Lost while this replica was not looking (it stalled): another holds it, or
-                // a new holding began whose epoch this replica never proved.
-                if let Some(lease) = renewed {
-                    store.release_lease(&environment, &options.name, lease.epoch)?;
-                }
-                metrics.lease_lost();
-                tracing::info!(environment = %environment, epoch, "lost the lease");
-                self.forget(engine, metrics, &environment, epoch);
+                continue;
             }
+            // Lost while this replica was not looking (it stalled): another holds it, or a
+            // new holding began (this renewal's, the old one expired) that nobody here works
+            // under.
+            if let Some(lease) = renewed {
+                store.release_lease(&environment, &options.name, lease.epoch)?;
+            }
+            drop(guard);
+            metrics.lease_lost();
+            tracing::info!(environment = %environment, epoch, "lost the lease");
+            self.forget(engine, metrics, &environment, epoch);
         }
         let swept =
             engine.sweep_departed(|e| lock(&self.held).contains_key(e) || self.is_working(e));

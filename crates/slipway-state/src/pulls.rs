@@ -242,10 +242,11 @@ impl Store {
     /// for each, the person who pushed `tips`' commit of it (the first by name, when several
     /// did), else the one who pushed to it last. Sources nobody is known to have pushed to
     /// are left out.
+    /// Each with whether they pushed the tip.
     pub fn pushers(
         &self,
         tips: &std::collections::HashMap<String, String>,
-    ) -> Result<std::collections::HashMap<String, String>, StateError> {
+    ) -> Result<std::collections::HashMap<String, (String, bool)>, StateError> {
         let rows: Vec<(String, String, String)> = self
             .conn()
             .query(
@@ -273,7 +274,7 @@ impl Store {
         }
         Ok(found
             .into_iter()
-            .map(|(source, (_, pusher))| (source, pusher))
+            .map(|(source, (of_tip, pusher))| (source, (pusher, of_tip)))
             .collect())
     }
 
@@ -547,14 +548,16 @@ impl Store {
 /// lock is the transaction's): a person's pin and an apply's pin each take it before they
 /// read or change the pull request's lock, so that one comes wholly after the other (under
 /// READ COMMITTED, a lock row an apply inserts is otherwise unseen by a person's `DELETE`
-/// already running, which then pins over the apply's pin and leaves its lock). Every writer
-/// of the environment takes its lease's row first (when leases are required), then this one.
+/// already running, which then pins over the apply's pin and leaves its lock). An `UPDATE`
+/// that changes nothing, not a `SELECT ... FOR UPDATE`: it takes the table's `ROW EXCLUSIVE`
+/// with the row, as every other write of an environment does, so that a writer holding
+/// `SHARE ROW EXCLUSIVE` (the slots' promotions) is waited for before the row is taken, never
+/// after. Fenced writes take their lease's row first, then this.
 fn lock_environment_row(tx: &mut impl Exec, name: &EnvName) -> Result<(), StateError> {
     if tx.dialect() == crate::db::Dialect::Postgres {
-        tx.query(
-            "SELECT name FROM environments WHERE name = ?1 FOR UPDATE",
+        tx.execute(
+            "UPDATE environments SET updated_at = updated_at WHERE name = ?1",
             params![name.as_str()],
-            |row| row.get::<String>(0),
         )
         .map_err(sql(format!("lock environment {name}")))?;
     }
@@ -705,20 +708,26 @@ mod tests {
                 .iter()
                 .map(|(source, sha)| (source.to_string(), sha.to_string()))
                 .collect();
-            let mut found: Vec<(String, String)> =
+            let mut found: Vec<(String, (String, bool))> =
                 store.pushers(&tips).expect("read").into_iter().collect();
             found.sort();
             found
         };
-        let pair = |b: &str, who: &str| (b.to_string(), who.to_string());
+        let pair = |b: &str, who: &str, tip| (b.to_string(), (who.to_string(), tip));
         assert_eq!(
             pushers(&[("refs/heads/x", &a), ("pull/7", &c)]),
-            [pair("pull/7", "bob"), pair("refs/heads/x", "carol")],
+            [
+                pair("pull/7", "bob", true),
+                pair("refs/heads/x", "carol", true)
+            ],
             "the tip's pushers (the first by name), whoever pushed later"
         );
         assert_eq!(
             pushers(&[("refs/heads/x", &c)]),
-            [pair("pull/7", "dan"), pair("refs/heads/x", "alice")],
+            [
+                pair("pull/7", "dan", false),
+                pair("refs/heads/x", "alice", false)
+            ],
             "a tip nobody is known to have pushed: the last pusher"
         );
     }
