@@ -1329,6 +1329,14 @@ impl Controller {
         .await
     }
 
+    /// The target `record` is planned and applied as by the reconcile: a generated or ad-hoc
+    /// environment's family as the default branch sets it (deploy windows, access, idle
+    /// limits), a pinned static environment's access as its branch says. For views that must
+    /// say what the reconcile would do (the API's plan).
+    pub fn target(&self, record: &EnvironmentRecord) -> Result<EnvTarget, ControllerError> {
+        Ok(target_of(&self.inner, record)?)
+    }
+
     /// Creates an ad-hoc environment and queues its first deployment.
     pub async fn create_environment(
         &self,

@@ -856,7 +856,8 @@ async fn plan(
             ApiError::unprocessable(format!("environment `{name}` has no ref to follow"))
         })?;
         let engine = c.engine();
-        let target = engine.target_for(&name)?;
+        // As the reconcile judges it: a preview's family's windows at the default branch.
+        let target = c.target(&record)?;
         // The ref it follows is its branch, never a tag named like it (as the reconcile).
         let tip = if record.pinned {
             None

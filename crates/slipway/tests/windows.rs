@@ -593,3 +593,44 @@ fn a_preview_woken_inside_a_deny_window_after_a_failed_apply_does_not_go_back() 
         });
     assert_eq!(back, None, "the preview went back to the first commit");
 }
+
+/// A family frozen at the default branch: its preview's plan through the API says the window
+/// denies changes, as the controller holds them, whatever the branch's own copy says.
+#[test]
+fn a_previews_plan_through_the_api_is_judged_by_its_familys_windows_at_main() {
+    let s = Sandbox::new();
+    // A freeze that always holds (every day for 24 h), on the family only.
+    let always = r#"[{ kind: deny, schedule: "0 0 * * *", duration: 24h }]"#;
+    let family = |windows: &str| {
+        stack_file(
+            "shop",
+            &format!(
+                "{{ previews: {{ generate: {{ branches: [\"feature/*\"] }}, ttl: 1h, \
+                 windows: {windows} }} }}"
+            ),
+            "  notes: { type: file, path: NOTES, content: \"v1\" }\n",
+        )
+    };
+    s.write("slipway.yaml", &family(always));
+    s.commit("previews frozen");
+    git(&s.repo, &["checkout", "-q", "-b", "feature/x"]);
+    s.write("slipway.yaml", &family("[]"));
+    s.commit("the branch drops the freeze from its copy");
+    git(&s.repo, &["checkout", "-q", "main"]);
+    let token = role_token(&s, "viewer");
+    let server = start_serve(&s);
+    let path = "/api/v1/environments/br-feature-x/plan";
+    let plan = wait_for(
+        "the preview is recorded and planned",
+        Duration::from_secs(30),
+        || {
+            let (status, plan) = api_request(&server.addr, "GET", path, &token, None);
+            (status == 200).then_some(plan)
+        },
+    );
+    assert_eq!(
+        plan["window"]["allowed"], false,
+        "the family's freeze at main denies the change: {plan}"
+    );
+    assert_eq!(notes(&s, "br-feature-x"), None, "held, as the plan says");
+}
