@@ -133,12 +133,19 @@ impl Queue {
     /// Says whose each of these environments is (`None`: nobody's, no limit holds it); the
     /// others stay as they were. Those running keep counting against whoever they were
     /// started for.
-    pub fn set_people(&mut self, people: impl IntoIterator<Item = (EnvName, Option<String>)>) {
+    pub fn set_people<'e>(
+        &mut self,
+        people: impl IntoIterator<Item = (&'e EnvName, Option<String>)>,
+    ) {
         for (env, person) in people {
             match person {
-                Some(person) => self.people.insert(env, person),
-                None => self.people.remove(&env),
-            };
+                Some(person) => {
+                    self.people.insert(env.clone(), person);
+                }
+                None => {
+                    self.people.remove(env);
+                }
+            }
         }
     }
 
@@ -412,9 +419,8 @@ mod tests {
                 t0 + Duration::from_millis(i as u64),
             );
         }
-        q.set_people(
-            ["br-m1", "br-m2", "br-m3", "br-m4"].map(|e| (env(e), Some("mallory".to_string()))),
-        );
+        let mallorys = ["br-m1", "br-m2", "br-m3", "br-m4"].map(env);
+        q.set_people(mallorys.iter().map(|e| (e, Some("mallory".to_string()))));
         q.set_person(&env("br-alice"), "alice".into());
         let mut popped = || q.pop_due(later).map(|(env, _)| env.to_string());
         assert_eq!(popped().as_deref(), Some("br-m1"));

@@ -189,7 +189,12 @@ fn discover_all(
         .queue
         .lock()
         .expect("the queue lock is never poisoned")
-        .set_people(records.values().map(|r| (r.name.clone(), people.of(r))));
+        .set_people(
+            records
+                .values()
+                .filter(|r| r.kind != EnvKind::Static)
+                .map(|r| (&r.name, people.of(r))),
+        );
     let mut out = Vec::new();
     // Environments whose branch moved are reconciled whatever the default ref says, so a
     // poisoned commit on their branch is reported on them.
@@ -401,10 +406,12 @@ fn discover_all(
 /// Whose the environments are, for the queue's limit per person
 /// (`Options::author_concurrency`).
 struct People {
-    /// Who pushed each source's tip, else to it last (`refs/heads/NAME`, `pull/N`), from the
-    /// forge's webhooks, and whether they pushed the tip.
-    pushers: HashMap<String, (String, bool)>,
-    /// The open pull requests' environments: their own source, their branch's (this
+    /// Who pushed each branch's tip, else to it last, by branch name (from the forge's push
+    /// webhooks), and whether they pushed the tip.
+    branches: HashMap<String, (String, bool)>,
+    /// The same for the pull requests' own pushes (`pull/N`, their webhooks' senders).
+    pull_pushers: HashMap<String, (String, bool)>,
+    /// The open pull requests' environments: their own source (`pull/N`), their branch (this
     /// repository's), and their author.
     pulls: HashMap<EnvName, (String, Option<String>, String)>,
     /// Whether a forge's webhooks say who pushes: then nobody known is someone unknown.
@@ -420,10 +427,7 @@ impl People {
     fn read(inner: &Inner, tips: &HashMap<&str, &str>) -> Result<People, ControllerError> {
         let store = inner.engine.store();
         let open = store.pull_requests(Some("open"))?;
-        let mut heads: HashMap<String, String> = tips
-            .iter()
-            .map(|(branch, sha)| (format!("refs/heads/{branch}"), sha.to_string()))
-            .collect();
+        let mut heads: HashMap<String, String> = HashMap::new();
         let mut pulls = HashMap::new();
         for pr in open {
             let Ok(number) = u64::try_from(pr.number) else {
@@ -431,11 +435,24 @@ impl People {
             };
             let own = format!("pull/{number}");
             heads.insert(own.clone(), pr.head_sha.clone());
-            let branch = (!pr.is_fork).then(|| format!("refs/heads/{}", pr.head_ref));
+            let branch = (!pr.is_fork).then_some(pr.head_ref);
             pulls.insert(EnvName::pull_request(number), (own, branch, pr.author));
         }
+        let tip_of = |source: &str| match source.strip_prefix("refs/heads/") {
+            Some(branch) => tips.get(branch).copied(),
+            None => heads.get(source).map(String::as_str),
+        };
+        let mut branches = HashMap::new();
+        let mut pull_pushers = HashMap::new();
+        for (source, found) in store.pushers(tip_of)? {
+            match source.strip_prefix("refs/heads/") {
+                Some(branch) => branches.insert(branch.to_string(), found),
+                None => pull_pushers.insert(source, found),
+            };
+        }
         Ok(People {
-            pushers: store.pushers(&heads)?,
+            branches,
+            pull_pushers,
             pulls,
             forge: inner.forge.get().is_some(),
         })
@@ -451,11 +468,13 @@ impl People {
                 // Through the pull request or its branch: whoever pushed its head, else
                 // whoever pushed to it last, else its author.
                 Some((own, branch, author)) => {
-                    let found: Vec<&(String, bool)> = [Some(own), branch.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|source| self.pushers.get(source))
-                        .collect();
+                    let found: Vec<&(String, bool)> = [
+                        self.pull_pushers.get(own),
+                        branch.as_ref().and_then(|b| self.branches.get(b)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                     found
                         .iter()
                         .find(|(_, of_tip)| *of_tip)
@@ -467,7 +486,7 @@ impl People {
                 None => record
                     .tracked_ref
                     .as_deref()
-                    .and_then(|branch| self.pushers.get(&format!("refs/heads/{branch}")))
+                    .and_then(|branch| self.branches.get(branch))
                     .map(|(pusher, _)| pusher.clone()),
             },
             EnvKind::Adhoc => record.owner.clone(),
@@ -509,22 +528,21 @@ mod tests {
     /// known for is charged to one person, unknown.
     #[test]
     fn an_environment_is_whoever_pushed_what_it_runs() {
-        let pushers: HashMap<String, (String, bool)> = [
-            ("refs/heads/feature/x", "mallory", true),
-            ("refs/heads/shared", "mallory", true),
-            // Pushed an older head of #8: its branch's tip is Mallory's.
-            ("pull/8", "carol", false),
-            ("pull/9", "carol", false),
-        ]
-        .map(|(s, p, tip)| (s.to_string(), (p.to_string(), tip)))
-        .into();
+        let pushed = |list: &[(&str, &str, bool)]| -> HashMap<String, (String, bool)> {
+            list.iter()
+                .map(|(s, p, tip)| (s.to_string(), (p.to_string(), *tip)))
+                .collect()
+        };
+        let branches = pushed(&[("feature/x", "mallory", true), ("shared", "mallory", true)]);
+        // Carol pushed an older head of #8: its branch's tip is Mallory's.
+        let pull_pushers = pushed(&[("pull/8", "carol", false), ("pull/9", "carol", false)]);
         let pulls: HashMap<EnvName, (String, Option<String>, String)> = [
             // Alice's pull request, which Mallory pushed to through its branch.
-            (8, Some("refs/heads/shared"), "alice"),
+            (8, Some("shared"), "alice"),
             // A fork's, pushed through the pull request.
             (9, None, "dave"),
             // Nobody known pushed to it: its author.
-            (10, Some("refs/heads/quiet"), "erin"),
+            (10, Some("quiet"), "erin"),
         ]
         .map(|(n, branch, author)| {
             (
@@ -538,7 +556,8 @@ mod tests {
         })
         .into();
         let people = People {
-            pushers,
+            branches,
+            pull_pushers,
             pulls,
             forge: true,
         };

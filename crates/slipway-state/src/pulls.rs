@@ -239,13 +239,12 @@ impl Store {
     }
 
     /// Who pushed to each source [`Store::record_push`] names (`refs/heads/NAME`, `pull/N`):
-    /// for each, the person who pushed `tips`' commit of it (the first by name, when several
-    /// did), else the one who pushed to it last. Sources nobody is known to have pushed to
-    /// are left out.
-    /// Each with whether they pushed the tip.
-    pub fn pushers(
+    /// for each, the person who pushed its tip (`tip_of` the source; the first by name, when
+    /// several did), else the one who pushed to it last, with whether they pushed the tip.
+    /// Sources nobody is known to have pushed to are left out.
+    pub fn pushers<'t>(
         &self,
-        tips: &std::collections::HashMap<String, String>,
+        tip_of: impl Fn(&str) -> Option<&'t str>,
     ) -> Result<std::collections::HashMap<String, (String, bool)>, StateError> {
         let rows: Vec<(String, String, String)> = self
             .conn()
@@ -257,7 +256,7 @@ impl Store {
             .map_err(sql("read who pushed"))?;
         let mut found: std::collections::HashMap<String, (bool, String)> = Default::default();
         for (source, sha, pusher) in rows {
-            let of_tip = tips.get(&source).is_some_and(|tip| *tip == sha);
+            let of_tip = tip_of(&source) == Some(sha.as_str());
             match found.get_mut(&source) {
                 // The tip's pusher stays; among the tip's, the first by name.
                 Some((true, known)) => {
@@ -704,12 +703,10 @@ mod tests {
             store.record_push(source, sha, who, at).expect("record");
         }
         let pushers = |tips: &[(&str, &str)]| {
-            let tips = tips
-                .iter()
-                .map(|(source, sha)| (source.to_string(), sha.to_string()))
-                .collect();
+            let tip_of =
+                |source: &str| tips.iter().find(|(s, _)| *s == source).map(|(_, sha)| *sha);
             let mut found: Vec<(String, (String, bool))> =
-                store.pushers(&tips).expect("read").into_iter().collect();
+                store.pushers(tip_of).expect("read").into_iter().collect();
             found.sort();
             found
         };
