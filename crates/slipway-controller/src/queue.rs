@@ -52,10 +52,9 @@ pub struct Queue {
     failures: BTreeMap<EnvName, u32>,
     /// Whose each environment that is not static is, when known ([`Queue::set_people`]).
     people: BTreeMap<EnvName, String>,
-    /// The running environments that count against a person, and whose.
+    /// The running environments that count against a person, and whose (at most as many
+    /// as there are workers).
     running_people: BTreeMap<EnvName, String>,
-    /// How many environments each person has running.
-    per_person: BTreeMap<String, usize>,
     /// How many environments one person may have running at once (0: no limit).
     person_limit: usize,
 }
@@ -163,7 +162,11 @@ impl Queue {
     fn person_may_start(&self, env: &EnvName) -> bool {
         self.person_limit == 0
             || self.people.get(env).is_none_or(|person| {
-                self.per_person.get(person).copied().unwrap_or(0) < self.person_limit
+                self.running_people
+                    .values()
+                    .filter(|p| *p == person)
+                    .count()
+                    < self.person_limit
             })
     }
 
@@ -226,7 +229,6 @@ impl Queue {
         if !self.statics.contains(&env)
             && let Some(person) = self.people.get(&env)
         {
-            *self.per_person.entry(person.clone()).or_default() += 1;
             self.running_people.insert(env.clone(), person.clone());
         }
         Some((env, slot.trigger))
@@ -253,14 +255,7 @@ impl Queue {
     /// spread out); otherwise resets it.
     pub fn done(&mut self, env: &EnvName, finished: Finished, max: Duration) -> Option<Duration> {
         self.running.remove(env);
-        if let Some(person) = self.running_people.remove(env)
-            && let Some(count) = self.per_person.get_mut(&person)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.per_person.remove(&person);
-            }
-        }
+        self.running_people.remove(env);
         // A request made while it ran can start now.
         if let Some(slot) = self.slots.get(env) {
             let index = if self.statics.contains(env) {
