@@ -348,6 +348,11 @@ pub struct LocalConfig {
     /// The range each environment's own uid (= gid) is allocated from, `"LOW-HIGH"`.
     #[serde(default = "default_uids")]
     pub uids: UidRange,
+    /// uid mode: how many processes and threads one environment's code may have at once
+    /// (its uid's `RLIMIT_NPROC`), so that a fork bomb in a branch takes no pid the
+    /// controller or another environment needs; 0: no limit.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: u32,
     /// Where the other replicas sharing a PostgreSQL state reach this replica's listener (its
     /// router), to forward the preview requests of environments whose processes run on this
     /// node; none by default, and then they cannot (see [`Advertise`]).
@@ -479,10 +484,15 @@ impl Default for LocalConfig {
             log_max_bytes: default_log_bytes(),
             isolation: IsolationSetting::default(),
             uids: default_uids(),
+            max_processes: default_max_processes(),
             advertise: None,
             max_environments: None,
         }
     }
+}
+
+fn default_max_processes() -> u32 {
+    4096
 }
 
 fn default_uids() -> UidRange {

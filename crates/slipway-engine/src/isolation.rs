@@ -369,6 +369,9 @@ impl Engine {
             (Isolation::Uid, Some(uid)) => Sandbox::uid(uid, uid),
             _ => self.identity(env)?,
         };
+        if sandbox.isolation == Isolation::Uid {
+            sandbox.max_processes = Some(self.config.local.max_processes).filter(|&n| n > 0);
+        }
         // On a replica every command is bound by the lease, and none starts without one.
         if let Some(watchdog) = &self.watchdog {
             sandbox.lease = Some(sandbox::LeaseBound {
@@ -818,6 +821,25 @@ mod tests {
         let engine =
             Engine::open(home.path(), crate::EngineConfig::default(), vec![]).expect("an engine");
         Some((home, engine))
+    }
+
+    /// In uid mode an environment's code gets `[local] max_processes` as its limit, and
+    /// none when it is 0.
+    #[test]
+    fn an_environments_code_is_given_the_configured_process_limit() {
+        let Some((_home, engine)) = engine_as_root() else {
+            return;
+        };
+        let dev = EnvName::parse("dev").expect("a name");
+        let sandbox = engine.sandbox(&dev).expect("a sandbox");
+        assert_eq!(sandbox.isolation, Isolation::Uid);
+        assert_eq!(sandbox.max_processes, Some(4096), "the default");
+        let home = tempfile::tempdir().expect("a temporary home");
+        let mut config = crate::EngineConfig::default();
+        config.local.max_processes = 0;
+        let engine = Engine::open(home.path(), config, vec![]).expect("an engine");
+        let sandbox = engine.sandbox(&dev).expect("a sandbox");
+        assert_eq!(sandbox.max_processes, None, "0: no limit");
     }
 
     /// The look at the environments' modes runs beside the command: an environment it

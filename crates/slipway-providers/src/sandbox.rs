@@ -89,6 +89,13 @@ pub struct Sandbox {
     /// Whether a Landlock ruleset is enforced (the kernel has Landlock and the mode is not
     /// `none`).
     pub landlock: bool,
+    /// uid mode: how many processes and threads the environment's uid may have at once
+    /// (`RLIMIT_NPROC`, which counts every task of a real uid and is checked at each fork and
+    /// exec), so that its code cannot take every pid of the machine (a fork bomb) from the
+    /// controller and the other environments. `None`: no limit of Slipway's. Set on each
+    /// command as it starts: a process keeps the limit it started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u32>,
     /// On a replica, the lease the environment is worked on under: its commands run only
     /// while the lease is certainly held ([`crate::watchdog`]).
     #[serde(skip)]
@@ -129,6 +136,7 @@ impl Sandbox {
             isolation: Isolation::None,
             ids: None,
             landlock: false,
+            max_processes: None,
             lease: None,
         }
     }
@@ -139,6 +147,7 @@ impl Sandbox {
             isolation: Isolation::Uid,
             ids: Some((uid, gid)),
             landlock: landlock_abi().is_some(),
+            max_processes: None,
             lease: None,
         }
     }
@@ -155,6 +164,7 @@ impl Sandbox {
             isolation: Isolation::Landlock,
             ids: None,
             landlock: true,
+            max_processes: None,
             lease: None,
         }
     }
@@ -726,9 +736,11 @@ impl Confinement {
             Isolation::Landlock => Some(landlock_mode_filter()?),
             Isolation::Uid | Isolation::None => None,
         };
+        let ids = if confined { self.sandbox.ids } else { None };
         Ok(Prepared {
             confined,
-            ids: if confined { self.sandbox.ids } else { None },
+            ids,
+            max_processes: ids.and(self.sandbox.max_processes),
             ruleset,
             filter,
         })
@@ -1167,6 +1179,8 @@ pub(crate) fn stop_self() {
 pub struct Prepared {
     confined: bool,
     ids: Option<(u32, u32)>,
+    /// [`Sandbox::max_processes`], in uid mode only.
+    max_processes: Option<u32>,
     ruleset: Option<OwnedFd>,
     filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
 }
@@ -1183,6 +1197,11 @@ impl Prepared {
     /// blocked (see below), after its own session; raw system calls only, as
     /// [`Prepared::enter`].
     ///
+    /// First, still as root, the child's `RLIMIT_NPROC` becomes [`Sandbox::max_processes`]
+    /// (soft and hard: the code cannot raise it again): the kernel counts the uid's tasks
+    /// against it at every fork of the code, and at the exec when the uid already had that
+    /// many (the exec then fails with `EAGAIN`), never against root's own forks.
+    ///
     /// The child's memory is the engine's (or the supervisor's), root's: a process of the uid
     /// must never read or write it through this child (ptrace, `/proc/PID/mem`), nor have the
     /// kernel dump it. Taking another effective uid marks the memory dumpable per
@@ -1195,10 +1214,26 @@ impl Prepared {
     /// # Errors
     /// The `errno` of the call that failed.
     pub fn take_ids(&self) -> Result<(), syscalls::Errno> {
-        match self.ids {
-            Some((uid, gid)) => take_uid(gid, uid, uid, uid),
-            None => Ok(()),
+        let Some((uid, gid)) = self.ids else {
+            return Ok(());
+        };
+        if let Some(max) = self.max_processes {
+            let limit = libc::rlimit64 {
+                rlim_cur: u64::from(max),
+                rlim_max: u64::from(max),
+            };
+            // SAFETY: sets this process's own limit from a value on its stack.
+            unsafe {
+                syscalls::syscall!(
+                    syscalls::Sysno::prlimit64,
+                    0,
+                    libc::RLIMIT_NPROC,
+                    &limit as *const libc::rlimit64,
+                    0
+                )?;
+            }
         }
+        take_uid(gid, uid, uid, uid)
     }
 
     /// The confinement's part in the child, after it took its uid/gid and just before its
@@ -1702,6 +1737,7 @@ mod tests {
                 isolation: Isolation::Landlock,
                 ids: None,
                 landlock,
+                max_processes: None,
                 lease: None,
             },
             read: vec![dir.join("src")],

@@ -243,6 +243,78 @@ fn a_health_command_leaves_nothing_behind() {
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
+/// `forks.py NAME [hold]`: forks children that sleep until one fork fails or 100 run, kills
+/// them, writes `{"forked": N, "error": ...}` to `NAME.json` in its data directory; with
+/// `hold`, then sleeps (a process), else exits (a job). A job named after another first waits
+/// for that one's report (`wait=OTHER`).
+const FORKS: &str = r#"import json, os, signal, sys, time
+name = sys.argv[1]
+d = os.environ["SLIPWAY_DATA_DIR"]
+for arg in sys.argv[2:]:
+    if arg.startswith("wait="):
+        other = os.path.join(d, arg[5:] + ".json")
+        deadline = time.time() + 60
+        while not os.path.exists(other) and time.time() < deadline:
+            time.sleep(0.05)
+kids, error = [], None
+while len(kids) < 100:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        error = str(e)
+        break
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+with open(os.path.join(d, name + ".tmp"), "w") as f:
+    json.dump({"forked": len(kids), "error": error}, f)
+os.rename(os.path.join(d, name + ".tmp"), os.path.join(d, name + ".json"))
+if "hold" in sys.argv[2:]:
+    time.sleep(10**6)
+"#;
+
+/// A branch's code could fork until the machine had no pid left: the controller, the other
+/// environments and the operator's shell could then start nothing. Each environment's uid now
+/// has at most `[local] max_processes` tasks, whether its code runs under the environment's
+/// supervisor (a process) or straight from the engine (a job).
+#[test]
+fn a_fork_bomb_stops_at_the_environments_process_limit() {
+    let s = Sandbox::new();
+    s.with_local("max_processes = 24");
+    s.write("forks.py", FORKS);
+    s.commit_dev_stack(
+        "forks",
+        r##"  hog: { type: process, command: ["python3", "forks.py", "hog", "hold"] }
+  probe:
+    type: job
+    command: ["python3", "forks.py", "probe", "wait=hog"]
+    depends_on: [hog]
+"##,
+        "code that forks as much as it can",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    for name in ["hog.json", "probe.json"] {
+        let r = report(&s, "dev", name);
+        let forked = r["forked"].as_u64().expect("a count");
+        assert!(
+            (1..24).contains(&forked),
+            "{name}: the code forked, and stopped short of the limit of 24 tasks: {r}"
+        );
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Resource temporarily unavailable")),
+            "{name}: the fork past the limit failed with EAGAIN: {r}"
+        );
+    }
+    // The engine, as root, is not held by the environment's limit: its next command runs.
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
 /// A `file` resource with the set-uid bit would be a set-uid program of the environment's.
 #[test]
 fn a_file_resource_cannot_be_set_uid() {

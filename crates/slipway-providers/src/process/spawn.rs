@@ -1198,6 +1198,7 @@ mod tests {
                 isolation: Isolation::Uid,
                 ids: Some((uid, uid)),
                 landlock: false,
+                max_processes: None,
                 lease: None,
             },
             read: vec![],
