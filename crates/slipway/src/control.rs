@@ -407,6 +407,18 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
+/// The status of `name`, from a command's async block: observing its resources blocks (a
+/// `postgres.database`'s look opens a connection with a client that runs a runtime of its
+/// own, which tokio refuses to start on a thread driving this one's tasks).
+fn blocking_status(
+    c: &slipway_controller::Controller,
+    name: &slipway_core::EnvName,
+) -> Result<Vec<slipway_engine::EnvironmentStatus>> {
+    Ok(tokio::task::block_in_place(|| {
+        c.engine().status(Some(name))
+    })?)
+}
+
 fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
     if let Some(server) = g.server.as_deref() {
         return env_remote(g, server, cmd);
@@ -443,7 +455,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                     eprintln!("created `{name}`; deploying...");
                 }
                 c.reconcile_now(&name, waiting_for).await?;
-                let status = c.engine().status(Some(&name))?;
+                let status = blocking_status(&c, &name)?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
                     Output::Text => render::status_text(&status),
@@ -503,7 +515,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                 let c = controller(g, &repo, Role::OneShot)?;
                 let _lease = crate::lease::take(c.engine(), &name, &config, Wait::No)?;
                 c.sleep(&name).await?;
-                let status = c.engine().status(Some(&name))?;
+                let status = blocking_status(&c, &name)?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
                     Output::Text => println!("`{name}` is asleep: its processes are stopped until a request through its preview URL or `slipway env wake {name}`"),
@@ -517,7 +529,7 @@ fn env(g: &Global, cmd: EnvCommand) -> Result<ExitCode> {
                     bail!("environment `{name}` does not exist; `slipway env list` shows them");
                 }
                 c.wake_now(&name, waiting_for).await?;
-                let status = c.engine().status(Some(&name))?;
+                let status = blocking_status(&c, &name)?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&json!({ "environments": status }))?),
                     Output::Text => render::status_text(&status),

@@ -478,3 +478,26 @@ fn the_roles_the_engine_config_lists_connect_to_the_environments_database() {
     assert!(listed, "the listed role connects");
     assert!(!other, "another role is kept out");
 }
+
+/// `env create`, `env sleep --output json` and `env wake` show the environment's status once
+/// done; with a database among its resources, its look (a connection of the synchronous
+/// client, which runs a runtime of its own) panicked inside the command's runtime.
+#[test]
+fn env_commands_show_the_status_of_an_environment_with_a_database() {
+    let s = Sandbox::new();
+    let stack = STACK.replace(
+        "  dev: { track: main }\n",
+        "  dev: { track: main }\n  previews: { generate: { branches: [\"feature/*\"] } }\n",
+    );
+    s.write("slipway.yaml", &stack)
+        .commit("a database and a migration");
+    let created = s.ok(&[
+        "env", "create", "scratch", "--ref", "main", "--like", "previews",
+    ]);
+    let shown = String::from_utf8_lossy(&created.stdout);
+    assert!(shown.contains("scratch"), "its status is shown: {shown}");
+    let slept = s.json(&["env", "sleep", "scratch", "--output", "json"]);
+    assert_eq!(slept["environments"][0]["name"], "scratch", "{slept}");
+    s.ok(&["env", "wake", "scratch"]);
+    s.ok(&["destroy", "--env", "scratch", "--yes"]);
+}
