@@ -162,7 +162,7 @@ fn default_ttl() -> Duration {
 /// `[postgres.NAME]`: one PostgreSQL server, by a connection URL with the right to create
 /// databases and roles. The URL comes from an environment variable or a file, so that no
 /// password sits in the configuration; `url` is accepted only without a password.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresServer {
     /// The environment variable holding the URL.
@@ -187,6 +187,51 @@ pub struct PostgresServer {
     /// monitoring or backup role. Default: none.
     #[serde(default)]
     pub connect: Vec<String>,
+    /// How many connections at once each role of a static environment may have (its
+    /// `CONNECTION LIMIT`): `-1` (the default) for no limit, else at least 1.
+    #[serde(default = "no_connection_limit", deserialize_with = "connection_limit")]
+    pub connection_limit: i32,
+    /// The same for each role of a generated or ad-hoc environment, whose code nobody
+    /// reviewed: 20 by default, so that a branch cannot take every connection the server
+    /// allows from production's roles.
+    #[serde(
+        default = "preview_connection_limit",
+        deserialize_with = "connection_limit"
+    )]
+    pub preview_connection_limit: i32,
+}
+
+impl Default for PostgresServer {
+    fn default() -> Self {
+        PostgresServer {
+            url_env: None,
+            url_file: None,
+            url: None,
+            templates: Vec::new(),
+            extensions: Vec::new(),
+            connect: Vec::new(),
+            connection_limit: no_connection_limit(),
+            preview_connection_limit: preview_connection_limit(),
+        }
+    }
+}
+
+fn no_connection_limit() -> i32 {
+    -1
+}
+
+fn preview_connection_limit() -> i32 {
+    slipway_providers::postgres::ConnectionLimits::PREVIEW_DEFAULT
+}
+
+/// A role's `CONNECTION LIMIT`: `-1` for none, or at least 1 (0 would let it in nowhere).
+fn connection_limit<'de, D: Deserializer<'de>>(de: D) -> Result<i32, D::Error> {
+    match i32::deserialize(de)? {
+        n if n == -1 || n >= 1 => Ok(n),
+        n => Err(serde::de::Error::custom(format!(
+            "{n} is not a connection limit: give -1 for none, or at least 1"
+        ))),
+    }
 }
 
 impl PostgresServer {
@@ -671,6 +716,35 @@ mod tests {
             ..Default::default()
         };
         assert!(server.resolve_url("main").unwrap_err().contains("not set"));
+    }
+
+    #[test]
+    fn postgres_connection_limits_default_to_none_for_static_and_twenty_for_previews() {
+        let server = |value| serde_json::from_value::<PostgresServer>(value);
+        let plain = server(json!({"url": "postgres://a@b/c"})).expect("parses");
+        assert_eq!(
+            (plain.connection_limit, plain.preview_connection_limit),
+            (-1, 20)
+        );
+        let default = PostgresServer::default();
+        assert_eq!(
+            (default.connection_limit, default.preview_connection_limit),
+            (-1, 20),
+            "the same without a file"
+        );
+        let set = server(json!({"url": "postgres://a@b/c", "connection_limit": 200,
+                                "preview_connection_limit": -1}))
+        .expect("parses");
+        assert_eq!(
+            (set.connection_limit, set.preview_connection_limit),
+            (200, -1)
+        );
+        for bad in [0, -2] {
+            let e = server(json!({"url": "postgres://a@b/c", "preview_connection_limit": bad}))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("-1 for none, or at least 1"), "{bad}: {e}");
+        }
     }
 
     #[test]

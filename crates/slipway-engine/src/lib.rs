@@ -678,7 +678,14 @@ impl Engine {
             servers = servers
                 .with_templates(name, server.templates.clone())
                 .with_extensions(name, server.extensions.clone())
-                .with_connect(name, server.connect.clone());
+                .with_connect(name, server.connect.clone())
+                .with_connection_limits(
+                    name,
+                    postgres::ConnectionLimits {
+                        reviewed: server.connection_limit,
+                        unreviewed: server.preview_connection_limit,
+                    },
+                );
         }
         let servers = Arc::new(servers);
         registry.register(postgres::DatabaseProvider::new(Arc::clone(&servers)));
@@ -1281,7 +1288,7 @@ impl Engine {
                         Observed::InSync
                     } else {
                         match &context {
-                            Ok((sandbox, stack)) => {
+                            Ok((sandbox, (stack, kind))) => {
                                 let resource = Observable {
                                     name: record.name,
                                     type_name: record.type_name,
@@ -1291,7 +1298,13 @@ impl Engine {
                                 };
                                 let dirs = &dirs[&*envelope.src_commit];
                                 self.observe_in(
-                                    &settings, stack, sandbox, env, dirs, &resource, ports,
+                                    &settings,
+                                    (stack, *kind),
+                                    sandbox,
+                                    env,
+                                    dirs,
+                                    &resource,
+                                    ports,
                                 )
                             }
                             Err(e) => Observed::Drifted(format!("cannot observe: {e}")),
@@ -1361,7 +1374,7 @@ impl Engine {
     }
 
     /// Observes one recorded resource through its provider, with the environment's recorded
-    /// stack, its directories (at the commit the resource runs from), its sandbox, the
+    /// stack and kind, its directories (at the commit the resource runs from), its sandbox, the
     /// resource's ports (of both instance slots) and the pass's settings
     /// ([`Engine::observation_settings`]) in hand: read once for all of them.
     #[allow(
@@ -1371,7 +1384,7 @@ impl Engine {
     pub(crate) fn observe_in(
         &self,
         settings: &ProviderSettings,
-        stack: &str,
+        (stack, kind): (&str, Option<EnvKind>),
         sandbox: &slipway_providers::sandbox::Sandbox,
         env: &EnvName,
         dirs: &EnvDirs,
@@ -1393,6 +1406,7 @@ impl Engine {
         let ports = slot_ports(all_ports, slot);
         let mut ctx = self.resource_context(stack, env, instance, dirs, &ports, sandbox);
         ctx.settings = settings;
+        ctx.kind = kind;
         match provider.observe_recorded(ctx, resource.resolved, resource.handle) {
             Ok(slipway_providers::Observation::InSync) => Observed::InSync,
             Ok(slipway_providers::Observation::Drifted { reason }) => Observed::Drifted(reason),
@@ -1401,13 +1415,13 @@ impl Engine {
         }
     }
 
-    /// The stack environment `env` was recorded with (empty before its first apply).
-    pub(crate) fn stack_of(&self, env: &EnvName) -> Result<String, EngineError> {
+    /// The stack and kind environment `env` was recorded with (empty and none before its
+    /// first apply).
+    pub(crate) fn stack_of(&self, env: &EnvName) -> Result<(String, Option<EnvKind>), EngineError> {
         Ok(self
             .store
             .environment(env)?
-            .map(|record| record.stack)
-            .unwrap_or_default())
+            .map_or_else(Default::default, |record| (record.stack, Some(record.kind))))
     }
 
     /// Records the environment (creating it on first use) before anything is applied to it,

@@ -377,7 +377,7 @@ impl Engine {
                 let mut observed = match sandbox {
                     Ok(sandbox) => self.observe_in(
                         settings.get_or_insert_with(|| self.observation_settings()),
-                        &env.stack,
+                        (&env.stack, Some(env.kind)),
                         sandbox,
                         &env.name,
                         dirs,

@@ -192,6 +192,11 @@ pub struct ResourceContext<'a> {
     /// The identity and limits the environment's code runs under: every command a provider
     /// starts goes through [`sandbox::Confinement::apply`].
     pub sandbox: &'a sandbox::Sandbox,
+    /// How the environment came to be, when the caller knows it (a create, an update and an
+    /// observation do; a delete need not): what decides the limits a provider sets by it
+    /// (a role's connections, `postgres::PgServers::connection_limit`). Nobody reviewed a
+    /// generated or ad-hoc environment's code.
+    pub kind: Option<slipway_core::vocab::EnvKind>,
 }
 
 /// Which resource a change is of: its environment and its name, as in [`ResourceContext`].

@@ -103,9 +103,43 @@ pub struct PgServers {
     extensions: BTreeMap<String, Vec<String>>,
     /// The roles each server's environment databases let connect besides their own.
     connect: BTreeMap<String, Vec<String>>,
+    /// How many connections at once each server lets a role of a static environment and a
+    /// role of any other have ([`PgServers::with_connection_limits`]); a server not listed
+    /// has the defaults.
+    limits: BTreeMap<String, ConnectionLimits>,
     instance_id: String,
     /// Admin connections made ahead ([`PgServers::warm`]).
     warm: Arc<sql::Warm>,
+}
+
+/// How many connections at once each role Slipway makes on a server may have (PostgreSQL's
+/// `CONNECTION LIMIT`, `-1` for none), by whether anyone reviewed its environment's code.
+///
+/// Whoever can push a branch holds its preview's role passwords: without a limit its code
+/// could open every connection the server allows (`max_connections`, less the superusers'
+/// reserve) and leave production's roles none. Static environments have none by default,
+/// as a role made by hand has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A static environment's roles (`[postgres.NAME] connection_limit`).
+    pub reviewed: i32,
+    /// A generated or ad-hoc environment's (`[postgres.NAME] preview_connection_limit`).
+    pub unreviewed: i32,
+}
+
+impl ConnectionLimits {
+    /// The default of a generated or ad-hoc environment's roles: a pool of ten, a migration
+    /// and a few sessions by hand, each.
+    pub const PREVIEW_DEFAULT: i32 = 20;
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            reviewed: -1,
+            unreviewed: ConnectionLimits::PREVIEW_DEFAULT,
+        }
+    }
 }
 
 impl fmt::Debug for PgServers {
@@ -139,6 +173,7 @@ impl PgServers {
             templates: BTreeMap::new(),
             extensions: BTreeMap::new(),
             connect: BTreeMap::new(),
+            limits: BTreeMap::new(),
             instance_id: instance_id.to_owned(),
             warm: Arc::default(),
         }
@@ -175,6 +210,30 @@ impl PgServers {
     pub fn with_connect(mut self, name: &str, roles: Vec<String>) -> Self {
         self.connect.insert(name.to_owned(), roles);
         self
+    }
+
+    /// Sets how many connections at once a role Slipway makes on server `name` may have
+    /// (`[postgres.NAME] connection_limit` and `preview_connection_limit`).
+    pub fn with_connection_limits(mut self, name: &str, limits: ConnectionLimits) -> Self {
+        self.limits.insert(name.to_owned(), limits);
+        self
+    }
+
+    /// How many connections at once a role of an environment of `kind` may have on server
+    /// `name` (`-1`: no limit), as PostgreSQL's `CONNECTION LIMIT` takes it; `None` when the
+    /// kind is not known (a delete), and then nothing is set or checked.
+    fn connection_limit(
+        &self,
+        name: &str,
+        kind: Option<slipway_core::vocab::EnvKind>,
+    ) -> Option<i32> {
+        let limits = self.limits.get(name).copied().unwrap_or_default();
+        Some(match kind? {
+            slipway_core::vocab::EnvKind::Static => limits.reviewed,
+            slipway_core::vocab::EnvKind::Generated | slipway_core::vocab::EnvKind::Adhoc => {
+                limits.unreviewed
+            }
+        })
     }
 
     /// The roles server `name`'s environment databases let connect besides their own.

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use common::TestEnv;
 use serde_json::{Value, json};
 use slipway_core::EnvName;
-use slipway_providers::postgres::{DatabaseProvider, PgServers, RoleProvider, names};
+use slipway_core::vocab::EnvKind;
+use slipway_providers::postgres::{
+    ConnectionLimits, DatabaseProvider, PgServers, RoleProvider, names,
+};
 use slipway_providers::{
     Action, Applied, DynProvider, Observation, ProviderError, Registry, ResourceContext,
 };
@@ -86,7 +89,16 @@ impl Pg {
                 // An untrusted extension, as an operator lists it in `[postgres.lenient] extensions`.
                 .with_extensions("lenient", vec!["pageinspect".to_owned()])
                 // A monitoring role, as an operator lists it in `[postgres.watched] connect`.
-                .with_connect("watched", vec![format!("swtest_monitor_{id}")]),
+                .with_connect("watched", vec![format!("swtest_monitor_{id}")])
+                // Previews' roles get 2 connections on `main` (20 by default), static
+                // environments' none; a context of no kind (most tests') sets nothing.
+                .with_connection_limits(
+                    "main",
+                    ConnectionLimits {
+                        reviewed: -1,
+                        unreviewed: 2,
+                    },
+                ),
         );
         // Exactly what the engine does to register them.
         let mut registry = Registry::local();
@@ -1506,6 +1518,135 @@ fn a_role_that_can_no_longer_log_in_is_drift_and_the_update_lets_it_in_again() {
     pg.database()
         .delete(pg.ctx("db"), Some(&healed.live))
         .expect("delete");
+}
+
+/// The context of `resource` in `environment`, an environment of `kind`.
+fn of_kind<'a>(
+    pg: &'a Pg,
+    environment: &'a EnvName,
+    resource: &'a str,
+    kind: EnvKind,
+) -> ResourceContext<'a> {
+    ResourceContext {
+        kind: Some(kind),
+        ..pg.ctx_in(environment, resource)
+    }
+}
+
+/// The `CONNECTION LIMIT` of role `role` (`-1`: none).
+fn connection_limit_of(role: &str) -> i32 {
+    admin()
+        .query_one(
+            "select rolconnlimit from pg_roles where rolname = $1",
+            &[&role],
+        )
+        .expect("the role exists")
+        .get(0)
+}
+
+/// Whoever pushes a branch holds its preview's passwords: its code could open every
+/// connection the server allows and leave production's roles none. A preview's roles get
+/// `preview_connection_limit` connections at once, a static environment's none.
+#[test]
+fn a_previews_roles_cannot_open_more_connections_than_its_limit() {
+    let pg = Pg::new();
+    let (preview, prod) = (env("pr-7"), env("prod"));
+    let applied = pg
+        .database()
+        .create(of_kind(&pg, &preview, "db", EnvKind::Generated), &json!({}))
+        .expect("create a preview's database");
+    let url = output(&applied, "url");
+    let open: Vec<postgres::Client> = (0..2)
+        .map(|_| postgres::Client::connect(&url, postgres::NoTls).expect("within the limit"))
+        .collect();
+    let refused = postgres::Client::connect(&url, postgres::NoTls)
+        .err()
+        .expect("a third connection is refused");
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("53300"),
+        "too many connections for the role: {refused}"
+    );
+    drop(open);
+    let role = pg
+        .role()
+        .create(of_kind(&pg, &preview, "app", EnvKind::Adhoc), &json!({}))
+        .expect("create an ad-hoc environment's role");
+    assert_eq!(connection_limit_of(&output(&role, "user")), 2, "a role too");
+    let prods = pg
+        .database()
+        .create(of_kind(&pg, &prod, "db", EnvKind::Static), &json!({}))
+        .expect("create a static environment's database");
+    assert_eq!(
+        connection_limit_of(&output(&prods, "user")),
+        -1,
+        "a static environment's role has no limit"
+    );
+    pg.database()
+        .delete(pg.ctx_in(&preview, "db"), Some(&applied.live))
+        .expect("delete");
+    pg.role()
+        .delete(pg.ctx_in(&preview, "app"), Some(&role.live))
+        .expect("delete");
+    pg.database()
+        .delete(pg.ctx_in(&prod, "db"), Some(&prods.live))
+        .expect("delete");
+}
+
+/// A preview's role made before its limit (by a Slipway from before, or before the operator
+/// lowered it) gets it at its next update. It is not drift: a database's update runs again
+/// what uses it, which an upgrade should not do to every environment at once.
+#[test]
+fn a_role_made_without_its_environments_connection_limit_gets_it_at_its_next_update() {
+    let pg = Pg::new();
+    let preview = env("pr-8");
+    let unknown = pg.ctx_in(&preview, "db");
+    let applied = pg
+        .database()
+        .create(unknown, &json!({}))
+        .expect("create without a kind: no limit set");
+    let user = output(&applied, "user");
+    assert_eq!(connection_limit_of(&user), -1);
+    let ctx = of_kind(&pg, &preview, "db", EnvKind::Generated);
+    let seen = pg
+        .database()
+        .observe(ctx, &json!({}), &applied.live)
+        .expect("observe");
+    assert!(matches!(seen, Observation::InSync), "{seen:?}");
+    let updated = pg
+        .database()
+        .update(ctx, &json!({}), &applied.live)
+        .expect("update");
+    assert_eq!(connection_limit_of(&user), 2, "the update set it");
+    let role = pg
+        .role()
+        .create(
+            ResourceContext {
+                resource: "app",
+                ..unknown
+            },
+            &json!({}),
+        )
+        .expect("a role without a kind");
+    let app = of_kind(&pg, &preview, "app", EnvKind::Generated);
+    pg.role()
+        .update(app, &json!({}), &role.live)
+        .expect("update");
+    assert_eq!(
+        connection_limit_of(&output(&role, "user")),
+        2,
+        "a role's too"
+    );
+    // And lifted again when the operator lifts it (`-1`), as for a static environment.
+    let prod = of_kind(&pg, &preview, "app", EnvKind::Static);
+    pg.role()
+        .update(prod, &json!({}), &role.live)
+        .expect("update");
+    assert_eq!(connection_limit_of(&output(&role, "user")), -1, "lifted");
+    pg.database()
+        .delete(unknown, Some(&updated.live))
+        .expect("delete");
+    pg.role().delete(app, Some(&role.live)).expect("delete");
 }
 
 fn admin_query_one(database: &str, sql: &str) -> i32 {

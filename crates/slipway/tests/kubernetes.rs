@@ -811,6 +811,7 @@ fn two_environments_racing_for_one_namespace_never_share_it() {
                             settings,
                             redact: &[],
                             sandbox: &slipway_providers::sandbox::UNCONFINED,
+                            kind: None,
                         };
                         start.wait();
                         (env.to_string(), provider.create(ctx, config).is_ok())

@@ -479,17 +479,69 @@ fn the_roles_the_engine_config_lists_connect_to_the_environments_database() {
     assert!(!other, "another role is kept out");
 }
 
+/// [`STACK`] with a family of previews, which ad-hoc environments are made `--like`.
+fn with_previews() -> String {
+    let stack = STACK.replace(
+        "  dev: { track: main }\n",
+        "  dev: { track: main }\n  previews: { generate: { branches: [\"feature/*\"] } }\n",
+    );
+    assert_ne!(stack, STACK);
+    stack
+}
+
+/// The `CONNECTION LIMIT` of role `role` (`-1`: none).
+fn connection_limit_of(role: &str) -> i32 {
+    admin()
+        .query_one(
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .expect("the role exists")
+        .get(0)
+}
+
+/// Whoever can make an environment of a branch holds its database's password: its role gets
+/// `[postgres.NAME] preview_connection_limit` connections at once, a static environment's
+/// none (`connection_limit`, unset).
+#[test]
+fn an_ad_hoc_environments_role_gets_the_preview_connection_limit() {
+    let s = Sandbox::new();
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    assert!(
+        config
+            .trim_end()
+            .ends_with(&format!("url = \"{}\"", pg_url())),
+        "[postgres.main] is the config's last table"
+    );
+    std::fs::write(&s.config, format!("{config}preview_connection_limit = 3\n"))
+        .expect("write the config");
+    s.write("slipway.yaml", &with_previews())
+        .commit("a database and a migration");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let dev = outputs(&s, "dev", "db")["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+    assert_eq!(connection_limit_of(&dev), -1, "a static environment's");
+    s.ok(&[
+        "env", "create", "scratch", "--ref", "main", "--like", "previews",
+    ]);
+    let scratch = outputs(&s, "scratch", "db")["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+    assert_eq!(connection_limit_of(&scratch), 3, "an ad-hoc environment's");
+    s.ok(&["destroy", "--env", "scratch", "--yes"]);
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
 /// `env create`, `env sleep --output json` and `env wake` show the environment's status once
 /// done; with a database among its resources, its look (a connection of the synchronous
 /// client, which runs a runtime of its own) panicked inside the command's runtime.
 #[test]
 fn env_commands_show_the_status_of_an_environment_with_a_database() {
     let s = Sandbox::new();
-    let stack = STACK.replace(
-        "  dev: { track: main }\n",
-        "  dev: { track: main }\n  previews: { generate: { branches: [\"feature/*\"] } }\n",
-    );
-    s.write("slipway.yaml", &stack)
+    s.write("slipway.yaml", &with_previews())
         .commit("a database and a migration");
     let created = s.ok(&[
         "env", "create", "scratch", "--ref", "main", "--like", "previews",

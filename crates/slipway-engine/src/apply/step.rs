@@ -80,6 +80,7 @@ impl Engine {
             settings: &self.settings,
             redact: &[],
             sandbox,
+            kind: None,
         }
     }
 
@@ -232,6 +233,7 @@ impl Engine {
         let sandbox = self.sandbox(env)?;
         let ctx = ResourceContext {
             redact: &resolved_all.secrets,
+            kind: Some(prepared.desired.environment.kind),
             ..self.resource_context(
                 &prepared.desired.stack,
                 env,
@@ -367,7 +369,7 @@ impl Engine {
         let ports = self.store.ports(env, name)?;
         let instance = envelope.instance(name);
         let sandbox = self.sandbox(env)?;
-        let stack = self.stack_of(env)?;
+        let (stack, kind) = self.stack_of(env)?;
         // What the delete says (an exec program's error, a log's tail) may quote a value the
         // resource was given or made: redacted like a create's or an update's, and the
         // provider told those values (an exec program's log is redacted as it is written).
@@ -378,6 +380,7 @@ impl Engine {
         }
         let ctx = ResourceContext {
             redact: &envelope.redact,
+            kind,
             ..self.resource_context(&stack, env, instance, &dirs, &ports, &sandbox)
         };
         let handle = (!envelope.handle.is_null()).then_some(&envelope.handle);

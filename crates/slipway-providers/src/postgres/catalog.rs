@@ -341,7 +341,8 @@ impl RolePassword {
 }
 
 /// Makes the role `name` exist with our marker, `login` and `password`: creates it (with its
-/// marker, in one transaction) when absent, or sets both on our existing one.
+/// marker, in one transaction) when absent, or sets both on our existing one; and with
+/// `limit` as its `CONNECTION LIMIT` when given (see `ConnectionLimits`).
 ///
 /// # Assumptions
 /// The caller checked that any role of this name is ours.
@@ -352,9 +353,11 @@ pub(crate) fn ensure_role(
     marker: &str,
     login: bool,
     mut password: RolePassword,
+    limit: Option<i32>,
 ) -> Result<(), ProviderError> {
     let role = ident(name)?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
+    let limit = connection_limit(limit);
     let password = password.literal(s)?;
     let comment = format!("COMMENT ON ROLE {role} IS {}", literal(marker)?);
     let (action, change) = match found.ownership {
@@ -364,7 +367,7 @@ pub(crate) fn ensure_role(
     s.execute_atomically(
         &format!("{action} role {name:?}"),
         &[
-            format!("{change} ROLE {role} {login} PASSWORD {password}"),
+            format!("{change} ROLE {role} {login} PASSWORD {password}{limit}"),
             comment,
         ],
     )
@@ -565,17 +568,28 @@ pub(crate) fn shut_out(
     Ok(rows.first().map(|row| row.get(0)))
 }
 
-/// Lets our role `name` log in with `password` (a literal of [`RolePassword::literal`]).
+/// Lets our role `name` log in with `password` (a literal of [`RolePassword::literal`]),
+/// and `limit` connections at once when given.
 pub(crate) fn set_login(
     s: &mut Session<'_>,
     name: &str,
     password: &str,
+    limit: Option<i32>,
 ) -> Result<(), ProviderError> {
     s.execute(
         &format!("set the password of role {name:?}"),
-        &format!("ALTER ROLE {} LOGIN PASSWORD {password}", ident(name)?),
+        &format!(
+            "ALTER ROLE {} LOGIN PASSWORD {password}{}",
+            ident(name)?,
+            connection_limit(limit)
+        ),
     )
     .map_err(|e| s.fail(e))
+}
+
+/// The ` CONNECTION LIMIT n` clause of `limit` (nothing for none given; `-1` lifts one).
+fn connection_limit(limit: Option<i32>) -> String {
+    limit.map_or_else(String::new, |n| format!(" CONNECTION LIMIT {}", n.max(-1)))
 }
 
 /// Drops our role `name` of the environment whose databases carry `environment` (the

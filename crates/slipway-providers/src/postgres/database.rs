@@ -339,6 +339,7 @@ impl DatabaseProvider {
             return Err(ProviderError::Config(format!("{TYPE}: {why}")));
         }
         let marker = self.servers.marker(ctx);
+        let limit = self.servers.connection_limit(&server.name, ctx.kind);
         let mut hashed = catalog::RolePassword::hashing(password);
         // Connected while the intent is written: a connection (and the query it may have made
         // ahead) changes nothing on the server, and nothing is changed before the intent is
@@ -451,7 +452,14 @@ impl DatabaseProvider {
         // when the look finds both names free (or cannot look).
         let mut failed_first = None;
         if create {
-            match self.first_create(&mut s, names, config, &mut hashed, &marker, &mark_and_close)? {
+            match self.first_create(
+                &mut s,
+                names,
+                config,
+                &mut hashed,
+                (&marker, limit),
+                &mark_and_close,
+            )? {
                 First::Made(role_oid) => return finish(s, Some(role_oid)),
                 First::Taken => {}
                 First::Failed(e) => failed_first = Some(e),
@@ -480,7 +488,14 @@ impl DatabaseProvider {
             }
             // Free a moment ago: taken meanwhile is someone else's doing, looked at again by
             // the next try.
-            match self.first_create(&mut s, names, config, &mut hashed, &marker, &mark_and_close)? {
+            match self.first_create(
+                &mut s,
+                names,
+                config,
+                &mut hashed,
+                (&marker, limit),
+                &mark_and_close,
+            )? {
                 First::Made(role_oid) => return finish(s, Some(role_oid)),
                 First::Taken => return Err(made_meanwhile(server, names)),
                 First::Failed(e) => return Err(e),
@@ -489,7 +504,7 @@ impl DatabaseProvider {
             // One of the two is ours already: with the database absent, the role is ours (and
             // stays, the database being made again for it); with the role absent, the
             // database is ours (and goes back to the role made here).
-            catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed)?;
+            catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed, limit)?;
             match database.ownership {
                 Ownership::Absent => {
                     create_database(&mut s, names, config).and_then(|made| {
@@ -557,7 +572,7 @@ impl DatabaseProvider {
         names: &Names,
         config: &DatabaseConfig,
         hashed: &mut catalog::RolePassword,
-        marker: &str,
+        (marker, limit): (&str, Option<i32>),
         mark_and_close: &dyn Fn() -> Result<String, ProviderError>,
     ) -> Result<First, ProviderError> {
         let server = s.server;
@@ -579,7 +594,7 @@ impl DatabaseProvider {
                 .name("pg-login".to_owned())
                 .spawn_scoped(scope, || {
                     let mut other = server.connect()?;
-                    catalog::set_login(&mut other, &names.role, &password)
+                    catalog::set_login(&mut other, &names.role, &password, limit)
                 });
             let made = create_database(s, names, config).and_then(|made| {
                 if made {
@@ -602,7 +617,7 @@ impl DatabaseProvider {
                     ))
                 }),
                 // No thread to spare: here, after the database.
-                Err(_) => catalog::set_login(s, &names.role, &password),
+                Err(_) => catalog::set_login(s, &names.role, &password, limit),
             };
             (made, login)
         });
@@ -618,7 +633,7 @@ impl DatabaseProvider {
         }
         // Both ours now. A password the second session could not set (it could not connect,
         // say) is set here; failing that too, a retry finds both and sets it again.
-        login.or_else(|_| catalog::set_login(s, &names.role, &password))?;
+        login.or_else(|_| catalog::set_login(s, &names.role, &password, limit))?;
         Ok(First::Made(role_oid))
     }
 }

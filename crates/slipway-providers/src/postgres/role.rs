@@ -208,7 +208,8 @@ impl RoleProvider {
         if let Ownership::Foreign(why) = &found.ownership {
             return Err(catalog::not_ours(server, "role", role, why));
         }
-        catalog::ensure_role(&mut s, &found, role, &marker, login, hashed)?;
+        let limit = self.servers.connection_limit(&server.name, ctx.kind);
+        catalog::ensure_role(&mut s, &found, role, &marker, login, hashed, limit)?;
         // Its environment's databases let it in, as they did before they kept every other
         // role out (see `catalog::let_in`).
         let grant = catalog::let_in_to(

@@ -59,6 +59,7 @@ impl TestEnv {
             settings: &self.settings,
             redact: &[],
             sandbox: &slipway_providers::sandbox::UNCONFINED,
+            kind: None,
         }
     }
 
