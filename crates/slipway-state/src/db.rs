@@ -780,6 +780,21 @@ fn is_write(sql: &str) -> bool {
     .any(|w| first.eq_ignore_ascii_case(w))
 }
 
+impl Tx<'_> {
+    /// Takes `tables`' write locks now, as [`Conn::transaction`] takes them at its start:
+    /// `SHARE ROW EXCLUSIVE` on PostgreSQL; nothing on SQLite, whose transaction holds the
+    /// write lock from its start.
+    pub fn lock_tables(&mut self, tables: &[&str]) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(t, _) if !tables.is_empty() => Ok(t.batch_execute(&format!(
+                "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+                tables.join(", ")
+            ))?),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Exec for Tx<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         match self {

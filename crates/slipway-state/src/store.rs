@@ -248,6 +248,11 @@ impl Store {
     /// [`Conn::transaction`]); when leases are required and `environment` is given, the
     /// transaction first proves this replica still holds the lease it [`Store::hold`]s, or,
     /// holding none, that no other replica holds one.
+    ///
+    /// That proof locks the lease's row, before `tables`' locks: every fenced write locks
+    /// its lease's row first and then the tables it writes, so a transaction taking a table's
+    /// lock first and then a lease's row could wait for a write that waits for it (PostgreSQL
+    /// breaks such a deadlock after a second by failing one of the two).
     pub(crate) fn write_env<T>(
         &self,
         environment: Option<&EnvName>,
@@ -260,13 +265,18 @@ impl Store {
             }
             _ => None,
         };
-        self.conn().transaction(tables, |tx| {
+        let upfront: &[&str] = if check.is_some() { &[] } else { tables };
+        self.conn().transaction(upfront, |tx| {
             match &check {
                 Some((environment, Some(fence))) => Store::check_fence(tx, environment, fence)?,
                 // Not this replica's (a new environment, a person's request): allowed while
                 // no other replica holds its lease.
                 Some((environment, None)) => Store::check_unleased(tx, environment)?,
                 None => {}
+            }
+            if check.is_some() {
+                tx.lock_tables(tables)
+                    .map_err(sql(format!("lock {}", tables.join(", "))))?;
             }
             write(tx)
         })

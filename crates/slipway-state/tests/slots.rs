@@ -234,3 +234,76 @@ fn two_stores_promoting_at_once_never_fill_one_slot_twice(state: &TestState) {
         );
     }
 }
+
+/// A replica's queue change of an environment (`leave_queue`, `admit`) took the table's lock,
+/// then the lease's row; a fenced write of the same environment takes the row, then writes
+/// the table: each waited for the other, and PostgreSQL failed one of the two after a second
+/// (`deadlock detected`). The queue change now takes the row first.
+#[test]
+fn a_queue_change_waits_for_a_fenced_write_of_its_environment_without_a_deadlock() {
+    use common::{Kind, TestState};
+    use slipway_state::Fence;
+    let state = TestState::new(Kind::Postgres);
+    let mut store = state.open();
+    store.require_leases();
+    let caps = caps(&[("previews", 1)], None);
+    for name in ["br-a", "br-b"] {
+        store
+            .admit(&member(name, EnvKind::Generated, "previews"), &caps, 1_000)
+            .expect("admit");
+    }
+    assert_eq!(activity(&store, "br-b"), (Activity::Queued, Some(1)));
+    let lease = store
+        .acquire_lease(&env("br-b"), "r1", std::time::Duration::from_secs(60))
+        .expect("acquire")
+        .expect("free");
+    store.hold(
+        &env("br-b"),
+        Fence {
+            replica: "r1".into(),
+            epoch: lease.epoch,
+        },
+    );
+    let url = state.postgres_url().expect("a PostgreSQL state");
+    let connect = || ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+    // Another transaction of br-b's, as a fenced write runs: its lease's row first.
+    let mut writer = connect();
+    let mut write = writer.transaction().expect("begin");
+    write
+        .batch_execute("SELECT 1 FROM leases WHERE environment = 'br-b' FOR UPDATE")
+        .expect("lock the lease's row");
+    std::thread::scope(|scope| {
+        let leaving = scope.spawn(|| store.leave_queue(&env("br-b")));
+        // Once the queue change waits for a lock, the write goes on to the table.
+        let mut watcher = connect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .expect("look")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue change never waited for the lease's row"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        write
+            .batch_execute("UPDATE environments SET updated_at = updated_at WHERE name = 'br-b'")
+            .expect("the fenced write reaches the table");
+        write.commit().expect("commit");
+        let left = leaving.join().expect("no panic");
+        assert!(
+            matches!(left, Ok(true)),
+            "the queue change waited for the write, then took br-b off the queue: {left:?}"
+        );
+    });
+    assert!(store.environment(&env("br-b")).expect("read").is_none());
+}
