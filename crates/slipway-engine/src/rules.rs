@@ -114,8 +114,8 @@ impl Rules {
         serde_json::to_value(recorded).expect("rules always serialize")
     }
 
-    /// The rules [`Rules::to_record`] wrote; `None` for anything else (a record this
-    /// version cannot read is no rule, and the record's `protected` still holds).
+    /// The rules [`Rules::to_record`] wrote; `None` for anything else (a record another
+    /// version wrote, which [`Engine::rules_in_force`] refuses to pass over).
     pub fn from_record(value: &serde_json::Value) -> Option<Rules> {
         let recorded: Recorded = serde_json::from_value(value.clone()).ok()?;
         let windows = recorded
@@ -207,14 +207,19 @@ impl Engine {
                 Err(_) => None,
             };
             // Its stack not read (gone, or no longer valid to this version): the rules its
-            // deployment recorded.
+            // deployment recorded. A record this version cannot read (another version's) is
+            // not taken as no rule, which would lift them: the judgement fails, saying why.
             let declared = match declared {
                 Some(declared) => Some(declared),
-                None => self
-                    .store
-                    .deployment_rules(name, sha)?
-                    .as_ref()
-                    .and_then(Rules::from_record),
+                None => match self.store.deployment_rules(name, sha)? {
+                    None => None,
+                    Some(recorded) => Some(Rules::from_record(&recorded).ok_or_else(|| {
+                        EngineError::Environment(format!(
+                            "the rules in force for `{name}` are those its deployment of {}                              recorded (that commit's stack cannot be read here), and this                              version of Slipway cannot read that record (another version                              wrote it); run the version that recorded it",
+                            crate::apply::short(sha)
+                        ))
+                    })?),
+                },
             };
             if let Some(declared) = declared {
                 rules = rules.stronger(&declared);

@@ -486,6 +486,43 @@ mod tests {
         assert!(rules.require_pr, "{rules:?}");
     }
 
+    /// A commit in force gone for good whose deployment recorded rules this version cannot
+    /// read (another version wrote them) is not judged as if it had none: the judgement fails.
+    #[test]
+    fn rules_recorded_in_a_form_this_version_cannot_read_fail_the_judgement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repo, repository, engine, qa, running) = qa_running_require_pr(dir.path());
+        engine
+            .store
+            .begin_deployment(&slipway_state::NewDeployment {
+                environment: qa.clone(),
+                commit: running.sha.clone(),
+                hash: "h".into(),
+                reference: Some("main".into()),
+                plan: serde_json::json!({}),
+                rules: Some(serde_json::json!({"require_pr": "always", "windows": 7})),
+                who: "controller".into(),
+                at: 0,
+            })
+            .expect("a deployment");
+        let head = repository.resolve("main").expect("resolved");
+        let origin = crate::Origin {
+            source: &repository,
+            repo: "repo",
+            reference: "main",
+            folder: "",
+            tip: Some(&head.sha),
+        };
+        std::fs::remove_file(loose(&repo, &running.sha)).expect("removed");
+        let error = engine
+            .rules_in_force(&origin, &qa, "qa")
+            .expect_err("not judged without its rules");
+        assert!(
+            error.to_string().contains("cannot read that record"),
+            "{error}"
+        );
+    }
+
     /// What the commit holds stays a diagnostic of the stack: `slipway.yaml` a directory.
     #[test]
     fn what_the_commit_holds_is_a_diagnostic() {
