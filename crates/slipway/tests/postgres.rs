@@ -553,3 +553,26 @@ fn env_commands_show_the_status_of_an_environment_with_a_database() {
     s.ok(&["env", "wake", "scratch"]);
     s.ok(&["destroy", "--env", "scratch", "--yes"]);
 }
+
+/// An environment's database and its `postgres.role` are deleted side by side at its destroy:
+/// the role's drop, which revokes what the database granted it, met the database's drop on
+/// the same catalog row, and the server failed it (`tuple concurrently deleted`), leaving a
+/// destroy to run again.
+#[test]
+fn an_environment_of_a_database_and_a_role_is_destroyed_in_one_go() {
+    let s = Sandbox::new();
+    s.write(
+        "slipway.yaml",
+        &format!("{STACK}  app: {{ type: postgres.role }}\n"),
+    )
+    .commit("a database and a role");
+    for round in 0..6 {
+        s.ok(&["apply", "--env", "qa", "--yes"]);
+        let out = s.run(&["destroy", "--env", "qa", "--yes"]);
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            s.report(&["destroy"], &out, "destroyed in one go")
+        );
+    }
+}

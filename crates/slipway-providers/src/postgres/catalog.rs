@@ -615,11 +615,43 @@ fn connection_limit(limit: Option<i32>) -> String {
 /// and closed again. A database is an environment's when its comment, or its owner's,
 /// carries the environment's marker (its owner may change the database's comment, not its
 /// own).
+///
+/// A database of the environment dropped at the same moment (its own delete, beside this one
+/// in a destroy) changes the catalog rows that this drop reads and revokes from: see
+/// [`across_catalog_races`].
 pub(crate) fn drop_role(
     s: &mut Session<'_>,
     name: &str,
     environment: &str,
 ) -> Result<(), ProviderError> {
+    across_catalog_races(|| drop_role_once(s, name, environment))
+}
+
+/// Runs `drop` (a role's or a database's), again when the server failed it for another
+/// session's change of the same catalog row (`tuple concurrently deleted` or `updated`, an
+/// internal error PostgreSQL raises rather than wait): at a destroy a database and its
+/// environment's role are dropped side by side, and the role's drop revokes what the
+/// database granted it, in the database's own row. The next try finds the other's change
+/// done. Three tries more at most, a moment apart.
+fn across_catalog_races(
+    mut drop: impl FnMut() -> Result<(), ProviderError>,
+) -> Result<(), ProviderError> {
+    let mut pauses = [20, 100, 300].into_iter().map(Duration::from_millis);
+    loop {
+        match drop() {
+            Err(e) if e.retryable() && e.to_string().contains("tuple concurrently") => {
+                match pauses.next() {
+                    Some(pause) => std::thread::sleep(pause),
+                    None => return Err(e),
+                }
+            }
+            done => return done,
+        }
+    }
+}
+
+/// [`drop_role`], one try.
+fn drop_role_once(s: &mut Session<'_>, name: &str, environment: &str) -> Result<(), ProviderError> {
     let role = ident(name)?;
     let action = format!(
         "drop role {name:?} (what it owns in its environment's databases, tables or other \
@@ -818,7 +850,15 @@ pub(crate) fn drop_role_if_ours(
 }
 
 /// Ends every other session on database `name`, then drops it if it exists.
+///
+/// Its environment's roles, dropped at the same moment, revoke what it granted them in its
+/// row: see [`across_catalog_races`].
 pub(crate) fn drop_database(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
+    across_catalog_races(|| drop_database_once(s, name))
+}
+
+/// [`drop_database`], one try.
+fn drop_database_once(s: &mut Session<'_>, name: &str) -> Result<(), ProviderError> {
     let database = ident(name)?;
     let action = format!("drop database {name:?}");
     // Its owner, the environment's role, may have made it a template (`ALTER DATABASE …
