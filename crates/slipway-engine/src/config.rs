@@ -109,9 +109,11 @@ impl PoliciesConfig {
     }
 }
 
-/// `[environments]`: how long environments made or extended by hand may live. Anyone with
-/// the developer role makes ad-hoc environments, so their life is bounded by the operator,
-/// not by the request or by the repository.
+/// `[environments]`: how long environments made or extended by hand may live, and what a
+/// generated or ad-hoc environment may hold. Anyone with the developer role makes ad-hoc
+/// environments, and anyone who can push a branch a generated one, so their life and their
+/// share of what production uses are bounded by the operator, not by the request or by the
+/// repository.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentsConfig {
@@ -129,6 +131,12 @@ pub struct EnvironmentsConfig {
         deserialize_with = "slipway_core::duration::deserialize"
     )]
     default_ttl: Duration,
+    /// How many PostgreSQL roles a generated or ad-hoc environment may have (its
+    /// `postgres.database` and `postgres.role` resources together, each one role): each may
+    /// hold `[postgres.NAME] preview_connection_limit` connections, so this bounds what one
+    /// such environment takes of a server. 0: none.
+    #[serde(default = "default_max_postgres_roles")]
+    max_postgres_roles: u32,
 }
 
 impl Default for EnvironmentsConfig {
@@ -136,8 +144,13 @@ impl Default for EnvironmentsConfig {
         EnvironmentsConfig {
             max_ttl: default_max_ttl(),
             default_ttl: default_ttl(),
+            max_postgres_roles: default_max_postgres_roles(),
         }
     }
+}
+
+fn default_max_postgres_roles() -> u32 {
+    4
 }
 
 impl EnvironmentsConfig {
@@ -149,6 +162,11 @@ impl EnvironmentsConfig {
     /// `default_ttl`, never longer than `max_ttl`.
     pub fn default_ttl(&self) -> Duration {
         self.default_ttl.min(self.max_ttl)
+    }
+
+    /// `max_postgres_roles`.
+    pub fn max_postgres_roles(&self) -> u32 {
+        self.max_postgres_roles
     }
 }
 
@@ -188,12 +206,14 @@ pub struct PostgresServer {
     #[serde(default)]
     pub connect: Vec<String>,
     /// How many connections at once each role of a static environment may have (its
-    /// `CONNECTION LIMIT`): `-1` (the default) for no limit, else at least 1.
-    #[serde(default = "no_connection_limit", deserialize_with = "connection_limit")]
-    pub connection_limit: i32,
+    /// `CONNECTION LIMIT`): `-1` for no limit, else at least 1. Unset (the default), Slipway
+    /// sets none and leaves what a role has (a limit set by hand stays).
+    #[serde(default, deserialize_with = "some_connection_limit")]
+    pub connection_limit: Option<i32>,
     /// The same for each role of a generated or ad-hoc environment, whose code nobody
-    /// reviewed: 20 by default, so that a branch cannot take every connection the server
-    /// allows from production's roles.
+    /// reviewed: 10 by default, so that a branch cannot take every connection the server
+    /// allows from production's roles (`[environments] max_postgres_roles` bounds how many
+    /// roles such an environment has).
     #[serde(
         default = "preview_connection_limit",
         deserialize_with = "connection_limit"
@@ -210,18 +230,19 @@ impl Default for PostgresServer {
             templates: Vec::new(),
             extensions: Vec::new(),
             connect: Vec::new(),
-            connection_limit: no_connection_limit(),
+            connection_limit: None,
             preview_connection_limit: preview_connection_limit(),
         }
     }
 }
 
-fn no_connection_limit() -> i32 {
-    -1
-}
-
 fn preview_connection_limit() -> i32 {
     slipway_providers::postgres::ConnectionLimits::PREVIEW_DEFAULT
+}
+
+/// [`connection_limit`], given.
+fn some_connection_limit<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i32>, D::Error> {
+    connection_limit(de).map(Some)
 }
 
 /// A role's `CONNECTION LIMIT`: `-1` for none, or at least 1 (0 would let it in nowhere).
@@ -719,17 +740,17 @@ mod tests {
     }
 
     #[test]
-    fn postgres_connection_limits_default_to_none_for_static_and_twenty_for_previews() {
+    fn postgres_connection_limits_default_to_none_for_static_and_ten_for_previews() {
         let server = |value| serde_json::from_value::<PostgresServer>(value);
         let plain = server(json!({"url": "postgres://a@b/c"})).expect("parses");
         assert_eq!(
             (plain.connection_limit, plain.preview_connection_limit),
-            (-1, 20)
+            (None, 10)
         );
         let default = PostgresServer::default();
         assert_eq!(
             (default.connection_limit, default.preview_connection_limit),
-            (-1, 20),
+            (None, 10),
             "the same without a file"
         );
         let set = server(json!({"url": "postgres://a@b/c", "connection_limit": 200,
@@ -737,7 +758,7 @@ mod tests {
         .expect("parses");
         assert_eq!(
             (set.connection_limit, set.preview_connection_limit),
-            (200, -1)
+            (Some(200), -1)
         );
         for bad in [0, -2] {
             let e = server(json!({"url": "postgres://a@b/c", "preview_connection_limit": bad}))

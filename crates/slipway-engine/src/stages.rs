@@ -481,7 +481,38 @@ impl Engine {
         };
         let desired = render::render(stack, render_target, &loaded.commit.sha, &cached.sources)
             .map_err(|e| EngineError::Environment(e.to_string()))?;
+        self.check_postgres_roles(&desired)?;
         Ok((cached, desired))
+    }
+
+    /// Refuses a generated or ad-hoc environment with more PostgreSQL roles (a
+    /// `postgres.database` makes one, a `postgres.role` one) than `[environments]
+    /// max_postgres_roles`: each role holds up to its server's `preview_connection_limit`
+    /// connections, and whoever writes the branch chooses how many it declares.
+    fn check_postgres_roles(&self, desired: &DesiredState) -> Result<(), EngineError> {
+        if desired.environment.kind == EnvKind::Static {
+            return Ok(());
+        }
+        let roles: Vec<&str> = desired
+            .resources
+            .iter()
+            .filter(|(_, r)| matches!(r.type_name.as_str(), "postgres.database" | "postgres.role"))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let max = self.config.environments.max_postgres_roles();
+        if roles.len() > max as usize {
+            return Err(EngineError::Environment(format!(
+                "`{}` is a {} environment with {} PostgreSQL roles ({}: each `postgres.database` \
+                 and `postgres.role` is one), and such an environment may have {max} \
+                 (`[environments] max_postgres_roles` in the engine configuration): each may \
+                 hold its server's `preview_connection_limit` connections",
+                desired.environment.name,
+                desired.environment.kind.as_str(),
+                roles.len(),
+                roles.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses to render `target` as something it is not: an ad-hoc or generated

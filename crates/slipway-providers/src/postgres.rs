@@ -117,26 +117,27 @@ pub struct PgServers {
 ///
 /// Whoever can push a branch holds its preview's role passwords: without a limit its code
 /// could open every connection the server allows (`max_connections`, less the superusers'
-/// reserve) and leave production's roles none. Static environments have none by default,
-/// as a role made by hand has none.
+/// reserve) and leave production's roles none. Static environments' roles get none set by
+/// default: what they have (a limit an operator set by hand) stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// A static environment's roles (`[postgres.NAME] connection_limit`).
-    pub reviewed: i32,
+    /// A static environment's roles (`[postgres.NAME] connection_limit`); `None`: left as
+    /// they are.
+    pub reviewed: Option<i32>,
     /// A generated or ad-hoc environment's (`[postgres.NAME] preview_connection_limit`).
     pub unreviewed: i32,
 }
 
 impl ConnectionLimits {
-    /// The default of a generated or ad-hoc environment's roles: a pool of ten, a migration
-    /// and a few sessions by hand, each.
-    pub const PREVIEW_DEFAULT: i32 = 20;
+    /// The default of a generated or ad-hoc environment's roles: a pool of five, a
+    /// migration and a few sessions by hand, each.
+    pub const PREVIEW_DEFAULT: i32 = 10;
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            reviewed: -1,
+            reviewed: None,
             unreviewed: ConnectionLimits::PREVIEW_DEFAULT,
         }
     }
@@ -220,20 +221,21 @@ impl PgServers {
     }
 
     /// How many connections at once a role of an environment of `kind` may have on server
-    /// `name` (`-1`: no limit), as PostgreSQL's `CONNECTION LIMIT` takes it; `None` when the
-    /// kind is not known (a delete), and then nothing is set or checked.
+    /// `name` (`-1`: no limit), as PostgreSQL's `CONNECTION LIMIT` takes it; `None` when
+    /// nothing is to be set: the kind is not known (a delete), or a static environment's
+    /// limit is not configured.
     fn connection_limit(
         &self,
         name: &str,
         kind: Option<slipway_core::vocab::EnvKind>,
     ) -> Option<i32> {
         let limits = self.limits.get(name).copied().unwrap_or_default();
-        Some(match kind? {
+        match kind? {
             slipway_core::vocab::EnvKind::Static => limits.reviewed,
             slipway_core::vocab::EnvKind::Generated | slipway_core::vocab::EnvKind::Adhoc => {
-                limits.unreviewed
+                Some(limits.unreviewed)
             }
-        })
+        }
     }
 
     /// The roles server `name`'s environment databases let connect besides their own.

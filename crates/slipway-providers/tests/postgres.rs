@@ -90,12 +90,12 @@ impl Pg {
                 .with_extensions("lenient", vec!["pageinspect".to_owned()])
                 // A monitoring role, as an operator lists it in `[postgres.watched] connect`.
                 .with_connect("watched", vec![format!("swtest_monitor_{id}")])
-                // Previews' roles get 2 connections on `main` (20 by default), static
-                // environments' none; a context of no kind (most tests') sets nothing.
+                // Previews' roles get 2 connections on `main` (10 by default); static
+                // environments' and a context of no kind (most tests') set nothing.
                 .with_connection_limits(
                     "main",
                     ConnectionLimits {
-                        reviewed: -1,
+                        reviewed: None,
                         unreviewed: 2,
                     },
                 ),
@@ -1637,12 +1637,17 @@ fn a_role_made_without_its_environments_connection_limit_gets_it_at_its_next_upd
         2,
         "a role's too"
     );
-    // And lifted again when the operator lifts it (`-1`), as for a static environment.
+    // A static environment's update, with no `connection_limit` configured, leaves a role's
+    // limit as it is (one an operator set by hand on production's stays).
     let prod = of_kind(&pg, &preview, "app", EnvKind::Static);
     pg.role()
         .update(prod, &json!({}), &role.live)
         .expect("update");
-    assert_eq!(connection_limit_of(&output(&role, "user")), -1, "lifted");
+    assert_eq!(
+        connection_limit_of(&output(&role, "user")),
+        2,
+        "left as it was"
+    );
     pg.database()
         .delete(unknown, Some(&updated.live))
         .expect("delete");

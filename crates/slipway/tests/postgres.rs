@@ -513,8 +513,11 @@ fn an_ad_hoc_environments_role_gets_the_preview_connection_limit() {
             .ends_with(&format!("url = \"{}\"", pg_url())),
         "[postgres.main] is the config's last table"
     );
-    std::fs::write(&s.config, format!("{config}preview_connection_limit = 3\n"))
-        .expect("write the config");
+    std::fs::write(
+        &s.config,
+        format!("{config}preview_connection_limit = 3\n[environments]\nmax_postgres_roles = 1\n"),
+    )
+    .expect("write the config");
     s.write("slipway.yaml", &with_previews())
         .commit("a database and a migration");
     s.ok(&["apply", "--env", "dev", "--yes"]);
@@ -531,6 +534,31 @@ fn an_ad_hoc_environments_role_gets_the_preview_connection_limit() {
         .expect("user")
         .to_string();
     assert_eq!(connection_limit_of(&scratch), 3, "an ad-hoc environment's");
+    // Each role holds its limit: how many an ad-hoc or generated environment may declare is
+    // the operator's (`max_postgres_roles`), not the branch's. A static one has its own.
+    s.write(
+        "slipway.yaml",
+        &format!("{}  app: {{ type: postgres.role }}\n", with_previews()),
+    )
+    .commit("a second role");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let refused = s.run(&[
+        "env", "create", "other", "--ref", "main", "--like", "previews",
+    ]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("max_postgres_roles"),
+        "{}",
+        s.report(&["env", "create"], &refused, "two roles are one too many")
+    );
+    let other = s.json(&["status", "--env", "other", "--output", "json"]);
+    assert!(
+        other["environments"][0]["resources"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "nothing of it was made: {other}"
+    );
+    s.run(&["env", "destroy", "other", "--yes"]);
     s.ok(&["destroy", "--env", "scratch", "--yes"]);
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
