@@ -985,6 +985,62 @@ fn a_killed_environment_supervisor_leaves_its_processes_running_and_the_next_tak
     );
 }
 
+/// A supervisor started before Slipway was upgraded runs the old binary, which knows nothing
+/// of what the new one asks of a start (the environment's process limit): the next apply's
+/// wake ends it, and one of the new binary takes its processes back, running.
+#[test]
+fn a_supervisor_of_a_replaced_binary_is_replaced_and_its_processes_taken_back() {
+    let mut env = TestEnv::new();
+    let bin = tempfile::tempdir().expect("a directory");
+    let binary = bin.path().join("slipway");
+    std::fs::copy(env!("CARGO_BIN_EXE_slipway"), &binary).expect("copy the binary");
+    env.settings.supervisor = vec![binary.clone().into(), "__supervise".into()];
+    let mut cleanup = Cleanup::default();
+    let steady = json!({"command": ["sleep", "4244000"]});
+    let applied = env.create(&mut cleanup, "steady", &steady);
+    let old = supervisor_of(&applied);
+    let child = child_in(&env.state("steady").expect("state")).expect("a child");
+    cleanup.groups.push(child);
+    env.process().expect_changes_in(&env.settings, &env.dirs);
+    assert!(old.runs(), "a supervisor of the binary in place is kept");
+    // The upgrade: a new file at the binary's path.
+    std::fs::remove_file(&binary).expect("remove the binary");
+    std::fs::copy(env!("CARGO_BIN_EXE_slipway"), &binary).expect("copy it again");
+    env.process().expect_changes_in(&env.settings, &env.dirs);
+    assert!(
+        eventually(Duration::from_secs(5), || !old.runs()),
+        "the supervisor of the replaced binary is ended"
+    );
+    let successor = || {
+        env.state("steady")
+            .and_then(|s| Process::from_json(&s["supervisor"]))
+            .filter(|s| *s != old && s.runs())
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || successor().is_some()),
+        "a new supervisor takes the process back:\n{}",
+        env.report()
+    );
+    let state = env.state("steady").expect("state");
+    assert_eq!(
+        child_in(&state),
+        Some(child),
+        "the same process (pid and start time), not restarted: {state}"
+    );
+    assert!(child.runs(), "and it still runs");
+    let new = successor().expect("a successor");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", new.pid)).expect("its binary"),
+        binary,
+        "the successor runs the binary now in place"
+    );
+    env.delete("steady", Some(&applied.live), "delete steady");
+    assert!(
+        !child.runs(),
+        "the taken-back process is stopped by its delete"
+    );
+}
+
 #[test]
 fn the_supervisor_answers_only_the_engines_uid() {
     if !slipway_providers::sandbox::running_as_root() {

@@ -363,10 +363,74 @@ fn answers(dir: &File) -> io::Result<bool> {
     }
 }
 
+/// The process that answers on the socket of the run directory `dir`, if one does.
+fn answering(dir: &File) -> io::Result<Option<libc::ucred>> {
+    match UnixStream::connect(via_fd(dir, SOCKET)) {
+        Ok(stream) => peer(&stream).map(Some),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether process `pid` runs a binary that has since been replaced or removed on disk (its
+/// `/proc/PID/exe` says `(deleted)`): a supervisor started before Slipway was upgraded,
+/// which knows nothing of what the new version asks of a start (an environment's process
+/// limit, say).
+fn runs_a_replaced_binary(pid: libc::pid_t) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|exe| exe.as_os_str().as_bytes().ends_with(b" (deleted)"))
+}
+
+/// Ends the supervisor `pid` (SIGKILL, through a pidfd, so a pid reused meanwhile is never
+/// signalled) and waits, 5 seconds at most, until it is gone. Its processes keep running, and
+/// the next supervisor takes them back, as after any death of a supervisor (see the
+/// module's guarantees).
+fn retire(pid: libc::pid_t) -> io::Result<()> {
+    let Some(identity) = u32::try_from(pid).ok().and_then(ProcessIdentity::of) else {
+        return Ok(());
+    };
+    // Gone already, or a kernel without pidfds: left to end on its own.
+    let Some(fd) = pidfd_of(identity) else {
+        return Ok(());
+    };
+    // SAFETY: pidfd_send_signal takes a descriptor we own, a signal, no siginfo and no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    wait_until(Instant::now() + Duration::from_secs(5), || {
+        ProcessIdentity::of(identity.pid) != Some(identity)
+    });
+    Ok(())
+}
+
 /// Starts the supervisor of `run` (`program args <run>`, detached) when none answers there
 /// and nobody in this process is starting one, and returns without waiting for it to listen:
 /// a caller that asks it something next ([`ask_starting`]) waits for that one, for
 /// [`WOKEN_FRESH`], rather than start another.
+///
+/// One that answers but runs a binary since replaced on disk (Slipway was upgraded while it
+/// ran) is ended first, once `program` is there to start its successor: the next one, of the
+/// new binary, takes back its processes, and starts what the new version asks.
 ///
 /// # Errors
 /// When `run` cannot be opened (the environment's directories are not made), its socket
@@ -377,8 +441,24 @@ pub(crate) fn wake(
     args: &[std::ffi::OsString],
 ) -> io::Result<()> {
     let dir = File::open(run)?;
-    if answers(&dir)? {
-        return Ok(());
+    let mut retired = false;
+    match answering(&dir)? {
+        Some(server)
+            if (server.uid == euid() || server.uid == 0)
+                && runs_a_replaced_binary(server.pid)
+                && Path::new(program).is_file() =>
+        {
+            tracing::info!(
+                run = %run.display(),
+                pid = server.pid,
+                "the environment's supervisor runs a binary since replaced: ending it, so that \
+                 one of the new binary takes its processes back"
+            );
+            retire(server.pid)?;
+            retired = true;
+        }
+        Some(_) => return Ok(()),
+        None => {}
     }
     let lock = start_lock(run);
     let mut woken = match lock.try_lock() {
@@ -387,8 +467,9 @@ pub(crate) fn wake(
         // Another thread is starting it.
         Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
     };
-    // Woken a moment ago, or started by another thread between the look above and the lock.
-    if woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH) || answers(&dir)? {
+    // Woken a moment ago (unless that is the one just ended), or started by another thread
+    // between the look above and the lock.
+    if (!retired && woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH)) || answers(&dir)? {
         return Ok(());
     }
     super::spawn_detached(program, args, run)?;
