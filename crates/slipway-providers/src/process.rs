@@ -477,17 +477,41 @@ impl Provider for ProcessProvider {
                 .as_ref()
                 .is_some_and(|c| c.sandbox.confines_as(ctx.sandbox))
             {
+                let running = spec.confinement.as_ref().map(|c| &c.sandbox);
+                let limited = |limit: Option<u32>| match limit {
+                    Some(n) => format!("at most {n} processes and threads"),
+                    None => "no limit of processes".to_owned(),
+                };
                 return Ok(Observation::Drifted {
-                    reason: format!(
-                        "it runs {} while its environment's code runs isolated by {}: \
-                         replacing it applies that",
-                        match spec.confinement.as_ref().map(|c| c.sandbox.isolation) {
-                            None => "unconfined (started before isolation)".to_owned(),
-                            Some(crate::sandbox::Isolation::None) => "unconfined".to_owned(),
-                            Some(other) => format!("isolated by {other}"),
-                        },
-                        ctx.sandbox.isolation
-                    ),
+                    reason: match running {
+                        // Confined alike but for the process limit (one started before the
+                        // limit, or before `[local] max_processes` changed).
+                        Some(sandbox)
+                            if (sandbox.isolation, sandbox.ids, sandbox.landlock)
+                                == (
+                                    ctx.sandbox.isolation,
+                                    ctx.sandbox.ids,
+                                    ctx.sandbox.landlock,
+                                ) =>
+                        {
+                            format!(
+                                "it runs with {} while its environment's code gets {}: \
+                                 replacing it applies that",
+                                limited(sandbox.max_processes),
+                                limited(ctx.sandbox.max_processes)
+                            )
+                        }
+                        _ => format!(
+                            "it runs {} while its environment's code runs isolated by {}: \
+                             replacing it applies that",
+                            match running.map(|s| s.isolation) {
+                                None => "unconfined (started before isolation)".to_owned(),
+                                Some(crate::sandbox::Isolation::None) => "unconfined".to_owned(),
+                                Some(other) => format!("isolated by {other}"),
+                            },
+                            ctx.sandbox.isolation
+                        ),
+                    },
                 });
             }
         }

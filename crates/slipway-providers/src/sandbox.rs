@@ -90,10 +90,12 @@ pub struct Sandbox {
     /// `none`).
     pub landlock: bool,
     /// uid mode: how many processes and threads the environment's uid may have at once
-    /// (`RLIMIT_NPROC`, which counts every task of a real uid and is checked at each fork and
-    /// exec), so that its code cannot take every pid of the machine (a fork bomb) from the
-    /// controller and the other environments. `None`: no limit of Slipway's. Set on each
-    /// command as it starts: a process keeps the limit it started with.
+    /// (`RLIMIT_NPROC`, which the kernel checks against every task of the real uid at each
+    /// fork of the code, and at the exec of a command started while the uid was past it), so
+    /// that its code cannot take every pid of the machine (a fork bomb) from the controller
+    /// and the other environments. `None`: no limit of Slipway's. Set on each command as it
+    /// starts: a process keeps the limit it started with (and its supervisor's restarts
+    /// give it the same, from its spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_processes: Option<u32>,
     /// On a replica, the lease the environment is worked on under: its commands run only
@@ -152,10 +154,17 @@ impl Sandbox {
         }
     }
 
-    /// Whether code started under `self` is confined as under `other`: same mode, uid and
-    /// Landlock (the lease bound is not how code is confined but how long it may run).
+    /// Whether code started under `self` is confined as under `other`: same mode, uid,
+    /// Landlock and process limit (the lease bound is not how code is confined but how long
+    /// it may run).
     pub fn confines_as(&self, other: &Sandbox) -> bool {
-        (self.isolation, self.ids, self.landlock) == (other.isolation, other.ids, other.landlock)
+        (self.isolation, self.ids, self.landlock, self.max_processes)
+            == (
+                other.isolation,
+                other.ids,
+                other.landlock,
+                other.max_processes,
+            )
     }
 
     /// Landlock only, under the engine's uid.

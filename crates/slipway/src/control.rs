@@ -266,6 +266,17 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> R
             path.display()
         );
     }
+    if controller.engine().isolation() == slipway_providers::sandbox::Isolation::Uid
+        && let Some(warning) = pid_budget_warning(
+            config.local.max_processes,
+            config.local.max_environments,
+            std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+        )
+    {
+        eprintln!("slipway serve: warning: {warning}");
+    }
     let server_options = config.server.options();
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;
@@ -377,6 +388,40 @@ fn write_admin_token(home: &std::path::Path, token: &str) -> Result<std::path::P
 /// Raises the open-file soft limit to the hard limit: every connection is a file, and the
 /// usual soft limit (1024) is below what `[server] max_connections` allows plus the store,
 /// logs and repositories. Says so when even the hard limit leaves too little room.
+/// What to say when the environments' process limits (`[local] max_processes` each) could
+/// together take half the machine's pids (`pid_max`): `max_environments` of them, or 8 when
+/// generated and ad-hoc environments are not capped. `None` when they could not, or nothing
+/// is known.
+fn pid_budget_warning(
+    max_processes: u32,
+    max_environments: Option<u32>,
+    pid_max: Option<u64>,
+) -> Option<String> {
+    let pid_max = pid_max?;
+    if max_processes == 0 {
+        return Some(format!(
+            "[local] max_processes = 0: an environment's code may take every pid of this \
+             machine (kernel.pid_max = {pid_max}), a fork bomb leaving the controller unable \
+             to start anything"
+        ));
+    }
+    let environments = u64::from(max_environments.unwrap_or(8));
+    let taken = environments.saturating_mul(u64::from(max_processes));
+    (taken.saturating_mul(2) >= pid_max).then(|| {
+        format!(
+            "{} environments of [local] max_processes = {max_processes} tasks each could take \
+             {taken} of this machine's {pid_max} pids (kernel.pid_max){}: lower max_processes, \
+             cap [local] max_environments, or raise kernel.pid_max",
+            environments,
+            if max_environments.is_none() {
+                " (generated and ad-hoc environments are not capped: [local] max_environments)"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
 fn raise_open_file_limit(max_connections: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -789,4 +834,36 @@ fn url_has_password(url: &str) -> bool {
     userinfo
         .rsplit_once('@')
         .is_some_and(|(user, _)| user.contains(':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pid_budget_warning;
+
+    #[test]
+    fn the_pid_budget_warns_when_the_environments_could_take_half_the_machines_pids() {
+        // This machine's pid_max: 8 previews of 4096 take every pid.
+        let uncapped = pid_budget_warning(4096, None, Some(32_768)).expect("a warning");
+        assert!(
+            uncapped.contains("32768") && uncapped.contains("not capped"),
+            "{uncapped}"
+        );
+        assert!(
+            pid_budget_warning(4096, Some(3), Some(32_768)).is_none(),
+            "3 × 4096 is under half"
+        );
+        assert!(pid_budget_warning(4096, Some(4), Some(32_768)).is_some());
+        assert!(
+            pid_budget_warning(4096, None, Some(4_194_304)).is_none(),
+            "most 64-bit systems"
+        );
+        assert!(
+            pid_budget_warning(0, Some(1), Some(4_194_304)).is_some(),
+            "no limit"
+        );
+        assert!(
+            pid_budget_warning(4096, None, None).is_none(),
+            "nothing known"
+        );
+    }
 }

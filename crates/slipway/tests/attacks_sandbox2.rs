@@ -243,10 +243,10 @@ fn a_health_command_leaves_nothing_behind() {
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
-/// `forks.py NAME [hold]`: forks children that sleep until one fork fails or 100 run, kills
-/// them, writes `{"forked": N, "error": ...}` to `NAME.json` in its data directory; with
-/// `hold`, then sleeps (a process), else exits (a job). A job named after another first waits
-/// for that one's report (`wait=OTHER`).
+/// `forks.py NAME [hold]`: forks children that sleep until one fork fails or 100 run, writes
+/// `{"forked": N, "error": ...}` to `NAME.json` in its data directory; with `hold`, keeps
+/// them and sleeps (a process), else kills them and exits (a job). A job named after another
+/// first waits for that one's report (`wait=OTHER`).
 const FORKS: &str = r#"import json, os, signal, sys, time
 name = sys.argv[1]
 d = os.environ["SLIPWAY_DATA_DIR"]
@@ -267,13 +267,15 @@ while len(kids) < 100:
         time.sleep(600)
         os._exit(0)
     kids.append(pid)
-for pid in kids:
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+hold = "hold" in sys.argv[2:]
+if not hold:
+    for pid in kids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 with open(os.path.join(d, name + ".tmp"), "w") as f:
     json.dump({"forked": len(kids), "error": error}, f)
 os.rename(os.path.join(d, name + ".tmp"), os.path.join(d, name + ".json"))
-if "hold" in sys.argv[2:]:
+if hold:
     time.sleep(10**6)
 "#;
 
@@ -286,18 +288,27 @@ fn a_fork_bomb_stops_at_the_environments_process_limit() {
     let s = Sandbox::new();
     s.with_local("max_processes = 24");
     s.write("forks.py", FORKS);
+    // A job alone: it forks until the limit, then lets its children go.
     s.commit_dev_stack(
         "forks",
-        r##"  hog: { type: process, command: ["python3", "forks.py", "hog", "hold"] }
-  probe:
-    type: job
-    command: ["python3", "forks.py", "probe", "wait=hog"]
-    depends_on: [hog]
+        r##"  probe: { type: job, command: ["python3", "forks.py", "probe"] }
 "##,
         "code that forks as much as it can",
     );
     s.ok(&["apply", "--env", "dev", "--yes"]);
-    for name in ["hog.json", "probe.json"] {
+    // Then a process that forks until the limit and keeps its children, and a job after it.
+    s.commit_dev_stack(
+        "forks",
+        r##"  hog: { type: process, command: ["python3", "forks.py", "hog", "hold"] }
+  late:
+    type: job
+    command: ["python3", "forks.py", "late", "wait=hog"]
+    depends_on: [hog]
+"##,
+        "a process that keeps every task it may have",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    for name in ["probe.json", "hog.json"] {
         let r = report(&s, "dev", name);
         let forked = r["forked"].as_u64().expect("a count");
         assert!(
@@ -311,7 +322,79 @@ fn a_fork_bomb_stops_at_the_environments_process_limit() {
             "{name}: the fork past the limit failed with EAGAIN: {r}"
         );
     }
-    // The engine, as root, is not held by the environment's limit: its next command runs.
+    // A job started while the hog holds every task the uid may have cannot fork at all: the
+    // count is the uid's, all its resources together.
+    let late = report(&s, "dev", "late.json");
+    assert_eq!(late["forked"], 0, "{late}");
+    assert!(
+        late["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Resource temporarily unavailable")),
+        "{late}"
+    );
+    // The engine, as root, is not held by the environment's limit: it still destroys it.
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+/// The "Max processes" limit of process `pid`, soft, from `/proc/PID/limits`.
+fn max_processes_of(pid: u64) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("its limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .expect("a Max processes line")
+        .to_owned()
+}
+
+/// A process started before its environment's limit (a Slipway from before, or another
+/// `max_processes`) keeps the limit it started with: it is drift, and replacing it applies
+/// the limit in force.
+#[test]
+fn a_process_started_under_another_process_limit_is_drift_that_apply_repairs() {
+    let s = Sandbox::new();
+    s.with_local("max_processes = 64");
+    s.commit_dev_stack(
+        "limits",
+        r##"  web: { type: process, command: ["sleep", "4245000"] }
+"##,
+        "a process",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let child = |s: &Sandbox| {
+        let state: Value = serde_json::from_slice(
+            &std::fs::read(s.home.join("envs/dev/run/web.json")).expect("its state"),
+        )
+        .expect("JSON");
+        state["child"]["pid"].as_u64().expect("a child")
+    };
+    assert_eq!(max_processes_of(child(&s)), "64", "started with the limit");
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        config.replace("max_processes = 64", "max_processes = 128"),
+    )
+    .expect("config");
+    let web = || {
+        let status = s.json(&["status", "--output", "json"]);
+        let dev = status_environment(&status, "dev").expect("dev");
+        status_resource(dev, "web").expect("web").clone()
+    };
+    let seen = web();
+    assert_eq!(seen["status"], "drifted", "{seen}");
+    assert!(
+        seen["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 64") && m.contains("at most 128")),
+        "the drift says which limits: {seen}"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(
+        max_processes_of(child(&s)),
+        "128",
+        "replaced under the limit in force"
+    );
+    assert_ne!(web()["status"], "drifted", "in sync once replaced");
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
