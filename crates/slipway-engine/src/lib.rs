@@ -670,7 +670,8 @@ impl Engine {
                 Err(why) => unusable.push((name.clone(), why)),
             }
         }
-        let mut servers = PgServers::new(urls, store.sealer().instance_id());
+        let mut servers = PgServers::new(urls, store.sealer().instance_id())
+            .with_role_cap(config.environments.max_postgres_roles());
         for (name, why) in unusable {
             servers = servers.with_unavailable(&name, &why);
         }

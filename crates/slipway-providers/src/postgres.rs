@@ -107,6 +107,9 @@ pub struct PgServers {
     /// role of any other have ([`PgServers::with_connection_limits`]); a server not listed
     /// has the defaults.
     limits: BTreeMap<String, ConnectionLimits>,
+    /// How many roles a generated or ad-hoc environment may have on a server
+    /// ([`PgServers::with_role_cap`]); `None`: no cap.
+    role_cap: Option<u32>,
     instance_id: String,
     /// Admin connections made ahead ([`PgServers::warm`]).
     warm: Arc<sql::Warm>,
@@ -175,6 +178,7 @@ impl PgServers {
             extensions: BTreeMap::new(),
             connect: BTreeMap::new(),
             limits: BTreeMap::new(),
+            role_cap: None,
             instance_id: instance_id.to_owned(),
             warm: Arc::default(),
         }
@@ -218,6 +222,37 @@ impl PgServers {
     pub fn with_connection_limits(mut self, name: &str, limits: ConnectionLimits) -> Self {
         self.limits.insert(name.to_owned(), limits);
         self
+    }
+
+    /// Caps how many roles a generated or ad-hoc environment may have on each server
+    /// (`[environments] max_postgres_roles`), counted on the server when one is made.
+    pub fn with_role_cap(mut self, max: u32) -> Self {
+        self.role_cap = Some(max);
+        self
+    }
+
+    /// The statement that refuses to make another role of `ctx`'s environment on `server`
+    /// past the cap ([`catalog::role_cap`]); `None` for a static environment, one of no
+    /// known kind, or with no cap.
+    fn role_cap(
+        &self,
+        ctx: ResourceContext<'_>,
+        server: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let capped = matches!(
+            ctx.kind,
+            Some(slipway_core::vocab::EnvKind::Generated | slipway_core::vocab::EnvKind::Adhoc)
+        );
+        match self.role_cap.filter(|_| capped) {
+            Some(max) => catalog::role_cap(
+                &self.environment_marker(ctx),
+                max,
+                ctx.environment.as_str(),
+                server,
+            )
+            .map(Some),
+            None => Ok(None),
+        }
     }
 
     /// How many connections at once a role of an environment of `kind` may have on server

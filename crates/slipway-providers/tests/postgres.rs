@@ -98,7 +98,9 @@ impl Pg {
                         reviewed: None,
                         unreviewed: 2,
                     },
-                ),
+                )
+                // And at most 3 roles (`[environments] max_postgres_roles`).
+                .with_role_cap(3),
         );
         // Exactly what the engine does to register them.
         let mut registry = Registry::local();
@@ -1652,6 +1654,81 @@ fn a_role_made_without_its_environments_connection_limit_gets_it_at_its_next_upd
         .delete(unknown, Some(&updated.live))
         .expect("delete");
     pg.role().delete(app, Some(&role.live)).expect("delete");
+}
+
+/// A generated or ad-hoc environment's roles are counted on the server when one is made: a
+/// role its delete could not drop (it owns a table its code made) still counts, whatever the
+/// branch's `slipway.yaml` declares now, so renaming roles cannot pile them up.
+#[test]
+fn a_previews_roles_past_the_cap_are_refused_counting_those_left_on_the_server() {
+    let pg = Pg::new();
+    let (preview, prod) = (env("pr-9"), env("prod"));
+    let ctx = |name| of_kind(&pg, &preview, name, EnvKind::Generated);
+    let db = pg
+        .database()
+        .create(ctx("db"), &json!({}))
+        .expect("the first role");
+    let a = pg.role().create(ctx("a"), &json!({})).expect("the second");
+    let b = pg.role().create(ctx("b"), &json!({})).expect("the third");
+    let refused = failure(pg.role().create(ctx("c"), &json!({})), "a fourth");
+    assert!(
+        refused.to_string().contains("max_postgres_roles") && !refused.retryable(),
+        "{refused}"
+    );
+    let c_name = names(&pg.id, "pr-9", "c").role;
+    assert!(!role_exists(&c_name), "nothing was made");
+    // b comes to own a table in the environment's database: its delete cannot drop it.
+    let (b_name, database) = (output(&b, "user"), output(&db, "database"));
+    connect_elsewhere(ADMIN, &database)
+        .expect("the admin connects")
+        .batch_execute(&format!(
+            "CREATE TABLE swtest_kept (); ALTER TABLE swtest_kept OWNER TO {}",
+            quote(&b_name)
+        ))
+        .expect("a table of b's");
+    assert!(
+        pg.role().delete(ctx("b"), Some(&b.live)).is_err(),
+        "b owns a table: it is not dropped"
+    );
+    assert!(role_exists(&b_name));
+    let refused = failure(pg.role().create(ctx("c"), &json!({})), "c instead of b");
+    assert!(
+        refused.to_string().contains("max_postgres_roles"),
+        "{refused}"
+    );
+    // Static environments are not capped.
+    let statics: Vec<Applied> = ["p1", "p2", "p3", "p4"]
+        .iter()
+        .map(|name| {
+            pg.role()
+                .create(of_kind(&pg, &prod, name, EnvKind::Static), &json!({}))
+                .expect("a static environment's role")
+        })
+        .collect();
+    connect_elsewhere(ADMIN, &database)
+        .expect("the admin connects")
+        .batch_execute("DROP TABLE swtest_kept")
+        .expect("the table goes");
+    pg.role()
+        .delete(ctx("b"), Some(&b.live))
+        .expect("now b goes");
+    let c = pg
+        .role()
+        .create(ctx("c"), &json!({}))
+        .expect("with b gone, c fits");
+    for (name, applied) in [("a", &a), ("c", &c)] {
+        pg.role()
+            .delete(ctx(name), Some(&applied.live))
+            .expect("delete");
+    }
+    pg.database()
+        .delete(ctx("db"), Some(&db.live))
+        .expect("delete");
+    for (name, applied) in ["p1", "p2", "p3", "p4"].iter().zip(&statics) {
+        pg.role()
+            .delete(pg.ctx_in(&prod, name), Some(&applied.live))
+            .expect("delete");
+    }
 }
 
 fn admin_query_one(database: &str, sql: &str) -> i32 {

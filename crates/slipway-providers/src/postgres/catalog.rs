@@ -346,6 +346,10 @@ impl RolePassword {
 ///
 /// # Assumptions
 /// The caller checked that any role of this name is ours.
+///
+/// `cap`, when given ([`role_cap`]), runs first in the same transaction when the role is
+/// made.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ensure_role(
     s: &mut Session<'_>,
     found: &RoleFound,
@@ -354,6 +358,7 @@ pub(crate) fn ensure_role(
     login: bool,
     mut password: RolePassword,
     limit: Option<i32>,
+    cap: Option<&str>,
 ) -> Result<(), ProviderError> {
     let role = ident(name)?;
     let login = if login { "LOGIN" } else { "NOLOGIN" };
@@ -364,14 +369,51 @@ pub(crate) fn ensure_role(
         Ownership::Absent => ("create", "CREATE"),
         _ => ("update", "ALTER"),
     };
-    s.execute_atomically(
-        &format!("{action} role {name:?}"),
-        &[
-            format!("{change} ROLE {role} {login} PASSWORD {password}{limit}"),
-            comment,
-        ],
-    )
-    .map_err(|e| s.fail(e))
+    let mut statements = Vec::with_capacity(3);
+    if let Some(cap) = cap.filter(|_| found.ownership == Ownership::Absent) {
+        statements.push(cap.to_owned());
+    }
+    statements.push(format!(
+        "{change} ROLE {role} {login} PASSWORD {password}{limit}"
+    ));
+    statements.push(comment);
+    s.execute_atomically(&format!("{action} role {name:?}"), &statements)
+        .map_err(|e| s.fail(e))
+}
+
+/// The first key of [`role_cap`]'s lock ("SLRC").
+const ROLE_CAP_LOCK: i32 = 0x534c_5243;
+
+/// A `DO` block that fails (`P0001`, saying why) when the server already holds `max` roles
+/// whose marker starts with `prefix` (an environment's, see `PgServers::environment_marker`),
+/// under a lock of that prefix held until the transaction ends, so that two creates of one
+/// environment count in turn. Run first in the transaction that makes a role: the roles a
+/// generated or ad-hoc environment has are counted where they are, so one whose drop failed
+/// (it still owns something its code made) counts as long as it exists, whatever the
+/// branch's `slipway.yaml` now declares.
+pub(crate) fn role_cap(
+    prefix: &str,
+    max: u32,
+    environment: &str,
+    server: &str,
+) -> Result<String, ProviderError> {
+    let refusal = format!(
+        "slipway: environment {environment} has {max} PostgreSQL roles on server {server} \
+         already, as many as a generated or ad-hoc environment may have ([environments] \
+         max_postgres_roles); a role its delete could not drop (it still owns something) \
+         counts until it is gone"
+    );
+    let body = format!(
+        "BEGIN PERFORM pg_catalog.pg_advisory_xact_lock({ROLE_CAP_LOCK}, \
+         pg_catalog.hashtext({prefix_literal})); \
+         IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_roles d WHERE {starts}) \
+         OPERATOR(pg_catalog.>=) {max} THEN RAISE EXCEPTION USING MESSAGE = {refusal}; \
+         END IF; END",
+        prefix_literal = literal(prefix)?,
+        starts = comment_starts("d.oid", "pg_authid", prefix)?,
+        refusal = literal(&refusal)?,
+    );
+    Ok(format!("DO {}", literal(&body)?))
 }
 
 /// Creates the role `name` with our marker (one transaction), unable to log in and without
@@ -390,14 +432,15 @@ pub(crate) fn create_role_without_login(
     s: &mut Session<'_>,
     name: &str,
     marker: &str,
+    cap: Option<&str>,
 ) -> Result<Option<u32>, ProviderError> {
     let role = ident(name)?;
+    let mut statements: Vec<String> = cap.map(str::to_owned).into_iter().collect();
+    statements.push(format!("CREATE ROLE {role} NOLOGIN"));
+    statements.push(format!("COMMENT ON ROLE {role} IS {}", literal(marker)?));
     match s.execute_atomically_then(
         &format!("create role {name:?}"),
-        &[
-            format!("CREATE ROLE {role} NOLOGIN"),
-            format!("COMMENT ON ROLE {role} IS {}", literal(marker)?),
-        ],
+        &statements,
         &format!(
             "SELECT pg_catalog.to_regrole({}::pg_catalog.text)::pg_catalog.oid",
             literal(&role)?

@@ -340,6 +340,7 @@ impl DatabaseProvider {
         }
         let marker = self.servers.marker(ctx);
         let limit = self.servers.connection_limit(&server.name, ctx.kind);
+        let cap = self.servers.role_cap(ctx, &server.name)?;
         let mut hashed = catalog::RolePassword::hashing(password);
         // Connected while the intent is written: a connection (and the query it may have made
         // ahead) changes nothing on the server, and nothing is changed before the intent is
@@ -457,7 +458,7 @@ impl DatabaseProvider {
                 names,
                 config,
                 &mut hashed,
-                (&marker, limit),
+                (&marker, limit, cap.as_deref()),
                 &mark_and_close,
             )? {
                 First::Made(role_oid) => return finish(s, Some(role_oid)),
@@ -493,7 +494,7 @@ impl DatabaseProvider {
                 names,
                 config,
                 &mut hashed,
-                (&marker, limit),
+                (&marker, limit, cap.as_deref()),
                 &mark_and_close,
             )? {
                 First::Made(role_oid) => return finish(s, Some(role_oid)),
@@ -504,7 +505,16 @@ impl DatabaseProvider {
             // One of the two is ours already: with the database absent, the role is ours (and
             // stays, the database being made again for it); with the role absent, the
             // database is ours (and goes back to the role made here).
-            catalog::ensure_role(&mut s, &role, &names.role, &marker, true, hashed, limit)?;
+            catalog::ensure_role(
+                &mut s,
+                &role,
+                &names.role,
+                &marker,
+                true,
+                hashed,
+                limit,
+                cap.as_deref(),
+            )?;
             match database.ownership {
                 Ownership::Absent => {
                     create_database(&mut s, names, config).and_then(|made| {
@@ -572,14 +582,15 @@ impl DatabaseProvider {
         names: &Names,
         config: &DatabaseConfig,
         hashed: &mut catalog::RolePassword,
-        (marker, limit): (&str, Option<i32>),
+        (marker, limit, cap): (&str, Option<i32>, Option<&str>),
         mark_and_close: &dyn Fn() -> Result<String, ProviderError>,
     ) -> Result<First, ProviderError> {
         let server = s.server;
         // Asked first, as the connection made ahead asked it; the password's hashing goes on
         // meanwhile, until the role is made.
         s.server_version().map_err(|e| s.fail(e))?;
-        let Some(role_oid) = catalog::create_role_without_login(s, &names.role, marker)? else {
+        let Some(role_oid) = catalog::create_role_without_login(s, &names.role, marker, cap)?
+        else {
             return Ok(First::Taken);
         };
         let password = match hashed.literal(s) {

@@ -209,7 +209,17 @@ impl RoleProvider {
             return Err(catalog::not_ours(server, "role", role, why));
         }
         let limit = self.servers.connection_limit(&server.name, ctx.kind);
-        catalog::ensure_role(&mut s, &found, role, &marker, login, hashed, limit)?;
+        let cap = self.servers.role_cap(ctx, &server.name)?;
+        catalog::ensure_role(
+            &mut s,
+            &found,
+            role,
+            &marker,
+            login,
+            hashed,
+            limit,
+            cap.as_deref(),
+        )?;
         // Its environment's databases let it in, as they did before they kept every other
         // role out (see `catalog::let_in`).
         let grant = catalog::let_in_to(
