@@ -252,7 +252,9 @@ fn child_in(state: &Value) -> Option<Process> {
 /// Sends `bytes` to the supervisor's socket `socket` as they are, and returns all it answers
 /// (waiting at most 10 s for it).
 fn ask_socket(socket: &std::path::Path, bytes: &[u8]) -> String {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return String::new();
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -1039,6 +1041,85 @@ fn a_supervisor_of_a_replaced_binary_is_replaced_and_its_processes_taken_back() 
         !child.runs(),
         "the taken-back process is stopped by its delete"
     );
+}
+
+/// Stands in for a supervisor of a Slipway from before `version` was asked: it holds the run
+/// directory's lock and answers every request with an error, as an old one answers one it
+/// does not know.
+const OLD_SUPERVISOR: &str = r#"
+import fcntl, os, socket, sys
+run = sys.argv[1]
+lock = os.open(run, os.O_RDONLY)
+fcntl.flock(lock, fcntl.LOCK_EX)
+path = os.path.join(run, "supervise.sock")
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(8)
+while True:
+    conn, _ = server.accept()
+    try:
+        if conn.recv(4096):
+            conn.sendall(b"error a request is one of start, adopt, release\n")
+    except OSError:
+        pass
+    conn.close()
+"#;
+
+/// A supervisor says which protocol it speaks; an apply replaces one of an older protocol
+/// (which answers the question with an error), even when its binary is still in place.
+#[test]
+fn a_supervisor_of_an_older_protocol_is_replaced_by_an_apply() {
+    let env = TestEnv::new();
+    let socket = env.dirs.run.join("supervise.sock");
+    let script = env.dirs.src.join("old_supervisor.py");
+    std::fs::write(&script, OLD_SUPERVISOR).expect("write the stand-in");
+    /// Killed when the test ends, however it ends.
+    struct Stand(std::process::Child);
+    impl Drop for Stand {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut old = Stand(
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&env.dirs.run)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the stand-in"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || ask_socket(
+            &socket,
+            b"version\n"
+        )
+        .starts_with("error")),
+        "the stand-in answers"
+    );
+    env.process().expect_changes_in(&env.settings, &env.dirs);
+    assert!(
+        eventually(Duration::from_secs(10), || old
+            .0
+            .try_wait()
+            .is_ok_and(|status| status.is_some())),
+        "the old supervisor is ended"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || ask_socket(
+            &socket,
+            b"version\n"
+        ) == "ok protocol 2\n"),
+        "one of this version answers in its place"
+    );
+    drop(old);
+    // Idle, the new supervisor exits by itself.
 }
 
 #[test]

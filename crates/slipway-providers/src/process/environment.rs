@@ -106,6 +106,13 @@ pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(5);
 /// How long a supervisor that finds the run directory locked waits for the one holding it to
 /// exit (it may be exiting after its last `release`).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// What this version's supervisor does with a `start`'s spec, which it says when asked
+/// (`version`, answered `ok protocol N`): raised whenever a supervisor must act on something
+/// new in the spec (2: the environment's process limit, `Sandbox::max_processes`). An apply
+/// replaces a supervisor of an older one ([`wake`]); one from before this request answers it
+/// with an error, and counts as 1.
+pub(crate) const PROTOCOL: u32 = 2;
 /// Liveness polling when the kernel has no pidfds.
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(100);
 /// The pipe buffer asked for each process's output (the system's `pipe-max-size` caps it).
@@ -380,41 +387,74 @@ fn answering(dir: &File) -> io::Result<Option<libc::ucred>> {
 }
 
 /// Whether process `pid` runs a binary that has since been replaced or removed on disk (its
-/// `/proc/PID/exe` says `(deleted)`): a supervisor started before Slipway was upgraded,
-/// which knows nothing of what the new version asks of a start (an environment's process
-/// limit, say).
+/// `/proc/PID/exe` says `(deleted)`): a supervisor started before Slipway was upgraded in
+/// place.
 fn runs_a_replaced_binary(pid: libc::pid_t) -> bool {
     use std::os::unix::ffi::OsStrExt;
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .is_ok_and(|exe| exe.as_os_str().as_bytes().ends_with(b" (deleted)"))
 }
 
+/// The protocol the supervisor of `run` says it speaks ([`PROTOCOL`]): 1 for one from before
+/// the question (it answers it with an error); `None` when none answers, or it answers
+/// nothing readable in time.
+fn protocol_of(run: &Path) -> Option<u32> {
+    let answer = ask(run, "version", Duration::from_secs(2)).ok()??;
+    Some(parse_protocol(&answer.reply))
+}
+
+/// The protocol an answer to `version` gives.
+fn parse_protocol(reply: &str) -> u32 {
+    reply
+        .strip_prefix("ok protocol ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Whether `server`, which answers on `run`'s socket, is a supervisor of `run` older than
+/// this version: of a binary since replaced on disk, or of an older [`PROTOCOL`]. Its command
+/// line must name `run` (a supervisor's does): nothing else is ever ended.
+fn outdated(run: &Path, server: &libc::ucred) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let names_run = std::fs::read(format!("/proc/{}/cmdline", server.pid)).is_ok_and(|line| {
+        line.split(|b| *b == 0)
+            .any(|arg| arg == run.as_os_str().as_bytes())
+    });
+    names_run
+        && (runs_a_replaced_binary(server.pid)
+            || protocol_of(run).is_some_and(|protocol| protocol < PROTOCOL))
+}
+
 /// Ends the supervisor `pid` (SIGKILL, through a pidfd, so a pid reused meanwhile is never
-/// signalled) and waits, 5 seconds at most, until it is gone. Its processes keep running, and
-/// the next supervisor takes them back, as after any death of a supervisor (see the
-/// module's guarantees).
+/// signalled; by pid and start time without pidfds) and waits, 5 seconds at most, until it is
+/// gone. Its processes keep running, and the next supervisor takes them back, as after any
+/// death of a supervisor (see the module's guarantees).
 fn retire(pid: libc::pid_t) -> io::Result<()> {
     let Some(identity) = u32::try_from(pid).ok().and_then(ProcessIdentity::of) else {
         return Ok(());
     };
-    // Gone already, or a kernel without pidfds: left to end on its own.
-    let Some(fd) = pidfd_of(identity) else {
-        return Ok(());
-    };
-    // SAFETY: pidfd_send_signal takes a descriptor we own, a signal, no siginfo and no flags.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if sent != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            return Err(e);
+    match pidfd_of(identity) {
+        Some(fd) => {
+            // SAFETY: pidfd_send_signal takes a descriptor we own, a signal, no siginfo and
+            // no flags.
+            let sent = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if sent != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e);
+                }
+            }
+        }
+        None => {
+            identity.signal(Signal::SIGKILL);
         }
     }
     wait_until(Instant::now() + Duration::from_secs(5), || {
@@ -428,9 +468,10 @@ fn retire(pid: libc::pid_t) -> io::Result<()> {
 /// a caller that asks it something next ([`ask_starting`]) waits for that one, for
 /// [`WOKEN_FRESH`], rather than start another.
 ///
-/// One that answers but runs a binary since replaced on disk (Slipway was upgraded while it
-/// ran) is ended first, once `program` is there to start its successor: the next one, of the
-/// new binary, takes back its processes, and starts what the new version asks.
+/// One that answers but is older than this version ([`outdated`]: Slipway was upgraded while
+/// it ran) is replaced, once `program` is there to start its successor: the successor is
+/// started first (it waits for the run directory's lock), then the old one is ended, and the
+/// successor takes back its processes and starts what this version asks.
 ///
 /// # Errors
 /// When `run` cannot be opened (the environment's directories are not made), its socket
@@ -441,25 +482,17 @@ pub(crate) fn wake(
     args: &[std::ffi::OsString],
 ) -> io::Result<()> {
     let dir = File::open(run)?;
-    let mut retired = false;
-    match answering(&dir)? {
+    let old = match answering(&dir)? {
+        None => None,
         Some(server)
             if (server.uid == euid() || server.uid == 0)
-                && runs_a_replaced_binary(server.pid)
-                && Path::new(program).is_file() =>
+                && Path::new(program).is_file()
+                && outdated(run, &server) =>
         {
-            tracing::info!(
-                run = %run.display(),
-                pid = server.pid,
-                "the environment's supervisor runs a binary since replaced: ending it, so that \
-                 one of the new binary takes its processes back"
-            );
-            retire(server.pid)?;
-            retired = true;
+            Some(server)
         }
         Some(_) => return Ok(()),
-        None => {}
-    }
+    };
     let lock = start_lock(run);
     let mut woken = match lock.try_lock() {
         Ok(woken) => woken,
@@ -467,14 +500,29 @@ pub(crate) fn wake(
         // Another thread is starting it.
         Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
     };
-    // Woken a moment ago (unless that is the one just ended), or started by another thread
-    // between the look above and the lock.
-    if (!retired && woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH)) || answers(&dir)? {
-        return Ok(());
+    match old {
+        Some(server) => {
+            tracing::info!(
+                run = %run.display(),
+                pid = server.pid,
+                "the environment's supervisor is of an older Slipway: replacing it, its \
+                 processes kept running"
+            );
+            super::spawn_detached(program, args, run)?;
+            *woken = Some(Instant::now());
+            retire(server.pid)
+        }
+        None => {
+            // Woken a moment ago, or started by another thread between the look above and
+            // the lock.
+            if woken.is_some_and(|at| at.elapsed() < WOKEN_FRESH) || answers(&dir)? {
+                return Ok(());
+            }
+            super::spawn_detached(program, args, run)?;
+            *woken = Some(Instant::now());
+            Ok(())
+        }
     }
-    super::spawn_detached(program, args, run)?;
-    *woken = Some(Instant::now());
-    Ok(())
 }
 
 /// Why [`ask_starting`] got no answer.
@@ -1023,6 +1071,10 @@ impl EnvironmentSupervisor {
     fn answer(&mut self, stream: UnixStream, line: &str, body: Option<&[u8]>) -> bool {
         let mut words = line.split_whitespace();
         let (verb, name) = (words.next(), words.next());
+        if line.trim_end() == "version" && body.is_none() {
+            reply(&stream, &format!("ok protocol {PROTOCOL}"));
+            return false;
+        }
         if body.is_some() {
             if verb != Some("start") {
                 reply(&stream, "error only a `start` carries a spec");
@@ -1118,8 +1170,12 @@ impl EnvironmentSupervisor {
         let Some(previous) = read_state(&state_path(&self.run, name)) else {
             return;
         };
-        if previous.supervisor.is_alive() {
-            // A per-resource supervisor of a home from before: it keeps its process.
+        // A per-resource supervisor of a home from before keeps its process while it lives.
+        // An environment's supervisor before us is gone, whatever its pid still shows: we
+        // hold the run directory's lock, which it held until its files were closed, a moment
+        // before the kernel marks it exited (a successor started ahead of its end, `wake`,
+        // gets the lock in that moment).
+        if previous.scope == Scope::Resource && previous.supervisor.is_alive() {
             return;
         }
         // The spec the state file carries, or (written by an engine from before) its file.
