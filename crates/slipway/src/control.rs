@@ -385,13 +385,11 @@ fn write_admin_token(home: &std::path::Path, token: &str) -> Result<std::path::P
     Ok(path)
 }
 
-/// Raises the open-file soft limit to the hard limit: every connection is a file, and the
-/// usual soft limit (1024) is below what `[server] max_connections` allows plus the store,
-/// logs and repositories. Says so when even the hard limit leaves too little room.
 /// What to say when the environments' process limits (`[local] max_processes` each) could
 /// together take half the machine's pids (`pid_max`): `max_environments` of them, or 8 when
-/// generated and ad-hoc environments are not capped. `None` when they could not, or nothing
-/// is known.
+/// generated and ad-hoc environments are not capped (static environments, each with its own
+/// uid and limit, and families' own caps are not counted). `None` when they could not, or
+/// nothing is known.
 fn pid_budget_warning(
     max_processes: u32,
     max_environments: Option<u32>,
@@ -422,6 +420,9 @@ fn pid_budget_warning(
     })
 }
 
+/// Raises the open-file soft limit to the hard limit: every connection is a file, and the
+/// usual soft limit (1024) is below what `[server] max_connections` allows plus the store,
+/// logs and repositories. Says so when even the hard limit leaves too little room.
 fn raise_open_file_limit(max_connections: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
