@@ -231,13 +231,14 @@ impl PgServers {
         self
     }
 
-    /// The statement that refuses to make another role of `ctx`'s environment on `server`
-    /// past the cap ([`catalog::role_cap`]); `None` for a static environment, one of no
-    /// known kind, or with no cap.
+    /// The statement that refuses to make the role `role` of `ctx`'s environment on
+    /// `server` past the cap ([`catalog::role_cap`]); `None` for a static environment, one
+    /// of no known kind, or with no cap.
     fn role_cap(
         &self,
         ctx: ResourceContext<'_>,
         server: &str,
+        role: &str,
     ) -> Result<Option<String>, ProviderError> {
         let capped = matches!(
             ctx.kind,
@@ -247,6 +248,7 @@ impl PgServers {
             Some(max) => catalog::role_cap(
                 &self.environment_marker(ctx),
                 max,
+                role,
                 ctx.environment.as_str(),
                 server,
             )

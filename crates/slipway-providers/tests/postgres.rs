@@ -1677,6 +1677,13 @@ fn a_previews_roles_past_the_cap_are_refused_counting_those_left_on_the_server()
     );
     let c_name = names(&pg.id, "pr-9", "c").role;
     assert!(!role_exists(&c_name), "nothing was made");
+    // A create of the database again (one interrupted, tried again) meets its own role, not
+    // the cap: it takes both back.
+    let again = pg
+        .database()
+        .create(ctx("db"), &json!({}))
+        .expect("its own role is not counted against it");
+    assert_eq!(output(&again, "user"), output(&db, "user"));
     // b comes to own a table in the environment's database: its delete cannot drop it.
     let (b_name, database) = (output(&b, "user"), output(&db, "database"));
     connect_elsewhere(ADMIN, &database)

@@ -391,9 +391,13 @@ const ROLE_CAP_LOCK: i32 = 0x534c_5243;
 /// generated or ad-hoc environment has are counted where they are, so one whose drop failed
 /// (it still owns something its code made) counts as long as it exists, whatever the
 /// branch's `slipway.yaml` now declares.
+///
+/// The role `role` about to be made is not counted: one of that name that exists already
+/// makes the `CREATE ROLE` fail as it should (a name taken, looked up then), not the cap.
 pub(crate) fn role_cap(
     prefix: &str,
     max: u32,
+    role: &str,
     environment: &str,
     server: &str,
 ) -> Result<String, ProviderError> {
@@ -406,10 +410,12 @@ pub(crate) fn role_cap(
     let body = format!(
         "BEGIN PERFORM pg_catalog.pg_advisory_xact_lock({ROLE_CAP_LOCK}, \
          pg_catalog.hashtext({prefix_literal})); \
-         IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_roles d WHERE {starts}) \
+         IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_roles d WHERE {starts} \
+         AND d.rolname OPERATOR(pg_catalog.<>) {role_literal}) \
          OPERATOR(pg_catalog.>=) {max} THEN RAISE EXCEPTION USING MESSAGE = {refusal}; \
          END IF; END",
         prefix_literal = literal(prefix)?,
+        role_literal = literal(role)?,
         starts = comment_starts("d.oid", "pg_authid", prefix)?,
         refusal = literal(&refusal)?,
     );

@@ -340,7 +340,7 @@ impl DatabaseProvider {
         }
         let marker = self.servers.marker(ctx);
         let limit = self.servers.connection_limit(&server.name, ctx.kind);
-        let cap = self.servers.role_cap(ctx, &server.name)?;
+        let cap = self.servers.role_cap(ctx, &server.name, &names.role)?;
         let mut hashed = catalog::RolePassword::hashing(password);
         // Connected while the intent is written: a connection (and the query it may have made
         // ahead) changes nothing on the server, and nothing is changed before the intent is

@@ -209,7 +209,7 @@ impl RoleProvider {
             return Err(catalog::not_ours(server, "role", role, why));
         }
         let limit = self.servers.connection_limit(&server.name, ctx.kind);
-        let cap = self.servers.role_cap(ctx, &server.name)?;
+        let cap = self.servers.role_cap(ctx, &server.name, role)?;
         catalog::ensure_role(
             &mut s,
             &found,
