@@ -396,19 +396,20 @@ fn runs_a_replaced_binary(pid: libc::pid_t) -> bool {
 }
 
 /// The protocol the supervisor of `run` says it speaks ([`PROTOCOL`]): 1 for one from before
-/// the question (it answers it with an error); `None` when none answers, or it answers
-/// nothing readable in time.
+/// the question (it answers it as a request it does not know); `None` when none answers, it
+/// answers nothing readable in time, or anything else (a refusal: it is not ours to judge).
 fn protocol_of(run: &Path) -> Option<u32> {
     let answer = ask(run, "version", Duration::from_secs(2)).ok()??;
-    Some(parse_protocol(&answer.reply))
+    parse_protocol(&answer.reply)
 }
 
-/// The protocol an answer to `version` gives.
-fn parse_protocol(reply: &str) -> u32 {
-    reply
-        .strip_prefix("ok protocol ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
+/// The protocol an answer to `version` gives: `ok protocol N`, or 1 for the answers of a
+/// supervisor from before the question to a request it does not know.
+fn parse_protocol(reply: &str) -> Option<u32> {
+    if let Some(n) = reply.strip_prefix("ok protocol ") {
+        return n.parse().ok();
+    }
+    (reply.starts_with("error a request is") || reply == "error unknown request").then_some(1)
 }
 
 /// Whether `server`, which answers on `run`'s socket, is a supervisor of `run` older than
@@ -1877,6 +1878,30 @@ fn spawn_child(slot: &mut Slot, null: &File, prepared: &Rc<Prepared>) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a supervisor's own answer, or an old one's to a request it does not know, says
+    /// its protocol: a refusal (another uid's supervisor) says nothing, and is never replaced.
+    #[test]
+    fn the_protocol_is_read_from_a_supervisors_answers_only() {
+        assert_eq!(parse_protocol("ok protocol 2"), Some(2));
+        assert_eq!(parse_protocol("ok protocol 17"), Some(17));
+        assert_eq!(
+            parse_protocol(&format!("error {REFUSED_BEFORE_CARRYING}")),
+            Some(1),
+            "one from before carried specs"
+        );
+        assert_eq!(
+            parse_protocol(
+                "error a request is one of `start RESOURCE +LENGTH` (its spec follows), \
+                 `start RESOURCE`, `adopt RESOURCE`, `release RESOURCE`"
+            ),
+            Some(1)
+        );
+        assert_eq!(parse_protocol("error unknown request"), Some(1));
+        assert_eq!(parse_protocol("error refused: not the engine's uid"), None);
+        assert_eq!(parse_protocol("ok protocol two"), None);
+        assert_eq!(parse_protocol(""), None);
+    }
 
     /// A temporary directory with `run/`, and a "supervisor" (`sh -c 'echo start >>
     /// MARKER'`) that only counts its starts in `MARKER`.
