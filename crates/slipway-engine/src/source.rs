@@ -348,6 +348,35 @@ mod tests {
     /// A repository whose `qa` requires pull requests in its first commit and no longer in
     /// the second (main's head), and an engine whose `qa` runs the first: the repository's
     /// directory, the repository, the engine, `qa` and the commit it runs.
+    /// The repository read at `main`, whose tip is `tip`.
+    fn at_main<'a>(repository: &'a GitRepository, tip: &'a str) -> crate::Origin<'a> {
+        crate::Origin {
+            source: repository,
+            repo: "repo",
+            reference: "main",
+            folder: "",
+            tip: Some(tip),
+        }
+    }
+
+    /// A deployment of `commit` to `qa` from `main` that recorded `rules`.
+    fn deployed(
+        qa: &slipway_core::EnvName,
+        commit: &str,
+        rules: serde_json::Value,
+    ) -> slipway_state::NewDeployment {
+        slipway_state::NewDeployment {
+            environment: qa.clone(),
+            commit: commit.to_owned(),
+            hash: "h".into(),
+            reference: Some("main".into()),
+            plan: serde_json::json!({}),
+            rules: Some(rules),
+            who: "controller".into(),
+            at: 0,
+        }
+    }
+
     fn qa_running_require_pr(
         dir: &Path,
     ) -> (
@@ -398,13 +427,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (repo, repository, engine, qa, running) = qa_running_require_pr(dir.path());
         let head = repository.resolve("main").expect("resolved");
-        let origin = crate::Origin {
-            source: &repository,
-            repo: "repo",
-            reference: "main",
-            folder: "",
-            tip: Some(&head.sha),
-        };
+        let origin = at_main(&repository, &head.sha);
         let tree = loose(
             &repo,
             &git(&repo, &["rev-parse", &format!("{}^{{tree}}", running.sha)]),
@@ -434,28 +457,13 @@ mod tests {
             require_pr: true,
             ..Default::default()
         };
-        let deployment = slipway_state::NewDeployment {
-            environment: qa.clone(),
-            commit: running.sha.clone(),
-            hash: "h".into(),
-            reference: Some("main".into()),
-            plan: serde_json::json!({}),
-            rules: Some(declared.to_record()),
-            who: "controller".into(),
-            at: 0,
-        };
+        let deployment = deployed(&qa, &running.sha, declared.to_record());
         engine
             .store
             .begin_deployment(&deployment)
             .expect("a deployment");
         let head = repository.resolve("main").expect("resolved");
-        let origin = crate::Origin {
-            source: &repository,
-            repo: "repo",
-            reference: "main",
-            folder: "",
-            tip: Some(&head.sha),
-        };
+        let origin = at_main(&repository, &head.sha);
         // The running commit itself is gone.
         std::fs::remove_file(loose(&repo, &running.sha)).expect("removed");
         let rules = engine
@@ -494,25 +502,14 @@ mod tests {
         let (repo, repository, engine, qa, running) = qa_running_require_pr(dir.path());
         engine
             .store
-            .begin_deployment(&slipway_state::NewDeployment {
-                environment: qa.clone(),
-                commit: running.sha.clone(),
-                hash: "h".into(),
-                reference: Some("main".into()),
-                plan: serde_json::json!({}),
-                rules: Some(serde_json::json!({"require_pr": "always", "windows": 7})),
-                who: "controller".into(),
-                at: 0,
-            })
+            .begin_deployment(&deployed(
+                &qa,
+                &running.sha,
+                serde_json::json!({"require_pr": "always", "windows": 7}),
+            ))
             .expect("a deployment");
         let head = repository.resolve("main").expect("resolved");
-        let origin = crate::Origin {
-            source: &repository,
-            repo: "repo",
-            reference: "main",
-            folder: "",
-            tip: Some(&head.sha),
-        };
+        let origin = at_main(&repository, &head.sha);
         std::fs::remove_file(loose(&repo, &running.sha)).expect("removed");
         let error = engine
             .rules_in_force(&origin, &qa, "qa")

@@ -356,18 +356,7 @@ fn start_lock(run: &Path) -> StartLock {
 /// Whether a supervisor answers on the socket of the run directory `dir`: a connection that
 /// sends nothing, which the supervisor drops.
 fn answers(dir: &File) -> io::Result<bool> {
-    match UnixStream::connect(via_fd(dir, SOCKET)) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
+    answering(dir).map(|server| server.is_some())
 }
 
 /// The process that answers on the socket of the run directory `dir`, if one does.
