@@ -419,6 +419,23 @@ pub struct LocalConfig {
     /// controller or another environment needs; 0: no limit.
     #[serde(default = "default_max_processes")]
     pub max_processes: u32,
+    /// uid mode: where each environment's control group goes, which bounds its memory and
+    /// CPU: `"auto"` (the default: under the engine's own group with cgroup v1; none with
+    /// v2, which needs a group named for Slipway), `"off"`, or a group path such as
+    /// `"/slipway"` (delegated to Slipway, holding no process).
+    #[serde(default)]
+    pub cgroup: CgroupSetting,
+    /// uid mode: the most memory one environment's processes may hold together: a share of
+    /// the machine (`"50%"`, the default, applied where the environment gets a group), a
+    /// size (`"512MiB"`, `"2G"`: binary units), or `"none"`. A limit set here that cannot be
+    /// enforced (no group) stops the environment's code from starting.
+    #[serde(default)]
+    pub max_memory: Option<MemoryLimit>,
+    /// uid mode: how many cores one environment's processes may take together (`1.5`); none
+    /// by default (each environment still takes one share of the machine against the
+    /// others, however many processes it runs, where it gets a group).
+    #[serde(default, deserialize_with = "cores")]
+    pub max_cpu: Option<u32>,
     /// Where the other replicas sharing a PostgreSQL state reach this replica's listener (its
     /// router), to forward the preview requests of environments whose processes run on this
     /// node; none by default, and then they cannot (see [`Advertise`]).
@@ -551,6 +568,9 @@ impl Default for LocalConfig {
             isolation: IsolationSetting::default(),
             uids: default_uids(),
             max_processes: default_max_processes(),
+            cgroup: CgroupSetting::default(),
+            max_memory: None,
+            max_cpu: None,
             advertise: None,
             max_environments: None,
         }
@@ -620,6 +640,101 @@ impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         range(de, "20000-29999", |lo, _| *lo != 0).map(PortRange)
     }
+}
+
+/// `[local] cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CgroupSetting(pub slipway_providers::cgroup::Setting);
+
+impl<'de> Deserialize<'de> for CgroupSetting {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        slipway_providers::cgroup::Setting::parse(&text)
+            .map(CgroupSetting)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[local] max_memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// `"none"`.
+    Unlimited,
+    /// `"N%"` of the machine's memory (1 to 100).
+    Share(u8),
+    /// A size, in bytes.
+    Bytes(u64),
+}
+
+impl MemoryLimit {
+    /// The default: half of the machine, where a group can hold it.
+    pub const DEFAULT: MemoryLimit = MemoryLimit::Share(50);
+
+    /// Reads `"none"`, `"N%"` or a size: digits, then nothing (bytes) or `K`, `M`, `G`, `T`
+    /// (with or without `i`/`iB`/`B`, all binary: `512M` = `512MiB`).
+    pub fn parse(text: &str) -> Result<MemoryLimit, String> {
+        let bad = |why: &str| {
+            format!(
+                "[local] max_memory {text:?} {why}; give \"none\", a share of the machine \
+                 (\"50%\") or a size (\"512MiB\", \"2G\")"
+            )
+        };
+        let trimmed = text.trim();
+        if trimmed == "none" {
+            return Ok(MemoryLimit::Unlimited);
+        }
+        if let Some(share) = trimmed.strip_suffix('%') {
+            return match share.trim().parse::<u8>() {
+                Ok(n @ 1..=100) => Ok(MemoryLimit::Share(n)),
+                _ => Err(bad("is not a share from 1% to 100%")),
+            };
+        }
+        let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, unit) = trimmed.split_at(digits);
+        let number: u64 = number.parse().map_err(|_| bad("is not a size"))?;
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "K" | "KB" | "Ki" | "KiB" => 10,
+            "M" | "MB" | "Mi" | "MiB" => 20,
+            "G" | "GB" | "Gi" | "GiB" => 30,
+            "T" | "TB" | "Ti" | "TiB" => 40,
+            _ => return Err(bad("has a unit other than K, M, G or T")),
+        };
+        let bytes = number
+            .checked_mul(1u64 << shift)
+            .ok_or_else(|| bad("is too large"))?;
+        // Below a few MiB nothing starts at all: almost surely a unit forgotten.
+        if bytes < 4 << 20 {
+            return Err(bad("is less than 4MiB"));
+        }
+        Ok(MemoryLimit::Bytes(bytes))
+    }
+
+    /// In bytes on a machine of `machine` bytes; `None`: no limit.
+    pub fn bytes(self, machine: u64) -> Option<u64> {
+        match self {
+            MemoryLimit::Unlimited => None,
+            MemoryLimit::Share(n) => Some((u128::from(machine) * u128::from(n) / 100) as u64),
+            MemoryLimit::Bytes(b) => Some(b),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryLimit {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        MemoryLimit::parse(&String::deserialize(de)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[local] max_cpu`: cores (a number above 0, at most 4096), in thousandths.
+fn cores<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+    let cores = f64::deserialize(de)?;
+    if !(cores > 0.0 && cores <= 4096.0) {
+        return Err(serde::de::Error::custom(format!(
+            "[local] max_cpu {cores} is not a number of cores above 0 (such as 0.5 or 2)"
+        )));
+    }
+    Ok(Some(((cores * 1000.0).round() as u32).max(1)))
 }
 
 /// `[local] uids`: the uids environments run as. Uid 0 and the top uid (`(uid_t)-1`, "no
@@ -701,6 +816,47 @@ mod tests {
 
     fn local(value: serde_json::Value) -> Result<LocalConfig, String> {
         serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn memory_and_cpu_limits_read_as_an_operator_writes_them() {
+        let memory = |text: &str| local(json!({ "max_memory": text })).map(|l| l.max_memory);
+        assert_eq!(memory("none"), Ok(Some(MemoryLimit::Unlimited)));
+        assert_eq!(memory("25%"), Ok(Some(MemoryLimit::Share(25))));
+        assert_eq!(memory("512MiB"), Ok(Some(MemoryLimit::Bytes(512 << 20))));
+        assert_eq!(memory("2G"), Ok(Some(MemoryLimit::Bytes(2 << 30))));
+        assert_eq!(memory("8388608"), Ok(Some(MemoryLimit::Bytes(8 << 20))));
+        for bad in [
+            "0%",
+            "101%",
+            "-1G",
+            "1.5G",
+            "2 furlongs",
+            "",
+            "512",
+            "3K",
+            "99999999999T",
+        ] {
+            let e = memory(bad).expect_err(bad);
+            assert!(
+                e.contains("max_memory") && e.contains("512MiB"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(local(json!({})).map(|l| l.max_memory), Ok(None), "default");
+        assert_eq!(MemoryLimit::DEFAULT.bytes(8 << 30), Some(4 << 30), "half");
+        assert_eq!(MemoryLimit::Unlimited.bytes(8 << 30), None);
+
+        let cpu = |v: serde_json::Value| local(json!({ "max_cpu": v })).map(|l| l.max_cpu);
+        assert_eq!(cpu(json!(1.5)), Ok(Some(1500)));
+        assert_eq!(cpu(json!(2)), Ok(Some(2000)));
+        assert_eq!(cpu(json!(0.0001)), Ok(Some(1)), "never zero");
+        for bad in [json!(0), json!(-1), json!(5000), json!("1")] {
+            assert!(cpu(bad.clone()).is_err(), "{bad}");
+        }
+        let group = |text: &str| local(json!({ "cgroup": text })).map(|l| l.cgroup);
+        assert!(group("/slipway").is_ok() && group("off").is_ok());
+        assert!(group("../x").is_err_and(|e| e.contains("[local] cgroup")));
     }
 
     #[test]

@@ -50,6 +50,90 @@ pub(crate) fn effective(setting: IsolationSetting) -> Result<Isolation, EngineEr
     }
 }
 
+/// The control groups of environments' code and the limits each holds ([`resource_limits`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    cgroups: slipway_providers::cgroup::Cgroups,
+    memory: Option<u64>,
+    cpu: Option<u32>,
+}
+
+impl Limits {
+    /// The group of the environment of `uid`.
+    fn group(&self, uid: u32) -> slipway_providers::cgroup::Cgroup {
+        self.cgroups.for_uid(uid, self.memory, self.cpu)
+    }
+
+    /// `cgroup v1, under DIR: memory 12.0 GiB, CPU 1.5 cores`.
+    fn describe(&self) -> String {
+        let memory = self.memory.map_or("unlimited".to_owned(), |m| {
+            format!("{:.1} GiB", m as f64 / f64::from(1u32 << 30))
+        });
+        let cpu = self.cpu.map_or("unlimited".to_owned(), |c| {
+            format!("{} cores", f64::from(c) / 1000.0)
+        });
+        format!(
+            "{}: memory {memory}, CPU {cpu} per environment",
+            self.cgroups.describe()
+        )
+    }
+}
+
+/// The control groups environments' code gets, from `[local] cgroup`, `max_memory` and
+/// `max_cpu`: in uid mode only (making a group takes root). `Ok(Err(why))` when it gets
+/// none and none was asked for explicitly (the default: `slipway serve` says why);
+/// `Err` when a limit was asked for that cannot be enforced here, so that no environment's
+/// code runs believed bounded and is not.
+pub(crate) fn resource_limits(
+    isolation: Isolation,
+    local: &crate::config::LocalConfig,
+) -> Result<Result<Limits, String>, EngineError> {
+    use crate::config::MemoryLimit;
+    use slipway_providers::cgroup::{Cgroups, Setting};
+    let explicit = local
+        .max_memory
+        .is_some_and(|m| m != MemoryLimit::Unlimited)
+        || local.max_cpu.is_some()
+        || matches!(local.cgroup.0, Setting::At(_));
+    let unenforceable = |why: String| {
+        EngineError::Usage(format!(
+            "[local] max_memory, max_cpu or cgroup is set, but environments' code cannot be \
+             given a control group here: {why}; remove them, or set `[local] max_memory = \
+             \"none\"` and `cgroup = \"off\"` to run without"
+        ))
+    };
+    let found = if isolation == Isolation::Uid {
+        Cgroups::detect(&local.cgroup.0)
+    } else {
+        Err(format!(
+            "isolation is {isolation}, and only an engine running as root (uid mode) makes \
+             groups"
+        ))
+    };
+    let cgroups = match found {
+        Ok(cgroups) => cgroups,
+        Err(why) if explicit => return Err(unenforceable(why)),
+        Err(why) => return Ok(Err(why)),
+    };
+    let memory = match (
+        local.max_memory.unwrap_or(MemoryLimit::DEFAULT),
+        slipway_providers::cgroup::machine_memory(),
+    ) {
+        (MemoryLimit::Share(_), None) if local.max_memory.is_some() => {
+            return Err(unenforceable(
+                "this machine's memory is unknown (/proc/meminfo)".to_owned(),
+            ));
+        }
+        (MemoryLimit::Share(_), None) => None,
+        (limit, machine) => limit.bytes(machine.unwrap_or(0)),
+    };
+    Ok(Ok(Limits {
+        cgroups,
+        memory,
+        cpu: local.max_cpu,
+    }))
+}
+
 /// Refuses, in landlock mode, a credential file of the configuration that environments' code
 /// could read: that code runs as the engine's uid, and the system directories (`/etc`,
 /// `/opt`, ...) are open to it for reading. Uid mode needs no such check: its code runs as
@@ -369,8 +453,9 @@ impl Engine {
             (Isolation::Uid, Some(uid)) => Sandbox::uid(uid, uid),
             _ => self.identity(env)?,
         };
-        if sandbox.isolation == Isolation::Uid {
+        if let (Isolation::Uid, Some((uid, _))) = (sandbox.isolation, sandbox.ids) {
             sandbox.max_processes = Some(self.config.local.max_processes).filter(|&n| n > 0);
+            sandbox.cgroup = self.limits.as_ref().ok().map(|l| l.group(uid));
         }
         // On a replica every command is bound by the lease, and none starts without one.
         if let Some(watchdog) = &self.watchdog {
@@ -410,7 +495,23 @@ impl Engine {
         };
         sandbox::kill_everything_of(uid, uid, spare).map_err(EngineError::io(format!(
             "cannot stop the processes of uid {uid}"
-        )))
+        )))?;
+        // Its group goes with its processes (made again at its next start).
+        if let Ok(limits) = &self.limits
+            && let Err(e) = limits.group(uid).remove()
+        {
+            tracing::warn!(environment = %env, error = %e, "its control group stays");
+        }
+        Ok(())
+    }
+
+    /// Where environments' code gets its control group and the limits it holds there
+    /// (`cgroup v1, under DIR: memory 12.0 GiB, CPU unlimited`), or why it gets none.
+    pub fn resource_limits(&self) -> Result<String, String> {
+        self.limits
+            .as_ref()
+            .map(Limits::describe)
+            .map_err(Clone::clone)
     }
 
     /// Kills what the code of a former environment of the same name left running, before its
@@ -640,6 +741,43 @@ pub(crate) fn gone(result: std::io::Result<()>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A limit asked for that this engine cannot enforce refuses it at start, rather than
+    /// running environments' code believed bounded; the default's absence is only said.
+    #[test]
+    fn a_limit_that_cannot_be_enforced_is_refused() {
+        use crate::config::{CgroupSetting, LocalConfig, MemoryLimit};
+        use slipway_providers::cgroup::Setting;
+        let default = LocalConfig::default();
+        let found = resource_limits(Isolation::Landlock, &default).expect("the default");
+        assert!(
+            found.is_err_and(|why| why.contains("isolation is landlock")),
+            "no group without root, and no error"
+        );
+        let mut asked = LocalConfig {
+            max_memory: Some(MemoryLimit::Bytes(64 << 20)),
+            ..LocalConfig::default()
+        };
+        for isolation in [Isolation::Landlock, Isolation::None] {
+            let refused = resource_limits(isolation, &asked).map(|_| ()).unwrap_err();
+            assert!(refused.to_string().contains("max_memory"), "{refused}");
+        }
+        asked.cgroup = CgroupSetting(Setting::Off);
+        assert!(
+            resource_limits(Isolation::Uid, &asked).is_err(),
+            "asked, with groups off"
+        );
+        asked.max_memory = Some(MemoryLimit::Unlimited);
+        assert!(
+            resource_limits(Isolation::Uid, &asked).is_ok_and(|l| l.is_err()),
+            "none asked and groups off: said, not refused"
+        );
+        asked.max_cpu = Some(500);
+        assert!(
+            resource_limits(Isolation::Uid, &asked).is_err(),
+            "a CPU limit asked"
+        );
+    }
 
     /// [`secure_home`] with the look at the environments it found due, done at once.
     fn secure_now(home: &Path) -> Result<(), EngineError> {

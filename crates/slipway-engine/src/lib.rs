@@ -612,6 +612,9 @@ pub struct Engine {
     config: EngineConfig,
     cache: cache::CommitCache,
     isolation: slipway_providers::sandbox::Isolation,
+    /// uid mode: the control groups environments' code runs in and their limits; why there
+    /// are none otherwise ([`isolation::resource_limits`]).
+    limits: Result<isolation::Limits, String>,
     /// On a replica: bounds the commands run under a lease ([`Engine::bound_by`]).
     watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
     /// On a state shared by replicas: the node this engine runs on ([`Engine::on_node`]).
@@ -643,6 +646,7 @@ impl Engine {
         refuse_tracked_home(home)?;
         let isolation = isolation::effective(config.local.isolation)?;
         isolation::check_credentials_out_of_reach(isolation, home, &config)?;
+        let limits = isolation::resource_limits(isolation, &config.local)?;
         let store = match config
             .state
             .resolve_url()
@@ -703,6 +707,7 @@ impl Engine {
             settings,
             config,
             isolation,
+            limits,
             watchdog: None,
             node: None,
             sweeping: Mutex::new(sweep.and_then(isolation::EnvsSweep::start)),

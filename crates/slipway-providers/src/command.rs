@@ -216,6 +216,31 @@ pub(crate) struct Finished {
     pub log_tail: Option<String>,
     /// Wall time from start to end.
     pub duration: Duration,
+    /// The memory limit of its environment's control group, when the kernel killed a process
+    /// of the group for it while this run ran and the program died of SIGKILL.
+    pub out_of_memory: Option<Option<u64>>,
+}
+
+impl Finished {
+    /// How the program exited ([`describe_exit`]), saying so when the environment's memory
+    /// limit ended it.
+    pub fn describe_exit(&self, status: ExitStatus) -> String {
+        let how = describe_exit(status);
+        match self.out_of_memory {
+            None => how,
+            Some(limit) => out_of_memory(how, limit),
+        }
+    }
+}
+
+/// `how` a program ended, said to be the kernel's doing for its environment's memory limit
+/// (`limit` bytes).
+pub(crate) fn out_of_memory(how: String, limit: Option<u64>) -> String {
+    format!(
+        "{how}: its environment's processes together reached their memory limit{} \
+         (`[local] max_memory`), and the kernel ended one",
+        limit.map_or(String::new(), |m| format!(" of {} MiB", m >> 20))
+    )
 }
 
 /// `"exit code 3"` or `"signal 9 (SIGKILL)"`.
@@ -245,6 +270,8 @@ impl Run<'_> {
     pub fn run(self) -> io::Result<Finished> {
         let started = Instant::now();
         let lease = self.confinement.sandbox.lease.as_ref();
+        let cgroup = self.confinement.sandbox.cgroup.as_ref();
+        let oom_kills = cgroup.and_then(crate::cgroup::Cgroup::oom_kills);
         if let Some(lease) = lease
             && (lease.fence.is_none() || lease.watchdog.remaining(&lease.environment).is_zero())
         {
@@ -410,11 +437,21 @@ impl Run<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last_lines(TAIL_LINES);
+        let out_of_memory = match (&ending, cgroup) {
+            (Ending::Exited(status), Some(cgroup))
+                if status.signal() == Some(Signal::SIGKILL as i32)
+                    && cgroup.oom_kills() > oom_kills =>
+            {
+                Some(cgroup.memory_max)
+            }
+            _ => None,
+        };
         Ok(Finished {
             ending,
             stdout,
             log_tail,
             duration: started.elapsed(),
+            out_of_memory,
         })
     }
 }

@@ -398,7 +398,7 @@ fn call<R: serde::de::DeserializeOwned>(
                 message: format!(
                     "exec program `{shown}` failed on {} with {}",
                     op.name(),
-                    command::describe_exit(status)
+                    finished.describe_exit(status)
                 ),
                 log_tail: finished.log_tail,
                 retry,

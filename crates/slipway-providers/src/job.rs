@@ -99,7 +99,7 @@ impl Provider for JobProvider {
             Ending::Exited(status) if status.success() => None,
             Ending::Exited(status) => Some(format!(
                 "job command `{shown}` failed with {}",
-                command::describe_exit(status)
+                finished.describe_exit(status)
             )),
             Ending::TimedOut => Some(format!(
                 "job command `{shown}` did not finish within {}; it was stopped",

@@ -20,6 +20,7 @@
 //! - `delete` is idempotent: deleting what is already gone succeeds.
 #![deny(missing_docs)]
 
+pub mod cgroup;
 pub mod exec;
 pub mod file;
 pub mod job;

@@ -478,14 +478,10 @@ impl Provider for ProcessProvider {
                 .is_some_and(|c| c.sandbox.confines_as(ctx.sandbox))
             {
                 let running = spec.confinement.as_ref().map(|c| &c.sandbox);
-                let limited = |limit: Option<u32>| match limit {
-                    Some(n) => format!("at most {n} processes and threads"),
-                    None => "no limit of processes".to_owned(),
-                };
                 return Ok(Observation::Drifted {
                     reason: match running {
-                        // Confined alike but for the process limit (one started before the
-                        // limit, or before `[local] max_processes` changed).
+                        // Confined alike but for its limits (one started before them, or
+                        // before `[local] max_processes`, `max_memory` or `max_cpu` changed).
                         Some(sandbox)
                             if (sandbox.isolation, sandbox.ids, sandbox.landlock)
                                 == (
@@ -497,8 +493,8 @@ impl Provider for ProcessProvider {
                             format!(
                                 "it runs with {} while its environment's code gets {}: \
                                  replacing it applies that",
-                                limited(sandbox.max_processes),
-                                limited(ctx.sandbox.max_processes)
+                                sandbox.limits(),
+                                ctx.sandbox.limits()
                             )
                         }
                         _ => format!(

@@ -98,6 +98,12 @@ pub struct Sandbox {
     /// give it the same, from its spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_processes: Option<u32>,
+    /// uid mode: the control group the environment's code runs in, which bounds the memory
+    /// and CPU of all its processes together ([`crate::cgroup`]); `None`: none (cgroups off
+    /// or not to be had here). Entered by each command as it starts: a process started
+    /// outside it (or under other limits) stays so until it is started again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<crate::cgroup::Cgroup>,
     /// On a replica, the lease the environment is worked on under: its commands run only
     /// while the lease is certainly held ([`crate::watchdog`]).
     #[serde(skip)]
@@ -139,6 +145,7 @@ impl Sandbox {
             ids: None,
             landlock: false,
             max_processes: None,
+            cgroup: None,
             lease: None,
         }
     }
@@ -150,21 +157,50 @@ impl Sandbox {
             ids: Some((uid, gid)),
             landlock: landlock_abi().is_some(),
             max_processes: None,
+            cgroup: None,
             lease: None,
         }
     }
 
     /// Whether code started under `self` is confined as under `other`: same mode, uid,
-    /// Landlock and process limit (the lease bound is not how code is confined but how long
-    /// it may run).
+    /// Landlock, process limit and control group with its limits (the lease bound is not how
+    /// code is confined but how long it may run).
     pub fn confines_as(&self, other: &Sandbox) -> bool {
-        (self.isolation, self.ids, self.landlock, self.max_processes)
-            == (
-                other.isolation,
-                other.ids,
-                other.landlock,
-                other.max_processes,
-            )
+        (
+            self.isolation,
+            self.ids,
+            self.landlock,
+            self.max_processes,
+            &self.cgroup,
+        ) == (
+            other.isolation,
+            other.ids,
+            other.landlock,
+            other.max_processes,
+            &other.cgroup,
+        )
+    }
+
+    /// Its limits, for messages: `at most 64 processes and threads, 512 MiB of memory,
+    /// 1.5 cores`.
+    pub fn limits(&self) -> String {
+        let processes = match self.max_processes {
+            Some(n) => format!("at most {n} processes and threads"),
+            None => "no limit of processes".to_owned(),
+        };
+        match &self.cgroup {
+            None => format!("{processes}, no control group"),
+            Some(group) => format!(
+                "{processes}, {} of memory, {}",
+                group
+                    .memory_max
+                    .map_or("no limit".to_owned(), |m| format!("{} MiB", m >> 20)),
+                group.cpu_max.map_or("no CPU limit".to_owned(), |c| format!(
+                    "{} cores",
+                    f64::from(c) / 1000.0
+                ))
+            ),
+        }
     }
 
     /// Landlock only, under the engine's uid.
@@ -174,6 +210,7 @@ impl Sandbox {
             ids: None,
             landlock: true,
             max_processes: None,
+            cgroup: None,
             lease: None,
         }
     }
@@ -629,10 +666,13 @@ impl Confinement {
             }
             None => (0, 0),
         };
+        let group = |n: usize| prepared.cgroup.get(n).map_or(-1, |g| g.as_raw_fd());
         let keep = [
             report_fd,
             prepared.ruleset.as_ref().map_or(-1, |r| r.as_raw_fd()),
             registration.map_or(-1, |r| r.fd()),
+            group(0),
+            group(1),
         ];
         #[cfg(test)]
         let stop_after_ids = STOP_AFTER_IDS.get();
@@ -746,10 +786,17 @@ impl Confinement {
             Isolation::Uid | Isolation::None => None,
         };
         let ids = if confined { self.sandbox.ids } else { None };
+        // The group is made (its limits written) in the parent, which is root; the child
+        // only enters it.
+        let cgroup = match (&self.sandbox.cgroup, ids) {
+            (Some(group), Some(_)) => group.prepare()?,
+            _ => Vec::new(),
+        };
         Ok(Prepared {
             confined,
             ids,
             max_processes: ids.and(self.sandbox.max_processes),
+            cgroup,
             ruleset,
             filter,
         })
@@ -1190,6 +1237,8 @@ pub struct Prepared {
     ids: Option<(u32, u32)>,
     /// [`Sandbox::max_processes`], in uid mode only.
     max_processes: Option<u32>,
+    /// The `cgroup.procs` of [`Sandbox::cgroup`]'s directories, in uid mode only.
+    cgroup: Vec<OwnedFd>,
     ruleset: Option<OwnedFd>,
     filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
 }
@@ -1206,7 +1255,8 @@ impl Prepared {
     /// blocked (see below), after its own session; raw system calls only, as
     /// [`Prepared::enter`].
     ///
-    /// First, still as root, the child's `RLIMIT_NPROC` becomes [`Sandbox::max_processes`]
+    /// First, still as root, the child enters [`Sandbox::cgroup`] (whatever it forks is born
+    /// there), and its `RLIMIT_NPROC` becomes [`Sandbox::max_processes`]
     /// (soft and hard: the code cannot raise it again): the kernel counts the uid's tasks
     /// against it at every fork of the code, and at the exec when the uid already had that
     /// many (the exec then fails with `EAGAIN`), never against root's own forks.
@@ -1226,6 +1276,7 @@ impl Prepared {
         let Some((uid, gid)) = self.ids else {
             return Ok(());
         };
+        crate::cgroup::join(&self.cgroup)?;
         if let Some(max) = self.max_processes {
             let limit = libc::rlimit64 {
                 rlim_cur: u64::from(max),
@@ -1747,6 +1798,7 @@ mod tests {
                 ids: None,
                 landlock,
                 max_processes: None,
+                cgroup: None,
                 lease: None,
             },
             read: vec![dir.join("src")],

@@ -277,6 +277,15 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> R
     {
         eprintln!("slipway serve: warning: {warning}");
     }
+    match controller.engine().resource_limits() {
+        Ok(limits) => {
+            eprintln!("slipway serve: environments' code runs in control groups ({limits})")
+        }
+        Err(why) => eprintln!(
+            "slipway serve: warning: environments' memory and CPU are not bounded: {why} (see \
+             docs/security.md, \"Limits\")"
+        ),
+    }
     let server_options = config.server.options();
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;

@@ -671,6 +671,13 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
         );
     }
     assert!(
+        log.contains(
+            "environments' code runs in control groups (cgroup v1, under \
+             /sys/fs/cgroup/memory/slipway: memory "
+        ),
+        "serve says where environments' control groups are: {log}"
+    );
+    assert!(
         log.contains("[postgres.main] is reached without a password"),
         "serve warns that a server without a password lets sandboxed code in anyway (this \
          machine's PostgreSQL trusts local TCP): {log}"
@@ -785,6 +792,12 @@ fn branch_code_under_an_unprivileged_engine_is_held_by_landlock() {
     assert!(
         log.contains("isolated by landlock"),
         "serve says how environments are isolated: {log}"
+    );
+    assert!(
+        log.contains(
+            "warning: environments' memory and CPU are not bounded: isolation is landlock"
+        ),
+        "serve says that an unprivileged engine makes no control groups: {log}"
     );
     for mode in ["job", "process"] {
         let report = sc.report("br-feature-evil", mode);

@@ -398,6 +398,180 @@ fn a_process_started_under_another_process_limit_is_drift_that_apply_repairs() {
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
+/// Holds `MiB` mebibytes, then tries to leave its control group and to lift its limits, and
+/// reports what it found in `data/NAME.json`; `eat` allocates more afterwards.
+const MEMORY: &str = r#"import json, os, sys, time
+name, mib = sys.argv[1], int(sys.argv[2])
+d = os.environ["SLIPWAY_DATA_DIR"]
+held = b"x" * (mib << 20)
+groups = open("/proc/self/cgroup").read()
+def attempt(path, value):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return "written"
+    except OSError as e:
+        return type(e).__name__
+mine = [l.split(":", 2)[2] for l in groups.splitlines() if l.split(":")[1] == "memory"][0]
+report = {
+    "groups": groups,
+    "leave": attempt("/sys/fs/cgroup/memory/cgroup.procs", str(os.getpid())),
+    "lift": attempt("/sys/fs/cgroup/memory" + mine + "/memory.limit_in_bytes", "-1"),
+}
+with open(os.path.join(d, name + ".tmp"), "w") as f:
+    json.dump(report, f)
+os.rename(os.path.join(d, name + ".tmp"), os.path.join(d, name + ".json"))
+if "eat" in sys.argv[3:]:
+    more = [b"y" * (16 << 20) for _ in range(64)]
+time.sleep(10**6)
+"#;
+
+/// The memory limit of the v1 group `group` (a path from the hierarchy's root).
+fn memory_limit_of(group: &str) -> String {
+    std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{group}/memory.limit_in_bytes"
+    ))
+    .unwrap_or_else(|e| panic!("the limit of {group}: {e}"))
+    .trim()
+    .to_owned()
+}
+
+/// A branch's code could take all the machine's memory (the kernel's OOM killer then ends
+/// whatever it picks, the controller or a database included) and all its CPU with as many
+/// busy processes as it likes. Each environment's processes now share one control group:
+/// `[local] max_memory` for all of them together (the kernel ends one of them past it, never
+/// a process outside), `max_cpu` cores, which the code cannot leave or lift. This machine
+/// has cgroup v1, which the test reads directly.
+#[test]
+fn code_that_takes_all_memory_is_stopped_at_its_environments_limit() {
+    let s = Sandbox::new();
+    s.with_local("max_memory = \"96MiB\"\nmax_cpu = 0.5");
+    s.write("memory.py", MEMORY);
+    s.commit_dev_stack(
+        "memory",
+        r##"  hold: { type: process, command: ["python3", "memory.py", "hold", "24"] }
+"##,
+        "a process holding some memory",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let uid = owner(&s.home.join("envs/dev/data"));
+    let group = format!("/slipway/{uid}");
+    // Ready once started: its report comes once it holds its memory.
+    let written = s.home.join("envs/dev/data/hold.json");
+    let deadline = std::time::Instant::now() + T;
+    while !written.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = report(&s, "dev", "hold.json");
+    assert!(
+        held["groups"]
+            .as_str()
+            .is_some_and(|g| g.contains(&format!("memory:{group}\n"))
+                && g.contains(&format!("cpu:{group}\n"))),
+        "the process runs in its environment's group: {held}"
+    );
+    assert_eq!(held["leave"], "PermissionError", "it cannot leave: {held}");
+    assert_eq!(
+        held["lift"], "PermissionError",
+        "nor lift its limit: {held}"
+    );
+    assert_eq!(memory_limit_of(&group), (96u64 << 20).to_string());
+    let swap = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{group}/memory.memsw.limit_in_bytes"
+    ))
+    .expect("its limit of memory and swap");
+    assert_eq!(swap.trim(), (96u64 << 20).to_string(), "no swap past it");
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{group}/cpu.cfs_quota_us"))
+        .expect("its CPU quota");
+    assert_eq!(quota.trim(), "50000", "half a core of each 100 ms");
+
+    // A job of the same environment that eats past the limit the two share is ended by the
+    // kernel, and the failure says why; the process outside it keeps running.
+    s.commit_dev_stack(
+        "memory",
+        r##"  hold: { type: process, command: ["python3", "memory.py", "hold", "24"] }
+  eat:
+    type: job
+    command: ["python3", "memory.py", "eat", "48", "eat"]
+    depends_on: [hold]
+"##,
+        "a job eating all it can",
+    );
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes"], 1);
+    let said = text(&out);
+    assert!(
+        said.contains("signal 9 (SIGKILL)") && said.contains("memory limit of 96 MiB"),
+        "the failure says the environment's memory limit ended it: {said}"
+    );
+    let hold =
+        supervisor_state(&s.home, "dev", "hold").expect("the process's state")["child"]["pid"]
+            .as_u64()
+            .expect("running");
+    assert!(
+        Path::new(&format!("/proc/{hold}")).exists(),
+        "the process below the limit still runs"
+    );
+
+    // A process that does the same is ended likewise, and its supervisor says why.
+    s.commit_dev_stack(
+        "memory",
+        r##"  hold: { type: process, command: ["python3", "memory.py", "hold", "24"] }
+  glutton: { type: process, command: ["python3", "memory.py", "glutton", "48", "eat"] }
+"##,
+        "a process eating all it can",
+    );
+    s.run(&["apply", "--env", "dev", "--yes"]);
+    let deadline = std::time::Instant::now() + T;
+    let said = loop {
+        let exit = supervisor_state(&s.home, "dev", "glutton")
+            .and_then(|state| state["last_exit"].as_str().map(str::to_owned));
+        if exit.is_some() || std::time::Instant::now() > deadline {
+            break exit.unwrap_or_default();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        said.contains("signal 9 (SIGKILL)") && said.contains("memory limit of 96 MiB"),
+        "the process's last exit says the memory limit ended it: {said:?}"
+    );
+
+    // Another limit is drift for the process started under the first, until replaced.
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        config.replace("max_memory = \"96MiB\"", "max_memory = \"128MiB\""),
+    )
+    .expect("config");
+    s.commit_dev_stack(
+        "memory",
+        r##"  hold: { type: process, command: ["python3", "memory.py", "hold", "24"] }
+"##,
+        "the eater goes",
+    );
+    let status = s.json(&["status", "--output", "json"]);
+    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
+        .expect("hold")
+        .clone();
+    assert!(
+        seen["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("96 MiB of memory") && m.contains("128 MiB of memory")),
+        "the drift says which limits: {seen}"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(memory_limit_of(&group), (128u64 << 20).to_string());
+
+    // The group goes with the environment.
+    let dir = format!("/sys/fs/cgroup/memory{group}");
+    assert!(Path::new(&dir).exists());
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(
+        !Path::new(&dir).exists(),
+        "{dir} is removed with its environment"
+    );
+    assert!(!Path::new(&format!("/sys/fs/cgroup/cpu{group}")).exists());
+}
+
 /// A `file` resource with the set-uid bit would be a set-uid program of the environment's.
 #[test]
 fn a_file_resource_cannot_be_set_uid() {

@@ -620,9 +620,20 @@ struct Slot {
     backoff: Duration,
     restart_at: Option<Instant>,
     started: Instant,
+    /// How many processes its environment's control group had lost to its memory limit when
+    /// the child was started ([`crate::cgroup::Cgroup::oom_kills`]).
+    oom_kills: Option<u64>,
 }
 
 impl Slot {
+    /// Its environment's control group, if its spec has one.
+    fn cgroup(&self) -> Option<&crate::cgroup::Cgroup> {
+        self.spec
+            .confinement
+            .as_ref()
+            .and_then(|c| c.sandbox.cgroup.as_ref())
+    }
+
     /// Writes the state file (only replacing it, unless this is the first write of a start
     /// the engine asked for: see [`Replace`]).
     ///
@@ -1283,6 +1294,7 @@ impl EnvironmentSupervisor {
             backoff: FIRST_BACKOFF,
             restart_at: None,
             started: Instant::now(),
+            oom_kills: None,
         })
     }
 
@@ -1454,6 +1466,7 @@ impl EnvironmentSupervisor {
             .get_mut(name)
             .expect("launch is called for a slot");
         slot.started = Instant::now();
+        slot.oom_kills = slot.cgroup().and_then(crate::cgroup::Cgroup::oom_kills);
         let held = prepared.and_then(|prepared| spawn_child(slot, &self.null, &prepared));
         let failed = match held {
             Ok(held) => {
@@ -1575,7 +1588,20 @@ impl EnvironmentSupervisor {
         };
         let (how, clean) = if child.own {
             match wait_for(child.identity.pid) {
-                Ok(status) => (describe_exit(status), status.success()),
+                Ok(status) => {
+                    let how = describe_exit(status);
+                    // Ended by the kernel for its environment's memory limit: said so.
+                    let limit = slot.cgroup().filter(|group| {
+                        std::os::unix::process::ExitStatusExt::signal(&status)
+                            == Some(libc::SIGKILL)
+                            && group.oom_kills() > slot.oom_kills
+                    });
+                    let how = match limit {
+                        Some(group) => crate::command::out_of_memory(how, group.memory_max),
+                        None => how,
+                    };
+                    (how, status.success())
+                }
                 Err(e) => (format!("an unknown status ({e})"), false),
             }
         } else {

@@ -1199,6 +1199,7 @@ mod tests {
                 ids: Some((uid, uid)),
                 landlock: false,
                 max_processes: None,
+                cgroup: None,
                 lease: None,
             },
             read: vec![],

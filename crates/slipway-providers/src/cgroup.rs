@@ -1,0 +1,650 @@
+//! Control groups: in uid mode each environment's code runs in a cgroup of its own, which
+//! bounds the memory all its processes hold together (the kernel's OOM killer ends one of
+//! them past it, never a process outside the group) and the CPU they take together, and
+//! makes them share the machine as one group against the controller and the other
+//! environments rather than one share per process.
+//!
+//! The group is `<base>/<uid>` in each hierarchy that has the controllers: cgroup v1 has one
+//! per controller (`memory`, `cpu`), v2 one for all. Its directories and files are root's:
+//! the code, under its uid, can neither write its own limits nor move itself out (moving a
+//! process needs write access to the `cgroup.procs` of its destination). A command enters
+//! its group as its very first step in the child, still as root, before it takes its uid
+//! ([`Prepared::join`], through descriptors the parent opened); every process it forks is
+//! born in it.
+//!
+//! Where the base is (see [`Cgroups::detect`]): by default `/slipway` in each v1 hierarchy,
+//! the same for every command (a base under the engine's own group would differ between a
+//! `slipway apply` run from a shell and `slipway serve` run by systemd, and each would take
+//! the other's processes for drift). cgroup v2 needs a group delegated to Slipway that holds
+//! no process (a group with processes cannot give its children controllers): the operator
+//! names it (`[local] cgroup`).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The period of the CPU limit, microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The group of one environment's code, and the limits it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cgroup {
+    /// Its directories.
+    pub place: Place,
+    /// The most memory its processes may hold together, in bytes; `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// The most CPU its processes may take together, in thousandths of a core; `None`: no
+    /// limit (the group still takes one share against the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<u32>,
+}
+
+/// Where a group's directories are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "version")]
+pub enum Place {
+    /// cgroup v1: the group in the `memory` hierarchy, and in the `cpu` one if mounted.
+    V1 {
+        /// The group's directory in the `memory` hierarchy.
+        memory: PathBuf,
+        /// The group's directory in the `cpu` hierarchy.
+        cpu: Option<PathBuf>,
+    },
+    /// cgroup v2: the group's directory.
+    V2 {
+        /// The group's directory.
+        dir: PathBuf,
+    },
+}
+
+/// Where environments' groups are made on this machine: the base of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroups {
+    base: Place,
+}
+
+/// `[local] cgroup`: where environments' groups go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Setting {
+    /// `/slipway` (cgroup v1); under v2 none unless named.
+    #[default]
+    Auto,
+    /// No groups: environments' memory and CPU are not bounded.
+    Off,
+    /// This group, a path from the hierarchy's root (`/slipway`), in every hierarchy.
+    At(String),
+}
+
+impl Setting {
+    /// Reads `"auto"`, `"off"` or an absolute group path.
+    pub fn parse(text: &str) -> Result<Setting, String> {
+        match text {
+            "auto" => Ok(Setting::Auto),
+            "off" => Ok(Setting::Off),
+            path if path.starts_with('/')
+                && !path.contains('\0')
+                && path
+                    .trim_end_matches('/')
+                    .split('/')
+                    .skip(1)
+                    .all(|part| !matches!(part, "" | "." | "..")) =>
+            {
+                Ok(Setting::At(path.trim_end_matches('/').to_owned()))
+            }
+            _ => Err(format!(
+                "[local] cgroup {text:?} is not \"auto\", \"off\" or an absolute cgroup path \
+                 such as \"/slipway\" (no `..`)"
+            )),
+        }
+    }
+}
+
+impl Cgroups {
+    /// Where this machine's environments' groups go, by `setting`, from the mounts and the
+    /// engine's own groups (`/proc/self/mountinfo`, `/proc/self/cgroup`). `Err` says why
+    /// there are none (the reason is shown to the operator).
+    pub fn detect(setting: &Setting) -> Result<Cgroups, String> {
+        if *setting == Setting::Off {
+            return Err("[local] cgroup = \"off\"".to_owned());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        Cgroups::detect_in(setting, &mounts, &own)
+    }
+
+    /// [`Cgroups::detect`] from the text of `mountinfo` and `cgroup`.
+    pub fn detect_in(setting: &Setting, mountinfo: &str, own: &str) -> Result<Cgroups, String> {
+        let mounts = parse_mountinfo(mountinfo);
+        let v1 = |controller: &str| {
+            let (root, point, writable) = mounts.iter().find_map(|m| match m {
+                Mount::V1 {
+                    root,
+                    point,
+                    writable,
+                    controllers,
+                } if controllers.iter().any(|c| c == controller) => Some((root, point, writable)),
+                _ => None,
+            })?;
+            if !writable {
+                return Some(Err(read_only(point)));
+            }
+            // By default `slipway` at the top of what the mount shows (a container's
+            // hierarchy may be shown from its own group).
+            let base = match setting {
+                Setting::At(path) => path.clone(),
+                _ => format!("{}/slipway", root.trim_end_matches('/')),
+            };
+            Some(join_group(point, root, &base))
+        };
+        if let Some(memory) = v1("memory") {
+            let memory = memory?;
+            let cpu = v1("cpu").transpose()?;
+            return Ok(Cgroups {
+                base: Place::V1 { memory, cpu },
+            });
+        }
+        let Some((root, point, writable)) = mounts.iter().find_map(|m| match m {
+            Mount::V2 {
+                root,
+                point,
+                writable,
+            } => Some((root, point, writable)),
+            _ => None,
+        }) else {
+            return Err("no cgroup hierarchy with the memory controller is mounted".to_owned());
+        };
+        if !writable {
+            return Err(read_only(point));
+        }
+        let controllers =
+            std::fs::read_to_string(point.join("cgroup.controllers")).unwrap_or_default();
+        if !controllers.split_whitespace().any(|c| c == "memory") {
+            return Err(format!(
+                "the cgroup v2 hierarchy at {} does not have the memory controller",
+                point.display()
+            ));
+        }
+        match setting {
+            Setting::At(path) => Ok(Cgroups {
+                base: Place::V2 {
+                    dir: join_group(point, root, path)?,
+                },
+            }),
+            _ => Err(format!(
+                "cgroup v2 lets no group with processes of its own (the engine's, {}) give its \
+                 children controllers: name a group delegated to Slipway with none, \
+                 `[local] cgroup = \"/slipway\"` (or under systemd `Delegate=yes` with \
+                 `DelegateSubgroup=engine` and the service's group beside it)",
+                own_group(own).unwrap_or_else(|| "unknown".to_owned())
+            )),
+        }
+    }
+
+    /// The group of the environment whose uid is `uid`, with those limits.
+    pub fn for_uid(&self, uid: u32, memory_max: Option<u64>, cpu_max: Option<u32>) -> Cgroup {
+        let leaf = uid.to_string();
+        let place = match &self.base {
+            Place::V1 { memory, cpu } => Place::V1 {
+                memory: memory.join(&leaf),
+                cpu: cpu.as_ref().map(|c| c.join(&leaf)),
+            },
+            Place::V2 { dir } => Place::V2 {
+                dir: dir.join(&leaf),
+            },
+        };
+        Cgroup {
+            place,
+            memory_max,
+            cpu_max,
+        }
+    }
+
+    /// The base, for messages: `cgroup v1 at DIR` or `cgroup v2 at DIR`.
+    pub fn describe(&self) -> String {
+        match &self.base {
+            Place::V1 { memory, .. } => format!("cgroup v1, under {}", memory.display()),
+            Place::V2 { dir } => format!("cgroup v2, under {}", dir.display()),
+        }
+    }
+}
+
+/// Why a read-only hierarchy holds no group of Slipway's.
+fn read_only(point: &Path) -> String {
+    format!(
+        "the cgroup hierarchy at {} is mounted read-only here (as systemd's \
+         `ProtectControlGroups=yes` does)",
+        point.display()
+    )
+}
+
+/// A mount of a cgroup hierarchy.
+#[derive(Debug)]
+enum Mount {
+    V1 {
+        root: String,
+        point: PathBuf,
+        writable: bool,
+        controllers: Vec<String>,
+    },
+    V2 {
+        root: String,
+        point: PathBuf,
+        writable: bool,
+    },
+}
+
+/// The cgroup mounts of a `mountinfo` text: `ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS] -
+/// FSTYPE SOURCE SUPER_OPTIONS`, paths with `\040`-style escapes.
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let (root, point) = (unescape(fields.get(3)?), unescape(fields.get(4)?));
+            let writable = !fields.get(5)?.split(',').any(|o| o == "ro");
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let _source = right.next()?;
+            let options = right.next().unwrap_or("");
+            match fstype {
+                "cgroup" => Some(Mount::V1 {
+                    root,
+                    point: PathBuf::from(point),
+                    writable,
+                    controllers: options.split(',').map(str::to_owned).collect(),
+                }),
+                "cgroup2" => Some(Mount::V2 {
+                    root,
+                    point: PathBuf::from(point),
+                    writable,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `mountinfo`'s octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = field
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The engine's group in cgroup v2 (`0::PATH`).
+fn own_group(own: &str) -> Option<String> {
+    own.lines()
+        .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
+}
+
+/// The directory of the group `path` (from the hierarchy's root) in the mount at `point`,
+/// which shows the hierarchy from `root`: `Err` when the group is not beneath what the mount
+/// shows, or names a parent.
+fn join_group(point: &Path, root: &str, path: &str) -> Result<PathBuf, String> {
+    if Path::new(path)
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("the cgroup {path} names a parent (`..`)"));
+    }
+    let relative = if root == "/" {
+        path
+    } else {
+        path.strip_prefix(root)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .ok_or_else(|| {
+                format!(
+                    "the cgroup {path} is outside what {} shows of its hierarchy ({root})",
+                    point.display()
+                )
+            })?
+    };
+    Ok(point.join(relative.trim_start_matches('/')))
+}
+
+impl Cgroup {
+    /// Its directories, each with the controllers it holds.
+    fn dirs(&self) -> Vec<&Path> {
+        match &self.place {
+            Place::V1 { memory, cpu } => std::iter::once(memory.as_path())
+                .chain(cpu.as_deref())
+                .collect(),
+            Place::V2 { dir } => vec![dir],
+        }
+    }
+
+    /// Makes the group (and its parents) if missing, writes its limits, and opens the
+    /// `cgroup.procs` of each of its directories for a child to enter ([`join`]).
+    ///
+    /// # Errors
+    /// What failed, naming the file and, under v2, how to give Slipway a group.
+    pub fn prepare(&self) -> io::Result<Vec<OwnedFd>> {
+        let context =
+            |what: String| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        match &self.place {
+            Place::V1 { memory, cpu } => {
+                make_dir(memory)?;
+                let limit = self.memory_max.map_or("-1".to_owned(), |m| m.to_string());
+                // Memory and swap together get the same limit, so that past it the code is
+                // ended rather than swapped out (which would slow the whole machine). The
+                // kernel keeps the sum at least the memory alone: so the sum first (which
+                // fails when lowering it below the memory), the memory, then the sum.
+                let sum = memory.join("memory.memsw.limit_in_bytes");
+                let swap = sum.exists();
+                if swap {
+                    let _ = std::fs::write(&sum, &limit);
+                }
+                write_limit(&memory.join("memory.limit_in_bytes"), &limit)?;
+                if swap {
+                    write_limit(&sum, &limit)?;
+                }
+                if let Some(cpu) = cpu {
+                    make_dir(cpu)?;
+                    write_limit(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write_limit(
+                        &cpu.join("cpu.cfs_quota_us"),
+                        &self
+                            .cpu_max
+                            .map_or("-1".to_owned(), |c| quota(c).to_string()),
+                    )?;
+                }
+            }
+            Place::V2 { dir } => {
+                make_dir(dir)?;
+                let wanted = ["memory", "cpu"];
+                // Every group from the hierarchy's root down to the environment's parent
+                // gives its children the controllers (none of them may hold a process).
+                let mut parents: Vec<&Path> = dir.ancestors().skip(1).collect();
+                parents.reverse();
+                for parent in parents {
+                    let available = std::fs::read_to_string(parent.join("cgroup.controllers"));
+                    let Ok(available) = available else { continue };
+                    let enabled = std::fs::read_to_string(parent.join("cgroup.subtree_control"))
+                        .unwrap_or_default();
+                    let missing: Vec<String> = wanted
+                        .iter()
+                        .filter(|c| available.split_whitespace().any(|a| a == **c))
+                        .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+                        .map(|c| format!("+{c}"))
+                        .collect();
+                    if !missing.is_empty() {
+                        std::fs::write(parent.join("cgroup.subtree_control"), missing.join(" "))
+                            .map_err(context(format!(
+                                "cannot give the cgroup {}'s children its controllers \
+                                 (a group holding processes cannot, under cgroup v2: set \
+                                 `[local] cgroup` to a group delegated to Slipway that holds none)",
+                                parent.display()
+                            )))?;
+                    }
+                }
+                write_limit(
+                    &dir.join("memory.max"),
+                    &self.memory_max.map_or("max".to_owned(), |m| m.to_string()),
+                )?;
+                // No swap past the limit (see v1 above).
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write_limit(
+                        &swap,
+                        if self.memory_max.is_some() {
+                            "0"
+                        } else {
+                            "max"
+                        },
+                    )?;
+                }
+                if dir.join("cpu.max").exists() {
+                    write_limit(
+                        &dir.join("cpu.max"),
+                        &format!(
+                            "{} {CPU_PERIOD_US}",
+                            self.cpu_max
+                                .map_or("max".to_owned(), |c| quota(c).to_string())
+                        ),
+                    )?;
+                }
+            }
+        }
+        self.dirs()
+            .into_iter()
+            .map(|dir| {
+                let procs = dir.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map(OwnedFd::from)
+                    .map_err(context(format!("cannot open {}", procs.display())))
+            })
+            .collect()
+    }
+
+    /// Removes the group's directories once it holds no process (those just killed may take
+    /// a moment to leave it): a missing one is removed already.
+    ///
+    /// # Errors
+    /// A directory that still holds processes after a second, or cannot be removed.
+    pub fn remove(&self) -> io::Result<()> {
+        for dir in self.dirs() {
+            let mut tries = 0;
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("cannot remove the cgroup {}: {e}", dir.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of the group's processes the kernel killed for its memory limit so far
+    /// (`oom_kill` of v1's `memory.oom_control`, v2's `memory.events`); `None` when the
+    /// kernel does not say.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let file = match &self.place {
+            Place::V1 { memory, .. } => memory.join("memory.oom_control"),
+            Place::V2 { dir } => dir.join("memory.events"),
+        };
+        std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+    }
+
+    /// The group a process is in, for tests and checks: whether `pid` is in this one (its
+    /// memory directory, or its v2 directory).
+    pub fn holds(&self, pid: u32) -> bool {
+        let dir = match &self.place {
+            Place::V1 { memory, .. } => memory,
+            Place::V2 { dir } => dir,
+        };
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|procs| procs.lines().any(|p| p.trim() == pid.to_string()))
+    }
+}
+
+/// `cpu_max` thousandths of a core as a quota of [`CPU_PERIOD_US`] (at least the kernel's
+/// 1 ms).
+fn quota(cpu_max: u32) -> u64 {
+    (u64::from(cpu_max) * CPU_PERIOD_US / 1000).max(1000)
+}
+
+/// Makes `dir` and its missing parents (a group's directory and its files are root's).
+fn make_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot make the cgroup {}: {e}", dir.display()),
+        )
+    })
+}
+
+/// Writes a limit (the same value again changes nothing).
+fn write_limit(file: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(file, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot set {} to {value}: {e}", file.display()),
+        )
+    })
+}
+
+/// In a child about to exec, still as root: moves the calling process into the group of
+/// each descriptor of [`Cgroup::prepare`] (writing `0`, "this process", to its
+/// `cgroup.procs`). A raw system call: sound after a fork of a multi-threaded process.
+///
+/// # Errors
+/// The `errno` of the write that failed.
+pub(crate) fn join(procs: &[OwnedFd]) -> Result<(), syscalls::Errno> {
+    use std::os::fd::AsRawFd;
+    for fd in procs {
+        // SAFETY: writes one byte from a static to a descriptor this process holds.
+        unsafe {
+            syscalls::syscall!(syscalls::Sysno::write, fd.as_raw_fd(), b"0".as_ptr(), 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// How much memory this machine has (`MemTotal` of `/proc/meminfo`), in bytes.
+pub fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|line| {
+        let kib = line.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok().map(|k| k * 1024)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_MOUNTS: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const V1_OWN: &str = "4:memory:/jobs/a1\n1:cpu,cpuacct:/\n0::/\n";
+
+    #[test]
+    fn cgroup_v1_groups_go_under_slipway_in_each_hierarchy() {
+        // Not under the engine's own group: a command run from a shell and `serve` run by
+        // systemd must make the same group.
+        let cgroups = Cgroups::detect_in(&Setting::Auto, V1_MOUNTS, V1_OWN).expect("v1");
+        let group = cgroups.for_uid(300_001, Some(64 << 20), Some(500));
+        assert_eq!(
+            group.place,
+            Place::V1 {
+                memory: "/sys/fs/cgroup/memory/slipway/300001".into(),
+                cpu: Some("/sys/fs/cgroup/cpu,cpuacct/slipway/300001".into()),
+            }
+        );
+        let named =
+            Cgroups::detect_in(&Setting::At("/envs".into()), V1_MOUNTS, V1_OWN).expect("v1, named");
+        assert_eq!(
+            named.for_uid(7, None, None).dirs(),
+            [
+                Path::new("/sys/fs/cgroup/memory/envs/7"),
+                Path::new("/sys/fs/cgroup/cpu,cpuacct/envs/7")
+            ]
+        );
+        assert_eq!(quota(500), 50_000, "half a core of a 100 ms period");
+        assert_eq!(quota(1), 1000, "never below the kernel's 1 ms");
+    }
+
+    #[test]
+    fn a_mount_that_shows_part_of_its_hierarchy_is_joined_from_its_root() {
+        // In a cgroup namespace or a container the mount shows the hierarchy from a group.
+        let mounts = "35 31 0:32 /jobs /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let cgroups = Cgroups::detect_in(&Setting::At("/jobs/a1".into()), mounts, "")
+            .expect("beneath the mount's root");
+        assert_eq!(
+            cgroups.for_uid(9, None, None).dirs(),
+            [Path::new("/sys/fs/cgroup/memory/a1/9")]
+        );
+        let auto = Cgroups::detect_in(&Setting::Auto, mounts, "").expect("auto");
+        assert_eq!(
+            auto.for_uid(9, None, None).dirs(),
+            [Path::new("/sys/fs/cgroup/memory/slipway/9")],
+            "at the top of what the mount shows"
+        );
+        let read_only = mounts.replace(" rw - ", " ro,nosuid - ");
+        assert!(
+            Cgroups::detect_in(&Setting::Auto, &read_only, "")
+                .is_err_and(|e| e.contains("read-only") && e.contains("ProtectControlGroups")),
+            "a hierarchy mounted read-only (a systemd unit's) holds no group: its start would fail"
+        );
+        let outside = Cgroups::detect_in(&Setting::At("/other".into()), mounts, "");
+        assert!(
+            outside.is_err_and(|e| e.contains("outside what")),
+            "a group the mount does not show is refused"
+        );
+    }
+
+    #[test]
+    fn cgroup_v2_needs_a_group_named_for_slipway() {
+        // Read from the mount itself: only a machine whose v2 hierarchy has the memory
+        // controller gets that far, so a hierarchy without it is what is checked here.
+        let mounts = "41 31 0:38 / /nonexistent/unified rw - cgroup2 cgroup2 rw\n";
+        let refused = Cgroups::detect_in(&Setting::Auto, mounts, "0::/system.slice/x.service\n");
+        assert!(
+            refused.is_err_and(|e| e.contains("does not have the memory controller")),
+            "no controller, no group"
+        );
+        assert!(Cgroups::detect_in(&Setting::Auto, "", "").is_err());
+        assert!(Cgroups::detect(&Setting::Off).is_err_and(|e| e.contains("off")));
+    }
+
+    #[test]
+    fn the_cgroup_setting_is_auto_off_or_an_absolute_path() {
+        assert_eq!(Setting::parse("auto"), Ok(Setting::Auto));
+        assert_eq!(Setting::parse("off"), Ok(Setting::Off));
+        assert_eq!(
+            Setting::parse("/system.slice/slipway.service/environments/"),
+            Ok(Setting::At(
+                "/system.slice/slipway.service/environments".into()
+            ))
+        );
+        for bad in ["slipway", "/a/../b", "", "/a/./b", "/a\0b"] {
+            assert!(Setting::parse(bad).is_err(), "{bad:?} refused");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape(r"/x\0"), r"/x\0");
+    }
+}
