@@ -420,9 +420,9 @@ pub struct LocalConfig {
     #[serde(default = "default_max_processes")]
     pub max_processes: u32,
     /// uid mode: where each environment's control group goes, which bounds its memory and
-    /// CPU: `"auto"` (the default: under the engine's own group with cgroup v1; none with
-    /// v2, which needs a group named for Slipway), `"off"`, or a group path such as
-    /// `"/slipway"` (delegated to Slipway, holding no process).
+    /// CPU: `"auto"` (the default: `/slipway` at the top of each cgroup v1 hierarchy; none
+    /// with v2, which needs a group named for Slipway), `"off"`, or a group path such as
+    /// `"/slipway"` (under v2, delegated to Slipway and holding no process).
     #[serde(default)]
     pub cgroup: CgroupSetting,
     /// uid mode: the most memory one environment's processes may hold together: a share of

@@ -111,6 +111,11 @@ pub(crate) fn resource_limits(
         ))
     };
     let cgroups = match found {
+        Ok(cgroups) if local.max_cpu.is_some() && !cgroups.has_cpu() => {
+            return Err(unenforceable(
+                "no cgroup hierarchy with the cpu controller is mounted".to_owned(),
+            ));
+        }
         Ok(cgroups) => cgroups,
         Err(why) if explicit => return Err(unenforceable(why)),
         Err(why) => return Ok(Err(why)),

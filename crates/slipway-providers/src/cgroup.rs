@@ -83,6 +83,10 @@ impl Setting {
     pub fn parse(text: &str) -> Result<Setting, String> {
         match text {
             "auto" => Ok(Setting::Auto),
+            "/" => Err(format!(
+                "[local] cgroup {text:?} is the hierarchy's root: name a group of Slipway's \
+                 own, such as \"/slipway\""
+            )),
             "off" => Ok(Setting::Off),
             path if path.starts_with('/')
                 && !path.contains('\0')
@@ -114,7 +118,38 @@ impl Cgroups {
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        Cgroups::detect_in(setting, &mounts, &own)
+        let cgroups = Cgroups::detect_in(setting, &mounts, &own)?;
+        // A hierarchy mounted writable may still not be this engine's to write (a container
+        // whose root is not the host's): asked of the base, or of what exists of it.
+        for base in cgroups.base_dirs() {
+            let existing = base.ancestors().find(|d| d.exists()).unwrap_or(base);
+            nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+                format!(
+                    "this engine may not make groups in {} ({e})",
+                    existing.display()
+                )
+            })?;
+        }
+        Ok(cgroups)
+    }
+
+    /// The base's directories.
+    fn base_dirs(&self) -> Vec<&Path> {
+        match &self.base {
+            Place::V1 { memory, cpu } => std::iter::once(memory.as_path())
+                .chain(cpu.as_deref())
+                .collect(),
+            Place::V2 { dir } => vec![dir],
+        }
+    }
+
+    /// Whether a CPU limit can be had: a `cpu` hierarchy under v1 (under v2, known only when a
+    /// group is made).
+    pub fn has_cpu(&self) -> bool {
+        match &self.base {
+            Place::V1 { cpu, .. } => cpu.is_some(),
+            Place::V2 { .. } => true,
+        }
     }
 
     /// [`Cgroups::detect`] from the text of `mountinfo` and `cgroup`.
@@ -335,11 +370,14 @@ impl Cgroup {
     /// Makes the group (and its parents) if missing, writes its limits, and opens the
     /// `cgroup.procs` of each of its directories for a child to enter ([`join`]).
     ///
+    /// The limits are the group's, for all its processes: written at each start of one of
+    /// its commands, so a new limit reaches the group then. A memory limit lowered below what
+    /// the group holds, which cgroup v1 refuses while nothing can be reclaimed, is kept as it
+    /// was (each start tries again) rather than stopping the environment's commands.
+    ///
     /// # Errors
     /// What failed, naming the file and, under v2, how to give Slipway a group.
-    pub fn prepare(&self) -> io::Result<Vec<OwnedFd>> {
-        let context =
-            |what: String| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    pub fn prepare(&self) -> io::Result<Joining> {
         match &self.place {
             Place::V1 { memory, cpu } => {
                 make_dir(memory)?;
@@ -347,94 +385,108 @@ impl Cgroup {
                 // Memory and swap together get the same limit, so that past it the code is
                 // ended rather than swapped out (which would slow the whole machine). The
                 // kernel keeps the sum at least the memory alone: so the sum first (which
-                // fails when lowering it below the memory), the memory, then the sum.
+                // fails when lowering it below the memory), the memory, then the sum. A
+                // kernel that does not account swap has no such file.
                 let sum = memory.join("memory.memsw.limit_in_bytes");
                 let swap = sum.exists();
                 if swap {
                     let _ = std::fs::write(&sum, &limit);
                 }
-                write_limit(&memory.join("memory.limit_in_bytes"), &limit)?;
-                if swap {
-                    write_limit(&sum, &limit)?;
+                if write_memory_limit(&memory.join("memory.limit_in_bytes"), &limit)? && swap {
+                    write_memory_limit(&sum, &limit)?;
                 }
                 if let Some(cpu) = cpu {
                     make_dir(cpu)?;
-                    write_limit(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write_limit(
-                        &cpu.join("cpu.cfs_quota_us"),
-                        &self
-                            .cpu_max
-                            .map_or("-1".to_owned(), |c| quota(c).to_string()),
-                    )?;
+                    let quota_file = cpu.join("cpu.cfs_quota_us");
+                    match self.cpu_max {
+                        Some(cores) => {
+                            write_limit(
+                                &cpu.join("cpu.cfs_period_us"),
+                                &CPU_PERIOD_US.to_string(),
+                            )?;
+                            write_limit(&quota_file, &quota(cores).to_string())?;
+                        }
+                        // A kernel without CFS bandwidth control has nothing to lift.
+                        None if quota_file.exists() => write_limit(&quota_file, "-1")?,
+                        None => {}
+                    }
                 }
             }
             Place::V2 { dir } => {
                 make_dir(dir)?;
-                let wanted = ["memory", "cpu"];
-                // Every group from the hierarchy's root down to the environment's parent
-                // gives its children the controllers (none of them may hold a process).
-                let mut parents: Vec<&Path> = dir.ancestors().skip(1).collect();
-                parents.reverse();
-                for parent in parents {
-                    let available = std::fs::read_to_string(parent.join("cgroup.controllers"));
-                    let Ok(available) = available else { continue };
-                    let enabled = std::fs::read_to_string(parent.join("cgroup.subtree_control"))
-                        .unwrap_or_default();
-                    let missing: Vec<String> = wanted
-                        .iter()
-                        .filter(|c| available.split_whitespace().any(|a| a == **c))
-                        .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
-                        .map(|c| format!("+{c}"))
-                        .collect();
-                    if !missing.is_empty() {
-                        std::fs::write(parent.join("cgroup.subtree_control"), missing.join(" "))
-                            .map_err(context(format!(
-                                "cannot give the cgroup {}'s children its controllers \
-                                 (a group holding processes cannot, under cgroup v2: set \
-                                 `[local] cgroup` to a group delegated to Slipway that holds none)",
-                                parent.display()
-                            )))?;
-                    }
+                if let Some(base) = dir.parent() {
+                    self.delegate(base)?;
                 }
-                write_limit(
+                write_memory_limit(
                     &dir.join("memory.max"),
                     &self.memory_max.map_or("max".to_owned(), |m| m.to_string()),
                 )?;
                 // No swap past the limit (see v1 above).
                 let swap = dir.join("memory.swap.max");
                 if swap.exists() {
-                    write_limit(
-                        &swap,
-                        if self.memory_max.is_some() {
-                            "0"
-                        } else {
-                            "max"
-                        },
-                    )?;
+                    let value = if self.memory_max.is_some() {
+                        "0"
+                    } else {
+                        "max"
+                    };
+                    write_limit(&swap, value)?;
                 }
-                if dir.join("cpu.max").exists() {
-                    write_limit(
-                        &dir.join("cpu.max"),
-                        &format!(
-                            "{} {CPU_PERIOD_US}",
-                            self.cpu_max
-                                .map_or("max".to_owned(), |c| quota(c).to_string())
-                        ),
-                    )?;
+                let cpu_file = dir.join("cpu.max");
+                match self.cpu_max {
+                    Some(cores) => {
+                        write_limit(&cpu_file, &format!("{} {CPU_PERIOD_US}", quota(cores)))?
+                    }
+                    None if cpu_file.exists() => {
+                        write_limit(&cpu_file, &format!("max {CPU_PERIOD_US}"))?
+                    }
+                    None => {}
                 }
             }
         }
-        self.dirs()
-            .into_iter()
-            .map(|dir| {
-                let procs = dir.join("cgroup.procs");
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&procs)
-                    .map(OwnedFd::from)
-                    .map_err(context(format!("cannot open {}", procs.display())))
-            })
-            .collect()
+        let mut joining = Joining::default();
+        for dir in self.dirs() {
+            use std::os::unix::fs::MetadataExt;
+            let procs = dir.join("cgroup.procs");
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .and_then(|file| Ok((file.metadata()?, file)));
+            let (meta, file) = opened.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", procs.display()))
+            })?;
+            joining.files.push((procs, meta.dev(), meta.ino()));
+            joining.procs.push(OwnedFd::from(file));
+        }
+        Ok(joining)
+    }
+
+    /// Under cgroup v2: `base`, the group of Slipway's that holds the environments' groups,
+    /// gives its children `memory`, and `cpu` (needed for a CPU limit, tried otherwise). Only
+    /// `base`: the groups above it are the operator's (or systemd's, by `Delegate=`).
+    fn delegate(&self, base: &Path) -> io::Result<()> {
+        let control = base.join("cgroup.subtree_control");
+        let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+        for (controller, needed) in [("memory", true), ("cpu", self.cpu_max.is_some())] {
+            if enabled.split_whitespace().any(|c| c == controller) {
+                continue;
+            }
+            match std::fs::write(&control, format!("+{controller}")) {
+                Ok(()) => {}
+                Err(e) if needed => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot give the cgroup {}'s children the {controller} controller \
+                             ({e}): it must hold no process and have the controller itself \
+                             (`[local] cgroup` names a group delegated to Slipway, docs/isolation.md)",
+                            base.display()
+                        ),
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Removes the group's directories once it holds no process (those just killed may take
@@ -510,14 +562,65 @@ fn make_dir(dir: &Path) -> io::Result<()> {
     })
 }
 
-/// Writes a limit (the same value again changes nothing).
-fn write_limit(file: &Path, value: &str) -> io::Result<()> {
-    std::fs::write(file, value).map_err(|e| {
-        io::Error::new(
+/// Writes a memory limit; `false` when the kernel refused to lower it below what the group
+/// holds (`EBUSY`, cgroup v1), which is then kept as it was.
+fn write_memory_limit(file: &Path, value: &str) -> io::Result<bool> {
+    match std::fs::write(file, value) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+            tracing::warn!(
+                file = %file.display(),
+                value,
+                "the group holds more than its new memory limit: its limit stays until it holds less"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(io::Error::new(
             e.kind(),
             format!("cannot set {} to {value}: {e}", file.display()),
-        )
-    })
+        )),
+    }
+}
+
+/// Writes a limit (the same value again changes nothing); a file the kernel does not have
+/// is said to be missing (no controller), not made.
+fn write_limit(file: &Path, value: &str) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot set {} to {value}: {e}", file.display()),
+            )
+        })
+}
+
+/// The `cgroup.procs` of a group's directories, opened by [`Cgroup::prepare`] for a child to
+/// enter ([`join`]), with the device and inode each was: a group removed and made again
+/// since is another, which [`Joining::current`] tells.
+#[derive(Debug, Default)]
+pub struct Joining {
+    procs: Vec<OwnedFd>,
+    files: Vec<(PathBuf, u64, u64)>,
+}
+
+impl Joining {
+    /// Whether each file opened is still its group's (not removed, nor made again since).
+    pub fn current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.files.iter().all(|(path, dev, ino)| {
+            std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (*dev, *ino))
+        })
+    }
+
+    /// The descriptor of the `n`th directory, or -1.
+    pub(crate) fn fd(&self, n: usize) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.procs.get(n).map_or(-1, AsRawFd::as_raw_fd)
+    }
 }
 
 /// In a child about to exec, still as root: moves the calling process into the group of
@@ -526,9 +629,9 @@ fn write_limit(file: &Path, value: &str) -> io::Result<()> {
 ///
 /// # Errors
 /// The `errno` of the write that failed.
-pub(crate) fn join(procs: &[OwnedFd]) -> Result<(), syscalls::Errno> {
+pub(crate) fn join(joining: &Joining) -> Result<(), syscalls::Errno> {
     use std::os::fd::AsRawFd;
-    for fd in procs {
+    for fd in &joining.procs {
         // SAFETY: writes one byte from a static to a descriptor this process holds.
         unsafe {
             syscalls::syscall!(syscalls::Sysno::write, fd.as_raw_fd(), b"0".as_ptr(), 1)?;
@@ -637,8 +740,82 @@ mod tests {
                 "/system.slice/slipway.service/environments".into()
             ))
         );
-        for bad in ["slipway", "/a/../b", "", "/a/./b", "/a\0b"] {
+        for bad in ["slipway", "/a/../b", "", "/a/./b", "/a\0b", "/"] {
             assert!(Setting::parse(bad).is_err(), "{bad:?} refused");
+        }
+    }
+
+    /// A limit lowered below what the group holds (which cgroup v1 refuses while nothing can
+    /// be reclaimed) keeps the old one rather than failing every start of the environment;
+    /// a group removed and made again is another, which a long-lived parent's cached
+    /// descriptors must not be used for. On this machine's kernel, as root.
+    #[test]
+    fn a_limit_below_what_the_group_holds_keeps_the_old_one() {
+        use std::os::unix::process::CommandExt;
+        let setting = Setting::At(format!("/slipway-test-{}", std::process::id()));
+        let cgroups = Cgroups::detect(&setting).expect("this machine has cgroups, as root");
+        let group = |mib: u64| cgroups.for_uid(1, Some(mib << 20), None);
+        let joining = group(128).prepare().expect("made");
+        let procs = joining.fd(0);
+        assert!(procs >= 0);
+        let mut holder = std::process::Command::new("python3");
+        holder.args([
+            "-c",
+            "import sys,time; x=b'x'*(80<<20); print('held', flush=True); time.sleep(60)",
+        ]);
+        holder.stdout(std::process::Stdio::piped());
+        // SAFETY: `join` makes one raw system call per descriptor.
+        unsafe {
+            holder.pre_exec(move || {
+                join(&joining).map_err(|e| io::Error::from_raw_os_error(e.into_raw()))
+            });
+        }
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut holder = Killed(holder.spawn().expect("python3"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.0.stdout.take().expect("its output")),
+            &mut line,
+        )
+        .expect("read");
+        assert_eq!(line.trim(), "held");
+        let Place::V1 { memory, .. } = &group(64).place else {
+            panic!("this machine has cgroup v1");
+        };
+        let limit =
+            || std::fs::read_to_string(memory.join("memory.limit_in_bytes")).expect("limit");
+        group(64)
+            .prepare()
+            .expect("a limit it cannot have yet does not fail the start");
+        assert_eq!(
+            limit().trim(),
+            (128u64 << 20).to_string(),
+            "the old limit stays"
+        );
+        let _ = holder.0.kill();
+        let _ = holder.0.wait();
+        let first = group(64)
+            .prepare()
+            .expect("lowered once the memory is gone");
+        assert_eq!(limit().trim(), (64u64 << 20).to_string());
+        assert!(first.current());
+        group(64).remove().expect("removed");
+        assert!(!memory.exists());
+        assert!(!first.current(), "its group is gone");
+        let second = group(64).prepare().expect("made again");
+        assert!(
+            second.current() && !first.current(),
+            "the one made again is another"
+        );
+        group(64).remove().expect("removed");
+        for dir in cgroups.base_dirs() {
+            std::fs::remove_dir(dir).expect("the test's base");
         }
     }
 

@@ -271,7 +271,10 @@ impl Run<'_> {
         let started = Instant::now();
         let lease = self.confinement.sandbox.lease.as_ref();
         let cgroup = self.confinement.sandbox.cgroup.as_ref();
-        let oom_kills = cgroup.and_then(crate::cgroup::Cgroup::oom_kills);
+        // A group not made yet (its first command) has lost none.
+        let oom_kills = cgroup
+            .and_then(crate::cgroup::Cgroup::oom_kills)
+            .unwrap_or(0);
         if let Some(lease) = lease
             && (lease.fence.is_none() || lease.watchdog.remaining(&lease.environment).is_zero())
         {
@@ -440,7 +443,7 @@ impl Run<'_> {
         let out_of_memory = match (&ending, cgroup) {
             (Ending::Exited(status), Some(cgroup))
                 if status.signal() == Some(Signal::SIGKILL as i32)
-                    && cgroup.oom_kills() > oom_kills =>
+                    && cgroup.oom_kills().is_some_and(|n| n > oom_kills) =>
             {
                 Some(cgroup.memory_max)
             }

@@ -666,7 +666,7 @@ impl Confinement {
             }
             None => (0, 0),
         };
-        let group = |n: usize| prepared.cgroup.get(n).map_or(-1, |g| g.as_raw_fd());
+        let group = |n: usize| prepared.cgroup.fd(n);
         let keep = [
             report_fd,
             prepared.ruleset.as_ref().map_or(-1, |r| r.as_raw_fd()),
@@ -790,7 +790,7 @@ impl Confinement {
         // only enters it.
         let cgroup = match (&self.sandbox.cgroup, ids) {
             (Some(group), Some(_)) => group.prepare()?,
-            _ => Vec::new(),
+            _ => crate::cgroup::Joining::default(),
         };
         Ok(Prepared {
             confined,
@@ -1238,12 +1238,18 @@ pub struct Prepared {
     /// [`Sandbox::max_processes`], in uid mode only.
     max_processes: Option<u32>,
     /// The `cgroup.procs` of [`Sandbox::cgroup`]'s directories, in uid mode only.
-    cgroup: Vec<OwnedFd>,
+    cgroup: crate::cgroup::Joining,
     ruleset: Option<OwnedFd>,
     filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
 }
 
 impl Prepared {
+    /// Whether its control group is still the one it opened (not removed, nor made again
+    /// since): a long-lived parent prepares again otherwise.
+    pub fn cgroup_current(&self) -> bool {
+        self.cgroup.current()
+    }
+
     /// The uid and gid the child must take before [`Prepared::enter`] (with no supplementary
     /// groups), if any.
     pub fn ids(&self) -> Option<(u32, u32)> {

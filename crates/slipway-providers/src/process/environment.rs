@@ -621,8 +621,8 @@ struct Slot {
     restart_at: Option<Instant>,
     started: Instant,
     /// How many processes its environment's control group had lost to its memory limit when
-    /// the child was started ([`crate::cgroup::Cgroup::oom_kills`]).
-    oom_kills: Option<u64>,
+    /// the child was started ([`crate::cgroup::Cgroup::oom_kills`]; 0 before it exists).
+    oom_kills: u64,
 }
 
 impl Slot {
@@ -1294,7 +1294,7 @@ impl EnvironmentSupervisor {
             backoff: FIRST_BACKOFF,
             restart_at: None,
             started: Instant::now(),
-            oom_kills: None,
+            oom_kills: 0,
         })
     }
 
@@ -1432,11 +1432,9 @@ impl EnvironmentSupervisor {
     /// The confinement of `confinement` made ready: the one made for an earlier child while
     /// its rules resolve to the same files, else a new one.
     fn prepared(&mut self, confinement: &Confinement) -> io::Result<Rc<Prepared>> {
-        if let Some((_, _, prepared)) = self
-            .prepared
-            .iter()
-            .find(|(c, key, _)| c == confinement && c.rules_match(key))
-        {
+        if let Some((_, _, prepared)) = self.prepared.iter().find(|(c, key, prepared)| {
+            c == confinement && c.rules_match(key) && prepared.cgroup_current()
+        }) {
             return Ok(Rc::clone(prepared));
         }
         // The key first: a path that appears meanwhile is then seen as a change next time.
@@ -1466,7 +1464,10 @@ impl EnvironmentSupervisor {
             .get_mut(name)
             .expect("launch is called for a slot");
         slot.started = Instant::now();
-        slot.oom_kills = slot.cgroup().and_then(crate::cgroup::Cgroup::oom_kills);
+        slot.oom_kills = slot
+            .cgroup()
+            .and_then(crate::cgroup::Cgroup::oom_kills)
+            .unwrap_or(0);
         let held = prepared.and_then(|prepared| spawn_child(slot, &self.null, &prepared));
         let failed = match held {
             Ok(held) => {
@@ -1594,7 +1595,7 @@ impl EnvironmentSupervisor {
                     let limit = slot.cgroup().filter(|group| {
                         std::os::unix::process::ExitStatusExt::signal(&status)
                             == Some(libc::SIGKILL)
-                            && group.oom_kills() > slot.oom_kills
+                            && group.oom_kills().is_some_and(|n| n > slot.oom_kills)
                     });
                     let how = match limit {
                         Some(group) => crate::command::out_of_memory(how, group.memory_max),
