@@ -135,12 +135,7 @@ impl Cgroups {
 
     /// The base's directories.
     fn base_dirs(&self) -> Vec<&Path> {
-        match &self.base {
-            Place::V1 { memory, cpu } => std::iter::once(memory.as_path())
-                .chain(cpu.as_deref())
-                .collect(),
-            Place::V2 { dir } => vec![dir],
-        }
+        self.base.dirs()
     }
 
     /// Whether a CPU limit can be had: a `cpu` hierarchy under v1 (under v2, known only when a
@@ -356,15 +351,22 @@ fn join_group(point: &Path, root: &str, path: &str) -> Result<PathBuf, String> {
     Ok(point.join(relative.trim_start_matches('/')))
 }
 
-impl Cgroup {
-    /// Its directories, each with the controllers it holds.
+impl Place {
+    /// Its directories: one per hierarchy.
     fn dirs(&self) -> Vec<&Path> {
-        match &self.place {
+        match self {
             Place::V1 { memory, cpu } => std::iter::once(memory.as_path())
                 .chain(cpu.as_deref())
                 .collect(),
             Place::V2 { dir } => vec![dir],
         }
+    }
+}
+
+impl Cgroup {
+    /// Its directories, each with the controllers it holds.
+    fn dirs(&self) -> Vec<&Path> {
+        self.place.dirs()
     }
 
     /// Makes the group (and its parents) if missing, writes its limits, and opens the
