@@ -131,7 +131,10 @@ pub(crate) fn resource_limits(
         }
         (MemoryLimit::Share(_), None) => None,
         (limit, machine) => limit.bytes(machine.unwrap_or(0)),
-    };
+    }
+    // Whole MiB: what the kernel keeps (page by page) reads back as written, so that a
+    // group's limit in force can be compared with it.
+    .map(|bytes| bytes >> 20 << 20);
     Ok(Ok(Limits {
         cgroups,
         memory,

@@ -138,12 +138,19 @@ impl Cgroups {
         self.base.dirs()
     }
 
-    /// Whether a CPU limit can be had: a `cpu` hierarchy under v1 (under v2, known only when a
-    /// group is made).
+    /// Whether a CPU limit can be had here: a `cpu` hierarchy with CFS bandwidth control
+    /// (v1), or the `cpu` controller available to the base (v2), read from the base or what
+    /// exists of it.
     pub fn has_cpu(&self) -> bool {
+        let existing = |dir: &Path| dir.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf);
         match &self.base {
-            Place::V1 { cpu, .. } => cpu.is_some(),
-            Place::V2 { .. } => true,
+            Place::V1 { cpu, .. } => cpu
+                .as_deref()
+                .and_then(existing)
+                .is_some_and(|d| d.join("cpu.cfs_quota_us").exists()),
+            Place::V2 { dir } => existing(dir)
+                .and_then(|d| std::fs::read_to_string(d.join("cgroup.controllers")).ok())
+                .is_some_and(|c| c.split_whitespace().any(|c| c == "cpu")),
         }
     }
 
@@ -369,20 +376,55 @@ impl Cgroup {
         self.place.dirs()
     }
 
-    /// Makes the group (and its parents) if missing, writes its limits, and opens the
-    /// `cgroup.procs` of each of its directories for a child to enter ([`join`]).
-    ///
-    /// The limits are the group's, for all its processes: written at each start of one of
-    /// its commands, so a new limit reaches the group then. A memory limit lowered below what
-    /// the group holds, which cgroup v1 refuses while nothing can be reclaimed, is kept as it
-    /// was (each start tries again) rather than stopping the environment's commands.
+    /// Makes the group (and its parents) if missing, writes its limits
+    /// ([`Cgroup::write_limits`]), and opens the `cgroup.procs` of each of its directories
+    /// for a child to enter ([`join`]).
     ///
     /// # Errors
     /// What failed, naming the file and, under v2, how to give Slipway a group.
     pub fn prepare(&self) -> io::Result<Joining> {
+        for dir in self.dirs() {
+            make_dir(dir)?;
+        }
+        if let Place::V2 { dir } = &self.place
+            && let Some(base) = dir.parent()
+        {
+            self.delegate(base)?;
+        }
+        self.write_limits()?;
+        let mut joining = Joining::default();
+        for dir in self.dirs() {
+            use std::os::unix::fs::MetadataExt;
+            let procs = dir.join("cgroup.procs");
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .and_then(|file| Ok((file.metadata()?, file)));
+            let (meta, file) = opened.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", procs.display()))
+            })?;
+            joining.files.push((procs, meta.dev(), meta.ino()));
+            joining.procs.push(OwnedFd::from(file));
+        }
+        Ok(joining)
+    }
+
+    /// Writes the group's limits, if it exists. They are the group's, for all its processes:
+    /// written at each start of a command of the environment (a supervised process's restart
+    /// excepted) and after each apply of it. A memory limit lowered below what the group
+    /// holds, which cgroup v1 refuses while nothing can be reclaimed, is kept as it was
+    /// rather than failing the start: [`Cgroup::limits_in_force`] then says so, which the
+    /// process provider reports as drift, and the apply that replaces the processes writes
+    /// it again once they are gone.
+    ///
+    /// # Errors
+    /// A limit the kernel refused otherwise, or a file it does not have for a limit asked.
+    pub fn write_limits(&self) -> io::Result<()> {
+        if !self.dirs().iter().all(|dir| dir.is_dir()) {
+            return Ok(());
+        }
         match &self.place {
             Place::V1 { memory, cpu } => {
-                make_dir(memory)?;
                 let limit = self.memory_max.map_or("-1".to_owned(), |m| m.to_string());
                 // Memory and swap together get the same limit, so that past it the code is
                 // ended rather than swapped out (which would slow the whole machine). The
@@ -398,7 +440,6 @@ impl Cgroup {
                     write_memory_limit(&sum, &limit)?;
                 }
                 if let Some(cpu) = cpu {
-                    make_dir(cpu)?;
                     let quota_file = cpu.join("cpu.cfs_quota_us");
                     match self.cpu_max {
                         Some(cores) => {
@@ -415,10 +456,6 @@ impl Cgroup {
                 }
             }
             Place::V2 { dir } => {
-                make_dir(dir)?;
-                if let Some(base) = dir.parent() {
-                    self.delegate(base)?;
-                }
                 write_memory_limit(
                     &dir.join("memory.max"),
                     &self.memory_max.map_or("max".to_owned(), |m| m.to_string()),
@@ -445,21 +482,30 @@ impl Cgroup {
                 }
             }
         }
-        let mut joining = Joining::default();
-        for dir in self.dirs() {
-            use std::os::unix::fs::MetadataExt;
-            let procs = dir.join("cgroup.procs");
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&procs)
-                .and_then(|file| Ok((file.metadata()?, file)));
-            let (meta, file) = opened.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open {}: {e}", procs.display()))
-            })?;
-            joining.files.push((procs, meta.dev(), meta.ino()));
-            joining.procs.push(OwnedFd::from(file));
+        Ok(())
+    }
+
+    /// Whether the group holds the memory limit it is meant to (and, under v1, the same
+    /// limit of memory and swap together); `None` when it cannot be read (not made yet).
+    pub fn limits_in_force(&self) -> Option<bool> {
+        // What the kernel shows for "no limit": v1 a number near 2^63, v2 `max`.
+        let read = |file: PathBuf| -> Option<Option<u64>> {
+            let text = std::fs::read_to_string(file).ok()?;
+            match text.trim() {
+                "max" => Some(None),
+                n => n.parse::<u64>().ok().map(|n| (n < 1 << 62).then_some(n)),
+            }
+        };
+        let wanted = self.memory_max;
+        match &self.place {
+            Place::V1 { memory, .. } => {
+                let held = read(memory.join("memory.limit_in_bytes"))?;
+                let sum = memory.join("memory.memsw.limit_in_bytes");
+                let sum_held = if sum.exists() { read(sum)? } else { wanted };
+                Some(held == wanted && sum_held == wanted)
+            }
+            Place::V2 { dir } => Some(read(dir.join("memory.max"))? == wanted),
         }
-        Ok(joining)
     }
 
     /// Under cgroup v2: `base`, the group of Slipway's that holds the environments' groups,
@@ -573,7 +619,8 @@ fn write_memory_limit(file: &Path, value: &str) -> io::Result<bool> {
             tracing::warn!(
                 file = %file.display(),
                 value,
-                "the group holds more than its new memory limit: its limit stays until it holds less"
+                "the group holds more than its new memory limit, which the kernel refused: its \
+                 processes are drift until they are replaced"
             );
             Ok(false)
         }
@@ -607,15 +654,38 @@ fn write_limit(file: &Path, value: &str) -> io::Result<()> {
 pub struct Joining {
     procs: Vec<OwnedFd>,
     files: Vec<(PathBuf, u64, u64)>,
+    /// The process that prepared it entered the group itself ([`Joining::enter_self`]): its
+    /// children are born there, and [`join`] moves none.
+    entered: bool,
 }
 
 impl Joining {
+    /// Moves the calling process itself into the group (a long-lived parent that starts
+    /// many children: a move per child would cost each start a cgroup migration, which
+    /// takes the kernel's global lock of them). Only for a parent of the environment's own,
+    /// the supervisor, whose memory then counts against the group's limit.
+    ///
+    /// # Errors
+    /// The write that failed.
+    pub fn enter_self(&mut self) -> io::Result<()> {
+        for fd in &self.procs {
+            nix::unistd::write(fd, b"0").map_err(io::Error::from)?;
+        }
+        self.entered = true;
+        Ok(())
+    }
+
     /// Whether each file opened is still its group's (not removed, nor made again since).
     pub fn current(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         self.files.iter().all(|(path, dev, ino)| {
             std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (*dev, *ino))
         })
+    }
+
+    /// Whether it opened nothing (no group).
+    pub(crate) fn procs_empty(&self) -> bool {
+        self.procs.is_empty()
     }
 
     /// The descriptor of the `n`th directory, or -1.
@@ -633,6 +703,9 @@ impl Joining {
 /// The `errno` of the write that failed.
 pub(crate) fn join(joining: &Joining) -> Result<(), syscalls::Errno> {
     use std::os::fd::AsRawFd;
+    if joining.entered {
+        return Ok(());
+    }
     for fd in &joining.procs {
         // SAFETY: writes one byte from a static to a descriptor this process holds.
         unsafe {
@@ -754,8 +827,32 @@ mod tests {
     #[test]
     fn a_limit_below_what_the_group_holds_keeps_the_old_one() {
         use std::os::unix::process::CommandExt;
+        // Where this test means something: as root, on cgroup v1, without swap (with swap
+        // the kernel could meet the lower limit by swapping out).
+        let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+        if !crate::sandbox::running_as_root() || swaps.lines().count() > 1 {
+            eprintln!("not root, or swap is on: skipped");
+            return;
+        }
         let setting = Setting::At(format!("/slipway-test-{}", std::process::id()));
         let cgroups = Cgroups::detect(&setting).expect("this machine has cgroups, as root");
+        /// Removes the test's groups, whatever happens.
+        struct Removed(Vec<PathBuf>);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                for base in &self.0 {
+                    let _ = std::fs::remove_dir(base.join("1"));
+                    let _ = std::fs::remove_dir(base);
+                }
+            }
+        }
+        let _removed = Removed(
+            cgroups
+                .base_dirs()
+                .into_iter()
+                .map(Path::to_path_buf)
+                .collect(),
+        );
         let group = |mib: u64| cgroups.for_uid(1, Some(mib << 20), None);
         let joining = group(128).prepare().expect("made");
         let procs = joining.fd(0);
@@ -800,12 +897,19 @@ mod tests {
             (128u64 << 20).to_string(),
             "the old limit stays"
         );
+        assert_eq!(
+            group(64).limits_in_force(),
+            Some(false),
+            "said, for the drift it makes"
+        );
         let _ = holder.0.kill();
         let _ = holder.0.wait();
         let first = group(64)
             .prepare()
             .expect("lowered once the memory is gone");
         assert_eq!(limit().trim(), (64u64 << 20).to_string());
+        assert_eq!(group(64).limits_in_force(), Some(true));
+        assert_eq!(group(128).limits_in_force(), Some(false));
         assert!(first.current());
         group(64).remove().expect("removed");
         assert!(!memory.exists());
@@ -816,9 +920,11 @@ mod tests {
             "the one made again is another"
         );
         group(64).remove().expect("removed");
-        for dir in cgroups.base_dirs() {
-            std::fs::remove_dir(dir).expect("the test's base");
-        }
+        assert_eq!(
+            group(64).limits_in_force(),
+            None,
+            "no group, nothing to say"
+        );
     }
 
     #[test]

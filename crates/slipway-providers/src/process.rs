@@ -511,6 +511,20 @@ impl Provider for ProcessProvider {
                 });
             }
         }
+        // The limits are the group's: a lowered one the kernel refused while the group held
+        // more (cgroup v1) is drift, which replacing its processes, then writing it, repairs.
+        if let Some(group) = &ctx.sandbox.cgroup
+            && group.limits_in_force() == Some(false)
+        {
+            return Ok(Observation::Drifted {
+                reason: format!(
+                    "its environment's control group does not hold the limits its code gets \
+                     ({}): it held more memory than a lowered limit when that was written; \
+                     replacing its processes applies it",
+                    ctx.sandbox.limits()
+                ),
+            });
+        }
         Ok(Observation::InSync)
     }
 

@@ -1244,6 +1244,18 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Moves the calling process into its control group, if any, so that the children it
+    /// starts are born there ([`crate::cgroup::Joining::enter_self`]).
+    ///
+    /// # Errors
+    /// The move that failed.
+    pub fn enter_cgroup(&mut self) -> io::Result<()> {
+        if self.ids.is_some() && !self.cgroup.procs_empty() {
+            self.cgroup.enter_self()?;
+        }
+        Ok(())
+    }
+
     /// Whether its control group is still the one it opened (not removed, nor made again
     /// since): a long-lived parent prepares again otherwise.
     pub fn cgroup_current(&self) -> bool {

@@ -401,8 +401,13 @@ fn a_process_started_under_another_process_limit_is_drift_that_apply_repairs() {
 /// Holds `MiB` mebibytes, then tries to leave its control group and to lift its limits, and
 /// reports what it found in `data/NAME.json`; `eat` allocates more afterwards.
 const MEMORY: &str = r#"import json, os, sys, time
-name, mib = sys.argv[1], int(sys.argv[2])
+name = sys.argv[1]
 d = os.environ["SLIPWAY_DATA_DIR"]
+size = os.path.join(d, "size")
+if sys.argv[2] != "file":
+    mib = int(sys.argv[2])
+else:
+    mib = int(open(size).read()) if os.path.exists(size) else 96
 held = b"x" * (mib << 20)
 groups = open("/proc/self/cgroup").read()
 def attempt(path, value):
@@ -570,6 +575,92 @@ fn code_that_takes_all_memory_is_stopped_at_its_environments_limit() {
         "{dir} is removed with its environment"
     );
     assert!(!Path::new(&format!("/sys/fs/cgroup/cpu{group}")).exists());
+}
+
+/// A memory limit lowered below what the environment's processes hold is refused by the
+/// kernel (cgroup v1) while nothing can be reclaimed: the group keeps the old one, which is
+/// drift until the processes are replaced, and the apply that replaces them lowers it.
+#[test]
+fn a_memory_limit_lowered_below_what_the_code_holds_takes_once_it_is_replaced() {
+    let s = Sandbox::new();
+    s.with_local("max_memory = \"160MiB\"");
+    s.write("memory.py", MEMORY);
+    s.commit_dev_stack(
+        "memory",
+        r##"  other: { type: process, command: ["sleep", "4245001"] }
+  hold:
+    type: process
+    command: ["python3", "memory.py", "hold", "file"]
+    depends_on: [other]
+"##,
+        "a process holding what data/size says (96 MiB at first), and another",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let data = s.home.join("envs/dev/data");
+    let written = data.join("hold.json");
+    let deadline = std::time::Instant::now() + T;
+    while !written.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(written.exists(), "the process holds its 96 MiB");
+    let group = format!("/slipway/{}", owner(&data));
+    // Lowered below the 96 MiB held: the kernel keeps 160 MiB for now.
+    std::fs::write(data.join("size"), "8").expect("its next size");
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        config.replace("max_memory = \"160MiB\"", "max_memory = \"64MiB\""),
+    )
+    .expect("config");
+    let status = s.json(&["status", "--output", "json"]);
+    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
+        .expect("hold")
+        .clone();
+    assert_eq!(seen["status"], "drifted", "{seen}");
+    // A job, then the other process, start first, while `hold` still holds its 96 MiB:
+    // the kernel refuses the lower limit, which fails neither. Then `hold` is replaced (now
+    // holding 8 MiB; its supervisor does not write the limit again for the same spec), and
+    // the limit takes at the end of the apply.
+    s.commit_dev_stack(
+        "memory",
+        r##"  probe: { type: job, command: ["true"] }
+  other:
+    type: process
+    command: ["sleep", "4245001"]
+    depends_on: [probe]
+  hold:
+    type: process
+    command: ["python3", "memory.py", "hold", "file"]
+    depends_on: [other]
+"##,
+        "a job before the processes",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(memory_limit_of(&group), (64u64 << 20).to_string());
+    let status = s.json(&["status", "--output", "json"]);
+    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
+        .expect("hold")
+        .clone();
+    assert_ne!(seen["status"], "drifted", "in force once replaced: {seen}");
+    // A group whose limit is not the one its processes were started under (as when the
+    // kernel refused it) is drift, which the next apply repairs.
+    for file in ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"] {
+        let path = format!("/sys/fs/cgroup/memory{group}/{file}");
+        std::fs::write(&path, (160u64 << 20).to_string()).expect("the old limit back");
+    }
+    let status = s.json(&["status", "--output", "json"]);
+    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
+        .expect("hold")
+        .clone();
+    assert!(
+        seen["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("control group does not hold the limits")),
+        "{seen}"
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    assert_eq!(memory_limit_of(&group), (64u64 << 20).to_string());
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 
 /// A `file` resource with the set-uid bit would be a set-uid program of the environment's.

@@ -496,6 +496,13 @@ impl Engine {
                 return Err(e);
             }
         };
+        // The group's limits once its changes are done: a lowered one the kernel refused while
+        // the group held more takes now that the processes it held are replaced.
+        if let Some(group) = &sandbox.cgroup
+            && let Err(error) = group.write_limits()
+        {
+            tracing::warn!(%error, "cannot write the limits of the environment's control group");
+        }
         let report = ApplyReport {
             deployment,
             environment: env.clone(),

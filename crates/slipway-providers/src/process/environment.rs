@@ -1439,7 +1439,11 @@ impl EnvironmentSupervisor {
         }
         // The key first: a path that appears meanwhile is then seen as a change next time.
         let key = confinement.rules_key();
-        let prepared = Rc::new(confinement.prepare()?);
+        let mut prepared = confinement.prepare()?;
+        // The supervisor joins its environment's group itself: its children are born there,
+        // with no move each (a cgroup migration takes the kernel's global lock of them).
+        prepared.enter_cgroup()?;
+        let prepared = Rc::new(prepared);
         if self.prepared.len() >= PREPARED_KEPT {
             self.prepared.remove(0);
         }
