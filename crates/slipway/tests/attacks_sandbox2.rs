@@ -375,11 +375,7 @@ fn a_process_started_under_another_process_limit_is_drift_that_apply_repairs() {
         config.replace("max_processes = 64", "max_processes = 128"),
     )
     .expect("config");
-    let web = || {
-        let status = s.json(&["status", "--output", "json"]);
-        let dev = status_environment(&status, "dev").expect("dev");
-        status_resource(dev, "web").expect("web").clone()
-    };
+    let web = || dev_resource(&s, "web");
     let seen = web();
     assert_eq!(seen["status"], "drifted", "{seen}");
     assert!(
@@ -431,6 +427,13 @@ if "eat" in sys.argv[3:]:
 time.sleep(10**6)
 "#;
 
+/// How `status` shows `name` of `dev`.
+fn dev_resource(s: &Sandbox, name: &str) -> Value {
+    let status = s.json(&["status", "--output", "json"]);
+    let dev = status_environment(&status, "dev").expect("dev");
+    status_resource(dev, name).expect("the resource").clone()
+}
+
 /// The memory limit of the v1 group `group` (a path from the hierarchy's root).
 fn memory_limit_of(group: &str) -> String {
     std::fs::read_to_string(format!(
@@ -463,10 +466,9 @@ fn code_that_takes_all_memory_is_stopped_at_its_environments_limit() {
     let group = format!("/slipway/{uid}");
     // Ready once started: its report comes once it holds its memory.
     let written = s.home.join("envs/dev/data/hold.json");
-    let deadline = std::time::Instant::now() + T;
-    while !written.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("its report, once it holds its memory", T, || {
+        written.exists().then_some(())
+    });
     let held = report(&s, "dev", "hold.json");
     assert!(
         held["groups"]
@@ -553,10 +555,7 @@ fn code_that_takes_all_memory_is_stopped_at_its_environments_limit() {
 "##,
         "the eater goes",
     );
-    let status = s.json(&["status", "--output", "json"]);
-    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
-        .expect("hold")
-        .clone();
+    let seen = dev_resource(&s, "hold");
     assert!(
         seen["message"]
             .as_str()
@@ -598,11 +597,9 @@ fn a_memory_limit_lowered_below_what_the_code_holds_takes_once_it_is_replaced() 
     s.ok(&["apply", "--env", "dev", "--yes"]);
     let data = s.home.join("envs/dev/data");
     let written = data.join("hold.json");
-    let deadline = std::time::Instant::now() + T;
-    while !written.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(written.exists(), "the process holds its 96 MiB");
+    wait_for("its report, once it holds its memory", T, || {
+        written.exists().then_some(())
+    });
     let group = format!("/slipway/{}", owner(&data));
     // Lowered below the 96 MiB held: the kernel keeps 160 MiB for now.
     std::fs::write(data.join("size"), "8").expect("its next size");
@@ -612,10 +609,7 @@ fn a_memory_limit_lowered_below_what_the_code_holds_takes_once_it_is_replaced() 
         config.replace("max_memory = \"160MiB\"", "max_memory = \"64MiB\""),
     )
     .expect("config");
-    let status = s.json(&["status", "--output", "json"]);
-    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
-        .expect("hold")
-        .clone();
+    let seen = dev_resource(&s, "hold");
     assert_eq!(seen["status"], "drifted", "{seen}");
     // A job, then the other process, start first, while `hold` still holds its 96 MiB:
     // the kernel refuses the lower limit, which fails neither. Then `hold` is replaced (now
@@ -637,10 +631,7 @@ fn a_memory_limit_lowered_below_what_the_code_holds_takes_once_it_is_replaced() 
     );
     s.ok(&["apply", "--env", "dev", "--yes"]);
     assert_eq!(memory_limit_of(&group), (64u64 << 20).to_string());
-    let status = s.json(&["status", "--output", "json"]);
-    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
-        .expect("hold")
-        .clone();
+    let seen = dev_resource(&s, "hold");
     assert_ne!(seen["status"], "drifted", "in force once replaced: {seen}");
     // A group whose limit is not the one its processes were started under (as when the
     // kernel refused it) is drift, which the next apply repairs.
@@ -648,10 +639,7 @@ fn a_memory_limit_lowered_below_what_the_code_holds_takes_once_it_is_replaced() 
         let path = format!("/sys/fs/cgroup/memory{group}/{file}");
         std::fs::write(&path, (160u64 << 20).to_string()).expect("the old limit back");
     }
-    let status = s.json(&["status", "--output", "json"]);
-    let seen = status_resource(status_environment(&status, "dev").expect("dev"), "hold")
-        .expect("hold")
-        .clone();
+    let seen = dev_resource(&s, "hold");
     assert!(
         seen["message"]
             .as_str()
