@@ -478,6 +478,17 @@ fn code_that_takes_all_memory_is_stopped_at_its_environments_limit() {
         "the process runs in its environment's group: {held}"
     );
     assert_eq!(held["leave"], "PermissionError", "it cannot leave: {held}");
+    // Its supervisor runs in the group too, so that its children are born there (a move
+    // each would cost every start a cgroup migration).
+    let members = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{group}/cgroup.procs"))
+        .expect("the group's processes");
+    assert!(
+        members.lines().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__supervise"))
+        }),
+        "the supervisor is in the group: {members}"
+    );
     assert_eq!(
         held["lift"], "PermissionError",
         "nor lift its limit: {held}"
