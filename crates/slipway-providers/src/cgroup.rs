@@ -133,8 +133,8 @@ impl Cgroups {
         Ok(cgroups)
     }
 
-    /// The base's directories.
-    fn base_dirs(&self) -> Vec<&Path> {
+    /// The base's directories: one per hierarchy.
+    pub fn base_dirs(&self) -> Vec<&Path> {
         self.base.dirs()
     }
 
@@ -283,6 +283,14 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let (left, right) = line.split_once(" - ")?;
             let fields: Vec<&str> = left.split(' ').collect();
             let (root, point) = (unescape(fields.get(3)?), unescape(fields.get(4)?));
+            // The kernel writes a mount's point whole, from `/`: one that is not is no mount.
+            if !Path::new(&point).is_absolute()
+                || Path::new(&point)
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return None;
+            }
             let writable = !fields.get(5)?.split(',').any(|o| o == "ro");
             let mut right = right.split(' ');
             let fstype = right.next()?;
@@ -371,8 +379,8 @@ impl Place {
 }
 
 impl Cgroup {
-    /// Its directories, each with the controllers it holds.
-    fn dirs(&self) -> Vec<&Path> {
+    /// Its directories, one per hierarchy.
+    pub fn dirs(&self) -> Vec<&Path> {
         self.place.dirs()
     }
 
@@ -931,5 +939,87 @@ mod tests {
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape(r"/x\0"), r"/x\0");
+    }
+
+    /// A path as `mountinfo` may show one: components of letters, `.`, `..`, escapes.
+    fn some_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = prop_oneof![
+            4 => "[a-z]{1,4}",
+            1 => Just(".".to_owned()),
+            1 => Just("..".to_owned()),
+            1 => "[a-z]{0,2}\\\\[0-7]{3}",
+        ];
+        proptest::collection::vec(part, 0..4).prop_map(|parts| format!("/{}", parts.join("/")))
+    }
+
+    /// A line of `mountinfo`, mostly a cgroup mount of any root and point (so that detection
+    /// often finds a base), sometimes anything.
+    fn mount_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (
+                prop_oneof![2 => Just("/".to_owned()), 1 => some_path()],
+                some_path(),
+                prop_oneof![4 => Just("rw,relatime"), 1 => Just("ro,relatime")],
+                prop_oneof![4 => Just("cgroup"), 1 => Just("cgroup2"), 1 => Just("tmpfs")],
+                prop_oneof![3 => "rw,memory(,cpu)?", 1 => "(rw|ro)(,cpu|,pids|,memory){0,2}"],
+            )
+                .prop_map(|(root, point, opts, fstype, superopts)| {
+                    format!("31 23 0:28 {root} {point} {opts} - {fstype} {fstype} {superopts}")
+                }),
+            1 => ".{0,80}",
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever `mountinfo` says, detection does not panic, and the groups it finds lie
+        /// beneath a cgroup mount's point, never above it (`..`), each environment's one level
+        /// below the base.
+        #[test]
+        fn no_mountinfo_makes_detection_panic_or_leave_its_mounts(
+            lines in proptest::collection::vec(mount_line(), 0..6),
+            setting in proptest::prop_oneof![
+                3 => proptest::strategy::Just("auto".to_owned()),
+                2 => some_path(),
+                1 => "(off|/|[a-z]{1,4})",
+            ],
+            own in "(0::/[a-z./]{0,8})?",
+        ) {
+            let text = lines.join("\n");
+            let Ok(setting) = Setting::parse(&setting) else {
+                return Ok(());
+            };
+            let Ok(found) = Cgroups::detect_in(&setting, &text, &own) else {
+                return Ok(());
+            };
+            let points: Vec<PathBuf> = parse_mountinfo(&text)
+                .into_iter()
+                .map(|mount| match mount {
+                    Mount::V1 { point, .. } | Mount::V2 { point, .. } => point,
+                })
+                .collect();
+            for dir in found.base_dirs() {
+                proptest::prop_assert!(
+                    !dir
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir)),
+                    "{} names a parent", dir.display()
+                );
+                proptest::prop_assert!(
+                    points.iter().any(|point| dir.starts_with(point)),
+                    "{} is beneath no cgroup mount of {text:?}", dir.display()
+                );
+            }
+            let group = found.for_uid(200_001, None, None);
+            let bases = found.base_dirs();
+            for dir in group.dirs() {
+                proptest::prop_assert!(
+                    dir.file_name() == Some(std::ffi::OsStr::new("200001"))
+                        && dir.parent().is_some_and(|parent| bases.contains(&parent)),
+                    "{} is not a base's child", dir.display()
+                );
+            }
+        }
     }
 }
