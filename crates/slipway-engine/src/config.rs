@@ -429,13 +429,20 @@ pub struct LocalConfig {
     /// the machine (`"50%"`, the default, applied where the environment gets a group), a
     /// size (`"512MiB"`, `"2G"`: binary units), or `"none"`. A limit set here that cannot be
     /// enforced (no group) stops the environment's code from starting.
-    #[serde(default)]
-    pub max_memory: Option<MemoryLimit>,
+    #[serde(default, deserialize_with = "max_memory")]
+    pub max_memory: Option<SizeLimit>,
     /// uid mode: how many cores one environment's processes may take together (`1.5`); none
     /// by default (each environment still takes one share of the machine against the
     /// others, however many processes it runs, where it gets a group).
     #[serde(default, deserialize_with = "cores")]
     pub max_cpu: Option<u32>,
+    /// uid and landlock modes: the most one environment's data and temporary directories may
+    /// hold together (the only places its code may write under Landlock): a share of the file
+    /// system holding the home (`"50%"`, the default), a size (`"10GiB"`), or `"none"`. No
+    /// file of its code may grow past it (`RLIMIT_FSIZE`); past it all together, its code
+    /// is stopped and none starts until it holds less (`slipway_providers::disk`).
+    #[serde(default, deserialize_with = "max_disk")]
+    pub max_disk: Option<SizeLimit>,
     /// Where the other replicas sharing a PostgreSQL state reach this replica's listener (its
     /// router), to forward the preview requests of environments whose processes run on this
     /// node; none by default, and then they cannot (see [`Advertise`]).
@@ -571,6 +578,7 @@ impl Default for LocalConfig {
             cgroup: CgroupSetting::default(),
             max_memory: None,
             max_cpu: None,
+            max_disk: None,
             advertise: None,
             max_environments: None,
         }
@@ -655,37 +663,38 @@ impl<'de> Deserialize<'de> for CgroupSetting {
     }
 }
 
-/// `[local] max_memory`.
+/// `[local] max_memory` and `max_disk`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemoryLimit {
+pub enum SizeLimit {
     /// `"none"`.
     Unlimited,
-    /// `"N%"` of the machine's memory (1 to 100).
+    /// `"N%"` of the whole (the machine's memory, the file system's size; 1 to 100).
     Share(u8),
     /// A size, in bytes.
     Bytes(u64),
 }
 
-impl MemoryLimit {
-    /// The default: half of the machine, where a group can hold it.
-    pub const DEFAULT: MemoryLimit = MemoryLimit::Share(50);
+impl SizeLimit {
+    /// The default: half of the whole (the machine's memory, where a group can hold it; the
+    /// file system holding the home).
+    pub const DEFAULT: SizeLimit = SizeLimit::Share(50);
 
-    /// Reads `"none"`, `"N%"` or a size: digits, then nothing (bytes) or `K`, `M`, `G`, `T`
-    /// (with or without `i`/`iB`/`B`, all binary: `512M` = `512MiB`).
-    pub fn parse(text: &str) -> Result<MemoryLimit, String> {
+    /// Reads `[local] KEY`: `"none"`, `"N%"` or a size: digits, then nothing (bytes) or `K`,
+    /// `M`, `G`, `T` (with or without `i`/`iB`/`B`, all binary: `512M` = `512MiB`).
+    pub fn parse(key: &str, text: &str) -> Result<SizeLimit, String> {
         let bad = |why: &str| {
             format!(
-                "[local] max_memory {text:?} {why}; give \"none\", a share of the machine \
-                 (\"50%\") or a size (\"512MiB\", \"2G\")"
+                "[local] {key} {text:?} {why}; give \"none\", a share (\"50%\") or a size \
+                 (\"512MiB\", \"2G\")"
             )
         };
         let trimmed = text.trim();
         if trimmed == "none" {
-            return Ok(MemoryLimit::Unlimited);
+            return Ok(SizeLimit::Unlimited);
         }
         if let Some(share) = trimmed.strip_suffix('%') {
             return match share.trim().parse::<u8>() {
-                Ok(n @ 1..=100) => Ok(MemoryLimit::Share(n)),
+                Ok(n @ 1..=100) => Ok(SizeLimit::Share(n)),
                 _ => Err(bad("is not a share from 1% to 100%")),
             };
         }
@@ -707,23 +716,31 @@ impl MemoryLimit {
         if bytes < 4 << 20 {
             return Err(bad("is less than 4MiB"));
         }
-        Ok(MemoryLimit::Bytes(bytes))
+        Ok(SizeLimit::Bytes(bytes))
     }
 
-    /// In bytes on a machine of `machine` bytes; `None`: no limit.
-    pub fn bytes(self, machine: u64) -> Option<u64> {
+    /// In bytes of a whole of `whole` bytes; `None`: no limit.
+    pub fn bytes(self, whole: u64) -> Option<u64> {
         match self {
-            MemoryLimit::Unlimited => None,
-            MemoryLimit::Share(n) => Some((u128::from(machine) * u128::from(n) / 100) as u64),
-            MemoryLimit::Bytes(b) => Some(b),
+            SizeLimit::Unlimited => None,
+            SizeLimit::Share(n) => Some((u128::from(whole) * u128::from(n) / 100) as u64),
+            SizeLimit::Bytes(b) => Some(b),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for MemoryLimit {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        MemoryLimit::parse(&String::deserialize(de)?).map_err(serde::de::Error::custom)
-    }
+/// `[local] max_memory`.
+fn max_memory<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SizeLimit>, D::Error> {
+    SizeLimit::parse("max_memory", &String::deserialize(de)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `[local] max_disk`.
+fn max_disk<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SizeLimit>, D::Error> {
+    SizeLimit::parse("max_disk", &String::deserialize(de)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `[local] max_cpu`: cores (a number above 0, at most 4096), in thousandths.
@@ -819,13 +836,13 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_cpu_limits_read_as_an_operator_writes_them() {
+    fn memory_disk_and_cpu_limits_read_as_an_operator_writes_them() {
         let memory = |text: &str| local(json!({ "max_memory": text })).map(|l| l.max_memory);
-        assert_eq!(memory("none"), Ok(Some(MemoryLimit::Unlimited)));
-        assert_eq!(memory("25%"), Ok(Some(MemoryLimit::Share(25))));
-        assert_eq!(memory("512MiB"), Ok(Some(MemoryLimit::Bytes(512 << 20))));
-        assert_eq!(memory("2G"), Ok(Some(MemoryLimit::Bytes(2 << 30))));
-        assert_eq!(memory("8388608"), Ok(Some(MemoryLimit::Bytes(8 << 20))));
+        assert_eq!(memory("none"), Ok(Some(SizeLimit::Unlimited)));
+        assert_eq!(memory("25%"), Ok(Some(SizeLimit::Share(25))));
+        assert_eq!(memory("512MiB"), Ok(Some(SizeLimit::Bytes(512 << 20))));
+        assert_eq!(memory("2G"), Ok(Some(SizeLimit::Bytes(2 << 30))));
+        assert_eq!(memory("8388608"), Ok(Some(SizeLimit::Bytes(8 << 20))));
         for bad in [
             "0%",
             "101%",
@@ -844,8 +861,19 @@ mod tests {
             );
         }
         assert_eq!(local(json!({})).map(|l| l.max_memory), Ok(None), "default");
-        assert_eq!(MemoryLimit::DEFAULT.bytes(8 << 30), Some(4 << 30), "half");
-        assert_eq!(MemoryLimit::Unlimited.bytes(8 << 30), None);
+        assert_eq!(SizeLimit::DEFAULT.bytes(8 << 30), Some(4 << 30), "half");
+        assert_eq!(SizeLimit::Unlimited.bytes(8 << 30), None);
+
+        let disk = |text: &str| local(json!({ "max_disk": text })).map(|l| l.max_disk);
+        assert_eq!(disk("10GiB"), Ok(Some(SizeLimit::Bytes(10 << 30))));
+        assert_eq!(disk("25%"), Ok(Some(SizeLimit::Share(25))));
+        assert_eq!(disk("none"), Ok(Some(SizeLimit::Unlimited)));
+        let e = disk("10 parsecs").expect_err("a unit it does not know");
+        assert!(
+            e.contains("[local] max_disk") && !e.contains("max_memory"),
+            "the message names the key it is about: {e}"
+        );
+        assert_eq!(local(json!({})).map(|l| l.max_disk), Ok(None), "default");
 
         let cpu = |v: serde_json::Value| local(json!({ "max_cpu": v })).map(|l| l.max_cpu);
         assert_eq!(cpu(json!(1.5)), Ok(Some(1500)));

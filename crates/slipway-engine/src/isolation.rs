@@ -88,11 +88,9 @@ pub(crate) fn resource_limits(
     isolation: Isolation,
     local: &crate::config::LocalConfig,
 ) -> Result<Result<Limits, String>, EngineError> {
-    use crate::config::MemoryLimit;
+    use crate::config::SizeLimit;
     use slipway_providers::cgroup::{Cgroups, Setting};
-    let explicit = local
-        .max_memory
-        .is_some_and(|m| m != MemoryLimit::Unlimited)
+    let explicit = local.max_memory.is_some_and(|m| m != SizeLimit::Unlimited)
         || local.max_cpu.is_some()
         || matches!(local.cgroup.0, Setting::At(_));
     let unenforceable = |why: String| {
@@ -121,15 +119,15 @@ pub(crate) fn resource_limits(
         Err(why) => return Ok(Err(why)),
     };
     let memory = match (
-        local.max_memory.unwrap_or(MemoryLimit::DEFAULT),
+        local.max_memory.unwrap_or(SizeLimit::DEFAULT),
         slipway_providers::cgroup::machine_memory(),
     ) {
-        (MemoryLimit::Share(_), None) if local.max_memory.is_some() => {
+        (SizeLimit::Share(_), None) if local.max_memory.is_some() => {
             return Err(unenforceable(
                 "this machine's memory is unknown (/proc/meminfo)".to_owned(),
             ));
         }
-        (MemoryLimit::Share(_), None) => None,
+        (SizeLimit::Share(_), None) => None,
         (limit, machine) => limit.bytes(machine.unwrap_or(0)),
     }
     // Whole MiB: what the kernel keeps (page by page) reads back as written, so that a
@@ -140,6 +138,45 @@ pub(crate) fn resource_limits(
         memory,
         cpu: local.max_cpu,
     }))
+}
+
+/// The most each environment's data and temporary directories may hold, in bytes, from
+/// `[local] max_disk`: by default half the file system holding `home` (on which the
+/// environments' directories are). In uid and landlock modes only: with isolation `none` the
+/// code may write wherever the engine may, and a limit on two directories would bound
+/// nothing (asking for one then is refused).
+pub(crate) fn disk_limit(
+    isolation: Isolation,
+    local: &crate::config::LocalConfig,
+    home: &Path,
+) -> Result<Option<u64>, EngineError> {
+    use crate::config::SizeLimit;
+    let asked = local.max_disk.filter(|l| *l != SizeLimit::Unlimited);
+    if isolation == Isolation::None {
+        return match asked {
+            Some(_) => Err(EngineError::Usage(
+                "[local] max_disk is set, but isolation is none: the code may write wherever \
+                 the engine may; isolate it (`isolation = \"auto\"`), or remove max_disk"
+                    .to_owned(),
+            )),
+            None => Ok(None),
+        };
+    }
+    let limit = local.max_disk.unwrap_or(SizeLimit::DEFAULT);
+    let whole = match limit {
+        SizeLimit::Share(_) => match nix::sys::statvfs::statvfs(home) {
+            Ok(fs) => fs.blocks().saturating_mul(fs.fragment_size()),
+            Err(e) => {
+                return Err(EngineError::Usage(format!(
+                    "[local] max_disk is a share of the file system holding {}, whose size \
+                     cannot be read: {e}; give a size (\"10GiB\") or \"none\"",
+                    home.display()
+                )));
+            }
+        },
+        _ => 0,
+    };
+    Ok(limit.bytes(whole))
 }
 
 /// Refuses, in landlock mode, a credential file of the configuration that environments' code
@@ -465,6 +502,15 @@ impl Engine {
             sandbox.max_processes = Some(self.config.local.max_processes).filter(|&n| n > 0);
             sandbox.cgroup = self.limits.as_ref().ok().map(|l| l.group(uid));
         }
+        if sandbox.isolation != Isolation::None
+            && let Some(max) = self.max_disk
+        {
+            let root = self.home.join("envs").join(env.as_str());
+            sandbox.disk = Some(slipway_providers::disk::DiskLimit {
+                max,
+                dirs: vec![root.join("data"), root.join("tmp")],
+            });
+        }
         // On a replica every command is bound by the lease, and none starts without one.
         if let Some(watchdog) = &self.watchdog {
             sandbox.lease = Some(sandbox::LeaseBound {
@@ -474,6 +520,12 @@ impl Engine {
             });
         }
         Ok(sandbox)
+    }
+
+    /// The most each environment's data and temporary directories may hold
+    /// (`[local] max_disk`), in bytes; `None`: no limit.
+    pub fn max_disk(&self) -> Option<u64> {
+        self.max_disk
     }
 
     /// Kills every process of `uid`, an environment's (see
@@ -754,7 +806,7 @@ mod tests {
     /// running environments' code believed bounded; the default's absence is only said.
     #[test]
     fn a_limit_that_cannot_be_enforced_is_refused() {
-        use crate::config::{CgroupSetting, LocalConfig, MemoryLimit};
+        use crate::config::{CgroupSetting, LocalConfig, SizeLimit};
         use slipway_providers::cgroup::Setting;
         let default = LocalConfig::default();
         let found = resource_limits(Isolation::Landlock, &default).expect("the default");
@@ -763,7 +815,7 @@ mod tests {
             "no group without root, and no error"
         );
         let mut asked = LocalConfig {
-            max_memory: Some(MemoryLimit::Bytes(64 << 20)),
+            max_memory: Some(SizeLimit::Bytes(64 << 20)),
             ..LocalConfig::default()
         };
         for isolation in [Isolation::Landlock, Isolation::None] {
@@ -775,7 +827,7 @@ mod tests {
             resource_limits(Isolation::Uid, &asked).is_err(),
             "asked, with groups off"
         );
-        asked.max_memory = Some(MemoryLimit::Unlimited);
+        asked.max_memory = Some(SizeLimit::Unlimited);
         assert!(
             resource_limits(Isolation::Uid, &asked).is_ok_and(|l| l.is_err()),
             "none asked and groups off: said, not refused"
@@ -788,6 +840,39 @@ mod tests {
     }
 
     /// [`secure_home`] with the look at the environments it found due, done at once.
+    #[test]
+    fn a_disk_limit_is_a_share_of_the_homes_file_system_and_needs_isolation() {
+        use crate::config::{LocalConfig, SizeLimit};
+        let home = tempfile::tempdir().expect("tempdir");
+        let fs = nix::sys::statvfs::statvfs(home.path()).expect("statvfs");
+        let size = fs.blocks() * fs.fragment_size();
+        let mut local = LocalConfig::default();
+        let limit = |isolation, local: &LocalConfig| disk_limit(isolation, local, home.path());
+        assert_eq!(
+            limit(Isolation::Landlock, &local).expect("default"),
+            Some(size / 2),
+            "half the file system by default"
+        );
+        assert_eq!(
+            limit(Isolation::None, &local).expect("no isolation"),
+            None,
+            "nothing to bound without isolation"
+        );
+        local.max_disk = Some(SizeLimit::Bytes(64 << 20));
+        assert_eq!(
+            limit(Isolation::Uid, &local).expect("a size"),
+            Some(64 << 20)
+        );
+        let refused = limit(Isolation::None, &local).expect_err("asked for without isolation");
+        assert!(
+            refused.to_string().contains("isolation is none"),
+            "{refused}"
+        );
+        local.max_disk = Some(SizeLimit::Unlimited);
+        assert_eq!(limit(Isolation::None, &local).expect("none"), None);
+        assert_eq!(limit(Isolation::Uid, &local).expect("none"), None);
+    }
+
     fn secure_now(home: &Path) -> Result<(), EngineError> {
         secure_home(home)?.map_or(Ok(()), EnvsSweep::run)
     }

@@ -615,6 +615,9 @@ pub struct Engine {
     /// uid mode: the control groups environments' code runs in and their limits; why there
     /// are none otherwise ([`isolation::resource_limits`]).
     limits: Result<isolation::Limits, String>,
+    /// The most each environment's data and temporary directories may hold, in bytes
+    /// (`[local] max_disk`; uid and landlock modes, [`isolation::disk_limit`]).
+    max_disk: Option<u64>,
     /// On a replica: bounds the commands run under a lease ([`Engine::bound_by`]).
     watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
     /// On a state shared by replicas: the node this engine runs on ([`Engine::on_node`]).
@@ -647,6 +650,7 @@ impl Engine {
         let isolation = isolation::effective(config.local.isolation)?;
         isolation::check_credentials_out_of_reach(isolation, home, &config)?;
         let limits = isolation::resource_limits(isolation, &config.local)?;
+        let max_disk = isolation::disk_limit(isolation, &config.local, home)?;
         let store = match config
             .state
             .resolve_url()
@@ -708,6 +712,7 @@ impl Engine {
             config,
             isolation,
             limits,
+            max_disk,
             watchdog: None,
             node: None,
             sweeping: Mutex::new(sweep.and_then(isolation::EnvsSweep::start)),

@@ -203,6 +203,10 @@ pub(crate) enum Ending {
     StdoutTooLarge,
     /// The lease it ran under was no longer certainly held; its process group was killed.
     LeaseLost,
+    /// Its environment's directories came to hold more than its disk limit (why, said
+    /// whole); its process group was killed, and in uid mode every process of the
+    /// environment's uid.
+    DiskFull(String),
 }
 
 /// What a run produced.
@@ -281,6 +285,10 @@ impl Run<'_> {
             return Err(io::Error::other(crate::watchdog::LeaseNotHeld(
                 lease.environment.clone(),
             )));
+        }
+        let disk = self.confinement.sandbox.disk.as_ref();
+        if let Some(why) = disk.and_then(crate::disk::DiskLimit::exceeded) {
+            return Err(io::Error::other(crate::disk::OverLimit(why)));
         }
         let (log_reader, log_writer) = io::pipe()?;
         let mut command = Command::new(&self.command[0]);
@@ -380,6 +388,7 @@ impl Run<'_> {
         // Poll rather than block in `wait`: until we reap the child its pid cannot be reused,
         // so signalling its group by pid is safe exactly as long as we have not reaped it.
         let mut exited = false;
+        let mut disk_measured = Instant::now();
         let ending = loop {
             if let Some(status) = child.try_wait()? {
                 exited = true;
@@ -406,6 +415,14 @@ impl Run<'_> {
             if watched.as_ref().is_some_and(|w| w.remaining().is_zero()) {
                 break Ending::LeaseLost;
             }
+            if let Some(disk) = disk
+                && disk_measured.elapsed() >= crate::disk::RUN_CHECK_EVERY
+            {
+                if let Some(why) = disk.exceeded() {
+                    break Ending::DiskFull(why);
+                }
+                disk_measured = Instant::now();
+            }
             std::thread::sleep(Duration::from_millis(10));
         };
         match (&ending, group) {
@@ -416,6 +433,16 @@ impl Run<'_> {
             // Another replica may be about to start this environment's commands.
             (Ending::LeaseLost, Some(group)) => {
                 group.signal_group(Signal::SIGKILL);
+            }
+            // Every write counts: no grace. In uid mode, what escaped the group (`setsid`)
+            // and the environment's other processes too: all of it holds the disk.
+            (Ending::DiskFull(_), Some(group)) => {
+                group.signal_group(Signal::SIGKILL);
+                if let Some((uid, gid)) = self.confinement.sandbox.ids
+                    && self.confinement.sandbox.isolation == crate::sandbox::Isolation::Uid
+                {
+                    let _ = crate::sandbox::kill_everything_of(uid, gid, None);
+                }
             }
             (_, Some(group)) => group.stop_group(self.grace),
             (_, None) => {}

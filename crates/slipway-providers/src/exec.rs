@@ -379,7 +379,7 @@ fn call<R: serde::de::DeserializeOwned>(
             ctx.dirs.src.display()
         ),
         log_tail: None,
-        retry: if crate::watchdog::refused_for_lease(&e) {
+        retry: if crate::watchdog::refused_for_lease(&e) || crate::disk::refused_for_disk(&e) {
             Retry::Retryable
         } else {
             Retry::Terminal
@@ -411,6 +411,13 @@ fn call<R: serde::de::DeserializeOwned>(
                     op.name(),
                     crate::duration::show(timeout)
                 ),
+                log_tail: finished.log_tail,
+                retry: Retry::Retryable,
+            });
+        }
+        Ending::DiskFull(why) => {
+            return Err(ProviderError::Failed {
+                message: format!("exec program `{shown}` was stopped on {}: {why}", op.name()),
                 log_tail: finished.log_tail,
                 retry: Retry::Retryable,
             });

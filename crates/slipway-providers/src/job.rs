@@ -88,7 +88,7 @@ impl Provider for JobProvider {
                 cwd.display()
             ),
             log_tail: None,
-            retry: if crate::watchdog::refused_for_lease(&e) {
+            retry: if crate::watchdog::refused_for_lease(&e) || crate::disk::refused_for_disk(&e) {
                 Retry::Retryable
             } else {
                 Retry::Terminal
@@ -110,6 +110,7 @@ impl Provider for JobProvider {
                 "job command `{shown}` was stopped: {}",
                 crate::watchdog::lease_lost(ctx.environment.as_str())
             )),
+            Ending::DiskFull(ref why) => Some(format!("job command `{shown}` was stopped: {why}")),
         };
         let took = crate::duration::show(finished.duration);
         if let Some(message) = failure {

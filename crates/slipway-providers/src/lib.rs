@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod cgroup;
+pub mod disk;
 pub mod exec;
 pub mod file;
 pub mod job;

@@ -323,6 +323,24 @@ impl Provider for ProcessProvider {
         config: &ProcessConfig,
     ) -> Result<Applied, ProviderError> {
         let resolved = resolve(ctx, config)?;
+        // Over its environment's disk limit: refused, said whole, before anything of it is
+        // stopped. Its supervisor, which refuses it too, keeps it and starts it again once
+        // the directories hold less.
+        if let Some(why) = ctx
+            .sandbox
+            .disk
+            .as_ref()
+            .and_then(crate::disk::DiskLimit::exceeded)
+        {
+            return Err(ProviderError::Failed {
+                message: format!(
+                    "process `{}` was not started: {why}",
+                    command::show_command(&config.command)
+                ),
+                log_tail: None,
+                retry: Retry::Retryable,
+            });
+        }
         if ctx.settings.supervisor.is_empty() {
             return Err(ProviderError::Config(
                 "process: no supervisor program is configured (settings.supervisor)".to_owned(),
@@ -481,7 +499,8 @@ impl Provider for ProcessProvider {
                 return Ok(Observation::Drifted {
                     reason: match running {
                         // Confined alike but for its limits (one started before them, or
-                        // before `[local] max_processes`, `max_memory` or `max_cpu` changed).
+                        // before `[local] max_processes`, `max_memory`, `max_cpu` or
+                        // `max_disk` changed).
                         Some(sandbox)
                             if (sandbox.isolation, sandbox.ids, sandbox.landlock)
                                 == (

@@ -104,6 +104,13 @@ pub struct Sandbox {
     /// outside it (or under other limits) stays so until it is started again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// The most the environment's data and temporary directories may hold
+    /// ([`crate::disk`]): each command starts with its `RLIMIT_FSIZE` at it (soft and hard),
+    /// is refused while the directories hold more, and is stopped when they come to; `None`:
+    /// no limit. A process started under another limit (or none: by a Slipway from before)
+    /// is drift ([`Sandbox::confines_as`]), for the file size limit it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::disk::DiskLimit>,
     /// On a replica, the lease the environment is worked on under: its commands run only
     /// while the lease is certainly held ([`crate::watchdog`]).
     #[serde(skip)]
@@ -146,6 +153,7 @@ impl Sandbox {
             landlock: false,
             max_processes: None,
             cgroup: None,
+            disk: None,
             lease: None,
         }
     }
@@ -158,13 +166,14 @@ impl Sandbox {
             landlock: landlock_abi().is_some(),
             max_processes: None,
             cgroup: None,
+            disk: None,
             lease: None,
         }
     }
 
     /// Whether code started under `self` is confined as under `other`: same mode, uid,
-    /// Landlock, process limit and control group with its limits (the lease bound is not how
-    /// code is confined but how long it may run).
+    /// Landlock, process limit, control group with its limits and disk limit (the lease bound
+    /// is not how code is confined but how long it may run).
     pub fn confines_as(&self, other: &Sandbox) -> bool {
         (
             self.isolation,
@@ -172,26 +181,32 @@ impl Sandbox {
             self.landlock,
             self.max_processes,
             &self.cgroup,
+            &self.disk,
         ) == (
             other.isolation,
             other.ids,
             other.landlock,
             other.max_processes,
             &other.cgroup,
+            &other.disk,
         )
     }
 
     /// Its limits, for messages: `at most 64 processes and threads, 512 MiB of memory,
-    /// 1.5 cores`.
+    /// 1.5 cores, 10.0 GiB of disk`.
     pub fn limits(&self) -> String {
         let processes = match self.max_processes {
             Some(n) => format!("at most {n} processes and threads"),
             None => "no limit of processes".to_owned(),
         };
+        let disk = match &self.disk {
+            Some(disk) => format!("{} of disk", crate::disk::show(disk.max)),
+            None => "no disk limit".to_owned(),
+        };
         match &self.cgroup {
-            None => format!("{processes}, no control group"),
+            None => format!("{processes}, no control group, {disk}"),
             Some(group) => format!(
-                "{processes}, {} of memory, {}",
+                "{processes}, {} of memory, {}, {disk}",
                 group
                     .memory_max
                     .map_or("no limit".to_owned(), |m| format!("{} MiB", m >> 20)),
@@ -211,6 +226,7 @@ impl Sandbox {
             landlock: true,
             max_processes: None,
             cgroup: None,
+            disk: None,
             lease: None,
         }
     }
@@ -796,6 +812,12 @@ impl Confinement {
             confined,
             ids,
             max_processes: ids.and(self.sandbox.max_processes),
+            max_file_size: self
+                .sandbox
+                .disk
+                .as_ref()
+                .filter(|_| confined)
+                .map(|disk| disk.max),
             cgroup,
             ruleset,
             filter,
@@ -1237,6 +1259,8 @@ pub struct Prepared {
     ids: Option<(u32, u32)>,
     /// [`Sandbox::max_processes`], in uid mode only.
     max_processes: Option<u32>,
+    /// [`Sandbox::disk`]'s limit, the largest file the code may write, when confined.
+    max_file_size: Option<u64>,
     /// The `cgroup.procs` of [`Sandbox::cgroup`]'s directories, in uid mode only.
     cgroup: crate::cgroup::Joining,
     ruleset: Option<OwnedFd>,
@@ -1316,7 +1340,8 @@ impl Prepared {
 
     /// The confinement's part in the child, after it took its uid/gid and just before its
     /// `exec`: the engine's inherited descriptors marked close-on-exec, and when confined
-    /// `no_new_privs`, umask 022, the Landlock ruleset and the seccomp filter. The child
+    /// `no_new_privs`, `RLIMIT_FSIZE` at the disk limit, umask 022, the Landlock ruleset and
+    /// the seccomp filter. The child
     /// makes its own session (`setsid`) before: the supervisor's first thing, before any
     /// change of uid (see `process::spawn`); [`Confinement::apply`]'s just before this.
     ///
@@ -1342,6 +1367,21 @@ impl Prepared {
                 return Ok(());
             }
             syscall!(Sysno::prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)?;
+            // No file may grow past the environment's disk limit (soft and hard: the code
+            // cannot raise it, in landlock mode neither, without CAP_SYS_RESOURCE).
+            if let Some(max) = self.max_file_size {
+                let limit = libc::rlimit64 {
+                    rlim_cur: max,
+                    rlim_max: max,
+                };
+                syscall!(
+                    Sysno::prlimit64,
+                    0,
+                    libc::RLIMIT_FSIZE,
+                    &limit as *const libc::rlimit64,
+                    0
+                )?;
+            }
             // The engine's own umask (077) would make the code's files unreadable to the
             // programs it starts under another name; its directories are private anyway.
             let _ = syscall!(Sysno::umask, 0o022);
@@ -1817,6 +1857,7 @@ mod tests {
                 landlock,
                 max_processes: None,
                 cgroup: None,
+                disk: None,
                 lease: None,
             },
             read: vec![dir.join("src")],

@@ -286,6 +286,20 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> R
              docs/security.md, \"Limits\")"
         ),
     }
+    match controller.engine().max_disk() {
+        Some(max) => eprintln!(
+            "slipway serve: each environment's data and temporary directories may hold {} \
+             ([local] max_disk)",
+            slipway_providers::disk::show(max)
+        ),
+        None if controller.engine().isolation() != slipway_providers::sandbox::Isolation::None => {
+            eprintln!(
+                "slipway serve: warning: environments' disk is not bounded ([local] max_disk = \
+                 \"none\"): a branch's code may fill the disk the home is on"
+            )
+        }
+        None => {}
+    }
     let server_options = config.server.options();
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;

@@ -678,6 +678,10 @@ fn branch_code_under_a_root_engine_reaches_nothing_but_its_own() {
         "serve says where environments' control groups are: {log}"
     );
     assert!(
+        log.contains("each environment's data and temporary directories may hold "),
+        "serve says how much disk each environment may take: {log}"
+    );
+    assert!(
         log.contains("[postgres.main] is reached without a password"),
         "serve warns that a server without a password lets sandboxed code in anyway (this \
          machine's PostgreSQL trusts local TCP): {log}"
@@ -798,6 +802,10 @@ fn branch_code_under_an_unprivileged_engine_is_held_by_landlock() {
             "warning: environments' memory and CPU are not bounded: isolation is landlock"
         ),
         "serve says that an unprivileged engine makes no control groups: {log}"
+    );
+    assert!(
+        log.contains("each environment's data and temporary directories may hold "),
+        "an unprivileged engine bounds their disk all the same: {log}"
     );
     for mode in ["job", "process"] {
         let report = sc.report("br-feature-evil", mode);

@@ -1,7 +1,8 @@
 //! Attacks from environment code that the first sandbox left open, run against the real binary
 //! as root (uid mode): `isolation = "landlock"` as root, the operator's terminal, an
 //! environment made indestructible by a failing delete plus a daemon, a health command's
-//! leftovers, a set-uid `file`, a supervisor whose spec is gone, and uids reused at once.
+//! leftovers, a set-uid `file`, a supervisor whose spec is gone, uids reused at once, and code
+//! that takes all the memory or fills the disk.
 
 mod util;
 
@@ -659,6 +660,184 @@ fn a_memory_limit_lowered_below_what_the_code_holds_takes_once_it_is_replaced() 
     );
     s.ok(&["apply", "--env", "dev", "--yes"]);
     assert_eq!(memory_limit_of(&group), (64u64 << 20).to_string());
+    s.ok(&["destroy", "--env", "dev", "--yes"]);
+}
+
+const DISK: &str = r#"import errno, json, os, sys, time
+d = os.environ["SLIPWAY_DATA_DIR"]
+if sys.argv[1] == "one":
+    # One file as large as it can get, then gone.
+    path = os.path.join(d, "one")
+    error = None
+    try:
+        with open(path, "wb") as f:
+            for _ in range(64):
+                f.write(b"x" * (1 << 20))
+                f.flush()
+    except OSError as e:
+        error = errno.errorcode.get(e.errno, str(e.errno))
+    size = os.path.getsize(path)
+    os.remove(path)
+    with open(os.path.join(d, "one.json"), "w") as f:
+        json.dump({"error": error, "size": size}, f)
+    sys.exit(0)
+# Many files, each well below the limit, until told there are enough; a job then ends.
+n = 0
+while n < 64 and not os.path.exists(os.path.join(d, "enough")):
+    with open(os.path.join(d, "%s-%02d" % (sys.argv[1], n)), "wb") as f:
+        f.write(b"x" * (1 << 20))
+    n += 1
+    time.sleep(0.1 if sys.argv[1] == "fill" else 0.2)
+if sys.argv[1] == "many":
+    time.sleep(10**6)
+"#;
+
+fn files_named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("the data directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// A branch's code could fill the disk the engine's home is on (the state database's writes
+/// then fail, and a database server on the same disk stops). Each environment's data and
+/// temporary directories now hold at most `[local] max_disk`: no file of its code grows past
+/// it (`RLIMIT_FSIZE`), and past it all together its code is stopped, and none starts until
+/// the directories hold less (its supervisor and the engine measure them).
+#[test]
+fn code_that_fills_the_disk_is_stopped_at_its_environments_limit() {
+    let s = Sandbox::new();
+    s.with_local("max_disk = \"16MiB\"");
+    s.write("disk.py", DISK);
+    s.commit_dev_stack(
+        "disk",
+        r##"  one: { type: job, command: ["python3", "disk.py", "one"] }
+"##,
+        "a job writing one file as large as it can",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let one = report(&s, "dev", "one.json");
+    assert_eq!(
+        one["error"], "EFBIG",
+        "the write past the limit failed: {one}"
+    );
+    assert_eq!(
+        one["size"],
+        16 << 20,
+        "the file stopped at the limit: {one}"
+    );
+
+    // A job writing many files, each small, is stopped once they hold more.
+    s.commit_dev_stack(
+        "disk",
+        r##"  one: { type: job, command: ["python3", "disk.py", "one"] }
+  fill: { type: job, command: ["python3", "disk.py", "fill"] }
+"##,
+        "a job writing one file after another",
+    );
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes"], 1);
+    let said = text(&out);
+    assert!(
+        said.contains("job command `python3 disk.py fill` was stopped")
+            && said.contains("past its disk limit of 16.0 MiB"),
+        "the apply says why the job was stopped: {said}"
+    );
+    let data = s.home.join("envs/dev/data");
+    let filled = files_named(&data, "fill-");
+    assert!(
+        (16..64).contains(&filled.len()),
+        "it was stopped past the limit, before it wrote all it meant to: {} MiB",
+        filled.len()
+    );
+    for file in filled {
+        std::fs::remove_file(file).expect("remove");
+    }
+
+    // Many files, each small: the supervisor stops the process once they hold more.
+    s.commit_dev_stack(
+        "disk",
+        r##"  one: { type: job, command: ["python3", "disk.py", "one"] }
+  many: { type: process, command: ["python3", "disk.py", "many"] }
+"##,
+        "a process writing one file after another",
+    );
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    let said = wait_for("the supervisor to stop it for its disk", T, || {
+        supervisor_state(&s.home, "dev", "many")
+            .and_then(|state| state["last_exit"].as_str().map(str::to_owned))
+            .filter(|exit| exit.contains("disk limit"))
+    });
+    assert!(
+        said.contains("past its disk limit of 16.0 MiB") && said.contains("max_disk"),
+        "its last start says why it does not run: {said}"
+    );
+    let written = files_named(&data, "many-").len();
+    assert!(
+        (16..64).contains(&written),
+        "it was stopped past the limit, before it wrote all it meant to: {written} MiB"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        files_named(&data, "many-").len(),
+        written,
+        "nothing of it writes on"
+    );
+    let seen = dev_resource(&s, "many");
+    assert!(
+        seen["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disk limit of 16.0 MiB")),
+        "status says why it does not run: {seen}"
+    );
+
+    // Once they hold less (the operator removed the files), its supervisor starts it again.
+    for file in files_named(&data, "many-") {
+        std::fs::remove_file(file).expect("remove");
+    }
+    std::fs::write(data.join("enough"), "").expect("enough");
+    let running = || {
+        supervisor_state(&s.home, "dev", "many")
+            .filter(|state| state["phase"] == "running")
+            .and_then(|state| state["child"]["pid"].as_u64())
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
+    wait_for("the supervisor to start it again", T, running);
+
+    // Over again (the operator's file this time): stopped again, and no apply starts it while
+    // the directories hold more; once they hold less, the next apply does.
+    std::fs::write(data.join("ballast"), vec![0u8; 20 << 20]).expect("ballast");
+    wait_for("the supervisor to stop it again", T, || {
+        supervisor_state(&s.home, "dev", "many")
+            .and_then(|state| state["last_exit"].as_str().map(str::to_owned))
+            .filter(|exit| exit.contains("disk limit"))
+    });
+    s.commit_dev_stack(
+        "disk",
+        r##"  one: { type: job, command: ["python3", "disk.py", "one"] }
+  many: { type: process, command: ["python3", "disk.py", "many"] }
+  other: { type: process, command: ["sleep", "4245002"] }
+"##,
+        "another process",
+    );
+    let out = s.expect_code(&["apply", "--env", "dev", "--yes"], 1);
+    let said = text(&out);
+    assert!(
+        said.contains("process `sleep 4245002` was not started")
+            && said.contains("past its disk limit of 16.0 MiB"),
+        "the apply says why: {said}"
+    );
+    std::fs::remove_file(data.join("ballast")).expect("remove");
+    s.ok(&["apply", "--env", "dev", "--yes"]);
+    wait_for("its supervisor to start it again", T, running);
+    assert!(
+        supervisor_state(&s.home, "dev", "other").is_some_and(|state| state["phase"] == "running"),
+        "the apply started the other process"
+    );
     s.ok(&["destroy", "--env", "dev", "--yes"]);
 }
 

@@ -731,6 +731,11 @@ struct EnvironmentSupervisor {
     /// What the loop polls, and for what (the slot's place in `slots`).
     poll_fds: Vec<libc::pollfd>,
     poll_watched: Vec<(Watch, usize)>,
+    /// Why no child may run now: the environment's directories hold more than its disk limit
+    /// ([`crate::disk`]). While it is set every child was stopped and none starts.
+    disk_over: Option<String>,
+    /// When the environment's directories are measured next.
+    disk_due: Instant,
 }
 
 /// How long a request may take to arrive in full once its connection is accepted.
@@ -800,6 +805,8 @@ pub(crate) fn run(run: &Path) -> i32 {
         prepared: Vec::new(),
         poll_fds: Vec::new(),
         poll_watched: Vec::new(),
+        disk_over: None,
+        disk_due: Instant::now(),
     };
     supervisor.adopt_all();
     supervisor.serve();
@@ -851,6 +858,9 @@ impl EnvironmentSupervisor {
                 self.stop_everything();
                 return;
             }
+            if Instant::now() >= self.disk_due {
+                self.measure_disk();
+            }
             // Made anew each time round, in buffers kept from one round to the next.
             let mut fds = std::mem::take(&mut self.poll_fds);
             let mut watched = std::mem::take(&mut self.poll_watched);
@@ -896,6 +906,7 @@ impl EnvironmentSupervisor {
             for incoming in &self.incoming {
                 wake = wake.min(incoming.deadline);
             }
+            wake = wake.min(self.disk_due);
             let timeout = wake.saturating_duration_since(now).as_millis();
             let timeout = libc::c_int::try_from(timeout).unwrap_or(1000);
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
@@ -1456,6 +1467,10 @@ impl EnvironmentSupervisor {
     /// records it in the state file, and only then lets it exec. Whether the exec happened
     /// is learnt in the loop ([`EnvironmentSupervisor::settle`]).
     fn launch(&mut self, name: &str) {
+        if let Some(why) = self.disk_over.clone() {
+            self.start_failed(name, &io::Error::other(why));
+            return;
+        }
         let confinement = self.slots[name]
             .spec
             .confinement
@@ -1708,6 +1723,61 @@ impl EnvironmentSupervisor {
             let _ = std::fs::remove_file(&slot.spec.state);
         }
         self.close();
+    }
+
+    /// Measures the environment's directories against the disk limit of its most recently
+    /// started child's spec: past it, stops every child (in uid mode every process of the
+    /// environment's uid) and starts none until they hold less; then restarts those whose
+    /// policy says so. Measured again after [`crate::disk::CHECK_EVERY`], or ten times as
+    /// long as this walk took, so that walking a large tree takes at most a tenth of a core.
+    fn measure_disk(&mut self) {
+        let began = Instant::now();
+        let limit = self
+            .slots
+            .values()
+            .filter_map(|slot| {
+                let sandbox = &slot.spec.confinement.as_ref()?.sandbox;
+                Some((slot.started, sandbox.disk.as_ref()?, sandbox))
+            })
+            .max_by_key(|(started, _, _)| *started)
+            .map(|(_, limit, sandbox)| (limit.clone(), sandbox.isolation, sandbox.ids));
+        let over = limit.as_ref().and_then(|(limit, _, _)| limit.exceeded());
+        self.disk_due = Instant::now() + crate::disk::CHECK_EVERY.max(began.elapsed() * 10);
+        match (over, self.disk_over.is_some()) {
+            (Some(why), false) => {
+                let names: Vec<String> = self.slots.keys().cloned().collect();
+                for name in &names {
+                    self.settle(name, SETTLE);
+                }
+                for slot in self.slots.values_mut() {
+                    slot.log.note(&format!("stopping: {why}"));
+                    if let Some(child) = &slot.child {
+                        child.identity.signal_group(Signal::SIGKILL);
+                    }
+                }
+                // What escaped its group (`setsid`) holds the disk too.
+                if let Some((_, crate::sandbox::Isolation::Uid, Some((uid, gid)))) = limit {
+                    let _ = crate::sandbox::kill_everything_of(uid, gid, None);
+                }
+                self.disk_over = Some(why);
+            }
+            (Some(why), true) => self.disk_over = Some(why),
+            (None, true) => {
+                self.disk_over = None;
+                let now = Instant::now();
+                for slot in self.slots.values_mut() {
+                    if slot.restart_at.is_some() {
+                        slot.log.note(
+                            "its environment's directories hold less than its disk limit \
+                             again: restarting it",
+                        );
+                        slot.backoff = FIRST_BACKOFF;
+                        slot.restart_at = Some(now);
+                    }
+                }
+            }
+            (None, false) => {}
+        }
     }
 
     /// Whether the run directory has been removed (a directory's link count drops to zero).

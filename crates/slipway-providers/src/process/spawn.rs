@@ -1200,6 +1200,7 @@ mod tests {
                 landlock: false,
                 max_processes: None,
                 cgroup: None,
+                disk: None,
                 lease: None,
             },
             read: vec![],
