@@ -164,8 +164,10 @@ pub(crate) fn disk_limit(
     }
     let limit = local.max_disk.unwrap_or(SizeLimit::DEFAULT);
     let whole = match limit {
+        // Whole GiB: a file system whose size moves (ZFS counts what is free in it) must not
+        // make every process drift at each look.
         SizeLimit::Share(_) => match nix::sys::statvfs::statvfs(home) {
-            Ok(fs) => fs.blocks().saturating_mul(fs.fragment_size()),
+            Ok(fs) => fs.blocks().saturating_mul(fs.fragment_size()) >> 30 << 30,
             Err(e) => {
                 return Err(EngineError::Usage(format!(
                     "[local] max_disk is a share of the file system holding {}, whose size \
@@ -176,7 +178,10 @@ pub(crate) fn disk_limit(
         },
         _ => 0,
     };
-    Ok(limit.bytes(whole))
+    Ok(limit.bytes(whole).map(|bytes| match limit {
+        SizeLimit::Share(_) => bytes >> 30 << 30,
+        _ => bytes,
+    }))
 }
 
 /// Refuses, in landlock mode, a credential file of the configuration that environments' code
@@ -506,9 +511,17 @@ impl Engine {
             && let Some(max) = self.max_disk
         {
             let root = self.home.join("envs").join(env.as_str());
+            let uid = sandbox.ids.map(|(uid, _)| uid);
             sandbox.disk = Some(slipway_providers::disk::DiskLimit {
                 max,
                 dirs: vec![root.join("data"), root.join("tmp")],
+                procs: sandbox
+                    .cgroup
+                    .as_ref()
+                    .and_then(|group| group.dirs().first().map(|dir| dir.join("cgroup.procs"))),
+                killer: self
+                    .disk_killer
+                    .filter(|&killer| uid.is_some_and(|uid| uid != killer)),
             });
         }
         // On a replica every command is bound by the lease, and none starts without one.
@@ -845,13 +858,13 @@ mod tests {
         use crate::config::{LocalConfig, SizeLimit};
         let home = tempfile::tempdir().expect("tempdir");
         let fs = nix::sys::statvfs::statvfs(home.path()).expect("statvfs");
-        let size = fs.blocks() * fs.fragment_size();
+        let size = (fs.blocks() * fs.fragment_size()) >> 30 << 30;
         let mut local = LocalConfig::default();
         let limit = |isolation, local: &LocalConfig| disk_limit(isolation, local, home.path());
         assert_eq!(
             limit(Isolation::Landlock, &local).expect("default"),
-            Some(size / 2),
-            "half the file system by default"
+            Some((size / 2) >> 30 << 30),
+            "half the file system by default, in whole GiB"
         );
         assert_eq!(
             limit(Isolation::None, &local).expect("no isolation"),

@@ -618,6 +618,10 @@ pub struct Engine {
     /// The most each environment's data and temporary directories may hold, in bytes
     /// (`[local] max_disk`; uid and landlock modes, [`isolation::disk_limit`]).
     max_disk: Option<u64>,
+    /// uid mode: the uid (no environment's, nobody's on this system) from which an
+    /// environment's supervisor kills every process of its uid once it is past its disk
+    /// limit; `None`: from the uid itself.
+    disk_killer: Option<u32>,
     /// On a replica: bounds the commands run under a lease ([`Engine::bound_by`]).
     watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
     /// On a state shared by replicas: the node this engine runs on ([`Engine::on_node`]).
@@ -651,6 +655,10 @@ impl Engine {
         isolation::check_credentials_out_of_reach(isolation, home, &config)?;
         let limits = isolation::resource_limits(isolation, &config.local)?;
         let max_disk = isolation::disk_limit(isolation, &config.local, home)?;
+        let disk_killer = config.killer_uid().filter(|&kept| {
+            isolation == slipway_providers::sandbox::Isolation::Uid
+                && !slipway_providers::sandbox::id_is_known(kept)
+        });
         let store = match config
             .state
             .resolve_url()
@@ -713,6 +721,7 @@ impl Engine {
             isolation,
             limits,
             max_disk,
+            disk_killer,
             watchdog: None,
             node: None,
             sweeping: Mutex::new(sweep.and_then(isolation::EnvsSweep::start)),

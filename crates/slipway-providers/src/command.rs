@@ -190,6 +190,11 @@ pub(crate) struct Run<'a> {
     pub grace: Duration,
     /// The identity and limits it runs under.
     pub confinement: &'a Confinement,
+    /// Whether it is refused while its environment's directories hold more than its disk
+    /// limit (a job, an exec program's create and update). Otherwise (an exec program's read
+    /// and delete, which must see and remove what is there) it runs, and is stopped only if
+    /// they come to hold more than at its start.
+    pub refused_over_disk: bool,
 }
 
 /// How a run ended.
@@ -287,9 +292,16 @@ impl Run<'_> {
             )));
         }
         let disk = self.confinement.sandbox.disk.as_ref();
-        if let Some(why) = disk.and_then(crate::disk::DiskLimit::exceeded) {
-            return Err(io::Error::other(crate::disk::OverLimit(why)));
-        }
+        let allowed = match disk {
+            Some(disk) if self.refused_over_disk => {
+                if let Some(why) = disk.exceeded() {
+                    return Err(io::Error::other(crate::disk::OverLimit(why)));
+                }
+                disk.max
+            }
+            Some(disk) => disk.held().unwrap_or(u64::MAX),
+            None => u64::MAX,
+        };
         let (log_reader, log_writer) = io::pipe()?;
         let mut command = Command::new(&self.command[0]);
         command
@@ -388,7 +400,8 @@ impl Run<'_> {
         // Poll rather than block in `wait`: until we reap the child its pid cannot be reused,
         // so signalling its group by pid is safe exactly as long as we have not reaped it.
         let mut exited = false;
-        let mut disk_measured = Instant::now();
+        // Measured each second, or ten times as long as the last walk took.
+        let mut disk_due = Instant::now() + crate::disk::RUN_CHECK_EVERY;
         let ending = loop {
             if let Some(status) = child.try_wait()? {
                 exited = true;
@@ -416,12 +429,13 @@ impl Run<'_> {
                 break Ending::LeaseLost;
             }
             if let Some(disk) = disk
-                && disk_measured.elapsed() >= crate::disk::RUN_CHECK_EVERY
+                && Instant::now() >= disk_due
             {
-                if let Some(why) = disk.exceeded() {
+                let began = Instant::now();
+                if let Some(why) = disk.exceeded_past(allowed) {
                     break Ending::DiskFull(why);
                 }
-                disk_measured = Instant::now();
+                disk_due = Instant::now() + crate::disk::RUN_CHECK_EVERY.max(began.elapsed() * 10);
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -440,8 +454,10 @@ impl Run<'_> {
                 group.signal_group(Signal::SIGKILL);
                 if let Some((uid, gid)) = self.confinement.sandbox.ids
                     && self.confinement.sandbox.isolation == crate::sandbox::Isolation::Uid
+                    && let Err(e) =
+                        crate::sandbox::kill_everything_of(uid, gid, disk.and_then(|d| d.killer))
                 {
-                    let _ = crate::sandbox::kill_everything_of(uid, gid, None);
+                    tracing::warn!(uid, error = %e, "cannot stop every process of the uid past its disk limit");
                 }
             }
             (_, Some(group)) => group.stop_group(self.grace),

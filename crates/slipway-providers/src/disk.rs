@@ -42,6 +42,9 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 pub const RUN_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The deepest directory the walk measures (one descriptor open per level).
 pub const MAX_DEPTH: usize = 128;
+/// The most entries a walk measures (about five seconds of walking): a tree of more counts
+/// as over the limit, so that no walk holds its caller for long.
+pub const MAX_ENTRIES: u64 = 5_000_000;
 
 /// An environment's disk limit: the most its directories may hold, allocated blocks counted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,15 @@ pub struct DiskLimit {
     pub max: u64,
     /// The directories its code may write to: its data and temporary directories.
     pub dirs: Vec<PathBuf>,
+    /// The `cgroup.procs` file of the environment's control group (uid mode, where it has
+    /// one): what its processes hold open after removing it counts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procs: Option<PathBuf>,
+    /// uid mode: the uid that is no environment's, from which every process of the
+    /// environment's uid is killed once it is past the limit
+    /// ([`crate::sandbox::kill_everything_of`]'s `spare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killer: Option<u32>,
 }
 
 /// What directories hold.
@@ -65,8 +77,22 @@ impl DiskLimit {
     /// Why the environment's code may not run on: its directories hold more than the limit,
     /// or cannot be measured; `None` while they hold no more.
     pub fn exceeded(&self) -> Option<String> {
-        match usage(&self.dirs) {
-            Ok(used) if used.bytes <= self.max => None,
+        self.exceeded_past(self.max)
+    }
+
+    /// What the directories hold now, in bytes; `None` when they cannot be measured.
+    pub fn held(&self) -> Option<u64> {
+        usage(&self.dirs, self.procs.as_deref())
+            .ok()
+            .map(|used| used.bytes)
+    }
+
+    /// [`DiskLimit::exceeded`], with `allowed` bytes taken as the limit when more: what a
+    /// command that may run over the limit (to see or remove what is there) found at its
+    /// start.
+    pub fn exceeded_past(&self, allowed: u64) -> Option<String> {
+        match usage(&self.dirs, self.procs.as_deref()) {
+            Ok(used) if used.bytes <= self.max.max(allowed) => None,
             Ok(used) => Some(format!(
                 "its environment's data and temporary directories hold {} in {} files, past \
                  its disk limit of {} (`[local] max_disk`): remove files there (or destroy \
@@ -119,19 +145,62 @@ pub fn show(bytes: u64) -> String {
     }
 }
 
-/// What `dirs` hold together (a file linked from two of them counted once); a directory that
-/// does not exist holds nothing.
+/// What `dirs` hold together (a file linked from two of them counted once), and the files
+/// on their file systems that the processes listed in `procs` (a `cgroup.procs`) hold open
+/// though no directory names them any more (removed, or made with `O_TMPFILE`): their blocks
+/// are taken until closed. A directory that does not exist holds nothing.
 ///
 /// # Errors
 /// What could not be measured, named by its path: a directory deeper than [`MAX_DEPTH`], or
-/// one that cannot be opened or read (not one that vanished meanwhile).
-pub fn usage(dirs: &[PathBuf]) -> Result<Usage, String> {
+/// on another file system (a mount, a btrfs subvolume), more than [`MAX_ENTRIES`] entries,
+/// or one that cannot be opened or read (not one that vanished meanwhile).
+pub fn usage(dirs: &[PathBuf], procs: Option<&Path>) -> Result<Usage, String> {
     let mut used = Usage::default();
     let mut linked = HashSet::new();
+    let mut devices = Vec::new();
     for dir in dirs {
-        walk(dir, &mut used, &mut linked)?;
+        if let Some(device) = walk(dir, &mut used, &mut linked)? {
+            devices.push(device);
+        }
+    }
+    if let Some(procs) = procs {
+        unlinked_open(procs, &devices, &mut used, &mut linked);
     }
     Ok(used)
+}
+
+/// Adds the regular files on `devices` that the processes listed in `procs` hold open and
+/// that have no name left (`st_nlink` 0), each once.
+fn unlinked_open(
+    procs: &Path,
+    devices: &[u64],
+    used: &mut Usage,
+    linked: &mut HashSet<(u64, u64)>,
+) {
+    let Ok(pids) = std::fs::read_to_string(procs) else {
+        return;
+    };
+    for pid in pids
+        .lines()
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            // The descriptor's file itself (the link is followed into it, whatever its name).
+            let Ok(stat) = nix::sys::stat::stat(&fd.path()) else {
+                continue;
+            };
+            if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+                && stat.st_nlink == 0
+                && devices.contains(&stat.st_dev)
+                && linked.insert((stat.st_dev, stat.st_ino))
+            {
+                count(&stat, used);
+            }
+        }
+    }
 }
 
 /// Opens the directory `name` beneath `parent` (or at that path, without a parent), never
@@ -157,22 +226,28 @@ fn is_dir(stat: &FileStat) -> bool {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
 }
 
-/// Adds what `root` holds (itself included) to `used`.
-fn walk(root: &Path, used: &mut Usage, linked: &mut HashSet<(u64, u64)>) -> Result<(), String> {
+/// Adds what `root` holds (itself included) to `used`; its file system's device, if it
+/// exists.
+fn walk(
+    root: &Path,
+    used: &mut Usage,
+    linked: &mut HashSet<(u64, u64)>,
+) -> Result<Option<u64>, String> {
     // The path of `name` in the directory `names` lead to, for messages only.
     let at = |names: &[std::ffi::CString], name: &std::ffi::CStr| {
         let mut path = root.to_path_buf();
         for part in names.iter().map(|n| n.as_c_str()).chain([name]) {
             path.push(std::ffi::OsStr::from_bytes(part.to_bytes()));
         }
-        path.display().to_string()
+        // Quoted and escaped: the code chose these names, and they reach terminals.
+        format!("{path:?}")
     };
     let Ok(root_name) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
         return Err(format!("{} has a NUL byte", root.display()));
     };
     let top = match open_dir(None, &root_name) {
         Ok(dir) => dir,
-        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(format!("{}: {}", root.display(), e.desc())),
     };
     let stat = fstat(&top).map_err(|e| format!("{}: {}", root.display(), e.desc()))?;
@@ -205,10 +280,16 @@ fn walk(root: &Path, used: &mut Usage, linked: &mut HashSet<(u64, u64)>) -> Resu
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(format!("{}: {}", at(&names, name), e.desc())),
         };
-        // Nothing of the code's is mounted there; a file system that is (by the operator)
-        // is not this disk.
+        // The code mounts nothing, but on btrfs it may make a subvolume (a device of its
+        // own) where it may write: what is there cannot be told from another disk's.
         if stat.st_dev != device {
-            continue;
+            return Err(format!(
+                "{} is on another file system (a mount, or a btrfs subvolume)",
+                at(&names, name)
+            ));
+        }
+        if used.files >= MAX_ENTRIES {
+            return Err(format!("they hold more than {MAX_ENTRIES} files"));
         }
         let directory = is_dir(&stat);
         if !directory && stat.st_nlink > 1 && !linked.insert((stat.st_dev, stat.st_ino)) {
@@ -234,7 +315,7 @@ fn walk(root: &Path, used: &mut Usage, linked: &mut HashSet<(u64, u64)>) -> Resu
             Err(e) => return Err(format!("{}: {}", at(&names, name), e.desc())),
         }
     }
-    Ok(())
+    Ok(Some(device))
 }
 
 #[cfg(test)]
@@ -269,8 +350,11 @@ mod tests {
         std::os::unix::fs::symlink(&outside, data.join("link")).expect("symlink");
         std::fs::hard_link(data.join("a/b/big"), tmp.join("same")).expect("hard link");
 
-        let used =
-            usage(&[data.clone(), tmp.clone(), home.path().join("missing")]).expect("measured");
+        let used = usage(
+            &[data.clone(), tmp.clone(), home.path().join("missing")],
+            None,
+        )
+        .expect("measured");
         let expected: u64 = [
             data.clone(),
             data.join("a"),
@@ -290,6 +374,8 @@ mod tests {
         let limit = |max| DiskLimit {
             max,
             dirs: vec![data.clone(), tmp.clone()],
+            procs: None,
+            killer: None,
         };
         assert_eq!(limit(8 << 20).exceeded(), None);
         let why = limit(512 << 10).exceeded().expect("over");
@@ -311,6 +397,8 @@ mod tests {
         let limit = DiskLimit {
             max: 1 << 40,
             dirs: vec![home.path().join("data")],
+            procs: None,
+            killer: None,
         };
         let why = limit.exceeded().expect("not measured");
         assert!(
@@ -320,6 +408,68 @@ mod tests {
         // One level less is measured.
         std::fs::remove_dir(&deep).expect("rmdir");
         assert_eq!(limit.exceeded(), None);
+    }
+
+    #[test]
+    fn a_file_removed_while_its_process_holds_it_open_still_counts() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let data = home.path().join("data");
+        std::fs::create_dir(&data).expect("data");
+        let path = data.join("hidden");
+        write(&path, 2 << 20);
+        // A process that opens it, removes it, and keeps it open.
+        let mut holder = std::process::Command::new("sh")
+            .args(["-c", "exec 3<\"$0\"; rm \"$0\"; echo held; exec sleep 60"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().expect("its output")),
+            &mut line,
+        )
+        .expect("its word");
+        assert_eq!(line, "held\n");
+        assert!(!path.exists());
+        let procs = home.path().join("cgroup.procs");
+        std::fs::write(&procs, format!("{}\n", holder.id())).expect("procs");
+        let dirs = [data.clone()];
+        let seen = usage(&dirs, Some(&procs));
+        let unseen = usage(&dirs, None);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let (seen, unseen) = (seen.expect("measured"), unseen.expect("measured"));
+        assert!(
+            seen.bytes >= unseen.bytes + (2 << 20),
+            "what it holds open counts: {seen:?} against {unseen:?}"
+        );
+        assert_eq!(
+            usage(&dirs, Some(&procs)).expect("measured"),
+            unseen,
+            "closed, it is gone"
+        );
+    }
+
+    #[test]
+    fn another_file_system_inside_cannot_be_measured() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let inner = home.path().join("data/inner");
+        std::fs::create_dir_all(&inner).expect("dirs");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&inner)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here (not root): nothing to check");
+            return;
+        }
+        let measured = usage(&[home.path().join("data")], None);
+        let _ = std::process::Command::new("umount").arg(&inner).status();
+        let why = measured.expect_err("not measured");
+        assert!(why.contains("another file system"), "{why}");
     }
 
     #[test]

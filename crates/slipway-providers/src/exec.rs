@@ -370,6 +370,7 @@ fn call<R: serde::de::DeserializeOwned>(
         deadline: Instant::now() + timeout,
         grace: ctx.settings.stop_grace,
         confinement: &Confinement::of(ctx),
+        refused_over_disk: matches!(op, Op::Create | Op::Update),
     }
     .run()
     .map_err(|e| ProviderError::Failed {

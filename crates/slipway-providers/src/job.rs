@@ -80,6 +80,7 @@ impl Provider for JobProvider {
             deadline: Instant::now() + timeout,
             grace: ctx.settings.stop_grace,
             confinement: &Confinement::of(ctx),
+            refused_over_disk: true,
         }
         .run()
         .map_err(|e| ProviderError::Failed {

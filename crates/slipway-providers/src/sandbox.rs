@@ -394,16 +394,44 @@ const IO_URING_SYSCALLS: &[i64] = &[
     nix::libc::SYS_io_uring_register,
 ];
 
-/// The seccomp filter of landlock mode: no unix socket can be created (so none of the
-/// engine's uid can be connected to: its systemd user bus, `docker.sock`, PostgreSQL's peer
-/// authentication, a supervisor's socket), and none of [`PATH_ATTRIBUTE_SYSCALLS`] nor
-/// [`IO_URING_SYSCALLS`]. Built in the parent, once: it is the same for every environment.
-fn landlock_mode_filter() -> io::Result<std::sync::Arc<seccompiler::BpfProgram>> {
-    static FILTER: std::sync::OnceLock<Result<std::sync::Arc<seccompiler::BpfProgram>, String>> =
-        std::sync::OnceLock::new();
-    FILTER
+/// System calls refused (`EPERM`) in landlock mode when they name another process (the pid
+/// argument, whose place is given, is not 0, the caller): its limits (`prlimit64`) and its
+/// scheduling (`sched_setaffinity`, `sched_setscheduler`, `sched_setparam`, `sched_setattr`).
+/// The kernel lets a process of the same uid do these to the engine (no ptrace check, which
+/// Landlock would stop): the code could lower the engine's `RLIMIT_NOFILE`, `RLIMIT_FSIZE`
+/// or `RLIMIT_NPROC` (it then fails, or dies of `SIGXFSZ` when `state.db` grows) or starve
+/// it (`SCHED_IDLE`, one CPU). Likewise `setpriority` and `ioprio_set` of another process,
+/// group or of the whole uid (`PRIO_USER`, `IOPRIO_WHO_USER`, the engine included). The
+/// cost: a program that pins or prioritises its own threads by their ids gets `EPERM`.
+const OTHER_PROCESS_SYSCALLS: &[(i64, u8)] = &[
+    (nix::libc::SYS_prlimit64, 0),
+    (nix::libc::SYS_sched_setaffinity, 0),
+    (nix::libc::SYS_sched_setscheduler, 0),
+    (nix::libc::SYS_sched_setparam, 0),
+    (nix::libc::SYS_sched_setattr, 0),
+];
+
+/// `ioprio_set`'s `which` for every process of a uid.
+const IOPRIO_WHO_USER: u64 = 3;
+
+/// The seccomp filter of a mode, built in the parent, once: it is the same for every
+/// environment.
+/// - landlock mode (`landlock`): no unix socket can be created (so none of the engine's uid
+///   can be connected to: its systemd user bus, `docker.sock`, PostgreSQL's peer
+///   authentication, a supervisor's socket), none of [`PATH_ATTRIBUTE_SYSCALLS`] nor
+///   [`IO_URING_SYSCALLS`], no limit or scheduling of another process
+///   ([`OTHER_PROCESS_SYSCALLS`]), and no blocks taken without a size;
+/// - uid mode with a disk limit: only no blocks taken without a size, which would pass the
+///   file size limit by ([`build_filter`]).
+///
+/// Either kills a program of a foreign architecture (i386), whose system calls it could not
+/// tell.
+fn mode_filter(landlock: bool) -> io::Result<std::sync::Arc<seccompiler::BpfProgram>> {
+    type Built = std::sync::OnceLock<Result<std::sync::Arc<seccompiler::BpfProgram>, String>>;
+    static FILTERS: [Built; 2] = [const { std::sync::OnceLock::new() }; 2];
+    FILTERS[usize::from(landlock)]
         .get_or_init(|| {
-            build_landlock_mode_filter()
+            build_filter(landlock)
                 .map(std::sync::Arc::new)
                 .map_err(|e| e.to_string())
         })
@@ -411,7 +439,9 @@ fn landlock_mode_filter() -> io::Result<std::sync::Arc<seccompiler::BpfProgram>>
         .map_err(io::Error::other)
 }
 
-fn build_landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
+/// The seccomp filter of landlock mode or, without `landlock`, of uid mode with a disk limit
+/// ([`mode_filter`]).
+fn build_filter(landlock: bool) -> io::Result<seccompiler::BpfProgram> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch,
@@ -428,12 +458,52 @@ fn build_landlock_mode_filter() -> io::Result<seccompiler::BpfProgram> {
     )
     .and_then(|domain| SeccompRule::new(vec![domain]))
     .map_err(failed)?;
+    let argument = |index: u8, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
+            .and_then(|condition| SeccompRule::new(vec![condition]))
+            .map_err(failed)
+    };
     let mut rules = std::collections::BTreeMap::new();
-    rules.insert(nix::libc::SYS_socket, vec![unix]);
-    for syscall in PATH_ATTRIBUTE_SYSCALLS.iter().chain(IO_URING_SYSCALLS) {
-        // No condition: refused whatever the arguments.
-        rules.insert(*syscall, Vec::new());
+    if landlock {
+        rules.insert(nix::libc::SYS_socket, vec![unix]);
+        for syscall in PATH_ATTRIBUTE_SYSCALLS.iter().chain(IO_URING_SYSCALLS) {
+            // No condition: refused whatever the arguments.
+            rules.insert(*syscall, Vec::new());
+        }
+        // Another process's limits and scheduling: refused unless aimed at the caller itself
+        // (its pid argument 0), or, for priorities, at its own process group.
+        for (syscall, pid) in OTHER_PROCESS_SYSCALLS {
+            rules.insert(*syscall, vec![argument(*pid, SeccompCmpOp::Ne, 0)?]);
+        }
+        rules.insert(
+            nix::libc::SYS_setpriority,
+            vec![
+                argument(1, SeccompCmpOp::Ne, 0)?,
+                argument(0, SeccompCmpOp::Eq, nix::libc::PRIO_USER as u64)?,
+            ],
+        );
+        rules.insert(
+            nix::libc::SYS_ioprio_set,
+            vec![
+                argument(1, SeccompCmpOp::Ne, 0)?,
+                argument(0, SeccompCmpOp::Eq, IOPRIO_WHO_USER)?,
+            ],
+        );
     }
+    // Blocks taken without a size (`FALLOC_FL_KEEP_SIZE`, not to punch a hole): the file's
+    // size stays, so its `RLIMIT_FSIZE` (the environment's disk limit) is never checked, and
+    // the whole disk would be taken in a call, between two measures of the environment's
+    // directories. Refused: a program preallocating so falls back to writing.
+    let keep_size = nix::libc::FALLOC_FL_KEEP_SIZE as u64;
+    let punch_hole = nix::libc::FALLOC_FL_PUNCH_HOLE as u64;
+    rules.insert(
+        nix::libc::SYS_fallocate,
+        vec![argument(
+            1,
+            SeccompCmpOp::MaskedEq(keep_size | punch_hole),
+            keep_size,
+        )?],
+    );
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -795,10 +865,12 @@ impl Confinement {
         }
         let ruleset = if confined { self.ruleset()? } else { None };
         // Landlock mode runs as the engine's uid: what Landlock does not cover of that uid's
-        // reach (unix sockets, attributes by path) is closed by seccomp. uid mode needs none:
-        // file modes and ownership keep another uid out.
+        // reach (unix sockets, attributes by path, other processes' limits) is closed by
+        // seccomp. uid mode needs none of that (file modes and ownership keep another uid
+        // out), only, with a disk limit, no blocks taken past the file size limit.
         let filter = match self.sandbox.isolation {
-            Isolation::Landlock => Some(landlock_mode_filter()?),
+            Isolation::Landlock => Some(mode_filter(true)?),
+            Isolation::Uid if self.sandbox.disk.is_some() => Some(mode_filter(false)?),
             Isolation::Uid | Isolation::None => None,
         };
         let ids = if confined { self.sandbox.ids } else { None };

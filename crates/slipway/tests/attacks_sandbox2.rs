@@ -678,8 +678,21 @@ if sys.argv[1] == "one":
         error = errno.errorcode.get(e.errno, str(e.errno))
     size = os.path.getsize(path)
     os.remove(path)
+    # Blocks without a size, which no file size limit sees; and preallocated with one.
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(os.path.join(d, "pre"), os.O_CREAT | os.O_WRONLY, 0o600)
+    kept = libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(64 << 20))
+    kept = "taken" if kept == 0 else errno.errorcode.get(ctypes.get_errno())
+    try:
+        os.posix_fallocate(fd, 0, 1 << 20)
+        sized = "taken"
+    except OSError as e:
+        sized = errno.errorcode.get(e.errno)
+    os.close(fd)
+    os.remove(os.path.join(d, "pre"))
     with open(os.path.join(d, "one.json"), "w") as f:
-        json.dump({"error": error, "size": size}, f)
+        json.dump({"error": error, "size": size, "keep_size": kept, "sized": sized}, f)
     sys.exit(0)
 # Many files, each well below the limit, until told there are enough; a job then ends.
 n = 0
@@ -730,6 +743,14 @@ fn code_that_fills_the_disk_is_stopped_at_its_environments_limit() {
         one["size"],
         16 << 20,
         "the file stopped at the limit: {one}"
+    );
+    assert_eq!(
+        one["keep_size"], "EPERM",
+        "no blocks are taken without a size, past the file size limit: {one}"
+    );
+    assert_eq!(
+        one["sized"], "taken",
+        "a file is preallocated with its size: {one}"
     );
 
     // A job writing many files, each small, is stopped once they hold more.
@@ -810,11 +831,14 @@ fn code_that_fills_the_disk_is_stopped_at_its_environments_limit() {
 
     // Over again (the operator's file this time): stopped again, and no apply starts it while
     // the directories hold more; once they hold less, the next apply does.
+    let pid = running().expect("it runs");
     std::fs::write(data.join("ballast"), vec![0u8; 20 << 20]).expect("ballast");
     wait_for("the supervisor to stop it again", T, || {
         supervisor_state(&s.home, "dev", "many")
+            .filter(|state| state["phase"] == "backoff")
             .and_then(|state| state["last_exit"].as_str().map(str::to_owned))
-            .filter(|exit| exit.contains("disk limit"))
+            .filter(|exit| exit.contains("its start is held") && exit.contains("disk limit"))
+            .filter(|_| !Path::new(&format!("/proc/{pid}")).exists())
     });
     s.commit_dev_stack(
         "disk",
@@ -985,8 +1009,9 @@ fn uids_are_not_reused_at_once_nor_taken_from_real_users() {
 
 /// Under an unprivileged engine (landlock mode) the code runs as the engine's uid: it used to
 /// connect to every unix socket that uid may (its systemd user bus, `docker.sock` for a
-/// member of `docker`, PostgreSQL peer authentication) and `chmod` the engine's own files by
-/// path (Landlock at ABI 7 covers neither).
+/// member of `docker`, PostgreSQL peer authentication), `chmod` the engine's own files by
+/// path, and lower the engine's limits or its scheduling (`prlimit`, `sched_setaffinity`,
+/// `setpriority`; Landlock at ABI 7 covers none of these).
 #[test]
 fn under_an_unprivileged_engine_code_reaches_no_unix_socket_and_changes_no_mode() {
     use std::os::unix::fs::PermissionsExt;
@@ -1034,6 +1059,25 @@ resources:
         attempt("chmod the engine's database", lambda: os.chmod(os.path.join(home, "state.db"), 0o666))
         attempt("chmod the home", lambda: os.chmod(home, 0o777))
         attempt("own file written", lambda: open(os.path.join(d, "mine"), "w").close())
+        import resource
+        engine = os.getppid()
+        attempt("lower the engine's limits",
+                lambda: resource.prlimit(engine, resource.RLIMIT_CORE, (0, 0)))
+        attempt("pin the engine to one CPU", lambda: os.sched_setaffinity(engine, {{0}}))
+        attempt("renice the engine", lambda: os.setpriority(os.PRIO_PROCESS, engine, 1))
+        attempt("renice every process of the uid", lambda: os.setpriority(os.PRIO_USER, 0, 1))
+        attempt("own limit lowered", lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+        attempt("own priority lowered", lambda: os.setpriority(os.PRIO_PROCESS, 0, 1))
+        attempt("own CPUs chosen", lambda: os.sched_setaffinity(0, os.sched_getaffinity(0)))
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        def keep_size():
+            fd = os.open(os.path.join(d, "pre"), os.O_CREAT | os.O_WRONLY, 0o600)
+            if libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(1 << 20)) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        attempt("take blocks without a size", keep_size)
+        r["engine"] = engine
+        r["engine's name"] = open("/proc/%d/comm" % engine).read().strip()
         json.dump(r, open(os.path.join(d, "sockets.json"), "w"))
 "##,
             socket_path.display()
@@ -1059,20 +1103,33 @@ resources:
     );
     let r = report(&s, "dev", "sockets.json");
     assert_eq!(r["uid"], NOBODY, "the code runs as the engine's uid: {r}");
+    assert_eq!(
+        r["engine's name"], "slipway",
+        "its parent is the engine: {r}"
+    );
     for attack in [
         "connect to the engine user's socket",
         "chmod the engine's database",
         "chmod the home",
+        "lower the engine's limits",
+        "pin the engine to one CPU",
+        "renice the engine",
+        "renice every process of the uid",
+        "take blocks without a size",
     ] {
         assert!(
             r[attack].as_str().is_some_and(|m| m.starts_with("denied")),
             "{attack} is refused: {r}"
         );
     }
-    assert_eq!(
-        r["own file written"], "ALLOWED",
-        "its own data is writable: {r}"
-    );
+    for allowed in [
+        "own file written",
+        "own limit lowered",
+        "own priority lowered",
+        "own CPUs chosen",
+    ] {
+        assert_eq!(r[allowed], "ALLOWED", "{allowed} is still allowed: {r}");
+    }
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");

@@ -623,6 +623,9 @@ struct Slot {
     /// How many processes its environment's control group had lost to its memory limit when
     /// the child was started ([`crate::cgroup::Cgroup::oom_kills`]; 0 before it exists).
     oom_kills: u64,
+    /// Not started for its environment's disk ([`EnvironmentSupervisor::hold`]), until the
+    /// directories hold less.
+    held: bool,
 }
 
 impl Slot {
@@ -732,7 +735,7 @@ struct EnvironmentSupervisor {
     poll_fds: Vec<libc::pollfd>,
     poll_watched: Vec<(Watch, usize)>,
     /// Why no child may run now: the environment's directories hold more than its disk limit
-    /// ([`crate::disk`]). While it is set every child was stopped and none starts.
+    /// ([`crate::disk`]). While it is set every child is stopped and none starts.
     disk_over: Option<String>,
     /// When the environment's directories are measured next.
     disk_due: Instant,
@@ -1306,6 +1309,7 @@ impl EnvironmentSupervisor {
             restart_at: None,
             started: Instant::now(),
             oom_kills: 0,
+            held: false,
         })
     }
 
@@ -1467,8 +1471,12 @@ impl EnvironmentSupervisor {
     /// records it in the state file, and only then lets it exec. Whether the exec happened
     /// is learnt in the loop ([`EnvironmentSupervisor::settle`]).
     fn launch(&mut self, name: &str) {
+        // Held for the disk: measured again first (files may have gone since the last look).
+        if self.disk_over.is_some() {
+            self.measure_disk();
+        }
         if let Some(why) = self.disk_over.clone() {
-            self.start_failed(name, &io::Error::other(why));
+            self.hold(name, why);
             return;
         }
         let confinement = self.slots[name]
@@ -1726,10 +1734,12 @@ impl EnvironmentSupervisor {
     }
 
     /// Measures the environment's directories against the disk limit of its most recently
-    /// started child's spec: past it, stops every child (in uid mode every process of the
-    /// environment's uid) and starts none until they hold less; then restarts those whose
-    /// policy says so. Measured again after [`crate::disk::CHECK_EVERY`], or ten times as
-    /// long as this walk took, so that walking a large tree takes at most a tenth of a core.
+    /// started child's spec. Past it: every child is killed (in uid mode every process of the
+    /// environment's uid, what escaped its group included), again at each measure while it
+    /// lasts, and no child starts ([`EnvironmentSupervisor::hold`]); once they hold less, the
+    /// children held are started. Measured again after [`crate::disk::CHECK_EVERY`], or ten
+    /// times as long as this walk took, so that walking a large tree takes at most a tenth
+    /// of a core.
     fn measure_disk(&mut self) {
         let began = Instant::now();
         let limit = self
@@ -1743,41 +1753,70 @@ impl EnvironmentSupervisor {
             .map(|(_, limit, sandbox)| (limit.clone(), sandbox.isolation, sandbox.ids));
         let over = limit.as_ref().and_then(|(limit, _, _)| limit.exceeded());
         self.disk_due = Instant::now() + crate::disk::CHECK_EVERY.max(began.elapsed() * 10);
-        match (over, self.disk_over.is_some()) {
-            (Some(why), false) => {
+        match over {
+            Some(why) => {
                 let names: Vec<String> = self.slots.keys().cloned().collect();
                 for name in &names {
                     self.settle(name, SETTLE);
                 }
                 for slot in self.slots.values_mut() {
-                    slot.log.note(&format!("stopping: {why}"));
                     if let Some(child) = &slot.child {
+                        slot.log.note(&format!("stopping: {why}"));
                         child.identity.signal_group(Signal::SIGKILL);
                     }
                 }
                 // What escaped its group (`setsid`) holds the disk too.
-                if let Some((_, crate::sandbox::Isolation::Uid, Some((uid, gid)))) = limit {
-                    let _ = crate::sandbox::kill_everything_of(uid, gid, None);
+                if let Some((limit, crate::sandbox::Isolation::Uid, Some((uid, gid)))) = &limit
+                    && let Err(e) = crate::sandbox::kill_everything_of(*uid, *gid, limit.killer)
+                {
+                    for slot in self.slots.values_mut() {
+                        slot.log.note(&format!(
+                            "could not stop every process of uid {uid} (past its disk \
+                             limit): {e}"
+                        ));
+                    }
                 }
                 self.disk_over = Some(why);
             }
-            (Some(why), true) => self.disk_over = Some(why),
-            (None, true) => {
-                self.disk_over = None;
+            None if self.disk_over.take().is_some() => {
                 let now = Instant::now();
                 for slot in self.slots.values_mut() {
-                    if slot.restart_at.is_some() {
+                    if std::mem::take(&mut slot.held) {
                         slot.log.note(
                             "its environment's directories hold less than its disk limit \
-                             again: restarting it",
+                             again: starting it",
                         );
                         slot.backoff = FIRST_BACKOFF;
                         slot.restart_at = Some(now);
                     }
                 }
             }
-            (None, false) => {}
+            None => {}
         }
+    }
+
+    /// `name` may not start: its environment's directories hold more than its disk limit
+    /// (`why`). Not a crash: it waits, without a restart of its own, until they hold less
+    /// ([`EnvironmentSupervisor::measure_disk`] starts it then), and its state says why.
+    fn hold(&mut self, name: &str, why: String) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let why = format!("its start is held: {why}");
+        if !slot.held {
+            slot.log.note(&why);
+        }
+        slot.held = true;
+        slot.restart_at = None;
+        slot.child = None;
+        slot.output_open = false;
+        slot.state.child = None;
+        slot.state.exec_pending = false;
+        slot.state.named_until_exec = false;
+        slot.state.phase = Phase::Backoff;
+        slot.state.last_exit = Some(why);
+        let _ = slot.record();
+        answer_waiting(std::mem::take(&mut slot.waiting), &slot.state);
     }
 
     /// Whether the run directory has been removed (a directory's link count drops to zero).
