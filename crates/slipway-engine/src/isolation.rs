@@ -164,10 +164,10 @@ pub(crate) fn disk_limit(
     }
     let limit = local.max_disk.unwrap_or(SizeLimit::DEFAULT);
     let whole = match limit {
-        // Whole GiB: a file system whose size moves (ZFS counts what is free in it) must not
-        // make every process drift at each look.
+        // Whole GiB (below): a file system whose size moves (ZFS counts what is free in it)
+        // must not make every process drift at each look.
         SizeLimit::Share(_) => match nix::sys::statvfs::statvfs(home) {
-            Ok(fs) => fs.blocks().saturating_mul(fs.fragment_size()) >> 30 << 30,
+            Ok(fs) => fs.blocks().saturating_mul(fs.fragment_size()),
             Err(e) => {
                 return Err(EngineError::Usage(format!(
                     "[local] max_disk is a share of the file system holding {}, whose size \
@@ -178,10 +178,19 @@ pub(crate) fn disk_limit(
         },
         _ => 0,
     };
-    Ok(limit.bytes(whole).map(|bytes| match limit {
-        SizeLimit::Share(_) => bytes >> 30 << 30,
+    let bytes = limit.bytes(whole).map(|bytes| match limit {
+        // Whole GiB, but never none at all.
+        SizeLimit::Share(_) if bytes >= 1 << 30 => bytes >> 30 << 30,
         _ => bytes,
-    }))
+    });
+    match bytes {
+        Some(bytes) if bytes < 4 << 20 => Err(EngineError::Usage(format!(
+            "[local] max_disk is {bytes} bytes here ({limit:?} of the file system holding \
+             {}): less than 4MiB, nothing could run; give a size (\"1GiB\") or \"none\"",
+            home.display()
+        ))),
+        bytes => Ok(bytes),
+    }
 }
 
 /// Refuses, in landlock mode, a credential file of the configuration that environments' code
@@ -858,7 +867,7 @@ mod tests {
         use crate::config::{LocalConfig, SizeLimit};
         let home = tempfile::tempdir().expect("tempdir");
         let fs = nix::sys::statvfs::statvfs(home.path()).expect("statvfs");
-        let size = (fs.blocks() * fs.fragment_size()) >> 30 << 30;
+        let size = fs.blocks() * fs.fragment_size();
         let mut local = LocalConfig::default();
         let limit = |isolation, local: &LocalConfig| disk_limit(isolation, local, home.path());
         assert_eq!(
@@ -884,6 +893,33 @@ mod tests {
         local.max_disk = Some(SizeLimit::Unlimited);
         assert_eq!(limit(Isolation::None, &local).expect("none"), None);
         assert_eq!(limit(Isolation::Uid, &local).expect("none"), None);
+
+        // A small file system: a share below a GiB is not rounded to nothing, and one below
+        // 4 MiB is refused.
+        let small = home.path().join("small");
+        std::fs::create_dir(&small).expect("dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+            .arg(&small)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here (not root): the small file system is not checked");
+            return;
+        }
+        local.max_disk = Some(SizeLimit::Share(100));
+        let whole = disk_limit(Isolation::Uid, &local, &small);
+        local.max_disk = Some(SizeLimit::Share(50));
+        let half = disk_limit(Isolation::Uid, &local, &small);
+        let _ = std::process::Command::new("umount").arg(&small).status();
+        assert_eq!(
+            whole.expect("all of it"),
+            Some(6 << 20),
+            "not rounded to nothing"
+        );
+        let refused = half.expect_err("3 MiB");
+        assert!(refused.to_string().contains("less than 4MiB"), "{refused}");
     }
 
     fn secure_now(home: &Path) -> Result<(), EngineError> {

@@ -432,7 +432,12 @@ impl Run<'_> {
                 && Instant::now() >= disk_due
             {
                 let began = Instant::now();
-                if let Some(why) = disk.exceeded_past(allowed) {
+                let found = if self.refused_over_disk {
+                    disk.exceeded_past(allowed)
+                } else {
+                    disk.grown_past(allowed)
+                };
+                if let Some(why) = found {
                     break Ending::DiskFull(why);
                 }
                 disk_due = Instant::now() + crate::disk::RUN_CHECK_EVERY.max(began.elapsed() * 10);

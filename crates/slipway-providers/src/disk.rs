@@ -87,12 +87,33 @@ impl DiskLimit {
             .map(|used| used.bytes)
     }
 
-    /// [`DiskLimit::exceeded`], with `allowed` bytes taken as the limit when more: what a
-    /// command that may run over the limit (to see or remove what is there) found at its
-    /// start.
+    /// [`DiskLimit::exceeded`], with `allowed` bytes taken as the limit when more.
     pub fn exceeded_past(&self, allowed: u64) -> Option<String> {
-        match usage(&self.dirs, self.procs.as_deref()) {
-            Ok(used) if used.bytes <= self.max.max(allowed) => None,
+        self.judged(allowed, true)
+    }
+
+    /// Whether a command that may run over the limit (to see or remove what is there) made
+    /// the directories grow past `allowed` bytes, what they held at its start: only what is
+    /// measured counts (a tree that cannot be measured does not stop it).
+    pub fn grown_past(&self, allowed: u64) -> Option<String> {
+        self.judged(allowed, false)
+    }
+
+    /// Why the directories are past `allowed` (at least the limit); one that cannot be
+    /// measured is, with `unmeasured_over`. Measured twice before saying so: a file removed
+    /// between the walk and the look at open files would be counted twice.
+    fn judged(&self, allowed: u64, unmeasured_over: bool) -> Option<String> {
+        let allowed = self.max.max(allowed);
+        let over = |measured: &Result<Usage, String>| match measured {
+            Ok(used) => used.bytes > allowed,
+            Err(_) => unmeasured_over,
+        };
+        let mut measured = usage(&self.dirs, self.procs.as_deref());
+        if over(&measured) {
+            measured = usage(&self.dirs, self.procs.as_deref());
+        }
+        match measured {
+            Ok(used) if used.bytes <= allowed => None,
             Ok(used) => Some(format!(
                 "its environment's data and temporary directories hold {} in {} files, past \
                  its disk limit of {} (`[local] max_disk`): remove files there (or destroy \
@@ -101,11 +122,12 @@ impl DiskLimit {
                 used.files,
                 show(self.max)
             )),
-            Err(why) => Some(format!(
+            Err(why) if unmeasured_over => Some(format!(
                 "its environment's data and temporary directories cannot be measured against \
                  its disk limit of {} (`[local] max_disk`): {why}",
                 show(self.max)
             )),
+            Err(_) => None,
         }
     }
 }
@@ -155,52 +177,80 @@ pub fn show(bytes: u64) -> String {
 /// on another file system (a mount, a btrfs subvolume), more than [`MAX_ENTRIES`] entries,
 /// or one that cannot be opened or read (not one that vanished meanwhile).
 pub fn usage(dirs: &[PathBuf], procs: Option<&Path>) -> Result<Usage, String> {
-    let mut used = Usage::default();
-    let mut linked = HashSet::new();
+    let mut walked = Walked::default();
     let mut devices = Vec::new();
     for dir in dirs {
-        if let Some(device) = walk(dir, &mut used, &mut linked)? {
+        if let Some(device) = walk(dir, &mut walked)? {
             devices.push(device);
         }
     }
     if let Some(procs) = procs {
-        unlinked_open(procs, &devices, &mut used, &mut linked);
+        unlinked_open(procs, &devices, &mut walked)?;
     }
-    Ok(used)
+    Ok(walked.used)
+}
+
+/// What a measure found so far.
+#[derive(Default)]
+struct Walked {
+    used: Usage,
+    /// Files with several links (or none) counted: each once.
+    linked: HashSet<(u64, u64)>,
+    /// Entries and descriptors looked at, a repeated link included: at most [`MAX_ENTRIES`].
+    visited: u64,
+}
+
+impl Walked {
+    /// One more entry looked at; `Err` past [`MAX_ENTRIES`].
+    fn visit(&mut self) -> Result<(), String> {
+        self.visited += 1;
+        if self.visited > MAX_ENTRIES {
+            return Err(format!(
+                "they hold more than {MAX_ENTRIES} entries (files, links, open descriptors)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Adds the regular files on `devices` that the processes listed in `procs` hold open and
-/// that have no name left (`st_nlink` 0), each once.
-fn unlinked_open(
-    procs: &Path,
-    devices: &[u64],
-    used: &mut Usage,
-    linked: &mut HashSet<(u64, u64)>,
-) {
+/// that have no name left (`st_nlink` 0), each once: the descriptors of each of their
+/// threads (a thread may have a table of its own), the caller's own excepted (a supervisor
+/// runs in its environment's group).
+fn unlinked_open(procs: &Path, devices: &[u64], walked: &mut Walked) -> Result<(), String> {
     let Ok(pids) = std::fs::read_to_string(procs) else {
-        return;
+        return Ok(());
     };
+    let me = std::process::id().to_string();
     for pid in pids
         .lines()
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && *p != me)
     {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
-        for fd in fds.flatten() {
-            // The descriptor's file itself (the link is followed into it, whatever its name).
-            let Ok(stat) = nix::sys::stat::stat(&fd.path()) else {
+        for task in tasks.flatten() {
+            let Ok(fds) = std::fs::read_dir(task.path().join("fd")) else {
                 continue;
             };
-            if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
-                && stat.st_nlink == 0
-                && devices.contains(&stat.st_dev)
-                && linked.insert((stat.st_dev, stat.st_ino))
-            {
-                count(&stat, used);
+            for fd in fds.flatten() {
+                walked.visit()?;
+                // The descriptor's file itself (the link is followed into it, whatever its
+                // name); gone meanwhile, it holds nothing.
+                let Ok(stat) = nix::sys::stat::stat(&fd.path()) else {
+                    continue;
+                };
+                if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+                    && stat.st_nlink == 0
+                    && devices.contains(&stat.st_dev)
+                    && walked.linked.insert((stat.st_dev, stat.st_ino))
+                {
+                    count(&stat, &mut walked.used);
+                }
             }
         }
     }
+    Ok(())
 }
 
 /// Opens the directory `name` beneath `parent` (or at that path, without a parent), never
@@ -228,11 +278,7 @@ fn is_dir(stat: &FileStat) -> bool {
 
 /// Adds what `root` holds (itself included) to `used`; its file system's device, if it
 /// exists.
-fn walk(
-    root: &Path,
-    used: &mut Usage,
-    linked: &mut HashSet<(u64, u64)>,
-) -> Result<Option<u64>, String> {
+fn walk(root: &Path, walked: &mut Walked) -> Result<Option<u64>, String> {
     // The path of `name` in the directory `names` lead to, for messages only.
     let at = |names: &[std::ffi::CString], name: &std::ffi::CStr| {
         let mut path = root.to_path_buf();
@@ -252,7 +298,8 @@ fn walk(
     };
     let stat = fstat(&top).map_err(|e| format!("{}: {}", root.display(), e.desc()))?;
     let device = stat.st_dev;
-    count(&stat, used);
+    walked.visit()?;
+    count(&stat, &mut walked.used);
     // The directories being read, the deepest last, with the names that lead to each (for
     // messages only: every open goes from the parent's descriptor).
     let mut stack = vec![top.into_iter()];
@@ -288,14 +335,12 @@ fn walk(
                 at(&names, name)
             ));
         }
-        if used.files >= MAX_ENTRIES {
-            return Err(format!("they hold more than {MAX_ENTRIES} files"));
-        }
+        walked.visit()?;
         let directory = is_dir(&stat);
-        if !directory && stat.st_nlink > 1 && !linked.insert((stat.st_dev, stat.st_ino)) {
+        if !directory && stat.st_nlink > 1 && !walked.linked.insert((stat.st_dev, stat.st_ino)) {
             continue;
         }
-        count(&stat, used);
+        count(&stat, &mut walked.used);
         if !directory {
             continue;
         }

@@ -172,8 +172,9 @@ impl Sandbox {
     }
 
     /// Whether code started under `self` is confined as under `other`: same mode, uid,
-    /// Landlock, process limit, control group with its limits and disk limit (the lease bound
-    /// is not how code is confined but how long it may run).
+    /// Landlock, process limit, control group with its limits and disk limit with its
+    /// directories (the lease bound is not how code is confined but how long it may run, and
+    /// how the disk is watched is not how the code is confined).
     pub fn confines_as(&self, other: &Sandbox) -> bool {
         (
             self.isolation,
@@ -181,14 +182,14 @@ impl Sandbox {
             self.landlock,
             self.max_processes,
             &self.cgroup,
-            &self.disk,
+            self.disk.as_ref().map(|d| (d.max, &d.dirs)),
         ) == (
             other.isolation,
             other.ids,
             other.landlock,
             other.max_processes,
             &other.cgroup,
-            &other.disk,
+            other.disk.as_ref().map(|d| (d.max, &d.dirs)),
         )
     }
 
@@ -414,6 +415,16 @@ const OTHER_PROCESS_SYSCALLS: &[(i64, u8)] = &[
 /// `ioprio_set`'s `which` for every process of a uid.
 const IOPRIO_WHO_USER: u64 = 3;
 
+/// `fallocate` modes from this one up are unknown to the filter (Linux 6.x knows flags below
+/// `0x80`: `FALLOC_FL_WRITE_ZEROES` is `0x80`, refused too: it may take blocks past the
+/// size).
+const FALLOC_MODES_KNOWN: u64 = 0x80;
+
+/// `ioctl` requests that reserve blocks without a size, as `fallocate` with
+/// `FALLOC_FL_KEEP_SIZE` (the generic `fs/ioctl.c` forwards them to it): `FS_IOC_RESVSP`,
+/// `FS_IOC_RESVSP64`, `FS_IOC_ZERO_RANGE`.
+const RESERVING_IOCTLS: &[u64] = &[0x4030_5828, 0x4030_582a, 0x4030_5839];
+
 /// The seccomp filter of a mode, built in the parent, once: it is the same for every
 /// environment.
 /// - landlock mode (`landlock`): no unix socket can be created (so none of the engine's uid
@@ -421,8 +432,8 @@ const IOPRIO_WHO_USER: u64 = 3;
 ///   authentication, a supervisor's socket), none of [`PATH_ATTRIBUTE_SYSCALLS`] nor
 ///   [`IO_URING_SYSCALLS`], no limit or scheduling of another process
 ///   ([`OTHER_PROCESS_SYSCALLS`]), and no blocks taken without a size;
-/// - uid mode with a disk limit: only no blocks taken without a size, which would pass the
-///   file size limit by ([`build_filter`]).
+/// - uid mode with a disk limit: only no blocks taken past the file size limit
+///   (`fallocate` modes, `ioctl` reservations, io_uring: [`build_filter`]).
 ///
 /// Either kills a program of a foreign architecture (i386), whose system calls it could not
 /// tell.
@@ -490,20 +501,38 @@ fn build_filter(landlock: bool) -> io::Result<seccompiler::BpfProgram> {
             ],
         );
     }
-    // Blocks taken without a size (`FALLOC_FL_KEEP_SIZE`, not to punch a hole): the file's
-    // size stays, so its `RLIMIT_FSIZE` (the environment's disk limit) is never checked, and
-    // the whole disk would be taken in a call, between two measures of the environment's
-    // directories. Refused: a program preallocating so falls back to writing.
+    // Blocks taken past the file size limit (`RLIMIT_FSIZE`, the environment's disk limit),
+    // which the kernel checks only where a file's size grows: blocks taken without a size
+    // (`FALLOC_FL_KEEP_SIZE`, but to punch a hole), a size made by inserting a range
+    // (`FALLOC_FL_INSERT_RANGE`, checked against the file system's largest file only, after
+    // which a plain `fallocate` inside it is not checked), and modes unknown today. Each would
+    // take the whole disk in a call, between two measures of the environment's directories.
     let keep_size = nix::libc::FALLOC_FL_KEEP_SIZE as u64;
     let punch_hole = nix::libc::FALLOC_FL_PUNCH_HOLE as u64;
+    let insert_range = nix::libc::FALLOC_FL_INSERT_RANGE as u64;
     rules.insert(
         nix::libc::SYS_fallocate,
-        vec![argument(
-            1,
-            SeccompCmpOp::MaskedEq(keep_size | punch_hole),
-            keep_size,
-        )?],
+        vec![
+            argument(1, SeccompCmpOp::MaskedEq(keep_size | punch_hole), keep_size)?,
+            argument(1, SeccompCmpOp::MaskedEq(insert_range), insert_range)?,
+            argument(1, SeccompCmpOp::Ge, FALLOC_MODES_KNOWN)?,
+        ],
     );
+    // The same through `ioctl`, which turns these into a `fallocate` that keeps the size.
+    rules.insert(
+        nix::libc::SYS_ioctl,
+        RESERVING_IOCTLS
+            .iter()
+            .map(|request| argument(1, SeccompCmpOp::Eq, *request))
+            .collect::<io::Result<Vec<_>>>()?,
+    );
+    if !landlock {
+        // io_uring's `IORING_OP_FALLOCATE` passes its mode to the file system without a
+        // system call this filter sees.
+        for syscall in IO_URING_SYSCALLS {
+            rules.insert(*syscall, Vec::new());
+        }
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

@@ -678,21 +678,32 @@ if sys.argv[1] == "one":
         error = errno.errorcode.get(e.errno, str(e.errno))
     size = os.path.getsize(path)
     os.remove(path)
-    # Blocks without a size, which no file size limit sees; and preallocated with one.
-    import ctypes
+    # Blocks past the file size limit, which the kernel checks only where a size grows:
+    # without a size, by ioctl, by inserting a range, through io_uring; and preallocated
+    # with a size, which is checked.
+    import ctypes, fcntl, struct
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(os.path.join(d, "pre"), os.O_CREAT | os.O_WRONLY, 0o600)
-    kept = libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(64 << 20))
-    kept = "taken" if kept == 0 else errno.errorcode.get(ctypes.get_errno())
-    try:
-        os.posix_fallocate(fd, 0, 1 << 20)
-        sized = "taken"
-    except OSError as e:
-        sized = errno.errorcode.get(e.errno)
+    def tried(f):
+        try:
+            f()
+            return "taken"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    def checked(rc):
+        if rc == -1:
+            raise OSError(ctypes.get_errno(), "")
+    fd = os.open(os.path.join(d, "pre"), os.O_CREAT | os.O_RDWR, 0o600)
+    report = {"error": error, "size": size}
+    report["keep_size"] = tried(lambda: checked(libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(64 << 20))))
+    report["resvsp"] = tried(lambda: fcntl.ioctl(fd, 0x4030582a, struct.pack("hhqqiI4i", 0, 0, 0, 64 << 20, 0, 0, 0, 0, 0, 0)))
+    os.write(fd, b"x" * 8192)
+    report["insert"] = tried(lambda: checked(libc.fallocate(fd, 0x20, ctypes.c_long(0), ctypes.c_long(4096))))
+    report["uring"] = tried(lambda: checked(libc.syscall(425, 8, ctypes.create_string_buffer(120))))
+    report["sized"] = tried(lambda: os.posix_fallocate(fd, 0, 1 << 20))
     os.close(fd)
     os.remove(os.path.join(d, "pre"))
     with open(os.path.join(d, "one.json"), "w") as f:
-        json.dump({"error": error, "size": size, "keep_size": kept, "sized": sized}, f)
+        json.dump(report, f)
     sys.exit(0)
 # Many files, each well below the limit, until told there are enough; a job then ends.
 n = 0
@@ -744,10 +755,12 @@ fn code_that_fills_the_disk_is_stopped_at_its_environments_limit() {
         16 << 20,
         "the file stopped at the limit: {one}"
     );
-    assert_eq!(
-        one["keep_size"], "EPERM",
-        "no blocks are taken without a size, past the file size limit: {one}"
-    );
+    for way in ["keep_size", "resvsp", "insert", "uring"] {
+        assert_eq!(
+            one[way], "EPERM",
+            "no blocks are taken past the file size limit ({way}): {one}"
+        );
+    }
     assert_eq!(
         one["sized"], "taken",
         "a file is preallocated with its size: {one}"
@@ -1118,8 +1131,10 @@ resources:
         "take blocks without a size",
     ] {
         assert!(
-            r[attack].as_str().is_some_and(|m| m.starts_with("denied")),
-            "{attack} is refused: {r}"
+            r[attack]
+                .as_str()
+                .is_some_and(|m| m.starts_with("denied: [Errno 1]")),
+            "{attack} is refused (EPERM, by the sandbox): {r}"
         );
     }
     for allowed in [

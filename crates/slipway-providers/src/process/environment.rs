@@ -739,6 +739,8 @@ struct EnvironmentSupervisor {
     disk_over: Option<String>,
     /// When the environment's directories are measured next.
     disk_due: Instant,
+    /// When they were measured last.
+    disk_measured: Option<Instant>,
 }
 
 /// How long a request may take to arrive in full once its connection is accepted.
@@ -810,6 +812,7 @@ pub(crate) fn run(run: &Path) -> i32 {
         poll_watched: Vec::new(),
         disk_over: None,
         disk_due: Instant::now(),
+        disk_measured: None,
     };
     supervisor.adopt_all();
     supervisor.serve();
@@ -1471,8 +1474,12 @@ impl EnvironmentSupervisor {
     /// records it in the state file, and only then lets it exec. Whether the exec happened
     /// is learnt in the loop ([`EnvironmentSupervisor::settle`]).
     fn launch(&mut self, name: &str) {
-        // Held for the disk: measured again first (files may have gone since the last look).
-        if self.disk_over.is_some() {
+        // Measured first when never yet (a supervisor that took its children back), and, held
+        // for the disk, again when the last look is a second old (files may have gone).
+        let stale = self
+            .disk_measured
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if stale && (self.disk_over.is_some() || self.disk_measured.is_none()) {
             self.measure_disk();
         }
         if let Some(why) = self.disk_over.clone() {
@@ -1752,6 +1759,7 @@ impl EnvironmentSupervisor {
             .max_by_key(|(started, _, _)| *started)
             .map(|(_, limit, sandbox)| (limit.clone(), sandbox.isolation, sandbox.ids));
         let over = limit.as_ref().and_then(|(limit, _, _)| limit.exceeded());
+        self.disk_measured = Some(Instant::now());
         self.disk_due = Instant::now() + crate::disk::CHECK_EVERY.max(began.elapsed() * 10);
         match over {
             Some(why) => {
