@@ -80,6 +80,17 @@ impl DiskLimit {
         self.exceeded_past(self.max)
     }
 
+    /// [`DiskLimit::exceeded`] by what the directories' files hold, not what processes hold
+    /// open after removing them: the quick look before a process starts (its supervisor
+    /// looks at both).
+    pub fn exceeded_by_files(&self) -> Option<String> {
+        DiskLimit {
+            procs: None,
+            ..self.clone()
+        }
+        .exceeded()
+    }
+
     /// What the directories hold now, in bytes; `None` when they cannot be measured.
     pub fn held(&self) -> Option<u64> {
         usage(&self.dirs, self.procs.as_deref())

@@ -325,12 +325,14 @@ impl Provider for ProcessProvider {
         let resolved = resolve(ctx, config)?;
         // Over its environment's disk limit: refused, said whole, before anything of it is
         // stopped. Its supervisor, which refuses it too, keeps it and starts it again once
-        // the directories hold less.
+        // the directories hold less. The files only: the supervisor counts what its
+        // processes hold open too, a look at all of them that each of a hundred starts
+        // would repeat.
         if let Some(why) = ctx
             .sandbox
             .disk
             .as_ref()
-            .and_then(crate::disk::DiskLimit::exceeded)
+            .and_then(crate::disk::DiskLimit::exceeded_by_files)
         {
             return Err(ProviderError::Failed {
                 message: format!(
