@@ -22,6 +22,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -552,23 +553,22 @@ impl Cgroup {
     /// A directory that still holds processes after a second, or cannot be removed.
     pub fn remove(&self) -> io::Result<()> {
         for dir in self.dirs() {
-            let mut tries = 0;
-            loop {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && tries < 50 => {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    Err(e) => {
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("cannot remove the cgroup {}: {e}", dir.display()),
-                        ));
-                    }
-                }
-            }
+            let mut removed = Ok(());
+            crate::procinfo::wait_until(Instant::now() + Duration::from_secs(1), || {
+                removed = match std::fs::remove_dir(dir) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                };
+                !removed
+                    .as_ref()
+                    .is_err_and(|e| e.raw_os_error() == Some(nix::libc::EBUSY))
+            });
+            removed.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot remove the cgroup {}: {e}", dir.display()),
+                )
+            })?;
         }
         Ok(())
     }

@@ -84,11 +84,7 @@ impl DiskLimit {
     /// open after removing them: the quick look before a process starts (its supervisor
     /// looks at both).
     pub fn exceeded_by_files(&self) -> Option<String> {
-        DiskLimit {
-            procs: None,
-            ..self.clone()
-        }
-        .exceeded()
+        self.judged(self.max, true, None)
     }
 
     /// What the directories hold now, in bytes; `None` when they cannot be measured.
@@ -100,28 +96,28 @@ impl DiskLimit {
 
     /// [`DiskLimit::exceeded`], with `allowed` bytes taken as the limit when more.
     pub fn exceeded_past(&self, allowed: u64) -> Option<String> {
-        self.judged(allowed, true)
+        self.judged(allowed, true, self.procs.as_deref())
     }
 
     /// Whether a command that may run over the limit (to see or remove what is there) made
     /// the directories grow past `allowed` bytes, what they held at its start: only what is
     /// measured counts (a tree that cannot be measured does not stop it).
     pub fn grown_past(&self, allowed: u64) -> Option<String> {
-        self.judged(allowed, false)
+        self.judged(allowed, false, self.procs.as_deref())
     }
 
-    /// Why the directories are past `allowed` (at least the limit); one that cannot be
-    /// measured is, with `unmeasured_over`. Measured twice before saying so: a file removed
+    /// Why the directories (and what the processes of `procs` hold open) are past `allowed`
+    /// (at least the limit); one that cannot be measured is, with `unmeasured_over`. Measured twice before saying so: a file removed
     /// between the walk and the look at open files would be counted twice.
-    fn judged(&self, allowed: u64, unmeasured_over: bool) -> Option<String> {
+    fn judged(&self, allowed: u64, unmeasured_over: bool, procs: Option<&Path>) -> Option<String> {
         let allowed = self.max.max(allowed);
         let over = |measured: &Result<Usage, String>| match measured {
             Ok(used) => used.bytes > allowed,
             Err(_) => unmeasured_over,
         };
-        let mut measured = usage(&self.dirs, self.procs.as_deref());
+        let mut measured = usage(&self.dirs, procs);
         if over(&measured) {
-            measured = usage(&self.dirs, self.procs.as_deref());
+            measured = usage(&self.dirs, procs);
         }
         match measured {
             Ok(used) if used.bytes <= allowed => None,

@@ -540,15 +540,10 @@ fn code_that_takes_all_memory_is_stopped_at_its_environments_limit() {
         "a process eating all it can",
     );
     s.run(&["apply", "--env", "dev", "--yes"]);
-    let deadline = std::time::Instant::now() + T;
-    let said = loop {
-        let exit = supervisor_state(&s.home, "dev", "glutton")
-            .and_then(|state| state["last_exit"].as_str().map(str::to_owned));
-        if exit.is_some() || std::time::Instant::now() > deadline {
-            break exit.unwrap_or_default();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let said = wait_for("the glutton's last exit", T, || {
+        supervisor_state(&s.home, "dev", "glutton")
+            .and_then(|state| state["last_exit"].as_str().map(str::to_owned))
+    });
     assert!(
         said.contains("signal 9 (SIGKILL)") && said.contains("memory limit of 96 MiB"),
         "the process's last exit says the memory limit ended it: {said:?}"
@@ -815,7 +810,15 @@ fn code_that_fills_the_disk_is_stopped_at_its_environments_limit() {
         (16..64).contains(&written),
         "it was stopped past the limit, before it wrote all it meant to: {written} MiB"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing of the environment runs any more (its uid owns no process), so nothing writes.
+    let uid = owner(&data).to_string();
+    wait_for("no process of the environment's uid", T, || {
+        let listed = Command::new("ps")
+            .args(["-o", "pid=", "-u", &uid])
+            .output()
+            .expect("ps");
+        listed.stdout.is_empty().then_some(())
+    });
     assert_eq!(
         files_named(&data, "many-").len(),
         written,
