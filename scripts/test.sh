@@ -45,6 +45,9 @@ fi
 { need openssl && need curl; } || apt_install openssl curl
 # `ip`, for the server's test of a client that vanishes (its loopback taken down).
 need ip || apt_install iproute2
+# `nft`, with which an engine running as root keeps environments' code from one another's ports
+# (crates/slipway/tests/attacks_network.rs; docs/isolation.md, "Network").
+need nft || [ -x /usr/sbin/nft ] || apt_install nftables
 SLIPWAY_K8S_BIN="$(bash tools/k8s/build.sh)"
 export SLIPWAY_K8S_BIN
 # The control plane's Go build cache (about 3 GB after a cold build) serves only a rebuild

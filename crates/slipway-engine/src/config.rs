@@ -443,6 +443,17 @@ pub struct LocalConfig {
     /// is stopped and none starts until it holds less (`slipway_providers::disk`).
     #[serde(default, deserialize_with = "max_disk")]
     pub max_disk: Option<SizeLimit>,
+    /// uid mode: whether the packet filter keeps environments' code from other environments'
+    /// ports on this host and from `deny_networks` (an nftables table,
+    /// `slipway_providers::network`): `"auto"` (the default: where `nft` is installed),
+    /// `"nftables"` (required: the engine does not start without), or `"off"`.
+    #[serde(default)]
+    pub network: NetworkSetting,
+    /// uid mode, with `network`: the networks environments' code may not connect to (CIDRs);
+    /// by default the clouds' metadata services, which hand the machine's credentials to
+    /// whoever asks.
+    #[serde(default = "default_denied", deserialize_with = "networks")]
+    pub deny_networks: Vec<ipnet::IpNet>,
     /// Where the other replicas sharing a PostgreSQL state reach this replica's listener (its
     /// router), to forward the preview requests of environments whose processes run on this
     /// node; none by default, and then they cannot (see [`Advertise`]).
@@ -579,6 +590,8 @@ impl Default for LocalConfig {
             max_memory: None,
             max_cpu: None,
             max_disk: None,
+            network: NetworkSetting::default(),
+            deny_networks: default_denied(),
             advertise: None,
             max_environments: None,
         }
@@ -727,6 +740,46 @@ impl SizeLimit {
             SizeLimit::Bytes(b) => Some(b),
         }
     }
+}
+
+/// `[local] network`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkSetting {
+    /// The packet filter where this engine can have it (uid mode, `nft` installed).
+    #[default]
+    Auto,
+    /// The packet filter, or no start.
+    Nftables,
+    /// None: environments' code connects wherever the engine's machine can.
+    Off,
+}
+
+fn default_denied() -> Vec<ipnet::IpNet> {
+    slipway_providers::network::DEFAULT_DENIED
+        .iter()
+        .map(|n| n.parse().expect("the default networks parse"))
+        .collect()
+}
+
+/// `[local] deny_networks`: networks in CIDR notation (`"10.0.0.0/8"`, `"fd00::/8"`); an
+/// address alone is a network of one.
+fn networks<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(de)?
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "[local] deny_networks: `{}` is not a network (such as \"10.0.0.0/8\", \
+                         \"fd00::/8\" or an address alone)",
+                        text.escape_debug()
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// `[local] max_memory`.
@@ -885,6 +938,64 @@ mod tests {
         let group = |text: &str| local(json!({ "cgroup": text })).map(|l| l.cgroup);
         assert!(group("/slipway").is_ok() && group("off").is_ok());
         assert!(group("../x").is_err_and(|e| e.contains("[local] cgroup")));
+    }
+
+    #[test]
+    fn the_network_fence_and_its_denied_networks_read_as_an_operator_writes_them() {
+        let deny = |v: serde_json::Value| {
+            local(json!({ "deny_networks": v })).map(|l| {
+                l.deny_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            deny(json!([
+                "10.0.0.0/8",
+                "fd00::/8",
+                "192.0.2.7",
+                "::1",
+                "10.1.2.3/16"
+            ])),
+            Ok([
+                "10.0.0.0/8",
+                "fd00::/8",
+                "192.0.2.7/32",
+                "::1/128",
+                "10.1.0.0/16"
+            ]
+            .map(String::from)
+            .to_vec()),
+            "an address alone is a network of one; host bits are dropped"
+        );
+        assert_eq!(deny(json!([])), Ok(vec![]), "nothing denied");
+        for bad in [
+            "10.0.0.0/33",
+            "metadata.google.internal",
+            "10.0.0.0/8; flush ruleset",
+            "",
+        ] {
+            let e = deny(json!([bad])).expect_err(bad);
+            assert!(
+                e.contains("[local] deny_networks") && e.contains("is not a network"),
+                "{bad}: {e}"
+            );
+        }
+        let defaults = local(json!({})).expect("defaults");
+        assert_eq!(defaults.network, NetworkSetting::Auto);
+        assert!(
+            defaults
+                .deny_networks
+                .iter()
+                .any(|n| n.contains(&"169.254.169.254".parse::<std::net::IpAddr>().expect("ip"))),
+            "the metadata service is denied by default: {:?}",
+            defaults.deny_networks
+        );
+        let network = |text: &str| local(json!({ "network": text })).map(|l| l.network);
+        assert_eq!(network("nftables"), Ok(NetworkSetting::Nftables));
+        assert_eq!(network("off"), Ok(NetworkSetting::Off));
+        assert!(network("iptables").is_err());
     }
 
     #[test]

@@ -513,6 +513,8 @@ impl Engine {
             _ => self.identity(env)?,
         };
         if let (Isolation::Uid, Some((uid, _))) = (sandbox.isolation, sandbox.ids) {
+            // Before any of its code runs, whichever port it would try.
+            self.fence_ready()?;
             sandbox.max_processes = Some(self.config.local.max_processes).filter(|&n| n > 0);
             sandbox.cgroup = self.limits.as_ref().ok().map(|l| l.group(uid));
         }

@@ -23,6 +23,7 @@ pub use cache::Cached;
 pub mod config;
 pub mod discover;
 mod isolation;
+mod network;
 pub mod policy;
 mod stages;
 pub use stages::{
@@ -622,6 +623,9 @@ pub struct Engine {
     /// environment's supervisor kills every process of its uid once it is past its disk
     /// limit; `None`: from the uid itself.
     disk_killer: Option<u32>,
+    /// uid mode: the packet filter keeping environments' code from one another's ports
+    /// ([`network`]).
+    network: network::Network,
     /// On a replica: bounds the commands run under a lease ([`Engine::bound_by`]).
     watchdog: Option<Arc<slipway_providers::watchdog::Watchdog>>,
     /// On a state shared by replicas: the node this engine runs on ([`Engine::on_node`]).
@@ -659,6 +663,7 @@ impl Engine {
             isolation == slipway_providers::sandbox::Isolation::Uid
                 && !slipway_providers::sandbox::id_is_known(kept)
         });
+        let network = network::Network::new(isolation, &config.local, config.uid_range(), home)?;
         let store = match config
             .state
             .resolve_url()
@@ -722,6 +727,7 @@ impl Engine {
             limits,
             max_disk,
             disk_killer,
+            network,
             watchdog: None,
             node: None,
             sweeping: Mutex::new(sweep.and_then(isolation::EnvsSweep::start)),

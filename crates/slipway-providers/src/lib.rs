@@ -26,6 +26,7 @@ pub mod exec;
 pub mod file;
 pub mod job;
 pub mod kubernetes;
+pub mod network;
 pub mod postgres;
 pub mod process;
 pub mod sandbox;

@@ -300,6 +300,16 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> R
         }
         None => {}
     }
+    // Written whole now, from the store: what a former run or a reboot left goes.
+    match controller.engine().install_fence()? {
+        Ok(fence) => eprintln!("slipway serve: environments' connections are filtered ({fence})"),
+        Err(why) if isolation != slipway_providers::sandbox::Isolation::None => eprintln!(
+            "slipway serve: warning: environments' code can connect to other environments' \
+             ports on this machine and to the clouds' metadata services: {why} (see \
+             docs/isolation.md, \"Network\")"
+        ),
+        Err(_) => {}
+    }
     let server_options = config.server.options();
     raise_open_file_limit(server_options.max_connections);
     let rt = runtime()?;

@@ -165,6 +165,18 @@ impl Engine {
             .map(|p| crate::slot_port(p, slot))
             .collect();
         let range = self.config.port_range();
+        // What the environment's code may reach changes with its ports (the fence's, uid mode).
+        let fenced = self.fence_active();
+        // A resource made now held no port before: no look for one without ports (most).
+        let before: Vec<u16> =
+            if fenced && !(change.action == Action::Create && port_names.is_empty()) {
+                self.store
+                    .ports(env, &change.resource)?
+                    .into_values()
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let allocated =
             self.store
                 .allocate_ports(env, &change.resource, &slot_names, range, &|p| {
@@ -176,6 +188,14 @@ impl Engine {
             keep.extend(port_names.iter().map(|p| crate::slot_port(p, 1)));
         }
         self.store.retain_ports(env, &change.resource, &keep)?;
+        if fenced && !(before.is_empty() && port_names.is_empty()) {
+            let after: Vec<u16> = self
+                .store
+                .ports(env, &change.resource)?
+                .into_values()
+                .collect();
+            self.fence_ports(env, &before, &after)?;
+        }
         let scope = resolve::Scope {
             ports: &ports,
             outputs,
@@ -349,7 +369,13 @@ impl Engine {
         if let Err(error) = self.stop_resource(env, &record, &envelope) {
             return Err(self.record_failed(&mut record, error.message.clone(), error));
         }
+        let ports: Vec<u16> = if self.fence_active() {
+            self.store.ports(env, name)?.into_values().collect()
+        } else {
+            Vec::new()
+        };
         self.store.forget_resource(env, name)?;
+        self.fence_ports(env, &ports, &[])?;
         Ok(())
     }
 

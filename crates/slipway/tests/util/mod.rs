@@ -23,6 +23,9 @@ pub struct Sandbox {
     pub config: PathBuf,
     /// Its slot of ports and uids, held until everything it started is killed (`Drop`).
     _slot: std::fs::File,
+    /// The packet filter's table its engine writes as root (named for its uids): removed
+    /// with it, so that the next sandbox of the slot does not find its rules.
+    fence_table: String,
 }
 
 /// How many sandboxes may exist at once, on the whole machine: each has 20 ports from 21000
@@ -94,6 +97,7 @@ impl Sandbox {
             home,
             config,
             _slot: slot_lock,
+            fence_table: format!("slipway_{}_{}", 300000 + slot, 300000 + slot + 19),
         }
     }
 
@@ -292,6 +296,10 @@ impl Drop for Sandbox {
                     .output();
             }
         }
+        // Only root's engine writes one; elsewhere this fails, as when there is none.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.fence_table])
+            .output();
         // And whatever still runs inside the sandbox (a child that a supervisor started just
         // before it was killed, a daemon of a job).
         for pid in processes_inside(self.dir.path()) {

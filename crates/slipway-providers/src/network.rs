@@ -1,0 +1,564 @@
+//! Keeps environments' code from one another's ports and from denied networks (uid mode).
+//!
+//! In uid mode each environment's code runs as a uid of its own ([`crate::sandbox`]), so the
+//! kernel's packet filter can tell whose a connection is. One nftables table per engine, named
+//! for its uid range (`inet slipway_LOW_HIGH`: two engines on a machine never share uids),
+//! holds on the output hook, for the first packet of a connection made by one of those uids:
+//! - to a port of the engine's port range on this host (any of its addresses: `127.0.0.1`,
+//!   `::1`, the machine's own), refused unless the port is allocated to that uid's own
+//!   environment (the set `owned`, of `uid . port`): TCP with a reset (`connect` fails with
+//!   `ECONNREFUSED`, as if nothing listened); UDP, SCTP and DCCP too (a datagram's send
+//!   fails with `EPERM`);
+//! - to a denied network (`[local] deny_networks`: the clouds' metadata services by
+//!   default, which hand the machine's credentials to whoever asks), refused as
+//!   administratively prohibited (`EHOSTUNREACH`).
+//!
+//! Everything else passes untouched: the engine's own connections (the router, health checks),
+//! every other user's, and the code's own to its database, to services outside the port
+//! range, to the internet.
+//!
+//! The table is written whole ([`Fence::install`]) by `slipway serve` at its start, and by a
+//! command about to run an environment's code that finds it missing or written for another
+//! home or other rules ([`Fence::ensure`]: its marker set `ready_HASH` names both); between
+//! two, each port allocated is granted ([`Fence::grant`]) before its resource's code starts,
+//! and each port released is revoked ([`Fence::revoke`]). Every writer holds `network.lock`
+//! in the home, so that a whole write made from what the store said cannot undo a grant or a
+//! revoke made meanwhile. Each change is one `nft -f -` transaction: a packet sees the rules
+//! before it or after it, never half of it.
+
+use std::io::{self, Write};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub use ipnet::IpNet;
+
+/// A uid and a port allocated to its environment: the code of that uid may connect to it.
+pub type Owned = (u32, u16);
+
+/// Where `nft` is looked for first: the system's own directories, not the engine's `PATH`.
+const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
+
+/// Bumped when the rules [`Fence::script`] writes change, so that a table written by an
+/// older Slipway is written again.
+const RULES_VERSION: u32 = 1;
+
+/// The clouds' metadata services: AWS, GCP, Azure, OpenStack and DigitalOcean
+/// (`169.254.169.254`, and the link-local range around it, where ECS's `169.254.170.2` is
+/// too), AWS over IPv6, Alibaba Cloud.
+pub const DEFAULT_DENIED: [&str; 3] = ["169.254.0.0/16", "fd00:ec2::254/128", "100.100.100.200/32"];
+
+/// The packet filter of one engine's environments (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    nft: PathBuf,
+    table: String,
+    uids: RangeInclusive<u32>,
+    ports: RangeInclusive<u16>,
+    deny: Vec<IpNet>,
+    marker: String,
+    lock: PathBuf,
+}
+
+impl Fence {
+    /// The fence of the engine whose home is `home`, its environments given `uids` and their
+    /// resources `ports`, their code kept from `deny`; written with `nft`.
+    pub fn new(
+        nft: PathBuf,
+        home: &Path,
+        uids: RangeInclusive<u32>,
+        ports: RangeInclusive<u16>,
+        deny: Vec<IpNet>,
+    ) -> Fence {
+        let table = format!("slipway_{}_{}", uids.start(), uids.end());
+        let marker = marker(home, &uids, &ports, &deny);
+        Fence {
+            nft,
+            table,
+            uids,
+            ports,
+            deny,
+            marker,
+            lock: home.join("network.lock"),
+        }
+    }
+
+    /// The `nft` program of this system, if it has one.
+    pub fn find_nft() -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        NFT_PATHS.iter().map(PathBuf::from).find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    }
+
+    /// The table's name, with its family: `inet slipway_200000_299999`.
+    pub fn table(&self) -> String {
+        format!("inet {}", self.table)
+    }
+
+    /// What the fence keeps environments' code from, for `slipway serve`'s start.
+    pub fn describe(&self) -> String {
+        let denied = if self.deny.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", nor to {}",
+                self.deny
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!(
+            "nftables table {}: the code of uids {}-{} connects to no port of {}-{} on this \
+             host but its own environment's{denied}",
+            self.table(),
+            self.uids.start(),
+            self.uids.end(),
+            self.ports.start(),
+            self.ports.end(),
+        )
+    }
+
+    /// The whole table, with `owned` its set: one `nft -f` transaction that makes it anew
+    /// (a table there before, this engine's or one of its former rules, goes with its
+    /// elements; made empty first so that the delete never fails).
+    pub fn script(&self, owned: &[Owned]) -> String {
+        let table = self.table();
+        let uids = format!("{}-{}", self.uids.start(), self.uids.end());
+        let ports = format!("{}-{}", self.ports.start(), self.ports.end());
+        // Only a connection's first packet: what answers one (a reply to a port of the
+        // range) is the connection's, not a new one. A packet conntrack does not follow
+        // (`notrack`) is not `established` either, so it is checked too.
+        let new = format!("meta skuid {uids} ct state != {{ established, related }}");
+        let mut out = format!(
+            "table {table} {{}}\ndelete table {table}\ntable {table} {{\n\tcomment \"slipway: \
+             environments' code connects to no other environment's port\";\n\tset ready_{} {{ \
+             type uid; }}\n\tset owned {{ type uid . inet_service;",
+            self.marker
+        );
+        if !owned.is_empty() {
+            out.push_str(" elements = { ");
+            out.push_str(&elements(owned));
+            out.push_str(" };");
+        }
+        out.push_str(
+            " }\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
+        );
+        for (family, v6) in [("ip", false), ("ip6", true)] {
+            let nets: Vec<String> = self
+                .deny
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(ToString::to_string)
+                .collect();
+            if !nets.is_empty() {
+                out.push_str(&format!(
+                    "\t\t{new} {family} daddr {{ {} }} reject with icmpx admin-prohibited\n",
+                    nets.join(", ")
+                ));
+            }
+        }
+        let local = format!("{new} fib daddr type local");
+        out.push_str(&format!(
+            "\t\t{local} meta l4proto tcp th dport {ports} meta skuid . th dport != @owned \
+             reject with tcp reset\n\t\t{local} meta l4proto {{ udp, udplite, sctp, dccp }} th \
+             dport {ports} meta skuid . th dport != @owned reject\n\t}}\n}}\n"
+        ));
+        out
+    }
+
+    /// Whether this engine's table is in force, written for this home and these rules.
+    ///
+    /// # Errors
+    /// When `nft` cannot tell (not root, no `nf_tables` in the kernel).
+    pub fn installed(&self) -> io::Result<bool> {
+        let out = Command::new(&self.nft)
+            .args([
+                "list",
+                "set",
+                "inet",
+                &self.table,
+                &format!("ready_{}", self.marker),
+            ])
+            .stdin(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No such file or directory") {
+            return Ok(false);
+        }
+        Err(nft_failed(&stderr))
+    }
+
+    /// Writes the whole table, its set `owned()` (read while the home's lock is held).
+    ///
+    /// # Errors
+    /// When `owned` fails, or `nft` does (its message).
+    pub fn install(&self, owned: impl FnOnce() -> io::Result<Vec<Owned>>) -> io::Result<()> {
+        self.locked(|| self.run(&self.script(&owned()?)))
+    }
+
+    /// [`Fence::install`] unless the table is in force already; whether it was written.
+    ///
+    /// # Errors
+    /// As [`Fence::install`] and [`Fence::installed`].
+    pub fn ensure(&self, owned: impl FnOnce() -> io::Result<Vec<Owned>>) -> io::Result<bool> {
+        self.locked(|| {
+            if self.installed()? {
+                return Ok(false);
+            }
+            self.run(&self.script(&owned()?)).map(|()| true)
+        })
+    }
+
+    /// Lets each uid of `pairs` connect to its port.
+    ///
+    /// # Errors
+    /// When `nft` fails (the table is gone: [`Fence::ensure`] first).
+    pub fn grant(&self, pairs: &[Owned]) -> io::Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let set = format!("inet {} owned", self.table);
+        self.locked(|| self.run(&format!("add element {set} {{ {} }}\n", elements(pairs))))
+    }
+
+    /// Takes from each uid of `pairs` its port (released: it may be another environment's
+    /// next). Nothing to do when the table is gone.
+    ///
+    /// # Errors
+    /// When `nft` fails otherwise.
+    pub fn revoke(&self, pairs: &[Owned]) -> io::Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let set = format!("inet {} owned", self.table);
+        let listed = elements(pairs);
+        // Added first, so that the delete of a pair the set lacks cannot fail the whole.
+        let script =
+            format!("add element {set} {{ {listed} }}\ndelete element {set} {{ {listed} }}\n");
+        self.locked(|| match self.run(&script) {
+            Err(e) if e.to_string().contains("No such file or directory") => Ok(()),
+            other => other,
+        })
+    }
+
+    /// Removes the table (nothing to do when there is none).
+    ///
+    /// # Errors
+    /// When `nft` fails.
+    pub fn remove(&self) -> io::Result<()> {
+        let table = self.table();
+        self.locked(|| self.run(&format!("table {table} {{}}\ndelete table {table}\n")))
+    }
+
+    fn locked<R>(&self, work: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)?;
+        lock.lock()?;
+        work()
+    }
+
+    fn run(&self, script: &str) -> io::Result<()> {
+        let mut child = Command::new(&self.nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let written = child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(script.as_bytes());
+        let out = child.wait_with_output()?;
+        if out.status.success() {
+            return written;
+        }
+        Err(nft_failed(&String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// `uid . port, …` for a set's `elements`.
+fn elements(pairs: &[Owned]) -> String {
+    pairs
+        .iter()
+        .map(|(uid, port)| format!("{uid} . {port}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// nft's complaint, in one line: its first (the error; the rest points into the script).
+fn nft_failed(stderr: &str) -> io::Error {
+    let first = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message");
+    io::Error::other(format!("nft: {}", first.trim()))
+}
+
+/// Names this home (its path, and its directory's inode and birth, so that a home made again
+/// at the same path is another) and the rules: a table written for another, or by an older
+/// Slipway, is written again.
+fn marker(
+    home: &Path,
+    uids: &RangeInclusive<u32>,
+    ports: &RangeInclusive<u16>,
+    deny: &[IpNet],
+) -> String {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(home).ok();
+    let born = meta
+        .as_ref()
+        .and_then(|m| m.created().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let identity = format!(
+        "{RULES_VERSION} {} {} {born} {uids:?} {ports:?} {deny:?}",
+        home.display(),
+        meta.map_or(0, |m| m.ino()),
+    );
+    let digest = sha2::Sha256::digest(identity.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, UdpSocket};
+
+    /// Environments' uids of these tests: far above any test sandbox's.
+    const UIDS: RangeInclusive<u32> = 3_900_000..=3_900_009;
+    const OWNER: u32 = 3_900_001;
+    const OTHER: u32 = 3_900_002;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().expect("a network")).collect()
+    }
+
+    #[test]
+    fn the_script_makes_the_table_anew_and_denies_each_network_in_its_family() {
+        let home = tempfile::tempdir().expect("a home");
+        let fence = Fence::new(
+            PathBuf::from("/usr/sbin/nft"),
+            home.path(),
+            UIDS,
+            40_000..=40_099,
+            nets(&DEFAULT_DENIED),
+        );
+        let script = fence.script(&[(OWNER, 40_001), (OWNER, 40_002)]);
+        let table = "inet slipway_3900000_3900009";
+        assert!(
+            script.starts_with(&format!(
+                "table {table} {{}}\ndelete table {table}\ntable {table} {{"
+            )),
+            "{script}"
+        );
+        assert!(
+            script.contains("elements = { 3900001 . 40001, 3900001 . 40002 }"),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip daddr { 169.254.0.0/16, 100.100.100.200/32 } reject"),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip6 daddr { fd00:ec2::254/128 } reject"),
+            "{script}"
+        );
+        assert!(
+            script.contains("th dport 40000-40099 meta skuid . th dport != @owned"),
+            "{script}"
+        );
+        // Nothing denied, nothing owned: no rule of a family with no network, no elements.
+        let bare = Fence::new(
+            PathBuf::from("nft"),
+            home.path(),
+            UIDS,
+            40_000..=40_099,
+            vec![],
+        );
+        let script = bare.script(&[]);
+        assert!(!script.contains("daddr {"), "{script}");
+        assert!(!script.contains("elements"), "{script}");
+        // Another home, or other rules, is another marker: the table is written again.
+        let other = tempfile::tempdir().expect("another home");
+        let marker = |home: &Path, deny| {
+            Fence::new(PathBuf::new(), home, UIDS, 40_000..=40_099, deny).marker
+        };
+        assert_eq!(marker(home.path(), vec![]), marker(home.path(), vec![]));
+        assert_ne!(marker(home.path(), vec![]), marker(other.path(), vec![]));
+        assert_ne!(
+            marker(home.path(), vec![]),
+            marker(home.path(), nets(&["10.0.0.0/8"]))
+        );
+    }
+
+    /// What `uid` gets trying each target (`tcp|udp ADDRESS PORT`): `ok`, or the error's
+    /// name (`ECONNREFUSED`, `EHOSTUNREACH`...), one line each.
+    fn tries(uid: Option<u32>, targets: &[(&str, &str, u16)]) -> Vec<String> {
+        let program = r#"
+import encodings.idna, errno, socket, sys
+for proto, addr, port in (t.split() for t in sys.argv[1:]):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.connect((addr, int(port)))
+        if proto == "tcp":
+            s.sendall(b"x")
+            assert s.recv(1) == b"x", "no echo"
+        else:
+            s.send(b"x")
+            s.send(b"x")
+        print("ok")
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e)))
+"#;
+        let mut command = Command::new("python3");
+        command.arg("-c").arg(program);
+        for (proto, addr, port) in targets {
+            command.arg(format!("{proto} {addr} {port}"));
+        }
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let out = command.current_dir("/").output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// An echoing TCP listener on `addr`; its port.
+    fn echo(listener: TcpListener) {
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut byte = [0u8; 1];
+                if std::io::Read::read_exact(&mut stream, &mut byte).is_ok() {
+                    let _ = stream.write_all(&byte);
+                }
+            }
+        });
+    }
+
+    /// A port of `range` free on 127.0.0.1 for TCP and UDP both, with its listener and socket.
+    fn listen_in(range: RangeInclusive<u16>) -> (u16, TcpListener, UdpSocket) {
+        range
+            .into_iter()
+            .find_map(|port| {
+                let tcp = TcpListener::bind(("0.0.0.0", port)).ok()?;
+                let udp = UdpSocket::bind(("0.0.0.0", port)).ok()?;
+                Some((port, tcp, udp))
+            })
+            .expect("a free port")
+    }
+
+    #[test]
+    fn only_the_owner_s_code_reaches_a_port_and_no_code_a_denied_network() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root (packet filter rules)");
+            return;
+        }
+        let Some(nft) = Fence::find_nft() else {
+            eprintln!("skipped: no `nft` (Debian's nftables; scripts/test.sh installs it)");
+            return;
+        };
+        let home = tempfile::tempdir().expect("a home");
+        let ports = 39_100..=39_199;
+        let (port, tcp, udp) = listen_in(ports.clone());
+        echo(tcp);
+        // A service outside the range on an address the fence denies.
+        let denied = TcpListener::bind("127.0.0.3:0").expect("a listener on 127.0.0.3");
+        let denied_port = denied.local_addr().expect("its address").port();
+        echo(denied);
+        let fence = Fence::new(nft, home.path(), UIDS, ports, nets(&["127.0.0.3/32"]));
+        assert!(!fence.installed().expect("nft answers"));
+        let cleanup = Removal(&fence);
+        assert!(fence.ensure(|| Ok(vec![(OWNER, port)])).expect("installed"));
+        assert!(fence.installed().expect("nft answers"));
+        assert!(!fence.ensure(|| panic!("not read again")).expect("in force"));
+
+        let targets = [
+            ("tcp", "127.0.0.1", port),
+            ("tcp", "127.0.0.2", port),
+            ("tcp", "::ffff:127.0.0.1", port),
+            ("tcp", "127.0.0.3", denied_port),
+        ];
+        assert_eq!(
+            tries(Some(OWNER), &targets),
+            ["ok", "ok", "ok", "EHOSTUNREACH"]
+        );
+        assert_eq!(
+            tries(Some(OTHER), &targets),
+            [
+                "ECONNREFUSED",
+                "ECONNREFUSED",
+                "ECONNREFUSED",
+                "EHOSTUNREACH"
+            ]
+        );
+        // The engine's own connections (root: no environment's uid) pass.
+        assert_eq!(tries(None, &targets), ["ok", "ok", "ok", "ok"]);
+        // UDP: the owner's datagrams arrive, the other's do not (refused as it sends).
+        udp.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .expect("a timeout");
+        assert_eq!(tries(Some(OTHER), &[("udp", "127.0.0.1", port)]), ["EPERM"]);
+        let mut buf = [0u8; 8];
+        assert!(
+            udp.recv_from(&mut buf).is_err(),
+            "the other uid's datagram arrived"
+        );
+        assert_eq!(tries(Some(OWNER), &[("udp", "127.0.0.1", port)]), ["ok"]);
+        assert!(
+            udp.recv_from(&mut buf).is_ok(),
+            "the owner's datagram did not arrive"
+        );
+
+        // Released: the port is nobody's; granted again, it is the owner's again.
+        fence.revoke(&[(OWNER, port)]).expect("revoked");
+        fence
+            .revoke(&[(OWNER, port)])
+            .expect("revoking twice is no error");
+        assert_eq!(tries(Some(OWNER), &targets[..1]), ["ECONNREFUSED"]);
+        fence.grant(&[(OTHER, port)]).expect("granted");
+        assert_eq!(tries(Some(OTHER), &targets[..1]), ["ok"]);
+        assert_eq!(tries(Some(OWNER), &targets[..1]), ["ECONNREFUSED"]);
+        // Written whole again: what the store says now, nothing of before.
+        fence
+            .install(|| Ok(vec![(OWNER, port)]))
+            .expect("installed again");
+        assert_eq!(tries(Some(OTHER), &targets[..1]), ["ECONNREFUSED"]);
+        assert_eq!(tries(Some(OWNER), &targets[..1]), ["ok"]);
+        drop(cleanup);
+        assert!(!fence.installed().expect("nft answers"));
+        assert_eq!(tries(Some(OTHER), &targets), ["ok", "ok", "ok", "ok"]);
+        fence
+            .revoke(&[(OWNER, port)])
+            .expect("nothing to revoke without the table");
+    }
+
+    /// Removes the fence's table, even when the test fails.
+    struct Removal<'a>(&'a Fence);
+
+    impl Drop for Removal<'_> {
+        fn drop(&mut self) {
+            self.0.remove().expect("the table removed");
+        }
+    }
+}
