@@ -2,25 +2,27 @@
 //! and from denied networks (`[local] network`, `deny_networks`; uid mode): whether there is
 //! one, and when it is written, from what the store says ([`slipway_providers::network`]).
 //!
-//! Written whole by `slipway serve` at its start ([`Engine::install_fence`]), and by any
-//! command about to run an environment's code (an apply, a plan's exec `read`, a health
-//! command) when it finds it missing or written for another home ([`Engine::fence_ready`],
-//! looked at once a minute at most); a resource's ports are granted before its code starts
-//! and revoked once they are released ([`Engine::fence_ports`]).
+//! Written whole by `slipway serve` at its start ([`Engine::install_fence`]), and before any
+//! environment's code runs (an apply, a plan's exec `read`, a health command: its sandbox is
+//! made, [`Engine::fence_ready`]): a command's first look writes it when it is missing or
+//! written for another home; in a process that lives on (`slipway serve`), each look after
+//! the first, once a minute at most, writes it whole from the store, which drops what a
+//! crash, a failed revoke or another replica's change left. A resource's ports are granted
+//! before its code starts, and revoked before the store releases them
+//! ([`Engine::fence_grant`], [`Engine::fence_revoke`]).
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use slipway_core::EnvName;
-use slipway_providers::network::{Fence, Owned};
+use slipway_providers::network::{Fence, Holdings, Owned};
 use slipway_providers::sandbox::Isolation;
 
 use crate::config::{LocalConfig, NetworkSetting};
 use crate::{Engine, EngineError};
 
-/// How long the look that found the fence in force holds: a table removed meanwhile (an
-/// operator's `nft flush ruleset`) is written again by the next command after that.
+/// How long a look that found the fence in force (or could not write it) holds.
 const LOOKED_AT: Duration = Duration::from_secs(60);
 
 /// The fence an engine keeps, or why it keeps none.
@@ -29,13 +31,24 @@ pub(crate) struct Network {
     /// With `network = "off"` in uid mode: the table a former configuration wrote, removed
     /// by `slipway serve`'s start (its rules would still refuse what they refused).
     leftover: Option<Fence>,
-    /// When the fence was last found in force (or written) by this engine.
-    looked: Mutex<Option<Instant>>,
     /// Asked for (`"nftables"`): a failure to write it is an error, not a warning.
     required: bool,
-    /// Set when, under `"auto"`, writing the fence failed (no `nf_tables` in the kernel):
-    /// why; this engine then leaves it alone rather than fail every apply.
-    failed: Mutex<Option<String>>,
+    look: Mutex<Look>,
+}
+
+/// This engine's last look at its fence.
+#[derive(Debug, Default)]
+struct Look {
+    /// When; `None`: not yet.
+    at: Option<Instant>,
+    /// Whether it found (or wrote) the fence in force. Ports are granted and revoked only
+    /// then: under `"auto"`, a machine whose `nft` fails runs without, and says so.
+    in_force: bool,
+    /// What the table may hold that the store does not (a revoke failed): the next look
+    /// writes it whole, whenever it comes.
+    stale: bool,
+    /// Why it is not in force.
+    why: Option<String>,
 }
 
 impl Network {
@@ -83,49 +96,55 @@ impl Network {
         Ok(Network {
             fence,
             leftover,
-            looked: Mutex::new(None),
             required,
-            failed: Mutex::new(None),
+            look: Mutex::new(Look::default()),
         })
     }
 
-    /// The fence to write, unless there is none or writing it failed before (under `"auto"`).
-    fn usable(&self) -> Option<&Fence> {
-        let failed = self
-            .failed
+    fn look(&self) -> std::sync::MutexGuard<'_, Look> {
+        self.look
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.fence.as_ref().ok().filter(|_| failed.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A failure to write the fence: the error under `"nftables"`; under `"auto"` a warning,
-    /// after which this engine leaves the fence alone.
-    fn failed(&self, e: &std::io::Error) -> Result<(), EngineError> {
-        let why = format!("environments' connections are not filtered: {e}");
-        if self.required {
-            return Err(EngineError::Environment(format!(
-                "{why} ([local] network = \"nftables\")"
-            )));
+    /// Records how writing (or looking at) the fence went: under `"nftables"` a failure is
+    /// the error; under `"auto"` a warning, and this engine grants and revokes nothing until
+    /// a later look finds it in force.
+    fn looked(&self, result: std::io::Result<()>) -> Result<(), EngineError> {
+        let mut look = self.look();
+        look.at = Some(Instant::now());
+        match result {
+            Ok(()) => {
+                look.in_force = true;
+                look.why = None;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("environments' connections are not filtered: {e}");
+                look.in_force = false;
+                look.why = Some(why.clone());
+                if self.required {
+                    return Err(EngineError::Environment(format!(
+                        "{why} ([local] network = \"nftables\")"
+                    )));
+                }
+                tracing::warn!("{why}");
+                Ok(())
+            }
         }
-        tracing::warn!("{why}");
-        *self
-            .failed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
-        Ok(())
     }
 }
 
 impl Engine {
-    /// Every uid and port of the store: each environment's uid with each port allocated to
-    /// it.
-    fn owned(&self) -> std::io::Result<Vec<Owned>> {
+    /// What the store holds: every environment's uid, and each port allocated with its
+    /// environment's uid.
+    fn holdings(&self) -> std::io::Result<Holdings> {
         let uids = self
             .store
             .environment_uids()
             .map_err(std::io::Error::other)?;
         let ports = self.store.all_ports().map_err(std::io::Error::other)?;
-        Ok(ports
+        let owned: Vec<Owned> = ports
             .iter()
             .filter_map(|(env, resources)| Some((uids.get(env).copied()?, resources)))
             .flat_map(|(uid, resources)| {
@@ -134,12 +153,16 @@ impl Engine {
                     .flat_map(|named| named.values())
                     .map(move |&port| (uid, port))
             })
-            .collect())
+            .collect();
+        Ok(Holdings {
+            uids: uids.into_values().collect(),
+            owned,
+        })
     }
 
     /// Writes the fence whole, from the store (`slipway serve`'s start, which also drops
-    /// what a former run left): what it keeps environments' code from, or why there is
-    /// none.
+    /// what a former run left, or the table of a former configuration when it is `"off"`):
+    /// what it keeps environments' code from, or why there is none.
     ///
     /// # Errors
     /// Writing it failed under `[local] network = "nftables"`.
@@ -149,104 +172,220 @@ impl Engine {
         {
             tracing::warn!(table = %leftover.table(), error = %e, "a former packet filter stays");
         }
-        let Some(fence) = self.network.usable() else {
-            return Ok(Err(self.fence_absent()));
+        let fence = match &self.network.fence {
+            Ok(fence) => fence,
+            Err(why) => return Ok(Err(why.clone())),
         };
-        let mut looked = self
-            .network
-            .looked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match fence.install(|| self.owned()) {
-            Ok(()) => {
-                *looked = Some(Instant::now());
-                Ok(Ok(fence.describe()))
-            }
-            Err(e) => {
-                self.network.failed(&e)?;
-                Ok(Err(self.fence_absent()))
-            }
-        }
+        self.network.looked(fence.install(|| self.holdings()))?;
+        let look = self.network.look();
+        Ok(match &look.why {
+            None => Ok(fence.describe()),
+            Some(why) => Err(why.clone()),
+        })
     }
 
-    /// Why there is no fence.
-    fn fence_absent(&self) -> String {
-        match (&self.network.fence, self.network.failed.lock()) {
-            (Err(why), _) => why.clone(),
-            (Ok(_), Ok(failed)) => failed.clone().unwrap_or_default(),
-            (Ok(_), Err(_)) => String::new(),
-        }
-    }
-
-    /// Whether a fence is kept (and writing it has not failed).
+    /// Whether the fence is kept and was in force at the last look: ports are granted and
+    /// revoked then.
     pub(crate) fn fence_active(&self) -> bool {
-        self.network.usable().is_some()
+        self.network.fence.is_ok() && self.network.look().in_force
     }
 
-    /// Before an environment's code runs (its sandbox is made): the fence in force, written
-    /// whole from the store when it is not (after a reboot, or written for another home).
-    /// Looked at once a minute at most; the others wait for a look under way.
+    /// Before an environment's code runs (its sandbox is made): the fence in force. A
+    /// command's first look writes it when missing or another home's; later looks (in
+    /// `slipway serve`), once a minute at most or when a revoke failed, write it whole.
     pub(crate) fn fence_ready(&self) -> Result<(), EngineError> {
-        let Some(fence) = self.network.usable() else {
+        let Ok(fence) = &self.network.fence else {
             return Ok(());
         };
-        let mut looked = self
-            .network
-            .looked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if looked.is_some_and(|at| at.elapsed() < LOOKED_AT) {
-            return Ok(());
-        }
-        match fence.ensure(|| self.owned()) {
-            Ok(written) => {
-                *looked = Some(Instant::now());
-                if written {
-                    tracing::info!(table = %fence.table(), "environments' packet filter written");
-                }
-                Ok(())
+        let whole = {
+            let mut look = self.network.look();
+            let fresh = look.at.is_some_and(|at| at.elapsed() < LOOKED_AT);
+            if fresh && !look.stale {
+                return match (&look.why, self.network.required) {
+                    (Some(why), true) => Err(EngineError::Environment(format!(
+                        "{why} ([local] network = \"nftables\")"
+                    ))),
+                    _ => Ok(()),
+                };
             }
-            Err(e) => self.network.failed(&e),
+            // Taken now, so that the others go on meanwhile rather than look too; a
+            // command's first look is made before any of its code can run.
+            let whole = look.at.is_some();
+            look.at = Some(Instant::now());
+            look.stale = false;
+            whole
+        };
+        let result = if whole {
+            fence.install(|| self.holdings()).map(|()| true)
+        } else {
+            fence.ensure(|| self.holdings())
+        };
+        if let Ok(true) = result {
+            tracing::info!(table = %fence.table(), "environments' packet filter written");
         }
+        self.network.looked(result.map(drop))
     }
 
-    /// `env`'s ports `before` and `after` a change of them (allocated, released): those it
-    /// holds no more are revoked, those it holds granted. A grant that fails fails the
-    /// change (the environment's code could not reach its own port); a revoke that fails is
-    /// logged (the next whole write drops it).
-    pub(crate) fn fence_ports(
-        &self,
-        env: &EnvName,
-        before: &[u16],
-        after: &[u16],
-    ) -> Result<(), EngineError> {
-        let Some(fence) = self.network.usable() else {
+    /// Lets `env`'s code reach `ports` (allocated to it), before it runs. Should the table
+    /// have gone meanwhile, it is written whole (which holds them: the store has them).
+    pub(crate) fn fence_grant(&self, env: &EnvName, ports: &[u16]) -> Result<(), EngineError> {
+        let Ok(fence) = &self.network.fence else {
             return Ok(());
         };
-        if before == after {
+        if ports.is_empty() || !self.fence_active() {
             return Ok(());
         }
         let Some(uid) = self.store.environment_uid(env)? else {
             return Ok(());
         };
-        let gone: Vec<Owned> = before
-            .iter()
-            .filter(|p| !after.contains(p))
-            .map(|&p| (uid, p))
-            .collect();
-        if let Err(e) = fence.revoke(&gone) {
-            tracing::error!(environment = %env, error = %e, "released ports stay open to its code");
+        let pairs: Vec<Owned> = ports.iter().map(|&p| (uid, p)).collect();
+        match fence.grant(&pairs) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(environment = %env, error = %e, "writing the packet filter whole");
+                self.network.looked(fence.install(|| self.holdings()))?;
+                if self.fence_active() {
+                    Ok(())
+                } else {
+                    Err(EngineError::Environment(format!(
+                        "cannot open {env}'s ports to its code: {e}"
+                    )))
+                }
+            }
         }
-        let held: Vec<Owned> = after.iter().map(|&p| (uid, p)).collect();
-        fence.grant(&held).map_err(EngineError::io(format!(
-            "cannot open {env}'s ports to its code"
-        )))
+    }
+
+    /// Takes `ports` from `env`'s code, before the store releases them (another environment
+    /// may be given them next). A failure is logged, and has the next look write the table
+    /// whole.
+    pub(crate) fn fence_revoke(&self, env: &EnvName, ports: &[u16]) {
+        let Ok(fence) = &self.network.fence else {
+            return;
+        };
+        if ports.is_empty() || !self.fence_active() {
+            return;
+        }
+        let uid = match self.store.environment_uid(env) {
+            Ok(Some(uid)) => uid,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(environment = %env, error = %e, "its released ports stay open to its code until the packet filter is written again");
+                self.network.look().stale = true;
+                return;
+            }
+        };
+        let pairs: Vec<Owned> = ports.iter().map(|&p| (uid, p)).collect();
+        if let Err(e) = fence.revoke(&pairs) {
+            tracing::error!(environment = %env, error = %e, "its released ports stay open to its code until the packet filter is written again");
+            self.network.look().stale = true;
+        }
+    }
+
+    /// At `env`'s destroy, before the store releases its ports and uid: every port it
+    /// holds, its resources' and those no resource record names (a step that failed
+    /// between allocating them and recording the resource).
+    pub(crate) fn fence_revoke_all(&self, env: &EnvName) -> Result<(), EngineError> {
+        if !self.fence_active() {
+            return Ok(());
+        }
+        let ports: Vec<u16> = self
+            .store
+            .environment_ports(env)?
+            .into_values()
+            .flat_map(std::collections::BTreeMap::into_values)
+            .collect();
+        self.fence_revoke(env, &ports);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine whose fence is written by `nft`, a script that notes each call in `calls`
+    /// and fails (`ok: false`, as `nft` without `CAP_NET_ADMIN`) or succeeds.
+    fn engine_with_nft(home: &Path, ok: bool, required: bool) -> (Engine, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let calls = home.join("calls");
+        let nft = home.join("nft");
+        let exit = if ok {
+            "exit 0"
+        } else {
+            "echo 'Operation not permitted' >&2; exit 1"
+        };
+        std::fs::write(
+            &nft,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\ncat > /dev/null\n{exit}\n",
+                calls.display()
+            ),
+        )
+        .expect("a fake nft");
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        let mut engine = Engine::open(&home.join("home"), crate::EngineConfig::default(), vec![])
+            .expect("an engine");
+        engine.network = Network {
+            fence: Ok(Fence::new(nft, home, 5..=9, 20_000..=20_009, vec![])),
+            leftover: None,
+            required,
+            look: Mutex::new(Look::default()),
+        };
+        (engine, calls)
+    }
+
+    fn calls(path: &Path) -> usize {
+        std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+    }
+
+    #[test]
+    fn a_fence_nft_cannot_write_is_a_warning_looked_at_again_a_minute_later_unless_required() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (engine, log) = engine_with_nft(dir.path(), false, false);
+        engine.fence_ready().expect("under auto, a warning");
+        assert!(
+            !engine.fence_active(),
+            "not in force: nothing granted or revoked"
+        );
+        assert_eq!(calls(&log), 1, "one look");
+        engine.fence_ready().expect("again");
+        assert_eq!(calls(&log), 1, "not looked at again within the minute");
+        engine
+            .fence_grant(&EnvName::parse("dev").expect("a name"), &[20_001])
+            .expect("nothing to grant");
+        assert_eq!(calls(&log), 1, "no grant tried");
+        assert!(
+            engine
+                .install_fence()
+                .expect("under auto")
+                .is_err_and(|why| why.contains("Operation not permitted")),
+            "serve's start says why"
+        );
+
+        let dir = tempfile::tempdir().expect("a directory");
+        let (engine, log) = engine_with_nft(dir.path(), false, true);
+        for _ in 0..2 {
+            let e = engine.fence_ready().expect_err("required").to_string();
+            assert!(
+                e.contains("Operation not permitted") && e.contains("network = \"nftables\""),
+                "{e}"
+            );
+        }
+        assert_eq!(calls(&log), 1, "the refusal holds for the minute too");
+
+        let dir = tempfile::tempdir().expect("a directory");
+        let (engine, log) = engine_with_nft(dir.path(), true, true);
+        engine.fence_ready().expect("in force");
+        assert!(engine.fence_active());
+        engine.fence_ready().expect("in force");
+        assert_eq!(calls(&log), 1, "looked at once: the table was there");
+        assert!(
+            std::fs::read_to_string(&log)
+                .expect("calls")
+                .starts_with("list set inet slipway_5_9 ready_"),
+            "a command's first look only asks whether it is there"
+        );
+    }
 
     #[test]
     fn a_fence_asked_for_where_it_cannot_be_had_stops_the_engine_and_the_default_only_says_why() {
@@ -275,6 +414,9 @@ mod tests {
         );
         local.network = NetworkSetting::Off;
         let off = Network::new(Isolation::Uid, &local, 5..=9, home.path()).expect("off");
-        assert!(off.usable().is_none(), "none when asked for none");
+        assert!(
+            off.fence.is_err_and(|why| why.contains("\"off\"")),
+            "none when asked for none"
+        );
     }
 }

@@ -3,12 +3,15 @@
 //! In uid mode each environment's code runs as a uid of its own ([`crate::sandbox`]), so the
 //! kernel's packet filter can tell whose a connection is. One nftables table per engine, named
 //! for its uid range (`inet slipway_LOW_HIGH`: two engines on a machine never share uids),
-//! holds on the output hook, for the first packet of a connection made by one of those uids:
+//! holds on the output hook, for every packet one of those uids sends but a reply (a
+//! connection's packets are checked after its first too: one its port was taken from
+//! meanwhile is cut):
 //! - to a port of the engine's port range on this host (any of its addresses: `127.0.0.1`,
-//!   `::1`, the machine's own), refused unless the port is allocated to that uid's own
-//!   environment (the set `owned`, of `uid . port`): TCP with a reset (`connect` fails with
-//!   `ECONNREFUSED`, as if nothing listened); UDP, SCTP and DCCP too (a datagram's send
-//!   fails with `EPERM`);
+//!   `::1`, the machine's own, and its broadcast, multicast and anycast ones, which loop back
+//!   to its sockets), refused unless the port is allocated to that uid's own environment (the
+//!   set `owned`, of `uid . port`): TCP with a reset (`connect` fails with `ECONNREFUSED`,
+//!   as if nothing listened); UDP, SCTP and DCCP too (a datagram's send fails with
+//!   `EPERM`);
 //! - to a denied network (`[local] deny_networks`: the clouds' metadata services by
 //!   default, which hand the machine's credentials to whoever asks), refused as
 //!   administratively prohibited (`EHOSTUNREACH`).
@@ -16,6 +19,9 @@
 //! Everything else passes untouched: the engine's own connections (the router, health checks),
 //! every other user's, and the code's own to its database, to services outside the port
 //! range, to the internet.
+//!
+//! The uids and ports it covers are the engine's ranges and, should the ranges have changed,
+//! every uid and port the store still holds outside them ([`Holdings`]).
 //!
 //! The table is written whole ([`Fence::install`]) by `slipway serve` at its start, and by a
 //! command about to run an environment's code that finds it missing or written for another
@@ -36,17 +42,33 @@ pub use ipnet::IpNet;
 /// A uid and a port allocated to its environment: the code of that uid may connect to it.
 pub type Owned = (u32, u16);
 
+/// What the engine's store holds, of which the table is written whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holdings {
+    /// Every environment's uid (those outside the engine's range too: given before it
+    /// changed).
+    pub uids: Vec<u32>,
+    /// Every port allocated, with its environment's uid.
+    pub owned: Vec<Owned>,
+}
+
 /// Where `nft` is looked for first: the system's own directories, not the engine's `PATH`.
 const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
 
 /// Bumped when the rules [`Fence::script`] writes change, so that a table written by an
 /// older Slipway is written again.
-const RULES_VERSION: u32 = 1;
+const RULES_VERSION: u32 = 2;
 
 /// The clouds' metadata services: AWS, GCP, Azure, OpenStack and DigitalOcean
 /// (`169.254.169.254`, and the link-local range around it, where ECS's `169.254.170.2` is
-/// too), AWS over IPv6, Alibaba Cloud.
-pub const DEFAULT_DENIED: [&str; 3] = ["169.254.0.0/16", "fd00:ec2::254/128", "100.100.100.200/32"];
+/// too), AWS over IPv6, Alibaba Cloud, and Azure's WireServer (which hands out the VM's
+/// extension settings).
+pub const DEFAULT_DENIED: [&str; 4] = [
+    "169.254.0.0/16",
+    "fd00:ec2::254/128",
+    "100.100.100.200/32",
+    "168.63.129.16/32",
+];
 
 /// The packet filter of one engine's environments (see the module's documentation).
 #[derive(Debug, Clone)]
@@ -121,30 +143,40 @@ impl Fence {
         )
     }
 
-    /// The whole table, with `owned` its set: one `nft -f` transaction that makes it anew
-    /// (a table there before, this engine's or one of its former rules, goes with its
+    /// The whole table, of what the store `holds`: one `nft -f` transaction that makes it
+    /// anew (a table there before, this engine's or one of its former rules, goes with its
     /// elements; made empty first so that the delete never fails).
-    pub fn script(&self, owned: &[Owned]) -> String {
+    pub fn script(&self, holds: &Holdings) -> String {
         let table = self.table();
-        let uids = format!("{}-{}", self.uids.start(), self.uids.end());
-        let ports = format!("{}-{}", self.ports.start(), self.ports.end());
-        // Only a connection's first packet: what answers one (a reply to a port of the
-        // range) is the connection's, not a new one. A packet conntrack does not follow
-        // (`notrack`) is not `established` either, so it is checked too.
-        let new = format!("meta skuid {uids} ct state != {{ established, related }}");
+        let uids = interval(
+            &self.uids,
+            holds
+                .uids
+                .iter()
+                .copied()
+                .chain(holds.owned.iter().map(|&(uid, _)| uid)),
+        );
+        let ports = interval(&self.ports, holds.owned.iter().map(|&(_, port)| port));
         let mut out = format!(
             "table {table} {{}}\ndelete table {table}\ntable {table} {{\n\tcomment \"slipway: \
              environments' code connects to no other environment's port\";\n\tset ready_{} {{ \
-             type uid; }}\n\tset owned {{ type uid . inet_service;",
+             type uid; }}\n\tset uids {{ type uid; flags interval; auto-merge; elements = {{ \
+             {uids} }}; }}\n\tset ports {{ type inet_service; flags interval; auto-merge; \
+             elements = {{ {ports} }}; }}\n\tset owned {{ type uid . inet_service;",
             self.marker
         );
-        if !owned.is_empty() {
+        if !holds.owned.is_empty() {
             out.push_str(" elements = { ");
-            out.push_str(&elements(owned));
+            out.push_str(&elements(&holds.owned));
             out.push_str(" };");
         }
+        // Every packet the code sends, not only a connection's first: one whose port was
+        // revoked meanwhile is cut. What answers another's connection (a reply from a port
+        // of the range) is not the code's to check; a packet conntrack does not follow
+        // (`notrack`, invalid) has no direction, and is checked.
         out.push_str(
-            " }\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
+            " }\n\tchain output {\n\t\ttype filter hook output priority filter; policy \
+             accept;\n\t\tct direction reply accept\n",
         );
         for (family, v6) in [("ip", false), ("ip6", true)] {
             let nets: Vec<String> = self
@@ -155,16 +187,18 @@ impl Fence {
                 .collect();
             if !nets.is_empty() {
                 out.push_str(&format!(
-                    "\t\t{new} {family} daddr {{ {} }} reject with icmpx admin-prohibited\n",
+                    "\t\tmeta skuid @uids {family} daddr {{ {} }} reject with icmpx \
+                     admin-prohibited\n",
                     nets.join(", ")
                 ));
             }
         }
-        let local = format!("{new} fib daddr type local");
+        // This host: its own addresses, and those that loop back to its sockets.
+        let here = "meta skuid @uids fib daddr type { local, broadcast, multicast, anycast }";
         out.push_str(&format!(
-            "\t\t{local} meta l4proto tcp th dport {ports} meta skuid . th dport != @owned \
-             reject with tcp reset\n\t\t{local} meta l4proto {{ udp, udplite, sctp, dccp }} th \
-             dport {ports} meta skuid . th dport != @owned reject\n\t}}\n}}\n"
+            "\t\t{here} meta l4proto tcp th dport @ports meta skuid . th dport != @owned \
+             reject with tcp reset\n\t\t{here} meta l4proto {{ udp, udplite, sctp, dccp }} th \
+             dport @ports meta skuid . th dport != @owned reject\n\t}}\n}}\n"
         ));
         out
     }
@@ -198,20 +232,20 @@ impl Fence {
     ///
     /// # Errors
     /// When `owned` fails, or `nft` does (its message).
-    pub fn install(&self, owned: impl FnOnce() -> io::Result<Vec<Owned>>) -> io::Result<()> {
-        self.locked(|| self.run(&self.script(&owned()?)))
+    pub fn install(&self, holds: impl FnOnce() -> io::Result<Holdings>) -> io::Result<()> {
+        self.locked(|| self.run(&self.script(&holds()?)))
     }
 
     /// [`Fence::install`] unless the table is in force already; whether it was written.
     ///
     /// # Errors
     /// As [`Fence::install`] and [`Fence::installed`].
-    pub fn ensure(&self, owned: impl FnOnce() -> io::Result<Vec<Owned>>) -> io::Result<bool> {
+    pub fn ensure(&self, holds: impl FnOnce() -> io::Result<Holdings>) -> io::Result<bool> {
         self.locked(|| {
             if self.installed()? {
                 return Ok(false);
             }
-            self.run(&self.script(&owned()?)).map(|()| true)
+            self.run(&self.script(&holds()?)).map(|()| true)
         })
     }
 
@@ -286,6 +320,18 @@ impl Fence {
     }
 }
 
+/// `LOW-HIGH, …` for an interval set's `elements`: `range`, and each of `also` outside it.
+fn interval<T>(range: &RangeInclusive<T>, also: impl Iterator<Item = T>) -> String
+where
+    T: Copy + Ord + std::fmt::Display,
+{
+    let outside: std::collections::BTreeSet<T> = also.filter(|v| !range.contains(v)).collect();
+    std::iter::once(format!("{}-{}", range.start(), range.end()))
+        .chain(outside.iter().map(ToString::to_string))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `uid . port, …` for a set's `elements`.
 fn elements(pairs: &[Owned]) -> String {
     pairs
@@ -354,7 +400,10 @@ mod tests {
             40_000..=40_099,
             nets(&DEFAULT_DENIED),
         );
-        let script = fence.script(&[(OWNER, 40_001), (OWNER, 40_002)]);
+        let script = fence.script(&Holdings {
+            uids: vec![OWNER, OTHER],
+            owned: vec![(OWNER, 40_001), (OWNER, 40_002)],
+        });
         let table = "inet slipway_3900000_3900009";
         assert!(
             script.starts_with(&format!(
@@ -367,7 +416,9 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("ip daddr { 169.254.0.0/16, 100.100.100.200/32 } reject"),
+            script.contains(
+                "ip daddr { 169.254.0.0/16, 100.100.100.200/32, 168.63.129.16/32 } reject"
+            ),
             "{script}"
         );
         assert!(
@@ -375,7 +426,23 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("th dport 40000-40099 meta skuid . th dport != @owned"),
+            script.contains("th dport @ports meta skuid . th dport != @owned"),
+            "{script}"
+        );
+        assert!(
+            script.contains(
+                "set uids { type uid; flags interval; auto-merge; elements = { 3900000-3900009 }; }"
+            ) && script.contains("elements = { 40000-40099 }; }"),
+            "only the ranges when the store holds nothing outside them: {script}"
+        );
+        // Given before the ranges changed: a uid and a port outside them are still covered.
+        let script = fence.script(&Holdings {
+            uids: vec![OWNER, 17],
+            owned: vec![(OWNER, 40_001), (12, 2_000), (17, 2_000), (17, 39_999)],
+        });
+        assert!(
+            script.contains("elements = { 3900000-3900009, 12, 17 }")
+                && script.contains("elements = { 40000-40099, 2000, 39999 }"),
             "{script}"
         );
         // Nothing denied, nothing owned: no rule of a family with no network, no elements.
@@ -386,9 +453,12 @@ mod tests {
             40_000..=40_099,
             vec![],
         );
-        let script = bare.script(&[]);
+        let script = bare.script(&Holdings::default());
         assert!(!script.contains("daddr {"), "{script}");
-        assert!(!script.contains("elements"), "{script}");
+        assert!(
+            script.contains("set owned { type uid . inet_service; }"),
+            "{script}"
+        );
         // Another home, or other rules, is another marker: the table is written again.
         let other = tempfile::tempdir().expect("another home");
         let marker = |home: &Path, deny| {
@@ -402,8 +472,9 @@ mod tests {
         );
     }
 
-    /// What `uid` gets trying each target (`tcp|udp ADDRESS PORT`): `ok`, or the error's
-    /// name (`ECONNREFUSED`, `EHOSTUNREACH`...), one line each.
+    /// What `uid` gets trying each target (`tcp|udp|bcast ADDRESS PORT`; `bcast`: UDP to a
+    /// broadcast address): `ok`, or the error's name (`ECONNREFUSED`, `EHOSTUNREACH`...),
+    /// one line each.
     fn tries(uid: Option<u32>, targets: &[(&str, &str, u16)]) -> Vec<String> {
         let program = r#"
 import encodings.idna, errno, socket, sys
@@ -411,6 +482,8 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.settimeout(3)
+    if proto == "bcast":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     try:
         s.connect((addr, int(port)))
         if proto == "tcp":
@@ -444,17 +517,57 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
             .collect()
     }
 
-    /// An echoing TCP listener on `addr`; its port.
+    /// Echoes what each connection to `listener` sends, byte by byte, until it ends.
     fn echo(listener: TcpListener) {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let mut stream = stream;
-                let mut byte = [0u8; 1];
-                if std::io::Read::read_exact(&mut stream, &mut byte).is_ok() {
-                    let _ = stream.write_all(&byte);
-                }
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut byte = [0u8; 1];
+                    while std::io::Read::read_exact(&mut stream, &mut byte).is_ok() {
+                        if stream.write_all(&byte).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
         });
+    }
+
+    /// A connection of `uid`'s to 127.0.0.1:`port`, kept open: each line written to the
+    /// child's stdin has it send a byte and read its echo, and say what that gave.
+    fn held(uid: u32, port: u16) -> (std::process::Child, Lines) {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let program = r#"
+import encodings.idna, errno, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
+for line in iter(sys.stdin.readline, ""):
+    try:
+        s.sendall(b"x")
+        print("ok" if s.recv(1) == b"x" else "closed", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e)), flush=True)
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", program, &port.to_string()])
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        (child, lines)
+    }
+
+    type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+    /// What a [`held`] connection gives now.
+    fn ask(child: &mut std::process::Child, said: &mut Lines) -> String {
+        writeln!(child.stdin.as_mut().expect("stdin")).expect("asked");
+        said.next().expect("an answer").expect("a line")
     }
 
     /// A port of `range` free on 127.0.0.1 for TCP and UDP both, with its listener and socket.
@@ -488,9 +601,19 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
         let denied_port = denied.local_addr().expect("its address").port();
         echo(denied);
         let fence = Fence::new(nft, home.path(), UIDS, ports, nets(&["127.0.0.3/32"]));
-        assert!(!fence.installed().expect("nft answers"));
         let cleanup = Removal(&fence);
-        assert!(fence.ensure(|| Ok(vec![(OWNER, port)])).expect("installed"));
+        // What a run that crashed left goes first.
+        fence.remove().expect("no table");
+        assert!(!fence.installed().expect("nft answers"));
+        let holds = |owned: Vec<Owned>| Holdings {
+            uids: vec![OWNER, OTHER],
+            owned,
+        };
+        assert!(
+            fence
+                .ensure(|| Ok(holds(vec![(OWNER, port)])))
+                .expect("installed")
+        );
         assert!(fence.installed().expect("nft answers"));
         assert!(!fence.ensure(|| panic!("not read again")).expect("in force"));
 
@@ -529,9 +652,34 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
             udp.recv_from(&mut buf).is_ok(),
             "the owner's datagram did not arrive"
         );
+        while udp.recv_from(&mut buf).is_ok() {}
+        // Broadcast loops back to the host's sockets: the same.
+        assert_eq!(
+            tries(Some(OTHER), &[("bcast", "127.255.255.255", port)]),
+            ["EPERM"]
+        );
+        assert!(
+            udp.recv_from(&mut buf).is_err(),
+            "the other uid's broadcast arrived"
+        );
+        assert_eq!(
+            tries(Some(OWNER), &[("bcast", "127.255.255.255", port)]),
+            ["ok"]
+        );
+        assert!(
+            udp.recv_from(&mut buf).is_ok(),
+            "the owner's broadcast did not arrive"
+        );
 
-        // Released: the port is nobody's; granted again, it is the owner's again.
+        // Released: the port is nobody's, and a connection open to it is cut; granted
+        // again, it is the owner's again.
+        let (mut open, mut said) = held(OWNER, port);
+        assert_eq!(ask(&mut open, &mut said), "ok");
         fence.revoke(&[(OWNER, port)]).expect("revoked");
+        let cut = ask(&mut open, &mut said);
+        assert_ne!(cut, "ok", "the connection open before the revoke is cut");
+        let _ = open.kill();
+        let _ = open.wait();
         fence
             .revoke(&[(OWNER, port)])
             .expect("revoking twice is no error");
@@ -541,7 +689,7 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
         assert_eq!(tries(Some(OWNER), &targets[..1]), ["ECONNREFUSED"]);
         // Written whole again: what the store says now, nothing of before.
         fence
-            .install(|| Ok(vec![(OWNER, port)]))
+            .install(|| Ok(holds(vec![(OWNER, port)])))
             .expect("installed again");
         assert_eq!(tries(Some(OTHER), &targets[..1]), ["ECONNREFUSED"]);
         assert_eq!(tries(Some(OWNER), &targets[..1]), ["ok"]);

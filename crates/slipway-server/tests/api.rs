@@ -1042,7 +1042,9 @@ fn a_refused_request_whose_body_was_never_read_says_its_connection_closes() {
     let _ = reader.read_to_end(&mut rest);
     assert!(rest.is_empty(), "nothing follows the refusal: {rest:?}");
 
-    // Requests whose bodies are read keep their connection: a GET, then a POST with a body.
+    // Requests whose bodies are read keep their connection: a GET, then a POST with a body
+    // (a pin, which needs `main` deployed).
+    f.wait_synced("main");
     let (mut writer, mut reader) = connect(f.addr);
     let token = f.token("admin");
     write!(

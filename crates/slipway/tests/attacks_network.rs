@@ -1,6 +1,7 @@
 //! Attacks over the network from environments' code, run against the real binary as root (uid
 //! mode, with the packet filter of `slipway_providers::network`): a branch's code connecting
-//! to another environment's process by each of the host's addresses, over TCP and UDP, to a
+//! to another environment's process by each of the host's addresses, over TCP and UDP and by
+//! broadcast, to a
 //! port of the range nobody was given, to a port its environment released and another was
 //! given next, and to a denied network (the clouds' metadata services by default).
 
@@ -17,7 +18,8 @@ use util::*;
 const T: Duration = Duration::from_secs(30);
 
 /// The process serves an echo on its port (TCP and UDP); the job tries its own process's port
-/// and each line of `targets.txt` (`LABEL tcp|udp ADDRESS PORT`), and reports what each gave
+/// and each line of `targets.txt` (`LABEL tcp|udp|bcast ADDRESS PORT`; `bcast`: UDP to a
+/// broadcast address, which loops back to the host's sockets), and reports what each gave
 /// (`ok`, or the error's name) in `probe.json` of its data directory, with its uid.
 const NET: &str = r#"import encodings.idna, errno, json, os, socket, sys, threading
 
@@ -45,6 +47,8 @@ def attempt(proto, addr, port):
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.settimeout(3)
+    if proto == "bcast":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     try:
         s.connect((addr, port))
         s.send(b"x")
@@ -181,6 +185,7 @@ fn a_branch_s_code_reaches_no_other_environment_s_port_nor_a_denied_network() {
         format!("prod_alias tcp 127.0.0.2 {prod_port}"),
         format!("prod_mapped tcp ::ffff:127.0.0.1 {prod_port}"),
         format!("prod_udp udp 127.0.0.1 {prod_port}"),
+        format!("prod_broadcast bcast 127.255.255.255 {prod_port}"),
         format!("unallocated tcp 127.0.0.1 {unallocated}"),
         format!("denied tcp 127.0.0.9 {denied}"),
         format!("outside tcp 127.0.0.1 {outside}"),
@@ -193,6 +198,10 @@ fn a_branch_s_code_reaches_no_other_environment_s_port_nor_a_denied_network() {
         assert_eq!(qa[label], "ECONNREFUSED", "{label}: refused: {qa}");
     }
     assert_eq!(qa["prod_udp"], "EPERM", "prod over UDP: refused: {qa}");
+    assert_eq!(
+        qa["prod_broadcast"], "EPERM",
+        "prod by broadcast: refused: {qa}"
+    );
     assert_eq!(
         qa["denied"], "EHOSTUNREACH",
         "a denied network: refused: {qa}"

@@ -228,6 +228,8 @@ impl Engine {
             let root = self.home.join("envs").join(&env);
             crate::isolation::gone(crate::isolation::remove_env_root(&root))
                 .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
+            // Its ports are taken from its code before the store may give them to another.
+            self.fence_revoke_all(&env)?;
             // Its processes are stopped and its files gone: its uid may serve another. The
             // deployment, the uid, the record and the event: one transaction.
             self.store.finish_destroy(

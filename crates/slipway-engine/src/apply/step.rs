@@ -165,18 +165,16 @@ impl Engine {
             .map(|p| crate::slot_port(p, slot))
             .collect();
         let range = self.config.port_range();
-        // What the environment's code may reach changes with its ports (the fence's, uid mode).
+        // What the environment's code may reach changes with its ports (the fence's, uid
+        // mode): those released are taken from it before the store may give them to another,
+        // those allocated given before its code starts. Looked up for a resource made now
+        // too: a step that failed after allocating left them unrecorded.
         let fenced = self.fence_active();
-        // A resource made now held no port before: no look for one without ports (most).
-        let before: Vec<u16> =
-            if fenced && !(change.action == Action::Create && port_names.is_empty()) {
-                self.store
-                    .ports(env, &change.resource)?
-                    .into_values()
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        let before = if fenced {
+            self.store.ports(env, &change.resource)?
+        } else {
+            BTreeMap::new()
+        };
         let allocated =
             self.store
                 .allocate_ports(env, &change.resource, &slot_names, range, &|p| {
@@ -187,14 +185,20 @@ impl Engine {
         if exposed {
             keep.extend(port_names.iter().map(|p| crate::slot_port(p, 1)));
         }
-        self.store.retain_ports(env, &change.resource, &keep)?;
-        if fenced && !(before.is_empty() && port_names.is_empty()) {
-            let after: Vec<u16> = self
-                .store
-                .ports(env, &change.resource)?
-                .into_values()
+        if fenced {
+            let released: Vec<u16> = before
+                .iter()
+                .filter(|(name, _)| !keep.contains(name))
+                .map(|(_, &port)| port)
                 .collect();
-            self.fence_ports(env, &before, &after)?;
+            self.fence_revoke(env, &released);
+        }
+        self.store.retain_ports(env, &change.resource, &keep)?;
+        if fenced && !(before.is_empty() && slot_names.is_empty()) {
+            let after = self.store.ports(env, &change.resource)?;
+            if after != before {
+                self.fence_grant(env, &after.into_values().collect::<Vec<_>>())?;
+            }
         }
         let scope = resolve::Scope {
             ports: &ports,
@@ -369,13 +373,12 @@ impl Engine {
         if let Err(error) = self.stop_resource(env, &record, &envelope) {
             return Err(self.record_failed(&mut record, error.message.clone(), error));
         }
-        let ports: Vec<u16> = if self.fence_active() {
-            self.store.ports(env, name)?.into_values().collect()
-        } else {
-            Vec::new()
-        };
+        // Its ports are taken from its code before the store may give them to another.
+        if self.fence_active() {
+            let ports: Vec<u16> = self.store.ports(env, name)?.into_values().collect();
+            self.fence_revoke(env, &ports);
+        }
         self.store.forget_resource(env, name)?;
-        self.fence_ports(env, &ports, &[])?;
         Ok(())
     }
 
