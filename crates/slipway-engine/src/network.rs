@@ -22,6 +22,10 @@ use slipway_providers::sandbox::Isolation;
 use crate::config::{LocalConfig, NetworkSetting};
 use crate::{Engine, EngineError};
 
+/// In the home: a revoke failed, and the table may give code ports its environment holds
+/// no more; the next look of any command writes it whole, then removes this.
+const STALE: &str = "network.stale";
+
 /// How long a look that found the fence in force (or could not write it) holds.
 const LOOKED_AT: Duration = Duration::from_secs(60);
 
@@ -200,6 +204,9 @@ impl Engine {
         let whole = {
             let mut look = self.network.look();
             let fresh = look.at.is_some_and(|at| at.elapsed() < LOOKED_AT);
+            if !fresh && self.home.join(STALE).exists() {
+                look.stale = true;
+            }
             if fresh && !look.stale {
                 return match (&look.why, self.network.required) {
                     (Some(why), true) => Err(EngineError::Environment(format!(
@@ -210,7 +217,7 @@ impl Engine {
             }
             // Taken now, so that the others go on meanwhile rather than look too; a
             // command's first look is made before any of its code can run.
-            let whole = look.at.is_some();
+            let whole = look.at.is_some() || look.stale;
             look.at = Some(Instant::now());
             look.stale = false;
             whole
@@ -222,6 +229,8 @@ impl Engine {
         };
         if let Ok(true) = result {
             tracing::info!(table = %fence.table(), "environments' packet filter written");
+            // Written from the store: what a failed revoke left is gone.
+            let _ = std::fs::remove_file(self.home.join(STALE));
         }
         self.network.looked(result.map(drop))
     }
@@ -255,38 +264,67 @@ impl Engine {
         }
     }
 
-    /// Takes `ports` from `env`'s code, before the store releases them (another environment
-    /// may be given them next). A failure is logged, and has the next look write the table
-    /// whole.
-    pub(crate) fn fence_revoke(&self, env: &EnvName, ports: &[u16]) {
+    /// Whether a fence is kept here (in force or not): ports released are revoked then,
+    /// whatever the last look found (a table there from before holds them).
+    pub(crate) fn fence_kept(&self) -> bool {
+        self.network.fence.is_ok()
+    }
+
+    /// Takes `ports` from `env`'s code and then runs `release`, the store's release of them,
+    /// while the home's lock is held (a whole write waiting for it reads the store without
+    /// them). A revoke that fails is logged and noted in `<home>/network.stale`, so that the
+    /// next look, of whichever command, writes the table whole; the release goes on.
+    pub(crate) fn fence_release<R>(
+        &self,
+        env: &EnvName,
+        ports: &[u16],
+        release: impl FnOnce() -> R,
+    ) -> R {
         let Ok(fence) = &self.network.fence else {
-            return;
+            return release();
         };
-        if ports.is_empty() || !self.fence_active() {
-            return;
+        if ports.is_empty() {
+            return release();
         }
         let uid = match self.store.environment_uid(env) {
             Ok(Some(uid)) => uid,
-            Ok(None) => return,
+            Ok(None) => return release(),
             Err(e) => {
-                tracing::error!(environment = %env, error = %e, "its released ports stay open to its code until the packet filter is written again");
-                self.network.look().stale = true;
-                return;
+                self.fence_stale(env, &e.to_string());
+                return release();
             }
         };
         let pairs: Vec<Owned> = ports.iter().map(|&p| (uid, p)).collect();
-        if let Err(e) = fence.revoke(&pairs) {
-            tracing::error!(environment = %env, error = %e, "its released ports stay open to its code until the packet filter is written again");
-            self.network.look().stale = true;
+        let (revoked, released) = fence.revoke_then(&pairs, release);
+        if let Err(e) = revoked {
+            self.fence_stale(env, &e.to_string());
+        }
+        released
+    }
+
+    /// A revoke failed: the table may give `env`'s code ports it holds no more.
+    fn fence_stale(&self, env: &EnvName, error: &str) {
+        tracing::error!(
+            environment = %env,
+            error,
+            "its released ports stay open to its code until the packet filter is written again"
+        );
+        self.network.look().stale = true;
+        if let Err(e) = std::fs::write(self.home.join(STALE), b"") {
+            tracing::error!(error = %e, "cannot note that the packet filter is stale");
         }
     }
 
-    /// At `env`'s destroy, before the store releases its ports and uid: every port it
-    /// holds, its resources' and those no resource record names (a step that failed
-    /// between allocating them and recording the resource).
-    pub(crate) fn fence_revoke_all(&self, env: &EnvName) -> Result<(), EngineError> {
-        if !self.fence_active() {
-            return Ok(());
+    /// At `env`'s destroy: `release` (the store's release of its ports and uid) once every
+    /// port it holds is taken from its code, its resources' and those no resource record
+    /// names (a step that failed between allocating them and recording the resource).
+    pub(crate) fn fence_release_all<R>(
+        &self,
+        env: &EnvName,
+        release: impl FnOnce() -> R,
+    ) -> Result<R, EngineError> {
+        if !self.fence_kept() {
+            return Ok(release());
         }
         let ports: Vec<u16> = self
             .store
@@ -294,8 +332,7 @@ impl Engine {
             .into_values()
             .flat_map(std::collections::BTreeMap::into_values)
             .collect();
-        self.fence_revoke(env, &ports);
-        Ok(())
+        Ok(self.fence_release(env, &ports, release))
     }
 }
 

@@ -57,7 +57,7 @@ const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bi
 
 /// Bumped when the rules [`Fence::script`] writes change, so that a table written by an
 /// older Slipway is written again.
-const RULES_VERSION: u32 = 2;
+const RULES_VERSION: u32 = 3;
 
 /// The clouds' metadata services: AWS, GCP, Azure, OpenStack and DigitalOcean
 /// (`169.254.169.254`, and the link-local range around it, where ECS's `169.254.170.2` is
@@ -173,10 +173,15 @@ impl Fence {
         // Every packet the code sends, not only a connection's first: one whose port was
         // revoked meanwhile is cut. What answers another's connection (a reply from a port
         // of the range) is not the code's to check; a packet conntrack does not follow
-        // (`notrack`, invalid) has no direction, and is checked.
+        // (`notrack`, invalid) has no direction, and is checked. Before that: the code sends
+        // from no port of the range that is not its environment's (one it bound while its
+        // owner did not), whatever the packet: a datagram or an answer from it would pass for
+        // the owner's, or for a reply.
         out.push_str(
             " }\n\tchain output {\n\t\ttype filter hook output priority filter; policy \
-             accept;\n\t\tct direction reply accept\n",
+             accept;\n\t\tmeta skuid @uids meta l4proto { tcp, udp, udplite, sctp, dccp } th \
+             sport @ports meta skuid . th sport != @owned drop\n\t\tct direction reply \
+             accept\n",
         );
         for (family, v6) in [("ip", false), ("ip6", true)] {
             let nets: Vec<String> = self
@@ -267,18 +272,42 @@ impl Fence {
     /// # Errors
     /// When `nft` fails otherwise.
     pub fn revoke(&self, pairs: &[Owned]) -> io::Result<()> {
+        self.revoke_then(pairs, || ()).0
+    }
+
+    /// [`Fence::revoke`], then `release` (the store's release of those ports) while the
+    /// home's lock is still held: a whole write waiting for it reads the store without them,
+    /// rather than before the release, which would give them back.
+    pub fn revoke_then<R>(
+        &self,
+        pairs: &[Owned],
+        release: impl FnOnce() -> R,
+    ) -> (io::Result<()>, R) {
         if pairs.is_empty() {
-            return Ok(());
+            return (Ok(()), release());
         }
         let set = format!("inet {} owned", self.table);
         let listed = elements(pairs);
         // Added first, so that the delete of a pair the set lacks cannot fail the whole.
         let script =
             format!("add element {set} {{ {listed} }}\ndelete element {set} {{ {listed} }}\n");
-        self.locked(|| match self.run(&script) {
-            Err(e) if e.to_string().contains("No such file or directory") => Ok(()),
-            other => other,
-        })
+        let mut release = Some(release);
+        let mut released = None;
+        let revoked = self.locked(|| {
+            let revoked = match self.run(&script) {
+                Err(e) if e.to_string().contains("No such file or directory") => Ok(()),
+                other => other,
+            };
+            released = release.take().map(|release| release());
+            Ok(revoked)
+        });
+        // The lock could not be had: released all the same (the caller hears of the revoke).
+        let released = match (released, release) {
+            (Some(released), _) => released,
+            (None, Some(release)) => release(),
+            (None, None) => unreachable!("the release runs once"),
+        };
+        (revoked.and_then(|r| r), released)
     }
 
     /// Removes the table (nothing to do when there is none).
@@ -517,6 +546,30 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
             .collect()
     }
 
+    /// What `uid` gets sending a datagram from 127.0.0.1:`from` to 127.0.0.1:`to`: `ok`, or
+    /// the error's name.
+    fn sends_from(uid: u32, from: u16, to: u16) -> String {
+        use std::os::unix::process::CommandExt;
+        let program = r#"
+import encodings.idna, errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.sendto(b"x", ("127.0.0.1", int(sys.argv[2])))
+    print("ok")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e)))
+"#;
+        let out = Command::new("python3")
+            .args(["-c", program, &from.to_string(), &to.to_string()])
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .output()
+            .expect("python3 runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Echoes what each connection to `listener` sends, byte by byte, until it ends.
     fn echo(listener: TcpListener) {
         std::thread::spawn(move || {
@@ -670,6 +723,28 @@ for line in iter(sys.stdin.readline, ""):
             udp.recv_from(&mut buf).is_ok(),
             "the owner's broadcast did not arrive"
         );
+
+        // A port of the owner's that nothing listens on: another uid that binds it sends
+        // nothing from it (its datagrams would pass for the owner's), the owner does.
+        let (spare, spare_tcp, spare_udp) = listen_in(port + 1..=39_199);
+        drop((spare_tcp, spare_udp));
+        fence.grant(&[(OWNER, spare)]).expect("granted");
+        let outside = UdpSocket::bind("127.0.0.1:0").expect("a socket outside the range");
+        outside
+            .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .expect("a timeout");
+        let outside_port = outside.local_addr().expect("its address").port();
+        assert_eq!(sends_from(OTHER, spare, outside_port), "EPERM");
+        assert!(
+            outside.recv_from(&mut buf).is_err(),
+            "a datagram from a port the other uid took arrived"
+        );
+        assert_eq!(sends_from(OWNER, spare, outside_port), "ok");
+        assert!(
+            outside.recv_from(&mut buf).is_ok(),
+            "the owner's datagram from its port did not arrive"
+        );
+        fence.revoke(&[(OWNER, spare)]).expect("revoked");
 
         // Released: the port is nobody's, and a connection open to it is cut; granted
         // again, it is the owner's again.

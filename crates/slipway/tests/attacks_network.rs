@@ -270,8 +270,21 @@ fn a_branch_s_code_reaches_no_other_environment_s_port_nor_a_denied_network() {
     let qa = probe(&s, "qa");
     assert_eq!(qa["prod"], "ECONNREFUSED", "written again: {qa}");
 
+    // A destroy takes every port of the environment from its code before the store may give
+    // them to another.
+    let stage_pair = format!(
+        "{} . {qa_port}",
+        stage["uid"].as_u64().expect("stage's uid")
+    );
+    assert!(nft(&["list", "set", "inet", &table, "owned"]).contains(&stage_pair));
+    s.ok(&["destroy", "--env", "stage", "--yes"]);
+    assert!(
+        !nft(&["list", "set", "inet", &table, "owned"]).contains(&stage_pair),
+        "stage's port is taken from its uid at its destroy"
+    );
+
     // `slipway serve` writes the table whole at its start: a pair the store does not hold
-    // (left by a crash between a release and its revoke) goes.
+    // (left by a revoke that failed) goes.
     let stale = format!("{} . {prod_port}", qa["uid"].as_u64().expect("qa's uid"));
     nft(&[
         "add",

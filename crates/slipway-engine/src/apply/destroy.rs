@@ -228,24 +228,25 @@ impl Engine {
             let root = self.home.join("envs").join(&env);
             crate::isolation::gone(crate::isolation::remove_env_root(&root))
                 .map_err(EngineError::io(format!("cannot remove {}", root.display())))?;
-            // Its ports are taken from its code before the store may give them to another.
-            self.fence_revoke_all(&env)?;
             // Its processes are stopped and its files gone: its uid may serve another. The
-            // deployment, the uid, the record and the event: one transaction.
-            self.store.finish_destroy(
-                &env,
-                deployment,
-                &summary(&report),
-                finished,
-                (
-                    EventKind::EnvironmentDestroyed,
-                    &match &options.reason {
-                        Some(why) => format!("{env} destroyed: {why}"),
-                        None => format!("{env} was destroyed"),
-                    },
-                    &json!({"deployment": deployment, "who": who, "reason": options.reason}),
-                ),
-            )?;
+            // deployment, the uid, the record and the event: one transaction, made once its
+            // ports are taken from its code (before the store may give them to another).
+            self.fence_release_all(&env, || {
+                self.store.finish_destroy(
+                    &env,
+                    deployment,
+                    &summary(&report),
+                    finished,
+                    (
+                        EventKind::EnvironmentDestroyed,
+                        &match &options.reason {
+                            Some(why) => format!("{env} destroyed: {why}"),
+                            None => format!("{env} was destroyed"),
+                        },
+                        &json!({"deployment": deployment, "who": who, "reason": options.reason}),
+                    ),
+                )
+            })??;
         } else {
             self.record_failed_deployment(
                 &env,

@@ -169,7 +169,7 @@ impl Engine {
         // mode): those released are taken from it before the store may give them to another,
         // those allocated given before its code starts. Looked up for a resource made now
         // too: a step that failed after allocating left them unrecorded.
-        let fenced = self.fence_active();
+        let fenced = self.fence_kept();
         let before = if fenced {
             self.store.ports(env, &change.resource)?
         } else {
@@ -185,20 +185,19 @@ impl Engine {
         if exposed {
             keep.extend(port_names.iter().map(|p| crate::slot_port(p, 1)));
         }
-        if fenced {
-            let released: Vec<u16> = before
-                .iter()
-                .filter(|(name, _)| !keep.contains(name))
-                .map(|(_, &port)| port)
-                .collect();
-            self.fence_revoke(env, &released);
-        }
-        self.store.retain_ports(env, &change.resource, &keep)?;
+        let released: Vec<u16> = before
+            .iter()
+            .filter(|(name, _)| !keep.contains(name))
+            .map(|(_, &port)| port)
+            .collect();
+        self.fence_release(env, &released, || {
+            self.store.retain_ports(env, &change.resource, &keep)
+        })?;
         if fenced && !(before.is_empty() && slot_names.is_empty()) {
+            // Each one it holds, changed or not: one granted before by a command whose
+            // fence was not in force then is granted now.
             let after = self.store.ports(env, &change.resource)?;
-            if after != before {
-                self.fence_grant(env, &after.into_values().collect::<Vec<_>>())?;
-            }
+            self.fence_grant(env, &after.into_values().collect::<Vec<_>>())?;
         }
         let scope = resolve::Scope {
             ports: &ports,
@@ -374,11 +373,12 @@ impl Engine {
             return Err(self.record_failed(&mut record, error.message.clone(), error));
         }
         // Its ports are taken from its code before the store may give them to another.
-        if self.fence_active() {
-            let ports: Vec<u16> = self.store.ports(env, name)?.into_values().collect();
-            self.fence_revoke(env, &ports);
-        }
-        self.store.forget_resource(env, name)?;
+        let ports: Vec<u16> = if self.fence_kept() {
+            self.store.ports(env, name)?.into_values().collect()
+        } else {
+            Vec::new()
+        };
+        self.fence_release(env, &ports, || self.store.forget_resource(env, name))?;
         Ok(())
     }
 

@@ -296,10 +296,6 @@ impl Drop for Sandbox {
                     .output();
             }
         }
-        // Only root's engine writes one; elsewhere this fails, as when there is none.
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.fence_table])
-            .output();
         // And whatever still runs inside the sandbox (a child that a supervisor started just
         // before it was killed, a daemon of a job).
         for pid in processes_inside(self.dir.path()) {
@@ -338,6 +334,11 @@ impl Drop for Sandbox {
         // failed): every database and role a home of this sandbox made names the home's
         // instance id in its comment.
         drop_leftover_databases(self.dir.path());
+        // Last: any command above (`status` runs health commands) writes it again. Only
+        // root's engine writes one; elsewhere this fails, as when there is none.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.fence_table])
+            .output();
     }
 }
 
