@@ -38,6 +38,8 @@ pub(crate) struct Network {
     /// Asked for (`"nftables"`): a failure to write it is an error, not a warning.
     required: bool,
     look: Mutex<Look>,
+    /// Told when a first look ends (`Look::first`).
+    looked_at: std::sync::Condvar,
 }
 
 /// This engine's last look at its fence.
@@ -53,6 +55,9 @@ struct Look {
     stale: bool,
     /// Why it is not in force.
     why: Option<String>,
+    /// A first look is under way (perhaps ahead of the command's code,
+    /// [`Engine::look_at_fence_ahead`]): the others wait for it.
+    first: bool,
 }
 
 impl Network {
@@ -102,6 +107,7 @@ impl Network {
             leftover,
             required,
             look: Mutex::new(Look::default()),
+            looked_at: std::sync::Condvar::new(),
         })
     }
 
@@ -203,6 +209,13 @@ impl Engine {
         };
         let whole = {
             let mut look = self.network.look();
+            while look.first {
+                look = self
+                    .network
+                    .looked_at
+                    .wait(look)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
             let fresh = look.at.is_some_and(|at| at.elapsed() < LOOKED_AT);
             if !fresh && self.home.join(STALE).exists() {
                 look.stale = true;
@@ -215,9 +228,11 @@ impl Engine {
                     _ => Ok(()),
                 };
             }
-            // Taken now, so that the others go on meanwhile rather than look too; a
-            // command's first look is made before any of its code can run.
+            // Taken now, so that the others do not look too: they wait for a first look
+            // (nothing of the command has run yet), and go on meanwhile during a later one
+            // (the table was in force at the last).
             let whole = look.at.is_some() || look.stale;
+            look.first = look.at.is_none();
             look.at = Some(Instant::now());
             look.stale = false;
             whole
@@ -232,7 +247,30 @@ impl Engine {
             // Written from the store: what a failed revoke left is gone.
             let _ = std::fs::remove_file(self.home.join(STALE));
         }
-        self.network.looked(result.map(drop))
+        let outcome = self.network.looked(result.map(drop));
+        self.network.look().first = false;
+        self.network.looked_at.notify_all();
+        outcome
+    }
+
+    /// Starts the first look at the fence now, on a thread of its own, so that writing it
+    /// (a new home's first, some 20 ms, most of it the kernel's wait for readers of the
+    /// rules it replaces) overlaps what a command does before its code runs (reading the
+    /// commit, planning); the code's sandbox waits for it ([`Engine::fence_ready`]).
+    pub fn look_at_fence_ahead(self: &std::sync::Arc<Self>) {
+        if self.network.fence.is_err() {
+            return;
+        }
+        let engine = std::sync::Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("fence".into())
+            .spawn(move || {
+                // Its outcome is kept for the sandbox's look, which says it.
+                let _ = engine.fence_ready();
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "the packet filter is looked at when code runs");
+        }
     }
 
     /// Lets `env`'s code reach `ports` (allocated to it), before it runs. Should the table
@@ -367,6 +405,7 @@ mod tests {
             leftover: None,
             required,
             look: Mutex::new(Look::default()),
+            looked_at: std::sync::Condvar::new(),
         };
         (engine, calls)
     }

@@ -140,6 +140,9 @@ pub fn open_engine_for(
     let mut engine = open_engine_as(g, &config)?;
     crate::lease::prepare(&mut engine, &config)?;
     let engine = Arc::new(engine);
+    // A command that changes an environment runs its code: the packet filter is looked at
+    // (and written if need be) while it reads the commit and plans.
+    engine.look_at_fence_ahead();
     let lease = crate::lease::take(&engine, env, &config, wait)?;
     Ok((engine, lease))
 }
