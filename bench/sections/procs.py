@@ -468,7 +468,13 @@ def write(r):
           "(`schema_fresh_sqlite.sql`) instead of the twenty migrations, whose `ALTER "
           "TABLE`s each made SQLite read the whole schema again (interleaved, 10 rounds at "
           "a362337 against 3b04310: 101.2 → 97.5 ms). The floor itself moves from run to run "
-          "(54–65 ms on the same day), and the ratio with it.\n")
+          "(54–65 ms on the same day), and the ratio with it. Where `nft` is installed (as "
+          "here since 5f6b5ca), each round's apply, in a new home, also writes the packet "
+          "filter's table whole (docs/isolation.md, \"Network\"; 16–36 ms of wall time, about "
+          "5 ms of CPU, started on a thread of its own as the command opens the home, since "
+          "b6a668a); an apply in a home that has one pays one `nft list` (2–3 ms). Measured "
+          "outside the benchmark before b6a668a (6 interleaved rounds, 2026-12-08): 163 ms "
+          "with the filter, 130 ms with `network = \"off\"`.\n")
     if floor and slip and direct:
         best = min(med(v) for v in slip.values())
         # Said whatever the verdict: on this machine it moves across the bound from run to

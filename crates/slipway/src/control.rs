@@ -302,7 +302,16 @@ fn serve(g: &Global, repo: &RepoArgs, listen: Option<String>, router: bool) -> R
     }
     // Written whole now, from the store: what a former run or a reboot left goes.
     match controller.engine().install_fence()? {
-        Ok(fence) => eprintln!("slipway serve: environments' connections are filtered ({fence})"),
+        Ok(fence) => {
+            eprintln!("slipway serve: environments' connections are filtered ({fence})");
+            if let Some(warning) = ephemeral_overlap(
+                &config.local.ports.0,
+                &std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                    .unwrap_or_default(),
+            ) {
+                eprintln!("slipway serve: warning: {warning}");
+            }
+        }
         Err(why) if isolation != slipway_providers::sandbox::Isolation::None => eprintln!(
             "slipway serve: warning: environments' code can connect to other environments' \
              ports on this machine and to the clouds' metadata services: {why} (see \
@@ -449,6 +458,28 @@ fn pid_budget_warning(
             } else {
                 ""
             }
+        )
+    })
+}
+
+/// What to say when `[local] ports` (`ports`) overlaps the kernel's ephemeral ports
+/// (`ephemeral`: the text of `/proc/sys/net/ipv4/ip_local_port_range`, `"LOW\tHIGH"`): a
+/// connection environments' code makes from one of them is dropped by the packet filter
+/// (it sends from a port of the range that is not its environment's). `None` when they do
+/// not overlap, or the text says nothing.
+fn ephemeral_overlap(ports: &std::ops::RangeInclusive<u16>, ephemeral: &str) -> Option<String> {
+    let mut bounds = ephemeral.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (bounds.next(), bounds.next()) else {
+        return None;
+    };
+    (low <= *ports.end() && *ports.start() <= high).then(|| {
+        format!(
+            "[local] ports {}-{} overlaps the ports the kernel gives outgoing connections \
+             ({low}-{high}, net.ipv4.ip_local_port_range): a connection environments' code \
+             makes from one of them is dropped by the packet filter (it is another \
+             environment's port, or nobody's); move [local] ports below {low}",
+            ports.start(),
+            ports.end()
         )
     })
 }
@@ -872,6 +903,29 @@ fn url_has_password(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ports_overlapping_the_ephemeral_range_are_warned_of() {
+        use super::ephemeral_overlap;
+        assert_eq!(
+            ephemeral_overlap(&(20_000..=29_999), "32768\t60999\n"),
+            None
+        );
+        let warning = ephemeral_overlap(&(30_000..=40_000), "32768\t60999\n")
+            .expect("an overlap is warned of");
+        assert!(
+            warning.contains("30000-40000") && warning.contains("32768-60999"),
+            "{warning}"
+        );
+        assert!(ephemeral_overlap(&(60_999..=61_000), "32768 60999").is_some());
+        for unreadable in ["", "32768", "a b", "70000 80000"] {
+            assert_eq!(
+                ephemeral_overlap(&(30_000..=40_000), unreadable),
+                None,
+                "{unreadable}"
+            );
+        }
+    }
+
     use super::pid_budget_warning;
 
     #[test]
