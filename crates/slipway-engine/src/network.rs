@@ -47,8 +47,9 @@ pub(crate) struct Network {
 struct Look {
     /// When; `None`: not yet.
     at: Option<Instant>,
-    /// Whether it found (or wrote) the fence in force. Ports are granted and revoked only
-    /// then: under `"auto"`, a machine whose `nft` fails runs without, and says so.
+    /// Whether it found (or wrote) the fence in force. Ports are granted only then (revoked
+    /// whenever a fence is kept): under `"auto"`, a machine whose `nft` fails runs without,
+    /// and says so.
     in_force: bool,
     /// What the table may hold that the store does not (a revoke failed): the next look
     /// writes it whole, whenever it comes.
@@ -118,8 +119,8 @@ impl Network {
     }
 
     /// Records how writing (or looking at) the fence went: under `"nftables"` a failure is
-    /// the error; under `"auto"` a warning, and this engine grants and revokes nothing until
-    /// a later look finds it in force.
+    /// the error; under `"auto"` a warning, and this engine grants nothing until a later look
+    /// finds it in force.
     fn looked(&self, result: std::io::Result<()>) -> Result<(), EngineError> {
         let mut look = self.look();
         look.at = Some(Instant::now());
@@ -134,15 +135,18 @@ impl Network {
                 look.in_force = false;
                 look.why = Some(why.clone());
                 if self.required {
-                    return Err(EngineError::Environment(format!(
-                        "{why} ([local] network = \"nftables\")"
-                    )));
+                    return Err(refused(&why));
                 }
                 tracing::warn!("{why}");
                 Ok(())
             }
         }
     }
+}
+
+/// Code does not run while a fence asked for (`"nftables"`) is not in force: `why`.
+fn refused(why: &str) -> EngineError {
+    EngineError::Environment(format!("{why} ([local] network = \"nftables\")"))
 }
 
 impl Engine {
@@ -194,8 +198,7 @@ impl Engine {
         })
     }
 
-    /// Whether the fence is kept and was in force at the last look: ports are granted and
-    /// revoked then.
+    /// Whether the fence is kept and was in force at the last look: ports are granted then.
     pub(crate) fn fence_active(&self) -> bool {
         self.network.fence.is_ok() && self.network.look().in_force
     }
@@ -222,9 +225,7 @@ impl Engine {
             }
             if fresh && !look.stale {
                 return match (&look.why, self.network.required) {
-                    (Some(why), true) => Err(EngineError::Environment(format!(
-                        "{why} ([local] network = \"nftables\")"
-                    ))),
+                    (Some(why), true) => Err(refused(why)),
                     _ => Ok(()),
                 };
             }

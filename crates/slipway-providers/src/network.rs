@@ -501,6 +501,17 @@ mod tests {
         );
     }
 
+    /// `python3 -c program`, run as `uid` (gid the same; root when `None`) from `/`.
+    fn python_as(uid: Option<u32>, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("python3");
+        command.arg("-c").arg(program).current_dir("/");
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        command
+    }
+
     /// What `uid` gets trying each target (`tcp|udp|bcast ADDRESS PORT`; `bcast`: UDP to a
     /// broadcast address): `ok`, or the error's name (`ECONNREFUSED`, `EHOSTUNREACH`...),
     /// one line each.
@@ -525,16 +536,11 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
     except OSError as e:
         print(errno.errorcode.get(e.errno, str(e)))
 "#;
-        let mut command = Command::new("python3");
-        command.arg("-c").arg(program);
+        let mut command = python_as(uid, program);
         for (proto, addr, port) in targets {
             command.arg(format!("{proto} {addr} {port}"));
         }
-        if let Some(uid) = uid {
-            use std::os::unix::process::CommandExt;
-            command.uid(uid).gid(uid);
-        }
-        let out = command.current_dir("/").output().expect("python3 runs");
+        let out = command.output().expect("python3 runs");
         assert!(
             out.status.success(),
             "{}",
@@ -549,7 +555,6 @@ for proto, addr, port in (t.split() for t in sys.argv[1:]):
     /// What `uid` gets sending a datagram from 127.0.0.1:`from` to 127.0.0.1:`to`: `ok`, or
     /// the error's name.
     fn sends_from(uid: u32, from: u16, to: u16) -> String {
-        use std::os::unix::process::CommandExt;
         let program = r#"
 import encodings.idna, errno, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -560,11 +565,8 @@ try:
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e)))
 "#;
-        let out = Command::new("python3")
-            .args(["-c", program, &from.to_string(), &to.to_string()])
-            .uid(uid)
-            .gid(uid)
-            .current_dir("/")
+        let out = python_as(Some(uid), program)
+            .args([from.to_string(), to.to_string()])
             .output()
             .expect("python3 runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -591,7 +593,6 @@ except OSError as e:
     /// child's stdin has it send a byte and read its echo, and say what that gave.
     fn held(uid: u32, port: u16) -> (std::process::Child, Lines) {
         use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
         let program = r#"
 import encodings.idna, errno, socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
@@ -602,11 +603,8 @@ for line in iter(sys.stdin.readline, ""):
     except OSError as e:
         print(errno.errorcode.get(e.errno, str(e)), flush=True)
 "#;
-        let mut child = Command::new("python3")
-            .args(["-c", program, &port.to_string()])
-            .uid(uid)
-            .gid(uid)
-            .current_dir("/")
+        let mut child = python_as(Some(uid), program)
+            .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
